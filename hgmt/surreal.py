@@ -1,0 +1,398 @@
+"""SURREAL's files, camera and label maps: the one module that knows the format.
+
+Everything here follows ../shared/DESIGN.md, which was checked against real SURREAL files.
+Arrays are normalised to frame-major layouts in one place (``load_info``):
+joints2d (T,24,2) pixels, joints3d (T,24,3) metres (world frame).
+
+A clip on disk is ``<root>/cmu/<split>/run<r>/<seq>/<seq>_c<NNNN>`` plus ``.mp4``,
+``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+IMAGE_WIDTH = 320
+IMAGE_HEIGHT = 240
+DEPTH_BACKGROUND = 1e10  # value of background pixels in SURREAL's _depth.mat
+SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}
+
+# --- Joints: 16 MPII-order joints taken from the 24 SMPL joints (0-based SMPL index).
+JOINT_NAMES = (
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder",
+    "l_elbow", "l_wrist",
+)  # fmt: skip
+SMPL_TO_JOINT = np.array([7, 4, 1, 2, 5, 8, 0, 6, 12, 15, 20, 18, 16, 17, 19, 21], np.int32)
+PELVIS = JOINT_NAMES.index("pelvis")
+HEAD_TOP = JOINT_NAMES.index("head_top")
+UPPER_NECK = JOINT_NAMES.index("upper_neck")
+# Skeleton edges (pairs of indices into JOINT_NAMES) for drawing.
+SKELETON = (
+    (0, 1), (1, 2), (2, 6), (3, 6), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+    (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
+)  # fmt: skip
+
+
+def _flip_permutation(names: tuple[str, ...]) -> np.ndarray:
+    """Index permutation swapping every ``r_*`` name with its ``l_*`` twin."""
+    def twin(name: str) -> str:
+        if name.startswith("r_"):
+            return "l_" + name[2:]
+        if name.startswith("l_"):
+            return "r_" + name[2:]
+        return name
+    return np.array([names.index(twin(n)) for n in names], np.int32)
+
+
+JOINT_FLIP = _flip_permutation(JOINT_NAMES)
+
+# --- Body parts: 14 foreground classes (+ background 0) from the 24 SMPL segments.
+PART_NAMES = (
+    "head", "torso", "r_upper_arm", "r_forearm", "r_hand", "l_upper_arm", "l_forearm",
+    "l_hand", "r_upper_leg", "r_lower_leg", "r_foot", "l_upper_leg", "l_lower_leg", "l_foot",
+)  # fmt: skip
+NUM_PARTS = len(PART_NAMES) + 1  # with background
+NUM_SMPL_SEGMENTS = 24
+# Raw 1-based SMPL segment value -> part class; index 0 (background) -> 0.
+SEGM_TO_PART = np.array(
+    [0, 2, 12, 9, 2, 13, 10, 2, 14, 11, 2, 14, 11, 2, 2, 2, 1, 6, 3, 7, 4, 8, 5, 8, 5], np.uint8
+)
+# Permutation of the 15 classes (background first) under a horizontal flip.
+PART_FLIP = np.concatenate([[0], 1 + _flip_permutation(PART_NAMES)]).astype(np.int32)
+
+
+class FormatError(ValueError):
+    """A SURREAL file is missing, truncated or has the wrong content. Names the file."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+# --- Camera ----------------------------------------------------------------------------------
+INTRINSICS = np.array([[600.0, 0.0, 160.0], [0.0, 600.0, 120.0], [0.0, 0.0, 1.0]])
+_R_W2B = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]).T
+_R_B2CV = np.diag([1.0, -1.0, -1.0])
+
+
+def camera_matrices(cam_loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SURREAL's camera for a clip: intrinsics K (3,3) and extrinsics RT (3,4), world -> camera.
+
+    The camera frame is OpenCV's: x right, y down, z forward, in metres.
+    """
+    cam_loc = np.asarray(cam_loc, np.float64).reshape(3)
+    t = -_R_W2B @ cam_loc
+    rt = np.concatenate([_R_B2CV @ _R_W2B, (_R_B2CV @ t)[:, None]], axis=1)
+    return INTRINSICS.copy(), rt
+
+
+def world_to_camera(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
+    """(...,3) world metres -> (...,3) camera-frame metres (x right, y down, z depth)."""
+    _, rt = camera_matrices(cam_loc)
+    p = np.asarray(points_world, np.float64)
+    return p @ rt[:, :3].T + rt[:, 3]
+
+
+def camera_depth(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
+    """(...,3) world points -> (...) camera-frame depth in metres."""
+    return world_to_camera(points_world, cam_loc)[..., 2]
+
+
+def project(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
+    """(...,3) world points in metres -> (...,2) pixel coordinates (u right, v down)."""
+    return project_camera(world_to_camera(points_world, cam_loc))
+
+
+def project_camera(points_cam: np.ndarray) -> np.ndarray:
+    """(...,3) camera-frame points -> (...,2) pixels with SURREAL's intrinsics."""
+    p = np.asarray(points_cam, np.float64) @ INTRINSICS.T
+    return p[..., :2] / p[..., 2:3]
+
+
+def backproject(uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points."""
+    uv = np.asarray(uv, np.float64)
+    depth = np.asarray(depth, np.float64)
+    x = (uv[..., 0] - INTRINSICS[0, 2]) / INTRINSICS[0, 0] * depth
+    y = (uv[..., 1] - INTRINSICS[1, 2]) / INTRINSICS[1, 1] * depth
+    return np.stack([x, y, depth], axis=-1)
+
+
+# --- Files ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ClipInfo:
+    """The annotations of one clip (``_info.mat``), frame-major."""
+
+    joints2d: np.ndarray  # (T,24,2) float32 pixels
+    joints3d: np.ndarray  # (T,24,3) float32 metres, world frame
+    cam_loc: np.ndarray  # (3,) float32 metres, world frame
+    zrot: np.ndarray  # (T,) float32 radians
+    gender: np.ndarray  # (T,) uint8, 0 female, 1 male
+    pose: np.ndarray  # (T,72) float32 SMPL axis-angle
+    shape: np.ndarray  # (T,10) float32 SMPL betas
+    sequence: str  # e.g. "01_01_c0001"
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.joints2d.shape[0])
+
+
+def _loadmat(path: str) -> dict:
+    import scipy.io
+
+    if not os.path.exists(path):
+        raise FormatError(path, "file is missing")
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises many types for truncated/corrupt files
+        raise FormatError(path, f"not a readable MATLAB file ({type(e).__name__}: {e})") from e
+
+
+def _field(mat: dict, path: str, key: str) -> np.ndarray:
+    if key not in mat:
+        raise FormatError(path, f"has no '{key}' variable")
+    return np.asarray(mat[key])
+
+
+def _frames_last(a: np.ndarray, path: str, key: str, lead: tuple[int, ...]) -> np.ndarray:
+    """MATLAB (lead..., T) -> (T, lead...); restores T==1 when MATLAB dropped the last dim."""
+    if a.shape == lead:
+        a = a[..., None]
+    if a.ndim != len(lead) + 1 or a.shape[:-1] != lead:
+        raise FormatError(path, f"'{key}' has shape {a.shape}, expected {lead + ('T',)}")
+    return np.moveaxis(a, -1, 0).astype(np.float32)
+
+
+def _per_frame(a: np.ndarray, path: str, key: str, num_frames: int) -> np.ndarray:
+    """(T,1), (1,T) or (T,) per-frame scalars -> (T,)."""
+    flat = a.reshape(-1)
+    if flat.size != num_frames:
+        raise FormatError(path, f"'{key}' has {flat.size} values, expected one per frame "
+                                f"({num_frames})")
+    return flat
+
+
+def load_info(path: str) -> ClipInfo:
+    """Reads a ``_info.mat``; raises FormatError naming the file on any problem."""
+    mat = _loadmat(path)
+    joints2d = _frames_last(_field(mat, path, "joints2D"), path, "joints2D", (2, 24))
+    joints3d = _frames_last(_field(mat, path, "joints3D"), path, "joints3D", (3, 24))
+    t = joints2d.shape[0]
+    if joints3d.shape[0] != t:
+        raise FormatError(path, f"joints2D has {t} frames but joints3D {joints3d.shape[0]}")
+    cam_loc = _field(mat, path, "camLoc").astype(np.float32).reshape(-1)
+    if cam_loc.size != 3:
+        raise FormatError(path, f"'camLoc' has {cam_loc.size} values, expected 3")
+    pose = _field(mat, path, "pose").astype(np.float32)
+    shape = _field(mat, path, "shape").astype(np.float32)
+    pose = pose.reshape(72, -1).T if pose.size == 72 * t else None
+    shape = shape.reshape(10, -1).T if shape.size == 10 * t else None
+    if pose is None or shape is None:
+        raise FormatError(path, f"'pose'/'shape' do not hold 72/10 values for each of {t} frames")
+    sequence = _field(mat, path, "sequence").reshape(-1)
+    return ClipInfo(
+        joints2d=np.transpose(joints2d, (0, 2, 1)).copy(),
+        joints3d=np.transpose(joints3d, (0, 2, 1)).copy(),
+        cam_loc=cam_loc,
+        zrot=_per_frame(_field(mat, path, "zrot"), path, "zrot", t).astype(np.float32),
+        gender=_per_frame(_field(mat, path, "gender"), path, "gender", t).astype(np.uint8),
+        pose=pose,
+        shape=shape,
+        sequence=str(sequence[0]) if sequence.size else "",
+    )
+
+
+def _load_frame_stack(path: str, prefix: str, dtype: np.dtype) -> np.ndarray:
+    mat = _loadmat(path)
+    keys = [k for k in mat if k.startswith(prefix)]
+    try:
+        indices = sorted(int(k[len(prefix):]) for k in keys)
+    except ValueError as e:
+        raise FormatError(path, f"unexpected variable names {sorted(keys)[:3]}...") from e
+    if not indices:
+        raise FormatError(path, f"has no '{prefix}<t>' variables")
+    if indices != list(range(1, len(indices) + 1)):
+        raise FormatError(path, f"'{prefix}<t>' variables are not numbered 1..T")
+    frames = []
+    for i in indices:
+        a = np.asarray(mat[f"{prefix}{i}"])
+        if a.shape != (IMAGE_HEIGHT, IMAGE_WIDTH):
+            raise FormatError(path, f"'{prefix}{i}' has shape {a.shape}, expected "
+                                    f"({IMAGE_HEIGHT}, {IMAGE_WIDTH})")
+        frames.append(a.astype(dtype, copy=False))
+    return np.stack(frames)
+
+
+def load_depth(path: str) -> np.ndarray:
+    """Reads a ``_depth.mat`` -> (T,240,320) float32 camera depth in metres, background 0.0."""
+    depth = _load_frame_stack(path, "depth_", np.float32)
+    depth[depth >= DEPTH_BACKGROUND / 10] = 0.0
+    return depth
+
+
+def load_segm(path: str) -> np.ndarray:
+    """Reads a ``_segm.mat`` -> (T,240,320) uint8 raw SMPL segments 0..24 (0 background)."""
+    segm = _load_frame_stack(path, "segm_", np.uint8)
+    if segm.max(initial=0) > NUM_SMPL_SEGMENTS:
+        raise FormatError(path, f"segment value {segm.max()} > {NUM_SMPL_SEGMENTS}")
+    return segm
+
+
+def read_video(path: str) -> np.ndarray:
+    """Decodes an mp4 (H.264 in real SURREAL) -> (T,240,320,3) uint8 RGB.
+
+    Frames decoded before a corrupt packet are kept only if decoding finishes cleanly; any
+    decoder error raises FormatError naming the file.
+    """
+    import av
+
+    if not os.path.exists(path):
+        raise FormatError(path, "file is missing")
+    frames = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise FormatError(path, "has no video stream")
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except FormatError:
+        raise
+    except Exception as e:  # av raises InvalidDataError, EOFError, ... on broken files
+        raise FormatError(path, f"cannot be decoded ({type(e).__name__}: {e})") from e
+    if not frames:
+        raise FormatError(path, "holds no decodable video frames")
+    video = np.stack(frames)
+    if video.shape[1:] != (IMAGE_HEIGHT, IMAGE_WIDTH, 3):
+        raise FormatError(path, f"frames are {video.shape[1:3]}, expected "
+                                f"({IMAGE_HEIGHT}, {IMAGE_WIDTH})")
+    return video
+
+
+# --- Clips ------------------------------------------------------------------------------------
+CLIP_SUFFIXES = {"video": ".mp4", "info": "_info.mat", "depth": "_depth.mat", "segm": "_segm.mat"}
+
+
+def clip_paths(stem: str) -> dict[str, str]:
+    """``.../01_01/01_01_c0001`` -> paths of its four files, keyed video/info/depth/segm."""
+    return {k: stem + s for k, s in CLIP_SUFFIXES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipId:
+    """Where a clip comes from: split dir (train/val/test), run, sequence and clip name."""
+
+    split: str
+    run: str  # e.g. "run0"
+    sequence: str  # e.g. "01_01"
+    clip: str  # e.g. "c0001"
+
+    @property
+    def name(self) -> str:
+        return f"{self.sequence}_{self.clip}"
+
+
+def parse_stem(stem: str) -> ClipId:
+    """``<root>/cmu/train/run0/01_01/01_01_c0001`` -> ClipId(train, run0, 01_01, c0001)."""
+    parts = os.path.normpath(stem).split(os.sep)
+    if len(parts) < 4:
+        raise ValueError(f"{stem}: not a SURREAL clip path <split>/run<r>/<seq>/<seq>_c<NNNN>")
+    split, run, seq, name = parts[-4:]
+    prefix = seq + "_"
+    if not name.startswith(prefix) or not name[len(prefix):].startswith("c"):
+        raise ValueError(f"{stem}: clip name {name!r} does not match sequence {seq!r}")
+    return ClipId(split=split, run=run, sequence=seq, clip=name[len(prefix):])
+
+
+def find_clips(root: str, split: str) -> list[str]:
+    """Sorted clip stems of ``<root>/cmu/<split dir>/run*/<seq>/`` (split: train/validation/test
+    or the directory names train/val/test). A clip is listed if any of its four files exists."""
+    split_dir = SPLIT_DIRS.get(split, split)
+    base = os.path.join(root, "cmu", split_dir)
+    stems = set()
+    for suffix in CLIP_SUFFIXES.values():
+        for path in glob.glob(os.path.join(base, "run*", "*", "*_c*" + suffix)):
+            stems.add(path[: -len(suffix)])
+    return sorted(stems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """All four files of a clip, cut to the frame count they share."""
+
+    id: ClipId
+    info: ClipInfo
+    video: np.ndarray  # (T,240,320,3) uint8 RGB
+    depth: np.ndarray  # (T,240,320) float32 metres, 0 on background
+    segm: np.ndarray  # (T,240,320) uint8 raw SMPL segments
+    frame_counts: dict[str, int]  # what each file held before cutting
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.video.shape[0])
+
+    @property
+    def mismatch(self) -> bool:
+        return len(set(self.frame_counts.values())) > 1
+
+
+def _cut_info(info: ClipInfo, t: int) -> ClipInfo:
+    return dataclasses.replace(
+        info, joints2d=info.joints2d[:t], joints3d=info.joints3d[:t], zrot=info.zrot[:t],
+        gender=info.gender[:t], pose=info.pose[:t], shape=info.shape[:t])
+
+
+def load_clip(stem: str) -> Clip:
+    """Loads a clip's four files and keeps their common frame prefix.
+
+    A frame-count mismatch is logged (and recorded in ``Clip.frame_counts``); a missing or
+    unreadable file raises FormatError naming it.
+    """
+    paths = clip_paths(stem)
+    info = load_info(paths["info"])
+    video = read_video(paths["video"])
+    depth = load_depth(paths["depth"])
+    segm = load_segm(paths["segm"])
+    counts = {"video": len(video), "info": info.num_frames, "depth": len(depth),
+              "segm": len(segm)}
+    t = min(counts.values())
+    if len(set(counts.values())) > 1:
+        logging.warning("%s: frame counts disagree %s; using the first %d", stem, counts, t)
+    return Clip(id=parse_stem(stem), info=_cut_info(info, t), video=video[:t], depth=depth[:t],
+                segm=segm[:t], frame_counts=counts)
+
+
+def frame_problem(joints2d: np.ndarray) -> str | None:
+    """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels.
+
+    Unusable: all joints at zero ("joints_zero"), or any of the 16 used joints outside the
+    320x240 image ("person_outside": the crop would cut the person).
+    """
+    j = np.asarray(joints2d)
+    if not np.any(j):
+        return "joints_zero"
+    j = j[SMPL_TO_JOINT]
+    inside = (j[:, 0] >= 0) & (j[:, 0] <= IMAGE_WIDTH - 1) & (j[:, 1] >= 0) & (
+        j[:, 1] <= IMAGE_HEIGHT - 1)
+    if not np.all(inside):
+        return "person_outside"
+    return None
+
+
+def middle_frame(num_frames: int) -> int:
+    """0-based index of the test-protocol frame ceil(T/2) (1-based) of a T-frame clip."""
+    return int(np.ceil(num_frames / 2)) - 1
+
+
+def iter_frames(clip: Clip) -> Iterator[int]:
+    """Indices of the usable frames of a clip (see ``frame_problem``)."""
+    for t in range(clip.num_frames):
+        if frame_problem(clip.info.joints2d[t]) is None:
+            yield t
