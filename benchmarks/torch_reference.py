@@ -1,0 +1,175 @@
+"""The same multi-task stacked-hourglass network, loss and optimizer, written plainly in PyTorch.
+
+It is the yardstick for hgmt's training speed: `benchmarks/compare.py` runs it back to back with
+`benchmarks/train_step.py` on the same configs. Same CLI, same JSON line:
+
+    python3 benchmarks/torch_reference.py --stacks 2 --features 128 --res 128 --batch 16 \
+        --tasks pose2d --dtype float32
+
+Needs the `bench` extra (torch; on a CPU machine install a CPU-only build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TASK_CHANNELS = {"pose2d": 16, "pose3d": 16 * 19, "depth": 20, "segm": 15}
+TASK_NAMES = tuple(TASK_CHANNELS)
+
+
+class Residual(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-1x1 C/2, BN-ReLU-3x3 C/2, BN-ReLU-1x1 C (+1x1 skip)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        mid = cout // 2
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(mid), nn.Conv2d(mid, mid, 3, padding=1)
+        self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, cout, 1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x):
+        y = self.conv1(F.relu(self.bn1(x)))
+        y = self.conv2(F.relu(self.bn2(y)))
+        y = self.conv3(F.relu(self.bn3(y)))
+        return y + (self.skip(x) if self.skip is not None else x)
+
+
+class Hourglass(nn.Module):
+    def __init__(self, depth: int, c: int):
+        super().__init__()
+        self.up1, self.low1, self.low3 = Residual(c, c), Residual(c, c), Residual(c, c)
+        self.low2 = Hourglass(depth - 1, c) if depth > 1 else Residual(c, c)
+
+    def forward(self, x):
+        up1 = self.up1(x)
+        low = self.low3(self.low2(self.low1(F.max_pool2d(x, 2))))
+        return up1 + F.interpolate(low, scale_factor=2, mode="nearest")
+
+
+class Stream(nn.Module):
+    """One task's hourglass stage: features and a prediction."""
+
+    def __init__(self, c: int, depth: int, out: int):
+        super().__init__()
+        self.hg, self.res = Hourglass(depth, c), Residual(c, c)
+        self.lin = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.head = nn.Conv2d(c, out, 1)
+
+    def forward(self, x):
+        f = self.lin(self.res(self.hg(x)))
+        return f, self.head(f)
+
+
+class MultiTaskHourglass(nn.Module):
+    """Shared stem; per stage one stream per task; `sum` interaction between stages."""
+
+    def __init__(self, tasks, stacks: int, c: int, depth: int = 4):
+        super().__init__()
+        self.tasks, self.stacks = tasks, stacks
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
+            Residual(64, 128), nn.MaxPool2d(2), Residual(128, 128), Residual(128, c))
+        self.streams = nn.ModuleList(
+            nn.ModuleDict({t: Stream(c, depth, TASK_CHANNELS[t]) for t in tasks})
+            for _ in range(stacks))
+        # Between stages: each task projects its features and prediction back to width c.
+        self.back_f = nn.ModuleList(
+            nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks}) for _ in range(stacks - 1))
+        self.back_o = nn.ModuleList(
+            nn.ModuleDict({t: nn.Conv2d(TASK_CHANNELS[t], c, 1) for t in tasks})
+            for _ in range(stacks - 1))
+        self.cross = nn.ModuleList(
+            nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks}) for _ in range(stacks - 1))
+
+    def forward(self, images):
+        x0 = self.stem(images)
+        xs = {t: x0 for t in self.tasks}
+        outputs = {t: [] for t in self.tasks}
+        for s in range(self.stacks):
+            feats = {}
+            for t in self.tasks:
+                f, o = self.streams[s][t](xs[t])
+                outputs[t].append(o)
+                feats[t] = (f, o)
+            if s + 1 < self.stacks:
+                own = {t: self.back_f[s][t](f) + self.back_o[s][t](o)
+                       for t, (f, o) in feats.items()}
+                total = sum(own.values())
+                xs = {t: xs[t] + own[t] + (self.cross[s][t](total - own[t])
+                                           if len(self.tasks) > 1 else 0)
+                      for t in self.tasks}
+        return outputs
+
+
+def task_loss(task: str, pred, target):
+    if task in ("pose2d", "pose3d"):
+        return F.mse_loss(pred, target)
+    return F.cross_entropy(pred, target)
+
+
+def make_batch(tasks, batch: int, res: int):
+    r = res // 4
+    images = torch.randn(batch, 3, res, res)
+    targets = {}
+    for t in tasks:
+        if t in ("pose2d", "pose3d"):
+            targets[t] = torch.rand(batch, TASK_CHANNELS[t], r, r)
+        else:
+            targets[t] = torch.randint(0, TASK_CHANNELS[t], (batch, r, r))
+    return images, targets
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stacks", type=int, default=2)
+    p.add_argument("--features", type=int, default=128)
+    p.add_argument("--res", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tasks", default="pose2d", help="e.g. pose2d+segm or all")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2)
+    args = p.parse_args(argv)
+    tasks = TASK_NAMES if args.tasks == "all" else tuple(args.tasks.split("+"))
+    torch.manual_seed(0)
+    model = MultiTaskHourglass(tasks, args.stacks, args.features)
+    model.train()
+    opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
+    images, targets = make_batch(tasks, args.batch, args.res)
+    autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outs = model(images)
+            loss = sum(task_loss(t, o.float(), targets[t]) for t in tasks for o in outs[t])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = (time.perf_counter() - t0) / args.steps
+    result = {
+        "impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "stacks": args.stacks, "features": args.features, "res": args.res,
+        "batch": args.batch, "tasks": "+".join(tasks), "dtype": args.dtype,
+        "params": sum(p.numel() for p in model.parameters()),
+        "step_s": dt, "img_per_s": args.batch / dt, "compile_s": 0.0,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
