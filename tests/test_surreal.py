@@ -1,0 +1,206 @@
+"""hgmt.surreal: camera on the real SURREAL file, label maps, loaders and their errors."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import scipy.io
+
+from hgmt import surreal, synthetic
+
+
+def test_projection_reproduces_real_joints2d(real_info_path):
+    info = surreal.load_info(real_info_path)
+    assert info.joints2d.shape == (100, 24, 2) and info.joints3d.shape == (100, 24, 3)
+    np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+                                  info.joints2d)
+    # The pelvis depth is camLoc_x - X_x (DESIGN.md "dPelvis").
+    np.testing.assert_allclose(surreal.camera_depth(info.joints3d[:, 0], info.cam_loc),
+                               info.cam_loc[0] - info.joints3d[:, 0, 0], atol=1e-5)
+    assert info.sequence == "01_01_c0001"
+    assert info.pose.shape == (100, 72) and info.shape.shape == (100, 10)
+
+
+def test_backproject_inverts_projection(real_info_path):
+    info = surreal.load_info(real_info_path)
+    cam = surreal.world_to_camera(info.joints3d[0], info.cam_loc)
+    back = surreal.backproject(surreal.project_camera(cam), cam[:, 2])
+    np.testing.assert_allclose(back, cam, atol=1e-9)
+
+
+def test_label_maps_match_design():
+    assert surreal.JOINT_NAMES[6] == "pelvis" and len(surreal.JOINT_NAMES) == 16
+    smpl = dict(zip(surreal.JOINT_NAMES, surreal.SMPL_TO_JOINT.tolist(), strict=True))
+    assert smpl == {"r_ankle": 7, "r_knee": 4, "r_hip": 1, "l_hip": 2, "l_knee": 5,
+                    "l_ankle": 8, "pelvis": 0, "thorax": 6, "upper_neck": 12, "head_top": 15,
+                    "r_wrist": 20, "r_elbow": 18, "r_shoulder": 16, "l_shoulder": 17,
+                    "l_elbow": 19, "l_wrist": 21}
+    raw_to_class = {1: 2, 2: 12, 3: 9, 4: 2, 5: 13, 6: 10, 7: 2, 8: 14, 9: 11, 10: 2, 11: 14,
+                    12: 11, 13: 2, 14: 2, 15: 2, 16: 1, 17: 6, 18: 3, 19: 7, 20: 4, 21: 8,
+                    22: 5, 23: 8, 24: 5, 0: 0}
+    assert {i: int(c) for i, c in enumerate(surreal.SEGM_TO_PART)} == raw_to_class
+    assert surreal.SEGM_TO_PART.dtype == np.uint8
+    assert surreal.PART_NAMES[0] == "head" and surreal.PART_NAMES[13] == "l_foot"
+
+
+@pytest.mark.parametrize("names,flip", [
+    (surreal.JOINT_NAMES, surreal.JOINT_FLIP),
+    (("background",) + surreal.PART_NAMES, surreal.PART_FLIP),
+])
+def test_flips_are_involutions_swapping_sides(names, flip):
+    np.testing.assert_array_equal(flip[flip], np.arange(len(names)))
+    for i, j in enumerate(flip):
+        a, b = names[i], names[j]
+        if a.startswith("r_"):
+            assert b == "l_" + a[2:]
+        elif a.startswith("l_"):
+            assert b == "r_" + a[2:]
+        else:
+            assert a == b
+    pairs = {(3, 6), (4, 7), (5, 8), (9, 12), (10, 13), (11, 14)}
+    if len(names) == 15:
+        assert {(i, int(j)) for i, j in enumerate(flip) if i < j} == pairs
+
+
+def _save_info(path, t, **overrides):
+    fields = {
+        "joints2D": np.zeros((2, 24, t), np.float32) + 100,
+        "joints3D": np.zeros((3, 24, t), np.float32),
+        "camLoc": np.array([[6.0], [-1.0], [-2.0]], np.float32),
+        "zrot": np.zeros((t, 1), np.float32), "gender": np.ones((t, 1), np.uint8),
+        "pose": np.zeros((72, t), np.float32), "shape": np.zeros((10, t), np.float32),
+        "sequence": np.array(["01_01_c0001"]),
+    }
+    fields.update(overrides)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    scipy.io.savemat(path, fields)
+
+
+def test_single_frame_info_where_matlab_dropped_the_frame_dim(tmp_path):
+    path = str(tmp_path / "a_info.mat")
+    _save_info(path, 1, joints2D=np.full((2, 24), 5.0, np.float32),
+               joints3D=np.zeros((3, 24), np.float32))
+    assert scipy.io.loadmat(path)["joints2D"].shape == (2, 24)
+    info = surreal.load_info(path)
+    assert info.num_frames == 1
+    assert info.joints2d.shape == (1, 24, 2) and info.joints3d.shape == (1, 24, 3)
+    assert info.pose.shape == (1, 72) and info.zrot.shape == (1,)
+    assert np.all(info.joints2d == 5.0)
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return synthetic.generate(str(root), clips_per_split=1, frames=6, seed=3,
+                              splits=("train",))[0]
+
+
+def _copy_clip(stem, dst_dir):
+    name = os.path.basename(stem)
+    dst = os.path.join(dst_dir, "cmu", "train", "run0", name[:5])
+    os.makedirs(dst, exist_ok=True)
+    for path in surreal.clip_paths(stem).values():
+        shutil.copy(path, dst)
+    return os.path.join(dst, name)
+
+
+def _truncate(path, keep=0.5):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("kind", ["info", "depth", "segm", "video"])
+def test_missing_file_names_it(demo_clip, tmp_path, kind):
+    stem = _copy_clip(demo_clip, tmp_path)
+    os.remove(surreal.clip_paths(stem)[kind])
+    with pytest.raises(surreal.FormatError, match="missing") as e:
+        surreal.load_clip(stem)
+    assert e.value.path == surreal.clip_paths(stem)[kind]
+
+
+@pytest.mark.parametrize("kind", ["info", "depth", "segm", "video"])
+def test_truncated_file_names_it(demo_clip, tmp_path, kind):
+    stem = _copy_clip(demo_clip, tmp_path)
+    path = surreal.clip_paths(stem)[kind]
+    _truncate(path, 0.3)
+    with pytest.raises(surreal.FormatError) as e:
+        surreal.load_clip(stem)
+    assert path in str(e.value)
+
+
+def test_garbage_video_names_it(tmp_path):
+    path = str(tmp_path / "x.mp4")
+    with open(path, "wb") as f:
+        f.write(os.urandom(5000))
+    with pytest.raises(surreal.FormatError, match="x.mp4"):
+        surreal.read_video(path)
+
+
+def test_wrong_shaped_joints(tmp_path):
+    path = str(tmp_path / "a_info.mat")
+    _save_info(path, 4, joints2D=np.zeros((3, 24, 4), np.float32))
+    with pytest.raises(surreal.FormatError, match="joints2D.*shape"):
+        surreal.load_info(path)
+
+
+def test_missing_variable(tmp_path):
+    path = str(tmp_path / "a_info.mat")
+    _save_info(path, 4, camLoc=None)
+    with pytest.raises(surreal.FormatError, match="camLoc"):
+        surreal.load_info(path)
+
+
+def test_wrong_sized_depth_frame(tmp_path):
+    path = str(tmp_path / "a_depth.mat")
+    scipy.io.savemat(path, {"depth_1": np.zeros((240, 320), np.float32),
+                            "depth_2": np.zeros((120, 160), np.float32)})
+    with pytest.raises(surreal.FormatError, match="depth_2.*shape"):
+        surreal.load_depth(path)
+
+
+def test_out_of_range_segment(tmp_path):
+    path = str(tmp_path / "a_segm.mat")
+    scipy.io.savemat(path, {"segm_1": np.full((240, 320), 30, np.uint8)})
+    with pytest.raises(surreal.FormatError, match="segment value 30"):
+        surreal.load_segm(path)
+
+
+def test_depth_background_becomes_zero(demo_clip):
+    raw = scipy.io.loadmat(surreal.clip_paths(demo_clip)["depth"])["depth_1"]
+    depth = surreal.load_depth(surreal.clip_paths(demo_clip)["depth"])
+    assert raw.max() == np.float32(1e10)
+    assert depth.shape == (6, 240, 320) and depth.dtype == np.float32
+    np.testing.assert_array_equal(depth[0] == 0, raw == np.float32(1e10))
+
+
+def test_frame_count_mismatch_keeps_common_prefix(demo_clip, tmp_path):
+    stem = _copy_clip(demo_clip, tmp_path)
+    segm_path = surreal.clip_paths(stem)["segm"]
+    segm = scipy.io.loadmat(segm_path)
+    scipy.io.savemat(segm_path, {f"segm_{t}": segm[f"segm_{t}"] for t in range(1, 5)})
+    clip = surreal.load_clip(stem)
+    assert clip.frame_counts == {"video": 6, "info": 6, "depth": 6, "segm": 4}
+    assert clip.mismatch and clip.num_frames == 4
+    assert clip.info.num_frames == 4 and clip.depth.shape[0] == 4 and clip.video.shape[0] == 4
+
+
+def test_frame_problem_and_middle_frame():
+    ok = np.full((24, 2), 100.0)
+    assert surreal.frame_problem(ok) is None
+    assert surreal.frame_problem(np.zeros((24, 2))) == "joints_zero"
+    out = ok.copy()
+    out[surreal.SMPL_TO_JOINT[9]] = [100.0, -20.0]  # head top above the image
+    assert surreal.frame_problem(out) == "person_outside"
+    assert surreal.middle_frame(100) == 49 and surreal.middle_frame(5) == 2
+    assert surreal.middle_frame(1) == 0
+
+
+def test_parse_stem_and_find_clips(demo_clip):
+    cid = surreal.parse_stem(demo_clip)
+    assert (cid.split, cid.run, cid.sequence, cid.clip) == ("train", "run0", "01_01", "c0001")
+    root = demo_clip.split(os.sep + "cmu" + os.sep)[0]
+    assert surreal.find_clips(root, "train") == [demo_clip]
+    assert surreal.find_clips(root, "validation") == []

@@ -1,0 +1,80 @@
+"""hgmt.synthetic writes SURREAL-format clips that are consistent and learnable."""
+
+import numpy as np
+import pytest
+import scipy.io
+
+from hgmt import surreal, synthetic
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    stems = synthetic.generate(str(root), clips_per_split=2, frames=8, seed=0)
+    return root, stems
+
+
+def test_layout(clips):
+    root, stems = clips
+    assert len(stems) == 6
+    for split in ("train", "validation", "test"):
+        assert len(surreal.find_clips(str(root), split)) == 2
+    assert stems[0].endswith("cmu/train/run0/01_01/01_01_c0001")
+
+
+def test_info_fields_match_real_file(clips, real_info_path):
+    real = scipy.io.loadmat(real_info_path)
+    ours = scipy.io.loadmat(surreal.clip_paths(clips[1][0])["info"])
+    assert set(real) == set(ours)
+    t_real, t_ours = real["joints2D"].shape[-1], ours["joints2D"].shape[-1]
+    for key, value in real.items():
+        if key.startswith("__"):
+            continue
+        shape = tuple(t_ours if d == t_real else d for d in value.shape)
+        assert ours[key].shape == shape, key
+        assert ours[key].dtype.kind == value.dtype.kind, key
+
+
+def test_clip_is_consistent(clips):
+    for stem in clips[1]:
+        clip = surreal.load_clip(stem)
+        info = clip.info
+        assert clip.frame_counts == {"video": 8, "info": 8, "depth": 8, "segm": 8}
+        np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+                                      info.joints2d)
+        np.testing.assert_array_equal(clip.depth > 0, clip.segm > 0)
+        assert len(list(surreal.iter_frames(clip))) == 8  # every frame usable
+        for t in range(8):
+            assert len(np.unique(clip.segm[t])) >= 15  # most of the 24 segments visible
+            # The surface at the pelvis pixel lies within a body's thickness of the pelvis.
+            u, v = np.round(info.joints2d[t, 0]).astype(int)
+            pelvis_depth = surreal.camera_depth(info.joints3d[t, 0], info.cam_loc)
+            d = clip.depth[t, v - 1:v + 2, u - 1:u + 2]
+            assert np.all(np.abs(d[d > 0] - pelvis_depth) < 0.25)
+        # Person roughly centred, a realistic size (real SURREAL: ~100-200 px tall).
+        height = info.joints2d[:, :, 1].max(1) - info.joints2d[:, :, 1].min(1)
+        assert np.all((height > 90) & (height < 230))
+
+
+def test_limbs_move_and_rgb_follows_parts(clips):
+    clip = surreal.load_clip(clips[1][0])
+    wrists = clip.info.joints2d[:, 20]
+    assert np.ptp(wrists, axis=0).max() > 5  # the arm really moves over 8 frames
+    fg = clip.segm[0] > 0
+    rgb = clip.video[0].astype(float)
+    # Foreground and background differ in colour on average (the person is visible).
+    assert np.abs(rgb[fg].mean(0) - rgb[~fg].mean(0)).max() > 10
+
+
+def test_deterministic(tmp_path):
+    a = synthetic.generate(str(tmp_path / "a"), clips_per_split=1, frames=3, seed=7,
+                           splits=("train",))[0]
+    b = synthetic.generate(str(tmp_path / "b"), clips_per_split=1, frames=3, seed=7,
+                           splits=("train",))[0]
+    c = synthetic.generate(str(tmp_path / "c"), clips_per_split=1, frames=3, seed=8,
+                           splits=("train",))[0]
+    ca, cb, cc = surreal.load_clip(a), surreal.load_clip(b), surreal.load_clip(c)
+    np.testing.assert_array_equal(ca.video, cb.video)
+    np.testing.assert_array_equal(ca.depth, cb.depth)
+    np.testing.assert_array_equal(ca.info.joints3d, cb.info.joints3d)
+    assert not np.array_equal(ca.info.joints3d, cc.info.joints3d)
