@@ -1,0 +1,34 @@
+"""Networks: Newell hourglass blocks (`hourglass`) and the multi-task model (`multitask`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+from hgmt.models.multitask import INTERACTIONS, MultiTaskHourglass
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype")
+
+
+def create_model(model_config: Mapping[str, Any], tasks: Sequence[str],
+                 axis_name: str | None = None) -> MultiTaskHourglass:
+    """Builds the model from `config.model` (num_stacks, features, depth, interaction,
+    shared_trunk, dtype "float32"|"bfloat16"); unknown fields or values are errors."""
+    cfg = dict(model_config)
+    unknown = sorted(set(cfg) - set(MODEL_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config.model field(s) {unknown}; valid: {list(MODEL_FIELDS)}")
+    dtype = cfg.pop("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={dtype!r}: choose one of {list(DTYPES)}")
+    if cfg.get("interaction", "sum") not in INTERACTIONS:
+        raise ValueError(f"config.model.interaction={cfg['interaction']!r}: choose one of "
+                         f"{list(INTERACTIONS)}")
+    return MultiTaskHourglass(tasks=tuple(tasks), dtype=DTYPES[dtype], axis_name=axis_name,
+                              **cfg)
+
+
+__all__ = ["INTERACTIONS", "MultiTaskHourglass", "create_model"]

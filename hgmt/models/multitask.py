@@ -1,0 +1,107 @@
+"""The multi-task stacked hourglass: a shared stem, then `num_stacks` stages in which every
+selected task has its own hourglass stream and head, with interaction modules between stages.
+
+    image ─ stem ─┬─ stream[pose2d] ─ head ─> pred ─┐      ┌─ stream[pose2d] ─ head ─> ...
+                  ├─ stream[segm]   ─ head ─> pred ─┼─ interaction ─┤
+                  └─ ...                            ┘      └─ ...
+    next input of task t = x_t + 1x1(f_t) + 1x1(p_t)              (Newell's residual path)
+                         + message from the other tasks' (f_s, p_s)  (per `interaction`)
+
+Interaction modes: `none` (independent streams, the isolated-task baseline), `sum` (a 1x1
+projection of each other task's features and prediction, summed), `concat` (the others'
+features and predictions concatenated, one 1x1 to width) and `gated` (the `sum` projections,
+each scaled by per-channel sigmoid gates computed from the receiving stream's pooled
+features). `shared_trunk=True` is the classic alternative: one stream shared by all tasks with
+one head per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hgmt.models.hourglass import Dtype, Stem, Stream, conv
+from hgmt.tasks import TASKS
+
+INTERACTIONS = ("none", "sum", "concat", "gated")
+
+
+class Interaction(nn.Module):
+    """Next stage's input for each task from this stage's inputs, features and predictions."""
+
+    tasks: Sequence[str]
+    features: int
+    mode: str
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, xs: dict, feats: dict, preds: dict) -> dict:
+        c, dt = self.features, self.dtype
+        own = {t: xs[t] + conv(c, 1, dtype=dt, name=f"{t}_feat")(feats[t])
+               + conv(c, 1, dtype=dt, name=f"{t}_pred")(preds[t].astype(dt)) for t in self.tasks}
+        if self.mode == "none" or len(self.tasks) == 1:
+            return own
+        out = {}
+        for t in self.tasks:
+            others = [s for s in self.tasks if s != t]
+            if self.mode == "concat":
+                cat = jnp.concatenate([a for s in others
+                                       for a in (feats[s], preds[s].astype(dt))], -1)
+                out[t] = own[t] + conv(c, 1, dtype=dt, name=f"{t}_from_others")(cat)
+                continue
+            messages = [conv(c, 1, dtype=dt, name=f"{t}_from_{s}")(
+                jnp.concatenate([feats[s], preds[s].astype(dt)], -1)) for s in others]
+            if self.mode == "gated":
+                pooled = feats[t].mean(axis=(1, 2))
+                gates = nn.sigmoid(nn.Dense(c * len(others), dtype=dt,
+                                            name=f"{t}_gates")(pooled))
+                gates = gates.reshape(-1, 1, 1, len(others), c)
+                messages = [m * gates[..., i, :] for i, m in enumerate(messages)]
+            out[t] = own[t] + sum(messages)
+        return out
+
+
+class MultiTaskHourglass(nn.Module):
+    """images (B,R,R,3) -> {task: (S,B,R/4,R/4,C_task)} float32 predictions of every stage."""
+
+    tasks: Sequence[str]
+    num_stacks: int = 2
+    features: int = 256
+    depth: int = 4
+    interaction: str = "sum"
+    shared_trunk: bool = False
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"model.interaction={self.interaction!r}: choose one of "
+                             f"{', '.join(INTERACTIONS)}")
+        c, dt, ax = self.features, self.dtype, self.axis_name
+        x = Stem(c, dt, ax, name="stem")(images.astype(dt), train)
+        streams = ("trunk",) if self.shared_trunk else tuple(self.tasks)
+        xs = {s: x for s in streams}
+        outputs = {t: [] for t in self.tasks}
+        for stage in range(self.num_stacks):
+            feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s], train)
+                     for s in streams}
+            preds = {t: conv(TASKS[t].NUM_CHANNELS, 1, dtype=dt, name=f"stage{stage}_{t}_head")(
+                feats["trunk" if self.shared_trunk else t]) for t in self.tasks}
+            for t in self.tasks:
+                outputs[t].append(preds[t].astype(jnp.float32))
+            if stage + 1 == self.num_stacks:
+                break
+            if self.shared_trunk:
+                back = xs["trunk"] + conv(c, 1, dtype=dt, name=f"stage{stage}_trunk_feat")(
+                    feats["trunk"])
+                for t in self.tasks:
+                    back = back + conv(c, 1, dtype=dt, name=f"stage{stage}_{t}_pred")(
+                        preds[t].astype(dt))
+                xs = {"trunk": back}
+            else:
+                xs = Interaction(tuple(self.tasks), c, self.interaction, dt,
+                                 name=f"interaction{stage}")(xs, feats, preds)
+        return {t: jnp.stack(v) for t, v in outputs.items()}

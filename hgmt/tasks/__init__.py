@@ -1,0 +1,50 @@
+"""The four tasks, one module each: targets, head size, loss, decoding and metrics.
+
+`TASKS` is a plain dict from task name to module. A task module provides `NAME`,
+`NUM_CHANNELS` (its head's output channels), `DEFAULT_LOSS_WEIGHT`, `targets(batch)`,
+`loss(pred, target)`, `decode(pred, batch)`, `metric_stats(decoded, batch)` (additive) and
+`summarize(stats)`. Adding a task means one module here plus an entry in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+
+import jax.numpy as jnp
+
+from hgmt.tasks import depth, pose2d, pose3d, segm
+
+TASKS: dict[str, ModuleType] = {
+    "pose2d": pose2d, "pose3d": pose3d, "depth": depth, "segm": segm,
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+
+def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """'pose2d+segm' | 'all' | ['segm', 'pose2d'] -> names in canonical order.
+
+    Raises ValueError naming the unknown task and the valid ones.
+    """
+    names = spec.split("+") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return TASK_NAMES
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not names:
+        raise ValueError(f"unknown task(s) {unknown or spec!r}: choose a non-empty subset of "
+                         f"{', '.join(TASK_NAMES)} joined by '+', or 'all'")
+    return tuple(n for n in TASK_NAMES if n in names)
+
+
+def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.ndarray],
+                   weights: Mapping[str, float]) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """outputs {task: (S,B,r,r,C)} -> (weighted total, {task: unweighted loss summed over the
+    S stages}). Targets are made here, inside the jitted step, from the cropped batch."""
+    per_task = {}
+    for name, preds in outputs.items():
+        task = TASKS[name]
+        target = task.targets(batch)
+        per_task[name] = sum(task.loss(preds[s], target) for s in range(preds.shape[0]))
+    total = sum(weights[name] * value for name, value in per_task.items())
+    return total, per_task

@@ -1,0 +1,99 @@
+"""Numeric pieces shared by the task modules: Gaussian rendering, sub-pixel argmax, crops,
+depth bins. Pure jax.numpy functions, jit-able, batched over leading dims."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
+MAX_BIN = 9  # bins are clamped to [-9, 9]
+
+
+def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:
+    """Pelvis-relative depth (metres) -> bin clamp(ceil(dz / 45 mm), -9, 9), int32."""
+    return jnp.clip(jnp.ceil(dz / BIN_SIZE - 1e-6), -MAX_BIN, MAX_BIN).astype(jnp.int32)
+
+
+def bin_centre(b: jnp.ndarray) -> jnp.ndarray:
+    """Bin b -> the centre of its depth interval ((b-1)*45, b*45] mm, in metres."""
+    return (b.astype(jnp.float32) - 0.5) * BIN_SIZE
+
+
+def gaussian(points: jnp.ndarray, size: int, sigma: float = 1.0) -> jnp.ndarray:
+    """(...,2) (x,y) label-map pixels -> (...,size,size) unnormalised Gaussians (peak 1)."""
+    grid = jnp.arange(size, dtype=jnp.float32)
+    gx = jnp.exp(-((grid - points[..., 0:1]) ** 2) / (2 * sigma**2))
+    gy = jnp.exp(-((grid - points[..., 1:2]) ** 2) / (2 * sigma**2))
+    return gy[..., :, None] * gx[..., None, :]
+
+
+def subpixel_argmax(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(...,H,W) score maps -> ((...,2) (x,y) location, (...) peak value).
+
+    The integer argmax is refined per axis by a parabola through the log-scores of the peak and
+    its two neighbours, which is exact for a Gaussian; the offset is clipped to half a pixel.
+    """
+    h, w = maps.shape[-2:]
+    flat = maps.reshape(*maps.shape[:-2], h * w)
+    idx = jnp.argmax(flat, axis=-1)
+    peak = jnp.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    y, x = idx // w, idx % w
+
+    def at(dy, dx):
+        yy, xx = jnp.clip(y + dy, 0, h - 1), jnp.clip(x + dx, 0, w - 1)
+        return jnp.take_along_axis(flat, (yy * w + xx)[..., None], -1)[..., 0]
+
+    def offset(lo, mid, hi):
+        lo, mid, hi = (jnp.log(jnp.maximum(v, 1e-8)) for v in (lo, mid, hi))
+        denom = lo - 2 * mid + hi
+        off = jnp.where(denom < -1e-6, 0.5 * (lo - hi) / jnp.minimum(denom, -1e-6), 0.0)
+        return jnp.clip(off, -0.5, 0.5)
+
+    ox = jnp.where((x > 0) & (x < w - 1), offset(at(0, -1), peak, at(0, 1)), 0.0)
+    oy = jnp.where((y > 0) & (y < h - 1), offset(at(-1, 0), peak, at(1, 0)), 0.0)
+    return jnp.stack([x + ox, y + oy], axis=-1).astype(jnp.float32), peak
+
+
+def apply_affine(m: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
+    """(B,2,3) affines applied to (B,N,2) points."""
+    return jnp.einsum("bij,bnj->bni", m[..., :2], points) + m[:, None, :, 2]
+
+
+def invert_affine(m: jnp.ndarray) -> jnp.ndarray:
+    """(B,2,3) -> the inverse (B,2,3) affine."""
+    a_inv = jnp.linalg.inv(m[..., :2])
+    return jnp.concatenate([a_inv, -jnp.einsum("bij,bj->bi", a_inv, m[..., 2])[..., None]], -1)
+
+
+def spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Mean softmax cross-entropy of (B,r,r,C) logits against (B,r,r) int labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels))
+
+
+def mse(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
+
+
+def argmax_classes(logits: jnp.ndarray) -> jnp.ndarray:
+    """(B,r,r,C) -> (B,r,r) int32 class map."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def confusion_counts(pred: jnp.ndarray, label: jnp.ndarray, num_classes: int,
+                     mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """(num_classes, num_classes) counts [label, pred] over the masked pixels."""
+    w = jnp.ones_like(label, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    idx = label.reshape(-1) * num_classes + pred.reshape(-1)
+    return jax.ops.segment_sum(w.reshape(-1), idx, num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def backproject(uv: jnp.ndarray, depth: jnp.ndarray) -> jnp.ndarray:
+    """(...,2) SURREAL image pixels and (...) camera depth (m) -> (...,3) camera-frame metres."""
+    from hgmt.surreal import INTRINSICS
+
+    fx, fy, cx, cy = INTRINSICS[0, 0], INTRINSICS[1, 1], INTRINSICS[0, 2], INTRINSICS[1, 2]
+    return jnp.stack([(uv[..., 0] - cx) / fx * depth, (uv[..., 1] - cy) / fy * depth, depth], -1)

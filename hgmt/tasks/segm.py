@@ -1,0 +1,49 @@
+"""Body-part segmentation: 15 classes (background + 14 parts) at the label resolution, spatial
+cross-entropy. Metrics: IoU per part with intersections and unions summed over the whole split,
+mean over the 14 foreground parts (background excluded), and pixel accuracy."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from hgmt import surreal
+from hgmt.tasks import common
+
+NAME = "segm"
+NUM_CHANNELS = surreal.NUM_PARTS
+DEFAULT_LOSS_WEIGHT = 1.0
+
+
+def raw_to_part(raw):
+    """Raw SURREAL segment values 0..24 -> part classes 0..14 (works on numpy or jax)."""
+    return surreal.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
+        surreal.SEGM_TO_PART)[raw]
+
+
+def targets(batch: dict) -> jnp.ndarray:
+    """batch['segm'] (B,r,r) part classes -> (B,r,r) int32."""
+    return batch["segm"].astype(jnp.int32)
+
+
+def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    return common.spatial_cross_entropy(pred, target)
+
+
+def decode(pred: jnp.ndarray, batch: dict) -> dict:
+    return {"segm_classes": common.argmax_classes(pred)}
+
+
+def metric_stats(decoded: dict, batch: dict) -> dict:
+    return {"confusion": common.confusion_counts(decoded["segm_classes"], targets(batch),
+                                                 NUM_CHANNELS)}
+
+
+def summarize(stats: dict) -> dict:
+    conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    iou = inter / np.maximum(union, 1)
+    return {"mean_iou": float(iou[1:].mean()),
+            "iou_per_part": dict(zip(surreal.PART_NAMES, iou[1:].tolist(), strict=True)),
+            "pixel_accuracy": float(inter.sum() / max(conf.sum(), 1))}

@@ -1,0 +1,108 @@
+"""The multi-task hourglass: shapes for every task subset and interaction, stream isolation,
+bfloat16 agreement, Newell's size."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hgmt.models import INTERACTIONS, create_model
+from hgmt.tasks import TASK_NAMES, TASKS, compute_losses
+from tests.test_tasks import make_batch
+
+TINY = dict(num_stacks=2, features=16, depth=2)
+SUBSETS = [c for k in range(1, 5) for c in itertools.combinations(TASK_NAMES, k)]
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+def test_every_subset_initialises_with_the_right_shapes(interaction):
+    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    for tasks in SUBSETS:
+        model = create_model(dict(TINY, interaction=interaction), tasks)
+        variables = jax.eval_shape(lambda x, m=model: m.init(jax.random.key(0), x), images)
+        out = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, images)
+        assert set(out) == set(tasks)
+        for t in tasks:
+            assert out[t].shape == (2, 2, 16, 16, TASKS[t].NUM_CHANNELS), (tasks, t)
+            assert out[t].dtype == jnp.float32
+        # Only the selected tasks have streams and heads.
+        names = "/".join(jax.tree_util.keystr(p) for p, _ in
+                         jax.tree_util.tree_leaves_with_path(variables["params"]))
+        for t in set(TASK_NAMES) - set(tasks):
+            assert f"_{t}" not in names
+
+
+def test_shared_trunk_has_one_stream():
+    model = create_model(dict(TINY, shared_trunk=True), TASK_NAMES)
+    images = jnp.zeros((1, 64, 64, 3))
+    variables = model.init(jax.random.key(0), images)
+    out = model.apply(variables, images)
+    assert {t: o.shape[-1] for t, o in out.items()} == {t: TASKS[t].NUM_CHANNELS
+                                                          for t in TASK_NAMES}
+    params = variables["params"]
+    assert "stage0_trunk" in params and "stage1_trunk" in params
+    assert not any(f"stage0_{t}" in params for t in TASK_NAMES)
+
+
+def test_bad_model_config_is_rejected():
+    with pytest.raises(ValueError, match="none, sum, concat, gated|'none', 'sum'"):
+        create_model(dict(TINY, interaction="attention"), ("pose2d",))
+    with pytest.raises(ValueError, match="unknown config.model field.*stacks"):
+        create_model(dict(TINY, stacks=2), ("pose2d",))
+    with pytest.raises(ValueError, match="float32"):
+        create_model(dict(TINY, dtype="float16"), ("pose2d",))
+
+
+def _grad_norms(interaction):
+    tasks = ("pose2d", "segm")
+    model = create_model(dict(TINY, interaction=interaction), tasks)
+    batch = make_batch(b=2, r=16)
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    variables = model.init(jax.random.key(0), images)
+
+    def pose_loss(params):
+        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images)
+        _, per_task = compute_losses(out, batch, {"pose2d": 1.0, "segm": 1.0})
+        return per_task["pose2d"]
+
+    grads = jax.grad(pose_loss)(variables["params"])
+    norm = lambda tree: float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(tree)))  # noqa
+    segm_stream = {k: v for k, v in grads.items() if k.endswith("_segm") or
+                   k.endswith("segm_head")}
+    assert segm_stream, list(grads)
+    return norm(segm_stream), norm(grads["stem"])
+
+
+def test_isolated_streams_have_no_cross_gradient():
+    segm_grad, stem_grad = _grad_norms("none")
+    assert segm_grad == 0.0
+    assert stem_grad > 0.0  # the shared stem still learns from pose2d
+
+
+@pytest.mark.parametrize("interaction", ["sum", "concat", "gated"])
+def test_interacting_streams_share_gradient(interaction):
+    segm_grad, _ = _grad_norms(interaction)
+    assert segm_grad > 0.0
+
+
+def test_bfloat16_agrees_with_float32():
+    images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+    f32 = create_model(dict(TINY, interaction="sum"), TASK_NAMES)
+    bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), TASK_NAMES)
+    variables = f32.init(jax.random.key(0), images)
+    a, b = f32.apply(variables, images), bf16.apply(variables, images)
+    for t in TASK_NAMES:
+        scale = float(jnp.abs(a[t]).mean())
+        err = float(jnp.abs(a[t] - b[t]).mean())
+        assert b[t].dtype == jnp.float32 and err < 0.05 * scale + 1e-3, (t, err, scale)
+    # Parameters stay float32 whatever the compute dtype.
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+
+
+def test_newell_size():
+    model = create_model(dict(num_stacks=2, features=256, depth=4), ("pose2d",))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256, 256, 3))))
+    params = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]))
+    assert 6.4e6 < params < 6.8e6  # Newell: 6.6 M

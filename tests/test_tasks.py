@@ -1,0 +1,164 @@
+"""Task modules: targets then decoding recovers the ground truth; names validate; metrics."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hgmt import surreal
+from hgmt.tasks import TASK_NAMES, TASKS, common, depth, parse_tasks, pose2d, pose3d, segm
+
+R = 64
+
+
+def make_batch(seed=0, b=3, r=R):
+    """A cropped batch consistent with docs/interfaces.md §4: camera-frame joints around 6.5 m
+    projected with SURREAL's camera and mapped into the r x r label map by a crop affine."""
+    rng = np.random.default_rng(seed)
+    pelvis = np.stack([rng.uniform(-0.3, 0.3, b), rng.uniform(-0.3, 0.3, b),
+                       rng.uniform(5.5, 7.5, b)], -1)
+    joints = pelvis[:, None] + rng.uniform(-0.6, 0.6, (b, 16, 3)) * [1, 1.4, 0.5]
+    joints[:, surreal.PELVIS] = pelvis
+    uv = surreal.project_camera(joints)
+    lo, hi = uv.min(1) - 10, uv.max(1) + 10
+    side = (hi - lo).max(1)
+    scale = r / side
+    crop = np.zeros((b, 2, 3))
+    crop[:, 0, 0] = crop[:, 1, 1] = scale
+    crop[:, :, 2] = -lo * scale[:, None]
+    joints2d = np.einsum("bij,bnj->bni", crop[..., :2], uv) + crop[:, None, :, 2]
+    seg = rng.integers(0, 15, (b, r, r))  # depths stay inside the ±9 bins below
+    dep = np.where(seg > 0, pelvis[:, 2, None, None] + rng.uniform(-0.4, 0.4, (b, r, r)), 0)
+    return {"joints2d": jnp.asarray(joints2d, jnp.float32),
+            "visible": jnp.ones((b, 16), jnp.float32),
+            "joints3d": jnp.asarray(joints, jnp.float32),
+            "pelvis_depth": jnp.asarray(pelvis[:, 2], jnp.float32),
+            "segm": jnp.asarray(seg, jnp.int32), "depth": jnp.asarray(dep, jnp.float32),
+            "crop": jnp.asarray(crop, jnp.float32)}
+
+
+def test_parse_tasks():
+    assert parse_tasks("segm+pose2d") == ("pose2d", "segm")
+    assert parse_tasks("all") == TASK_NAMES == ("pose2d", "pose3d", "depth", "segm")
+    assert parse_tasks(["depth"]) == ("depth",)
+    with pytest.raises(ValueError, match="pose2d, pose3d, depth, segm"):
+        parse_tasks("pose2d+normals")
+    with pytest.raises(ValueError, match="unknown task"):
+        parse_tasks("")
+
+
+def test_task_modules_share_one_interface():
+    for name, module in TASKS.items():
+        assert module.NAME == name
+        for attr in ("NUM_CHANNELS", "DEFAULT_LOSS_WEIGHT", "targets", "loss", "decode",
+                     "metric_stats", "summarize"):
+            assert hasattr(module, attr), (name, attr)
+
+
+def test_pose2d_targets_decode_within_half_pixel():
+    batch = make_batch()
+    heat = jax.jit(pose2d.targets)(batch)
+    assert heat.shape == (3, R, R, 16)
+    np.testing.assert_allclose(heat.max(axis=(1, 2)), 1.0, atol=0.25)
+    dec = pose2d.decode(heat, batch)
+    err = np.linalg.norm(np.asarray(dec["joints2d"] - batch["joints2d"]), axis=-1)
+    assert err.max() < 0.5
+    assert err.mean() < 0.05  # the parabola refinement is exact for Gaussians
+    # Back in original image pixels through the inverse crop.
+    uv = surreal.project_camera(np.asarray(batch["joints3d"], np.float64))
+    scale = float(batch["crop"][0, 0, 0])
+    assert np.abs(np.asarray(dec["joints2d_image"]) - uv).max() < 0.5 / scale + 1e-3
+
+
+def test_invisible_joints_get_empty_heatmaps():
+    batch = make_batch()
+    batch["visible"] = batch["visible"].at[:, 3].set(0.0)
+    assert float(jnp.abs(pose2d.targets(batch)[..., 3]).max()) == 0.0
+
+
+def test_pose3d_targets_decode_within_half_bin():
+    batch = make_batch(seed=1)
+    vol = jax.jit(pose3d.targets)(batch)
+    assert vol.shape == (3, R, R, 16 * 19)
+    dec = pose3d.decode(vol, batch)
+    gt = pose3d.root_relative_mm(batch["joints3d"])
+    err = np.asarray(dec["joints3d_rel_mm"] - gt)
+    assert np.abs(err[..., 2]).max() <= 22.5 + 0.1  # depth: within half a 45 mm bin
+    # x,y follow from the 2D location back-projected at that depth: a few mm more at most.
+    assert np.linalg.norm(err, axis=-1).max() < 22.5 * 1.05
+    np.testing.assert_array_equal(dec["joints3d_rel_mm"][:, surreal.PELVIS], 0.0)
+
+
+def test_depth_bins_follow_design():
+    np.testing.assert_array_equal(
+        common.depth_bin(jnp.array([0.0, 0.001, 0.045, 0.046, -0.044, -0.046, 1.0, -1.0])),
+        [0, 1, 1, 2, 0, -1, 9, -9])
+
+
+def test_depth_and_segm_decode_exactly():
+    batch = make_batch(seed=2)
+    t = depth.targets(batch)
+    assert int(t.min()) >= 0 and int(t.max()) <= 19
+    np.testing.assert_array_equal(np.asarray(t) == 0, np.asarray(batch["depth"]) == 0)
+    logits = jax.nn.one_hot(t, depth.NUM_CHANNELS) * 10
+    dec = depth.decode(logits, batch)
+    np.testing.assert_array_equal(dec["depth_classes"], t)
+    fg = np.asarray(batch["depth"]) > 0
+    assert np.abs(np.asarray(dec["depth_m"])[fg] - np.asarray(batch["depth"])[fg]).max() <= (
+        0.0225 + 1e-4)
+    s = segm.targets(batch)
+    np.testing.assert_array_equal(segm.decode(jax.nn.one_hot(s, 15), batch)["segm_classes"], s)
+
+
+def test_raw_to_part():
+    raw = np.arange(25, dtype=np.uint8)
+    np.testing.assert_array_equal(segm.raw_to_part(raw), surreal.SEGM_TO_PART)
+    np.testing.assert_array_equal(segm.raw_to_part(jnp.asarray(raw)), surreal.SEGM_TO_PART)
+
+
+def _summaries(task, pred_batch, batch):
+    dec = task.decode(pred_batch, batch)
+    return task.summarize(task.metric_stats(dec, batch))
+
+
+def test_metrics_perfect_predictions():
+    batch = make_batch(seed=3)
+    assert _summaries(pose2d, pose2d.targets(batch), batch)["pckh@0.5"] == 1.0
+    assert _summaries(pose3d, pose3d.targets(batch), batch)["mjd_mm"] < 22.5
+    d = _summaries(depth, jax.nn.one_hot(depth.targets(batch), 20), batch)
+    assert d["rmse_mm"] == 0.0 and d["bin_accuracy"] == 1.0
+    s = _summaries(segm, jax.nn.one_hot(segm.targets(batch), 15), batch)
+    assert s["mean_iou"] == 1.0 and s["pixel_accuracy"] == 1.0
+
+
+def test_metrics_known_offsets():
+    batch = make_batch(seed=4, b=2)
+    gt = batch["joints2d"]
+    head = np.linalg.norm(np.asarray(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK]), axis=-1)
+    # Shift every joint by 0.4 head segments: correct at PCKh@0.5; by 0.6: wrong.
+    for frac, expected in ((0.4, 1.0), (0.6, 0.0)):
+        dec = {"joints2d": gt + jnp.asarray(head * frac, jnp.float32)[:, None, None]
+               * jnp.array([1.0, 0.0])}
+        assert pose2d.summarize(pose2d.metric_stats(dec, batch))["pckh@0.5"] == expected
+    # 3D: every non-pelvis joint off by 30 mm along x -> MJD = 15/16 * 30 mm.
+    rel = pose3d.root_relative_mm(batch["joints3d"])
+    off = jnp.zeros_like(rel).at[..., 0].set(30.0).at[:, surreal.PELVIS].set(0.0)
+    mjd = pose3d.summarize(pose3d.metric_stats({"joints3d_rel_mm": rel + off}, batch))
+    assert mjd["mjd_mm"] == pytest.approx(30.0 * 15 / 16, abs=1e-3)
+    # Depth: every foreground bin one off -> RMSE 45 mm, accuracy 0.
+    t = depth.targets(batch)
+    off_by_one = {"depth_classes": jnp.where(t > 0, jnp.where(t < 19, t + 1, t - 1), 0)}
+    d = depth.summarize(depth.metric_stats(off_by_one, batch))
+    assert d["rmse_mm"] == pytest.approx(45.0, abs=1e-3) and d["bin_accuracy"] == 0.0
+    # Segmentation: hand-computed IoU on a 2-pixel case.
+    one = {"segm": jnp.array([[[1, 2]]], jnp.int32)}
+    s = segm.summarize(segm.metric_stats({"segm_classes": jnp.array([[[1, 1]]])}, one))
+    assert s["iou_per_part"]["head"] == 0.5 and s["iou_per_part"]["torso"] == 0.0
+    assert s["pixel_accuracy"] == 0.5
+
+
+def test_all_task_combinations_are_fifteen():
+    subsets = [c for k in range(1, 5) for c in itertools.combinations(TASK_NAMES, k)]
+    assert len(subsets) == 15 and all(parse_tasks("+".join(c)) == c for c in subsets)
