@@ -1,7 +1,8 @@
 """The four tasks, one module each: targets, head size, loss, decoding and metrics.
 
 `TASKS` is a plain dict from task name to module. A task module provides `NAME`,
-`NUM_CHANNELS` (its head's output channels), `DEFAULT_LOSS_WEIGHT`, `targets(batch)`,
+`NUM_CHANNELS` (its head's output channels), `CHANNEL_FLIP` (their permutation under a
+horizontal flip), `DEFAULT_LOSS_WEIGHT`, `targets(batch)`,
 `loss(pred, target)`, `decode(pred, batch)`, `metric_stats(decoded, batch)` (additive) and
 `summarize(stats)`. Adding a task means one module here plus an entry in `TASKS`.
 """

@@ -12,6 +12,7 @@ from hgmt.tasks import common
 NAME = "depth"
 NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
 DEFAULT_LOSS_WEIGHT = 1.0
+CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
 
 
 def targets(batch: dict) -> jnp.ndarray:

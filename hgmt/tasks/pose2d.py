@@ -17,6 +17,7 @@ NUM_JOINTS = len(surreal.JOINT_NAMES)
 NUM_CHANNELS = NUM_JOINTS
 DEFAULT_LOSS_WEIGHT = 1000.0
 SIGMA = 1.0
+CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
 
 

@@ -13,6 +13,7 @@ from hgmt.tasks import common
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
 DEFAULT_LOSS_WEIGHT = 1.0
+CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 
 
 def raw_to_part(raw):

@@ -1,0 +1,76 @@
+"""Pieces shared by the configs: the base ConfigDict and the `key=value,flag` argument parser."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hgmt.tasks import TASKS, parse_tasks
+
+
+def parse_arg(arg: str | None, defaults: dict) -> dict:
+    """'tasks=pose2d+segm,runlocal' -> {'tasks': 'pose2d+segm', 'runlocal': True}.
+
+    Keys must be in `defaults`; an unknown key is an error listing the valid ones."""
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+        out[key] = value if value else True
+    return out
+
+
+def base_config(tasks: str) -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with the defaults of a full SURREAL run."""
+    names = parse_tasks(tasks)
+    c = ml_collections.ConfigDict()
+    c.tasks = "+".join(names)
+    c.dataset = "surreal/every10"
+    c.data_dir = "~/tensorflow_datasets"
+    c.image_size = 256
+    c.batch_size = 32  # global, split over all devices of all hosts
+    c.total_steps = 200_000
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_stacks = 2
+    c.model.features = 256
+    c.model.depth = 4
+    c.model.interaction = "sum"
+    c.model.shared_trunk = False
+    c.model.dtype = "float32"
+
+    c.loss_weights = ml_collections.ConfigDict(
+        {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "rmsprop"  # rmsprop (reference code) | adam
+    c.optimizer.learning_rate = 2.5e-4
+    c.optimizer.warmup_steps = 1000
+    c.optimizer.schedule = "cosine"  # cosine | constant (after warm-up)
+    c.optimizer.grad_clip_norm = 0.0  # 0 disables
+
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.log_every = 100
+    c.eval_batch_size = 32
+    c.eval_max_examples = 0  # 0: the whole test protocol
+    c.worker_count = 4  # grain worker processes (0: in the main process)
+    c.prefetch = 2  # batches kept on device ahead of the step
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a config to run on a laptop CPU in minutes."""
+    c.image_size = 64
+    c.batch_size = 8
+    c.total_steps = 50
+    c.model.num_stacks = 1
+    c.model.features = 32
+    c.model.depth = 2
+    c.optimizer.warmup_steps = 5
+    c.checkpoint_every = 25
+    c.log_every = 10
+    c.eval_batch_size = 8
+    c.eval_max_examples = 32
+    c.worker_count = 0

@@ -1,0 +1,40 @@
+"""The embedded demo: SURREAL-format demo clips, a small 4-task model, a few hundred steps.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+        python -m hgmt.main --config=configs/demo.py --workdir=runs/demo
+
+When `data_dir` holds no built dataset, hgmt.main generates `demo.clips_per_split` clips of
+`demo.frames` frames with hgmt.synthetic into `demo.surreal_root` and builds them with the TFDS
+builder (config `all`) into `data_dir`. Argument: `tasks=` as in configs/default.py.
+"""
+
+import ml_collections
+
+from configs.common import base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, {"tasks": "all"})
+    c = base_config(args["tasks"])
+    c.dataset = "surreal/all"
+    c.data_dir = "runs/demo_data/tfds"
+    c.demo = ml_collections.ConfigDict()
+    c.demo.surreal_root = "runs/demo_data/surreal"
+    c.demo.clips_per_split = 8
+    c.demo.frames = 40
+    c.demo.seed = 0
+    c.image_size = 64
+    c.batch_size = 16
+    c.total_steps = 300
+    c.model.num_stacks = 2
+    c.model.features = 32
+    c.model.depth = 3
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.warmup_steps = 20
+    c.checkpoint_every = 100
+    c.log_every = 25
+    c.eval_batch_size = 16
+    c.worker_count = 0
+    c.lock()
+    return c

@@ -1,0 +1,182 @@
+"""Evaluation on the SURREAL test protocol (the middle frame of each clip).
+
+    python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] [--out=FILE.json]
+
+evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
+a Markdown table (and the PCKh curve as PNG when pose2d is evaluated). Metrics (see README):
+pose2d PCKh@0.5 per joint and mean, BodyNet PCK, PCKh curve; pose3d MJD (mm, root-relative);
+depth RMSE (mm, foreground) and bin accuracy; segm IoU per part, mean over the 14 parts
+(accumulated over the split) and pixel accuracy. `--flip` averages each prediction with that
+of the mirrored image (left/right channels swapped back).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hgmt import input_pipeline, surreal
+from hgmt.models import create_model
+from hgmt.tasks import TASKS, parse_tasks
+
+
+def predict_last_stage(model, variables: dict, images: jnp.ndarray, flip: bool) -> dict:
+    """{task: (B,r,r,C)} last-stage predictions, averaged with the flipped image's if `flip`."""
+    out = {t: o[-1] for t, o in model.apply(variables, images, train=False).items()}
+    if flip:
+        mirrored = model.apply(variables, images[:, :, ::-1], train=False)
+        for t, o in mirrored.items():
+            back = o[-1][:, :, ::-1][..., np.asarray(TASKS[t].CHANNEL_FLIP)]
+            out[t] = 0.5 * (out[t] + back)
+    return out
+
+
+def _one(tree):
+    """Adds a batch dim of 1 to every leaf (to call batched functions per example)."""
+    return jax.tree.map(lambda x: x[None], tree)
+
+
+def _per_example(task, pred, batch):
+    """Metric statistics and loss of a single example (called under vmap)."""
+    stats = task.metric_stats(task.decode(_one(pred), _one(batch)), _one(batch))
+    stats["loss"] = task.loss(_one(pred), task.targets(_one(batch)))
+    return stats
+
+
+def eval_step(variables: dict, batch: dict, *, model, flip: bool) -> dict:
+    """Per-device: masked sums of every task's metric statistics and of its loss."""
+    preds = predict_last_stage(model, variables, batch["image"], flip)
+    mask = batch["mask"]
+    examples = {k: v for k, v in batch.items() if k != "mask"}
+    stats = {}
+    for name, pred in preds.items():
+        per_example = jax.vmap(functools.partial(_per_example, TASKS[name]))(pred, examples)
+        stats[name] = jax.tree.map(
+            lambda s: jnp.tensordot(mask, s.astype(jnp.float32), axes=(0, 0)), per_example)
+    stats["count"] = jnp.sum(mask)
+    return jax.lax.psum(stats, "batch")
+
+
+def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
+             split: str = "test", flip: bool = False, writer=None, step: int = 0) -> dict:
+    """Metrics of `variables` on the test protocol of `split`: {task: {metric: value}}."""
+    tasks = parse_tasks(tasks or config.tasks)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, split)
+    indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir, split)
+    if config.get("eval_max_examples", 0):
+        indices = indices[:config.eval_max_examples]
+    if not indices:
+        raise ValueError(f"{config.dataset} split {split!r} has no test-protocol examples")
+    batch_size = config.eval_batch_size
+    batch_size -= batch_size % jax.device_count() or 0
+    batch_size = max(batch_size, jax.device_count())
+    model = create_model(config.model, tasks)
+    p_step = jax.pmap(functools.partial(eval_step, model=model, flip=flip), axis_name="batch")
+    replicated = flax.jax_utils.replicate(variables)
+    total = None
+    first = None
+    for batch in input_pipeline.eval_batches(source, indices, batch_size=batch_size,
+                                             image_size=config.image_size):
+        stats = jax.device_get(flax.jax_utils.unreplicate(
+            p_step(replicated, input_pipeline.shard(batch))))
+        total = stats if total is None else jax.tree.map(np.add, total, stats)
+        first = first or batch
+    count = float(total["count"])
+    summary = {name: TASKS[name].summarize(total[name]) for name in tasks}
+    summary["loss"] = {t: float(total[t]["loss"]) / count for t in tasks}
+    summary["num_examples"] = int(count)
+    summary["split"], summary["flip"] = split, flip
+    if writer is not None:
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
+        _write_images(writer, step, model, variables, first, tasks)
+    return summary
+
+
+def headline(summary: dict) -> dict:
+    """The one-number metrics of a summary, for logs and tables."""
+    keys = {"pose2d": ("pckh@0.5", "pck_bodynet"), "pose3d": ("mjd_mm",),
+            "depth": ("rmse_mm", "bin_accuracy"), "segm": ("mean_iou", "pixel_accuracy")}
+    return {f"{t}/{k}": summary[t][k] for t, ks in keys.items() if t in summary for k in ks}
+
+
+def to_markdown(summary: dict) -> str:
+    """Markdown tables: headline metrics, then per-joint and per-part breakdowns."""
+    lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
+             f"{' with flip test' if summary['flip'] else ''}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in headline(summary).items()]
+    if "pose2d" in summary or "pose3d" in summary:
+        lines += ["", "| joint | PCKh@0.5 | MJD (mm) |", "|---|---|---|"]
+        for j in surreal.JOINT_NAMES:
+            pck = summary.get("pose2d", {}).get("pckh@0.5_per_joint", {}).get(j)
+            mjd = summary.get("pose3d", {}).get("mjd_mm_per_joint", {}).get(j)
+            lines.append(f"| {j} | {'' if pck is None else f'{pck:.3f}'} | "
+                         f"{'' if mjd is None else f'{mjd:.1f}'} |")
+    if "segm" in summary:
+        lines += ["", "| part | IoU |", "|---|---|"]
+        lines += [f"| {p} | {v:.3f} |" for p, v in summary["segm"]["iou_per_part"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_images(writer, step, model, variables, batch, tasks) -> None:
+    from hgmt import viz
+
+    n = min(4, batch["image"].shape[0])
+    images = batch["image"][:n]
+    preds = predict_last_stage(model, variables, jnp.asarray(images), flip=False)
+    panels = viz.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()})
+    writer.write_images(step, {"eval/predictions": panels})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from hgmt import checkpoints
+
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint on the SURREAL test "
+                                            "protocol (middle frame of each clip).")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    p.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("--out", default=None, help="JSON path (default <workdir>/eval_<split>_"
+                                               "<step>.json); a .md table is written beside it")
+    p.add_argument("--data_dir", default=None, help="override the config's data_dir")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config, variables, step = checkpoints.restore_for_inference(args.workdir, args.step)
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    summary = evaluate(config, variables, split=args.split, flip=args.flip)
+    summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
+    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{step}.json")
+    write_report(summary, out)
+    print(to_markdown(summary))
+    print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
+
+
+def write_report(summary: dict, out: str) -> None:
+    """JSON at `out`, Markdown beside it, and the PCKh curve PNG when pose2d was evaluated."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(summary, f, indent=1)
+    stem = os.path.splitext(out)[0]
+    with open(stem + ".md", "w") as f:
+        f.write(to_markdown(summary))
+    if "pose2d" in summary:
+        from hgmt import viz
+
+        viz.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Input pipeline: built SURREAL records -> cropped, augmented examples for every task.
+
+Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
+`DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
+an iterator state that is checkpointed with the model. Each example is cropped around the person
+as in DESIGN.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top, 0.25 h
+bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear to
+R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and
+a horizontal flip with left/right swaps. The output is the cropped example of
+docs/interfaces.md §4; each task's targets are made from it inside the jitted step.
+
+Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
+access, so shuffling needs no buffer, sharding is exact, and the iterator's position is a few
+integers that orbax saves with the checkpoint (resuming continues the same data stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import cv2
+import grain.python as grain
+import jax
+import numpy as np
+
+from hgmt import surreal
+from hgmt.tasks import segm as segm_task
+
+MEAN = np.array([0.510, 0.467, 0.411], np.float32)
+STD = np.array([0.231, 0.235, 0.232], np.float32)
+_R_CAM = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # world -> camera
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Training augmentation of DESIGN.md; `Augment.none()` for evaluation."""
+
+    scale_sigma: float = 0.25  # scale = 2 ** clip(N(0, sigma), -0.5, 0.5)
+    rotate_sigma: float = 30.0  # degrees, clipped to +-60, applied with probability rotate_p
+    rotate_p: float = 0.4
+    gain: tuple[float, float] = (0.6, 1.4)  # per-channel colour gain
+    flip_p: float = 0.5
+
+    @staticmethod
+    def none() -> Augment:
+        return Augment(scale_sigma=0.0, rotate_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0),
+                       flip_p=0.0)
+
+
+def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in pixels -> (centre (2,), side) of the square crop window."""
+    lo, hi = joints2d.min(0), joints2d.max(0)
+    w, h = hi - lo
+    x0, x1 = lo[0] - 0.25 * w, hi[0] + 0.25 * w
+    y0, y1 = lo[1] - 0.35 * h, hi[1] + 0.25 * h
+    side = max(x1 - x0, y1 - y0, 8.0)
+    return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
+
+
+def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float = 0.0,
+                flip: bool = False) -> np.ndarray:
+    """(2,3) affine from image pixels to a size x size crop: the window of `side` pixels around
+    `centre` (pixel centres at integers, so the window spans [-0.5, size - 0.5]), rotated by
+    `rotation_deg` and mirrored horizontally when `flip`."""
+    s = size / side
+    a = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * s
+    if flip:
+        rot[0] *= -1
+    offset = (size - 1) / 2 - rot @ centre
+    return np.concatenate([rot, offset[:, None]], axis=1)
+
+
+def crop_example(example: dict, image_size: int, augment: Augment,
+                 rng: np.random.Generator | None = None) -> dict:
+    """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy.
+
+    image (R,R,3) normalised float32; joints2d (16,2) in r x r label pixels; visible (16,);
+    joints3d (16,3) camera metres; pelvis_depth (); segm (r,r) part classes; depth (r,r)
+    metres; crop (2,3) image pixels -> label pixels.
+    """
+    rng = rng or np.random.default_rng(0)
+    r = image_size // 4
+    joints2d = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+    cam_loc = np.asarray(example["cam_loc"], np.float64)
+    joints3d = (example["joints3d"][surreal.SMPL_TO_JOINT] - cam_loc) @ _R_CAM.T
+
+    centre, side = person_box(joints2d)
+    if augment.scale_sigma:
+        side *= 2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5)
+    rotation = 0.0
+    if augment.rotate_p and rng.uniform() < augment.rotate_p:
+        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -60, 60))
+    flip = bool(augment.flip_p and rng.uniform() < augment.flip_p)
+
+    m_image = crop_affine(centre, side, image_size, rotation, flip)
+    m_label = crop_affine(centre, side, r, rotation, flip)
+    image = cv2.warpAffine(example["image"], m_image, (image_size, image_size),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    parts = segm_task.raw_to_part(np.asarray(example["segm"])[..., 0])
+    parts = cv2.warpAffine(parts, m_label, (r, r), flags=cv2.INTER_NEAREST)
+    depth = cv2.warpAffine(np.asarray(example["depth"])[..., 0].astype(np.float32) / 1000.0,
+                           m_label, (r, r), flags=cv2.INTER_NEAREST)
+
+    image = image.astype(np.float32) / 255.0
+    if augment.gain != (1.0, 1.0):
+        image = np.clip(image * rng.uniform(*augment.gain, size=3).astype(np.float32), 0, 1)
+    label_joints = joints2d @ m_label[:, :2].T + m_label[:, 2]
+    if flip:
+        label_joints = label_joints[surreal.JOINT_FLIP]
+        joints3d = joints3d[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0]
+        parts = surreal.PART_FLIP[parts].astype(np.uint8)
+    visible = np.all((label_joints >= 0) & (label_joints <= r - 1), axis=-1)
+    return {
+        "image": (image - MEAN) / STD,
+        "joints2d": label_joints.astype(np.float32),
+        "visible": visible.astype(np.float32),
+        "joints3d": joints3d.astype(np.float32),
+        "pelvis_depth": np.float32(joints3d[surreal.PELVIS, 2]),
+        "segm": parts.astype(np.int32),
+        "depth": depth,
+        "crop": m_label.astype(np.float32),
+    }
+
+
+class TrainCrop(grain.RandomMapTransform):
+    def __init__(self, image_size: int, augment: Augment):
+        self.image_size, self.augment = image_size, augment
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return crop_example(element, self.image_size, self.augment, rng)
+
+
+def open_split(dataset: str, data_dir: str, split: str, decoders: dict | None = None):
+    """`tfds.data_source` of a built split, with a clear error when it is missing."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers the `surreal` builder)
+
+    try:
+        return tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
+            f"({type(e).__name__}: {e}). Build it with: tfds build data_builders/surreal "
+            f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
+            f"{dataset.split('/')[-1]} --file_format=array_record") from e
+
+
+def train_loader(source, *, batch_size: int, image_size: int, seed: int,
+                 augment: Augment = Augment(), worker_count: int = 0) -> grain.DataLoader:
+    """Endless shuffled loader of this host's share: batches of batch_size // process_count."""
+    per_host = batch_size // jax.process_count()
+    sampler = grain.IndexSampler(
+        num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+        shuffle=True, num_epochs=None, seed=seed)
+    return grain.DataLoader(
+        data_source=source, sampler=sampler,
+        operations=[TrainCrop(image_size, augment),
+                    grain.Batch(per_host, drop_remainder=True)],
+        worker_count=worker_count)
+
+
+def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
+    """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
+    reads the annotations only, not the images."""
+    import tensorflow_datasets as tfds
+
+    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "segm", "depth")}
+    light = open_split(dataset, data_dir, split, decoders=skip)
+    keep = []
+    for i in range(len(light)):
+        ex = light[i]
+        if int(ex["frame"]) == surreal.middle_frame(int(ex["num_frames"])):
+            keep.append(i)
+    return keep
+
+
+def eval_batches(source, indices: list[int], *, batch_size: int,
+                 image_size: int) -> Iterator[dict]:
+    """This host's share of `indices` in fixed-size batches; the last one padded, with `mask`
+    (1 real, 0 padding) so every example counts exactly once."""
+    mine = indices[jax.process_index()::jax.process_count()]
+    per_host = batch_size // jax.process_count()
+    for start in range(0, len(mine), per_host):
+        chunk = mine[start:start + per_host]
+        examples = [crop_example(source[i], image_size, Augment.none()) for i in chunk]
+        mask = [1.0] * len(examples) + [0.0] * (per_host - len(examples))
+        examples += [examples[-1]] * (per_host - len(examples))
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch["mask"] = np.asarray(mask, np.float32)
+        yield batch
+
+
+def shard(batch: dict) -> dict:
+    """(B,...) host arrays -> (local_devices, B / local_devices, ...) for pmap."""
+    n = jax.local_device_count()
+    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+
+
+def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
+    """Shards host batches over the local devices and keeps `size` of them in flight."""
+    import flax.jax_utils
+
+    return flax.jax_utils.prefetch_to_device(map(shard, iterator), size)

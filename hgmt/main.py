@@ -1,0 +1,85 @@
+"""hgmt's command line: train (resuming from the workdir), then evaluate.
+
+    python -m hgmt.main --config=configs/default.py:tasks=pose2d+segm --workdir=DIR \
+        [--config.batch_size=64 ...]
+
+With configs/demo.py the demo dataset is generated and built first when it is missing.
+Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
+(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file[:argument].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and results go.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM, Slurm).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def prepare_demo_dataset(config) -> None:
+    """Generates the demo clips and builds them with the TFDS builder, unless already built."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+    from hgmt import surreal, synthetic
+
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir,
+                           file_format="array_record")
+    if builder.is_prepared():
+        return
+    root = config.demo.surreal_root
+    if not surreal.find_clips(root, "test"):
+        logging.info("generating demo SURREAL clips in %s", root)
+        synthetic.generate(root, config.demo.clips_per_split, config.demo.frames,
+                           config.demo.seed)
+    logging.info("building %s into %s", config.dataset, config.data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+
+
+def main(argv) -> None:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.distributed:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
+
+    from hgmt import evaluate, train
+
+    config = FLAGS.config
+    logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+                 jax.devices())
+    if "demo" in config and jax.process_index() == 0:
+        prepare_demo_dataset(config)
+    if "demo" in config and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("demo dataset ready")
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        out = os.path.join(FLAGS.workdir, "eval_test.json")
+        evaluate.write_report(summary, out)
+        print(evaluate.to_markdown(summary))
+        print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
+                          **evaluate.headline(summary)}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,108 @@
+"""Pictures of predictions: colourised part and depth maps, skeletons, PCK curves.
+
+Arrays in, arrays or PNG files out; matplotlib only for plots (Agg backend)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from hgmt import input_pipeline, surreal
+from hgmt.tasks import common
+
+# 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
+PART_COLORS = np.array([
+    [0, 0, 0], [230, 200, 60], [200, 70, 200], [240, 60, 60], [250, 140, 60], [250, 210, 120],
+    [60, 110, 240], [60, 200, 240], [140, 240, 240], [200, 30, 30], [240, 120, 30],
+    [255, 200, 80], [30, 60, 200], [30, 170, 200], [120, 220, 220]], np.uint8)
+
+
+def denormalise(image: np.ndarray) -> np.ndarray:
+    """Normalised (…,3) float image -> uint8 RGB."""
+    rgb = np.asarray(image) * input_pipeline.STD + input_pipeline.MEAN
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def colour_parts(classes: np.ndarray) -> np.ndarray:
+    """(H,W) part classes 0..14 -> (H,W,3) uint8."""
+    return PART_COLORS[np.clip(classes, 0, len(PART_COLORS) - 1)]
+
+
+def colour_depth(classes: np.ndarray) -> np.ndarray:
+    """(H,W) depth classes 0..19 (0 background) -> (H,W,3) uint8, near bright, far dark."""
+    v = np.where(classes > 0, 255 - (classes.astype(np.float32) - 1) * 10, 0).astype(np.uint8)
+    out = cv2.applyColorMap(v, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+    out[classes == 0] = 0
+    return out
+
+
+def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, scale: float = 1.0,
+                  thickness: int = 2) -> np.ndarray:
+    """Draws (16,2) joints (pixel coords / scale) on a copy of rgb: right limbs red, left blue."""
+    out = np.ascontiguousarray(rgb.copy())
+    pts = [(int(round(x * scale)), int(round(y * scale))) for x, y in joints]
+    for a, b in surreal.SKELETON:
+        name = surreal.JOINT_NAMES[b]
+        colour = (230, 40, 40) if name.startswith("r_") else (40, 90, 230) if name.startswith(
+            "l_") else (240, 220, 40)
+        cv2.line(out, pts[a], pts[b], colour, thickness, cv2.LINE_AA)
+    for p in pts:
+        cv2.circle(out, p, thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
+    return out
+
+
+def task_maps(preds: dict, size: int) -> list[np.ndarray]:
+    """{task: (r,r,C)} one example's predictions -> list of (size,size,3) uint8 pictures."""
+    pics = []
+    resize = lambda im: cv2.resize(im, (size, size), interpolation=cv2.INTER_NEAREST)  # noqa
+    if "pose2d" in preds:
+        heat = np.clip(preds["pose2d"].max(-1), 0, 1)
+        pics.append(resize(cv2.applyColorMap((heat * 255).astype(np.uint8),
+                                             cv2.COLORMAP_JET)[..., ::-1].copy()))
+    if "pose3d" in preds:
+        r = preds["pose3d"].shape[0]
+        vol = preds["pose3d"].reshape(r, r, 16, -1).max(-1).max(-1)
+        pics.append(resize(cv2.applyColorMap((np.clip(vol, 0, 1) * 255).astype(np.uint8),
+                                             cv2.COLORMAP_VIRIDIS)[..., ::-1].copy()))
+    if "depth" in preds:
+        pics.append(resize(colour_depth(preds["depth"].argmax(-1))))
+    if "segm" in preds:
+        pics.append(resize(colour_parts(preds["segm"].argmax(-1))))
+    return pics
+
+
+def prediction_strips(images: np.ndarray, preds: dict) -> np.ndarray:
+    """(n,R,R,3) normalised images and {task: (n,r,r,C)} -> (n,R,R*(1+tasks),3) uint8 rows:
+    the input (with the decoded 2D skeleton when pose2d is predicted), then each task's map."""
+    rows = []
+    for i in range(images.shape[0]):
+        rgb = denormalise(images[i])
+        size = rgb.shape[0]
+        one = {t: np.asarray(p[i]) for t, p in preds.items()}
+        if "pose2d" in one:
+            joints, _ = common.subpixel_argmax(np.moveaxis(one["pose2d"], -1, 0))
+            rgb = draw_skeleton(rgb, np.asarray(joints), scale=size / one["pose2d"].shape[0])
+        rows.append(np.concatenate([rgb] + task_maps(one, size), axis=1))
+    return np.stack(rows)
+
+
+def plot_pck_curve(curve: dict, path: str) -> None:
+    """PCKh curve {'thresholds': [...], 'mean': [...]} -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=120)
+    ax.plot(curve["thresholds"], curve["mean"], marker="o", ms=3)
+    ax.set_xlabel("threshold (fraction of head segment)")
+    ax.set_ylabel("PCKh")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "prediction_strips",
+           "plot_pck_curve"]
