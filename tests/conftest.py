@@ -29,3 +29,49 @@ def real_info_path():
     if not REAL_INFO.exists():
         pytest.skip(f"real SURREAL sample not found at {REAL_INFO} (../shared is absent)")
     return str(REAL_INFO)
+
+
+def build_demo(root, clips_per_split=2, frames=6, seed=0, config="all"):
+    """Generates demo SURREAL clips under root/surreal and builds them under root/tfds."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401
+    from hgmt import synthetic
+
+    surreal_root = os.path.join(root, "surreal")
+    data_dir = os.path.join(root, "tfds")
+    synthetic.generate(surreal_root, clips_per_split, frames, seed)
+    builder = tfds.builder(f"surreal/{config}", data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    return surreal_root, data_dir
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """(surreal_root, data_dir) of a small built demo dataset, config `all`: 2 clips of 6
+    frames per split."""
+    return build_demo(str(tmp_path_factory.mktemp("demo_dataset")))
+
+
+def tiny_config(data_dir, tasks="all", **overrides):
+    """A runlocal config on the demo dataset, small enough for tests."""
+    from configs import default
+
+    config = default.get_config(f"tasks={tasks},runlocal")
+    config.dataset = "surreal/all"
+    config.data_dir = data_dir
+    config.model.features = 16
+    config.batch_size = 8
+    config.total_steps = 4
+    config.log_every = 2
+    config.checkpoint_every = 2
+    config.eval_batch_size = 8
+    config.eval_max_examples = 8
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return config

@@ -1,0 +1,39 @@
+"""Configs: task parsing, validation at load, the documented fields."""
+
+import pytest
+
+from configs import default, demo
+
+
+def test_default_tasks_and_runlocal():
+    c = default.get_config("tasks=segm+pose2d,runlocal")
+    assert c.tasks == "pose2d+segm"
+    assert set(c.loss_weights) == {"pose2d", "segm"}
+    assert c.model.num_stacks == 1 and c.image_size == 64
+    full = default.get_config()
+    assert full.tasks == "pose2d+pose3d+depth+segm" and full.model.features == 256
+    for field in ("dataset", "data_dir", "batch_size", "total_steps", "checkpoint_every",
+                  "seed"):
+        assert field in full
+    assert full.model.dtype == "float32" and full.optimizer.name == "rmsprop"
+
+
+def test_unknown_task_lists_valid_ones():
+    with pytest.raises(ValueError, match="pose2d, pose3d, depth, segm"):
+        default.get_config("tasks=pose2d+normals")
+
+
+def test_unknown_argument_and_field_are_errors():
+    with pytest.raises(ValueError, match="unknown config argument 'task'.*interaction"):
+        default.get_config("task=pose2d")
+    c = default.get_config()
+    with pytest.raises(AttributeError):
+        c.batchsize = 3  # locked: typos do not silently add fields
+    with pytest.raises(AttributeError):
+        c.model.stacks = 3
+
+
+def test_demo_config():
+    c = demo.get_config()
+    assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0
+    assert demo.get_config("tasks=depth").tasks == "depth"

@@ -1,0 +1,93 @@
+"""Input pipeline: crops follow DESIGN.md, flips swap left and right, loaders shard and resume."""
+
+import numpy as np
+import pytest
+
+from hgmt import input_pipeline as ip
+from hgmt import surreal
+
+
+@pytest.fixture(scope="module")
+def source(demo_dataset):
+    return ip.open_split("surreal/all", demo_dataset[1], "train")
+
+
+def test_crop_window_matches_design():
+    joints = np.array([[100.0, 50.0], [140.0, 210.0]] + [[120.0, 100.0]] * 14)
+    centre, side = ip.person_box(joints)
+    # box w=40, h=160 -> x in [90,150], y in [-6, 250]; square side 256 centred.
+    assert side == pytest.approx(256.0)
+    np.testing.assert_allclose(centre, [120.0, 122.0])
+    m = ip.crop_affine(centre, side, 64)
+    corners = np.array([[120 - 128, 122 - 128], [120 + 128, 122 + 128]]) @ m[:, :2].T + m[:, 2]
+    np.testing.assert_allclose(corners, [[-0.5, -0.5], [63.5, 63.5]])
+
+
+def test_cropped_example_is_consistent(source):
+    ex = source[0]
+    out = ip.crop_example(ex, 64, ip.Augment.none())
+    assert out["image"].shape == (64, 64, 3) and out["segm"].shape == (16, 16)
+    assert out["visible"].sum() == 16  # the widened box holds every joint
+    # Joints = the crop affine applied to the 16 SMPL-mapped joints.
+    j = ex["joints2d"][surreal.SMPL_TO_JOINT]
+    np.testing.assert_allclose(out["joints2d"], j @ out["crop"][:, :2].T + out["crop"][:, 2],
+                               atol=1e-4)
+    # Camera-frame 3D joints project back onto the 2D annotation (within its 0.5 px rounding).
+    np.testing.assert_allclose(surreal.project_camera(out["joints3d"]), j, atol=0.6)
+    assert out["pelvis_depth"] == pytest.approx(float(out["joints3d"][surreal.PELVIS, 2]))
+    # Labels: depth foreground where parts are, near the pelvis depth.
+    np.testing.assert_array_equal(out["depth"] > 0, out["segm"] > 0)
+    fg = out["depth"] > 0
+    assert np.abs(out["depth"][fg] - out["pelvis_depth"]).max() < 1.0
+    assert set(np.unique(out["segm"])) <= set(range(15)) and len(np.unique(out["segm"])) > 8
+
+
+def test_flip_swaps_left_and_right(source):
+    ex = source[1]
+    plain = ip.crop_example(ex, 64, ip.Augment.none())
+    flip_only = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0), flip_p=1.0)
+    flipped = ip.crop_example(ex, 64, flip_only)
+    r = 16
+    unflipped_joints = flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0]
+    np.testing.assert_allclose(unflipped_joints, plain["joints2d"], atol=1e-4)
+    np.testing.assert_array_equal(surreal.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
+    np.testing.assert_array_equal(flipped["depth"][:, ::-1], plain["depth"])
+    # cv2's fixed-point bilinear warp rounds to uint8 differently for mirrored sample positions:
+    # allow one grey level (1/255 over the normalisation std, about 0.017).
+    np.testing.assert_allclose(flipped["image"][:, ::-1], plain["image"], atol=0.02)
+    np.testing.assert_allclose(flipped["joints3d"][surreal.JOINT_FLIP] * [-1, 1, 1],
+                               plain["joints3d"], atol=1e-6)
+
+
+def test_augmentation_is_random_but_reproducible(source):
+    ex = source[2]
+    a = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
+    b = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
+    c = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(6))
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert not np.array_equal(a["crop"], c["crop"])
+
+
+def test_loader_state_resumes_the_same_stream(source):
+    loader = ip.train_loader(source, batch_size=4, image_size=64, seed=1)
+    it = iter(loader)
+    next(it)
+    state = it.get_state()
+    expected = next(it)["joints2d"]
+    it2 = iter(ip.train_loader(source, batch_size=4, image_size=64, seed=1))
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["joints2d"], expected)
+
+
+def test_test_protocol_and_padded_eval_batches(demo_dataset):
+    idx = ip.test_protocol_indices("surreal/all", demo_dataset[1], "test")
+    assert len(idx) == 2  # one middle frame per test clip
+    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+    assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
+    batches = list(ip.eval_batches(src, idx, batch_size=4, image_size=64))
+    assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
+
+
+def test_missing_dataset_says_how_to_build(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tfds build data_builders/surreal"):
+        ip.open_split("surreal/all", str(tmp_path), "train")
