@@ -16,6 +16,7 @@ integers that orbax saves with the checkpoint (resuming continues the same data 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterator
 
@@ -162,6 +163,37 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
         worker_count=worker_count)
 
 
+class ConsumedPosition:
+    """A loader iterator whose checkpointed state is that after the last batch the trainer
+    *consumed*, not after the last one prefetched to devices (which runs ahead by `prefetch`
+    batches). Give it to grain's checkpoint handler in place of the iterator; draw batches
+    from `batches()` and call `consumed()` once per training step."""
+
+    def __init__(self, iterator):
+        self._iterator = iterator
+        self._pending: collections.deque = collections.deque()
+        self._consumed = iterator.get_state()
+
+    def batches(self) -> Iterator[dict]:
+        for batch in self._iterator:
+            self._pending.append(self._iterator.get_state())
+            yield batch
+
+    def consumed(self) -> None:
+        self._consumed = self._pending.popleft()
+
+    def get_state(self) -> bytes:
+        return self._consumed
+
+    def set_state(self, state: bytes) -> None:
+        self._iterator.set_state(state)
+        self._consumed = state
+        self._pending.clear()
+
+    def start_prefetch(self) -> None:
+        getattr(self._iterator, "start_prefetch", lambda: None)()
+
+
 def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
     """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
     reads the annotations only, not the images."""
@@ -183,11 +215,14 @@ def eval_batches(source, indices: list[int], *, batch_size: int,
     (1 real, 0 padding) so every example counts exactly once."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
-    for start in range(0, len(mine), per_host):
+    # Every host yields the same number of batches (the collectives need all of them).
+    for start in range(0, -(-len(indices) // batch_size) * per_host, per_host):
         chunk = mine[start:start + per_host]
         examples = [crop_example(source[i], image_size, Augment.none()) for i in chunk]
         mask = [1.0] * len(examples) + [0.0] * (per_host - len(examples))
-        examples += [examples[-1]] * (per_host - len(examples))
+        filler = examples[-1] if examples else crop_example(source[indices[0]], image_size,
+                                                            Augment.none())
+        examples += [filler] * (per_host - len(examples))
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.asarray(mask, np.float32)
         yield batch

@@ -104,9 +104,9 @@ def sync_batch_stats(state: TrainState) -> TrainState:
 
 
 # --- The loop --------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates the
-    final model on the test protocol. Returns the evaluation summary."""
+def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> TrainState:
+    """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
+    latest checkpoint. Returns the final state on the host, BatchNorm statistics averaged."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     if config.batch_size % jax.device_count():
@@ -114,14 +114,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          f"{jax.device_count()} devices")
     if jax.process_index() == 0:
         checkpoints.save_config(config, workdir)
-    writer = metric_writers.create_default_writer(workdir,
-                                                  just_logging=jax.process_index() > 0)
+    writer = writer or metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    lr_fn = create_lr(config)
 
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                          image_size=config.image_size, seed=config.seed,
                                          worker_count=config.worker_count)
-    data_iter = iter(loader)
+    data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, tasks, axis_name="batch")
     state = create_train_state(jax.random.key(config.seed), config, model)
@@ -138,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = flax.jax_utils.replicate(state)
     p_train_step = jax.pmap(functools.partial(train_step, weights=weights), axis_name="batch",
                             donate_argnums=(0,))
-    device_iter = input_pipeline.prefetch_to_device(data_iter, config.prefetch)
+    device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
+                                                     config.prefetch)
 
     def save(step: int, state) -> None:
         host_state = jax.device_get(flax.jax_utils.unreplicate(sync_batch_stats(state)))
@@ -152,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start_step + 1, config.total_steps + 1):
         t0 = time.perf_counter()
         batch = next(device_iter)
+        data_iter.consumed()
         wait_time += time.perf_counter() - t0
         state, metrics = p_train_step(state, batch)
         metrics = jax.device_get(flax.jax_utils.unreplicate(metrics))
@@ -168,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             steps_done = step - step_last
             img_s = steps_done * config.batch_size / elapsed
             scalars = {**metrics, "img_per_s": img_s, "data_wait": wait_time / elapsed,
-                       "learning_rate": float(create_lr(config)(step))}
+                       "learning_rate": float(lr_fn(step))}
             writer.write_scalars(step, scalars)
             eta = (config.total_steps - step) * elapsed / steps_done
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%%  ETA %s", step,
@@ -179,11 +182,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             save(step, state)
     mngr.wait_until_finished()
+    mngr.close()
+    return jax.device_get(flax.jax_utils.unreplicate(sync_batch_stats(state)))
 
-    variables = jax.device_get(flax.jax_utils.unreplicate(sync_batch_stats(state)))
-    summary = evaluate.evaluate(config, {"params": variables.params,
-                                         "batch_stats": variables.batch_stats}, tasks,
-                                writer=writer, step=int(variables.step))
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (see `train`), then evaluates the final model on the test protocol. Returns the
+    evaluation summary."""
+    writer = metric_writers.create_default_writer(workdir,
+                                                  just_logging=jax.process_index() > 0)
+    state = train(config, workdir, writer)
+    summary = evaluate.evaluate(config, {"params": state.params,
+                                         "batch_stats": state.batch_stats},
+                                writer=writer, step=int(state.step))
     writer.flush()
     return summary
 

@@ -1,0 +1,150 @@
+"""Trainer: pmap over 4 CPU devices, checkpoints, exact resume, kill -9, NaN stop, 2 processes."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hgmt import checkpoints, train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _assert_trees_equal(a, b, **tol):
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_allclose(fa[k], fb[k], err_msg=k, **tol)
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, caplog):
+    """4 steps then a rerun to 6 equals 6 steps straight: state and data position restored."""
+    assert jax.local_device_count() == 4
+    kw = dict(tasks="pose2d+depth", **{"optimizer.schedule": "constant"})
+    straight = train.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
+                           str(tmp_path / "straight"))
+    train.train(tiny_config(demo_dataset[1], total_steps=4, **kw), str(tmp_path / "split"))
+    assert checkpoints.manager(str(tmp_path / "split")).all_steps() == [2, 4]
+    with caplog.at_level(logging.INFO):
+        resumed = train.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
+                              str(tmp_path / "split"))
+    assert "resumed from" in caplog.text and int(resumed.step) == 6
+    assert checkpoints.manager(str(tmp_path / "split"), keep=3).all_steps() == [2, 4, 6]
+    _assert_trees_equal(straight.params, resumed.params, rtol=1e-5, atol=1e-6)
+    _assert_trees_equal(straight.batch_stats, resumed.batch_stats, rtol=1e-5, atol=1e-6)
+    # And training moved (nearly) every parameter.
+    config = tiny_config(demo_dataset[1], **kw)
+    init = train.create_train_state(jax.random.key(config.seed), config,
+                                    train.create_model(config.model, ("pose2d", "depth")))
+    moved = [k for k, v in _flat(init.params).items()
+             if not np.allclose(v, _flat(straight.params)[k])]
+    assert len(moved) > 0.9 * len(_flat(init.params))
+
+
+def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
+    with pytest.raises(ValueError, match="divisible by the 4 devices"):
+        train.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))
+
+
+def test_loss_weights_must_match_tasks(demo_dataset, tmp_path):
+    config = tiny_config(demo_dataset[1], tasks="pose2d")
+    config.unlock()
+    config.loss_weights.segm = 1.0
+    with pytest.raises(ValueError, match="one weight per task"):
+        train.train(config, str(tmp_path))
+
+
+def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_dataset, tmp_path):
+    config = tiny_config(demo_dataset[1], tasks="segm", total_steps=20, checkpoint_every=1,
+                         **{"optimizer.learning_rate": 1e30, "optimizer.schedule": "constant",
+                            "optimizer.warmup_steps": 0})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+) in task\(s\) "
+                                                 r"segm.*last good checkpoint") as err:
+        train.train(config, str(tmp_path))
+    bad_step = int(err.value.args[0].split("step ")[1].split()[0])
+    assert bad_step >= 2
+    assert checkpoints.manager(str(tmp_path)).latest_step() == bad_step - 1
+    variables, restored_config, tasks = checkpoints.restore_for_inference(str(tmp_path))
+    assert tasks == ("segm",) and restored_config.total_steps == 20
+    assert all(np.isfinite(v).all() for v in _flat(variables["params"]).values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_path):
+    workdir = str(tmp_path / "w")
+    cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
+           f"--workdir={workdir}", "--config.dataset=surreal/all",
+           f"--config.data_dir={demo_dataset[1]}", "--config.total_steps=400",
+           "--config.checkpoint_every=5", "--config.eval_max_examples=4",
+           "--config.model.features=16"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = checkpoints.checkpoint_dir(workdir)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+        if any(s >= 10 for s in steps):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoints.manager(workdir).latest_step()
+    assert killed_at is not None and 10 <= killed_at < 400
+
+    cmd[cmd.index("--config.total_steps=400")] = f"--config.total_steps={killed_at + 5}"
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"at step {killed_at}" in rerun.stderr and "resumed from" in rerun.stderr
+    assert f"step {killed_at + 5}/{killed_at + 5}" in rerun.stderr
+    assert checkpoints.manager(workdir).latest_step() == killed_at + 5
+    result = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["pose2d/pckh@0.5"] <= 1.0
+
+
+def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_path):
+    from hgmt import evaluate
+
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
+                               str(tmp_path), demo_dataset[1], str(i), str(port)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "2 devices" not in outs[0] and "4 devices, global batch 8" in outs[0]
+    p0, p1 = (np.load(tmp_path / f"params_{i}.npz") for i in range(2))
+    assert p0.files == p1.files and len(p0.files) > 10
+    for k in p0.files:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+    e0, e1 = (json.loads((tmp_path / f"eval_{i}.json").read_text()) for i in range(2))
+    assert e0 == e1 and e0["num_examples"] == 2
+    # The host-sharded evaluation equals a single-process one of the same parameters.
+    variables, config, _ = checkpoints.restore_for_inference(str(tmp_path))
+    for k, v in _flat(variables["params"]).items():
+        np.testing.assert_array_equal(v, p0[k], err_msg=k)
+    single = evaluate.evaluate(config, variables)
+    assert single["num_examples"] == 2
+    np.testing.assert_allclose(single["pose2d"]["pckh@0.5"], e0["pose2d"]["pckh@0.5"])
+    np.testing.assert_allclose(single["segm"]["mean_iou"], e0["segm"]["mean_iou"], rtol=1e-5)
