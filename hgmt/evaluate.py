@@ -123,7 +123,8 @@ def to_markdown(summary: dict) -> str:
                          f"{'' if mjd is None else f'{mjd:.1f}'} |")
     if "segm" in summary:
         lines += ["", "| part | IoU |", "|---|---|"]
-        lines += [f"| {p} | {v:.3f} |" for p, v in summary["segm"]["iou_per_part"].items()]
+        lines += [f"| {p} | {'absent' if v is None else f'{v:.3f}'} |"
+                  for p, v in summary["segm"]["iou_per_part"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,8 @@
     python tests/multihost_worker.py WORKDIR DATA_DIR PROCESS_ID PORT
 
 Each process has 2 CPU devices; together they train one replicated model with
-`jax.distributed.initialize` on localhost, then evaluate it. Writes WORKDIR/params_<id>.npz and
-WORKDIR/eval_<id>.json.
+`jax.distributed.initialize` on localhost, then evaluate it. Writes WORKDIR/topology_<id>.json,
+WORKDIR/params_<id>.npz and WORKDIR/eval_<id>.json.
 """
 
 import json
@@ -24,6 +24,9 @@ def main(workdir: str, data_dir: str, process_id: int, port: int) -> None:
     from hgmt import evaluate, train
     from tests.conftest import tiny_config
 
+    with open(os.path.join(workdir, f"topology_{process_id}.json"), "w") as f:
+        json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
+                   "local_devices": jax.local_device_count(), "devices": jax.device_count()}, f)
     config = tiny_config(data_dir, tasks="pose2d+segm", total_steps=3, checkpoint_every=3)
     state = train.train(config, workdir)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)

@@ -156,6 +156,8 @@ def test_metrics_known_offsets():
     one = {"segm": jnp.array([[[1, 2]]], jnp.int32)}
     s = segm.summarize(segm.metric_stats({"segm_classes": jnp.array([[[1, 1]]])}, one))
     assert s["iou_per_part"]["head"] == 0.5 and s["iou_per_part"]["torso"] == 0.0
+    # Parts in neither labels nor predictions are not scored: the mean is over head and torso.
+    assert s["iou_per_part"]["r_hand"] is None and s["mean_iou"] == 0.25
     assert s["pixel_accuracy"] == 0.5
 
 

@@ -78,8 +78,9 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
     bad_step = int(err.value.args[0].split("step ")[1].split()[0])
     assert bad_step >= 2
     assert checkpoints.manager(str(tmp_path)).latest_step() == bad_step - 1
-    variables, restored_config, tasks = checkpoints.restore_for_inference(str(tmp_path))
-    assert tasks == ("segm",) and restored_config.total_steps == 20
+    restored_config, variables, step = checkpoints.restore_for_inference(str(tmp_path))
+    assert step == bad_step - 1
+    assert restored_config.tasks == "segm" and restored_config.total_steps == 20
     assert all(np.isfinite(v).all() for v in _flat(variables["params"]).values())
 
 
@@ -133,7 +134,9 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    assert "2 devices" not in outs[0] and "4 devices, global batch 8" in outs[0]
+    topology = [json.loads((tmp_path / f"topology_{i}.json").read_text()) for i in range(2)]
+    assert topology == [{"process_index": i, "process_count": 2, "local_devices": 2,
+                         "devices": 4} for i in range(2)]
     p0, p1 = (np.load(tmp_path / f"params_{i}.npz") for i in range(2))
     assert p0.files == p1.files and len(p0.files) > 10
     for k in p0.files:
@@ -141,7 +144,7 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     e0, e1 = (json.loads((tmp_path / f"eval_{i}.json").read_text()) for i in range(2))
     assert e0 == e1 and e0["num_examples"] == 2
     # The host-sharded evaluation equals a single-process one of the same parameters.
-    variables, config, _ = checkpoints.restore_for_inference(str(tmp_path))
+    config, variables, _ = checkpoints.restore_for_inference(str(tmp_path))
     for k, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(v, p0[k], err_msg=k)
     single = evaluate.evaluate(config, variables)

@@ -16,12 +16,15 @@ Dtype = Any
 
 
 def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Module:
-    """A kxk 'SAME' convolution with bias; 1x1 ones as Dense over channels."""
+         name: str | None = None, init_scale: float = 1.0) -> nn.Module:
+    """A kxk 'SAME' convolution with bias; 1x1 ones as Dense over channels. `init_scale`
+    multiplies the LeCun-normal initial kernel's standard deviation."""
+    kernel_init = nn.initializers.variance_scaling(init_scale**2, "fan_in", "truncated_normal")
     if kernel == 1 and strides == 1:
-        return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+        return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                        kernel_init=kernel_init)
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+                   dtype=dtype, param_dtype=jnp.float32, name=name, kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype,

@@ -26,6 +26,11 @@ from hgmt.models.hourglass import Dtype, Stem, Stream, conv
 from hgmt.tasks import TASKS
 
 INTERACTIONS = ("none", "sum", "concat", "gated")
+# Heads start near zero output (kernel std 1 % of LeCun's): the sparse heatmap and volume
+# targets are then learned from the first step instead of after unlearning random outputs
+# (measured: pose3d overfit loss 0.0013 -> 0.00011 in 300 steps; with the default init it
+# stayed above the all-zero prediction's 0.0011).
+HEAD_INIT_SCALE = 0.01
 
 
 class Interaction(nn.Module):
@@ -88,7 +93,8 @@ class MultiTaskHourglass(nn.Module):
         for stage in range(self.num_stacks):
             feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s], train)
                      for s in streams}
-            preds = {t: conv(TASKS[t].NUM_CHANNELS, 1, dtype=dt, name=f"stage{stage}_{t}_head")(
+            preds = {t: conv(TASKS[t].NUM_CHANNELS, 1, dtype=dt, name=f"stage{stage}_{t}_head",
+                             init_scale=HEAD_INIT_SCALE)(
                 feats["trunk" if self.shared_trunk else t]) for t in self.tasks}
             for t in self.tasks:
                 outputs[t].append(preds[t].astype(jnp.float32))

@@ -41,10 +41,16 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
 
 
 def summarize(stats: dict) -> dict:
+    """IoU per part from the split's summed confusion; the mean is over the foreground parts
+    that occur (union > 0) in labels or predictions, so a small split without hands is not
+    scored 0 for them. Parts that never occur are reported as None."""
     conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
     inter = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - inter
-    iou = inter / np.maximum(union, 1)
-    return {"mean_iou": float(iou[1:].mean()),
-            "iou_per_part": dict(zip(surreal.PART_NAMES, iou[1:].tolist(), strict=True)),
+    present = union[1:] > 0
+    iou = inter[1:] / np.maximum(union[1:], 1)
+    return {"mean_iou": float(iou[present].mean()) if present.any() else 0.0,
+            "iou_per_part": {name: float(v) if p else None
+                             for name, v, p in zip(surreal.PART_NAMES, iou, present,
+                                                   strict=True)},
             "pixel_accuracy": float(inter.sum() / max(conf.sum(), 1))}
