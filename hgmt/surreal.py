@@ -372,8 +372,9 @@ def load_clip(stem: str) -> Clip:
 def frame_problem(joints2d: np.ndarray) -> str | None:
     """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels.
 
-    Unusable: all joints at zero ("joints_zero"), or any of the 16 used joints outside the
-    320x240 image ("person_outside": the crop would cut the person).
+    Unusable: all joints at zero ("joints_zero"), or the person mostly outside the 320x240
+    image: fewer than half of the 16 used joints inside it ("person_outside"). A person cut by
+    the border is kept: the crop pads, and SURREAL has many such frames.
     """
     j = np.asarray(joints2d)
     if not np.any(j):
@@ -381,7 +382,7 @@ def frame_problem(joints2d: np.ndarray) -> str | None:
     j = j[SMPL_TO_JOINT]
     inside = (j[:, 0] >= 0) & (j[:, 0] <= IMAGE_WIDTH - 1) & (j[:, 1] >= 0) & (
         j[:, 1] <= IMAGE_HEIGHT - 1)
-    if not np.all(inside):
+    if 2 * int(inside.sum()) < len(j):
         return "person_outside"
     return None
 

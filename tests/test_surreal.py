@@ -191,8 +191,13 @@ def test_frame_problem_and_middle_frame():
     ok = np.full((24, 2), 100.0)
     assert surreal.frame_problem(ok) is None
     assert surreal.frame_problem(np.zeros((24, 2))) == "joints_zero"
+    cut = ok.copy()
+    cut[surreal.SMPL_TO_JOINT[9]] = [100.0, -20.0]  # head top above the image: kept
+    assert surreal.frame_problem(cut) is None
     out = ok.copy()
-    out[surreal.SMPL_TO_JOINT[9]] = [100.0, -20.0]  # head top above the image
+    out[surreal.SMPL_TO_JOINT[:8]] = [400.0, 100.0]  # 8 of 16 joints right of the image
+    assert surreal.frame_problem(out) is None
+    out[surreal.SMPL_TO_JOINT[8]] = [100.0, 300.0]  # 9 of 16 outside
     assert surreal.frame_problem(out) == "person_outside"
     assert surreal.middle_frame(100) == 49 and surreal.middle_frame(5) == 2
     assert surreal.middle_frame(1) == 0

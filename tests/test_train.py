@@ -46,13 +46,14 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     assert checkpoints.manager(str(tmp_path / "split"), keep=3).all_steps() == [2, 4, 6]
     _assert_trees_equal(straight.params, resumed.params, rtol=1e-5, atol=1e-6)
     _assert_trees_equal(straight.batch_stats, resumed.batch_stats, rtol=1e-5, atol=1e-6)
-    # And training moved (nearly) every parameter.
+    # And training moved every kernel and BatchNorm scale. (Conv biases that feed a
+    # BatchNorm get ~0 gradient: the normalisation removes them.)
     config = tiny_config(demo_dataset[1], **kw)
     init = train.create_train_state(jax.random.key(config.seed), config,
                                     train.create_model(config.model, ("pose2d", "depth")))
-    moved = [k for k, v in _flat(init.params).items()
-             if not np.allclose(v, _flat(straight.params)[k])]
-    assert len(moved) > 0.9 * len(_flat(init.params))
+    weights = {k: v for k, v in _flat(init.params).items() if "'bias'" not in k}
+    still = [k for k, v in weights.items() if np.allclose(v, _flat(straight.params)[k])]
+    assert len(weights) > 100 and not still, still
 
 
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):

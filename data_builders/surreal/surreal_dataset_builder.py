@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from hgmt import surreal
 
@@ -102,10 +103,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
         self._skipped = {}
         super()._download_and_prepare(dl_manager, download_config)
-        if not self._use_beam:
-            summary = {split: dict(sorted(c.items())) for split, c in self._skipped.items()}
-            logging.info("SURREAL build summary (skipped / counted): %s", summary)
-            (self.data_path / "skipped.json").write_text(json.dumps(summary, indent=1))
+        if self._use_beam:  # each split's pipeline branch wrote its counts to a part file
+            for split in SPLITS:
+                part = self.data_path / f"skipped-{split}.json"
+                self._skipped[split] = json.loads(part.read_text())
+                part.unlink()
+        summary = {split: dict(sorted(c.items())) for split, c in self._skipped.items()}
+        logging.info("SURREAL build summary (skipped / counted): %s", summary)
+        (self.data_path / "skipped.json").write_text(json.dumps(summary, indent=1))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = dl_manager.manual_dir
@@ -113,17 +118,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise FileNotFoundError(
                 f"{root}/cmu not found: --manual_dir must be the folder that contains cmu/ "
                 f"(cmu/train, cmu/val, cmu/test).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        return {split: self._generate_examples(str(root), split)
-                for split in ("train", "validation", "test")}
+        return {split: self._generate_examples(str(root), split) for split in SPLITS}
 
     def _generate_examples(self, root: str, split: str):
         stems = surreal.find_clips(root, split)
         config = self.builder_config
         if getattr(self, "_use_beam", False):
-            beam = tfds.core.lazy_imports.apache_beam
-            return beam.Create(stems) | beam.FlatMap(beam_clip_examples, config=config)
+            return _beam_examples(stems, config, str(self.data_path / f"skipped-{split}.json"))
         counts = self._skipped.setdefault(split, collections.Counter())
         return _python_examples(stems, config, counts)
+
+
+SPLITS = ("train", "validation", "test")
 
 
 def _python_examples(stems, config, counts):
@@ -131,13 +137,31 @@ def _python_examples(stems, config, counts):
         yield from clip_examples(stem, config, counts)
 
 
-def beam_clip_examples(stem: str, config: SurrealConfig) -> Iterator[tuple[str, dict]]:
-    """The Beam path's per-clip step: the same examples, counts as Beam counters."""
+def _beam_examples(stems: list[str], config: SurrealConfig, counts_path: str):
+    """The Beam path: one clip per element (reshuffled so workers share the clips); the
+    examples go to TFDS, the skip counts to Beam counters and, summed, to `counts_path`."""
     beam = tfds.core.lazy_imports.apache_beam
-    counts = collections.Counter()
-    yield from clip_examples(stem, config, counts)
-    for reason, n in counts.items():
-        beam.metrics.Metrics.counter("surreal", reason).inc(n)
+
+    def per_clip(stem):
+        counts = collections.Counter()
+        yield from clip_examples(stem, config, counts)
+        for reason, n in counts.items():
+            beam.metrics.Metrics.counter("surreal", reason).inc(n)
+        yield beam.pvalue.TaggedOutput("counts", dict(counts))
+
+    def write_counts(per_clip_counts):
+        total = sum((collections.Counter(c) for c in per_clip_counts), collections.Counter())
+        epath.Path(counts_path).write_text(json.dumps(dict(total)))
+
+    @beam.ptransform_fn
+    def build(pipeline):
+        out = (pipeline | "clips" >> beam.Create(stems) | "spread" >> beam.Reshuffle()
+               | "examples" >> beam.FlatMap(per_clip).with_outputs("counts", main="examples"))
+        _ = (out.counts | "to_list" >> beam.combiners.ToList()
+             | "write_counts" >> beam.Map(write_counts))
+        return out.examples
+
+    return build()
 
 
 def clip_examples(stem: str, config: SurrealConfig,
