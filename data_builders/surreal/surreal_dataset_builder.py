@@ -3,8 +3,9 @@
     tfds build data_builders/surreal --manual_dir=<SURREAL root> --data_dir=<out> \
         --config=every10 --file_format=array_record [--beam_pipeline_options=...]
 
-The builder decodes the four files of every clip with `hgmt.surreal` and stores the raw frame,
-segments, metric depth and annotations; crops, label maps and augmentation happen later in the
+The builder decodes the four files of every clip with `hgmt.surreal`, makes the per-frame
+records with `hgmt.records` (importable by Beam workers) and stores the raw frame, segments,
+metric depth and annotations; crops, label maps and augmentation happen later in the
 input pipeline, so one build serves every task subset. Unusable clips and frames are skipped,
 logged and counted (Beam counters on the Beam path); the counts are written next to the
 dataset as `skipped.json`.
@@ -16,13 +17,11 @@ import collections
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from hgmt import surreal
+from hgmt import records, surreal
 
 _DESCRIPTION = """\
 SURREAL: 6.5 M synthetic frames of SMPL bodies (CMU motion capture) rendered over LSUN
@@ -39,9 +38,9 @@ class SurrealConfig(tfds.core.BuilderConfig):
     every: int = 1
     middle_only: bool = False
 
-    def keeps(self, t: int, num_frames: int) -> bool:
-        middle = t == surreal.middle_frame(num_frames)
-        return middle if self.middle_only else (middle or t % self.every == 0)
+    @property
+    def frames(self) -> records.FrameSelection:
+        return records.FrameSelection(self.every, self.middle_only)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -122,95 +121,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root: str, split: str):
         stems = surreal.find_clips(root, split)
-        config = self.builder_config
+        frames = self.builder_config.frames
         if getattr(self, "_use_beam", False):
-            return _beam_examples(stems, config, str(self.data_path / f"skipped-{split}.json"))
+            return records.beam_examples(stems, frames,
+                                         str(self.data_path / f"skipped-{split}.json"))
         counts = self._skipped.setdefault(split, collections.Counter())
-        return _python_examples(stems, config, counts)
+        return records.python_examples(stems, frames, counts)
 
 
 SPLITS = ("train", "validation", "test")
-
-
-def _python_examples(stems, config, counts):
-    for stem in stems:
-        yield from clip_examples(stem, config, counts)
-
-
-def _beam_examples(stems: list[str], config: SurrealConfig, counts_path: str):
-    """The Beam path: one clip per element (reshuffled so workers share the clips); the
-    examples go to TFDS, the skip counts to Beam counters and, summed, to `counts_path`."""
-    beam = tfds.core.lazy_imports.apache_beam
-
-    def per_clip(stem):
-        counts = collections.Counter()
-        yield from clip_examples(stem, config, counts)
-        for reason, n in counts.items():
-            beam.metrics.Metrics.counter("surreal", reason).inc(n)
-        yield beam.pvalue.TaggedOutput("counts", dict(counts))
-
-    def write_counts(per_clip_counts):
-        total = sum((collections.Counter(c) for c in per_clip_counts), collections.Counter())
-        epath.Path(counts_path).write_text(json.dumps(dict(total)))
-
-    @beam.ptransform_fn
-    def build(pipeline):
-        out = (pipeline | "clips" >> beam.Create(stems) | "spread" >> beam.Reshuffle()
-               | "examples" >> beam.FlatMap(per_clip).with_outputs("counts", main="examples"))
-        _ = (out.counts | "to_list" >> beam.combiners.ToList()
-             | "write_counts" >> beam.Map(write_counts))
-        return out.examples
-
-    return build()
-
-
-def clip_examples(stem: str, config: SurrealConfig,
-                  counts: collections.Counter) -> Iterator[tuple[str, dict]]:
-    """(key, example) for the kept, usable frames of one clip; counts what it skips.
-
-    A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
-    files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
-    frames with all joints at zero or the person outside the image are skipped one by one.
-    """
-    try:
-        clip = surreal.load_clip(stem)
-    except surreal.FormatError as e:
-        reason = "clip_missing_file" if e.problem == "file is missing" else "clip_unreadable_file"
-        logging.warning("skipping clip %s: %s", stem, e)
-        counts[reason] += 1
-        return
-    counts["clips"] += 1
-    if clip.mismatch:
-        counts["clip_frame_count_mismatch"] += 1
-    t_all = clip.num_frames
-    cid = clip.id
-    for t in range(t_all):
-        if not config.keeps(t, t_all):
-            continue
-        problem = surreal.frame_problem(clip.info.joints2d[t])
-        if problem is not None:
-            logging.info("skipping %s frame %d: %s", stem, t, problem)
-            counts[f"frame_{problem}"] += 1
-            continue
-        counts["examples"] += 1
-        depth_mm = np.round(clip.depth[t] * 1000.0)
-        yield f"{cid.run}/{cid.name}/{t:04d}", {
-            "image": clip.video[t],
-            "segm": clip.segm[t][..., None],
-            "depth": np.clip(depth_mm, 0, 65535).astype(np.uint16)[..., None],
-            "joints2d": clip.info.joints2d[t],
-            "joints3d": clip.info.joints3d[t],
-            "cam_loc": clip.info.cam_loc,
-            "zrot": clip.info.zrot[t],
-            "gender": np.int32(clip.info.gender[t]),
-            "pose": clip.info.pose[t],
-            "shape": clip.info.shape[t],
-            "sequence": cid.sequence,
-            "clip": cid.clip,
-            "run": cid.run,
-            "frame": np.int32(t),
-            "num_frames": np.int32(t_all),
-        }
 
 
 _CITATION = """\

@@ -1,0 +1,136 @@
+"""SURREAL clips -> the per-frame records the TFDS builder stores (data_builders/surreal).
+
+It lives in the installed package, not next to the builder, because `tfds build
+data_builders/surreal` imports the builder under a name Beam's worker processes cannot import:
+everything a Beam worker runs is here, referenced by an importable module path.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+from hgmt import surreal
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSelection:
+    """Which frames of a clip become examples: every `every`-th frame (0, k, 2k, ...) and
+    always the middle frame ceil(T/2) of the test protocol; `middle_only` keeps just that."""
+
+    every: int = 1
+    middle_only: bool = False
+
+    def keeps(self, t: int, num_frames: int) -> bool:
+        middle = t == surreal.middle_frame(num_frames)
+        return middle if self.middle_only else (middle or t % self.every == 0)
+
+
+def png(image: np.ndarray) -> bytes:
+    """Lossless PNG at zlib level 1: 3x faster to write than TFDS's default encoder (level 6)
+    for 4 % more bytes on SURREAL-like frames (benchmarks/build_throughput.py). (H,W) or
+    (H,W,3) BGR, uint8 or uint16."""
+    ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
+    return encoded.tobytes()
+
+
+def clip_examples(stem: str, frames: FrameSelection,
+                  counts: collections.Counter) -> Iterator[tuple[str, dict]]:
+    """(key, example) for the kept, usable frames of one clip; counts what it skips.
+
+    A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
+    files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
+    frames with all joints at zero or the person outside the image are skipped one by one
+    ("frame_<problem>", see `surreal.frame_problem`). Images are PNG bytes.
+    """
+    try:
+        clip = surreal.load_clip(stem)
+    except surreal.FormatError as e:
+        reason = "clip_missing_file" if e.problem == "file is missing" else "clip_unreadable_file"
+        logging.warning("skipping clip %s: %s", stem, e)
+        counts[reason] += 1
+        return
+    counts["clips"] += 1
+    if clip.mismatch:
+        counts["clip_frame_count_mismatch"] += 1
+    t_all = clip.num_frames
+    cid = clip.id
+    for t in range(t_all):
+        if not frames.keeps(t, t_all):
+            continue
+        problem = surreal.frame_problem(clip.info.joints2d[t])
+        if problem is not None:
+            logging.info("skipping %s frame %d: %s", stem, t, problem)
+            counts[f"frame_{problem}"] += 1
+            continue
+        counts["examples"] += 1
+        depth_mm = np.round(clip.depth[t] * 1000.0)
+        yield f"{cid.run}/{cid.name}/{t:04d}", {
+            "image": png(clip.video[t][..., ::-1]),  # OpenCV writes BGR
+            "segm": png(clip.segm[t]),
+            "depth": png(np.clip(depth_mm, 0, 65535).astype(np.uint16)),
+            "joints2d": clip.info.joints2d[t],
+            "joints3d": clip.info.joints3d[t],
+            "cam_loc": clip.info.cam_loc,
+            "zrot": clip.info.zrot[t],
+            "gender": np.int32(clip.info.gender[t]),
+            "pose": clip.info.pose[t],
+            "shape": clip.info.shape[t],
+            "sequence": cid.sequence,
+            "clip": cid.clip,
+            "run": cid.run,
+            "frame": np.int32(t),
+            "num_frames": np.int32(t_all),
+        }
+
+
+def python_examples(stems: list[str], frames: FrameSelection,
+                    counts: collections.Counter) -> Iterator[tuple[str, dict]]:
+    """The plain Python path: the clips one after another."""
+    for stem in stems:
+        yield from clip_examples(stem, frames, counts)
+
+
+def beam_clip_examples(stem: str, frames: FrameSelection):
+    """The Beam path's per-clip step: the clip's examples, then its skip counts (also as Beam
+    counters, namespace `surreal`) on the tagged output `counts`."""
+    import apache_beam as beam
+
+    counts = collections.Counter()
+    yield from clip_examples(stem, frames, counts)
+    for reason, n in counts.items():
+        beam.metrics.Metrics.counter("surreal", reason).inc(n)
+    yield beam.pvalue.TaggedOutput("counts", dict(counts))
+
+
+def write_counts(per_clip_counts: list[dict], path: str) -> None:
+    """Sums per-clip counts and writes them as JSON to `path` (local or remote: epath)."""
+    from etils import epath
+
+    total = sum((collections.Counter(c) for c in per_clip_counts), collections.Counter())
+    epath.Path(path).write_text(json.dumps(dict(total)))
+
+
+def beam_examples(stems: list[str], frames: FrameSelection, counts_path: str):
+    """The Beam path as a PTransform for TFDS: one clip per element, reshuffled so the workers
+    share the clips; examples to TFDS, the summed skip counts to `counts_path`."""
+    import apache_beam as beam
+
+    @beam.ptransform_fn
+    def build(pipeline):
+        out = (pipeline | "clips" >> beam.Create(stems) | "spread" >> beam.Reshuffle()
+               | "examples" >> beam.FlatMap(beam_clip_examples, frames=frames)
+               .with_outputs("counts", main="examples"))
+        _ = (out.counts | "to_list" >> beam.combiners.ToList()
+             | "write_counts" >> beam.Map(write_counts, path=counts_path))
+        return out.examples
+
+    return build()
