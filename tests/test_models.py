@@ -5,10 +5,9 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from hgmt.models import INTERACTIONS, create_model
+from hgmt.models import INTERACTIONS, create_model, summary
 from hgmt.tasks import TASK_NAMES, TASKS, compute_losses
 from tests.test_tasks import make_batch
 
@@ -102,7 +101,8 @@ def test_bfloat16_agrees_with_float32():
 
 
 def test_newell_size():
-    model = create_model(dict(num_stacks=2, features=256, depth=4), ("pose2d",))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256, 256, 3))))
-    params = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"]))
-    assert 6.4e6 < params < 6.8e6  # Newell: 6.6 M
+    """1 task x 2 stacks x 256 features matches Newell: 6.6 M parameters, 8.3 GMAC."""
+    row = summary.summarize(dict(num_stacks=2, features=256, depth=4), ("pose2d",), 256)
+    assert 6.4e6 < row["params"] < 6.8e6
+    assert 15.6 < row["gflop"] < 17.6  # 8.3 GMAC = 16.6 GFLOP
+    assert len(summary.all_subsets()) == 15 and summary.all_subsets()[0] == ("pose2d",)

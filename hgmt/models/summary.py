@@ -1,0 +1,74 @@
+"""Parameters and forward GFLOP per image of a model configuration, as a Markdown table.
+
+    python -m hgmt.models.summary --config=configs/default.py:tasks=pose2d
+    python -m hgmt.models.summary --config=configs/default.py --all_subsets [--json]
+
+GFLOP come from XLA's cost analysis of the jitted forward pass (batch 1, inference mode,
+`config.image_size` pixels); one multiply-add counts as 2 FLOP, so GMAC = GFLOP / 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from hgmt.models import create_model
+from hgmt.tasks import TASK_NAMES, parse_tasks
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file[:argument].")
+flags.DEFINE_bool("all_subsets", False, "Summarise all 15 task subsets of the config's model.")
+flags.DEFINE_bool("json", False, "Print one JSON line per configuration instead of Markdown.")
+
+
+def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
+              image_size: int = 256) -> dict:
+    """-> {'tasks', 'params', 'gflop'} for one image of `image_size`² pixels."""
+    model = create_model(model_config, tasks)
+    image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))
+    params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])))
+    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, image)
+    flops = cost.compile().cost_analysis()
+    flops = flops[0] if isinstance(flops, list) else flops
+    return {"tasks": "+".join(tasks), "params": params, "gflop": float(flops["flops"]) / 1e9}
+
+
+def all_subsets() -> list[tuple[str, ...]]:
+    """The 15 non-empty subsets of the four tasks, singles first."""
+    return [c for k in range(1, len(TASK_NAMES) + 1) for c in itertools.combinations(TASK_NAMES, k)]
+
+
+def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int) -> str:
+    m = dict(model_config)
+    head = (f"{m['num_stacks']} stacks x {m['features']} features, depth {m['depth']}, "
+            f"interaction `{m['interaction']}`, shared_trunk={m['shared_trunk']}, "
+            f"{image_size}x{image_size} input")
+    lines = [head, "", "| tasks | parameters (M) | forward GFLOP / image |", "|---|---|---|"]
+    lines += [f"| {r['tasks']} | {r['params'] / 1e6:.2f} | {r['gflop']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    del argv
+    config = FLAGS.config
+    subsets = all_subsets() if FLAGS.all_subsets else [parse_tasks(config.tasks)]
+    rows = [summarize(config.model, tasks, config.image_size) for tasks in subsets]
+    if FLAGS.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(markdown(rows, config.model, config.image_size))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
