@@ -1,0 +1,162 @@
+"""The task-combination study: which tasks help which (the seed paper's analysis).
+
+    python -m hgmt.report --sweep=runs/sweep --out=docs/study
+
+reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them) and
+writes into OUT: README.md (tables), report.json, and bar charts: for each task its headline
+metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
+per-joint / per-part change of the best multi-task model over the isolated one
+(`<task>_per_item.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from hgmt.tasks import TASK_NAMES, parse_tasks
+
+RESULT = "eval_test.json"
+# task -> (headline metric, higher is better, per-item metric, per-item label, unit)
+METRICS = {
+    "pose2d": ("pckh@0.5", True, "pckh@0.5_per_joint", "joint", "PCKh@0.5"),
+    "pose3d": ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm)"),
+    "depth": ("rmse_mm", False, None, None, "RMSE (mm)"),
+    "segm": ("mean_iou", True, "iou_per_part", "part", "mean IoU"),
+}
+
+
+def load_sweep(sweep_dir: str) -> dict[str, dict]:
+    """{'pose2d+segm': evaluation summary, ...} of every finished subset in `sweep_dir`."""
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
+                                f"--sweep_dir={sweep_dir} ... first")
+    results = {}
+    for name in sorted(os.listdir(sweep_dir)):
+        path = os.path.join(sweep_dir, name, RESULT)
+        if not os.path.isfile(path):
+            continue
+        tasks = "+".join(parse_tasks(name))
+        with open(path) as f:
+            results[tasks] = json.load(f)
+    if not results:
+        raise FileNotFoundError(f"no <tasks>/{RESULT} in {sweep_dir}: no subset has finished")
+    return results
+
+
+def compare(results: dict[str, dict]) -> dict[str, dict]:
+    """Per task: every subset containing it with its headline metric, the isolated value, the
+    best subset, and the per-item change of the best multi-task subset over the isolated one.
+
+    Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
+    out = {}
+    for task in TASK_NAMES:
+        metric, higher, item_key, _, _ = METRICS[task]
+        rows = {s: r[task][metric] for s, r in results.items() if task in r}
+        if not rows:
+            continue
+        sign = 1.0 if higher else -1.0
+        best = max(rows, key=lambda s: sign * rows[s])
+        multi = [s for s in rows if s != task]
+        best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
+        entry = {"metric": metric, "higher_is_better": higher, "subsets": rows,
+                 "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
+        if entry["isolated"] is not None:
+            entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
+            if best_multi and item_key:
+                iso_items = results[task][task][item_key]
+                multi_items = results[best_multi][task][item_key]
+                entry["per_item_gain"] = {
+                    k: sign * (multi_items[k] - iso_items[k]) for k in iso_items
+                    if iso_items[k] is not None and multi_items.get(k) is not None}
+        out[task] = entry
+    return out
+
+
+def to_markdown(study: dict[str, dict], note: str) -> str:
+    lines = ["# Task-combination study", "", note, ""]
+    for task, e in study.items():
+        _, _, _, item, label = METRICS[task]
+        better = "higher" if e["higher_is_better"] else "lower"
+        lines += [f"## {task}: {label} ({better} is better)", "",
+                  f"![{task} by subset]({task}_subsets.png)", "",
+                  "| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
+        for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
+            gain = e.get("gain", {}).get(s)
+            mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
+            lines.append(f"| {s}{mark} | {v:.4g} | {'' if gain is None else f'{gain:+.4g}'} |")
+        if e["isolated"] is None:
+            lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
+        if e.get("per_item_gain"):
+            lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
+                      f"(+ = better).", "", f"![per {item}]({task}_per_item.png)", "",
+                      f"| {item} | change |", "|---|---|"]
+            lines += [f"| {k} | {v:+.4g} |" for k, v in e["per_item_gain"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(study: dict[str, dict], out_dir: str) -> list[str]:
+    """Bar charts per task; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task, e in study.items():
+        _, _, _, item, label = METRICS[task]
+        names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+        colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
+                   for s in names]
+        ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours)
+        ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
+        ax.set_ylabel(label)
+        ax.set_title(f"{task}: isolated (grey), best (green)")
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, f"{task}_subsets.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+        gains = e.get("per_item_gain")
+        if gains:
+            fig, ax = plt.subplots(figsize=(7, 3.2))
+            values = list(gains.values())
+            ax.bar(range(len(values)), values,
+                   color=["tab:green" if v >= 0 else "tab:red" for v in values])
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
+            ax.set_ylabel(f"change in {label}")
+            ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)",
+                         fontsize=9)
+            fig.tight_layout()
+            paths.append(os.path.join(out_dir, f"{task}_per_item.png"))
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", required=True, help="sweep directory (launch/sweep.py)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--note", default="", help="a line placed under the title (e.g. the data)")
+    args = p.parse_args(argv)
+    results = load_sweep(args.sweep)
+    study = compare(results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(study, f, indent=1)
+    plot(study, args.out)
+    note = args.note or f"Subsets evaluated: {', '.join(sorted(results))}."
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write(to_markdown(study, note))
+    print(f"wrote {args.out}/README.md, report.json and the charts for "
+          f"{', '.join(study)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

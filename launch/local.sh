@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Train and evaluate on one host with all its accelerators (pmap over every local device).
+#
+#   launch/local.sh WORKDIR [CONFIG[:ARG]] [--config.field=value ...]
+#   launch/local.sh runs/all configs/default.py:tasks=all --config.data_dir=/data/tfds
+#   CPU_DEVICES=4 launch/local.sh runs/cpu configs/default.py:tasks=pose2d,runlocal
+#
+# CPU_DEVICES=N splits the CPU into N virtual devices (no accelerator needed). Rerunning the
+# same command resumes from WORKDIR's last checkpoint.
+set -euo pipefail
+if [[ $# -lt 1 ]]; then
+  sed -n '2,10p' "$0" >&2
+  exit 2
+fi
+workdir=$1
+config=${2:-configs/default.py:tasks=all}
+shift $(( $# >= 2 ? 2 : 1 ))
+if [[ -n "${CPU_DEVICES:-}" ]]; then
+  export JAX_PLATFORMS=cpu
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${CPU_DEVICES}"
+fi
+cd "$(dirname "$0")/.."
+exec python3 -m hgmt.main --config="$config" --workdir="$workdir" "$@"

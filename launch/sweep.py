@@ -1,0 +1,95 @@
+"""Train and evaluate every task subset (the seed paper's study), one workdir each.
+
+    python3 launch/sweep.py --sweep_dir=runs/sweep --config=configs/default.py \
+        [--tasks=pose2d,pose2d+segm,...] [--print_only] [-- --config.total_steps=1000 ...]
+
+Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
+15 by default), one after another on this host, logging to SWEEP_DIR/T.log. A subset whose
+SWEEP_DIR/T/eval_test.json exists is done and skipped, so rerunning the sweep resumes it (and an
+interrupted subset resumes from its last checkpoint). Arguments after `--` go to every run.
+`--print_only` prints the commands instead, one per line, to hand to a scheduler, e.g.
+
+    python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
+        --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
+
+Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the subsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from hgmt.tasks import TASK_NAMES, parse_tasks  # noqa: E402
+
+RESULT = "eval_test.json"
+
+
+def all_subsets() -> list[str]:
+    """The 15 non-empty task subsets, singles first, names joined with '+'."""
+    return ["+".join(c) for k in range(1, len(TASK_NAMES) + 1)
+            for c in itertools.combinations(TASK_NAMES, k)]
+
+
+def with_tasks(config: str, tasks: str) -> str:
+    """'configs/default.py:runlocal' + 'pose2d' -> 'configs/default.py:runlocal,tasks=pose2d'."""
+    path, _, arg = config.partition(":")
+    items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
+    return f"{path}:{','.join(items + [f'tasks={tasks}'])}"
+
+
+def command(config: str, tasks: str, sweep_dir: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "hgmt.main", f"--config={with_tasks(config, tasks)}",
+            f"--workdir={os.path.join(sweep_dir, tasks)}", *extra]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep_dir", required=True)
+    p.add_argument("--config", required=True, help="config file[:argument], without tasks=")
+    p.add_argument("--tasks", default="", help="comma-separated subsets (default: all 15)")
+    p.add_argument("--print_only", action="store_true")
+    args = p.parse_args(argv)
+    subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or all_subsets()
+    if args.print_only:
+        for tasks in subsets:
+            print(shlex.join(command(args.config, tasks, args.sweep_dir, extra)))
+        return 0
+    os.makedirs(args.sweep_dir, exist_ok=True)
+    with open(os.path.join(args.sweep_dir, "sweep.json"), "w") as f:
+        json.dump({"config": args.config, "subsets": subsets, "extra": extra}, f, indent=1)
+    failed = []
+    for i, tasks in enumerate(subsets, 1):
+        if os.path.exists(os.path.join(args.sweep_dir, tasks, RESULT)):
+            print(f"[{i}/{len(subsets)}] {tasks}: done already", flush=True)
+            continue
+        cmd = command(args.config, tasks, args.sweep_dir, extra)
+        log = os.path.join(args.sweep_dir, f"{tasks}.log")
+        print(f"[{i}/{len(subsets)}] {tasks}: {shlex.join(cmd)} > {log}", flush=True)
+        start = time.perf_counter()
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+        status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+        print(f"[{i}/{len(subsets)}] {tasks}: {status} in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        if rc:
+            failed.append(tasks)
+    if failed:
+        print(f"failed subsets: {failed}; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""launch/sweep.py (the 15 subsets, resumable) and hgmt.report (the task-combination study)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hgmt import report, surreal
+from launch import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sweep_prints_one_command_per_subset():
+    out = subprocess.run([sys.executable, "launch/sweep.py", "--sweep_dir=/s",
+                          "--config=configs/default.py:runlocal,tasks=segm", "--print_only",
+                          "--", "--config.total_steps=7"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert len(out) == 15 and len(set(out)) == 15
+    assert out[0].endswith("--config=configs/default.py:runlocal,tasks=pose2d "
+                           "--workdir=/s/pose2d --config.total_steps=7")
+    assert out[-1].split()[-2] == "--workdir=/s/pose2d+pose3d+depth+segm"
+    assert sweep.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
+
+
+def test_sweep_rejects_unknown_task():
+    run = subprocess.run([sys.executable, "launch/sweep.py", "--sweep_dir=/s",
+                          "--config=configs/demo.py", "--tasks=pose2d,hands", "--print_only"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0 and "unknown task(s) ['hands']" in run.stderr
+
+
+def _summary(pck=None, mjd=None, iou=None, rmse=None):
+    s = {}
+    if pck is not None:
+        s["pose2d"] = {"pckh@0.5": pck, "pckh@0.5_per_joint": {j: pck for j in
+                                                               surreal.JOINT_NAMES}}
+    if mjd is not None:
+        s["pose3d"] = {"mjd_mm": mjd, "mjd_mm_per_joint": {j: mjd for j in surreal.JOINT_NAMES}}
+    if iou is not None:
+        parts = {p: iou for p in surreal.PART_NAMES}
+        parts["l_hand"] = None  # absent in this split
+        s["segm"] = {"mean_iou": iou, "iou_per_part": parts}
+    if rmse is not None:
+        s["depth"] = {"rmse_mm": rmse, "bin_accuracy": 0.5}
+    return s
+
+
+def test_report_compares_each_task_with_its_isolated_run(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    runs = {"pose2d": _summary(pck=0.80), "pose3d": _summary(mjd=60.0),
+            "segm": _summary(iou=0.50), "pose2d+segm": _summary(pck=0.85, iou=0.48),
+            "pose2d+pose3d": _summary(pck=0.78, mjd=55.0), "depth+segm": _summary(iou=0.52,
+                                                                                  rmse=90.0)}
+    for name, s in runs.items():
+        (sweep_dir / name).mkdir(parents=True)
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps(s))
+    (sweep_dir / "pose3d+depth").mkdir()  # unfinished: ignored
+    study = report.compare(report.load_sweep(str(sweep_dir)))
+    assert study["pose2d"]["best"] == "pose2d+segm"
+    assert study["pose2d"]["gain"]["pose2d+segm"] == pytest.approx(0.05)
+    assert study["pose2d"]["gain"]["pose2d+pose3d"] == pytest.approx(-0.02)
+    assert study["pose3d"]["best"] == "pose2d+pose3d"  # lower MJD is better
+    assert study["pose3d"]["gain"]["pose2d+pose3d"] == pytest.approx(5.0)
+    assert study["pose3d"]["per_item_gain"]["l_wrist"] == pytest.approx(5.0)
+    assert study["segm"]["best"] == study["segm"]["best_multi_task"] == "depth+segm"
+    assert "l_hand" not in study["segm"]["per_item_gain"]
+    assert study["depth"]["isolated"] is None and "gain" not in study["depth"]
+
+    out = tmp_path / "report"
+    assert report.main(["--sweep", str(sweep_dir), "--out", str(out), "--note", "demo"]) == 0
+    text = (out / "README.md").read_text()
+    assert "| pose2d+segm **best** | 0.85 | +0.05 |" in text
+    assert "No isolated `depth` run" in text
+    for name in ("pose2d_subsets.png", "pose2d_per_item.png", "segm_per_item.png",
+                 "depth_subsets.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    assert json.loads((out / "report.json").read_text())["pose2d"]["best"] == "pose2d+segm"
+
+
+def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run launch/sweep.py"):
+        report.load_sweep(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no subset has finished"):
+        report.load_sweep(str(tmp_path / "empty"))
+
+
+def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
+    """Two subsets trained for real (2 steps each), evaluated, reported; a rerun skips both."""
+    sweep_dir = str(tmp_path / "sweep")
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
+           "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm", "--",
+           "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
+           "--config.total_steps=2", "--config.eval_max_examples=4"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for name in ("pose2d", "pose2d+segm"):
+        result = json.loads(open(os.path.join(sweep_dir, name, "eval_test.json")).read())
+        assert result["num_examples"] == 4 and 0.0 <= result["pose2d"]["pckh@0.5"] <= 1.0
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.count("done already") == 2
+    out = str(tmp_path / "report")
+    assert report.main(["--sweep", sweep_dir, "--out", out]) == 0
+    study = json.loads(open(os.path.join(out, "report.json")).read())
+    assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
