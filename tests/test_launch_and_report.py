@@ -89,18 +89,19 @@ def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
 
 
 def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
-    """Two subsets trained for real (2 steps each), evaluated, reported; a rerun skips both."""
+    """Two subsets trained for real (2 steps each), evaluated on the 2 test clips, reported; a
+    rerun skips both."""
     sweep_dir = str(tmp_path / "sweep")
     cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
            "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm", "--",
            "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
-           "--config.total_steps=2", "--config.eval_max_examples=4"]
+           "--config.total_steps=2"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     for name in ("pose2d", "pose2d+segm"):
         result = json.loads(open(os.path.join(sweep_dir, name, "eval_test.json")).read())
-        assert result["num_examples"] == 4 and 0.0 <= result["pose2d"]["pckh@0.5"] <= 1.0
+        assert result["num_examples"] == 2 and 0.0 <= result["pose2d"]["pckh@0.5"] <= 1.0
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("done already") == 2
     out = str(tmp_path / "report")
