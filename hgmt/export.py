@@ -1,0 +1,127 @@
+"""Export the inference function of a checkpoint for serving.
+
+    python -m hgmt.export --workdir=DIR --format=stablehlo --out=model.jaxexport
+    python -m hgmt.export --workdir=DIR --format=savedmodel --out=saved_model_dir
+
+The exported function maps a normalised image batch (B, R, R, 3) float32 (R = config.image_size,
+B any size; normalise with input_pipeline.MEAN/STD as hgmt.predict does) to the last stage's
+per-task outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
+
+- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size; reload with
+  `load_stablehlo(path)` (or `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
+- `savedmodel`: a TensorFlow SavedModel made with jax2tf (native serialisation), signature
+  `serving_default(images)`; reload with `tf.saved_model.load` (TF Serving, TF Lite converter).
+A JSON file `<out>.json` (stablehlo) or `<out>/hgmt.json` (savedmodel) records the tasks,
+input size, checkpoint step and normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hgmt import checkpoints, input_pipeline
+from hgmt.models import create_model
+from hgmt.tasks import parse_tasks
+
+FORMATS = ("stablehlo", "savedmodel")
+
+
+def inference_fn(workdir: str, step: int | None = None) -> tuple[Callable, dict]:
+    """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over."""
+    config, variables, step = checkpoints.restore_for_inference(workdir, step)
+    tasks = parse_tasks(config.tasks)
+    model = create_model(config.model, tasks)
+    variables = jax.tree.map(jnp.asarray, variables)
+
+    def f(images):
+        return {t: o[-1].astype(jnp.float32) for t, o in
+                model.apply(variables, images, train=False).items()}
+
+    meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
+            "input": "float32 (B, R, R, 3) RGB normalised: (rgb / 255 - mean) / std",
+            "mean": input_pipeline.MEAN.tolist(), "std": input_pipeline.STD.tolist(),
+            "outputs": {t: f"float32 (B, {config.image_size // 4}, {config.image_size // 4}, C)"
+                        for t in tasks}}
+    return f, meta
+
+
+def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
+    (batch,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+    exported = jax.export.export(jax.jit(f))(spec)
+    with open(path, "wb") as fh:
+        fh.write(exported.serialize())
+
+
+def load_stablehlo(path: str) -> Callable:
+    """The exported function, callable on a (B,R,R,3) float32 array."""
+    with open(path, "rb") as fh:
+        return jax.export.deserialize(bytearray(fh.read())).call
+
+
+def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(f, polymorphic_shapes=["(b, _, _, _)"], with_gradient=False)
+    module = tf.Module()
+    module.serve = tf.function(
+        lambda images: converted(images), autograph=False,
+        input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32,
+                                       name="images")])
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def export(workdir: str, fmt: str, out: str, step: int | None = None) -> dict:
+    """Writes the artefact and its metadata; returns the metadata."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
+    f, meta = inference_fn(workdir, step)
+    meta["format"] = fmt
+    if fmt == "stablehlo":
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        export_stablehlo(f, meta["image_size"], out)
+        meta_path = out + ".json"
+    else:
+        export_savedmodel(f, meta["image_size"], out)
+        meta_path = os.path.join(out, "hgmt.json")
+    with open(meta_path, "w") as fh:
+        json.dump(meta, fh, indent=1)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    args = p.parse_args(argv)
+    meta = export(args.workdir, args.format, args.out, args.step)
+    size = meta["image_size"]
+    # Smoke-check the artefact before reporting success.
+    x = np.zeros((2, size, size, 3), np.float32)
+    if args.format == "stablehlo":
+        shapes = {t: v.shape for t, v in load_stablehlo(args.out)(x).items()}
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(args.out)
+        shapes = {t: tuple(v.shape) for t, v in loaded.signatures["serving_default"](
+            images=tf.constant(x)).items()}
+    print(json.dumps({"out": os.path.abspath(args.out), "format": args.format,
+                      "tasks": meta["tasks"], "step": meta["step"],
+                      "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Inference on any image (hgmt.predict) and exported artefacts (hgmt.export)."""
+
+import json
+import os
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from hgmt import checkpoints, export, input_pipeline, predict, surreal, train
+from hgmt.models import create_model
+from hgmt.tasks import TASKS
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def workdir(demo_dataset, tmp_path_factory):
+    """A workdir with a 2-step checkpoint of the 4-task tiny model."""
+    path = str(tmp_path_factory.mktemp("predict_workdir"))
+    train.train(tiny_config(demo_dataset[1], total_steps=2), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(workdir):
+    return predict.Predictor(workdir)
+
+
+@pytest.fixture(scope="module")
+def test_example(demo_dataset):
+    source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test")
+    return source[0]
+
+
+def _bbox_of_training_crop(example):
+    """The (x, y, w, h) box whose square window is the training crop of the example."""
+    centre, side = input_pipeline.person_box(
+        example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+    return (centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5, side, side)
+
+
+def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_example):
+    """With the box of the training crop, the Predictor sees exactly the evaluation input and
+    maps the decoded joints back to the same image pixels."""
+    result = predictor(test_example["image"], _bbox_of_training_crop(test_example))
+    cropped = input_pipeline.crop_example(test_example, predictor.image_size,
+                                          input_pipeline.Augment.none())
+    np.testing.assert_allclose(
+        (result["crop_image"] / 255.0 - input_pipeline.MEAN) / input_pipeline.STD,
+        cropped["image"], atol=1e-5)
+    np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
+
+    model = create_model(predictor.config.model, predictor.tasks)
+    outputs = model.apply(predictor.variables, cropped["image"][None], train=False)
+    for t in predictor.tasks:
+        np.testing.assert_allclose(result["raw"][t], np.asarray(outputs[t][-1][0]),
+                                   rtol=1e-4, atol=1e-4, err_msg=t)
+    batch = {"crop": cropped["crop"][None], "pelvis_depth": cropped["pelvis_depth"][None]}
+    expected = TASKS["pose2d"].decode(outputs["pose2d"][-1], batch)["joints2d_image"][0]
+    np.testing.assert_allclose(result["joints2d"], np.asarray(expected), atol=1e-2)
+
+    h, w = test_example["image"].shape[:2]
+    assert result["joints2d"].shape == (16, 2) and np.isfinite(result["joints2d"]).all()
+    assert result["joints3d_rel_mm"].shape == (16, 3)
+    np.testing.assert_array_equal(result["joints3d_rel_mm"][surreal.PELVIS], 0.0)
+    r = predictor.image_size // 4
+    assert result["segm"].shape == (r, r) and result["segm"].max() <= 14
+    assert result["segm_image"].shape == (h, w) and result["depth_image"].shape == (h, w)
+    assert result["depth"].max() <= 19
+    fg = result["depth"] > 0
+    assert np.isnan(result["depth_rel_mm"][~fg]).all() and np.isfinite(
+        result["depth_rel_mm"][fg]).all()
+
+
+def test_predictions_follow_the_person_across_images(predictor, test_example):
+    """Padding the image evenly and moving the box with it moves the 2D joints by the padding
+    and leaves 3D (the principal point stays at the person's same offset from the image
+    centre), parts and depth unchanged: image coordinates are handled end to end."""
+    image = test_example["image"]
+    bbox = _bbox_of_training_crop(test_example)
+    left, top = 37, 11
+    padded = cv2.copyMakeBorder(image, top, top, left, left, cv2.BORDER_CONSTANT, value=0)
+    a = predictor(image, bbox)
+    b = predictor(padded, (bbox[0] + left, bbox[1] + top, bbox[2], bbox[3]))
+    np.testing.assert_allclose(b["joints2d"], a["joints2d"] + [left, top], atol=1e-2)
+    np.testing.assert_allclose(b["joints3d_rel_mm"], a["joints3d_rel_mm"], atol=0.5)
+    np.testing.assert_array_equal(b["segm"], a["segm"])
+    np.testing.assert_array_equal(b["depth"], a["depth"])
+
+
+def _stick_figure(path):
+    """A 480x360 JPEG unlike SURREAL: a stick figure on a grey-green background."""
+    img = np.full((360, 480, 3), (90, 120, 80), np.uint8)
+    pts = {"head": (240, 60), "neck": (240, 100), "pelvis": (240, 210), "lh": (200, 290),
+           "rh": (280, 290), "la": (180, 170), "ra": (300, 170)}
+    cv2.circle(img, pts["head"], 25, (200, 170, 150), -1)
+    for a, b in [("neck", "pelvis"), ("pelvis", "lh"), ("pelvis", "rh"), ("neck", "la"),
+                 ("neck", "ra")]:
+        cv2.line(img, pts[a], pts[b], (60, 60, 200), 12)
+    cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predictor,
+                                                                 tmp_path, capsys):
+    photo = str(tmp_path / "photo.jpg")
+    _stick_figure(photo)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    rc = predict.main([photo, str(broken), str(tmp_path / "missing.jpg"),
+                       f"--workdir={workdir}", f"--out={out}"])
+    assert rc == 1  # two images could not be read; the good one is still written
+    err = capsys.readouterr().err
+    assert "broken.png cannot be decoded" in err and "missing.jpg not found" in err
+    assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
+
+    with open(out / "photo.json") as f:
+        saved = json.load(f)
+    assert saved["tasks"] == list(predictor.tasks) and saved["step"] == 2
+    joints = np.asarray(saved["joints2d_image_px"])
+    assert joints.shape == (16, 2)
+    # No box: the crop is the whole image (a 480-px square around its centre), so joints
+    # decoded from the 64x64 label map lie within that window.
+    assert (joints[:, 0] >= -0.5).all() and (joints[:, 0] <= 479.5).all()
+    assert (joints[:, 1] >= -60.5).all() and (joints[:, 1] <= 419.5).all()
+    assert np.asarray(saved["joints3d_rel_mm"]).shape == (16, 3)
+    r = predictor.image_size // 4
+    assert np.asarray(saved["segm_classes"]).shape == (r, r)
+    panel = cv2.imread(str(out / "photo.png"))
+    size = predictor.image_size
+    assert panel.shape == (size, 5 * size, 3)  # input, 2D, parts, depth, 3D
+    # The first panel is the input crop: the photo resized into the square window.
+    expected = predictor(predict.read_image(photo))["crop_image"]
+    assert np.abs(panel[:, :size, ::-1].astype(int) - expected).max() <= 1
+
+
+def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
+    with pytest.raises(ValueError, match=r"bbox .* width and height must be positive"):
+        predictor(np.zeros((50, 60, 3), np.uint8), bbox=(0, 0, 0, 10))
+    with pytest.raises(ValueError, match="expected an RGB uint8 image"):
+        predictor(np.zeros((50, 60), np.uint8))
+    empty = tmp_path / "empty"  # a config but no checkpoint yet
+    empty.mkdir()
+    checkpoints.save_config(predictor.config, str(empty))
+    with pytest.raises(FileNotFoundError, match="train first"):
+        predict.Predictor(str(empty))
+    with pytest.raises(FileNotFoundError, match="--workdir must be a directory written by"):
+        predict.Predictor(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* \[2\]"):
+        predict.Predictor(workdir, step=7)
+    with pytest.raises(SystemExit):
+        predict.main(["x.png", f"--workdir={workdir}", "--out=o", "--bbox=1,2,3"])
+
+
+def test_stablehlo_export_reloads_with_any_batch_and_equals_flax(workdir, predictor, tmp_path):
+    path = str(tmp_path / "model.jaxexport")
+    assert export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={path}"]) == 0
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    assert meta["tasks"] == list(predictor.tasks) and meta["step"] == 2
+    loaded = export.load_stablehlo(path)
+    f, _ = export.inference_fn(workdir)
+    size = predictor.image_size
+    for b in (1, 3):
+        x = np.random.default_rng(b).normal(size=(b, size, size, 3)).astype(np.float32)
+        got, want = loaded(x), f(x)
+        assert sorted(got) == sorted(predictor.tasks)
+        for t in got:
+            assert got[t].shape == want[t].shape
+            np.testing.assert_allclose(np.asarray(got[t]), np.asarray(want[t]),
+                                       rtol=1e-4, atol=1e-5, err_msg=t)
+
+
+def test_savedmodel_export_equals_flax(workdir, predictor, tmp_path):
+    import tensorflow as tf
+
+    path = str(tmp_path / "saved_model")
+    export.export(workdir, "savedmodel", path)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    f, _ = export.inference_fn(workdir)
+    size = predictor.image_size
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    got, want = serve(images=tf.constant(x)), jax.device_get(f(x))
+    assert sorted(got) == sorted(predictor.tasks)
+    for t in want:
+        np.testing.assert_allclose(got[t].numpy(), want[t], rtol=1e-3, atol=1e-4, err_msg=t)
+    with open(os.path.join(path, "hgmt.json")) as fh:
+        assert json.load(fh)["format"] == "savedmodel"
+    with pytest.raises(ValueError, match="choose one of"):
+        export.export(workdir, "onnx", str(tmp_path / "x"))
