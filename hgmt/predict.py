@@ -126,11 +126,15 @@ def to_json(result: dict, tasks: Sequence[str]) -> dict:
     return out
 
 
+PANEL_MIN_SIZE = 256  # pixels per picture in the panel (small crops are enlarged)
+
+
 def panel(result: dict, tasks: Sequence[str]) -> np.ndarray:
-    """(R, R*k, 3) uint8: input, 2D skeleton, parts, depth, 3D skeleton (trained tasks only)."""
-    crop = result["crop_image"]
-    size = crop.shape[0]
-    r = size // 4
+    """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): input, 2D skeleton, parts, depth,
+    3D skeleton (trained tasks only)."""
+    r = result["crop_image"].shape[0] // 4
+    size = max(result["crop_image"].shape[0], PANEL_MIN_SIZE)
+    crop = cv2.resize(result["crop_image"], (size, size), interpolation=cv2.INTER_LINEAR)
     pics = [crop]
     if "joints2d" in result:
         label = result["raw"]["pose2d"]
