@@ -68,7 +68,9 @@ class Stream(nn.Module):
 
 
 class MultiTaskHourglass(nn.Module):
-    """Shared stem; per stage one stream per task; `sum` interaction between stages."""
+    """Shared stem; per stage one stream and head per task; hgmt's `sum` interaction between
+    stages: next input of task t = x_t + 1x1(f_t) + 1x1(p_t) + sum over the other tasks s of
+    1x1([f_s, p_s]) (hgmt/models/multitask.py)."""
 
     def __init__(self, tasks, stacks: int, c: int, depth: int = 4):
         super().__init__()
@@ -79,32 +81,36 @@ class MultiTaskHourglass(nn.Module):
         self.streams = nn.ModuleList(
             nn.ModuleDict({t: Stream(c, depth, TASK_CHANNELS[t]) for t in tasks})
             for _ in range(stacks))
-        # Between stages: each task projects its features and prediction back to width c.
         self.back_f = nn.ModuleList(
             nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks}) for _ in range(stacks - 1))
         self.back_o = nn.ModuleList(
             nn.ModuleDict({t: nn.Conv2d(TASK_CHANNELS[t], c, 1) for t in tasks})
             for _ in range(stacks - 1))
         self.cross = nn.ModuleList(
-            nn.ModuleDict({t: nn.Conv2d(c, c, 1) for t in tasks}) for _ in range(stacks - 1))
+            nn.ModuleDict({f"{t}_from_{s}": nn.Conv2d(c + TASK_CHANNELS[s], c, 1)
+                           for t in tasks for s in tasks if s != t})
+            for _ in range(stacks - 1))
 
     def forward(self, images):
         x0 = self.stem(images)
         xs = {t: x0 for t in self.tasks}
         outputs = {t: [] for t in self.tasks}
-        for s in range(self.stacks):
+        for stage in range(self.stacks):
             feats = {}
             for t in self.tasks:
-                f, o = self.streams[s][t](xs[t])
+                f, o = self.streams[stage][t](xs[t])
                 outputs[t].append(o)
                 feats[t] = (f, o)
-            if s + 1 < self.stacks:
-                own = {t: self.back_f[s][t](f) + self.back_o[s][t](o)
-                       for t, (f, o) in feats.items()}
-                total = sum(own.values())
-                xs = {t: xs[t] + own[t] + (self.cross[s][t](total - own[t])
-                                           if len(self.tasks) > 1 else 0)
-                      for t in self.tasks}
+            if stage + 1 < self.stacks:
+                nxt = {}
+                for t in self.tasks:
+                    f, o = feats[t]
+                    y = xs[t] + self.back_f[stage][t](f) + self.back_o[stage][t](o)
+                    for s in self.tasks:
+                        if s != t:
+                            y = y + self.cross[stage][f"{t}_from_{s}"](torch.cat(feats[s], 1))
+                    nxt[t] = y
+                xs = nxt
         return outputs
 
 

@@ -106,3 +106,47 @@ def test_newell_size():
     assert 6.4e6 < row["params"] < 6.8e6
     assert 15.6 < row["gflop"] < 17.6  # 8.3 GMAC = 16.6 GFLOP
     assert len(summary.all_subsets()) == 15 and summary.all_subsets()[0] == ("pose2d",)
+
+
+def _reference_1x1(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel[None, None], (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_fast_ops_equal_the_reference_ops(monkeypatch):
+    """The speed-ups (1x1 convolution as one 2-D matmul, max-pool as reshape+max) change no
+    output, loss or gradient of the 4-task model, in training mode (BatchNorm on the batch)."""
+    from flax import linen as nn
+
+    from hgmt.models import hourglass
+
+    model = create_model(dict(TINY, interaction="sum"), TASK_NAMES)
+    batch = make_batch(b=2, r=16)
+    images = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
+    variables = model.init(jax.random.key(0), images)
+    weights = {t: float(TASKS[t].DEFAULT_LOSS_WEIGHT) for t in TASK_NAMES}
+
+    def loss_and_grads():
+        def loss(params):
+            out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                 images, train=True, mutable=["batch_stats"])
+            return compute_losses(out, batch, weights)[0], out
+        return jax.value_and_grad(loss, has_aux=True)(variables["params"])
+
+    (fast_loss, fast_out), fast_grads = loss_and_grads()
+    monkeypatch.setattr(hourglass, "matmul_1x1", _reference_1x1)
+    monkeypatch.setattr(hourglass, "max_pool2",
+                        lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+    (ref_loss, ref_out), ref_grads = loss_and_grads()
+
+    assert abs(float(fast_loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    for t in TASK_NAMES:
+        assert jnp.allclose(fast_out[t], ref_out[t], rtol=1e-4, atol=1e-5), t
+    flat_fast = jax.tree_util.tree_leaves_with_path(fast_grads)
+    flat_ref = jax.tree.leaves(ref_grads)
+    assert len(flat_fast) == len(flat_ref) > 100
+    overall = max(float(jnp.abs(r).max()) for r in flat_ref)
+    for (path, g), r in zip(flat_fast, flat_ref, strict=True):
+        # Relative per leaf, except for the ~0 gradients of biases that feed a BatchNorm.
+        tol = 1e-3 * float(jnp.abs(r).max()) + 1e-6 * overall
+        assert float(jnp.abs(g - r).max()) <= tol, jax.tree_util.keystr(path)

@@ -1,0 +1,150 @@
+"""Steady-state training speed of the real hgmt train step (hgmt.train.train_step under pmap).
+
+    python3 benchmarks/train_step.py --stacks 2 --features 128 --res 128 --batch 16 \
+        --tasks pose2d --dtype float32
+
+Runs the step that training runs (forward, targets, losses, backward, gradient pmean, RMSprop
+update, BatchNorm statistics) on a fixed random batch already on the devices, so the figure is
+the model's, not the input pipeline's (benchmarks/input_pipeline.py measures that). Prints one
+JSON line: img/s after compilation and warm-up, compile time, parameter count, GFLOP per image
+from XLA's cost analysis of the compiled step, achieved GFLOP/s, and MFU: achieved over a
+measured matmul peak (a large jnp.dot in the same dtype on the same devices).
+
+`--devices N` splits the batch over N local devices (default 1: on a CPU, one XLA device already
+uses every core, and extra virtual devices only split them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.common import base_config
+from hgmt import train
+from hgmt.models import create_model
+from hgmt.tasks import parse_tasks
+
+
+def random_batch(batch: int, res: int, seed: int = 0) -> dict:
+    """A batch with the structure and value ranges of input_pipeline's crops."""
+    rng = np.random.default_rng(seed)
+    r = res // 4
+    joints3d = rng.normal([0, 0, 5], [0.4, 0.5, 0.2], (batch, 16, 3)).astype(np.float32)
+    crop = np.tile(np.array([[r / 200, 0, r / 2 - 160 * r / 200],
+                             [0, r / 200, r / 2 - 120 * r / 200]], np.float32), (batch, 1, 1))
+    return {
+        "image": rng.normal(size=(batch, res, res, 3)).astype(np.float32),
+        "joints2d": rng.uniform(0, r - 1, (batch, 16, 2)).astype(np.float32),
+        "visible": (rng.uniform(size=(batch, 16)) < 0.9).astype(np.float32),
+        "joints3d": joints3d,
+        "pelvis_depth": joints3d[:, 0, 2].copy(),
+        "segm": rng.integers(0, 15, (batch, r, r)).astype(np.int32),
+        "depth": np.where(rng.uniform(size=(batch, r, r)) < 0.3,
+                          rng.normal(5, 0.2, (batch, r, r)), 0).astype(np.float32),
+        "crop": crop,
+    }
+
+
+def matmul_peak(dtype, devices: int, n: int = 2048, reps: int = 10) -> float:
+    """Measured GFLOP/s of an n x n x n matmul on `devices` devices (the MFU denominator)."""
+    f = jax.pmap(lambda a, b: a @ b, devices=jax.local_devices()[:devices])
+    a = jnp.ones((devices, n, n), dtype)
+    f(a, a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = f(a, a)
+    out.block_until_ready()
+    return 2 * n**3 * devices * reps / (time.perf_counter() - t0) / 1e9
+
+
+def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
+            steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
+    if batch % devices:
+        raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
+    names = parse_tasks(tasks)
+    config = base_config("+".join(names))
+    config.image_size, config.batch_size = res, batch
+    config.model.num_stacks, config.model.features = stacks, features
+    config.model.depth, config.model.dtype = depth, dtype
+    model = create_model(config.model, names, axis_name="batch")
+    state = train.create_train_state(jax.random.key(0), config, model)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    devs = jax.local_devices()[:devices]
+    state = flax.jax_utils.replicate(state, devs)
+    host = random_batch(batch, res)
+    data = next(flax.jax_utils.prefetch_to_device(iter([jax.tree.map(
+        lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
+    weights = dict(config.loss_weights)
+    step = jax.pmap(functools.partial(train.train_step, weights=weights), axis_name="batch",
+                    devices=devs, donate_argnums=(0,))
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan"))) * devices  # per-device program
+
+    for _ in range(warmup):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / steps
+    loss = float(jax.device_get(metrics["loss/total"])[0])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"benchmark step produced loss {loss}")
+
+    peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, devices)
+    achieved = flops / step_s / 1e9
+    return {
+        "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
+        "device": devs[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "stacks": stacks, "features": features, "res": res, "batch": batch,
+        "tasks": "+".join(names), "dtype": dtype, "params": int(params),
+        "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
+        "img_per_s": round(batch / step_s, 2),
+        "gflop_per_img": round(flops / batch / 1e9, 3),
+        "gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(peak, 1),
+        "mfu": round(achieved / peak, 3), "loss": round(loss, 5),
+    }
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The CLI shared with benchmarks/torch_reference.py."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--stacks", type=int, default=2)
+    p.add_argument("--features", type=int, default=128)
+    p.add_argument("--res", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tasks", default="pose2d", help="e.g. pose2d+segm or all")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=1)
+    a = p.parse_args(argv)
+    result = measure(a.stacks, a.features, a.res, a.batch, a.tasks, a.dtype, a.steps,
+                     a.warmup, a.devices)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
