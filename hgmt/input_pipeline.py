@@ -133,6 +133,11 @@ class TrainCrop(grain.RandomMapTransform):
         return crop_example(element, self.image_size, self.augment, rng)
 
 
+# What crop_example reads: the frame, both label maps, the joints and the camera.
+REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc", "frame",
+                     "num_frames")
+
+
 def open_split(dataset: str, data_dir: str, split: str, decoders: dict | None = None):
     """`tfds.data_source` of a built split, with a clear error when it is missing."""
     import tensorflow_datasets as tfds
@@ -140,13 +145,20 @@ def open_split(dataset: str, data_dir: str, split: str, decoders: dict | None = 
     import data_builders.surreal  # noqa: F401  (registers the `surreal` builder)
 
     try:
-        return tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
+        source = tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
     except Exception as e:
         raise FileNotFoundError(
             f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
             f"({type(e).__name__}: {e}). Build it with: tfds build data_builders/surreal "
             f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
             f"{dataset.split('/')[-1]} --file_format=array_record") from e
+    missing = [f for f in REQUIRED_FEATURES if f not in source.dataset_info.features]
+    if missing:
+        raise ValueError(
+            f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
+            f"and the task labels are made from; use a SURREAL build (config.dataset="
+            f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
+    return source
 
 
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,

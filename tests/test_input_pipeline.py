@@ -91,3 +91,12 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
 def test_missing_dataset_says_how_to_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="tfds build data_builders/surreal"):
         ip.open_split("surreal/all", str(tmp_path), "train")
+
+
+def test_dataset_without_the_labels_is_rejected(tmp_path):
+    import tensorflow_datasets as tfds
+
+    tfds.testing.DummyMnist(data_dir=str(tmp_path), file_format="array_record"
+                            ).download_and_prepare()
+    with pytest.raises(ValueError, match=r"lacks the features \['segm', 'depth', 'joints2d'"):
+        ip.open_split("dummy_mnist", str(tmp_path), "train")
