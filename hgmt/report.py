@@ -75,6 +75,11 @@ def compare(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def _signed(x: float) -> str:
+    """+0.07 / -0.01 / 0 (no '-0' for a zero change)."""
+    return "0" if x == 0 else f"{x:+.4g}"
+
+
 def to_markdown(study: dict[str, dict], note: str) -> str:
     lines = ["# Task-combination study", "", note, ""]
     for task, e in study.items():
@@ -86,14 +91,14 @@ def to_markdown(study: dict[str, dict], note: str) -> str:
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
             mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
-            lines.append(f"| {s}{mark} | {v:.4g} | {'' if gain is None else f'{gain:+.4g}'} |")
+            lines.append(f"| {s}{mark} | {v:.4g} | {'' if gain is None else _signed(gain)} |")
         if e["isolated"] is None:
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
                       f"(+ = better).", "", f"![per {item}]({task}_per_item.png)", "",
                       f"| {item} | change |", "|---|---|"]
-            lines += [f"| {k} | {v:+.4g} |" for k, v in e["per_item_gain"].items()]
+            lines += [f"| {k} | {_signed(v)} |" for k, v in e["per_item_gain"].items()]
         lines.append("")
     return "\n".join(lines)
 
