@@ -23,11 +23,16 @@ DEFAULT_CONFIGS = ("2,128,128,16,pose2d", "2,256,256,8,pose2d", "2,128,128,16,al
 
 
 def run(script: str, stacks: int, features: int, res: int, batch: int, tasks: str,
-        dtype: str, steps: int) -> dict:
+        dtype: str, steps: int, devices: int = 1) -> dict:
     cmd = [sys.executable, os.path.join(HERE, script), f"--stacks={stacks}",
            f"--features={features}", f"--res={res}", f"--batch={batch}", f"--tasks={tasks}",
            f"--dtype={dtype}", f"--steps={steps}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if devices > 1:  # split the CPU into devices (pmap over them), as for training on a CPU
+        cmd.append(f"--devices={devices}")
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                            f" --xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--jax_devices", type=int, default=1,
+                   help="pmap the JAX step over this many virtual CPU devices (CPU only)")
     a = p.parse_args(argv)
     rows = []
     for spec in a.configs:
@@ -51,7 +58,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         best: dict[str, dict] = {}
         for _ in range(a.repeats):
             for impl, script in (("jax", "train_step.py"), ("torch", "torch_reference.py")):
-                result = run(script, *shape, tasks, a.dtype, a.steps)
+                result = run(script, *shape, tasks, a.dtype, a.steps,
+                             a.jax_devices if impl == "jax" else 1)
                 if impl not in best or result["img_per_s"] > best[impl]["img_per_s"]:
                     best[impl] = result
         jx, th = best["jax"], best["torch"]
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "jax_img_per_s": jx["img_per_s"], "torch_img_per_s": round(th["img_per_s"], 2),
                "ratio_jax_over_torch": round(jx["img_per_s"] / th["img_per_s"], 3),
                "jax_compile_s": jx["compile_s"], "jax_gflop_per_img": jx["gflop_per_img"],
-               "jax_mfu": jx["mfu"], "device": jx["device"], "cpus": jx["cpus"],
+               "jax_mfu": jx["mfu"], "jax_devices": jx["devices"], "device": jx["device"],
+               "cpus": jx["cpus"],
                "jax": jx["jax"], "torch": th["torch"], "torch_threads": th["threads"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
