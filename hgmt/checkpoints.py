@@ -74,4 +74,39 @@ def restore_for_inference(workdir: str, step: int | None = None) -> tuple[
                          f"({type(e).__name__}: {e}); pass --step= with another of {steps}"
                          ) from e
     state = restored["state"]
-    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}, step
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    check_variables(config, variables, f"checkpoint {checkpoint_dir(workdir)}/{step}")
+    return config, variables, step
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    import jax
+
+    return {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str) -> None:
+    """Raises ValueError naming the differences when `variables` do not fit the model that
+    `config` builds (a checkpoint of another configuration or of an older hgmt version)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hgmt.models import create_model
+    from hgmt.tasks import parse_tasks
+
+    model = create_model(config.model, parse_tasks(config.tasks))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), images))
+    got = _shapes(variables)
+    if expected == got:
+        return
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    raise ValueError(
+        f"{what} does not fit the model its config.json builds: {len(missing)} variables "
+        f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+        f"{len(reshaped)} with other shapes (e.g. {reshaped[:2]}). It was written by another "
+        f"model configuration or an older hgmt (1x1 convolutions were renamed Dense -> "
+        f"Conv1x1 on 2026-11-25); retrain, or evaluate it with the hgmt version that wrote it")

@@ -128,9 +128,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
     state = create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     if mngr.latest_step() is not None:
-        restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state),
-            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)))
+        try:
+            restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(state),
+                data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)))
+        except Exception as e:
+            raise ValueError(
+                f"cannot resume from {checkpoints.checkpoint_dir(workdir)}/"
+                f"{mngr.latest_step()} ({type(e).__name__}: {str(e)[:300]}): it was written "
+                f"by another model configuration or an older hgmt. Use a new --workdir, or "
+                f"the config and hgmt version that wrote it") from e
         state = restored["state"]
         logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir),
                      int(state.step))

@@ -189,3 +189,18 @@ def test_savedmodel_export_equals_flax(workdir, predictor, tmp_path):
         assert json.load(fh)["format"] == "savedmodel"
     with pytest.raises(ValueError, match="choose one of"):
         export.export(workdir, "onnx", str(tmp_path / "x"))
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    with open(other / "config.json") as f:
+        config = json.load(f)
+    config["model"]["features"] = 24  # the checkpoint holds a 16-feature model
+    with open(other / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=r"does not fit the model its config.json builds: "
+                                         r"0 variables missing .* \d+ with other shapes"):
+        predict.Predictor(str(other))
