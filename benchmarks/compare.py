@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 
+import cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIGS = ("2,128,128,16,pose2d", "2,256,256,8,pose2d", "2,128,128,16,all")
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
                    help="stacks,features,res,batch,tasks")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=cli.DTYPES)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--jax_devices", type=int, default=1,

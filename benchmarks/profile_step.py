@@ -12,7 +12,6 @@ Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz under --trace_dir) for the
 from __future__ import annotations
 
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -21,15 +20,12 @@ import re
 import sys
 import tempfile
 
-import flax
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli  # noqa: E402
 import train_step  # noqa: E402
 
-from configs.common import base_config  # noqa: E402
-from hgmt import train  # noqa: E402
-from hgmt.models import create_model  # noqa: E402
 from hgmt.tasks import parse_tasks  # noqa: E402
 
 
@@ -69,18 +65,12 @@ def op_kinds(hlo: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = train_step.parser(__doc__.splitlines()[0])
+    p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--trace_dir", default=None)
     a = p.parse_args(argv)
     names = parse_tasks(a.tasks)
-    config = base_config("+".join(names))
-    config.image_size, config.model.num_stacks, config.model.features = a.res, a.stacks, a.features
-    config.model.dtype = a.dtype
-    model = create_model(config.model, names, axis_name="batch")
-    state = flax.jax_utils.replicate(train.create_train_state(jax.random.key(0), config, model))
-    data = jax.tree.map(lambda x: x[None], train_step.random_batch(a.batch, a.res))
-    step = jax.pmap(functools.partial(train.train_step, weights=dict(config.loss_weights)),
-                    axis_name="batch").lower(state, data).compile()
+    step, state, data, _, _ = train_step.compiled_step(a.stacks, a.features, a.res, a.batch,
+                                                       a.tasks, a.dtype)
     for _ in range(a.warmup):
         state, metrics = step(state, data)
     jax.block_until_ready(metrics)

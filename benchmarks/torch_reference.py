@@ -11,10 +11,10 @@ Needs the `bench` extra (torch; on a CPU machine install a CPU-only build).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
+import cli
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,15 +133,7 @@ def make_batch(tasks, batch: int, res: int):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stacks", type=int, default=2)
-    p.add_argument("--features", type=int, default=128)
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--tasks", default="pose2d", help="e.g. pose2d+segm or all")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    p.add_argument("--warmup", type=int, default=2)
+    p = cli.parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
     tasks = TASK_NAMES if args.tasks == "all" else tuple(args.tasks.split("+"))
     torch.manual_seed(0)

@@ -17,13 +17,13 @@ devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores (README, Perfor
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import platform
 import time
 
+import cli
 import flax
 import jax
 import jax.numpy as jnp
@@ -67,8 +67,11 @@ def matmul_peak(dtype, devices: int, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * devices * reps / (time.perf_counter() - t0) / 1e9
 
 
-def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
-            steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
+def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
+                  devices: int = 1, depth: int = 4) -> tuple:
+    """The train step of this configuration compiled for `devices` local devices, with its
+    replicated initial state and a random batch on them: (compiled, state, data, params,
+    compile seconds)."""
     if batch % devices:
         raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
     names = parse_tasks(tasks)
@@ -84,13 +87,17 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
     host = random_batch(batch, res)
     data = next(flax.jax_utils.prefetch_to_device(iter([jax.tree.map(
         lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
-    weights = dict(config.loss_weights)
-    step = jax.pmap(functools.partial(train.train_step, weights=weights), axis_name="batch",
-                    devices=devs, donate_argnums=(0,))
-
+    step = jax.pmap(functools.partial(train.train_step, weights=dict(config.loss_weights)),
+                    axis_name="batch", devices=devs, donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
+    return compiled, state, data, int(params), time.perf_counter() - t0
+
+
+def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
+            steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
+    compiled, state, data, params, compile_s = compiled_step(
+        stacks, features, res, batch, tasks, dtype, devices, depth)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan"))) * devices  # per-device program
@@ -111,10 +118,10 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
     achieved = flops / step_s / 1e9
     return {
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
-        "device": devs[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
+        "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "stacks": stacks, "features": features, "res": res, "batch": batch,
-        "tasks": "+".join(names), "dtype": dtype, "params": int(params),
+        "tasks": "+".join(parse_tasks(tasks)), "dtype": dtype, "params": params,
         "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3),
@@ -123,22 +130,8 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
     }
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The CLI shared with benchmarks/torch_reference.py."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--stacks", type=int, default=2)
-    p.add_argument("--features", type=int, default=128)
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--tasks", default="pose2d", help="e.g. pose2d+segm or all")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    p.add_argument("--warmup", type=int, default=2)
-    return p
-
-
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__.splitlines()[0])
+    p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=1)
     a = p.parse_args(argv)
     result = measure(a.stacks, a.features, a.res, a.batch, a.tasks, a.dtype, a.steps,
