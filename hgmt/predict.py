@@ -129,9 +129,9 @@ def to_json(result: dict, tasks: Sequence[str]) -> dict:
 PANEL_MIN_SIZE = 256  # pixels per picture in the panel (small crops are enlarged)
 
 
-def panel(result: dict, tasks: Sequence[str]) -> np.ndarray:
+def panel(result: dict) -> np.ndarray:
     """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): input, 2D skeleton, parts, depth,
-    3D skeleton (trained tasks only)."""
+    3D skeleton (the pictures of the tasks present in `result`)."""
     r = result["crop_image"].shape[0] // 4
     size = max(result["crop_image"].shape[0], PANEL_MIN_SIZE)
     crop = cv2.resize(result["crop_image"], (size, size), interpolation=cv2.INTER_LINEAR)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(path)
             continue
         cv2.imwrite(os.path.join(args.out, name + ".png"),
-                    panel(result, predictor.tasks)[..., ::-1])
+                    panel(result)[..., ::-1])
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump({"image": os.path.abspath(path), "bbox": bbox, "step": predictor.step,
                        **to_json(result, predictor.tasks)}, f)

@@ -135,9 +135,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
         except Exception as e:
             raise ValueError(
                 f"cannot resume from {checkpoints.checkpoint_dir(workdir)}/"
-                f"{mngr.latest_step()} ({type(e).__name__}: {str(e)[:300]}): it was written "
-                f"by another model configuration or an older hgmt. Use a new --workdir, or "
-                f"the config and hgmt version that wrote it") from e
+                f"{mngr.latest_step()} ({type(e).__name__}: {str(e)[:300]}): it does not read "
+                f"as this config's train state (another model configuration, an older hgmt, "
+                f"or a damaged checkpoint). Use a new --workdir, or the config and hgmt "
+                f"version that wrote it") from e
         state = restored["state"]
         logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir),
                      int(state.step))
