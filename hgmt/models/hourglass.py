@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from hgmt.models.batchnorm import BatchNorm
+
 Dtype = Any
 
 
@@ -62,11 +64,11 @@ def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.fl
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype,
-               name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm with cross-device statistics over `axis_name` when training under pmap."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        axis_name=axis_name if train else None, dtype=dtype,
-                        param_dtype=jnp.float32, name=name)
+               relu: bool = False) -> nn.Module:
+    """BatchNorm (then ReLU if `relu`) with cross-device statistics over `axis_name` when
+    training under pmap."""
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     axis_name=axis_name if train else None, relu=relu, dtype=dtype)
 
 
 class Residual(nn.Module):
@@ -80,11 +82,11 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         mid = self.features // 2
-        y = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
+        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
         y = conv(mid, 1, dtype=self.dtype)(y)
-        y = nn.relu(batch_norm(train, self.axis_name, self.dtype)(y))
+        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(y)
         y = conv(mid, 3, dtype=self.dtype)(y)
-        y = nn.relu(batch_norm(train, self.axis_name, self.dtype)(y))
+        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(y)
         y = conv(self.features, 1, dtype=self.dtype)(y)
         skip = x if x.shape[-1] == self.features else conv(self.features, 1,
                                                            dtype=self.dtype)(x)
@@ -131,7 +133,7 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = conv(64, 7, strides=2, dtype=self.dtype)(x)
-        x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
+        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
         x = max_pool2(x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
@@ -151,4 +153,4 @@ class Stream(nn.Module):
         x = Hourglass(self.depth, self.features, self.dtype, self.axis_name)(x, train)
         x = Residual(self.features, self.dtype, self.axis_name)(x, train)
         x = conv(self.features, 1, dtype=self.dtype)(x)
-        return nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
+        return batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
