@@ -31,6 +31,8 @@ from hgmt.tasks import parse_tasks  # noqa: E402
 
 def op_kinds(hlo: str) -> dict[str, str]:
     """Top-level instruction name -> kind, from the compiled HLO text."""
+    # Without metadata: its op names say "transpose(jvp(...))" for every backward-pass op.
+    hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
     bodies, current = {}, None
     for line in hlo.splitlines():
         head = re.match(r"%?([\w.\-]+) .*\{$", line)

@@ -132,9 +132,9 @@ def make_batch(tasks, batch: int, res: int):
     return images, targets
 
 
-def main(argv=None) -> dict:
-    p = cli.parser(__doc__.splitlines()[0])
-    args = p.parse_args(argv)
+def make_step(args) -> tuple:
+    """(step, model) for parsed `cli.parser` arguments: step() runs one training step (forward,
+    losses, backward, RMSprop update) on a fixed random batch and returns the loss."""
     tasks = TASK_NAMES if args.tasks == "all" else tuple(args.tasks.split("+"))
     torch.manual_seed(0)
     model = MultiTaskHourglass(tasks, args.stacks, args.features)
@@ -152,6 +152,12 @@ def main(argv=None) -> dict:
         opt.step()
         return loss.item()
 
+    return step, model
+
+
+def main(argv=None) -> dict:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    step, model = make_step(args)
     for _ in range(args.warmup):
         step()
     t0 = time.perf_counter()
@@ -161,7 +167,7 @@ def main(argv=None) -> dict:
     result = {
         "impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "stacks": args.stacks, "features": args.features, "res": args.res,
-        "batch": args.batch, "tasks": "+".join(tasks), "dtype": args.dtype,
+        "batch": args.batch, "tasks": "+".join(model.tasks), "dtype": args.dtype,
         "params": sum(p.numel() for p in model.parameters()),
         "step_s": dt, "img_per_s": args.batch / dt, "compile_s": 0.0,
     }

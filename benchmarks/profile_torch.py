@@ -1,0 +1,62 @@
+"""Where the PyTorch reference's train step spends its time, by kind of op, for reading next to
+benchmarks/profile_step.py (hgmt's XLA ops by kind).
+
+    python3 benchmarks/profile_torch.py --stacks 2 --features 128 --res 128 --batch 16 \
+        --tasks pose2d
+
+torch.profiler over --steps steps of torch_reference's step; prints one JSON line: ms per step
+for convolutions by kernel size (forward; backward = input and kernel gradients together, as
+PyTorch runs them in one op), BatchNorm, ReLU, max-pooling, and everything else. Needs the
+`bench` extra.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import cli
+import torch_reference
+from torch.profiler import ProfilerActivity, profile
+
+CONV_OPS = {"aten::mkldnn_convolution": "forward", "aten::convolution_backward": "backward"}
+OTHER_KINDS = {
+    "aten::native_batch_norm": "BatchNorm forward",
+    "aten::native_batch_norm_backward": "BatchNorm backward",
+    "aten::clamp_min": "ReLU forward", "aten::relu": "ReLU forward",
+    "aten::threshold_backward": "ReLU backward",
+    "aten::max_pool2d_with_indices": "max-pool forward",
+    "aten::max_pool2d_with_indices_backward": "max-pool backward",
+}
+
+
+def kind(name: str, input_shapes: list) -> str:
+    """The kind of one aten op; convolutions by kernel size from the weight's shape."""
+    if name in CONV_OPS:
+        weight = input_shapes[2 if name == "aten::convolution_backward" else 1]
+        return f"conv {weight[2]}x{weight[3]} {CONV_OPS[name]}"
+    return OTHER_KINDS.get(name, "other")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
+    step, _ = torch_reference.make_step(a)
+    for _ in range(a.warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(a.steps):
+            step()
+    per_kind: collections.Counter = collections.Counter()
+    for event in prof.key_averages(group_by_input_shape=True):
+        per_kind[kind(event.key, event.input_shapes)] += (
+            event.self_cpu_time_total / 1000 / a.steps)
+    result = {"benchmark": "profile_torch", "stacks": a.stacks, "features": a.features,
+              "res": a.res, "batch": a.batch, "tasks": a.tasks, "dtype": a.dtype,
+              "ms_per_step": round(sum(per_kind.values()), 1),
+              "ms_per_kind": {k: round(v, 1) for k, v in per_kind.most_common()}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
