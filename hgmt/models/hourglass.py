@@ -7,7 +7,9 @@ barring exact ties in a pooling window, gradients (tests/test_models.py checks t
 against `lax.conv` and `nn.max_pool`), and both are what makes the train step fast on XLA:CPU:
 measured on 2 cores (B=16, 32x32x128), forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms,
 of a 2x2 max-pool 18.5 -> 2.8 ms (benchmarks/train_step.py gives the whole-step effect).
-Parameters are float32; `dtype` sets the compute precision.
+BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s
+variables and values with a faster backward). Parameters are float32; `dtype` sets the compute
+precision.
 """
 
 from __future__ import annotations
