@@ -120,7 +120,10 @@ def _reference_batch_norm(train, axis_name, dtype, relu=False):
     bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name if train else None, dtype=dtype,
                       param_dtype=jnp.float32)
-    return (lambda x: nn.relu(bn(x))) if relu else bn
+    def apply(x, shift=None):
+        y = bn(x if shift is None else x + shift)
+        return nn.relu(y) if relu else y
+    return apply
 
 
 def _assert_trees_close(fast, ref, rtol):
@@ -181,10 +184,32 @@ def test_fast_ops_equal_the_reference_ops(monkeypatch):
         _assert_trees_close(fast_stats, ref_stats, rtol=1e-9)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_batch_norm_matches_flax_across_devices(relu):
+@pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])
+def test_conv_is_flax_conv(kernel, strides):
+    """hourglass.Conv has nn.Conv's parameter names and shapes and gives its outputs;
+    add_bias=False returns the convolution and the bias separately."""
+    from flax import linen as nn
+
+    from hgmt.models.hourglass import Conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+    ours = Conv(8, kernel, strides)
+    variables = ours.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
+    ref = nn.Conv(8, (kernel, kernel), strides=(strides, strides), padding="SAME")
+    assert (jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
+            == jax.tree.map(jnp.shape, variables))
+    want = ref.apply(variables, x)
+    assert jnp.allclose(ours.apply(variables, x), want, atol=1e-6)
+    y, bias = ours.apply(variables, x, add_bias=False)
+    assert jnp.allclose(y + bias, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("relu,shifted", [(False, False), (True, True)])
+def test_batch_norm_matches_flax_across_devices(relu, shifted):
     """Under pmap over 4 devices with cross-device statistics, hgmt's BatchNorm gives Flax's
-    outputs, running statistics and gradients (input, scale, bias), in training and eval."""
+    outputs, running statistics and gradients (input, scale, bias), in training and eval;
+    `shifted`: ours normalises x - s given shift=s, Flax x itself."""
     from flax import linen as nn
 
     from hgmt.models.batchnorm import BatchNorm
@@ -198,12 +223,15 @@ def test_batch_norm_matches_flax_across_devices(relu):
     variables = {"params": {"scale": jnp.linspace(0.5, 1.5, 8), "bias": jnp.linspace(-1, 1, 8)},
                  "batch_stats": variables["batch_stats"]}
 
-    def run(module, post):
+    shift = jnp.linspace(-2.0, 3.0, 8) if shifted else None
+
+    def run(module, post, shift=None):
         def f(x, dy):
             def loss(x, params):
+                args = (x,) if shift is None else (x - shift, shift)
                 y, upd = module.apply({"params": params,
                                        "batch_stats": variables["batch_stats"]},
-                                      x, mutable=["batch_stats"])
+                                      *args, mutable=["batch_stats"])
                 y = post(y)
                 return (y * dy).sum(), (y, upd["batch_stats"])
             grads, (y, stats) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
@@ -211,11 +239,12 @@ def test_batch_norm_matches_flax_across_devices(relu):
             return y, stats, grads
         return jax.pmap(f, axis_name="d")(x, dy)
 
-    got = run(fast, lambda y: y)
+    got = run(fast, lambda y: y, shift)
     want = run(ref, nn.relu if relu else (lambda y: y))
     _assert_trees_close(got, want, rtol=1e-5)
     stats = jax.tree.map(lambda v: v[0], got[1])
     eval_vars = {"params": variables["params"], "batch_stats": stats}
-    y_fast = fast.copy(use_running_average=True).apply(eval_vars, x[0])
+    y_fast = fast.copy(use_running_average=True).apply(
+        eval_vars, *((x[0],) if shift is None else (x[0] - shift, shift)))
     y_ref = ref.copy(use_running_average=True).apply(eval_vars, x[0])
     assert jnp.allclose(y_fast, nn.relu(y_ref) if relu else y_ref, rtol=1e-5, atol=1e-5)

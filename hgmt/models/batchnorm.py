@@ -98,7 +98,13 @@ normalize_batch.defvjp(_forward, _backward)
 
 class BatchNorm(nn.Module):
     """`nn.BatchNorm` over the last axis, optionally followed by ReLU, with the fast
-    training-mode backward of `normalize_batch`. (B,...,C) -> (B,...,C) in `dtype`."""
+    training-mode backward of `normalize_batch`. (B,...,C) -> (B,...,C) in `dtype`.
+
+    `shift` (C,), when given, is a per-channel constant that the input is missing: the layer
+    normalises x + shift (a convolution's bias, so that the convolution's output is not
+    written out again with its bias added). In training the output does not depend on it
+    (batch statistics remove it) and it gets no gradient, as in exact arithmetic; it enters the
+    running mean and the running-average normalisation."""
 
     use_running_average: bool = False
     axis_name: str | None = None
@@ -109,25 +115,26 @@ class BatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, shift: jnp.ndarray | None = None) -> jnp.ndarray:
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         x = x.astype(self.dtype)
+        ct = _compute_dtype(x)
+        shift = jnp.zeros((c,), ct) if shift is None else lax.stop_gradient(shift).astype(ct)
         if self.use_running_average:
             mul = scale * lax.rsqrt(ra_var.value + self.epsilon)
-            y = x.astype(mul.dtype) * mul + (bias - ra_mean.value * mul)
+            y = x.astype(ct) * mul + (bias - (ra_mean.value - shift) * mul)
             y = jnp.maximum(y, 0.0) if self.relu else y
             return y.astype(self.dtype)
         # As Flax: no cross-device statistics while initialising (no axis is bound then).
         axis_name = None if self.is_initializing() else self.axis_name
-        ct = _compute_dtype(x)
         y, mean, var = normalize_batch(x, scale.astype(ct), bias.astype(ct), self.epsilon,
                                        self.relu, axis_name)
         if not self.is_initializing():
-            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+            mean, var = lax.stop_gradient(mean) + shift, lax.stop_gradient(var)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y

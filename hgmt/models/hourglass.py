@@ -1,15 +1,17 @@
 """Newell et al.'s stacked-hourglass building blocks, NHWC, Flax Linen.
 
 Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, one 2-D
-matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels are `nn.Conv`.
-2x2 max-pooling is `max_pool2`, a reshape and max. Both give the reference ops' values and,
-barring exact ties in a pooling window, gradients (tests/test_models.py checks the whole model
-against `lax.conv` and `nn.max_pool`), and both are what makes the train step fast on XLA:CPU:
-measured on 2 cores (B=16, 32x32x128), forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms,
-of a 2x2 max-pool 18.5 -> 2.8 ms (benchmarks/train_step.py gives the whole-step effect).
+matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels are `Conv`
+(`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max.
 BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s
-variables and values with a faster backward). Parameters are float32; `dtype` sets the compute
-precision.
+variables and values with a faster backward); a convolution that feeds one hands it its bias
+as `shift` instead of adding it, which saves writing the convolution's output out twice.
+All give the reference ops' values and, barring exact ties in a pooling window, gradients
+(tests/test_models.py checks the whole model against `lax.conv`, `nn.max_pool` and
+`nn.BatchNorm`), and all are there to make the train step fast on XLA:CPU: measured on 2
+cores (B=16, 32x32x128), forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms, of a 2x2
+max-pool 18.5 -> 2.8 ms; the bias hand-over +9 % on the whole 2 x 128 @ 128 train step
+(benchmarks/train_step.py). Parameters are float32; `dtype` sets the compute precision.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from hgmt.models.batchnorm import BatchNorm
 
@@ -39,19 +42,43 @@ def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
 
 
 class Conv1x1(nn.Module):
-    """A 1x1 convolution with bias, parameters `kernel` (Cin, Cout) and `bias` (Cout,)."""
+    """A 1x1 convolution with bias, parameters `kernel` (Cin, Cout) and `bias` (Cout,).
+    `add_bias=False` returns (x @ kernel, bias) for a BatchNorm to take the bias as `shift`."""
 
     features: int
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, add_bias: bool = True):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return matmul_1x1(x, kernel) + bias
+        y = matmul_1x1(x, kernel)
+        return y + bias if add_bias else (y, bias)
+
+
+class Conv(nn.Module):
+    """A kxk 'SAME' convolution with bias: `nn.Conv`'s parameters (`kernel` (k,k,Cin,Cout),
+    `bias` (Cout,)), names and values. `add_bias=False` returns (convolution, bias)."""
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, add_bias: bool = True):
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias if add_bias else (y, bias)
 
 
 def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.float32,
@@ -61,8 +88,7 @@ def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.fl
     kernel_init = nn.initializers.variance_scaling(init_scale**2, "fan_in", "truncated_normal")
     if kernel == 1 and strides == 1:
         return Conv1x1(features, dtype=dtype, name=name, kernel_init=kernel_init)
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
-                   dtype=dtype, param_dtype=jnp.float32, name=name, kernel_init=kernel_init)
+    return Conv(features, kernel, strides, dtype=dtype, name=name, kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype,
@@ -84,11 +110,10 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         mid = self.features // 2
-        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
-        y = conv(mid, 1, dtype=self.dtype)(y)
-        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(y)
-        y = conv(mid, 3, dtype=self.dtype)(y)
-        y = batch_norm(train, self.axis_name, self.dtype, relu=True)(y)
+        bn_relu = lambda: batch_norm(train, self.axis_name, self.dtype, relu=True)  # noqa: E731
+        y = bn_relu()(x)
+        y = bn_relu()(*conv(mid, 1, dtype=self.dtype)(y, add_bias=False))
+        y = bn_relu()(*conv(mid, 3, dtype=self.dtype)(y, add_bias=False))
         y = conv(self.features, 1, dtype=self.dtype)(y)
         skip = x if x.shape[-1] == self.features else conv(self.features, 1,
                                                            dtype=self.dtype)(x)
@@ -134,8 +159,8 @@ class Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = conv(64, 7, strides=2, dtype=self.dtype)(x)
-        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
+        x = conv(64, 7, strides=2, dtype=self.dtype)(x, add_bias=False)
+        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(*x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
         x = max_pool2(x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
@@ -154,5 +179,5 @@ class Stream(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = Hourglass(self.depth, self.features, self.dtype, self.axis_name)(x, train)
         x = Residual(self.features, self.dtype, self.axis_name)(x, train)
-        x = conv(self.features, 1, dtype=self.dtype)(x)
-        return batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
+        x = conv(self.features, 1, dtype=self.dtype)(x, add_bias=False)
+        return batch_norm(train, self.axis_name, self.dtype, relu=True)(*x)
