@@ -1,6 +1,7 @@
 # ruff: noqa: E501  (HLO lines are quoted verbatim)
-"""The benchmark scripts: the train-step benchmark's figures agree with each other, and the
-profile groups XLA ops by what they compute (not by their metadata)."""
+"""The benchmark scripts: the train-step and input-pipeline benchmarks run from a clone (the
+latter building its own demo data) and their figures agree with each other; the profile groups
+XLA ops by what they compute (not by their metadata)."""
 
 import os
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
+import input_pipeline  # noqa: E402
 import profile_step  # noqa: E402
 import train_step  # noqa: E402
 
@@ -74,3 +76,13 @@ def test_train_step_benchmark_figures_agree():
     assert np.isclose(r["gflop_per_s"], r["gflop_per_img"] * r["img_per_s"], rtol=0.02)
     assert 0 < r["mfu"] < 1
     assert np.isfinite(r["loss"])
+
+
+def test_input_pipeline_benchmark_builds_its_data_and_reports_the_ratio(capsys):
+    r = input_pipeline.main(["--res", "64", "--batch", "4", "--batches", "3",
+                             "--train_img_per_s", "10"])
+    assert r["examples"] == 12 and r["records"] == 60  # 2 demo train clips of 30 frames
+    assert r["examples_per_cpu_s"] > 0
+    assert np.isclose(r["ratio_per_core"],
+                      r["examples_per_cpu_s"] / (10 / r["cpus"]), rtol=0.01)
+    assert '"benchmark": "input_pipeline"' in capsys.readouterr().out
