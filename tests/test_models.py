@@ -140,8 +140,9 @@ def _assert_trees_close(fast, ref, rtol):
 
 def test_fast_ops_equal_the_reference_ops(monkeypatch):
     """The speed-ups (1x1 convolution as one 2-D matmul, max-pool as reshape+max, BatchNorm
-    + ReLU with a hand-written backward) change no output, loss, gradient or running
-    statistic of the 4-task model in training mode (BatchNorm on the batch). In float64, so
+    + ReLU with a hand-written backward, taking the preceding convolution's bias as a shift;
+    the reference adds it back and runs nn.BatchNorm) change no output, loss, gradient or
+    running statistic of the 4-task model in training mode (BatchNorm on the batch). In float64, so
     that agreement to 1e-9 shows the same function: in float32 the two differ by rounding,
     which the tiny model's 4x4 innermost BatchNorms (32 values each) amplify up to ~1e-2 in
     a few gradients that are ~0 anyway."""

@@ -7,8 +7,9 @@ is the chain rule of that same computation written out: one reduction over the i
 two per-channel sums) and one elementwise pass, where autodiff of the Flax module leaves XLA:CPU
 more passes over the activations. Measured on 2 cores, one process, alternating: the 2 x 128
 @ 128 train step 27.3 -> 28.5 img/s on one device, 31.4 -> 32.5 on two virtual devices.
-tests/test_models.py checks the whole model's outputs, loss, gradients and statistics against
-`nn.BatchNorm` + `nn.relu` (in float64), and one layer under pmap (in float32).
+`BatchNorm(shift=...)` takes a preceding convolution's bias (see the class). tests/test_models.py
+checks the whole model's outputs, loss, gradients and statistics against `nn.BatchNorm` +
+`nn.relu` (in float64), and one layer under pmap (in float32).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _compute_dtype(x: jnp.ndarray) -> Any:
 
 
 def _stats(x: jnp.ndarray, axis_name: str | None) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-channel (mean, var) of (..., C) over every other axis and device, in float32."""
+    """Per-channel (mean, var) of (..., C) over every other axis and device, in at least
+    float32."""
     x = x.astype(_compute_dtype(x)).reshape(-1, x.shape[-1])
     mean, mean2 = _pmean(jnp.stack([x.mean(0), (x * x).mean(0)]), axis_name)
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
@@ -44,8 +46,8 @@ def _stats(x: jnp.ndarray, axis_name: str | None) -> tuple[jnp.ndarray, jnp.ndar
 def normalize_batch(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
                     epsilon: float, relu: bool, axis_name: str | None):
     """Training-mode BatchNorm of (..., C) `x` with the batch's statistics (over `axis_name`
-    too): returns (y like x, batch mean (C,), batch var (C,)), then ReLU if `relu`. The
-    statistics are outputs for the running averages, not differentiated through (their
+    too), followed by ReLU if `relu`: returns (y like x, batch mean (C,), batch var (C,)).
+    The statistics are outputs for the running averages, not differentiated through (their
     cotangents are ignored; `BatchNorm` stops their gradient)."""
     return _forward(x, scale, bias, epsilon, relu, axis_name)[0]
 
