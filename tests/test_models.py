@@ -139,11 +139,12 @@ def _assert_trees_close(fast, ref, rtol):
 
 
 def test_fast_ops_equal_the_reference_ops(monkeypatch):
-    """The speed-ups (1x1 convolution as one 2-D matmul, max-pool as reshape+max, BatchNorm
-    + ReLU with a hand-written backward, taking the preceding convolution's bias as a shift;
-    the reference adds it back and runs nn.BatchNorm) change no output, loss, gradient or
-    running statistic of the 4-task model in training mode (BatchNorm on the batch). In float64, so
-    that agreement to 1e-9 shows the same function: in float32 the two differ by rounding,
+    """The speed-ups (1x1 convolution as one 2-D matmul, max-pool as reshape+max with a
+    one-pass backward, BatchNorm + ReLU with a hand-written backward taking the preceding
+    convolution's bias as a shift; the reference adds it back and runs nn.BatchNorm) change
+    no output, loss, gradient or running statistic of the 4-task model in training mode
+    (BatchNorm on the batch). In float64, so that agreement to 1e-9 shows the same function:
+    in float32 the two differ by rounding,
     which the tiny model's 4x4 innermost BatchNorms (32 values each) amplify up to ~1e-2 in
     a few gradients that are ~0 anyway."""
     from flax import linen as nn
@@ -183,6 +184,23 @@ def test_fast_ops_equal_the_reference_ops(monkeypatch):
             assert jnp.allclose(fast_out[t], ref_out[t], rtol=1e-9, atol=1e-9), t
         _assert_trees_close(fast_grads, ref_grads, rtol=1e-9)
         _assert_trees_close(fast_stats, ref_stats, rtol=1e-9)
+
+
+def test_max_pool2_is_flax_max_pool_even_with_ties():
+    """Values and gradients of max_pool2 equal nn.max_pool's exactly, on data full of ties
+    (the gradient goes to the first maximum of each window, as select-and-scatter does)."""
+    from flax import linen as nn
+
+    from hgmt.models.hourglass import max_pool2
+
+    x = jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)) * 1.5)
+    g = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    windows = x.reshape(2, 4, 2, 4, 2, 3)
+    ties = (windows == max_pool2(x)[:, :, None, :, None]).sum(axis=(2, 4))
+    assert int((ties > 1).sum()) > 10  # the case this is about
+    assert jnp.array_equal(max_pool2(x), ref(x))
+    assert jnp.array_equal(jax.vjp(max_pool2, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
 
 
 @pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])

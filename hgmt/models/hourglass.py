@@ -2,16 +2,16 @@
 
 Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, one 2-D
 matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels are `Conv`
-(`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max.
-BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s
-variables and values with a faster backward); a convolution that feeds one hands it its bias
-as `shift` instead of adding it, which saves writing the convolution's output out twice.
-All give the reference ops' values and, barring exact ties in a pooling window, gradients
-(tests/test_models.py checks the whole model against `lax.conv`, `nn.max_pool` and
-`nn.BatchNorm`), and all are there to make the train step fast on XLA:CPU: measured on 2
-cores (B=16, 32x32x128), forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms, of a 2x2
-max-pool 18.5 -> 2.8 ms; the bias hand-over +9 % on the whole 2 x 128 @ 128 train step
-(benchmarks/train_step.py). Parameters are float32; `dtype` sets the compute precision.
+(`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max with a
+one-pass backward. BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/models/batchnorm.py:
+`nn.BatchNorm`'s variables and values with a faster backward); a convolution that feeds one
+hands it its bias as `shift` instead of adding it, which saves writing the convolution's
+output out twice. All give the reference ops' values and gradients (tests/test_models.py
+checks the whole model against `lax.conv`, `nn.max_pool` and `nn.BatchNorm`), and all are
+there to make the train step fast on XLA:CPU: measured on 2 cores (B=16, 32x32x128),
+forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms, of a 2x2 max-pool 18.5 -> 2.8 ms; on the
+whole 2 x 128 @ 128 train step (benchmarks/train_step.py, 2 devices) the bias hand-over +9 %,
+the max-pool backward +4 %. Parameters are float32; `dtype` sets the compute precision.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -34,11 +35,36 @@ def matmul_1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
+@jax.custom_vjp
 def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
-    """2x2 max-pooling with stride 2 of (B,H,W,C), H and W even. Its gradient is a cheap
-    elementwise mask instead of XLA's select-and-scatter (a tie shares the gradient)."""
+    """2x2 max-pooling with stride 2 of (B,H,W,C), H and W even, as a reshape and max. Its
+    gradient goes to the first maximum of each window in row-major order, as `nn.max_pool`'s
+    (select-and-scatter) does, computed as one elementwise pass."""
     b, h, w, c = x.shape
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool2_forward(x):
+    y = max_pool2(x)
+    return y, (x, y)
+
+
+def _max_pool2_backward(residuals, g):
+    x, y = residuals
+    b, h, w, c = x.shape
+    windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    hit = windows == y[:, :, None, :, None]
+    taken = jnp.zeros_like(hit[:, :, 0, :, 0])
+    masks = {}
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the first maximum takes the gradient
+        masks[i, j] = hit[:, :, i, :, j] & ~taken
+        taken = taken | masks[i, j]
+    mask = jnp.stack([jnp.stack([masks[i, 0], masks[i, 1]], axis=3) for i in (0, 1)], axis=2)
+    dx = jnp.where(mask, g[:, :, None, :, None], jnp.zeros((), g.dtype))
+    return (dx.reshape(x.shape),)
+
+
+max_pool2.defvjp(_max_pool2_forward, _max_pool2_backward)
 
 
 class Conv1x1(nn.Module):
