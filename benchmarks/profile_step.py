@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trace_dir", default=None)
     a = p.parse_args(argv)
     names = parse_tasks(a.tasks)
-    step, state, data, _, _ = train_step.compiled_step(a.stacks, a.features, a.res, a.batch,
+    step, state, data, *_ = train_step.compiled_step(a.stacks, a.features, a.res, a.batch,
                                                        a.tasks, a.dtype)
     for _ in range(a.warmup):
         state, metrics = step(state, data)

@@ -1,4 +1,4 @@
-"""Steady-state training speed of the real hgmt train step (hgmt.train.train_step under pmap).
+"""Steady-state training speed of the real hgmt train step (hgmt.steps.train_step under pmap).
 
     python3 benchmarks/train_step.py --stacks 2 --features 128 --res 128 --batch 16 \
         --tasks pose2d --dtype float32
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import base_config
-from hgmt import train
+from hgmt import steps
 from hgmt.models import create_model
 from hgmt.tasks import parse_tasks
 
@@ -55,8 +55,10 @@ def random_batch(batch: int, res: int, seed: int = 0) -> dict:
     }
 
 
-def matmul_peak(dtype, devices: int, n: int = 2048, reps: int = 10) -> float:
-    """Measured GFLOP/s of an n x n x n matmul on `devices` devices (the MFU denominator)."""
+def matmul_peak(dtype, devices: int, n: int | None = None, reps: int = 10) -> float:
+    """Measured GFLOP/s of an n x n x n matmul on `devices` devices (the MFU denominator);
+    n = 2048 on a CPU, 8192 on an accelerator (large enough to reach its peak)."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     f = jax.pmap(lambda a, b: a @ b, devices=jax.local_devices()[:devices])
     a = jnp.ones((devices, n, n), dtype)
     f(a, a).block_until_ready()
@@ -71,7 +73,9 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
                   devices: int = 1, depth: int = 4) -> tuple:
     """The train step of this configuration compiled for `devices` local devices, with its
     replicated initial state and a random batch on them: (compiled, state, data, params,
-    compile seconds)."""
+    compile seconds, FLOPs per step). FLOPs come from XLA's cost analysis of the lowered
+    (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls that the
+    analysis does not count."""
     if batch % devices:
         raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
     names = parse_tasks(tasks)
@@ -80,27 +84,29 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     config.model.num_stacks, config.model.features = stacks, features
     config.model.depth, config.model.dtype = depth, dtype
     model = create_model(config.model, names, axis_name="batch")
-    state = train.create_train_state(jax.random.key(0), config, model)
+    state = steps.create_train_state(jax.random.key(0), config, model)
     params = sum(x.size for x in jax.tree.leaves(state.params))
     devs = jax.local_devices()[:devices]
     state = flax.jax_utils.replicate(state, devs)
     host = random_batch(batch, res)
     data = next(flax.jax_utils.prefetch_to_device(iter([jax.tree.map(
         lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
-    step = jax.pmap(functools.partial(train.train_step, weights=dict(config.loss_weights)),
+    step = jax.pmap(functools.partial(steps.train_step, weights=dict(config.loss_weights)),
                     axis_name="batch", devices=devs, donate_argnums=(0,))
     t0 = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    return compiled, state, data, int(params), time.perf_counter() - t0
+    lowered = step.lower(state, data)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan"))) * devices  # per-device program
+    return compiled, state, data, int(params), compile_s, flops
 
 
 def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
             steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
-    compiled, state, data, params, compile_s = compiled_step(
+    compiled, state, data, params, compile_s, flops = compiled_step(
         stacks, features, res, batch, tasks, dtype, devices, depth)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", float("nan"))) * devices  # per-device program
 
     for _ in range(warmup):
         state, metrics = compiled(state, data)
@@ -114,6 +120,8 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
     if not np.isfinite(loss):
         raise FloatingPointError(f"benchmark step produced loss {loss}")
 
+    stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
+    peak_mem = stats.get("peak_bytes_in_use")
     peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, devices)
     achieved = flops / step_s / 1e9
     return {
@@ -127,6 +135,7 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
         "gflop_per_img": round(flops / batch / 1e9, 3),
         "gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(peak, 1),
         "mfu": round(achieved / peak, 3), "loss": round(loss, 5),
+        "peak_device_gib": round(peak_mem / 2**30, 2) if peak_mem else None,
     }
 
 

@@ -12,103 +12,25 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
-from flax.training import train_state
 
-from hgmt import checkpoints, evaluate, input_pipeline
+from hgmt import checkpoints, evaluate, input_pipeline, steps
 from hgmt.models import create_model
-from hgmt.tasks import compute_losses, parse_tasks
-
-
-class TrainState(train_state.TrainState):
-    batch_stats: Any
-
-
-# --- Setup ----------------------------------------------------------------------------------
-def create_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up from 0, then cosine decay to 0 at total_steps, or constant."""
-    opt = config.optimizer
-    if opt.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
-                                                  max(config.total_steps, opt.warmup_steps + 1))
-    if opt.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate,
-                                                           opt.warmup_steps),
-                                     optax.constant_schedule(opt.learning_rate)],
-                                    [opt.warmup_steps])
-    raise ValueError(f"optimizer.schedule={opt.schedule!r}: choose cosine or constant")
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """RMSprop (the reference code's optimizer) or Adam, with linear warm-up then cosine decay
-    or a constant rate."""
-    opt = config.optimizer
-    lr = create_lr(config)
-    makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8),
-              "adam": lambda: optax.adam(lr)}
-    if opt.name not in makers:
-        raise ValueError(f"optimizer.name={opt.name!r}: choose one of {sorted(makers)}")
-    chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
-    return optax.chain(*chain, makers[opt.name]())
-
-
-def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model) -> TrainState:
-    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, images)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables["batch_stats"],
-                             tx=create_optimizer(config))
-
-
-def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
-    weights = dict(config.loss_weights)
-    if set(weights) != set(tasks):
-        raise ValueError(f"config.loss_weights has {sorted(weights)} but tasks are "
-                         f"{list(tasks)}: give one weight per task")
-    return weights
-
-
-# --- Steps (run under pmap with axis "batch") -------------------------------------------------
-def train_step(state: TrainState, batch: dict, weights: dict) -> tuple[TrainState, dict]:
-    def loss_fn(params):
-        outputs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"])
-        total, per_task = compute_losses(outputs, batch, weights)
-        return total, (per_task, updates["batch_stats"])
-
-    grads, (per_task, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, "batch")
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {f"loss/{name}": value for name, value in per_task.items()}
-    metrics["loss/total"] = sum(weights[n] * v for n, v in per_task.items())
-    return state, jax.lax.pmean(metrics, "batch")
-
-
-_sync_batch_stats = jax.pmap(lambda x: jax.lax.pmean(x, "x"), "x")
-
-
-def sync_batch_stats(state: TrainState) -> TrainState:
-    """Averages every device's BatchNorm running statistics (they drift apart only through
-    float rounding, since the batch statistics are already synchronised)."""
-    return state.replace(batch_stats=_sync_batch_stats(state.batch_stats))
+from hgmt.tasks import parse_tasks
 
 
 # --- The loop --------------------------------------------------------------------------------
-def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> steps.TrainState:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
     latest checkpoint. Returns the final state on the host, BatchNorm statistics averaged."""
     tasks = parse_tasks(config.tasks)
-    weights = check_loss_weights(config, tasks)
+    weights = steps.check_loss_weights(config, tasks)
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
@@ -116,7 +38,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
         checkpoints.save_config(config, workdir)
     writer = writer or metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
-    lr_fn = create_lr(config)
+    lr_fn = steps.create_lr(config)
 
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
@@ -125,7 +47,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, tasks, axis_name="batch")
-    state = create_train_state(jax.random.key(config.seed), config, model)
+    state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     if mngr.latest_step() is not None:
         try:
@@ -145,13 +67,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
     start_step = int(state.step)
 
     state = flax.jax_utils.replicate(state)
-    p_train_step = jax.pmap(functools.partial(train_step, weights=weights), axis_name="batch",
-                            donate_argnums=(0,))
+    p_train_step = jax.pmap(functools.partial(steps.train_step, weights=weights),
+                            axis_name="batch", donate_argnums=(0,))
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                      config.prefetch)
 
     def save(step: int, state) -> None:
-        host_state = jax.device_get(flax.jax_utils.unreplicate(sync_batch_stats(state)))
+        host_state = jax.device_get(
+            flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(host_state),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
@@ -191,7 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> Train
             save(step, state)
     mngr.wait_until_finished()
     mngr.close()
-    return jax.device_get(flax.jax_utils.unreplicate(sync_batch_stats(state)))
+    return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, train
+from hgmt import checkpoints, steps, train
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     # And training moved every kernel and BatchNorm scale. (Conv biases that feed a
     # BatchNorm get ~0 gradient: the normalisation removes them.)
     config = tiny_config(demo_dataset[1], **kw)
-    init = train.create_train_state(jax.random.key(config.seed), config,
+    init = steps.create_train_state(jax.random.key(config.seed), config,
                                     train.create_model(config.model, ("pose2d", "depth")))
     weights = {k: v for k, v in _flat(init.params).items() if "'bias'" not in k}
     still = [k for k, v in weights.items() if np.allclose(v, _flat(straight.params)[k])]

@@ -1,0 +1,91 @@
+"""The numeric core of training: the train state, the optimizer and its schedule, and the
+train step run under pmap (axis "batch"). Pure functions of JAX values, no I/O, so the speed
+benchmarks and any launcher can use them without the input pipeline or the metric writers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from hgmt.tasks import compute_losses
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+# --- Setup ----------------------------------------------------------------------------------
+def create_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up from 0, then cosine decay to 0 at total_steps, or constant."""
+    opt = config.optimizer
+    if opt.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
+                                                  max(config.total_steps, opt.warmup_steps + 1))
+    if opt.schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate,
+                                                           opt.warmup_steps),
+                                     optax.constant_schedule(opt.learning_rate)],
+                                    [opt.warmup_steps])
+    raise ValueError(f"optimizer.schedule={opt.schedule!r}: choose cosine or constant")
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """RMSprop (the reference code's optimizer) or Adam, with linear warm-up then cosine decay
+    or a constant rate."""
+    opt = config.optimizer
+    lr = create_lr(config)
+    makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8),
+              "adam": lambda: optax.adam(lr)}
+    if opt.name not in makers:
+        raise ValueError(f"optimizer.name={opt.name!r}: choose one of {sorted(makers)}")
+    chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
+    return optax.chain(*chain, makers[opt.name]())
+
+
+def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model) -> TrainState:
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(rng, images)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables["batch_stats"],
+                             tx=create_optimizer(config))
+
+
+def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
+    weights = dict(config.loss_weights)
+    if set(weights) != set(tasks):
+        raise ValueError(f"config.loss_weights has {sorted(weights)} but tasks are "
+                         f"{list(tasks)}: give one weight per task")
+    return weights
+
+
+# --- Steps (run under pmap with axis "batch") -------------------------------------------------
+def train_step(state: TrainState, batch: dict, weights: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            mutable=["batch_stats"])
+        total, per_task = compute_losses(outputs, batch, weights)
+        return total, (per_task, updates["batch_stats"])
+
+    grads, (per_task, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, "batch")
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {f"loss/{name}": value for name, value in per_task.items()}
+    metrics["loss/total"] = sum(weights[n] * v for n, v in per_task.items())
+    return state, jax.lax.pmean(metrics, "batch")
+
+
+_sync_batch_stats = jax.pmap(lambda x: jax.lax.pmean(x, "x"), "x")
+
+
+def sync_batch_stats(state: TrainState) -> TrainState:
+    """Averages every device's BatchNorm running statistics (they drift apart only through
+    float rounding, since the batch statistics are already synchronised)."""
+    return state.replace(batch_stats=_sync_batch_stats(state.batch_stats))
