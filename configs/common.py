@@ -55,7 +55,7 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_batch_size = 32
     c.eval_max_examples = 0  # 0: the whole test protocol
-    c.worker_count = 4  # grain worker processes (0: in the main process)
+    c.worker_count = -1  # grain worker processes; 0: in the main process; -1: host cores - 2
     c.prefetch = 2  # batches kept on device ahead of the step
     return c
 

@@ -3,9 +3,9 @@
     python -m hgmt.export --workdir=DIR --format=stablehlo --out=model.jaxexport
     python -m hgmt.export --workdir=DIR --format=savedmodel --out=saved_model_dir
 
-The exported function maps a normalised image batch (B, R, R, 3) float32 (R = config.image_size,
-B any size; normalise with input_pipeline.MEAN/STD as hgmt.predict does) to the last stage's
-per-task outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
+The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
+(R = config.image_size, B any size; the model normalises it) to the last stage's per-task
+outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 
 - `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size; reload with
   `load_stablehlo(path)` (or `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt import checkpoints, input_pipeline
-from hgmt.models import create_model
+from hgmt import checkpoints
+from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model
 from hgmt.tasks import parse_tasks
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -46,8 +46,9 @@ def inference_fn(workdir: str, step: int | None = None) -> tuple[Callable, dict]
                 model.apply(variables, images, train=False).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
-            "input": "float32 (B, R, R, 3) RGB normalised: (rgb / 255 - mean) / std",
-            "mean": input_pipeline.MEAN.tolist(), "std": input_pipeline.STD.tolist(),
+            "input": "float32 (B, R, R, 3) RGB on [0, 255]; the model computes "
+                     "(rgb / 255 - mean) / std",
+            "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
             "outputs": {t: f"float32 (B, {config.image_size // 4}, {config.image_size // 4}, C)"
                         for t in tasks}}
     return f, meta

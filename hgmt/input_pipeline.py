@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import cv2
@@ -28,8 +29,6 @@ import numpy as np
 from hgmt import surreal
 from hgmt.tasks import segm as segm_task
 
-MEAN = np.array([0.510, 0.467, 0.411], np.float32)
-STD = np.array([0.231, 0.235, 0.232], np.float32)
 _R_CAM = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # world -> camera
 
 
@@ -77,9 +76,12 @@ def crop_example(example: dict, image_size: int, augment: Augment,
                  rng: np.random.Generator | None = None) -> dict:
     """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy.
 
-    image (R,R,3) normalised float32; joints2d (16,2) in r x r label pixels; visible (16,);
-    joints3d (16,3) camera metres; pelvis_depth (); segm (r,r) part classes; depth (r,r)
-    metres; crop (2,3) image pixels -> label pixels.
+    Image features may be decoded arrays or their encoded bytes (a split opened with
+    `open_split`'s default), which OpenCV decodes here.
+
+    image (R,R,3) RGB uint8 (the model normalises it); joints2d (16,2) in r x r label pixels;
+    visible (16,); joints3d (16,3) camera metres; pelvis_depth (); segm (r,r) part classes;
+    depth (r,r) metres; crop (2,3) image pixels -> label pixels.
     """
     rng = rng or np.random.default_rng(0)
     r = image_size // 4
@@ -97,16 +99,18 @@ def crop_example(example: dict, image_size: int, augment: Augment,
 
     m_image = crop_affine(centre, side, image_size, rotation, flip)
     m_label = crop_affine(centre, side, r, rotation, flip)
-    image = cv2.warpAffine(example["image"], m_image, (image_size, image_size),
+    image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    parts = segm_task.raw_to_part(np.asarray(example["segm"])[..., 0])
-    parts = cv2.warpAffine(parts, m_label, (r, r), flags=cv2.INTER_NEAREST)
-    depth = cv2.warpAffine(np.asarray(example["depth"])[..., 0].astype(np.float32) / 1000.0,
-                           m_label, (r, r), flags=cv2.INTER_NEAREST)
+    # Labels are warped raw (nearest) and mapped afterwards, on r x r pixels only.
+    raw_segm = cv2.warpAffine(decoded(example, "segm"), m_label, (r, r),
+                              flags=cv2.INTER_NEAREST)
+    parts = segm_task.raw_to_part(raw_segm)
+    depth = cv2.warpAffine(decoded(example, "depth"), m_label, (r, r),
+                           flags=cv2.INTER_NEAREST).astype(np.float32) / 1000.0
 
-    image = image.astype(np.float32) / 255.0
-    if augment.gain != (1.0, 1.0):
-        image = np.clip(image * rng.uniform(*augment.gain, size=3).astype(np.float32), 0, 1)
+    if augment.gain != (1.0, 1.0):  # per-channel gain, saturating, in uint8
+        gain = rng.uniform(*augment.gain, size=3)
+        image = cv2.multiply(image, np.append(gain, 0.0), dtype=cv2.CV_8U)
     label_joints = joints2d @ m_label[:, :2].T + m_label[:, 2]
     if flip:
         label_joints = label_joints[surreal.JOINT_FLIP]
@@ -114,7 +118,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
         parts = surreal.PART_FLIP[parts].astype(np.uint8)
     visible = np.all((label_joints >= 0) & (label_joints <= r - 1), axis=-1)
     return {
-        "image": (image - MEAN) / STD,
+        "image": image,
         "joints2d": label_joints.astype(np.float32),
         "visible": visible.astype(np.float32),
         "joints3d": joints3d.astype(np.float32),
@@ -123,6 +127,25 @@ def crop_example(example: dict, image_size: int, augment: Augment,
         "depth": depth,
         "crop": m_label.astype(np.float32),
     }
+
+
+# Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
+_IMAGE_FEATURES = {"image": cv2.IMREAD_COLOR_RGB, "segm": cv2.IMREAD_UNCHANGED,
+                   "depth": cv2.IMREAD_UNCHANGED}
+
+
+def decoded(example: dict, key: str) -> np.ndarray:
+    """Image feature `key` of a record as an array: (H,W,3) uint8 RGB for "image", (H,W)
+    for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array."""
+    value = example[key]
+    if isinstance(value, bytes | np.bytes_):
+        array = cv2.imdecode(np.frombuffer(value, np.uint8), _IMAGE_FEATURES[key])
+        if array is None:
+            raise ValueError(f"record feature {key!r} ({len(value)} bytes) is not a readable "
+                             f"image: the dataset is damaged; rebuild it with tfds build")
+        return array
+    array = np.asarray(value)
+    return array[..., 0] if key != "image" and array.ndim == 3 else array
 
 
 class TrainCrop(grain.RandomMapTransform):
@@ -138,12 +161,15 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
                      "num_frames")
 
 
-def open_split(dataset: str, data_dir: str, split: str, decoders: dict | None = None):
-    """`tfds.data_source` of a built split, with a clear error when it is missing."""
+def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
+    """`tfds.data_source` of a built split, with a clear error when it is missing. The image
+    features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than TFDS)
+    unless `decode_images`."""
     import tensorflow_datasets as tfds
 
     import data_builders.surreal  # noqa: F401  (registers the `surreal` builder)
 
+    decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
     try:
         source = tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
     except Exception as e:
@@ -161,9 +187,21 @@ def open_split(dataset: str, data_dir: str, split: str, decoders: dict | None = 
     return source
 
 
+def auto_worker_count(worker_count: int) -> int:
+    """`worker_count` as given, or for -1 one grain worker per host core beyond the two that
+    run the training loop and the transfers to the devices (0 on a machine of 2 cores)."""
+    if worker_count >= 0:
+        return worker_count
+    if worker_count != -1:
+        raise ValueError(f"config.worker_count={worker_count}: give a count >= 0, or -1 for "
+                         f"one worker per host core beyond two")
+    return max(0, (os.cpu_count() or 1) - 2)
+
+
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,
-                 augment: Augment = Augment(), worker_count: int = 0) -> grain.DataLoader:
-    """Endless shuffled loader of this host's share: batches of batch_size // process_count."""
+                 augment: Augment = Augment(), worker_count: int = -1) -> grain.DataLoader:
+    """Endless shuffled loader of this host's share: batches of batch_size // process_count.
+    `worker_count` as in `auto_worker_count`."""
     per_host = batch_size // jax.process_count()
     sampler = grain.IndexSampler(
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
@@ -172,7 +210,7 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
         data_source=source, sampler=sampler,
         operations=[TrainCrop(image_size, augment),
                     grain.Batch(per_host, drop_remainder=True)],
-        worker_count=worker_count)
+        worker_count=auto_worker_count(worker_count))
 
 
 class ConsumedPosition:
@@ -209,10 +247,7 @@ class ConsumedPosition:
 def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
     """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
     reads the annotations only, not the images."""
-    import tensorflow_datasets as tfds
-
-    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "segm", "depth")}
-    light = open_split(dataset, data_dir, split, decoders=skip)
+    light = open_split(dataset, data_dir, split)
     keep = []
     for i in range(len(light)):
         ex = light[i]

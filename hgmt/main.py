@@ -25,6 +25,10 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU 
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_string("compilation_cache", "~/.cache/hgmt/jax",
+                    "JAX's persistent compilation cache: a rerun, a resumed job or a sweep's "
+                    "next run with the same model loads its compiled steps instead of "
+                    "compiling them again. A shared path serves every host; '' disables it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +57,10 @@ def main(argv) -> None:
     logging.getLogger().setLevel(logging.INFO)
     import jax
 
+    if FLAGS.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.expanduser(FLAGS.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes,

@@ -79,8 +79,7 @@ class Predictor:
         m_image = input_pipeline.crop_affine(centre, side, size)
         m_label = input_pipeline.crop_affine(centre, side, r)
         crop = cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR)
-        x = (crop.astype(np.float32) / 255.0 - input_pipeline.MEAN) / input_pipeline.STD
-        raw = {t: np.asarray(p[0]) for t, p in self._apply(self.variables, x[None]).items()}
+        raw = {t: np.asarray(p[0]) for t, p in self._apply(self.variables, crop[None]).items()}
         out = {"crop_image": crop, "crop": m_label, "raw": raw}
         # Decoding frame: the image centre moved to SURREAL's principal point (160, 120).
         shift = np.array([surreal.INTRINSICS[0, 2] - (image.shape[1] - 1) / 2,

@@ -42,6 +42,19 @@ def png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+# JPEG quality of the stored frames: the frames come from H.264 (4:2:0, lossy), and at 90 the
+# re-encoding error is well below the video codec's own (tests/test_builder.py measures both).
+JPEG_QUALITY = 90
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    """(H,W,3) RGB uint8 -> JPEG bytes at JPEG_QUALITY (labels stay lossless PNG)."""
+    ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an array of shape {rgb.shape}")
+    return encoded.tobytes()
+
+
 def clip_examples(stem: str, frames: FrameSelection,
                   counts: collections.Counter) -> Iterator[tuple[str, dict]]:
     """(key, example) for the kept, usable frames of one clip; counts what it skips.
@@ -49,7 +62,8 @@ def clip_examples(stem: str, frames: FrameSelection,
     A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
     files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
     frames with all joints at zero or the person outside the image are skipped one by one
-    ("frame_<problem>", see `surreal.frame_problem`). Images are PNG bytes.
+    ("frame_<problem>", see `surreal.frame_problem`). The frame is JPEG bytes, the label maps
+    PNG bytes.
     """
     try:
         clip = surreal.load_clip(stem)
@@ -74,7 +88,7 @@ def clip_examples(stem: str, frames: FrameSelection,
         counts["examples"] += 1
         depth_mm = np.round(clip.depth[t] * 1000.0)
         yield f"{cid.run}/{cid.name}/{t:04d}", {
-            "image": png(clip.video[t][..., ::-1]),  # OpenCV writes BGR
+            "image": jpeg(clip.video[t]),
             "segm": png(clip.segm[t]),
             "depth": png(np.clip(depth_mm, 0, 65535).astype(np.uint16)),
             "joints2d": clip.info.joints2d[t],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hgmt import input_pipeline, surreal
+from hgmt import surreal
 from hgmt.tasks import common
 
 # 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
@@ -15,12 +15,6 @@ PART_COLORS = np.array([
     [0, 0, 0], [230, 200, 60], [200, 70, 200], [240, 60, 60], [250, 140, 60], [250, 210, 120],
     [60, 110, 240], [60, 200, 240], [140, 240, 240], [200, 30, 30], [240, 120, 30],
     [255, 200, 80], [30, 60, 200], [30, 170, 200], [120, 220, 220]], np.uint8)
-
-
-def denormalise(image: np.ndarray) -> np.ndarray:
-    """Normalised (…,3) float image -> uint8 RGB."""
-    rgb = np.asarray(image) * input_pipeline.STD + input_pipeline.MEAN
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
 def colour_parts(classes: np.ndarray) -> np.ndarray:
@@ -72,11 +66,11 @@ def task_maps(preds: dict, size: int) -> list[np.ndarray]:
 
 
 def prediction_strips(images: np.ndarray, preds: dict) -> np.ndarray:
-    """(n,R,R,3) normalised images and {task: (n,r,r,C)} -> (n,R,R*(1+tasks),3) uint8 rows:
+    """(n,R,R,3) uint8 RGB images and {task: (n,r,r,C)} -> (n,R,R*(1+tasks),3) uint8 rows:
     the input (with the decoded 2D skeleton when pose2d is predicted), then each task's map."""
     rows = []
     for i in range(images.shape[0]):
-        rgb = denormalise(images[i])
+        rgb = np.asarray(images[i], np.uint8)
         size = rgb.shape[0]
         one = {t: np.asarray(p[i]) for t, p in preds.items()}
         if "pose2d" in one:

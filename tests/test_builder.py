@@ -123,7 +123,9 @@ def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
         np.testing.assert_array_equal(e["cam_loc"], clip.info.cam_loc)
         np.testing.assert_array_equal(e["segm"][..., 0], clip.segm[t])
         assert np.abs(e["depth"][..., 0] / 1000.0 - clip.depth[t]).max() <= 0.0005 + 1e-6
-        np.testing.assert_array_equal(e["image"], clip.video[t])  # the decoded H.264 frame
+        # The stored JPEG against the decoded H.264 frame it was made from.
+        mse = np.mean((e["image"].astype(np.float64) - clip.video[t]) ** 2)
+        assert 10 * np.log10(255.0**2 / mse) > 33.0, t
     # Codec tolerance: against the frames rendered before H.264 (crf 18, 4:2:0 chroma on a
     # noisy texture) the stored frames measure 29.5 dB PSNR.
     rng = np.random.default_rng([3, 0, 0])  # the generator's stream for train clip 0

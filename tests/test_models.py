@@ -267,3 +267,20 @@ def test_batch_norm_matches_flax_across_devices(relu, shifted):
         eval_vars, *((x[0],) if shift is None else (x[0] - shift, shift)))
     y_ref = ref.copy(use_running_average=True).apply(eval_vars, x[0])
     assert jnp.allclose(y_fast, nn.relu(y_ref) if relu else y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_normalises_its_uint8_input():
+    """The model takes RGB uint8 crops (what the loaders send) and normalises them itself: the
+    same output as float input on [0, 255], and the stem sees (rgb / 255 - mean) / std."""
+    from hgmt.models import IMAGE_MEAN, IMAGE_STD, normalize_images
+
+    rgb = jax.random.randint(jax.random.key(1), (2, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    expected = (rgb.astype(jnp.float32) / 255.0 - jnp.array(IMAGE_MEAN)) / jnp.array(IMAGE_STD)
+    assert jnp.abs(normalize_images(rgb) - expected).max() < 1e-6
+    model = create_model({"num_stacks": 1, "features": 16, "depth": 2}, ("pose2d",))
+    variables = model.init(jax.random.key(0), rgb, train=False)
+    a = model.apply(variables, rgb, train=False)["pose2d"]
+    b = model.apply(variables, rgb.astype(jnp.float32), train=False)["pose2d"]
+    assert jnp.abs(a - b).max() == 0.0
+    c = model.apply(variables, rgb.astype(jnp.float32) / 255.0, train=False)["pose2d"]
+    assert jnp.abs(a - c).max() > 1e-3  # a [0, 1] image is not what the model expects

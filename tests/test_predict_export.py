@@ -29,7 +29,8 @@ def predictor(workdir):
 
 @pytest.fixture(scope="module")
 def test_example(demo_dataset):
-    source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test")
+    source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test",
+                                       decode_images=True)
     return source[0]
 
 
@@ -46,9 +47,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     result = predictor(test_example["image"], _bbox_of_training_crop(test_example))
     cropped = input_pipeline.crop_example(test_example, predictor.image_size,
                                           input_pipeline.Augment.none())
-    np.testing.assert_allclose(
-        (result["crop_image"] / 255.0 - input_pipeline.MEAN) / input_pipeline.STD,
-        cropped["image"], atol=1e-5)
+    np.testing.assert_array_equal(result["crop_image"], cropped["image"])
     np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
 
     model = create_model(predictor.config.model, predictor.tasks)
@@ -83,7 +82,10 @@ def test_predictions_follow_the_person_across_images(predictor, test_example):
     padded = cv2.copyMakeBorder(image, top, top, left, left, cv2.BORDER_CONSTANT, value=0)
     a = predictor(image, bbox)
     b = predictor(padded, (bbox[0] + left, bbox[1] + top, bbox[2], bbox[3]))
-    np.testing.assert_allclose(b["joints2d"], a["joints2d"] + [left, top], atol=1e-2)
+    # cv2's fixed-point warp may round one shifted sample position differently (one grey
+    # level at a pixel), which moves a nearly flat heatmap's sub-pixel peak by up to ~0.02 px.
+    assert np.abs(a["crop_image"].astype(int) - b["crop_image"]).max() <= 1
+    np.testing.assert_allclose(b["joints2d"], a["joints2d"] + [left, top], atol=0.05)
     np.testing.assert_allclose(b["joints3d_rel_mm"], a["joints3d_rel_mm"], atol=0.5)
     np.testing.assert_array_equal(b["segm"], a["segm"])
     np.testing.assert_array_equal(b["depth"], a["depth"])

@@ -46,8 +46,10 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
+                              "quarter of the bytes, faster to decode; labels unchanged."}
     BUILDER_CONFIGS = [
         SurrealConfig(name="middle", middle_only=True,
                       description="The middle frame ceil(T/2) of each clip (test protocol)."),
@@ -70,8 +72,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             description=_DESCRIPTION,
             homepage=_HOMEPAGE,
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(h, w, 3), encoding_format="png",
-                                             doc="RGB frame decoded from the clip's H.264 mp4"),
+                "image": tfds.features.Image(shape=(h, w, 3), encoding_format="jpeg",
+                                             doc="RGB frame decoded from the clip's H.264 mp4, "
+                                                 "stored as JPEG (quality 90)"),
                 "segm": tfds.features.Image(shape=(h, w, 1), encoding_format="png",
                                             doc="raw SMPL segment 0..24, 0 background"),
                 "depth": tfds.features.Image(shape=(h, w, 1), dtype=np.uint16,

@@ -7,7 +7,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from hgmt.models.multitask import INTERACTIONS, MultiTaskHourglass
+from hgmt.models.multitask import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    INTERACTIONS,
+    MultiTaskHourglass,
+    normalize_images,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype")
@@ -31,4 +37,5 @@ def create_model(model_config: Mapping[str, Any], tasks: Sequence[str],
                               **cfg)
 
 
-__all__ = ["INTERACTIONS", "MultiTaskHourglass", "create_model"]
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "MultiTaskHourglass", "create_model",
+           "normalize_images"]

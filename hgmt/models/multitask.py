@@ -68,8 +68,22 @@ class Interaction(nn.Module):
         return out
 
 
+# Per-channel RGB mean and standard deviation of SURREAL frames on [0, 1] (the model's input
+# normalisation).
+IMAGE_MEAN = (0.510, 0.467, 0.411)
+IMAGE_STD = (0.231, 0.235, 0.232)
+
+
+def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
+    """RGB (..., 3) uint8 or float on [0, 255] -> float32 with IMAGE_MEAN/IMAGE_STD removed."""
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
+
+
 class MultiTaskHourglass(nn.Module):
-    """images (B,R,R,3) -> {task: (S,B,R/4,R/4,C_task)} float32 predictions of every stage."""
+    """images (B,R,R,3) RGB uint8 (or float on [0, 255]) -> {task: (S,B,R/4,R/4,C_task)}
+    float32 predictions of every stage. The model normalises its input itself, so loaders
+    send uint8 to the device (4x fewer bytes than float32) and callers need no statistics."""
 
     tasks: Sequence[str]
     num_stacks: int = 2
@@ -86,7 +100,7 @@ class MultiTaskHourglass(nn.Module):
             raise ValueError(f"model.interaction={self.interaction!r}: choose one of "
                              f"{', '.join(INTERACTIONS)}")
         c, dt, ax = self.features, self.dtype, self.axis_name
-        x = Stem(c, dt, ax, name="stem")(images.astype(dt), train)
+        x = Stem(c, dt, ax, name="stem")(normalize_images(images).astype(dt), train)
         streams = ("trunk",) if self.shared_trunk else tuple(self.tasks)
         xs = {s: x for s in streams}
         outputs = {t: [] for t in self.tasks}
