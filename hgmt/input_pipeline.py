@@ -3,7 +3,7 @@
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
 `DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
 an iterator state that is checkpointed with the model. Each example is cropped around the person
-as in DESIGN.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top, 0.25 h
+as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top, 0.25 h
 bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear to
 R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and
 a horizontal flip with left/right swaps. The output is the cropped example of
@@ -35,7 +35,7 @@ _R_CAM = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # worl
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation of DESIGN.md; `Augment.none()` for evaluation."""
+    """Training augmentation of docs/surreal_format.md; `Augment.none()` for evaluation."""
 
     scale_sigma: float = 0.25  # scale = 2 ** clip(N(0, sigma), -0.5, 0.5)
     rotate_sigma: float = 30.0  # degrees, clipped to +-60, applied with probability rotate_p

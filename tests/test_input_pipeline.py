@@ -1,4 +1,4 @@
-"""Input pipeline: crops follow DESIGN.md, flips swap left and right, loaders shard and resume."""
+"""Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders shard and resume."""
 
 import numpy as np
 import pytest
