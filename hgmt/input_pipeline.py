@@ -3,10 +3,10 @@
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
 `DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
 an iterator state that is checkpointed with the model. Each example is cropped around the person
-as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top, 0.25 h
-bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear to
-R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and
-a horizontal flip with left/right swaps. The output is the cropped example of
+as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top,
+0.25 h bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear
+to R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain
+and a horizontal flip with left/right swaps. The output is the cropped example of
 docs/interfaces.md §4; each task's targets are made from it inside the jitted step.
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random

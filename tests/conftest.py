@@ -29,7 +29,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def real_info_path():
     if not REAL_INFO.exists():
-        pytest.skip(f"real SURREAL sample not found at {REAL_INFO} (set HGMT_REAL_INFO to its path)")
+        pytest.skip(f"real SURREAL sample not found at {REAL_INFO} (set HGMT_REAL_INFO)")
     return str(REAL_INFO)
 
 

@@ -1,4 +1,5 @@
-"""Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders shard and resume."""
+"""Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders
+shard and resume."""
 
 import numpy as np
 import pytest
