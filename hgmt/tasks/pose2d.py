@@ -55,14 +55,24 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
 
 
 def summarize(stats: dict) -> dict:
-    """Sums of metric_stats -> PCKh@0.5 per joint and mean, PCK, and the PCKh curve."""
-    vis = np.maximum(np.asarray(stats["visible"]), 1)
-    curve = np.asarray(stats["pckh_correct"]) / vis[:, None]  # (16,K)
+    """Sums of metric_stats -> PCKh@0.5 per joint and mean, PCK, and the PCKh curve.
+
+    Means are over the joints that were visible at least once in the split; a joint never
+    visible has no score (None per joint) rather than counting as 0."""
+    vis = np.asarray(stats["visible"])
+    seen = vis > 0
+    curve = np.asarray(stats["pckh_correct"]) / np.maximum(vis, 1)[:, None]  # (16,K)
     at_half = curve[:, int(np.argmin(np.abs(PCK_THRESHOLDS - 0.5)))]
-    pck = np.asarray(stats["pck_correct"]) / vis
+    pck = np.asarray(stats["pck_correct"]) / np.maximum(vis, 1)
+
+    def mean(values: np.ndarray):
+        return values[seen].mean(0) if seen.any() else values[:0].sum(0) * np.nan
+
     return {
-        "pckh@0.5": float(at_half.mean()),
-        "pckh@0.5_per_joint": dict(zip(surreal.JOINT_NAMES, at_half.tolist(), strict=True)),
-        "pck_bodynet": float(pck.mean()),
-        "pckh_curve": {"thresholds": PCK_THRESHOLDS.tolist(), "mean": curve.mean(0).tolist()},
+        "pckh@0.5": float(mean(at_half)),
+        "pckh@0.5_per_joint": {n: float(v) if s else None
+                               for n, v, s in zip(surreal.JOINT_NAMES, at_half, seen,
+                                                  strict=True)},
+        "pck_bodynet": float(mean(pck)),
+        "pckh_curve": {"thresholds": PCK_THRESHOLDS.tolist(), "mean": mean(curve).tolist()},
     }
