@@ -224,7 +224,8 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
 def eval_batches(source, indices: list[int], *, batch_size: int,
                  image_size: int) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches; the last one padded, with `mask`
-    (1 real, 0 padding) so every example counts exactly once."""
+    (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
+    index in `indices`, for metrics that group the test order into batches)."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
     # Every host yields the same number of batches (the collectives need all of them).
@@ -237,6 +238,9 @@ def eval_batches(source, indices: list[int], *, batch_size: int,
         examples += [filler] * (per_host - len(examples))
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.asarray(mask, np.float32)
+        # Each example's index in the split's test order (`indices`); padding repeats the last.
+        position = jax.process_index() + jax.process_count() * np.arange(start, start + per_host)
+        batch["position"] = np.minimum(position, len(indices) - 1).astype(np.int32)
         yield batch
 
 

@@ -94,3 +94,26 @@ def summarize(stats: dict) -> dict:
     per_joint = np.asarray(stats["error_mm_sum"]) / np.maximum(np.asarray(stats["count"]), 1)
     return {"mjd_mm": float(per_joint.mean()),
             "mjd_mm_per_joint": dict(zip(surreal.JOINT_NAMES, per_joint.tolist(), strict=True))}
+
+
+# --- Protocol "bodynet": gulvarol/bodynet training/util/eval.lua `evalPerf` (joints3D part) and
+# `getPreds3DCropped`: each joint at the global maximum of its 19 x r x r volume (the first
+# in (bin, y, x) order, `tensorMax`), depth bin x 45 mm from the ground-truth pelvis depth
+# (`reconstruct3D` with `-(z - middleZ) * opt.stp + (T1 - T2)`), back-projected, aligned at the
+# *predicted* pelvis (`rec3D_q[7]`); MJD over all 16 joints, pelvis included (PE_off).
+def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
+    """(B,r,r,16*19) -> joints (B,16,3) camera metres and root-relative millimetres."""
+    vol = jnp.moveaxis(volumes(pred), -1, 2)  # (B,16,19,r,r): eval.lua's (z, y, x) order
+    b, _, nb, r, _ = vol.shape
+    idx = jnp.argmax(vol.reshape(b, NUM_JOINTS, nb * r * r), -1)  # first maximum
+    bins = idx // (r * r) - common.MAX_BIN
+    xy = jnp.stack([idx % r, (idx // r) % r], -1).astype(jnp.float32)
+    cam = to_camera(xy, bins, batch)
+    return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
+
+
+def bodynet_stats(pred: jnp.ndarray, batch: dict) -> dict:
+    """Summed errors per joint as `metric_stats`, of BodyNet's decoding. test.lua divides
+    each batch's sum by the batch size and the total by the number of batches: the mean over
+    examples (`summarize` computes it)."""
+    return metric_stats(bodynet_decode(pred, batch), batch)
