@@ -35,6 +35,7 @@ def _pose2d_case():
     pred_xy[1, 1] += [3, 2]  # sqrt(13) = 3.61 > 3.2: wrong
     pred_xy[1, 10] += [2, 2]  # 2.83: correct
     pred_xy[5, 15] += [4, 0]  # 4: wrong
+    pred_xy[2, 2] += [10, 0]  # wrong, but ex 2's r_hip is not scored (column 0)
     pred = np.zeros((b, R, R, 16), np.float32)
     for i in range(b):
         for j in range(16):
