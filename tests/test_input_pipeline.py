@@ -87,6 +87,7 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
     assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
     batches = list(ip.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
+    assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
 
 
 def test_missing_dataset_says_how_to_build(tmp_path):
