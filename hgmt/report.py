@@ -126,9 +126,10 @@ def to_markdown(study: dict[str, dict], note: str) -> str:
         _, _, _, item, label = _metric(e, task)
         better = "higher" if e["higher_is_better"] else "lower"
         lines += [f"## {task}: {label} ({better} is better; protocol "
-                  f"`{e.get('protocol', 'hgmt')}`)", "",
-                  f"![{task} by subset]({task}_subsets.png)", "",
-                  "| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
+                  f"`{e.get('protocol', 'hgmt')}`)", ""]
+        if e["subsets"]:
+            lines += [f"![{task} by subset]({task}_subsets.png)", ""]
+        lines += ["| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
             mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
@@ -136,7 +137,9 @@ def to_markdown(study: dict[str, dict], note: str) -> str:
         if e.get("undefined"):
             lines += ["", f"Undefined under this protocol (a part absent from the split): "
                       f"{', '.join(e['undefined'])}."]
-        if e["isolated"] is None:
+        if not e["subsets"]:
+            lines += ["", "No subset has a value defined under this protocol."]
+        elif e["isolated"] is None:
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "

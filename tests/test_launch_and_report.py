@@ -131,7 +131,7 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     sweep_dir = str(tmp_path / "sweep")
     cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
            "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm",
-           "--protocols=bodynet", "--",
+           "--protocols=bodynet,surreal", "--",
            "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
            "--config.total_steps=2"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -145,11 +145,15 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
         assert other["protocol"] == other["pose2d"]["protocol"] == "bodynet"
         assert other["pose2d"]["pck"] is None or 0.0 <= other["pose2d"]["pck"] <= 1.0
         assert os.path.exists(os.path.join(sweep_dir, name, "eval_test_bodynet.md"))
+        seg = json.loads(open(os.path.join(sweep_dir, name, "eval_test_surreal.json")).read())
+        assert seg["protocol"] == "surreal" and seg["pose2d"]["protocol"] == "hgmt"
+        assert seg.get("segm", {"protocol": "surreal"})["protocol"] == "surreal"
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("done already") == 2
     out = str(tmp_path / "report")
     assert report.main(["--sweep", sweep_dir, "--out", out]) == 0
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
-    assert report.main(["--sweep", sweep_dir, "--out", out + "_bodynet",
-                        "--protocol=bodynet"]) == 0
+    for protocol in ("bodynet", "surreal"):
+        assert report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
+                            f"--protocol={protocol}"]) == 0
