@@ -1,13 +1,17 @@
 """Evaluation on the SURREAL test protocol (the middle frame of each clip).
 
-    python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] [--out=FILE.json]
+    python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] \
+        [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
 
 evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
-a Markdown table (and the PCKh curve as PNG when pose2d is evaluated). Metrics (see README):
-pose2d PCKh@0.5 per joint and mean, BodyNet PCK, PCKh curve; pose3d MJD (mm, root-relative);
-depth RMSE (mm, foreground) and bin accuracy; segm IoU per part, mean over the 14 parts
-(accumulated over the split) and pixel accuracy. `--flip` averages each prediction with that
-of the mirrored image (left/right channels swapped back).
+a Markdown table (and the PCKh curve as PNG when pose2d is evaluated under hgmt's protocol).
+`--protocol` picks the metric definitions (hgmt/protocols.py, docs/metrics.md): `hgmt` (pose2d
+PCKh@0.5 per joint and mean, PCK@3.2px, PCKh curve; pose3d MJD (mm, root-relative); depth RMSE
+(mm, foreground pixels) and bin accuracy; segm IoU per part, mean over the parts, pixel
+accuracy), `bodynet` or `surreal` (what those papers' code computes, to set a run beside their
+published tables). The JSON records the protocol of the run and of each task's numbers.
+`--flip` averages each prediction with that of the mirrored image (left/right channels swapped
+back).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import input_pipeline, surreal
+from hgmt import input_pipeline, protocols, surreal
 from hgmt.models import create_model
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -45,21 +49,23 @@ def _one(tree):
     return jax.tree.map(lambda x: x[None], tree)
 
 
-def _per_example(task, pred, batch):
+def _per_example(task, metric, pred, batch):
     """Metric statistics and loss of a single example (called under vmap)."""
-    stats = task.metric_stats(task.decode(_one(pred), _one(batch)), _one(batch))
+    stats = metric.stats(_one(pred), _one(batch))
     stats["loss"] = task.loss(_one(pred), task.targets(_one(batch)))
     return stats
 
 
-def eval_step(variables: dict, batch: dict, *, model, flip: bool) -> dict:
-    """Per-device: masked sums of every task's metric statistics and of its loss."""
+def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict) -> dict:
+    """Per-device: masked sums of every task's metric statistics (metrics: {task:
+    protocols.Metric}) and of its loss."""
     preds = predict_last_stage(model, variables, batch["image"], flip)
     mask = batch["mask"]
     examples = {k: v for k, v in batch.items() if k != "mask"}
     stats = {}
     for name, pred in preds.items():
-        per_example = jax.vmap(functools.partial(_per_example, TASKS[name]))(pred, examples)
+        per_example = jax.vmap(functools.partial(_per_example, TASKS[name], metrics[name]))(
+            pred, examples)
         stats[name] = jax.tree.map(
             lambda s: jnp.tensordot(mask, s.astype(jnp.float32), axes=(0, 0)), per_example)
     stats["count"] = jnp.sum(mask)
@@ -67,9 +73,12 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool) -> dict:
 
 
 def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
-             split: str = "test", flip: bool = False, writer=None, step: int = 0) -> dict:
-    """Metrics of `variables` on the test protocol of `split`: {task: {metric: value}}."""
+             split: str = "test", flip: bool = False, writer=None, step: int = 0,
+             protocol: str = "hgmt") -> dict:
+    """Metrics of `variables` on the test protocol of `split` under the metric `protocol`:
+    {task: {metric: value, 'protocol': the protocol that defined them}, 'protocol': ...}."""
     tasks = parse_tasks(tasks or config.tasks)
+    protocols.check(protocol)
     source = input_pipeline.open_split(config.dataset, config.data_dir, split)
     indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir, split)
     if config.get("eval_max_examples", 0):
@@ -80,7 +89,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
     batch_size -= batch_size % jax.device_count() or 0
     batch_size = max(batch_size, jax.device_count())
     model = create_model(config.model, tasks)
-    p_step = jax.pmap(functools.partial(eval_step, model=model, flip=flip), axis_name="batch")
+    metrics = {name: protocols.metric(protocol, name, len(indices)) for name in tasks}
+    p_step = jax.pmap(functools.partial(eval_step, model=model, flip=flip, metrics=metrics),
+                      axis_name="batch")
     replicated = flax.jax_utils.replicate(variables)
     total = None
     first = None
@@ -91,7 +102,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
         total = stats if total is None else jax.tree.map(np.add, total, stats)
         first = first or batch
     count = float(total["count"])
-    summary = {name: TASKS[name].summarize(total[name]) for name in tasks}
+    summary = {name: {"protocol": metrics[name].protocol,
+                      **metrics[name].summarize(total[name])} for name in tasks}
+    summary["protocol"] = protocol
     summary["loss"] = {t: float(total[t]["loss"]) / count for t in tasks}
     summary["num_examples"] = int(count)
     summary["split"], summary["flip"] = split, flip
@@ -102,28 +115,37 @@ def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
 
 
 def headline(summary: dict) -> dict:
-    """The one-number metrics of a summary, for logs and tables."""
-    keys = {"pose2d": ("pckh@0.5", "pck_bodynet"), "pose3d": ("mjd_mm",),
-            "depth": ("rmse_mm", "bin_accuracy"), "segm": ("mean_iou", "pixel_accuracy")}
-    return {f"{t}/{k}": summary[t][k] for t, ks in keys.items() if t in summary for k in ks}
+    """The one-number metrics of a summary, for logs and tables (see protocols.headline)."""
+    return protocols.headline(summary)
+
+
+def _fmt(value, spec: str, missing: str = "") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def to_markdown(summary: dict) -> str:
-    """Markdown tables: headline metrics, then per-joint and per-part breakdowns."""
+    """Markdown tables: headline metrics with the protocol that made each, then per-joint and
+    per-part breakdowns."""
+    protocol = summary.get("protocol", "hgmt")
     lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
-             f"{' with flip test' if summary['flip'] else ''}.", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in headline(summary).items()]
-    if "pose2d" in summary or "pose3d" in summary:
-        lines += ["", "| joint | PCKh@0.5 | MJD (mm) |", "|---|---|---|"]
+             f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
+             f"(docs/metrics.md).", "", "| metric | value | protocol |", "|---|---|---|"]
+    for k, v in headline(summary).items():
+        task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
+        lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")
+    per_joint = {t: summary[t] for t in ("pose2d", "pose3d") if t in summary}
+    if per_joint:
+        cols = {t: protocols.HEADLINE[(s.get("protocol", "hgmt"), t)][1]
+                for t, s in per_joint.items()}
+        head = " | ".join(f"{cols[t]} ({per_joint[t].get('protocol', 'hgmt')})" for t in cols)
+        lines += ["", f"| joint | {head} |", "|---|" + "---|" * len(cols)]
         for j in surreal.JOINT_NAMES:
-            pck = summary.get("pose2d", {}).get("pckh@0.5_per_joint", {}).get(j)
-            mjd = summary.get("pose3d", {}).get("mjd_mm_per_joint", {}).get(j)
-            lines.append(f"| {j} | {'' if pck is None else f'{pck:.3f}'} | "
-                         f"{'' if mjd is None else f'{mjd:.1f}'} |")
+            cells = [_fmt(per_joint[t][cols[t]].get(j), ".1f" if t == "pose3d" else ".3f")
+                     for t in cols]
+            lines.append(f"| {j} | {' | '.join(cells)} |")
     if "segm" in summary:
-        lines += ["", "| part | IoU |", "|---|---|"]
-        lines += [f"| {p} | {'absent' if v is None else f'{v:.3f}'} |"
+        lines += ["", f"| part | IoU ({summary['segm'].get('protocol', 'hgmt')}) |", "|---|---|"]
+        lines += [f"| {p} | {_fmt(v, '.3f', 'absent')} |"
                   for p, v in summary["segm"]["iou_per_part"].items()]
     return "\n".join(lines) + "\n"
 
@@ -149,17 +171,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("--protocol", default="hgmt", choices=protocols.PROTOCOLS,
+                   help="metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
+                        "computes (docs/metrics.md)")
     p.add_argument("--out", default=None, help="JSON path (default <workdir>/eval_<split>_"
-                                               "<step>.json); a .md table is written beside it")
+                                               "<step>[_<protocol>].json); a .md table is "
+                                               "written beside it")
     p.add_argument("--data_dir", default=None, help="override the config's data_dir")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, variables, step = checkpoints.restore_for_inference(args.workdir, args.step)
     if args.data_dir:
         config.data_dir = args.data_dir
-    summary = evaluate(config, variables, split=args.split, flip=args.flip)
+    summary = evaluate(config, variables, split=args.split, flip=args.flip,
+                       protocol=args.protocol)
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
-    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{step}.json")
+    suffix = "" if args.protocol == "hgmt" else f"_{args.protocol}"
+    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{step}{suffix}.json")
     write_report(summary, out)
     print(to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
@@ -173,7 +201,7 @@ def write_report(summary: dict, out: str) -> None:
     stem = os.path.splitext(out)[0]
     with open(stem + ".md", "w") as f:
         f.write(to_markdown(summary))
-    if "pose2d" in summary:
+    if "pckh_curve" in summary.get("pose2d", {}):
         from hgmt import viz
 
         viz.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")

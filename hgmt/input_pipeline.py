@@ -3,10 +3,10 @@
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
 `DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
 an iterator state that is checkpointed with the model. Each example is cropped around the person
-as in DESIGN.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top, 0.25 h
-bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear to
-R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and
-a horizontal flip with left/right swaps. The output is the cropped example of
+as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top,
+0.25 h bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear
+to R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain
+and a horizontal flip with left/right swaps. The output is the cropped example of
 docs/interfaces.md §4; each task's targets are made from it inside the jitted step.
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
@@ -34,7 +34,7 @@ _R_CAM = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # worl
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation of DESIGN.md; `Augment.none()` for evaluation."""
+    """Training augmentation of docs/surreal_format.md; `Augment.none()` for evaluation."""
 
     scale_sigma: float = 0.25  # scale = 2 ** clip(N(0, sigma), -0.5, 0.5)
     rotate_sigma: float = 30.0  # degrees, clipped to +-60, applied with probability rotate_p
@@ -259,7 +259,8 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
 def eval_batches(source, indices: list[int], *, batch_size: int,
                  image_size: int) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches; the last one padded, with `mask`
-    (1 real, 0 padding) so every example counts exactly once."""
+    (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
+    index in `indices`, for metrics that group the test order into batches)."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
     # Every host yields the same number of batches (the collectives need all of them).
@@ -272,6 +273,9 @@ def eval_batches(source, indices: list[int], *, batch_size: int,
         examples += [filler] * (per_host - len(examples))
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.asarray(mask, np.float32)
+        # Each example's index in the split's test order (`indices`); padding repeats the last.
+        position = jax.process_index() + jax.process_count() * np.arange(start, start + per_host)
+        batch["position"] = np.minimum(position, len(indices) - 1).astype(np.int32)
         yield batch
 
 

@@ -1,8 +1,10 @@
 """The task-combination study: which tasks help which (the seed paper's analysis).
 
-    python -m hgmt.report --sweep=runs/sweep --out=docs/study
+    python -m hgmt.report --sweep=runs/sweep --out=docs/study [--protocol=hgmt|bodynet|surreal]
 
-reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them) and
+reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
+`--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
+`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
 writes into OUT: README.md (tables), report.json, and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
@@ -16,34 +18,61 @@ import json
 import os
 import sys
 
+from hgmt import protocols
 from hgmt.tasks import TASK_NAMES, parse_tasks
 
 RESULT = "eval_test.json"
-# task -> (headline metric, higher is better, per-item metric, per-item label, unit)
+# (protocol of the task's numbers, task) -> (headline metric, higher is better, per-item
+# metric, per-item label, unit)
 METRICS = {
-    "pose2d": ("pckh@0.5", True, "pckh@0.5_per_joint", "joint", "PCKh@0.5"),
-    "pose3d": ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm)"),
-    "depth": ("rmse_mm", False, None, None, "RMSE (mm)"),
-    "segm": ("mean_iou", True, "iou_per_part", "part", "mean IoU"),
+    ("hgmt", "pose2d"): ("pckh@0.5", True, "pckh@0.5_per_joint", "joint", "PCKh@0.5"),
+    ("hgmt", "pose3d"): ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm)"),
+    ("hgmt", "depth"): ("rmse_mm", False, None, None, "RMSE (mm)"),
+    ("hgmt", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU"),
+    ("bodynet", "pose2d"): ("pck", True, "pck_per_joint", "joint", "PCK (BodyNet)"),
+    ("bodynet", "pose3d"): ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm, BodyNet)"),
+    ("bodynet", "depth"): ("rmse_mm", False, None, None, "RMSE (mm, per image)"),
+    ("bodynet", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU (14 parts)"),
+    ("surreal", "depth"): ("rmse_mm", False, None, None, "RMSE (mm, per image)"),
+    ("surreal", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU (14 parts)"),
 }
 
 
-def load_sweep(sweep_dir: str) -> dict[str, dict]:
-    """{'pose2d+segm': evaluation summary, ...} of every finished subset in `sweep_dir`."""
+def result_file(protocol: str) -> str:
+    """The evaluation file of a subset under `protocol`."""
+    return RESULT if protocols.check(protocol) == "hgmt" else f"eval_test_{protocol}.json"
+
+
+def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
+    """{'pose2d+segm': evaluation summary, ...} of every finished subset in `sweep_dir`,
+    evaluated under `protocol`."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
+    name_of = result_file(protocol)
     results = {}
     for name in sorted(os.listdir(sweep_dir)):
-        path = os.path.join(sweep_dir, name, RESULT)
+        path = os.path.join(sweep_dir, name, name_of)
         if not os.path.isfile(path):
             continue
         tasks = "+".join(parse_tasks(name))
         with open(path) as f:
             results[tasks] = json.load(f)
+        found = results[tasks].get("protocol", "hgmt")
+        if found != protocol:
+            raise ValueError(f"{path} holds protocol {found!r} numbers, not {protocol!r}")
     if not results:
-        raise FileNotFoundError(f"no <tasks>/{RESULT} in {sweep_dir}: no subset has finished")
+        hint = "" if protocol == "hgmt" else (
+            f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
+            f"<tasks> --protocol={protocol} --out={sweep_dir}/<tasks>/{name_of}, or rerun "
+            f"launch/sweep.py with --protocols={protocol})")
+        raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
+                                f"finished{hint}")
     return results
+
+
+def _metric(entry_or_summary: dict, task: str) -> tuple:
+    return METRICS[(entry_or_summary.get("protocol", "hgmt"), task)]
 
 
 def compare(results: dict[str, dict]) -> dict[str, dict]:
@@ -53,16 +82,27 @@ def compare(results: dict[str, dict]) -> dict[str, dict]:
     Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
     out = {}
     for task in TASK_NAMES:
-        metric, higher, item_key, _, _ = METRICS[task]
-        rows = {s: r[task][metric] for s, r in results.items() if task in r}
+        having = {s: r[task] for s, r in results.items() if task in r}
+        if not having:
+            continue
+        task_protocol = next(iter(having.values())).get("protocol", "hgmt")
+        metric, higher, item_key, _, _ = METRICS[(task_protocol, task)]
+        # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
+        # absent from the split) is listed, not compared.
+        rows = {s: v[metric] for s, v in having.items() if v[metric] is not None}
+        undefined = sorted(s for s, v in having.items() if v[metric] is None)
         if not rows:
+            out[task] = {"protocol": task_protocol, "metric": metric, "subsets": {},
+                         "undefined": undefined, "isolated": None, "best": None,
+                         "higher_is_better": higher}
             continue
         sign = 1.0 if higher else -1.0
         best = max(rows, key=lambda s: sign * rows[s])
         multi = [s for s in rows if s != task]
         best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
-        entry = {"metric": metric, "higher_is_better": higher, "subsets": rows,
-                 "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
+        entry = {"protocol": task_protocol, "metric": metric, "higher_is_better": higher,
+                 "subsets": rows, "undefined": undefined, "isolated": rows.get(task),
+                 "best": best, "best_multi_task": best_multi}
         if entry["isolated"] is not None:
             entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
             if best_multi and item_key:
@@ -83,16 +123,23 @@ def _signed(x: float) -> str:
 def to_markdown(study: dict[str, dict], note: str) -> str:
     lines = ["# Task-combination study", "", note, ""]
     for task, e in study.items():
-        _, _, _, item, label = METRICS[task]
+        _, _, _, item, label = _metric(e, task)
         better = "higher" if e["higher_is_better"] else "lower"
-        lines += [f"## {task}: {label} ({better} is better)", "",
-                  f"![{task} by subset]({task}_subsets.png)", "",
-                  "| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
+        lines += [f"## {task}: {label} ({better} is better; protocol "
+                  f"`{e.get('protocol', 'hgmt')}`)", ""]
+        if e["subsets"]:
+            lines += [f"![{task} by subset]({task}_subsets.png)", ""]
+        lines += ["| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
             mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
             lines.append(f"| {s}{mark} | {v:.4g} | {'' if gain is None else _signed(gain)} |")
-        if e["isolated"] is None:
+        if e.get("undefined"):
+            lines += ["", f"Undefined under this protocol (a part absent from the split): "
+                      f"{', '.join(e['undefined'])}."]
+        if not e["subsets"]:
+            lines += ["", "No subset has a value defined under this protocol."]
+        elif e["isolated"] is None:
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
@@ -112,7 +159,9 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
 
     paths = []
     for task, e in study.items():
-        _, _, _, item, label = METRICS[task]
+        if not e["subsets"]:
+            continue
+        _, _, _, item, label = _metric(e, task)
         names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
         colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
@@ -148,14 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", required=True, help="sweep directory (launch/sweep.py)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--note", default="", help="a line placed under the title (e.g. the data)")
+    p.add_argument("--protocol", default="hgmt", choices=protocols.PROTOCOLS,
+                   help="compare the numbers of this metric protocol (docs/metrics.md)")
     args = p.parse_args(argv)
-    results = load_sweep(args.sweep)
+    results = load_sweep(args.sweep, args.protocol)
     study = compare(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(study, f, indent=1)
     plot(study, args.out)
-    note = args.note or f"Subsets evaluated: {', '.join(sorted(results))}."
+    note = (args.note or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
+        f" Metric protocol: `{args.protocol}` (docs/metrics.md).")
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(to_markdown(study, note))
     print(f"wrote {args.out}/README.md, report.json and the charts for "

@@ -1,6 +1,6 @@
 """SURREAL's files, camera and label maps: the one module that knows the format.
 
-Everything here follows ../shared/DESIGN.md, which was checked against real SURREAL files.
+Everything here follows docs/surreal_format.md, which was checked against real SURREAL files.
 Arrays are normalised to frame-major layouts in one place (``load_info``):
 joints2d (T,24,2) pixels, joints3d (T,24,3) metres (world frame).
 
@@ -54,13 +54,28 @@ def _flip_permutation(names: tuple[str, ...]) -> np.ndarray:
 JOINT_FLIP = _flip_permutation(JOINT_NAMES)
 
 # --- Body parts: 14 foreground classes (+ background 0) from the 24 SMPL segments.
+# Named by the person's own side, like the joints. SURREAL's renders swap SMPL's left and right
+# (gulvarol/surreal datageneration/misc/smpl_relations/smpl_relations.py: "note that left/right
+# are swapped"): the segment SMPL calls "rightArm" (raw 18) covers the rendered person's *left*
+# upper arm, just as SMPL joint 21 ("L_Wrist") is the person's right wrist (r_wrist above).
+# So class 3 (raw 18, SMPL rightArm) is l_upper_arm and r_wrist lies on class 8 (r_hand).
+# See docs/surreal_format.md.
 PART_NAMES = (
-    "head", "torso", "r_upper_arm", "r_forearm", "r_hand", "l_upper_arm", "l_forearm",
-    "l_hand", "r_upper_leg", "r_lower_leg", "r_foot", "l_upper_leg", "l_lower_leg", "l_foot",
+    "head", "torso", "l_upper_arm", "l_forearm", "l_hand", "r_upper_arm", "r_forearm",
+    "r_hand", "l_upper_leg", "l_lower_leg", "l_foot", "r_upper_leg", "r_lower_leg", "r_foot",
 )  # fmt: skip
 NUM_PARTS = len(PART_NAMES) + 1  # with background
 NUM_SMPL_SEGMENTS = 24
-# Raw 1-based SMPL segment value -> part class; index 0 (background) -> 0.
+# SURREAL's segment names, raw value 1..24 (SMPL's, as in the released _segm.mat; index 0 is
+# background). Raw value v is the region of SMPL joint v - 1.
+SMPL_SEGMENT_NAMES = (
+    "background", "hips", "leftUpLeg", "rightUpLeg", "spine", "leftLeg", "rightLeg", "spine1",
+    "leftFoot", "rightFoot", "spine2", "leftToeBase", "rightToeBase", "neck", "leftShoulder",
+    "rightShoulder", "head", "leftArm", "rightArm", "leftForeArm", "rightForeArm", "leftHand",
+    "rightHand", "leftHandIndex1", "rightHandIndex1",
+)  # fmt: skip
+# Raw 1-based SMPL segment value -> part class; index 0 (background) -> 0. SMPL "left*"
+# segments map to r_* classes and "right*" to l_* (the swap above).
 SEGM_TO_PART = np.array(
     [0, 2, 12, 9, 2, 13, 10, 2, 14, 11, 2, 14, 11, 2, 2, 2, 1, 6, 3, 7, 4, 8, 5, 8, 5], np.uint8
 )

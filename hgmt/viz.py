@@ -11,10 +11,11 @@ from hgmt import surreal
 from hgmt.tasks import common
 
 # 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
+# Order of surreal.PART_NAMES: head, torso, l_ arm (3), r_ arm (3), l_ leg (3), r_ leg (3).
 PART_COLORS = np.array([
-    [0, 0, 0], [230, 200, 60], [200, 70, 200], [240, 60, 60], [250, 140, 60], [250, 210, 120],
-    [60, 110, 240], [60, 200, 240], [140, 240, 240], [200, 30, 30], [240, 120, 30],
-    [255, 200, 80], [30, 60, 200], [30, 170, 200], [120, 220, 220]], np.uint8)
+    [0, 0, 0], [230, 200, 60], [200, 70, 200], [60, 110, 240], [60, 200, 240], [140, 240, 240],
+    [240, 60, 60], [250, 140, 60], [250, 210, 120], [30, 60, 200], [30, 170, 200],
+    [120, 220, 220], [200, 30, 30], [240, 120, 30], [255, 200, 80]], np.uint8)
 
 
 def colour_parts(classes: np.ndarray) -> np.ndarray:

@@ -1,12 +1,16 @@
 """Train and evaluate every task subset (the seed paper's study), one workdir each.
 
     python3 launch/sweep.py --sweep_dir=runs/sweep --config=configs/default.py \
-        [--tasks=pose2d,pose2d+segm,...] [--print_only] [-- --config.total_steps=1000 ...]
+        [--tasks=pose2d,pose2d+segm,...] [--protocols=bodynet,surreal] [--print_only] \
+        [-- --config.total_steps=1000 ...]
 
 Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
 15 by default), one after another on this host, logging to SWEEP_DIR/T.log. A subset whose
 SWEEP_DIR/T/eval_test.json exists is done and skipped, so rerunning the sweep resumes it (and an
 interrupted subset resumes from its last checkpoint). Arguments after `--` go to every run.
+`--protocols` also evaluates each finished subset under those metric protocols
+(`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
+for `python -m hgmt.report --protocol=P`.
 `--print_only` prints the commands instead, one per line, to hand to a scheduler, e.g.
 
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
@@ -29,6 +33,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from hgmt import protocols  # noqa: E402
 from hgmt.tasks import TASK_NAMES, parse_tasks  # noqa: E402
 
 RESULT = "eval_test.json"
@@ -52,6 +57,17 @@ def command(config: str, tasks: str, sweep_dir: str, extra: list[str]) -> list[s
             f"--workdir={os.path.join(sweep_dir, tasks)}", *extra]
 
 
+def protocol_command(tasks: str, sweep_dir: str, protocol: str) -> list[str]:
+    """Evaluates a finished subset under another metric protocol."""
+    workdir = os.path.join(sweep_dir, tasks)
+    return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
+            f"--protocol={protocol}", f"--out={os.path.join(workdir, protocol_result(protocol))}"]
+
+
+def protocol_result(protocol: str) -> str:
+    return f"eval_test_{protocol}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -60,32 +76,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep_dir", required=True)
     p.add_argument("--config", required=True, help="config file[:argument], without tasks=")
     p.add_argument("--tasks", default="", help="comma-separated subsets (default: all 15)")
+    p.add_argument("--protocols", default="", help="comma-separated extra metric protocols "
+                                                   "(bodynet, surreal) to evaluate each run with")
     p.add_argument("--print_only", action="store_true")
     args = p.parse_args(argv)
     subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or all_subsets()
+    extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
     if args.print_only:
         for tasks in subsets:
-            print(shlex.join(command(args.config, tasks, args.sweep_dir, extra)))
+            cmds = [command(args.config, tasks, args.sweep_dir, extra)] + [
+                protocol_command(tasks, args.sweep_dir, x) for x in extra_protocols]
+            print(" && ".join(shlex.join(c) for c in cmds))
         return 0
     os.makedirs(args.sweep_dir, exist_ok=True)
     with open(os.path.join(args.sweep_dir, "sweep.json"), "w") as f:
         json.dump({"config": args.config, "subsets": subsets, "extra": extra}, f, indent=1)
     failed = []
     for i, tasks in enumerate(subsets, 1):
-        if os.path.exists(os.path.join(args.sweep_dir, tasks, RESULT)):
+        workdir = os.path.join(args.sweep_dir, tasks)
+        todo = [] if os.path.exists(os.path.join(workdir, RESULT)) else [
+            ("train", command(args.config, tasks, args.sweep_dir, extra))]
+        todo += [(x, protocol_command(tasks, args.sweep_dir, x)) for x in extra_protocols
+                 if not os.path.exists(os.path.join(workdir, protocol_result(x)))]
+        if not todo:
             print(f"[{i}/{len(subsets)}] {tasks}: done already", flush=True)
             continue
-        cmd = command(args.config, tasks, args.sweep_dir, extra)
-        log = os.path.join(args.sweep_dir, f"{tasks}.log")
-        print(f"[{i}/{len(subsets)}] {tasks}: {shlex.join(cmd)} > {log}", flush=True)
-        start = time.perf_counter()
-        with open(log, "w") as f:
-            rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
-        status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
-        print(f"[{i}/{len(subsets)}] {tasks}: {status} in {time.perf_counter() - start:.0f} s",
-              flush=True)
-        if rc:
-            failed.append(tasks)
+        for what, cmd in todo:
+            log = os.path.join(args.sweep_dir, f"{tasks}.log" if what == "train" else
+                               f"{tasks}.{what}.log")
+            print(f"[{i}/{len(subsets)}] {tasks}: {shlex.join(cmd)} > {log}", flush=True)
+            start = time.perf_counter()
+            with open(log, "w") as f:
+                rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+            print(f"[{i}/{len(subsets)}] {tasks} {what}: {status} in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            if rc:
+                failed.append(tasks)
+                break
     if failed:
         print(f"failed subsets: {failed}; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0

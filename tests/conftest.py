@@ -13,7 +13,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-REAL_INFO = SHARED / "surreal_samples" / "01_01_c0001_info.mat"
+# A real SURREAL annotation file; HGMT_REAL_INFO points elsewhere (e.g. from a git worktree).
+REAL_INFO = pathlib.Path(os.environ.get(
+    "HGMT_REAL_INFO", SHARED / "surreal_samples" / "01_01_c0001_info.mat"))
 
 
 def pytest_configure(config):
@@ -27,7 +29,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def real_info_path():
     if not REAL_INFO.exists():
-        pytest.skip(f"real SURREAL sample not found at {REAL_INFO} (../shared is absent)")
+        pytest.skip(f"real SURREAL sample not found at {REAL_INFO} (set HGMT_REAL_INFO)")
     return str(REAL_INFO)
 
 

@@ -1,4 +1,5 @@
-"""Input pipeline: crops follow DESIGN.md, flips swap left and right, loaders shard and resume."""
+"""Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders
+shard and resume."""
 
 import numpy as np
 import pytest
@@ -118,6 +119,7 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
     assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
     batches = list(ip.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
+    assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
 
 
 def test_missing_dataset_says_how_to_build(tmp_path):

@@ -80,6 +80,43 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert json.loads((out / "report.json").read_text())["pose2d"]["best"] == "pose2d+segm"
 
 
+def test_report_compares_another_protocols_numbers(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    bodynet = {"pose2d": lambda v: {"protocol": "bodynet", "pck": v, "pck_per_joint": {
+        "r_wrist": v, "pelvis": None}},
+               "segm": lambda v: {"protocol": "bodynet", "mean_iou": v, "iou_per_part": {}}}
+    for name, pck, iou in (("pose2d", 0.9, None), ("pose2d+segm", 0.95, None),
+                           ("segm", None, 0.6)):
+        s = {"protocol": "bodynet"}
+        s.update({"pose2d": bodynet["pose2d"](pck)} if pck else {})
+        s.update({"segm": bodynet["segm"](iou)} if iou else {})
+        if name == "pose2d+segm":
+            s["segm"] = bodynet["segm"](None)  # undefined: a part absent from the split
+        (sweep_dir / name).mkdir(parents=True)
+        (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(s))
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps(_summary(pck=0.5)))
+    study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
+    assert study["pose2d"]["metric"] == "pck" and study["pose2d"]["protocol"] == "bodynet"
+    assert study["pose2d"]["gain"]["pose2d+segm"] == pytest.approx(0.05)
+    assert study["pose2d"]["per_item_gain"] == {"r_wrist": pytest.approx(0.05)}
+    assert study["segm"]["subsets"] == {"segm": 0.6}
+    assert study["segm"]["undefined"] == ["pose2d+segm"]
+    out = tmp_path / "report"
+    assert report.main(["--sweep", str(sweep_dir), "--out", str(out), "--protocol",
+                        "bodynet"]) == 0
+    text = (out / "README.md").read_text()
+    assert "## pose2d: PCK (BodyNet) (higher is better; protocol `bodynet`)" in text
+    assert "Metric protocol: `bodynet`" in text
+    # A file of another protocol under the expected name is refused; a missing one named.
+    (sweep_dir / "pose2d" / "eval_test_surreal.json").write_text(json.dumps(
+        {"protocol": "bodynet"}))
+    with pytest.raises(ValueError, match="holds protocol 'bodynet' numbers, not 'surreal'"):
+        report.load_sweep(str(sweep_dir), "surreal")
+    (sweep_dir / "pose2d" / "eval_test_surreal.json").unlink()
+    with pytest.raises(FileNotFoundError, match="--protocols=surreal"):
+        report.load_sweep(str(sweep_dir), "surreal")
+
+
 def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run launch/sweep.py"):
         report.load_sweep(str(tmp_path / "nothing"))
@@ -93,7 +130,8 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     rerun skips both."""
     sweep_dir = str(tmp_path / "sweep")
     cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
-           "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm", "--",
+           "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm",
+           "--protocols=bodynet,surreal", "--",
            "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
            "--config.total_steps=2"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -102,9 +140,20 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     for name in ("pose2d", "pose2d+segm"):
         result = json.loads(open(os.path.join(sweep_dir, name, "eval_test.json")).read())
         assert result["num_examples"] == 2 and 0.0 <= result["pose2d"]["pckh@0.5"] <= 1.0
+        assert result["protocol"] == result["pose2d"]["protocol"] == "hgmt"
+        other = json.loads(open(os.path.join(sweep_dir, name, "eval_test_bodynet.json")).read())
+        assert other["protocol"] == other["pose2d"]["protocol"] == "bodynet"
+        assert other["pose2d"]["pck"] is None or 0.0 <= other["pose2d"]["pck"] <= 1.0
+        assert os.path.exists(os.path.join(sweep_dir, name, "eval_test_bodynet.md"))
+        seg = json.loads(open(os.path.join(sweep_dir, name, "eval_test_surreal.json")).read())
+        assert seg["protocol"] == "surreal" and seg["pose2d"]["protocol"] == "hgmt"
+        assert seg.get("segm", {"protocol": "surreal"})["protocol"] == "surreal"
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("done already") == 2
     out = str(tmp_path / "report")
     assert report.main(["--sweep", sweep_dir, "--out", out]) == 0
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
+    for protocol in ("bodynet", "surreal"):
+        assert report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
+                            f"--protocol={protocol}"]) == 0

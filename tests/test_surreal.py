@@ -15,7 +15,7 @@ def test_projection_reproduces_real_joints2d(real_info_path):
     assert info.joints2d.shape == (100, 24, 2) and info.joints3d.shape == (100, 24, 3)
     np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
                                   info.joints2d)
-    # The pelvis depth is camLoc_x - X_x (DESIGN.md "dPelvis").
+    # The pelvis depth is camLoc_x - X_x (docs/surreal_format.md "dPelvis").
     np.testing.assert_allclose(surreal.camera_depth(info.joints3d[:, 0], info.cam_loc),
                                info.cam_loc[0] - info.joints3d[:, 0, 0], atol=1e-5)
     assert info.sequence == "01_01_c0001"
@@ -41,7 +41,16 @@ def test_label_maps_match_design():
                     22: 5, 23: 8, 24: 5, 0: 0}
     assert {i: int(c) for i, c in enumerate(surreal.SEGM_TO_PART)} == raw_to_class
     assert surreal.SEGM_TO_PART.dtype == np.uint8
-    assert surreal.PART_NAMES[0] == "head" and surreal.PART_NAMES[13] == "l_foot"
+    # Parts are named by the person's own side: SMPL's "right*" segments (raw 3, 6, 9, 12, 18,
+    # 20, 22, 24) are the person's left in SURREAL's renders.
+    assert surreal.PART_NAMES == (
+        "head", "torso", "l_upper_arm", "l_forearm", "l_hand", "r_upper_arm", "r_forearm",
+        "r_hand", "l_upper_leg", "l_lower_leg", "l_foot", "r_upper_leg", "r_lower_leg",
+        "r_foot")
+    for raw in (3, 6, 9, 12, 18, 20, 22, 24):
+        assert surreal.SMPL_SEGMENT_NAMES[raw].startswith("right")
+        assert surreal.PART_NAMES[surreal.SEGM_TO_PART[raw] - 1].startswith("l_")
+    assert surreal.PART_NAMES[surreal.SEGM_TO_PART[21] - 1] == "r_hand"  # SMPL leftHand
 
 
 @pytest.mark.parametrize("names,flip", [
@@ -209,3 +218,32 @@ def test_parse_stem_and_find_clips(demo_clip):
     root = demo_clip.split(os.sep + "cmu" + os.sep)[0]
     assert surreal.find_clips(root, "train") == [demo_clip]
     assert surreal.find_clips(root, "validation") == []
+
+
+def _lateral_sign_fraction(joints3d_world: np.ndarray, cam_loc: np.ndarray) -> dict:
+    """Per sided joint pair, the fraction of frames where r_* lies on the person's right of
+    l_*: in the (right-handed) camera frame, right = forward x up, forward = ankle -> toe."""
+    cam = surreal.world_to_camera(joints3d_world, cam_loc)  # (T,24,3)
+    j = cam[:, surreal.SMPL_TO_JOINT]
+    name = surreal.JOINT_NAMES.index
+    forward = cam[:, [10, 11]].mean(1) - cam[:, [7, 8]].mean(1)  # SMPL feet - ankles
+    up = j[:, name("upper_neck")] - j[:, name("pelvis")]
+    right = np.cross(forward, up)
+    return {side: float((((j[:, name("r_" + side)] - j[:, name("l_" + side)]) * right).sum(-1)
+                          > 0).mean())
+            for side in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")}
+
+
+def test_joint_names_follow_the_persons_own_side(real_info_path):
+    """On the real file, hgmt's r_* joints are on the person's anatomical right."""
+    info = surreal.load_info(real_info_path)
+    fractions = _lateral_sign_fraction(info.joints3d, info.cam_loc)
+    assert min(fractions.values()) >= 0.9, fractions
+
+
+def test_demo_bodies_have_surreals_sides():
+    """The demo renders through SURREAL's (mirroring) camera, so its SMPL "L_*" joints end up
+    on the person's right as on real files."""
+    motion = synthetic.make_motion(np.random.default_rng(0), 20)
+    fractions = _lateral_sign_fraction(motion.joints_world, motion.cam_loc)
+    assert min(fractions.values()) >= 0.8, fractions  # swinging legs cross now and then

@@ -16,6 +16,25 @@ def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(jnp.ceil(dz / BIN_SIZE - 1e-6), -MAX_BIN, MAX_BIN).astype(jnp.int32)
 
 
+def joint_bin(dz: jnp.ndarray) -> jnp.ndarray:
+    """Pelvis-relative joint depth (metres) -> BodyNet's bin clamp(round(dz / 45 mm), -9, 9),
+    int32 (gulvarol/bodynet training/donkey.lua: `torch.round(z/opt.stp)`)."""
+    q = dz / BIN_SIZE
+    rounded = jnp.sign(q) * jnp.floor(jnp.abs(q) + 0.5)  # torch.round: halves away from zero
+    return jnp.clip(rounded, -MAX_BIN, MAX_BIN).astype(jnp.int32)
+
+
+def joint_bin_depth(b: jnp.ndarray) -> jnp.ndarray:
+    """BodyNet's bin b -> its depth b * 45 mm relative to the pelvis, in metres."""
+    return b.astype(jnp.float32) * BIN_SIZE
+
+
+def crop_mirror(crop: jnp.ndarray) -> jnp.ndarray:
+    """(B,2,3) crop affines -> (B,) -1.0 where the crop mirrors the image (a flipped crop),
+    else 1.0: the sign of the linear part's determinant."""
+    return jnp.sign(jnp.linalg.det(crop[..., :2])).astype(jnp.float32)
+
+
 def bin_centre(b: jnp.ndarray) -> jnp.ndarray:
     """Bin b -> the centre of its depth interval ((b-1)*45, b*45] mm, in metres."""
     return (b.astype(jnp.float32) - 0.5) * BIN_SIZE

@@ -1,6 +1,8 @@
 """Full-body depth as 20 classes: 0 background, 1..19 = clamp(ceil((d - dPelvis)/45 mm), -9, 9)
-+ 10 on the foreground. Spatial cross-entropy. Metrics: RMSE in mm over ground-truth foreground
-pixels (bin index error x 45 mm) and the accuracy of the bin class there."""
++ 10 on the foreground. Spatial cross-entropy. Metrics (protocol hgmt): RMSE in mm over all
+ground-truth foreground pixels of the split (bin index error x 45 mm) and the accuracy of the bin
+class there. Protocols surreal/bodynet: `surreal_stats`, the mean over images of each image's
+RMSE (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -47,3 +49,25 @@ def summarize(stats: dict) -> dict:
     n = max(float(stats["foreground"]), 1.0)
     return {"rmse_mm": float(np.sqrt(float(stats["sq_error_mm"]) / n)),
             "bin_accuracy": float(stats["correct"]) / n}
+
+
+# --- Protocols "surreal" and "bodynet": gulvarol/surreal training/eval.lua `depthRMSE` (the same
+# function in BodyNet's training/util/eval.lua), averaged by training/test.lua: per image the
+# RMSE in bins between the argmax class and the ground-truth class over the image's ground-truth
+# foreground (predicted background counts as class 0 there), then the mean over images. The
+# SURREAL paper reports it in mm: bins x 45 mm.
+def surreal_stats(pred: jnp.ndarray, batch: dict) -> dict:
+    """(B,r,r,20) logits -> the sum over images of each image's RMSE in bins, and the image
+    count. An image without foreground adds 0 but counts (depthRMSE divides by nBatch)."""
+    gt = targets(batch)
+    fg = gt > 0
+    sq = jnp.where(fg, (common.argmax_classes(pred) - gt).astype(jnp.float32) ** 2, 0.0)
+    n = fg.sum((1, 2))
+    rmse = jnp.where(n > 0, jnp.sqrt(sq.sum((1, 2)) / jnp.maximum(n, 1)), 0.0)
+    return {"rmse_bins_sum": rmse.sum(), "images": jnp.float32(rmse.shape[0])}
+
+
+def surreal_summarize(stats: dict) -> dict:
+    images = max(float(stats["images"]), 1.0)
+    rmse_bins = float(stats["rmse_bins_sum"]) / images
+    return {"rmse_mm": rmse_bins * common.BIN_SIZE * 1000.0, "rmse_bins": rmse_bins}

@@ -1,10 +1,14 @@
 """3D pose (BodyNet's volumetric representation): per joint a 19-bin x r x r volume.
 
-The (x,y) of a joint are its 2D position in the crop; its z bin is
-clamp(ceil((z_joint - z_pelvis) / 45 mm), -9, 9) in camera depth. Targets are 3D Gaussians
-(sigma 1 px / 1 bin), loss MSE. Decoding: argmax -> inverse crop -> depth from the bin centre plus
-the ground-truth pelvis depth -> back-projection with SURREAL's intrinsics -> root-relative mm.
-Metric: MJD, the mean per-joint Euclidean distance in mm after aligning the pelvis.
+The (x,y) of a joint are its 2D position in the crop; its z bin is BodyNet's
+clamp(round((z_joint - z_pelvis) / 45 mm), -9, 9) in camera depth (gulvarol/bodynet
+training/donkey.lua). Targets are 3D Gaussians (sigma 1 px / 1 bin), loss MSE. Decoding: argmax
+-> inverse crop -> depth bin x 45 mm plus the ground-truth pelvis depth -> back-projection with
+SURREAL's intrinsics -> root-relative mm. A flipped crop's target is the mirrored person (camera
+x negated, left/right swapped, see input_pipeline.crop_example); decoding mirrors the
+back-projected joints of a flipped crop the same way, so target and decoding agree for any crop.
+Metric (protocol hgmt): MJD, the mean per-joint Euclidean distance in mm after aligning the
+pelvis, over the 16 joints. `bodynet_stats` computes BodyNet's own (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).re
 
 def joint_bins(batch: dict) -> jnp.ndarray:
     """(B,16) int bins of each joint's camera depth relative to the pelvis."""
-    return common.depth_bin(batch["joints3d"][..., 2] - batch["pelvis_depth"][:, None])
+    return common.joint_bin(batch["joints3d"][..., 2] - batch["pelvis_depth"][:, None])
 
 
 def targets(batch: dict) -> jnp.ndarray:
@@ -45,21 +49,33 @@ def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     return common.mse(pred, target)
 
 
+def volumes(pred: jnp.ndarray) -> jnp.ndarray:
+    """(B,r,r,16*19) head output -> (B,16,r,r,19) per-joint volumes."""
+    b, r = pred.shape[0], pred.shape[1]
+    vol = pred.astype(jnp.float32).reshape(b, r, r, NUM_JOINTS, NUM_BINS)
+    return jnp.transpose(vol, (0, 3, 1, 2, 4))
+
+
+def to_camera(xy: jnp.ndarray, bins: jnp.ndarray, batch: dict) -> jnp.ndarray:
+    """Label-map (B,16,2) joint positions and (B,16) depth bins -> (B,16,3) camera metres of
+    the person the crop shows (mirrored, x negated, when the crop is flipped)."""
+    uv = common.apply_affine(common.invert_affine(batch["crop"]), xy)
+    cam = common.backproject(uv, batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
+    return cam.at[..., 0].multiply(common.crop_mirror(batch["crop"])[:, None])
+
+
 def decode(pred: jnp.ndarray, batch: dict) -> dict:
     """(B,r,r,16*19) -> joints (B,16,3): camera metres and root-relative millimetres."""
     b, r = pred.shape[0], pred.shape[1]
-    vol = pred.astype(jnp.float32).reshape(b, r, r, NUM_JOINTS, NUM_BINS)
-    vol = jnp.transpose(vol, (0, 3, 1, 2, 4))  # (B,16,r,r,19)
+    vol = volumes(pred)  # (B,16,r,r,19)
     xy, _ = common.subpixel_argmax(vol.max(-1))
     xi = jnp.clip(jnp.round(xy[..., 0]).astype(jnp.int32), 0, r - 1)
     yi = jnp.clip(jnp.round(xy[..., 1]).astype(jnp.int32), 0, r - 1)
     column = vol[jnp.arange(b)[:, None], jnp.arange(NUM_JOINTS)[None], yi, xi]  # (B,16,19)
-    dz = common.bin_centre(jnp.argmax(column, -1) - common.MAX_BIN)
-    dz = dz.at[:, surreal.PELVIS].set(0.0)  # the pelvis is the depth reference itself
-    uv = common.apply_affine(common.invert_affine(batch["crop"]), xy)
-    cam = common.backproject(uv, batch["pelvis_depth"][:, None] + dz)
-    rel = (cam - cam[:, surreal.PELVIS:surreal.PELVIS + 1]) * 1000.0
-    return {"joints3d": cam, "joints3d_rel_mm": rel}
+    bins = jnp.argmax(column, -1) - common.MAX_BIN
+    bins = bins.at[:, surreal.PELVIS].set(0)  # the pelvis is the depth reference itself
+    cam = to_camera(xy, bins, batch)
+    return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
 
 
 def root_relative_mm(joints3d: jnp.ndarray) -> jnp.ndarray:
@@ -78,3 +94,26 @@ def summarize(stats: dict) -> dict:
     per_joint = np.asarray(stats["error_mm_sum"]) / np.maximum(np.asarray(stats["count"]), 1)
     return {"mjd_mm": float(per_joint.mean()),
             "mjd_mm_per_joint": dict(zip(surreal.JOINT_NAMES, per_joint.tolist(), strict=True))}
+
+
+# --- Protocol "bodynet": gulvarol/bodynet training/util/eval.lua `evalPerf` (joints3D part) and
+# `getPreds3DCropped`: each joint at the global maximum of its 19 x r x r volume (the first
+# in (bin, y, x) order, `tensorMax`), depth bin x 45 mm from the ground-truth pelvis depth
+# (`reconstruct3D` with `-(z - middleZ) * opt.stp + (T1 - T2)`), back-projected, aligned at the
+# *predicted* pelvis (`rec3D_q[7]`); MJD over all 16 joints, pelvis included (PE_off).
+def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
+    """(B,r,r,16*19) -> joints (B,16,3) camera metres and root-relative millimetres."""
+    vol = jnp.moveaxis(volumes(pred), -1, 2)  # (B,16,19,r,r): eval.lua's (z, y, x) order
+    b, _, nb, r, _ = vol.shape
+    idx = jnp.argmax(vol.reshape(b, NUM_JOINTS, nb * r * r), -1)  # first maximum
+    bins = idx // (r * r) - common.MAX_BIN
+    xy = jnp.stack([idx % r, (idx // r) % r], -1).astype(jnp.float32)
+    cam = to_camera(xy, bins, batch)
+    return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
+
+
+def bodynet_stats(pred: jnp.ndarray, batch: dict) -> dict:
+    """Summed errors per joint as `metric_stats`, of BodyNet's decoding. test.lua divides
+    each batch's sum by the batch size and the total by the number of batches: the mean over
+    examples (`summarize` computes it)."""
+    return metric_stats(bodynet_decode(pred, batch), batch)

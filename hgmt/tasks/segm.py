@@ -1,6 +1,7 @@
 """Body-part segmentation: 15 classes (background + 14 parts) at the label resolution, spatial
-cross-entropy. Metrics: IoU per part with intersections and unions summed over the whole split,
-mean over the 14 foreground parts (background excluded), and pixel accuracy."""
+cross-entropy. Metrics (protocol hgmt): IoU per part with intersections and unions summed over
+the whole split, mean over the foreground parts that occur, and pixel accuracy over all pixels
+(background included). Protocols surreal/bodynet: `surreal_summarize` (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,35 @@ def summarize(stats: dict) -> dict:
                              for name, v, p in zip(surreal.PART_NAMES, iou, present,
                                                    strict=True)},
             "pixel_accuracy": float(inter.sum() / max(conf.sum(), 1))}
+
+
+# --- Protocols "surreal" and "bodynet": gulvarol/surreal training/eval.lua `segmPerformance`
+# (BodyNet's training/util/eval.lua has the same function) accumulated by training/test.lua:
+# intersection, union and ground-truth pixels per class summed over the split, then
+# IoU = intersection / union and pixel accuracy = intersection / ground-truth pixels per class,
+# each averaged over the 14 foreground classes.
+def surreal_stats(pred: jnp.ndarray, batch: dict) -> dict:
+    """(B,r,r,15) logits -> the split-additive confusion counts of `metric_stats`."""
+    return metric_stats(decode(pred, batch), batch)
+
+
+def surreal_summarize(stats: dict) -> dict:
+    """Split totals -> mean IoU and mean per-class pixel accuracy over the 14 parts.
+
+    Where the reference divides 0 by 0 (a part absent from both labels and predictions for
+    IoU, from the labels for accuracy) its mean is NaN; here that part is None and so is the
+    mean, with the parts listed in `undefined`."""
+    conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
+    inter = np.diag(conf)[1:]
+    gt, predicted = conf.sum(1)[1:], conf.sum(0)[1:]
+    union = gt + predicted - inter
+
+    def per_part(num: np.ndarray, den: np.ndarray) -> dict:
+        return {n: float(a / b) if b > 0 else None
+                for n, a, b in zip(surreal.PART_NAMES, num, den, strict=True)}
+
+    iou, acc = per_part(inter, union), per_part(inter, gt)
+    mean = (lambda d: None if None in d.values() else float(np.mean(list(d.values()))))
+    return {"mean_iou": mean(iou), "iou_per_part": iou,
+            "pixel_accuracy": mean(acc), "pixel_accuracy_per_part": acc,
+            "undefined": [n for n in surreal.PART_NAMES if acc[n] is None or iou[n] is None]}

@@ -1,0 +1,98 @@
+"""Metric protocols: which definition computes each task's numbers.
+
+- `hgmt`: hgmt's own definitions (each task module's `metric_stats` / `summarize`).
+- `bodynet`: what gulvarol/bodynet's training code computes (training/util/eval.lua,
+  training/test.lua): PCK on 10 joints between integer heatmap argmaxes averaged per test batch,
+  MJD from the global argmax of each joint's volume; its segmentation and depth functions are
+  SURREAL's, so segm and depth follow `surreal`.
+- `surreal`: what gulvarol/surreal's training code computes (training/eval.lua, test.lua) for
+  segmentation and depth; it has no pose metric, so pose2d and pose3d keep hgmt's definitions
+  and are labelled `hgmt`.
+
+docs/metrics.md states every definition with file and line. A protocol is a table
+(protocol, task) -> `Metric`, a pair of functions: `stats(pred, batch)` giving split-additive
+statistics of a batch of last-stage predictions, and `summarize(sums)` giving the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+from hgmt.tasks import TASKS
+
+PROTOCOLS = ("hgmt", "bodynet", "surreal")
+# BodyNet averages its 2D PCK per test batch of opt.batchSize: 4 by default
+# (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).
+BODYNET_TEST_BATCH = 4
+# The tasks whose definition a protocol replaces; the others use hgmt's.
+COVERS = {"hgmt": ("pose2d", "pose3d", "depth", "segm"),
+          "bodynet": ("pose2d", "pose3d", "depth", "segm"),
+          "surreal": ("depth", "segm")}
+# (protocol, task) -> the one-number metrics (for logs and tables), then the per-item breakdown
+# key (per joint or per part) or None.
+HEADLINE = {
+    ("hgmt", "pose2d"): (("pckh@0.5", "pck@3.2px"), "pckh@0.5_per_joint"),
+    ("hgmt", "pose3d"): (("mjd_mm",), "mjd_mm_per_joint"),
+    ("hgmt", "depth"): (("rmse_mm", "bin_accuracy"), None),
+    ("hgmt", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
+    ("bodynet", "pose2d"): (("pck",), "pck_per_joint"),
+    ("bodynet", "pose3d"): (("mjd_mm",), "mjd_mm_per_joint"),
+    ("bodynet", "depth"): (("rmse_mm",), None),
+    ("bodynet", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
+    ("surreal", "depth"): (("rmse_mm",), None),
+    ("surreal", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    protocol: str  # the protocol whose definition this is (what the JSON records)
+    stats: Callable[[object, dict], dict]  # (pred (B,r,r,C), cropped batch) -> additive sums
+    summarize: Callable[[dict], dict]  # split sums -> {metric: value}
+
+
+def check(protocol: str) -> str:
+    """The protocol name, or ValueError naming the valid ones."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown metric protocol {protocol!r}: choose one of "
+                         f"{', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def task_protocol(protocol: str, task: str) -> str:
+    """The protocol whose definition computes `task` under `protocol`."""
+    return protocol if task in COVERS[check(protocol)] else "hgmt"
+
+
+def _hgmt_stats(task, pred, batch: dict) -> dict:
+    return task.metric_stats(task.decode(pred, batch), batch)
+
+
+def metric(protocol: str, task: str, num_examples: int) -> Metric:
+    """The `Metric` of `task` under `protocol` for a split of `num_examples` test examples
+    (BodyNet's per-batch PCK groups them by batch['position'])."""
+    used = task_protocol(protocol, task)
+    module = TASKS[task]
+    if used == "hgmt":
+        return Metric("hgmt", functools.partial(_hgmt_stats, module), module.summarize)
+    if task == "pose2d":
+        groups = -(-num_examples // BODYNET_TEST_BATCH)
+        return Metric(used, functools.partial(module.bodynet_stats, num_groups=groups,
+                                              group_size=BODYNET_TEST_BATCH),
+                      module.bodynet_summarize)
+    if task == "pose3d":
+        return Metric(used, module.bodynet_stats, module.summarize)
+    return Metric(used, module.surreal_stats, module.surreal_summarize)
+
+
+def headline(summary: dict) -> dict:
+    """{'<task>/<metric>': value} of the one-number metrics of an evaluation summary, each
+    under the protocol its task records (summaries without one are hgmt's)."""
+    out = {}
+    for task in TASKS:
+        if task in summary:
+            keys, _ = HEADLINE[(summary[task].get("protocol", "hgmt"), task)]
+            out.update({f"{task}/{k}": summary[task][k] for k in keys})
+    return out
