@@ -55,6 +55,11 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_batch_size = 32
     c.eval_max_examples = 0  # 0: the whole test protocol
+    # validation during training: every eval_every steps (0: never) on eval_split's
+    # test-protocol frames; the best checkpoint by best_metric is kept in <workdir>/best
+    c.eval_every = 2000
+    c.eval_split = "validation"
+    c.best_metric = "loss/total"  # or loss/<task>, or e.g. pose2d/pckh@0.5, pose3d/mjd_mm
     c.worker_count = -1  # grain worker processes; 0: in the main process; -1: host cores - 2
     c.prefetch = 2  # batches kept on device ahead of the step
     return c
@@ -73,4 +78,5 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.log_every = 10
     c.eval_batch_size = 8
     c.eval_max_examples = 32
+    c.eval_every = 0
     c.worker_count = 0

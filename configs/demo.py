@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
     c.checkpoint_every = 100
     c.log_every = 25
     c.eval_batch_size = 16
+    c.eval_every = 0
     c.worker_count = 0
     c.lock()
     return c

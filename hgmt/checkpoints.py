@@ -3,6 +3,8 @@
     <workdir>/config.json          the run's config (what evaluate/predict/export rebuild from)
     <workdir>/checkpoints/<step>/  orbax: `state` (params, batch_stats, opt_state, step) and
                                    `data` (the grain iterator position)
+    <workdir>/best/<step>/         orbax: `state` of the best validation score so far, the
+                                   score stored with it (hgmt/validation.py)
     <workdir>/events.*             TensorBoard summaries
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
@@ -20,10 +22,15 @@ import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(workdir)), CHECKPOINT_DIR)
+
+
+def best_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), BEST_DIR)
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
@@ -51,15 +58,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_for_inference(workdir: str, step: int | None = None) -> tuple[
+def restore_for_inference(workdir: str, step: int | str | None = None) -> tuple[
         ml_collections.ConfigDict, dict[str, Any], int]:
-    """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint.
+    """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint;
+    step "best": the best validation checkpoint kept in <workdir>/best.
 
     Raises FileNotFoundError naming the workdir when there is no such checkpoint, and
     ValueError when the checkpoint cannot be read (corrupt or from another model)."""
     config = load_config(workdir)
-    mngr = manager(workdir, async_save=False, with_data=False)
-    steps = mngr.all_steps()
+    if step == "best":
+        if not os.path.isdir(best_dir(workdir)):
+            raise FileNotFoundError(
+                f"no best checkpoint in {best_dir(workdir)}: one is kept only when training "
+                f"validates (config.eval_every > 0; this run has "
+                f"{config.get('eval_every', 0)})")
+        mngr = ocp.CheckpointManager(best_dir(workdir), item_names=("state",))
+        steps = mngr.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{best_dir(workdir)} holds no checkpoint yet")
+        step = steps[-1]
+    else:
+        mngr = manager(workdir, async_save=False, with_data=False)
+        steps = mngr.all_steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}: train first "
                                 f"(python -m hgmt.main --workdir={workdir} ...)")

@@ -72,51 +72,76 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict)
     return jax.lax.psum(stats, "batch")
 
 
+class Evaluator:
+    """The evaluation of one (config, split, flip, protocol), set up once: the split's
+    test-protocol frames (at most `config.eval_max_examples`), the model and its compiled
+    evaluation step. Calling it with variables gives the summary; the trainer keeps one to
+    validate every `config.eval_every` steps without recompiling."""
+
+    def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
+                 flip: bool = False, protocol: str = "hgmt"):
+        self.tasks = parse_tasks(tasks or config.tasks)
+        self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
+        self.image_size = config.image_size
+        self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
+        indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir, split)
+        if config.get("eval_max_examples", 0):
+            indices = indices[:config.eval_max_examples]
+        if not indices:
+            raise ValueError(f"{config.dataset} split {split!r} has no test-protocol examples")
+        self.indices = indices
+        batch_size = config.eval_batch_size
+        batch_size -= batch_size % jax.device_count() or 0
+        self.batch_size = max(batch_size, jax.device_count())
+        self.model = create_model(config.model, self.tasks)
+        self.metrics = {name: protocols.metric(protocol, name, len(indices))
+                        for name in self.tasks}
+        self.p_step = jax.pmap(functools.partial(eval_step, model=self.model, flip=flip,
+                                                 metrics=self.metrics), axis_name="batch")
+
+    def __call__(self, variables: dict, writer=None, step: int = 0) -> dict:
+        """Metrics of `variables` under the metric protocol: {task: {metric: value,
+        'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: mean}}."""
+        replicated = flax.jax_utils.replicate(variables)
+        total = None
+        first = None
+        for batch in input_pipeline.eval_batches(self.source, self.indices,
+                                                 batch_size=self.batch_size,
+                                                 image_size=self.image_size):
+            stats = jax.device_get(flax.jax_utils.unreplicate(
+                self.p_step(replicated, input_pipeline.shard(batch))))
+            total = stats if total is None else jax.tree.map(np.add, total, stats)
+            first = first or batch
+        count = float(total["count"])
+        summary = {name: {"protocol": self.metrics[name].protocol,
+                          **self.metrics[name].summarize(total[name])} for name in self.tasks}
+        summary["protocol"] = self.protocol
+        summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
+        summary["num_examples"] = int(count)
+        summary["split"], summary["flip"] = self.split, self.flip
+        if writer is not None:
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
+            _write_images(writer, step, self.model, variables, first, self.tasks)
+        return summary
+
+
 def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
              split: str = "test", flip: bool = False, writer=None, step: int = 0,
              protocol: str = "hgmt") -> dict:
-    """Metrics of `variables` on the test protocol of `split` under the metric `protocol`:
-    {task: {metric: value, 'protocol': the protocol that defined them}, 'protocol': ...}."""
-    tasks = parse_tasks(tasks or config.tasks)
-    protocols.check(protocol)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-    indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir, split)
-    if config.get("eval_max_examples", 0):
-        indices = indices[:config.eval_max_examples]
-    if not indices:
-        raise ValueError(f"{config.dataset} split {split!r} has no test-protocol examples")
-    batch_size = config.eval_batch_size
-    batch_size -= batch_size % jax.device_count() or 0
-    batch_size = max(batch_size, jax.device_count())
-    model = create_model(config.model, tasks)
-    metrics = {name: protocols.metric(protocol, name, len(indices)) for name in tasks}
-    p_step = jax.pmap(functools.partial(eval_step, model=model, flip=flip, metrics=metrics),
-                      axis_name="batch")
-    replicated = flax.jax_utils.replicate(variables)
-    total = None
-    first = None
-    for batch in input_pipeline.eval_batches(source, indices, batch_size=batch_size,
-                                             image_size=config.image_size):
-        stats = jax.device_get(flax.jax_utils.unreplicate(
-            p_step(replicated, input_pipeline.shard(batch))))
-        total = stats if total is None else jax.tree.map(np.add, total, stats)
-        first = first or batch
-    count = float(total["count"])
-    summary = {name: {"protocol": metrics[name].protocol,
-                      **metrics[name].summarize(total[name])} for name in tasks}
-    summary["protocol"] = protocol
-    summary["loss"] = {t: float(total[t]["loss"]) / count for t in tasks}
-    summary["num_examples"] = int(count)
-    summary["split"], summary["flip"] = split, flip
-    if writer is not None:
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
-        _write_images(writer, step, model, variables, first, tasks)
-    return summary
+    """Metrics of `variables` on the test protocol of `split` under the metric `protocol`
+    (see `Evaluator`)."""
+    return Evaluator(config, tasks, split=split, flip=flip, protocol=protocol)(
+        variables, writer=writer, step=step)
 
 
 def headline(summary: dict) -> dict:
     """The one-number metrics of a summary, for logs and tables (see protocols.headline)."""
     return protocols.headline(summary)
+
+
+def headline_keys(task: str, protocol: str = "hgmt") -> tuple[str, ...]:
+    """The names of `task`'s one-number metrics under `protocol`."""
+    return protocols.HEADLINE[(protocols.task_protocol(protocol, task), task)][0]
 
 
 def _fmt(value, spec: str, missing: str = "") -> str:
@@ -168,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on the SURREAL test "
                                             "protocol (middle frame of each clip).")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    p.add_argument("--step", default=None,
+                   help="a checkpoint step, or 'best' (the best validation checkpoint kept "
+                        "during training); default: the latest checkpoint")
     p.add_argument("--split", default="test", choices=["test", "validation", "train"])
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--protocol", default="hgmt", choices=protocols.PROTOCOLS,
@@ -179,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                                                "written beside it")
     p.add_argument("--data_dir", default=None, help="override the config's data_dir")
     args = p.parse_args(argv)
+    if args.step not in (None, "best"):
+        if not args.step.isdigit():
+            p.error(f"--step={args.step!r}: give a step number or 'best'")
+        args.step = int(args.step)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, variables, step = checkpoints.restore_for_inference(args.workdir, args.step)
     if args.data_dir:
@@ -186,8 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = evaluate(config, variables, split=args.split, flip=args.flip,
                        protocol=args.protocol)
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
+    if args.step == "best":
+        summary["checkpoint"] = "best"
     suffix = "" if args.protocol == "hgmt" else f"_{args.protocol}"
-    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{step}{suffix}.json")
+    name = f"best_{step}" if args.step == "best" else str(step)
+    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{name}{suffix}.json")
     write_report(summary, out)
     print(to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

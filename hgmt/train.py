@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from hgmt import checkpoints, evaluate, input_pipeline, steps
+from hgmt import checkpoints, evaluate, input_pipeline, steps, validation
 from hgmt.models import create_model
 from hgmt.tasks import parse_tasks
 
@@ -72,11 +72,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> steps
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                      config.prefetch)
 
-    def save(step: int, state) -> None:
-        host_state = jax.device_get(
-            flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+    validator = validation.Validator(config, workdir, weights)
+
+    def host_state(state) -> steps.TrainState:
+        return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+
+    def save(step: int, host: steps.TrainState) -> None:
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host_state),
+            state=ocp.args.StandardSave(host),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
     logging.info("training %s for steps %d..%d, %d devices, global batch %d", "+".join(tasks),
@@ -110,10 +113,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> steps
                              f"{k.split('/')[1]} {v:.4g}" for k, v in metrics.items()),
                          img_s, 100 * wait_time / elapsed, _hms(eta))
             wait_time, t_last, step_last = 0.0, time.perf_counter(), step
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            save(step, state)
+        checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+        if checkpoint_due or validator.due(step):
+            host = host_state(state)
+            if checkpoint_due:
+                save(step, host)
+            if validator.due(step):
+                validator(step, host, writer)
     mngr.wait_until_finished()
     mngr.close()
+    validator.close()
     return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
 
 

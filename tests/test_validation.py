@@ -1,0 +1,101 @@
+"""Validation during training: metrics at eval_every steps, the best checkpoint kept and
+restorable (`--step=best`), the best-so-far record surviving a resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from hgmt import checkpoints, train, validation
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Recorder:
+    """A metric writer that keeps what it is given (the trainer's TensorBoard sink)."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars.setdefault(step, {}).update(scalars)
+
+    def write_images(self, step, images):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _validation(writer, metric):
+    return {s: v[f"validation/{metric}"] for s, v in writer.scalars.items()
+            if f"validation/{metric}" in v}
+
+
+def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,
+                                                                          tmp_path):
+    workdir = str(tmp_path / "run")
+    metric = "loss/total"  # lower is better; it moves every step (a tiny model's IoU is 0)
+    kw = dict(tasks="pose2d+segm", eval_every=2, checkpoint_every=4, best_metric=metric,
+              **{"optimizer.learning_rate": 3e-3})
+    first = Recorder()
+    train.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
+    scores = _validation(first, metric)
+    assert len(set(scores.values())) == 3  # distinct, so the choice of the best is tested
+    assert sorted(scores) == [2, 4, 6]
+    for step, values in first.scalars.items():  # every headline metric and the losses
+        if step in scores:
+            assert {"validation/loss/total", "validation/pose2d/pckh@0.5"} <= set(values)
+    best_step = min(scores, key=scores.get)
+    manager = validation.best_manager(workdir, metric)
+    assert manager.all_steps() == [best_step]
+    assert manager.metrics(best_step)[metric] == pytest.approx(scores[best_step])
+
+    # What --step=best restores is the model of that step (the periodic checkpoints hold
+    # steps 4 and 6).
+    _, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
+    assert step == best_step
+    if best_step in (4, 6):
+        _, same, _ = checkpoints.restore_for_inference(workdir, best_step)
+        for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(same), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    # Resume to step 10: the best so far is known, so a later checkpoint replaces it only
+    # when it scores better.
+    second = Recorder()
+    train.train(tiny_config(demo_dataset[1], total_steps=10, **kw), workdir, second)
+    later = _validation(second, metric)
+    assert sorted(later) == [8, 10]
+    every = {**scores, **later}
+    overall = min(every, key=every.get)
+    assert validation.best_manager(workdir, metric).all_steps() == [overall]
+
+    out = str(tmp_path / "best.json")
+    subprocess.run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
+                    "--step=best", "--split=validation", f"--out={out}"], cwd=REPO,
+                   check=True, capture_output=True)
+    with open(out) as f:
+        summary = json.load(f)
+    assert summary["checkpoint"] == "best" and summary["step"] == overall
+    weights = {"pose2d": 1000.0, "segm": 1.0}  # the tasks' default loss weights
+    total = sum(weights[t] * v for t, v in summary["loss"].items())
+    assert total == pytest.approx(every[overall], rel=1e-5)
+
+
+def test_unknown_best_metric_names_the_choices(demo_dataset, tmp_path):
+    config = tiny_config(demo_dataset[1], tasks="pose2d", eval_every=2,
+                         best_metric="pose2d/accuracy")
+    with pytest.raises(ValueError, match="best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"):
+        train.train(config, str(tmp_path / "run"))
+
+
+def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
+    with pytest.raises(FileNotFoundError, match="config.eval_every > 0"):
+        checkpoints.restore_for_inference(workdir, "best")
