@@ -6,17 +6,30 @@ import ml_collections
 
 from hgmt.tasks import TASKS, parse_tasks
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:
     """'tasks=pose2d+segm,runlocal' -> {'tasks': 'pose2d+segm', 'runlocal': True}.
 
-    Keys must be in `defaults`; an unknown key is an error listing the valid ones."""
+    Keys must be in `defaults`, and each value takes its default's type: a boolean is a bare
+    flag or `=true|false` (also 1/0, yes/no); an unknown key or an unparsable value is an
+    error listing the valid ones."""
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
+        key, has_value, value = item.partition("=")
         if key not in defaults:
             raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
-        out[key] = value if value else True
+        if isinstance(defaults[key], bool):
+            word = value.lower() if has_value else "true"
+            if word not in _TRUE + _FALSE:
+                raise ValueError(f"config argument {key}={value!r}: give {key}, "
+                                 f"{key}=true or {key}=false")
+            out[key] = word in _TRUE
+        elif not value:
+            raise ValueError(f"config argument {key!r} needs a value: {key}=...")
+        else:
+            out[key] = type(defaults[key])(value)
     return out
 
 

@@ -58,11 +58,17 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
 
 
 def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
-    weights = dict(config.loss_weights)
-    if set(weights) != set(tasks):
-        raise ValueError(f"config.loss_weights has {sorted(weights)} but tasks are "
-                         f"{list(tasks)}: give one weight per task")
-    return weights
+    """{task: weight} of the selected tasks: `config.loss_weights[task]` where given, else the
+    task's default, so `--config.tasks=...` needs no matching weights. A weight for a name
+    that is no task is an error (a typo would otherwise be ignored silently)."""
+    from hgmt.tasks import TASKS
+
+    given = dict(config.loss_weights)
+    unknown = sorted(set(given) - set(TASKS))
+    if unknown:
+        raise ValueError(f"config.loss_weights has {unknown}, which are no tasks; valid: "
+                         f"{list(TASKS)}")
+    return {t: float(given.get(t, TASKS[t].DEFAULT_LOSS_WEIGHT)) for t in tasks}
 
 
 # --- Steps (run under pmap with axis "batch") -------------------------------------------------

@@ -33,6 +33,31 @@ def test_unknown_argument_and_field_are_errors():
         c.model.stacks = 3
 
 
+def test_boolean_arguments_parse_strictly():
+    assert default.get_config("tasks=pose2d,runlocal=false").image_size == 256
+    assert default.get_config("tasks=pose2d,runlocal=False").image_size == 256
+    assert default.get_config("tasks=pose2d,runlocal=true").image_size == 64
+    assert default.get_config("tasks=pose2d,runlocal").image_size == 64
+    with pytest.raises(ValueError, match="runlocal='maybe': give runlocal, runlocal=true"):
+        default.get_config("runlocal=maybe")
+    with pytest.raises(ValueError, match="'tasks' needs a value"):
+        default.get_config("tasks=")
+
+
+def test_loss_weights_follow_tasks_overridden_on_the_command_line():
+    from hgmt.steps import check_loss_weights
+
+    c = default.get_config()  # built for all four tasks
+    c.tasks = "pose2d+segm"  # what --config.tasks=pose2d+segm does
+    assert check_loss_weights(c, ("pose2d", "segm")) == {"pose2d": 1000.0, "segm": 1.0}
+    c.loss_weights.segm = 2.0
+    assert check_loss_weights(c, ("pose2d", "segm"))["segm"] == 2.0
+    c.unlock()
+    c.loss_weights.normals = 1.0
+    with pytest.raises(ValueError, match="'normals'.*no tasks"):
+        check_loss_weights(c, ("pose2d",))
+
+
 def test_demo_config():
     c = demo.get_config()
     assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0
