@@ -5,7 +5,11 @@
 
 With configs/demo.py the demo dataset is generated and built first when it is missing.
 Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
-(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id.
+(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id. A
+dead process is detected within --heartbeat_timeout seconds (hgmt.peers).
+
+Exit status 75 (hgmt.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
+checkpoint; rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,6 +30,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU 
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat after "
+                     "which a process counts as dead and the others stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,10 +60,11 @@ def main(argv) -> None:
     logging.getLogger().setLevel(logging.INFO)
     import jax
 
+    from hgmt import peers, preemption
+
     if FLAGS.coordinator_address or FLAGS.distributed:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+        peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         heartbeat_timeout_s=FLAGS.heartbeat_timeout)
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
@@ -72,7 +80,11 @@ def main(argv) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("demo dataset ready")
-    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    try:
+        summary = train.train_and_evaluate(config, FLAGS.workdir)
+    except preemption.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
         out = os.path.join(FLAGS.workdir, "eval_test.json")
         evaluate.write_report(summary, out)
