@@ -97,8 +97,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     start_step = int(state.step)
 
     state = flax.jax_utils.replicate(state)
-    p_train_step = jax.pmap(functools.partial(steps.train_step, weights=weights),
-                            axis_name="batch", donate_argnums=(0,))
+    p_train_step = _pmapped_train_step(tuple(sorted(weights.items())))
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                      config.prefetch)
     metrics = step_metrics.StepMetrics()
@@ -169,6 +168,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     mngr.wait_until_finished()
     mngr.close()
     return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+
+
+@functools.cache
+def _pmapped_train_step(weights: tuple[tuple[str, float], ...]):
+    """One pmapped step per loss weighting, so that a second `train()` in a process (a resume,
+    the tests) reuses its trace instead of tracing the model again."""
+    return jax.pmap(functools.partial(steps.train_step, weights=dict(weights)),
+                    axis_name="batch", donate_argnums=(0,))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
