@@ -3,7 +3,9 @@ names the lost process when a peer dies.
 
 When a process of the job dies, the others notice in one of two ways:
 - a collective fails at once (CPU: gloo reports "connection closed by peer"): `lost_peers()`
-  turns that into a `PeerLost` naming the processes the coordination service no longer sees;
+  logs that and asks the coordination service which processes it still sees, which takes up
+  to the heartbeat timeout; the answer becomes a `PeerLost` naming them, unless the service's
+  own termination (next point) comes first, as it did in the tests: it names the process too;
 - a collective hangs (GPU/TPU collectives wait for the peer): the coordination service misses
   the dead process's heartbeats for `heartbeat_timeout_s` and terminates every other process
   ("Terminating process because the JAX distributed service detected fatal errors ... Task N
@@ -63,8 +65,11 @@ def lost_peers() -> Iterator[None]:
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:
             raise
-        logging.error("a collective failed (%s); asking the coordination service which "
-                      "processes are alive", str(e)[:200])
+        logging.error("a collective failed (%s): another process of this run has probably "
+                      "died. Asking the coordination service which one; it decides within "
+                      "the heartbeat timeout, and may terminate this process itself with "
+                      "'The following tasks are unhealthy (stopped sending heartbeats): N', "
+                      "N the lost process", str(e)[:200])
         dead = _dead_processes()
         if dead == []:
             raise

@@ -164,6 +164,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if preempted and step < config.total_steps:
             mngr.wait_until_finished()
             mngr.close()
+            if jax.process_count() > 1:  # exit together, after process 0 finalised the save
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("preemption checkpoint saved")
             raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir))
     mngr.wait_until_finished()
     mngr.close()

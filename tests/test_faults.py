@@ -6,6 +6,7 @@ The multi-process and command-line tests take minutes and are marked slow."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -243,7 +244,10 @@ def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path)
     out = procs[0].communicate(timeout=150)[0]
     elapsed = time.time() - t0
     assert procs[0].returncode not in (0, None) and elapsed < 120, (elapsed, out[-3000:])
-    assert "PeerLost: lost process(es) 1 of 2" in out, out[-3000:]
+    assert "a collective failed" in out, out[-3000:]
+    # Named by hgmt's PeerLost or by JAX's coordination service, whichever comes first.
+    assert "PeerLost: lost process(es) 1 of 2" in out or re.search(
+        r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", out), out[-3000:]
     procs[1].wait()
 
 
