@@ -75,13 +75,6 @@ def test_sigterm_saves_that_step_and_the_rerun_ends_bit_for_bit_equal(demo_datas
     _assert_same_state(straight, train.train(config, str(tmp_path)))
 
 
-def test_sigusr1_saves_and_stops_too(demo_dataset, tmp_path):
-    config = tiny_config(demo_dataset[1], total_steps=5, **KW)
-    with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3"):
-        train.train(config, str(tmp_path), writer=SignalAt(signal.SIGUSR1, 2))
-    assert checkpoints.manager(str(tmp_path)).all_steps() == [3]
-
-
 def _damage(step_dir: str) -> None:
     """Overwrites every file of a checkpoint's train state with garbage of the same size."""
     for root, _, files in os.walk(os.path.join(step_dir, "state")):
@@ -92,22 +85,25 @@ def _damage(step_dir: str) -> None:
                 f.write(np.random.default_rng(0).bytes(size))
 
 
-def test_damaged_latest_checkpoint_is_reported_skipped_and_kept(demo_dataset, tmp_path,
-                                                                straight, caplog):
+def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_kept(
+        demo_dataset, tmp_path, straight, caplog):
+    """SIGUSR1 (Slurm's early warning) saves step 3 after the periodic step 2; step 3 is then
+    damaged: the rerun reports it, resumes from 2 and still ends equal to `straight`."""
     workdir = str(tmp_path / "w")
-    kw = {**KW, "checkpoint_every": 2}
-    train.train(tiny_config(demo_dataset[1], total_steps=4, **kw), workdir)
+    config = tiny_config(demo_dataset[1], total_steps=5, **{**KW, "checkpoint_every": 2})
+    with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3"):
+        train.train(config, workdir, writer=SignalAt(signal.SIGUSR1, 2))
     ckpt = checkpoints.checkpoint_dir(workdir)
-    _damage(os.path.join(ckpt, "4"))
-    config = tiny_config(demo_dataset[1], total_steps=5, **kw)
+    assert checkpoints.manager(workdir).all_steps() == [2, 3]
+    _damage(os.path.join(ckpt, "3"))
     with caplog.at_level(logging.INFO):
         resumed = train.train(config, workdir)
-    assert f"checkpoint {ckpt}/4 does not read" in caplog.text
+    assert f"checkpoint {ckpt}/3 does not read" in caplog.text
     assert f"resumed from {ckpt} at step 2" in caplog.text
     _assert_same_state(straight, resumed)
-    assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]  # 4 written again
+    assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
     kept = os.listdir(os.path.join(workdir, checkpoints.UNREADABLE_DIR))
-    assert len(kept) == 1 and kept[0].startswith("4-")  # moved aside, not deleted
+    assert len(kept) == 1 and kept[0].startswith("3-")  # moved aside, not deleted
 
     # When no checkpoint reads, it is not damage: the clear config-mismatch error.
     for step in (2, 4, 5):
