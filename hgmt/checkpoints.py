@@ -8,13 +8,21 @@
     <workdir>/events.*             TensorBoard summaries
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
-killed mid-save leaves the previous checkpoints intact and the partial one is ignored.
+killed mid-save leaves the previous checkpoints intact and the partial one is ignored. A
+checkpoint damaged after that (a disk or copy fault) is reported and skipped on resume
+(`restore_newest_readable`): the newest one that reads is used, and the damaged ones are moved
+to `<workdir>/checkpoints_unreadable/` (kept for inspection, out of orbax's way so that the
+resumed run can write those steps again). When none reads, the error says so: that is a
+checkpoint of another configuration or hgmt version, not damage.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -23,6 +31,7 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -40,6 +49,68 @@ def manager(workdir: str, keep: int = 3, async_save: bool = True,
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=names)
+
+
+def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any],
+                            workdir: str) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint of `mngr` that reads: -> (step, restored), or None when
+    there is none. `args()` makes the restore arguments (afresh for each try).
+
+    A checkpoint that does not read is logged (path, error) and the previous one is tried;
+    the unreadable ones are then moved to <workdir>/checkpoints_unreadable/ (by process 0;
+    nothing is deleted) and `mngr` reloaded. When no checkpoint reads, raises ValueError:
+    every checkpoint failing means another config or hgmt version, not damage. All
+    processes must restore the same step (checked)."""
+    import jax
+
+    failures: list[tuple[int, Exception]] = []
+    found = None
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            found = step, mngr.restore(step, args=args())
+            break
+        except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+            logging.error("checkpoint %s/%d does not read, trying the previous one: %s: %s",
+                          checkpoint_dir(workdir), step, type(e).__name__, str(e)[:500])
+            failures.append((step, e))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(found[0] if found else -1,
+                                     "the processes restored different checkpoints")
+    if found is None:
+        if not failures:
+            return None
+        step, e = failures[0]
+        raise ValueError(
+            f"cannot resume from {checkpoint_dir(workdir)}: none of its checkpoints (steps "
+            f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
+            f"{type(e).__name__}: {str(e)[:300]}). They were written by another model "
+            f"configuration or an older hgmt. Use a new --workdir, or the config and hgmt "
+            f"version that wrote them") from e
+    if failures:
+        _move_unreadable(mngr, workdir, [s for s, _ in failures])
+        logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
+                        "%s", found[0], [s for s, _ in failures],
+                        os.path.join(workdir, UNREADABLE_DIR))
+    return found
+
+
+def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        aside = os.path.join(os.path.abspath(os.path.expanduser(workdir)), UNREADABLE_DIR)
+        os.makedirs(aside, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step in steps:
+            os.rename(os.path.join(checkpoint_dir(workdir), str(step)),
+                      os.path.join(aside, f"{step}-{stamp}"))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("unreadable checkpoints moved aside")
+    mngr.reload()
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -162,14 +162,22 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
 
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
-    """`tfds.data_source` of a built split, with a clear error when it is missing. The image
-    features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than TFDS)
-    unless `decode_images`."""
+    """`tfds.data_source` of a built split, with a clear error when it is missing, or when
+    one of its shard files is missing or truncated (`hgmt.shards`). The image features stay
+    encoded bytes (`crop_example` decodes them with OpenCV, faster than TFDS) unless
+    `decode_images`."""
     import tensorflow_datasets as tfds
 
     import data_builders.surreal  # noqa: F401  (registers the `surreal` builder)
+    from hgmt import shards
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception:  # noqa: BLE001  (reported below by tfds.data_source, with the fix)
+        builder = None
+    if builder is not None and builder.is_prepared() and split in builder.info.splits:
+        shards.check_split(builder, split, dataset, data_dir)
     try:
         source = tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
     except Exception as e:

@@ -5,7 +5,11 @@
 
 With configs/demo.py the demo dataset is generated and built first when it is missing.
 Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
-(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id.
+(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id. A
+dead process is detected within --heartbeat_timeout seconds (hgmt.peers).
+
+Exit status 75 (hgmt.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
+checkpoint; rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,6 +34,8 @@ flags.DEFINE_string("compilation_cache", "~/.cache/hgmt/jax",
                     "JAX's persistent compilation cache: a rerun, a resumed job or a sweep's "
                     "next run with the same model loads its compiled steps instead of "
                     "compiling them again. A shared path serves every host; '' disables it.")
+flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat after "
+                     "which a process counts as dead and the others stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -61,10 +68,11 @@ def main(argv) -> None:
         jax.config.update("jax_compilation_cache_dir",
                           os.path.expanduser(FLAGS.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    from hgmt import peers, preemption
+
     if FLAGS.coordinator_address or FLAGS.distributed:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+        peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         heartbeat_timeout_s=FLAGS.heartbeat_timeout)
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
@@ -80,7 +88,11 @@ def main(argv) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("demo dataset ready")
-    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    try:
+        summary = train.train_and_evaluate(config, FLAGS.workdir)
+    except preemption.Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
         out = os.path.join(FLAGS.workdir, "eval_test.json")
         evaluate.write_report(summary, out)

@@ -3,8 +3,16 @@
 pmap over all local devices (the global batch split across devices and hosts), BatchNorm
 statistics synchronised across devices (`axis_name="batch"`) and averaged before evaluation and
 checkpointing, gradients averaged with `pmean`. Orbax checkpoints every `checkpoint_every`
-steps and at the end; a rerun resumes from the workdir's latest checkpoint, data position
-included. A non-finite loss stops the run naming the step and task, before anything is saved.
+steps and at the end; a rerun resumes from the workdir's newest readable checkpoint, data
+position included. The step's metrics stay on the device and are copied and checked at log
+steps and before every checkpoint (`hgmt.step_metrics`): a non-finite loss stops the run
+naming the step and task, and a non-finite state is never saved.
+
+Faults of long runs, each in its own module: `workdir_lock` (one trainer per workdir),
+`preemption` (SIGTERM/SIGUSR1: save at an agreed step, exit 75), `peers` (a dead process of a
+multi-host run is named, not waited for), `checkpoints.restore_newest_readable` (a damaged
+checkpoint is skipped), `shards` (a missing or truncated dataset shard stops the run before
+training).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Iterable
 
 import flax
 import jax
@@ -20,62 +29,110 @@ import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from hgmt import checkpoints, evaluate, input_pipeline, steps, validation
+from hgmt import (
+    checkpoints,
+    evaluate,
+    input_pipeline,
+    peers,
+    preemption,
+    step_metrics,
+    steps,
+    validation,
+    workdir_lock,
+)
 from hgmt.models import create_model
 from hgmt.tasks import parse_tasks
 
 
 # --- The loop --------------------------------------------------------------------------------
-def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> steps.TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
+          loader: Iterable | None = None) -> steps.TrainState:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
-    latest checkpoint. Returns the final state on the host, BatchNorm statistics averaged."""
+    newest readable checkpoint. Returns the final state on the host, BatchNorm statistics
+    averaged. `loader` replaces the dataset's grain loader (its iterator needs get_state and
+    set_state; benchmarks feed batches from memory with it).
+
+    Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1, FloatingPointError on a
+    non-finite loss, `workdir_lock.WorkdirLocked` when another trainer holds the workdir,
+    `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
+    lock = workdir_lock.hold_for_job(workdir)
+    try:
+        with preemption.PreemptionWatch() as watch, peers.lost_peers():
+            return _train(config, workdir, writer, loader, tasks, weights, watch)
+    finally:
+        lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
+           tasks: tuple[str, ...], weights: dict,
+           watch: preemption.PreemptionWatch) -> steps.TrainState:
     if jax.process_index() == 0:
         checkpoints.save_config(config, workdir)
     writer = writer or metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
     lr_fn = steps.create_lr(config)
 
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-    loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
-                                         image_size=config.image_size, seed=config.seed,
-                                         worker_count=config.worker_count)
+    if loader is None:
+        source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+        loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
+                                             image_size=config.image_size, seed=config.seed,
+                                             worker_count=config.worker_count)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, tasks, axis_name="batch")
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
-    if mngr.latest_step() is not None:
-        try:
-            restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state),
-                data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)))
-        except Exception as e:
-            raise ValueError(
-                f"cannot resume from {checkpoints.checkpoint_dir(workdir)}/"
-                f"{mngr.latest_step()} ({type(e).__name__}: {str(e)[:300]}): it does not read "
-                f"as this config's train state (another model configuration, an older hgmt, "
-                f"or a damaged checkpoint). Use a new --workdir, or the config and hgmt "
-                f"version that wrote it") from e
-        state = restored["state"]
+    restored = checkpoints.restore_newest_readable(
+        mngr, lambda: ocp.args.Composite(
+            state=ocp.args.StandardRestore(state),
+            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)), workdir)
+    if restored is not None:
+        state = restored[1]["state"]
         logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
 
     state = flax.jax_utils.replicate(state)
-    p_train_step = jax.pmap(functools.partial(steps.train_step, weights=weights),
-                            axis_name="batch", donate_argnums=(0,))
+    p_train_step = _pmapped_train_step(tuple(sorted(weights.items())))
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                      config.prefetch)
+    metrics = step_metrics.StepMetrics()
+
+    def check_finite() -> None:
+        """Stops on the first non-finite step since the last check, before any save."""
+        bad = metrics.check()
+        if bad is None:
+            return
+        mngr.wait_until_finished()
+        raise FloatingPointError(
+            f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
+            f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
+            f"saved for it or after it; the last good checkpoint (step {mngr.latest_step()}) in "
+            f"{checkpoints.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
+            f"or set optimizer.grad_clip_norm.")
 
     validator = validation.Validator(config, workdir, weights)
 
-    def host_state(state) -> steps.TrainState:
-        return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+    def host_state(step: int, state) -> steps.TrainState:
+        """The state on the host, BatchNorm statistics averaged, for a save or a validation;
+        a non-finite loss since the last check or a non-finite state stops the run here."""
+        check_finite()
+        host = jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+        bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
+               if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
+        if bad:
+            mngr.wait_until_finished()
+            raise FloatingPointError(
+                f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
+                f"losses are finite; nothing was saved for it, the last good checkpoint "
+                f"(step {mngr.latest_step()}) in {checkpoints.checkpoint_dir(workdir)} is "
+                f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm.")
+        return host
 
     def save(step: int, host: steps.TrainState) -> None:
         mngr.save(step, args=ocp.args.Composite(
@@ -90,40 +147,55 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None) -> steps
         batch = next(device_iter)
         data_iter.consumed()
         wait_time += time.perf_counter() - t0
-        state, metrics = p_train_step(state, batch)
-        metrics = jax.device_get(flax.jax_utils.unreplicate(metrics))
-        bad = [k.split("/")[1] for k, v in metrics.items() if not np.isfinite(v)]
-        if bad:
-            mngr.wait_until_finished()
-            raise FloatingPointError(
-                f"non-finite loss at step {step} in task(s) {', '.join(bad)}: {metrics}. "
-                f"Nothing was saved for this step; the last good checkpoint "
-                f"(step {mngr.latest_step()}) in {checkpoints.checkpoint_dir(workdir)} is "
-                f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm.")
+        state, step_values = p_train_step(state, batch)
+        metrics.append(step, step_values)  # no host copy: the next step queues behind it
+        preempted = watch.reached(step)
         if step % config.log_every == 0 or step == config.total_steps:
+            check_finite()  # waits for this step: the one host sync of a log interval
             elapsed = time.perf_counter() - t_last
             steps_done = step - step_last
             img_s = steps_done * config.batch_size / elapsed
-            scalars = {**metrics, "img_per_s": img_s, "data_wait": wait_time / elapsed,
-                       "learning_rate": float(lr_fn(step))}
-            writer.write_scalars(step, scalars)
+            means = metrics.pop_means()
+            writer.write_scalars(step, {**means, "img_per_s": img_s,
+                                        "data_wait": wait_time / elapsed,
+                                        "learning_rate": float(lr_fn(step))})
             eta = (config.total_steps - step) * elapsed / steps_done
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%%  ETA %s", step,
                          config.total_steps, "  ".join(
-                             f"{k.split('/')[1]} {v:.4g}" for k, v in metrics.items()),
+                             f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
                          img_s, 100 * wait_time / elapsed, _hms(eta))
             wait_time, t_last, step_last = 0.0, time.perf_counter(), step
-        checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
-        if checkpoint_due or validator.due(step):
-            host = host_state(state)
+        stopping = preempted and step < config.total_steps
+        checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
+                          or preempted)
+        validation_due = validator.due(step) and not stopping  # a preempted job has no time
+        if checkpoint_due or validation_due:
+            host = host_state(step, state)
             if checkpoint_due:
                 save(step, host)
-            if validator.due(step):
+            if validation_due:
                 validator(step, host, writer)
+        if stopping:
+            mngr.wait_until_finished()
+            mngr.close()
+            validator.close()
+            if jax.process_count() > 1:  # exit together, after process 0 finalised the save
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("preemption checkpoint saved")
+            raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir))
     mngr.wait_until_finished()
     mngr.close()
     validator.close()
     return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+
+
+@functools.cache
+def _pmapped_train_step(weights: tuple[tuple[str, float], ...]):
+    """One pmapped step per loss weighting, so that a second `train()` in a process (a resume,
+    the tests) reuses its trace instead of tracing the model again."""
+    return jax.pmap(functools.partial(steps.train_step, weights=dict(weights)),
+                    axis_name="batch", donate_argnums=(0,))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -1,10 +1,14 @@
 """One process of the 2-process training test (tests/test_train.py::test_two_processes_...).
 
-    python tests/multihost_worker.py WORKDIR DATA_DIR PROCESS_ID PORT
+    python tests/multihost_worker.py WORKDIR DATA_DIR PROCESS_ID PORT [TOTAL_STEPS]
 
 Each process has 2 CPU devices; together they train one replicated model with
 `jax.distributed.initialize` on localhost, then evaluate it. Writes WORKDIR/topology_<id>.json,
 WORKDIR/params_<id>.npz and WORKDIR/eval_<id>.json.
+
+With TOTAL_STEPS (the fault tests in tests/test_faults.py): pose2d, a checkpoint every 2 steps,
+no evaluation; a 10 s heartbeat timeout; on a preemption signal it writes
+WORKDIR/preempted_<id>.json and exits 75 as hgmt.main does.
 """
 
 import json
@@ -19,19 +23,34 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def main(workdir: str, data_dir: str, process_id: int, port: int) -> None:
-    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
-    from hgmt import evaluate, train
+def main(workdir: str, data_dir: str, process_id: int, port: int,
+         total_steps: int | None = None) -> None:
+    from hgmt import peers
+
+    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                     heartbeat_timeout_s=10, shutdown_timeout_s=10)
+    from hgmt import evaluate, preemption, train
     from tests.conftest import tiny_config
 
     with open(os.path.join(workdir, f"topology_{process_id}.json"), "w") as f:
         json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                    "local_devices": jax.local_device_count(), "devices": jax.device_count()}, f)
-    config = tiny_config(data_dir, tasks="pose2d+segm", total_steps=3, checkpoint_every=3)
-    state = train.train(config, workdir)
+    if total_steps is None:
+        config = tiny_config(data_dir, tasks="pose2d+segm", total_steps=3, checkpoint_every=3)
+    else:
+        config = tiny_config(data_dir, tasks="pose2d", total_steps=total_steps,
+                             checkpoint_every=2, **{"optimizer.schedule": "constant"})
+    try:
+        state = train.train(config, workdir)
+    except preemption.Preempted as e:
+        with open(os.path.join(workdir, f"preempted_{process_id}.json"), "w") as f:
+            json.dump({"step": e.step}, f)
+        sys.exit(preemption.EXIT_PREEMPTED)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     np.savez(os.path.join(workdir, f"params_{process_id}.npz"),
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
+    if total_steps is not None:
+        return
     summary = evaluate.evaluate(config, {"params": state.params,
                                          "batch_stats": state.batch_stats})
     with open(os.path.join(workdir, f"eval_{process_id}.json"), "w") as f:
@@ -39,4 +58,5 @@ def main(workdir: str, data_dir: str, process_id: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+         int(sys.argv[5]) if len(sys.argv) > 5 else None)

@@ -1,0 +1,58 @@
+"""Per-step training metrics that stay on the device until the trainer needs them.
+
+Copying each step's losses to the host makes the host wait for that step, so JAX cannot queue
+the next one and an accelerator idles while the host logs. The trainer instead appends each
+step's (device) metrics here and calls `check()` only at log steps and before every checkpoint:
+one transfer for all steps since the last check, then a finiteness check of every one of them,
+so a non-finite loss is still attributed to its exact step and task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFinite:
+    """The first step whose metrics were not finite, among the steps `first..last` checked."""
+
+    step: int
+    tasks: list[str]
+    metrics: dict[str, float]
+    first: int
+    last: int
+
+
+class StepMetrics:
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, dict]] = []  # (step, device metrics), not yet checked
+        self._checked: list[dict[str, float]] = []  # host values since the last `pop_means`
+
+    def append(self, step: int, metrics: dict) -> None:
+        """Keeps a step's metrics (pmapped: one value per local device) without waiting."""
+        self._pending.append((step, metrics))
+
+    def check(self) -> NonFinite | None:
+        """Copies the pending metrics to the host and returns the first non-finite step, if
+        any (the metrics are `pmean`s, so device 0's value is every device's)."""
+        if not self._pending:
+            return None
+        steps = [step for step, _ in self._pending]
+        values = jax.device_get([m for _, m in self._pending])
+        self._pending.clear()
+        for step, metrics in zip(steps, values, strict=True):
+            host = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
+            bad = [k.split("/", 1)[-1] for k, v in host.items() if not np.isfinite(v)]
+            if bad:
+                return NonFinite(step, bad, host, steps[0], steps[-1])
+            self._checked.append(host)
+        return None
+
+    def pop_means(self) -> dict[str, float]:
+        """Means over the checked steps since the last call (call `check()` first)."""
+        checked, self._checked = self._checked, []
+        return {k: float(np.mean([m[k] for m in checked])) for k in checked[0]} if checked \
+            else {}

@@ -1,0 +1,272 @@
+"""Faults of long runs (issue 16): preemption, a damaged checkpoint, two trainers in one
+workdir, a damaged dataset shard, a dead peer. Real signals, processes and orbax checkpoints.
+
+The multi-process and command-line tests take minutes and are marked slow."""
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hgmt import checkpoints, preemption, shards, train, workdir_lock
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100}
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class SignalAt:
+    """A metric writer that sends this process `signum` (a real signal) when step `at` is
+    logged, i.e. in the middle of training."""
+
+    def __init__(self, signum: int, at: int):
+        self.signum, self.at = signum, at
+
+    def write_scalars(self, step, scalars):
+        if step == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(scope="module")
+def straight(demo_dataset, tmp_path_factory):
+    """The final state of an uninterrupted 5-step run, for the resumed runs to equal."""
+    return train.train(tiny_config(demo_dataset[1], total_steps=5, **KW),
+                       str(tmp_path_factory.mktemp("straight")))
+
+
+def _assert_same_state(straight, resumed) -> None:
+    """Parameters bit for bit; BatchNorm running statistics to rounding (each save averages
+    them over the devices, and the two runs saved at different steps)."""
+    assert int(resumed.step) == int(straight.step)
+    a, b = _flat(straight.params), _flat(resumed.params)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k, v in _flat(straight.batch_stats).items():
+        np.testing.assert_allclose(v, _flat(resumed.batch_stats)[k], rtol=1e-6, err_msg=k)
+
+
+def test_sigterm_saves_that_step_and_the_rerun_ends_bit_for_bit_equal(demo_dataset, tmp_path,
+                                                                      straight):
+    """Logged step 2 sends SIGTERM; step 3 ends, is saved, the run stops; a rerun ends with
+    the parameters of an uninterrupted run, bit for bit."""
+    config = tiny_config(demo_dataset[1], total_steps=5, **KW)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3") as err:
+        train.train(config, str(tmp_path), writer=SignalAt(signal.SIGTERM, 2))
+    assert err.value.step == 3 and signal.getsignal(signal.SIGTERM) is before
+    assert checkpoints.manager(str(tmp_path)).all_steps() == [3]
+    assert not os.path.exists(os.path.join(tmp_path, workdir_lock.LOCK_FILE))
+    _assert_same_state(straight, train.train(config, str(tmp_path)))
+
+
+def _damage(step_dir: str) -> None:
+    """Overwrites every file of a checkpoint's train state with garbage of the same size."""
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            path = os.path.join(root, name)
+            size = max(os.path.getsize(path), 16)
+            with open(path, "wb") as f:
+                f.write(np.random.default_rng(0).bytes(size))
+
+
+def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_kept(
+        demo_dataset, tmp_path, straight, caplog):
+    """SIGUSR1 (Slurm's early warning) saves step 3 after the periodic step 2; step 3 is then
+    damaged: the rerun reports it, resumes from 2 and still ends equal to `straight`."""
+    workdir = str(tmp_path / "w")
+    config = tiny_config(demo_dataset[1], total_steps=5, **{**KW, "checkpoint_every": 2})
+    with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3"):
+        train.train(config, workdir, writer=SignalAt(signal.SIGUSR1, 2))
+    ckpt = checkpoints.checkpoint_dir(workdir)
+    assert checkpoints.manager(workdir).all_steps() == [2, 3]
+    _damage(os.path.join(ckpt, "3"))
+    with caplog.at_level(logging.INFO):
+        resumed = train.train(config, workdir)
+    assert f"checkpoint {ckpt}/3 does not read" in caplog.text
+    assert f"resumed from {ckpt} at step 2" in caplog.text
+    _assert_same_state(straight, resumed)
+    assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
+    kept = os.listdir(os.path.join(workdir, checkpoints.UNREADABLE_DIR))
+    assert len(kept) == 1 and kept[0].startswith("3-")  # moved aside, not deleted
+
+    # When no checkpoint reads, it is not damage: the clear config-mismatch error.
+    for step in (2, 4, 5):
+        _damage(os.path.join(ckpt, str(step)))
+    with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "
+                                         r"reads as this config's train state"):
+        train.train(config, workdir)
+    assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
+
+
+_HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
+           "from hgmt.workdir_lock import WorkdirLock; WorkdirLock({workdir!r}).acquire(); "
+           "print('held', flush=True); time.sleep(600)")
+
+
+def test_a_second_trainer_stops_naming_the_holder_and_a_dead_holder_does_not_block(
+        demo_dataset, tmp_path):
+    workdir = str(tmp_path / "w")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER.format(repo=REPO,
+                                                                    workdir=workdir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.time()
+        with pytest.raises(workdir_lock.WorkdirLocked,
+                           match=f"host {socket.gethostname()} pid {holder.pid}, started"):
+            train.train(tiny_config(demo_dataset[1], **KW), workdir)
+        assert time.time() - t0 < 5
+        assert not os.path.exists(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+    finally:
+        holder.kill()  # SIGKILL: the lock stays behind, stale
+        holder.wait()
+    assert os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    with workdir_lock.WorkdirLock(workdir) as lock:  # what train() takes first
+        assert lock.held
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+
+
+def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
+    path = tmp_path / workdir_lock.LOCK_FILE
+    path.write_text(json.dumps({"host": "node-7", "pid": 1234, "job": "99", "restart": 0,
+                                "started": "then"}))
+    with pytest.raises(workdir_lock.WorkdirLocked, match="host node-7 pid 1234 .Slurm job 99."):
+        workdir_lock.WorkdirLock(str(tmp_path), stale_s=30).acquire()
+    old = time.time() - 31
+    os.utime(path, (old, old))
+    lock = workdir_lock.WorkdirLock(str(tmp_path), stale_s=30)
+    lock.acquire()
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
+                                                                             tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    shutil.copytree(demo_dataset[1], data_dir)
+    [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
+               if f.startswith("surreal-train.array_record")]
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) // 2])
+    config = tiny_config(data_dir, **KW)
+    with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
+                                                  rf"dataset_info.json says 12|cannot be "
+                                                  rf"opened).*tfds build"):
+        train.train(config, str(tmp_path / "w"))
+    os.remove(shard)
+    with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
+        train.train(config, str(tmp_path / "w"))
+
+
+# --- Slow: whole processes -------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_checkpoint(workdir: str, step: int, procs, timeout: float = 300) -> None:
+    ckpt = checkpoints.checkpoint_dir(workdir)
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= step for d in os.listdir(ckpt)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint >= {step} in {ckpt} in time")
+
+
+def _workers(workdir, data_dir, total_steps, port=None):
+    port = port or _free_port()
+    return [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
+                              workdir, data_dir, str(i), str(port), str(total_steps)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(demo_dataset,
+                                                                                tmp_path):
+    total = 30
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    os.makedirs(straight)
+    os.makedirs(split)
+    for p in _workers(straight, demo_dataset[1], total):
+        out = p.communicate(timeout=400)[0]
+        assert p.returncode == 0, out[-3000:]
+
+    procs = _workers(split, demo_dataset[1], total)
+    _wait_for_checkpoint(split, 2, procs)
+    procs[1].send_signal(signal.SIGTERM)  # one host only
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [preemption.EXIT_PREEMPTED] * 2, outs[0][-3000:]
+    stopped = [json.loads((tmp_path / "split" / f"preempted_{i}.json").read_text())["step"]
+               for i in range(2)]
+    assert stopped[0] == stopped[1] < total
+    assert checkpoints.manager(split).latest_step() == stopped[0]
+
+    for p in _workers(split, demo_dataset[1], total):
+        out = p.communicate(timeout=400)[0]
+        assert p.returncode == 0, out[-3000:]
+    a, b = (np.load(os.path.join(d, "params_0.npz")) for d in (straight, split))
+    assert a.files == b.files and len(a.files) > 10
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path):
+    procs = _workers(str(tmp_path), demo_dataset[1], total_steps=100_000)
+    _wait_for_checkpoint(str(tmp_path), 2, procs)
+    procs[1].kill()
+    t0 = time.time()
+    out = procs[0].communicate(timeout=150)[0]
+    elapsed = time.time() - t0
+    print(f"the survivor exited {elapsed:.1f} s after the kill (heartbeat timeout 10 s)")
+    assert procs[0].returncode not in (0, None) and elapsed < 120, (elapsed, out[-3000:])
+    assert "a collective failed" in out, out[-3000:]
+    # Named by hgmt's PeerLost or by JAX's coordination service, whichever comes first.
+    assert "PeerLost: lost process(es) 1 of 2" in out or re.search(
+        r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", out), out[-3000:]
+    procs[1].wait()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, tmp_path):
+    workdir = str(tmp_path / "w")
+    cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
+           f"--workdir={workdir}", "--config.dataset=surreal/all",
+           f"--config.data_dir={demo_dataset[1]}", "--config.total_steps=100000",
+           "--config.checkpoint_every=2", "--config.eval_max_examples=4",
+           "--config.model.features=16"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(workdir, 2, [proc])
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == preemption.EXIT_PREEMPTED, out[-3000:]
+    step = checkpoints.manager(workdir).latest_step()
+    assert f"saved a checkpoint at step {step}" in out
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    cmd[cmd.index("--config.total_steps=100000")] = f"--config.total_steps={step + 2}"
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"at step {step}" in rerun.stderr
