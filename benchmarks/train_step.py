@@ -43,7 +43,7 @@ def random_batch(batch: int, res: int, seed: int = 0) -> dict:
     crop = np.tile(np.array([[r / 200, 0, r / 2 - 160 * r / 200],
                              [0, r / 200, r / 2 - 120 * r / 200]], np.float32), (batch, 1, 1))
     return {
-        "image": rng.normal(size=(batch, res, res, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, (batch, res, res, 3), dtype=np.uint8),
         "joints2d": rng.uniform(0, r - 1, (batch, 16, 2)).astype(np.float32),
         "visible": (rng.uniform(size=(batch, 16)) < 0.9).astype(np.float32),
         "joints3d": joints3d,

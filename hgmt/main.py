@@ -19,7 +19,12 @@ import logging
 import os
 import sys
 
-from absl import app, flags
+# Before anything imports TensorFlow (it only reads and writes files here): no C++ INFO lines,
+# and no oneDNN CPU kernels, whose start-up line is logged whatever the level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -59,9 +64,23 @@ def prepare_demo_dataset(config) -> None:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
 
 
+class UserLines(logging.Filter):
+    """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
+    chatter of orbax, clu, TFDS and JAX shows only with --verbosity=1."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_HGMT_DIR)
+
+
+_HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def main(argv) -> None:
     del argv
     logging.getLogger().setLevel(logging.INFO)
+    if FLAGS.verbosity < 1:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(UserLines())
     import jax
 
     if FLAGS.compilation_cache:

@@ -150,6 +150,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         state, step_values = p_train_step(state, batch)
         metrics.append(step, step_values)  # no host copy: the next step queues behind it
         preempted = watch.reached(step)
+        if step == start_step + 1 and step % config.log_every and step < config.total_steps:
+            # The first step compiles: timed apart, so img/s and the ETA count training only.
+            jax.block_until_ready(step_values)
+            logging.info("step %d (compilation included) took %.1f s", step,
+                         time.perf_counter() - t_last)
+            wait_time, t_last, step_last = 0.0, time.perf_counter(), step
         if step % config.log_every == 0 or step == config.total_steps:
             check_finite()  # waits for this step: the one host sync of a log interval
             elapsed = time.perf_counter() - t_last
