@@ -73,9 +73,11 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
                   devices: int = 1, depth: int = 4) -> tuple:
     """The train step of this configuration compiled for `devices` local devices, with its
     replicated initial state and a random batch on them: (compiled, state, data, params,
-    compile seconds, FLOPs per step). FLOPs come from XLA's cost analysis of the lowered
-    (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls that the
-    analysis does not count."""
+    compile seconds, FLOPs per step, where the FLOPs were counted). FLOPs come from XLA's cost
+    analysis of the lowered (pre-backend) program where the backend gives one: after
+    compilation a GPU's convolutions are cuDNN calls that the analysis does not count (jax
+    0.11.2 on an H200 gave no lowered analysis: there the compiled count is reported, marked
+    "compiled", and MFU undercounts)."""
     if batch % devices:
         raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
     names = parse_tasks(tasks)
@@ -97,15 +99,20 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     lowered = step.lower(state, data)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", float("nan"))) * devices  # per-device program
-    return compiled, state, data, int(params), compile_s, flops
+    flops, source = float("nan"), "none"
+    for name, analysis in (("lowered", lowered.cost_analysis),
+                           ("compiled", compiled.cost_analysis)):
+        cost = analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        if cost and "flops" in cost:
+            flops, source = float(cost["flops"]) * devices, name  # per-device program
+            break
+    return compiled, state, data, int(params), compile_s, flops, source
 
 
 def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
             steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
-    compiled, state, data, params, compile_s, flops = compiled_step(
+    compiled, state, data, params, compile_s, flops, flops_from = compiled_step(
         stacks, features, res, batch, tasks, dtype, devices, depth)
 
     for _ in range(warmup):
@@ -132,7 +139,7 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
         "tasks": "+".join(parse_tasks(tasks)), "dtype": dtype, "params": params,
         "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
-        "gflop_per_img": round(flops / batch / 1e9, 3),
+        "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,
         "gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(peak, 1),
         "mfu": round(achieved / peak, 3), "loss": round(loss, 5),
         "peak_device_gib": round(peak_mem / 2**30, 2) if peak_mem else None,
