@@ -158,8 +158,9 @@ class Evaluator:
         return summary
 
 
-def run(a: argparse.Namespace) -> dict:
-    """Trains and evaluates as the command line says; returns the JSON result."""
+def run(a: argparse.Namespace, on_point=None) -> dict:
+    """Trains and evaluates as the command line says; returns the JSON result. `on_point`
+    gets the result so far after each evaluation (so an interrupted run leaves its curves)."""
     import flax
     import jax
     import numpy as np
@@ -193,6 +194,9 @@ def run(a: argparse.Namespace) -> dict:
         state, metrics = p_train(state, next(batches))
         losses.append(float(metrics["loss/total"][0]))
         t_train += time.perf_counter() - t0
+        if step % 50 == 0:
+            print(json.dumps({"step": step, "train_s": round(t_train, 1),
+                              "loss": round(float(np.mean(losses)), 4)}), flush=True)
         if step % a.eval_every and step != config.total_steps:
             continue
         t0 = time.perf_counter()
@@ -208,12 +212,23 @@ def run(a: argparse.Namespace) -> dict:
         losses = []
         print(json.dumps({k: v for k, v in point.items() if k != "segm/iou_per_part"}),
               flush=True)
+        if on_point is not None:
+            on_point(result(a, indices, setup_s, start, curve, train_loss, complete=False))
         if a.minutes and time.perf_counter() - start > 60 * a.minutes:
             print(f"stopping at step {step}: --minutes={a.minutes} reached", flush=True)
-            break
-    final = {k: v for k, v in curve[-1].items() if "/" in k}
+            return result(a, indices, setup_s, start, curve, train_loss, complete=False)
+    return result(a, indices, setup_s, start, curve, train_loss, complete=True)
+
+
+def result(a: argparse.Namespace, indices: list[int], setup_s: float, start: float,
+           curve: list[dict], train_loss: list[dict], complete: bool) -> dict:
+    """The JSON result of a run: settings, machine, curves, final metrics, targets met."""
+    import jax
+
+    final = {k: v for k, v in curve[-1].items() if "/" in k and k != "segm/iou_per_part"}
     return {
-        "benchmark": "learning", "command": " ".join(["python3", *sys.argv]),
+        "benchmark": "learning", "complete": complete,  # False: stopped before --steps
+        "command": " ".join(["python3", *sys.argv]),
         "settings": {k: v for k, v in vars(a).items() if k not in ("out",)},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
@@ -282,14 +297,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     parse_frames(a.frames)
-    result = run(a)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    plot(result, a.out + ".png")
-    print(json.dumps({"final": result["final"], "targets_met": result["targets_met"],
-                      "wall_s": result["wall_s"], "out": a.out}))
-    return result
+    r = run(a, on_point=functools.partial(write, a.out))
+    write(a.out, r)
+    print(json.dumps({"final": r["final"], "targets_met": r["targets_met"],
+                      "wall_s": r["wall_s"], "out": a.out}))
+    return r
+
+
+def write(out: str, r: dict) -> None:
+    """<out>.json and <out>.png of a result."""
+    with open(out + ".json", "w") as f:
+        json.dump(r, f, indent=1)
+    plot(r, out + ".png")
 
 
 if __name__ == "__main__":
