@@ -202,6 +202,19 @@ def _capsule_ends(motion: Motion, t: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return a, b, radius
 
 
+def lambert(dx: np.ndarray, dy: np.ndarray, nz: np.ndarray, light: np.ndarray,
+            ambient: float) -> np.ndarray:
+    """Lambertian shading in [ambient, 1] of a capsule's visible surface.
+
+    (dx, dy, nz): per pixel, the offset from the capsule's axis in radii (image x right, y down)
+    and the out-of-image component, so the camera-frame surface normal is (dx, dy, -nz) (it
+    faces the camera, which looks along +z). light: (3,) unit camera-frame direction towards the
+    light. Surfaces facing the light are bright, those turned away get the ambient term only.
+    """
+    cos = dx * light[0] + dy * light[1] - nz * light[2]
+    return ambient + (1 - ambient) * np.clip(cos, 0, 1)
+
+
 def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]:
     """Ray-casts frame t -> RGB (240,320,3) uint8, depth (240,320) float32 metres (background
@@ -241,8 +254,8 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
             continue
         depth[y0:y1, x0:x1][win] = z[win]
         segm[y0:y1, x0:x1][win] = i + 1
-        lam = -(dx * look.light[0] + dy * look.light[1] - nz * look.light[2])
-        shade[y0:y1, x0:x1][win] = look.ambient + (1 - look.ambient) * np.clip(lam[win], 0, 1)
+        shade[y0:y1, x0:x1][win] = lambert(dx[win], dy[win], nz[win], look.light,
+                                           look.ambient)
         texture[y0:y1, x0:x1][win] = 0.85 + 0.15 * np.sign(
             np.sin(look.stripes[i] * s[win] + 3 * dx[win]))
     fg = segm > 0

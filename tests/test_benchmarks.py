@@ -11,6 +11,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
 import input_pipeline  # noqa: E402
+import learning  # noqa: E402
 import profile_step  # noqa: E402
 import train_step  # noqa: E402
 
@@ -86,3 +87,21 @@ def test_input_pipeline_benchmark_builds_its_data_and_reports_the_ratio(capsys):
     assert np.isclose(r["ratio_per_core"],
                       r["examples_per_cpu_s"] / (10 / r["cpus"]), rtol=0.01)
     assert '"benchmark": "input_pipeline"' in capsys.readouterr().out
+
+
+def test_learning_benchmark_writes_curves(demo_dataset, tmp_path):
+    """A tiny learning run on the test demo data: one curve point per evaluation, every
+    task's metrics in range, the targets judged, JSON and PNG written."""
+    out = str(tmp_path / "learning")
+    r = learning.main(["--out", out, "--data_dir", demo_dataset[1], "--res", "32",
+                       "--stacks", "1", "--features", "16", "--depth", "2", "--batch", "4",
+                       "--steps", "2", "--eval_every", "1", "--frames", "all"])
+    assert [p["step"] for p in r["curve"]] == [1, 2]
+    assert r["test_frames"] == 12  # all 6 frames of both test clips
+    final = r["final"]
+    assert 0 <= final["pose2d/pckh@0.5"] <= 1 and final["pose3d/mjd_mm"] > 0
+    assert 0 <= final["depth/bin_accuracy"] <= 1
+    assert 0 <= final["segm/min_part_iou"] <= final["segm/mean_iou"] <= 1
+    assert set(r["targets_met"]) == set(learning.TARGETS)
+    assert os.path.getsize(out + ".png") > 0 and os.path.exists(out + ".json")
+    assert learning.parse_frames("every4") == ("every", 4)

@@ -132,3 +132,31 @@ def test_sided_joints_fall_on_same_side_parts(clips, flip):
             same, other = same + s, other + o
     # A joint hidden behind the other side's limb shows that limb: a few per cent.
     assert same >= 200 and other <= 0.1 * same, (same, other)
+
+
+def test_lambert_lights_surfaces_facing_the_light():
+    """The camera looks along +z, so a surface facing it has normal (0, 0, -1); a light
+    behind the camera (direction (0, 0, -1)) lights it fully, a grazing one not at all."""
+    light = np.array([0.0, 0.0, -1.0])
+    facing = synthetic.lambert(np.zeros(1), np.zeros(1), np.ones(1), light, 0.3)
+    grazing = synthetic.lambert(np.ones(1), np.zeros(1), np.zeros(1), light, 0.3)
+    np.testing.assert_allclose(facing, 1.0)
+    np.testing.assert_allclose(grazing, 0.3)
+    # A light from the upper left brightens the upper-left side of a capsule.
+    upper_left = np.array([-0.6, -0.6, -0.5]) / np.linalg.norm([0.6, 0.6, 0.5])
+    s = synthetic.lambert(np.array([-0.6, 0.6]), np.array([-0.6, 0.6]),
+                          np.sqrt(1 - 0.72) * np.ones(2), upper_left, 0.3)
+    assert s[0] > 0.9 and s[1] == pytest.approx(0.3)
+
+
+def test_bodies_are_shaded():
+    """Within one body part the brightness varies with the surface's orientation (as on real
+    SURREAL renders), beyond the two levels of the clothing texture: the cue that shows
+    the body's 3D shape."""
+    rng = np.random.default_rng([0, 0, 0])
+    motion, look = synthetic.make_motion(rng, 1), synthetic.make_look(rng)
+    rgb, _, segm = synthetic.render_frame(motion, look, 0)
+    torso = segm == 1
+    ratio = rgb[torso][:, 0] / 255.0 / look.colors[0, 0]
+    assert np.ptp(np.percentile(ratio, [10, 90])) > 0.2
+    assert np.median(ratio) > look.ambient + 0.1  # lit, not ambient only

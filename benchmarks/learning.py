@@ -1,0 +1,316 @@
+"""Learning benchmark: trains the four tasks on demo data and writes per-task learning curves.
+
+    python3 benchmarks/learning.py --out benchmarks/results/learning \
+        [--data_dir DIR] [--res 128] [--steps 2400] [--eval_every 300] [--frames every4]
+
+Generates and builds the demo dataset (hgmt.synthetic -> TFDS `surreal/all`) when --data_dir
+holds none, trains the multi-task model (hgmt.steps.train_step under pmap, the training input
+pipeline with its augmentation) for a fixed number of steps, and evaluates the model every
+--eval_every steps on test frames (`--frames`: `all` frames of every test clip, `middle` the
+test-protocol frame of each clip, `everyK` every K-th frame of each clip). Writes
+``<out>.json`` (settings, machine, curves, targets met) and ``<out>.png`` (one panel per task).
+Demo data only: the numbers say the model learns, not how it would do on SURREAL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+# The targets of issue 13 on demo data, for 128 px within 45 minutes on 2 CPU cores:
+# (summary key, comparison, threshold).
+TARGETS = {
+    "pose2d/pckh@0.5": (">=", 0.90),
+    "segm/mean_iou": (">=", 0.65),
+    "segm/min_part_iou": (">=", 0.30),
+    "depth/bin_accuracy": (">=", 0.50),
+    "pose3d/mjd_mm": ("<=", 70.0),
+}
+
+
+def parse_frames(spec: str) -> tuple[str, int]:
+    """'all' | 'middle' | 'everyK' -> (kind, stride)."""
+    if spec in ("all", "middle"):
+        return spec, 1
+    if spec.startswith("every") and spec[5:].isdigit() and int(spec[5:]) > 0:
+        return "every", int(spec[5:])
+    raise ValueError(f"--frames={spec!r}: use all, middle or everyK (e.g. every4)")
+
+
+def test_indices(data_dir: str, frames: str) -> list[int]:
+    """Indices of the test records selected by `frames` (see parse_frames)."""
+    import tensorflow_datasets as tfds
+
+    from hgmt import input_pipeline, surreal
+
+    kind, stride = parse_frames(frames)
+    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "segm", "depth")}
+    light = input_pipeline.open_split("surreal/all", data_dir, "test", decoders=skip)
+    keep = []
+    for i in range(len(light)):
+        ex = light[i]
+        frame, total = int(ex["frame"]), int(ex["num_frames"])
+        if kind == "middle":
+            ok = frame == surreal.middle_frame(total)
+        else:
+            ok = frame % stride == 0
+        if ok:
+            keep.append(i)
+    return keep
+
+
+def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed: int) -> None:
+    """Generates `clips` demo clips of `frames` frames per split and builds `surreal/all`,
+    unless `data_dir` already holds it."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+    from hgmt import surreal, synthetic
+
+    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return
+    if not surreal.find_clips(surreal_root, "test"):
+        synthetic.generate(surreal_root, clips, frames, seed)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+
+
+def make_config(a: argparse.Namespace):
+    """The demo config at the benchmark's size."""
+    from configs import demo
+
+    c = demo.get_config(f"tasks={a.tasks}")
+    c.unlock()
+    c.data_dir = a.data_dir
+    c.image_size, c.batch_size, c.total_steps = a.res, a.batch, a.steps
+    c.model.num_stacks, c.model.features, c.model.depth = a.stacks, a.features, a.depth
+    c.optimizer.learning_rate = a.lr
+    c.optimizer.warmup_steps = min(100, a.steps // 10)
+    c.seed = a.seed
+    c.eval_batch_size = a.batch
+    c.lock()
+    return c
+
+
+def flat_metrics(summary: dict) -> dict:
+    """An evaluation summary -> the curve's scalars, keyed task/metric."""
+    out = {}
+    if "pose2d" in summary:
+        out["pose2d/pckh@0.5"] = summary["pose2d"]["pckh@0.5"]
+    if "pose3d" in summary:
+        out["pose3d/mjd_mm"] = summary["pose3d"]["mjd_mm"]
+    if "depth" in summary:
+        out["depth/bin_accuracy"] = summary["depth"]["bin_accuracy"]
+        out["depth/rmse_mm"] = summary["depth"]["rmse_mm"]
+    if "segm" in summary:
+        ious = [v for v in summary["segm"]["iou_per_part"].values() if v is not None]
+        out["segm/mean_iou"] = summary["segm"]["mean_iou"]
+        out["segm/min_part_iou"] = min(ious) if ious else 0.0
+    return out
+
+
+def targets_met(metrics: dict) -> dict:
+    """{target key: bool} for the targets whose metric was measured."""
+    ops = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
+    return {k: bool(ops[op](metrics[k], t)) for k, (op, t) in TARGETS.items() if k in metrics}
+
+
+class Evaluator:
+    """Evaluates replicated variables on fixed test records with one compiled eval step."""
+
+    def __init__(self, config, tasks: tuple[str, ...], source, indices: list[int]):
+        import jax
+
+        from hgmt import evaluate
+        from hgmt.models import create_model
+
+        self.config, self.tasks, self.source, self.indices = config, tasks, source, indices
+        model = create_model(config.model, tasks)
+        self.p_step = jax.pmap(functools.partial(evaluate.eval_step, model=model, flip=False),
+                               axis_name="batch")
+
+    def __call__(self, variables: dict) -> dict:
+        """variables replicated over the local devices -> evaluation summary."""
+        import flax
+        import jax
+        import numpy as np
+
+        from hgmt import input_pipeline
+        from hgmt.tasks import TASKS
+
+        total = None
+        for batch in input_pipeline.eval_batches(self.source, self.indices,
+                                                 batch_size=self.config.eval_batch_size,
+                                                 image_size=self.config.image_size):
+            stats = jax.device_get(flax.jax_utils.unreplicate(
+                self.p_step(variables, input_pipeline.shard(batch))))
+            total = stats if total is None else jax.tree.map(np.add, total, stats)
+        summary = {t: TASKS[t].summarize(total[t]) for t in self.tasks}
+        summary["loss"] = {t: float(total[t]["loss"]) / float(total["count"])
+                           for t in self.tasks}
+        summary["num_examples"] = int(total["count"])
+        return summary
+
+
+def run(a: argparse.Namespace, on_point=None) -> dict:
+    """Trains and evaluates as the command line says; returns the JSON result. `on_point`
+    gets the result so far after each evaluation (so an interrupted run leaves its curves)."""
+    import flax
+    import jax
+    import numpy as np
+
+    from hgmt import input_pipeline, steps
+    from hgmt.models import create_model
+    from hgmt.tasks import parse_tasks
+
+    start = time.perf_counter()
+    ensure_data(a.data_dir, a.surreal_root, a.clips, a.clip_frames, a.data_seed)
+    config = make_config(a)
+    tasks = parse_tasks(config.tasks)
+    weights = steps.check_loss_weights(config, tasks)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    test_source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    indices = test_indices(config.data_dir, a.frames)
+    loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
+                                         image_size=config.image_size, seed=config.seed)
+    batches = input_pipeline.prefetch_to_device(iter(loader), 2)
+    model = create_model(config.model, tasks, axis_name="batch")
+    state = flax.jax_utils.replicate(
+        steps.create_train_state(jax.random.key(config.seed), config, model))
+    p_train = jax.pmap(functools.partial(steps.train_step, weights=weights), axis_name="batch",
+                       donate_argnums=(0,))
+    evaluator = Evaluator(config, tasks, test_source, indices)
+    curve, train_loss = [], []
+    t_train, losses = 0.0, []
+    setup_s = time.perf_counter() - start
+    for step in range(1, config.total_steps + 1):
+        t0 = time.perf_counter()
+        state, metrics = p_train(state, next(batches))
+        losses.append(float(metrics["loss/total"][0]))
+        t_train += time.perf_counter() - t0
+        if step % 50 == 0:
+            print(json.dumps({"step": step, "train_s": round(t_train, 1),
+                              "loss": round(float(np.mean(losses)), 4)}), flush=True)
+        if step % a.eval_every and step != config.total_steps:
+            continue
+        t0 = time.perf_counter()
+        summary = evaluator({"params": state.params, "batch_stats": state.batch_stats})
+        point = {"step": step, "train_s": round(t_train, 1),
+                 "wall_s": round(time.perf_counter() - start, 1),
+                 "eval_s": round(time.perf_counter() - t0, 1), **flat_metrics(summary),
+                 "eval_loss": summary["loss"]}
+        if "segm" in summary:
+            point["segm/iou_per_part"] = summary["segm"]["iou_per_part"]
+        curve.append(point)
+        train_loss.append({"step": step, "loss": float(np.mean(losses))})
+        losses = []
+        print(json.dumps({k: v for k, v in point.items() if k != "segm/iou_per_part"}),
+              flush=True)
+        if on_point is not None:
+            on_point(result(a, indices, setup_s, start, curve, train_loss, complete=False))
+        if a.minutes and time.perf_counter() - start > 60 * a.minutes:
+            print(f"stopping at step {step}: --minutes={a.minutes} reached", flush=True)
+            return result(a, indices, setup_s, start, curve, train_loss, complete=False)
+    return result(a, indices, setup_s, start, curve, train_loss, complete=True)
+
+
+def result(a: argparse.Namespace, indices: list[int], setup_s: float, start: float,
+           curve: list[dict], train_loss: list[dict], complete: bool) -> dict:
+    """The JSON result of a run: settings, machine, curves, final metrics, targets met."""
+    import jax
+
+    final = {k: v for k, v in curve[-1].items() if "/" in k and k != "segm/iou_per_part"}
+    return {
+        "benchmark": "learning", "complete": complete,  # False: stopped before --steps
+        "command": " ".join(["python3", *sys.argv]),
+        "settings": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine(),
+                    "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
+        "test_frames": len(indices), "setup_s": round(setup_s, 1),
+        "wall_s": round(time.perf_counter() - start, 1), "curve": curve,
+        "train_loss": train_loss, "final": final,
+        "targets": {k: f"{op} {t}" for k, (op, t) in TARGETS.items()},
+        "targets_met": targets_met(final),
+    }
+
+
+def plot(result: dict, path: str) -> None:
+    """One panel per task: its metrics against the training step, with the target lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("pose2d", ["pose2d/pckh@0.5"]), ("segm", ["segm/mean_iou", "segm/min_part_iou"]),
+              ("depth", ["depth/bin_accuracy"]), ("pose3d", ["pose3d/mjd_mm"])]
+    curve = result["curve"]
+    panels = [(t, ks) for t, ks in panels if ks[0] in curve[0]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    steps = [p["step"] for p in curve]
+    for ax, (task, keys) in zip(axes[0], panels, strict=True):
+        for k in keys:
+            line, = ax.plot(steps, [p[k] for p in curve], "o-", ms=3, label=k.split("/")[1])
+            if k in TARGETS:
+                ax.axhline(TARGETS[k][1], color=line.get_color(), ls=":", lw=1)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"demo data, {result['settings']['res']} px, {result['test_frames']} test "
+                 f"frames; dotted: targets", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output stem: writes <out>.json, <out>.png")
+    p.add_argument("--data_dir", default="runs/learning_data/tfds")
+    p.add_argument("--surreal_root", default="runs/learning_data/surreal")
+    p.add_argument("--clips", type=int, default=24, help="demo clips per split to generate")
+    p.add_argument("--clip_frames", type=int, default=40, help="frames per generated clip")
+    p.add_argument("--data_seed", type=int, default=0)
+    p.add_argument("--tasks", default="all")
+    p.add_argument("--res", type=int, default=128)
+    p.add_argument("--stacks", type=int, default=2)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4, help="hourglass depth (downsamplings)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam, warm-up then cosine decay")
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--eval_every", type=int, default=300)
+    p.add_argument("--frames", default="every4", help="test frames: all | middle | everyK")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="stop after the first evaluation past this wall time (0: never)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    parse_frames(a.frames)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    r = run(a, on_point=functools.partial(write, a.out))
+    write(a.out, r)
+    print(json.dumps({"final": r["final"], "targets_met": r["targets_met"],
+                      "wall_s": r["wall_s"], "out": a.out}))
+    return r
+
+
+def write(out: str, r: dict) -> None:
+    """<out>.json and <out>.png of a result."""
+    with open(out + ".json", "w") as f:
+        json.dump(r, f, indent=1)
+    plot(r, out + ".png")
+
+
+if __name__ == "__main__":
+    main()
