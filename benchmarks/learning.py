@@ -44,13 +44,10 @@ def parse_frames(spec: str) -> tuple[str, int]:
 
 def test_indices(data_dir: str, frames: str) -> list[int]:
     """Indices of the test records selected by `frames` (see parse_frames)."""
-    import tensorflow_datasets as tfds
-
     from hgmt import input_pipeline, surreal
 
     kind, stride = parse_frames(frames)
-    skip = {k: tfds.decode.SkipDecoding() for k in ("image", "segm", "depth")}
-    light = input_pipeline.open_split("surreal/all", data_dir, "test", decoders=skip)
+    light = input_pipeline.open_split("surreal/all", data_dir, "test")  # images stay bytes
     keep = []
     for i in range(len(light)):
         ex = light[i]
@@ -121,43 +118,6 @@ def targets_met(metrics: dict) -> dict:
     return {k: bool(ops[op](metrics[k], t)) for k, (op, t) in TARGETS.items() if k in metrics}
 
 
-class Evaluator:
-    """Evaluates replicated variables on fixed test records with one compiled eval step."""
-
-    def __init__(self, config, tasks: tuple[str, ...], source, indices: list[int]):
-        import jax
-
-        from hgmt import evaluate
-        from hgmt.models import create_model
-
-        self.config, self.tasks, self.source, self.indices = config, tasks, source, indices
-        model = create_model(config.model, tasks)
-        self.p_step = jax.pmap(functools.partial(evaluate.eval_step, model=model, flip=False),
-                               axis_name="batch")
-
-    def __call__(self, variables: dict) -> dict:
-        """variables replicated over the local devices -> evaluation summary."""
-        import flax
-        import jax
-        import numpy as np
-
-        from hgmt import input_pipeline
-        from hgmt.tasks import TASKS
-
-        total = None
-        for batch in input_pipeline.eval_batches(self.source, self.indices,
-                                                 batch_size=self.config.eval_batch_size,
-                                                 image_size=self.config.image_size):
-            stats = jax.device_get(flax.jax_utils.unreplicate(
-                self.p_step(variables, input_pipeline.shard(batch))))
-            total = stats if total is None else jax.tree.map(np.add, total, stats)
-        summary = {t: TASKS[t].summarize(total[t]) for t in self.tasks}
-        summary["loss"] = {t: float(total[t]["loss"]) / float(total["count"])
-                           for t in self.tasks}
-        summary["num_examples"] = int(total["count"])
-        return summary
-
-
 def run(a: argparse.Namespace, on_point=None) -> dict:
     """Trains and evaluates as the command line says; returns the JSON result. `on_point`
     gets the result so far after each evaluation (so an interrupted run leaves its curves)."""
@@ -165,7 +125,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     import jax
     import numpy as np
 
-    from hgmt import input_pipeline, steps
+    from hgmt import evaluate, input_pipeline, steps
     from hgmt.models import create_model
     from hgmt.tasks import parse_tasks
 
@@ -175,7 +135,6 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-    test_source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
     indices = test_indices(config.data_dir, a.frames)
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                          image_size=config.image_size, seed=config.seed)
@@ -185,7 +144,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         steps.create_train_state(jax.random.key(config.seed), config, model))
     p_train = jax.pmap(functools.partial(steps.train_step, weights=weights), axis_name="batch",
                        donate_argnums=(0,))
-    evaluator = Evaluator(config, tasks, test_source, indices)
+    evaluator = evaluate.Evaluator(config, tasks, split="test", indices=indices)
     curve, train_loss = [], []
     t_train, losses = 0.0, []
     setup_s = time.perf_counter() - start
@@ -200,7 +159,8 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         if step % a.eval_every and step != config.total_steps:
             continue
         t0 = time.perf_counter()
-        summary = evaluator({"params": state.params, "batch_stats": state.batch_stats})
+        summary = evaluator(flax.jax_utils.unreplicate(
+            {"params": state.params, "batch_stats": state.batch_stats}))
         point = {"step": step, "train_s": round(t_train, 1),
                  "wall_s": round(time.perf_counter() - start, 1),
                  "eval_s": round(time.perf_counter() - t0, 1), **flat_metrics(summary),

@@ -74,17 +74,20 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict)
 
 class Evaluator:
     """The evaluation of one (config, split, flip, protocol), set up once: the split's
-    test-protocol frames (at most `config.eval_max_examples`), the model and its compiled
+    test-protocol frames, or the records `indices` (at most `config.eval_max_examples`), the
+    model and its compiled
     evaluation step. Calling it with variables gives the summary; the trainer keeps one to
     validate every `config.eval_every` steps without recompiling."""
 
     def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
-                 flip: bool = False, protocol: str = "hgmt"):
+                 flip: bool = False, protocol: str = "hgmt", indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         self.image_size = config.image_size
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-        indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir, split)
+        if indices is None:  # the test protocol: each clip's middle frame
+            indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir,
+                                                           split)
         if config.get("eval_max_examples", 0):
             indices = indices[:config.eval_max_examples]
         if not indices:
