@@ -199,5 +199,5 @@ def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str
         f"{what} does not fit the model its config.json builds: {len(missing)} variables "
         f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
         f"{len(reshaped)} with other shapes (e.g. {reshaped[:2]}). It was written by another "
-        f"model configuration or an older hgmt (1x1 convolutions were renamed Dense -> "
-        f"Conv1x1 on 2026-11-25); retrain, or evaluate it with the hgmt version that wrote it")
+        f"model configuration or an older hgmt (whose 1x1 convolutions were named Dense); "
+        f"retrain, or evaluate it with the hgmt version that wrote it")
