@@ -2,19 +2,12 @@
 restorable (`--step=best`), the best-so-far record surviving a resume."""
 
 import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, train, validation
+from hgmt import checkpoints, evaluate, train, validation
 from tests.conftest import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 class Recorder:
     """A metric writer that keeps what it is given (the trainer's TensorBoard sink)."""
@@ -76,9 +69,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     assert validation.best_manager(workdir, metric).all_steps() == [overall]
 
     out = str(tmp_path / "best.json")
-    subprocess.run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
-                    "--step=best", "--split=validation", f"--out={out}"], cwd=REPO,
-                   check=True, capture_output=True)
+    evaluate.main([f"--workdir={workdir}", "--step=best", "--split=validation", f"--out={out}"])
     with open(out) as f:
         summary = json.load(f)
     assert summary["checkpoint"] == "best" and summary["step"] == overall
