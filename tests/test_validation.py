@@ -2,12 +2,14 @@
 restorable (`--step=best`), the best-so-far record surviving a resume."""
 
 import json
+
 import jax
 import numpy as np
 import pytest
 
 from hgmt import checkpoints, evaluate, train, validation
 from tests.conftest import tiny_config
+
 
 class Recorder:
     """A metric writer that keeps what it is given (the trainer's TensorBoard sink)."""
