@@ -5,8 +5,7 @@ as `flax.linen.BatchNorm` with `use_fast_variance` (var = E[x^2] - E[x]^2) and c
 statistics over `axis_name`. Training-mode normalisation is a `jax.custom_vjp` whose backward
 is the chain rule of that same computation written out: one reduction over the input (the
 two per-channel sums) and one elementwise pass, where autodiff of the Flax module leaves XLA:CPU
-more passes over the activations. Measured on 2 cores, one process, alternating: the 2 x 128
-@ 128 train step 27.3 -> 28.5 img/s on one device, 31.4 -> 32.5 on two virtual devices.
+more passes over the activations (the speed-up is measured in README, Performance).
 `BatchNorm(shift=...)` takes a preceding convolution's bias (see the class). tests/test_models.py
 checks the whole model's outputs, loss, gradients and statistics against `nn.BatchNorm` +
 `nn.relu` (in float64), and one layer under pmap (in float32).

@@ -8,10 +8,9 @@ one-pass backward. BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/model
 hands it its bias as `shift` instead of adding it, which saves writing the convolution's
 output out twice. All give the reference ops' values and gradients (tests/test_models.py
 checks the whole model against `lax.conv`, `nn.max_pool` and `nn.BatchNorm`), and all are
-there to make the train step fast on XLA:CPU: measured on 2 cores (B=16, 32x32x128),
-forward+backward of a 1x1 conv pair 17.8 -> 5.2 ms, of a 2x2 max-pool 18.5 -> 2.8 ms; on the
-whole 2 x 128 @ 128 train step (benchmarks/train_step.py, 2 devices) the bias hand-over +9 %,
-the max-pool backward +4 %. Parameters are float32; `dtype` sets the compute precision.
+there because XLA:CPU runs the reference ops' backward passes (4-D dot_general,
+select-and-scatter) and a convolution's separate bias add much slower (README, Performance,
+gives the measurements). Parameters are float32; `dtype` sets the compute precision.
 """
 
 from __future__ import annotations
