@@ -44,21 +44,13 @@ def parse_frames(spec: str) -> tuple[str, int]:
 
 def test_indices(data_dir: str, frames: str) -> list[int]:
     """Indices of the test records selected by `frames` (see parse_frames)."""
-    from hgmt import input_pipeline, surreal
+    from hgmt import input_pipeline
 
     kind, stride = parse_frames(frames)
-    light = input_pipeline.open_split("surreal/all", data_dir, "test")  # images stay bytes
-    keep = []
-    for i in range(len(light)):
-        ex = light[i]
-        frame, total = int(ex["frame"]), int(ex["num_frames"])
-        if kind == "middle":
-            ok = frame == surreal.middle_frame(total)
-        else:
-            ok = frame % stride == 0
-        if ok:
-            keep.append(i)
-    return keep
+    if kind == "middle":
+        return input_pipeline.test_protocol_indices("surreal/all", data_dir, "test")
+    return input_pipeline.frame_indices("surreal/all", data_dir, "test",
+                                        lambda frame, total: frame % stride == 0)
 
 
 def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed: int) -> None:

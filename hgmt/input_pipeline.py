@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import grain.python as grain
@@ -252,16 +252,19 @@ class ConsumedPosition:
         getattr(self._iterator, "start_prefetch", lambda: None)()
 
 
-def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
-    """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
-    reads the annotations only, not the images."""
+def frame_indices(dataset: str, data_dir: str, split: str,
+                  keep: Callable[[int, int], bool]) -> list[int]:
+    """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
+    annotations only, not the images."""
     light = open_split(dataset, data_dir, split)
-    keep = []
-    for i in range(len(light)):
-        ex = light[i]
-        if int(ex["frame"]) == surreal.middle_frame(int(ex["num_frames"])):
-            keep.append(i)
-    return keep
+    return [i for i in range(len(light))
+            if keep(int(light[i]["frame"]), int(light[i]["num_frames"]))]
+
+
+def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
+    """Indices of the records that are their clip's middle frame (the SURREAL test protocol)."""
+    return frame_indices(dataset, data_dir, split,
+                         lambda frame, total: frame == surreal.middle_frame(total))
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int,

@@ -55,12 +55,12 @@ class Validator:
         self.weights = dict(weights)
         if not self.every:
             return
-        self.evaluator = evaluate.Evaluator(config, split=config.get("eval_split", "validation"))
-        known = set(metric_values({"loss": dict.fromkeys(self.weights, 0.0)}, self.weights))
+        known = {"loss/total"} | {f"loss/{t}" for t in self.weights}
         known |= {f"{t}/{k}" for t in self.weights for k in evaluate.headline_keys(t)}
         if self.metric not in known:
             raise ValueError(f"config.best_metric={self.metric!r} is not a validation metric "
                              f"of these tasks; choose one of {sorted(known)}")
+        self.evaluator = evaluate.Evaluator(config, split=config.get("eval_split", "validation"))
         self.manager = best_manager(workdir, self.metric)
 
     def due(self, step: int) -> bool:
