@@ -56,6 +56,20 @@ def demo_dataset(tmp_path_factory):
     return build_demo(str(tmp_path_factory.mktemp("demo_dataset")))
 
 
+def main_command(workdir, data_dir, total_steps, checkpoint_every):
+    """(argv, env) of `python -m hgmt.main` training the tiny pose2d model on the demo dataset
+    on 2 virtual devices (the subprocess tests of the command line)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
+           f"--workdir={workdir}", "--config.dataset=surreal/all",
+           f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
+           f"--config.checkpoint_every={checkpoint_every}", "--config.eval_max_examples=4",
+           "--config.model.features=16"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return cmd, env
+
+
 def tiny_config(data_dir, tasks="all", **overrides):
     """A runlocal config on the demo dataset, small enough for tests."""
     from configs import default

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import checkpoints, preemption, shards, train, workdir_lock
-from tests.conftest import tiny_config
+from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100}
@@ -251,12 +251,7 @@ def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path)
 @pytest.mark.slow
 def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, tmp_path):
     workdir = str(tmp_path / "w")
-    cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
-           f"--workdir={workdir}", "--config.dataset=surreal/all",
-           f"--config.data_dir={demo_dataset[1]}", "--config.total_steps=100000",
-           "--config.checkpoint_every=2", "--config.eval_max_examples=4",
-           "--config.model.features=16"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100000, checkpoint_every=2)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(workdir, 2, [proc])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hgmt import checkpoints, steps, train
-from tests.conftest import tiny_config
+from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,12 +94,7 @@ def _free_port() -> int:
 
 def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_path):
     workdir = str(tmp_path / "w")
-    cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
-           f"--workdir={workdir}", "--config.dataset=surreal/all",
-           f"--config.data_dir={demo_dataset[1]}", "--config.total_steps=400",
-           "--config.checkpoint_every=5", "--config.eval_max_examples=4",
-           "--config.model.features=16"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=400, checkpoint_every=5)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = checkpoints.checkpoint_dir(workdir)
