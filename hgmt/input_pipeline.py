@@ -162,24 +162,26 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
 
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
-    """`tfds.data_source` of a built split, with a clear error when it is missing, or when
-    one of its shard files is missing or truncated (`hgmt.shards`). The image features stay
-    encoded bytes (`crop_example` decodes them with OpenCV, faster than TFDS) unless
-    `decode_images`."""
+    """`tfds` data source of a built split, with a clear error when it is missing, or when
+    one of its shard files is missing or truncated (`hgmt.shards`). The split is read from its
+    files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
+    is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
+    image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
+    TFDS) unless `decode_images`."""
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import read_only_builder
 
-    import data_builders.surreal  # noqa: F401  (registers the `surreal` builder)
     from hgmt import shards
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
     try:
-        builder = tfds.builder(dataset, data_dir=data_dir)
-    except Exception:  # noqa: BLE001  (reported below by tfds.data_source, with the fix)
-        builder = None
-    if builder is not None and builder.is_prepared() and split in builder.info.splits:
+        builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
+        if split not in builder.info.splits:
+            raise KeyError(f"no split {split!r} (built: {sorted(builder.info.splits)})")
         shards.check_split(builder, split, dataset, data_dir)
-    try:
-        source = tfds.data_source(dataset, split=split, data_dir=data_dir, decoders=decoders)
+        source = builder.as_data_source(split, decoders=decoders)
+    except shards.DamagedShard:
+        raise
     except Exception as e:
         raise FileNotFoundError(
             f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
