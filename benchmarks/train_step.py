@@ -69,15 +69,25 @@ def matmul_peak(dtype, devices: int, n: int | None = None, reps: int = 10) -> fl
     return 2 * n**3 * devices * reps / (time.perf_counter() - t0) / 1e9
 
 
+def cpu_cost_analysis(config, state, data) -> dict:
+    """XLA's cost analysis of one device's train step (replicated `state`, sharded `data`)
+    lowered for the CPU: the program before any backend's optimisation, on any host."""
+    one = jax.tree.map(lambda x: x[:1], (state, data))  # one device's share, device axis kept
+    step = jax.vmap(functools.partial(steps.train_step, weights=dict(config.loss_weights)),
+                    axis_name="batch")
+    return jax.jit(step).trace(*one).lower(lowering_platforms=("cpu",)).cost_analysis()
+
+
 def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
                   devices: int = 1, depth: int = 4) -> tuple:
     """The train step of this configuration compiled for `devices` local devices, with its
     replicated initial state and a random batch on them: (compiled, state, data, params,
     compile seconds, FLOPs per step, where the FLOPs were counted). FLOPs come from XLA's cost
-    analysis of the lowered (pre-backend) program where the backend gives one: after
-    compilation a GPU's convolutions are cuDNN calls that the analysis does not count (jax
-    0.11.2 on an H200 gave no lowered analysis: there the compiled count is reported, marked
-    "compiled", and MFU undercounts)."""
+    analysis of the lowered (pre-backend) program: after compilation a GPU's convolutions are
+    cuDNN calls that the analysis does not count. Where the backend gives no lowered analysis
+    (jax 0.11.2 on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"),
+    whose count is the same program's; the compiled count is the last resort ("compiled",
+    which undercounts convolutions on a GPU)."""
     if batch % devices:
         raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
     names = parse_tasks(tasks)
@@ -101,6 +111,7 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     compile_s = time.perf_counter() - t0
     flops, source = float("nan"), "none"
     for name, analysis in (("lowered", lowered.cost_analysis),
+                           ("cpu-lowered", lambda: cpu_cost_analysis(config, state, data)),
                            ("compiled", compiled.cost_analysis)):
         cost = analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
