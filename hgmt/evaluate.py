@@ -29,19 +29,8 @@ import ml_collections
 import numpy as np
 
 from hgmt import input_pipeline, protocols, surreal
-from hgmt.models import create_model
+from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, parse_tasks
-
-
-def predict_last_stage(model, variables: dict, images: jnp.ndarray, flip: bool) -> dict:
-    """{task: (B,r,r,C)} last-stage predictions, averaged with the flipped image's if `flip`."""
-    out = {t: o[-1] for t, o in model.apply(variables, images, train=False).items()}
-    if flip:
-        mirrored = model.apply(variables, images[:, :, ::-1], train=False)
-        for t, o in mirrored.items():
-            back = o[-1][:, :, ::-1][..., np.asarray(TASKS[t].CHANNEL_FLIP)]
-            out[t] = 0.5 * (out[t] + back)
-    return out
 
 
 def _one(tree):

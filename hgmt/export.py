@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt import checkpoints
-from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model
+from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import parse_tasks
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -42,8 +42,8 @@ def inference_fn(workdir: str, step: int | None = None) -> tuple[Callable, dict]
     variables = jax.tree.map(jnp.asarray, variables)
 
     def f(images):
-        return {t: o[-1].astype(jnp.float32) for t, o in
-                model.apply(variables, images, train=False).items()}
+        return {t: o.astype(jnp.float32)
+                for t, o in predict_last_stage(model, variables, images).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
             "input": "float32 (B, R, R, 3) RGB on [0, 255]; the model computes "

@@ -29,8 +29,6 @@ import numpy as np
 from hgmt import surreal
 from hgmt.tasks import segm as segm_task
 
-_R_CAM = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # world -> camera
-
 # The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
 # them would oversubscribe the host's cores and spin (a 16-core host measured 62 examples per
 # CPU-second with it, against 292 on a 2-core one).
@@ -92,7 +90,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     r = image_size // 4
     joints2d = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
     cam_loc = np.asarray(example["cam_loc"], np.float64)
-    joints3d = (example["joints3d"][surreal.SMPL_TO_JOINT] - cam_loc) @ _R_CAM.T
+    joints3d = surreal.world_to_camera(example["joints3d"][surreal.SMPL_TO_JOINT], cam_loc)
 
     centre, side = person_box(joints2d)
     if augment.scale_sigma:

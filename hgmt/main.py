@@ -96,7 +96,7 @@ def main(argv) -> None:
 
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
 
-    from hgmt import evaluate, train
+    from hgmt import evaluate, protocols, train
 
     config = FLAGS.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
@@ -113,7 +113,7 @@ def main(argv) -> None:
         logging.warning("%s", e)
         sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
-        out = os.path.join(FLAGS.workdir, "eval_test.json")
+        out = os.path.join(FLAGS.workdir, protocols.result_file())
         evaluate.write_report(summary, out)
         print(evaluate.to_markdown(summary))
         print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,

@@ -21,6 +21,7 @@ as the principal point. Root-relative joints depend on it only through their ove
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt import checkpoints, input_pipeline, surreal, viz
-from hgmt.models import create_model
+from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, parse_tasks
 
 # Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal), measured
@@ -61,8 +62,7 @@ class Predictor:
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
         model = create_model(self.config.model, self.tasks)
-        self._apply = jax.jit(lambda v, x: {t: o[-1] for t, o in
-                                            model.apply(v, x, train=False).items()})
+        self._apply = jax.jit(functools.partial(predict_last_stage, model))
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:
         """-> {'crop_image' (R,R,3) uint8, 'crop' (2,3) image px -> label px, per task:

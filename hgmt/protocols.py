@@ -61,6 +61,14 @@ def check(protocol: str) -> str:
     return protocol
 
 
+def result_file(protocol: str = "hgmt", split: str = "test") -> str:
+    """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
+    `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and
+    hgmt.report reads them."""
+    suffix = "" if check(protocol) == "hgmt" else f"_{protocol}"
+    return f"eval_{split}{suffix}.json"
+
+
 def task_protocol(protocol: str, task: str) -> str:
     """The protocol whose definition computes `task` under `protocol`."""
     return protocol if task in COVERS[check(protocol)] else "hgmt"

@@ -21,7 +21,6 @@ import sys
 from hgmt import protocols
 from hgmt.tasks import TASK_NAMES, parse_tasks
 
-RESULT = "eval_test.json"
 # (protocol of the task's numbers, task) -> (headline metric, higher is better, per-item
 # metric, per-item label, unit)
 METRICS = {
@@ -38,18 +37,13 @@ METRICS = {
 }
 
 
-def result_file(protocol: str) -> str:
-    """The evaluation file of a subset under `protocol`."""
-    return RESULT if protocols.check(protocol) == "hgmt" else f"eval_test_{protocol}.json"
-
-
 def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
     """{'pose2d+segm': evaluation summary, ...} of every finished subset in `sweep_dir`,
     evaluated under `protocol`."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
-    name_of = result_file(protocol)
+    name_of = protocols.result_file(protocol)
     results = {}
     for name in sorted(os.listdir(sweep_dir)):
         path = os.path.join(sweep_dir, name, name_of)

@@ -132,13 +132,14 @@ def project_camera(points_cam: np.ndarray) -> np.ndarray:
     return p[..., :2] / p[..., 2:3]
 
 
-def backproject(uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points."""
-    uv = np.asarray(uv, np.float64)
-    depth = np.asarray(depth, np.float64)
-    x = (uv[..., 0] - INTRINSICS[0, 2]) / INTRINSICS[0, 0] * depth
-    y = (uv[..., 1] - INTRINSICS[1, 2]) / INTRINSICS[1, 1] * depth
-    return np.stack([x, y, depth], axis=-1)
+_PIXEL_TO_RAY = np.linalg.inv(INTRINSICS).T  # rows: the ray's change per u, per v, and at 0
+
+
+def backproject(uv, depth):
+    """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points. NumPy or
+    JAX arrays (only matmul and products, so it also runs inside a jitted step)."""
+    ray = uv @ _PIXEL_TO_RAY[:2] + _PIXEL_TO_RAY[2]  # K^-1 [u, v, 1]: (x/z, y/z, 1)
+    return ray * depth[..., None]
 
 
 # --- Files ------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the sub
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shlex
@@ -34,15 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from hgmt import protocols  # noqa: E402
-from hgmt.tasks import TASK_NAMES, parse_tasks  # noqa: E402
-
-RESULT = "eval_test.json"
-
-
-def all_subsets() -> list[str]:
-    """The 15 non-empty task subsets, singles first, names joined with '+'."""
-    return ["+".join(c) for k in range(1, len(TASK_NAMES) + 1)
-            for c in itertools.combinations(TASK_NAMES, k)]
+from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
 def with_tasks(config: str, tasks: str) -> str:
@@ -60,12 +51,9 @@ def command(config: str, tasks: str, sweep_dir: str, extra: list[str]) -> list[s
 def protocol_command(tasks: str, sweep_dir: str, protocol: str) -> list[str]:
     """Evaluates a finished subset under another metric protocol."""
     workdir = os.path.join(sweep_dir, tasks)
+    out = os.path.join(workdir, protocols.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
-            f"--protocol={protocol}", f"--out={os.path.join(workdir, protocol_result(protocol))}"]
-
-
-def protocol_result(protocol: str) -> str:
-    return f"eval_test_{protocol}.json"
+            f"--protocol={protocol}", f"--out={out}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(bodynet, surreal) to evaluate each run with")
     p.add_argument("--print_only", action="store_true")
     args = p.parse_args(argv)
-    subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or all_subsets()
+    subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
+        "+".join(c) for c in all_subsets()]
     extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
     if args.print_only:
         for tasks in subsets:
@@ -94,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for i, tasks in enumerate(subsets, 1):
         workdir = os.path.join(args.sweep_dir, tasks)
-        todo = [] if os.path.exists(os.path.join(workdir, RESULT)) else [
+        todo = [] if os.path.exists(os.path.join(workdir, protocols.result_file())) else [
             ("train", command(args.config, tasks, args.sweep_dir, extra))]
         todo += [(x, protocol_command(tasks, args.sweep_dir, x)) for x in extra_protocols
-                 if not os.path.exists(os.path.join(workdir, protocol_result(x)))]
+                 if not os.path.exists(os.path.join(workdir, protocols.result_file(x)))]
         if not todo:
             print(f"[{i}/{len(subsets)}] {tasks}: done already", flush=True)
             continue

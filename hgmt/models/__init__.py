@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from hgmt.models.multitask import (
     IMAGE_MEAN,
@@ -37,5 +38,21 @@ def create_model(model_config: Mapping[str, Any], tasks: Sequence[str],
                               **cfg)
 
 
+def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.ndarray,
+                       flip: bool = False) -> dict:
+    """Inference: images (B,R,R,3) -> {task: (B,r,r,C)} the last stage's outputs (what
+    evaluation, prediction and export use), averaged with the mirrored image's if `flip`
+    (each task's channels swapped back by its CHANNEL_FLIP)."""
+    from hgmt.tasks import TASKS
+
+    out = {t: o[-1] for t, o in model.apply(variables, images, train=False).items()}
+    if flip:
+        mirrored = model.apply(variables, images[:, :, ::-1], train=False)
+        for t, o in mirrored.items():
+            back = o[-1][:, :, ::-1][..., np.asarray(TASKS[t].CHANNEL_FLIP)]
+            out[t] = 0.5 * (out[t] + back)
+    return out
+
+
 __all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "MultiTaskHourglass", "create_model",
-           "normalize_images"]
+           "normalize_images", "predict_last_stage"]

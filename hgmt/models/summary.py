@@ -9,7 +9,6 @@ GFLOP come from XLA's cost analysis of the jitted forward pass (batch 1, inferen
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hgmt.models import create_model
-from hgmt.tasks import TASK_NAMES, parse_tasks
+from hgmt.tasks import all_subsets, parse_tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file[:argument].")
@@ -40,11 +39,6 @@ def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
     flops = cost.compile().cost_analysis()
     flops = flops[0] if isinstance(flops, list) else flops
     return {"tasks": "+".join(tasks), "params": params, "gflop": float(flops["flops"]) / 1e9}
-
-
-def all_subsets() -> list[tuple[str, ...]]:
-    """The 15 non-empty subsets of the four tasks, singles first."""
-    return [c for k in range(1, len(TASK_NAMES) + 1) for c in itertools.combinations(TASK_NAMES, k)]
 
 
 def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int) -> str:

@@ -9,6 +9,7 @@ horizontal flip), `DEFAULT_LOSS_WEIGHT`, `targets(batch)`,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
@@ -20,6 +21,12 @@ TASKS: dict[str, ModuleType] = {
     "pose2d": pose2d, "pose3d": pose3d, "depth": depth, "segm": segm,
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+
+def all_subsets() -> list[tuple[str, ...]]:
+    """The 15 non-empty task subsets in canonical order, singles first."""
+    return [c for k in range(1, len(TASK_NAMES) + 1)
+            for c in itertools.combinations(TASK_NAMES, k)]
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:

@@ -108,11 +108,3 @@ def confusion_counts(pred: jnp.ndarray, label: jnp.ndarray, num_classes: int,
     idx = label.reshape(-1) * num_classes + pred.reshape(-1)
     return jax.ops.segment_sum(w.reshape(-1), idx, num_classes * num_classes).reshape(
         num_classes, num_classes)
-
-
-def backproject(uv: jnp.ndarray, depth: jnp.ndarray) -> jnp.ndarray:
-    """(...,2) SURREAL image pixels and (...) camera depth (m) -> (...,3) camera-frame metres."""
-    from hgmt.surreal import INTRINSICS
-
-    fx, fy, cx, cy = INTRINSICS[0, 0], INTRINSICS[1, 1], INTRINSICS[0, 2], INTRINSICS[1, 2]
-    return jnp.stack([(uv[..., 0] - cx) / fx * depth, (uv[..., 1] - cy) / fy * depth, depth], -1)

@@ -60,7 +60,7 @@ def to_camera(xy: jnp.ndarray, bins: jnp.ndarray, batch: dict) -> jnp.ndarray:
     """Label-map (B,16,2) joint positions and (B,16) depth bins -> (B,16,3) camera metres of
     the person the crop shows (mirrored, x negated, when the crop is flipped)."""
     uv = common.apply_affine(common.invert_affine(batch["crop"]), xy)
-    cam = common.backproject(uv, batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
+    cam = surreal.backproject(uv, batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
     return cam.at[..., 0].multiply(common.crop_mirror(batch["crop"])[:, None])
 
 
