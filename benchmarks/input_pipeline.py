@@ -29,18 +29,10 @@ from hgmt import input_pipeline
 
 def build_demo(root: str) -> str:
     """A small built demo dataset under root; returns its data_dir."""
-    import tensorflow_datasets as tfds
-
-    import data_builders.surreal  # noqa: F401
-    from hgmt import synthetic
+    from hgmt import demo
 
     # Every split: the builder requires each to yield examples; the benchmark reads train.
-    synthetic.generate(os.path.join(root, "surreal"), 2, 30, seed=0)
-    data_dir = os.path.join(root, "tfds")
-    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.join(root, "surreal")))
-    return data_dir
+    return demo.build(os.path.join(root, "surreal"), os.path.join(root, "tfds"), 2, 30)
 
 
 def measure(data_dir: str, res: int, batch: int, batches: int, warmup: int = 2,

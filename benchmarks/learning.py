@@ -56,18 +56,9 @@ def test_indices(data_dir: str, frames: str) -> list[int]:
 def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed: int) -> None:
     """Generates `clips` demo clips of `frames` frames per split and builds `surreal/all`,
     unless `data_dir` already holds it."""
-    import tensorflow_datasets as tfds
+    from hgmt import demo
 
-    import data_builders.surreal  # noqa: F401  (registers `surreal`)
-    from hgmt import surreal, synthetic
-
-    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
-        return
-    if not surreal.find_clips(surreal_root, "test"):
-        synthetic.generate(surreal_root, clips, frames, seed)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    demo.build(surreal_root, data_dir, clips, frames, seed)
 
 
 def make_config(a: argparse.Namespace):

@@ -46,22 +46,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def prepare_demo_dataset(config) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless already built."""
-    import tensorflow_datasets as tfds
+    from hgmt import demo
 
-    import data_builders.surreal  # noqa: F401  (registers `surreal`)
-    from hgmt import surreal, synthetic
-
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir,
-                           file_format="array_record")
-    if builder.is_prepared():
-        return
-    root = config.demo.surreal_root
-    if not surreal.find_clips(root, "test"):
-        logging.info("generating demo SURREAL clips in %s", root)
-        synthetic.generate(root, config.demo.clips_per_split, config.demo.frames,
-                           config.demo.seed)
-    logging.info("building %s into %s", config.dataset, config.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
+               config.demo.frames, config.demo.seed, dataset=config.dataset)
 
 
 class UserLines(logging.Filter):

@@ -35,17 +35,11 @@ def real_info_path():
 
 def build_demo(root, clips_per_split=2, frames=6, seed=0, config="all"):
     """Generates demo SURREAL clips under root/surreal and builds them under root/tfds."""
-    import tensorflow_datasets as tfds
-
-    import data_builders.surreal  # noqa: F401
-    from hgmt import synthetic
+    from hgmt import demo
 
     surreal_root = os.path.join(root, "surreal")
-    data_dir = os.path.join(root, "tfds")
-    synthetic.generate(surreal_root, clips_per_split, frames, seed)
-    builder = tfds.builder(f"surreal/{config}", data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    data_dir = demo.build(surreal_root, os.path.join(root, "tfds"), clips_per_split, frames,
+                          seed, dataset=f"surreal/{config}")
     return surreal_root, data_dir
 
 

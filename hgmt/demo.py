@@ -1,0 +1,29 @@
+"""The demo dataset: SURREAL-format clips from `hgmt.synthetic`, built into a TFDS dataset by
+the SURREAL builder (data_builders/surreal), exactly as a real SURREAL download is built."""
+
+from __future__ import annotations
+
+import logging
+
+from hgmt import surreal, synthetic
+
+
+def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, seed: int = 0,
+          dataset: str = "surreal/all") -> str:
+    """Generates `clips_per_split` clips of `frames` frames per split under `surreal_root`
+    (unless it holds test clips already) and builds `dataset` into `data_dir` (unless built
+    there already). Returns `data_dir`."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+
+    builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return data_dir
+    if not surreal.find_clips(surreal_root, "test"):
+        logging.info("generating demo SURREAL clips in %s", surreal_root)
+        synthetic.generate(surreal_root, clips_per_split, frames, seed)
+    logging.info("building %s into %s", dataset, data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    return data_dir
