@@ -129,14 +129,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_for_inference(workdir: str, step: int | str | None = None) -> tuple[
+def restore_for_inference(workdir: str, step: int | str | None = None,
+                          config: ml_collections.ConfigDict | None = None) -> tuple[
         ml_collections.ConfigDict, dict[str, Any], int]:
     """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint;
-    step "best": the best validation checkpoint kept in <workdir>/best.
+    step "best": the best validation checkpoint kept in <workdir>/best. `config`: the
+    workdir's config with the caller's overrides (default: the workdir's as saved).
 
     Raises FileNotFoundError naming the workdir when there is no such checkpoint, and
     ValueError when the checkpoint cannot be read (corrupt or from another model)."""
-    config = load_config(workdir)
+    config = load_config(workdir) if config is None else config
     if step == "best":
         if not os.path.isdir(best_dir(workdir)):
             raise FileNotFoundError(

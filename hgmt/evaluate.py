@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import input_pipeline, protocols, surreal
+from hgmt import cli, input_pipeline, protocols, surreal
 from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -177,42 +177,38 @@ def _write_images(writer, step, model, variables, batch, tasks) -> None:
     writer.write_images(step, {"eval/predictions": panels})
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+def _define_flags(fv) -> None:
+    from absl import flags
 
+    cli.define_workdir(fv)
+    flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "split to evaluate",
+                      flag_values=fv)
+    flags.DEFINE_bool("flip", False, "average with the mirrored image", flag_values=fv)
+    flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
+                      "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
+                      "computes (docs/metrics.md)", flag_values=fv)
+    flags.DEFINE_string("out", None, "JSON path (default <workdir>/eval_<split>_<step>"
+                        "[_<protocol>].json); a .md table is written beside it", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--flip]
+    [--protocol=hgmt|bodynet|surreal] [--out=F] [--config.data_dir=...]`."""
     from hgmt import checkpoints
 
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint on the SURREAL test "
-                                            "protocol (middle frame of each clip).")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--step", default=None,
-                   help="a checkpoint step, or 'best' (the best validation checkpoint kept "
-                        "during training); default: the latest checkpoint")
-    p.add_argument("--split", default="test", choices=["test", "validation", "train"])
-    p.add_argument("--flip", action="store_true", help="average with the mirrored image")
-    p.add_argument("--protocol", default="hgmt", choices=protocols.PROTOCOLS,
-                   help="metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
-                        "computes (docs/metrics.md)")
-    p.add_argument("--out", default=None, help="JSON path (default <workdir>/eval_<split>_"
-                                               "<step>[_<protocol>].json); a .md table is "
-                                               "written beside it")
-    p.add_argument("--data_dir", default=None, help="override the config's data_dir")
-    args = p.parse_args(argv)
-    if args.step not in (None, "best"):
-        if not args.step.isdigit():
-            p.error(f"--step={args.step!r}: give a step number or 'best'")
-        args.step = int(args.step)
+    args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
+                        "protocol (middle frame of each clip).", cli.workdir_config(argv))
+    step_arg = cli.checkpoint_step(args.step)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, variables, step = checkpoints.restore_for_inference(args.workdir, args.step)
-    if args.data_dir:
-        config.data_dir = args.data_dir
+    config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
+                                                                args.config)
     summary = evaluate(config, variables, split=args.split, flip=args.flip,
                        protocol=args.protocol)
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
-    if args.step == "best":
+    if step_arg == "best":
         summary["checkpoint"] = "best"
     suffix = "" if args.protocol == "hgmt" else f"_{args.protocol}"
-    name = f"best_{step}" if args.step == "best" else str(step)
+    name = f"best_{step}" if step_arg == "best" else str(step)
     out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{name}{suffix}.json")
     write_report(summary, out)
     print(to_markdown(summary))

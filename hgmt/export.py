@@ -17,7 +17,6 @@ input size, checkpoint step and normalisation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,18 +24,20 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from hgmt import checkpoints
+from hgmt import checkpoints, cli
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import parse_tasks
 
 FORMATS = ("stablehlo", "savedmodel")
 
 
-def inference_fn(workdir: str, step: int | None = None) -> tuple[Callable, dict]:
+def inference_fn(workdir: str, step: int | str | None = None,
+                 config: ml_collections.ConfigDict | None = None) -> tuple[Callable, dict]:
     """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over."""
-    config, variables, step = checkpoints.restore_for_inference(workdir, step)
+    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
     model = create_model(config.model, tasks)
     variables = jax.tree.map(jnp.asarray, variables)
@@ -81,11 +82,12 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
-def export(workdir: str, fmt: str, out: str, step: int | None = None) -> dict:
+def export(workdir: str, fmt: str, out: str, step: int | str | None = None,
+           config: ml_collections.ConfigDict | None = None) -> dict:
     """Writes the artefact and its metadata; returns the metadata."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
-    f, meta = inference_fn(workdir, step)
+    f, meta = inference_fn(workdir, step, config)
     meta["format"] = fmt
     if fmt == "stablehlo":
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -99,14 +101,21 @@ def export(workdir: str, fmt: str, out: str, step: int | None = None) -> dict:
     return meta
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    cli.define_workdir(fv)
+    flags.DEFINE_enum("format", None, list(FORMATS), "artefact format", flag_values=fv,
+                      required=True)
+    flags.DEFINE_string("out", None, "output path", flag_values=fv, required=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True)
-    p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
-    args = p.parse_args(argv)
-    meta = export(args.workdir, args.format, args.out, args.step)
+    """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out=PATH
+    [--step=N|best]`."""
+    args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
+    meta = export(args.workdir, args.format, args.out, cli.checkpoint_step(args.step),
+                  args.config)
     size = meta["image_size"]
     # Smoke-check the artefact before reporting success.
     x = np.zeros((2, size, size, 3), np.float32)

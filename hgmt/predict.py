@@ -20,7 +20,6 @@ as the principal point. Root-relative joints depend on it only through their ove
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -31,9 +30,10 @@ from collections.abc import Sequence
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from hgmt import checkpoints, input_pipeline, surreal, viz
+from hgmt import checkpoints, cli, input_pipeline, surreal, viz
 from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, parse_tasks
 
@@ -57,8 +57,10 @@ def crop_window(image_shape: Sequence[int], bbox: Sequence[float] | None
 class Predictor:
     """A restored checkpoint as a function: RGB uint8 (H,W,3) image -> per-task results."""
 
-    def __init__(self, workdir: str, step: int | None = None):
-        self.config, self.variables, self.step = checkpoints.restore_for_inference(workdir, step)
+    def __init__(self, workdir: str, step: int | str | None = None,
+                 config: ml_collections.ConfigDict | None = None):
+        self.config, self.variables, self.step = checkpoints.restore_for_inference(
+            workdir, step, config)
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
         model = create_model(self.config.model, self.tasks)
@@ -175,14 +177,22 @@ def read_image(path: str) -> np.ndarray:
     return bgr[..., ::-1].copy()
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    cli.define_workdir(fv)
+    flags.DEFINE_string("out", None, "output directory", flag_values=fv, required=True)
+    flags.DEFINE_string("bbox", None, "x,y,w,h of the person in pixels (default: the "
+                        "whole image)", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--workdir", required=True, help="training workdir with checkpoints")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--bbox", default=None, help="x,y,w,h of the person in pixels")
-    p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
-    args = p.parse_args(argv)
+    """`python -m hgmt.predict --workdir=DIR --out=DIR [--bbox=x,y,w,h] [--step=N|best]
+    IMAGE...`."""
+    args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
+                             cli.workdir_config(argv))
+    if not images:
+        raise SystemExit("error: give one or more image files after the flags")
     logging.basicConfig(level=logging.WARNING)
     bbox = None
     if args.bbox:
@@ -191,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             bbox = []
         if len(bbox) != 4:
-            p.error(f"--bbox={args.bbox!r}: give four numbers x,y,w,h")
-    predictor = Predictor(args.workdir, args.step)
+            raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
+    predictor = Predictor(args.workdir, cli.checkpoint_step(args.step), args.config)
     os.makedirs(args.out, exist_ok=True)
     failed = []
-    for path in args.images:
+    for path in images:
         name = os.path.splitext(os.path.basename(path))[0]
         try:
             result = predictor(read_image(path), bbox)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, export, input_pipeline, predict, surreal, train
+from hgmt import checkpoints, evaluate, export, input_pipeline, predict, surreal, train
 from hgmt.models import create_model
 from hgmt.tasks import TASKS
 from tests.conftest import tiny_config
@@ -206,3 +206,27 @@ def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
     with pytest.raises(ValueError, match=r"does not fit the model its config.json builds: "
                                          r"0 variables missing .* \d+ with other shapes"):
         predict.Predictor(str(other))
+
+
+def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_dataset, tmp_path,
+                                                               capsys):
+    """evaluate, predict and export read `<workdir>/config.json` as `--config`, overridable
+    field by field as `hgmt.main`'s config is; bad flags exit with the flag named."""
+    elsewhere = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate.main([f"--workdir={workdir}", f"--config.data_dir={elsewhere}"])
+    out = str(tmp_path / "eval.json")
+    evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
+                   "--config.eval_batch_size=1", f"--out={out}"])
+    with open(out) as f:
+        assert json.load(f)["num_examples"] == 2
+    with pytest.raises(SystemExit, match="no_such_field"):
+        export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={out}.x",
+                     "--config.no_such_field=1"])
+    with pytest.raises(SystemExit, match="--step='last'"):
+        predict.main(["x.png", f"--workdir={workdir}", f"--out={tmp_path}", "--step=last"])
+    with pytest.raises(SystemExit, match="--workdir is required"):
+        predict.main(["x.png", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--help"])
+    assert e.value.code == 0 and "--protocol" in capsys.readouterr().out

@@ -1,0 +1,79 @@
+"""The command-line convention of hgmt's entry points: absl flags, and a config given as
+`--config` with `--config.x=y` overrides (ml_collections `config_flags`), as `hgmt.main` takes
+it. The commands that work on a trained workdir (`hgmt.evaluate`, `hgmt.predict`,
+`hgmt.export`) take the workdir's own config (`<workdir>/config.json`) as `--config`, so
+`--config.data_dir=...` points them at a dataset elsewhere. Each call parses into a new
+`FlagValues`, so the commands can also be called from Python (`main([...])`) any number of
+times in one process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+
+def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
+          doc: str, config: ml_collections.ConfigDict | None = None
+          ) -> tuple[flags.FlagValues, list[str]]:
+    """Parses `argv` (without the program name; default sys.argv[1:]) against the flags that
+    `define(flag_values)` defines, plus `--config` as `config` when one is given. -> (parsed
+    flags, positional arguments). `--help` prints the flags and exits 0; a bad flag exits 2
+    with absl's message (it names the flag and the value)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fv = flags.FlagValues()
+    define(fv)
+    if config is not None:
+        try:
+            config_flags.DEFINE_config_dict(
+                "config", config, "the workdir's training config; override fields with "
+                "--config.x=y", flag_values=fv, sys_argv=["hgmt"] + argv)
+        except (KeyError, AttributeError) as e:  # an override of a field the config lacks
+            raise SystemExit(f"error: --config has no field {e}; its fields: "
+                             f"{', '.join(sorted(config.keys()))}") from None
+    if "--help" in argv or "-h" in argv:
+        print(f"{doc}\n\n{fv.get_help()}")
+        raise SystemExit(0)
+    try:
+        rest = fv(["hgmt"] + argv)[1:]
+    except flags.Error as e:
+        raise SystemExit(f"error: {e} (--help lists the flags)") from None
+    return fv, rest
+
+
+def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | None:
+    """The config saved in the workdir that `--workdir` names in argv (read before the full
+    parse, so that `--config.x=y` can override its fields); None with `--help`."""
+    from hgmt import checkpoints
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        return None
+    pre = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=pre)
+    pre(["hgmt"] + argv, known_only=True)
+    if not pre.workdir:
+        raise SystemExit("error: --workdir is required: a directory written by "
+                         "`python -m hgmt.main --workdir=...`")
+    return checkpoints.load_config(pre.workdir)
+
+
+def define_workdir(fv: flags.FlagValues) -> None:
+    """`--workdir` and `--step`, the flags of every command on a trained workdir."""
+    flags.DEFINE_string("workdir", None, "training workdir (its checkpoints and config)",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("step", None, "a checkpoint step, or 'best' (the best validation "
+                        "checkpoint kept during training); default: the latest checkpoint",
+                        flag_values=fv)
+
+
+def checkpoint_step(value: str | None) -> int | str | None:
+    """`--step` -> None (latest), 'best' or a step number; anything else exits 2."""
+    if value in (None, "best"):
+        return value
+    if not value.isdigit():
+        raise SystemExit(f"error: --step={value!r}: give a step number or 'best'")
+    return int(value)
