@@ -13,12 +13,11 @@ per-joint / per-part change of the best multi-task model over the isolated one
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from hgmt import protocols
+from hgmt import cli, protocols
 from hgmt.tasks import TASK_NAMES, parse_tasks
 
 # (protocol of the task's numbers, task) -> (headline metric, higher is better, per-item
@@ -186,14 +185,22 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
     return paths
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("sweep", None, "sweep directory (launch/sweep.py)", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("out", None, "report directory", flag_values=fv, required=True)
+    flags.DEFINE_string("note", "", "a line placed under the title (e.g. the data)",
+                        flag_values=fv)
+    flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
+                      "compare the numbers of this metric protocol (docs/metrics.md)",
+                      flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", required=True, help="sweep directory (launch/sweep.py)")
-    p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--note", default="", help="a line placed under the title (e.g. the data)")
-    p.add_argument("--protocol", default="hgmt", choices=protocols.PROTOCOLS,
-                   help="compare the numbers of this metric protocol (docs/metrics.md)")
-    args = p.parse_args(argv)
+    """`python -m hgmt.report --sweep=DIR --out=DIR [--protocol=P] [--note=TEXT]`."""
+    args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     results = load_sweep(args.sweep, args.protocol)
     study = compare(results)
     os.makedirs(args.out, exist_ok=True)

@@ -3,7 +3,7 @@
 Real SURREAL cannot be downloaded here (and its licence forbids redistribution), so everything
 downstream is developed on clips written by this module in SURREAL's exact layout and formats:
 
-    python -m hgmt.synthetic --out DIR --clips-per-split 4 --frames 30 --seed 0
+    python -m hgmt.synthetic --out DIR --clips_per_split=4 --frames 30 --seed 0
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
 ``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
@@ -19,7 +19,6 @@ camera follow SURREAL (world y points down, the camera looks along -x from ``cam
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -340,13 +339,21 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
     return stems
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("out", None, "output root (gets cmu/{train,val,test}/...)",
+                        flag_values=fv, required=True)
+    flags.DEFINE_integer("clips_per_split", 4, "clips per split", flag_values=fv)
+    flags.DEFINE_integer("frames", 30, "frames per clip", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Write SURREAL-format demo clips.")
-    p.add_argument("--out", required=True, help="output root (gets cmu/{train,val,test}/...)")
-    p.add_argument("--clips-per-split", type=int, default=4)
-    p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    """`python -m hgmt.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]`."""
+    from hgmt import cli
+
+    args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     start = time.perf_counter()
     stems = generate(args.out, args.clips_per_split, args.frames, args.seed)
     seconds = time.perf_counter() - start
