@@ -21,7 +21,6 @@ Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the sub
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -32,7 +31,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hgmt import protocols  # noqa: E402
+from hgmt import cli, protocols  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
@@ -56,18 +55,25 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str) -> list[str]:
             f"--protocol={protocol}", f"--out={out}"]
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("sweep_dir", None, "where each subset's workdir goes", flag_values=fv,
+                        required=True)
+    flags.DEFINE_string("config", None, "config file[:argument] for hgmt.main, without tasks=",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("tasks", "", "comma-separated subsets (default: all 15)",
+                        flag_values=fv)
+    flags.DEFINE_string("protocols", "", "comma-separated extra metric protocols (bodynet, "
+                        "surreal) to evaluate each run with", flag_values=fv)
+    flags.DEFINE_bool("print_only", False, "print the commands, run nothing", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep_dir", required=True)
-    p.add_argument("--config", required=True, help="config file[:argument], without tasks=")
-    p.add_argument("--tasks", default="", help="comma-separated subsets (default: all 15)")
-    p.add_argument("--protocols", default="", help="comma-separated extra metric protocols "
-                                                   "(bodynet, surreal) to evaluate each run with")
-    p.add_argument("--print_only", action="store_true")
-    args = p.parse_args(argv)
+    """`python launch/sweep.py --sweep_dir=DIR --config=FILE[:ARG] [--tasks=A,B]
+    [--protocols=P,Q] [--print_only] [-- --config.x=y ...]`: what follows `--` goes to every
+    `hgmt.main` run."""
+    args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
         "+".join(c) for c in all_subsets()]
     extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
