@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import cli, input_pipeline, protocols, surreal
+from hgmt import cli, input_pipeline, protocols
 from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -133,7 +133,7 @@ def headline(summary: dict) -> dict:
 
 def headline_keys(task: str, protocol: str = "hgmt") -> tuple[str, ...]:
     """The names of `task`'s one-number metrics under `protocol`."""
-    return protocols.HEADLINE[(protocols.task_protocol(protocol, task), task)][0]
+    return protocols.headline_of(task, protocol).metrics
 
 
 def _fmt(value, spec: str, missing: str = "") -> str:
@@ -150,20 +150,22 @@ def to_markdown(summary: dict) -> str:
     for k, v in headline(summary).items():
         task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
         lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")
-    per_joint = {t: summary[t] for t in ("pose2d", "pose3d") if t in summary}
-    if per_joint:
-        cols = {t: protocols.HEADLINE[(s.get("protocol", "hgmt"), t)][1]
-                for t, s in per_joint.items()}
-        head = " | ".join(f"{cols[t]} ({per_joint[t].get('protocol', 'hgmt')})" for t in cols)
-        lines += ["", f"| joint | {head} |", "|---|" + "---|" * len(cols)]
-        for j in surreal.JOINT_NAMES:
-            cells = [_fmt(per_joint[t][cols[t]].get(j), ".1f" if t == "pose3d" else ".3f")
-                     for t in cols]
-            lines.append(f"| {j} | {' | '.join(cells)} |")
-    if "segm" in summary:
-        lines += ["", f"| part | IoU ({summary['segm'].get('protocol', 'hgmt')}) |", "|---|---|"]
-        lines += [f"| {p} | {_fmt(v, '.3f', 'absent')} |"
-                  for p, v in summary["segm"]["iou_per_part"].items()]
+    # One table per kind of item (joint, part), a column per task that breaks down by it.
+    columns: dict[str, list] = {}
+    for t in TASKS:
+        if t in summary:
+            h = protocols.headline_of(t, summary[t].get("protocol", "hgmt"))
+            if h.per_item:
+                columns.setdefault(h.item, []).append((t, h))
+    for item, cols in columns.items():
+        head = " | ".join(f"{h.per_item} ({summary[t].get('protocol', 'hgmt')})"
+                          for t, h in cols)
+        lines += ["", f"| {item} | {head} |", "|---|" + "---|" * len(cols)]
+        names = list(dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item]))
+        for name in names:
+            cells = [_fmt(summary[t][h.per_item].get(name), h.item_format, "absent")
+                     for t, h in cols]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,9 +9,11 @@
   segmentation and depth; it has no pose metric, so pose2d and pose3d keep hgmt's definitions
   and are labelled `hgmt`.
 
-docs/metrics.md states every definition with file and line. A protocol is a table
-(protocol, task) -> `Metric`, a pair of functions: `stats(pred, batch)` giving split-additive
-statistics of a batch of last-stage predictions, and `summarize(sums)` giving the numbers.
+docs/metrics.md states every definition with file and line. Each task module says which
+protocols it implements (its `HEADLINES`, how their numbers are shown) and gives their
+functions (`protocol_metric`); a task without a protocol's definition keeps hgmt's. A `Metric`
+is a pair of functions: `stats(pred, batch)` giving split-additive statistics of a batch of
+last-stage predictions, and `summarize(sums)` giving the numbers.
 """
 
 from __future__ import annotations
@@ -21,29 +23,9 @@ import functools
 from collections.abc import Callable
 
 from hgmt.tasks import TASKS
+from hgmt.tasks.spec import Headline
 
 PROTOCOLS = ("hgmt", "bodynet", "surreal")
-# BodyNet averages its 2D PCK per test batch of opt.batchSize: 4 by default
-# (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).
-BODYNET_TEST_BATCH = 4
-# The tasks whose definition a protocol replaces; the others use hgmt's.
-COVERS = {"hgmt": ("pose2d", "pose3d", "depth", "segm"),
-          "bodynet": ("pose2d", "pose3d", "depth", "segm"),
-          "surreal": ("depth", "segm")}
-# (protocol, task) -> the one-number metrics (for logs and tables), then the per-item breakdown
-# key (per joint or per part) or None.
-HEADLINE = {
-    ("hgmt", "pose2d"): (("pckh@0.5", "pck@3.2px"), "pckh@0.5_per_joint"),
-    ("hgmt", "pose3d"): (("mjd_mm",), "mjd_mm_per_joint"),
-    ("hgmt", "depth"): (("rmse_mm", "bin_accuracy"), None),
-    ("hgmt", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
-    ("bodynet", "pose2d"): (("pck",), "pck_per_joint"),
-    ("bodynet", "pose3d"): (("mjd_mm",), "mjd_mm_per_joint"),
-    ("bodynet", "depth"): (("rmse_mm",), None),
-    ("bodynet", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
-    ("surreal", "depth"): (("rmse_mm",), None),
-    ("surreal", "segm"): (("mean_iou", "pixel_accuracy"), "iou_per_part"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +53,7 @@ def result_file(protocol: str = "hgmt", split: str = "test") -> str:
 
 def task_protocol(protocol: str, task: str) -> str:
     """The protocol whose definition computes `task` under `protocol`."""
-    return protocol if task in COVERS[check(protocol)] else "hgmt"
+    return protocol if check(protocol) in TASKS[task].HEADLINES else "hgmt"
 
 
 def _hgmt_stats(task, pred, batch: dict) -> dict:
@@ -85,14 +67,12 @@ def metric(protocol: str, task: str, num_examples: int) -> Metric:
     module = TASKS[task]
     if used == "hgmt":
         return Metric("hgmt", functools.partial(_hgmt_stats, module), module.summarize)
-    if task == "pose2d":
-        groups = -(-num_examples // BODYNET_TEST_BATCH)
-        return Metric(used, functools.partial(module.bodynet_stats, num_groups=groups,
-                                              group_size=BODYNET_TEST_BATCH),
-                      module.bodynet_summarize)
-    if task == "pose3d":
-        return Metric(used, module.bodynet_stats, module.summarize)
-    return Metric(used, module.surreal_stats, module.surreal_summarize)
+    return Metric(used, *module.protocol_metric(used, num_examples))
+
+
+def headline_of(task: str, protocol: str = "hgmt") -> Headline:
+    """How `task`'s numbers made by `protocol` (the one its summary records) are shown."""
+    return TASKS[task].HEADLINES[task_protocol(protocol, task)]
 
 
 def headline(summary: dict) -> dict:
@@ -101,6 +81,6 @@ def headline(summary: dict) -> dict:
     out = {}
     for task in TASKS:
         if task in summary:
-            keys, _ = HEADLINE[(summary[task].get("protocol", "hgmt"), task)]
+            keys = headline_of(task, summary[task].get("protocol", "hgmt")).metrics
             out.update({f"{task}/{k}": summary[task][k] for k in keys})
     return out

@@ -18,22 +18,7 @@ import os
 import sys
 
 from hgmt import cli, protocols
-from hgmt.tasks import TASK_NAMES, parse_tasks
-
-# (protocol of the task's numbers, task) -> (headline metric, higher is better, per-item
-# metric, per-item label, unit)
-METRICS = {
-    ("hgmt", "pose2d"): ("pckh@0.5", True, "pckh@0.5_per_joint", "joint", "PCKh@0.5"),
-    ("hgmt", "pose3d"): ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm)"),
-    ("hgmt", "depth"): ("rmse_mm", False, None, None, "RMSE (mm)"),
-    ("hgmt", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU"),
-    ("bodynet", "pose2d"): ("pck", True, "pck_per_joint", "joint", "PCK (BodyNet)"),
-    ("bodynet", "pose3d"): ("mjd_mm", False, "mjd_mm_per_joint", "joint", "MJD (mm, BodyNet)"),
-    ("bodynet", "depth"): ("rmse_mm", False, None, None, "RMSE (mm, per image)"),
-    ("bodynet", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU (14 parts)"),
-    ("surreal", "depth"): ("rmse_mm", False, None, None, "RMSE (mm, per image)"),
-    ("surreal", "segm"): ("mean_iou", True, "iou_per_part", "part", "mean IoU (14 parts)"),
-}
+from hgmt.tasks import TASKS, parse_tasks
 
 
 def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
@@ -64,8 +49,9 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
     return results
 
 
-def _metric(entry_or_summary: dict, task: str) -> tuple:
-    return METRICS[(entry_or_summary.get("protocol", "hgmt"), task)]
+def _headline(entry_or_summary: dict, task: str):
+    """The task's `Headline` under the protocol its numbers were made with."""
+    return protocols.headline_of(task, entry_or_summary.get("protocol", "hgmt"))
 
 
 def compare(results: dict[str, dict]) -> dict[str, dict]:
@@ -74,12 +60,13 @@ def compare(results: dict[str, dict]) -> dict[str, dict]:
 
     Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
     out = {}
-    for task in TASK_NAMES:
+    for task in TASKS:
         having = {s: r[task] for s, r in results.items() if task in r}
         if not having:
             continue
         task_protocol = next(iter(having.values())).get("protocol", "hgmt")
-        metric, higher, item_key, _, _ = METRICS[(task_protocol, task)]
+        h = protocols.headline_of(task, task_protocol)
+        metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
         # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
         # absent from the split) is listed, not compared.
         rows = {s: v[metric] for s, v in having.items() if v[metric] is not None}
@@ -116,7 +103,7 @@ def _signed(x: float) -> str:
 def to_markdown(study: dict[str, dict], note: str) -> str:
     lines = ["# Task-combination study", "", note, ""]
     for task, e in study.items():
-        _, _, _, item, label = _metric(e, task)
+        item, label = _headline(e, task).item, _headline(e, task).label
         better = "higher" if e["higher_is_better"] else "lower"
         lines += [f"## {task}: {label} ({better} is better; protocol "
                   f"`{e.get('protocol', 'hgmt')}`)", ""]
@@ -154,7 +141,7 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
     for task, e in study.items():
         if not e["subsets"]:
             continue
-        _, _, _, item, label = _metric(e, task)
+        item, label = _headline(e, task).item, _headline(e, task).label
         names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
         colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")

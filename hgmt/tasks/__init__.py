@@ -24,9 +24,8 @@ TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
 def all_subsets() -> list[tuple[str, ...]]:
-    """The 15 non-empty task subsets in canonical order, singles first."""
-    return [c for k in range(1, len(TASK_NAMES) + 1)
-            for c in itertools.combinations(TASK_NAMES, k)]
+    """The non-empty task subsets (15 of the four tasks) in canonical order, singles first."""
+    return [c for k in range(1, len(TASKS) + 1) for c in itertools.combinations(TASKS, k)]
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -37,12 +36,12 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     names = spec.split("+") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
-        return TASK_NAMES
+        return tuple(TASKS)
     unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
         raise ValueError(f"unknown task(s) {unknown or spec!r}: choose a non-empty subset of "
-                         f"{', '.join(TASK_NAMES)} joined by '+', or 'all'")
-    return tuple(n for n in TASK_NAMES if n in names)
+                         f"{', '.join(TASKS)} joined by '+', or 'all'")
+    return tuple(n for n in TASKS if n in names)
 
 
 def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.ndarray],

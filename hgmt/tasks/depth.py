@@ -10,11 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt.tasks import common
+from hgmt.tasks.spec import Headline
 
 NAME = "depth"
 NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
 DEFAULT_LOSS_WEIGHT = 1.0
-CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
+CHANNEL_FLIP = np.arange(NUM_CHANNELS)
+# BodyNet's depth metric is SURREAL's function (the same code in both repositories).
+HEADLINES = {
+    "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", False, "RMSE (mm)"),
+    "bodynet": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
+    "surreal": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
+}  # depth bins do not change under a flip
 
 
 def targets(batch: dict) -> jnp.ndarray:
@@ -71,3 +78,9 @@ def surreal_summarize(stats: dict) -> dict:
     images = max(float(stats["images"]), 1.0)
     rmse_bins = float(stats["rmse_bins_sum"]) / images
     return {"rmse_mm": rmse_bins * common.BIN_SIZE * 1000.0, "rmse_bins": rmse_bins}
+
+
+def protocol_metric(protocol: str, num_examples: int) -> tuple:
+    """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
+    BodyNet's code also uses."""
+    return surreal_stats, surreal_summarize

@@ -8,12 +8,15 @@ own PCK (docs/metrics.md).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
+from hgmt.tasks.spec import Headline
 
 NAME = "pose2d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -21,6 +24,14 @@ NUM_CHANNELS = NUM_JOINTS
 DEFAULT_LOSS_WEIGHT = 1000.0
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
+HEADLINES = {
+    "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", True, "PCKh@0.5",
+                     "pckh@0.5_per_joint", "joint"),
+    "bodynet": Headline(("pck",), "pck", True, "PCK (BodyNet)", "pck_per_joint", "joint"),
+}
+# BodyNet averages its 2D PCK per test batch of opt.batchSize: 4 by default
+# (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).
+BODYNET_TEST_BATCH = 4
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
 
 
@@ -142,3 +153,11 @@ def bodynet_summarize(stats: dict) -> dict:
                                              strict=True)},
         "num_batches": int(batches.sum()),
     }
+
+
+def protocol_metric(protocol: str, num_examples: int) -> tuple:
+    """(stats, summarize) of a protocol of HEADLINES other than hgmt, for a split of
+    `num_examples`: BodyNet's PCK, averaged per test batch of BODYNET_TEST_BATCH."""
+    groups = -(-num_examples // BODYNET_TEST_BATCH)
+    return (functools.partial(bodynet_stats, num_groups=groups, group_size=BODYNET_TEST_BATCH),
+            bodynet_summarize)

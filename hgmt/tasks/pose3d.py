@@ -18,6 +18,7 @@ import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
+from hgmt.tasks.spec import Headline
 
 NAME = "pose3d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -26,6 +27,12 @@ NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
 SIGMA = 1.0
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.
+HEADLINES = {
+    "hgmt": Headline(("mjd_mm",), "mjd_mm", False, "MJD (mm)", "mjd_mm_per_joint", "joint",
+                     ".1f"),
+    "bodynet": Headline(("mjd_mm",), "mjd_mm", False, "MJD (mm, BodyNet)", "mjd_mm_per_joint",
+                        "joint", ".1f"),
+}
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
 
 
@@ -117,3 +124,8 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict) -> dict:
     each batch's sum by the batch size and the total by the number of batches: the mean over
     examples (`summarize` computes it)."""
     return metric_stats(bodynet_decode(pred, batch), batch)
+
+
+def protocol_metric(protocol: str, num_examples: int) -> tuple:
+    """(stats, summarize) of a protocol of HEADLINES other than hgmt: BodyNet's decoding."""
+    return bodynet_stats, summarize

@@ -10,11 +10,21 @@ import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
+from hgmt.tasks.spec import Headline
 
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
 DEFAULT_LOSS_WEIGHT = 1.0
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
+# BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
+HEADLINES = {
+    "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True, "mean IoU",
+                     "iou_per_part", "part"),
+    "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True,
+                        "mean IoU (14 parts)", "iou_per_part", "part"),
+    "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True,
+                        "mean IoU (14 parts)", "iou_per_part", "part"),
+}
 
 
 def raw_to_part(raw):
@@ -87,3 +97,9 @@ def surreal_summarize(stats: dict) -> dict:
     return {"mean_iou": mean(iou), "iou_per_part": iou,
             "pixel_accuracy": mean(acc), "pixel_accuracy_per_part": acc,
             "undefined": [n for n in surreal.PART_NAMES if acc[n] is None or iou[n] is None]}
+
+
+def protocol_metric(protocol: str, num_examples: int) -> tuple:
+    """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
+    BodyNet's code also uses."""
+    return surreal_stats, surreal_summarize
