@@ -175,7 +175,8 @@ def _write_images(writer, step, model, variables, batch, tasks) -> None:
     n = min(4, batch["image"].shape[0])
     images = batch["image"][:n]
     preds = predict_last_stage(model, variables, jnp.asarray(images), flip=False)
-    panels = viz.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()})
+    panels = viz.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()},
+                                   {k: np.asarray(batch[k][:n]) for k in ("crop", "pelvis_depth")})
     writer.write_images(step, {"eval/predictions": panels})
 
 

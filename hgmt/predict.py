@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import checkpoints, cli, input_pipeline, surreal, viz
+from hgmt import checkpoints, cli, input_pipeline, surreal
 from hgmt.models import create_model, predict_last_stage
-from hgmt.tasks import TASKS, common, parse_tasks
+from hgmt.tasks import TASKS, parse_tasks
+from hgmt.tasks.spec import Frame
 
 # Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal), measured
 # on the demo data: 2.29 +- 0.22 m over 46 training frames.
@@ -67,11 +68,11 @@ class Predictor:
         self._apply = jax.jit(functools.partial(predict_last_stage, model))
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:
-        """-> {'crop_image' (R,R,3) uint8, 'crop' (2,3) image px -> label px, per task:
-        'joints2d' (16,2) image px, 'joints3d_rel_mm' (16,3), 'segm' (r,r) and 'segm_image'
-        (H,W) part classes 0..14, 'depth' (r,r) and 'depth_image' (H,W) classes 0..19,
-        'depth_rel_mm' (r,r) depth relative to the pelvis (nan on background),
-        'raw' {task: (r,r,C)}}."""
+        """-> {'crop_image' (R,R,3) uint8, 'crop' (2,3) image px -> label px, 'raw' {task:
+        (r,r,C)}, 'frame' (the decoding `Frame`), and each task's `predict` entries: 'joints2d'
+        (16,2) image px, 'joints3d_rel_mm' (16,3), 'segm' (r,r) and 'segm_image' (H,W) part
+        classes 0..14, 'depth' (r,r) and 'depth_image' (H,W) classes 0..19, 'depth_rel_mm'
+        (r,r) depth relative to the pelvis (nan on background)}."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} "
@@ -91,39 +92,19 @@ class Predictor:
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
                  "pelvis_depth": jnp.asarray([surreal.INTRINSICS[0, 0] * CROP_METRES / side],
                                              jnp.float32)}
-        back = cv2.invertAffineTransform(m_label)
+        out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2], shift)
         for t, pred in raw.items():
-            decoded = {k: np.asarray(v[0]) for k, v in TASKS[t].decode(pred[None], batch).items()}
-            if t == "pose2d":
-                out["joints2d"] = decoded["joints2d_image"] - shift
-            elif t == "pose3d":
-                out["joints3d_rel_mm"] = decoded["joints3d_rel_mm"]
-            elif t in ("segm", "depth"):
-                classes = decoded[f"{t}_classes"].astype(np.uint8)
-                out[t] = classes
-                out[f"{t}_image"] = cv2.warpAffine(classes, back, image.shape[1::-1],
-                                                   flags=cv2.INTER_NEAREST)
-                if t == "depth":
-                    rel = common.bin_centre(classes.astype(np.int32) - common.MAX_BIN - 1)
-                    out["depth_rel_mm"] = np.where(classes > 0, np.asarray(rel) * 1000.0,
-                                                   np.nan)
+            out.update(TASKS[t].predict(pred, out["frame"]))
         return out
 
 
 def to_json(result: dict, tasks: Sequence[str]) -> dict:
-    """The JSON-able part of a result: joints and class maps as lists."""
+    """The JSON-able part of a result: each task's `to_json` (joints, class maps in the crop's
+    label frame, as lists)."""
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
-           "part_names": ["background", *surreal.PART_NAMES],
            "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
-    if "joints2d" in result:
-        out["joints2d_image_px"] = np.round(result["joints2d"], 2).tolist()
-    if "joints3d_rel_mm" in result:
-        out["joints3d_rel_mm"] = np.round(result["joints3d_rel_mm"], 1).tolist()
-    for t in ("segm", "depth"):
-        if t in result:
-            out[f"{t}_classes"] = result[t].tolist()  # (r,r) in the crop's label frame
-    if "depth_rel_mm" in result:
-        out["depth_bin_mm"] = common.BIN_SIZE * 1000.0
+    for t in tasks:
+        out.update(TASKS[t].to_json(result))
     return out
 
 
@@ -133,38 +114,11 @@ PANEL_MIN_SIZE = 256  # pixels per picture in the panel (small crops are enlarge
 def panel(result: dict) -> np.ndarray:
     """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): input, 2D skeleton, parts, depth,
     3D skeleton (the pictures of the tasks present in `result`)."""
-    r = result["crop_image"].shape[0] // 4
     size = max(result["crop_image"].shape[0], PANEL_MIN_SIZE)
     crop = cv2.resize(result["crop_image"], (size, size), interpolation=cv2.INTER_LINEAR)
-    pics = [crop]
-    if "joints2d" in result:
-        label = result["raw"]["pose2d"]
-        joints, _ = common.subpixel_argmax(np.moveaxis(label, -1, 0))
-        pics.append(viz.draw_skeleton(crop, np.asarray(joints), scale=size / r))
-    if "segm" in result:
-        pics.append(cv2.resize(viz.colour_parts(result["segm"]), (size, size),
-                               interpolation=cv2.INTER_NEAREST))
-    if "depth" in result:
-        pics.append(cv2.resize(viz.colour_depth(result["depth"]), (size, size),
-                               interpolation=cv2.INTER_NEAREST))
-    if "joints3d_rel_mm" in result:
-        pics.append(skeleton3d(result["joints3d_rel_mm"], size))
+    pics = [crop] + [TASKS[t].draw(pred, crop, result["frame"])
+                     for t, pred in result["raw"].items()]
     return np.concatenate(pics, axis=1)
-
-
-def skeleton3d(joints_mm: np.ndarray, size: int) -> np.ndarray:
-    """(16,3) root-relative mm -> (size,size,3) uint8: front view (x,y) left, side (z,y) right."""
-    out = np.full((size, size, 3), 255, np.uint8)
-    half = size // 2
-    extent = max(float(np.abs(joints_mm[:, :2]).max()), 200.0) * 1.15
-    for k, axes in enumerate(((0, 1), (2, 1))):
-        view = np.zeros((size, half, 3), np.uint8) + 255
-        pts = joints_mm[:, axes] / extent * (half / 2) + [half / 2, size / 2]
-        view = viz.draw_skeleton(view, pts, thickness=1)
-        cv2.putText(view, "front" if k == 0 else "side", (3, 12), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        out[:, k * half:(k + 1) * half] = view
-    return out
 
 
 def read_image(path: str) -> np.ndarray:

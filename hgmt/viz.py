@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import common
 
 # 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
 # Order of surreal.PART_NAMES: head, torso, l_ arm (3), r_ arm (3), l_ leg (3), r_ leg (3).
@@ -46,38 +45,35 @@ def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, scale: float = 1.0,
     return out
 
 
-def task_maps(preds: dict, size: int) -> list[np.ndarray]:
-    """{task: (r,r,C)} one example's predictions -> list of (size,size,3) uint8 pictures."""
-    pics = []
-    resize = lambda im: cv2.resize(im, (size, size), interpolation=cv2.INTER_NEAREST)  # noqa
-    if "pose2d" in preds:
-        heat = np.clip(preds["pose2d"].max(-1), 0, 1)
-        pics.append(resize(cv2.applyColorMap((heat * 255).astype(np.uint8),
-                                             cv2.COLORMAP_JET)[..., ::-1].copy()))
-    if "pose3d" in preds:
-        r = preds["pose3d"].shape[0]
-        vol = preds["pose3d"].reshape(r, r, 16, -1).max(-1).max(-1)
-        pics.append(resize(cv2.applyColorMap((np.clip(vol, 0, 1) * 255).astype(np.uint8),
-                                             cv2.COLORMAP_VIRIDIS)[..., ::-1].copy()))
-    if "depth" in preds:
-        pics.append(resize(colour_depth(preds["depth"].argmax(-1))))
-    if "segm" in preds:
-        pics.append(resize(colour_parts(preds["segm"].argmax(-1))))
-    return pics
+def skeleton3d(joints_mm: np.ndarray, size: int) -> np.ndarray:
+    """(16,3) root-relative mm -> (size,size,3) uint8: front view (x,y) left, side (z,y) right."""
+    out = np.full((size, size, 3), 255, np.uint8)
+    half = size // 2
+    extent = max(float(np.abs(joints_mm[:, :2]).max()), 200.0) * 1.15
+    for k, axes in enumerate(((0, 1), (2, 1))):
+        view = np.zeros((size, half, 3), np.uint8) + 255
+        pts = joints_mm[:, axes] / extent * (half / 2) + [half / 2, size / 2]
+        view = draw_skeleton(view, pts, thickness=1)
+        cv2.putText(view, "front" if k == 0 else "side", (3, 12), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        out[:, k * half:(k + 1) * half] = view
+    return out
 
 
-def prediction_strips(images: np.ndarray, preds: dict) -> np.ndarray:
-    """(n,R,R,3) uint8 RGB images and {task: (n,r,r,C)} -> (n,R,R*(1+tasks),3) uint8 rows:
-    the input (with the decoded 2D skeleton when pose2d is predicted), then each task's map."""
+def prediction_strips(images: np.ndarray, preds: dict, batch: dict) -> np.ndarray:
+    """(n,R,R,3) uint8 RGB crops, {task: (n,r,r,C)} and their cropped batch -> (n,R,R*(1+tasks),3)
+    uint8 rows: the input, then each task's picture (the task module's `draw`)."""
+    import jax
+
+    from hgmt.tasks import TASKS
+    from hgmt.tasks.spec import Frame
+
     rows = []
     for i in range(images.shape[0]):
         rgb = np.asarray(images[i], np.uint8)
-        size = rgb.shape[0]
-        one = {t: np.asarray(p[i]) for t, p in preds.items()}
-        if "pose2d" in one:
-            joints, _ = common.subpixel_argmax(np.moveaxis(one["pose2d"], -1, 0))
-            rgb = draw_skeleton(rgb, np.asarray(joints), scale=size / one["pose2d"].shape[0])
-        rows.append(np.concatenate([rgb] + task_maps(one, size), axis=1))
+        frame = Frame({k: jax.numpy.asarray(batch[k][i:i + 1]) for k in ("crop", "pelvis_depth")})
+        pics = [TASKS[t].draw(np.asarray(p[i]), rgb, frame) for t, p in preds.items()]
+        rows.append(np.concatenate([rgb, *pics], axis=1))
     return np.stack(rows)
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt.tasks import common
-from hgmt.tasks.spec import Headline
+from hgmt.tasks.spec import Frame, Headline
 
 NAME = "depth"
 NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
@@ -84,3 +84,29 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
     BodyNet's code also uses."""
     return surreal_stats, surreal_summarize
+
+
+# --- One image's prediction: result, JSON, picture -------------------------------------------
+def predict(pred: np.ndarray, frame: Frame) -> dict:
+    """(r,r,20) -> {'depth': (r,r) classes 0..19 in the crop's label frame, 'depth_image' (H,W)
+    in the original image, 'depth_rel_mm' (r,r) depth relative to the pelvis (nan on
+    background)}."""
+    classes = np.asarray(pred).argmax(-1).astype(np.uint8)
+    rel = np.asarray(common.bin_centre(classes.astype(np.int32) - common.MAX_BIN - 1))
+    return {"depth": classes, "depth_image": frame.to_image(classes),
+            "depth_rel_mm": np.where(classes > 0, rel * 1000.0, np.nan)}
+
+
+def to_json(result: dict) -> dict:
+    return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_SIZE * 1000.0}
+
+
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """The depth classes, near bright and far dark, the crop's size."""
+    import cv2
+
+    from hgmt import viz
+
+    size = rgb.shape[0]
+    return cv2.resize(viz.colour_depth(np.asarray(pred).argmax(-1)), (size, size),
+                      interpolation=cv2.INTER_NEAREST)

@@ -16,7 +16,7 @@ import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
-from hgmt.tasks.spec import Headline
+from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose2d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -161,3 +161,22 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
     groups = -(-num_examples // BODYNET_TEST_BATCH)
     return (functools.partial(bodynet_stats, num_groups=groups, group_size=BODYNET_TEST_BATCH),
             bodynet_summarize)
+
+
+# --- One image's prediction: result, JSON, picture -------------------------------------------
+def predict(pred: np.ndarray, frame: Frame) -> dict:
+    """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px}."""
+    joints = decode(jnp.asarray(pred)[None], frame.batch)["joints2d_image"]
+    return {"joints2d": np.asarray(joints[0]) - frame.shift}
+
+
+def to_json(result: dict) -> dict:
+    return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist()}
+
+
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """The decoded skeleton on the (S,S,3) crop."""
+    from hgmt import viz
+
+    joints, _ = common.subpixel_argmax(np.moveaxis(pred, -1, 0))
+    return viz.draw_skeleton(rgb, np.asarray(joints), scale=rgb.shape[0] / pred.shape[0])

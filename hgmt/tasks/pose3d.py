@@ -18,7 +18,7 @@ import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
-from hgmt.tasks.spec import Headline
+from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose3d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -129,3 +129,21 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict) -> dict:
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: BodyNet's decoding."""
     return bodynet_stats, summarize
+
+
+# --- One image's prediction: result, JSON, picture -------------------------------------------
+def predict(pred: np.ndarray, frame: Frame) -> dict:
+    """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm}."""
+    return {"joints3d_rel_mm": np.asarray(
+        decode(jnp.asarray(pred)[None], frame.batch)["joints3d_rel_mm"][0])}
+
+
+def to_json(result: dict) -> dict:
+    return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist()}
+
+
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """Front (x,y) and side (z,y) views of the decoded skeleton, the crop's size."""
+    from hgmt import viz
+
+    return viz.skeleton3d(predict(pred, frame)["joints3d_rel_mm"], rgb.shape[0])

@@ -10,7 +10,7 @@ import numpy as np
 
 from hgmt import surreal
 from hgmt.tasks import common
-from hgmt.tasks.spec import Headline
+from hgmt.tasks.spec import Frame, Headline
 
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
@@ -103,3 +103,27 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
     BodyNet's code also uses."""
     return surreal_stats, surreal_summarize
+
+
+# --- One image's prediction: result, JSON, picture -------------------------------------------
+def predict(pred: np.ndarray, frame: Frame) -> dict:
+    """(r,r,15) -> {'segm': (r,r) part classes 0..14 in the crop's label frame, 'segm_image':
+    (H,W) in the original image}."""
+    classes = np.asarray(pred).argmax(-1).astype(np.uint8)
+    return {"segm": classes, "segm_image": frame.to_image(classes)}
+
+
+def to_json(result: dict) -> dict:
+    return {"part_names": ["background", *surreal.PART_NAMES],
+            "segm_classes": result["segm"].tolist()}
+
+
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """The part map in the parts' colours, the crop's size."""
+    import cv2
+
+    from hgmt import viz
+
+    size = rgb.shape[0]
+    return cv2.resize(viz.colour_parts(np.asarray(pred).argmax(-1)), (size, size),
+                      interpolation=cv2.INTER_NEAREST)
