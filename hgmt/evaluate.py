@@ -99,7 +99,8 @@ class Evaluator:
         first = None
         for batch in input_pipeline.eval_batches(self.source, self.indices,
                                                  batch_size=self.batch_size,
-                                                 image_size=self.image_size):
+                                                 image_size=self.image_size,
+                                                 tasks=self.tasks):
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)

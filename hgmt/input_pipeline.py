@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import grain.python as grain
@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import segm as segm_task
+from hgmt.tasks import TASKS
+from hgmt.tasks.spec import Crop
 
 # The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
 # them would oversubscribe the host's cores and spin (a 16-core host measured 62 examples per
@@ -76,23 +77,21 @@ def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float 
 
 
 def crop_example(example: dict, image_size: int, augment: Augment,
-                 rng: np.random.Generator | None = None) -> dict:
+                 rng: np.random.Generator | None = None,
+                 tasks: Sequence[str] | None = None) -> dict:
     """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy.
 
     Image features may be decoded arrays or their encoded bytes (a split opened with
-    `open_split`'s default), which OpenCV decodes here.
+    `open_split`'s default), which OpenCV decodes here, only those the `tasks` read (default:
+    all tasks).
 
-    image (R,R,3) RGB uint8 (the model normalises it); joints2d (16,2) in r x r label pixels;
-    visible (16,); joints3d (16,3) camera metres; pelvis_depth (); segm (r,r) part classes;
-    depth (r,r) metres; crop (2,3) image pixels -> label pixels.
+    image (R,R,3) RGB uint8 (the model normalises it); crop (2,3) image pixels -> label
+    pixels; and each task's `labels`: joints2d (16,2) in r x r label pixels, visible (16,),
+    joints3d (16,3) camera metres, pelvis_depth (), segm (r,r) part classes, depth (r,r) metres.
     """
     rng = rng or np.random.default_rng(0)
     r = image_size // 4
-    joints2d = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
-    cam_loc = np.asarray(example["cam_loc"], np.float64)
-    joints3d = surreal.world_to_camera(example["joints3d"][surreal.SMPL_TO_JOINT], cam_loc)
-
-    centre, side = person_box(joints2d)
+    centre, side = person_box(example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
     if augment.scale_sigma:
         side *= 2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5)
     rotation = 0.0
@@ -104,32 +103,14 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     m_label = crop_affine(centre, side, r, rotation, flip)
     image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    # Labels are warped raw (nearest) and mapped afterwards, on r x r pixels only.
-    raw_segm = cv2.warpAffine(decoded(example, "segm"), m_label, (r, r),
-                              flags=cv2.INTER_NEAREST)
-    parts = segm_task.raw_to_part(raw_segm)
-    depth = cv2.warpAffine(decoded(example, "depth"), m_label, (r, r),
-                           flags=cv2.INTER_NEAREST).astype(np.float32) / 1000.0
-
     if augment.gain != (1.0, 1.0):  # per-channel gain, saturating, in uint8
         gain = rng.uniform(*augment.gain, size=3)
         image = cv2.multiply(image, np.append(gain, 0.0), dtype=cv2.CV_8U)
-    label_joints = joints2d @ m_label[:, :2].T + m_label[:, 2]
-    if flip:
-        label_joints = label_joints[surreal.JOINT_FLIP]
-        joints3d = joints3d[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0]
-        parts = surreal.PART_FLIP[parts].astype(np.uint8)
-    visible = np.all((label_joints >= 0) & (label_joints <= r - 1), axis=-1)
-    return {
-        "image": image,
-        "joints2d": label_joints.astype(np.float32),
-        "visible": visible.astype(np.float32),
-        "joints3d": joints3d.astype(np.float32),
-        "pelvis_depth": np.float32(joints3d[surreal.PELVIS, 2]),
-        "segm": parts.astype(np.int32),
-        "depth": depth,
-        "crop": m_label.astype(np.float32),
-    }
+    crop = Crop(example, m_label, r, flip, decoded)
+    out = {"image": image, "crop": m_label.astype(np.float32)}
+    for t in (TASKS if tasks is None else tasks):
+        out.update(TASKS[t].labels(crop))
+    return out
 
 
 # Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
@@ -152,11 +133,11 @@ def decoded(example: dict, key: str) -> np.ndarray:
 
 
 class TrainCrop(grain.RandomMapTransform):
-    def __init__(self, image_size: int, augment: Augment):
-        self.image_size, self.augment = image_size, augment
+    def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None):
+        self.image_size, self.augment, self.tasks = image_size, augment, tasks
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        return crop_example(element, self.image_size, self.augment, rng)
+        return crop_example(element, self.image_size, self.augment, rng, self.tasks)
 
 
 # What crop_example reads: the frame, both label maps, the joints and the camera.
@@ -212,16 +193,17 @@ def auto_worker_count(worker_count: int) -> int:
 
 
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,
-                 augment: Augment = Augment(), worker_count: int = -1) -> grain.DataLoader:
-    """Endless shuffled loader of this host's share: batches of batch_size // process_count.
-    `worker_count` as in `auto_worker_count`."""
+                 augment: Augment = Augment(), worker_count: int = -1,
+                 tasks: Sequence[str] | None = None) -> grain.DataLoader:
+    """Endless shuffled loader of this host's share: batches of batch_size // process_count,
+    with the labels of `tasks` (default all). `worker_count` as in `auto_worker_count`."""
     per_host = batch_size // jax.process_count()
     sampler = grain.IndexSampler(
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=source, sampler=sampler,
-        operations=[TrainCrop(image_size, augment),
+        operations=[TrainCrop(image_size, augment, tasks),
                     grain.Batch(per_host, drop_remainder=True)],
         worker_count=auto_worker_count(worker_count))
 
@@ -272,9 +254,10 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
                          lambda frame, total: frame == surreal.middle_frame(total))
 
 
-def eval_batches(source, indices: list[int], *, batch_size: int,
-                 image_size: int) -> Iterator[dict]:
-    """This host's share of `indices` in fixed-size batches; the last one padded, with `mask`
+def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
+                 tasks: Sequence[str] | None = None) -> Iterator[dict]:
+    """This host's share of `indices` in fixed-size batches, with the labels of `tasks`
+    (default all); the last one padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches)."""
     mine = indices[jax.process_index()::jax.process_count()]
@@ -282,10 +265,11 @@ def eval_batches(source, indices: list[int], *, batch_size: int,
     # Every host yields the same number of batches (the collectives need all of them).
     for start in range(0, -(-len(indices) // batch_size) * per_host, per_host):
         chunk = mine[start:start + per_host]
-        examples = [crop_example(source[i], image_size, Augment.none()) for i in chunk]
+        examples = [crop_example(source[i], image_size, Augment.none(), tasks=tasks)
+                    for i in chunk]
         mask = [1.0] * len(examples) + [0.0] * (per_host - len(examples))
-        filler = examples[-1] if examples else crop_example(source[indices[0]], image_size,
-                                                            Augment.none())
+        filler = examples[-1] if examples else crop_example(
+            source[indices[0]], image_size, Augment.none(), tasks=tasks)
         examples += [filler] * (per_host - len(examples))
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.asarray(mask, np.float32)

@@ -81,7 +81,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
         loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                              image_size=config.image_size, seed=config.seed,
-                                             worker_count=config.worker_count)
+                                             worker_count=config.worker_count, tasks=tasks)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, tasks, axis_name="batch")

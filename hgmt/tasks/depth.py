@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt.tasks import common
+from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "depth"
@@ -22,6 +22,12 @@ HEADLINES = {
     "bodynet": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
     "surreal": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
 }  # depth bins do not change under a flip
+
+
+def labels(crop: spec.Crop) -> dict:
+    """The cropped example's entries this task reads: 'depth' (r,r) camera metres (0 on the
+    background; the record stores millimetres), 'pelvis_depth'. A mirror keeps the depth."""
+    return {"depth": crop.warp("depth").astype(np.float32) / 1000.0, **spec.pelvis_depth(crop)}
 
 
 def targets(batch: dict) -> jnp.ndarray:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import common
+from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose2d"
@@ -33,6 +33,11 @@ HEADLINES = {
 # (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).
 BODYNET_TEST_BATCH = 4
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
+
+
+def labels(crop: spec.Crop) -> dict:
+    """The cropped example's entries this task reads: 'joints2d', 'visible'."""
+    return spec.joint_labels(crop)
 
 
 def targets(batch: dict) -> jnp.ndarray:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import common
+from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose3d"
@@ -34,6 +34,13 @@ HEADLINES = {
                         "joint", ".1f"),
 }
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
+
+
+def labels(crop: spec.Crop) -> dict:
+    """The cropped example's entries this task reads: 'joints2d', 'visible' (where each joint's
+    volume lies), 'joints3d' (16,3) camera metres, 'pelvis_depth'."""
+    return {**spec.joint_labels(crop), "joints3d": crop.joints3d().astype(np.float32),
+            **spec.pelvis_depth(crop)}
 
 
 def joint_bins(batch: dict) -> jnp.ndarray:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import common
+from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "segm"
@@ -31,6 +31,15 @@ def raw_to_part(raw):
     """Raw SURREAL segment values 0..24 -> part classes 0..14 (works on numpy or jax)."""
     return surreal.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
         surreal.SEGM_TO_PART)[raw]
+
+
+def labels(crop: spec.Crop) -> dict:
+    """The cropped example's entries this task reads: 'segm' (r,r) part classes 0..14, named
+    by the person's side (a mirror swaps left and right)."""
+    parts = raw_to_part(crop.warp("segm"))
+    if crop.flip:
+        parts = surreal.PART_FLIP[parts]
+    return {"segm": parts.astype(np.int32)}
 
 
 def targets(batch: dict) -> jnp.ndarray:

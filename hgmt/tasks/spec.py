@@ -1,10 +1,12 @@
 """The types of the task interface (hgmt/tasks/__init__.py lists it): how each metric
-protocol's numbers of a task are shown (`Headline`), and where one image's predictions are
-decoded (`Frame`)."""
+protocol's numbers of a task are shown (`Headline`), the crop its labels are cut from (`Crop`,
+with the labels that several tasks share), and where one image's predictions are decoded
+(`Frame`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,3 +43,56 @@ class Frame:
 
         return cv2.warpAffine(label_map, self.back, self.image_shape[::-1],
                               flags=cv2.INTER_NEAREST)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """One record cut to a training or evaluation crop (hgmt.input_pipeline.crop_example):
+    what a task module's `labels` reads. `m_label` (2,3) maps the original image's px to the
+    r x r label map's, the mirror included when `flip`; `read_map(record, key)` decodes one of
+    the record's image features."""
+
+    record: dict
+    m_label: np.ndarray
+    size: int
+    flip: bool
+    read_map: Callable[[dict, str], np.ndarray]
+
+    def warp(self, key: str) -> np.ndarray:
+        """The record's map `key` in the r x r label frame (nearest: labels are not blended)."""
+        import cv2
+
+        return cv2.warpAffine(self.read_map(self.record, key), self.m_label,
+                              (self.size, self.size), flags=cv2.INTER_NEAREST)
+
+    def joints2d(self) -> np.ndarray:
+        """(16,2) label px, in the person's joint order (left/right swapped when mirrored)."""
+        from hgmt import surreal
+
+        joints = self.record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+        joints = joints @ self.m_label[:, :2].T + self.m_label[:, 2]
+        return joints[surreal.JOINT_FLIP] if self.flip else joints
+
+    def joints3d(self) -> np.ndarray:
+        """(16,3) camera-frame metres, mirrored (x negated, sides swapped) with the crop."""
+        from hgmt import surreal
+
+        joints = surreal.world_to_camera(self.record["joints3d"][surreal.SMPL_TO_JOINT],
+                                         np.asarray(self.record["cam_loc"], np.float64))
+        return joints[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0] if self.flip else joints
+
+
+def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
+    """The 2D joint labels of pose2d and pose3d: 'joints2d' (16,2) label px and 'visible'
+    (16,) 1 where the joint lies inside the label map."""
+    joints = crop.joints2d()
+    visible = np.all((joints >= 0) & (joints <= crop.size - 1), axis=-1)
+    return {"joints2d": joints.astype(np.float32), "visible": visible.astype(np.float32)}
+
+
+def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
+    """'pelvis_depth' (): the camera depth of the pelvis in metres, the reference of pose3d's
+    and depth's bins."""
+    from hgmt import surreal
+
+    return {"pelvis_depth": np.float32(crop.joints3d()[surreal.PELVIS, 2])}
