@@ -177,7 +177,7 @@ def _write_images(writer, step, model, variables, batch, tasks) -> None:
     images = batch["image"][:n]
     preds = predict_last_stage(model, variables, jnp.asarray(images), flip=False)
     panels = viz.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()},
-                                   {k: np.asarray(batch[k][:n]) for k in ("crop", "pelvis_depth")})
+                                   {k: np.asarray(v[:n]) for k, v in batch.items()})
     writer.write_images(step, {"eval/predictions": panels})
 
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from hgmt import surreal
-from hgmt.tasks import TASKS
+from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
 # The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
@@ -90,7 +90,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     joints3d (16,3) camera metres, pelvis_depth (), segm (r,r) part classes, depth (r,r) metres.
     """
     rng = rng or np.random.default_rng(0)
-    r = image_size // 4
+    r = image_size // common.LABEL_STRIDE
     centre, side = person_box(example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
     if augment.scale_sigma:
         side *= 2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5)

@@ -35,7 +35,7 @@ import numpy as np
 
 from hgmt import checkpoints, cli, input_pipeline, surreal
 from hgmt.models import create_model, predict_last_stage
-from hgmt.tasks import TASKS, parse_tasks
+from hgmt.tasks import TASKS, common, parse_tasks
 from hgmt.tasks.spec import Frame
 
 # Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal), measured
@@ -77,7 +77,7 @@ class Predictor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} "
                              f"{image.shape}")
-        size, r = self.image_size, self.image_size // 4
+        size, r = self.image_size, self.image_size // common.LABEL_STRIDE
         centre, side = crop_window(image.shape, bbox)
         m_image = input_pipeline.crop_affine(centre, side, size)
         m_label = input_pipeline.crop_affine(centre, side, r)

@@ -71,7 +71,7 @@ def prediction_strips(images: np.ndarray, preds: dict, batch: dict) -> np.ndarra
     rows = []
     for i in range(images.shape[0]):
         rgb = np.asarray(images[i], np.uint8)
-        frame = Frame({k: jax.numpy.asarray(batch[k][i:i + 1]) for k in ("crop", "pelvis_depth")})
+        frame = Frame({k: jax.numpy.asarray(v[i:i + 1]) for k, v in batch.items()})
         pics = [TASKS[t].draw(np.asarray(p[i]), rgb, frame) for t, p in preds.items()]
         rows.append(np.concatenate([rgb, *pics], axis=1))
     return np.stack(rows)

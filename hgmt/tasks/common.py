@@ -7,8 +7,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+LABEL_STRIDE = 4  # image px per label px: an R x R crop has R/4 x R/4 label maps (Newell)
 BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
 MAX_BIN = 9  # bins are clamped to [-9, 9]
+
+
+def label_size(batch: dict) -> int:
+    """r, the side of a batch's label maps, from its (B,R,R,3) images."""
+    return batch["image"].shape[-3] // LABEL_STRIDE
 
 
 def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:

@@ -42,8 +42,8 @@ def labels(crop: spec.Crop) -> dict:
 
 def targets(batch: dict) -> jnp.ndarray:
     """batch['joints2d'] (B,16,2), ['visible'] (B,16) -> heatmaps (B,r,r,16), zero where the
-    joint is not visible. r is the label size (segm's size)."""
-    r = batch["segm"].shape[-1]
+    joint is not visible. r is the label size."""
+    r = common.label_size(batch)
     maps = common.gaussian(batch["joints2d"], r, SIGMA) * batch["visible"][..., None, None]
     return jnp.moveaxis(maps, 1, -1)
 
@@ -62,7 +62,7 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 def metric_stats(decoded: dict, batch: dict) -> dict:
     """Additive statistics of a batch: correct counts per joint at each PCKh threshold, PCK
     (distance < 3.2 px at 64x64, scaled with r) and visible counts."""
-    r = batch["segm"].shape[-1]
+    r = common.label_size(batch)
     gt, vis = batch["joints2d"], batch["visible"]
     dist = jnp.linalg.norm(decoded["joints2d"] - gt, axis=-1)  # (B,16)
     head = jnp.linalg.norm(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK], axis=-1)

@@ -50,7 +50,7 @@ def joint_bins(batch: dict) -> jnp.ndarray:
 
 def targets(batch: dict) -> jnp.ndarray:
     """-> (B,r,r,16*19) volumes, zero for invisible joints."""
-    r = batch["segm"].shape[-1]
+    r = common.label_size(batch)
     plane = common.gaussian(batch["joints2d"], r, SIGMA)  # (B,16,r,r)
     k = joint_bins(batch) + common.MAX_BIN
     zs = jnp.exp(-((jnp.arange(NUM_BINS) - k[..., None]) ** 2) / (2 * SIGMA**2))  # (B,16,19)
