@@ -43,7 +43,7 @@ def _pose2d_case():
             pred[i, y, x, j] = 1.0
     pred[3, :, :, 4] = 0.0  # ex 3, l_knee: max 0 -> predicted at the first pixel: wrong
     batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.asarray(visible),
-             "segm": jnp.zeros((b, R, R), jnp.int32),
+             "image": jnp.zeros((b, 4 * R, 4 * R, 3), jnp.uint8),  # the label size
              "crop": jnp.tile(jnp.eye(2, 3, dtype=jnp.float32), (b, 1, 1)),
              "position": jnp.arange(b, dtype=jnp.int32)}
     return jnp.asarray(pred), batch
@@ -95,7 +95,7 @@ def _pose3d_case():
     joints[0, 0, 0] = 0.16  # label pixel (36, 32): u = 176 -> X = 16 / 600 * 6 m
     batch = {"crop": crop, "pelvis_depth": jnp.array([6.0], jnp.float32),
              "joints3d": jnp.asarray(joints), "joints2d": jnp.zeros((1, 16, 2)),
-             "visible": jnp.ones((1, 16)), "segm": jnp.zeros((1, R, R), jnp.int32)}
+             "visible": jnp.ones((1, 16)), "image": jnp.zeros((1, 4 * R, 4 * R, 3), jnp.uint8)}
     vol = np.zeros((1, 16, R, R, 19), np.float32)  # (B, joint, y, x, bin + 9)
     vol[0, :, 32, 32, 9 + 1] = 1.0  # every joint, the pelvis too, at (32, 32) bin +1
     vol[0, 0] = 0.0

@@ -36,7 +36,8 @@ def make_batch(seed=0, b=3, r=R):
             "joints3d": jnp.asarray(joints, jnp.float32),
             "pelvis_depth": jnp.asarray(pelvis[:, 2], jnp.float32),
             "segm": jnp.asarray(seg, jnp.int32), "depth": jnp.asarray(dep, jnp.float32),
-            "crop": jnp.asarray(crop, jnp.float32)}
+            "crop": jnp.asarray(crop, jnp.float32),
+            "image": jnp.zeros((b, 4 * r, 4 * r, 3), jnp.uint8)}
 
 
 def test_parse_tasks():
