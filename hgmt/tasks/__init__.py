@@ -1,10 +1,19 @@
-"""The four tasks, one module each: targets, head size, loss, decoding and metrics.
+"""The four tasks, one module each; `TASKS` is a plain dict from task name to module, and the
+rest of hgmt loops over it. Adding a task means one module plus an entry in `TASKS`
+(tests/test_task_interface.py registers a fifth). A task module provides:
 
-`TASKS` is a plain dict from task name to module. A task module provides `NAME`,
-`NUM_CHANNELS` (its head's output channels), `CHANNEL_FLIP` (their permutation under a
-horizontal flip), `DEFAULT_LOSS_WEIGHT`, `targets(batch)`,
-`loss(pred, target)`, `decode(pred, batch)`, `metric_stats(decoded, batch)` (additive) and
-`summarize(stats)`. Adding a task means one module here plus an entry in `TASKS`.
+- the model's head: `NAME`, `NUM_CHANNELS`, `CHANNEL_FLIP` (the channels' permutation under a
+  horizontal flip), `DEFAULT_LOSS_WEIGHT`;
+- its labels: `labels(crop: spec.Crop) -> dict` of numpy arrays, cut from the record by the
+  crop (flips included); the loader decodes only what the selected tasks' labels read;
+- training: `targets(batch)` and `loss(pred, target)` (jit-able, batched);
+- evaluation: `decode(pred, batch)`, `metric_stats(decoded, batch)` (split-additive sums),
+  `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
+  protocols it implements and how their numbers are shown, compared and tabulated), and
+  `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt;
+- one image's prediction: `predict(pred, frame: spec.Frame) -> dict` (its result in the
+  original image), `to_json(result)`, and `draw(pred, rgb, frame)` (its picture in the
+  prediction panel and in TensorBoard).
 """
 
 from __future__ import annotations
