@@ -25,6 +25,7 @@ import time
 from absl import flags
 
 from hgmt import input_pipeline
+from hgmt.tasks import parse_tasks
 
 
 def build_demo(root: str) -> str:
@@ -36,14 +37,14 @@ def build_demo(root: str) -> str:
 
 
 def measure(data_dir: str, res: int, batch: int, batches: int, warmup: int = 2,
-            worker_count: int = 0) -> dict:
+            worker_count: int = 0, tasks: str = "all") -> dict:
     """Loader speed. With worker_count=0 the main process does all the work, so
     `examples_per_cpu_s` is the per-core rate; with grain workers only the wall rate
     (`examples_per_s`) is the loader's, since their CPU time is not this process's."""
     source = input_pipeline.open_split("surreal/all", data_dir, "train")
     workers = input_pipeline.auto_worker_count(worker_count)
     loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
-                                         worker_count=workers)
+                                         worker_count=workers, tasks=parse_tasks(tasks))
     it = iter(loader)
     for _ in range(warmup + 2 * workers):  # workers start and fill their buffers first
         next(it)
@@ -52,7 +53,8 @@ def measure(data_dir: str, res: int, batch: int, batches: int, warmup: int = 2,
         next(it)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = batch * batches
-    return {"benchmark": "input_pipeline", "res": res, "batch": batch, "examples": n,
+    return {"benchmark": "input_pipeline", "res": res, "tasks": tasks, "batch": batch,
+            "examples": n,
             "records": len(source), "examples_per_s": round(n / wall, 1),
             "worker_count": workers, "cpus": os.cpu_count(),
             **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--data_dir", default=None, help="default: build demo data in a temp dir")
+    p.add_argument("--tasks", default="all", help="the labels made (and maps decoded) are "
+                   "those of these tasks")
     p.add_argument("--worker_count", type=int, default=0,
                    help="grain worker processes (-1: the host's cores less 2); 0 measures the "
                         "per-core rate")
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = a.data_dir or build_demo(tmp)
-        result = measure(data_dir, a.res, a.batch, a.batches, worker_count=a.worker_count)
+        result = measure(data_dir, a.res, a.batch, a.batches, worker_count=a.worker_count,
+                         tasks=a.tasks)
     if a.train_img_per_s and a.worker_count == 0:
         per_core = a.train_img_per_s / os.cpu_count()
         result["train_img_per_s"] = a.train_img_per_s
