@@ -38,25 +38,22 @@ def _one(tree):
     return jax.tree.map(lambda x: x[None], tree)
 
 
-def _per_example(task, metric, pred, batch):
-    """Metric statistics and loss of a single example (called under vmap)."""
-    stats = metric.stats(_one(pred), _one(batch))
-    stats["loss"] = task.loss(_one(pred), task.targets(_one(batch)))
-    return stats
+def _example_loss(task, pred, batch):
+    """The loss of a single example (called under vmap: a task's loss is a batch mean)."""
+    return task.loss(_one(pred), task.targets(_one(batch)))
 
 
 def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict) -> dict:
-    """Per-device: masked sums of every task's metric statistics (metrics: {task:
-    protocols.Metric}) and of its loss."""
+    """Per-device: sums of every task's metric statistics (metrics: {task:
+    protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
+    masked loss."""
     preds = predict_last_stage(model, variables, batch["image"], flip)
     mask = batch["mask"]
-    examples = {k: v for k, v in batch.items() if k != "mask"}
     stats = {}
     for name, pred in preds.items():
-        per_example = jax.vmap(functools.partial(_per_example, TASKS[name], metrics[name]))(
-            pred, examples)
-        stats[name] = jax.tree.map(
-            lambda s: jnp.tensordot(mask, s.astype(jnp.float32), axes=(0, 0)), per_example)
+        stats[name] = dict(metrics[name].stats(pred, batch))
+        losses = jax.vmap(functools.partial(_example_loss, TASKS[name]))(pred, batch)
+        stats[name]["loss"] = mask @ losses.astype(jnp.float32)
     stats["count"] = jnp.sum(mask)
     return jax.lax.psum(stats, "batch")
 

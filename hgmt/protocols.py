@@ -13,7 +13,8 @@ docs/metrics.md states every definition with file and line. Each task module say
 protocols it implements (its `HEADLINES`, how their numbers are shown) and gives their
 functions (`protocol_metric`); a task without a protocol's definition keeps hgmt's. A `Metric`
 is a pair of functions: `stats(pred, batch)` giving split-additive statistics of a batch of
-last-stage predictions, and `summarize(sums)` giving the numbers.
+last-stage predictions (each example weighted by batch['mask'] where the batch has one), and
+`summarize(sums)` giving the numbers.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
     pred, gt = decoded["silhouette"] > 0, batch["silhouette"] > 0
-    return {"intersection": jnp.sum(pred & gt), "union": jnp.sum(pred | gt)}
+    weights = common.example_weights(batch, gt.shape[0])[:, None, None]
+    return {"intersection": jnp.sum((pred & gt) * weights),
+            "union": jnp.sum((pred | gt) * weights)}
 
 
 def summarize(stats: dict) -> dict:

@@ -230,3 +230,28 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--help"])
     assert e.value.code == 0 and "--protocol" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol", ["hgmt", "bodynet", "surreal"])
+def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
+    """Four test frames evaluated in one full batch of 4 and in a batch of 8 (4 padded, masked
+    out of every metric statistic and the loss) give the same numbers."""
+    config, variables, _ = checkpoints.restore_for_inference(workdir)
+    config.data_dir = demo_dataset[1]
+    indices = input_pipeline.frame_indices("surreal/all", demo_dataset[1], "test",
+                                           lambda frame, total: frame < 2)
+    assert len(indices) == 4
+    results = []
+    for batch_size in (4, 8):
+        config.eval_batch_size = batch_size
+        summary = evaluate.Evaluator(config, split="test", protocol=protocol,
+                                     indices=indices)(variables)
+        assert summary["num_examples"] == 4
+        results.append(evaluate.headline(summary) | {
+            f"loss/{t}": v for t, v in summary["loss"].items()})
+    assert results[0].keys() == results[1].keys()
+    for k, v in results[0].items():
+        if v is None:
+            assert results[1][k] is None, k
+        else:
+            np.testing.assert_allclose(results[1][k], v, rtol=1e-5, err_msg=k)

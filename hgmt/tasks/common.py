@@ -17,6 +17,14 @@ def label_size(batch: dict) -> int:
     return batch["image"].shape[-3] // LABEL_STRIDE
 
 
+def example_weights(batch: dict, n: int) -> jnp.ndarray:
+    """(n,) weight of each of a batch's n examples in metric statistics: the evaluation
+    batches' `mask` (1 real, 0 padding), or 1 for every example."""
+    if "mask" in batch:
+        return batch["mask"].astype(jnp.float32)
+    return jnp.ones(n, jnp.float32)
+
+
 def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:
     """Pelvis-relative depth (metres) -> bin clamp(ceil(dz / 45 mm), -9, 9), int32."""
     return jnp.clip(jnp.ceil(dz / BIN_SIZE - 1e-6), -MAX_BIN, MAX_BIN).astype(jnp.int32)

@@ -51,10 +51,11 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
     gt = targets(batch)
-    fg = gt > 0
+    # Foreground pixels, each weighted by its example's weight.
+    fg = (gt > 0) * common.example_weights(batch, gt.shape[0])[:, None, None]
     err_mm = (decoded["depth_classes"] - gt) * common.BIN_SIZE * 1000.0
-    return {"sq_error_mm": jnp.sum(jnp.where(fg, err_mm**2, 0.0)),
-            "correct": jnp.sum(fg & (decoded["depth_classes"] == gt)),
+    return {"sq_error_mm": jnp.sum(fg * err_mm**2),
+            "correct": jnp.sum(fg * (decoded["depth_classes"] == gt)),
             "foreground": jnp.sum(fg)}
 
 
@@ -77,7 +78,8 @@ def surreal_stats(pred: jnp.ndarray, batch: dict) -> dict:
     sq = jnp.where(fg, (common.argmax_classes(pred) - gt).astype(jnp.float32) ** 2, 0.0)
     n = fg.sum((1, 2))
     rmse = jnp.where(n > 0, jnp.sqrt(sq.sum((1, 2)) / jnp.maximum(n, 1)), 0.0)
-    return {"rmse_bins_sum": rmse.sum(), "images": jnp.float32(rmse.shape[0])}
+    weights = common.example_weights(batch, rmse.shape[0])
+    return {"rmse_bins_sum": weights @ rmse, "images": weights.sum()}
 
 
 def surreal_summarize(stats: dict) -> dict:

@@ -61,9 +61,11 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
     """Additive statistics of a batch: correct counts per joint at each PCKh threshold, PCK
-    (distance < 3.2 px at 64x64, scaled with r) and visible counts."""
+    (distance < 3.2 px at 64x64, scaled with r) and visible counts, each example weighted by
+    `common.example_weights`."""
     r = common.label_size(batch)
-    gt, vis = batch["joints2d"], batch["visible"]
+    gt = batch["joints2d"]
+    vis = batch["visible"] * common.example_weights(batch, gt.shape[0])[:, None]
     dist = jnp.linalg.norm(decoded["joints2d"] - gt, axis=-1)  # (B,16)
     head = jnp.linalg.norm(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK], axis=-1)
     rel = dist / jnp.maximum(head, 1e-6)[:, None]
@@ -134,6 +136,8 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_groups: int,
     batch['position'] (its index in the split's test order) belongs to batch
     position // group_size."""
     correct, valid = bodynet_hits(pred, batch)
+    weights = common.example_weights(batch, correct.shape[0])[:, None]
+    correct, valid = correct * weights, valid * weights
     group = jax.nn.one_hot(batch["position"] // group_size, num_groups)  # (B,G)
     return {"correct": jnp.einsum("bg,bj->gj", group, correct),
             "valid": jnp.einsum("bg,bj->gj", group, valid)}

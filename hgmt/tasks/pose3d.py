@@ -98,10 +98,13 @@ def root_relative_mm(joints3d: jnp.ndarray) -> jnp.ndarray:
 
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
+    """Summed pelvis-relative joint errors (mm) and example counts per joint, each example
+    weighted by `common.example_weights`."""
     err = jnp.linalg.norm(decoded["joints3d_rel_mm"] - root_relative_mm(batch["joints3d"]),
                           axis=-1)
-    return {"error_mm_sum": err.sum(0), "count": jnp.full((NUM_JOINTS,), err.shape[0],
-                                                          jnp.float32)}
+    weights = common.example_weights(batch, err.shape[0])
+    return {"error_mm_sum": weights @ err,
+            "count": jnp.full((NUM_JOINTS,), weights.sum(), jnp.float32)}
 
 
 def summarize(stats: dict) -> dict:

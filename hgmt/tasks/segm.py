@@ -56,8 +56,11 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
-    return {"confusion": common.confusion_counts(decoded["segm_classes"], targets(batch),
-                                                 NUM_CHANNELS)}
+    labels = targets(batch)
+    weights = common.example_weights(batch, labels.shape[0])[:, None, None]
+    weights = jnp.broadcast_to(weights, labels.shape)
+    return {"confusion": common.confusion_counts(decoded["segm_classes"], labels,
+                                                 NUM_CHANNELS, weights)}
 
 
 def summarize(stats: dict) -> dict:
