@@ -17,13 +17,23 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from hgmt import cli, protocols
 from hgmt.tasks import TASKS, parse_tasks
 
+SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
 
-def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
-    """{'pose2d+segm': evaluation summary, ...} of every finished subset in `sweep_dir`,
-    evaluated under `protocol`."""
+
+def run_name(tasks: str, seed_index: int) -> str:
+    """The directory of a sweep's run: 'pose2d+segm' for the first seed, then
+    'pose2d+segm@seed1', ..."""
+    return tasks if seed_index == 0 else f"{tasks}{SEED_MARK}{seed_index}"
+
+
+def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
+    """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
+    in `sweep_dir`, evaluated under `protocol`."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
@@ -33,10 +43,10 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, dict]:
         path = os.path.join(sweep_dir, name, name_of)
         if not os.path.isfile(path):
             continue
-        tasks = "+".join(parse_tasks(name))
+        tasks = "+".join(parse_tasks(name.partition(SEED_MARK)[0]))
         with open(path) as f:
-            results[tasks] = json.load(f)
-        found = results[tasks].get("protocol", "hgmt")
+            results.setdefault(tasks, []).append(json.load(f))
+        found = results[tasks][-1].get("protocol", "hgmt")
         if found != protocol:
             raise ValueError(f"{path} holds protocol {found!r} numbers, not {protocol!r}")
     if not results:
@@ -54,23 +64,39 @@ def _headline(entry_or_summary: dict, task: str):
     return protocols.headline_of(task, entry_or_summary.get("protocol", "hgmt"))
 
 
-def compare(results: dict[str, dict]) -> dict[str, dict]:
-    """Per task: every subset containing it with its headline metric, the isolated value, the
-    best subset, and the per-item change of the best multi-task subset over the isolated one.
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def _spread(values: list[float]) -> float | None:
+    """The seeds' standard deviation (n - 1 in the denominator); None for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per task: every subset containing it with its headline metric (the mean over its
+    seeds, their standard deviation and count), the isolated value, the best subset, the
+    per-item change of the best multi-task subset over the isolated one, and which changes
+    exceed the seed-to-seed spread: |change| > the larger of the two subsets' standard
+    deviations, each over at least 2 seeds.
 
     Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
     out = {}
     for task in TASKS:
-        having = {s: r[task] for s, r in results.items() if task in r}
+        having = {s: [r[task] for r in runs if task in r] for s, runs in results.items()}
+        having = {s: runs for s, runs in having.items() if runs}
         if not having:
             continue
-        task_protocol = next(iter(having.values())).get("protocol", "hgmt")
+        task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
         # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
-        # absent from the split) is listed, not compared.
-        rows = {s: v[metric] for s, v in having.items() if v[metric] is not None}
-        undefined = sorted(s for s, v in having.items() if v[metric] is None)
+        # absent from the split) is listed, not compared; a subset counts the seeds defining it.
+        values = {s: [v[metric] for v in runs if v[metric] is not None]
+                  for s, runs in having.items()}
+        rows = {s: _mean(v) for s, v in values.items() if v}
+        spread = {s: _spread(values[s]) for s in rows}
+        undefined = sorted(s for s, v in values.items() if not v)
         if not rows:
             out[task] = {"protocol": task_protocol, "metric": metric, "subsets": {},
                          "undefined": undefined, "isolated": None, "best": None,
@@ -81,17 +107,31 @@ def compare(results: dict[str, dict]) -> dict[str, dict]:
         multi = [s for s in rows if s != task]
         best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
         entry = {"protocol": task_protocol, "metric": metric, "higher_is_better": higher,
-                 "subsets": rows, "undefined": undefined, "isolated": rows.get(task),
-                 "best": best, "best_multi_task": best_multi}
+                 "subsets": rows, "spread": spread,
+                 "seeds": {s: len(values[s]) for s in rows}, "undefined": undefined,
+                 "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
         if entry["isolated"] is not None:
             entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
+            entry["beyond_spread"] = {
+                s: abs(entry["gain"][s]) > max(spread[s], spread[task])
+                for s in rows if s != task and None not in (spread[s], spread[task])}
             if best_multi and item_key:
-                iso_items = results[task][task][item_key]
-                multi_items = results[best_multi][task][item_key]
+                iso_items = _item_means(having[task], item_key)
+                multi_items = _item_means(having[best_multi], item_key)
                 entry["per_item_gain"] = {
                     k: sign * (multi_items[k] - iso_items[k]) for k in iso_items
                     if iso_items[k] is not None and multi_items.get(k) is not None}
         out[task] = entry
+    return out
+
+
+def _item_means(runs: list[dict], item_key: str) -> dict[str, float | None]:
+    """{item: mean over the seeds that define it, or None} of a per-item breakdown."""
+    items = runs[0][item_key]
+    out = {}
+    for k in items:
+        defined = [r[item_key][k] for r in runs if r[item_key].get(k) is not None]
+        out[k] = _mean(defined) if defined else None
     return out
 
 
@@ -109,11 +149,28 @@ def to_markdown(study: dict[str, dict], note: str) -> str:
                   f"`{e.get('protocol', 'hgmt')}`)", ""]
         if e["subsets"]:
             lines += [f"![{task} by subset]({task}_subsets.png)", ""]
-        lines += ["| subset | " + label + " | change vs isolated (+ = better) |", "|---|---|---|"]
+        seeded = max(e.get("seeds", {}).values(), default=1) > 1
+        if seeded:
+            lines += [f"| subset | {label}: mean ± sd (seeds) | change vs isolated (+ = better)"
+                      f" | beyond seed spread |", "|---|---|---|---|"]
+        else:
+            lines += ["| subset | " + label + " | change vs isolated (+ = better) |",
+                      "|---|---|---|"]
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
             mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
-            lines.append(f"| {s}{mark} | {v:.4g} | {'' if gain is None else _signed(gain)} |")
+            change = "" if gain is None else _signed(gain)
+            if not seeded:
+                lines.append(f"| {s}{mark} | {v:.4g} | {change} |")
+                continue
+            sd = e["spread"][s]
+            beyond = e.get("beyond_spread", {}).get(s)
+            lines.append(f"| {s}{mark} | {v:.4g} ± {'—' if sd is None else f'{sd:.2g}'} "
+                         f"({e['seeds'][s]}) | {change} | "
+                         f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
+        if seeded:
+            lines += ["", "A change is beyond the seed spread when it is larger than both "
+                      "subsets' seed standard deviations (each over at least 2 seeds)."]
         if e.get("undefined"):
             lines += ["", f"Undefined under this protocol (a part absent from the split): "
                       f"{', '.join(e['undefined'])}."]
@@ -146,10 +203,12 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
         colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
                    for s in names]
-        ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours)
+        errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
+        ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours,
+               yerr=errors if any(errors) else None, capsize=3)
         ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
         ax.set_ylabel(label)
-        ax.set_title(f"{task}: isolated (grey), best (green)")
+        ax.set_title(f"{task}: isolated (grey), best (green); whiskers: seed sd", fontsize=9)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, f"{task}_subsets.png"))
         fig.savefig(paths[-1], dpi=100)

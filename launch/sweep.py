@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from hgmt import cli, protocols  # noqa: E402
+from hgmt.report import run_name  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
@@ -42,14 +43,18 @@ def with_tasks(config: str, tasks: str) -> str:
     return f"{path}:{','.join(items + [f'tasks={tasks}'])}"
 
 
-def command(config: str, tasks: str, sweep_dir: str, extra: list[str]) -> list[str]:
+def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
+            seed_index: int = 0) -> list[str]:
+    """Trains one run: the subset `tasks` with the config's seed (seed_index 0) or with
+    `config.seed = seed_index` (its directory `report.run_name`)."""
+    seed = [f"--config.seed={seed_index}"] if seed_index else []
     return [sys.executable, "-m", "hgmt.main", f"--config={with_tasks(config, tasks)}",
-            f"--workdir={os.path.join(sweep_dir, tasks)}", *extra]
+            f"--workdir={os.path.join(sweep_dir, run_name(tasks, seed_index))}", *extra, *seed]
 
 
-def protocol_command(tasks: str, sweep_dir: str, protocol: str) -> list[str]:
-    """Evaluates a finished subset under another metric protocol."""
-    workdir = os.path.join(sweep_dir, tasks)
+def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
+    """Evaluates a finished run under another metric protocol."""
+    workdir = os.path.join(sweep_dir, run_name(tasks, seed_index))
     out = os.path.join(workdir, protocols.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
             f"--protocol={protocol}", f"--out={out}"]
@@ -66,51 +71,58 @@ def _define_flags(fv) -> None:
                         flag_values=fv)
     flags.DEFINE_string("protocols", "", "comma-separated extra metric protocols (bodynet, "
                         "surreal) to evaluate each run with", flag_values=fv)
+    flags.DEFINE_integer("seeds", 1, "runs per subset: the config's seed, then config.seed = "
+                         "1, 2, ... (the report gives their mean and spread)", flag_values=fv,
+                         lower_bound=1)
     flags.DEFINE_bool("print_only", False, "print the commands, run nothing", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python launch/sweep.py --sweep_dir=DIR --config=FILE[:ARG] [--tasks=A,B]
-    [--protocols=P,Q] [--print_only] [-- --config.x=y ...]`: what follows `--` goes to every
-    `hgmt.main` run."""
+    [--protocols=P,Q] [--seeds=N] [--print_only] [-- --config.x=y ...]`: what follows `--`
+    goes to every `hgmt.main` run."""
     args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
         "+".join(c) for c in all_subsets()]
     extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
+    # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
+    runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     if args.print_only:
-        for tasks in subsets:
-            cmds = [command(args.config, tasks, args.sweep_dir, extra)] + [
-                protocol_command(tasks, args.sweep_dir, x) for x in extra_protocols]
+        for tasks, k in runs:
+            cmds = [command(args.config, tasks, args.sweep_dir, extra, k)] + [
+                protocol_command(tasks, args.sweep_dir, x, k) for x in extra_protocols]
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
     os.makedirs(args.sweep_dir, exist_ok=True)
     with open(os.path.join(args.sweep_dir, "sweep.json"), "w") as f:
-        json.dump({"config": args.config, "subsets": subsets, "extra": extra}, f, indent=1)
+        json.dump({"config": args.config, "subsets": subsets, "seeds": args.seeds,
+                   "extra": extra}, f, indent=1)
     failed = []
-    for i, tasks in enumerate(subsets, 1):
-        workdir = os.path.join(args.sweep_dir, tasks)
+    for i, (tasks, k) in enumerate(runs, 1):
+        name = run_name(tasks, k)
+        workdir = os.path.join(args.sweep_dir, name)
         todo = [] if os.path.exists(os.path.join(workdir, protocols.result_file())) else [
-            ("train", command(args.config, tasks, args.sweep_dir, extra))]
-        todo += [(x, protocol_command(tasks, args.sweep_dir, x)) for x in extra_protocols
+            ("train", command(args.config, tasks, args.sweep_dir, extra, k))]
+        todo += [(x, protocol_command(tasks, args.sweep_dir, x, k)) for x in extra_protocols
                  if not os.path.exists(os.path.join(workdir, protocols.result_file(x)))]
         if not todo:
-            print(f"[{i}/{len(subsets)}] {tasks}: done already", flush=True)
+            print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
             continue
         for what, cmd in todo:
-            log = os.path.join(args.sweep_dir, f"{tasks}.log" if what == "train" else
-                               f"{tasks}.{what}.log")
-            print(f"[{i}/{len(subsets)}] {tasks}: {shlex.join(cmd)} > {log}", flush=True)
+            log = os.path.join(args.sweep_dir, f"{name}.log" if what == "train" else
+                               f"{name}.{what}.log")
+            print(f"[{i}/{len(runs)}] {name}: {shlex.join(cmd)} > {log}", flush=True)
             start = time.perf_counter()
             with open(log, "w") as f:
                 rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
-            print(f"[{i}/{len(subsets)}] {tasks} {what}: {status} in "
+            print(f"[{i}/{len(runs)}] {name} {what}: {status} in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             if rc:
-                failed.append(tasks)
+                failed.append(name)
                 break
     if failed:
-        print(f"failed subsets: {failed}; rerun the same command to retry them", file=sys.stderr)
+        print(f"failed runs: {failed}; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0
 
 

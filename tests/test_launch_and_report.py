@@ -48,6 +48,50 @@ def _summary(pck=None, mjd=None, iou=None, rmse=None):
     return s
 
 
+def test_report_gives_seed_means_spreads_and_marks_changes_beyond_the_spread(tmp_path):
+    """Three seeds per subset: pose2d+segm's mean pose2d PCKh is 0.05 above the isolated
+    run's with seed standard deviations 0.01 (beyond the spread); pose2d+pose3d's is 0.01 above
+    with 0.02 (within it); a subset with one seed has no spread and is not judged."""
+    sweep_dir = tmp_path / "sweep"
+    runs = {"pose2d": [0.80, 0.81, 0.79], "pose2d+segm": [0.85, 0.86, 0.84],
+            "pose2d+pose3d": [0.81, 0.83, 0.79], "pose2d+depth": [0.90]}
+    for tasks, values in runs.items():
+        for k, v in enumerate(values):
+            run = sweep_dir / report.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps(_summary(pck=v)))
+    assert report.run_name("pose2d", 0) == "pose2d"
+    assert report.run_name("pose2d", 2) == "pose2d@seed2"
+    study = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]
+    assert study["seeds"] == {"pose2d": 3, "pose2d+segm": 3, "pose2d+pose3d": 3,
+                              "pose2d+depth": 1}
+    assert study["isolated"] == pytest.approx(0.80)
+    assert study["spread"]["pose2d"] == pytest.approx(0.01)
+    assert study["spread"]["pose2d+pose3d"] == pytest.approx(0.02)
+    assert study["spread"]["pose2d+depth"] is None
+    assert study["gain"]["pose2d+segm"] == pytest.approx(0.05)
+    assert study["beyond_spread"] == {"pose2d+segm": True, "pose2d+pose3d": False}
+    assert study["per_item_gain"]["l_wrist"] == pytest.approx(0.10)  # best: pose2d+depth
+    out = tmp_path / "report"
+    assert report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
+    text = (out / "README.md").read_text()
+    assert "| pose2d+segm | 0.85 ± 0.01 (3) | +0.05 | **yes** |" in text
+    assert "| pose2d+pose3d | 0.81 ± 0.02 (3) | +0.01 | no |" in text
+    assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 |  |" in text
+
+
+def test_sweep_runs_each_subset_once_per_seed():
+    cmd = [sys.executable, "launch/sweep.py", "--sweep_dir=/tmp/s", "--config=configs/demo.py",
+           "--tasks=pose2d,segm", "--seeds=3", "--protocols=bodynet", "--print_only"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 6  # seed by seed: every subset's first seed first
+    assert "--workdir=/tmp/s/pose2d " in lines[0] and "--config.seed" not in lines[0]
+    assert "--workdir=/tmp/s/segm@seed2 " in lines[5] and lines[5].count("--config.seed=2") == 1
+    assert "--workdir=/tmp/s/segm@seed2 --protocol=bodynet" in lines[5]
+
+
 def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs = {"pose2d": _summary(pck=0.80), "pose3d": _summary(mjd=60.0),
