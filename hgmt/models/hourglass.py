@@ -3,14 +3,15 @@
 Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, one 2-D
 matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels are `Conv`
 (`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max with a
-one-pass backward. BatchNorm, and the ReLU after it, is `batch_norm` (hgmt/models/batchnorm.py:
-`nn.BatchNorm`'s variables and values with a faster backward); a convolution that feeds one
-hands it its bias as `shift` instead of adding it, which saves writing the convolution's
-output out twice. All give the reference ops' values and gradients (tests/test_models.py
-checks the whole model against `lax.conv`, `nn.max_pool` and `nn.BatchNorm`), and all are
-there because XLA:CPU runs the reference ops' backward passes (4-D dot_general,
-select-and-scatter) and a convolution's separate bias add much slower (README, Performance,
-gives the measurements). Parameters are float32; `dtype` sets the compute precision.
+one-pass backward (the two ops are in hgmt/models/fast_ops.py). BatchNorm, and the ReLU after
+it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s variables and values with a
+faster backward); a convolution that feeds one hands it its bias as `shift` instead of adding
+it, which saves writing the convolution's output out twice. All give the reference ops' values
+and gradients (tests/test_models.py checks the whole model against `lax.conv`, `nn.max_pool`
+and `nn.BatchNorm`), and all are there because XLA:CPU runs the reference ops' backward passes
+(4-D dot_general, select-and-scatter) and a convolution's separate bias add much slower
+(README, Performance, gives the measurements). Parameters are float32; `dtype` sets the
+compute precision.
 """
 
 from __future__ import annotations
@@ -18,52 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from hgmt.models.batchnorm import BatchNorm
+from hgmt.models.fast_ops import matmul_1x1, max_pool2
 
 Dtype = Any
-
-
-def matmul_1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """(..., Cin) x (Cin, Cout) -> (..., Cout) as one 2-D matmul. XLA:CPU runs the backward
-    pass of the 4-D dot_general (what `x @ kernel` gives) about 3x slower."""
-    y = x.reshape(-1, x.shape[-1]) @ kernel
-    return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
-
-
-@jax.custom_vjp
-def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
-    """2x2 max-pooling with stride 2 of (B,H,W,C), H and W even, as a reshape and max. Its
-    gradient goes to the first maximum of each window in row-major order, as `nn.max_pool`'s
-    (select-and-scatter) does, computed as one elementwise pass."""
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def _max_pool2_forward(x):
-    y = max_pool2(x)
-    return y, (x, y)
-
-
-def _max_pool2_backward(residuals, g):
-    x, y = residuals
-    b, h, w, c = x.shape
-    windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    hit = windows == y[:, :, None, :, None]
-    taken = jnp.zeros_like(hit[:, :, 0, :, 0])
-    masks = {}
-    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the first maximum takes the gradient
-        masks[i, j] = hit[:, :, i, :, j] & ~taken
-        taken = taken | masks[i, j]
-    mask = jnp.stack([jnp.stack([masks[i, 0], masks[i, 1]], axis=3) for i in (0, 1)], axis=2)
-    dx = jnp.where(mask, g[:, :, None, :, None], jnp.zeros((), g.dtype))
-    return (dx.reshape(x.shape),)
-
-
-max_pool2.defvjp(_max_pool2_forward, _max_pool2_backward)
 
 
 class Conv1x1(nn.Module):
