@@ -25,13 +25,15 @@ TASK_NAMES = tuple(TASK_CHANNELS)
 
 
 class Residual(nn.Module):
-    """Pre-activation bottleneck: BN-ReLU-1x1 C/2, BN-ReLU-3x3 C/2, BN-ReLU-1x1 C (+1x1 skip)."""
+    """Pre-activation bottleneck: BN-ReLU-1x1 C/2, BN-ReLU-3x3 C/2, BN-ReLU-1x1 C (+1x1 skip);
+    as in hgmt, a convolution that feeds a BatchNorm has no bias."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         mid = cout // 2
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1)
-        self.bn2, self.conv2 = nn.BatchNorm2d(mid), nn.Conv2d(mid, mid, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn2, self.conv2 = (nn.BatchNorm2d(mid),
+                                nn.Conv2d(mid, mid, 3, padding=1, bias=False))
         self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, cout, 1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
@@ -60,7 +62,7 @@ class Stream(nn.Module):
     def __init__(self, c: int, depth: int, out: int):
         super().__init__()
         self.hg, self.res = Hourglass(depth, c), Residual(c, c)
-        self.lin = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.lin = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         self.head = nn.Conv2d(c, out, 1)
 
     def forward(self, x):
@@ -77,7 +79,7 @@ class MultiTaskHourglass(nn.Module):
         super().__init__()
         self.tasks, self.stacks = tasks, stacks
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
             Residual(64, 128), nn.MaxPool2d(2), Residual(128, 128), Residual(128, c))
         self.streams = nn.ModuleList(
             nn.ModuleDict({t: Stream(c, depth, TASK_CHANNELS[t]) for t in tasks})

@@ -6,7 +6,7 @@ statistics over `axis_name`. Training-mode normalisation is a `jax.custom_vjp` w
 is the chain rule of that same computation written out: one reduction over the input (the
 two per-channel sums) and one elementwise pass, where autodiff of the Flax module leaves XLA:CPU
 more passes over the activations (the speed-up is measured in README, Performance).
-`BatchNorm(shift=...)` takes a preceding convolution's bias (see the class). tests/test_models.py
+tests/test_models.py
 checks the whole model's outputs, loss, gradients and statistics against `nn.BatchNorm` +
 `nn.relu` (in float64), and one layer under pmap (in float32).
 """
@@ -99,13 +99,7 @@ normalize_batch.defvjp(_forward, _backward)
 
 class BatchNorm(nn.Module):
     """`nn.BatchNorm` over the last axis, optionally followed by ReLU, with the fast
-    training-mode backward of `normalize_batch`. (B,...,C) -> (B,...,C) in `dtype`.
-
-    `shift` (C,), when given, is a per-channel constant that the input is missing: the layer
-    normalises x + shift (a convolution's bias, so that the convolution's output is not
-    written out again with its bias added). In training the output does not depend on it
-    (batch statistics remove it) and it gets no gradient, as in exact arithmetic; it enters the
-    running mean and the running-average normalisation."""
+    training-mode backward of `normalize_batch`. (B,...,C) -> (B,...,C) in `dtype`."""
 
     use_running_average: bool = False
     axis_name: str | None = None
@@ -116,7 +110,7 @@ class BatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, shift: jnp.ndarray | None = None) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
@@ -124,10 +118,9 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         x = x.astype(self.dtype)
         ct = _compute_dtype(x)
-        shift = jnp.zeros((c,), ct) if shift is None else lax.stop_gradient(shift).astype(ct)
         if self.use_running_average:
             mul = scale * lax.rsqrt(ra_var.value + self.epsilon)
-            y = x.astype(ct) * mul + (bias - (ra_mean.value - shift) * mul)
+            y = x.astype(ct) * mul + (bias - ra_mean.value * mul)
             y = jnp.maximum(y, 0.0) if self.relu else y
             return y.astype(self.dtype)
         # As Flax: no cross-device statistics while initialising (no axis is bound then).
@@ -135,7 +128,7 @@ class BatchNorm(nn.Module):
         y, mean, var = normalize_batch(x, scale.astype(ct), bias.astype(ct), self.epsilon,
                                        self.relu, axis_name)
         if not self.is_initializing():
-            mean, var = lax.stop_gradient(mean) + shift, lax.stop_gradient(var)
+            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y

@@ -5,12 +5,11 @@ matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels a
 (`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max with a
 one-pass backward (the two ops are in hgmt/models/fast_ops.py). BatchNorm, and the ReLU after
 it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s variables and values with a
-faster backward); a convolution that feeds one hands it its bias as `shift` instead of adding
-it, which saves writing the convolution's output out twice. All give the reference ops' values
-and gradients (tests/test_models.py checks the whole model against `lax.conv`, `nn.max_pool`
-and `nn.BatchNorm`), and all are there because XLA:CPU runs the reference ops' backward passes
-(4-D dot_general, select-and-scatter) and a convolution's separate bias add much slower
-(README, Performance, gives the measurements). Parameters are float32; `dtype` sets the
+faster backward); a convolution that feeds one has no bias (the batch statistics would
+remove it). All give the reference ops' values and gradients (tests/test_models.py checks the
+whole model against `lax.conv`, `nn.max_pool` and `nn.BatchNorm`), and all are there because
+XLA:CPU runs the reference ops' backward passes (4-D dot_general, select-and-scatter) much
+slower (README, Performance, gives the measurements). Parameters are float32; `dtype` sets the
 compute precision.
 """
 
@@ -29,53 +28,61 @@ Dtype = Any
 
 
 class Conv1x1(nn.Module):
-    """A 1x1 convolution with bias, parameters `kernel` (Cin, Cout) and `bias` (Cout,).
-    `add_bias=False` returns (x @ kernel, bias) for a BatchNorm to take the bias as `shift`."""
+    """A 1x1 convolution, parameters `kernel` (Cin, Cout) and, with `use_bias`, `bias`
+    (Cout,)."""
 
     features: int
+    use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, add_bias: bool = True):
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         y = matmul_1x1(x, kernel)
-        return y + bias if add_bias else (y, bias)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               jnp.float32).astype(y.dtype)
+        return y
 
 
 class Conv(nn.Module):
-    """A kxk 'SAME' convolution with bias: `nn.Conv`'s parameters (`kernel` (k,k,Cin,Cout),
-    `bias` (Cout,)), names and values. `add_bias=False` returns (convolution, bias)."""
+    """A kxk 'SAME' convolution: `nn.Conv`'s parameters (`kernel` (k,k,Cin,Cout), with
+    `use_bias` `bias` (Cout,)), names and values."""
 
     features: int
     kernel_size: int
     strides: int = 1
+    use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, add_bias: bool = True):
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
                             jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias if add_bias else (y, bias)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               jnp.float32).astype(y.dtype)
+        return y
 
 
 def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.float32,
-         name: str | None = None, init_scale: float = 1.0) -> nn.Module:
-    """A kxk 'SAME' convolution with bias (1x1 ones as `Conv1x1`). `init_scale` multiplies
-    the LeCun-normal initial kernel's standard deviation."""
+         name: str | None = None, init_scale: float = 1.0, use_bias: bool = True) -> nn.Module:
+    """A kxk 'SAME' convolution (1x1 ones as `Conv1x1`), with a bias unless it feeds a
+    BatchNorm (`use_bias=False`: the batch statistics would remove it). `init_scale`
+    multiplies the LeCun-normal initial kernel's standard deviation."""
     kernel_init = nn.initializers.variance_scaling(init_scale**2, "fan_in", "truncated_normal")
     if kernel == 1 and strides == 1:
-        return Conv1x1(features, dtype=dtype, name=name, kernel_init=kernel_init)
-    return Conv(features, kernel, strides, dtype=dtype, name=name, kernel_init=kernel_init)
+        return Conv1x1(features, use_bias, dtype=dtype, name=name, kernel_init=kernel_init)
+    return Conv(features, kernel, strides, use_bias, dtype=dtype, name=name,
+                kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype,
@@ -99,8 +106,8 @@ class Residual(nn.Module):
         mid = self.features // 2
         bn_relu = lambda: batch_norm(train, self.axis_name, self.dtype, relu=True)  # noqa: E731
         y = bn_relu()(x)
-        y = bn_relu()(*conv(mid, 1, dtype=self.dtype)(y, add_bias=False))
-        y = bn_relu()(*conv(mid, 3, dtype=self.dtype)(y, add_bias=False))
+        y = bn_relu()(conv(mid, 1, dtype=self.dtype, use_bias=False)(y))
+        y = bn_relu()(conv(mid, 3, dtype=self.dtype, use_bias=False)(y))
         y = conv(self.features, 1, dtype=self.dtype)(y)
         skip = x if x.shape[-1] == self.features else conv(self.features, 1,
                                                            dtype=self.dtype)(x)
@@ -146,8 +153,8 @@ class Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = conv(64, 7, strides=2, dtype=self.dtype)(x, add_bias=False)
-        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(*x)
+        x = conv(64, 7, strides=2, dtype=self.dtype, use_bias=False)(x)
+        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
         x = max_pool2(x)
         x = Residual(128, self.dtype, self.axis_name)(x, train)
@@ -166,5 +173,5 @@ class Stream(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = Hourglass(self.depth, self.features, self.dtype, self.axis_name)(x, train)
         x = Residual(self.features, self.dtype, self.axis_name)(x, train)
-        x = conv(self.features, 1, dtype=self.dtype)(x, add_bias=False)
-        return batch_norm(train, self.axis_name, self.dtype, relu=True)(*x)
+        x = conv(self.features, 1, dtype=self.dtype, use_bias=False)(x)
+        return batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
