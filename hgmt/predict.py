@@ -112,8 +112,9 @@ PANEL_MIN_SIZE = 256  # pixels per picture in the panel (small crops are enlarge
 
 
 def panel(result: dict) -> np.ndarray:
-    """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): input, 2D skeleton, parts, depth,
-    3D skeleton (the pictures of the tasks present in `result`)."""
+    """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): the input, then each predicted task's
+    picture (its `draw`) in task order: 2D skeleton, 3D skeleton (front and side), depth bins,
+    parts."""
     size = max(result["crop_image"].shape[0], PANEL_MIN_SIZE)
     crop = cv2.resize(result["crop_image"], (size, size), interpolation=cv2.INTER_LINEAR)
     pics = [crop] + [TASKS[t].draw(pred, crop, result["frame"])
