@@ -21,7 +21,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
           ) -> tuple[flags.FlagValues, list[str]]:
     """Parses `argv` (without the program name; default sys.argv[1:]) against the flags that
     `define(flag_values)` defines, plus `--config` as `config` when one is given. -> (parsed
-    flags, positional arguments). `--help` prints the flags and exits 0; a bad flag exits 2
+    flags, positional arguments). `--help` prints the flags and exits 0; a bad flag exits 1
     with absl's message (it names the flag and the value)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     fv = flags.FlagValues()
@@ -71,7 +71,7 @@ def define_workdir(fv: flags.FlagValues) -> None:
 
 
 def checkpoint_step(value: str | None) -> int | str | None:
-    """`--step` -> None (latest), 'best' or a step number; anything else exits 2."""
+    """`--step` -> None (latest), 'best' or a step number; anything else exits 1."""
     if value in (None, "best"):
         return value
     if not value.isdigit():
