@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
     if step_arg == "best":
         summary["checkpoint"] = "best"
-    suffix = "" if args.protocol == "hgmt" else f"_{args.protocol}"
     name = f"best_{step}" if step_arg == "best" else str(step)
-    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{name}{suffix}.json")
+    out = args.out or os.path.join(args.workdir,
+                                   protocols.result_file(args.protocol, args.split, name))
     write_report(summary, out)
     print(to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

@@ -143,7 +143,8 @@ def _signed(x: float) -> str:
 def to_markdown(study: dict[str, dict], note: str) -> str:
     lines = ["# Task-combination study", "", note, ""]
     for task, e in study.items():
-        item, label = _headline(e, task).item, _headline(e, task).label
+        h = _headline(e, task)
+        item, label = h.item, h.label
         better = "higher" if e["higher_is_better"] else "lower"
         lines += [f"## {task}: {label} ({better} is better; protocol "
                   f"`{e.get('protocol', 'hgmt')}`)", ""]
@@ -198,7 +199,8 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
     for task, e in study.items():
         if not e["subsets"]:
             continue
-        item, label = _headline(e, task).item, _headline(e, task).label
+        h = _headline(e, task)
+        item, label = h.item, h.label
         names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
         colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")

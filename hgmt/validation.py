@@ -86,7 +86,6 @@ class Validator:
         if better:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(host_state)), metrics={self.metric: value})
-        if better:
             note = "best so far, saved"
         elif best is not None:
             note = f"best {best[1]:.4g} at step {best[0]}"

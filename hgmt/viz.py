@@ -30,6 +30,11 @@ def colour_depth(classes: np.ndarray) -> np.ndarray:
     return out
 
 
+def enlarge(picture: np.ndarray, size: int) -> np.ndarray:
+    """A label-map picture (r,r[,3]) shown at (size,size[,3]), each label pixel a block."""
+    return cv2.resize(picture, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
 def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, scale: float = 1.0,
                   thickness: int = 2) -> np.ndarray:
     """Draws (16,2) joints (pixel coords / scale) on a copy of rgb: right limbs red, left blue."""

@@ -58,9 +58,7 @@ def to_json(result: dict) -> dict:
 
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    import cv2
+    from hgmt import viz
 
     mask = np.asarray(pred).argmax(-1).astype(np.uint8) * 255
-    size = rgb.shape[0]
-    return np.repeat(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)[..., None],
-                     3, axis=-1)
+    return np.repeat(viz.enlarge(mask, rgb.shape[0])[..., None], 3, axis=-1)

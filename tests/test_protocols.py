@@ -206,6 +206,10 @@ def test_protocol_selection_and_labels():
     assert protocols.task_protocol("bodynet", "pose3d") == "bodynet"
     with pytest.raises(ValueError, match="hgmt, bodynet, surreal"):
         protocols.check("h36m")
+    assert protocols.result_file() == "eval_test.json"
+    assert protocols.result_file("bodynet") == "eval_test_bodynet.json"
+    assert protocols.result_file("surreal", "validation", "best_8") == (
+        "eval_validation_best_8_surreal.json")
     summary = {"protocol": "surreal", "num_examples": 2, "split": "test", "flip": False,
                "pose2d": {"protocol": "hgmt", "pckh@0.5": 0.5, "pck@3.2px": 0.25,
                           "pckh@0.5_per_joint": {j: 0.5 for j in surreal.JOINT_NAMES}},

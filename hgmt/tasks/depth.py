@@ -15,13 +15,13 @@ from hgmt.tasks.spec import Frame, Headline
 NAME = "depth"
 NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
 DEFAULT_LOSS_WEIGHT = 1.0
-CHANNEL_FLIP = np.arange(NUM_CHANNELS)
+CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
     "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", False, "RMSE (mm)"),
     "bodynet": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
     "surreal": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
-}  # depth bins do not change under a flip
+}
 
 
 def labels(crop: spec.Crop) -> dict:
@@ -111,10 +111,6 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """The depth classes, near bright and far dark, the crop's size."""
-    import cv2
-
     from hgmt import viz
 
-    size = rgb.shape[0]
-    return cv2.resize(viz.colour_depth(np.asarray(pred).argmax(-1)), (size, size),
-                      interpolation=cv2.INTER_NEAREST)
+    return viz.enlarge(viz.colour_depth(np.asarray(pred).argmax(-1)), rgb.shape[0])

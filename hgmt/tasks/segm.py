@@ -132,10 +132,6 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """The part map in the parts' colours, the crop's size."""
-    import cv2
-
     from hgmt import viz
 
-    size = rgb.shape[0]
-    return cv2.resize(viz.colour_parts(np.asarray(pred).argmax(-1)), (size, size),
-                      interpolation=cv2.INTER_NEAREST)
+    return viz.enlarge(viz.colour_parts(np.asarray(pred).argmax(-1)), rgb.shape[0])
