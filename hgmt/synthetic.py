@@ -201,17 +201,21 @@ def _capsule_ends(motion: Motion, t: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return a, b, radius
 
 
-def lambert(dx: np.ndarray, dy: np.ndarray, nz: np.ndarray, light: np.ndarray,
-            ambient: float) -> np.ndarray:
-    """Lambertian shading in [ambient, 1] of a capsule's visible surface.
+def capsule_normals(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(...,3) camera-frame points on a capsule's surface, axis ends a, b (3,) -> (...,3) unit
+    outward normals, from the axis point nearest to each point. A limb turned towards the camera
+    thus faces the light differently from one turned away, as on a rendered mesh."""
+    d = b - a
+    t = np.clip(((points - a) @ d) / max(float(d @ d), 1e-12), 0.0, 1.0)
+    n = points - (a + t[..., None] * d)
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
 
-    (dx, dy, nz): per pixel, the offset from the capsule's axis in radii (image x right, y down)
-    and the out-of-image component, so the camera-frame surface normal is (dx, dy, -nz) (it
-    faces the camera, which looks along +z). light: (3,) unit camera-frame direction towards the
-    light. Surfaces facing the light are bright, those turned away get the ambient term only.
-    """
-    cos = dx * light[0] + dy * light[1] - nz * light[2]
-    return ambient + (1 - ambient) * np.clip(cos, 0, 1)
+
+def lambert(normals: np.ndarray, light: np.ndarray, ambient: float) -> np.ndarray:
+    """Lambertian shading in [ambient, 1]: (...,3) camera-frame unit normals (the camera looks
+    along +z, so a surface facing it has normal (0, 0, -1)), light (3,) unit camera-frame
+    direction towards the light. Surfaces turned away from the light get the ambient term."""
+    return ambient + (1 - ambient) * np.clip(normals @ light, 0, 1)
 
 
 def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.ndarray,
@@ -253,7 +257,8 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
             continue
         depth[y0:y1, x0:x1][win] = z[win]
         segm[y0:y1, x0:x1][win] = i + 1
-        shade[y0:y1, x0:x1][win] = lambert(dx[win], dy[win], nz[win], look.light,
+        surface = surreal.backproject(np.stack([px[win], py[win]], -1), z[win])
+        shade[y0:y1, x0:x1][win] = lambert(capsule_normals(surface, a[i], b[i]), look.light,
                                            look.ambient)
         texture[y0:y1, x0:x1][win] = 0.85 + 0.15 * np.sign(
             np.sin(look.stripes[i] * s[win] + 3 * dx[win]))
