@@ -33,26 +33,6 @@ TARGETS = {
 }
 
 
-def parse_frames(spec: str) -> tuple[str, int]:
-    """'all' | 'middle' | 'everyK' -> (kind, stride)."""
-    if spec in ("all", "middle"):
-        return spec, 1
-    if spec.startswith("every") and spec[5:].isdigit() and int(spec[5:]) > 0:
-        return "every", int(spec[5:])
-    raise ValueError(f"--frames={spec!r}: use all, middle or everyK (e.g. every4)")
-
-
-def test_indices(data_dir: str, frames: str) -> list[int]:
-    """Indices of the test records selected by `frames` (see parse_frames)."""
-    from hgmt import input_pipeline
-
-    kind, stride = parse_frames(frames)
-    if kind == "middle":
-        return input_pipeline.test_protocol_indices("surreal/all", data_dir, "test")
-    return input_pipeline.frame_indices("surreal/all", data_dir, "test",
-                                        lambda frame, total: frame % stride == 0)
-
-
 def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed: int) -> None:
     """Generates `clips` demo clips of `frames` frames per split and builds `surreal/all`,
     unless `data_dir` already holds it."""
@@ -74,6 +54,7 @@ def make_config(a: argparse.Namespace):
     c.optimizer.warmup_steps = min(100, a.steps // 10)
     c.seed = a.seed
     c.eval_batch_size = a.batch
+    c.eval_frames = a.frames
     c.lock()
     return c
 
@@ -118,7 +99,6 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-    indices = test_indices(config.data_dir, a.frames)
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                          image_size=config.image_size, seed=config.seed)
     batches = input_pipeline.prefetch_to_device(iter(loader), 2)
@@ -127,7 +107,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         steps.create_train_state(jax.random.key(config.seed), config, model))
     p_train = jax.pmap(functools.partial(steps.train_step, weights=weights), axis_name="batch",
                        donate_argnums=(0,))
-    evaluator = evaluate.Evaluator(config, tasks, split="test", indices=indices)
+    evaluator = evaluate.Evaluator(config, tasks, split="test")
     curve, train_loss = [], []
     t_train, losses = 0.0, []
     setup_s = time.perf_counter() - start
@@ -156,11 +136,12 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         print(json.dumps({k: v for k, v in point.items() if k != "segm/iou_per_part"}),
               flush=True)
         if on_point is not None:
-            on_point(result(a, indices, setup_s, start, curve, train_loss, complete=False))
+            on_point(result(a, evaluator.indices, setup_s, start, curve, train_loss,
+                            complete=False))
         if a.minutes and time.perf_counter() - start > 60 * a.minutes:
             print(f"stopping at step {step}: --minutes={a.minutes} reached", flush=True)
-            return result(a, indices, setup_s, start, curve, train_loss, complete=False)
-    return result(a, indices, setup_s, start, curve, train_loss, complete=True)
+            return result(a, evaluator.indices, setup_s, start, curve, train_loss, complete=False)
+    return result(a, evaluator.indices, setup_s, start, curve, train_loss, complete=True)
 
 
 def result(a: argparse.Namespace, indices: list[int], setup_s: float, start: float,
@@ -239,7 +220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    parse_frames(a.frames)
+    from hgmt import input_pipeline
+
+    input_pipeline.parse_eval_frames(a.frames)  # a bad --frames fails before any work
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     r = run(a, on_point=functools.partial(write, a.out))
     write(a.out, r)

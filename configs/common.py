@@ -67,7 +67,10 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every = 100
     c.eval_batch_size = 32
-    c.eval_max_examples = 0  # 0: the whole test protocol
+    c.eval_max_examples = 0  # 0: every selected frame
+    # frames evaluated: middle (each clip's middle frame, SURREAL's test protocol), all, or
+    # everyK (every K-th frame of each clip)
+    c.eval_frames = "middle"
     # validation during training: every eval_every steps (0: never) on eval_split's
     # test-protocol frames; the best checkpoint by best_metric is kept in <workdir>/best
     c.eval_every = 2000

@@ -1,4 +1,5 @@
-"""Evaluation on the SURREAL test protocol (the middle frame of each clip).
+"""Evaluation on the SURREAL test protocol (the middle frame of each clip; `config.eval_frames`
+picks others, e.g. every4 for every 4th frame of each clip).
 
     python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] \
         [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
@@ -59,25 +60,27 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict)
 
 
 class Evaluator:
-    """The evaluation of one (config, split, flip, protocol), set up once: the split's
-    test-protocol frames, or the records `indices` (at most `config.eval_max_examples`), the
-    model and its compiled
-    evaluation step. Calling it with variables gives the summary; the trainer keeps one to
-    validate every `config.eval_every` steps without recompiling."""
+    """The evaluation of one (config, split, flip, protocol), set up once: the split's frames
+    that `config.eval_frames` selects (default 'middle', the test protocol), or the records
+    `indices` (at most `config.eval_max_examples`), the model and its compiled evaluation step.
+    Calling it with variables gives the summary; the trainer keeps one to validate every
+    `config.eval_every` steps without recompiling."""
 
     def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
                  flip: bool = False, protocol: str = "hgmt", indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         self.image_size = config.image_size
+        self.frames = "indices" if indices is not None else config.get("eval_frames", "middle")
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-        if indices is None:  # the test protocol: each clip's middle frame
-            indices = input_pipeline.test_protocol_indices(config.dataset, config.data_dir,
-                                                           split)
+        if indices is None:  # config.eval_frames; by default each clip's middle frame
+            indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
+                                                  config.get("eval_frames", "middle"))
         if config.get("eval_max_examples", 0):
             indices = indices[:config.eval_max_examples]
         if not indices:
-            raise ValueError(f"{config.dataset} split {split!r} has no test-protocol examples")
+            raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
+                             f"(eval_frames={self.frames})")
         self.indices = indices
         batch_size = config.eval_batch_size
         batch_size -= batch_size % jax.device_count() or 0
@@ -108,7 +111,7 @@ class Evaluator:
         summary["protocol"] = self.protocol
         summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
         summary["num_examples"] = int(count)
-        summary["split"], summary["flip"] = self.split, self.flip
+        summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         if writer is not None:
             writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
             _write_images(writer, step, self.model, variables, first, self.tasks)
@@ -118,8 +121,8 @@ class Evaluator:
 def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
              split: str = "test", flip: bool = False, writer=None, step: int = 0,
              protocol: str = "hgmt") -> dict:
-    """Metrics of `variables` on the test protocol of `split` under the metric `protocol`
-    (see `Evaluator`)."""
+    """Metrics of `variables` on the frames of `split` that `config.eval_frames` selects, under
+    the metric `protocol` (see `Evaluator`)."""
     return Evaluator(config, tasks, split=split, flip=flip, protocol=protocol)(
         variables, writer=writer, step=step)
 
@@ -143,6 +146,7 @@ def to_markdown(summary: dict) -> str:
     per-part breakdowns."""
     protocol = summary.get("protocol", "hgmt")
     lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
+             f" (frames: {summary.get('frames', 'middle')})"
              f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
              f"(docs/metrics.md).", "", "| metric | value | protocol |", "|---|---|---|"]
     for k, v in headline(summary).items():

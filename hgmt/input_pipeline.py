@@ -254,6 +254,27 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
                          lambda frame, total: frame == surreal.middle_frame(total))
 
 
+def parse_eval_frames(frames: str) -> int:
+    """The frames an evaluation reads: 'middle' (each clip's middle frame, SURREAL's test
+    protocol) -> 0; 'everyK' (frames 0, K, 2K, ... of every clip) -> K; 'all' -> 1."""
+    if frames == "middle":
+        return 0
+    if frames == "all":
+        return 1
+    if frames.startswith("every") and frames[5:].isdigit() and int(frames[5:]) > 0:
+        return int(frames[5:])
+    raise ValueError(f"eval_frames={frames!r}: use middle (the test protocol), all, or everyK "
+                     "(every K-th frame of each clip, e.g. every4)")
+
+
+def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle") -> list[int]:
+    """Indices of the records `frames` selects (see parse_eval_frames)."""
+    stride = parse_eval_frames(frames)
+    if not stride:
+        return test_protocol_indices(dataset, data_dir, split)
+    return frame_indices(dataset, data_dir, split, lambda frame, total: frame % stride == 0)
+
+
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
                  tasks: Sequence[str] | None = None) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, with the labels of `tasks`

@@ -57,6 +57,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
+    input_pipeline.parse_eval_frames(config.get("eval_frames", "middle"))
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")

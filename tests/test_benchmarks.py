@@ -104,4 +104,3 @@ def test_learning_benchmark_writes_curves(demo_dataset, tmp_path):
     assert 0 <= final["segm/min_part_iou"] <= final["segm/mean_iou"] <= 1
     assert set(r["targets_met"]) == set(learning.TARGETS)
     assert os.path.getsize(out + ".png") > 0 and os.path.exists(out + ".json")
-    assert learning.parse_frames("every4") == ("every", 4)

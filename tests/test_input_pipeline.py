@@ -122,6 +122,22 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
     assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
 
 
+def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
+    """middle: the test protocol; every2: frames 0, 2, 4 of each 6-frame clip; all: every one."""
+    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+
+    def frames(spec):
+        idx = ip.eval_indices("surreal/all", demo_dataset[1], "test", spec)
+        return sorted(int(src[i]["frame"]) for i in idx)
+
+    assert frames("middle") == [surreal.middle_frame(6)] * 2
+    assert frames("every2") == [0, 0, 2, 2, 4, 4]
+    assert frames("all") == sorted(list(range(6)) * 2)
+    for bad in ("every0", "every", "first"):
+        with pytest.raises(ValueError, match="eval_frames=.*everyK"):
+            ip.parse_eval_frames(bad)
+
+
 def test_missing_dataset_says_how_to_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="tfds build data_builders/surreal"):
         ip.open_split("surreal/all", str(tmp_path), "train")
