@@ -1,15 +1,15 @@
 """Validation during training and the best checkpoint.
 
-Every `config.eval_every` steps the trainer evaluates the current model on the test-protocol
-frames of `config.eval_split` (at most `config.eval_max_examples`), writes the headline metrics
-to TensorBoard under `validation/`, and keeps the checkpoint that scored best on
-`config.best_metric` in `<workdir>/best/<step>` (orbax, the metric stored with it, so a resumed
-run knows the best so far). `hgmt.evaluate --step=best` evaluates it.
+Every `config.eval_every` steps the trainer evaluates the current model on the frames of
+`config.eval_split` that `config.eval_frames` selects (at most `config.eval_max_examples`),
+writes the headline metrics to TensorBoard under `validation/`, and keeps the checkpoint that
+scored best on `config.best_metric` in `<workdir>/best/<step>` (orbax, the metric stored with
+it, so a resumed run knows the best so far). `hgmt.evaluate --step=best` evaluates it.
 
 `best_metric` is any key of `metric_values`: `loss/total` (the loss-weighted sum of the task
 losses, the default: it exists for every task subset), `loss/<task>`, or a headline metric
-such as `pose2d/pckh@0.5` or `pose3d/mjd_mm`. Millimetre errors and losses are better lower,
-everything else higher.
+such as `pose2d/pckh@0.5` or `pose3d/mjd_mm`. Losses are better lower, and so are the metrics a
+task's `Headline` lists in `lower_is_better`; everything else higher.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import checkpoints, evaluate
+from hgmt import checkpoints, evaluate, protocols
 
 
 def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, float]:
@@ -32,7 +32,9 @@ def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, floa
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.startswith("loss/") or metric.endswith("_mm")
+    """'loss/...' and the headline metrics their task declares better lower (errors)."""
+    task, _, name = metric.partition("/")
+    return task == "loss" or name in protocols.headline_of(task, "hgmt").lower_is_better
 
 
 def best_manager(workdir: str, metric: str) -> ocp.CheckpointManager:

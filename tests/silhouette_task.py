@@ -14,7 +14,7 @@ NAME = "silhouette"
 NUM_CHANNELS = 2  # background, person
 DEFAULT_LOSS_WEIGHT = 1.0
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # a mirror changes no class
-HEADLINES = {"hgmt": Headline(("iou",), "iou", True, "silhouette IoU")}
+HEADLINES = {"hgmt": Headline(("iou",), "iou", (), "silhouette IoU")}
 
 
 def labels(crop: spec.Crop) -> dict:

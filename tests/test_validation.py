@@ -92,3 +92,18 @@ def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
     train.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
     with pytest.raises(FileNotFoundError, match="config.eval_every > 0"):
         checkpoints.restore_for_inference(workdir, "best")
+
+
+def test_best_metric_direction_comes_from_the_task():
+    """Losses and the errors a task's Headline declares are better lower; the rest higher. A
+    Headline naming a direction for a metric it lacks is an error."""
+    from hgmt.tasks.spec import Headline
+
+    lower = {m: validation.lower_is_better(m) for m in (
+        "loss/total", "loss/segm", "pose3d/mjd_mm", "depth/rmse_mm", "depth/bin_accuracy",
+        "pose2d/pckh@0.5", "segm/mean_iou")}
+    assert lower == {"loss/total": True, "loss/segm": True, "pose3d/mjd_mm": True,
+                     "depth/rmse_mm": True, "depth/bin_accuracy": False,
+                     "pose2d/pckh@0.5": False, "segm/mean_iou": False}
+    with pytest.raises(ValueError, match="'err'.*not in its metrics"):
+        Headline(("acc",), "acc", ("err",), "accuracy")

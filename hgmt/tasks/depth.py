@@ -18,9 +18,9 @@ DEFAULT_LOSS_WEIGHT = 1.0
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
-    "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", False, "RMSE (mm)"),
-    "bodynet": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
-    "surreal": Headline(("rmse_mm",), "rmse_mm", False, "RMSE (mm, per image)"),
+    "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", ("rmse_mm",), "RMSE (mm)"),
+    "bodynet": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)"),
+    "surreal": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)"),
 }
 
 

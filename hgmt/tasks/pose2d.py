@@ -25,9 +25,9 @@ DEFAULT_LOSS_WEIGHT = 1000.0
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
 HEADLINES = {
-    "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", True, "PCKh@0.5",
+    "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
                      "pckh@0.5_per_joint", "joint"),
-    "bodynet": Headline(("pck",), "pck", True, "PCK (BodyNet)", "pck_per_joint", "joint"),
+    "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint"),
 }
 # BodyNet averages its 2D PCK per test batch of opt.batchSize: 4 by default
 # (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).

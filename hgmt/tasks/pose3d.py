@@ -26,13 +26,13 @@ NUM_BINS = 2 * common.MAX_BIN + 1
 NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
 SIGMA = 1.0
-# Channel permutation under a horizontal flip: swap joints, keep depth bins.
 HEADLINES = {
-    "hgmt": Headline(("mjd_mm",), "mjd_mm", False, "MJD (mm)", "mjd_mm_per_joint", "joint",
-                     ".1f"),
-    "bodynet": Headline(("mjd_mm",), "mjd_mm", False, "MJD (mm, BodyNet)", "mjd_mm_per_joint",
-                        "joint", ".1f"),
+    "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",
+                     "joint", ".1f"),
+    "bodynet": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm, BodyNet)",
+                        "mjd_mm_per_joint", "joint", ".1f"),
 }
+# Channel permutation under a horizontal flip: swap joints, keep depth bins.
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
 
 

@@ -18,11 +18,11 @@ DEFAULT_LOSS_WEIGHT = 1.0
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
-    "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True, "mean IoU",
+    "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",
                      "iou_per_part", "part"),
-    "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True,
+    "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part"),
-    "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", True,
+    "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part"),
 }
 

@@ -17,11 +17,23 @@ class Headline:
 
     metrics: tuple[str, ...]  # one-number metrics: logs, TensorBoard, tables, best checkpoint
     compare: str  # the one the task-combination study compares (hgmt.report)
-    higher_is_better: bool
+    lower_is_better: tuple[str, ...]  # those of `metrics` that are better lower (errors)
     label: str  # its name in the study's tables and charts
     per_item: str | None = None  # key of the per-item breakdown ({item name: value})
     item: str | None = None  # what an item is ("joint", "part"): one table per kind
     item_format: str = ".3f"  # format of a per-item value in the evaluation tables
+
+    def __post_init__(self):
+        unknown = set(self.lower_is_better) - set(self.metrics) | {self.compare} - set(
+            self.metrics)
+        if unknown:
+            raise ValueError(f"Headline {self.label!r}: {sorted(unknown)} not in its metrics "
+                             f"{self.metrics}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction of `compare`."""
+        return self.compare not in self.lower_is_better
 
 
 @dataclasses.dataclass(frozen=True)
