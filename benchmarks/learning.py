@@ -9,7 +9,8 @@ pipeline with its augmentation) for a fixed number of steps, and evaluates the m
 --eval_every steps on test frames (`--frames`: `all` frames of every test clip, `middle` the
 test-protocol frame of each clip, `everyK` every K-th frame of each clip). Writes
 ``<out>.json`` (settings, machine, curves, targets met) and ``<out>.png`` (one panel per task).
-Demo data only: the numbers say the model learns, not how it would do on SURREAL.
+Data, model and optimiser default to configs/study.py's, the scale of docs/study. Demo data
+only: the numbers say the model learns, not how it would do on SURREAL.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed:
 
 
 def make_config(a: argparse.Namespace):
-    """The demo config at the benchmark's size."""
-    from configs import demo
+    """configs/study.py with the command line's sizes."""
+    from configs import study
 
-    c = demo.get_config(f"tasks={a.tasks}")
+    c = study.get_config(f"tasks={a.tasks}")
     c.unlock()
     c.data_dir = a.data_dir
     c.image_size, c.batch_size, c.total_steps = a.res, a.batch, a.steps
@@ -195,23 +196,32 @@ def plot(result: dict, path: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags; data, model and optimiser default to configs/study.py's (one home for the
+    study's scale)."""
+    from configs import study
+
+    c = study.get_config()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output stem: writes <out>.json, <out>.png")
-    p.add_argument("--data_dir", default="runs/learning_data/tfds")
-    p.add_argument("--surreal_root", default="runs/learning_data/surreal")
-    p.add_argument("--clips", type=int, default=24, help="demo clips per split to generate")
-    p.add_argument("--clip_frames", type=int, default=40, help="frames per generated clip")
-    p.add_argument("--data_seed", type=int, default=0)
+    p.add_argument("--data_dir", default=c.data_dir)
+    p.add_argument("--surreal_root", default=c.demo.surreal_root)
+    p.add_argument("--clips", type=int, default=c.demo.clips_per_split,
+                   help="demo clips per split to generate")
+    p.add_argument("--clip_frames", type=int, default=c.demo.frames,
+                   help="frames per generated clip")
+    p.add_argument("--data_seed", type=int, default=c.demo.seed)
     p.add_argument("--tasks", default="all")
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--stacks", type=int, default=2)
-    p.add_argument("--features", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4, help="hourglass depth (downsamplings)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam, warm-up then cosine decay")
+    p.add_argument("--res", type=int, default=c.image_size)
+    p.add_argument("--stacks", type=int, default=c.model.num_stacks)
+    p.add_argument("--features", type=int, default=c.model.features)
+    p.add_argument("--depth", type=int, default=c.model.depth,
+                   help="hourglass depth (downsamplings)")
+    p.add_argument("--batch", type=int, default=c.batch_size)
+    p.add_argument("--lr", type=float, default=c.optimizer.learning_rate,
+                   help="Adam, warm-up then cosine decay")
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--eval_every", type=int, default=300)
-    p.add_argument("--frames", default="every4", help="test frames: all | middle | everyK")
+    p.add_argument("--frames", default=c.eval_frames, help="test frames: all | middle | everyK")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="stop after the first evaluation past this wall time (0: never)")
     p.add_argument("--seed", type=int, default=0)

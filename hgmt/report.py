@@ -233,6 +233,26 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
     return paths
 
 
+def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
+    """A line saying how many of the sweep's planned runs (its sweep.json) have finished and
+    on how many test frames they were evaluated."""
+    done = sum(len(runs) for runs in results.values())
+    first = next(iter(results.values()))[0]
+    frames = "" if "num_examples" not in first else (
+        f" Each is evaluated on {first['num_examples']} frames of split "
+        f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
+    path = os.path.join(sweep_dir, "sweep.json")
+    if not os.path.isfile(path):
+        return f"Runs finished: {done}.{frames}"
+    with open(path) as f:
+        plan = json.load(f)
+    subsets, seeds = len(plan["subsets"]), plan.get("seeds", 1)
+    rest = "" if done >= subsets * seeds else (
+        "; launch/sweep.py with the same arguments resumes the rest")
+    return (f"Runs finished: {done} of {subsets * seeds} ({subsets} subsets x {seeds} "
+            f"seed{'s' if seeds > 1 else ''}){rest}.{frames}")
+
+
 def _define_flags(fv) -> None:
     from absl import flags
 
@@ -256,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(study, f, indent=1)
     plot(study, args.out)
     note = (args.note or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
-        f" Metric protocol: `{args.protocol}` (docs/metrics.md).")
+        f" Metric protocol: `{args.protocol}` (docs/metrics.md). "
+        f"{progress(args.sweep, results)}")
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(to_markdown(study, note))
     print(f"wrote {args.out}/README.md, report.json and the charts for "

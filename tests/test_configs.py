@@ -62,3 +62,20 @@ def test_demo_config():
     c = demo.get_config()
     assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0
     assert demo.get_config("tasks=depth").tasks == "depth"
+
+
+def test_study_config_is_the_learning_benchmarks():
+    """configs/study.py is locked, evaluates 240 test frames, and gives the learning benchmark
+    its defaults (one home for the study's scale)."""
+    from benchmarks import learning
+    from configs import study
+
+    c = study.get_config("tasks=pose2d+segm")
+    assert c.tasks == "pose2d+segm" and c.eval_frames == "every4" and c.image_size == 128
+    with pytest.raises(AttributeError):
+        c.typo = 1
+    b = learning.make_config(learning.parse_args(["--out", "x", "--steps", str(c.total_steps),
+                                                 "--tasks", c.tasks]))
+    for key in ("data_dir", "image_size", "batch_size", "model", "optimizer", "eval_frames",
+                "demo"):
+        assert b[key] == c[key], key

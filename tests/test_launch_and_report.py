@@ -72,9 +72,12 @@ def test_report_gives_seed_means_spreads_and_marks_changes_beyond_the_spread(tmp
     assert study["gain"]["pose2d+segm"] == pytest.approx(0.05)
     assert study["beyond_spread"] == {"pose2d+segm": True, "pose2d+pose3d": False}
     assert study["per_item_gain"]["l_wrist"] == pytest.approx(0.10)  # best: pose2d+depth
+    (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": list(runs), "seeds": 3}))
     out = tmp_path / "report"
     assert report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
     text = (out / "README.md").read_text()
+    assert ("Runs finished: 10 of 12 (4 subsets x 3 seeds); launch/sweep.py with the same "
+            "arguments resumes the rest.") in text
     assert "| pose2d+segm | 0.85 ± 0.01 (3) | +0.05 | **yes** |" in text
     assert "| pose2d+pose3d | 0.81 ± 0.02 (3) | +0.01 | no |" in text
     assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 |  |" in text
@@ -198,6 +201,8 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     assert report.main(["--sweep", sweep_dir, "--out", out]) == 0
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
+    assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
+            "split `test` (frames: middle).") in open(os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
         assert report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0
