@@ -109,6 +109,13 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     p_train = jax.pmap(functools.partial(steps.train_step, weights=weights), axis_name="batch",
                        donate_argnums=(0,))
     evaluator = evaluate.Evaluator(config, tasks, split="test")
+    # The same metrics on training frames (unaugmented crops) tell fitting from generalising.
+    train_evaluator = None
+    if a.train_frames:
+        train_config = config.copy_and_resolve_references()
+        with train_config.unlocked():
+            train_config.eval_frames = a.train_frames
+        train_evaluator = evaluate.Evaluator(train_config, tasks, split="train")
     curve, train_loss = [], []
     t_train, losses = 0.0, []
     setup_s = time.perf_counter() - start
@@ -131,6 +138,9 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
                  "eval_loss": summary["loss"]}
         if "segm" in summary:
             point["segm/iou_per_part"] = summary["segm"]["iou_per_part"]
+        if train_evaluator is not None:
+            point["train_split"] = flat_metrics(train_evaluator(flax.jax_utils.unreplicate(
+                {"params": state.params, "batch_stats": state.batch_stats})))
         curve.append(point)
         train_loss.append({"step": step, "loss": float(np.mean(losses))})
         losses = []
@@ -182,6 +192,9 @@ def plot(result: dict, path: str) -> None:
     for ax, (task, keys) in zip(axes[0], panels, strict=True):
         for k in keys:
             line, = ax.plot(steps, [p[k] for p in curve], "o-", ms=3, label=k.split("/")[1])
+            if "train_split" in curve[0]:
+                ax.plot(steps, [p["train_split"][k] for p in curve], "--", lw=1,
+                        color=line.get_color(), label=f"{k.split('/')[1]} (train frames)")
             if k in TARGETS:
                 ax.axhline(TARGETS[k][1], color=line.get_color(), ls=":", lw=1)
         ax.set_title(task)
@@ -222,6 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--eval_every", type=int, default=300)
     p.add_argument("--frames", default=c.eval_frames, help="test frames: all | middle | everyK")
+    p.add_argument("--train_frames", default="",
+                   help="also evaluate these frames of the training split (as --frames; "
+                        "'' : none), to tell fitting from generalising")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="stop after the first evaluation past this wall time (0: never)")
     p.add_argument("--seed", type=int, default=0)
@@ -232,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     from hgmt import input_pipeline
 
-    input_pipeline.parse_eval_frames(a.frames)  # a bad --frames fails before any work
+    for frames in filter(None, (a.frames, a.train_frames)):  # bad ones fail before any work
+        input_pipeline.parse_eval_frames(frames)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     r = run(a, on_point=functools.partial(write, a.out))
     write(a.out, r)
