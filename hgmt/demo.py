@@ -4,6 +4,7 @@ the SURREAL builder (data_builders/surreal), exactly as a real SURREAL download 
 from __future__ import annotations
 
 import logging
+import sys
 
 from hgmt import surreal, synthetic
 
@@ -24,6 +25,7 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         logging.info("generating demo SURREAL clips in %s", surreal_root)
         synthetic.generate(surreal_root, clips_per_split, frames, seed)
     logging.info("building %s into %s", dataset, data_dir)
+    tfds.display_progress_bar(sys.stderr.isatty())  # progress bars on a terminal, not in logs
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
     return data_dir
