@@ -72,7 +72,7 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     # everyK (every K-th frame of each clip)
     c.eval_frames = "middle"
     # validation during training: every eval_every steps (0: never) on eval_split's
-    # test-protocol frames; the best checkpoint by best_metric is kept in <workdir>/best
+    # eval_frames; the best checkpoint by best_metric is kept in <workdir>/best
     c.eval_every = 2000
     c.eval_split = "validation"
     c.best_metric = "loss/total"  # or loss/<task>, or e.g. pose2d/pckh@0.5, pose3d/mjd_mm
