@@ -206,3 +206,29 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     for protocol in ("bodynet", "surreal"):
         assert report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0
+
+
+def test_committed_study_runs_match_the_study_config(tmp_path):
+    """docs/study/runs holds the finished runs of `launch/sweep.py --config=configs/study.py`
+    (their config and evaluations): each was made with configs/study.py as it is now (so a
+    change to that config asks for the runs again), evaluated on its 240 test frames, and the
+    report rebuilds from these files alone."""
+    from configs import study
+
+    sweep_dir = os.path.join(REPO, "docs", "study", "runs")
+    finished = [n for n in sorted(os.listdir(sweep_dir))
+                if os.path.isfile(os.path.join(sweep_dir, n, "eval_test.json"))]
+    if not finished:
+        pytest.skip("no finished study run committed yet")
+    for name in finished:
+        with open(os.path.join(sweep_dir, name, "config.json")) as f:
+            made = json.load(f)
+        tasks, _, seed = name.partition(report.SEED_MARK)
+        expected = study.get_config(f"tasks={tasks}").to_dict()
+        expected["seed"] = int(seed or 0)
+        assert made == expected, name
+        with open(os.path.join(sweep_dir, name, "eval_test.json")) as f:
+            result = json.load(f)
+        assert (result["num_examples"], result["frames"]) == (240, "every4"), name
+    assert report.main([f"--sweep={sweep_dir}", f"--out={tmp_path}"]) == 0
+    assert f"Runs finished: {len(finished)} of 45" in (tmp_path / "README.md").read_text()
