@@ -52,7 +52,7 @@ def make_config(a: argparse.Namespace):
     c.image_size, c.batch_size, c.total_steps = a.res, a.batch, a.steps
     c.model.num_stacks, c.model.features, c.model.depth = a.stacks, a.features, a.depth
     c.optimizer.learning_rate = a.lr
-    c.optimizer.warmup_steps = min(100, a.steps // 10)
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, a.steps // 10)
     c.seed = a.seed
     c.eval_batch_size = a.batch
     c.eval_frames = a.frames
@@ -130,8 +130,9 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         if step % a.eval_every and step != config.total_steps:
             continue
         t0 = time.perf_counter()
-        summary = evaluator(flax.jax_utils.unreplicate(
-            {"params": state.params, "batch_stats": state.batch_stats}))
+        variables = flax.jax_utils.unreplicate(
+            {"params": state.params, "batch_stats": state.batch_stats})
+        summary = evaluator(variables)
         point = {"step": step, "train_s": round(t_train, 1),
                  "wall_s": round(time.perf_counter() - start, 1),
                  "eval_s": round(time.perf_counter() - t0, 1), **flat_metrics(summary),
@@ -139,8 +140,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         if "segm" in summary:
             point["segm/iou_per_part"] = summary["segm"]["iou_per_part"]
         if train_evaluator is not None:
-            point["train_split"] = flat_metrics(train_evaluator(flax.jax_utils.unreplicate(
-                {"params": state.params, "batch_stats": state.batch_stats})))
+            point["train_split"] = flat_metrics(train_evaluator(variables))
         curve.append(point)
         train_loss.append({"step": step, "loss": float(np.mean(losses))})
         losses = []

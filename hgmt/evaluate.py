@@ -75,7 +75,7 @@ class Evaluator:
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
         if indices is None:  # config.eval_frames; by default each clip's middle frame
             indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
-                                                  config.get("eval_frames", "middle"))
+                                                  self.frames)
         if config.get("eval_max_examples", 0):
             indices = indices[:config.eval_max_examples]
         if not indices:

@@ -24,8 +24,7 @@ class Headline:
     item_format: str = ".3f"  # format of a per-item value in the evaluation tables
 
     def __post_init__(self):
-        unknown = set(self.lower_is_better) - set(self.metrics) | {self.compare} - set(
-            self.metrics)
+        unknown = (set(self.lower_is_better) | {self.compare}) - set(self.metrics)
         if unknown:
             raise ValueError(f"Headline {self.label!r}: {sorted(unknown)} not in its metrics "
                              f"{self.metrics}")
