@@ -5,7 +5,8 @@
 reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
 `--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
-writes into OUT: README.md (tables), report.json, and bar charts: for each task its headline
+writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables),
+report.json, claims.json (hgmt/claims.py) and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
 (`<task>_per_item.png`).
@@ -19,7 +20,7 @@ import sys
 
 import numpy as np
 
-from hgmt import cli, protocols
+from hgmt import claims, cli, protocols
 from hgmt.tasks import TASKS, parse_tasks
 
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
@@ -140,8 +141,12 @@ def _signed(x: float) -> str:
     return "0" if x == 0 else f"{x:+.4g}"
 
 
-def to_markdown(study: dict[str, dict], note: str) -> str:
+def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None) -> str:
+    """The report: title, note, the paper's conclusions (`claims.check`) if given, then a
+    section per task."""
     lines = ["# Task-combination study", "", note, ""]
+    if checked:
+        lines += claims.to_markdown(checked)
     for task, e in study.items():
         h = _headline(e, task)
         item, label = h.item, h.label
@@ -261,25 +266,40 @@ def _define_flags(fv) -> None:
     flags.DEFINE_string("out", None, "report directory", flag_values=fv, required=True)
     flags.DEFINE_string("note", "", "a line placed under the title (e.g. the data)",
                         flag_values=fv)
+    flags.DEFINE_string("note_file", "", "a Markdown file whose text is placed under the "
+                        "title (instead of --note)", flag_values=fv)
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "compare the numbers of this metric protocol (docs/metrics.md)",
                       flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.report --sweep=DIR --out=DIR [--protocol=P] [--note=TEXT]`."""
+    """`python -m hgmt.report --sweep=DIR --out=DIR [--protocol=P] [--note=TEXT |
+    --note_file=FILE]`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    if args.note and args.note_file:
+        raise SystemExit("error: give the note as --note or as --note_file, not both")
+    given = args.note
+    if args.note_file:
+        if not os.path.isfile(args.note_file):
+            raise SystemExit(f"error: --note_file={args.note_file} not found: give the path "
+                             f"of a Markdown file, or the text with --note")
+        with open(args.note_file) as f:
+            given = f.read().strip()
     results = load_sweep(args.sweep, args.protocol)
     study = compare(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(study, f, indent=1)
+    checked = claims.check(study)
+    with open(os.path.join(args.out, "claims.json"), "w") as f:
+        json.dump(checked, f, indent=1)
     plot(study, args.out)
-    note = (args.note or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
-        f" Metric protocol: `{args.protocol}` (docs/metrics.md). "
+    note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
+        f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{progress(args.sweep, results)}")
     with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(to_markdown(study, note))
+        f.write(to_markdown(study, note, checked))
     print(f"wrote {args.out}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

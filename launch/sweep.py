@@ -5,9 +5,10 @@
         [-- --config.total_steps=1000 ...]
 
 Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
-15 by default), one after another on this host, logging to SWEEP_DIR/T.log. A subset whose
-SWEEP_DIR/T/eval_test.json exists is done and skipped, so rerunning the sweep resumes it (and an
-interrupted subset resumes from its last checkpoint). Arguments after `--` go to every run.
+15 by default), one after another on this host, logging to SWEEP_DIR/T.log (its last line: the
+run's wall time). A subset whose SWEEP_DIR/T/eval_test.json exists is done and skipped, so
+rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint).
+Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
 for `python -m hgmt.report --protocol=P`.
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(log, "w") as f:
                 rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
-            print(f"[{i}/{len(runs)}] {name} {what}: {status} in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            took = f"{name} {what}: {status} in {time.perf_counter() - start:.0f} s"
+            print(f"[{i}/{len(runs)}] {took}", flush=True)
+            with open(log, "a") as f:  # the run's wall time stays with its log
+                f.write(f"launch/sweep.py: {took}\n")
             if rc:
                 failed.append(name)
                 break

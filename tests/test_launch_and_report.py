@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -192,6 +193,8 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
         assert other["protocol"] == other["pose2d"]["protocol"] == "bodynet"
         assert other["pose2d"]["pck"] is None or 0.0 <= other["pose2d"]["pck"] <= 1.0
         assert os.path.exists(os.path.join(sweep_dir, name, "eval_test_bodynet.md"))
+        last = open(os.path.join(sweep_dir, f"{name}.log")).read().splitlines()[-1]
+        assert re.fullmatch(rf"launch/sweep.py: {re.escape(name)} train: ok in \d+ s", last)
         seg = json.loads(open(os.path.join(sweep_dir, name, "eval_test_surreal.json")).read())
         assert seg["protocol"] == "surreal" and seg["pose2d"]["protocol"] == "hgmt"
         assert seg.get("segm", {"protocol": "surreal"})["protocol"] == "surreal"

@@ -1,0 +1,155 @@
+"""hgmt.claims: the seed paper's conclusions checked on crafted studies (report.compare of
+hand-made evaluation summaries, 3 seeds each unless said)."""
+
+import pytest
+
+from hgmt import claims, report, surreal
+from hgmt.tasks import TASKS
+
+AGREES, DISAGREES, UNRESOLVED = claims.AGREES, claims.DISAGREES, claims.UNRESOLVED
+
+
+def _summary(task: str, value: float, items: dict | None = None) -> dict:
+    """One run's evaluation of `task` with headline `value` (per-item values `items`, default
+    all equal to `value`)."""
+    if task == "pose2d":
+        per = {j: value for j in surreal.JOINT_NAMES} | (items or {})
+        return {"pckh@0.5": value, "pckh@0.5_per_joint": per}
+    if task == "pose3d":
+        per = {j: value for j in surreal.JOINT_NAMES} | (items or {})
+        return {"mjd_mm": value, "mjd_mm_per_joint": per}
+    if task == "segm":
+        per = {p: value for p in surreal.PART_NAMES} | (items or {})
+        return {"mean_iou": value, "iou_per_part": per}
+    return {"rmse_mm": value, "bin_accuracy": 0.3}
+
+
+def _study(values: dict[str, dict[str, list[float]]]) -> dict:
+    """{subset: {task: [value per seed]}} -> report.compare's study."""
+    results = {}
+    for subset, per_task in values.items():
+        seeds = len(next(iter(per_task.values())))
+        results[subset] = [{t: _summary(t, v[k]) for t, v in per_task.items()}
+                           for k in range(seeds)]
+    return report.compare(results)
+
+
+def _verdict(rule, values):
+    return rule(_study(values))[0]
+
+
+SPREAD = [0.0, 0.01, -0.01]  # seed offsets: standard deviation 0.01
+
+
+def _seeds(x: float, scale: float = 1.0) -> list[float]:
+    return [x + scale * d for d in SPREAD]
+
+
+def test_pose2d_helping_pose3d_or_depth_disagrees_with_the_paper():
+    rule = claims.pose2d_helps_neither_pose3d_nor_depth
+    within = {"pose3d": {"pose3d": _seeds(60, 100)},  # MJD 60 +- 1 mm
+              "pose2d+pose3d": {"pose3d": _seeds(59.5, 100)},  # 0.5 mm better: within
+              "depth": {"depth": _seeds(200, 100)},
+              "pose2d+depth": {"depth": _seeds(205, 100)}}  # 5 mm worse: beyond, worse
+    assert _verdict(rule, within) == AGREES
+    helped = within | {"pose2d+pose3d": {"pose3d": _seeds(55, 100)}}  # 5 mm better
+    assert _verdict(rule, helped) == DISAGREES
+    one_seed = within | {"pose2d+depth": {"depth": [205.0]}}
+    assert _verdict(rule, one_seed) == UNRESOLVED
+    missing = {k: v for k, v in within.items() if k != "pose2d+depth"}
+    verdict, evidence = claims.pose2d_helps_neither_pose3d_nor_depth(_study(missing))
+    assert verdict == UNRESOLVED and "no pose2d+depth run" in evidence
+
+
+def test_segm_helped_by_pose2d_but_not_pose3d():
+    rule = claims.segm_helped_by_pose2d_not_pose3d
+    base = {"segm": {"segm": _seeds(0.50)}, "pose2d+segm": {"segm": _seeds(0.60)},
+            "pose3d+segm": {"segm": _seeds(0.505)}}
+    assert _verdict(rule, base) == AGREES
+    assert _verdict(rule, base | {"pose3d+segm": {"segm": _seeds(0.60)}}) == DISAGREES
+    assert _verdict(rule, base | {"pose2d+segm": {"segm": _seeds(0.505)}}) == DISAGREES
+    assert _verdict(rule, base | {"pose2d+segm": {"segm": [0.6]}}) == UNRESOLVED
+
+
+def _pose2d_subsets(value_of: dict[str, float]) -> dict:
+    """Every subset holding pose2d, 3 seeds of PCKh around value_of[subset] (default 0.80)."""
+    subsets = ["+".join(s) for s in claims.all_subsets() if "pose2d" in s
+               and set(s) <= set(claims.PAPER_TASKS)]
+    assert len(subsets) == 8
+    return {s: {"pose2d": _seeds(value_of.get(s, 0.80))} for s in subsets}
+
+
+def test_all_four_tasks_best_for_pose2d():
+    rule = claims.all_four_best_for_pose2d
+    assert _verdict(rule, _pose2d_subsets({claims.ALL_FOUR: 0.90})) == AGREES
+    rival = _pose2d_subsets({claims.ALL_FOUR: 0.90, "pose2d+segm": 0.95})
+    assert _verdict(rule, rival) == DISAGREES
+    close = _pose2d_subsets({claims.ALL_FOUR: 0.90, "pose2d+segm": 0.905})
+    assert _verdict(rule, close) == UNRESOLVED  # best mean pose2d+segm, within the spread
+    partial = _pose2d_subsets({claims.ALL_FOUR: 0.90})
+    del partial["pose2d+pose3d+depth"]
+    assert _verdict(rule, partial) == UNRESOLVED
+    no_gain = _pose2d_subsets({claims.ALL_FOUR: 0.805})
+    assert _verdict(rule, no_gain) == UNRESOLVED
+
+
+def test_every_task_benefits_from_some_combination():
+    values = {t: {t: _seeds(0.5)} for t in claims.PAPER_TASKS}
+    values["pose2d+segm"] = {"pose2d": _seeds(0.6), "segm": _seeds(0.6)}
+    values["pose3d+depth"] = {"pose3d": _seeds(0.4), "depth": _seeds(0.4)}  # lower: better
+    others = [s for s in ("+".join(c) for c in claims.all_subsets())
+              if "+" in s and s not in values]
+    unhelpful = values | {s: {t: _seeds(0.5) for t in s.split("+")} for s in others}
+    assert _verdict(claims.every_task_benefits, unhelpful) == AGREES
+    assert _verdict(claims.every_task_benefits, values) == AGREES  # each has one already
+    no_depth_gain = unhelpful | {"pose3d+depth": {"pose3d": _seeds(0.4),
+                                                  "depth": _seeds(0.5)}}
+    assert _verdict(claims.every_task_benefits, no_depth_gain) == DISAGREES
+    del no_depth_gain["depth+segm"]
+    assert _verdict(claims.every_task_benefits, no_depth_gain) == UNRESOLVED
+
+
+def test_largest_gain_at_a_wrist_or_ankle():
+    def study(top_joint: str, seeds: int = 3) -> dict:
+        iso = [{"pose2d": _summary("pose2d", 0.8)} for _ in range(seeds)]
+        multi = [{"pose2d": _summary("pose2d", 0.85, {top_joint: 0.95})} for _ in range(seeds)]
+        return report.compare({"pose2d": iso, "pose2d+segm": multi})
+
+    rule = claims.largest_gains_at_wrists_and_ankles
+    verdict, evidence = rule(study("l_ankle"))
+    assert verdict == AGREES and "pose2d+segm improves l_ankle most (+0.15)" in evidence
+    assert rule(study("head_top"))[0] == DISAGREES
+    assert rule(study("l_ankle", seeds=1))[0] == UNRESOLVED
+
+
+def test_distal_items_are_names_the_tasks_report():
+    names = set(surreal.JOINT_NAMES) | set(surreal.PART_NAMES)
+    assert claims.DISTAL_ITEMS <= names
+    assert set(claims.PAPER_TASKS) <= set(TASKS)
+
+
+def test_report_lists_the_claims(tmp_path):
+    import json
+
+    sweep_dir = tmp_path / "sweep"
+    for subset, values in {"segm": [0.50, 0.51, 0.49],
+                           "pose2d+segm": [0.60, 0.61, 0.59]}.items():
+        for k, v in enumerate(values):
+            run = sweep_dir / report.run_name(subset, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps({"segm": _summary("segm", v)}))
+    note = tmp_path / "note.md"
+    note.write_text("Crafted runs.\n\nSecond paragraph.\n")
+    out = tmp_path / "report"
+    assert report.main([f"--sweep={sweep_dir}", f"--out={out}", f"--note_file={note}"]) == 0
+    text = (out / "README.md").read_text()
+    assert text.startswith("# Task-combination study\n\nCrafted runs.\n\nSecond paragraph."
+                           "\n\nMetric protocol: `hgmt`")
+    assert ("| Body-part segmentation benefits from 2D pose but not from 3D pose | "
+            "**unresolved** | segm in pose2d+segm: +0.1 (n=3 vs 3), beyond the seed spread; "
+            "no pose3d+segm run |") in text
+    checked = json.loads((out / "claims.json").read_text())
+    assert [c["claim"] for c in checked] == [text for text, _ in claims.CLAIMS]
+    with pytest.raises(SystemExit, match="note_file=.*missing.md not found"):
+        report.main([f"--sweep={sweep_dir}", f"--out={out}",
+                     f"--note_file={tmp_path / 'missing.md'}"])
