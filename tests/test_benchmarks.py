@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ben
 
 import input_pipeline  # noqa: E402
 import learning  # noqa: E402
+import limb_depth  # noqa: E402
 import profile_step  # noqa: E402
 import train_step  # noqa: E402
 
@@ -106,3 +107,23 @@ def test_learning_benchmark_writes_curves(demo_dataset, tmp_path):
     assert 0 <= final["segm/min_part_iou"] <= final["segm/mean_iou"] <= 1
     assert set(r["targets_met"]) == set(learning.TARGETS)
     assert os.path.getsize(out + ".png") > 0 and os.path.exists(out + ".json")
+
+
+def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
+    """A camera depth is camLoc_x - X_x (docs/surreal_format.md), so a joint's depth
+    relative to the pelvis is the pelvis's world x minus the joint's."""
+    import pytest
+
+    from hgmt import surreal
+
+    rel = limb_depth.relative_depth(real_info_path)
+    x = surreal.load_info(real_info_path).joints3d[:, surreal.SMPL_TO_JOINT, 0]
+    np.testing.assert_allclose(rel, x[:, [surreal.PELVIS]] - x, atol=1e-6)
+    out = limb_depth.spread([real_info_path])
+    assert (out["clips"], out["frames"]) == (1, 100)
+    assert out["within_clip_sd_mm"] == out["overall_sd_mm"]  # one clip
+    assert out["overall_sd_mm"]["pelvis"] == 0.0
+    assert out["overall_sd_mm"]["r_ankle"] == pytest.approx(
+        round(float(np.std(x[:, surreal.PELVIS] - x[:, 0]) * 1000.0), 1), abs=0.11)
+    with pytest.raises(SystemExit, match="no \\*_info.mat under"):
+        limb_depth.info_files(str(tmp_path))
