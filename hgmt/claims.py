@@ -45,12 +45,18 @@ def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
     return (BETTER if gain > 0 else WORSE), f"{said}, beyond the seed spread"
 
 
+def _combine(verdicts: list[str]) -> str:
+    """One verdict of several parts: DISAGREES if a part does, else UNRESOLVED if a part is,
+    else AGREES."""
+    return (DISAGREES if DISAGREES in verdicts else
+            UNRESOLVED if UNRESOLVED in verdicts else AGREES)
+
+
 def _verdict(found: list[tuple[str, str]], agree_if: Callable[[str], bool]) -> str:
     """AGREES when every effect satisfies `agree_if`, DISAGREES when a known one does not,
     else UNRESOLVED."""
-    if any(kind != UNKNOWN and not agree_if(kind) for kind, _ in found):
-        return DISAGREES
-    return UNRESOLVED if any(kind == UNKNOWN for kind, _ in found) else AGREES
+    return _combine([UNRESOLVED if kind == UNKNOWN else AGREES if agree_if(kind) else DISAGREES
+                     for kind, _ in found])
 
 
 def every_task_benefits(study: dict) -> tuple[str, str]:
@@ -70,9 +76,7 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
             missing = sum(kind == UNKNOWN for kind, _ in found)
             notes.append(f"{task}: none better beyond the spread yet; {missing} of "
                          f"{len(found)} combinations not run or with one seed")
-    verdict = (DISAGREES if DISAGREES in verdicts else
-               UNRESOLVED if UNRESOLVED in verdicts else AGREES)
-    return verdict, "; ".join(notes)
+    return _combine(verdicts), "; ".join(notes)
 
 
 def all_four_best_for_pose2d(study: dict) -> tuple[str, str]:
@@ -99,17 +103,18 @@ def all_four_best_for_pose2d(study: dict) -> tuple[str, str]:
 
 
 def pose2d_helps_neither_pose3d_nor_depth(study: dict) -> tuple[str, str]:
+    """Neither pose3d in pose2d+pose3d nor depth in pose2d+depth is better beyond the
+    spread."""
     found = [effect(study, t, f"pose2d+{t}") for t in ("pose3d", "depth")]
     return _verdict(found, lambda kind: kind != BETTER), "; ".join(w for _, w in found)
 
 
 def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
+    """segm is better beyond the spread in pose2d+segm, and not in pose3d+segm."""
     by_pose2d = effect(study, "segm", "pose2d+segm")
     by_pose3d = effect(study, "segm", "pose3d+segm")
-    first = _verdict([by_pose2d], lambda kind: kind == BETTER)
-    second = _verdict([by_pose3d], lambda kind: kind != BETTER)
-    verdict = (DISAGREES if DISAGREES in (first, second) else
-               UNRESOLVED if UNRESOLVED in (first, second) else AGREES)
+    verdict = _combine([_verdict([by_pose2d], lambda kind: kind == BETTER),
+                        _verdict([by_pose3d], lambda kind: kind != BETTER)])
     return verdict, f"{by_pose2d[1]}; {by_pose3d[1]}"
 
 
@@ -133,9 +138,7 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
                      f"({e['per_item_gain'][top]:+.3g})")
     if not verdicts:
         return UNRESOLVED, "no per-item breakdown to compare"
-    verdict = (DISAGREES if DISAGREES in verdicts else
-               UNRESOLVED if UNRESOLVED in verdicts else AGREES)
-    return verdict, "; ".join(notes)
+    return _combine(verdicts), "; ".join(notes)
 
 
 def _subsets_with(task: str) -> list[str]:
