@@ -17,6 +17,9 @@ for `python -m hgmt.report --protocol=P`.
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
         --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
 
+SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
+finished runs against; a later call with the same config adds its subsets and seeds to it, so
+a few subsets can run first (`--tasks`), and another config in the same directory is refused.
 Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the subsets.
 """
 
@@ -61,6 +64,28 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
             f"--protocol={protocol}", f"--out={out}"]
 
 
+def record_plan(sweep_dir: str, plan: dict) -> dict:
+    """Writes SWEEP_DIR/sweep.json, the sweep's plan (config, subsets, seeds, extra arguments),
+    which the report counts finished runs against. A sweep directory holds one config: a later
+    call with the same config and arguments adds its subsets and seeds to the plan (running a
+    few subsets first keeps the whole plan), another config exits naming the fix."""
+    path = os.path.join(sweep_dir, "sweep.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if (old["config"], old["extra"]) != (plan["config"], plan["extra"]):
+            raise SystemExit(
+                f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
+                f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
+                f"another --sweep_dir, or the same config and arguments")
+        plan = {**plan, "subsets": old["subsets"] + [
+            s for s in plan["subsets"] if s not in old["subsets"]],
+            "seeds": max(old["seeds"], plan["seeds"])}
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=1)
+    return plan
+
+
 def _define_flags(fv) -> None:
     from absl import flags
 
@@ -95,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
     os.makedirs(args.sweep_dir, exist_ok=True)
-    with open(os.path.join(args.sweep_dir, "sweep.json"), "w") as f:
-        json.dump({"config": args.config, "subsets": subsets, "seeds": args.seeds,
-                   "extra": extra}, f, indent=1)
+    record_plan(args.sweep_dir, {"config": args.config, "subsets": subsets,
+                                 "seeds": args.seeds, "extra": extra})
     failed = []
     for i, (tasks, k) in enumerate(runs, 1):
         name = run_name(tasks, k)

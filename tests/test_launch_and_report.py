@@ -96,6 +96,28 @@ def test_sweep_runs_each_subset_once_per_seed():
     assert "--workdir=/tmp/s/segm@seed2 --protocol=bodynet" in lines[5]
 
 
+def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):
+    """Finished runs only (nothing trains): a second call for fewer subsets and seeds keeps
+    the first call's plan, which the report counts against; another config is refused."""
+    sweep_dir = tmp_path / "sweep"
+    for name in ("pose2d", "segm", "pose2d@seed1"):
+        (sweep_dir / name).mkdir(parents=True)
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps(_summary(pck=0.8)))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
+                               *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    assert run("--config=configs/demo.py", "--tasks=pose2d,segm").returncode == 0
+    again = run("--config=configs/demo.py", "--tasks=pose2d", "--seeds=2")
+    assert again.returncode == 0 and again.stdout.count("done already") == 2, again.stdout
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert (plan["subsets"], plan["seeds"]) == (["pose2d", "segm"], 2)
+    other = run("--config=configs/study.py", "--tasks=pose2d")
+    assert other.returncode != 0 and "give another --sweep_dir" in other.stderr
+    assert json.loads((sweep_dir / "sweep.json").read_text()) == plan
+
+
 def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs = {"pose2d": _summary(pck=0.80), "pose3d": _summary(mjd=60.0),
