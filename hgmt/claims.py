@@ -74,7 +74,10 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
         else:
             verdicts.append(UNRESOLVED)
             missing = sum(kind == UNKNOWN for kind, _ in found)
-            notes.append(f"{task}: none better beyond the spread yet; {missing} of "
+            gains = {s: g for s, g in study.get(task, {}).get("gain", {}).items() if s != task}
+            best = max(gains, key=gains.get) if gains else None
+            so_far = f" (best mean so far: {best}, {gains[best]:+.3g})" if best else ""
+            notes.append(f"{task}: none better beyond the spread yet{so_far}; {missing} of "
                          f"{len(found)} combinations not run or with one seed")
     return _combine(verdicts), "; ".join(notes)
 
