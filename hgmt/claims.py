@@ -78,7 +78,7 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
             best = max(gains, key=gains.get) if gains else None
             so_far = f" (best mean so far: {best}, {gains[best]:+.3g})" if best else ""
             notes.append(f"{task}: none better beyond the spread yet{so_far}; {missing} of "
-                         f"{len(found)} combinations not run or with one seed")
+                         f"{len(found)} comparisons without 2 seeds on both sides")
     return _combine(verdicts), "; ".join(notes)
 
 

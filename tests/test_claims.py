@@ -110,7 +110,7 @@ def test_every_task_benefits_from_some_combination():
     verdict, evidence = claims.every_task_benefits(_study(no_depth_gain))
     assert verdict == UNRESOLVED
     assert ("depth: none better beyond the spread yet (best mean so far: pose2d+depth, +0.05); "
-            "2 of 7 combinations not run or with one seed") in evidence
+            "2 of 7 comparisons without 2 seeds on both sides") in evidence
 
 
 def test_largest_gain_at_a_wrist_or_ankle():
