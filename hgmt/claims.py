@@ -3,7 +3,7 @@
 Each conclusion gets a verdict from `report.compare`'s numbers: `agrees`, `disagrees` or
 `unresolved` (a run it needs is missing, has one seed, or the change is within the seed
 spread where the claim needs one). A change counts only when it is beyond the seed spread as
-`report.compare` defines it (both subsets over at least 2 seeds), so a claim that a task does
+`report.beyond_spread` defines it (both subsets over at least 2 seeds), so a claim that a task does
 *not* help is met by a change within the spread: the study cannot tell it from no change.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hgmt.report import beyond_spread
 from hgmt.tasks import all_subsets
 
 PAPER_TASKS = ("pose2d", "pose3d", "depth", "segm")
@@ -90,16 +91,17 @@ def all_four_best_for_pose2d(study: dict) -> tuple[str, str]:
         return UNRESOLVED, f"no {ALL_FOUR} run"
     sign = 1.0 if e["higher_is_better"] else -1.0
     sd = e["spread"]
-    rivals = [s for s in e["subsets"] if s not in ("pose2d", ALL_FOUR)
-              and None not in (sd[s], sd[ALL_FOUR])
-              and sign * (e["subsets"][s] - e["subsets"][ALL_FOUR]) > max(sd[s], sd[ALL_FOUR])]
+    lead = {s: sign * (e["subsets"][s] - e["subsets"][ALL_FOUR]) for s in e["subsets"]
+            if s not in ("pose2d", ALL_FOUR)}  # > 0: better than the four-task model
+    rivals = [s for s, d in lead.items() if d > 0 and beyond_spread(d, sd[s], sd[ALL_FOUR])]
     if rivals:
         return DISAGREES, f"better than {ALL_FOUR} beyond both spreads: {', '.join(rivals)}"
     kind, why = effect(study, "pose2d", ALL_FOUR)
-    done = [s for s in _subsets_with("pose2d") if e["seeds"].get(s, 0) >= 2]
-    if kind != BETTER or len(done) < len(_subsets_with("pose2d")):
-        return UNRESOLVED, (f"{why}; {len(done)} of {len(_subsets_with('pose2d'))} pose2d "
-                            f"subsets have 2 seeds or more")
+    subsets = _subsets_with("pose2d")
+    done = [s for s in subsets if e["seeds"].get(s, 0) >= 2]
+    if kind != BETTER or len(done) < len(subsets):
+        return UNRESOLVED, (f"{why}; {len(done)} of {len(subsets)} pose2d subsets have 2 "
+                            f"seeds or more")
     if e["best"] != ALL_FOUR:
         return UNRESOLVED, f"{why}; {e['best']} has a better mean, within the seed spread"
     return AGREES, why

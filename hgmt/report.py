@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from hgmt import claims, cli, protocols
+from hgmt import cli, protocols
 from hgmt.tasks import TASKS, parse_tasks
 
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
@@ -74,6 +74,14 @@ def _spread(values: list[float]) -> float | None:
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
+def beyond_spread(change: float, sd_a: float | None, sd_b: float | None) -> bool | None:
+    """The study's test of a change between two subsets: |change| larger than both seed
+    standard deviations; None (not judged) when either has a single seed."""
+    if sd_a is None or sd_b is None:
+        return None
+    return abs(change) > max(sd_a, sd_b)
+
+
 def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per task: every subset containing it with its headline metric (the mean over its
     seeds, their standard deviation and count), the isolated value, the best subset, the
@@ -113,9 +121,9 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
                  "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
         if entry["isolated"] is not None:
             entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
-            entry["beyond_spread"] = {
-                s: abs(entry["gain"][s]) > max(spread[s], spread[task])
-                for s in rows if s != task and None not in (spread[s], spread[task])}
+            judged = {s: beyond_spread(entry["gain"][s], spread[s], spread[task])
+                      for s in rows if s != task}
+            entry["beyond_spread"] = {s: b for s, b in judged.items() if b is not None}
             if best_multi and item_key:
                 iso_items = _item_means(having[task], item_key)
                 multi_items = _item_means(having[best_multi], item_key)
@@ -144,6 +152,8 @@ def _signed(x: float) -> str:
 def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None) -> str:
     """The report: title, note, the paper's conclusions (`claims.check`) if given, then a
     section per task."""
+    from hgmt import claims  # claims reads this module's study
+
     lines = ["# Task-combination study", "", note, ""]
     if checked:
         lines += claims.to_markdown(checked)
@@ -291,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(study, f, indent=1)
+    from hgmt import claims
+
     checked = claims.check(study)
     with open(os.path.join(args.out, "claims.json"), "w") as f:
         json.dump(checked, f, indent=1)
