@@ -51,6 +51,7 @@ def make_config(a: argparse.Namespace):
     c.data_dir = a.data_dir
     c.image_size, c.batch_size, c.total_steps = a.res, a.batch, a.steps
     c.model.num_stacks, c.model.features, c.model.depth = a.stacks, a.features, a.depth
+    c.model.shared_trunk, c.model.interaction = a.shared_trunk, a.interaction
     c.optimizer.learning_rate = a.lr
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, a.steps // 10)
     c.seed = a.seed
@@ -229,6 +230,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=c.model.features)
     p.add_argument("--depth", type=int, default=c.model.depth,
                    help="hourglass depth (downsamplings)")
+    p.add_argument("--shared_trunk", action=argparse.BooleanOptionalAction,
+                   default=c.model.shared_trunk,
+                   help="one hourglass stream for all tasks instead of one per task")
+    p.add_argument("--interaction", default=c.model.interaction,
+                   help="between the task streams: none | sum | concat | gated")
     p.add_argument("--batch", type=int, default=c.batch_size)
     p.add_argument("--lr", type=float, default=c.optimizer.learning_rate,
                    help="Adam, warm-up then cosine decay")

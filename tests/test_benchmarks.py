@@ -109,6 +109,17 @@ def test_learning_benchmark_writes_curves(demo_dataset, tmp_path):
     assert os.path.getsize(out + ".png") > 0 and os.path.exists(out + ".json")
 
 
+def test_learning_benchmark_model_flags_reach_the_config():
+    """The model's architecture flags set config.model (defaults: configs/study.py's)."""
+    from configs import study
+
+    default = learning.make_config(learning.parse_args(["--out", "x"]))
+    assert default.model.shared_trunk == study.get_config().model.shared_trunk is False
+    c = learning.make_config(learning.parse_args(
+        ["--out", "x", "--shared_trunk", "--interaction", "none", "--stacks", "1"]))
+    assert (c.model.shared_trunk, c.model.interaction, c.model.num_stacks) == (True, "none", 1)
+
+
 def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
     """A camera depth is camLoc_x - X_x (docs/surreal_format.md), so a joint's depth
     relative to the pelvis is the pelvis's world x minus the joint's."""
