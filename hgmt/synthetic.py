@@ -101,8 +101,16 @@ class Motion:
     scale: np.ndarray  # (24,) per-bone length scale
 
 
-def make_motion(rng: np.random.Generator, frames: int) -> Motion:
-    """Random body proportions and smooth random joint angles over ``frames`` frames."""
+# The body's rotation about the vertical (zrot) is uniform within +-ZROT_MAX_DEG of facing the
+# camera. SURREAL draws it from the whole circle (gulvarol/surreal datageneration/main_part1.py:
+# `random_zrot = 2*np.pi*np.random.rand()`), which is zrot_max_deg=180.
+ZROT_MAX_DEG = 60.0
+
+
+def make_motion(rng: np.random.Generator, frames: int,
+                zrot_max_deg: float = ZROT_MAX_DEG) -> Motion:
+    """Random body proportions and smooth random joint angles over ``frames`` frames; the body
+    turned by zrot, uniform in +-zrot_max_deg degrees from facing the camera."""
     height = rng.uniform(0.85, 1.1)
     limb = rng.uniform(0.9, 1.1, size=4)  # legs, arms, torso, head
     scale = np.full(24, height)
@@ -118,8 +126,8 @@ def make_motion(rng: np.random.Generator, frames: int) -> Motion:
         offset = rng.uniform(-0.5, 0.5) * amp
         angle = centre + offset + amp * np.sin(2 * np.pi * freq * t + phase)
         local[:, joint] = local[:, joint] @ _rotation(axis, angle)
-    # Global orientation: facing the camera within +-60 degrees (zrot), slight lean.
-    zrot = float(rng.uniform(-np.pi / 3, np.pi / 3))
+    # Global orientation: turned by zrot from facing the camera, slight lean.
+    zrot = float(rng.uniform(-np.radians(zrot_max_deg), np.radians(zrot_max_deg)))
     local[:, 0] = _rotation(1, np.full(frames, zrot)) @ _rotation(0, np.full(frames, 0.05))
     # Forward kinematics in the body frame.
     rot = np.zeros_like(local)
@@ -325,8 +333,10 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
 
 
 def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int = 0,
-             splits: tuple[str, ...] = ("train", "val", "test")) -> list[str]:
+             splits: tuple[str, ...] = ("train", "val", "test"),
+             zrot_max_deg: float = ZROT_MAX_DEG) -> list[str]:
     """Writes ``clips_per_split`` clips of ``frames`` frames into each split; returns stems.
+    ``zrot_max_deg``: see `make_motion` (180: SURREAL's whole circle).
 
     Deterministic for a given seed: clip k of a split always gets the same random stream.
     Clip names follow SURREAL (sequence ``<NN>_<NN>``, clip ``c<NNNN>``); each split uses its
@@ -339,7 +349,7 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
             seq = f"{split_index + 1:02d}_{k // 2 + 1:02d}"
             clip_no = k % 2 + 1
             stem = os.path.join(out_dir, "cmu", split, "run0", seq, f"{seq}_c{clip_no:04d}")
-            write_clip(stem, make_motion(rng, frames), make_look(rng), clip_no)
+            write_clip(stem, make_motion(rng, frames, zrot_max_deg), make_look(rng), clip_no)
             stems.append(stem)
     return stems
 
@@ -352,15 +362,20 @@ def _define_flags(fv) -> None:
     flags.DEFINE_integer("clips_per_split", 4, "clips per split", flag_values=fv)
     flags.DEFINE_integer("frames", 30, "frames per clip", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
+    flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
+                       "degrees of facing the camera (180: SURREAL's whole circle)",
+                       lower_bound=0.0, upper_bound=180.0, flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m hgmt.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]`."""
+    """`python -m hgmt.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]
+    [--zrot_max_deg=D]`."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     start = time.perf_counter()
-    stems = generate(args.out, args.clips_per_split, args.frames, args.seed)
+    stems = generate(args.out, args.clips_per_split, args.frames, args.seed,
+                     zrot_max_deg=args.zrot_max_deg)
     seconds = time.perf_counter() - start
     print(json.dumps({"out": args.out, "clips": len(stems), "frames": len(stems) * args.frames,
                       "seconds": round(seconds, 2),

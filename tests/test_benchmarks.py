@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
+import depth_baselines  # noqa: E402
 import input_pipeline  # noqa: E402
 import learning  # noqa: E402
 import limb_depth  # noqa: E402
@@ -118,6 +119,38 @@ def test_learning_benchmark_model_flags_reach_the_config():
     c = learning.make_config(learning.parse_args(
         ["--out", "x", "--shared_trunk", "--interaction", "none", "--stacks", "1"]))
     assert (c.model.shared_trunk, c.model.interaction, c.model.num_stacks) == (True, "none", 1)
+
+
+def test_depth_baselines_on_crafted_pixels():
+    """Six pixels, by hand: the most common bin (3) holds 3 of 6; each part's own most common
+    bin 2 + 3 (part 1: bins 1,1,2; part 2: 3,3,3); per part and frame every pixel but the
+    part-1 frame-0 outlier (bins 1,1,4 in frame 0, 2 in frame 1)."""
+    bins = np.array([1, 1, 2, 3, 3, 3, 4])
+    parts = np.array([1, 1, 1, 2, 2, 2, 1])
+    frames = np.array([0, 0, 1, 0, 1, 1, 0])
+    r = depth_baselines.baselines(bins, parts, frames)
+    assert r["pixels"] == 7
+    assert np.isclose(r["most_common_bin"], 3 / 7)
+    assert np.isclose(r["part_mode"], 5 / 7)  # part 1: {1,1,2,4} -> 2; part 2: 3
+    assert np.isclose(r["part_frame_mode"], 6 / 7)  # (0,1): {1,1,4} -> 2; others all
+    assert depth_baselines.baselines(bins[:0], parts[:0], frames[:0])["most_common_bin"] == 0
+
+
+def test_depth_baselines_on_demo_clips(demo_dataset):
+    """Depth bins are relative to the pelvis, in front negative: the visible torso surface is
+    nearer the camera than the pelvis joint inside the body. A head that knows each part's
+    depth per frame scores at least as well as one that knows the parts only."""
+    from hgmt import surreal
+
+    test_dir = os.path.join(demo_dataset[0], "cmu", "test")
+    for stem in surreal.find_clips(demo_dataset[0], "test"):
+        bins, parts, frames = depth_baselines.clip_pixels(stem, every=2)
+        assert set(np.unique(frames)) == {0, 2, 4}
+        torso = bins[parts == surreal.PART_NAMES.index("torso") + 1]
+        assert -4 <= np.median(torso) <= -1
+    r = depth_baselines.main(["--clips", test_dir, "--every", "1"])[test_dir]
+    assert r["clips"] == 2 and r["pixels"] > 0
+    assert r["most_common_bin"] <= r["part_mode"] <= r["part_frame_mode"] <= 1
 
 
 def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):

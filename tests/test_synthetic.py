@@ -194,3 +194,22 @@ def test_bodies_are_shaded():
     ratio = rgb[torso][:, 0] / 255.0 / look.colors[0, 0]
     assert np.ptp(np.percentile(ratio, [10, 90])) > 0.2
     assert np.median(ratio) > look.ambient + 0.1  # lit, not ambient only
+
+
+def test_zrot_range_turns_only_the_body(tmp_path):
+    """zrot is uniform within +-zrot_max_deg: with the same random stream, SURREAL's whole
+    circle (180) turns the body 3x as far as the default 60 and changes nothing else."""
+    stems = [synthetic.generate(str(tmp_path / str(d)), clips_per_split=1, frames=1, seed=5,
+                                splits=("train",), zrot_max_deg=d)[0] for d in (60.0, 180.0)]
+    default, circle = (surreal.load_info(s + "_info.mat").zrot for s in stems)
+    np.testing.assert_allclose(circle, 3 * default, rtol=1e-5)
+    zrots = []
+    for k in range(40):
+        default = synthetic.make_motion(np.random.default_rng(k), 3)
+        circle = synthetic.make_motion(np.random.default_rng(k), 3, zrot_max_deg=180.0)
+        assert np.isclose(circle.zrot, 3 * default.zrot)
+        np.testing.assert_array_equal(circle.local_rot[:, 1:], default.local_rot[:, 1:])
+        np.testing.assert_array_equal(circle.cam_loc, default.cam_loc)
+        zrots.append(circle.zrot)
+        assert abs(default.zrot) <= np.radians(synthetic.ZROT_MAX_DEG)
+    assert max(np.abs(zrots)) > np.radians(120)  # backs to the camera occur

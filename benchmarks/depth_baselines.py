@@ -1,0 +1,100 @@
+"""What simple depth predictors score: the bin accuracy a depth head must beat, per dataset.
+
+    python3 benchmarks/depth_baselines.py --clips runs/study_data/surreal/cmu/test [--every 4]
+
+For each `--clips` (a directory searched recursively for SURREAL clips: `_info.mat`,
+`_depth.mat`, `_segm.mat`) prints JSON: over the foreground pixels of every `--every`-th frame,
+at the frames' full resolution, the fraction in the right depth bin (hgmt's bins:
+`hgmt.tasks.common.depth_bin` of the depth relative to the pelvis) for three predictors that
+know no depth:
+- `most_common_bin`: one bin everywhere, the split's most common;
+- `part_mode`: each body part's most common bin over the split (perfect segmentation);
+- `part_frame_mode`: each part's most common bin in that frame (each part's depth right,
+  flat within the part: the ceiling of a head that only places parts).
+Also the standard deviation of the bins. Demo data and real SURREAL clips run the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+
+def modal_count(*keys: np.ndarray) -> int:
+    """Pixels whose bin is their group's most common bin, summed over groups: `keys` are (N,)
+    int arrays, the last one the bin and the others naming the group (none: one group)."""
+    if keys[0].size == 0:
+        return 0
+    pairs, counts = np.unique(np.stack(keys), axis=1, return_counts=True)  # (K,M), (M,)
+    if len(keys) == 1:
+        return int(counts.max())
+    _, group = np.unique(pairs[:-1], axis=1, return_inverse=True)
+    best = np.zeros(int(group.max()) + 1, np.int64)
+    np.maximum.at(best, group.reshape(-1), counts)
+    return int(best.sum())
+
+
+def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
+    """(N,) foreground pixels' depth bins, part ids and frame ids -> each predictor's bin
+    accuracy (see the module docstring)."""
+    n = max(bins.size, 1)
+    return {"pixels": int(bins.size),
+            "most_common_bin": modal_count(bins) / n,
+            "part_mode": modal_count(parts, bins) / n,
+            "part_frame_mode": modal_count(frames, parts, bins) / n,
+            "bin_sd": float(bins.std()) if bins.size else 0.0}
+
+
+def clip_pixels(stem: str, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One clip -> (bins, parts, frame indices) of the foreground pixels of every `every`-th
+    frame."""
+    from hgmt import surreal
+    from hgmt.tasks import common
+
+    info = surreal.load_info(stem + "_info.mat")
+    depth, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
+    pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
+                                  info.cam_loc)
+    out = []
+    for t in range(0, depth.shape[0], every):
+        fg = segm[t] > 0
+        out.append((np.asarray(common.depth_bin(depth[t][fg] - pelvis[t])),
+                    surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
+
+
+def measure(where: str, every: int) -> dict:
+    """Every clip under `where` -> `baselines` over all of them, with the clip count."""
+    stems = sorted(p[:-len("_info.mat")] for p in
+                   glob.glob(os.path.join(where, "**", "*_info.mat"), recursive=True))
+    if not stems:
+        raise SystemExit(f"error: no *_info.mat under {where}: give a directory of SURREAL "
+                         f"clips (e.g. cmu/test) with their _depth.mat and _segm.mat")
+    bins, parts, frames = [], [], []
+    for k, stem in enumerate(stems):
+        b, p, t = clip_pixels(stem, every)
+        bins.append(b)
+        parts.append(p)
+        frames.append(t + 10_000 * k)  # frame ids unique across clips
+    r = baselines(np.concatenate(bins), np.concatenate(parts), np.concatenate(frames))
+    return {"clips": len(stems), "every": every,
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clips", action="append", required=True,
+                   help="a directory of SURREAL clips (repeatable)")
+    p.add_argument("--every", type=int, default=4, help="every k-th frame of each clip")
+    a = p.parse_args(argv)
+    out = {where: measure(where, a.every) for where in a.clips}
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
