@@ -17,9 +17,7 @@ Also the standard deviation of the bins. Demo data and real SURREAL clips run th
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 
 import numpy as np
 
@@ -69,11 +67,9 @@ def clip_pixels(stem: str, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def measure(where: str, every: int) -> dict:
     """Every clip under `where` -> `baselines` over all of them, with the clip count."""
-    stems = sorted(p[:-len("_info.mat")] for p in
-                   glob.glob(os.path.join(where, "**", "*_info.mat"), recursive=True))
-    if not stems:
-        raise SystemExit(f"error: no *_info.mat under {where}: give a directory of SURREAL "
-                         f"clips (e.g. cmu/test) with their _depth.mat and _segm.mat")
+    from limb_depth import info_files
+
+    stems = [p[:-len("_info.mat")] for p in info_files(where)]
     bins, parts, frames = [], [], []
     for k, stem in enumerate(stems):
         b, p, t = clip_pixels(stem, every)
@@ -88,7 +84,7 @@ def measure(where: str, every: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", action="append", required=True,
-                   help="a directory of SURREAL clips (repeatable)")
+                   help="a directory of SURREAL clips, or one clip's _info.mat (repeatable)")
     p.add_argument("--every", type=int, default=4, help="every k-th frame of each clip")
     a = p.parse_args(argv)
     out = {where: measure(where, a.every) for where in a.clips}
