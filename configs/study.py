@@ -22,8 +22,13 @@ def get_config(arg: str | None = None):
     c.demo.clips_per_split = 24
     c.image_size = 128
     c.total_steps = 1200
+    # Every model field set here: the study's runs must not follow the demo's model choices.
+    c.model.num_stacks = 2
     c.model.features = 64
     c.model.depth = 4
+    c.model.interaction = "sum"
+    c.model.shared_trunk = False
+    c.model.dtype = "float32"
     c.optimizer.warmup_steps = 100
     c.checkpoint_every = 300
     c.log_every = 100
