@@ -213,6 +213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The flags; data, model and optimiser default to configs/study.py's (one home for the
     study's scale)."""
     from configs import study
+    from hgmt.models.multitask import INTERACTIONS
 
     c = study.get_config()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -233,8 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shared_trunk", action=argparse.BooleanOptionalAction,
                    default=c.model.shared_trunk,
                    help="one hourglass stream for all tasks instead of one per task")
-    p.add_argument("--interaction", default=c.model.interaction,
-                   help="between the task streams: none | sum | concat | gated")
+    p.add_argument("--interaction", default=c.model.interaction, choices=INTERACTIONS,
+                   help="what the task streams exchange between stages")
     p.add_argument("--batch", type=int, default=c.batch_size)
     p.add_argument("--lr", type=float, default=c.optimizer.learning_rate,
                    help="Adam, warm-up then cosine decay")
