@@ -139,14 +139,11 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
 
 def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:
     """(T,) metres each frame's training crop spans at the person: side_px * pelvis_depth / f."""
-    spans = []
-    for t in range(info.num_frames):
-        joints = info.joints3d[t][surreal.SMPL_TO_JOINT]
-        _, side = input_pipeline.person_box(
-            info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))
-        pelvis_z = surreal.camera_depth(joints[surreal.PELVIS], info.cam_loc)
-        spans.append(side * pelvis_z / surreal.INTRINSICS[0, 0])
-    return np.array(spans)
+    sides = np.array([input_pipeline.person_box(j[surreal.SMPL_TO_JOINT].astype(np.float64))[1]
+                      for j in info.joints2d])
+    pelvis_z = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
+                                    info.cam_loc)
+    return sides * pelvis_z / surreal.INTRINSICS[0, 0]
 
 
 def test_crop_metres_is_what_training_crops_span(real_info_path, tmp_path):
