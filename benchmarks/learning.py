@@ -53,6 +53,8 @@ def make_config(a: argparse.Namespace):
     c.model.num_stacks, c.model.features, c.model.depth = a.stacks, a.features, a.depth
     c.model.shared_trunk, c.model.interaction = a.shared_trunk, a.interaction
     c.optimizer.learning_rate = a.lr
+    if "depth" in c.loss_options:
+        c.loss_options.depth.foreground_weight = a.depth_foreground_weight
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, a.steps // 10)
     c.seed = a.seed
     c.eval_batch_size = a.batch
@@ -100,6 +102,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     config = make_config(a)
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
+    options = steps.check_loss_options(config, tasks)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                          image_size=config.image_size, seed=config.seed)
@@ -107,8 +110,8 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     model = create_model(config.model, tasks, axis_name="batch")
     state = flax.jax_utils.replicate(
         steps.create_train_state(jax.random.key(config.seed), config, model))
-    p_train = jax.pmap(functools.partial(steps.train_step, weights=weights), axis_name="batch",
-                       donate_argnums=(0,))
+    p_train = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
+                       axis_name="batch", donate_argnums=(0,))
     evaluator = evaluate.Evaluator(config, tasks, split="test")
     # The same metrics on training frames (unaugmented crops) tell fitting from generalising.
     train_evaluator = None
@@ -236,6 +239,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="one hourglass stream for all tasks instead of one per task")
     p.add_argument("--interaction", default=c.model.interaction, choices=INTERACTIONS,
                    help="what the task streams exchange between stages")
+    p.add_argument("--depth_foreground_weight", type=float,
+                   default=c.loss_options.depth.foreground_weight,
+                   help="weight of a foreground pixel in the depth loss, background 1 "
+                        "(config loss_options.depth.foreground_weight; 1: SURREAL's loss)")
     p.add_argument("--batch", type=int, default=c.batch_size)
     p.add_argument("--lr", type=float, default=c.optimizer.learning_rate,
                    help="Adam, warm-up then cosine decay")

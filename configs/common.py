@@ -55,6 +55,10 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
 
     c.loss_weights = ml_collections.ConfigDict(
         {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})
+    # keyword options of the selected tasks' losses (each task's LOSS_OPTIONS; the defaults are
+    # the reference's loss), e.g. loss_options.depth.foreground_weight
+    c.loss_options = ml_collections.ConfigDict(
+        {name: dict(TASKS[name].LOSS_OPTIONS) for name in names if TASKS[name].LOSS_OPTIONS})
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "rmsprop"  # rmsprop (reference code) | adam

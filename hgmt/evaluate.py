@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import cli, input_pipeline, protocols
+from hgmt import cli, input_pipeline, protocols, steps
 from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -39,21 +39,23 @@ def _one(tree):
     return jax.tree.map(lambda x: x[None], tree)
 
 
-def _example_loss(task, pred, batch):
+def _example_loss(task, options, pred, batch):
     """The loss of a single example (called under vmap: a task's loss is a batch mean)."""
-    return task.loss(_one(pred), task.targets(_one(batch)))
+    return task.loss(_one(pred), task.targets(_one(batch)), **options)
 
 
-def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict) -> dict:
+def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
+              loss_options: dict) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
     protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
-    masked loss."""
+    masked loss (loss_options: {task: options of its loss}, as in training)."""
     preds = predict_last_stage(model, variables, batch["image"], flip)
     mask = batch["mask"]
     stats = {}
     for name, pred in preds.items():
         stats[name] = dict(metrics[name].stats(pred, batch))
-        losses = jax.vmap(functools.partial(_example_loss, TASKS[name]))(pred, batch)
+        losses = jax.vmap(functools.partial(_example_loss, TASKS[name],
+                                            loss_options[name]))(pred, batch)
         stats[name]["loss"] = mask @ losses.astype(jnp.float32)
     stats["count"] = jnp.sum(mask)
     return jax.lax.psum(stats, "batch")
@@ -88,8 +90,9 @@ class Evaluator:
         self.model = create_model(config.model, self.tasks)
         self.metrics = {name: protocols.metric(protocol, name, len(indices))
                         for name in self.tasks}
-        self.p_step = jax.pmap(functools.partial(eval_step, model=self.model, flip=flip,
-                                                 metrics=self.metrics), axis_name="batch")
+        self.p_step = jax.pmap(functools.partial(
+            eval_step, model=self.model, flip=flip, metrics=self.metrics,
+            loss_options=steps.check_loss_options(config, self.tasks)), axis_name="batch")
 
     def __call__(self, variables: dict, writer=None, step: int = 0) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,

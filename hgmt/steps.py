@@ -71,13 +71,37 @@ def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]
     return {t: float(given.get(t, TASKS[t].DEFAULT_LOSS_WEIGHT)) for t in tasks}
 
 
+def check_loss_options(config: ml_collections.ConfigDict,
+                       tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """{task: {option: value}} of the selected tasks' loss options: each task's `LOSS_OPTIONS`
+    defaults updated by `config.loss_options[task]` (a config without the field, such as one
+    saved before it existed, gets the defaults). A task or option name that does not exist is an
+    error naming the valid ones."""
+    from hgmt.tasks import TASKS
+
+    given = {t: dict(o) for t, o in dict(config.get("loss_options", {})).items()}
+    unknown = sorted(set(given) - set(TASKS))
+    if unknown:
+        raise ValueError(f"config.loss_options has {unknown}, which are no tasks; valid: "
+                         f"{list(TASKS)}")
+    for t, opts in given.items():
+        bad = sorted(set(opts) - set(TASKS[t].LOSS_OPTIONS))
+        if bad:
+            raise ValueError(f"config.loss_options.{t} has {bad}, which {t}'s loss does not "
+                             f"take; valid: {list(TASKS[t].LOSS_OPTIONS) or 'none'}")
+    return {t: {k: float(v) for k, v in {**TASKS[t].LOSS_OPTIONS, **given.get(t, {})}.items()}
+            for t in tasks}
+
+
 # --- Steps (run under pmap with axis "batch") -------------------------------------------------
-def train_step(state: TrainState, batch: dict, weights: dict) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, weights: dict,
+               options: dict | None = None) -> tuple[TrainState, dict]:
+    """One optimiser step; weights {task: loss weight}, options {task: loss options}."""
     def loss_fn(params):
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"])
-        total, per_task = compute_losses(outputs, batch, weights)
+        total, per_task = compute_losses(outputs, batch, weights, options)
         return total, (per_task, updates["batch_stats"])
 
     grads, (per_task, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)

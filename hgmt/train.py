@@ -57,6 +57,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = steps.check_loss_weights(config, tasks)
+    options = steps.check_loss_options(config, tasks)
     input_pipeline.parse_eval_frames(config.get("eval_frames", "middle"))
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
@@ -64,13 +65,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     lock = workdir_lock.hold_for_job(workdir)
     try:
         with preemption.PreemptionWatch() as watch, peers.lost_peers():
-            return _train(config, workdir, writer, loader, tasks, weights, watch)
+            return _train(config, workdir, writer, loader, tasks, weights, options, watch)
     finally:
         lock.release()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
-           tasks: tuple[str, ...], weights: dict,
+           tasks: tuple[str, ...], weights: dict, options: dict,
            watch: preemption.PreemptionWatch) -> steps.TrainState:
     if jax.process_index() == 0:
         checkpoints.save_config(config, workdir)
@@ -99,7 +100,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     start_step = int(state.step)
 
     state = flax.jax_utils.replicate(state)
-    p_train_step = _pmapped_train_step(tuple(sorted(weights.items())))
+    p_train_step = _pmapped_train_step(
+        tuple(sorted(weights.items())),
+        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())))
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                      config.prefetch)
     metrics = step_metrics.StepMetrics()
@@ -198,10 +201,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
 
 @functools.cache
-def _pmapped_train_step(weights: tuple[tuple[str, float], ...]):
-    """One pmapped step per loss weighting, so that a second `train()` in a process (a resume,
-    the tests) reuses its trace instead of tracing the model again."""
-    return jax.pmap(functools.partial(steps.train_step, weights=dict(weights)),
+def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
+                        options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...]):
+    """One pmapped step per loss weighting and options (hashable tuples of `weights` and
+    `options` items), so that a second `train()` in a process (a resume, the tests) reuses its
+    trace instead of tracing the model again."""
+    return jax.pmap(functools.partial(steps.train_step, weights=dict(weights),
+                                      options={t: dict(o) for t, o in options}),
                     axis_name="batch", donate_argnums=(0,))
 
 

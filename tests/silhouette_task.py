@@ -13,6 +13,7 @@ from hgmt.tasks.spec import Frame, Headline
 NAME = "silhouette"
 NUM_CHANNELS = 2  # background, person
 DEFAULT_LOSS_WEIGHT = 1.0
+LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # a mirror changes no class
 HEADLINES = {"hgmt": Headline(("iou",), "iou", (), "silhouette IoU")}
 

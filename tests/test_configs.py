@@ -58,6 +58,33 @@ def test_loss_weights_follow_tasks_overridden_on_the_command_line():
         check_loss_weights(c, ("pose2d",))
 
 
+def test_loss_options_default_to_the_reference_and_reject_unknown_names():
+    from hgmt.steps import check_loss_options
+
+    c = default.get_config()
+    assert c.loss_options.to_dict() == {"depth": {"foreground_weight": 1.0}}
+    assert check_loss_options(c, ("pose2d", "depth")) == {
+        "pose2d": {}, "depth": {"foreground_weight": 1.0}}
+    c.loss_options.depth.foreground_weight = 10.0
+    assert check_loss_options(c, ("depth",)) == {"depth": {"foreground_weight": 10.0}}
+    assert default.get_config("tasks=pose2d+segm").loss_options.to_dict() == {}
+    # a config saved before the field existed trains and evaluates with the defaults
+    old = c.to_dict()
+    del old["loss_options"]
+    import ml_collections
+    assert check_loss_options(ml_collections.ConfigDict(old), ("depth",)) == {
+        "depth": {"foreground_weight": 1.0}}
+    c.unlock()
+    c.loss_options.depth.fg_weight = 2.0
+    with pytest.raises(ValueError, match=r"loss_options.depth has \['fg_weight'\].*"
+                                         r"valid: \['foreground_weight'\]"):
+        check_loss_options(c, ("depth",))
+    del c.loss_options.depth["fg_weight"]
+    c.loss_options.normals = {"x": 1.0}
+    with pytest.raises(ValueError, match="'normals'.*no tasks"):
+        check_loss_options(c, ("depth",))
+
+
 def test_demo_config():
     c = demo.get_config()
     assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0

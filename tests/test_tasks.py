@@ -53,8 +53,8 @@ def test_parse_tasks():
 def test_task_modules_share_one_interface():
     for name, module in TASKS.items():
         assert module.NAME == name
-        for attr in ("NUM_CHANNELS", "DEFAULT_LOSS_WEIGHT", "targets", "loss", "decode",
-                     "metric_stats", "summarize"):
+        for attr in ("NUM_CHANNELS", "DEFAULT_LOSS_WEIGHT", "LOSS_OPTIONS", "targets", "loss",
+                     "decode", "metric_stats", "summarize"):
             assert hasattr(module, attr), (name, attr)
 
 
@@ -149,6 +149,39 @@ def test_joint_bins_round_as_bodynet():
     np.testing.assert_array_equal(
         common.joint_bin(jnp.array([0.0, 0.02, 0.0225, 0.023, -0.0225, -0.05, 1.0, -1.0])),
         [0, 0, 1, 1, -1, -1, 9, -9])
+
+
+def test_depth_loss_foreground_weight():
+    """Weight 1 is SURREAL's plain spatial cross-entropy, exactly; weight w counts a foreground
+    pixel w times (crafted: one foreground and one background pixel of known cross-entropy)."""
+    logits = np.zeros((1, 1, 2, depth.NUM_CHANNELS), np.float32)
+    logits[0, 0, 1, 0] = np.log(3.0 * (depth.NUM_CHANNELS - 1))  # background: p = 3/4
+    target = np.array([[[12, 0]]], np.int32)  # a foreground bin (uniform logits), background
+    ce_fg, ce_bg = np.log(depth.NUM_CHANNELS), -np.log(0.75)
+    plain = depth.loss(jnp.asarray(logits), jnp.asarray(target))
+    assert plain == common.spatial_cross_entropy(jnp.asarray(logits), jnp.asarray(target))
+    np.testing.assert_allclose(plain, (ce_fg + ce_bg) / 2, rtol=1e-6)
+    weighted = depth.loss(jnp.asarray(logits), jnp.asarray(target), foreground_weight=9.0)
+    np.testing.assert_allclose(weighted, (9 * ce_fg + ce_bg) / 10, rtol=1e-6)
+    assert set(depth.LOSS_OPTIONS) == {"foreground_weight"}
+    for name in ("pose2d", "pose3d", "segm"):
+        assert TASKS[name].LOSS_OPTIONS == {}
+
+
+def test_compute_losses_passes_each_task_its_loss_options():
+    from hgmt.tasks import compute_losses
+
+    batch = make_batch()
+    logits = jax.random.normal(jax.random.key(0), (2, 3, R, R, depth.NUM_CHANNELS))
+    logits = logits.at[..., 0].add(3.0)  # a head that says background: low loss there only
+    target = depth.targets(batch)
+    expected = sum(depth.loss(logits[s], target, foreground_weight=5.0) for s in range(2))
+    total, per_task = compute_losses({"depth": logits}, batch, {"depth": 2.0},
+                                     {"depth": {"foreground_weight": 5.0}})
+    np.testing.assert_allclose(per_task["depth"], expected, rtol=1e-6)
+    np.testing.assert_allclose(total, 2.0 * expected, rtol=1e-6)
+    _, default = compute_losses({"depth": logits}, batch, {"depth": 1.0})
+    assert float(expected) > float(default["depth"]) + 0.2
 
 
 def test_depth_bins_follow_design():

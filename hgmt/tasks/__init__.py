@@ -3,10 +3,11 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
 (tests/test_task_interface.py registers a fifth). A task module provides:
 
 - the model's head: `NAME`, `NUM_CHANNELS`, `CHANNEL_FLIP` (the channels' permutation under a
-  horizontal flip), `DEFAULT_LOSS_WEIGHT`;
+  horizontal flip), `DEFAULT_LOSS_WEIGHT`, `LOSS_OPTIONS` (the keyword options of its `loss`
+  and their defaults, which reproduce the reference's loss; `{}` for none);
 - its labels: `labels(crop: spec.Crop) -> dict` of numpy arrays, cut from the record by the
   crop (flips included); the loader decodes only what the selected tasks' labels read;
-- training: `targets(batch)` and `loss(pred, target)` (jit-able, batched);
+- training: `targets(batch)` and `loss(pred, target, **options)` (jit-able, batched);
 - evaluation: `decode(pred, batch)`, `metric_stats(decoded, batch)` (split-additive sums),
   `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
   protocols it implements and how their numbers are shown, compared and tabulated), and
@@ -54,13 +55,18 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.ndarray],
-                   weights: Mapping[str, float]) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+                   weights: Mapping[str, float],
+                   options: Mapping[str, Mapping[str, float]] | None = None,
+                   ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """outputs {task: (S,B,r,r,C)} -> (weighted total, {task: unweighted loss summed over the
-    S stages}). Targets are made here, inside the jitted step, from the cropped batch."""
+    S stages}). Targets are made here, inside the jitted step, from the cropped batch.
+    options: {task: keyword options of its loss} (absent: the task's defaults)."""
     per_task = {}
     for name, preds in outputs.items():
         task = TASKS[name]
         target = task.targets(batch)
-        per_task[name] = sum(task.loss(preds[s], target) for s in range(preds.shape[0]))
+        kwargs = dict((options or {}).get(name, {}))
+        per_task[name] = sum(task.loss(preds[s], target, **kwargs)
+                             for s in range(preds.shape[0]))
     total = sum(weights[name] * value for name, value in per_task.items())
     return total, per_task

@@ -106,6 +106,14 @@ def spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
         logits.astype(jnp.float32), labels))
 
 
+def weighted_spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                                   weights: jnp.ndarray) -> jnp.ndarray:
+    """Softmax cross-entropy of (B,r,r,C) logits against (B,r,r) int labels, averaged with
+    (B,r,r) pixel weights: sum(weights * ce) / sum(weights)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.sum(weights * ce) / jnp.sum(weights)
+
+
 def mse(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
 

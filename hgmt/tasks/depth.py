@@ -15,6 +15,9 @@ from hgmt.tasks.spec import Frame, Headline
 NAME = "depth"
 NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
 DEFAULT_LOSS_WEIGHT = 1.0
+# foreground_weight: how much more a foreground pixel counts in the loss than a background one
+# (1.0: SURREAL's plain cross-entropy; see `loss`).
+LOSS_OPTIONS = {"foreground_weight": 1.0}
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
@@ -37,8 +40,17 @@ def targets(batch: dict) -> jnp.ndarray:
     return jnp.where(d > 0, bins, 0).astype(jnp.int32)
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    return common.spatial_cross_entropy(pred, target)
+def loss(pred: jnp.ndarray, target: jnp.ndarray,
+         foreground_weight: float = 1.0) -> jnp.ndarray:
+    """(B,r,r,20) logits, (B,r,r) classes -> spatial cross-entropy, SURREAL's at
+    foreground_weight 1. Above 1, each foreground pixel weighs that much more than a background
+    one and the sum is divided by the weights' sum, so the loss keeps cross-entropy's scale: about
+    9 label pixels in 10 are background, and with equal weights the head first learns to predict
+    background everywhere (docs/learning.md)."""
+    if foreground_weight == 1.0:  # exactly the reference's loss
+        return common.spatial_cross_entropy(pred, target)
+    return common.weighted_spatial_cross_entropy(
+        pred, target, jnp.where(target > 0, foreground_weight, 1.0))
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:

@@ -22,6 +22,7 @@ NAME = "pose2d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
 NUM_CHANNELS = NUM_JOINTS
 DEFAULT_LOSS_WEIGHT = 1000.0
+LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
 HEADLINES = {

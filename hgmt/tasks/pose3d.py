@@ -25,6 +25,7 @@ NUM_JOINTS = len(surreal.JOINT_NAMES)
 NUM_BINS = 2 * common.MAX_BIN + 1
 NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
+LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",

@@ -15,6 +15,7 @@ from hgmt.tasks.spec import Frame, Headline
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
 DEFAULT_LOSS_WEIGHT = 1.0
+LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
