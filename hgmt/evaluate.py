@@ -48,7 +48,8 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
               loss_options: dict) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
     protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
-    masked loss (loss_options: {task: options of its loss}, as in training)."""
+    masked loss (loss_options: {task: options of its loss}, as in training; a pixel-weighted
+    loss is normalised per example here, per batch in training)."""
     preds = predict_last_stage(model, variables, batch["image"], flip)
     mask = batch["mask"]
     stats = {}

@@ -89,6 +89,10 @@ def test_demo_config():
     c = demo.get_config()
     assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0
     assert demo.get_config("tasks=depth").tasks == "depth"
+    # the demo weights the depth loss's foreground; the paper's setting keeps SURREAL's loss
+    assert c.loss_options.depth.foreground_weight == 10.0
+    assert default.get_config().loss_options.depth.foreground_weight == 1.0
+    assert demo.get_config("tasks=pose2d").loss_options.to_dict() == {}
 
 
 def test_study_config_is_the_learning_benchmarks():
