@@ -12,6 +12,7 @@ benchmarks/learning.py trains the same model and data to draw learning curves. A
 
 from configs import demo
 from configs.common import parse_arg
+from hgmt.tasks import TASKS
 
 
 def get_config(arg: str | None = None):
@@ -30,6 +31,9 @@ def get_config(arg: str | None = None):
     c.model.interaction = "sum"
     c.model.shared_trunk = False
     c.model.dtype = "float32"
+    # The reference's losses (each task's LOSS_OPTIONS defaults), not the demo's weighting.
+    for name in c.loss_options:
+        c.loss_options[name] = dict(TASKS[name].LOSS_OPTIONS)
     c.optimizer.warmup_steps = 100
     c.checkpoint_every = 300
     c.log_every = 100

@@ -101,6 +101,7 @@ def test_study_config_is_the_learning_benchmarks():
     from benchmarks import learning
     from configs import study
 
+    assert study.get_config().loss_options.to_dict() == {"depth": {"foreground_weight": 1.0}}
     c = study.get_config("tasks=pose2d+segm")
     assert c.tasks == "pose2d+segm" and c.eval_frames == "every4" and c.image_size == 128
     with pytest.raises(AttributeError):
