@@ -57,6 +57,16 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
                              tx=create_optimizer(config))
 
 
+def _check_task_names(field: str, given: dict) -> None:
+    """A key of config.<field> that is no task is an error naming the valid ones."""
+    from hgmt.tasks import TASKS
+
+    unknown = sorted(set(given) - set(TASKS))
+    if unknown:
+        raise ValueError(f"config.{field} has {unknown}, which are no tasks; valid: "
+                         f"{list(TASKS)}")
+
+
 def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
     """{task: weight} of the selected tasks: `config.loss_weights[task]` where given, else the
     task's default, so `--config.tasks=...` needs no matching weights. A weight for a name
@@ -64,10 +74,7 @@ def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]
     from hgmt.tasks import TASKS
 
     given = dict(config.loss_weights)
-    unknown = sorted(set(given) - set(TASKS))
-    if unknown:
-        raise ValueError(f"config.loss_weights has {unknown}, which are no tasks; valid: "
-                         f"{list(TASKS)}")
+    _check_task_names("loss_weights", given)
     return {t: float(given.get(t, TASKS[t].DEFAULT_LOSS_WEIGHT)) for t in tasks}
 
 
@@ -80,10 +87,7 @@ def check_loss_options(config: ml_collections.ConfigDict,
     from hgmt.tasks import TASKS
 
     given = {t: dict(o) for t, o in dict(config.get("loss_options", {})).items()}
-    unknown = sorted(set(given) - set(TASKS))
-    if unknown:
-        raise ValueError(f"config.loss_options has {unknown}, which are no tasks; valid: "
-                         f"{list(TASKS)}")
+    _check_task_names("loss_options", given)
     for t, opts in given.items():
         bad = sorted(set(opts) - set(TASKS[t].LOSS_OPTIONS))
         if bad:
