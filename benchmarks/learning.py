@@ -55,6 +55,8 @@ def make_config(a: argparse.Namespace):
     c.optimizer.learning_rate = a.lr
     if "depth" in c.loss_options:
         c.loss_options.depth.foreground_weight = a.depth_foreground_weight
+    if "segm" in c.loss_options:
+        c.loss_options.segm.foreground_weight = a.segm_foreground_weight
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, a.steps // 10)
     c.seed = a.seed
     c.eval_batch_size = a.batch
@@ -243,6 +245,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=c.loss_options.depth.foreground_weight,
                    help="weight of a foreground pixel in the depth loss, background 1 "
                         "(config loss_options.depth.foreground_weight; 1: SURREAL's loss)")
+    p.add_argument("--segm_foreground_weight", type=float,
+                   default=c.loss_options.segm.foreground_weight,
+                   help="weight of a body-part pixel in the segmentation loss, background 1 "
+                        "(config loss_options.segm.foreground_weight; 1: SURREAL's loss)")
     p.add_argument("--batch", type=int, default=c.batch_size)
     p.add_argument("--lr", type=float, default=c.optimizer.learning_rate,
                    help="Adam, warm-up then cosine decay")

@@ -34,11 +34,13 @@ def get_config(arg: str | None = None):
     c.model.features = 64
     c.model.depth = 4
     c.model.shared_trunk = True
-    # Foreground depth pixels count 10 times a background one (about 1 label pixel in 10 is
-    # foreground): with SURREAL's plain cross-entropy this depth head predicts around the most
-    # common bin after 600 steps; weighted, its bins follow the body (docs/learning.md).
-    if "depth" in c.loss_options:
-        c.loss_options.depth.foreground_weight = 10.0
+    # Foreground depth and body-part pixels count 10 times a background one (about 1 label
+    # pixel in 10 is foreground): with SURREAL's plain cross-entropies this model predicts
+    # around the most common depth bin and no forearms, hands or feet after 600 steps;
+    # weighted, its bins follow the body and every part is found (docs/learning.md).
+    for name in ("depth", "segm"):
+        if name in c.loss_options:
+            c.loss_options[name].foreground_weight = 10.0
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_steps = 50

@@ -62,12 +62,13 @@ def test_loss_options_default_to_the_reference_and_reject_unknown_names():
     from hgmt.steps import check_loss_options
 
     c = default.get_config()
-    assert c.loss_options.to_dict() == {"depth": {"foreground_weight": 1.0}}
+    assert c.loss_options.to_dict() == {"depth": {"foreground_weight": 1.0},
+                                        "segm": {"foreground_weight": 1.0}}
     assert check_loss_options(c, ("pose2d", "depth")) == {
         "pose2d": {}, "depth": {"foreground_weight": 1.0}}
     c.loss_options.depth.foreground_weight = 10.0
     assert check_loss_options(c, ("depth",)) == {"depth": {"foreground_weight": 10.0}}
-    assert default.get_config("tasks=pose2d+segm").loss_options.to_dict() == {}
+    assert default.get_config("tasks=pose2d+pose3d").loss_options.to_dict() == {}
     # a config saved before the field existed trains and evaluates with the defaults
     old = c.to_dict()
     del old["loss_options"]
@@ -89,9 +90,12 @@ def test_demo_config():
     c = demo.get_config()
     assert c.dataset == "surreal/all" and c.demo.clips_per_split > 0
     assert demo.get_config("tasks=depth").tasks == "depth"
-    # the demo weights the depth loss's foreground; the paper's setting keeps SURREAL's loss
-    assert c.loss_options.depth.foreground_weight == 10.0
-    assert default.get_config().loss_options.depth.foreground_weight == 1.0
+    # the demo weights the depth and segmentation losses' foreground; the paper's setting
+    # keeps SURREAL's losses
+    assert c.loss_options.to_dict() == {"depth": {"foreground_weight": 10.0},
+                                        "segm": {"foreground_weight": 10.0}}
+    assert default.get_config().loss_options.to_dict() == {
+        "depth": {"foreground_weight": 1.0}, "segm": {"foreground_weight": 1.0}}
     assert demo.get_config("tasks=pose2d").loss_options.to_dict() == {}
 
 
@@ -101,7 +105,8 @@ def test_study_config_is_the_learning_benchmarks():
     from benchmarks import learning
     from configs import study
 
-    assert study.get_config().loss_options.to_dict() == {"depth": {"foreground_weight": 1.0}}
+    assert study.get_config().loss_options.to_dict() == {
+        "depth": {"foreground_weight": 1.0}, "segm": {"foreground_weight": 1.0}}
     c = study.get_config("tasks=pose2d+segm")
     assert c.tasks == "pose2d+segm" and c.eval_frames == "every4" and c.image_size == 128
     with pytest.raises(AttributeError):

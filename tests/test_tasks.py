@@ -151,21 +151,24 @@ def test_joint_bins_round_as_bodynet():
         [0, 0, 1, 1, -1, -1, 9, -9])
 
 
-def test_depth_loss_foreground_weight():
+@pytest.mark.parametrize("name", ["depth", "segm"])
+def test_foreground_weighted_loss(name):
     """Weight 1 is SURREAL's plain spatial cross-entropy, exactly; weight w counts a foreground
     pixel w times (crafted: one foreground and one background pixel of known cross-entropy)."""
-    logits = np.zeros((1, 1, 2, depth.NUM_CHANNELS), np.float32)
-    logits[0, 0, 1, 0] = np.log(3.0 * (depth.NUM_CHANNELS - 1))  # background: p = 3/4
-    target = np.array([[[12, 0]]], np.int32)  # a foreground bin (uniform logits), background
-    ce_fg, ce_bg = np.log(depth.NUM_CHANNELS), -np.log(0.75)
-    plain = depth.loss(jnp.asarray(logits), jnp.asarray(target))
+    task = TASKS[name]
+    n = task.NUM_CHANNELS
+    logits = np.zeros((1, 1, 2, n), np.float32)
+    logits[0, 0, 1, 0] = np.log(3.0 * (n - 1))  # background: p = 3/4
+    target = np.array([[[5, 0]]], np.int32)  # a foreground class (uniform logits), background
+    ce_fg, ce_bg = np.log(n), -np.log(0.75)
+    plain = task.loss(jnp.asarray(logits), jnp.asarray(target))
     assert plain == common.spatial_cross_entropy(jnp.asarray(logits), jnp.asarray(target))
     np.testing.assert_allclose(plain, (ce_fg + ce_bg) / 2, rtol=1e-6)
-    weighted = depth.loss(jnp.asarray(logits), jnp.asarray(target), foreground_weight=9.0)
+    weighted = task.loss(jnp.asarray(logits), jnp.asarray(target), foreground_weight=9.0)
     np.testing.assert_allclose(weighted, (9 * ce_fg + ce_bg) / 10, rtol=1e-6)
-    assert set(depth.LOSS_OPTIONS) == {"foreground_weight"}
-    for name in ("pose2d", "pose3d", "segm"):
-        assert TASKS[name].LOSS_OPTIONS == {}
+    assert task.LOSS_OPTIONS == {"foreground_weight": 1.0}
+    for other in ("pose2d", "pose3d"):
+        assert TASKS[other].LOSS_OPTIONS == {}
 
 
 def test_compute_losses_passes_each_task_its_loss_options():

@@ -114,6 +114,18 @@ def weighted_spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
     return jnp.sum(weights * ce) / jnp.sum(weights)
 
 
+def foreground_weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                                      foreground_weight: float) -> jnp.ndarray:
+    """Spatial cross-entropy of (B,r,r,C) logits against (B,r,r) int labels (0 = background)
+    where each foreground pixel weighs `foreground_weight` times a background one; the sum is
+    divided by the weights' sum, so the loss keeps cross-entropy's scale. 1.0 is
+    `spatial_cross_entropy` itself (the same code path)."""
+    if foreground_weight == 1.0:
+        return spatial_cross_entropy(logits, labels)
+    return weighted_spatial_cross_entropy(logits, labels,
+                                          jnp.where(labels > 0, foreground_weight, 1.0))
+
+
 def mse(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
 

@@ -47,10 +47,7 @@ def loss(pred: jnp.ndarray, target: jnp.ndarray,
     one and the sum is divided by the weights' sum, so the loss keeps cross-entropy's scale: about
     9 label pixels in 10 are background, and with equal weights the head first learns to predict
     background everywhere (docs/learning.md)."""
-    if foreground_weight == 1.0:  # exactly the reference's loss
-        return common.spatial_cross_entropy(pred, target)
-    return common.weighted_spatial_cross_entropy(
-        pred, target, jnp.where(target > 0, foreground_weight, 1.0))
+    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight)
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:

@@ -15,7 +15,9 @@ from hgmt.tasks.spec import Frame, Headline
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
 DEFAULT_LOSS_WEIGHT = 1.0
-LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
+# foreground_weight: how much more a body-part pixel counts in the loss than a background one
+# (1.0: SURREAL's plain cross-entropy; see `loss`).
+LOSS_OPTIONS = {"foreground_weight": 1.0}
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
@@ -48,8 +50,12 @@ def targets(batch: dict) -> jnp.ndarray:
     return batch["segm"].astype(jnp.int32)
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    return common.spatial_cross_entropy(pred, target)
+def loss(pred: jnp.ndarray, target: jnp.ndarray,
+         foreground_weight: float = 1.0) -> jnp.ndarray:
+    """(B,r,r,15) logits, (B,r,r) classes -> spatial cross-entropy, SURREAL's at
+    foreground_weight 1; above 1 each body-part pixel weighs that much more than a background
+    one (`common.foreground_weighted_cross_entropy`)."""
+    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight)
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:
