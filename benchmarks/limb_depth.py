@@ -8,6 +8,13 @@ prints JSON: per joint of hgmt's 16, the standard deviation in mm of its camera 
 the pelvis's, within a clip (the mean over clips) and over all frames. This is what the depth
 bins (45 mm) must resolve on the limbs; a demo whose limbs swing further in depth than
 SURREAL's asks more of the depth head than SURREAL does.
+
+It also gives the 3D pose error (hgmt's MJD: mean over the 16 joints of the pelvis-aligned
+Euclidean error, mm) of predictors that place every joint exactly in the image and guess its
+depth: `pelvis_plane` (every joint at the pelvis's depth), `mean_offset` (each joint at its
+mean depth relative to the pelvis over the same clips: an average pose, no limb depth) and
+`joint_bins` (the true depth rounded to pose3d's 45 mm bins: the representation's floor). What
+a 3D head must learn beyond `mean_offset` is the limbs' depth in each frame.
 """
 
 from __future__ import annotations
@@ -27,6 +34,46 @@ def relative_depth(path: str) -> np.ndarray:
     info = surreal.load_info(path)
     z = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
     return z - z[:, surreal.PELVIS:surreal.PELVIS + 1]
+
+
+def camera_joints(path: str) -> np.ndarray:
+    """One `_info.mat` -> (T,16,3) hgmt's joints in camera metres."""
+    from hgmt import surreal
+
+    info = surreal.load_info(path)
+    return surreal.world_to_camera(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
+
+
+def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
+    """(N,16,3) true camera joints, (N,16) guessed depth relative to the pelvis (m) -> (16,)
+    mean pelvis-aligned error in mm of the joints back-projected from their true pixels."""
+    from hgmt import surreal
+
+    uv = surreal.project_camera(cam)
+    guess = surreal.backproject(uv, cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2] + dz)
+    align = lambda p: p - p[:, surreal.PELVIS:surreal.PELVIS + 1]  # noqa: E731
+    return np.linalg.norm(align(guess) - align(cam), axis=-1).mean(0) * 1000.0
+
+
+def depth_free_mjd(paths: list[str]) -> dict:
+    """{predictor: {'mjd_mm', 'per_joint_mm'}} over every frame of the clips (module
+    docstring)."""
+    from hgmt import surreal
+    from hgmt.tasks import common
+
+    cam = np.concatenate([camera_joints(p) for p in paths])
+    dz = cam[..., 2] - cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2]
+    guesses = {"pelvis_plane": np.zeros_like(dz),
+               "mean_offset": np.broadcast_to(dz.mean(0), dz.shape),
+               "joint_bins": np.asarray(common.joint_bin_depth(common.joint_bin(dz)))}
+    out = {}
+    for name, guess in guesses.items():
+        per_joint = mjd_mm(cam, guess)
+        out[name] = {"mjd_mm": round(float(per_joint.mean()), 1),
+                     "per_joint_mm": {n: round(float(v), 1)
+                                      for n, v in zip(surreal.JOINT_NAMES, per_joint,
+                                                      strict=True)}}
+    return out
 
 
 def spread(paths: list[str]) -> dict:
@@ -60,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clips", action="append", required=True,
                    help="a directory of SURREAL clips or one _info.mat (repeatable)")
     a = p.parse_args(argv)
-    out = {where: spread(info_files(where)) for where in a.clips}
+    out = {}
+    for where in a.clips:
+        paths = info_files(where)
+        out[where] = {**spread(paths), "depth_free_mjd": depth_free_mjd(paths)}
     print(json.dumps(out, indent=1))
     return out
 

@@ -171,3 +171,22 @@ def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
         round(float(np.std(x[:, surreal.PELVIS] - x[:, 0]) * 1000.0), 1), abs=0.11)
     with pytest.raises(SystemExit, match="no \\*_info.mat under"):
         limb_depth.info_files(str(tmp_path))
+
+
+def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info_path):
+    """A joint 0.2 m behind the pelvis guessed at the pelvis's depth lands on its own camera
+    ray at 3.0 m instead of 3.2 m: error |(x, y, z) * (3.0/3.2 - 1)| (crafted by hand)."""
+    from hgmt import surreal
+
+    cam = np.zeros((1, 16, 3))
+    cam[..., 2] = 3.0  # every joint at the pelvis (error 0) but one
+    cam[0, 0] = [0.3, 0.1, 3.2]
+    err = limb_depth.mjd_mm(cam, np.zeros((1, 16)))
+    expected = np.linalg.norm(np.array([0.3, 0.1, 3.2]) * (3.0 / 3.2 - 1)) * 1000.0
+    np.testing.assert_allclose(err[0], expected, rtol=1e-6)
+    assert np.all(err[1:] < 1e-6)
+    np.testing.assert_allclose(limb_depth.mjd_mm(cam, cam[..., 2] - 3.0), 0.0, atol=1e-6)
+    out = limb_depth.depth_free_mjd([real_info_path])
+    assert out["joint_bins"]["mjd_mm"] < out["mean_offset"]["mjd_mm"] <= (
+        out["pelvis_plane"]["mjd_mm"])
+    assert out["mean_offset"]["per_joint_mm"][surreal.JOINT_NAMES[surreal.PELVIS]] == 0.0
