@@ -18,8 +18,17 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
 
     import data_builders.surreal  # noqa: F401  (registers `surreal`)
 
-    builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
+    # TFDS warns "Variant folder ... has no dataset_info.json" for a dataset not built yet,
+    # which is what this function is here to find out: not a warning for the user.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+        prepared = builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+    if prepared:
         return data_dir
     if not surreal.find_clips(surreal_root, "test"):
         logging.info("generating demo SURREAL clips in %s", surreal_root)
