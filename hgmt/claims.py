@@ -125,8 +125,11 @@ def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
 
 def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
     """In each task with a per-joint or per-part breakdown, the item the best multi-task
-    model improves most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). Per-item
-    changes are seed means with no spread test, so this needs 2 seeds of both runs."""
+    model improves most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). Items are
+    judged as subsets are, each against its own seed spread (2 seeds of both runs): the
+    largest gain must be beyond its spread, and the items it does not lead beyond both
+    spreads tie with it. A task agrees when every tied item is distal, disagrees when none
+    is, and is unresolved when they are mixed or no item gains beyond its spread."""
     notes, verdicts = [], []
     for task in PAPER_TASKS:
         e = study.get(task)
@@ -137,10 +140,22 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
             verdicts.append(UNRESOLVED)
             notes.append(f"{task}: one seed")
             continue
-        top = max(e["per_item_gain"], key=e["per_item_gain"].get)
-        verdicts.append(AGREES if top in DISTAL_ITEMS else DISAGREES)
-        notes.append(f"{task}: {best} improves {top} most "
-                     f"({e['per_item_gain'][top]:+.3g})")
+        gain, sd = e["per_item_gain"], e["per_item_spread"]
+        top = max(gain, key=gain.get)
+        if not (gain[top] > 0 and beyond_spread(gain[top], sd[top], sd[top])):
+            verdicts.append(UNRESOLVED)
+            notes.append(f"{task}: {best} improves no item beyond its seed spread "
+                         f"(largest: {top}, {gain[top]:+.3g})")
+            continue
+        tied = [k for k in sorted(gain, key=gain.get, reverse=True)
+                if not beyond_spread(gain[top] - gain[k], sd[top], sd[k])]
+        distal = [k for k in tied if k in DISTAL_ITEMS]
+        verdicts.append(AGREES if len(distal) == len(tied) else
+                        DISAGREES if not distal else UNRESOLVED)
+        ties = (f", tied within the seed spread with "
+                f"{', '.join(f'{k} ({gain[k]:+.3g})' for k in tied[1:])}" if len(tied) > 1
+                else "")
+        notes.append(f"{task}: {best} improves {top} most ({gain[top]:+.3g}){ties}")
     if not verdicts:
         return UNRESOLVED, "no per-item breakdown to compare"
     return _combine(verdicts), "; ".join(notes)

@@ -130,6 +130,13 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
                 entry["per_item_gain"] = {
                     k: sign * (multi_items[k] - iso_items[k]) for k in iso_items
                     if iso_items[k] is not None and multi_items.get(k) is not None}
+                # an item's change is judged as a subset's: against the larger of the two
+                # runs' seed standard deviations of that item (None: a single seed)
+                iso_sd = _item_spreads(having[task], item_key)
+                multi_sd = _item_spreads(having[best_multi], item_key)
+                entry["per_item_spread"] = {
+                    k: (None if iso_sd.get(k) is None or multi_sd.get(k) is None
+                        else max(iso_sd[k], multi_sd[k])) for k in entry["per_item_gain"]}
         out[task] = entry
     return out
 
@@ -142,6 +149,12 @@ def _item_means(runs: list[dict], item_key: str) -> dict[str, float | None]:
         defined = [r[item_key][k] for r in runs if r[item_key].get(k) is not None]
         out[k] = _mean(defined) if defined else None
     return out
+
+
+def _item_spreads(runs: list[dict], item_key: str) -> dict[str, float | None]:
+    """{item: standard deviation over the seeds that define it, or None (fewer than 2)}."""
+    return {k: _spread([r[item_key][k] for r in runs if r[item_key].get(k) is not None])
+            for k in runs[0][item_key]}
 
 
 def _signed(x: float) -> str:
@@ -196,9 +209,13 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
-                      f"(+ = better).", "", f"![per {item}]({task}_per_item.png)", "",
-                      f"| {item} | change |", "|---|---|"]
-            lines += [f"| {k} | {_signed(v)} |" for k, v in e["per_item_gain"].items()]
+                      f"(+ = better; beyond the seed spread as above, with each {item}'s own "
+                      f"seed standard deviations).", "", f"![per {item}]({task}_per_item.png)",
+                      "", f"| {item} | change | beyond the seed spread |", "|---|---|---|"]
+            for k, v in e["per_item_gain"].items():
+                beyond = beyond_spread(v, e["per_item_spread"][k], e["per_item_spread"][k])
+                lines.append(f"| {k} | {_signed(v)} | "
+                             f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
         lines.append("")
     return "\n".join(lines)
 

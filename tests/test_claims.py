@@ -126,6 +126,33 @@ def test_largest_gain_at_a_wrist_or_ankle():
     assert rule(study("l_ankle", seeds=1))[0] == UNRESOLVED
 
 
+def test_largest_gain_ties_within_the_seed_spread():
+    """Per-item gains are judged against each item's own seed spread (standard deviation 0.01
+    here, 0 for every other joint): a knee ahead of an ankle by less than that ties with it."""
+    def study(knee: float, ankle: float, other: float = 0.85) -> dict:
+        iso = [{"pose2d": _summary("pose2d", 0.8)} for _ in SPREAD]
+        multi = [{"pose2d": _summary("pose2d", 0.85, {"l_knee": knee + d, "r_ankle": ankle + d})}
+                 for d in SPREAD]
+        for run in multi:
+            run["pose2d"]["pckh@0.5_per_joint"] |= {
+                j: other for j in surreal.JOINT_NAMES if j not in ("l_knee", "r_ankle")}
+        return report.compare({"pose2d": iso, "pose2d+segm": multi})
+
+    rule = claims.largest_gains_at_wrists_and_ankles
+    verdict, evidence = rule(study(knee=0.955, ankle=0.95))  # leads by 0.005 < 0.01
+    assert verdict == UNRESOLVED
+    assert ("pose2d+segm improves l_knee most (+0.155), tied within the seed spread with "
+            "r_ankle (+0.15)") in evidence
+    assert rule(study(knee=0.95, ankle=0.955))[0] == UNRESOLVED  # the ankle's lead alike
+    assert rule(study(knee=0.95, ankle=0.97))[0] == AGREES  # leads by 0.02 > 0.01
+    assert rule(study(knee=0.97, ankle=0.95))[0] == DISAGREES
+    verdict, evidence = rule(study(knee=0.805, ankle=0.8, other=0.8))  # +0.005 < 0.01
+    assert verdict == UNRESOLVED and "improves no item beyond its seed spread" in evidence
+    s = study(knee=0.97, ankle=0.95)["pose2d"]
+    assert s["per_item_spread"]["l_knee"] == pytest.approx(0.01)
+    assert s["per_item_spread"]["head_top"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_distal_items_are_names_the_tasks_report():
     names = set(surreal.JOINT_NAMES) | set(surreal.PART_NAMES)
     assert claims.DISTAL_ITEMS <= names
