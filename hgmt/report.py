@@ -85,7 +85,8 @@ def beyond_spread(change: float, sd_a: float | None, sd_b: float | None) -> bool
 def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per task: every subset containing it with its headline metric (the mean over its
     seeds, their standard deviation and count), the isolated value, the best subset, the
-    per-item change of the best multi-task subset over the isolated one, and which changes
+    per-item change of the best multi-task subset over the isolated one with each item's seed
+    spread (`per_item_spread`: the larger of the two runs' standard deviations), and which changes
     exceed the seed-to-seed spread: |change| > the larger of the two subsets' standard
     deviations, each over at least 2 seeds.
 
