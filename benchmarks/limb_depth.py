@@ -27,21 +27,24 @@ import os
 import numpy as np
 
 
-def relative_depth(path: str) -> np.ndarray:
-    """One `_info.mat` -> (T,16) camera depth of hgmt's joints minus the pelvis's, metres."""
-    from hgmt import surreal
-
-    info = surreal.load_info(path)
-    z = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
-    return z - z[:, surreal.PELVIS:surreal.PELVIS + 1]
-
-
 def camera_joints(path: str) -> np.ndarray:
     """One `_info.mat` -> (T,16,3) hgmt's joints in camera metres."""
     from hgmt import surreal
 
     info = surreal.load_info(path)
     return surreal.world_to_camera(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
+
+
+def pelvis_relative_depth(cam: np.ndarray) -> np.ndarray:
+    """(...,16,3) camera joints -> (...,16) camera depth minus the pelvis's, metres."""
+    from hgmt import surreal
+
+    return cam[..., 2] - cam[..., surreal.PELVIS:surreal.PELVIS + 1, 2]
+
+
+def relative_depth(path: str) -> np.ndarray:
+    """One `_info.mat` -> (T,16) camera depth of hgmt's joints minus the pelvis's, metres."""
+    return pelvis_relative_depth(camera_joints(path))
 
 
 def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ def depth_free_mjd(paths: list[str]) -> dict:
     from hgmt.tasks import common
 
     cam = np.concatenate([camera_joints(p) for p in paths])
-    dz = cam[..., 2] - cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2]
+    dz = pelvis_relative_depth(cam)
     guesses = {"pelvis_plane": np.zeros_like(dz),
                "mean_offset": np.broadcast_to(dz.mean(0), dz.shape),
                "joint_bins": np.asarray(common.joint_bin_depth(common.joint_bin(dz)))}

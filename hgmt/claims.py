@@ -142,7 +142,7 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
             continue
         gain, sd = e["per_item_gain"], e["per_item_spread"]
         top = max(gain, key=gain.get)
-        if not (gain[top] > 0 and beyond_spread(gain[top], sd[top], sd[top])):
+        if not (gain[top] > 0 and e["per_item_beyond_spread"][top]):
             verdicts.append(UNRESOLVED)
             notes.append(f"{task}: {best} improves no item beyond its seed spread "
                          f"(largest: {top}, {gain[top]:+.3g})")

@@ -86,7 +86,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per task: every subset containing it with its headline metric (the mean over its
     seeds, their standard deviation and count), the isolated value, the best subset, the
     per-item change of the best multi-task subset over the isolated one with each item's seed
-    spread (`per_item_spread`: the larger of the two runs' standard deviations), and which changes
+    spread (`per_item_spread`: the larger of the two runs' standard deviations) and whether it
+    is beyond it (`per_item_beyond_spread`), and which changes
     exceed the seed-to-seed spread: |change| > the larger of the two subsets' standard
     deviations, each over at least 2 seeds.
 
@@ -138,6 +139,9 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
                 entry["per_item_spread"] = {
                     k: (None if iso_sd.get(k) is None or multi_sd.get(k) is None
                         else max(iso_sd[k], multi_sd[k])) for k in entry["per_item_gain"]}
+                entry["per_item_beyond_spread"] = {
+                    k: beyond_spread(g, iso_sd.get(k), multi_sd.get(k))
+                    for k, g in entry["per_item_gain"].items()}
         out[task] = entry
     return out
 
@@ -214,7 +218,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                       f"seed standard deviations).", "", f"![per {item}]({task}_per_item.png)",
                       "", f"| {item} | change | beyond the seed spread |", "|---|---|---|"]
             for k, v in e["per_item_gain"].items():
-                beyond = beyond_spread(v, e["per_item_spread"][k], e["per_item_spread"][k])
+                beyond = e["per_item_beyond_spread"][k]
                 lines.append(f"| {k} | {_signed(v)} | "
                              f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
         lines.append("")
