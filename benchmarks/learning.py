@@ -114,14 +114,14 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         steps.create_train_state(jax.random.key(config.seed), config, model))
     p_train = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
                        axis_name="batch", donate_argnums=(0,))
-    evaluator = evaluate.Evaluator(config, tasks, split="test")
+    evaluator = evaluate.Evaluator(config, tasks, split="test", flip=a.flip)
     # The same metrics on training frames (unaugmented crops) tell fitting from generalising.
     train_evaluator = None
     if a.train_frames:
         train_config = config.copy_and_resolve_references()
         with train_config.unlocked():
             train_config.eval_frames = a.train_frames
-        train_evaluator = evaluate.Evaluator(train_config, tasks, split="train")
+        train_evaluator = evaluate.Evaluator(train_config, tasks, split="train", flip=a.flip)
     curve, train_loss = [], []
     t_train, losses = 0.0, []
     setup_s = time.perf_counter() - start
@@ -141,7 +141,8 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         summary = evaluator(variables)
         point = {"step": step, "train_s": round(t_train, 1),
                  "wall_s": round(time.perf_counter() - start, 1),
-                 "eval_s": round(time.perf_counter() - t0, 1), **flat_metrics(summary),
+                 "eval_s": round(time.perf_counter() - t0, 1), "flip": summary["flip"],
+                 **flat_metrics(summary),
                  "eval_loss": summary["loss"]}
         if "segm" in summary:
             point["segm/iou_per_part"] = summary["segm"]["iou_per_part"]
@@ -207,8 +208,9 @@ def plot(result: dict, path: str) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    flip = " (flip test)" if result["settings"].get("flip") else ""
     fig.suptitle(f"demo data, {result['settings']['res']} px, {result['test_frames']} test "
-                 f"frames; dotted: targets", fontsize=9)
+                 f"frames{flip}; dotted: targets", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -255,6 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--eval_every", type=int, default=300)
     p.add_argument("--frames", default=c.eval_frames, help="test frames: all | middle | everyK")
+    p.add_argument("--flip", action="store_true",
+                   help="evaluate with the flip test (each test prediction averaged with the "
+                        "mirrored image's, as `hgmt.evaluate --flip`)")
     p.add_argument("--train_frames", default="",
                    help="also evaluate these frames of the training split (as --frames; "
                         "'' : none), to tell fitting from generalising")

@@ -98,8 +98,9 @@ def test_learning_benchmark_writes_curves(demo_dataset, tmp_path):
     r = learning.main(["--out", out, "--data_dir", demo_dataset[1], "--res", "32",
                        "--stacks", "1", "--features", "16", "--depth", "2", "--batch", "4",
                        "--steps", "2", "--eval_every", "1", "--frames", "all",
-                       "--train_frames", "middle"])
+                       "--train_frames", "middle", "--flip"])
     assert [p["step"] for p in r["curve"]] == [1, 2]
+    assert all(p["flip"] is True for p in r["curve"]) and r["settings"]["flip"] is True
     assert set(r["curve"][-1]["train_split"]) == set(r["final"])
     assert r["test_frames"] == 12  # all 6 frames of both test clips
     final = r["final"]
