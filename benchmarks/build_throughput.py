@@ -21,7 +21,7 @@ import time
 import tensorflow_datasets as tfds
 
 import data_builders.surreal  # noqa: F401  (registers `surreal`)
-from hgmt import synthetic
+from hgmt.sources import synthetic
 
 SURREAL_FRAMES = 6.5e6
 

@@ -50,7 +50,7 @@ def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
 def clip_pixels(stem: str, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One clip -> (bins, parts, frame indices) of the foreground pixels of every `every`-th
     frame."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
     from hgmt.tasks import common
 
     info = surreal.load_info(stem + "_info.mat")

@@ -18,15 +18,17 @@ def depth_errors(workdir: str, frames: str) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from hgmt import checkpoints, input_pipeline, surreal
+    from hgmt.data import input_pipeline
     from hgmt.models import create_model, predict_last_stage
-    from hgmt.tasks import depth, parse_tasks
+    from hgmt.sources import surreal
+    from hgmt.tasks import depth, heads, parse_tasks
+    from hgmt.training import checkpoints
 
     config, variables, step = checkpoints.restore_for_inference(workdir)
     tasks = parse_tasks(config.tasks)
     if "depth" not in tasks:
         raise ValueError(f"{workdir} trained {config.tasks}, without depth")
-    model = create_model(config.model, tasks)
+    model = create_model(config.model, heads(tasks))
     source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
     indices = input_pipeline.eval_indices(config.dataset, config.data_dir, "test", frames)
     counts = np.zeros(3)  # right bin, predicted background, within one bin

@@ -24,13 +24,13 @@ import time
 
 from absl import flags
 
-from hgmt import input_pipeline
+from hgmt.data import input_pipeline
 from hgmt.tasks import parse_tasks
 
 
 def build_demo(root: str) -> str:
     """A small built demo dataset under root; returns its data_dir."""
-    from hgmt import demo
+    from hgmt.data import demo
 
     # Every split: the builder requires each to yield examples; the benchmark reads train.
     return demo.build(os.path.join(root, "surreal"), os.path.join(root, "tfds"), 2, 30)

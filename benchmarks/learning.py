@@ -3,8 +3,9 @@
     python3 benchmarks/learning.py --out benchmarks/results/learning \
         [--data_dir DIR] [--res 128] [--steps 2400] [--eval_every 300] [--frames every4]
 
-Generates and builds the demo dataset (hgmt.synthetic -> TFDS `surreal/all`) when --data_dir
-holds none, trains the multi-task model (hgmt.steps.train_step under pmap, the training input
+Generates and builds the demo dataset (hgmt.sources.synthetic -> TFDS `surreal/all`) when --data_dir
+holds none, trains the multi-task model (hgmt.training.steps.train_step under pmap, the
+training input
 pipeline with its augmentation) for a fixed number of steps, and evaluates the model every
 --eval_every steps on test frames (`--frames`: `all` frames of every test clip, `middle` the
 test-protocol frame of each clip, `everyK` every K-th frame of each clip). Writes
@@ -37,7 +38,7 @@ TARGETS = {
 def ensure_data(data_dir: str, surreal_root: str, clips: int, frames: int, seed: int) -> None:
     """Generates `clips` demo clips of `frames` frames per split and builds `surreal/all`,
     unless `data_dir` already holds it."""
-    from hgmt import demo
+    from hgmt.data import demo
 
     demo.build(surreal_root, data_dir, clips, frames, seed)
 
@@ -95,33 +96,36 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
     import jax
     import numpy as np
 
-    from hgmt import evaluate, input_pipeline, steps
+    from hgmt import tasks as task_lib
+    from hgmt.data import input_pipeline
+    from hgmt.evaluation import evaluator
     from hgmt.models import create_model
-    from hgmt.tasks import parse_tasks
+    from hgmt.tasks import heads, parse_tasks
+    from hgmt.training import steps
 
     start = time.perf_counter()
     ensure_data(a.data_dir, a.surreal_root, a.clips, a.clip_frames, a.data_seed)
     config = make_config(a)
     tasks = parse_tasks(config.tasks)
-    weights = steps.check_loss_weights(config, tasks)
-    options = steps.check_loss_options(config, tasks)
+    weights = task_lib.check_loss_weights(config, tasks)
+    options = task_lib.check_loss_options(config, tasks)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                          image_size=config.image_size, seed=config.seed)
     batches = input_pipeline.prefetch_to_device(iter(loader), 2)
-    model = create_model(config.model, tasks, axis_name="batch")
+    model = create_model(config.model, heads(tasks), axis_name="batch")
     state = flax.jax_utils.replicate(
         steps.create_train_state(jax.random.key(config.seed), config, model))
     p_train = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
                        axis_name="batch", donate_argnums=(0,))
-    evaluator = evaluate.Evaluator(config, tasks, split="test", flip=a.flip)
+    test_evaluator = evaluator.Evaluator(config, tasks, split="test", flip=a.flip)
     # The same metrics on training frames (unaugmented crops) tell fitting from generalising.
     train_evaluator = None
     if a.train_frames:
         train_config = config.copy_and_resolve_references()
         with train_config.unlocked():
             train_config.eval_frames = a.train_frames
-        train_evaluator = evaluate.Evaluator(train_config, tasks, split="train", flip=a.flip)
+        train_evaluator = evaluator.Evaluator(train_config, tasks, split="train", flip=a.flip)
     curve, train_loss = [], []
     t_train, losses = 0.0, []
     setup_s = time.perf_counter() - start
@@ -138,7 +142,7 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         t0 = time.perf_counter()
         variables = flax.jax_utils.unreplicate(
             {"params": state.params, "batch_stats": state.batch_stats})
-        summary = evaluator(variables)
+        summary = test_evaluator(variables)
         point = {"step": step, "train_s": round(t_train, 1),
                  "wall_s": round(time.perf_counter() - start, 1),
                  "eval_s": round(time.perf_counter() - t0, 1), "flip": summary["flip"],
@@ -154,12 +158,13 @@ def run(a: argparse.Namespace, on_point=None) -> dict:
         print(json.dumps({k: v for k, v in point.items() if k != "segm/iou_per_part"}),
               flush=True)
         if on_point is not None:
-            on_point(result(a, evaluator.indices, setup_s, start, curve, train_loss,
+            on_point(result(a, test_evaluator.indices, setup_s, start, curve, train_loss,
                             complete=False))
         if a.minutes and time.perf_counter() - start > 60 * a.minutes:
             print(f"stopping at step {step}: --minutes={a.minutes} reached", flush=True)
-            return result(a, evaluator.indices, setup_s, start, curve, train_loss, complete=False)
-    return result(a, evaluator.indices, setup_s, start, curve, train_loss, complete=True)
+            return result(a, test_evaluator.indices, setup_s, start, curve, train_loss,
+                          complete=False)
+    return result(a, test_evaluator.indices, setup_s, start, curve, train_loss, complete=True)
 
 
 def result(a: argparse.Namespace, indices: list[int], setup_s: float, start: float,
@@ -271,7 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    from hgmt import input_pipeline
+    from hgmt.data import input_pipeline
 
     for frames in filter(None, (a.frames, a.train_frames)):  # bad ones fail before any work
         input_pipeline.parse_eval_frames(frames)

@@ -29,7 +29,7 @@ import numpy as np
 
 def camera_joints(path: str) -> np.ndarray:
     """One `_info.mat` -> (T,16,3) hgmt's joints in camera metres."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     info = surreal.load_info(path)
     return surreal.world_to_camera(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
@@ -37,7 +37,7 @@ def camera_joints(path: str) -> np.ndarray:
 
 def pelvis_relative_depth(cam: np.ndarray) -> np.ndarray:
     """(...,16,3) camera joints -> (...,16) camera depth minus the pelvis's, metres."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     return cam[..., 2] - cam[..., surreal.PELVIS:surreal.PELVIS + 1, 2]
 
@@ -50,7 +50,7 @@ def relative_depth(path: str) -> np.ndarray:
 def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
     """(N,16,3) true camera joints, (N,16) guessed depth relative to the pelvis (m) -> (16,)
     mean pelvis-aligned error in mm of the joints back-projected from their true pixels."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     uv = surreal.project_camera(cam)
     guess = surreal.backproject(uv, cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2] + dz)
@@ -61,7 +61,7 @@ def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
 def depth_free_mjd(paths: list[str]) -> dict:
     """{predictor: {'mjd_mm', 'per_joint_mm'}} over every frame of the clips (module
     docstring)."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
     from hgmt.tasks import common
 
     cam = np.concatenate([camera_joints(p) for p in paths])
@@ -81,7 +81,7 @@ def depth_free_mjd(paths: list[str]) -> dict:
 
 def spread(paths: list[str]) -> dict:
     """{'clips', 'frames', 'within_clip_sd_mm': {joint: mm}, 'overall_sd_mm': {joint: mm}}."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     clips = [relative_depth(p) for p in paths]
     every = np.concatenate(clips)

@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from hgmt import synthetic
+from hgmt.sources import synthetic
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The training loop's overhead: `hgmt.train.train()` against its compiled step alone.
+"""The training loop's overhead: `hgmt.loop.train()` against its compiled step alone.
 
     python3 benchmarks/train_loop.py --stacks 1 --features 32 --res 64 --batch 8 --tasks all \
         --steps 40 --repeats 2
@@ -24,8 +24,8 @@ import jax
 import train_step
 
 from configs.common import base_config
-from hgmt import train
 from hgmt.tasks import parse_tasks
+from hgmt.training import loop
 
 
 class InMemory:
@@ -68,7 +68,7 @@ def loop_img_per_s(a, tasks: str) -> float:
     config.checkpoint_every = 10 * config.total_steps  # only the final one, after timing
     rates = Rates()
     with tempfile.TemporaryDirectory() as workdir:
-        train.train(config, workdir, writer=rates,
+        loop.train(config, workdir, writer=rates,
                     loader=InMemory(train_step.random_batch(a.batch, a.res)))
     return rates.img_per_s[2 * a.steps]
 

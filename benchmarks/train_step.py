@@ -1,4 +1,5 @@
-"""Steady-state training speed of the real hgmt train step (hgmt.steps.train_step under pmap).
+"""Steady-state training speed of the real hgmt train step (`hgmt.training.steps.train_step`
+under pmap).
 
     python3 benchmarks/train_step.py --stacks 2 --features 128 --res 128 --batch 16 \
         --tasks pose2d --dtype float32
@@ -30,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import base_config
-from hgmt import steps
 from hgmt.models import create_model
-from hgmt.tasks import parse_tasks
+from hgmt.tasks import heads, parse_tasks
+from hgmt.training import steps
 
 
 def random_batch(batch: int, res: int, seed: int = 0) -> dict:
@@ -95,7 +96,7 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     config.image_size, config.batch_size = res, batch
     config.model.num_stacks, config.model.features = stacks, features
     config.model.depth, config.model.dtype = depth, dtype
-    model = create_model(config.model, names, axis_name="batch")
+    model = create_model(config.model, heads(names), axis_name="batch")
     state = steps.create_train_state(jax.random.key(0), config, model)
     params = sum(x.size for x in jax.tree.leaves(state.params))
     devs = jax.local_devices()[:devices]

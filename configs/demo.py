@@ -4,7 +4,8 @@
         python -m hgmt.main --config=configs/demo.py --workdir=runs/demo
 
 When `data_dir` holds no built dataset, hgmt.main generates `demo.clips_per_split` clips of
-`demo.frames` frames with hgmt.synthetic into `demo.surreal_root` and builds them with the TFDS
+`demo.frames` frames with hgmt.sources.synthetic into `demo.surreal_root` and builds them with
+the TFDS
 builder (config `all`) into `data_dir`. Argument: `tasks=` as in configs/default.py.
 """
 

@@ -15,6 +15,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from hgmt import workdirs
+
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
           doc: str, config: ml_collections.ConfigDict | None = None
@@ -47,8 +49,6 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
 def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | None:
     """The config saved in the workdir that `--workdir` names in argv (read before the full
     parse, so that `--config.x=y` can override its fields); None with `--help`."""
-    from hgmt import checkpoints
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         return None
@@ -58,7 +58,7 @@ def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | No
     if not pre.workdir:
         raise SystemExit("error: --workdir is required: a directory written by "
                          "`python -m hgmt.main --workdir=...`")
-    return checkpoints.load_config(pre.workdir)
+    return workdirs.load_config(pre.workdir)
 
 
 def define_workdir(fv: flags.FlagValues) -> None:

@@ -17,173 +17,13 @@ back).
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import sys
 
-import flax
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-
-from hgmt import cli, input_pipeline, protocols, steps
-from hgmt.models import create_model, predict_last_stage
-from hgmt.tasks import TASKS, parse_tasks
-
-
-def _one(tree):
-    """Adds a batch dim of 1 to every leaf (to call batched functions per example)."""
-    return jax.tree.map(lambda x: x[None], tree)
-
-
-def _example_loss(task, options, pred, batch):
-    """The loss of a single example (called under vmap: a task's loss is a batch mean)."""
-    return task.loss(_one(pred), task.targets(_one(batch)), **options)
-
-
-def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
-              loss_options: dict) -> dict:
-    """Per-device: sums of every task's metric statistics (metrics: {task:
-    protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
-    masked loss (loss_options: {task: options of its loss}, as in training; a pixel-weighted
-    loss is normalised per example here, per batch in training)."""
-    preds = predict_last_stage(model, variables, batch["image"], flip)
-    mask = batch["mask"]
-    stats = {}
-    for name, pred in preds.items():
-        stats[name] = dict(metrics[name].stats(pred, batch))
-        losses = jax.vmap(functools.partial(_example_loss, TASKS[name],
-                                            loss_options[name]))(pred, batch)
-        stats[name]["loss"] = mask @ losses.astype(jnp.float32)
-    stats["count"] = jnp.sum(mask)
-    return jax.lax.psum(stats, "batch")
-
-
-class Evaluator:
-    """The evaluation of one (config, split, flip, protocol), set up once: the split's frames
-    that `config.eval_frames` selects (default 'middle', the test protocol), or the records
-    `indices` (at most `config.eval_max_examples`), the model and its compiled evaluation step.
-    Calling it with variables gives the summary; the trainer keeps one to validate every
-    `config.eval_every` steps without recompiling."""
-
-    def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
-                 flip: bool = False, protocol: str = "hgmt", indices: list[int] | None = None):
-        self.tasks = parse_tasks(tasks or config.tasks)
-        self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
-        self.image_size = config.image_size
-        self.frames = "indices" if indices is not None else config.get("eval_frames", "middle")
-        self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-        if indices is None:  # config.eval_frames; by default each clip's middle frame
-            indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
-                                                  self.frames)
-        if config.get("eval_max_examples", 0):
-            indices = indices[:config.eval_max_examples]
-        if not indices:
-            raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
-                             f"(eval_frames={self.frames})")
-        self.indices = indices
-        batch_size = config.eval_batch_size
-        batch_size -= batch_size % jax.device_count() or 0
-        self.batch_size = max(batch_size, jax.device_count())
-        self.model = create_model(config.model, self.tasks)
-        self.metrics = {name: protocols.metric(protocol, name, len(indices))
-                        for name in self.tasks}
-        self.p_step = jax.pmap(functools.partial(
-            eval_step, model=self.model, flip=flip, metrics=self.metrics,
-            loss_options=steps.check_loss_options(config, self.tasks)), axis_name="batch")
-
-    def __call__(self, variables: dict, writer=None, step: int = 0) -> dict:
-        """Metrics of `variables` under the metric protocol: {task: {metric: value,
-        'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: mean}}."""
-        replicated = flax.jax_utils.replicate(variables)
-        total = None
-        first = None
-        for batch in input_pipeline.eval_batches(self.source, self.indices,
-                                                 batch_size=self.batch_size,
-                                                 image_size=self.image_size,
-                                                 tasks=self.tasks):
-            stats = jax.device_get(flax.jax_utils.unreplicate(
-                self.p_step(replicated, input_pipeline.shard(batch))))
-            total = stats if total is None else jax.tree.map(np.add, total, stats)
-            first = first or batch
-        count = float(total["count"])
-        summary = {name: {"protocol": self.metrics[name].protocol,
-                          **self.metrics[name].summarize(total[name])} for name in self.tasks}
-        summary["protocol"] = self.protocol
-        summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
-        summary["num_examples"] = int(count)
-        summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
-        if writer is not None:
-            writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
-            _write_images(writer, step, self.model, variables, first, self.tasks)
-        return summary
-
-
-def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
-             split: str = "test", flip: bool = False, writer=None, step: int = 0,
-             protocol: str = "hgmt") -> dict:
-    """Metrics of `variables` on the frames of `split` that `config.eval_frames` selects, under
-    the metric `protocol` (see `Evaluator`)."""
-    return Evaluator(config, tasks, split=split, flip=flip, protocol=protocol)(
-        variables, writer=writer, step=step)
-
-
-def headline(summary: dict) -> dict:
-    """The one-number metrics of a summary, for logs and tables (see protocols.headline)."""
-    return protocols.headline(summary)
-
-
-def headline_keys(task: str, protocol: str = "hgmt") -> tuple[str, ...]:
-    """The names of `task`'s one-number metrics under `protocol`."""
-    return protocols.headline_of(task, protocol).metrics
-
-
-def _fmt(value, spec: str, missing: str = "") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def to_markdown(summary: dict) -> str:
-    """Markdown tables: headline metrics with the protocol that made each, then per-joint and
-    per-part breakdowns."""
-    protocol = summary.get("protocol", "hgmt")
-    lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
-             f" (frames: {summary.get('frames', 'middle')})"
-             f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
-             f"(docs/metrics.md).", "", "| metric | value | protocol |", "|---|---|---|"]
-    for k, v in headline(summary).items():
-        task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
-        lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")
-    # One table per kind of item (joint, part), a column per task that breaks down by it.
-    columns: dict[str, list] = {}
-    for t in TASKS:
-        if t in summary:
-            h = protocols.headline_of(t, summary[t].get("protocol", "hgmt"))
-            if h.per_item:
-                columns.setdefault(h.item, []).append((t, h))
-    for item, cols in columns.items():
-        head = " | ".join(f"{h.per_item} ({summary[t].get('protocol', 'hgmt')})"
-                          for t, h in cols)
-        lines += ["", f"| {item} | {head} |", "|---|" + "---|" * len(cols)]
-        names = list(dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item]))
-        for name in names:
-            cells = [_fmt(summary[t][h.per_item].get(name), h.item_format, "absent")
-                     for t, h in cols]
-            lines.append(f"| {name} | {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_images(writer, step, model, variables, batch, tasks) -> None:
-    from hgmt import viz
-
-    n = min(4, batch["image"].shape[0])
-    images = batch["image"][:n]
-    preds = predict_last_stage(model, variables, jnp.asarray(images), flip=False)
-    panels = viz.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()},
-                                   {k: np.asarray(v[:n]) for k, v in batch.items()})
-    writer.write_images(step, {"eval/predictions": panels})
+from hgmt import cli, workdirs
+from hgmt.evaluation import evaluator, protocols
+from hgmt.training import checkpoints
 
 
 def _define_flags(fv) -> None:
@@ -200,43 +40,28 @@ def _define_flags(fv) -> None:
                         "[_<protocol>].json); a .md table is written beside it", flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--flip]
     [--protocol=hgmt|bodynet|surreal] [--out=F] [--config.data_dir=...]`."""
-    from hgmt import checkpoints
-
     args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                 args.config)
-    summary = evaluate(config, variables, split=args.split, flip=args.flip,
+    summary = evaluator.evaluate(config, variables, split=args.split, flip=args.flip,
                        protocol=args.protocol)
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
     if step_arg == "best":
         summary["checkpoint"] = "best"
     name = f"best_{step}" if step_arg == "best" else str(step)
     out = args.out or os.path.join(args.workdir,
-                                   protocols.result_file(args.protocol, args.split, name))
-    write_report(summary, out)
-    print(to_markdown(summary))
+                                   workdirs.result_file(args.protocol, args.split, name))
+    evaluator.write_report(summary, out)
+    print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
-
-
-def write_report(summary: dict, out: str) -> None:
-    """JSON at `out`, Markdown beside it, and the PCKh curve PNG when pose2d was evaluated."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(summary, f, indent=1)
-    stem = os.path.splitext(out)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(summary))
-    if "pckh_curve" in summary.get("pose2d", {}):
-        from hgmt import viz
-
-        viz.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,9 +6,9 @@
 With configs/demo.py the demo dataset is generated and built first when it is missing.
 Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
 (`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id. A
-dead process is detected within --heartbeat_timeout seconds (hgmt.peers).
+dead process is detected within --heartbeat_timeout seconds (hgmt.training.peers).
 
-Exit status 75 (hgmt.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
+Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
 checkpoint; rerun the same command to resume.
 """
 
@@ -46,7 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def prepare_demo_dataset(config) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless already built."""
-    from hgmt import demo
+    from hgmt.data import demo
 
     demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
                config.demo.frames, config.demo.seed, dataset=config.dataset)
@@ -75,7 +75,7 @@ def main(argv) -> None:
         jax.config.update("jax_compilation_cache_dir",
                           os.path.expanduser(FLAGS.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    from hgmt import peers, preemption
+    from hgmt.training import peers, preemption
 
     if FLAGS.coordinator_address or FLAGS.distributed:
         peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -84,7 +84,9 @@ def main(argv) -> None:
 
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
 
-    from hgmt import evaluate, protocols, train
+    from hgmt import workdirs
+    from hgmt.evaluation import evaluator
+    from hgmt.training import loop
 
     config = FLAGS.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
@@ -96,16 +98,16 @@ def main(argv) -> None:
 
         multihost_utils.sync_global_devices("demo dataset ready")
     try:
-        summary = train.train_and_evaluate(config, FLAGS.workdir)
+        summary = loop.train_and_evaluate(config, FLAGS.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
-        out = os.path.join(FLAGS.workdir, protocols.result_file())
-        evaluate.write_report(summary, out)
-        print(evaluate.to_markdown(summary))
+        out = os.path.join(FLAGS.workdir, workdirs.result_file())
+        evaluator.write_report(summary, out)
+        print(evaluator.to_markdown(summary))
         print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
-                          **evaluate.headline(summary)}))
+                          **evaluator.headline(summary)}))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hgmt import cli, protocols  # noqa: E402
-from hgmt.report import run_name  # noqa: E402
+from hgmt import cli, workdirs  # noqa: E402
+from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
@@ -50,16 +50,17 @@ def with_tasks(config: str, tasks: str) -> str:
 def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
             seed_index: int = 0) -> list[str]:
     """Trains one run: the subset `tasks` with the config's seed (seed_index 0) or with
-    `config.seed = seed_index` (its directory `report.run_name`)."""
+    `config.seed = seed_index` (its directory `workdirs.run_name`)."""
     seed = [f"--config.seed={seed_index}"] if seed_index else []
     return [sys.executable, "-m", "hgmt.main", f"--config={with_tasks(config, tasks)}",
-            f"--workdir={os.path.join(sweep_dir, run_name(tasks, seed_index))}", *extra, *seed]
+            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}",
+            *extra, *seed]
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
     """Evaluates a finished run under another metric protocol."""
-    workdir = os.path.join(sweep_dir, run_name(tasks, seed_index))
-    out = os.path.join(workdir, protocols.result_file(protocol))
+    workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
+    out = os.path.join(workdir, workdirs.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
             f"--protocol={protocol}", f"--out={out}"]
 
@@ -124,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "seeds": args.seeds, "extra": extra})
     failed = []
     for i, (tasks, k) in enumerate(runs, 1):
-        name = run_name(tasks, k)
+        name = workdirs.run_name(tasks, k)
         workdir = os.path.join(args.sweep_dir, name)
-        todo = [] if os.path.exists(os.path.join(workdir, protocols.result_file())) else [
+        todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
             ("train", command(args.config, tasks, args.sweep_dir, extra, k))]
         todo += [(x, protocol_command(tasks, args.sweep_dir, x, k)) for x in extra_protocols
-                 if not os.path.exists(os.path.join(workdir, protocols.result_file(x)))]
+                 if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
         if not todo:
             print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
             continue

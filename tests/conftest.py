@@ -35,7 +35,7 @@ def real_info_path():
 
 def build_demo(root, clips_per_split=2, frames=6, seed=0, config="all"):
     """Generates demo SURREAL clips under root/surreal and builds them under root/tfds."""
-    from hgmt import demo
+    from hgmt.data import demo
 
     surreal_root = os.path.join(root, "surreal")
     data_dir = demo.build(surreal_root, os.path.join(root, "tfds"), clips_per_split, frames,

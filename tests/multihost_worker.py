@@ -25,11 +25,12 @@ import numpy as np  # noqa: E402
 
 def main(workdir: str, data_dir: str, process_id: int, port: int,
          total_steps: int | None = None) -> None:
-    from hgmt import peers
+    from hgmt.training import peers
 
     peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
                      heartbeat_timeout_s=10, shutdown_timeout_s=10)
-    from hgmt import evaluate, preemption, train
+    from hgmt.evaluation import evaluator
+    from hgmt.training import loop, preemption
     from tests.conftest import tiny_config
 
     with open(os.path.join(workdir, f"topology_{process_id}.json"), "w") as f:
@@ -41,7 +42,7 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
         config = tiny_config(data_dir, tasks="pose2d", total_steps=total_steps,
                              checkpoint_every=2, **{"optimizer.schedule": "constant"})
     try:
-        state = train.train(config, workdir)
+        state = loop.train(config, workdir)
     except preemption.Preempted as e:
         with open(os.path.join(workdir, f"preempted_{process_id}.json"), "w") as f:
             json.dump({"step": e.step}, f)
@@ -51,7 +52,7 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
     if total_steps is not None:
         return
-    summary = evaluate.evaluate(config, {"params": state.params,
+    summary = evaluator.evaluate(config, {"params": state.params,
                                          "batch_stats": state.batch_stats})
     with open(os.path.join(workdir, f"eval_{process_id}.json"), "w") as f:
         json.dump(summary, f)

@@ -59,7 +59,7 @@ def to_json(result: dict) -> dict:
 
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    from hgmt import viz
+    from hgmt.tasks import drawing
 
     mask = np.asarray(pred).argmax(-1).astype(np.uint8) * 255
-    return np.repeat(viz.enlarge(mask, rgb.shape[0])[..., None], 3, axis=-1)
+    return np.repeat(drawing.enlarge(mask, rgb.shape[0])[..., None], 3, axis=-1)

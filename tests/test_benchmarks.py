@@ -141,7 +141,7 @@ def test_depth_baselines_on_demo_clips(demo_dataset):
     """Depth bins are relative to the pelvis, in front negative: the visible torso surface is
     nearer the camera than the pelvis joint inside the body. A head that knows each part's
     depth per frame scores at least as well as one that knows the parts only."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     test_dir = os.path.join(demo_dataset[0], "cmu", "test")
     for stem in surreal.find_clips(demo_dataset[0], "test"):
@@ -159,7 +159,7 @@ def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
     relative to the pelvis is the pelvis's world x minus the joint's."""
     import pytest
 
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     rel = limb_depth.relative_depth(real_info_path)
     x = surreal.load_info(real_info_path).joints3d[:, surreal.SMPL_TO_JOINT, 0]
@@ -177,7 +177,7 @@ def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
 def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info_path):
     """A joint 0.2 m behind the pelvis guessed at the pelvis's depth lands on its own camera
     ray at 3.0 m instead of 3.2 m: error |(x, y, z) * (3.0/3.2 - 1)| (crafted by hand)."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     cam = np.zeros((1, 16, 3))
     cam[..., 2] = 3.0  # every joint at the pelvis (error 0) but one

@@ -11,7 +11,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 import data_builders.surreal  # noqa: F401  (registers `surreal`)
-from hgmt import surreal, synthetic
+from hgmt.sources import surreal, synthetic
 
 FRAMES = 6
 

@@ -1,9 +1,12 @@
-"""hgmt.claims: the seed paper's conclusions checked on crafted studies (report.compare of
+"""hgmt.study.claims: the seed paper's conclusions checked on crafted studies (report.compare of
 hand-made evaluation summaries, 3 seeds each unless said)."""
 
 import pytest
 
-from hgmt import claims, report, surreal
+import hgmt.report
+from hgmt import workdirs
+from hgmt.sources import surreal
+from hgmt.study import claims, report
 from hgmt.tasks import TASKS
 
 AGREES, DISAGREES, UNRESOLVED = claims.AGREES, claims.DISAGREES, claims.UNRESOLVED
@@ -166,13 +169,13 @@ def test_report_lists_the_claims(tmp_path):
     for subset, values in {"segm": [0.50, 0.51, 0.49],
                            "pose2d+segm": [0.60, 0.61, 0.59]}.items():
         for k, v in enumerate(values):
-            run = sweep_dir / report.run_name(subset, k)
+            run = sweep_dir / workdirs.run_name(subset, k)
             run.mkdir(parents=True)
             (run / "eval_test.json").write_text(json.dumps({"segm": _summary("segm", v)}))
     note = tmp_path / "note.md"
     note.write_text("Crafted runs.\n\nSecond paragraph.\n")
     out = tmp_path / "report"
-    assert report.main([f"--sweep={sweep_dir}", f"--out={out}", f"--note_file={note}"]) == 0
+    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}", f"--note_file={note}"]) == 0
     text = (out / "README.md").read_text()
     assert text.startswith("# Task-combination study\n\nCrafted runs.\n\nSecond paragraph."
                            "\n\nMetric protocol: `hgmt`")
@@ -182,5 +185,5 @@ def test_report_lists_the_claims(tmp_path):
     checked = json.loads((out / "claims.json").read_text())
     assert [c["claim"] for c in checked] == [text for text, _ in claims.CLAIMS]
     with pytest.raises(SystemExit, match="note_file=.*missing.md not found"):
-        report.main([f"--sweep={sweep_dir}", f"--out={out}",
+        hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}",
                      f"--note_file={tmp_path / 'missing.md'}"])

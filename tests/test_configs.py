@@ -45,7 +45,7 @@ def test_boolean_arguments_parse_strictly():
 
 
 def test_loss_weights_follow_tasks_overridden_on_the_command_line():
-    from hgmt.steps import check_loss_weights
+    from hgmt.tasks import check_loss_weights
 
     c = default.get_config()  # built for all four tasks
     c.tasks = "pose2d+segm"  # what --config.tasks=pose2d+segm does
@@ -59,7 +59,7 @@ def test_loss_weights_follow_tasks_overridden_on_the_command_line():
 
 
 def test_loss_options_default_to_the_reference_and_reject_unknown_names():
-    from hgmt.steps import check_loss_options
+    from hgmt.tasks import check_loss_options
 
     c = default.get_config()
     assert c.loss_options.to_dict() == {"depth": {"foreground_weight": 1.0},

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, preemption, shards, train, workdir_lock
+from hgmt import workdirs
+from hgmt.data import shards
+from hgmt.training import checkpoints, loop, preemption, workdir_lock
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ class SignalAt:
 @pytest.fixture(scope="module")
 def straight(demo_dataset, tmp_path_factory):
     """The final state of an uninterrupted 5-step run, for the resumed runs to equal."""
-    return train.train(tiny_config(demo_dataset[1], total_steps=5, **KW),
+    return loop.train(tiny_config(demo_dataset[1], total_steps=5, **KW),
                        str(tmp_path_factory.mktemp("straight")))
 
 
@@ -68,11 +70,11 @@ def test_sigterm_saves_that_step_and_the_rerun_ends_bit_for_bit_equal(demo_datas
     config = tiny_config(demo_dataset[1], total_steps=5, **KW)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3") as err:
-        train.train(config, str(tmp_path), writer=SignalAt(signal.SIGTERM, 2))
+        loop.train(config, str(tmp_path), writer=SignalAt(signal.SIGTERM, 2))
     assert err.value.step == 3 and signal.getsignal(signal.SIGTERM) is before
     assert checkpoints.manager(str(tmp_path)).all_steps() == [3]
-    assert not os.path.exists(os.path.join(tmp_path, workdir_lock.LOCK_FILE))
-    _assert_same_state(straight, train.train(config, str(tmp_path)))
+    assert not os.path.exists(os.path.join(tmp_path, workdirs.LOCK_FILE))
+    _assert_same_state(straight, loop.train(config, str(tmp_path)))
 
 
 def _damage(step_dir: str) -> None:
@@ -92,17 +94,17 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     workdir = str(tmp_path / "w")
     config = tiny_config(demo_dataset[1], total_steps=5, **{**KW, "checkpoint_every": 2})
     with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3"):
-        train.train(config, workdir, writer=SignalAt(signal.SIGUSR1, 2))
-    ckpt = checkpoints.checkpoint_dir(workdir)
+        loop.train(config, workdir, writer=SignalAt(signal.SIGUSR1, 2))
+    ckpt = workdirs.checkpoint_dir(workdir)
     assert checkpoints.manager(workdir).all_steps() == [2, 3]
     _damage(os.path.join(ckpt, "3"))
     with caplog.at_level(logging.INFO):
-        resumed = train.train(config, workdir)
+        resumed = loop.train(config, workdir)
     assert f"checkpoint {ckpt}/3 does not read" in caplog.text
     assert f"resumed from {ckpt} at step 2" in caplog.text
     _assert_same_state(straight, resumed)
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
-    kept = os.listdir(os.path.join(workdir, checkpoints.UNREADABLE_DIR))
+    kept = os.listdir(os.path.join(workdir, workdirs.UNREADABLE_DIR))
     assert len(kept) == 1 and kept[0].startswith("3-")  # moved aside, not deleted
 
     # When no checkpoint reads, it is not damage: the clear config-mismatch error.
@@ -110,12 +112,13 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
         _damage(os.path.join(ckpt, str(step)))
     with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "
                                          r"reads as this config's train state"):
-        train.train(config, workdir)
+        loop.train(config, workdir)
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
 
 
 _HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
-           "from hgmt.workdir_lock import WorkdirLock; WorkdirLock({workdir!r}).acquire(); "
+           "from hgmt.training.workdir_lock import WorkdirLock; "
+           "WorkdirLock({workdir!r}).acquire(); "
            "print('held', flush=True); time.sleep(600)")
 
 
@@ -130,20 +133,20 @@ def test_a_second_trainer_stops_naming_the_holder_and_a_dead_holder_does_not_blo
         t0 = time.time()
         with pytest.raises(workdir_lock.WorkdirLocked,
                            match=f"host {socket.gethostname()} pid {holder.pid}, started"):
-            train.train(tiny_config(demo_dataset[1], **KW), workdir)
+            loop.train(tiny_config(demo_dataset[1], **KW), workdir)
         assert time.time() - t0 < 5
-        assert not os.path.exists(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+        assert not os.path.exists(os.path.join(workdir, workdirs.CHECKPOINT_DIR))
     finally:
         holder.kill()  # SIGKILL: the lock stays behind, stale
         holder.wait()
-    assert os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    assert os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
     with workdir_lock.WorkdirLock(workdir) as lock:  # what train() takes first
         assert lock.held
-    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
 
 
 def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
-    path = tmp_path / workdir_lock.LOCK_FILE
+    path = tmp_path / workdirs.LOCK_FILE
     path.write_text(json.dumps({"host": "node-7", "pid": 1234, "job": "99", "restart": 0,
                                 "started": "then"}))
     with pytest.raises(workdir_lock.WorkdirLocked, match="host node-7 pid 1234 .Slurm job 99."):
@@ -170,10 +173,10 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
     with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
                                                   rf"dataset_info.json says 12|cannot be "
                                                   rf"opened).*tfds build"):
-        train.train(config, str(tmp_path / "w"))
+        loop.train(config, str(tmp_path / "w"))
     os.remove(shard)
     with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
-        train.train(config, str(tmp_path / "w"))
+        loop.train(config, str(tmp_path / "w"))
 
 
 # --- Slow: whole processes -------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _free_port() -> int:
 
 
 def _wait_for_checkpoint(workdir: str, step: int, procs, timeout: float = 300) -> None:
-    ckpt = checkpoints.checkpoint_dir(workdir)
+    ckpt = workdirs.checkpoint_dir(workdir)
     deadline = time.time() + timeout
     while time.time() < deadline and all(p.poll() is None for p in procs):
         if os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= step for d in os.listdir(ckpt)):
@@ -260,7 +263,7 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
     assert proc.returncode == preemption.EXIT_PREEMPTED, out[-3000:]
     step = checkpoints.manager(workdir).latest_step()
     assert f"saved a checkpoint at step {step}" in out
-    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
     cmd[cmd.index("--config.total_steps=100000")] = f"--config.total_steps={step + 2}"
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -4,8 +4,8 @@ shard and resume."""
 import numpy as np
 import pytest
 
-from hgmt import input_pipeline as ip
-from hgmt import surreal
+from hgmt.data import input_pipeline as ip
+from hgmt.sources import surreal
 
 
 @pytest.fixture(scope="module")

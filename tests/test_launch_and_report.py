@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from hgmt import report, surreal
+import hgmt.report
+from hgmt import workdirs
+from hgmt.sources import surreal
+from hgmt.study import report
 from launch import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,11 +61,11 @@ def test_report_gives_seed_means_spreads_and_marks_changes_beyond_the_spread(tmp
             "pose2d+pose3d": [0.81, 0.83, 0.79], "pose2d+depth": [0.90]}
     for tasks, values in runs.items():
         for k, v in enumerate(values):
-            run = sweep_dir / report.run_name(tasks, k)
+            run = sweep_dir / workdirs.run_name(tasks, k)
             run.mkdir(parents=True)
             (run / "eval_test.json").write_text(json.dumps(_summary(pck=v)))
-    assert report.run_name("pose2d", 0) == "pose2d"
-    assert report.run_name("pose2d", 2) == "pose2d@seed2"
+    assert workdirs.run_name("pose2d", 0) == "pose2d"
+    assert workdirs.run_name("pose2d", 2) == "pose2d@seed2"
     study = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]
     assert study["seeds"] == {"pose2d": 3, "pose2d+segm": 3, "pose2d+pose3d": 3,
                               "pose2d+depth": 1}
@@ -75,7 +78,7 @@ def test_report_gives_seed_means_spreads_and_marks_changes_beyond_the_spread(tmp
     assert study["per_item_gain"]["l_wrist"] == pytest.approx(0.10)  # best: pose2d+depth
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": list(runs), "seeds": 3}))
     out = tmp_path / "report"
-    assert report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
+    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
     text = (out / "README.md").read_text()
     assert ("Runs finished: 10 of 12 (4 subsets x 3 seeds); launch/sweep.py with the same "
             "arguments resumes the rest.") in text
@@ -140,7 +143,7 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert study["depth"]["isolated"] is None and "gain" not in study["depth"]
 
     out = tmp_path / "report"
-    assert report.main(["--sweep", str(sweep_dir), "--out", str(out), "--note", "demo"]) == 0
+    assert hgmt.report.main(["--sweep", str(sweep_dir), "--out", str(out), "--note", "demo"]) == 0
     text = (out / "README.md").read_text()
     assert "| pose2d+segm **best** | 0.85 | +0.05 |" in text
     assert "No isolated `depth` run" in text
@@ -172,7 +175,7 @@ def test_report_compares_another_protocols_numbers(tmp_path):
     assert study["segm"]["subsets"] == {"segm": 0.6}
     assert study["segm"]["undefined"] == ["pose2d+segm"]
     out = tmp_path / "report"
-    assert report.main(["--sweep", str(sweep_dir), "--out", str(out), "--protocol",
+    assert hgmt.report.main(["--sweep", str(sweep_dir), "--out", str(out), "--protocol",
                         "bodynet"]) == 0
     text = (out / "README.md").read_text()
     assert "## pose2d: PCK (BodyNet) (higher is better; protocol `bodynet`)" in text
@@ -223,13 +226,13 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("done already") == 2
     out = str(tmp_path / "report")
-    assert report.main(["--sweep", sweep_dir, "--out", out]) == 0
+    assert hgmt.report.main(["--sweep", sweep_dir, "--out", out]) == 0
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
     assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
             "split `test` (frames: middle).") in open(os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
-        assert report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
+        assert hgmt.report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0
 
 
@@ -248,12 +251,12 @@ def test_committed_study_runs_match_the_study_config(tmp_path):
     for name in finished:
         with open(os.path.join(sweep_dir, name, "config.json")) as f:
             made = json.load(f)
-        tasks, _, seed = name.partition(report.SEED_MARK)
+        tasks, _, seed = name.partition(workdirs.SEED_MARK)
         expected = study.get_config(f"tasks={tasks}").to_dict()
         expected["seed"] = int(seed or 0)
         assert made == expected, name
         with open(os.path.join(sweep_dir, name, "eval_test.json")) as f:
             result = json.load(f)
         assert (result["num_examples"], result["frames"]) == (240, "every4"), name
-    assert report.main([f"--sweep={sweep_dir}", f"--out={tmp_path}"]) == 0
+    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={tmp_path}"]) == 0
     assert f"Runs finished: {len(finished)} of 45" in (tmp_path / "README.md").read_text()

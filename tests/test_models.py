@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from hgmt.models import INTERACTIONS, create_model, summary
-from hgmt.tasks import TASK_NAMES, TASKS, all_subsets, compute_losses
+from hgmt.tasks import TASK_NAMES, TASKS, all_subsets, compute_losses, heads
 from tests.test_tasks import make_batch
 
 TINY = dict(num_stacks=2, features=16, depth=2)
@@ -18,7 +18,7 @@ SUBSETS = all_subsets()
 def test_every_subset_initialises_with_the_right_shapes(interaction):
     images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
     for tasks in SUBSETS:
-        model = create_model(dict(TINY, interaction=interaction), tasks)
+        model = create_model(dict(TINY, interaction=interaction), heads(tasks))
         # One trace gives both the forward pass's outputs and the variables it created.
         out, variables = jax.eval_shape(
             lambda x, m=model: m.init_with_output(jax.random.key(0), x), images)
@@ -34,7 +34,7 @@ def test_every_subset_initialises_with_the_right_shapes(interaction):
 
 
 def test_shared_trunk_has_one_stream():
-    model = create_model(dict(TINY, shared_trunk=True), TASK_NAMES)
+    model = create_model(dict(TINY, shared_trunk=True), heads(TASK_NAMES))
     images = jnp.zeros((1, 64, 64, 3))
     variables = model.init(jax.random.key(0), images)
     out = model.apply(variables, images)
@@ -47,16 +47,16 @@ def test_shared_trunk_has_one_stream():
 
 def test_bad_model_config_is_rejected():
     with pytest.raises(ValueError, match="none, sum, concat, gated|'none', 'sum'"):
-        create_model(dict(TINY, interaction="attention"), ("pose2d",))
+        create_model(dict(TINY, interaction="attention"), heads(("pose2d",)))
     with pytest.raises(ValueError, match="unknown config.model field.*stacks"):
-        create_model(dict(TINY, stacks=2), ("pose2d",))
+        create_model(dict(TINY, stacks=2), heads(("pose2d",)))
     with pytest.raises(ValueError, match="float32"):
-        create_model(dict(TINY, dtype="float16"), ("pose2d",))
+        create_model(dict(TINY, dtype="float16"), heads(("pose2d",)))
 
 
 def _grad_norms(interaction):
     tasks = ("pose2d", "segm")
-    model = create_model(dict(TINY, interaction=interaction), tasks)
+    model = create_model(dict(TINY, interaction=interaction), heads(tasks))
     batch = make_batch(b=2, r=16)
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     variables = model.init(jax.random.key(0), images)
@@ -88,8 +88,8 @@ def test_interacting_streams_share_gradient(interaction):
 
 def test_bfloat16_agrees_with_float32():
     images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-    f32 = create_model(dict(TINY, interaction="sum"), TASK_NAMES)
-    bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), TASK_NAMES)
+    f32 = create_model(dict(TINY, interaction="sum"), heads(TASK_NAMES))
+    bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), heads(TASK_NAMES))
     variables = f32.init(jax.random.key(0), images)
     a, b = f32.apply(variables, images), bf16.apply(variables, images)
     for t in TASK_NAMES:
@@ -154,7 +154,8 @@ def test_fast_ops_equal_the_reference_ops(monkeypatch):
 
     with jax.enable_x64(True):
         tasks = ("pose2d", "segm")
-        model = MultiTaskHourglass(tasks=tasks, dtype=jnp.float64, interaction="sum", **TINY)
+        model = MultiTaskHourglass(heads=tuple(heads(tasks).items()), dtype=jnp.float64,
+                                   interaction="sum", **TINY)
         batch = jax.tree.map(lambda v: v.astype(jnp.float64)
                              if v.dtype == jnp.float32 else v, make_batch(b=2, r=16))
         images = jax.random.normal(jax.random.key(3), (2, 64, 64, 3), jnp.float64)
@@ -278,7 +279,7 @@ def test_model_normalises_its_uint8_input():
     rgb = jax.random.randint(jax.random.key(1), (2, 32, 32, 3), 0, 256).astype(jnp.uint8)
     expected = (rgb.astype(jnp.float32) / 255.0 - jnp.array(IMAGE_MEAN)) / jnp.array(IMAGE_STD)
     assert jnp.abs(normalize_images(rgb) - expected).max() < 1e-6
-    model = create_model({"num_stacks": 1, "features": 16, "depth": 2}, ("pose2d",))
+    model = create_model({"num_stacks": 1, "features": 16, "depth": 2}, heads(("pose2d",)))
     variables = model.init(jax.random.key(0), rgb, train=False)
     a = model.apply(variables, rgb, train=False)["pose2d"]
     b = model.apply(variables, rgb.astype(jnp.float32), train=False)["pose2d"]

@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from hgmt import input_pipeline as ip
+from hgmt.data import input_pipeline as ip
 from hgmt.models import create_model
-from hgmt.tasks import TASKS, compute_losses, parse_tasks
+from hgmt.tasks import TASKS, compute_losses, heads, parse_tasks
 
 STEPS = 400
 FEATURES = 64  # 32 caps pose3d: a 1x1 head from 32 features to 16x19 channels
@@ -33,7 +33,7 @@ def overfit(tasks, batch, steps=STEPS, learning_rate=5e-3):
     and the last-stage predictions."""
     model = create_model(ml_collections.ConfigDict(dict(
         num_stacks=1, features=FEATURES, depth=2, interaction="sum", shared_trunk=False,
-        dtype="float32")), tasks)
+        dtype="float32")), heads(tasks))
     variables = model.init(jax.random.key(0), batch["image"][:1], train=False)
     tx = optax.adam(learning_rate)
     weights = {t: TASKS[t].DEFAULT_LOSS_WEIGHT for t in tasks}

@@ -8,9 +8,18 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, evaluate, export, input_pipeline, predict, surreal, train
+import hgmt.evaluate
+import hgmt.export
+import hgmt.predict
+from hgmt import workdirs
+from hgmt.data import input_pipeline
+from hgmt.evaluation import evaluator
+from hgmt.inference import export as exporting
+from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
-from hgmt.tasks import TASKS
+from hgmt.sources import surreal
+from hgmt.tasks import TASKS, heads
+from hgmt.training import checkpoints, loop
 from tests.conftest import tiny_config
 
 
@@ -18,13 +27,13 @@ from tests.conftest import tiny_config
 def workdir(demo_dataset, tmp_path_factory):
     """A workdir with a 2-step checkpoint of the 4-task tiny model."""
     path = str(tmp_path_factory.mktemp("predict_workdir"))
-    train.train(tiny_config(demo_dataset[1], total_steps=2), path)
+    loop.train(tiny_config(demo_dataset[1], total_steps=2), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
-    return predict.Predictor(workdir)
+    return prediction.Predictor(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     np.testing.assert_array_equal(result["crop_image"], cropped["image"])
     np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
 
-    model = create_model(predictor.config.model, predictor.tasks)
+    model = create_model(predictor.config.model, heads(predictor.tasks))
     outputs = model.apply(predictor.variables, cropped["image"][None], train=False)
     for t in predictor.tasks:
         np.testing.assert_allclose(result["raw"][t], np.asarray(outputs[t][-1][0]),
@@ -110,7 +119,7 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    rc = predict.main([photo, str(broken), str(tmp_path / "missing.jpg"),
+    rc = hgmt.predict.main([photo, str(broken), str(tmp_path / "missing.jpg"),
                        f"--workdir={workdir}", f"--out={out}"])
     assert rc == 1  # two images could not be read; the good one is still written
     err = capsys.readouterr().err
@@ -130,10 +139,10 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     r = predictor.image_size // 4
     assert np.asarray(saved["segm_classes"]).shape == (r, r)
     panel = cv2.imread(str(out / "photo.png"))
-    size = max(predictor.image_size, predict.PANEL_MIN_SIZE)
+    size = max(predictor.image_size, prediction.PANEL_MIN_SIZE)
     assert panel.shape == (size, 5 * size, 3)  # input, 2D, parts, depth, 3D
     # The first panel is the input crop: the photo resized into the square window.
-    expected = cv2.resize(predictor(predict.read_image(photo))["crop_image"], (size, size))
+    expected = cv2.resize(predictor(prediction.read_image(photo))["crop_image"], (size, size))
     assert np.abs(panel[:, :size, ::-1].astype(int) - expected).max() <= 1
 
 
@@ -149,7 +158,7 @@ def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:
 def test_crop_metres_is_what_training_crops_span(real_info_path, tmp_path):
     """predict's distance prior: the metres a training crop spans at the person, on generated
     demo clips (2.23 +- 0.24 m over 800 frames) and on the real SURREAL clip (2.48 +- 0.17 m)."""
-    from hgmt import synthetic
+    from hgmt.sources import synthetic
 
     stems = synthetic.generate(str(tmp_path), clips_per_split=6, frames=10, seed=3,
                                splits=("train",))
@@ -157,7 +166,7 @@ def test_crop_metres_is_what_training_crops_span(real_info_path, tmp_path):
     real = _crop_metres(surreal.load_info(real_info_path))
     for spans, mean in ((demo, 2.23), (real, 2.48)):
         assert abs(spans.mean() - mean) < 0.08, spans.mean()
-        assert abs(predict.CROP_METRES - spans.mean()) < spans.std()
+        assert abs(prediction.CROP_METRES - spans.mean()) < spans.std()
 
 
 def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
@@ -167,25 +176,25 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
         predictor(np.zeros((50, 60), np.uint8))
     empty = tmp_path / "empty"  # a config but no checkpoint yet
     empty.mkdir()
-    checkpoints.save_config(predictor.config, str(empty))
+    workdirs.save_config(predictor.config, str(empty))
     with pytest.raises(FileNotFoundError, match="train first"):
-        predict.Predictor(str(empty))
+        prediction.Predictor(str(empty))
     with pytest.raises(FileNotFoundError, match="--workdir must be a directory written by"):
-        predict.Predictor(str(tmp_path / "nowhere"))
+        prediction.Predictor(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* \[2\]"):
-        predict.Predictor(workdir, step=7)
+        prediction.Predictor(workdir, step=7)
     with pytest.raises(SystemExit):
-        predict.main(["x.png", f"--workdir={workdir}", "--out=o", "--bbox=1,2,3"])
+        hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out=o", "--bbox=1,2,3"])
 
 
 def test_stablehlo_export_reloads_with_any_batch_and_equals_flax(workdir, predictor, tmp_path):
     path = str(tmp_path / "model.jaxexport")
-    assert export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={path}"]) == 0
+    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={path}"]) == 0
     with open(path + ".json") as f:
         meta = json.load(f)
     assert meta["tasks"] == list(predictor.tasks) and meta["step"] == 2
-    loaded = export.load_stablehlo(path)
-    f, _ = export.inference_fn(workdir)
+    loaded = exporting.load_stablehlo(path)
+    f, _ = exporting.inference_fn(workdir)
     size = predictor.image_size
     for b in (1, 3):
         x = np.random.default_rng(b).normal(size=(b, size, size, 3)).astype(np.float32)
@@ -201,9 +210,9 @@ def test_savedmodel_export_equals_flax(workdir, predictor, tmp_path):
     import tensorflow as tf
 
     path = str(tmp_path / "saved_model")
-    export.export(workdir, "savedmodel", path)
+    exporting.export(workdir, "savedmodel", path)
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    f, _ = export.inference_fn(workdir)
+    f, _ = exporting.inference_fn(workdir)
     size = predictor.image_size
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
     got, want = serve(images=tf.constant(x)), jax.device_get(f(x))
@@ -213,7 +222,7 @@ def test_savedmodel_export_equals_flax(workdir, predictor, tmp_path):
     with open(os.path.join(path, "hgmt.json")) as fh:
         assert json.load(fh)["format"] == "savedmodel"
     with pytest.raises(ValueError, match="choose one of"):
-        export.export(workdir, "onnx", str(tmp_path / "x"))
+        exporting.export(workdir, "onnx", str(tmp_path / "x"))
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
@@ -228,7 +237,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
         json.dump(config, f)
     with pytest.raises(ValueError, match=r"does not fit the model its config.json builds: "
                                          r"0 variables missing .* \d+ with other shapes"):
-        predict.Predictor(str(other))
+        prediction.Predictor(str(other))
 
 
 def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_dataset, tmp_path,
@@ -237,21 +246,21 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
     field by field as `hgmt.main`'s config is; bad flags exit with the flag named."""
     elsewhere = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        evaluate.main([f"--workdir={workdir}", f"--config.data_dir={elsewhere}"])
+        hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={elsewhere}"])
     out = str(tmp_path / "eval.json")
-    evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
+    hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
                    "--config.eval_batch_size=1", f"--out={out}"])
     with open(out) as f:
         assert json.load(f)["num_examples"] == 2
     with pytest.raises(SystemExit, match="no_such_field"):
-        export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={out}.x",
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={out}.x",
                      "--config.no_such_field=1"])
     with pytest.raises(SystemExit, match="--step='last'"):
-        predict.main(["x.png", f"--workdir={workdir}", f"--out={tmp_path}", "--step=last"])
+        hgmt.predict.main(["x.png", f"--workdir={workdir}", f"--out={tmp_path}", "--step=last"])
     with pytest.raises(SystemExit, match="--workdir is required"):
-        predict.main(["x.png", f"--out={tmp_path}"])
+        hgmt.predict.main(["x.png", f"--out={tmp_path}"])
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--help"])
+        hgmt.evaluate.main(["--help"])
     assert e.value.code == 0 and "--protocol" in capsys.readouterr().out
 
 
@@ -269,10 +278,10 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
     results = []
     for batch_size in (4, 8):
         config.eval_batch_size = batch_size
-        summary = evaluate.Evaluator(config, split="test", protocol=protocol,
+        summary = evaluator.Evaluator(config, split="test", protocol=protocol,
                                      indices=indices)(variables)
         assert summary["num_examples"] == 4
-        results.append(evaluate.headline(summary) | {
+        results.append(evaluator.headline(summary) | {
             f"loss/{t}": v for t, v in summary["loss"].items()})
     assert results[0].keys() == results[1].keys()
     for k, v in results[0].items():
@@ -291,7 +300,7 @@ def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
     config, variables, _ = checkpoints.restore_for_inference(workdir)
     config.unlock()
     config.eval_frames, config.eval_max_examples = "all", 0
-    summary = evaluate.evaluate(config, variables)
+    summary = evaluator.evaluate(config, variables)
     assert r["test_frames"] == summary["num_examples"] == 12
     assert r["bin_accuracy"] == pytest.approx(summary["depth"]["bin_accuracy"], abs=1e-9)
     assert 0 <= r["predicted_background"] <= 1 and r["bin_accuracy"] <= r["within_one_bin"]

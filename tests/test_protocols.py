@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hgmt import evaluate, protocols, surreal
+from hgmt import workdirs
+from hgmt.evaluation import evaluator, protocols
+from hgmt.sources import surreal
 from hgmt.tasks import depth, pose2d, pose3d, segm
 
 R = 64
@@ -206,18 +208,18 @@ def test_protocol_selection_and_labels():
     assert protocols.task_protocol("bodynet", "pose3d") == "bodynet"
     with pytest.raises(ValueError, match="hgmt, bodynet, surreal"):
         protocols.check("h36m")
-    assert protocols.result_file() == "eval_test.json"
-    assert protocols.result_file("bodynet") == "eval_test_bodynet.json"
-    assert protocols.result_file("surreal", "validation", "best_8") == (
+    assert workdirs.result_file() == "eval_test.json"
+    assert workdirs.result_file("bodynet") == "eval_test_bodynet.json"
+    assert workdirs.result_file("surreal", "validation", "best_8") == (
         "eval_validation_best_8_surreal.json")
     summary = {"protocol": "surreal", "num_examples": 2, "split": "test", "flip": False,
                "pose2d": {"protocol": "hgmt", "pckh@0.5": 0.5, "pck@3.2px": 0.25,
                           "pckh@0.5_per_joint": {j: 0.5 for j in surreal.JOINT_NAMES}},
                "segm": {"protocol": "surreal", "mean_iou": None, "pixel_accuracy": 0.5,
                         "iou_per_part": {p: None for p in surreal.PART_NAMES}}}
-    assert evaluate.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
+    assert evaluator.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
                                           "segm/mean_iou": None, "segm/pixel_accuracy": 0.5}
-    md = evaluate.to_markdown(summary)
+    md = evaluator.to_markdown(summary)
     assert "metric protocol `surreal`" in md
     assert "| pose2d/pckh@0.5 | 0.5 | hgmt |" in md
     assert "| segm/mean_iou | undefined | surreal |" in md

@@ -1,4 +1,4 @@
-"""hgmt.surreal: camera on the real SURREAL file, label maps, loaders and their errors."""
+"""hgmt.sources.surreal: camera on the real SURREAL file, label maps, loaders and their errors."""
 
 import os
 import shutil
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt import surreal, synthetic
+from hgmt.sources import surreal, synthetic
 
 
 def test_projection_reproduces_real_joints2d(real_info_path):

@@ -1,4 +1,4 @@
-"""hgmt.synthetic writes SURREAL-format clips that are consistent and learnable."""
+"""hgmt.sources.synthetic writes SURREAL-format clips that are consistent and learnable."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt import surreal, synthetic
+from hgmt.sources import surreal, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_demo_segments_carry_surreal_names(clips):
 @pytest.mark.parametrize("flip", [False, True])
 def test_sided_joints_fall_on_same_side_parts(clips, flip):
     """Part names follow the person's own side, like the joints, in crops flipped or not."""
-    from hgmt import input_pipeline as ip
+    from hgmt.data import input_pipeline as ip
 
     augment = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0),
                          flip_p=1.0 if flip else 0.0)

@@ -8,8 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from hgmt import evaluate, input_pipeline, predict, report, train
+import hgmt.predict
+import hgmt.report
+from hgmt.data import input_pipeline
+from hgmt.evaluation import evaluator
 from hgmt.tasks import TASKS, all_subsets, parse_tasks
+from hgmt.training import loop
 from tests import silhouette_task
 from tests.conftest import tiny_config
 
@@ -36,15 +40,15 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     for tasks in ("silhouette", "pose2d+silhouette"):
         workdir = str(sweep / tasks)
         config = tiny_config(demo_dataset[1], tasks=tasks, total_steps=2)
-        summary = train.train_and_evaluate(config, workdir)
+        summary = loop.train_and_evaluate(config, workdir)
         assert 0.0 <= summary["silhouette"]["iou"] <= 1.0
         assert summary["silhouette"]["protocol"] == "hgmt"
-        assert "silhouette/iou" in evaluate.headline(summary)
-        assert "| silhouette/iou |" in evaluate.to_markdown(summary)
-        evaluate.write_report(summary, os.path.join(workdir, "eval_test.json"))
+        assert "silhouette/iou" in evaluator.headline(summary)
+        assert "| silhouette/iou |" in evaluator.to_markdown(summary)
+        evaluator.write_report(summary, os.path.join(workdir, "eval_test.json"))
 
     # The study compares it like any task.
-    assert report.main([f"--sweep={sweep}", f"--out={tmp_path / 'report'}"]) == 0
+    assert hgmt.report.main([f"--sweep={sweep}", f"--out={tmp_path / 'report'}"]) == 0
     with open(tmp_path / "report" / "report.json") as f:
         study = json.load(f)
     assert study["silhouette"]["metric"] == "iou" and study["silhouette"]["isolated"] is not None
@@ -55,7 +59,8 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     cv2.imwrite(str(tmp_path / "grey.png"), image)
     out = tmp_path / "pred"
     workdir = str(sweep / "pose2d+silhouette")
-    assert predict.main([str(tmp_path / "grey.png"), f"--workdir={workdir}", f"--out={out}"]) == 0
+    assert hgmt.predict.main([str(tmp_path / "grey.png"), f"--workdir={workdir}",
+                              f"--out={out}"]) == 0
     with open(out / "grey.json") as f:
         result = json.load(f)
     assert result["tasks"] == ["pose2d", "silhouette"]

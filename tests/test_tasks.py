@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hgmt import surreal
+from hgmt.sources import surreal
 from hgmt.tasks import TASK_NAMES, TASKS, common, depth, parse_tasks, pose2d, pose3d, segm
 
 R = 64
@@ -107,7 +107,7 @@ def test_never_visible_joint_is_not_averaged_as_zero():
 def demo_record():
     """The builder's record of one rendered demo frame (no files): raw frame, raw SMPL
     segments, depth in mm, 24 SMPL joints and the camera."""
-    from hgmt import synthetic
+    from hgmt.sources import synthetic
 
     rng = np.random.default_rng(3)
     motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
@@ -125,7 +125,7 @@ def test_pose3d_target_decodes_to_its_own_crop_pose(demo_record, scale_sigma, ro
     """Issue 13: a flipped crop's own target decoded to 351 mm error. Now, for any crop
     (flipped, rotated, scaled), decoding the target gives back the crop's 3D joints within
     the quantisation: depth within half a 45 mm bin."""
-    from hgmt import input_pipeline as ip
+    from hgmt.data import input_pipeline as ip
 
     augment = ip.Augment(scale_sigma=scale_sigma, rotate_p=rotate_p, rotate_sigma=40.0,
                          gain=(1.0, 1.0), flip_p=flip_p)

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, steps, train
+from hgmt import workdirs
+from hgmt.tasks import heads
+from hgmt.training import checkpoints, loop, steps
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,12 +38,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     """4 steps then a rerun to 6 equals 6 steps straight: state and data position restored."""
     assert jax.local_device_count() == 4
     kw = dict(tasks="pose2d+depth", **{"optimizer.schedule": "constant"})
-    straight = train.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
+    straight = loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
                            str(tmp_path / "straight"))
-    train.train(tiny_config(demo_dataset[1], total_steps=4, **kw), str(tmp_path / "split"))
+    loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw), str(tmp_path / "split"))
     assert checkpoints.manager(str(tmp_path / "split")).all_steps() == [2, 4]
     with caplog.at_level(logging.INFO):
-        resumed = train.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
+        resumed = loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
                               str(tmp_path / "split"))
     assert "resumed from" in caplog.text and int(resumed.step) == 6
     assert checkpoints.manager(str(tmp_path / "split"), keep=3).all_steps() == [2, 4, 6]
@@ -51,7 +53,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     # BatchNorm get ~0 gradient: the normalisation removes them.)
     config = tiny_config(demo_dataset[1], **kw)
     init = steps.create_train_state(jax.random.key(config.seed), config,
-                                    train.create_model(config.model, ("pose2d", "depth")))
+                                    loop.create_model(config.model, heads(("pose2d", "depth"))))
     weights = {k: v for k, v in _flat(init.params).items() if "'bias'" not in k}
     still = [k for k, v in weights.items() if np.allclose(v, _flat(straight.params)[k])]
     assert len(weights) > 100 and not still, still
@@ -59,7 +61,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
 
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     with pytest.raises(ValueError, match="divisible by the 4 devices"):
-        train.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))
+        loop.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))
 
 
 def test_loss_weight_of_no_task_is_an_error(demo_dataset, tmp_path):
@@ -67,7 +69,7 @@ def test_loss_weight_of_no_task_is_an_error(demo_dataset, tmp_path):
     config.unlock()
     config.loss_weights.normals = 1.0
     with pytest.raises(ValueError, match="'normals'.*no tasks"):
-        train.train(config, str(tmp_path))
+        loop.train(config, str(tmp_path))
 
 
 def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_dataset, tmp_path):
@@ -76,7 +78,7 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
                             "optimizer.warmup_steps": 0})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+) in task\(s\) "
                                                  r"segm.*last good checkpoint") as err:
-        train.train(config, str(tmp_path))
+        loop.train(config, str(tmp_path))
     bad_step = int(err.value.args[0].split("step ")[1].split()[0])
     assert bad_step >= 2
     assert checkpoints.manager(str(tmp_path)).latest_step() == bad_step - 1
@@ -97,7 +99,7 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
     cmd, env = main_command(workdir, demo_dataset[1], total_steps=400, checkpoint_every=5)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = checkpoints.checkpoint_dir(workdir)
+    ckpt = workdirs.checkpoint_dir(workdir)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
@@ -126,7 +128,7 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
 
 
 def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_path):
-    from hgmt import evaluate
+    from hgmt.evaluation import evaluator
 
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
@@ -149,7 +151,7 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     config, variables, _ = checkpoints.restore_for_inference(str(tmp_path))
     for k, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(v, p0[k], err_msg=k)
-    single = evaluate.evaluate(config, variables)
+    single = evaluator.evaluate(config, variables)
     assert single["num_examples"] == 2
     np.testing.assert_allclose(single["pose2d"]["pckh@0.5"], e0["pose2d"]["pckh@0.5"])
     np.testing.assert_allclose(single["segm"]["mean_iou"], e0["segm"]["mean_iou"], rtol=1e-5)

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import checkpoints, evaluate, train, validation
+import hgmt.evaluate
+from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
 
@@ -39,7 +40,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     kw = dict(tasks="pose2d+segm", eval_every=2, checkpoint_every=4, best_metric=metric,
               **{"optimizer.learning_rate": 3e-3})
     first = Recorder()
-    train.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
+    loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
     scores = _validation(first, metric)
     assert len(set(scores.values())) == 3  # distinct, so the choice of the best is tested
     assert sorted(scores) == [2, 4, 6]
@@ -47,7 +48,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
         if step in scores:
             assert {"validation/loss/total", "validation/pose2d/pckh@0.5"} <= set(values)
     best_step = min(scores, key=scores.get)
-    manager = validation.best_manager(workdir, metric)
+    manager = evaluators.best_manager(workdir, metric)
     assert manager.all_steps() == [best_step]
     assert manager.metrics(best_step)[metric] == pytest.approx(scores[best_step])
 
@@ -63,15 +64,16 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     # Resume to step 10: the best so far is known, so a later checkpoint replaces it only
     # when it scores better.
     second = Recorder()
-    train.train(tiny_config(demo_dataset[1], total_steps=10, **kw), workdir, second)
+    loop.train(tiny_config(demo_dataset[1], total_steps=10, **kw), workdir, second)
     later = _validation(second, metric)
     assert sorted(later) == [8, 10]
     every = {**scores, **later}
     overall = min(every, key=every.get)
-    assert validation.best_manager(workdir, metric).all_steps() == [overall]
+    assert evaluators.best_manager(workdir, metric).all_steps() == [overall]
 
     out = str(tmp_path / "best.json")
-    evaluate.main([f"--workdir={workdir}", "--step=best", "--split=validation", f"--out={out}"])
+    hgmt.evaluate.main([f"--workdir={workdir}", "--step=best", "--split=validation",
+                        f"--out={out}"])
     with open(out) as f:
         summary = json.load(f)
     assert summary["checkpoint"] == "best" and summary["step"] == overall
@@ -84,12 +86,12 @@ def test_unknown_best_metric_names_the_choices(demo_dataset, tmp_path):
     config = tiny_config(demo_dataset[1], tasks="pose2d", eval_every=2,
                          best_metric="pose2d/accuracy")
     with pytest.raises(ValueError, match="best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"):
-        train.train(config, str(tmp_path / "run"))
+        loop.train(config, str(tmp_path / "run"))
 
 
 def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
     workdir = str(tmp_path / "run")
-    train.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
+    loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
     with pytest.raises(FileNotFoundError, match="config.eval_every > 0"):
         checkpoints.restore_for_inference(workdir, "best")
 
@@ -99,7 +101,7 @@ def test_best_metric_direction_comes_from_the_task():
     Headline naming a direction for a metric it lacks is an error."""
     from hgmt.tasks.spec import Headline
 
-    lower = {m: validation.lower_is_better(m) for m in (
+    lower = {m: evaluators.lower_is_better(m) for m in (
         "loss/total", "loss/segm", "pose3d/mjd_mm", "depth/rmse_mm", "depth/bin_accuracy",
         "pose2d/pckh@0.5", "segm/mean_iou")}
     assert lower == {"loss/total": True, "loss/segm": True, "pose3d/mjd_mm": True,

@@ -3,8 +3,8 @@
     tfds build data_builders/surreal --manual_dir=<SURREAL root> --data_dir=<out> \
         --config=every10 --file_format=array_record [--beam_pipeline_options=...]
 
-The builder decodes the four files of every clip with `hgmt.surreal`, makes the per-frame
-records with `hgmt.records` (importable by Beam workers) and stores the raw frame, segments,
+The builder decodes the four files of every clip with `hgmt.sources.surreal`, makes the per-frame
+records with `hgmt.data.records` (importable by Beam workers) and stores the raw frame, segments,
 metric depth and annotations; crops, label maps and augmentation happen later in the
 input pipeline, so one build serves every task subset. Unusable clips and frames are skipped,
 logged and counted (Beam counters on the Beam path); the counts are written next to the
@@ -21,7 +21,8 @@ import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hgmt import records, surreal
+from hgmt.data import records
+from hgmt.sources import surreal
 
 _DESCRIPTION = """\
 SURREAL: 6.5 M synthetic frames of SMPL bodies (CMU motion capture) rendered over LSUN
@@ -62,7 +63,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     SURREAL needs a licence agreement and cannot be downloaded automatically. Request access at
     https://www.di.ens.fr/willow/research/surreal/data/ , download SURREAL_v1.tar.gz (86 GB),
     extract it, and pass the folder that contains `cmu/` (with cmu/train, cmu/val, cmu/test) as
-    --manual_dir. For demo data in the same layout: python -m hgmt.synthetic --out DIR.
+    --manual_dir. For demo data in the same layout: python -m hgmt.sources.synthetic --out DIR.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -23,7 +23,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hgmt.models.hourglass import Dtype, Stem, Stream, conv
-from hgmt.tasks import TASKS
 
 INTERACTIONS = ("none", "sum", "concat", "gated")
 # Heads start near zero output (kernel std 1 % of LeCun's): the sparse heatmap and volume
@@ -84,7 +83,7 @@ class MultiTaskHourglass(nn.Module):
     float32 predictions of every stage. The model normalises its input itself, so loaders
     send uint8 to the device (4x fewer bytes than float32) and callers need no statistics."""
 
-    tasks: Sequence[str]
+    heads: Sequence[tuple[str, int]]  # (task, output channels) of each head, in order
     num_stacks: int = 2
     features: int = 256
     depth: int = 4
@@ -92,6 +91,10 @@ class MultiTaskHourglass(nn.Module):
     shared_trunk: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.heads)
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
@@ -106,9 +109,9 @@ class MultiTaskHourglass(nn.Module):
         for stage in range(self.num_stacks):
             feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s], train)
                      for s in streams}
-            preds = {t: conv(TASKS[t].NUM_CHANNELS, 1, dtype=dt, name=f"stage{stage}_{t}_head",
+            preds = {t: conv(channels, 1, dtype=dt, name=f"stage{stage}_{t}_head",
                              init_scale=HEAD_INIT_SCALE)(
-                feats["trunk" if self.shared_trunk else t]) for t in self.tasks}
+                feats["trunk" if self.shared_trunk else t]) for t, channels in self.heads}
             for t in self.tasks:
                 outputs[t].append(preds[t].astype(jnp.float32))
             if stage + 1 == self.num_stacks:

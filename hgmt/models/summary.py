@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hgmt.models import create_model
-from hgmt.tasks import all_subsets, parse_tasks
+from hgmt.tasks import all_subsets, heads, parse_tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file[:argument].")
@@ -31,7 +31,7 @@ flags.DEFINE_bool("json", False, "Print one JSON line per configuration instead 
 def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
               image_size: int = 256) -> dict:
     """-> {'tasks', 'params', 'gflop'} for one image of `image_size`² pixels."""
-    model = create_model(model_config, tasks)
+    model = create_model(model_config, heads(tasks))
     image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))
     params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])))

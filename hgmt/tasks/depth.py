@@ -120,6 +120,6 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """The depth classes, near bright and far dark, the crop's size."""
-    from hgmt import viz
+    from hgmt.tasks import drawing
 
-    return viz.enlarge(viz.colour_depth(np.asarray(pred).argmax(-1)), rgb.shape[0])
+    return drawing.enlarge(drawing.colour_depth(np.asarray(pred).argmax(-1)), rgb.shape[0])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -186,7 +186,7 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """The decoded skeleton on the (S,S,3) crop."""
-    from hgmt import viz
+    from hgmt.tasks import drawing
 
     joints, _ = common.subpixel_argmax(np.moveaxis(pred, -1, 0))
-    return viz.draw_skeleton(rgb, np.asarray(joints), scale=rgb.shape[0] / pred.shape[0])
+    return drawing.draw_skeleton(rgb, np.asarray(joints), scale=rgb.shape[0] / pred.shape[0])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -155,6 +155,6 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """Front (x,y) and side (z,y) views of the decoded skeleton, the crop's size."""
-    from hgmt import viz
+    from hgmt.tasks import drawing
 
-    return viz.skeleton3d(predict(pred, frame)["joints3d_rel_mm"], rgb.shape[0])
+    return drawing.skeleton3d(predict(pred, frame)["joints3d_rel_mm"], rgb.shape[0])

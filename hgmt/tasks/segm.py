@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -139,6 +139,6 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     """The part map in the parts' colours, the crop's size."""
-    from hgmt import viz
+    from hgmt.tasks import drawing
 
-    return viz.enlarge(viz.colour_parts(np.asarray(pred).argmax(-1)), rgb.shape[0])
+    return drawing.enlarge(drawing.colour_parts(np.asarray(pred).argmax(-1)), rgb.shape[0])

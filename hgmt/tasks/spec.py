@@ -58,7 +58,7 @@ class Frame:
 
 @dataclasses.dataclass(frozen=True)
 class Crop:
-    """One record cut to a training or evaluation crop (hgmt.input_pipeline.crop_example):
+    """One record cut to a training or evaluation crop (hgmt.data.input_pipeline.crop_example):
     what a task module's `labels` reads. `m_label` (2,3) maps the original image's px to the
     r x r label map's, the mirror included when `flip`; `read_map(record, key)` decodes one of
     the record's image features."""
@@ -78,7 +78,7 @@ class Crop:
 
     def joints2d(self) -> np.ndarray:
         """(16,2) label px, in the person's joint order (left/right swapped when mirrored)."""
-        from hgmt import surreal
+        from hgmt.sources import surreal
 
         joints = self.record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
         joints = joints @ self.m_label[:, :2].T + self.m_label[:, 2]
@@ -86,7 +86,7 @@ class Crop:
 
     def joints3d(self) -> np.ndarray:
         """(16,3) camera-frame metres, mirrored (x negated, sides swapped) with the crop."""
-        from hgmt import surreal
+        from hgmt.sources import surreal
 
         joints = surreal.world_to_camera(self.record["joints3d"][surreal.SMPL_TO_JOINT],
                                          np.asarray(self.record["cam_loc"], np.float64))
@@ -104,6 +104,6 @@ def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
 def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
     """'pelvis_depth' (): the camera depth of the pelvis in metres, the reference of pose3d's
     and depth's bins."""
-    from hgmt import surreal
+    from hgmt.sources import surreal
 
     return {"pelvis_depth": np.float32(crop.joints3d()[surreal.PELVIS, 2])}

@@ -5,7 +5,7 @@ statistics synchronised across devices (`axis_name="batch"`) and averaged before
 checkpointing, gradients averaged with `pmean`. Orbax checkpoints every `checkpoint_every`
 steps and at the end; a rerun resumes from the workdir's newest readable checkpoint, data
 position included. The step's metrics stay on the device and are copied and checked at log
-steps and before every checkpoint (`hgmt.step_metrics`): a non-finite loss stops the run
+steps and before every checkpoint (`hgmt.training.step_metrics`): a non-finite loss stops the run
 naming the step and task, and a non-finite state is never saved.
 
 Faults of long runs, each in its own module: `workdir_lock` (one trainer per workdir),
@@ -29,19 +29,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from hgmt import (
+from hgmt import workdirs
+from hgmt.data import input_pipeline
+from hgmt.evaluation import evaluator
+from hgmt.models import create_model
+from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
+from hgmt.training import (
     checkpoints,
-    evaluate,
-    input_pipeline,
+    evaluators,
     peers,
     preemption,
     step_metrics,
     steps,
-    validation,
     workdir_lock,
 )
-from hgmt.models import create_model
-from hgmt.tasks import parse_tasks
 
 
 # --- The loop --------------------------------------------------------------------------------
@@ -56,8 +57,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     non-finite loss, `workdir_lock.WorkdirLocked` when another trainer holds the workdir,
     `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
-    weights = steps.check_loss_weights(config, tasks)
-    options = steps.check_loss_options(config, tasks)
+    weights = check_loss_weights(config, tasks)
+    options = check_loss_options(config, tasks)
     input_pipeline.parse_eval_frames(config.get("eval_frames", "middle"))
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
@@ -74,7 +75,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            tasks: tuple[str, ...], weights: dict, options: dict,
            watch: preemption.PreemptionWatch) -> steps.TrainState:
     if jax.process_index() == 0:
-        checkpoints.save_config(config, workdir)
+        workdirs.save_config(config, workdir)
     writer = writer or metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0)
     lr_fn = steps.create_lr(config)
@@ -86,7 +87,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                              worker_count=config.worker_count, tasks=tasks)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
-    model = create_model(config.model, tasks, axis_name="batch")
+    model = create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     restored = checkpoints.restore_newest_readable(
@@ -95,7 +96,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)), workdir)
     if restored is not None:
         state = restored[1]["state"]
-        logging.info("resumed from %s at step %d", checkpoints.checkpoint_dir(workdir),
+        logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
 
@@ -117,10 +118,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
             f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
             f"saved for it or after it; the last good checkpoint (step {mngr.latest_step()}) in "
-            f"{checkpoints.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
+            f"{workdirs.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
             f"or set optimizer.grad_clip_norm.")
 
-    validator = validation.Validator(config, workdir, weights)
+    validator = evaluators.Validator(config, workdir, weights)
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
@@ -134,7 +135,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             raise FloatingPointError(
                 f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
                 f"losses are finite; nothing was saved for it, the last good checkpoint "
-                f"(step {mngr.latest_step()}) in {checkpoints.checkpoint_dir(workdir)} is "
+                f"(step {mngr.latest_step()}) in {workdirs.checkpoint_dir(workdir)} is "
                 f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm.")
         return host
 
@@ -193,7 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                 from jax.experimental import multihost_utils
 
                 multihost_utils.sync_global_devices("preemption checkpoint saved")
-            raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir))
+            raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir))
     mngr.wait_until_finished()
     mngr.close()
     validator.close()
@@ -217,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metric_writers.create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
     state = train(config, workdir, writer)
-    summary = evaluate.evaluate(config, {"params": state.params,
+    summary = evaluator.evaluate(config, {"params": state.params,
                                          "batch_stats": state.batch_stats},
                                 writer=writer, step=int(state.step))
     writer.flush()

@@ -1,11 +1,4 @@
-"""Workdir layout and orbax checkpoints.
-
-    <workdir>/config.json          the run's config (what evaluate/predict/export rebuild from)
-    <workdir>/checkpoints/<step>/  orbax: `state` (params, batch_stats, opt_state, step) and
-                                   `data` (the grain iterator position)
-    <workdir>/best/<step>/         orbax: `state` of the best validation score so far, the
-                                   score stored with it (hgmt/validation.py)
-    <workdir>/events.*             TensorBoard summaries
+"""Orbax checkpoints of a workdir (its file layout: `hgmt.workdirs`).
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact and the partial one is ignored. A
@@ -18,7 +11,6 @@ checkpoint of another configuration or hgmt version, not damage.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,18 +20,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-UNREADABLE_DIR = "checkpoints_unreadable"
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), CHECKPOINT_DIR)
-
-
-def best_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), BEST_DIR)
+from hgmt import workdirs
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
@@ -48,7 +29,8 @@ def manager(workdir: str, keep: int = 3, async_save: bool = True,
     names = ("state", "data") if with_data else ("state",)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=names)
+    return ocp.CheckpointManager(workdirs.checkpoint_dir(workdir), options=options,
+                                 item_names=names)
 
 
 def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any],
@@ -71,7 +53,7 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
             break
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
             logging.error("checkpoint %s/%d does not read, trying the previous one: %s: %s",
-                          checkpoint_dir(workdir), step, type(e).__name__, str(e)[:500])
+                          workdirs.checkpoint_dir(workdir), step, type(e).__name__, str(e)[:500])
             failures.append((step, e))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -83,7 +65,8 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
             return None
         step, e = failures[0]
         raise ValueError(
-            f"cannot resume from {checkpoint_dir(workdir)}: none of its checkpoints (steps "
+            f"cannot resume from {workdirs.checkpoint_dir(workdir)}: none of its checkpoints "
+            f"(steps "
             f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
             f"{type(e).__name__}: {str(e)[:300]}). They were written by another model "
             f"configuration or an older hgmt. Use a new --workdir, or the config and hgmt "
@@ -92,7 +75,7 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
         _move_unreadable(mngr, workdir, [s for s, _ in failures])
         logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
                         "%s", found[0], [s for s, _ in failures],
-                        os.path.join(workdir, UNREADABLE_DIR))
+                        os.path.join(workdir, workdirs.UNREADABLE_DIR))
     return found
 
 
@@ -100,33 +83,17 @@ def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]
     import jax
 
     if jax.process_index() == 0:
-        aside = os.path.join(os.path.abspath(os.path.expanduser(workdir)), UNREADABLE_DIR)
+        aside = os.path.join(os.path.abspath(os.path.expanduser(workdir)), workdirs.UNREADABLE_DIR)
         os.makedirs(aside, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
-            os.rename(os.path.join(checkpoint_dir(workdir), str(step)),
+            os.rename(os.path.join(workdirs.checkpoint_dir(workdir), str(step)),
                       os.path.join(aside, f"{step}-{stamp}"))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("unreadable checkpoints moved aside")
     mngr.reload()
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with; a clear error if it is not a training workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
-                                f"`python -m hgmt.main --workdir=...`")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 def restore_for_inference(workdir: str, step: int | str | None = None,
@@ -138,37 +105,39 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
 
     Raises FileNotFoundError naming the workdir when there is no such checkpoint, and
     ValueError when the checkpoint cannot be read (corrupt or from another model)."""
-    config = load_config(workdir) if config is None else config
+    config = workdirs.load_config(workdir) if config is None else config
     if step == "best":
-        if not os.path.isdir(best_dir(workdir)):
+        if not os.path.isdir(workdirs.best_dir(workdir)):
             raise FileNotFoundError(
-                f"no best checkpoint in {best_dir(workdir)}: one is kept only when training "
+                f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept only when "
+                f"training "
                 f"validates (config.eval_every > 0; this run has "
                 f"{config.get('eval_every', 0)})")
-        mngr = ocp.CheckpointManager(best_dir(workdir), item_names=("state",))
+        mngr = ocp.CheckpointManager(workdirs.best_dir(workdir), item_names=("state",))
         steps = mngr.all_steps()
         if not steps:
-            raise FileNotFoundError(f"{best_dir(workdir)} holds no checkpoint yet")
+            raise FileNotFoundError(f"{workdirs.best_dir(workdir)} holds no checkpoint yet")
         step = steps[-1]
     else:
         mngr = manager(workdir, async_save=False, with_data=False)
         steps = mngr.all_steps()
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}: train first "
+        raise FileNotFoundError(f"no checkpoint in {workdirs.checkpoint_dir(workdir)}: train first "
                                 f"(python -m hgmt.main --workdir={workdir} ...)")
     step = steps[-1] if step is None else step
     if step not in steps:
-        raise FileNotFoundError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; "
+        raise FileNotFoundError(f"no checkpoint for step {step} in "
+                                f"{workdirs.checkpoint_dir(workdir)}; "
                                 f"available steps: {steps}")
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as e:
-        raise ValueError(f"checkpoint {checkpoint_dir(workdir)}/{step} cannot be read "
+        raise ValueError(f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step} cannot be read "
                          f"({type(e).__name__}: {e}); pass --step= with another of {steps}"
                          ) from e
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    check_variables(config, variables, f"checkpoint {checkpoint_dir(workdir)}/{step}")
+    check_variables(config, variables, f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step}")
     return config, variables, step
 
 
@@ -186,9 +155,9 @@ def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str
     import jax.numpy as jnp
 
     from hgmt.models import create_model
-    from hgmt.tasks import parse_tasks
+    from hgmt.tasks import heads, parse_tasks
 
-    model = create_model(config.model, parse_tasks(config.tasks))
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), images))
     got = _shapes(variables)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 
 # 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
 # Order of surreal.PART_NAMES: head, torso, l_ arm (3), r_ arm (3), l_ leg (3), r_ leg (3).
@@ -65,23 +65,6 @@ def skeleton3d(joints_mm: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prediction_strips(images: np.ndarray, preds: dict, batch: dict) -> np.ndarray:
-    """(n,R,R,3) uint8 RGB crops, {task: (n,r,r,C)} and their cropped batch -> (n,R,R*(1+tasks),3)
-    uint8 rows: the input, then each task's picture (the task module's `draw`)."""
-    import jax
-
-    from hgmt.tasks import TASKS
-    from hgmt.tasks.spec import Frame
-
-    rows = []
-    for i in range(images.shape[0]):
-        rgb = np.asarray(images[i], np.uint8)
-        frame = Frame({k: jax.numpy.asarray(v[i:i + 1]) for k, v in batch.items()})
-        pics = [TASKS[t].draw(np.asarray(p[i]), rgb, frame) for t, p in preds.items()]
-        rows.append(np.concatenate([rgb, *pics], axis=1))
-    return np.stack(rows)
-
-
 def plot_pck_curve(curve: dict, path: str) -> None:
     """PCKh curve {'thresholds': [...], 'mean': [...]} -> PNG."""
     import matplotlib
@@ -100,5 +83,5 @@ def plot_pck_curve(curve: dict, path: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "prediction_strips",
+__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "skeleton3d",
            "plot_pck_curve"]

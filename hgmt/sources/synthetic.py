@@ -3,7 +3,7 @@
 Real SURREAL cannot be downloaded here (and its licence forbids redistribution), so everything
 downstream is developed on clips written by this module in SURREAL's exact layout and formats:
 
-    python -m hgmt.synthetic --out DIR --clips_per_split=4 --frames 30 --seed 0
+    python -m hgmt.sources.synthetic --out DIR --clips_per_split=4 --frames 30 --seed 0
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
 ``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
@@ -14,7 +14,7 @@ it). Each joint drives one body region (a capsule) whose SURREAL segment value i
 index + 1; capsules are ray-cast analytically with a depth buffer, which gives the segment map,
 metric camera depth and a shaded, textured RGB frame over a random background. World axes and
 camera follow SURREAL (world y points down, the camera looks along -x from ``camLoc``), so
-``hgmt.surreal.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
+``hgmt.sources.surreal.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 import numpy as np
 import scipy.io
 
-from hgmt import surreal
+from hgmt.sources import surreal
 
 # SMPL kinematic tree and rest offsets (metres) in a body frame: x person's left, y up,
 # z forward; arms in a T-pose along +-x.
@@ -368,7 +368,7 @@ def _define_flags(fv) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m hgmt.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]
+    """`python -m hgmt.sources.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]
     [--zrot_max_deg=D]`."""
     from hgmt import cli
 

@@ -3,7 +3,7 @@
 Each conclusion gets a verdict from `report.compare`'s numbers: `agrees`, `disagrees` or
 `unresolved` (a run it needs is missing, has one seed, or the change is within the seed
 spread where the claim needs one). A change counts only when it is beyond the seed spread as
-`report.beyond_spread` defines it (both subsets over at least 2 seeds), so a claim that a task does
+`stats.beyond_spread` defines it (both subsets over at least 2 seeds), so a claim that a task does
 *not* help is met by a change within the spread: the study cannot tell it from no change.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hgmt.report import beyond_spread
+from hgmt.study.stats import beyond_spread
 from hgmt.tasks import all_subsets
 
 PAPER_TASKS = ("pose2d", "pose3d", "depth", "segm")

@@ -26,7 +26,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
@@ -147,7 +147,7 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
     """`tfds` data source of a built split, with a clear error when it is missing, or when
-    one of its shard files is missing or truncated (`hgmt.shards`). The split is read from its
+    one of its shard files is missing or truncated (`hgmt.data.shards`). The split is read from its
     files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
     is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
     image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
@@ -155,7 +155,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import read_only_builder
 
-    from hgmt import shards
+    from hgmt.data import shards
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
     try:

@@ -57,46 +57,6 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
                              tx=create_optimizer(config))
 
 
-def _check_task_names(field: str, given: dict) -> None:
-    """A key of config.<field> that is no task is an error naming the valid ones."""
-    from hgmt.tasks import TASKS
-
-    unknown = sorted(set(given) - set(TASKS))
-    if unknown:
-        raise ValueError(f"config.{field} has {unknown}, which are no tasks; valid: "
-                         f"{list(TASKS)}")
-
-
-def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
-    """{task: weight} of the selected tasks: `config.loss_weights[task]` where given, else the
-    task's default, so `--config.tasks=...` needs no matching weights. A weight for a name
-    that is no task is an error (a typo would otherwise be ignored silently)."""
-    from hgmt.tasks import TASKS
-
-    given = dict(config.loss_weights)
-    _check_task_names("loss_weights", given)
-    return {t: float(given.get(t, TASKS[t].DEFAULT_LOSS_WEIGHT)) for t in tasks}
-
-
-def check_loss_options(config: ml_collections.ConfigDict,
-                       tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """{task: {option: value}} of the selected tasks' loss options: each task's `LOSS_OPTIONS`
-    defaults updated by `config.loss_options[task]` (a config without the field, such as one
-    saved before it existed, gets the defaults). A task or option name that does not exist is an
-    error naming the valid ones."""
-    from hgmt.tasks import TASKS
-
-    given = {t: dict(o) for t, o in dict(config.get("loss_options", {})).items()}
-    _check_task_names("loss_options", given)
-    for t, opts in given.items():
-        bad = sorted(set(opts) - set(TASKS[t].LOSS_OPTIONS))
-        if bad:
-            raise ValueError(f"config.loss_options.{t} has {bad}, which {t}'s loss does not "
-                             f"take; valid: {list(TASKS[t].LOSS_OPTIONS) or 'none'}")
-    return {t: {k: float(v) for k, v in {**TASKS[t].LOSS_OPTIONS, **given.get(t, {})}.items()}
-            for t in tasks}
-
-
 # --- Steps (run under pmap with axis "batch") -------------------------------------------------
 def train_step(state: TrainState, batch: dict, weights: dict,
                options: dict | None = None) -> tuple[TrainState, dict]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from hgmt import surreal
+from hgmt.sources import surreal
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,14 +20,15 @@ from collections.abc import Mapping
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import checkpoints, evaluate, protocols
+from hgmt import workdirs
+from hgmt.evaluation import evaluator, protocols
 
 
 def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, float]:
     """{'loss/total', 'loss/<task>', '<task>/<metric>'} of an evaluation summary."""
     values = {f"loss/{t}": float(v) for t, v in summary["loss"].items()}
     values["loss/total"] = sum(weights[t] * v for t, v in summary["loss"].items())
-    values.update({k: float(v) for k, v in evaluate.headline(summary).items() if v is not None})
+    values.update({k: float(v) for k, v in evaluator.headline(summary).items() if v is not None})
     return values
 
 
@@ -43,7 +44,7 @@ def best_manager(workdir: str, metric: str) -> ocp.CheckpointManager:
         max_to_keep=1, create=True, best_fn=lambda m: m[metric],
         best_mode="min" if lower_is_better(metric) else "max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(checkpoints.best_dir(workdir), options=options,
+    return ocp.CheckpointManager(workdirs.best_dir(workdir), options=options,
                                  item_names=("state",))
 
 
@@ -58,11 +59,11 @@ class Validator:
         if not self.every:
             return
         known = {"loss/total"} | {f"loss/{t}" for t in self.weights}
-        known |= {f"{t}/{k}" for t in self.weights for k in evaluate.headline_keys(t)}
+        known |= {f"{t}/{k}" for t in self.weights for k in evaluator.headline_keys(t)}
         if self.metric not in known:
             raise ValueError(f"config.best_metric={self.metric!r} is not a validation metric "
                              f"of these tasks; choose one of {sorted(known)}")
-        self.evaluator = evaluate.Evaluator(config, split=config.get("eval_split", "validation"))
+        self.evaluator = evaluator.Evaluator(config, split=config.get("eval_split", "validation"))
         self.manager = best_manager(workdir, self.metric)
 
     def due(self, step: int) -> bool:

@@ -44,16 +44,6 @@ def check(protocol: str) -> str:
     return protocol
 
 
-def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:
-    """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
-    `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and
-    hgmt.report reads them. `hgmt.evaluate` names the checkpoint it evaluated
-    (`eval_test_<checkpoint>[_<protocol>].json`)."""
-    suffix = "" if check(protocol) == "hgmt" else f"_{protocol}"
-    checkpoint = f"_{checkpoint}" if checkpoint else ""
-    return f"eval_{split}{checkpoint}{suffix}.json"
-
-
 def task_protocol(protocol: str, task: str) -> str:
     """The protocol whose definition computes `task` under `protocol`."""
     return protocol if check(protocol) in TASKS[task].HEADLINES else "hgmt"

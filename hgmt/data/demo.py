@@ -1,4 +1,5 @@
-"""The demo dataset: SURREAL-format clips from `hgmt.synthetic`, built into a TFDS dataset by
+"""The demo dataset: SURREAL-format clips from `hgmt.sources.synthetic`, built into a TFDS dataset
+by
 the SURREAL builder (data_builders/surreal), exactly as a real SURREAL download is built."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from hgmt import surreal, synthetic
+from hgmt.sources import surreal, synthetic
 
 
 def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, seed: int = 0,

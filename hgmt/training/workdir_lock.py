@@ -25,7 +25,8 @@ import socket
 import threading
 import time
 
-LOCK_FILE = "hgmt.lock"
+from hgmt import workdirs
+
 REFRESH_S = 20.0
 STALE_S = 90.0
 
@@ -56,7 +57,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str, refresh_s: float = REFRESH_S, stale_s: float = STALE_S):
         self.workdir = workdir
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = workdirs.lock_file(workdir)
         self.refresh_s, self.stale_s = refresh_s, stale_s
         self.me = _identity()
         self._stop = threading.Event()

@@ -1,0 +1,1 @@
+"""Inference on any image (`predictor`) and exported artefacts (`export`)."""

@@ -1,0 +1,101 @@
+"""Export the inference function of a checkpoint for serving.
+
+    python -m hgmt.export --workdir=DIR --format=stablehlo --out=model.jaxexport
+    python -m hgmt.export --workdir=DIR --format=savedmodel --out=saved_model_dir
+
+The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
+(R = config.image_size, B any size; the model normalises it) to the last stage's per-task
+outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
+
+- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size; reload with
+  `load_stablehlo(path)` (or `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
+- `savedmodel`: a TensorFlow SavedModel made with jax2tf (native serialisation), signature
+  `serving_default(images)`; reload with `tf.saved_model.load` (TF Serving, TF Lite converter).
+A JSON file `<out>.json` (stablehlo) or `<out>/hgmt.json` (savedmodel) records the tasks,
+input size, checkpoint step and normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
+from hgmt.tasks import heads, parse_tasks
+from hgmt.training import checkpoints
+
+FORMATS = ("stablehlo", "savedmodel")
+
+
+def inference_fn(workdir: str, step: int | str | None = None,
+                 config: ml_collections.ConfigDict | None = None) -> tuple[Callable, dict]:
+    """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over."""
+    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
+    tasks = parse_tasks(config.tasks)
+    model = create_model(config.model, heads(tasks))
+    variables = jax.tree.map(jnp.asarray, variables)
+
+    def f(images):
+        return {t: o.astype(jnp.float32)
+                for t, o in predict_last_stage(model, variables, images).items()}
+
+    meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
+            "input": "float32 (B, R, R, 3) RGB on [0, 255]; the model computes "
+                     "(rgb / 255 - mean) / std",
+            "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
+            "outputs": {t: f"float32 (B, {config.image_size // 4}, {config.image_size // 4}, C)"
+                        for t in tasks}}
+    return f, meta
+
+
+def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
+    (batch,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+    exported = jax.export.export(jax.jit(f))(spec)
+    with open(path, "wb") as fh:
+        fh.write(exported.serialize())
+
+
+def load_stablehlo(path: str) -> Callable:
+    """The exported function, callable on a (B,R,R,3) float32 array."""
+    with open(path, "rb") as fh:
+        return jax.export.deserialize(bytearray(fh.read())).call
+
+
+def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(f, polymorphic_shapes=["(b, _, _, _)"], with_gradient=False)
+    module = tf.Module()
+    module.serve = tf.function(
+        lambda images: converted(images), autograph=False,
+        input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32,
+                                       name="images")])
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def export(workdir: str, fmt: str, out: str, step: int | str | None = None,
+           config: ml_collections.ConfigDict | None = None) -> dict:
+    """Writes the artefact and its metadata; returns the metadata."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
+    f, meta = inference_fn(workdir, step, config)
+    meta["format"] = fmt
+    if fmt == "stablehlo":
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        export_stablehlo(f, meta["image_size"], out)
+        meta_path = out + ".json"
+    else:
+        export_savedmodel(f, meta["image_size"], out)
+        meta_path = os.path.join(out, "hgmt.json")
+    with open(meta_path, "w") as fh:
+        json.dump(meta, fh, indent=1)
+    return meta
+
+

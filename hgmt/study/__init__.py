@@ -1,0 +1,1 @@
+"""The task-combination study: tables, charts and the paper's conclusions judged on a sweep."""

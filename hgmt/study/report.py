@@ -1,0 +1,264 @@
+"""The task-combination study: which tasks help which (the seed paper's analysis).
+
+    python -m hgmt.report --sweep=runs/sweep --out=docs/study [--protocol=hgmt|bodynet|surreal]
+
+reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
+`--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
+`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
+writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables),
+report.json, claims.json (hgmt/claims.py) and bar charts: for each task its headline
+metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
+per-joint / per-part change of the best multi-task model over the isolated one
+(`<task>_per_item.png`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hgmt import workdirs
+from hgmt.evaluation import protocols
+from hgmt.study import claims, stats
+from hgmt.tasks import TASKS, parse_tasks
+
+
+def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
+    """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
+    in `sweep_dir`, evaluated under `protocol`."""
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
+                                f"--sweep_dir={sweep_dir} ... first")
+    name_of = workdirs.result_file(protocol)
+    results = {}
+    for name in sorted(os.listdir(sweep_dir)):
+        path = os.path.join(sweep_dir, name, name_of)
+        if not os.path.isfile(path):
+            continue
+        tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
+        with open(path) as f:
+            results.setdefault(tasks, []).append(json.load(f))
+        found = results[tasks][-1].get("protocol", "hgmt")
+        if found != protocol:
+            raise ValueError(f"{path} holds protocol {found!r} numbers, not {protocol!r}")
+    if not results:
+        hint = "" if protocol == "hgmt" else (
+            f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
+            f"<tasks> --protocol={protocol} --out={sweep_dir}/<tasks>/{name_of}, or rerun "
+            f"launch/sweep.py with --protocols={protocol})")
+        raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
+                                f"finished{hint}")
+    return results
+
+
+def _headline(entry_or_summary: dict, task: str):
+    """The task's `Headline` under the protocol its numbers were made with."""
+    return protocols.headline_of(task, entry_or_summary.get("protocol", "hgmt"))
+
+
+def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per task: every subset containing it with its headline metric (the mean over its
+    seeds, their standard deviation and count), the isolated value, the best subset, the
+    per-item change of the best multi-task subset over the isolated one with each item's seed
+    spread (`per_item_spread`: the larger of the two runs' standard deviations) and whether it
+    is beyond it (`per_item_beyond_spread`), and which changes
+    exceed the seed-to-seed spread: |change| > the larger of the two subsets' standard
+    deviations, each over at least 2 seeds.
+
+    Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
+    out = {}
+    for task in TASKS:
+        having = {s: [r[task] for r in runs if task in r] for s, runs in results.items()}
+        having = {s: runs for s, runs in having.items() if runs}
+        if not having:
+            continue
+        task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
+        h = protocols.headline_of(task, task_protocol)
+        metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
+        # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
+        # absent from the split) is listed, not compared; a subset counts the seeds defining it.
+        values = {s: [v[metric] for v in runs if v[metric] is not None]
+                  for s, runs in having.items()}
+        rows = {s: stats.mean(v) for s, v in values.items() if v}
+        spread = {s: stats.spread(values[s]) for s in rows}
+        undefined = sorted(s for s, v in values.items() if not v)
+        if not rows:
+            out[task] = {"protocol": task_protocol, "metric": metric, "subsets": {},
+                         "undefined": undefined, "isolated": None, "best": None,
+                         "higher_is_better": higher}
+            continue
+        sign = 1.0 if higher else -1.0
+        best = max(rows, key=lambda s: sign * rows[s])
+        multi = [s for s in rows if s != task]
+        best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
+        entry = {"protocol": task_protocol, "metric": metric, "higher_is_better": higher,
+                 "subsets": rows, "spread": spread,
+                 "seeds": {s: len(values[s]) for s in rows}, "undefined": undefined,
+                 "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
+        if entry["isolated"] is not None:
+            entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
+            judged = {s: stats.beyond_spread(entry["gain"][s], spread[s], spread[task])
+                      for s in rows if s != task}
+            entry["beyond_spread"] = {s: b for s, b in judged.items() if b is not None}
+            if best_multi and item_key:
+                iso_items = _item_means(having[task], item_key)
+                multi_items = _item_means(having[best_multi], item_key)
+                entry["per_item_gain"] = {
+                    k: sign * (multi_items[k] - iso_items[k]) for k in iso_items
+                    if iso_items[k] is not None and multi_items.get(k) is not None}
+                # an item's change is judged as a subset's: against the larger of the two
+                # runs' seed standard deviations of that item (None: a single seed)
+                iso_sd = _item_spreads(having[task], item_key)
+                multi_sd = _item_spreads(having[best_multi], item_key)
+                entry["per_item_spread"] = {
+                    k: (None if iso_sd.get(k) is None or multi_sd.get(k) is None
+                        else max(iso_sd[k], multi_sd[k])) for k in entry["per_item_gain"]}
+                entry["per_item_beyond_spread"] = {
+                    k: stats.beyond_spread(g, iso_sd.get(k), multi_sd.get(k))
+                    for k, g in entry["per_item_gain"].items()}
+        out[task] = entry
+    return out
+
+
+def _item_means(runs: list[dict], item_key: str) -> dict[str, float | None]:
+    """{item: mean over the seeds that define it, or None} of a per-item breakdown."""
+    items = runs[0][item_key]
+    out = {}
+    for k in items:
+        defined = [r[item_key][k] for r in runs if r[item_key].get(k) is not None]
+        out[k] = stats.mean(defined) if defined else None
+    return out
+
+
+def _item_spreads(runs: list[dict], item_key: str) -> dict[str, float | None]:
+    """{item: standard deviation over the seeds that define it, or None (fewer than 2)}."""
+    return {k: stats.spread([r[item_key][k] for r in runs if r[item_key].get(k) is not None])
+            for k in runs[0][item_key]}
+
+
+def _signed(x: float) -> str:
+    """+0.07 / -0.01 / 0 (no '-0' for a zero change)."""
+    return "0" if x == 0 else f"{x:+.4g}"
+
+
+def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None) -> str:
+    """The report: title, note, the paper's conclusions (`claims.check`) if given, then a
+    section per task."""
+    lines = ["# Task-combination study", "", note, ""]
+    if checked:
+        lines += claims.to_markdown(checked)
+    for task, e in study.items():
+        h = _headline(e, task)
+        item, label = h.item, h.label
+        better = "higher" if e["higher_is_better"] else "lower"
+        lines += [f"## {task}: {label} ({better} is better; protocol "
+                  f"`{e.get('protocol', 'hgmt')}`)", ""]
+        if e["subsets"]:
+            lines += [f"![{task} by subset]({task}_subsets.png)", ""]
+        seeded = max(e.get("seeds", {}).values(), default=1) > 1
+        if seeded:
+            lines += [f"| subset | {label}: mean ± sd (seeds) | change vs isolated (+ = better)"
+                      f" | beyond seed spread |", "|---|---|---|---|"]
+        else:
+            lines += ["| subset | " + label + " | change vs isolated (+ = better) |",
+                      "|---|---|---|"]
+        for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
+            gain = e.get("gain", {}).get(s)
+            mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
+            change = "" if gain is None else _signed(gain)
+            if not seeded:
+                lines.append(f"| {s}{mark} | {v:.4g} | {change} |")
+                continue
+            sd = e["spread"][s]
+            beyond = e.get("beyond_spread", {}).get(s)
+            lines.append(f"| {s}{mark} | {v:.4g} ± {'—' if sd is None else f'{sd:.2g}'} "
+                         f"({e['seeds'][s]}) | {change} | "
+                         f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
+        if seeded:
+            lines += ["", "A change is beyond the seed spread when it is larger than both "
+                      "subsets' seed standard deviations (each over at least 2 seeds)."]
+        if e.get("undefined"):
+            lines += ["", f"Undefined under this protocol (a part absent from the split): "
+                      f"{', '.join(e['undefined'])}."]
+        if not e["subsets"]:
+            lines += ["", "No subset has a value defined under this protocol."]
+        elif e["isolated"] is None:
+            lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
+        if e.get("per_item_gain"):
+            lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
+                      f"(+ = better; beyond the seed spread as above, with each {item}'s own "
+                      f"seed standard deviations).", "", f"![per {item}]({task}_per_item.png)",
+                      "", f"| {item} | change | beyond the seed spread |", "|---|---|---|"]
+            for k, v in e["per_item_gain"].items():
+                beyond = e["per_item_beyond_spread"][k]
+                lines.append(f"| {k} | {_signed(v)} | "
+                             f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(study: dict[str, dict], out_dir: str) -> list[str]:
+    """Bar charts per task; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task, e in study.items():
+        if not e["subsets"]:
+            continue
+        h = _headline(e, task)
+        item, label = h.item, h.label
+        names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+        colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
+                   for s in names]
+        errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
+        ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours,
+               yerr=errors if any(errors) else None, capsize=3)
+        ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
+        ax.set_ylabel(label)
+        ax.set_title(f"{task}: isolated (grey), best (green); whiskers: seed sd", fontsize=9)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, f"{task}_subsets.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+        gains = e.get("per_item_gain")
+        if gains:
+            fig, ax = plt.subplots(figsize=(7, 3.2))
+            values = list(gains.values())
+            ax.bar(range(len(values)), values,
+                   color=["tab:green" if v >= 0 else "tab:red" for v in values])
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
+            ax.set_ylabel(f"change in {label}")
+            ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)",
+                         fontsize=9)
+            fig.tight_layout()
+            paths.append(os.path.join(out_dir, f"{task}_per_item.png"))
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
+    return paths
+
+
+def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
+    """A line saying how many of the sweep's planned runs (its sweep.json) have finished and
+    on how many test frames they were evaluated."""
+    done = sum(len(runs) for runs in results.values())
+    first = next(iter(results.values()))[0]
+    frames = "" if "num_examples" not in first else (
+        f" Each is evaluated on {first['num_examples']} frames of split "
+        f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
+    path = os.path.join(sweep_dir, "sweep.json")
+    if not os.path.isfile(path):
+        return f"Runs finished: {done}.{frames}"
+    with open(path) as f:
+        plan = json.load(f)
+    subsets, seeds = len(plan["subsets"]), plan.get("seeds", 1)
+    rest = "" if done >= subsets * seeds else (
+        "; launch/sweep.py with the same arguments resumes the rest")
+    return (f"Runs finished: {done} of {subsets * seeds} ({subsets} subsets x {seeds} "
+            f"seed{'s' if seeds > 1 else ''}){rest}.{frames}")
+
+

@@ -1,0 +1,91 @@
+"""The file layout of a training workdir and of a sweep: the one place that names its files.
+
+    <workdir>/config.json                 the run's config (evaluate/predict/export rebuild it)
+    <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
+    <workdir>/best/<step>/                orbax: `state` of the best validation score so far
+    <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
+    <workdir>/hgmt.lock                   the lock of the trainer that holds the workdir
+    <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
+    <workdir>/eval_<split>[_<ckpt>][_<protocol>].json   an evaluation's summary (+ .md)
+    <workdir>/events.*                    TensorBoard summaries
+
+    <sweep>/<tasks>[@seed<k>]/            one run of a sweep: a workdir as above
+    <sweep>/sweep.json                    the sweep's plan
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+UNREADABLE_DIR = "checkpoints_unreadable"
+LOCK_FILE = "hgmt.lock"
+EVALS_FILE = "evals.jsonl"
+SWEEP_PLAN = "sweep.json"
+SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
+
+
+def _abs(workdir: str) -> str:
+    return os.path.abspath(os.path.expanduser(workdir))
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(_abs(workdir), CHECKPOINT_DIR)
+
+
+def best_dir(workdir: str) -> str:
+    return os.path.join(_abs(workdir), BEST_DIR)
+
+
+def unreadable_dir(workdir: str) -> str:
+    return os.path.join(_abs(workdir), UNREADABLE_DIR)
+
+
+def lock_file(workdir: str) -> str:
+    return os.path.join(_abs(workdir), LOCK_FILE)
+
+
+def evals_file(workdir: str) -> str:
+    return os.path.join(_abs(workdir), EVALS_FILE)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with; a clear error if it is not a training workdir."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
+                                f"`python -m hgmt.main --workdir=...`")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:
+    """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
+    `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and
+    hgmt.report reads them. `hgmt.evaluate` names the checkpoint it evaluated
+    (`eval_test_<checkpoint>[_<protocol>].json`)."""
+    suffix = "" if protocol == "hgmt" else f"_{protocol}"
+    checkpoint = f"_{checkpoint}" if checkpoint else ""
+    return f"eval_{split}{checkpoint}{suffix}.json"
+
+
+def run_name(tasks: str, seed_index: int) -> str:
+    """The directory of a sweep's run: 'pose2d+segm' for the first seed, then
+    'pose2d+segm@seed1', ..."""
+    return tasks if seed_index == 0 else f"{tasks}{SEED_MARK}{seed_index}"
+
+
+def run_tasks(name: str) -> str:
+    """The task subset of a sweep run's directory name ('pose2d+segm@seed1' -> 'pose2d+segm')."""
+    return name.partition(SEED_MARK)[0]
