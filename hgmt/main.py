@@ -54,9 +54,13 @@ def prepare_demo_dataset(config) -> None:
 
 class UserLines(logging.Filter):
     """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
-    chatter of orbax, clu, TFDS and JAX shows only with --verbosity=1."""
+    chatter of orbax, clu, TFDS and JAX, and hgmt's verbose lines (logged with
+    `extra=device_memory.VERBOSE`, e.g. XLA's out-of-memory dump), show only with
+    --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "hgmt_verbose", False):
+            return False
         return record.levelno >= logging.WARNING or record.pathname.startswith(_HGMT_DIR)
 
 

@@ -20,7 +20,9 @@ import pytest
 
 from hgmt import workdirs
 from hgmt.data import shards
-from hgmt.training import checkpoints, loop, preemption, workdir_lock
+from hgmt.models import create_model
+from hgmt.tasks import heads
+from hgmt.training import checkpoints, device_memory, loop, preemption, steps, workdir_lock
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,6 +179,65 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
     os.remove(shard)
     with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
         loop.train(config, str(tmp_path / "w"))
+
+
+# XLA's out-of-memory error on a GPU (its allocation dump shortened) and on a TPU.
+_GPU_OOM = ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes.\n"
+            "BufferAssignment OOM Debugging.\nBufferAssignment stats:\n"
+            + "".join(f"  allocation {i}: size 1073741824, parameter {i}\n" for i in range(40)))
+_TPU_OOM = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+            "space hbm. Used 18.27G of 15.48G hbm. Exceeded hbm capacity by 2.79G.")
+
+
+def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """XLA's RESOURCE_EXHAUSTED raised by the training step (a crafted error through the same
+    handler: the CPU has no memory limit to exceed) becomes one error naming the per-device
+    batch, image size, model size, memory asked, and the settings; the dump is a verbose line."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", **{"optimizer.schedule": "constant"})
+
+    def step(state, batch):
+        raise jax.errors.JaxRuntimeError(_GPU_OOM)
+
+    monkeypatch.setattr(loop, "_pmapped_train_step", lambda *args: step)
+    with caplog.at_level(logging.INFO), pytest.raises(device_memory.OutOfDeviceMemory) as err:
+        loop.train(config, str(tmp_path))
+    message = str(err.value)
+    params = steps.create_train_state(jax.random.key(0), config,
+                                      create_model(config.model, heads(("pose2d",)))).params
+    count = sum(x.size for x in jax.tree.leaves(params))
+    assert "while compiling or running the training step: XLA asked for 32.0 GiB" in message
+    assert "the device has unknown" in message  # the CPU reports no limit
+    assert ("per-device batch of 2 (config.batch_size=8 over 4 devices), 64 x 64 images"
+            in message)
+    assert f"a model of {count / 1e6:.2f} M parameters" in message and count > 1000
+    for setting in ("config.batch_size", "config.image_size", "config.model.features=16",
+                    "config.model.num_stacks=1", "config.model.dtype=bfloat16",
+                    "--verbosity=1"):
+        assert setting in message
+    assert "allocation 0" not in message and err.value.__cause__ is None
+    [dump] = [r for r in caplog.records if "allocation 39" in r.getMessage()]
+    from hgmt.main import UserLines
+
+    assert dump.hgmt_verbose and not UserLines().filter(dump)  # shown with --verbosity=1
+
+    # Other runtime errors pass unchanged, and a full disk (tensorstore's RESOURCE_EXHAUSTED
+    # as ValueError) is not device memory.
+    def failing(state, batch):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(loop, "_pmapped_train_step", lambda *args: failing)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
+        loop.train(config, str(tmp_path))
+    assert not device_memory.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED: Error writing"))
+
+
+def test_out_of_memory_amounts_from_the_gpu_and_tpu_messages():
+    assert device_memory.amounts(_GPU_OOM) == (32 * 2**30, None)
+    assert device_memory.amounts(_TPU_OOM) == (int(18.27 * 2**30), int(15.48 * 2**30))
+    assert device_memory.amounts("RESOURCE_EXHAUSTED: Failed to allocate request for 2.00GiB "
+                                 "(2147483648B) on device ordinal 0") == (2**31, None)
+    assert device_memory.amounts("RESOURCE_EXHAUSTED: no numbers") == (None, None)
 
 
 # --- Slow: whole processes -------------------------------------------------------------------

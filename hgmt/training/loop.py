@@ -12,7 +12,7 @@ Faults of long runs, each in its own module: `workdir_lock` (one trainer per wor
 `preemption` (SIGTERM/SIGUSR1: save at an agreed step, exit 75), `peers` (a dead process of a
 multi-host run is named, not waited for), `checkpoints.restore_newest_readable` (a damaged
 checkpoint is skipped), `shards` (a missing or truncated dataset shard stops the run before
-training).
+training), `device_memory` (out of device memory: one error naming the settings to lower).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
     checkpoints,
+    device_memory,
     evaluators,
     peers,
     preemption,
@@ -54,8 +55,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     set_state; benchmarks feed batches from memory with it).
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1, FloatingPointError on a
-    non-finite loss, `workdir_lock.WorkdirLocked` when another trainer holds the workdir,
-    `peers.PeerLost` when a process of a multi-host run died."""
+    non-finite loss, `device_memory.OutOfDeviceMemory` naming the settings to lower when the
+    step does not fit in the device's memory, `workdir_lock.WorkdirLocked` when another
+    trainer holds the workdir, `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
@@ -65,7 +67,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
                          f"{jax.device_count()} devices")
     lock = workdir_lock.hold_for_job(workdir)
     try:
-        with preemption.PreemptionWatch() as watch, peers.lost_peers():
+        with preemption.PreemptionWatch() as watch, peers.lost_peers(), \
+                device_memory.explained(config, "while compiling or running the training step"):
             return _train(config, workdir, writer, loader, tasks, weights, options, watch)
     finally:
         lock.release()
@@ -218,9 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metric_writers.create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
     state = train(config, workdir, writer)
-    summary = evaluator.evaluate(config, {"params": state.params,
-                                         "batch_stats": state.batch_stats},
-                                writer=writer, step=int(state.step))
+    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+        summary = evaluator.evaluate(config, {"params": state.params,
+                                              "batch_stats": state.batch_stats},
+                                     writer=writer, step=int(state.step))
     writer.flush()
     return summary
 

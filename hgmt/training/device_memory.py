@@ -1,0 +1,126 @@
+"""Out of device memory: XLA's RESOURCE_EXHAUSTED turned into one error that names the settings.
+
+A batch, image or model too large for the accelerator fails when XLA compiles the training step
+(TPU: "Ran out of memory in memory space hbm. Used 18.3G of 15.5G hbm") or when the first step
+allocates its buffers (GPU: "Out of memory while trying to allocate 34359738368 bytes"), with a
+long allocation dump that says nothing about which setting to change. `explained(config)`
+catches that error and raises `OutOfDeviceMemory`: the per-device batch, the image size, the
+model's size, the memory XLA asked for and the device has (where XLA or the device says), and
+the settings to lower. XLA's full message is logged as a verbose line (`VERBOSE`), which
+`hgmt.main` shows only with `--verbosity=1`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+
+# `extra=` of a log line that only --verbosity=1 shows (hgmt.main's filter drops it otherwise).
+VERBOSE = {"hgmt_verbose": True}
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """The program does not fit in the accelerator's memory; the message names the settings."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is XLA's out-of-memory error (a JaxRuntimeError saying
+    RESOURCE_EXHAUSTED). Disk and quota errors of orbax/tensorstore say RESOURCE_EXHAUSTED too,
+    but as ValueError/OSError: they are not device memory."""
+    return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
+def _bytes(number: str, unit: str) -> int:
+    return int(float(number) * _UNITS[unit[:1].upper()])
+
+
+def amounts(message: str) -> tuple[int | None, int | None]:
+    """(bytes the program asked for, bytes the device has) as XLA's message states them,
+    None where it does not. Understands the TPU compiler's "Used 18.27G of 15.48G hbm", the GPU
+    allocators' "Out of memory while trying to allocate N bytes" and "Failed to allocate
+    request for 2.00GiB (2147483648B)"."""
+    used = re.search(r"Used ([\d.]+)([KMGT]?)i?B? of ([\d.]+)([KMGT]?)i?B? \w+", message)
+    if used:
+        return _bytes(used[1], used[2]), _bytes(used[3], used[4])
+    asked = (re.search(r"allocate (\d+) bytes", message)
+             or re.search(r"allocate request for [\d.]+\s*\w*\s*\((\d+)B\)", message))
+    return (int(asked[1]) if asked else None), None
+
+
+def device_limit() -> int | None:
+    """Bytes of memory of this host's first device as its runtime reports it (GPU/TPU;
+    None on the CPU, which reports none)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001  (backends without memory statistics)
+        return None
+    return stats.get("bytes_limit")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f} {unit}iB"
+    return f"{n} B"
+
+
+def parameter_count(config: ml_collections.ConfigDict) -> int | None:
+    """The number of parameters of `config`'s model (shapes only, nothing allocated)."""
+    try:
+        from hgmt.models import create_model
+        from hgmt.tasks import heads, parse_tasks
+
+        model = create_model(config.model, heads(parse_tasks(config.tasks)))
+        images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), "float32")
+        shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    except Exception:  # noqa: BLE001  (the message is still useful without it)
+        return None
+    return sum(int(x.size) for x in jax.tree.leaves(shapes))
+
+
+def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
+            batch_field: str = "batch_size") -> OutOfDeviceMemory:
+    """The `OutOfDeviceMemory` for XLA's `error`, raised while `what` (e.g. 'while compiling
+    or running the training step') with batches of `config[batch_field]` (global)."""
+    message = str(error)
+    asked, has = amounts(message)
+    has = has or device_limit()
+    devices = jax.device_count()
+    batch = int(config[batch_field])
+    params = parameter_count(config)
+    model = ("a model of unknown size" if params is None else
+             f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in float32, "
+             f"times about 3 with the optimizer state)")
+    return OutOfDeviceMemory(
+        f"out of device memory {what}: XLA asked for {_size(asked)}, the device has "
+        f"{_size(has)}. The program holds a per-device batch of "
+        f"{batch // devices} (config.{batch_field}={batch} over {devices} "
+        f"devices), {config.image_size} x {config.image_size} images "
+        f"(config.image_size) and {model}, in {config.model.get('dtype', 'float32')}. Lower "
+        f"config.{batch_field} (or use more devices), config.image_size, or the model "
+        f"(config.model.features={config.model.features}, "
+        f"config.model.num_stacks={config.model.num_stacks}), or compute in bfloat16 "
+        f"(config.model.dtype=bfloat16). XLA's full message (the allocation dump) is "
+        f"logged with --verbosity=1")
+
+
+@contextlib.contextmanager
+def explained(config: ml_collections.ConfigDict, what: str,
+              batch_field: str = "batch_size") -> Iterator[None]:
+    """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
+    XLA's full message is logged as a VERBOSE line."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        logging.info("XLA's out-of-memory message in full:\n%s", e, extra=VERBOSE)
+        raise explain(e, config, what, batch_field) from None
