@@ -20,6 +20,8 @@ import os
 
 import ml_collections
 
+from hgmt import disk_space
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -56,8 +58,8 @@ def evals_file(workdir: str) -> str:
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    disk_space.write_atomically(os.path.join(workdir, CONFIG_FILE), lambda f: f.write(
+        config.to_json_best_effort(indent=1, sort_keys=True)))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

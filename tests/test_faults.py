@@ -18,8 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
 from hgmt.data import shards
+from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
 from hgmt.training import checkpoints, device_memory, loop, preemption, steps, workdir_lock
@@ -179,6 +180,106 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
     os.remove(shard)
     with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
         loop.train(config, str(tmp_path / "w"))
+
+
+class SmallDisk:
+    """A size-limited tmpfs mounted for a test (needs root); `resize` remounts it."""
+
+    def __init__(self, path, size: int):
+        self.path = str(path)
+        os.makedirs(self.path, exist_ok=True)
+        self._mount(size)
+
+    def _mount(self, size: int, *options: str) -> None:
+        run = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(
+            (*options, f"size={size}")), "tmpfs", self.path], capture_output=True, text=True)
+        if run.returncode:
+            pytest.skip(f"cannot mount a size-limited tmpfs here: {run.stderr.strip()}")
+
+    def resize(self, size: int) -> None:
+        self._mount(size, "remount")
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", self.path], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disks = []
+
+    def make(size: int) -> SmallDisk:
+        disks.append(SmallDisk(tmp_path / f"disk{len(disks)}", size))
+        return disks[-1]
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    yield make
+    for disk in disks:
+        disk.unmount()
+
+
+def _partial(workdir: str) -> list[str]:
+    return [name for folder in (workdirs.checkpoint_dir(workdir),
+                                workdirs.best_dir(workdir)) if os.path.isdir(folder)
+            for name in os.listdir(folder) if "tmp" in name]
+
+
+def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_resumes(
+        demo_dataset, small_disk, caplog):
+    """A filesystem with room for one checkpoint and a half: the second checkpoint (step 4)
+    fails. The run stops naming the workdir, step and space left, removes orbax's temporary
+    folder, and checkpoint 2 still reads; with more space, the rerun resumes from step 2."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6,
+                         **{"optimizer.schedule": "constant", "checkpoint_every": 2})
+    state = steps.create_train_state(jax.random.key(0), config,
+                                     create_model(config.model, heads(("pose2d",))))
+    state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    disk = small_disk(int(1.6 * state_bytes))  # a checkpoint takes ~1.2x the state
+    workdir = os.path.join(disk.path, "w")
+    with pytest.raises(disk_space.DiskFull) as err:
+        loop.train(config, workdir)
+    message = str(err.value)
+    assert f"cannot write the checkpoint of step 4 to {workdir}: the disk or quota is full" \
+        in message
+    assert re.search(r"\((\d+\.\d [KM]iB|\d+ bytes) free on it\)", message), message
+    assert "the earlier checkpoints (steps [2]) are intact" in message
+    assert _partial(workdir) == []
+    assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
+    assert checkpoints.restore_for_inference(workdir, 2)[2] == 2
+    assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
+
+    disk.resize(8 * state_bytes)
+    with caplog.at_level(logging.INFO):
+        resumed = loop.train(config, workdir)
+    assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 2" in caplog.text
+    assert int(resumed.step) == 6
+    assert checkpoints.manager(workdir).all_steps() == [2, 4, 6] and _partial(workdir) == []
+
+
+def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_disk):
+    """The evaluation report and the TensorBoard writer on a full disk: DiskFull naming the
+    file or workdir, no partial report left."""
+    from clu import metric_writers
+
+    disk = small_disk(256 * 1024)
+    writer = disk_space.CheckedWriter(metric_writers.create_default_writer(disk.path),
+                                      disk.path)
+    with open(os.path.join(disk.path, "filler"), "wb") as f:
+        with pytest.raises(OSError):
+            f.write(b"x" * (512 * 1024))
+    out = os.path.join(disk.path, "eval_test.json")
+    summary = {"split": "test", "num_examples": 1, "flip": False, "loss": {},
+               "notes": "x" * 100_000}
+    with pytest.raises(disk_space.DiskFull, match=f"cannot write the file to {out}: the disk "
+                                                  f"or quota is full"):
+        evaluator.write_report(summary, out)
+    assert not [n for n in os.listdir(disk.path) if n.startswith("eval_test")]
+
+    with pytest.raises(disk_space.DiskFull, match=f"the TensorBoard summaries to "
+                                                  f"{disk.path}: the disk or quota is full"):
+        for step in range(1000):
+            writer.write_scalars(step, {"loss": 1.0, "x" * 2000: 2.0})
+            writer.flush()
 
 
 # XLA's out-of-memory error on a GPU (its allocation dump shortened) and on a TPU.

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
-    ("base", ["hgmt.cli", "hgmt.workdirs"]),
+    ("base", ["hgmt.cli", "hgmt.workdirs", "hgmt.disk_space"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),
     ("models", ["hgmt.models"]),

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hgmt import disk_space
 from hgmt.data import input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import create_model, predict_last_stage
@@ -185,15 +186,16 @@ def _write_images(writer, step, model, variables, batch, tasks) -> None:
 
 
 def write_report(summary: dict, out: str) -> None:
-    """JSON at `out`, Markdown beside it, and the PCKh curve PNG when pose2d was evaluated."""
+    """JSON at `out`, Markdown beside it, and the PCKh curve PNG when pose2d was evaluated.
+    A full disk or quota raises `disk_space.DiskFull` naming the file, with no partial file
+    left behind (each is written to a temporary name, then renamed)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(summary, f, indent=1)
+    disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
     stem = os.path.splitext(out)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(summary))
+    disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
     if "pckh_curve" in summary.get("pose2d", {}):
         from hgmt.tasks import drawing
 
-        drawing.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")
+        with disk_space.reported(stem + "_pckh.png", "the PCKh curve"):
+            drawing.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")
 

@@ -7,20 +7,29 @@ checkpoint damaged after that (a disk or copy fault) is reported and skipped on 
 to `<workdir>/checkpoints_unreadable/` (kept for inspection, out of orbax's way so that the
 resumed run can write those steps again). When none reads, the error says so: that is a
 checkpoint of another configuration or hgmt version, not damage.
+
+A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
+with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
+folder of the failed checkpoint is removed and the earlier checkpoints stay readable, so the
+rerun with space resumes from the newest of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import re
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
@@ -77,6 +86,56 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
                         "%s", found[0], [s for s, _ in failures],
                         os.path.join(workdir, workdirs.UNREADABLE_DIR))
     return found
+
+
+def _steps_on_disk(folder: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(
+        folder) else []
+
+
+def remove_partial(workdir: str) -> list[str]:
+    """Removes the temporary folders of unfinished checkpoint writes (orbax's
+    `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best (process 0;
+    the workdir lock makes them this run's). -> the removed paths."""
+    import jax
+
+    removed = []
+    if jax.process_index() == 0:
+        for folder in (workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)):
+            if os.path.isdir(folder):
+                for name in sorted(os.listdir(folder)):
+                    if ".orbax-checkpoint-tmp" in name:
+                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                        removed.append(os.path.join(folder, name))
+    return removed
+
+
+@contextlib.contextmanager
+def stop_on_full_disk(workdir: str, step: int | None) -> Iterator[None]:
+    """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
+    `step`, or from its background thread at a later call, for an earlier step) into
+    `disk_space.DiskFull`, after removing the partial checkpoint; the message names the
+    workdir, the step that failed (from the partial folder's name), the space left and the
+    intact checkpoints to resume from."""
+    try:
+        yield
+    except disk_space.DiskFull:
+        raise
+    except Exception as e:
+        if not disk_space.is_disk_full(e):
+            raise
+        removed = remove_partial(workdir)
+        failed = sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
+                                                     os.path.basename(p)) for p in removed)
+                        if m) or [step]
+        raise disk_space.DiskFull(
+            errno.ENOSPC,
+            f"cannot write the checkpoint of step {failed[-1]} to {workdir}: the disk or quota "
+            f"is full ({disk_space.space_left(workdir)} on it). Removed the partial "
+            f"{', '.join(removed) or 'checkpoint'}; the earlier checkpoints (steps "
+            f"{_steps_on_disk(workdirs.checkpoint_dir(workdir))}) are intact. Free space (or "
+            f"raise the quota) and rerun the same command: it resumes from the newest of them "
+            f"({type(e).__name__}: {str(e)[:300]})") from e
 
 
 def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]) -> None:

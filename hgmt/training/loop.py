@@ -12,7 +12,8 @@ Faults of long runs, each in its own module: `workdir_lock` (one trainer per wor
 `preemption` (SIGTERM/SIGUSR1: save at an agreed step, exit 75), `peers` (a dead process of a
 multi-host run is named, not waited for), `checkpoints.restore_newest_readable` (a damaged
 checkpoint is skipped), `shards` (a missing or truncated dataset shard stops the run before
-training), `device_memory` (out of device memory: one error naming the settings to lower).
+training), `checkpoints.stop_on_full_disk` (a full disk stops the run, the earlier checkpoints
+intact), `device_memory` (out of device memory: one error naming the settings to lower).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from clu import metric_writers
 
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
@@ -55,8 +56,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     set_state; benchmarks feed batches from memory with it).
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1, FloatingPointError on a
-    non-finite loss, `device_memory.OutOfDeviceMemory` naming the settings to lower when the
-    step does not fit in the device's memory, `workdir_lock.WorkdirLocked` when another
+    non-finite loss, `disk_space.DiskFull` when a checkpoint or summary cannot be written
+    (the partial checkpoint removed, the earlier ones intact),
+    `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
+    fit in the device's memory, `workdir_lock.WorkdirLocked` when another
     trainer holds the workdir, `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
@@ -79,8 +82,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            watch: preemption.PreemptionWatch) -> steps.TrainState:
     if jax.process_index() == 0:
         workdirs.save_config(config, workdir)
-    writer = writer or metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0)
+    with disk_space.reported(workdir, "the TensorBoard summaries"):
+        writer = writer or metric_writers.create_default_writer(
+            workdir, just_logging=jax.process_index() > 0)
+    writer = disk_space.CheckedWriter(writer, workdir)
     lr_fn = steps.create_lr(config)
 
     if loader is None:
@@ -150,7 +155,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     logging.info("training %s for steps %d..%d, %d devices, global batch %d", "+".join(tasks),
                  start_step, config.total_steps, jax.device_count(), config.batch_size)
     wait_time, t_last, step_last = 0.0, time.perf_counter(), start_step
+    saving = None  # the step of the newest checkpoint orbax may still be writing
     for step in range(start_step + 1, config.total_steps + 1):
+        with checkpoints.stop_on_full_disk(workdir, saving):
+            mngr.check_for_errors()  # a failed background write stops the run at once
         t0 = time.perf_counter()
         batch = next(device_iter)
         data_iter.consumed()
@@ -185,12 +193,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         validation_due = validator.due(step) and not stopping  # a preempted job has no time
         if checkpoint_due or validation_due:
             host = host_state(step, state)
-            if checkpoint_due:
-                save(step, host)
-            if validation_due:
-                validator(step, host, writer)
+            with checkpoints.stop_on_full_disk(workdir, step):
+                if checkpoint_due:
+                    save(step, host)
+                    saving = step
+                if validation_due:
+                    validator(step, host, writer)
         if stopping:
-            mngr.wait_until_finished()
+            with checkpoints.stop_on_full_disk(workdir, saving):
+                mngr.wait_until_finished()
             mngr.close()
             validator.close()
             if jax.process_count() > 1:  # exit together, after process 0 finalised the save
@@ -198,7 +209,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
                 multihost_utils.sync_global_devices("preemption checkpoint saved")
             raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir))
-    mngr.wait_until_finished()
+    with checkpoints.stop_on_full_disk(workdir, saving):
+        mngr.wait_until_finished()
     mngr.close()
     validator.close()
     return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
@@ -218,8 +230,9 @@ def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (see `train`), then evaluates the final model on the test protocol. Returns the
     evaluation summary."""
-    writer = metric_writers.create_default_writer(workdir,
-                                                  just_logging=jax.process_index() > 0)
+    with disk_space.reported(workdir, "the TensorBoard summaries"):
+        writer = disk_space.CheckedWriter(metric_writers.create_default_writer(
+            workdir, just_logging=jax.process_index() > 0), workdir)
     state = train(config, workdir, writer)
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summary = evaluator.evaluate(config, {"params": state.params,
