@@ -1,6 +1,7 @@
 """The task-combination study: which tasks help which (the seed paper's analysis).
 
     python -m hgmt.report --sweep=runs/sweep --out=docs/study [--protocol=hgmt|bodynet|surreal]
+    python -m hgmt.report --sweep=runs/sweep --check_config
 
 reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
 `--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
@@ -9,7 +10,13 @@ writes into OUT: README.md (the seed paper's conclusions checked on these runs, 
 report.json, claims.json (hgmt/claims.py) and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
-(`<task>_per_item.png`).
+(`<task>_per_item.png`). The README ends with the config the runs used (their own
+config.json files).
+
+`--check_config` writes nothing: it rebuilds each finished run's config from the config file
+and arguments of the sweep's plan (SWEEP/sweep.json) as they are now, prints the runs whose
+config.json differs (field by field), and exits 1 if any does, 0 if all match. Editing the
+config file after a sweep is allowed; this says which runs no longer follow it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import sys
 
 from hgmt import cli
 from hgmt.evaluation import protocols
-from hgmt.study import claims, report
+from hgmt.study import claims, report, runs
 
 
 def _define_flags(fv) -> None:
@@ -28,7 +35,8 @@ def _define_flags(fv) -> None:
 
     flags.DEFINE_string("sweep", None, "sweep directory (launch/sweep.py)", flag_values=fv,
                         required=True)
-    flags.DEFINE_string("out", None, "report directory", flag_values=fv, required=True)
+    flags.DEFINE_string("out", None, "report directory (required unless --check_config)",
+                        flag_values=fv)
     flags.DEFINE_string("note", "", "a line placed under the title (e.g. the data)",
                         flag_values=fv)
     flags.DEFINE_string("note_file", "", "a Markdown file whose text is placed under the "
@@ -36,12 +44,34 @@ def _define_flags(fv) -> None:
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "compare the numbers of this metric protocol (docs/metrics.md)",
                       flag_values=fv)
+    flags.DEFINE_bool("check_config", False, "write nothing; list the finished runs whose "
+                      "config.json no longer matches the sweep's config file (exit 1 if any)",
+                      flag_values=fv)
+
+
+def check_config(sweep_dir: str) -> int:
+    """Prints each finished run that no longer matches the sweep's config, with the fields
+    that differ; 1 if any, else 0."""
+    found = runs.check_configs(sweep_dir)
+    stale = {name: diff for name, diff in found.items() if diff}
+    config = runs.plan(sweep_dir)["config"]
+    for name, diff in stale.items():
+        print(f"{name}: differs from {config}: " + "; ".join(diff))
+    print(f"{len(found) - len(stale)} of {len(found)} finished runs in {sweep_dir} match "
+          f"{config}" + (f"; {len(stale)} do not (retrain them, or restore the config)"
+                         if stale else ""))
+    return 1 if stale else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.report --sweep=DIR --out=DIR [--protocol=P] [--note=TEXT |
-    --note_file=FILE]`."""
+    --note_file=FILE]` or `python -m hgmt.report --sweep=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    if args.check_config:
+        return check_config(args.sweep)
+    if not args.out:
+        raise SystemExit("error: --out is required: the report directory (or give "
+                         "--check_config)")
     if args.note and args.note_file:
         raise SystemExit("error: give the note as --note or as --note_file, not both")
     given = args.note
@@ -64,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{report.progress(args.sweep, results)}")
     with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(report.to_markdown(study, note, checked))
+        f.write(report.to_markdown(study, note, checked, runs.config_section(args.sweep)))
     print(f"wrote {args.out}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

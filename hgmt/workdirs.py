@@ -91,3 +91,9 @@ def run_name(tasks: str, seed_index: int) -> str:
 def run_tasks(name: str) -> str:
     """The task subset of a sweep run's directory name ('pose2d+segm@seed1' -> 'pose2d+segm')."""
     return name.partition(SEED_MARK)[0]
+
+
+def run_seed_index(name: str) -> int:
+    """The seed index of a sweep run's directory name ('pose2d+segm@seed1' -> 1,
+    'pose2d+segm' -> 0)."""
+    return int(name.partition(SEED_MARK)[2] or 0)

@@ -20,7 +20,10 @@ for `python -m hgmt.report --protocol=P`.
 SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
 finished runs against; a later call with the same config adds its subsets and seeds to it, so
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
-Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the subsets.
+Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the subsets. Each run
+keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of the config
+file, `python -m hgmt.report --sweep=SWEEP_DIR --check_config` lists the runs that no longer
+match it.
 """
 
 from __future__ import annotations
@@ -37,24 +40,18 @@ sys.path.insert(0, REPO)
 
 from hgmt import cli, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
+from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
-
-
-def with_tasks(config: str, tasks: str) -> str:
-    """'configs/default.py:runlocal' + 'pose2d' -> 'configs/default.py:runlocal,tasks=pose2d'."""
-    path, _, arg = config.partition(":")
-    items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
-    return f"{path}:{','.join(items + [f'tasks={tasks}'])}"
 
 
 def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
             seed_index: int = 0) -> list[str]:
     """Trains one run: the subset `tasks` with the config's seed (seed_index 0) or with
-    `config.seed = seed_index` (its directory `workdirs.run_name`)."""
-    seed = [f"--config.seed={seed_index}"] if seed_index else []
-    return [sys.executable, "-m", "hgmt.main", f"--config={with_tasks(config, tasks)}",
-            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}",
-            *extra, *seed]
+    `config.seed = seed_index` (its directory `workdirs.run_name`; its config arguments
+    `runs.config_args`, which `hgmt.report --check_config` rebuilds)."""
+    config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
+    return [sys.executable, "-m", "hgmt.main", config_arg,
+            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}", *rest]
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
@@ -70,7 +67,7 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     which the report counts finished runs against. A sweep directory holds one config: a later
     call with the same config and arguments adds its subsets and seeds to the plan (running a
     few subsets first keeps the whole plan), another config exits naming the fix."""
-    path = os.path.join(sweep_dir, "sweep.json")
+    path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)

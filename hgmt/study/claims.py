@@ -1,17 +1,19 @@
 """The seed paper's conclusions (Sánchez et al., FG 2019, abstract) checked against a study.
 
-Each conclusion gets a verdict from `report.compare`'s numbers: `agrees`, `disagrees` or
-`unresolved` (a run it needs is missing, has one seed, or the change is within the seed
-spread where the claim needs one). A change counts only when it is beyond the seed spread as
-`stats.beyond_spread` defines it (both subsets over at least 2 seeds), so a claim that a task does
-*not* help is met by a change within the spread: the study cannot tell it from no change.
+Each conclusion gets a verdict from `report.compare`'s tests (hgmt/study/stats.py: Welch's
+t-test over seeds, Holm within each table): `agrees`, `disagrees` or `unresolved`. A change
+is *better* or *worse* only when its Holm-adjusted p-value is below stats.ALPHA. A
+conclusion that a task helps agrees when the change is better, disagrees when it is worse,
+and is unresolved when the test detects no change (it cannot tell a small gain from none);
+a conclusion that a task does *not* help agrees unless the change is better. A run that is
+missing or has a single seed leaves its part unresolved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from hgmt.study.stats import beyond_spread
+from hgmt.study import stats
 from hgmt.tasks import all_subsets
 
 PAPER_TASKS = ("pose2d", "pose3d", "depth", "segm")
@@ -25,25 +27,37 @@ DISTAL_ITEMS = frozenset({
 })
 
 AGREES, DISAGREES, UNRESOLVED = "agrees", "disagrees", "unresolved"
-BETTER, WORSE, SAME, UNKNOWN = "better", "worse", "within spread", "unknown"
+BETTER, WORSE, UNDETECTED, UNKNOWN = stats.BETTER, stats.WORSE, stats.UNDETECTED, "unknown"
+
+
+def _said(t: dict) -> str:
+    """'+0.012 [+0.0003, +0.023], p (Holm) 0.33': a tested change."""
+    return f"{stats.interval(t)}, p (Holm) {t['p_holm']:.2g}"
 
 
 def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
-    """(BETTER | WORSE | SAME | UNKNOWN, evidence) of training `task` within `subset` instead of
-    alone, from `report.compare`'s entry of `task`."""
+    """(BETTER | WORSE | UNDETECTED | UNKNOWN, evidence) of training `task` within `subset`
+    instead of alone, from `report.compare`'s entry of `task`."""
     e = study.get(task)
     if e is None or e.get("isolated") is None:
         return UNKNOWN, f"no isolated {task} run"
     if subset not in e["subsets"]:
         return UNKNOWN, f"no {subset} run"
-    gain = e["gain"][subset]
-    said = f"{task} in {subset}: {gain:+.3g} (n={e['seeds'][subset]} vs {e['seeds'][task]})"
-    beyond = e["beyond_spread"].get(subset)
-    if beyond is None:
-        return UNKNOWN, f"{said}, one seed"
-    if not beyond:
-        return SAME, f"{said}, within the seed spread"
-    return (BETTER if gain > 0 else WORSE), f"{said}, beyond the seed spread"
+    t = e["tests"].get(subset)
+    if t is None:
+        return UNKNOWN, (f"{task} in {subset}: {e['gain'][subset]:+.3g} "
+                         f"(n={e['seeds'][subset]} vs {e['seeds'][task]}), one seed")
+    return t["verdict"], f"{task} in {subset}: {_said(t)}, {t['verdict']}"
+
+
+def _helps(kind: str) -> str:
+    """The verdict of 'it helps' on an effect."""
+    return AGREES if kind == BETTER else DISAGREES if kind == WORSE else UNRESOLVED
+
+
+def _does_not_help(kind: str) -> str:
+    """The verdict of 'it does not help' on an effect."""
+    return UNRESOLVED if kind == UNKNOWN else DISAGREES if kind == BETTER else AGREES
 
 
 def _combine(verdicts: list[str]) -> str:
@@ -53,109 +67,122 @@ def _combine(verdicts: list[str]) -> str:
             UNRESOLVED if UNRESOLVED in verdicts else AGREES)
 
 
-def _verdict(found: list[tuple[str, str]], agree_if: Callable[[str], bool]) -> str:
-    """AGREES when every effect satisfies `agree_if`, DISAGREES when a known one does not,
-    else UNRESOLVED."""
-    return _combine([UNRESOLVED if kind == UNKNOWN else AGREES if agree_if(kind) else DISAGREES
-                     for kind, _ in found])
-
-
 def every_task_benefits(study: dict) -> tuple[str, str]:
-    """Each of the four tasks is better, beyond the spread, in some combination."""
+    """Each of the four tasks is better in some combination; a task that is worse in every
+    combination disagrees."""
     notes, verdicts = [], []
     for task in PAPER_TASKS:
-        found = [effect(study, task, s) for s in _subsets_with(task) if s != task]
-        helped = [why for kind, why in found if kind == BETTER]
+        found = {s: effect(study, task, s) for s in _subsets_with(task) if s != task}
+        helped = [why for kind, why in found.values() if kind == BETTER]
         if helped:
             verdicts.append(AGREES)
             notes.append(helped[0])
-        elif all(kind != UNKNOWN for kind, _ in found):
+        elif found and all(kind == WORSE for kind, _ in found.values()):
             verdicts.append(DISAGREES)
-            notes.append(f"{task}: no combination better beyond the spread")
+            notes.append(f"{task}: worse in every combination")
         else:
             verdicts.append(UNRESOLVED)
-            missing = sum(kind == UNKNOWN for kind, _ in found)
-            gains = {s: g for s, g in study.get(task, {}).get("gain", {}).items() if s != task}
-            best = max(gains, key=gains.get) if gains else None
-            so_far = f" (best mean so far: {best}, {gains[best]:+.3g})" if best else ""
-            notes.append(f"{task}: none better beyond the spread yet{so_far}; {missing} of "
-                         f"{len(found)} comparisons without 2 seeds on both sides")
+            tests = study.get(task, {}).get("tests", {})
+            missing = sum(kind == UNKNOWN for kind, _ in found.values())
+            best = max(tests, key=lambda s: tests[s]["change"]) if tests else None
+            so_far = f" (largest: {best}, {_said(tests[best])})" if best else ""
+            notes.append(f"{task}: no combination detectably better{so_far}"
+                         + (f"; {missing} of {len(found)} combinations untested (a run missing"
+                            f" or with one seed)" if missing else ""))
     return _combine(verdicts), "; ".join(notes)
 
 
 def all_four_best_for_pose2d(study: dict) -> tuple[str, str]:
-    """The four-task model has the best pose2d of all combinations, beyond the spread of the
-    isolated run; another combination better than it beyond both spreads disagrees."""
+    """The four-task model is better than the isolated pose2d and than every other
+    combination (Welch over seeds, Holm over those rivals); a rival better than it, or a
+    four-task model worse than the isolated one, disagrees."""
     e = study.get("pose2d")
     if e is None or ALL_FOUR not in e["subsets"]:
         return UNRESOLVED, f"no {ALL_FOUR} run"
-    sign = 1.0 if e["higher_is_better"] else -1.0
-    sd = e["spread"]
-    lead = {s: sign * (e["subsets"][s] - e["subsets"][ALL_FOUR]) for s in e["subsets"]
-            if s not in ("pose2d", ALL_FOUR)}  # > 0: better than the four-task model
-    rivals = [s for s, d in lead.items() if d > 0 and beyond_spread(d, sd[s], sd[ALL_FOUR])]
-    if rivals:
-        return DISAGREES, f"better than {ALL_FOUR} beyond both spreads: {', '.join(rivals)}"
     kind, why = effect(study, "pose2d", ALL_FOUR)
-    subsets = _subsets_with("pose2d")
-    done = [s for s in subsets if e["seeds"].get(s, 0) >= 2]
-    if kind != BETTER or len(done) < len(subsets):
-        return UNRESOLVED, (f"{why}; {len(done)} of {len(subsets)} pose2d subsets have 2 "
-                            f"seeds or more")
-    if e["best"] != ALL_FOUR:
-        return UNRESOLVED, f"{why}; {e['best']} has a better mean, within the seed spread"
-    return AGREES, why
+    if kind == WORSE:
+        return DISAGREES, why
+    sign = 1.0 if e["higher_is_better"] else -1.0
+    rivals = [s for s in _subsets_with("pose2d") if s not in ("pose2d", ALL_FOUR)]
+    leads = stats.judge({s: stats.welch(e["values"][ALL_FOUR], e["values"][s], sign)
+                         for s in rivals if s in e["values"]})
+    beaten = [s for s, t in leads.items() if t["verdict"] == WORSE]
+    if beaten:
+        return DISAGREES, "; ".join(f"{ALL_FOUR} against {s}: {_said(leads[s])}, worse"
+                                    for s in beaten)
+    led = [s for s, t in leads.items() if t["verdict"] == BETTER]
+    if kind == BETTER and len(led) == len(rivals):
+        return AGREES, f"{why}; better than each other combination"
+    untested = [s for s in rivals if s not in leads]
+    close = [f"{s} ({_said(leads[s])})" for s in leads if s not in led]
+    return UNRESOLVED, "; ".join(
+        [why] + ([f"{ALL_FOUR} not detectably better than {', '.join(close)}"]
+                 if close else []) + ([f"untested against {', '.join(untested)}"]
+                                      if untested else []))
 
 
 def pose2d_helps_neither_pose3d_nor_depth(study: dict) -> tuple[str, str]:
-    """Neither pose3d in pose2d+pose3d nor depth in pose2d+depth is better beyond the
-    spread."""
+    """Neither pose3d in pose2d+pose3d nor depth in pose2d+depth is better."""
     found = [effect(study, t, f"pose2d+{t}") for t in ("pose3d", "depth")]
-    return _verdict(found, lambda kind: kind != BETTER), "; ".join(w for _, w in found)
+    return (_combine([_does_not_help(kind) for kind, _ in found]),
+            "; ".join(w for _, w in found))
 
 
 def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
-    """segm is better beyond the spread in pose2d+segm, and not in pose3d+segm."""
+    """segm is better in pose2d+segm, and not better in pose3d+segm."""
     by_pose2d = effect(study, "segm", "pose2d+segm")
     by_pose3d = effect(study, "segm", "pose3d+segm")
-    verdict = _combine([_verdict([by_pose2d], lambda kind: kind == BETTER),
-                        _verdict([by_pose3d], lambda kind: kind != BETTER)])
+    verdict = _combine([_helps(by_pose2d[0]), _does_not_help(by_pose3d[0])])
     return verdict, f"{by_pose2d[1]}; {by_pose3d[1]}"
+
+
+def _lead(runs: dict[str, list[dict]], multi: str, isolated: str, top: str, other: str,
+          sign: float) -> dict | None:
+    """Welch's test of how much more item `top` gains than item `other`: the change of
+    (top - other) within each run, between the multi-task and the isolated runs."""
+    def differences(name: str) -> list[float]:
+        return [r[top] - r[other] for r in runs[name]
+                if r.get(top) is not None and r.get(other) is not None]
+
+    return stats.welch(differences(multi), differences(isolated), sign)
 
 
 def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
     """In each task with a per-joint or per-part breakdown, the item the best multi-task
-    model improves most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). Items are
-    judged as subsets are, each against its own seed spread (2 seeds of both runs): the
-    largest gain must be beyond its spread, and the items it does not lead beyond both
-    spreads tie with it. A task agrees when every tied item is distal, disagrees when none
-    is, and is unresolved when they are mixed or no item gains beyond its spread."""
+    model improves most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). The
+    largest gain must be better (per-item table); an item it does not lead detectably
+    (Welch over seeds of the within-run difference of the two items, Holm over the items)
+    ties with it. A task agrees when every tied item is distal, disagrees when none is, and
+    is unresolved when they are mixed or the largest gain is not detectable."""
     notes, verdicts = [], []
     for task in PAPER_TASKS:
         e = study.get(task)
         if not e or not e.get("per_item_gain"):
             continue
         best = e["best_multi_task"]
-        if min(e["seeds"][task], e["seeds"][best]) < 2:
+        gain, tests = e["per_item_gain"], e["per_item_tests"]
+        top = max(gain, key=gain.get)
+        if top not in tests:
             verdicts.append(UNRESOLVED)
             notes.append(f"{task}: one seed")
             continue
-        gain, sd = e["per_item_gain"], e["per_item_spread"]
-        top = max(gain, key=gain.get)
-        if not (gain[top] > 0 and e["per_item_beyond_spread"][top]):
+        if tests[top]["verdict"] != BETTER:
             verdicts.append(UNRESOLVED)
-            notes.append(f"{task}: {best} improves no item beyond its seed spread "
-                         f"(largest: {top}, {gain[top]:+.3g})")
+            notes.append(f"{task}: {best}'s largest gain is not detectable ({top}: "
+                         f"{_said(tests[top])})")
             continue
-        tied = [k for k in sorted(gain, key=gain.get, reverse=True)
-                if not beyond_spread(gain[top] - gain[k], sd[top], sd[k])]
+        sign = 1.0 if e["higher_is_better"] else -1.0
+        leads = stats.judge({k: _lead(e["per_item_runs"], best, task, top, k, sign)
+                             for k in gain if k != top})
+        tied = [top] + [k for k in sorted(gain, key=gain.get, reverse=True)
+                        if k != top and leads.get(k, {}).get("verdict") != BETTER]
         distal = [k for k in tied if k in DISTAL_ITEMS]
         verdicts.append(AGREES if len(distal) == len(tied) else
                         DISAGREES if not distal else UNRESOLVED)
-        ties = (f", tied within the seed spread with "
+        ties = (f", not detectably ahead of "
                 f"{', '.join(f'{k} ({gain[k]:+.3g})' for k in tied[1:])}" if len(tied) > 1
-                else "")
-        notes.append(f"{task}: {best} improves {top} most ({gain[top]:+.3g}){ties}")
+                else ", detectably ahead of every other")
+        notes.append(f"{task}: {best} improves {top} most ({_said(tests[top])}){ties}")
     if not verdicts:
         return UNRESOLVED, "no per-item breakdown to compare"
     return _combine(verdicts), "; ".join(notes)
@@ -193,8 +220,12 @@ def to_markdown(checked: list[dict]) -> list[str]:
     """The report's section on the paper's conclusions."""
     return [
         "## The seed paper's conclusions on these runs", "",
-        "Each conclusion of the paper's abstract, checked on this study's numbers "
-        "(hgmt/claims.py): a change counts only beyond the seed spread, so *unresolved* means "
-        "a run it needs is missing, has one seed, or its change is within the spread.", "",
+        f"Each conclusion of the paper's abstract, checked on this study's tests "
+        f"(hgmt/study/claims.py): a change is *better* or *worse* when Welch's t-test over "
+        f"the seeds, Holm-adjusted within its table, gives p < {stats.ALPHA}; each change is "
+        f"shown with its {stats.LEVEL:.0%} confidence interval. A conclusion that a task helps "
+        f"is *unresolved* when the test detects no change (a gain smaller than the interval "
+        f"allows cannot be told from none); one that a task does not help *agrees* unless the "
+        f"change is better. A run missing or with one seed leaves its part unresolved.", "",
         "| the paper concludes | here | evidence |", "|---|---|---|",
         *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in checked], ""]

@@ -5,8 +5,9 @@
 reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
 `--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
-writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables),
-report.json, claims.json (hgmt/claims.py) and bar charts: for each task its headline
+writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables
+of every change with its confidence interval and test, hgmt/study/stats.py), report.json,
+claims.json (hgmt/study/claims.py) and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
 (`<task>_per_item.png`).
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 
 from hgmt import workdirs
 from hgmt.evaluation import protocols
@@ -57,13 +60,13 @@ def _headline(entry_or_summary: dict, task: str):
 
 
 def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per task: every subset containing it with its headline metric (the mean over its
-    seeds, their standard deviation and count), the isolated value, the best subset, the
-    per-item change of the best multi-task subset over the isolated one with each item's seed
-    spread (`per_item_spread`: the larger of the two runs' standard deviations) and whether it
-    is beyond it (`per_item_beyond_spread`), and which changes
-    exceed the seed-to-seed spread: |change| > the larger of the two subsets' standard
-    deviations, each over at least 2 seeds.
+    """Per task: every subset containing it with its headline metric (each seed's value, their
+    mean, standard deviation and count), the isolated value, the best subset, and each
+    change against the isolated run with its test (`tests`: stats.welch over seeds, Holm
+    within the task's table, so `verdict` is better / worse / no detectable change); then
+    the per-item change of the best multi-task subset over the isolated one, tested alike
+    within the per-item table (`per_item_tests`), with both runs' per-item values
+    (`per_item_runs`) for claims that compare items.
 
     Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
     out = {}
@@ -79,9 +82,9 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         # absent from the split) is listed, not compared; a subset counts the seeds defining it.
         values = {s: [v[metric] for v in runs if v[metric] is not None]
                   for s, runs in having.items()}
-        rows = {s: stats.mean(v) for s, v in values.items() if v}
-        spread = {s: stats.spread(values[s]) for s in rows}
         undefined = sorted(s for s, v in values.items() if not v)
+        values = {s: v for s, v in values.items() if v}
+        rows = {s: stats.mean(v) for s, v in values.items()}
         if not rows:
             out[task] = {"protocol": task_protocol, "metric": metric, "subsets": {},
                          "undefined": undefined, "isolated": None, "best": None,
@@ -92,48 +95,30 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         multi = [s for s in rows if s != task]
         best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
         entry = {"protocol": task_protocol, "metric": metric, "higher_is_better": higher,
-                 "subsets": rows, "spread": spread,
-                 "seeds": {s: len(values[s]) for s in rows}, "undefined": undefined,
-                 "isolated": rows.get(task), "best": best, "best_multi_task": best_multi}
+                 "subsets": rows, "spread": {s: stats.spread(v) for s, v in values.items()},
+                 "seeds": {s: len(v) for s, v in values.items()}, "values": values,
+                 "undefined": undefined, "isolated": rows.get(task), "best": best,
+                 "best_multi_task": best_multi}
         if entry["isolated"] is not None:
             entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
-            judged = {s: stats.beyond_spread(entry["gain"][s], spread[s], spread[task])
-                      for s in rows if s != task}
-            entry["beyond_spread"] = {s: b for s, b in judged.items() if b is not None}
+            entry["tests"] = stats.judge({s: stats.welch(values[s], values[task], sign)
+                                          for s in multi})
             if best_multi and item_key:
-                iso_items = _item_means(having[task], item_key)
-                multi_items = _item_means(having[best_multi], item_key)
-                entry["per_item_gain"] = {
-                    k: sign * (multi_items[k] - iso_items[k]) for k in iso_items
-                    if iso_items[k] is not None and multi_items.get(k) is not None}
-                # an item's change is judged as a subset's: against the larger of the two
-                # runs' seed standard deviations of that item (None: a single seed)
-                iso_sd = _item_spreads(having[task], item_key)
-                multi_sd = _item_spreads(having[best_multi], item_key)
-                entry["per_item_spread"] = {
-                    k: (None if iso_sd.get(k) is None or multi_sd.get(k) is None
-                        else max(iso_sd[k], multi_sd[k])) for k in entry["per_item_gain"]}
-                entry["per_item_beyond_spread"] = {
-                    k: stats.beyond_spread(g, iso_sd.get(k), multi_sd.get(k))
-                    for k, g in entry["per_item_gain"].items()}
+                runs = {s: [r[item_key] for r in having[s]] for s in (task, best_multi)}
+                iso, top = _item_values(runs[task]), _item_values(runs[best_multi])
+                gains = {k: sign * (stats.mean(top[k]) - stats.mean(iso[k])) for k in iso
+                         if iso[k] and top.get(k)}
+                entry["per_item_gain"] = gains
+                entry["per_item_tests"] = stats.judge(
+                    {k: stats.welch(top[k], iso[k], sign) for k in gains})
+                entry["per_item_runs"] = runs
         out[task] = entry
     return out
 
 
-def _item_means(runs: list[dict], item_key: str) -> dict[str, float | None]:
-    """{item: mean over the seeds that define it, or None} of a per-item breakdown."""
-    items = runs[0][item_key]
-    out = {}
-    for k in items:
-        defined = [r[item_key][k] for r in runs if r[item_key].get(k) is not None]
-        out[k] = stats.mean(defined) if defined else None
-    return out
-
-
-def _item_spreads(runs: list[dict], item_key: str) -> dict[str, float | None]:
-    """{item: standard deviation over the seeds that define it, or None (fewer than 2)}."""
-    return {k: stats.spread([r[item_key][k] for r in runs if r[item_key].get(k) is not None])
-            for k in runs[0][item_key]}
+def _item_values(runs: list[dict]) -> dict[str, list[float]]:
+    """{item: its values over the seeds that define it} of per-item breakdowns."""
+    return {k: [r[k] for r in runs if r.get(k) is not None] for k in runs[0]}
 
 
 def _signed(x: float) -> str:
@@ -141,9 +126,18 @@ def _signed(x: float) -> str:
     return "0" if x == 0 else f"{x:+.4g}"
 
 
-def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None) -> str:
-    """The report: title, note, the paper's conclusions (`claims.check`) if given, then a
-    section per task."""
+def _tested(t: dict | None) -> str:
+    """Table cells of a test: interval | p | p (Holm) | verdict (empty when not tested)."""
+    if t is None:
+        return " | | | |"
+    verdict = t["verdict"] if t["verdict"] == stats.UNDETECTED else f"**{t['verdict']}**"
+    return f" {stats.bounds(t)} | {t['p']:.2g} | {t['p_holm']:.2g} | {verdict} |"
+
+
+def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None,
+                runs_section: list[str] | None = None) -> str:
+    """The report: title, note, the paper's conclusions (`claims.check`) if given, a section
+    per task, then `runs_section` (the runs' config) if given."""
     lines = ["# Task-combination study", "", note, ""]
     if checked:
         lines += claims.to_markdown(checked)
@@ -158,7 +152,8 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
         seeded = max(e.get("seeds", {}).values(), default=1) > 1
         if seeded:
             lines += [f"| subset | {label}: mean ± sd (seeds) | change vs isolated (+ = better)"
-                      f" | beyond seed spread |", "|---|---|---|---|"]
+                      f" | {stats.LEVEL:.0%} CI | p | p (Holm) | verdict |",
+                      "|---|---|---|---|---|---|---|"]
         else:
             lines += ["| subset | " + label + " | change vs isolated (+ = better) |",
                       "|---|---|---|"]
@@ -170,13 +165,11 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                 lines.append(f"| {s}{mark} | {v:.4g} | {change} |")
                 continue
             sd = e["spread"][s]
-            beyond = e.get("beyond_spread", {}).get(s)
             lines.append(f"| {s}{mark} | {v:.4g} ± {'—' if sd is None else f'{sd:.2g}'} "
-                         f"({e['seeds'][s]}) | {change} | "
-                         f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
+                         f"({e['seeds'][s]}) | {change} |"
+                         + _tested(e.get("tests", {}).get(s)))
         if seeded:
-            lines += ["", "A change is beyond the seed spread when it is larger than both "
-                      "subsets' seed standard deviations (each over at least 2 seeds)."]
+            lines += ["", TEST_NOTE]
         if e.get("undefined"):
             lines += ["", f"Undefined under this protocol (a part absent from the split): "
                       f"{', '.join(e['undefined'])}."]
@@ -186,15 +179,23 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
-                      f"(+ = better; beyond the seed spread as above, with each {item}'s own "
-                      f"seed standard deviations).", "", f"![per {item}]({task}_per_item.png)",
-                      "", f"| {item} | change | beyond the seed spread |", "|---|---|---|"]
+                      f"(+ = better; tested as above, Holm within this table).", "",
+                      f"![per {item}]({task}_per_item.png)", "",
+                      f"| {item} | change | {stats.LEVEL:.0%} CI | p | p (Holm) | verdict |",
+                      "|---|---|---|---|---|---|"]
             for k, v in e["per_item_gain"].items():
-                beyond = e["per_item_beyond_spread"][k]
-                lines.append(f"| {k} | {_signed(v)} | "
-                             f"{'' if beyond is None else ('**yes**' if beyond else 'no')} |")
+                lines.append(f"| {k} | {_signed(v)} |" + _tested(e["per_item_tests"].get(k)))
         lines.append("")
+    lines += runs_section or []
     return "\n".join(lines)
+
+
+TEST_NOTE = (
+    f"Each change is tested with Welch's t-test over the seeds (two-sided; {stats.LEVEL:.0%} "
+    f"confidence interval of the change); the p-values of one table are Holm-adjusted, and a "
+    f"change is **better** or **worse** when its adjusted p is below {stats.ALPHA} "
+    f"(hgmt/study/stats.py). Every run is evaluated on the same test frames: the test is over "
+    f"training seeds, not over frames.")
 
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:
@@ -228,13 +229,18 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
         if gains:
             fig, ax = plt.subplots(figsize=(7, 3.2))
             values = list(gains.values())
-            ax.bar(range(len(values)), values,
+            tests = [e["per_item_tests"].get(k) for k in gains]
+            whiskers = None if not any(tests) else np.array(
+                [[0.0, 0.0] if t is None else [t["change"] - t["low"], t["high"] - t["change"]]
+                 for t in tests]).T
+            ax.bar(range(len(values)), values, yerr=whiskers, capsize=2,
                    color=["tab:green" if v >= 0 else "tab:red" for v in values])
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
             ax.set_ylabel(f"change in {label}")
-            ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)",
-                         fontsize=9)
+            ci = "" if whiskers is None else f"; whiskers: {stats.LEVEL:.0%} CI"
+            ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)"
+                         f"{ci}", fontsize=9)
             fig.tight_layout()
             paths.append(os.path.join(out_dir, f"{task}_per_item.png"))
             fig.savefig(paths[-1], dpi=100)
@@ -250,7 +256,7 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     frames = "" if "num_examples" not in first else (
         f" Each is evaluated on {first['num_examples']} frames of split "
         f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
-    path = os.path.join(sweep_dir, "sweep.json")
+    path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         return f"Runs finished: {done}.{frames}"
     with open(path) as f:

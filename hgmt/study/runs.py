@@ -1,0 +1,141 @@
+"""A sweep's runs and their configs: the config arguments each run is trained with, whether
+the config each run kept (<run>/config.json) still matches the config file it came from, and
+what the report says about the config the runs used.
+
+The sweep's plan (SWEEP/sweep.json, written by launch/sweep.py) names the config file and the
+arguments given to every run; a run <tasks>[@seed<k>] is that file with `tasks=<tasks>`, the
+arguments, and `--config.seed=<k>` after the first seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from hgmt import workdirs
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def with_tasks(config: str, tasks: str) -> str:
+    """'configs/default.py:runlocal' + 'pose2d' -> 'configs/default.py:runlocal,tasks=pose2d'."""
+    path, _, arg = config.partition(":")
+    items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
+    return f"{path}:{','.join(items + [f'tasks={tasks}'])}"
+
+
+def config_args(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> list[str]:
+    """hgmt.main's config arguments of a sweep's run: `--config=<config>:...,tasks=<tasks>`,
+    the sweep's `extra` arguments, then `--config.seed=<seed_index>` for seeds after the
+    first (the first keeps the config's own seed)."""
+    seed = [f"--config.seed={seed_index}"] if seed_index else []
+    return [f"--config={with_tasks(config, tasks)}", *extra, *seed]
+
+
+def expected_config(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> dict:
+    """The config that `hgmt.main` would save (as its config.json) for this run today: the
+    config file (a relative path is taken from the repository root, as launch/sweep.py runs
+    it) loaded with ml_collections' config_flags and the run's overrides."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    path, _, arg = config.partition(":")
+    if not os.path.isabs(path):
+        path = os.path.join(REPO, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} (the sweep's --config={config}) not "
+                                f"found: run the check from the repository that made the sweep")
+    argv = ["check", *config_args(f"{path}:{arg}" if arg else path, tasks, extra, seed_index)]
+    fv = flags.FlagValues()
+    # config_flags defines the --config.x=y overrides it finds in sys_argv
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv, known_only=True)
+    return json.loads(fv.config.to_json_best_effort(sort_keys=True))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'model': {'depth': 4}} -> {'model.depth': 4}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differences(made: dict, expected: dict) -> list[str]:
+    """The fields where a run's config differs from the expected one, one line each:
+    'total_steps: 1200 in the run, 1500 now' (a field one side lacks: 'absent')."""
+    a, b = _flat(made), _flat(expected)
+    return [f"{k}: {json.dumps(a[k]) if k in a else 'absent'} in the run, "
+            f"{json.dumps(b[k]) if k in b else 'absent'} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
+
+
+def plan(sweep_dir: str) -> dict:
+    """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}."""
+    path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
+                                f" --sweep_dir={sweep_dir}, names the config its runs used")
+    with open(path) as f:
+        return json.load(f)
+
+
+def finished(sweep_dir: str) -> list[str]:
+    """The sweep's run directories with a test evaluation (eval_test.json), sorted."""
+    return [n for n in sorted(os.listdir(sweep_dir))
+            if os.path.isfile(os.path.join(sweep_dir, n, workdirs.result_file()))]
+
+
+def saved_config(sweep_dir: str, name: str) -> dict:
+    """The config a run was trained with (its config.json)."""
+    with open(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)) as f:
+        return json.load(f)
+
+
+def check_configs(sweep_dir: str) -> dict[str, list[str]]:
+    """{run: its differences from the config it would get today} of every finished run
+    ([] where it matches)."""
+    p = plan(sweep_dir)
+    out = {}
+    for name in finished(sweep_dir):
+        if not os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
+            out[name] = [f"no {workdirs.CONFIG_FILE}: the run's config is unknown"]
+            continue
+        out[name] = differences(saved_config(sweep_dir, name), expected_config(
+            p["config"], workdirs.run_tasks(name), p["extra"], workdirs.run_seed_index(name)))
+    return out
+
+
+def config_section(sweep_dir: str) -> list[str]:
+    """The report's section on the config the runs used: the sweep's config file and
+    arguments, then the fields every run's config.json shares (a table) and those that vary
+    with the subset or seed."""
+    done = finished(sweep_dir)
+    names = [n for n in done if os.path.isfile(os.path.join(sweep_dir, n, workdirs.CONFIG_FILE))]
+    if not names:
+        return []
+    unknown = (f" ({len(done) - len(names)} finished runs have no {workdirs.CONFIG_FILE})"
+               if len(names) < len(done) else "")
+    p = plan(sweep_dir) if os.path.isfile(os.path.join(sweep_dir, workdirs.SWEEP_PLAN)) else None
+    configs = [_flat(saved_config(sweep_dir, n)) for n in names]
+    keys = sorted(set().union(*configs))
+    shared = {k: configs[0].get(k) for k in keys
+              if all(k in c and c[k] == configs[0][k] for c in configs)}
+    varying = sorted({k.split(".")[0] for k in keys if k not in shared})
+    made = ("" if p is None else
+            f"launch/sweep.py `--config={p['config']}`"
+            + (f" with `{' '.join(p['extra'])}`" if p["extra"] else "") + "; ")
+    vary = (f" {', '.join(f'`{k}`' for k in varying)} vary with the subset and seed."
+            if varying else "")
+    return ["## The runs' config", "",
+            f"{made}each run keeps the config it was trained with (`<run>/config.json`). "
+            f"The {len(names)} runs{unknown} share every field below.{vary} "
+            f"`python -m hgmt.report --sweep=SWEEP --check_config` lists the runs whose config "
+            f"no longer matches the config file.", "",
+            "| field | value |", "|---|---|",
+            *[f"| {k} | `{json.dumps(v)}` |" for k, v in shared.items()], ""]

@@ -1,0 +1,63 @@
+"""hgmt.study.stats: Welch's t-test and Holm's correction against examples worked by hand."""
+
+import math
+
+import pytest
+
+from hgmt.study import stats
+
+
+def test_welch_matches_a_hand_worked_example():
+    """a = [1, 2, 3], b = [1, 1, 1]: change 1, variance of the change 1/3 + 0 (so df = 2),
+    t = sqrt(3). With 2 degrees of freedom Student's t has closed forms: two-sided
+    p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(3/5), and the 0.975 quantile
+    0.95 / sqrt(2 * 0.975 * 0.025) = 4.3027, so the 95 % interval is 1 +- 4.3027 / sqrt(3)."""
+    t = stats.welch([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) / math.sqrt(3)
+    assert t["change"] == pytest.approx(1.0)
+    assert t["df"] == pytest.approx(2.0)
+    assert t["p"] == pytest.approx(1 - math.sqrt(3 / 5), rel=1e-6)
+    assert (t["low"], t["high"]) == (pytest.approx(1 - half), pytest.approx(1 + half))
+    assert t["n"] == [3, 3]
+    lower_is_better = stats.welch([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], sign=-1.0)
+    assert lower_is_better["change"] == pytest.approx(-1.0)
+    assert (lower_is_better["low"], lower_is_better["high"]) == (
+        pytest.approx(-1 - half), pytest.approx(-1 + half))
+    assert lower_is_better["p"] == pytest.approx(t["p"])
+
+
+def test_welch_needs_two_seeds_and_handles_seeds_that_agree():
+    assert stats.welch([0.5], [0.4, 0.6]) is None
+    same = stats.welch([0.8, 0.8], [0.8, 0.8, 0.8], sign=-1.0)
+    assert (same["change"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
+    assert str(same["change"]) == "0.0"  # no -0.0 in the report
+    apart = stats.welch([0.9, 0.9], [0.8, 0.8])
+    assert apart["change"] == pytest.approx(0.1) and apart["p"] == 0.0
+    assert apart["low"] == apart["high"] == apart["change"]
+
+
+def test_holm_matches_a_hand_worked_example():
+    """p = (0.01, 0.04, 0.03, 0.005), m = 4. Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03,
+    0.03 * 2 = 0.06, 0.04 * 1 = 0.04, raised to 0.06 to keep the order; back in the given
+    order: (0.03, 0.06, 0.06, 0.02). Capped at 1: (0.5, 0.6) -> (1.0, 1.0)."""
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]
+    assert stats.holm([]) == []
+
+
+def test_judge_applies_holm_within_one_table():
+    """Two changes of p 0.03 each: alone each is below 0.05, in one table each is 0.06."""
+    alone = {"change": 0.1, "low": 0.01, "high": 0.2, "p": 0.03, "df": 4.0, "n": [3, 3]}
+    assert stats.judge({"a": alone})["a"]["verdict"] == stats.BETTER
+    both = stats.judge({"a": alone, "b": alone | {"change": -0.1}, "c": None})
+    assert set(both) == {"a", "b"}  # untested rows are left out
+    assert both["a"]["p_holm"] == pytest.approx(0.06)
+    assert both["a"]["verdict"] == both["b"]["verdict"] == stats.UNDETECTED
+    worse = stats.judge({"b": alone | {"change": -0.1, "p": 0.001}, "a": alone})
+    assert worse["b"]["verdict"] == stats.WORSE and worse["a"]["verdict"] == stats.BETTER
+
+
+def test_interval_formats():
+    t = {"change": 0.01146, "low": 0.00026, "high": 0.0227}
+    assert stats.interval(t) == "+0.0115 [+0.00026, +0.023]"
+    assert stats.interval({"change": 79.1, "low": 41.2, "high": 117.6}) == "+79.1 [+41, +118]"
