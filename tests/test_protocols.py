@@ -23,28 +23,49 @@ def _run(protocol, task, pred, batch):
 
 
 # --- BodyNet 2D PCK -----------------------------------------------------------------------------
-def _pose2d_case():
-    """6 examples = BodyNet test batches {0,1,2,3} and {4,5} (batch size 4). Ground truth joint
-    j at integer pixel (10 + 2j, 20); predictions are one-hot heatmaps at chosen pixels."""
-    b = 6
-    gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
-    visible = np.ones((b, 16), np.float32)
-    gt[2, 2] = [0.0, 30.0]  # ex 2, r_hip on column 0: calcDists needs label > 1 (1-based)
-    visible[3, 3] = 0.0  # ex 3, l_hip not visible: empty ground-truth heatmap
-    visible[4, 5] = visible[5, 5] = 0.0  # l_ankle never valid in the second batch
-    pred_xy = gt.copy()
-    pred_xy[1, 0] += [3, 0]  # distance 3 <= 3.2: correct
-    pred_xy[1, 1] += [3, 2]  # sqrt(13) = 3.61 > 3.2: wrong
-    pred_xy[1, 10] += [2, 2]  # 2.83: correct
-    pred_xy[5, 15] += [4, 0]  # 4: wrong
-    pred_xy[2, 2] += [10, 0]  # wrong, but ex 2's r_hip is not scored (column 0)
+def _heatmaps(pred_xy, b):
+    """One-hot (b, R, R, 16) heatmaps at integer 0-based (x, y) pixels."""
     pred = np.zeros((b, R, R, 16), np.float32)
     for i in range(b):
         for j in range(16):
-            x, y = pred_xy[i, j].astype(int)
-            pred[i, y, x, j] = 1.0
-    pred[3, :, :, 4] = 0.0  # ex 3, l_knee: max 0 -> predicted at the first pixel: wrong
-    batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.asarray(visible),
+            x, y = np.asarray(pred_xy[i, j]).astype(int)
+            if 0 <= x < R and 0 <= y < R:
+                pred[i, y, x, j] = 1.0
+    return pred
+
+
+def _pose2d_case():
+    """14 examples, identity crop (label px = image px): BodyNet test batches A = ex 0-3,
+    B = 4-7, C = 8-11 and the partial batch 12-13. Ground truth joint j at (10 + 2j, 20);
+    predictions one-hot at the ground truth unless changed below."""
+    b = 14
+    gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
+    pred_xy = gt.copy()
+    # Batch A.
+    gt[0, 1, 0] = 2.5  # r_knee: pixel trunc(2.5) + 1 = 3 (1-based), drawn peaked at 4
+    pred_xy[0, 1] = [6, 20]  # 3 px from the peak (0-based 3): correct; 4 px from pixel 2
+    gt[1, 2, 1] = -0.5  # r_hip: image y (1-based) 0.5 is not > 1: not drawn, not scored
+    pred_xy[1, 2] = [14, 30]  # (it would be pixel 1 -> peak 3, 10 px away: wrong)
+    gt[1, 3, 1] = 0.5  # l_hip: pixel 1 (1-based), drawn peaked at 3 -> scored
+    pred_xy[1, 3] = [16, 7]  # 5 px from the peak (0-based 2): wrong
+    gt[2, 4, 0] = 64.5  # l_knee right of the map: pixel 65, drawn peaked at column 64
+    pred_xy[2, 4] = [59, 20]  # 4 px from column 63 (0-based): wrong
+    gt[2, 5, 0] = -2.0  # l_ankle: trunc(-1.9999) = -1 -> pixel 0, drawn peaked at 2: scored
+    pred_xy[2, 5] = [5, 20]  # 4 px from 0-based 1: wrong (floor would leave it unscored)
+    pred_xy[3, 10] = [-1, -1]  # r_wrist: all-zero heatmap predicts pixel (1,1): wrong
+    # Batch B: l_wrist unscored in all four (pixel trunc(-3.4999) + 1 = -2 peaks at column
+    # 1, not > 1); r_ankle 4 px off in ex 4.
+    gt[4:8, 15, 0] = -3.5
+    pred_xy[4, 0] += [4, 0]
+    # Batch C: every joint far right of the map (pixel 71: ul = 68 > 64, nothing drawn).
+    gt[8:12, :, 0] = 70.0
+    # Partial batch: all wrong; never evaluated.
+    pred_xy[12:] += [0, 9]
+    pred = _heatmaps(pred_xy, b)
+    # r_elbow: a tie between (x 40, y 10) and (32, 21); row-major order meets y 10 first.
+    pred[3, 10, 40, 11] = pred[3, 21, 32, 11] = 1.0
+    pred[3, 20, 32, 11] = 0.0
+    batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.ones((b, 16)),
              "image": jnp.zeros((b, 4 * R, 4 * R, 3), jnp.uint8),  # the label size
              "crop": jnp.tile(jnp.eye(2, 3, dtype=jnp.float32), (b, 1, 1)),
              "position": jnp.arange(b, dtype=jnp.int32)}
@@ -55,20 +76,29 @@ def test_bodynet_pck_reproduces_eval_lua():
     pred, batch = _pose2d_case()
     used, s = _run("bodynet", "pose2d", pred, batch)
     assert used == "bodynet"
-    # bodynet training/util/eval.lua:317 scores joints {1,2,3,4,5,6,11,12,15,16} (1-based);
-    # :88-111 heatmapAccuracy: per joint correct / valid within the batch (:78 distAccuracy,
-    # threshold .5 of heatmapSize/10 = 6.4 px, :93), joints without a valid instance skipped
-    # (:109-111); :13 calcDists skips ground truth on the first row/column; :48 a heatmap
-    # with max <= 0 predicts pixel (1,1).
-    # Batch 1: r_knee 3/4, l_knee 3/4, r_hip 3/3 (ex 2 skipped), l_hip 3/3, the rest 4/4:
-    #   (8 + 0.75 + 0.75) / 10 = 0.95.
-    # Batch 2: l_ankle skipped, l_wrist 1/2, the rest 2/2: (8 + 0.5) / 9.
-    # bodynet training/test.lua:272 sums per-batch PCK, :81 divides by the batch count.
-    expected = (0.95 + 8.5 / 9) / 2
-    assert s["pck"] == pytest.approx(expected, abs=1e-9) and s["num_batches"] == 2
-    assert s["pck_per_joint"]["r_knee"] == pytest.approx(5 / 6)
-    assert s["pck_per_joint"]["r_hip"] == 1.0 and s["pck_per_joint"]["l_ankle"] == 1.0
-    assert s["pck_per_joint"]["l_wrist"] == pytest.approx(5 / 6)
+    # Ground truth (bodynet training/donkey.lua:288-289, util/img.lua:62-64 and 223-243):
+    # a joint is drawn if its image y (1-based) > 1, at pixel trunc(x + 1e-4) + 1; drawGaussian
+    # starts the 7x7 kernel at index max(1, -ul), ul = pixel - 3, so pixels 3, 2, 1, 0, -1, -2
+    # peak at 4, 4, 3, 2, 1, 1 and pixel 65 (right of a 64 map) at 64.
+    # util/eval.lua:317 scores joints {1,2,3,4,5,6,11,12,15,16}; :40-52 the first maximum in
+    # row-major order, (1,1) for a max <= 0; :13 only ground truth beyond the first row and
+    # column; :78-86 correct if distance / 6.4 <= 0.5; :106-111 the mean over the joints with
+    # a scored instance in the batch.
+    # A: r_ankle 1, r_knee 4/4 (3 px from the shifted peak), r_hip 3/3 (ex 1 not drawn),
+    #    l_hip 3/4, l_knee 3/4, l_ankle 3/4, r_wrist 3/4, r_elbow 3/4 (the tie's first maximum
+    #    is (40, 10)), l_elbow 1, l_wrist 1 -> (5 + 5 * 0.75) / 10 = 0.875.
+    # B: l_wrist never scored, r_ankle 3/4, 8 others 1 -> 8.75 / 9.  C: no joint scored: NaN.
+    # training/test.lua:62 loops over floor(14 / 4) = 3 batches (ex 12-13 never evaluated),
+    # :272 adds the non-NaN batches, :81 divides by 14 / 4 - 1 NaN batch = 2.5.
+    expected = (0.875 + 8.75 / 9) / 2.5
+    assert s["pck"] == pytest.approx(expected, abs=1e-9)
+    assert s["num_batches"] == 3 and s["batches_without_scored_joint"] == 1
+    assert s["examples_not_evaluated"] == 2
+    assert s["examples_with_unscored_joint"] == 9  # ex 1, batch B, batch C
+    # Per joint over the evaluated examples: r_knee 8/8, l_wrist 4/4 (batch A only).
+    assert s["pck_per_joint"]["r_knee"] == 1.0 and s["pck_per_joint"]["l_wrist"] == 1.0
+    assert s["pck_per_joint"]["r_ankle"] == pytest.approx(7 / 8)
+    assert s["pck_per_joint"]["l_hip"] == pytest.approx(7 / 8)
     assert "pelvis" not in s["pck_per_joint"] and len(s["pck_per_joint"]) == 10
     # hgmt's protocol on the same predictions: 16 joints, sub-pixel, pooled over the split.
     used, h = _run("hgmt", "pose2d", pred, batch)
@@ -76,34 +106,53 @@ def test_bodynet_pck_reproduces_eval_lua():
 
 
 def test_bodynet_pck_batches_follow_the_test_order():
-    """The same examples in another order fall in other batches: the mean changes as the
-    reference's would (ex 1 and 3 together, 5 alone...)."""
+    """The same examples in another order fall in other batches: ex 0-3 and 4-7 swap halves
+    and ex 12-13 change places with ex 10-11."""
     pred, batch = _pose2d_case()
-    batch = dict(batch, position=jnp.array([0, 4, 1, 5, 2, 3], jnp.int32))
+    order = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11]
+    batch = dict(batch, position=jnp.asarray(order, jnp.int32))
     _, s = _run("bodynet", "pose2d", pred, batch)
-    # Batch 1 = ex 0, 2, 4, 5: r_hip 3/3, l_ankle 2/2 (ex 4, 5 not valid), l_wrist 3/4 ->
-    #   (9 + 0.75) / 10. Batch 2 = ex 1, 3: r_knee 1/2, l_knee 1/2, l_hip 1/1 -> 9 / 10.
-    assert s["pck"] == pytest.approx((0.975 + 0.9) / 2, abs=1e-9)
+    # Batch 1 = ex 0, 1, 4, 5: r_ankle 3/4, r_hip 3/3, l_hip 3/4, l_wrist 2/2, 6 others 1
+    #   -> 9.5 / 10. Batch 2 = ex 2, 3, 6, 7: l_knee, l_ankle, r_wrist, r_elbow 3/4, l_wrist
+    #   2/2, 5 others 1 -> 9 / 10. Batch 3 = ex 8, 9, 12, 13: ex 12-13's 10 joints are
+    #   scored, all 9 px off: 0. Ex 10-11 are not evaluated; no batch is NaN: / 3.5.
+    assert s["pck"] == pytest.approx((0.95 + 0.9 + 0.0) / 3.5, abs=1e-9)
+    assert s["batches_without_scored_joint"] == 0
 
 
 # --- BodyNet 3D MJD -------------------------------------------------------------------------
+# The crop maps image pixel (u, v) to label (0.3 (u - 160) + 32, 0.3 (v - 120) + 32): label
+# pixel (32, 32) is image pixel (160, 120) on the optical axis, (33, 32) is u = 163.33.
+_CROP = [[0.3, 0.0, -16.0], [0.0, 0.3, -4.0]]
+
+
 def _pose3d_case():
-    """One example: the crop maps image pixel (u, v) to label ((u - 160)/4 + 32, (v - 120)/4 +
-    32); the ground-truth pelvis is at depth 6 m on the optical axis, r_ankle 0.16 m to its
-    right at the same depth, every other joint at the pelvis."""
-    crop = jnp.array([[[0.25, 0.0, -8.0], [0.0, 0.25, 2.0]]], jnp.float32)
-    joints = np.zeros((1, 16, 3), np.float32)
+    """5 examples: BodyNet's batch of ex 0-3, and ex 4 in the partial batch. The pelvis is at
+    6 m on the optical axis; ground truth: r_ankle (0.03333, 0, 6) m, on the ray of image u =
+    163.33 (label x 33), r_knee 2 bins (90 mm) behind the pelvis, every other joint at the
+    pelvis. Predictions: each joint at its ground-truth label pixel and bin; in ex 0 r_knee
+    also at bin -1 with the same score (a tie); in ex 2 l_ankle's volume is all zero; ex 4's
+    joints are all 10 bins off."""
+    b = 5
+    joints = np.zeros((b, 16, 3), np.float32)
     joints[..., 2] = 6.0
-    joints[0, 0, 0] = 0.16  # label pixel (36, 32): u = 176 -> X = 16 / 600 * 6 m
-    batch = {"crop": crop, "pelvis_depth": jnp.array([6.0], jnp.float32),
-             "joints3d": jnp.asarray(joints), "joints2d": jnp.zeros((1, 16, 2)),
-             "visible": jnp.ones((1, 16)), "image": jnp.zeros((1, 4 * R, 4 * R, 3), jnp.uint8)}
-    vol = np.zeros((1, 16, R, R, 19), np.float32)  # (B, joint, y, x, bin + 9)
-    vol[0, :, 32, 32, 9 + 1] = 1.0  # every joint, the pelvis too, at (32, 32) bin +1
-    vol[0, 0] = 0.0
-    vol[0, 0, 32, 36, 9 + 0] = 1.0  # r_ankle at (36, 32), bin 0
-    vol[0, 1, 40, 40, 9 - 3] = 0.5  # r_knee: a lower second peak is ignored
-    pred = jnp.asarray(np.transpose(vol, (0, 2, 3, 1, 4)).reshape(1, R, R, 16 * 19))
+    joints[:, 0, 0] = 6.0 * (1 / 0.3) / 600  # r_ankle
+    joints[:, 1, 2] = 6.09  # r_knee
+    batch = {"crop": jnp.tile(jnp.asarray([_CROP], jnp.float32), (b, 1, 1)),
+             "pelvis_depth": jnp.full((b,), 6.0, jnp.float32), "joints3d": jnp.asarray(joints),
+             "joints2d": jnp.zeros((b, 16, 2)), "visible": jnp.ones((b, 16)),
+             "image": jnp.zeros((b, 4 * R, 4 * R, 3), jnp.uint8),
+             "position": jnp.arange(b, dtype=jnp.int32)}
+    vol = np.zeros((b, 16, R, R, 19), np.float32)  # (B, joint, y, x, bin + 9)
+    vol[:, :, 32, 32, 9] = 1.0
+    vol[:, 0, 32, 32, 9] = 0.0
+    vol[:, 0, 32, 33, 9] = 1.0  # r_ankle at label (33, 32), bin 0
+    vol[:, 1, 32, 32, 9] = 0.0
+    vol[:, 1, 32, 32, 9 + 2] = 1.0  # r_knee at bin +2
+    vol[0, 1, 32, 32, 9 - 1] = 1.0  # the tie: bin -1 as high
+    vol[2, 5] = 0.0  # l_ankle: an all-zero volume
+    vol[4] = np.roll(vol[4], -9, axis=-1)
+    pred = jnp.asarray(np.transpose(vol, (0, 2, 3, 1, 4)).reshape(b, R, R, 16 * 19))
     return pred, batch
 
 
@@ -111,31 +160,48 @@ def test_bodynet_mjd_reproduces_eval_lua():
     pred, batch = _pose3d_case()
     used, s = _run("bodynet", "pose3d", pred, batch)
     assert used == "bodynet"
-    # bodynet training/util/eval.lua:416 getPreds3DCropped (global argmax, :23 tensorMax);
-    # :479-485 depth = -(z - middleZ) * stp + pelvis depth, back-projected, then aligned at the
-    # *predicted* pelvis (bin +1, 6.045 m). r_ankle: (0.16, 0, 6.0) - (0, 0, 6.045) against
-    # ground truth (0.16, 0, 0): 45 mm. Every other joint sits with the pelvis: 0 mm.
-    # :191 PE_off; bodynet training/test.lua:87-90: mean over examples, then over 16 joints.
-    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(45.0, abs=1e-3)
+    # bodynet training/util/eval.lua:416 getPreds3DCropped, :23-27 tensorMax: the first
+    # maximum of nonzero() in (z, y, x) order; z = 1 is the farthest bin +9 (donkey.lua:
+    # 315-322, z = round(-dz / stp) + 10), so r_knee's tie goes to bin +2: 0 mm.
+    # An all-zero volume ties everywhere: l_ankle in ex 2 at z = 1 (bin +9), pixel (0, 0).
+    # :464-465 transform(..., true) (util/img.lua:62-64): the image pixel trunc(u + 1e-4) + 1,
+    # back-projected minus 1 (:484): label (33, 32) -> u = 163 (not 163.33), so r_ankle is
+    # 1/3 px = 3.333 mm off at 6 m; label (0, 0) -> (53, 13) (u = 53.33, v = 13.33).
+    # :479-485: depth = pelvis + bin x 45 mm, K^-1 [u v 1] x depth (util/camerautils.lua:
+    # 72-80; K = [[600, 0, 160], [0, 600, 120]]), aligned at the predicted pelvis (exact).
+    ankle = 1000 * 6.0 * (1 / 0.3 - 3) / 600
+    z = 6.0 + 9 * 0.045
+    l_ankle = 1000 * np.sqrt(((53 - 160) * z / 600) ** 2 + ((13 - 120) * z / 600) ** 2
+                             + (z - 6.0) ** 2)
+    # training/test.lua:62 evaluates floor(5 / 4) = 1 batch (ex 4 never); eval.lua:490, 520
+    # sum the batch's errors and divide by 4; test.lua:87 divides by 5 / 4 batches: / 5.
+    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(4 * ankle / 5, abs=2e-3)
     assert s["mjd_mm_per_joint"]["r_knee"] == pytest.approx(0.0, abs=1e-3)
-    assert s["mjd_mm"] == pytest.approx(45.0 / 16, abs=1e-3)
-    # hgmt's decoding puts the pelvis at its ground-truth depth (bin 0): 14 joints are 45 mm
-    # off and r_ankle is right.
-    _, h = _run("hgmt", "pose3d", pred, batch)
-    assert h["mjd_mm"] == pytest.approx(14 * 45.0 / 16, abs=1e-3)
+    assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(l_ankle / 5, rel=1e-5)
+    assert s["mjd_mm"] == pytest.approx((4 * ankle + l_ankle) / 5 / 16, rel=1e-5)
+    assert s["examples_not_evaluated"] == 1
+    # hgmt's decoding on ex 0-3 keeps the fractional pixel (r_ankle exact) and breaks
+    # r_knee's tie towards the near bin -1 (135 mm off).
+    _, h = _run("hgmt", "pose3d", pred[:4], jax.tree.map(lambda x: x[:4], batch))
+    assert h["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(0.0, abs=1e-3)
+    assert h["mjd_mm_per_joint"]["r_knee"] == pytest.approx(135.0 / 4, abs=1e-2)
 
 
 # --- SURREAL segmentation ---------------------------------------------------------------------
 def _segm_case():
     """Image 1 (4x4): ground truth background, parts 1..14, background; predicted the same but
     head -> torso, part 5 -> background, the last background pixel -> part 14. Image 2: all
-    torso, predicted right."""
+    torso, predicted right. Images 3-6: background, predicted right. Image 7 (in no full test
+    batch): all head, predicted torso."""
     gt1 = np.array([0, *range(1, 15), 0]).reshape(4, 4)
     pr1 = gt1.copy().reshape(-1)
     pr1[1], pr1[5], pr1[15] = 2, 0, 14
-    gt = np.stack([gt1, np.full((4, 4), 2)])
-    pr = np.stack([pr1.reshape(4, 4), np.full((4, 4), 2)])
-    return jax.nn.one_hot(pr, 15) * 5.0, {"segm": jnp.asarray(gt, jnp.int32)}
+    zero = np.zeros((4, 4), int)
+    gt = np.stack([gt1, np.full((4, 4), 2), zero, zero, zero, zero, np.ones((4, 4), int)])
+    pr = np.stack([pr1.reshape(4, 4), np.full((4, 4), 2), zero, zero, zero, zero,
+                   np.full((4, 4), 2)])
+    batch = {"segm": jnp.asarray(gt, jnp.int32), "position": jnp.arange(7, dtype=jnp.int32)}
+    return jax.nn.one_hot(pr, 15) * 5.0, batch
 
 
 def test_surreal_segmentation_reproduces_eval_lua():
@@ -145,40 +211,54 @@ def test_surreal_segmentation_reproduces_eval_lua():
     # surreal training/eval.lua:22-50 segmPerformance accumulates per class tp (intersection),
     # npos + p - tp (union) and npos; training/test.lua:54-57: IoU = intersection / union and
     # pixel accuracy = intersection / npos over the split, averaged over classes 2..15.
+    # test.lua:35 runs floor(7 / 6) = 1 batch of 6 (opts.lua:48): image 7 is never scored.
     # head: 0/1, torso: 17/18 (16 + 1 right, 1 more predicted), part 5: 0/1, part 14: 1/2,
     # the 10 others 1: mean IoU = (17/18 + 1/2 + 10) / 14.
     assert s["iou_per_part"]["torso"] == pytest.approx(17 / 18)
     assert s["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
     # Accuracy per class: head 0, torso 17/17, part 5 0, part 14 1/1, others 1 -> 12 / 14.
     assert s["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
-    assert s["undefined"] == []
-    # hgmt's pixel accuracy counts background too: 29 of 32 pixels.
+    assert s["undefined"] == [] and s["examples_not_evaluated"] == 1
+    # hgmt's pixel accuracy counts background too, and every image: 93 of 112 pixels.
     _, h = _run("hgmt", "segm", pred, batch)
-    assert h["pixel_accuracy"] == pytest.approx(29 / 32)
-    # BodyNet's segmentation code is SURREAL's (bodynet training/util/eval.lua:130).
-    assert _run("bodynet", "segm", pred, batch) == ("bodynet", s)
+    assert h["pixel_accuracy"] == pytest.approx(93 / 112)
+    # BodyNet's segmentation code is SURREAL's (bodynet training/util/eval.lua:130) in its
+    # batches of 4 (bodynet opts.lua:69, test.lua:62): floor(7 / 4) = 1 batch, images 1-4.
+    assert _run("bodynet", "segm", pred, batch) == ("bodynet", {**s,
+                                                                "examples_not_evaluated": 3})
 
 
 def test_surreal_segmentation_undefined_where_reference_is_nan():
     # Only the head occurs: the reference's 0/0 for the 13 other parts makes its means NaN.
-    pred = jax.nn.one_hot(jnp.array([[[1, 0]]]), 15)
-    _, s = _run("surreal", "segm", pred, {"segm": jnp.array([[[1, 0]]], jnp.int32)})
+    pred = jax.nn.one_hot(jnp.array([[[1, 0]]] * 6), 15)
+    batch = {"segm": jnp.array([[[1, 0]]] * 6, jnp.int32), "position": jnp.arange(6)}
+    _, s = _run("surreal", "segm", pred, batch)
     assert s["mean_iou"] is None and s["pixel_accuracy"] is None
     assert s["iou_per_part"]["head"] == 1.0 and s["iou_per_part"]["torso"] is None
-    assert len(s["undefined"]) == 13
+    assert len(s["undefined"]) == 13 and "torso" in s["null_reasons"]["mean_iou"]
 
 
 # --- SURREAL depth ----------------------------------------------------------------------------
 def _depth_case():
-    """Three 2x2 images, pelvis at 5 m. Ground-truth classes (0 background, 10 = the pelvis's
-    bin): A [[10, 11], [0, 12]], B all 10, C no foreground. Predictions: A [[10, 13], [5, 0]],
-    B all 11, C anything."""
-    gt = np.array([[[10, 11], [0, 12]], [[10, 10], [10, 10]], [[0, 0], [0, 0]]])
+    """Eight 3x3 images, pelvis at 5 m; ground-truth classes (0 background, 10 the pelvis's
+    bin) and predictions, foreground pixels in row-major order:
+    A gt 10, 11, 12 | pred 10, 13, 0 (background)   B gt 10 x4 | pred 11 x4
+    C no foreground                                  D one pixel 15 | pred 0
+    E gt 10 x5 | pred 13, 10, 10, 10, 17             F gt 9, 10 | pred 9, 12
+    G, H gt 10 x4 | pred 14 x4."""
+    gt = np.zeros((8, 3, 3), int)
+    pr = np.zeros((8, 3, 3), int)
+    gt[0].flat[[0, 1, 4]], pr[0].flat[[0, 1, 3]] = [10, 11, 12], [10, 13, 5]
+    gt[1].flat[:4], pr[1] = 10, 11
+    gt[3, 1, 1] = 15
+    gt[4].flat[:5], pr[4].flat[:5] = 10, [13, 10, 10, 10, 17]
+    gt[5].flat[[7, 8]], pr[5].flat[[7, 8]] = [9, 10], [9, 12]
+    gt[6:].reshape(2, 9)[:, :4], pr[6:] = 10, 14
     # A depth inside each class's 45 mm interval: class c holds ((c-11)*45, (c-10)*45] mm.
     metres = np.where(gt > 0, 5.0 + (gt - 10) * 0.045 - 0.02, 0.0)
-    pr = np.array([[[10, 13], [5, 0]], [[11, 11], [11, 11]], [[3, 4], [5, 6]]])
     batch = {"depth": jnp.asarray(metres, jnp.float32),
-             "pelvis_depth": jnp.full((3,), 5.0, jnp.float32)}
+             "pelvis_depth": jnp.full((8,), 5.0, jnp.float32),
+             "position": jnp.arange(8, dtype=jnp.int32)}
     np.testing.assert_array_equal(depth.targets(batch), gt)
     return jax.nn.one_hot(pr, 20) * 5.0, batch
 
@@ -187,18 +267,74 @@ def test_surreal_depth_rmse_reproduces_eval_lua():
     pred, batch = _depth_case()
     used, s = _run("surreal", "depth", pred, batch)
     assert used == "surreal"
-    # surreal training/eval.lua:54-69 depthRMSE: per image sqrt(mean over ground-truth
-    # foreground (label ~= 1, i.e. class 0 here) of (label - argmax)^2), summed and divided by
-    # the batch size (an empty image adds nothing but counts); training/test.lua:58 averages
-    # the batches. A: errors 0, 2, 12 (predicted background on class 12) -> sqrt(148/3);
-    # B: 1; C: 0 (no foreground). Times 45 mm per bin.
-    bins = (np.sqrt(148 / 3) + 1.0 + 0.0) / 3
+    # surreal training/eval.lua:54-70 depthRMSE: per image, the ground-truth foreground
+    # (label ~= 1, class 0 here) in row-major order, `unfold(1, 2, 2)` into pairs (an odd
+    # last pixel is dropped), sqrt of the mean squared class error, a predicted background
+    # counting as class 0. A: errors 0, 2 (12's error 12 dropped) -> sqrt(2); B: 1; C: no
+    # foreground, adds 0 (:62-66); D: one pixel, where unfold raises: hgmt adds 0 and counts
+    # it; E: 3, 0, 0, 0 (7 dropped) -> 1.5; F: 0, 2 -> sqrt(2).
+    # training/test.lua:35 evaluates floor(8 / 6) = 1 batch of 6 (opts.lua:48: G, H never);
+    # eval.lua:69 divides the batch's sum by 6, test.lua:58 the batches' sum by 8 / 6.
+    bins = (np.sqrt(2) + 1 + 0 + 0 + 1.5 + np.sqrt(2)) / 8
     assert s["rmse_bins"] == pytest.approx(bins, rel=1e-6)
     assert s["rmse_mm"] == pytest.approx(bins * 45.0, rel=1e-6)
-    # hgmt pools the pixels of the split: sqrt((148 + 4) / 7) bins.
+    assert s["images_no_foreground"] == 1 and s["images_one_foreground_pixel"] == 1
+    assert s["foreground_pixels_dropped"] == 2 and s["examples_not_evaluated"] == 2
+    # BodyNet runs the same function in batches of 4 (bodynet opts.lua:69): 2 full batches,
+    # G and H (4 bins each) included.
+    _, b = _run("bodynet", "depth", pred, batch)
+    assert b["rmse_bins"] == pytest.approx(bins + 8 / 8, rel=1e-6)
+    assert b["examples_not_evaluated"] == 0
+    # hgmt pools every foreground pixel of the split: sqrt(567 / 23) bins.
     _, h = _run("hgmt", "depth", pred, batch)
-    assert h["rmse_mm"] == pytest.approx(np.sqrt(152 / 7) * 45.0, rel=1e-5)
-    assert _run("bodynet", "depth", pred, batch) == ("bodynet", s)
+    assert h["rmse_mm"] == pytest.approx(np.sqrt(567 / 23) * 45.0, rel=1e-5)
+
+
+# --- hgmt's own protocol: empty cases and thresholds ---------------------------------------------
+def test_hgmt_protocol_writes_null_with_a_reason_for_empty_cases():
+    import json
+
+    empty = {
+        "segm": segm.summarize({"confusion": np.diag([5.0] + [0.0] * 14)}),  # background only
+        "depth": depth.summarize({"sq_error_mm": 0.0, "correct": 0.0, "foreground": 0.0}),
+        "pose3d": pose3d.summarize({"error_mm_sum": np.zeros(16), "count": np.zeros(16)}),
+        "pose2d": pose2d.summarize({"pckh_correct": np.zeros((16, 21)),
+                                    "visible": np.zeros(16), "pck_correct": np.zeros(16)}),
+    }
+    for task, metrics in [("segm", ["mean_iou"]), ("depth", ["rmse_mm", "bin_accuracy"]),
+                          ("pose3d", ["mjd_mm"]), ("pose2d", ["pckh@0.5", "pck@3.2px"])]:
+        for m in metrics:
+            assert empty[task][m] is None, (task, m)
+            assert empty[task]["null_reasons"][m], (task, m)
+    assert empty["segm"]["pixel_accuracy"] == 1.0 and "pixel_accuracy" not in empty[
+        "segm"]["null_reasons"]
+    assert "no joint visible" in empty["pose2d"]["null_reasons"]["pckh@0.5"]
+    assert "no ground-truth foreground" in empty["depth"]["null_reasons"]["rmse_mm"]
+    json.dumps(empty, allow_nan=False)  # no NaN anywhere
+    # A defined number has no reason.
+    assert "null_reasons" not in segm.summarize({"confusion": np.eye(15)})
+
+
+def test_hgmt_thresholds_compare_with_less_or_equal():
+    """PCK@3.2px at label size 80 is a 4.0 px threshold: a joint exactly 4 px off counts, as
+    PCKh's and BodyNet's thresholds do."""
+    r, b = 80, 1
+    gt = np.stack([np.stack([20.0 + 2 * np.arange(16), np.full(16, 30.0)], -1)])
+    gt[0, surreal.HEAD_TOP] = [60.0, 30.0]
+    gt[0, surreal.UPPER_NECK] = [60.0, 38.0]  # head segment 8 px: PCKh@0.5 at 4 px
+    pred_xy = gt.copy()
+    pred_xy[0, 0] += [4, 0]  # exactly at both thresholds
+    pred_xy[0, 1] += [0, 5]  # beyond both
+    pred = np.zeros((b, r, r, 16), np.float32)
+    for j in range(16):
+        x, y = pred_xy[0, j].astype(int)
+        pred[0, y, x, j] = 1.0
+    batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.ones((b, 16)),
+             "image": jnp.zeros((b, 4 * r, 4 * r, 3), jnp.uint8),
+             "crop": jnp.tile(jnp.eye(2, 3, dtype=jnp.float32), (b, 1, 1))}
+    _, h = _run("hgmt", "pose2d", jnp.asarray(pred), batch)
+    assert h["pck@3.2px"] == pytest.approx(15 / 16)
+    assert h["pckh@0.5"] == pytest.approx(15 / 16)
 
 
 # --- Selection, JSON and Markdown ----------------------------------------------------------------

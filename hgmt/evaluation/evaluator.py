@@ -193,7 +193,7 @@ def write_report(summary: dict, out: str) -> None:
     disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
     stem = os.path.splitext(out)[0]
     disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
-    if "pckh_curve" in summary.get("pose2d", {}):
+    if summary.get("pose2d", {}).get("pckh_curve", {}).get("mean") is not None:
         from hgmt.tasks import drawing
 
         with disk_space.reported(stem + "_pckh.png", "the PCKh curve"):

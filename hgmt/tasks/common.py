@@ -12,6 +12,13 @@ BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
 MAX_BIN = 9  # bins are clamped to [-9, 9]
 
 
+# The test batch sizes of the reference code (`batchSize` in training/opts.lua): BodyNet's
+# PCK is a mean over test batches, and both references run floor(N / batchSize) full batches
+# but divide by N / batchSize (bodynet training/test.lua:62, :80-89; surreal
+# training/test.lua:35, :53-58).
+REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 6}  # bodynet opts.lua:69, surreal opts.lua:48
+
+
 def label_size(batch: dict) -> int:
     """r, the side of a batch's label maps, from its (B,R,R,3) images."""
     return batch["image"].shape[-3] // LABEL_STRIDE
@@ -23,6 +30,29 @@ def example_weights(batch: dict, n: int) -> jnp.ndarray:
     if "mask" in batch:
         return batch["mask"].astype(jnp.float32)
     return jnp.ones(n, jnp.float32)
+
+
+def full_batch_weights(batch: dict, n: int, num_examples: int, batch_size: int
+                       ) -> jnp.ndarray:
+    """(n,) `example_weights` times 1 where the example falls in one of the reference's
+    floor(num_examples / batch_size) full test batches (by batch['position'], its index in
+    the test order), 0 in the last partial batch, which the reference never evaluates."""
+    full = (num_examples // batch_size) * batch_size
+    return example_weights(batch, n) * (batch["position"] < full).astype(jnp.float32)
+
+
+def torch_int(v: jnp.ndarray) -> jnp.ndarray:
+    """Torch's `:int()` of the reference's `transform(..., true)`: the C cast, which truncates
+    toward zero (-0.7 -> 0), as int32."""
+    return jnp.trunc(v).astype(jnp.int32)
+
+
+def with_null_reasons(values: dict, reasons: dict[str, str]) -> dict:
+    """`values` plus "null_reasons": {metric: why it is null} for each metric of `reasons`
+    whose value is None (the key is absent when none is): an empty case is written as null
+    with its reason, never as 0 or NaN."""
+    why = {k: r for k, r in reasons.items() if values.get(k) is None}
+    return {**values, "null_reasons": why} if why else values
 
 
 def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:

@@ -2,9 +2,11 @@
 + 10 on the foreground. Spatial cross-entropy. Metrics (protocol hgmt): RMSE in mm over all
 ground-truth foreground pixels of the split (bin index error x 45 mm) and the accuracy of the bin
 class there. Protocols surreal/bodynet: `surreal_stats`, the mean over images of each image's
-RMSE (docs/metrics.md)."""
+RMSE as SURREAL's code computes it (docs/metrics.md)."""
 
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -69,38 +71,71 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
 
 
 def summarize(stats: dict) -> dict:
-    n = max(float(stats["foreground"]), 1.0)
-    return {"rmse_mm": float(np.sqrt(float(stats["sq_error_mm"]) / n)),
-            "bin_accuracy": float(stats["correct"]) / n}
+    """Split sums -> RMSE (mm) and bin accuracy over the ground-truth foreground pixels; both
+    None, with the reason, where the split has no foreground pixel."""
+    n = float(stats["foreground"])
+    return common.with_null_reasons({
+        "rmse_mm": float(np.sqrt(float(stats["sq_error_mm"]) / n)) if n > 0 else None,
+        "bin_accuracy": float(stats["correct"]) / n if n > 0 else None,
+    }, dict.fromkeys(("rmse_mm", "bin_accuracy"), "no ground-truth foreground pixel"))
 
 
-# --- Protocols "surreal" and "bodynet": gulvarol/surreal training/eval.lua `depthRMSE` (the same
-# function in BodyNet's training/util/eval.lua), averaged by training/test.lua: per image the
-# RMSE in bins between the argmax class and the ground-truth class over the image's ground-truth
-# foreground (predicted background counts as class 0 there), then the mean over images. The
-# SURREAL paper reports it in mm: bins x 45 mm.
-def surreal_stats(pred: jnp.ndarray, batch: dict) -> dict:
-    """(B,r,r,20) logits -> the sum over images of each image's RMSE in bins, and the image
-    count. An image without foreground adds 0 but counts (depthRMSE divides by nBatch)."""
+# --- Protocols "surreal" and "bodynet": gulvarol/surreal training/eval.lua `depthRMSE` (lines
+# 54-70; the same function in BodyNet's training/util/eval.lua), averaged by training/test.lua:
+# per image the RMSE in bins between the argmax class and the ground-truth class over the
+# image's ground-truth foreground, the last foreground pixel dropped when there is an odd
+# number of them, then the sum over the images of the full test batches divided by the number
+# of images. The SURREAL paper reports it in mm: bins x 45 mm.
+def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
+                  batch_size: int) -> dict:
+    """(B,r,r,20) logits -> the sum over the images of the floor(N / batch_size) full test
+    batches of each image's RMSE in bins, and counts of the images it could not score.
+
+    eval.lua:59-63: `label[b][ix]` and `pred[ix]` list the foreground pixels in row-major
+    order and `unfold(1, 2, 2)` cuts them into pairs, so with an odd count n the last one is
+    dropped and the mean is over 2 * floor(n / 2) pixels (a predicted background pixel
+    counts as class 0 there). An image without foreground adds 0 (eval.lua:64-66). With n = 1
+    `unfold` raises and the reference stops; hgmt adds 0 for that image as for an image
+    without foreground and counts it in `images_one_foreground_pixel`."""
     gt = targets(batch)
-    fg = gt > 0
-    sq = jnp.where(fg, (common.argmax_classes(pred) - gt).astype(jnp.float32) ** 2, 0.0)
-    n = fg.sum((1, 2))
-    rmse = jnp.where(n > 0, jnp.sqrt(sq.sum((1, 2)) / jnp.maximum(n, 1)), 0.0)
-    weights = common.example_weights(batch, rmse.shape[0])
-    return {"rmse_bins_sum": weights @ rmse, "images": weights.sum()}
+    b = gt.shape[0]
+    fg = (gt > 0).reshape(b, -1)
+    n = fg.sum(1)
+    pairs = 2 * (n // 2)
+    kept = fg & (jnp.cumsum(fg, 1) <= pairs[:, None])  # drops the odd one out
+    err = (common.argmax_classes(pred) - gt).reshape(b, -1).astype(jnp.float32)
+    rmse = jnp.sqrt(jnp.where(kept, err**2, 0.0).sum(1) / jnp.maximum(pairs, 1))
+    weights = common.full_batch_weights(batch, b, num_examples, batch_size)
+    return {"rmse_bins_sum": weights @ jnp.where(pairs > 0, rmse, 0.0),
+            "images_no_foreground": weights @ (n == 0).astype(jnp.float32),
+            "images_one_foreground_pixel": weights @ (n == 1).astype(jnp.float32),
+            "pixels_dropped": weights @ ((n % 2) * (n > 1)).astype(jnp.float32)}
 
 
-def surreal_summarize(stats: dict) -> dict:
-    images = max(float(stats["images"]), 1.0)
-    rmse_bins = float(stats["rmse_bins_sum"]) / images
-    return {"rmse_mm": rmse_bins * common.BIN_SIZE * 1000.0, "rmse_bins": rmse_bins}
+def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:
+    """test.lua:135 sums the batches' depthRMSE (each the sum over its images / the batch
+    size) and :58 divides by N / batch_size: the sum over the evaluated images / N."""
+    rmse_bins = float(stats["rmse_bins_sum"]) / num_examples if num_examples else None
+
+    def count(key: str) -> int:
+        return int(round(float(stats[key])))
+
+    return common.with_null_reasons({
+        "rmse_mm": None if rmse_bins is None else rmse_bins * common.BIN_SIZE * 1000.0,
+        "rmse_bins": rmse_bins,
+        "images_no_foreground": count("images_no_foreground"),
+        "images_one_foreground_pixel": count("images_one_foreground_pixel"),
+        "foreground_pixels_dropped": count("pixels_dropped"),
+        "examples_not_evaluated": num_examples - (num_examples // batch_size) * batch_size,
+    }, dict.fromkeys(("rmse_mm", "rmse_bins"), "no example"))
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
-    BodyNet's code also uses."""
-    return surreal_stats, surreal_summarize
+    BodyNet's code also uses, averaged over that reference's test batches."""
+    size = common.REFERENCE_TEST_BATCH[protocol]
+    kw = {"num_examples": num_examples, "batch_size": size}
+    return (functools.partial(surreal_stats, **kw), functools.partial(surreal_summarize, **kw))
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------

@@ -1,7 +1,7 @@
 """2D pose: 16 Gaussian heatmaps (sigma 1 px) at the label resolution, MSE loss.
 
 Metrics (protocol hgmt): PCKh@0.5 (head segment = |head_top - upper_neck| in the crop) per
-joint and mean, PCK@3.2px (sub-pixel distance < 3.2 px at 64x64, all 16 joints), and the PCKh
+joint and mean, PCK@3.2px (sub-pixel distance <= 3.2 px at 64x64, all 16 joints), and the PCKh
 curve; means over the joints visible in the split. Protocol bodynet: `bodynet_stats`, BodyNet's
 own PCK (docs/metrics.md).
 """
@@ -30,9 +30,6 @@ HEADLINES = {
                      "pckh@0.5_per_joint", "joint"),
     "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint"),
 }
-# BodyNet averages its 2D PCK per test batch of opt.batchSize: 4 by default
-# (gulvarol/bodynet training/opts.lua `-batchSize 4`, as in training/exp/run.sh).
-BODYNET_TEST_BATCH = 4
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
 
 
@@ -62,8 +59,8 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
     """Additive statistics of a batch: correct counts per joint at each PCKh threshold, PCK
-    (distance < 3.2 px at 64x64, scaled with r) and visible counts, each example weighted by
-    `common.example_weights`."""
+    (distance <= 3.2 px at 64x64, scaled with r; every threshold compares with <=) and visible
+    counts, each example weighted by `common.example_weights`."""
     r = common.label_size(batch)
     gt = batch["joints2d"]
     vis = batch["visible"] * common.example_weights(batch, gt.shape[0])[:, None]
@@ -73,37 +70,38 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
     thr = jnp.asarray(PCK_THRESHOLDS, jnp.float32)
     within = (rel[..., None] <= thr) * vis[..., None]  # (B,16,K)
     return {"pckh_correct": within.sum(0), "visible": vis.sum(0),
-            "pck_correct": ((dist < 3.2 * r / 64) * vis).sum(0)}
+            "pck_correct": ((dist <= 3.2 * r / 64) * vis).sum(0)}
 
 
 def summarize(stats: dict) -> dict:
     """Sums of metric_stats -> PCKh@0.5 per joint and mean, PCK@3.2px, and the PCKh curve.
 
     Means are over the joints that were visible at least once in the split; a joint never
-    visible has no score (None per joint) rather than counting as 0."""
+    visible has no score (None per joint) rather than counting as 0, and with no visible joint
+    at all every number is None, with its reason under "null_reasons"."""
     vis = np.asarray(stats["visible"])
     seen = vis > 0
     curve = np.asarray(stats["pckh_correct"]) / np.maximum(vis, 1)[:, None]  # (16,K)
     at_half = curve[:, int(np.argmin(np.abs(PCK_THRESHOLDS - 0.5)))]
     pck = np.asarray(stats["pck_correct"]) / np.maximum(vis, 1)
-
-    def mean(values: np.ndarray):
-        return values[seen].mean(0) if seen.any() else values[:0].sum(0) * np.nan
-
-    return {
-        "pckh@0.5": float(mean(at_half)),
+    any_seen = bool(seen.any())
+    return common.with_null_reasons({
+        "pckh@0.5": float(at_half[seen].mean()) if any_seen else None,
         "pckh@0.5_per_joint": {n: float(v) if s else None
                                for n, v, s in zip(surreal.JOINT_NAMES, at_half, seen,
                                                   strict=True)},
-        "pck@3.2px": float(mean(pck)),
-        "pckh_curve": {"thresholds": PCK_THRESHOLDS.tolist(), "mean": mean(curve).tolist()},
-    }
+        "pck@3.2px": float(pck[seen].mean()) if any_seen else None,
+        "pckh_curve": {"thresholds": PCK_THRESHOLDS.tolist(),
+                       "mean": curve[seen].mean(0).tolist() if any_seen else None},
+    }, dict.fromkeys(("pckh@0.5", "pck@3.2px"), "no joint visible in the split"))
 
 
 # --- Protocol "bodynet": gulvarol/bodynet training/util/eval.lua `heatmapAccuracy` (PCK at
 # 0.5 x heatmapSize/10 = 3.2 px at 64x64 between the integer argmaxes of the predicted and the
 # ground-truth heatmaps) on 10 joints, averaged per test batch as its training/test.lua does.
-BODYNET_JOINTS = (0, 1, 2, 3, 4, 5, 10, 11, 14, 15)  # eval.lua: {1,2,3,4,5,6,11,12,15,16}
+BODYNET_JOINTS = (0, 1, 2, 3, 4, 5, 10, 11, 14, 15)  # eval.lua:317 {1,2,3,4,5,6,11,12,15,16}
+# image.gaussian(7)'s peak (1-based) in the 7 x 7 kernel that drawGaussian pastes (sigma 1).
+_KERNEL_PEAK = 4
 
 
 def integer_argmax(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -114,63 +112,96 @@ def integer_argmax(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jnp.stack([idx % w, idx // w], -1), jnp.max(flat, axis=-1)
 
 
+def bodynet_label_peaks(batch: dict, r: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Where BodyNet's ground-truth heatmaps peak: ((B,16,2) int 1-based (x,y), (B,16) bool
+    drawn), from batch['joints2d'] (label px) and batch['crop'].
+
+    bodynet training/donkey.lua:288-289 draws joint j only if its image y (1-based) is > 1,
+    at `transform(...)` = the integer pixel trunc(x + 1e-4) + 1 (img.lua:62-64);
+    drawGaussian (img.lua:223-243) pastes image.gaussian(7) (peak at kernel index 4) from
+    ul = pt - 3 to br = pt + 3 (:226-227), skipping a kernel wholly outside (:229), but starts
+    the kernel at index max(1, -ul) (:234-235) instead of 2 - ul: a peak near the left or top
+    edge moves right or down (1-based column 3 -> 4, 2 -> 4, 1 -> 3, 0 -> 2, -1 -> 1,
+    -2 -> 1)."""
+    image_y = common.apply_affine(common.invert_affine(batch["crop"]), batch["joints2d"])[..., 1]
+    pt = common.torch_int(batch["joints2d"] + 1e-4) + 1  # img.lua:62-64
+    ul, br = pt - 3, pt + 3  # img.lua:226-227 (sigma 1, integer pt)
+    drawn = (image_y + 1 > 1) & jnp.all((ul <= r) & (br >= 1), -1)  # donkey.lua:288, img:229
+    first = jnp.maximum(1, ul)  # img.lua:237-238, the image range
+    last = jnp.minimum(br, r)
+    g_first = jnp.maximum(1, -ul)  # img.lua:234-235, the kernel range
+    g_peak = jnp.clip(_KERNEL_PEAK, g_first, g_first + last - first)
+    return first + g_peak - g_first, drawn
+
+
 def bodynet_hits(pred: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(B,r,r,16) predicted heatmaps -> (correct, valid), each (B,16) float, per eval.lua.
 
-    getPreds2DCropped: a heatmap whose maximum is <= 0 predicts the first pixel. calcDists: a
-    joint counts only if its ground-truth argmax (of the target heatmap) lies beyond the first
-    row and column (`label > 1`, 1-based), which also drops joints with an empty heatmap.
-    distAccuracy: correct if the distance / (r/10) <= 0.5."""
+    getPreds2DCropped (eval.lua:40-52): the first maximum in row-major order, 1-based; a
+    heatmap whose maximum is <= 0 predicts pixel (1,1). The ground truth is the same of
+    BodyNet's heatmap (`bodynet_label_peaks`; not drawn: all zero, pixel (1,1)). calcDists
+    (eval.lua:13): a joint counts only if its ground truth lies beyond the first row and
+    column (`label > 1`). distAccuracy (eval.lua:78-86): correct if distance / (r/10) <= 0.5."""
     r = pred.shape[1]
     p_xy, p_max = integer_argmax(jnp.moveaxis(pred.astype(jnp.float32), -1, 1))
-    p_xy = jnp.where((p_max > 0)[..., None], p_xy, 0)
-    g_xy, g_max = integer_argmax(jnp.moveaxis(targets(batch), -1, 1))
-    g_xy = jnp.where((g_max > 0)[..., None], g_xy, 0)
-    valid = (g_xy[..., 0] >= 1) & (g_xy[..., 1] >= 1)
+    p_xy = jnp.where((p_max > 0)[..., None], p_xy + 1, 1)
+    g_xy, drawn = bodynet_label_peaks(batch, r)
+    g_xy = jnp.where(drawn[..., None], g_xy, 1)
+    valid = (g_xy[..., 0] > 1) & (g_xy[..., 1] > 1)
     dist = jnp.linalg.norm((p_xy - g_xy).astype(jnp.float32), axis=-1) / (r / 10)
     return ((dist <= 0.5) & valid).astype(jnp.float32), valid.astype(jnp.float32)
 
 
-def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_groups: int,
-                  group_size: int) -> dict:
-    """Correct and valid counts (num_groups,16) per BodyNet test batch: example
-    batch['position'] (its index in the split's test order) belongs to batch
-    position // group_size."""
+def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
+    """Correct and valid counts (G,16) per BodyNet test batch, G = floor(N / 4) full
+    batches: example batch['position'] (its index in the split's test order) belongs to batch
+    position // 4; the last partial batch is not evaluated (test.lua:62)."""
+    size = common.REFERENCE_TEST_BATCH["bodynet"]
     correct, valid = bodynet_hits(pred, batch)
-    weights = common.example_weights(batch, correct.shape[0])[:, None]
+    weights = common.full_batch_weights(batch, correct.shape[0], num_examples, size)[:, None]
     correct, valid = correct * weights, valid * weights
-    group = jax.nn.one_hot(batch["position"] // group_size, num_groups)  # (B,G)
+    group = jax.nn.one_hot(batch["position"] // size, max(num_examples // size, 1))  # (B,G)
     return {"correct": jnp.einsum("bg,bj->gj", group, correct),
-            "valid": jnp.einsum("bg,bj->gj", group, valid)}
+            "valid": jnp.einsum("bg,bj->gj", group, valid),
+            "unscored": weights[:, 0] @ jnp.any(valid[:, BODYNET_JOINTS] == 0, -1).astype(
+                jnp.float32)}
 
 
-def bodynet_summarize(stats: dict) -> dict:
-    """test.lua: PCK = the mean over test batches of heatmapAccuracy, which is the mean over
-    the 10 joints with a valid instance in the batch of correct / valid; a batch with none
-    (NaN) is left out (nanCntPck). Per joint: correct / valid over the whole split (not in
-    BodyNet's log; a breakdown)."""
-    correct = np.asarray(stats["correct"])[:, BODYNET_JOINTS]  # (G,10)
-    valid = np.asarray(stats["valid"])[:, BODYNET_JOINTS]
+def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
+    """test.lua: PCK = the sum over the floor(N/4) full test batches of heatmapAccuracy (the
+    mean over the 10 joints with a valid instance in the batch of correct / valid, eval.lua:
+    106-111), divided by N/4 minus the batches where it is NaN (no valid joint: test.lua:272,
+    :81). That is 0/0 only if every batch is NaN and N is a multiple of 4: null then. Per
+    joint: correct / valid over the evaluated examples (not in BodyNet's log; a breakdown).
+    `examples_with_unscored_joint` bounds how much the test order can move the PCK
+    (docs/metrics.md)."""
+    size = common.REFERENCE_TEST_BATCH["bodynet"]
+    full = num_examples // size
+    correct = np.asarray(stats["correct"])[:full, BODYNET_JOINTS]  # (G,10)
+    valid = np.asarray(stats["valid"])[:full, BODYNET_JOINTS]
     seen = valid > 0
     per_batch = np.where(seen, correct / np.maximum(valid, 1), 0).sum(1) / np.maximum(
         seen.sum(1), 1)
     batches = seen.any(1)
+    divisor = num_examples / size - int((~batches).sum())
     totals = correct.sum(0) / np.maximum(valid.sum(0), 1)
-    return {
-        "pck": float(per_batch[batches].mean()) if batches.any() else None,
+    return common.with_null_reasons({
+        "pck": float(per_batch[batches].sum() / divisor) if divisor > 0 else None,
         "pck_per_joint": {surreal.JOINT_NAMES[j]: float(v) if n > 0 else None
                           for j, v, n in zip(BODYNET_JOINTS, totals, valid.sum(0),
                                              strict=True)},
-        "num_batches": int(batches.sum()),
-    }
+        "num_batches": full,
+        "batches_without_scored_joint": int((~batches).sum()),
+        "examples_not_evaluated": num_examples - full * size,
+        "examples_with_unscored_joint": int(round(float(stats["unscored"]))),
+    }, {"pck": "no test batch has a scored joint (the reference divides 0 by 0)"})
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt, for a split of
-    `num_examples`: BodyNet's PCK, averaged per test batch of BODYNET_TEST_BATCH."""
-    groups = -(-num_examples // BODYNET_TEST_BATCH)
-    return (functools.partial(bodynet_stats, num_groups=groups, group_size=BODYNET_TEST_BATCH),
-            bodynet_summarize)
+    `num_examples`: BodyNet's PCK, averaged per test batch of 4."""
+    return (functools.partial(bodynet_stats, num_examples=num_examples),
+            functools.partial(bodynet_summarize, num_examples=num_examples))
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------

@@ -8,10 +8,13 @@ SURREAL's intrinsics -> root-relative mm. A flipped crop's target is the mirrore
 x negated, left/right swapped, see input_pipeline.crop_example); decoding mirrors the
 back-projected joints of a flipped crop the same way, so target and decoding agree for any crop.
 Metric (protocol hgmt): MJD, the mean per-joint Euclidean distance in mm after aligning the
-pelvis, over the 16 joints. `bodynet_stats` computes BodyNet's own (docs/metrics.md).
+pelvis, over the 16 joints. `bodynet_stats` / `bodynet_summarize` compute BodyNet's own
+(docs/metrics.md).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -109,37 +112,77 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
 
 
 def summarize(stats: dict) -> dict:
-    per_joint = np.asarray(stats["error_mm_sum"]) / np.maximum(np.asarray(stats["count"]), 1)
-    return {"mjd_mm": float(per_joint.mean()),
-            "mjd_mm_per_joint": dict(zip(surreal.JOINT_NAMES, per_joint.tolist(), strict=True))}
+    """Summed errors -> MJD per joint and its mean over the 16 joints (None, with its reason,
+    where no example was evaluated)."""
+    count = np.asarray(stats["count"])
+    per_joint = np.asarray(stats["error_mm_sum"]) / np.maximum(count, 1)
+    any_example = bool((count > 0).all())
+    return common.with_null_reasons({
+        "mjd_mm": float(per_joint.mean()) if any_example else None,
+        "mjd_mm_per_joint": {n: float(v) if c > 0 else None
+                             for n, v, c in zip(surreal.JOINT_NAMES, per_joint, count,
+                                                strict=True)},
+    }, {"mjd_mm": "no example evaluated"})
 
 
-# --- Protocol "bodynet": gulvarol/bodynet training/util/eval.lua `evalPerf` (joints3D part) and
-# `getPreds3DCropped`: each joint at the global maximum of its 19 x r x r volume (the first
-# in (bin, y, x) order, `tensorMax`), depth bin x 45 mm from the ground-truth pelvis depth
-# (`reconstruct3D` with `-(z - middleZ) * opt.stp + (T1 - T2)`), back-projected, aligned at the
-# *predicted* pelvis (`rec3D_q[7]`); MJD over all 16 joints, pelvis included (PE_off).
+# --- Protocol "bodynet": gulvarol/bodynet training/util/eval.lua `evalPerf` (joints3D part,
+# lines 414-520) and `getPreds3DCropped`: each joint at the global maximum of its 19 x r x r
+# volume, the first in (z, y, x) order with z = 1 the farthest bin (`tensorMax`); its label
+# pixel to the *integer* image pixel of `transform(..., true)`; depth bin x 45 mm from the
+# ground-truth pelvis depth (`reconstruct3D` with `-(z - middleZ) * opt.stp + (T1 - T2)`),
+# back-projected, aligned at the *predicted* pelvis (`rec3D_q[7]`); MJD over all 16 joints,
+# pelvis included (PE_off), summed over the examples of the full test batches and divided by
+# the number of examples (test.lua:87).
 def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
-    """(B,r,r,16*19) -> joints (B,16,3) camera metres and root-relative millimetres."""
-    vol = jnp.moveaxis(volumes(pred), -1, 2)  # (B,16,19,r,r): eval.lua's (z, y, x) order
+    """(B,r,r,16*19) -> joints (B,16,3) camera metres and root-relative millimetres.
+
+    tensorMax (eval.lua:23-27) takes the first maximum of `nonzero()` in (z, y, x) order; z = 1
+    is BodyNet's bin +9, the farthest (donkey.lua:315-322: z = round(-dz/stp) + 10 with -dz
+    the joint's depth towards the camera), so ties go to the farthest bin, then the top row,
+    then the left column. eval.lua:464-465 `transform(..., true)` (img.lua:62-64) returns the
+    integer image pixel trunc(u + 1e-4) + 1 (the cast truncates toward zero) and eval.lua:484
+    back-projects it minus 1: the 0-based integer pixel."""
+    vol = jnp.moveaxis(volumes(pred), -1, 2)[:, :, ::-1]  # (B,16,19,r,r): z=0 is bin +9
     b, _, nb, r, _ = vol.shape
     idx = jnp.argmax(vol.reshape(b, NUM_JOINTS, nb * r * r), -1)  # first maximum
-    bins = idx // (r * r) - common.MAX_BIN
+    bins = common.MAX_BIN - idx // (r * r)
     xy = jnp.stack([idx % r, (idx // r) % r], -1).astype(jnp.float32)
-    cam = to_camera(xy, bins, batch)
+    uv = common.torch_int(common.apply_affine(common.invert_affine(batch["crop"]), xy) + 1e-4)
+    cam = surreal.backproject(uv.astype(jnp.float32),
+                              batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
+    cam = cam.at[..., 0].multiply(common.crop_mirror(batch["crop"])[:, None])
     return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
 
 
-def bodynet_stats(pred: jnp.ndarray, batch: dict) -> dict:
-    """Summed errors per joint as `metric_stats`, of BodyNet's decoding. test.lua divides
-    each batch's sum by the batch size and the total by the number of batches: the mean over
-    examples (`summarize` computes it)."""
-    return metric_stats(bodynet_decode(pred, batch), batch)
+def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
+    """Summed errors per joint of BodyNet's decoding over the examples of the floor(N/4) full
+    test batches (test.lua:62; the last partial batch is not evaluated)."""
+    err = jnp.linalg.norm(bodynet_decode(pred, batch)["joints3d_rel_mm"]
+                          - root_relative_mm(batch["joints3d"]), axis=-1)
+    weights = common.full_batch_weights(batch, err.shape[0], num_examples,
+                                        common.REFERENCE_TEST_BATCH["bodynet"])
+    return {"error_mm_sum": weights @ err}
+
+
+def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
+    """eval.lua:490 and :520 sum a batch's errors per joint and divide by the batch size;
+    test.lua:277 and :87 sum the batches and divide by N/4 (minus the batches whose mean is
+    NaN, which finite predictions never give): per joint, the error sum over the evaluated
+    examples / N; `mjd_mm` is its mean over the 16 joints (test.lua:90)."""
+    size = common.REFERENCE_TEST_BATCH["bodynet"]
+    per_joint = np.asarray(stats["error_mm_sum"]) / max(num_examples, 1)
+    return common.with_null_reasons({
+        "mjd_mm": float(per_joint.mean()) if num_examples else None,
+        "mjd_mm_per_joint": dict(zip(surreal.JOINT_NAMES, per_joint.tolist(), strict=True)),
+        "examples_not_evaluated": num_examples - (num_examples // size) * size,
+    }, {"mjd_mm": "no example"})
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
-    """(stats, summarize) of a protocol of HEADLINES other than hgmt: BodyNet's decoding."""
-    return bodynet_stats, summarize
+    """(stats, summarize) of a protocol of HEADLINES other than hgmt: BodyNet's decoding and
+    averaging, for a split of `num_examples`."""
+    return (functools.partial(bodynet_stats, num_examples=num_examples),
+            functools.partial(bodynet_summarize, num_examples=num_examples))
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------

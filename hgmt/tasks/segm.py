@@ -5,6 +5,8 @@ the whole split, mean over the foreground parts that occur, and pixel accuracy o
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,35 +75,43 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
 def summarize(stats: dict) -> dict:
     """IoU per part from the split's summed confusion; the mean is over the foreground parts
     that occur (union > 0) in labels or predictions, so a small split without hands is not
-    scored 0 for them. Parts that never occur are reported as None."""
+    scored 0 for them. Parts that never occur are None; with no part at all the mean is None
+    too, and so is the pixel accuracy of a split without pixels, each with its reason."""
     conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
     inter = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - inter
     present = union[1:] > 0
     iou = inter[1:] / np.maximum(union[1:], 1)
-    return {"mean_iou": float(iou[present].mean()) if present.any() else 0.0,
-            "iou_per_part": {name: float(v) if p else None
-                             for name, v, p in zip(surreal.PART_NAMES, iou, present,
-                                                   strict=True)},
-            "pixel_accuracy": float(inter.sum() / max(conf.sum(), 1))}
+    total = conf.sum()
+    return common.with_null_reasons({
+        "mean_iou": float(iou[present].mean()) if present.any() else None,
+        "iou_per_part": {name: float(v) if p else None
+                         for name, v, p in zip(surreal.PART_NAMES, iou, present, strict=True)},
+        "pixel_accuracy": float(inter.sum() / total) if total > 0 else None,
+    }, {"mean_iou": "no body part in the labels or the predictions of the split",
+        "pixel_accuracy": "no pixel evaluated"})
 
 
 # --- Protocols "surreal" and "bodynet": gulvarol/surreal training/eval.lua `segmPerformance`
 # (BodyNet's training/util/eval.lua has the same function) accumulated by training/test.lua:
-# intersection, union and ground-truth pixels per class summed over the split, then
-# IoU = intersection / union and pixel accuracy = intersection / ground-truth pixels per class,
-# each averaged over the 14 foreground classes.
-def surreal_stats(pred: jnp.ndarray, batch: dict) -> dict:
-    """(B,r,r,15) logits -> the split-additive confusion counts of `metric_stats`."""
-    return metric_stats(decode(pred, batch), batch)
+# intersection, union and ground-truth pixels per class summed over the full test batches,
+# then IoU = intersection / union and pixel accuracy = intersection / ground-truth pixels per
+# class, each averaged over the 14 foreground classes.
+def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
+                  batch_size: int) -> dict:
+    """(B,r,r,15) logits -> the split-additive confusion counts of `metric_stats`, over the
+    examples of the floor(N / batch_size) full test batches only (the reference's loop,
+    surreal test.lua:35, bodynet test.lua:62, never reaches the last partial batch)."""
+    weights = common.full_batch_weights(batch, pred.shape[0], num_examples, batch_size)
+    return metric_stats(decode(pred, batch), {**batch, "mask": weights})
 
 
-def surreal_summarize(stats: dict) -> dict:
+def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:
     """Split totals -> mean IoU and mean per-class pixel accuracy over the 14 parts.
 
     Where the reference divides 0 by 0 (a part absent from both labels and predictions for
     IoU, from the labels for accuracy) its mean is NaN; here that part is None and so is the
-    mean, with the parts listed in `undefined`."""
+    mean, with the parts listed in `undefined` and the reason in "null_reasons"."""
     conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
     inter = np.diag(conf)[1:]
     gt, predicted = conf.sum(1)[1:], conf.sum(0)[1:]
@@ -111,17 +121,25 @@ def surreal_summarize(stats: dict) -> dict:
         return {n: float(a / b) if b > 0 else None
                 for n, a, b in zip(surreal.PART_NAMES, num, den, strict=True)}
 
+    def mean(d: dict) -> float | None:
+        return None if None in d.values() else float(np.mean(list(d.values())))
+
     iou, acc = per_part(inter, union), per_part(inter, gt)
-    mean = (lambda d: None if None in d.values() else float(np.mean(list(d.values()))))
-    return {"mean_iou": mean(iou), "iou_per_part": iou,
-            "pixel_accuracy": mean(acc), "pixel_accuracy_per_part": acc,
-            "undefined": [n for n in surreal.PART_NAMES if acc[n] is None or iou[n] is None]}
+    undefined = [n for n in surreal.PART_NAMES if acc[n] is None or iou[n] is None]
+    why = f"the reference's mean is NaN: 0/0 for {', '.join(undefined)}"
+    return common.with_null_reasons({
+        "mean_iou": mean(iou), "iou_per_part": iou,
+        "pixel_accuracy": mean(acc), "pixel_accuracy_per_part": acc,
+        "undefined": undefined,
+        "examples_not_evaluated": num_examples - (num_examples // batch_size) * batch_size,
+    }, {"mean_iou": why, "pixel_accuracy": why})
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
-    BodyNet's code also uses."""
-    return surreal_stats, surreal_summarize
+    BodyNet's code also uses, over that reference's full test batches."""
+    kw = {"num_examples": num_examples, "batch_size": common.REFERENCE_TEST_BATCH[protocol]}
+    return (functools.partial(surreal_stats, **kw), functools.partial(surreal_summarize, **kw))
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
