@@ -33,6 +33,16 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
     return out
 
 
+def evaluator_config(split: str = "test", *, frames: str = "middle", protocol: str = "hgmt",
+                     flip: bool = False, max_examples: int = 0, every: int = 0,
+                     at_end: bool = False, best_metric: str = "") -> ml_collections.ConfigDict:
+    """One entry of `config.evals` (hgmt/training/evaluators.py says what each field does),
+    every field present so that `--config.evals.<name>.<field>=...` overrides any of them."""
+    return ml_collections.ConfigDict(dict(
+        split=split, frames=frames, protocol=protocol, flip=flip, max_examples=max_examples,
+        every=every, at_end=at_end, best_metric=best_metric))
+
+
 def base_config(tasks: str) -> ml_collections.ConfigDict:
     """Every field the trainer reads, with the defaults of a full SURREAL run."""
     names = parse_tasks(tasks)
@@ -71,15 +81,13 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every = 100
     c.eval_batch_size = 32
-    c.eval_max_examples = 0  # 0: every selected frame
-    # frames evaluated: middle (each clip's middle frame, SURREAL's test protocol), all, or
-    # everyK (every K-th frame of each clip)
-    c.eval_frames = "middle"
-    # validation during training: every eval_every steps (0: never) on eval_split's
-    # eval_frames; the best checkpoint by best_metric is kept in <workdir>/best
-    c.eval_every = 2000
-    c.eval_split = "validation"
-    c.best_metric = "loss/total"  # or loss/<task>, or e.g. pose2d/pckh@0.5, pose3d/mjd_mm
+    # The evaluators of training (hgmt/training/evaluators.py): each runs every `every` steps
+    # and/or after the last one on the `frames` of `split` (middle: each clip's middle frame,
+    # SURREAL's test protocol; all; everyK), at most `max_examples` of them (0: all); the one
+    # with a `best_metric` keeps the checkpoint that scores best in <workdir>/best.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.validation = evaluator_config("validation", every=2000, best_metric="loss/total")
+    c.evals.test = evaluator_config("test", at_end=True)  # -> <workdir>/eval_test.json
     c.worker_count = -1  # grain worker processes; 0: in the main process; -1: host cores - 2
     c.prefetch = 2  # batches kept on device ahead of the step
     return c
@@ -97,6 +105,6 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.checkpoint_every = 25
     c.log_every = 10
     c.eval_batch_size = 8
-    c.eval_max_examples = 32
-    c.eval_every = 0
+    c.evals.validation.every = 0
+    c.evals.test.max_examples = 32
     c.worker_count = 0

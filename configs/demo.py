@@ -5,8 +5,7 @@
 
 When `data_dir` holds no built dataset, hgmt.main generates `demo.clips_per_split` clips of
 `demo.frames` frames with hgmt.sources.synthetic into `demo.surreal_root` and builds them with
-the TFDS
-builder (config `all`) into `data_dir`. Argument: `tasks=` as in configs/default.py.
+the TFDS builder (config `all`) into `data_dir`. Argument: `tasks=` as in configs/default.py.
 """
 
 import ml_collections
@@ -48,7 +47,7 @@ def get_config(arg: str | None = None):
     c.checkpoint_every = 200
     c.log_every = 50
     c.eval_batch_size = 16
-    c.eval_every = 0
+    c.evals.validation.every = 0
     c.worker_count = 0
     c.lock()
     return c

@@ -37,6 +37,6 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = 100
     c.checkpoint_every = 300
     c.log_every = 100
-    c.eval_frames = "every4"
+    c.evals.test.frames = "every4"
     c.lock()
     return c

@@ -19,15 +19,20 @@ from hgmt import workdirs
 
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
-          doc: str, config: ml_collections.ConfigDict | None = None
-          ) -> tuple[flags.FlagValues, list[str]]:
+          doc: str, config: ml_collections.ConfigDict | None = None, *,
+          config_file: bool = False) -> tuple[flags.FlagValues, list[str]]:
     """Parses `argv` (without the program name; default sys.argv[1:]) against the flags that
-    `define(flag_values)` defines, plus `--config` as `config` when one is given. -> (parsed
+    `define(flag_values)` defines, plus `--config`: the ConfigDict `config` when one is given
+    (a workdir's), or a config file (`configs/x.py[:argument]`) with `config_file`. -> (parsed
     flags, positional arguments). `--help` prints the flags and exits 0; a bad flag exits 1
     with absl's message (it names the flag and the value)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     fv = flags.FlagValues()
     define(fv)
+    if config_file:
+        config_flags.DEFINE_config_file(
+            "config", None, "config file[:argument] (configs/*.py); override fields with "
+            "--config.x=y", flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
     if config is not None:
         try:
             config_flags.DEFINE_config_dict(

@@ -1,16 +1,15 @@
-"""Evaluation on the SURREAL test protocol (the middle frame of each clip; `config.eval_frames`
-picks others, e.g. every4 for every 4th frame of each clip).
+"""Evaluate a checkpoint of a training workdir on a split of its dataset.
 
-    python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] \
-        [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
+    python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--frames=middle]
+        [--max_examples=0] [--flip] [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
+        [--config.x=y ...]
 
 evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
-a Markdown table (and the PCKh curve as PNG when pose2d is evaluated under hgmt's protocol).
-`--protocol` picks the metric definitions (hgmt/protocols.py, docs/metrics.md): `hgmt` (pose2d
-PCKh@0.5 per joint and mean, PCK@3.2px, PCKh curve; pose3d MJD (mm, root-relative); depth RMSE
-(mm, foreground pixels) and bin accuracy; segm IoU per part, mean over the parts, pixel
-accuracy), `bodynet` or `surreal` (what those papers' code computes, to set a run beside their
-published tables). The JSON records the protocol of the run and of each task's numbers.
+a Markdown table (and each task's extra pictures, e.g. the PCKh curve). `--frames` selects the
+frames of each clip (default: those of the training config's test evaluator; `middle` is
+SURREAL's test protocol). `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s
+own, or `bodynet` / `surreal` (what those papers' code computes, to set a run beside their
+published tables); the JSON records the protocol of the run and of each task's numbers.
 `--flip` averages each prediction with that of the mirrored image (left/right channels swapped
 back).
 """
@@ -32,6 +31,11 @@ def _define_flags(fv) -> None:
     cli.define_workdir(fv)
     flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "split to evaluate",
                       flag_values=fv)
+    flags.DEFINE_string("frames", None, "frames of each clip: middle (SURREAL's test "
+                        "protocol), all, or everyK; default: the training config's test "
+                        "evaluator's", flag_values=fv)
+    flags.DEFINE_integer("max_examples", 0, "at most this many frames (0: all)",
+                         flag_values=fv)
     flags.DEFINE_bool("flip", False, "average with the mirrored image", flag_values=fv)
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
@@ -49,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                 args.config)
-    summary = evaluator.evaluate(config, variables, split=args.split, flip=args.flip,
-                       protocol=args.protocol)
+    frames = args.frames or evaluator.settings_of(config)["frames"]
+    summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
+                                 flip=args.flip, protocol=args.protocol,
+                                 max_examples=args.max_examples)
     summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
     if step_arg == "best":
         summary["checkpoint"] = "best"

@@ -24,24 +24,32 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags
+from absl import flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file[:argument].",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and results go.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM, Slurm).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-flags.DEFINE_string("compilation_cache", "~/.cache/hgmt/jax",
-                    "JAX's persistent compilation cache: a rerun, a resumed job or a sweep's "
-                    "next run with the same model loads its compiled steps instead of "
-                    "compiling them again. A shared path serves every host; '' disables it.")
-flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat after "
-                     "which a process counts as dead and the others stop.")
-flags.mark_flags_as_required(["config", "workdir"])
+from hgmt import cli  # noqa: E402
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and results go.",
+                        flag_values=fv, required=True)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM, Slurm).",
+                      flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
+                         flag_values=fv)
+    flags.DEFINE_string("compilation_cache", "~/.cache/hgmt/jax",
+                        "JAX's persistent compilation cache: a rerun, a resumed job or a "
+                        "sweep's next run with the same model loads its compiled steps instead "
+                        "of compiling them again. A shared path serves every host; '' disables "
+                        "it.", flag_values=fv)
+    flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
+                         "after which a process counts as dead and the others stop.",
+                         flag_values=fv)
+    flags.DEFINE_integer("verbosity", 0, "1: also the INFO lines of orbax, clu, TFDS and JAX.",
+                         flag_values=fv)
 
 
 def prepare_demo_dataset(config) -> None:
@@ -67,8 +75,13 @@ class UserLines(logging.Filter):
 _HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def main(argv) -> None:
-    del argv
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hgmt.main --config=configs/x.py[:arg] --workdir=DIR [--config.x=y ...]`."""
+    FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
+    if FLAGS.config is None:
+        raise SystemExit("error: --config is required: a config file such as "
+                         "configs/default.py:tasks=all")
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger().setLevel(logging.INFO)
     if FLAGS.verbosity < 1:
         for handler in logging.getLogger().handlers:
@@ -88,7 +101,6 @@ def main(argv) -> None:
 
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
 
-    from hgmt import workdirs
     from hgmt.evaluation import evaluator
     from hgmt.training import loop
 
@@ -102,17 +114,18 @@ def main(argv) -> None:
 
         multihost_utils.sync_global_devices("demo dataset ready")
     try:
-        summary = loop.train_and_evaluate(config, FLAGS.workdir)
+        summaries = loop.train_and_evaluate(config, FLAGS.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)
-        sys.exit(preemption.EXIT_PREEMPTED)
+        return preemption.EXIT_PREEMPTED
     if jax.process_index() == 0:
-        out = os.path.join(FLAGS.workdir, workdirs.result_file())
-        evaluator.write_report(summary, out)
-        print(evaluator.to_markdown(summary))
-        print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
-                          **evaluator.headline(summary)}))
+        for name, summary in summaries.items():
+            out = os.path.join(os.path.abspath(FLAGS.workdir), f"eval_{name}.json")
+            print(evaluator.to_markdown(summary))
+            print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
+                              **evaluator.headline(summary)}))
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -58,7 +58,7 @@ def main_command(workdir, data_dir, total_steps, checkpoint_every):
     cmd = [sys.executable, "-m", "hgmt.main", "--config=configs/default.py:tasks=pose2d,runlocal",
            f"--workdir={workdir}", "--config.dataset=surreal/all",
            f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
-           f"--config.checkpoint_every={checkpoint_every}", "--config.eval_max_examples=4",
+           f"--config.checkpoint_every={checkpoint_every}", "--config.evals.test.max_examples=4",
            "--config.model.features=16"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return cmd, env
@@ -77,7 +77,8 @@ def tiny_config(data_dir, tasks="all", **overrides):
     config.log_every = 2
     config.checkpoint_every = 2
     config.eval_batch_size = 8
-    config.eval_max_examples = 8
+    config.evals.test.max_examples = 8
+    config.evals.test.at_end = False  # tests that evaluate after training say so
     for key, value in overrides.items():
         target = config
         *path, last = key.split(".")

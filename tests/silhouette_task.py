@@ -49,6 +49,11 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
     raise AssertionError("the silhouette has hgmt's definition only")
 
 
+def summary_pictures(summary: dict, stem: str) -> list[str]:
+    """None: the evaluation's JSON and tables show everything of this task."""
+    return []
+
+
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     mask = np.asarray(pred).argmax(-1).astype(np.uint8)
     return {"silhouette": mask, "silhouette_image": frame.to_image(mask)}

@@ -99,20 +99,28 @@ def test_demo_config():
     assert demo.get_config("tasks=pose2d").loss_options.to_dict() == {}
 
 
-def test_study_config_is_the_learning_benchmarks():
-    """configs/study.py is locked, evaluates 240 test frames, and gives the learning benchmark
-    its defaults (one home for the study's scale)."""
-    from benchmarks import learning
-    from configs import study
+def test_study_and_learning_configs():
+    """configs/study.py is locked and evaluates 240 test frames; configs/learning.py is the
+    study's model and data with curves every eval_every steps."""
+    from configs import learning, study
 
     assert study.get_config().loss_options.to_dict() == {
         "depth": {"foreground_weight": 1.0}, "segm": {"foreground_weight": 1.0}}
     c = study.get_config("tasks=pose2d+segm")
-    assert c.tasks == "pose2d+segm" and c.eval_frames == "every4" and c.image_size == 128
+    assert c.tasks == "pose2d+segm" and c.evals.test.frames == "every4" and c.image_size == 128
     with pytest.raises(AttributeError):
         c.typo = 1
-    b = learning.make_config(learning.parse_args(["--out", "x", "--steps", str(c.total_steps),
-                                                 "--tasks", c.tasks]))
-    for key in ("data_dir", "image_size", "batch_size", "model", "optimizer", "eval_frames",
-                "demo"):
+    b = learning.get_config("tasks=pose2d+segm,train_frames=every4")
+    for key in ("data_dir", "image_size", "batch_size", "model", "optimizer", "demo"):
         assert b[key] == c[key], key
+    assert (b.total_steps, b.evals.test.every, b.evals.test.frames) == (1800, 300, "every4")
+    assert (b.evals.train.split, b.evals.train.frames, b.evals.train.every) == (
+        "train", "every4", 300)
+    assert "train" not in learning.get_config()["evals"]
+
+
+def test_evaluator_config_has_the_fields_the_trainer_checks():
+    from configs.common import evaluator_config
+    from hgmt.training import evaluators
+
+    assert list(evaluator_config()) == list(evaluators.FIELDS)

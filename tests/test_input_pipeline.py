@@ -134,7 +134,7 @@ def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
     assert frames("every2") == [0, 0, 2, 2, 4, 4]
     assert frames("all") == sorted(list(range(6)) * 2)
     for bad in ("every0", "every", "first"):
-        with pytest.raises(ValueError, match="eval_frames=.*everyK"):
+        with pytest.raises(ValueError, match="frames=.*everyK"):
             ip.parse_eval_frames(bad)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import cv2
 import jax
@@ -292,15 +293,14 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
 
 
 def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
-    """benchmarks/depth_errors.py's bin accuracy over all test frames is hgmt's depth metric
+    """experiments/depth_errors.py's bin accuracy over all test frames is hgmt's depth metric
     on the same frames (the 2-step model gets 1 of 303 foreground pixels right)."""
-    from benchmarks import depth_errors
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    import depth_errors
 
     r = depth_errors.depth_errors(workdir, "all")
     config, variables, _ = checkpoints.restore_for_inference(workdir)
-    config.unlock()
-    config.eval_frames, config.eval_max_examples = "all", 0
-    summary = evaluator.evaluate(config, variables)
+    summary = evaluator.evaluate(config, variables, frames="all", max_examples=0)
     assert r["test_frames"] == summary["num_examples"] == 12
     assert r["bin_accuracy"] == pytest.approx(summary["depth"]["bin_accuracy"], abs=1e-9)
     assert 0 <= r["predicted_background"] <= 1 and r["bin_accuracy"] <= r["within_one_bin"]

@@ -39,13 +39,14 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     sweep = tmp_path / "sweep"
     for tasks in ("silhouette", "pose2d+silhouette"):
         workdir = str(sweep / tasks)
-        config = tiny_config(demo_dataset[1], tasks=tasks, total_steps=2)
-        summary = loop.train_and_evaluate(config, workdir)
+        config = tiny_config(demo_dataset[1], tasks=tasks, total_steps=2,
+                             **{"evals.test.at_end": True})
+        summary = loop.train_and_evaluate(config, workdir)["test"]  # -> eval_test.json
         assert 0.0 <= summary["silhouette"]["iou"] <= 1.0
         assert summary["silhouette"]["protocol"] == "hgmt"
         assert "silhouette/iou" in evaluator.headline(summary)
         assert "| silhouette/iou |" in evaluator.to_markdown(summary)
-        evaluator.write_report(summary, os.path.join(workdir, "eval_test.json"))
+        assert os.path.isfile(os.path.join(workdir, "eval_test.json"))
 
     # The study compares it like any task.
     assert hgmt.report.main([f"--sweep={sweep}", f"--out={tmp_path / 'report'}"]) == 0
@@ -67,3 +68,43 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     assert np.asarray(result["silhouette"]).shape == (16, 16)
     panel = cv2.imread(str(out / "grey.png"))
     assert panel.shape[1] == 3 * panel.shape[0]  # the input, pose2d's picture, the silhouette's
+
+
+def test_every_task_module_implements_the_interface(with_silhouette):
+    """Each entry of TASKS, the fifth task included, is a `spec.TaskModule`; a module that
+    lacks a function, takes other parameters or has a bad CHANNEL_FLIP is named."""
+    import types
+
+    from hgmt.tasks import spec
+
+    for name, module in TASKS.items():
+        spec.check_task(module)
+        assert isinstance(module, spec.TaskModule) and module.NAME == name
+    broken = types.ModuleType("broken")
+    vars(broken).update({k: v for k, v in vars(silhouette_task).items() if k != "draw"})
+    with pytest.raises(TypeError, match="broken: function draw missing"):
+        spec.check_task(broken)
+    broken.draw = lambda pred, image: image
+    with pytest.raises(TypeError, match=r"draw\(pred, image\) should take \(pred, rgb, frame"):
+        spec.check_task(broken)
+    broken.draw, broken.CHANNEL_FLIP = silhouette_task.draw, [0, 0]
+    with pytest.raises(TypeError, match="CHANNEL_FLIP is not a permutation"):
+        spec.check_task(broken)
+    broken.CHANNEL_FLIP, broken.loss = [1, 0], lambda pred, target, gamma=2.0: 0.0
+    with pytest.raises(TypeError, match=r"loss has parameters \['gamma'\].*LOSS_OPTIONS"):
+        spec.check_task(broken)
+
+
+def test_the_pytorch_reference_has_the_tasks_channels():
+    """benchmarks/torch_reference.py builds the same heads as the task modules."""
+    import ast
+    import pathlib
+
+    from hgmt.tasks import TASK_NAMES, heads
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
+    tree = ast.parse(path.read_text())
+    found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+             and any(getattr(t, "id", "") == "TASK_CHANNELS" for t in n.targets)]
+    assert len(found) == 1
+    assert eval(compile(ast.Expression(found[0]), str(path), "eval")) == heads(TASK_NAMES)

@@ -263,7 +263,7 @@ def parse_eval_frames(frames: str) -> int:
         return 1
     if frames.startswith("every") and frames[5:].isdigit() and int(frames[5:]) > 0:
         return int(frames[5:])
-    raise ValueError(f"eval_frames={frames!r}: use middle (the test protocol), all, or everyK "
+    raise ValueError(f"frames={frames!r}: use middle (the test protocol), all, or everyK "
                      "(every K-th frame of each clip, e.g. every4)")
 
 

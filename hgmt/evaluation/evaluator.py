@@ -1,19 +1,9 @@
-"""Evaluation on the SURREAL test protocol (the middle frame of each clip; `config.eval_frames`
-picks others, e.g. every4 for every 4th frame of each clip).
+"""The evaluator of a split: one compiled evaluation step over the frames it selects, metric sums
+accumulated over the split (padding never counts) and summarised under a metric protocol
+(`protocols`), and the summary's JSON and Markdown.
 
-    python -m hgmt.evaluate --workdir=DIR [--step=N] [--split=test] [--flip] \
-        [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
-
-evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
-a Markdown table (and the PCKh curve as PNG when pose2d is evaluated under hgmt's protocol).
-`--protocol` picks the metric definitions (hgmt/protocols.py, docs/metrics.md): `hgmt` (pose2d
-PCKh@0.5 per joint and mean, PCK@3.2px, PCKh curve; pose3d MJD (mm, root-relative); depth RMSE
-(mm, foreground pixels) and bin accuracy; segm IoU per part, mean over the parts, pixel
-accuracy), `bodynet` or `surreal` (what those papers' code computes, to set a run beside their
-published tables). The JSON records the protocol of the run and of each task's numbers.
-`--flip` averages each prediction with that of the mirrored image (left/right channels swapped
-back).
-"""
+Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and by the
+`hgmt.evaluate` command."""
 
 from __future__ import annotations
 
@@ -63,28 +53,45 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
     return jax.lax.psum(stats, "batch")
 
 
+# The fields of an evaluator's settings (`config.evals.<name>` in training; the command's flags in
+# `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
+# flip test, at most how many examples (0: all).
+SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
+
+
+def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
+    """The evaluation settings of `config.evals[name]` (SETTINGS), or for a config without
+    `evals` (an older workdir's) the test protocol with its `eval_frames`."""
+    evals = config.get("evals")
+    if evals is not None and name in evals:
+        return {k: evals[name][k] for k in SETTINGS}
+    return {"split": "test", "frames": config.get("eval_frames", "middle"), "protocol": "hgmt",
+            "flip": False, "max_examples": config.get("eval_max_examples", 0)}
+
+
 class Evaluator:
-    """The evaluation of one (config, split, flip, protocol), set up once: the split's frames
-    that `config.eval_frames` selects (default 'middle', the test protocol), or the records
-    `indices` (at most `config.eval_max_examples`), the model and its compiled evaluation step.
-    Calling it with variables gives the summary; the trainer keeps one to validate every
-    `config.eval_every` steps without recompiling."""
+    """The evaluation of one (config, split, frames, flip, protocol), set up once: the split's
+    frames that `frames` selects ('middle', SURREAL's test protocol; 'all'; 'everyK'), or the
+    records `indices`, at most `max_examples` of them (0: all), the model and its compiled
+    evaluation step. Calling it with variables gives the summary; the trainer keeps one per
+    configured evaluator and calls it at its steps without recompiling."""
 
     def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
-                 flip: bool = False, protocol: str = "hgmt", indices: list[int] | None = None):
+                 frames: str = "middle", flip: bool = False, protocol: str = "hgmt",
+                 max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         self.image_size = config.image_size
-        self.frames = "indices" if indices is not None else config.get("eval_frames", "middle")
+        self.frames = "indices" if indices is not None else frames
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-        if indices is None:  # config.eval_frames; by default each clip's middle frame
+        if indices is None:  # by default each clip's middle frame
             indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
                                                   self.frames)
-        if config.get("eval_max_examples", 0):
-            indices = indices[:config.eval_max_examples]
+        if max_examples:
+            indices = indices[:max_examples]
         if not indices:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
-                             f"(eval_frames={self.frames})")
+                             f"(frames={self.frames})")
         self.indices = indices
         batch_size = config.eval_batch_size
         batch_size -= batch_size % jax.device_count() or 0
@@ -95,13 +102,13 @@ class Evaluator:
         self.p_step = jax.pmap(functools.partial(
             eval_step, model=self.model, flip=flip, metrics=self.metrics,
             loss_options=check_loss_options(config, self.tasks)), axis_name="batch")
+        self.first_batch = None
 
-    def __call__(self, variables: dict, writer=None, step: int = 0) -> dict:
+    def __call__(self, variables: dict) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,
         'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: mean}}."""
         replicated = flax.jax_utils.replicate(variables)
         total = None
-        first = None
         for batch in input_pipeline.eval_batches(self.source, self.indices,
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
@@ -109,7 +116,7 @@ class Evaluator:
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
-            first = first or batch
+            self.first_batch = self.first_batch or batch
         count = float(total["count"])
         summary = {name: {"protocol": self.metrics[name].protocol,
                           **self.metrics[name].summarize(total[name])} for name in self.tasks}
@@ -117,19 +124,22 @@ class Evaluator:
         summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
         summary["num_examples"] = int(count)
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
-        if writer is not None:
-            writer.write_scalars(step, {f"eval/{k}": v for k, v in headline(summary).items()})
-            _write_images(writer, step, self.model, variables, first, self.tasks)
         return summary
 
+    def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
+        """(n, R, R*(1+tasks), 3) uint8: the first examples' inputs and each task's picture."""
+        images = self.first_batch["image"][:n]
+        preds = predict_last_stage(self.model, variables, jnp.asarray(images))
+        return pictures.prediction_strips(
+            images, {t: np.asarray(p) for t, p in preds.items()},
+            {k: np.asarray(v[:n]) for k, v in self.first_batch.items()})
 
-def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None, *,
-             split: str = "test", flip: bool = False, writer=None, step: int = 0,
-             protocol: str = "hgmt") -> dict:
-    """Metrics of `variables` on the frames of `split` that `config.eval_frames` selects, under
-    the metric `protocol` (see `Evaluator`)."""
-    return Evaluator(config, tasks, split=split, flip=flip, protocol=protocol)(
-        variables, writer=writer, step=step)
+
+def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None,
+             **settings) -> dict:
+    """Metrics of `variables` under the settings of `config.evals.test` (`settings_of`),
+    updated by `settings` (SETTINGS' keys; see `Evaluator`)."""
+    return Evaluator(config, tasks, **{**settings_of(config), **settings})(variables)
 
 
 def headline(summary: dict) -> dict:
@@ -176,26 +186,19 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_images(writer, step, model, variables, batch, tasks) -> None:
-    n = min(4, batch["image"].shape[0])
-    images = batch["image"][:n]
-    preds = predict_last_stage(model, variables, jnp.asarray(images))
-    panels = pictures.prediction_strips(images, {t: np.asarray(p) for t, p in preds.items()},
-                                   {k: np.asarray(v[:n]) for k, v in batch.items()})
-    writer.write_images(step, {"eval/predictions": panels})
-
-
-def write_report(summary: dict, out: str) -> None:
-    """JSON at `out`, Markdown beside it, and the PCKh curve PNG when pose2d was evaluated.
-    A full disk or quota raises `disk_space.DiskFull` naming the file, with no partial file
-    left behind (each is written to a temporary name, then renamed)."""
+def write_report(summary: dict, out: str) -> list[str]:
+    """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
+    `summary_pictures`, e.g. a PCK curve). -> the paths written. A full disk or quota raises
+    `disk_space.DiskFull` naming the file, with no partial file left behind (each is written
+    to a temporary name, then renamed)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
     stem = os.path.splitext(out)[0]
     disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
-    if summary.get("pose2d", {}).get("pckh_curve", {}).get("mean") is not None:
-        from hgmt.tasks import drawing
-
-        with disk_space.reported(stem + "_pckh.png", "the PCKh curve"):
-            drawing.plot_pck_curve(summary["pose2d"]["pckh_curve"], stem + "_pckh.png")
+    written = [out, stem + ".md"]
+    for task in TASKS:
+        if task in summary:
+            with disk_space.reported(stem, f"{task}'s pictures"):
+                written += TASKS[task].summary_pictures(summary[task], stem)
+    return written
 

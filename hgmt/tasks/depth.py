@@ -139,6 +139,11 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
+def summary_pictures(summary: dict, stem: str) -> list[str]:
+    """None: the evaluation's JSON and tables show everything of this task."""
+    return []
+
+
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,20) -> {'depth': (r,r) classes 0..19 in the crop's label frame, 'depth_image' (H,W)
     in the original image, 'depth_rel_mm' (r,r) depth relative to the pelvis (nan on

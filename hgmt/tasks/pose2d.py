@@ -205,6 +205,16 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
+def summary_pictures(summary: dict, stem: str) -> list[str]:
+    """The PCKh curve of hgmt's protocol: `<stem>_pckh.png`."""
+    if (summary.get("pckh_curve") or {}).get("mean") is None:  # nothing visible: no curve
+        return []
+    from hgmt.tasks import drawing
+
+    drawing.plot_pck_curve(summary["pckh_curve"], stem + "_pckh.png")
+    return [stem + "_pckh.png"]
+
+
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px}."""
     joints = decode(jnp.asarray(pred)[None], frame.batch)["joints2d_image"]

@@ -186,6 +186,11 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
+def summary_pictures(summary: dict, stem: str) -> list[str]:
+    """None: the evaluation's JSON and tables show everything of this task."""
+    return []
+
+
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm}."""
     return {"joints3d_rel_mm": np.asarray(

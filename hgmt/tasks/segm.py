@@ -143,6 +143,11 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
+def summary_pictures(summary: dict, stem: str) -> list[str]:
+    """None: the evaluation's JSON and tables show everything of this task."""
+    return []
+
+
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,15) -> {'segm': (r,r) part classes 0..14 in the crop's label frame, 'segm_image':
     (H,W) in the original image}."""

@@ -1,12 +1,14 @@
-"""The types of the task interface (hgmt/tasks/__init__.py lists it): how each metric
-protocol's numbers of a task are shown (`Headline`), the crop its labels are cut from (`Crop`,
-with the labels that several tasks share), and where one image's predictions are decoded
-(`Frame`)."""
+"""The task interface: what a task module provides (`TaskModule`, checked by `check_task`), how
+each metric protocol's numbers of a task are shown (`Headline`), the crop its labels are cut
+from (`Crop`, with the labels that several tasks share), and where one image's predictions are
+decoded (`Frame`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -107,3 +109,89 @@ def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
     from hgmt.sources import surreal
 
     return {"pelvis_depth": np.float32(crop.joints3d()[surreal.PELVIS, 2])}
+
+
+@runtime_checkable
+class TaskModule(Protocol):
+    """What a task module provides: hgmt loops over `hgmt.tasks.TASKS` and calls only these.
+    Arrays: `pred` is one stage's (B,r,r,NUM_CHANNELS) output, `batch` a cropped batch (the
+    labels of every selected task), r the label size (image size / 4)."""
+
+    # The model's head and the loss's defaults.
+    NAME: str
+    NUM_CHANNELS: int
+    CHANNEL_FLIP: Sequence[int]  # the channels' permutation under a horizontal flip
+    DEFAULT_LOSS_WEIGHT: float
+    LOSS_OPTIONS: Mapping[str, float]  # keyword options of `loss`, defaults = the reference's
+    HEADLINES: Mapping[str, Headline]  # {metric protocol: how its numbers are shown}
+
+    def labels(self, crop: Crop) -> dict:
+        """Numpy labels cut from the record by the crop (flips included)."""
+
+    def targets(self, batch: dict) -> Any:
+        """Training targets, made on the device inside the jitted step."""
+
+    def loss(self, pred: Any, target: Any, **options: float) -> Any:
+        """Scalar loss of a batch (jit-able)."""
+
+    def decode(self, pred: Any, batch: dict) -> dict:
+        """Predictions decoded for the metrics (jit-able)."""
+
+    def metric_stats(self, decoded: dict, batch: dict) -> dict:
+        """Per-example metric sums, additive over a split (hgmt's protocol)."""
+
+    def summarize(self, stats: dict) -> dict:
+        """A split's sums -> {metric: value} (hgmt's protocol); None with a reason where a
+        metric is undefined."""
+
+    def protocol_metric(self, protocol: str, num_examples: int) -> tuple:
+        """(stats, summarize) of a reference protocol of HEADLINES other than hgmt."""
+
+    def summary_pictures(self, summary: dict, stem: str) -> list[str]:
+        """Writes the pictures of a split's summary beside its JSON (`stem` + suffix, e.g.
+        the PCKh curve); returns their paths ([] for none)."""
+
+    def predict(self, pred: np.ndarray, frame: Frame) -> dict:
+        """One image's result in the original image."""
+
+    def to_json(self, result: dict) -> dict:
+        """The JSON-able part of `predict`'s result."""
+
+    def draw(self, pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+        """(R,R,3) uint8 picture of one image's prediction (panel, TensorBoard)."""
+
+
+def check_task(module: Any) -> None:
+    """Raises TypeError naming what `module` lacks of `TaskModule`: a constant missing or of
+    the wrong type, a function missing or with other parameter names."""
+    hints = {"NAME": str, "NUM_CHANNELS": int, "DEFAULT_LOSS_WEIGHT": (int, float),
+             "LOSS_OPTIONS": Mapping, "HEADLINES": Mapping}
+    name = getattr(module, "__name__", repr(module))
+    for attr, kind in hints.items():
+        if not isinstance(getattr(module, attr, None), kind):
+            raise TypeError(f"task module {name}: {attr} missing or not {kind}")
+    if len(module.CHANNEL_FLIP) != module.NUM_CHANNELS or sorted(
+            int(c) for c in module.CHANNEL_FLIP) != list(range(module.NUM_CHANNELS)):
+        raise TypeError(f"task module {name}: CHANNEL_FLIP is not a permutation of its "
+                        f"{module.NUM_CHANNELS} channels")
+    if "hgmt" not in module.HEADLINES or not all(
+            isinstance(h, Headline) for h in module.HEADLINES.values()):
+        raise TypeError(f"task module {name}: HEADLINES needs an 'hgmt' entry, all Headline")
+    for attr, proto in vars(TaskModule).items():
+        if attr.startswith("_") or not inspect.isfunction(proto):
+            continue
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise TypeError(f"task module {name}: function {attr} missing")
+        want = [p for p in inspect.signature(proto).parameters if p != "self"]
+        have = list(inspect.signature(fn).parameters)
+        positional = [p for p in want if p != "options"]
+        if have[:len(positional)] != positional:
+            raise TypeError(f"task module {name}: {attr}{inspect.signature(fn)} should take "
+                            f"({', '.join(positional)}, ...)")
+        extra = [p for p in have[len(positional):] if p not in module.LOSS_OPTIONS] \
+            if attr == "loss" else have[len(positional):]
+        if extra:
+            raise TypeError(f"task module {name}: {attr} has parameters {extra} that hgmt "
+                            f"never passes" + (" (loss options must be in LOSS_OPTIONS)"
+                                               if attr == "loss" else ""))

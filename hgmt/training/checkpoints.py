@@ -169,9 +169,8 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
         if not os.path.isdir(workdirs.best_dir(workdir)):
             raise FileNotFoundError(
                 f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept only when "
-                f"training "
-                f"validates (config.eval_every > 0; this run has "
-                f"{config.get('eval_every', 0)})")
+                f"an evaluator of config.evals has a best_metric and runs during training "
+                f"(every > 0)")
         mngr = ocp.CheckpointManager(workdirs.best_dir(workdir), item_names=("state",))
         steps = mngr.all_steps()
         if not steps:

@@ -1,27 +1,40 @@
-"""Validation during training and the best checkpoint.
+"""The trainer's evaluators, declared in the config, and the best checkpoint.
 
-Every `config.eval_every` steps the trainer evaluates the current model on the frames of
-`config.eval_split` that `config.eval_frames` selects (at most `config.eval_max_examples`),
-writes the headline metrics to TensorBoard under `validation/`, and keeps the checkpoint that
-scored best on `config.best_metric` in `<workdir>/best/<step>` (orbax, the metric stored with
-it, so a resumed run knows the best so far). `hgmt.evaluate --step=best` evaluates it.
+`config.evals` is a dict of named evaluators; each has the evaluation settings of
+`hgmt.evaluation.evaluator.SETTINGS` (split, frames, protocol, flip, max_examples) and says
+when it runs and what it keeps:
 
-`best_metric` is any key of `metric_values`: `loss/total` (the loss-weighted sum of the task
-losses, the default: it exists for every task subset), `loss/<task>`, or a headline metric
-such as `pose2d/pckh@0.5` or `pose3d/mjd_mm`. Losses are better lower, and so are the metrics a
-task's `Headline` lists in `lower_is_better`; everything else higher.
+    every        run every `every` steps (0: not during training)
+    at_end       run after the last step; its summary is written to <workdir>/eval_<name>.json
+                 (+ .md), the file `hgmt.report` and `launch/sweep.py` read for `test`
+    best_metric  '' or a metric of `metric_values` (`loss/total`, `loss/<task>`, a headline
+                 metric such as `pose2d/pckh@0.5`): the checkpoint that scores best on it is
+                 kept in <workdir>/best/<step> (orbax, the score stored with it, so a resumed
+                 run knows the best so far); at most one evaluator keeps one
+
+Every result goes to TensorBoard as `<name>/<metric>` and, one JSON object a line, to
+<workdir>/evals.jsonl (step, evaluator, settings, metrics): the learning curves of a run.
+Losses are better lower, and so are the metrics a task's `Headline` lists in
+`lower_is_better`; everything else higher.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping
 
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
+from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
+
+SPLITS = ("train", "validation", "test")
+FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examples": int,
+          "every": int, "at_end": bool, "best_metric": str}
 
 
 def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, float]:
@@ -32,72 +45,159 @@ def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, floa
     return values
 
 
-def lower_is_better(metric: str) -> bool:
+def metric_names(weights: Mapping[str, float], protocol: str = "hgmt") -> set[str]:
+    """The keys `metric_values` can give for these tasks under `protocol`."""
+    names = {"loss/total"} | {f"loss/{t}" for t in weights}
+    return names | {f"{t}/{k}" for t in weights for k in evaluator.headline_keys(t, protocol)}
+
+
+def lower_is_better(metric: str, protocol: str = "hgmt") -> bool:
     """'loss/...' and the headline metrics their task declares better lower (errors)."""
     task, _, name = metric.partition("/")
-    return task == "loss" or name in protocols.headline_of(task, "hgmt").lower_is_better
+    return task == "loss" or name in protocols.headline_of(task, protocol).lower_is_better
 
 
-def best_manager(workdir: str, metric: str) -> ocp.CheckpointManager:
+def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> dict[str, dict]:
+    """{name: settings} of `config.evals`, checked: every field known and of its type, the
+    split, frames and protocol valid, `best_metric` a metric of these tasks, at most one
+    evaluator keeping a best checkpoint. Errors name the evaluator, the field and the choices."""
+    out = {}
+    for name, entry in dict(config.get("evals", {})).items():
+        entry = dict(entry)
+        where = f"config.evals.{name}"
+        unknown = sorted(set(entry) - set(FIELDS))
+        missing = sorted(set(FIELDS) - set(entry))
+        if unknown or missing:
+            raise ValueError(f"{where}: unknown field(s) {unknown}, missing {missing}; an "
+                             f"evaluator has exactly {list(FIELDS)} (configs/common.py "
+                             f"evaluator_config)")
+        for field, kind in FIELDS.items():
+            if not isinstance(entry[field], kind):
+                raise ValueError(f"{where}.{field}={entry[field]!r}: give a {kind.__name__}")
+        if entry["split"] not in SPLITS:
+            raise ValueError(f"{where}.split={entry['split']!r}: choose one of {SPLITS}")
+        try:
+            input_pipeline.parse_eval_frames(entry["frames"])
+            protocols.check(entry["protocol"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if entry["every"] < 0 or entry["max_examples"] < 0:
+            raise ValueError(f"{where}: every and max_examples must be >= 0")
+        metric = entry["best_metric"]
+        if metric and metric not in metric_names(weights, entry["protocol"]):
+            raise ValueError(f"{where}.best_metric={metric!r} is not a metric of these tasks; "
+                             f"choose one of {sorted(metric_names(weights, entry['protocol']))}")
+        out[name] = entry
+    keeping = [n for n, e in out.items() if e["best_metric"]]
+    if len(keeping) > 1:
+        raise ValueError(f"config.evals: {keeping} all set best_metric; <workdir>/best keeps "
+                         f"one checkpoint, so at most one evaluator may")
+    return out
+
+
+def best_manager(workdir: str, metric: str, protocol: str = "hgmt") -> ocp.CheckpointManager:
     """The manager of `<workdir>/best`: one checkpoint, the best by `metric` (state only)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda m: m[metric],
-        best_mode="min" if lower_is_better(metric) else "max",
+        best_mode="min" if lower_is_better(metric, protocol) else "max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
     return ocp.CheckpointManager(workdirs.best_dir(workdir), options=options,
                                  item_names=("state",))
 
 
-class Validator:
-    """Runs validation at the configured steps and keeps the best checkpoint."""
+class Evaluators:
+    """The evaluators of `config.evals`, each compiled once, run by the trainer at their steps
+    and after the last one. Every process calls them (the evaluation is a collective); process
+    0 writes the files."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-                 weights: Mapping[str, float]):
-        self.every = int(config.get("eval_every", 0))
-        self.metric = config.get("best_metric", "loss/total")
-        self.weights = dict(weights)
-        if not self.every:
-            return
-        known = {"loss/total"} | {f"loss/{t}" for t in self.weights}
-        known |= {f"{t}/{k}" for t in self.weights for k in evaluator.headline_keys(t)}
-        if self.metric not in known:
-            raise ValueError(f"config.best_metric={self.metric!r} is not a validation metric "
-                             f"of these tasks; choose one of {sorted(known)}")
-        self.evaluator = evaluator.Evaluator(config, split=config.get("eval_split", "validation"))
-        self.manager = best_manager(workdir, self.metric)
+                 weights: Mapping[str, float], is_writer: bool = True):
+        self.config, self.workdir, self.weights = config, workdir, dict(weights)
+        self.settings = check(config, weights)
+        self.is_writer = is_writer
+        self._built: dict[str, evaluator.Evaluator] = {}
+        self.keeper = next((n for n, e in self.settings.items() if e["best_metric"]), None)
+        self.manager = None
+        if self.keeper:
+            e = self.settings[self.keeper]
+            self.manager = best_manager(workdir, e["best_metric"], e["protocol"])
 
-    def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+    def _evaluator(self, name: str) -> evaluator.Evaluator:
+        if name not in self._built:  # built on first use: the split is opened then
+            s = self.settings[name]
+            self._built[name] = evaluator.Evaluator(
+                self.config, **{k: s[k] for k in evaluator.SETTINGS})
+        return self._built[name]
+
+    def due(self, step: int) -> list[str]:
+        """The evaluators that run at `step` of training."""
+        return [n for n, e in self.settings.items() if e["every"] and step % e["every"] == 0]
+
+    def at_end(self) -> list[str]:
+        return [n for n, e in self.settings.items() if e["at_end"]]
 
     def best(self) -> tuple[int, float] | None:
         """(step, value) of the best checkpoint so far, or None."""
+        if self.manager is None or self.manager.best_step() is None:
+            return None
         step = self.manager.best_step()
-        return None if step is None else (step, self.manager.metrics(step)[self.metric])
+        return step, self.manager.metrics(step)[self.settings[self.keeper]["best_metric"]]
 
-    def __call__(self, step: int, host_state, writer=None) -> dict[str, float]:
-        """Evaluates `host_state` (params, batch_stats on the host), logs, and saves it to
-        `<workdir>/best` when it beats the best so far. Every process calls it."""
-        summary = self.evaluator({"params": host_state.params,
-                                  "batch_stats": host_state.batch_stats})
-        values = metric_values(summary, self.weights)
-        if writer is not None:
-            writer.write_scalars(step, {f"validation/{k}": v for k, v in values.items()})
-        value = values.get(self.metric)
-        best = self.best()
+    def run(self, names: list[str], step: int, host_state, writer=None,
+            final: bool = False) -> dict[str, dict]:
+        """Runs the evaluators `names` on `host_state` (params and batch_stats on the host):
+        TensorBoard, evals.jsonl, the best checkpoint, and after training (`final`) each
+        one's eval_<name>.json with pictures of its first examples. -> {name: summary}."""
+        variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
+        summaries = {}
+        for name in names:
+            ev = self._evaluator(name)
+            summary = ev(variables)
+            summaries[name] = summary
+            values = metric_values(summary, self.weights)
+            if writer is not None:
+                writer.write_scalars(step, {f"{name}/{k}": v for k, v in values.items()})
+                if final:
+                    writer.write_images(step, {f"{name}/predictions": ev.pictures(variables)})
+            if self.is_writer:
+                self._append(step, name, summary, values)
+                if final:
+                    summary = {**summary, "step": step, "evaluator": name}
+                    evaluator.write_report(summary, os.path.join(self.workdir,
+                                                                 f"eval_{name}.json"))
+            note = self._keep_best(name, step, host_state, values)
+            logging.info("%s at step %d: %s%s", name, step, "  ".join(
+                f"{k} {v:.4g}" for k, v in evaluator.headline(summary).items()
+                if v is not None), note)
+        return summaries
+
+    def _append(self, step: int, name: str, summary: dict, values: dict) -> None:
+        line = {"step": step, "evaluator": name,
+                **{k: summary[k] for k in ("split", "frames", "flip", "protocol",
+                                           "num_examples")},
+                "metrics": values}
+        path = workdirs.evals_file(self.workdir)
+        with disk_space.reported(path, "the evaluation curves"), open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _keep_best(self, name: str, step: int, host_state, values: dict) -> str:
+        if name != self.keeper:
+            return ""
+        metric = self.settings[name]["best_metric"]
+        value, best = values.get(metric), self.best()
         better = value is not None and (best is None or (
-            value < best[1] if lower_is_better(self.metric) else value > best[1]))
+            value < best[1] if lower_is_better(metric, self.settings[name]["protocol"])
+            else value > best[1]))
+        if better and best is not None and best[0] == step:
+            return f"  ({metric}: kept at this step already)"
         if better:
             self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state)), metrics={self.metric: value})
-            note = "best so far, saved"
-        elif best is not None:
-            note = f"best {best[1]:.4g} at step {best[0]}"
-        else:
-            note = "undefined on this split, not saved"
-        logging.info("validation at step %d: %s %s (%s)", step, self.metric,
-                     "undefined" if value is None else f"{value:.4g}", note)
-        return values
+                state=ocp.args.StandardSave(host_state)), metrics={metric: value})
+            return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
+        if best is not None:
+            return f"  ({metric}: best {best[1]:.4g} at step {best[0]})"
+        return f"  ({metric}: undefined on this split, not kept)"
 
     def close(self) -> None:
-        if self.every:
+        if self.manager is not None:
             self.manager.close()

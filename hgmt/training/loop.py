@@ -1,4 +1,4 @@
-"""Training: `train_and_evaluate(config, workdir)`, readable top to bottom.
+"""Training: `run(config, workdir)`, readable top to bottom.
 
 pmap over all local devices (the global batch split across devices and hosts), BatchNorm
 statistics synchronised across devices (`axis_name="batch"`) and averaged before evaluation and
@@ -32,7 +32,6 @@ from clu import metric_writers
 
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
-from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
@@ -50,9 +49,22 @@ from hgmt.training import (
 # --- The loop --------------------------------------------------------------------------------
 def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
           loader: Iterable | None = None) -> steps.TrainState:
+    """`run`'s final state."""
+    return run(config, workdir, writer, loader)[0]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+    """`run`'s summaries of the evaluators that run after the last step ({name: summary})."""
+    return run(config, workdir)[1]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
+        loader: Iterable | None = None) -> tuple[steps.TrainState, dict[str, dict]]:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
-    newest readable checkpoint. Returns the final state on the host, BatchNorm statistics
-    averaged. `loader` replaces the dataset's grain loader (its iterator needs get_state and
+    newest readable checkpoint, running the evaluators of `config.evals` at their steps and
+    after the last one (hgmt.training.evaluators). Returns the final state on the host
+    (BatchNorm statistics averaged) and the final evaluators' summaries. `writer` replaces the
+    TensorBoard writer; `loader` the dataset's grain loader (its iterator needs get_state and
     set_state; benchmarks feed batches from memory with it).
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1, FloatingPointError on a
@@ -64,7 +76,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
-    input_pipeline.parse_eval_frames(config.get("eval_frames", "middle"))
+    evaluators.check(config, weights)  # a bad evaluator stops the run before any work
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
@@ -82,6 +94,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            watch: preemption.PreemptionWatch) -> steps.TrainState:
     if jax.process_index() == 0:
         workdirs.save_config(config, workdir)
+    own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0)
@@ -129,7 +142,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"{workdirs.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
             f"or set optimizer.grad_clip_norm.")
 
-    validator = evaluators.Validator(config, workdir, weights)
+    evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
@@ -190,30 +203,39 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         stopping = preempted and step < config.total_steps
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
-        validation_due = validator.due(step) and not stopping  # a preempted job has no time
-        if checkpoint_due or validation_due:
+        # A preempted job has no time to evaluate; the last step's evaluators run once, below.
+        evals_due = [] if stopping else [n for n in evals.due(step)
+                                         if not (step == config.total_steps
+                                                 and n in evals.at_end())]
+        if checkpoint_due or evals_due:
             host = host_state(step, state)
             with checkpoints.stop_on_full_disk(workdir, step):
                 if checkpoint_due:
                     save(step, host)
                     saving = step
-                if validation_due:
-                    validator(step, host, writer)
+                if evals_due:
+                    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+                        evals.run(evals_due, step, host, writer)
         if stopping:
             with checkpoints.stop_on_full_disk(workdir, saving):
                 mngr.wait_until_finished()
             mngr.close()
-            validator.close()
+            evals.close()
             if jax.process_count() > 1:  # exit together, after process 0 finalised the save
                 from jax.experimental import multihost_utils
 
                 multihost_utils.sync_global_devices("preemption checkpoint saved")
             raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir))
+    final = host_state(config.total_steps, state)
     with checkpoints.stop_on_full_disk(workdir, saving):
         mngr.wait_until_finished()
     mngr.close()
-    validator.close()
-    return jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+        summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
+    evals.close()
+    if own_writer:
+        writer.flush()
+    return final, summaries
 
 
 @functools.cache
@@ -225,21 +247,6 @@ def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
     return jax.pmap(functools.partial(steps.train_step, weights=dict(weights),
                                       options={t: dict(o) for t, o in options}),
                     axis_name="batch", donate_argnums=(0,))
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (see `train`), then evaluates the final model on the test protocol. Returns the
-    evaluation summary."""
-    with disk_space.reported(workdir, "the TensorBoard summaries"):
-        writer = disk_space.CheckedWriter(metric_writers.create_default_writer(
-            workdir, just_logging=jax.process_index() > 0), workdir)
-    state = train(config, workdir, writer)
-    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-        summary = evaluator.evaluate(config, {"params": state.params,
-                                              "batch_stats": state.batch_stats},
-                                     writer=writer, step=int(state.step))
-    writer.flush()
-    return summary
 
 
 def _hms(seconds: float) -> str:

@@ -1,5 +1,6 @@
-"""Validation during training: metrics at eval_every steps, the best checkpoint kept and
-restorable (`--step=best`), the best-so-far record surviving a resume."""
+"""The trainer's evaluators (`config.evals`): metrics at their steps and after the last one, in
+TensorBoard and <workdir>/evals.jsonl, the best checkpoint kept and restorable (`--step=best`),
+the best-so-far record surviving a resume, and bad evaluator settings stopped before training."""
 
 import json
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 import hgmt.evaluate
+from configs.common import evaluator_config
+from hgmt import workdirs
 from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
@@ -37,8 +40,9 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
                                                                           tmp_path):
     workdir = str(tmp_path / "run")
     metric = "loss/total"  # lower is better; it moves every step (a tiny model's IoU is 0)
-    kw = dict(tasks="pose2d+segm", eval_every=2, checkpoint_every=4, best_metric=metric,
-              **{"optimizer.learning_rate": 3e-3})
+    kw = {"tasks": "pose2d+segm", "checkpoint_every": 2, "keep_checkpoints": 5,
+          "evals.validation.every": 2, "evals.validation.best_metric": metric,
+          "evals.validation.max_examples": 8, "optimizer.learning_rate": 3e-3}
     first = Recorder()
     loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
     scores = _validation(first, metric)
@@ -53,13 +57,20 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     assert manager.metrics(best_step)[metric] == pytest.approx(scores[best_step])
 
     # What --step=best restores is the model of that step (the periodic checkpoints hold
-    # steps 4 and 6).
+    # every validated step) and not that of another step.
     _, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
     assert step == best_step
-    if best_step in (4, 6):
-        _, same, _ = checkpoints.restore_for_inference(workdir, best_step)
-        for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(same), strict=True):
-            np.testing.assert_array_equal(a, b)
+    for other in scores:
+        _, same, _ = checkpoints.restore_for_inference(workdir, other)
+        equal = all(np.array_equal(a, b) for a, b in zip(
+            jax.tree.leaves(best_vars), jax.tree.leaves(same), strict=True))
+        assert equal == (other == best_step), other
+    lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation"),
+                                                            (4, "validation"),
+                                                            (6, "validation")]
+    assert [x["metrics"][metric] for x in lines] == pytest.approx(
+        [scores[2], scores[4], scores[6]])
 
     # Resume to step 10: the best so far is known, so a later checkpoint replaces it only
     # when it scores better.
@@ -82,17 +93,51 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     assert total == pytest.approx(every[overall], rel=1e-5)
 
 
-def test_unknown_best_metric_names_the_choices(demo_dataset, tmp_path):
-    config = tiny_config(demo_dataset[1], tasks="pose2d", eval_every=2,
-                         best_metric="pose2d/accuracy")
-    with pytest.raises(ValueError, match="best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"):
+def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
+    """An evaluator due at the last step and also run at the end runs once; each final one
+    writes eval_<name>.json; the training-frames curve is an evaluator like the others."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, **{
+        "evals.test.at_end": True, "evals.test.every": 2, "evals.test.max_examples": 4})
+    with config.unlocked():
+        config.evals.train = evaluator_config("train", frames="every8", every=2,
+                                              max_examples=4)
+    _, summaries = loop.run(config, workdir)
+    assert sorted(summaries) == ["test"]
+    lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
+    assert [(x["step"], x["evaluator"], x["split"]) for x in lines] == [
+        (2, "test", "test"), (2, "train", "train"), (4, "train", "train"), (4, "test", "test")]
+    with open(tmp_path / "run" / "eval_test.json") as f:
+        report = json.load(f)
+    assert report["evaluator"] == "test" and report["step"] == 4 and report["num_examples"] == 4
+    assert report["pose2d"]["pckh@0.5"] == pytest.approx(lines[-1]["metrics"]["pose2d/pckh@0.5"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("best_metric", "pose2d/accuracy", "best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"),
+    ("split", "dev", "split='dev'.*validation"),
+    ("frames", "every0", "frames.*everyK"),
+    ("protocol", "coco", "coco.*bodynet"),
+    ("every", 1.5, "every=1.5: give a int"),
+])
+def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_path, field,
+                                                          value, message):
+    config = tiny_config(demo_dataset[1], tasks="pose2d")
+    with config.unlocked():
+        config.evals.validation[field] = value
+    with pytest.raises(ValueError, match=message):
+        loop.train(config, str(tmp_path / "run"))
+    config = tiny_config(demo_dataset[1], tasks="pose2d",
+                         **{"evals.validation.best_metric": "loss/total",
+                            "evals.test.best_metric": "loss/total"})
+    with pytest.raises(ValueError, match="at most one evaluator"):
         loop.train(config, str(tmp_path / "run"))
 
 
 def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
     workdir = str(tmp_path / "run")
     loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
-    with pytest.raises(FileNotFoundError, match="config.eval_every > 0"):
+    with pytest.raises(FileNotFoundError, match="best_metric"):
         checkpoints.restore_for_inference(workdir, "best")
 
 

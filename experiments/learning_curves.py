@@ -1,0 +1,94 @@
+"""Learning curves of a training run: its evaluators' metrics against the step.
+
+    python experiments/learning_curves.py --workdir=runs/learning [--out_dir=DIR]
+
+reads <workdir>/evals.jsonl (every evaluation the trainer ran, hgmt/training/evaluators.py) and
+writes <out_dir>/curves.json ({evaluator: [{step, metrics}]}) and <out_dir>/curves.png: one
+panel per task with the metric the study compares, a line per evaluator (test frames solid,
+others dashed). <out_dir> defaults to the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli, workdirs  # noqa: E402
+from hgmt.evaluation import protocols  # noqa: E402
+from hgmt.tasks import TASKS  # noqa: E402
+
+
+def load_curves(workdir: str) -> dict[str, list[dict]]:
+    """{evaluator: [{'step', 'metrics'}] in step order} of a workdir's evals.jsonl."""
+    path = workdirs.evals_file(workdir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: train with evaluators that run during "
+                                f"training (config.evals.<name>.every > 0)")
+    curves: dict[str, dict[int, dict]] = {}
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            # a resumed run may evaluate a step again: the last evaluation counts
+            curves.setdefault(entry["evaluator"], {})[entry["step"]] = entry["metrics"]
+    return {name: [{"step": s, "metrics": m} for s, m in sorted(points.items())]
+            for name, points in curves.items()}
+
+
+def plot(curves: dict[str, list[dict]], path: str, title: str = "") -> None:
+    """One panel per task present: its compared metric (hgmt protocol) per evaluator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = {t: f"{t}/{protocols.headline_of(t, 'hgmt').compare}" for t in TASKS}
+    present = [t for t in TASKS if any(keys[t] in p["metrics"] for c in curves.values()
+                                       for p in c)]
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], present, strict=True):
+        for name, points in curves.items():
+            pts = [(p["step"], p["metrics"][keys[task]]) for p in points
+                   if keys[task] in p["metrics"]]
+            ax.plot(*zip(*pts, strict=True), "o-" if name == "test" else "o--", ms=3,
+                    label=name)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel(protocols.headline_of(task, "hgmt").label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "training workdir", flag_values=fv, required=True)
+    flags.DEFINE_string("out_dir", None, "where curves.json and curves.png go (default: the "
+                        "workdir)", flag_values=fv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    curves = load_curves(args.workdir)
+    out_dir = args.out_dir or args.workdir
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "curves.json"), "w") as f:
+        json.dump(curves, f, indent=1)
+    config = workdirs.load_config(args.workdir)
+    frames = {e.frames for e in dict(config.get("evals", {})).values()} if "evals" in config \
+        else set()
+    plot(curves, os.path.join(out_dir, "curves.png"),
+         f"{config.tasks}, {config.image_size} px, frames {', '.join(sorted(frames))}")
+    print(json.dumps({name: points[-1] for name, points in curves.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The investigations of experiments/: depth-free baselines and limb depth on crafted pixels,
+demo clips and the real SURREAL annotation file; the learning curves of a training workdir."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+
+import depth_baselines  # noqa: E402
+import learning_curves  # noqa: E402
+import limb_depth  # noqa: E402
+
+
+def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
+    """configs/learning.py trained briefly through the one trainer: its evaluators' lines in
+    evals.jsonl become curves (a resumed step counted once), JSON and PNG written."""
+    from configs import learning
+    from hgmt.training import loop
+
+    config = learning.get_config("tasks=pose2d+segm,steps=4,eval_every=2,train_frames=every8")
+    with config.unlocked():
+        config.data_dir, config.dataset = demo_dataset[1], "surreal/all"
+        config.image_size, config.batch_size, config.eval_batch_size = 32, 4, 4
+        config.model.update(num_stacks=1, features=16, depth=2)
+        config.worker_count, config.checkpoint_every = 0, 2
+        config.evals.test.max_examples = config.evals.train.max_examples = 4
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir)
+    with open(os.path.join(workdir, "evals.jsonl"), "a") as f:  # as a resume would repeat
+        f.write(json.dumps({"step": 4, "evaluator": "test", "metrics": {"pose2d/pckh@0.5": 0.5,
+                                                                       "segm/mean_iou": 0.25}}))
+        f.write("\n")
+    assert learning_curves.main([f"--workdir={workdir}", f"--out_dir={tmp_path}"]) == 0
+    with open(tmp_path / "curves.json") as f:
+        curves = json.load(f)
+    assert sorted(curves) == ["test", "train"]
+    assert [p["step"] for p in curves["test"]] == [2, 4]
+    assert [p["step"] for p in curves["train"]] == [2, 4]
+    assert curves["test"][-1]["metrics"]["pose2d/pckh@0.5"] == 0.5
+    assert 0 <= curves["train"][0]["metrics"]["segm/mean_iou"] <= 1
+    assert os.path.getsize(tmp_path / "curves.png") > 0
+    with pytest.raises(FileNotFoundError, match="evals.jsonl"):
+        learning_curves.load_curves(str(tmp_path / "nothing"))
+
+
+def test_depth_baselines_on_crafted_pixels():
+    """Six pixels, by hand: the most common bin (3) holds 3 of 6; each part's own most common
+    bin 2 + 3 (part 1: bins 1,1,2; part 2: 3,3,3); per part and frame every pixel but the
+    part-1 frame-0 outlier (bins 1,1,4 in frame 0, 2 in frame 1)."""
+    bins = np.array([1, 1, 2, 3, 3, 3, 4])
+    parts = np.array([1, 1, 1, 2, 2, 2, 1])
+    frames = np.array([0, 0, 1, 0, 1, 1, 0])
+    r = depth_baselines.baselines(bins, parts, frames)
+    assert r["pixels"] == 7
+    assert np.isclose(r["most_common_bin"], 3 / 7)
+    assert np.isclose(r["part_mode"], 5 / 7)  # part 1: {1,1,2,4} -> 2; part 2: 3
+    assert np.isclose(r["part_frame_mode"], 6 / 7)  # (0,1): {1,1,4} -> 2; others all
+    assert depth_baselines.baselines(bins[:0], parts[:0], frames[:0])["most_common_bin"] == 0
+
+
+def test_depth_baselines_on_demo_clips(demo_dataset):
+    """Depth bins are relative to the pelvis, in front negative: the visible torso surface is
+    nearer the camera than the pelvis joint inside the body. A head that knows each part's
+    depth per frame scores at least as well as one that knows the parts only."""
+    from hgmt.sources import surreal
+
+    test_dir = os.path.join(demo_dataset[0], "cmu", "test")
+    for stem in surreal.find_clips(demo_dataset[0], "test"):
+        bins, parts, frames = depth_baselines.clip_pixels(stem, every=2)
+        assert set(np.unique(frames)) == {0, 2, 4}
+        torso = bins[parts == surreal.PART_NAMES.index("torso") + 1]
+        assert -4 <= np.median(torso) <= -1
+    r = depth_baselines.main(["--clips", test_dir, "--every", "1"])[test_dir]
+    assert r["clips"] == 2 and r["pixels"] > 0
+    assert r["most_common_bin"] <= r["part_mode"] <= r["part_frame_mode"] <= 1
+
+
+def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
+    """A camera depth is camLoc_x - X_x (docs/surreal_format.md), so a joint's depth
+    relative to the pelvis is the pelvis's world x minus the joint's."""
+    import pytest
+
+    from hgmt.sources import surreal
+
+    rel = limb_depth.relative_depth(real_info_path)
+    x = surreal.load_info(real_info_path).joints3d[:, surreal.SMPL_TO_JOINT, 0]
+    np.testing.assert_allclose(rel, x[:, [surreal.PELVIS]] - x, atol=1e-6)
+    out = limb_depth.spread([real_info_path])
+    assert (out["clips"], out["frames"]) == (1, 100)
+    assert out["within_clip_sd_mm"] == out["overall_sd_mm"]  # one clip
+    assert out["overall_sd_mm"]["pelvis"] == 0.0
+    assert out["overall_sd_mm"]["r_ankle"] == pytest.approx(
+        round(float(np.std(x[:, surreal.PELVIS] - x[:, 0]) * 1000.0), 1), abs=0.11)
+    with pytest.raises(SystemExit, match="no \\*_info.mat under"):
+        limb_depth.info_files(str(tmp_path))
+
+
+def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info_path):
+    """A joint 0.2 m behind the pelvis guessed at the pelvis's depth lands on its own camera
+    ray at 3.0 m instead of 3.2 m: error |(x, y, z) * (3.0/3.2 - 1)| (crafted by hand)."""
+    from hgmt.sources import surreal
+
+    cam = np.zeros((1, 16, 3))
+    cam[..., 2] = 3.0  # every joint at the pelvis (error 0) but one
+    cam[0, 0] = [0.3, 0.1, 3.2]
+    err = limb_depth.mjd_mm(cam, np.zeros((1, 16)))
+    expected = np.linalg.norm(np.array([0.3, 0.1, 3.2]) * (3.0 / 3.2 - 1)) * 1000.0
+    np.testing.assert_allclose(err[0], expected, rtol=1e-6)
+    assert np.all(err[1:] < 1e-6)
+    np.testing.assert_allclose(limb_depth.mjd_mm(cam, cam[..., 2] - 3.0), 0.0, atol=1e-6)
+    out = limb_depth.depth_free_mjd([real_info_path])
+    assert out["joint_bins"]["mjd_mm"] < out["mean_offset"]["mjd_mm"] <= (
+        out["pelvis_plane"]["mjd_mm"])
+    assert out["mean_offset"]["per_joint_mm"][surreal.JOINT_NAMES[surreal.PELVIS]] == 0.0
