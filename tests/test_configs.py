@@ -123,4 +123,4 @@ def test_evaluator_config_has_the_fields_the_trainer_checks():
     from configs.common import evaluator_config
     from hgmt.training import evaluators
 
-    assert list(evaluator_config()) == list(evaluators.FIELDS)
+    assert sorted(evaluator_config()) == sorted(evaluators.FIELDS)
