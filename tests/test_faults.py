@@ -1,4 +1,4 @@
-"""Faults of long runs (issue 16): preemption, a damaged checkpoint, two trainers in one
+"""Faults of long runs: preemption, a damaged checkpoint, two trainers in one
 workdir, a damaged dataset shard, a dead peer. Real signals, processes and orbax checkpoints.
 
 The multi-process and command-line tests take minutes and are marked slow."""

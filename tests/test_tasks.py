@@ -101,7 +101,7 @@ def test_pose3d_targets_decode_within_half_bin():
 
 
 def test_never_visible_joint_is_not_averaged_as_zero():
-    """Issue 13: perfect heatmaps with one joint never visible in the split gave 15/16."""
+    """Perfect heatmaps with one joint never visible in the split score 1, not 15/16."""
     batch = make_batch(seed=5)
     batch["visible"] = batch["visible"].at[:, 3].set(0.0)
     s = _summaries(pose2d, pose2d.targets(batch), batch)
@@ -130,7 +130,7 @@ def demo_record():
 @pytest.mark.parametrize("scale_sigma,rotate_p,flip_p", [
     (0.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (0.25, 1.0, 1.0), (0.25, 0.0, 0.0)])
 def test_pose3d_target_decodes_to_its_own_crop_pose(demo_record, scale_sigma, rotate_p, flip_p):
-    """Issue 13: a flipped crop's own target decoded to 351 mm error. Now, for any crop
+    """For any crop
     (flipped, rotated, scaled), decoding the target gives back the crop's 3D joints within
     the quantisation: depth within half a 45 mm bin."""
     from hgmt.data import input_pipeline as ip
