@@ -8,6 +8,7 @@
     <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
     <workdir>/eval_<split>[_<ckpt>][_<protocol>].json   an evaluation's summary (+ .md)
     <workdir>/events.*                    TensorBoard summaries
+    <workdir>/damaged_records.json        the damaged training records skipped (if any)
 
     <sweep>/<tasks>[@seed<k>]/            one run of a sweep: a workdir as above
     <sweep>/sweep.json                    the sweep's plan
@@ -28,6 +29,7 @@ BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints_unreadable"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
+DAMAGED_FILE = "damaged_records.json"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
 
@@ -54,6 +56,10 @@ def lock_file(workdir: str) -> str:
 
 def evals_file(workdir: str) -> str:
     return os.path.join(_abs(workdir), EVALS_FILE)
+
+
+def damaged_file(workdir: str) -> str:
+    return os.path.join(_abs(workdir), DAMAGED_FILE)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -26,6 +26,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from hgmt.data import damage
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
@@ -116,6 +117,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
 # Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
 _IMAGE_FEATURES = {"image": cv2.IMREAD_COLOR_RGB, "segm": cv2.IMREAD_UNCHANGED,
                    "depth": cv2.IMREAD_UNCHANGED}
+IMAGE_FEATURES = tuple(_IMAGE_FEATURES)
 
 
 def decoded(example: dict, key: str) -> np.ndarray:
@@ -125,19 +127,38 @@ def decoded(example: dict, key: str) -> np.ndarray:
     if isinstance(value, bytes | np.bytes_):
         array = cv2.imdecode(np.frombuffer(value, np.uint8), _IMAGE_FEATURES[key])
         if array is None:
-            raise ValueError(f"record feature {key!r} ({len(value)} bytes) is not a readable "
-                             f"image: the dataset is damaged; rebuild it with tfds build")
+            raise damage.DamagedRecord(
+                f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
+                f"dataset is damaged; rebuild it with tfds build")
         return array
     array = np.asarray(value)
     return array[..., 0] if key != "image" and array.ndim == 3 else array
 
 
 class TrainCrop(grain.RandomMapTransform):
-    def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None):
+    """The training crop of a record of a `damage.Guarded` source: a damaged record is
+    replaced by the next good one of its shard (`damage.first_good`), and the example's
+    `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced (-1
+    padded) for the trainer to name and count. Records without '_index' are cropped as
+    they are."""
+
+    def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
+                 source=None):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
+        self.source = source
+        self.shards = None if source is None else damage.Shards.of(source)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        return crop_example(element, self.image_size, self.augment, rng, self.tasks)
+        def crop(record: dict) -> dict:
+            return crop_example(record, self.image_size, self.augment, rng, self.tasks)
+
+        if "_index" not in element:
+            return crop(element)
+        index = element.pop("_index")
+        record = None if element.pop("_damaged", None) else element
+        out, damaged = damage.first_good(index, self.source, self.shards, crop, record)
+        out["damaged"] = damage.damaged_field(damaged)
+        return out
 
 
 # What crop_example reads: the frame, both label maps, the joints and the camera.
@@ -196,14 +217,15 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  augment: Augment = Augment(), worker_count: int = -1,
                  tasks: Sequence[str] | None = None) -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
-    with the labels of `tasks` (default all). `worker_count` as in `auto_worker_count`."""
+    with the labels of `tasks` (default all), and `damaged` (per example, the damaged records
+    it replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`."""
     per_host = batch_size // jax.process_count()
     sampler = grain.IndexSampler(
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
-        data_source=source, sampler=sampler,
-        operations=[TrainCrop(image_size, augment, tasks),
+        data_source=damage.Guarded(source), sampler=sampler,
+        operations=[TrainCrop(image_size, augment, tasks, source),
                     grain.Batch(per_host, drop_remainder=True)],
         worker_count=auto_worker_count(worker_count))
 
@@ -239,19 +261,31 @@ class ConsumedPosition:
         getattr(self._iterator, "start_prefetch", lambda: None)()
 
 
-def frame_indices(dataset: str, data_dir: str, split: str,
-                  keep: Callable[[int, int], bool]) -> list[int]:
+def frame_indices(dataset: str, data_dir: str, split: str, keep: Callable[[int, int], bool],
+                  damaged: list[int] | None = None) -> list[int]:
     """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
-    annotations only, not the images."""
+    annotations only, not the images. A record that does not read is left out and its index
+    appended to `damaged`."""
     light = open_split(dataset, data_dir, split)
-    return [i for i in range(len(light))
-            if keep(int(light[i]["frame"]), int(light[i]["num_frames"]))]
+    out = []
+    for i in range(len(light)):
+        try:
+            record = damage.read(light, i)
+        except damage.DamagedRecord:
+            if damaged is not None:
+                damaged.append(i)
+            continue
+        if keep(int(record["frame"]), int(record["num_frames"])):
+            out.append(i)
+    return out
 
 
-def test_protocol_indices(dataset: str, data_dir: str, split: str) -> list[int]:
-    """Indices of the records that are their clip's middle frame (the SURREAL test protocol)."""
+def test_protocol_indices(dataset: str, data_dir: str, split: str,
+                          damaged: list[int] | None = None) -> list[int]:
+    """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
+    the records that do not read are appended to `damaged`."""
     return frame_indices(dataset, data_dir, split,
-                         lambda frame, total: frame == surreal.middle_frame(total))
+                         lambda frame, total: frame == surreal.middle_frame(total), damaged)
 
 
 def parse_eval_frames(frames: str) -> int:
@@ -267,31 +301,61 @@ def parse_eval_frames(frames: str) -> int:
                      "(every K-th frame of each clip, e.g. every4)")
 
 
-def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle") -> list[int]:
-    """Indices of the records `frames` selects (see parse_eval_frames)."""
+def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle",
+                 damaged: list[int] | None = None) -> list[int]:
+    """Indices of the records `frames` selects (see parse_eval_frames); the records that do
+    not read (so whose frame is unknown) are appended to `damaged`."""
     stride = parse_eval_frames(frames)
     if not stride:
-        return test_protocol_indices(dataset, data_dir, split)
-    return frame_indices(dataset, data_dir, split, lambda frame, total: frame % stride == 0)
+        return test_protocol_indices(dataset, data_dir, split, damaged)
+    return frame_indices(dataset, data_dir, split, lambda frame, total: frame % stride == 0,
+                         damaged)
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
-                 tasks: Sequence[str] | None = None) -> Iterator[dict]:
+                 tasks: Sequence[str] | None = None,
+                 damaged: list[int] | None = None) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, with the labels of `tasks`
     (default all); the last one padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
-    index in `indices`, for metrics that group the test order into batches)."""
+    index in `indices`, for metrics that group the test order into batches). A damaged record
+    (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
+    that list it raises."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
+
+    def example(i: int) -> dict | None:
+        try:
+            return crop_example(damage.read(source, i), image_size, Augment.none(),
+                                tasks=tasks)
+        except damage.DamagedRecord:
+            if damaged is None:
+                raise
+            damaged.append(i)
+            return None
+
+    spare: list[dict] = []  # a good example to pad with, found once when a batch has none
+
+    def filler() -> dict:
+        for i in () if spare else indices:
+            try:
+                spare.append(crop_example(damage.read(source, i), image_size, Augment.none(),
+                                          tasks=tasks))
+                break
+            except damage.DamagedRecord:
+                continue
+        if not spare:
+            raise damage.DamagedRecord(f"none of the {len(indices)} records to evaluate reads")
+        return spare[0]
+
     # Every host yields the same number of batches (the collectives need all of them).
     for start in range(0, -(-len(indices) // batch_size) * per_host, per_host):
-        chunk = mine[start:start + per_host]
-        examples = [crop_example(source[i], image_size, Augment.none(), tasks=tasks)
-                    for i in chunk]
-        mask = [1.0] * len(examples) + [0.0] * (per_host - len(examples))
-        filler = examples[-1] if examples else crop_example(
-            source[indices[0]], image_size, Augment.none(), tasks=tasks)
-        examples += [filler] * (per_host - len(examples))
+        examples = [example(i) for i in mine[start:start + per_host]]
+        examples += [None] * (per_host - len(examples))
+        mask = [float(e is not None) for e in examples]
+        good = [e for e in examples if e is not None]
+        pad = good[-1] if good else filler()
+        examples = [pad if e is None else e for e in examples]
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.asarray(mask, np.float32)
         # Each example's index in the split's test order (`indices`); padding repeats the last.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 
 import flax
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from hgmt import disk_space
-from hgmt.data import input_pipeline
+from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import create_model, predict_last_stage
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, heads, parse_tasks
@@ -84,9 +85,11 @@ class Evaluator:
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
+        self.shards = damage.Shards.of(self.source)
+        self.unreadable: list[int] = []  # damaged records met while selecting the frames
         if indices is None:  # by default each clip's middle frame
             indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
-                                                  self.frames)
+                                                  self.frames, self.unreadable)
         if max_examples:
             indices = indices[:max_examples]
         if not indices:
@@ -109,10 +112,11 @@ class Evaluator:
         'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: mean}}."""
         replicated = flax.jax_utils.replicate(variables)
         total = None
+        damaged: list[int] = []
         for batch in input_pipeline.eval_batches(self.source, self.indices,
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
-                                                 tasks=self.tasks):
+                                                 tasks=self.tasks, damaged=damaged):
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
@@ -124,6 +128,7 @@ class Evaluator:
         summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
         summary["num_examples"] = int(count)
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
+        summary.update(self._damaged(damaged))
         return summary
 
     def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
@@ -133,6 +138,24 @@ class Evaluator:
         return pictures.prediction_strips(
             images, {t: np.asarray(p) for t, p in preds.items()},
             {k: np.asarray(v[:n]) for k, v in self.first_batch.items()})
+
+    def _damaged(self, damaged: list[int]) -> dict:
+        """{'num_damaged', 'damaged_records'}: the damaged records left out, never silently:
+        those met while selecting the frames (every process reads them all) and each
+        process's share of those met in its batches (counted over all processes; named for
+        this one)."""
+        count = len(damaged)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            count = int(np.sum(multihost_utils.process_allgather(np.int32(count))))
+        names = [self.shards.name(i) for i in sorted(set(self.unreadable + damaged))]
+        if names:
+            logging.warning("evaluation of split %r left out %d damaged record(s); its numbers "
+                            "are over the other frames, so a protocol compared with published "
+                            "tables needs them rebuilt: %s", self.split,
+                            len(self.unreadable) + count, "; ".join(names))
+        return {"num_damaged": len(self.unreadable) + count, "damaged_records": names}
 
 
 def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None,
@@ -164,6 +187,10 @@ def to_markdown(summary: dict) -> str:
              f" (frames: {summary.get('frames', 'middle')})"
              f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
              f"(docs/metrics.md).", "", "| metric | value | protocol |", "|---|---|---|"]
+    if summary.get("num_damaged"):
+        lines[1:1] = ["", f"**{summary['num_damaged']} damaged record(s) left out** (the "
+                      f"numbers are over the other frames): "
+                      f"{'; '.join(summary.get('damaged_records', []))}."]
     for k, v in headline(summary).items():
         task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
         lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")

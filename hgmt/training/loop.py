@@ -12,8 +12,9 @@ Faults of long runs, each in its own module: `workdir_lock` (one trainer per wor
 `preemption` (SIGTERM/SIGUSR1: save at an agreed step, exit 75), `peers` (a dead process of a
 multi-host run is named, not waited for), `checkpoints.restore_newest_readable` (a damaged
 checkpoint is skipped), `shards` (a missing or truncated dataset shard stops the run before
-training), `checkpoints.stop_on_full_disk` (a full disk stops the run, the earlier checkpoints
-intact), `device_memory` (out of device memory: one error naming the settings to lower).
+training), `damage` (a damaged record is skipped, named, counted and replaced),
+`checkpoints.stop_on_full_disk` (a full disk stops the run, the earlier checkpoints intact),
+`device_memory` (out of device memory: one error naming the settings to lower).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import orbax.checkpoint as ocp
 from clu import metric_writers
 
 from hgmt import disk_space, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import damage, input_pipeline
 from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
@@ -71,7 +72,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     non-finite loss, `disk_space.DiskFull` when a checkpoint or summary cannot be written
     (the partial checkpoint removed, the earlier ones intact),
     `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
-    fit in the device's memory, `workdir_lock.WorkdirLocked` when another
+    fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
+    damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
     trainer holds the workdir, `peers.PeerLost` when a process of a multi-host run died."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
@@ -101,11 +103,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     writer = disk_space.CheckedWriter(writer, workdir)
     lr_fn = steps.create_lr(config)
 
+    damaged = None  # the account of damaged records the loader skipped
     if loader is None:
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
         loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
                                              image_size=config.image_size, seed=config.seed,
                                              worker_count=config.worker_count, tasks=tasks)
+        damaged = damage.DamageLog(
+            damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
+            workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, heads(tasks), axis_name="batch")
@@ -125,8 +131,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     p_train_step = _pmapped_train_step(
         tuple(sorted(weights.items())),
         tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())))
-    device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
-                                                     config.prefetch)
+    batches = data_iter.batches() if damaged is None else damaged.strip(data_iter.batches())
+    device_iter = input_pipeline.prefetch_to_device(batches, config.prefetch)
     metrics = step_metrics.StepMetrics()
 
     def check_finite() -> None:
@@ -193,7 +199,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             means = metrics.pop_means()
             writer.write_scalars(step, {**means, "img_per_s": img_s,
                                         "data_wait": wait_time / elapsed,
-                                        "learning_rate": float(lr_fn(step))})
+                                        "learning_rate": float(lr_fn(step)),
+                                        **({} if damaged is None else {
+                                            "data/damaged_records": len(damaged.found)})})
             eta = (config.total_steps - step) * elapsed / steps_done
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%%  ETA %s", step,
                          config.total_steps, "  ".join(
@@ -230,6 +238,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     with checkpoints.stop_on_full_disk(workdir, saving):
         mngr.wait_until_finished()
     mngr.close()
+    if damaged is not None and damaged.found:
+        logging.warning("%s", damaged.summary())
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
     evals.close()

@@ -1,0 +1,185 @@
+"""Damaged records: skipped, named once, counted, and replaced by a pure function of the index.
+
+The shard check (`hgmt.data.shards`) reads each file's footer, so a record damaged inside an
+intact shard (a bad sector, a partial copy, a flipped byte in its encoded frame or label maps)
+is found only when it is read: array_record's chunk hash does not match ("Corrupted
+Riegeli/records file: chunk data hash mismatch"), or the image inside does not decode. The
+policy, as TFDS and production loaders do it:
+
+- training: the damaged record is skipped and replaced by the next record of the same shard
+  that reads (`replacement`, a pure function of the index, so the data stream, and an
+  interrupted and resumed run, stay exactly those of an uninterrupted one); the trainer names
+  it once (shard file, record number in the shard, index in the split), counts it (TensorBoard
+  `data/damaged_records`, `<workdir>/damaged_records.json`, the run's closing log line), and
+  stops naming the files when more than `config.max_damaged_fraction` of the split is damaged:
+  that is a bad copy, not one bad record;
+- evaluation: a damaged frame is left out and counted into the evaluation's JSON
+  (`num_damaged`, `damaged_records`); it is never skipped silently;
+- `python -m hgmt.data.check` reads and decodes every record of a split and names the bad ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+# How many records after a damaged one (in its shard) are tried before giving up; also the
+# width of the per-example `damaged` field that carries their indices to the trainer.
+MAX_TRIES = 8
+
+
+class DamagedRecord(ValueError):
+    """A record of a built split does not read or decode."""
+
+
+class TooManyDamaged(RuntimeError):
+    """More of a split is damaged than `config.max_damaged_fraction` allows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+    """Where each record of a split lives: its shards' files, first indices and lengths."""
+
+    files: tuple[str, ...]
+    starts: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    @staticmethod
+    def of(source: Any) -> Shards:
+        """The shards of a `tfds` data source (`input_pipeline.open_split`); a source without
+        shard information (e.g. a list in a test) counts as one shard."""
+        info = getattr(source, "dataset_info", None)
+        if info is None:
+            return Shards(("<memory>",), (0,), (len(source),))
+        split = info.splits[source.split]
+        lengths = tuple(int(n) for n in split.shard_lengths)
+        starts = tuple(int(s) for s in np.cumsum((0,) + lengths[:-1]))
+        return Shards(tuple(os.fspath(p) for p in split.filepaths), starts, lengths)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """Split index -> (shard file, record number inside it)."""
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.files[k], index - self.starts[k]
+
+    def name(self, index: int) -> str:
+        file, record = self.locate(index)
+        return f"{file} record {record} (index {index} of the split)"
+
+    def replacement(self, index: int, attempt: int) -> int:
+        """The `attempt`-th record after `index` in its own shard, wrapping around in it: the
+        candidates that replace a damaged record, a pure function of the index."""
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        start, length = self.starts[k], self.lengths[k]
+        return start + (index - start + attempt) % length
+
+
+def read(source: Any, index: int) -> dict:
+    """Record `index` of `source`; DamagedRecord when it does not read (a checksum mismatch,
+    a truncated chunk: whatever the reader raises)."""
+    try:
+        return source[index]
+    except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError, ...)
+        raise DamagedRecord(f"does not read ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], dict],
+               record: dict | None = None) -> tuple[dict, list[int]]:
+    """`make(record)` of record `index` (given as `record` when already read), or, when that
+    record is damaged (DamagedRecord from reading or decoding), of the first good one among
+    its `replacement`s. -> (example, the damaged indices met on the way). Raises
+    TooManyDamaged when MAX_TRIES records in a row are damaged."""
+    damaged = []
+    for attempt in range(MAX_TRIES):
+        i = shards.replacement(index, attempt)
+        try:
+            return make(record if attempt == 0 and record is not None else read(source, i)), \
+                damaged
+        except DamagedRecord as e:
+            logging.debug("damaged record %s: %s", shards.name(i), e)
+            damaged.append(i)
+    raise TooManyDamaged(f"{MAX_TRIES} records in a row are damaged in {shards.locate(index)[0]}"
+                         f" (from record {shards.locate(index)[1]}): the shard is a bad copy. "
+                         f"Check the split with `python -m hgmt.data.check` and copy or "
+                         f"rebuild it again")
+
+
+def damaged_field(indices: list[int]) -> np.ndarray:
+    """(MAX_TRIES,) int64: the damaged indices an example replaced, -1 padded."""
+    return np.asarray(indices + [-1] * (MAX_TRIES - len(indices)), np.int64)
+
+
+class Guarded:
+    """A data source whose records never raise: a record that does not read comes back as
+    {'_index': i, '_damaged': the error}, a good one as the record plus '_index', for the
+    transform to replace (`first_good`). Its repr is the source's, as grain checks it when a
+    loader's checkpointed position is restored."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return {**read(self.source, index), "_index": index}
+        except DamagedRecord as e:
+            return {"_index": index, "_damaged": str(e)}
+
+    def __repr__(self) -> str:
+        return repr(self.source)
+
+
+class DamageLog:
+    """The trainer's account of the damaged records its loader skipped: named once each,
+    counted, kept in `path` (JSON, so a resumed run continues the count) and held under
+    `max_fraction` of the split's `size` records."""
+
+    def __init__(self, shards: Shards, size: int, max_fraction: float, path: str | None):
+        self.shards, self.size, self.max_fraction, self.path = shards, size, max_fraction, path
+        self.found: dict[int, str] = {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.found = {int(r["index"]): r["name"] for r in json.load(f)["records"]}
+
+    def strip(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """The batches without their `damaged` field, noting what it lists."""
+        for batch in batches:
+            damaged = batch.pop("damaged", None)
+            if damaged is not None:
+                self.note(int(i) for i in np.unique(damaged) if i >= 0)
+            yield batch
+
+    def note(self, indices) -> None:
+        new = [i for i in indices if i not in self.found]
+        for i in new:
+            self.found[i] = self.shards.name(i)
+            logging.warning("damaged record skipped: %s does not read or decode; it is "
+                            "replaced by the next good record of its shard (`python -m "
+                            "hgmt.data.check` lists every damaged record of a split)",
+                            self.found[i])
+        if not new:
+            return
+        if self.path:
+            from hgmt import disk_space
+
+            records = [{"index": i, "name": n} for i, n in sorted(self.found.items())]
+            disk_space.write_atomically(self.path, lambda f: json.dump(
+                {"count": len(records), "records": records}, f, indent=1))
+        if len(self.found) > self.max_fraction * self.size:
+            files = sorted({self.shards.locate(i)[0] for i in self.found})
+            raise TooManyDamaged(
+                f"{len(self.found)} of the split's {self.size} records are damaged, more than "
+                f"config.max_damaged_fraction={self.max_fraction} allows: not one bad record "
+                f"but a bad copy of {', '.join(files)}. Check the split with `python -m "
+                f"hgmt.data.check` and copy or rebuild those shards again")
+
+    def summary(self) -> str:
+        return (f"{len(self.found)} damaged training record(s) were skipped and replaced: "
+                + "; ".join(v for _, v in sorted(self.found.items())))

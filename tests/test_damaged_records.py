@@ -1,0 +1,162 @@
+"""Damaged records inside intact shards (hgmt/data/damage.py): training skips, names, counts and
+replaces them deterministically; evaluation counts them into its JSON; `hgmt.data.check` names
+them. The damage: bytes flipped inside one training record's encoded frame and inside another's
+label map (the shard's footer and record count stay intact), and inside one test frame."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from hgmt import workdirs
+from hgmt.data import check, damage, input_pipeline
+from hgmt.evaluation import evaluator
+from hgmt.models import create_model
+from hgmt.tasks import heads
+from hgmt.training import loop, preemption, steps
+from tests.conftest import tiny_config
+
+KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100,
+      "max_damaged_fraction": 0.2}
+# (split, record, feature whose encoded bytes get flipped)
+DAMAGE = (("train", 3, "image"), ("train", 7, "segm"), ("test", 5, "image"))
+
+
+def _shard(data_dir: str, split: str) -> str:
+    [path] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
+              if f.startswith(f"surreal-{split}.array_record")]
+    return path
+
+
+@pytest.fixture(scope="module")
+def damaged(demo_dataset, tmp_path_factory):
+    """A copy of the demo dataset with DAMAGE applied: 16 bytes flipped in the middle of the
+    feature's encoded bytes, found in the shard file by 64 of them (zstd stores JPEG and PNG
+    bytes as they are, since it cannot shrink them)."""
+    data_dir = str(tmp_path_factory.mktemp("damaged") / "tfds")
+    shutil.copytree(demo_dataset[1], data_dir)
+    for split in {s for s, _, _ in DAMAGE}:
+        source = input_pipeline.open_split("surreal/all", data_dir, split)
+        path = _shard(data_dir, split)
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        for s, record, feature in DAMAGE:
+            if s == split:
+                encoded = source[record][feature]
+                middle = encoded[len(encoded) // 2:len(encoded) // 2 + 64]
+                at = data.find(middle)
+                assert at > 0 and data.find(middle, at + 1) < 0, "feature bytes not found once"
+                for k in range(16):
+                    data[at + 24 + k] ^= 0xFF
+        with open(path, "wb") as f:
+            f.write(data)
+    return data_dir
+
+
+class Recorder:
+    """A metric writer keeping the scalars; sends this process `signum` when step `at` is
+    logged (a preemption in the middle of training)."""
+
+    def __init__(self, signum: int | None = None, at: int | None = None):
+        self.signum, self.at, self.scalars = signum, at, {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars[step] = dict(scalars)
+        if step == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_training_skips_names_once_counts_and_a_resumed_run_equals_an_uninterrupted_one(
+        damaged, tmp_path, caplog):
+    shard = _shard(damaged, "train")
+    config = tiny_config(damaged, total_steps=5, **KW)
+    writer = Recorder()
+    with caplog.at_level(logging.INFO):
+        straight = loop.train(config, str(tmp_path / "straight"), writer=writer)
+    for record in (3, 7):
+        line = f"damaged record skipped: {shard} record {record} (index {record} of the split)"
+        assert caplog.text.count(line) == 1, caplog.text[-3000:]  # 5 steps: 3+ epochs
+    assert caplog.text.count("damaged record skipped") == 2
+    assert "2 damaged training record(s) were skipped and replaced" in caplog.text
+    assert writer.scalars[4]["data/damaged_records"] == 2
+    with open(workdirs.damaged_file(str(tmp_path / "straight"))) as f:
+        assert [r["index"] for r in json.load(f)["records"]] == [3, 7]
+
+    # Preempted after step 3, then resumed: the same parameters, bit for bit.
+    workdir = str(tmp_path / "resumed")
+    with pytest.raises(preemption.Preempted, match="at step 3"):
+        loop.train(config, workdir, writer=Recorder(signal.SIGTERM, 2))
+    resumed = loop.train(config, workdir, writer=Recorder())
+    a, b = _flat(straight.params), _flat(resumed.params)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_more_damage_than_the_threshold_stops_naming_the_shard(damaged, tmp_path):
+    config = tiny_config(damaged, total_steps=3, **{**KW, "max_damaged_fraction": 0.001})
+    with pytest.raises(damage.TooManyDamaged, match=rf"1 of the split's 12 records are "
+                                                    rf"damaged, more than config.max_damaged_"
+                                                    rf"fraction=0.001 allows: .*bad copy of "
+                                                    rf"{_shard(damaged, 'train')}"):
+        loop.train(config, str(tmp_path))
+
+
+def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damaged, tmp_path):
+    config = tiny_config(damaged, tasks="pose2d")
+    state = steps.create_train_state(jax.random.key(0), config,
+                                     create_model(config.model, heads(("pose2d",))))
+    summary = evaluator.evaluate(config, {"params": state.params,
+                                          "batch_stats": state.batch_stats},
+                                 frames="all", max_examples=0)
+    name = f"{_shard(damaged, 'test')} record 5 (index 5 of the split)"
+    assert summary["num_damaged"] == 1 and summary["damaged_records"] == [name]
+    assert summary["num_examples"] == 11  # of 12 test records
+    out = str(tmp_path / "eval.json")
+    evaluator.write_report(summary, out)
+    with open(out) as f:
+        assert json.load(f)["num_damaged"] == 1
+    assert "1 damaged record(s) left out" in evaluator.to_markdown(summary)
+
+
+def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, capsys):
+    assert check.main([f"--data_dir={damaged}", "--dataset=surreal/all"]) == 1
+    out = capsys.readouterr().out
+    for split, record, _ in DAMAGE:
+        assert (f"damaged: {_shard(damaged, split)} record {record} (index {record} of the "
+                f"split): does not read (RuntimeError: Corrupted Riegeli/records file: chunk "
+                f"data hash mismatch") in out, out
+    assert "surreal/all train: 12 records read, 2 damaged" in out
+    assert "surreal/all validation: 12 records read, 0 damaged" in out
+    assert check.main([f"--data_dir={demo_dataset[1]}", "--dataset=surreal/all"]) == 0
+
+
+def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_shard():
+    """The decode path (a record whose hash matched but whose image does not decode), and
+    replacement within the shard, wrapping around."""
+    shards = damage.Shards(("a", "b"), (0, 4), (4, 3))
+    assert [shards.replacement(5, k) for k in range(4)] == [5, 6, 4, 5]
+    assert shards.locate(6) == ("b", 2)
+    good = {"image": b"", "segm": b"", "depth": b""}
+    records = [dict(good, image=b"not a jpeg" if i in (5, 6) else b"ok") for i in range(7)]
+
+    def make(record):
+        if record["image"] != b"ok":
+            input_pipeline.decoded(record, "image")  # raises DamagedRecord
+        return {"made": True}
+
+    assert damage.first_good(5, records, shards, make) == ({"made": True}, [5, 6])
+    assert damage.first_good(1, records, shards, make) == ({"made": True}, [])
+    records[4] = dict(good, image=b"\xff\xd8 broken")
+    with pytest.raises(damage.TooManyDamaged, match="in a row are damaged in b"):
+        damage.first_good(5, records, shards, make)
