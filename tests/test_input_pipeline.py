@@ -150,3 +150,26 @@ def test_dataset_without_the_labels_is_rejected(tmp_path):
                             ).download_and_prepare()
     with pytest.raises(ValueError, match=r"lacks the features \['segm', 'depth', 'joints2d'"):
         ip.open_split("dummy_mnist", str(tmp_path), "train")
+
+
+def test_gain_lookup_equals_cv2_multiply():
+    """The per-channel gain by lookup table equals OpenCV's saturating uint8 multiply for every
+    value, at random gains and at gains where products land on halves."""
+    import cv2
+
+    image = np.ascontiguousarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))
+    rng = np.random.default_rng(0)
+    for gain in [*rng.uniform(0.6, 1.4, (200, 3)), np.array([0.5, 1.5, 1.25])]:
+        expected = cv2.multiply(image, np.append(gain, 0.0), dtype=cv2.CV_8U)
+        np.testing.assert_array_equal(ip.apply_gain(image, gain), expected)
+
+
+def test_crop_params_are_drawn_as_the_crop_uses_them(source):
+    """crop_example = crop_with the parameters draw_crop_params draws from the same rng."""
+    ex = source[4]
+    params = ip.draw_crop_params(ip.Augment(), np.random.default_rng(11))
+    a = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(11))
+    b = ip.crop_with(ex, 64, params)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert ip.draw_crop_params(ip.Augment.none(), np.random.default_rng(0)) == ip.CropParams()

