@@ -96,8 +96,9 @@ def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -
 
 
 class CheckedWriter:
-    """A metric writer (clu's interface) whose full-disk errors, raised in its call or re-raised
-    there from its background thread, become `DiskFull` naming the workdir."""
+    """A summary writer (`hgmt.training.summary_writer`' interface) whose full-disk errors, raised
+    in its call or re-raised there from its background thread, become `DiskFull` naming the
+    workdir."""
 
     def __init__(self, writer: Any, workdir: str):
         self._writer, self._workdir = writer, workdir

@@ -62,7 +62,7 @@ def prepare_demo_dataset(config) -> None:
 
 class UserLines(logging.Filter):
     """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
-    chatter of orbax, clu, TFDS and JAX, and hgmt's verbose lines (logged with
+    chatter of orbax, TFDS and JAX, and hgmt's verbose lines (logged with
     `extra=device_memory.VERBOSE`, e.g. XLA's out-of-memory dump), show only with
     --verbosity=1."""
 
@@ -73,6 +73,17 @@ class UserLines(logging.Filter):
 
 
 _HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+    """Where TensorFlow is installed (TFDS may use it to read files) it must not take the
+    GPUs from JAX. Training, evaluation and prediction need no TensorFlow: a host without it
+    skips this."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.config.set_visible_devices([], "GPU")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if FLAGS.coordinator_address or FLAGS.distributed:
         peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          heartbeat_timeout_s=FLAGS.heartbeat_timeout)
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep accelerators for JAX
+    _hide_accelerators_from_tensorflow()
 
     from hgmt.evaluation import evaluator
     from hgmt.training import loop

@@ -259,11 +259,10 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
 def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_disk):
     """The evaluation report and the TensorBoard writer on a full disk: DiskFull naming the
     file or workdir, no partial report left."""
-    from clu import metric_writers
+    from hgmt.training import summary_writer
 
     disk = small_disk(256 * 1024)
-    writer = disk_space.CheckedWriter(metric_writers.create_default_writer(disk.path),
-                                      disk.path)
+    writer = disk_space.CheckedWriter(summary_writer.create(disk.path), disk.path)
     with open(os.path.join(disk.path, "filler"), "wb") as f:
         with pytest.raises(OSError):
             f.write(b"x" * (512 * 1024))

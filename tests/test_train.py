@@ -118,7 +118,7 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
     assert f"at step {killed_at}" in rerun.stderr and "resumed from" in rerun.stderr
     assert f"step {killed_at + 5}/{killed_at + 5}" in rerun.stderr
     assert checkpoints.manager(workdir).latest_step() == killed_at + 5
-    # The console holds the user's lines: INFO only from hgmt's own modules (orbax, clu and
+    # The console holds the user's lines: INFO only from hgmt's own modules (orbax and
     # TFDS log dozens of INFO lines on a resume), unless --verbosity=1.
     info_from = set(re.findall(r"^I\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", rerun.stderr, re.M))
     hgmt_modules = {f for f in os.listdir(os.path.join(REPO, "hgmt")) if f.endswith(".py")}

@@ -29,7 +29,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from clu import metric_writers
 
 from hgmt import disk_space, workdirs
 from hgmt.data import damage, input_pipeline
@@ -43,6 +42,7 @@ from hgmt.training import (
     preemption,
     step_metrics,
     steps,
+    summary_writer,
     workdir_lock,
 )
 
@@ -98,8 +98,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         workdirs.save_config(config, workdir)
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
-        writer = writer or metric_writers.create_default_writer(
-            workdir, just_logging=jax.process_index() > 0)
+        writer = writer or summary_writer.create(workdir, jax.process_index())
     writer = disk_space.CheckedWriter(writer, workdir)
     lr_fn = steps.create_lr(config)
 
@@ -244,7 +243,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
     evals.close()
     if own_writer:
-        writer.flush()
+        writer.close()
     return final, summaries
 
 

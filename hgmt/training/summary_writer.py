@@ -1,0 +1,110 @@
+"""TensorBoard summaries of training and evaluation, written without TensorFlow.
+
+`create(workdir)` gives the writer the trainer, the validator and the evaluation write to: on
+process 0 an event-file writer in `workdir` (TensorBoard's own `EventFileWriter` and summary
+protos, which need only numpy, protobuf and the `tensorboard` package; images PNG-encoded with
+Pillow), elsewhere a writer that drops everything. Scalars and images are written in the form
+`tf.summary.scalar` and `tf.summary.image` write them (tensors tagged for TensorBoard's scalars
+and images plugins), so TensorBoard shows them as before.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+from tensorboard.compat.proto import (
+    event_pb2,
+    summary_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class SummaryWriter:
+    """Scalars and images into a TensorBoard event file under `logdir` (created if missing).
+    The methods match what the loop, the validator and the evaluator call: `write_scalars`,
+    `write_images`, `flush`, `close`."""
+
+    def __init__(self, logdir: str):
+        self._events = EventFileWriter(logdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One float32 value per tag at `step`."""
+        self._write(step, [summary_pb2.Summary.Value(
+            tag=tag, metadata=_SCALAR, tensor=tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                float_val=[float(np.asarray(value))]))
+            for tag, value in scalars.items()])
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Per tag a batch (n, H, W, C) of images at `step`, C 1, 3 or 4: uint8, or floats in
+        [0, 1]. Each is stored as a PNG."""
+        values = []
+        for tag, batch in images.items():
+            batch = np.asarray(batch)
+            if batch.ndim != 4 or batch.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"image summary {tag!r}: expected (n, height, width, 1|3|4) "
+                                 f"images, got shape {batch.shape}")
+            if batch.dtype != np.uint8:
+                batch = np.clip(np.round(batch.astype(np.float64) * 255), 0, 255).astype(
+                    np.uint8)
+            n, height, width, _ = batch.shape
+            pngs = [_png(image) for image in batch]
+            values.append(summary_pb2.Summary.Value(
+                tag=tag, metadata=_IMAGE, tensor=tensor_pb2.TensorProto(
+                    dtype=types_pb2.DT_STRING,
+                    tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n + 2)]),
+                    string_val=[str(width).encode(), str(height).encode(), *pngs])))
+        self._write(step, values)
+
+    def flush(self) -> None:
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+    def _write(self, step: int, values: list) -> None:
+        self._events.add_event(event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+        self._events.flush()  # a few writes per log interval: on disk at once, kill or not
+
+
+class NullWriter:
+    """The writer of processes other than 0: accepts everything, writes nothing."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        pass
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def create(workdir: str, process_index: int = 0) -> SummaryWriter | NullWriter:
+    """The summary writer of a training run: event files in `workdir` on process 0, none on
+    the other processes."""
+    return SummaryWriter(workdir) if process_index == 0 else NullWriter()
+
+
+def _png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format="PNG")
+    return out.getvalue()
+
+
+_SCALAR = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+_IMAGE = image_metadata.create_summary_metadata(display_name=None, description=None)

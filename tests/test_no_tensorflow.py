@@ -1,0 +1,140 @@
+"""Training, evaluation and prediction need no TensorFlow: the commands run in processes where
+`import tensorflow` fails (a stand-in package first on PYTHONPATH raises ImportError, as on an
+accelerator host that has JAX but no TensorFlow), and the TensorBoard summaries are written all
+the same (scalars and images, read back here)."""
+
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import main_command
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_tensorflow_env(tmp_path):
+    """The environment of a process in which `import tensorflow` raises ImportError."""
+    stand_in = tmp_path / "no_tensorflow" / "tensorflow"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(
+        'raise ImportError("TensorFlow is not installed (hidden by a test)")\n')
+    path = [str(stand_in.parent), REPO, os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "hidden by a test" in probe.stderr
+    return env
+
+
+def _events(workdir: str) -> dict:
+    """{tag: {step: summary value proto}} of the workdir's event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value
+    return out
+
+
+def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_commands_read_data_and_write_summaries_without_tensorflow(demo_dataset, tmp_path,
+                                                                  no_tensorflow_env):
+    """The fast check: the three commands' modules import, a split opens and gives a batch,
+    and the summary writer writes it, where TensorFlow cannot be imported."""
+    _, data_dir = demo_dataset
+    logdir, saved = str(tmp_path / "logs"), str(tmp_path / "images.npy")
+    code = f"""
+import sys
+import numpy as np
+import hgmt.evaluate, hgmt.main, hgmt.predict
+from hgmt.data import input_pipeline
+from hgmt.training import loop, summary_writer
+source = input_pipeline.open_split("surreal/all", {data_dir!r}, "train")
+batch = next(iter(input_pipeline.train_loader(source, batch_size=2, image_size=32, seed=0,
+                                              worker_count=0)))
+np.save({saved!r}, batch["image"])
+writer = summary_writer.create({logdir!r})
+writer.write_scalars(7, {{"loss/total": 1.5, "img_per_s": np.float32(30.25)}})
+writer.write_images(7, {{"train/crops": batch["image"]}})
+writer.close()
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")))
+"""
+    proc = _run([sys.executable, "-c", code], no_tensorflow_env)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    events = _events(logdir)
+    assert events["loss/total"][7].tensor.float_val[0] == 1.5
+    assert events["img_per_s"][7].tensor.float_val[0] == 30.25
+    images = np.load(saved)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    pngs = events["train/crops"][7].tensor.string_val
+    assert (int(pngs[0]), int(pngs[1])) == (32, 32) and len(pngs) == 4
+    for png, image in zip(pngs[2:], images, strict=True):  # lossless
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_path,
+                                                           no_tensorflow_env):
+    """`python -m hgmt.main` (a short pose2d run, its evaluation at the end), then
+    `hgmt.evaluate` and `hgmt.predict` on its workdir."""
+    surreal_root, data_dir = demo_dataset
+    workdir = str(tmp_path / "run")
+    cmd, env = main_command(workdir, data_dir, total_steps=4, checkpoint_every=4)
+    env = {**env, "PYTHONPATH": no_tensorflow_env["PYTHONPATH"]}
+    proc = _run(cmd + ["--config.log_every=2"], env)
+    headline = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(os.path.join(workdir, "config.json")) as f:
+        size = json.load(f)["image_size"]
+
+    events = _events(workdir)
+    # The loop's scalars at each log step, the evaluation's headline at the last step: the
+    # same numbers the command printed.
+    for tag in ("img_per_s", "data_wait", "learning_rate", "loss/total"):
+        assert sorted(events[tag]) == [2, 4], tag
+        assert all(np.isfinite(v.tensor.float_val[0]) for v in events[tag].values())
+    assert events["img_per_s"][4].tensor.float_val[0] > 0
+    eval_tags = {t for t in events if t.startswith("eval/")} - {"eval/predictions"}
+    assert eval_tags == {f"eval/{k}" for k in headline if k not in ("workdir", "eval")}
+    for tag in eval_tags:
+        assert events[tag][4].tensor.float_val[0] == pytest.approx(headline[tag[5:]], rel=1e-5)
+    # The prediction panels: PNGs of the input crop beside the one task's picture.
+    image = events["eval/predictions"][4].tensor.string_val
+    assert (int(image[0]), int(image[1])) == (2 * size, size)  # width, height
+    panel = np.asarray(Image.open(io.BytesIO(image[2])))
+    assert panel.shape == (size, 2 * size, 3) and panel.dtype == np.uint8 and panel.std() > 0
+
+    out = str(tmp_path / "eval.json")
+    _run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}", f"--out={out}",
+          f"--config.data_dir={data_dir}"], env)
+    with open(out) as f:
+        evaluated = json.load(f)
+    assert evaluated["step"] == 4
+    with open(headline["eval"]) as f:
+        assert evaluated["pose2d"] == json.load(f)["pose2d"]
+
+    frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    photo = str(tmp_path / "photo.png")
+    Image.fromarray(frame).save(photo)
+    predictions = str(tmp_path / "predictions")
+    _run([sys.executable, "-m", "hgmt.predict", f"--workdir={workdir}", photo,
+          f"--out={predictions}"], env)
+    with open(os.path.join(predictions, "photo.json")) as f:
+        result = json.load(f)
+    assert result["step"] == 4 and result["image"] == photo
+    panel = np.asarray(Image.open(os.path.join(predictions, "photo.png")))
+    assert panel.ndim == 3 and panel.std() > 0
