@@ -256,10 +256,11 @@ def _depth_case():
     gt[6:].reshape(2, 9)[:, :4], pr[6:] = 10, 14
     # A depth inside each class's 45 mm interval: class c holds ((c-11)*45, (c-10)*45] mm.
     metres = np.where(gt > 0, 5.0 + (gt - 10) * 0.045 - 0.02, 0.0)
-    batch = {"depth": jnp.asarray(metres, jnp.float32),
+    classes = depth.classes(metres.astype(np.float32), np.full(8, 5.0))
+    np.testing.assert_array_equal(classes, gt)
+    batch = {"depth_class": jnp.asarray(classes, jnp.int32),
              "pelvis_depth": jnp.full((8,), 5.0, jnp.float32),
              "position": jnp.arange(8, dtype=jnp.int32)}
-    np.testing.assert_array_equal(depth.targets(batch), gt)
     return jax.nn.one_hot(pr, 20) * 5.0, batch
 
 

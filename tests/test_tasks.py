@@ -44,6 +44,8 @@ def make_batch(seed=0, b=3, r=R):
             "joints3d": jnp.asarray(joints, jnp.float32),
             "pelvis_depth": jnp.asarray(pelvis[:, 2], jnp.float32),
             "segm": jnp.asarray(seg, jnp.int32), "depth": jnp.asarray(dep, jnp.float32),
+            "depth_class": jnp.asarray(depth.classes(dep.astype(np.float32), pelvis[:, 2]),
+                                       jnp.int32),
             "crop": jnp.asarray(crop, jnp.float32),
             "image": jnp.zeros((b, 4 * r, 4 * r, 3), jnp.uint8)}
 
@@ -120,8 +122,11 @@ def demo_record():
     rng = np.random.default_rng(3)
     motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
     rgb, dep, seg = synthetic.render_frame(motion, look, 2)
+    pelvis = motion.joints_world[2][surreal.SMPL_TO_JOINT[surreal.PELVIS]]
     return {"image": rgb, "segm": seg[..., None],
             "depth": np.where(seg > 0, np.round(dep * 1000), 0).astype(np.uint16)[..., None],
+            "depth_class": depth.classes(np.where(seg > 0, dep, 0), float(
+                motion.cam_loc[0]) - float(pelvis[0]))[..., None],
             "joints2d": surreal.project(motion.joints_world[2], motion.cam_loc).astype(
                 np.float32),
             "joints3d": motion.joints_world[2].astype(np.float32), "cam_loc": motion.cam_loc}

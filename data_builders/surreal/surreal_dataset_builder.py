@@ -47,10 +47,13 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
-                              "quarter of the bytes, faster to decode; labels unchanged."}
+                              "quarter of the bytes, faster to decode; labels unchanged.",
+                     "1.2.0": "depth_class: SURREAL's depth classes computed in float32 from "
+                              "the float depth, as its loader does; classes made from the "
+                              "millimetre depth differed on 0.5 % of foreground pixels."}
     BUILDER_CONFIGS = [
         SurrealConfig(name="middle", middle_only=True,
                       description="The middle frame ceil(T/2) of each clip (test protocol)."),
@@ -81,6 +84,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "depth": tfds.features.Image(shape=(h, w, 1), dtype=np.uint16,
                                              encoding_format="png",
                                              doc="camera depth in millimetres, 0 background"),
+                "depth_class": tfds.features.Image(
+                    shape=(h, w, 1), encoding_format="png",
+                    doc="SURREAL's depth class: 0 background, 1..19 = clamp(ceil((depth - "
+                        "pelvis depth) / 45 mm), -9, 9) + 10, in float32 as "
+                        "training/loader_SURREAL.lua computes it"),
                 "joints2d": tfds.features.Tensor(shape=(24, 2), dtype=f32,
                                                  doc="24 SMPL joints, image pixels (u, v)"),
                 "joints3d": tfds.features.Tensor(shape=(24, 3), dtype=f32,

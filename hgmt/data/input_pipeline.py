@@ -151,7 +151,7 @@ def apply_gain(image: np.ndarray, gain: Sequence[float]) -> np.ndarray:
 
 # Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
 _IMAGE_FEATURES = {"image": cv2.IMREAD_COLOR_RGB, "segm": cv2.IMREAD_UNCHANGED,
-                   "depth": cv2.IMREAD_UNCHANGED}
+                   "depth": cv2.IMREAD_UNCHANGED, "depth_class": cv2.IMREAD_UNCHANGED}
 IMAGE_FEATURES = tuple(_IMAGE_FEATURES)
 
 
@@ -198,7 +198,26 @@ class TrainCrop(grain.RandomMapTransform):
 
 # What crop_example reads: the frame, both label maps, the joints and the camera.
 REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc", "frame",
-                     "num_frames")
+                     "num_frames", "depth_class")
+
+
+def check_features(info, dataset: str, data_dir: str) -> None:
+    """ValueError naming what is missing when a built dataset (its tfds DatasetInfo `info`)
+    lacks a feature the crop and the task labels are made from; a SURREAL build older than
+    builder version 1.2.0 (no exact depth classes) is told to rebuild."""
+    missing = [f for f in REQUIRED_FEATURES if f not in info.features]
+    if missing == ["depth_class"]:
+        raise ValueError(
+            f"dataset {dataset!r} under {data_dir!r} was built by SURREAL builder version "
+            f"{info.version}, before 1.2.0, and has no 'depth_class' feature (SURREAL's exact "
+            f"depth labels). Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
+            f"root> --data_dir={data_dir} --config={dataset.split('/')[-1]} "
+            f"--file_format=array_record")
+    if missing:
+        raise ValueError(
+            f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
+            f"and the task labels are made from; use a SURREAL build (config.dataset="
+            f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
@@ -228,12 +247,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
             f"({type(e).__name__}: {e}). Build it with: tfds build data_builders/surreal "
             f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
             f"{dataset.split('/')[-1]} --file_format=array_record") from e
-    missing = [f for f in REQUIRED_FEATURES if f not in source.dataset_info.features]
-    if missing:
-        raise ValueError(
-            f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
-            f"and the task labels are made from; use a SURREAL build (config.dataset="
-            f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
+    check_features(source.dataset_info, dataset, data_dir)
     return source
 
 

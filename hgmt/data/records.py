@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from hgmt.sources import surreal
+from hgmt.tasks import depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,14 @@ def jpeg(rgb: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def depth_classes(clip: surreal.Clip, t: int) -> np.ndarray:
+    """(H,W) uint8 depth classes of frame t from the float32 depth of the clip's _depth.mat,
+    exactly as SURREAL's loader makes them (`hgmt.tasks.depth.classes`), with its dPelvis =
+    camLoc_x - pelvis_x in double (gulvarol/surreal training/donkey.lua:94)."""
+    pelvis = clip.info.joints3d[t, surreal.SMPL_TO_JOINT[surreal.PELVIS]]
+    return depth.classes(clip.depth[t], float(clip.info.cam_loc[0]) - float(pelvis[0]))
+
+
 def clip_examples(stem: str, frames: FrameSelection,
                   counts: collections.Counter) -> Iterator[tuple[str, dict]]:
     """(key, example) for the kept, usable frames of one clip; counts what it skips.
@@ -63,7 +72,7 @@ def clip_examples(stem: str, frames: FrameSelection,
     files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
     frames with all joints at zero or the person outside the image are skipped one by one
     ("frame_<problem>", see `surreal.frame_problem`). The frame is JPEG bytes, the label maps
-    PNG bytes.
+    PNG bytes: raw segments, depth in millimetres, and SURREAL's depth classes.
     """
     try:
         clip = surreal.load_clip(stem)
@@ -91,6 +100,7 @@ def clip_examples(stem: str, frames: FrameSelection,
             "image": jpeg(clip.video[t]),
             "segm": png(clip.segm[t]),
             "depth": png(np.clip(depth_mm, 0, 65535).astype(np.uint16)),
+            "depth_class": png(depth_classes(clip, t)),
             "joints2d": clip.info.joints2d[t],
             "joints3d": clip.info.joints3d[t],
             "cam_loc": clip.info.cam_loc,

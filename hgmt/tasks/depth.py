@@ -1,8 +1,9 @@
 """Full-body depth as 20 classes: 0 background, 1..19 = clamp(ceil((d - dPelvis)/45 mm), -9, 9)
-+ 10 on the foreground. Spatial cross-entropy. Metrics (protocol hgmt): RMSE in mm over all
-ground-truth foreground pixels of the split (bin index error x 45 mm) and the accuracy of the bin
-class there. Protocols surreal/bodynet: `surreal_stats`, the mean over images of each image's
-RMSE as SURREAL's code computes it (docs/metrics.md)."""
++ 10 on the foreground, computed in float32 exactly as SURREAL's loader does (`classes`; the
+builder stores them, `depth_class`). Spatial cross-entropy. Metrics (protocol hgmt): RMSE in mm
+over all ground-truth foreground pixels of the split (bin index error x 45 mm) and the accuracy
+of the bin class there. Protocols surreal/bodynet: `surreal_stats`, the mean over images of each
+image's RMSE as SURREAL's code computes it (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -29,17 +30,38 @@ HEADLINES = {
 }
 
 
+# SURREAL's background threshold: a depth above 1000 m is background (1e10 in _depth.mat).
+BACKGROUND_ABOVE_M = 1e3
+
+
+def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
+    """(...,H,W) camera depth in metres as _depth.mat stores it (float32; 0 or > 1000 on the
+    background) and (...) the pelvis's camera depth camLoc_x - pelvis_x in metres (double)
+    -> (...,H,W) uint8 classes, bit for bit what gulvarol/surreal training/loader_SURREAL.lua
+    computes (the depth is a FloatTensor, so Torch works in float32):
+    foreground = depth <= 1e3 (:99, :104); bin = clamp(ceil(float32(depth +
+    float32(-dPelvis)) * float32(1 / 0.045)), -9, 9) (:106; donkey.lua:94 dPelvis); background
+    -10 (:107); + 10 (:108). A float32 step rounds differently from a double one near a bin's
+    edge, and millimetres differently again, so this is the one place the classes are made."""
+    d = np.asarray(depth, np.float32)
+    shift = np.asarray(-np.asarray(d_pelvis, np.float64), np.float32)[..., None, None]
+    q = (d + shift) * np.float32(1.0 / common.BIN_SIZE)  # float32 arithmetic throughout
+    bins = np.clip(np.ceil(q), -common.MAX_BIN, common.MAX_BIN)
+    foreground = (d > 0) & (d <= np.float32(BACKGROUND_ABOVE_M))
+    return np.where(foreground, bins + common.MAX_BIN + 1, 0).astype(np.uint8)
+
+
 def labels(crop: spec.Crop) -> dict:
-    """The cropped example's entries this task reads: 'depth' (r,r) camera metres (0 on the
-    background; the record stores millimetres), 'pelvis_depth'. A mirror keeps the depth."""
-    return {"depth": crop.warp("depth").astype(np.float32) / 1000.0, **spec.pelvis_depth(crop)}
+    """The cropped example's entries this task reads: 'depth_class' (r,r) int32 classes (the
+    record's, `classes`, cut nearest), 'depth' (r,r) camera metres (0 on the background; the
+    record stores millimetres; for pictures), 'pelvis_depth'. A mirror keeps the depth."""
+    return {"depth_class": crop.warp("depth_class").astype(np.int32),
+            "depth": crop.warp("depth").astype(np.float32) / 1000.0, **spec.pelvis_depth(crop)}
 
 
 def targets(batch: dict) -> jnp.ndarray:
-    """batch['depth'] (B,r,r) metres (0 background), ['pelvis_depth'] (B,) -> (B,r,r) int32."""
-    d = batch["depth"]
-    bins = common.depth_bin(d - batch["pelvis_depth"][:, None, None]) + common.MAX_BIN + 1
-    return jnp.where(d > 0, bins, 0).astype(jnp.int32)
+    """batch['depth_class'] (B,r,r) classes (0 background, 1..19) -> (B,r,r) int32."""
+    return batch["depth_class"].astype(jnp.int32)
 
 
 def loss(pred: jnp.ndarray, target: jnp.ndarray,
