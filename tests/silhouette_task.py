@@ -68,3 +68,10 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
 
     mask = np.asarray(pred).argmax(-1).astype(np.uint8) * 255
     return np.repeat(drawing.enlarge(mask, rgb.shape[0])[..., None], 3, axis=-1)
+
+
+def plot(result: dict):
+    from hgmt.tasks import drawing
+
+    return drawing.figure_parts(result["silhouette"], result["crop_image"], ("person",),
+                                "silhouette")

@@ -19,7 +19,7 @@ from hgmt.inference import export as exporting
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal
-from hgmt.tasks import TASKS, heads
+from hgmt.tasks import TASKS, drawing, heads
 from hgmt.training import checkpoints, loop
 from tests.conftest import tiny_config
 
@@ -139,12 +139,83 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert np.asarray(saved["joints3d_rel_mm"]).shape == (16, 3)
     r = predictor.image_size // 4
     assert np.asarray(saved["segm_classes"]).shape == (r, r)
-    panel = cv2.imread(str(out / "photo.png"))
-    size = max(predictor.image_size, prediction.PANEL_MIN_SIZE)
-    assert panel.shape == (size, 5 * size, 3)  # input, 2D, parts, depth, 3D
-    # The first panel is the input crop: the photo resized into the square window.
-    expected = cv2.resize(predictor(prediction.read_image(photo))["crop_image"], (size, size))
-    assert np.abs(panel[:, :size, ::-1].astype(int) - expected).max() <= 1
+    panel = cv2.imread(str(out / "photo.png"))[..., ::-1]
+    # Two rows: the input crop, the 2D skeleton and the 3D views; then depth and parts.
+    h = drawing.PLOT_HEIGHT
+    assert panel.shape == (2 * h, h + h + int(1.5 * h), 3)
+    np.testing.assert_array_equal(panel, prediction.panel(predictor(prediction.read_image(photo))))
+
+
+def test_tile_wraps_pictures_into_rows():
+    pics = [np.full((4, w, 3), k, np.uint8) for k, w in enumerate((3, 4, 5, 4), start=1)]
+    out = drawing.tile(pics, max_width=8)
+    assert out.shape == (12, 7, 3)  # rows of widths 3+4, 5, 4
+    np.testing.assert_array_equal(out[:4, :3], 1)
+    np.testing.assert_array_equal(out[:4, 3:], 2)
+    np.testing.assert_array_equal(out[4:8, :5], 3)
+    np.testing.assert_array_equal(out[4:8, 5:], 255)  # padded white
+    np.testing.assert_array_equal(out[8:, :4], 4)
+    np.testing.assert_array_equal(out[8:, 4:], 255)
+
+
+def _panel_result(r=16, size=64):
+    """A prediction result as the Predictor returns it, made up: a crop, a skeleton 1.8 m
+    tall, depth bins on a square, parts 1, 2 and 14 only."""
+    rng = np.random.default_rng(0)
+    joints3d = rng.uniform(-300, 300, (16, 3)) * [1, 3, 1]
+    joints3d -= joints3d[surreal.PELVIS]
+    depth = np.full((r, r), np.nan)
+    depth[4:12, 4:12] = (rng.integers(-9, 10, (8, 8)) - 0.5) * 45.0
+    segm = np.zeros((r, r), np.uint8)
+    segm[2:6, 5:9], segm[6:12, 4:10], segm[12:15, 6:8] = 1, 2, 14
+    crop = np.array([[0.25, 0, 3.0], [0, 0.25, 1.0]])  # image px -> label px
+    return {"crop_image": rng.integers(0, 255, (size, size, 3), np.uint8), "crop": crop,
+            "raw": {t: np.zeros((r, r, 1)) for t in TASKS},
+            "joints2d": rng.uniform(0, 60, (16, 2)), "joints3d_rel_mm": joints3d,
+            "depth_rel_mm": depth, "segm": segm}
+
+
+def test_panel_figures_show_units_colour_bar_and_legend():
+    """Each task's panel figure is readable: the 2D skeleton is drawn where the joints are in
+    the crop; the 3D views share one millimetre scale and draw the joints; the depth colour
+    bar is in mm at the bins' edges; the parts' legend names every part in its colour and
+    marks those not found."""
+    result = _panel_result()
+    for t in TASKS:
+        assert drawing.render(TASKS[t].plot(result)).shape[0] == drawing.PLOT_HEIGHT, t
+
+    ax = TASKS["pose2d"].plot(result).axes[0]
+    crop_px = (result["joints2d"] * 0.25 + [3.0, 1.0] + 0.5) * 4 - 0.5  # label px -> crop px
+    a, b = surreal.SKELETON[0]
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), crop_px[[a, b]])
+
+    front, side = TASKS["pose3d"].plot(result).axes
+    joints = result["joints3d_rel_mm"]
+    for ax, axis in ((front, 0), (side, 2)):
+        assert "mm" in ax.get_xlabel()
+        span_x, span_y = np.ptp(ax.get_xlim()), np.ptp(ax.get_ylim())
+        assert span_x == pytest.approx(span_y) and span_x >= np.ptp(joints, axis=0).max()
+        assert ax.get_ylim()[0] > ax.get_ylim()[1]  # camera y points down
+        a, b = surreal.SKELETON[0]
+        np.testing.assert_allclose(ax.lines[0].get_xydata(), joints[[a, b]][:, [axis, 1]])
+    assert front.get_ylabel() == "y (mm, down)" and front.get_ylim() == side.get_ylim()
+
+    fig = TASKS["depth"].plot(result)
+    image, bar = fig.axes[0].images[-1], fig.axes[1]
+    edges = np.arange(-450.0, 406.0, 45.0)  # bins -9..9: ((b-1)*45, b*45] mm
+    np.testing.assert_allclose(image.norm.boundaries, edges)
+    assert "mm from the pelvis" in bar.get_ylabel()
+    np.testing.assert_allclose(bar.get_yticks(), edges[::2])
+    shown = np.ma.masked_invalid(image.get_array())
+    np.testing.assert_array_equal(shown.mask, np.isnan(result["depth_rel_mm"]))
+    np.testing.assert_array_equal(shown.filled(0), np.nan_to_num(result["depth_rel_mm"]))
+
+    legend = TASKS["segm"].plot(result).legends[0]
+    names = [text.get_text() for text in legend.get_texts()]
+    assert names[:3] == ["head", "torso", "l upper arm (none)"] and names[-1] == "r foot"
+    assert len(names) == 14 and sum("(none)" in n for n in names) == 11
+    colours = [patch.get_facecolor()[:3] for patch in legend.get_patches()]
+    np.testing.assert_allclose(colours, drawing.PART_COLORS[1:] / 255, atol=1e-6)
 
 
 def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:

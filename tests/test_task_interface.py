@@ -12,7 +12,7 @@ import hgmt.predict
 import hgmt.report
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator
-from hgmt.tasks import TASKS, all_subsets, parse_tasks
+from hgmt.tasks import TASKS, all_subsets, drawing, parse_tasks
 from hgmt.training import loop
 from tests import silhouette_task
 from tests.conftest import tiny_config
@@ -67,7 +67,8 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     assert result["tasks"] == ["pose2d", "silhouette"]
     assert np.asarray(result["silhouette"]).shape == (16, 16)
     panel = cv2.imread(str(out / "grey.png"))
-    assert panel.shape[1] == 3 * panel.shape[0]  # the input, pose2d's picture, the silhouette's
+    h = drawing.PLOT_HEIGHT  # the input, pose2d's figure, the silhouette's (with its legend)
+    assert panel.shape == (h, 2 * h + int(1.45 * h), 3)
 
 
 def test_every_task_module_implements_the_interface(with_silhouette):

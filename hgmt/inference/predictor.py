@@ -33,7 +33,7 @@ import numpy as np
 from hgmt.data import input_pipeline
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import surreal
-from hgmt.tasks import TASKS, common, heads, parse_tasks
+from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints
 
@@ -83,7 +83,8 @@ class Predictor:
         m_image = input_pipeline.crop_affine(centre, side, size)
         m_label = input_pipeline.crop_affine(centre, side, r)
         crop = cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR)
-        raw = {t: np.asarray(p[0]) for t, p in self._apply(self.variables, crop[None]).items()}
+        outputs = self._apply(self.variables, crop[None])
+        raw = {t: np.asarray(outputs[t][0]) for t in self.tasks}  # in the tasks' order
         out = {"crop_image": crop, "crop": m_label, "raw": raw}
         # Decoding frame: the image centre moved to SURREAL's principal point (160, 120).
         shift = np.array([surreal.INTRINSICS[0, 2] - (image.shape[1] - 1) / 2,
@@ -109,18 +110,17 @@ def to_json(result: dict, tasks: Sequence[str]) -> dict:
     return out
 
 
-PANEL_MIN_SIZE = 256  # pixels per picture in the panel (small crops are enlarged)
+PANEL_MAX_WIDTH = 1400  # pixels: the panel's figures wrap into rows no wider
 
 
 def panel(result: dict) -> np.ndarray:
-    """(D, D*k, 3) uint8, D = max(R, PANEL_MIN_SIZE): the input, then each predicted task's
-    picture (its `draw`) in task order: 2D skeleton, 3D skeleton (front and side), depth bins,
-    parts."""
-    size = max(result["crop_image"].shape[0], PANEL_MIN_SIZE)
-    crop = cv2.resize(result["crop_image"], (size, size), interpolation=cv2.INTER_LINEAR)
-    pics = [crop] + [TASKS[t].draw(pred, crop, result["frame"])
-                     for t, pred in result["raw"].items()]
-    return np.concatenate(pics, axis=1)
+    """(rows*PLOT_HEIGHT, W, 3) uint8 RGB: the input crop, then each predicted task's figure
+    (its `plot`) in task order (2D skeleton; 3D skeleton, front and side, axes in mm; depth
+    with a colour bar in mm from the pelvis; parts with a legend), in rows of at most
+    PANEL_MAX_WIDTH pixels."""
+    pictures = [drawing.render(drawing.figure_image(result["crop_image"], "input crop"))]
+    pictures += [drawing.render(TASKS[t].plot(result)) for t in result["raw"]]
+    return drawing.tile(pictures, PANEL_MAX_WIDTH)
 
 
 def read_image(path: str) -> np.ndarray:

@@ -13,8 +13,9 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
   protocols it implements and how their numbers are shown, compared and tabulated), and
   `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt;
 - one image's prediction: `predict(pred, frame: spec.Frame) -> dict` (its result in the
-  original image), `to_json(result)`, and `draw(pred, rgb, frame)` (its picture in the
-  prediction panel and in TensorBoard).
+  original image), `to_json(result)`, `plot(result)` (its readable matplotlib figure in the
+  prediction panel, `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends) and
+  `draw(pred, rgb, frame)` (its quick picture of the crop's size: TensorBoard, video frames).
 """
 
 from __future__ import annotations

@@ -185,3 +185,14 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     from hgmt.tasks import drawing
 
     return drawing.enlarge(drawing.colour_depth(np.asarray(pred).argmax(-1)), rgb.shape[0])
+
+
+def plot(result: dict):
+    """The panel's figure: each foreground pixel's bin, relative to the pelvis, over the crop,
+    with a colour bar in mm at the bins' edges ((b-1)*45, b*45] for b in -9..9; the end bins
+    also hold everything nearer or farther."""
+    from hgmt.tasks import drawing
+
+    edges = np.arange(-common.MAX_BIN - 1, common.MAX_BIN + 1) * common.BIN_SIZE * 1000.0
+    return drawing.figure_depth(result["depth_rel_mm"], result["crop_image"], edges,
+                                f"depth ({common.BIN_SIZE * 1000:.0f} mm bins)")

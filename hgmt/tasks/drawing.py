@@ -1,6 +1,10 @@
 """Pictures of predictions: colourised part and depth maps, skeletons, PCK curves.
 
-Arrays in, arrays or PNG files out; matplotlib only for plots (Agg backend)."""
+Two kinds: quick OpenCV pictures of a crop's size (`colour_parts`, `colour_depth`,
+`draw_skeleton`, `skeleton3d`: TensorBoard strips and video frames), and readable matplotlib
+figures with units, colour bars and legends (`figure_*`: the prediction panel), each
+PLOT_HEIGHT pixels tall, turned into pixels by `render` and laid out by `tile`. Figures are
+built on matplotlib's object API (no pyplot state), so any thread may draw."""
 
 from __future__ import annotations
 
@@ -83,5 +87,155 @@ def plot_pck_curve(curve: dict, path: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "skeleton3d",
-           "plot_pck_curve"]
+# --- Readable figures (the prediction panel) -------------------------------------------------
+PLOT_HEIGHT = 360  # pixels: the height of every panel figure
+_DPI = 100
+_SKELETON_RGB = {"r_": (230, 40, 40), "l_": (40, 90, 230), "": (200, 170, 20)}
+
+
+def figure(width_px: int, height_px: int = PLOT_HEIGHT):
+    """An empty matplotlib Figure of width_px x height_px pixels on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def render(fig) -> np.ndarray:
+    """A Figure -> (H,W,3) uint8 RGB of its pixels."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def tile(pictures: list[np.ndarray], max_width: int) -> np.ndarray:
+    """Pictures of one height side by side, in rows no wider than max_width (a wider picture
+    gets a row of its own), rows left-aligned on white -> (rows*H, W, 3) uint8."""
+    rows, row = [], []
+    for pic in pictures:
+        if row and sum(p.shape[1] for p in row) + pic.shape[1] > max_width:
+            rows.append(row)
+            row = []
+        row.append(pic)
+    rows.append(row)
+    width = max(sum(p.shape[1] for p in r) for r in rows)
+    out = []
+    for r in rows:
+        strip = np.concatenate(r, axis=1)
+        pad = np.full((strip.shape[0], width - strip.shape[1], 3), 255, np.uint8)
+        out.append(np.concatenate([strip, pad], axis=1))
+    return np.concatenate(out, axis=0)
+
+
+def _limb_colour(joint: int) -> tuple[float, ...]:
+    name = surreal.JOINT_NAMES[joint]
+    side = name[:2] if name[:2] in ("r_", "l_") else ""
+    return tuple(c / 255 for c in _SKELETON_RGB[side])
+
+
+def _skeleton_lines(ax, xy: np.ndarray) -> None:
+    """(16,2) joints drawn on ax: right limbs red, left blue, the trunk yellow."""
+    for a, b in surreal.SKELETON:
+        ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=_limb_colour(b), lw=2.2,
+                solid_capstyle="round")
+    ax.plot(xy[:, 0], xy[:, 1], "o", ms=3, color="k")
+
+
+def _image_axes(fig, rect: tuple[float, ...], rgb: np.ndarray, title: str, grey: bool = False):
+    """Axes showing the (S,S,3) crop in its pixel frame (pixel centres at integers), titled;
+    `grey`: faded grey, as the background of a map drawn over it."""
+    ax = fig.add_axes(rect)
+    s = rgb.shape[0]
+    extent = (-0.5, s - 0.5, s - 0.5, -0.5)
+    if grey:
+        ax.imshow(rgb.mean(-1), cmap="gray", vmin=-255, vmax=510, extent=extent)
+    else:
+        ax.imshow(rgb, extent=extent)
+    ax.set_xlim(-0.5, s - 0.5)
+    ax.set_ylim(s - 0.5, -0.5)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=11)
+    return ax
+
+
+def figure_image(rgb: np.ndarray, title: str, joints: np.ndarray | None = None):
+    """The (S,S,3) crop, titled, with (16,2) joints in its pixels drawn over it if given."""
+    fig = figure(PLOT_HEIGHT)
+    ax = _image_axes(fig, (0.02, 0.02, 0.96, 0.88), rgb, title)
+    if joints is not None:
+        _skeleton_lines(ax, np.asarray(joints))
+    return fig
+
+
+def figure_skeleton3d(joints_mm: np.ndarray, title: str = "3D pose"):
+    """(16,3) pelvis-relative camera mm (x right, y down, z away from the camera) -> front
+    (x,y) and side (z,y) views on one millimetre scale, axes labelled in mm."""
+    fig = figure(int(PLOT_HEIGHT * 1.5))
+    joints_mm = np.asarray(joints_mm, np.float64)
+    lo, hi = joints_mm.min(0), joints_mm.max(0)
+    span = max(float((hi - lo).max()), 400.0) * 1.15  # mm shown along each axis of a view
+    mid_y = (lo[1] + hi[1]) / 2
+    views = (("front", 0, "x (mm, right)"), ("side", 2, "z (mm, away from camera)"))
+    for k, (view, axis, xlabel) in enumerate(views):
+        ax = fig.add_axes((0.11 + 0.47 * k, 0.15, 0.4, 0.73))
+        _skeleton_lines(ax, joints_mm[:, [axis, 1]])
+        ax.set_xlim(-span / 2, span / 2)
+        ax.set_ylim(mid_y + span / 2, mid_y - span / 2)  # camera y points down
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel(xlabel, fontsize=9)
+        if k == 0:
+            ax.set_ylabel("y (mm, down)", fontsize=9)
+        ax.set_title(f"{title}, {view}", fontsize=11)
+    return fig
+
+
+def figure_depth(depth_rel_mm: np.ndarray, rgb: np.ndarray, edges_mm: np.ndarray,
+                 title: str = "depth"):
+    """(r,r) depth relative to the pelvis in mm (nan on background) over the greyed (S,S,3)
+    crop, one colour per interval of `edges_mm` (the bins' edges), with a colour bar in mm:
+    nearer than the pelvis red, farther blue."""
+    import matplotlib
+    from matplotlib import colors
+
+    fig = figure(int(PLOT_HEIGHT * 1.3))
+    ax = _image_axes(fig, (0.02, 0.02, 0.71, 0.88), rgb, title, grey=True)
+    s = rgb.shape[0]
+    cmap = matplotlib.colormaps["coolwarm_r"]
+    image = ax.imshow(np.ma.masked_invalid(depth_rel_mm), cmap=cmap,
+                      norm=colors.BoundaryNorm(edges_mm, cmap.N), interpolation="nearest",
+                      extent=(-0.5, s - 0.5, s - 0.5, -0.5))
+    bar = fig.colorbar(image, cax=fig.add_axes((0.76, 0.08, 0.035, 0.76)),
+                       ticks=edges_mm[::2])
+    bar.set_label("mm from the pelvis (+ farther)", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    return fig
+
+
+def figure_parts(classes: np.ndarray, rgb: np.ndarray, names: tuple[str, ...],
+                 title: str = "body parts"):
+    """(r,r) classes 0..len(names) (0 background) in PART_COLORS over the greyed (S,S,3)
+    crop, with a legend of every class name; those absent from the map are marked "(none)"."""
+    from matplotlib.patches import Patch
+
+    fig = figure(int(PLOT_HEIGHT * 1.45))
+    ax = _image_axes(fig, (0.01, 0.02, 0.66, 0.88), rgb, title, grey=True)
+    s = rgb.shape[0]
+    rgba = np.concatenate([PART_COLORS / 255.0, np.ones((len(PART_COLORS), 1))], axis=-1)
+    rgba[0, 3] = 0.0  # background: the crop shows through
+    ax.imshow(rgba[np.asarray(classes)], interpolation="nearest",
+              extent=(-0.5, s - 0.5, s - 0.5, -0.5))
+    present = set(np.unique(classes).tolist())
+    handles = [Patch(facecolor=PART_COLORS[k] / 255, edgecolor="k", lw=0.3,
+                     label=name.replace("_", " ") + ("" if k in present else " (none)"))
+               for k, name in enumerate(names, start=1)]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.68, 0.47), fontsize=8,
+               frameon=False, handlelength=1.2, labelspacing=0.4)
+    return fig
+
+
+__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "skeleton3d", "plot_pck_curve",
+           "PLOT_HEIGHT", "figure", "render", "tile", "figure_image", "figure_skeleton3d",
+           "figure_depth", "figure_parts"]

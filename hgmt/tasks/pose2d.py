@@ -231,3 +231,13 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
 
     joints, _ = common.subpixel_argmax(np.moveaxis(pred, -1, 0))
     return drawing.draw_skeleton(rgb, np.asarray(joints), scale=rgb.shape[0] / pred.shape[0])
+
+
+def plot(result: dict):
+    """The panel's figure: the predicted skeleton on the crop."""
+    from hgmt.tasks import drawing
+
+    crop = result["crop"]  # image px -> label px
+    label = result["joints2d"] @ crop[:, :2].T + crop[:, 2]
+    scale = result["crop_image"].shape[0] / result["raw"][NAME].shape[0]  # crop px per label px
+    return drawing.figure_image(result["crop_image"], "2D pose", (label + 0.5) * scale - 0.5)

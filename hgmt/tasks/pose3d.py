@@ -206,3 +206,10 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     from hgmt.tasks import drawing
 
     return drawing.skeleton3d(predict(pred, frame)["joints3d_rel_mm"], rgb.shape[0])
+
+
+def plot(result: dict):
+    """The panel's figure: front and side views of the pelvis-relative joints, axes in mm."""
+    from hgmt.tasks import drawing
+
+    return drawing.figure_skeleton3d(result["joints3d_rel_mm"])

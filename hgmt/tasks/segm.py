@@ -165,3 +165,10 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     from hgmt.tasks import drawing
 
     return drawing.enlarge(drawing.colour_parts(np.asarray(pred).argmax(-1)), rgb.shape[0])
+
+
+def plot(result: dict):
+    """The panel's figure: the part map over the crop, with a legend of the 14 parts."""
+    from hgmt.tasks import drawing
+
+    return drawing.figure_parts(result["segm"], result["crop_image"], surreal.PART_NAMES)

@@ -157,8 +157,12 @@ class TaskModule(Protocol):
     def to_json(self, result: dict) -> dict:
         """The JSON-able part of `predict`'s result."""
 
+    def plot(self, result: dict) -> Any:
+        """A readable matplotlib Figure of one image's prediction (the prediction panel),
+        `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends."""
+
     def draw(self, pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-        """(R,R,3) uint8 picture of one image's prediction (panel, TensorBoard)."""
+        """(R,R,3) uint8 quick picture of one crop's prediction (TensorBoard, video frames)."""
 
 
 def check_task(module: Any) -> None:
