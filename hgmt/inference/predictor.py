@@ -2,8 +2,9 @@
 
     python -m hgmt.predict --workdir=DIR IMAGE [IMAGE ...] --out=OUTDIR [--bbox=x,y,w,h] [--step=N]
 
-For each image writes OUTDIR/<name>.png (a panel: input crop, 2D skeleton, part segmentation,
-depth, 3D skeleton; panels of tasks the model was not trained on are left out) and
+For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
+model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
+mm from the pelvis; body parts with a legend) and
 OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
