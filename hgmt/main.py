@@ -48,7 +48,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop.",
                          flag_values=fv)
-    flags.DEFINE_integer("verbosity", 0, "1: also the INFO lines of orbax, clu, TFDS and JAX.",
+    flags.DEFINE_integer("verbosity", 0, "1: also the INFO lines of orbax, TFDS and JAX.",
                          flag_values=fv)
 
 

@@ -102,18 +102,19 @@ def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_pat
         size = json.load(f)["image_size"]
 
     events = _events(workdir)
-    # The loop's scalars at each log step, the evaluation's headline at the last step: the
+    # The loop's scalars at each log step, the test evaluator's headline at the last step: the
     # same numbers the command printed.
     for tag in ("img_per_s", "data_wait", "learning_rate", "loss/total"):
         assert sorted(events[tag]) == [2, 4], tag
         assert all(np.isfinite(v.tensor.float_val[0]) for v in events[tag].values())
     assert events["img_per_s"][4].tensor.float_val[0] > 0
-    eval_tags = {t for t in events if t.startswith("eval/")} - {"eval/predictions"}
-    assert eval_tags == {f"eval/{k}" for k in headline if k not in ("workdir", "eval")}
-    for tag in eval_tags:
-        assert events[tag][4].tensor.float_val[0] == pytest.approx(headline[tag[5:]], rel=1e-5)
+    metrics = [k for k in headline if k not in ("workdir", "eval")]
+    assert metrics
+    for k in metrics:
+        assert events[f"test/{k}"][4].tensor.float_val[0] == pytest.approx(headline[k],
+                                                                          rel=1e-5)
     # The prediction panels: PNGs of the input crop beside the one task's picture.
-    image = events["eval/predictions"][4].tensor.string_val
+    image = events["test/predictions"][4].tensor.string_val
     assert (int(image[0]), int(image[1])) == (2 * size, size)  # width, height
     panel = np.asarray(Image.open(io.BytesIO(image[2])))
     assert panel.shape == (size, 2 * size, 3) and panel.dtype == np.uint8 and panel.std() > 0
