@@ -90,6 +90,9 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.evals.test = evaluator_config("test", at_end=True)  # -> <workdir>/eval_test.json
     c.worker_count = -1  # grain worker processes; 0: in the main process; -1: host cores - 2
     c.prefetch = 2  # batches kept on device ahead of the step
+    # where the crop and augmentation run: host (the loader's workers), device (inside the
+    # train step, the loader only decodes) or auto (by backend: hgmt.data.device_augment.AUTO)
+    c.augment_on = "auto"
     # damaged records (hgmt/data/damage.py) are skipped and replaced; above this fraction of
     # the training split the run stops: that is a bad copy, not one bad record
     c.max_damaged_fraction = 0.001

@@ -41,9 +41,7 @@ def raw_to_part(raw):
 def labels(crop: spec.Crop) -> dict:
     """The cropped example's entries this task reads: 'segm' (r,r) part classes 0..14, named
     by the person's side (a mirror swaps left and right)."""
-    parts = raw_to_part(crop.warp("segm"))
-    if crop.flip:
-        parts = surreal.PART_FLIP[parts]
+    parts = crop.swap_sides(surreal.PART_FLIP, raw_to_part(crop.warp("segm")))
     return {"segm": parts.astype(np.int32)}
 
 

@@ -63,7 +63,11 @@ class Crop:
     """One record cut to a training or evaluation crop (hgmt.data.input_pipeline.crop_example):
     what a task module's `labels` reads. `m_label` (2,3) maps the original image's px to the
     r x r label map's, the mirror included when `flip`; `read_map(record, key)` decodes one of
-    the record's image features."""
+    the record's image features.
+
+    The device path (hgmt.data.device_augment.DeviceCrop) gives `labels` a batch of crops
+    with the same methods, returning jax arrays with a leading batch axis: so a task's
+    `labels` uses array methods and `swap_sides`, not numpy functions or `if crop.flip`."""
 
     record: dict
     m_label: np.ndarray
@@ -94,12 +98,16 @@ class Crop:
                                          np.asarray(self.record["cam_loc"], np.float64))
         return joints[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0] if self.flip else joints
 
+    def swap_sides(self, table: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Class ids through `table` (a class's mirror image) where the crop is mirrored."""
+        return np.asarray(table)[classes] if self.flip else classes
+
 
 def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
     """The 2D joint labels of pose2d and pose3d: 'joints2d' (16,2) label px and 'visible'
     (16,) 1 where the joint lies inside the label map."""
     joints = crop.joints2d()
-    visible = np.all((joints >= 0) & (joints <= crop.size - 1), axis=-1)
+    visible = ((joints >= 0) & (joints <= crop.size - 1)).all(axis=-1)
     return {"joints2d": joints.astype(np.float32), "visible": visible.astype(np.float32)}
 
 
@@ -108,7 +116,7 @@ def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
     and depth's bins."""
     from hgmt.sources import surreal
 
-    return {"pelvis_depth": np.float32(crop.joints3d()[surreal.PELVIS, 2])}
+    return {"pelvis_depth": crop.joints3d()[..., surreal.PELVIS, 2].astype(np.float32)}
 
 
 @runtime_checkable

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
-from hgmt.data import damage, input_pipeline
+from hgmt.data import damage, device_augment, input_pipeline
 from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
@@ -103,11 +103,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     lr_fn = steps.create_lr(config)
 
     damaged = None  # the account of damaged records the loader skipped
+    # Where the crop and augmentation run: the loader's CPU workers, or the train step
+    # (`prepare`, on the device, from the loader's decoded records).
+    augment_on = device_augment.placement(config.get("augment_on", "auto"))
+    prepare = (device_augment.Prepare(config.image_size, config.seed, tasks)
+               if augment_on == "device" else None)
     if loader is None:
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-        loader = input_pipeline.train_loader(source, batch_size=config.batch_size,
-                                             image_size=config.image_size, seed=config.seed,
-                                             worker_count=config.worker_count, tasks=tasks)
+        if prepare is None:
+            loader = input_pipeline.train_loader(
+                source, batch_size=config.batch_size, image_size=config.image_size,
+                seed=config.seed, worker_count=config.worker_count, tasks=tasks)
+        else:
+            loader = device_augment.decode_loader(
+                source, batch_size=config.batch_size, seed=config.seed,
+                worker_count=config.worker_count, tasks=tasks)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
@@ -129,7 +139,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     state = flax.jax_utils.replicate(state)
     p_train_step = _pmapped_train_step(
         tuple(sorted(weights.items())),
-        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())))
+        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
     batches = data_iter.batches() if damaged is None else damaged.strip(data_iter.batches())
     device_iter = input_pipeline.prefetch_to_device(batches, config.prefetch)
     metrics = step_metrics.StepMetrics()
@@ -170,8 +180,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             state=ocp.args.StandardSave(host),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
-    logging.info("training %s for steps %d..%d, %d devices, global batch %d", "+".join(tasks),
-                 start_step, config.total_steps, jax.device_count(), config.batch_size)
+    logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
+                 "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
+                 config.batch_size, augment_on)
     wait_time, t_last, step_last = 0.0, time.perf_counter(), start_step
     saving = None  # the step of the newest checkpoint orbax may still be writing
     for step in range(start_step + 1, config.total_steps + 1):
@@ -249,12 +260,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
 @functools.cache
 def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
-                        options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...]):
-    """One pmapped step per loss weighting and options (hashable tuples of `weights` and
-    `options` items), so that a second `train()` in a process (a resume, the tests) reuses its
-    trace instead of tracing the model again."""
+                        options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...],
+                        prepare: device_augment.Prepare | None = None):
+    """One pmapped step per loss weighting, options (hashable tuples of `weights` and
+    `options` items) and device-side crop (`prepare`, or None when the loader crops), so that
+    a second `train()` in a process (a resume, the tests) reuses its trace instead of tracing
+    the model again."""
     return jax.pmap(functools.partial(steps.train_step, weights=dict(weights),
-                                      options={t: dict(o) for t, o in options}),
+                                      options={t: dict(o) for t, o in options},
+                                      prepare=prepare),
                     axis_name="batch", donate_argnums=(0,))
 
 

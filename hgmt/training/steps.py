@@ -6,6 +6,7 @@ benchmarks and any launcher can use them without the input pipeline or the metri
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -59,8 +60,16 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
 
 # --- Steps (run under pmap with axis "batch") -------------------------------------------------
 def train_step(state: TrainState, batch: dict, weights: dict,
-               options: dict | None = None) -> tuple[TrainState, dict]:
-    """One optimiser step; weights {task: loss weight}, options {task: loss options}."""
+               options: dict | None = None,
+               prepare: Callable | None = None) -> tuple[TrainState, dict]:
+    """One optimiser step; weights {task: loss weight}, options {task: loss options}.
+    `prepare(batch, step, first_index)` (hgmt.data.device_augment.Prepare), when given, makes
+    the cropped batch from the decoded records first, on the device: `first_index` is this
+    device's first example's position in the global batch."""
+    if prepare is not None:
+        n = batch["image"].shape[0]
+        batch = prepare(batch, state.step, jax.lax.axis_index("batch") * n)
+
     def loss_fn(params):
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,

@@ -1,0 +1,162 @@
+"""Augmentation on the device: with the same crop parameters it makes the host path's labels
+(joints to float32 rounding, label maps on >= 99 % of pixels, the frame within OpenCV's
+interpolation rounding), flipped and not; its parameters follow the host's distributions and
+are a pure function of (seed, step, position in the batch); the trainer runs and resumes
+exactly with it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hgmt.data import device_augment as da
+from hgmt.data import input_pipeline as ip
+from hgmt.sources import surreal
+
+
+@pytest.fixture(scope="module")
+def source(demo_dataset):
+    return ip.open_split("surreal/all", demo_dataset[1], "train")
+
+
+_crop = jax.jit(da.crop_batch, static_argnums=(2,))
+
+
+def _device_crops(records: list[dict], params: list[ip.CropParams], size: int) -> list[dict]:
+    """`da.crop_batch` of the records with the host's parameters, split into examples."""
+    raw = {k: np.stack([da.decode_record(r)[k] for r in records])
+           for k in da.decode_record(records[0])}
+    p = {"scale": np.array([q.scale for q in params], np.float32),
+         "rotation": np.array([q.rotation for q in params], np.float32),
+         "flip": np.array([q.flip for q in params]),
+         "gain": np.array([q.gain for q in params], np.float32)}
+    out = {k: np.asarray(v) for k, v in _crop(raw, p, size).items()}
+    return [{k: v[i] for k, v in out.items()} for i in range(len(records))]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_same_crop_parameters_give_the_host_paths_labels(source, flip):
+    """Random scale, rotation (always on) and gain, mirrored or not, at 256 px on 6 records."""
+    augment = ip.Augment(rotate_p=1.0, flip_p=float(flip))
+    rng = np.random.default_rng(3)
+    records = [source[i] for i in range(0, len(source), 2)]
+    params = [ip.draw_crop_params(augment, rng) for _ in records]
+    assert all(p.flip == flip and p.rotation != 0 for p in params)
+    for rec, p, dev in zip(records, params, _device_crops(records, params, 256), strict=True):
+        host = ip.crop_with(rec, 256, p)
+        assert dev.keys() == host.keys()
+        for key in host:
+            assert dev[key].shape == np.shape(host[key]) and dev[key].dtype == np.asarray(
+                host[key]).dtype, key
+        # Geometry in float32 on the device, float64 on the host then rounded to float32.
+        np.testing.assert_allclose(dev["crop"], host["crop"], atol=2e-5)
+        np.testing.assert_allclose(dev["joints2d"], host["joints2d"], atol=1e-4)
+        np.testing.assert_array_equal(dev["visible"], host["visible"])
+        np.testing.assert_array_equal(dev["joints3d"], host["joints3d"])
+        np.testing.assert_array_equal(dev["pelvis_depth"], host["pelvis_depth"])
+        for key in ("segm", "depth_class"):
+            assert (dev[key] == host[key]).mean() >= 0.99, key
+        # Depth in mm (the device divides by 1000 as a product with 1/1000: 1 ulp apart).
+        assert (np.round(dev["depth"] * 1000) == np.round(host["depth"] * 1000)).mean() >= 0.99
+        diff = np.abs(dev["image"].astype(int) - host["image"])
+        assert diff.max() <= 3 and diff.mean() < 0.05, (diff.max(), diff.mean())
+        assert (host["segm"] > 0).mean() > 0.05  # the person is in the crop
+
+
+def test_device_flip_swaps_left_and_right(source):
+    """The suite's flip check (test_input_pipeline) on the device path: a mirrored crop is the
+    plain one mirrored, sides swapped."""
+    rec = source[1]
+    plain, flipped = _device_crops([rec, rec], [ip.CropParams(), ip.CropParams(flip=True)], 64)
+    r = 16
+    np.testing.assert_allclose(flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0],
+                               plain["joints2d"], atol=1e-4)
+    np.testing.assert_array_equal(surreal.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
+    np.testing.assert_array_equal(flipped["depth"][:, ::-1], plain["depth"])
+    assert np.abs(flipped["image"][:, ::-1].astype(int) - plain["image"]).max() <= 1
+    np.testing.assert_array_equal(flipped["joints3d"][surreal.JOINT_FLIP] * [-1, 1, 1],
+                                  plain["joints3d"])
+
+
+def test_crop_parameters_follow_the_host_distributions():
+    """4000 device draws against 4000 host draws: the same clipped log-normal scale, rotation
+    probability and clipped normal angle, flip probability, uniform gain."""
+    n, augment = 4000, ip.Augment()
+    keys = jax.random.split(jax.random.key(0), n)
+    dev = {k: np.asarray(v) for k, v in
+           jax.jit(jax.vmap(lambda k: da.draw_params(k, augment)))(keys).items()}
+    rng = np.random.default_rng(0)
+    host = [ip.draw_crop_params(augment, rng) for _ in range(n)]
+    h = {"scale": np.array([p.scale for p in host]),
+         "rotation": np.array([p.rotation for p in host]),
+         "flip": np.array([p.flip for p in host]), "gain": np.array([p.gain for p in host])}
+    for key, tol in (("scale", 0.02), ("flip", 0.04), ("gain", 0.02)):
+        assert abs(dev[key].mean() - h[key].mean()) < tol, key
+    for stats in (dev, h):
+        assert stats["scale"].min() >= 2 ** -0.5 - 1e-6 and stats["scale"].max() <= 2 ** 0.5
+        assert np.mean(stats["scale"] == 2 ** 0.5) > 0.01  # clipped at +-0.5 octave
+        rotated = stats["rotation"] != 0
+        assert abs(rotated.mean() - 0.4) < 0.04
+        assert np.abs(stats["rotation"]).max() <= 60 and abs(
+            np.abs(stats["rotation"][rotated]).mean() - 30 * np.sqrt(2 / np.pi)) < 2.0
+        assert stats["gain"].min() >= 0.6 and stats["gain"].max() <= 1.4
+        assert abs(stats["gain"].std() - 0.8 / np.sqrt(12)) < 0.01
+    none = jax.vmap(lambda k: da.draw_params(k, ip.Augment.none()))(keys[:4])
+    np.testing.assert_array_equal(none["scale"], 1.0)
+    np.testing.assert_array_equal(none["rotation"], 0.0)
+    assert not np.asarray(none["flip"]).any()
+    np.testing.assert_array_equal(none["gain"], 1.0)
+
+
+def test_crop_keys_are_a_function_of_seed_step_and_position():
+    """So a resumed run draws the crops of an uninterrupted one, and a batch split over
+    devices draws those of one device."""
+    whole = da.example_keys(0, jnp.int32(7), jnp.arange(8))
+    halves = [da.example_keys(0, jnp.int32(7), jnp.arange(4) + s) for s in (0, 4)]
+    data = jax.random.key_data
+    np.testing.assert_array_equal(data(whole), data(jnp.concatenate(halves)))
+    for other in (da.example_keys(0, jnp.int32(8), jnp.arange(8)),
+                  da.example_keys(1, jnp.int32(7), jnp.arange(8))):
+        assert not (np.asarray(data(other)) == np.asarray(data(whole))).all(-1).any()
+
+
+def test_host_decodes_only_the_maps_the_tasks_read(source):
+    assert da.maps_read() == ("segm", "depth", "depth_class")
+    assert da.maps_read(["pose2d", "pose3d"]) == ()
+    assert da.maps_read(["segm"]) == ("segm",)
+    raw = da.decode_record(source[0], da.maps_read(["pose2d"]))
+    assert sorted(raw) == ["cam_loc", "image", "joints2d", "joints3d"]
+    assert raw["image"].shape == (240, 320, 3) and raw["joints2d"].dtype == np.float32
+
+
+def test_placement_by_config_and_backend():
+    assert da.placement("host", "gpu") == "host" and da.placement("device", "cpu") == "device"
+    assert da.placement("auto", "cpu") == "host" and da.placement("auto", "gpu") == "device"
+    with pytest.raises(ValueError, match="augment_on='ondevice'.*host.*device.*auto"):
+        da.placement("ondevice")
+
+
+def test_a_frame_of_another_size_is_a_clear_error():
+    record = {"image": np.zeros((120, 160, 3), np.uint8), "joints2d": np.zeros((24, 2)),
+              "joints3d": np.zeros((24, 3)), "cam_loc": np.zeros(3)}
+    with pytest.raises(ValueError, match=r"'image' is \(120, 160\).*augment_on='host'"):
+        da.decode_record(record, ())
+
+
+@pytest.mark.slow
+def test_trainer_with_device_augmentation_resumes_exactly(demo_dataset, tmp_path):
+    """config.augment_on='device': the loader decodes, the step crops; 4 steps straight equal
+    2 steps, a restart and 2 more (the crops drawn from (seed, step, position) again)."""
+    from hgmt.training import loop
+    from tests.conftest import tiny_config
+
+    kw = {"tasks": "pose2d+segm", "augment_on": "device", "optimizer.schedule": "constant"}
+    straight = loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw),
+                          str(tmp_path / "straight"))
+    loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), str(tmp_path / "split"))
+    resumed = loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw),
+                         str(tmp_path / "split"))
+    assert int(resumed.step) == 4
+    a, b = (jax.tree_util.tree_leaves(s.params) for s in (straight, resumed))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
