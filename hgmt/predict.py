@@ -8,9 +8,12 @@ mm from the pelvis; body parts with a legend) and
 OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
-margin, as training crops are), else the whole image, centred. Python use:
+margin, as training crops are). Without it the person is found: the model runs on the whole
+image, the joints it sees on the person (or its silhouette) give the training-like window
+around them, and the model runs again on that window until the window stops moving
+(hgmt/inference/person.py); the JSON records the window ('bbox') and what found it. Python use:
 
-    from hgmt.predict import Predictor
+    from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
 
@@ -37,8 +40,8 @@ def _define_flags(fv) -> None:
 
     cli.define_workdir(fv)
     flags.DEFINE_string("out", None, "output directory", flag_values=fv, required=True)
-    flags.DEFINE_string("bbox", None, "x,y,w,h of the person in pixels (default: the "
-                        "whole image)", flag_values=fv)
+    flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels "
+                        "(default: found by the model)", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cv2.imwrite(os.path.join(args.out, name + ".png"),
                     predictor.panel(result)[..., ::-1])
         with open(os.path.join(args.out, name + ".json"), "w") as f:
-            json.dump({"image": os.path.abspath(path), "bbox": bbox, "step": model.step,
+            json.dump({"image": os.path.abspath(path), "step": model.step,
                        **predictor.to_json(result, model.tasks)}, f)
         print(f"{path} -> {os.path.join(args.out, name)}.png/.json")
     return 1 if failed else 0

@@ -59,6 +59,10 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
     return {"silhouette": mask, "silhouette_image": frame.to_image(mask)}
 
 
+def locate(pred: np.ndarray) -> dict:
+    return {"foreground": np.asarray(pred).argmax(-1) > 0}
+
+
 def to_json(result: dict) -> dict:
     return {"silhouette": result["silhouette"].tolist()}
 

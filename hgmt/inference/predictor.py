@@ -8,9 +8,12 @@ mm from the pelvis; body parts with a legend) and
 OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
-margin, as training crops are), else the whole image, centred. Python use:
+margin, as training crops are). Without it the person is found: the model runs on the whole
+image, the joints it sees on the person (or its silhouette) give the training-like window
+around them, and the model runs again on that window until the window stops moving
+(hgmt/inference/person.py); the JSON records the window ('bbox') and what found it. Python use:
 
-    from hgmt.predict import Predictor
+    from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
 
@@ -21,6 +24,7 @@ as the principal point. Root-relative joints depend on it only through their ove
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from hgmt.data import input_pipeline
+from hgmt.inference import person
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
@@ -45,66 +50,166 @@ from hgmt.training import checkpoints
 CROP_METRES = 2.35
 
 
-def crop_window(image_shape: Sequence[int], bbox: Sequence[float] | None
-                ) -> tuple[np.ndarray, float]:
-    """(centre (2,), side) of the square crop: around bbox (x, y, w, h) or the whole image."""
-    h, w = image_shape[:2]
-    if bbox is None:
-        return np.array([(w - 1) / 2, (h - 1) / 2]), float(max(h, w))
-    x, y, bw, bh = (float(v) for v in bbox)
-    if bw <= 0 or bh <= 0:
-        raise ValueError(f"bbox {tuple(bbox)}: width and height must be positive")
-    return np.array([x + bw / 2 - 0.5, y + bh / 2 - 0.5]), max(bw, bh)
+MAX_FINDING_PASSES = 4  # model passes spent finding the person (the first on the whole image)
 
 
 class Predictor:
-    """A restored checkpoint as a function: RGB uint8 (H,W,3) image -> per-task results."""
+    """A restored checkpoint as a function: RGB uint8 (H,W,3) image -> per-task results.
+
+    Crops are run `batch_size` at a time on JAX's default device (a smaller last batch is
+    padded to a power of two, so few shapes are compiled)."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
-                 config: ml_collections.ConfigDict | None = None):
+                 config: ml_collections.ConfigDict | None = None, batch_size: int = 8):
         self.config, self.variables, self.step = checkpoints.restore_for_inference(
             workdir, step, config)
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
+        self.batch_size = int(batch_size)
         model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(predict_last_stage, model))
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:
-        """-> {'crop_image' (R,R,3) uint8, 'crop' (2,3) image px -> label px, 'raw' {task:
-        (r,r,C)}, 'frame' (the decoding `Frame`), and each task's `predict` entries: 'joints2d'
-        (16,2) image px, 'joints3d_rel_mm' (16,3), 'segm' (r,r) and 'segm_image' (H,W) part
-        classes 0..14, 'depth' (r,r) and 'depth_image' (H,W) classes 0..19, 'depth_rel_mm'
-        (r,r) depth relative to the pelvis (nan on background)}."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} "
-                             f"{image.shape}")
+        """One image; the person's window is `bbox` (x, y, w, h), else found (`predict`)."""
+        return self.predict([image], None if bbox is None else [bbox])[0]
+
+    def predict(self, images: Sequence[np.ndarray],
+                bboxes: Sequence[Sequence[float] | None] | None = None) -> list[dict]:
+        """Images (each (H,W,3) RGB uint8, any sizes) -> one result each.
+
+        Each image is predicted on the square window around its bbox (x, y, w, h) when one is
+        given, else on the window `find` returns. A result: {'window' (`person.Window`),
+        'passes' (model passes run on the image), 'crop_image' (R,R,3) uint8, 'crop' (2,3)
+        image px -> label px, 'raw' {task: (r,r,C)}, 'frame' (the decoding `Frame`), and each
+        task's `predict` entries: 'joints2d' (16,2) image px, 'joints3d_rel_mm' (16,3),
+        'segm' (r,r) and 'segm_image' (H,W) part classes 0..14, 'depth' (r,r) and
+        'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
+        (nan on background)}."""
+        images = [_checked(image) for image in images]
+        bboxes = [None] * len(images) if bboxes is None else list(bboxes)
+        if len(bboxes) != len(images):
+            raise ValueError(f"{len(bboxes)} bboxes for {len(images)} images: give one each "
+                             f"(None to find the person)")
+        windows = [None if b is None else person.Window.given(b) for b in bboxes]
+        passes = [0] * len(images)
+        done: dict[int, tuple] = {}  # image -> (crop, m_label, raw) on its final window
+        search = [i for i, w in enumerate(windows) if w is None]
+        if search:
+            found, runs, last = self.find([images[i] for i in search])
+            for k, i in enumerate(search):
+                windows[i], passes[i] = found[k], runs[k]
+                if last[k] is not None:
+                    done[i] = last[k]
+        rest = [i for i in range(len(images)) if i not in done]
+        if rest:
+            crops, m_labels = self._crops([images[i] for i in rest], [windows[i] for i in rest])
+            raw = self._forward(crops)
+            for k, i in enumerate(rest):
+                done[i] = (crops[k], m_labels[k], {t: raw[t][k] for t in self.tasks})
+                passes[i] += 1
+        return [self._result(images[i], windows[i], passes[i], *done[i])
+                for i in range(len(images))]
+
+    def find(self, images: Sequence[np.ndarray]) -> tuple[list[person.Window], list[int],
+                                                           list[tuple | None]]:
+        """Finds the person in each image: the model runs on the whole image, each task's
+        `locate` says where it sees the person, `person.find_window` turns that into a
+        training-like window, and the model runs again on that window, until the window
+        found is within `person.CONVERGED` of the one run on, or MAX_FINDING_PASSES passes.
+        -> (window per image, passes run, (crop, m_label, raw) of the last pass when it was
+        run on the window returned, else None). An image where nothing is seen on the first
+        pass keeps the whole image ("whole image: no person found")."""
+        windows = [person.Window.whole(image.shape) for image in images]
+        passes, last = [0] * len(images), [None] * len(images)
+        todo = list(range(len(images)))
+        for _ in range(MAX_FINDING_PASSES):
+            if not todo:
+                break
+            crops, m_labels = self._crops([images[i] for i in todo], [windows[i] for i in todo])
+            raw = self._forward(crops)
+            still = []
+            for k, i in enumerate(todo):
+                preds = {t: raw[t][k] for t in self.tasks}
+                passes[i] += 1
+                seen = person.find_window({t: TASKS[t].locate(p) for t, p in preds.items()},
+                                          m_labels[k])
+                if seen is None:  # keep the window run on
+                    if passes[i] == 1:
+                        windows[i] = dataclasses.replace(
+                            windows[i], found_by="whole image: no person found")
+                    last[i] = (crops[k], m_labels[k], preds)
+                elif seen.close_to(windows[i]):
+                    windows[i] = dataclasses.replace(windows[i], found_by=seen.found_by)
+                    last[i] = (crops[k], m_labels[k], preds)
+                else:
+                    windows[i] = seen
+                    still.append(i)
+            todo = still
+        return windows, passes, last
+
+    def _crops(self, images: Sequence[np.ndarray], windows: Sequence[person.Window]
+               ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """-> (B,R,R,3) uint8 crops of the windows (bilinear, black outside the image), and
+        each crop's (2,3) affine from image px to label px."""
         size, r = self.image_size, self.image_size // common.LABEL_STRIDE
-        centre, side = crop_window(image.shape, bbox)
-        m_image = input_pipeline.crop_affine(centre, side, size)
-        m_label = input_pipeline.crop_affine(centre, side, r)
-        crop = cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR)
-        outputs = self._apply(self.variables, crop[None])
-        raw = {t: np.asarray(outputs[t][0]) for t in self.tasks}  # in the tasks' order
-        out = {"crop_image": crop, "crop": m_label, "raw": raw}
+        crops, m_labels = [], []
+        for image, window in zip(images, windows, strict=True):
+            m_image = input_pipeline.crop_affine(window.centre, window.side, size)
+            crops.append(cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR))
+            m_labels.append(input_pipeline.crop_affine(window.centre, window.side, r))
+        return np.stack(crops), m_labels
+
+    def _forward(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """(B,R,R,3) crops -> {task: (B,r,r,C)} the last stage's outputs, batch_size at a time."""
+        out = {t: [] for t in self.tasks}
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            n = len(chunk)
+            padded = min(1 << (n - 1).bit_length(), self.batch_size)
+            if padded > n:
+                chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            outputs = self._apply(self.variables, chunk)
+            for t in self.tasks:
+                out[t].append(np.asarray(outputs[t][:n]))
+        return {t: np.concatenate(v) for t, v in out.items()}
+
+    def _result(self, image: np.ndarray, window: person.Window, passes: int,
+                crop: np.ndarray, m_label: np.ndarray, raw: dict) -> dict:
+        """One image's result (`predict`) from the model's outputs on its window's crop."""
+        out = {"window": window, "passes": passes, "crop_image": crop, "crop": m_label,
+               "raw": raw}
         # Decoding frame: the image centre moved to SURREAL's principal point (160, 120).
         shift = np.array([surreal.INTRINSICS[0, 2] - (image.shape[1] - 1) / 2,
                           surreal.INTRINSICS[1, 2] - (image.shape[0] - 1) / 2])
         m_virtual = m_label.copy()
         m_virtual[:, 2] -= m_label[:, :2] @ shift
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
-                 "pelvis_depth": jnp.asarray([surreal.INTRINSICS[0, 0] * CROP_METRES / side],
-                                             jnp.float32)}
+                 "pelvis_depth": jnp.asarray(
+                     [surreal.INTRINSICS[0, 0] * CROP_METRES / window.side], jnp.float32)}
         out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2], shift)
         for t, pred in raw.items():
             out.update(TASKS[t].predict(pred, out["frame"]))
         return out
 
 
+def _checked(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} "
+                         f"{image.shape}")
+    return image
+
+
 def to_json(result: dict, tasks: Sequence[str]) -> dict:
-    """The JSON-able part of a result: each task's `to_json` (joints, class maps in the crop's
-    label frame, as lists)."""
+    """The JSON-able part of a result: the window predicted on ('bbox' x, y, w, h in image
+    px, which `--bbox` takes back; 'bbox_found_by': "given", "joints (<task>)", "foreground
+    (<tasks>)" or "whole image: no person found"; 'model_passes'), and each task's `to_json`
+    (joints, class maps in the crop's label frame, as lists)."""
+    window = result["window"]
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
+           "bbox": np.round(window.bbox, 2).tolist(), "bbox_found_by": window.found_by,
+           "model_passes": result["passes"],
            "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
     for t in tasks:
         out.update(TASKS[t].to_json(result))

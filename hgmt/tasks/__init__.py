@@ -12,6 +12,9 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
   `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
   protocols it implements and how their numbers are shown, compared and tabulated), and
   `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt;
+- finding the person: `locate(pred) -> dict` of what its (r,r,C) prediction says about where
+  the person is in the label map: 'joints' (J,2) label px with 'joint_scores' (J,) (peak
+  heights, 1 at a target's peak), and/or 'foreground' (r,r) bool;
 - one image's prediction: `predict(pred, frame: spec.Frame) -> dict` (its result in the
   original image), `to_json(result)`, `plot(result)` (its readable matplotlib figure in the
   prediction panel, `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends) and

@@ -176,6 +176,12 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
             "depth_rel_mm": np.where(classes > 0, rel * 1000.0, np.nan)}
 
 
+def locate(pred: np.ndarray) -> dict:
+    """Where the (r,r,20) logits see the person: 'foreground' (r,r) bool, any bin but
+    background."""
+    return {"foreground": np.asarray(pred).argmax(-1) > 0}
+
+
 def to_json(result: dict) -> dict:
     return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_SIZE * 1000.0}
 

@@ -221,6 +221,13 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
     return {"joints2d": np.asarray(joints[0]) - frame.shift}
 
 
+def locate(pred: np.ndarray) -> dict:
+    """Where the (r,r,16) heatmaps see the person: 'joints' (16,2) label px (sub-pixel
+    peaks), 'joint_scores' (16,) the peaks' heights (1 at a training target's peak)."""
+    joints, score = common.subpixel_argmax(np.moveaxis(np.asarray(pred, np.float32), -1, 0))
+    return {"joints": np.asarray(joints), "joint_scores": np.asarray(score)}
+
+
 def to_json(result: dict) -> dict:
     return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist()}
 

@@ -197,6 +197,14 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
         decode(jnp.asarray(pred)[None], frame.batch)["joints3d_rel_mm"][0])}
 
 
+def locate(pred: np.ndarray) -> dict:
+    """Where the (r,r,16*19) volumes see the person: 'joints' (16,2) label px (sub-pixel
+    peaks of each joint's volume's maximum over the bins), 'joint_scores' (16,) their heights."""
+    planes = np.asarray(volumes(jnp.asarray(pred)[None])[0]).max(-1)  # (16,r,r)
+    joints, score = common.subpixel_argmax(planes)
+    return {"joints": np.asarray(joints), "joint_scores": np.asarray(score)}
+
+
 def to_json(result: dict) -> dict:
     return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist()}
 

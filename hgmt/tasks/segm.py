@@ -153,6 +153,11 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
     return {"segm": classes, "segm_image": frame.to_image(classes)}
 
 
+def locate(pred: np.ndarray) -> dict:
+    """Where the (r,r,15) logits see the person: 'foreground' (r,r) bool, any part."""
+    return {"foreground": np.asarray(pred).argmax(-1) > 0}
+
+
 def to_json(result: dict) -> dict:
     return {"part_names": ["background", *surreal.PART_NAMES],
             "segm_classes": result["segm"].tolist()}

@@ -159,6 +159,11 @@ class TaskModule(Protocol):
         """Writes the pictures of a split's summary beside its JSON (`stem` + suffix, e.g.
         the PCKh curve); returns their paths ([] for none)."""
 
+    def locate(self, pred: np.ndarray) -> dict:
+        """Where one crop's (r,r,C) prediction sees the person, in label px: 'joints' (J,2)
+        with 'joint_scores' (J,) (peak heights, 1 at a target's peak), and/or 'foreground'
+        (r,r) bool (finding the person, hgmt.inference.person)."""
+
     def predict(self, pred: np.ndarray, frame: Frame) -> dict:
         """One image's result in the original image."""
 

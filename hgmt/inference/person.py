@@ -1,0 +1,105 @@
+"""Where the person is: the square crop window a prediction is made on, given by the user or
+found from what the model's own predictions on a coarser crop say (each task's `locate`).
+
+The window found is the one training crops are cut with (`input_pipeline.person_box`: the
+joints' box with margins, squared), so the model then sees the person at the scale it learnt:
+from the joints when enough of them are seen on the person, else from the silhouette's box."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from hgmt.data import input_pipeline
+
+# Training crop side / the longer side of the silhouette's box: 1.28 +- 0.05 (5th-95th
+# percentile 1.18-1.34) over 138 frames of the demo clips' ground truth; the window's centre is
+# the box's centre to within 0.012 sides.
+FOREGROUND_TO_SIDE = 1.28
+MIN_JOINT_SCORE = 0.2  # a joint counts when its peak is this high (a target's peak is 1)
+MIN_JOINTS = 12  # of 16: fewer, and the joints' box would miss limbs; use the silhouette
+NEAR_FOREGROUND = 2  # label px: a joint counts only this close to the silhouette, if any
+CONVERGED = 0.05  # a window within this fraction of its side of the last one ends the search
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A square crop window in image pixels (pixel centres at integers) and how it was had:
+    "given", "whole image", or what found it ("joints (<task>)", "foreground (<tasks>)")."""
+
+    centre: np.ndarray  # (2,) x, y
+    side: float
+    found_by: str
+
+    @staticmethod
+    def whole(image_shape: Sequence[int]) -> Window:
+        """The whole image, centred (the longer side)."""
+        h, w = image_shape[:2]
+        return Window(np.array([(w - 1) / 2, (h - 1) / 2]), float(max(h, w)), "whole image")
+
+    @staticmethod
+    def given(bbox: Sequence[float]) -> Window:
+        """The square window around bbox (x, y, w, h in pixels; side max(w, h))."""
+        x, y, bw, bh = (float(v) for v in bbox)
+        if bw <= 0 or bh <= 0:
+            raise ValueError(f"bbox {tuple(bbox)}: width and height must be positive")
+        return Window(np.array([x + bw / 2 - 0.5, y + bh / 2 - 0.5]), max(bw, bh), "given")
+
+    @property
+    def bbox(self) -> list[float]:
+        """(x, y, w, h) of the window, as `given` takes it (w == h)."""
+        x0, y0 = self.centre - self.side / 2 + 0.5
+        return [float(x0), float(y0), self.side, self.side]
+
+    def close_to(self, other: Window) -> bool:
+        """Centres and sides within CONVERGED of this window's side."""
+        return (float(np.abs(self.centre - other.centre).max()) <= CONVERGED * self.side
+                and abs(self.side - other.side) <= CONVERGED * self.side)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """(r,r) bool -> its largest 8-connected component, None when empty."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                                connectivity=8)
+    if count <= 1:
+        return None
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def find_window(evidence: Mapping[str, dict], m_label: np.ndarray) -> Window | None:
+    """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order) and the
+    crop's (2,3) affine from image px to label px -> the training window around the person,
+    in image px, or None when nothing is seen.
+
+    The silhouette is the largest connected region of the union of the tasks' foregrounds.
+    The joints are those of the first task giving joints, kept where their peak reaches
+    MIN_JOINT_SCORE and (when there is a silhouette) lies within NEAR_FOREGROUND label px of
+    it; with MIN_JOINTS or more kept, the window is training's `person_box` of them, else the
+    silhouette's box grown by FOREGROUND_TO_SIDE."""
+    back = cv2.invertAffineTransform(m_label)
+    masks = [e["foreground"] for e in evidence.values() if "foreground" in e]
+    silhouette = _largest_component(np.logical_or.reduce(masks)) if masks else None
+    givers = [t for t, e in evidence.items() if "joints" in e]
+    if givers:
+        joints = np.asarray(evidence[givers[0]]["joints"], np.float64)
+        keep = np.asarray(evidence[givers[0]]["joint_scores"]) >= MIN_JOINT_SCORE
+        if silhouette is not None:
+            size = 2 * NEAR_FOREGROUND + 1
+            near = cv2.dilate(silhouette.astype(np.uint8), np.ones((size, size), np.uint8))
+            r = silhouette.shape[0]
+            xi, yi = (np.clip(np.round(joints[:, k]).astype(int), 0, r - 1) for k in (0, 1))
+            keep &= near[yi, xi] > 0
+        if keep.sum() >= MIN_JOINTS:
+            centre, side = input_pipeline.person_box(joints[keep] @ back[:, :2].T + back[:, 2])
+            return Window(centre, side, f"joints ({givers[0]})")
+    if silhouette is None:
+        return None
+    ys, xs = np.nonzero(silhouette)
+    corners = np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])
+    corners = corners @ back[:, :2].T + back[:, 2]
+    side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
+    tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
+    return Window(corners.mean(0), side, f"foreground ({tasks})")
