@@ -118,12 +118,13 @@ def test_old_builds_are_refused_with_the_rebuild_command():
     from data_builders.surreal import surreal_dataset_builder as builder
     from hgmt.data import input_pipeline
 
-    assert str(builder.Builder.VERSION) == "1.2.0" and "1.2.0" in builder.Builder.RELEASE_NOTES
-    features = [f for f in input_pipeline.REQUIRED_FEATURES if f != "depth_class"]
+    assert "1.2.0" in builder.Builder.RELEASE_NOTES
+    features = [f for f in input_pipeline.REQUIRED_FEATURES if f not in ("depth_class",
+                                                                          "unusable")]
     old = types.SimpleNamespace(features=dict.fromkeys(features), version="1.1.0")
-    with pytest.raises(ValueError, match=r"version 1\.1\.0, before 1\.2\.0.*Rebuild it: tfds "
+    with pytest.raises(ValueError, match=r"version 1\.1\.0, before 1\.3\.0.*Rebuild it: tfds "
                                          r"build data_builders/surreal"):
         input_pipeline.check_features(old, "surreal/every10", "/data")
     new = types.SimpleNamespace(features=dict.fromkeys(input_pipeline.REQUIRED_FEATURES),
-                                version="1.2.0")
+                                version=str(builder.Builder.VERSION))
     input_pipeline.check_features(new, "surreal/every10", "/data")

@@ -47,13 +47,16 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
                               "quarter of the bytes, faster to decode; labels unchanged.",
                      "1.2.0": "depth_class: SURREAL's depth classes computed in float32 from "
                               "the float depth, as its loader does; classes made from the "
-                              "millimetre depth differed on 0.5 % of foreground pixels."}
+                              "millimetre depth differed on 0.5 % of foreground pixels.",
+                     "1.3.0": "unusable: the test split keeps the frames and clips the "
+                              "reference test sets keep but cannot use, as flagged "
+                              "placeholders; other splits still skip them."}
     BUILDER_CONFIGS = [
         SurrealConfig(name="middle", middle_only=True,
                       description="The middle frame ceil(T/2) of each clip (test protocol)."),
@@ -103,6 +106,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "clip": tfds.features.Text(doc="clip name, e.g. c0001"),
                 "run": tfds.features.Text(doc="SURREAL run, e.g. run0"),
                 "frame": tfds.features.Scalar(dtype=np.int32, doc="0-based frame index"),
+                "unusable": tfds.features.Text(
+                    doc="empty for a usable frame; else why not (frame_joints_zero, "
+                        "frame_person_outside, clip_missing_file, clip_unreadable_file): a "
+                        "placeholder of the test split, black frame and background labels"),
                 "num_frames": tfds.features.Scalar(
                     dtype=np.int32, doc="frames the clip's four files share (T)"),
             }),
@@ -133,7 +140,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root: str, split: str):
         stems = surreal.find_clips(root, split)
-        frames = self.builder_config.frames
+        frames = dataclasses.replace(self.builder_config.frames, keep_unusable=split == "test")
         if getattr(self, "_use_beam", False):
             return records.beam_examples(stems, frames,
                                          str(self.data_path / f"skipped-{split}.json"))

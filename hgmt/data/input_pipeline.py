@@ -115,8 +115,10 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     all tasks).
 
     image (R,R,3) RGB uint8 (the model normalises it); crop (2,3) image pixels -> label
-    pixels; and each task's `labels`: joints2d (16,2) in r x r label pixels, visible (16,),
-    joints3d (16,3) camera metres, pelvis_depth (), segm (r,r) part classes, depth (r,r) metres.
+    pixels; unusable () 1.0 for a flagged placeholder of an unusable test frame (the
+    evaluation decides what it becomes), else 0.0; and each task's `labels`: joints2d (16,2) in
+    r x r label pixels, visible (16,), joints3d (16,3) camera metres, pelvis_depth (), segm
+    (r,r) part classes, depth (r,r) metres.
     """
     params = draw_crop_params(augment, rng or np.random.default_rng(0))
     return crop_with(example, image_size, params, tasks)
@@ -135,7 +137,8 @@ def crop_with(example: dict, image_size: int, params: CropParams,
     if params.gain != (1.0, 1.0, 1.0):
         image = apply_gain(image, params.gain)
     crop = Crop(example, m_label, r, params.flip, decoded)
-    out = {"image": image, "crop": m_label.astype(np.float32)}
+    out = {"image": image, "crop": m_label.astype(np.float32),
+           "unusable": np.float32(bool(example.get("unusable", b"")))}
     for t in (TASKS if tasks is None else tasks):
         out.update(TASKS[t].labels(crop))
     return out
@@ -170,6 +173,13 @@ def decoded(example: dict, key: str) -> np.ndarray:
     return array[..., 0] if key != "image" and array.ndim == 3 else array
 
 
+class SkipUnusable(grain.FilterTransform):
+    """Drops the flagged placeholder records (a test split's unusable frames) from training."""
+
+    def filter(self, element: dict) -> bool:
+        return not element.get("unusable", b"")
+
+
 class TrainCrop(grain.RandomMapTransform):
     """The training crop of a record of a `damage.Guarded` source: a damaged record is
     replaced by the next good one of its shard (`damage.first_good`), and the example's
@@ -198,21 +208,24 @@ class TrainCrop(grain.RandomMapTransform):
 
 # What crop_example reads: the frame, both label maps, the joints and the camera.
 REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc", "frame",
-                     "num_frames", "depth_class")
+                     "num_frames", "depth_class", "unusable")
+# The builder version that added each feature a build may lack.
+_ADDED_IN = {"depth_class": "1.2.0", "unusable": "1.3.0"}
 
 
 def check_features(info, dataset: str, data_dir: str) -> None:
     """ValueError naming what is missing when a built dataset (its tfds DatasetInfo `info`)
     lacks a feature the crop and the task labels are made from; a SURREAL build older than
-    builder version 1.2.0 (no exact depth classes) is told to rebuild."""
+    the builder version that added it (`_ADDED_IN`) is told to rebuild."""
     missing = [f for f in REQUIRED_FEATURES if f not in info.features]
-    if missing == ["depth_class"]:
+    if missing and set(missing) <= set(_ADDED_IN):
+        since = max(_ADDED_IN[f] for f in missing)
         raise ValueError(
             f"dataset {dataset!r} under {data_dir!r} was built by SURREAL builder version "
-            f"{info.version}, before 1.2.0, and has no 'depth_class' feature (SURREAL's exact "
-            f"depth labels). Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
-            f"root> --data_dir={data_dir} --config={dataset.split('/')[-1]} "
-            f"--file_format=array_record")
+            f"{info.version}, before {since}, and lacks {missing} (SURREAL's exact depth "
+            f"labels, the flagged test frames). Rebuild it: tfds build data_builders/surreal "
+            f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
+            f"{dataset.split('/')[-1]} --file_format=array_record")
     if missing:
         raise ValueError(
             f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
@@ -274,7 +287,7 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
-        operations=[TrainCrop(image_size, augment, tasks, source),
+        operations=[SkipUnusable(), TrainCrop(image_size, augment, tasks, source),
                     grain.Batch(per_host, drop_remainder=True)],
         worker_count=auto_worker_count(worker_count))
 

@@ -23,10 +23,13 @@ from hgmt.tasks import depth
 @dataclasses.dataclass(frozen=True)
 class FrameSelection:
     """Which frames of a clip become examples: every `every`-th frame (0, k, 2k, ...) and
-    always the middle frame ceil(T/2) of the test protocol; `middle_only` keeps just that."""
+    always the middle frame ceil(T/2) of the test protocol; `middle_only` keeps just that.
+    `keep_unusable` (the test split): an unusable frame or clip is kept as a placeholder
+    record flagged with why (`unusable_example`), as the reference test sets keep it."""
 
     every: int = 1
     middle_only: bool = False
+    keep_unusable: bool = False
 
     def keeps(self, t: int, num_frames: int) -> bool:
         middle = t == surreal.middle_frame(num_frames)
@@ -64,6 +67,24 @@ def depth_classes(clip: surreal.Clip, t: int) -> np.ndarray:
     return depth.classes(clip.depth[t], float(clip.info.cam_loc[0]) - float(pelvis[0]))
 
 
+def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str) -> dict:
+    """The placeholder record of a frame the reference test sets keep but cannot use (its
+    files missing or unreadable, all joints zero, the person outside the image): a black frame,
+    background labels, zero annotations, and `unusable` = the reason. Training never reads it;
+    the reference protocols evaluate it as their code does (zero input, all background), hgmt's
+    protocol leaves it out (docs/metrics.md)."""
+    h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
+    f32 = np.float32
+    return {"image": jpeg(np.zeros((h, w, 3), np.uint8)), "segm": png(np.zeros((h, w), np.uint8)),
+            "depth": png(np.zeros((h, w), np.uint16)),
+            "depth_class": png(np.zeros((h, w), np.uint8)),
+            "joints2d": np.zeros((24, 2), f32), "joints3d": np.zeros((24, 3), f32),
+            "cam_loc": np.zeros(3, f32), "zrot": f32(0), "gender": np.int32(0),
+            "pose": np.zeros(72, f32), "shape": np.zeros(10, f32), "sequence": cid.sequence,
+            "clip": cid.clip, "run": cid.run, "frame": np.int32(t),
+            "num_frames": np.int32(num_frames), "unusable": reason}
+
+
 def clip_examples(stem: str, frames: FrameSelection,
                   counts: collections.Counter) -> Iterator[tuple[str, dict]]:
     """(key, example) for the kept, usable frames of one clip; counts what it skips.
@@ -71,13 +92,21 @@ def clip_examples(stem: str, frames: FrameSelection,
     A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
     files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
     frames with all joints at zero or the person outside the image are skipped one by one
-    ("frame_<problem>", see `surreal.frame_problem`). The frame is JPEG bytes, the label maps
+    ("frame_<problem>", see `surreal.frame_problem`); with `frames.keep_unusable` (the test
+    split) both are kept as flagged placeholders instead ("flagged_<problem>",
+    `unusable_example`). The frame is JPEG bytes, the label maps
     PNG bytes: raw segments, depth in millimetres, and SURREAL's depth classes.
     """
     try:
         clip = surreal.load_clip(stem)
     except surreal.FormatError as e:
         reason = "clip_missing_file" if e.problem == "file is missing" else "clip_unreadable_file"
+        if frames.keep_unusable:  # one flagged record, its frame 0 of 1 the clip's middle
+            logging.warning("flagging clip %s unusable: %s", stem, e)
+            counts[f"flagged_{reason}"] += 1
+            cid = surreal.parse_stem(stem)
+            yield f"{cid.run}/{cid.name}/0000", unusable_example(cid, 0, 1, reason)
+            return
         logging.warning("skipping clip %s: %s", stem, e)
         counts[reason] += 1
         return
@@ -90,6 +119,12 @@ def clip_examples(stem: str, frames: FrameSelection,
         if not frames.keeps(t, t_all):
             continue
         problem = surreal.frame_problem(clip.info.joints2d[t])
+        if problem is not None and frames.keep_unusable:
+            logging.info("flagging %s frame %d unusable: %s", stem, t, problem)
+            counts[f"flagged_frame_{problem}"] += 1
+            yield f"{cid.run}/{cid.name}/{t:04d}", unusable_example(cid, t, t_all,
+                                                                   f"frame_{problem}")
+            continue
         if problem is not None:
             logging.info("skipping %s frame %d: %s", stem, t, problem)
             counts[f"frame_{problem}"] += 1
@@ -113,6 +148,7 @@ def clip_examples(stem: str, frames: FrameSelection,
             "run": cid.run,
             "frame": np.int32(t),
             "num_frames": np.int32(t_all),
+            "unusable": "",
         }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from hgmt import disk_space
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
-from hgmt.models import create_model, predict_last_stage
+from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, heads, parse_tasks
 
 
@@ -36,22 +36,52 @@ def _example_loss(task, options, pred, batch):
 
 
 def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
-              loss_options: dict) -> dict:
+              loss_options: dict, unusable_input: np.ndarray) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
     protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
     masked loss (loss_options: {task: options of its loss}, as in training; a pixel-weighted
-    loss is normalised per example here, per batch in training)."""
-    preds = predict_last_stage(model, variables, batch["image"],
+    loss is normalised per example here, per batch in training). A flagged unusable frame
+    (batch['unusable']) is given the image `unusable_input` everywhere, as the references
+    give it their zero input; hgmt's statistics and the loss leave it out, the reference
+    protocols' treat it as their code does."""
+    flagged = batch["unusable"][:, None, None, None] > 0
+    images = jnp.where(flagged, jnp.asarray(unusable_input, jnp.float32),
+                       batch["image"].astype(jnp.float32))
+    preds = predict_last_stage(model, variables, images,
                                channel_flips(model.tasks) if flip else None)
     mask = batch["mask"]
+    usable = mask * (1.0 - batch["unusable"])
     stats = {}
     for name, pred in preds.items():
         stats[name] = dict(metrics[name].stats(pred, batch))
         losses = jax.vmap(functools.partial(_example_loss, TASKS[name],
                                             loss_options[name]))(pred, batch)
-        stats[name]["loss"] = mask @ losses.astype(jnp.float32)
+        stats[name]["loss"] = usable @ losses.astype(jnp.float32)
     stats["count"] = jnp.sum(mask)
+    stats["unusable"] = jnp.sum(mask * batch["unusable"])
     return jax.lax.psum(stats, "batch")
+
+
+def unusable_input(protocol: str) -> np.ndarray:
+    """(3,) the RGB value, on [0, 255], that the model is given for a flagged unusable test
+    frame: the reference's input after its normalisation, in hgmt's normalisation: 0
+    (BodyNet, dataset.lua:773, a zero tensor: the mean colour), 0.5 (SURREAL, dataset.lua:
+    334). hgmt's protocol leaves these frames out, so its value does not matter."""
+    level = 0.5 if protocol == "surreal" else 0.0
+    return (np.asarray(IMAGE_MEAN) + level * np.asarray(IMAGE_STD)) * 255.0
+
+
+def unusable_report(protocol: str, tasks, metrics: dict, flagged: int) -> dict:
+    """How many evaluated frames were flagged unusable and how each task's protocol treated
+    them (the JSON's `unusable_frames`)."""
+    treatment = {}
+    for name in tasks:
+        used = metrics[name].protocol
+        treatment[name] = ("left out (hgmt's protocol)" if used == "hgmt" else
+                           f"evaluated as {used}'s code does: input normalised to "
+                           f"{0.5 if protocol == 'surreal' else 0.0}, all-background labels, "
+                           f"counted in N")
+    return {"count": flagged, "treatment": treatment}
 
 
 # The fields of an evaluator's settings (`config.evals.<name>` in training; the command's flags in
@@ -104,7 +134,8 @@ class Evaluator:
                         for name in self.tasks}
         self.p_step = jax.pmap(functools.partial(
             eval_step, model=self.model, flip=flip, metrics=self.metrics,
-            loss_options=check_loss_options(config, self.tasks)), axis_name="batch")
+            loss_options=check_loss_options(config, self.tasks),
+            unusable_input=unusable_input(self.protocol)), axis_name="batch")
         self.first_batch = None
 
     def __call__(self, variables: dict) -> dict:
@@ -125,8 +156,11 @@ class Evaluator:
         summary = {name: {"protocol": self.metrics[name].protocol,
                           **self.metrics[name].summarize(total[name])} for name in self.tasks}
         summary["protocol"] = self.protocol
-        summary["loss"] = {t: float(total[t]["loss"]) / count for t in self.tasks}
+        usable = max(count - float(total["unusable"]), 1.0)
+        summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)
+        summary["unusable_frames"] = unusable_report(self.protocol, self.tasks, self.metrics,
+                                                     int(round(float(total["unusable"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         summary.update(self._damaged(damaged))
         return summary
@@ -191,6 +225,11 @@ def to_markdown(summary: dict) -> str:
         lines[1:1] = ["", f"**{summary['num_damaged']} damaged record(s) left out** (the "
                       f"numbers are over the other frames): "
                       f"{'; '.join(summary.get('damaged_records', []))}."]
+    unusable = summary.get("unusable_frames", {})
+    if unusable.get("count"):
+        how = "; ".join(f"{t}: {w}" for t, w in unusable["treatment"].items())
+        lines[1:1] = ["", f"**{unusable['count']} flagged unusable test frame(s)** (kept as the "
+                      f"references keep them, docs/metrics.md): {how}."]
     for k, v in headline(summary).items():
         task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
         lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")

@@ -24,21 +24,35 @@ def label_size(batch: dict) -> int:
     return batch["image"].shape[-3] // LABEL_STRIDE
 
 
-def example_weights(batch: dict, n: int) -> jnp.ndarray:
-    """(n,) weight of each of a batch's n examples in metric statistics: the evaluation
-    batches' `mask` (1 real, 0 padding), or 1 for every example."""
+def _real(batch: dict, n: int) -> jnp.ndarray:
+    """(n,) the evaluation batches' `mask` (1 real, 0 padding), or 1 for every example."""
     if "mask" in batch:
         return batch["mask"].astype(jnp.float32)
     return jnp.ones(n, jnp.float32)
 
 
+def unusable(batch: dict, n: int) -> jnp.ndarray:
+    """(n,) 1 for a flagged placeholder of an unusable test frame (batch['unusable']), else 0."""
+    if "unusable" in batch:
+        return batch["unusable"].astype(jnp.float32)
+    return jnp.zeros(n, jnp.float32)
+
+
+def example_weights(batch: dict, n: int) -> jnp.ndarray:
+    """(n,) weight of each of a batch's n examples in hgmt's metric statistics: 1 for a real,
+    usable example; 0 for padding and for flagged unusable frames, which hgmt's protocol
+    leaves out."""
+    return _real(batch, n) * (1.0 - unusable(batch, n))
+
+
 def full_batch_weights(batch: dict, n: int, num_examples: int, batch_size: int
                        ) -> jnp.ndarray:
-    """(n,) `example_weights` times 1 where the example falls in one of the reference's
-    floor(num_examples / batch_size) full test batches (by batch['position'], its index in
-    the test order), 0 in the last partial batch, which the reference never evaluates."""
+    """(n,) 1 for a real example (flagged unusable ones included: the references evaluate
+    them) in one of the reference's floor(num_examples / batch_size) full test batches (by
+    batch['position'], its index in the test order), 0 for padding and in the last partial
+    batch, which the reference never evaluates."""
     full = (num_examples // batch_size) * batch_size
-    return example_weights(batch, n) * (batch["position"] < full).astype(jnp.float32)
+    return _real(batch, n) * (batch["position"] < full).astype(jnp.float32)
 
 
 def torch_int(v: jnp.ndarray) -> jnp.ndarray:

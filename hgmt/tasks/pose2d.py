@@ -158,6 +158,10 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
     position // 4; the last partial batch is not evaluated (test.lua:62)."""
     size = common.REFERENCE_TEST_BATCH["bodynet"]
     correct, valid = bodynet_hits(pred, batch)
+    # An unusable frame's ground-truth heatmaps are all 1 (bodynet dataset.lua:786-792) or
+    # all 0: either way pixel (1,1), never scored (eval.lua:13).
+    scored = 1.0 - common.unusable(batch, correct.shape[0])[:, None]
+    correct, valid = correct * scored, valid * scored
     weights = common.full_batch_weights(batch, correct.shape[0], num_examples, size)[:, None]
     correct, valid = correct * weights, valid * weights
     group = jax.nn.one_hot(batch["position"] // size, max(num_examples // size, 1))  # (B,G)

@@ -161,6 +161,9 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
                           - root_relative_mm(batch["joints3d"]), axis=-1)
     weights = common.full_batch_weights(batch, err.shape[0], num_examples,
                                         common.REFERENCE_TEST_BATCH["bodynet"])
+    # An unusable frame has no annotations (bodynet dataset.lua:795 `instance = {}`): eval.lua
+    # :430-433 adds no error for it, but it counts in the batch size (:520).
+    weights = weights * (1.0 - common.unusable(batch, err.shape[0]))
     return {"error_mm_sum": weights @ err}
 
 

@@ -99,9 +99,14 @@ def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
                   batch_size: int) -> dict:
     """(B,r,r,15) logits -> the split-additive confusion counts of `metric_stats`, over the
     examples of the floor(N / batch_size) full test batches only (the reference's loop,
-    surreal test.lua:35, bodynet test.lua:62, never reaches the last partial batch)."""
+    surreal test.lua:35, bodynet test.lua:62, never reaches the last partial batch), flagged
+    unusable frames included (surreal dataset.lua:333-336, bodynet dataset.lua:771-795: zero
+    input, all-background labels)."""
     weights = common.full_batch_weights(batch, pred.shape[0], num_examples, batch_size)
-    return metric_stats(decode(pred, batch), {**batch, "mask": weights})
+    labels = targets(batch)  # a flagged unusable frame's: all background
+    weights = jnp.broadcast_to(weights[:, None, None], labels.shape)
+    return {"confusion": common.confusion_counts(common.argmax_classes(pred), labels,
+                                                 NUM_CHANNELS, weights)}
 
 
 def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:

@@ -1,0 +1,170 @@
+"""The reference example set: test frames the references keep but cannot use are kept in the
+test split as flagged placeholders, skipped in training, evaluated by the reference protocols
+as their code evaluates them (zero input, background labels, counted in N), left out by
+hgmt's, and counted in every evaluation JSON."""
+
+import collections
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.io
+
+from hgmt.data import records
+from hgmt.sources import surreal, synthetic
+from tests.test_protocols import _pose3d_case, _run
+
+
+def _damage_test_clips(root):
+    """Demo clips under root; in the test split clip 1's frame 1 gets all joints at zero and
+    clip 2 loses its _segm.mat. Returns the test stems."""
+    stems = surreal.find_clips(root, "test")
+    info = surreal.clip_paths(stems[0])["info"]
+    mat = {k: v for k, v in scipy.io.loadmat(info).items() if not k.startswith("__")}
+    mat["joints2D"][:, :, 1] = 0.0
+    scipy.io.savemat(info, mat)
+    os.remove(surreal.clip_paths(stems[1])["segm"])
+    return stems
+
+
+def test_test_split_keeps_unusable_frames_flagged_other_splits_skip_them(tmp_path):
+    synthetic.generate(str(tmp_path), clips_per_split=2, frames=4, seed=1)
+    stems = _damage_test_clips(str(tmp_path))
+    kept, counts = {}, collections.Counter()
+    for stem in stems:
+        kept.update(records.clip_examples(stem, records.FrameSelection(keep_unusable=True),
+                                          counts))
+    flagged = {k: e["unusable"] for k, e in kept.items() if e["unusable"]}
+    cid0, cid1 = surreal.parse_stem(stems[0]), surreal.parse_stem(stems[1])
+    assert flagged == {f"{cid0.run}/{cid0.name}/0001": "frame_joints_zero",
+                       f"{cid1.run}/{cid1.name}/0000": "clip_missing_file"}
+    assert len(kept) == 5  # clip 1's 4 frames, clip 2's one placeholder
+    assert counts["flagged_frame_joints_zero"] == 1 and counts["flagged_clip_missing_file"] == 1
+    placeholder = kept[f"{cid1.run}/{cid1.name}/0000"]
+    assert placeholder["frame"] == 0 and placeholder["num_frames"] == 1  # its own middle
+    assert not np.any(placeholder["joints2d"]) and placeholder["sequence"] == cid1.sequence
+    # Without keep_unusable (train and validation) they are skipped and counted.
+    skipped = collections.Counter()
+    plain = {k: e for s in stems for k, e in records.clip_examples(s, records.FrameSelection(),
+                                                                  skipped)}
+    assert len(plain) == 3 and not any(e["unusable"] for e in plain.values())
+    assert skipped["frame_joints_zero"] == 1 and skipped["clip_missing_file"] == 1
+
+
+def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it():
+    from hgmt.data import input_pipeline
+
+    cid = surreal.parse_stem("/x/cmu/test/run0/03_01/03_01_c0001")
+    record = records.unusable_example(cid, 0, 1, "clip_unreadable_file")
+    ex = input_pipeline.crop_example(record, 64, input_pipeline.Augment.none())
+    assert ex["unusable"] == 1.0 and not ex["image"].any()
+    assert not ex["segm"].any() and not ex["depth_class"].any()
+    assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in ex.values())
+    skip = input_pipeline.SkipUnusable()
+    assert not skip.filter(record) and skip.filter({**record, "unusable": b""})
+
+
+def _flag(batch, *flagged):
+    b = batch["position"].shape[0]
+    return {**batch, "unusable": jnp.zeros(b).at[jnp.asarray(flagged)].set(1.0)}
+
+
+def test_reference_protocols_count_flagged_frames_hgmt_leaves_them_out():
+    # pose3d: bodynet training/dataset.lua:795 gives an unusable frame no annotations
+    # (`instance = {}`); util/eval.lua:430-433 then adds no error for it, :520 still divides
+    # by the batch size and test.lua:87 by N/4. In test_protocols' 5-example case (ex 0-3 the
+    # one full batch), flagging ex 2 removes its l_ankle (all-zero volume) and r_ankle errors
+    # and leaves the divisor at 5.
+    pred, batch = _pose3d_case()
+    ankle = 1000 * 6.0 * (1 / 0.3 - 3) / 600
+    _, s = _run("bodynet", "pose3d", pred, _flag(batch, 2))
+    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(3 * ankle / 5, abs=2e-3)
+    assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(0.0, abs=1e-3)
+    # hgmt's protocol: as if ex 2 were not there.
+    keep = jnp.asarray([0, 1, 3, 4])
+    _, h = _run("hgmt", "pose3d", pred, _flag(batch, 2))
+    _, h4 = _run("hgmt", "pose3d", pred[keep], jax.tree.map(lambda x: x[keep], batch))
+    assert h["mjd_mm"] == pytest.approx(h4["mjd_mm"], rel=1e-6)
+
+    # segm: surreal dataset.lua:333-336 makes the labels all background (class 1), and
+    # eval.lua:22-50 counts its predicted part pixels into the parts' unions. Six 2x2 images
+    # (one SURREAL batch, opts.lua:48): ex 0 all head, predicted right; ex 5 flagged, its
+    # prediction all head: head IoU = 4 / (4 + 4).
+    gt = np.zeros((6, 2, 2), int)
+    gt[0] = 1
+    pr = np.zeros((6, 2, 2), int)
+    pr[0] = pr[5] = 1
+    seg = _flag({"segm": jnp.asarray(gt), "position": jnp.arange(6)}, 5)
+    _, s = _run("surreal", "segm", jax.nn.one_hot(pr, 15), seg)
+    assert s["iou_per_part"]["head"] == pytest.approx(0.5)
+    _, h = _run("hgmt", "segm", jax.nn.one_hot(pr, 15), seg)
+    assert h["iou_per_part"]["head"] == 1.0  # ex 5 left out
+
+    # depth: all background, so depthRMSE adds 0 (eval.lua:62-67) but test.lua:58 counts the
+    # image: ex 0 has 2 foreground pixels 1 bin off, the rest none -> 1 / 6.
+    cls = np.zeros((6, 2, 2), int)
+    cls[0, 0] = 10
+    dep = _flag({"depth_class": jnp.asarray(cls), "position": jnp.arange(6)}, 5)
+    _, s = _run("surreal", "depth", jax.nn.one_hot(np.where(cls > 0, 11, 0), 20), dep)
+    assert s["rmse_bins"] == pytest.approx(1 / 6) and s["images_no_foreground"] == 5
+
+
+def test_bodynet_pck_never_scores_a_flagged_frame():
+    # bodynet dataset.lua:786-792 fills an unusable frame's heatmaps with 1 (multi-task) or 0:
+    # their first maximum is pixel (1,1), never scored (util/eval.lua:13), whatever the
+    # placeholder's joints are.
+    from tests.test_protocols import _pose2d_case
+
+    pred, batch = _pose2d_case()
+    _, plain = _run("bodynet", "pose2d", pred, batch)
+    _, s = _run("bodynet", "pose2d", pred, _flag(batch, 0, 1, 2, 3))  # batch A all flagged
+    assert s["batches_without_scored_joint"] == 2
+    # Batch A is NaN now: batch B's 8.75 / 9 over 14 / 4 - 2 NaN batches.
+    assert s["pck"] == pytest.approx((8.75 / 9) / 1.5, abs=1e-9)
+    assert s["pck"] != pytest.approx(plain["pck"])
+
+
+def test_flagged_input_is_the_references_normalised_zero():
+    from hgmt.evaluation import evaluator
+    from hgmt.models import IMAGE_MEAN, IMAGE_STD
+
+    # bodynet dataset.lua:773 a zero tensor after normalisation (the mean colour); surreal
+    # dataset.lua:334 zero + 0.5.
+    np.testing.assert_allclose(evaluator.unusable_input("bodynet"), np.asarray(IMAGE_MEAN) * 255)
+    np.testing.assert_allclose(evaluator.unusable_input("surreal"),
+                               (np.asarray(IMAGE_MEAN) + 0.5 * np.asarray(IMAGE_STD)) * 255)
+
+
+@pytest.mark.slow
+def test_every_evaluation_json_counts_flagged_frames(tmp_path):
+    from configs import default
+    from hgmt.data import demo
+    from hgmt.evaluation import evaluator
+    from hgmt.models import create_model
+    from hgmt.tasks import heads
+    from hgmt.training import steps
+
+    root = str(tmp_path / "surreal")
+    synthetic.generate(root, clips_per_split=2, frames=4, seed=1)
+    _damage_test_clips(root)
+    data_dir = demo.build(root, str(tmp_path / "tfds"), 2, 4, dataset="surreal/all")
+    config = default.get_config("tasks=pose3d+segm,runlocal")
+    config.dataset, config.data_dir = "surreal/all", data_dir
+    config.model.features, config.eval_batch_size = 16, 8
+    tasks = ("pose3d", "segm")
+    state = steps.create_train_state(jax.random.key(0), config,
+                                     create_model(config.model, heads(tasks)))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    for protocol in ("hgmt", "bodynet", "surreal"):
+        summary = evaluator.evaluate(config, variables, protocol=protocol, frames="middle",
+                                     max_examples=0)
+        report = summary["unusable_frames"]
+        assert summary["num_examples"] == 2 and report["count"] == 2, protocol  # both middles
+        assert report["treatment"]["segm"].startswith(
+            "left out" if protocol == "hgmt" else f"evaluated as {protocol}'s code does")
+        assert report["treatment"]["pose3d"].startswith(
+            "evaluated as bodynet" if protocol == "bodynet" else "left out")
+    assert summary["segm"]["examples_not_evaluated"] == 2  # 2 < one SURREAL batch of 6
+    assert "**2 flagged unusable test frame(s)**" in evaluator.to_markdown(summary)
