@@ -129,7 +129,7 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
-        operations=[DecodeRecord(maps_read(tasks), source),
+        operations=[input_pipeline.SkipUnusable(), DecodeRecord(maps_read(tasks), source),
                     grain.Batch(per_host, drop_remainder=True)],
         worker_count=input_pipeline.auto_worker_count(worker_count))
 
@@ -275,7 +275,9 @@ def crop_batch(raw: dict, params: dict, image_size: int,
     image = jnp.round(image)  # the host's warp writes uint8, then the gain rounds again
     image = jnp.clip(jnp.round(image * params["gain"][:, None, None, :]), 0, 255)
     crop = DeviceCrop(raw, m_label, r, flip)
-    out = {"image": image.astype(jnp.uint8), "crop": m_label.astype(jnp.float32)}
+    out = {"image": image.astype(jnp.uint8), "crop": m_label.astype(jnp.float32),
+           # as crop_with's; training never reads a flagged record (SkipUnusable)
+           "unusable": jnp.zeros(image.shape[0], jnp.float32)}
     for t in (TASKS if tasks is None else tasks):
         out.update(TASKS[t].labels(crop))
     return out
