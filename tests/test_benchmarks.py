@@ -3,6 +3,7 @@
 latter building its own demo data) and their figures agree with each other; the profile groups
 XLA ops by what they compute (not by their metadata)."""
 
+import json
 import os
 import sys
 
@@ -86,3 +87,16 @@ def test_input_pipeline_benchmark_builds_its_data_and_reports_the_ratio(capsys):
     assert np.isclose(r["ratio_per_core"],
                       r["examples_per_cpu_s"] / (10 / r["cpus"]), rtol=0.01)
     assert '"benchmark": "input_pipeline"' in capsys.readouterr().out
+
+
+def test_input_pipeline_benchmark_compares_host_and_device_augmentation(demo_dataset, capsys):
+    r = input_pipeline.main(["--res", "64", "--batch", "4", "--batches", "2",
+                             "--data_dir", demo_dataset[1], "--augment_on", "host,device"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x.get("augment_on") for x in lines] == ["host", "device", None]
+    host, device = lines[0], lines[1]
+    assert r["runs"] == 2 and r["device_over_host"] == [
+        round(device["examples_per_cpu_s"] / host["examples_per_cpu_s"], 2)]
+    assert device["step_cpu_ms_per_batch"] > 0 and "step_ms_per_batch" not in host
+    # The crop's CPU time counted in: fewer examples per CPU-second than the loader alone.
+    assert device["examples_per_cpu_s_with_step"] < device["examples_per_cpu_s"]

@@ -131,7 +131,8 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
         data_source=damage.Guarded(source), sampler=sampler,
         operations=[input_pipeline.SkipUnusable(), DecodeRecord(maps_read(tasks), source),
                     grain.Batch(per_host, drop_remainder=True)],
-        worker_count=input_pipeline.auto_worker_count(worker_count))
+        worker_count=input_pipeline.auto_worker_count(worker_count),
+        read_options=input_pipeline.READ_OPTIONS)
 
 
 # --- Device: crop parameters, crops, labels -------------------------------------------------
