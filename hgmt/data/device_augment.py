@@ -34,7 +34,9 @@ FRAME_SHAPE = (surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH)  # the stored resoluti
 # The record's label maps a task may read (raw segments, depth mm, depth classes).
 LABEL_MAPS = tuple(k for k in input_pipeline.IMAGE_FEATURES if k != "image")
 PLACEMENTS = ("host", "device")
-# "auto": where the augmentation runs by backend (docs/performance.md has the measurements).
+# "auto": where the augmentation runs by backend. CPU: host (the crop in the step shares the
+# loader's cores and costs more there than OpenCV's); accelerators: device (the host's cores
+# are what runs short). docs/performance.md has the measurements.
 AUTO = {"cpu": "host", "gpu": "device", "cuda": "device", "rocm": "device", "tpu": "device"}
 # World -> camera rotation of SURREAL's camera (a signed permutation, so exact in float32):
 # camera = (world - cam_loc) @ CAMERA_ROTATION.T (surreal.world_to_camera).
