@@ -1,22 +1,59 @@
-"""The command line shared by train_step.py, torch_reference.py and profile_step.py (standard
-library only, so the PyTorch reference runs without JAX installed)."""
+"""The command line of the speed benchmarks (train_step.py, train_loop.py, profile_step.py,
+torch_reference.py, profile_torch.py, compare.py), in hgmt's convention (`hgmt.cli`): absl
+flags, and the training config as `--config` (default: the paper's network for pose2d,
+configs/default.py:tasks=pose2d) with `--config.x=y` overrides in the config's own field
+names, e.g.
+
+    python3 benchmarks/train_step.py --config=configs/default.py:tasks=all \
+        --config.image_size=128 --config.batch_size=16 --config.model.features=128 \
+        --config.model.dtype=bfloat16 --steps=5
+
+The benchmarks read the tasks, the model (`model.*`), `image_size`, `batch_size`, the loss
+weights and options from it."""
 
 from __future__ import annotations
 
-import argparse
+import os
+from collections.abc import Callable, Sequence
 
-DTYPES = ("float32", "bfloat16")
+from absl import flags
+
+from hgmt import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "default.py") + ":tasks=pose2d"
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """--stacks --features --res --batch --tasks --dtype --steps --warmup."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--stacks", type=int, default=2)
-    p.add_argument("--features", type=int, default=128)
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--tasks", default="pose2d", help="e.g. pose2d+segm or all")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    p.add_argument("--warmup", type=int, default=2)
-    return p
+def define_timing(fv: flags.FlagValues, steps: int = 5, warmup: int = 2) -> None:
+    """--steps (timed steps) and --warmup (untimed steps before them, compilation included)."""
+    flags.DEFINE_integer("steps", steps, "timed steps after the warm-up", flag_values=fv)
+    flags.DEFINE_integer("warmup", warmup, "untimed steps first (the first compiles)",
+                         flag_values=fv)
+
+
+def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
+          doc: str) -> flags.FlagValues:
+    """Parses argv (default sys.argv[1:]) against `define`'s flags and `--config`; positional
+    arguments are an error."""
+    fv, rest = cli.parse(define, argv, doc, config_file=DEFAULT_CONFIG)
+    if rest:
+        raise SystemExit(f"error: unexpected arguments {rest} (--help lists the flags)")
+    return fv
+
+
+def config_args(fv: flags.FlagValues) -> list[str]:
+    """The `--config` flags that give another process the parsed config: the file (its path
+    made absolute) and the overrides."""
+    flag = fv["config"]
+    path, colon, argument = flag.config_filename.partition(":")
+    return [f"--config={os.path.abspath(path)}{colon}{argument}"] + [
+        f"--config.{k}={v}" for k, v in flag.override_values.items()]
+
+
+def describe(config) -> dict:
+    """The JSON fields that name a benchmark's configuration."""
+    from hgmt.tasks import parse_tasks
+
+    return {"stacks": config.model.num_stacks, "features": config.model.features,
+            "res": config.image_size, "batch": config.batch_size,
+            "tasks": "+".join(parse_tasks(config.tasks)), "dtype": config.model.dtype}

@@ -1,94 +1,155 @@
-"""hgmt (JAX) against the plain PyTorch network, back to back on the same configs.
+"""hgmt (JAX) against the plain PyTorch network, back to back on the same configs, PyTorch
+eager and, with --compile, compiled.
 
-    python3 benchmarks/compare.py                     # the issue's two CPU configs + 4 tasks
-    python3 benchmarks/compare.py --configs 2,128,128,16,pose2d --repeats 3
+    python3 benchmarks/compare.py                       # the three CPU configs of the docs
+    python3 benchmarks/compare.py --variants=image_size=128,batch_size=16,model.features=128 \
+        --repeats=3 --compile [--config=... --config.model.dtype=bfloat16]
 
-Each measurement runs in its own process (benchmarks/train_step.py, then
-benchmarks/torch_reference.py, alternating for --repeats rounds; the best of the rounds is
-kept, the machines being noisy). Prints one JSON line per config with both results and the
-ratio jax/torch of img/s, then one summary line with the multi-task overhead (the 4-task step
-time over the 1-task one at the same size, per implementation). Needs the `bench` extra.
+Each variant is the base config (`--config` and its `--config.x=y` overrides, benchmarks/cli.py)
+with the variant's `field=value` overrides. Each measurement runs in its own process
+(benchmarks/train_step.py, benchmarks/torch_reference.py eager, and with --compile
+torch_reference.py --compile), alternating for --repeats rounds; the best of the rounds is
+kept, the machines being noisy. The compiled PyTorch runs in --compile_mode (default
+max-autotune); when that does not finish within --compile_timeout seconds it is rerun in the
+default mode, and the line says which mode was measured (`torch_compile_mode`) and whether
+max-autotune ran out of time. Prints one JSON line per variant with all results and the ratios
+of img/s, then one summary line with the multi-task overhead (the 4-task step time over the
+1-task one at the same size, per implementation). Needs the `bench` extra.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 import cli
+from absl import flags
+
+from hgmt.tasks import TASKS, parse_tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIGS = ("2,128,128,16,pose2d", "2,256,256,8,pose2d", "2,128,128,16,all")
+DEFAULT_VARIANTS = ("model.features=128,image_size=128,batch_size=16",
+                    "image_size=256,batch_size=8",
+                    "model.features=128,image_size=128,batch_size=16,tasks=all")
 
 
-def run(script: str, stacks: int, features: int, res: int, batch: int, tasks: str,
-        dtype: str, steps: int, devices: int = 1) -> dict:
-    cmd = [sys.executable, os.path.join(HERE, script), f"--stacks={stacks}",
-           f"--features={features}", f"--res={res}", f"--batch={batch}", f"--tasks={tasks}",
-           f"--dtype={dtype}", f"--steps={steps}"]
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("variants", list(DEFAULT_VARIANTS),
+                              "comma-separated field=value overrides of the base config, one "
+                              "variant per flag", flag_values=fv)
+    flags.DEFINE_integer("steps", 5, "timed steps of each measurement", flag_values=fv)
+    flags.DEFINE_integer("repeats", 1, "rounds; the best of each implementation is kept",
+                         flag_values=fv)
+    flags.DEFINE_integer("jax_devices", 1, "pmap the JAX step over this many virtual CPU "
+                         "devices (CPU only)", flag_values=fv)
+    flags.DEFINE_bool("compile", False, "also measure torch.compile", flag_values=fv)
+    flags.DEFINE_string("compile_mode", "max-autotune", "torch.compile mode tried first",
+                        flag_values=fv)
+    flags.DEFINE_integer("compile_timeout", 600, "seconds the compiled PyTorch run may take "
+                         "in --compile_mode before it is rerun in the default mode",
+                         flag_values=fv)
+
+
+def variant_overrides(spec: str) -> list[str]:
+    """'image_size=128,tasks=all' -> ['--config.image_size=128', '--config.tasks=all']."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in items if "=" not in s]
+    if bad or not items:
+        raise SystemExit(f"error: --variants={spec!r}: give comma-separated field=value "
+                         f"overrides of the config, e.g. image_size=128,batch_size=16")
+    return [f"--config.{s}" for s in items]
+
+
+def run(script: str, config_args: list[str], steps: int, extra: tuple[str, ...] = (),
+        devices: int = 1, timeout: float | None = None) -> dict | None:
+    """One measurement in its own process -> its JSON line; None when it ran out of
+    `timeout` seconds."""
+    cmd = [sys.executable, os.path.join(HERE, script), *config_args, f"--steps={steps}",
+           *extra]
     env = dict(os.environ)
     if devices > 1:  # split the CPU into devices (pmap over them), as for training on a CPU
         cmd.append(f"--devices={devices}")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                             f" --xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compiled_torch(config_args: list[str], steps: int, mode: str, timeout: float) -> dict:
+    """torch_reference.py --compile in `mode`, else (out of time) in the default mode; the
+    result says `max_autotune_timed_out`."""
+    result = run("torch_reference.py", config_args, steps, ("--compile", f"--compile_mode={mode}"),
+                 timeout=timeout)
+    if result is not None:
+        return {**result, "compile_timed_out": False}
+    result = run("torch_reference.py", config_args, steps, ("--compile", "--compile_mode=default"))
+    return {**result, "compile_timed_out": True, "compile_timeout_s": timeout,
+            "compile_mode_tried": mode}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                   help="stacks,features,res,batch,tasks")
-    p.add_argument("--dtype", default="float32", choices=cli.DTYPES)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--jax_devices", type=int, default=1,
-                   help="pmap the JAX step over this many virtual CPU devices (CPU only)")
-    a = p.parse_args(argv)
+    fv = cli.parse(_define_flags, argv, __doc__)
+    base = cli.config_args(fv)
     rows = []
-    for spec in a.configs:
-        try:
-            s, f, r, b, tasks = spec.split(",")
-            shape = (int(s), int(f), int(r), int(b))
-        except ValueError:
-            p.error(f"--configs {spec!r}: give stacks,features,res,batch,tasks")
+    for spec in fv.variants:
+        config_args = base + variant_overrides(spec)
+        impls = [("jax", "train_step.py", ()), ("torch", "torch_reference.py", ())]
         best: dict[str, dict] = {}
-        for _ in range(a.repeats):
-            for impl, script in (("jax", "train_step.py"), ("torch", "torch_reference.py")):
-                result = run(script, *shape, tasks, a.dtype, a.steps,
-                             a.jax_devices if impl == "jax" else 1)
+        for _ in range(fv.repeats):
+            for impl, script, extra in impls:
+                result = run(script, config_args, fv.steps, extra,
+                             fv.jax_devices if impl == "jax" else 1)
                 if impl not in best or result["img_per_s"] > best[impl]["img_per_s"]:
                     best[impl] = result
+            if fv["compile"].value:
+                result = compiled_torch(config_args, fv.steps, fv.compile_mode,
+                                        fv.compile_timeout)
+                if ("torch_compiled" not in best
+                        or result["img_per_s"] > best["torch_compiled"]["img_per_s"]):
+                    best["torch_compiled"] = result
         jx, th = best["jax"], best["torch"]
         if jx["params"] != th["params"]:
             raise RuntimeError(f"{spec}: the two networks differ ({jx['params']} vs "
                                f"{th['params']} parameters)")
-        row = {"config": spec, "dtype": a.dtype, "params": jx["params"],
-               "jax_img_per_s": jx["img_per_s"], "torch_img_per_s": round(th["img_per_s"], 2),
+        row = {"variant": spec, **{k: jx[k] for k in ("stacks", "features", "res", "batch",
+                                                       "tasks", "dtype", "params")},
+               "jax_img_per_s": jx["img_per_s"], "torch_img_per_s": th["img_per_s"],
                "ratio_jax_over_torch": round(jx["img_per_s"] / th["img_per_s"], 3),
                "jax_compile_s": jx["compile_s"], "jax_gflop_per_img": jx["gflop_per_img"],
                "jax_mfu": jx["mfu"], "jax_devices": jx["devices"], "device": jx["device"],
-               "cpus": jx["cpus"],
-               "jax": jx["jax"], "torch": th["torch"], "torch_threads": th["threads"]}
+               "cpus": jx["cpus"], "jax": jx["jax"], "torch": th["torch"],
+               "torch_threads": th["threads"]}
+        if "torch_compiled" in best:
+            tc = best["torch_compiled"]
+            row.update({
+                "torch_compiled_img_per_s": tc["img_per_s"],
+                "ratio_jax_over_torch_compiled": round(jx["img_per_s"] / tc["img_per_s"], 3),
+                "torch_compile_mode": tc["compile_mode"], "torch_compile_s": tc["compile_s"],
+                "torch_compile_timed_out": tc["compile_timed_out"]})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    by_shape = {}
+    by_shape: dict = {}
     for row in rows:
-        *shape, tasks = row["config"].split(",")
-        by_shape.setdefault(tuple(shape), {})[tasks] = row
+        shape = tuple(row[k] for k in ("stacks", "features", "res", "batch", "dtype"))
+        by_shape.setdefault(shape, {})[row["tasks"]] = row
     overhead = {}
+    every = "+".join(parse_tasks("all"))
     for shape, group in by_shape.items():
-        single = [t for t in group if "+" not in t and t != "all"]
-        if "all" in group and single:
-            one, four = group[single[0]], group["all"]
-            overhead[",".join(shape)] = {
+        single = [t for t in group if t in TASKS]
+        if every in group and single:
+            one, four = group[single[0]], group[every]
+            impls = [i for i in ("jax", "torch", "torch_compiled") if f"{i}_img_per_s" in one
+                     and f"{i}_img_per_s" in four]
+            overhead[",".join(map(str, shape))] = {
                 impl: round(one[f"{impl}_img_per_s"] / four[f"{impl}_img_per_s"], 2)
-                for impl in ("jax", "torch")}
+                for impl in impls}
     print(json.dumps({"summary": "four-task step time / one-task step time",
                       "overhead": overhead}))
     return rows

@@ -1,12 +1,21 @@
-"""Where the train step's time goes: a jax.profiler trace of the compiled step, its XLA ops
-grouped by kind (3x3/7x7 convolutions, kernel-gradient convolutions, 1x1 matmuls, transposes,
-reductions, elementwise fusions).
+"""Where the train step's time goes: a JAX profiler trace of the compiled step, its XLA ops
+grouped by kind, each kind's share of the op time and how close it runs to the device's limit.
 
-    python3 benchmarks/profile_step.py --stacks 2 --features 128 --res 128 --batch 16 \
-        --tasks pose2d [--trace_dir DIR]
+    python3 benchmarks/profile_step.py --config.image_size=128 --config.batch_size=16 \
+        --config.model.features=128 [--trace_dir=DIR]
 
-Prints one JSON line: ms per step for each kind and the 10 slowest ops. Open the trace in
-Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz under --trace_dir) for the timeline.
+Kinds (benchmarks/xla_ops.py, from the compiled HLO): convolutions by role (forward, input
+gradient, weight gradient; a cuDNN call names its role, otherwise shapes and metadata tell),
+hgmt's 1x1 convolutions (matmuls) by the same roles, reductions (BatchNorm statistics, bias
+gradients), elementwise fusions, transposes and copies, collectives. For the convolutions and
+matmuls the achieved FLOP/s (their multiply-adds from the HLO shapes over their time) is set
+against the measured matmul peak of the device in the step's dtype; for the other kinds the
+achieved bytes/s (operands read plus results written, from the HLO shapes) against a measured
+streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on the host
+threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's (the
+kernels on the device's streams, attributed to their HLO op). Prints one JSON line; open the
+trace in Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz under --trace_dir) for the
+timeline.
 """
 
 from __future__ import annotations
@@ -16,90 +25,137 @@ import glob
 import gzip
 import json
 import os
-import re
 import sys
 import tempfile
+import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli  # noqa: E402
 import train_step  # noqa: E402
+import xla_ops  # noqa: E402
 
-from hgmt.tasks import parse_tasks  # noqa: E402
+
+def kernel_shapes(params) -> set[tuple[int, ...]]:
+    """Sorted non-1 dimensions of every parameter of rank >= 2 (convolution kernels and 1x1
+    convolution matrices): what a weight gradient's result looks like."""
+    return {tuple(sorted(d for d in np.shape(x) if d != 1))
+            for x in jax.tree.leaves(params) if np.ndim(x) >= 2}
 
 
-def op_kinds(hlo: str) -> dict[str, str]:
-    """Top-level instruction name -> kind, from the compiled HLO text."""
-    # Without metadata: its op names say "transpose(jvp(...))" for every backward-pass op.
-    hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
-    bodies, current = {}, None
-    for line in hlo.splitlines():
-        head = re.match(r"%?([\w.\-]+) .*\{$", line)
-        if head and not line.startswith(" "):
-            current = head.group(1)
-            bodies[current] = []
-        elif current:
-            bodies[current].append(line)
-    kinds = {}
-    for line in hlo.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ [\w-]+\(", line)
-        if not m:
-            continue
-        callee = re.search(r"calls=%?([\w.\-]+)", line)
-        body = "\n".join(bodies.get(callee.group(1), [])) if callee else line
-        conv = re.search(r"convolution\(.*?window=\{size=(\d+)x(\d+)", body)
-        if conv:
-            k = int(conv.group(1))
-            # The model's kernels are 3x3 and 7x7 (forward and input gradient); a kernel
-            # gradient is a convolution whose window is the feature map.
-            kinds[m.group(1)] = (f"conv {k}x{k} (forward, input gradient)" if k in (3, 7)
-                                 else "conv kernel-gradient (window = feature map)")
-        elif "dot(" in body:
-            kinds[m.group(1)] = "matmul (1x1 convs, dense)"
-        elif "transpose(" in body:
-            kinds[m.group(1)] = "transpose"
-        elif "reduce(" in body:
-            kinds[m.group(1)] = "reduce (BatchNorm statistics, bias grads)"
+def stream_peak(reps: int = 10) -> float:
+    """Measured bytes/s of one elementwise pass over a large float32 array, read and written
+    in place (its buffer donated), on the default device: 256 MiB on a CPU, 2 GiB on an
+    accelerator."""
+    n = (64 if jax.default_backend() == "cpu" else 512) * 2**20
+    f = jax.jit(lambda x: x * 0.5 + 1.0, donate_argnums=0)
+    x = f(jnp.ones((n,), jnp.float32))
+    x.block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        x = f(x)
+    x.block_until_ready()
+    return 2 * 4 * n * reps / (time.perf_counter() - t0)
+
+
+def op_times(events: list[dict], module: str, ops: dict) -> dict[str, float]:
+    """Total µs per HLO op of `module` in a trace's events. XLA marks each op's events (a CPU
+    thunk, a GPU kernel) with args hlo_op and hlo_module; where a device process (a GPU or
+    TPU) has them, only its events count, not the host's launches."""
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    timed = [e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_op") in ops]
+    # The step's module by name; where the trace names it otherwise, the op names alone (only
+    # the step runs while the trace is on).
+    timed = [e for e in timed if e["args"].get("hlo_module", module) == module] or timed
+    on_device = [e for e in timed if "/device:" in names.get(e["pid"], "")]
+    per_op: collections.Counter = collections.Counter()
+    for e in on_device or timed:
+        per_op[e["args"]["hlo_op"]] += float(e["dur"])
+    return dict(per_op)
+
+
+def summarize(per_op_us: dict[str, float], ops: dict, steps: int, matmul_peak: float,
+              bytes_peak: float) -> dict:
+    """Per kind: ms per step, share of the op time, and the achieved FLOP/s (kinds that
+    compute: convolutions, matmuls) or bytes/s (the others) with its fraction of the peak."""
+    kinds: dict[str, dict] = {}
+    for name, us in per_op_us.items():
+        k = kinds.setdefault(ops[name]["kind"], {"s": 0.0, "flops": 0.0, "bytes": 0.0, "ops": 0})
+        k["s"] += us / 1e6 / steps
+        k["flops"] += ops[name]["flops"]
+        k["bytes"] += ops[name]["bytes"]
+        k["ops"] += 1
+    total = sum(k["s"] for k in kinds.values()) or float("nan")
+    out = {}
+    for kind, k in sorted(kinds.items(), key=lambda kv: -kv[1]["s"]):
+        row = {"ms": round(1e3 * k["s"], 3), "share": round(k["s"] / total, 4), "ops": k["ops"]}
+        if k["flops"]:
+            rate = k["flops"] / k["s"]
+            row.update(gflop=round(k["flops"] / 1e9, 3), tflop_per_s=round(rate / 1e12, 3),
+                       of_matmul_peak=round(rate / matmul_peak, 3))
         else:
-            kinds[m.group(1)] = "elementwise (BatchNorm, ReLU, adds, pooling)"
-    return kinds
+            rate = k["bytes"] / k["s"]
+            row.update(gbytes=round(k["bytes"] / 1e9, 3), gbytes_per_s=round(rate / 1e9, 1),
+                       of_stream_peak=round(rate / bytes_peak, 3))
+        out[kind] = row
+    return out
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_timing(fv, steps=5, warmup=2)
+    flags.DEFINE_string("trace_dir", None, "where the trace goes (default: a temporary folder)",
+                        flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--trace_dir", default=None)
-    a = p.parse_args(argv)
-    names = parse_tasks(a.tasks)
-    step, state, data, *_ = train_step.compiled_step(a.stacks, a.features, a.res, a.batch,
-                                                       a.tasks, a.dtype)
-    for _ in range(a.warmup):
-        state, metrics = step(state, data)
+    fv = cli.parse(_define_flags, argv, __doc__)
+    config = fv.config
+    compiled, state, data, _, compile_s, flops, flops_from = train_step.compiled_step(config)
+    for _ in range(fv.warmup):
+        state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
-    trace_dir = a.trace_dir or tempfile.mkdtemp(prefix="hgmt_trace_")
+    t0 = time.perf_counter()
+    for _ in range(fv.steps):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - t0) / fv.steps
+    trace_dir = fv.trace_dir or tempfile.mkdtemp(prefix="hgmt_trace_")
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-    for _ in range(a.steps):
-        state, metrics = step(state, data)
+    for _ in range(fv.steps):
+        state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
                             recursive=True))[-1]
     events = json.load(gzip.open(path))
     events = events["traceEvents"] if isinstance(events, dict) else events
-    kinds = op_kinds(step.as_text())
-    per_op: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and e.get("name") in kinds:
-            per_op[e["name"]] += e["dur"] / 1000 / a.steps
-    per_kind: collections.Counter = collections.Counter()
-    for name, ms in per_op.items():
-        per_kind[kinds[name]] += ms
-    result = {"benchmark": "profile_step", "stacks": a.stacks, "features": a.features,
-              "res": a.res, "batch": a.batch, "tasks": "+".join(names),
-              "ops_ms_per_step": round(sum(per_kind.values()), 1),
-              "ms_per_kind": {k: round(v, 1) for k, v in per_kind.most_common()},
-              "slowest_ops": {f"{n} [{kinds[n]}]": round(v, 2)
-                              for n, v in per_op.most_common(10)},
+
+    module = xla_ops.parse(compiled.as_text())
+    ops = xla_ops.classify(module, kernel_shapes(jax.tree.map(lambda x: x[0], state.params)))
+    per_op = op_times(events, module.name, ops)
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    matmul_peak = train_step.matmul_peak(dtype, 1) * 1e9
+    bytes_peak = stream_peak()
+    kinds = summarize(per_op, ops, fv.steps, matmul_peak, bytes_peak)
+    counted = sum(v["flops"] for v in ops.values())
+    slowest = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
+    result = {"benchmark": "profile_step", "backend": jax.default_backend(),
+              "device": jax.local_devices()[0].device_kind, **cli.describe(config),
+              "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
+              "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),
+              "ops_timed": len(per_op), "ops_in_program": len(ops),
+              "matmul_peak_tflop_per_s": round(matmul_peak / 1e12, 3),
+              "stream_peak_gbytes_per_s": round(bytes_peak / 1e9, 1),
+              "gflop_per_step_counted": round(counted / 1e9, 3),
+              "gflop_per_step_xla": round(flops / 1e9, 3), "flops_from": flops_from,
+              "kinds": kinds,
+              "slowest_ops": {f"{n} [{ops[n]['kind']}]": round(us / 1e3 / fv.steps, 3)
+                              for n, us in slowest},
               "trace": path}
     print(json.dumps(result))
     return result

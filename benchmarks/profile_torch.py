@@ -1,8 +1,8 @@
 """Where the PyTorch reference's train step spends its time, by kind of op, for reading next to
 benchmarks/profile_step.py (hgmt's XLA ops by kind).
 
-    python3 benchmarks/profile_torch.py --stacks 2 --features 128 --res 128 --batch 16 \
-        --tasks pose2d
+    python3 benchmarks/profile_torch.py --config.image_size=128 --config.batch_size=16 \
+        --config.model.features=128
 
 torch.profiler over --steps steps of torch_reference's step; prints one JSON line: ms per step
 for convolutions by kernel size (forward; backward = input and kernel gradients together, as
@@ -39,19 +39,18 @@ def kind(name: str, input_shapes: list) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    a = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    step, _ = torch_reference.make_step(a)
-    for _ in range(a.warmup):
+    fv = cli.parse(cli.define_timing, argv, __doc__)
+    step, _ = torch_reference.make_step(fv.config)
+    for _ in range(fv.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(a.steps):
+        for _ in range(fv.steps):
             step()
     per_kind: collections.Counter = collections.Counter()
     for event in prof.key_averages(group_by_input_shape=True):
         per_kind[kind(event.key, event.input_shapes)] += (
-            event.self_cpu_time_total / 1000 / a.steps)
-    result = {"benchmark": "profile_torch", "stacks": a.stacks, "features": a.features,
-              "res": a.res, "batch": a.batch, "tasks": a.tasks, "dtype": a.dtype,
+            event.self_cpu_time_total / 1000 / fv.steps)
+    result = {"benchmark": "profile_torch", **cli.describe(fv.config),
               "ms_per_step": round(sum(per_kind.values()), 1),
               "ms_per_kind": {k: round(v, 1) for k, v in per_kind.most_common()}}
     print(json.dumps(result))

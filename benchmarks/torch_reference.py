@@ -1,29 +1,43 @@
 """The same multi-task stacked-hourglass network, loss and optimizer, written plainly in PyTorch.
 
 It is the yardstick for hgmt's training speed: `benchmarks/compare.py` runs it back to back with
-`benchmarks/train_step.py` on the same configs. Same CLI, same JSON line:
+`benchmarks/train_step.py` on the same configs. Same flags (benchmarks/cli.py), same JSON line:
 
-    python3 benchmarks/torch_reference.py --stacks 2 --features 128 --res 128 --batch 16 \
-        --tasks pose2d --dtype float32
+    python3 benchmarks/torch_reference.py --config.image_size=128 --config.batch_size=16 \
+        --config.model.features=128 [--compile [--compile_mode=max-autotune]]
 
 Needs the `bench` extra (torch; on a CPU machine install a CPU-only build). Runs on the GPU
-when PyTorch sees one (channels-last, cuDNN autotuning, bfloat16 autocast with --dtype bfloat16).
+when PyTorch sees one, with channels-last tensors, cuDNN autotuning and, for
+`--config.model.dtype=bfloat16`, bfloat16 autocast. `--compile` runs the forward pass and the
+losses through `torch.compile` (its backward is compiled with it) in `--compile_mode`
+(`max-autotune`: Triton and template autotuning of the matmuls and convolutions, the slowest to
+compile; `default`); the JSON line gives the mode and `compile_s`, the wall time of the first
+step (tracing, compilation, autotuning) less one steady step. Inductor's on-disk cache goes to
+a fresh folder (`--compile_cache` to reuse one), so `compile_s` is a cold compile.
+compare.py runs max-autotune under a time limit and falls back to the default mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 
-import cli
-import torch
-import torch.nn.functional as F
-from torch import nn
+# The config comes through hgmt's packages, which import JAX: keep it off the accelerator,
+# which is PyTorch's here.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import cli  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from absl import flags  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hgmt.tasks import parse_tasks  # noqa: E402
 
 TASK_CHANNELS = {"pose2d": 16, "pose3d": 16 * 19, "depth": 20, "segm": 15}
-TASK_NAMES = tuple(TASK_CHANNELS)
-
-
+COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default")
 class Residual(nn.Module):
     """Pre-activation bottleneck: BN-ReLU-1x1 C/2, BN-ReLU-3x3 C/2, BN-ReLU-1x1 C (+1x1 skip);
     as in hgmt, a convolution that feeds a BatchNorm has no bias."""
@@ -135,27 +149,50 @@ def make_batch(tasks, batch: int, res: int):
     return images, targets
 
 
-def make_step(args) -> tuple:
-    """(step, model) for parsed `cli.parser` arguments: step() runs one training step (forward,
-    losses, backward, RMSprop update) on a fixed random batch and returns the loss as a tensor
-    (reading it would wait for the GPU every step)."""
-    tasks = TASK_NAMES if args.tasks == "all" else tuple(args.tasks.split("+"))
+def check_config(config) -> tuple[str, ...]:
+    """The tasks of `config`; a model option the reference does not implement is an error."""
+    if config.model.interaction != "sum" or config.model.shared_trunk:
+        raise ValueError(
+            f"the PyTorch reference implements model.interaction='sum' with one stream per "
+            f"task only (got interaction={config.model.interaction!r}, "
+            f"shared_trunk={config.model.shared_trunk}); drop those overrides")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}: the reference runs "
+                         f"float32 or bfloat16 (autocast)")
+    return parse_tasks(config.tasks)
+
+
+def make_step(config, compile_mode: str | None = None) -> tuple:
+    """(step, model) for a training config: step() runs one training step (forward, losses,
+    backward, RMSprop update) on a fixed random batch and returns the loss as a tensor (reading
+    it would wait for the GPU every step). With `compile_mode` the forward pass and losses run
+    through `torch.compile(mode=compile_mode)`; the first call compiles."""
+    tasks = check_config(config)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
-    model = MultiTaskHourglass(tasks, args.stacks, args.features)
+    model = MultiTaskHourglass(tasks, config.model.num_stacks, config.model.features,
+                               config.model.depth)
     model.to(device, memory_format=torch.channels_last).train()
-    opt = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
-    images, targets = make_batch(tasks, args.batch, args.res)
+    opt = torch.optim.RMSprop(model.parameters(), lr=config.optimizer.learning_rate)
+    images, targets = make_batch(tasks, config.batch_size, config.image_size)
     images = images.to(device, memory_format=torch.channels_last)
     targets = {t: v.to(device) for t, v in targets.items()}
-    autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    autocast_dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else None
 
-    def step():
-        opt.zero_grad(set_to_none=True)
+    def forward_loss(images):
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             outs = model(images)
-            loss = sum(task_loss(t, o.float(), targets[t]) for t in tasks for o in outs[t])
+            return sum(task_loss(t, o.float(), targets[t]) for t in tasks for o in outs[t])
+
+    if compile_mode:
+        forward_loss = torch.compile(forward_loss, mode=compile_mode)
+
+    def step():
+        if compile_mode:  # CUDA graphs (max-autotune): a new iteration starts here
+            torch.compiler.cudagraph_mark_step_begin()
+        opt.zero_grad(set_to_none=True)
+        loss = forward_loss(images)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -163,23 +200,49 @@ def make_step(args) -> tuple:
     return step, model
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_timing(fv)
+    flags.DEFINE_bool("compile", False, "run the forward pass and losses through torch.compile",
+                      flag_values=fv)
+    flags.DEFINE_enum("compile_mode", "max-autotune", COMPILE_MODES,
+                      "torch.compile's mode with --compile", flag_values=fv)
+    flags.DEFINE_string("compile_cache", "", "Inductor and Triton cache folder with --compile "
+                        "(default: a fresh temporary one, so compile_s is a cold compile)",
+                        flag_values=fv)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main(argv=None) -> dict:
-    args = cli.parser(__doc__.splitlines()[0]).parse_args(argv)
-    step, model = make_step(args)
-    for _ in range(args.warmup):
-        step().item()
+    fv = cli.parse(_define_flags, argv, __doc__)
+    config = fv.config
+    mode = fv.compile_mode if fv["compile"].value else None
+    if mode:
+        cache = fv.compile_cache or tempfile.mkdtemp(prefix="hgmt_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+    step, model = make_step(config, mode)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    step().item()  # the first step: compilation (with --compile) and cuDNN autotuning
+    first_s = time.perf_counter() - t0
+    for _ in range(max(fv.warmup - 1, 0)):
+        step().item()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(fv.steps):
         loss = step()
     loss.item()
-    dt = (time.perf_counter() - t0) / args.steps
+    dt = (time.perf_counter() - t0) / fv.steps
     result = {
         "impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "stacks": args.stacks, "features": args.features, "res": args.res,
-        "batch": args.batch, "tasks": "+".join(model.tasks), "dtype": args.dtype,
-        "params": sum(p.numel() for p in model.parameters()),
-        "step_s": dt, "img_per_s": args.batch / dt, "compile_s": 0.0,
+        **cli.describe(config), "params": sum(p.numel() for p in model.parameters()),
+        "compile_mode": mode or "eager", "step_s": round(dt, 5),
+        "img_per_s": round(config.batch_size / dt, 2), "first_step_s": round(first_s, 2),
+        "compile_s": round(max(first_s - dt, 0.0), 2) if mode else 0.0,
     }
     print(json.dumps(result))
     return result

@@ -1,7 +1,8 @@
-"""The training loop's overhead: `hgmt.loop.train()` against its compiled step alone.
+"""The training loop's overhead: `hgmt.training.loop.train()` against its compiled step alone.
 
-    python3 benchmarks/train_loop.py --stacks 1 --features 32 --res 64 --batch 8 --tasks all \
-        --steps 40 --repeats 2
+    python3 benchmarks/train_loop.py --config=configs/default.py:tasks=all \
+        --config.model.num_stacks=1 --config.model.features=32 --config.image_size=64 \
+        --config.batch_size=8 --steps=40 --repeats=2
 
 Both run the same config on all local devices in one process, alternating `--repeats` times
 (best of each kept): the compiled step on a fixed batch already on the devices
@@ -10,6 +11,7 @@ pipeline's cost is left out; the loop still shards and copies each batch to the 
 does in training). `train()`'s rate is the one it logs over `--steps` steps after `--steps`
 warm-up steps (compilation), which excludes start-up and the final checkpoint. Prints one JSON
 line; `loop_overhead` = 1 - train() img/s / compiled step img/s (the target is <= 0.05).
+Needs no TensorFlow (the loop's summaries go to the benchmark's own writer).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import tempfile
 
 import cli
 import jax
+import ml_collections
 import train_step
+from absl import flags
 
-from configs.common import base_config
-from hgmt.tasks import parse_tasks
 from hgmt.training import loop
 
 
@@ -59,38 +61,42 @@ class Rates:
         self.img_per_s[step] = float(scalars["img_per_s"])
 
 
-def loop_img_per_s(a, tasks: str) -> float:
-    config = base_config(tasks)
-    config.image_size, config.batch_size = a.res, a.batch
-    config.model.num_stacks, config.model.features = a.stacks, a.features
-    config.model.depth, config.model.dtype = 4, a.dtype
-    config.total_steps, config.log_every = 2 * a.steps, a.steps
+def loop_img_per_s(config: ml_collections.ConfigDict, steps: int) -> float:
+    """train()'s logged img/s over its second `steps` steps (the first `steps` compile)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.total_steps, config.log_every = 2 * steps, steps
     config.checkpoint_every = 10 * config.total_steps  # only the final one, after timing
+    config.eval_every = 0
     rates = Rates()
     with tempfile.TemporaryDirectory() as workdir:
         loop.train(config, workdir, writer=rates,
-                    loader=InMemory(train_step.random_batch(a.batch, a.res)))
-    return rates.img_per_s[2 * a.steps]
+                   loader=InMemory(train_step.random_batch(config.batch_size,
+                                                           config.image_size)))
+    return rates.img_per_s[2 * steps]
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_timing(fv, steps=20, warmup=2)
+    flags.DEFINE_integer("repeats", 2, "rounds of both measurements; the best of each is kept",
+                         flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=2)
-    a = p.parse_args(argv)
-    tasks = "+".join(parse_tasks(a.tasks))
+    fv = cli.parse(_define_flags, argv, __doc__)
+    config = fv.config
     devices = jax.local_device_count()
     step_rates, loop_rates = [], []
-    for _ in range(a.repeats):
-        step_rates.append(train_step.measure(a.stacks, a.features, a.res, a.batch, tasks,
-                                             a.dtype, a.steps, a.warmup, devices)["img_per_s"])
-        loop_rates.append(loop_img_per_s(a, tasks))
-    step, loop = max(step_rates), max(loop_rates)
+    for _ in range(fv.repeats):
+        step_rates.append(train_step.measure(config, fv.steps, fv.warmup,
+                                             devices)["img_per_s"])
+        loop_rates.append(loop_img_per_s(config, fv.steps))
+    step, loop_rate = max(step_rates), max(loop_rates)
     result = {"backend": jax.default_backend(), "device": jax.local_devices()[0].device_kind,
               "devices": devices, "cpus": os.cpu_count(), "machine": platform.machine(),
-              "stacks": a.stacks, "features": a.features, "res": a.res, "batch": a.batch,
-              "tasks": tasks, "dtype": a.dtype, "steps": a.steps,
-              "compiled_step_img_per_s": round(step, 2), "train_loop_img_per_s": round(loop, 2),
-              "loop_overhead": round(1 - loop / step, 4),
+              **cli.describe(config), "steps": fv.steps,
+              "compiled_step_img_per_s": round(step, 2),
+              "train_loop_img_per_s": round(loop_rate, 2),
+              "loop_overhead": round(1 - loop_rate / step, 4),
               "all_step_img_per_s": step_rates, "all_loop_img_per_s": loop_rates}
     print(json.dumps(result))
     return result

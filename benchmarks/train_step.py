@@ -1,8 +1,8 @@
 """Steady-state training speed of the real hgmt train step (`hgmt.training.steps.train_step`
 under pmap).
 
-    python3 benchmarks/train_step.py --stacks 2 --features 128 --res 128 --batch 16 \
-        --tasks pose2d --dtype float32
+    python3 benchmarks/train_step.py --config=configs/default.py:tasks=pose2d \
+        --config.image_size=128 --config.batch_size=16 --config.model.features=128
 
 Runs the step that training runs (forward, targets, losses, backward, gradient pmean, RMSprop
 update, BatchNorm statistics) on a fixed random batch already on the devices, so the figure is
@@ -11,9 +11,12 @@ JSON line: img/s after compilation and warm-up, compile time, parameter count, G
 from XLA's cost analysis of the compiled step, achieved GFLOP/s, and MFU: achieved over a
 measured matmul peak (a large jnp.dot in the same dtype on the same devices).
 
-`--devices N` splits the batch over N local devices (default 1). On a CPU, one XLA device uses
-every core; with XLA_FLAGS=--xla_force_host_platform_device_count=N it is split into N virtual
-devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores (README, Performance).
+The config (`--config`, default the paper's network for pose2d, with `--config.x=y` overrides:
+benchmarks/cli.py) gives the tasks, the model, `image_size`, `batch_size` and the loss weights
+and options. `--devices=N` splits the batch over N local devices (default 1). On a CPU, one
+XLA device uses every core; with XLA_FLAGS=--xla_force_host_platform_device_count=N it is split
+into N virtual devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import cli
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
 
-from configs.common import base_config
 from hgmt.models import create_model
-from hgmt.tasks import heads, parse_tasks
+from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import steps
 
 
@@ -70,33 +74,34 @@ def matmul_peak(dtype, devices: int, n: int | None = None, reps: int = 10) -> fl
     return 2 * n**3 * devices * reps / (time.perf_counter() - t0) / 1e9
 
 
-def cpu_cost_analysis(config, state, data) -> dict:
+def step_function(config: ml_collections.ConfigDict):
+    """`steps.train_step` with the config's loss weights and options, as the trainer runs it."""
+    tasks = parse_tasks(config.tasks)
+    return functools.partial(steps.train_step, weights=check_loss_weights(config, tasks),
+                             options=check_loss_options(config, tasks))
+
+
+def cpu_cost_analysis(config: ml_collections.ConfigDict, state, data) -> dict:
     """XLA's cost analysis of one device's train step (replicated `state`, sharded `data`)
     lowered for the CPU: the program before any backend's optimisation, on any host."""
     one = jax.tree.map(lambda x: x[:1], (state, data))  # one device's share, device axis kept
-    step = jax.vmap(functools.partial(steps.train_step, weights=dict(config.loss_weights)),
-                    axis_name="batch")
+    step = jax.vmap(step_function(config), axis_name="batch")
     return jax.jit(step).trace(*one).lower(lowering_platforms=("cpu",)).cost_analysis()
 
 
-def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
-                  devices: int = 1, depth: int = 4) -> tuple:
-    """The train step of this configuration compiled for `devices` local devices, with its
-    replicated initial state and a random batch on them: (compiled, state, data, params,
-    compile seconds, FLOPs per step, where the FLOPs were counted). FLOPs come from XLA's cost
-    analysis of the lowered (pre-backend) program: after compilation a GPU's convolutions are
-    cuDNN calls that the analysis does not count. Where the backend gives no lowered analysis
-    (jax 0.11.2 on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"),
-    whose count is the same program's; the compiled count is the last resort ("compiled",
-    which undercounts convolutions on a GPU)."""
+def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
+    """The train step of `config` compiled for `devices` local devices, with its replicated
+    initial state and a random batch of `config.batch_size` at `config.image_size` on them:
+    (compiled, state, data, params, compile seconds, FLOPs per step, where the FLOPs were
+    counted). FLOPs come from XLA's cost analysis of the lowered (pre-backend) program: after
+    compilation a GPU's convolutions are cuDNN calls that the analysis does not count. Where
+    the backend gives no lowered analysis (jax 0.11.2 on an H200), the same per-device step is
+    lowered for the CPU ("cpu-lowered"), whose count is the same program's; the compiled count
+    is the last resort ("compiled", which undercounts convolutions on a GPU)."""
+    batch, res = config.batch_size, config.image_size
     if batch % devices:
-        raise ValueError(f"--batch={batch} must be divisible by --devices={devices}")
-    names = parse_tasks(tasks)
-    config = base_config("+".join(names))
-    config.image_size, config.batch_size = res, batch
-    config.model.num_stacks, config.model.features = stacks, features
-    config.model.depth, config.model.dtype = depth, dtype
-    model = create_model(config.model, heads(names), axis_name="batch")
+        raise ValueError(f"config.batch_size={batch} must be divisible by --devices={devices}")
+    model = create_model(config.model, heads(parse_tasks(config.tasks)), axis_name="batch")
     state = steps.create_train_state(jax.random.key(0), config, model)
     params = sum(x.size for x in jax.tree.leaves(state.params))
     devs = jax.local_devices()[:devices]
@@ -104,8 +109,8 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     host = random_batch(batch, res)
     data = next(flax.jax_utils.prefetch_to_device(iter([jax.tree.map(
         lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
-    step = jax.pmap(functools.partial(steps.train_step, weights=dict(config.loss_weights)),
-                    axis_name="batch", devices=devs, donate_argnums=(0,))
+    step = jax.pmap(step_function(config), axis_name="batch", devices=devs,
+                    donate_argnums=(0,))
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
     compiled = lowered.compile()
@@ -122,10 +127,11 @@ def compiled_step(stacks: int, features: int, res: int, batch: int, tasks: str, 
     return compiled, state, data, int(params), compile_s, flops, source
 
 
-def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype: str,
-            steps: int = 5, warmup: int = 2, devices: int = 1, depth: int = 4) -> dict:
-    compiled, state, data, params, compile_s, flops, flops_from = compiled_step(
-        stacks, features, res, batch, tasks, dtype, devices, depth)
+def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
+            devices: int = 1) -> dict:
+    """Compiles and times the train step of `config` -> the JSON line's fields."""
+    compiled, state, data, params, compile_s, flops, flops_from = compiled_step(config,
+                                                                                devices)
 
     for _ in range(warmup):
         state, metrics = compiled(state, data)
@@ -141,14 +147,14 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
 
     stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
     peak_mem = stats.get("peak_bytes_in_use")
+    dtype = config.model.dtype
     peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, devices)
     achieved = flops / step_s / 1e9
+    batch = config.batch_size
     return {
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
         "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "stacks": stacks, "features": features, "res": res, "batch": batch,
-        "tasks": "+".join(parse_tasks(tasks)), "dtype": dtype, "params": params,
+        "machine": platform.machine(), **cli.describe(config), "params": params,
         "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,
@@ -158,12 +164,15 @@ def measure(stacks: int, features: int, res: int, batch: int, tasks: str, dtype:
     }
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_timing(fv)
+    flags.DEFINE_integer("devices", 1, "local devices to split the batch over",
+                         flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--devices", type=int, default=1)
-    a = p.parse_args(argv)
-    result = measure(a.stacks, a.features, a.res, a.batch, a.tasks, a.dtype, a.steps,
-                     a.warmup, a.devices)
+    fv = cli.parse(_define_flags, argv, __doc__)
+    result = measure(fv.config, fv.steps, fv.warmup, fv.devices)
     print(json.dumps(result))
     return result
 

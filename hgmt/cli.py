@@ -20,19 +20,25 @@ from hgmt import workdirs
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
           doc: str, config: ml_collections.ConfigDict | None = None, *,
-          config_file: bool = False) -> tuple[flags.FlagValues, list[str]]:
+          config_file: bool | str = False) -> tuple[flags.FlagValues, list[str]]:
     """Parses `argv` (without the program name; default sys.argv[1:]) against the flags that
     `define(flag_values)` defines, plus `--config`: the ConfigDict `config` when one is given
-    (a workdir's), or a config file (`configs/x.py[:argument]`) with `config_file`. -> (parsed
-    flags, positional arguments). `--help` prints the flags and exits 0; a bad flag exits 1
-    with absl's message (it names the flag and the value)."""
+    (a workdir's), or a config file (`configs/x.py[:argument]`) with `config_file` (a string:
+    the file used when argv names none). -> (parsed flags, positional arguments). `--help`
+    prints the flags and exits 0; a bad flag, or an override of a field the config lacks,
+    exits 1 with a message naming it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     fv = flags.FlagValues()
     define(fv)
     if config_file:
-        config_flags.DEFINE_config_file(
-            "config", None, "config file[:argument] (configs/*.py); override fields with "
-            "--config.x=y", flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
+        default = config_file if isinstance(config_file, str) else None
+        try:
+            config_flags.DEFINE_config_file(
+                "config", default, "config file[:argument] (configs/*.py); override fields "
+                "with --config.x=y", flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
+        except (KeyError, AttributeError) as e:  # an override of a field the default lacks
+            raise SystemExit(f"error: --config has no field {e} (the config {default})"
+                             ) from None
     if config is not None:
         try:
             config_flags.DEFINE_config_dict(

@@ -1,24 +1,39 @@
 # ruff: noqa: E501  (HLO lines are quoted verbatim)
 """The benchmark scripts: the train-step and input-pipeline benchmarks run from a clone (the
 latter building its own demo data) and their figures agree with each other; the profile groups
-XLA ops by what they compute (not by their metadata)."""
+XLA ops by role and kind from the compiled HLO of a CPU and of a GPU, with FLOPs and bytes from
+the shapes; the PyTorch reference and the comparison take the same config flags; the trainer
+benchmark reads the trainer's own TensorBoard figures."""
 
 import json
 import os
 import sys
 
 import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 
+import cli  # noqa: E402
+import compare  # noqa: E402
 import input_pipeline  # noqa: E402
 import profile_step  # noqa: E402
 import train_step  # noqa: E402
+import trainer_speed  # noqa: E402
+import xla_ops  # noqa: E402
+
+TINY = ["--config.model.num_stacks=1", "--config.model.features=8", "--config.image_size=32",
+        "--config.model.depth=2"]
 
 # A compiled-HLO excerpt in XLA:CPU's format: a 3x3 convolution, its kernel gradient (window =
-# the feature map), a 1x1 matmul, a real transpose and a backward-pass elementwise fusion whose
-# metadata says "transpose(jvp(...))", as every backward op's does.
-HLO = """\
+# the feature map, two activations in, a kernel-shaped result), a real transpose, 1x1
+# convolutions as dots (forward, input gradient by its metadata, weight gradient by its
+# shapes) and a backward-pass elementwise fusion whose metadata says "transpose(jvp(...))".
+HLO_CPU = """\
+HloModule jit_step, is_scheduled=true
+
 %fused_computation.1 (param_0.1: f32[8,32,32,64], param_1.1: f32[3,3,64,64]) -> f32[8,32,32,64] {
   %param_0.1 = f32[8,32,32,64]{3,2,1,0} parameter(0)
   %param_1.1 = f32[3,3,64,64]{3,2,1,0} parameter(1)
@@ -42,41 +57,214 @@ HLO = """\
   ROOT %multiply.4 = f32[8,32,32,64]{3,2,1,0} multiply(%param_0.4, %param_1.4), metadata={op_name="jit(f)/transpose(jvp(M))/BatchNorm_0/mul"}
 }
 
-ENTRY %main.5 (a: f32[8,32,32,64], k: f32[3,3,64,64], w: f32[64,64]) -> f32[8,32,32,64] {
+ENTRY %main.5 (a: f32[8,32,32,64], k: f32[3,3,64,64], w: f32[64,64], b: f32[65536,64], g: f32[65536,64], dy: f32[32,32,8,64]) -> f32[8,32,32,64] {
   %a = f32[8,32,32,64]{3,2,1,0} parameter(0)
   %k = f32[3,3,64,64]{3,2,1,0} parameter(1)
   %w = f32[64,64]{1,0} parameter(2)
+  %b = f32[65536,64]{1,0} parameter(3)
+  %g = f32[65536,64]{1,0} parameter(4)
+  %dy = f32[32,32,8,64]{3,2,1,0} parameter(5)
   %conv_fusion = f32[8,32,32,64]{3,2,1,0} fusion(%a, %k), kind=kCustom, calls=%fused_computation.1
-  %kgrad_fusion = f32[64,3,3,64]{3,2,1,0} fusion(%t_fusion, %b), kind=kCustom, calls=%fused_computation.2
   %t_fusion = f32[64,32,32,8]{3,2,1,0} fusion(%a), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(f)/transpose(jvp(M))/Conv_0/conv_general_dilated"}
-  %dot.5 = f32[65536,64]{1,0} dot(%b, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %kgrad_fusion = f32[64,3,3,64]{3,2,1,0} fusion(%t_fusion, %dy), kind=kCustom, calls=%fused_computation.2
+  %dot.5 = f32[65536,64]{1,0} dot(%b, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(f)/jvp(M)/Conv1x1_0/dot_general"}
+  %dot.6 = f32[65536,64]{1,0} dot(%g, %w), lhs_contracting_dims={1}, rhs_contracting_dims={1}, metadata={op_name="jit(f)/transpose(jvp(M))/Conv1x1_0/dot_general"}
+  %dot.7 = f32[64,64]{1,0} dot(%b, %g), lhs_contracting_dims={0}, rhs_contracting_dims={0}, metadata={op_name="jit(f)/transpose(jvp(M))/Conv1x1_0/dot_general"}
   ROOT %bn_fusion = f32[8,32,32,64]{3,2,1,0} fusion(%a, %conv_fusion), kind=kLoop, calls=%fused_computation.4, metadata={op_name="jit(f)/transpose(jvp(M))/BatchNorm_0/mul"}
 }
 """
 
+# The same roles in XLA:GPU's format: cuDNN calls named by role (a tuple result with their
+# scratch buffer; input features 16, output 64, so that a wrong operand in the FLOP count
+# shows), a cuBLAS matmul whose contracting dimensions are in its backend config, a
+# BatchNorm reduction fusion and a layout copy.
+HLO_GPU = """\
+HloModule pmap_step, entry_computation_layout={()}
 
-def test_profile_groups_ops_by_instruction_not_metadata():
-    kinds = profile_step.op_kinds(HLO)
-    assert kinds["conv_fusion"] == "conv 3x3 (forward, input gradient)"
-    assert kinds["kgrad_fusion"] == "conv kernel-gradient (window = feature map)"
-    assert kinds["t_fusion"] == "transpose"
-    assert kinds["dot.5"] == "matmul (1x1 convs, dense)"
-    # Its metadata names "transpose(jvp(M))" but it multiplies: elementwise, not a transpose.
-    assert kinds["bn_fusion"] == "elementwise (BatchNorm, ReLU, adds, pooling)"
+%fused_reduce (param_0: bf16[8,32,32,64]) -> f32[64] {
+  %param_0 = bf16[8,32,32,64]{3,2,1,0} parameter(0)
+  %convert = f32[8,32,32,64]{3,2,1,0} convert(%param_0)
+  %constant = f32[] constant(0)
+  ROOT %reduce = f32[64]{0} reduce(%convert, %constant), dimensions={0,1,2}, to_apply=%add
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+ENTRY %main (x: bf16[8,32,32,16], w: bf16[64,3,3,16], dy: bf16[8,32,32,64], m: bf16[8192,16], v: bf16[16,64]) -> bf16[8,32,32,16] {
+  %x = bf16[8,32,32,16]{3,2,1,0} parameter(0)
+  %w = bf16[64,3,3,16]{3,2,1,0} parameter(1)
+  %dy = bf16[8,32,32,64]{3,2,1,0} parameter(2)
+  %m = bf16[8192,16]{1,0} parameter(3)
+  %v = bf16[16,64]{1,0} parameter(4)
+  %cudnn-conv.1 = (bf16[8,32,32,64]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,16]{3,2,1,0} %x, bf16[64,3,3,16]{3,2,1,0} %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="pmap(f)/jvp(M)/Conv_0/conv_general_dilated"}
+  %cudnn-conv-bw-input.2 = (bf16[8,32,32,16]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,64]{3,2,1,0} %dy, bf16[64,3,3,16]{3,2,1,0} %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %cudnn-conv-bw-filter.3 = (bf16[64,3,3,16]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,16]{3,2,1,0} %x, bf16[8,32,32,64]{3,2,1,0} %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %gemm.4 = (bf16[8192,64]{1,0}, s8[0]{0}) custom-call(bf16[8192,16]{1,0} %m, bf16[16,64]{1,0} %v), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
+  %input_reduce_fusion = f32[64]{0} fusion(%dy), kind=kInput, calls=%fused_reduce
+  ROOT %copy.5 = bf16[8,32,32,16]{2,1,3,0} copy(%x)
+}
+"""
+
+
+def test_cpu_ops_are_grouped_by_role_with_flops_and_bytes_from_their_shapes():
+    ops = xla_ops.classify(xla_ops.parse(HLO_CPU), {(3, 3, 64, 64), (64, 64)})
+    kinds = {name: op["kind"] for name, op in ops.items()}
+    assert kinds == {"conv_fusion": "conv forward", "t_fusion": "transpose / copy",
+                     "kgrad_fusion": "conv weight-gradient",
+                     "dot.5": "matmul (1x1 conv) forward",
+                     "dot.6": "matmul (1x1 conv) input-gradient",
+                     "dot.7": "matmul (1x1 conv) weight-gradient",
+                     # its metadata names "transpose(jvp(M))" but it multiplies
+                     "bn_fusion": "elementwise fusion"}
+    conv = 2 * 8 * 32 * 32 * 64 * 3 * 3 * 64  # 2 x N H W C_out x kh kw C_in
+    assert ops["conv_fusion"]["flops"] == ops["kgrad_fusion"]["flops"] == conv
+    assert ops["dot.5"]["flops"] == ops["dot.6"]["flops"] == ops["dot.7"]["flops"] \
+        == 2 * 65536 * 64 * 64
+    assert ops["bn_fusion"]["flops"] == 0
+    assert ops["bn_fusion"]["bytes"] == 3 * 8 * 32 * 32 * 64 * 4  # two read, one written
+    assert ops["t_fusion"]["bytes"] == 2 * 8 * 32 * 32 * 64 * 4
+
+
+def test_gpu_cudnn_and_cublas_calls_are_grouped_by_role_with_their_flops():
+    module = xla_ops.parse(HLO_GPU)
+    assert module.name == "pmap_step"
+    ops = xla_ops.classify(module, {(3, 16, 64), (16, 64)})  # w (64,3,3,16), v (16,64)
+    assert {n: op["kind"] for n, op in ops.items()} == {
+        "cudnn-conv.1": "conv forward", "cudnn-conv-bw-input.2": "conv input-gradient",
+        "cudnn-conv-bw-filter.3": "conv weight-gradient",
+        "gemm.4": "matmul (1x1 conv) forward",
+        "input_reduce_fusion": "reduction (BatchNorm statistics, bias gradients, pooling)",
+        "copy.5": "transpose / copy"}
+    conv = 2 * 8 * 32 * 32 * 64 * 3 * 3 * 16
+    for name in ("cudnn-conv.1", "cudnn-conv-bw-input.2", "cudnn-conv-bw-filter.3"):
+        assert ops[name]["flops"] == conv, name
+    assert ops["gemm.4"]["flops"] == 2 * 8192 * 64 * 16
+    assert ops["input_reduce_fusion"]["bytes"] == 8 * 32 * 32 * 64 * 2 + 64 * 4
+
+
+def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
+    ops = {"conv": {"kind": "conv forward", "flops": 4e9, "bytes": 1e6},
+           "add": {"kind": "elementwise fusion", "flops": 0.0, "bytes": 3e9}}
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        # a host-side launch of the same op: not counted where the device has events
+        {"ph": "X", "pid": 1, "dur": 900.0, "args": {"hlo_op": "conv", "hlo_module": "m"}},
+        {"ph": "X", "pid": 2, "dur": 2000.0, "args": {"hlo_op": "conv", "hlo_module": "m"}},
+        {"ph": "X", "pid": 2, "dur": 2000.0, "args": {"hlo_op": "conv", "hlo_module": "m"}},
+        {"ph": "X", "pid": 2, "dur": 1000.0, "args": {"hlo_op": "add", "hlo_module": "m"}},
+        {"ph": "X", "pid": 2, "dur": 5000.0, "args": {"hlo_op": "add", "hlo_module": "other"}},
+        {"ph": "X", "pid": 2, "dur": 7.0, "name": "memcpy"},
+    ]
+    per_op = profile_step.op_times(events, "m", ops)
+    assert per_op == {"conv": 4000.0, "add": 1000.0}
+    kinds = profile_step.summarize(per_op, ops, steps=2, matmul_peak=4e12, bytes_peak=6e12)
+    assert list(kinds) == ["conv forward", "elementwise fusion"]  # slowest first
+    conv, add = kinds["conv forward"], kinds["elementwise fusion"]
+    assert conv["ms"] == 2.0 and add["ms"] == 0.5  # per step
+    assert conv["share"] == 0.8 and add["share"] == 0.2
+    assert conv["tflop_per_s"] == 2.0 and conv["of_matmul_peak"] == 0.5  # 4 GFLOP in 2 ms
+    assert add["gbytes_per_s"] == 6000.0 and add["of_stream_peak"] == 1.0  # 3 GB in 0.5 ms
+
+
+def test_profile_of_a_tiny_step_on_this_cpu():
+    r = profile_step.main(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1"])
+    kinds = r["kinds"]
+    for kind in ("conv forward", "conv input-gradient", "conv weight-gradient",
+                 "matmul (1x1 conv) forward", "matmul (1x1 conv) weight-gradient",
+                 "elementwise fusion"):
+        assert kinds[kind]["ms"] > 0, kind
+    assert sum(k["share"] for k in kinds.values()) == pytest.approx(1, abs=0.01)
+    assert r["ops_timed"] > 0.5 * r["ops_in_program"]
+    # The convolutions' and matmuls' multiply-adds against XLA's count of the whole step
+    # (which also counts elementwise work and skips padding taps).
+    assert 0.6 < r["gflop_per_step_counted"] / r["gflop_per_step_xla"] < 1.2
 
 
 def test_train_step_benchmark_figures_agree():
     """A tiny configuration on 2 of the 4 test devices: img/s is batch / step time, the
     parameter count is the model's, FLOPs and MFU are positive and MFU below 1."""
-    r = train_step.measure(stacks=1, features=16, res=32, batch=4, tasks="pose2d+segm",
-                           dtype="float32", steps=2, warmup=1, devices=2, depth=2)
-    assert r["devices"] == 2 and r["tasks"] == "pose2d+segm"
+    config = os.path.join(cli.REPO, "configs", "default.py") + ":tasks=pose2d+segm"
+    r = train_step.main([f"--config={config}", *TINY, "--config.batch_size=4", "--steps=2",
+                         "--warmup=1", "--devices=2"])
+    assert r["devices"] == 2 and r["tasks"] == "pose2d+segm" and r["res"] == 32
     assert np.isclose(r["img_per_s"], 4 / r["step_s"], rtol=0.01)
     assert r["params"] > 10_000
     assert r["gflop_per_img"] > 0
     assert np.isclose(r["gflop_per_s"], r["gflop_per_img"] * r["img_per_s"], rtol=0.02)
     assert 0 < r["mfu"] < 1
     assert np.isfinite(r["loss"])
+
+
+def test_benchmark_flags_name_a_field_the_config_lacks():
+    with pytest.raises(SystemExit, match="no field.*image_sise"):
+        cli.parse(cli.define_timing, ["--config.image_sise=64"], "doc")
+    fv = cli.parse(cli.define_timing, ["--config.image_size=64", "--steps=3"], "doc")
+    assert fv.config.image_size == 64 and fv.steps == 3 and fv.config.tasks == "pose2d"
+    args = cli.config_args(fv)
+    assert args[0] == f"--config={cli.DEFAULT_CONFIG}" and args[1:] == ["--config.image_size=64"]
+
+
+def test_compare_falls_back_to_the_default_compile_mode_when_max_autotune_runs_out_of_time(
+        monkeypatch):
+    calls = []
+
+    def run(script, config_args, steps, extra=(), devices=1, timeout=None):
+        calls.append((script, extra, timeout))
+        if "--compile_mode=max-autotune" in extra:
+            return None  # out of time
+        return {"img_per_s": 5.0, "compile_mode": "default", "compile_s": 80.0}
+
+    monkeypatch.setattr(compare, "run", run)
+    result = compare.compiled_torch(["--config.image_size=64"], 3, "max-autotune", 600)
+    assert calls == [("torch_reference.py", ("--compile", "--compile_mode=max-autotune"), 600),
+                     ("torch_reference.py", ("--compile", "--compile_mode=default"), None)]
+    assert result["compile_mode"] == "default" and result["compile_timed_out"]
+    assert result["compile_mode_tried"] == "max-autotune"
+    assert compare.variant_overrides("image_size=64, tasks=all") == [
+        "--config.image_size=64", "--config.tasks=all"]
+    with pytest.raises(SystemExit, match="field=value"):
+        compare.variant_overrides("image_size")
+
+
+def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
+    torch_reference = pytest.importorskip("torch_reference", exc_type=ImportError)
+    import jax
+
+    from hgmt.models import create_model
+    from hgmt.tasks import heads, parse_tasks
+
+    r = torch_reference.main(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
+    config = cli.parse(cli.define_timing, TINY, "doc").config
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
+    assert r["params"] == sum(x.size for x in jax.tree.leaves(shapes["params"]))
+    assert r["compile_mode"] == "eager" and r["img_per_s"] > 0 and r["res"] == 32
+    with pytest.raises(ValueError, match="interaction='sum'"):
+        torch_reference.main(TINY + ["--config.model.interaction=gated"])
+
+
+def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
+    from hgmt.training import summary_writer
+
+    writer = summary_writer.create(str(tmp_path))
+    for step, rate, wait in ((10, 50.0, 0.2), (20, 90.0, 0.01), (30, 110.0, 0.03)):
+        writer.write_scalars(step, {"img_per_s": rate, "data_wait": wait, "loss/total": 1.0})
+    writer.close()
+    scalars = trainer_speed.read_scalars(str(tmp_path))
+    assert scalars["img_per_s"] == {10: 50.0, 20: 90.0, 30: 110.0}
+    log = "I1203 08:00:00 loop.py:184] step 1 (compilation included) took 31.5 s\n"
+    figures = trainer_speed.trainer_figures(scalars, log)
+    # the first interval (the loader's start) is left out of the steady figures
+    assert figures["trainer_img_per_s"] == 100.0
+    assert figures["data_wait"] == pytest.approx(0.02)
+    assert figures["trainer_first_step_s"] == 31.5 and figures["intervals"] == 3
+    with pytest.raises(RuntimeError, match="log_every"):
+        trainer_speed.trainer_figures({}, log)
 
 
 def test_input_pipeline_benchmark_builds_its_data_and_reports_the_ratio(capsys):

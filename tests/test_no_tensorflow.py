@@ -54,14 +54,17 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 def test_commands_read_data_and_write_summaries_without_tensorflow(demo_dataset, tmp_path,
                                                                   no_tensorflow_env):
-    """The fast check: the three commands' modules import, a split opens and gives a batch,
-    and the summary writer writes it, where TensorFlow cannot be imported."""
+    """The fast check: the three commands' modules and the loop's benchmarks import, a split
+    opens and gives a batch, and the summary writer writes it, where TensorFlow cannot be
+    imported."""
     _, data_dir = demo_dataset
     logdir, saved = str(tmp_path / "logs"), str(tmp_path / "images.npy")
     code = f"""
 import sys
 import numpy as np
 import hgmt.evaluate, hgmt.main, hgmt.predict
+sys.path.insert(0, {os.path.join(REPO, "benchmarks")!r})
+import train_loop, trainer_speed  # the loop's benchmarks, for an accelerator host
 from hgmt.data import input_pipeline
 from hgmt.training import loop, summary_writer
 source = input_pipeline.open_split("surreal/all", {data_dir!r}, "train")
