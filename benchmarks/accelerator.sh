@@ -1,18 +1,100 @@
 #!/usr/bin/env bash
-# The accelerator measurements of README "Performance" in one run: hgmt's train step and the
-# PyTorch reference at the paper's size (2 stacks, 256 features, 256 px, bfloat16), one task
-# and all four, on the first local GPU/TPU. One JSON line per measurement, to stdout and to
-# ${OUT:-.}/accelerator.jsonl. Usage: benchmarks/accelerator.sh [batch] [--jax_only]
+# The accelerator measurements in one run, on the first local GPU/TPU, each one JSON line to
+# stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
+#
+#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=trainer,step,profile,torch]
+#
+# --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
+# --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
+# Parts, in this order (default: all):
+#   trainer  demo data built on this host (benchmarks/trainer_speed.py), then `hgmt.main` for
+#            pose2d at batch 128 and all four tasks at batch 64, the loader's workers on the
+#            host's cores (config.worker_count=-1), each against the bare step of its config:
+#            img/s, data wait, compile times (about 6-7 min of an H200 at the paper's size)
+#   step     the bare train step (benchmarks/train_step.py): pose2d at batch 64 and 128, all
+#            four at batch 64
+#   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
+#            batch 128, all four at batch 64
+#   torch    the PyTorch reference eager and compiled (benchmarks/torch_reference.py; compiled
+#            in max-autotune, else in the default mode when that takes over 600 s)
+# Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
+# fills it; see docs/performance.md) and are installed first into /tmp/site.
 set -uo pipefail
-cd "$(dirname "$0")"
-batch=${1:-64}
-jax_only=${2:-}
+cd "$(dirname "$0")/.."
+size=paper
+parts=trainer,step,profile,torch
+for arg in "$@"; do
+  case "$arg" in
+    --size=*) size=${arg#--size=} ;;
+    --parts=*) parts=${arg#--parts=} ;;
+    *) echo "unknown argument $arg; usage: $0 [--size=paper|tiny] [--parts=trainer,step,profile,torch]" >&2; exit 2 ;;
+  esac
+done
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
 log=${OUT:-.}/accelerator.jsonl
-run() { timeout 300 "$@" 2>&1 | tee -a "$log.err" | grep '^{' | tee -a "$log"; }
-size=(--stacks 2 --features 256 --res 256 --dtype bfloat16)
-run python3 train_step.py "${size[@]}" --batch "$batch" --tasks pose2d --steps 20 --warmup 3
-[ -z "$jax_only" ] && run python3 torch_reference.py "${size[@]}" --batch "$batch" --tasks pose2d --steps 20 --warmup 5
-run python3 train_step.py "${size[@]}" --batch $((2 * batch)) --tasks pose2d --steps 10 --warmup 3
-run python3 train_step.py "${size[@]}" --batch "$batch" --tasks all --steps 10 --warmup 3
-[ -z "$jax_only" ] && run python3 torch_reference.py "${size[@]}" --batch "$batch" --tasks all --steps 10 --warmup 5
+work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
+mkdir -p "$work"
+run() { timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"; }
+has() { [[ ",$parts," == *",$1,"* ]]; }
+
+case "$size" in
+  paper) model=(--config.image_size=256 --config.model.num_stacks=2 --config.model.features=256
+                --config.model.dtype=bfloat16)
+         b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=8; frames=30
+         step_steps=20; limit=900 ;;
+  tiny)  model=(--config.image_size=64 --config.model.num_stacks=1 --config.model.features=16
+                --config.model.depth=2 --config.model.dtype=float32)
+         b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
+         step_steps=2; limit=900 ;;
+  *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
+esac
+one=(--config=configs/default.py:tasks=pose2d "${model[@]}")
+all=(--config=configs/default.py:tasks=all "${model[@]}")
+cache=$work/jax_cache
+
+if has trainer; then
+  for spec in "pose2d $b1" "all $b4"; do
+    set -- $spec
+    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
+         --config.total_steps=$train_steps --config.log_every=$log_every
+         --config.worker_count=-1)
+    run "$limit" python3 benchmarks/trainer_speed.py "${cfg[@]}" --demo_data="$work/demo" \
+      --demo_clips=$clips --demo_frames=$frames --compilation_cache="$cache" \
+      --workdir="$work/run_$1_$2" --bare_steps=$step_steps
+  done
+fi
+if has step; then
+  for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
+    set -- $spec
+    run "$limit" python3 benchmarks/train_step.py --config=configs/default.py:tasks=$1 \
+      "${model[@]}" --config.batch_size=$2 --steps=$step_steps --warmup=3
+  done
+fi
+if has profile; then
+  for spec in "pose2d $b1" "all $b4"; do
+    set -- $spec
+    run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
+      "${model[@]}" --config.batch_size=$2 --steps=5 --warmup=2 --trace_dir="$work/trace_$1"
+  done
+fi
+if has torch; then
+  for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
+    set -- $spec
+    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
+         --steps=$step_steps --warmup=5)
+    run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}"
+    if ! run 600 python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
+        --compile_mode=max-autotune; then
+      echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"limit_s\": 600}" | tee -a "$log"
+      run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
+        --compile_mode=default
+    fi
+  done
+fi
 exit 0

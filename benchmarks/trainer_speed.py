@@ -1,0 +1,136 @@
+"""The real trainer's speed: `python -m hgmt.main` on demo data, its img/s and data wait as it
+logs them to TensorBoard, against the bare compiled step of the same config.
+
+    python3 benchmarks/trainer_speed.py --demo_data=/tmp/demo256 \
+        --config=configs/default.py:tasks=pose2d --config.batch_size=128 \
+        --config.model.dtype=bfloat16 --config.total_steps=300 --config.log_every=50
+
+With --demo_data the demo clips are generated and built there first (unless built already:
+`hgmt.data.demo`, no TensorFlow needed) and the run reads them (`surreal/all`). The bare step
+(benchmarks/train_step.py, the same config, a fixed batch already on the device) runs first in
+its own process, then the trainer, both with the same persistent compilation cache. The
+trainer's rate and data wait are the means of its TensorBoard intervals after the first (which
+holds the loader's start), its compile time the first step's as it logs it. Prints one JSON
+line: `trainer_over_bare` (goal >= 0.95) and `data_wait` (goal <= 0.02).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import cli
+from absl import flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOALS = {"trainer_over_bare": 0.95, "data_wait": 0.02}
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("demo_data", None, "build the demo dataset here (if missing) and train "
+                        "on it", flag_values=fv)
+    flags.DEFINE_integer("demo_clips", 8, "demo clips per split", flag_values=fv)
+    flags.DEFINE_integer("demo_frames", 30, "frames per demo clip", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "the trainer's workdir (default: a fresh temporary "
+                        "one; it must not hold a checkpoint of this config)", flag_values=fv)
+    flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache of both "
+                        "runs (default: a fresh temporary folder)", flag_values=fv)
+    flags.DEFINE_bool("bare", True, "also measure the bare step (benchmarks/train_step.py)",
+                      flag_values=fv)
+    flags.DEFINE_integer("bare_steps", 20, "timed steps of the bare step", flag_values=fv)
+
+
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of every scalar in the TensorBoard event files of `workdir`."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.tensor.float_val:
+                    number = value.tensor.float_val[0]
+                elif value.HasField("simple_value"):
+                    number = value.simple_value
+                else:
+                    continue
+                out.setdefault(value.tag, {})[event.step] = float(number)
+    return out
+
+
+COMPILE_LINE = re.compile(r"step (\d+) \(compilation included\) took ([\d.]+) s")
+
+
+def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
+    """The trainer's steady img/s and data wait (means over the logged intervals after the
+    first) and its first step's time (compilation included) from its log."""
+    rates = [v for _, v in sorted(scalars.get("img_per_s", {}).items())]
+    waits = [v for _, v in sorted(scalars.get("data_wait", {}).items())]
+    if not rates:
+        raise RuntimeError("the trainer logged no img_per_s: raise config.total_steps over "
+                           "config.log_every")
+    steady = slice(1, None) if len(rates) > 1 else slice(None)
+    compile_line = COMPILE_LINE.search(log)
+    return {"trainer_img_per_s": round(sum(rates[steady]) / len(rates[steady]), 2),
+            "data_wait": round(sum(waits[steady]) / len(waits[steady]), 4),
+            "intervals": len(rates), "all_img_per_s": [round(r, 2) for r in rates],
+            "all_data_wait": [round(w, 4) for w in waits],
+            "trainer_first_step_s": float(compile_line.group(2)) if compile_line else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    fv = cli.parse(_define_flags, argv, __doc__)
+    config_args = cli.config_args(fv)
+    if fv.demo_data:
+        from hgmt.data import demo
+
+        t0 = time.perf_counter()
+        demo.build(os.path.join(fv.demo_data, "surreal"), os.path.join(fv.demo_data, "tfds"),
+                   fv.demo_clips, fv.demo_frames)
+        build_s = time.perf_counter() - t0
+        config_args += ["--config.dataset=surreal/all",
+                        f"--config.data_dir={os.path.join(fv.demo_data, 'tfds')}"]
+    cache = fv.compilation_cache or tempfile.mkdtemp(prefix="hgmt_jax_cache_")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
+    bare = None
+    if fv.bare:
+        proc = subprocess.run([sys.executable, os.path.join(HERE, "train_step.py"),
+                               *config_args, f"--steps={fv.bare_steps}", "--warmup=3"],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise RuntimeError(f"train_step.py failed:\n{proc.stderr[-3000:]}")
+        bare = json.loads(proc.stdout.strip().splitlines()[-1])
+    workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hgmt.main", *config_args,
+                           f"--workdir={workdir}", f"--compilation_cache={cache}"],
+                          capture_output=True, text=True, env=env)
+    wall_s = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"hgmt.main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    figures = trainer_figures(read_scalars(workdir), proc.stderr)
+    result = {"benchmark": "trainer", **cli.describe(fv.config),
+              "worker_count": fv.config.worker_count, "cpus": os.cpu_count(),
+              "total_steps": fv.config.total_steps, "log_every": fv.config.log_every,
+              **figures, "trainer_wall_s": round(wall_s, 1)}
+    if fv.demo_data:
+        result["demo_build_s"] = round(build_s, 1)
+    if bare:
+        result.update({
+            "bare_img_per_s": bare["img_per_s"], "bare_compile_s": bare["compile_s"],
+            "trainer_over_bare": round(figures["trainer_img_per_s"] / bare["img_per_s"], 3),
+            "device": bare["device"], "backend": bare["backend"], "mfu_bare": bare["mfu"]})
+    result["goals"] = GOALS
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
