@@ -66,7 +66,10 @@ def loop_img_per_s(config: ml_collections.ConfigDict, steps: int) -> float:
     config = ml_collections.ConfigDict(config.to_dict())
     config.total_steps, config.log_every = 2 * steps, steps
     config.checkpoint_every = 10 * config.total_steps  # only the final one, after timing
-    config.eval_every = 0
+    for evaluator in config.get("evals", {}).values():  # no evaluation: no dataset here
+        evaluator.every, evaluator.at_end = 0, False
+    if "augment_on" in config:
+        config.augment_on = "host"  # the in-memory batch is already cropped, as the host's
     rates = Rates()
     with tempfile.TemporaryDirectory() as workdir:
         loop.train(config, workdir, writer=rates,

@@ -56,6 +56,9 @@ def random_batch(batch: int, res: int, seed: int = 0) -> dict:
         "segm": rng.integers(0, 15, (batch, r, r)).astype(np.int32),
         "depth": np.where(rng.uniform(size=(batch, r, r)) < 0.3,
                           rng.normal(5, 0.2, (batch, r, r)), 0).astype(np.float32),
+        # the builder's depth classes: 0 background, 1..19 the bins around the pelvis
+        "depth_class": np.where(rng.uniform(size=(batch, r, r)) < 0.3,
+                                rng.integers(1, 20, (batch, r, r)), 0).astype(np.int32),
         "crop": crop,
     }
 

@@ -11,7 +11,10 @@ With --demo_data the demo clips are generated and built there first (unless buil
 its own process, then the trainer, both with the same persistent compilation cache. The
 trainer's rate and data wait are the means of its TensorBoard intervals after the first (which
 holds the loader's start), its compile time the first step's as it logs it. Prints one JSON
-line: `trainer_over_bare` (goal >= 0.95) and `data_wait` (goal <= 0.02).
+line: `trainer_over_bare` (goal >= 0.95) and `data_wait` (goal <= 0.02). The bare step takes
+cropped batches; with `config.augment_on` device (auto's choice on an accelerator) the
+trainer's step also crops and augments, so the ratio counts that work too
+(`--config.augment_on=host` leaves it to the loader).
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = trainer_figures(read_scalars(workdir), proc.stderr)
     result = {"benchmark": "trainer", **cli.describe(fv.config),
               "worker_count": fv.config.worker_count, "cpus": os.cpu_count(),
+              "augment_on": fv.config.get("augment_on", "host"),
               "total_steps": fv.config.total_steps, "log_every": fv.config.log_every,
               **figures, "trainer_wall_s": round(wall_s, 1)}
     if fv.demo_data:

@@ -200,6 +200,15 @@ def test_train_step_benchmark_figures_agree():
     assert np.isfinite(r["loss"])
 
 
+def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
+    from hgmt.tasks import TASKS
+
+    batch = train_step.random_batch(2, 32)
+    for name, task in TASKS.items():
+        target = np.asarray(task.targets(batch))
+        assert target.shape[:3] == (2, 8, 8) and np.isfinite(target).all(), name
+
+
 def test_benchmark_flags_name_a_field_the_config_lacks():
     with pytest.raises(SystemExit, match="no field.*image_sise"):
         cli.parse(cli.define_timing, ["--config.image_sise=64"], "doc")
