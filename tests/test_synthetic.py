@@ -119,17 +119,31 @@ def test_demo_segments_carry_surreal_names(clips):
 
 
 @pytest.mark.parametrize("flip", [False, True])
-def test_sided_joints_fall_on_same_side_parts(clips, flip):
-    """Part names follow the person's own side, like the joints, in crops flipped or not."""
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_sided_joints_fall_on_same_side_parts(clips, flip, augment_on):
+    """Part names follow the person's own side, like the joints, in crops flipped or not, made
+    by the loader (host) or in the train step (device)."""
+    from hgmt.data import device_augment as da
     from hgmt.data import input_pipeline as ip
 
     augment = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0),
                          flip_p=1.0 if flip else 0.0)
+    tasks = ("pose2d", "segm")
     same = other = 0
     for stem in clips[1]:
         clip = surreal.load_clip(stem)
-        for t in range(clip.num_frames):
-            ex = ip.crop_example(_record(clip, t), 256, augment)
+        records = [_record(clip, t) for t in range(clip.num_frames)]
+        if augment_on == "host":
+            examples = [ip.crop_example(r, 256, augment, tasks=tasks) for r in records]
+        else:
+            raw = [da.decode_record(r, ("segm",)) for r in records]
+            batch = {k: np.stack([x[k] for x in raw]) for k in raw[0]}
+            n = len(records)
+            params = {"scale": np.ones(n, np.float32), "rotation": np.zeros(n, np.float32),
+                      "flip": np.full(n, flip), "gain": np.ones((n, 3), np.float32)}
+            out = da.crop_batch(batch, params, 256, tasks)
+            examples = [{k: np.asarray(v[i]) for k, v in out.items()} for i in range(n)]
+        for ex in examples:
             s, o = _side_hits(ex["joints2d"], ex["segm"])
             same, other = same + s, other + o
     # A joint hidden behind the other side's limb shows that limb: a few per cent.
