@@ -9,7 +9,9 @@ Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its
 dead process is detected within --heartbeat_timeout seconds (hgmt.training.peers).
 
 Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
-checkpoint; rerun the same command to resume.
+checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peers.EXIT_PEER_LOST):
+another process of a multi-host run died ("PeerLost: lost process(es) N of M at step S"); rerun
+the job to resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED
+    except peers.PeerLost as e:
+        peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
     if jax.process_index() == 0:
         for name, summary in summaries.items():
             out = os.path.join(os.path.abspath(FLAGS.workdir), f"eval_{name}.json")

@@ -43,6 +43,10 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
                              checkpoint_every=2, **{"optimizer.schedule": "constant"})
     try:
         state = loop.train(config, workdir)
+    except peers.PeerLost as e:
+        print(f"(test) PeerLost raised by the main thread after a {type(e.__cause__).__name__}",
+              flush=True)
+        peers.exit_lost(e)  # as hgmt.main does
     except preemption.Preempted as e:
         with open(os.path.join(workdir, f"preempted_{process_id}.json"), "w") as f:
             json.dump({"step": e.step}, f)

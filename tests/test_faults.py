@@ -23,7 +23,15 @@ from hgmt.data import shards
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
-from hgmt.training import checkpoints, device_memory, loop, preemption, steps, workdir_lock
+from hgmt.training import (
+    checkpoints,
+    device_memory,
+    loop,
+    peers,
+    preemption,
+    steps,
+    workdir_lock,
+)
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -354,7 +362,10 @@ def _wait_for_checkpoint(workdir: str, step: int, procs, timeout: float = 300) -
         if os.path.isdir(ckpt) and any(d.isdigit() and int(d) >= step for d in os.listdir(ckpt)):
             return
         time.sleep(0.2)
-    raise AssertionError(f"no checkpoint >= {step} in {ckpt} in time")
+    ended = [p.communicate()[0] for p in procs if p.poll() is not None]
+    ended = [out if len(out) < 4000 else f"{out[:3000]} ... {out[-1000:]}" for out in ended]
+    raise AssertionError(f"no checkpoint >= {step} in {ckpt} in time; output of a process that "
+                         f"ended: {ended[:1]}")
 
 
 def _workers(workdir, data_dir, total_steps, port=None):
@@ -397,18 +408,24 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
 
 @pytest.mark.slow
 def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path):
+    """The survivor ends with hgmt's one line naming the lost process and the step, and exit
+    status 69, whichever notices first (the failed collective or the watchdog); never with the
+    coordination service's fatal heartbeat abort (10 s heartbeat timeout here: the watchdog's;
+    the service's is 30 s)."""
     procs = _workers(str(tmp_path), demo_dataset[1], total_steps=100_000)
-    _wait_for_checkpoint(str(tmp_path), 2, procs)
+    _wait_for_checkpoint(str(tmp_path), 2, procs, timeout=600)  # compiling on a loaded host
     procs[1].kill()
     t0 = time.time()
     out = procs[0].communicate(timeout=150)[0]
     elapsed = time.time() - t0
-    print(f"the survivor exited {elapsed:.1f} s after the kill (heartbeat timeout 10 s)")
-    assert procs[0].returncode not in (0, None) and elapsed < 120, (elapsed, out[-3000:])
-    assert "a collective failed" in out, out[-3000:]
-    # Named by hgmt's PeerLost or by JAX's coordination service, whichever comes first.
-    assert "PeerLost: lost process(es) 1 of 2" in out or re.search(
-        r"tasks are unhealthy \(stopped sending heartbeats\):\s*1\b", out), out[-3000:]
+    print(f"the survivor exited {elapsed:.1f} s after the kill (heartbeat timeout 10 s); "
+          f"{'main thread' if '(test) PeerLost raised by the main thread' in out else 'watchdog'}")
+    assert procs[0].returncode == peers.EXIT_PEER_LOST and elapsed < 60, (elapsed,
+                                                                          out[-3000:])
+    lines = re.findall(r"PeerLost: lost process\(es\) 1 of 2 at step (\d+): this is "
+                       r"process 0, stopping", out)
+    assert len(lines) == 1 and int(lines[0]) >= 2, out[-3000:]
+    assert "Terminating process because" not in out and "unhealthy" not in out, out[-3000:]
     procs[1].wait()
 
 

@@ -84,16 +84,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
                          f"{jax.device_count()} devices")
     lock = workdir_lock.hold_for_job(workdir)
     try:
-        with preemption.PreemptionWatch() as watch, peers.lost_peers(), \
+        with preemption.PreemptionWatch() as watch, peers.watched() as peer_watch, \
                 device_memory.explained(config, "while compiling or running the training step"):
-            return _train(config, workdir, writer, loader, tasks, weights, options, watch)
+            return _train(config, workdir, writer, loader, tasks, weights, options, watch,
+                          peer_watch)
     finally:
         lock.release()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
            tasks: tuple[str, ...], weights: dict, options: dict,
-           watch: preemption.PreemptionWatch) -> steps.TrainState:
+           watch: preemption.PreemptionWatch,
+           peer_watch: peers.PeerWatch | None = None) -> steps.TrainState:
     if jax.process_index() == 0:
         workdirs.save_config(config, workdir)
     own_writer = writer is None
@@ -189,6 +191,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         with checkpoints.stop_on_full_disk(workdir, saving):
             mngr.check_for_errors()  # a failed background write stops the run at once
         t0 = time.perf_counter()
+        if peer_watch is not None:
+            peer_watch.step = step  # what a lost peer's message names
         batch = next(device_iter)
         data_iter.consumed()
         wait_time += time.perf_counter() - t0

@@ -1,29 +1,47 @@
-"""Multi-host runs: `jax.distributed` set up with bounded failure detection, and an error that
-names the lost process when a peer dies.
+"""Multi-host runs: `jax.distributed` set up with bounded failure detection, and one message,
+`PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer is noticed.
 
-When a process of the job dies, the others notice in one of two ways:
-- a collective fails at once (CPU: gloo reports "connection closed by peer"): `lost_peers()`
-  logs that and asks the coordination service which processes it still sees, which takes up
-  to the heartbeat timeout; the answer becomes a `PeerLost` naming them, unless the service's
-  own termination (next point) comes first, as it did in the tests: it names the process too;
-- a collective hangs (GPU/TPU collectives wait for the peer): the coordination service misses
-  the dead process's heartbeats for `heartbeat_timeout_s` and terminates every other process
-  ("Terminating process because the JAX distributed service detected fatal errors ... Task N
-  heartbeat timeout", N the lost process). Without a timeout the job would hang until the
-  scheduler's time limit.
-`shutdown_timeout_s` bounds the exit barrier the same way.
+A process of the job that dies is noticed in one of three ways, and used to end in different
+words (a Python traceback, or a fatal C++ log line and stack trace), depending on which won:
+- a collective fails at once (CPU: gloo reports "connection closed by peer");
+- a collective hangs (GPU/TPU collectives wait for the peer);
+- JAX's coordination service misses the dead process's heartbeats for its heartbeat timeout and
+  terminates every other process ("Terminating process because the JAX distributed service
+  detected fatal errors ... tasks are unhealthy"), with no Python code run.
+
+`watched()` runs a watchdog thread (`PeerWatch`) that beats a counter in the coordination
+service's key-value store every `INTERVAL_S` and reads everyone's: a peer whose counter has not
+moved for `heartbeat_timeout_s` is lost. `initialize` gives JAX's service three times that,
+as a backstop for a watchdog that cannot run, so hgmt's verdict always comes first:
+- when a collective failed, the trainer waits for the watchdog's verdict and raises `PeerLost`;
+  `exit_lost` (hgmt.main, the test worker) logs the one line and exits with EXIT_PEER_LOST at
+  once, without the exit barrier that would wait for the dead peer;
+- when the main thread is stuck in a hung collective, the watchdog itself logs the same line
+  and exits with EXIT_PEER_LOST.
+`shutdown_timeout_s` bounds the exit barrier of a normal exit the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
+import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import jax
 
 HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
+INTERVAL_S = 0.5  # how often the watchdog beats and looks
+EXIT_PEER_LOST = 69  # sysexits' EX_UNAVAILABLE: a process of the job is gone; rerun to resume
+_DONE = "done"  # a process's counter once it left training: not judged any more
+
+_heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
+_runs = itertools.count()  # one key prefix per watch: every process makes them in one order
 
 
 class PeerLost(RuntimeError):
@@ -34,48 +52,121 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
                shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> None:
     """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
-    timeouts that bound how long the others wait for a dead process."""
+    timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
+    process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
+    verdict ends the process without a word from hgmt, gets three times that."""
+    global _heartbeat_timeout_s
+    _heartbeat_timeout_s = heartbeat_timeout_s
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s,
+                               heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
                                shutdown_timeout_seconds=shutdown_timeout_s)
 
 
-def _dead_processes() -> list[int] | None:
-    """Processes the coordination service no longer sees (waits up to the heartbeat timeout
-    for it to decide); None when the service itself is unreachable (process 0 died)."""
+def _client():
     from jax._src import distributed
 
-    client = distributed.global_state.client
-    if client is None:
-        return []
-    everyone = list(range(jax.process_count()))
-    try:
-        alive = client.get_live_nodes(everyone)
-    except Exception:  # noqa: BLE001  (the coordinator is gone)
-        return None
-    return [i for i in everyone if i not in alive]
+    return distributed.global_state.client
+
+
+def exit_lost(error: PeerLost | str) -> None:
+    """Logs `PeerLost: <what>` and ends this process with EXIT_PEER_LOST at once (no exit
+    barrier: it would wait for the dead peer until the coordination service kills us)."""
+    logging.error("PeerLost: %s", error)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PEER_LOST)
+
+
+class PeerWatch:
+    """The watchdog thread (multi-process runs only; inert otherwise). The trainer sets `step`
+    as it goes; `lost` is the verdict once a peer is lost."""
+
+    def __init__(self, timeout_s: float | None = None, interval_s: float = INTERVAL_S,
+                 grace_s: float = 3.0):
+        self.active = jax.process_count() > 1 and _client() is not None
+        self.timeout_s = timeout_s or _heartbeat_timeout_s
+        self.interval_s, self.grace_s = interval_s, grace_s
+        self.step: int | None = None
+        self.lost: str | None = None
+        self.found = threading.Event()  # a verdict is in `lost`
+        self.taken = threading.Event()  # the main thread raises it itself
+        self._stop = threading.Event()
+        self._prefix = f"hgmt/alive/{next(_runs)}/"
+        self._thread = threading.Thread(target=self._run, name="hgmt-peer-watch", daemon=True)
+
+    def __enter__(self) -> PeerWatch:
+        if self.active:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
+        self._stop.set()
+        self._thread.join()
+        if not self.found.is_set():
+            with contextlib.suppress(Exception):  # peers stop judging this process
+                _client().key_value_set(self._prefix + str(jax.process_index()), _DONE,
+                                        allow_overwrite=True)
+
+    def _run(self) -> None:
+        client, me, count = _client(), jax.process_index(), jax.process_count()
+        seen: dict[int, tuple[str, float]] = {}  # peer -> (counter, when it last moved)
+        reachable = time.monotonic()
+        for beat in itertools.count(1):
+            if self._stop.wait(self.interval_s):
+                return
+            now = time.monotonic()
+            try:
+                client.key_value_set(self._prefix + str(me), str(beat), allow_overwrite=True)
+                values = {k.rsplit("/", 1)[-1]: v for k, v in
+                          client.key_value_dir_get(self._prefix)}
+                reachable = now
+            except Exception:  # noqa: BLE001  (the coordinator is gone)
+                if now - reachable > self.timeout_s:
+                    return self._verdict("process 0 (the coordinator) is unreachable")
+                continue
+            dead = []
+            for peer in range(count):
+                value = values.get(str(peer))
+                if peer == me or value is None or value == _DONE:
+                    continue  # not started training yet, or done with it
+                if peer not in seen or seen[peer][0] != value:
+                    seen[peer] = (value, now)
+                elif now - seen[peer][1] > self.timeout_s:
+                    dead.append(peer)
+            if dead:
+                return self._verdict(f"lost process(es) {', '.join(map(str, dead))} of {count}")
+
+    def _verdict(self, who: str) -> None:
+        when = "before the first step" if self.step is None else f"at step {self.step}"
+        self.lost = (f"{who} {when}: this is process {jax.process_index()}, "
+                     f"stopping. Check the lost process's log and the scheduler's events "
+                     f"(preemption, OOM kill); rerun the job to resume from the last "
+                     f"checkpoint")
+        self.found.set()
+        if not self.taken.wait(self.grace_s):  # the main thread is stuck (a hung collective)
+            exit_lost(self.lost)
 
 
 @contextlib.contextmanager
-def lost_peers() -> Iterator[None]:
-    """Turns a failed collective caused by a dead peer into `PeerLost` naming it."""
-    try:
-        yield
-    except jax.errors.JaxRuntimeError as e:
-        if jax.process_count() == 1:
-            raise
-        logging.error("a collective failed (%s): another process of this run has probably "
-                      "died. Asking the coordination service which one; it decides within "
-                      "the heartbeat timeout, and may terminate this process itself with "
-                      "'The following tasks are unhealthy (stopped sending heartbeats): N', "
-                      "N the lost process", str(e)[:200])
-        dead = _dead_processes()
-        if dead == []:
-            raise
-        who = ("process 0 (the coordinator) is unreachable" if dead is None else
-               f"lost process(es) {', '.join(map(str, dead))} of {jax.process_count()}")
-        raise PeerLost(
-            f"{who}: this is process {jax.process_index()}, stopping. Check the lost "
-            f"process's log and the scheduler's events (preemption, OOM kill); rerun the job "
-            f"to resume from the last checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+def watched() -> Iterator[PeerWatch]:
+    """Runs a `PeerWatch` around training and turns a collective that failed because a peer
+    died into `PeerLost` with the watchdog's verdict (waiting for it: at most the heartbeat
+    timeout). Other errors, and every error of a single-process run, pass as they
+    are."""
+    with PeerWatch() as watch:
+        try:
+            yield watch
+        except jax.errors.JaxRuntimeError as e:
+            if not watch.active:
+                raise
+            logging.info("a collective failed (%s); asking the watchdog which process is "
+                         "lost", str(e)[:200])
+            if not watch.found.wait(watch.timeout_s + 4 * watch.interval_s + 1):
+                raise
+            watch.taken.set()
+            raise PeerLost(watch.lost) from e
