@@ -1,11 +1,18 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
-    python -m hgmt.predict --workdir=DIR IMAGE [IMAGE ...] --out=OUTDIR [--bbox=x,y,w,h] [--step=N]
+    python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out=OUTDIR [--bbox=x,y,w,h]
+        [--step=N] [--batch_size=8]
 
+Each argument is an image or a video (by its suffix: .mp4, .avi, .mov, .mkv, .webm, .m4v).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
 OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
+For each video, every frame is predicted, --batch_size frames at a time on JAX's default
+device, and it writes OUTDIR/<name>.jsonl (one such JSON object per frame, with its 'frame'
+index and 'time_s'), OUTDIR/<name>.annotated.mp4 (H.264: each frame with the person's window,
+then each task's picture of the crop) and OUTDIR/<name>.summary.json (frames, frames per
+second end to end and predicting, device), and prints the frame rates.
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
 margin, as training crops are). Without it the person is found: the model runs on the whole
@@ -32,7 +39,7 @@ import sys
 import cv2
 
 from hgmt import cli
-from hgmt.inference import predictor
+from hgmt.inference import predictor, video
 
 
 def _define_flags(fv) -> None:
@@ -40,17 +47,20 @@ def _define_flags(fv) -> None:
 
     cli.define_workdir(fv)
     flags.DEFINE_string("out", None, "output directory", flag_values=fv, required=True)
-    flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels "
-                        "(default: found by the model)", flag_values=fv)
+    flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels, in "
+                        "every image and video frame (default: found by the model)",
+                        flag_values=fv)
+    flags.DEFINE_integer("batch_size", 8, "crops the model runs at once (video frames are "
+                         "predicted this many at a time)", flag_values=fv, lower_bound=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.predict --workdir=DIR --out=DIR [--bbox=x,y,w,h] [--step=N|best]
-    IMAGE...`."""
+    [--batch_size=8] IMAGE_OR_VIDEO...`."""
     args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
                              cli.workdir_config(argv))
     if not images:
-        raise SystemExit("error: give one or more image files after the flags")
+        raise SystemExit("error: give one or more image or video files after the flags")
     logging.basicConfig(level=logging.WARNING)
     bbox = None
     if args.bbox:
@@ -60,11 +70,27 @@ def main(argv: list[str] | None = None) -> int:
             bbox = []
         if len(bbox) != 4:
             raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
-    model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config)
+    model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
+                                batch_size=args.batch_size)
     os.makedirs(args.out, exist_ok=True)
     failed = []
     for path in images:
         name = os.path.splitext(os.path.basename(path))[0]
+        if video.is_video(path):
+            try:
+                summary = video.predict_video(model, path, args.out, bbox)
+            except (OSError, ValueError) as e:
+                print(f"skipped {path}: {e}", file=sys.stderr)
+                failed.append(path)
+                continue
+            summary.update(step=model.step, tasks=list(model.tasks))
+            with open(os.path.join(args.out, name + ".summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+            print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
+                  f"{summary['frames']} frames, {summary['frames_per_second']:.1f} frames/s "
+                  f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
+                  f"predicting ({summary['device']}, batch {model.batch_size})")
+            continue
         try:
             result = model(predictor.read_image(path), bbox)
         except (OSError, ValueError) as e:

@@ -546,3 +546,60 @@ def test_the_demo_model_finds_a_small_person_anywhere_on_a_larger_canvas(demo_mo
     frames_within = (errors <= 2).all(axis=1)
     assert frames_within.mean() >= 0.75, np.round(errors.max(axis=1), 1)
     assert sum(f["window"].found_by.startswith("joints") for f in found) >= 30
+
+
+# --- Video -------------------------------------------------------------------------------------
+DEMO_CLIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "data_builders", "surreal", "dummy_data", "cmu", "test", "run0",
+                         "03_01", "03_01_c0001.mp4")
+
+
+def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_path, capsys):
+    """Every frame of a demo clip (8 frames, H.264), predicted 3 at a time (batches of 3, 3,
+    2): one JSON line each, as predicting that frame alone on the window the line records;
+    an H.264 mp4 of the annotated frames; the frame rates reported."""
+    import av
+
+    frames = surreal.read_video(DEMO_CLIP)
+    out = tmp_path / "out"
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out={out}",
+                              "--batch_size=3"]) == 0
+    assert sorted(os.listdir(out)) == ["03_01_c0001.annotated.mp4", "03_01_c0001.jsonl",
+                                       "03_01_c0001.summary.json"]
+    with open(out / "03_01_c0001.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert [line["frame"] for line in lines] == list(range(8))
+    np.testing.assert_allclose([line["time_s"] for line in lines], np.arange(8) / 30, atol=1e-3)
+    for k in (0, 4, 7):
+        alone = predictor(frames[k], lines[k]["bbox"])
+        np.testing.assert_allclose(lines[k]["joints2d_image_px"], alone["joints2d"], atol=0.02)
+        assert np.mean(np.asarray(lines[k]["segm_classes"]) == alone["segm"]) >= 0.99
+        assert lines[k]["bbox_found_by"] in ("whole image: no person found",
+                                             "joints (pose2d)", "foreground (depth+segm)")
+        assert lines[k]["model_passes"] >= 1 and lines[k]["tasks"] == list(predictor.tasks)
+
+    with open(out / "03_01_c0001.summary.json") as f:
+        summary = json.load(f)
+    assert summary["frames"] == 8 and summary["first_batch_excluded"]
+    assert summary["frames_per_second"] > 0 and summary["predict_frames_per_second"] > 0
+    assert summary["device"] == "cpu" and summary["step"] == 2
+    printed = capsys.readouterr().out
+    assert "8 frames" in printed and "frames/s end to end" in printed
+
+    with av.open(str(out / "03_01_c0001.annotated.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and float(stream.average_rate) == 30
+        annotated = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    # The frame, then the four tasks' pictures of the crop, each 240 px square.
+    assert annotated.shape == (8, 240, 320 + 4 * 240, 3)
+    assert np.median(np.abs(annotated[:, :, :320].astype(int) - frames)) <= 3
+
+
+def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
+    fake = tmp_path / "clip.mp4"
+    fake.write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(fake), str(tmp_path / "gone.mp4"), f"--workdir={workdir}",
+                              f"--out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "clip.mp4 cannot be opened" in err and "gone.mp4 not found" in err

@@ -208,7 +208,7 @@ def to_json(result: dict, tasks: Sequence[str]) -> dict:
     (joints, class maps in the crop's label frame, as lists)."""
     window = result["window"]
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
-           "bbox": np.round(window.bbox, 2).tolist(), "bbox_found_by": window.found_by,
+           "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,
            "model_passes": result["passes"],
            "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
     for t in tasks:
