@@ -1,7 +1,7 @@
 """Evaluate a checkpoint of a training workdir on a split of its dataset.
 
     python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--frames=middle]
-        [--max_examples=0] [--flip] [--protocol=hgmt|bodynet|surreal] [--out=FILE.json]
+        [--max_examples=0] [--flip] [--protocol=hgmt|bodynet|surreal] [--out_file=FILE.json]
         [--config.x=y ...]
 
 evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
@@ -40,13 +40,13 @@ def _define_flags(fv) -> None:
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
                       "computes (docs/metrics.md)", flag_values=fv)
-    flags.DEFINE_string("out", None, "JSON path (default <workdir>/eval_<split>_<step>"
+    flags.DEFINE_string("out_file", None, "JSON path (default <workdir>/eval_<split>_<step>"
                         "[_<protocol>].json); a .md table is written beside it", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--flip]
-    [--protocol=hgmt|bodynet|surreal] [--out=F] [--config.data_dir=...]`."""
+    [--protocol=hgmt|bodynet|surreal] [--out_file=F] [--config.data_dir=...]`."""
     args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if step_arg == "best":
         summary["checkpoint"] = "best"
     name = f"best_{step}" if step_arg == "best" else str(step)
-    out = args.out or os.path.join(args.workdir,
+    out = args.out_file or os.path.join(args.workdir,
                                    workdirs.result_file(args.protocol, args.split, name))
     evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))

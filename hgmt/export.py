@@ -1,18 +1,19 @@
 """Export the inference function of a checkpoint for serving.
 
-    python -m hgmt.export --workdir=DIR --format=stablehlo --out=model.jaxexport
-    python -m hgmt.export --workdir=DIR --format=savedmodel --out=saved_model_dir
+    python -m hgmt.export --workdir=DIR --format=stablehlo --out_dir=OUTDIR
+    python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR
 
 The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
 (R = config.image_size, B any size; the model normalises it) to the last stage's per-task
 outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 
-- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size; reload with
-  `load_stablehlo(path)` (or `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
-- `savedmodel`: a TensorFlow SavedModel made with jax2tf (native serialisation), signature
-  `serving_default(images)`; reload with `tf.saved_model.load` (TF Serving, TF Lite converter).
-A JSON file `<out>.json` (stablehlo) or `<out>/hgmt.json` (savedmodel) records the tasks,
-input size, checkpoint step and normalisation.
+- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size, in
+  OUTDIR/model.jaxexport; reload with `hgmt.inference.export.load_stablehlo(OUTDIR)` (or
+  `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
+- `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
+  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving,
+  TF Lite converter).
+OUTDIR/hgmt.json records the tasks, input size, checkpoint step and normalisation.
 """
 
 from __future__ import annotations
@@ -33,27 +34,28 @@ def _define_flags(fv) -> None:
     cli.define_workdir(fv)
     flags.DEFINE_enum("format", None, list(export.FORMATS), "artefact format", flag_values=fv,
                       required=True)
-    flags.DEFINE_string("out", None, "output path", flag_values=fv, required=True)
+    flags.DEFINE_string("out_dir", None, "output directory: the artefact and hgmt.json go "
+                        "into it", flag_values=fv, required=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out=PATH
+    """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out_dir=DIR
     [--step=N|best]`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
-    meta = export.export(args.workdir, args.format, args.out, cli.checkpoint_step(args.step),
-                  args.config)
+    meta = export.export(args.workdir, args.format, args.out_dir,
+                         cli.checkpoint_step(args.step), args.config)
     size = meta["image_size"]
     # Smoke-check the artefact before reporting success.
     x = np.zeros((2, size, size, 3), np.float32)
     if args.format == "stablehlo":
-        shapes = {t: v.shape for t, v in export.load_stablehlo(args.out)(x).items()}
+        shapes = {t: v.shape for t, v in export.load_stablehlo(args.out_dir)(x).items()}
     else:
         import tensorflow as tf
 
-        loaded = tf.saved_model.load(args.out)
+        loaded = tf.saved_model.load(args.out_dir)
         shapes = {t: tuple(v.shape) for t, v in loaded.signatures["serving_default"](
             images=tf.constant(x)).items()}
-    print(json.dumps({"out": os.path.abspath(args.out), "format": args.format,
+    print(json.dumps({"out_dir": os.path.abspath(args.out_dir), "format": args.format,
                       "tasks": meta["tasks"], "step": meta["step"],
                       "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))
     return 0

@@ -1,6 +1,6 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
-    python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out=OUTDIR [--bbox=x,y,w,h]
+    python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out_dir=OUTDIR [--bbox=x,y,w,h]
         [--step=N] [--batch_size=8]
 
 Each argument is an image or a video (by its suffix: .mp4, .avi, .mov, .mkv, .webm, .m4v).
@@ -46,7 +46,7 @@ def _define_flags(fv) -> None:
     from absl import flags
 
     cli.define_workdir(fv)
-    flags.DEFINE_string("out", None, "output directory", flag_values=fv, required=True)
+    flags.DEFINE_string("out_dir", None, "output directory", flag_values=fv, required=True)
     flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels, in "
                         "every image and video frame (default: found by the model)",
                         flag_values=fv)
@@ -55,7 +55,7 @@ def _define_flags(fv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.predict --workdir=DIR --out=DIR [--bbox=x,y,w,h] [--step=N|best]
+    """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
     [--batch_size=8] IMAGE_OR_VIDEO...`."""
     args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
                              cli.workdir_config(argv))
@@ -72,19 +72,19 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
     model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                 batch_size=args.batch_size)
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.out_dir, exist_ok=True)
     failed = []
     for path in images:
         name = os.path.splitext(os.path.basename(path))[0]
         if video.is_video(path):
             try:
-                summary = video.predict_video(model, path, args.out, bbox)
+                summary = video.predict_video(model, path, args.out_dir, bbox)
             except (OSError, ValueError) as e:
                 print(f"skipped {path}: {e}", file=sys.stderr)
                 failed.append(path)
                 continue
             summary.update(step=model.step, tasks=list(model.tasks))
-            with open(os.path.join(args.out, name + ".summary.json"), "w") as f:
+            with open(os.path.join(args.out_dir, name + ".summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
             print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
                   f"{summary['frames']} frames, {summary['frames_per_second']:.1f} frames/s "
@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failed.append(path)
             continue
-        cv2.imwrite(os.path.join(args.out, name + ".png"),
+        cv2.imwrite(os.path.join(args.out_dir, name + ".png"),
                     predictor.panel(result)[..., ::-1])
-        with open(os.path.join(args.out, name + ".json"), "w") as f:
+        with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
             json.dump({"image": os.path.abspath(path), "step": model.step,
                        **predictor.to_json(result, model.tasks)}, f)
-        print(f"{path} -> {os.path.join(args.out, name)}.png/.json")
+        print(f"{path} -> {os.path.join(args.out_dir, name)}.png/.json")
     return 1 if failed else 0
 
 

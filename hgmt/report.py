@@ -1,12 +1,13 @@
 """The task-combination study: which tasks help which (the seed paper's analysis).
 
-    python -m hgmt.report --sweep=runs/sweep --out=docs/study [--protocol=hgmt|bodynet|surreal]
-    python -m hgmt.report --sweep=runs/sweep --check_config
+    python -m hgmt.report --sweep_dir=runs/sweep --out_dir=docs/study \\
+        [--protocol=hgmt|bodynet|surreal]
+    python -m hgmt.report --sweep_dir=runs/sweep --check_config
 
-reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
-`--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
+reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
+`--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
-writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables),
+writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables),
 report.json, claims.json (hgmt/claims.py) and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
@@ -14,7 +15,7 @@ per-joint / per-part change of the best multi-task model over the isolated one
 config.json files).
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
-and arguments of the sweep's plan (SWEEP/sweep.json) as they are now, prints the runs whose
+and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
 config.json differs (field by field), and exits 1 if any does, 0 if all match. Editing the
 config file after a sweep is allowed; this says which runs no longer follow it.
 """
@@ -33,9 +34,9 @@ from hgmt.study import claims, report, runs
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("sweep", None, "sweep directory (launch/sweep.py)", flag_values=fv,
-                        required=True)
-    flags.DEFINE_string("out", None, "report directory (required unless --check_config)",
+    flags.DEFINE_string("sweep_dir", None, "sweep directory (launch/sweep.py)",
+                        flag_values=fv, required=True)
+    flags.DEFINE_string("out_dir", None, "report directory (required unless --check_config)",
                         flag_values=fv)
     flags.DEFINE_string("note", "", "a line placed under the title (e.g. the data)",
                         flag_values=fv)
@@ -64,13 +65,13 @@ def check_config(sweep_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.report --sweep=DIR --out=DIR [--protocol=P] [--note=TEXT |
-    --note_file=FILE]` or `python -m hgmt.report --sweep=DIR --check_config`."""
+    """`python -m hgmt.report --sweep_dir=DIR --out_dir=DIR [--protocol=P] [--note=TEXT |
+    --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     if args.check_config:
-        return check_config(args.sweep)
-    if not args.out:
-        raise SystemExit("error: --out is required: the report directory (or give "
+        return check_config(args.sweep_dir)
+    if not args.out_dir:
+        raise SystemExit("error: --out_dir is required: the report directory (or give "
                          "--check_config)")
     if args.note and args.note_file:
         raise SystemExit("error: give the note as --note or as --note_file, not both")
@@ -81,21 +82,21 @@ def main(argv: list[str] | None = None) -> int:
                              f"of a Markdown file, or the text with --note")
         with open(args.note_file) as f:
             given = f.read().strip()
-    results = report.load_sweep(args.sweep, args.protocol)
+    results = report.load_sweep(args.sweep_dir, args.protocol)
     study = report.compare(results)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "report.json"), "w") as f:
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "report.json"), "w") as f:
         json.dump(study, f, indent=1)
     checked = claims.check(study)
-    with open(os.path.join(args.out, "claims.json"), "w") as f:
+    with open(os.path.join(args.out_dir, "claims.json"), "w") as f:
         json.dump(checked, f, indent=1)
-    report.plot(study, args.out)
+    report.plot(study, args.out_dir)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
-        f"{report.progress(args.sweep, results)}")
-    with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(report.to_markdown(study, note, checked, runs.config_section(args.sweep)))
-    print(f"wrote {args.out}/README.md, report.json and the charts for "
+        f"{report.progress(args.sweep_dir, results)}")
+    with open(os.path.join(args.out_dir, "README.md"), "w") as f:
+        f.write(report.to_markdown(study, note, checked, runs.config_section(args.sweep_dir)))
+    print(f"wrote {args.out_dir}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0
 

@@ -20,10 +20,10 @@ for `python -m hgmt.report --protocol=P`.
 SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
 finished runs against; a later call with the same config adds its subsets and seeds to it, so
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
-Then `python -m hgmt.report --sweep=SWEEP_DIR --out=REPORT_DIR` compares the subsets. Each run
-keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of the config
-file, `python -m hgmt.report --sweep=SWEEP_DIR --check_config` lists the runs that no longer
-match it.
+Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
+Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
+the config file, `python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs
+that no longer match it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
     workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
     out = os.path.join(workdir, workdirs.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
-            f"--protocol={protocol}", f"--out={out}"]
+            f"--protocol={protocol}", f"--out_file={out}"]
 
 
 def record_plan(sweep_dir: str, plan: dict) -> dict:

@@ -200,7 +200,8 @@ def test_report_lists_the_claims(tmp_path):
     note = tmp_path / "note.md"
     note.write_text("Crafted runs.\n\nSecond paragraph.\n")
     out = tmp_path / "report"
-    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}", f"--note_file={note}"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}",
+                             f"--note_file={note}"]) == 0
     text = (out / "README.md").read_text()
     assert text.startswith("# Task-combination study\n\nCrafted runs.\n\nSecond paragraph."
                            "\n\nMetric protocol: `hgmt`")
@@ -210,5 +211,5 @@ def test_report_lists_the_claims(tmp_path):
     checked = json.loads((out / "claims.json").read_text())
     assert [c["claim"] for c in checked] == [text for text, _ in claims.CLAIMS]
     with pytest.raises(SystemExit, match="note_file=.*missing.md not found"):
-        hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}",
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}",
                           f"--note_file={tmp_path / 'missing.md'}"])

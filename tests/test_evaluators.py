@@ -84,7 +84,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
 
     out = str(tmp_path / "best.json")
     hgmt.evaluate.main([f"--workdir={workdir}", "--step=best", "--split=validation",
-                        f"--out={out}"])
+                        f"--out_file={out}"])
     with open(out) as f:
         summary = json.load(f)
     assert summary["checkpoint"] == "best" and summary["step"] == overall

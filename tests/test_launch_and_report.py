@@ -93,7 +93,7 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     assert study["per_item_tests"] == {}  # one seed of pose2d+depth: nothing to test
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": list(runs_of), "seeds": 3}))
     out = tmp_path / "report"
-    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     text = (out / "README.md").read_text()
     assert ("Runs finished: 10 of 12 (4 subsets x 3 seeds); launch/sweep.py with the same "
             "arguments resumes the rest.") in text
@@ -113,7 +113,8 @@ def test_sweep_runs_each_subset_once_per_seed():
     assert len(lines) == 6  # seed by seed: every subset's first seed first
     assert "--workdir=/tmp/s/pose2d " in lines[0] and "--config.seed" not in lines[0]
     assert "--workdir=/tmp/s/segm@seed2 " in lines[5] and lines[5].count("--config.seed=2") == 1
-    assert "--workdir=/tmp/s/segm@seed2 --protocol=bodynet" in lines[5]
+    assert ("--workdir=/tmp/s/segm@seed2 --protocol=bodynet "
+            "--out_file=/tmp/s/segm@seed2/eval_test_bodynet.json") in lines[5]
 
 
 def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):
@@ -160,7 +161,8 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert study["depth"]["isolated"] is None and "gain" not in study["depth"]
 
     out = tmp_path / "report"
-    assert hgmt.report.main(["--sweep", str(sweep_dir), "--out", str(out), "--note", "demo"]) == 0
+    assert hgmt.report.main(["--sweep_dir", str(sweep_dir), "--out_dir", str(out), "--note",
+                             "demo"]) == 0
     text = (out / "README.md").read_text()
     assert "| pose2d+segm **best** | 0.85 | +0.05 |" in text
     assert "No isolated `depth` run" in text
@@ -192,7 +194,7 @@ def test_report_compares_another_protocols_numbers(tmp_path):
     assert study["segm"]["subsets"] == {"segm": 0.6}
     assert study["segm"]["undefined"] == ["pose2d+segm"]
     out = tmp_path / "report"
-    assert hgmt.report.main(["--sweep", str(sweep_dir), "--out", str(out), "--protocol",
+    assert hgmt.report.main(["--sweep_dir", str(sweep_dir), "--out_dir", str(out), "--protocol",
                         "bodynet"]) == 0
     text = (out / "README.md").read_text()
     assert "## pose2d: PCK (BodyNet) (higher is better; protocol `bodynet`)" in text
@@ -243,13 +245,13 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("done already") == 2
     out = str(tmp_path / "report")
-    assert hgmt.report.main(["--sweep", sweep_dir, "--out", out]) == 0
+    assert hgmt.report.main(["--sweep_dir", sweep_dir, "--out_dir", out]) == 0
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
     assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
             "split `test` (frames: middle).") in open(os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
-        assert hgmt.report.main(["--sweep", sweep_dir, "--out", f"{out}_{protocol}",
+        assert hgmt.report.main(["--sweep_dir", sweep_dir, "--out_dir", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0
 
 
@@ -276,14 +278,14 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     (tasks and seed as launch/sweep.py gives them): the crafted runs match until one run's
     config.json says another step count or lacks a field."""
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 1})
-    assert hgmt.report.main([f"--sweep={sweep_dir}", "--check_config"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
     assert "3 of 3 finished runs" in capsys.readouterr().out
     path = os.path.join(sweep_dir, "pose2d@seed1", "config.json")
     config = json.load(open(path))
     config["total_steps"] = 999
     del config["model"]["depth"]
     json.dump(config, open(path, "w"))
-    assert hgmt.report.main([f"--sweep={sweep_dir}", "--check_config"]) == 1
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 1
     out = capsys.readouterr().out
     assert ("pose2d@seed1: differs from configs/study.py: model.depth: absent in the run, 4 "
             "now; total_steps: 999 in the run, 1200 now") in out
@@ -297,21 +299,21 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
 def test_report_says_which_config_its_runs_used(tmp_path):
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 2})
     out = tmp_path / "report"
-    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={out}"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     text = (out / "README.md").read_text()
     assert ("launch/sweep.py `--config=configs/study.py`; each run keeps the config it was "
             "trained with (`<run>/config.json`). The 4 runs share every field below. "
             "`loss_options`, `loss_weights`, `seed`, `tasks` vary") in text
     assert "| total_steps | `1200` |" in text and "| model.features | `64` |" in text
-    with pytest.raises(SystemExit, match="--out is required"):
-        hgmt.report.main([f"--sweep={sweep_dir}"])
+    with pytest.raises(SystemExit, match="--out_dir is required"):
+        hgmt.report.main([f"--sweep_dir={sweep_dir}"])
 
 
 def test_committed_study_runs_rebuild_the_report(tmp_path):
     """docs/study/runs holds the finished runs of `launch/sweep.py --config=configs/study.py`
     (their config and evaluations), each evaluated on its 240 test frames; the report
     rebuilds from these files alone. Whether they still match configs/study.py is
-    `python -m hgmt.report --sweep=docs/study/runs --check_config`'s question, not a test's:
+    `python -m hgmt.report --sweep_dir=docs/study/runs --check_config`'s question, not a test's:
     the config may change after the runs."""
     sweep_dir = os.path.join(REPO, "docs", "study", "runs")
     finished = runs.finished(sweep_dir)
@@ -322,7 +324,7 @@ def test_committed_study_runs_rebuild_the_report(tmp_path):
             result = json.load(f)
         assert (result["num_examples"], result["frames"]) == (240, "every4"), name
         assert os.path.isfile(os.path.join(sweep_dir, name, "config.json")), name
-    assert hgmt.report.main([f"--sweep={sweep_dir}", f"--out={tmp_path}"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path}"]) == 0
     text = (tmp_path / "README.md").read_text()
     assert f"Runs finished: {len(finished)} of 45" in text
     assert "## The runs' config" in text

@@ -122,7 +122,7 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
     rc = hgmt.predict.main([photo, str(broken), str(tmp_path / "missing.jpg"),
-                       f"--workdir={workdir}", f"--out={out}"])
+                       f"--workdir={workdir}", f"--out_dir={out}"])
     assert rc == 1  # two images could not be read; the good one is still written
     err = capsys.readouterr().err
     assert "broken.png cannot be decoded" in err and "missing.jpg not found" in err
@@ -259,13 +259,14 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* \[2\]"):
         prediction.Predictor(workdir, step=7)
     with pytest.raises(SystemExit):
-        hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out=o", "--bbox=1,2,3"])
+        hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=1,2,3"])
 
 
 def test_stablehlo_export_reloads_with_any_batch_and_equals_flax(workdir, predictor, tmp_path):
-    path = str(tmp_path / "model.jaxexport")
-    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={path}"]) == 0
-    with open(path + ".json") as f:
+    path = str(tmp_path / "export")
+    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                             f"--out_dir={path}"]) == 0
+    with open(os.path.join(path, "hgmt.json")) as f:
         meta = json.load(f)
     assert meta["tasks"] == list(predictor.tasks) and meta["step"] == 2
     loaded = exporting.load_stablehlo(path)
@@ -324,16 +325,16 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
         hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={elsewhere}"])
     out = str(tmp_path / "eval.json")
     hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
-                   "--config.eval_batch_size=1", f"--out={out}"])
+                   "--config.eval_batch_size=1", f"--out_file={out}"])
     with open(out) as f:
         assert json.load(f)["num_examples"] == 2
     with pytest.raises(SystemExit, match="no_such_field"):
-        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out={out}.x",
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}.x",
                      "--config.no_such_field=1"])
     with pytest.raises(SystemExit, match="--step='last'"):
-        hgmt.predict.main(["x.png", f"--workdir={workdir}", f"--out={tmp_path}", "--step=last"])
+        hgmt.predict.main(["x.png", f"--workdir={workdir}", f"--out_dir={tmp_path}", "--step=last"])
     with pytest.raises(SystemExit, match="--workdir is required"):
-        hgmt.predict.main(["x.png", f"--out={tmp_path}"])
+        hgmt.predict.main(["x.png", f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit) as e:
         hgmt.evaluate.main(["--help"])
     assert e.value.code == 0 and "--protocol" in capsys.readouterr().out

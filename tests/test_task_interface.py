@@ -49,7 +49,7 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
         assert os.path.isfile(os.path.join(workdir, "eval_test.json"))
 
     # The study compares it like any task.
-    assert hgmt.report.main([f"--sweep={sweep}", f"--out={tmp_path / 'report'}"]) == 0
+    assert hgmt.report.main([f"--sweep_dir={sweep}", f"--out_dir={tmp_path / 'report'}"]) == 0
     with open(tmp_path / "report" / "report.json") as f:
         study = json.load(f)
     assert study["silhouette"]["metric"] == "iou" and study["silhouette"]["isolated"] is not None
@@ -61,7 +61,7 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     out = tmp_path / "pred"
     workdir = str(sweep / "pose2d+silhouette")
     assert hgmt.predict.main([str(tmp_path / "grey.png"), f"--workdir={workdir}",
-                              f"--out={out}"]) == 0
+                              f"--out_dir={out}"]) == 0
     with open(out / "grey.json") as f:
         result = json.load(f)
     assert result["tasks"] == ["pose2d", "silhouette"]

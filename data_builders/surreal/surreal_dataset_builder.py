@@ -69,7 +69,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     SURREAL needs a licence agreement and cannot be downloaded automatically. Request access at
     https://www.di.ens.fr/willow/research/surreal/data/ , download SURREAL_v1.tar.gz (86 GB),
     extract it, and pass the folder that contains `cmu/` (with cmu/train, cmu/val, cmu/test) as
-    --manual_dir. For demo data in the same layout: python -m hgmt.sources.synthetic --out DIR.
+    --manual_dir. For demo data in the same layout: python -m hgmt.sources.synthetic --out_dir=DIR.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:

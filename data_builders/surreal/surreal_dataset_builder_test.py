@@ -1,8 +1,8 @@
 """TFDS's standard builder checks on the committed dummy_data, one test case per config.
 
 dummy_data holds 2 clips of 8 frames per split in SURREAL's layout, made with
-`python -m hgmt.sources.synthetic --out data_builders/surreal/dummy_data --clips_per_split=2
---frames 8`
+`python -m hgmt.sources.synthetic --out_dir=data_builders/surreal/dummy_data --clips_per_split=2
+--frames_per_clip=8`
 (procedural demo data, no SURREAL frames). Per clip, `all` keeps the 8 frames, `every10` frame 0
 and the middle frame ceil(8/2) (0-based 3), `middle` the middle frame only.
 """

@@ -1,18 +1,19 @@
 """Export the inference function of a checkpoint for serving.
 
-    python -m hgmt.export --workdir=DIR --format=stablehlo --out=model.jaxexport
-    python -m hgmt.export --workdir=DIR --format=savedmodel --out=saved_model_dir
+    python -m hgmt.export --workdir=DIR --format=stablehlo --out_dir=OUTDIR
+    python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR
 
 The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
 (R = config.image_size, B any size; the model normalises it) to the last stage's per-task
 outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 
-- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size; reload with
-  `load_stablehlo(path)` (or `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
-- `savedmodel`: a TensorFlow SavedModel made with jax2tf (native serialisation), signature
-  `serving_default(images)`; reload with `tf.saved_model.load` (TF Serving, TF Lite converter).
-A JSON file `<out>.json` (stablehlo) or `<out>/hgmt.json` (savedmodel) records the tasks,
-input size, checkpoint step and normalisation.
+- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size, in
+  OUTDIR/model.jaxexport; reload with `load_stablehlo(OUTDIR)` (or `jax.export.deserialize`)
+  and call it, from JAX on CPU/GPU/TPU.
+- `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
+  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving,
+  TF Lite converter).
+OUTDIR/hgmt.json records the tasks, input size, checkpoint step and normalisation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from hgmt.tasks import heads, parse_tasks
 from hgmt.training import checkpoints
 
 FORMATS = ("stablehlo", "savedmodel")
+STABLEHLO_FILE = "model.jaxexport"  # the stablehlo artefact in the export directory
+META_FILE = "hgmt.json"  # the metadata in the export directory
 
 
 def inference_fn(workdir: str, step: int | str | None = None,
@@ -62,7 +65,10 @@ def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
 
 
 def load_stablehlo(path: str) -> Callable:
-    """The exported function, callable on a (B,R,R,3) float32 array."""
+    """The exported function, callable on a (B,R,R,3) float32 array; `path` is an export
+    directory or its model.jaxexport file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, STABLEHLO_FILE)
     with open(path, "rb") as fh:
         return jax.export.deserialize(bytearray(fh.read())).call
 
@@ -80,21 +86,20 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
-def export(workdir: str, fmt: str, out: str, step: int | str | None = None,
+def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
            config: ml_collections.ConfigDict | None = None) -> dict:
-    """Writes the artefact and its metadata; returns the metadata."""
+    """Writes the artefact and its metadata (`META_FILE`) into `out_dir`; returns the
+    metadata."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     f, meta = inference_fn(workdir, step, config)
     meta["format"] = fmt
     if fmt == "stablehlo":
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        export_stablehlo(f, meta["image_size"], out)
-        meta_path = out + ".json"
+        os.makedirs(out_dir, exist_ok=True)
+        export_stablehlo(f, meta["image_size"], os.path.join(out_dir, STABLEHLO_FILE))
     else:
-        export_savedmodel(f, meta["image_size"], out)
-        meta_path = os.path.join(out, "hgmt.json")
-    with open(meta_path, "w") as fh:
+        export_savedmodel(f, meta["image_size"], out_dir)
+    with open(os.path.join(out_dir, META_FILE), "w") as fh:
         json.dump(meta, fh, indent=1)
     return meta
 

@@ -1,6 +1,7 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
-    python -m hgmt.predict --workdir=DIR IMAGE [IMAGE ...] --out=OUTDIR [--bbox=x,y,w,h] [--step=N]
+    python -m hgmt.predict --workdir=DIR IMAGE [IMAGE ...] --out_dir=OUTDIR [--bbox=x,y,w,h] \\
+        [--step=N]
 
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in

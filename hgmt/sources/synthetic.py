@@ -3,7 +3,8 @@
 Real SURREAL cannot be downloaded here (and its licence forbids redistribution), so everything
 downstream is developed on clips written by this module in SURREAL's exact layout and formats:
 
-    python -m hgmt.sources.synthetic --out DIR --clips_per_split=4 --frames 30 --seed 0
+    python -m hgmt.sources.synthetic --out_dir=DIR --clips_per_split=4 --frames_per_clip=30 \
+        --seed=0
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
 ``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -357,30 +359,31 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("out", None, "output root (gets cmu/{train,val,test}/...)",
+    flags.DEFINE_string("out_dir", None, "output root (gets cmu/{train,val,test}/...)",
                         flag_values=fv, required=True)
     flags.DEFINE_integer("clips_per_split", 4, "clips per split", flag_values=fv)
-    flags.DEFINE_integer("frames", 30, "frames per clip", flag_values=fv)
+    flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
                        "degrees of facing the camera (180: SURREAL's whole circle)",
                        lower_bound=0.0, upper_bound=180.0, flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m hgmt.sources.synthetic --out=DIR [--clips_per_split=N] [--frames=F] [--seed=S]
-    [--zrot_max_deg=D]`."""
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hgmt.sources.synthetic --out_dir=DIR [--clips_per_split=N]
+    [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D]`."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     start = time.perf_counter()
-    stems = generate(args.out, args.clips_per_split, args.frames, args.seed,
+    stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
                      zrot_max_deg=args.zrot_max_deg)
     seconds = time.perf_counter() - start
-    print(json.dumps({"out": args.out, "clips": len(stems), "frames": len(stems) * args.frames,
-                      "seconds": round(seconds, 2),
-                      "frames_per_s": round(len(stems) * args.frames / seconds, 1)}))
+    frames = len(stems) * args.frames_per_clip
+    print(json.dumps({"out_dir": args.out_dir, "clips": len(stems), "frames": frames,
+                      "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,11 +1,12 @@
 """The task-combination study: which tasks help which (the seed paper's analysis).
 
-    python -m hgmt.report --sweep=runs/sweep --out=docs/study [--protocol=hgmt|bodynet|surreal]
+    python -m hgmt.report --sweep_dir=runs/sweep --out_dir=docs/study \\
+        [--protocol=hgmt|bodynet|surreal]
 
-reads SWEEP/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
-`--protocol=bodynet|surreal` SWEEP/<tasks>/eval_test_<protocol>.json, which
+reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
+`--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
-writes into OUT: README.md (the seed paper's conclusions checked on these runs, then tables
+writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables
 of every change with its confidence interval and test, hgmt/study/stats.py), report.json,
 claims.json (hgmt/study/claims.py) and bar charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
@@ -47,7 +48,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
     if not results:
         hint = "" if protocol == "hgmt" else (
             f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
-            f"<tasks> --protocol={protocol} --out={sweep_dir}/<tasks>/{name_of}, or rerun "
+            f"<tasks> --protocol={protocol} --out_file={sweep_dir}/<tasks>/{name_of}, or rerun "
             f"launch/sweep.py with --protocols={protocol})")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")

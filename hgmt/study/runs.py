@@ -135,7 +135,7 @@ def config_section(sweep_dir: str) -> list[str]:
     return ["## The runs' config", "",
             f"{made}each run keeps the config it was trained with (`<run>/config.json`). "
             f"The {len(names)} runs{unknown} share every field below.{vary} "
-            f"`python -m hgmt.report --sweep=SWEEP --check_config` lists the runs whose config "
-            f"no longer matches the config file.", "",
+            f"`python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs "
+            f"whose config no longer matches the config file.", "",
             "| field | value |", "|---|---|",
             *[f"| {k} | `{json.dumps(v)}` |" for k, v in shared.items()], ""]
