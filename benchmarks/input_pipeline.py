@@ -1,18 +1,23 @@
 """Input-pipeline speed: examples/s per core of the training loader (record read, PNG/JPEG
 decode, person crop, augmentation, batching), next to what the train step consumes.
 
-    python3 benchmarks/input_pipeline.py --res 128 [--data_dir DIR] [--train_img_per_s X]
+    python3 benchmarks/input_pipeline.py [--config=configs/demo.py] --config.image_size=128 \
+        [--config.batch_size=16] [--batches=30] [--train_img_per_s=X]
 
-Reads the built `surreal/all` demo dataset under --data_dir, or generates and builds a small one
-in a temporary directory. By default runs the loader in the main process (worker_count=0), so
-examples/s over the process's CPU seconds is the per-core rate; `--worker_count N` (-1: the
-host's cores less 2, as training does) measures the wall rate of N grain worker processes.
-Heatmaps and other targets are made inside the train step, on the device (hgmt.tasks), so they
-are in train_step.py's figure, not here. With --train_img_per_s (benchmarks/train_step.py's
-img/s on this machine) it prints the ratio `examples/s per core` / `train-step img/s per core`
-(the issue's target is >= 2).
+Reads the train split of the config's dataset (`dataset`, `data_dir`; default config
+configs/demo.py) as training does, at `image_size`, `batch_size` and with the labels of
+`tasks`. A config with a `demo` section has its demo data generated and built first when
+missing, as `hgmt.main` does. With `worker_count=0` (configs/demo.py's) the loader runs in the
+main process, so examples/s over the process's CPU seconds is the per-core rate;
+`--config.worker_count=N` (-1: the host's cores less 2, as training does) measures the wall
+rate of N grain worker processes. Heatmaps and other targets are made inside the train step,
+on the device (hgmt.tasks), so they are in train_step.py's figure, not here. With
+--train_img_per_s (benchmarks/train_step.py's img/s on this machine) it prints the ratio
+`examples/s per core` / `train-step img/s per core` (the loader keeps up with room to spare
+when it is >= 2).
 
-`--augment_on host,device --repeats 3` compares the two placements of the crop and augmentation
+The placement of the crop and augmentation is the config's `augment_on`;
+`--placements=host,device --repeats=3` compares the two placements of the crop and augmentation
 (hgmt.data.device_augment) in one run, alternating: "host" is the loader above; "device" is
 the loader that only decodes the records, plus the batched crop that then runs inside the
 train step, timed apart here on this machine's JAX backend (`step_ms_per_batch`, wall and CPU;
@@ -24,38 +29,47 @@ the ratio device/host of each alternating pair.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
+import ml_collections
 from absl import flags
 
+from hgmt import cli
 from hgmt.data import device_augment, input_pipeline
 from hgmt.tasks import parse_tasks
 
-
-def build_demo(root: str) -> str:
-    """A small built demo dataset under root; returns its data_dir."""
-    from hgmt.data import demo
-
-    # Every split: the builder requires each to yield examples; the benchmark reads train.
-    return demo.build(os.path.join(root, "surreal"), os.path.join(root, "tfds"), 2, 30)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "demo.py")
 
 
-def measure(data_dir: str, res: int, batch: int, batches: int, warmup: int = 2,
-            worker_count: int = 0, tasks: str = "all", augment_on: str = "host") -> dict:
-    """Loader speed. With worker_count=0 the main process does all the work, so
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("batches", 30, "timed batches (after a warm-up)", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_float("train_img_per_s", None, "train_step.py's img/s on this machine, for "
+                       "the ratio (with config.worker_count=0)", flag_values=fv)
+    flags.DEFINE_list("placements", None, "placements of the crop to measure alternately "
+                      "(host, device); default: the config's augment_on", flag_values=fv)
+    flags.DEFINE_integer("repeats", 1, "alternating rounds", flag_values=fv, lower_bound=1)
+
+
+def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
+            augment_on: str = "host") -> dict:
+    """Loader speed on the train split of `config.dataset` at its image_size, batch_size and
+    tasks. With config.worker_count=0 the main process does all the work, so
     `examples_per_cpu_s` is the per-core rate; with grain workers only the wall rate
     (`examples_per_s`) is the loader's, since their CPU time is not this process's.
     augment_on="device": the decoding loader, plus the step's crop timed apart."""
-    source = input_pipeline.open_split("surreal/all", data_dir, "train")
-    workers = input_pipeline.auto_worker_count(worker_count)
-    names = parse_tasks(tasks)
+    batch, res = config.batch_size, config.image_size
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    workers = input_pipeline.auto_worker_count(config.worker_count)
+    names = parse_tasks(config.tasks)
+    tasks = "+".join(names)
     if augment_on == "host":
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
                                              worker_count=workers, tasks=names)
@@ -70,8 +84,9 @@ def measure(data_dir: str, res: int, batch: int, batches: int, warmup: int = 2,
         next(it)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = batch * batches
-    result = {"benchmark": "input_pipeline", "augment_on": augment_on, "res": res,
-              "tasks": tasks, "batch": batch, "examples": n,
+    result = {"benchmark": "input_pipeline", "augment_on": augment_on,
+              "dataset": config.dataset, "res": res, "tasks": tasks, "batch": batch,
+              "examples": n,
               "records": len(source), "examples_per_s": round(n / wall, 1),
               "worker_count": workers, "cpus": os.cpu_count(),
               **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
@@ -122,51 +137,36 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--data_dir", default=None, help="default: build demo data in a temp dir")
-    p.add_argument("--tasks", default="all", help="the labels made (and maps decoded) are "
-                   "those of these tasks")
-    p.add_argument("--worker_count", type=int, default=0,
-                   help="grain worker processes (-1: the host's cores less 2); 0 measures the "
-                        "per-core rate")
-    p.add_argument("--train_img_per_s", type=float, default=None,
-                   help="train_step.py's img/s on this machine, for the ratio")
-    p.add_argument("--augment_on", default="host",
-                   help="host, device, or both comma-separated (measured alternately)")
-    p.add_argument("--repeats", type=int, default=1, help="alternating rounds")
-    a = p.parse_args(argv)
-    places = a.augment_on.split(",")
-    for place in places:
-        device_augment.placement(place)  # an unknown placement fails before any work
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON lines; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    config = args.config
+    places = [device_augment.placement(p)  # an unknown placement fails before any work
+              for p in (args.placements or [config.augment_on])]
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = a.data_dir or build_demo(tmp)
-        results = []
-        for _ in range(a.repeats):
-            for place in places:
-                results.append(measure(data_dir, a.res, a.batch, a.batches,
-                                       worker_count=a.worker_count, tasks=a.tasks,
-                                       augment_on=device_augment.placement(place)))
-                if len(places) > 1 or a.repeats > 1:
-                    print(json.dumps(results[-1]))
+    if "demo" in config:
+        from hgmt.main import prepare_demo_dataset
+
+        prepare_demo_dataset(config)
+    results = []
+    for _ in range(args.repeats):
+        for place in places:
+            results.append(measure(config, args.batches, augment_on=place))
+            if len(places) > 1 or args.repeats > 1:
+                print(json.dumps(results[-1]))
     if len(results) > 1:
-        summary = summarize(results)
-        print(json.dumps(summary))
+        print(json.dumps(summarize(results)))
         sys.stdout.flush()
-        return summary
+        return 0
     result = results[0]
-    if a.train_img_per_s and a.worker_count == 0:
-        per_core = a.train_img_per_s / os.cpu_count()
-        result["train_img_per_s"] = a.train_img_per_s
+    if args.train_img_per_s and "examples_per_cpu_s" in result:
+        per_core = args.train_img_per_s / os.cpu_count()
+        result["train_img_per_s"] = args.train_img_per_s
         result["ratio_per_core"] = round(result["examples_per_cpu_s"] / per_core, 2)
     print(json.dumps(result))
     sys.stdout.flush()
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

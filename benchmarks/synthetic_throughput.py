@@ -1,33 +1,44 @@
 """Demo-data generation speed: frames/s on one process (render + H.264 + .mat writing).
 
-    python3 benchmarks/synthetic_throughput.py --frames 100 --clips 3
+    python3 benchmarks/synthetic_throughput.py --clips_per_split=3 --frames_per_clip=100
 
-Prints one JSON line.
+Generates the train split only. Prints one JSON line.
 """
 
-import argparse
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
-from hgmt.sources import synthetic
+from absl import flags
+
+from hgmt import cli
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--clips", type=int, default=3)
-    args = p.parse_args()
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("clips_per_split", 3, "clips generated (train split)", flag_values=fv,
+                         lower_bound=1)
+    flags.DEFINE_integer("frames_per_clip", 100, "frames per clip", flag_values=fv,
+                         lower_bound=1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON line; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__)
+    from hgmt.sources import synthetic
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        synthetic.generate(tmp, clips_per_split=args.clips, frames=args.frames, seed=0,
-                           splits=("train",))
+        synthetic.generate(tmp, clips_per_split=args.clips_per_split,
+                           frames=args.frames_per_clip, seed=0, splits=("train",))
         seconds = time.perf_counter() - start
-    frames = args.clips * args.frames
+    frames = args.clips_per_split * args.frames_per_clip
     print(json.dumps({"benchmark": "synthetic", "frames": frames, "seconds": round(seconds, 3),
                       "frames_per_s": round(frames / seconds, 1), "cpus": os.cpu_count()}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,12 @@
 """What simple depth predictors score: the bin accuracy a depth head must beat, per dataset.
 
-    python3 benchmarks/depth_baselines.py --clips runs/study_data/surreal/cmu/test [--every 4]
+    python3 experiments/depth_baselines.py --clips=runs/study_data/surreal/cmu/test \
+        [--frames=every4]
 
 For each `--clips` (a directory searched recursively for SURREAL clips: `_info.mat`,
-`_depth.mat`, `_segm.mat`) prints JSON: over the foreground pixels of every `--every`-th frame,
-at the frames' full resolution, the fraction in the right depth bin (hgmt's bins:
+`_depth.mat`, `_segm.mat`) prints JSON: over the foreground pixels of the frames `--frames`
+selects in each clip (middle, all or everyK, as `hgmt.evaluate --frames`), at the frames' full
+resolution, the fraction in the right depth bin (hgmt's bins:
 `hgmt.tasks.common.depth_bin` of the depth relative to the pelvis) for three predictors that
 know no depth:
 - `most_common_bin`: one bin everywhere, the split's most common;
@@ -16,10 +18,19 @@ Also the standard deviation of the bins. Demo data and real SURREAL clips run th
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
+from collections.abc import Sequence
 
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
 
 
 def modal_count(*keys: np.ndarray) -> int:
@@ -47,9 +58,10 @@ def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
             "bin_sd": float(bins.std()) if bins.size else 0.0}
 
 
-def clip_pixels(stem: str, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One clip -> (bins, parts, frame indices) of the foreground pixels of every `every`-th
-    frame."""
+def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One clip -> (bins, parts, frame indices) of the foreground pixels of the frames that
+    `frames` selects (middle, all or everyK)."""
+    from hgmt.data import input_pipeline
     from hgmt.sources import surreal
     from hgmt.tasks import common
 
@@ -57,40 +69,45 @@ def clip_pixels(stem: str, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     depth, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
     pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
                                   info.cam_loc)
+    stride = input_pipeline.parse_eval_frames(frames)
     out = []
-    for t in range(0, depth.shape[0], every):
+    for t in (range(0, depth.shape[0], stride) if stride
+              else [surreal.middle_frame(depth.shape[0])]):
         fg = segm[t] > 0
         out.append((np.asarray(common.depth_bin(depth[t][fg] - pelvis[t])),
                     surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
     return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 
 
-def measure(where: str, every: int) -> dict:
+def measure(where: str, frames: str) -> dict:
     """Every clip under `where` -> `baselines` over all of them, with the clip count."""
     from limb_depth import info_files
 
     stems = [p[:-len("_info.mat")] for p in info_files(where)]
     bins, parts, frames = [], [], []
     for k, stem in enumerate(stems):
-        b, p, t = clip_pixels(stem, every)
+        b, p, t = clip_pixels(stem, frames)
         bins.append(b)
         parts.append(p)
         frames.append(t + 10_000 * k)  # frame ids unique across clips
     r = baselines(np.concatenate(bins), np.concatenate(parts), np.concatenate(frames))
-    return {"clips": len(stems), "every": every,
+    return {"clips": len(stems), "frames": frames,
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", action="append", required=True,
-                   help="a directory of SURREAL clips, or one clip's _info.mat (repeatable)")
-    p.add_argument("--every", type=int, default=4, help="every k-th frame of each clip")
-    a = p.parse_args(argv)
-    out = {where: measure(where, a.every) for where in a.clips}
-    print(json.dumps(out, indent=1))
-    return out
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("clips", None, "a directory of SURREAL clips, or one clip's "
+                              "_info.mat (repeatable)", flag_values=fv, required=True)
+    flags.DEFINE_string("frames", "every4", "frames of each clip: middle (SURREAL's test "
+                        "protocol), all, or everyK", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__)
+    print(json.dumps({where: measure(where, args.frames) for where in args.clips}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

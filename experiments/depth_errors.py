@@ -1,20 +1,36 @@
 """Where a trained depth head errs: on the silhouette or in the bins, and on which body parts.
 
-    python3 benchmarks/depth_errors.py --workdir docs/study/runs/depth [--frames every4]
+    python3 experiments/depth_errors.py --workdir=docs/study/runs/depth [--frames=every4] \
+        [--step=N|best] [--config.data_dir=...]
 
-Restores the workdir's latest checkpoint, predicts the depth classes of the test frames that
-`--frames` selects (as config.eval_frames) and prints JSON: over the ground-truth foreground
+Restores the workdir's latest (or given) checkpoint, predicts the depth classes of the test
+frames that `--frames` selects (middle, all or everyK, as `hgmt.evaluate --frames`) and prints
+JSON: over the ground-truth foreground
 pixels, the fraction in the right bin (hgmt's bin accuracy), predicted as background, and within
 one bin; then the bin accuracy per body part (the ground-truth part of each pixel).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
 
 
-def depth_errors(workdir: str, frames: str) -> dict:
+def depth_errors(workdir: str, frames: str, step: int | str | None = None,
+                 config: ml_collections.ConfigDict | None = None) -> dict:
+    """The depth head's errors on the test frames `frames` selects (see the module
+    docstring); `step` and `config` as `checkpoints.restore_for_inference` takes them."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -24,7 +40,7 @@ def depth_errors(workdir: str, frames: str) -> dict:
     from hgmt.tasks import depth, heads, parse_tasks
     from hgmt.training import checkpoints
 
-    config, variables, step = checkpoints.restore_for_inference(workdir)
+    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
     if "depth" not in tasks:
         raise ValueError(f"{workdir} trained {config.tasks}, without depth")
@@ -56,15 +72,19 @@ def depth_errors(workdir: str, frames: str) -> dict:
                 for p, name in enumerate(surreal.PART_NAMES, 1)}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="a training workdir with depth")
-    p.add_argument("--frames", default="every4", help="test frames: all | middle | everyK")
-    a = p.parse_args(argv)
-    r = depth_errors(a.workdir, a.frames)
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_workdir(fv)
+    flags.DEFINE_string("frames", "every4", "test frames of each clip: middle (SURREAL's test "
+                        "protocol), all, or everyK", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__, cli.workdir_config(argv))
+    r = depth_errors(args.workdir, args.frames, cli.checkpoint_step(args.step), args.config)
     print(json.dumps(r, indent=1))
-    return r
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

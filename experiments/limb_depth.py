@@ -1,7 +1,7 @@
 """How far each joint moves in depth relative to the pelvis: demo clips beside real SURREAL.
 
-    python3 benchmarks/limb_depth.py --clips runs/study_data/surreal/cmu/test \
-        --clips /path/to/SURREAL/cmu/test/run0/01_01
+    python3 experiments/limb_depth.py --clips=runs/study_data/surreal/cmu/test \
+        --clips=/path/to/SURREAL/cmu/test/run0/01_01
 
 For each `--clips` (a directory searched recursively for `*_info.mat`, or one such file)
 prints JSON: per joint of hgmt's 16, the standard deviation in mm of its camera depth minus
@@ -19,12 +19,20 @@ a 3D head must learn beyond `mean_offset` is the limbs' depth in each frame.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
+import sys
+from collections.abc import Sequence
 
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
 
 
 def camera_joints(path: str) -> np.ndarray:
@@ -105,18 +113,21 @@ def info_files(where: str) -> list[str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", action="append", required=True,
-                   help="a directory of SURREAL clips or one _info.mat (repeatable)")
-    a = p.parse_args(argv)
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("clips", None, "a directory of SURREAL clips, or one clip's "
+                              "_info.mat (repeatable)", flag_values=fv, required=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__)
     out = {}
-    for where in a.clips:
+    for where in args.clips:
         paths = info_files(where)
         out[where] = {**spread(paths), "depth_free_mjd": depth_free_mjd(paths)}
     print(json.dumps(out, indent=1))
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

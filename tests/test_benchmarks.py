@@ -1,6 +1,6 @@
 # ruff: noqa: E501  (HLO lines are quoted verbatim)
 """The benchmark scripts: the train-step and input-pipeline benchmarks run from a clone (the
-latter building its own demo data) and their figures agree with each other; the profile groups
+latter on the data of its config) and their figures agree with each other; the profile groups
 XLA ops by role and kind from the compiled HLO of a CPU and of a GPU, with FLOPs and bytes from
 the shapes; the PyTorch reference and the comparison take the same config flags; the trainer
 benchmark reads the trainer's own TensorBoard figures."""
@@ -276,22 +276,35 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
         trainer_speed.trainer_figures({}, log)
 
 
-def test_input_pipeline_benchmark_builds_its_data_and_reports_the_ratio(capsys):
-    r = input_pipeline.main(["--res", "64", "--batch", "4", "--batches", "3",
-                             "--train_img_per_s", "10"])
-    assert r["examples"] == 12 and r["records"] == 60  # 2 demo train clips of 30 frames
+def _demo_data(demo_dataset) -> list[str]:
+    """The demo config's data (already built: the demo step finds them) at a tiny size."""
+    return [f"--config.data_dir={demo_dataset[1]}",
+            f"--config.demo.surreal_root={demo_dataset[0]}", "--config.image_size=64",
+            "--config.batch_size=4"]
+
+
+def test_input_pipeline_benchmark_reads_the_configs_data_and_reports_the_ratio(demo_dataset,
+                                                                              capsys):
+    """The demo config (the default), its sizes overridden as `--config.x=y`, the loader in
+    the main process (the demo config's worker_count=0)."""
+    assert input_pipeline.main([
+        *_demo_data(demo_dataset), "--config.augment_on=host", "--batches=3",
+        "--train_img_per_s=10"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["benchmark"] == "input_pipeline" and (r["res"], r["batch"]) == (64, 4)
+    assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["worker_count"] == 0
+    assert r["examples"] == 12 and r["records"] == 12  # 2 demo train clips of 6 frames
     assert r["examples_per_cpu_s"] > 0
     assert np.isclose(r["ratio_per_core"],
                       r["examples_per_cpu_s"] / (10 / r["cpus"]), rtol=0.01)
-    assert '"benchmark": "input_pipeline"' in capsys.readouterr().out
 
 
 def test_input_pipeline_benchmark_compares_host_and_device_augmentation(demo_dataset, capsys):
-    r = input_pipeline.main(["--res", "64", "--batch", "4", "--batches", "2",
-                             "--data_dir", demo_dataset[1], "--augment_on", "host,device"])
+    assert input_pipeline.main([*_demo_data(demo_dataset), "--batches=2",
+                                "--placements=host,device"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x.get("augment_on") for x in lines] == ["host", "device", None]
-    host, device = lines[0], lines[1]
+    host, device, r = lines
     assert r["runs"] == 2 and r["device_over_host"] == [
         round(device["examples_per_cpu_s"] / host["examples_per_cpu_s"], 2)]
     assert device["step_cpu_ms_per_batch"] > 0 and "step_ms_per_batch" not in host

@@ -62,7 +62,7 @@ def test_depth_baselines_on_crafted_pixels():
     assert depth_baselines.baselines(bins[:0], parts[:0], frames[:0])["most_common_bin"] == 0
 
 
-def test_depth_baselines_on_demo_clips(demo_dataset):
+def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
     """Depth bins are relative to the pelvis, in front negative: the visible torso surface is
     nearer the camera than the pelvis joint inside the body. A head that knows each part's
     depth per frame scores at least as well as one that knows the parts only."""
@@ -70,12 +70,15 @@ def test_depth_baselines_on_demo_clips(demo_dataset):
 
     test_dir = os.path.join(demo_dataset[0], "cmu", "test")
     for stem in surreal.find_clips(demo_dataset[0], "test"):
-        bins, parts, frames = depth_baselines.clip_pixels(stem, every=2)
+        bins, parts, frames = depth_baselines.clip_pixels(stem, "every2")
         assert set(np.unique(frames)) == {0, 2, 4}
         torso = bins[parts == surreal.PART_NAMES.index("torso") + 1]
         assert -4 <= np.median(torso) <= -1
-    r = depth_baselines.main(["--clips", test_dir, "--every", "1"])[test_dir]
-    assert r["clips"] == 2 and r["pixels"] > 0
+        # 6-frame clips: the middle frame is the 3rd (1-based ceil(6/2)), index 2
+        assert set(depth_baselines.clip_pixels(stem, "middle")[2]) == {2}
+    assert depth_baselines.main([f"--clips={test_dir}", "--frames=all"]) == 0
+    r = json.loads(capsys.readouterr().out)[test_dir]
+    assert r["clips"] == 2 and r["pixels"] > 0 and r["frames"] == "all"
     assert r["most_common_bin"] <= r["part_mode"] <= r["part_frame_mode"] <= 1
 
 

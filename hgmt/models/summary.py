@@ -10,22 +10,25 @@ GFLOP come from XLA's cost analysis of the jitted forward pass (batch 1, inferen
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from hgmt import cli
 from hgmt.models import create_model
 from hgmt.tasks import all_subsets, heads, parse_tasks
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file[:argument].")
-flags.DEFINE_bool("all_subsets", False, "Summarise all 15 task subsets of the config's model.")
-flags.DEFINE_bool("json", False, "Print one JSON line per configuration instead of Markdown.")
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_bool("all_subsets", False, "Summarise all 15 task subsets of the config's "
+                      "model.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print one JSON line per configuration instead of "
+                      "Markdown.", flag_values=fv)
 
 
 def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
@@ -51,18 +54,23 @@ def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int)
     return "\n".join(lines)
 
 
-def main(argv) -> None:
-    del argv
-    config = FLAGS.config
-    subsets = all_subsets() if FLAGS.all_subsets else [parse_tasks(config.tasks)]
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m hgmt.models.summary --config=FILE[:ARG] [--all_subsets] [--json]
+    [--config.x=y ...]` -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__, config_file=True)
+    config = args.config
+    if config is None:
+        raise SystemExit("error: --config is required: a config file such as "
+                         "configs/default.py:tasks=pose2d")
+    subsets = all_subsets() if args.all_subsets else [parse_tasks(config.tasks)]
     rows = [summarize(config.model, tasks, config.image_size) for tasks in subsets]
-    if FLAGS.json:
+    if args.json:
         for r in rows:
             print(json.dumps(r))
     else:
         print(markdown(rows, config.model, config.image_size))
+    return 0
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    sys.exit(main())
