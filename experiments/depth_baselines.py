@@ -84,13 +84,13 @@ def measure(where: str, frames: str) -> dict:
     from limb_depth import info_files
 
     stems = [p[:-len("_info.mat")] for p in info_files(where)]
-    bins, parts, frames = [], [], []
+    bins, parts, frame_ids = [], [], []
     for k, stem in enumerate(stems):
         b, p, t = clip_pixels(stem, frames)
         bins.append(b)
         parts.append(p)
-        frames.append(t + 10_000 * k)  # frame ids unique across clips
-    r = baselines(np.concatenate(bins), np.concatenate(parts), np.concatenate(frames))
+        frame_ids.append(t + 10_000 * k)  # frame ids unique across clips
+    r = baselines(np.concatenate(bins), np.concatenate(parts), np.concatenate(frame_ids))
     return {"clips": len(stems), "frames": frames,
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
 

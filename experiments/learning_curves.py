@@ -70,8 +70,8 @@ def plot(curves: dict[str, list[dict]], path: str, title: str = "") -> None:
 
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "training workdir", flag_values=fv, required=True)
-    flags.DEFINE_string("out_dir", None, "where curves.json and curves.png go (default: the "
-                        "workdir)", flag_values=fv)
+    flags.DEFINE_string("out_dir", None, "directory for curves.json and curves.png "
+                        "(default: the workdir)", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,8 @@ from hgmt import cli  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and results go.",
-                        flag_values=fv, required=True)
+    flags.DEFINE_string("workdir", None, "The training workdir: checkpoints, summaries and "
+                        "results go there.", flag_values=fv, required=True)
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM, Slurm).",
                       flag_values=fv)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",

@@ -87,8 +87,8 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("sweep_dir", None, "where each subset's workdir goes", flag_values=fv,
-                        required=True)
+    flags.DEFINE_string("sweep_dir", None, "sweep directory: each run's workdir goes into it",
+                        flag_values=fv, required=True)
     flags.DEFINE_string("config", None, "config file[:argument] for hgmt.main, without tasks=",
                         flag_values=fv, required=True)
     flags.DEFINE_string("tasks", "", "comma-separated subsets (default: all 15)",

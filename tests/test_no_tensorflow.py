@@ -123,7 +123,7 @@ def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_pat
     assert panel.shape == (size, 2 * size, 3) and panel.dtype == np.uint8 and panel.std() > 0
 
     out = str(tmp_path / "eval.json")
-    _run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}", f"--out={out}",
+    _run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}", f"--out_file={out}",
           f"--config.data_dir={data_dir}"], env)
     with open(out) as f:
         evaluated = json.load(f)
@@ -136,7 +136,7 @@ def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_pat
     Image.fromarray(frame).save(photo)
     predictions = str(tmp_path / "predictions")
     _run([sys.executable, "-m", "hgmt.predict", f"--workdir={workdir}", photo,
-          f"--out={predictions}"], env)
+          f"--out_dir={predictions}"], env)
     with open(os.path.join(predictions, "photo.json")) as f:
         result = json.load(f)
     assert result["step"] == 4 and result["image"] == photo

@@ -359,7 +359,7 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("out_dir", None, "output root (gets cmu/{train,val,test}/...)",
+    flags.DEFINE_string("out_dir", None, "output directory (gets cmu/{train,val,test}/...)",
                         flag_values=fv, required=True)
     flags.DEFINE_integer("clips_per_split", 4, "clips per split", flag_values=fv)
     flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", flag_values=fv)

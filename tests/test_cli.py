@@ -1,0 +1,134 @@
+"""The command-line convention of every entry point (hgmt.cli): `--help` lists the command's
+flags and exits 0, an unknown flag exits non-zero naming it, and a flag name means one thing in
+every command (`--out_dir` a directory,
+`--out_file` a file, `--sweep_dir` the sweep, `--frames` the frame selector)."""
+
+import importlib
+import os
+import re
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each entry point (a module name, or a script's path) with flags its --help must list,
+# written out by hand: a renamed or dropped flag fails here.
+ENTRY_POINTS = {
+    "hgmt.main": ["config", "workdir", "distributed", "compilation_cache", "verbosity"],
+    "hgmt.evaluate": ["workdir", "step", "split", "frames", "max_examples", "flip",
+                      "protocol", "out_file"],
+    "hgmt.predict": ["workdir", "step", "out_dir", "bbox"],
+    "hgmt.export": ["workdir", "step", "format", "out_dir"],
+    "hgmt.report": ["sweep_dir", "out_dir", "note", "note_file", "protocol", "check_config"],
+    "hgmt.models.summary": ["config", "all_subsets", "json"],
+    "hgmt.data.check": ["data_dir", "dataset", "splits"],
+    "hgmt.sources.synthetic": ["out_dir", "clips_per_split", "frames_per_clip", "seed",
+                               "zrot_max_deg"],
+    "launch/sweep.py": ["sweep_dir", "config", "tasks", "protocols", "seeds", "print_only"],
+    "benchmarks/input_pipeline.py": ["config", "batches", "train_img_per_s"],
+    "benchmarks/build_throughput.py": ["clips_per_split", "frames_per_clip", "beam_workers"],
+    "benchmarks/synthetic_throughput.py": ["clips_per_split", "frames_per_clip"],
+    "experiments/depth_errors.py": ["workdir", "step", "frames"],
+    "experiments/depth_baselines.py": ["clips", "frames"],
+    "experiments/limb_depth.py": ["clips"],
+    "experiments/learning_curves.py": ["workdir", "out_dir"],
+}
+# Commands on a trained workdir read its config.json before they parse their flags.
+ON_A_WORKDIR = ("hgmt.evaluate", "hgmt.predict", "hgmt.export", "experiments/depth_errors.py")
+# What a shared flag name means, as its help text must say it.
+MEANINGS = {"out_dir": "director", "out_file": "path", "sweep_dir": "sweep director",
+            "frames": "everyK", "workdir": "workdir"}
+
+
+def load(entry: str):
+    """The module of an entry point: `hgmt.x` by name, a script by path (its folder first on
+    sys.path, as when it runs)."""
+    if not entry.endswith(".py"):
+        return importlib.import_module(entry)
+    folder, name = os.path.split(entry[:-3])
+    if os.path.isfile(os.path.join(REPO, folder, "__init__.py")):
+        return importlib.import_module(f"{folder}.{name}")
+    path = os.path.join(REPO, folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(name)
+
+
+def help_flags(text: str) -> dict[str, str]:
+    """absl's --help text -> {flag: kind} of the command's own flags (absl's --flagfile and
+    --undefok left out); kind: bool, integer, number, enum, list or string."""
+    found: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"  --(\[no\])?([\w.]+): ?(.*)", line)
+        if m:
+            name = m.group(2)
+            rest = m.group(3)
+            found[name] = ("bool" if m.group(1) else "enum" if rest.startswith("<") else
+                           "string")
+        elif name and line.startswith("    "):
+            for phrase, kind in (("integer", "integer"), ("(a number", "number"),
+                                 ("repeat this option", "list"),
+                                 ("comma separated list", "list")):
+                if phrase in line:
+                    found[name] = kind
+        if line and not line.startswith(" "):
+            name = None
+    for absl_own in ("flagfile", "undefok"):
+        found.pop(absl_own, None)
+    return found
+
+
+def help_text(entry: str, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        load(entry).main(["--help"])
+    assert e.value.code in (0, None), f"{entry} --help exited {e.value.code}"
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_help_lists_the_flags_and_exits_0(entry, capsys):
+    listed = help_flags(help_text(entry, capsys))
+    missing = [f for f in ENTRY_POINTS[entry] if f not in listed]
+    assert not missing, f"{entry} --help lacks {missing}; it lists {sorted(listed)}"
+
+
+@pytest.fixture(scope="module")
+def saved_workdir(tmp_path_factory):
+    """A workdir holding only config.json: enough for a command to parse its flags."""
+    from configs import default
+    from hgmt import workdirs
+
+    workdir = str(tmp_path_factory.mktemp("workdir"))
+    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_an_unknown_flag_exits_non_zero_naming_it(entry, saved_workdir):
+    argv = ["--no_such_flag=1"]
+    if entry in ON_A_WORKDIR:
+        argv.insert(0, f"--workdir={saved_workdir}")
+    with pytest.raises(SystemExit) as e:
+        load(entry).main(argv)
+    assert e.value.code not in (0, None)
+    assert "no_such_flag" in str(e.value.code)
+
+
+def test_a_flag_name_means_one_thing_in_every_command(capsys):
+    """The same name has the same kind of value everywhere, and the shared names say what
+    they are; no command keeps the names that meant a file here and a directory there."""
+    kinds: dict[str, dict[str, str]] = {}
+    texts = {}
+    for entry in ENTRY_POINTS:
+        texts[entry] = help_text(entry, capsys)
+        for name, kind in help_flags(texts[entry]).items():
+            kinds.setdefault(name, {})[entry] = kind
+    for name, by_entry in kinds.items():
+        assert len(set(by_entry.values())) == 1, f"--{name} differs: {by_entry}"
+    assert "out" not in kinds and "sweep" not in kinds, "--out / --sweep are ambiguous"
+    for name, word in MEANINGS.items():
+        for entry in kinds[name]:
+            block = texts[entry].split(f"--{name}:", 1)[1].split("\n  --", 1)[0]
+            assert word in " ".join(block.split()), f"{entry} --{name}: {block!r}"
