@@ -563,7 +563,7 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
 
     frames = surreal.read_video(DEMO_CLIP)
     out = tmp_path / "out"
-    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out={out}",
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
                               "--batch_size=3"]) == 0
     assert sorted(os.listdir(out)) == ["03_01_c0001.annotated.mp4", "03_01_c0001.jsonl",
                                        "03_01_c0001.summary.json"]
@@ -601,6 +601,6 @@ def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
     fake.write_bytes(b"not a video at all")
     out = tmp_path / "out"
     assert hgmt.predict.main([str(fake), str(tmp_path / "gone.mp4"), f"--workdir={workdir}",
-                              f"--out={out}"]) == 1
+                              f"--out_dir={out}"]) == 1
     err = capsys.readouterr().err
     assert "clip.mp4 cannot be opened" in err and "gone.mp4 not found" in err

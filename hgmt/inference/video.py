@@ -139,7 +139,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     lines_path = os.path.join(out_dir, name + ".jsonl")
     video_path = os.path.join(out_dir, name + ".annotated.mp4")
     if os.path.abspath(video_path) == os.path.abspath(path):
-        raise ValueError(f"the annotated video would overwrite {path}: choose another --out")
+        raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
     writer = _Writer(video_path, frame_rate(path))
     count, batches = 0, []  # (frames, seconds end to end, seconds predicting) per batch
     try:
