@@ -1,4 +1,4 @@
-"""The task-combination study on demo data (docs/study) and the learning benchmark's model.
+"""The task-combination study on demo data (docs/study) and the learning curves' model.
 
     python3 launch/sweep.py --sweep_dir=docs/study/runs --config=configs/study.py --seeds=3
 
@@ -6,7 +6,7 @@ The demo data at 128 px (24 clips of 40 frames per split, generated and built on
 2 stacks of 64 features with hourglass depth 4, batch 16, Adam 2e-3 with warm-up and cosine
 decay, evaluated on every 4th frame of the 24 test clips (240 frames). At this size 2D and 3D
 pose and most parts learn on 2 CPU cores within the run, depth barely (docs/learning.md);
-benchmarks/learning.py trains the same model and data to draw learning curves. Argument:
+configs/learning.py trains the same model and data longer to draw learning curves. Argument:
 `tasks=` as in configs/default.py.
 """
 
