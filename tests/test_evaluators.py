@@ -118,7 +118,7 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     ("split", "dev", "split='dev'.*validation"),
     ("frames", "every0", "frames.*everyK"),
     ("protocol", "coco", "coco.*bodynet"),
-    ("every", 1.5, "every=1.5: give a int"),
+    ("every", -1, "every and max_examples must be >= 0"),
 ])
 def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_path, field,
                                                           value, message):

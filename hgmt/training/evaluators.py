@@ -116,7 +116,10 @@ class Evaluators:
         self.settings = check(config, weights)
         self.is_writer = is_writer
         self._built: dict[str, evaluator.Evaluator] = {}
-        self.keeper = next((n for n, e in self.settings.items() if e["best_metric"]), None)
+        # The evaluator that keeps the best checkpoint: one with a best_metric that runs
+        # during training (after the last step there is nothing left to choose from).
+        self.keeper = next((n for n, e in self.settings.items()
+                            if e["best_metric"] and e["every"]), None)
         self.manager = None
         if self.keeper:
             e = self.settings[self.keeper]
