@@ -22,6 +22,8 @@ from hgmt import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "default.py") + ":tasks=pose2d"
+# torch.compile's modes (torch_reference.py --compile_mode, compare.py --compile_mode)
+COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default")
 
 
 def define_timing(fv: flags.FlagValues, steps: int = 5, warmup: int = 2) -> None:

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import cli
 from absl import flags
@@ -45,8 +46,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("jax_devices", 1, "pmap the JAX step over this many virtual CPU "
                          "devices (CPU only)", flag_values=fv)
     flags.DEFINE_bool("compile", False, "also measure torch.compile", flag_values=fv)
-    flags.DEFINE_string("compile_mode", "max-autotune", "torch.compile mode tried first",
-                        flag_values=fv)
+    flags.DEFINE_enum("compile_mode", "max-autotune", cli.COMPILE_MODES,
+                      "torch.compile mode tried first", flag_values=fv)
     flags.DEFINE_integer("compile_timeout", 600, "seconds the compiled PyTorch run may take "
                          "in --compile_mode before it is rerun in the default mode",
                          flag_values=fv)
@@ -94,7 +95,8 @@ def compiled_torch(config_args: list[str], steps: int, mode: str, timeout: float
             "compile_mode_tried": mode}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     base = cli.config_args(fv)
     rows = []
@@ -155,5 +157,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,20 +4,35 @@ arrays (`input_pipeline.crop_with`, warps, gain and labels) and the batching cop
 placement's arrays. What is left to the loader on the device path is read + decodes + its
 batching; grain's own bookkeeping is the rest of benchmarks/input_pipeline.py's figure.
 
-    python3 benchmarks/input_stages.py --data_dir DIR [--res 256] [--n 300]
+    python3 benchmarks/input_stages.py [--config=configs/demo.py] [--config.image_size=256] \
+        [--config.data_dir=DIR] [--examples=300]
 
-Prints one JSON line.
+Reads the train split of the config's dataset (default configs/demo.py, whose demo data are
+built when missing), crops at `image_size` and batches `batch_size` examples. Prints one JSON
+line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 
+from hgmt import cli
 from hgmt.data import device_augment, input_pipeline
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "demo.py")
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("examples", 300, "examples timed per stage", flag_values=fv,
+                         lower_bound=1)
 
 
 def cpu_ms(fn, n: int) -> float:
@@ -28,36 +43,38 @@ def cpu_ms(fn, n: int) -> float:
     return round(1e3 * (time.process_time() - start) / n, 3)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", required=True, help="a built surreal/all dataset")
-    p.add_argument("--res", type=int, default=256)
-    p.add_argument("--n", type=int, default=300, help="examples per stage")
-    p.add_argument("--batch", type=int, default=16)
-    a = p.parse_args(argv)
-    source = input_pipeline.open_split("surreal/all", a.data_dir, "train")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON line; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    config = args.config
+    if "demo" in config:
+        from hgmt.main import prepare_demo_dataset
+
+        prepare_demo_dataset(config)
+    res, batch, n = config.image_size, config.batch_size, args.examples
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     records = [source[i] for i in range(len(source))]
     k = len(records)
-    out = {"benchmark": "input_stages", "res": a.res, "records": k,
-           "read_ms": cpu_ms(lambda i: source[i % k], a.n)}
+    out = {"benchmark": "input_stages", "res": res, "records": k,
+           "read_ms": cpu_ms(lambda i: source[i % k], n)}
     for key in input_pipeline.IMAGE_FEATURES:
         out[f"decode_{key}_ms"] = cpu_ms(lambda i, key=key: input_pipeline.decoded(
-            records[i % k], key), a.n)
+            records[i % k], key), n)
     decoded = [{**r, **{key: input_pipeline.decoded(r, key)
                         for key in input_pipeline.IMAGE_FEATURES}} for r in records]
     rng = np.random.default_rng(0)
     params = [input_pipeline.draw_crop_params(input_pipeline.Augment(), rng) for _ in range(k)]
     out["host_crop_ms"] = cpu_ms(lambda i: input_pipeline.crop_with(
-        decoded[i % k], a.res, params[i % k]), a.n)
-    cropped = [input_pipeline.crop_with(decoded[i], a.res, params[i]) for i in range(a.batch)]
-    raw = [device_augment.decode_record(records[i]) for i in range(a.batch)]
+        decoded[i % k], res, params[i % k]), n)
+    cropped = [input_pipeline.crop_with(decoded[i], res, params[i]) for i in range(batch)]
+    raw = [device_augment.decode_record(records[i]) for i in range(batch)]
     for name, examples in (("host", cropped), ("device", raw)):
         out[f"batch_{name}_ms_per_example"] = round(cpu_ms(
             lambda _, e=examples: {key: np.stack([x[key] for x in e]) for key in e[0]},
-            max(1, a.n // a.batch)) / a.batch, 3)
+            max(1, n // batch)) / batch, 3)
     print(json.dumps(out))
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

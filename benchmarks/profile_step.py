@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
     compiled, state, data, _, compile_s, flops, flops_from = train_step.compiled_step(config)
@@ -161,5 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

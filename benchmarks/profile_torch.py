@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import collections
 import json
+import sys
+from collections.abc import Sequence
 
 import cli
 import torch_reference
@@ -38,7 +40,8 @@ def kind(name: str, input_shapes: list) -> str:
     return OTHER_KINDS.get(name, "other")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(cli.define_timing, argv, __doc__)
     step, _ = torch_reference.make_step(fv.config)
     for _ in range(fv.warmup):
@@ -57,5 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

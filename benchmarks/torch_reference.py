@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 # The config comes through hgmt's packages, which import JAX: keep it off the accelerator,
 # which is PyTorch's here.
@@ -37,7 +39,8 @@ from torch import nn  # noqa: E402
 from hgmt.tasks import parse_tasks  # noqa: E402
 
 TASK_CHANNELS = {"pose2d": 16, "pose3d": 16 * 19, "depth": 20, "segm": 15}
-COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default")
+
+
 class Residual(nn.Module):
     """Pre-activation bottleneck: BN-ReLU-1x1 C/2, BN-ReLU-3x3 C/2, BN-ReLU-1x1 C (+1x1 skip);
     as in hgmt, a convolution that feeds a BatchNorm has no bias."""
@@ -204,7 +207,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv)
     flags.DEFINE_bool("compile", False, "run the forward pass and losses through torch.compile",
                       flag_values=fv)
-    flags.DEFINE_enum("compile_mode", "max-autotune", COMPILE_MODES,
+    flags.DEFINE_enum("compile_mode", "max-autotune", cli.COMPILE_MODES,
                       "torch.compile's mode with --compile", flag_values=fv)
     flags.DEFINE_string("compile_cache", "", "Inductor and Triton cache folder with --compile "
                         "(default: a fresh temporary one, so compile_s is a cold compile)",
@@ -216,7 +219,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
     mode = fv.compile_mode if fv["compile"].value else None
@@ -248,5 +252,11 @@ def main(argv=None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

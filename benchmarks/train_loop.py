@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
+from collections.abc import Sequence
 
 import cli
 import jax
@@ -84,7 +86,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
     devices = jax.local_device_count()
@@ -105,5 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

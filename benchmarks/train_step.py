@@ -25,7 +25,9 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Sequence
 
 import cli
 import flax
@@ -173,12 +175,19 @@ def _define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     result = measure(fv.config, fv.steps, fv.warmup, fv.devices)
     print(json.dumps(result))
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import cli
 from absl import flags
@@ -87,7 +88,8 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
             "trainer_first_step_s": float(compile_line.group(2)) if compile_line else None}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config_args = cli.config_args(fv)
     if fv.demo_data:
@@ -136,5 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -172,7 +172,7 @@ def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
 
 
 def test_profile_of_a_tiny_step_on_this_cpu():
-    r = profile_step.main(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1"])
+    r = profile_step.benchmark(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1"])
     kinds = r["kinds"]
     for kind in ("conv forward", "conv input-gradient", "conv weight-gradient",
                  "matmul (1x1 conv) forward", "matmul (1x1 conv) weight-gradient",
@@ -189,7 +189,7 @@ def test_train_step_benchmark_figures_agree():
     """A tiny configuration on 2 of the 4 test devices: img/s is batch / step time, the
     parameter count is the model's, FLOPs and MFU are positive and MFU below 1."""
     config = os.path.join(cli.REPO, "configs", "default.py") + ":tasks=pose2d+segm"
-    r = train_step.main([f"--config={config}", *TINY, "--config.batch_size=4", "--steps=2",
+    r = train_step.benchmark([f"--config={config}", *TINY, "--config.batch_size=4", "--steps=2",
                          "--warmup=1", "--devices=2"])
     assert r["devices"] == 2 and r["tasks"] == "pose2d+segm" and r["res"] == 32
     assert np.isclose(r["img_per_s"], 4 / r["step_s"], rtol=0.01)
@@ -247,14 +247,14 @@ def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
 
-    r = torch_reference.main(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
+    r = torch_reference.benchmark(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
     config = cli.parse(cli.define_timing, TINY, "doc").config
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     shapes = jax.eval_shape(model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
     assert r["params"] == sum(x.size for x in jax.tree.leaves(shapes["params"]))
     assert r["compile_mode"] == "eager" and r["img_per_s"] > 0 and r["res"] == 32
     with pytest.raises(ValueError, match="interaction='sum'"):
-        torch_reference.main(TINY + ["--config.model.interaction=gated"])
+        torch_reference.benchmark(TINY + ["--config.model.interaction=gated"])
 
 
 def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):

@@ -1,8 +1,9 @@
 """The command-line convention of every entry point (hgmt.cli): `--help` lists the command's
-flags and exits 0, an unknown flag exits non-zero naming it, and a flag name means one thing in
-every command (`--out_dir` a directory,
+flags and exits 0, an unknown flag exits non-zero naming it, `main` is run as
+`sys.exit(main())`, and a flag name means one thing in every command (`--out_dir` a directory,
 `--out_file` a file, `--sweep_dir` the sweep, `--frames` the frame selector)."""
 
+import glob
 import importlib
 import os
 import re
@@ -26,7 +27,16 @@ ENTRY_POINTS = {
     "hgmt.sources.synthetic": ["out_dir", "clips_per_split", "frames_per_clip", "seed",
                                "zrot_max_deg"],
     "launch/sweep.py": ["sweep_dir", "config", "tasks", "protocols", "seeds", "print_only"],
-    "benchmarks/input_pipeline.py": ["config", "batches", "train_img_per_s"],
+    "benchmarks/train_step.py": ["config", "steps", "warmup", "devices"],
+    "benchmarks/train_loop.py": ["config", "steps", "warmup", "repeats"],
+    "benchmarks/trainer_speed.py": ["config", "workdir", "bare", "compilation_cache"],
+    "benchmarks/profile_step.py": ["config", "steps", "warmup", "trace_dir"],
+    "benchmarks/torch_reference.py": ["config", "steps", "warmup", "compile"],
+    "benchmarks/profile_torch.py": ["config", "steps", "warmup"],
+    "benchmarks/compare.py": ["config", "variants", "repeats", "jax_devices"],
+    "benchmarks/input_pipeline.py": ["config", "batches", "train_img_per_s", "placements",
+                                     "repeats"],
+    "benchmarks/input_stages.py": ["config", "examples"],
     "benchmarks/build_throughput.py": ["clips_per_split", "frames_per_clip", "beam_workers"],
     "benchmarks/synthetic_throughput.py": ["clips_per_split", "frames_per_clip"],
     "experiments/depth_errors.py": ["workdir", "step", "frames"],
@@ -114,6 +124,27 @@ def test_an_unknown_flag_exits_non_zero_naming_it(entry, saved_workdir):
         load(entry).main(argv)
     assert e.value.code not in (0, None)
     assert "no_such_flag" in str(e.value.code)
+
+
+def test_every_entry_point_is_checked_and_exits_with_mains_status():
+    """Every script of benchmarks/, experiments/ and launch/ and every `python -m` module of
+    hgmt is in ENTRY_POINTS, and ends in `sys.exit(main())`."""
+    scripts = {os.path.relpath(p, REPO) for d in ("benchmarks", "experiments", "launch")
+               for p in glob.glob(os.path.join(REPO, d, "*.py"))}
+    modules = {os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "hgmt", "**",
+                                                                         "*.py"),
+                                                             recursive=True)}
+    found = set()
+    for path in sorted(scripts | modules):
+        with open(os.path.join(REPO, path)) as f:
+            source = f.read()
+        if '__name__ == "__main__"' not in source:
+            continue
+        assert 'if __name__ == "__main__":\n    sys.exit(main())\n' in source, path
+        assert "argparse" not in source, f"{path}: use hgmt.cli (absl flags), not argparse"
+        found.add(path if path in scripts else path[:-3].replace(os.sep, "."))
+    assert found == set(ENTRY_POINTS), (f"not checked here: {sorted(found - set(ENTRY_POINTS))}"
+                                        f"; gone: {sorted(set(ENTRY_POINTS) - found)}")
 
 
 def test_a_flag_name_means_one_thing_in_every_command(capsys):
