@@ -4,7 +4,13 @@ it. The commands that work on a trained workdir (`hgmt.evaluate`, `hgmt.predict`
 `hgmt.export`) take the workdir's own config (`<workdir>/config.json`) as `--config`, so
 `--config.data_dir=...` points them at a dataset elsewhere. Each call parses into a new
 `FlagValues`, so the commands can also be called from Python (`main([...])`) any number of
-times in one process."""
+times in one process; each `main` returns the exit status (`sys.exit(main())`).
+
+A flag name means one thing in every command (tests/test_cli.py checks each entry point):
+`--workdir` a training workdir, `--out_dir` a directory written into, `--out_file` a file
+written, `--sweep_dir` a sweep's directory (launch/sweep.py), `--frames` the frames of each
+clip (middle | all | everyK), `--config` a config file (or a workdir's config), and a model
+or data size is the config's own field (`--config.image_size`, `--config.model.features`)."""
 
 from __future__ import annotations
 
