@@ -62,6 +62,10 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.model.interaction = "sum"
     c.model.shared_trunk = False
     c.model.dtype = "float32"
+    # "separate": one compiled stream per task; "vmapped": a stage's task streams as one
+    # stream over a stacked task axis (one compiled stream, the same function); "auto": the
+    # faster on the backend (hgmt.models.AUTO_STREAM_MODE). Checkpoints are per task in all.
+    c.model.stream_mode = "auto"
 
     c.loss_weights = ml_collections.ConfigDict(
         {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})

@@ -8,27 +8,51 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from hgmt.models import stacking
 from hgmt.models.multitask import (
     IMAGE_MEAN,
     IMAGE_STD,
     INTERACTIONS,
+    STREAM_MODES,
     MultiTaskHourglass,
     normalize_images,
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype")
+MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype",
+                "stream_mode")
+
+
+# The stream mode that `stream_mode="auto"` picks on each backend: the faster one as measured
+# with benchmarks/train_step.py (docs/performance.md, "One stream over the tasks"). Backends
+# not measured keep "separate".
+AUTO_STREAM_MODE = {"cpu": "separate"}
+
+
+def resolve_stream_mode(mode: str, backend: str | None = None) -> str:
+    """`config.model.stream_mode` ("auto", "separate" or "vmapped") -> the mode the model
+    runs, "auto" resolved for `backend` (default: JAX's default backend)."""
+    if mode == "auto":
+        import jax
+
+        return AUTO_STREAM_MODE.get(backend or jax.default_backend(), "separate")
+    if mode not in STREAM_MODES:
+        raise ValueError(f"config.model.stream_mode={mode!r}: choose one of "
+                         f"{['auto', *STREAM_MODES]}")
+    return mode
 
 
 def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                  axis_name: str | None = None) -> MultiTaskHourglass:
     """Builds the model from `config.model` (num_stacks, features, depth, interaction,
-    shared_trunk, dtype "float32"|"bfloat16") with one head per task, `heads` {task: output
-    channels} (`hgmt.tasks.heads(names)`); unknown fields or values are errors."""
+    shared_trunk, dtype "float32"|"bfloat16", stream_mode "auto"|"separate"|"vmapped") with
+    one head per task, `heads` {task: output channels} (`hgmt.tasks.heads(names)`); unknown
+    fields or values are errors."""
     cfg = dict(model_config)
     unknown = sorted(set(cfg) - set(MODEL_FIELDS))
     if unknown:
         raise ValueError(f"unknown config.model field(s) {unknown}; valid: {list(MODEL_FIELDS)}")
+    cfg["stream_mode"] = resolve_stream_mode(cfg.get("stream_mode", "auto"))
     dtype = cfg.pop("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={dtype!r}: choose one of {list(DTYPES)}")
@@ -38,6 +62,19 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
     return MultiTaskHourglass(heads=tuple(dict(heads).items()), dtype=DTYPES[dtype],
                               axis_name=axis_name,
                               **cfg)
+
+
+def to_model_layout(model: MultiTaskHourglass, tree: Any) -> Any:
+    """`tree` (variables, or a train state) in either stream layout -> in `model`'s
+    (`hgmt.models.stacking`): how a checkpoint, always written per task, is loaded."""
+    if model.stream_mode == "vmapped" and not model.shared_trunk:
+        return stacking.stack_streams(tree, model.tasks)
+    return stacking.unstack_streams(tree, model.tasks)
+
+
+def to_checkpoint_layout(model: MultiTaskHourglass, tree: Any) -> Any:
+    """`tree` in `model`'s layout -> the per-task layout checkpoints are written in."""
+    return stacking.unstack_streams(tree, model.tasks)
 
 
 def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.ndarray,
@@ -54,5 +91,6 @@ def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.n
     return out
 
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "MultiTaskHourglass", "create_model",
-           "normalize_images", "predict_last_stage"]
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "STREAM_MODES", "MultiTaskHourglass",
+           "create_model", "normalize_images", "predict_last_stage", "resolve_stream_mode",
+           "to_checkpoint_layout", "to_model_layout"]

@@ -13,6 +13,13 @@ features and predictions concatenated, one 1x1 to width) and `gated` (the `sum` 
 each scaled by per-channel sigmoid gates computed from the receiving stream's pooled
 features). `shared_trunk=True` is the classic alternative: one stream shared by all tasks with
 one head per task.
+
+Stream modes (the same function, two programs): `separate` builds one stream module per task
+and stage, so XLA compiles every task's stream; `vmapped` runs a stage's task streams as one
+stream over a stacked task axis (`nn.vmap`, every variable with a leading task axis, layout
+and conversion in hgmt/models/stacking.py), so XLA compiles one stream however many tasks
+there are. The first stage's streams all read the stem's output, which is not stacked: its
+convolutions become one convolution with the tasks' output channels side by side.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hgmt.models.hourglass import Dtype, Stem, Stream, conv
+from hgmt.models.stacking import STACKED
 
 INTERACTIONS = ("none", "sum", "concat", "gated")
+STREAM_MODES = ("separate", "vmapped")
 # Heads start near zero output (kernel std 1 % of LeCun's): the sparse heatmap and volume
 # targets are then learned from the first step instead of after unlearning random outputs
 # (with the default init the pose3d overfit test stayed above the all-zero prediction's loss).
@@ -91,6 +100,7 @@ class MultiTaskHourglass(nn.Module):
     shared_trunk: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    stream_mode: str = "separate"
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -101,14 +111,21 @@ class MultiTaskHourglass(nn.Module):
         if self.interaction not in INTERACTIONS:
             raise ValueError(f"model.interaction={self.interaction!r}: choose one of "
                              f"{', '.join(INTERACTIONS)}")
+        if self.stream_mode not in STREAM_MODES:
+            raise ValueError(f"model.stream_mode={self.stream_mode!r}: choose one of "
+                             f"{', '.join(STREAM_MODES)}")
         c, dt, ax = self.features, self.dtype, self.axis_name
         x = Stem(c, dt, ax, name="stem")(normalize_images(images).astype(dt), train)
         streams = ("trunk",) if self.shared_trunk else tuple(self.tasks)
         xs = {s: x for s in streams}
         outputs = {t: [] for t in self.tasks}
         for stage in range(self.num_stacks):
-            feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s], train)
-                     for s in streams}
+            if self.stream_mode == "vmapped" and not self.shared_trunk:
+                feats = self._stacked_streams(stage, streams, x if stage == 0 else xs, train)
+            else:
+                feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s],
+                                                                                   train)
+                         for s in streams}
             preds = {t: conv(channels, 1, dtype=dt, name=f"stage{stage}_{t}_head",
                              init_scale=HEAD_INIT_SCALE)(
                 feats["trunk" if self.shared_trunk else t]) for t, channels in self.heads}
@@ -127,3 +144,15 @@ class MultiTaskHourglass(nn.Module):
                 xs = Interaction(tuple(self.tasks), c, self.interaction, dt,
                                  name=f"interaction{stage}")(xs, feats, preds)
         return {t: jnp.stack(v) for t, v in outputs.items()}
+
+    def _stacked_streams(self, stage: int, streams: Sequence[str], xs, train: bool) -> dict:
+        """The streams of one stage as one vmapped stream: xs {task: (B,r,r,C)}, or the one
+        (B,r,r,C) input all of them read -> {task: (B,r,r,C)}."""
+        shared = not isinstance(xs, dict)
+        stacked = nn.vmap(Stream, in_axes=(None if shared else 0, None), out_axes=0,
+                          variable_axes={"params": 0, "batch_stats": 0},
+                          split_rngs={"params": True}, axis_size=len(streams))(
+            self.depth, self.features, self.dtype, self.axis_name,
+            name=f"stage{stage}_{STACKED}")
+        f = stacked(xs if shared else jnp.stack([xs[s] for s in streams]), train)
+        return {s: f[i] for i, s in enumerate(streams)}

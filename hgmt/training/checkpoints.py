@@ -158,7 +158,8 @@ def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]
 def restore_for_inference(workdir: str, step: int | str | None = None,
                           config: ml_collections.ConfigDict | None = None) -> tuple[
         ml_collections.ConfigDict, dict[str, Any], int]:
-    """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint;
+    """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint, in
+    the stream layout of `config.model.stream_mode` (`hgmt.models.stacking`);
     step "best": the best validation checkpoint kept in <workdir>/best. `config`: the
     workdir's config with the caller's overrides (default: the workdir's as saved).
 
@@ -195,8 +196,18 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
                          ) from e
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    variables = _in_model_layout(config, variables)
     check_variables(config, variables, f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step}")
     return config, variables, step
+
+
+def _in_model_layout(config: ml_collections.ConfigDict, variables: Any) -> Any:
+    """Checkpoint variables (streams per task) in the stream layout of `config`'s model."""
+    from hgmt.models import create_model, to_model_layout
+    from hgmt.tasks import heads, parse_tasks
+
+    return to_model_layout(create_model(config.model, heads(parse_tasks(config.tasks))),
+                           variables)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:

@@ -31,6 +31,8 @@ import orbax.checkpoint as ocp
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
+from hgmt.models import create_model, to_checkpoint_layout
+from hgmt.tasks import heads, parse_tasks
 
 SPLITS = ("train", "validation", "test")
 FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examples": int,
@@ -115,6 +117,8 @@ class Evaluators:
         self.config, self.workdir, self.weights = config, workdir, dict(weights)
         self.settings = check(config, weights)
         self.is_writer = is_writer
+        # Only for the layout of the best checkpoint: the streams per task.
+        self.model = create_model(config.model, heads(parse_tasks(config.tasks)))
         self._built: dict[str, evaluator.Evaluator] = {}
         # The evaluator that keeps the best checkpoint: one with a best_metric that runs
         # during training (after the last step there is nothing left to choose from).
@@ -195,7 +199,8 @@ class Evaluators:
             return f"  ({metric}: kept at this step already)"
         if better:
             self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state)), metrics={metric: value})
+                state=ocp.args.StandardSave(to_checkpoint_layout(self.model, host_state))),
+                metrics={metric: value})
             return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
         if best is not None:
             return f"  ({metric}: best {best[1]:.4g} at step {best[0]})"

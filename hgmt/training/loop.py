@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
 from hgmt.data import damage, device_augment, input_pipeline
-from hgmt.models import create_model
+from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
     checkpoints,
@@ -128,12 +128,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     model = create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    # Checkpoints hold the streams per task whatever config.model.stream_mode trains them.
     restored = checkpoints.restore_newest_readable(
         mngr, lambda: ocp.args.Composite(
-            state=ocp.args.StandardRestore(state),
+            state=ocp.args.StandardRestore(to_checkpoint_layout(model, state)),
             data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)), workdir)
     if restored is not None:
-        state = restored[1]["state"]
+        state = to_model_layout(model, restored[1]["state"])
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
@@ -179,7 +180,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
     def save(step: int, host: steps.TrainState) -> None:
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host),
+            state=ocp.args.StandardSave(to_checkpoint_layout(model, host)),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
