@@ -97,4 +97,13 @@ if has torch; then
     fi
   done
 fi
+
+# --- Stream modes (config.model.stream_mode): not in the default --parts; --parts=streams.
+# One compiled stream per task against one vmapped stream over the tasks: compile and step
+# time for pose2d and all four at batch $b4, each in a fresh process, the modes alternating
+# (benchmarks/stream_modes.py; its last line has the ratios). About 4-5 min of an H200.
+if has streams; then
+  run 900 python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=1 -- \
+    "${model[@]}" --config.batch_size=$b4 --steps=$step_steps --warmup=3
+fi
 exit 0

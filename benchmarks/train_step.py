@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from hgmt.models import create_model
+from hgmt.models import create_model, resolve_stream_mode
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import steps
 
@@ -160,6 +160,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
         "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
         "machine": platform.machine(), **cli.describe(config), "params": params,
+        "stream_mode": resolve_stream_mode(config.model.get("stream_mode", "auto")),
         "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,

@@ -1,0 +1,89 @@
+"""The model's two stream modes (`config.model.stream_mode`), alternating, compile and step time.
+
+    python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=2 -- \
+        --config.image_size=128 --config.batch_size=16 --config.model.features=64 --steps=3
+
+Every round measures each task set in each mode, each measurement in its own process
+(benchmarks/train_step.py with `--config=configs/default.py:tasks=<set>
+--config.model.stream_mode=<mode>` and the flags after `--`: its compile time is that
+process's first compilation), the modes' order swapped every round so that neither always
+runs first. Prints
+train_step.py's JSON line for each, then one summary line: per task set and round, the second
+mode's compile and step time over the first's (`vmapped/separate` by default), and per mode
+and round, the compile time of the last task set over the first's (the 4-task over 1-task
+growth). On a shared machine read the ratios within a round, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(args: list[str], tasks: str, mode: str) -> dict:
+    """One train_step.py measurement in a fresh process -> its JSON line."""
+    config = os.path.join(os.path.dirname(HERE), "configs", "default.py")
+    cmd = [sys.executable, os.path.join(HERE, "train_step.py"), f"--config={config}:tasks={tasks}",
+           f"--config.model.stream_mode={mode}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(results: list[dict], modes: tuple[str, str]) -> dict:
+    """The ratios of an alternating run (`results`: train_step.py lines with their "round"):
+    {"modes": {task set: {compile_s, step_s: second mode over first}}, "tasks_compile":
+    {mode: last task set's compile_s over the first's}}, each {"rounds": [...], "median"}."""
+    def ratios(values: list[float]) -> dict:
+        return {"rounds": [round(v, 3) for v in values],
+                "median": round(float(np.median(values)), 3)}
+
+    by = {(r["round"], r["tasks"], r["stream_mode"]): r for r in results}
+    rounds = sorted({r["round"] for r in results})
+    task_sets = list(dict.fromkeys(r["tasks"] for r in results))
+    a, b = modes
+    first, last = task_sets[0], task_sets[-1]
+    return {
+        "summary": "stream_modes", "over": f"{b}/{a}",
+        "modes": {t: {key: ratios([by[i, t, b][key] / by[i, t, a][key] for i in rounds])
+                      for key in ("compile_s", "step_s")} for t in task_sets},
+        "tasks_compile": {f"{m}: {last}/{first}": ratios(
+            [by[i, last, m]["compile_s"] / by[i, first, m]["compile_s"] for i in rounds])
+            for m in modes},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modes", default="separate,vmapped", help="two stream modes")
+    p.add_argument("--task_sets", default="pose2d,all", help="comma list, e.g. pose2d,all")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("train_step_flags", nargs="*",
+                   help="after --: train_step.py's flags (config overrides, --steps, ...)")
+    a = p.parse_args(argv)
+    passed = a.train_step_flags
+    modes = tuple(a.modes.split(","))
+    if len(modes) != 2 or not set(modes) <= {"separate", "vmapped"}:
+        p.error(f"--modes={a.modes!r}: give two of separate, vmapped")
+    results = []
+    for i in range(a.rounds):
+        for tasks in a.task_sets.split(","):
+            for mode in (modes if i % 2 == 0 else modes[::-1]):
+                result = {**run(passed, tasks, mode), "round": i}
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    summary = summarize(results, modes)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
