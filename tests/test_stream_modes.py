@@ -34,8 +34,9 @@ def _images(b=2, r=64, seed=1):
 
 
 def _assert_close(a, b, what):
-    """Every leaf of `a` within TOL x (its largest magnitude, at least 1e-3 x the largest of
-    any leaf: for gradients that are ~0) of `b`'s; same tree."""
+    """Every leaf of `a` within TOL x (its largest magnitude, at least 1e-2 x the largest of
+    any leaf: float32 sums in another order differ by ~1e-8 of the tree's scale, which is
+    over 1e-5 of a gradient leaf 1000x smaller than the largest) of `b`'s; same tree."""
     fa = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
           jax.tree_util.tree_leaves_with_path(a)}
     fb = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
@@ -43,7 +44,7 @@ def _assert_close(a, b, what):
     assert fa.keys() == fb.keys() and fa, (what, sorted(set(fa) ^ set(fb))[:4])
     overall = max(float(np.abs(v).max()) for v in fa.values())
     for k in fa:
-        scale = max(float(np.abs(fa[k]).max()), 1e-3 * overall, 1e-12)
+        scale = max(float(np.abs(fa[k]).max()), 1e-2 * overall, 1e-12)
         err = float(np.abs(fa[k] - fb[k]).max())
         assert err <= TOL * scale, (what, k, err, scale)
 
