@@ -1,0 +1,95 @@
+"""Why a vmapped stream is slow on XLA:CPU: one convolution layer of T task streams, forward
+and both gradients, in the ways a stacked task axis can run it.
+
+    python3 benchmarks/stream_convs.py 4 8 32 32 32            # T B H Cin Cout
+    python3 benchmarks/stream_convs.py --im2col 4 8 32 32 32
+
+Default: a 3x3 convolution as T separate `lax` convolutions, as `vmap` of one (XLA gets a
+grouped convolution, feature_group_count=T, plus transposes) and as one grouped convolution
+over the tasks' concatenated channels. `--im2col`: T separate `lax` 3x3 convolutions, the same
+as 9 shifted slices and a matmul (T separate, and vmapped: a batched matmul), and a 1x1
+convolution as a 2-D matmul, T separate and vmapped. Best of 5 rounds, the variants
+alternating; one JSON line with milliseconds per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x, k, groups: int = 1):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN,
+                                    feature_group_count=groups)
+
+
+def im2col_conv(x, k):
+    """A 3x3 'SAME' convolution as 9 shifted slices concatenated and one 2-D matmul."""
+    b, h, w, c = x.shape
+    p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+    return (cols.reshape(-1, 9 * c) @ k.reshape(9 * c, -1)).reshape(b, h, w, -1)
+
+
+def matmul(x, k):
+    return (x.reshape(-1, x.shape[-1]) @ k).reshape(x.shape[:-1] + (k.shape[-1],))
+
+
+def variants(t: int, im2col: bool) -> dict:
+    """{name: (loss(xs, ks), which kernel)}; xs (T,B,H,W,C), kernels (T,3,3,C,O) or (T,C,O)."""
+    sep = lambda f: lambda xs, ks: sum((f(xs[i], ks[i]) ** 2).sum() for i in range(t))  # noqa: E731
+    vm = lambda f: lambda xs, ks: (jax.vmap(f)(xs, ks) ** 2).sum()  # noqa: E731
+
+    def grouped(xs, ks):  # the tasks side by side on the channel axis
+        b, h, w = xs.shape[1:4]
+        xcat = jnp.moveaxis(xs, 0, 3).reshape(b, h, w, -1)
+        kcat = jnp.moveaxis(ks, 0, 3).reshape(3, 3, ks.shape[3], -1)
+        return (conv(xcat, kcat, t) ** 2).sum()
+
+    if not im2col:
+        return {"conv3 separate": (sep(conv), 3), "conv3 vmapped": (vm(conv), 3),
+                "conv3 grouped": (grouped, 3)}
+    return {"conv3 separate": (sep(conv), 3), "conv3 im2col separate": (sep(im2col_conv), 3),
+            "conv3 im2col vmapped": (vm(im2col_conv), 3), "1x1 separate": (sep(matmul), 1),
+            "1x1 vmapped": (vm(matmul), 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("shape", nargs=5, type=int, metavar="T B H Cin Cout")
+    p.add_argument("--im2col", action="store_true")
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args(argv)
+    t, b, h, c, o = a.shape
+    kx, kk = jax.random.split(jax.random.key(0))
+    xs = jax.random.normal(kx, (t, b, h, h, c))
+    kernels = {3: jax.random.normal(kk, (t, 3, 3, c, o)) * 0.1}
+    kernels[1] = kernels[3][:, 1, 1]
+    cases = {n: (jax.jit(jax.grad(f, argnums=(0, 1))), kernels[k])
+             for n, (f, k) in variants(t, a.im2col).items()}
+    for g, k in cases.values():
+        jax.block_until_ready(g(xs, k))
+    times = {n: [] for n in cases}
+    for _ in range(a.rounds):
+        for n, (g, k) in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                out = g(xs, k)
+            jax.block_until_ready(out)
+            times[n].append((time.perf_counter() - t0) / 3)
+    result = {"tasks": t, "batch": b, "size": h, "cin": c, "cout": o,
+              "backend": jax.default_backend(),
+              "ms": {n: round(min(v) * 1e3, 2) for n, v in times.items()}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
