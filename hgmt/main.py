@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                          heartbeat_timeout_s=FLAGS.heartbeat_timeout)
     _hide_accelerators_from_tensorflow()
 
+    from hgmt import workdirs
     from hgmt.evaluation import evaluator
     from hgmt.training import loop
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
     if jax.process_index() == 0:
         for name, summary in summaries.items():
-            out = os.path.join(os.path.abspath(FLAGS.workdir), f"eval_{name}.json")
+            out = workdirs.eval_file(FLAGS.workdir, name)
             print(evaluator.to_markdown(summary))
             print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
                               **evaluator.headline(summary)}))

@@ -78,6 +78,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def eval_file(workdir: str, evaluator: str) -> str:
+    """The summary of the trainer's evaluator `evaluator` after the last step: eval_<name>.json
+    (the evaluator `test` writes `result_file()`, which hgmt.report and launch/sweep.py read)."""
+    return os.path.join(_abs(workdir), f"eval_{evaluator}.json")
+
+
 def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:
     """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
     `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and

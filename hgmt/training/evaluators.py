@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 
 import ml_collections
@@ -170,8 +169,7 @@ class Evaluators:
                 self._append(step, name, summary, values)
                 if final:
                     summary = {**summary, "step": step, "evaluator": name}
-                    evaluator.write_report(summary, os.path.join(self.workdir,
-                                                                 f"eval_{name}.json"))
+                    evaluator.write_report(summary, workdirs.eval_file(self.workdir, name))
             note = self._keep_best(name, step, host_state, values)
             logging.info("%s at step %d: %s%s", name, step, "  ".join(
                 f"{k} {v:.4g}" for k, v in evaluator.headline(summary).items()
