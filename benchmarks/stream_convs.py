@@ -1,8 +1,8 @@
 """Why a vmapped stream is slow on XLA:CPU: one convolution layer of T task streams, forward
 and both gradients, in the ways a stacked task axis can run it.
 
-    python3 benchmarks/stream_convs.py 4 8 32 32 32            # T B H Cin Cout
-    python3 benchmarks/stream_convs.py --im2col 4 8 32 32 32
+    python3 benchmarks/stream_convs.py --shape=4,8,32,32,32            # T B H Cin Cout
+    python3 benchmarks/stream_convs.py --im2col --shape=4,8,32,32,32
 
 Default: a 3x3 convolution as T separate `lax` convolutions, as `vmap` of one (XLA gets a
 grouped convolution, feature_group_count=T, plus transposes) and as one grouped convolution
@@ -14,13 +14,20 @@ alternating; one JSON line with milliseconds per variant.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -61,13 +68,18 @@ def variants(t: int, im2col: bool) -> dict:
             "1x1 vmapped": (vm(matmul), 1)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("shape", nargs=5, type=int, metavar="T B H Cin Cout")
-    p.add_argument("--im2col", action="store_true")
-    p.add_argument("--rounds", type=int, default=5)
-    a = p.parse_args(argv)
-    t, b, h, c, o = a.shape
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("shape", ["4", "8", "32", "32", "32"], "T,B,H,Cin,Cout: task streams, "
+                      "batch, height = width, input and output channels", flag_values=fv)
+    flags.DEFINE_bool("im2col", False, "the shifted-slices + matmul variants", flag_values=fv)
+    flags.DEFINE_integer("rounds", 5, "rounds, best of them", flag_values=fv)
+
+
+def benchmark(argv: list[str] | None = None) -> dict:
+    a, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    if len(a.shape) != 5 or not all(v.isdigit() for v in a.shape):
+        raise SystemExit(f"error: --shape={','.join(a.shape)}: give five integers T,B,H,Cin,Cout")
+    t, b, h, c, o = (int(v) for v in a.shape)
     kx, kk = jax.random.split(jax.random.key(0))
     xs = jax.random.normal(kx, (t, b, h, h, c))
     kernels = {3: jax.random.normal(kk, (t, 3, 3, c, o)) * 0.1}
@@ -91,5 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: list[str] | None = None) -> int:
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,6 @@ growth). On a shared machine read the ratios within a round, not absolute times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,6 +24,11 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
 
 
 def run(args: list[str], tasks: str, mode: str) -> dict:
@@ -61,21 +65,24 @@ def summarize(results: list[dict], modes: tuple[str, str]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--modes", default="separate,vmapped", help="two stream modes")
-    p.add_argument("--task_sets", default="pose2d,all", help="comma list, e.g. pose2d,all")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("train_step_flags", nargs="*",
-                   help="after --: train_step.py's flags (config overrides, --steps, ...)")
-    a = p.parse_args(argv)
-    passed = a.train_step_flags
-    modes = tuple(a.modes.split(","))
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("modes", ["separate", "vmapped"], "the two stream modes to compare",
+                      flag_values=fv)
+    flags.DEFINE_list("task_sets", ["pose2d", "all"], "task sets, e.g. pose2d,all",
+                      flag_values=fv)
+    flags.DEFINE_integer("rounds", 2, "rounds, the modes' order swapped every round",
+                         flag_values=fv)
+
+
+def benchmark(argv: list[str] | None = None) -> dict:
+    """Arguments after `--` go to train_step.py (config overrides, --steps, ...)."""
+    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    modes = tuple(args.modes)
     if len(modes) != 2 or not set(modes) <= {"separate", "vmapped"}:
-        p.error(f"--modes={a.modes!r}: give two of separate, vmapped")
+        raise SystemExit(f"error: --modes={','.join(modes)}: give two of separate, vmapped")
     results = []
-    for i in range(a.rounds):
-        for tasks in a.task_sets.split(","):
+    for i in range(args.rounds):
+        for tasks in args.task_sets:
             for mode in (modes if i % 2 == 0 else modes[::-1]):
                 result = {**run(passed, tasks, mode), "round": i}
                 print(json.dumps(result), flush=True)
@@ -85,5 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    benchmark(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

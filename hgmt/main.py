@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if FLAGS.config is None:
         raise SystemExit("error: --config is required: a config file such as "
                          "configs/default.py:tasks=all")
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # absl's line format (level, date, time, thread, file:line), as app.run would give it
+    logging.basicConfig(format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
+                        "%(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
     logging.getLogger().setLevel(logging.INFO)
     if FLAGS.verbosity < 1:
         for handler in logging.getLogger().handlers:

@@ -121,8 +121,9 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
     # The console holds the user's lines: INFO only from hgmt's own modules (orbax and
     # TFDS log dozens of INFO lines on a resume), unless --verbosity=1.
     info_from = set(re.findall(r"^I\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", rerun.stderr, re.M))
-    hgmt_modules = {f for f in os.listdir(os.path.join(REPO, "hgmt")) if f.endswith(".py")}
-    assert "train.py" in info_from and info_from <= hgmt_modules, info_from
+    hgmt_modules = {f for _, _, files in os.walk(os.path.join(REPO, "hgmt")) for f in files
+                    if f.endswith(".py")}
+    assert "loop.py" in info_from and info_from <= hgmt_modules, info_from
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["pose2d/pckh@0.5"] <= 1.0
 
