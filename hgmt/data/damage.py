@@ -114,6 +114,20 @@ def damaged_field(indices: list[int]) -> np.ndarray:
     return np.asarray(indices + [-1] * (MAX_TRIES - len(indices)), np.int64)
 
 
+def make_guarded(element: dict, source: Any, shards: Shards,
+                 make: Callable[[dict], dict]) -> dict:
+    """`make` of an element of a `Guarded` source: a plain record is made as it is; one marked
+    with its index (and `_damaged` when it did not read) goes through `first_good`, and its
+    example gets the `damaged` field (`damaged_field`)."""
+    if "_index" not in element:
+        return make(element)
+    index = element.pop("_index")
+    record = None if element.pop("_damaged", None) else element
+    out, damaged = first_good(index, source, shards, make, record)
+    out["damaged"] = damaged_field(damaged)
+    return out
+
+
 class Guarded:
     """A data source whose records never raise: a record that does not read comes back as
     {'_index': i, '_damaged': the error}, a good one as the record plus '_index', for the

@@ -85,13 +85,7 @@ class DecodeRecord(grain.MapTransform):
         def decode(record: dict) -> dict:
             return decode_record(record, self.maps)
 
-        if "_index" not in element:
-            return decode(element)
-        index = element.pop("_index")
-        record = None if element.pop("_damaged", None) else element
-        out, damaged = damage.first_good(index, self.source, self.shards, decode, record)
-        out["damaged"] = damage.damaged_field(damaged)
-        return out
+        return damage.make_guarded(element, self.source, self.shards, decode)
 
 
 def maps_read(tasks: Sequence[str] | None = None) -> tuple[str, ...]:

@@ -197,13 +197,7 @@ class TrainCrop(grain.RandomMapTransform):
         def crop(record: dict) -> dict:
             return crop_example(record, self.image_size, self.augment, rng, self.tasks)
 
-        if "_index" not in element:
-            return crop(element)
-        index = element.pop("_index")
-        record = None if element.pop("_damaged", None) else element
-        out, damaged = damage.first_good(index, self.source, self.shards, crop, record)
-        out["damaged"] = damage.damaged_field(damaged)
-        return out
+        return damage.make_guarded(element, self.source, self.shards, crop)
 
 
 # What crop_example reads: the frame, both label maps, the joints and the camera.
