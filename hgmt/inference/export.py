@@ -1,20 +1,7 @@
-"""Export the inference function of a checkpoint for serving.
-
-    python -m hgmt.export --workdir=DIR --format=stablehlo --out_dir=OUTDIR
-    python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR
-
-The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
-(R = config.image_size, B any size; the model normalises it) to the last stage's per-task
-outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
-
-- `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size, in
-  OUTDIR/model.jaxexport; reload with `load_stablehlo(OUTDIR)` (or `jax.export.deserialize`)
-  and call it, from JAX on CPU/GPU/TPU.
-- `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
-  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving,
-  TF Lite converter).
-OUTDIR/hgmt.json records the tasks, input size, checkpoint step and normalisation.
-"""
+"""The inference function of a checkpoint, exported for serving (the command is `hgmt.export`,
+which says what each format writes): images (B, R, R, 3) float32 on [0, 255] -> the last
+stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
+`load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf)."""
 
 from __future__ import annotations
 

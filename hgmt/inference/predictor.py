@@ -1,23 +1,12 @@
-"""Run a trained model on any image: 2D/3D pose, part segmentation and depth.
-
-    python -m hgmt.predict --workdir=DIR IMAGE [IMAGE ...] --out_dir=OUTDIR [--bbox=x,y,w,h] \\
-        [--step=N]
-
-For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
-model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
-mm from the pelvis; body parts with a legend) and
-OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
-
-The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
-margin, as training crops are). Without it the person is found: the model runs on the whole
-image, the joints it sees on the person (or its silhouette) give the training-like window
-around them, and the model runs again on that window until the window stops moving
-(hgmt/inference/person.py); the JSON records the window ('bbox') and what found it. Python use:
+"""A trained model on any image: 2D/3D pose, part segmentation and depth (the command is
+`hgmt.predict`, which says what it writes).
 
     from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
 
+The person crop is the square window around `bbox` (x, y, w, h in pixels: the person with a
+margin, as training crops are); without one the person is found (hgmt/inference/person.py).
 3D decoding needs the person's depth, which one image does not give: it is estimated from the
 crop size (a training crop spans about CROP_METRES at the person), and the image centre is taken
 as the principal point. Root-relative joints depend on it only through their overall scale.
