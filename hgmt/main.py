@@ -28,7 +28,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 
-from hgmt import cli  # noqa: E402
+from hgmt import cli, compilation_cache  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -104,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     if FLAGS.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir",
-                          os.path.expanduser(FLAGS.compilation_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        compilation_cache.enable(FLAGS.compilation_cache)
     from hgmt.training import peers, preemption
 
     if FLAGS.coordinator_address or FLAGS.distributed:

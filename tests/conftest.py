@@ -19,11 +19,9 @@ REAL_INFO = pathlib.Path(os.environ.get(
 
 
 def pytest_configure(config):
-    import jax
+    from hgmt import compilation_cache
 
-    cache = pathlib.Path(os.environ.get("HGMT_JAX_CACHE", "~/.cache/hgmt/jax")).expanduser()
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    compilation_cache.enable(os.environ.get("HGMT_JAX_CACHE", "~/.cache/hgmt/jax"))
 
 
 @pytest.fixture(scope="session")
