@@ -147,6 +147,7 @@ def _records(path) -> list:
     return [tf.train.Example.FromString(r) for r in records]
 
 
+@pytest.mark.slow
 def test_beam_on_two_workers_builds_what_the_python_path_builds(bad_tree, python_build,
                                                                 tmp_path):
     beam_build = _build(bad_tree[0], str(tmp_path / "beam_tfds"), beam=True)

@@ -217,6 +217,7 @@ def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
         report.load_sweep(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     """Two subsets trained for real (2 steps each), evaluated on the 2 test clips, reported; a
     rerun skips both."""

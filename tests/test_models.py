@@ -14,7 +14,8 @@ TINY = dict(num_stacks=2, features=16, depth=2)
 SUBSETS = all_subsets()
 
 
-@pytest.mark.parametrize("interaction", INTERACTIONS)
+@pytest.mark.parametrize("interaction", [  # the default in the default suite, the rest slow
+    i if i == "sum" else pytest.param(i, marks=pytest.mark.slow) for i in INTERACTIONS])
 def test_every_subset_initialises_with_the_right_shapes(interaction):
     images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
     for tasks in SUBSETS:

@@ -2,8 +2,8 @@
 
 Every loss must fall by >= 90 % from its first-step value, and the decoded predictions on the
 same examples must be good, far from those of an all-zero prediction (heads start near zero,
-so the first-step loss of pose2d and pose3d is about that of an all-zero prediction). The
-all-task model runs by default; each single task is marked slow (`pytest -m slow`).
+so the first-step loss of pose2d and pose3d is about that of an all-zero prediction). Minutes
+each on 2 CPU cores: all are marked slow (`pytest -m slow`).
 """
 
 import jax
@@ -81,6 +81,7 @@ def _check(tasks, data_dir):
             assert summary["mjd_mm"] < 40, summary
 
 
+@pytest.mark.slow
 def test_overfit_all_four_tasks(demo_dataset):
     _check("all", demo_dataset[1])
 

@@ -129,6 +129,7 @@ def _write_checkpoint(workdir, config, model, state):
     mngr.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("written, read", [("separate", "vmapped"), ("vmapped", "separate")])
 def test_checkpoint_of_one_mode_loads_into_the_other(tmp_path, written, read):
     """A checkpoint names every stream by its task whichever mode wrote it, and read in the

@@ -34,6 +34,7 @@ def _assert_trees_equal(a, b, **tol):
         np.testing.assert_allclose(fa[k], fb[k], err_msg=k, **tol)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, caplog):
     """4 steps then a rerun to 6 equals 6 steps straight: state and data position restored."""
     assert jax.local_device_count() == 4
@@ -94,6 +95,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_path):
     workdir = str(tmp_path / "w")
     cmd, env = main_command(workdir, demo_dataset[1], total_steps=400, checkpoint_every=5)
