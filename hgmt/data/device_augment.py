@@ -119,16 +119,9 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
     """`input_pipeline.train_loader`'s records (the same sampler: shuffle, shards, resume;
     the same replacement of damaged records) as `decode_record`'s arrays, batched, with
     `damaged`; the crop happens in the step (`Prepare`)."""
-    per_host = batch_size // jax.process_count()
-    sampler = grain.IndexSampler(
-        num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-        shuffle=True, num_epochs=None, seed=seed)
-    return grain.DataLoader(
-        data_source=damage.Guarded(source), sampler=sampler,
-        operations=[input_pipeline.SkipUnusable(), DecodeRecord(maps_read(tasks), source),
-                    grain.Batch(per_host, drop_remainder=True)],
-        worker_count=input_pipeline.auto_worker_count(worker_count),
-        read_options=input_pipeline.READ_OPTIONS)
+    return input_pipeline.endless_loader(source, DecodeRecord(maps_read(tasks), source),
+                                         batch_size=batch_size, seed=seed,
+                                         worker_count=worker_count)
 
 
 # --- Device: crop parameters, crops, labels -------------------------------------------------

@@ -283,14 +283,23 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
     with the labels of `tasks` (default all), and `damaged` (per example, the damaged records
     it replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`."""
-    per_host = batch_size // jax.process_count()
+    return endless_loader(source, TrainCrop(image_size, augment, tasks, source),
+                          batch_size=batch_size, seed=seed, worker_count=worker_count)
+
+
+def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, seed: int,
+                   worker_count: int = -1) -> grain.DataLoader:
+    """The training loaders' common part: this host's shard of `source` (damaged records
+    replaced, `damage.Guarded`) shuffled with `seed` over endless epochs, unusable records
+    skipped, `transform` applied, batches of batch_size // process_count. Its order and state
+    (resume) depend only on the source, seed and batch size, whatever `transform` makes."""
     sampler = grain.IndexSampler(
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
-        operations=[SkipUnusable(), TrainCrop(image_size, augment, tasks, source),
-                    grain.Batch(per_host, drop_remainder=True)],
+        operations=[SkipUnusable(), transform,
+                    grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=auto_worker_count(worker_count), read_options=READ_OPTIONS)
 
 
