@@ -51,16 +51,25 @@ def _define_flags(fv) -> None:
 
 
 def check_config(sweep_dir: str) -> int:
-    """Prints each finished run that no longer matches the sweep's config, with the fields
-    that differ; 1 if any, else 0."""
+    """Prints each finished run whose config differs from the sweep's config in a field both
+    have, with those fields, then the fields the config gained or lost since runs were
+    trained (a new option, a renamed one: to judge by reading); 1 if a run differs, else 0."""
     found = runs.check_configs(sweep_dir)
-    stale = {name: diff for name, diff in found.items() if diff}
+    stale = {name: diff["changed"] for name, diff in found.items() if diff["changed"]}
     config = runs.plan(sweep_dir)["config"]
-    for name, diff in stale.items():
-        print(f"{name}: differs from {config}: " + "; ".join(diff))
+    for name, changed in stale.items():
+        print(f"{name}: differs from {config}: " + "; ".join(changed))
+    for side, says in (("added", f"fields {config} has that the run's config.json lacks "
+                                 f"(added since the run)"),
+                       ("removed", f"fields the run's config.json has that {config} lacks "
+                                   f"(removed or renamed since the run)")):
+        fields = sorted({f for diff in found.values() for f in diff[side]})
+        if fields:
+            count = sum(bool(diff[side]) for diff in found.values())
+            print(f"{count} of {len(found)} runs: {says}: {', '.join(fields)}")
     print(f"{len(found) - len(stale)} of {len(found)} finished runs in {sweep_dir} match "
-          f"{config}" + (f"; {len(stale)} do not (retrain them, or restore the config)"
-                         if stale else ""))
+          f"{config} in every field both have"
+          + (f"; {len(stale)} do not (retrain them, or restore the config)" if stale else ""))
     return 1 if stale else 0
 
 

@@ -277,21 +277,33 @@ def _study_sweep(tmp_path, runs_of: dict[str, int]) -> str:
 def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     """`hgmt.report --check_config` rebuilds each run's config from sweep.json's config file
     (tasks and seed as launch/sweep.py gives them): the crafted runs match until one run's
-    config.json says another step count or lacks a field."""
+    config.json says another step count; a field one side lacks (an option added or renamed
+    since the run) is listed, not counted as a mismatch."""
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 1})
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
-    assert "3 of 3 finished runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 of 3 finished runs" in out and "runs:" not in out
     path = os.path.join(sweep_dir, "pose2d@seed1", "config.json")
     config = json.load(open(path))
-    config["total_steps"] = 999
     del config["model"]["depth"]
+    config["old_option"] = 1
+    json.dump(config, open(path, "w"))
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
+    out = capsys.readouterr().out
+    assert ("1 of 3 runs: fields configs/study.py has that the run's config.json lacks (added "
+            "since the run): model.depth") in out
+    assert ("1 of 3 runs: fields the run's config.json has that configs/study.py lacks "
+            "(removed or renamed since the run): old_option") in out
+    assert "3 of 3 finished runs" in out
+    config["total_steps"] = 999
     json.dump(config, open(path, "w"))
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 1
     out = capsys.readouterr().out
-    assert ("pose2d@seed1: differs from configs/study.py: model.depth: absent in the run, 4 "
-            "now; total_steps: 999 in the run, 1200 now") in out
+    assert ("pose2d@seed1: differs from configs/study.py: total_steps: 999 in the run, 1200 "
+            "now\n") in out
     assert "2 of 3 finished runs" in out and "1 do not" in out
-    assert runs.check_configs(sweep_dir)["pose2d"] == []
+    assert runs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
+                                                       "removed": []}
     os.remove(os.path.join(sweep_dir, "sweep.json"))
     with pytest.raises(FileNotFoundError, match="sweep.json not found"):
         runs.check_configs(sweep_dir)

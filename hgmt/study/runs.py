@@ -66,13 +66,15 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def differences(made: dict, expected: dict) -> list[str]:
-    """The fields where a run's config differs from the expected one, one line each:
-    'total_steps: 1200 in the run, 1500 now' (a field one side lacks: 'absent')."""
+def differences(made: dict, expected: dict) -> dict[str, list[str]]:
+    """How a run's config differs from the expected one: 'changed', the fields both have with
+    other values, one line each ('total_steps: 1200 in the run, 1500 now'); 'added', the
+    fields only the expected config has (the config gained them after the run: what the code
+    did then is not recorded); 'removed', those only the run's config has."""
     a, b = _flat(made), _flat(expected)
-    return [f"{k}: {json.dumps(a[k]) if k in a else 'absent'} in the run, "
-            f"{json.dumps(b[k]) if k in b else 'absent'} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
+    return {"changed": [f"{k}: {json.dumps(a[k])} in the run, {json.dumps(b[k])} now"
+                        for k in sorted(set(a) & set(b)) if a[k] != b[k]],
+            "added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b))}
 
 
 def plan(sweep_dir: str) -> dict:
@@ -97,14 +99,14 @@ def saved_config(sweep_dir: str, name: str) -> dict:
         return json.load(f)
 
 
-def check_configs(sweep_dir: str) -> dict[str, list[str]]:
-    """{run: its differences from the config it would get today} of every finished run
-    ([] where it matches)."""
+def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
+    """{run: its `differences` from the config it would get today} of every finished run."""
     p = plan(sweep_dir)
     out = {}
     for name in finished(sweep_dir):
         if not os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
-            out[name] = [f"no {workdirs.CONFIG_FILE}: the run's config is unknown"]
+            out[name] = {"changed": [f"no {workdirs.CONFIG_FILE}: the run's config is "
+                                     f"unknown"], "added": [], "removed": []}
             continue
         out[name] = differences(saved_config(sweep_dir, name), expected_config(
             p["config"], workdirs.run_tasks(name), p["extra"], workdirs.run_seed_index(name)))
