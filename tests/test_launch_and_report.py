@@ -280,25 +280,30 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     config.json says another step count; a field one side lacks (an option added or renamed
     since the run) is listed, not counted as a mismatch."""
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 1})
-    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
-    out = capsys.readouterr().out
-    assert "3 of 3 finished runs" in out and "runs:" not in out
     path = os.path.join(sweep_dir, "pose2d@seed1", "config.json")
+
+    def check(config=None):
+        """Writes `config` as pose2d@seed1's (when given); -> (exit status, printed)."""
+        if config is not None:
+            json.dump(config, open(path, "w"))
+        status = hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"])
+        return status, capsys.readouterr().out
+
+    status, out = check()
+    assert status == 0 and "3 of 3 finished runs" in out and "runs:" not in out
     config = json.load(open(path))
     del config["model"]["depth"]
     config["old_option"] = 1
-    json.dump(config, open(path, "w"))
-    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
-    out = capsys.readouterr().out
+    status, out = check(config)
+    assert status == 0
     assert ("1 of 3 runs: fields configs/study.py has that the run's config.json lacks (added "
             "since the run): model.depth") in out
     assert ("1 of 3 runs: fields the run's config.json has that configs/study.py lacks "
             "(removed or renamed since the run): old_option") in out
     assert "3 of 3 finished runs" in out
     config["total_steps"] = 999
-    json.dump(config, open(path, "w"))
-    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 1
-    out = capsys.readouterr().out
+    status, out = check(config)
+    assert status == 1
     assert ("pose2d@seed1: differs from configs/study.py: total_steps: 999 in the run, 1200 "
             "now\n") in out
     assert "2 of 3 finished runs" in out and "1 do not" in out
