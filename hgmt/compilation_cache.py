@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+DEFAULT_PATH = "~/.cache/hgmt/jax"  # hgmt.main's --compilation_cache and the tests'
+
 
 def enable(path: str) -> None:
     """Caches every XLA program jax compiles under `path` (`~` expanded), however short its

@@ -42,7 +42,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
                          flag_values=fv)
-    flags.DEFINE_string("compilation_cache", "~/.cache/hgmt/jax",
+    flags.DEFINE_string("compilation_cache", compilation_cache.DEFAULT_PATH,
                         "JAX's persistent compilation cache: a rerun, a resumed job or a "
                         "sweep's next run with the same model loads its compiled steps instead "
                         "of compiling them again. A shared path serves every host; '' disables "

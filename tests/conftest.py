@@ -18,10 +18,16 @@ REAL_INFO = pathlib.Path(os.environ.get(
     "HGMT_REAL_INFO", SHARED / "surreal_samples" / "01_01_c0001_info.mat"))
 
 
-def pytest_configure(config):
+def enable_compilation_cache() -> None:
+    """The persistent compilation cache of the tests and their worker processes: HGMT_JAX_CACHE
+    or hgmt's default."""
     from hgmt import compilation_cache
 
-    compilation_cache.enable(os.environ.get("HGMT_JAX_CACHE", "~/.cache/hgmt/jax"))
+    compilation_cache.enable(os.environ.get("HGMT_JAX_CACHE", compilation_cache.DEFAULT_PATH))
+
+
+def pytest_configure(config):
+    enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")

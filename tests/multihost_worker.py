@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 
 def main(workdir: str, data_dir: str, process_id: int, port: int,
          total_steps: int | None = None) -> None:
-    from hgmt import compilation_cache
     from hgmt.training import peers
+    from tests.conftest import enable_compilation_cache
 
-    compilation_cache.enable(os.environ.get("HGMT_JAX_CACHE", "~/.cache/hgmt/jax"))
+    enable_compilation_cache()
     peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
                      heartbeat_timeout_s=10, shutdown_timeout_s=10)
     from hgmt.evaluation import evaluator
