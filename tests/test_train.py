@@ -60,6 +60,29 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     assert len(weights) > 100 and not still, still
 
 
+def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypatch):
+    """The state's placement before the first step equals the step's outputs', so steps 2..n
+    reuse step 1's trace and compilation (on 4 devices, resuming from a checkpoint too; each
+    run traces once, its optimizer being a static part of the state)."""
+    traces, train_step = [], steps.train_step
+
+    def counted(*args, **kwargs):
+        traces.append(1)  # runs while JAX traces, not at each call
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_step", counted)
+    loop._pmapped_train_step.cache_clear()
+    try:
+        config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=3, checkpoint_every=2)
+        loop.train(config, str(tmp_path))
+        assert len(traces) == 1
+        config.total_steps = 5  # resumes from step 3's checkpoint
+        loop.train(config, str(tmp_path))
+        assert len(traces) == 2
+    finally:
+        loop._pmapped_train_step.cache_clear()
+
+
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     with pytest.raises(ValueError, match="divisible by the 4 devices"):
         loop.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))

@@ -139,7 +139,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                      int(state.step))
     start_step = int(state.step)
 
-    state = flax.jax_utils.replicate(state)
+    state = steps.replicate(state)
     p_train_step = _pmapped_train_step(
         tuple(sorted(weights.items())),
         tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)

@@ -9,6 +9,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -83,6 +84,17 @@ def train_step(state: TrainState, batch: dict, weights: dict,
     metrics = {f"loss/{name}": value for name, value in per_task.items()}
     metrics["loss/total"] = sum(weights[n] * v for n, v in per_task.items())
     return state, jax.lax.pmean(metrics, "batch")
+
+
+_place_as_step_outputs = jax.pmap(lambda x: x, axis_name="batch", donate_argnums=(0,))
+
+
+def replicate(tree: Any) -> Any:
+    """`tree` copied to every local device (a leading axis of jax.local_device_count()), placed
+    as the pmapped train step places its outputs. The step's compilation cache is keyed by its
+    arguments' placement too: a state placed by flax.jax_utils.replicate alone would make the
+    second step trace and compile the step again."""
+    return _place_as_step_outputs(flax.jax_utils.replicate(tree))
 
 
 _sync_batch_stats = jax.pmap(lambda x: jax.lax.pmean(x, "x"), "x")
