@@ -72,7 +72,8 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     tasks = "+".join(names)
     if augment_on == "host":
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
-                                             worker_count=workers, tasks=names)
+                                             worker_count=workers, tasks=names,
+                                             unread=device_augment.unread_maps(names))
     else:
         loader = device_augment.decode_loader(source, batch_size=batch, seed=0,
                                               worker_count=workers, tasks=names)

@@ -120,13 +120,42 @@ def test_crop_keys_are_a_function_of_seed_step_and_position():
         assert not (np.asarray(data(other)) == np.asarray(data(whole))).all(-1).any()
 
 
-def test_host_decodes_only_the_maps_the_tasks_read(source):
-    assert da.maps_read() == ("segm", "depth", "depth_class")
-    assert da.maps_read(["pose2d", "pose3d"]) == ()
-    assert da.maps_read(["segm"]) == ("segm",)
-    raw = da.decode_record(source[0], da.maps_read(["pose2d"]))
+def test_training_decodes_only_the_maps_its_targets_are_made_from(source):
+    """The depth task's labels read the depth in metres too (for pictures), but its target is
+    made from depth_class only: what the targets depend on, not what the labels read."""
+    assert da.target_maps() == ("segm", "depth_class")
+    assert da.target_maps(("pose2d", "pose3d")) == ()
+    assert da.target_maps(("segm",)) == ("segm",)
+    assert da.target_maps(("depth",)) == ("depth_class",)
+    assert da.unread_maps(["pose2d", "depth"]) == {"segm", "depth"}
+    raw = da.decode_record(source[0], da.target_maps(("pose2d",)))
     assert sorted(raw) == ["cam_loc", "image", "joints2d", "joints3d"]
     assert raw["image"].shape == (240, 320, 3) and raw["joints2d"].dtype == np.float32
+
+
+def test_unread_maps_are_not_decoded_and_their_labels_are_zeros(source):
+    """Host and device: with the depth in metres unread, a record whose depth bytes are
+    unreadable crops, the other labels are unchanged and the depth label is zeros."""
+    record = dict(source[2])
+    params = ip.CropParams(scale=1.1, rotation=12.0, flip=True)
+    full = ip.crop_with(record, 64, params)
+    record["depth"] = b"not a png"
+    with pytest.raises(Exception, match="not a readable image"):
+        ip.crop_with(record, 64, params)
+    training = ip.crop_with(record, 64, params, unread=da.unread_maps())
+    assert training.keys() == full.keys()
+    for key in full:
+        if key != "depth":
+            np.testing.assert_array_equal(training[key], full[key], err_msg=key)
+    assert (full["depth"] > 0).any() and not training["depth"].any()
+
+    raw = {k: v[None] for k, v in da.decode_record(source[2], da.target_maps()).items()}
+    p = {"scale": np.float32([1.1]), "rotation": np.float32([12.0]), "flip": np.array([True]),
+         "gain": np.ones((1, 3), np.float32)}
+    dev = jax.jit(da.crop_batch, static_argnums=(2, 3, 4))(raw, p, 64, None, da.unread_maps())
+    assert not np.asarray(dev["depth"]).any() and dev["depth"].shape == (1, 16, 16)
+    np.testing.assert_array_equal(dev["depth_class"][0], _device_crops(
+        [source[2]], [params], 64)[0]["depth_class"])
 
 
 def test_placement_by_config_and_backend():

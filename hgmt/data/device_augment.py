@@ -2,14 +2,15 @@
 crop, rotation, scale, flip and colour gain run batched inside the jitted train step.
 
 The host's share (`decode_record`, `decode_loader`): read the record, decode the frame and the
-label maps the selected tasks read, each at the stored resolution (SURREAL's 240 x 320), and
-pass the joints and the camera as they are. The device's (`Prepare`, called first in the train
-step): draw each example's crop parameters from a key of (seed, step, the example's index in
-the global batch), so a resumed run draws the same ones; build the crop of
-`input_pipeline.crop_with` (the same person box, scale, rotation and mirror); sample the frame
-bilinearly and the label maps at the nearest pixel with a gather (outside the frame: 0, as
-OpenCV's constant border); and make each task's labels with its own `labels`, given a batched
-`DeviceCrop`. The output is the host path's cropped batch, to OpenCV's interpolation rounding
+label maps the selected tasks' training targets are made from (`target_maps`), each at the
+stored resolution (SURREAL's 240 x 320), and pass the joints and the camera as they are. The
+device's (`Prepare`, called first in the train step): draw each example's crop parameters from
+a key of (seed, step, the example's index in the global batch), so a resumed run draws the
+same ones; build the crop of `input_pipeline.crop_with` (the same person box, scale, rotation
+and mirror); sample the frame bilinearly and the label maps at the nearest pixel with a gather
+(outside the frame: 0, as OpenCV's constant border); and make each task's labels with its own
+`labels`, given a batched `DeviceCrop` (the labels of maps not decoded are zeros). The output
+is the host path's cropped batch, to OpenCV's interpolation rounding
 (tests/test_device_augment.py).
 
 `placement` chooses the path: config.augment_on = "host" | "device" | "auto" (by backend,
@@ -19,12 +20,14 @@ measured: docs/performance.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import grain.python as grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 
 from hgmt.data import damage, input_pipeline
 from hgmt.sources import surreal
@@ -88,38 +91,47 @@ class DecodeRecord(grain.MapTransform):
         return damage.make_guarded(element, self.source, self.shards, decode)
 
 
-def maps_read(tasks: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The label maps the `tasks`' `labels` read (default all tasks), found by tracing them
-    on an abstract batch: the host decodes only these."""
+@functools.cache
+def target_maps(tasks: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The label maps the training targets of `tasks` (default all) are made from: each task's
+    `labels` then `targets` traced on an abstract batch, the targets' inputs followed back to
+    the record's maps. Training decodes only these (the depth task's metres feed pictures and
+    evaluation, not its target)."""
     names = tuple(TASKS if tasks is None else tasks)
-    read = set()
-
-    class Recording(dict):
-        def __getitem__(self, key):
-            read.add(key)
-            return super().__getitem__(key)
-
     h, w = FRAME_SHAPE
-    raw = {"image": jax.ShapeDtypeStruct((1, h, w, 3), jnp.uint8),
-           **{k: jax.ShapeDtypeStruct((1, h, w), jnp.uint16) for k in LABEL_MAPS},
-           "joints2d": jax.ShapeDtypeStruct((1, 24, 2), jnp.float32),
-           "joints3d": jax.ShapeDtypeStruct((1, 24, 3), jnp.float32),
-           "cam_loc": jax.ShapeDtypeStruct((1, 3), jnp.float32)}
+    maps = {k: jax.ShapeDtypeStruct((1, h, w), jnp.uint16) for k in LABEL_MAPS}
 
-    def labels(raw):
-        crop = DeviceCrop(Recording(raw), jnp.zeros((1, 2, 3)), 4, jnp.zeros(1, bool))
-        return [TASKS[t].labels(crop) for t in names]
+    def targets(maps: dict) -> list:
+        raw = {"image": jnp.zeros((1, h, w, 3), jnp.uint8), "joints2d": jnp.zeros((1, 24, 2)),
+               "joints3d": jnp.zeros((1, 24, 3)), "cam_loc": jnp.zeros((1, 3)), **maps}
+        crop = DeviceCrop(raw, jnp.zeros((1, 2, 3)), 4, jnp.zeros(1, bool))
+        batch = {"image": raw["image"], "crop": crop.m_label, "unusable": jnp.zeros(1)}
+        for t in names:
+            batch.update(TASKS[t].labels(crop))
+        return [TASKS[t].targets(batch) for t in names]
 
-    jax.eval_shape(labels, raw)
-    return tuple(k for k in LABEL_MAPS if k in read)
+    jaxpr = jax.make_jaxpr(targets)(maps).jaxpr
+    used = set(v for v in jaxpr.outvars if not isinstance(v, Literal))
+    for eqn in reversed(jaxpr.eqns):  # an equation's inputs are used when an output is
+        if any(v in used for v in eqn.outvars):
+            used.update(v for v in eqn.invars if not isinstance(v, Literal))
+    # make_jaxpr's inputs are the flattened dict's leaves: its keys in sorted order
+    return tuple(k for k in LABEL_MAPS if jaxpr.invars[sorted(maps).index(k)] in used)
+
+
+def unread_maps(tasks: Sequence[str] | None = None) -> frozenset[str]:
+    """The label maps training does not decode for `tasks`: those no target is made from."""
+    return frozenset(LABEL_MAPS) - set(target_maps(None if tasks is None else tuple(tasks)))
 
 
 def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
                   tasks: Sequence[str] | None = None) -> grain.DataLoader:
     """`input_pipeline.train_loader`'s records (the same sampler: shuffle, shards, resume;
     the same replacement of damaged records) as `decode_record`'s arrays, batched, with
-    `damaged`; the crop happens in the step (`Prepare`)."""
-    return input_pipeline.endless_loader(source, DecodeRecord(maps_read(tasks), source),
+    `damaged`; the crop happens in the step (`Prepare`). Only the maps of `target_maps`
+    are decoded."""
+    maps = target_maps(None if tasks is None else tuple(tasks))
+    return input_pipeline.endless_loader(source, DecodeRecord(maps, source),
                                          batch_size=batch_size, seed=seed,
                                          worker_count=worker_count)
 
@@ -225,9 +237,12 @@ class DeviceCrop(spec.Crop):
     `spec.Crop`, batched, as jax arrays."""
 
     read_map: None = None
+    unread: frozenset[str] = frozenset()
 
     def warp(self, key: str) -> jax.Array:
-        """(B,r,r) label map `key`, nearest."""
+        """(B,r,r) label map `key`, nearest; zeros (uint8) for a map in `unread`."""
+        if key in self.unread:
+            return jnp.zeros((self.flip.shape[0], self.size, self.size), jnp.uint8)
         return jax.vmap(lambda a, m: warp_nearest(a, m, self.size))(self.record[key],
                                                                     self.m_label)
 
@@ -251,10 +266,12 @@ class DeviceCrop(spec.Crop):
 
 
 def crop_batch(raw: dict, params: dict, image_size: int,
-               tasks: Sequence[str] | None = None) -> dict:
+               tasks: Sequence[str] | None = None,
+               unread: frozenset[str] = frozenset()) -> dict:
     """A batch of `decode_record` arrays (B,...) and crop parameters (`draw_params`, batched)
     -> the cropped batch of `input_pipeline.crop_with`: image (B,R,R,3) uint8, crop (B,2,3),
-    and the labels of `tasks` (default all)."""
+    and the labels of `tasks` (default all), zeros for the maps in `unread` (which `raw` may
+    lack)."""
     r = image_size // common.LABEL_STRIDE
     centre, side = person_box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
     side = side * params["scale"]
@@ -264,7 +281,7 @@ def crop_batch(raw: dict, params: dict, image_size: int,
     image = jax.vmap(lambda a, m: warp_bilinear(a, m, image_size))(raw["image"], m_image)
     image = jnp.round(image)  # the host's warp writes uint8, then the gain rounds again
     image = jnp.clip(jnp.round(image * params["gain"][:, None, None, :]), 0, 255)
-    crop = DeviceCrop(raw, m_label, r, flip)
+    crop = DeviceCrop(raw, m_label, r, flip, unread=frozenset(unread))
     out = {"image": image.astype(jnp.uint8), "crop": m_label.astype(jnp.float32),
            # as crop_with's; training never reads a flagged record (SkipUnusable)
            "unusable": jnp.zeros(image.shape[0], jnp.float32)}
@@ -291,4 +308,5 @@ class Prepare:
         params = jax.vmap(lambda k: draw_params(k, self.augment))(keys)
         decoded = {"image", "joints2d", "joints3d", "cam_loc", *LABEL_MAPS}
         rest = {k: v for k, v in raw.items() if k not in decoded}
-        return {**rest, **crop_batch(raw, params, self.image_size, self.tasks)}
+        return {**rest, **crop_batch(raw, params, self.image_size, self.tasks,
+                                     unread_maps(self.tasks))}

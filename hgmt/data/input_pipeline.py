@@ -106,7 +106,8 @@ def draw_crop_params(augment: Augment, rng: np.random.Generator) -> CropParams:
 
 def crop_example(example: dict, image_size: int, augment: Augment,
                  rng: np.random.Generator | None = None,
-                 tasks: Sequence[str] | None = None) -> dict:
+                 tasks: Sequence[str] | None = None,
+                 unread: frozenset[str] = frozenset()) -> dict:
     """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy, with
     crop parameters drawn from `augment`'s distributions (`draw_crop_params`).
 
@@ -121,12 +122,14 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     (r,r) part classes, depth (r,r) metres.
     """
     params = draw_crop_params(augment, rng or np.random.default_rng(0))
-    return crop_with(example, image_size, params, tasks)
+    return crop_with(example, image_size, params, tasks, unread)
 
 
 def crop_with(example: dict, image_size: int, params: CropParams,
-              tasks: Sequence[str] | None = None) -> dict:
-    """`crop_example` with given crop parameters."""
+              tasks: Sequence[str] | None = None,
+              unread: frozenset[str] = frozenset()) -> dict:
+    """`crop_example` with given crop parameters; the label maps in `unread` are not decoded
+    and their labels are zeros (`spec.Crop`)."""
     r = image_size // common.LABEL_STRIDE
     centre, side = person_box(example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
     side *= params.scale
@@ -136,7 +139,7 @@ def crop_with(example: dict, image_size: int, params: CropParams,
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if params.gain != (1.0, 1.0, 1.0):
         image = apply_gain(image, params.gain)
-    crop = Crop(example, m_label, r, params.flip, decoded)
+    crop = Crop(example, m_label, r, params.flip, decoded, frozenset(unread))
     out = {"image": image, "crop": m_label.astype(np.float32),
            "unusable": np.float32(bool(example.get("unusable", b"")))}
     for t in (TASKS if tasks is None else tasks):
@@ -188,14 +191,15 @@ class TrainCrop(grain.RandomMapTransform):
     they are."""
 
     def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
-                 source=None):
+                 source=None, unread: frozenset[str] = frozenset()):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
-        self.source = source
+        self.source, self.unread = source, frozenset(unread)
         self.shards = None if source is None else damage.Shards.of(source)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         def crop(record: dict) -> dict:
-            return crop_example(record, self.image_size, self.augment, rng, self.tasks)
+            return crop_example(record, self.image_size, self.augment, rng, self.tasks,
+                                self.unread)
 
         return damage.make_guarded(element, self.source, self.shards, crop)
 
@@ -279,11 +283,14 @@ READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=16)
 
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  augment: Augment = Augment(), worker_count: int = -1,
-                 tasks: Sequence[str] | None = None) -> grain.DataLoader:
+                 tasks: Sequence[str] | None = None,
+                 unread: frozenset[str] = frozenset()) -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
-    with the labels of `tasks` (default all), and `damaged` (per example, the damaged records
-    it replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`."""
-    return endless_loader(source, TrainCrop(image_size, augment, tasks, source),
+    with the labels of `tasks` (default all; those of the label maps in `unread` zeros, their
+    maps not decoded: the trainer passes the maps no training target is made from,
+    `device_augment.target_maps`), and `damaged` (per example, the damaged records it
+    replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`."""
+    return endless_loader(source, TrainCrop(image_size, augment, tasks, source, unread),
                           batch_size=batch_size, seed=seed, worker_count=worker_count)
 
 

@@ -63,7 +63,9 @@ class Crop:
     """One record cut to a training or evaluation crop (hgmt.data.input_pipeline.crop_example):
     what a task module's `labels` reads. `m_label` (2,3) maps the original image's px to the
     r x r label map's, the mirror included when `flip`; `read_map(record, key)` decodes one of
-    the record's image features.
+    the record's image features. The maps in `unread` (training's: those no target is made
+    from, e.g. the depth in metres that only pictures show) are not decoded: `warp` gives
+    zeros for them.
 
     The device path (hgmt.data.device_augment.DeviceCrop) gives `labels` a batch of crops
     with the same methods, returning jax arrays with a leading batch axis: so a task's
@@ -74,11 +76,15 @@ class Crop:
     size: int
     flip: bool
     read_map: Callable[[dict, str], np.ndarray]
+    unread: frozenset[str] = frozenset()
 
     def warp(self, key: str) -> np.ndarray:
-        """The record's map `key` in the r x r label frame (nearest: labels are not blended)."""
+        """The record's map `key` in the r x r label frame (nearest: labels are not blended);
+        zeros (uint8) for a map in `unread`."""
         import cv2
 
+        if key in self.unread:
+            return np.zeros((self.size, self.size), np.uint8)
         return cv2.warpAffine(self.read_map(self.record, key), self.m_label,
                               (self.size, self.size), flags=cv2.INTER_NEAREST)
 

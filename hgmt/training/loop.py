@@ -115,7 +115,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if prepare is None:
             loader = input_pipeline.train_loader(
                 source, batch_size=config.batch_size, image_size=config.image_size,
-                seed=config.seed, worker_count=config.worker_count, tasks=tasks)
+                seed=config.seed, worker_count=config.worker_count, tasks=tasks,
+                unread=device_augment.unread_maps(tasks))
         else:
             loader = device_augment.decode_loader(
                 source, batch_size=config.batch_size, seed=config.seed,
