@@ -73,10 +73,12 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     if augment_on == "host":
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
                                              worker_count=workers, tasks=names,
-                                             unread=device_augment.unread_maps(names))
+                                             unread=device_augment.unread_maps(names),
+                                             read_threads=config.read_threads)
     else:
         loader = device_augment.decode_loader(source, batch_size=batch, seed=0,
-                                              worker_count=workers, tasks=names)
+                                              worker_count=workers, tasks=names,
+                                              read_threads=config.read_threads)
     it = iter(loader)
     for _ in range(warmup + 2 * workers):  # workers start and fill their buffers first
         last = next(it)

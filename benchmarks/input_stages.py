@@ -1,8 +1,10 @@
 """Per-stage CPU cost of the loader's work on one example, in milliseconds of this process's
 CPU time: the record read, each image feature's decode, the host path's crop of decoded
 arrays (`input_pipeline.crop_with`, warps, gain and labels) and the batching copy of each
-placement's arrays. What is left to the loader on the device path is read + decodes + its
-batching; grain's own bookkeeping is the rest of benchmarks/input_pipeline.py's figure.
+placement's arrays, as training does them for the config's tasks (the maps no target is made
+from, `device_augment.unread_maps`, neither cropped nor batched). What is left to the loader
+on the device path is read + decodes + its batching; grain's own bookkeeping is the rest of
+benchmarks/input_pipeline.py's figure.
 
     python3 benchmarks/input_stages.py [--config=configs/demo.py] [--config.image_size=256] \
         [--config.data_dir=DIR] [--examples=300]
@@ -25,6 +27,7 @@ from absl import flags
 
 from hgmt import cli
 from hgmt.data import device_augment, input_pipeline
+from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "demo.py")
@@ -55,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     records = [source[i] for i in range(len(source))]
     k = len(records)
-    out = {"benchmark": "input_stages", "res": res, "records": k,
+    tasks = parse_tasks(config.tasks)
+    unread = device_augment.unread_maps(tasks)
+    out = {"benchmark": "input_stages", "res": res, "records": k, "tasks": "+".join(tasks),
+           "unread": sorted(unread),
            "read_ms": cpu_ms(lambda i: source[i % k], n)}
     for key in input_pipeline.IMAGE_FEATURES:
         out[f"decode_{key}_ms"] = cpu_ms(lambda i, key=key: input_pipeline.decoded(
@@ -65,9 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     params = [input_pipeline.draw_crop_params(input_pipeline.Augment(), rng) for _ in range(k)]
     out["host_crop_ms"] = cpu_ms(lambda i: input_pipeline.crop_with(
-        decoded[i % k], res, params[i % k]), n)
-    cropped = [input_pipeline.crop_with(decoded[i], res, params[i]) for i in range(batch)]
-    raw = [device_augment.decode_record(records[i]) for i in range(batch)]
+        decoded[i % k], res, params[i % k], tasks, unread), n)
+    cropped = [input_pipeline.crop_with(decoded[i], res, params[i], tasks, unread)
+               for i in range(batch)]
+    raw = [device_augment.decode_record(records[i], device_augment.target_maps(tasks))
+           for i in range(batch)]
     for name, examples in (("host", cropped), ("device", raw)):
         out[f"batch_{name}_ms_per_example"] = round(cpu_ms(
             lambda _, e=examples: {key: np.stack([x[key] for x in e]) for key in e[0]},

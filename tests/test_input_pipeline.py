@@ -102,14 +102,20 @@ def test_augmentation_is_random_but_reproducible(source):
 
 
 def test_loader_state_resumes_the_same_stream(source):
+    """Also with read-ahead threads where the saved run read in the loader's thread: the
+    stream does not depend on config.read_threads."""
     loader = ip.train_loader(source, batch_size=4, image_size=64, seed=1)
     it = iter(loader)
     next(it)
     state = it.get_state()
-    expected = next(it)["joints2d"]
-    it2 = iter(ip.train_loader(source, batch_size=4, image_size=64, seed=1))
+    expected = next(it)
+    it2 = iter(ip.train_loader(source, batch_size=4, image_size=64, seed=1, read_threads=2))
     it2.set_state(state)
-    np.testing.assert_array_equal(next(it2)["joints2d"], expected)
+    got = next(it2)
+    np.testing.assert_array_equal(got["joints2d"], expected["joints2d"])
+    np.testing.assert_array_equal(got["image"], expected["image"])
+    with pytest.raises(ValueError, match=r"config.read_threads=-1: give 0"):
+        ip.read_options(-1)
 
 
 def test_test_protocol_and_padded_eval_batches(demo_dataset):

@@ -125,7 +125,8 @@ def unread_maps(tasks: Sequence[str] | None = None) -> frozenset[str]:
 
 
 def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
-                  tasks: Sequence[str] | None = None) -> grain.DataLoader:
+                  tasks: Sequence[str] | None = None, read_threads: int = 0
+                  ) -> grain.DataLoader:
     """`input_pipeline.train_loader`'s records (the same sampler: shuffle, shards, resume;
     the same replacement of damaged records) as `decode_record`'s arrays, batched, with
     `damaged`; the crop happens in the step (`Prepare`). Only the maps of `target_maps`
@@ -133,7 +134,8 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
     maps = target_maps(None if tasks is None else tuple(tasks))
     return input_pipeline.endless_loader(source, DecodeRecord(maps, source),
                                          batch_size=batch_size, seed=seed,
-                                         worker_count=worker_count)
+                                         worker_count=worker_count,
+                                         read_threads=read_threads)
 
 
 # --- Device: crop parameters, crops, labels -------------------------------------------------

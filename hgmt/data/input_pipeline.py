@@ -273,29 +273,37 @@ def auto_worker_count(worker_count: int) -> int:
     return max(0, (os.cpu_count() or 1) - 2)
 
 
-# The read-ahead of the loader's record reads: one thread, 16 records. grain's default (16
-# threads, 500 records) checks each of the 500 pending reads' futures for every record it
-# returns (its prefetch-depth statistic): on the 2-core machine 18-23 % more examples per
-# CPU-second with this one when the loader crops, 7-12 % when it only decodes
-# (docs/performance.md).
-READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=16)
+def read_options(read_threads: int) -> grain.ReadOptions:
+    """config.read_threads -> grain's read-ahead: 0 reads each record in the loader's own
+    thread (the most examples per CPU-second from local disk: a read-ahead thread polls its
+    pending reads, docs/performance.md); N > 0 threads keep 16 records per thread ahead, for
+    storage whose reads wait (e.g. GCS). grain's default, 16 threads and 500 records, checks
+    all 500 pending reads for every record it returns."""
+    if read_threads < 0:
+        raise ValueError(f"config.read_threads={read_threads}: give 0 (reads in the loader's "
+                         f"thread, for local disks) or a count of read-ahead threads")
+    return grain.ReadOptions(num_threads=read_threads,
+                             prefetch_buffer_size=16 * max(read_threads, 1))
 
 
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  augment: Augment = Augment(), worker_count: int = -1,
                  tasks: Sequence[str] | None = None,
-                 unread: frozenset[str] = frozenset()) -> grain.DataLoader:
+                 unread: frozenset[str] = frozenset(), read_threads: int = 0
+                 ) -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
     with the labels of `tasks` (default all; those of the label maps in `unread` zeros, their
     maps not decoded: the trainer passes the maps no training target is made from,
     `device_augment.target_maps`), and `damaged` (per example, the damaged records it
-    replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`."""
+    replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`, `read_threads` as in
+    `read_options`."""
     return endless_loader(source, TrainCrop(image_size, augment, tasks, source, unread),
-                          batch_size=batch_size, seed=seed, worker_count=worker_count)
+                          batch_size=batch_size, seed=seed, worker_count=worker_count,
+                          read_threads=read_threads)
 
 
 def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, seed: int,
-                   worker_count: int = -1) -> grain.DataLoader:
+                   worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this host's shard of `source` (damaged records
     replaced, `damage.Guarded`) shuffled with `seed` over endless epochs, unusable records
     skipped, `transform` applied, batches of batch_size // process_count. Its order and state
@@ -307,7 +315,7 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
         data_source=damage.Guarded(source), sampler=sampler,
         operations=[SkipUnusable(), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
-        worker_count=auto_worker_count(worker_count), read_options=READ_OPTIONS)
+        worker_count=auto_worker_count(worker_count), read_options=read_options(read_threads))
 
 
 class ConsumedPosition:

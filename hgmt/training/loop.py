@@ -116,11 +116,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             loader = input_pipeline.train_loader(
                 source, batch_size=config.batch_size, image_size=config.image_size,
                 seed=config.seed, worker_count=config.worker_count, tasks=tasks,
-                unread=device_augment.unread_maps(tasks))
+                unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
         else:
             loader = device_augment.decode_loader(
                 source, batch_size=config.batch_size, seed=config.seed,
-                worker_count=config.worker_count, tasks=tasks)
+                worker_count=config.worker_count, tasks=tasks,
+                read_threads=config.read_threads)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
