@@ -294,7 +294,7 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
     with the labels of `tasks` (default all; those of the label maps in `unread` zeros, their
     maps not decoded: the trainer passes the maps no training target is made from,
-    `device_augment.target_maps`), and `damaged` (per example, the damaged records it
+    `device_augment.unread_maps`), and `damaged` (per example, the damaged records it
     replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`, `read_threads` as in
     `read_options`."""
     return endless_loader(source, TrainCrop(image_size, augment, tasks, source, unread),
