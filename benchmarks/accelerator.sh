@@ -2,7 +2,7 @@
 # The accelerator measurements in one run, on the first local GPU/TPU, each one JSON line to
 # stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
 #
-#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=trainer,step,profile,torch]
+#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=trainer,loader,step,profile,torch]
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
@@ -11,6 +11,12 @@
 #            pose2d at batch 128 and all four tasks at batch 64, the loader's workers on the
 #            host's cores (config.worker_count=-1), each against the bare step of its config:
 #            img/s, data wait, compile times (about 6-7 min of an H200 at the paper's size)
+#            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
+#            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
+#   loader   the input pipeline alone on the same demo data (benchmarks/input_pipeline.py),
+#            all four tasks at the part's image size and batch 128, the loader's workers on
+#            the host's cores: examples/s with the crop on the host and with only the decoding
+#            (augment_on=device), and the device crop's time in the step on this accelerator
 #   step     the bare train step (benchmarks/train_step.py): pose2d at batch 64 and 128, all
 #            four at batch 64
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
@@ -22,12 +28,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=paper
-parts=trainer,step,profile,torch
+parts=trainer,loader,step,profile,torch
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
     --parts=*) parts=${arg#--parts=} ;;
-    *) echo "unknown argument $arg; usage: $0 [--size=paper|tiny] [--parts=trainer,step,profile,torch]" >&2; exit 2 ;;
+    *) echo "unknown argument $arg; usage: $0 [--size=paper|tiny] [--parts=trainer,loader,step,profile,torch]" >&2; exit 2 ;;
   esac
 done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -46,12 +52,12 @@ has() { [[ ",$parts," == *",$1,"* ]]; }
 case "$size" in
   paper) model=(--config.image_size=256 --config.model.num_stacks=2 --config.model.features=256
                 --config.model.dtype=bfloat16)
-         b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=8; frames=30
-         step_steps=20; limit=900 ;;
+         b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=32; frames=30
+         step_steps=20; limit=900; loader_batches=200 ;;
   tiny)  model=(--config.image_size=64 --config.model.num_stacks=1 --config.model.features=16
                 --config.model.depth=2 --config.model.dtype=float32)
          b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
-         step_steps=2; limit=3600 ;;  # a shared 2-core machine can be slow
+         step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
   *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
 esac
 one=(--config=configs/default.py:tasks=pose2d "${model[@]}")
@@ -68,6 +74,14 @@ if has trainer; then
       --demo_clips=$clips --demo_frames=$frames --compilation_cache="$cache" \
       --workdir="$work/run_$1_$2" --bare_steps=$step_steps
   done
+fi
+if has loader; then
+  python3 -c "from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames)" \
+    2>>"$log.err" || exit 1
+  run "$limit" python3 benchmarks/input_pipeline.py --config=configs/default.py:tasks=all \
+    "${model[@]}" --config.batch_size=128 --config.dataset=surreal/all \
+    --config.data_dir="$work/demo/tfds" --config.worker_count=-1 --batches=$loader_batches \
+    --placements=host,device
 fi
 if has step; then
   for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
