@@ -11,7 +11,9 @@ dead process is detected within --heartbeat_timeout seconds (hgmt.training.peers
 Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
 checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peers.EXIT_PEER_LOST):
 another process of a multi-host run died ("PeerLost: lost process(es) N of M at step S"); rerun
-the job to resume from the last checkpoint.
+the job to resume from the last checkpoint. Exit status 1: a fault that needs you (a full disk, out
+of device memory, a damaged shard, a non-finite loss, a workdir held by another trainer), named
+in one error line that says what is intact and what to do (its traceback with --verbosity=1).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 
-from hgmt import cli, compilation_cache  # noqa: E402
+from hgmt import cli, compilation_cache, disk_space  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -64,14 +66,21 @@ def prepare_demo_dataset(config) -> None:
 
 class UserLines(logging.Filter):
     """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
-    chatter of orbax, TFDS and JAX, and hgmt's verbose lines (logged with
-    `extra=device_memory.VERBOSE`, e.g. XLA's out-of-memory dump), show only with
-    --verbosity=1."""
+    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with
+    `extra=device_memory.VERBOSE`, e.g. XLA's out-of-memory dump), and the errors (with
+    tracebacks) orbax logs from its threads when a write fails on a full disk, which the run's
+    own DiskFull line reports, show only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "hgmt_verbose", False):
             return False
-        return record.levelno >= logging.WARNING or record.pathname.startswith(_HGMT_DIR)
+        if record.pathname.startswith(_HGMT_DIR):
+            return True
+        if record.levelno >= logging.ERROR and (
+                disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
+                or disk_space.is_disk_full(Exception(record.getMessage()))):
+            return False
+        return record.levelno >= logging.WARNING
 
 
 _HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if FLAGS.compilation_cache:
         compilation_cache.enable(FLAGS.compilation_cache)
-    from hgmt.training import peers, preemption
+    from hgmt.training import checkpoints, peers, preemption
 
     if FLAGS.coordinator_address or FLAGS.distributed:
         peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -113,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
+    from hgmt.data import damage, shards
     from hgmt.evaluation import evaluator
-    from hgmt.training import loop
+    from hgmt.training import device_memory, loop, workdir_lock
+
+    # Faults whose message says what happened, what is intact and what to do.
+    stops = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.DamagedShard,
+             damage.TooManyDamaged, workdir_lock.WorkdirLocked, FloatingPointError)
+    checkpoints.ignore_callbacks_into_closed_loops()
 
     config = FLAGS.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
@@ -132,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return preemption.EXIT_PREEMPTED
     except peers.PeerLost as e:
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
+    except stops as e:
+        logging.error("%s: %s", type(e).__name__, e, exc_info=FLAGS.verbosity >= 1)
+        return 1
     if jax.process_index() == 0:
         for name, summary in summaries.items():
             out = workdirs.eval_file(FLAGS.workdir, name)

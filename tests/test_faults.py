@@ -235,20 +235,26 @@ def _partial(workdir: str) -> list[str]:
 def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_resumes(
         demo_dataset, small_disk, caplog):
     """A filesystem with room for one checkpoint and a half: the second checkpoint (step 4)
-    fails. The run stops naming the workdir, step and space left, removes orbax's temporary
-    folder, and checkpoint 2 still reads; with more space, the rerun resumes from step 2."""
-    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6,
-                         **{"optimizer.schedule": "constant", "checkpoint_every": 2})
+    fails. `hgmt.main` exits 1 with one error line naming the workdir, step and space left
+    (no traceback: neither its own nor the hundreds orbax's failed write leaves), orbax's
+    temporary folder is removed, and checkpoint 2 still reads; with more space, the rerun
+    resumes from step 2."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d")  # the model main_command trains
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
     state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
     disk = small_disk(int(1.6 * state_bytes))  # a checkpoint takes ~1.2x the state
     workdir = os.path.join(disk.path, "w")
-    with pytest.raises(disk_space.DiskFull) as err:
-        loop.train(config, workdir)
-    message = str(err.value)
-    assert f"cannot write the checkpoint of step 4 to {workdir}: the disk or quota is full" \
-        in message
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=6, checkpoint_every=2)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Event loop is closed" not in run.stderr, \
+        run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if re.match(r"E\d{4} ", line)]
+    assert len(errors) == 1, run.stderr[-3000:]
+    message = errors[0]
+    assert re.search(r"main\.py:\d+\] DiskFull: \[Errno 28\] cannot write the checkpoint of "
+                     rf"step 4 to {re.escape(workdir)}: the disk or quota is full", message)
     assert re.search(r"\((\d+\.\d [KM]iB|\d+ bytes) free on it\)", message), message
     assert "the earlier checkpoints (steps [2]) are intact" in message
     assert _partial(workdir) == []
@@ -258,7 +264,7 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
 
     disk.resize(8 * state_bytes)
     with caplog.at_level(logging.INFO):
-        resumed = loop.train(config, workdir)
+        resumed = loop.train(workdirs.load_config(workdir), workdir)
     assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 2" in caplog.text
     assert int(resumed.step) == 6
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 6] and _partial(workdir) == []

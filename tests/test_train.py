@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -100,9 +101,12 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
     config = tiny_config(demo_dataset[1], tasks="segm", total_steps=20, checkpoint_every=1,
                          **{"optimizer.learning_rate": 1e30, "optimizer.schedule": "constant",
                             "optimizer.warmup_steps": 0})
+    threads = set(threading.enumerate())
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+) in task\(s\) "
                                                  r"segm.*last good checkpoint") as err:
         loop.train(config, str(tmp_path))
+    # The stopped run closed what it opened: no thread of its checkpoint manager is left.
+    assert not set(threading.enumerate()) - threads
     bad_step = int(err.value.args[0].split("step ")[1].split()[0])
     assert bad_step >= 2
     assert checkpoints.manager(str(tmp_path)).latest_step() == bad_step - 1

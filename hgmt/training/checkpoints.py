@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -136,6 +137,25 @@ def stop_on_full_disk(workdir: str, step: int | None) -> Iterator[None]:
             f"{_steps_on_disk(workdirs.checkpoint_dir(workdir))}) are intact. Free space (or "
             f"raise the quota) and rerun the same command: it resumes from the newest of them "
             f"({type(e).__name__}: {str(e)[:300]})") from e
+
+
+def ignore_callbacks_into_closed_loops() -> None:
+    """Drops the 'Event loop is closed' errors of a failed checkpoint write from stderr.
+
+    When one chunk of an orbax write fails (e.g. a full disk), orbax's event loop ends while
+    tensorstore still finishes the other chunks; each then calls back into the closed loop and
+    Python prints one unraisable RuntimeError traceback per chunk (hundreds), which say nothing
+    the run's own error does not. Installs a `sys.unraisablehook` that drops exactly those and
+    passes everything else to the previous hook (for command lines, not for library code)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]) -> None:

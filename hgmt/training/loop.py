@@ -19,10 +19,11 @@ training), `damage` (a damaged record is skipped, named, counted and replaced),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import flax
 import jax
@@ -85,23 +86,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     lock = workdir_lock.hold_for_job(workdir)
     try:
         with preemption.PreemptionWatch() as watch, peers.watched() as peer_watch, \
-                device_memory.explained(config, "while compiling or running the training step"):
+                device_memory.explained(config, "while compiling or running the training step"), \
+                contextlib.ExitStack() as opened:
             return _train(config, workdir, writer, loader, tasks, weights, options, watch,
-                          peer_watch)
+                          opened, peer_watch)
     finally:
         lock.release()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
            tasks: tuple[str, ...], weights: dict, options: dict,
-           watch: preemption.PreemptionWatch,
+           watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
            peer_watch: peers.PeerWatch | None = None) -> steps.TrainState:
+    """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
+    by `opened` when the run ends, however it ends."""
     if jax.process_index() == 0:
         workdirs.save_config(config, workdir)
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or summary_writer.create(workdir, jax.process_index())
     writer = disk_space.CheckedWriter(writer, workdir)
+    if own_writer:
+        opened.push(_closing(writer))
     lr_fn = steps.create_lr(config)
 
     damaged = None  # the account of damaged records the loader skipped
@@ -130,6 +136,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     model = create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    opened.push(_closing(mngr))
     # Checkpoints hold the streams per task whatever config.model.stream_mode trains them.
     restored = checkpoints.restore_newest_readable(
         mngr, lambda: ocp.args.Composite(
@@ -163,6 +170,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"or set optimizer.grad_clip_norm.")
 
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
+    opened.push(_closing(evals))
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
@@ -244,8 +252,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if stopping:
             with checkpoints.stop_on_full_disk(workdir, saving):
                 mngr.wait_until_finished()
-            mngr.close()
-            evals.close()
             if jax.process_count() > 1:  # exit together, after process 0 finalised the save
                 from jax.experimental import multihost_utils
 
@@ -254,14 +260,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     final = host_state(config.total_steps, state)
     with checkpoints.stop_on_full_disk(workdir, saving):
         mngr.wait_until_finished()
-    mngr.close()
     if damaged is not None and damaged.found:
         logging.warning("%s", damaged.summary())
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
-    evals.close()
-    if own_writer:
-        writer.close()
     return final, summaries
 
 
@@ -277,6 +279,25 @@ def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
                                       options={t: dict(o) for t, o in options},
                                       prepare=prepare),
                     axis_name="batch", donate_argnums=(0,))
+
+
+def _closing(resource) -> Callable:
+    """An exit callback (contextlib.ExitStack.push) closing `resource`, a writer or checkpoint
+    manager, and its background threads. When the run stops on an exception, an error while
+    closing (e.g. the failed background write that stopped it, raised again) is logged, never
+    raised over the run's own."""
+
+    def close(exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            resource.close()
+            return
+        try:
+            resource.close()
+        except Exception as e:
+            logging.warning("closing %s after the run stopped: %s: %s",
+                            type(resource).__name__, type(e).__name__, e)
+
+    return close
 
 
 def _hms(seconds: float) -> str:
