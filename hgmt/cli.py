@@ -14,8 +14,9 @@ or data size is the config's own field (`--config.image_size`, `--config.model.f
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
 from absl import flags
@@ -76,6 +77,19 @@ def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | No
         raise SystemExit("error: --workdir is required: a directory written by "
                          "`python -m hgmt.main --workdir=...`")
     return workdirs.load_config(pre.workdir)
+
+
+@contextlib.contextmanager
+def faults_in_one_line(*kinds: type[BaseException], traceback: bool = False) -> Iterator[None]:
+    """Ends the command with exit status 1 and one line, `error: <Kind>: <message>`, for the
+    errors `kinds`, whose messages say what happened, what is intact and what to do (a full
+    disk, out of device memory, a damaged shard); with `traceback` they propagate as raised."""
+    try:
+        yield
+    except kinds as e:
+        if traceback:
+            raise
+        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
 
 
 def define_workdir(fv: flags.FlagValues) -> None:

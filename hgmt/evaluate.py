@@ -20,9 +20,10 @@ import logging
 import os
 import sys
 
-from hgmt import cli, workdirs
+from hgmt import cli, disk_space, workdirs
+from hgmt.data import shards
 from hgmt.evaluation import evaluator, protocols
-from hgmt.training import checkpoints
+from hgmt.training import checkpoints, device_memory
 
 
 def _define_flags(fv) -> None:
@@ -54,16 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                 args.config)
     frames = args.frames or evaluator.settings_of(config)["frames"]
-    summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
-                                 flip=args.flip, protocol=args.protocol,
-                                 max_examples=args.max_examples)
-    summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
-    if step_arg == "best":
-        summary["checkpoint"] = "best"
-    name = f"best_{step}" if step_arg == "best" else str(step)
-    out = args.out_file or os.path.join(args.workdir,
-                                   workdirs.result_file(args.protocol, args.split, name))
-    evaluator.write_report(summary, out)
+    with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
+                                shards.DamagedShard):
+        with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+            summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
+                                         flip=args.flip, protocol=args.protocol,
+                                         max_examples=args.max_examples)
+        summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
+        if step_arg == "best":
+            summary["checkpoint"] = "best"
+        name = f"best_{step}" if step_arg == "best" else str(step)
+        out = args.out_file or os.path.join(
+            args.workdir, workdirs.result_file(args.protocol, args.split, name))
+        evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
     return 0

@@ -122,13 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
-    from hgmt.data import damage, shards
     from hgmt.evaluation import evaluator
-    from hgmt.training import device_memory, loop, workdir_lock
+    from hgmt.training import loop
 
-    # Faults whose message says what happened, what is intact and what to do.
-    stops = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.DamagedShard,
-             damage.TooManyDamaged, workdir_lock.WorkdirLocked, FloatingPointError)
     checkpoints.ignore_callbacks_into_closed_loops()
 
     config = FLAGS.config
@@ -141,15 +137,13 @@ def main(argv: list[str] | None = None) -> int:
 
         multihost_utils.sync_global_devices("demo dataset ready")
     try:
-        summaries = loop.train_and_evaluate(config, FLAGS.workdir)
+        with cli.faults_in_one_line(*loop.FAULTS, traceback=FLAGS.verbosity >= 1):
+            summaries = loop.train_and_evaluate(config, FLAGS.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED
     except peers.PeerLost as e:
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
-    except stops as e:
-        logging.error("%s: %s", type(e).__name__, e, exc_info=FLAGS.verbosity >= 1)
-        return 1
     if jax.process_index() == 0:
         for name, summary in summaries.items():
             out = workdirs.eval_file(FLAGS.workdir, name)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+import hgmt.evaluate
 from hgmt import disk_space, workdirs
 from hgmt.data import shards
 from hgmt.evaluation import evaluator
@@ -238,7 +239,7 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     fails. `hgmt.main` exits 1 with one error line naming the workdir, step and space left
     (no traceback: neither its own nor the hundreds orbax's failed write leaves), orbax's
     temporary folder is removed, and checkpoint 2 still reads; with more space, the rerun
-    resumes from step 2."""
+    resumes from step 2. `hgmt.evaluate` on the full disk: one error line naming its file."""
     config = tiny_config(demo_dataset[1], tasks="pose2d")  # the model main_command trains
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
@@ -250,11 +251,11 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert run.returncode == 1, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and "Event loop is closed" not in run.stderr, \
         run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if re.match(r"E\d{4} ", line)]
+    errors = [line for line in run.stderr.splitlines() if re.match(r"E\d{4} |error: ", line)]
     assert len(errors) == 1, run.stderr[-3000:]
     message = errors[0]
-    assert re.search(r"main\.py:\d+\] DiskFull: \[Errno 28\] cannot write the checkpoint of "
-                     rf"step 4 to {re.escape(workdir)}: the disk or quota is full", message)
+    assert message.startswith(f"error: DiskFull: [Errno 28] cannot write the checkpoint of "
+                              f"step 4 to {workdir}: the disk or quota is full"), message
     assert re.search(r"\((\d+\.\d [KM]iB|\d+ bytes) free on it\)", message), message
     assert "the earlier checkpoints (steps [2]) are intact" in message
     assert _partial(workdir) == []
@@ -268,6 +269,16 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 2" in caplog.text
     assert int(resumed.step) == 6
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 6] and _partial(workdir) == []
+
+    # The evaluation command on a full disk: one line naming its file, exit status 1.
+    with open(os.path.join(disk.path, "filler"), "wb") as f:
+        with pytest.raises(OSError):
+            f.write(b"x" * (8 * state_bytes))
+    out = os.path.join(workdir, "eval.json")
+    with pytest.raises(SystemExit, match=rf"^error: DiskFull: \[Errno 28\] cannot write the "
+                                         rf"file to {re.escape(out)}: the disk or quota is full"):
+        hgmt.evaluate.main([f"--workdir={workdir}", "--max_examples=4", f"--out_file={out}"])
+    assert not os.path.exists(out)
 
 
 def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_disk):

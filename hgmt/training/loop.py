@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
-from hgmt.data import damage, device_augment, input_pipeline
+from hgmt.data import damage, device_augment, input_pipeline, shards
 from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
@@ -46,6 +46,11 @@ from hgmt.training import (
     summary_writer,
     workdir_lock,
 )
+
+# The exceptions `run` stops with whose message says what happened, what is intact and what to
+# do; `hgmt.main` shows them in one line.
+FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.DamagedShard,
+          damage.TooManyDamaged, workdir_lock.WorkdirLocked, FloatingPointError)
 
 
 # --- The loop --------------------------------------------------------------------------------
