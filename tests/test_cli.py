@@ -28,6 +28,7 @@ ENTRY_POINTS = {
                                "zrot_max_deg"],
     "launch/sweep.py": ["sweep_dir", "config", "tasks", "protocols", "seeds", "print_only"],
     "benchmarks/train_step.py": ["config", "steps", "warmup", "devices"],
+    "benchmarks/compile_and_load.py": ["config", "cache", "steps"],
     "benchmarks/train_loop.py": ["config", "steps", "warmup", "repeats"],
     "benchmarks/trainer_speed.py": ["config", "workdir", "bare", "compilation_cache"],
     "benchmarks/profile_step.py": ["config", "steps", "warmup", "trace_dir"],
