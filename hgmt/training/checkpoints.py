@@ -146,8 +146,11 @@ def ignore_callbacks_into_closed_loops() -> None:
     tensorstore still finishes the other chunks; each then calls back into the closed loop and
     Python prints one unraisable RuntimeError traceback per chunk (hundreds), which say nothing
     the run's own error does not. Installs a `sys.unraisablehook` that drops exactly those and
-    passes everything else to the previous hook (for command lines, not for library code)."""
+    passes everything else to the previous hook (for command lines, not for library code);
+    a second call changes nothing."""
     previous = sys.unraisablehook
+    if getattr(previous, "hgmt_drops_closed_loop_callbacks", False):
+        return
 
     def hook(unraisable) -> None:
         error = unraisable.exc_value
@@ -155,6 +158,7 @@ def ignore_callbacks_into_closed_loops() -> None:
             return
         previous(unraisable)
 
+    hook.hgmt_drops_closed_loop_callbacks = True
     sys.unraisablehook = hook
 
 
