@@ -239,7 +239,6 @@ class DeviceCrop(spec.Crop):
     `spec.Crop`, batched, as jax arrays."""
 
     read_map: None = None
-    unread: frozenset[str] = frozenset()
 
     def warp(self, key: str) -> jax.Array:
         """(B,r,r) label map `key`, nearest; zeros (uint8) for a map in `unread`."""
