@@ -31,28 +31,14 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
-    import flax
     import jax
 
     jax.config.update("jax_compilation_cache_dir", fv.cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1)
     import train_step
 
-    from hgmt.models import create_model
-    from hgmt.tasks import heads, parse_tasks
-    from hgmt.training import steps
-
     config = fv.config
-    model = create_model(config.model, heads(parse_tasks(config.tasks)), axis_name="batch")
-    t = time.perf_counter()
-    state = steps.create_train_state(jax.random.key(0), config, model)
-    init_s = time.perf_counter() - t
-    devices = jax.local_devices()[:1]
-    state = flax.jax_utils.replicate(state, devices)
-    data = jax.tree.map(lambda x: x[None], train_step.random_batch(config.batch_size,
-                                                                    config.image_size))
-    step = jax.pmap(train_step.step_function(config), axis_name="batch", devices=devices,
-                    donate_argnums=(0,))
+    step, state, data, _, init_s = train_step.placed_step(config)
     t = time.perf_counter()
     lowered = step.lower(state, data)
     lower_s = time.perf_counter() - t

@@ -94,20 +94,18 @@ def cpu_cost_analysis(config: ml_collections.ConfigDict, state, data) -> dict:
     return jax.jit(step).trace(*one).lower(lowering_platforms=("cpu",)).cost_analysis()
 
 
-def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
-    """The train step of `config` compiled for `devices` local devices, with its replicated
-    initial state and a random batch of `config.batch_size` at `config.image_size` on them:
-    (compiled, state, data, params, compile seconds, FLOPs per step, where the FLOPs were
-    counted). FLOPs come from XLA's cost analysis of the lowered (pre-backend) program: after
-    compilation a GPU's convolutions are cuDNN calls that the analysis does not count. Where
-    the backend gives no lowered analysis (jax 0.11.2 on an H200), the same per-device step is
-    lowered for the CPU ("cpu-lowered"), whose count is the same program's; the compiled count
-    is the last resort ("compiled", which undercounts convolutions on a GPU)."""
+def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
+    """The pmapped train step of `config` for `devices` local devices, not yet compiled,
+    with its replicated initial state and a random batch of `config.batch_size` at
+    `config.image_size` on them: (step, state, data, params, seconds to initialise the
+    parameters, `jit(init)` compiled or loaded from the cache included)."""
     batch, res = config.batch_size, config.image_size
     if batch % devices:
         raise ValueError(f"config.batch_size={batch} must be divisible by --devices={devices}")
     model = create_model(config.model, heads(parse_tasks(config.tasks)), axis_name="batch")
+    t0 = time.perf_counter()
     state = steps.create_train_state(jax.random.key(0), config, model)
+    init_s = time.perf_counter() - t0
     params = sum(x.size for x in jax.tree.leaves(state.params))
     devs = jax.local_devices()[:devices]
     state = flax.jax_utils.replicate(state, devs)
@@ -116,6 +114,18 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
         lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
     step = jax.pmap(step_function(config), axis_name="batch", devices=devs,
                     donate_argnums=(0,))
+    return step, state, data, int(params), init_s
+
+
+def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
+    """`placed_step`'s step compiled: (compiled, state, data, params, compile seconds, FLOPs
+    per step, where the FLOPs were counted). FLOPs come from XLA's cost analysis of the
+    lowered (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls
+    that the analysis does not count. Where the backend gives no lowered analysis (jax 0.11.2
+    on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"), whose count
+    is the same program's; the compiled count is the last resort ("compiled", which
+    undercounts convolutions on a GPU)."""
+    step, state, data, params, _ = placed_step(config, devices)
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
     compiled = lowered.compile()
@@ -129,7 +139,7 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
         if cost and "flops" in cost:
             flops, source = float(cost["flops"]) * devices, name  # per-device program
             break
-    return compiled, state, data, int(params), compile_s, flops, source
+    return compiled, state, data, params, compile_s, flops, source
 
 
 def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
