@@ -1,10 +1,12 @@
 """Per-stage CPU cost of the loader's work on one example, in milliseconds of this process's
-CPU time: the record read, each image feature's decode, the host path's crop of decoded
-arrays (`input_pipeline.crop_with`, warps, gain and labels) and the batching copy of each
-placement's arrays, as training does them for the config's tasks (the maps no target is made
-from, `device_augment.unread_maps`, neither cropped nor batched). What is left to the loader
-on the device path is read + decodes + its batching; grain's own bookkeeping is the rest of
-benchmarks/input_pipeline.py's figure.
+CPU time: the record read (and apart: the array_record read of its bytes, their parse by
+`hgmt.data.tf_example` and by tfds, and the parse of a frame's number alone, what an
+evaluation's frame selection reads of every record), each image feature's decode, the host
+path's crop of decoded arrays (`input_pipeline.crop_with`, warps, gain and labels) and the
+batching copy of each placement's arrays, as training does them for the config's tasks (the
+maps no target is made from, `device_augment.unread_maps`, neither cropped nor batched).
+What is left to the loader on the device path is read + decodes + its batching; grain's own
+bookkeeping is the rest of benchmarks/input_pipeline.py's figure.
 
     python3 benchmarks/input_stages.py [--config=configs/demo.py] [--config.image_size=256] \
         [--config.data_dir=DIR] [--examples=300]
@@ -26,7 +28,7 @@ import numpy as np
 from absl import flags
 
 from hgmt import cli
-from hgmt.data import device_augment, input_pipeline
+from hgmt.data import device_augment, input_pipeline, tf_example
 from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -63,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = {"benchmark": "input_stages", "res": res, "records": k, "tasks": "+".join(tasks),
            "unread": sorted(unread),
            "read_ms": cpu_ms(lambda i: source[i % k], n)}
+    tfds_source = source.source  # the tfds data source that open_split's ParsedSource reads
+    serialized = [tfds_source.data_source[i] for i in range(k)]
+    frame_specs = tf_example.parsed(tfds_source, ("frame", "num_frames")).specs
+    features = tfds_source.dataset_info.features
+    out.update(
+        read_bytes_ms=cpu_ms(lambda i: tfds_source.data_source[i % k], n),
+        parse_ms=cpu_ms(lambda i: tf_example.parse(serialized[i % k], source.specs), n),
+        parse_tfds_ms=cpu_ms(lambda i: features.deserialize_example_np(
+            serialized[i % k], decoders=tfds_source.decoders), n),
+        parse_frame_ms=cpu_ms(lambda i: tf_example.parse(serialized[i % k], frame_specs), n))
     for key in input_pipeline.IMAGE_FEATURES:
         out[f"decode_{key}_ms"] = cpu_ms(lambda i, key=key: input_pipeline.decoded(
             records[i % k], key), n)

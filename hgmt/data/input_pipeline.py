@@ -231,17 +231,19 @@ def check_features(info, dataset: str, data_dir: str) -> None:
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
 
-def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False):
+def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,
+               features: Sequence[str] | None = None):
     """`tfds` data source of a built split, with a clear error when it is missing, or when
     one of its shard files is missing or truncated (`hgmt.data.shards`). The split is read from its
     files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
     is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
     image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
-    TFDS) unless `decode_images`."""
+    TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
+    only the `features` named (default all)."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import read_only_builder
 
-    from hgmt.data import shards
+    from hgmt.data import shards, tf_example
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
     try:
@@ -259,7 +261,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
             f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
             f"{dataset.split('/')[-1]} --file_format=array_record") from e
     check_features(source.dataset_info, dataset, data_dir)
-    return source
+    return source if decode_images else tf_example.parsed(source, features)
 
 
 def auto_worker_count(worker_count: int) -> int:
@@ -354,7 +356,7 @@ def frame_indices(dataset: str, data_dir: str, split: str, keep: Callable[[int, 
     """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
     annotations only, not the images. A record that does not read is left out and its index
     appended to `damaged`."""
-    light = open_split(dataset, data_dir, split)
+    light = open_split(dataset, data_dir, split, features=("frame", "num_frames"))
     out = []
     for i in range(len(light)):
         try:
