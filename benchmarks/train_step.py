@@ -98,7 +98,7 @@ def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """The pmapped train step of `config` for `devices` local devices, not yet compiled,
     with its replicated initial state and a random batch of `config.batch_size` at
     `config.image_size` on them: (step, state, data, params, seconds to initialise the
-    parameters, `jit(init)` compiled or loaded from the cache included)."""
+    parameters, their compilation or loads from the cache included)."""
     batch, res = config.batch_size, config.image_size
     if batch % devices:
         raise ValueError(f"config.batch_size={batch} must be divisible by --devices={devices}")

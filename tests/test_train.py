@@ -61,6 +61,25 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     assert len(weights) > 100 and not still, still
 
 
+def test_initialisation_op_by_op_equals_the_compiled_one_bit_for_bit():
+    """The CPU's default, `model.init` op by op, gives the values of `jit(model.init)`, so a
+    run's initial parameters do not depend on which one ran."""
+    config = tiny_config("unused", tasks="pose2d+depth")
+    model = loop.create_model(config.model, heads(("pose2d", "depth")))
+    images = np.zeros((1, config.image_size, config.image_size, 3), np.float32)
+    eager = steps.init_variables(model, jax.random.key(3), images)
+    compiled = steps.init_variables(model, jax.random.key(3), images, compiled=True)
+    assert jax.default_backend() == "cpu"
+    fe, fc = _flat(eager), _flat(compiled)
+    assert fe.keys() == fc.keys() and len(fe) > 100
+    for k in fe:
+        np.testing.assert_array_equal(fe[k], fc[k], err_msg=k)
+    # Not the same values by accident: another key gives other ones.
+    other = _flat(steps.init_variables(model, jax.random.key(4), images))
+    kernel = next(k for k in fe if "kernel" in k)
+    assert not np.array_equal(other[kernel], fe[kernel])
+
+
 def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypatch):
     """The state's placement before the first step equals the step's outputs', so steps 2..n
     reuse step 1's trace and compilation (on 4 devices, resuming from a checkpoint too; each

@@ -51,9 +51,22 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return optax.chain(*chain, makers[opt.name]())
 
 
+def init_variables(model, rng: jax.Array, images: jax.Array,
+                   compiled: bool | None = None) -> dict:
+    """`model.init(rng, images, train=False)`: {"params", "batch_stats"}. Compiled as one
+    program (`compiled`, flax's convention) or op by op, the default on a CPU, where XLA takes
+    3-4x longer to compile the whole initialisation (mostly its random-number code) than the
+    ops take one at a time, cached or not (docs/performance.md). Both give the same values,
+    bit for bit (tests/test_train.py)."""
+    if compiled is None:
+        compiled = jax.default_backend() != "cpu"
+    init = functools.partial(model.init, train=False)
+    return (jax.jit(init) if compiled else init)(rng, images)
+
+
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model) -> TrainState:
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, images)
+    variables = init_variables(model, rng, images)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables["batch_stats"],
                              tx=create_optimizer(config))
