@@ -6,7 +6,18 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why it lives her
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# XLA:CPU compiles the tests' programs without LLVM's optimisations: the same programs, their
+# compilation (most of a suite run with an empty compilation cache) about half as long; the
+# tests' models are tiny, so running them unoptimised costs little (docs/performance.md).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS of a test process with `devices` virtual CPU devices."""
+    return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(4))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -64,7 +75,7 @@ def main_command(workdir, data_dir, total_steps, checkpoint_every):
            f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
            f"--config.checkpoint_every={checkpoint_every}", "--config.evals.test.max_examples=4",
            "--config.model.features=16"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     return cmd, env
 
 

@@ -12,6 +12,7 @@ import hgmt.report
 from hgmt import workdirs
 from hgmt.sources import surreal
 from hgmt.study import report, runs, stats
+from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -227,7 +228,7 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
            "--protocols=bodynet,surreal", "--",
            "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
            "--config.total_steps=2"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     for name in ("pose2d", "pose2d+segm"):
