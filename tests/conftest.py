@@ -6,9 +6,9 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why it lives her
 import os
 import pathlib
 
-# XLA:CPU compiles the tests' programs without LLVM's optimisations: the same programs, their
-# compilation (most of a suite run with an empty compilation cache) about half as long; the
-# tests' models are tiny, so running them unoptimised costs little (docs/performance.md).
+# XLA:CPU compiles the tests' programs without LLVM's optimisations: the same programs, the
+# suite with an empty compilation cache (mostly compiling) about a third shorter; the tests'
+# models are tiny, so running them unoptimised costs little (docs/performance.md).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
