@@ -524,6 +524,7 @@ def demo_model(tmp_path_factory):
     if not workdir:
         root = tmp_path_factory.mktemp("demo_model")
         workdir = str(root / "run")
+        # A real 9-minute training: XLA's default optimisation, not the tests' xla_flags.
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
         subprocess.run([sys.executable, "-m", "hgmt.main", "--config=configs/demo.py",
                         f"--workdir={workdir}", f"--config.data_dir={root / 'tfds'}",
