@@ -2,38 +2,54 @@
 # The accelerator measurements in one run, on the first local GPU/TPU, each one JSON line to
 # stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
 #
-#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=trainer,loader,step,profile,torch]
+#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=PART,...] [--autotune_s=600]
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
-# Parts, in this order (default: all):
-#   trainer  demo data built on this host (benchmarks/trainer_speed.py), then `hgmt.main` for
-#            pose2d at batch 128 and all four tasks at batch 64, the loader's workers on the
-#            host's cores (config.worker_count=-1), each against the bare step of its config:
-#            img/s, data wait, compile times (about 6-7 min of an H200 at the paper's size)
+# Parts, run in this order, the figures that matter most first (default:
+# trainer,profile,loader,torch; a command stopped by its time limit keeps the lines written):
+#   trainer  demo data built on this host (benchmarks/trainer_speed.py), then for pose2d at
+#            batch 128 and all four tasks at batch 64 the bare step (benchmarks/train_step.py:
+#            img/s, MFU, compile time) and `hgmt.main`, the loader's workers on the host's
+#            cores (config.worker_count=-1): img/s against the bare step's, data wait; both
+#            share one persistent compilation cache in the work folder
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
 #            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
+#   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
+#            batch 128, all four at batch 64; the programs come from the trainer part's cache
+#            when it ran (its lines say "compile_cache": "hit")
 #   loader   the input pipeline alone on the same demo data (benchmarks/input_pipeline.py),
 #            all four tasks at the part's image size and batch 128, the loader's workers on
 #            the host's cores: examples/s with the crop on the host and with only the decoding
 #            (augment_on=device), and the device crop's time in the step on this accelerator
-#   step     the bare train step (benchmarks/train_step.py): pose2d at batch 64 and 128, all
-#            four at batch 64
-#   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
-#            batch 128, all four at batch 64
-#   torch    the PyTorch reference eager and compiled (benchmarks/torch_reference.py; compiled
-#            in max-autotune, else in the default mode when that takes over 600 s)
+#   torch    the PyTorch reference eager and compiled (benchmarks/torch_reference.py) for
+#            pose2d at batch 64 and 128 and all four at batch 64: compiled in max-autotune
+#            until one config's compilation takes over --autotune_s seconds (a
+#            torch_compile_fallback line), then in the default mode
+#   step     not by default: the bare step alone, pose2d at batch 64 and 128, all four at 64,
+#            compiled without the cache
+#   streams  not by default: one compiled stream per task against one vmapped stream over the
+#            tasks (below)
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
 # fills it; see docs/performance.md) and are installed first into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=paper
-parts=trainer,loader,step,profile,torch
+parts=trainer,profile,loader,torch
+autotune_limit=600
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams] [--autotune_s=600]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
     --parts=*) parts=${arg#--parts=} ;;
-    *) echo "unknown argument $arg; usage: $0 [--size=paper|tiny] [--parts=trainer,loader,step,profile,torch]" >&2; exit 2 ;;
+    --autotune_s=*) autotune_limit=${arg#--autotune_s=} ;;
+    *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
+  esac
+done
+for part in ${parts//,/ }; do
+  case "$part" in
+    trainer|profile|loader|torch|step|streams) ;;
+    *) echo "--parts: unknown part $part; $usage" >&2; exit 2 ;;
   esac
 done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -60,8 +76,6 @@ case "$size" in
          step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
   *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
 esac
-one=(--config=configs/default.py:tasks=pose2d "${model[@]}")
-all=(--config=configs/default.py:tasks=all "${model[@]}")
 cache=$work/jax_cache
 
 if has trainer; then
@@ -75,6 +89,14 @@ if has trainer; then
       --workdir="$work/run_$1_$2" --bare_steps=$step_steps
   done
 fi
+if has profile; then
+  for spec in "pose2d $b1" "all $b4"; do
+    set -- $spec
+    JAX_COMPILATION_CACHE_DIR=$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1 \
+      run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
+      "${model[@]}" --config.batch_size=$2 --steps=5 --warmup=2 --trace_dir="$work/trace_$1"
+  done
+fi
 if has loader; then
   python3 -c "from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames)" \
     2>>"$log.err" || exit 1
@@ -83,6 +105,24 @@ if has loader; then
     --config.data_dir="$work/demo/tfds" --config.worker_count=-1 --batches=$loader_batches \
     --placements=host,device
 fi
+if has torch; then
+  mode=max-autotune  # until one config's max-autotune compile runs out of time: then default
+  for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
+    set -- $spec
+    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
+         --steps=$step_steps --warmup=5)
+    run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}"
+    if [ $mode = max-autotune ] && ! run "$autotune_limit" python3 benchmarks/torch_reference.py \
+        "${cfg[@]}" --compile --compile_mode=max-autotune; then
+      echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"limit_s\": $autotune_limit}" | tee -a "$log"
+      mode=default
+    fi
+    if [ $mode = default ]; then
+      run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
+        --compile_mode=default
+    fi
+  done
+fi
 if has step; then
   for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
     set -- $spec
@@ -90,32 +130,11 @@ if has step; then
       "${model[@]}" --config.batch_size=$2 --steps=$step_steps --warmup=3
   done
 fi
-if has profile; then
-  for spec in "pose2d $b1" "all $b4"; do
-    set -- $spec
-    run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
-      "${model[@]}" --config.batch_size=$2 --steps=5 --warmup=2 --trace_dir="$work/trace_$1"
-  done
-fi
-if has torch; then
-  for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
-    set -- $spec
-    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
-         --steps=$step_steps --warmup=5)
-    run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}"
-    if ! run 600 python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
-        --compile_mode=max-autotune; then
-      echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"limit_s\": 600}" | tee -a "$log"
-      run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
-        --compile_mode=default
-    fi
-  done
-fi
 
-# --- Stream modes (config.model.stream_mode): not in the default --parts; --parts=streams.
+# --- Stream modes (config.model.stream_mode): --parts=streams.
 # One compiled stream per task against one vmapped stream over the tasks: compile and step
 # time for pose2d and all four at batch $b4, each in a fresh process, the modes alternating
-# (benchmarks/stream_modes.py; its last line has the ratios). About 4-5 min of an H200.
+# (benchmarks/stream_modes.py; its last line has the ratios); estimated at 4-5 min of an H200.
 if has streams; then
   run 900 python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=1 -- \
     "${model[@]}" --config.batch_size=$b4 --steps=$step_steps --warmup=3

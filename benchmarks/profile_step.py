@@ -117,7 +117,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
-    compiled, state, data, _, compile_s, flops, flops_from = train_step.compiled_step(config)
+    compiled, state, data, _, compile_s, flops, flops_from, cache = train_step.compiled_step(
+        config)
     for _ in range(fv.warmup):
         state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
@@ -149,6 +150,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     result = {"benchmark": "profile_step", "backend": jax.default_backend(),
               "device": jax.local_devices()[0].device_kind, **cli.describe(config),
               "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
+              "compile_cache": cache,
               "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),
               "ops_timed": len(per_op), "ops_in_program": len(ops),
               "matmul_peak_tflop_per_s": round(matmul_peak / 1e12, 3),

@@ -21,6 +21,7 @@ into N virtual devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -117,18 +118,40 @@ def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     return step, state, data, int(params), init_s
 
 
+def compile_noting_cache(lowered) -> tuple:
+    """`lowered.compile()` -> (compiled, what JAX's persistent compilation cache did: "hit" (a
+    load, not a compilation), "miss" (compiled) or "off" (no cache)). Meant for a process's
+    first compilation of a program: a repeat can be answered by JAX's in-memory caches, which
+    raise no cache event."""
+    events = collections.Counter()
+
+    def count(event: str, **_) -> None:
+        events[event] += 1
+
+    jax.monitoring.register_event_listener(count)
+    try:
+        compiled = lowered.compile()
+    finally:
+        jax.monitoring.unregister_event_listener(count)
+    if events["/jax/compilation_cache/cache_hits"]:
+        return compiled, "hit"
+    requested = events["/jax/compilation_cache/compile_requests_use_cache"]
+    return compiled, "miss" if requested else "off"
+
+
 def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """`placed_step`'s step compiled: (compiled, state, data, params, compile seconds, FLOPs
-    per step, where the FLOPs were counted). FLOPs come from XLA's cost analysis of the
-    lowered (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls
-    that the analysis does not count. Where the backend gives no lowered analysis (jax 0.11.2
+    per step, where the FLOPs were counted, the compilation cache's answer
+    (`compile_noting_cache`)). FLOPs come from XLA's cost analysis of the lowered
+    (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls that the
+    analysis does not count. Where the backend gives no lowered analysis (jax 0.11.2
     on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"), whose count
     is the same program's; the compiled count is the last resort ("compiled", which
     undercounts convolutions on a GPU)."""
     step, state, data, params, _ = placed_step(config, devices)
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
-    compiled = lowered.compile()
+    compiled, cache = compile_noting_cache(lowered)
     compile_s = time.perf_counter() - t0
     flops, source = float("nan"), "none"
     for name, analysis in (("lowered", lowered.cost_analysis),
@@ -139,14 +162,14 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
         if cost and "flops" in cost:
             flops, source = float(cost["flops"]) * devices, name  # per-device program
             break
-    return compiled, state, data, params, compile_s, flops, source
+    return compiled, state, data, params, compile_s, flops, source, cache
 
 
 def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
             devices: int = 1) -> dict:
     """Compiles and times the train step of `config` -> the JSON line's fields."""
-    compiled, state, data, params, compile_s, flops, flops_from = compiled_step(config,
-                                                                                devices)
+    compiled, state, data, params, compile_s, flops, flops_from, cache = compiled_step(
+        config, devices)
 
     for _ in range(warmup):
         state, metrics = compiled(state, data)
@@ -171,7 +194,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
         "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
         "machine": platform.machine(), **cli.describe(config), "params": params,
         "stream_mode": resolve_stream_mode(config.model.get("stream_mode", "auto")),
-        "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
+        "compile_s": round(compile_s, 2), "compile_cache": cache, "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,
         "gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(peak, 1),

@@ -131,6 +131,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     if bare:
         result.update({
             "bare_img_per_s": bare["img_per_s"], "bare_compile_s": bare["compile_s"],
+            "bare_compile_cache": bare["compile_cache"],
             "trainer_over_bare": round(figures["trainer_img_per_s"] / bare["img_per_s"], 3),
             "device": bare["device"], "backend": bare["backend"], "mfu_bare": bare["mfu"]})
     result["goals"] = GOALS

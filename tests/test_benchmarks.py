@@ -198,6 +198,24 @@ def test_train_step_benchmark_figures_agree():
     assert np.isclose(r["gflop_per_s"], r["gflop_per_img"] * r["img_per_s"], rtol=0.02)
     assert 0 < r["mfu"] < 1
     assert np.isfinite(r["loss"])
+    assert r["compile_cache"] in ("hit", "miss")  # the tests' cache is on (conftest)
+
+
+def test_compile_noting_cache_tells_a_load_from_a_compilation():
+    """The tests' persistent cache (conftest) keeps every program: a program new to it is a
+    miss, the same program compiled again once JAX's in-memory caches are cleared a hit."""
+    import jax
+    import jax.numpy as jnp
+
+    c = float(np.random.default_rng().uniform(1, 2))  # a constant of the program: a new key
+    f = jax.jit(lambda x: x * c + 1.0)
+    x = jnp.arange(3.0)
+    _, cache = train_step.compile_noting_cache(f.lower(x))
+    assert cache == "miss"
+    jax.clear_caches()
+    compiled, cache = train_step.compile_noting_cache(f.lower(x))
+    assert cache == "hit"
+    np.testing.assert_allclose(compiled(x), np.arange(3.0) * c + 1.0, rtol=1e-6)
 
 
 def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
