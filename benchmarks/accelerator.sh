@@ -92,9 +92,11 @@ fi
 if has profile; then
   for spec in "pose2d $b1" "all $b4"; do
     set -- $spec
+    # the trainer part's total_steps: the learning-rate schedule is part of the program
     JAX_COMPILATION_CACHE_DIR=$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1 \
       run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
-      "${model[@]}" --config.batch_size=$2 --steps=5 --warmup=2 --trace_dir="$work/trace_$1"
+      "${model[@]}" --config.batch_size=$2 --config.total_steps=$train_steps --steps=5 \
+      --warmup=2 --trace_dir="$work/trace_$1"
   done
 fi
 if has loader; then
