@@ -120,9 +120,9 @@ def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
 
 def compile_noting_cache(lowered) -> tuple:
     """`lowered.compile()` -> (compiled, what JAX's persistent compilation cache did: "hit" (a
-    load, not a compilation), "miss" (compiled) or "off" (no cache)). Meant for a process's
-    first compilation of a program: a repeat can be answered by JAX's in-memory caches, which
-    raise no cache event."""
+    load, not a compilation), "miss" (compiled) or "off" (no cache folder set)). Meant for a
+    process's first compilation of a program: a repeat can be answered by JAX's in-memory
+    caches, which raise no cache event."""
     events = collections.Counter()
 
     def count(event: str, **_) -> None:
@@ -135,8 +135,7 @@ def compile_noting_cache(lowered) -> tuple:
         jax.monitoring.unregister_event_listener(count)
     if events["/jax/compilation_cache/cache_hits"]:
         return compiled, "hit"
-    requested = events["/jax/compilation_cache/compile_requests_use_cache"]
-    return compiled, "miss" if requested else "off"
+    return compiled, "miss" if jax.config.jax_compilation_cache_dir else "off"
 
 
 def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:

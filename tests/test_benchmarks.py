@@ -7,6 +7,7 @@ benchmark reads the trainer's own TensorBoard figures."""
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -216,6 +217,13 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     compiled, cache = train_step.compile_noting_cache(f.lower(x))
     assert cache == "hit"
     np.testing.assert_allclose(compiled(x), np.arange(3.0) * c + 1.0, rtol=1e-6)
+    # a process without a cache folder (JAX still makes cache keys and asks: not a miss)
+    code = ("import jax, jax.numpy as jnp, train_step; "
+            "print(train_step.compile_noting_cache(jax.jit(jnp.sin).lower(1.0))[1])")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(train_step.__file__),
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["off"]
 
 
 def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
