@@ -97,7 +97,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
 
         t0 = time.perf_counter()
         demo.build(os.path.join(fv.demo_data, "surreal"), os.path.join(fv.demo_data, "tfds"),
-                   fv.demo_clips, fv.demo_frames)
+                   fv.demo_clips, fv.demo_frames, workers=os.cpu_count() or 1)
         build_s = time.perf_counter() - t0
         config_args += ["--config.dataset=surreal/all",
                         f"--config.data_dir={os.path.join(fv.demo_data, 'tfds')}"]

@@ -61,7 +61,8 @@ def prepare_demo_dataset(config) -> None:
     from hgmt.data import demo
 
     demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
-               config.demo.frames, config.demo.seed, dataset=config.dataset)
+               config.demo.frames, config.demo.seed, dataset=config.dataset,
+               workers=os.cpu_count() or 1)
 
 
 class UserLines(logging.Filter):

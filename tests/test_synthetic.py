@@ -1,6 +1,7 @@
 """hgmt.sources.synthetic writes SURREAL-format clips that are consistent and learnable."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -80,6 +81,23 @@ def test_deterministic(tmp_path):
     np.testing.assert_array_equal(ca.depth, cb.depth)
     np.testing.assert_array_equal(ca.info.joints3d, cb.info.joints3d)
     assert not np.array_equal(ca.info.joints3d, cc.info.joints3d)
+
+
+def test_clips_written_in_worker_processes_are_the_ones_written_in_this_one(tmp_path):
+    kw = dict(clips_per_split=2, frames=3, seed=4, splits=("train", "test"))
+    one = synthetic.generate(str(tmp_path / "one"), **kw)
+    two = synthetic.generate(str(tmp_path / "two"), workers=2, **kw)
+    assert [os.path.relpath(s, tmp_path / "two") for s in two] == [
+        os.path.relpath(s, tmp_path / "one") for s in one]
+    for a, b in zip(one, two, strict=True):
+        ca, cb = surreal.load_clip(a), surreal.load_clip(b)
+        np.testing.assert_array_equal(ca.video, cb.video)
+        np.testing.assert_array_equal(ca.depth, cb.depth)
+        np.testing.assert_array_equal(ca.segm, cb.segm)
+        for field in dataclasses.fields(ca.info):
+            np.testing.assert_array_equal(getattr(ca.info, field.name),
+                                          getattr(cb.info, field.name), err_msg=field.name)
+    assert not np.array_equal(surreal.load_clip(one[0]).video, surreal.load_clip(one[1]).video)
 
 
 def _record(clip, t):

@@ -11,10 +11,10 @@ from hgmt.sources import surreal, synthetic
 
 
 def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, seed: int = 0,
-          dataset: str = "surreal/all") -> str:
+          dataset: str = "surreal/all", workers: int = 1) -> str:
     """Generates `clips_per_split` clips of `frames` frames per split under `surreal_root`
-    (unless it holds test clips already) and builds `dataset` into `data_dir` (unless built
-    there already). Returns `data_dir`."""
+    (unless it holds test clips already; in `workers` processes) and builds `dataset` into
+    `data_dir` (unless built there already). Returns `data_dir`."""
     import tensorflow_datasets as tfds
 
     import data_builders.surreal  # noqa: F401  (registers `surreal`)
@@ -33,7 +33,7 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         return data_dir
     if not surreal.find_clips(surreal_root, "test"):
         logging.info("generating demo SURREAL clips in %s", surreal_root)
-        synthetic.generate(surreal_root, clips_per_split, frames, seed)
+        synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
     logging.info("building %s into %s", dataset, data_dir)
     tfds.display_progress_bar(sys.stderr.isatty())  # progress bars on a terminal, not in logs
     builder.download_and_prepare(

@@ -20,8 +20,10 @@ camera follow SURREAL (world y points down, the camera looks along -x from ``cam
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -334,26 +336,39 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
     })
 
 
+def _write_seeded_clip(job: tuple) -> str:
+    """One clip of `generate`: (stem, seed, split index, clip index k, frames, zrot_max_deg,
+    clip number) -> stem. Top-level, so that worker processes can run it."""
+    stem, seed, split_index, k, frames, zrot_max_deg, clip_no = job
+    rng = np.random.default_rng([seed, split_index, k])
+    write_clip(stem, make_motion(rng, frames, zrot_max_deg), make_look(rng), clip_no)
+    return stem
+
+
 def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int = 0,
              splits: tuple[str, ...] = ("train", "val", "test"),
-             zrot_max_deg: float = ZROT_MAX_DEG) -> list[str]:
+             zrot_max_deg: float = ZROT_MAX_DEG, workers: int = 1) -> list[str]:
     """Writes ``clips_per_split`` clips of ``frames`` frames into each split; returns stems.
-    ``zrot_max_deg``: see `make_motion` (180: SURREAL's whole circle).
+    ``zrot_max_deg``: see `make_motion` (180: SURREAL's whole circle). ``workers`` > 1 writes
+    the clips in that many processes (started fresh, not forked: the caller may run JAX).
 
-    Deterministic for a given seed: clip k of a split always gets the same random stream.
-    Clip names follow SURREAL (sequence ``<NN>_<NN>``, clip ``c<NNNN>``); each split uses its
-    own sequences, as SURREAL's splits do.
+    Deterministic for a given seed: clip k of a split always gets the same random stream,
+    whatever the number of workers. Clip names follow SURREAL (sequence ``<NN>_<NN>``, clip
+    ``c<NNNN>``); each split uses its own sequences, as SURREAL's splits do.
     """
-    stems = []
+    jobs = []
     for split_index, split in enumerate(splits):
         for k in range(clips_per_split):
-            rng = np.random.default_rng([seed, split_index, k])
             seq = f"{split_index + 1:02d}_{k // 2 + 1:02d}"
             clip_no = k % 2 + 1
             stem = os.path.join(out_dir, "cmu", split, "run0", seq, f"{seq}_c{clip_no:04d}")
-            write_clip(stem, make_motion(rng, frames, zrot_max_deg), make_look(rng), clip_no)
-            stems.append(stem)
-    return stems
+            jobs.append((stem, seed, split_index, k, frames, zrot_max_deg, clip_no))
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
+                                                    mp_context=context) as pool:
+            return list(pool.map(_write_seeded_clip, jobs))
+    return [_write_seeded_clip(job) for job in jobs]
 
 
 def _define_flags(fv) -> None:
@@ -367,17 +382,19 @@ def _define_flags(fv) -> None:
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
                        "degrees of facing the camera (180: SURREAL's whole circle)",
                        lower_bound=0.0, upper_bound=180.0, flag_values=fv)
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "processes writing clips (default: "
+                         "this machine's cores)", lower_bound=1, flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.sources.synthetic --out_dir=DIR [--clips_per_split=N]
-    [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D]`."""
+    [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D] [--workers=N]`."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     start = time.perf_counter()
     stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
-                     zrot_max_deg=args.zrot_max_deg)
+                     zrot_max_deg=args.zrot_max_deg, workers=args.workers)
     seconds = time.perf_counter() - start
     frames = len(stems) * args.frames_per_clip
     print(json.dumps({"out_dir": args.out_dir, "clips": len(stems), "frames": frames,
