@@ -356,19 +356,22 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
     whatever the number of workers. Clip names follow SURREAL (sequence ``<NN>_<NN>``, clip
     ``c<NNNN>``); each split uses its own sequences, as SURREAL's splits do.
     """
-    jobs = []
+    jobs = [[] for _ in splits]
     for split_index, split in enumerate(splits):
         for k in range(clips_per_split):
             seq = f"{split_index + 1:02d}_{k // 2 + 1:02d}"
             clip_no = k % 2 + 1
             stem = os.path.join(out_dir, "cmu", split, "run0", seq, f"{seq}_c{clip_no:04d}")
-            jobs.append((stem, seed, split_index, k, frames, zrot_max_deg, clip_no))
-    if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
-                                                    mp_context=context) as pool:
-            return list(pool.map(_write_seeded_clip, jobs))
-    return [_write_seeded_clip(job) for job in jobs]
+            jobs[split_index].append((stem, seed, split_index, k, frames, zrot_max_deg,
+                                      clip_no))
+    if workers <= 1 or clips_per_split <= 1:
+        return [_write_seeded_clip(job) for split_jobs in jobs for job in split_jobs]
+    # Split after split, as in one process: a split's first clip is written once the splits
+    # before it are complete (demo.build takes test clips as the sign of a finished run).
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, clips_per_split),
+                                                mp_context=context) as pool:
+        return [stem for split_jobs in jobs for stem in pool.map(_write_seeded_clip, split_jobs)]
 
 
 def _define_flags(fv) -> None:
