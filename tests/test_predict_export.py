@@ -537,16 +537,17 @@ def demo_model(tmp_path_factory):
 def test_the_demo_model_finds_a_small_person_anywhere_on_a_larger_canvas(demo_model, tmp_path):
     """40 frames of 8 new demo clips, shrunk to 0.5-0.8 and pasted anywhere on a 640x480
     canvas of another demo background: predicting without a box finds the person, and in
-    most frames every joint lies within 2 label px of the prediction made with the true box.
-    Measured with the demo model of docs/predict.md: 34 of 40 frames (85 %), 39 of 40 with at
-    least 14 joints within; 39 windows found from the joints, one from the silhouette (a
-    frame where the person was lost). A model trained here may differ a little: >= 75 %."""
+    nearly every frame at least 14 of the 16 joints lie within 2 label px of the prediction
+    made with the true box. Measured (docs/predict.md): with the demo model of 72d732f, 39 of
+    40 frames with at least 14 joints within, 34 with all 16, 39 windows found from the
+    joints; with the README's demo model of d3046c5, 38, 28 and 38. Asserted: 36, 24, 30."""
     stems = synthetic.generate(str(tmp_path), clips_per_split=8, frames=5, seed=2,
                                splits=("test",))
     errors, found = finding_errors(demo_model, pasted_frames(stems, seed=2))
     assert errors.shape == (40, 16)
-    frames_within = (errors <= 2).all(axis=1)
-    assert frames_within.mean() >= 0.75, np.round(errors.max(axis=1), 1)
+    worst = np.round(errors.max(axis=1), 1)
+    assert ((errors <= 2).sum(axis=1) >= 14).sum() >= 36, worst
+    assert (errors <= 2).all(axis=1).sum() >= 24, worst
     assert sum(f["window"].found_by.startswith("joints") for f in found) >= 30
 
 
