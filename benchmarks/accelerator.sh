@@ -46,6 +46,8 @@ for arg in "$@"; do
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
 done
+[[ $size == paper || $size == tiny ]] || { echo "--size=$size: give paper or tiny" >&2; exit 2; }
+[[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
     trainer|profile|loader|torch|step|streams) ;;
@@ -74,7 +76,6 @@ case "$size" in
                 --config.model.depth=2 --config.model.dtype=float32)
          b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
          step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
-  *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
 esac
 cache=$work/jax_cache
 

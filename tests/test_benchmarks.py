@@ -226,6 +226,21 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     assert out.split() == ["off"]
 
 
+@pytest.mark.parametrize("arg, message", [
+    ("--parts=trainer,profiles", "unknown part profiles"),
+    ("--autotune_s=10m", "--autotune_s=10m: give seconds"),
+    ("--size=paper2", "--size=paper2: give paper or tiny"),
+    ("--part=trainer", "unknown argument --part=trainer")])
+def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg, message,
+                                                                             tmp_path):
+    proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"), arg],
+                          env={**os.environ, "OUT": str(tmp_path),
+                               "ACCELERATOR_WORK": str(tmp_path / "work")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not os.listdir(tmp_path)  # nothing built, installed or written
+
+
 def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
     from hgmt.tasks import TASKS
 
