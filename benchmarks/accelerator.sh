@@ -46,7 +46,17 @@ for arg in "$@"; do
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
 done
-[[ $size == paper || $size == tiny ]] || { echo "--size=$size: give paper or tiny" >&2; exit 2; }
+case "$size" in
+  paper) model=(--config.image_size=256 --config.model.num_stacks=2 --config.model.features=256
+                --config.model.dtype=bfloat16)
+         b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=32; frames=30
+         step_steps=20; limit=900; loader_batches=200 ;;
+  tiny)  model=(--config.image_size=64 --config.model.num_stacks=1 --config.model.features=16
+                --config.model.depth=2 --config.model.dtype=float32)
+         b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
+         step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
+  *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
+esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
@@ -66,17 +76,6 @@ work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
 mkdir -p "$work"
 run() { timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"; }
 has() { [[ ",$parts," == *",$1,"* ]]; }
-
-case "$size" in
-  paper) model=(--config.image_size=256 --config.model.num_stacks=2 --config.model.features=256
-                --config.model.dtype=bfloat16)
-         b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=32; frames=30
-         step_steps=20; limit=900; loader_batches=200 ;;
-  tiny)  model=(--config.image_size=64 --config.model.num_stacks=1 --config.model.features=16
-                --config.model.depth=2 --config.model.dtype=float32)
-         b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
-         step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
-esac
 cache=$work/jax_cache
 
 if has trainer; then
