@@ -24,8 +24,8 @@
 #            (augment_on=device), and the device crop's time in the step on this accelerator
 #   torch    the PyTorch reference eager and compiled (benchmarks/torch_reference.py) for
 #            pose2d at batch 64 and 128 and all four at batch 64: compiled in max-autotune
-#            until one config's compilation takes over --autotune_s seconds (a
-#            torch_compile_fallback line), then in the default mode
+#            until one config's compilation takes over --autotune_s seconds or fails (a
+#            torch_compile_fallback line says which), then in the default mode
 #   step     not by default: the bare step alone, pose2d at batch 64 and 128, all four at 64,
 #            compiled without the cache
 #   streams  not by default: one compiled stream per task against one vmapped stream over the
@@ -74,7 +74,12 @@ export PYTHONUNBUFFERED=1
 log=${OUT:-.}/accelerator.jsonl
 work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
 mkdir -p "$work"
-run() { timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"; }
+# run LIMIT_S CMD...: CMD's JSON lines to stdout and the log; CMD's exit status (124 or 137:
+# stopped at LIMIT_S), not that of the filter (grep fails when CMD printed no line)
+run() {
+  timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
+  return "${PIPESTATUS[0]}"
+}
 has() { [[ ",$parts," == *",$1,"* ]]; }
 cache=$work/jax_cache
 
@@ -100,7 +105,7 @@ if has profile; then
   done
 fi
 if has loader; then
-  python3 -c "import os; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=os.cpu_count())" \
+  python3 -c "from hgmt.data import demo; from hgmt.sources import synthetic; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=synthetic.host_cores())" \
     2>>"$log.err" || exit 1
   run "$limit" python3 benchmarks/input_pipeline.py --config=configs/default.py:tasks=all \
     "${model[@]}" --config.batch_size=128 --config.dataset=surreal/all \
@@ -114,10 +119,15 @@ if has torch; then
     cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
          --steps=$step_steps --warmup=5)
     run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}"
-    if [ $mode = max-autotune ] && ! run "$autotune_limit" python3 benchmarks/torch_reference.py \
-        "${cfg[@]}" --compile --compile_mode=max-autotune; then
-      echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"limit_s\": $autotune_limit}" | tee -a "$log"
-      mode=default
+    if [ $mode = max-autotune ]; then
+      run "$autotune_limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
+        --compile_mode=max-autotune
+      rc=$?
+      if [ $rc -ne 0 ]; then  # stopped at the limit (124, 137) or failed (stderr in the .err log)
+        why=failed; { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && why=limit
+        echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"why\": \"$why\", \"exit\": $rc, \"limit_s\": $autotune_limit}" | tee -a "$log"
+        mode=default
+      fi
     fi
     if [ $mode = default ]; then
       run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \

@@ -94,10 +94,11 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     config_args = cli.config_args(fv)
     if fv.demo_data:
         from hgmt.data import demo
+        from hgmt.sources import synthetic
 
         t0 = time.perf_counter()
         demo.build(os.path.join(fv.demo_data, "surreal"), os.path.join(fv.demo_data, "tfds"),
-                   fv.demo_clips, fv.demo_frames, workers=os.cpu_count() or 1)
+                   fv.demo_clips, fv.demo_frames, workers=synthetic.host_cores())
         build_s = time.perf_counter() - t0
         config_args += ["--config.dataset=surreal/all",
                         f"--config.data_dir={os.path.join(fv.demo_data, 'tfds')}"]
