@@ -30,6 +30,8 @@
 #            compiled without the cache
 #   streams  not by default: one compiled stream per task against one vmapped stream over the
 #            tasks (below)
+#   levers   not by default: the bare step of pose2d at batch 128 with each of
+#            benchmarks/step_levers.py's changes (XLA:GPU flags, batch 256) against none
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
 # fills it; see docs/performance.md) and are installed first into /tmp/site.
 set -uo pipefail
@@ -37,7 +39,7 @@ cd "$(dirname "$0")/.."
 size=paper
 parts=trainer,profile,loader,torch
 autotune_limit=600
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams] [--autotune_s=600]"
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--autotune_s=600]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
@@ -60,7 +62,7 @@ esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
-    trainer|profile|loader|torch|step|streams) ;;
+    trainer|profile|loader|torch|step|streams|levers) ;;
     *) echo "--parts: unknown part $part; $usage" >&2; exit 2 ;;
   esac
 done
@@ -150,5 +152,16 @@ fi
 if has streams; then
   run 900 python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=1 -- \
     "${model[@]}" --config.batch_size=$b4 --steps=$step_steps --warmup=3
+fi
+
+# --- Levers on the step's speed: --parts=levers.
+# The bare step of pose2d at batch $b1 as configured, then with each change of
+# benchmarks/step_levers.py (batch 256, matmuls by cuBLAS or cuDNN, CUDA graphs of short kernel
+# runs, exhaustive Triton tiling), each in a fresh process, no compilation cache; its last line
+# has each lever's img/s, MFU and compile time over the unchanged step's.
+if has levers; then
+  run 900 python3 benchmarks/step_levers.py --timeout_s=240 -- \
+    --config=configs/default.py:tasks=pose2d "${model[@]}" --config.batch_size=$b1 \
+    --steps=$step_steps --warmup=3
 fi
 exit 0

@@ -3,7 +3,7 @@
 latter on the data of its config) and their figures agree with each other; the profile groups
 XLA ops by role and kind from the compiled HLO of a CPU and of a GPU, with FLOPs and bytes from
 the shapes; the PyTorch reference and the comparison take the same config flags; the trainer
-benchmark reads the trainer's own TensorBoard figures."""
+benchmark reads the trainer's own TensorBoard figures; the step's levers are flags XLA knows."""
 
 import json
 import os
@@ -21,6 +21,7 @@ import cli  # noqa: E402
 import compare  # noqa: E402
 import input_pipeline  # noqa: E402
 import profile_step  # noqa: E402
+import step_levers  # noqa: E402
 import train_step  # noqa: E402
 import trainer_speed  # noqa: E402
 import xla_ops  # noqa: E402
@@ -351,3 +352,33 @@ def test_input_pipeline_benchmark_compares_host_and_device_augmentation(demo_dat
     assert device["step_cpu_ms_per_batch"] > 0 and "step_ms_per_batch" not in host
     # The crop's CPU time counted in: fewer examples per CPU-second than the loader alone.
     assert device["examples_per_cpu_s_with_step"] < device["examples_per_cpu_s"]
+
+
+def _xla_starts(xla_flags: str) -> subprocess.CompletedProcess:
+    code = "import jax.numpy as jnp; jnp.ones(2).block_until_ready()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": xla_flags})
+
+
+def test_every_levers_xla_flags_are_flags_this_xla_knows():
+    """XLA aborts at start on an unknown flag: each lever's flags, all at once, start it (a
+    misspelt one, seen here, does not)."""
+    xla = [flag for flags, _, _ in step_levers.LEVERS.values() for flag in flags]
+    assert len(xla) >= 4
+    proc = _xla_starts(" ".join(xla))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _xla_starts(" ".join([*xla, "--xla_gpu_enable_triton_gemmm=false"]))
+    assert proc.returncode != 0 and "xla_gpu_enable_triton_gemmm" in proc.stderr
+
+
+def test_a_failed_lever_gives_an_error_line_and_the_summary_leaves_it_out(monkeypatch):
+    monkeypatch.setitem(step_levers.LEVERS, "misspelt", (("--xla_gpu_no_such_flag=1",), (),
+                                                         "a flag XLA does not know"))
+    line = step_levers.run_lever("misspelt", ["--config=configs/default.py", *TINY], 120)
+    assert line["lever"] == "misspelt" and line["error"].startswith("exit ")
+    assert "xla_gpu_no_such_flag" in line["error"] and "img_per_s" not in line
+    results = [{"lever": "none", "img_per_s": 100.0, "mfu": 0.2, "compile_s": 30.0}, line,
+               {"lever": "batch_256", "img_per_s": 120.0, "mfu": 0.25, "compile_s": 33.0}]
+    assert step_levers.summarize(results) == {"summary": "step_levers", "over": "none", "levers": {
+        "none": {"img_per_s": 1.0, "mfu": 1.0, "compile_s": 1.0},
+        "batch_256": {"img_per_s": 1.2, "mfu": 1.25, "compile_s": 1.1}}}

@@ -41,6 +41,7 @@ ENTRY_POINTS = {
     "benchmarks/build_throughput.py": ["clips_per_split", "frames_per_clip", "beam_workers"],
     "benchmarks/synthetic_throughput.py": ["clips_per_split", "frames_per_clip"],
     "benchmarks/stream_modes.py": ["modes", "task_sets", "rounds"],
+    "benchmarks/step_levers.py": ["levers", "timeout_s"],
     "benchmarks/stream_convs.py": ["shape", "im2col", "rounds"],
     "experiments/depth_errors.py": ["workdir", "step", "frames"],
     "experiments/depth_baselines.py": ["clips", "frames"],

@@ -1,0 +1,107 @@
+"""Changes that may move the train step's speed on a GPU, each measured against none.
+
+    python3 benchmarks/step_levers.py [--levers=none,batch_256,...] [--timeout_s=300] -- \
+        --config=configs/default.py:tasks=pose2d --config.batch_size=128 --steps=20 --warmup=3
+
+A lever is one change: XLA flags (added to XLA_FLAGS) or config overrides (after the ones
+given after `--`, so they win). Each lever is measured by benchmarks/train_step.py in its own
+process (XLA reads its flags once, at start; the process's compile time is its first
+compilation), in the order given. Prints train_step.py's JSON line for each with its "lever"
+and "xla_flags", a line with "error" for a lever whose process failed or ran past --timeout_s
+(the others still run), then one summary line: per lever, its img/s, MFU and compile time over
+the first lever's (`none` by default). The XLA flags are GPU flags: on a CPU they are accepted
+and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
+
+# name -> (XLA flags, config overrides, what it changes). The 1x1 convolutions are matmuls
+# (hgmt/models/fast_ops.py), which XLA:GPU compiles as Triton GEMM fusions by default.
+LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "none": ((), (), "the step as configured"),
+    "batch_256": ((), ("--config.batch_size=256",), "batch 256"),
+    "cublas_gemm": (("--xla_gpu_enable_triton_gemm=false",), (),
+                    "matmuls by cuBLAS instead of Triton GEMM fusions"),
+    "cudnn_gemm_fusion": (("--xla_gpu_cudnn_gemm_fusion_level=2",), (),
+                          "matmul fusions by cuDNN"),
+    "graphs_small": (("--xla_gpu_graph_min_graph_size=1",), (),
+                     "CUDA graphs also for runs of fewer than the default 5 kernels"),
+    "triton_exhaustive": (("--xla_gpu_exhaustive_tiling_search=true",), (),
+                          "Triton GEMM autotuning over every tiling (the longest compile)"),
+}
+
+
+def run_lever(name: str, args: list[str], timeout_s: float) -> dict:
+    """One train_step.py measurement with lever `name` in a fresh process -> its JSON line with
+    "lever" and "xla_flags", or {"lever", "xla_flags", "error"} when the process failed."""
+    xla, overrides, _ = LEVERS[name]
+    xla_flags = " ".join([os.environ.get("XLA_FLAGS", ""), *xla]).strip()
+    cmd = [sys.executable, os.path.join(HERE, "train_step.py"), *args, *overrides]
+    head = {"lever": name, "xla_flags": xla_flags}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "XLA_FLAGS": xla_flags})
+    except subprocess.TimeoutExpired:
+        return {**head, "error": f"ran past --timeout_s={timeout_s:g}"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {**head, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}
+    return {**head, **json.loads(lines[-1])}
+
+
+def summarize(results: list[dict]) -> dict:
+    """{"summary", "over": the first lever, "levers": {lever: {img_per_s, mfu, compile_s: over
+    the first's}}} of the levers measured (those with "error" are left out)."""
+    measured = [r for r in results if "error" not in r]
+    if not measured:
+        return {"summary": "step_levers", "over": None, "levers": {}}
+    base = measured[0]
+    return {"summary": "step_levers", "over": base["lever"], "levers": {
+        r["lever"]: {key: round(r[key] / base[key], 3) for key in ("img_per_s", "mfu",
+                                                                     "compile_s")}
+        for r in measured}}
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("levers", list(LEVERS), "levers to measure, in this order: "
+                      + ", ".join(f"{k} ({v[2]})" for k, v in LEVERS.items()), flag_values=fv)
+    flags.DEFINE_float("timeout_s", 300, "seconds one lever's process may take",
+                       lower_bound=1, flag_values=fv)
+
+
+def benchmark(argv: list[str] | None = None) -> dict:
+    """Arguments after `--` go to train_step.py (its config and overrides, --steps, ...)."""
+    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    unknown = [name for name in args.levers if name not in LEVERS]
+    if unknown:
+        raise SystemExit(f"error: --levers: unknown {', '.join(unknown)}; give some of "
+                         f"{', '.join(LEVERS)}")
+    results = []
+    for name in args.levers:
+        result = run_lever(name, passed, args.timeout_s)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    summary = summarize(results)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    benchmark(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
