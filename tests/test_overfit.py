@@ -67,6 +67,8 @@ def overfit(tasks, batch, steps=STEPS, learning_rate=5e-3):
 # mIoU was 0.159, 0.214, 0.234 or 0.276 (all-zero logits: 0.0, pixel accuracy 0.896); it leaves
 # the plateau between 700 and 1200 steps.
 SEGM_FLOORS = {"together": (0.95, 0.25), "alone": (0.93, 0.12)}  # pixel accuracy, mean IoU
+
+
 def _check(tasks, data_dir):
     batch = _examples(data_dir)
     first, last, preds = overfit(parse_tasks(tasks), batch)
