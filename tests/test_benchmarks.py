@@ -374,7 +374,8 @@ def test_every_levers_xla_flags_are_flags_this_xla_knows():
 def test_a_failed_lever_gives_an_error_line_and_the_summary_leaves_it_out(monkeypatch):
     monkeypatch.setitem(step_levers.LEVERS, "misspelt", (("--xla_gpu_no_such_flag=1",), (),
                                                          "a flag XLA does not know"))
-    line = step_levers.run_lever("misspelt", ["--config=configs/default.py", *TINY], 120)
+    config = os.path.join(os.path.dirname(BENCHMARKS), "configs", "default.py")
+    line = step_levers.run_lever("misspelt", [f"--config={config}", *TINY], 120)
     assert line["lever"] == "misspelt" and line["error"].startswith("exit ")
     assert "xla_gpu_no_such_flag" in line["error"] and "img_per_s" not in line
     results = [{"lever": "none", "img_per_s": 100.0, "mfu": 0.2, "compile_s": 30.0}, line,
