@@ -26,11 +26,11 @@ import sys
 from collections.abc import Sequence
 
 import cli
+import fresh_process
 from absl import flags
 
 from hgmt.tasks import TASKS, parse_tasks
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_VARIANTS = ("model.features=128,image_size=128,batch_size=16",
                     "image_size=256,batch_size=8",
                     "model.features=128,image_size=128,batch_size=16,tasks=all")
@@ -67,20 +67,16 @@ def run(script: str, config_args: list[str], steps: int, extra: tuple[str, ...] 
         devices: int = 1, timeout: float | None = None) -> dict | None:
     """One measurement in its own process -> its JSON line; None when it ran out of
     `timeout` seconds."""
-    cmd = [sys.executable, os.path.join(HERE, script), *config_args, f"--steps={steps}",
-           *extra]
+    args = [*config_args, f"--steps={steps}", *extra]
     env = dict(os.environ)
     if devices > 1:  # split the CPU into devices (pmap over them), as for training on a CPU
-        cmd.append(f"--devices={devices}")
+        args.append(f"--devices={devices}")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                             f" --xla_force_host_platform_device_count={devices}")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        return fresh_process.run(script, args, env, timeout)
     except subprocess.TimeoutExpired:
         return None
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def compiled_torch(config_args: list[str], steps: int, mode: str, timeout: float) -> dict:

@@ -21,8 +21,9 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+import fresh_process  # noqa: E402
 from absl import flags  # noqa: E402
 
 from hgmt import cli  # noqa: E402
@@ -48,17 +49,14 @@ def run_lever(name: str, args: list[str], timeout_s: float) -> dict:
     "lever" and "xla_flags", or {"lever", "xla_flags", "error"} when the process failed."""
     xla, overrides, _ = LEVERS[name]
     xla_flags = " ".join([os.environ.get("XLA_FLAGS", ""), *xla]).strip()
-    cmd = [sys.executable, os.path.join(HERE, "train_step.py"), *args, *overrides]
     head = {"lever": name, "xla_flags": xla_flags}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "XLA_FLAGS": xla_flags})
+        return {**head, **fresh_process.run("train_step.py", [*args, *overrides],
+                                            {**os.environ, "XLA_FLAGS": xla_flags}, timeout_s)}
     except subprocess.TimeoutExpired:
         return {**head, "error": f"ran past --timeout_s={timeout_s:g}"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        return {**head, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}
-    return {**head, **json.loads(lines[-1])}
+    except fresh_process.Failed as failed:
+        return {**head, "error": f"exit {failed.returncode}: {failed.stderr.strip()[-800:]}"}
 
 
 def summarize(results: list[dict]) -> dict:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+import fresh_process  # noqa: E402
 from absl import flags  # noqa: E402
 
 from hgmt import cli  # noqa: E402
@@ -34,12 +34,8 @@ from hgmt import cli  # noqa: E402
 def run(args: list[str], tasks: str, mode: str) -> dict:
     """One train_step.py measurement in a fresh process -> its JSON line."""
     config = os.path.join(os.path.dirname(HERE), "configs", "default.py")
-    cmd = [sys.executable, os.path.join(HERE, "train_step.py"), f"--config={config}:tasks={tasks}",
-           f"--config.model.stream_mode={mode}", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return fresh_process.run("train_step.py", [f"--config={config}:tasks={tasks}",
+                                               f"--config.model.stream_mode={mode}", *args])
 
 
 def summarize(results: list[dict], modes: tuple[str, str]) -> dict:

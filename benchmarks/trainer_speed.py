@@ -30,9 +30,9 @@ import time
 from collections.abc import Sequence
 
 import cli
+import fresh_process
 from absl import flags
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 GOALS = {"trainer_over_bare": 0.95, "data_wait": 0.02}
 
 
@@ -107,12 +107,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
     bare = None
     if fv.bare:
-        proc = subprocess.run([sys.executable, os.path.join(HERE, "train_step.py"),
-                               *config_args, f"--steps={fv.bare_steps}", "--warmup=3"],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode:
-            raise RuntimeError(f"train_step.py failed:\n{proc.stderr[-3000:]}")
-        bare = json.loads(proc.stdout.strip().splitlines()[-1])
+        bare = fresh_process.run("train_step.py",
+                                 [*config_args, f"--steps={fv.bare_steps}", "--warmup=3"], env)
     workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hgmt.main", *config_args,
