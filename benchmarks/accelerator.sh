@@ -16,8 +16,9 @@
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
 #            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
-#            batch 128, all four at batch 64; the programs come from the trainer part's cache
-#            when it ran (its lines say "compile_cache": "hit")
+#            batch 128, all four at batch 64, compiled with XLA:GPU's command buffers off (the
+#            kernels of a CUDA graph carry no op name in the trace); each trace is copied to
+#            ${OUT:-.}/trace_<tasks>.json.gz
 #   loader   the input pipeline alone on the same demo data (benchmarks/input_pipeline.py),
 #            all four tasks at the part's image size and batch 128, the loader's workers on
 #            the host's cores: examples/s with the crop on the host and with only the decoding
@@ -99,11 +100,12 @@ fi
 if has profile; then
   for spec in "pose2d $b1" "all $b4"; do
     set -- $spec
-    # the trainer part's total_steps: the learning-rate schedule is part of the program
-    JAX_COMPILATION_CACHE_DIR=$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1 \
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" \
       run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
       "${model[@]}" --config.batch_size=$2 --config.total_steps=$train_steps --steps=5 \
       --warmup=2 --trace_dir="$work/trace_$1"
+    trace=$(find "$work/trace_$1" -name perfetto_trace.json.gz | sort | tail -n 1)
+    [ -n "$trace" ] && cp "$trace" "${OUT:-.}/trace_$1.json.gz"
   done
 fi
 if has loader; then

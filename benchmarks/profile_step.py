@@ -13,9 +13,12 @@ against the measured matmul peak of the device in the step's dtype; for the othe
 achieved bytes/s (operands read plus results written, from the HLO shapes) against a measured
 streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on the host
 threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's (the
-kernels on the device's streams, attributed to their HLO op). Prints one JSON line; open the
-trace in Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz under --trace_dir) for the
-timeline.
+kernels on the device's streams, attributed to their HLO op). On a device, `device_ms_per_step`
+is the time of all its events and `ops_ms_per_step` the part attributed to an op: the kernels
+XLA:GPU replays from a CUDA graph (its command buffers) carry no op name, so a GPU is profiled
+with them off (XLA_FLAGS=--xla_gpu_enable_command_buffer=, as benchmarks/accelerator.sh does).
+Prints one JSON line; open the trace in Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz
+under --trace_dir) for the timeline.
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ def op_times(events: list[dict], module: str, ops: dict) -> dict[str, float]:
     for e in on_device or timed:
         per_op[e["args"]["hlo_op"]] += float(e["dur"])
     return dict(per_op)
+
+
+def device_us(events: list[dict]) -> float:
+    """Total µs of the events on a device process (a GPU's or TPU's kernels and copies, those
+    no HLO op is named on included); 0 where the trace has no device process (a CPU)."""
+    devices = {e["pid"] for e in events if e.get("ph") == "M"
+               and e.get("name") == "process_name" and "/device:" in e["args"]["name"]}
+    return sum(float(e["dur"]) for e in events if e.get("ph") == "X" and e["pid"] in devices)
 
 
 def summarize(per_op_us: dict[str, float], ops: dict, steps: int, matmul_peak: float,
@@ -152,6 +163,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
               "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
               "compile_cache": cache,
               "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),
+              "device_ms_per_step": round(device_us(events) / 1e3 / fv.steps, 2),
               "ops_timed": len(per_op), "ops_in_program": len(ops),
               "matmul_peak_tflop_per_s": round(matmul_peak / 1e12, 3),
               "stream_peak_gbytes_per_s": round(bytes_peak / 1e9, 1),
@@ -160,7 +172,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
               "kinds": kinds,
               "slowest_ops": {f"{n} [{ops[n]['kind']}]": round(us / 1e3 / fv.steps, 3)
                               for n, us in slowest},
-              "trace": path}
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "trace": path}
     print(json.dumps(result))
     return result
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import xla_ops
 from absl import flags
 
 from hgmt.models import create_model, resolve_stream_mode
@@ -138,6 +139,14 @@ def compile_noting_cache(lowered) -> tuple:
     return compiled, "miss" if jax.config.jax_compilation_cache_dir else "off"
 
 
+def hlo_shape_flops(hlo: str) -> dict:
+    """{"flops": 2 x the multiply-adds of the convolutions and matmuls of the compiled
+    program `hlo` (XLA's HLO text), from their shapes}, or {} where it has none."""
+    ops = xla_ops.classify(xla_ops.parse(hlo), set())
+    flops = sum(v["flops"] for v in ops.values())
+    return {"flops": flops} if flops else {}
+
+
 def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """`placed_step`'s step compiled: (compiled, state, data, params, compile seconds, FLOPs
     per step, where the FLOPs were counted, the compilation cache's answer
@@ -145,7 +154,10 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls that the
     analysis does not count. Where the backend gives no lowered analysis (jax 0.11.2
     on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"), whose count
-    is the same program's; the compiled count is the last resort ("compiled", which
+    is the same program's; where that gives none either (jax 0.11.2 on an H200), the
+    convolutions and matmuls of the compiled program counted from their HLO shapes
+    ("hlo-shapes", `xla_ops`: within 1 % of the lowered count on a CPU, whose elementwise
+    FLOPs it leaves out); XLA's compiled count is the last resort ("compiled", which
     undercounts convolutions on a GPU)."""
     step, state, data, params, _ = placed_step(config, devices)
     t0 = time.perf_counter()
@@ -155,6 +167,7 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     flops, source = float("nan"), "none"
     for name, analysis in (("lowered", lowered.cost_analysis),
                            ("cpu-lowered", lambda: cpu_cost_analysis(config, state, data)),
+                           ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
                            ("compiled", compiled.cost_analysis)):
         cost = analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost

@@ -148,6 +148,30 @@ def test_gpu_cudnn_and_cublas_calls_are_grouped_by_role_with_their_flops():
     assert ops["input_reduce_fusion"]["bytes"] == 8 * 32 * 32 * 64 * 2 + 64 * 4
 
 
+def test_flops_from_hlo_shapes_count_convolutions_and_matmuls():
+    """The FLOP count where XLA's analyses give none (a GPU under jax 0.11): a GPU program's
+    cuDNN and cuBLAS calls, and a CPU-compiled 3x3 convolution and matmul, counted by hand
+    (2 x output elements x multiply-adds per output) and as XLA's lowered analysis counts."""
+    conv = 2 * 8 * 32 * 32 * 64 * 3 * 3 * 16
+    assert train_step.hlo_shape_flops(HLO_GPU) == {"flops": 3 * conv + 2 * 8192 * 64 * 16}
+
+    import jax
+
+    def f(x, k, a, b):
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y, a @ b
+
+    args = (np.ones((2, 8, 8, 3), np.float32), np.ones((3, 3, 3, 4), np.float32),
+            np.ones((5, 6), np.float32), np.ones((6, 7), np.float32))
+    lowered = jax.jit(f).lower(*args)
+    expected = 2 * (2 * 6 * 6 * 4) * (3 * 3 * 3) + 2 * (5 * 7) * 6
+    assert train_step.hlo_shape_flops(lowered.compile().as_text()) == {"flops": expected}
+    assert lowered.cost_analysis()["flops"] == expected
+    assert train_step.hlo_shape_flops("HloModule m\n\nENTRY %e () -> f32[] {\n"
+                                      "  ROOT %c = f32[] constant(0)\n}\n") == {}
+
+
 def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     ops = {"conv": {"kind": "conv forward", "flops": 4e9, "bytes": 1e6},
            "add": {"kind": "elementwise fusion", "flops": 0.0, "bytes": 3e9}}
@@ -164,6 +188,7 @@ def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     ]
     per_op = profile_step.op_times(events, "m", ops)
     assert per_op == {"conv": 4000.0, "add": 1000.0}
+    assert profile_step.device_us(events) == 10007.0  # every device event, named or not
     kinds = profile_step.summarize(per_op, ops, steps=2, matmul_peak=4e12, bytes_peak=6e12)
     assert list(kinds) == ["conv forward", "elementwise fusion"]  # slowest first
     conv, add = kinds["conv forward"], kinds["elementwise fusion"]

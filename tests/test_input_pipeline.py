@@ -1,11 +1,17 @@
 """Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders
 shard and resume."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +122,34 @@ def test_loader_state_resumes_the_same_stream(source):
     np.testing.assert_array_equal(got["image"], expected["image"])
     with pytest.raises(ValueError, match=r"config.read_threads=-1: give 0"):
         ip.read_options(-1)
+
+
+def test_loader_leaves_no_absl_flag_unparsed():
+    """grain reads its absl flag grain_enable_multiprocess_worker_profiling when a loader with
+    workers starts (jaxlib >= 0.11); hgmt's commands parse their flags into their own
+    FlagValues, so the loader marks the global ones parsed, at their defaults. In a fresh
+    process, as in `python -m hgmt.main`."""
+    code = """
+import grain.python as grain
+from absl import flags
+from grain._src.core import profiler
+from hgmt.data import input_pipeline as ip
+
+class Keep(grain.MapTransform):
+    def map(self, x):
+        return x
+
+try:
+    profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value
+except flags.UnparsedFlagAccessError:
+    print("unparsed before")
+ip.endless_loader([{"x": 1}] * 8, Keep(), batch_size=2, seed=0, worker_count=0)
+print(profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["unparsed", "before", "False"]
 
 
 def test_test_protocol_and_padded_eval_batches(demo_dataset):

@@ -25,6 +25,7 @@ import cv2
 import grain.python as grain
 import jax
 import numpy as np
+from absl import flags
 
 from hgmt.data import damage
 from hgmt.sources import surreal
@@ -310,6 +311,7 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
     replaced, `damage.Guarded`) shuffled with `seed` over endless epochs, unusable records
     skipped, `transform` applied, batches of batch_size // process_count. Its order and state
     (resume) depend only on the source, seed and batch size, whatever `transform` makes."""
+    absl_flags_at_defaults()
     sampler = grain.IndexSampler(
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
@@ -318,6 +320,15 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
         operations=[SkipUnusable(), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=auto_worker_count(worker_count), read_options=read_options(read_threads))
+
+
+def absl_flags_at_defaults() -> None:
+    """Marks absl's global flags parsed (each at its default) unless a program parsed them.
+    grain reads its own absl flags when a loader starts its worker processes (with jaxlib
+    0.11 and later), and reading an unparsed flag raises; hgmt's commands parse their flags
+    into their own `FlagValues` (hgmt.cli) and leave the global ones unparsed."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class ConsumedPosition:
