@@ -2,10 +2,15 @@
 # The accelerator measurements in one run, on the first local GPU/TPU, each one JSON line to
 # stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
 #
-#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=PART,...] [--autotune_s=600]
+#   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=PART,...] [--task_sets=pose2d,all]
+#                             [--autotune_s=600]
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
+# --task_sets: which of the trainer and profile parts' two configs run: pose2d (at its larger
+# batch) and all (the four tasks); default both.
+# After each command a line {"benchmark": "accelerator_command", ...} gives its wall time and
+# exit status, for planning a lending's minutes.
 # Parts, run in this order, the figures that matter most first (default:
 # trainer,profile,loader,torch; a command stopped by its time limit keeps the lines written):
 #   trainer  demo data built on this host (benchmarks/trainer_speed.py), then for pose2d at
@@ -39,12 +44,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 size=paper
 parts=trainer,profile,loader,torch
+task_sets=pose2d,all
 autotune_limit=600
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--autotune_s=600]"
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
     --parts=*) parts=${arg#--parts=} ;;
+    --task_sets=*) task_sets=${arg#--task_sets=} ;;
     --autotune_s=*) autotune_limit=${arg#--autotune_s=} ;;
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
@@ -67,6 +74,12 @@ for part in ${parts//,/ }; do
     *) echo "--parts: unknown part $part; $usage" >&2; exit 2 ;;
   esac
 done
+for ts in ${task_sets//,/ }; do
+  case "$ts" in
+    pose2d|all) ;;
+    *) echo "--task_sets: unknown task set $ts (give pose2d, all or both); $usage" >&2; exit 2 ;;
+  esac
+done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -80,14 +93,27 @@ mkdir -p "$work"
 # run LIMIT_S CMD...: CMD's JSON lines to stdout and the log; CMD's exit status (124 or 137:
 # stopped at LIMIT_S), not that of the filter (grep fails when CMD printed no line)
 run() {
+  local t0=$SECONDS rc what=${3##*/} a
+  for a in "${@:4}"; do
+    case "$a" in
+      --config=*tasks=*) what+=" tasks=${a##*tasks=}" ;;
+      --config.batch_size=*|--compile|--compile_mode=*|--placements=*) what+=" ${a#--}" ;;
+    esac
+  done
   timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
-  return "${PIPESTATUS[0]}"
+  rc=${PIPESTATUS[0]}
+  echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"wall_s\": $((SECONDS - t0)), \"exit\": $rc}" | tee -a "$log"
+  return "$rc"
 }
 has() { [[ ",$parts," == *",$1,"* ]]; }
+# the trainer and profile parts' configs: "tasks batch" for each of --task_sets
+specs=()
+[[ ",$task_sets," == *",pose2d,"* ]] && specs+=("pose2d $b1")
+[[ ",$task_sets," == *",all,"* ]] && specs+=("all $b4")
 cache=$work/jax_cache
 
 if has trainer; then
-  for spec in "pose2d $b1" "all $b4"; do
+  for spec in "${specs[@]}"; do
     set -- $spec
     cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
          --config.total_steps=$train_steps --config.log_every=$log_every
@@ -98,7 +124,7 @@ if has trainer; then
   done
 fi
 if has profile; then
-  for spec in "pose2d $b1" "all $b4"; do
+  for spec in "${specs[@]}"; do
     set -- $spec
     XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" \
       run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \

@@ -256,7 +256,8 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     ("--parts=trainer,profiles", "unknown part profiles"),
     ("--autotune_s=10m", "--autotune_s=10m: give seconds"),
     ("--size=paper2", "--size=paper2: give paper or tiny"),
-    ("--part=trainer", "unknown argument --part=trainer")])
+    ("--part=trainer", "unknown argument --part=trainer"),
+    ("--task_sets=pose2d,al", "unknown task set al")])
 def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg, message,
                                                                              tmp_path):
     proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"), arg],
