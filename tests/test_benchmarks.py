@@ -330,7 +330,8 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
 
     writer = summary_writer.create(str(tmp_path))
     for step, rate, wait in ((10, 50.0, 0.2), (20, 90.0, 0.01), (30, 110.0, 0.03)):
-        writer.write_scalars(step, {"img_per_s": rate, "data_wait": wait, "loss/total": 1.0})
+        writer.write_scalars(step, {"img_per_s": rate, "data_wait": wait,
+                                    "data_idle": wait / 2, "loss/total": 1.0})
     writer.close()
     scalars = trainer_speed.read_scalars(str(tmp_path))
     assert scalars["img_per_s"] == {10: 50.0, 20: 90.0, 30: 110.0}
@@ -339,6 +340,8 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
     # the first interval (the loader's start) is left out of the steady figures
     assert figures["trainer_img_per_s"] == 100.0
     assert figures["data_wait"] == pytest.approx(0.02)
+    assert figures["data_idle"] == pytest.approx(0.01)
+    assert figures["all_data_idle"] == [0.1, 0.005, 0.015]
     assert figures["trainer_first_step_s"] == 31.5 and figures["intervals"] == 3
     with pytest.raises(RuntimeError, match="log_every"):
         trainer_speed.trainer_figures({}, log)

@@ -107,7 +107,7 @@ def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_pat
     events = _events(workdir)
     # The loop's scalars at each log step, the test evaluator's headline at the last step: the
     # same numbers the command printed.
-    for tag in ("img_per_s", "data_wait", "learning_rate", "loss/total"):
+    for tag in ("img_per_s", "data_wait", "data_idle", "learning_rate", "loss/total"):
         assert sorted(events[tag]) == [2, 4], tag
         assert all(np.isfinite(v.tensor.float_val[0]) for v in events[tag].values())
     assert events["img_per_s"][4].tensor.float_val[0] > 0

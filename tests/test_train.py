@@ -103,6 +103,67 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         loop._pmapped_train_step.cache_clear()
 
 
+def test_device_done_tells_a_queued_step_from_a_finished_one():
+    """JAX dispatches a step and returns at once: its outputs are not ready while the
+    device computes them."""
+    x = jax.numpy.ones((2000, 2000))
+    f = jax.pmap(lambda a: (a @ a @ a @ a).sum())
+    jax.block_until_ready(f(x[None]))  # compiled
+    out = {"loss": f(x[None])}
+    assert not loop.device_done(out)
+    jax.block_until_ready(out)
+    assert loop.device_done(out)
+
+
+class SlowLoader:
+    """A loader's iterator whose batches each come `delay` seconds late (a slow input
+    pipeline), with the position the trainer checkpoints."""
+
+    def __init__(self, loader, delay: float):
+        self.it, self.delay = iter(loader), delay
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        time.sleep(self.delay)
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+class Scalars:
+    def __init__(self):
+        self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars[step] = dict(scalars)
+
+
+def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_path):
+    """A loader slower than the step: each wait for a batch ends with the device done with the
+    last step, so the whole wait is device idle time (`data_idle` equals `data_wait`). The
+    other case (a wait while the device still runs queued steps is no idle time) is
+    `device_done`'s, above."""
+    from hgmt.data import input_pipeline
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=3,
+                         checkpoint_every=6, augment_on="host")
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    loader = SlowLoader(input_pipeline.train_loader(
+        source, batch_size=config.batch_size, image_size=config.image_size, seed=0,
+        worker_count=0, tasks=("pose2d",)), delay=1.0)
+    writer = Scalars()
+    loop.train(config, str(tmp_path), writer=writer, loader=loader)
+    logged = writer.scalars[6]  # steps 4-6: no compilation
+    assert logged["data_wait"] > 0.5
+    assert logged["data_idle"] == pytest.approx(logged["data_wait"])
+
+
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     with pytest.raises(ValueError, match="divisible by the 4 devices"):
         loop.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))

@@ -201,7 +201,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
                  config.batch_size, augment_on)
-    wait_time, t_last, step_last = 0.0, time.perf_counter(), start_step
+    wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), start_step
+    step_values = None  # the last dispatched step's outputs: ready once the device ran it
     saving = None  # the step of the newest checkpoint orbax may still be writing
     for step in range(start_step + 1, config.total_steps + 1):
         with checkpoints.stop_on_full_disk(workdir, saving):
@@ -211,7 +212,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             peer_watch.step = step  # what a lost peer's message names
         batch = next(device_iter)
         data_iter.consumed()
-        wait_time += time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        wait_time += waited
+        if step_values is None or device_done(step_values):
+            idle_time += waited  # the device ran out of steps during the wait
         state, step_values = p_train_step(state, batch)
         metrics.append(step, step_values)  # no host copy: the next step queues behind it
         preempted = watch.reached(step)
@@ -220,7 +224,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             jax.block_until_ready(step_values)
             logging.info("step %d (compilation included) took %.1f s", step,
                          time.perf_counter() - t_last)
-            wait_time, t_last, step_last = 0.0, time.perf_counter(), step
+            wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
         if step % config.log_every == 0 or step == config.total_steps:
             check_finite()  # waits for this step: the one host sync of a log interval
             elapsed = time.perf_counter() - t_last
@@ -229,15 +233,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             means = metrics.pop_means()
             writer.write_scalars(step, {**means, "img_per_s": img_s,
                                         "data_wait": wait_time / elapsed,
+                                        "data_idle": idle_time / elapsed,
                                         "learning_rate": float(lr_fn(step)),
                                         **({} if damaged is None else {
                                             "data/damaged_records": len(damaged.found)})})
             eta = (config.total_steps - step) * elapsed / steps_done
-            logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%%  ETA %s", step,
-                         config.total_steps, "  ".join(
+            logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
+                         "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
-                         img_s, 100 * wait_time / elapsed, _hms(eta))
-            wait_time, t_last, step_last = 0.0, time.perf_counter(), step
+                         img_s, 100 * wait_time / elapsed, 100 * idle_time / elapsed, _hms(eta))
+            wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
         stopping = preempted and step < config.total_steps
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
@@ -303,6 +308,14 @@ def _closing(resource) -> Callable:
                             type(resource).__name__, type(e).__name__, e)
 
     return close
+
+
+def device_done(values) -> bool:
+    """Whether the device has computed `values`, the outputs of the last step dispatched to
+    it: steps run in order, so then it has no step queued. A wait for data that ends with it
+    done counts whole as device idle time (an upper bound: the device may have finished
+    during the wait)."""
+    return all(x.is_ready() for x in jax.tree.leaves(values))
 
 
 def _hms(seconds: float) -> str:
