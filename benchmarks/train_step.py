@@ -156,7 +156,7 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"), whose count
     is the same program's; where that gives none either (jax 0.11.2 on an H200), the
     convolutions and matmuls of the compiled program counted from their HLO shapes
-    ("hlo-shapes", `xla_ops`: within 1 % of the lowered count on a CPU, whose elementwise
+    ("hlo-shapes", `xla_ops`: within 1.2 % of the lowered count on a CPU, whose elementwise
     FLOPs it leaves out); XLA's compiled count is the last resort ("compiled", which
     undercounts convolutions on a GPU)."""
     step, state, data, params, _ = placed_step(config, devices)
