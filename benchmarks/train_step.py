@@ -88,14 +88,6 @@ def step_function(config: ml_collections.ConfigDict):
                              options=check_loss_options(config, tasks))
 
 
-def cpu_cost_analysis(config: ml_collections.ConfigDict, state, data) -> dict:
-    """XLA's cost analysis of one device's train step (replicated `state`, sharded `data`)
-    lowered for the CPU: the program before any backend's optimisation, on any host."""
-    one = jax.tree.map(lambda x: x[:1], (state, data))  # one device's share, device axis kept
-    step = jax.vmap(step_function(config), axis_name="batch")
-    return jax.jit(step).trace(*one).lower(lowering_platforms=("cpu",)).cost_analysis()
-
-
 def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """The pmapped train step of `config` for `devices` local devices, not yet compiled,
     with its replicated initial state and a random batch of `config.batch_size` at
@@ -151,14 +143,12 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """`placed_step`'s step compiled: (compiled, state, data, params, compile seconds, FLOPs
     per step, where the FLOPs were counted, the compilation cache's answer
     (`compile_noting_cache`)). FLOPs come from XLA's cost analysis of the lowered
-    (pre-backend) program: after compilation a GPU's convolutions are cuDNN calls that the
-    analysis does not count. Where the backend gives no lowered analysis (jax 0.11.2
-    on an H200), the same per-device step is lowered for the CPU ("cpu-lowered"), whose count
-    is the same program's; where that gives none either (jax 0.11.2 on an H200), the
-    convolutions and matmuls of the compiled program counted from their HLO shapes
-    ("hlo-shapes", `xla_ops`: within 1.2 % of the lowered count on a CPU, whose elementwise
-    FLOPs it leaves out); XLA's compiled count is the last resort ("compiled", which
-    undercounts convolutions on a GPU)."""
+    (pre-backend) program ("lowered"). Where the backend gives none (JAX's GPU plugin: jax
+    0.11.2 on an H200), they are the convolutions and matmuls of the compiled program counted
+    from their HLO shapes ("hlo-shapes", `xla_ops`; within 1.2 % of the lowered count on a CPU,
+    whose elementwise FLOPs it leaves out); XLA's count of the compiled program is the last
+    resort ("compiled": after compilation a GPU's convolutions are cuDNN calls it does not
+    count)."""
     step, state, data, params, _ = placed_step(config, devices)
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
@@ -166,7 +156,6 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     compile_s = time.perf_counter() - t0
     flops, source = float("nan"), "none"
     for name, analysis in (("lowered", lowered.cost_analysis),
-                           ("cpu-lowered", lambda: cpu_cost_analysis(config, state, data)),
                            ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
                            ("compiled", compiled.cost_analysis)):
         cost = analysis()
