@@ -185,8 +185,8 @@ fi
 # --- Levers on the step's speed: --parts=levers.
 # The bare step of pose2d at batch $b1 as configured, then with each change of
 # benchmarks/step_levers.py (batch 256, matmuls by cuBLAS or cuDNN, CUDA graphs of short kernel
-# runs, exhaustive Triton tiling), each in a fresh process, no compilation cache; its last line
-# has each lever's img/s, MFU and compile time over the unchanged step's.
+# runs, exhaustive Triton tiling, no CUDA graphs), each in a fresh process, no compilation
+# cache; its last line has each lever's img/s, MFU and compile time over the unchanged step's.
 if has levers; then
   run 900 python3 benchmarks/step_levers.py --timeout_s=240 -- \
     --config=configs/default.py:tasks=pose2d "${model[@]}" --config.batch_size=$b1 \

@@ -41,6 +41,8 @@ LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                      "CUDA graphs also for runs of fewer than the default 5 kernels"),
     "triton_exhaustive": (("--xla_gpu_exhaustive_tiling_search=true",), (),
                           "Triton GEMM autotuning over every tiling (the longest compile)"),
+    "no_command_buffers": (("--xla_gpu_enable_command_buffer=",), (),
+                           "no CUDA graphs, each kernel launched alone (as the profile runs)"),
 }
 
 
