@@ -281,6 +281,38 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert not os.path.exists(out)
 
 
+def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tmp_path):
+    """After a failed write tensorstore may still write other chunks of it, recreating the
+    temporary folder after a first removal: the folder is removed until it stays away."""
+    import threading
+
+    workdir = str(tmp_path)
+    partial = os.path.join(workdirs.checkpoint_dir(workdir), "4.orbax-checkpoint-tmp-17")
+    os.makedirs(os.path.join(workdirs.checkpoint_dir(workdir), "2"))
+    stop = time.monotonic() + 0.5
+
+    def late_chunks() -> None:
+        i = 0
+        while time.monotonic() < stop:
+            chunk = os.path.join(partial, "state", f"d{i % 7}")
+            try:
+                os.makedirs(chunk, exist_ok=True)
+                with open(os.path.join(chunk, str(i)), "wb") as f:
+                    f.write(b"x" * 1024)
+            except FileNotFoundError:  # removed between the two: the next chunk recreates it
+                pass
+            i += 1
+
+    writer = threading.Thread(target=late_chunks)
+    writer.start()
+    time.sleep(0.05)
+    try:
+        assert checkpoints.remove_partial(workdir) == [partial]
+    finally:
+        writer.join()
+    assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
+
+
 def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_disk):
     """The evaluation report and the TensorBoard writer on a full disk: DiskFull naming the
     file or workdir, no partial report left."""

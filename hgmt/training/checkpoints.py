@@ -94,20 +94,37 @@ def _steps_on_disk(folder: str) -> list[int]:
         folder) else []
 
 
-def remove_partial(workdir: str) -> list[str]:
+def remove_partial(workdir: str, settle_s: float = 0.2, timeout_s: float = 10.0) -> list[str]:
     """Removes the temporary folders of unfinished checkpoint writes (orbax's
     `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best (process 0;
-    the workdir lock makes them this run's). -> the removed paths."""
+    the workdir lock makes them this run's). -> the removed paths.
+
+    After a failed write, tensorstore may still be finishing other chunks of it, which
+    recreate the folder: the removal is repeated until no such folder has appeared for
+    `settle_s` seconds (at most `timeout_s`)."""
     import jax
 
-    removed = []
-    if jax.process_index() == 0:
-        for folder in (workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)):
-            if os.path.isdir(folder):
-                for name in sorted(os.listdir(folder)):
-                    if ".orbax-checkpoint-tmp" in name:
-                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-                        removed.append(os.path.join(folder, name))
+    if jax.process_index() != 0:
+        return []
+    removed: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        found = [os.path.join(folder, name)
+                 for folder in (workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir))
+                 if os.path.isdir(folder)
+                 for name in sorted(os.listdir(folder)) if ".orbax-checkpoint-tmp" in name]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+            if path not in removed:
+                removed.append(path)
+        if found:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle_s:
+            break
+        time.sleep(0.05)
     return removed
 
 
