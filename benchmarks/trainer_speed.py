@@ -84,10 +84,13 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
         raise RuntimeError("the trainer logged no img_per_s: raise config.total_steps over "
                            "config.log_every")
     steady = slice(1, None) if len(rates) > 1 else slice(None)
+
+    def steady_mean(values: list[float], digits: int) -> float:
+        return round(sum(values[steady]) / len(values[steady]), digits)
+
     compile_line = COMPILE_LINE.search(log)
-    return {"trainer_img_per_s": round(sum(rates[steady]) / len(rates[steady]), 2),
-            "data_wait": round(sum(waits[steady]) / len(waits[steady]), 4),
-            "data_idle": round(sum(idle[steady]) / len(idle[steady]), 4) if idle else None,
+    return {"trainer_img_per_s": steady_mean(rates, 2), "data_wait": steady_mean(waits, 4),
+            "data_idle": steady_mean(idle, 4) if idle else None,
             "intervals": len(rates), "all_img_per_s": [round(r, 2) for r in rates],
             "all_data_wait": [round(w, 4) for w in waits],
             "all_data_idle": [round(w, 4) for w in idle],
