@@ -3,7 +3,7 @@
 # stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
 #
 #   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=PART,...] [--task_sets=pose2d,all]
-#                             [--autotune_s=600]
+#                             [--autotune_s=600] [--levers=none,batch_256,...]
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
@@ -37,7 +37,8 @@
 #   streams  not by default: one compiled stream per task against one vmapped stream over the
 #            tasks (below)
 #   levers   not by default: the bare step of pose2d at batch 128 with each of
-#            benchmarks/step_levers.py's changes (XLA:GPU flags, batch 256) against none
+#            benchmarks/step_levers.py's changes (XLA:GPU flags, batch 256, Flax's ops) against
+#            none
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
 # fills it; see docs/performance.md) and are installed first into /tmp/site.
 set -uo pipefail
@@ -46,13 +47,15 @@ size=paper
 parts=trainer,profile,loader,torch
 task_sets=pose2d,all
 autotune_limit=600
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600]"
+levers=
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
     --parts=*) parts=${arg#--parts=} ;;
     --task_sets=*) task_sets=${arg#--task_sets=} ;;
     --autotune_s=*) autotune_limit=${arg#--autotune_s=} ;;
+    --levers=*) levers=${arg#--levers=} ;;
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +82,11 @@ for ts in ${task_sets//,/ }; do
     pose2d|all) ;;
     *) echo "--task_sets: unknown task set $ts (give pose2d, all or both); $usage" >&2; exit 2 ;;
   esac
+done
+for lever in ${levers//,/ }; do  # the names of step_levers.py's LEVERS
+  grep -q "^    \"$lever\": " benchmarks/step_levers.py || {
+    echo "--levers: unknown lever $lever (benchmarks/step_levers.py --help lists them); $usage" >&2
+    exit 2; }
 done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -185,10 +193,12 @@ fi
 # --- Levers on the step's speed: --parts=levers.
 # The bare step of pose2d at batch $b1 as configured, then with each change of
 # benchmarks/step_levers.py (batch 256, matmuls by cuBLAS or cuDNN, CUDA graphs of short kernel
-# runs, exhaustive Triton tiling, no CUDA graphs), each in a fresh process, no compilation
-# cache; its last line has each lever's img/s, MFU and compile time over the unchanged step's.
+# runs, exhaustive Triton tiling, no CUDA graphs, Flax's own ops), each in a fresh process, no
+# compilation cache; its last line has each lever's img/s, MFU and compile time over the first's.
+# --levers=LIST measures only those, in that order (step_levers.py's names; give none first):
+# at about 75 s a lever on an H200, the eight do not fit in one 10-minute command.
 if has levers; then
-  run 900 python3 benchmarks/step_levers.py --timeout_s=240 -- \
+  run 900 python3 benchmarks/step_levers.py ${levers:+--levers=$levers} --timeout_s=240 -- \
     --config=configs/default.py:tasks=pose2d "${model[@]}" --config.batch_size=$b1 \
     --steps=$step_steps --warmup=3
 fi

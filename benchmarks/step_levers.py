@@ -28,8 +28,9 @@ from absl import flags  # noqa: E402
 
 from hgmt import cli  # noqa: E402
 
-# name -> (XLA flags, config overrides, what it changes). The 1x1 convolutions are matmuls
-# (hgmt/models/fast_ops.py), which XLA:GPU compiles as Triton GEMM fusions by default.
+# name -> (XLA flags, config overrides, what it changes). With hgmt's ops (`config.model.ops`
+# "custom", hgmt/models/hourglass.py) the 1x1 convolutions are matmuls, which XLA:GPU compiles
+# as Triton GEMM fusions by default.
 LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "none": ((), (), "the step as configured"),
     "batch_256": ((), ("--config.batch_size=256",), "batch 256"),
@@ -43,6 +44,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                           "Triton GEMM autotuning over every tiling (the longest compile)"),
     "no_command_buffers": (("--xla_gpu_enable_command_buffer=",), (),
                            "no CUDA graphs, each kernel launched alone (as the profile runs)"),
+    "flax_ops": ((), ("--config.model.ops=flax",),
+                 "Flax's own ops instead of hgmt's CPU ones (1x1 convolutions as convolutions, "
+                 "nn.max_pool, nn.BatchNorm)"),
 }
 
 

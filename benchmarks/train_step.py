@@ -39,7 +39,7 @@ import numpy as np
 import xla_ops
 from absl import flags
 
-from hgmt.models import create_model, resolve_stream_mode
+from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import steps
 
@@ -195,6 +195,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
         "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
         "machine": platform.machine(), **cli.describe(config), "params": params,
         "stream_mode": resolve_stream_mode(config.model.get("stream_mode", "auto")),
+        "ops": resolve_ops(config.model.get("ops", "auto")),
         "compile_s": round(compile_s, 2), "compile_cache": cache, "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,

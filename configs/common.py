@@ -66,6 +66,10 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     # stream over a stacked task axis (one compiled stream, the same function); "auto": the
     # faster on the backend (hgmt.models.AUTO_STREAM_MODE). Checkpoints are per task in all.
     c.model.stream_mode = "auto"
+    # "custom": hgmt's ops (a 1x1 convolution as a 2-D matmul, max-pooling and BatchNorm with
+    # hand-written backward passes); "flax": Flax's and lax's own; the same variables and
+    # values. "auto": the faster on the backend (hgmt.models.AUTO_OPS).
+    c.model.ops = "auto"
 
     c.loss_weights = ml_collections.ConfigDict(
         {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})

@@ -257,7 +257,8 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     ("--autotune_s=10m", "--autotune_s=10m: give seconds"),
     ("--size=paper2", "--size=paper2: give paper or tiny"),
     ("--part=trainer", "unknown argument --part=trainer"),
-    ("--task_sets=pose2d,al", "unknown task set al")])
+    ("--task_sets=pose2d,al", "unknown task set al"),
+    ("--levers=none,flax", "unknown lever flax")])
 def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg, message,
                                                                              tmp_path):
     proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"), arg],
@@ -412,3 +413,14 @@ def test_a_failed_lever_gives_an_error_line_and_the_summary_leaves_it_out(monkey
     assert step_levers.summarize(results) == {"summary": "step_levers", "over": "none", "levers": {
         "none": {"img_per_s": 1.0, "mfu": 1.0, "compile_s": 1.0},
         "batch_256": {"img_per_s": 1.2, "mfu": 1.25, "compile_s": 1.1}}}
+
+
+def test_a_config_lever_reaches_the_measured_step():
+    """`flax_ops` changes the config, not XLA's flags: its line is a step built from Flax's ops
+    (the line says so, from the config train_step.py ran)."""
+    config = os.path.join(os.path.dirname(BENCHMARKS), "configs", "default.py")
+    line = step_levers.run_lever("flax_ops", [f"--config={config}", *TINY,
+                                              "--config.batch_size=2", "--steps=1",
+                                              "--warmup=1"], 300)
+    assert "error" not in line, line
+    assert line["lever"] == "flax_ops" and line["ops"] == "flax" and line["img_per_s"] > 0

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hgmt.models import INTERACTIONS, create_model, summary
+from hgmt.models import INTERACTIONS, OPS, MultiTaskHourglass, create_model, resolve_ops, summary
 from hgmt.tasks import TASK_NAMES, TASKS, all_subsets, compute_losses, heads
 from tests.test_tasks import make_batch
 
@@ -109,24 +109,6 @@ def test_newell_size():
     assert len(SUBSETS) == len(set(SUBSETS)) == 15 and SUBSETS[0] == ("pose2d",)
 
 
-def _reference_1x1(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel[None, None], (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _reference_batch_norm(train, axis_name, dtype, relu=False):
-    """hourglass.batch_norm's reference: Flax's BatchNorm (same names) then nn.relu."""
-    from flax import linen as nn
-
-    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, dtype=dtype,
-                      param_dtype=jnp.float32)
-    def apply(x):
-        y = bn(x)
-        return nn.relu(y) if relu else y
-    return apply
-
-
 def _assert_trees_close(fast, ref, rtol):
     """Leafwise |fast - ref| <= rtol * (max|ref leaf| + 1e-3 max|any ref leaf|) (the second
     term for gradients that are ~0)."""
@@ -139,47 +121,47 @@ def _assert_trees_close(fast, ref, rtol):
         assert float(jnp.abs(g - r).max()) <= tol, jax.tree_util.keystr(path)
 
 
-def test_fast_ops_equal_the_reference_ops(monkeypatch):
-    """The speed-ups (1x1 convolution as one 2-D matmul, max-pool as reshape+max with a
-    one-pass backward, BatchNorm + ReLU with a hand-written backward; the reference runs
-    nn.BatchNorm) change
-    no output, loss, gradient or running statistic of a two-stream interacting model in
-    training mode (BatchNorm on the batch); the ops are the streams', the same for every task.
-    In float64, so that agreement to 1e-9 shows the same function: in float32 the two differ
-    by rounding, which the tiny model's 4x4 innermost BatchNorms (32 values each) amplify up
-    to ~1e-2 in a few gradients that are ~0 anyway."""
-    from flax import linen as nn
-
-    from hgmt.models import hourglass
-    from hgmt.models.multitask import MultiTaskHourglass
-
+def test_custom_ops_equal_flax_ops():
+    """hgmt's ops (`ops="custom"`: 1x1 convolution as one 2-D matmul, max-pool as reshape+max
+    with a one-pass backward, BatchNorm + ReLU with a hand-written backward) and Flax's and
+    lax's own (`ops="flax"`: `lax.conv`, `nn.max_pool`, `nn.BatchNorm` + `nn.relu`) give the
+    same outputs, loss, gradients and running statistics of a two-stream interacting model in
+    training mode (BatchNorm on the batch) from the same variables. In float64, so that
+    agreement to 1e-9 shows the same function: in float32 the two differ by rounding, which the
+    tiny model's 4x4 innermost BatchNorms (32 values each) amplify up to ~1e-2 in a few
+    gradients that are ~0 anyway."""
     with jax.enable_x64(True):
         tasks = ("pose2d", "segm")
-        model = MultiTaskHourglass(heads=tuple(heads(tasks).items()), dtype=jnp.float64,
-                                   interaction="sum", **TINY)
         batch = jax.tree.map(lambda v: v.astype(jnp.float64)
                              if v.dtype == jnp.float32 else v, make_batch(b=2, r=16))
         images = jax.random.normal(jax.random.key(3), (2, 64, 64, 3), jnp.float64)
-        variables = jax.tree.map(lambda v: v.astype(jnp.float64),
-                                 model.init(jax.random.key(0), images))
         weights = {t: float(TASKS[t].DEFAULT_LOSS_WEIGHT) for t in tasks}
+        models = {ops: MultiTaskHourglass(heads=tuple(heads(tasks).items()),
+                                          dtype=jnp.float64, interaction="sum", ops=ops,
+                                          **TINY) for ops in OPS}
+        variables = jax.tree.map(lambda v: v.astype(jnp.float64),
+                                 models["custom"].init(jax.random.key(0), images))
+        # The two build the same variables, with other programs.
+        assert (jax.tree.structure(jax.eval_shape(models["flax"].init, jax.random.key(0),
+                                                  images))
+                == jax.tree.structure(variables))
 
-        def loss_and_grads():
-            """Traced anew at each call (a new jitted function), so it sees the ops in place."""
+        def loss_and_grads(model):
             def loss(params):
                 out, updates = model.apply(
                     {"params": params, "batch_stats": variables["batch_stats"]},
                     images, train=True, mutable=["batch_stats"])
                 return compute_losses(out, batch, weights)[0], (out, updates["batch_stats"])
-            return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+            step = jax.value_and_grad(loss, has_aux=True)
+            return jax.jit(step)(variables["params"]), str(jax.make_jaxpr(step)(
+                variables["params"]))
 
-        (fast_loss, (fast_out, fast_stats)), fast_grads = loss_and_grads()
-        monkeypatch.setattr(hourglass, "matmul_1x1", _reference_1x1)
-        monkeypatch.setattr(hourglass, "max_pool2",
-                            lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
-        monkeypatch.setattr(hourglass, "batch_norm", _reference_batch_norm)
-        (ref_loss, (ref_out, ref_stats)), ref_grads = loss_and_grads()
-        # The reference really is another implementation of the same variables.
+        ((fast_loss, (fast_out, fast_stats)), fast_grads), fast_program = loss_and_grads(
+            models["custom"])
+        ((ref_loss, (ref_out, ref_stats)), ref_grads), ref_program = loss_and_grads(
+            models["flax"])
+        assert "custom_vjp_call" in fast_program and "reduce_window_max" not in fast_program
+        assert "custom_vjp_call" not in ref_program and "reduce_window_max" in ref_program
         assert jax.tree.structure(fast_grads) == jax.tree.structure(ref_grads)
         assert len(jax.tree.leaves(fast_grads)) > 100
         assert abs(float(fast_loss) - float(ref_loss)) <= 1e-9 * abs(float(ref_loss))
@@ -187,6 +169,15 @@ def test_fast_ops_equal_the_reference_ops(monkeypatch):
             assert jnp.allclose(fast_out[t], ref_out[t], rtol=1e-9, atol=1e-9), t
         _assert_trees_close(fast_grads, ref_grads, rtol=1e-9)
         _assert_trees_close(fast_stats, ref_stats, rtol=1e-9)
+
+
+def test_ops_choices():
+    assert resolve_ops("auto", "cpu") == "custom"
+    assert resolve_ops("flax", "cpu") == "flax"
+    assert resolve_ops("auto", "an unmeasured backend") == "custom"
+    with pytest.raises(ValueError, match=r"ops='xla'.*'auto', 'custom', 'flax'"):
+        create_model(dict(TINY, ops="xla"), heads(("pose2d",)))
+    assert create_model(dict(TINY, ops="flax"), heads(("pose2d",))).ops == "flax"
 
 
 def test_max_pool2_is_flax_max_pool_even_with_ties():

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt.models import stacking
+from hgmt.models.hourglass import OPS
 from hgmt.models.multitask import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -20,32 +21,44 @@ from hgmt.models.multitask import (
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype",
-                "stream_mode")
+                "stream_mode", "ops")
 
 
-# The stream mode that `stream_mode="auto"` picks on each backend: the faster one as measured
-# with benchmarks/train_step.py (docs/performance.md, "One stream over the tasks"). Backends
-# not measured keep "separate".
+# What "auto" picks on each backend for `config.model.stream_mode` and `config.model.ops`: the
+# faster as measured with benchmarks/train_step.py (docs/performance.md, "One stream over the
+# tasks" and "What made the CPU step faster"). Backends not measured keep the first choice.
 AUTO_STREAM_MODE = {"cpu": "separate"}
+AUTO_OPS = {"cpu": "custom"}
+
+
+def _resolve(field: str, value: str, choices: Sequence[str], auto: Mapping[str, str],
+             backend: str | None) -> str:
+    if value == "auto":
+        import jax
+
+        return auto.get(backend or jax.default_backend(), choices[0])
+    if value not in choices:
+        raise ValueError(f"config.model.{field}={value!r}: choose one of {['auto', *choices]}")
+    return value
 
 
 def resolve_stream_mode(mode: str, backend: str | None = None) -> str:
     """`config.model.stream_mode` ("auto", "separate" or "vmapped") -> the mode the model
     runs, "auto" resolved for `backend` (default: JAX's default backend)."""
-    if mode == "auto":
-        import jax
+    return _resolve("stream_mode", mode, STREAM_MODES, AUTO_STREAM_MODE, backend)
 
-        return AUTO_STREAM_MODE.get(backend or jax.default_backend(), "separate")
-    if mode not in STREAM_MODES:
-        raise ValueError(f"config.model.stream_mode={mode!r}: choose one of "
-                         f"{['auto', *STREAM_MODES]}")
-    return mode
+
+def resolve_ops(ops: str, backend: str | None = None) -> str:
+    """`config.model.ops` ("auto", "custom" or "flax") -> the ops the model is built from,
+    "auto" resolved for `backend` (default: JAX's default backend)."""
+    return _resolve("ops", ops, OPS, AUTO_OPS, backend)
 
 
 def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                  axis_name: str | None = None) -> MultiTaskHourglass:
     """Builds the model from `config.model` (num_stacks, features, depth, interaction,
-    shared_trunk, dtype "float32"|"bfloat16", stream_mode "auto"|"separate"|"vmapped") with
+    shared_trunk, dtype "float32"|"bfloat16", stream_mode "auto"|"separate"|"vmapped", ops
+    "auto"|"custom"|"flax") with
     one head per task, `heads` {task: output channels} (`hgmt.tasks.heads(names)`); unknown
     fields or values are errors."""
     cfg = dict(model_config)
@@ -53,6 +66,7 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
     if unknown:
         raise ValueError(f"unknown config.model field(s) {unknown}; valid: {list(MODEL_FIELDS)}")
     cfg["stream_mode"] = resolve_stream_mode(cfg.get("stream_mode", "auto"))
+    cfg["ops"] = resolve_ops(cfg.get("ops", "auto"))
     dtype = cfg.pop("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={dtype!r}: choose one of {list(DTYPES)}")
@@ -91,6 +105,7 @@ def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.n
     return out
 
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "STREAM_MODES", "MultiTaskHourglass",
-           "create_model", "normalize_images", "predict_last_stage", "resolve_stream_mode",
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "OPS", "STREAM_MODES",
+           "MultiTaskHourglass", "create_model", "normalize_images", "predict_last_stage",
+           "resolve_ops", "resolve_stream_mode",
            "to_checkpoint_layout", "to_model_layout"]

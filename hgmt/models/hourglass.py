@@ -1,20 +1,25 @@
 """Newell et al.'s stacked-hourglass building blocks, NHWC, Flax Linen.
 
-Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, one 2-D
-matmul over (B*H*W, C) (the same linear map as a 1x1 `nn.Conv`); wider kernels are `Conv`
-(`nn.Conv`'s parameters and values). 2x2 max-pooling is `max_pool2`, a reshape and max with a
-one-pass backward (the two ops are in hgmt/models/fast_ops.py). BatchNorm, and the ReLU after
-it, is `batch_norm` (hgmt/models/batchnorm.py: `nn.BatchNorm`'s variables and values with a
-faster backward); a convolution that feeds one has no bias (the batch statistics would
-remove it). All give the reference ops' values and gradients (tests/test_models.py checks the
-whole model against `lax.conv`, `nn.max_pool` and `nn.BatchNorm`), and all are there because
-XLA:CPU runs the reference ops' backward passes (4-D dot_general, select-and-scatter) much
-slower (README, Performance, gives the measurements). Parameters are float32; `dtype` sets the
-compute precision.
+Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, wider kernels
+`Conv` (`nn.Conv`'s parameters and values). Each block is built from one of two sets of ops
+(`ops`, `config.model.ops`), the same variables and values:
+
+- `custom`: a 1x1 convolution as one 2-D matmul over (B*H*W, C), 2x2 max-pooling as a reshape
+  and max with a one-pass backward (hgmt/models/fast_ops.py), BatchNorm and the ReLU after it
+  with a hand-written backward (hgmt/models/batchnorm.py). XLA:CPU runs the reference ops'
+  backward passes (4-D dot_general, select-and-scatter, autodiff of BatchNorm) much slower
+  (docs/performance.md gives the measurements);
+- `flax`: Flax's and lax's own ops: a 1x1 convolution as `lax.conv_general_dilated` (what
+  `nn.Conv` computes), `nn.max_pool`, `nn.BatchNorm` then `nn.relu`.
+
+tests/test_models.py checks that the two give the same outputs, loss, gradients and running
+statistics. A convolution that feeds a BatchNorm has no bias (the batch statistics would
+remove it). Parameters are float32; `dtype` sets the compute precision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -25,23 +30,29 @@ from hgmt.models.batchnorm import BatchNorm
 from hgmt.models.fast_ops import matmul_1x1, max_pool2
 
 Dtype = Any
+OPS = ("custom", "flax")
 
 
 class Conv1x1(nn.Module):
     """A 1x1 convolution, parameters `kernel` (Cin, Cout) and, with `use_bias`, `bias`
-    (Cout,)."""
+    (Cout,); computed as `ops` says (a 2-D matmul or a convolution)."""
 
     features: int
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        y = matmul_1x1(x, kernel)
+        if self.ops == "custom":
+            y = matmul_1x1(x, kernel)
+        else:
+            y = lax.conv_general_dilated(x, kernel[None, None], (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                                jnp.float32).astype(y.dtype)
@@ -74,23 +85,36 @@ class Conv(nn.Module):
 
 
 def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.float32,
-         name: str | None = None, init_scale: float = 1.0, use_bias: bool = True) -> nn.Module:
-    """A kxk 'SAME' convolution (1x1 ones as `Conv1x1`), with a bias unless it feeds a
-    BatchNorm (`use_bias=False`: the batch statistics would remove it). `init_scale`
-    multiplies the LeCun-normal initial kernel's standard deviation."""
+         name: str | None = None, init_scale: float = 1.0, use_bias: bool = True,
+         ops: str = "custom") -> nn.Module:
+    """A kxk 'SAME' convolution (1x1 ones as `Conv1x1`, computed as `ops` says), with a bias
+    unless it feeds a BatchNorm (`use_bias=False`: the batch statistics would remove it).
+    `init_scale` multiplies the LeCun-normal initial kernel's standard deviation."""
     kernel_init = nn.initializers.variance_scaling(init_scale**2, "fan_in", "truncated_normal")
     if kernel == 1 and strides == 1:
-        return Conv1x1(features, use_bias, dtype=dtype, name=name, kernel_init=kernel_init)
+        return Conv1x1(features, use_bias, dtype=dtype, name=name, kernel_init=kernel_init,
+                       ops=ops)
     return Conv(features, kernel, strides, use_bias, dtype=dtype, name=name,
                 kernel_init=kernel_init)
 
 
-def batch_norm(train: bool, axis_name: str | None, dtype: Dtype,
-               relu: bool = False) -> nn.Module:
+def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, relu: bool = False,
+               ops: str = "custom") -> Callable[[jnp.ndarray], jnp.ndarray]:
     """BatchNorm (then ReLU if `relu`) with cross-device statistics over `axis_name` when
-    training under pmap."""
-    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     axis_name=axis_name if train else None, relu=relu, dtype=dtype)
+    training under pmap: hgmt's `BatchNorm` or, for `ops="flax"`, `nn.BatchNorm` and
+    `nn.relu` (the same variables, `BatchNorm_<k>` in the calling module)."""
+    kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                  axis_name=axis_name if train else None, dtype=dtype)
+    if ops == "custom":
+        return BatchNorm(relu=relu, **kwargs)
+    norm = nn.BatchNorm(param_dtype=jnp.float32, **kwargs)
+    return (lambda x: nn.relu(norm(x))) if relu else norm
+
+
+def max_pool(x: jnp.ndarray, ops: str = "custom") -> jnp.ndarray:
+    """2x2 max-pooling with stride 2 of (B,H,W,C): `max_pool2` or, for `ops="flax"`,
+    `nn.max_pool`."""
+    return max_pool2(x) if ops == "custom" else nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class Residual(nn.Module):
@@ -100,17 +124,19 @@ class Residual(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         mid = self.features // 2
-        bn_relu = lambda: batch_norm(train, self.axis_name, self.dtype, relu=True)  # noqa: E731
+        dt, ops = self.dtype, self.ops
+        bn_relu = lambda: batch_norm(train, self.axis_name, dt, relu=True, ops=ops)  # noqa: E731
         y = bn_relu()(x)
-        y = bn_relu()(conv(mid, 1, dtype=self.dtype, use_bias=False)(y))
-        y = bn_relu()(conv(mid, 3, dtype=self.dtype, use_bias=False)(y))
-        y = conv(self.features, 1, dtype=self.dtype)(y)
-        skip = x if x.shape[-1] == self.features else conv(self.features, 1,
-                                                           dtype=self.dtype)(x)
+        y = bn_relu()(conv(mid, 1, dtype=dt, use_bias=False, ops=ops)(y))
+        y = bn_relu()(conv(mid, 3, dtype=dt, use_bias=False, ops=ops)(y))
+        y = conv(self.features, 1, dtype=dt, ops=ops)(y)
+        skip = x if x.shape[-1] == self.features else conv(self.features, 1, dtype=dt,
+                                                           ops=ops)(x)
         return y + skip
 
 
@@ -128,15 +154,17 @@ class Hourglass(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        res = lambda: Residual(self.features, self.dtype, self.axis_name)  # noqa: E731
+        res = lambda: Residual(self.features, self.dtype, self.axis_name, self.ops)  # noqa: E731
         up1 = res()(x, train)
-        low = max_pool2(x)
+        low = max_pool(x, self.ops)
         low = res()(low, train)
         if self.depth > 1:
-            low = Hourglass(self.depth - 1, self.features, self.dtype, self.axis_name)(low, train)
+            low = Hourglass(self.depth - 1, self.features, self.dtype, self.axis_name,
+                            self.ops)(low, train)
         else:
             low = res()(low, train)
         low = res()(low, train)
@@ -150,15 +178,17 @@ class Stem(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = conv(64, 7, strides=2, dtype=self.dtype, use_bias=False)(x)
-        x = batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
-        x = Residual(128, self.dtype, self.axis_name)(x, train)
-        x = max_pool2(x)
-        x = Residual(128, self.dtype, self.axis_name)(x, train)
-        return Residual(self.features, self.dtype, self.axis_name)(x, train)
+        dt, ax, ops = self.dtype, self.axis_name, self.ops
+        x = conv(64, 7, strides=2, dtype=dt, use_bias=False, ops=ops)(x)
+        x = batch_norm(train, ax, dt, relu=True, ops=ops)(x)
+        x = Residual(128, dt, ax, ops)(x, train)
+        x = max_pool(x, ops)
+        x = Residual(128, dt, ax, ops)(x, train)
+        return Residual(self.features, dt, ax, ops)(x, train)
 
 
 class Stream(nn.Module):
@@ -168,10 +198,12 @@ class Stream(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = Hourglass(self.depth, self.features, self.dtype, self.axis_name)(x, train)
-        x = Residual(self.features, self.dtype, self.axis_name)(x, train)
-        x = conv(self.features, 1, dtype=self.dtype, use_bias=False)(x)
-        return batch_norm(train, self.axis_name, self.dtype, relu=True)(x)
+        dt, ax, ops = self.dtype, self.axis_name, self.ops
+        x = Hourglass(self.depth, self.features, dt, ax, ops)(x, train)
+        x = Residual(self.features, dt, ax, ops)(x, train)
+        x = conv(self.features, 1, dtype=dt, use_bias=False, ops=ops)(x)
+        return batch_norm(train, ax, dt, relu=True, ops=ops)(x)

@@ -20,16 +20,20 @@ stream over a stacked task axis (`nn.vmap`, every variable with a leading task a
 and conversion in hgmt/models/stacking.py), so XLA compiles one stream however many tasks
 there are. The first stage's streams all read the stem's output, which is not stacked: its
 convolutions become one convolution with the tasks' output channels side by side.
+
+Ops (`ops`): the blocks are built from hgmt's `custom` ops or Flax's and lax's own (`flax`), the
+same variables and values (hgmt/models/hourglass.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hgmt.models.hourglass import Dtype, Stem, Stream, conv
+from hgmt.models.hourglass import OPS, Dtype, Stem, Stream, conv
 from hgmt.models.stacking import STACKED
 
 INTERACTIONS = ("none", "sum", "concat", "gated")
@@ -47,12 +51,14 @@ class Interaction(nn.Module):
     features: int
     mode: str
     dtype: Dtype = jnp.float32
+    ops: str = "custom"
 
     @nn.compact
     def __call__(self, xs: dict, feats: dict, preds: dict) -> dict:
         c, dt = self.features, self.dtype
-        own = {t: xs[t] + conv(c, 1, dtype=dt, name=f"{t}_feat")(feats[t])
-               + conv(c, 1, dtype=dt, name=f"{t}_pred")(preds[t].astype(dt)) for t in self.tasks}
+        conv1 = functools.partial(conv, kernel=1, dtype=dt, ops=self.ops)
+        own = {t: xs[t] + conv1(c, name=f"{t}_feat")(feats[t])
+               + conv1(c, name=f"{t}_pred")(preds[t].astype(dt)) for t in self.tasks}
         if self.mode == "none" or len(self.tasks) == 1:
             return own
         out = {}
@@ -61,9 +67,9 @@ class Interaction(nn.Module):
             if self.mode == "concat":
                 cat = jnp.concatenate([a for s in others
                                        for a in (feats[s], preds[s].astype(dt))], -1)
-                out[t] = own[t] + conv(c, 1, dtype=dt, name=f"{t}_from_others")(cat)
+                out[t] = own[t] + conv1(c, name=f"{t}_from_others")(cat)
                 continue
-            messages = [conv(c, 1, dtype=dt, name=f"{t}_from_{s}")(
+            messages = [conv1(c, name=f"{t}_from_{s}")(
                 jnp.concatenate([feats[s], preds[s].astype(dt)], -1)) for s in others]
             if self.mode == "gated":
                 pooled = feats[t].mean(axis=(1, 2))
@@ -101,6 +107,7 @@ class MultiTaskHourglass(nn.Module):
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
     stream_mode: str = "separate"
+    ops: str = "custom"
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -114,8 +121,11 @@ class MultiTaskHourglass(nn.Module):
         if self.stream_mode not in STREAM_MODES:
             raise ValueError(f"model.stream_mode={self.stream_mode!r}: choose one of "
                              f"{', '.join(STREAM_MODES)}")
-        c, dt, ax = self.features, self.dtype, self.axis_name
-        x = Stem(c, dt, ax, name="stem")(normalize_images(images).astype(dt), train)
+        if self.ops not in OPS:
+            raise ValueError(f"model.ops={self.ops!r}: choose one of {', '.join(OPS)}")
+        c, dt, ax, ops = self.features, self.dtype, self.axis_name, self.ops
+        conv1 = functools.partial(conv, kernel=1, dtype=dt, ops=ops)
+        x = Stem(c, dt, ax, ops, name="stem")(normalize_images(images).astype(dt), train)
         streams = ("trunk",) if self.shared_trunk else tuple(self.tasks)
         xs = {s: x for s in streams}
         outputs = {t: [] for t in self.tasks}
@@ -123,25 +133,25 @@ class MultiTaskHourglass(nn.Module):
             if self.stream_mode == "vmapped" and not self.shared_trunk:
                 feats = self._stacked_streams(stage, streams, x if stage == 0 else xs, train)
             else:
-                feats = {s: Stream(self.depth, c, dt, ax, name=f"stage{stage}_{s}")(xs[s],
-                                                                                   train)
+                feats = {s: Stream(self.depth, c, dt, ax, ops, name=f"stage{stage}_{s}")(
+                    xs[s], train)
                          for s in streams}
-            preds = {t: conv(channels, 1, dtype=dt, name=f"stage{stage}_{t}_head",
-                             init_scale=HEAD_INIT_SCALE)(
+            preds = {t: conv1(channels, name=f"stage{stage}_{t}_head",
+                              init_scale=HEAD_INIT_SCALE)(
                 feats["trunk" if self.shared_trunk else t]) for t, channels in self.heads}
             for t in self.tasks:
                 outputs[t].append(preds[t].astype(jnp.float32))
             if stage + 1 == self.num_stacks:
                 break
             if self.shared_trunk:
-                back = xs["trunk"] + conv(c, 1, dtype=dt, name=f"stage{stage}_trunk_feat")(
+                back = xs["trunk"] + conv1(c, name=f"stage{stage}_trunk_feat")(
                     feats["trunk"])
                 for t in self.tasks:
-                    back = back + conv(c, 1, dtype=dt, name=f"stage{stage}_{t}_pred")(
+                    back = back + conv1(c, name=f"stage{stage}_{t}_pred")(
                         preds[t].astype(dt))
                 xs = {"trunk": back}
             else:
-                xs = Interaction(tuple(self.tasks), c, self.interaction, dt,
+                xs = Interaction(tuple(self.tasks), c, self.interaction, dt, ops,
                                  name=f"interaction{stage}")(xs, feats, preds)
         return {t: jnp.stack(v) for t, v in outputs.items()}
 
@@ -152,7 +162,7 @@ class MultiTaskHourglass(nn.Module):
         stacked = nn.vmap(Stream, in_axes=(None if shared else 0, None), out_axes=0,
                           variable_axes={"params": 0, "batch_stats": 0},
                           split_rngs={"params": True}, axis_size=len(streams))(
-            self.depth, self.features, self.dtype, self.axis_name,
+            self.depth, self.features, self.dtype, self.axis_name, self.ops,
             name=f"stage{stage}_{STACKED}")
         f = stacked(xs if shared else jnp.stack([xs[s] for s in streams]), train)
         return {s: f[i] for i, s in enumerate(streams)}
