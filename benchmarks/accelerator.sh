@@ -143,7 +143,7 @@ if has profile; then
   done
 fi
 if has loader; then
-  python3 -c "from hgmt.data import demo; from hgmt.sources import synthetic; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=synthetic.host_cores())" \
+  python3 -c "from hgmt import cores; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=cores.usable_cores())" \
     2>>"$log.err" || exit 1
   run "$limit" python3 benchmarks/input_pipeline.py --config=configs/default.py:tasks=all \
     "${model[@]}" --config.batch_size=128 --config.dataset=surreal/all \

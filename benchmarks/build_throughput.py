@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from hgmt import cli
+from hgmt import cli, cores
 
 SURREAL_FRAMES = 6.5e6
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bytes_per_example": round(stored / frames),
         "full_surreal_hours": {str(n): round(SURREAL_FRAMES / (per_core * n) / 3600, 1)
                                for n in (16, 64, 256)},
-        "cpus": os.cpu_count()}))
+        "cpus": cores.usable_cores()}))
     return 0
 
 

@@ -40,7 +40,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from hgmt import cli
+from hgmt import cli, cores
 from hgmt.data import device_augment, input_pipeline
 from hgmt.tasks import parse_tasks
 
@@ -91,7 +91,7 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
               "dataset": config.dataset, "res": res, "tasks": tasks, "batch": batch,
               "examples": n,
               "records": len(source), "examples_per_s": round(n / wall, 1),
-              "worker_count": workers, "cpus": os.cpu_count(),
+              "worker_count": workers, "cpus": cores.usable_cores(),
               **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
     if augment_on == "device":
         step_wall, step_cpu = measure_step_crop(last, res, names, batches)
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result = results[0]
     if args.train_img_per_s and "examples_per_cpu_s" in result:
-        per_core = args.train_img_per_s / os.cpu_count()
+        per_core = args.train_img_per_s / cores.usable_cores()
         result["train_img_per_s"] = args.train_img_per_s
         result["ratio_per_core"] = round(result["examples_per_cpu_s"] / per_core, 2)
     print(json.dumps(result))

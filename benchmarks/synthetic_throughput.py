@@ -8,7 +8,6 @@ Generates the train split only. Prints one JSON line.
 """
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from hgmt import cli
+from hgmt import cli, cores
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -42,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = args.clips_per_split * args.frames_per_clip
     print(json.dumps({"benchmark": "synthetic", "frames": frames, "seconds": round(seconds, 3),
                       "frames_per_s": round(frames / seconds, 1), "workers": args.workers,
-                      "cpus": os.cpu_count()}))
+                      "cpus": cores.usable_cores()}))
     return 0
 
 

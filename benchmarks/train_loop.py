@@ -17,7 +17,6 @@ Needs no TensorFlow (the loop's summaries go to the benchmark's own writer).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import ml_collections
 import train_step
 from absl import flags
 
+from hgmt import cores
 from hgmt.training import loop
 
 
@@ -98,7 +98,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         loop_rates.append(loop_img_per_s(config, fv.steps))
     step, loop_rate = max(step_rates), max(loop_rates)
     result = {"backend": jax.default_backend(), "device": jax.local_devices()[0].device_kind,
-              "devices": devices, "cpus": os.cpu_count(), "machine": platform.machine(),
+              "devices": devices, "cpus": cores.usable_cores(), "machine": platform.machine(),
               **cli.describe(config), "steps": fv.steps,
               "compiled_step_img_per_s": round(step, 2),
               "train_loop_img_per_s": round(loop_rate, 2),

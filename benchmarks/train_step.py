@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import functools
 import json
-import os
 import platform
 import sys
 import time
@@ -39,6 +38,7 @@ import numpy as np
 import xla_ops
 from absl import flags
 
+from hgmt import cores
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import steps
@@ -192,8 +192,9 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
     batch = config.batch_size
     return {
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
-        "device": jax.local_devices()[0].device_kind, "devices": devices, "cpus": os.cpu_count(),
-        "machine": platform.machine(), **cli.describe(config), "params": params,
+        "device": jax.local_devices()[0].device_kind, "devices": devices,
+        "cpus": cores.usable_cores(), "machine": platform.machine(), **cli.describe(config),
+        "params": params,
         "stream_mode": resolve_stream_mode(config.model.get("stream_mode", "auto")),
         "ops": resolve_ops(config.model.get("ops", "auto")),
         "compile_s": round(compile_s, 2), "compile_cache": cache, "step_s": round(step_s, 4),

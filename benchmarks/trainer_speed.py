@@ -35,6 +35,8 @@ import cli
 import fresh_process
 from absl import flags
 
+from hgmt import cores
+
 GOALS = {"trainer_over_bare": 0.95, "data_idle": 0.02}
 
 
@@ -103,11 +105,10 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     config_args = cli.config_args(fv)
     if fv.demo_data:
         from hgmt.data import demo
-        from hgmt.sources import synthetic
 
         t0 = time.perf_counter()
         demo.build(os.path.join(fv.demo_data, "surreal"), os.path.join(fv.demo_data, "tfds"),
-                   fv.demo_clips, fv.demo_frames, workers=synthetic.host_cores())
+                   fv.demo_clips, fv.demo_frames, workers=cores.usable_cores())
         build_s = time.perf_counter() - t0
         config_args += ["--config.dataset=surreal/all",
                         f"--config.data_dir={os.path.join(fv.demo_data, 'tfds')}"]
@@ -128,7 +129,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         raise RuntimeError(f"hgmt.main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     figures = trainer_figures(read_scalars(workdir), proc.stderr)
     result = {"benchmark": "trainer", **cli.describe(fv.config),
-              "worker_count": fv.config.worker_count, "cpus": os.cpu_count(),
+              "worker_count": fv.config.worker_count, "cpus": cores.usable_cores(),
               "augment_on": fv.config.get("augment_on", "host"),
               "total_steps": fv.config.total_steps, "log_every": fv.config.log_every,
               **figures, "trainer_wall_s": round(wall_s, 1)}

@@ -96,7 +96,7 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict()
     c.evals.validation = evaluator_config("validation", every=2000, best_metric="loss/total")
     c.evals.test = evaluator_config("test", at_end=True)  # -> <workdir>/eval_test.json
-    c.worker_count = -1  # grain worker processes; 0: in the main process; -1: host cores - 2
+    c.worker_count = -1  # grain worker processes; 0: in the main process; -1: usable cores - 2
     # threads reading records ahead, per loader process: 0 reads in the loader's own thread
     # (the most examples per CPU-second from local disk); a few for remote storage (e.g. GCS)
     c.read_threads = 0

@@ -58,12 +58,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def prepare_demo_dataset(config) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless already built."""
+    from hgmt import cores
     from hgmt.data import demo
-    from hgmt.sources import synthetic
 
     demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
                config.demo.frames, config.demo.seed, dataset=config.dataset,
-               workers=synthetic.host_cores())
+               workers=cores.usable_cores())
 
 
 class UserLines(logging.Filter):

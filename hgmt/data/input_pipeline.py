@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -27,6 +26,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from hgmt import cores
 from hgmt.data import damage
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
@@ -266,14 +266,15 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
 
 
 def auto_worker_count(worker_count: int) -> int:
-    """`worker_count` as given, or for -1 one grain worker per host core beyond the two that
-    run the training loop and the transfers to the devices (0 on a machine of 2 cores)."""
+    """`worker_count` as given, or for -1 one grain worker per usable core (`hgmt.cores`)
+    beyond the two that run the training loop and the transfers to the devices (0 with 2
+    cores)."""
     if worker_count >= 0:
         return worker_count
     if worker_count != -1:
         raise ValueError(f"config.worker_count={worker_count}: give a count >= 0, or -1 for "
                          f"one worker per host core beyond two")
-    return max(0, (os.cpu_count() or 1) - 2)
+    return max(0, cores.usable_cores() - 2)
 
 
 def read_options(read_threads: int) -> grain.ReadOptions:

@@ -31,6 +31,7 @@ import time
 import numpy as np
 import scipy.io
 
+from hgmt import cores
 from hgmt.sources import surreal
 
 # SMPL kinematic tree and rest offsets (metres) in a body frame: x person's left, y up,
@@ -345,11 +346,6 @@ def _write_seeded_clip(job: tuple) -> str:
     return stem
 
 
-def host_cores() -> int:
-    """This machine's cores: the number of clip-writing processes that uses all of them."""
-    return os.cpu_count() or 1
-
-
 def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int = 0,
              splits: tuple[str, ...] = ("train", "val", "test"),
              zrot_max_deg: float = ZROT_MAX_DEG, workers: int = 1) -> list[str]:
@@ -390,8 +386,9 @@ def _define_flags(fv) -> None:
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
                        "degrees of facing the camera (180: SURREAL's whole circle)",
                        lower_bound=0.0, upper_bound=180.0, flag_values=fv)
-    flags.DEFINE_integer("workers", host_cores(), "processes writing clips (default: "
-                         "this machine's cores)", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("workers", cores.usable_cores(), "processes writing clips "
+                         "(default: the cores this process may use)", lower_bound=1,
+                         flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
