@@ -9,9 +9,10 @@ configs/demo.py) as training does, at `image_size`, `batch_size` and with the la
 `tasks`. A config with a `demo` section has its demo data generated and built first when
 missing, as `hgmt.main` does. With `worker_count=0` (configs/demo.py's) the loader runs in the
 main process, so examples/s over the process's CPU seconds is the per-core rate;
-`--config.worker_count=N` (-1: the host's cores less 2, as training does) measures the wall
-rate of N grain worker processes. Heatmaps and other targets are made inside the train step,
-on the device (hgmt.tasks), so they are in train_step.py's figure, not here. With
+`--config.worker_count=N` (-1: the cores this process may use less 2, `hgmt.cores`, as
+training does) measures the wall rate of N grain worker processes. Heatmaps and other targets
+are made inside the train step, on the device (hgmt.tasks), so they are in train_step.py's
+figure, not here. With
 --train_img_per_s (benchmarks/train_step.py's img/s on this machine) it prints the ratio
 `examples/s per core` / `train-step img/s per core` (the loader keeps up with room to spare
 when it is >= 2).

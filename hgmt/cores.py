@@ -2,7 +2,10 @@
 workers for `config.worker_count=-1`, the demo writer's processes): on a workstation all of
 the machine's, in a Slurm allocation or under `taskset` those of its CPU affinity, in a
 container with a CPU limit (`docker --cpus`, a Kubernetes limit) no more than its cgroup
-quota. `os.cpu_count()` counts the whole machine in all three."""
+quota. `os.cpu_count()` counts the whole machine in all three. The quota read is the one at
+the cgroup mount's root, which is the container's own in a container with its own cgroup
+namespace (Docker's and Kubernetes' default); a quota set on a nested cgroup outside a
+container (e.g. systemd's `CPUQuota=`) is not seen."""
 
 from __future__ import annotations
 

@@ -7,7 +7,10 @@ as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/rig
 0.25 h bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear
 to R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain
 and a horizontal flip with left/right swaps. The output is the cropped example of
-docs/interfaces.md §4; each task's targets are made from it inside the jitted step.
+docs/interfaces.md §4; each task's targets are made from it inside the jitted step. With
+`config.augment_on="device"` (what "auto" picks on a GPU or TPU) the loader only decodes the
+records into fixed-size arrays and the same crop runs batched in the step
+(hgmt/data/device_augment.py).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
 access, so shuffling needs no buffer, sharding is exact, and the iterator's position is a few
@@ -273,7 +276,7 @@ def auto_worker_count(worker_count: int) -> int:
         return worker_count
     if worker_count != -1:
         raise ValueError(f"config.worker_count={worker_count}: give a count >= 0, or -1 for "
-                         f"one worker per host core beyond two")
+                         f"one worker per usable core beyond two (hgmt.cores)")
     return max(0, cores.usable_cores() - 2)
 
 

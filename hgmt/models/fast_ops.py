@@ -1,7 +1,8 @@
 """The CPU speed-ups of the hourglass's ops (hgmt/models/hourglass.py uses them): a 1x1
 convolution as one 2-D matmul and 2x2 max-pooling with a one-pass backward. Each gives the
 reference op's values and gradients (tests/test_models.py checks the whole model against
-`lax.conv` and `nn.max_pool`); README, Performance, gives the measurements."""
+`lax.conv` and `nn.max_pool`); docs/performance.md, "What made the CPU step faster", gives
+the measurements."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, 
 
 - `custom`: a 1x1 convolution as one 2-D matmul over (B*H*W, C), 2x2 max-pooling as a reshape
   and max with a one-pass backward (hgmt/models/fast_ops.py), BatchNorm and the ReLU after it
-  with a hand-written backward (hgmt/models/batchnorm.py). XLA:CPU runs the reference ops'
-  backward passes (4-D dot_general, select-and-scatter, autodiff of BatchNorm) much slower
-  (docs/performance.md gives the measurements);
+  with a hand-written backward (hgmt/models/batchnorm.py). XLA:CPU runs the backward passes
+  of the ops they replace (a 1x1 convolution or 4-D dot_general, select-and-scatter, autodiff
+  of BatchNorm) much slower (docs/performance.md, "What made the CPU step faster");
 - `flax`: Flax's and lax's own ops: a 1x1 convolution as `lax.conv_general_dilated` (what
   `nn.Conv` computes), `nn.max_pool`, `nn.BatchNorm` then `nn.relu`.
 

@@ -19,7 +19,8 @@ and stage, so XLA compiles every task's stream; `vmapped` runs a stage's task st
 stream over a stacked task axis (`nn.vmap`, every variable with a leading task axis, layout
 and conversion in hgmt/models/stacking.py), so XLA compiles one stream however many tasks
 there are. The first stage's streams all read the stem's output, which is not stacked: its
-convolutions become one convolution with the tasks' output channels side by side.
+first BatchNorm's statistics are computed once, and each task's scale and bias then make the
+stacked activations.
 
 Ops (`ops`): the blocks are built from hgmt's `custom` ops or Flax's and lax's own (`flax`), the
 same variables and values (hgmt/models/hourglass.py).
