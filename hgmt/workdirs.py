@@ -32,6 +32,10 @@ EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
+# Config fields newer than some workdirs, with their default: filled in when an older
+# workdir's config is read, so that they can be overridden (`--config.model.ops=flax` on an
+# evaluation). They choose the program, not what it computes, so the old run's function stays.
+ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto"}
 
 
 def _abs(workdir: str) -> str:
@@ -69,13 +73,18 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with; a clear error if it is not a training workdir."""
+    """The config a workdir was trained with (with `ADDED_CONFIG_FIELDS` where it predates
+    them); a clear error if it is not a training workdir."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
                                 f"`python -m hgmt.main --workdir=...`")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = json.load(f)
+    for (section, field), value in ADDED_CONFIG_FIELDS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(field, value)
+    return ml_collections.ConfigDict(config)
 
 
 def eval_file(workdir: str, evaluator: str) -> str:

@@ -167,3 +167,20 @@ def test_a_flag_name_means_one_thing_in_every_command(capsys):
         for entry in kinds[name]:
             block = texts[entry].split(f"--{name}:", 1)[1].split("\n  --", 1)[0]
             assert word in " ".join(block.split()), f"{entry} --{name}: {block!r}"
+
+
+def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
+    """A config.json written before `model.stream_mode` and `model.ops` existed (as the
+    study's committed runs) reads with their defaults, so an evaluation can override them."""
+    import json
+
+    from hgmt import cli, workdirs
+
+    old = {"model": {"depth": 4, "dtype": "float32", "features": 64, "interaction": "sum",
+                     "num_stacks": 2, "shared_trunk": False}, "tasks": "pose2d"}
+    (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(old))
+    argv = [f"--workdir={tmp_path}", "--config.model.ops=flax"]
+    config = cli.workdir_config(argv)
+    assert config.model.stream_mode == "auto" and config.model.ops == "auto"
+    fv, _ = cli.parse(cli.define_workdir, argv, "doc", config)
+    assert fv.config.model.ops == "flax" and fv.config.model.features == 64
