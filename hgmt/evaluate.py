@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
-                                                                args.config)
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+        config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
+                                                                    args.config)
     frames = args.frames or evaluator.settings_of(config)["frames"]
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
                                 shards.DamagedShard):

@@ -26,6 +26,7 @@ import numpy as np
 
 from hgmt import cli
 from hgmt.inference import export
+from hgmt.training import checkpoints
 
 
 def _define_flags(fv) -> None:
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out_dir=DIR
     [--step=N|best]`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
-    meta = export.export(args.workdir, args.format, args.out_dir,
-                         cli.checkpoint_step(args.step), args.config)
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+        meta = export.export(args.workdir, args.format, args.out_dir,
+                             cli.checkpoint_step(args.step), args.config)
     size = meta["image_size"]
     # Smoke-check the artefact before reporting success.
     x = np.zeros((2, size, size, 3), np.float32)

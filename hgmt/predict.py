@@ -40,6 +40,7 @@ import cv2
 
 from hgmt import cli
 from hgmt.inference import predictor, video
+from hgmt.training import checkpoints
 
 
 def _define_flags(fv) -> None:
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             bbox = []
         if len(bbox) != 4:
             raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
-    model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
-                                batch_size=args.batch_size)
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+        model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
+                                    batch_size=args.batch_size)
     os.makedirs(args.out_dir, exist_ok=True)
     failed = []
     for path in images:

@@ -184,3 +184,14 @@ def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
     assert config.model.stream_mode == "auto" and config.model.ops == "auto"
     fv, _ = cli.parse(cli.define_workdir, argv, "doc", config)
     assert fv.config.model.ops == "flax" and fv.config.model.features == 64
+
+
+@pytest.mark.parametrize("entry, extra", [
+    ("hgmt.evaluate", []), ("hgmt.predict", ["--out_dir=unused", "photo.jpg"]),
+    ("hgmt.export", ["--format=stablehlo", "--out_dir=unused"])])
+def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
+                                                                  saved_workdir):
+    with pytest.raises(SystemExit) as e:
+        load(entry).main([f"--workdir={saved_workdir}", *extra])
+    assert str(e.value.code).startswith("error: NoCheckpoint: no checkpoint in ")
+    assert "train first (python -m hgmt.main" in str(e.value.code)

@@ -196,6 +196,18 @@ def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]
     mngr.reload()
 
 
+class NoCheckpoint(FileNotFoundError):
+    """The workdir holds no checkpoint of the step asked for (the message says which exist)."""
+
+
+class UnusableCheckpoint(ValueError):
+    """A checkpoint that cannot be read, or whose variables do not fit its config's model."""
+
+
+# What a command on a trained workdir reports in one line (`hgmt.cli.faults_in_one_line`).
+RESTORE_FAULTS = (NoCheckpoint, UnusableCheckpoint)
+
+
 def restore_for_inference(workdir: str, step: int | str | None = None,
                           config: ml_collections.ConfigDict | None = None) -> tuple[
         ml_collections.ConfigDict, dict[str, Any], int]:
@@ -204,37 +216,37 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     step "best": the best validation checkpoint kept in <workdir>/best. `config`: the
     workdir's config with the caller's overrides (default: the workdir's as saved).
 
-    Raises FileNotFoundError naming the workdir when there is no such checkpoint, and
-    ValueError when the checkpoint cannot be read (corrupt or from another model)."""
+    Raises NoCheckpoint naming the workdir when there is no such checkpoint, and
+    UnusableCheckpoint when the checkpoint cannot be read (corrupt or from another model)."""
     config = workdirs.load_config(workdir) if config is None else config
     if step == "best":
         if not os.path.isdir(workdirs.best_dir(workdir)):
-            raise FileNotFoundError(
+            raise NoCheckpoint(
                 f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept only when "
                 f"an evaluator of config.evals has a best_metric and runs during training "
                 f"(every > 0)")
         mngr = ocp.CheckpointManager(workdirs.best_dir(workdir), item_names=("state",))
         steps = mngr.all_steps()
         if not steps:
-            raise FileNotFoundError(f"{workdirs.best_dir(workdir)} holds no checkpoint yet")
+            raise NoCheckpoint(f"{workdirs.best_dir(workdir)} holds no checkpoint yet")
         step = steps[-1]
     else:
         mngr = manager(workdir, async_save=False, with_data=False)
         steps = mngr.all_steps()
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {workdirs.checkpoint_dir(workdir)}: train first "
+        raise NoCheckpoint(f"no checkpoint in {workdirs.checkpoint_dir(workdir)}: train first "
                                 f"(python -m hgmt.main --workdir={workdir} ...)")
     step = steps[-1] if step is None else step
     if step not in steps:
-        raise FileNotFoundError(f"no checkpoint for step {step} in "
+        raise NoCheckpoint(f"no checkpoint for step {step} in "
                                 f"{workdirs.checkpoint_dir(workdir)}; "
                                 f"available steps: {steps}")
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as e:
-        raise ValueError(f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step} cannot be read "
-                         f"({type(e).__name__}: {e}); pass --step= with another of {steps}"
-                         ) from e
+        raise UnusableCheckpoint(f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step} cannot "
+                                 f"be read ({type(e).__name__}: {e}); pass --step= with "
+                                 f"another of {steps}") from e
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     variables = _in_model_layout(config, variables)
@@ -259,8 +271,8 @@ def _shapes(tree: Any) -> dict[str, tuple]:
 
 
 def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str) -> None:
-    """Raises ValueError naming the differences when `variables` do not fit the model that
-    `config` builds (a checkpoint of another configuration or of an older hgmt version)."""
+    """Raises UnusableCheckpoint naming the differences when `variables` do not fit the model
+    that `config` builds (a checkpoint of another configuration or of an older hgmt version)."""
     import jax
     import jax.numpy as jnp
 
@@ -276,7 +288,7 @@ def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    raise ValueError(
+    raise UnusableCheckpoint(
         f"{what} does not fit the model its config.json builds: {len(missing)} variables "
         f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
         f"{len(reshaped)} with other shapes (e.g. {reshaped[:2]}). It was written by another "
