@@ -83,11 +83,13 @@ def op_times(events: list[dict], module: str, ops: dict) -> dict[str, float]:
     return dict(per_op)
 
 
-def device_us(events: list[dict]) -> float:
+def device_us(events: list[dict]) -> float | None:
     """Total µs of the events on a device process (a GPU's or TPU's kernels and copies, those
-    no HLO op is named on included); 0 where the trace has no device process (a CPU)."""
+    no HLO op is named on included); None where the trace has no device process (a CPU)."""
     devices = {e["pid"] for e in events if e.get("ph") == "M"
                and e.get("name") == "process_name" and "/device:" in e["args"]["name"]}
+    if not devices:
+        return None
     return sum(float(e["dur"]) for e in events if e.get("ph") == "X" and e["pid"] in devices)
 
 
@@ -158,12 +160,14 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     kinds = summarize(per_op, ops, fv.steps, matmul_peak, bytes_peak)
     counted = sum(v["flops"] for v in ops.values())
     slowest = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
+    device = device_us(events)
     result = {"benchmark": "profile_step", "backend": jax.default_backend(),
               "device": jax.local_devices()[0].device_kind, **cli.describe(config),
               "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
               "compile_cache": cache,
               "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),
-              "device_ms_per_step": round(device_us(events) / 1e3 / fv.steps, 2),
+              "device_ms_per_step": (None if device is None
+                                     else round(device / 1e3 / fv.steps, 2)),
               "ops_timed": len(per_op), "ops_in_program": len(ops),
               "matmul_peak_tflop_per_s": round(matmul_peak / 1e12, 3),
               "stream_peak_gbytes_per_s": round(bytes_peak / 1e9, 1),

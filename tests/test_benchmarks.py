@@ -189,6 +189,7 @@ def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     per_op = profile_step.op_times(events, "m", ops)
     assert per_op == {"conv": 4000.0, "add": 1000.0}
     assert profile_step.device_us(events) == 10007.0  # every device event, named or not
+    assert profile_step.device_us([e for e in events if e["pid"] != 2]) is None  # a CPU's
     kinds = profile_step.summarize(per_op, ops, steps=2, matmul_peak=4e12, bytes_peak=6e12)
     assert list(kinds) == ["conv forward", "elementwise fusion"]  # slowest first
     conv, add = kinds["conv forward"], kinds["elementwise fusion"]
