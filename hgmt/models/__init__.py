@@ -58,9 +58,8 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                  axis_name: str | None = None) -> MultiTaskHourglass:
     """Builds the model from `config.model` (num_stacks, features, depth, interaction,
     shared_trunk, dtype "float32"|"bfloat16", stream_mode "auto"|"separate"|"vmapped", ops
-    "auto"|"custom"|"flax") with
-    one head per task, `heads` {task: output channels} (`hgmt.tasks.heads(names)`); unknown
-    fields or values are errors."""
+    "auto"|"custom"|"flax") with one head per task, `heads` {task: output channels}
+    (`hgmt.tasks.heads(names)`); unknown fields or values are errors."""
     cfg = dict(model_config)
     unknown = sorted(set(cfg) - set(MODEL_FIELDS))
     if unknown:
