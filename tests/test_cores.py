@@ -1,9 +1,11 @@
 """The cores hgmt's worker pools are sized by: the process's CPU affinity (a Slurm job's cpuset,
-`taskset`), capped by a container's cgroup CPU quota."""
+`taskset`), capped by a Slurm job's cpus-per-task and a container's cgroup CPU quota."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 from hgmt.cores import usable_cores
 
@@ -28,7 +30,8 @@ def _cgroup(tmp_path, files: dict[str, str]) -> str:
     return str(tmp_path)
 
 
-def test_a_cgroup_quota_caps_the_cores(tmp_path):
+def test_a_cgroup_quota_caps_the_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     # cgroup v2: cpu.max "<quota> <period>" in microseconds, or "max" for none.
     assert usable_cores(_cgroup(tmp_path / "a", {"cpu.max": "100000 100000\n"})) == 1
     assert usable_cores(_cgroup(tmp_path / "b", {"cpu.max": "50000 100000\n"})) == 1  # rounded up
@@ -41,3 +44,15 @@ def test_a_cgroup_quota_caps_the_cores(tmp_path):
     v1["cpu/cpu.cfs_quota_us"] = "-1\n"
     assert usable_cores(_cgroup(tmp_path / "f", v1)) == AFFINITY
     assert usable_cores(str(tmp_path / "none")) == AFFINITY  # no cgroup files: no quota
+
+
+@pytest.mark.parametrize("value, cores", [("1", "1"), ("999", None), ("", None), ("two", None)])
+def test_a_slurm_jobs_cpus_per_task_caps_the_cores(value, cores):
+    """Where Slurm does not bind cores, the affinity is the whole node's: its
+    `--cpus-per-task` (SLURM_CPUS_PER_TASK) caps the count; more than the affinity, or not a
+    count, changes nothing."""
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": value}
+    out = subprocess.run([sys.executable, "-c", "from hgmt.cores import usable_cores; "
+                          "print(usable_cores('/nonexistent'))"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == (cores or str(AFFINITY))
