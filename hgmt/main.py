@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     config = FLAGS.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
+    # A bad value stops here, in one line, before the demo data or the workdir are touched.
+    with cli.faults_in_one_line(ValueError, traceback=FLAGS.verbosity >= 1):
+        loop.check_config(config)
     if "demo" in config and jax.process_index() == 0:
         prepare_demo_dataset(config)
     if "demo" in config and jax.process_count() > 1:

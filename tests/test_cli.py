@@ -195,3 +195,20 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
         load(entry).main([f"--workdir={saved_workdir}", *extra])
     assert str(e.value.code).startswith("error: NoCheckpoint: no checkpoint in ")
     assert "train first (python -m hgmt.main" in str(e.value.code)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.ops=xla", "config.model.ops='xla': choose one of ['auto', 'custom'"),
+    ("--config.augment_on=gpu", "config.augment_on='gpu': choose host"),
+    ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of")])
+def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workdir(
+        override, message, saved_workdir):
+    """The workdir of an earlier run keeps its config.json: the value is checked before the
+    demo data is made or anything is written."""
+    path = os.path.join(saved_workdir, "config.json")
+    before, files = open(path).read(), sorted(os.listdir(saved_workdir))
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/demo.py", override,
+                                f"--workdir={saved_workdir}"])
+    assert str(e.value.code).startswith(f"error: ValueError: {message}"), e.value.code
+    assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files

@@ -65,6 +65,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return run(config, workdir)[1]
 
 
+def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
+    """Checks what training reads of `config` before any work (the tasks, loss weights and
+    options, the evaluators, the model's fields, the crop's placement, the batch over the
+    devices) -> (tasks, loss weights, loss options). Raises ValueError naming the field and
+    its choices."""
+    tasks = parse_tasks(config.tasks)
+    weights = check_loss_weights(config, tasks)
+    options = check_loss_options(config, tasks)
+    evaluators.check(config, weights)
+    create_model(config.model, heads(tasks))  # the model's fields and values
+    device_augment.placement(config.get("augment_on", "auto"))
+    if config.batch_size % jax.device_count():
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
+                         f"{jax.device_count()} devices")
+    return tasks, weights, options
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
         loader: Iterable | None = None) -> tuple[steps.TrainState, dict[str, dict]]:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
@@ -81,13 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
     damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
     trainer holds the workdir, `peers.PeerLost` when a process of a multi-host run died."""
-    tasks = parse_tasks(config.tasks)
-    weights = check_loss_weights(config, tasks)
-    options = check_loss_options(config, tasks)
-    evaluators.check(config, weights)  # a bad evaluator stops the run before any work
-    if config.batch_size % jax.device_count():
-        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
-                         f"{jax.device_count()} devices")
+    tasks, weights, options = check_config(config)  # a bad config stops the run before any work
     lock = workdir_lock.hold_for_job(workdir)
     try:
         with preemption.PreemptionWatch() as watch, peers.watched() as peer_watch, \
