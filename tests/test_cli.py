@@ -195,6 +195,10 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
         load(entry).main([f"--workdir={saved_workdir}", *extra])
     assert str(e.value.code).startswith("error: NoCheckpoint: no checkpoint in ")
     assert "train first (python -m hgmt.main" in str(e.value.code)
+    # A bad model value is named first, in one line too.
+    with pytest.raises(SystemExit) as e:
+        load(entry).main([f"--workdir={saved_workdir}", "--config.model.ops=xla", *extra])
+    assert str(e.value.code).startswith("error: ValueError: config.model.ops='xla': choose")
 
 
 @pytest.mark.parametrize("override, message", [

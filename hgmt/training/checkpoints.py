@@ -204,8 +204,9 @@ class UnusableCheckpoint(ValueError):
     """A checkpoint that cannot be read, or whose variables do not fit its config's model."""
 
 
-# What a command on a trained workdir reports in one line (`hgmt.cli.faults_in_one_line`).
-RESTORE_FAULTS = (NoCheckpoint, UnusableCheckpoint)
+# What a command on a trained workdir reports in one line (`hgmt.cli.faults_in_one_line`): no
+# checkpoint, or a checkpoint or config value that cannot be used (UnusableCheckpoint is one).
+RESTORE_FAULTS = (NoCheckpoint, ValueError)
 
 
 def restore_for_inference(workdir: str, step: int | str | None = None,
@@ -216,9 +217,11 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     step "best": the best validation checkpoint kept in <workdir>/best. `config`: the
     workdir's config with the caller's overrides (default: the workdir's as saved).
 
-    Raises NoCheckpoint naming the workdir when there is no such checkpoint, and
-    UnusableCheckpoint when the checkpoint cannot be read (corrupt or from another model)."""
+    Raises ValueError naming the field for a bad `config.model` value, NoCheckpoint naming the
+    workdir when there is no such checkpoint, and UnusableCheckpoint when the checkpoint cannot
+    be read (corrupt or from another model)."""
     config = workdirs.load_config(workdir) if config is None else config
+    _model(config)  # a bad model value is named before any checkpoint is looked for
     if step == "best":
         if not os.path.isdir(workdirs.best_dir(workdir)):
             raise NoCheckpoint(
@@ -254,13 +257,18 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     return config, variables, step
 
 
-def _in_model_layout(config: ml_collections.ConfigDict, variables: Any) -> Any:
-    """Checkpoint variables (streams per task) in the stream layout of `config`'s model."""
-    from hgmt.models import create_model, to_model_layout
+def _model(config: ml_collections.ConfigDict) -> Any:
+    from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
 
-    return to_model_layout(create_model(config.model, heads(parse_tasks(config.tasks))),
-                           variables)
+    return create_model(config.model, heads(parse_tasks(config.tasks)))
+
+
+def _in_model_layout(config: ml_collections.ConfigDict, variables: Any) -> Any:
+    """Checkpoint variables (streams per task) in the stream layout of `config`'s model."""
+    from hgmt.models import to_model_layout
+
+    return to_model_layout(_model(config), variables)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
