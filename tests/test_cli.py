@@ -204,7 +204,8 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
 @pytest.mark.parametrize("override, message", [
     ("--config.model.ops=xla", "config.model.ops='xla': choose one of ['auto', 'custom'"),
     ("--config.augment_on=gpu", "config.augment_on='gpu': choose host"),
-    ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of")])
+    ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of"),
+    ("--config.worker_count=-3", "config.worker_count=-3: give a count >= 0, or -1")])
 def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workdir(
         override, message, saved_workdir):
     """The workdir of an earlier run keeps its config.json: the value is checked before the

@@ -67,15 +67,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
     """Checks what training reads of `config` before any work (the tasks, loss weights and
-    options, the evaluators, the model's fields, the crop's placement, the batch over the
-    devices) -> (tasks, loss weights, loss options). Raises ValueError naming the field and
-    its choices."""
+    options, the evaluators, the model's fields, the crop's placement, the loader's workers and
+    read threads, the batch over the devices) -> (tasks, loss weights, loss options). Raises
+    ValueError naming the field and its choices."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
     evaluators.check(config, weights)
     create_model(config.model, heads(tasks))  # the model's fields and values
     device_augment.placement(config.get("augment_on", "auto"))
+    input_pipeline.auto_worker_count(config.worker_count)
+    input_pipeline.read_options(config.read_threads)
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
