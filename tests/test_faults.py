@@ -119,6 +119,16 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     kept = os.listdir(os.path.join(workdir, workdirs.UNREADABLE_DIR))
     assert len(kept) == 1 and kept[0].startswith("3-")  # moved aside, not deleted
 
+    # Another config on this workdir (another task set): refused, and the workdir's
+    # config.json still describes its checkpoints.
+    saved = open(os.path.join(workdir, workdirs.CONFIG_FILE)).read()
+    other = tiny_config(demo_dataset[1], total_steps=6,
+                        **{**KW, "checkpoint_every": 2, "tasks": "pose2d+segm"})
+    with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "):
+        loop.train(other, workdir)
+    assert open(os.path.join(workdir, workdirs.CONFIG_FILE)).read() == saved
+    assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
+
     # When no checkpoint reads, it is not damage: the clear config-mismatch error.
     for step in (2, 4, 5):
         _damage(os.path.join(ckpt, str(step)))

@@ -118,8 +118,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            peer_watch: peers.PeerWatch | None = None) -> steps.TrainState:
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
     by `opened` when the run ends, however it ends."""
-    if jax.process_index() == 0:
-        workdirs.save_config(config, workdir)
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or summary_writer.create(workdir, jax.process_index())
@@ -165,6 +163,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
+    # Written once the workdir's checkpoints are known to be this config's: a config that
+    # does not fit them (another task set, say) stops above and leaves config.json as it was.
+    if jax.process_index() == 0:
+        workdirs.save_config(config, workdir)
 
     state = steps.replicate(state)
     p_train_step = _pmapped_train_step(
