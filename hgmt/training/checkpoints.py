@@ -238,12 +238,11 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
         steps = mngr.all_steps()
     if not steps:
         raise NoCheckpoint(f"no checkpoint in {workdirs.checkpoint_dir(workdir)}: train first "
-                                f"(python -m hgmt.main --workdir={workdir} ...)")
+                           f"(python -m hgmt.main --workdir={workdir} ...)")
     step = steps[-1] if step is None else step
     if step not in steps:
         raise NoCheckpoint(f"no checkpoint for step {step} in "
-                                f"{workdirs.checkpoint_dir(workdir)}; "
-                                f"available steps: {steps}")
+                           f"{workdirs.checkpoint_dir(workdir)}; available steps: {steps}")
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as e:
