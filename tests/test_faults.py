@@ -450,7 +450,8 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
     _wait_for_checkpoint(split, 2, procs)
     procs[1].send_signal(signal.SIGTERM)  # one host only
     outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [preemption.EXIT_PREEMPTED] * 2, outs[0][-3000:]
+    assert [p.returncode for p in procs] == [preemption.EXIT_PREEMPTED] * 2, "\n".join(
+        f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
     stopped = [json.loads((tmp_path / "split" / f"preempted_{i}.json").read_text())["step"]
                for i in range(2)]
     assert stopped[0] == stopped[1] < total
