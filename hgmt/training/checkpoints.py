@@ -220,8 +220,12 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     Raises ValueError naming the field for a bad `config.model` value, NoCheckpoint naming the
     workdir when there is no such checkpoint, and UnusableCheckpoint when the checkpoint cannot
     be read (corrupt or from another model)."""
+    from hgmt.models import create_model, to_model_layout
+    from hgmt.tasks import heads, parse_tasks
+
     config = workdirs.load_config(workdir) if config is None else config
-    _model(config)  # a bad model value is named before any checkpoint is looked for
+    # Built first: a bad model value is named before any checkpoint is looked for.
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
     if step == "best":
         if not os.path.isdir(workdirs.best_dir(workdir)):
             raise NoCheckpoint(
@@ -251,23 +255,10 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
                                  f"another of {steps}") from e
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    variables = _in_model_layout(config, variables)
-    check_variables(config, variables, f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step}")
+    variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
+    check_variables(model, config.image_size, variables,
+                    f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step}")
     return config, variables, step
-
-
-def _model(config: ml_collections.ConfigDict) -> Any:
-    from hgmt.models import create_model
-    from hgmt.tasks import heads, parse_tasks
-
-    return create_model(config.model, heads(parse_tasks(config.tasks)))
-
-
-def _in_model_layout(config: ml_collections.ConfigDict, variables: Any) -> Any:
-    """Checkpoint variables (streams per task) in the stream layout of `config`'s model."""
-    from hgmt.models import to_model_layout
-
-    return to_model_layout(_model(config), variables)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -277,17 +268,13 @@ def _shapes(tree: Any) -> dict[str, tuple]:
             for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def check_variables(config: ml_collections.ConfigDict, variables: Any, what: str) -> None:
-    """Raises UnusableCheckpoint naming the differences when `variables` do not fit the model
-    that `config` builds (a checkpoint of another configuration or of an older hgmt version)."""
+def check_variables(model: Any, image_size: int, variables: Any, what: str) -> None:
+    """Raises UnusableCheckpoint naming the differences when `variables` do not fit `model`
+    at `image_size` (a checkpoint of another configuration or of an older hgmt version)."""
     import jax
     import jax.numpy as jnp
 
-    from hgmt.models import create_model
-    from hgmt.tasks import heads, parse_tasks
-
-    model = create_model(config.model, heads(parse_tasks(config.tasks)))
-    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), images))
     got = _shapes(variables)
     if expected == got:
