@@ -10,10 +10,13 @@ With --demo_data the demo clips are generated and built there first (unless buil
 (benchmarks/train_step.py, the same config, a fixed batch already on the device) runs first in
 its own process, then the trainer, both with the same persistent compilation cache. The
 trainer's rate and data wait are the means of its TensorBoard intervals after the first (which
-holds the loader's start), its compile time the first step's as it logs it. Prints one JSON
-line: `trainer_over_bare` (goal >= 0.95), `data_idle` (goal <= 0.02: the share of the time the
-device sat idle waiting for a batch, an upper bound) and `data_wait` (the host's wait for a
-batch, which overlaps the device's work on the steps queued before it). The bare step takes
+holds the loader's start), its compile time the first step's as it logs it. Prints the bare
+step's JSON line as soon as it is measured, then the trainer's: `trainer_over_bare` (goal >=
+0.95), `data_idle` (goal <= 0.02: the share of the time the device sat idle waiting for a
+batch, an upper bound) and `data_wait` (the host's wait for a batch, which overlaps the
+device's work on the steps queued before it). The trainer's output goes to stderr as it comes.
+A SIGTERM (a time limit's) stops the trainer, which saves and exits; the line then says
+`"complete": false` and holds the intervals logged until then (exit status 75). The bare step takes
 cropped batches; with `config.augment_on` device (auto's choice on an accelerator) the
 trainer's step also crops and augments, so the ratio counts that work too
 (`--config.augment_on=host` leaves it to the loader).
@@ -25,6 +28,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ import fresh_process
 from absl import flags
 
 from hgmt import cores
+from hgmt.training.preemption import EXIT_PREEMPTED
 
 GOALS = {"trainer_over_bare": 0.95, "data_idle": 0.02}
 
@@ -99,6 +104,32 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
             "trainer_first_step_s": float(compile_line.group(2)) if compile_line else None}
 
 
+def run_trainer(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, str, bool]:
+    """Runs the trainer `cmd`, its output passed on to this process's stderr as it comes. A
+    SIGTERM to this process is passed on to the trainer, which saves a checkpoint and exits
+    (the same signal to the whole process group, `timeout`'s, reaches it twice: harmless).
+    -> (its exit status, its output, whether a SIGTERM stopped it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    stopped: list[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        del frame
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    lines = []
+    try:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line)
+        proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return proc.returncode, "".join(lines), bool(stopped)
+
+
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
@@ -119,16 +150,19 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     if fv.bare:
         bare = fresh_process.run("train_step.py",
                                  [*config_args, f"--steps={fv.bare_steps}", "--warmup=3"], env)
+        print(json.dumps(bare), flush=True)  # kept should the trainer not finish
     workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hgmt.main", *config_args,
-                           f"--workdir={workdir}", f"--compilation_cache={cache}"],
-                          capture_output=True, text=True, env=env)
+    returncode, log, stopped = run_trainer(
+        [sys.executable, "-m", "hgmt.main", *config_args, f"--workdir={workdir}",
+         f"--compilation_cache={cache}"], env)
     wall_s = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"hgmt.main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    figures = trainer_figures(read_scalars(workdir), proc.stderr)
-    result = {"benchmark": "trainer", **cli.describe(fv.config),
+    if returncode and not (stopped and returncode == EXIT_PREEMPTED):
+        raise RuntimeError(f"hgmt.main failed ({returncode}):\n{log[-3000:]}")
+    scalars = read_scalars(workdir)
+    figures = (trainer_figures(scalars, log) if scalars.get("img_per_s") or not stopped
+               else {"intervals": 0})
+    result = {"benchmark": "trainer", "complete": not stopped, **cli.describe(fv.config),
               "worker_count": fv.config.worker_count, "cpus": cores.usable_cores(),
               "augment_on": fv.config.get("augment_on", "host"),
               "total_steps": fv.config.total_steps, "log_every": fv.config.log_every,
@@ -138,18 +172,20 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     if bare:
         result.update({
             "bare_img_per_s": bare["img_per_s"], "bare_compile_s": bare["compile_s"],
-            "bare_compile_cache": bare["compile_cache"],
-            "trainer_over_bare": round(figures["trainer_img_per_s"] / bare["img_per_s"], 3),
-            "device": bare["device"], "backend": bare["backend"], "mfu_bare": bare["mfu"]})
+            "bare_compile_cache": bare["compile_cache"], "device": bare["device"],
+            "backend": bare["backend"], "mfu_bare": bare["mfu"]})
+        if figures["intervals"]:
+            result["trainer_over_bare"] = round(
+                figures["trainer_img_per_s"] / bare["img_per_s"], 3)
     result["goals"] = GOALS
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command; -> exit status."""
-    benchmark(argv)
-    return 0
+    """The command; -> exit status: 0, or EXIT_PREEMPTED (75) when a SIGTERM stopped the
+    trainer (its line then has `"complete": false` and the intervals logged until then)."""
+    return 0 if benchmark(argv)["complete"] else EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

@@ -349,6 +349,45 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
         trainer_speed.trainer_figures({}, log)
 
 
+def test_trainer_benchmark_stopped_by_sigterm_writes_what_the_trainer_logged(demo_dataset,
+                                                                              tmp_path):
+    """A time limit's SIGTERM to the benchmark reaches the trainer, which saves and exits; the
+    benchmark still writes its line, with the intervals logged until then, and exits 75."""
+    import contextlib
+    import signal
+    import time
+
+    from hgmt.training import checkpoints, preemption
+    from tests.conftest import main_command
+
+    workdir = str(tmp_path / "w")
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100_000,
+                            checkpoint_every=100_000)
+    cmd = [sys.executable, os.path.join(BENCHMARKS, "trainer_speed.py"), "--bare=false",
+           *cmd[3:], "--config.log_every=2"]
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=cli.REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=err, text=True, start_new_session=True)
+        try:
+            deadline = time.time() + 600  # compiling on a loaded host
+            while len(trainer_speed.read_scalars(workdir).get("img_per_s", {})) < 2:
+                assert proc.poll() is None and time.time() < deadline, open(
+                    tmp_path / "err").read()[-3000:]
+                time.sleep(1)
+            proc.send_signal(signal.SIGTERM)  # to the benchmark alone: it passes it on
+            out = proc.communicate(timeout=120)[0]
+        finally:  # whatever is left of its process group (a trainer it did not stop)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    log = open(tmp_path / "err").read()
+    assert proc.returncode == preemption.EXIT_PREEMPTED, log[-3000:]
+    step = checkpoints.manager(workdir).latest_step()
+    assert step and f"saved a checkpoint at step {step}" in log  # the trainer's own output
+    result = json.loads(out.splitlines()[-1])
+    assert result["complete"] is False and result["intervals"] >= 2
+    assert result["trainer_img_per_s"] > 0 and "trainer_over_bare" not in result
+
+
 def _demo_data(demo_dataset) -> list[str]:
     """The demo config's data (already built: the demo step finds them) at a tiny size."""
     return [f"--config.data_dir={demo_dataset[1]}",

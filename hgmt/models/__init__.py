@@ -26,9 +26,10 @@ MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk"
 
 # What "auto" picks on each backend for `config.model.stream_mode` and `config.model.ops`: the
 # faster as measured with benchmarks/train_step.py (docs/performance.md, "One stream over the
-# tasks" and "What made the CPU step faster"). Backends not measured keep the first choice.
+# tasks", "What made the CPU step faster" and "On a GPU"). Backends not measured keep the
+# first choice.
 AUTO_STREAM_MODE = {"cpu": "separate"}
-AUTO_OPS = {"cpu": "custom"}
+AUTO_OPS = {"cpu": "custom", "gpu": "custom"}
 
 
 def _resolve(field: str, value: str, choices: Sequence[str], auto: Mapping[str, str],
