@@ -3,21 +3,25 @@
 # stdout and to ${OUT:-.}/accelerator.jsonl (stderr of each command in accelerator.jsonl.err).
 #
 #   benchmarks/accelerator.sh [--size=paper|tiny] [--parts=PART,...] [--task_sets=pose2d,all]
-#                             [--autotune_s=600] [--levers=none,batch_256,...]
+#                             [--autotune_s=600] [--levers=none,batch_256,...] [--time_s=T]
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
 # --task_sets: which of the trainer and profile parts' two configs run: pose2d (at its larger
 # batch) and all (the four tasks); default both.
 # After each command a line {"benchmark": "accelerator_command", ...} gives its wall time and
-# exit status, for planning a lending's minutes.
+# exit status, for planning a lending's minutes. --time_s=T: the whole run stops within T
+# seconds: each command gets at most the time left less a margin for its own exit (a command
+# stopped that way writes what it measured: trainer_speed.py its intervals so far), and a
+# command with less than a minute left is skipped (a line says so). Give it below the device
+# call's own limit, so that the script, not the call, stops last.
 # Parts, run in this order, the figures that matter most first (default:
 # trainer,profile,loader,torch; a command stopped by its time limit keeps the lines written):
 #   trainer  demo data built on this host (benchmarks/trainer_speed.py), then for pose2d at
 #            batch 128 and all four tasks at batch 64 the bare step (benchmarks/train_step.py:
 #            img/s, MFU, compile time) and `hgmt.main`, the loader's workers on the host's
-#            cores (config.worker_count=-1): img/s against the bare step's, data wait; both
-#            share one persistent compilation cache in the work folder
+#            cores (config.worker_count=-1), no evaluation: img/s against the bare step's,
+#            data wait; both share one persistent compilation cache in the work folder
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
 #            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
@@ -48,7 +52,8 @@ parts=trainer,profile,loader,torch
 task_sets=pose2d,all
 autotune_limit=600
 levers=
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...]"
+time_s=
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...] [--time_s=T]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
@@ -56,6 +61,7 @@ for arg in "$@"; do
     --task_sets=*) task_sets=${arg#--task_sets=} ;;
     --autotune_s=*) autotune_limit=${arg#--autotune_s=} ;;
     --levers=*) levers=${arg#--levers=} ;;
+    --time_s=*) time_s=${arg#--time_s=} ;;
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +77,7 @@ case "$size" in
   *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
 esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
+[[ -z $time_s || $time_s =~ ^[1-9][0-9]*$ ]] || { echo "--time_s=$time_s: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
     trainer|profile|loader|torch|step|streams|levers) ;;
@@ -99,16 +106,26 @@ log=${OUT:-.}/accelerator.jsonl
 work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
 mkdir -p "$work"
 # run LIMIT_S CMD...: CMD's JSON lines to stdout and the log; CMD's exit status (124 or 137:
-# stopped at LIMIT_S), not that of the filter (grep fails when CMD printed no line)
+# stopped at its limit, LIMIT_S or what --time_s leaves), not that of the filter (grep fails
+# when CMD printed no line)
+grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchmark writes
 run() {
-  local t0=$SECONDS rc what=${3##*/} a
+  local t0=$SECONDS rc what=${3##*/} a limit=$1
   for a in "${@:4}"; do
     case "$a" in
       --config=*tasks=*) what+=" tasks=${a##*tasks=}" ;;
       --config.batch_size=*|--compile|--compile_mode=*|--placements=*) what+=" ${a#--}" ;;
     esac
   done
-  timeout --kill-after=10 "$1" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
+  if [ -n "$time_s" ]; then
+    local left=$((time_s - SECONDS - grace))
+    if [ $left -lt 60 ]; then
+      echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"skipped\": \"under a minute left of --time_s=$time_s\"}" | tee -a "$log"
+      return 124
+    fi
+    [ $left -lt "$limit" ] && limit=$left
+  fi
+  timeout --kill-after=$grace "$limit" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"wall_s\": $((SECONDS - t0)), \"exit\": $rc}" | tee -a "$log"
   return "$rc"
@@ -125,7 +142,7 @@ if has trainer; then
     set -- $spec
     cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
          --config.total_steps=$train_steps --config.log_every=$log_every
-         --config.worker_count=-1)
+         --config.worker_count=-1 --config.evals.test.at_end=false)
     run "$limit" python3 benchmarks/trainer_speed.py "${cfg[@]}" --demo_data="$work/demo" \
       --demo_clips=$clips --demo_frames=$frames --compilation_cache="$cache" \
       --workdir="$work/run_$1_$2" --bare_steps=$step_steps

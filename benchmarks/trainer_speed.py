@@ -150,7 +150,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     if fv.bare:
         bare = fresh_process.run("train_step.py",
                                  [*config_args, f"--steps={fv.bare_steps}", "--warmup=3"], env)
-        print(json.dumps(bare), flush=True)  # kept should the trainer not finish
+        # its own line at once, kept should the trainer not finish
+        print(json.dumps({"benchmark": "bare_step", **bare}), flush=True)
     workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
     t0 = time.perf_counter()
     returncode, log, stopped = run_trainer(

@@ -259,7 +259,8 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     ("--size=paper2", "--size=paper2: give paper or tiny"),
     ("--part=trainer", "unknown argument --part=trainer"),
     ("--task_sets=pose2d,al", "unknown task set al"),
-    ("--levers=none,flax", "unknown lever flax")])
+    ("--levers=none,flax", "unknown lever flax"),
+    ("--time_s=10m", "--time_s=10m: give seconds")])
 def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg, message,
                                                                              tmp_path):
     proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"), arg],
@@ -268,6 +269,24 @@ def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not os.listdir(tmp_path)  # nothing built, installed or written
+
+
+def test_the_prepared_accelerator_run_skips_what_its_time_budget_cannot_hold(tmp_path):
+    """--time_s leaves each command the time left less its exit's margin (30 s); a command
+    with under a minute left is skipped with a line saying so, and the run goes on."""
+    os.makedirs(tmp_path / "repo" / "benchmarks")  # the script alone: nothing to install
+    script = tmp_path / "repo" / "benchmarks" / "accelerator.sh"
+    script.write_text(open(os.path.join(BENCHMARKS, "accelerator.sh")).read())
+    proc = subprocess.run(["bash", str(script), "--size=tiny", "--parts=step,streams",
+                           "--time_s=89"], env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in open(tmp_path / "accelerator.jsonl")]
+    assert [x["command"] for x in lines] == ["train_step.py tasks=pose2d config.batch_size=4",
+                                             "train_step.py tasks=pose2d config.batch_size=8",
+                                             "train_step.py tasks=all config.batch_size=4",
+                                             "stream_modes.py config.batch_size=4"]
+    assert all(x["skipped"] == "under a minute left of --time_s=89" for x in lines)
 
 
 def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
