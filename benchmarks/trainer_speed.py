@@ -14,10 +14,10 @@ holds the loader's start), its compile time the first step's as it logs it. Prin
 step's JSON line as soon as it is measured, then the trainer's: `trainer_over_bare` (goal >=
 0.95), `data_idle` (goal <= 0.02: the share of the time the device sat idle waiting for a
 batch, an upper bound) and `data_wait` (the host's wait for a batch, which overlaps the
-device's work on the steps queued before it). The trainer's output goes to stderr as it comes.
-A SIGTERM (a time limit's) stops the trainer, which saves and exits; the line then says
-`"complete": false` and holds the intervals logged until then (exit status 75). The bare step takes
-cropped batches; with `config.augment_on` device (auto's choice on an accelerator) the
+device's work on the steps queued before it). The trainer's output goes to stderr as it
+comes. A SIGTERM (a time limit's) stops the trainer, which saves and exits; the line then says
+`"complete": false` and holds the intervals logged until then (exit status 75). The bare step
+takes cropped batches; with `config.augment_on` device (auto's choice on an accelerator) the
 trainer's step also crops and augments, so the ratio counts that work too
 (`--config.augment_on=host` leaves it to the loader).
 """
@@ -158,7 +158,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         [sys.executable, "-m", "hgmt.main", *config_args, f"--workdir={workdir}",
          f"--compilation_cache={cache}"], env)
     wall_s = time.perf_counter() - t0
-    if returncode and not (stopped and returncode == EXIT_PREEMPTED):
+    stopped = stopped and returncode == EXIT_PREEMPTED  # not when it had finished already
+    if returncode and not stopped:
         raise RuntimeError(f"hgmt.main failed ({returncode}):\n{log[-3000:]}")
     scalars = read_scalars(workdir)
     figures = (trainer_figures(scalars, log) if scalars.get("img_per_s") or not stopped

@@ -109,18 +109,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
                         "%(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
     logging.getLogger().setLevel(logging.INFO)
-    if FLAGS.verbosity < 1:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(UserLines())
+    # The console's handlers show the user's lines only, for this run: a caller of main() in
+    # the same process (a test, a notebook) gets its handlers back as they were.
+    quiet = UserLines()
+    handlers = list(logging.getLogger().handlers) if FLAGS.verbosity < 1 else []
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        return _run(FLAGS)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _run(fv: flags.FlagValues) -> int:
+    """The run of `main`, its flags parsed and its console set up; -> exit status."""
     import jax
 
-    if FLAGS.compilation_cache:
-        compilation_cache.enable(FLAGS.compilation_cache)
+    if fv.compilation_cache:
+        compilation_cache.enable(fv.compilation_cache)
     from hgmt.training import checkpoints, peers, preemption
 
-    if FLAGS.coordinator_address or FLAGS.distributed:
-        peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         heartbeat_timeout_s=FLAGS.heartbeat_timeout)
+    if fv.coordinator_address or fv.distributed:
+        peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                         heartbeat_timeout_s=fv.heartbeat_timeout)
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
@@ -129,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoints.ignore_callbacks_into_closed_loops()
 
-    config = FLAGS.config
+    config = fv.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     # A bad value stops here, in one line, before the demo data or the workdir are touched.
-    with cli.faults_in_one_line(ValueError, traceback=FLAGS.verbosity >= 1):
+    with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
         loop.check_config(config)
     if "demo" in config and jax.process_index() == 0:
         prepare_demo_dataset(config)
@@ -142,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
         multihost_utils.sync_global_devices("demo dataset ready")
     try:
-        with cli.faults_in_one_line(*loop.FAULTS, traceback=FLAGS.verbosity >= 1):
-            summaries = loop.train_and_evaluate(config, FLAGS.workdir)
+        with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
+            summaries = loop.train_and_evaluate(config, fv.workdir)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED
@@ -151,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
     if jax.process_index() == 0:
         for name, summary in summaries.items():
-            out = workdirs.eval_file(FLAGS.workdir, name)
+            out = workdirs.eval_file(fv.workdir, name)
             print(evaluator.to_markdown(summary))
-            print(json.dumps({"workdir": os.path.abspath(FLAGS.workdir), "eval": out,
+            print(json.dumps({"workdir": os.path.abspath(fv.workdir), "eval": out,
                               **evaluator.headline(summary)}))
     return 0
 

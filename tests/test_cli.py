@@ -217,3 +217,23 @@ def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workd
                                 f"--workdir={saved_workdir}"])
     assert str(e.value.code).startswith(f"error: ValueError: {message}"), e.value.code
     assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files
+
+
+def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_workdir, caplog):
+    """hgmt.main hides other libraries' INFO lines and its own verbose ones on the console's
+    handlers for its run only: a caller in the same process (here pytest's capture) still
+    gets a verbose record afterwards."""
+    import logging
+
+    from hgmt.training import device_memory
+
+    root = logging.getLogger()
+    before = {h: list(h.filters) for h in root.handlers}
+    with pytest.raises(SystemExit):
+        load("hgmt.main").main([f"--config={REPO}/configs/demo.py", "--config.model.ops=xla",
+                                f"--workdir={saved_workdir}"])
+    assert {h: list(h.filters) for h in root.handlers} == before
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        logging.info("a verbose line", extra=device_memory.VERBOSE)
+    assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
