@@ -27,7 +27,8 @@
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
 #            batch 128, all four at batch 64, compiled with XLA:GPU's command buffers off (the
 #            kernels of a CUDA graph carry no op name in the trace); each trace is copied to
-#            ${OUT:-.}/trace_<tasks>.json.gz
+#            ${OUT:-.}/trace_<tasks>.json.gz and the program's HLO text (the kernels' source
+#            lines in its metadata) to ${OUT:-.}/hlo_<tasks>.txt.gz
 #   loader   the input pipeline alone on the same demo data (benchmarks/input_pipeline.py),
 #            all four tasks at the part's image size and batch 128, the loader's workers on
 #            the host's cores: examples/s with the crop on the host and with only the decoding
@@ -157,6 +158,7 @@ if has profile; then
       --warmup=2 --trace_dir="$work/trace_$1"
     trace=$(find "$work/trace_$1" -name perfetto_trace.json.gz | sort | tail -n 1)
     [ -n "$trace" ] && cp "$trace" "${OUT:-.}/trace_$1.json.gz"
+    [ -f "$work/trace_$1/step_hlo.txt.gz" ] && cp "$work/trace_$1/step_hlo.txt.gz" "${OUT:-.}/hlo_$1.txt.gz"
   done
 fi
 if has loader; then

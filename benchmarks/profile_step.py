@@ -122,7 +122,8 @@ def summarize(per_op_us: dict[str, float], ops: dict, steps: int, matmul_peak: f
 
 def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv, steps=5, warmup=2)
-    flags.DEFINE_string("trace_dir", None, "where the trace goes (default: a temporary folder)",
+    flags.DEFINE_string("trace_dir", None, "where the trace and the compiled program's HLO "
+                        "text (step_hlo.txt.gz) go (default: a temporary folder)",
                         flag_values=fv)
 
 
@@ -151,7 +152,10 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     events = json.load(gzip.open(path))
     events = events["traceEvents"] if isinstance(events, dict) else events
 
-    module = xla_ops.parse(compiled.as_text())
+    hlo = compiled.as_text()
+    with gzip.open(os.path.join(trace_dir, "step_hlo.txt.gz"), "wt") as f:
+        f.write(hlo)  # the program the trace's kernel names refer to, metadata included
+    module = xla_ops.parse(hlo)
     ops = xla_ops.classify(module, kernel_shapes(jax.tree.map(lambda x: x[0], state.params)))
     per_op = op_times(events, module.name, ops)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32

@@ -177,19 +177,35 @@ def _sorted_dims(shape: str) -> tuple[int, ...] | None:
     return tuple(sorted(d for d in arrays[0][1] if d != 1)) if arrays else None
 
 
+def _sorted_dims_past_batch(inst: Instruction) -> tuple[int, ...] | None:
+    """A dot's result without its batch dimensions (they come first), sorted non-1 dims: a
+    split-K matmul (XLA:GPU splits a long contraction into a batch of partial products that a
+    reduction then sums) returns [splits, M, N], a weight gradient's kernel shape behind the
+    split."""
+    m = (re.search(r"lhs_batch_dims=\{([\d,]*)\}", inst.attrs)
+         or re.search(r'"lhs_batch_dimensions":\[([\d",]*)\]', inst.attrs))
+    arrays = dims(inst.shape)
+    if not m or not arrays:
+        return None
+    batch = len([d for d in m.group(1).replace('"', "").split(",") if d])
+    return tuple(sorted(d for d in arrays[0][1][batch:] if d != 1))
+
+
 def _role(module: Module, inst: Instruction, top: Instruction, kernel_shapes: set) -> str:
     """forward / input-gradient / weight-gradient of a convolution or a dot. A cuDNN call
     names it. Otherwise: the forward pass and the input gradient take a kernel (or its
     transpose) as an operand and return an activation; the weight gradient takes two
-    activations and returns a kernel-shaped array (when shapes alone are ambiguous, a
-    kernel-shaped result decides). Forward and input gradient differ in their metadata (the
-    op's own or its fusion's): the backward pass is 'transpose(jvp(...))'."""
+    activations and returns a kernel-shaped array, also behind a split-K batch dimension
+    (when shapes alone are ambiguous, a kernel-shaped result decides). Forward and input
+    gradient differ in their metadata (the op's own or its fusion's): the backward pass is
+    'transpose(jvp(...))'."""
     target = re.search(r'custom_call_target="([^"]+)"', inst.attrs)
     if target and target.group(1) in CUDNN_ROLES:
         return CUDNN_ROLES[target.group(1)]
     kernel_in = any(_sorted_dims(module.shapes.get(o, "")) in kernel_shapes
                     for o in inst.operands)
-    kernel_out = _sorted_dims(inst.shape) in kernel_shapes
+    kernel_out = (_sorted_dims(inst.shape) in kernel_shapes
+                  or _sorted_dims_past_batch(inst) in kernel_shapes)
     if kernel_out and not kernel_in or kernel_out == kernel_in and kernel_out:
         return "weight-gradient"
     op_name = inst.op_name or top.op_name

@@ -5,6 +5,7 @@ XLA ops by role and kind from the compiled HLO of a CPU and of a GPU, with FLOPs
 the shapes; the PyTorch reference and the comparison take the same config flags; the trainer
 benchmark reads the trainer's own TensorBoard figures; the step's levers are flags XLA knows."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -96,17 +97,27 @@ HloModule pmap_step, entry_computation_layout={()}
   ROOT %sum = f32[] add(%x, %y)
 }
 
-ENTRY %main (x: bf16[8,32,32,16], w: bf16[64,3,3,16], dy: bf16[8,32,32,64], m: bf16[8192,16], v: bf16[16,64]) -> bf16[8,32,32,16] {
+%gemm_fusion_dot.6_computation (parameter_0: bf16[8192,16], parameter_1: bf16[8192,64]) -> f32[4,16,64] {
+  %parameter_0 = bf16[8192,16]{1,0} parameter(0)
+  %bitcast.1 = bf16[4,2048,16]{2,1,0} bitcast(%parameter_0)
+  %parameter_1 = bf16[8192,64]{1,0} parameter(1)
+  %bitcast.2 = bf16[4,2048,64]{2,1,0} bitcast(%parameter_1)
+  ROOT %dot.1 = f32[4,16,64]{2,1,0} dot(%bitcast.1, %bitcast.2), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+ENTRY %main (x: bf16[8,32,32,16], w: bf16[64,3,3,16], dy: bf16[8,32,32,64], m: bf16[8192,16], v: bf16[16,64], dm: bf16[8192,64]) -> bf16[8,32,32,16] {
   %x = bf16[8,32,32,16]{3,2,1,0} parameter(0)
   %w = bf16[64,3,3,16]{3,2,1,0} parameter(1)
   %dy = bf16[8,32,32,64]{3,2,1,0} parameter(2)
   %m = bf16[8192,16]{1,0} parameter(3)
   %v = bf16[16,64]{1,0} parameter(4)
+  %dm = bf16[8192,64]{1,0} parameter(5)
   %cudnn-conv.1 = (bf16[8,32,32,64]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,16]{3,2,1,0} %x, bf16[64,3,3,16]{3,2,1,0} %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="pmap(f)/jvp(M)/Conv_0/conv_general_dilated"}
   %cudnn-conv-bw-input.2 = (bf16[8,32,32,16]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,64]{3,2,1,0} %dy, bf16[64,3,3,16]{3,2,1,0} %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
   %cudnn-conv-bw-filter.3 = (bf16[64,3,3,16]{3,2,1,0}, u8[0]{0}) custom-call(bf16[8,32,32,16]{3,2,1,0} %x, bf16[8,32,32,64]{3,2,1,0} %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
   %gemm.4 = (bf16[8192,64]{1,0}, s8[0]{0}) custom-call(bf16[8192,16]{1,0} %m, bf16[16,64]{1,0} %v), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
   %input_reduce_fusion = f32[64]{0} fusion(%dy), kind=kInput, calls=%fused_reduce
+  %gemm_fusion_dot.6 = f32[4,16,64]{2,1,0} fusion(bf16[8192,16]{1,0} %m, bf16[8192,64]{1,0} %dm), kind=kCustom, calls=%gemm_fusion_dot.6_computation, backend_config={"fusion_backend_config":{"kind":"__triton_gemm","triton_gemm_config":{"block_m":"64","block_n":"64","block_k":"64","split_k":"4","num_stages":"3","num_warps":"4","num_ctas":"1"}}}, metadata={op_name="pmap(f)/transpose(jvp(M))/dot_general"}
   ROOT %copy.5 = bf16[8,32,32,16]{2,1,3,0} copy(%x)
 }
 """
@@ -140,11 +151,14 @@ def test_gpu_cudnn_and_cublas_calls_are_grouped_by_role_with_their_flops():
         "cudnn-conv-bw-filter.3": "conv weight-gradient",
         "gemm.4": "matmul (1x1 conv) forward",
         "input_reduce_fusion": "reduction (BatchNorm statistics, bias gradients, pooling)",
+        # a split-K weight gradient (Triton): kernel-shaped behind its batch of 4 splits
+        "gemm_fusion_dot.6": "matmul (1x1 conv) weight-gradient",
         "copy.5": "transpose / copy"}
     conv = 2 * 8 * 32 * 32 * 64 * 3 * 3 * 16
     for name in ("cudnn-conv.1", "cudnn-conv-bw-input.2", "cudnn-conv-bw-filter.3"):
         assert ops[name]["flops"] == conv, name
     assert ops["gemm.4"]["flops"] == 2 * 8192 * 64 * 16
+    assert ops["gemm_fusion_dot.6"]["flops"] == 2 * 8192 * 64 * 16  # the splits' sum
     assert ops["input_reduce_fusion"]["bytes"] == 8 * 32 * 32 * 64 * 2 + 64 * 4
 
 
@@ -153,7 +167,7 @@ def test_flops_from_hlo_shapes_count_convolutions_and_matmuls():
     cuDNN and cuBLAS calls, and a CPU-compiled 3x3 convolution and matmul, counted by hand
     (2 x output elements x multiply-adds per output) and as XLA's lowered analysis counts."""
     conv = 2 * 8 * 32 * 32 * 64 * 3 * 3 * 16
-    assert train_step.hlo_shape_flops(HLO_GPU) == {"flops": 3 * conv + 2 * 8192 * 64 * 16}
+    assert train_step.hlo_shape_flops(HLO_GPU) == {"flops": 3 * conv + 2 * 2 * 8192 * 64 * 16}
 
     import jax
 
@@ -199,8 +213,12 @@ def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     assert add["gbytes_per_s"] == 6000.0 and add["of_stream_peak"] == 1.0  # 3 GB in 0.5 ms
 
 
-def test_profile_of_a_tiny_step_on_this_cpu():
-    r = profile_step.benchmark(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1"])
+def test_profile_of_a_tiny_step_on_this_cpu(tmp_path):
+    r = profile_step.benchmark(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1",
+                                       f"--trace_dir={tmp_path}"])
+    hlo = gzip.open(tmp_path / "step_hlo.txt.gz", "rt").read()  # the program beside the trace
+    slowest = [key.split(" [")[0] for key in r["slowest_ops"]]
+    assert slowest and all(f"%{name} = " in hlo for name in slowest)
     kinds = r["kinds"]
     for kind in ("conv forward", "conv input-gradient", "conv weight-gradient",
                  "matmul (1x1 conv) forward", "matmul (1x1 conv) weight-gradient",
