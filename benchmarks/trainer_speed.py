@@ -104,6 +104,11 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
             "trainer_first_step_s": float(compile_line.group(2)) if compile_line else None}
 
 
+def progress(line: str) -> None:
+    """A line on stderr: where the benchmark is, for a log read after a time limit."""
+    print(f"trainer_speed {time.strftime('%H:%M:%S')}: {line}", file=sys.stderr, flush=True)
+
+
 def run_trainer(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, str, bool]:
     """Runs the trainer `cmd`, its output passed on to this process's stderr as it comes. A
     SIGTERM to this process is passed on to the trainer, which saves a checkpoint and exits
@@ -141,6 +146,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         demo.build(os.path.join(fv.demo_data, "surreal"), os.path.join(fv.demo_data, "tfds"),
                    fv.demo_clips, fv.demo_frames, workers=cores.usable_cores())
         build_s = time.perf_counter() - t0
+        progress(f"demo data ready in {build_s:.1f} s")
         config_args += ["--config.dataset=surreal/all",
                         f"--config.data_dir={os.path.join(fv.demo_data, 'tfds')}"]
     cache = fv.compilation_cache or tempfile.mkdtemp(prefix="hgmt_jax_cache_")
@@ -148,11 +154,13 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
     bare = None
     if fv.bare:
+        progress("the bare step (benchmarks/train_step.py): compiling and timing")
         bare = fresh_process.run("train_step.py",
                                  [*config_args, f"--steps={fv.bare_steps}", "--warmup=3"], env)
         # its own line at once, kept should the trainer not finish
         print(json.dumps({"benchmark": "bare_step", **bare}), flush=True)
     workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
+    progress(f"the trainer (python -m hgmt.main) in {workdir}")
     t0 = time.perf_counter()
     returncode, log, stopped = run_trainer(
         [sys.executable, "-m", "hgmt.main", *config_args, f"--workdir={workdir}",
