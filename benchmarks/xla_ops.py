@@ -150,16 +150,23 @@ def _conv_flops(module: Module, inst: Instruction) -> float:
     return 2.0 * math.prod(out[0][1]) * math.prod(kernel[0][1]) / o
 
 
+def _lhs_dims(inst: Instruction, kind: str) -> list[int] | None:
+    """A dot's left operand's `kind` ("contracting" or "batch") dimensions, from the HLO
+    (`lhs_contracting_dims={1}`) or a cuBLAS call's backend config
+    (`"lhs_contracting_dimensions":["1"]`); None where the instruction names none."""
+    m = (re.search(rf"lhs_{kind}_dims=\{{([\d,]*)\}}", inst.attrs)
+         or re.search(rf'"lhs_{kind}_dimensions":\[([\d",]*)\]', inst.attrs))
+    return [int(d) for d in m.group(1).replace('"', "").split(",") if d] if m else None
+
+
 def _dot_flops(module: Module, inst: Instruction) -> float:
     """2 x output elements x contracted size, for a dot or a cuBLAS call (whose contracting
     dimensions are in its backend config)."""
     out = dims(inst.shape)
     lhs = dims(module.shapes.get(inst.operands[0], "")) if inst.operands else []
-    m = (re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.attrs)
-         or re.search(r'"lhs_contracting_dimensions":\[([\d",]*)\]', inst.attrs))
-    if not out or not lhs or not m:
+    contracted = _lhs_dims(inst, "contracting")
+    if not out or not lhs or contracted is None:
         return 0.0
-    contracted = [int(d) for d in m.group(1).replace('"', "").split(",") if d]
     return 2.0 * math.prod(out[0][1]) * math.prod(lhs[0][1][d] for d in contracted)
 
 
@@ -182,13 +189,11 @@ def _sorted_dims_past_batch(inst: Instruction) -> tuple[int, ...] | None:
     split-K matmul (XLA:GPU splits a long contraction into a batch of partial products that a
     reduction then sums) returns [splits, M, N], a weight gradient's kernel shape behind the
     split."""
-    m = (re.search(r"lhs_batch_dims=\{([\d,]*)\}", inst.attrs)
-         or re.search(r'"lhs_batch_dimensions":\[([\d",]*)\]', inst.attrs))
+    batch = _lhs_dims(inst, "batch")
     arrays = dims(inst.shape)
-    if not m or not arrays:
+    if batch is None or not arrays:
         return None
-    batch = len([d for d in m.group(1).replace('"', "").split(",") if d])
-    return tuple(sorted(d for d in arrays[0][1][batch:] if d != 1))
+    return tuple(sorted(d for d in arrays[0][1][len(batch):] if d != 1))
 
 
 def _role(module: Module, inst: Instruction, top: Instruction, kernel_shapes: set) -> str:
