@@ -18,10 +18,12 @@
 # Parts, run in this order, the figures that matter most first (default:
 # trainer,profile,loader,torch; a command stopped by its time limit keeps the lines written):
 #   trainer  demo data built on this host (benchmarks/trainer_speed.py), then for pose2d at
-#            batch 128 and all four tasks at batch 64 the bare step (benchmarks/train_step.py:
-#            img/s, MFU, compile time) and `hgmt.main`, the loader's workers on the host's
-#            cores (config.worker_count=-1), no evaluation: img/s against the bare step's,
-#            data wait; both share one persistent compilation cache in the work folder
+#            batch 128 and all four tasks at batch 64 the bare step (benchmarks/train_step.py
+#            --feed=trainer: the trainer's own program, the crop inside, fed one batch; img/s,
+#            MFU, compile time) and `hgmt.main`, the loader's workers on the host's cores
+#            (config.worker_count=-1), no evaluation: img/s against the bare step's, data
+#            wait; both share one persistent compilation cache in the work folder, so the
+#            trainer loads the step the bare step compiled
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
 #            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at

@@ -17,6 +17,12 @@ and options. `--devices=N` splits the batch over N local devices (default 1). On
 XLA device uses every core; with XLA_FLAGS=--xla_force_host_platform_device_count=N it is split
 into N virtual devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores
 (docs/performance.md).
+
+`--feed=trainer` times the trainer's own program instead (`hgmt.training.loop`'s pmapped
+step on every local device, fed one batch of config.dataset read here; with config.augment_on
+"device", auto's choice on an accelerator, decoded records that the step crops and augments):
+`benchmarks/trainer_speed.py` compares the trainer with it, and the trainer then loads the
+step from the persistent compilation cache instead of compiling it again.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import xla_ops
 from absl import flags
 
 from hgmt import cores
+from hgmt.data import input_pipeline
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
-from hgmt.training import steps
+from hgmt.training import loop, steps
 
 
 def random_batch(batch: int, res: int, seed: int = 0) -> dict:
@@ -139,17 +146,41 @@ def hlo_shape_flops(hlo: str) -> dict:
     return {"flops": flops} if flops else {}
 
 
-def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
-    """`placed_step`'s step compiled: (compiled, state, data, params, compile seconds, FLOPs
-    per step, where the FLOPs were counted, the compilation cache's answer
-    (`compile_noting_cache`)). FLOPs come from XLA's cost analysis of the lowered
-    (pre-backend) program ("lowered"). Where the backend gives none (JAX's GPU plugin: jax
-    0.11.2 on an H200), they are the convolutions and matmuls of the compiled program counted
-    from their HLO shapes ("hlo-shapes", `xla_ops`; within 1.2 % of the lowered count on a CPU,
-    whose elementwise FLOPs it leaves out); XLA's count of the compiled program is the last
-    resort ("compiled": after compilation a GPU's convolutions are cuDNN calls it does not
-    count)."""
-    step, state, data, params, _ = placed_step(config, devices)
+def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
+    """The trainer's own step and input, as `placed_step` gives them: the step of
+    `hgmt.training.loop` (its loss weights and options; the crop and augmentation inside
+    where config.augment_on puts them there) on every local device, its initial state placed
+    as the trainer places it, and one batch of the trainer's loader of config.dataset's
+    training split (read here, in this process) on the devices. The program is the trainer's,
+    so the two share their entry in a persistent compilation cache."""
+    tasks, weights, options = loop.check_config(config)
+    prepare = loop.augmentation(config, tasks)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))
+    batch.pop("damaged", None)  # as the loop's damage log takes it
+    model = create_model(config.model, heads(tasks), axis_name="batch")
+    t0 = time.perf_counter()
+    state = steps.create_train_state(jax.random.key(config.seed), config, model)
+    init_s = time.perf_counter() - t0
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    data = next(input_pipeline.prefetch_to_device(iter([batch]), 1))
+    step = loop.pmapped_train_step(weights, options, prepare)
+    return step, steps.replicate(state), data, int(params), init_s
+
+
+def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
+                  feed: str = "cropped") -> tuple:
+    """`placed_step`'s step (`feed` "cropped") or `trainer_placed_step`'s ("trainer")
+    compiled: (compiled, state, data, params, compile seconds, FLOPs per step, where the FLOPs
+    were counted, the compilation cache's answer (`compile_noting_cache`)). FLOPs come from
+    XLA's cost analysis of the lowered (pre-backend) program ("lowered"). Where the backend
+    gives none (JAX's GPU plugin: jax 0.11.2 on an H200), they are the convolutions and
+    matmuls of the compiled program counted from their HLO shapes ("hlo-shapes", `xla_ops`;
+    within 1.2 % of the lowered count on a CPU, whose elementwise FLOPs it leaves out); XLA's
+    count of the compiled program is the last resort ("compiled": after compilation a GPU's
+    convolutions are cuDNN calls it does not count)."""
+    step, state, data, params, _ = (trainer_placed_step(config) if feed == "trainer"
+                                    else placed_step(config, devices))
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
     compiled, cache = compile_noting_cache(lowered)
@@ -167,14 +198,21 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
 
 
 def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
-            devices: int = 1) -> dict:
-    """Compiles and times the train step of `config` -> the JSON line's fields."""
+            devices: int = 1, feed: str = "cropped") -> dict:
+    """Compiles and times the train step of `config` -> the JSON line's fields. `feed`:
+    "cropped" (a random cropped batch on `devices` devices) or "trainer" (the trainer's own
+    program and one batch of its data, on every local device: `trainer_placed_step`)."""
+    if feed == "trainer":
+        if devices not in (1, jax.local_device_count()):
+            raise ValueError(f"--devices={devices} with --feed=trainer: the trainer's step runs "
+                             f"on every local device ({jax.local_device_count()})")
+        devices = jax.local_device_count()
     compiled, state, data, params, compile_s, flops, flops_from, cache = compiled_step(
-        config, devices)
+        config, devices, feed)
 
     for _ in range(warmup):
         state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
         state, metrics = compiled(state, data)
@@ -194,6 +232,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
         "device": jax.local_devices()[0].device_kind, "devices": devices,
         "cpus": cores.usable_cores(), "machine": platform.machine(), **cli.describe(config),
+        "feed": feed,
         "params": params,
         "stream_mode": resolve_stream_mode(config.model.get("stream_mode", "auto")),
         "ops": resolve_ops(config.model.get("ops", "auto")),
@@ -210,12 +249,16 @@ def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv)
     flags.DEFINE_integer("devices", 1, "local devices to split the batch over",
                          flag_values=fv)
+    flags.DEFINE_enum("feed", "cropped", ["cropped", "trainer"], "what the step takes: a "
+                      "random cropped batch, or the trainer's own program and one batch of "
+                      "config.dataset (with config.augment_on's crop inside the step where it "
+                      "puts it there), on every local device", flag_values=fv)
 
 
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
-    result = measure(fv.config, fv.steps, fv.warmup, fv.devices)
+    result = measure(fv.config, fv.steps, fv.warmup, fv.devices, fv.feed)
     print(json.dumps(result))
     return result
 

@@ -425,6 +425,40 @@ def test_trainer_benchmark_stopped_by_sigterm_writes_what_the_trainer_logged(dem
     assert result["trainer_img_per_s"] > 0 and "trainer_over_bare" not in result
 
 
+def test_the_trainer_benchmarks_bare_step_is_the_program_the_trainer_compiles(demo_dataset,
+                                                                             tmp_path):
+    """`train_step.py --feed=trainer` (trainer_speed's bare step) compiles the trainer's own
+    step, with the crop inside (config.augment_on=device): the trainer, given the same
+    compilation cache folder (its path is part of the key), writes the same entry. One folder,
+    emptied between the two, so the trainer cannot load it and must write it itself."""
+    from tests.conftest import main_command
+
+    cache = tmp_path / "cache"
+    cmd, env = main_command(str(tmp_path / "w"), demo_dataset[1], total_steps=1,
+                            checkpoint_every=1)
+    config = [a for a in cmd if a.startswith("--config")] + ["--config.augment_on=device"]
+    bare = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "train_step.py"), *config, "--feed=trainer",
+         "--steps=1", "--warmup=0"], cwd=cli.REPO, capture_output=True, text=True,
+        env={**env, "JAX_COMPILATION_CACHE_DIR": str(cache),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    line = json.loads(bare.stdout.strip().splitlines()[-1])
+    assert line["feed"] == "trainer" and line["devices"] == 2 and line["batch"] == 8
+
+    def pmapped() -> dict[str, int]:  # pmap's programs are named jit__fun in jax 0.10
+        return {p.name: p.stat().st_size for p in cache.glob("jit__fun-*")}
+
+    step_entry = max(pmapped().items(), key=lambda item: item[1])[0]  # the largest: the step
+    for entry in cache.iterdir():
+        entry.unlink()
+    trainer = subprocess.run([*cmd, "--config.augment_on=device",
+                              "--config.evals.test.at_end=false", f"--compilation_cache={cache}"],
+                             cwd=cli.REPO, capture_output=True, text=True, env=env)
+    assert trainer.returncode == 0, trainer.stderr[-3000:]
+    assert step_entry in pmapped()
+
+
 def _demo_data(demo_dataset) -> list[str]:
     """The demo config's data (already built: the demo step finds them) at a tiny size."""
     return [f"--config.data_dir={demo_dataset[1]}",

@@ -127,23 +127,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     lr_fn = steps.create_lr(config)
 
     damaged = None  # the account of damaged records the loader skipped
-    # Where the crop and augmentation run: the loader's CPU workers, or the train step
-    # (`prepare`, on the device, from the loader's decoded records).
-    augment_on = device_augment.placement(config.get("augment_on", "auto"))
-    prepare = (device_augment.Prepare(config.image_size, config.seed, tasks)
-               if augment_on == "device" else None)
+    prepare = augmentation(config, tasks)
+    augment_on = "host" if prepare is None else "device"
     if loader is None:
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-        if prepare is None:
-            loader = input_pipeline.train_loader(
-                source, batch_size=config.batch_size, image_size=config.image_size,
-                seed=config.seed, worker_count=config.worker_count, tasks=tasks,
-                unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
-        else:
-            loader = device_augment.decode_loader(
-                source, batch_size=config.batch_size, seed=config.seed,
-                worker_count=config.worker_count, tasks=tasks,
-                read_threads=config.read_threads)
+        loader = train_loader(config, source, tasks, prepare)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
@@ -169,9 +157,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         workdirs.save_config(config, workdir)
 
     state = steps.replicate(state)
-    p_train_step = _pmapped_train_step(
-        tuple(sorted(weights.items())),
-        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
+    p_train_step = pmapped_train_step(weights, options, prepare)
     batches = data_iter.batches() if damaged is None else damaged.strip(data_iter.batches())
     device_iter = input_pipeline.prefetch_to_device(batches, config.prefetch)
     metrics = step_metrics.StepMetrics()
@@ -290,6 +276,43 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
     return final, summaries
+
+
+def augmentation(config: ml_collections.ConfigDict,
+                 tasks: tuple[str, ...]) -> device_augment.Prepare | None:
+    """Where the crop and augmentation run (config.augment_on): in the train step, on the
+    device (the `Prepare` it runs first on the loader's decoded records), or None: on the
+    loader's CPU workers."""
+    if device_augment.placement(config.get("augment_on", "auto")) == "host":
+        return None
+    return device_augment.Prepare(config.image_size, config.seed, tasks)
+
+
+def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
+                 prepare: device_augment.Prepare | None,
+                 worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
+    """The training loader of `source` (a split of `input_pipeline.open_split`) for the step
+    of `pmapped_train_step(..., prepare)`: cropped batches, or decoded records when the step
+    crops (`prepare`). `worker_count` replaces config.worker_count."""
+    workers = config.worker_count if worker_count is None else worker_count
+    if prepare is None:
+        return input_pipeline.train_loader(
+            source, batch_size=config.batch_size, image_size=config.image_size,
+            seed=config.seed, worker_count=workers, tasks=tasks,
+            unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
+    return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
+                                        worker_count=workers, tasks=tasks,
+                                        read_threads=config.read_threads)
+
+
+def pmapped_train_step(weights: dict, options: dict,
+                       prepare: device_augment.Prepare | None = None):
+    """The train step the loop runs, pmapped over the local devices (axis "batch", the state
+    donated): `steps.train_step` with the loss `weights` and `options` of `check_config`, and
+    the crop inside where `prepare` (`augmentation`) is given."""
+    return _pmapped_train_step(
+        tuple(sorted(weights.items())),
+        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
 
 
 @functools.cache
