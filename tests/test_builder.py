@@ -168,16 +168,19 @@ def test_beam_on_two_workers_builds_what_the_python_path_builds(bad_tree, python
                 np.testing.assert_array_equal(bm[key][name], value, err_msg=f"{key} {name}")
 
 
-def test_demo_build_tells_the_user_what_it_does_without_tfds_warnings(tmp_path, caplog):
+def test_demo_build_tells_the_user_what_it_does_without_tfds_warnings(tmp_path, caplog,
+                                                                       capsys):
     """A first build logs generating and building, not TFDS's warning that the dataset it is
-    about to build has no dataset_info.json yet; a second call finds it built and logs
-    nothing."""
+    about to build has no dataset_info.json yet, and writes nothing to stdout (TFDS's own
+    lines go to stderr: stdout holds the commands' and benchmarks' JSON); a second call finds
+    it built and logs nothing."""
     import logging
 
     from tests.conftest import build_demo
 
     with caplog.at_level(logging.INFO):
         build_demo(str(tmp_path), clips_per_split=1, frames=2)
+    assert capsys.readouterr().out == ""
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("generating demo SURREAL clips") for m in messages), messages
     assert any(m.startswith("building surreal/all") for m in messages), messages

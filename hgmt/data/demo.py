@@ -4,6 +4,7 @@ the SURREAL builder (data_builders/surreal), exactly as a real SURREAL download 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -36,6 +37,9 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
     logging.info("building %s into %s", dataset, data_dir)
     tfds.display_progress_bar(sys.stderr.isatty())  # progress bars on a terminal, not in logs
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    # TFDS prints its lines ("Downloading and preparing ...") to stdout, which the commands
+    # and benchmarks keep for their results (JSON): to stderr, with the logs.
+    with contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
     return data_dir
