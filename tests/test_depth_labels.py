@@ -53,8 +53,8 @@ def test_classes_are_loader_surreals_float32_formula():
 def test_classes_match_on_every_bin_edge_of_the_real_sample(real_info_path):
     """For each of the real clip's 100 frames, its dPelvis (camLoc_x - pelvis_x, donkey.lua:94)
     and the 61 float32 values around each of the 21 bin edges: the classes equal the Lua's.
-    The edges are where the formulas part: the double formula and the millimetre depth the
-    records used to store each put hundreds of these values in another bin."""
+    The edges are where the formulas part: the double formula, and classes made from a depth
+    rounded to millimetres, each put hundreds of these values in another bin."""
     info = surreal.load_info(real_info_path)
     pelvis = info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]]
     checked = by_double = by_mm = 0
@@ -67,9 +67,9 @@ def test_classes_match_on_every_bin_edge_of_the_real_sample(real_info_path):
         checked += values.size
         exact = (values.astype(np.float64) - d_pelvis) / 0.045
         by_double += int((got != np.clip(np.ceil(exact), -9, 9) + 10).sum())
-        mm = np.round(values.astype(np.float64) * 1000) / 1000  # the old records' depth
-        old = np.ceil((mm - F32(d_pelvis)) / 0.045 - 1e-6)  # ...and its bin formula
-        by_mm += int((got != np.clip(old, -9, 9) + 10).sum())
+        mm = np.round(values.astype(np.float64) * 1000) / 1000  # depth rounded to millimetres
+        by_mm_bins = np.ceil((mm - F32(d_pelvis)) / 0.045 - 1e-6)  # ...binned with a tolerance
+        by_mm += int((got != np.clip(by_mm_bins, -9, 9) + 10).sum())
     assert checked == 100 * 21 * 61
     assert by_double > 100 and by_mm > 10_000
 

@@ -1,8 +1,8 @@
 """Multi-host runs: `jax.distributed` set up with bounded failure detection, and one message,
 `PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer is noticed.
 
-A process of the job that dies is noticed in one of three ways, and used to end in different
-words (a Python traceback, or a fatal C++ log line and stack trace), depending on which won:
+A process of the job that dies is noticed in one of three ways, which left to JAX end in
+different words (a Python traceback, or a fatal C++ log line and stack trace), whichever wins:
 - a collective fails at once (CPU: gloo reports "connection closed by peer");
 - a collective hangs (GPU/TPU collectives wait for the peer);
 - JAX's coordination service misses the dead process's heartbeats for its heartbeat timeout and
