@@ -46,6 +46,8 @@
 #   levers   not by default: the bare step of pose2d at batch 128 with each of
 #            benchmarks/step_levers.py's changes (XLA:GPU flags, batch 256, Flax's ops) against
 #            none
+#   pool     not by default: every max-pooling of pose2d at batch 128, forward and
+#            backward, in the three ways of benchmarks/pool_backward.py
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
 # fills it; see docs/performance.md) and are installed first into /tmp/site.
 set -uo pipefail
@@ -56,7 +58,7 @@ task_sets=pose2d,all
 autotune_limit=600
 levers=
 time_s=
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...] [--time_s=T]"
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers,pool] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...] [--time_s=T]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
@@ -83,7 +85,7 @@ esac
 [[ -z $time_s || $time_s =~ ^[1-9][0-9]*$ ]] || { echo "--time_s=$time_s: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
-    trainer|profile|loader|torch|step|streams|levers) ;;
+    trainer|profile|loader|torch|step|streams|levers|pool) ;;
     *) echo "--parts: unknown part $part; $usage" >&2; exit 2 ;;
   esac
 done
@@ -222,5 +224,15 @@ if has levers; then
   run 900 python3 benchmarks/step_levers.py ${levers:+--levers=$levers} --timeout_s=240 -- \
     --config=configs/default.py:tasks=pose2d "${model[@]}" --config.batch_size=$b1 \
     --steps=$step_steps --warmup=3
+fi
+
+# --- The max-pooling's backward: --parts=pool.
+# All the pools of pose2d at batch $b1, forward and backward, one program per way: hgmt's
+# max_pool2 (the first maximum's mask stacked back per window place), from each window's
+# first-maximum index (no stacking), and nn.max_pool's select-and-scatter; the ways alternate
+# (benchmarks/pool_backward.py; its last line has each way's median over max_pool2's).
+if has pool; then
+  run 300 python3 benchmarks/pool_backward.py --config=configs/default.py:tasks=pose2d \
+    "${model[@]}" --config.batch_size=$b1 --steps=$step_steps --warmup=3 --rounds=3
 fi
 exit 0

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ sys.path.insert(0, BENCHMARKS)
 import cli  # noqa: E402
 import compare  # noqa: E402
 import input_pipeline  # noqa: E402
+import pool_backward  # noqa: E402
 import profile_step  # noqa: E402
 import step_levers  # noqa: E402
 import train_step  # noqa: E402
@@ -535,3 +538,28 @@ def test_a_config_lever_reaches_the_measured_step():
                                               "--warmup=1"], 300)
     assert "error" not in line, line
     assert line["lever"] == "flax_ops" and line["ops"] == "flax" and line["img_per_s"] > 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_every_way_of_the_pool_backward_gives_select_and_scatters_gradient(dtype):
+    """On data full of ties, each way's gradient equals nn.max_pool's (the first maximum of
+    each window in row-major order takes it), bit for bit."""
+    x = jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)) * 1.5).astype(dtype)
+    g = jax.random.normal(jax.random.key(1), (2, 4, 4, 3), dtype)
+    windows = x.reshape(2, 4, 2, 4, 2, 3)
+    ties = (windows == windows.max(axis=(2, 4))[:, :, None, :, None]).sum(axis=(2, 4))
+    assert int((ties > 1).sum()) > 10  # the case this is about
+    reference = jax.vjp(pool_backward.WAYS["flax"], x)[1](g)[0]
+    for name, pool in pool_backward.WAYS.items():
+        assert jnp.array_equal(jax.vjp(pool, x)[1](g)[0], reference), name
+
+
+def test_the_pool_benchmark_finds_every_pool_of_the_model():
+    """The paper's pose2d network: the stem's pool and four per hourglass, two stacks."""
+    config = cli.parse(lambda fv: None, ["--config.batch_size=8",
+                                         "--config.model.dtype=bfloat16"], "").config
+    shapes = pool_backward.pool_shapes(config)
+    assert [s.shape for s in shapes] == [(8, 128, 128, 128)] + [
+        (8, r, r, 256) for r in (64, 32, 16, 8)] * 2
+    assert {s.dtype for s in shapes} == {jnp.dtype(jnp.bfloat16)}
+

@@ -1,0 +1,156 @@
+"""The 2x2 max-pooling's backward pass, alone, in the ways it can be written: at the pooling
+shapes of a config's model (all its pools, forward and backward, one program per way).
+
+    python3 benchmarks/pool_backward.py --config=configs/default.py:tasks=pose2d \
+        --config.batch_size=128 --config.model.dtype=bfloat16
+
+Ways: `stacked` (hgmt's `max_pool2`: the first maximum's mask built per window place and
+stacked back into the input's shape), `first_index` (the index of each window's first
+maximum, compared with each place's index: broadcasts, no stacking) and `flax`
+(`nn.max_pool`'s autodiff, XLA's select-and-scatter). All three give the same gradient
+(tests/test_benchmarks.py). Rounds alternate the ways; one JSON line per way and round
+(milliseconds per call of the whole set of pools), then a summary with each way's median over
+`stacked`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import cli
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import flags
+from flax import linen as nn
+
+from hgmt.models import create_model
+from hgmt.models.fast_ops import max_pool2
+from hgmt.tasks import heads, parse_tasks
+
+
+@jax.custom_vjp
+def max_pool2_first_index(x: jnp.ndarray) -> jnp.ndarray:
+    """`max_pool2`, its backward built from each window's first-maximum index."""
+    return max_pool2(x)
+
+
+def _first_index_forward(x):
+    y = max_pool2(x)
+    return y, (x, y)
+
+
+def _first_index_backward(residuals, g):
+    x, y = residuals
+    b, h, w, c = x.shape
+    hit = x.reshape(b, h // 2, 2, w // 2, 2, c) == y[:, :, None, :, None]
+    first = jnp.where(hit[:, :, 0, :, 0], 0, jnp.where(  # row-major: the first maximum
+        hit[:, :, 0, :, 1], 1, jnp.where(hit[:, :, 1, :, 0], 2, 3)))
+    place = jnp.array([[0, 1], [2, 3]]).reshape(1, 1, 2, 1, 2, 1)  # each place's index
+    mask = first[:, :, None, :, None] == place
+    dx = jnp.where(mask, g[:, :, None, :, None], jnp.zeros((), g.dtype))
+    return (dx.reshape(x.shape),)
+
+
+max_pool2_first_index.defvjp(_first_index_forward, _first_index_backward)
+
+WAYS = {"stacked": max_pool2, "first_index": max_pool2_first_index,
+        "flax": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))}
+
+
+def pool_shapes(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]:
+    """The inputs of every 2x2 max-pooling of `config`'s model at `config.batch_size` and
+    `config.image_size`, in the model's dtype, found in its traced forward pass."""
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3),
+                                  jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    shapes = []
+
+    def walk(j) -> None:
+        for eqn in j.eqns:
+            inner = [p.jaxpr if hasattr(p, "jaxpr") and hasattr(p.jaxpr, "eqns") else
+                     getattr(getattr(p, "jaxpr", None), "jaxpr", None)
+                     for p in eqn.params.values()]
+            inner = [i for i in inner if i is not None]
+            if eqn.primitive.name.startswith("custom_vjp") and any(
+                    e.primitive.name == "reduce_max" for i in inner for e in i.eqns):
+                aval = eqn.invars[0].aval
+                shapes.append(jax.ShapeDtypeStruct(aval.shape, aval.dtype))
+                continue
+            for i in inner:
+                walk(i)
+
+    walk(jaxpr.jaxpr)
+    if not shapes:
+        raise ValueError("no 2x2 max-pooling found in the model (config.model.ops='flax' "
+                         "pools with nn.max_pool: use the default ops)")
+    return shapes
+
+
+def pools_forward_backward(pool):
+    """All pools' forward and backward, one program: (inputs, output gradients) -> input
+    gradients."""
+    def run(xs, gs):
+        return [jax.vjp(pool, x)[1](g)[0] for x, g in zip(xs, gs, strict=True)]
+    return jax.jit(run)
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    cli.define_timing(fv, steps=20, warmup=3)
+    flags.DEFINE_integer("rounds", 3, "alternating rounds", flag_values=fv, lower_bound=1)
+
+
+def benchmark(argv: Sequence[str] | None = None) -> dict:
+    """Runs the benchmark with the command line `argv`, prints its JSON lines; -> summary."""
+    fv = cli.parse(_define_flags, argv, __doc__)
+    shapes = pool_shapes(fv.config)
+    keys = jax.random.split(jax.random.key(0), (2, len(shapes)))
+    xs = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys[0], shapes, strict=True)]
+    gs = [jax.random.normal(k, (s.shape[0], s.shape[1] // 2, s.shape[2] // 2, s.shape[3]),
+                            s.dtype) for k, s in zip(keys[1], shapes, strict=True)]
+    fns, compile_s = {}, {}
+    for name, pool in WAYS.items():
+        t0 = time.perf_counter()
+        fns[name] = pools_forward_backward(pool).lower(xs, gs).compile()
+        compile_s[name] = round(time.perf_counter() - t0, 2)
+    reference = fns["stacked"](xs, gs)
+    for name, fn in fns.items():  # the same gradient every way
+        if not all(jnp.array_equal(a, b) for a, b in zip(fn(xs, gs), reference, strict=True)):
+            raise AssertionError(f"{name}'s gradient differs from stacked's")
+    ms: dict[str, list[float]] = {name: [] for name in WAYS}
+    for r in range(fv.rounds):
+        for name, fn in fns.items():
+            for _ in range(fv.warmup):
+                out = fn(xs, gs)
+            jax.block_until_ready(out)
+            t0 = time.perf_counter()
+            for _ in range(fv.steps):
+                out = fn(xs, gs)
+            jax.block_until_ready(out)
+            ms[name].append(1e3 * (time.perf_counter() - t0) / fv.steps)
+            print(json.dumps({"benchmark": "pool_backward", "way": name, "round": r + 1,
+                              "ms": round(ms[name][-1], 3)}), flush=True)
+    median = {name: statistics.median(v) for name, v in ms.items()}
+    summary = {"benchmark": "pool_backward_summary", "backend": jax.default_backend(),
+               "device": jax.local_devices()[0].device_kind, **cli.describe(fv.config),
+               "pools": [list(s.shape) for s in shapes], "dtype": str(shapes[0].dtype),
+               "compile_s": compile_s, "median_ms": {k: round(v, 3) for k, v in median.items()},
+               "over_stacked": {k: round(v / median["stacked"], 3) for k, v in median.items()}}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; -> exit status."""
+    benchmark(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
