@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 from flax import linen as nn
+from jax.extend import core
 
 from hgmt.models import create_model
 from hgmt.models.fast_ops import max_pool2
@@ -62,6 +63,18 @@ WAYS = {"stacked": max_pool2, "first_index": max_pool2_first_index,
         "flax": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))}
 
 
+def _sub_jaxprs(params) -> list[core.Jaxpr]:
+    """The jaxprs among an equation's parameters (closed or not, alone or in a tuple)."""
+    out = []
+    for p in params:
+        for q in p if isinstance(p, tuple | list) else (p,):
+            if isinstance(q, core.ClosedJaxpr):
+                out.append(q.jaxpr)
+            elif isinstance(q, core.Jaxpr):
+                out.append(q)
+    return out
+
+
 def pool_shapes(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]:
     """The inputs of every 2x2 max-pooling of `config`'s model at `config.batch_size` and
     `config.image_size`, in the model's dtype, found in its traced forward pass."""
@@ -72,19 +85,16 @@ def pool_shapes(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, images)
     shapes = []
 
-    def walk(j) -> None:
-        for eqn in j.eqns:
-            inner = [p.jaxpr if hasattr(p, "jaxpr") and hasattr(p.jaxpr, "eqns") else
-                     getattr(getattr(p, "jaxpr", None), "jaxpr", None)
-                     for p in eqn.params.values()]
-            inner = [i for i in inner if i is not None]
+    def walk(jaxpr: core.Jaxpr) -> None:
+        for eqn in jaxpr.eqns:
+            inner = _sub_jaxprs(eqn.params.values())
             if eqn.primitive.name.startswith("custom_vjp") and any(
-                    e.primitive.name == "reduce_max" for i in inner for e in i.eqns):
-                aval = eqn.invars[0].aval
+                    e.primitive.name == "reduce_max" for j in inner for e in j.eqns):
+                aval = eqn.invars[0].aval  # a pool: a custom gradient around a max
                 shapes.append(jax.ShapeDtypeStruct(aval.shape, aval.dtype))
                 continue
-            for i in inner:
-                walk(i)
+            for j in inner:
+                walk(j)
 
     walk(jaxpr.jaxpr)
     if not shapes:
