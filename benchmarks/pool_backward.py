@@ -29,7 +29,7 @@ from absl import flags
 from flax import linen as nn
 from jax.extend import core
 
-from hgmt.models import create_model
+from hgmt.models import create_model, fast_ops
 from hgmt.models.fast_ops import max_pool2
 from hgmt.tasks import heads, parse_tasks
 
@@ -38,11 +38,6 @@ from hgmt.tasks import heads, parse_tasks
 def max_pool2_first_index(x: jnp.ndarray) -> jnp.ndarray:
     """`max_pool2`, its backward built from each window's first-maximum index."""
     return max_pool2(x)
-
-
-def _first_index_forward(x):
-    y = max_pool2(x)
-    return y, (x, y)
 
 
 def _first_index_backward(residuals, g):
@@ -57,7 +52,8 @@ def _first_index_backward(residuals, g):
     return (dx.reshape(x.shape),)
 
 
-max_pool2_first_index.defvjp(_first_index_forward, _first_index_backward)
+# the forward pass and its residuals (x, y) are max_pool2's own
+max_pool2_first_index.defvjp(fast_ops._max_pool2_forward, _first_index_backward)
 
 WAYS = {"stacked": max_pool2, "first_index": max_pool2_first_index,
         "flax": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))}

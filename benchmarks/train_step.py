@@ -95,6 +95,17 @@ def step_function(config: ml_collections.ConfigDict):
                              options=check_loss_options(config, tasks))
 
 
+def initial_state(config: ml_collections.ConfigDict, tasks: tuple[str, ...],
+                  seed: int) -> tuple[steps.TrainState, int, float]:
+    """The train state of `config`'s model for `tasks` from `seed`, on the host -> (state,
+    parameter count, seconds to initialise, compilations or loads from the cache included)."""
+    model = create_model(config.model, heads(tasks), axis_name="batch")
+    t0 = time.perf_counter()
+    state = steps.create_train_state(jax.random.key(seed), config, model)
+    init_s = time.perf_counter() - t0
+    return state, int(sum(x.size for x in jax.tree.leaves(state.params))), init_s
+
+
 def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     """The pmapped train step of `config` for `devices` local devices, not yet compiled,
     with its replicated initial state and a random batch of `config.batch_size` at
@@ -103,11 +114,7 @@ def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
     batch, res = config.batch_size, config.image_size
     if batch % devices:
         raise ValueError(f"config.batch_size={batch} must be divisible by --devices={devices}")
-    model = create_model(config.model, heads(parse_tasks(config.tasks)), axis_name="batch")
-    t0 = time.perf_counter()
-    state = steps.create_train_state(jax.random.key(0), config, model)
-    init_s = time.perf_counter() - t0
-    params = sum(x.size for x in jax.tree.leaves(state.params))
+    state, params, init_s = initial_state(config, parse_tasks(config.tasks), seed=0)
     devs = jax.local_devices()[:devices]
     state = flax.jax_utils.replicate(state, devs)
     host = random_batch(batch, res)
@@ -115,7 +122,7 @@ def placed_step(config: ml_collections.ConfigDict, devices: int = 1) -> tuple:
         lambda x: x.reshape((devices, -1) + x.shape[1:]), host)]), 1, devs))
     step = jax.pmap(step_function(config), axis_name="batch", devices=devs,
                     donate_argnums=(0,))
-    return step, state, data, int(params), init_s
+    return step, state, data, params, init_s
 
 
 def compile_noting_cache(lowered) -> tuple:
@@ -158,14 +165,10 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))
     batch.pop("damaged", None)  # as the loop's damage log takes it
-    model = create_model(config.model, heads(tasks), axis_name="batch")
-    t0 = time.perf_counter()
-    state = steps.create_train_state(jax.random.key(config.seed), config, model)
-    init_s = time.perf_counter() - t0
-    params = sum(x.size for x in jax.tree.leaves(state.params))
+    state, params, init_s = initial_state(config, tasks, seed=config.seed)
     data = next(input_pipeline.prefetch_to_device(iter([batch]), 1))
     step = loop.pmapped_train_step(weights, options, prepare)
-    return step, steps.replicate(state), data, int(params), init_s
+    return step, steps.replicate(state), data, params, init_s
 
 
 def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
