@@ -99,8 +99,10 @@ def _hide_accelerators_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.main --config=configs/x.py[:arg] --workdir=DIR [--config.x=y ...]`."""
+def main(argv: list[str] | None = None, restore_console: bool = True) -> int:
+    """`python -m hgmt.main --config=configs/x.py[:arg] --workdir=DIR [--config.x=y ...]`.
+    `restore_console`: give the console's handlers back as they were on return (for a caller
+    in the same process); the command keeps them filtered until the process exits."""
     FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
     if FLAGS.config is None:
         raise SystemExit("error: --config is required: a config file such as "
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         "%(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
     logging.getLogger().setLevel(logging.INFO)
     # The console's handlers show the user's lines only, for this run: a caller of main() in
-    # the same process (a test, a notebook) gets its handlers back as they were.
+    # the same process (a test, a notebook) gets its handlers back as they were; the command
+    # keeps the filter while the process exits, when asyncio logs the failed writes of a full
+    # disk's checkpoint that orbax never retrieved.
     quiet = UserLines()
     handlers = list(logging.getLogger().handlers) if FLAGS.verbosity < 1 else []
     for handler in handlers:
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(FLAGS)
     finally:
-        for handler in handlers:
+        for handler in handlers if restore_console else ():
             handler.removeFilter(quiet)
 
 
@@ -171,4 +175,4 @@ def _run(fv: flags.FlagValues) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(restore_console=False))
