@@ -99,10 +99,11 @@ def _hide_accelerators_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
-def main(argv: list[str] | None = None, restore_console: bool = True) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.main --config=configs/x.py[:arg] --workdir=DIR [--config.x=y ...]`.
-    `restore_console`: give the console's handlers back as they were on return (for a caller
-    in the same process); the command keeps them filtered until the process exits."""
+    Given `argv` (a caller in the same process), it gives the console's handlers back as they
+    were when it returns; as the command (`argv` None: sys.argv) it keeps them filtered until
+    the process exits."""
     FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
     if FLAGS.config is None:
         raise SystemExit("error: --config is required: a config file such as "
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None, restore_console: bool = True) -> int:
     try:
         return _run(FLAGS)
     finally:
-        for handler in handlers if restore_console else ():
+        for handler in handlers if argv is not None else ():
             handler.removeFilter(quiet)
 
 
@@ -175,4 +176,4 @@ def _run(fv: flags.FlagValues) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(restore_console=False))
+    sys.exit(main())
