@@ -17,6 +17,10 @@ import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from etils import epath
+
+from hgmt.paths import absolute, is_url
+
 _CODES = (errno.ENOSPC, errno.EDQUOT)
 _WORDS = ("No space left on device", "Disk quota exceeded", "os_error_code='28'",
           "os_error_code='122'")
@@ -43,7 +47,9 @@ def is_disk_full(error: BaseException | None) -> bool:
 def space_left(path: str) -> str:
     """The free space of the filesystem holding `path` (or its nearest existing parent), for
     messages: e.g. '1.2 MiB free'."""
-    path = os.path.abspath(os.path.expanduser(path))
+    if is_url(path):
+        return "an object store: free space not known"
+    path = absolute(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     try:
@@ -77,7 +83,13 @@ def reported(path: str, what: str, then: str = "Free space (or raise the quota) 
 
 def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
     """Writes a file through `write(f)` into `path`.tmp, then renames it: a full disk leaves
-    no partial file (the temporary one is removed) and raises `DiskFull` naming `path`."""
+    no partial file (the temporary one is removed) and raises `DiskFull` naming `path`. In an
+    object store (`hgmt.paths.is_url`) the object is written directly: it appears whole when
+    the write ends, or not at all."""
+    if is_url(path):
+        with reported(path, "the file"), epath.Path(path).open(mode) as f:
+            write(f)
+        return
     tmp = f"{path}.tmp"
 
     def remove() -> str:
@@ -93,6 +105,19 @@ def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -
             remove()
             raise
         os.replace(tmp, path)
+
+
+def append_line(path: str, line: str, what: str) -> None:
+    """Appends `line` and a newline to the text file `path` (`what` it holds, for a full-disk
+    error). An object store cannot append: the object is written again, old lines first."""
+    with reported(path, what):
+        if not is_url(path):
+            with open(path, "a") as f:
+                f.write(line + "\n")
+            return
+        file = epath.Path(path)
+        old = file.read_text() if file.exists() else ""
+        file.write_text(old + line + "\n")
 
 
 class CheckedWriter:

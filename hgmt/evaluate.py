@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from hgmt import cli, disk_space, workdirs
+from hgmt import cli, disk_space, paths, workdirs
 from hgmt.data import shards
 from hgmt.evaluation import evaluator, protocols
 from hgmt.training import checkpoints, device_memory
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
                                          flip=args.flip, protocol=args.protocol,
                                          max_examples=args.max_examples)
-        summary["step"], summary["workdir"] = step, os.path.abspath(args.workdir)
+        summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
         if step_arg == "best":
             summary["checkpoint"] = "best"
         name = f"best_{step}" if step_arg == "best" else str(step)

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 
-from hgmt import cli, compilation_cache, disk_space  # noqa: E402
+from hgmt import cli, compilation_cache, disk_space, paths  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -170,7 +170,7 @@ def _run(fv: flags.FlagValues) -> int:
         for name, summary in summaries.items():
             out = workdirs.eval_file(fv.workdir, name)
             print(evaluator.to_markdown(summary))
-            print(json.dumps({"workdir": os.path.abspath(fv.workdir), "eval": out,
+            print(json.dumps({"workdir": paths.absolute(fv.workdir), "eval": out,
                               **evaluator.headline(summary)}))
     return 0
 

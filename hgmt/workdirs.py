@@ -12,6 +12,9 @@
 
     <sweep>/<tasks>[@seed<k>]/            one run of a sweep: a workdir as above
     <sweep>/sweep.json                    the sweep's plan
+
+A workdir is a local folder or an object-store URL (gs://bucket/runs/x: `hgmt.paths`) that
+every host of a multi-host run reads.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import json
 import os
 
 import ml_collections
+from etils import epath
 
 from hgmt import disk_space
+from hgmt.paths import absolute
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -38,49 +43,44 @@ SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tas
 ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto"}
 
 
-def _abs(workdir: str) -> str:
-    return os.path.abspath(os.path.expanduser(workdir))
-
-
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(_abs(workdir), CHECKPOINT_DIR)
+    return os.path.join(absolute(workdir), CHECKPOINT_DIR)
 
 
 def best_dir(workdir: str) -> str:
-    return os.path.join(_abs(workdir), BEST_DIR)
+    return os.path.join(absolute(workdir), BEST_DIR)
 
 
 def unreadable_dir(workdir: str) -> str:
-    return os.path.join(_abs(workdir), UNREADABLE_DIR)
+    return os.path.join(absolute(workdir), UNREADABLE_DIR)
 
 
 def lock_file(workdir: str) -> str:
-    return os.path.join(_abs(workdir), LOCK_FILE)
+    return os.path.join(absolute(workdir), LOCK_FILE)
 
 
 def evals_file(workdir: str) -> str:
-    return os.path.join(_abs(workdir), EVALS_FILE)
+    return os.path.join(absolute(workdir), EVALS_FILE)
 
 
 def damaged_file(workdir: str) -> str:
-    return os.path.join(_abs(workdir), DAMAGED_FILE)
+    return os.path.join(absolute(workdir), DAMAGED_FILE)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    disk_space.write_atomically(os.path.join(workdir, CONFIG_FILE), lambda f: f.write(
+    epath.Path(absolute(workdir)).mkdir(parents=True, exist_ok=True)
+    disk_space.write_atomically(os.path.join(absolute(workdir), CONFIG_FILE), lambda f: f.write(
         config.to_json_best_effort(indent=1, sort_keys=True)))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (with `ADDED_CONFIG_FIELDS` where it predates
     them); a clear error if it is not a training workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(absolute(workdir)) / CONFIG_FILE
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
                                 f"`python -m hgmt.main --workdir=...`")
-    with open(path) as f:
-        config = json.load(f)
+    config = json.loads(path.read_text())
     for (section, field), value in ADDED_CONFIG_FIELDS.items():
         if isinstance(config.get(section), dict):
             config[section].setdefault(field, value)
@@ -90,7 +90,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def eval_file(workdir: str, evaluator: str) -> str:
     """The summary of the trainer's evaluator `evaluator` after the last step: eval_<name>.json
     (the evaluator `test` writes `result_file()`, which hgmt.report and launch/sweep.py read)."""
-    return os.path.join(_abs(workdir), f"eval_{evaluator}.json")
+    return os.path.join(absolute(workdir), f"eval_{evaluator}.json")
 
 
 def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:

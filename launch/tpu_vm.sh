@@ -6,7 +6,7 @@
 #   TPU=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh train gs://bucket/runs/all \
 #       configs/default.py:tasks=all --config.data_dir=gs://bucket/tfds --config.batch_size=512
 #
-# Workdir and data_dir should be gs:// paths every worker reads (orbax and TFDS write GCS).
+# Workdir and data_dir should be gs:// paths every worker reads (docs/training.md).
 # `train` again resumes from the last checkpoint.
 set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"

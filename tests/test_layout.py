@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
-    ("base", ["hgmt.cli", "hgmt.workdirs", "hgmt.disk_space",
+    ("base", ["hgmt.cli", "hgmt.paths", "hgmt.workdirs", "hgmt.disk_space",
               "hgmt.compilation_cache", "hgmt.cores"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 # How many records after a damaged one (in its shard) are tried before giving up; also the
 # width of the per-example `damaged` field that carries their indices to the trainer.
@@ -158,9 +159,9 @@ class DamageLog:
     def __init__(self, shards: Shards, size: int, max_fraction: float, path: str | None):
         self.shards, self.size, self.max_fraction, self.path = shards, size, max_fraction, path
         self.found: dict[int, str] = {}
-        if path and os.path.exists(path):
-            with open(path) as f:
-                self.found = {int(r["index"]): r["name"] for r in json.load(f)["records"]}
+        if path and epath.Path(path).exists():
+            self.found = {int(r["index"]): r["name"]
+                          for r in json.loads(epath.Path(path).read_text())["records"]}
 
     def strip(self, batches: Iterator[dict]) -> Iterator[dict]:
         """The batches without their `damaged` field, noting what it lists."""

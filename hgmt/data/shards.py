@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from etils import epath
+
 
 class DamagedShard(RuntimeError):
     """A shard of a built split is missing, truncated or unreadable."""
@@ -27,7 +29,7 @@ def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
     for path, expected in zip(info.filepaths, info.shard_lengths, strict=True):
         path = os.fspath(path)
         problem = None
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
             problem = "is missing"
         else:
             try:

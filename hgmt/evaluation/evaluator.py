@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
-from hgmt import disk_space
+from hgmt import disk_space, paths
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
@@ -257,7 +258,8 @@ def write_report(summary: dict, out: str) -> list[str]:
     `summary_pictures`, e.g. a PCK curve). -> the paths written. A full disk or quota raises
     `disk_space.DiskFull` naming the file, with no partial file left behind (each is written
     to a temporary name, then renamed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    out = paths.absolute(out)
+    epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
     disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
     stem = os.path.splitext(out)[0]
     disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from etils import epath
 
 from hgmt.sources import surreal
 
@@ -83,7 +84,8 @@ def plot_pck_curve(curve: dict, path: str) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with epath.Path(path).open("wb") as f:  # a local path or an object-store URL
+        fig.savefig(f, format="png")
     plt.close(fig)
 
 

@@ -21,7 +21,6 @@ import errno
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from hgmt import disk_space, workdirs
 
@@ -90,8 +90,9 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
 
 
 def _steps_on_disk(folder: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(
-        folder) else []
+    folder = epath.Path(folder)
+    return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir(
+        ) else []
 
 
 def remove_partial(workdir: str, settle_s: float = 0.2, timeout_s: float = 10.0) -> list[str]:
@@ -110,12 +111,14 @@ def remove_partial(workdir: str, settle_s: float = 0.2, timeout_s: float = 10.0)
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
-        found = [os.path.join(folder, name)
-                 for folder in (workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir))
-                 if os.path.isdir(folder)
-                 for name in sorted(os.listdir(folder)) if ".orbax-checkpoint-tmp" in name]
+        found = [os.fspath(path)
+                 for folder in map(epath.Path, (workdirs.checkpoint_dir(workdir),
+                                                workdirs.best_dir(workdir)))
+                 if folder.is_dir()
+                 for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
         for path in found:
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                epath.Path(path).rmtree()
             if path not in removed:
                 removed.append(path)
         if found:
@@ -183,12 +186,12 @@ def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]
     import jax
 
     if jax.process_index() == 0:
-        aside = os.path.join(os.path.abspath(os.path.expanduser(workdir)), workdirs.UNREADABLE_DIR)
-        os.makedirs(aside, exist_ok=True)
+        aside = epath.Path(workdirs.unreadable_dir(workdir))
+        aside.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
-            os.rename(os.path.join(workdirs.checkpoint_dir(workdir), str(step)),
-                      os.path.join(aside, f"{step}-{stamp}"))
+            (epath.Path(workdirs.checkpoint_dir(workdir)) / str(step)).rename(
+                aside / f"{step}-{stamp}")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -227,7 +230,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     # Built first: a bad model value is named before any checkpoint is looked for.
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     if step == "best":
-        if not os.path.isdir(workdirs.best_dir(workdir)):
+        if not epath.Path(workdirs.best_dir(workdir)).is_dir():
             raise NoCheckpoint(
                 f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept only when "
                 f"an evaluator of config.evals has a best_metric and runs during training "

@@ -181,9 +181,8 @@ class Evaluators:
                 **{k: summary[k] for k in ("split", "frames", "flip", "protocol",
                                            "num_examples")},
                 "metrics": values}
-        path = workdirs.evals_file(self.workdir)
-        with disk_space.reported(path, "the evaluation curves"), open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        disk_space.append_line(workdirs.evals_file(self.workdir), json.dumps(line),
+                               "the evaluation curves")
 
     def _keep_best(self, name: str, step: int, host_state, values: dict) -> str:
         if name != self.keeper:

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 
-from hgmt import workdirs
+from hgmt import paths, workdirs
 
 REFRESH_S = 20.0
 STALE_S = 90.0
@@ -77,7 +77,7 @@ class WorkdirLock:
 
     def acquire(self) -> None:
         """Takes the lock, replacing a stale one; raises WorkdirLocked naming a live holder."""
-        if "://" in self.workdir:
+        if paths.is_url(self.workdir):
             logging.warning("no workdir lock on %s (object stores have no atomic create): "
                             "make sure no other trainer uses it", self.workdir)
             return
