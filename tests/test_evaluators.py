@@ -92,6 +92,15 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     total = sum(weights[t] * v for t, v in summary["loss"].items())
     assert total == pytest.approx(every[overall], rel=1e-5)
 
+    # A damaged best checkpoint is named in <workdir>/best, with a fix that exists.
+    from tests.test_faults import _damage
+
+    _damage(f"{workdirs.best_dir(workdir)}/{overall}")
+    with pytest.raises(checkpoints.UnusableCheckpoint, match=(
+            f"checkpoint {workdirs.best_dir(workdir)}/{overall} cannot be read .*; evaluate a "
+            f"checkpoint of {workdirs.checkpoint_dir(workdir)} instead \\(--step=N\\)")):
+        checkpoints.restore_for_inference(workdir, "best")
+
 
 def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     """An evaluator due at the last step and also run at the end runs once; each final one

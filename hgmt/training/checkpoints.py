@@ -229,38 +229,36 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     config = workdirs.load_config(workdir) if config is None else config
     # Built first: a bad model value is named before any checkpoint is looked for.
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
-    if step == "best":
-        if not epath.Path(workdirs.best_dir(workdir)).is_dir():
-            raise NoCheckpoint(
-                f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept only when "
-                f"an evaluator of config.evals has a best_metric and runs during training "
-                f"(every > 0)")
-        mngr = ocp.CheckpointManager(workdirs.best_dir(workdir), item_names=("state",))
+    best = step == "best"
+    folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
+    if best and not epath.Path(folder).is_dir():
+        raise NoCheckpoint(
+            f"no best checkpoint in {folder}: one is kept only when an evaluator of "
+            f"config.evals has a best_metric and runs during training (every > 0)")
+    mngr = (ocp.CheckpointManager(folder, item_names=("state",)) if best
+            else manager(workdir, async_save=False, with_data=False))
+    with contextlib.closing(mngr):
         steps = mngr.all_steps()
         if not steps:
-            raise NoCheckpoint(f"{workdirs.best_dir(workdir)} holds no checkpoint yet")
-        step = steps[-1]
-    else:
-        mngr = manager(workdir, async_save=False, with_data=False)
-        steps = mngr.all_steps()
-    if not steps:
-        raise NoCheckpoint(f"no checkpoint in {workdirs.checkpoint_dir(workdir)}: train first "
-                           f"(python -m hgmt.main --workdir={workdir} ...)")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise NoCheckpoint(f"no checkpoint for step {step} in "
-                           f"{workdirs.checkpoint_dir(workdir)}; available steps: {steps}")
-    try:
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    except Exception as e:
-        raise UnusableCheckpoint(f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step} cannot "
-                                 f"be read ({type(e).__name__}: {e}); pass --step= with "
-                                 f"another of {steps}") from e
+            raise NoCheckpoint(f"{folder} holds no checkpoint yet" if best else
+                               f"no checkpoint in {folder}: train first (python -m hgmt.main "
+                               f"--workdir={workdir} ...)")
+        step = steps[-1] if step is None or best else step
+        if step not in steps:
+            raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
+                               f"{steps}")
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore()))
+        except Exception as e:
+            other = (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} instead "
+                     f"(--step=N)" if best else f"pass --step= with another of {steps}")
+            raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
+                                     f"({type(e).__name__}: {e}); {other}") from e
     state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
-    check_variables(model, config.image_size, variables,
-                    f"checkpoint {workdirs.checkpoint_dir(workdir)}/{step}")
+    check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}")
     return config, variables, step
 
 
