@@ -19,12 +19,11 @@ OUTDIR/hgmt.json records the tasks, input size, checkpoint step and normalisatio
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
 
-from hgmt import cli
+from hgmt import cli, paths
 from hgmt.inference import export
 from hgmt.training import checkpoints
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = tf.saved_model.load(args.out_dir)
         shapes = {t: tuple(v.shape) for t, v in loaded.signatures["serving_default"](
             images=tf.constant(x)).items()}
-    print(json.dumps({"out_dir": os.path.abspath(args.out_dir), "format": args.format,
+    print(json.dumps({"out_dir": paths.absolute(args.out_dir), "format": args.format,
                       "tasks": meta["tasks"], "step": meta["step"],
                       "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))
     return 0

@@ -24,11 +24,13 @@ import numpy as np
 import pytest
 from etils import epath
 
+import hgmt.export
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline, shards
 from hgmt.evaluation import evaluator
 from hgmt.tasks import drawing
-from hgmt.training import checkpoints
+from hgmt.training import checkpoints, loop
+from tests.conftest import tiny_config
 
 BUCKET = "gs://bucket"
 
@@ -186,3 +188,25 @@ def test_a_dataset_in_gs_is_checked_and_read_like_a_local_one(store, demo_datase
     shard.unlink()
     with pytest.raises(shards.DamagedShard, match=f"dataset shard {re.escape(url)} is missing"):
         input_pipeline.open_split("surreal/all", f"{BUCKET}/tfds", "train")
+
+
+def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_path, capsys):
+    """Two training steps of the tiny pose2d model on the dataset in gs:// (the loader in the
+    main process, its records served over the JSON API), then `hgmt.export` into gs://."""
+    store, served = store
+    shutil.copytree(demo_dataset[1], store / "bucket/tfds")
+    workdir = str(tmp_path / "run")
+    config = tiny_config(f"{BUCKET}/tfds", tasks="pose2d", total_steps=2)
+    assert config.worker_count == 0  # grain's worker processes would not see the redirection
+    loop.train(config, workdir)
+    assert checkpoints.manager(workdir).all_steps() == [2]
+    assert sum(".array_record-" in name for name in served) >= 16  # a batch of 8, twice
+
+    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                             f"--out_dir={BUCKET}/export"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["out_dir"] == f"{BUCKET}/export"
+    assert printed["output_shapes_for_batch_2"]["pose2d"] == [2, 16, 16, 16]
+    meta = json.loads((store / "bucket/export/hgmt.json").read_text())
+    assert meta["tasks"] == ["pose2d"] and meta["step"] == 2
+    assert (store / "bucket/export/model.jaxexport").stat().st_size > 0

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import heads, parse_tasks
@@ -47,17 +48,16 @@ def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     exported = jax.export.export(jax.jit(f))(spec)
-    with open(path, "wb") as fh:
-        fh.write(exported.serialize())
+    epath.Path(path).write_bytes(exported.serialize())
 
 
 def load_stablehlo(path: str) -> Callable:
     """The exported function, callable on a (B,R,R,3) float32 array; `path` is an export
-    directory or its model.jaxexport file."""
-    if os.path.isdir(path):
-        path = os.path.join(path, STABLEHLO_FILE)
-    with open(path, "rb") as fh:
-        return jax.export.deserialize(bytearray(fh.read())).call
+    directory or its model.jaxexport file (local or an object-store URL)."""
+    path = epath.Path(path)
+    if path.is_dir():
+        path = path / STABLEHLO_FILE
+    return jax.export.deserialize(bytearray(path.read_bytes())).call
 
 
 def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
@@ -75,19 +75,18 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
 
 def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
            config: ml_collections.ConfigDict | None = None) -> dict:
-    """Writes the artefact and its metadata (`META_FILE`) into `out_dir`; returns the
-    metadata."""
+    """Writes the artefact and its metadata (`META_FILE`) into `out_dir` (local or an
+    object-store URL); returns the metadata."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     f, meta = inference_fn(workdir, step, config)
     meta["format"] = fmt
     if fmt == "stablehlo":
-        os.makedirs(out_dir, exist_ok=True)
+        epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
         export_stablehlo(f, meta["image_size"], os.path.join(out_dir, STABLEHLO_FILE))
     else:
         export_savedmodel(f, meta["image_size"], out_dir)
-    with open(os.path.join(out_dir, META_FILE), "w") as fh:
-        json.dump(meta, fh, indent=1)
+    (epath.Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=1))
     return meta
 
 
