@@ -6,18 +6,23 @@
 #   CPU_DEVICES=4 launch/local.sh runs/cpu configs/default.py:tasks=pose2d,runlocal
 #
 # CPU_DEVICES=N splits the CPU into N virtual devices (no accelerator needed). Rerunning the
-# same command resumes from WORKDIR's last checkpoint.
+# same command resumes from WORKDIR's last checkpoint. Paths are the caller's, as given.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,9p' "$0" >&2
   exit 2
 fi
+repo=$(cd "$(dirname "$0")/.." && pwd)
 workdir=$1
-config=${2:-configs/default.py:tasks=all}
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+config=$repo/configs/default.py:tasks=all
+if [[ $# -ge 1 && $1 != --* ]]; then
+  config=$1
+  shift
+fi
 if [[ -n "${CPU_DEVICES:-}" ]]; then
   export JAX_PLATFORMS=cpu
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${CPU_DEVICES}"
 fi
-cd "$(dirname "$0")/.."
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec python3 -m hgmt.main --config="$config" --workdir="$workdir" "$@"

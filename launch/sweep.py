@@ -12,7 +12,8 @@ Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
 for `python -m hgmt.report --protocol=P`.
-`--print_only` prints the commands instead, one per line, to hand to a scheduler, e.g.
+`--print_only` prints the commands instead (SWEEP_DIR made absolute), one per line, to hand to
+a scheduler, e.g.
 
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
         --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
@@ -38,7 +39,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hgmt import cli, workdirs  # noqa: E402
+from hgmt import cli, paths, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
@@ -84,6 +85,13 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
+def _run_env() -> dict[str, str]:
+    """The runs' environment: this one with hgmt's checkout importable. They run in the
+    caller's working directory, so that relative paths given to the sweep mean the same."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+
+
 def _define_flags(fv) -> None:
     from absl import flags
 
@@ -98,7 +106,8 @@ def _define_flags(fv) -> None:
     flags.DEFINE_integer("seeds", 1, "runs per subset: the config's seed, then config.seed = "
                          "1, 2, ... (the report gives their mean and spread)", flag_values=fv,
                          lower_bound=1)
-    flags.DEFINE_bool("print_only", False, "print the commands, run nothing", flag_values=fv)
+    flags.DEFINE_bool("print_only", False, "record the plan and print the commands, run "
+                      "nothing", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,38 +115,41 @@ def main(argv: list[str] | None = None) -> int:
     [--protocols=P,Q] [--seeds=N] [--print_only] [-- --config.x=y ...]`: what follows `--`
     goes to every `hgmt.main` run."""
     args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    # One folder whatever the caller's working directory, which the runs share.
+    sweep_dir = paths.absolute(args.sweep_dir)
     subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
         "+".join(c) for c in all_subsets()]
     extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
+    os.makedirs(sweep_dir, exist_ok=True)
+    record_plan(sweep_dir, {"config": args.config, "subsets": subsets, "seeds": args.seeds,
+                            "extra": extra})
     if args.print_only:
         for tasks, k in runs:
-            cmds = [command(args.config, tasks, args.sweep_dir, extra, k)] + [
-                protocol_command(tasks, args.sweep_dir, x, k) for x in extra_protocols]
+            cmds = [command(args.config, tasks, sweep_dir, extra, k)] + [
+                protocol_command(tasks, sweep_dir, x, k) for x in extra_protocols]
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
-    os.makedirs(args.sweep_dir, exist_ok=True)
-    record_plan(args.sweep_dir, {"config": args.config, "subsets": subsets,
-                                 "seeds": args.seeds, "extra": extra})
     failed = []
     for i, (tasks, k) in enumerate(runs, 1):
         name = workdirs.run_name(tasks, k)
-        workdir = os.path.join(args.sweep_dir, name)
+        workdir = os.path.join(sweep_dir, name)
         todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
-            ("train", command(args.config, tasks, args.sweep_dir, extra, k))]
-        todo += [(x, protocol_command(tasks, args.sweep_dir, x, k)) for x in extra_protocols
+            ("train", command(args.config, tasks, sweep_dir, extra, k))]
+        todo += [(x, protocol_command(tasks, sweep_dir, x, k)) for x in extra_protocols
                  if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
         if not todo:
             print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
             continue
         for what, cmd in todo:
-            log = os.path.join(args.sweep_dir, f"{name}.log" if what == "train" else
+            log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")
             print(f"[{i}/{len(runs)}] {name}: {shlex.join(cmd)} > {log}", flush=True)
             start = time.perf_counter()
             with open(log, "w") as f:
-                rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+                rc = subprocess.run(cmd, env=_run_env(), stdout=f,
+                                    stderr=subprocess.STDOUT).returncode
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
             took = f"{name} {what}: {status} in {time.perf_counter() - start:.0f} s"
             print(f"[{i}/{len(runs)}] {took}", flush=True)

@@ -24,9 +24,16 @@ python3 -m pip install -q -e . 'jax[tpu]' \
     ;;
   train)
     workdir=${1:?usage: launch/tpu_vm.sh train WORKDIR [CONFIG[:ARG]] [flags...]}
-    config=${2:-configs/default.py:tasks=all}
-    shift $(( $# >= 2 ? 2 : 1 ))
-    printf -v extra ' %q' "$@"
+    shift
+    config=configs/default.py:tasks=all
+    if [[ $# -ge 1 && $1 != --* ]]; then
+      config=$1
+      shift
+    fi
+    extra=""
+    if [[ $# -gt 0 ]]; then
+      printf -v extra ' %q' "$@"
+    fi
     ssh_all "cd hgmt && python3 -m hgmt.main --distributed --config='$config' \
 --workdir='$workdir'${extra}"
     ;;

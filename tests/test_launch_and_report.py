@@ -17,23 +17,31 @@ from tests.conftest import xla_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_sweep_prints_one_command_per_subset():
-    out = subprocess.run([sys.executable, "launch/sweep.py", "--sweep_dir=/s",
-                          "--config=configs/default.py:runlocal,tasks=segm", "--print_only",
-                          "--", "--config.total_steps=7"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
+    """Started from another directory with a relative --sweep_dir: the commands name the
+    folder the caller meant, where the plan is recorded for the report."""
+    (tmp_path / "elsewhere").mkdir()
+    out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
+                          "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
+                          "--print_only", "--", "--config.total_steps=7"],
+                         cwd=tmp_path / "elsewhere", capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    s = tmp_path / "s"
     assert len(out) == 15 and len(set(out)) == 15
-    assert out[0].endswith("--config=configs/default.py:runlocal,tasks=pose2d "
-                           "--workdir=/s/pose2d --config.total_steps=7")
-    assert out[-1].split()[-2] == "--workdir=/s/pose2d+pose3d+depth+segm"
+    assert out[0].endswith(f"--config=configs/default.py:runlocal,tasks=pose2d "
+                           f"--workdir={s}/pose2d --config.total_steps=7")
+    assert out[-1].split()[-2] == f"--workdir={s}/pose2d+pose3d+depth+segm"
+    assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["subsets"][-1] == (
+        "pose2d+pose3d+depth+segm")
     assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
 
 
-def test_sweep_rejects_unknown_task():
-    run = subprocess.run([sys.executable, "launch/sweep.py", "--sweep_dir=/s",
+def test_sweep_rejects_unknown_task(tmp_path):
+    run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={tmp_path}/s",
                           "--config=configs/demo.py", "--tasks=pose2d,hands", "--print_only"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode != 0 and "unknown task(s) ['hands']" in run.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def _summary(pck=None, mjd=None, iou=None, rmse=None):
@@ -105,17 +113,18 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 | | | | |" in text
 
 
-def test_sweep_runs_each_subset_once_per_seed():
-    cmd = [sys.executable, "launch/sweep.py", "--sweep_dir=/tmp/s", "--config=configs/demo.py",
+def test_sweep_runs_each_subset_once_per_seed(tmp_path):
+    s = tmp_path / "s"
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/demo.py",
            "--tasks=pose2d,segm", "--seeds=3", "--protocols=bodynet", "--print_only"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 6  # seed by seed: every subset's first seed first
-    assert "--workdir=/tmp/s/pose2d " in lines[0] and "--config.seed" not in lines[0]
-    assert "--workdir=/tmp/s/segm@seed2 " in lines[5] and lines[5].count("--config.seed=2") == 1
-    assert ("--workdir=/tmp/s/segm@seed2 --protocol=bodynet "
-            "--out_file=/tmp/s/segm@seed2/eval_test_bodynet.json") in lines[5]
+    assert f"--workdir={s}/pose2d " in lines[0] and "--config.seed" not in lines[0]
+    assert f"--workdir={s}/segm@seed2 " in lines[5] and lines[5].count("--config.seed=2") == 1
+    assert (f"--workdir={s}/segm@seed2 --protocol=bodynet "
+            f"--out_file={s}/segm@seed2/eval_test_bodynet.json") in lines[5]
 
 
 def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):

@@ -1,6 +1,10 @@
 """Multi-host runs: `jax.distributed` set up with bounded failure detection, and one message,
 `PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer is noticed.
 
+Under Slurm JAX gives each process the one GPU numbered by its local task id, for one task
+per GPU; hgmt runs one process per node that drives all the node's GPUs (launch/slurm.sbatch),
+so `initialize` hands such a process every GPU it sees (`slurm_local_device_ids`).
+
 A process of the job that dies is noticed in one of three ways, which left to JAX end in
 different words (a Python traceback, or a fatal C++ log line and stack trace), whichever wins:
 - a collective fails at once (CPU: gloo reports "connection closed by peer");
@@ -30,7 +34,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import jax
 
@@ -59,8 +63,37 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     _heartbeat_timeout_s = heartbeat_timeout_s
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
+                               local_device_ids=slurm_local_device_ids(os.environ),
                                heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
                                shutdown_timeout_seconds=shutdown_timeout_s)
+
+
+def _per_node(compressed: str) -> list[int]:
+    """Slurm's per-node counts, '2(x3),1' -> [2, 2, 2, 1]."""
+    counts = []
+    for part in compressed.split(","):
+        count, _, times = part.partition("(x")
+        counts += [int(count)] * int(times.rstrip(")") or 1)
+    return counts
+
+
+def slurm_local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
+    """The GPUs a process of a Slurm job step drives when it is its node's only task: all
+    those it sees (0..n-1 of CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, which Slurm sets, or
+    SLURM_GPUS_ON_NODE of them); None (JAX's own choice) outside Slurm, with several tasks on
+    the node (one GPU each), or when JAX_LOCAL_DEVICE_IDS chooses."""
+    tasks, node = environ.get("SLURM_STEP_TASKS_PER_NODE"), environ.get("SLURM_NODEID")
+    if "SLURM_LOCALID" not in environ or "JAX_LOCAL_DEVICE_IDS" in environ or not (
+            tasks and node):
+        return None
+    counts = _per_node(tasks)
+    if int(node) >= len(counts) or counts[int(node)] != 1:
+        return None
+    for name in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+        if environ.get(name):
+            return list(range(len(environ[name].split(","))))
+    gpus = environ.get("SLURM_GPUS_ON_NODE", "")
+    return list(range(int(gpus))) if gpus.isdigit() and int(gpus) > 0 else None
 
 
 def _client():

@@ -1,0 +1,103 @@
+"""launch/: the scripts' arguments, and under Slurm one process per node that drives every GPU
+of its node (JAX alone would give it only the GPU numbered by its local task id, 0).
+
+Slurm and gcloud do not run here: for those scripts, stand-ins named `srun`, `scontrol` and
+`gcloud` on PATH write down what they were asked to run. local.sh runs hgmt.main for real."""
+
+import os
+import stat
+import subprocess
+import sys
+
+from hgmt.training import peers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What srun sets for the one task of node 1 of a 2-node step (sbatch --nodes=2
+# --ntasks-per-node=1 --gpus-per-node=4).
+ONE_TASK_A_NODE = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost",
+                   "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+                   "SLURM_STEP_NUM_NODES": "2", "SLURM_NODEID": "1",
+                   "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_GPUS_ON_NODE": "4",
+                   "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+
+
+def test_one_task_on_its_node_drives_every_gpu_it_sees():
+    env = ONE_TASK_A_NODE
+    assert peers.slurm_local_device_ids(env) == [0, 1, 2, 3]
+    assert peers.slurm_local_device_ids({**env, "CUDA_VISIBLE_DEVICES": "4,6"}) == [0, 1]
+    without = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    assert peers.slurm_local_device_ids(without) == [0, 1, 2, 3]  # SLURM_GPUS_ON_NODE
+    assert peers.slurm_local_device_ids({**without, "ROCR_VISIBLE_DEVICES": "0,1"}) == [0, 1]
+    # Node 1 of '2,1' holds one task; node 0 of '2(x2)' two: JAX's one GPU each.
+    assert peers.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2,1"}) == [
+        0, 1, 2, 3]
+    assert peers.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}) is None
+    assert peers.slurm_local_device_ids({**env, "JAX_LOCAL_DEVICE_IDS": "0"}) is None
+    assert peers.slurm_local_device_ids({"CUDA_VISIBLE_DEVICES": "0,1"}) is None  # no Slurm
+    assert peers.slurm_local_device_ids({**without, "SLURM_GPUS_ON_NODE": ""}) is None
+
+
+def test_jax_distributed_under_slurm_makes_every_gpu_visible():
+    """A real `peers.initialize()` in a 1-process Slurm step: the GPUs JAX is told to use (its
+    `jax_cuda_visible_devices`, which a CPU ignores) are all four, not '0'."""
+    env = {**os.environ, **ONE_TASK_A_NODE, "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+           "SLURM_STEP_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    code = ("import jax; from hgmt.training import peers; peers.initialize(); "
+            "print(jax.process_count(), jax.config.values['jax_cuda_visible_devices'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "0,1,2,3"]
+
+
+def _stand_ins(folder, exit_status=0):
+    """srun, scontrol and gcloud that append their arguments (and SRUN_CPUS_PER_TASK) to
+    folder/calls, one line each; srun exits with `exit_status`."""
+    calls = folder / "calls"
+    for name, status in (("srun", exit_status), ("scontrol", 0), ("gcloud", 0)):
+        path = folder / name
+        path.write_text(f'#!/usr/bin/env bash\necho "{name} cpus=${{SRUN_CPUS_PER_TASK:-}} '
+                        f'$*" >> {calls}\nexit {status}\n')
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return calls
+
+
+def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
+    calls = _stand_ins(tmp_path, exit_status=75)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_CPUS_PER_TASK": "32",
+           "SLURM_SUBMIT_DIR": REPO}
+    run = subprocess.run(["bash", "launch/slurm.sbatch", "/w", "--config.batch_size=64"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 75, run.stderr
+    assert calls.read_text().splitlines() == [
+        "srun cpus=32 --kill-on-bad-exit=1 python3 -m hgmt.main --distributed "
+        "--config=configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
+        "scontrol cpus=32 requeue 42"]
+
+
+def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
+    calls = _stand_ins(tmp_path)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z"}
+    for extra, tail in (([], "--workdir='gs://b/r'"),
+                        (["configs/demo.py", "--config.tasks=pose2d+segm"],
+                         "--workdir='gs://b/r' --config.tasks=pose2d+segm")):
+        calls.unlink(missing_ok=True)
+        subprocess.run(["bash", "launch/tpu_vm.sh", "train", "gs://b/r", *extra], cwd=REPO,
+                       env=env, check=True, timeout=60)
+        config = extra[0] if extra else "configs/default.py:tasks=all"
+        assert calls.read_text() == (
+            f"gcloud cpus= compute tpus tpu-vm ssh t --zone=z --worker=all --command=cd hgmt "
+            f"&& python3 -m hgmt.main --distributed --config='{config}' {tail}\n")
+
+
+def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
+    """From another directory, flags right after WORKDIR reach hgmt.main with the default
+    config: here a batch that 2 devices cannot split, refused before anything is written."""
+    run = subprocess.run([os.path.join(REPO, "launch/local.sh"), "run", "--config.batch_size=7"],
+                         cwd=tmp_path, env={**os.environ, "CPU_DEVICES": "2"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "config.batch_size=7 must be divisible by the 2 devices" in run.stderr, run.stderr
+    assert os.listdir(tmp_path) == []
