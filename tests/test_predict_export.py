@@ -16,7 +16,7 @@ from hgmt import workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator
 from hgmt.inference import export as exporting
-from hgmt.inference import person
+from hgmt.inference import person, video
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal, synthetic
@@ -596,6 +596,29 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
     # The frame, then the four tasks' pictures of the crop, each 240 px square.
     assert annotated.shape == (8, 240, 320 + 4 * 240, 3)
     assert np.median(np.abs(annotated[:, :, :320].astype(int) - frames)) <= 3
+
+
+def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):
+    """A clip whose frames are stored landscape and displayed turned (a phone's portrait clip:
+    the display matrix's rotation) is read turned the same way: counterclockwise by PyAV's
+    `VideoFrame.rotation`, the angle ffmpeg's players turn it by."""
+    import av
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:8, :16] = 255  # a white block at the top left of the stored frame
+    for rotation in (90, -90, 180, 0):
+        path = str(tmp_path / f"turned{rotation}.mp4")
+        with av.open(path, mode="w") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+            stream.set_display_rotation(rotation)
+            for _ in range(2):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, "rgb24")))
+            container.mux(stream.encode())
+        (_, frames), = video.read_frames(path, 8)
+        want = np.rot90(stored, rotation // 90)
+        assert len(frames) == 2 and frames[0].shape == want.shape, rotation
+        assert np.abs(frames[0].astype(int) - want).mean() < 8, rotation
 
 
 def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):

@@ -51,9 +51,18 @@ def frame_rate(path: str) -> float:
     return float(rate) if rate else 30.0
 
 
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded (H,W,3) frame turned as players display it: `rotation` is the video's display
+    matrix's counterclockwise turn in degrees (PyAV's `VideoFrame.rotation`; a phone's portrait
+    clip holds landscape frames and -90)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
     """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
-    decoding as it goes. Errors name the file (`_open`; ValueError on a damaged stream)."""
+    decoding as it goes, each frame turned as it is displayed (`upright`). Errors name the
+    file (`_open`; ValueError on a damaged stream)."""
     with _open(path) as container:
         times, frames = [], []
         decoded = container.decode(video=0)
@@ -66,7 +75,7 @@ def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[
                 raise ValueError(f"video {path} cannot be decoded ({type(e).__name__}: "
                                  f"{e})") from e
             times.append(float(frame.time or 0.0))
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
             if len(frames) == batch_size:
                 yield times, frames
                 times, frames = [], []
