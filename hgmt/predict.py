@@ -55,6 +55,30 @@ def _define_flags(fv) -> None:
                          "predicted this many at a time)", flag_values=fv, lower_bound=1)
 
 
+def _outputs(path: str, out_dir: str) -> list[str]:
+    """The files the prediction of the image or video at `path` writes into `out_dir`."""
+    name = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+    suffixes = ((".jsonl", ".annotated.mp4", ".summary.json") if video.is_video(path)
+                else (".png", ".json"))
+    return [name + s for s in suffixes]
+
+
+def _check_outputs(inputs: list[str], out_dir: str) -> None:
+    """Stops, before anything is written, when an output would replace an input or another
+    input's output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
+    inputs_at = {os.path.abspath(p): p for p in inputs}
+    written: dict[str, str] = {}
+    for path in inputs:
+        for out in map(os.path.abspath, _outputs(path, out_dir)):
+            if out in inputs_at:
+                raise SystemExit(f"error: the prediction of {path} would overwrite the input "
+                                 f"{inputs_at[out]}: choose another --out_dir")
+            if out in written and written[out] != path:
+                raise SystemExit(f"error: {written[out]} and {path} would both write {out}: "
+                                 f"predict them into separate --out_dir folders")
+            written[out] = path
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
     [--batch_size=8] IMAGE_OR_VIDEO...`."""
@@ -71,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             bbox = []
         if len(bbox) != 4:
             raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
+    _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size)

@@ -151,6 +151,24 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     np.testing.assert_array_equal(panel, prediction.panel(predictor(prediction.read_image(photo))))
 
 
+def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, tmp_path):
+    """Checked before the model loads: nothing is written, every input is kept."""
+    photo = tmp_path / "photo.png"
+    _stick_figure(str(photo))
+    before = photo.read_bytes()
+    with pytest.raises(SystemExit, match=f"the prediction of {photo} would overwrite the "
+                                         f"input {photo}: choose another --out_dir"):
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={tmp_path}"])
+    (tmp_path / "b").mkdir()
+    other = tmp_path / "b" / "photo.jpg"
+    _stick_figure(str(other))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=f"{photo} and {other} would both write "
+                                         f"{out}/photo.png: predict them into separate"):
+        hgmt.predict.main([str(photo), str(other), f"--workdir={workdir}", f"--out_dir={out}"])
+    assert photo.read_bytes() == before and not out.exists()
+
+
 def test_tile_wraps_pictures_into_rows():
     pics = [np.full((4, w, 3), k, np.uint8) for k, w in enumerate((3, 4, 5, 4), start=1)]
     out = drawing.tile(pics, max_width=8)
