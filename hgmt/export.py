@@ -9,11 +9,12 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 
 - `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size, in
   OUTDIR/model.jaxexport; reload with `hgmt.inference.export.load_stablehlo(OUTDIR)` (or
-  `jax.export.deserialize`) and call it, from JAX on CPU/GPU/TPU.
+  `jax.export.deserialize`) and call it, from JAX on CPU, CUDA or ROCm GPUs or TPU, whichever
+  machine exported it (lowered for each: `hgmt.inference.export.PLATFORMS`).
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
   signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving,
   TF Lite converter).
-OUTDIR/hgmt.json records the tasks, input size, checkpoint step and normalisation.
+OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation and platforms.
 """
 
 from __future__ import annotations

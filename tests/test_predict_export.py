@@ -287,6 +287,10 @@ def test_stablehlo_export_reloads_with_any_batch_and_equals_flax(workdir, predic
     with open(os.path.join(path, "hgmt.json")) as f:
         meta = json.load(f)
     assert meta["tasks"] == list(predictor.tasks) and meta["step"] == 2
+    # Lowered for every platform, so an export made on a CPU runs on a GPU or TPU.
+    with open(os.path.join(path, exporting.STABLEHLO_FILE), "rb") as fh:
+        platforms = jax.export.deserialize(bytearray(fh.read())).platforms
+    assert platforms == tuple(meta["platforms"]) == ("cpu", "cuda", "rocm", "tpu")
     loaded = exporting.load_stablehlo(path)
     f, _ = exporting.inference_fn(workdir)
     size = predictor.image_size

@@ -19,6 +19,8 @@ from hgmt.tasks import heads, parse_tasks
 from hgmt.training import checkpoints
 
 FORMATS = ("stablehlo", "savedmodel")
+# Where an artefact runs, whichever machine exported it: each is lowered for all of them.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 STABLEHLO_FILE = "model.jaxexport"  # the stablehlo artefact in the export directory
 META_FILE = "hgmt.json"  # the metadata in the export directory
 
@@ -47,7 +49,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
 def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-    exported = jax.export.export(jax.jit(f))(spec)
+    exported = jax.export.export(jax.jit(f), platforms=PLATFORMS)(spec)
     epath.Path(path).write_bytes(exported.serialize())
 
 
@@ -64,7 +66,8 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    converted = jax2tf.convert(f, polymorphic_shapes=["(b, _, _, _)"], with_gradient=False)
+    converted = jax2tf.convert(f, polymorphic_shapes=["(b, _, _, _)"], with_gradient=False,
+                               native_serialization_platforms=PLATFORMS)
     module = tf.Module()
     module.serve = tf.function(
         lambda images: converted(images), autograph=False,
@@ -80,7 +83,7 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     f, meta = inference_fn(workdir, step, config)
-    meta["format"] = fmt
+    meta["format"], meta["platforms"] = fmt, list(PLATFORMS)
     if fmt == "stablehlo":
         epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
         export_stablehlo(f, meta["image_size"], os.path.join(out_dir, STABLEHLO_FILE))
