@@ -280,3 +280,19 @@ def test_all_task_combinations_are_fifteen():
         (a, b, c), (a, b, d), (a, c, d), (b, c, d),
         (a, b, c, d)]
     assert all(parse_tasks("+".join(s)) == s for s in all_subsets())
+
+
+def test_the_video_skeleton_sits_where_the_panel_puts_the_joints():
+    """Label px -> crop picture px with pixel centres at integers: label px k of 16 spans
+    picture px 4k-0.5 .. 4k+3.5 of 64, centre 4k+1.5; `pose2d.draw` (the video's picture)
+    puts a joint there, as the panel's `plot` does."""
+    from hgmt.tasks import pose2d
+    from hgmt.tasks.common import label_to_crop_px
+
+    np.testing.assert_allclose(label_to_crop_px(np.array([[0.0, 0.0], [15.0, 8.0]]), 64, 16),
+                               [[1.5, 1.5], [61.5, 33.5]])
+    pred = np.zeros((16, 16, 16), np.float32)
+    pred[10, 6, :] = 1.0  # every joint at label (x=6, y=10): picture px (25.5, 41.5)
+    drawn = pose2d.draw(pred, np.zeros((64, 64, 3), np.uint8), None)
+    ys, xs = np.nonzero(drawn.sum(-1) > 0)
+    assert abs(xs.mean() - 25.5) <= 0.6 and abs(ys.mean() - 41.5) <= 0.6, (xs.mean(), ys.mean())

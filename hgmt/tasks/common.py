@@ -19,6 +19,13 @@ MAX_BIN = 9  # bins are clamped to [-9, 9]
 REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 6}  # bodynet opts.lua:69, surreal opts.lua:48
 
 
+def label_to_crop_px(points, crop_size: int, label_size: int):
+    """(...,2) label-map px -> px of the (crop_size x crop_size) picture of the crop (pixel
+    centres at integers in both: a label px spans crop_size / label_size picture px)."""
+    scale = crop_size / label_size
+    return (points + 0.5) * scale - 0.5
+
+
 def label_size(batch: dict) -> int:
     """r, the side of a batch's label maps, from its (B,R,R,3) images."""
     return batch["image"].shape[-3] // LABEL_STRIDE

@@ -40,11 +40,11 @@ def enlarge(picture: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(picture, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, scale: float = 1.0,
-                  thickness: int = 2) -> np.ndarray:
-    """Draws (16,2) joints (pixel coords / scale) on a copy of rgb: right limbs red, left blue."""
+def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Draws (16,2) joints (rgb's pixel coordinates) on a copy of rgb: right limbs red, left
+    blue."""
     out = np.ascontiguousarray(rgb.copy())
-    pts = [(int(round(x * scale)), int(round(y * scale))) for x, y in joints]
+    pts = [(int(round(x)), int(round(y))) for x, y in joints]
     for a, b in surreal.SKELETON:
         name = surreal.JOINT_NAMES[b]
         colour = (230, 40, 40) if name.startswith("r_") else (40, 90, 230) if name.startswith(

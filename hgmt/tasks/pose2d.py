@@ -241,7 +241,8 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
     from hgmt.tasks import drawing
 
     joints, _ = common.subpixel_argmax(np.moveaxis(pred, -1, 0))
-    return drawing.draw_skeleton(rgb, np.asarray(joints), scale=rgb.shape[0] / pred.shape[0])
+    return drawing.draw_skeleton(rgb, common.label_to_crop_px(np.asarray(joints), rgb.shape[0],
+                                                              pred.shape[0]))
 
 
 def plot(result: dict):
@@ -250,5 +251,5 @@ def plot(result: dict):
 
     crop = result["crop"]  # image px -> label px
     label = result["joints2d"] @ crop[:, :2].T + crop[:, 2]
-    scale = result["crop_image"].shape[0] / result["raw"][NAME].shape[0]  # crop px per label px
-    return drawing.figure_image(result["crop_image"], "2D pose", (label + 0.5) * scale - 0.5)
+    return drawing.figure_image(result["crop_image"], "2D pose", common.label_to_crop_px(
+        label, result["crop_image"].shape[0], result["raw"][NAME].shape[0]))
