@@ -1,7 +1,7 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
     python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out_dir=OUTDIR [--bbox=x,y,w,h]
-        [--step=N] [--batch_size=8]
+        [--step=N] [--batch_size=8] [--focal_px=F]
 
 Each argument is an image or a video (by its suffix: .mp4, .avi, .mov, .mkv, .webm, .m4v).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
@@ -24,9 +24,9 @@ around them, and the model runs again on that window until the window stops movi
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
 
-3D decoding needs the person's depth, which one image does not give: it is estimated from the
-crop size (a training crop spans about CROP_METRES at the person), and the image centre is taken
-as the principal point. Root-relative joints depend on it only through their overall scale.
+3D decoding takes the image centre as the principal point, `--focal_px` as the focal length
+(default: a 30 degree field of view along the image's longer side, SURREAL's camera's) and the
+person's depth from the crop size (hgmt/inference/predictor.py says how).
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def _define_flags(fv) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "crops the model runs at once (video frames are "
                          "predicted this many at a time)", flag_values=fv, lower_bound=1)
+    flags.DEFINE_float("focal_px", None, "the camera's focal length in pixels, for 3D decoding "
+                       "(default: a 30 degree field of view along the image's longer side)",
+                       flag_values=fv, lower_bound=1e-6)
 
 
 def _outputs(path: str, out_dir: str) -> list[str]:
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, focal_px=args.focal_px)
     os.makedirs(args.out_dir, exist_ok=True)
     failed = []
     for path in images:

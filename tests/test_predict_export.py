@@ -85,14 +85,22 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
 
 def test_predictions_follow_the_person_across_images(predictor, test_example):
     """Padding the image evenly and moving the box with it moves the 2D joints by the padding
-    and leaves 3D (the principal point stays at the person's same offset from the image
-    centre), parts and depth unchanged: image coordinates are handled end to end."""
+    and, for one camera (`focal_px` given: the padding does not change it), leaves 3D (the
+    principal point stays at the person's same offset from the image centre), parts and depth
+    unchanged: image coordinates are handled end to end."""
+    import copy
+
     image = test_example["image"]
     bbox = _bbox_of_training_crop(test_example)
     left, top = 37, 11
     padded = cv2.copyMakeBorder(image, top, top, left, left, cv2.BORDER_CONSTANT, value=0)
-    a = predictor(image, bbox)
-    b = predictor(padded, (bbox[0] + left, bbox[1] + top, bbox[2], bbox[3]))
+    one_camera = copy.copy(predictor)
+    one_camera.focal_px = float(surreal.INTRINSICS[0, 0])
+    a = one_camera(image, bbox)
+    b = one_camera(padded, (bbox[0] + left, bbox[1] + top, bbox[2], bbox[3]))
+    # The default camera of a SURREAL-sized image is SURREAL's.
+    np.testing.assert_array_equal(predictor(image, bbox)["joints3d_rel_mm"],
+                                  a["joints3d_rel_mm"])
     # cv2's fixed-point warp may round one shifted sample position differently (one grey
     # level at a pixel), which moves a nearly flat heatmap's sub-pixel peak by up to ~0.02 px.
     assert np.abs(a["crop_image"].astype(int) - b["crop_image"]).max() <= 1
@@ -100,6 +108,39 @@ def test_predictions_follow_the_person_across_images(predictor, test_example):
     np.testing.assert_allclose(b["joints3d_rel_mm"], a["joints3d_rel_mm"], atol=0.5)
     np.testing.assert_array_equal(b["segm"], a["segm"])
     np.testing.assert_array_equal(b["depth"], a["depth"])
+
+
+def test_3d_decoding_is_the_same_at_any_resolution_and_follows_focal_px(predictor):
+    """The same model outputs on the same view of a 320x240 image and of its 4x version: the
+    2D joints scale with the image (pixel centres at integers), the root-relative 3D joints do
+    not (the default camera's field of view is fixed). With a given focal length, the 3D pose
+    is what SURREAL's camera decodes from the image scaled to it."""
+    rng = np.random.default_rng(3)
+    r = predictor.image_size // 4
+    raw = {t: rng.normal(size=(r, r, TASKS[t].NUM_CHANNELS)).astype(np.float32)
+           for t in predictor.tasks}
+    crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
+
+    def result(model, shape, window):
+        m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+        return model._result(np.zeros((*shape, 3), np.uint8), window, 1, crop, m_label, raw)
+
+    small = person.Window(np.array([200.3, 131.7]), 150.0, "given")
+    big = person.Window((small.centre + 0.5) * 4 - 0.5, small.side * 4, "given")
+    a, b = result(predictor, (240, 320), small), result(predictor, (960, 1280), big)
+    np.testing.assert_allclose(b["joints2d"], (a["joints2d"] + 0.5) * 4 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(b["joints3d_rel_mm"], a["joints3d_rel_mm"], atol=0.05)
+    assert np.abs(a["joints3d_rel_mm"]).max() > 50  # a pose, not all zeros
+
+    import copy
+
+    given = copy.copy(predictor)
+    given.focal_px = 2400.0  # the 4x image's camera is SURREAL's with 4x the focal length
+    np.testing.assert_allclose(result(given, (960, 1280), big)["joints3d_rel_mm"],
+                               a["joints3d_rel_mm"], atol=0.05)
+    given.focal_px = 1200.0  # another camera: another pose off the image centre
+    assert np.abs(result(given, (960, 1280), big)["joints3d_rel_mm"] -
+                  a["joints3d_rel_mm"]).max() > 1.0
 
 
 def _stick_figure(path):

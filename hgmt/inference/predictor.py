@@ -7,9 +7,13 @@
 
 The person crop is the square window around `bbox` (x, y, w, h in pixels: the person with a
 margin, as training crops are); without one the person is found (hgmt/inference/person.py).
-3D decoding needs the person's depth, which one image does not give: it is estimated from the
-crop size (a training crop spans about CROP_METRES at the person), and the image centre is taken
-as the principal point. Root-relative joints depend on it only through their overall scale.
+3D decoding needs the camera and the person's depth, which one image does not give. The image
+centre is taken as the principal point and the focal length is `focal_px` when given, else
+that of SURREAL's camera for an image whose longer side spans SURREAL's 320 px (a field of view
+of 30 degrees along the longer side; a fixed field of view gives the same 3D pose at any
+resolution); the person's depth is estimated from the crop size (a training crop spans about
+CROP_METRES at the person). The root-relative joints' x and y scale with that depth; where the
+person is off the image centre they also depend on the focal length.
 """
 
 from __future__ import annotations
@@ -50,12 +54,17 @@ class Predictor:
     padded to a power of two, so few shapes are compiled)."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
-                 config: ml_collections.ConfigDict | None = None, batch_size: int = 8):
+                 config: ml_collections.ConfigDict | None = None, batch_size: int = 8,
+                 focal_px: float | None = None):
         self.config, self.variables, self.step = checkpoints.restore_for_inference(
             workdir, step, config)
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
         self.batch_size = int(batch_size)
+        if focal_px is not None and not focal_px > 0:
+            raise ValueError(f"focal_px={focal_px}: give the camera's focal length in pixels "
+                             f"(> 0), or None to assume SURREAL's field of view")
+        self.focal_px = focal_px
         model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(predict_last_stage, model))
 
@@ -169,18 +178,30 @@ class Predictor:
         """One image's result (`predict`) from the model's outputs on its window's crop."""
         out = {"window": window, "passes": passes, "crop_image": crop, "crop": m_label,
                "raw": raw}
-        # Decoding frame: the image centre moved to SURREAL's principal point (160, 120).
-        shift = np.array([surreal.INTRINSICS[0, 2] - (image.shape[1] - 1) / 2,
-                          surreal.INTRINSICS[1, 2] - (image.shape[0] - 1) / 2])
-        m_virtual = m_label.copy()
-        m_virtual[:, 2] -= m_label[:, :2] @ shift
+        virtual = decoding_frame(image.shape[:2], self.focal_px)
+        scale = virtual[0, 0]  # decoding frame px per image px
+        m_virtual = m_label @ np.vstack([cv2.invertAffineTransform(virtual), [0, 0, 1]])
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
                  "pelvis_depth": jnp.asarray(
-                     [surreal.INTRINSICS[0, 0] * CROP_METRES / window.side], jnp.float32)}
-        out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2], shift)
+                     [surreal.INTRINSICS[0, 0] * CROP_METRES / (window.side * scale)],
+                     jnp.float32)}
+        out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2],
+                             virtual)
         for t, pred in raw.items():
             out.update(TASKS[t].predict(pred, out["frame"]))
         return out
+
+
+def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) -> np.ndarray:
+    """(2,3) image px -> the px of SURREAL's camera (focal 600 px, principal point (160, 120))
+    seeing what the image's camera saw: the image centre moved to the principal point and
+    scaled by 600 / `focal_px` (None: the image's longer side spans SURREAL's 320 px)."""
+    h, w = image_shape
+    f, cx, cy = (surreal.INTRINSICS[0, 0], surreal.INTRINSICS[0, 2],
+                 surreal.INTRINSICS[1, 2])
+    scale = f / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
+    return np.array([[scale, 0.0, cx - scale * (w - 1) / 2],
+                     [0.0, scale, cy - scale * (h - 1) / 2]])
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

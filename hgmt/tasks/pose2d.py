@@ -222,7 +222,7 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px}."""
     joints = decode(jnp.asarray(pred)[None], frame.batch)["joints2d_image"]
-    return {"joints2d": np.asarray(joints[0]) - frame.shift}
+    return {"joints2d": frame.to_original(joints[0])}
 
 
 def locate(pred: np.ndarray) -> dict:

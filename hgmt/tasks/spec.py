@@ -40,15 +40,21 @@ class Headline:
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """Where one image's predictions are decoded (hgmt.predict, the evaluation's TensorBoard
-    pictures): `batch` is the decoding context of a batch of one ('crop' (1,2,3) image px ->
-    label px, 'pelvis_depth' (1,) metres, as in a cropped example); `back` (2,3) maps label
-    px to the original image's px, of shape `image_shape` (H, W); `shift` (2,) is what
-    `batch`'s image frame adds to the original image's px (SURREAL's principal point)."""
+    pictures): `batch` is the decoding context of a batch of one ('crop' (1,2,3) decoding
+    frame px -> label px, 'pelvis_depth' (1,) metres, as in a cropped example); `back` (2,3)
+    maps label px to the original image's px, of shape `image_shape` (H, W); `virtual` (2,3)
+    maps the original image's px to the decoding frame's, a SURREAL camera's (identity for a
+    SURREAL frame)."""
 
     batch: dict
     back: np.ndarray | None = None
     image_shape: tuple[int, int] | None = None
-    shift: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2))
+    virtual: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(2, 3))
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """(...,2) decoding frame px -> the original image's px."""
+        scale, offset = self.virtual[:, :2], self.virtual[:, 2]
+        return (np.asarray(points) - offset) @ np.linalg.inv(scale).T
 
     def to_image(self, label_map: np.ndarray) -> np.ndarray:
         """(r,r) uint8 classes -> (H,W) in the original image (nearest)."""
