@@ -143,6 +143,28 @@ def test_3d_decoding_is_the_same_at_any_resolution_and_follows_focal_px(predicto
                   a["joints3d_rel_mm"]).max() > 1.0
 
 
+def test_a_large_window_is_averaged_down_not_aliased_and_stays_in_place(predictor):
+    """A window over MAX_WINDOW_PX source px (a high-resolution photo) is averaged down before
+    the crop: a 1 px checkerboard becomes flat grey, not moire; a smooth picture gives the crop
+    a plain bilinear sampling gives (the geometry is unchanged)."""
+    size = predictor.image_size
+    board = (np.indices((1600, 1600)).sum(0) % 2 * 255).astype(np.uint8)
+    board = np.repeat(board[..., None], 3, -1)
+    whole = person.Window.whole(board.shape)
+    (crop,), _ = predictor._crops([board], [whole])
+    assert abs(crop.mean() - 127.5) < 3 and crop.std() < 3, (crop.mean(), crop.std())
+
+    yy, xx = np.indices((960, 1280))
+    blob = 255 * np.exp(-((xx - 301.3) ** 2 + (yy - 702.7) ** 2) / (2 * 60.0 ** 2))
+    smooth = np.repeat(blob.astype(np.uint8)[..., None], 3, -1)
+    window = person.Window.whole(smooth.shape)
+    assert window.side > prediction.MAX_WINDOW_PX
+    (crop,), _ = predictor._crops([smooth], [window])
+    direct = cv2.warpAffine(smooth, input_pipeline.crop_affine(window.centre, window.side, size),
+                            (size, size), flags=cv2.INTER_LINEAR)
+    assert np.abs(crop.astype(int) - direct).max() <= 4
+
+
 def _stick_figure(path):
     """A 480x360 JPEG unlike SURREAL: a stick figure on a grey-green background."""
     img = np.full((360, 480, 3), (90, 120, 80), np.uint8)

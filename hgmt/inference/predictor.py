@@ -42,6 +42,10 @@ from hgmt.training import checkpoints
 # SURREAL clip; this value is within one standard deviation of both
 # (tests/test_predict_export.py::test_crop_metres_is_what_training_crops_span).
 CROP_METRES = 2.35
+# Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
+# larger than this (a high-resolution photo) is first averaged down to the crop's scale
+# (cv2.INTER_AREA): a bilinear sampling of it would alias.
+MAX_WINDOW_PX = surreal.IMAGE_WIDTH
 
 
 MAX_FINDING_PASSES = 4  # model passes spent finding the person (the first on the whole image)
@@ -148,12 +152,16 @@ class Predictor:
 
     def _crops(self, images: Sequence[np.ndarray], windows: Sequence[person.Window]
                ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """-> (B,R,R,3) uint8 crops of the windows (bilinear, black outside the image), and
-        each crop's (2,3) affine from image px to label px."""
+        """-> (B,R,R,3) uint8 crops of the windows (bilinear, black outside the image; a
+        window over MAX_WINDOW_PX source px averaged down to the crop's scale first), and each
+        crop's (2,3) affine from image px to label px."""
         size, r = self.image_size, self.image_size // common.LABEL_STRIDE
         crops, m_labels = [], []
         for image, window in zip(images, windows, strict=True):
             m_image = input_pipeline.crop_affine(window.centre, window.side, size)
+            if window.side > max(MAX_WINDOW_PX, size):
+                image, to_small = _averaged_down(image, size / window.side)
+                m_image = m_image @ np.vstack([cv2.invertAffineTransform(to_small), [0, 0, 1]])
             crops.append(cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR))
             m_labels.append(input_pipeline.crop_affine(window.centre, window.side, r))
         return np.stack(crops), m_labels
@@ -202,6 +210,16 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
     scale = f / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
     return np.array([[scale, 0.0, cx - scale * (w - 1) / 2],
                      [0.0, scale, cy - scale * (h - 1) / 2]])
+
+
+def _averaged_down(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """`image` resized by about `factor` < 1 with pixel-area averaging -> (the resized image,
+    its (2,3) map from the image's px: pixel centres at integers in both, as cv2.resize)."""
+    h, w = image.shape[:2]
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    sx, sy = new_w / w, new_h / h
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return small, np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
 
 
 def _checked(image: np.ndarray) -> np.ndarray:
