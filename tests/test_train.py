@@ -265,3 +265,27 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     assert single["num_examples"] == 2
     np.testing.assert_allclose(single["pose2d"]["pckh@0.5"], e0["pose2d"]["pckh@0.5"])
     np.testing.assert_allclose(single["segm"]["mean_iou"], e0["segm"]["mean_iou"], rtol=1e-5)
+
+
+def test_rmsprop_is_the_reference_codes():
+    """The reference trains with Torch's optim.rmsprop (surreal training/opts.lua: -alpha 0.99,
+    -epsilon 1e-8; torch/optim rmsprop.lua): m = 0 at first, then each step
+    m <- alpha m + (1 - alpha) g^2 and x <- x - lr g / (sqrt(m) + epsilon)."""
+    from hgmt.training import steps
+
+    config = tiny_config("unused", **{"optimizer.name": "rmsprop",
+                                      "optimizer.schedule": "constant",
+                                      "optimizer.warmup_steps": 0,
+                                      "optimizer.learning_rate": 0.5})
+    opt = steps.create_optimizer(config)
+    state = opt.init(jax.numpy.zeros(2, np.float32))
+    # Step 1 by hand, g = (1e-3, 1e-5): m = 0.01 g^2, sqrt(m) = 0.1 |g|, so the step is
+    # -0.5 g / (0.1 |g| + 1e-8) = (-4.9995, -4.9505). With epsilon inside the square root
+    # (optax's default) the second would be -0.5e-5 / sqrt(1e-12 + 1e-8) = -0.04999.
+    update, state = opt.update(np.array([1e-3, 1e-5], np.float32), state)
+    np.testing.assert_allclose(np.asarray(update), [-4.9995, -4.9505], rtol=1e-4)
+    # Step 2, g = (2e-3, -3e-5): the same formula on m = 0.99 m + 0.01 g^2.
+    m = 0.99 * 0.01 * np.array([1e-3, 1e-5]) ** 2 + 0.01 * np.array([2e-3, -3e-5]) ** 2
+    update, state = opt.update(np.array([2e-3, -3e-5], np.float32), state)
+    np.testing.assert_allclose(np.asarray(update),
+                               -0.5 * np.array([2e-3, -3e-5]) / (np.sqrt(m) + 1e-8), rtol=1e-4)

@@ -43,7 +43,9 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     or a constant rate."""
     opt = config.optimizer
     lr = create_lr(config)
-    makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8),
+    # Torch's optim.rmsprop, which the reference code trains with (alpha 0.99, epsilon 1e-8,
+    # the mean square from 0): the step is lr * g / (sqrt(mean square) + epsilon).
+    makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
               "adam": lambda: optax.adam(lr)}
     if opt.name not in makers:
         raise ValueError(f"optimizer.name={opt.name!r}: choose one of {sorted(makers)}")
