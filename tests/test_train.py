@@ -289,3 +289,33 @@ def test_rmsprop_is_the_reference_codes():
     update, state = opt.update(np.array([2e-3, -3e-5], np.float32), state)
     np.testing.assert_allclose(np.asarray(update),
                                -0.5 * np.array([2e-3, -3e-5]) / (np.sqrt(m) + 1e-8), rtol=1e-4)
+
+
+def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_dataset, tmp_path):
+    """grain restores a data position only into the worker count (and process count) that
+    saved it. Auto (-1) takes the checkpoint's count, so a requeued job on a host with other
+    cores resumes; a fixed other count, or another process count, is named with its fix
+    instead of reading as a config that does not fit the checkpoints."""
+    workdir = str(tmp_path / "run")
+    kw = {"tasks": "pose2d", "worker_count": 0}
+    loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    assert checkpoints.resume_worker_count(workdir, -1, 1) == 0
+    saved = tmp_path / "run" / "checkpoints" / "2" / "data" / "process_0-of-1.json"
+    position = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**position, "worker_count": 3}))
+    assert checkpoints.resume_worker_count(workdir, -1, 1) == 3
+    assert checkpoints.resume_worker_count(workdir, 3, 1) == 3
+    with pytest.raises(ValueError, match=r"config.worker_count=0: the checkpoint .*/2 saved the "
+                                         r"loader's position with 3 worker\(s\), .* rerun with "
+                                         r"--config.worker_count=3 \(or -1"):
+        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir)
+    saved.write_text(json.dumps(position))
+    saved.rename(saved.with_name("process_0-of-2.json"))
+    with pytest.raises(ValueError, match=r"its data position was saved by 2 process\(es\), one "
+                                         r"file each, and this run has 1: rerun with 2"):
+        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir)
+    saved.with_name("process_0-of-2.json").rename(saved)
+    resumed = loop.train(tiny_config(demo_dataset[1], total_steps=3, **{**kw,
+                                                                         "worker_count": -1}),
+                         workdir)
+    assert int(resumed.step) == 3

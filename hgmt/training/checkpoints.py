@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -87,6 +88,34 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
                         "%s", found[0], [s for s, _ in failures],
                         os.path.join(workdir, workdirs.UNREADABLE_DIR))
     return found
+
+
+def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> int:
+    """The loader workers a run resuming in `workdir` must use: grain's saved data position
+    holds its worker count (and one file per process) and restores only into the same. For
+    `worker_count` -1 (auto) the newest checkpoint's count; a fixed count or a process count
+    that differs from it raises ValueError naming the fix. Without a checkpoint,
+    `worker_count` as given."""
+    steps = _steps_on_disk(workdirs.checkpoint_dir(workdir))
+    if not steps:
+        return worker_count
+    data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(steps[-1]) / "data"
+    files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
+    if not files:
+        return worker_count
+    saved_processes = int(re.fullmatch(r"process_\d+-of-(\d+)\.json", files[0].name)[1])
+    if saved_processes != process_count:
+        raise ValueError(
+            f"cannot resume from {data.parent}: its data position was saved by "
+            f"{saved_processes} process(es), one file each, and this run has {process_count}: "
+            f"rerun with {saved_processes} process(es), or train in a new --workdir")
+    saved = int(json.loads(files[0].read_text())["worker_count"])
+    if worker_count not in (-1, saved):
+        raise ValueError(
+            f"config.worker_count={worker_count}: the checkpoint {data.parent} saved the "
+            f"loader's position with {saved} worker(s), and only that many can resume it: "
+            f"rerun with --config.worker_count={saved} (or -1, which takes the checkpoint's)")
+    return saved
 
 
 def _steps_on_disk(folder: str) -> list[int]:

@@ -131,7 +131,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     augment_on = "host" if prepare is None else "device"
     if loader is None:
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-        loader = train_loader(config, source, tasks, prepare)
+        # A resumed loader needs the worker count its saved position was made with.
+        workers = checkpoints.resume_worker_count(workdir, config.worker_count,
+                                                  jax.process_count())
+        if workers != config.worker_count:
+            logging.info("the loader resumes with the %d worker(s) of its checkpoint", workers)
+        loader = train_loader(config, source, tasks, prepare, workers)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
