@@ -111,8 +111,14 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     with config.unlocked():
         config.evals.train = evaluator_config("train", frames="every8", every=2,
                                               max_examples=4)
-    _, summaries = loop.run(config, workdir)
+    writer = Recorder()
+    _, summaries = loop.run(config, workdir, writer)
     assert sorted(summaries) == ["test"]
+    # The learning rate logged at step s is that of step s's update, optax's count s - 1:
+    # warm-up over 5 steps from 0 to 2.5e-4 (runlocal), so 1/5 and 3/5 of it.
+    lr = config.optimizer.learning_rate
+    assert writer.scalars[2]["learning_rate"] == pytest.approx(lr / 5)
+    assert writer.scalars[4]["learning_rate"] == pytest.approx(3 * lr / 5)
     lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
     assert [(x["step"], x["evaluator"], x["split"]) for x in lines] == [
         (2, "test", "test"), (2, "train", "train"), (4, "train", "train"), (4, "test", "test")]

@@ -240,7 +240,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             writer.write_scalars(step, {**means, "img_per_s": img_s,
                                         "data_wait": wait_time / elapsed,
                                         "data_idle": idle_time / elapsed,
-                                        "learning_rate": float(lr_fn(step)),
+                                        # this step's update's: optax counts from 0
+                                        "learning_rate": float(lr_fn(step - 1)),
                                         **({} if damaged is None else {
                                             "data/damaged_records": len(damaged.found)})})
             eta = (config.total_steps - step) * elapsed / steps_done
