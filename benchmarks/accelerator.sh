@@ -116,6 +116,7 @@ mkdir -p "$work"
 grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchmark writes
 run() {
   local t0=$SECONDS rc what=${3##*/} a limit=$1
+  run_limit=0  # the limit the command gets (0: skipped), for its caller
   for a in "${@:4}"; do
     case "$a" in
       --config=*tasks=*) what+=" tasks=${a##*tasks=}" ;;
@@ -130,6 +131,7 @@ run() {
     fi
     [ $left -lt "$limit" ] && limit=$left
   fi
+  run_limit=$limit
   timeout --kill-after=$grace "$limit" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"wall_s\": $((SECONDS - t0)), \"exit\": $rc}" | tee -a "$log"
@@ -148,6 +150,7 @@ if has trainer; then
     cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
          --config.total_steps=$train_steps --config.log_every=$log_every
          --config.worker_count=-1 --config.evals.test.at_end=false)
+    rm -rf "$work/run_$1_$2"  # a fresh run: an earlier one's checkpoint would be resumed
     run "$limit" python3 benchmarks/trainer_speed.py "${cfg[@]}" --demo_data="$work/demo" \
       --demo_clips=$clips --demo_frames=$frames --compilation_cache="$cache" \
       --workdir="$work/run_$1_$2" --bare_steps=$step_steps
@@ -165,9 +168,7 @@ if has profile; then
     [ -f "$work/trace_$1/step_hlo.txt.gz" ] && cp "$work/trace_$1/step_hlo.txt.gz" "${OUT:-.}/hlo_$1.txt.gz"
   done
 fi
-if has loader; then
-  python3 -c "from hgmt import cores; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=cores.usable_cores())" \
-    2>>"$log.err" || exit 1
+if has loader && run "$limit" python3 -c "from hgmt import cores; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=cores.usable_cores())"; then
   run "$limit" python3 benchmarks/input_pipeline.py --config=configs/default.py:tasks=all \
     "${model[@]}" --config.batch_size=128 --config.dataset=surreal/all \
     --config.data_dir="$work/demo/tfds" --config.worker_count=-1 --batches=$loader_batches \
@@ -184,9 +185,13 @@ if has torch; then
       run "$autotune_limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
         --compile_mode=max-autotune
       rc=$?
-      if [ $rc -ne 0 ]; then  # stopped at the limit (124, 137) or failed (stderr in the .err log)
-        why=failed; { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && why=limit
-        echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"why\": \"$why\", \"exit\": $rc, \"limit_s\": $autotune_limit}" | tee -a "$log"
+      if [ $rc -ne 0 ]; then  # stopped at a limit (124, 137) or failed (stderr in the .err log)
+        # limit: --autotune_s ran out; time_s: --time_s left it less, or nothing
+        why=failed
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+          why=limit; [ "$run_limit" -lt "$autotune_limit" ] && why=time_s
+        fi
+        echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"why\": \"$why\", \"exit\": $rc, \"limit_s\": $run_limit}" | tee -a "$log"
         mode=default
       fi
     fi

@@ -139,6 +139,10 @@ def run_trainer(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, str, bool
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
+    if fv.workdir and os.path.isdir(fv.workdir) and os.listdir(fv.workdir):
+        raise SystemExit(f"error: --workdir={fv.workdir} is not empty: the trainer would "
+                         f"resume its checkpoint and its event files would be read; give a new "
+                         f"or empty folder")
     config_args = cli.config_args(fv)
     if fv.demo_data:
         from hgmt.data import demo

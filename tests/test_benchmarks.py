@@ -563,3 +563,26 @@ def test_the_pool_benchmark_finds_every_pool_of_the_model():
         (8, r, r, 256) for r in (64, 32, 16, 8)] * 2
     assert {s.dtype for s in shapes} == {jnp.dtype(jnp.bfloat16)}
 
+
+
+def test_every_way_of_the_pool_benchmark_computes_its_forward():
+    """The timed program returns the pools' outputs with the gradients, so a way whose
+    backward does not read its forward's result (select-and-scatter) keeps its forward:
+    the compiled program of each way holds a max reduction."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    g = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    for name, pool in pool_backward.WAYS.items():
+        fn = pool_backward.pools_forward_backward(pool)
+        outs, grads = fn([x], [g])
+        assert jnp.array_equal(outs[0], pool_backward.WAYS["flax"](x)), name
+        hlo = fn.lower([x], [g]).compile().as_text()
+        assert "reduce-window" in hlo or "maximum" in hlo, name
+
+
+def test_the_trainer_benchmark_refuses_a_used_workdir(tmp_path):
+    """An earlier run's checkpoint would be resumed and its event files read as this run's."""
+    (tmp_path / "events.out.tfevents.1").write_text("")
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "trainer_speed.py"),
+                          f"--workdir={tmp_path}", "--config=configs/demo.py"], cwd=cli.REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and f"--workdir={tmp_path} is not empty" in run.stderr
