@@ -117,6 +117,7 @@ grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchm
 run() {
   local t0=$SECONDS rc what=${3##*/} a limit=$1
   run_limit=0  # the limit the command gets (0: skipped), for its caller
+  [ "$what" = -c ] && what="python3 -c ${4%%;*}"  # e.g. the loader part's demo build
   for a in "${@:4}"; do
     case "$a" in
       --config=*tasks=*) what+=" tasks=${a##*tasks=}" ;;
