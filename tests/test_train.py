@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,6 +301,11 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
     kw = {"tasks": "pose2d", "worker_count": 0}
     loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
     assert checkpoints.resume_worker_count(workdir, -1, 1) == 0
+    newer = tmp_path / "run" / "checkpoints" / "4" / "data"  # a damaged newer position
+    newer.mkdir(parents=True)
+    (newer / "process_0-of-1.json").write_text("{not json")
+    assert checkpoints.resume_worker_count(workdir, -1, 1) == 0  # the older one's
+    shutil.rmtree(newer.parent)
     saved = tmp_path / "run" / "checkpoints" / "2" / "data" / "process_0-of-1.json"
     position = json.loads(saved.read_text())
     saved.write_text(json.dumps({**position, "worker_count": 3}))

@@ -93,15 +93,18 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
 def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> int:
     """The loader workers a run resuming in `workdir` must use: grain's saved data position
     holds its worker count (and one file per process) and restores only into the same. For
-    `worker_count` -1 (auto) the newest checkpoint's count; a fixed count or a process count
-    that differs from it raises ValueError naming the fix. Without a checkpoint,
-    `worker_count` as given."""
-    steps = _steps_on_disk(workdirs.checkpoint_dir(workdir))
-    if not steps:
-        return worker_count
-    data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(steps[-1]) / "data"
-    files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
-    if not files:
+    `worker_count` -1 (auto) the count of the newest checkpoint whose position reads; a fixed
+    count or a process count that differs from it raises ValueError naming the fix. Without
+    such a checkpoint, `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
+    for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
+        data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
+        files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
+        try:
+            saved = int(json.loads(files[0].read_text())["worker_count"])
+        except (IndexError, OSError, ValueError, KeyError, TypeError):
+            continue
+        break
+    else:
         return worker_count
     saved_processes = int(re.fullmatch(r"process_\d+-of-(\d+)\.json", files[0].name)[1])
     if saved_processes != process_count:
@@ -109,7 +112,6 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
             f"cannot resume from {data.parent}: its data position was saved by "
             f"{saved_processes} process(es), one file each, and this run has {process_count}: "
             f"rerun with {saved_processes} process(es), or train in a new --workdir")
-    saved = int(json.loads(files[0].read_text())["worker_count"])
     if worker_count not in (-1, saved):
         raise ValueError(
             f"config.worker_count={worker_count}: the checkpoint {data.parent} saved the "
