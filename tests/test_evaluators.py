@@ -170,3 +170,31 @@ def test_best_metric_direction_comes_from_the_task():
                      "pose2d/pckh@0.5": False, "segm/mean_iou": False}
     with pytest.raises(ValueError, match="'err'.*not in its metrics"):
         Headline(("acc",), "acc", ("err",), "accuracy")
+
+
+def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_path):
+    """Preempted at step 2, where `test` is due, the run saves without evaluating (no time);
+    the rerun evaluates step 2 before training on, so every due step has its result."""
+    import os
+    import signal
+
+    from hgmt.training import preemption
+
+    class TermAt(Recorder):  # the signal arrives during step 2 (logged after step 1)
+        def write_scalars(self, step, scalars):
+            super().write_scalars(step, scalars)
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,
+                         log_every=1, **{"evals.test.every": 2, "evals.test.max_examples": 2})
+    with pytest.raises(preemption.Preempted):
+        loop.train(config, workdir, TermAt())
+    assert checkpoints.manager(workdir).all_steps() == [2]
+    assert not os.path.exists(workdirs.evals_file(workdir))
+    writer = Recorder()
+    loop.train(config, workdir, writer)
+    lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "test"), (4, "test")]
+    assert "test/pose2d/pckh@0.5" in writer.scalars[2]

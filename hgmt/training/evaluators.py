@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
@@ -138,6 +139,14 @@ class Evaluators:
     def due(self, step: int) -> list[str]:
         """The evaluators that run at `step` of training."""
         return [n for n, e in self.settings.items() if e["every"] and step % e["every"] == 0]
+
+    def recorded(self, step: int) -> set[str]:
+        """The evaluators whose results at `step` are in <workdir>/evals.jsonl."""
+        path = epath.Path(workdirs.evals_file(self.workdir))
+        if not path.exists():
+            return set()
+        lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        return {x["evaluator"] for x in lines if x.get("step") == step}
 
     def at_end(self) -> list[str]:
         return [n for n, e in self.settings.items() if e["at_end"]]

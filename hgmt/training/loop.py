@@ -204,6 +204,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             state=ocp.args.StandardSave(to_checkpoint_layout(model, host)),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
+    # A preemption at an evaluation step saved it without evaluating: evaluated on resuming.
+    missed = [n for n in evals.due(start_step) if n not in evals.recorded(start_step)
+              and not (start_step == config.total_steps and n in evals.at_end())]
+    if restored is not None and missed:
+        logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
+        with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+            evals.run(missed, start_step, host_state(start_step, state), writer)
+
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
                  config.batch_size, augment_on)
