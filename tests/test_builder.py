@@ -190,3 +190,27 @@ def test_demo_build_tells_the_user_what_it_does_without_tfds_warnings(tmp_path, 
         build_demo(str(tmp_path), clips_per_split=1, frames=2)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in caplog.records if "building" in r.getMessage()]
+
+
+def test_demo_build_refuses_an_interrupted_generation_and_replaces_another(tmp_path):
+    """Clips without the generation's completion record (an interrupted generation: one test
+    clip of two, no train clip) stop the build, naming the folder to remove, rather than
+    building what is there; a complete generation of other settings is replaced, no clip
+    left over."""
+    import shutil
+
+    from hgmt.data import demo, input_pipeline
+
+    root = str(tmp_path / "surreal")
+    synthetic.generate(root, clips_per_split=1, frames=4, splits=("test",))  # interrupted
+    with pytest.raises(RuntimeError, match=f"{root}/cmu holds clips but {root} has no "
+                                           f"{demo.GENERATED_FILE}: an interrupted demo "
+                                           f"generation.* Remove {root}/cmu"):
+        demo.build(root, str(tmp_path / "a"), clips_per_split=2, frames=4)
+    shutil.rmtree(os.path.join(root, "cmu"))
+    data_dir = demo.build(root, str(tmp_path / "a"), clips_per_split=2, frames=4)
+    for split in ("train", "test"):
+        assert len(input_pipeline.open_split("surreal/all", data_dir, split)) == 2 * 4
+    data_dir = demo.build(root, str(tmp_path / "b"), clips_per_split=1, frames=3)
+    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 1 * 3
+    assert len(surreal.find_clips(root, "test")) == 1
