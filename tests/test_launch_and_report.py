@@ -104,8 +104,8 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     out = tmp_path / "report"
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     text = (out / "README.md").read_text()
-    assert ("Runs finished: 10 of 12 (4 subsets x 3 seeds); launch/sweep.py with the same "
-            "arguments resumes the rest.") in text
+    assert ("Runs finished: 10 of 12 (4 subsets x 3 seeds); missing: pose2d+depth@seed1, "
+            "pose2d+depth@seed2 (launch/sweep.py with the same arguments resumes them).") in text
     assert ("| pose2d+segm | 0.85 ± 0.01 (3) | +0.05 | [+0.027, +0.073] | 0.0036 | 0.0072 | "
             "**better** |") in text
     assert ("| pose2d+pose3d | 0.81 ± 0.02 (3) | +0.01 | [-0.032, +0.052] | 0.5 | 0.5 | "
@@ -147,6 +147,24 @@ def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_
     other = run("--config=configs/study.py", "--tasks=pose2d")
     assert other.returncode != 0 and "give another --sweep_dir" in other.stderr
     assert json.loads((sweep_dir / "sweep.json").read_text()) == plan
+
+
+def test_report_names_runs_outside_the_plan_and_evaluations_that_differ(tmp_path):
+    """A finished run the plan does not hold is counted in the tables: the progress line names
+    it; runs evaluated on other frames do not compare: the line says so."""
+    sweep_dir = tmp_path / "sweep"
+    for name, frames in (("pose2d", 240), ("pose2d+segm", 240), ("pose2d@seed3", 120)):
+        (sweep_dir / name).mkdir(parents=True)
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps(
+            {**_summary(pck=0.8), "num_examples": frames, "split": "test",
+             "frames": "every4", "flip": False}))
+    (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
+                                                      "seeds": 1}))
+    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
+    assert line.startswith("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in "
+                           "the plan, counted in the tables: pose2d@seed3. The runs were not "
+                           "all evaluated alike"), line
+    assert "do not compare" in line
 
 
 def test_report_compares_each_task_with_its_isolated_run(tmp_path):

@@ -250,22 +250,39 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
 
 
 def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
-    """A line saying how many of the sweep's planned runs (its sweep.json) have finished and
-    on how many test frames they were evaluated."""
-    done = sum(len(runs) for runs in results.values())
-    first = next(iter(results.values()))[0]
-    frames = "" if "num_examples" not in first else (
-        f" Each is evaluated on {first['num_examples']} frames of split "
-        f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
+    """A line saying how many of the sweep's planned runs (its sweep.json) have finished,
+    which planned runs are missing and which finished runs are not in the plan (the tables
+    count every finished run), and on which test frames they were evaluated (or that the runs
+    differ there)."""
+    summaries = [s for runs in results.values() for s in runs]
+    keys = ("num_examples", "split", "frames", "flip")
+    evaluations = {tuple(s.get(k) for k in keys) for s in summaries}
+    first = summaries[0]
+    if len(evaluations) > 1:
+        frames = (f" The runs were not all evaluated alike ({', '.join(keys)}: "
+                  f"{sorted(evaluations, key=str)}): their numbers do not compare.")
+    elif "num_examples" in first:
+        frames = (f" Each is evaluated on {first['num_examples']} frames of split "
+                  f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
+    else:
+        frames = ""
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
-        return f"Runs finished: {done}.{frames}"
+        return f"Runs finished: {len(summaries)}.{frames}"
     with open(path) as f:
         plan = json.load(f)
-    subsets, seeds = len(plan["subsets"]), plan.get("seeds", 1)
-    rest = "" if done >= subsets * seeds else (
-        "; launch/sweep.py with the same arguments resumes the rest")
-    return (f"Runs finished: {done} of {subsets * seeds} ({subsets} subsets x {seeds} "
-            f"seed{'s' if seeds > 1 else ''}){rest}.{frames}")
+    subsets, seeds = plan["subsets"], plan.get("seeds", 1)
+    planned = {workdirs.run_name(s, k) for k in range(seeds) for s in subsets}
+    result = workdirs.result_file(first.get("protocol", "hgmt"))
+    finished = {n for n in os.listdir(sweep_dir)
+                if os.path.isfile(os.path.join(sweep_dir, n, result))}
+    missing, extra = sorted(planned - finished), sorted(finished - planned)
+    rest = "" if not missing else (
+        f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} "
+        f"(launch/sweep.py with the same arguments resumes them)")
+    outside = "" if not extra else (
+        f"; finished but not in the plan, counted in the tables: {', '.join(extra)}")
+    return (f"Runs finished: {len(planned & finished)} of {len(planned)} ({len(subsets)} "
+            f"subsets x {seeds} seed{'s' if seeds > 1 else ''}){rest}{outside}.{frames}")
 
 
