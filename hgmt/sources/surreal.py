@@ -57,7 +57,7 @@ JOINT_FLIP = _flip_permutation(JOINT_NAMES)
 # Named by the person's own side, like the joints. SURREAL's renders swap SMPL's left and right
 # (gulvarol/surreal datageneration/misc/smpl_relations/smpl_relations.py: "note that left/right
 # are swapped"): the segment SMPL calls "rightArm" (raw 18) covers the rendered person's *left*
-# upper arm, just as SMPL joint 21 ("L_Wrist") is the person's right wrist (r_wrist above).
+# upper arm, just as SMPL joint 20 (0-based; "L_Wrist") is the person's right wrist (r_wrist above).
 # So class 3 (raw 18, SMPL rightArm) is l_upper_arm and r_wrist lies on class 8 (r_hand).
 # See docs/surreal_format.md.
 PART_NAMES = (

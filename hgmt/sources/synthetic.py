@@ -34,8 +34,10 @@ import scipy.io
 from hgmt import cores
 from hgmt.sources import surreal
 
-# SMPL kinematic tree and rest offsets (metres) in a body frame: x person's left, y up,
-# z forward; arms in a T-pose along +-x.
+# SMPL kinematic tree and rest offsets (metres) in a body frame: x the side SMPL calls left
+# (rendered as the person's right: SURREAL's world-to-camera map is a mirror, which is how
+# its renders swap SMPL's sides; docs/surreal_format.md), y up, z forward; arms in a T-pose
+# along +-x.
 PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 REST_OFFSETS = np.array([
     [0, 0, 0], [0.09, -0.08, 0], [-0.09, -0.08, 0], [0, 0.11, -0.01],
@@ -146,7 +148,8 @@ def make_motion(rng: np.random.Generator, frames: int,
     # Stand on the ground (world y = 0 is the floor, y points down) and drift slowly.
     pos[..., 1] += 0.95 * height * limb[0]
     pos[:, :, [0, 2]] += (t[:, None, None] * rng.normal(0, 0.2, size=(1, 1, 2)))
-    # Body frame -> SURREAL world: forward -> +x (towards the camera), up -> -y, left -> +z.
+    # Body frame -> SURREAL world: forward -> +x (towards the camera), up -> -y, SMPL's left
+    # -> +z.
     to_world = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
     body_pos = rng.normal(0, 0.15, size=3) * [1, 0, 1] + [0, 0, -2.0]
     joints_world = pos @ to_world.T + body_pos
