@@ -149,7 +149,7 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
     root = str(tmp_path / "surreal")
     synthetic.generate(root, clips_per_split=2, frames=4, seed=1)
     _damage_test_clips(root)
-    data_dir = demo.build(root, str(tmp_path / "tfds"), 2, 4, dataset="surreal/all")
+    data_dir = demo.build_dataset(root, str(tmp_path / "tfds"), dataset="surreal/all")
     config = default.get_config("tasks=pose3d+segm,runlocal")
     config.dataset, config.data_dir = "surreal/all", data_dir
     config.model.features, config.eval_batch_size = 16, 8

@@ -23,21 +23,7 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
     """Generates `clips_per_split` clips of `frames` frames per split under `surreal_root`
     (unless a complete generation of the same settings is there; in `workers` processes) and
     builds `dataset` into `data_dir` (unless built there already). Returns `data_dir`."""
-    import tensorflow_datasets as tfds
-
-    import data_builders.surreal  # noqa: F401  (registers `surreal`)
-
-    # TFDS warns "Variant folder ... has no dataset_info.json" for a dataset not built yet,
-    # which is what this function is here to find out: not a warning for the user.
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
-        prepared = builder.is_prepared()
-    finally:
-        absl_logger.setLevel(level)
-    if prepared:
+    if _builder(dataset, data_dir)[1]:
         return data_dir
     settings = {"clips_per_split": clips_per_split, "frames": frames, "seed": seed}
     marker = os.path.join(surreal_root, GENERATED_FILE)
@@ -59,6 +45,17 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
         with open(marker, "w") as f:
             json.dump(settings, f)
+    return build_dataset(surreal_root, data_dir, dataset)
+
+
+def build_dataset(surreal_root: str, data_dir: str, dataset: str = "surreal/all") -> str:
+    """Builds the SURREAL-format clips under `surreal_root` (generated, edited or real) into
+    `dataset` in `data_dir`, unless built there already. Returns `data_dir`."""
+    import tensorflow_datasets as tfds
+
+    builder, prepared = _builder(dataset, data_dir)
+    if prepared:
+        return data_dir
     logging.info("building %s into %s", dataset, data_dir)
     tfds.display_progress_bar(sys.stderr.isatty())  # progress bars on a terminal, not in logs
     # TFDS prints its lines ("Downloading and preparing ...") to stdout, which the commands
@@ -67,3 +64,21 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
     return data_dir
+
+
+def _builder(dataset: str, data_dir: str):
+    """(the TFDS builder of `dataset` in `data_dir`, whether it is built there), without
+    TFDS's warning that a dataset not built yet has no dataset_info.json (what the callers are
+    here to find out)."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+        return builder, builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
