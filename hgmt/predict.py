@@ -58,12 +58,13 @@ def _define_flags(fv) -> None:
                        flag_values=fv, lower_bound=1e-6)
 
 
-def _outputs(path: str, out_dir: str) -> list[str]:
-    """The files the prediction of the image or video at `path` writes into `out_dir`."""
+def _outputs(path: str, out_dir: str) -> dict[str, str]:
+    """The files the prediction of the image or video at `path` writes into `out_dir`: an
+    image's 'panel' and 'json', a video's `video.outputs`."""
+    if video.is_video(path):
+        return video.outputs(path, out_dir)
     name = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
-    suffixes = ((".jsonl", ".annotated.mp4", ".summary.json") if video.is_video(path)
-                else (".png", ".json"))
-    return [name + s for s in suffixes]
+    return {"panel": name + ".png", "json": name + ".json"}
 
 
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
@@ -72,7 +73,7 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
     inputs_at = {os.path.abspath(p): p for p in inputs}
     written: dict[str, str] = {}
     for path in inputs:
-        for out in map(os.path.abspath, _outputs(path, out_dir)):
+        for out in map(os.path.abspath, _outputs(path, out_dir).values()):
             if out in inputs_at:
                 raise SystemExit(f"error: the prediction of {path} would overwrite the input "
                                  f"{inputs_at[out]}: choose another --out_dir")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     failed = []
     for path in images:
-        name = os.path.splitext(os.path.basename(path))[0]
+        out = _outputs(path, args.out_dir)
         if video.is_video(path):
             try:
                 summary = video.predict_video(model, path, args.out_dir, bbox)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(path)
                 continue
             summary.update(step=model.step, tasks=list(model.tasks))
-            with open(os.path.join(args.out_dir, name + ".summary.json"), "w") as f:
+            with open(out["summary"], "w") as f:
                 json.dump(summary, f, indent=1)
             print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
                   f"{summary['frames']} frames, {summary['frames_per_second']:.1f} frames/s "
@@ -127,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failed.append(path)
             continue
-        cv2.imwrite(os.path.join(args.out_dir, name + ".png"),
-                    predictor.panel(result)[..., ::-1])
-        with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
+        cv2.imwrite(out["panel"], predictor.panel(result)[..., ::-1])
+        with open(out["json"], "w") as f:
             json.dump({"image": os.path.abspath(path), "step": model.step,
                        **predictor.to_json(result, model.tasks)}, f)
-        print(f"{path} -> {os.path.join(args.out_dir, name)}.png/.json")
+        print(f"{path} -> {os.path.splitext(out['panel'])[0]}.png/.json")
     return 1 if failed else 0
 
 

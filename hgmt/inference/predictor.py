@@ -161,7 +161,7 @@ class Predictor:
             m_image = input_pipeline.crop_affine(window.centre, window.side, size)
             if window.side > max(MAX_WINDOW_PX, size):
                 image, to_small = _averaged_down(image, size / window.side)
-                m_image = m_image @ np.vstack([cv2.invertAffineTransform(to_small), [0, 0, 1]])
+                m_image = _after_inverse(m_image, to_small)
             crops.append(cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR))
             m_labels.append(input_pipeline.crop_affine(window.centre, window.side, r))
         return np.stack(crops), m_labels
@@ -188,7 +188,7 @@ class Predictor:
                "raw": raw}
         virtual = decoding_frame(image.shape[:2], self.focal_px)
         scale = virtual[0, 0]  # decoding frame px per image px
-        m_virtual = m_label @ np.vstack([cv2.invertAffineTransform(virtual), [0, 0, 1]])
+        m_virtual = _after_inverse(m_label, virtual)
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
                  "pelvis_depth": jnp.asarray(
                      [surreal.INTRINSICS[0, 0] * CROP_METRES / (window.side * scale)],
@@ -210,6 +210,11 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
     scale = f / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
     return np.array([[scale, 0.0, cx - scale * (w - 1) / 2],
                      [0.0, scale, cy - scale * (h - 1) / 2]])
+
+
+def _after_inverse(m: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(2,3) affines -> m after the inverse of a: the map from a's target frame through m."""
+    return m @ np.vstack([cv2.invertAffineTransform(a), [0, 0, 1]])
 
 
 def _averaged_down(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

@@ -133,6 +133,14 @@ class _Writer:
         self._container.close()
 
 
+def outputs(path: str, out_dir: str) -> dict[str, str]:
+    """The files the prediction of the video at `path` writes into `out_dir`: 'jsonl' (a line
+    per frame), 'annotated_video' (`predict_video`) and 'summary' (hgmt.predict's)."""
+    name = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+    return {"jsonl": name + ".jsonl", "annotated_video": name + ".annotated.mp4",
+            "summary": name + ".summary.json"}
+
+
 def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                   bbox: Sequence[float] | None = None) -> dict:
     """Predicts every frame of the video at `path` (each frame's person found, or the window
@@ -144,9 +152,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     the device."""
     import jax
 
-    name = os.path.splitext(os.path.basename(path))[0]
-    lines_path = os.path.join(out_dir, name + ".jsonl")
-    video_path = os.path.join(out_dir, name + ".annotated.mp4")
+    lines_path, video_path = (outputs(path, out_dir)[k] for k in ("jsonl", "annotated_video"))
     if os.path.abspath(video_path) == os.path.abspath(path):
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
     writer = _Writer(video_path, frame_rate(path))

@@ -86,7 +86,7 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
         _move_unreadable(mngr, workdir, [s for s, _ in failures])
         logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
                         "%s", found[0], [s for s, _ in failures],
-                        os.path.join(workdir, workdirs.UNREADABLE_DIR))
+                        workdirs.unreadable_dir(workdir))
     return found
 
 

@@ -137,8 +137,11 @@ class Evaluators:
         return self._built[name]
 
     def due(self, step: int) -> list[str]:
-        """The evaluators that run at `step` of training."""
-        return [n for n, e in self.settings.items() if e["every"] and step % e["every"] == 0]
+        """The evaluators that run at `step` of training: those due every so many steps, less,
+        at the last step, those that run after it (`at_end`), which run once, then."""
+        last = step == self.config.total_steps
+        return [n for n, e in self.settings.items() if e["every"] and step % e["every"] == 0
+                and not (last and e["at_end"])]
 
     def recorded(self, step: int) -> set[str]:
         """The evaluators whose results at `step` are in <workdir>/evals.jsonl."""

@@ -205,9 +205,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
     # A preemption at an evaluation step saved it without evaluating: evaluated on resuming.
-    missed = [n for n in evals.due(start_step) if n not in evals.recorded(start_step)
-              and not (start_step == config.total_steps and n in evals.at_end())]
-    if restored is not None and missed:
+    missed = [] if restored is None else [n for n in evals.due(start_step)
+                                          if n not in evals.recorded(start_step)]
+    if missed:
         logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             evals.run(missed, start_step, host_state(start_step, state), writer)
@@ -262,9 +262,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
         # A preempted job has no time to evaluate; the last step's evaluators run once, below.
-        evals_due = [] if stopping else [n for n in evals.due(step)
-                                         if not (step == config.total_steps
-                                                 and n in evals.at_end())]
+        evals_due = [] if stopping else evals.due(step)
         if checkpoint_due or evals_due:
             host = host_state(step, state)
             with checkpoints.stop_on_full_disk(workdir, step):
