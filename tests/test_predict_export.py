@@ -706,6 +706,37 @@ def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):
         assert np.abs(frames[0].astype(int) - want).mean() < 8, rotation
 
 
+def test_an_anamorphic_video_is_read_with_square_pixels(tmp_path):
+    """A clip whose pixels are not square (its sample aspect ratio: 2 stores a 128x32 picture
+    as 64x32, 1/2 stores a 32x32 picture as 64x32) is read at its displayed size, a stored
+    block stretched with it; stretching comes before the display rotation, as in players."""
+    import fractions
+
+    import av
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:8, :16] = 255  # a white block at the top left of the stored frame
+    for ratio, rotation, shape, block in (((2, 1), 0, (32, 128), (8, 32)),
+                                          ((1, 2), 0, (32, 32), (8, 8)),
+                                          ((2, 1), 90, (128, 32), (32, 8))):
+        path = str(tmp_path / f"anamorphic{ratio[0]}_{ratio[1]}_{rotation}.mp4")
+        with av.open(path, mode="w") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+            stream.codec_context.sample_aspect_ratio = fractions.Fraction(*ratio)
+            stream.set_display_rotation(rotation)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, "rgb24")))
+            container.mux(stream.encode())
+        (_, (frame,)), = video.read_frames(path, 8)
+        want = np.zeros((*shape, 3), np.uint8)
+        if rotation:  # turned counterclockwise: the stored top left is now the bottom left
+            want[-block[0]:, :block[1]] = 255
+        else:
+            want[:block[0], :block[1]] = 255
+        assert frame.shape == want.shape, (ratio, rotation, frame.shape)
+        assert np.abs(frame.astype(int) - want).mean() < 10, (ratio, rotation)
+
+
 def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
     fake = tmp_path / "clip.mp4"
     fake.write_bytes(b"not a video at all")

@@ -59,11 +59,27 @@ def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
+def square_pixels(rgb: np.ndarray, sample_aspect_ratio: float) -> np.ndarray:
+    """A decoded (H,W,3) frame of an anamorphic clip, whose pixels are `sample_aspect_ratio`
+    times as wide as they are tall (4/3 for HDV's 1440x1080 shown at 1920x1080) -> the frame
+    as players show it, (H, round(W * sample_aspect_ratio), 3) with square pixels; unchanged
+    when the ratio is 1."""
+    h, w = rgb.shape[:2]
+    width = max(round(w * sample_aspect_ratio), 1)
+    if width == w:
+        return rgb
+    shrink = width < w
+    return cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA if shrink
+                      else cv2.INTER_LINEAR)
+
+
 def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
     """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
-    decoding as it goes, each frame turned as it is displayed (`upright`). Errors name the
-    file (`_open`; ValueError on a damaged stream)."""
+    decoding as it goes, each frame as it is displayed: with square pixels (`square_pixels`,
+    by the stream's sample aspect ratio) and turned (`upright`). Errors name the file
+    (`_open`; ValueError on a damaged stream)."""
     with _open(path) as container:
+        ratio = float(container.streams.video[0].sample_aspect_ratio or 1) or 1.0
         times, frames = [], []
         decoded = container.decode(video=0)
         while True:
@@ -75,7 +91,8 @@ def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[
                 raise ValueError(f"video {path} cannot be decoded ({type(e).__name__}: "
                                  f"{e})") from e
             times.append(float(frame.time or 0.0))
-            frames.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
+            rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
+            frames.append(upright(rgb, frame.rotation))
             if len(frames) == batch_size:
                 yield times, frames
                 times, frames = [], []
