@@ -3,9 +3,10 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=4 \
         python -m hgmt.main --config=configs/demo.py --workdir=runs/demo
 
-When `data_dir` holds no built dataset, hgmt.main generates `demo.clips_per_split` clips of
-`demo.frames` frames with hgmt.sources.synthetic into `demo.surreal_root` and builds them with
-the TFDS builder (config `all`) into `data_dir`. Argument: `tasks=` as in configs/default.py.
+When `data_dir` holds no dataset built from these `demo` settings, hgmt.main generates
+`demo.clips_per_split` clips of `demo.frames` frames with hgmt.sources.synthetic into
+`demo.surreal_root` and builds them with the TFDS builder (config `all`) into `data_dir`.
+Argument: `tasks=` as in configs/default.py.
 """
 
 import ml_collections

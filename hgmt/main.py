@@ -3,7 +3,9 @@
     python -m hgmt.main --config=configs/default.py:tasks=pose2d+segm --workdir=DIR \
         [--config.batch_size=64 ...]
 
-With configs/demo.py the demo dataset is generated and built first when it is missing.
+With configs/demo.py the demo dataset is generated and built first unless built already
+(from the same demo settings).
+
 Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
 (`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id. A
 dead process is detected within --heartbeat_timeout seconds (hgmt.training.peers).
@@ -57,7 +59,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 
 def prepare_demo_dataset(config) -> None:
-    """Generates the demo clips and builds them with the TFDS builder, unless already built."""
+    """Generates the demo clips and builds them with the TFDS builder, unless built already
+    (`demo.build`)."""
     from hgmt import cores
     from hgmt.data import demo
 

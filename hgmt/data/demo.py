@@ -10,11 +10,14 @@ import os
 import shutil
 import sys
 
+from etils import epath
+
 from hgmt.sources import synthetic
 
 # Written into the clips' root once every clip is written, with what was generated: clips of
 # other settings are generated again; clips without it (an interrupted generation, or clips
-# hgmt did not generate) stop the build, naming the folder to remove.
+# hgmt did not generate) stop the build, naming the folder to remove. Also written into the
+# built dataset's folder: a dataset built from other settings is built again.
 GENERATED_FILE = "demo_generated.json"
 
 
@@ -22,15 +25,24 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
           dataset: str = "surreal/all", workers: int = 1) -> str:
     """Generates `clips_per_split` clips of `frames` frames per split under `surreal_root`
     (unless a complete generation of the same settings is there; in `workers` processes) and
-    builds `dataset` into `data_dir` (unless built there already). Returns `data_dir`."""
-    if _builder(dataset, data_dir)[1]:
-        return data_dir
+    builds `dataset` into `data_dir` (unless built there from the same settings, or built
+    there with no record of its settings: then reused, with a warning). Returns `data_dir`."""
     settings = {"clips_per_split": clips_per_split, "frames": frames, "seed": seed}
+    builder, prepared = _builder(dataset, data_dir)
+    if prepared:
+        built = _read(epath.Path(builder.data_dir) / GENERATED_FILE)
+        if built == settings:
+            return data_dir
+        if built is None:
+            logging.warning("%s holds %s with no record of the demo settings it was built "
+                            "from: used as it is (remove %s to build the demo of %s there)",
+                            data_dir, dataset, builder.data_dir, settings)
+            return data_dir
+        logging.warning("%s holds %s built from other demo settings (%s): building %s",
+                        data_dir, dataset, built, settings)
+        epath.Path(builder.data_dir).rmtree()
     marker = os.path.join(surreal_root, GENERATED_FILE)
-    done = None
-    if os.path.exists(marker):
-        with open(marker) as f:
-            done = json.load(f)
+    done = _read(epath.Path(marker))
     if done != settings:
         clips = os.path.join(surreal_root, "cmu")
         if done is not None:  # another complete generation of hgmt's: its clips are not these
@@ -45,7 +57,15 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
         with open(marker, "w") as f:
             json.dump(settings, f)
-    return build_dataset(surreal_root, data_dir, dataset)
+    build_dataset(surreal_root, data_dir, dataset)
+    built = epath.Path(_builder(dataset, data_dir)[0].data_dir) / GENERATED_FILE
+    built.write_text(json.dumps(settings))
+    return data_dir
+
+
+def _read(path: epath.Path) -> dict | None:
+    """The JSON object in the file at `path`; None when there is no such file."""
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def build_dataset(surreal_root: str, data_dir: str, dataset: str = "surreal/all") -> str:
