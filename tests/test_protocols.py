@@ -37,27 +37,34 @@ def _heatmaps(pred_xy, b):
 def _pose2d_case():
     """14 examples, identity crop (label px = image px): BodyNet test batches A = ex 0-3,
     B = 4-7, C = 8-11 and the partial batch 12-13. Ground truth joint j at (10 + 2j, 20);
-    predictions one-hot at the ground truth unless changed below."""
+    predictions one-hot at the ground truth unless changed below. BodyNet's label x is
+    hgmt's + 0.5 (bodynet training/util/img.lua:18-27 maps the crop window onto [0, 64],
+    hgmt onto [-0.5, 63.5]), so ground truth (10 + 2j, 20) is BodyNet's (10.5 + 2j, 20.5):
+    pixel trunc(10.5 + 2j) + 1 = 11 + 2j, 1-based, where the prediction is."""
     b = 14
     gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
     pred_xy = gt.copy()
     # Batch A.
-    gt[0, 1, 0] = 2.5  # r_knee: pixel trunc(2.5) + 1 = 3 (1-based), drawn peaked at 4
+    gt[0, 1, 0] = 2.0  # r_knee: BodyNet 2.5, pixel trunc(2.5) + 1 = 3, drawn peaked at 4
     pred_xy[0, 1] = [6, 20]  # 3 px from the peak (0-based 3): correct; 4 px from pixel 2
     gt[1, 2, 1] = -0.5  # r_hip: image y (1-based) 0.5 is not > 1: not drawn, not scored
     pred_xy[1, 2] = [14, 30]  # (it would be pixel 1 -> peak 3, 10 px away: wrong)
-    gt[1, 3, 1] = 0.5  # l_hip: pixel 1 (1-based), drawn peaked at 3 -> scored
+    gt[1, 3, 1] = 0.25  # l_hip: image y 1.25 (1-based) is drawn, at BodyNet 0.75: pixel 1,
+    # peaked at 3 -> scored
     pred_xy[1, 3] = [16, 7]  # 5 px from the peak (0-based 2): wrong
-    gt[2, 4, 0] = 64.5  # l_knee right of the map: pixel 65, drawn peaked at column 64
+    gt[2, 4, 0] = 64.0  # l_knee right of the map: BodyNet 64.5, pixel 65, peaked at 64
     pred_xy[2, 4] = [59, 20]  # 4 px from column 63 (0-based): wrong
-    gt[2, 5, 0] = -2.0  # l_ankle: trunc(-1.9999) = -1 -> pixel 0, drawn peaked at 2: scored
-    pred_xy[2, 5] = [5, 20]  # 4 px from 0-based 1: wrong (floor would leave it unscored)
+    gt[2, 5, 0] = -2.5  # l_ankle: BodyNet -2, trunc(-1.9999) = -1 -> pixel 0, peaked at 2:
+    pred_xy[2, 5] = [5, 20]  # scored, 4 px from 0-based 1: wrong (floor: unscored)
     pred_xy[3, 10] = [-1, -1]  # r_wrist: all-zero heatmap predicts pixel (1,1): wrong
-    # Batch B: l_wrist unscored in all four (pixel trunc(-3.4999) + 1 = -2 peaks at column
-    # 1, not > 1); r_ankle 4 px off in ex 4.
-    gt[4:8, 15, 0] = -3.5
+    gt[0, 14, 0] = 37.6  # l_elbow: BodyNet 38.1, pixel 39 (0-based 38; not 37 of trunc(37.6))
+    pred_xy[0, 14] = [41, 20]  # 3 px from it: correct (4 px from 0-based 37)
+    # Batch B: l_wrist unscored in all four (BodyNet -3.5: pixel trunc(-3.4999) + 1 = -2
+    # peaks at column 1, not > 1); r_ankle 4 px off in ex 4.
+    gt[4:8, 15, 0] = -4.0
     pred_xy[4, 0] += [4, 0]
-    # Batch C: every joint far right of the map (pixel 71: ul = 68 > 64, nothing drawn).
+    # Batch C: every joint far right of the map (BodyNet 70.5, pixel 71: ul = 68 > 64,
+    # nothing drawn).
     gt[8:12, :, 0] = 70.0
     # Partial batch: all wrong; never evaluated.
     pred_xy[12:] += [0, 9]
@@ -77,7 +84,8 @@ def test_bodynet_pck_reproduces_eval_lua():
     used, s = _run("bodynet", "pose2d", pred, batch)
     assert used == "bodynet"
     # Ground truth (bodynet training/donkey.lua:288-289, util/img.lua:62-64 and 223-243):
-    # a joint is drawn if its image y (1-based) > 1, at pixel trunc(x + 1e-4) + 1; drawGaussian
+    # a joint is drawn if its image y (1-based) > 1, at pixel trunc(x + 1e-4) + 1 of its
+    # BodyNet label x (util/img.lua:18-27, hgmt's + 0.5); drawGaussian
     # starts the 7x7 kernel at index max(1, -ul), ul = pixel - 3, so pixels 3, 2, 1, 0, -1, -2
     # peak at 4, 4, 3, 2, 1, 1 and pixel 65 (right of a 64 map) at 64.
     # util/eval.lua:317 scores joints {1,2,3,4,5,6,11,12,15,16}; :40-52 the first maximum in
@@ -122,7 +130,9 @@ def test_bodynet_pck_batches_follow_the_test_order():
 
 # --- BodyNet 3D MJD -------------------------------------------------------------------------
 # The crop maps image pixel (u, v) to label (0.3 (u - 160) + 32, 0.3 (v - 120) + 32): label
-# pixel (32, 32) is image pixel (160, 120) on the optical axis, (33, 32) is u = 163.33.
+# pixel (32, 32) is image pixel (160, 120) on the optical axis. BodyNet un-projects a label
+# pixel's 0-based index as its own label coordinate, hgmt's minus 0.5 (util/img.lua:18-27,
+# :62-64): pixel (32, 32) goes to image (158.33, 118.33), (33, 32) to (161.67, 118.33).
 _CROP = [[0.3, 0.0, -16.0], [0.0, 0.3, -4.0]]
 
 
@@ -131,8 +141,9 @@ def _pose3d_case():
     6 m on the optical axis; ground truth: r_ankle (0.03333, 0, 6) m, on the ray of image u =
     163.33 (label x 33), r_knee 2 bins (90 mm) behind the pelvis, every other joint at the
     pelvis. Predictions: each joint at its ground-truth label pixel and bin; in ex 0 r_knee
-    also at bin -1 with the same score (a tie); in ex 2 l_ankle's volume is all zero; ex 4's
-    joints are all 10 bins off."""
+    also at bin -1 with the same score (a tie); in ex 2 l_ankle's volume is all zero; in ex 3
+    the pelvis is one pixel right and one bin nearer (label (33, 32), bin -1); ex 4's joints
+    are all 10 bins off."""
     b = 5
     joints = np.zeros((b, 16, 3), np.float32)
     joints[..., 2] = 6.0
@@ -151,6 +162,8 @@ def _pose3d_case():
     vol[:, 1, 32, 32, 9 + 2] = 1.0  # r_knee at bin +2
     vol[0, 1, 32, 32, 9 - 1] = 1.0  # the tie: bin -1 as high
     vol[2, 5] = 0.0  # l_ankle: an all-zero volume
+    vol[3, 6] = 0.0
+    vol[3, 6, 32, 33, 9 - 1] = 1.0  # ex 3's pelvis: label (33, 32), bin -1
     vol[4] = np.roll(vol[4], -9, axis=-1)
     pred = jnp.asarray(np.transpose(vol, (0, 2, 3, 1, 4)).reshape(b, R, R, 16 * 19))
     return pred, batch
@@ -164,27 +177,49 @@ def test_bodynet_mjd_reproduces_eval_lua():
     # maximum of nonzero() in (z, y, x) order; z = 1 is the farthest bin +9 (donkey.lua:
     # 315-322, z = round(-dz / stp) + 10), so r_knee's tie goes to bin +2: 0 mm.
     # An all-zero volume ties everywhere: l_ankle in ex 2 at z = 1 (bin +9), pixel (0, 0).
-    # :464-465 transform(..., true) (util/img.lua:62-64): the image pixel trunc(u + 1e-4) + 1,
-    # back-projected minus 1 (:484): label (33, 32) -> u = 163 (not 163.33), so r_ankle is
-    # 1/3 px = 3.333 mm off at 6 m; label (0, 0) -> (53, 13) (u = 53.33, v = 13.33).
+    # :464-465 transform(..., true) (util/img.lua:62-64): the pixel's 0-based index is BodyNet's
+    # label coordinate (hgmt's index - 0.5), to the image pixel trunc(u + 1e-4) + 1,
+    # back-projected minus 1 (:484): label (32, 32) -> (158, 118) (u = 158.33), (33, 32) ->
+    # (161, 118) (u = 161.67, not 162), (0, 0) -> (51, 11) (u = 51.67, v = 11.67).
     # :479-485: depth = pelvis + bin x 45 mm, K^-1 [u v 1] x depth (util/camerautils.lua:
-    # 72-80; K = [[600, 0, 160], [0, 600, 120]]), aligned at the predicted pelvis (exact).
-    ankle = 1000 * 6.0 * (1 / 0.3 - 3) / 600
-    z = 6.0 + 9 * 0.045
-    l_ankle = 1000 * np.sqrt(((53 - 160) * z / 600) ** 2 + ((13 - 120) * z / 600) ** 2
-                             + (z - 6.0) ** 2)
+    # 72-80; K = [[600, 0, 160], [0, 600, 120]]), aligned at the predicted pelvis.
+    def cam(u, v, z):
+        return np.array([(u - 160) * z / 600, (v - 120) * z / 600, z])
+
+    def err_mm(pred, pelvis, truth):
+        return 1000 * np.linalg.norm((pred - pelvis) - truth)
+
+    pelvis, far = cam(158, 118, 6.0), 6.0 + 9 * 0.045
+    r_ankle_truth, r_knee_truth = np.array([6.0 / 0.3 / 600, 0, 0]), np.array([0, 0, 0.09])
+    zero = np.zeros(3)
+    # Ex 0-2: the pelvis at (158, 118), 6 m. r_ankle at (161, 118), 6 m: 3 px x 6 m / 600 =
+    # 30 mm right of it where the truth is 33.33 mm; r_knee at the pelvis pixel 90 mm behind:
+    # 2 px x 0.09 m / 600 = 0.3 mm off in x and in y; l_ankle of ex 2 at (51, 11), bin +9.
+    ankle = err_mm(cam(161, 118, 6.0), pelvis, r_ankle_truth)
+    knee = err_mm(cam(158, 118, 6.09), pelvis, r_knee_truth)
+    l_ankle = err_mm(cam(51, 11, far), pelvis, zero)
+    # Ex 3: the predicted pelvis at (161, 118) and 5.955 m: every joint is off by the shift.
+    pelvis3 = cam(161, 118, 5.955)
+    ex3 = {"r_ankle": err_mm(cam(161, 118, 6.0), pelvis3, r_ankle_truth),
+           "r_knee": err_mm(cam(158, 118, 6.09), pelvis3, r_knee_truth),
+           "pelvis": 0.0, "l_hip": err_mm(cam(158, 118, 6.0), pelvis3, zero)}
+    assert 3.33 < ankle < 3.34 and 0.42 < knee < 0.43 and ex3["l_hip"] > 45
     # training/test.lua:62 evaluates floor(5 / 4) = 1 batch (ex 4 never); eval.lua:490, 520
     # sum the batch's errors and divide by 4; test.lua:87 divides by 5 / 4 batches: / 5.
-    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(4 * ankle / 5, abs=2e-3)
-    assert s["mjd_mm_per_joint"]["r_knee"] == pytest.approx(0.0, abs=1e-3)
-    assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(l_ankle / 5, rel=1e-5)
-    assert s["mjd_mm"] == pytest.approx((4 * ankle + l_ankle) / 5 / 16, rel=1e-5)
+    per_joint = s["mjd_mm_per_joint"]
+    assert per_joint["r_ankle"] == pytest.approx((3 * ankle + ex3["r_ankle"]) / 5, abs=2e-3)
+    assert per_joint["r_knee"] == pytest.approx((3 * knee + ex3["r_knee"]) / 5, abs=2e-3)
+    assert per_joint["l_ankle"] == pytest.approx((l_ankle + ex3["l_hip"]) / 5, rel=1e-5)
+    assert per_joint["l_hip"] == pytest.approx(ex3["l_hip"] / 5, rel=1e-5)
+    assert per_joint["pelvis"] == pytest.approx(0.0, abs=1e-3)
+    total = 3 * ankle + 3 * knee + l_ankle + ex3["r_ankle"] + ex3["r_knee"] + 13 * ex3["l_hip"]
+    assert s["mjd_mm"] == pytest.approx(total / 5 / 16, rel=1e-5)
     assert s["examples_not_evaluated"] == 1
-    # hgmt's decoding on ex 0-3 keeps the fractional pixel (r_ankle exact) and breaks
+    # hgmt's decoding on ex 0-2 keeps the fractional pixel (r_ankle exact) and breaks
     # r_knee's tie towards the near bin -1 (135 mm off).
-    _, h = _run("hgmt", "pose3d", pred[:4], jax.tree.map(lambda x: x[:4], batch))
+    _, h = _run("hgmt", "pose3d", pred[:3], jax.tree.map(lambda x: x[:3], batch))
     assert h["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(0.0, abs=1e-3)
-    assert h["mjd_mm_per_joint"]["r_knee"] == pytest.approx(135.0 / 4, abs=1e-2)
+    assert h["mjd_mm_per_joint"]["r_knee"] == pytest.approx(135.0 / 3, abs=1e-2)
 
 
 # --- SURREAL segmentation ---------------------------------------------------------------------

@@ -117,14 +117,16 @@ def bodynet_label_peaks(batch: dict, r: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     drawn), from batch['joints2d'] (label px) and batch['crop'].
 
     bodynet training/donkey.lua:288-289 draws joint j only if its image y (1-based) is > 1,
-    at `transform(...)` = the integer pixel trunc(x + 1e-4) + 1 (img.lua:62-64);
+    at `transform(...)` = the integer pixel trunc(x + 1e-4) + 1 (img.lua:62-64) of its
+    BodyNet label x, hgmt's + `common.BODYNET_LABEL_SHIFT` (the pixel holding the joint);
     drawGaussian (img.lua:223-243) pastes image.gaussian(7) (peak at kernel index 4) from
     ul = pt - 3 to br = pt + 3 (:226-227), skipping a kernel wholly outside (:229), but starts
     the kernel at index max(1, -ul) (:234-235) instead of 2 - ul: a peak near the left or top
     edge moves right or down (1-based column 3 -> 4, 2 -> 4, 1 -> 3, 0 -> 2, -1 -> 1,
     -2 -> 1)."""
     image_y = common.apply_affine(common.invert_affine(batch["crop"]), batch["joints2d"])[..., 1]
-    pt = common.torch_int(batch["joints2d"] + 1e-4) + 1  # img.lua:62-64
+    shifted = batch["joints2d"] + common.BODYNET_LABEL_SHIFT
+    pt = common.torch_int(shifted + 1e-4) + 1  # img.lua:62-64
     ul, br = pt - 3, pt + 3  # img.lua:226-227 (sigma 1, integer pt)
     drawn = (image_y + 1 > 1) & jnp.all((ul <= r) & (br >= 1), -1)  # donkey.lua:288, img:229
     first = jnp.maximum(1, ul)  # img.lua:237-238, the image range

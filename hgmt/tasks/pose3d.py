@@ -139,14 +139,16 @@ def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
     tensorMax (eval.lua:23-27) takes the first maximum of `nonzero()` in (z, y, x) order; z = 1
     is BodyNet's bin +9, the farthest (donkey.lua:315-322: z = round(-dz/stp) + 10 with -dz
     the joint's depth towards the camera), so ties go to the farthest bin, then the top row,
-    then the left column. eval.lua:464-465 `transform(..., true)` (img.lua:62-64) returns the
-    integer image pixel trunc(u + 1e-4) + 1 (the cast truncates toward zero) and eval.lua:484
-    back-projects it minus 1: the 0-based integer pixel."""
+    then the left column. eval.lua:464-465 `transform(..., true)` (img.lua:62-64) takes the
+    label pixel's 0-based index as its BodyNet label coordinate (the pixel's top-left corner:
+    hgmt's index - `common.BODYNET_LABEL_SHIFT`) and returns the integer image pixel
+    trunc(u + 1e-4) + 1 (the cast truncates toward zero); eval.lua:484 back-projects it minus
+    1: the 0-based integer pixel."""
     vol = jnp.moveaxis(volumes(pred), -1, 2)[:, :, ::-1]  # (B,16,19,r,r): z=0 is bin +9
     b, _, nb, r, _ = vol.shape
     idx = jnp.argmax(vol.reshape(b, NUM_JOINTS, nb * r * r), -1)  # first maximum
     bins = common.MAX_BIN - idx // (r * r)
-    xy = jnp.stack([idx % r, (idx // r) % r], -1).astype(jnp.float32)
+    xy = jnp.stack([idx % r, (idx // r) % r], -1) - common.BODYNET_LABEL_SHIFT
     uv = common.torch_int(common.apply_affine(common.invert_affine(batch["crop"]), xy) + 1e-4)
     cam = surreal.backproject(uv.astype(jnp.float32),
                               batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
