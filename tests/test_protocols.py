@@ -405,3 +405,59 @@ def test_protocol_selection_and_labels():
 def test_pose3d_and_pose2d_modules_keep_the_task_interface():
     for module in (pose2d, pose3d, segm, depth):
         assert callable(module.summarize) and callable(module.metric_stats)
+
+
+# --- The reference protocols' crop window ----------------------------------------------------
+def test_reference_window_follows_get_center_and_get_scale():
+    """Joints at x 10..30, y 20..100 (0-based) are 11..31, 21..101 to the references' loaders
+    (surreal training/loader_SURREAL.lua:47: +1). getTightBox (surreal training/util.lua:
+    128-147): w = 31 - 11 + 1 = 21, h = 101 - 21 + 1 = 81; x 11 - 5.25 = 5.75 to 31 + 5.25 =
+    36.25, width 36.25 - 5.75 + 1 = 31.5; y 21 - 28.35 = -7.35 to 101 + 20.25 = 121.25,
+    height 129.6. getCenter (:149-155): (5.75 + 15.75, -7.35 + 64.8) = (21.5, 57.45), which
+    transform (training/img.lua:56-58) compares with the joints minus 1, so the window is
+    centred there in 0-based pixels; getScale (:157-160) max(129.6, 31.5) / 240 = 0.54, a
+    window of 200 x 0.54 = 108 pixels (img.lua:20-29). hgmt's window: the widened box
+    without the +1s, centred on (20, 56), 80 x 1.6 = 128 pixels."""
+    from hgmt.data import input_pipeline
+
+    joints = np.zeros((16, 2))
+    joints[:, 0] = np.linspace(10, 30, 16)
+    joints[:, 1] = np.linspace(20, 100, 16)
+    centre, side = input_pipeline.reference_box(joints)
+    np.testing.assert_allclose(centre, [21.5, 57.45], atol=1e-9)
+    assert side == pytest.approx(108.0, abs=1e-9)
+    centre, side = input_pipeline.window_box(joints, "hgmt")
+    np.testing.assert_allclose(centre, [20.0, 56.0], atol=1e-9)
+    assert side == pytest.approx(128.0, abs=1e-9)
+    with pytest.raises(ValueError, match="crop window 'tight': choose one of hgmt, reference"):
+        input_pipeline.window_box(joints, "tight")
+
+
+def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
+    """An evaluation under `bodynet` or `surreal` crops each test frame around the
+    references' window (`reference_box`), hgmt's around `person_box`; the summary says which."""
+    from hgmt.data import input_pipeline
+    from hgmt.models import create_model
+    from hgmt.tasks import heads, parse_tasks
+    from hgmt.training import steps
+    from tests.conftest import tiny_config
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d")
+    config.evals.test.max_examples = 2
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = steps.init_variables(model, jax.random.key(0), images)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    for protocol, window in [("bodynet", "reference"), ("surreal", "reference"),
+                             ("hgmt", "hgmt")]:
+        ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
+        summary = ev(variables)
+        assert summary["window"] == window and summary["protocol"] == protocol
+        record = source[ev.indices[0]]
+        joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+        centre, side = input_pipeline.window_box(joints, window)
+        r = config.image_size // 4
+        np.testing.assert_allclose(ev.first_batch["crop"][0],
+                                   input_pipeline.crop_affine(centre, side, r), atol=1e-4)
+    hgmt_side = input_pipeline.person_box(joints)[1]
+    assert 0.8 < input_pipeline.reference_box(joints)[1] / hgmt_side < 0.9

@@ -67,6 +67,43 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
 
 
+# The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's protocol)
+# and "reference", BodyNet's and SURREAL's test crop (`reference_box`: their protocols).
+WINDOWS = ("hgmt", "reference")
+
+
+def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
+    SURREAL's crop window in the same pixels, about 0.84 of `person_box`'s side.
+
+    Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
+    training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,
+    bodynet training/util/img.lua:362-381) widens the box of the 1-based joints by 0.25 w left
+    and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
+    before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
+    (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
+    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
+    window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
+    bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
+    the window is centred on the 1-based box's centre."""
+    j = np.asarray(joints2d, np.float64) + 1.0
+    lo, hi = j.min(0), j.max(0)
+    size = hi - lo + 1
+    start = lo - np.array([0.25, 0.35]) * size
+    end = hi + 0.25 * size
+    full = end - start + 1
+    return start + full / 2, float(200.0 * max(full[1] / 240, full[0] / 240))
+
+
+def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, float]:
+    """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
+    if window == "reference":
+        return reference_box(joints2d)
+    if window != "hgmt":
+        raise ValueError(f"crop window {window!r}: choose one of {', '.join(WINDOWS)}")
+    return person_box(joints2d)
+
+
 def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float = 0.0,
                 flip: bool = False) -> np.ndarray:
     """(2,3) affine from image pixels to a size x size crop: the window of `side` pixels around
@@ -111,9 +148,10 @@ def draw_crop_params(augment: Augment, rng: np.random.Generator) -> CropParams:
 def crop_example(example: dict, image_size: int, augment: Augment,
                  rng: np.random.Generator | None = None,
                  tasks: Sequence[str] | None = None,
-                 unread: frozenset[str] = frozenset()) -> dict:
+                 unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy, with
-    crop parameters drawn from `augment`'s distributions (`draw_crop_params`).
+    crop parameters drawn from `augment`'s distributions (`draw_crop_params`), around the
+    `window`'s box (`window_box`: hgmt's, or the reference protocols').
 
     Image features may be decoded arrays or their encoded bytes (a split opened with
     `open_split`'s default), which OpenCV decodes here, only those the `tasks` read (default:
@@ -126,16 +164,17 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     (r,r) part classes, depth (r,r) metres.
     """
     params = draw_crop_params(augment, rng or np.random.default_rng(0))
-    return crop_with(example, image_size, params, tasks, unread)
+    return crop_with(example, image_size, params, tasks, unread, window)
 
 
 def crop_with(example: dict, image_size: int, params: CropParams,
               tasks: Sequence[str] | None = None,
-              unread: frozenset[str] = frozenset()) -> dict:
-    """`crop_example` with given crop parameters; the label maps in `unread` are not decoded
-    and their labels are zeros (`spec.Crop`)."""
+              unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
+    """`crop_example` with given crop parameters, around the `window`'s box (`window_box`);
+    the label maps in `unread` are not decoded and their labels are zeros (`spec.Crop`)."""
     r = image_size // common.LABEL_STRIDE
-    centre, side = person_box(example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+    joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+    centre, side = window_box(joints, window)
     side *= params.scale
     m_image = crop_affine(centre, side, image_size, params.rotation, params.flip)
     m_label = crop_affine(centre, side, r, params.rotation, params.flip)
@@ -418,10 +457,11 @@ def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle"
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
-                 tasks: Sequence[str] | None = None,
-                 damaged: list[int] | None = None) -> Iterator[dict]:
-    """This host's share of `indices` in fixed-size batches, with the labels of `tasks`
-    (default all); the last one padded, with `mask`
+                 tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
+                 window: str = "hgmt") -> Iterator[dict]:
+    """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
+    box (`window_box`), with the labels of `tasks` (default all); the last one padded, with
+    `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
@@ -432,7 +472,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     def example(i: int) -> dict | None:
         try:
             return crop_example(damage.read(source, i), image_size, Augment.none(),
-                                tasks=tasks)
+                                tasks=tasks, window=window)
         except damage.DamagedRecord:
             if damaged is None:
                 raise
@@ -445,7 +485,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
         for i in () if spare else indices:
             try:
                 spare.append(crop_example(damage.read(source, i), image_size, Augment.none(),
-                                          tasks=tasks))
+                                          tasks=tasks, window=window))
                 break
             except damage.DamagedRecord:
                 continue

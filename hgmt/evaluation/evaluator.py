@@ -113,6 +113,7 @@ class Evaluator:
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
+        self.window = protocols.window(protocol)
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
@@ -148,7 +149,8 @@ class Evaluator:
         for batch in input_pipeline.eval_batches(self.source, self.indices,
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
-                                                 tasks=self.tasks, damaged=damaged):
+                                                 tasks=self.tasks, damaged=damaged,
+                                                 window=self.window):
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
@@ -156,7 +158,7 @@ class Evaluator:
         count = float(total["count"])
         summary = {name: {"protocol": self.metrics[name].protocol,
                           **self.metrics[name].summarize(total[name])} for name in self.tasks}
-        summary["protocol"] = self.protocol
+        summary["protocol"], summary["window"] = self.protocol, self.window
         usable = max(count - float(total["unusable"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)

@@ -63,6 +63,13 @@ def metric(protocol: str, task: str, num_examples: int) -> Metric:
     return Metric(used, *module.protocol_metric(used, num_examples))
 
 
+def window(protocol: str) -> str:
+    """The crop window (`input_pipeline.WINDOWS`) an evaluation under `protocol` crops with:
+    the reference protocols' own test crop (BodyNet's and SURREAL's, the same function), so
+    their numbers are measured on the person at the scale of the published ones."""
+    return "hgmt" if check(protocol) == "hgmt" else "reference"
+
+
 def headline_of(task: str, protocol: str = "hgmt") -> Headline:
     """How `task`'s numbers made by `protocol` (the one its summary records) are shown."""
     return TASKS[task].HEADLINES[task_protocol(protocol, task)]
