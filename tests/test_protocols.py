@@ -423,7 +423,7 @@ def test_reference_window_follows_get_center_and_get_scale():
     joints = np.zeros((16, 2))
     joints[:, 0] = np.linspace(10, 30, 16)
     joints[:, 1] = np.linspace(20, 100, 16)
-    centre, side = input_pipeline.reference_box(joints)
+    centre, side = surreal.reference_box(joints)
     np.testing.assert_allclose(centre, [21.5, 57.45], atol=1e-9)
     assert side == pytest.approx(108.0, abs=1e-9)
     centre, side = input_pipeline.window_box(joints, "hgmt")
@@ -435,7 +435,8 @@ def test_reference_window_follows_get_center_and_get_scale():
 
 def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     """An evaluation under `bodynet` or `surreal` crops each test frame around the
-    references' window (`reference_box`), hgmt's around `person_box`; the summary says which."""
+    references' window (`surreal.reference_box`), hgmt's around `person_box`; the summary's
+    `conventions` says which."""
     from hgmt.data import input_pipeline
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
@@ -452,7 +453,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
                              ("hgmt", "hgmt")]:
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         summary = ev(variables)
-        assert summary["window"] == window and summary["protocol"] == protocol
+        assert summary["conventions"] == window and summary["protocol"] == protocol
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
         centre, side = input_pipeline.window_box(joints, window)
@@ -460,4 +461,4 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         np.testing.assert_allclose(ev.first_batch["crop"][0],
                                    input_pipeline.crop_affine(centre, side, r), atol=1e-4)
     hgmt_side = input_pipeline.person_box(joints)[1]
-    assert 0.8 < input_pipeline.reference_box(joints)[1] / hgmt_side < 0.9
+    assert 0.8 < surreal.reference_box(joints)[1] / hgmt_side < 0.9

@@ -208,8 +208,47 @@ def test_frame_problem_and_middle_frame():
     assert surreal.frame_problem(out) is None
     out[surreal.SMPL_TO_JOINT[8]] = [100.0, 300.0]  # 9 of 16 outside
     assert surreal.frame_problem(out) == "person_outside"
+    unset = np.zeros((24, 2))
+    unset[surreal.SMPL_TO_JOINT] = [0.0, 238.0]
+    assert surreal.frame_problem(unset) == "joints_unset"
     assert surreal.middle_frame(100) == 49 and surreal.middle_frame(5) == 2
     assert surreal.middle_frame(1) == 0
+
+
+def test_reference_frame_problem_follows_the_reference_loaders():
+    """surreal training/loader_SURREAL.lua:47-52 (joints + 1, all 16 at (1, 239): nil) and
+    donkey.lua:118-119 (getCenter of the 1-based joints outside [1, 320] x [1, 240]: nil),
+    by hand with util.lua:128-155's getTightBox and getCenter."""
+    j = surreal.SMPL_TO_JOINT
+    joints = np.zeros((24, 2))
+    joints[j] = [0.0, 238.0]  # 1-based (1, 239)
+    assert surreal.reference_frame_problem(joints) == "joints_unset"
+    # All zero: 1-based (1, 1); w = h = 1, x_min = 1 - 0.25 = 0.75, width 1.5: centre 1.5,
+    # inside. The references evaluate it (a 1.25-pixel window); hgmt does not.
+    assert surreal.reference_frame_problem(np.zeros((24, 2))) is None
+    assert surreal.frame_problem(np.zeros((24, 2))) == "joints_zero"
+    # 9 joints at x -3, 7 at x 20 (1-based -2 and 21): w = 24, x -8 to 27, width 36, centre
+    # x = -8 + 18 = 10: inside, though 9 of 16 joints are outside (hgmt: person_outside).
+    joints = np.full((24, 2), 100.0)
+    joints[j[:9], 0], joints[j[9:], 0] = -3.0, 20.0
+    assert surreal.reference_frame_problem(joints) is None
+    assert surreal.frame_problem(joints) == "person_outside"
+    # 8 joints at x 0..5, 8 at x -60 (1-based 1..6 and -59): w = 66, x -75.5 to 22.5, width
+    # 99, centre x = -75.5 + 49.5 = -26 < 1; 8 of 16 inside is enough for hgmt.
+    joints[j[:8], 0], joints[j[8:], 0] = np.linspace(0, 5, 8), -60.0
+    assert surreal.reference_frame_problem(joints) == "centre_outside"
+    assert surreal.frame_problem(joints) is None
+    # A centre of exactly 1 is inside (`center[1] < 1`): 1-based x -1 and 2: w = 4, x -2 to
+    # 3, width 6, centre -2 + 3 = 1.
+    joints[j[:8], 0], joints[j[8:], 0] = -2.0, 1.0
+    assert surreal.reference_frame_problem(joints) is None
+    joints[j[:8], 0] = -2.5  # w = 4.5, x -2.625 to 3.125, width 6.75, centre 0.75
+    assert surreal.reference_frame_problem(joints) == "centre_outside"
+    # Below the image: y 1-based 241 and 250 -> h = 10, y 241 - 3.5 = 237.5 to 252.5, height
+    # 16, centre 245.5 > 240.
+    joints = np.full((24, 2), 100.0)
+    joints[j[:8], 1], joints[j[8:], 1] = 240.0, 249.0
+    assert surreal.reference_frame_problem(joints) == "centre_outside"
 
 
 def test_parse_stem_and_find_clips(demo_clip):

@@ -18,18 +18,24 @@ from tests.test_protocols import _pose3d_case, _run
 
 
 def _damage_test_clips(root):
-    """Demo clips under root; in the test split clip 1's frame 1 gets all joints at zero and
-    clip 2 loses its _segm.mat. Returns the test stems."""
+    """Demo clips under root; in the test split clip 1's frame 1 (its middle) gets the
+    reference loaders' unset joints (all 16 at 1-based (1, 239)), its frame 3 all joints at
+    zero, and clip 2 loses its _segm.mat. Returns the test stems."""
     stems = surreal.find_clips(root, "test")
     info = surreal.clip_paths(stems[0])["info"]
     mat = {k: v for k, v in scipy.io.loadmat(info).items() if not k.startswith("__")}
     mat["joints2D"][:, :, 1] = 0.0
+    mat["joints2D"][1, surreal.SMPL_TO_JOINT, 1] = 238.0  # joints2D is (2, 24, T)
+    mat["joints2D"][:, :, 3] = 0.0
     scipy.io.savemat(info, mat)
     os.remove(surreal.clip_paths(stems[1])["segm"])
     return stems
 
 
 def test_test_split_keeps_unusable_frames_flagged_other_splits_skip_them(tmp_path):
+    """The test split flags what the reference loaders cannot use (unset joints, a missing
+    file) and keeps what only hgmt rejects (all joints zero) whole; train and validation
+    skip both."""
     synthetic.generate(str(tmp_path), clips_per_split=2, frames=4, seed=1)
     stems = _damage_test_clips(str(tmp_path))
     kept, counts = {}, collections.Counter()
@@ -38,10 +44,12 @@ def test_test_split_keeps_unusable_frames_flagged_other_splits_skip_them(tmp_pat
                                           counts))
     flagged = {k: e["unusable"] for k, e in kept.items() if e["unusable"]}
     cid0, cid1 = surreal.parse_stem(stems[0]), surreal.parse_stem(stems[1])
-    assert flagged == {f"{cid0.run}/{cid0.name}/0001": "frame_joints_zero",
+    assert flagged == {f"{cid0.run}/{cid0.name}/0001": "frame_joints_unset",
                        f"{cid1.run}/{cid1.name}/0000": "clip_missing_file"}
     assert len(kept) == 5  # clip 1's 4 frames, clip 2's one placeholder
-    assert counts["flagged_frame_joints_zero"] == 1 and counts["flagged_clip_missing_file"] == 1
+    assert counts["flagged_frame_joints_unset"] == 1 and counts["flagged_clip_missing_file"] == 1
+    zero = kept[f"{cid0.run}/{cid0.name}/0003"]
+    assert not np.any(zero["joints2d"]) and len(zero["image"]) > 1000  # the real frame
     placeholder = kept[f"{cid1.run}/{cid1.name}/0000"]
     assert placeholder["frame"] == 0 and placeholder["num_frames"] == 1  # its own middle
     assert not np.any(placeholder["joints2d"]) and placeholder["sequence"] == cid1.sequence
@@ -49,8 +57,30 @@ def test_test_split_keeps_unusable_frames_flagged_other_splits_skip_them(tmp_pat
     skipped = collections.Counter()
     plain = {k: e for s in stems for k, e in records.clip_examples(s, records.FrameSelection(),
                                                                   skipped)}
-    assert len(plain) == 3 and not any(e["unusable"] for e in plain.values())
-    assert skipped["frame_joints_zero"] == 1 and skipped["clip_missing_file"] == 1
+    assert len(plain) == 2 and not any(e["unusable"] for e in plain.values())
+    assert skipped["frame_joints_unset"] == 1 and skipped["frame_joints_zero"] == 1
+    assert skipped["clip_missing_file"] == 1
+
+
+def test_each_protocol_evaluates_its_own_unusable_frames(tmp_path):
+    """`eval_batches` in hgmt's conventions also flags a frame `surreal.frame_problem`
+    rejects (all joints zero, kept whole in the test split); in the references' it does not
+    (their loaders evaluate it)."""
+    from hgmt.data import input_pipeline
+
+    synthetic.generate(str(tmp_path), clips_per_split=1, frames=4, seed=1, splits=("test",))
+    stem, = surreal.find_clips(str(tmp_path), "test")
+    info = surreal.clip_paths(stem)["info"]
+    mat = {k: v for k, v in scipy.io.loadmat(info).items() if not k.startswith("__")}
+    mat["joints2D"][:, :, 2] = 0.0
+    scipy.io.savemat(info, mat)
+    source = [e for _, e in records.clip_examples(
+        stem, records.FrameSelection(keep_unusable=True), collections.Counter())]
+    assert len(source) == 4 and not any(e["unusable"] for e in source)
+    for conventions, want in (("hgmt", [0, 0, 1, 0]), ("reference", [0, 0, 0, 0])):
+        batch, = input_pipeline.eval_batches(source, [0, 1, 2, 3], batch_size=4, image_size=64,
+                                             conventions=conventions)
+        np.testing.assert_array_equal(batch["unusable"], want)
 
 
 def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it():
@@ -75,13 +105,18 @@ def test_reference_protocols_count_flagged_frames_hgmt_leaves_them_out():
     # pose3d: bodynet training/dataset.lua:795 gives an unusable frame no annotations
     # (`instance = {}`); util/eval.lua:430-433 then adds no error for it, :520 still divides
     # by the batch size and test.lua:87 by N/4. In test_protocols' 5-example case (ex 0-3 the
-    # one full batch), flagging ex 2 removes its l_ankle (all-zero volume) and r_ankle errors
-    # and leaves the divisor at 5.
+    # one full batch), flagging ex 2 removes its r_ankle error (3.333 mm, derived there) and
+    # its l_ankle's (an all-zero volume), leaving l_ankle's error in ex 3 (that of every joint
+    # at the pelvis pixel there, as l_hip's), and leaves the divisor at 5.
     pred, batch = _pose3d_case()
     ankle = 1000 * 6.0 * (1 / 0.3 - 3) / 600
+    _, plain = _run("bodynet", "pose3d", pred, batch)
     _, s = _run("bodynet", "pose3d", pred, _flag(batch, 2))
-    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(3 * ankle / 5, abs=2e-3)
-    assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(0.0, abs=1e-3)
+    assert s["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(
+        plain["mjd_mm_per_joint"]["r_ankle"] - ankle / 5, abs=2e-3)
+    assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(
+        plain["mjd_mm_per_joint"]["l_hip"], rel=1e-5)
+    assert s["mjd_mm_per_joint"]["l_ankle"] < plain["mjd_mm_per_joint"]["l_ankle"] - 50
     # hgmt's protocol: as if ex 2 were not there.
     keep = jnp.asarray([0, 1, 3, 4])
     _, h = _run("hgmt", "pose3d", pred, _flag(batch, 2))
@@ -158,6 +193,12 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
                                      create_model(config.model, heads(tasks)))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     for protocol in ("hgmt", "bodynet", "surreal"):
+        everything = evaluator.evaluate(config, variables, protocol=protocol, frames="all",
+                                        max_examples=0)
+        # Clip 1's 4 frames and clip 2's placeholder: the unset joints and the placeholder
+        # flagged, and under hgmt's protocol also the frame with all joints zero.
+        assert everything["num_examples"] == 5
+        assert everything["unusable_frames"]["count"] == (3 if protocol == "hgmt" else 2)
         summary = evaluator.evaluate(config, variables, protocol=protocol, frames="middle",
                                      max_examples=0)
         report = summary["unusable_frames"]

@@ -47,7 +47,7 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
                               "quarter of the bytes, faster to decode; labels unchanged.",
@@ -56,7 +56,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               "millimetre depth differed on 0.5 % of foreground pixels.",
                      "1.3.0": "unusable: the test split keeps the frames and clips the "
                               "reference test sets keep but cannot use, as flagged "
-                              "placeholders; other splits still skip them."}
+                              "placeholders; other splits still skip them.",
+                     "1.4.0": "unusable: the test split flags the frames the reference test "
+                              "loaders cannot use (joints unset, getCenter outside the "
+                              "image) and keeps the others whole."}
     BUILDER_CONFIGS = [
         SurrealConfig(name="middle", middle_only=True,
                       description="The middle frame ceil(T/2) of each clip (test protocol)."),
@@ -107,9 +110,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "run": tfds.features.Text(doc="SURREAL run, e.g. run0"),
                 "frame": tfds.features.Scalar(dtype=np.int32, doc="0-based frame index"),
                 "unusable": tfds.features.Text(
-                    doc="empty for a usable frame; else why not (frame_joints_zero, "
-                        "frame_person_outside, clip_missing_file, clip_unreadable_file): a "
-                        "placeholder of the test split, black frame and background labels"),
+                    doc="empty for a usable frame; else why the reference test loaders "
+                        "cannot use it (frame_joints_unset, frame_centre_outside, "
+                        "clip_missing_file, clip_unreadable_file): a placeholder of the test "
+                        "split, black frame and background labels"),
                 "num_frames": tfds.features.Scalar(
                     dtype=np.int32, doc="frames the clip's four files share (T)"),
             }),

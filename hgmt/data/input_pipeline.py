@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -67,38 +68,16 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
 
 
-# The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's protocol)
-# and "reference", BodyNet's and SURREAL's test crop (`reference_box`: their protocols).
+# The crop windows and test conventions: "hgmt"'s (`person_box`, docs/surreal_format.md:
+# training, hgmt's protocol) and "reference", BodyNet's and SURREAL's test crop
+# (`surreal.reference_box`: their protocols).
 WINDOWS = ("hgmt", "reference")
-
-
-def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
-    """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
-    SURREAL's crop window in the same pixels, about 0.84 of `person_box`'s side.
-
-    Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
-    training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,
-    bodynet training/util/img.lua:362-381) widens the box of the 1-based joints by 0.25 w left
-    and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
-    before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
-    (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
-    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
-    window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
-    bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
-    the window is centred on the 1-based box's centre."""
-    j = np.asarray(joints2d, np.float64) + 1.0
-    lo, hi = j.min(0), j.max(0)
-    size = hi - lo + 1
-    start = lo - np.array([0.25, 0.35]) * size
-    end = hi + 0.25 * size
-    full = end - start + 1
-    return start + full / 2, float(200.0 * max(full[1] / 240, full[0] / 240))
 
 
 def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, float]:
     """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
     if window == "reference":
-        return reference_box(joints2d)
+        return surreal.reference_box(joints2d)
     if window != "hgmt":
         raise ValueError(f"crop window {window!r}: choose one of {', '.join(WINDOWS)}")
     return person_box(joints2d)
@@ -252,6 +231,26 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
                      "num_frames", "depth_class", "unusable")
 # The builder version that added each feature a build may lack.
 _ADDED_IN = {"depth_class": "1.2.0", "unusable": "1.3.0"}
+# The builder version whose test split flags the frames the reference loaders cannot use
+# (`surreal.reference_frame_problem`); older builds flagged hgmt's (`surreal.frame_problem`).
+REFERENCE_FLAGS_SINCE = "1.4.0"
+
+
+def check_reference_flags(source, dataset: str, data_dir: str) -> None:
+    """Warns that a test split built before REFERENCE_FLAGS_SINCE flags hgmt's unusable
+    frames, not the reference loaders' (a few frames of the reference test set evaluated
+    differently), with the command that rebuilds it."""
+    import tensorflow_datasets as tfds
+
+    version = source.dataset_info.version
+    if tfds.core.Version(str(version)) < tfds.core.Version(REFERENCE_FLAGS_SINCE):
+        logging.warning(
+            "dataset %r under %r was built by SURREAL builder version %s, before %s: its "
+            "test split flags the frames hgmt cannot use, not those the reference loaders "
+            "cannot use, so a reference protocol may treat a few frames otherwise than the "
+            "reference code. Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
+            "root> --data_dir=%s --config=%s --file_format=array_record", dataset, data_dir,
+            version, REFERENCE_FLAGS_SINCE, data_dir, dataset.split("/")[-1])
 
 
 def check_features(info, dataset: str, data_dir: str) -> None:
@@ -458,10 +457,12 @@ def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle"
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
-                 window: str = "hgmt") -> Iterator[dict]:
-    """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
-    box (`window_box`), with the labels of `tasks` (default all); the last one padded, with
-    `mask`
+                 conventions: str = "hgmt") -> Iterator[dict]:
+    """This host's share of `indices` in fixed-size batches, with the labels of `tasks`
+    (default all), in the test `conventions` (WINDOWS): "reference", the reference test
+    loaders' crop window (`window_box`) and unusable frames (the flagged placeholders);
+    "hgmt", hgmt's window and unusable frames (the placeholders and the frames
+    `surreal.frame_problem` rejects). The last batch is padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
@@ -469,10 +470,15 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
 
+    def cropped(record: dict) -> dict:
+        out = crop_example(record, image_size, Augment.none(), tasks=tasks, window=conventions)
+        if conventions == "hgmt" and surreal.frame_problem(record["joints2d"]) is not None:
+            out["unusable"] = np.float32(1.0)
+        return out
+
     def example(i: int) -> dict | None:
         try:
-            return crop_example(damage.read(source, i), image_size, Augment.none(),
-                                tasks=tasks, window=window)
+            return cropped(damage.read(source, i))
         except damage.DamagedRecord:
             if damaged is None:
                 raise
@@ -484,8 +490,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     def filler() -> dict:
         for i in () if spare else indices:
             try:
-                spare.append(crop_example(damage.read(source, i), image_size, Augment.none(),
-                                          tasks=tasks, window=window))
+                spare.append(cropped(damage.read(source, i)))
                 break
             except damage.DamagedRecord:
                 continue

@@ -69,7 +69,8 @@ def depth_classes(clip: surreal.Clip, t: int) -> np.ndarray:
 
 def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str) -> dict:
     """The placeholder record of a frame the reference test sets keep but cannot use (its
-    files missing or unreadable, all joints zero, the person outside the image): a black frame,
+    files missing or unreadable, its joints unset, the person's centre outside the image,
+    `surreal.reference_frame_problem`): a black frame,
     background labels, zero annotations, and `unusable` = the reason. Training never reads it;
     the reference protocols evaluate it as their code does (zero input, all background), hgmt's
     protocol leaves it out (docs/metrics.md)."""
@@ -92,9 +93,12 @@ def clip_examples(stem: str, frames: FrameSelection,
     A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
     files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
     frames with all joints at zero or the person outside the image are skipped one by one
-    ("frame_<problem>", see `surreal.frame_problem`); with `frames.keep_unusable` (the test
-    split) both are kept as flagged placeholders instead ("flagged_<problem>",
-    `unusable_example`). The frame is JPEG bytes, the label maps
+    ("frame_<problem>", see `surreal.frame_problem`). With `frames.keep_unusable` (the test
+    split) the clips are kept as flagged placeholders instead ("flagged_<problem>",
+    `unusable_example`), and so are the frames the reference test loaders cannot use
+    (`surreal.reference_frame_problem`), the others being kept whole: the test split is the
+    references' test set, and hgmt's protocol leaves out the frames `surreal.frame_problem`
+    rejects when it evaluates (docs/metrics.md). The frame is JPEG bytes, the label maps
     PNG bytes: raw segments, depth in millimetres, and SURREAL's depth classes.
     """
     try:
@@ -118,7 +122,8 @@ def clip_examples(stem: str, frames: FrameSelection,
     for t in range(t_all):
         if not frames.keeps(t, t_all):
             continue
-        problem = surreal.frame_problem(clip.info.joints2d[t])
+        problem = (surreal.reference_frame_problem if frames.keep_unusable else
+                   surreal.frame_problem)(clip.info.joints2d[t])
         if problem is not None and frames.keep_unusable:
             logging.info("flagging %s frame %d unusable: %s", stem, t, problem)
             counts[f"flagged_frame_{problem}"] += 1

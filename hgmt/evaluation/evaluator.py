@@ -113,10 +113,12 @@ class Evaluator:
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
-        self.window = protocols.window(protocol)
+        self.conventions = protocols.conventions(protocol)
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
+        if self.conventions == "reference":
+            input_pipeline.check_reference_flags(self.source, config.dataset, config.data_dir)
         self.shards = damage.Shards.of(self.source)
         self.unreadable: list[int] = []  # damaged records met while selecting the frames
         if indices is None:  # by default each clip's middle frame
@@ -150,7 +152,7 @@ class Evaluator:
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
                                                  tasks=self.tasks, damaged=damaged,
-                                                 window=self.window):
+                                                 conventions=self.conventions):
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
@@ -158,7 +160,7 @@ class Evaluator:
         count = float(total["count"])
         summary = {name: {"protocol": self.metrics[name].protocol,
                           **self.metrics[name].summarize(total[name])} for name in self.tasks}
-        summary["protocol"], summary["window"] = self.protocol, self.window
+        summary["protocol"], summary["conventions"] = self.protocol, self.conventions
         usable = max(count - float(total["unusable"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)

@@ -388,7 +388,8 @@ def load_clip(stem: str) -> Clip:
 def frame_problem(joints2d: np.ndarray) -> str | None:
     """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels.
 
-    Unusable: all joints at zero ("joints_zero"), or the person mostly outside the 320x240
+    Unusable: all joints at zero ("joints_zero"), the reference loaders' unset joints
+    ("joints_unset", `reference_frame_problem`), or the person mostly outside the 320x240
     image: fewer than half of the 16 used joints inside it ("person_outside"). A person cut by
     the border is kept: the crop pads, and SURREAL has many such frames.
     """
@@ -396,10 +397,59 @@ def frame_problem(joints2d: np.ndarray) -> str | None:
     if not np.any(j):
         return "joints_zero"
     j = j[SMPL_TO_JOINT]
+    if _unset(j):
+        return "joints_unset"
     inside = (j[:, 0] >= 0) & (j[:, 0] <= IMAGE_WIDTH - 1) & (j[:, 1] >= 0) & (
         j[:, 1] <= IMAGE_HEIGHT - 1)
     if 2 * int(inside.sum()) < len(j):
         return "person_outside"
+    return None
+
+
+def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
+    SURREAL's crop window in the same pixels, about 0.84 of hgmt's
+    (`hgmt.data.input_pipeline.person_box`).
+
+    Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
+    training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,
+    bodynet training/util/img.lua:362-381) widens the box of the 1-based joints by 0.25 w left
+    and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
+    before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
+    (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
+    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
+    window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
+    bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
+    the window is centred on the 1-based box's centre."""
+    j = np.asarray(joints2d, np.float64) + 1.0
+    lo, hi = j.min(0), j.max(0)
+    size = hi - lo + 1
+    start = lo - np.array([0.25, 0.35]) * size
+    end = hi + 0.25 * size
+    full = end - start + 1
+    return start + full / 2, float(200.0 * max(full[1] / 240, full[0] / 240))
+
+
+def _unset(joints: np.ndarray) -> bool:
+    """Whether the 16 used joints (16,2), 0-based, are all at 1-based (1, 239): the reference
+    loaders' mark of joints that were never set."""
+    return bool(np.all(np.asarray(joints, np.float64) + 1 == [1.0, 239.0]))
+
+
+def reference_frame_problem(joints2d: np.ndarray) -> str | None:
+    """Why the reference test loaders cannot use a frame, or None. joints2d: (24,2) SMPL
+    joints in pixels. "joints_unset": each of the 16 used joints at 1-based (1, 239), the
+    loaders' check for joints that were never set (surreal training/loader_SURREAL.lua:49-52,
+    bodynet training/util/dataloader/SURREAL.lua:52-55); "centre_outside": `getCenter`
+    outside the 1-based image [1, 320] x [1, 240] (surreal training/donkey.lua:118-119,
+    bodynet training/donkey.lua:264). Such a frame gets a zero input and all-background
+    labels in their test loops and still counts (docs/metrics.md)."""
+    j = np.asarray(joints2d, np.float64)[SMPL_TO_JOINT]
+    if _unset(j):
+        return "joints_unset"
+    centre, _ = reference_box(j)
+    if (centre < 1).any() or centre[0] > IMAGE_WIDTH or centre[1] > IMAGE_HEIGHT:
+        return "centre_outside"
     return None
 
 
