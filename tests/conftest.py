@@ -58,11 +58,16 @@ def build_demo(root, clips_per_split=2, frames=6, seed=0, config="all"):
     return surreal_root, data_dir
 
 
+# The demo settings of the `demo_dataset` fixture: a config that builds the demo data (e.g.
+# configs/demo.py) pointed at it must give these, or it builds another dataset in its place.
+DEMO_DATASET_SETTINGS = {"clips_per_split": 2, "frames": 6, "seed": 0}
+
+
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """(surreal_root, data_dir) of a small built demo dataset, config `all`: 2 clips of 6
-    frames per split."""
-    return build_demo(str(tmp_path_factory.mktemp("demo_dataset")))
+    frames per split (DEMO_DATASET_SETTINGS)."""
+    return build_demo(str(tmp_path_factory.mktemp("demo_dataset")), **DEMO_DATASET_SETTINGS)
 
 
 def main_command(workdir, data_dir, total_steps, checkpoint_every):

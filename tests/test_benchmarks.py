@@ -463,10 +463,14 @@ def test_the_trainer_benchmarks_bare_step_is_the_program_the_trainer_compiles(de
 
 
 def _demo_data(demo_dataset) -> list[str]:
-    """The demo config's data (already built: the demo step finds them) at a tiny size."""
+    """The demo config's data (already built from these settings: the demo step finds them)
+    at a tiny size."""
+    from tests.conftest import DEMO_DATASET_SETTINGS
+
     return [f"--config.data_dir={demo_dataset[1]}",
             f"--config.demo.surreal_root={demo_dataset[0]}", "--config.image_size=64",
-            "--config.batch_size=4"]
+            "--config.batch_size=4",
+            *(f"--config.demo.{k}={v}" for k, v in DEMO_DATASET_SETTINGS.items())]
 
 
 def test_input_pipeline_benchmark_reads_the_configs_data_and_reports_the_ratio(demo_dataset,
