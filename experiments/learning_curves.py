@@ -31,11 +31,9 @@ def load_curves(workdir: str) -> dict[str, list[dict]]:
         raise FileNotFoundError(f"{path} not found: train with evaluators that run during "
                                 f"training (config.evals.<name>.every > 0)")
     curves: dict[str, dict[int, dict]] = {}
-    with open(path) as f:
-        for line in f:
-            entry = json.loads(line)
-            # a resumed run may evaluate a step again: the last evaluation counts
-            curves.setdefault(entry["evaluator"], {})[entry["step"]] = entry["metrics"]
+    for entry in workdirs.read_evals(workdir):
+        # a resumed run may evaluate a step again: the last evaluation counts
+        curves.setdefault(entry["evaluator"], {})[entry["step"]] = entry["metrics"]
     return {name: [{"step": s, "metrics": m} for s, m in sorted(points.items())]
             for name, points in curves.items()}
 

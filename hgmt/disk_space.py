@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -109,15 +110,76 @@ def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -
 
 def append_line(path: str, line: str, what: str) -> None:
     """Appends `line` and a newline to the text file `path` (`what` it holds, for a full-disk
-    error). An object store cannot append: the object is written again, old lines first."""
+    error). A line counts once its newline is written: a last line without one (an append cut
+    short by a kill or a power loss) is removed first, so the new line starts on its own. On a
+    full disk the file is cut back to its size before the append: no partial line stays. An
+    object store cannot append: the object is written again, old lines first, and appears
+    whole or not at all."""
+    if not is_url(path):
+        _append_local(path, (line + "\n").encode(), what)
+        return
     with reported(path, what):
-        if not is_url(path):
-            with open(path, "a") as f:
-                f.write(line + "\n")
-            return
         file = epath.Path(path)
         old = file.read_text() if file.exists() else ""
-        file.write_text(old + line + "\n")
+        file.write_text(complete_lines(old, path) + line + "\n")
+
+
+def complete_lines(text: str, path: str) -> str:
+    """`text` up to its last newline: without a torn last line (logged, naming `path`)."""
+    end = text.rfind("\n") + 1
+    if end < len(text):
+        logging.warning("%s ends in a partial line (%d characters without a newline: an append "
+                        "cut short); it is left out", path, len(text) - end)
+    return text[:end]
+
+
+def _append_local(path: str, data: bytes, what: str) -> None:
+    """`append_line` on a local file: written and synced (a network filesystem may report a
+    full disk only then), or cut back to where it started."""
+    cut = []  # whether the file was cut back, for the message
+
+    def cut_back() -> str:
+        return "Nothing partial was left behind." if cut else ""
+
+    with reported(path, what, cleanup=cut_back):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            start = _without_torn_tail(fd, path)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, start)
+                cut.append(True)
+                raise
+        finally:
+            os.close(fd)
+
+
+def _without_torn_tail(fd: int, path: str) -> int:
+    """Cuts the open file `fd` after its last newline when its last line has none (torn by an
+    append cut short) -> its size then: where the next line starts."""
+    size = end = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    while end > 0:  # backwards, a block at a time, to the last newline
+        begin = max(0, end - 65536)
+        newline = os.pread(fd, end - begin, begin).rfind(b"\n")
+        if newline >= 0:
+            end = begin + newline + 1
+            break
+        end = begin
+    logging.warning("%s ends in a partial line (%d bytes without a newline: an append cut "
+                    "short); it is removed before appending", path, size - end)
+    os.ftruncate(fd, end)
+    return end
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may write part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class CheckedWriter:

@@ -63,6 +63,40 @@ def evals_file(workdir: str) -> str:
     return os.path.join(absolute(workdir), EVALS_FILE)
 
 
+class DamagedRunFile(ValueError):
+    """A file of a workdir does not read; the message names the file, the line and what to
+    do."""
+
+
+def read_evals(workdir: str) -> list[dict]:
+    """The evaluations in <workdir>/evals.jsonl, in file order ([] without the file). A torn
+    last line (no newline: its append was cut short, so that evaluation counts as not done) is
+    left out with a warning; any other line that is not a JSON object raises DamagedRunFile
+    naming the file and the line: hgmt never writes one, so it is damage to look at, not to
+    skip."""
+    path = evals_file(workdir)
+    if not epath.Path(path).exists():
+        return []
+    text = disk_space.complete_lines(epath.Path(path).read_text(), path)
+    return [_json_object(line, path, number)
+            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _json_object(line: str, path: str, number: int) -> dict:
+    """Line `number` of the file `path`, a JSON object; DamagedRunFile when it is not."""
+    try:
+        value = json.loads(line)
+        problem = "" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+    except json.JSONDecodeError as e:
+        problem = f"not JSON: {e.msg} at column {e.colno}"
+    if problem:
+        raise DamagedRunFile(
+            f"{path} line {number} is not a JSON object ({problem}): the file was edited or "
+            f"damaged. Repair or delete that line and rerun; the file holds only the "
+            f"evaluation results (the checkpoints are not affected)")
+    return value
+
+
 def damaged_file(workdir: str) -> str:
     return os.path.join(absolute(workdir), DAMAGED_FILE)
 

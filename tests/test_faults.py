@@ -27,6 +27,7 @@ from hgmt.tasks import heads
 from hgmt.training import (
     checkpoints,
     device_memory,
+    evaluators,
     loop,
     peers,
     preemption,
@@ -346,6 +347,54 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
         for step in range(1000):
             writer.write_scalars(step, {"loss": 1.0, "x" * 2000: 2.0})
             writer.flush()
+
+
+def test_full_disk_while_appending_an_evaluation_leaves_no_partial_line(small_disk):
+    """evals.jsonl on a full disk: DiskFull naming it, the file cut back to its complete
+    lines (so the rerun reads it), and with space again the next line is appended."""
+    disk = small_disk(64 * 1024)
+    path = workdirs.evals_file(disk.path)
+    lines = []
+    with pytest.raises(disk_space.DiskFull) as full:
+        for step in range(1000):
+            line = json.dumps({"step": step, "evaluator": "test", "notes": "x" * 1000})
+            disk_space.append_line(path, line, "the evaluation curves")
+            lines.append(line)
+    assert 0 < len(lines) < 1000
+    with open(path) as f:
+        assert f.read() == "".join(line + "\n" for line in lines)
+    assert re.search(rf"cannot write the evaluation curves to {re.escape(path)}: the disk or "
+                     rf"quota is full .*Nothing partial was left behind", str(full.value))
+    disk.resize(256 * 1024)
+    disk_space.append_line(path, json.dumps({"step": 1000, "evaluator": "test"}), "curves")
+    assert [e["step"] for e in workdirs.read_evals(disk.path)] == [*range(len(lines)), 1000]
+
+
+def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_path, caplog):
+    """An append cut short (a kill) leaves a last line without its newline: the trainer's
+    reader leaves it out with a warning (that evaluation runs again) and the next append
+    replaces it; a line that is not JSON before the last stops naming the file and line."""
+    workdir = str(tmp_path)
+    path = workdirs.evals_file(workdir)
+    with open(path, "w") as f:
+        f.write('{"step": 2, "evaluator": "train"}\n{"step": 4, "evaluator": "train"}\n'
+                '{"step": 4, "evalua')
+    evals = evaluators.Evaluators(tiny_config(str(tmp_path), tasks="pose2d"), workdir,
+                                  {"pose2d": 1.0})
+    with caplog.at_level(logging.WARNING):
+        assert evals.recorded(4) == {"train"}
+    assert f"{path} ends in a partial line (19 characters" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        disk_space.append_line(path, json.dumps({"step": 4, "evaluator": "test"}), "curves")
+    assert "(19 bytes without a newline: an append cut short); it is removed" in caplog.text
+    assert evals.recorded(4) == {"train", "test"}
+    with open(path, "a") as f:
+        f.write("{not json\n")
+        f.write('{"step": 6, "evaluator": "test"}\n')
+    with pytest.raises(workdirs.DamagedRunFile, match=rf"^{re.escape(path)} line 4 is not a "
+                                                      rf"JSON object .*Repair or delete that "
+                                                      rf"line and rerun"):
+        evals.recorded(6)
 
 
 # XLA's out-of-memory error on a GPU (its allocation dump shortened) and on a TPU.

@@ -138,6 +138,10 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
                                "the evaluation curves")
     assert [json.loads(x)["step"] for x in (run / "evals.jsonl").read_text().splitlines()] == [
         10, 20]
+    with open(run / "evals.jsonl", "a") as f:  # an object copied up with a torn last line
+        f.write('{"step": 2')
+    disk_space.append_line(workdirs.evals_file(workdir), json.dumps({"step": 30}), "curves")
+    assert [e["step"] for e in workdirs.read_evals(workdir)] == [10, 20, 30]
 
     # An evaluation's summary, its table and its picture.
     out = workdirs.eval_file(workdir, "test")

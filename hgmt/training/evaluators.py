@@ -26,7 +26,6 @@ from collections.abc import Mapping
 
 import ml_collections
 import orbax.checkpoint as ocp
-from etils import epath
 
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
@@ -145,11 +144,8 @@ class Evaluators:
 
     def recorded(self, step: int) -> set[str]:
         """The evaluators whose results at `step` are in <workdir>/evals.jsonl."""
-        path = epath.Path(workdirs.evals_file(self.workdir))
-        if not path.exists():
-            return set()
-        lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-        return {x["evaluator"] for x in lines if x.get("step") == step}
+        return {x["evaluator"] for x in workdirs.read_evals(self.workdir)
+                if x.get("step") == step}
 
     def at_end(self) -> list[str]:
         return [n for n, e in self.settings.items() if e["at_end"]]

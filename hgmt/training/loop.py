@@ -50,7 +50,8 @@ from hgmt.training import (
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
 # do; `hgmt.main` shows them in one line.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.DamagedShard,
-          damage.TooManyDamaged, workdir_lock.WorkdirLocked, FloatingPointError)
+          damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
+          FloatingPointError)
 
 
 # --- The loop --------------------------------------------------------------------------------
