@@ -3,6 +3,7 @@ workdir, a damaged dataset shard, a dead peer. Real signals, processes and orbax
 
 The multi-process and command-line tests take minutes and are marked slow."""
 
+import errno
 import json
 import logging
 import os
@@ -181,6 +182,96 @@ def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
     assert json.loads(path.read_text())["pid"] == os.getpid()
     lock.release()
 
+
+
+def test_two_trainers_taking_over_one_stale_lock_leave_one_holder(tmp_path, monkeypatch):
+    """B judges the lock stale; before B moves it aside, A takes it over (moves it aside and
+    creates its own). B's rename then moves A's fresh lock: B puts it back and stops naming A,
+    which holds the workdir alone."""
+    path = tmp_path / workdirs.LOCK_FILE
+    path.write_text(json.dumps({"host": "node-7", "pid": 1234, "job": None, "restart": 0,
+                                "started": "then"}))
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    a, b = (workdir_lock.WorkdirLock(str(tmp_path), stale_s=30) for _ in range(2))
+    rename = os.rename
+
+    def a_first(src, dst):  # B's rename: A's whole takeover runs first
+        monkeypatch.setattr(workdir_lock.os, "rename", rename)
+        a.acquire()
+        rename(src, dst)
+
+    monkeypatch.setattr(workdir_lock.os, "rename", a_first)
+    try:
+        with pytest.raises(workdir_lock.WorkdirLocked, match=f"in use by another trainer: "
+                                                             f"host {socket.gethostname()} pid "
+                                                             f"{os.getpid()}, started"):
+            b.acquire()
+        assert a.held and not b.held
+        assert json.loads(path.read_text()) == a.me
+        assert os.listdir(tmp_path) == [workdirs.LOCK_FILE]
+    finally:
+        a.release()
+        b.release()
+
+
+def _wait_lost(lock: workdir_lock.WorkdirLock, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while lock.lost is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_lock_taken_over_or_removed_while_held_is_lost(tmp_path):
+    """Another holder's lock in place of this trainer's: lost at the next refresh, naming it
+    (and left in place at release). The lock removed: lost after two refreshes in a row."""
+    path = tmp_path / workdirs.LOCK_FILE
+    lock = workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01)
+    other = {"host": "node-7", "pid": 1234, "job": "99", "restart": 0, "started": "then",
+             "token": "other"}
+    with lock:
+        lock.check()  # held: nothing to say
+        path.write_text(json.dumps(other))
+        _wait_lost(lock)
+        with pytest.raises(workdir_lock.WorkdirLockLost, match=r"is now held by host node-7 "
+                                                               r"pid 1234 \(Slurm job 99\), "
+                                                               r"started then: another trainer"):
+            lock.check()
+    assert json.loads(path.read_text()) == other
+    path.unlink()
+    with workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01) as lock:
+        path.unlink()
+        _wait_lost(lock)
+        with pytest.raises(workdir_lock.WorkdirLockLost, match=r"could not be refreshed 2 times "
+                                                               r"in a row \(FileNotFoundError"):
+            lock.check()
+
+
+def test_a_lock_that_cannot_be_refreshed_stops_the_trainer(demo_dataset, tmp_path,
+                                                           monkeypatch, caplog):
+    """An I/O error on every refresh of the lock (say ESTALE or EIO on NFS): logged, and on
+    the second in a row the trainer stops, before another trainer could judge the lock
+    stale, saying what happened; the lock is released."""
+    workdir = str(tmp_path / "w")
+    lock_path = workdirs.lock_file(workdir)
+    utime = os.utime
+
+    def failing(path, *args, **kwargs):
+        if os.fspath(path) == lock_path:
+            raise OSError(errno.EIO, "Input/output error")
+        return utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(workdir_lock.os, "utime", failing)
+    monkeypatch.setattr(workdir_lock, "REFRESH_S", 0.01)
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            workdir_lock.WorkdirLocked, match=rf"^the workdir lock {re.escape(lock_path)} could "
+                                              rf"not be refreshed 2 times in a row \(OSError: "
+                                              rf"\[Errno 5\] Input/output error\).*This "
+                                              rf"trainer stops"):
+        loop.train(tiny_config(demo_dataset[1], **KW), workdir)
+    assert "could not be refreshed (OSError: [Errno 5] Input/output error); after 2" in \
+        caplog.text
+    assert not os.path.exists(os.path.join(workdirs.checkpoint_dir(workdir), "4"))
+    assert not os.path.exists(lock_path)
 
 def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
                                                                              tmp_path):

@@ -100,7 +100,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
     fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
     damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
-    trainer holds the workdir, `peers.PeerLost` when a process of a multi-host run died."""
+    trainer holds the workdir (`WorkdirLockLost` when this trainer's lock is lost while it
+    runs), `peers.PeerLost` when a process of a multi-host run died."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
     lock = workdir_lock.hold_for_job(workdir)
     try:
@@ -108,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
                 device_memory.explained(config, "while compiling or running the training step"), \
                 contextlib.ExitStack() as opened:
             return _train(config, workdir, writer, loader, tasks, weights, options, watch,
-                          opened, peer_watch)
+                          opened, peer_watch, lock)
     finally:
         lock.release()
 
@@ -116,9 +117,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
 def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
            tasks: tuple[str, ...], weights: dict, options: dict,
            watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
-           peer_watch: peers.PeerWatch | None = None) -> steps.TrainState:
+           peer_watch: peers.PeerWatch | None = None,
+           lock: workdir_lock.WorkdirLock | None = None) -> steps.TrainState:
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
-    by `opened` when the run ends, however it ends."""
+    by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
+    step (`WorkdirLock.check`)."""
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or summary_writer.create(workdir, jax.process_index())
@@ -222,6 +225,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     for step in range(start_step + 1, config.total_steps + 1):
         with checkpoints.stop_on_full_disk(workdir, saving):
             mngr.check_for_errors()  # a failed background write stops the run at once
+        if lock is not None:
+            lock.check()  # another trainer may take the workdir: stop before writing more
         t0 = time.perf_counter()
         if peer_watch is not None:
             peer_watch.step = step  # what a lost peer's message names
@@ -286,6 +291,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         mngr.wait_until_finished()
     if damaged is not None and damaged.found:
         logging.warning("%s", damaged.summary())
+    if lock is not None:
+        lock.check()
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
     return final, summaries

@@ -13,7 +13,17 @@ lock is stale:
   this assumes the hosts' clocks agree to well under `STALE_S`).
 
 A stale lock is moved aside by an atomic rename (of several racing reruns, one wins) and
-replaced. Object-store workdirs (gs://, s3://) have no atomic create: no lock is taken there.
+replaced. The rename moves whatever lock is at the path then: when it is not the file judged
+stale (same inode, mtime and content; another rerun took over in between), it is put back
+(a hard link, which never replaces a lock created meanwhile) and the trainer finds that live
+holder. The lock names its holder with a random token, so every holder's lock differs.
+
+Each refresh first checks the lock is still this trainer's. The lock is lost, and `check()`
+(called by the trainer every step) raises `WorkdirLockLost`, when another holder's lock is in
+its place, or when the refresh fails `MAX_FAILED_REFRESHES` times in a row (the file removed,
+an I/O error of the filesystem): another trainer could then take the workdir `STALE_S`
+seconds after the last refresh, so the trainer stops well before that. Object-store workdirs
+(gs://, s3://) have no atomic create: no lock is taken there.
 """
 
 from __future__ import annotations
@@ -29,17 +39,37 @@ from hgmt import paths, workdirs
 
 REFRESH_S = 20.0
 STALE_S = 90.0
+MAX_FAILED_REFRESHES = 2  # in a row: the lock is lost (40 s without refresh, stale at 90 s)
 
 
 class WorkdirLocked(RuntimeError):
     """Another live trainer holds the workdir."""
 
 
+class WorkdirLockLost(WorkdirLocked):
+    """The trainer's own lock was taken over, removed or could not be refreshed while it ran."""
+
+
 def _identity() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "job": os.environ.get("SLURM_JOB_ID"),
             "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "token": os.urandom(8).hex()}  # this holder's, whatever its host and pid
+
+
+def _snapshot(path: str) -> tuple[int, int, int, bytes]:
+    """(device, inode, mtime in ns, content) of the file `path`: what tells one lock file from
+    another (a new file may get a freed inode number, but not also its mtime and content)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        return st.st_dev, st.st_ino, st.st_mtime_ns, f.read()
+
+
+def _describe(holder: dict) -> str:
+    """'host H pid P (Slurm job J)' of a lock's holder."""
+    job = f" (Slurm job {holder['job']})" if holder.get("job") else ""
+    return f"host {holder.get('host')} pid {holder.get('pid')}{job}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -55,14 +85,17 @@ def _pid_alive(pid: int) -> bool:
 class WorkdirLock:
     """`with WorkdirLock(workdir):` or `acquire()` / `release()`."""
 
-    def __init__(self, workdir: str, refresh_s: float = REFRESH_S, stale_s: float = STALE_S):
+    def __init__(self, workdir: str, refresh_s: float | None = None,
+                 stale_s: float | None = None):
         self.workdir = workdir
         self.path = workdirs.lock_file(workdir)
-        self.refresh_s, self.stale_s = refresh_s, stale_s
+        self.refresh_s = REFRESH_S if refresh_s is None else refresh_s
+        self.stale_s = STALE_S if stale_s is None else stale_s
         self.me = _identity()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
+        self.lost: str | None = None  # why the lock was lost while held, once it was
 
     def _stale_reason(self, holder: dict, age_s: float) -> str | None:
         """Why the lock `holder` wrote (mtime `age_s` seconds ago) no longer holds, if so."""
@@ -98,14 +131,14 @@ class WorkdirLock:
         raise WorkdirLocked(f"could not take {self.path}: other trainers keep taking it")
 
     def _replace_if_stale(self) -> None:
+        """Moves a stale lock aside and removes it; raises WorkdirLocked naming a live holder."""
         try:
-            with open(self.path) as f:
-                text = f.read()
-            age_s = time.time() - os.stat(self.path).st_mtime
+            seen = _snapshot(self.path)
         except FileNotFoundError:
             return  # released meanwhile: try again
+        age_s = time.time() - seen[2] / 1e9
         try:
-            holder = json.loads(text)
+            holder = json.loads(seen[3])
         except json.JSONDecodeError:  # a holder killed between create and write
             holder = {}
             if age_s < 5.0:
@@ -114,29 +147,83 @@ class WorkdirLock:
         reason = self._stale_reason(holder, age_s)
         if reason is None:
             raise WorkdirLocked(
-                f"{self.workdir} is in use by another trainer: host {holder.get('host')} pid "
-                f"{holder.get('pid')}" + (f" (Slurm job {holder['job']})" if holder.get("job")
-                                          else "") +
-                f", started {holder.get('started')}, lock refreshed {age_s:.0f} s ago "
+                f"{self.workdir} is in use by another trainer: {_describe(holder)}, started "
+                f"{holder.get('started')}, lock refreshed {age_s:.0f} s ago "
                 f"({self.path}). Stop that run or pass another --workdir; a lock whose "
                 f"holder died frees itself {self.stale_s:.0f} s after its last refresh")
-        aside = f"{self.path}.stale-{self.me['host']}-{self.me['pid']}"
+        aside = f"{self.path}.stale-{self.me['token']}"
         try:
             os.rename(self.path, aside)  # atomic: of several racing reruns, one moves it
         except FileNotFoundError:
             return
+        if _snapshot(aside) != seen:  # another rerun took over first: its lock, not the stale
+            self._put_back(aside)
+            return
         os.remove(aside)
-        logging.warning("took over the stale workdir lock of host %s pid %s: %s",
-                        holder.get("host"), holder.get("pid"), reason)
+        logging.warning("took over the stale workdir lock of %s: %s", _describe(holder),
+                        reason)
+
+    def _put_back(self, aside: str) -> None:
+        """Returns a lock moved aside by mistake to its place, unless a third trainer created
+        one there meanwhile: then the displaced holder finds its lock gone at its refresh."""
+        try:
+            os.link(aside, self.path)  # unlike a rename, never replaces a lock
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            os.replace(aside, self.path)
+            return
+        os.remove(aside)
 
     def _refresh(self) -> None:
+        """Refreshes the lock's mtime every `refresh_s` until released; on losing it (see the
+        module's docstring) sets `lost` and stops."""
+        failures = 0
         while not self._stop.wait(self.refresh_s):
             try:
-                os.utime(self.path)
-            except FileNotFoundError:
-                logging.error("the workdir lock %s was removed while this trainer runs",
-                              self.path)
-                return
+                holder = self._touch()
+            except OSError as e:
+                failures += 1
+                error = f"{type(e).__name__}: {e}"
+                logging.warning("the workdir lock %s could not be refreshed (%s); after %d "
+                                "failures in a row this trainer stops", self.path, error,
+                                MAX_FAILED_REFRESHES)
+                if failures >= MAX_FAILED_REFRESHES:
+                    return self._lose(f"could not be refreshed {failures} times in a row "
+                                      f"({error}): another trainer could take the workdir "
+                                      f"over {self.stale_s:.0f} s after its last refresh")
+                continue
+            if holder is not None:
+                return self._lose(f"is now held by {_describe(holder)}, started "
+                                  f"{holder.get('started')}: another trainer took the workdir "
+                                  f"over while this one ran")
+            failures = 0
+
+    def _touch(self) -> dict | None:
+        """Refreshes the lock's mtime if it is still this trainer's; else -> its holder."""
+        with open(self.path) as f:
+            text = f.read()
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:  # a new holder between create and write
+            holder = {}
+        if holder.get("token") != self.me["token"]:
+            return holder
+        os.utime(self.path)
+        return None
+
+    def _lose(self, what: str) -> None:
+        self.lost = (f"the workdir lock {self.path} {what}. This trainer stops so that two "
+                     f"never write {self.workdir}; its checkpoints so far are intact. Make "
+                     f"sure no other trainer uses the workdir (and its filesystem works), then "
+                     f"rerun to resume")
+        logging.error("%s", self.lost)
+
+    def check(self) -> None:
+        """Raises WorkdirLockLost once the lock was lost while held (the trainer calls this
+        every step, to stop before another trainer may write the workdir)."""
+        if self.lost is not None:
+            raise WorkdirLockLost(self.lost)
 
     def release(self) -> None:
         """Stops refreshing and removes the lock if it is still this process's."""
@@ -149,7 +236,7 @@ class WorkdirLock:
         try:
             with open(self.path) as f:
                 holder = json.load(f)
-            if (holder.get("host"), holder.get("pid")) == (self.me["host"], self.me["pid"]):
+            if holder.get("token") == self.me["token"]:
                 os.remove(self.path)
         except (FileNotFoundError, json.JSONDecodeError):
             pass
