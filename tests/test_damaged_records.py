@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 
+import cv2
 import jax
 import numpy as np
 import pytest
@@ -160,3 +161,20 @@ def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_s
     records[4] = dict(good, image=b"\xff\xd8 broken")
     with pytest.raises(damage.TooManyDamaged, match="in a row are damaged in b"):
         damage.first_good(5, records, shards, make)
+
+
+@pytest.mark.parametrize("key", ["image", "segm", "depth"])
+def test_an_empty_image_field_is_a_damaged_record_naming_it(key):
+    """No bytes at all (OpenCV raises rather than returning None): the damaged-record error
+    that the loaders skip, naming the field."""
+    with pytest.raises(damage.DamagedRecord, match=rf"record feature '{key}' \(0 bytes\) is "
+                                                   rf"not a readable image"):
+        input_pipeline.decoded({key: b""}, key)
+    png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()
+    records = [{key: b""}, {key: png}]
+
+    def make(record):
+        return {"shape": input_pipeline.decoded(record, key).shape[:2]}
+
+    shards = damage.Shards(("a",), (0,), (2,))
+    assert damage.first_good(0, records, shards, make) == ({"shape": (2, 3)}, [0])

@@ -188,7 +188,10 @@ def decoded(example: dict, key: str) -> np.ndarray:
     for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array."""
     value = example[key]
     if isinstance(value, bytes | np.bytes_):
-        array = cv2.imdecode(np.frombuffer(value, np.uint8), _IMAGE_FEATURES[key])
+        try:  # OpenCV returns None for most bad bytes, raises on some (no bytes at all)
+            array = cv2.imdecode(np.frombuffer(value, np.uint8), _IMAGE_FEATURES[key])
+        except cv2.error:
+            array = None
         if array is None:
             raise damage.DamagedRecord(
                 f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
