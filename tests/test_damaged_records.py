@@ -3,6 +3,7 @@ replaces them deterministically; evaluation counts them into its JSON; `hgmt.dat
 them. The damage: bytes flipped inside one training record's encoded frame and inside another's
 label map (the shard's footer and record count stay intact), and inside one test frame."""
 
+import errno
 import json
 import logging
 import os
@@ -178,3 +179,52 @@ def test_an_empty_image_field_is_a_damaged_record_naming_it(key):
 
     shards = damage.Shards(("a",), (0,), (2,))
     assert damage.first_good(0, records, shards, make) == ({"shape": (2, 3)}, [0])
+
+
+class Flaky:
+    """Records {'i': i}; reading record 1 fails with `error` its first `times` times."""
+
+    def __init__(self, error: Exception, times: int):
+        self.error, self.times, self.reads = error, times, 0
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict:
+        if index == 1:
+            self.reads += 1
+            if self.reads <= self.times:
+                raise self.error
+        return {"i": index}
+
+
+def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkeypatch):
+    """An I/O error that passes (an NFS timeout: OSError; array_record's report of EIO: a
+    RuntimeError naming it) is read again; one that lasts, after len(RETRY_DELAYS_S) + 1
+    reads, and a checksum mismatch, at once, are damage: replaced and counted."""
+    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0), raising=False)
+    shards = damage.Shards(("a",), (0,), (4,))
+
+    def make(record):
+        return {"i": record["i"]}
+
+    def example(source):  # the training path: Guarded source, then make_guarded
+        out = damage.make_guarded(damage.Guarded(source)[1], source, shards, make)
+        return out["i"], [int(i) for i in out["damaged"] if i >= 0]
+
+    passing = (TimeoutError(errno.ETIMEDOUT, "Connection timed out"),
+               RuntimeError("pread() failed: Input/output error; reading /nfs/surreal-train"))
+    for error in passing:
+        source = Flaky(error, times=2)
+        assert example(source) == (1, []), error
+        assert source.reads == 3
+    lasting = Flaky(OSError(errno.EIO, "Input/output error"), times=10**6)
+    assert damage.first_good(1, lasting, shards, make) == ({"i": 2}, [1])
+    assert lasting.reads == 3
+    assert example(lasting) == (2, [1])
+    with pytest.raises(damage.DamagedRecord, match=r"Input/output error; read 3 times"):
+        damage.read(lasting, 1)
+    checksum = Flaky(RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch"),
+                     times=10**6)
+    assert damage.first_good(1, checksum, shards, make) == ({"i": 2}, [1])
+    assert checksum.reads == 1

@@ -16,14 +16,21 @@ policy, as TFDS and production loaders do it:
 - evaluation: a damaged frame is left out and counted into the evaluation's JSON
   (`num_damaged`, `damaged_records`); it is never skipped silently;
 - `python -m hgmt.data.check` reads and decodes every record of a split and names the bad ones.
+
+A read that fails with an I/O error (an NFS timeout, an object store's 503) is not damage: it
+is read again after each of `RETRY_DELAYS_S` before the record is judged damaged, so that a
+passing error does not replace a good record. A checksum mismatch or an image that does not
+decode is judged at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +40,15 @@ from etils import epath
 # How many records after a damaged one (in its shard) are tried before giving up; also the
 # width of the per-example `damaged` field that carries their indices to the trainer.
 MAX_TRIES = 8
+# The waits before reading a record again after an I/O error that may pass (an NFS server
+# timing out, an object store's 503): a record is judged damaged only when every one of these
+# len + 1 reads fails. A checksum or decode error is judged at once.
+RETRY_DELAYS_S = (0.5, 2.0)
+# array_record reports an I/O error as a RuntimeError naming the failed call and the errno's
+# text ("pread() failed: Input/output error; reading <shard>"); other readers raise OSError.
+_IO_ERRNOS = (errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR,
+              errno.ECONNRESET, errno.ECONNABORTED, errno.ENETUNREACH, errno.EHOSTUNREACH)
+_IO_FAILED = tuple(f"failed: {os.strerror(code)}" for code in _IO_ERRNOS)
 
 
 class DamagedRecord(ValueError):
@@ -80,13 +96,32 @@ class Shards:
         return start + (index - start + attempt) % length
 
 
+def transient(error: Exception) -> bool:
+    """Whether a failed read may succeed when tried again: an I/O error (an OSError, or
+    array_record's report of one), not damage such as a checksum mismatch."""
+    return isinstance(error, OSError) or any(words in str(error) for words in _IO_FAILED)
+
+
 def read(source: Any, index: int) -> dict:
     """Record `index` of `source`; DamagedRecord when it does not read (a checksum mismatch,
-    a truncated chunk: whatever the reader raises)."""
-    try:
-        return source[index]
-    except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError, ...)
-        raise DamagedRecord(f"does not read ({type(e).__name__}: {str(e)[:200]})") from e
+    a truncated chunk: whatever the reader raises). An I/O error is tried again after each of
+    `RETRY_DELAYS_S` first, so that a passing one does not replace a good record (a resumed
+    run that reads it would differ from this one)."""
+    delays = list(RETRY_DELAYS_S)
+    reads = 0
+    while True:
+        reads += 1
+        try:
+            return source[index]
+        except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError, ...)
+            if not (delays and transient(e)):
+                times = f"; read {reads} times" if reads > 1 else ""
+                raise DamagedRecord(f"does not read ({type(e).__name__}: {str(e)[:200]}"
+                                    f"{times})") from e
+            delay = delays.pop(0)
+            logging.warning("record %d does not read (%s: %s); reading it again in %.1f s",
+                            index, type(e).__name__, str(e)[:200], delay)
+            time.sleep(delay)
 
 
 def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], dict],
