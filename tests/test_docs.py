@@ -46,3 +46,16 @@ def test_a_reference_to_another_file_or_a_missing_test_is_reported(tmp_path):
     assert broken_references(text, tmp_path) == ["line 1: test_a.py::test_two",
                                                  "line 2: test_c.py::test_one",
                                                  "line 2: test_c.py::test_three"]
+
+
+def test_the_results_readme_lists_every_raw_output_and_the_docs_cite_only_those():
+    """benchmarks/results/README.md names each file beside it (`name`), and every
+    benchmarks/results/<file> that docs/performance.md cites is there."""
+    results = REPO / "benchmarks" / "results"
+    listed = set(re.findall(r"^\| `([^`]+)`", (results / "README.md").read_text(), re.M))
+    present = {p.name for p in results.iterdir() if p.name != "README.md"}
+    assert present - listed == set()
+    assert listed - present == set()
+    cited = set(re.findall(r"benchmarks/results/([\w.-]+\.jsonl)",
+                           (REPO / "docs" / "performance.md").read_text()))
+    assert len(cited) >= 5 and cited - present == set()
