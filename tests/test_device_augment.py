@@ -1,5 +1,5 @@
 """Augmentation on the device: with the same crop parameters it makes the host path's labels
-(joints to float32 rounding, label maps on >= 99 % of pixels, the frame within OpenCV's
+(joints to float32 rounding, label maps on all but at most 2 pixels, the frame within OpenCV's
 interpolation rounding), flipped and not; its parameters follow the host's distributions and
 are a pure function of (seed, step, position in the batch); the trainer runs and resumes
 exactly with it."""
@@ -54,10 +54,14 @@ def test_same_crop_parameters_give_the_host_paths_labels(source, flip):
         np.testing.assert_array_equal(dev["visible"], host["visible"])
         np.testing.assert_array_equal(dev["joints3d"], host["joints3d"])
         np.testing.assert_array_equal(dev["pelvis_depth"], host["pelvis_depth"])
+        # Label maps by nearest neighbour: a float32 sample position a hair from a pixel edge may
+        # round to the neighbouring source pixel. Measured on 144 random crops of the demo build
+        # (256 and 128 px): none in segm and depth_class, 1 depth pixel of 368,640; a 0.2 %
+        # scale error on the device moves 1-9 segm and 21-51 depth pixels of these crops.
         for key in ("segm", "depth_class"):
-            assert (dev[key] == host[key]).mean() >= 0.99, key
-        # Depth in mm (the device divides by 1000 as a product with 1/1000: 1 ulp apart).
-        assert (np.round(dev["depth"] * 1000) == np.round(host["depth"] * 1000)).mean() >= 0.99
+            assert (dev[key] != host[key]).sum() <= 2, key
+        # Depth in metres (the device divides by 1000 as a product with 1/1000: 1 ulp apart).
+        assert (~np.isclose(dev["depth"], host["depth"], rtol=1e-6, atol=0)).sum() <= 2
         diff = np.abs(dev["image"].astype(int) - host["image"])
         assert diff.max() <= 3 and diff.mean() < 0.05, (diff.max(), diff.mean())
         assert (host["segm"] > 0).mean() > 0.05  # the person is in the crop
