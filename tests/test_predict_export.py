@@ -454,7 +454,8 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
 
 def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
     """experiments/depth_errors.py's bin accuracy over all test frames is hgmt's depth metric
-    on the same frames (the 2-step model gets 1 of 303 foreground pixels right)."""
+    on the same frames: the same whole number of the 303 foreground label pixels of the 12
+    demo test frames."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
     import depth_errors
 
@@ -462,6 +463,9 @@ def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
     config, variables, _ = checkpoints.restore_for_inference(workdir)
     summary = evaluator.evaluate(config, variables, frames="all", max_examples=0)
     assert r["test_frames"] == summary["num_examples"] == 12
+    assert r["foreground_pixels"] == 303
+    right = r["bin_accuracy"] * r["foreground_pixels"]
+    assert right == pytest.approx(round(right), abs=1e-6)
     assert r["bin_accuracy"] == pytest.approx(summary["depth"]["bin_accuracy"], abs=1e-9)
     assert 0 <= r["predicted_background"] <= 1 and r["bin_accuracy"] <= r["within_one_bin"]
 
