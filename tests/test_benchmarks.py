@@ -1,9 +1,11 @@
 # ruff: noqa: E501  (HLO lines are quoted verbatim)
-"""The benchmark scripts: the train-step and input-pipeline benchmarks run from a clone (the
-latter on the data of its config) and their figures agree with each other; the profile groups
-XLA ops by role and kind from the compiled HLO of a CPU and of a GPU, with FLOPs and bytes from
-the shapes; the PyTorch reference and the comparison take the same config flags; the trainer
-benchmark reads the trainer's own TensorBoard figures; the step's levers are flags XLA knows."""
+"""The benchmark scripts: the train-step, train-loop, input-pipeline, input-stages,
+compile-and-load, demo-generation, stream-convolution, PyTorch-profile and dataset-build
+benchmarks run at a tiny size (the input ones on the data of their config) and their figures
+agree with each other; the profile groups XLA ops by role and kind from the compiled HLO of a
+CPU and of a GPU, with FLOPs and bytes from the shapes; the PyTorch reference and the
+comparison take the same config flags; the trainer benchmark reads the trainer's own
+TensorBoard figures; the step's levers are flags XLA knows."""
 
 import gzip
 import json
@@ -23,9 +25,12 @@ sys.path.insert(0, BENCHMARKS)
 import cli  # noqa: E402
 import compare  # noqa: E402
 import input_pipeline  # noqa: E402
+import input_stages  # noqa: E402
 import pool_backward  # noqa: E402
 import profile_step  # noqa: E402
 import step_levers  # noqa: E402
+import synthetic_throughput  # noqa: E402
+import train_loop  # noqa: E402
 import train_step  # noqa: E402
 import trainer_speed  # noqa: E402
 import xla_ops  # noqa: E402
@@ -254,6 +259,22 @@ def test_train_step_benchmark_figures_agree():
     assert 0 < r["mfu"] < 1
     assert np.isfinite(r["loss"])
     assert r["compile_cache"] in ("hit", "miss")  # the tests' cache is on (conftest)
+
+
+@pytest.mark.slow
+def test_train_loop_benchmark_figures_agree():
+    """A tiny configuration on the 4 test devices, 2 rounds (about a minute on 2 cores, most
+    of it compiling the step and the trainer): the rates are the best of each round's and the
+    overhead is 1 - loop / step of them."""
+    r = train_loop.benchmark([*TINY, "--config.batch_size=4", "--steps=2", "--warmup=1",
+                              "--repeats=2"])
+    assert (r["devices"], r["steps"], r["res"], r["batch"], r["tasks"]) == (4, 2, 32, 4,
+                                                                            "pose2d")
+    steps, loops = r["all_step_img_per_s"], r["all_loop_img_per_s"]
+    assert len(steps) == len(loops) == 2 and min(steps + loops) > 0
+    assert r["compiled_step_img_per_s"] == round(max(steps), 2)
+    assert r["train_loop_img_per_s"] == round(max(loops), 2)
+    assert r["loop_overhead"] == round(1 - max(loops) / max(steps), 4)
 
 
 def test_compile_noting_cache_tells_a_load_from_a_compilation():
@@ -506,6 +527,150 @@ def test_input_pipeline_benchmark_compares_host_and_device_augmentation(demo_dat
     assert device["step_cpu_ms_per_batch"] > 0 and "step_ms_per_batch" not in host
     # The crop's CPU time counted in: fewer examples per CPU-second than the loader alone.
     assert device["examples_per_cpu_s_with_step"] < device["examples_per_cpu_s"]
+
+
+STAGES = ("read_ms", "read_bytes_ms", "parse_ms", "parse_tfds_ms", "parse_frame_ms",
+          "decode_image_ms", "decode_segm_ms", "decode_depth_ms", "decode_depth_class_ms",
+          "host_crop_ms", "batch_host_ms_per_example", "batch_device_ms_per_example")
+
+
+def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_dataset, capsys):
+    """The demo config's 12 training records at 64 px: every stage timed, the maps no target
+    is made from named, and a record's read (its bytes, then their parse) costs at least the
+    read of its bytes, as a parse of every feature costs at least that of the frame number."""
+    assert input_stages.main([*_demo_data(demo_dataset), "--examples=12"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(r) == {"benchmark", "res", "records", "tasks", "unread", *STAGES}
+    assert (r["benchmark"], r["res"], r["records"]) == ("input_stages", 64, 12)
+    assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["unread"] == ["depth"]
+    assert all(np.isfinite(r[k]) and r[k] >= 0 for k in STAGES)
+    assert r["read_ms"] >= r["read_bytes_ms"] and r["parse_ms"] >= r["parse_frame_ms"]
+
+
+def test_synthetic_throughput_counts_the_frames_it_writes(monkeypatch, capsys):
+    """1 and 2 worker processes: the frames the JSON counts are the frames written (each
+    clip's annotation read back before the temporary folder goes), and the rate is frames
+    over seconds."""
+    from hgmt.sources import surreal, synthetic
+
+    written, generate = [], synthetic.generate
+
+    def generate_and_count(*args, **kwargs):
+        stems = generate(*args, **kwargs)
+        written.append([surreal.load_info(s + "_info.mat").joints2d.shape[0] for s in stems])
+        return stems
+
+    monkeypatch.setattr(synthetic, "generate", generate_and_count)
+    for workers in (1, 2):
+        assert synthetic_throughput.main(["--clips_per_split=2", "--frames_per_clip=3",
+                                          f"--workers={workers}"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert written == [[3, 3], [3, 3]]
+    assert [(r["benchmark"], r["frames"], r["workers"]) for r in lines] == [
+        ("synthetic", 6, 1), ("synthetic", 6, 2)]
+    for r in lines:
+        assert r["seconds"] > 0 and r["cpus"] >= 1
+        # frames_per_s rounded to 0.1, seconds to 0.001
+        low, high = r["frames_per_s"] - 0.05, r["frames_per_s"] + 0.05
+        assert r["frames"] / high - 5e-4 <= r["seconds"] <= r["frames"] / low + 5e-4
+
+
+def test_compile_and_load_compiles_then_loads_the_same_step(tmp_path):
+    """Two fresh processes on one cache folder, a tiny model: the first writes the step to
+    the cache, the second loads it in less time than the compilation took and steps to the
+    same loss; each line describes the config and adds up within its process time."""
+    from tests.conftest import xla_flags
+
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, os.path.join(BENCHMARKS, "compile_and_load.py"), f"--cache={cache}",
+           *TINY, "--config.batch_size=2", "--steps=1"]
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+    lines, entries = [], []
+    for _ in range(2):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        lines.append(json.loads(out.strip().splitlines()[-1]))
+        entries.append({p.name for p in cache.iterdir()})
+    first, second = lines
+    assert entries[0] and entries[0] <= entries[1]  # the first wrote the step, kept
+    for r in lines:
+        assert r["benchmark"] == "compile_and_load" and r["xla_flags"] == xla_flags(1)
+        assert (r["stacks"], r["features"], r["res"], r["batch"], r["tasks"]) == (
+            1, 8, 32, 2, "pose2d")
+        assert r["step_s"] > 0 and np.isfinite(r["loss"])
+        assert r["process_s"] >= r["init_s"] + r["lower_s"] + r["compile_s"] - 0.15
+    assert second["compile_s"] < first["compile_s"]
+    assert second["loss"] == first["loss"]
+
+
+def test_stream_convs_times_every_variant_and_the_variants_compute_the_same_gradients():
+    """The JSON times each variant of its mode; and every variant is the same function: the
+    loss's gradients with respect to the inputs and the kernels equal the separate
+    convolutions' (3x3) or matmuls' (1x1), so the benchmark compares like with like."""
+    import stream_convs
+
+    t, b, h, c, o = 2, 1, 4, 2, 3
+    kx, kk = jax.random.split(jax.random.key(1))
+    xs = jax.random.normal(kx, (t, b, h, h, c))
+    kernels = {3: jax.random.normal(kk, (t, 3, 3, c, o)) * 0.1}
+    kernels[1] = kernels[3][:, 1, 1]
+    for im2col in (False, True):
+        r = stream_convs.benchmark([f"--shape={t},{b},{h},{c},{o}", "--rounds=1",
+                                    f"--im2col={im2col}"])
+        ways = stream_convs.variants(t, im2col)
+        assert (r["tasks"], r["batch"], r["size"], r["cin"], r["cout"]) == (t, b, h, c, o)
+        assert set(r["ms"]) == set(ways) and all(v >= 0 for v in r["ms"].values())
+        reference = {3: ways["conv3 separate"][0], 1: stream_convs.variants(t, True)[
+            "1x1 separate"][0]}
+        for name, (loss, k) in ways.items():
+            expected = jax.grad(reference[k], argnums=(0, 1))(xs, kernels[k])
+            got = jax.grad(loss, argnums=(0, 1))(xs, kernels[k])
+            for g, e in zip(got, expected, strict=True):
+                np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_profile_torch_groups_every_op_of_the_step_by_kind():
+    """A tiny model: the per-kind times add up to the step's, and the kinds are the
+    reference's convolutions by kernel size (the 7x7 stem, 3x3 and 1x1), BatchNorm, ReLU and
+    max-pooling, forward and backward."""
+    profile_torch = pytest.importorskip("profile_torch", exc_type=ImportError)
+    r = profile_torch.benchmark(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
+    assert (r["benchmark"], r["stacks"], r["features"], r["res"], r["batch"]) == (
+        "profile_torch", 1, 8, 32, 2)
+    kinds = r["ms_per_kind"]
+    assert r["ms_per_step"] == pytest.approx(sum(kinds.values()), abs=0.05 * len(kinds))
+    expected = {f"{op} {way}" for way in ("forward", "backward")
+                for op in ("conv 7x7", "conv 3x3", "conv 1x1", "BatchNorm", "ReLU", "max-pool")}
+    assert set(kinds) == expected | {"other"}
+    assert all(v >= 0 for v in kinds.values()) and kinds["conv 3x3 forward"] > 0
+
+
+@pytest.mark.slow
+def test_build_throughput_builds_the_frames_it_counts_on_both_paths():
+    """The smallest build (1 train clip of 2 frames, plus the 2-frame val and test clips) on
+    the Python path and on Beam's DirectRunner with 2 workers, in a fresh process (about
+    20 s, most of it Beam's start-up): the rates are the frames over each path's seconds and
+    the projection follows the per-core rate."""
+    cmd = [sys.executable, os.path.join(BENCHMARKS, "build_throughput.py"),
+           "--clips_per_split=1", "--frames_per_clip=2", "--beam_workers=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert (r["benchmark"], r["frames"], r["beam_direct"]["workers"]) == ("build_throughput", 6, 2)
+
+    def agrees(rate: float, seconds: float, per: int = 1) -> bool:
+        """frames / seconds / per is `rate`, rounded to 0.1, seconds rounded to 0.01."""
+        frames = r["frames"] / per
+        return frames / (rate + 0.05) - 0.005 <= seconds <= frames / max(
+            rate - 0.05, 1e-9) + 0.005
+
+    py, beam = r["python"], r["beam_direct"]
+    assert agrees(py["frames_per_s"], py["seconds"]) and agrees(beam["frames_per_s"],
+                                                                 beam["seconds"])
+    assert agrees(py["frames_per_s_per_core"], max(py["seconds"], py["cpu_seconds"]))
+    assert agrees(beam["frames_per_s_per_core"], beam["seconds"], per=2)
+    for n, hours in r["full_surreal_hours"].items():
+        assert hours == pytest.approx(6.5e6 / (py["frames_per_s_per_core"] * int(n)) / 3600,
+                                      rel=0.05, abs=0.05)
+    assert r["bytes_per_example"] > 0
 
 
 def _xla_starts(xla_flags: str) -> subprocess.CompletedProcess:
