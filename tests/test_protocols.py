@@ -402,11 +402,6 @@ def test_protocol_selection_and_labels():
     assert f"| {surreal.PART_NAMES[0]} | absent |" in md
 
 
-def test_pose3d_and_pose2d_modules_keep_the_task_interface():
-    for module in (pose2d, pose3d, segm, depth):
-        assert callable(module.summarize) and callable(module.metric_stats)
-
-
 # --- The reference protocols' crop window ----------------------------------------------------
 def test_reference_window_follows_get_center_and_get_scale():
     """Joints at x 10..30, y 20..100 (0-based) are 11..31, 21..101 to the references' loaders
