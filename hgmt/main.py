@@ -15,7 +15,9 @@ checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peer
 another process of a multi-host run died ("PeerLost: lost process(es) N of M at step S"); rerun
 the job to resume from the last checkpoint. Exit status 1: a fault that needs you (a full disk, out
 of device memory, a damaged shard, a non-finite loss, a workdir held by another trainer), named
-in one error line that says what is intact and what to do (its traceback with --verbosity=1).
+in one error line that says what is intact and what to do (its traceback with --verbosity=1);
+in a multi-host run the other processes then stop too, with status 1 and "PeerFailed: process
+N failed at step S: <Kind>: <message>".
 """
 
 from __future__ import annotations
@@ -167,8 +169,12 @@ def _run(fv: flags.FlagValues) -> int:
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED
-    except peers.PeerLost as e:
+    except peers.PeerLost as e:  # PeerFailed too: exit status 1, the failed process named
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
+    except BaseException as e:
+        if jax.process_count() > 1:  # no exit barrier: the peers stop on reading the failure
+            peers.exit_failed(e)
+        raise
     if jax.process_index() == 0:
         for name, summary in summaries.items():
             out = workdirs.eval_file(fv.workdir, name)

@@ -8,7 +8,8 @@ WORKDIR/params_<id>.npz and WORKDIR/eval_<id>.json.
 
 With TOTAL_STEPS (the fault tests in tests/test_faults.py): pose2d, a checkpoint every 2 steps,
 no evaluation; a 10 s heartbeat timeout; on a preemption signal it writes
-WORKDIR/preempted_<id>.json and exits 75 as hgmt.main does.
+WORKDIR/preempted_<id>.json and exits 75, and on any other error it ends as hgmt.main does (a
+fault of loop.FAULTS in one line, status 1).
 """
 
 import json
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 
 def main(workdir: str, data_dir: str, process_id: int, port: int,
          total_steps: int | None = None) -> None:
+    from hgmt import cli
     from hgmt.training import peers
     from tests.conftest import enable_compilation_cache
 
@@ -46,15 +48,18 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
         config = tiny_config(data_dir, tasks="pose2d", total_steps=total_steps,
                              checkpoint_every=2, **{"optimizer.schedule": "constant"})
     try:
-        state = loop.train(config, workdir)
+        with cli.faults_in_one_line(*loop.FAULTS):
+            state = loop.train(config, workdir)
     except peers.PeerLost as e:
-        print(f"(test) PeerLost raised by the main thread after a {type(e.__cause__).__name__}",
-              flush=True)
+        print(f"(test) {type(e).__name__} raised by the main thread after a "
+              f"{type(e.__cause__).__name__}", flush=True)
         peers.exit_lost(e)  # as hgmt.main does
     except preemption.Preempted as e:
         with open(os.path.join(workdir, f"preempted_{process_id}.json"), "w") as f:
             json.dump({"step": e.step}, f)
         sys.exit(preemption.EXIT_PREEMPTED)
+    except BaseException as e:
+        peers.exit_failed(e)  # as hgmt.main ends a multi-process run
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     np.savez(os.path.join(workdir, f"params_{process_id}.npz"),
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})

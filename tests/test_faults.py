@@ -629,6 +629,35 @@ def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path)
     procs[1].wait()
 
 
+@pytest.mark.parametrize("faulty", [1, 0])
+def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
+    """One process raises DiskFull inside the watched block while the other waits for it in a
+    collective: the faulty process exits 1 with its one error line, the other exits 1 with one
+    line naming the faulty process, the step and its fault, both within seconds and neither by
+    the coordination service's abort (10 s heartbeat timeout). Process 1 faulty: the other's
+    collective fails and its main thread raises PeerFailed; process 0 (the coordinator) faulty:
+    it waits until the other's watchdog has read the fault and stopped it."""
+    port, other = _free_port(), 1 - faulty
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "peer_fault_worker.py"),
+                               str(i), str(port), str(faulty)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    elapsed = time.time() - t0
+    report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+    assert [p.returncode for p in procs] == [1, 1], report  # a fault that needs you
+    fault = ("DiskFull: [Errno 28] cannot write the file to /w/x.json: the disk or quota is "
+             "full (test)")
+    assert outs[faulty].count(f"error: {fault}") == 1, report
+    assert re.findall(r"PeerFailed: process (\d) failed at step 7: (.*): this is process (\d), "
+                      r"stopping", outs[other]) == [(str(faulty), fault, str(other))], report
+    assert "PeerFailed" not in outs[faulty], report
+    for out in outs:
+        assert "Terminating process because" not in out and "Check failure" not in out, report
+    assert elapsed < 40, report
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, tmp_path):
     workdir = str(tmp_path / "w")

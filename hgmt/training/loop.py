@@ -101,11 +101,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
     damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
     trainer holds the workdir (`WorkdirLockLost` when this trainer's lock is lost while it
-    runs), `peers.PeerLost` when a process of a multi-host run died."""
+    runs), `peers.PeerLost` when a process of a multi-host run died, `peers.PeerFailed` (a
+    PeerLost) when one stopped on an error of its own."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
     lock = workdir_lock.hold_for_job(workdir)
     try:
-        with preemption.PreemptionWatch() as watch, peers.watched() as peer_watch, \
+        # A preemption stops every process at one step: not a failure for the peers to see.
+        with preemption.PreemptionWatch() as watch, \
+                peers.watched(agreed=(preemption.Preempted,)) as peer_watch, \
                 device_memory.explained(config, "while compiling or running the training step"), \
                 contextlib.ExitStack() as opened:
             return _train(config, workdir, writer, loader, tasks, weights, options, watch,

@@ -23,6 +23,16 @@ as a backstop for a watchdog that cannot run, so hgmt's verdict always comes fir
 - when the main thread is stuck in a hung collective, the watchdog itself logs the same line
   and exits with EXIT_PEER_LOST.
 `shutdown_timeout_s` bounds the exit barrier of a normal exit the same way.
+
+A process that stops on an error of its own (a fault on that host only: a full disk, out of
+device memory, a shard of its share damaged, a bug) publishes `failed: <Kind>: <message>` in
+place of its counter as it leaves the watched block. The others' watchdogs read it and stop
+them the same two ways, with `PeerFailed: process N failed at step S: <Kind>: <message>` and
+exit status 1 (the failed process's own error says what to fix). `exit_failed` ends the failed
+process itself (`error: <Kind>: <message>`, status 1) without JAX's exit barrier, which would
+wait for the peers that stopped until the coordination service aborted every process; process
+0, which hosts that service, first waits (at most the heartbeat timeout) until the others have
+read the verdict and stopped.
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping
+from typing import NoReturn
 
 import jax
 
@@ -42,14 +54,31 @@ HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
 INTERVAL_S = 0.5  # how often the watchdog beats and looks
 EXIT_PEER_LOST = 69  # sysexits' EX_UNAVAILABLE: a process of the job is gone; rerun to resume
-_DONE = "done"  # a process's counter once it left training: not judged any more
+EXIT_FAILED = 1  # hgmt.main's status for an error that needs you (here: another process's)
+# A process's value in place of its counter once it left training: not judged any more.
+_DONE = "done"  # training ended, or stopped at a step every process agreed on
+_FAILED = "failed: "  # + "<Kind>: <message>": stopped on an error of its own
+_STOPPED = "stopped: "  # + why: stopped because another process died or failed
+
+_EXITED = "hgmt/exited/"  # + process index: set by a process as it ends through `_end`
 
 _heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
 _runs = itertools.count()  # one key prefix per watch: every process makes them in one order
+_prefix = "hgmt/alive/0/"  # the key prefix of this process's latest watch (or its first, to be)
+_left_prefix: str | None = None  # the prefix under which this process published how it left
 
 
 class PeerLost(RuntimeError):
-    """A process of this multi-host run died."""
+    """A process of this multi-host run died; `status` is hgmt.main's exit status for it."""
+
+    status = EXIT_PEER_LOST
+
+
+class PeerFailed(PeerLost):
+    """A process of this multi-host run stopped on an error of its own (named in the
+    message); this one stops too, with exit status 1: that error needs fixing first."""
+
+    status = EXIT_FAILED
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -102,32 +131,123 @@ def _client():
     return distributed.global_state.client
 
 
-def exit_lost(error: PeerLost | str) -> None:
-    """Logs `PeerLost: <what>` and ends this process with EXIT_PEER_LOST at once (no exit
-    barrier: it would wait for the dead peer until the coordination service kills us)."""
-    logging.error("PeerLost: %s", error)
+def exit_lost(error: PeerLost | str) -> NoReturn:
+    """Logs `<Kind>: <what>` (PeerLost or PeerFailed; a str is PeerLost's message) and ends
+    this process at once with the error's exit status, EXIT_PEER_LOST or EXIT_FAILED (no exit
+    barrier: it would wait for the lost peer until the coordination service kills us)."""
+    error = PeerLost(error) if isinstance(error, str) else error
+    logging.error("%s: %s", type(error).__name__, error)
+    _end(error.status)
+
+
+def exit_failed(error: BaseException) -> NoReturn:
+    """Ends a process of a multi-host run that stopped on `error`, its own, at once: a
+    SystemExit as Python would (its message on stderr, status 1, e.g. hgmt.cli's one line),
+    another error with its traceback and status EXIT_FAILED; without the exit barrier, since
+    the peers stop on their own once they read the failure that `PeerWatch` published."""
+    _leave(_FAILED + _short(error))  # unless its watch published it already
+    if isinstance(error, SystemExit) and (error.code is None or isinstance(error.code, int)):
+        status = error.code or 0
+    elif isinstance(error, SystemExit):
+        print(error.code, file=sys.stderr)
+        status = EXIT_FAILED
+    else:
+        traceback.print_exception(error)
+        status = EXIT_FAILED
+    _end(status)
+
+
+def _leave(value: str) -> None:
+    """Publishes `value` in place of this process's counter in its latest watch (or in its
+    first, when it failed before entering one, where the peers' watchdogs look), once."""
+    global _left_prefix
+    client = _client()
+    if client is None or _left_prefix == _prefix:
+        return
+    _left_prefix = _prefix
+    with contextlib.suppress(Exception):  # the coordinator is gone: nobody to tell
+        client.key_value_set(_prefix + str(jax.process_index()), value, allow_overwrite=True)
+
+
+def _end(status: int) -> NoReturn:
+    """Flushes the logs and ends the process with `status`, skipping JAX's exit barrier.
+    Process 0 ends last (`_wait_for_peers`): its exit takes the coordination service away,
+    which the JAX client of every process still running aborts on at once."""
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_PEER_LOST)
+    client = _client()
+    if jax.process_count() > 1 and client is not None:
+        if jax.process_index() == 0:
+            _wait_for_peers(client, _heartbeat_timeout_s)
+        else:
+            with contextlib.suppress(Exception):
+                client.key_value_set(_EXITED + str(jax.process_index()), "1",
+                                     allow_overwrite=True)
+    os._exit(status)
+
+
+def _wait_for_peers(client, timeout_s: float, interval_s: float = INTERVAL_S) -> None:
+    """Waits, at most `timeout_s`, until every other process has ended through `_end`, is
+    done with the latest watch, or is gone (its counter still for 3 intervals); then one
+    interval more for the last to exit."""
+    seen: dict[str, tuple[str, float]] = {}  # peer -> (counter, when it last moved)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ended = {k.rsplit("/", 1)[-1] for k, _ in client.key_value_dir_get(_EXITED)}
+            values = {k.rsplit("/", 1)[-1]: v for k, v in client.key_value_dir_get(_prefix)}
+        except Exception:  # noqa: BLE001  (the service is going away: nothing to wait for)
+            return
+        now, waiting = time.monotonic(), False
+        for peer in map(str, range(1, jax.process_count())):
+            value = values.get(peer)
+            if peer in ended or value == _DONE:
+                continue
+            if value is not None and value.isdigit():
+                if seen.get(peer, (None,))[0] != value:
+                    seen[peer] = (value, now)
+                elif now - seen[peer][1] >= 3 * interval_s:
+                    continue  # gone: its watchdog beats no more
+            waiting = True  # running, leaving (failed, stopped) or not watched yet
+        if not waiting:
+            break
+        time.sleep(interval_s)
+    time.sleep(interval_s)
+
+
+def _short(error: BaseException) -> str:
+    """`<Kind>: <first line of the message, at most 300 characters>`; a SystemExit's message
+    is hgmt.cli's line, `error: <Kind>: <message>`, whose kind is the one to name."""
+    if isinstance(error, SystemExit) and isinstance(error.code, str):
+        return (error.code.strip().removeprefix("error: ").splitlines() or [""])[0][:300]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 class PeerWatch:
     """The watchdog thread (multi-process runs only; inert otherwise). The trainer sets `step`
-    as it goes; `lost` is the verdict once a peer is lost."""
+    as it goes; `lost` is the verdict once a peer is lost or failed (`error` its exception).
+    `agreed`: the exceptions every process raises at the same step (a preemption), which end
+    the watch as done, not as this process's failure."""
 
     def __init__(self, timeout_s: float | None = None, interval_s: float = INTERVAL_S,
-                 grace_s: float = 3.0):
+                 grace_s: float = 3.0, agreed: tuple[type[BaseException], ...] = ()):
+        global _prefix
+        run = next(_runs)
         self.active = jax.process_count() > 1 and _client() is not None
         self.timeout_s = timeout_s or _heartbeat_timeout_s
-        self.interval_s, self.grace_s = interval_s, grace_s
+        self.interval_s, self.grace_s, self.agreed = interval_s, grace_s, agreed
         self.step: int | None = None
         self.lost: str | None = None
+        self.error: PeerLost | None = None
         self.found = threading.Event()  # a verdict is in `lost`
-        self.taken = threading.Event()  # the main thread raises it itself
+        self.taken = threading.Event()  # the main thread raises it, or an error of its own
         self._stop = threading.Event()
-        self._prefix = f"hgmt/alive/{next(_runs)}/"
+        self._prefix = f"hgmt/alive/{run}/"
+        if self.active:
+            _prefix = self._prefix
         self._thread = threading.Thread(target=self._run, name="hgmt-peer-watch", daemon=True)
 
     def __enter__(self) -> PeerWatch:
@@ -135,15 +255,26 @@ class PeerWatch:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         if not self.active:
             return
+        if exc is not None and not isinstance(exc, self.agreed):
+            self.taken.set()  # the main thread ends on its own error: the watchdog must not
         self._stop.set()
         self._thread.join()
-        if not self.found.is_set():
-            with contextlib.suppress(Exception):  # peers stop judging this process
-                _client().key_value_set(self._prefix + str(jax.process_index()), _DONE,
-                                        allow_overwrite=True)
+        value = self._final(exc)
+        if value is not None:
+            _leave(value)
+
+    def _final(self, exc: BaseException | None) -> str | None:
+        """What this process leaves in place of its counter: done (a normal end or an agreed
+        stop), stopped (a lost or failed peer), failed (an error of its own); None when the
+        watchdog found a lost peer and will end the process itself."""
+        if exc is None or isinstance(exc, self.agreed):
+            return None if self.found.is_set() else _DONE
+        if isinstance(exc, PeerLost):
+            return _STOPPED + _short(exc)
+        return _FAILED + _short(exc)
 
     def _run(self) -> None:
         client, me, count = _client(), jax.process_index(), jax.process_count()
@@ -162,36 +293,50 @@ class PeerWatch:
                 if now - reachable > self.timeout_s:
                     return self._verdict("process 0 (the coordinator) is unreachable")
                 continue
-            dead = []
+            dead, failed = [], []
             for peer in range(count):
                 value = values.get(str(peer))
-                if peer == me or value is None or value == _DONE:
-                    continue  # not started training yet, or done with it
+                if peer == me or value is None or not value.isdigit():
+                    if value is not None and value.startswith(_FAILED):
+                        failed.append(f"process {peer} failed {self._when()}: "
+                                      f"{value[len(_FAILED):]}")
+                    continue  # not started training yet, done with it, failed or stopped
                 if peer not in seen or seen[peer][0] != value:
                     seen[peer] = (value, now)
                 elif now - seen[peer][1] > self.timeout_s:
                     dead.append(peer)
+            if failed:
+                return self._verdict(PeerFailed(
+                    f"{'; '.join(failed)}: this is process {me}, stopping. That process's "
+                    f"error says what to fix; then rerun the job to resume from the last "
+                    f"checkpoint"))
             if dead:
                 return self._verdict(f"lost process(es) {', '.join(map(str, dead))} of {count}")
 
-    def _verdict(self, who: str) -> None:
-        when = "before the first step" if self.step is None else f"at step {self.step}"
-        self.lost = (f"{who} {when}: this is process {jax.process_index()}, "
-                     f"stopping. Check the lost process's log and the scheduler's events "
-                     f"(preemption, OOM kill); rerun the job to resume from the last "
-                     f"checkpoint")
+    def _when(self) -> str:
+        return "before the first step" if self.step is None else f"at step {self.step}"
+
+    def _verdict(self, found: str | PeerLost) -> None:
+        """Records the verdict (a lost process, or a `PeerFailed`); when the main thread does
+        not take it within `grace_s` (stuck in a hung collective) ends the process with it."""
+        self.error = found if isinstance(found, PeerLost) else PeerLost(
+            f"{found} {self._when()}: this is process {jax.process_index()}, stopping. Check "
+            f"the lost process's log and the scheduler's events (preemption, OOM kill); rerun "
+            f"the job to resume from the last checkpoint")
+        self.lost = str(self.error)
+        _leave(_STOPPED + _short(self.error))  # no more beats: process 0 must not count it gone
         self.found.set()
         if not self.taken.wait(self.grace_s):  # the main thread is stuck (a hung collective)
-            exit_lost(self.lost)
+            exit_lost(self.error)
 
 
 @contextlib.contextmanager
-def watched() -> Iterator[PeerWatch]:
+def watched(agreed: tuple[type[BaseException], ...] = ()) -> Iterator[PeerWatch]:
     """Runs a `PeerWatch` around training and turns a collective that failed because a peer
-    died into `PeerLost` with the watchdog's verdict (waiting for it: at most the heartbeat
-    timeout). Other errors, and every error of a single-process run, pass as they
-    are."""
-    with PeerWatch() as watch:
+    died or failed into `PeerLost` or `PeerFailed` with the watchdog's verdict (waiting for
+    it: at most the heartbeat timeout). Other errors, and every error of a single-process run,
+    pass as they are; `agreed` as `PeerWatch`'s."""
+    with PeerWatch(agreed=agreed) as watch:
         try:
             yield watch
         except jax.errors.JaxRuntimeError as e:
@@ -202,4 +347,4 @@ def watched() -> Iterator[PeerWatch]:
             if not watch.found.wait(watch.timeout_s + 4 * watch.interval_s + 1):
                 raise
             watch.taken.set()
-            raise PeerLost(watch.lost) from e
+            raise watch.error from e
