@@ -1,17 +1,18 @@
 """One process of the 2-process training test (tests/test_train.py::test_two_processes_...).
 
-    python tests/multihost_worker.py WORKDIR DATA_DIR PROCESS_ID PORT [TOTAL_STEPS]
+    python tests/multihost_worker.py WORKDIR DATA_DIR PROCESS_ID PORT [TOTAL_STEPS [KEY=VALUE...]]
 
 Each process has 2 CPU devices; together they train one replicated model with
 `jax.distributed.initialize` on localhost, then evaluate it. Writes WORKDIR/topology_<id>.json,
 WORKDIR/params_<id>.npz and WORKDIR/eval_<id>.json.
 
 With TOTAL_STEPS (the fault tests in tests/test_faults.py): pose2d, a checkpoint every 2 steps,
-no evaluation; a 10 s heartbeat timeout; on a preemption signal it writes
-WORKDIR/preempted_<id>.json and exits 75, and on any other error it ends as hgmt.main does (a
-fault of loop.FAULTS in one line, status 1).
+no evaluation, config fields overridden by KEY=VALUE (a Python literal); a 10 s heartbeat
+timeout; on a preemption signal it writes WORKDIR/preempted_<id>.json and exits 75, and on any
+other error it ends as hgmt.main does (a fault of loop.FAULTS in one line, status 1).
 """
 
+import ast
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 
 
 def main(workdir: str, data_dir: str, process_id: int, port: int,
-         total_steps: int | None = None) -> None:
+         total_steps: int | None = None, overrides: dict | None = None) -> None:
     from hgmt import cli
     from hgmt.training import peers
     from tests.conftest import enable_compilation_cache
@@ -46,7 +47,8 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
         config = tiny_config(data_dir, tasks="pose2d+segm", total_steps=3, checkpoint_every=3)
     else:
         config = tiny_config(data_dir, tasks="pose2d", total_steps=total_steps,
-                             checkpoint_every=2, **{"optimizer.schedule": "constant"})
+                             checkpoint_every=2, **{"optimizer.schedule": "constant",
+                                                    **(overrides or {})})
     try:
         with cli.faults_in_one_line(*loop.FAULTS):
             state = loop.train(config, workdir)
@@ -73,4 +75,5 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-         int(sys.argv[5]) if len(sys.argv) > 5 else None)
+         int(sys.argv[5]) if len(sys.argv) > 5 else None,
+         {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])})

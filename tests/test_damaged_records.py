@@ -4,6 +4,7 @@ them. The damage: bytes flipped inside one training record's encoded frame and i
 label map (the shard's footer and record count stay intact), and inside one test frame."""
 
 import errno
+import glob
 import json
 import logging
 import os
@@ -112,6 +113,71 @@ def test_more_damage_than_the_threshold_stops_naming_the_shard(damaged, tmp_path
                                                     rf"fraction=0.001 allows: .*bad copy of "
                                                     rf"{_shard(damaged, 'train')}"):
         loop.train(config, str(tmp_path))
+
+
+def _scalars(workdir: str, tag: str) -> dict[int, float]:
+    """{step: value} of a scalar in the workdir's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    out = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return out
+
+
+def _two_processes(workdir: str, data_dir: str, total_steps: int,
+                   max_damaged_fraction: float) -> tuple[list[int], list[str]]:
+    """(exit statuses, outputs) of a 2-process run of tests/multihost_worker.py."""
+    from tests.test_faults import _workers
+
+    os.makedirs(workdir, exist_ok=True)
+    procs = _workers(workdir, data_dir, total_steps,
+                     overrides=[f"max_damaged_fraction={max_damaged_fraction}"])
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+@pytest.mark.slow
+def test_two_processes_name_count_keep_and_judge_the_damage_of_both_shares(damaged, tmp_path):
+    """Each of two processes reads its half of the split (records 0-5, 6-11): damaged record 3
+    is process 0's, 7 process 1's. Both processes name both once and count 2; process 0's
+    file and TensorBoard hold both; a resumed run restores them on both processes (named
+    again by neither). A limit of 0.1 (1.2 of 12 records), which each process's share alone
+    stays under, stops both processes on the 2 together, each with TooManyDamaged."""
+    shard, workdir = _shard(damaged, "train"), str(tmp_path / "w")
+    codes, outs = _two_processes(workdir, damaged, 4, 0.2)
+    report = "\n".join(f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
+    assert codes == [0, 0], report
+    for out in outs:
+        for record in (3, 7):
+            assert out.count(f"damaged record skipped: {shard} record {record} (index {record} "
+                             f"of the split)") == 1, report
+        assert "2 damaged training record(s) were skipped and replaced" in out, report
+    with open(workdirs.damaged_file(workdir)) as f:
+        assert [r["index"] for r in json.load(f)["records"]] == [3, 7]
+    assert _scalars(workdir, "data/damaged_records")[4] == 2
+
+    codes, outs = _two_processes(workdir, damaged, 8, 0.2)  # resumed from step 4
+    report = "\n".join(f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
+    assert codes == [0, 0], report
+    for out in outs:
+        assert "damaged record skipped" not in out, report
+        assert "2 damaged training record(s) were skipped and replaced" in out, report
+    with open(workdirs.damaged_file(workdir)) as f:
+        assert json.load(f)["count"] == 2
+    assert _scalars(workdir, "data/damaged_records")[8] == 2
+
+    codes, outs = _two_processes(str(tmp_path / "limit"), damaged, 4, 0.1)
+    report = "\n".join(f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
+    assert codes == [1, 1], report
+    for out in outs:
+        assert ("TooManyDamaged: 2 of the split's 12 records are damaged, more than "
+                "config.max_damaged_fraction=0.1 allows") in out, report
+        assert "Terminating process because" not in out, report
 
 
 def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damaged, tmp_path):

@@ -567,10 +567,12 @@ def _wait_for_checkpoint(workdir: str, step: int, procs, timeout: float = 300) -
                          f"ended: {ended[:1]}")
 
 
-def _workers(workdir, data_dir, total_steps, port=None):
+def _workers(workdir, data_dir, total_steps, port=None, overrides=()):
+    """The two processes of tests/multihost_worker.py; `overrides`: its KEY=VALUE arguments."""
     port = port or _free_port()
     return [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
-                              workdir, data_dir, str(i), str(port), str(total_steps)],
+                              workdir, data_dir, str(i), str(port), str(total_steps),
+                              *overrides],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True) for i in range(2)]
 

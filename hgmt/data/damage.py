@@ -12,7 +12,8 @@ policy, as TFDS and production loaders do it:
   it once (shard file, record number in the shard, index in the split), counts it (TensorBoard
   `data/damaged_records`, `<workdir>/damaged_records.json`, the run's closing log line), and
   stops naming the files when more than `config.max_damaged_fraction` of the split is damaged:
-  that is a bad copy, not one bad record;
+  that is a bad copy, not one bad record. With several processes the account is of all their
+  shares, the same on every process (`DamageLog`);
 - evaluation: a damaged frame is left out and counted into the evaluation's JSON
   (`num_damaged`, `damaged_records`); it is never skipped silently;
 - `python -m hgmt.data.check` reads and decodes every record of a split and names the bad ones.
@@ -189,22 +190,48 @@ class Guarded:
 class DamageLog:
     """The trainer's account of the damaged records its loader skipped: named once each,
     counted, kept in `path` (JSON, so a resumed run continues the count) and held under
-    `max_fraction` of the split's `size` records."""
+    `max_fraction` of the split's `size` records.
 
-    def __init__(self, shards: Shards, size: int, max_fraction: float, path: str | None):
+    In a multi-process run each process's loader reads its share of the split; `combine` (the
+    union of every process's list of indices, a collective) makes one account of them: the
+    records `path` holds (process 0's; None elsewhere) are shared when the log is made, and
+    each process's new ones at every `sync`, which every process calls at the same steps. So
+    every process names, counts and judges the same records, and all stop together. Without
+    `combine` (one process) a record is accounted for as soon as it is met."""
+
+    def __init__(self, shards: Shards, size: int, max_fraction: float, path: str | None,
+                 combine: Callable[[list[int]], list[int]] | None = None):
         self.shards, self.size, self.max_fraction, self.path = shards, size, max_fraction, path
+        self.combine = combine
         self.found: dict[int, str] = {}
+        self.pending: set[int] = set()  # met here since the last `sync` (with `combine`)
         if path and epath.Path(path).exists():
             self.found = {int(r["index"]): r["name"]
                           for r in json.loads(epath.Path(path).read_text())["records"]}
+        if combine is not None:  # the records of earlier runs, for every process
+            self.found = {i: self.found.get(i) or shards.name(i)
+                          for i in combine(sorted(self.found))}
 
     def strip(self, batches: Iterator[dict]) -> Iterator[dict]:
         """The batches without their `damaged` field, noting what it lists."""
         for batch in batches:
             damaged = batch.pop("damaged", None)
             if damaged is not None:
-                self.note(int(i) for i in np.unique(damaged) if i >= 0)
+                met = [int(i) for i in np.unique(damaged) if i >= 0]
+                if self.combine is None:
+                    self.note(met)
+                else:
+                    self.pending.update(i for i in met if i not in self.found)
             yield batch
+
+    def sync(self) -> None:
+        """Notes the records every process met since the last sync (a collective: every
+        process calls it at the same steps); raises TooManyDamaged on every process alike.
+        Nothing to do without `combine`."""
+        if self.combine is None:
+            return
+        met, self.pending = sorted(self.pending), set()
+        self.note(self.combine(met))
 
     def note(self, indices) -> None:
         new = [i for i in indices if i not in self.found]

@@ -146,7 +146,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         loader = train_loader(config, source, tasks, prepare, workers)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
-            workdirs.damaged_file(workdir) if jax.process_index() == 0 else None)
+            workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
+            union_over_processes if jax.process_count() > 1 else None)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, heads(tasks), axis_name="batch")
@@ -248,7 +249,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             logging.info("step %d (compilation included) took %.1f s", step,
                          time.perf_counter() - t_last)
             wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
-        if step % config.log_every == 0 or step == config.total_steps:
+        stopping = preempted and step < config.total_steps
+        checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
+                          or preempted)
+        log_due = step % config.log_every == 0 or step == config.total_steps
+        if damaged is not None and (log_due or checkpoint_due):
+            # The damaged records all processes met, counted (and judged) alike everywhere,
+            # and in the file before a checkpoint of the position after them is saved.
+            damaged.sync()
+        if log_due:
             check_finite()  # waits for this step: the one host sync of a log interval
             elapsed = time.perf_counter() - t_last
             steps_done = step - step_last
@@ -267,9 +276,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
                          img_s, 100 * wait_time / elapsed, 100 * idle_time / elapsed, _hms(eta))
             wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
-        stopping = preempted and step < config.total_steps
-        checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
-                          or preempted)
         # A preempted job has no time to evaluate; the last step's evaluators run once, below.
         evals_due = [] if stopping else evals.due(step)
         if checkpoint_due or evals_due:
@@ -299,6 +305,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
     return final, summaries
+
+
+def union_over_processes(indices: list[int]) -> list[int]:
+    """The sorted union of every process's `indices` (a collective: every process calls it;
+    int32, as JAX gathers them)."""
+    from jax.experimental import multihost_utils
+
+    width = int(np.max(multihost_utils.process_allgather(np.int32(len(indices)))))
+    if width == 0:
+        return []
+    padded = np.full(width, -1, np.int32)
+    padded[:len(indices)] = indices
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return sorted({int(i) for i in gathered.ravel() if i >= 0})
 
 
 def augmentation(config: ml_collections.ConfigDict,
