@@ -140,6 +140,45 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
 
 
+def test_a_brief_read_error_is_retried_before_a_checkpoint_counts_as_unreadable(
+        tmp_path, monkeypatch, caplog):
+    """An OSError while restoring the newest checkpoint is tried again after each of
+    RETRY_DELAYS_S (tiny here): one that passes within them restores that checkpoint, nothing
+    moved; one that lasts makes it unreadable: the previous one is restored, it moved aside."""
+    import orbax.checkpoint as ocp
+
+    workdir = str(tmp_path)
+    mngr = checkpoints.manager(workdir, async_save=False, with_data=False)
+    for step in (2, 4):
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"x": np.full(3, step, np.int32)})))
+    monkeypatch.setattr(checkpoints, "RETRY_DELAYS_S", (0.01, 0.01), raising=False)
+    restore, failing = mngr.restore, [2]  # the next restores of step 4 that fail
+
+    def flaky(step, args):
+        if step == 4 and failing[0]:
+            failing[0] -= 1
+            raise OSError(errno.EIO, "Input/output error (test)")
+        return restore(step, args=args)
+
+    monkeypatch.setattr(mngr, "restore", flaky)
+
+    def args():
+        return ocp.args.Composite(state=ocp.args.StandardRestore({"x": np.zeros(3, np.int32)}))
+
+    step, restored = checkpoints.restore_newest_readable(mngr, args, workdir)
+    assert step == 4 and np.asarray(restored["state"]["x"]).tolist() == [4, 4, 4]
+    assert caplog.text.count(f"checkpoint {workdirs.checkpoint_dir(workdir)}/4: OSError: "
+                             f"[Errno 5] Input/output error (test); trying it again") == 2
+    assert not os.path.exists(workdirs.unreadable_dir(workdir))
+
+    failing[0] = 3  # more than the retries
+    step, restored = checkpoints.restore_newest_readable(mngr, args, workdir)
+    assert step == 2 and np.asarray(restored["state"]["x"]).tolist() == [2, 2, 2]
+    assert [n.split("-")[0] for n in os.listdir(workdirs.unreadable_dir(workdir))] == ["4"]
+    assert mngr.all_steps() == [2]
+
+
 _HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
            "from hgmt.training.workdir_lock import WorkdirLock; "
            "WorkdirLock({workdir!r}).acquire(); "
@@ -602,6 +641,40 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
     for p in _workers(split, demo_dataset[1], total):
         out = p.communicate(timeout=400)[0]
         assert p.returncode == 0, out[-3000:]
+    a, b = (np.load(os.path.join(d, "params_0.npz")) for d in (straight, split))
+    assert a.files == b.files and len(a.files) > 10
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_one_process_cannot_read_is_skipped_by_both(demo_dataset, tmp_path):
+    """Two processes save steps 2 and 4; process 1's data position file of step 4 is then
+    damaged. The rerun: process 1 cannot read step 4, process 0 can; both resume from step 2,
+    step 4 is moved aside (once, by process 0), and they end with the parameters of an
+    uninterrupted run, bit for bit."""
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    for workdir, total in ((straight, 6), (split, 4)):
+        os.makedirs(workdir)
+        for p in _workers(workdir, demo_dataset[1], total):
+            out = p.communicate(timeout=400)[0]
+            assert p.returncode == 0, out[-3000:]
+    ckpt = workdirs.checkpoint_dir(split)
+    with open(os.path.join(ckpt, "4", "data", "process_1-of-2.json"), "w") as f:
+        f.write('{"damaged": ')
+
+    procs = _workers(split, demo_dataset[1], 6)
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+    assert [p.returncode for p in procs] == [0, 0], report
+    assert f"checkpoint {ckpt}/4 does not read, trying the previous one: " in outs[1], report
+    assert f"checkpoint {ckpt}/4 reads here but not on process(es) [1]" in outs[0], report
+    for out in outs:
+        assert (f"resuming from step 2; the unreadable checkpoint(s) [4] were moved to "
+                f"{workdirs.unreadable_dir(split)}") in out, report
+    assert [n.split("-")[0] for n in os.listdir(workdirs.unreadable_dir(split))] == ["4"]
+    assert checkpoints.manager(split).all_steps() == [2, 4, 6]
     a, b = (np.load(os.path.join(d, "params_0.npz")) for d in (straight, split))
     assert a.files == b.files and len(a.files) > 10
     for k in a.files:

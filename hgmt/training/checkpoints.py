@@ -3,10 +3,11 @@
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact and the partial one is ignored. A
 checkpoint damaged after that (a disk or copy fault) is reported and skipped on resume
-(`restore_newest_readable`): the newest one that reads is used, and the damaged ones are moved
-to `<workdir>/checkpoints_unreadable/` (kept for inspection, out of orbax's way so that the
-resumed run can write those steps again). When none reads, the error says so: that is a
-checkpoint of another configuration or hgmt version, not damage.
+(`restore_newest_readable`): the newest one that reads (on every process) is used, and the
+damaged ones are moved to `<workdir>/checkpoints_unreadable/` (kept for inspection, out of
+orbax's way so that the resumed run can write those steps again); an OSError while reading is
+tried again first (`RETRY_DELAYS_S`). When none reads, the error says so: that is a checkpoint
+of another configuration or hgmt version, not damage.
 
 A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
 with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -44,50 +46,140 @@ def manager(workdir: str, keep: int = 3, async_save: bool = True,
                                  item_names=names)
 
 
+# Seconds between the tries of a checkpoint whose restore raised an OSError (a brief storage
+# or network fault), before it counts as unreadable.
+RETRY_DELAYS_S = (1.0, 4.0)
+
+
 def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any],
                             workdir: str) -> tuple[int, Any] | None:
     """Restores the newest checkpoint of `mngr` that reads: -> (step, restored), or None when
     there is none. `args()` makes the restore arguments (afresh for each try).
 
-    A checkpoint that does not read is logged (path, error) and the previous one is tried;
-    the unreadable ones are then moved to <workdir>/checkpoints_unreadable/ (by process 0;
-    nothing is deleted) and `mngr` reloaded. When no checkpoint reads, raises ValueError:
-    every checkpoint failing means another config or hgmt version, not damage. All
-    processes must restore the same step (checked)."""
+    A restore that raises an OSError is tried again after each of RETRY_DELAYS_S. A checkpoint
+    that does not read is logged (path, error) and the previous one is tried; the unreadable
+    ones are then moved to <workdir>/checkpoints_unreadable/ (by process 0; nothing is
+    deleted) and `mngr` reloaded. When no checkpoint reads, raises ValueError: every
+    checkpoint failing means another config or hgmt version, not damage.
+
+    With several processes each reads with a reader of its own (orbax's restore waits for
+    every process at a barrier, which processes trying different steps would pass out of
+    step), and they agree (`_agree`): all resume from the newest step that every process
+    read, and every newer one (one that some process could not read, e.g. its own data
+    position file) is moved aside."""
     import jax
 
-    failures: list[tuple[int, Exception]] = []
-    found = None
-    for step in sorted(mngr.all_steps(), reverse=True):
-        try:
-            found = step, mngr.restore(step, args=args())
+    own = jax.process_count() > 1
+    reader = _own_reader(mngr, tuple(args().keys())) if own else mngr
+    try:
+        return _restore_agreed(mngr, reader, args, workdir)
+    finally:
+        if own:
+            reader.close()
+
+
+def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
+                    args: Callable[[], Any], workdir: str) -> tuple[int, Any] | None:
+    """`restore_newest_readable`'s rounds: each process reads its newest readable step at or
+    below the bound, and the bound drops to the oldest of those until all read the same."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    failures: list[tuple[int, Exception]] = []  # this process's, newest first
+    found, bound = None, None
+    while True:
+        if found is None or (bound is not None and found[0] > bound):
+            found = _newest_readable(reader, steps, args, bound, workdir, failures)
+        rows = _agree(found[0] if found else -1, bool(failures), steps[0] if steps else -1)
+        bound = int(rows[:, 0].min())
+        if bound == rows[:, 0].max():
             break
+        if found is not None and found[0] > bound:
+            logging.error("checkpoint %s/%d reads here but not on process(es) %s; trying the "
+                          "previous one", workdirs.checkpoint_dir(workdir), found[0],
+                          [int(i) for i in np.flatnonzero(rows[:, 0] < found[0])])
+    if bound < 0:
+        if not rows[:, 1].any():
+            return None
+        _raise_none_reads(workdir, failures or [(s, None) for s in steps] or [(-1, None)])
+    unread = [s for s in steps if s > bound]
+    if rows[:, 2].max() > bound:  # some process lists a newer one: moved aside by process 0
+        _move_unreadable(mngr, workdir, unread)
+        logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
+                        "%s", bound, unread, workdirs.unreadable_dir(workdir))
+    return found
+
+
+def _newest_readable(reader: ocp.CheckpointManager, steps: list[int], args: Callable[[], Any],
+                     bound: int | None, workdir: str,
+                     failures: list[tuple[int, Exception]]) -> tuple[int, Any] | None:
+    """(step, restored) of the newest of `steps` (newest first) at or below `bound` that this
+    process reads, or None; a step that fails is logged and added to `failures`."""
+    tried = {s for s, _ in failures}
+    for step in steps:
+        if (bound is not None and step > bound) or step in tried:
+            continue
+        try:
+            return step, _restore(reader, step, args, workdir)
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
             logging.error("checkpoint %s/%d does not read, trying the previous one: %s: %s",
                           workdirs.checkpoint_dir(workdir), step, type(e).__name__, str(e)[:500])
             failures.append((step, e))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    return None
 
-        multihost_utils.assert_equal(found[0] if found else -1,
-                                     "the processes restored different checkpoints")
-    if found is None:
-        if not failures:
-            return None
-        step, e = failures[0]
-        raise ValueError(
-            f"cannot resume from {workdirs.checkpoint_dir(workdir)}: none of its checkpoints "
-            f"(steps "
-            f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
-            f"{type(e).__name__}: {str(e)[:300]}). They were written by another model "
-            f"configuration or an older hgmt. Use a new --workdir, or the config and hgmt "
-            f"version that wrote them") from e
-    if failures:
-        _move_unreadable(mngr, workdir, [s for s, _ in failures])
-        logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
-                        "%s", found[0], [s for s, _ in failures],
-                        workdirs.unreadable_dir(workdir))
-    return found
+
+def _restore(reader: ocp.CheckpointManager, step: int, args: Callable[[], Any],
+             workdir: str) -> Any:
+    """`reader.restore` of `step`, tried again after each of RETRY_DELAYS_S on an OSError."""
+    for delay in RETRY_DELAYS_S:
+        try:
+            return reader.restore(step, args=args())
+        except OSError as e:
+            logging.warning("checkpoint %s/%d: %s: %s; trying it again in %g s",
+                            workdirs.checkpoint_dir(workdir), step, type(e).__name__,
+                            str(e)[:300], delay)
+            time.sleep(delay)
+    return reader.restore(step, args=args())
+
+
+def _agree(step: int, failed: bool, newest: int) -> np.ndarray:
+    """(processes, 3) int32: every process's (the step it read or -1, whether a checkpoint
+    failed to read there, its newest step or -1); a collective with several processes."""
+    import jax
+
+    row = np.array([step, failed, newest], np.int32)
+    if jax.process_count() == 1:
+        return row[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row)).reshape(-1, 3)
+
+
+def _own_reader(mngr: ocp.CheckpointManager, item_names: tuple[str, ...]
+                ) -> ocp.CheckpointManager:
+    """A manager of `mngr`'s checkpoints that restores for this process alone: no barrier with
+    the other processes, which may be reading other steps."""
+    import jax
+
+    me = jax.process_index()
+    options = ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me,
+                                                                   active_processes={me}))
+    return ocp.CheckpointManager(mngr.directory, options=options, item_names=item_names)
+
+
+def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]) -> None:
+    """The ValueError of a workdir none of whose checkpoints reads on every process
+    (`failures`: this process's, newest first; without an error, those another process could
+    not read)."""
+    step, e = failures[0]
+    newest = f"{type(e).__name__}: {str(e)[:300]}" if e else "it reads on no process"
+    raise ValueError(
+        f"cannot resume from {workdirs.checkpoint_dir(workdir)}: none of its checkpoints "
+        f"(steps "
+        f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
+        f"{newest}). They were written by another model "
+        f"configuration or an older hgmt. Use a new --workdir, or the config and hgmt "
+        f"version that wrote them") from e
 
 
 def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> int:
