@@ -440,7 +440,7 @@ def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tm
                 os.makedirs(chunk, exist_ok=True)
                 with open(os.path.join(chunk, str(i)), "wb") as f:
                     f.write(b"x" * 1024)
-            except FileNotFoundError:  # removed between the two: the next chunk recreates it
+            except OSError:  # removed between the two (or while being made): the next recreates it
                 pass
             i += 1
 
