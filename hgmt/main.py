@@ -71,6 +71,32 @@ def prepare_demo_dataset(config) -> None:
                workers=cores.usable_cores())
 
 
+def _demo_dataset_on_process_0(config) -> None:
+    """Process 0 prepares the demo dataset (`prepare_demo_dataset`) while the others wait;
+    when it fails, every process stops: process 0 with its error, the others with a
+    RuntimeError naming it, rather than waiting in a barrier for a process that left."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        prepare_demo_dataset(config)
+        return
+
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            prepare_demo_dataset(config)
+        except Exception as e:  # noqa: BLE001  (told to the others, then raised here)
+            failure = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(failure is not None))
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RuntimeError(f"process 0 could not prepare the demo dataset (its log names the "
+                           f"error); this is process {jax.process_index()}, stopping")
+
+
 class UserLines(logging.Filter):
     """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
     chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with
@@ -157,12 +183,8 @@ def _run(fv: flags.FlagValues) -> int:
     # A bad value stops here, in one line, before the demo data or the workdir are touched.
     with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
         loop.check_config(config)
-    if "demo" in config and jax.process_index() == 0:
-        prepare_demo_dataset(config)
-    if "demo" in config and jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("demo dataset ready")
+    if "demo" in config:
+        _demo_dataset_on_process_0(config)
     try:
         with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
             summaries = loop.train_and_evaluate(config, fv.workdir)

@@ -35,7 +35,7 @@ from hgmt.training import (
     steps,
     workdir_lock,
 )
-from tests.conftest import main_command, tiny_config
+from tests.conftest import main_command, tiny_config, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100}
@@ -750,3 +750,30 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"at step {step}" in rerun.stderr
+
+
+def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
+    """Two `hgmt.main` processes on configs/demo.py whose demo folder holds stray clips (no
+    completion record: process 0's demo build refuses them): process 0 stops with that
+    error, process 1 with one naming process 0, both at once and with status 1, not after
+    JAX's barrier timeout."""
+    root = tmp_path / "demo"
+    os.makedirs(root / "surreal" / "cmu" / "test")  # clips hgmt did not generate
+    (root / "surreal" / "cmu" / "test" / "stray.txt").write_text("x")
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "hgmt.main", "--config=configs/demo.py",
+         f"--workdir={tmp_path / 'run'}", f"--config.data_dir={root / 'tfds'}",
+         f"--config.demo.surreal_root={root / 'surreal'}",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+         "--heartbeat_timeout=10"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    start = time.monotonic()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    took = time.monotonic() - start
+    assert [p.returncode for p in procs] == [1, 1], "\n".join(o[-2000:] for o in outs)
+    assert "holds clips but" in outs[0] and "no demo_generated.json" in outs[0]
+    assert "process 0 could not prepare the demo dataset" in outs[1]
+    assert took < 60, took
