@@ -431,7 +431,7 @@ def test_reference_window_follows_get_center_and_get_scale():
 def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     """An evaluation under `bodynet` or `surreal` crops each test frame around the
     references' window (`surreal.reference_box`), hgmt's around `person_box`; the summary's
-    `conventions` says which."""
+    `window` says which."""
     from hgmt.data import input_pipeline
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
@@ -448,7 +448,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
                              ("hgmt", "hgmt")]:
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         summary = ev(variables)
-        assert summary["conventions"] == window and summary["protocol"] == protocol
+        assert summary["window"] == window and summary["protocol"] == protocol
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
         centre, side = input_pipeline.window_box(joints, window)

@@ -244,6 +244,15 @@ def test_reference_frame_problem_follows_the_reference_loaders():
     assert surreal.reference_frame_problem(joints) is None
     joints[j[:8], 0] = -2.5  # w = 4.5, x -2.625 to 3.125, width 6.75, centre 0.75
     assert surreal.reference_frame_problem(joints) == "centre_outside"
+    # loader_SURREAL.lua:66-69: the 16 used 3D joints all zero; others may be anything.
+    joints3d = np.zeros((24, 3))
+    joints3d[np.setdiff1d(np.arange(24), j)] = 1.0
+    ok = np.full((24, 2), 100.0)
+    assert surreal.reference_frame_problem(ok, joints3d) == "joints3d_zero"
+    assert surreal.frame_problem(ok, joints3d) == "joints3d_zero"
+    joints3d[j[0], 2] = 1e-6
+    assert surreal.reference_frame_problem(ok, joints3d) is None
+    assert surreal.frame_problem(ok, joints3d) is None
     # Below the image: y 1-based 241 and 250 -> h = 10, y 241 - 3.5 = 237.5 to 252.5, height
     # 16, centre 245.5 > 240.
     joints = np.full((24, 2), 100.0)

@@ -62,10 +62,10 @@ def test_test_split_keeps_unusable_frames_flagged_other_splits_skip_them(tmp_pat
     assert skipped["clip_missing_file"] == 1
 
 
-def test_each_protocol_evaluates_its_own_unusable_frames(tmp_path):
-    """`eval_batches` in hgmt's conventions also flags a frame `surreal.frame_problem`
-    rejects (all joints zero, kept whole in the test split); in the references' it does not
-    (their loaders evaluate it)."""
+def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
+    """A test frame hgmt's own check rejects (all joints zero), kept whole in the test split,
+    comes out of `eval_batches` marked `rejected` (which hgmt's definitions leave out) but not
+    `unusable` (the reference placeholders), in either crop window."""
     from hgmt.data import input_pipeline
 
     synthetic.generate(str(tmp_path), clips_per_split=1, frames=4, seed=1, splits=("test",))
@@ -77,10 +77,11 @@ def test_each_protocol_evaluates_its_own_unusable_frames(tmp_path):
     source = [e for _, e in records.clip_examples(
         stem, records.FrameSelection(keep_unusable=True), collections.Counter())]
     assert len(source) == 4 and not any(e["unusable"] for e in source)
-    for conventions, want in (("hgmt", [0, 0, 1, 0]), ("reference", [0, 0, 0, 0])):
+    for window in input_pipeline.WINDOWS:
         batch, = input_pipeline.eval_batches(source, [0, 1, 2, 3], batch_size=4, image_size=64,
-                                             conventions=conventions)
-        np.testing.assert_array_equal(batch["unusable"], want)
+                                             window=window)
+        np.testing.assert_array_equal(batch["rejected"], [0, 0, 1, 0])
+        np.testing.assert_array_equal(batch["unusable"], [0, 0, 0, 0])
 
 
 def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it():
@@ -117,11 +118,17 @@ def test_reference_protocols_count_flagged_frames_hgmt_leaves_them_out():
     assert s["mjd_mm_per_joint"]["l_ankle"] == pytest.approx(
         plain["mjd_mm_per_joint"]["l_hip"], rel=1e-5)
     assert s["mjd_mm_per_joint"]["l_ankle"] < plain["mjd_mm_per_joint"]["l_ankle"] - 50
-    # hgmt's protocol: as if ex 2 were not there.
+    # hgmt's protocol: as if ex 2 were not there; the same for a frame hgmt's own check
+    # rejects (`rejected`), which the reference definitions evaluate.
     keep = jnp.asarray([0, 1, 3, 4])
     _, h = _run("hgmt", "pose3d", pred, _flag(batch, 2))
     _, h4 = _run("hgmt", "pose3d", pred[keep], jax.tree.map(lambda x: x[keep], batch))
     assert h["mjd_mm"] == pytest.approx(h4["mjd_mm"], rel=1e-6)
+    rejected = {**batch, "rejected": jnp.zeros(5).at[2].set(1.0)}
+    _, hr = _run("hgmt", "pose3d", pred, rejected)
+    assert hr["mjd_mm"] == pytest.approx(h4["mjd_mm"], rel=1e-6)
+    _, sr = _run("bodynet", "pose3d", pred, rejected)
+    assert sr["mjd_mm"] == pytest.approx(plain["mjd_mm"], rel=1e-6)
 
     # segm: surreal dataset.lua:333-336 makes the labels all background (class 1), and
     # eval.lua:22-50 counts its predicted part pixels into the parts' unions. Six 2x2 images
@@ -196,9 +203,11 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
         everything = evaluator.evaluate(config, variables, protocol=protocol, frames="all",
                                         max_examples=0)
         # Clip 1's 4 frames and clip 2's placeholder: the unset joints and the placeholder
-        # flagged, and under hgmt's protocol also the frame with all joints zero.
-        assert everything["num_examples"] == 5
-        assert everything["unusable_frames"]["count"] == (3 if protocol == "hgmt" else 2)
+        # flagged; hgmt's check also rejects the frame with all joints zero.
+        assert everything["num_examples"] == 5 and everything["window"] == (
+            "hgmt" if protocol == "hgmt" else "reference")
+        assert everything["unusable_frames"]["count"] == 2
+        assert everything["unusable_frames"]["rejected_by_hgmt"] == 3
         summary = evaluator.evaluate(config, variables, protocol=protocol, frames="middle",
                                      max_examples=0)
         report = summary["unusable_frames"]

@@ -58,8 +58,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               "reference test sets keep but cannot use, as flagged "
                               "placeholders; other splits still skip them.",
                      "1.4.0": "unusable: the test split flags the frames the reference test "
-                              "loaders cannot use (joints unset, getCenter outside the "
-                              "image) and keeps the others whole."}
+                              "loaders cannot use (joints unset, 3D joints zero, getCenter "
+                              "outside the image) and keeps the others whole; all splits "
+                              "skip or flag unset and zero 3D joints."}
     BUILDER_CONFIGS = [
         SurrealConfig(name="middle", middle_only=True,
                       description="The middle frame ceil(T/2) of each clip (test protocol)."),
@@ -111,7 +112,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "frame": tfds.features.Scalar(dtype=np.int32, doc="0-based frame index"),
                 "unusable": tfds.features.Text(
                     doc="empty for a usable frame; else why the reference test loaders "
-                        "cannot use it (frame_joints_unset, frame_centre_outside, "
+                        "cannot use it (frame_joints_unset, frame_joints3d_zero, "
+                        "frame_centre_outside, "
                         "clip_missing_file, clip_unreadable_file): a placeholder of the test "
                         "split, black frame and background labels"),
                 "num_frames": tfds.features.Scalar(

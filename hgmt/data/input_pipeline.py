@@ -68,9 +68,9 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
 
 
-# The crop windows and test conventions: "hgmt"'s (`person_box`, docs/surreal_format.md:
-# training, hgmt's protocol) and "reference", BodyNet's and SURREAL's test crop
-# (`surreal.reference_box`: their protocols).
+# The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's
+# protocol) and "reference", BodyNet's and SURREAL's test crop (`surreal.reference_box`:
+# their protocols).
 WINDOWS = ("hgmt", "reference")
 
 
@@ -460,12 +460,12 @@ def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle"
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
-                 conventions: str = "hgmt") -> Iterator[dict]:
-    """This host's share of `indices` in fixed-size batches, with the labels of `tasks`
-    (default all), in the test `conventions` (WINDOWS): "reference", the reference test
-    loaders' crop window (`window_box`) and unusable frames (the flagged placeholders);
-    "hgmt", hgmt's window and unusable frames (the placeholders and the frames
-    `surreal.frame_problem` rejects). The last batch is padded, with `mask`
+                 window: str = "hgmt") -> Iterator[dict]:
+    """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
+    box (`window_box`: hgmt's, or the reference protocols'), with the labels of `tasks`
+    (default all) and `rejected` (1 for a frame hgmt's own check rejects,
+    `surreal.frame_problem`: the frames training skips, which hgmt's metric definitions leave
+    out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
@@ -474,9 +474,9 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     per_host = batch_size // jax.process_count()
 
     def cropped(record: dict) -> dict:
-        out = crop_example(record, image_size, Augment.none(), tasks=tasks, window=conventions)
-        if conventions == "hgmt" and surreal.frame_problem(record["joints2d"]) is not None:
-            out["unusable"] = np.float32(1.0)
+        out = crop_example(record, image_size, Augment.none(), tasks=tasks, window=window)
+        problem = surreal.frame_problem(record["joints2d"], record["joints3d"])
+        out["rejected"] = np.float32(max(out["unusable"], problem is not None))
         return out
 
     def example(i: int) -> dict | None:

@@ -123,7 +123,7 @@ def clip_examples(stem: str, frames: FrameSelection,
         if not frames.keeps(t, t_all):
             continue
         problem = (surreal.reference_frame_problem if frames.keep_unusable else
-                   surreal.frame_problem)(clip.info.joints2d[t])
+                   surreal.frame_problem)(clip.info.joints2d[t], clip.info.joints3d[t])
         if problem is not None and frames.keep_unusable:
             logging.info("flagging %s frame %d unusable: %s", stem, t, problem)
             counts[f"flagged_frame_{problem}"] += 1

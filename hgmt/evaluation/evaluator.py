@@ -43,15 +43,16 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
     masked loss (loss_options: {task: options of its loss}, as in training; a pixel-weighted
     loss is normalised per example here, per batch in training). A flagged unusable frame
     (batch['unusable']) is given the image `unusable_input` everywhere, as the references
-    give it their zero input; hgmt's statistics and the loss leave it out, the reference
-    protocols' treat it as their code does."""
+    give it their zero input; the reference protocols' statistics treat it as their code
+    does, hgmt's statistics and the loss leave it out, and every frame hgmt's own check
+    rejects (batch['rejected'])."""
     flagged = batch["unusable"][:, None, None, None] > 0
     images = jnp.where(flagged, jnp.asarray(unusable_input, jnp.float32),
                        batch["image"].astype(jnp.float32))
     preds = predict_last_stage(model, variables, images,
                                channel_flips(model.tasks) if flip else None)
     mask = batch["mask"]
-    usable = mask * (1.0 - batch["unusable"])
+    usable = mask * (1.0 - batch["rejected"])
     stats = {}
     for name, pred in preds.items():
         stats[name] = dict(metrics[name].stats(pred, batch))
@@ -60,6 +61,7 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
         stats[name]["loss"] = usable @ losses.astype(jnp.float32)
     stats["count"] = jnp.sum(mask)
     stats["unusable"] = jnp.sum(mask * batch["unusable"])
+    stats["rejected"] = jnp.sum(mask * batch["rejected"])
     return jax.lax.psum(stats, "batch")
 
 
@@ -72,17 +74,19 @@ def unusable_input(protocol: str) -> np.ndarray:
     return (np.asarray(IMAGE_MEAN) + level * np.asarray(IMAGE_STD)) * 255.0
 
 
-def unusable_report(protocol: str, tasks, metrics: dict, flagged: int) -> dict:
-    """How many evaluated frames were flagged unusable and how each task's protocol treated
-    them (the JSON's `unusable_frames`)."""
+def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected: int) -> dict:
+    """How many evaluated frames were flagged unusable (`count`: the reference test loaders'
+    placeholders), how many hgmt's own check rejects (`rejected_by_hgmt`, the flagged ones
+    included), and how each task's protocol treated them (the JSON's `unusable_frames`)."""
     treatment = {}
     for name in tasks:
         used = metrics[name].protocol
-        treatment[name] = ("left out (hgmt's protocol)" if used == "hgmt" else
+        treatment[name] = ("left out (hgmt's definition), with every frame hgmt's check "
+                           "rejects" if used == "hgmt" else
                            f"evaluated as {used}'s code does: input normalised to "
                            f"{0.5 if protocol == 'surreal' else 0.0}, all-background labels, "
                            f"counted in N")
-    return {"count": flagged, "treatment": treatment}
+    return {"count": flagged, "rejected_by_hgmt": rejected, "treatment": treatment}
 
 
 # The fields of an evaluator's settings (`config.evals.<name>` in training; the command's flags in
@@ -113,11 +117,11 @@ class Evaluator:
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
-        self.conventions = protocols.conventions(protocol)
+        self.window = protocols.window(protocol)
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
-        if self.conventions == "reference":
+        if self.window == "reference":
             input_pipeline.check_reference_flags(self.source, config.dataset, config.data_dir)
         self.shards = damage.Shards.of(self.source)
         self.unreadable: list[int] = []  # damaged records met while selecting the frames
@@ -152,7 +156,7 @@ class Evaluator:
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
                                                  tasks=self.tasks, damaged=damaged,
-                                                 conventions=self.conventions):
+                                                 window=self.window):
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
@@ -160,12 +164,13 @@ class Evaluator:
         count = float(total["count"])
         summary = {name: {"protocol": self.metrics[name].protocol,
                           **self.metrics[name].summarize(total[name])} for name in self.tasks}
-        summary["protocol"], summary["conventions"] = self.protocol, self.conventions
-        usable = max(count - float(total["unusable"]), 1.0)
+        summary["protocol"], summary["window"] = self.protocol, self.window
+        usable = max(count - float(total["rejected"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)
-        summary["unusable_frames"] = unusable_report(self.protocol, self.tasks, self.metrics,
-                                                     int(round(float(total["unusable"]))))
+        summary["unusable_frames"] = unusable_report(
+            self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
+            int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         summary.update(self._damaged(damaged))
         return summary

@@ -63,11 +63,12 @@ def metric(protocol: str, task: str, num_examples: int) -> Metric:
     return Metric(used, *module.protocol_metric(used, num_examples))
 
 
-def conventions(protocol: str) -> str:
-    """The test conventions (`input_pipeline.WINDOWS`) of an evaluation under `protocol`: the
-    reference protocols' own test crop and unusable frames (BodyNet's and SURREAL's, the same
-    functions), so their numbers are measured on the reference test set with the person at
-    the scale of the published ones; hgmt's for hgmt's (`input_pipeline.eval_batches`)."""
+def window(protocol: str) -> str:
+    """The crop window (`input_pipeline.WINDOWS`) of an evaluation under `protocol`: the
+    reference protocols' own test crop (BodyNet's and SURREAL's, the same function), so their
+    numbers are measured with the person at the scale of the published ones; hgmt's for
+    hgmt's. A task that falls back to hgmt's definition (pose under `surreal`) is measured in
+    the run's window."""
     return "hgmt" if check(protocol) == "hgmt" else "reference"
 
 

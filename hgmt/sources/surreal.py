@@ -385,13 +385,15 @@ def load_clip(stem: str) -> Clip:
                 segm=segm[:t], frame_counts=counts)
 
 
-def frame_problem(joints2d: np.ndarray) -> str | None:
-    """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels.
+def frame_problem(joints2d: np.ndarray, joints3d: np.ndarray | None = None) -> str | None:
+    """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels; joints3d:
+    (24,3) in metres, when known.
 
-    Unusable: all joints at zero ("joints_zero"), the reference loaders' unset joints
-    ("joints_unset", `reference_frame_problem`), or the person mostly outside the 320x240
-    image: fewer than half of the 16 used joints inside it ("person_outside"). A person cut by
-    the border is kept: the crop pads, and SURREAL has many such frames.
+    Unusable: all 2D joints at zero ("joints_zero"), the reference loaders' unset 2D joints
+    or all-zero 3D joints ("joints_unset", "joints3d_zero", `reference_frame_problem`), or the
+    person mostly outside the 320x240 image: fewer than half of the 16 used joints inside it
+    ("person_outside"). A person cut by the border is kept: the crop pads, and SURREAL has
+    many such frames.
     """
     j = np.asarray(joints2d)
     if not np.any(j):
@@ -399,6 +401,8 @@ def frame_problem(joints2d: np.ndarray) -> str | None:
     j = j[SMPL_TO_JOINT]
     if _unset(j):
         return "joints_unset"
+    if joints3d is not None and _zero_3d(joints3d):
+        return "joints3d_zero"
     inside = (j[:, 0] >= 0) & (j[:, 0] <= IMAGE_WIDTH - 1) & (j[:, 1] >= 0) & (
         j[:, 1] <= IMAGE_HEIGHT - 1)
     if 2 * int(inside.sum()) < len(j):
@@ -436,17 +440,28 @@ def _unset(joints: np.ndarray) -> bool:
     return bool(np.all(np.asarray(joints, np.float64) + 1 == [1.0, 239.0]))
 
 
-def reference_frame_problem(joints2d: np.ndarray) -> str | None:
+def _zero_3d(joints3d: np.ndarray) -> bool:
+    """Whether the 16 used joints of (24,3) `joints3d` are all exactly zero: the reference
+    loaders' mark of 3D joints that were never set."""
+    return not np.any(np.asarray(joints3d)[SMPL_TO_JOINT])
+
+
+def reference_frame_problem(joints2d: np.ndarray,
+                            joints3d: np.ndarray | None = None) -> str | None:
     """Why the reference test loaders cannot use a frame, or None. joints2d: (24,2) SMPL
-    joints in pixels. "joints_unset": each of the 16 used joints at 1-based (1, 239), the
-    loaders' check for joints that were never set (surreal training/loader_SURREAL.lua:49-52,
-    bodynet training/util/dataloader/SURREAL.lua:52-55); "centre_outside": `getCenter`
-    outside the 1-based image [1, 320] x [1, 240] (surreal training/donkey.lua:118-119,
-    bodynet training/donkey.lua:264). Such a frame gets a zero input and all-background
-    labels in their test loops and still counts (docs/metrics.md)."""
+    joints in pixels; joints3d: (24,3) in metres, when known. "joints_unset": each of the 16
+    used joints at 1-based (1, 239), the loaders' check for joints that were never set (surreal
+    training/loader_SURREAL.lua:49-52, bodynet training/util/dataloader/SURREAL.lua:52-55);
+    "joints3d_zero": the 16 used 3D joints all zero (loader_SURREAL.lua:66-69, read by
+    BodyNet's loader and SURREAL's for its depth model, not for its segmentation model);
+    "centre_outside": `getCenter` outside the 1-based image [1, 320] x [1, 240] (surreal
+    training/donkey.lua:118-119, bodynet training/donkey.lua:264). Such a frame gets a zero
+    input and all-background labels in their test loops and still counts (docs/metrics.md)."""
     j = np.asarray(joints2d, np.float64)[SMPL_TO_JOINT]
     if _unset(j):
         return "joints_unset"
+    if joints3d is not None and _zero_3d(joints3d):
+        return "joints3d_zero"
     centre, _ = reference_box(j)
     if (centre < 1).any() or centre[0] > IMAGE_WIDTH or centre[1] > IMAGE_HEIGHT:
         return "centre_outside"
@@ -461,5 +476,5 @@ def middle_frame(num_frames: int) -> int:
 def iter_frames(clip: Clip) -> Iterator[int]:
     """Indices of the usable frames of a clip (see ``frame_problem``)."""
     for t in range(clip.num_frames):
-        if frame_problem(clip.info.joints2d[t]) is None:
+        if frame_problem(clip.info.joints2d[t], clip.info.joints3d[t]) is None:
             yield t

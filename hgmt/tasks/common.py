@@ -47,9 +47,13 @@ def unusable(batch: dict, n: int) -> jnp.ndarray:
 
 def example_weights(batch: dict, n: int) -> jnp.ndarray:
     """(n,) weight of each of a batch's n examples in hgmt's metric statistics: 1 for a real,
-    usable example; 0 for padding and for flagged unusable frames, which hgmt's protocol
-    leaves out."""
-    return _real(batch, n) * (1.0 - unusable(batch, n))
+    usable example; 0 for padding, for flagged unusable frames and for the frames hgmt's own
+    check rejects (batch['rejected'] where the batch has it), which hgmt's definitions leave
+    out."""
+    left_out = unusable(batch, n)
+    if "rejected" in batch:
+        left_out = jnp.maximum(left_out, batch["rejected"].astype(jnp.float32))
+    return _real(batch, n) * (1.0 - left_out)
 
 
 def full_batch_weights(batch: dict, n: int, num_examples: int, batch_size: int
