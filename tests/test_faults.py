@@ -179,6 +179,30 @@ def test_a_brief_read_error_is_retried_before_a_checkpoint_counts_as_unreadable(
     assert mngr.all_steps() == [2]
 
 
+def test_a_process_that_sees_no_checkpoint_where_another_does_is_an_error(tmp_path,
+                                                                           monkeypatch):
+    """The processes agree on the steps all of them read (`_agree`, an all-gather; here this
+    process's row and a second process's that lists no checkpoint at all, as a host whose
+    workdir is not the shared one): not a fresh start with this process's loader already
+    restored, but an error naming both."""
+    import orbax.checkpoint as ocp
+
+    workdir = str(tmp_path)
+    mngr = checkpoints.manager(workdir, async_save=False, with_data=False)
+    mngr.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave({"x": np.zeros(3)})))
+    agree = checkpoints._agree
+    monkeypatch.setattr(checkpoints, "_agree", lambda *row: np.concatenate(
+        [agree(*row), np.array([[-1, 0, -1]], np.int32)]))
+
+    def args():
+        return ocp.args.Composite(state=ocp.args.StandardRestore({"x": np.zeros(3)}))
+
+    with pytest.raises(ValueError, match=re.escape(
+            f"process(es) [1] see no checkpoint in {workdirs.checkpoint_dir(workdir)} where "
+            f"process(es) [0] see some: every process must see the same workdir")):
+        checkpoints.restore_newest_readable(mngr, args, workdir)
+
+
 _HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
            "from hgmt.training.workdir_lock import WorkdirLock; "
            "WorkdirLock({workdir!r}).acquire(); "

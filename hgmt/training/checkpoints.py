@@ -97,6 +97,13 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
                           "previous one", workdirs.checkpoint_dir(workdir), found[0],
                           [int(i) for i in np.flatnonzero(rows[:, 0] < found[0])])
     if bound < 0:
+        blind = [int(i) for i in np.flatnonzero(rows[:, 2] < 0)]
+        if blind and rows[:, 2].max() >= 0:  # some processes see checkpoints, others none
+            raise ValueError(
+                f"process(es) {blind} see no checkpoint in {workdirs.checkpoint_dir(workdir)} "
+                f"where process(es) {[int(i) for i in np.flatnonzero(rows[:, 2] >= 0)]} see "
+                f"some: every process must see the same workdir (a folder shared by all the "
+                f"hosts, or the same object-store path)")
         if not rows[:, 1].any():
             return None
         _raise_none_reads(workdir, failures or [(s, None) for s in steps] or [(-1, None)])
