@@ -302,6 +302,12 @@ def test_a_lock_taken_over_or_removed_while_held_is_lost(tmp_path):
     assert json.loads(path.read_text()) == other
     path.unlink()
     with workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01) as lock:
+        path.write_bytes(b"\xff\xfe not json")  # bytes of no holder: not this trainer's
+        _wait_lost(lock)
+        with pytest.raises(workdir_lock.WorkdirLockLost, match="is now held by host None"):
+            lock.check()
+    path.unlink()
+    with workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01) as lock:
         path.unlink()
         _wait_lost(lock)
         with pytest.raises(workdir_lock.WorkdirLockLost, match=r"could not be refreshed 2 times "

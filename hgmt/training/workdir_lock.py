@@ -66,6 +66,16 @@ def _snapshot(path: str) -> tuple[int, int, int, bytes]:
         return st.st_dev, st.st_ino, st.st_mtime_ns, f.read()
 
 
+def _holder(content: bytes) -> dict:
+    """The holder a lock file's `content` names; {} for none (a holder between creating and
+    writing it, or bytes that are no holder's)."""
+    try:
+        holder = json.loads(content)
+    except ValueError:  # not JSON, not UTF-8
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def _describe(holder: dict) -> str:
     """'host H pid P (Slurm job J)' of a lock's holder."""
     job = f" (Slurm job {holder['job']})" if holder.get("job") else ""
@@ -137,13 +147,10 @@ class WorkdirLock:
         except FileNotFoundError:
             return  # released meanwhile: try again
         age_s = time.time() - seen[2] / 1e9
-        try:
-            holder = json.loads(seen[3])
-        except json.JSONDecodeError:  # a holder killed between create and write
-            holder = {}
-            if age_s < 5.0:
-                time.sleep(5.0)
-                return
+        holder = _holder(seen[3])
+        if not holder and age_s < 5.0:  # a holder between create and write: let it write
+            time.sleep(5.0)
+            return
         reason = self._stale_reason(holder, age_s)
         if reason is None:
             raise WorkdirLocked(
@@ -201,12 +208,8 @@ class WorkdirLock:
 
     def _touch(self) -> dict | None:
         """Refreshes the lock's mtime if it is still this trainer's; else -> its holder."""
-        with open(self.path) as f:
-            text = f.read()
-        try:
-            holder = json.loads(text)
-        except json.JSONDecodeError:  # a new holder between create and write
-            holder = {}
+        with open(self.path, "rb") as f:
+            holder = _holder(f.read())
         if holder.get("token") != self.me["token"]:
             return holder
         os.utime(self.path)
@@ -234,11 +237,11 @@ class WorkdirLock:
             return
         self.held = False
         try:
-            with open(self.path) as f:
-                holder = json.load(f)
+            with open(self.path, "rb") as f:
+                holder = _holder(f.read())
             if holder.get("token") == self.me["token"]:
                 os.remove(self.path)
-        except (FileNotFoundError, json.JSONDecodeError):
+        except FileNotFoundError:
             pass
 
     def __enter__(self) -> WorkdirLock:
