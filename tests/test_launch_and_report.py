@@ -167,6 +167,29 @@ def test_report_names_runs_outside_the_plan_and_evaluations_that_differ(tmp_path
     assert "do not compare" in line
 
 
+def test_report_says_when_runs_were_evaluated_in_other_crop_windows(tmp_path):
+    """Two bodynet summaries of the same frames, one in the references' crop window and one
+    made before the reference protocols had it (no `window`: hgmt's): they do not compare.
+    All in the reference window: the line says that window."""
+    sweep_dir = tmp_path / "sweep"
+    for name, window in (("pose2d", "reference"), ("pose2d+segm", None)):
+        (sweep_dir / name).mkdir(parents=True)
+        summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
+                   "split": "test", "frames": "middle", "flip": False}
+        summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
+        if window:
+            summary["window"] = window
+        (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(summary))
+    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
+    assert "The runs were not all evaluated alike (num_examples, split, frames, flip, window" \
+           in line and "'hgmt')" in line and "'reference')" in line, line
+    path = sweep_dir / "pose2d+segm" / "eval_test_bodynet.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "window": "reference"}))
+    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
+    assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
+                         "crop window: reference)."), line
+
+
 def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs = {"pose2d": _summary(pck=0.80), "pose3d": _summary(mjd=60.0),

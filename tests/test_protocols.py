@@ -449,6 +449,8 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         summary = ev(variables)
         assert summary["window"] == window and summary["protocol"] == protocol
+        header = evaluator.to_markdown(summary).splitlines()[0]
+        assert ("in the `reference` crop window" in header) == (window == "reference"), header
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
         centre, side = input_pipeline.window_box(joints, window)

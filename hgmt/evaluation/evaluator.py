@@ -227,10 +227,15 @@ def to_markdown(summary: dict) -> str:
     """Markdown tables: headline metrics with the protocol that made each, then per-joint and
     per-part breakdowns."""
     protocol = summary.get("protocol", "hgmt")
+    window = summary.get("window", "hgmt")
+    window = "" if window == "hgmt" else (
+        f", in the `{window}` crop window (every task's numbers, those of hgmt's definitions "
+        f"included)")
     lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
              f" (frames: {summary.get('frames', 'middle')})"
              f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
-             f"(docs/metrics.md).", "", "| metric | value | protocol |", "|---|---|---|"]
+             f"(docs/metrics.md){window}.", "", "| metric | value | protocol |",
+             "|---|---|---|"]
     if summary.get("num_damaged"):
         lines[1:1] = ["", f"**{summary['num_damaged']} damaged record(s) left out** (the "
                       f"numbers are over the other frames): "

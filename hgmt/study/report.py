@@ -255,15 +255,20 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     count every finished run), and on which test frames they were evaluated (or that the runs
     differ there)."""
     summaries = [s for runs in results.values() for s in runs]
-    keys = ("num_examples", "split", "frames", "flip")
-    evaluations = {tuple(s.get(k) for k in keys) for s in summaries}
+    keys = ("num_examples", "split", "frames", "flip", "window")
+    # A summary without `window` was made before the reference protocols had their own crop
+    # window: in hgmt's, whatever its protocol.
+    evaluations = {tuple(s.get(k, "hgmt" if k == "window" else None) for k in keys)
+                   for s in summaries}
     first = summaries[0]
+    window = first.get("window", "hgmt")
     if len(evaluations) > 1:
         frames = (f" The runs were not all evaluated alike ({', '.join(keys)}: "
                   f"{sorted(evaluations, key=str)}): their numbers do not compare.")
     elif "num_examples" in first:
         frames = (f" Each is evaluated on {first['num_examples']} frames of split "
-                  f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}).")
+                  f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}"
+                  f"{'' if window == 'hgmt' else f'; crop window: {window}'}).")
     else:
         frames = ""
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
