@@ -6,8 +6,11 @@
 
 evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
 a Markdown table (and each task's extra pictures, e.g. the PCKh curve). `--frames` selects the
-frames of each clip (default: those of the training config's test evaluator; `middle` is
-SURREAL's test protocol). `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s
+frames of each clip (`middle` is SURREAL's test protocol); `--frames`, `--max_examples` and
+`--flip` default to the training config's test evaluator's settings. The default file name
+says the settings (`workdirs.result_file` with the step and the frames, flip and example
+limit that differ from the test protocol's), so evaluations of other settings do not replace
+each other. `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s
 own, or `bodynet` / `surreal` (what those papers' code computes, to set a run beside their
 published tables); the JSON records the protocol of the run and of each task's numbers.
 `--flip` averages each prediction with that of the mirrored image (left/right channels swapped
@@ -35,14 +38,17 @@ def _define_flags(fv) -> None:
     flags.DEFINE_string("frames", None, "frames of each clip: middle (SURREAL's test "
                         "protocol), all, or everyK; default: the training config's test "
                         "evaluator's", flag_values=fv)
-    flags.DEFINE_integer("max_examples", 0, "at most this many frames (0: all)",
-                         flag_values=fv)
-    flags.DEFINE_bool("flip", False, "average with the mirrored image", flag_values=fv)
+    flags.DEFINE_integer("max_examples", None, "at most this many frames (0: all); default: "
+                         "the training config's test evaluator's", flag_values=fv)
+    flags.DEFINE_bool("flip", None, "average with the mirrored image; default: the training "
+                      "config's test evaluator's", flag_values=fv)
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
                       "computes (docs/metrics.md)", flag_values=fv)
     flags.DEFINE_string("out_file", None, "JSON path (default <workdir>/eval_<split>_<step>"
-                        "[_<protocol>].json); a .md table is written beside it", flag_values=fv)
+                        "[_<frames>][_flip][_first<N>][_<protocol>].json: the frames when not "
+                        "middle, the example limit when there is one); a .md table is "
+                        "written beside it", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,19 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
         config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                     args.config)
-    frames = args.frames or evaluator.settings_of(config)["frames"]
+    configured = evaluator.settings_of(config)
+    frames = args.frames or configured["frames"]
+    flip = configured["flip"] if args.flip is None else args.flip
+    max_examples = configured["max_examples"] if args.max_examples is None else args.max_examples
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
                                 shards.DamagedShard):
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
-                                         flip=args.flip, protocol=args.protocol,
-                                         max_examples=args.max_examples)
+                                         flip=flip, protocol=args.protocol,
+                                         max_examples=max_examples)
         summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
         if step_arg == "best":
             summary["checkpoint"] = "best"
-        name = f"best_{step}" if step_arg == "best" else str(step)
+        name = [f"best_{step}" if step_arg == "best" else str(step)]
+        name += [frames] if frames != "middle" else []
+        name += ["flip"] if flip else []
+        name += [f"first{max_examples}"] if max_examples else []
         out = args.out_file or os.path.join(
-            args.workdir, workdirs.result_file(args.protocol, args.split, name))
+            args.workdir, workdirs.result_file(args.protocol, args.split, "_".join(name)))
         evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

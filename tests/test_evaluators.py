@@ -128,6 +128,20 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     assert report["num_examples"] == lines[-1]["num_examples"] == 2  # the 2 test clips' middles
     assert report["pose2d"]["pckh@0.5"] == pytest.approx(lines[-1]["metrics"]["pose2d/pckh@0.5"])
 
+    # hgmt.evaluate takes the test evaluator's settings by default and names the file after
+    # the settings, so evaluations of other settings sit side by side.
+    for argv, name, settings in (
+            ([], "eval_test_4_first4.json", ("middle", False, 2)),
+            (["--flip"], "eval_test_4_flip_first4.json", ("middle", True, 2)),
+            (["--frames=every8", "--max_examples=0"], "eval_test_4_every8.json",
+             ("every8", False, 2))):
+        assert hgmt.evaluate.main([f"--workdir={workdir}", *argv]) == 0
+        with open(tmp_path / "run" / name) as f:
+            again = json.load(f)
+        assert (again["frames"], again["flip"], again["num_examples"]) == settings, name
+    with open(tmp_path / "run" / "eval_test_4_first4.json") as f:
+        assert json.load(f)["pose2d"]["pckh@0.5"] == pytest.approx(report["pose2d"]["pckh@0.5"])
+
 
 @pytest.mark.parametrize("field, value, message", [
     ("best_metric", "pose2d/accuracy", "best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"),
