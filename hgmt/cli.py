@@ -76,7 +76,8 @@ def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | No
     if not pre.workdir:
         raise SystemExit("error: --workdir is required: a directory written by "
                          "`python -m hgmt.main --workdir=...`")
-    return workdirs.load_config(pre.workdir)
+    with faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
+        return workdirs.load_config(pre.workdir)
 
 
 @contextlib.contextmanager

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"of a Markdown file, or the text with --note")
         with open(args.note_file) as f:
             given = f.read().strip()
-    results = report.load_sweep(args.sweep_dir, args.protocol)
+    with cli.faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
+        results = report.load_sweep(args.sweep_dir, args.protocol)
     study = report.compare(results)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "report.json"), "w") as f:

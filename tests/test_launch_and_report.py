@@ -190,6 +190,28 @@ def test_report_says_when_runs_were_evaluated_in_other_crop_windows(tmp_path):
                          "crop window: reference)."), line
 
 
+def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
+    """A run trained with config.evals.test.protocol=bodynet wrote bodynet numbers to
+    eval_test.json: reported under --protocol=bodynet; under hgmt, one error line naming the
+    fix. A workdir command on a folder that is no workdir: one error line too."""
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "pose2d").mkdir(parents=True)
+    summary = {**_summary(pck=0.8), "protocol": "bodynet"}
+    (sweep_dir / "pose2d" / "eval_test.json").write_text(json.dumps(summary))
+    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"])
+    assert str(e.value.code).startswith(
+        f"error: ValueError: {sweep_dir}/pose2d/eval_test.json holds protocol 'bodynet' "
+        f"numbers, not 'hgmt': report them with --protocol=bodynet"), e.value.code
+    from hgmt import evaluate
+
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([f"--workdir={tmp_path / 'nowhere'}"])
+    assert str(e.value.code).startswith(f"error: FileNotFoundError: {tmp_path / 'nowhere'}/"
+                                        f"config.json not found"), e.value.code
+
+
 def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs = {"pose2d": _summary(pck=0.80), "pose3d": _summary(mjd=60.0),

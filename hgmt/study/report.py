@@ -37,6 +37,10 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
     results = {}
     for name in sorted(os.listdir(sweep_dir)):
         path = os.path.join(sweep_dir, name, name_of)
+        trained = os.path.join(sweep_dir, name, workdirs.result_file())
+        if not os.path.isfile(path) and os.path.isfile(trained) and _protocol_of(
+                trained) == protocol:  # the trainer's test evaluator ran under `protocol`
+            path = trained
         if not os.path.isfile(path):
             continue
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
@@ -44,7 +48,12 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
             results.setdefault(tasks, []).append(json.load(f))
         found = results[tasks][-1].get("protocol", "hgmt")
         if found != protocol:
-            raise ValueError(f"{path} holds protocol {found!r} numbers, not {protocol!r}")
+            raise ValueError(
+                f"{path} holds protocol {found!r} numbers, not {protocol!r}: report them "
+                f"with --protocol={found}, or "
+                f"evaluate the run under {protocol!r}: python -m hgmt.evaluate --workdir="
+                f"{os.path.join(sweep_dir, name)} --protocol={protocol} --out_file=<a file "
+                f"other than {path}>")
     if not results:
         hint = "" if protocol == "hgmt" else (
             f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
@@ -53,6 +62,12 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
     return results
+
+
+def _protocol_of(path: str) -> str:
+    """The protocol an evaluation summary's numbers were made with (hgmt's when it says none)."""
+    with open(path) as f:
+        return json.load(f).get("protocol", "hgmt")
 
 
 def _headline(entry_or_summary: dict, task: str):
