@@ -199,6 +199,9 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     summary = {**_summary(pck=0.8), "protocol": "bodynet"}
     (sweep_dir / "pose2d" / "eval_test.json").write_text(json.dumps(summary))
     assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d"], "seeds": 1}))
+    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
+    assert line.startswith("Runs finished: 1 of 1 (1 subsets x 1 seed)."), line
     with pytest.raises(SystemExit) as e:
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"])
     assert str(e.value.code).startswith(

@@ -36,12 +36,8 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
     name_of = workdirs.result_file(protocol)
     results = {}
     for name in sorted(os.listdir(sweep_dir)):
-        path = os.path.join(sweep_dir, name, name_of)
-        trained = os.path.join(sweep_dir, name, workdirs.result_file())
-        if not os.path.isfile(path) and os.path.isfile(trained) and _protocol_of(
-                trained) == protocol:  # the trainer's test evaluator ran under `protocol`
-            path = trained
-        if not os.path.isfile(path):
+        path = _result_path(os.path.join(sweep_dir, name), protocol)
+        if path is None:
             continue
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
         with open(path) as f:
@@ -64,10 +60,19 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
     return results
 
 
-def _protocol_of(path: str) -> str:
-    """The protocol an evaluation summary's numbers were made with (hgmt's when it says none)."""
-    with open(path) as f:
-        return json.load(f).get("protocol", "hgmt")
+def _result_path(run_dir: str, protocol: str) -> str | None:
+    """The evaluation file of a sweep's run under `protocol`: its `result_file(protocol)`, or
+    the trainer's `eval_test.json` when its test evaluator ran under `protocol`; None when the
+    run has neither (not finished)."""
+    path = os.path.join(run_dir, workdirs.result_file(protocol))
+    if os.path.isfile(path):
+        return path
+    trained = os.path.join(run_dir, workdirs.result_file())
+    if protocol != "hgmt" and os.path.isfile(trained):
+        with open(trained) as f:
+            if json.load(f).get("protocol", "hgmt") == protocol:
+                return trained
+    return None
 
 
 def _headline(entry_or_summary: dict, task: str):
@@ -293,9 +298,9 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
         plan = json.load(f)
     subsets, seeds = plan["subsets"], plan.get("seeds", 1)
     planned = {workdirs.run_name(s, k) for k in range(seeds) for s in subsets}
-    result = workdirs.result_file(first.get("protocol", "hgmt"))
+    protocol = first.get("protocol", "hgmt")
     finished = {n for n in os.listdir(sweep_dir)
-                if os.path.isfile(os.path.join(sweep_dir, n, result))}
+                if _result_path(os.path.join(sweep_dir, n), protocol) is not None}
     missing, extra = sorted(planned - finished), sorted(finished - planned)
     rest = "" if not missing else (
         f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} "
