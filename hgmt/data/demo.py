@@ -58,8 +58,7 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         with open(marker, "w") as f:
             json.dump(settings, f)
     build_dataset(surreal_root, data_dir, dataset)
-    built = epath.Path(_builder(dataset, data_dir)[0].data_dir) / GENERATED_FILE
-    built.write_text(json.dumps(settings))
+    (epath.Path(builder.data_dir) / GENERATED_FILE).write_text(json.dumps(settings))
     return data_dir
 
 
