@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from hgmt import cores
-from hgmt.data import damage
+from hgmt.data import damage, shards
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
@@ -251,9 +251,8 @@ def check_reference_flags(source, dataset: str, data_dir: str) -> None:
             "dataset %r under %r was built by SURREAL builder version %s, before %s: its "
             "test split flags the frames hgmt cannot use, not those the reference loaders "
             "cannot use, so a reference protocol may treat a few frames otherwise than the "
-            "reference code. Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
-            "root> --data_dir=%s --config=%s --file_format=array_record", dataset, data_dir,
-            version, REFERENCE_FLAGS_SINCE, data_dir, dataset.split("/")[-1])
+            "reference code. Rebuild it: %s", dataset, data_dir, version, REFERENCE_FLAGS_SINCE,
+            shards.build_command(dataset, data_dir))
 
 
 def check_features(info, dataset: str, data_dir: str) -> None:
@@ -266,9 +265,8 @@ def check_features(info, dataset: str, data_dir: str) -> None:
         raise ValueError(
             f"dataset {dataset!r} under {data_dir!r} was built by SURREAL builder version "
             f"{info.version}, before {since}, and lacks {missing} (SURREAL's exact depth "
-            f"labels, the flagged test frames). Rebuild it: tfds build data_builders/surreal "
-            f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
-            f"{dataset.split('/')[-1]} --file_format=array_record")
+            f"labels, the flagged test frames). Rebuild it: "
+            f"{shards.build_command(dataset, data_dir)}")
     if missing:
         raise ValueError(
             f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
@@ -288,7 +286,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import read_only_builder
 
-    from hgmt.data import shards, tf_example
+    from hgmt.data import tf_example
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
     try:
@@ -302,9 +300,8 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     except Exception as e:
         raise FileNotFoundError(
             f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
-            f"({type(e).__name__}: {e}). Build it with: tfds build data_builders/surreal "
-            f"--manual_dir=<SURREAL root> --data_dir={data_dir} --config="
-            f"{dataset.split('/')[-1]} --file_format=array_record") from e
+            f"({type(e).__name__}: {e}). Build it with: "
+            f"{shards.build_command(dataset, data_dir)}") from e
     check_features(source.dataset_info, dataset, data_dir)
     return source if decode_images else tf_example.parsed(source, features)
 

@@ -20,6 +20,13 @@ class DamagedShard(RuntimeError):
     """A shard of a built split is missing, truncated or unreadable."""
 
 
+def build_command(dataset: str, data_dir: str) -> str:
+    """The command that builds `dataset` ('surreal/<config>') into `data_dir`."""
+    return (f"tfds build data_builders/surreal --manual_dir=<SURREAL root> "
+            f"--data_dir={data_dir} --config={dataset.split('/')[-1]} "
+            f"--file_format=array_record")
+
+
 def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
     """Raises DamagedShard naming the file and the rebuild command when a shard of `split`
     of the prepared TFDS `builder` is missing or does not hold its recorded record count."""
@@ -47,7 +54,5 @@ def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
         if problem:
             raise DamagedShard(
                 f"dataset shard {path} {problem}. Rebuild the dataset: remove "
-                f"{builder.data_dir} and run `tfds build data_builders/surreal "
-                f"--manual_dir=<SURREAL root> --data_dir={data_dir} "
-                f"--config={dataset.split('/')[-1]} --file_format=array_record` (or copy the "
-                f"shard again from where the dataset was built)")
+                f"{builder.data_dir} and run `{build_command(dataset, data_dir)}` (or copy "
+                f"the shard again from where the dataset was built)")
