@@ -47,8 +47,8 @@ from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
             seed_index: int = 0) -> list[str]:
-    """Trains one run: the subset `tasks` with the config's seed (seed_index 0) or with
-    `config.seed = seed_index` (its directory `workdirs.run_name`; its config arguments
+    """Trains one run: the subset `tasks` with the config's seed s (seed_index 0) or with
+    `config.seed = s + seed_index` (its directory `workdirs.run_name`; its config arguments
     `runs.config_args`, which `hgmt.report --check_config` rebuilds)."""
     config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
     return [sys.executable, "-m", "hgmt.main", config_arg,
@@ -103,8 +103,8 @@ def _define_flags(fv) -> None:
                         flag_values=fv)
     flags.DEFINE_string("protocols", "", "comma-separated extra metric protocols (bodynet, "
                         "surreal) to evaluate each run with", flag_values=fv)
-    flags.DEFINE_integer("seeds", 1, "runs per subset: the config's seed, then config.seed = "
-                         "1, 2, ... (the report gives their mean and spread)", flag_values=fv,
+    flags.DEFINE_integer("seeds", 1, "runs per subset: the config's seed s, then config.seed = "
+                         "s+1, s+2, ... (the report gives their mean and spread)", flag_values=fv,
                          lower_bound=1)
     flags.DEFINE_bool("print_only", False, "record the plan and print the commands, run "
                       "nothing", flag_values=fv)

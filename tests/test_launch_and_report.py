@@ -127,6 +127,32 @@ def test_sweep_runs_each_subset_once_per_seed(tmp_path):
             f"--out_file={s}/segm@seed2/eval_test_bodynet.json") in lines[5]
 
 
+def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
+    """`--seeds=3 -- --config.seed=1`: seeds 1, 2, 3 (seed index k gives the first seed + k),
+    not 1, 1, 2, which would train two runs alike; the config the report rebuilds says the
+    same."""
+    s = tmp_path / "s"
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/demo.py",
+           "--tasks=pose2d", "--seeds=3", "--print_only", "--", "--config.seed=1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [re.findall(r"--config\.seed=(\d+)", line) for line in lines] == [
+        ["1"], ["1", "2"], ["1", "3"]]
+    assert [runs.expected_config("configs/demo.py", "pose2d", ["--config.seed=1"], k)["seed"]
+            for k in range(3)] == [1, 2, 3]
+
+
+def test_report_refuses_two_runs_of_a_subset_with_one_seed(tmp_path):
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 2})
+    assert len(report.load_sweep(sweep_dir)["pose2d"]) == 2
+    path = os.path.join(sweep_dir, "pose2d@seed1", "config.json")
+    json.dump(json.load(open(path)) | {"seed": 0}, open(path, "w"))
+    with pytest.raises(ValueError, match="runs pose2d and pose2d@seed1 were both trained with "
+                                         "config.seed=0, so they are one seed, not two"):
+        report.load_sweep(sweep_dir)
+
+
 def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):
     """Finished runs only (nothing trains): a second call for fewer subsets and seeds keeps
     the first call's plan, which the report counts against; another config is refused."""

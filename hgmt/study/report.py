@@ -34,12 +34,13 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
     name_of = workdirs.result_file(protocol)
-    results = {}
+    results, seeds = {}, {}
     for name in sorted(os.listdir(sweep_dir)):
         path = _result_path(os.path.join(sweep_dir, name), protocol)
         if path is None:
             continue
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
+        _check_seed(sweep_dir, name, seeds.setdefault(tasks, {}))
         with open(path) as f:
             results.setdefault(tasks, []).append(json.load(f))
         found = results[tasks][-1].get("protocol", "hgmt")
@@ -58,6 +59,23 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
     return results
+
+
+def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
+    """Refuses a run whose config.json has the seed of another run of its subset (`seen`:
+    {seed: run}): the two trained alike, and counting them as two seeds would make the
+    spread look smaller than it is."""
+    path = os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        seed = json.load(f).get("seed")
+    if seed in seen:
+        raise ValueError(f"{sweep_dir}: runs {seen[seed]} and {name} were both trained with "
+                         f"config.seed={seed}, so they are one seed, not two: remove one, or "
+                         f"retrain it with another seed (launch/sweep.py gives seed index k "
+                         f"the first seed + k)")
+    seen[seed] = name
 
 
 def _result_path(run_dir: str, protocol: str) -> str | None:

@@ -4,7 +4,8 @@ what the report says about the config the runs used.
 
 The sweep's plan (SWEEP/sweep.json, written by launch/sweep.py) names the config file and the
 arguments given to every run; a run <tasks>[@seed<k>] is that file with `tasks=<tasks>`, the
-arguments, and `--config.seed=<k>` after the first seed.
+arguments, and, after the first seed, `--config.seed=<s + k>`, s the seed the file and the
+arguments give (0 in hgmt's configs), so that no two seeds of a subset train alike.
 """
 
 from __future__ import annotations
@@ -27,16 +28,23 @@ def with_tasks(config: str, tasks: str) -> str:
 
 def config_args(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> list[str]:
     """hgmt.main's config arguments of a sweep's run: `--config=<config>:...,tasks=<tasks>`,
-    the sweep's `extra` arguments, then `--config.seed=<seed_index>` for seeds after the
-    first (the first keeps the config's own seed)."""
-    seed = [f"--config.seed={seed_index}"] if seed_index else []
-    return [f"--config={with_tasks(config, tasks)}", *extra, *seed]
+    the sweep's `extra` arguments, then for seeds after the first `--config.seed=<s + k>`,
+    s the seed of the first (the config's own, or the one `extra` gives) and k the index."""
+    args = [f"--config={with_tasks(config, tasks)}", *extra]
+    if not seed_index:
+        return args
+    return [*args, f"--config.seed={_load(config, args)['seed'] + seed_index}"]
 
 
 def expected_config(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> dict:
     """The config that `hgmt.main` would save (as its config.json) for this run today: the
     config file (a relative path is taken from the repository root, as launch/sweep.py runs
     it) loaded with ml_collections' config_flags and the run's overrides."""
+    return _load(config, config_args(config, tasks, extra, seed_index))
+
+
+def _load(config: str, args: Sequence[str]) -> dict:
+    """The config `args` (config_args' list, its first item `--config=<config>...`) make."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -46,7 +54,8 @@ def expected_config(config: str, tasks: str, extra: Sequence[str], seed_index: i
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} (the sweep's --config={config}) not "
                                 f"found: run the check from the repository that made the sweep")
-    argv = ["check", *config_args(f"{path}:{arg}" if arg else path, tasks, extra, seed_index)]
+    given = args[0].partition("=")[2].partition(":")[2]
+    argv = ["check", f"--config={path}" + (f":{given}" if given else ""), *args[1:]]
     fv = flags.FlagValues()
     # config_flags defines the --config.x=y overrides it finds in sys_argv
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
