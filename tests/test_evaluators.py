@@ -102,6 +102,36 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
         checkpoints.restore_for_inference(workdir, "best")
 
 
+def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tmp_path):
+    """A run validated (and kept the best) at step 4 but lost its step-4 checkpoint: resumed
+    from step 2 with another learning rate, its step 4 scores otherwise; the best checkpoint
+    is then the resumed run's step 4, with its score, as evals.jsonl's last line says, not
+    the lost run's."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    metric = "loss/total"
+    kw = {"tasks": "pose2d", "checkpoint_every": 2, "keep_checkpoints": 5,
+          "evals.validation.every": 4, "evals.validation.best_metric": metric,
+          "evals.validation.max_examples": 8}
+    loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
+                           **{"optimizer.learning_rate": 3e-3}), workdir)
+    assert evaluators.best_manager(workdir, metric).all_steps() == [4]
+    shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
+    loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
+                           **{"optimizer.learning_rate": 1e-4}), workdir)
+    lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
+    assert [x["step"] for x in lines] == [4, 4]
+    assert lines[0]["metrics"][metric] != pytest.approx(lines[1]["metrics"][metric])
+    manager = evaluators.best_manager(workdir, metric)
+    assert manager.all_steps() == [4]
+    assert manager.metrics(4)[metric] == pytest.approx(lines[1]["metrics"][metric])
+    _, best_vars, _ = checkpoints.restore_for_inference(workdir, "best")
+    _, last_vars, _ = checkpoints.restore_for_inference(workdir, 4)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(best_vars), jax.tree.leaves(last_vars), strict=True))
+
+
 def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     """An evaluator due at the last step and also run at the end runs once; each final one
     writes eval_<name>.json; the training-frames curve is an evaluator like the others."""

@@ -128,6 +128,18 @@ class Evaluators:
             e = self.settings[self.keeper]
             self.manager = best_manager(workdir, e["best_metric"], e["protocol"])
 
+    def forget_after(self, step: int) -> list[int]:
+        """Deletes the best checkpoints kept after `step`, the step training starts from: the
+        evaluations that chose them belong to a run that is not continued, and this run
+        evaluates those steps again (evals.jsonl's last line of a step is the one that
+        counts). -> the steps deleted. Every process calls it (a collective in orbax)."""
+        if self.manager is None:
+            return []
+        later = [s for s in self.manager.all_steps() if s > step]
+        for s in later:
+            self.manager.delete(s)
+        return later
+
     def _evaluator(self, name: str) -> evaluator.Evaluator:
         if name not in self._built:  # built on first use: the split is opened then
             s = self.settings[name]
