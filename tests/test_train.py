@@ -142,7 +142,10 @@ class Scalars:
         self.scalars = {}
 
     def write_scalars(self, step, scalars):
-        self.scalars[step] = dict(scalars)
+        self.scalars.setdefault(step, {}).update(scalars)
+
+    def write_images(self, step, images):
+        pass
 
 
 def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_path):
@@ -165,9 +168,62 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
     assert logged["data_idle"] == pytest.approx(logged["data_wait"])
 
 
+def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
+                                                                 monkeypatch):
+    """An evaluation after step 2's log line (made to take 4 s) is not in steps 3-4's img/s:
+    the two steps of 8 images take well under 4 s, so their img/s is above 16 / 4."""
+    from hgmt.training import evaluators
+
+    real_run = evaluators.Evaluators.run
+
+    def slow_run(self, *args, **kwargs):
+        out = real_run(self, *args, **kwargs)
+        time.sleep(4.0)
+        return out
+
+    monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=2,
+                         checkpoint_every=4, **{"evals.validation.every": 2,
+                                                "evals.validation.max_examples": 8})
+    writer = Scalars()
+    loop.train(config, str(tmp_path), writer=writer)
+    assert writer.scalars[4]["img_per_s"] > 2 * config.batch_size / 4.0
+
+
+def test_interval_sets_apart_the_time_it_is_told_to():
+    from hgmt.training.step_metrics import Interval
+
+    now = [10.0]
+    interval = Interval(3, clock=lambda: now[0])
+    now[0] = 12.0
+    with interval.set_apart():
+        now[0] = 17.0  # an evaluation of 5 s
+    now[0] = 18.5
+    assert (interval.step, interval.training_time()) == (3, 3.5)
+    interval.wait += 1.0
+    interval.restart(5)
+    assert (interval.step, interval.training_time(), interval.wait) == (5, 0.0, 0.0)
+
+
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     with pytest.raises(ValueError, match="divisible by the 4 devices"):
         loop.train(tiny_config(demo_dataset[1], batch_size=6), str(tmp_path))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optimizer.name", "sgd", "optimizer.name='sgd': choose one of"),
+    ("optimizer.schedule", "step", "optimizer.schedule='step': choose cosine or constant"),
+    ("log_every", 0, "config.log_every=0 must be at least 1"),
+    ("checkpoint_every", 0, "config.checkpoint_every=0 must be at least 1"),
+    ("prefetch", 0, "config.prefetch=0 must be at least 1"),
+    ("image_size", 72, "config.image_size=72 must be a multiple of 16 for an hourglass of "
+                       "config.model.depth=2: e.g. 64"),
+])
+def test_bad_training_fields_are_refused_before_any_work(field, value, message):
+    """check_config, which hgmt.main calls before the demo data or the workdir are touched."""
+    config = tiny_config("unused", tasks="pose2d", **{field: value})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loop.check_config(config)
 
 
 def test_loss_weight_of_no_task_is_an_error(demo_dataset, tmp_path):

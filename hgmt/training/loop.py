@@ -68,14 +68,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
     """Checks what training reads of `config` before any work (the tasks, loss weights and
-    options, the evaluators, the model's fields, the crop's placement, the loader's workers and
-    read threads, the batch over the devices) -> (tasks, loss weights, loss options). Raises
-    ValueError naming the field and its choices."""
+    options, the evaluators, the model's fields, the optimizer, the step counts, the crop's
+    size and placement, the loader's workers and read threads, the batch over the devices)
+    -> (tasks, loss weights, loss options). Raises ValueError naming the field and its
+    choices."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
     evaluators.check(config, weights)
     create_model(config.model, heads(tasks))  # the model's fields and values
+    steps.create_optimizer(config)  # the optimizer's name and schedule
+    for field in ("total_steps", "log_every", "checkpoint_every", "prefetch"):
+        if config[field] < 1:
+            raise ValueError(f"config.{field}={config[field]} must be at least 1")
+    # The stem halves the crop twice, each hourglass level once more.
+    multiple = 4 * 2 ** config.model.depth
+    if config.image_size % multiple:
+        raise ValueError(
+            f"config.image_size={config.image_size} must be a multiple of {multiple} for an "
+            f"hourglass of config.model.depth={config.model.depth}: e.g. "
+            f"{max(multiple, config.image_size // multiple * multiple)}")
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
@@ -228,7 +240,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
                  config.batch_size, augment_on)
-    wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), start_step
+    interval = step_metrics.Interval(start_step)
     step_values = None  # the last dispatched step's outputs: ready once the device ran it
     saving = None  # the step of the newest checkpoint orbax may still be writing
     for step in range(start_step + 1, config.total_steps + 1):
@@ -242,9 +254,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         batch = next(device_iter)
         data_iter.consumed()
         waited = time.perf_counter() - t0
-        wait_time += waited
+        interval.wait += waited
         if step_values is None or device_done(step_values):
-            idle_time += waited  # the device ran out of steps during the wait
+            interval.idle += waited  # the device ran out of steps during the wait
         state, step_values = p_train_step(state, batch)
         metrics.append(step, step_values)  # no host copy: the next step queues behind it
         preempted = watch.reached(step)
@@ -252,8 +264,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             # The first step compiles: timed apart, so img/s and the ETA count training only.
             jax.block_until_ready(step_values)
             logging.info("step %d (compilation included) took %.1f s", step,
-                         time.perf_counter() - t_last)
-            wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
+                         interval.training_time())
+            interval.restart(step)
         stopping = preempted and step < config.total_steps
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
@@ -264,13 +276,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             damaged.sync()
         if log_due:
             check_finite()  # waits for this step: the one host sync of a log interval
-            elapsed = time.perf_counter() - t_last
-            steps_done = step - step_last
+            elapsed = interval.training_time()
+            steps_done = step - interval.step
             img_s = steps_done * config.batch_size / elapsed
             means = metrics.pop_means()
             writer.write_scalars(step, {**means, "img_per_s": img_s,
-                                        "data_wait": wait_time / elapsed,
-                                        "data_idle": idle_time / elapsed,
+                                        "data_wait": interval.wait / elapsed,
+                                        "data_idle": interval.idle / elapsed,
                                         # this step's update's: optax counts from 0
                                         "learning_rate": float(lr_fn(step - 1)),
                                         **({} if damaged is None else {
@@ -279,13 +291,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
-                         img_s, 100 * wait_time / elapsed, 100 * idle_time / elapsed, _hms(eta))
-            wait_time, idle_time, t_last, step_last = 0.0, 0.0, time.perf_counter(), step
+                         img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed,
+                         _hms(eta))
+            interval.restart(step)
         # A preempted job has no time to evaluate; the last step's evaluators run once, below.
         evals_due = [] if stopping else evals.due(step)
         if checkpoint_due or evals_due:
-            host = host_state(step, state)
-            with checkpoints.stop_on_full_disk(workdir, step):
+            jax.block_until_ready(step_values)  # the step is training time; what follows not
+            with interval.set_apart(), checkpoints.stop_on_full_disk(workdir, step):
+                host = host_state(step, state)
                 if checkpoint_due:
                     save(step, host)
                     saving = step

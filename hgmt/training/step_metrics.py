@@ -1,4 +1,5 @@
-"""Per-step training metrics that stay on the device until the trainer needs them.
+"""Per-step training metrics that stay on the device until the trainer needs them, and the
+time of a log interval spent training.
 
 Copying each step's losses to the host makes the host wait for that step, so JAX cannot queue
 the next one and an accelerator idles while the host logs. The trainer instead appends each
@@ -9,7 +10,10 @@ so a non-finite loss is still attributed to its exact step and task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -56,3 +60,30 @@ class StepMetrics:
         checked, self._checked = self._checked, []
         return {k: float(np.mean([m[k] for m in checked])) for k in checked[0]} if checked \
             else {}
+
+
+class Interval:
+    """A log interval's time: since `restart(step)`, the wall time less the time `set_apart`
+    (evaluations, checkpoint saves), so that img/s, the data wait and the ETA count training
+    only; `wait` and `idle` (seconds, added by the trainer) are the time the step waited for
+    its batch and the part of it the device had nothing queued."""
+
+    def __init__(self, step: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.step, self.start = step, self.clock()
+        self.wait = self.idle = self.apart = 0.0
+
+    @contextlib.contextmanager
+    def set_apart(self) -> Iterator[None]:
+        t = self.clock()
+        try:
+            yield
+        finally:
+            self.apart += self.clock() - t
+
+    def training_time(self) -> float:
+        """Seconds of the interval spent training."""
+        return self.clock() - self.start - self.apart
