@@ -110,7 +110,31 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
             "**better** |") in text
     assert ("| pose2d+pose3d | 0.81 ± 0.02 (3) | +0.01 | [-0.032, +0.052] | 0.5 | 0.5 | "
             "no detectable change |") in text
-    assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 | | | | |" in text
+    assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 | | | | untested: one seed |" in text
+    assert "| l_wrist | +0.1 | | | | untested: one seed |" in text
+
+
+def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
+    """segm's mean IoU 0.5 in each of three seeds, 0.6 in each with pose2d: a difference with
+    no spread over the seeds to test it against, so no verdict, and the report says why
+    rather than calling it better with p = 0."""
+    sweep_dir = tmp_path / "sweep"
+    for tasks, value in {"segm": 0.5, "pose2d+segm": 0.6}.items():
+        for k in range(3):
+            run = sweep_dir / workdirs.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps(_summary(iou=value)))
+    study = report.compare(report.load_sweep(str(sweep_dir)))["segm"]
+    assert study["tests"] == {} and study["per_item_tests"] == {}
+    out = tmp_path / "report"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    text = (out / "README.md").read_text()
+    why = "untested: no spread over the seeds to test against"
+    assert f"| pose2d+segm **best** | 0.6 ± 0 (3) | +0.1 | | | | {why} |" in text
+    assert f"| l_foot | +0.1 | | | | {why} |" in text
+    assert (f"| Body-part segmentation benefits from 2D pose but not from 3D pose | "
+            f"**unresolved** | segm in pose2d+segm: +0.1 (n=3 vs 3), {why}; no pose3d+segm "
+            f"run |") in text
 
 
 def test_sweep_runs_each_subset_once_per_seed(tmp_path):

@@ -26,14 +26,24 @@ def test_welch_matches_a_hand_worked_example():
     assert lower_is_better["p"] == pytest.approx(t["p"])
 
 
-def test_welch_needs_two_seeds_and_handles_seeds_that_agree():
+def test_welch_needs_two_seeds_and_spread_on_a_side():
+    """Seeds that agree exactly on both sides leave no spread to test against: per-joint PCKh
+    on 240 frames moves in steps of 1/240, so 0.9958 (239/240) in each of three seeds against
+    0.9917 (238/240) in each is one frame's difference, untested, not 'better' with p = 0 and
+    a zero-width interval. One side without spread still tests (the hand-worked example)."""
+    apart = ([0.9958] * 3, [0.9917] * 3)
+    assert stats.welch(*apart) is None
+    assert stats.judge({"a": stats.welch(*apart)}) == {}  # no verdict at all
+    same = ([0.8, 0.8], [0.8, 0.8, 0.8])
+    assert stats.welch(*same, sign=-1.0) is None
     assert stats.welch([0.5], [0.4, 0.6]) is None
-    same = stats.welch([0.8, 0.8], [0.8, 0.8, 0.8], sign=-1.0)
-    assert (same["change"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
-    assert str(same["change"]) == "0.0"  # no -0.0 in the report
-    apart = stats.welch([0.9, 0.9], [0.8, 0.8])
-    assert apart["change"] == pytest.approx(0.1) and apart["p"] == 0.0
-    assert apart["low"] == apart["high"] == apart["change"]
+    assert stats.untested_because([0.5], [0.4, 0.6]) == stats.ONE_SEED == "one seed"
+    assert stats.untested_because(*apart) == stats.untested_because(*same) == stats.NO_SPREAD
+    assert stats.NO_SPREAD == "no spread over the seeds to test against"
+    assert stats.untested_because([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) is None
+    level = stats.welch([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], sign=-1.0)
+    assert (level["change"], level["p"]) == (0.0, 1.0)
+    assert str(level["change"]) == "0.0"  # no -0.0 in the report
 
 
 def test_holm_matches_a_hand_worked_example():

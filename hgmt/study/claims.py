@@ -5,8 +5,9 @@ t-test over seeds, Holm within each table): `agrees`, `disagrees` or `unresolved
 is *better* or *worse* only when its Holm-adjusted p-value is below stats.ALPHA. A
 conclusion that a task helps agrees when the change is better, disagrees when it is worse,
 and is unresolved when the test detects no change (it cannot tell a small gain from none);
-a conclusion that a task does *not* help agrees unless the change is better. A run that is
-missing or has a single seed leaves its part unresolved.
+a conclusion that a task does *not* help agrees unless the change is better. A change
+without a test (a run missing, one seed, or neither side varying over its seeds:
+stats.untested_because) leaves its part unresolved, and its evidence says which.
 """
 
 from __future__ import annotations
@@ -35,19 +36,32 @@ def _said(t: dict) -> str:
     return f"{stats.interval(t)}, p (Holm) {t['p_holm']:.2g}"
 
 
-def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
-    """(BETTER | WORSE | UNDETECTED | UNKNOWN, evidence) of training `task` within `subset`
-    instead of alone, from `report.compare`'s entry of `task`."""
+def _untested(study: dict, task: str, subset: str) -> str | None:
+    """Why `task`'s change in `subset` has no test: no isolated run, no `subset` run, one
+    seed, or no spread over the seeds (stats.untested_because); None when it has one."""
     e = study.get(task)
     if e is None or e.get("isolated") is None:
-        return UNKNOWN, f"no isolated {task} run"
+        return f"no isolated {task} run"
     if subset not in e["subsets"]:
-        return UNKNOWN, f"no {subset} run"
-    t = e["tests"].get(subset)
-    if t is None:
-        return UNKNOWN, (f"{task} in {subset}: {e['gain'][subset]:+.3g} "
-                         f"(n={e['seeds'][subset]} vs {e['seeds'][task]}), one seed")
-    return t["verdict"], f"{task} in {subset}: {_said(t)}, {t['verdict']}"
+        return f"no {subset} run"
+    if subset in e["tests"]:
+        return None
+    return stats.untested_because(e["values"][subset], e["values"][task])
+
+
+def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
+    """(BETTER | WORSE | UNDETECTED | UNKNOWN, evidence) of training `task` within `subset`
+    instead of alone, from `report.compare`'s entry of `task`; UNKNOWN's evidence says why
+    it is untested."""
+    e = study.get(task) or {}
+    t = e.get("tests", {}).get(subset)
+    if t is not None:
+        return t["verdict"], f"{task} in {subset}: {_said(t)}, {t['verdict']}"
+    why = _untested(study, task, subset)
+    if subset not in e.get("gain", {}):  # a run missing: nothing to show
+        return UNKNOWN, why
+    return UNKNOWN, (f"{task} in {subset}: {e['gain'][subset]:+.3g} "
+                     f"(n={e['seeds'][subset]} vs {e['seeds'][task]}), untested: {why}")
 
 
 def _helps(kind: str) -> str:
@@ -83,12 +97,14 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
         else:
             verdicts.append(UNRESOLVED)
             tests = study.get(task, {}).get("tests", {})
-            missing = sum(kind == UNKNOWN for kind, _ in found.values())
+            untested = {s: _untested(study, task, s) for s, (kind, _) in found.items()
+                        if kind == UNKNOWN}
             best = max(tests, key=lambda s: tests[s]["change"]) if tests else None
             so_far = f" (largest: {best}, {_said(tests[best])})" if best else ""
             notes.append(f"{task}: no combination detectably better{so_far}"
-                         + (f"; {missing} of {len(found)} combinations untested (a run missing"
-                            f" or with one seed)" if missing else ""))
+                         + (f"; {len(untested)} of {len(found)} combinations untested ("
+                            + ", ".join(f"{s}: {why}" for s, why in untested.items()) + ")"
+                            if untested else ""))
     return _combine(verdicts), "; ".join(notes)
 
 
@@ -136,6 +152,11 @@ def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
     return verdict, f"{by_pose2d[1]}; {by_pose3d[1]}"
 
 
+def _item(runs: list[dict], item: str) -> list[float]:
+    """`item`'s values over the runs (per-item breakdowns) that define it."""
+    return [r[item] for r in runs if r.get(item) is not None]
+
+
 def _lead(runs: dict[str, list[dict]], multi: str, isolated: str, top: str, other: str,
           sign: float) -> dict | None:
     """Welch's test of how much more item `top` gains than item `other`: the change of
@@ -164,7 +185,10 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
         top = max(gain, key=gain.get)
         if top not in tests:
             verdicts.append(UNRESOLVED)
-            notes.append(f"{task}: one seed")
+            runs = e["per_item_runs"]
+            why = stats.untested_because(*(_item(runs[s], top) for s in (best, task)))
+            notes.append(f"{task}: {best}'s largest gain ({top}: {gain[top]:+.3g}) is "
+                         f"untested: {why}")
             continue
         if tests[top]["verdict"] != BETTER:
             verdicts.append(UNRESOLVED)
@@ -226,6 +250,7 @@ def to_markdown(checked: list[dict]) -> list[str]:
         f"shown with its {stats.LEVEL:.0%} confidence interval. A conclusion that a task helps "
         f"is *unresolved* when the test detects no change (a gain smaller than the interval "
         f"allows cannot be told from none); one that a task does not help *agrees* unless the "
-        f"change is better. A run missing or with one seed leaves its part unresolved.", "",
+        f"change is better. A change without a test (a run missing, one seed, or neither side "
+        f"varying over its seeds) leaves its part unresolved.", "",
         "| the paper concludes | here | evidence |", "|---|---|---|",
         *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in checked], ""]

@@ -165,12 +165,30 @@ def _signed(x: float) -> str:
     return "0" if x == 0 else f"{x:+.4g}"
 
 
-def _tested(t: dict | None) -> str:
-    """Table cells of a test: interval | p | p (Holm) | verdict (empty when not tested)."""
+def _tested(t: dict | None, why: str | None = None) -> str:
+    """Table cells of a test: interval | p | p (Holm) | verdict; for a change without a test,
+    empty cells and `why` (stats.untested_because) in the verdict's, if given."""
     if t is None:
-        return " | | | |"
+        return " | | |" + ("" if why is None else f" untested: {why}") + " |"
     verdict = t["verdict"] if t["verdict"] == stats.UNDETECTED else f"**{t['verdict']}**"
     return f" {stats.bounds(t)} | {t['p']:.2g} | {t['p_holm']:.2g} | {verdict} |"
+
+
+def _untested_subset(e: dict, task: str, subset: str) -> str | None:
+    """Why `subset`'s change in `task`'s table has no test; None when it has one or is not a
+    change (the isolated row, or no isolated run to compare with)."""
+    if subset == task or e["isolated"] is None or subset in e["tests"]:
+        return None
+    return stats.untested_because(e["values"][subset], e["values"][task])
+
+
+def _untested_item(e: dict, task: str, item: str) -> str | None:
+    """Why `item`'s change in the per-item table has no test; None when it has one."""
+    if item in e["per_item_tests"]:
+        return None
+    runs = e["per_item_runs"]
+    return stats.untested_because(*(_item_values(runs[s])[item]
+                                    for s in (e["best_multi_task"], task)))
 
 
 def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = None,
@@ -206,7 +224,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
             sd = e["spread"][s]
             lines.append(f"| {s}{mark} | {v:.4g} ± {'—' if sd is None else f'{sd:.2g}'} "
                          f"({e['seeds'][s]}) | {change} |"
-                         + _tested(e.get("tests", {}).get(s)))
+                         + _tested(e.get("tests", {}).get(s), _untested_subset(e, task, s)))
         if seeded:
             lines += ["", TEST_NOTE]
         if e.get("undefined"):
@@ -223,7 +241,8 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                       f"| {item} | change | {stats.LEVEL:.0%} CI | p | p (Holm) | verdict |",
                       "|---|---|---|---|---|---|"]
             for k, v in e["per_item_gain"].items():
-                lines.append(f"| {k} | {_signed(v)} |" + _tested(e["per_item_tests"].get(k)))
+                lines.append(f"| {k} | {_signed(v)} |" + _tested(e["per_item_tests"].get(k),
+                                                                 _untested_item(e, task, k)))
         lines.append("")
     lines += runs_section or []
     return "\n".join(lines)
@@ -233,8 +252,9 @@ TEST_NOTE = (
     f"Each change is tested with Welch's t-test over the seeds (two-sided; {stats.LEVEL:.0%} "
     f"confidence interval of the change); the p-values of one table are Holm-adjusted, and a "
     f"change is **better** or **worse** when its adjusted p is below {stats.ALPHA} "
-    f"(hgmt/study/stats.py). Every run is evaluated on the same test frames: the test is over "
-    f"training seeds, not over frames.")
+    f"(hgmt/study/stats.py). A change with one seed on a side, or with neither side varying "
+    f"over its seeds, has no test; its verdict cell says which. Every run is evaluated on the "
+    f"same test frames: the test is over training seeds, not over frames.")
 
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:

@@ -24,6 +24,7 @@ from scipy import stats
 ALPHA = 0.05  # the family-wise error rate of one table
 LEVEL = 0.95  # the confidence level of each interval (per comparison)
 BETTER, WORSE, UNDETECTED = "better", "worse", "no detectable change"
+ONE_SEED, NO_SPREAD = "one seed", "no spread over the seeds to test against"
 
 
 def mean(values: list[float]) -> float:
@@ -39,26 +40,34 @@ def welch(a: Sequence[float], b: Sequence[float], sign: float = 1.0) -> dict | N
     """Welch's t-test of mean(a) - mean(b), times `sign` (-1 where lower is better), over the
     seeds' values `a` and `b` (each at least 2). -> {'change', 'low', 'high' (the LEVEL
     confidence interval of the signed change), 'p' (two-sided), 'df', 'n': [len(a), len(b)]};
-    None when either side has fewer than 2 values (no spread to test against).
-
-    When neither side varies over its seeds, the interval is the change itself and p is 1.0
-    for no change, 0.0 for any other."""
+    None when the test has nothing to go on (`untested_because` says why): a side with fewer
+    than 2 values, or neither side varying over its seeds, whether their values differ or
+    not. Without any spread the t statistic is undefined, and a difference between two
+    constant sides says nothing of how it varies with the seed: per-joint PCKh moves in
+    steps of 1 / (test frames), so such ties are common and are not verdicts."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if min(len(a), len(b)) < 2:
+    if untested_because(a, b) is not None:
         return None
-    n = [len(a), len(b)]
-    if np.all(a == a[0]) and np.all(b == b[0]):  # exact: a mean of equal floats may round
-        change = float(sign * (a[0] - b[0])) + 0.0  # + 0.0: no -0.0
-        return {"change": change, "n": n, "low": change, "high": change,
-                "p": 1.0 if change == 0 else 0.0, "df": float(len(a) + len(b) - 2)}
-    change = float(sign * (a.mean() - b.mean())) + 0.0
-    out = {"change": change, "n": n}
+    change = float(sign * (a.mean() - b.mean())) + 0.0  # + 0.0: no -0.0
+    out = {"change": change, "n": [len(a), len(b)]}
     with warnings.catch_warnings():  # one side's seeds may agree exactly: a valid case
         warnings.simplefilter("ignore", RuntimeWarning)
         t = stats.ttest_ind(a, b, equal_var=False)
     ci = t.confidence_interval(LEVEL)
     low, high = sorted((float(sign * ci.low), float(sign * ci.high)))
     return out | {"low": low, "high": high, "p": float(t.pvalue), "df": float(t.df)}
+
+
+def untested_because(a: Sequence[float], b: Sequence[float]) -> str | None:
+    """Why `welch(a, b)` gives no test, in the report's words: ONE_SEED when a side has fewer
+    than 2 values, NO_SPREAD when neither side varies over its seeds; None when it tests.
+    One function decides both, so the reason a report gives is the one that applied."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if min(len(a), len(b)) < 2:
+        return ONE_SEED
+    if np.all(a == a[0]) and np.all(b == b[0]):  # exact: a mean of equal floats may round
+        return NO_SPREAD
+    return None
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
