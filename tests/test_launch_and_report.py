@@ -114,6 +114,43 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     assert "| l_wrist | +0.1 | | | | untested: one seed |" in text
 
 
+def test_report_labels_its_intervals_as_per_comparison(tmp_path):
+    """Three subsets each 0.03 above the isolated pose2d's 0.80, all with seed sd 0.01: each
+    change alone has t = 0.03 / (0.01 * sqrt(2/3)) = 3.674 with 4 degrees of freedom,
+    p = 1 - sin(a) (1 + cos(a)^2 / 2), tan(a) = t / 2, = 0.0213, and the interval
+    0.03 +- 2.7764 * 0.008165 = [+0.0073, +0.053], which excludes zero; Holm over the three
+    equal p-values triples them: 0.064, no detectable change. The report labels the interval
+    as per comparison and says that it can exclude zero under such a verdict."""
+    sweep_dir = tmp_path / "sweep"
+    runs_of = {"pose2d": [0.80, 0.81, 0.79]} | {
+        s: [0.83, 0.84, 0.82] for s in ("pose2d+segm", "pose2d+depth", "pose2d+pose3d")}
+    for tasks, values in runs_of.items():
+        for k, v in enumerate(values):
+            run = sweep_dir / workdirs.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps(_summary(pck=v)))
+    t = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]["tests"]["pose2d+segm"]
+    assert (t["low"], t["high"]) == (pytest.approx(0.03 - 0.022670, abs=1e-5),
+                                     pytest.approx(0.03 + 0.022670, abs=1e-5))
+    assert t["p"] == pytest.approx(0.021312, abs=1e-5)
+    assert t["p_holm"] == pytest.approx(3 * t["p"]) and t["verdict"] == stats.UNDETECTED
+    out = tmp_path / "report"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    text = (out / "README.md").read_text()
+    assert ("| subset | PCKh@0.5: mean ± sd (seeds) | change vs isolated (+ = better) | "
+            "95% CI (per comparison) | p | p (Holm) | verdict |") in text
+    assert ("| pose2d+segm | 0.83 ± 0.01 (3) | +0.03 | [+0.0073, +0.053] | 0.021 | 0.064 | "
+            "no detectable change |") in text
+    assert "| joint | change | 95% CI (per comparison) | p | p (Holm) | verdict |" in text
+    assert ("The 95% CI (per comparison) is the unadjusted 95% confidence interval of that "
+            "change alone, not adjusted for the table's other rows: it can exclude zero while "
+            "the Holm-adjusted test detects no change.") in text
+    assert ("Each change is shown with its 95% confidence interval per comparison "
+            "(unadjusted: Holm adjusts the p-values, not the intervals), then its Holm-adjusted "
+            "p; an interval can exclude zero while the adjusted test detects no change") in text
+    assert "cannot be told from none" not in text
+
+
 def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
     """segm's mean IoU 0.5 in each of three seeds, 0.6 in each with pose2d: a difference with
     no spread over the seeds to test it against, so no verdict, and the report says why

@@ -32,7 +32,8 @@ BETTER, WORSE, UNDETECTED, UNKNOWN = stats.BETTER, stats.WORSE, stats.UNDETECTED
 
 
 def _said(t: dict) -> str:
-    """'+0.012 [+0.0003, +0.023], p (Holm) 0.33': a tested change."""
+    """'+0.012 [+0.0003, +0.023], p (Holm) 0.33': a tested change, its interval per comparison
+    (unadjusted), its p Holm-adjusted within its table."""
     return f"{stats.interval(t)}, p (Holm) {t['p_holm']:.2g}"
 
 
@@ -246,11 +247,13 @@ def to_markdown(checked: list[dict]) -> list[str]:
         "## The seed paper's conclusions on these runs", "",
         f"Each conclusion of the paper's abstract, checked on this study's tests "
         f"(hgmt/study/claims.py): a change is *better* or *worse* when Welch's t-test over "
-        f"the seeds, Holm-adjusted within its table, gives p < {stats.ALPHA}; each change is "
-        f"shown with its {stats.LEVEL:.0%} confidence interval. A conclusion that a task helps "
-        f"is *unresolved* when the test detects no change (a gain smaller than the interval "
-        f"allows cannot be told from none); one that a task does not help *agrees* unless the "
-        f"change is better. A change without a test (a run missing, one seed, or neither side "
-        f"varying over its seeds) leaves its part unresolved.", "",
+        f"the seeds, Holm-adjusted within its table, gives p < {stats.ALPHA}. Each change is "
+        f"shown with its {stats.LEVEL:.0%} confidence interval per comparison (unadjusted: Holm "
+        f"adjusts the p-values, not the intervals), then its Holm-adjusted p; an interval can "
+        f"exclude zero while the adjusted test detects no change, and the verdicts follow the "
+        f"adjusted test. A conclusion that a task helps is *unresolved* when the test detects no "
+        f"change; one that a task does not help *agrees* unless the change is better. A change "
+        f"without a test (a run missing, one seed, or neither side varying over its seeds) "
+        f"leaves its part unresolved.", "",
         "| the paper concludes | here | evidence |", "|---|---|---|",
         *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in checked], ""]

@@ -7,11 +7,11 @@ reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py 
 `--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
 writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables
-of every change with its confidence interval and test, hgmt/study/stats.py), report.json,
-claims.json (hgmt/study/claims.py) and bar charts: for each task its headline
-metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
-per-joint / per-part change of the best multi-task model over the isolated one
-(`<task>_per_item.png`).
+of every change with its per-comparison confidence interval and its Holm-adjusted test,
+hgmt/study/stats.py), report.json, claims.json (hgmt/study/claims.py) and bar charts: for each
+task its headline metric in isolation and in every combination containing it
+(`<task>_subsets.png`), and the per-joint / per-part change of the best multi-task model over
+the isolated one (`<task>_per_item.png`).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
         seeded = max(e.get("seeds", {}).values(), default=1) > 1
         if seeded:
             lines += [f"| subset | {label}: mean ± sd (seeds) | change vs isolated (+ = better)"
-                      f" | {stats.LEVEL:.0%} CI | p | p (Holm) | verdict |",
+                      f" | {CI_HEADER} | p | p (Holm) | verdict |",
                       "|---|---|---|---|---|---|---|"]
         else:
             lines += ["| subset | " + label + " | change vs isolated (+ = better) |",
@@ -238,7 +238,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
             lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
                       f"(+ = better; tested as above, Holm within this table).", "",
                       f"![per {item}]({task}_per_item.png)", "",
-                      f"| {item} | change | {stats.LEVEL:.0%} CI | p | p (Holm) | verdict |",
+                      f"| {item} | change | {CI_HEADER} | p | p (Holm) | verdict |",
                       "|---|---|---|---|---|---|"]
             for k, v in e["per_item_gain"].items():
                 lines.append(f"| {k} | {_signed(v)} |" + _tested(e["per_item_tests"].get(k),
@@ -248,13 +248,16 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
     return "\n".join(lines)
 
 
+CI_HEADER = f"{stats.LEVEL:.0%} CI (per comparison)"
 TEST_NOTE = (
-    f"Each change is tested with Welch's t-test over the seeds (two-sided; {stats.LEVEL:.0%} "
-    f"confidence interval of the change); the p-values of one table are Holm-adjusted, and a "
-    f"change is **better** or **worse** when its adjusted p is below {stats.ALPHA} "
-    f"(hgmt/study/stats.py). A change with one seed on a side, or with neither side varying "
-    f"over its seeds, has no test; its verdict cell says which. Every run is evaluated on the "
-    f"same test frames: the test is over training seeds, not over frames.")
+    f"Each change is tested with Welch's t-test over the seeds (two-sided); the p-values of one "
+    f"table are Holm-adjusted, and a change is **better** or **worse** when its adjusted p is "
+    f"below {stats.ALPHA} (hgmt/study/stats.py). The {CI_HEADER} is the unadjusted "
+    f"{stats.LEVEL:.0%} confidence interval of that change alone, not adjusted for the table's "
+    f"other rows: it can exclude zero while the Holm-adjusted test detects no change. A change "
+    f"with one seed on a side, or with neither side varying over its seeds, has no test; its "
+    f"verdict cell says which. Every run is evaluated on the same test frames: the test is over "
+    f"training seeds, not over frames.")
 
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:
@@ -297,7 +300,7 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
             ax.set_ylabel(f"change in {label}")
-            ci = "" if whiskers is None else f"; whiskers: {stats.LEVEL:.0%} CI"
+            ci = "" if whiskers is None else f"\nwhiskers: {CI_HEADER}, not Holm-adjusted"
             ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)"
                          f"{ci}", fontsize=9)
             fig.tight_layout()

@@ -8,6 +8,11 @@ p-values of one table (one family of comparisons) so that the chance of any fals
 or "worse" in that table stays at most ALPHA. A change is *better* or *worse* when its
 Holm-adjusted p-value is below ALPHA, else *no detectable change*.
 
+The intervals are per comparison: Holm adjusts the p-values, not the intervals, so an
+interval can exclude zero while the table's Holm-adjusted test detects no change (its
+unadjusted p is below ALPHA, its adjusted one is not). The verdicts follow the adjusted test;
+the interval shows the size and sign the seeds allow for that one change alone.
+
 A run's evaluation keeps one number per split (not one per test frame), and every run is
 evaluated on the same test frames, so the test is over training seeds on those frames: it
 says whether a change holds across seeds, not whether it would hold on other frames.
@@ -22,7 +27,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05  # the family-wise error rate of one table
-LEVEL = 0.95  # the confidence level of each interval (per comparison)
+LEVEL = 0.95  # the confidence level of each interval (per comparison, not Holm-adjusted)
 BETTER, WORSE, UNDETECTED = "better", "worse", "no detectable change"
 ONE_SEED, NO_SPREAD = "one seed", "no spread over the seeds to test against"
 
@@ -39,12 +44,13 @@ def spread(values: list[float]) -> float | None:
 def welch(a: Sequence[float], b: Sequence[float], sign: float = 1.0) -> dict | None:
     """Welch's t-test of mean(a) - mean(b), times `sign` (-1 where lower is better), over the
     seeds' values `a` and `b` (each at least 2). -> {'change', 'low', 'high' (the LEVEL
-    confidence interval of the signed change), 'p' (two-sided), 'df', 'n': [len(a), len(b)]};
-    None when the test has nothing to go on (`untested_because` says why): a side with fewer
-    than 2 values, or neither side varying over its seeds, whether their values differ or
-    not. Without any spread the t statistic is undefined, and a difference between two
-    constant sides says nothing of how it varies with the seed: per-joint PCKh moves in
-    steps of 1 / (test frames), so such ties are common and are not verdicts."""
+    confidence interval of the signed change, per comparison), 'p' (two-sided), 'df', 'n':
+    [len(a), len(b)]}; None when the test has nothing to go on (`untested_because` says
+    why): a side with fewer than 2 values, or neither side varying over its seeds, whether
+    their values differ or not. Without any spread the t statistic is undefined, and a
+    difference between two constant sides says nothing of how it varies with the seed:
+    per-joint PCKh moves in steps of 1 / (test frames), so such ties are common and are not
+    verdicts."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if untested_because(a, b) is not None:
         return None
@@ -99,10 +105,11 @@ def signed(x: float, digits: int = 2) -> str:
 
 
 def bounds(t: dict) -> str:
-    """'[+0.00026, +0.023]': a test's confidence interval."""
+    """'[+0.00026, +0.023]': a test's confidence interval (per comparison, unadjusted)."""
     return f"[{signed(t['low'])}, {signed(t['high'])}]"
 
 
 def interval(t: dict) -> str:
-    """'+0.0115 [+0.00026, +0.023]': a change with its confidence interval."""
+    """'+0.0115 [+0.00026, +0.023]': a change with its confidence interval (per comparison,
+    unadjusted)."""
     return f"{signed(t['change'], 3)} {bounds(t)}"
