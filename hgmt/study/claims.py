@@ -4,8 +4,10 @@ Each conclusion gets a verdict from `report.compare`'s tests (hgmt/study/stats.p
 t-test over seeds, Holm within each table): `agrees`, `disagrees` or `unresolved`. A change
 is *better* or *worse* only when its Holm-adjusted p-value is below stats.ALPHA. A
 conclusion that a task helps agrees when the change is better, disagrees when it is worse,
-and is unresolved when the test detects no change (it cannot tell a small gain from none);
-a conclusion that a task does *not* help agrees unless the change is better. A change
+and is unresolved when the test detects no change (it cannot tell a small gain from none).
+A conclusion that a task does *not* help agrees when the change is worse (it did not help),
+disagrees when it is better, and is unresolved when the test detects no change: a test
+over a few seeds that detects no change does not show that there is no gain. A change
 without a test (a run missing, one seed, or neither side varying over its seeds:
 stats.untested_because) leaves its part unresolved, and its evidence says which.
 """
@@ -71,8 +73,9 @@ def _helps(kind: str) -> str:
 
 
 def _does_not_help(kind: str) -> str:
-    """The verdict of 'it does not help' on an effect."""
-    return UNRESOLVED if kind == UNKNOWN else DISAGREES if kind == BETTER else AGREES
+    """The verdict of 'it does not help' on an effect: agrees only when the change is
+    detectably worse, since a test that detects no change cannot show that there is no gain."""
+    return AGREES if kind == WORSE else DISAGREES if kind == BETTER else UNRESOLVED
 
 
 def _combine(verdicts: list[str]) -> str:
@@ -139,14 +142,17 @@ def all_four_best_for_pose2d(study: dict) -> tuple[str, str]:
 
 
 def pose2d_helps_neither_pose3d_nor_depth(study: dict) -> tuple[str, str]:
-    """Neither pose3d in pose2d+pose3d nor depth in pose2d+depth is better."""
+    """Neither pose3d in pose2d+pose3d nor depth in pose2d+depth is better: agrees when both
+    are worse, disagrees when either is better, else unresolved (`_does_not_help`)."""
     found = [effect(study, t, f"pose2d+{t}") for t in ("pose3d", "depth")]
     return (_combine([_does_not_help(kind) for kind, _ in found]),
             "; ".join(w for _, w in found))
 
 
 def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
-    """segm is better in pose2d+segm, and not better in pose3d+segm."""
+    """segm is better in pose2d+segm, and not better in pose3d+segm: agrees when the first is
+    better and the second worse, disagrees when the first is worse or the second better, else
+    unresolved (`_helps`, `_does_not_help`)."""
     by_pose2d = effect(study, "segm", "pose2d+segm")
     by_pose3d = effect(study, "segm", "pose3d+segm")
     verdict = _combine([_helps(by_pose2d[0]), _does_not_help(by_pose3d[0])])
@@ -252,8 +258,9 @@ def to_markdown(checked: list[dict]) -> list[str]:
         f"adjusts the p-values, not the intervals), then its Holm-adjusted p; an interval can "
         f"exclude zero while the adjusted test detects no change, and the verdicts follow the "
         f"adjusted test. A conclusion that a task helps is *unresolved* when the test detects no "
-        f"change; one that a task does not help *agrees* unless the change is better. A change "
-        f"without a test (a run missing, one seed, or neither side varying over its seeds) "
-        f"leaves its part unresolved.", "",
+        f"change; one that a task does not help is *unresolved* unless the change is detectably "
+        f"worse (*agrees*) or better (*disagrees*): a test over a few seeds that detects no "
+        f"change does not show the absence of a gain. A change without a test (a run missing, "
+        f"one seed, or neither side varying over its seeds) leaves its part unresolved.", "",
         "| the paper concludes | here | evidence |", "|---|---|---|",
         *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in checked], ""]
