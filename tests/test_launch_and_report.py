@@ -509,3 +509,34 @@ def test_committed_study_runs_rebuild_the_report(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert f"Runs finished: {len(finished)} of 45" in text
     assert "## The runs' config" in text
+
+
+def test_committed_study_note_names_the_data_build_and_loss_of_the_runs():
+    """The note the committed report includes names the dataset build the runs' logs show
+    (every log that names a version names surreal/all 1.1.0), the code's commit range, and
+    the loss options added to the runs' config.json after training: each at
+    foreground_weight 1.0, SURREAL's plain cross-entropy, the loss they trained with."""
+    study = os.path.join(REPO, "docs", "study")
+    sweep_dir = os.path.join(study, "runs")
+    logs = [n for n in os.listdir(sweep_dir) if n.endswith(".log")]
+    if not logs:
+        pytest.skip("no study run committed yet")
+    versions = set()
+    for name in logs:
+        with open(os.path.join(sweep_dir, name), errors="replace") as f:
+            versions |= set(re.findall(r"surreal/all/(\d+\.\d+\.\d+)", f.read()))
+    assert versions == {"1.1.0"}
+    options = set()
+    for name in runs.finished(sweep_dir):
+        with open(os.path.join(sweep_dir, name, "config.json")) as f:
+            options |= {(task, json.dumps(o)) for task, o in
+                        json.load(f)["loss_options"].items()}
+    assert options == {("depth", '{"foreground_weight": 1.0}'),
+                       ("segm", '{"foreground_weight": 1.0}')}
+    with open(os.path.join(study, "note.md")) as f:
+        note = f.read()
+    assert "| data build | TFDS `surreal/all` version 1.1.0 of `data_builders/surreal`" in note
+    assert ("when its tip was 88285ab, runs 44 and 45 (2026-11-27 01:17, 01:58) when it was "
+            "253aca4") in note
+    assert ("except `loss_options`, added after training at the values the runs trained "
+            "with") in note
