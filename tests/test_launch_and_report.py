@@ -540,3 +540,29 @@ def test_committed_study_note_names_the_data_build_and_loss_of_the_runs():
             "253aca4") in note
     assert ("except `loss_options`, added after training at the values the runs trained "
             "with") in note
+
+
+def test_learning_doc_quotes_the_committed_four_task_seed_spread():
+    """docs/learning.md gives the study's three seeds of the 4-task model as its scale of seed
+    noise: each metric's range over the committed runs and its span, to the digits it
+    quotes (depth RMSE 209.43-214.57 mm spans 5.1 mm)."""
+    sweep_dir = os.path.join(REPO, "docs", "study", "runs")
+    names = [workdirs.run_name("pose2d+pose3d+depth+segm", k) for k in range(3)]
+    if not all(os.path.isfile(os.path.join(sweep_dir, n, "eval_test.json")) for n in names):
+        pytest.skip("the 4-task study runs are not committed")
+    evaluations = [json.load(open(os.path.join(sweep_dir, n, "eval_test.json"))) for n in names]
+
+    def quoted(task: str, metric: str, digits: int, span_digits: int, unit: str) -> str:
+        values = [r[task][metric] for r in evaluations]
+        lo, hi = min(values), max(values)
+        return f"{hi - lo:.{span_digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+    expected = (f"span {quoted('pose2d', 'pckh@0.5', 4, 3, ' PCKh')}, "
+                f"{quoted('pose3d', 'mjd_mm', 1, 1, ' mm MJD')}, "
+                f"{quoted('depth', 'bin_accuracy', 3, 3, ' depth bin accuracy')}, "
+                f"{quoted('depth', 'rmse_mm', 1, 1, ' mm depth RMSE')} and "
+                f"{quoted('segm', 'mean_iou', 3, 3, ' mean IoU')}")
+    assert "5.1 mm depth RMSE (209.4–214.6)" in expected
+    with open(os.path.join(REPO, "docs", "learning.md")) as f:
+        text = " ".join(f.read().split())
+    assert expected in text
