@@ -39,7 +39,7 @@ import sys
 import cv2
 
 from hgmt import cli
-from hgmt.inference import predictor, video
+from hgmt.inference import person, predictor, video
 from hgmt.training import checkpoints
 
 
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             bbox = []
         if len(bbox) != 4:
             raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
+        try:
+            person.Window.given(bbox)
+        except ValueError as e:
+            raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
     _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,

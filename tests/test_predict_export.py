@@ -603,6 +603,70 @@ def test_find_window_from_joints_and_from_the_silhouette():
                               m_label) is None
 
 
+class _SeenOnce(_Oracle):
+    """An `_Oracle` whose model sees the joints on the first pass only: every later pass's
+    heatmaps are flat 0.05, below MIN_JOINT_SCORE."""
+
+    def _forward(self, crops):
+        out = super()._forward(crops)
+        if len(self.runs) > 1:
+            out["pose2d"][:] = 0.05
+        return out
+
+
+def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
+                                                                       test_example):
+    """Pass 1 (the whole image) sees the joints and gives their window; pass 2, on that
+    window, sees nothing. The window is kept, its found_by says that nothing was seen on it,
+    and the annotated frame draws it red (not seen), as the whole image where nothing is seen;
+    a window seen again is drawn green."""
+    image = cv2.copyMakeBorder(test_example["image"], 40, 200, 300, 60, cv2.BORDER_CONSTANT)
+    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
+    result = _SeenOnce(workdir, joints)(image)
+    assert result["passes"] == 2 and result["raw"]["pose2d"].max() == pytest.approx(0.05)
+    assert result["window"].found_by == "joints (pose2d); nothing seen in the final window"
+    assert not result["window"].person_seen
+    centre, side = input_pipeline.person_box(joints)
+    np.testing.assert_allclose([*result["window"].centre, result["window"].side],
+                               [*centre, side], atol=0.01)
+
+    def frame_colour(window):
+        black = np.zeros((120, 160, 3), np.uint8)
+        frame = video.annotate(black, {"window": window, "raw": {}, "crop_image": None,
+                                       "frame": None})
+        return tuple(frame[20, 10])  # on the window's left edge
+
+    window = person.Window(np.array([59.5, 59.5]), 100.0, "joints (pose2d)")
+    assert frame_colour(window) == (40, 220, 60)
+    lost, done = person.after_pass(window, None, first_pass=False)
+    assert done and lost.found_by.endswith("; nothing seen in the final window")
+    assert frame_colour(lost) == (230, 40, 40)
+    assert person.after_pass(window, None, first_pass=True)[0].found_by == person.NOT_FOUND
+
+
+def test_the_search_window_never_outgrows_the_whole_image():
+    """A silhouette filling the whole label map of a 160x120 image's whole-image crop would
+    give a window 1.28 times the image's side, and so on each pass; it is capped at the
+    whole image's window (side 160)."""
+    whole = person.Window.whole((120, 160))
+    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    evidence = {"segm": {"foreground": np.ones((32, 32), bool)}}
+    grown = person.find_window(evidence, m_label)
+    assert grown.side == pytest.approx(person.FOREGROUND_TO_SIDE * 160)
+    capped = person.find_window(evidence, m_label, max_side=whole.side)
+    assert capped.side == 160 and capped.found_by == "foreground (segm)"
+    np.testing.assert_allclose(capped.centre, whole.centre)
+
+
+def test_a_bbox_must_be_finite(workdir):
+    with pytest.raises(ValueError, match=r"bbox \(nan, .* must be finite numbers"):
+        person.Window.given((float("nan"), 0, 10, 10))
+    with pytest.raises(ValueError, match="must be finite"):
+        person.Window.given((0, 0, float("inf"), 10))
+    with pytest.raises(SystemExit, match=r"--bbox='0,0,nan,10': .* must be finite numbers"):
+        hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=0,0,nan,10"])
+
+
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
     """A Predictor of the demo model: $HGMT_DEMO_WORKDIR (a workdir of `python -m hgmt.main
@@ -749,3 +813,4 @@ def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
                               f"--out_dir={out}"]) == 1
     err = capsys.readouterr().err
     assert "clip.mp4 cannot be opened" in err and "gone.mp4 not found" in err
+

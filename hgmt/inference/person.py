@@ -23,12 +23,16 @@ MIN_JOINT_SCORE = 0.2  # a joint counts when its peak is this high (a target's p
 MIN_JOINTS = 12  # of 16: fewer, and the joints' box would miss limbs; use the silhouette
 NEAR_FOREGROUND = 2  # label px: a joint counts only this close to the silhouette, if any
 CONVERGED = 0.05  # a window within this fraction of its side of the last one ends the search
+NOT_FOUND = "whole image: no person found"  # found_by when the first pass sees nothing
+# Appended to found_by when a later pass sees nothing on the window the last one found.
+NOTHING_SEEN_LAST = "nothing seen in the final window"
 
 
 @dataclasses.dataclass(frozen=True)
 class Window:
     """A square crop window in image pixels (pixel centres at integers) and how it was had:
-    "given", "whole image", or what found it ("joints (<task>)", "foreground (<tasks>)")."""
+    "given", "whole image", NOT_FOUND, or what found it ("joints (<task>)", "foreground
+    (<tasks>)", followed by "; " NOTHING_SEEN_LAST when the model saw nothing on it)."""
 
     centre: np.ndarray  # (2,) x, y
     side: float
@@ -44,6 +48,9 @@ class Window:
     def given(bbox: Sequence[float]) -> Window:
         """The square window around bbox (x, y, w, h in pixels; side max(w, h))."""
         x, y, bw, bh = (float(v) for v in bbox)
+        if not np.isfinite([x, y, bw, bh]).all():
+            raise ValueError(f"bbox {tuple(bbox)}: x, y, w, h must be finite numbers of "
+                             f"pixels")
         if bw <= 0 or bh <= 0:
             raise ValueError(f"bbox {tuple(bbox)}: width and height must be positive")
         return Window(np.array([x + bw / 2 - 0.5, y + bh / 2 - 0.5]), max(bw, bh), "given")
@@ -53,6 +60,14 @@ class Window:
         """(x, y, w, h) of the window, as `given` takes it (w == h)."""
         x0, y0 = self.centre - self.side / 2 + 0.5
         return [float(x0), float(y0), self.side, self.side]
+
+    @property
+    def person_seen(self) -> bool:
+        """Whether the window is given, or the model saw the person on it: False for the whole
+        image where nothing was seen, and for a window found by one pass on which the next
+        pass saw nothing."""
+        return not (self.found_by.startswith("whole image")
+                    or self.found_by.endswith(NOTHING_SEEN_LAST))
 
     def close_to(self, other: Window) -> bool:
         """Centres and sides within CONVERGED of this window's side."""
@@ -69,10 +84,13 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def find_window(evidence: Mapping[str, dict], m_label: np.ndarray) -> Window | None:
+def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
+                max_side: float = np.inf) -> Window | None:
     """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order) and the
     crop's (2,3) affine from image px to label px -> the training window around the person,
-    in image px, or None when nothing is seen.
+    in image px, its side at most `max_side` (the whole image's window's: a larger one would
+    only add black margins, and grow by FOREGROUND_TO_SIDE each pass), or None when nothing is
+    seen.
 
     The silhouette is the largest connected region of the union of the tasks' foregrounds.
     The joints are those of the first task giving joints, kept where their peak reaches
@@ -94,7 +112,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray) -> Window | N
             keep &= near[yi, xi] > 0
         if keep.sum() >= MIN_JOINTS:
             centre, side = input_pipeline.person_box(joints[keep] @ back[:, :2].T + back[:, 2])
-            return Window(centre, side, f"joints ({givers[0]})")
+            return Window(centre, min(side, max_side), f"joints ({givers[0]})")
     if silhouette is None:
         return None
     ys, xs = np.nonzero(silhouette)
@@ -102,4 +120,18 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray) -> Window | N
     corners = corners @ back[:, :2].T + back[:, 2]
     side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
     tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
-    return Window(corners.mean(0), side, f"foreground ({tasks})")
+    return Window(corners.mean(0), min(side, max_side), f"foreground ({tasks})")
+
+
+def after_pass(window: Window, seen: Window | None, first_pass: bool) -> tuple[Window, bool]:
+    """One search pass's outcome: the window it ran on and what it saw there (`find_window`)
+    -> (the window to keep or run on next, whether the search is done). Nothing seen ends the
+    search on the window run on, marked NOT_FOUND on the first pass and "; "
+    NOTHING_SEEN_LAST after; a window seen close to it (`close_to`) ends it with what saw the
+    person; any other goes on to the window seen."""
+    if seen is None:
+        found_by = NOT_FOUND if first_pass else f"{window.found_by}; {NOTHING_SEEN_LAST}"
+        return dataclasses.replace(window, found_by=found_by), True
+    if seen.close_to(window):
+        return dataclasses.replace(window, found_by=seen.found_by), True
+    return seen, False

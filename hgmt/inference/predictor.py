@@ -18,7 +18,6 @@ person is off the image centre they also depend on the focal length.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -121,7 +120,8 @@ class Predictor:
         found is within `person.CONVERGED` of the one run on, or MAX_FINDING_PASSES passes.
         -> (window per image, passes run, (crop, m_label, raw) of the last pass when it was
         run on the window returned, else None). An image where nothing is seen on the first
-        pass keeps the whole image ("whole image: no person found")."""
+        pass keeps the whole image (`person.NOT_FOUND`); where a later pass sees nothing, the
+        window it ran on is kept and says so (`person.after_pass`)."""
         windows = [person.Window.whole(image.shape) for image in images]
         passes, last = [0] * len(images), [None] * len(images)
         todo = list(range(len(images)))
@@ -135,17 +135,11 @@ class Predictor:
                 preds = {t: raw[t][k] for t in self.tasks}
                 passes[i] += 1
                 seen = person.find_window({t: TASKS[t].locate(p) for t, p in preds.items()},
-                                          m_labels[k])
-                if seen is None:  # keep the window run on
-                    if passes[i] == 1:
-                        windows[i] = dataclasses.replace(
-                            windows[i], found_by="whole image: no person found")
-                    last[i] = (crops[k], m_labels[k], preds)
-                elif seen.close_to(windows[i]):
-                    windows[i] = dataclasses.replace(windows[i], found_by=seen.found_by)
+                                          m_labels[k], max(images[i].shape[:2]))
+                windows[i], done = person.after_pass(windows[i], seen, passes[i] == 1)
+                if done:
                     last[i] = (crops[k], m_labels[k], preds)
                 else:
-                    windows[i] = seen
                     still.append(i)
             todo = still
         return windows, passes, last
@@ -237,9 +231,8 @@ def _checked(image: np.ndarray) -> np.ndarray:
 
 def to_json(result: dict, tasks: Sequence[str]) -> dict:
     """The JSON-able part of a result: the window predicted on ('bbox' x, y, w, h in image
-    px, which `--bbox` takes back; 'bbox_found_by': "given", "joints (<task>)", "foreground
-    (<tasks>)" or "whole image: no person found"; 'model_passes'), and each task's `to_json`
-    (joints, class maps in the crop's label frame, as lists)."""
+    px, which `--bbox` takes back; 'bbox_found_by': `person.Window.found_by`; 'model_passes'),
+    and each task's `to_json` (joints, class maps in the crop's label frame, as lists)."""
     window = result["window"]
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
            "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,

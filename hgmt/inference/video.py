@@ -102,14 +102,13 @@ def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[
 
 def annotate(image: np.ndarray, result: dict) -> np.ndarray:
     """(H,W,3) frame and its result -> (H, W + k*H, 3) uint8: the frame with the window
-    (green: given or found, red: no person found; its `found_by` written above it), then each
-    task's `draw` of the crop, H pixels square."""
+    (green: the person given or seen, red: not seen, `person.Window.person_seen`; its
+    `found_by` written above it), then each task's `draw` of the crop, H pixels square."""
     h = image.shape[0]
     out = np.ascontiguousarray(image.copy())
     window = result["window"]
     x, y, w, _ = window.bbox
-    lost = window.found_by.startswith("whole image")
-    colour = (230, 40, 40) if lost else (40, 220, 60)
+    colour = (40, 220, 60) if window.person_seen else (230, 40, 40)
     cv2.rectangle(out, (round(x), round(y)), (round(x + w - 1), round(y + w - 1)), colour, 2)
     cv2.putText(out, window.found_by, (max(round(x), 2), max(round(y) - 5, 12)),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
