@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 
+import av
 import cv2
 
 from hgmt import cli
@@ -114,15 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         if video.is_video(path):
             try:
                 summary = video.predict_video(model, path, args.out_dir, bbox)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
                 print(f"skipped {path}: {e}", file=sys.stderr)
                 failed.append(path)
                 continue
             summary.update(step=model.step, tasks=list(model.tasks))
             with open(out["summary"], "w") as f:
                 json.dump(summary, f, indent=1)
+            damaged = (f" (damaged packets skipped: {summary['damaged_packets']})"
+                       if summary["damaged_packets"] else "")
             print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
-                  f"{summary['frames']} frames, {summary['frames_per_second']:.1f} frames/s "
+                  f"{summary['frames']} frames{damaged}, "
+                  f"{summary['frames_per_second']:.1f} frames/s "
                   f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
                   f"predicting ({summary['device']}, batch {model.batch_size})")
             continue

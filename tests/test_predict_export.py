@@ -814,3 +814,185 @@ def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "clip.mp4 cannot be opened" in err and "gone.mp4 not found" in err
 
+
+def _write_clip(path, frames, times=None, fmt=None):
+    """An H.264 clip of the (H,W,3) RGB `frames` at `times` seconds (default 30 frames/s), in
+    ticks of 1/90000 s, without B-frames (decoding order is display order)."""
+    import fractions
+
+    import av
+
+    base = fractions.Fraction(1, 90000)
+    times = np.arange(len(frames)) / 30 if times is None else times
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], \
+            "yuv420p"
+        stream.options = {"bf": "0"}
+        stream.time_base = stream.codec_context.time_base = base
+        for rgb, t in zip(frames, times, strict=True):
+            frame = av.VideoFrame.from_ndarray(rgb, "rgb24")
+            frame.pts, frame.time_base = round(t / base), base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _decoded(path):
+    """-> (frame times in seconds, (N,H,W,3) RGB frames) of a video file, as PyAV reads it."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [f.time for f in frames], np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def test_annotated_frames_are_scaled_down_to_fit_the_encoder():
+    """libx264 refuses a side over 16384 px: a portrait 4K frame (2160x3840) with four task
+    pictures beside it would be 2160 + 4*3840 = 17520 px wide. It is drawn at 1795 px tall
+    (its frame 1009 px wide), 8189 px in all, the frame's aspect kept; a small frame is kept."""
+    assert video.annotated_sizes(3840, 2160, 4) == (1795, 1009)
+    assert 1009 + 4 * 1795 <= video.MAX_ANNOTATED_SIDE == 8192
+    assert abs(1009 / 1795 - 2160 / 3840) < 1 / 1795
+    assert video.annotated_sizes(240, 320, 4) == (240, 320)
+    assert video.annotated_sizes(9000, 16, 0) == (8192, 14)  # no picture: the height caps
+
+
+def test_a_frame_is_fitted_into_the_writers_size_keeping_its_aspect():
+    """`fit` letterboxes: a smaller frame is enlarged, a larger one shrunk, to the largest
+    size of its aspect within the target, centred on black; one within a pixel is padded."""
+    small = np.full((48, 256, 3), 200, np.uint8)
+    out = video.fit(small, (64, 352))  # x 4/3 -> 64 x 341, 5 + 6 black columns
+    assert out.shape == (64, 352, 3)
+    np.testing.assert_array_equal(out[:, 5:346], 200)
+    np.testing.assert_array_equal(out[:, :5], 0)
+    np.testing.assert_array_equal(out[:, 346:], 0)
+    large = np.full((64, 352, 3), 90, np.uint8)
+    out = video.fit(large, (48, 256))  # x 8/11 -> 47 x 256, the black row below
+    np.testing.assert_array_equal(out[:47], 90)
+    np.testing.assert_array_equal(out[47:], 0)
+    odd = np.full((47, 255, 3), 7, np.uint8)
+    out = video.fit(odd, (48, 256))  # padded to even sides, not resized
+    np.testing.assert_array_equal(out[:47, :255], 7)
+    assert out[47:].max() == 0 and out[:, 255:].max() == 0
+
+
+def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
+        workdir, tmp_path, monkeypatch, capsys):
+    """A 16x4200 clip's annotated frame with four tasks is 16816 px wide. With no cap,
+    libx264 refuses it (PyAV's ExternalError, neither an OSError nor a ValueError): the clip is
+    reported and skipped, its partial outputs deleted, and the next clip is predicted. With
+    the cap (MAX_ANNOTATED_SIDE) it is written, 8192 px wide."""
+    tall, good = tmp_path / "tall.mp4", tmp_path / "good.mp4"
+    _write_clip(tall, [np.full((4200, 16, 3), 128, np.uint8)])
+    _write_clip(good, [np.full((48, 64, 3), 128, np.uint8)] * 2)
+    out = tmp_path / "out"
+    monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 20000, raising=False)
+    assert hgmt.predict.main([str(tall), str(good), f"--workdir={workdir}",
+                              f"--out_dir={out}"]) == 1
+    assert f"skipped {tall}" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["good.annotated.mp4", "good.jsonl", "good.summary.json"]
+
+    monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 8192)
+    assert hgmt.predict.main([str(tall), f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    _, annotated = _decoded(out / "tall.annotated.mp4")
+    assert annotated.shape == (1, 2046, 8192, 3)  # 7 + 4*2046 = 8191, padded to even
+
+
+def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp_path,
+                                                                    caplog):
+    """24 frames of noise whose last packet's payload is overwritten: the decoder rejects that
+    packet (InvalidDataError); the other 23 frames are predicted and written, the summary
+    counts the damaged packet, one warning says so, and the command succeeds."""
+    import logging
+
+    import av
+
+    clip = tmp_path / "damaged.mp4"
+    rng = np.random.default_rng(0)
+    _write_clip(clip, list(rng.integers(0, 255, (24, 64, 96, 3), np.uint8)))
+    with av.open(str(clip)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    pos, size = packets[-1]
+    data = bytearray(clip.read_bytes())
+    data[pos + 4:pos + size] = b"\xff" * (size - 4)
+    clip.write_bytes(bytes(data))
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    with open(out / "damaged.summary.json") as f:
+        summary = json.load(f)
+    assert summary["frames"] == 23 and summary["damaged_packets"] == 1
+    with open(out / "damaged.jsonl") as f:
+        assert [json.loads(line)["frame"] for line in f] == list(range(23))
+    times, annotated = _decoded(out / "damaged.annotated.mp4")
+    assert len(annotated) == 23
+    np.testing.assert_allclose(times, np.arange(23) / 30, atol=1e-4)
+    warnings = [r for r in caplog.records if "damaged packet" in r.getMessage()]
+    assert len(warnings) == 1 and str(clip) in warnings[0].getMessage()
+
+
+def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):
+    """Two clips joined as MPEG-TS (a 64x48 red one, then a 96x64 blue one) and remuxed to
+    .mkv: each frame is read and predicted at its own size, and every annotated frame is
+    fitted into the first one's size (48 x (64 + 4*48)): the blue frames are shrunk into it,
+    not dropped or cut, and the annotated video keeps every frame's time."""
+    import av
+
+    red, blue = (200, 30, 30), (30, 30, 200)
+    _write_clip(tmp_path / "a.ts", [np.full((48, 64, 3), red, np.uint8)] * 3, fmt="mpegts")
+    _write_clip(tmp_path / "b.ts", [np.full((64, 96, 3), blue, np.uint8)] * 3,
+                times=np.arange(3, 6) / 30, fmt="mpegts")
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes((tmp_path / "a.ts").read_bytes() + (tmp_path / "b.ts").read_bytes())
+    clip = tmp_path / "ab.mkv"
+    with av.open(str(joined)) as source, av.open(str(clip), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    assert {f.shape for f in (frames for _, batch in video.read_frames(str(clip), 8)
+                              for frames in batch)} == {(48, 64, 3), (64, 96, 3)}
+
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=0,0,20,20"]) == 0
+    with open(out / "ab.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 6  # .mkv keeps milliseconds
+    np.testing.assert_allclose([line["time_s"] for line in lines], np.arange(6) / 30,
+                               atol=1e-3)
+    assert [line["bbox"][2] for line in lines] == [20] * 6
+    times, annotated = _decoded(out / "ab.annotated.mp4")
+    assert annotated.shape == (6, 48, 64 + 4 * 48, 3)
+    np.testing.assert_allclose(times, [line["time_s"] for line in lines], atol=1e-4)
+    # The frame's part, right of the window drawn at the top left: red, then blue shrunk to
+    # 47 x 70 (the annotated 64 x (96 + 4*64) scaled by 8/11 into 256 px).
+    assert np.abs(np.median(annotated[:3, 20:40, 30:60], axis=(1, 2)) - red).max() <= 12
+    assert np.abs(np.median(annotated[3:, 20:40, 30:60], axis=(1, 2)) - blue).max() <= 12
+
+
+def test_a_variable_frame_rate_clip_keeps_its_frame_times(workdir, tmp_path):
+    """Frames at irregular times (gaps of 1, 4 and 11 frames at 30 frames/s): the annotated
+    video shows each at its source time, as the JSON lines say, not at an average rate."""
+    times = np.array([0, 1, 2, 6, 7, 18]) / 30
+    clip = tmp_path / "vfr.mp4"
+    _write_clip(clip, [np.full((48, 64, 3), 20 * k, np.uint8) for k in range(6)], times)
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=0,0,20,20"]) == 0
+    with open(out / "vfr.jsonl") as f:
+        np.testing.assert_allclose([json.loads(line)["time_s"] for line in f], times,
+                                   atol=1e-4)
+    annotated_times, _ = _decoded(out / "vfr.annotated.mp4")
+    np.testing.assert_allclose(annotated_times, times, atol=1e-4)
+
+
+def test_next_pts_keeps_times_and_steps_past_repeated_ones():
+    import fractions
+
+    base = fractions.Fraction(1, 90000)
+    assert video.next_pts(0.2, 9000, base, 30.0) == 18000
+    assert video.next_pts(0.1, 9000, base, 30.0) == 12000  # not after the last: one frame on
+    assert video.next_pts(0.0, None, base, 30.0) == 0

@@ -8,7 +8,9 @@ height."""
 
 from __future__ import annotations
 
+import fractions
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -44,13 +46,6 @@ def _open(path: str):
     return container
 
 
-def frame_rate(path: str) -> float:
-    """The video's average frame rate (frames per second), 30 when it does not say."""
-    with _open(path) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 30.0
-
-
 def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
     """A decoded (H,W,3) frame turned as players display it: `rotation` is the video's display
     matrix's counterclockwise turn in degrees (PyAV's `VideoFrame.rotation`; a phone's portrait
@@ -73,23 +68,66 @@ def square_pixels(rgb: np.ndarray, sample_aspect_ratio: float) -> np.ndarray:
                       else cv2.INTER_LINEAR)
 
 
-def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
-    """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
-    decoding as it goes, each frame as it is displayed: with square pixels (`square_pixels`,
-    by the stream's sample aspect ratio) and turned (`upright`). Errors name the file
-    (`_open`; ValueError on a damaged stream)."""
-    with _open(path) as container:
-        ratio = float(container.streams.video[0].sample_aspect_ratio or 1) or 1.0
-        times, frames = [], []
-        decoded = container.decode(video=0)
+class Clip:
+    """An open video file, read as players display it (`batches`); a context manager.
+
+    `frame_rate` is the stream's average rate (frames per second, 30 when it does not say),
+    `time_base` the seconds per tick of its time stamps (1/90000 when it does not say), and
+    `damaged_packets` counts the packets `batches` skipped because the decoder found them
+    damaged."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._container = _open(path)
+        self._stream = self._container.streams.video[0]
+        rate, base = self._stream.average_rate, self._stream.time_base
+        self.frame_rate = float(rate) if rate else 30.0
+        self.time_base = fractions.Fraction(base) if base else fractions.Fraction(1, 90000)
+        self.damaged_packets = 0
+
+    def __enter__(self) -> Clip:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._container.close()
+
+    def _decoded(self) -> Iterator:
+        """PyAV's frames, decoded a packet at a time: a packet the decoder finds damaged
+        (InvalidDataError) is counted and skipped, as ffmpeg does, with one warning per clip;
+        any other error, or a damaged container, is a ValueError naming the file."""
+        import av
+
+        packets = self._container.demux(self._stream)
         while True:
             try:
-                frame = next(decoded)
+                packet = next(packets)
             except StopIteration:
-                break
-            except Exception as e:  # av raises InvalidDataError and others on damaged data
-                raise ValueError(f"video {path} cannot be decoded ({type(e).__name__}: "
+                return
+            except av.FFmpegError as e:
+                raise ValueError(f"video {self.path} cannot be read ({type(e).__name__}: "
                                  f"{e})") from e
+            try:
+                frames = packet.decode()  # the empty packet at the end flushes the decoder
+            except av.InvalidDataError as e:
+                self.damaged_packets += 1
+                if self.damaged_packets == 1:
+                    logging.warning("%s: skipped a damaged packet at %s s (%s); its frame is "
+                                    "left out and frames after it may show errors; the "
+                                    "summary's damaged_packets counts all such packets",
+                                    self.path, _seconds(packet.pts, self.time_base), e)
+                continue
+            except av.FFmpegError as e:
+                raise ValueError(f"video {self.path} cannot be decoded ({type(e).__name__}: "
+                                 f"{e})") from e
+            yield from frames
+
+    def batches(self, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
+        """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
+        decoding as it goes, each frame as it is displayed: with square pixels
+        (`square_pixels`, by the stream's sample aspect ratio) and turned (`upright`)."""
+        ratio = float(self._stream.sample_aspect_ratio or 1) or 1.0
+        times, frames = [], []
+        for frame in self._decoded():
             times.append(float(frame.time or 0.0))
             rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
             frames.append(upright(rgb, frame.rotation))
@@ -100,53 +138,143 @@ def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[
             yield times, frames
 
 
-def annotate(image: np.ndarray, result: dict) -> np.ndarray:
-    """(H,W,3) frame and its result -> (H, W + k*H, 3) uint8: the frame with the window
+def _seconds(pts: int | None, time_base: fractions.Fraction) -> str:
+    """A packet's time stamp as seconds for a message ("?" when it has none)."""
+    return "?" if pts is None else f"{float(pts * time_base):.3f}"
+
+
+def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
+    """`Clip.batches` of the video at `path` (errors name the file: `_open`, `Clip`)."""
+    with Clip(path) as clip:
+        yield from clip.batches(batch_size)
+
+
+# The annotated video's sides are at most this many pixels: libx264 refuses a side over
+# 16384, and the frame with k task pictures beside it is W + k*H wide (17520 px for a
+# portrait 4K clip with four tasks); larger annotated frames are scaled down, aspect kept.
+MAX_ANNOTATED_SIDE = 8192
+
+
+def annotated_scale(height: int, width: int, pictures: int,
+                    max_side: int = MAX_ANNOTATED_SIDE) -> float:
+    """The factor (<= 1) an (height, width) frame and its `pictures` square task pictures
+    beside it, (height, width + pictures * height) px in all, are drawn at so that neither
+    side exceeds max_side px, the pixel sizes rounded down (`annotated_sizes`)."""
+    return min(1.0, max_side / (width + pictures * height), max_side / height)
+
+
+def annotated_sizes(height: int, width: int, pictures: int,
+                    max_side: int = MAX_ANNOTATED_SIDE) -> tuple[int, int]:
+    """-> (h, w) px: the annotated frame's height (each task picture is h x h) and the width
+    of the frame in it, both `annotated_scale` times the frame's, rounded down (>= 1)."""
+    scale = annotated_scale(height, width, pictures, max_side)
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h,w,3) -> (H,W,3) = `size`: the picture resized, aspect kept, to the largest size
+    within (H, W) (kept as it is when it fits and reaches a side to within a pixel), centred on
+    black."""
+    h, w = rgb.shape[:2]
+    height, width = size
+    if not (h <= height and w <= width and min(height - h, width - w) <= 1):
+        scale = min(height / h, width / w)
+        new_w = min(width, max(1, round(w * scale)))
+        new_h = min(height, max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, (new_w, new_h),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        h, w = new_h, new_w
+    if (h, w) == (height, width):
+        return rgb
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    out[top:top + h, left:left + w] = rgb
+    return out
+
+
+def annotate(image: np.ndarray, result: dict, max_side: int | None = None) -> np.ndarray:
+    """(H,W,3) frame and its result -> (h, w + k*h, 3) uint8: the frame with the window
     (green: the person given or seen, red: not seen, `person.Window.person_seen`; its
-    `found_by` written above it), then each task's `draw` of the crop, H pixels square."""
-    h = image.shape[0]
-    out = np.ascontiguousarray(image.copy())
+    `found_by` written above it), then each task's `draw` of the crop, h pixels square; (h, w)
+    is (H, W) scaled down so that no side exceeds max_side (default MAX_ANNOTATED_SIDE;
+    `annotated_sizes`)."""
+    pictures = [TASKS[t].draw(pred, result["crop_image"], result["frame"])
+                for t, pred in result["raw"].items()]
+    h, w = annotated_sizes(*image.shape[:2], len(pictures), max_side or MAX_ANNOTATED_SIDE)
+    scale = h / image.shape[0]
+    out = np.ascontiguousarray(image.copy() if h == image.shape[0] else
+                               cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
     window = result["window"]
-    x, y, w, _ = window.bbox
+    x, y, side, _ = (np.asarray(window.bbox) + [0.5, 0.5, 0, 0]) * scale - [0.5, 0.5, 0, 0]
     colour = (40, 220, 60) if window.person_seen else (230, 40, 40)
-    cv2.rectangle(out, (round(x), round(y)), (round(x + w - 1), round(y + w - 1)), colour, 2)
+    cv2.rectangle(out, (round(x), round(y)), (round(x + side - 1), round(y + side - 1)),
+                  colour, 2)
     cv2.putText(out, window.found_by, (max(round(x), 2), max(round(y) - 5, 12)),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-    crop = result["crop_image"]
-    pictures = [TASKS[t].draw(pred, crop, result["frame"]) for t, pred in result["raw"].items()]
     pictures = [cv2.resize(p, (h, h), interpolation=cv2.INTER_NEAREST) for p in pictures]
     return np.concatenate([out, *pictures], axis=1)
 
 
+def next_pts(time_s: float, last: int | None, time_base: fractions.Fraction,
+             frame_rate: float) -> int:
+    """A frame's time stamp in ticks of `time_base`: its source time `time_s`, or, when that
+    is not after the last one written (`last`; a clip of missing or repeated stamps), one
+    frame (1 / frame_rate s, at least a tick) after it."""
+    pts = round(time_s / time_base)
+    if last is not None and pts <= last:
+        pts = last + max(1, round(1 / (frame_rate * time_base)))
+    return pts
+
+
 class _Writer:
-    """H.264 (libx264, yuv420p) mp4 writer; frames are padded to even sizes as yuv420p needs."""
+    """H.264 (libx264, yuv420p) mp4 writer. Each frame keeps its source frame's time stamp
+    (in the source's `time_base`: a variable-frame-rate clip stays in time) and is fitted
+    (`fit`) into the first frame's size, padded to even sides as yuv420p needs."""
 
-    def __init__(self, path: str, fps: float):
-        import fractions
-
+    def __init__(self, path: str, frame_rate: float, time_base: fractions.Fraction):
         import av
 
-        self._container = av.open(path, mode="w")
+        # The movie's time scale, the edit list's unit, is the frames' too: a clip whose first
+        # frame is not at 0 s keeps its exact times (the mp4 muxer's default is milliseconds).
+        self._container = av.open(path, mode="w", format="mp4",
+                                  options={"movie_timescale": str(time_base.denominator)})
         self._stream = self._container.add_stream(
-            "libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+            "libx264", rate=fractions.Fraction(frame_rate).limit_denominator(1001))
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": "20", "preset": "veryfast"}
-        self._size = None
+        self._stream.codec_context.time_base = self._stream.time_base = time_base
+        self._time_base, self._frame_rate = time_base, frame_rate
+        self._size: tuple[int, int] | None = None
+        self._last: int | None = None
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, time_s: float) -> None:
+        """Encodes the (h,w,3) RGB frame shown at `time_s` seconds (`next_pts`)."""
         import av
 
         if self._size is None:
             self._size = (rgb.shape[0] + rgb.shape[0] % 2, rgb.shape[1] + rgb.shape[1] % 2)
             self._stream.height, self._stream.width = self._size
-        padded = np.zeros((*self._size, 3), np.uint8)
-        padded[:rgb.shape[0], :rgb.shape[1]] = rgb
-        frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(fit(rgb, self._size), format="rgb24")
+        self._last = next_pts(time_s, self._last, self._time_base, self._frame_rate)
+        frame.pts, frame.time_base = self._last, self._time_base
         self._container.mux(self._stream.encode(frame))
 
     def close(self) -> None:
+        """Flushes the encoder and closes the file."""
         self._container.mux(self._stream.encode())
         self._container.close()
+
+    def abandon(self) -> None:
+        """Closes the file without flushing (after an error: the file is deleted)."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the error being handled is the one to report
+            pass
+
+
+def partial_name(path: str) -> str:
+    """Where an output is written until the clip is done (`predict_video`)."""
+    return path + ".partial"
 
 
 def outputs(path: str, out_dir: str) -> dict[str, str]:
@@ -162,40 +290,53 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     """Predicts every frame of the video at `path` (each frame's person found, or the window
     around `bbox` in every frame) and writes OUT_DIR/<name>.jsonl (one line per frame:
     'frame' index, 'time_s', and `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4
-    (`annotate`, at the video's frame rate). -> a summary: frames, seconds, 'frames_per_second'
-    end to end (reading, the model, drawing and writing included) and of `Predictor.predict`
-    alone, each without the first batch (JAX compiles there) when there is more than one, and
-    the device."""
+    (`annotate`, each frame at its source time). -> a summary: frames, seconds,
+    'frames_per_second' end to end (reading, the model, drawing and writing included) and of
+    `Predictor.predict` alone, each without the first batch (JAX compiles there) when there
+    is more than one, the device, and 'damaged_packets' (`Clip`).
+
+    Both files are written under `partial_name`s and renamed when the clip is done: on an
+    error they are deleted, so a .jsonl or .annotated.mp4 there is always a whole clip's."""
     import jax
 
     lines_path, video_path = (outputs(path, out_dir)[k] for k in ("jsonl", "annotated_video"))
     if os.path.abspath(video_path) == os.path.abspath(path):
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
-    writer = _Writer(video_path, frame_rate(path))
     count, batches = 0, []  # (frames, seconds end to end, seconds predicting) per batch
-    try:
-        with open(lines_path, "w") as lines:
-            start = time.perf_counter()
-            for times, frames in read_frames(path, model.batch_size):
-                began = time.perf_counter()
-                results = model.predict(frames, None if bbox is None else [bbox] * len(frames))
-                predicting = time.perf_counter() - began
-                for t, frame, result in zip(times, frames, results, strict=True):
-                    record = {"frame": count, "time_s": round(t, 4),
-                              **prediction.to_json(result, model.tasks)}
-                    lines.write(json.dumps(record) + "\n")
-                    writer.write(annotate(frame, result))
-                    count += 1
-                now = time.perf_counter()
-                batches.append((len(frames), now - start, predicting))
-                start = now
-    finally:
-        writer.close()
-    if not count:
-        raise ValueError(f"video {path} holds no frames")
+    with Clip(path) as clip:
+        writer = _Writer(partial_name(video_path), clip.frame_rate, clip.time_base)
+        try:
+            with open(partial_name(lines_path), "w") as lines:
+                start = time.perf_counter()
+                for times, frames in clip.batches(model.batch_size):
+                    began = time.perf_counter()
+                    results = model.predict(frames,
+                                            None if bbox is None else [bbox] * len(frames))
+                    predicting = time.perf_counter() - began
+                    for t, frame, result in zip(times, frames, results, strict=True):
+                        record = {"frame": count, "time_s": round(t, 4),
+                                  **prediction.to_json(result, model.tasks)}
+                        lines.write(json.dumps(record) + "\n")
+                        writer.write(annotate(frame, result), t)
+                        count += 1
+                    now = time.perf_counter()
+                    batches.append((len(frames), now - start, predicting))
+                    start = now
+            if not count:
+                raise ValueError(f"video {path} holds no frames")
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            for name in (lines_path, video_path):
+                if os.path.exists(partial_name(name)):
+                    os.remove(partial_name(name))
+            raise
+    for name in (lines_path, video_path):
+        os.replace(partial_name(name), name)
     steady = batches[1:] or batches
     frames = sum(b[0] for b in steady)
     return {"video": os.path.abspath(path), "frames": count,
+            "damaged_packets": clip.damaged_packets,
             "seconds": round(sum(b[1] for b in batches), 3),
             "frames_per_second": round(frames / sum(b[1] for b in steady), 3),
             "predict_frames_per_second": round(frames / sum(b[2] for b in steady), 3),
