@@ -7,7 +7,8 @@ Each argument is an image or a video (by its suffix: .mp4, .avi, .mov, .mkv, .we
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
-OUTDIR/<name>.json (2D joints in image pixels, root-relative 3D joints in mm, class maps).
+OUTDIR/<name>.json (2D joints in image pixels with their scores, root-relative 3D joints in mm
+with the focal length and pelvis depth they were decoded with, class maps).
 For each video, every frame is predicted, --batch_size frames at a time on JAX's default
 device, and it writes OUTDIR/<name>.jsonl (one such JSON object per frame, with its 'frame'
 index and 'time_s'), OUTDIR/<name>.annotated.mp4 (H.264: each frame with the person's window,

@@ -667,6 +667,38 @@ def test_a_bbox_must_be_finite(workdir):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=0,0,nan,10"])
 
 
+def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
+    """Made-up model outputs on a 640x480 image: pose2d's heatmaps peak at known heights,
+    which `joint_scores` gives; `focal_px` is the focal length 3D decoding assumed (a 30
+    degree field of view: 600 px at 320 px, so 1200 px here; `--focal_px` when given) and
+    `pelvis_depth_m` the depth it put the pelvis at (focal_px * CROP_METRES / window side)."""
+    import copy
+
+    r = predictor.image_size // 4
+    heights = np.linspace(0.3, 1.0, 16)
+    points = np.stack([np.arange(16) % 8 + 4, np.arange(16) // 8 * 5 + 6], -1)
+    heatmaps = np.asarray(common.gaussian(np.asarray(points, np.float32), r))  # (16,r,r)
+    raw = {t: np.zeros((r, r, TASKS[t].NUM_CHANNELS), np.float32) for t in predictor.tasks}
+    raw["pose2d"] = np.moveaxis(heatmaps * heights[:, None, None], 0, -1).astype(np.float32)
+    window = person.Window(np.array([300.0, 200.0]), 150.0, "given")
+    m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+    crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
+    image = np.zeros((480, 640, 3), np.uint8)
+    saved = prediction.to_json(predictor._result(image, window, 1, crop, m_label, raw),
+                               predictor.tasks)
+    np.testing.assert_allclose(saved["joint_scores"], heights, atol=1e-4)
+    assert saved["focal_px"] == pytest.approx(1200.0)
+    assert saved["pelvis_depth_m"] == pytest.approx(1200.0 * prediction.CROP_METRES / 150,
+                                                    abs=1e-4)
+    given = copy.copy(predictor)
+    given.focal_px = 900.0
+    saved = prediction.to_json(given._result(image, window, 1, crop, m_label, raw),
+                               given.tasks)
+    assert saved["focal_px"] == pytest.approx(900.0)
+    assert saved["pelvis_depth_m"] == pytest.approx(900.0 * prediction.CROP_METRES / 150,
+                                                    abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
     """A Predictor of the demo model: $HGMT_DEMO_WORKDIR (a workdir of `python -m hgmt.main

@@ -83,7 +83,8 @@ class Predictor:
         given, else on the window `find` returns. A result: {'window' (`person.Window`),
         'passes' (model passes run on the image), 'crop_image' (R,R,3) uint8, 'crop' (2,3)
         image px -> label px, 'raw' {task: (r,r,C)}, 'frame' (the decoding `Frame`), and each
-        task's `predict` entries: 'joints2d' (16,2) image px, 'joints3d_rel_mm' (16,3),
+        task's `predict` entries: 'joints2d' (16,2) image px, 'joint_scores' (16,) heatmap
+        maxima, 'joints3d_rel_mm' (16,3) with the 'focal_px' and 'pelvis_depth_m' decoding them,
         'segm' (r,r) and 'segm_image' (H,W) part classes 0..14, 'depth' (r,r) and
         'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
         (nan on background)}."""

@@ -222,9 +222,11 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
 
 
 def predict(pred: np.ndarray, frame: Frame) -> dict:
-    """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px}."""
+    """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px, 'joint_scores': (16,) each
+    heatmap's maximum (1 at a training target's peak; `locate`)}."""
     joints = decode(jnp.asarray(pred)[None], frame.batch)["joints2d_image"]
-    return {"joints2d": frame.to_original(joints[0])}
+    return {"joints2d": frame.to_original(joints[0]),
+            "joint_scores": locate(pred)["joint_scores"]}
 
 
 def locate(pred: np.ndarray) -> dict:
@@ -235,7 +237,8 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
-    return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist()}
+    return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist(),
+            "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:

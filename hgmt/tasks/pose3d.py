@@ -197,9 +197,13 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
 
 
 def predict(pred: np.ndarray, frame: Frame) -> dict:
-    """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm}."""
+    """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm, and what they were
+    decoded with: 'focal_px' the focal length in the original image's px, 'pelvis_depth_m' the
+    pelvis's camera depth in metres}."""
     return {"joints3d_rel_mm": np.asarray(
-        decode(jnp.asarray(pred)[None], frame.batch)["joints3d_rel_mm"][0])}
+                decode(jnp.asarray(pred)[None], frame.batch)["joints3d_rel_mm"][0]),
+            "focal_px": float(surreal.INTRINSICS[0, 0] / frame.virtual[0, 0]),
+            "pelvis_depth_m": float(frame.batch["pelvis_depth"][0])}
 
 
 def locate(pred: np.ndarray) -> dict:
@@ -211,7 +215,9 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
-    return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist()}
+    return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist(),
+            "focal_px": round(result["focal_px"], 3),
+            "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}
 
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
