@@ -70,6 +70,14 @@ def demo_dataset(tmp_path_factory):
     return build_demo(str(tmp_path_factory.mktemp("demo_dataset")), **DEMO_DATASET_SETTINGS)
 
 
+@pytest.fixture(scope="session")
+def every10_dataset(tmp_path_factory):
+    """data_dir of one demo clip of 25 frames per split built with config every10: frames
+    0, 10, 20 and the middle frame 12 (ceil(25/2), 0-based) of each clip."""
+    return build_demo(str(tmp_path_factory.mktemp("every10")), clips_per_split=1, frames=25,
+                      config="every10")[1]
+
+
 def main_command(workdir, data_dir, total_steps, checkpoint_every):
     """(argv, env) of `python -m hgmt.main` training the tiny pose2d model on the demo dataset
     on 2 virtual devices (the subprocess tests of the command line)."""

@@ -11,6 +11,7 @@ import pytest
 import hgmt.evaluate
 from configs.common import evaluator_config
 from hgmt import workdirs
+from hgmt.data import input_pipeline
 from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
@@ -192,6 +193,22 @@ def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_pat
                             "evals.test.best_metric": "loss/total"})
     with pytest.raises(ValueError, match="at most one evaluator"):
         loop.train(config, str(tmp_path / "run"))
+
+
+def test_frames_the_build_does_not_hold_stop_the_run_before_training(every10_dataset,
+                                                                     tmp_path):
+    """An evaluator asking for every 4th frame of a build of every 10th stops the run at its
+    start, naming the evaluator, not when it first runs; every20 of the same build trains."""
+    config = tiny_config(every10_dataset, tasks="pose2d", dataset="surreal/every10",
+                         total_steps=1, **{"evals.test.frames": "every4"})
+    with pytest.raises(ValueError, match=r"config.evals.test: frames='every4' .* every 10th"):
+        loop.train(config, str(tmp_path / "run"))
+    assert not [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]  # no step saved
+    with config.unlocked():
+        config.evals.test.frames = "every20"
+    evals = evaluators.Evaluators(config, str(tmp_path / "run2"), {"pose2d": 1.0})
+    evals.check_frames(
+        input_pipeline.open_split("surreal/every10", every10_dataset, "test").dataset_info)
 
 
 def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):

@@ -178,6 +178,45 @@ def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
             ip.parse_eval_frames(bad)
 
 
+def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_dataset):
+    """every10 and every20 select frames 0, 10, 20 and 0, 20 (not the middle frame 12 the
+    build adds); all, every4 and every5 ask for frames the build did not store and stop with
+    the build's stride and the fix."""
+    src = ip.open_split("surreal/every10", every10_dataset, "test")
+    assert sorted(int(src[i]["frame"]) for i in range(len(src))) == [0, 10, 12, 20]
+
+    def frames(spec):
+        idx = ip.eval_indices("surreal/every10", every10_dataset, "test", spec)
+        return sorted(int(src[i]["frame"]) for i in idx)
+
+    assert frames("middle") == [12]
+    assert frames("every10") == [0, 10, 20]
+    assert frames("every20") == [0, 20]
+    for spec in ("all", "every4", "every5"):
+        with pytest.raises(ValueError, match=(
+                rf"frames='{spec}' .* 'surreal/every10' .* every 10th frame of each clip.*"
+                r"config.dataset='surreal/all'.*--config=all.*multiple of 10.*'middle'")):
+            ip.eval_indices("surreal/every10", every10_dataset, "test", spec)
+
+
+def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
+    """A build of the middle frames holds no other: only frames='middle' evaluates it."""
+    middle, every10 = ip.records.BUILD_FRAMES["middle"], ip.records.BUILD_FRAMES["every10"]
+    ip.check_eval_frames("middle", middle, "surreal/middle", "/data")
+    for spec in ("all", "every10", "every1"):
+        with pytest.raises(ValueError, match=r"only the middle frame of each clip.*'middle'"):
+            ip.check_eval_frames(spec, middle, "surreal/middle", "/data")
+    ip.check_eval_frames("every30", every10, "surreal/every10", "/data")
+    for spec in ("all", "every10", "every7"):
+        ip.check_eval_frames(spec, ip.records.BUILD_FRAMES["all"], "surreal/all", "/data")
+
+
+def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
+    info = type("Info", (), {"config_name": "every3"})()
+    with pytest.raises(ValueError, match=r"config 'every3', not one of .*'all', 'every10'"):
+        ip.stored_frames(info, "surreal/every3")
+
+
 def test_missing_dataset_says_how_to_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="tfds build data_builders/surreal"):
         ip.open_split("surreal/all", str(tmp_path), "train")

@@ -62,11 +62,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               "outside the image) and keeps the others whole; all splits "
                               "skip or flag unset and zero 3D joints."}
     BUILDER_CONFIGS = [
-        SurrealConfig(name="middle", middle_only=True,
-                      description="The middle frame ceil(T/2) of each clip (test protocol)."),
-        SurrealConfig(name="every10", every=10,
-                      description="Every 10th frame of each clip, plus its middle frame."),
-        SurrealConfig(name="all", every=1, description="Every usable frame."),
+        SurrealConfig(name=name, every=records.BUILD_FRAMES[name].every,
+                      middle_only=records.BUILD_FRAMES[name].middle_only, description=about)
+        for name, about in (
+            ("middle", "The middle frame ceil(T/2) of each clip (test protocol)."),
+            ("every10", "Every 10th frame of each clip, plus its middle frame."),
+            ("all", "Every usable frame."))
     ]
     DEFAULT_CONFIG_NAME = "every10"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\

@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from hgmt import cores
-from hgmt.data import damage, shards
+from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
@@ -409,7 +409,13 @@ def frame_indices(dataset: str, data_dir: str, split: str, keep: Callable[[int, 
     """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
     annotations only, not the images. A record that does not read is left out and its index
     appended to `damaged`."""
-    light = open_split(dataset, data_dir, split, features=("frame", "num_frames"))
+    return kept_indices(open_split(dataset, data_dir, split, features=("frame", "num_frames")),
+                        keep, damaged)
+
+
+def kept_indices(light, keep: Callable[[int, int], bool],
+                 damaged: list[int] | None = None) -> list[int]:
+    """`frame_indices` of a split opened with the features frame and num_frames (`light`)."""
     out = []
     for i in range(len(light)):
         try:
@@ -427,8 +433,12 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str,
                           damaged: list[int] | None = None) -> list[int]:
     """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
     the records that do not read are appended to `damaged`."""
-    return frame_indices(dataset, data_dir, split,
-                         lambda frame, total: frame == surreal.middle_frame(total), damaged)
+    return frame_indices(dataset, data_dir, split, is_middle, damaged)
+
+
+def is_middle(frame: int, num_frames: int) -> bool:
+    """Whether `frame` (0-based) is the middle frame of its clip of `num_frames` frames."""
+    return frame == surreal.middle_frame(num_frames)
 
 
 def parse_eval_frames(frames: str) -> int:
@@ -444,15 +454,50 @@ def parse_eval_frames(frames: str) -> int:
                      "(every K-th frame of each clip, e.g. every4)")
 
 
+def stored_frames(info, dataset: str) -> records.FrameSelection:
+    """The frames of each clip a SURREAL build holds: those of its builder config
+    (`records.BUILD_FRAMES`), whose name the build's tfds DatasetInfo `info` keeps."""
+    name = info.config_name
+    if name not in records.BUILD_FRAMES:
+        raise ValueError(
+            f"dataset {dataset!r} was built with config {name!r}, not one of the SURREAL "
+            f"builder's {sorted(records.BUILD_FRAMES)}, so which frames it holds is unknown: "
+            f"use a build of one of them")
+    return records.BUILD_FRAMES[name]
+
+
+def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
+                      data_dir: str) -> None:
+    """ValueError naming the build's frames and the fix when `frames` (parse_eval_frames)
+    asks for frames the build does not hold (`stored`, `stored_frames`): 'all' of a strided
+    build, 'everyK' with K not a multiple of its stride, or either of a build of the middle
+    frames. 'middle' is in every build."""
+    k = parse_eval_frames(frames)
+    if not k or (not stored.middle_only and k % stored.every == 0):
+        return
+    every = stored.every
+    if stored.middle_only:
+        holds, other = "only the middle frame of each clip", ""
+    else:
+        holds = f"every {every}th frame of each clip (0, {every}, ...) and its middle frame"
+        other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), "
+    raise ValueError(
+        f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir!r} does "
+        f"not hold: it stores {holds}, so it would evaluate other frames than asked for. "
+        f"Evaluate a build of every frame, config.dataset='surreal/all' (build it: "
+        f"{shards.build_command('surreal/all', data_dir)}), or {other}or frames='middle'")
+
+
 def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle",
                  damaged: list[int] | None = None) -> list[int]:
-    """Indices of the records `frames` selects (see parse_eval_frames); the records that do
-    not read (so whose frame is unknown) are appended to `damaged`."""
+    """Indices of the records `frames` selects (see parse_eval_frames), which the build must
+    hold (`check_eval_frames`); the records that do not read (so whose frame is unknown) are
+    appended to `damaged`."""
     stride = parse_eval_frames(frames)
-    if not stride:
-        return test_protocol_indices(dataset, data_dir, split, damaged)
-    return frame_indices(dataset, data_dir, split, lambda frame, total: frame % stride == 0,
-                         damaged)
+    light = open_split(dataset, data_dir, split, features=("frame", "num_frames"))
+    check_eval_frames(frames, stored_frames(light.dataset_info, dataset), dataset, data_dir)
+    keep = is_middle if not stride else lambda frame, total: frame % stride == 0
+    return kept_indices(light, keep, damaged)
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,

@@ -36,6 +36,12 @@ class FrameSelection:
         return middle if self.middle_only else (middle or t % self.every == 0)
 
 
+# The frames each of the builder's configs stores (data_builders/surreal `BUILDER_CONFIGS`):
+# a build's config name, kept in its DatasetInfo, says which frames it holds.
+BUILD_FRAMES = {"middle": FrameSelection(middle_only=True), "every10": FrameSelection(every=10),
+                "all": FrameSelection(every=1)}
+
+
 def png(image: np.ndarray) -> bytes:
     """Lossless PNG at zlib level 1: 3x faster to write than TFDS's default encoder (level 6)
     for 4 % more bytes on SURREAL-like frames (benchmarks/build_throughput.py). (H,W) or

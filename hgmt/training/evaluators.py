@@ -140,6 +140,18 @@ class Evaluators:
             self.manager.delete(s)
         return later
 
+    def check_frames(self, info) -> None:
+        """ValueError naming the evaluator whose frames the build of config.dataset (its tfds
+        DatasetInfo `info`) does not hold (`input_pipeline.check_eval_frames`): the trainer
+        checks before its first step, not when the evaluator first runs."""
+        dataset, data_dir = self.config.dataset, self.config.data_dir
+        stored = input_pipeline.stored_frames(info, dataset)
+        for name, s in self.settings.items():
+            try:
+                input_pipeline.check_eval_frames(s["frames"], stored, dataset, data_dir)
+            except ValueError as e:
+                raise ValueError(f"config.evals.{name}: {e}") from None
+
     def _evaluator(self, name: str) -> evaluator.Evaluator:
         if name not in self._built:  # built on first use: the split is opened then
             s = self.settings[name]

@@ -146,6 +146,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     lr_fn = steps.create_lr(config)
 
     damaged = None  # the account of damaged records the loader skipped
+    source = None  # the training split, when this run opens it
     prepare = augmentation(config, tasks)
     augment_on = "host" if prepare is None else "device"
     if loader is None:
@@ -207,6 +208,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.warning("deleted the best checkpoint kept at step %s in %s: chosen by an "
                         "evaluation after step %d, where training starts again",
                         ", ".join(map(str, forgotten)), workdirs.best_dir(workdir), start_step)
+    if source is not None:
+        evals.check_frames(source.dataset_info)
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
