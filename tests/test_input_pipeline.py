@@ -98,6 +98,30 @@ def test_undecodable_image_bytes_name_the_feature_and_the_fix():
         ip.decoded({"image": b"not a jpeg"}, "image")
 
 
+def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
+    """cv2.IMREAD_COLOR_RGB, with which `decoded` reads the stored frames, first shipped in
+    OpenCV 4.11.0 (the opencv-python-headless 4.10.0.84 wheel lacks it; every other cv2 name
+    hgmt uses is in 4.10): setup.cfg admits no OpenCV without it. The frame decodes in RGB."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    from hgmt.data import records
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    lines = (line.split("#")[0].strip() for line in
+             cfg["options"]["install_requires"].splitlines())
+    opencv, = (r for r in map(Requirement, filter(None, lines))
+               if r.name == "opencv-python-headless")
+    assert not opencv.specifier.contains("4.10.0.84")
+    assert opencv.specifier.contains("4.11.0.86")
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    np.testing.assert_allclose(ip.decoded({"image": records.jpeg(red)}, "image")[4, 4],
+                               [255, 0, 0], atol=2)
+
+
 def test_augmentation_is_random_but_reproducible(source):
     ex = source[2]
     a = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
