@@ -216,6 +216,29 @@ def test_demo_build_refuses_an_interrupted_generation_and_replaces_another(tmp_p
     assert len(surreal.find_clips(root, "test")) == 1
 
 
+def test_demo_data_of_an_older_generator_is_written_again(tmp_path, caplog):
+    """Demo clips and a dataset recorded without the generator's FORMAT_VERSION (written
+    before the depth maps held the distance from the camera centre) are generated and built
+    again: their depth maps are what the generator now writes."""
+    from hgmt.data import demo
+
+    root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
+    demo.build(root, data_dir, clips_per_split=1, frames=2)
+    builder = demo._builder("surreal/all", data_dir)[0]
+    old = {"clips_per_split": 1, "frames": 2, "seed": 0}
+    for folder in (root, builder.data_dir):
+        with open(os.path.join(folder, demo.GENERATED_FILE), "w") as f:
+            json.dump(old, f)
+    stem = surreal.find_clips(root, "test")[0]
+    depth = surreal.load_depth(surreal.clip_paths(stem)["depth"])
+    scipy.io.savemat(surreal.clip_paths(stem)["depth"],
+                     {f"depth_{t + 1}": d / surreal.ray_lengths() for t, d in enumerate(depth)})
+    with caplog.at_level("WARNING"):
+        demo.build(root, data_dir, clips_per_split=1, frames=2)
+    assert "built from other demo settings" in caplog.text
+    np.testing.assert_array_equal(surreal.load_depth(surreal.clip_paths(stem)["depth"]), depth)
+
+
 def test_demo_build_rebuilds_a_dataset_of_other_settings(tmp_path, caplog):
     """A data_dir whose demo dataset was built from other settings is built again from clips
     of the settings asked for; one built with no record of its settings (a real SURREAL build,

@@ -91,7 +91,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                             doc="raw SMPL segment 0..24, 0 background"),
                 "depth": tfds.features.Image(shape=(h, w, 1), dtype=np.uint16,
                                              encoding_format="png",
-                                             doc="camera depth in millimetres, 0 background"),
+                                             doc="distance from the camera centre in millimetres, "
+                                                 "0 background"),
                 "depth_class": tfds.features.Image(
                     shape=(h, w, 1), encoding_format="png",
                     doc="SURREAL's depth class: 0 background, 1..19 = clamp(ceil((depth - "

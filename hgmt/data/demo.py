@@ -27,7 +27,8 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
     (unless a complete generation of the same settings is there; in `workers` processes) and
     builds `dataset` into `data_dir` (unless built there from the same settings, or built
     there with no record of its settings: then reused, with a warning). Returns `data_dir`."""
-    settings = {"clips_per_split": clips_per_split, "frames": frames, "seed": seed}
+    settings = {"clips_per_split": clips_per_split, "frames": frames, "seed": seed,
+                "generator": synthetic.FORMAT_VERSION}
     builder, prepared = _builder(dataset, data_dir)
     if prepared:
         built = _read(epath.Path(builder.data_dir) / GENERATED_FILE)

@@ -142,6 +142,15 @@ def backproject(uv, depth):
     return ray * depth[..., None]
 
 
+def ray_lengths() -> np.ndarray:
+    """(240,320) per pixel (u, v) the length of K^-1 [u, v, 1], the ray reaching camera depth
+    z = 1: a point seen at the pixel with camera depth z lies at distance z * ray length from
+    the camera centre, which is what a ``_depth.mat`` holds (docs/surreal_format.md)."""
+    v, u = np.mgrid[0:IMAGE_HEIGHT, 0:IMAGE_WIDTH]
+    return np.linalg.norm(backproject(np.stack([u, v], -1).astype(np.float64),
+                                      np.ones(u.shape)), axis=-1)
+
+
 # --- Files ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ClipInfo:
@@ -248,7 +257,8 @@ def _load_frame_stack(path: str, prefix: str, dtype: np.dtype) -> np.ndarray:
 
 
 def load_depth(path: str) -> np.ndarray:
-    """Reads a ``_depth.mat`` -> (T,240,320) float32 camera depth in metres, background 0.0."""
+    """Reads a ``_depth.mat`` -> (T,240,320) float32 distance from the camera centre in metres
+    (not the planar depth z: docs/surreal_format.md), background 0.0."""
     depth = _load_frame_stack(path, "depth_", np.float32)
     depth[depth >= DEPTH_BACKGROUND / 10] = 0.0
     return depth

@@ -13,7 +13,8 @@ The body is the 24-joint SMPL skeleton with random proportions, animated with sm
 joint angles (arms and legs swing, knees and elbows bend, so limbs cross the body and occlude
 it). Each joint drives one body region (a capsule) whose SURREAL segment value is the joint
 index + 1; capsules are ray-cast analytically with a depth buffer, which gives the segment map,
-metric camera depth and a shaded, textured RGB frame over a random background. World axes and
+the metric distance from the camera centre (what SURREAL's depth maps hold, Cycles' Z pass;
+docs/surreal_format.md) and a shaded, textured RGB frame over a random background. World axes and
 camera follow SURREAL (world y points down, the camera looks along -x from ``camLoc``), so
 ``hgmt.sources.surreal.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
 """
@@ -33,6 +34,11 @@ import scipy.io
 
 from hgmt import cores
 from hgmt.sources import surreal
+
+# The version of what the generator writes: demo data of an older one is written again
+# (`hgmt.data.demo`). 2: the depth maps hold the distance from the camera centre, as SURREAL's
+# (1 held the planar camera depth z).
+FORMAT_VERSION = 2
 
 # SMPL kinematic tree and rest offsets (metres) in a body frame: x the side SMPL calls left
 # (rendered as the person's right: SURREAL's world-to-camera map is a mirror, which is how
@@ -236,7 +242,8 @@ def lambert(normals: np.ndarray, light: np.ndarray, ambient: float) -> np.ndarra
 
 def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]:
-    """Ray-casts frame t -> RGB (240,320,3) uint8, depth (240,320) float32 metres (background
+    """Ray-casts frame t -> RGB (240,320,3) uint8, depth (240,320) float32 metres from the
+    camera centre (SURREAL's depth: `surreal.ray_lengths` times the camera depth z; background
     1e10 as in SURREAL), segm (240,320) uint8 raw segment values 0..24."""
     h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
     f = surreal.INTRINSICS[0, 0]
@@ -282,6 +289,7 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
     rgb = look.background.copy()
     colors = look.colors[np.maximum(segm.astype(int) - 1, 0)]
     rgb[fg] = colors[fg] * (shade[fg] * texture[fg])[:, None]
+    depth[fg] *= surreal.ray_lengths()[fg]  # the buffer's camera depth z -> distance
     depth[~fg] = surreal.DEPTH_BACKGROUND
     return ((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), depth.astype(np.float32),
             segm)
