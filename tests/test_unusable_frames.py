@@ -218,3 +218,84 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
             "evaluated as bodynet" if protocol == "bodynet" else "left out")
     assert summary["segm"]["examples_not_evaluated"] == 2  # 2 < one SURREAL batch of 6
     assert "**2 flagged unusable test frame(s)**" in evaluator.to_markdown(summary)
+
+
+def _cut_labels(stem: str, frames: int) -> None:
+    """Keeps the first `frames` frames of a clip's _depth.mat and _segm.mat: its _info.mat
+    (and video) then hold more frames than the four files share."""
+    for key, prefix in (("depth", "depth_"), ("segm", "segm_")):
+        path = surreal.clip_paths(stem)[key]
+        mat = scipy.io.loadmat(path)
+        scipy.io.savemat(path, {f"{prefix}{t}": mat[f"{prefix}{t}"] for t in range(1, frames + 1)})
+
+
+def test_middle_frame_is_ceil_half_of_the_info_files_frames():
+    """The reference loaders' test frame is t1 = ceil(iT/2) with iT the zrot values of the
+    _info.mat (surreal training/loader_SURREAL.lua:9-16, donkey.lua:67,75). An 8-frame clip
+    whose label files hold 6: frame 3 (1-based 4), not ceil(6/2) - 1 = 2; with 3 label frames
+    frame 3 is in no file but the _info.mat and the video: a flagged placeholder in the test
+    split, counted and skipped in training."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        stem, = synthetic.generate(root, clips_per_split=1, frames=8, seed=1, splits=("test",))
+        _cut_labels(stem, 6)
+        middle = records.FrameSelection(middle_only=True, keep_unusable=True)
+        (key, record), = records.clip_examples(stem, middle, collections.Counter())
+        assert key.endswith("/0003") and int(record["frame"]) == 3 and not record["unusable"]
+        assert (int(record["num_frames"]), int(record["info_frames"])) == (6, 8)
+        _cut_labels(stem, 3)
+        counts = collections.Counter()
+        (key, record), = records.clip_examples(stem, middle, counts)
+        assert key.endswith("/0003") and record["unusable"] == "frame_missing"
+        assert (int(record["frame"]), int(record["num_frames"])) == (3, 3)
+        assert counts["flagged_frame_missing"] == 1
+        counts = collections.Counter()
+        assert not list(records.clip_examples(stem, records.FrameSelection(middle_only=True),
+                                              counts))
+        assert counts["frame_missing"] == 1
+        every2 = [int(r["frame"]) for _, r in records.clip_examples(
+            stem, records.FrameSelection(every=2, keep_unusable=True), collections.Counter())]
+        assert every2 == [0, 2, 3]  # frames 0 and 2 and the placeholder of the middle
+
+
+def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_path, caplog):
+    """A built test split of the two clips above (label files of 6 and of 3 frames)
+    evaluates frame 3 of each as its middle frame, the second a placeholder, and its everyK
+    frames leave the placeholder out; a build without info_frames (before 1.5.0) is warned
+    about when its skipped.json counts clips whose files disagree on frame count."""
+    import json
+    import types
+
+    from hgmt.data import demo, input_pipeline
+
+    root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
+    synthetic.generate(root, clips_per_split=2, frames=8, seed=1)
+    for stem, frames in zip(surreal.find_clips(root, "test"), (6, 3), strict=True):
+        _cut_labels(stem, frames)
+    demo.build_dataset(root, data_dir, "surreal/all")
+    src = input_pipeline.open_split("surreal/all", data_dir, "test")
+
+    def frames(spec):  # (clip, frame, unusable) of the records `spec` selects
+        return sorted((src[i]["clip"], int(src[i]["frame"]), src[i]["unusable"])
+                      for i in input_pipeline.eval_indices("surreal/all", data_dir, "test", spec))
+
+    assert frames("middle") == [(b"c0001", 3, b""), (b"c0002", 3, b"frame_missing")]
+    assert frames("every3") == [(b"c0001", 0, b""), (b"c0001", 3, b""), (b"c0002", 0, b"")]
+    info = input_pipeline.open_split("surreal/all", data_dir, "test").dataset_info
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        input_pipeline.check_middle_frames(info, "surreal/all", data_dir, "test")
+    assert not caplog.text
+    old = types.SimpleNamespace(features={"frame": 0, "num_frames": 0}, version="1.4.0",
+                                data_dir=str(tmp_path / "old"))
+    os.makedirs(old.data_dir)
+    for mismatched, warned in ((0, False), (1, True)):
+        with open(os.path.join(old.data_dir, "skipped.json"), "w") as f:
+            json.dump({"test": {"clip_frame_count_mismatch": mismatched}}, f)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            input_pipeline.check_middle_frames(old, "surreal/all", "/data", "test")
+        assert ("1.4.0, before 1.5.0: its middle frames are ceil(T/2) of the frames a clip's "
+                "four files share" in caplog.text) == warned, caplog.text
+    assert "so 1 clip(s) of split 'test'" in caplog.text and "--config=all" in caplog.text

@@ -47,7 +47,7 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.4.0")
+    VERSION = tfds.core.Version("1.5.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
                               "quarter of the bytes, faster to decode; labels unchanged.",
@@ -60,7 +60,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                      "1.4.0": "unusable: the test split flags the frames the reference test "
                               "loaders cannot use (joints unset, 3D joints zero, getCenter "
                               "outside the image) and keeps the others whole; all splits "
-                              "skip or flag unset and zero 3D joints."}
+                              "skip or flag unset and zero 3D joints.",
+                     "1.5.0": "info_frames: the frames of the clip's _info.mat, whose "
+                              "ceil(T/2) is the middle frame, as the reference loaders "
+                              "count it (it was ceil(T/2) of the frames the four files "
+                              "share); a middle frame beyond those is a flagged placeholder "
+                              "(frame_missing) in the test split."}
     BUILDER_CONFIGS = [
         SurrealConfig(name=name, every=records.BUILD_FRAMES[name].every,
                       middle_only=records.BUILD_FRAMES[name].middle_only, description=about)
@@ -115,11 +120,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "unusable": tfds.features.Text(
                     doc="empty for a usable frame; else why the reference test loaders "
                         "cannot use it (frame_joints_unset, frame_joints3d_zero, "
-                        "frame_centre_outside, "
+                        "frame_centre_outside, frame_missing, "
                         "clip_missing_file, clip_unreadable_file): a placeholder of the test "
                         "split, black frame and background labels"),
                 "num_frames": tfds.features.Scalar(
                     dtype=np.int32, doc="frames the clip's four files share (T)"),
+                "info_frames": tfds.features.Scalar(
+                    dtype=np.int32,
+                    doc="frames of the clip's _info.mat (its zrot values), whose ceil(T/2) "
+                        "is the middle frame, as the reference loaders count it"),
             }),
             supervised_keys=None,
             citation=_CITATION,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
@@ -420,13 +421,31 @@ def frame_indices(dataset: str, data_dir: str, split: str, keep: Callable[[int, 
     """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
     annotations only, not the images. A record that does not read is left out and its index
     appended to `damaged`."""
-    return kept_indices(open_split(dataset, data_dir, split, features=("frame", "num_frames")),
-                        keep, damaged)
+    return kept_indices(open_light(dataset, data_dir, split),
+                        lambda frame, num_frames, middle: keep(frame, num_frames), damaged)
 
 
-def kept_indices(light, keep: Callable[[int, int], bool],
+# The builder version whose records hold `info_frames`, the count the middle frame comes from.
+INFO_FRAMES_SINCE = "1.5.0"
+
+
+def open_light(dataset: str, data_dir: str, split: str):
+    """`open_split` reading only what selects frames: frame, num_frames and, in builds since
+    INFO_FRAMES_SINCE, info_frames."""
+    from hgmt.data import tf_example
+
+    light = open_split(dataset, data_dir, split, features=("frame", "num_frames"))
+    if ("info_frames" in light.dataset_info.features
+            and isinstance(light, tf_example.ParsedSource)):
+        light = tf_example.parsed(light.source, ("frame", "num_frames", "info_frames"))
+    return light
+
+
+def kept_indices(light, keep: Callable[[int, int, int], bool],
                  damaged: list[int] | None = None) -> list[int]:
-    """`frame_indices` of a split opened with the features frame and num_frames (`light`)."""
+    """Indices of the records of `light` (`open_light`) whose (frame, num_frames, middle)
+    `keep` accepts, middle being their clip's test-protocol frame (`record_middle`); the
+    records that do not read are appended to `damaged`."""
     out = []
     for i in range(len(light)):
         try:
@@ -435,21 +454,57 @@ def kept_indices(light, keep: Callable[[int, int], bool],
             if damaged is not None:
                 damaged.append(i)
             continue
-        if keep(int(record["frame"]), int(record["num_frames"])):
+        if keep(int(record["frame"]), int(record["num_frames"]), record_middle(record)):
             out.append(i)
     return out
 
 
+def record_middle(record: dict) -> int:
+    """The 0-based test-protocol frame of a record's clip: ceil(T/2) of the frames of its
+    _info.mat (`records.clip_middle`), or in a build before INFO_FRAMES_SINCE, which lacks
+    that count, of the frames its four files share."""
+    return surreal.middle_frame(int(record.get("info_frames", record["num_frames"])))
+
+
+def check_middle_frames(info, dataset: str, data_dir: str, split: str) -> None:
+    """Warns that a build before INFO_FRAMES_SINCE (tfds DatasetInfo `info`) has ceil(T/2) of
+    the frames the clip's files share as the middle frame, where the reference loaders count
+    the _info.mat's frames, when the split had clips whose files disagree on frame count
+    (`skipped.json`; or when that is unknown), with the command that rebuilds it."""
+    from etils import epath
+
+    if "info_frames" in info.features:
+        return
+    try:
+        skipped = json.loads((epath.Path(info.data_dir) / "skipped.json").read_text())
+        mismatched = int(skipped[split].get("clip_frame_count_mismatch", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        mismatched = None
+    if mismatched == 0:
+        return
+    logging.warning(
+        "dataset %r under %r was built by SURREAL builder version %s, before %s: its middle "
+        "frames are ceil(T/2) of the frames a clip's four files share, where the reference "
+        "loaders take ceil(T/2) of the frames of its _info.mat, so %s clip(s) of split %r "
+        "whose files disagree on frame count may be evaluated on another frame than theirs. "
+        "Rebuild it: %s", dataset, data_dir, info.version, INFO_FRAMES_SINCE,
+        "some" if mismatched is None else mismatched, split,
+        shards.build_command(dataset, data_dir))
+
+
 def test_protocol_indices(dataset: str, data_dir: str, split: str,
                           damaged: list[int] | None = None) -> list[int]:
-    """Indices of the records that are their clip's middle frame (the SURREAL test protocol);
-    the records that do not read are appended to `damaged`."""
-    return frame_indices(dataset, data_dir, split, is_middle, damaged)
+    """Indices of the records that are their clip's middle frame (the SURREAL test protocol,
+    `record_middle`); the records that do not read are appended to `damaged`. A build before
+    INFO_FRAMES_SINCE is warned about (`check_middle_frames`)."""
+    light = open_light(dataset, data_dir, split)
+    check_middle_frames(light.dataset_info, dataset, data_dir, split)
+    return kept_indices(light, is_middle, damaged)
 
 
-def is_middle(frame: int, num_frames: int) -> bool:
-    """Whether `frame` (0-based) is the middle frame of its clip of `num_frames` frames."""
-    return frame == surreal.middle_frame(num_frames)
+def is_middle(frame: int, num_frames: int, middle: int) -> bool:
+    """Whether `frame` is its clip's middle frame `middle` (both 0-based)."""
+    return frame == middle
 
 
 def parse_eval_frames(frames: str) -> int:
@@ -505,10 +560,14 @@ def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle"
     hold (`check_eval_frames`); the records that do not read (so whose frame is unknown) are
     appended to `damaged`."""
     stride = parse_eval_frames(frames)
-    light = open_split(dataset, data_dir, split, features=("frame", "num_frames"))
+    light = open_light(dataset, data_dir, split)
     check_eval_frames(frames, stored_frames(light.dataset_info, dataset), dataset, data_dir)
-    keep = is_middle if not stride else lambda frame, total: frame % stride == 0
-    return kept_indices(light, keep, damaged)
+    if not stride:
+        check_middle_frames(light.dataset_info, dataset, data_dir, split)
+        return kept_indices(light, is_middle, damaged)
+    # A placeholder of a middle frame beyond the clip's files (`frame_missing`) is no K-th frame.
+    return kept_indices(light, lambda frame, num_frames, middle:
+                        frame % stride == 0 and frame < num_frames, damaged)
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,

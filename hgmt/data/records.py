@@ -23,7 +23,8 @@ from hgmt.tasks import depth
 @dataclasses.dataclass(frozen=True)
 class FrameSelection:
     """Which frames of a clip become examples: every `every`-th frame (0, k, 2k, ...) and
-    always the middle frame ceil(T/2) of the test protocol; `middle_only` keeps just that.
+    always the middle frame of the test protocol, ceil(T/2) of the T frames of the clip's
+    _info.mat (`clip_middle`); `middle_only` keeps just that.
     `keep_unusable` (the test split): an unusable frame or clip is kept as a placeholder
     record flagged with why (`unusable_example`), as the reference test sets keep it."""
 
@@ -31,9 +32,18 @@ class FrameSelection:
     middle_only: bool = False
     keep_unusable: bool = False
 
-    def keeps(self, t: int, num_frames: int) -> bool:
-        middle = t == surreal.middle_frame(num_frames)
-        return middle if self.middle_only else (middle or t % self.every == 0)
+    def keeps(self, t: int, middle: int) -> bool:
+        """Whether frame t (0-based) of a clip whose middle frame is `middle` is kept."""
+        return t == middle if self.middle_only else (t == middle or t % self.every == 0)
+
+
+def clip_middle(clip: surreal.Clip) -> int:
+    """The clip's test-protocol frame, 0-based: ceil(T/2) of the T frames of its _info.mat
+    (its zrot values), as the reference loaders count them (gulvarol/surreal
+    training/loader_SURREAL.lua:9-16 getDuration, training/donkey.lua:67,75; bodynet
+    training/donkey.lua:136,140), not of the frames all four files share: the two differ when
+    the files disagree on frame count, and the frame may then lie beyond the shared ones."""
+    return surreal.middle_frame(clip.frame_counts["info"])
 
 
 # The frames each of the builder's configs stores (data_builders/surreal `BUILDER_CONFIGS`):
@@ -73,13 +83,14 @@ def depth_classes(clip: surreal.Clip, t: int) -> np.ndarray:
     return depth.classes(clip.depth[t], float(clip.info.cam_loc[0]) - float(pelvis[0]))
 
 
-def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str) -> dict:
+def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str,
+                     info_frames: int | None = None) -> dict:
     """The placeholder record of a frame the reference test sets keep but cannot use (its
     files missing or unreadable, its joints unset, the person's centre outside the image,
-    `surreal.reference_frame_problem`): a black frame,
-    background labels, zero annotations, and `unusable` = the reason. Training never reads it;
-    the reference protocols evaluate it as their code does (zero input, all background), hgmt's
-    protocol leaves it out (docs/metrics.md)."""
+    `surreal.reference_frame_problem`, the middle frame beyond the frames the files share):
+    a black frame, background labels, zero annotations, and `unusable` = the reason. Training
+    never reads it; the reference protocols evaluate it as their code does (zero input, all
+    background), hgmt's protocol leaves it out (docs/metrics.md)."""
     h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
     f32 = np.float32
     return {"image": jpeg(np.zeros((h, w, 3), np.uint8)), "segm": png(np.zeros((h, w), np.uint8)),
@@ -89,7 +100,9 @@ def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str) 
             "cam_loc": np.zeros(3, f32), "zrot": f32(0), "gender": np.int32(0),
             "pose": np.zeros(72, f32), "shape": np.zeros(10, f32), "sequence": cid.sequence,
             "clip": cid.clip, "run": cid.run, "frame": np.int32(t),
-            "num_frames": np.int32(num_frames), "unusable": reason}
+            "num_frames": np.int32(num_frames),
+            "info_frames": np.int32(num_frames if info_frames is None else info_frames),
+            "unusable": reason}
 
 
 def clip_examples(stem: str, frames: FrameSelection,
@@ -102,10 +115,12 @@ def clip_examples(stem: str, frames: FrameSelection,
     ("frame_<problem>", see `surreal.frame_problem`). With `frames.keep_unusable` (the test
     split) the clips are kept as flagged placeholders instead ("flagged_<problem>",
     `unusable_example`), and so are the frames the reference test loaders cannot use
-    (`surreal.reference_frame_problem`), the others being kept whole: the test split is the
-    references' test set, and hgmt's protocol leaves out the frames `surreal.frame_problem`
-    rejects when it evaluates (docs/metrics.md). The frame is JPEG bytes, the label maps
-    PNG bytes: raw segments, depth in millimetres, and SURREAL's depth classes.
+    (`surreal.reference_frame_problem`, and the middle frame `clip_middle` when the _info.mat
+    holds more frames than the others, "frame_missing"), the others being kept whole: the test
+    split is the references' test set, and hgmt's protocol leaves out the frames
+    `surreal.frame_problem` rejects when it evaluates (docs/metrics.md). The frame is JPEG
+    bytes, the label maps PNG bytes: raw segments, depth in millimetres, and SURREAL's depth
+    classes.
     """
     try:
         clip = surreal.load_clip(stem)
@@ -123,18 +138,18 @@ def clip_examples(stem: str, frames: FrameSelection,
     counts["clips"] += 1
     if clip.mismatch:
         counts["clip_frame_count_mismatch"] += 1
-    t_all = clip.num_frames
+    t_all, info_frames, middle = clip.num_frames, clip.frame_counts["info"], clip_middle(clip)
     cid = clip.id
     for t in range(t_all):
-        if not frames.keeps(t, t_all):
+        if not frames.keeps(t, middle):
             continue
         problem = (surreal.reference_frame_problem if frames.keep_unusable else
                    surreal.frame_problem)(clip.info.joints2d[t], clip.info.joints3d[t])
         if problem is not None and frames.keep_unusable:
             logging.info("flagging %s frame %d unusable: %s", stem, t, problem)
             counts[f"flagged_frame_{problem}"] += 1
-            yield f"{cid.run}/{cid.name}/{t:04d}", unusable_example(cid, t, t_all,
-                                                                   f"frame_{problem}")
+            yield f"{cid.run}/{cid.name}/{t:04d}", unusable_example(
+                cid, t, t_all, f"frame_{problem}", info_frames)
             continue
         if problem is not None:
             logging.info("skipping %s frame %d: %s", stem, t, problem)
@@ -159,8 +174,18 @@ def clip_examples(stem: str, frames: FrameSelection,
             "run": cid.run,
             "frame": np.int32(t),
             "num_frames": np.int32(t_all),
+            "info_frames": np.int32(info_frames),
             "unusable": "",
         }
+    if middle >= t_all:  # the _info.mat's middle frame is not in the other files
+        logging.warning("%s: its middle frame %d (of the _info.mat's %d) is beyond the %d "
+                        "frames its files share", stem, middle, info_frames, t_all)
+        if frames.keep_unusable:
+            counts["flagged_frame_missing"] += 1
+            yield f"{cid.run}/{cid.name}/{middle:04d}", unusable_example(
+                cid, middle, t_all, "frame_missing", info_frames)
+        else:
+            counts["frame_missing"] += 1
 
 
 def python_examples(stems: list[str], frames: FrameSelection,
