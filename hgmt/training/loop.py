@@ -203,13 +203,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
     opened.push(_closing(evals))
+    if source is not None:
+        evals.check_frames(source.dataset_info)
     forgotten = evals.forget_after(start_step)
     if forgotten:
         logging.warning("deleted the best checkpoint kept at step %s in %s: chosen by an "
                         "evaluation after step %d, where training starts again",
                         ", ".join(map(str, forgotten)), workdirs.best_dir(workdir), start_step)
-    if source is not None:
-        evals.check_frames(source.dataset_info)
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
