@@ -348,6 +348,50 @@ def test_rmsprop_is_the_reference_codes():
                                -0.5 * np.array([2e-3, -3e-5]) / (np.sqrt(m) + 1e-8), rtol=1e-4)
 
 
+def test_gradient_clipping_keeps_the_optimizer_states_layout():
+    """With optimizer.grad_clip_norm the optimizer state has the tree of the unclipped one
+    (checkpoints read alike), and its updates are optax.chain(clip_by_global_norm, rmsprop)'s:
+    a first gradient of global norm 5 clipped to 1 changes the second step's mean square."""
+    import optax
+
+    kw = {"optimizer.name": "rmsprop", "optimizer.schedule": "constant",
+          "optimizer.warmup_steps": 0, "optimizer.learning_rate": 0.5}
+    plain = steps.create_optimizer(tiny_config("unused", **kw))
+    clip = steps.create_optimizer(tiny_config("unused", **kw, **{"optimizer.grad_clip_norm": 1.0}))
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.rmsprop(
+        0.5, decay=0.99, eps=1e-8, eps_in_sqrt=False))
+    params = {"a": np.zeros(2, np.float32), "b": np.zeros(1, np.float32)}
+    assert jax.tree.structure(clip.init(params)) == jax.tree.structure(plain.init(params))
+    grads = [{"a": np.array([3.0, 0.0], np.float32), "b": np.array([4.0], np.float32)},
+             {"a": np.array([0.3, -0.1], np.float32), "b": np.array([0.2], np.float32)}]
+    states = {"clip": clip.init(params), "reference": reference.init(params),
+              "plain": plain.init(params)}
+    opts = {"clip": clip, "reference": reference, "plain": plain}
+    for g in grads:
+        updates = {}
+        for name, opt in opts.items():
+            updates[name], states[name] = opt.update(g, states[name], params)
+        _assert_trees_equal(updates["clip"], updates["reference"], rtol=1e-6)
+    # The second step of the unclipped optimizer is another: the clipping took effect.
+    assert not np.allclose(updates["plain"]["a"], updates["clip"]["a"], rtol=0.1)
+    with pytest.raises(ValueError, match=r"optimizer.grad_clip_norm=-1.0: give a positive"):
+        steps.create_optimizer(tiny_config("unused", **{"optimizer.grad_clip_norm": -1.0}))
+
+
+def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, caplog):
+    """The fix the non-finite-loss errors advise: rerun the workdir with
+    optimizer.grad_clip_norm set. Its checkpoints (written without clipping) restore."""
+    workdir = str(tmp_path / "run")
+    kw = {"tasks": "pose2d", "worker_count": 0}
+    loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    with caplog.at_level(logging.INFO):
+        state = loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
+                                       **{"optimizer.grad_clip_norm": 1.0}), workdir)
+    assert "resumed from" in caplog.text and "at step 2" in caplog.text
+    assert int(state.step) == 4
+    assert checkpoints.manager(workdir).all_steps() == [2, 4]
+
+
 def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_dataset, tmp_path):
     """grain restores a data position only into the worker count (and process count) that
     saved it. Auto (-1) takes the checkpoint's count, so a requeued job on a host with other

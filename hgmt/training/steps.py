@@ -38,9 +38,30 @@ def create_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
     raise ValueError(f"optimizer.schedule={opt.schedule!r}: choose cosine or constant")
 
 
+def clipped(inner: optax.GradientTransformation,
+            max_norm: float) -> optax.GradientTransformation:
+    """`inner` applied to the gradients clipped to global norm `max_norm`
+    (`optax.clip_by_global_norm`), with `inner`'s own state: the optimizer state's tree is
+    the same with and without clipping, so a run can turn clipping on or off and still
+    resume its checkpoints. The updates equal `optax.chain(clip_by_global_norm(max_norm),
+    inner)`'s, whose state has one more node."""
+    if not max_norm > 0:
+        raise ValueError(f"optimizer.grad_clip_norm={max_norm!r}: give a positive global "
+                         f"norm, or 0 for no clipping")
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        updates, _ = clip.update(updates, clip.init(params))
+        return inner.update(updates, state, params)
+
+    return optax.GradientTransformation(inner.init, update)
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """RMSprop (the reference code's optimizer) or Adam, with linear warm-up then cosine decay
-    or a constant rate."""
+    or a constant rate, its gradients clipped to global norm `optimizer.grad_clip_norm` where
+    that is not 0. A one-element chain whatever the clipping (`clipped`): the checkpoints'
+    `opt_state` has that layout."""
     opt = config.optimizer
     lr = create_lr(config)
     # Torch's optim.rmsprop, which the reference code trains with (alpha 0.99, epsilon 1e-8,
@@ -49,8 +70,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
               "adam": lambda: optax.adam(lr)}
     if opt.name not in makers:
         raise ValueError(f"optimizer.name={opt.name!r}: choose one of {sorted(makers)}")
-    chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm else []
-    return optax.chain(*chain, makers[opt.name]())
+    tx = makers[opt.name]()
+    return optax.chain(clipped(tx, opt.grad_clip_norm) if opt.grad_clip_norm else tx)
 
 
 def init_variables(model, rng: jax.Array, images: jax.Array,
