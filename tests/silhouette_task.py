@@ -26,7 +26,8 @@ def targets(batch: dict) -> jnp.ndarray:
     return batch["silhouette"]
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+def loss(pred: jnp.ndarray, target: jnp.ndarray, *,
+         axis_name: str | None = None) -> jnp.ndarray:
     return common.spatial_cross_entropy(pred, target)
 
 

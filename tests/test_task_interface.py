@@ -95,6 +95,10 @@ def test_every_task_module_implements_the_interface(with_silhouette):
     broken.CHANNEL_FLIP, broken.loss = [1, 0], lambda pred, target, gamma=2.0: 0.0
     with pytest.raises(TypeError, match=r"loss has parameters \['gamma'\].*LOSS_OPTIONS"):
         spec.check_task(broken)
+    broken.loss = lambda pred, target: 0.0  # compute_losses passes axis_name to every loss
+    with pytest.raises(TypeError, match=r"loss\(pred, target\) lacks the keyword "
+                                        r"parameter\(s\) \['axis_name'\]"):
+        spec.check_task(broken)
 
 
 def test_the_pytorch_reference_has_the_tasks_channels():

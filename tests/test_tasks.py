@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hgmt.sources import surreal
@@ -182,6 +183,30 @@ def test_foreground_weighted_loss(name):
     assert task.LOSS_OPTIONS == {"foreground_weight": 1.0}
     for other in ("pose2d", "pose3d"):
         assert TASKS[other].LOSS_OPTIONS == {}
+
+
+def test_the_foreground_weighted_loss_under_pmap_is_the_global_batchs():
+    """Split over devices with the axis named, the devices' mean of the weighted loss is the
+    whole batch's sum(w * ce) / sum(w), however unequal their foreground; without the axis
+    each device's is its own ratio, whose mean is another number."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(4, 3, 3, segm.NUM_CHANNELS)), jnp.float32)
+    target = rng.integers(1, segm.NUM_CHANNELS, (4, 3, 3))
+    target[:2] = np.where(rng.random((2, 3, 3)) < 0.2, target[:2], 0)  # little foreground
+    target = jnp.asarray(target, jnp.int32)
+    whole = segm.loss(logits, target, foreground_weight=10.0)
+    w = np.where(np.asarray(target) > 0, 10.0, 1.0)
+    ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, target))
+    np.testing.assert_allclose(whole, (w * ce).sum() / w.sum(), rtol=1e-6)
+
+    def devices_mean(axis_name):
+        share = jax.pmap(lambda p, t: segm.loss(p, t, axis_name=axis_name,
+                                                foreground_weight=10.0),
+                         axis_name="batch", devices=jax.devices()[:2])
+        return float(np.mean(share(logits.reshape(2, 2, 3, 3, -1), target.reshape(2, 2, 3, 3))))
+
+    np.testing.assert_allclose(devices_mean("batch"), whole, rtol=1e-6)
+    assert abs(devices_mean(None) - float(whole)) > 0.05
 
 
 def test_compute_losses_passes_each_task_its_loss_options():

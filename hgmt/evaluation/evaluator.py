@@ -32,7 +32,8 @@ def _one(tree):
 
 
 def _example_loss(task, options, pred, batch):
-    """The loss of a single example (called under vmap: a task's loss is a batch mean)."""
+    """The loss of a single example, as a batch of one (called under vmap): a pixel-weighted
+    loss is normalised by that example's own weights."""
     return task.loss(_one(pred), task.targets(_one(batch)), **options)
 
 
@@ -40,8 +41,10 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
               loss_options: dict, unusable_input: np.ndarray) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
     protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
-    masked loss (loss_options: {task: options of its loss}, as in training; a pixel-weighted
-    loss is normalised per example here, per batch in training). A flagged unusable frame
+    examples' losses (loss_options: {task: options of its loss}, as in training), each
+    example's loss that of a batch of one: a foreground-weighted cross-entropy is normalised
+    by the example's own pixel weights here, by the global batch's in training (the two agree
+    at foreground_weight 1). A flagged unusable frame
     (batch['unusable']) is given the image `unusable_input` everywhere, as the references
     give it their zero input; the reference protocols' statistics treat it as their code
     does, hgmt's statistics and the loss leave it out, and every frame hgmt's own check
@@ -148,7 +151,9 @@ class Evaluator:
 
     def __call__(self, variables: dict) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,
-        'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: mean}}."""
+        'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: the mean
+        over the usable examples of each example's last-stage loss (`eval_step`)}}. Neither
+        the batch size nor the number of devices changes it."""
         replicated = flax.jax_utils.replicate(variables)
         total = None
         damaged: list[int] = []

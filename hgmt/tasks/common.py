@@ -168,24 +168,38 @@ def spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
         logits.astype(jnp.float32), labels))
 
 
+def batch_mean(value: jnp.ndarray, axis_name: str | None) -> jnp.ndarray:
+    """`value` averaged over the devices of the pmap axis `axis_name` the batch is split over,
+    or `value` itself outside pmap (None)."""
+    return value if axis_name is None else jax.lax.pmean(value, axis_name)
+
+
 def weighted_spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                                   weights: jnp.ndarray) -> jnp.ndarray:
+                                   weights: jnp.ndarray,
+                                   axis_name: str | None = None) -> jnp.ndarray:
     """Softmax cross-entropy of (B,r,r,C) logits against (B,r,r) int labels, averaged with
-    (B,r,r) pixel weights: sum(weights * ce) / sum(weights)."""
+    (B,r,r) pixel weights over the whole batch: sum(weights * ce) / sum(weights). Under pmap
+    with the batch split over the axis `axis_name`, this device's share: its sum over the
+    devices' mean weight sum, so the devices' mean of it (the train step's) is the global
+    batch's ratio on any number of devices."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return jnp.sum(weights * ce) / jnp.sum(weights)
+    return jnp.sum(weights * ce) / batch_mean(jnp.sum(weights), axis_name)
 
 
 def foreground_weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                                      foreground_weight: float) -> jnp.ndarray:
+                                      foreground_weight: float,
+                                      axis_name: str | None = None) -> jnp.ndarray:
     """Spatial cross-entropy of (B,r,r,C) logits against (B,r,r) int labels (0 = background)
     where each foreground pixel weighs `foreground_weight` times a background one; the sum is
-    divided by the weights' sum, so the loss keeps cross-entropy's scale. 1.0 is
-    `spatial_cross_entropy` itself (the same code path)."""
+    divided by the weights' sum over the batch (the global batch under pmap with
+    `axis_name`: `weighted_spatial_cross_entropy`), so the loss keeps cross-entropy's scale.
+    1.0 is `spatial_cross_entropy` itself (the same code path): a mean over equal per-device
+    batches, whose devices' mean is the global batch's already."""
     if foreground_weight == 1.0:
         return spatial_cross_entropy(logits, labels)
     return weighted_spatial_cross_entropy(logits, labels,
-                                          jnp.where(labels > 0, foreground_weight, 1.0))
+                                          jnp.where(labels > 0, foreground_weight, 1.0),
+                                          axis_name)
 
 
 def mse(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:

@@ -65,14 +65,14 @@ def targets(batch: dict) -> jnp.ndarray:
     return batch["depth_class"].astype(jnp.int32)
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray,
+def loss(pred: jnp.ndarray, target: jnp.ndarray, *, axis_name: str | None = None,
          foreground_weight: float = 1.0) -> jnp.ndarray:
     """(B,r,r,20) logits, (B,r,r) classes -> spatial cross-entropy, SURREAL's at
     foreground_weight 1. Above 1, each foreground pixel weighs that much more than a background
-    one and the sum is divided by the weights' sum, so the loss keeps cross-entropy's scale: about
-    9 label pixels in 10 are background, and with equal weights the head first learns to predict
-    background everywhere (docs/learning.md)."""
-    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight)
+    one and the sum is divided by the weights' sum over the global batch, so the loss keeps
+    cross-entropy's scale: about 9 label pixels in 10 are background, and with equal weights
+    the head first learns to predict background everywhere (docs/learning.md)."""
+    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight, axis_name)
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:

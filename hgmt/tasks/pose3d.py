@@ -63,7 +63,10 @@ def targets(batch: dict) -> jnp.ndarray:
     return jnp.transpose(vol, (0, 2, 3, 1, 4)).reshape(b, r, r, NUM_CHANNELS)
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+def loss(pred: jnp.ndarray, target: jnp.ndarray, *,
+         axis_name: str | None = None) -> jnp.ndarray:
+    """Mean square error over the batch's maps: a mean over equal per-device batches, so
+    `axis_name` changes nothing (the devices' mean is the global batch's)."""
     return common.mse(pred, target)
 
 

@@ -50,12 +50,12 @@ def targets(batch: dict) -> jnp.ndarray:
     return batch["segm"].astype(jnp.int32)
 
 
-def loss(pred: jnp.ndarray, target: jnp.ndarray,
+def loss(pred: jnp.ndarray, target: jnp.ndarray, *, axis_name: str | None = None,
          foreground_weight: float = 1.0) -> jnp.ndarray:
     """(B,r,r,15) logits, (B,r,r) classes -> spatial cross-entropy, SURREAL's at
     foreground_weight 1; above 1 each body-part pixel weighs that much more than a background
-    one (`common.foreground_weighted_cross_entropy`)."""
-    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight)
+    one, normalised over the global batch (`common.foreground_weighted_cross_entropy`)."""
+    return common.foreground_weighted_cross_entropy(pred, target, foreground_weight, axis_name)
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:

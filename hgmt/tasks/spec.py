@@ -151,8 +151,12 @@ class TaskModule(Protocol):
     def targets(self, batch: dict) -> Any:
         """Training targets, made on the device inside the jitted step."""
 
-    def loss(self, pred: Any, target: Any, **options: float) -> Any:
-        """Scalar loss of a batch (jit-able)."""
+    def loss(self, pred: Any, target: Any, *, axis_name: str | None = None,
+             **options: float) -> Any:
+        """Scalar loss of a batch (jit-able). Under pmap with the global batch split over the
+        axis `axis_name`, this device's share: the devices' mean of it is the global batch's
+        loss on any number of devices (a mean over the examples is; a ratio of sums divides
+        by the devices' mean denominator, `common.batch_mean`). None: the batch is all."""
 
     def decode(self, pred: Any, batch: dict) -> dict:
         """Predictions decoded for the metrics (jit-able)."""
@@ -212,15 +216,22 @@ def check_task(module: Any) -> None:
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise TypeError(f"task module {name}: function {attr} missing")
-        want = [p for p in inspect.signature(proto).parameters if p != "self"]
+        want = inspect.signature(proto).parameters.values()
+        positional = [p.name for p in want
+                      if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        keywords = [p.name for p in want if p.kind is p.KEYWORD_ONLY]
         have = list(inspect.signature(fn).parameters)
-        positional = [p for p in want if p != "options"]
         if have[:len(positional)] != positional:
             raise TypeError(f"task module {name}: {attr}{inspect.signature(fn)} should take "
                             f"({', '.join(positional)}, ...)")
-        extra = [p for p in have[len(positional):] if p not in module.LOSS_OPTIONS] \
-            if attr == "loss" else have[len(positional):]
+        extra = [p for p in have[len(positional):] if p not in keywords and not (
+            attr == "loss" and p in module.LOSS_OPTIONS)]
         if extra:
             raise TypeError(f"task module {name}: {attr} has parameters {extra} that hgmt "
                             f"never passes" + (" (loss options must be in LOSS_OPTIONS)"
                                                if attr == "loss" else ""))
+        missing = [k for k in keywords if k not in have]
+        if missing:
+            raise TypeError(f"task module {name}: {attr}{inspect.signature(fn)} lacks the "
+                            f"keyword parameter(s) {missing} that hgmt passes; add them "
+                            f"(see spec.TaskModule.{attr})")

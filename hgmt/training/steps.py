@@ -99,7 +99,9 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
 def train_step(state: TrainState, batch: dict, weights: dict,
                options: dict | None = None,
                prepare: Callable | None = None) -> tuple[TrainState, dict]:
-    """One optimiser step; weights {task: loss weight}, options {task: loss options}.
+    """One optimiser step on the global batch's loss, the same on any number of devices (each
+    device's loss is its share: `compute_losses` with axis "batch"); weights {task: loss
+    weight}, options {task: loss options}.
     `prepare(batch, step, first_index)` (hgmt.data.device_augment.Prepare), when given, makes
     the cropped batch from the decoded records first, on the device: `first_index` is this
     device's first example's position in the global batch."""
@@ -111,7 +113,7 @@ def train_step(state: TrainState, batch: dict, weights: dict,
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"])
-        total, per_task = compute_losses(outputs, batch, weights, options)
+        total, per_task = compute_losses(outputs, batch, weights, options, axis_name="batch")
         return total, (per_task, updates["batch_stats"])
 
     grads, (per_task, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
