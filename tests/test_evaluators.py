@@ -2,6 +2,7 @@
 TensorBoard and <workdir>/evals.jsonl, the best checkpoint kept and restorable (`--step=best`),
 the best-so-far record surviving a resume, and bad evaluator settings stopped before training."""
 
+import functools
 import json
 
 import jax
@@ -131,6 +132,66 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
     _, last_vars, _ = checkpoints.restore_for_inference(workdir, 4)
     assert all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(best_vars), jax.tree.leaves(last_vars), strict=True))
+
+
+def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
+    """A step's last line of the evaluator counts (a resumed run evaluated it again), lines of
+    other evaluators and after the step do not, a line without the metric scores nothing,
+    and of equal scores the earliest step is the best (a later one must beat it)."""
+    def line(step, value, name="validation"):
+        return {"step": step, "evaluator": name,
+                "metrics": {} if value is None else {"loss/total": value}}
+
+    evals = [line(2, 3.0), line(4, 1.0), line(6, 2.0), line(4, 2.5), line(2, 0.1, "test"),
+             line(8, 2.0), line(10, None), line(12, 0.2)]
+    best = functools.partial(evaluators.best_recorded, name="validation", metric="loss/total")
+    assert best(evals, step=10, lower=True) == (6, 2.0)
+    assert best(evals, step=12, lower=True) == (12, 0.2)
+    assert best(evals, step=10, lower=False) == (2, 3.0)
+    assert best(evals, step=1, lower=True) is None
+    assert best([line(2, None)], step=2, lower=True) is None
+
+
+@pytest.mark.parametrize("checkpoint_every", [2, 3])
+def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tmp_path, caplog,
+                                                                checkpoint_every):
+    """Validated at steps 2 and 4, step 4 better (it replaced step 2 as the best), then the
+    checkpoint of step 4 lost: the run resumes from the one before with a learning rate that
+    makes step 4 worse than step 2. Step 2 is the best again, with its score: its checkpoint
+    of <workdir>/checkpoints where there is one (checkpoint_every 2), else its score alone,
+    which step 4 does not beat (checkpoint_every 3: no checkpoint of step 2)."""
+    import logging
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    metric = "loss/total"
+    kw = {"tasks": "pose2d", "checkpoint_every": checkpoint_every, "keep_checkpoints": 5,
+          "evals.validation.every": 2, "evals.validation.best_metric": metric,
+          "evals.validation.max_examples": 8}
+    loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
+                           **{"optimizer.learning_rate": 1e-4}), workdir)
+    assert evaluators.best_manager(workdir, metric).all_steps() == [4]
+    shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
+    with caplog.at_level(logging.INFO):
+        loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
+                               **{"optimizer.learning_rate": 3e-3}), workdir)
+    lines = [(x["step"], x["metrics"][metric]) for x in workdirs.read_evals(workdir)]
+    assert [s for s, _ in lines] == [2, 4, 4]
+    (_, score2), (_, lost4), (_, score4) = lines
+    assert lost4 < score2 < score4  # the setting: step 4 better at first, worse resumed
+    manager = evaluators.best_manager(workdir, metric)
+    if checkpoint_every == 3:
+        assert manager.all_steps() == []
+        assert (f"the best {metric} so far, {score2:.6g} at step 2 "
+                f"({workdirs.evals_file(workdir)}), is the score to beat") in caplog.text
+        assert f"({metric}: best {score2:.4g} at step 2, its weights not kept)" in caplog.text
+        return
+    assert manager.all_steps() == [2]
+    assert manager.metrics(2)[metric] == pytest.approx(score2)
+    _, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
+    _, vars2, _ = checkpoints.restore_for_inference(workdir, 2)
+    assert step == 2 and all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(best_vars), jax.tree.leaves(vars2), strict=True))
 
 
 def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):

@@ -70,7 +70,7 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
     import jax
 
     own = jax.process_count() > 1
-    reader = _own_reader(mngr, tuple(args().keys())) if own else mngr
+    reader = _own_reader(mngr.directory, tuple(args().keys())) if own else mngr
     try:
         return _restore_agreed(mngr, reader, args, workdir)
     finally:
@@ -160,10 +160,9 @@ def _agree(step: int, failed: bool, newest: int) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(row)).reshape(-1, 3)
 
 
-def _own_reader(mngr: ocp.CheckpointManager, item_names: tuple[str, ...]
-                ) -> ocp.CheckpointManager:
-    """A manager of `mngr`'s checkpoints that restores for this process alone: no barrier with
-    the other processes, which may be reading other steps."""
+def _own_reader(directory: Any, item_names: tuple[str, ...]) -> ocp.CheckpointManager:
+    """A manager of the checkpoints in `directory` that restores for this process alone: no
+    barrier with the other processes, which may be reading other steps."""
     import jax
 
     me = jax.process_index()
@@ -171,7 +170,25 @@ def _own_reader(mngr: ocp.CheckpointManager, item_names: tuple[str, ...]
         create=False, enable_async_checkpointing=False,
         multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me,
                                                                    active_processes={me}))
-    return ocp.CheckpointManager(mngr.directory, options=options, item_names=item_names)
+    return ocp.CheckpointManager(directory, options=options, item_names=item_names)
+
+
+def read_state(workdir: str, step: int, template: Any) -> Any | None:
+    """The train state of <workdir>/checkpoints/<step> restored into `template` (a state in
+    the checkpoint layout) by this process alone, without a barrier, or None where there is
+    no such checkpoint or it does not read (logged): callers agree across processes on what
+    to do with it."""
+    folder = workdirs.checkpoint_dir(workdir)
+    if step not in _steps_on_disk(folder):
+        return None
+    with contextlib.closing(_own_reader(folder, ("state",))) as reader:
+        try:
+            return _restore(reader, step, lambda: ocp.args.Composite(
+                state=ocp.args.StandardRestore(template)), workdir)["state"]
+        except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+            logging.error("checkpoint %s/%d does not read: %s: %s", folder, step,
+                          type(e).__name__, str(e)[:500])
+            return None
 
 
 def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]) -> None:

@@ -10,7 +10,9 @@ when it runs and what it keeps:
     best_metric  '' or a metric of `metric_values` (`loss/total`, `loss/<task>`, a headline
                  metric such as `pose2d/pckh@0.5`): the checkpoint that scores best on it is
                  kept in <workdir>/best/<step> (orbax, the score stored with it, so a resumed
-                 run knows the best so far); at most one evaluator keeps one
+                 run knows the best so far; a run resumed from before it takes the best up
+                 to its start step again, `Evaluators.forget_after`); at most one evaluator
+                 keeps one
 
 Every result goes to TensorBoard as `<name>/<metric>` and, one JSON object a line, to
 <workdir>/evals.jsonl (step, evaluator, settings, metrics): the learning curves of a run.
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
@@ -32,6 +36,7 @@ from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads, parse_tasks
+from hgmt.training import checkpoints
 
 SPLITS = ("train", "validation", "test")
 FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examples": int,
@@ -96,6 +101,33 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> di
     return out
 
 
+def best_recorded(evals: list[dict], name: str, metric: str, step: int,
+                  lower: bool) -> tuple[int, float] | None:
+    """(step, value) of the best `metric` that evaluator `name` recorded at or before `step`
+    in `evals` (evals.jsonl's lines in file order; a step's last line is the one that
+    counts, and a step whose last line lacks the metric has none), the earliest of equal
+    ones, or None."""
+    last = {x["step"]: x.get("metrics", {}).get(metric)
+            for x in evals if x.get("evaluator") == name and x["step"] <= step}
+    scored = sorted((s, float(v)) for s, v in last.items()
+                    if v is not None and np.isfinite(v))
+    if not scored:
+        return None
+    pick = min if lower else max
+    return pick(scored, key=lambda sv: sv[1])
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective with several processes)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).min())
+
+
 def best_manager(workdir: str, metric: str, protocol: str = "hgmt") -> ocp.CheckpointManager:
     """The manager of `<workdir>/best`: one checkpoint, the best by `metric` (state only)."""
     options = ocp.CheckpointManagerOptions(
@@ -124,21 +156,10 @@ class Evaluators:
         self.keeper = next((n for n, e in self.settings.items()
                             if e["best_metric"] and e["every"]), None)
         self.manager = None
+        self._bar: tuple[int, float] | None = None  # a best score without its checkpoint
         if self.keeper:
             e = self.settings[self.keeper]
             self.manager = best_manager(workdir, e["best_metric"], e["protocol"])
-
-    def forget_after(self, step: int) -> list[int]:
-        """Deletes the best checkpoints kept after `step`, the step training starts from: the
-        evaluations that chose them belong to a run that is not continued, and this run
-        evaluates those steps again (evals.jsonl's last line of a step is the one that
-        counts). -> the steps deleted. Every process calls it (a collective in orbax)."""
-        if self.manager is None:
-            return []
-        later = [s for s in self.manager.all_steps() if s > step]
-        for s in later:
-            self.manager.delete(s)
-        return later
 
     def check_frames(self, info) -> None:
         """ValueError naming the evaluator whose frames the build of config.dataset (its tfds
@@ -151,6 +172,58 @@ class Evaluators:
                 input_pipeline.check_eval_frames(s["frames"], stored, dataset, data_dir)
             except ValueError as e:
                 raise ValueError(f"config.evals.{name}: {e}") from None
+
+    def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:
+        """Deletes the best checkpoints kept after `step`, the step training starts from: the
+        evaluations that chose them belong to a run that is not continued, and this run
+        evaluates those steps again (evals.jsonl's last line of a step is the one that
+        counts). -> the steps deleted.
+
+        With no best checkpoint left (one replaced the earlier best), the best so far is
+        taken again from evals.jsonl (`best_recorded`): the periodic checkpoint of its step
+        in <workdir>/checkpoints, where it still is, is kept as the best with its score
+        (`host_state()`: a train state on the host, the structure it restores into);
+        without it the score alone is the bar later evaluations must beat, with a warning.
+        Every process calls it alike (orbax's restore and save are collectives)."""
+        if self.manager is None:
+            return []
+        later = [s for s in self.manager.all_steps() if s > step]
+        for s in later:
+            self.manager.delete(s)
+        if self.manager.best_step() is None:
+            self._keep_recorded_best(step, host_state)
+        return later
+
+    def _keep_recorded_best(self, step: int, host_state: Callable[[], Any]) -> None:
+        """Keeps the best of evals.jsonl at or before `step` as the best (`forget_after`)."""
+        metric = self.settings[self.keeper]["best_metric"]
+        recorded = best_recorded(workdirs.read_evals(self.workdir), self.keeper, metric,
+                                 step, lower_is_better(metric,
+                                                       self.settings[self.keeper]["protocol"]))
+        if recorded is None:
+            return
+        best_step, value = recorded
+        state = self._periodic_state(best_step, host_state)
+        if state is None:
+            self._bar = recorded
+            logging.warning("the best %s so far, %.6g at step %d (%s), is the score to beat; "
+                            "its weights are not kept in %s: no readable checkpoint of step "
+                            "%d in %s", metric, value, best_step,
+                            workdirs.evals_file(self.workdir), workdirs.best_dir(self.workdir),
+                            best_step, workdirs.checkpoint_dir(self.workdir))
+            return
+        self.manager.save(best_step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                          metrics={metric: value})
+        logging.info("kept the checkpoint of step %d as the best (%s %.6g, %s) in %s",
+                     best_step, metric, value, workdirs.evals_file(self.workdir),
+                     workdirs.best_dir(self.workdir))
+
+    def _periodic_state(self, step: int, host_state: Callable[[], Any]) -> Any | None:
+        """The train state (checkpoint layout) of <workdir>/checkpoints/<step>, or None where
+        it is missing or does not read on some process (on every one alike)."""
+        state = checkpoints.read_state(self.workdir, step,
+                                       to_checkpoint_layout(self.model, host_state()))
+        return state if _on_every_process(state is not None) else None
 
     def _evaluator(self, name: str) -> evaluator.Evaluator:
         if name not in self._built:  # built on first use: the split is opened then
@@ -175,9 +248,10 @@ class Evaluators:
         return [n for n, e in self.settings.items() if e["at_end"]]
 
     def best(self) -> tuple[int, float] | None:
-        """(step, value) of the best checkpoint so far, or None."""
+        """(step, value) of the best checkpoint so far, or of the best score whose weights
+        were not kept (`forget_after`), or None."""
         if self.manager is None or self.manager.best_step() is None:
-            return None
+            return self._bar
         step = self.manager.best_step()
         return step, self.manager.metrics(step)[self.settings[self.keeper]["best_metric"]]
 
@@ -224,15 +298,17 @@ class Evaluators:
         better = value is not None and (best is None or (
             value < best[1] if lower_is_better(metric, self.settings[name]["protocol"])
             else value > best[1]))
-        if better and best is not None and best[0] == step:
+        if better and best is not None and best[0] == step and best != self._bar:
             return f"  ({metric}: kept at this step already)"
         if better:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(to_checkpoint_layout(self.model, host_state))),
                 metrics={metric: value})
+            self._bar = None
             return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
         if best is not None:
-            return f"  ({metric}: best {best[1]:.4g} at step {best[0]})"
+            lost = ", its weights not kept" if best == self._bar else ""
+            return f"  ({metric}: best {best[1]:.4g} at step {best[0]}{lost})"
         return f"  ({metric}: undefined on this split, not kept)"
 
     def close(self) -> None:

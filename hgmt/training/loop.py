@@ -205,7 +205,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     opened.push(_closing(evals))
     if source is not None:
         evals.check_frames(source.dataset_info)
-    forgotten = evals.forget_after(start_step)
+    forgotten = evals.forget_after(
+        start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
     if forgotten:
         logging.warning("deleted the best checkpoint kept at step %s in %s: chosen by an "
                         "evaluation after step %d, where training starts again",
