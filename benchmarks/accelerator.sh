@@ -7,40 +7,56 @@
 #
 # --size=paper (default): the paper's network, 2 stacks x 256 features @ 256 px, bfloat16.
 # --size=tiny: 1 stack x 16 features @ 64 px, float32, few steps: checks the script on a CPU.
-# --task_sets: which of the trainer and profile parts' two configs run: pose2d (at its larger
-# batch) and all (the four tasks); default both.
+# --task_sets: which configs of the trainer, profile, torch and step parts run: pose2d (the
+# trainer and profile parts at its larger batch, torch and step at both) and all (the four
+# tasks); default both.
 # After each command a line {"benchmark": "accelerator_command", ...} gives its wall time and
 # exit status, for planning a lending's minutes. --time_s=T: the whole run stops within T
-# seconds: each command gets at most the time left less a margin for its own exit (a command
-# stopped that way writes what it measured: trainer_speed.py its intervals so far), and a
-# command with less than a minute left is skipped (a line says so). Give it below the device
-# call's own limit, so that the script, not the call, stops last.
+# seconds (the wheels' install and the checks below included): each command gets at most the
+# time left less a margin for its own exit (a command stopped that way writes what it
+# measured: trainer_speed.py its intervals so far), and a command with less than a minute left
+# is skipped (a line says so). Give it below the device call's own limit, so that the script,
+# not the call, stops last.
+# First, in a few seconds: the input pipeline's packages must import (exit 3 with a message
+# when they do not: .whl/ below), then benchmarks/host_check.py writes one line
+# {"benchmark": "host", ...} (Python, JAX and its backend and devices, PyTorch and whether it
+# sees CUDA, Triton, the C compiler, the GPU driver) and, at --size=paper, ends the run (exit 4)
+# when JAX's backend is the CPU: its CUDA plugin did not load, and the paper's step there would
+# take the call's whole time.
 # Parts, run in this order, the figures that matter most first (default:
 # trainer,profile,loader,torch; a command stopped by its time limit keeps the lines written):
 #   trainer  demo data built on this host (benchmarks/trainer_speed.py), then for pose2d at
 #            batch 128 and all four tasks at batch 64 the bare step (benchmarks/train_step.py
 #            --feed=trainer: the trainer's own program, the crop inside, fed one batch; img/s,
-#            MFU, compile time) and `hgmt.main`, the loader's workers on the host's cores
-#            (config.worker_count=-1), no evaluation: img/s against the bare step's, data
-#            wait; both share one persistent compilation cache in the work folder, so the
-#            trainer loads the step the bare step compiled
+#            MFU, compile time; 100 timed steps at the paper's size) and `hgmt.main`, the
+#            loader's workers on the host's cores (config.worker_count=-1), no evaluation:
+#            img/s against the bare step's, data wait; both share one persistent compilation
+#            cache in the work folder, so the trainer loads the step the bare step compiled
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
-#            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM)
-#   profile  where the step's time goes by op kind (benchmarks/profile_step.py): pose2d at
-#            batch 128, all four at batch 64, compiled with XLA:GPU's command buffers off (the
+#            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM);
+#            a failed bare step writes an error line and the trainer runs all the same
+#   profile  where the step's time goes by op kind (benchmarks/profile_step.py): the trainer's
+#            own program (--feed=trainer, on the demo data, built here unless there; the
+#            random cropped batch should the build fail), pose2d at batch 128, all four at
+#            batch 64, compiled without the cache, with XLA:GPU's command buffers off (the
 #            kernels of a CUDA graph carry no op name in the trace); each trace is copied to
 #            ${OUT:-.}/trace_<tasks>.json.gz and the program's HLO text (the kernels' source
 #            lines in its metadata) to ${OUT:-.}/hlo_<tasks>.txt.gz
 #   loader   the input pipeline alone on the same demo data (benchmarks/input_pipeline.py),
 #            all four tasks at the part's image size and batch 128, the loader's workers on
-#            the host's cores: examples/s with the crop on the host and with only the decoding
-#            (augment_on=device), and the device crop's time in the step on this accelerator
+#            the host's cores: first the decoding alone (augment_on=device) with the device
+#            crop's time in the step on this accelerator, then examples/s with the crop on the
+#            host
 #   torch    the PyTorch reference eager and compiled (benchmarks/torch_reference.py) for
 #            pose2d at batch 64 and 128 and all four at batch 64: compiled in max-autotune
 #            until one config's compilation takes over --autotune_s seconds or fails (a
 #            torch_compile_fallback line says which), then in the default mode
-#   step     not by default: the bare step alone, pose2d at batch 64 and 128, all four at 64,
-#            compiled without the cache
+#   step     not by default: the bare step alone on a random cropped batch (train_step.py's
+#            default feed, the batch the PyTorch reference trains on), pose2d at batch 64 and
+#            128, all four at 64, compiled without the cache. With torch, the two run config
+#            by config (the step first), and after each config a line
+#            {"benchmark": "hgmt_over_torch", ...} (benchmarks/compare.py --from_lines) gives
+#            hgmt's img/s over the reference's, eager and compiled: the goal's ratio
 #   streams  not by default: one compiled stream per task against one vmapped stream over the
 #            tasks (below)
 #   levers   not by default: the bare step of pose2d at batch 128 with each of
@@ -49,7 +65,10 @@
 #   pool     not by default: every max-pooling of pose2d at batch 128, forward and
 #            backward, in the three ways of benchmarks/pool_backward.py
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
-# fills it; see docs/performance.md) and are installed first into /tmp/site.
+# fills it; see docs/performance.md) and are installed first into /tmp/site. .whl/ is
+# git-ignored: a device run copies it only when its carry names it (carry=[".whl"]).
+# Exit status: 0; 2 a bad argument; 3 the input pipeline's packages do not import; 4 no
+# accelerator at --size=paper (host_check.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=paper
@@ -74,11 +93,11 @@ case "$size" in
   paper) model=(--config.image_size=256 --config.model.num_stacks=2 --config.model.features=256
                 --config.model.dtype=bfloat16)
          b1=128; b4=64; b1_small=64; train_steps=300; log_every=50; clips=32; frames=30
-         step_steps=20; limit=900; loader_batches=200 ;;
+         step_steps=20; bare_steps=100; limit=900; loader_batches=200 ;;
   tiny)  model=(--config.image_size=64 --config.model.num_stacks=1 --config.model.features=16
                 --config.model.depth=2 --config.model.dtype=float32)
          b1=8; b4=4; b1_small=4; train_steps=6; log_every=2; clips=2; frames=6
-         step_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
+         step_steps=2; bare_steps=2; limit=3600; loader_batches=10 ;;  # a shared 2-core machine can be slow
   *) echo "--size=$size: give paper or tiny" >&2; exit 2 ;;
 esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
@@ -107,12 +126,27 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+# what every part needs beyond the image's packages (.whl/'s: accelerator_wheels.sh)
+packages="ml_collections, grain, array_record, tensorflow_datasets, av"
+if ! why=$(python3 -c "import $packages" 2>&1); then
+  echo "accelerator.sh: import $packages failed (${why##*$'\n'}): carry .whl/ to this host (the device run's carry=[\".whl\"]) and fill it with benchmarks/accelerator_wheels.sh where PyPI can be reached" >&2
+  exit 3
+fi
 log=${OUT:-.}/accelerator.jsonl
 work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
 mkdir -p "$work"
-# run LIMIT_S CMD...: CMD's JSON lines to stdout and the log; CMD's exit status (124 or 137:
-# stopped at its limit, LIMIT_S or what --time_s leaves), not that of the filter (grep fails
-# when CMD printed no line)
+# the host's line; at the paper's size no run on JAX's CPU backend (exit 4)
+host_flag=; [ "$size" = paper ] && host_flag=--require_accelerator
+timeout 120 python3 benchmarks/host_check.py $host_flag | grep '^{' | tee -a "$log"
+host_rc=${PIPESTATUS[0]}
+case $host_rc in
+  0) ;;
+  4) exit 4 ;;  # host_check.py said why on stderr
+  *) echo "accelerator.sh: benchmarks/host_check.py failed (exit $host_rc); going on" >&2 ;;
+esac
+# run LIMIT_S CMD...: CMD's JSON lines to stdout and the log (and to the file $also, when set);
+# CMD's exit status (124 or 137: stopped at its limit, LIMIT_S or what --time_s leaves), not
+# that of the filter (grep fails when CMD printed no line)
 grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchmark writes
 run() {
   local t0=$SECONDS rc what=${3##*/} a limit=$1
@@ -121,7 +155,7 @@ run() {
   for a in "${@:4}"; do
     case "$a" in
       --config=*tasks=*) what+=" tasks=${a##*tasks=}" ;;
-      --config.batch_size=*|--compile|--compile_mode=*|--placements=*) what+=" ${a#--}" ;;
+      --config.batch_size=*|--compile|--compile_mode=*|--placements=*|--feed=*) what+=" ${a#--}" ;;
     esac
   done
   if [ -n "$time_s" ]; then
@@ -133,7 +167,8 @@ run() {
     [ $left -lt "$limit" ] && limit=$left
   fi
   run_limit=$limit
-  timeout --kill-after=$grace "$limit" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' | tee -a "$log"
+  timeout --kill-after=$grace "$limit" "${@:2}" 2>>"$log.err" | grep --line-buffered '^{' |
+    tee -a "$log" ${also:+"$also"}
   rc=${PIPESTATUS[0]}
   echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"wall_s\": $((SECONDS - t0)), \"exit\": $rc}" | tee -a "$log"
   return "$rc"
@@ -154,59 +189,77 @@ if has trainer; then
     rm -rf "$work/run_$1_$2"  # a fresh run: an earlier one's checkpoint would be resumed
     run "$limit" python3 benchmarks/trainer_speed.py "${cfg[@]}" --demo_data="$work/demo" \
       --demo_clips=$clips --demo_frames=$frames --compilation_cache="$cache" \
-      --workdir="$work/run_$1_$2" --bare_steps=$step_steps
+      --workdir="$work/run_$1_$2" --bare_steps=$bare_steps
   done
 fi
+# torch_config TASKS BATCH PAIR ARGS...: the PyTorch reference of one config (its ARGS), eager,
+# then compiled in $mode (max-autotune until one config's compilation fails or runs out of
+# --autotune_s: then, for it and the configs after it, the default mode); its lines also go to
+# the file PAIR
+torch_config() {
+  local tasks=$1 batch=$2 pair=$3 rc why
+  shift 3
+  also=$pair run "$limit" python3 benchmarks/torch_reference.py "$@"
+  if [ $mode = max-autotune ]; then
+    also=$pair run "$autotune_limit" python3 benchmarks/torch_reference.py "$@" --compile \
+      --compile_mode=max-autotune
+    rc=$?
+    if [ $rc -ne 0 ]; then  # stopped at a limit (124, 137) or failed (stderr in the .err log)
+      # limit: --autotune_s ran out; time_s: --time_s left it less, or nothing
+      why=failed
+      if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        why=limit; [ "$run_limit" -lt "$autotune_limit" ] && why=time_s
+      fi
+      echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$tasks\", \"batch\": $batch, \"tried\": \"max-autotune\", \"why\": \"$why\", \"exit\": $rc, \"limit_s\": $run_limit}" | tee -a "$log"
+      mode=default
+    fi
+  fi
+  if [ $mode = default ]; then
+    also=$pair run "$limit" python3 benchmarks/torch_reference.py "$@" --compile \
+      --compile_mode=default
+  fi
+}
+# demo_data: the demo data in $work/demo, built unless there already (its command's status)
+demo_data() {
+  run "$limit" python3 -c "from hgmt import cores; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=cores.usable_cores())"
+}
 if has profile; then
+  feed=(--feed=cropped)  # should the demo data fail to build
+  demo_data && feed=(--feed=trainer --config.dataset=surreal/all
+                     --config.data_dir="$work/demo/tfds")
   for spec in "${specs[@]}"; do
     set -- $spec
     XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" \
       run "$limit" python3 benchmarks/profile_step.py --config=configs/default.py:tasks=$1 \
-      "${model[@]}" --config.batch_size=$2 --config.total_steps=$train_steps --steps=5 \
-      --warmup=2 --trace_dir="$work/trace_$1"
+      "${model[@]}" --config.batch_size=$2 --config.total_steps=$train_steps "${feed[@]}" \
+      --steps=5 --warmup=2 --trace_dir="$work/trace_$1"
     trace=$(find "$work/trace_$1" -name perfetto_trace.json.gz | sort | tail -n 1)
     [ -n "$trace" ] && cp "$trace" "${OUT:-.}/trace_$1.json.gz"
     [ -f "$work/trace_$1/step_hlo.txt.gz" ] && cp "$work/trace_$1/step_hlo.txt.gz" "${OUT:-.}/hlo_$1.txt.gz"
   done
 fi
-if has loader && run "$limit" python3 -c "from hgmt import cores; from hgmt.data import demo; demo.build('$work/demo/surreal', '$work/demo/tfds', $clips, $frames, workers=cores.usable_cores())"; then
+if has loader && demo_data; then  # the device placement first: this host's own figure
   run "$limit" python3 benchmarks/input_pipeline.py --config=configs/default.py:tasks=all \
     "${model[@]}" --config.batch_size=128 --config.dataset=surreal/all \
     --config.data_dir="$work/demo/tfds" --config.worker_count=-1 --batches=$loader_batches \
-    --placements=host,device
+    --placements=device,host
 fi
-if has torch; then
+# torch and step, config by config: hgmt's step on a random cropped batch (train_step.py's
+# default feed), then the PyTorch reference, then (both there) their ratio's line
+if has torch || has step; then
   mode=max-autotune  # until one config's max-autotune compile runs out of time: then default
   for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
     set -- $spec
-    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2
-         --steps=$step_steps --warmup=5)
-    run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}"
-    if [ $mode = max-autotune ]; then
-      run "$autotune_limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
-        --compile_mode=max-autotune
-      rc=$?
-      if [ $rc -ne 0 ]; then  # stopped at a limit (124, 137) or failed (stderr in the .err log)
-        # limit: --autotune_s ran out; time_s: --time_s left it less, or nothing
-        why=failed
-        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-          why=limit; [ "$run_limit" -lt "$autotune_limit" ] && why=time_s
-        fi
-        echo "{\"benchmark\": \"torch_compile_fallback\", \"tasks\": \"$1\", \"batch\": $2, \"tried\": \"max-autotune\", \"why\": \"$why\", \"exit\": $rc, \"limit_s\": $run_limit}" | tee -a "$log"
-        mode=default
-      fi
+    [[ ",$task_sets," == *",$1,"* ]] || continue
+    cfg=(--config=configs/default.py:tasks=$1 "${model[@]}" --config.batch_size=$2)
+    pair=$work/pair_$1_$2.jsonl  # this config's lines, for the ratio
+    rm -f "$pair"
+    has step && also=$pair run "$limit" python3 benchmarks/train_step.py "${cfg[@]}" \
+      --steps=$step_steps --warmup=3
+    has torch && torch_config "$1" "$2" "$pair" "${cfg[@]}" --steps=$step_steps --warmup=5
+    if has step && has torch && [ -s "$pair" ]; then
+      python3 benchmarks/compare.py --from_lines="$pair" 2>>"$log.err" | grep '^{' | tee -a "$log"
     fi
-    if [ $mode = default ]; then
-      run "$limit" python3 benchmarks/torch_reference.py "${cfg[@]}" --compile \
-        --compile_mode=default
-    fi
-  done
-fi
-if has step; then
-  for spec in "pose2d $b1_small" "pose2d $b1" "all $b4"; do
-    set -- $spec
-    run "$limit" python3 benchmarks/train_step.py --config=configs/default.py:tasks=$1 \
-      "${model[@]}" --config.batch_size=$2 --steps=$step_steps --warmup=3
   done
 fi
 
@@ -236,7 +289,8 @@ fi
 # All the pools of pose2d at batch $b1, forward and backward, one program per way: hgmt's
 # max_pool2 (the first maximum's mask stacked back per window place), from each window's
 # first-maximum index (no stacking), and nn.max_pool's select-and-scatter; the ways alternate
-# (benchmarks/pool_backward.py; its last line has each way's median over max_pool2's).
+# (benchmarks/pool_backward.py; its last line has each way's median over max_pool2's and
+# whether its values equal max_pool2's on this backend: a way that differs is timed all the same).
 if has pool; then
   run 300 python3 benchmarks/pool_backward.py --config=configs/default.py:tasks=pose2d \
     "${model[@]}" --config.batch_size=$b1 --steps=$step_steps --warmup=3 --rounds=3

@@ -4,7 +4,10 @@
 # with JAX, Flax, optax, orbax, TensorBoard, OpenCV, SciPy, Pillow and PyTorch; no TensorFlow,
 # which hgmt does not need to train): the configs (ml_collections), the input pipeline (grain,
 # array_record, tensorflow-datasets and what it imports), the demo clips (av). Run on a host
-# that reaches PyPI; benchmarks/accelerator.sh installs them on the accelerator host.
+# that reaches PyPI; benchmarks/accelerator.sh installs them on the accelerator host and then
+# checks that ml_collections, grain, array_record, tensorflow_datasets and av import (exit 3
+# when not). .whl/ is git-ignored: a device run copies it only when its carry names it
+# (carry=[".whl"]).
 #   benchmarks/accelerator_wheels.sh [python version, default 3.12]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,6 +15,13 @@ default mode, and the line says which mode was measured (`torch_compile_mode`) a
 max-autotune ran out of time. Prints one JSON line per variant with all results and the ratios
 of img/s, then one summary line with the multi-task overhead (the 4-task step time over the
 1-task one at the same size, per implementation). Needs the `bench` extra.
+
+`--from_lines=FILE` measures nothing: it prints the ratio line ({"benchmark": "hgmt_over_torch"})
+of one config's measurements already taken, the JSON lines in FILE of train_step.py on a random
+cropped batch (its default feed, the batch PyTorch's reference also trains on) and of
+torch_reference.py eager and compiled, as benchmarks/accelerator.sh writes them config by config
+in its `step` and `torch` parts. The trainer's own program (train_step.py --feed=trainer, the
+crop inside the step) is not compared: the reference has no crop.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("compile", False, "also measure torch.compile", flag_values=fv)
     flags.DEFINE_enum("compile_mode", "max-autotune", cli.COMPILE_MODES,
                       "torch.compile mode tried first", flag_values=fv)
+    flags.DEFINE_string("from_lines", None, "measure nothing: the ratio line of the "
+                        "train_step.py (cropped feed) and torch_reference.py JSON lines of one "
+                        "config in this file", flag_values=fv)
     flags.DEFINE_integer("compile_timeout", 600, "seconds the compiled PyTorch run may take "
                          "in --compile_mode before it is rerun in the default mode",
                          flag_values=fv)
@@ -91,9 +101,55 @@ def compiled_torch(config_args: list[str], steps: int, mode: str, timeout: float
             "compile_mode_tried": mode}
 
 
+GOAL_OVER_TORCH_COMPILED = 1.5  # docs/performance.md, "On a GPU"
+
+
+def ratio_line(lines: Sequence[dict]) -> dict:
+    """The ratio line of one config's measurements: hgmt's img/s (the last train_step.py line
+    with the cropped feed) over the PyTorch reference's, eager and compiled (the last
+    torch_reference.py line of each); a ratio whose two sides are not both there is null."""
+    def last(match) -> dict | None:
+        found = [x for x in lines if match(x)]
+        return found[-1] if found else None
+
+    jx = last(lambda x: x.get("impl") == "jax" and x.get("feed", "cropped") == "cropped")
+    eager = last(lambda x: x.get("impl") == "torch" and x.get("compile_mode") == "eager")
+    compiled = last(lambda x: x.get("impl") == "torch" and x.get("compile_mode") != "eager")
+    first = jx or eager or compiled
+    if first is None:
+        raise ValueError("no train_step.py or torch_reference.py line to compare")
+
+    def ratio(torch: dict | None) -> float | None:
+        return round(jx["img_per_s"] / torch["img_per_s"], 3) if jx and torch else None
+
+    def field(line: dict | None, key: str):
+        return None if line is None else line.get(key)
+
+    return {"benchmark": "hgmt_over_torch",
+            **{k: first[k] for k in ("stacks", "features", "res", "batch", "tasks", "dtype")},
+            "hgmt_img_per_s": field(jx, "img_per_s"), "hgmt_feed": field(jx, "feed"),
+            "torch_img_per_s": field(eager, "img_per_s"),
+            "torch_compiled_img_per_s": field(compiled, "img_per_s"),
+            "torch_compile_mode": field(compiled, "compile_mode"),
+            "same_params": len({x["params"] for x in (jx, eager, compiled) if x}) == 1,
+            "over_torch": ratio(eager), "over_torch_compiled": ratio(compiled),
+            "goal_over_torch_compiled": GOAL_OVER_TORCH_COMPILED}
+
+
+def print_ratio_line(path: str) -> dict:
+    """`ratio_line` of the JSON lines in the file `path`, printed."""
+    with open(path) as f:
+        lines = [json.loads(x) for x in f if x.startswith("{")]
+    row = ratio_line(lines)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
+    if fv.from_lines:
+        return [print_ratio_line(fv.from_lines)]
     base = cli.config_args(fv)
     rows = []
     for spec in fv.variants:
@@ -121,7 +177,8 @@ def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
                "jax_img_per_s": jx["img_per_s"], "torch_img_per_s": th["img_per_s"],
                "ratio_jax_over_torch": round(jx["img_per_s"] / th["img_per_s"], 3),
                "jax_compile_s": jx["compile_s"], "jax_gflop_per_img": jx["gflop_per_img"],
-               "jax_mfu": jx["mfu"], "jax_devices": jx["devices"], "device": jx["device"],
+               "jax_mfu": jx["mfu"], "jax_mfu_spec": jx.get("mfu_spec"),
+               "jax_devices": jx["devices"], "device": jx["device"],
                "cpus": jx["cpus"], "jax": jx["jax"], "torch": th["torch"],
                "torch_threads": th["threads"]}
         if "torch_compiled" in best:

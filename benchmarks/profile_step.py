@@ -9,16 +9,22 @@ gradient, weight gradient; a cuDNN call names its role, otherwise shapes and met
 hgmt's 1x1 convolutions (matmuls) by the same roles, reductions (BatchNorm statistics, bias
 gradients), elementwise fusions, transposes and copies, collectives. For the convolutions and
 matmuls the achieved FLOP/s (their multiply-adds from the HLO shapes over their time) is set
-against the measured matmul peak of the device in the step's dtype; for the other kinds the
-achieved bytes/s (operands read plus results written, from the HLO shapes) against a measured
-streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on the host
-threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's (the
-kernels on the device's streams, attributed to their HLO op). On a device, `device_ms_per_step`
-is the time of all its events and `ops_ms_per_step` the part attributed to an op: the kernels
-XLA:GPU replays from a CUDA graph (its command buffers) carry no op name, so a GPU is profiled
-with them off (XLA_FLAGS=--xla_gpu_enable_command_buffer=, as benchmarks/accelerator.sh does).
-Prints one JSON line; open the trace in Perfetto (ui.perfetto.dev, the perfetto_trace.json.gz
-under --trace_dir) for the timeline.
+against the measured matmul peak of the device in the step's dtype (the line also gives the
+datasheet's, `matmul_peak_spec_tflop_per_s`: train_step.SPEC_PEAK_GFLOP_PER_S); for the other
+kinds the achieved bytes/s (operands read plus results written, from the HLO shapes) against a
+measured streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on
+the host threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's
+(the kernels on the device's streams, attributed to their HLO op). On a device,
+`device_ms_per_step` is the time of all its events and `ops_ms_per_step` the part attributed to
+an op: the kernels XLA:GPU replays from a CUDA graph (its command buffers) carry no op name, so
+a GPU is profiled with them off (XLA_FLAGS=--xla_gpu_enable_command_buffer=, as
+benchmarks/accelerator.sh does).
+
+`--feed=trainer` profiles the trainer's own program (train_step.py --feed=trainer: with
+config.augment_on "device", the crop and augmentation inside, fed one batch of config.dataset),
+the step benchmarks/trainer_speed.py times; the default, `cropped`, is the step on a random
+cropped batch. Prints one JSON line; open the trace in Perfetto (ui.perfetto.dev, the
+perfetto_trace.json.gz under --trace_dir) for the timeline.
 """
 
 from __future__ import annotations
@@ -122,6 +128,9 @@ def summarize(per_op_us: dict[str, float], ops: dict, steps: int, matmul_peak: f
 
 def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv, steps=5, warmup=2)
+    flags.DEFINE_enum("feed", "cropped", ["cropped", "trainer"], "the step profiled: "
+                      "train_step.py's on a random cropped batch, or the trainer's own program "
+                      "and one batch of config.dataset (train_step.py --feed)", flag_values=fv)
     flags.DEFINE_string("trace_dir", None, "where the trace and the compiled program's HLO "
                         "text (step_hlo.txt.gz) go (default: a temporary folder)",
                         flag_values=fv)
@@ -132,7 +141,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
     compiled, state, data, _, compile_s, flops, flops_from, cache = train_step.compiled_step(
-        config)
+        config, feed=fv.feed)
     for _ in range(fv.warmup):
         state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
@@ -160,6 +169,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     per_op = op_times(events, module.name, ops)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     matmul_peak = train_step.matmul_peak(dtype, 1) * 1e9
+    spec_peak = train_step.spec_peak(jax.local_devices()[0].device_kind, config.model.dtype)
     bytes_peak = stream_peak()
     kinds = summarize(per_op, ops, fv.steps, matmul_peak, bytes_peak)
     counted = sum(v["flops"] for v in ops.values())
@@ -167,13 +177,15 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     device = device_us(events)
     result = {"benchmark": "profile_step", "backend": jax.default_backend(),
               "device": jax.local_devices()[0].device_kind, **cli.describe(config),
-              "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
+              "feed": fv.feed, "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
               "compile_cache": cache,
               "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),
               "device_ms_per_step": (None if device is None
                                      else round(device / 1e3 / fv.steps, 2)),
               "ops_timed": len(per_op), "ops_in_program": len(ops),
               "matmul_peak_tflop_per_s": round(matmul_peak / 1e12, 3),
+              "matmul_peak_spec_tflop_per_s": (None if spec_peak is None
+                                               else round(spec_peak / 1e3, 1)),
               "stream_peak_gbytes_per_s": round(bytes_peak / 1e9, 1),
               "gflop_per_step_counted": round(counted / 1e9, 3),
               "gflop_per_step_xla": round(flops / 1e9, 3), "flops_from": flops_from,

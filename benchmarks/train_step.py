@@ -8,8 +8,11 @@ Runs the step that training runs (forward, targets, losses, backward, gradient p
 update, BatchNorm statistics) on a fixed random batch already on the devices, so the figure is
 the model's, not the input pipeline's (benchmarks/input_pipeline.py measures that). Prints one
 JSON line: img/s after compilation and warm-up, compile time, parameter count, GFLOP per image
-from XLA's cost analysis of the compiled step, achieved GFLOP/s, and MFU: achieved over a
-measured matmul peak (a large jnp.dot in the same dtype on the same devices).
+from XLA's cost analysis of the compiled step, achieved GFLOP/s, and MFU two ways: `mfu`,
+achieved over a matmul peak measured in the process (a large jnp.dot of matrices of ones in the
+same dtype on the same devices), and `mfu_spec`, achieved over the device's dense peak from its
+datasheet (`SPEC_PEAK_GFLOP_PER_S`, by JAX's device kind and the dtype; null where the table
+has none, e.g. on a CPU).
 
 The config (`--config`, default the paper's network for pose2d, with `--config.x=y` overrides:
 benchmarks/cli.py) gives the tasks, the model, `image_size`, `batch_size` and the loss weights
@@ -88,6 +91,38 @@ def matmul_peak(dtype, devices: int, n: int | None = None, reps: int = 10) -> fl
         out = f(a, a)
     out.block_until_ready()
     return 2 * n**3 * devices * reps / (time.perf_counter() - t0) / 1e9
+
+
+# Dense (no 2:4 sparsity) bfloat16 tensor-core peaks in GFLOP/s by JAX's device_kind: the
+# conventional MFU denominator. H100 SXM5: 528 tensor cores x 1024 FLOP a clock x 1.83 GHz =
+# 989.4 TFLOP/s (NVIDIA H100 Tensor Core GPU Architecture whitepaper, GTC22, its table of
+# H100 SXM5 peaks: BF16 Tensor 989.4, 1978.9 with sparsity; the arithmetic as in
+# https://glennklockwood.com/garden/peak-FLOPS). The H200 SXM is the same GH100 part with
+# HBM3e: the same 989.4 (NVIDIA's H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with
+# sparsity).
+SPEC_PEAK_GFLOP_PER_S = {
+    ("NVIDIA H200", "bfloat16"): 989_400.0,
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989_400.0,  # the H100 SXM5
+}
+
+
+def spec_peak(device_kind: str, dtype: str) -> float | None:
+    """The datasheet's dense peak in GFLOP/s of `device_kind` (JAX's name of the device) for
+    matmuls in `dtype`; None where the table has none (a CPU, an unlisted device or dtype)."""
+    return SPEC_PEAK_GFLOP_PER_S.get((device_kind, dtype))
+
+
+def mfu_fields(flops: float, step_s: float, measured_peak: float, device_kind: str,
+               dtype: str, devices: int = 1) -> dict:
+    """The JSON fields of the step's FLOP rate on `devices` devices: achieved GFLOP/s, `mfu`
+    over the peak measured in the process (`matmul_peak` on those devices, GFLOP/s) and
+    `mfu_spec` over the datasheet's (`spec_peak` x devices; None where unknown)."""
+    achieved = flops / step_s / 1e9
+    spec = spec_peak(device_kind, dtype)
+    spec = spec * devices if spec else None
+    return {"gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(measured_peak, 1),
+            "mfu": round(achieved / measured_peak, 3), "peak_spec_gflop_per_s": spec,
+            "mfu_spec": round(achieved / spec, 3) if spec else None}
 
 
 def step_function(config: ml_collections.ConfigDict):
@@ -183,23 +218,37 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
     matmuls of the compiled program counted from their HLO shapes ("hlo-shapes", `xla_ops`;
     within 1.2 % of the lowered count on a CPU, whose elementwise FLOPs it leaves out); XLA's
     count of the compiled program is the last resort ("compiled": after compilation a GPU's
-    convolutions are cuDNN calls it does not count)."""
+    convolutions are cuDNN calls it does not count). An analysis that fails is skipped
+    (`first_flop_count`)."""
     step, state, data, params, _ = (trainer_placed_step(config) if feed == "trainer"
                                     else placed_step(config, devices))
     t0 = time.perf_counter()
     lowered = step.lower(state, data)
     compiled, cache = compile_noting_cache(lowered)
     compile_s = time.perf_counter() - t0
-    flops, source = float("nan"), "none"
-    for name, analysis in (("lowered", lowered.cost_analysis),
-                           ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
-                           ("compiled", compiled.cost_analysis)):
-        cost = analysis()
-        cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops, source = first_flop_count((
+        ("lowered", lowered.cost_analysis),
+        ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
+        ("compiled", compiled.cost_analysis)))
+    return compiled, state, data, params, compile_s, flops * devices, source, cache  # per device
+
+
+def first_flop_count(sources) -> tuple[float, str]:
+    """(FLOPs, name) of the first of `sources`, (name, analysis) pairs, whose analysis gives a
+    count: a dict with "flops", or a list of them (one per program; the first counts). One that
+    raises (a parse of a backend's HLO not seen before) is logged to stderr and the next one is
+    tried. -> (nan, "none") when none gives a count."""
+    for name, analysis in sources:
+        try:
+            cost = analysis()
+        except Exception as e:  # noqa: BLE001  (any failure of one analysis: try the next)
+            print(f"train_step: the {name} FLOP count failed ({type(e).__name__}: {e}); "
+                  f"trying the next", file=sys.stderr, flush=True)
+            continue
+        cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
         if cost and "flops" in cost:
-            flops, source = float(cost["flops"]) * devices, name  # per-device program
-            break
-    return compiled, state, data, params, compile_s, flops, source, cache
+            return float(cost["flops"]), name
+    return float("nan"), "none"
 
 
 def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
@@ -231,11 +280,11 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
     peak_mem = stats.get("peak_bytes_in_use")
     dtype = config.model.dtype
     peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, devices)
-    achieved = flops / step_s / 1e9
+    kind = jax.local_devices()[0].device_kind
     batch = config.batch_size
     return {
         "impl": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
-        "device": jax.local_devices()[0].device_kind, "devices": devices,
+        "device": kind, "devices": devices,
         "cpus": cores.usable_cores(), "machine": platform.machine(), **cli.describe(config),
         "feed": feed,
         "params": params,
@@ -244,8 +293,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
         "compile_s": round(compile_s, 2), "compile_cache": cache, "step_s": round(step_s, 4),
         "img_per_s": round(batch / step_s, 2),
         "gflop_per_img": round(flops / batch / 1e9, 3), "flops_from": flops_from,
-        "gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": round(peak, 1),
-        "mfu": round(achieved / peak, 3), "loss": round(loss, 5),
+        **mfu_fields(flops, step_s, peak, kind, dtype, devices), "loss": round(loss, 5),
         "peak_device_gib": round(peak_mem / 2**30, 2) if peak_mem else None,
     }
 

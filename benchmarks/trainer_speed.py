@@ -20,7 +20,9 @@ comes. A SIGTERM (a time limit's) stops the trainer, which saves and exits; the 
 is the trainer's own program (`train_step.py --feed=trainer`: with `config.augment_on` device,
 auto's choice on an accelerator, the step crops and augments decoded records) fed one batch of
 the same data held on the device, so the ratio counts the loop and the data alone, and the
-trainer loads its step from the cache instead of compiling it again.
+trainer loads its step from the cache instead of compiling it again. Should the bare step
+fail, its line says so ({"benchmark": "bare_step", "error": ...}) and the trainer runs all the
+same (its line then has no ratio).
 """
 
 from __future__ import annotations
@@ -136,6 +138,25 @@ def run_trainer(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, str, bool
     return proc.returncode, "".join(lines), bool(stopped)
 
 
+def measure_bare(config_args: Sequence[str], steps: int, env: dict[str, str]) -> dict | None:
+    """The bare step (train_step.py --feed=trainer) in its own process; prints its line at
+    once, kept should the trainer not finish. -> its figures, or None when it failed: the line
+    then says {"benchmark": "bare_step", "error": ...} (its stderr's end follows on stderr) and
+    the trainer runs all the same."""
+    progress("the bare step (benchmarks/train_step.py): compiling and timing")
+    try:
+        bare = fresh_process.run("train_step.py", [*config_args, "--feed=trainer",
+                                                   f"--steps={steps}", "--warmup=3"], env)
+    except fresh_process.Failed as e:
+        last = e.stderr.strip().splitlines()[-1:] or ["no output"]
+        print(json.dumps({"benchmark": "bare_step", "error": f"exit {e.returncode}: {last[0]}"}),
+              flush=True)
+        progress(f"the bare step failed; the trainer runs without it:\n{e}")
+        return None
+    print(json.dumps({"benchmark": "bare_step", **bare}), flush=True)
+    return bare
+
+
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
@@ -157,14 +178,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     cache = fv.compilation_cache or tempfile.mkdtemp(prefix="hgmt_jax_cache_")
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # as hgmt.main's cache
-    bare = None
-    if fv.bare:
-        progress("the bare step (benchmarks/train_step.py): compiling and timing")
-        bare = fresh_process.run("train_step.py", [*config_args, "--feed=trainer",
-                                                   f"--steps={fv.bare_steps}", "--warmup=3"],
-                                 env)
-        # its own line at once, kept should the trainer not finish
-        print(json.dumps({"benchmark": "bare_step", **bare}), flush=True)
+    bare = measure_bare(config_args, fv.bare_steps, env) if fv.bare else None
     workdir = fv.workdir or tempfile.mkdtemp(prefix="hgmt_trainer_")
     progress(f"the trainer (python -m hgmt.main) in {workdir}")
     t0 = time.perf_counter()
@@ -190,7 +204,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
             "bare_feed": bare["feed"], "bare_img_per_s": bare["img_per_s"],
             "bare_compile_s": bare["compile_s"],
             "bare_compile_cache": bare["compile_cache"], "device": bare["device"],
-            "backend": bare["backend"], "mfu_bare": bare["mfu"]})
+            "backend": bare["backend"], "mfu_bare": bare["mfu"],
+            "mfu_spec_bare": bare.get("mfu_spec")})
         if figures["intervals"]:
             result["trainer_over_bare"] = round(
                 figures["trainer_img_per_s"] / bare["img_per_s"], 3)

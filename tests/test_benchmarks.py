@@ -24,6 +24,7 @@ sys.path.insert(0, BENCHMARKS)
 
 import cli  # noqa: E402
 import compare  # noqa: E402
+import host_check  # noqa: E402
 import input_pipeline  # noqa: E402
 import input_stages  # noqa: E402
 import pool_backward  # noqa: E402
@@ -257,8 +258,61 @@ def test_train_step_benchmark_figures_agree():
     assert r["gflop_per_img"] > 0
     assert np.isclose(r["gflop_per_s"], r["gflop_per_img"] * r["img_per_s"], rtol=0.02)
     assert 0 < r["mfu"] < 1
+    assert r["peak_spec_gflop_per_s"] is None and r["mfu_spec"] is None  # no datasheet: a CPU
     assert np.isfinite(r["loss"])
     assert r["compile_cache"] in ("hit", "miss")  # the tests' cache is on (conftest)
+
+
+def test_mfu_against_the_datasheets_peak_beside_the_measured_ones():
+    """`mfu` keeps the peak measured in the process; `mfu_spec` is over the device's dense
+    bfloat16 peak by its kind (989.4 TFLOP/s on an H200 or H100 SXM), null where unknown. The
+    figures: the H200's bare step of 2026-12-04 (6,362 GFLOP a step in 39.1 ms, 858.7 TFLOP/s
+    measured)."""
+    assert train_step.spec_peak("NVIDIA H200", "bfloat16") == 989_400.0
+    assert train_step.spec_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989_400.0
+    assert train_step.spec_peak("NVIDIA H200", "float32") is None
+    assert train_step.spec_peak("cpu", "bfloat16") is None
+    line = train_step.mfu_fields(6362e9, 0.0391, 858_739.3, "NVIDIA H200", "bfloat16")
+    achieved = 6362e9 / 0.0391 / 1e9
+    assert line == {"gflop_per_s": round(achieved, 1), "matmul_peak_gflop_per_s": 858_739.3,
+                    "mfu": round(achieved / 858_739.3, 3), "peak_spec_gflop_per_s": 989_400.0,
+                    "mfu_spec": round(achieved / 989_400.0, 3)}
+    assert (line["mfu"], line["mfu_spec"]) == (0.189, 0.164)
+    two = train_step.mfu_fields(2 * 6362e9, 0.0391, 2 * 858_739.3, "NVIDIA H200", "bfloat16", 2)
+    assert (two["peak_spec_gflop_per_s"], two["mfu_spec"]) == (2 * 989_400.0, 0.164)
+    cpu = train_step.mfu_fields(1e9, 0.5, 4.0, "cpu", "float32")
+    assert (cpu["mfu"], cpu["peak_spec_gflop_per_s"], cpu["mfu_spec"]) == (0.5, None, None)
+
+
+def test_a_flop_count_that_fails_falls_through_to_the_next(capsys):
+    def fails():
+        raise ValueError("no parse of this HLO")
+
+    sources = (("lowered", fails), ("hlo-shapes", dict), ("compiled", lambda: [{"flops": 7}]))
+    assert train_step.first_flop_count(sources) == (7.0, "compiled")
+    assert "the lowered FLOP count failed (ValueError: no parse of this HLO)" in (
+        capsys.readouterr().err)
+    flops, source = train_step.first_flop_count((("lowered", fails),))
+    assert np.isnan(flops) and source == "none"
+
+
+def test_the_steps_flops_come_from_the_compiled_program_when_both_earlier_counts_fail(
+        monkeypatch):
+    """The lowered analysis raising and the HLO parse raising (it has never run on a GPU's
+    all-four program): the step is still measured, its FLOPs XLA's count of the compiled
+    program, as XLA counts that program."""
+    import jax.stages
+
+    def fails(*_):
+        raise RuntimeError("crafted")
+
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", fails)
+    monkeypatch.setattr(xla_ops, "parse", fails)
+    config = cli.parse(cli.define_timing, [*TINY, "--config.batch_size=2"], "doc").config
+    compiled, *_, flops, source, _ = train_step.compiled_step(config)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    assert source == "compiled" and flops == cost["flops"] > 0
 
 
 @pytest.mark.slow
@@ -319,22 +373,204 @@ def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg
     assert not os.listdir(tmp_path)  # nothing built, installed or written
 
 
+def _copy_of_the_script(tmp_path) -> str:
+    """benchmarks/accelerator.sh and the host check it runs first, alone in a folder's
+    benchmarks/ (no .whl/: nothing to install) -> the script's path."""
+    os.makedirs(tmp_path / "repo" / "benchmarks")
+    for name in ("accelerator.sh", "host_check.py"):
+        with open(os.path.join(BENCHMARKS, name)) as f:
+            (tmp_path / "repo" / "benchmarks" / name).write_text(f.read())
+    return str(tmp_path / "repo" / "benchmarks" / "accelerator.sh")
+
+
 def test_the_prepared_accelerator_run_skips_what_its_time_budget_cannot_hold(tmp_path):
     """--time_s leaves each command the time left less its exit's margin (30 s); a command
-    with under a minute left is skipped with a line saying so, and the run goes on."""
-    os.makedirs(tmp_path / "repo" / "benchmarks")  # the script alone: nothing to install
-    script = tmp_path / "repo" / "benchmarks" / "accelerator.sh"
-    script.write_text(open(os.path.join(BENCHMARKS, "accelerator.sh")).read())
-    proc = subprocess.run(["bash", str(script), "--size=tiny", "--parts=step,streams",
-                           "--time_s=89"], env={**os.environ, "OUT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=60)
+    with under a minute left is skipped with a line saying so, and the run goes on. The host's
+    line comes first, and at the tiny size a CPU backend does not stop the run."""
+    proc = subprocess.run(["bash", _copy_of_the_script(tmp_path), "--size=tiny",
+                           "--parts=step,streams", "--time_s=89"],
+                          env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(x) for x in open(tmp_path / "accelerator.jsonl")]
+    host, *lines = [json.loads(x) for x in open(tmp_path / "accelerator.jsonl")]
+    assert (host["benchmark"], host["backend"]) == ("host", "cpu")
     assert [x["command"] for x in lines] == ["train_step.py tasks=pose2d config.batch_size=4",
                                              "train_step.py tasks=pose2d config.batch_size=8",
                                              "train_step.py tasks=all config.batch_size=4",
                                              "stream_modes.py config.batch_size=4"]
     assert all(x["skipped"] == "under a minute left of --time_s=89" for x in lines)
+
+
+def test_the_prepared_accelerator_run_refuses_the_papers_size_on_a_cpu_backend(tmp_path):
+    """JAX falls back to the CPU without an error when its CUDA plugin does not load: at
+    --size=paper the host's line is written and the run ends there, in seconds (exit 4)."""
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", _copy_of_the_script(tmp_path), "--size=paper",
+                           "--parts=step", "--time_s=89"],
+                          env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert time.perf_counter() - t0 < 60
+    assert "JAX's backend is cpu" in proc.stderr and "--size=tiny" in proc.stderr
+    lines = [json.loads(x) for x in open(tmp_path / "accelerator.jsonl")]
+    assert [(x["benchmark"], x["backend"]) for x in lines] == [("host", "cpu")]
+
+
+def test_the_prepared_accelerator_run_stops_when_the_pipelines_packages_do_not_import(tmp_path):
+    """Without .whl/ on the accelerator host (a device run copies the git-ignored folder only
+    when its carry names it) every part would fail on its first import: the run ends before
+    any, naming the fix (exit 3)."""
+    stand_in = tmp_path / "hidden" / "av"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text('raise ImportError("av hidden by a test")\n')
+    path = os.pathsep.join(p for p in (str(stand_in.parent), os.environ.get("PYTHONPATH"))
+                           if p)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(["bash", _copy_of_the_script(tmp_path), "--size=tiny",
+                           "--parts=step", "--time_s=89"],
+                          env={**os.environ, "OUT": str(out), "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    message = proc.stderr.strip().splitlines()
+    assert len(message) == 1 and "av hidden by a test" in message[0]
+    assert 'carry=[".whl"]' in message[0] and "benchmarks/accelerator_wheels.sh" in message[0]
+    assert not os.listdir(out)  # nothing measured
+
+
+def _stubbed_run(tmp, *args: str) -> tuple[list[list[str]], str]:
+    """benchmarks/accelerator.sh with `args` and `python3` a stand-in that prints its
+    arguments as a JSON line, output and work folders in `tmp`: (each command's arguments, in
+    order; the work folder)."""
+    (tmp / "bin").mkdir()
+    stub = tmp / "bin" / "python3"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"print(json.dumps({{'argv': sys.argv[1:]}}))\n")
+    stub.chmod(0o755)
+    work = str(tmp / "work")
+    proc = subprocess.run(
+        ["bash", os.path.join(BENCHMARKS, "accelerator.sh"), *args],
+        env={**os.environ, "OUT": str(tmp), "ACCELERATOR_WORK": work,
+             "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in open(tmp / "accelerator.jsonl")]
+    return [x["argv"] for x in lines if "argv" in x], work
+
+
+@pytest.fixture(scope="module")
+def stubbed_paper_run(tmp_path_factory) -> tuple[list[list[str]], str]:
+    """`_stubbed_run` at the paper's size, every part but the on-request streams, levers and
+    pool."""
+    return _stubbed_run(tmp_path_factory.mktemp("stubbed"), "--size=paper",
+                        "--parts=trainer,profile,loader,torch,step")
+
+
+def _script(argv: list[str]) -> str:
+    return os.path.basename(argv[0]) if argv[0] != "-c" else "-c"
+
+
+def test_the_prepared_accelerator_run_checks_the_host_before_anything(stubbed_paper_run):
+    commands, _ = stubbed_paper_run
+    assert commands[0] == ["benchmarks/host_check.py", "--require_accelerator"]
+
+
+def test_the_prepared_accelerator_runs_trainer_part_times_100_bare_steps(stubbed_paper_run):
+    """Against the trainer's logged intervals (about 10 s at pose2d batch 128), the bare step
+    over 20 steps would be timed over under a second."""
+    commands, _ = stubbed_paper_run
+    trainer = [c for c in commands if _script(c) == "trainer_speed.py"]
+    assert len(trainer) == 2 and all("--bare_steps=100" in c for c in trainer)
+
+
+def test_the_prepared_accelerator_run_profiles_the_trainers_own_step(stubbed_paper_run):
+    """The profile part profiles the program the trainer part times (--feed=trainer) on the
+    demo data, built first unless there."""
+    commands, work = stubbed_paper_run
+    scripts = [_script(c) for c in commands]
+    profile = scripts.index("profile_step.py")
+    assert scripts[profile - 1] == "-c" and "demo.build(" in commands[profile - 1][1]
+    assert scripts[profile:profile + 2] == ["profile_step.py"] * 2  # pose2d, all
+    for command in commands[profile:profile + 2]:
+        assert {"--feed=trainer", "--config.dataset=surreal/all",
+                f"--config.data_dir={work}/demo/tfds"} <= set(command)
+
+
+def test_the_prepared_accelerator_runs_loader_part_measures_the_device_placement_first(
+        stubbed_paper_run):
+    """The device placement (the crop's time in the step on the accelerator) is the loader
+    part's one accelerator figure: first, so that a time limit takes the host's instead."""
+    commands, _ = stubbed_paper_run
+    loader = [c for c in commands if _script(c) == "input_pipeline.py"]
+    assert len(loader) == 1 and "--placements=device,host" in loader[0]
+
+
+def test_the_prepared_accelerator_run_times_hgmt_and_pytorch_config_by_config(
+        stubbed_paper_run):
+    """With the torch and step parts, each config's bare step on a cropped batch (the batch
+    PyTorch's reference trains on), then the reference eager and compiled, then the ratio's
+    line from those lines alone."""
+    commands, work = stubbed_paper_run
+    timed = [(_script(c), next(a for a in c if a.startswith(("--config.batch_size=",
+                                                              "--from_lines="))))
+             for c in commands if _script(c) in ("train_step.py", "torch_reference.py",
+                                                  "compare.py")]
+    expected = []
+    for tasks, batch in (("pose2d", 64), ("pose2d", 128), ("all", 64)):
+        expected += [("train_step.py", f"--config.batch_size={batch}")] + [
+            ("torch_reference.py", f"--config.batch_size={batch}")] * 2 + [
+            ("compare.py", f"--from_lines={work}/pair_{tasks}_{batch}.jsonl")]
+    assert timed == expected
+    assert not any("--feed=trainer" in c for c in commands if _script(c) == "train_step.py")
+    pair = [json.loads(x)["argv"] for x in open(f"{work}/pair_all_64.jsonl")]
+    assert [_script(c) for c in pair] == ["train_step.py", "torch_reference.py",
+                                          "torch_reference.py"]
+
+
+def test_the_task_sets_choose_the_configs_of_the_torch_and_step_parts_too(tmp_path):
+    """So that the three configs can go to two device calls: the two pose2d ones, then all
+    four tasks."""
+    runs = {}
+    for task_set in ("pose2d", "all"):
+        (tmp_path / task_set).mkdir()
+        commands, _ = _stubbed_run(tmp_path / task_set, "--size=paper", "--parts=torch,step",
+                                   f"--task_sets={task_set}")
+        runs[task_set] = [(c[1].split("tasks=")[1], c[-3]) for c in commands
+                          if _script(c) == "train_step.py"]
+    assert runs == {"pose2d": [("pose2d", "--config.batch_size=64"),
+                               ("pose2d", "--config.batch_size=128")],
+                    "all": [("all", "--config.batch_size=64")]}
+
+
+def test_the_host_check_reports_what_the_benchmarks_run_with(capsys):
+    """This CPU host: its Python, JAX (the tests' 4 virtual CPU devices), PyTorch, Triton, C
+    compiler and no GPU driver, as found here; with --require_accelerator the CPU backend is
+    refused, naming the fix."""
+    import importlib.util
+    import platform
+    import shutil
+
+    import jaxlib
+
+    assert host_check.main([]) == 0
+    line = json.loads(capsys.readouterr().out)
+    cc = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout
+    torch = pytest.importorskip("torch")
+    assert line == {
+        "benchmark": "host", "python": platform.python_version(), "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": "cpu", "device_kind": "cpu", "device_count": 4, "jax_platforms": "cpu",
+        "torch": torch.__version__, "torch_cuda": False,
+        "triton": (importlib.import_module("triton").__version__
+                   if importlib.util.find_spec("triton") else None),
+        "cc": cc.splitlines()[0].strip(),
+        "driver": None if shutil.which("nvidia-smi") is None else line["driver"]}
+    assert host_check.main(["--require_accelerator"]) == host_check.EXIT_NO_ACCELERATOR == 4
+    err = capsys.readouterr().err
+    assert "JAX's backend is cpu" in err and "jax-cuda plugin" in err and "--size=tiny" in err
+    assert host_check.refusal({**line, "backend": "gpu"}) is None
 
 
 def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
@@ -377,6 +613,30 @@ def test_compare_falls_back_to_the_default_compile_mode_when_max_autotune_runs_o
         compare.variant_overrides("image_size")
 
 
+def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, capsys):
+    """One config's lines as accelerator.sh gathers them: hgmt's bare step on the cropped
+    batch (not the trainer's own program, which crops inside), PyTorch eager and compiled."""
+    shape = {"stacks": 2, "features": 256, "res": 256, "batch": 64, "tasks": "pose2d",
+             "dtype": "bfloat16", "params": 6_500_000}
+    lines = [{"impl": "jax", "feed": "trainer", "img_per_s": 999.0, **shape},
+             {"impl": "jax", "feed": "cropped", "img_per_s": 300.0, **shape},
+             {"benchmark": "accelerator_command", "command": "train_step.py", "exit": 0},
+             {"impl": "torch", "compile_mode": "eager", "img_per_s": 100.0, **shape},
+             {"impl": "torch", "compile_mode": "default", "img_per_s": 150.0, **shape}]
+    path = tmp_path / "pair.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert compare.main([f"--from_lines={path}"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row == {"benchmark": "hgmt_over_torch", **{k: v for k, v in shape.items()
+                                                       if k != "params"},
+                   "hgmt_img_per_s": 300.0, "hgmt_feed": "cropped", "torch_img_per_s": 100.0,
+                   "torch_compiled_img_per_s": 150.0, "torch_compile_mode": "default",
+                   "same_params": True, "over_torch": 3.0, "over_torch_compiled": 2.0,
+                   "goal_over_torch_compiled": 1.5}
+    alone = compare.ratio_line(lines[:4])  # no compiled line: its ratio is null
+    assert alone["over_torch"] == 3.0 and alone["over_torch_compiled"] is None
+
+
 def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
     torch_reference = pytest.importorskip("torch_reference", exc_type=ImportError)
     import jax
@@ -414,6 +674,41 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
     assert figures["trainer_first_step_s"] == 31.5 and figures["intervals"] == 3
     with pytest.raises(RuntimeError, match="log_every"):
         trainer_speed.trainer_figures({}, log)
+
+
+def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_same(
+        monkeypatch, tmp_path, capsys):
+    """The bare step's process fails (crafted); the trainer (here a stand-in that logs three
+    intervals as hgmt.main does) still runs, and its line has no ratio to the bare step."""
+    import fresh_process
+
+    from hgmt.training import summary_writer
+
+    def bare_fails(script, args, env=None, timeout_s=None):
+        raise fresh_process.Failed(["train_step.py", *args], 1,
+                                   "Traceback ...\nRuntimeError: crafted failure\n")
+
+    ran = []
+
+    def trainer(cmd, env):
+        ran.append(cmd)
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        writer = summary_writer.create(workdir)
+        for step, rate in ((2, 40.0), (4, 60.0), (6, 80.0)):
+            writer.write_scalars(step, {"img_per_s": rate, "data_wait": 0.1, "data_idle": 0.0})
+        writer.close()
+        return 0, "step 1 (compilation included) took 3.5 s\n", False
+
+    monkeypatch.setattr(fresh_process, "run", bare_fails)
+    monkeypatch.setattr(trainer_speed, "run_trainer", trainer)
+    workdir = tmp_path / "w"
+    assert trainer_speed.main([*TINY, f"--workdir={workdir}", "--bare_steps=5"]) == 0
+    bare, result = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert bare == {"benchmark": "bare_step", "error": "exit 1: RuntimeError: crafted failure"}
+    assert len(ran) == 1 and ran[0][1:3] == ["-m", "hgmt.main"]
+    assert result["benchmark"] == "trainer" and result["complete"]
+    assert result["trainer_img_per_s"] == 70.0 and result["trainer_first_step_s"] == 3.5
+    assert "trainer_over_bare" not in result and "bare_img_per_s" not in result
 
 
 def test_trainer_benchmark_stopped_by_sigterm_writes_what_the_trainer_logged(demo_dataset,
@@ -727,6 +1022,21 @@ def test_every_way_of_the_pool_backward_gives_select_and_scatters_gradient(dtype
     reference = jax.vjp(pool_backward.WAYS["flax"], x)[1](g)[0]
     for name, pool in pool_backward.WAYS.items():
         assert jnp.array_equal(jax.vjp(pool, x)[1](g)[0], reference), name
+
+
+def test_the_pool_benchmark_records_a_way_that_differs_and_times_it_all_the_same(monkeypatch):
+    """A way whose values differ from `stacked`'s (crafted: its outputs doubled) is timed
+    like the others; the summary says which ways equal `stacked`'s and by how much each
+    differs."""
+    monkeypatch.setitem(pool_backward.WAYS, "doubled",
+                        lambda x: pool_backward.max_pool2(x) * 2)
+    r = pool_backward.benchmark([*TINY, "--config.batch_size=2", "--steps=1", "--warmup=1",
+                                 "--rounds=1"])
+    assert r["equal"] == {"stacked": True, "first_index": True, "flax": True, "doubled": False}
+    assert r["max_abs_difference"]["stacked"] == r["max_abs_difference"]["flax"] == 0.0
+    assert r["max_abs_difference"]["doubled"] > 0
+    assert set(r["median_ms"]) == {"stacked", "first_index", "flax", "doubled"}
+    assert all(v > 0 for v in r["median_ms"].values())
 
 
 def test_the_pool_benchmark_finds_every_pool_of_the_model():
