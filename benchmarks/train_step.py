@@ -230,7 +230,8 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
         ("lowered", lowered.cost_analysis),
         ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
         ("compiled", compiled.cost_analysis)))
-    return compiled, state, data, params, compile_s, flops * devices, source, cache  # per device
+    # the count is of the per-device program: times the devices
+    return compiled, state, data, params, compile_s, flops * devices, source, cache
 
 
 def first_flop_count(sources) -> tuple[float, str]:
