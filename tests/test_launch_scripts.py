@@ -51,6 +51,33 @@ def test_jax_distributed_under_slurm_makes_every_gpu_visible():
     assert out.stdout.split() == ["1", "0,1,2,3"]
 
 
+def test_the_jax_requirement_takes_the_timeouts_peers_gives_it():
+    """`peers.initialize` passes jax.distributed.initialize `heartbeat_timeout_seconds` (first
+    in jax 0.7.0) and `shutdown_timeout_seconds` (first in jax 0.8.1): setup.cfg admits no jax
+    without them, in install_requires and in every accelerator extra."""
+    import configparser
+    import inspect
+
+    import jax
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(REPO, "hgmt/training/peers.py")) as f:
+        source = f.read()
+    passed = {"heartbeat_timeout_seconds", "shutdown_timeout_seconds"}
+    assert all(f"{name}=" in source for name in passed)
+    assert passed <= set(inspect.signature(jax.distributed.initialize).parameters)
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    blocks = [cfg["options"]["install_requires"]] + [
+        cfg["options.extras_require"][extra] for extra in ("cuda12", "cuda13", "tpu")]
+    jax_requirements = [r for block in blocks for r in map(Requirement, filter(None, (
+        line.split("#")[0].strip() for line in block.splitlines()))) if r.name == "jax"]
+    assert len(jax_requirements) == 4
+    for requirement in jax_requirements:
+        assert not requirement.specifier.contains("0.8.0"), requirement
+        assert requirement.specifier.contains("0.8.1"), requirement
+
+
 def _stand_ins(folder, exit_status=0):
     """srun, scontrol and gcloud that append their arguments (and SRUN_CPUS_PER_TASK) to
     folder/calls, one line each; srun exits with `exit_status`."""
