@@ -100,8 +100,60 @@ def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
     assert run.returncode == 75, run.stderr
     assert calls.read_text().splitlines() == [
         "srun cpus=32 --kill-on-bad-exit=1 python3 -m hgmt.main --distributed "
-        "--config=configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
+        f"--config={REPO}/configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
         "scontrol cpus=32 requeue 42"]
+
+
+def _sbatch_options() -> list[str]:
+    """The #SBATCH lines of launch/slurm.sbatch that sbatch reads: those before the first
+    command."""
+    options = []
+    with open(os.path.join(REPO, "launch/slurm.sbatch")) as f:
+        for line in f.read().splitlines()[1:]:
+            if line.startswith("#SBATCH "):
+                options.append(line.removeprefix("#SBATCH ").strip())
+            elif line.strip() and not line.startswith("#"):
+                break
+    return options
+
+
+def test_slurm_log_of_a_requeued_job_is_appended_to():
+    """A requeued job keeps its id, so its segments share %x-%j.out: opened for appending, the
+    first segment's log survives the second (Slurm truncates it unless the site sets
+    JobFileAppend=1)."""
+    options = _sbatch_options()
+    assert "--requeue" in options and "--output=%x-%j.out" in options
+    assert "--open-mode=append" in options
+
+
+def test_slurm_script_submitted_from_elsewhere_runs_the_checkout_hgmt_repo_names(tmp_path):
+    """sbatch runs a copy of the script in the directory it was called from: HGMT_REPO names
+    the checkout, which gives the default config and PYTHONPATH; a relative WORKDIR stays the
+    submitter's. Without it, from a directory that is no checkout, the job stops before srun."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "submit").mkdir()
+    calls = tmp_path / "calls"
+    srun = tmp_path / "bin" / "srun"
+    srun.write_text(f'#!/usr/bin/env bash\necho "$PWD|$PYTHONPATH|$*" >> {calls}\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    script = tmp_path / "slurm_script"  # where slurmd keeps its copy
+    script.write_text(open(os.path.join(REPO, "launch/slurm.sbatch")).read())
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+           "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "n[1-2]",
+           "SLURM_SUBMIT_DIR": str(tmp_path / "submit"), "PYTHONPATH": "/site"}
+    run = subprocess.run(["bash", str(script), "runs/a"], cwd=tmp_path, capture_output=True,
+                         env={**env, "HGMT_REPO": REPO}, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert calls.read_text().splitlines() == [
+        f"{tmp_path / 'submit'}|{REPO}:/site|--kill-on-bad-exit=1 python3 -m hgmt.main "
+        f"--distributed --config={REPO}/configs/default.py:tasks=all --workdir=runs/a"]
+    calls.unlink()
+    run = subprocess.run(["bash", str(script), "runs/a"], cwd=tmp_path, capture_output=True,
+                         env=env, text=True, timeout=60)
+    assert run.returncode == 2 and not calls.exists()
+    assert run.stderr == (f"error: {tmp_path / 'submit'} is not an hgmt checkout: submit from "
+                          f"the checkout, or set HGMT_REPO to it (HGMT_REPO=/path/to/hgmt "
+                          f"sbatch ... launch/slurm.sbatch WORKDIR)\n")
 
 
 def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
