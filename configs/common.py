@@ -13,8 +13,8 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
     """'tasks=pose2d+segm,runlocal' -> {'tasks': 'pose2d+segm', 'runlocal': True}.
 
     Keys must be in `defaults`, and each value takes its default's type: a boolean is a bare
-    flag or `=true|false` (also 1/0, yes/no); an unknown key or an unparsable value is an
-    error listing the valid ones."""
+    flag or `=true|false` (also 1/0, yes/no); a string whose default is '' may be given empty
+    (`key=`: none); an unknown key or an unparsable value is an error listing the valid ones."""
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, has_value, value = item.partition("=")
@@ -26,10 +26,17 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
                 raise ValueError(f"config argument {key}={value!r}: give {key}, "
                                  f"{key}=true or {key}=false")
             out[key] = word in _TRUE
+        elif not value and defaults[key] == "":
+            out[key] = ""
         elif not value:
             raise ValueError(f"config argument {key!r} needs a value: {key}=...")
         else:
-            out[key] = type(defaults[key])(value)
+            kind = type(defaults[key])
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r}: give {key}=<{kind.__name__}>"
+                                 f", e.g. {key}={defaults[key]}") from None
     return out
 
 

@@ -119,6 +119,22 @@ def test_study_and_learning_configs():
     assert "train" not in learning.get_config()["evals"]
 
 
+def test_an_empty_string_argument_is_its_documented_none():
+    """configs/learning.py documents `train_frames=` '' as none: given empty it evaluates no
+    training frames, as when not given; an argument whose default is not '' still needs a
+    value, and a number that does not parse names the argument."""
+    from configs import learning
+
+    c = learning.get_config("tasks=pose2d,train_frames=")
+    assert c.tasks == "pose2d" and "train" not in c.evals and c.total_steps == 1800
+    assert learning.get_config("train_frames=,steps=7").total_steps == 7
+    with pytest.raises(ValueError, match="'steps' needs a value"):
+        learning.get_config("steps=")
+    with pytest.raises(ValueError, match=r"^config argument steps='many': give steps=<int>, "
+                                         r"e\.g\. steps=1800$"):
+        learning.get_config("steps=many")
+
+
 def test_evaluator_config_has_the_fields_the_trainer_checks():
     from configs.common import evaluator_config
     from hgmt.training import evaluators
