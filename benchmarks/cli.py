@@ -37,10 +37,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
           doc: str) -> flags.FlagValues:
     """Parses argv (default sys.argv[1:]) against `define`'s flags and `--config`; positional
     arguments are an error."""
-    fv, rest = cli.parse(define, argv, doc, config_file=DEFAULT_CONFIG)
-    if rest:
-        raise SystemExit(f"error: unexpected arguments {rest} (--help lists the flags)")
-    return fv
+    return cli.parse(define, argv, doc, config_file=DEFAULT_CONFIG)[0]
 
 
 def config_args(fv: flags.FlagValues) -> list[str]:

@@ -72,7 +72,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def benchmark(argv: list[str] | None = None) -> dict:
     """Arguments after `--` go to train_step.py (config overrides, --steps, ...)."""
-    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
+                             positional="--")
     modes = tuple(args.modes)
     if len(modes) != 2 or not set(modes) <= {"separate", "vmapped"}:
         raise SystemExit(f"error: --modes={','.join(modes)}: give two of separate, vmapped")

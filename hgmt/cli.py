@@ -27,41 +27,151 @@ from hgmt import workdirs
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
           doc: str, config: ml_collections.ConfigDict | None = None, *,
-          config_file: bool | str = False) -> tuple[flags.FlagValues, list[str]]:
+          config_file: bool | str = False,
+          positional: str | None = None) -> tuple[flags.FlagValues, list[str]]:
     """Parses `argv` (without the program name; default sys.argv[1:]) against the flags that
     `define(flag_values)` defines, plus `--config`: the ConfigDict `config` when one is given
     (a workdir's), or a config file (`configs/x.py[:argument]`) with `config_file` (a string:
-    the file used when argv names none). -> (parsed flags, positional arguments). `--help`
-    prints the flags and exits 0; a bad flag, or an override of a field the config lacks,
-    exits 1 with a message naming it."""
+    the file used when argv names none), read here, so that a missing file stops the command
+    before it starts any work. -> (parsed flags, positional arguments).
+
+    `positional` says which positional arguments the command takes: None, none (a stray word,
+    or anything after `--`, exits naming it: it would otherwise be dropped unseen); 'any',
+    every one (hgmt.predict's files); '--', those after `--` only (arguments passed on to
+    other commands, as launch/sweep.py's), a word before it exits.
+
+    `--help` prints the flags and exits 0; a bad flag, a bad config argument or override, and
+    an override of a field the config lacks exit 1 with one line naming it and the fix."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if positional not in (None, "any", "--"):
+        raise ValueError(f"positional={positional!r}: give None, 'any' or '--'")
+    passed: list[str] = []
+    if positional == "--" and "--" in argv:
+        argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     fv = flags.FlagValues()
     define(fv)
     if config_file:
         default = config_file if isinstance(config_file, str) else None
-        try:
+        with _config_errors(argv, default):
             config_flags.DEFINE_config_file(
                 "config", default, "config file[:argument] (configs/*.py); override fields "
                 "with --config.x=y", flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
-        except (KeyError, AttributeError) as e:  # an override of a field the default lacks
-            raise SystemExit(f"error: --config has no field {e} (the config {default})"
-                             ) from None
     if config is not None:
-        try:
+        with _config_errors(argv, config):
             config_flags.DEFINE_config_dict(
                 "config", config, "the workdir's training config; override fields with "
                 "--config.x=y", flag_values=fv, sys_argv=["hgmt"] + argv)
-        except (KeyError, AttributeError) as e:  # an override of a field the config lacks
-            raise SystemExit(f"error: --config has no field {e}; its fields: "
-                             f"{', '.join(sorted(config.keys()))}") from None
     if "--help" in argv or "-h" in argv:
         print(f"{doc}\n\n{fv.get_help()}")
         raise SystemExit(0)
+    with _config_errors(argv, config if config is not None else
+                        config_file if isinstance(config_file, str) else None):
+        try:
+            rest = fv(["hgmt"] + argv)[1:]
+        except flags.Error as e:
+            raise SystemExit(f"error: {_flag_error(e)} (--help lists the flags)") from None
+        if config_file and fv.config is not None:
+            getattr(fv.config, "lock", None)  # a file that could not be read raises here
+    if positional == "--" and rest:
+        raise SystemExit(f"error: unexpected arguments {rest}: give the arguments to pass on "
+                         f"after `--` (--help lists the flags)")
+    if positional is None and rest:
+        how = ("; set a config field with --config.<field>=<value>, before any `--`"
+               if "config" in fv else "")
+        raise SystemExit(f"error: unexpected arguments {rest}: this command takes flags only"
+                         f"{how} (--help lists the flags)")
+    return fv, rest + passed
+
+
+def _flag_error(e: flags.Error) -> str:
+    """absl's error in one line: for an error inside a config file's `get_config` (a bad
+    argument after the colon), which ml_collections reports with the traceback in its
+    message, `--config=<value>: <the error's own message>`."""
+    text = str(e)
+    head, marker, _ = text.partition(": Error whilst parsing config file")
+    if marker:
+        inner = e.__context__  # ml_collections' copy, whose context is the config's own error
+        while inner is not None and "Error whilst parsing config file" in str(inner):
+            inner = inner.__context__
+        if inner is not None:
+            return f"{head.removeprefix('flag ')}: {inner}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def _config_errors(argv: Sequence[str],
+                   config: ml_collections.ConfigDict | str | None) -> Iterator[None]:
+    """Ends the command in one line for what ml_collections raises as it reads the config
+    (`config`: the ConfigDict, or the default config file): a file it could not read
+    (OSError), an override of a field the config lacks (AttributeError, KeyError)."""
     try:
-        rest = fv(["hgmt"] + argv)[1:]
-    except flags.Error as e:
-        raise SystemExit(f"error: {e} (--help lists the flags)") from None
-    return fv, rest
+        yield
+    except OSError as e:
+        cause = e.__cause__ or e
+        reason = [line.strip() for line in str(cause).splitlines() if line.strip()][-1]
+        raise SystemExit(f"error: --config={_config_value(argv, config)}: cannot read the "
+                         f"config file ({reason}); give a config file such as "
+                         f"configs/default.py:tasks=all (a relative path is taken from the "
+                         f"working directory)") from None
+    except (KeyError, AttributeError) as e:
+        raise SystemExit(f"error: {_missing_field(argv, config, e)}") from None
+
+
+def _config_value(argv: Sequence[str], config: ml_collections.ConfigDict | str | None
+                  ) -> str | None:
+    """The `--config` value that argv gives (the last), or the default config file."""
+    value = config if isinstance(config, str) else None
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            value = arg.partition("=")[2]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+_LISTS_OF_TASKS = ("loss_weights", "loss_options")
+
+
+def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str | None,
+                   error: BaseException) -> str:
+    """The message for an override of a field the config lacks: the override, the field
+    missing and the fields there are where it was looked for; for a task's loss weight or
+    options missing from a config file's, how to name the task there."""
+    value = None
+    if not isinstance(config, ml_collections.ConfigDict):
+        try:
+            value = _config_value(argv, config)
+            bare = flags.FlagValues()  # the config without the overrides
+            config_flags.DEFINE_config_file("config", None, "", flag_values=bare,
+                                            sys_argv=["hgmt", f"--config={value}"])
+            bare(["hgmt", f"--config={value}"])
+            config = bare.config
+        except Exception:  # noqa: BLE001  (the message then names the field alone)
+            config = None
+    overrides = [arg.lstrip("-").partition("=")[0].removeprefix("noconfig.").removeprefix(
+        "config.") for arg in argv if arg.startswith(("--config.", "-config.", "--noconfig.",
+                                                      "-noconfig."))]
+    for path in overrides if isinstance(config, ml_collections.ConfigDict) else ():
+        node, walked = config, []
+        for name in path.split("."):
+            if isinstance(node, ml_collections.ConfigDict) and name in node:
+                node, walked = node[name], walked + [name]
+                continue
+            where = ".".join(walked) or "the config"
+            if not isinstance(node, ml_collections.ConfigDict):
+                return (f"--config.{path}: {where} is a {type(node).__name__} value, with no "
+                        f"field {name!r}")
+            fix = ""
+            if value and walked and walked[0] in _LISTS_OF_TASKS:
+                file, _, arg = value.partition(":")
+                items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
+                items.append(f"tasks={config.tasks}+{name}")
+                fix = (f"; {walked[0]} holds the tasks named after the colon of --config: name "
+                       f"{name} there (--config={file}:{','.join(items)}) to set its "
+                       f"{walked[0]}")
+            return (f"--config.{path}: {where} has no field {name!r} (its fields: "
+                    f"{', '.join(sorted(node.keys()))}){fix}")
+    return f"--config has no field {error} (--help lists the flags)"
 
 
 def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | None:

@@ -7,8 +7,9 @@ With configs/demo.py the demo dataset is generated and built first unless built 
 (from the same demo settings).
 
 Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
-(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id. A
-dead process is detected within --heartbeat_timeout seconds (hgmt.training.peers).
+(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id (the
+last two without the first are refused: each process would train alone). A dead process is
+detected within --heartbeat_timeout seconds (hgmt.training.peers).
 
 Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
 checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peers.EXIT_PEER_LOST):
@@ -130,15 +131,31 @@ def _hide_accelerators_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
+def parse(argv: list[str] | None) -> flags.FlagValues:
+    """hgmt.main's command line parsed, its config file read with its arguments and overrides
+    (launch/sweep.py checks its runs' with it); a bad flag, config or argument, or a multi-host
+    flag without the others it needs, exits in one line before any work."""
+    FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
+    if FLAGS.config is None:
+        raise SystemExit("error: --config is required: a config file such as "
+                         "configs/default.py:tasks=all")
+    given = [f"--{name}" for name in ("num_processes", "process_id")
+             if FLAGS[name].value is not None]
+    if given and not (FLAGS.coordinator_address or FLAGS.distributed):
+        raise SystemExit(f"error: {' and '.join(given)} need{'s' * (len(given) == 1)} "
+                         f"--coordinator_address=host:port "
+                         f"of process 0 as well (a multi-host run gives all three), or "
+                         f"--distributed, which reads them from the cluster (Slurm, TPU VM); "
+                         f"without either each process would train alone as process 0 of 1")
+    return FLAGS
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.main --config=configs/x.py[:arg] --workdir=DIR [--config.x=y ...]`.
     Given `argv` (a caller in the same process), it gives the console's handlers back as they
     were when it returns; as the command (`argv` None: sys.argv) it keeps them filtered until
     the process exits."""
-    FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
-    if FLAGS.config is None:
-        raise SystemExit("error: --config is required: a config file such as "
-                         "configs/default.py:tasks=all")
+    FLAGS = parse(argv)
     # absl's line format (level, date, time, thread, file:line), as app.run would give it
     logging.basicConfig(format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
                         "%(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
@@ -167,8 +184,9 @@ def _run(fv: flags.FlagValues) -> int:
     from hgmt.training import checkpoints, peers, preemption
 
     if fv.coordinator_address or fv.distributed:
-        peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                         heartbeat_timeout_s=fv.heartbeat_timeout)
+        with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
+            peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                             heartbeat_timeout_s=fv.heartbeat_timeout)
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
     [--batch_size=8] IMAGE_OR_VIDEO...`."""
     args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
-                             cli.workdir_config(argv))
+                             cli.workdir_config(argv), positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
     logging.basicConfig(level=logging.WARNING)

@@ -239,3 +239,138 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     with caplog.at_level(logging.INFO):
         logging.info("a verbose line", extra=device_memory.VERBOSE)
     assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
+
+
+# The flags each command needs before it looks at anything else; `{never}` a path that must
+# not appear (nothing is written), `{workdir}` a workdir holding a config.
+REQUIRED = {
+    "hgmt.main": [f"--config={REPO}/configs/demo.py", "--workdir={never}",
+                  "--config.model.ops=xla"],  # the old parse trained; this stops it at once
+    "hgmt.export": ["--format=stablehlo", "--out_dir={never}"],
+    "hgmt.report": ["--sweep_dir={never}"],
+    "hgmt.data.check": ["--data_dir={never}"],
+    "hgmt.sources.synthetic": ["--out_dir={never}"],
+    "launch/sweep.py": ["--sweep_dir={never}", "--config=configs/demo.py"],
+    "benchmarks/compile_and_load.py": ["--cache={never}"],
+    "experiments/depth_baselines.py": ["--clips={never}"],
+    "experiments/limb_depth.py": ["--clips={never}"],
+    "experiments/learning_curves.py": ["--workdir={workdir}", "--out_dir={never}"],
+}
+TAKES_AFTER_DASHES = ("launch/sweep.py", "benchmarks/step_levers.py",
+                      "benchmarks/stream_modes.py")
+
+
+@pytest.mark.parametrize("entry", sorted(set(ENTRY_POINTS) - {"hgmt.predict"}))
+def test_a_stray_argument_exits_naming_it_before_any_work(entry, saved_workdir, tmp_path):
+    """A positional argument a command does not take (a mistyped flag, a config override
+    after `--`) is refused in one line, not dropped while the command runs with its
+    defaults; commands that pass what follows `--` on refuse one before it."""
+    never = tmp_path / "never"
+    argv = [a.format(never=never, workdir=saved_workdir) for a in REQUIRED.get(entry, [])]
+    if entry in ON_A_WORKDIR:
+        argv.insert(0, f"--workdir={saved_workdir}")
+    with pytest.raises(SystemExit) as e:
+        load(entry).main([*argv, "total_steps=5"])
+    if entry in TAKES_AFTER_DASHES:
+        assert e.value.code == ("error: unexpected arguments ['total_steps=5']: give the "
+                                "arguments to pass on after `--` (--help lists the flags)")
+    else:
+        assert str(e.value.code).startswith(
+            "error: unexpected arguments ['total_steps=5']: this command takes flags only"), (
+            e.value.code)
+        assert str(e.value.code).endswith(" (--help lists the flags)")
+    assert not never.exists()
+
+
+def test_a_config_override_after_dashes_is_refused_not_lost(tmp_path):
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
+                                "--config.model.ops=xla", "--", "--config.total_steps=5"])
+    assert e.value.code == (
+        "error: unexpected arguments ['--config.total_steps=5']: this command takes flags "
+        "only; set a config field with --config.<field>=<value>, before any `--` (--help "
+        "lists the flags)")
+    assert not workdir.exists()
+    from hgmt import cli
+
+    fv, passed = cli.parse(lambda fv: None, ["--", "--config.x=1", "a"], "doc", positional="--")
+    assert passed == ["--config.x=1", "a"]
+    fv, files = cli.parse(lambda fv: None, ["a.jpg", "--", "-b.jpg"], "doc", positional="any")
+    assert files == ["a.jpg", "-b.jpg"]
+
+
+DEFAULT = f"{REPO}/configs/default.py"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([f"--config={DEFAULT}:tasks=bogus"],
+     f"error: --config={DEFAULT}:tasks=bogus: unknown task(s) ['bogus']: choose a non-empty "
+     f"subset of pose2d, pose3d, depth, segm joined by '+', or 'all' (--help lists the flags)"),
+    ([f"--config={DEFAULT}:runlocal=maybe"],
+     f"error: --config={DEFAULT}:runlocal=maybe: config argument runlocal='maybe': give "
+     f"runlocal, runlocal=true or runlocal=false (--help lists the flags)"),
+    ([f"--config={DEFAULT}:foo=1"],
+     f"error: --config={DEFAULT}:foo=1: unknown config argument 'foo'; valid: ['interaction', "
+     f"'runlocal', 'tasks'] (--help lists the flags)"),
+    ([f"--config={DEFAULT}", "--config.typo=3"],
+     "error: --config.typo: the config has no field 'typo' (its fields: augment_on, "
+     "batch_size, "),
+    ([f"--config={DEFAULT}", "--config.model.typo=3"],
+     "error: --config.model.typo: model has no field 'typo' (its fields: depth, dtype, "
+     "features, interaction, num_stacks, ops, shared_trunk, stream_mode)"),
+    ([f"--config={DEFAULT}:runlocal,tasks=pose2d", "--config.tasks=pose2d+segm",
+      "--config.loss_weights.segm=2"],
+     f"error: --config.loss_weights.segm: loss_weights has no field 'segm' (its fields: "
+     f"pose2d); loss_weights holds the tasks named after the colon of --config: name segm "
+     f"there (--config={DEFAULT}:runlocal,tasks=pose2d+segm) to set its loss_weights"),
+    ([f"--config={REPO}/configs/nonexist.py", "--config.total_steps=3"],
+     f"error: --config={REPO}/configs/nonexist.py: cannot read the config file ([Errno 2] No "
+     f"such file or directory: '{REPO}/configs/nonexist.py'); give a config file such as "
+     f"configs/default.py:tasks=all (a relative path is taken from the working directory)"),
+    ([f"--config={DEFAULT}", "--num_processes=2", "--process_id=1"],
+     "error: --num_processes and --process_id need --coordinator_address=host:port of "
+     "process 0 as well (a multi-host run gives all three), or --distributed, which reads "
+     "them from the cluster (Slurm, TPU VM); without either each process would train alone "
+     "as process 0 of 1"),
+    ([f"--config={DEFAULT}", "--process_id=0"],
+     "error: --process_id needs --coordinator_address=host:port of process 0 as well"),
+])
+def test_a_bad_config_or_launch_flag_is_one_line_before_any_work(args, message, tmp_path):
+    """Errors in the config argument, an override of a field the config lacks, a config file
+    that is not there and multi-host flags without a coordinator end hgmt.main in one line
+    naming the flag and the fix, before JAX starts or the workdir is made."""
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as e:  # the bad value stops the old parse's training
+        load("hgmt.main").main([*args, f"--workdir={workdir}", "--config.model.ops=xla"])
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
+    assert e.value.code.startswith(message), e.value.code
+    assert not workdir.exists()
+
+
+def test_an_override_of_a_field_a_workdirs_config_lacks_is_one_line(saved_workdir):
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.evaluate").main([f"--workdir={saved_workdir}", "--config.loss_weights.segm=1"])
+    assert e.value.code == ("error: --config.loss_weights.segm: loss_weights has no field "
+                            "'segm' (its fields: pose2d)")
+
+
+def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
+    """`--distributed` where JAX finds no cluster: the command's whole output is one line
+    saying what to give instead, with exit status 1 (JAX's own ValueError was a traceback)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
+    run = subprocess.run(
+        [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
+         f"--workdir={tmp_path / 'w'}", "--distributed", "--compilation_cache="],
+        env={**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "error: ValueError: jax.distributed.initialize: coordinator_address should be defined. "
+        "JAX finds the coordinator, the number of processes and this process's index itself "
+        "under Slurm, Open MPI and on TPU VMs only; elsewhere give them (hgmt.main: "
+        "--coordinator_address=host:port of process 0, --num_processes, --process_id)"]
+    assert not (tmp_path / "w").exists()

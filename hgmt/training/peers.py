@@ -87,14 +87,22 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
     timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
     process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
-    verdict ends the process without a word from hgmt, gets three times that."""
+    verdict ends the process without a word from hgmt, gets three times that. An argument
+    that is None and that no cluster gives is a ValueError saying which to give."""
     global _heartbeat_timeout_s
     _heartbeat_timeout_s = heartbeat_timeout_s
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=slurm_local_device_ids(os.environ),
-                               heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
-                               shutdown_timeout_seconds=shutdown_timeout_s)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   local_device_ids=slurm_local_device_ids(os.environ),
+                                   heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
+                                   shutdown_timeout_seconds=shutdown_timeout_s)
+    except ValueError as e:
+        raise ValueError(
+            f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
+            f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
+            f"elsewhere give them (hgmt.main: --coordinator_address=host:port of process 0, "
+            f"--num_processes, --process_id)") from e
 
 
 def _per_node(compressed: str) -> list[int]:
