@@ -21,6 +21,8 @@ a scheduler, e.g.
 SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
 finished runs against; a later call with the same config adds its subsets and seeds to it, so
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
+The first run's command line is parsed as hgmt.main parses it before the plan is written: a
+misspelt config, override or flag stops the sweep in one line and leaves the directory free.
 Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
 Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
 the config file, `python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs
@@ -85,6 +87,32 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
+def check_first_run(config: str, tasks: str, extra: list[str]) -> None:
+    """Parses the first run's command line as hgmt.main does, its config file read with its
+    argument and the arguments after `--`: a missing file, a bad argument or override, or a
+    flag hgmt.main lacks exits in one line naming it, before the sweep records its plan or
+    starts a run. A relative config path is taken from the caller's working directory, where
+    the runs start, else from the repository, where `hgmt.report --check_config` reads it."""
+    from hgmt import main as trainer
+
+    path, colon, argument = config.partition(":")
+    if not os.path.isabs(path):
+        here = path if os.path.isfile(path) else os.path.join(REPO, path)
+        if not os.path.isfile(here):
+            raise SystemExit(f"error: --config={config}: no config file {path} in the working "
+                             f"directory or in {REPO}: give a config file such as "
+                             f"configs/default.py")
+        path = os.path.abspath(here)
+    try:
+        trainer.parse([*runs.config_args(f"{path}{colon}{argument}", tasks, extra, 0),
+                       "--workdir=unused"])
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
+                         f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+
+
 def _run_env() -> dict[str, str]:
     """The runs' environment: this one with hgmt's checkout importable. They run in the
     caller's working directory, so that relative paths given to the sweep mean the same."""
@@ -114,12 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     """`python launch/sweep.py --sweep_dir=DIR --config=FILE[:ARG] [--tasks=A,B]
     [--protocols=P,Q] [--seeds=N] [--print_only] [-- --config.x=y ...]`: what follows `--`
     goes to every `hgmt.main` run."""
-    args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0], positional="--")
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
-    subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
-        "+".join(c) for c in all_subsets()]
-    extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x and x != "hgmt"]
+    try:
+        subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
+            "+".join(c) for c in all_subsets()]
+    except ValueError as e:
+        raise SystemExit(f"error: --tasks={args.tasks}: {e}") from None
+    try:
+        extra_protocols = [protocols.check(x) for x in args.protocols.split(",")
+                           if x and x != "hgmt"]
+    except ValueError as e:
+        raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
+    # Before the plan is recorded, which holds the sweep directory to this config.
+    check_first_run(args.config, subsets[0], extra)
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)

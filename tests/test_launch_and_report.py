@@ -40,8 +40,52 @@ def test_sweep_rejects_unknown_task(tmp_path):
     run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={tmp_path}/s",
                           "--config=configs/demo.py", "--tasks=pose2d,hands", "--print_only"],
                          cwd=REPO, capture_output=True, text=True)
-    assert run.returncode != 0 and "unknown task(s) ['hands']" in run.stderr
+    assert run.returncode == 1 and run.stderr.splitlines() == [
+        "error: --tasks=pose2d,hands: unknown task(s) ['hands']: choose a non-empty subset of "
+        "pose2d, pose3d, depth, segm joined by '+', or 'all'"]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
+    """The first run's arguments are parsed as hgmt.main parses them before the plan is
+    written: a misspelt override after `--`, a config file that is not there or a stray word
+    stop the sweep in one line and leave no sweep.json, which would hold the directory to the
+    bad config; the corrected command then records its plan."""
+    s = tmp_path / "s"
+
+    def sweep(*args):
+        return subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                               "--tasks=pose2d", "--print_only", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    for args, message in (
+            (["--config=configs/demo.py", "--", "--config.total_stps=5"],
+             "error: the runs' hgmt.main (--config=configs/demo.py and the arguments after "
+             "`--`): --config.total_stps: the config has no field 'total_stps' (its fields: "),
+            (["--config=configs/dmeo.py", "--", "--config.total_steps=5"],
+             f"error: --config=configs/dmeo.py: no config file configs/dmeo.py in the working "
+             f"directory or in {REPO}: give a config file such as configs/default.py"),
+            (["--config=configs/demo.py:runlocal", "--", "--config.total_steps=5"],
+             f"error: the runs' hgmt.main (--config=configs/demo.py:runlocal and the arguments "
+             f"after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: unknown "
+             f"config argument 'runlocal'; valid: ['tasks']"),
+            (["--config=configs/demo.py", "--config.total_steps=5"],
+             "error: Unknown command line flag 'config.total_steps'"),
+            (["--config=configs/demo.py", "total_steps=5"],
+             "error: unexpected arguments ['total_steps=5']: give the arguments to pass on "
+             "after `--`")):
+        run = sweep(*args)
+        assert run.returncode == 1, (args, run.stdout)
+        assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith(message), (
+            args, run.stderr)
+        assert not (s / workdirs.SWEEP_PLAN).exists()
+    run = sweep("--config=configs/demo.py", "--", "--config.total_steps=5")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-3:] == ["--config=configs/demo.py:tasks=pose2d",
+                                       f"--workdir={s}/pose2d", "--config.total_steps=5"]
+    assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == {
+        "config": "configs/demo.py", "subsets": ["pose2d"], "seeds": 1,
+        "extra": ["--config.total_steps=5"]}
 
 
 def _summary(pck=None, mjd=None, iou=None, rmse=None):
