@@ -176,32 +176,6 @@ print(profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value)
     assert proc.stdout.split() == ["unparsed", "before", "False"]
 
 
-def test_training_shards_hold_every_record_once(monkeypatch):
-    """10 records over 3 simulated processes: the training loader of process i reads records
-    of its own shard only, the shards 4, 3 and 3 records, every record in exactly one (with
-    grain's drop_remainder=True, shards of 3 and record 9 never read)."""
-    import grain.python as grain
-    import jax
-
-    class Value(grain.MapTransform):
-        def map(self, element):
-            return element["x"]
-
-    source = [{"x": k} for k in range(10)]
-    monkeypatch.setattr(jax, "process_count", lambda: 3)
-    shards = []
-    for i in range(3):
-        monkeypatch.setattr(jax, "process_index", lambda i=i: i)
-        batches = iter(ip.endless_loader(source, Value(), batch_size=3, seed=0, worker_count=0))
-        shards.append(sorted({int(next(batches)[0]) for _ in range(12)}))  # 3+ epochs
-    assert shards == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    # Records that divide evenly: the sampler's repr (checked when grain restores a saved
-    # position) is that of the loaders before uneven shards.
-    assert repr(ip.shard_options(9)) == repr(grain.ShardByJaxProcess(drop_remainder=True))
-    uneven = ip.shard_options(10)
-    assert (uneven.shard_index, uneven.shard_count, uneven.drop_remainder) == (2, 3, False)
-
-
 def test_test_protocol_and_padded_eval_batches(demo_dataset):
     idx = ip.test_protocol_indices("surreal/all", demo_dataset[1], "test")
     assert len(idx) == 2  # one middle frame per test clip

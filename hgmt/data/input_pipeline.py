@@ -13,9 +13,10 @@ records into fixed-size arrays and the same crop runs batched in the step
 (hgmt/data/device_augment.py).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
-access, so shuffling needs no buffer, each host reads its own contiguous share of the records
-(every record in exactly one share, `shard_options`), and the iterator's position is a few
-integers that orbax saves with the checkpoint (resuming continues the same data stream).
+access, so shuffling needs no buffer, each host reads its own equal share of the records (with
+P processes the last N mod P records of a split, at most P - 1, are in no share), and the
+iterator's position is a few integers that orbax saves with the checkpoint (resuming continues
+the same data stream).
 """
 
 from __future__ import annotations
@@ -357,23 +358,15 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
     (resume) depend only on the source, seed and batch size, whatever `transform` makes."""
     absl_flags_at_defaults()
     sampler = grain.IndexSampler(
-        num_records=len(source), shard_options=shard_options(len(source)),
+        # Equal shares (drop_remainder): grain checks the sampler when it restores a saved
+        # position, so this stays what every checkpoint was saved with.
+        num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
         operations=[SkipUnusable(), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=auto_worker_count(worker_count), read_options=read_options(read_threads))
-
-
-def shard_options(num_records: int) -> grain.ShardByJaxProcess:
-    """This process's share of a split of `num_records` records: one contiguous shard per
-    process, the first `num_records % process_count` of them one record longer, so every
-    record is in exactly one shard (the loader is endless and each host batches its own
-    shard, so shards need not be equal). When the records divide evenly nothing is left to
-    drop either way, and `drop_remainder=True` keeps the sampler's repr, which grain checks on
-    restoring a saved position, that of the runs saved before uneven shards."""
-    return grain.ShardByJaxProcess(drop_remainder=num_records % jax.process_count() == 0)
 
 
 def absl_flags_at_defaults() -> None:
