@@ -12,7 +12,6 @@ import pytest
 import hgmt.evaluate
 from configs.common import evaluator_config
 from hgmt import workdirs
-from hgmt.data import input_pipeline
 from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
@@ -259,17 +258,25 @@ def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_pat
 def test_frames_the_build_does_not_hold_stop_the_run_before_training(every10_dataset,
                                                                      tmp_path):
     """An evaluator asking for every 4th frame of a build of every 10th stops the run at its
-    start, naming the evaluator, not when it first runs; every20 of the same build trains."""
+    start, naming the evaluator, not when it first runs, and before the workdir changes: a
+    resume with it leaves the run's config.json and checkpoints as they were; every20 of the
+    same build trains."""
+    run = tmp_path / "run"
     config = tiny_config(every10_dataset, tasks="pose2d", dataset="surreal/every10",
-                         total_steps=1, **{"evals.test.frames": "every4"})
-    with pytest.raises(ValueError, match=r"config.evals.test: frames='every4' .* every 10th"):
-        loop.train(config, str(tmp_path / "run"))
-    assert not [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]  # no step saved
+                         total_steps=1, **{"evals.test.frames": "every20"})
+    loop.train(config, str(run))
+    saved = (run / "config.json").read_text()
     with config.unlocked():
-        config.evals.test.frames = "every20"
-    evals = evaluators.Evaluators(config, str(tmp_path / "run2"), {"pose2d": 1.0})
-    evals.check_frames(
-        input_pipeline.open_split("surreal/every10", every10_dataset, "test").dataset_info)
+        config.evals.test.frames = "every4"
+        config.total_steps = 2
+    with pytest.raises(ValueError, match=r"config.evals.test: frames='every4' .* every 10th"):
+        loop.train(config, str(run))
+    assert (run / "config.json").read_text() == saved
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["1"]
+    with pytest.raises(ValueError, match=r"config.evals.test: frames='every4'"):
+        loop.train(config, str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh" / "checkpoints").exists() or not [
+        p.name for p in (tmp_path / "fresh" / "checkpoints").iterdir()]
 
 
 def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):

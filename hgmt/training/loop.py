@@ -149,8 +149,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     source = None  # the training split, when this run opens it
     prepare = augmentation(config, tasks)
     augment_on = "host" if prepare is None else "device"
+    evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
+    opened.push(_closing(evals))
     if loader is None:
         source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+        # The evaluators' frames must be in this build: checked before the workdir changes.
+        evals.check_frames(source.dataset_info)
         # A resumed loader needs the worker count its saved position was made with.
         workers = checkpoints.resume_worker_count(workdir, config.worker_count,
                                                   jax.process_count())
@@ -201,10 +205,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"{workdirs.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
             f"or set optimizer.grad_clip_norm.")
 
-    evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
-    opened.push(_closing(evals))
-    if source is not None:
-        evals.check_frames(source.dataset_info)
     forgotten = evals.forget_after(
         start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
     if forgotten:
