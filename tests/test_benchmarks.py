@@ -1039,6 +1039,13 @@ def test_the_pool_benchmark_records_a_way_that_differs_and_times_it_all_the_same
     assert all(v > 0 for v in r["median_ms"].values())
 
 
+def test_the_pools_largest_difference_keeps_a_nan_in_any_leaf():
+    ones = np.ones(3, np.float32)
+    assert pool_backward.max_abs_difference([ones, ones], [ones, ones]) == 0.0
+    assert pool_backward.max_abs_difference([ones, ones + 2], [ones, ones]) == 2.0
+    assert np.isnan(pool_backward.max_abs_difference([ones, ones * np.nan], [ones, ones]))
+
+
 def test_the_pool_benchmark_finds_every_pool_of_the_model():
     """The paper's pose2d network: the stem's pool and four per hourglass, two stacks."""
     config = cli.parse(lambda fv: None, ["--config.batch_size=8",

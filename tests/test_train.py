@@ -169,9 +169,10 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
 
 
 def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, caplog):
     """An evaluation after step 2's log line (made to take 4 s) is not in steps 3-4's img/s:
-    the two steps of 8 images take well under 4 s, so their img/s is above 16 / 4."""
+    the two steps of 8 images take well under 4 s, so their img/s is above 16 / 4; the ETA,
+    the time to the end, counts it."""
     from hgmt.training import evaluators
 
     real_run = evaluators.Evaluators.run
@@ -182,12 +183,17 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
         return out
 
     monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
-    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=2,
-                         checkpoint_every=4, **{"evals.validation.every": 2,
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=2,
+                         checkpoint_every=6, **{"evals.validation.every": 2,
                                                 "evals.validation.max_examples": 8})
     writer = Scalars()
-    loop.train(config, str(tmp_path), writer=writer)
+    with caplog.at_level(logging.INFO):
+        loop.train(config, str(tmp_path), writer=writer)
     assert writer.scalars[4]["img_per_s"] > 2 * config.batch_size / 4.0
+    # The ETA does count them: at step 4, 2 steps left at the pace of steps 2-4 (one 4-s
+    # evaluation in 3 steps since the compiled first one) is at least 2 * 4 / 3 s.
+    eta = re.search(r"step 4/6 .* ETA (\d+):(\d\d):(\d\d)", caplog.text)
+    assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) >= 2
 
 
 def test_interval_sets_apart_the_time_it_is_told_to():

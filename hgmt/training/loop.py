@@ -245,6 +245,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
                  config.batch_size, augment_on)
     interval = step_metrics.Interval(start_step)
+    # The ETA's clock: wall time since training began (after the first step's compilation),
+    # evaluations and saves included, over the steps done since.
+    since, since_step = time.perf_counter(), start_step
     step_values = None  # the last dispatched step's outputs: ready once the device ran it
     saving = None  # the step of the newest checkpoint orbax may still be writing
     for step in range(start_step + 1, config.total_steps + 1):
@@ -265,11 +268,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         metrics.append(step, step_values)  # no host copy: the next step queues behind it
         preempted = watch.reached(step)
         if step == start_step + 1 and step % config.log_every and step < config.total_steps:
-            # The first step compiles: timed apart, so img/s and the ETA count training only.
+            # The first step compiles: timed apart from img/s and the ETA.
             jax.block_until_ready(step_values)
             logging.info("step %d (compilation included) took %.1f s", step,
                          interval.training_time())
             interval.restart(step)
+            since, since_step = time.perf_counter(), step
         stopping = preempted and step < config.total_steps
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
@@ -291,7 +295,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                         "learning_rate": float(lr_fn(step - 1)),
                                         **({} if damaged is None else {
                                             "data/damaged_records": len(damaged.found)})})
-            eta = (config.total_steps - step) * elapsed / steps_done
+            eta = ((config.total_steps - step) * (time.perf_counter() - since)
+                   / (step - since_step))
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
