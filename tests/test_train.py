@@ -449,6 +449,35 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
     assert checkpoints.manager(workdir).all_steps() == [2, 4]
 
 
+def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_path, caplog,
+                                                             monkeypatch):
+    """Checkpoints written with clipping as `optax.chain(clip_by_global_norm, rmsprop)` (how
+    hgmt built the clipped optimizer before its state kept the optimizer's own layout) are
+    read with their values as saved, and resume with or without clipping."""
+    import optax
+
+    def optimizer_before(config):
+        tx = optax.rmsprop(steps.create_lr(config), decay=0.99, eps=1e-8, eps_in_sqrt=False)
+        return optax.chain(optax.clip_by_global_norm(config.optimizer.grad_clip_norm), tx)
+
+    workdir = str(tmp_path / "run")
+    kw = {"tasks": "pose2d", "worker_count": 0, "optimizer.grad_clip_norm": 1.0}
+    with monkeypatch.context() as m:
+        m.setattr(steps, "create_optimizer", optimizer_before)
+        before = loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    with caplog.at_level(logging.INFO):
+        read = loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    assert "older layout" in caplog.text
+    leaves = jax.tree.leaves
+    assert len(leaves(read.opt_state)) == len(leaves(before.opt_state)) > 0
+    for a, b in zip(leaves((read.params, read.opt_state[0])),
+                    leaves((before.params, before.opt_state[1])), strict=True):
+        np.testing.assert_array_equal(a, b)
+    after = loop.train(tiny_config(demo_dataset[1], total_steps=4,
+                                   **{**kw, "optimizer.grad_clip_norm": 0.0}), workdir)
+    assert int(after.step) == 4
+
+
 def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_dataset, tmp_path):
     """grain restores a data position only into the worker count (and process count) that
     saved it. Auto (-1) takes the checkpoint's count, so a requeued job on a host with other

@@ -18,6 +18,7 @@ rerun with space resumes from the newest of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -52,9 +53,12 @@ RETRY_DELAYS_S = (1.0, 4.0)
 
 
 def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any],
-                            workdir: str) -> tuple[int, Any] | None:
+                            workdir: str, older_layouts: Sequence[OlderLayout] = ()
+                            ) -> tuple[int, Any] | None:
     """Restores the newest checkpoint of `mngr` that reads: -> (step, restored), or None when
-    there is none. `args()` makes the restore arguments (afresh for each try).
+    there is none. `args()` makes the restore arguments (afresh for each try); a checkpoint
+    they do not read is tried in each of `older_layouts` (written by an older hgmt) before it
+    counts as unreadable.
 
     A restore that raises an OSError is tried again after each of RETRY_DELAYS_S. A checkpoint
     that does not read is logged (path, error) and the previous one is tried; the unreadable
@@ -72,14 +76,15 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
     own = jax.process_count() > 1
     reader = _own_reader(mngr.directory, tuple(args().keys())) if own else mngr
     try:
-        return _restore_agreed(mngr, reader, args, workdir)
+        return _restore_agreed(mngr, reader, args, workdir, older_layouts)
     finally:
         if own:
             reader.close()
 
 
 def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
-                    args: Callable[[], Any], workdir: str) -> tuple[int, Any] | None:
+                    args: Callable[[], Any], workdir: str,
+                    older_layouts: Sequence[OlderLayout]) -> tuple[int, Any] | None:
     """`restore_newest_readable`'s rounds: each process reads its newest readable step at or
     below the bound, and the bound drops to the oldest of those until all read the same."""
     steps = sorted(mngr.all_steps(), reverse=True)
@@ -87,7 +92,8 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
     found, bound = None, None
     while True:
         if found is None or (bound is not None and found[0] > bound):
-            found = _newest_readable(reader, steps, args, bound, workdir, failures)
+            found = _newest_readable(reader, steps, args, bound, workdir, failures,
+                                     older_layouts)
         rows = _agree(found[0] if found else -1, bool(failures), steps[0] if steps else -1)
         bound = int(rows[:, 0].min())
         if bound == rows[:, 0].max():
@@ -116,10 +122,11 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
 
 
 def _newest_readable(reader: ocp.CheckpointManager, steps: list[int], args: Callable[[], Any],
-                     bound: int | None, workdir: str,
-                     failures: list[tuple[int, Exception]]) -> tuple[int, Any] | None:
+                     bound: int | None, workdir: str, failures: list[tuple[int, Exception]],
+                     older_layouts: Sequence[OlderLayout] = ()) -> tuple[int, Any] | None:
     """(step, restored) of the newest of `steps` (newest first) at or below `bound` that this
-    process reads, or None; a step that fails is logged and added to `failures`."""
+    process reads, in today's layout (`args`) or one of `older_layouts`, or None; a step that
+    fails is logged and added to `failures`."""
     tried = {s for s, _ in failures}
     for step in steps:
         if (bound is not None and step > bound) or step in tried:
@@ -127,9 +134,36 @@ def _newest_readable(reader: ocp.CheckpointManager, steps: list[int], args: Call
         try:
             return step, _restore(reader, step, args, workdir)
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+            older = _restore_older(reader, step, older_layouts, workdir)
+            if older is not None:
+                return step, older
             logging.error("checkpoint %s/%d does not read, trying the previous one: %s: %s",
                           workdirs.checkpoint_dir(workdir), step, type(e).__name__, str(e)[:500])
             failures.append((step, e))
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OlderLayout:
+    """A layout an older hgmt wrote checkpoints in: `args()` restores one, `convert` turns
+    what it restored into today's layout; `name` says which, in the log."""
+
+    name: str
+    args: Callable[[], Any]
+    convert: Callable[[Any], Any]
+
+
+def _restore_older(reader: ocp.CheckpointManager, step: int,
+                   older_layouts: Sequence[OlderLayout], workdir: str) -> Any | None:
+    """`step` restored in the first of `older_layouts` that reads it, converted, or None."""
+    for layout in older_layouts:
+        try:
+            restored = layout.convert(_restore(reader, step, layout.args, workdir))
+        except Exception:  # noqa: BLE001, S112  (not this layout: try the next)
+            continue
+        logging.info("checkpoint %s/%d is in an older layout (%s): read and converted",
+                     workdirs.checkpoint_dir(workdir), step, layout.name)
+        return restored
     return None
 
 

@@ -172,10 +172,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     opened.push(_closing(mngr))
     # Checkpoints hold the streams per task whatever config.model.stream_mode trains them.
-    restored = checkpoints.restore_newest_readable(
-        mngr, lambda: ocp.args.Composite(
-            state=ocp.args.StandardRestore(to_checkpoint_layout(model, state)),
-            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter)), workdir)
+    def restore_args(template: steps.TrainState) -> Callable[[], ocp.args.Composite]:
+        return lambda: ocp.args.Composite(
+            state=ocp.args.StandardRestore(to_checkpoint_layout(model, template)),
+            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter))
+
+    clipped_before = checkpoints.OlderLayout(
+        "gradient clipping in the optimizer chain", restore_args(
+            steps.with_clip_state_before(state)),
+        lambda r: {"state": steps.without_clip_state(r["state"]), "data": r["data"]})
+    restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
+                                                   [clipped_before])
     if restored is not None:
         state = to_model_layout(model, restored[1]["state"])
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),

@@ -74,6 +74,18 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return optax.chain(clipped(tx, opt.grad_clip_norm) if opt.grad_clip_norm else tx)
 
 
+def with_clip_state_before(state: TrainState) -> TrainState:
+    """`state` with the optimizer state's layout of checkpoints hgmt wrote with clipping on
+    before `clipped` kept the optimizer's own state: `optax.chain(clip_by_global_norm,
+    optimizer)`'s, (EmptyState(), the optimizer's state)."""
+    return state.replace(opt_state=(optax.EmptyState(), state.opt_state[0]))
+
+
+def without_clip_state(state: TrainState) -> TrainState:
+    """A state in `with_clip_state_before`'s layout -> today's, the same values."""
+    return state.replace(opt_state=(state.opt_state[1],))
+
+
 def init_variables(model, rng: jax.Array, images: jax.Array,
                    compiled: bool | None = None) -> dict:
     """`model.init(rng, images, train=False)`: {"params", "batch_stats"}. Compiled as one
