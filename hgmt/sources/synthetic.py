@@ -304,6 +304,9 @@ def write_video(path: str, frames: np.ndarray, fps: int = 30) -> None:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
+        # x264's output depends on its thread count, which it sets from the CPUs it finds:
+        # one thread, so that a seed gives the same clip on any machine and in any process.
+        stream.codec_context.thread_count = 1
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
