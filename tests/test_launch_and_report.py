@@ -104,6 +104,15 @@ def _summary(pck=None, mjd=None, iou=None, rmse=None):
     return s
 
 
+def _finished_runs(sweep_dir, runs_of: dict[str, list[dict]]) -> None:
+    """Writes <tasks>[@seed<k>]/eval_test.json of each subset's summaries, seed by seed."""
+    for tasks, summaries in runs_of.items():
+        for k, summary in enumerate(summaries):
+            run = sweep_dir / workdirs.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps(summary))
+
+
 def test_report_tests_each_change_over_the_seeds(tmp_path):
     """Three seeds per subset: pose2d+segm's mean pose2d PCKh is 0.05 above the isolated
     run's, both with seed standard deviation 0.01. Welch by hand: standard error
@@ -115,11 +124,8 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs_of = {"pose2d": [0.80, 0.81, 0.79], "pose2d+segm": [0.85, 0.86, 0.84],
                "pose2d+pose3d": [0.81, 0.83, 0.79], "pose2d+depth": [0.90]}
-    for tasks, values in runs_of.items():
-        for k, v in enumerate(values):
-            run = sweep_dir / workdirs.run_name(tasks, k)
-            run.mkdir(parents=True)
-            (run / "eval_test.json").write_text(json.dumps(_summary(pck=v)))
+    _finished_runs(sweep_dir, {t: [_summary(pck=v) for v in values]
+                               for t, values in runs_of.items()})
     assert workdirs.run_name("pose2d", 0) == "pose2d"
     assert workdirs.run_name("pose2d", 2) == "pose2d@seed2"
     assert workdirs.run_seed_index("pose2d@seed2") == 2 and workdirs.run_seed_index("segm") == 0
@@ -168,11 +174,8 @@ def test_report_labels_its_intervals_as_per_comparison(tmp_path):
     sweep_dir = tmp_path / "sweep"
     runs_of = {"pose2d": [0.80, 0.81, 0.79]} | {
         s: [0.83, 0.84, 0.82] for s in ("pose2d+segm", "pose2d+depth", "pose2d+pose3d")}
-    for tasks, values in runs_of.items():
-        for k, v in enumerate(values):
-            run = sweep_dir / workdirs.run_name(tasks, k)
-            run.mkdir(parents=True)
-            (run / "eval_test.json").write_text(json.dumps(_summary(pck=v)))
+    _finished_runs(sweep_dir, {t: [_summary(pck=v) for v in values]
+                               for t, values in runs_of.items()})
     t = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]["tests"]["pose2d+segm"]
     assert (t["low"], t["high"]) == (pytest.approx(0.03 - 0.022670, abs=1e-5),
                                      pytest.approx(0.03 + 0.022670, abs=1e-5))
@@ -200,11 +203,8 @@ def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
     no spread over the seeds to test it against, so no verdict, and the report says why
     rather than calling it better with p = 0."""
     sweep_dir = tmp_path / "sweep"
-    for tasks, value in {"segm": 0.5, "pose2d+segm": 0.6}.items():
-        for k in range(3):
-            run = sweep_dir / workdirs.run_name(tasks, k)
-            run.mkdir(parents=True)
-            (run / "eval_test.json").write_text(json.dumps(_summary(iou=value)))
+    _finished_runs(sweep_dir, {t: [_summary(iou=value)] * 3
+                               for t, value in {"segm": 0.5, "pose2d+segm": 0.6}.items()})
     study = report.compare(report.load_sweep(str(sweep_dir)))["segm"]
     assert study["tests"] == {} and study["per_item_tests"] == {}
     out = tmp_path / "report"
