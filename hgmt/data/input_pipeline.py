@@ -489,10 +489,8 @@ def test_protocol_indices(dataset: str, data_dir: str, split: str,
                           damaged: list[int] | None = None) -> list[int]:
     """Indices of the records that are their clip's middle frame (the SURREAL test protocol,
     `record_middle`); the records that do not read are appended to `damaged`. A build before
-    INFO_FRAMES_SINCE is warned about (`check_middle_frames`)."""
-    light = open_light(dataset, data_dir, split)
-    check_middle_frames(light.dataset_info, dataset, data_dir, split)
-    return kept_indices(light, is_middle, damaged)
+    INFO_FRAMES_SINCE is warned about (`check_middle_frames`). `eval_indices` of "middle"."""
+    return eval_indices(dataset, data_dir, split, "middle", damaged)
 
 
 def is_middle(frame: int, num_frames: int, middle: int) -> bool:
