@@ -108,9 +108,13 @@ def test_bodynet_pck_reproduces_eval_lua():
     assert s["pck_per_joint"]["r_ankle"] == pytest.approx(7 / 8)
     assert s["pck_per_joint"]["l_hip"] == pytest.approx(7 / 8)
     assert "pelvis" not in s["pck_per_joint"] and len(s["pck_per_joint"]) == 10
-    # hgmt's protocol on the same predictions: 16 joints, sub-pixel, pooled over the split.
+    # hgmt's protocol on the same predictions: all 16 joints of all 14 examples, pooled,
+    # correct within 3.2 px (a one-hot peak decodes to its pixel). Wrong: ex 0 r_knee (4 px)
+    # and l_elbow (3.4), ex 1 r_hip (30.5) and l_hip (6.75), ex 2 l_knee (5) and l_ankle
+    # (7.5), ex 3 r_wrist ((0, 0)) and r_elbow ((40, 10)), ex 4 r_ankle (4) and l_wrist (44),
+    # ex 5-7 l_wrist, ex 8-13 all 16 -> (5 * 14 + 3 * 15) / 224.
     used, h = _run("hgmt", "pose2d", pred, batch)
-    assert used == "hgmt" and h["pck@3.2px"] != pytest.approx(expected)
+    assert used == "hgmt" and h["pck@3.2px"] == pytest.approx(115 / 224, abs=1e-6)
 
 
 def test_bodynet_pck_batches_follow_the_test_order():
@@ -226,14 +230,16 @@ def test_bodynet_mjd_reproduces_eval_lua():
 def _segm_case():
     """Image 1 (4x4): ground truth background, parts 1..14, background; predicted the same but
     head -> torso, part 5 -> background, the last background pixel -> part 14. Image 2: all
-    torso, predicted right. Images 3-6: background, predicted right. Image 7 (in no full test
-    batch): all head, predicted torso."""
+    torso, predicted right. Images 3-6: background, predicted right but for image 5's first
+    pixel, predicted part 3. Image 7 (in no full test batch): all head, predicted torso."""
     gt1 = np.array([0, *range(1, 15), 0]).reshape(4, 4)
     pr1 = gt1.copy().reshape(-1)
     pr1[1], pr1[5], pr1[15] = 2, 0, 14
     zero = np.zeros((4, 4), int)
     gt = np.stack([gt1, np.full((4, 4), 2), zero, zero, zero, zero, np.ones((4, 4), int)])
-    pr = np.stack([pr1.reshape(4, 4), np.full((4, 4), 2), zero, zero, zero, zero,
+    pr5 = zero.copy()
+    pr5[0, 0] = 3
+    pr = np.stack([pr1.reshape(4, 4), np.full((4, 4), 2), zero, zero, pr5, zero,
                    np.full((4, 4), 2)])
     batch = {"segm": jnp.asarray(gt, jnp.int32), "position": jnp.arange(7, dtype=jnp.int32)}
     return jax.nn.one_hot(pr, 15) * 5.0, batch
@@ -247,20 +253,27 @@ def test_surreal_segmentation_reproduces_eval_lua():
     # npos + p - tp (union) and npos; training/test.lua:54-57: IoU = intersection / union and
     # pixel accuracy = intersection / npos over the split, averaged over classes 2..15.
     # test.lua:35 runs floor(7 / 6) = 1 batch of 6 (opts.lua:48): image 7 is never scored.
-    # head: 0/1, torso: 17/18 (16 + 1 right, 1 more predicted), part 5: 0/1, part 14: 1/2,
-    # the 10 others 1: mean IoU = (17/18 + 1/2 + 10) / 14.
+    # head: 0/1, torso: 17/18 (16 + 1 right, 1 more predicted), part 3: 1/2 (image 5),
+    # part 5: 0/1, part 14: 1/2, the 9 others 1: mean IoU = (17/18 + 1/2 + 1/2 + 9) / 14.
     assert s["iou_per_part"]["torso"] == pytest.approx(17 / 18)
-    assert s["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
+    assert s["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 0.5 + 9) / 14, abs=1e-12)
+    assert s["iou_per_part"][surreal.PART_NAMES[2]] == pytest.approx(0.5)
     # Accuracy per class: head 0, torso 17/17, part 5 0, part 14 1/1, others 1 -> 12 / 14.
     assert s["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
     assert s["undefined"] == [] and s["examples_not_evaluated"] == 1
-    # hgmt's pixel accuracy counts background too, and every image: 93 of 112 pixels.
+    # hgmt's pixel accuracy counts background too, and every image: 92 of 112 pixels.
     _, h = _run("hgmt", "segm", pred, batch)
-    assert h["pixel_accuracy"] == pytest.approx(93 / 112)
+    assert h["pixel_accuracy"] == pytest.approx(92 / 112)
     # BodyNet's segmentation code is SURREAL's (bodynet training/util/eval.lua:130) in its
-    # batches of 4 (bodynet opts.lua:69, test.lua:62): floor(7 / 4) = 1 batch, images 1-4.
-    assert _run("bodynet", "segm", pred, batch) == ("bodynet", {**s,
-                                                                "examples_not_evaluated": 3})
+    # batches of 4 (bodynet opts.lua:69, test.lua:62): floor(7 / 4) = 1 batch, images 1-4,
+    # so image 5's part 3 is not scored: part 3's IoU is 1, mean IoU (17/18 + 1/2 + 10) / 14.
+    used, b = _run("bodynet", "segm", pred, batch)
+    assert used == "bodynet" and b["examples_not_evaluated"] == 3
+    assert b["iou_per_part"]["torso"] == pytest.approx(17 / 18)
+    assert b["iou_per_part"][surreal.PART_NAMES[2]] == 1.0
+    assert b["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
+    assert b["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
+    assert b["undefined"] == []
 
 
 def test_surreal_segmentation_undefined_where_reference_is_nan():

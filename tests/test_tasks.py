@@ -90,6 +90,53 @@ def test_invisible_joints_get_empty_heatmaps():
     assert float(jnp.abs(pose2d.targets(batch)[..., 3]).max()) == 0.0
 
 
+def _one_joint_batch(r: int = 16) -> dict:
+    """One example whose joint 0 lies at label pixel (x 10, y 5), 0.2 m nearer the camera than
+    the pelvis (bin round(-0.2 / 0.045) = -4); the other joints are not visible."""
+    joints2d = np.zeros((1, 16, 2), np.float32)
+    joints2d[0, 0] = (10, 5)
+    joints3d = np.full((1, 16, 3), 6.0, np.float32)
+    joints3d[0, 0, 2] = 5.8
+    return {"joints2d": jnp.asarray(joints2d),
+            "visible": jnp.asarray(np.eye(16, dtype=np.float32)[:1]),
+            "joints3d": jnp.asarray(joints3d), "pelvis_depth": jnp.asarray([6.0], jnp.float32),
+            "image": jnp.zeros((1, 4 * r, 4 * r, 3), jnp.uint8)}
+
+
+def test_pose_targets_are_unit_gaussians_of_sigma_one_label_pixel():
+    """Hand values of exp(-d^2 / 2) for d^2 = 0, 1, 2, 4 (pixels; and bins for pose3d): the
+    reference's sigma of 1 at the label map's resolution."""
+    batch = _one_joint_batch()
+    heat = np.asarray(pose2d.targets(batch))[0]  # (r,r,16) [y, x, joint]
+    for (y, x), want in {(5, 10): 1.0, (5, 11): np.exp(-0.5), (4, 10): np.exp(-0.5),
+                         (6, 11): np.exp(-1.0), (7, 10): np.exp(-2.0)}.items():
+        assert heat[y, x, 0] == pytest.approx(want, rel=1e-6), (y, x)
+    assert np.abs(heat[..., 1:]).max() == 0.0  # not visible: empty
+    vol = np.asarray(pose3d.targets(batch))[0].reshape(16, 16, 16, 19)  # [y, x, joint, bin+9]
+    k = -4 + 9
+    assert vol[5, 10, 0, k] == pytest.approx(1.0, rel=1e-6)
+    assert vol[5, 10, 0, k + 1] == pytest.approx(np.exp(-0.5), rel=1e-6)
+    assert vol[5, 11, 0, k - 1] == pytest.approx(np.exp(-1.0), rel=1e-6)
+    assert vol[5, 10, 0, k + 2] == pytest.approx(np.exp(-2.0), rel=1e-6)
+    assert np.abs(vol[..., 1:, :]).max() == 0.0
+
+
+@pytest.mark.parametrize("task", [pose2d, pose3d])
+def test_pose_losses_are_the_mean_square_error_over_every_map_value(task):
+    """A prediction c above the target everywhere costs c^2; a zero prediction costs the
+    target's squared sum, separable per axis (sum over the offsets of exp(-k^2)), over the
+    count of values."""
+    batch = _one_joint_batch()
+    target = task.targets(batch)
+    assert float(task.loss(target + 0.5, target)) == pytest.approx(0.25, rel=1e-6)
+    x, y = np.arange(16) - 10, np.arange(16) - 5
+    squared = np.exp(-x.astype(float) ** 2).sum() * np.exp(-y.astype(float) ** 2).sum()
+    if task is pose3d:
+        squared *= np.exp(-(np.arange(19) - 5.0) ** 2).sum()
+    assert float(task.loss(jnp.zeros_like(target), target)) == pytest.approx(
+        squared / target.size, rel=1e-5)
+
+
 def test_pose3d_targets_decode_within_half_bin():
     batch = make_batch(seed=1)
     vol = jax.jit(pose3d.targets)(batch)
