@@ -224,10 +224,17 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     ("prefetch", 0, "config.prefetch=0 must be at least 1"),
     ("image_size", 72, "config.image_size=72 must be a multiple of 16 for an hourglass of "
                        "config.model.depth=2: e.g. 64"),
+    # A depth below 1 built a depth-1 hourglass, and the size check then passed sizes it
+    # cannot take.
+    ("model.depth", 0, "config.model.depth=0: must be an integer >= 1"),
+    ("model.num_stacks", 0, "config.model.num_stacks=0: must be an integer >= 1"),
+    ("model.features", 1, "config.model.features=1: must be an integer >= 2"),
+    ("model.interaction", "gated", "config.model.interaction='gated' with shared_trunk=True"),
 ])
 def test_bad_training_fields_are_refused_before_any_work(field, value, message):
     """check_config, which hgmt.main calls before the demo data or the workdir are touched."""
     config = tiny_config("unused", tasks="pose2d", **{field: value})
+    config.model.shared_trunk = field == "model.interaction"
     with pytest.raises(ValueError, match=re.escape(message)):
         loop.check_config(config)
 

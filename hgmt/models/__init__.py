@@ -73,6 +73,15 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
     if cfg.get("interaction", "sum") not in INTERACTIONS:
         raise ValueError(f"config.model.interaction={cfg['interaction']!r}: choose one of "
                          f"{list(INTERACTIONS)}")
+    for field, least in (("num_stacks", 1), ("features", 2), ("depth", 1)):
+        if field in cfg and not (isinstance(cfg[field], int) and cfg[field] >= least):
+            raise ValueError(f"config.model.{field}={cfg[field]!r}: must be an integer >= "
+                             f"{least}")
+    if cfg.get("shared_trunk") and cfg.get("interaction", "sum") != "sum":
+        # One stream has nothing to share with: the field would be recorded, not used.
+        raise ValueError(f"config.model.interaction={cfg['interaction']!r} with "
+                         f"shared_trunk=True: the streams' interaction applies to one stream "
+                         f"per task; leave interaction at 'sum' or set shared_trunk=False")
     return MultiTaskHourglass(heads=tuple(dict(heads).items()), dtype=DTYPES[dtype],
                               axis_name=axis_name,
                               **cfg)
