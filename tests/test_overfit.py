@@ -3,7 +3,8 @@
 Every loss must fall by >= 90 % from its first-step value, and the decoded predictions on the
 same examples must be good, far from those of an all-zero prediction (heads start near zero,
 so the first-step loss of pose2d and pose3d is about that of an all-zero prediction). Minutes
-each on 2 CPU cores: all are marked slow (`pytest -m slow`).
+each on 2 CPU cores: marked slow (`pytest -m slow`); the default suite runs a 60-step cut of
+the four tasks together.
 """
 
 import jax
@@ -28,11 +29,11 @@ def _examples(data_dir, n=8):
     return {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
 
 
-def overfit(tasks, batch, steps=STEPS, learning_rate=5e-3):
-    """Trains a 1-stack, FEATURES-wide model on `batch` alone; returns the first and last losses
-    and the last-stage predictions."""
+def overfit(tasks, batch, steps=STEPS, learning_rate=5e-3, features=FEATURES):
+    """Trains a 1-stack, `features`-wide model on `batch` alone; returns the first and last
+    losses and the last-stage predictions."""
     model = create_model(ml_collections.ConfigDict(dict(
-        num_stacks=1, features=FEATURES, depth=2, interaction="sum", shared_trunk=False,
+        num_stacks=1, features=features, depth=2, interaction="sum", shared_trunk=False,
         dtype="float32")), heads(tasks))
     variables = model.init(jax.random.key(0), batch["image"][:1], train=False)
     tx = optax.adam(learning_rate)
@@ -101,3 +102,15 @@ def test_overfit_all_four_tasks(demo_dataset):
 @pytest.mark.parametrize("task", ["pose2d", "pose3d", "depth", "segm"])
 def test_overfit_single_task(demo_dataset, task):
     _check(task, demo_dataset[1])
+
+
+def test_every_loss_falls_within_60_steps(demo_dataset):
+    """The default suite's check that the four tasks learn together: a 16-wide model, 60 steps.
+    Measured drops: depth 0.88, pose2d 0.90, segm 0.88, pose3d 0.56 (its 304 channels move
+    slowest); an all-zero or a sign-flipped gradient leaves them near 0."""
+    batch = _examples(demo_dataset[1])
+    first, last, _ = overfit(parse_tasks("all"), batch, steps=60, features=16)
+    for t, floor in {"pose2d": 0.7, "segm": 0.7, "depth": 0.7, "pose3d": 0.4}.items():
+        drop = 1 - float(last[t]) / float(first[t])
+        assert 0 < float(last[t]) and drop >= floor, (
+            f"{t}: loss {float(first[t]):.4g} -> {float(last[t]):.4g}")
