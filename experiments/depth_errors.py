@@ -5,9 +5,10 @@
 
 Restores the workdir's latest (or given) checkpoint, predicts the depth classes of the test
 frames that `--frames` selects (middle, all or everyK, as `hgmt.evaluate --frames`) and prints
-JSON: over the ground-truth foreground
-pixels, the fraction in the right bin (hgmt's bin accuracy), predicted as background, and within
-one bin; then the bin accuracy per body part (the ground-truth part of each pixel).
+JSON: over the ground-truth foreground pixels that hgmt's depth metric counts (those of the
+frames it scores: not flagged unusable frames nor those its own check rejects), the fraction in
+the right bin (hgmt's bin accuracy), predicted as background, and within one bin; then the bin
+accuracy per body part (the ground-truth part of each pixel).
 """
 
 from __future__ import annotations
@@ -27,6 +28,31 @@ from absl import flags  # noqa: E402
 from hgmt import cli  # noqa: E402
 
 
+def tally(classes, batch: dict) -> tuple:
+    """(B,r,r) predicted depth classes of an evaluation batch (`input_pipeline.eval_batches`,
+    with its depth and segm labels) -> ((3,) pixels in the right bin, predicted as background,
+    within one bin; (NUM_PARTS, 2) per ground-truth part: pixels in the right bin, pixels),
+    over the ground-truth foreground pixels of the examples hgmt's depth metric counts
+    (`common.example_weights`, as `depth.metric_stats` weights them)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from hgmt.sources import surreal
+    from hgmt.tasks import common, depth
+
+    gt = np.asarray(depth.targets({k: jnp.asarray(v) for k, v in batch.items()}))
+    scored = np.asarray(common.example_weights(batch, gt.shape[0])) > 0
+    fg = (gt > 0) & scored[:, None, None]
+    right = fg & (classes == gt)
+    counts = np.array([right.sum(), (fg & (classes == 0)).sum(),
+                       (fg & (classes > 0) & (np.abs(classes - gt) <= 1)).sum()], np.float64)
+    per_part = np.zeros((surreal.NUM_PARTS, 2))
+    parts = np.asarray(batch["segm"])[fg]
+    np.add.at(per_part, (parts, 0), right[fg])
+    np.add.at(per_part, (parts, 1), 1)
+    return counts, per_part
+
+
 def depth_errors(workdir: str, frames: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None) -> dict:
     """The depth head's errors on the test frames `frames` selects (see the module
@@ -37,7 +63,7 @@ def depth_errors(workdir: str, frames: str, step: int | str | None = None,
     from hgmt.data import input_pipeline
     from hgmt.models import create_model, predict_last_stage
     from hgmt.sources import surreal
-    from hgmt.tasks import depth, heads, parse_tasks
+    from hgmt.tasks import heads, parse_tasks
     from hgmt.training import checkpoints
 
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
@@ -53,18 +79,21 @@ def depth_errors(workdir: str, frames: str, step: int | str | None = None,
                                              image_size=config.image_size,
                                              tasks=("depth", "segm")):
         pred = predict_last_stage(model, variables, jnp.asarray(batch["image"]))["depth"]
-        classes = np.asarray(pred).argmax(-1)
-        gt = np.asarray(depth.targets({k: jnp.asarray(v) for k, v in batch.items()}))
-        fg = (gt > 0) & (batch["mask"][:, None, None] > 0)
-        right = fg & (classes == gt)
-        counts += [right.sum(), (fg & (classes == 0)).sum(),
-                   (fg & (classes > 0) & (np.abs(classes - gt) <= 1)).sum()]
-        parts = np.where(fg, batch["segm"], 0).reshape(-1)
-        np.add.at(per_part, (parts, 0), right.reshape(-1))
-        np.add.at(per_part, (parts, 1), 1)
-    pixels = per_part[1:, 1].sum()
+        c, p = tally(np.asarray(pred).argmax(-1), batch)
+        counts += c
+        per_part += p
     return {"workdir": workdir, "step": step, "frames": frames, "test_frames": len(indices),
-            "foreground_pixels": int(pixels),
+            **summarize(counts, per_part)}
+
+
+def summarize(counts, per_part) -> dict:
+    """`tally`'s sums over the frames -> the module docstring's fractions. Every ground-truth
+    foreground pixel counts, whatever its ground-truth part (background included), as in hgmt's
+    bin accuracy; the per-part accuracies name the body parts."""
+    from hgmt.sources import surreal
+
+    pixels = per_part[:, 1].sum()
+    return {"foreground_pixels": int(pixels),
             "bin_accuracy": counts[0] / pixels, "predicted_background": counts[1] / pixels,
             "within_one_bin": counts[2] / pixels,
             "bin_accuracy_per_part": {

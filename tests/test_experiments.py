@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
 
 import depth_baselines  # noqa: E402
+import depth_errors  # noqa: E402
 import learning_curves  # noqa: E402
 import limb_depth  # noqa: E402
 
@@ -45,6 +46,35 @@ def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 0
     with pytest.raises(FileNotFoundError, match="evals.jsonl"):
         learning_curves.load_curves(str(tmp_path / "nothing"))
+
+
+def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
+    """Three 2x2 examples, by hand: the first scored, with foreground pixels of classes
+    10, 12, 9 (ground-truth part 0: depth sees the body where segm does not) and 11, predicted
+    10, 13, 9, 0: 2 of 4 in the right bin, 1 predicted background, 3 within one bin; the second
+    a frame hgmt's check rejects and the third padding, both predicted right everywhere and
+    left out, as hgmt's depth metric leaves them out."""
+    import jax.numpy as jnp
+
+    from hgmt.sources import surreal
+    from hgmt.tasks import depth
+
+    batch = {"depth_class": np.array([[[10, 12], [9, 11]]] + [np.full((2, 2), 10)] * 2),
+             "segm": np.array([[[1, 2], [0, 2]]] + [np.ones((2, 2), int)] * 2),
+             "mask": np.array([1.0, 1.0, 0.0]), "rejected": np.array([0.0, 1.0, 0.0])}
+    classes = np.array([[[10, 13], [9, 0]]] + [np.full((2, 2), 10)] * 2)
+    counts, per_part = depth_errors.tally(classes, batch)
+    np.testing.assert_array_equal(counts, [2, 1, 3])
+    np.testing.assert_array_equal(per_part[:3], [[1, 1], [1, 1], [0, 2]])
+    assert not per_part[3:].any()
+    r = depth_errors.summarize(counts, per_part)
+    assert r["foreground_pixels"] == 4 and r["bin_accuracy"] == 0.5
+    assert (r["predicted_background"], r["within_one_bin"]) == (0.25, 0.75)
+    parts = r["bin_accuracy_per_part"]
+    assert parts[surreal.PART_NAMES[0]] == 1.0 and parts[surreal.PART_NAMES[1]] == 0.0
+    stats = depth.metric_stats({"depth_classes": jnp.asarray(classes)},
+                               {k: jnp.asarray(v) for k, v in batch.items()})
+    assert (float(stats["correct"]), float(stats["foreground"])) == (2, 4)
 
 
 def test_depth_baselines_on_crafted_pixels():
