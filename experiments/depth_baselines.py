@@ -60,7 +60,9 @@ def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
 
 def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One clip -> (bins, parts, frame indices) of the foreground pixels of the frames that
-    `frames` selects (middle, all or everyK)."""
+    `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
+    (`input_pipeline.eval_frame_keep`), among the frames its three files share: the middle
+    frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it."""
     from hgmt.data import input_pipeline
     from hgmt.sources import surreal
     from hgmt.tasks import common
@@ -69,10 +71,13 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     depth, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
     pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
                                   info.cam_loc)
-    stride = input_pipeline.parse_eval_frames(frames)
-    out = []
-    for t in (range(0, depth.shape[0], stride) if stride
-              else [surreal.middle_frame(depth.shape[0])]):
+    shared = min(info.num_frames, len(depth), len(segm))
+    keep = input_pipeline.eval_frame_keep(frames)
+    middle = surreal.middle_frame(info.num_frames)
+    # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
+    # holds).
+    out = [(np.zeros(0, np.int32), np.zeros(0, surreal.SEGM_TO_PART.dtype), np.zeros(0, int))]
+    for t in (t for t in range(shared) if keep(t, shared, middle)):
         fg = segm[t] > 0
         out.append((np.asarray(common.depth_bin(depth[t][fg] - pelvis[t])),
                     surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))

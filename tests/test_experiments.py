@@ -112,6 +112,48 @@ def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
     assert r["most_common_bin"] <= r["part_mode"] <= r["part_frame_mode"] <= 1
 
 
+def _keep_frames(stem: str, frames: int, *keys: str) -> None:
+    """Keeps the first `frames` frames of a clip's files `keys` ("info", "depth", "segm")."""
+    import scipy.io
+
+    from hgmt.sources import surreal
+
+    for key in keys:
+        path = surreal.clip_paths(stem)[key]
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        if key == "info":  # the per-frame fields load_info reads: frames last, or first
+            mat.update({k: mat[k][..., :frames] for k in ("joints2D", "joints3D", "pose",
+                                                           "shape")})
+            mat.update({k: mat[k][:frames] for k in ("zrot", "gender")})
+        else:
+            mat = {f"{key}_{t}": mat[f"{key}_{t}"] for t in range(1, frames + 1)}
+        scipy.io.savemat(path, mat)
+
+
+def test_depth_baselines_select_frames_as_the_evaluation_does(tmp_path):
+    """An 8-frame clip whose depth and segm maps hold 6: its test-protocol frame is the
+    _info.mat's ceil(8/2) = 4th (index 3), not the maps' ceil(6/2) = 3rd; every2 and every4
+    step through the 6 frames the files share. With maps of 3 frames the middle is in none of
+    them: no pixels. With the _info.mat then cut to 2 frames: its 1st (index 0), and every2
+    and all stop at the 2 frames all three hold."""
+    from hgmt.sources import synthetic
+
+    stem, = synthetic.generate(str(tmp_path), clips_per_split=1, frames=8, seed=1,
+                               splits=("test",))
+
+    def selected(frames):
+        bins, parts, t = depth_baselines.clip_pixels(stem, frames)
+        assert bins.size == parts.size == t.size
+        return sorted(set(t.tolist()))
+
+    _keep_frames(stem, 6, "depth", "segm")
+    assert [selected(f) for f in ("middle", "every2", "every4")] == [[3], [0, 2, 4], [0, 4]]
+    _keep_frames(stem, 3, "depth", "segm")
+    assert [selected(f) for f in ("middle", "every2")] == [[], [0, 2]]
+    _keep_frames(stem, 2, "info")
+    assert [selected(f) for f in ("middle", "every2", "all")] == [[0], [0], [0, 1]]
+
+
 def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
     """A camera depth is camLoc_x - X_x (docs/surreal_format.md), so a joint's depth
     relative to the pelvis is the pelvis's world x minus the joint's."""

@@ -550,15 +550,24 @@ def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle"
     """Indices of the records `frames` selects (see parse_eval_frames), which the build must
     hold (`check_eval_frames`); the records that do not read (so whose frame is unknown) are
     appended to `damaged`."""
-    stride = parse_eval_frames(frames)
+    keep = eval_frame_keep(frames)
     light = open_light(dataset, data_dir, split)
     check_eval_frames(frames, stored_frames(light.dataset_info, dataset), dataset, data_dir)
-    if not stride:
+    if not parse_eval_frames(frames):
         check_middle_frames(light.dataset_info, dataset, data_dir, split)
-        return kept_indices(light, is_middle, damaged)
+    return kept_indices(light, keep, damaged)
+
+
+def eval_frame_keep(frames: str) -> Callable[[int, int, int], bool]:
+    """Whether `frames` (see parse_eval_frames) selects a clip's frame, as a `kept_indices`
+    rule: (frame, num_frames, middle) -> bool, num_frames the frames the clip's files share
+    and middle its test-protocol frame, ceil(T/2) of its _info.mat's T frames
+    (`record_middle`)."""
+    stride = parse_eval_frames(frames)
+    if not stride:
+        return is_middle
     # A placeholder of a middle frame beyond the clip's files (`frame_missing`) is no K-th frame.
-    return kept_indices(light, lambda frame, num_frames, middle:
-                        frame % stride == 0 and frame < num_frames, damaged)
+    return lambda frame, num_frames, middle: frame % stride == 0 and frame < num_frames
 
 
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
