@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
+from etils import epath  # noqa: E402
 
 from hgmt import cli, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
@@ -27,7 +28,7 @@ from hgmt.tasks import TASKS  # noqa: E402
 def load_curves(workdir: str) -> dict[str, list[dict]]:
     """{evaluator: [{'step', 'metrics'}] in step order} of a workdir's evals.jsonl."""
     path = workdirs.evals_file(workdir)
-    if not os.path.isfile(path):
+    if not epath.Path(path).exists():
         raise FileNotFoundError(f"{path} not found: train with evaluators that run during "
                                 f"training (config.evals.<name>.every > 0)")
     curves: dict[str, dict[int, dict]] = {}
@@ -39,7 +40,8 @@ def load_curves(workdir: str) -> dict[str, list[dict]]:
 
 
 def plot(curves: dict[str, list[dict]], path: str, title: str = "") -> None:
-    """One panel per task present: its compared metric (hgmt protocol) per evaluator."""
+    """One panel per task present: its compared metric (hgmt protocol) per evaluator, as a PNG
+    at `path` (a local path or an object-store URL)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +64,8 @@ def plot(curves: dict[str, list[dict]], path: str, title: str = "") -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -75,14 +78,13 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     curves = load_curves(args.workdir)
-    out_dir = args.out_dir or args.workdir
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "curves.json"), "w") as f:
-        json.dump(curves, f, indent=1)
+    out_dir = epath.Path(args.out_dir or args.workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "curves.json").write_text(json.dumps(curves, indent=1))
     config = workdirs.load_config(args.workdir)
     frames = {e.frames for e in dict(config.get("evals", {})).values()} if "evals" in config \
         else set()
-    plot(curves, os.path.join(out_dir, "curves.png"),
+    plot(curves, str(out_dir / "curves.png"),
          f"{config.tasks}, {config.image_size} px, frames {', '.join(sorted(frames))}")
     print(json.dumps({name: points[-1] for name, points in curves.items()}))
     return 0

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import urllib.parse
 from http import server
@@ -167,6 +168,25 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     assert checkpoints._steps_on_disk(workdirs.checkpoint_dir(workdir)) == [2, 4]
     with pytest.raises(checkpoints.NoCheckpoint, match=f"no best checkpoint in {workdir}/best"):
         checkpoints.restore_for_inference(workdir, "best")
+
+
+def test_the_learning_curves_of_a_gs_workdir_are_drawn_there(store):
+    """experiments/learning_curves.py reads a gs:// workdir's evals.jsonl and config.json and
+    writes curves.json and curves.png beside them."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    import learning_curves
+
+    workdir = f"{BUCKET}/runs/curves"
+    run = store[0] / "bucket/runs/curves"
+    workdirs.save_config(ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 32}),
+                         workdir)
+    for step, pck in ((2, 0.25), (4, 0.5)):
+        disk_space.append_line(workdirs.evals_file(workdir), json.dumps(
+            {"step": step, "evaluator": "test", "metrics": {"pose2d/pckh@0.5": pck}}), "curves")
+    assert learning_curves.main([f"--workdir={workdir}"]) == 0
+    curves = json.loads((run / "curves.json").read_text())
+    assert [p["metrics"]["pose2d/pckh@0.5"] for p in curves["test"]] == [0.25, 0.5]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_dataset_in_gs_is_checked_and_read_like_a_local_one(store, demo_dataset):
