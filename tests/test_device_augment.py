@@ -82,9 +82,20 @@ def test_device_flip_swaps_left_and_right(source):
                                   plain["joints3d"])
 
 
+def _std_and_se(x: np.ndarray) -> tuple[float, float]:
+    """The sample standard deviation of x (all its values) and its standard error, by the
+    delta method from the sample's fourth central moment (no normality assumed: the scale and
+    angle are clipped, the gain uniform)."""
+    x = np.asarray(x, np.float64).ravel()
+    d = x - x.mean()
+    var, m4 = (d**2).mean(), (d**4).mean()
+    return float(np.sqrt(var)), float(np.sqrt((m4 - var**2) / x.size) / (2 * np.sqrt(var)))
+
+
 def test_crop_parameters_follow_the_host_distributions():
     """4000 device draws against 4000 host draws: the same clipped log-normal scale, rotation
-    probability and clipped normal angle, flip probability, uniform gain."""
+    probability and clipped normal angle, flip probability, uniform gain; the same means and
+    standard deviations of scale, angle (when rotating) and gain."""
     n, augment = 4000, ip.Augment()
     keys = jax.random.split(jax.random.key(0), n)
     dev = {k: np.asarray(v) for k, v in
@@ -96,6 +107,12 @@ def test_crop_parameters_follow_the_host_distributions():
          "flip": np.array([p.flip for p in host]), "gain": np.array([p.gain for p in host])}
     for key, tol in (("scale", 0.02), ("flip", 0.04), ("gain", 0.02)):
         assert abs(dev[key].mean() - h[key].mean()) < tol, key
+    # The spreads too (a too-wide device scale sigma moves the mean by less than its tolerance):
+    # the two samples' standard deviations within 4 standard errors of their difference.
+    for key, pick in (("scale", lambda v: v), ("rotation", lambda v: v[v != 0]),
+                      ("gain", lambda v: v)):
+        (a, se_a), (b, se_b) = (_std_and_se(pick(s[key])) for s in (dev, h))
+        assert abs(a - b) < 4 * np.hypot(se_a, se_b), (key, a, b, np.hypot(se_a, se_b))
     for stats in (dev, h):
         assert stats["scale"].min() >= 2 ** -0.5 - 1e-6 and stats["scale"].max() <= 2 ** 0.5
         assert np.mean(stats["scale"] == 2 ** 0.5) > 0.01  # clipped at +-0.5 octave
