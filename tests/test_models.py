@@ -1,9 +1,11 @@
 """The multi-task hourglass: shapes for every task subset and interaction, stream isolation,
-bfloat16 agreement, Newell's size."""
+each interaction mode's values on crafted variables, bfloat16 agreement (and use), Newell's
+size."""
 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from hgmt.models import INTERACTIONS, OPS, MultiTaskHourglass, create_model, resolve_ops, summary
@@ -85,6 +87,192 @@ def test_isolated_streams_have_no_cross_gradient():
 def test_interacting_streams_share_gradient(interaction):
     segm_grad, _ = _grad_norms(interaction)
     assert segm_grad > 0.0
+
+
+# The Interaction module on tiny crafted inputs: three streams (each hears two others), 4
+# features, 2x3x3 maps, predictions of 2, 3 and 1 channels, small integers (exact in float32).
+I_TASKS, I_FEATURES, I_CHANNELS = ("pose2d", "segm", "depth"), 4, {"pose2d": 2, "segm": 3,
+                                                                   "depth": 1}
+
+
+def _interaction_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    draw = lambda ch: rng.integers(-3, 4, (2, 3, 3, ch)).astype(np.float32)  # noqa: E731
+    return ({t: draw(I_FEATURES) for t in I_TASKS}, {t: draw(I_FEATURES) for t in I_TASKS},
+            {t: draw(I_CHANNELS[t]) for t in I_TASKS})
+
+
+def _interact(mode, params, xs, feats, preds):
+    from hgmt.models.multitask import Interaction
+
+    out = Interaction(I_TASKS, I_FEATURES, mode).apply({"params": params}, xs, feats, preds)
+    assert set(out) == set(I_TASKS)
+    return {t: np.asarray(v) for t, v in out.items()}
+
+
+def _interaction_params(mode, inputs):
+    from hgmt.models.multitask import Interaction
+
+    return jax.tree.map(np.asarray, Interaction(I_TASKS, I_FEATURES, mode).init(
+        jax.random.key(0), *inputs)["params"])
+
+
+@pytest.mark.parametrize("mode", ["none", "sum", "concat"])
+def test_interaction_values_by_hand(mode):
+    """docs/model.md's definitions on crafted variables, against numpy sums written out by
+    hand. Every 1x1 kernel is ones (output = the sum of the input's channels, on every output
+    channel) and every bias its own constant, except concat's, whose 4 output channels read:
+    all its inputs; the others' predictions only; the first other's block only; input channel
+    i with weight i + 1 (which pins the concatenation's order: the others in task order, each
+    its features then its prediction)."""
+    xs, feats, preds = inputs = _interaction_inputs()
+    c = I_FEATURES
+    chsum = lambda a: np.repeat(a.sum(-1, keepdims=True), c, -1)  # noqa: E731 ones kernel
+    biases = {}
+
+    def craft(name, fan_in):
+        biases[name] = 0.25 * (len(biases) + 1)
+        return {"kernel": np.ones((fan_in, c), np.float32),
+                "bias": np.full(c, biases[name], np.float32)}
+
+    params = {}
+    for t in I_TASKS:
+        others = [s for s in I_TASKS if s != t]
+        params[f"{t}_feat"] = craft(f"{t}_feat", c)
+        params[f"{t}_pred"] = craft(f"{t}_pred", I_CHANNELS[t])
+        if mode == "sum":
+            for s in others:
+                params[f"{t}_from_{s}"] = craft(f"{t}_from_{s}", c + I_CHANNELS[s])
+        if mode == "concat":
+            widths = [w for s in others for w in (c, I_CHANNELS[s])]
+            kernel = np.zeros((sum(widths), c), np.float32)
+            kernel[:, 0] = 1.0
+            kernel[widths[0]:widths[0] + widths[1], 1] = 1.0  # first other's prediction
+            kernel[sum(widths[:3]):, 1] = 1.0  # second other's prediction
+            kernel[:widths[0] + widths[1], 2] = 1.0  # first other's features and prediction
+            kernel[:, 3] = np.arange(1, sum(widths) + 1)
+            params[f"{t}_from_others"] = {"kernel": kernel,
+                                          "bias": np.full(c, 0.5, np.float32)}
+    # The crafted variables are the module's (names and shapes).
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape,
+                                                          _interaction_params(mode, inputs))
+    out = _interact(mode, params, *inputs)
+    for t in I_TASKS:
+        others = [s for s in I_TASKS if s != t]
+        want = (xs[t] + chsum(feats[t]) + biases[f"{t}_feat"] + chsum(preds[t])
+                + biases[f"{t}_pred"])
+        if mode == "sum":
+            for s in others:
+                want = want + chsum(feats[s]) + chsum(preds[s]) + biases[f"{t}_from_{s}"]
+        if mode == "concat":
+            (f0, p0), (f1, p1) = ((feats[s], preds[s]) for s in others)
+            cat = np.concatenate([f0, p0, f1, p1], -1)
+            want = want + 0.5 + np.stack([
+                cat.sum(-1), p0.sum(-1) + p1.sum(-1), f0.sum(-1) + p0.sum(-1),
+                sum((i + 1) * cat[..., i] for i in range(cat.shape[-1]))], -1)
+        np.testing.assert_allclose(out[t], want, rtol=1e-6, err_msg=t)
+
+
+def test_gated_interaction_scales_the_sum_messages_by_its_gates():
+    """docs/model.md: `gated` is `sum`'s messages scaled by per-channel sigmoid gates computed
+    from the receiving stream's pooled features. On the gated module's variables (of which
+    those of `sum` and `none` are subsets): gates shut (a Dense bias of -30, zero kernel) give
+    `none`'s output, gates open (+30) `sum`'s, gates of one half halfway between; per-other and
+    per-channel gates (the Dense's outputs are the others in task order, each `features`
+    channels) give `none` plus the messages of the open (other, channel) pairs, which are `sum`
+    with the other message's 1x1 zeroed; gates from the pooled receiving features (kernel
+    1/features, bias 0: the gate is sigmoid of the mean of the receiving stream's features)
+    of mean +-ln 3 and 0 give 3/4, 1/4 and 1/2 of the messages."""
+    xs, feats, preds = inputs = _interaction_inputs(1)
+    c = I_FEATURES
+    params = _interaction_params("gated", inputs)
+    sum_params = {k: v for k, v in params.items() if not k.endswith("_gates")}
+    none_params = {k: v for k, v in sum_params.items() if "_from_" not in k}
+    assert set(params) - set(sum_params) == {f"{t}_gates" for t in I_TASKS}
+    assert jax.tree.structure(sum_params) == jax.tree.structure(
+        _interaction_params("sum", inputs))
+    assert jax.tree.structure(none_params) == jax.tree.structure(
+        _interaction_params("none", inputs))
+
+    def gated(bias, kernel=0.0, feats=feats):
+        gates = {f"{t}_gates": {"kernel": np.full((c, 2 * c), kernel, np.float32),
+                                "bias": np.broadcast_to(bias, (2 * c,)).astype(np.float32)}
+                 for t in I_TASKS}
+        return _interact("gated", {**params, **gates}, xs, feats, preds)
+
+    none = _interact("none", none_params, *inputs)
+    summed = _interact("sum", sum_params, *inputs)
+    close = lambda a, b, msg: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,  # noqa
+                                                         err_msg=msg)
+    shut, opened, half = gated(-30.0), gated(30.0), gated(0.0)
+    for t in I_TASKS:
+        assert np.abs(summed[t] - none[t]).mean() > 0.5, t  # the messages are not ~0
+        close(shut[t], none[t], f"shut {t}")
+        close(opened[t], summed[t], f"open {t}")
+        close(half[t], (none[t] + summed[t]) / 2, f"half {t}")
+
+    # Per other and per channel: other 0 heard on channels 0 and 2, other 1 on 1 and 2.
+    heard = np.array([[1, 0, 1, 0], [0, 1, 1, 0]], bool)
+    split = gated(np.where(heard.ravel(), 30.0, -30.0))
+    for t in I_TASKS:
+        want = none[t].copy()
+        for i, s in enumerate(s for s in I_TASKS if s != t):
+            only = dict(sum_params)  # sum, with the message from the other other zeroed
+            for r in I_TASKS:
+                if r not in (t, s):
+                    only[f"{t}_from_{r}"] = jax.tree.map(np.zeros_like, only[f"{t}_from_{r}"])
+            want = want + heard[i] * (_interact("sum", only, *inputs)[t] - none[t])
+        close(split[t], want, f"per-channel gates {t}")
+
+    # Gates from the receiving stream's pooled features: feats[t] of mean m[t][b] over the
+    # map and channels (a zero-mean pattern on top).
+    ln3 = np.log(3.0)
+    m = {"pose2d": (ln3, -ln3), "segm": (-ln3, 0.0), "depth": (0.0, ln3)}
+    fraction = {ln3: 0.75, -ln3: 0.25, 0.0: 0.5}
+    pattern = np.random.default_rng(2).normal(size=(2, 3, 3, c)).astype(np.float32)
+    pattern -= pattern.mean(axis=(1, 2, 3), keepdims=True)
+    pooled_feats = {t: pattern + np.reshape(m[t], (2, 1, 1, 1)).astype(np.float32)
+                    for t in I_TASKS}
+    inputs = (xs, pooled_feats, preds)
+    none = _interact("none", none_params, *inputs)
+    summed = _interact("sum", sum_params, *inputs)
+    out = gated(0.0, kernel=1.0 / c, feats=pooled_feats)
+    for t in I_TASKS:
+        for b in range(2):
+            close(out[t][b], none[t][b] + fraction[m[t][b]] * (summed[t][b] - none[t][b]),
+                  f"pooled gates {t}[{b}]")
+
+
+def test_gated_model_is_none_or_sum_with_shut_or_open_gates():
+    """The whole model (2 stacks, 2 tasks): `gated` with every gate shut gives `none`'s
+    outputs from the same stream and head variables, with every gate open `sum`'s; and the
+    two differ in the second stage."""
+    tasks = ("pose2d", "segm")
+    cfg = dict(num_stacks=2, features=8, depth=2)
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3)) * 255
+    gated = create_model(dict(cfg, interaction="gated"), heads(tasks))
+    variables = gated.init(jax.random.key(0), images)
+    params = variables["params"]
+    gate_names = {f"{t}_gates" for t in tasks}
+    assert gate_names <= set(params["interaction0"])
+    shared = lambda keep: {**variables, "params": {  # noqa: E731
+        **params, "interaction0": {k: v for k, v in params["interaction0"].items() if keep(k)}}}
+    run = lambda mode, v: create_model(dict(cfg, interaction=mode), heads(tasks)).apply(  # noqa
+        v, images)
+    none = run("none", shared(lambda k: k not in gate_names and "_from_" not in k))
+    summed = run("sum", shared(lambda k: k not in gate_names))
+    for t in tasks:
+        assert jnp.abs(none[t][1] - summed[t][1]).max() > 1e-3 * jnp.abs(summed[t][1]).max()
+    for bias, want in ((-30.0, none), (30.0, summed)):
+        gates = {k: {"kernel": jnp.zeros_like(params["interaction0"][k]["kernel"]),
+                     "bias": jnp.full_like(params["interaction0"][k]["bias"], bias)}
+                 for k in gate_names}
+        out = gated.apply({**variables, "params": {
+            **params, "interaction0": {**params["interaction0"], **gates}}}, images)
+        for t in tasks:
+            np.testing.assert_allclose(out[t], want[t], rtol=1e-5,
+                                       atol=1e-6 * float(jnp.abs(want[t]).max()),
+                                       err_msg=f"{t}, gate bias {bias}")
 
 
 def _contraction_input_dtypes(fn, *args) -> dict[str, set[str]]:
