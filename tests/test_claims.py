@@ -141,6 +141,8 @@ def test_every_task_benefits_from_some_combination():
     no_depth_gain = unhelpful | {"pose3d+depth": {"pose3d": _seeds(0.4),
                                                   "depth": _seeds(0.5)}}
     assert _verdict(claims.every_task_benefits, no_depth_gain) == UNRESOLVED
+    # Every combination tested: the evidence counts no untested one.
+    assert "untested" not in claims.every_task_benefits(_study(no_depth_gain))[1]
     depth_hurt = no_depth_gain | {s: {t: _seeds(0.6 if t == "depth" else 0.5)
                                       for t in s.split("+")}
                                   for s in values | unhelpful if "depth" in s and "+" in s}

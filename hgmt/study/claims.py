@@ -39,10 +39,10 @@ def _said(t: dict) -> str:
     return f"{stats.interval(t)}, p (Holm) {t['p_holm']:.2g}"
 
 
-def _untested(study: dict, task: str, subset: str) -> str | None:
-    """Why `task`'s change in `subset` has no test: no isolated run, no `subset` run, one
-    seed, or no spread over the seeds (stats.untested_because); None when it has one."""
-    e = study.get(task)
+def untested(e: dict | None, task: str, subset: str) -> str | None:
+    """Why `task`'s change in `subset` has no test, from `report.compare`'s entry `e` of
+    `task`: no isolated run, no `subset` run, one seed, or no spread over the seeds
+    (stats.untested_because); None when it has one."""
     if e is None or e.get("isolated") is None:
         return f"no isolated {task} run"
     if subset not in e["subsets"]:
@@ -60,7 +60,7 @@ def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
     t = e.get("tests", {}).get(subset)
     if t is not None:
         return t["verdict"], f"{task} in {subset}: {_said(t)}, {t['verdict']}"
-    why = _untested(study, task, subset)
+    why = untested(study.get(task), task, subset)
     if subset not in e.get("gain", {}):  # a run missing: nothing to show
         return UNKNOWN, why
     return UNKNOWN, (f"{task} in {subset}: {e['gain'][subset]:+.3g} "
@@ -101,14 +101,14 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
         else:
             verdicts.append(UNRESOLVED)
             tests = study.get(task, {}).get("tests", {})
-            untested = {s: _untested(study, task, s) for s, (kind, _) in found.items()
-                        if kind == UNKNOWN}
+            unknown = {s: untested(study.get(task), task, s) for s, (kind, _) in found.items()
+                       if kind == UNKNOWN}
             best = max(tests, key=lambda s: tests[s]["change"]) if tests else None
             so_far = f" (largest: {best}, {_said(tests[best])})" if best else ""
             notes.append(f"{task}: no combination detectably better{so_far}"
-                         + (f"; {len(untested)} of {len(found)} combinations untested ("
-                            + ", ".join(f"{s}: {why}" for s, why in untested.items()) + ")"
-                            if untested else ""))
+                         + (f"; {len(unknown)} of {len(found)} combinations untested ("
+                            + ", ".join(f"{s}: {why}" for s, why in unknown.items()) + ")"
+                            if unknown else ""))
     return _combine(verdicts), "; ".join(notes)
 
 

@@ -175,11 +175,11 @@ def _tested(t: dict | None, why: str | None = None) -> str:
 
 
 def _untested_subset(e: dict, task: str, subset: str) -> str | None:
-    """Why `subset`'s change in `task`'s table has no test; None when it has one or is not a
-    change (the isolated row, or no isolated run to compare with)."""
-    if subset == task or e["isolated"] is None or subset in e["tests"]:
+    """Why `subset`'s change in `task`'s table has no test (`claims.untested`); None when it
+    has one or is not a change (the isolated row, or no isolated run to compare with)."""
+    if subset == task or e["isolated"] is None:
         return None
-    return stats.untested_because(e["values"][subset], e["values"][task])
+    return claims.untested(e, task, subset)
 
 
 def _untested_item(e: dict, task: str, item: str) -> str | None:
