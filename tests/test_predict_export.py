@@ -343,47 +343,92 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=1,2,3"])
 
 
-def test_stablehlo_export_reloads_with_any_batch_and_equals_flax(workdir, predictor, tmp_path):
-    path = str(tmp_path / "export")
-    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
-                             f"--out_dir={path}"]) == 0
+@pytest.fixture(scope="module")
+def depth_workdir(demo_dataset, tmp_path_factory):
+    """A workdir with a 1-step checkpoint of the tiny depth-only model."""
+    path = str(tmp_path_factory.mktemp("depth_workdir"))
+    loop.train(tiny_config(demo_dataset[1], tasks="depth", total_steps=1, checkpoint_every=1),
+               path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def depth_predictor(depth_workdir):
+    return prediction.Predictor(depth_workdir)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """exported(workdir, format) -> the folder `hgmt.export` wrote it into, made once."""
+    made = {}
+
+    def get(workdir: str, fmt: str) -> str:
+        if (workdir, fmt) not in made:
+            path = str(tmp_path_factory.mktemp(fmt) / "export")
+            assert hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}",
+                                     f"--out_dir={path}"]) == 0
+            made[workdir, fmt] = path
+        return made[workdir, fmt]
+
+    return get
+
+
+# The workdirs an export is checked on, each with its Predictor's fixture: all four tasks, and
+# one task alone (a single output).
+EXPORTED_MODELS = {"workdir": "predictor", "depth_workdir": "depth_predictor"}
+
+
+def _assert_equals_the_predictor(run, predictor, batch_sizes, rtol, atol):
+    """`run`, an export called on (B,R,R,3) float32 images, gives the outputs of the
+    Predictor's own model call (`_apply`, what predictions run) on the same images as uint8
+    crops: a mistake in what was exported (normalisation, BatchNorm mode, dtype) shows."""
+    size = predictor.image_size
+    for b in batch_sizes:
+        crops = np.random.default_rng(b).integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+        got = run(crops.astype(np.float32))
+        want = jax.device_get(predictor._apply(predictor.variables, crops))
+        assert sorted(got) == sorted(predictor.tasks)
+        for t in want:
+            assert got[t].shape == want[t].shape, t
+            np.testing.assert_allclose(np.asarray(got[t]), want[t], rtol=rtol, atol=atol,
+                                       err_msg=t)
+
+
+@pytest.mark.parametrize("model", EXPORTED_MODELS)
+def test_stablehlo_export_reloads_with_any_batch_and_equals_the_predictor(model, request,
+                                                                          exported):
+    workdir = request.getfixturevalue(model)
+    predictor = request.getfixturevalue(EXPORTED_MODELS[model])
+    path = exported(workdir, "stablehlo")
     with open(os.path.join(path, "hgmt.json")) as f:
         meta = json.load(f)
-    assert meta["tasks"] == list(predictor.tasks) and meta["step"] == 2
+    assert meta["tasks"] == list(predictor.tasks) and meta["step"] == predictor.step
     # Lowered for every platform, so an export made on a CPU runs on a GPU or TPU.
     with open(os.path.join(path, exporting.STABLEHLO_FILE), "rb") as fh:
         platforms = jax.export.deserialize(bytearray(fh.read())).platforms
     assert platforms == tuple(meta["platforms"]) == ("cpu", "cuda", "rocm", "tpu")
-    loaded = exporting.load_stablehlo(path)
-    f, _ = exporting.inference_fn(workdir)
-    size = predictor.image_size
-    for b in (1, 3):
-        x = np.random.default_rng(b).normal(size=(b, size, size, 3)).astype(np.float32)
-        got, want = loaded(x), f(x)
-        assert sorted(got) == sorted(predictor.tasks)
-        for t in got:
-            assert got[t].shape == want[t].shape
-            np.testing.assert_allclose(np.asarray(got[t]), np.asarray(want[t]),
-                                       rtol=1e-4, atol=1e-5, err_msg=t)
+    _assert_equals_the_predictor(exporting.load_stablehlo(path), predictor, (1, 3),
+                                 rtol=1e-4, atol=1e-5)
 
 
-def test_savedmodel_export_equals_flax(workdir, predictor, tmp_path):
+def _serving(path: str):
+    """The SavedModel in `path` as a function of numpy images -> {task: numpy}."""
     import tensorflow as tf
 
-    path = str(tmp_path / "saved_model")
-    exporting.export(workdir, "savedmodel", path)
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    f, _ = exporting.inference_fn(workdir)
-    size = predictor.image_size
-    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
-    got, want = serve(images=tf.constant(x)), jax.device_get(f(x))
-    assert sorted(got) == sorted(predictor.tasks)
-    for t in want:
-        np.testing.assert_allclose(got[t].numpy(), want[t], rtol=1e-3, atol=1e-4, err_msg=t)
+    return lambda x: {t: v.numpy() for t, v in serve(images=tf.constant(x)).items()}
+
+
+@pytest.mark.parametrize("model", EXPORTED_MODELS)
+def test_savedmodel_export_equals_the_predictor(model, request, exported):
+    workdir = request.getfixturevalue(model)
+    predictor = request.getfixturevalue(EXPORTED_MODELS[model])
+    path = exported(workdir, "savedmodel")
+    _assert_equals_the_predictor(_serving(path), predictor, (2,), rtol=1e-3, atol=1e-4)
     with open(os.path.join(path, "hgmt.json")) as fh:
         assert json.load(fh)["format"] == "savedmodel"
     with pytest.raises(ValueError, match="choose one of"):
-        exporting.export(workdir, "onnx", str(tmp_path / "x"))
+        exporting.export(workdir, "onnx", str(os.path.dirname(path) + "/x"))
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
