@@ -12,8 +12,8 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   `jax.export.deserialize`) and call it, from JAX on CPU, CUDA or ROCm GPUs or TPU, whichever
   machine exported it (lowered for each: `hgmt.inference.export.PLATFORMS`).
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
-  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving,
-  TF Lite converter).
+  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving),
+  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation and platforms.
 """
 

@@ -431,6 +431,20 @@ def test_savedmodel_export_equals_the_predictor(model, request, exported):
         exporting.export(workdir, "onnx", str(os.path.dirname(path) + "/x"))
 
 
+def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir, predictor,
+                                                                        exported):
+    """TF Lite's converter takes the SavedModel (a symbolic batch lowers `o[-1]` to a gather
+    it cannot convert; `predict_last_stage` slices instead) and its interpreter gives the
+    Predictor's outputs."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(exported(workdir, "savedmodel"))
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    runner = interpreter.get_signature_runner("serving_default")
+    _assert_equals_the_predictor(lambda x: runner(images=x), predictor, (2,), rtol=1e-4,
+                                 atol=1e-5)
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
     import shutil
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from hgmt.models import stacking
 from hgmt.models.hourglass import OPS
@@ -100,16 +101,22 @@ def to_checkpoint_layout(model: MultiTaskHourglass, tree: Any) -> Any:
     return stacking.unstack_streams(tree, model.tasks)
 
 
+def _last(stages: jnp.ndarray) -> jnp.ndarray:
+    """(S,B,r,r,C) -> (B,r,r,C) the last stage's, as a static slice: `stages[-1]` becomes a
+    gather once the batch size is symbolic (an export), which TF Lite cannot convert."""
+    return lax.index_in_dim(stages, stages.shape[0] - 1, 0, keepdims=False)
+
+
 def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.ndarray,
                        flip: Mapping[str, Sequence[int]] | None = None) -> dict:
     """Inference: images (B,R,R,3) -> {task: (B,r,r,C)} the last stage's outputs (what
     evaluation, prediction and export use), averaged with the mirrored image's when `flip`
     gives each task's channel permutation under a mirror (`hgmt.tasks.channel_flips`)."""
-    out = {t: o[-1] for t, o in model.apply(variables, images, train=False).items()}
+    out = {t: _last(o) for t, o in model.apply(variables, images, train=False).items()}
     if flip:
         mirrored = model.apply(variables, images[:, :, ::-1], train=False)
         for t, o in mirrored.items():
-            back = o[-1][:, :, ::-1][..., np.asarray(flip[t])]
+            back = _last(o)[:, :, ::-1][..., np.asarray(flip[t])]
             out[t] = 0.5 * (out[t] + back)
     return out
 
