@@ -14,7 +14,8 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
   signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving),
   or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
-OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation and platforms.
+OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation, platforms,
+and how to decode each output: its channels' meaning and the label pixels' place in the input.
 """
 
 from __future__ import annotations

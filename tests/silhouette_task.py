@@ -15,6 +15,8 @@ NUM_CHANNELS = 2  # background, person
 DEFAULT_LOSS_WEIGHT = 1.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # a mirror changes no class
+OUTPUT_LAYOUT = {"channels": NUM_CHANNELS, "channel": "class: 0 background, 1 person",
+                 "values": "logits: a pixel's class is the argmax over the channels"}
 HEADLINES = {"hgmt": Headline(("iou",), "iou", (), "silhouette IoU")}
 
 

@@ -445,6 +445,39 @@ def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir,
                                  atol=1e-5)
 
 
+def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
+    with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
+        meta = json.load(f)
+    assert meta["image_size"] == 64 and meta["label_size"] == 16
+    assert meta["label_stride"] == common.LABEL_STRIDE == 4
+    assert meta["label_px_to_input_px"].startswith("input = (label + 0.5) * 4 - 0.5")
+    # Label px 0 and 15 centred on input px 1.5 and 61.5, as training's crops place them.
+    assert common.label_to_crop_px(np.array([0.0, 15.0]), 64, 16).tolist() == [1.5, 61.5]
+    out = meta["outputs"]
+    assert list(out) == ["pose2d", "pose3d", "depth", "segm"]
+    bins = list(range(-9, 10))
+    assert out["pose2d"]["shape"] == "float32 (B, 16, 16, 16)"
+    assert out["pose2d"]["channels"] == 16
+    assert out["pose2d"]["joint_names"] == list(surreal.JOINT_NAMES)
+    assert out["pose2d"]["joint_names"][6] == "pelvis"
+    assert out["pose3d"]["shape"] == "float32 (B, 16, 16, 304)"
+    assert out["pose3d"]["channels"] == 304 and out["pose3d"]["bins"] == bins
+    assert out["pose3d"]["channel"].startswith("joint * 19 + k")
+    assert out["pose3d"]["bin_mm"] == 45.0
+    assert out["pose3d"]["joint_names"] == list(surreal.JOINT_NAMES)
+    assert out["depth"]["shape"] == "float32 (B, 16, 16, 20)"
+    assert out["depth"]["channels"] == 20 and out["depth"]["bins"] == bins
+    assert out["depth"]["channel"].startswith("class c: 0 background; c = 1..19 is depth bin "
+                                              "b = c - 10")
+    assert out["depth"]["bin_mm"] == 45.0
+    assert out["segm"]["shape"] == "float32 (B, 16, 16, 15)"
+    assert out["segm"]["channels"] == 15
+    assert out["segm"]["part_names"] == list(surreal.PART_NAMES)
+    assert len(out["segm"]["part_names"]) == 14
+    for task, layout in out.items():
+        assert {"channel", "values"} <= set(layout), task
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
     import shutil
 

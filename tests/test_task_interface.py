@@ -92,7 +92,11 @@ def test_every_task_module_implements_the_interface(with_silhouette):
     broken.draw, broken.CHANNEL_FLIP = silhouette_task.draw, [0, 0]
     with pytest.raises(TypeError, match="CHANNEL_FLIP is not a permutation"):
         spec.check_task(broken)
-    broken.CHANNEL_FLIP, broken.loss = [1, 0], lambda pred, target, gamma=2.0: 0.0
+    broken.CHANNEL_FLIP, broken.OUTPUT_LAYOUT = [1, 0], {"channels": 3, "channel": "class"}
+    with pytest.raises(TypeError, match=r"OUTPUT_LAYOUT needs 'channels' \(= NUM_CHANNELS 2\)"):
+        spec.check_task(broken)
+    broken.OUTPUT_LAYOUT = silhouette_task.OUTPUT_LAYOUT
+    broken.loss = lambda pred, target, gamma=2.0: 0.0
     with pytest.raises(TypeError, match=r"loss has parameters \['gamma'\].*LOSS_OPTIONS"):
         spec.check_task(broken)
     broken.loss = lambda pred, target: 0.0  # compute_losses passes axis_name to every loss

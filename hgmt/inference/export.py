@@ -1,7 +1,8 @@
 """The inference function of a checkpoint, exported for serving (the command is `hgmt.export`,
 which says what each format writes): images (B, R, R, 3) float32 on [0, 255] -> the last
 stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
-`load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf)."""
+`load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
+(`META_FILE`) says how to decode each output (`output_meta`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import ml_collections
 from etils import epath
 
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
-from hgmt.tasks import heads, parse_tasks
+from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -41,9 +42,21 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255]; the model computes "
                      "(rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "outputs": {t: f"float32 (B, {config.image_size // 4}, {config.image_size // 4}, C)"
-                        for t in tasks}}
+            **output_meta(tasks, int(config.image_size))}
     return f, meta
+
+
+def output_meta(tasks: tuple[str, ...], image_size: int) -> dict:
+    """What a consumer needs to decode the outputs: the label maps' size and their pixels'
+    place in the input (`common.label_to_crop_px`), and per task its shape and
+    `OUTPUT_LAYOUT` (what each channel means)."""
+    r, s = image_size // common.LABEL_STRIDE, common.LABEL_STRIDE
+    return {"label_size": r, "label_stride": s,
+            "label_px_to_input_px": f"input = (label + 0.5) * {s} - 0.5, for x and for y "
+                                    f"(pixel centres at integers in both: label px k covers "
+                                    f"input px {s}k - 0.5 to {s}k + {s - 0.5})",
+            "outputs": {t: {"shape": f"float32 (B, {r}, {r}, {TASKS[t].NUM_CHANNELS})",
+                            **TASKS[t].OUTPUT_LAYOUT} for t in tasks}}
 
 
 def export_stablehlo(f: Callable, image_size: int, path: str) -> None:

@@ -3,7 +3,8 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
 (tests/test_task_interface.py registers a fifth). A task module provides:
 
 - the model's head: `NAME`, `NUM_CHANNELS`, `CHANNEL_FLIP` (the channels' permutation under a
-  horizontal flip), `DEFAULT_LOSS_WEIGHT`, `LOSS_OPTIONS` (the keyword options of its `loss`
+  horizontal flip), `OUTPUT_LAYOUT` (what each channel means, recorded in an export's
+  hgmt.json), `DEFAULT_LOSS_WEIGHT`, `LOSS_OPTIONS` (the keyword options of its `loss`
   and their defaults, which reproduce the reference's loss; `{}` for none);
 - its labels: `labels(crop: spec.Crop) -> dict` of numpy arrays, cut from the record by the
   crop (flips included); the loader decodes only what the selected tasks' labels read;

@@ -22,6 +22,18 @@ DEFAULT_LOSS_WEIGHT = 1.0
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
 LOSS_OPTIONS = {"foreground_weight": 1.0}
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
+# What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
+OUTPUT_LAYOUT = {
+    "channels": NUM_CHANNELS,
+    "channel": f"class c: 0 background; c = 1..{NUM_CHANNELS - 1} is depth bin "
+               f"b = c - {common.MAX_BIN + 1} of bins",
+    "bins": list(range(-common.MAX_BIN, common.MAX_BIN + 1)),
+    "bin_mm": round(common.BIN_SIZE * 1000.0, 6),
+    "bin_depth": "bin b holds depths in ((b - 1) * bin_mm, b * bin_mm] relative to the pelvis "
+                 "(the pixel's distance from the camera centre minus the pelvis's camera z, "
+                 "positive farther); the end bins also hold everything nearer or farther",
+    "values": "logits: a pixel's class is the argmax over the channels",
+}
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
     "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", ("rmse_mm",), "RMSE (mm)"),

@@ -25,6 +25,14 @@ DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
+# What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
+OUTPUT_LAYOUT = {
+    "channels": NUM_CHANNELS,
+    "channel": "joint: channel j is joint_names[j]",
+    "joint_names": list(surreal.JOINT_NAMES),
+    "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1; the "
+              f"joint is at its channel's maximum (hgmt refines it to sub-pixel)",
+}
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
                      "pckh@0.5_per_joint", "joint"),

@@ -38,6 +38,20 @@ HEADLINES = {
 }
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
+# What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
+OUTPUT_LAYOUT = {
+    "channels": NUM_CHANNELS,
+    "channel": f"joint * {NUM_BINS} + k: joint_names[joint] at depth bin bins[k] "
+               f"(k = bin + {common.MAX_BIN})",
+    "joint_names": list(surreal.JOINT_NAMES),
+    "bins": list(range(-common.MAX_BIN, common.MAX_BIN + 1)),
+    "bin_mm": round(common.BIN_SIZE * 1000.0, 6),
+    "bin_depth": "bin b: the joint's camera depth z is the pelvis's plus b * bin_mm "
+                 "(positive farther from the camera); training's bins are round((z - z_pelvis) "
+                 "/ bin_mm) clamped to the end bins, and hgmt's decoding puts the pelvis at 0",
+    "values": f"per joint a volume over (y, x, bin): a target is a 3D Gaussian of sigma "
+              f"{SIGMA} label px and {SIGMA} bin with peak 1; the joint is at its maximum",
+}
 
 
 def labels(crop: spec.Crop) -> dict:

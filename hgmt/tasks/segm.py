@@ -21,6 +21,13 @@ DEFAULT_LOSS_WEIGHT = 1.0
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
 LOSS_OPTIONS = {"foreground_weight": 1.0}
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
+# What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
+OUTPUT_LAYOUT = {
+    "channels": NUM_CHANNELS,
+    "channel": "class c: 0 background; c >= 1 is part_names[c - 1]",
+    "part_names": list(surreal.PART_NAMES),
+    "values": "logits: a pixel's class is the argmax over the channels",
+}
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
     "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",

@@ -144,6 +144,9 @@ class TaskModule(Protocol):
     DEFAULT_LOSS_WEIGHT: float
     LOSS_OPTIONS: Mapping[str, float]  # keyword options of `loss`, defaults = the reference's
     HEADLINES: Mapping[str, Headline]  # {metric protocol: how its numbers are shown}
+    # What an output channel means, JSON-able ("channels" = NUM_CHANNELS, "channel", "values",
+    # names, bins): how a consumer of an export decodes it (hgmt.inference.export).
+    OUTPUT_LAYOUT: Mapping[str, Any]
 
     def labels(self, crop: Crop) -> dict:
         """Numpy labels cut from the record by the crop (flips included)."""
@@ -198,7 +201,7 @@ def check_task(module: Any) -> None:
     """Raises TypeError naming what `module` lacks of `TaskModule`: a constant missing or of
     the wrong type, a function missing or with other parameter names."""
     hints = {"NAME": str, "NUM_CHANNELS": int, "DEFAULT_LOSS_WEIGHT": (int, float),
-             "LOSS_OPTIONS": Mapping, "HEADLINES": Mapping}
+             "LOSS_OPTIONS": Mapping, "HEADLINES": Mapping, "OUTPUT_LAYOUT": Mapping}
     name = getattr(module, "__name__", repr(module))
     for attr, kind in hints.items():
         if not isinstance(getattr(module, attr, None), kind):
@@ -207,6 +210,10 @@ def check_task(module: Any) -> None:
             int(c) for c in module.CHANNEL_FLIP) != list(range(module.NUM_CHANNELS)):
         raise TypeError(f"task module {name}: CHANNEL_FLIP is not a permutation of its "
                         f"{module.NUM_CHANNELS} channels")
+    layout = module.OUTPUT_LAYOUT
+    if layout.get("channels") != module.NUM_CHANNELS or not {"channel", "values"} <= set(layout):
+        raise TypeError(f"task module {name}: OUTPUT_LAYOUT needs 'channels' (= NUM_CHANNELS "
+                        f"{module.NUM_CHANNELS}), 'channel' and 'values'")
     if "hgmt" not in module.HEADLINES or not all(
             isinstance(h, Headline) for h in module.HEADLINES.values()):
         raise TypeError(f"task module {name}: HEADLINES needs an 'hgmt' entry, all Headline")
