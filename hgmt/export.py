@@ -4,7 +4,7 @@
     python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR
 
 The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
-(R = config.image_size, B any size; the model normalises it) to the last stage's per-task
+(R = config.image_size, any B >= 1; the model normalises it) to the last stage's per-task
 outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
 
 - `stablehlo`: `jax.export` serialised StableHLO with a symbolic batch size, in
@@ -13,7 +13,8 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   machine exported it (lowered for each: `hgmt.inference.export.PLATFORMS`).
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
   signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving),
-  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
+  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`. OUTDIR is a folder or
+  a URL TensorFlow writes (gs://); for another object store (s3://) export to a folder and copy.
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation, platforms,
 and how to decode each output: its channels' meaning and the label pixels' place in the input.
 """
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out_dir=DIR
     [--step=N|best]`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError):
         meta = export.export(args.workdir, args.format, args.out_dir,
                              cli.checkpoint_step(args.step), args.config)
     size = meta["image_size"]

@@ -427,8 +427,6 @@ def test_savedmodel_export_equals_the_predictor(model, request, exported):
     _assert_equals_the_predictor(_serving(path), predictor, (2,), rtol=1e-3, atol=1e-4)
     with open(os.path.join(path, "hgmt.json")) as fh:
         assert json.load(fh)["format"] == "savedmodel"
-    with pytest.raises(ValueError, match="choose one of"):
-        exporting.export(workdir, "onnx", str(os.path.dirname(path) + "/x"))
 
 
 def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir, predictor,
@@ -476,6 +474,30 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert len(out["segm"]["part_names"]) == 14
     for task, layout in out.items():
         assert {"channel", "values"} <= set(layout), task
+
+
+def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_path,
+                                                                   monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was restored before --out_dir was checked")
+
+    monkeypatch.setattr(exporting, "inference_fn", no_work)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for fmt in exporting.FORMATS:
+        for out_dir in (a_file, a_file / "under"):
+            with pytest.raises(SystemExit, match=r"^error: NotADirectoryError: --out_dir="
+                                                 r".*a_file is a file; give a folder"):
+                hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}",
+                                  f"--out_dir={out_dir}"])
+    # TensorFlow has no s3:// file system (since TF 2.6).
+    with pytest.raises(SystemExit, match=r"^error: ValueError: --out_dir=s3://bucket/m: "
+                                         r"TensorFlow has no file system for s3://.*export to "
+                                         r"a local folder and copy it there$"):
+        hgmt.export.main([f"--workdir={workdir}", "--format=savedmodel",
+                          "--out_dir=s3://bucket/m"])
+    with pytest.raises(ValueError, match="choose one of"):
+        exporting.export(workdir, "onnx", str(tmp_path / "x"))
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):

@@ -1,6 +1,6 @@
 """The inference function of a checkpoint, exported for serving (the command is `hgmt.export`,
-which says what each format writes): images (B, R, R, 3) float32 on [0, 255] -> the last
-stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
+which says what each format writes): images (B, R, R, 3) float32 on [0, 255], B >= 1 -> the
+last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
 `load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
 (`META_FILE`) says how to decode each output (`output_meta`)."""
 
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
+from hgmt import paths
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
@@ -39,7 +40,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
                 for t, o in predict_last_stage(model, variables, images).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
-            "input": "float32 (B, R, R, 3) RGB on [0, 255]; the model computes "
+            "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1; the model computes "
                      "(rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
             **output_meta(tasks, int(config.image_size))}
@@ -89,12 +90,35 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
+def check_out_dir(out_dir: str, fmt: str) -> None:
+    """Refuses, before any work, a local `out_dir` that is a file or lies under one
+    (NotADirectoryError), and a SavedModel URL of a scheme TensorFlow has no file system for
+    (ValueError: TF implements gs://, not s3:// since TF 2.6)."""
+    if not paths.is_url(out_dir):
+        path = os.path.abspath(out_dir)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"--out_dir={out_dir}: {path} is a file; give a folder "
+                                     f"(made if missing)")
+    elif fmt == "savedmodel":
+        import tensorflow as tf
+
+        scheme, known = out_dir.split("://", 1)[0], tf.io.gfile.get_registered_schemes()
+        if scheme not in known:
+            raise ValueError(f"--out_dir={out_dir}: TensorFlow has no file system for "
+                             f"{scheme}:// (it has {sorted(k for k in known if k)}); export "
+                             f"to a local folder and copy it there")
+
+
 def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
            config: ml_collections.ConfigDict | None = None) -> dict:
-    """Writes the artefact and its metadata (`META_FILE`) into `out_dir` (local or an
-    object-store URL); returns the metadata."""
+    """Writes the artefact and its metadata (`META_FILE`) into `out_dir` (a local folder, or
+    a URL: any object store for stablehlo, gs:// for savedmodel, `check_out_dir`); returns the
+    metadata."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
+    check_out_dir(out_dir, fmt)
     f, meta = inference_fn(workdir, step, config)
     meta["format"], meta["platforms"] = fmt, list(PLATFORMS)
     if fmt == "stablehlo":
