@@ -87,12 +87,13 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
-def check_first_run(config: str, tasks: str, extra: list[str]) -> None:
+def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
     """Parses the first run's command line as hgmt.main does, its config file read with its
     argument and the arguments after `--`: a missing file, a bad argument or override, or a
     flag hgmt.main lacks exits in one line naming it, before the sweep records its plan or
-    starts a run. A relative config path is taken from the caller's working directory, where
-    the runs start, else from the repository, where `hgmt.report --check_config` reads it."""
+    starts a run. A relative config path is taken from the caller's working directory, else
+    from the repository, where `hgmt.report --check_config` reads it. -> `config` with its
+    file's absolute path, which the runs are given (they start in the working directory)."""
     from hgmt import main as trainer
 
     path, colon, argument = config.partition(":")
@@ -111,6 +112,7 @@ def check_first_run(config: str, tasks: str, extra: list[str]) -> None:
             raise
         raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
                          f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+    return f"{path}{colon}{argument}"
 
 
 def _run_env() -> dict[str, str]:
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config.
-    check_first_run(args.config, subsets[0], extra)
+    config = check_first_run(args.config, subsets[0], extra)
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                             "extra": extra})
     if args.print_only:
         for tasks, k in runs:
-            cmds = [command(args.config, tasks, sweep_dir, extra, k)] + [
+            cmds = [command(config, tasks, sweep_dir, extra, k)] + [
                 protocol_command(tasks, sweep_dir, x, k) for x in extra_protocols]
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         name = workdirs.run_name(tasks, k)
         workdir = os.path.join(sweep_dir, name)
         todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
-            ("train", command(args.config, tasks, sweep_dir, extra, k))]
+            ("train", command(config, tasks, sweep_dir, extra, k))]
         todo += [(x, protocol_command(tasks, sweep_dir, x, k)) for x in extra_protocols
                  if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
         if not todo:

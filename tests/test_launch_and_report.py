@@ -19,7 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     """Started from another directory with a relative --sweep_dir: the commands name the
-    folder the caller meant, where the plan is recorded for the report."""
+    folder the caller meant, where the plan is recorded for the report; the config file,
+    found in the repository, by its absolute path (the runs start in the caller's
+    directory), the plan keeping it as given."""
     (tmp_path / "elsewhere").mkdir()
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
                           "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
@@ -28,11 +30,12 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
                          check=True).stdout.splitlines()
     s = tmp_path / "s"
     assert len(out) == 15 and len(set(out)) == 15
-    assert out[0].endswith(f"--config=configs/default.py:runlocal,tasks=pose2d "
+    assert out[0].endswith(f"--config={REPO}/configs/default.py:runlocal,tasks=pose2d "
                            f"--workdir={s}/pose2d --config.total_steps=7")
     assert out[-1].split()[-2] == f"--workdir={s}/pose2d+pose3d+depth+segm"
-    assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["subsets"][-1] == (
-        "pose2d+pose3d+depth+segm")
+    plan = json.loads((s / workdirs.SWEEP_PLAN).read_text())
+    assert plan["subsets"][-1] == "pose2d+pose3d+depth+segm"
+    assert plan["config"] == "configs/default.py:runlocal,tasks=segm"
     assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
 
 
@@ -81,7 +84,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
         assert not (s / workdirs.SWEEP_PLAN).exists()
     run = sweep("--config=configs/demo.py", "--", "--config.total_steps=5")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split()[-3:] == ["--config=configs/demo.py:tasks=pose2d",
+    assert run.stdout.split()[-3:] == [f"--config={REPO}/configs/demo.py:tasks=pose2d",
                                        f"--workdir={s}/pose2d", "--config.total_steps=5"]
     assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == {
         "config": "configs/demo.py", "subsets": ["pose2d"], "seeds": 1,
