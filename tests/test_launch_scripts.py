@@ -35,6 +35,15 @@ def test_one_task_on_its_node_drives_every_gpu_it_sees():
     assert peers.slurm_local_device_ids({**env, "JAX_LOCAL_DEVICE_IDS": "0"}) is None
     assert peers.slurm_local_device_ids({"CUDA_VISIBLE_DEVICES": "0,1"}) is None  # no Slurm
     assert peers.slurm_local_device_ids({**without, "SLURM_GPUS_ON_NODE": ""}) is None
+    # Several tasks on the node, each bound its own GPUs (--gpus-per-task): Slurm shows each
+    # only its own, numbered from 0 (JAX's GPU of the local task id would not exist).
+    shared = {**env, "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_LOCALID": "3"}
+    assert peers.slurm_local_device_ids({**shared, "CUDA_VISIBLE_DEVICES": "3"}) == [0]
+    assert peers.slurm_local_device_ids({**shared, "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+                                         "CUDA_VISIBLE_DEVICES": "2,3"}) == [0, 1]
+    assert peers.slurm_local_device_ids({**shared, "ROCR_VISIBLE_DEVICES": "1",
+                                         "CUDA_VISIBLE_DEVICES": ""}) == [0]
+    assert peers.slurm_local_device_ids(shared) is None  # each sees all four: JAX's choice
 
 
 def test_jax_distributed_under_slurm_makes_every_gpu_visible():

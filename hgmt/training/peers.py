@@ -115,22 +115,28 @@ def _per_node(compressed: str) -> list[int]:
 
 
 def slurm_local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
-    """The GPUs a process of a Slurm job step drives when it is its node's only task: all
-    those it sees (0..n-1 of CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, which Slurm sets, or
-    SLURM_GPUS_ON_NODE of them); None (JAX's own choice) outside Slurm, with several tasks on
-    the node (one GPU each), or when JAX_LOCAL_DEVICE_IDS chooses."""
+    """The GPUs a process of a Slurm job step drives: all those it sees (0..n-1 of
+    CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, which Slurm sets, or SLURM_GPUS_ON_NODE of
+    them) when it is its node's only task, or when it shares the node but Slurm bound it GPUs
+    of its own (--gpus-per-task: it sees one, or fewer than the node's SLURM_GPUS_ON_NODE);
+    None (JAX's own choice, the GPU numbered by its local task id) outside Slurm, with several
+    tasks on the node that each see every GPU, or when JAX_LOCAL_DEVICE_IDS chooses."""
     tasks, node = environ.get("SLURM_STEP_TASKS_PER_NODE"), environ.get("SLURM_NODEID")
     if "SLURM_LOCALID" not in environ or "JAX_LOCAL_DEVICE_IDS" in environ or not (
             tasks and node):
         return None
     counts = _per_node(tasks)
-    if int(node) >= len(counts) or counts[int(node)] != 1:
+    if int(node) >= len(counts):
         return None
-    for name in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
-        if environ.get(name):
-            return list(range(len(environ[name].split(","))))
     gpus = environ.get("SLURM_GPUS_ON_NODE", "")
-    return list(range(int(gpus))) if gpus.isdigit() and int(gpus) > 0 else None
+    on_node = int(gpus) if gpus.isdigit() and int(gpus) > 0 else None
+    visible = next((len(environ[n].split(",")) for n in
+                    ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if environ.get(n)), None)
+    if counts[int(node)] != 1:  # several tasks on the node: GPUs of its own, if bound
+        bound = visible is not None and (visible == 1 or (on_node or 0) > visible)
+        return list(range(visible)) if bound else None
+    n = visible or on_node
+    return list(range(n)) if n else None
 
 
 def _client():
