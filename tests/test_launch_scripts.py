@@ -5,9 +5,11 @@ Slurm and gcloud do not run here: for those scripts, stand-ins named `srun`, `sc
 `gcloud` on PATH write down what they were asked to run. local.sh runs hgmt.main for real."""
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 from hgmt.training import peers
 
@@ -111,6 +113,30 @@ def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
         "srun cpus=32 --kill-on-bad-exit=1 python3 -m hgmt.main --distributed "
         f"--config={REPO}/configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
         "scontrol cpus=32 requeue 42"]
+
+
+def test_slurm_script_waits_through_a_sigterm_for_the_checkpoint_and_requeues_nothing(
+        tmp_path):
+    """Slurm signals the batch script too when it cancels or preempts a job: the script waits
+    for srun (whose training processes save a checkpoint, then exit 75) instead of ending the
+    job under them, and does not requeue (a cancelled job stays cancelled; Slurm requeues a
+    preempted one)."""
+    calls = _stand_ins(tmp_path)
+    (tmp_path / "srun").write_text(f'#!/usr/bin/env bash\necho "srun start" >> {calls}\n'
+                                   f'sleep 3\necho "srun saved" >> {calls}\nexit 75\n')
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "n1", "SLURM_SUBMIT_DIR": REPO}
+    job = subprocess.Popen(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (calls.exists() and "srun start" in calls.read_text()):
+        assert time.monotonic() < deadline and job.poll() is None
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=30)
+    assert job.returncode == 75, out
+    assert calls.read_text().splitlines() == ["srun start", "srun saved"]  # no scontrol
+    assert "SIGTERM: waiting for the training processes" in out
 
 
 def _sbatch_options() -> list[str]:
