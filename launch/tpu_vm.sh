@@ -18,7 +18,8 @@ shift
 case "$cmd" in
   setup)
     url=${1:-$(git -C "$(dirname "$0")/.." remote get-url origin)}
-    ssh_all "set -e; [ -d hgmt ] || git clone '$url' hgmt; cd hgmt && git pull --ff-only && \
+    ssh_all "set -e; [ -d hgmt ] || git clone $(printf %q "$url") hgmt; cd hgmt && \
+git pull --ff-only && \
 python3 -m pip install -q -e . 'jax[tpu]' \
   -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     ;;
@@ -34,8 +35,10 @@ python3 -m pip install -q -e . 'jax[tpu]' \
     if [[ $# -gt 0 ]]; then
       printf -v extra ' %q' "$@"
     fi
-    ssh_all "cd hgmt && python3 -m hgmt.main --distributed --config='$config' \
---workdir='$workdir'${extra}"
+    # The trainers run in the ssh sessions: keep this command's terminal open (e.g. run it in
+    # tmux); ending it ends the sessions, which may leave trainers holding the TPU.
+    ssh_all "cd hgmt && python3 -m hgmt.main --distributed --config=$(printf %q "$config") \
+--workdir=$(printf %q "$workdir")${extra}"
     ;;
   *)
     echo "unknown command '$cmd': use setup or train" >&2

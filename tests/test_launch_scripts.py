@@ -192,18 +192,31 @@ def test_slurm_script_submitted_from_elsewhere_runs_the_checkout_hgmt_repo_names
 
 
 def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
+    """The command the workers' shells run gives hgmt.main each argument intact (spaces and
+    quotes in a path or flag included): run here through bash, with a stand-in python3 that
+    writes its arguments one a line."""
     calls = _stand_ins(tmp_path)
+    (tmp_path / "hgmt").mkdir()
+    echo = tmp_path / "bin" / "python3"
+    echo.parent.mkdir()
+    echo.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    echo.chmod(echo.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z"}
-    for extra, tail in (([], "--workdir='gs://b/r'"),
-                        (["configs/demo.py", "--config.tasks=pose2d+segm"],
-                         "--workdir='gs://b/r' --config.tasks=pose2d+segm")):
+    for extra, want in (
+            ([], ["--config=configs/default.py:tasks=all", "--workdir=gs://b/r"]),
+            (["configs/my demo's.py", "--config.tasks=pose2d+segm", "--config.note=a 'b' c"],
+             ["--config=configs/my demo's.py", "--workdir=gs://b/r",
+              "--config.tasks=pose2d+segm", "--config.note=a 'b' c"])):
         calls.unlink(missing_ok=True)
         subprocess.run(["bash", "launch/tpu_vm.sh", "train", "gs://b/r", *extra], cwd=REPO,
                        env=env, check=True, timeout=60)
-        config = extra[0] if extra else "configs/default.py:tasks=all"
-        assert calls.read_text() == (
-            f"gcloud cpus= compute tpus tpu-vm ssh t --zone=z --worker=all --command=cd hgmt "
-            f"&& python3 -m hgmt.main --distributed --config='{config}' {tail}\n")
+        line = calls.read_text()
+        prefix = "gcloud cpus= compute tpus tpu-vm ssh t --zone=z --worker=all --command="
+        assert line.startswith(prefix) and line.count("\n") == 1, line
+        remote = subprocess.run(["bash", "-c", line[len(prefix):-1]], cwd=tmp_path,
+                                env={**env, "PATH": f"{echo.parent}:{env['PATH']}"},
+                                capture_output=True, text=True, check=True, timeout=60)
+        assert remote.stdout.splitlines() == ["-m", "hgmt.main", "--distributed", *want]
 
 
 def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
