@@ -36,10 +36,9 @@ from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints
 
-# Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal): 2.23 +-
-# 0.24 m over 800 frames of generated demo clips, 2.48 +- 0.17 m over the 100 frames of a real
-# SURREAL clip; this value is within one standard deviation of both
-# (tests/test_predict_export.py::test_crop_metres_is_what_training_crops_span).
+# Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal), within
+# one standard deviation of what it spans on demo clips and on a real SURREAL clip (measured in
+# docs/evaluation.md; tests/test_predict_export.py::test_crop_metres_is_what_training_crops_span).
 CROP_METRES = 2.35
 # Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
 # larger than this (a high-resolution photo) is first averaged down to the crop's scale
