@@ -17,6 +17,16 @@ the metric distance from the camera centre (what SURREAL's depth maps hold, Cycl
 docs/surreal_format.md) and a shaded, textured RGB frame over a random background. World axes and
 camera follow SURREAL (world y points down, the camera looks along -x from ``camLoc``), so
 ``hgmt.sources.surreal.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
+
+The ``_info.mat`` has SURREAL's keys, dtypes and shapes, but some of its values are this
+generator's own: ``camDist`` is the distance from ``camLoc`` to the first frame's pelvis, where
+SURREAL's is the camera distance it drew (about the pelvis's depth + 1 m; gulvarol/surreal
+datageneration/main_part1.py); ``zrot`` is the body's yaw (0: facing the camera) and ``pose``
+the joints' axis-angle rotations in this skeleton's body frame, not SURREAL's root rotation and
+SMPL pose; ``shape`` holds the skeleton's height and limb scales (then 5 random numbers) and
+``light`` the light's direction and ambient term (then zeros). hgmt copies ``zrot``, ``pose``
+and ``shape`` into the built records and reads none of these values for a label, loss or
+metric; ``camDist`` and ``light`` it does not read.
 """
 
 from __future__ import annotations
