@@ -15,9 +15,8 @@ import numpy as np
 
 from hgmt.data import input_pipeline
 
-# Training crop side / the longer side of the silhouette's box: 1.28 +- 0.05 (5th-95th
-# percentile 1.18-1.34) over 138 frames of the demo clips' ground truth; the window's centre is
-# the box's centre to within 0.012 sides.
+# Training crop side / the longer side of the silhouette's box, the typical ratio on the demo
+# clips' ground truth, whose window is centred on that box (docs/predict.md).
 FOREGROUND_TO_SIDE = 1.28
 MIN_JOINT_SCORE = 0.2  # a joint counts when its peak is this high (a target's peak is 1)
 MIN_JOINTS = 12  # of 16: fewer, and the joints' box would miss limbs; use the silhouette
