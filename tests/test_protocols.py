@@ -413,6 +413,18 @@ def test_protocol_selection_and_labels():
     assert f"| {surreal.JOINT_NAMES[0]} | 0.500 |" in md
     assert "| part | iou_per_part (surreal) |" in md
     assert f"| {surreal.PART_NAMES[0]} | absent |" in md
+    # A joint table with BodyNet's PCK beside hgmt's PCKh: rows in JOINT_NAMES' order, the
+    # 6 joints BodyNet does not score marked so.
+    scored = [j for j in surreal.JOINT_NAMES if j not in (
+        "pelvis", "thorax", "upper_neck", "head_top", "r_shoulder", "l_shoulder")]
+    summary["pose2d"] = {"protocol": "bodynet", "pck": 0.5,
+                         "pck_per_joint": {j: 0.5 for j in scored}}
+    summary["pose3d"] = {"protocol": "hgmt", "mjd_mm": 50.0,
+                         "mjd_mm_per_joint": {j: 50.0 for j in surreal.JOINT_NAMES}}
+    rows = [line for line in evaluator.to_markdown(summary).splitlines()
+            if line.split(" | ")[0][2:] in surreal.JOINT_NAMES]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(surreal.JOINT_NAMES)
+    assert "| pelvis | not scored | 50.0 |" in rows and "| r_ankle | 0.500 | 50.0 |" in rows
 
 
 # --- The reference protocols' crop window ----------------------------------------------------

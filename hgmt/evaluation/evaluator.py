@@ -23,6 +23,7 @@ from hgmt import disk_space, paths
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
+from hgmt.sources import surreal
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, heads, parse_tasks
 
 
@@ -96,6 +97,8 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 # `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
 # flip test, at most how many examples (0: all).
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
+# The rows of the per-item tables, in the dataset's order (other items: as first seen).
+ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
 
 def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
@@ -264,10 +267,13 @@ def to_markdown(summary: dict) -> str:
         head = " | ".join(f"{h.per_item} ({summary[t].get('protocol', 'hgmt')})"
                           for t, h in cols)
         lines += ["", f"| {item} | {head} |", "|---|" + "---|" * len(cols)]
-        names = list(dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item]))
-        for name in names:
-            cells = [_fmt(summary[t][h.per_item].get(name), h.item_format, "absent")
-                     for t, h in cols]
+        seen = dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item])
+        order = ITEM_ORDER.get(item, ())
+        for name in [n for n in order if n in seen] + [n for n in seen if n not in order]:
+            # A value of None: the item is absent from the split; no value: the column's
+            # protocol does not score it (BodyNet's PCK, 10 of the 16 joints).
+            cells = [_fmt(summary[t][h.per_item][name], h.item_format, "absent")
+                     if name in summary[t][h.per_item] else "not scored" for t, h in cols]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
