@@ -17,8 +17,8 @@
 # measured: trainer_speed.py its intervals so far), and a command with less than a minute left
 # is skipped (a line says so). Give it below the device call's own limit, so that the script,
 # not the call, stops last.
-# First, in a few seconds: the input pipeline's packages must import (exit 3 with a message
-# when they do not: .whl/ below), then benchmarks/host_check.py writes one line
+# First: the input pipeline's packages must import (exit 3 with a message when they do not:
+# .whl/ below), then benchmarks/host_check.py writes one line
 # {"benchmark": "host", ...} (Python, JAX and its backend and devices, PyTorch and whether it
 # sees CUDA, Triton, the C compiler, the GPU driver) and, at --size=paper, ends the run (exit 4)
 # when JAX's backend is the CPU: its CUDA plugin did not load, and the paper's step there would
@@ -266,7 +266,8 @@ fi
 # --- Stream modes (config.model.stream_mode): --parts=streams.
 # One compiled stream per task against one vmapped stream over the tasks: compile and step
 # time for pose2d and all four at batch $b4, each in a fresh process, the modes alternating
-# (benchmarks/stream_modes.py; its last line has the ratios); estimated at 4-5 min of an H200.
+# (benchmarks/stream_modes.py; its last line has the ratios); its duration on a GPU is
+# unmeasured (the command's limit: 900 s).
 if has streams; then
   run 900 python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=1 -- \
     "${model[@]}" --config.batch_size=$b4 --steps=$step_steps --warmup=3
@@ -278,7 +279,8 @@ fi
 # runs, exhaustive Triton tiling, no CUDA graphs, Flax's own ops), each in a fresh process, no
 # compilation cache; its last line has each lever's img/s, MFU and compile time over the first's.
 # --levers=LIST measures only those, in that order (step_levers.py's names; give none first):
-# at about 75 s a lever on an H200, the eight do not fit in one 10-minute command.
+# each lever is a fresh process that compiles the step without a cache, so the eight do not
+# fit in one 10-minute device command (the device time of two: docs/performance.md, "On a GPU").
 if has levers; then
   run 900 python3 benchmarks/step_levers.py ${levers:+--levers=$levers} --timeout_s=240 -- \
     --config=configs/default.py:tasks=pose2d "${model[@]}" --config.batch_size=$b1 \
