@@ -33,7 +33,8 @@
 #            img/s against the bare step's, data wait; both share one persistent compilation
 #            cache in the work folder, so the trainer loads the step the bare step compiled
 #            (the demo data: 32 clips of 30 frames per split, 960 training frames: grain's
-#            shuffle costs 0.19 ms an example at 240 frames, 0.05 at 960, on the 2-core VM);
+#            shuffle costs more per example the smaller the split; docs/performance.md,
+#            "Input pipeline, CPU");
 #            a failed bare step writes an error line and the trainer runs all the same
 #   profile  where the step's time goes by op kind (benchmarks/profile_step.py): the trainer's
 #            own program (--feed=trainer, on the demo data, built here unless there; the

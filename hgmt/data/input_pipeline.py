@@ -40,8 +40,8 @@ from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
 # The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
-# them would oversubscribe the host's cores and spin (a 16-core host measured 62 examples per
-# CPU-second with it, against 292 on a 2-core one).
+# them would oversubscribe the host's cores and spin (measured on a 2-core and a 16-core host:
+# docs/performance.md, "Input pipeline, CPU").
 cv2.setNumThreads(1)
 
 
@@ -174,8 +174,8 @@ def crop_with(example: dict, image_size: int, params: CropParams,
 
 def apply_gain(image: np.ndarray, gain: Sequence[float]) -> np.ndarray:
     """(H,W,3) uint8 times a per-channel gain (3,), rounded and saturated in uint8: one lookup
-    table per channel (the products of the 256 values), 4x faster than cv2.multiply and equal
-    to it."""
+    table per channel (the products of the 256 values), faster than cv2.multiply and equal
+    to it (docs/performance.md, "Crop and augmentation: on the host or on the device")."""
     table = np.clip(np.rint(np.arange(256.0)[:, None] * np.asarray(gain, np.float64)), 0, 255)
     return cv2.LUT(image, table.astype(np.uint8)[None])
 

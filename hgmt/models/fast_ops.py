@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 def matmul_1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """(..., Cin) x (Cin, Cout) -> (..., Cout) as one 2-D matmul. XLA:CPU runs the backward
-    pass of the 4-D dot_general (what `x @ kernel` gives) about 3x slower."""
+    pass of the 4-D dot_general (what `x @ kernel` gives) slower (docs/performance.md, "What
+    made the CPU step faster")."""
     y = x.reshape(-1, x.shape[-1]) @ kernel
     return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
