@@ -9,7 +9,9 @@ WORKDIR/params_<id>.npz and WORKDIR/eval_<id>.json.
 With TOTAL_STEPS (the fault tests in tests/test_faults.py): pose2d, a checkpoint every 2 steps,
 no evaluation, config fields overridden by KEY=VALUE (a Python literal); a 10 s heartbeat
 timeout; on a preemption signal it writes WORKDIR/preempted_<id>.json and exits 75, and on any
-other error it ends as hgmt.main does (a fault of loop.FAULTS in one line, status 1).
+other error it ends as hgmt.main does (a fault of loop.FAULTS in one line, status 1). With
+HGMT_TEST_SIGTERM_IN_EVALUATION=<id>, process <id> sends itself SIGTERM when an evaluation
+reads its second batch.
 """
 
 import ast
@@ -49,6 +51,8 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
         config = tiny_config(data_dir, tasks="pose2d", total_steps=total_steps,
                              checkpoint_every=2, **{"optimizer.schedule": "constant",
                                                     **(overrides or {})})
+    if os.environ.get("HGMT_TEST_SIGTERM_IN_EVALUATION") == str(process_id):
+        _sigterm_at_second_evaluation_batch()
     try:
         with cli.faults_in_one_line(*loop.FAULTS):
             state = loop.train(config, workdir)
@@ -71,6 +75,28 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
                                          "batch_stats": state.batch_stats})
     with open(os.path.join(workdir, f"eval_{process_id}.json"), "w") as f:
         json.dump(summary, f)
+
+
+def _sigterm_at_second_evaluation_batch() -> None:
+    import signal
+    import time
+
+    from hgmt.data import input_pipeline
+
+    batches = input_pipeline.eval_batches
+
+    def signalling(*args, **kwargs):
+        for i, batch in enumerate(batches(*args, **kwargs)):
+            if i == 1:
+                # A real SIGTERM, caught by JAX's notifier as a scheduler's would be.
+                os.kill(os.getpid(), signal.SIGTERM)
+                # JAX's sync protocol agrees on the check after every process's last one:
+                # time for it to finish before this process's next check, so that the agreed
+                # check comes before the evaluation's last batch.
+                time.sleep(2.0)
+            yield batch
+
+    input_pipeline.eval_batches = signalling
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pytest
 
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
-from hgmt.data import shards
+from hgmt.data import input_pipeline, shards
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -56,6 +56,9 @@ class SignalAt:
     def write_scalars(self, step, scalars):
         if step == self.at:
             os.kill(os.getpid(), self.signum)
+
+    def write_images(self, step, images):
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,128 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
                                          r"reads as this config's train state"):
         loop.train(config, workdir)
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
+
+
+def _at_end_config(data_dir: str):
+    """3 steps, the only checkpoint at the last; then the test evaluator on all 12 test frames
+    in 3 batches of 4."""
+    return tiny_config(data_dir, total_steps=3, eval_batch_size=4, **{
+        **KW, "evals.test.at_end": True, "evals.test.frames": "all",
+        "evals.test.max_examples": 0})
+
+
+def _assert_the_rerun_evaluates_step_3(config, workdir: str, caplog) -> None:
+    """The rerun resumes at the last step, trains no further and writes eval_test.json."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        final, summaries = loop.run(config, workdir)
+    assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 3" in caplog.text
+    assert int(final.step) == 3 and summaries["test"]["num_examples"] == 12
+    with open(workdirs.eval_file(workdir, "test")) as f:
+        report = json.load(f)
+    assert (report["evaluator"], report["step"], report["num_examples"]) == ("test", 3, 12)
+    lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(3, "test")]
+    assert checkpoints.manager(workdir).all_steps() == [3]
+
+
+def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_evaluates(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """SIGUSR1 (Slurm's warning ahead of the time limit) while the test evaluation after the
+    last step reads its second batch of 3: the evaluation stops before evaluating it, the
+    last step saved, with Preempted (exit 75, requeued) and nothing of the evaluation
+    recorded; the rerun resumes at the last step and writes eval_test.json."""
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    batches, fetched = input_pipeline.eval_batches, []
+
+    def signalling(*args, **kwargs):
+        for i, batch in enumerate(batches(*args, **kwargs)):
+            fetched.append(i)
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            preemption.Preempted, match=re.escape(
+                f"preempted: stopped the evaluations after training; the last step's checkpoint "
+                f"(step 3) is saved in {workdirs.checkpoint_dir(workdir)} on a preemption "
+                f"signal")) as err:
+        loop.train(config, workdir)
+    assert (err.value.step, err.value.after_training) == (3, True)
+    assert fetched == [0, 1]
+    assert ("SIGUSR1 received: training is done: stopping the evaluations after training at "
+            "their next batch") in caplog.text
+    assert checkpoints.manager(workdir).all_steps() == [3]
+    assert not os.path.exists(workdirs.eval_file(workdir, "test"))
+    assert not os.path.exists(workdirs.evals_file(workdir))
+    assert not os.path.exists(workdirs.lock_file(workdir))
+    monkeypatch.setattr(input_pipeline, "eval_batches", batches)
+    _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
+
+
+def test_a_signal_during_the_last_step_saves_it_and_stops_before_the_evaluation_after_training(
+        demo_dataset, tmp_path, caplog):
+    """SIGTERM once step 2 is logged, so during the last step 3: step 3 ends and is saved, and
+    the run stops with Preempted before the evaluation after training, saying so when the
+    signal arrives; the rerun evaluates step 3."""
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            preemption.Preempted, match="stopped the evaluations after training") as err:
+        loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 2))
+    assert (err.value.step, err.value.after_training) == (3, True)
+    assert ("SIGTERM received: finishing the last step, saving its checkpoint, then stopping "
+            "before the evaluations after training") in caplog.text
+    assert checkpoints.manager(workdir).all_steps() == [3]
+    assert not os.path.exists(workdirs.eval_file(workdir, "test"))
+    _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
+
+
+class SyncProtocol:
+    """JAX's preemption sync protocol as one process sees it (xla's PreemptionSyncManager): a
+    notice sets the sync point to the last step given + 1 (the max over processes, all alike
+    here); `reached_preemption_sync_point(step)` is True at that step."""
+
+    def __init__(self):
+        self.steps, self.point = [], None
+
+    def notice(self):
+        self.point = (self.steps[-1] if self.steps else 0) + 1
+
+    def __call__(self, step):
+        self.steps.append(step)
+        return step == self.point
+
+
+@pytest.mark.parametrize("notice_after, at_step_5, checks, steps", [
+    (5, False, [True] * 3, [1, 2, 3, 4, 5, 6]),
+    (4, True, [True] * 3, [1, 2, 3, 4, 5]),
+    (None, False, [False] * 3, [1, 2, 3, 4, 5, 6, 7, 8]),
+])
+def test_with_several_processes_the_checks_after_training_number_on_from_the_last_step(
+        monkeypatch, notice_after, at_step_5, checks, steps):
+    """5 steps, then 3 checks of the evaluations after training: they are the sync protocol's
+    steps 6, 7, 8 on every process. A notice after step 5 stops at the first check (sync point
+    6); one during step 5 (sync point 5) stops at step 5, and the checks after it keep
+    stopping; without one none stops."""
+    from jax.experimental import multihost_utils
+
+    protocol = SyncProtocol()
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", protocol)
+    monkeypatch.setattr(preemption, "_sync_manager_available", lambda: True)
+    watch = preemption.PreemptionWatch(last_step=5)
+    watch.multihost = True
+    watch.start(0)
+    reached = []
+    for step in range(1, 6):
+        reached.append(watch.reached(step))
+        if step == notice_after:
+            protocol.notice()
+    assert reached == [False] * 4 + [at_step_5]
+    assert [watch.stop_after_training() for _ in range(3)] == checks
+    assert protocol.steps == steps
 
 
 def test_a_brief_read_error_is_retried_before_a_checkpoint_counts_as_unreadable(
@@ -636,14 +761,14 @@ def _wait_for_checkpoint(workdir: str, step: int, procs, timeout: float = 300) -
                          f"ended: {ended[:1]}")
 
 
-def _workers(workdir, data_dir, total_steps, port=None, overrides=()):
+def _workers(workdir, data_dir, total_steps, port=None, overrides=(), env=None):
     """The two processes of tests/multihost_worker.py; `overrides`: its KEY=VALUE arguments."""
     port = port or _free_port()
     return [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
                               workdir, data_dir, str(i), str(port), str(total_steps),
                               *overrides],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for i in range(2)]
+                             cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
 @pytest.mark.slow
@@ -675,6 +800,36 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
     assert a.files == b.files and len(a.files) > 10
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_two_processes_sigterm_to_one_during_the_evaluation_after_training_stops_both(
+        demo_dataset, tmp_path):
+    """Process 1 gets SIGTERM while the test evaluation after the last step (3) reads its
+    second batch of 3: both processes stop at one check before its last batch, exit 75 with
+    step 3 saved and no eval_test.json; the rerun resumes at step 3 and writes it."""
+    workdir = str(tmp_path)
+    overrides = ("evals.test.at_end=True", "evals.test.frames='all'",
+                 "evals.test.max_examples=0", "eval_batch_size=4")
+    env = {**os.environ, "HGMT_TEST_SIGTERM_IN_EVALUATION": "1"}
+    procs = _workers(workdir, demo_dataset[1], 3, overrides=overrides, env=env)
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+    assert [p.returncode for p in procs] == [preemption.EXIT_PREEMPTED] * 2, report
+    assert [json.loads((tmp_path / f"preempted_{i}.json").read_text())["step"]
+            for i in range(2)] == [3, 3], report
+    assert checkpoints.manager(workdir).latest_step() == 3
+    assert not os.path.exists(workdirs.eval_file(workdir, "test")), report
+
+    procs = _workers(workdir, demo_dataset[1], 3, overrides=overrides)
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+    assert [p.returncode for p in procs] == [0, 0], report
+    with open(workdirs.eval_file(workdir, "test")) as f:
+        report = json.load(f)
+    assert (report["step"], report["num_examples"]) == (3, 12)
 
 
 @pytest.mark.slow

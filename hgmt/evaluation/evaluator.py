@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import flax
 import jax
@@ -152,11 +153,12 @@ class Evaluator:
             unusable_input=unusable_input(self.protocol)), axis_name="batch")
         self.first_batch = None
 
-    def __call__(self, variables: dict) -> dict:
+    def __call__(self, variables: dict, stop: Callable[[], None] | None = None) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,
         'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: the mean
         over the usable examples of each example's last-stage loss (`eval_step`)}}. Neither
-        the batch size nor the number of devices changes it."""
+        the batch size nor the number of devices changes it. `stop` is called before each
+        batch (every process has as many); it raises to stop the evaluation."""
         replicated = flax.jax_utils.replicate(variables)
         total = None
         damaged: list[int] = []
@@ -165,6 +167,8 @@ class Evaluator:
                                                  image_size=self.image_size,
                                                  tasks=self.tasks, damaged=damaged,
                                                  window=self.window):
+            if stop is not None:
+                stop()
             stats = jax.device_get(flax.jax_utils.unreplicate(
                 self.p_step(replicated, input_pipeline.shard(batch))))
             total = stats if total is None else jax.tree.map(np.add, total, stats)

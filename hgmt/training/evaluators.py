@@ -256,15 +256,19 @@ class Evaluators:
         return step, self.manager.metrics(step)[self.settings[self.keeper]["best_metric"]]
 
     def run(self, names: list[str], step: int, host_state, writer=None,
-            final: bool = False) -> dict[str, dict]:
+            final: bool = False, stop: Callable[[], None] | None = None) -> dict[str, dict]:
         """Runs the evaluators `names` on `host_state` (params and batch_stats on the host):
         TensorBoard, evals.jsonl, the best checkpoint, and after training (`final`) each
-        one's eval_<name>.json with pictures of its first examples. -> {name: summary}."""
+        one's eval_<name>.json with pictures of its first examples. -> {name: summary}.
+        `stop` is called before each evaluator and each of its batches; it raises to stop
+        them (an evaluator stopped so records nothing)."""
         variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
         summaries = {}
         for name in names:
+            if stop is not None:
+                stop()
             ev = self._evaluator(name)
-            summary = ev(variables)
+            summary = ev(variables, stop)
             summaries[name] = summary
             values = metric_values(summary, self.weights)
             if writer is not None:

@@ -106,9 +106,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     TensorBoard writer; `loader` the dataset's grain loader (its iterator needs get_state and
     set_state; benchmarks feed batches from memory with it).
 
-    Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1, FloatingPointError on a
-    non-finite loss, `disk_space.DiskFull` when a checkpoint or summary cannot be written
-    (the partial checkpoint removed, the earlier ones intact),
+    Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1 (during training, or during
+    the evaluations after it: the last step saved, they run again on resuming),
+    FloatingPointError on a non-finite loss, `disk_space.DiskFull` when a checkpoint or
+    summary cannot be written (the partial checkpoint removed, the earlier ones intact),
     `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
     fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
     damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
@@ -119,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     lock = workdir_lock.hold_for_job(workdir)
     try:
         # A preemption stops every process at one step: not a failure for the peers to see.
-        with preemption.PreemptionWatch() as watch, \
+        with preemption.PreemptionWatch(config.total_steps) as watch, \
                 peers.watched(agreed=(preemption.Preempted,)) as peer_watch, \
                 device_memory.explained(config, "while compiling or running the training step"), \
                 contextlib.ExitStack() as opened:
@@ -188,6 +189,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
+    watch.start(start_step, bool(evals.at_end()))  # what a signal's log line says from now on
     # Written once the workdir's checkpoints are known to be this config's: a config that
     # does not fit them (another task set, say) stops above and leaves config.json as it was.
     if jax.process_index() == 0:
@@ -239,6 +241,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(to_checkpoint_layout(model, host)),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
+
+    def stop_preempted(step: int, saving: int | None, after_training: bool = False) -> None:
+        """Raises Preempted once the checkpoint of `step` is written (`saving`: the step orbax
+        may still be writing), every process together; `after_training`: it stops the
+        evaluations after the last step."""
+        with checkpoints.stop_on_full_disk(workdir, saving):
+            mngr.wait_until_finished()
+        if jax.process_count() > 1:  # exit together, after process 0 finalised the save
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("preemption checkpoint saved")
+        raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir), after_training)
 
     # A preemption at an evaluation step saved it without evaluating: evaluated on resuming.
     missed = [] if restored is None else [n for n in evals.due(start_step)
@@ -323,13 +337,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
                         evals.run(evals_due, step, host, writer)
         if stopping:
-            with checkpoints.stop_on_full_disk(workdir, saving):
-                mngr.wait_until_finished()
-            if jax.process_count() > 1:  # exit together, after process 0 finalised the save
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices("preemption checkpoint saved")
-            raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir))
+            stop_preempted(step, saving)
     final = host_state(config.total_steps, state)
     with checkpoints.stop_on_full_disk(workdir, saving):
         mngr.wait_until_finished()
@@ -337,8 +345,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.warning("%s", damaged.summary())
     if lock is not None:
         lock.check()
+
+    def stop_if_preempted() -> None:
+        """Before each evaluation after training and each of its batches: a signal since the
+        last step (or at it) stops the run here, every process at the same check; the last
+        step is saved (above, or it is the checkpoint this run resumed from), and the rerun
+        resumes there and runs these evaluations again."""
+        if watch.stop_after_training():
+            stop_preempted(int(final.step), None, after_training=True)
+
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-        summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True)
+        summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True,
+                              stop=stop_if_preempted)
     return final, summaries
 
 
