@@ -372,6 +372,54 @@ def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
 
 
 
+def _dead_pid() -> int:
+    """The pid of a process of this host that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("changed, taken_at_once", [
+    ({}, True),  # this host, boot and PID namespace: the pid's absence says the holder is gone
+    ({"pid_ns": "pid:[1]"}, False),  # a container sharing the hostname (--network=host)
+    ({"boot_id": "00000000-0000-0000-0000-000000000000"}, False),
+    ({"pid_ns": None, "boot_id": None}, False),  # not readable where the holder ran
+    ({"pid_ns": "absent", "boot_id": "absent"}, False),  # a lock of an older hgmt
+    ({"pid_ns": None, "unreadable_here": True}, False),  # readable neither there nor here
+], ids=["same", "other-pid-ns", "other-boot", "unreadable-there", "older-hgmt",
+        "unreadable-both"])
+def test_a_dead_pid_on_this_host_frees_the_lock_only_in_this_boot_and_pid_namespace(
+        tmp_path, monkeypatch, changed, taken_at_once):
+    """A lock of this hostname whose pid is gone here: taken at once when its boot id and PID
+    namespace are this trainer's; else (another, unknown or not recorded) the holder may be
+    alive where its pid is not visible from here, and the lock is taken only once it is not
+    refreshed for stale_s."""
+    changed = dict(changed)
+    if changed.pop("unreadable_here", False):
+        monkeypatch.setattr(workdir_lock, "PID_NAMESPACE_LINK", str(tmp_path / "no-such-link"))
+    with open("/proc/sys/kernel/random/boot_id") as f:  # this host's, as Linux shows them
+        here = {"boot_id": f.read().strip(), "pid_ns": os.readlink("/proc/self/ns/pid")}
+    holder = {"host": socket.gethostname(), "pid": _dead_pid(), **here, "job": None,
+              "restart": 0, "started": "then", "token": "other", **changed}
+    holder = {k: v for k, v in holder.items() if v != "absent"}
+    path = tmp_path / workdirs.LOCK_FILE
+    path.write_text(json.dumps(holder))
+    lock = workdir_lock.WorkdirLock(str(tmp_path), stale_s=30)
+    if not taken_at_once:
+        with pytest.raises(workdir_lock.WorkdirLocked, match=re.escape(
+                f"host {socket.gethostname()} pid {holder['pid']} (its pid cannot be checked "
+                f"from here: another container's PID namespace or another boot, or one of "
+                f"them unknown), started then, lock refreshed 0 s ago")):
+            lock.acquire()
+        old = time.time() - 31
+        os.utime(path, (old, old))
+    lock.acquire()
+    try:
+        assert json.loads(path.read_text())["token"] == lock.me["token"]
+    finally:
+        lock.release()
+
+
 def test_two_trainers_taking_over_one_stale_lock_leave_one_holder(tmp_path, monkeypatch):
     """B judges the lock stale; before B moves it aside, A takes it over (moves it aside and
     creates its own). B's rename then moves A's fresh lock: B puts it back and stops naming A,

@@ -2,11 +2,15 @@
 
 `<workdir>/hgmt.lock` is created with O_CREAT|O_EXCL (atomic on local filesystems and on
 NFSv3+ and Lustre, the shared filesystems clusters use) and holds the holder's host, pid, Slurm
-job id and restart count. While training, a daemon thread refreshes its mtime every
-`REFRESH_S` seconds. A trainer that finds the lock stops at once, naming the holder, unless the
-lock is stale:
+job id and restart count, and where Linux shows them the boot id and PID namespace. While
+training, a daemon thread refreshes its mtime every `REFRESH_S` seconds. A trainer that finds
+the lock stops at once, naming the holder, unless the lock is stale:
 
-- the holder ran on this host and its pid is gone (a `kill -9`, a crash), or
+- the holder ran on this host, in this boot and PID namespace, and its pid is gone (a
+  `kill -9`, a crash). The hostname alone does not tell: containers with `--network=host`
+  share the node's hostname but not its PIDs, so a live holder's pid may be absent here. A
+  holder whose boot id or PID namespace differs or is unknown (unreadable, or a lock of an
+  hgmt that did not record them, which may still be running) is judged by the timeout, or
 - the holder is an earlier run of this same Slurm job (same SLURM_JOB_ID, lower
   SLURM_RESTART_COUNT: a requeued job whose previous run was killed), or
 - its mtime has not been refreshed for `STALE_S` seconds (a holder on another host that died;
@@ -50,8 +54,30 @@ class WorkdirLockLost(WorkdirLocked):
     """The trainer's own lock was taken over, removed or could not be refreshed while it ran."""
 
 
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+PID_NAMESPACE_LINK = "/proc/self/ns/pid"
+
+
+def _boot_id() -> str | None:
+    """This host's boot id (Linux), None where it cannot be read."""
+    try:
+        with open(BOOT_ID_FILE) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace, e.g. 'pid:[4026531836]' (Linux), None where unreadable."""
+    try:
+        return os.readlink(PID_NAMESPACE_LINK)
+    except OSError:
+        return None
+
+
 def _identity() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
+            "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
             "job": os.environ.get("SLURM_JOB_ID"),
             "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -107,9 +133,16 @@ class WorkdirLock:
         self.held = False
         self.lost: str | None = None  # why the lock was lost while held, once it was
 
+    def _pid_visible(self, holder: dict) -> bool:
+        """Whether the lock's pid names a process this trainer can see, so that its absence
+        here means the holder is gone: host, boot id and PID namespace all known and equal to
+        this trainer's."""
+        return holder.get("host") == self.me["host"] and all(
+            self.me[k] is not None and holder.get(k) == self.me[k] for k in ("boot_id", "pid_ns"))
+
     def _stale_reason(self, holder: dict, age_s: float) -> str | None:
         """Why the lock `holder` wrote (mtime `age_s` seconds ago) no longer holds, if so."""
-        if holder.get("host") == self.me["host"] and not _pid_alive(int(holder.get("pid", -1))):
+        if self._pid_visible(holder) and not _pid_alive(int(holder.get("pid", -1))):
             return f"its process {holder.get('pid')} on this host is gone"
         if holder.get("job") and holder.get("job") == self.me["job"] and \
                 int(holder.get("restart", 0)) < self.me["restart"]:
@@ -153,9 +186,13 @@ class WorkdirLock:
             return
         reason = self._stale_reason(holder, age_s)
         if reason is None:
+            unseen = (" (its pid cannot be checked from here: another container's PID "
+                      "namespace or another boot, or one of them unknown)"
+                      if holder.get("host") == self.me["host"] and not self._pid_visible(holder)
+                      else "")
             raise WorkdirLocked(
-                f"{self.workdir} is in use by another trainer: {_describe(holder)}, started "
-                f"{holder.get('started')}, lock refreshed {age_s:.0f} s ago "
+                f"{self.workdir} is in use by another trainer: {_describe(holder)}{unseen}, "
+                f"started {holder.get('started')}, lock refreshed {age_s:.0f} s ago "
                 f"({self.path}). Stop that run or pass another --workdir; a lock whose "
                 f"holder died frees itself {self.stale_s:.0f} s after its last refresh")
         aside = f"{self.path}.stale-{self.me['token']}"
