@@ -182,7 +182,7 @@ def test_stream_mode_choices():
                                          r"'vmapped'"):
         create_model(dict(TINY, stream_mode="stacked"), heads(("pose2d",)))
     # One shared stream has nothing to stack: the shared trunk ignores the mode.
-    shared = create_model(dict(TINY, shared_trunk=True, stream_mode="vmapped"),
+    shared = create_model(dict(TINY, shared_trunk=True, interaction="sum", stream_mode="vmapped"),
                           heads(TASK_NAMES))
     params = jax.eval_shape(shared.init, jax.random.key(0), _images())["params"]
     assert "stage0_trunk" in params and "stage0_streams" not in params
