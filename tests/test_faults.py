@@ -16,6 +16,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -302,6 +303,76 @@ def test_a_brief_read_error_is_retried_before_a_checkpoint_counts_as_unreadable(
     assert step == 2 and np.asarray(restored["state"]["x"]).tolist() == [2, 2, 2]
     assert [n.split("-")[0] for n in os.listdir(workdirs.unreadable_dir(workdir))] == ["4"]
     assert mngr.all_steps() == [2]
+
+
+# XLA's out-of-memory error of a restore onto the device, as orbax may hand it on: bare, as
+# the cause of its own error (its reads' wrapper), or its text re-raised as a ValueError.
+_RESTORE_OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes."
+
+
+def _restore_oom(form: str) -> Exception:
+    error = jax.errors.JaxRuntimeError(_RESTORE_OOM)
+    if form == "bare":
+        return error
+    if form == "cause":
+        wrapper = Exception("Encountered error while reading array index: (). See full "
+                            "TensorStore details: {'driver': 'zarr'}.")
+        wrapper.__cause__ = error
+        return wrapper
+    return ValueError(_RESTORE_OOM)
+
+
+@pytest.mark.parametrize("form", ["bare", "cause", "text"])
+def test_out_of_device_memory_while_restoring_is_raised_not_taken_for_damage(
+        tmp_path, monkeypatch, caplog, form):
+    """A restore places a second train state on the device: XLA's out-of-memory error there
+    (in today's layout, in an older one, or reading a checkpoint to keep as the best) is
+    raised, OutOfDeviceMemory under `device_memory.explained`; no checkpoint is logged as not
+    reading, moved aside or skipped for an older one."""
+    import orbax.checkpoint as ocp
+
+    workdir = str(tmp_path)
+    mngr = checkpoints.manager(workdir, async_save=False, with_data=False)
+    for step in (2, 4):
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"x": np.full(3, step, np.int32)})))
+    restore, errors = ocp.CheckpointManager.restore, []  # what the next restores of 4 raise
+
+    def restore_or_fail(self, step, args=None):
+        if step == 4:
+            raise errors.pop(0)
+        return restore(self, step, args=args)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore_or_fail)
+
+    def args():
+        return ocp.args.Composite(state=ocp.args.StandardRestore({"x": np.zeros(3, np.int32)}))
+
+    older = checkpoints.OlderLayout("an older layout (test)", args, lambda r: r)
+    config = ml_collections.ConfigDict({"batch_size": 8, "image_size": 64, "tasks": "pose2d",
+                                        "model": {"features": 16, "num_stacks": 1}})
+    oom = _restore_oom(form)
+    with caplog.at_level(logging.INFO):
+        errors[:] = [oom]
+        with pytest.raises(device_memory.OutOfDeviceMemory, match=re.escape(
+                "out of device memory while restoring (test): XLA asked for 123 B, the device "
+                "has unknown")):
+            with device_memory.explained(config, "while restoring (test)"):
+                checkpoints.restore_newest_readable(mngr, args, workdir, [older])
+        assert errors == []
+        errors[:] = [ValueError("not today's layout (test)"), oom]
+        with pytest.raises(type(oom)) as raised:
+            checkpoints.restore_newest_readable(mngr, args, workdir, [older])
+        assert raised.value is oom and errors == []
+        errors[:] = [oom]
+        with pytest.raises(type(oom)) as raised:
+            checkpoints.read_state(workdir, 4, {"x": np.zeros(3, np.int32)})
+        assert raised.value is oom and errors == []
+    assert "does not read" not in caplog.text and "older layout" not in caplog.text
+    assert not os.path.exists(workdirs.unreadable_dir(workdir))
+    assert mngr.all_steps() == [2, 4]
+    assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2", "4"]
+    assert device_memory.is_out_of_memory(oom)
 
 
 def test_a_process_that_sees_no_checkpoint_where_another_does_is_an_error(tmp_path,
@@ -779,6 +850,29 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
         loop.train(config, str(tmp_path))
     assert not device_memory.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED: Error writing"))
+    disk = ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+    wrapper = Exception("Encountered error while reading array index: ().")
+    wrapper.__cause__ = disk
+    assert not device_memory.is_out_of_memory(wrapper)
+
+
+def test_out_of_device_memory_while_resuming_names_the_restore(demo_dataset, tmp_path,
+                                                                monkeypatch):
+    """XLA's out-of-memory error while the trainer restores its checkpoint (raised as orbax
+    would, from its own error) is named as the restore, once, not as the training step."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", **{"optimizer.schedule": "constant"})
+
+    def restore(*args, **kwargs):
+        raise _restore_oom("cause")
+
+    monkeypatch.setattr(checkpoints, "restore_newest_readable", restore)
+    with pytest.raises(device_memory.OutOfDeviceMemory) as err:
+        loop.train(config, str(tmp_path))
+    assert str(err.value).startswith(
+        "out of device memory while restoring the newest checkpoint beside the initial train "
+        "state: XLA asked for 123 B, the device has unknown. The program holds a per-device "
+        "batch of 2 (config.batch_size=8 over 4 devices)")
+    assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 def test_out_of_memory_amounts_from_the_gpu_and_tpu_messages():

@@ -7,7 +7,9 @@ checkpoint damaged after that (a disk or copy fault) is reported and skipped on 
 damaged ones are moved to `<workdir>/checkpoints_unreadable/` (kept for inspection, out of
 orbax's way so that the resumed run can write those steps again); an OSError while reading is
 tried again first (`RETRY_DELAYS_S`). When none reads, the error says so: that is a checkpoint
-of another configuration or hgmt version, not damage.
+of another configuration or hgmt version, not damage. XLA's out-of-memory error while a
+checkpoint is placed on the device is not damage either: it is raised as it came, for
+`device_memory.explained` to name the settings, and no checkpoint is skipped or moved.
 
 A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
 with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
@@ -35,6 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from hgmt import disk_space, workdirs
+from hgmt.training import device_memory
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
@@ -60,7 +63,9 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, args: Callable[[], Any]
     they do not read is tried in each of `older_layouts` (written by an older hgmt) before it
     counts as unreadable.
 
-    A restore that raises an OSError is tried again after each of RETRY_DELAYS_S. A checkpoint
+    A restore that raises an OSError is tried again after each of RETRY_DELAYS_S; one that
+    raises XLA's out-of-memory error (`device_memory.is_out_of_memory`: the restored state
+    does not fit on the device beside the one there) raises it. A checkpoint
     that does not read is logged (path, error) and the previous one is tried; the unreadable
     ones are then moved to <workdir>/checkpoints_unreadable/ (by process 0; nothing is
     deleted) and `mngr` reloaded. When no checkpoint reads, raises ValueError: every
@@ -126,7 +131,7 @@ def _newest_readable(reader: ocp.CheckpointManager, steps: list[int], args: Call
                      older_layouts: Sequence[OlderLayout] = ()) -> tuple[int, Any] | None:
     """(step, restored) of the newest of `steps` (newest first) at or below `bound` that this
     process reads, in today's layout (`args`) or one of `older_layouts`, or None; a step that
-    fails is logged and added to `failures`."""
+    fails is logged and added to `failures`, one that runs out of device memory raises."""
     tried = {s for s, _ in failures}
     for step in steps:
         if (bound is not None and step > bound) or step in tried:
@@ -134,6 +139,8 @@ def _newest_readable(reader: ocp.CheckpointManager, steps: list[int], args: Call
         try:
             return step, _restore(reader, step, args, workdir)
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+            if device_memory.is_out_of_memory(e):
+                raise  # the state does not fit beside the one on the device: not damage
             older = _restore_older(reader, step, older_layouts, workdir)
             if older is not None:
                 return step, older
@@ -155,11 +162,14 @@ class OlderLayout:
 
 def _restore_older(reader: ocp.CheckpointManager, step: int,
                    older_layouts: Sequence[OlderLayout], workdir: str) -> Any | None:
-    """`step` restored in the first of `older_layouts` that reads it, converted, or None."""
+    """`step` restored in the first of `older_layouts` that reads it, converted, or None;
+    XLA's out-of-memory error is raised."""
     for layout in older_layouts:
         try:
             restored = layout.convert(_restore(reader, step, layout.args, workdir))
-        except Exception:  # noqa: BLE001, S112  (not this layout: try the next)
+        except Exception as e:  # noqa: BLE001  (not this layout: try the next)
+            if device_memory.is_out_of_memory(e):
+                raise
             continue
         logging.info("checkpoint %s/%d is in an older layout (%s): read and converted",
                      workdirs.checkpoint_dir(workdir), step, layout.name)
@@ -211,7 +221,7 @@ def read_state(workdir: str, step: int, template: Any) -> Any | None:
     """The train state of <workdir>/checkpoints/<step> restored into `template` (a state in
     the checkpoint layout) by this process alone, without a barrier, or None where there is
     no such checkpoint or it does not read (logged): callers agree across processes on what
-    to do with it."""
+    to do with it. XLA's out-of-memory error is raised."""
     folder = workdirs.checkpoint_dir(workdir)
     if step not in _steps_on_disk(folder):
         return None
@@ -220,6 +230,8 @@ def read_state(workdir: str, step: int, template: Any) -> Any | None:
             return _restore(reader, step, lambda: ocp.args.Composite(
                 state=ocp.args.StandardRestore(template)), workdir)["state"]
         except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
+            if device_memory.is_out_of_memory(e):
+                raise
             logging.error("checkpoint %s/%d does not read: %s: %s", folder, step,
                           type(e).__name__, str(e)[:500])
             return None

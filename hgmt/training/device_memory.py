@@ -29,11 +29,37 @@ class OutOfDeviceMemory(RuntimeError):
     """The program does not fit in the accelerator's memory; the message names the settings."""
 
 
+# XLA's wording of an allocation that does not fit (GPU and CPU clients, TPU compiler, GPU BFC
+# allocator), for an out-of-memory error that reaches us as another type carrying its text.
+_XLA_WORDING = re.compile(r"RESOURCE_EXHAUSTED: .*(?:Out of memory|Ran out of memory|"
+                          r"Failed to allocate request for)")
+
+
+def _xla_out_of_memory(error: BaseException) -> BaseException | None:
+    """The link of `error`'s chain (itself, then each `__cause__`, or `__context__` where not
+    suppressed by `raise ... from None`, as Python's traceback follows it) that is XLA's
+    out-of-memory error, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        message = str(error)
+        if isinstance(error, jax.errors.JaxRuntimeError):
+            if "RESOURCE_EXHAUSTED" in message:
+                return error
+        elif _XLA_WORDING.search(message):
+            return error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether `error` is XLA's out-of-memory error (a JaxRuntimeError saying
-    RESOURCE_EXHAUSTED). Disk and quota errors of orbax/tensorstore say RESOURCE_EXHAUSTED too,
-    but as ValueError/OSError: they are not device memory."""
-    return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+    RESOURCE_EXHAUSTED), was raised from one (a library's own error wrapping it, as orbax's
+    restore wraps what its reads raise), or carries its wording in another type ("Out of
+    memory ..." re-raised as a ValueError). Disk and quota errors of orbax/tensorstore say
+    RESOURCE_EXHAUSTED too, but as ValueError/OSError without that wording: they are not
+    device memory."""
+    return _xla_out_of_memory(error) is not None
 
 
 def _bytes(number: str, unit: str) -> int:
@@ -90,7 +116,7 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             batch_field: str = "batch_size") -> OutOfDeviceMemory:
     """The `OutOfDeviceMemory` for XLA's `error`, raised while `what` (e.g. 'while compiling
     or running the training step') with batches of `config[batch_field]` (global)."""
-    message = str(error)
+    message = str(_xla_out_of_memory(error) or error)
     asked, has = amounts(message)
     has = has or device_limit()
     devices = jax.device_count()
@@ -119,8 +145,9 @@ def explained(config: ml_collections.ConfigDict, what: str,
     XLA's full message is logged as a VERBOSE line."""
     try:
         yield
-    except jax.errors.JaxRuntimeError as e:
+    except Exception as e:
         if not is_out_of_memory(e):
             raise
-        logging.info("XLA's out-of-memory message in full:\n%s", e, extra=VERBOSE)
+        logging.info("XLA's out-of-memory message in full:\n%s", _xla_out_of_memory(e),
+                     extra=VERBOSE)
         raise explain(e, config, what, batch_field) from None

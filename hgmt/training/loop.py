@@ -182,8 +182,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         "gradient clipping in the optimizer chain", restore_args(
             steps.with_clip_state_before(state)),
         lambda r: {"state": steps.without_clip_state(r["state"]), "data": r["data"]})
-    restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
-                                                   [clipped_before])
+    # Restored beside the fresh state on the device: a state that does not fit twice is
+    # named as such, not as a checkpoint that does not read.
+    with device_memory.explained(config, "while restoring the newest checkpoint beside the "
+                                         "initial train state"):
+        restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
+                                                       [clipped_before])
     if restored is not None:
         state = to_model_layout(model, restored[1]["state"])
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
