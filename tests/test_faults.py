@@ -811,8 +811,8 @@ _TPU_OOM = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of mem
 
 def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
         demo_dataset, tmp_path, monkeypatch, caplog):
-    """XLA's RESOURCE_EXHAUSTED raised by the training step (a crafted error through the same
-    handler: the CPU has no memory limit to exceed) becomes one error naming the per-device
+    """XLA's RESOURCE_EXHAUSTED raised by the training step (a crafted GPU error, with its
+    allocation dump, through the same handler) becomes one error naming the per-device
     batch, image size, model size, memory asked, and the settings; the dump is a verbose line."""
     config = tiny_config(demo_dataset[1], tasks="pose2d", **{"optimizer.schedule": "constant"})
 
@@ -875,12 +875,43 @@ def test_out_of_device_memory_while_resuming_names_the_restore(demo_dataset, tmp
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
-def test_out_of_memory_amounts_from_the_gpu_and_tpu_messages():
+def test_out_of_memory_amounts_from_the_gpu_tpu_and_cpu_messages():
     assert device_memory.amounts(_GPU_OOM) == (32 * 2**30, None)
     assert device_memory.amounts(_TPU_OOM) == (int(18.27 * 2**30), int(15.48 * 2**30))
     assert device_memory.amounts("RESOURCE_EXHAUSTED: Failed to allocate request for 2.00GiB "
                                  "(2147483648B) on device ordinal 0") == (2**31, None)
+    assert device_memory.amounts("RESOURCE_EXHAUSTED: Out of memory allocating 68719476736 "
+                                 "bytes.") == (2**36, None)  # the CPU's
     assert device_memory.amounts("RESOURCE_EXHAUSTED: no numbers") == (None, None)
+
+
+# Limits its address space to 8 GB (before JAX starts), allocates 64 GiB and prints what XLA
+# raised. The limit is set in the child: a preexec_fn would run Python in a fork of this
+# multithreaded process.
+_CPU_OOM = ("import json, resource, sys; sys.path.insert(0, {repo!r})\n"
+            "resource.setrlimit(resource.RLIMIT_AS,\n"
+            "                   (8 * 10**9, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+            "import jax.numpy as jnp\n"
+            "from hgmt.training import device_memory\n"
+            "try:\n"
+            "    jnp.ones((2**36,), jnp.uint8).block_until_ready()\n"
+            "except Exception as e:\n"
+            "    print(json.dumps([type(e).__name__, str(e), device_memory.is_out_of_memory(e),\n"
+            "                      device_memory.amounts(str(e))]))\n")
+
+
+def test_the_cpu_runs_out_of_memory_past_an_address_space_limit_and_its_amount_is_read():
+    """XLA's CPU client fails an allocation past the process's address-space limit (`ulimit
+    -v`, here RLIMIT_AS of 8 GB) with its own out-of-memory message (the real error, in a
+    subprocess): recognised, and the bytes it asked for read from it."""
+    out = subprocess.run([sys.executable, "-c", _CPU_OOM.format(repo=REPO)],
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kind, message, oom, amounts = json.loads(out.stdout.splitlines()[-1])
+    assert kind == "JaxRuntimeError"
+    assert message.startswith("RESOURCE_EXHAUSTED: Out of memory allocating 68719476736 bytes")
+    assert oom and amounts == [2**36, None]
 
 
 # --- Slow: whole processes -------------------------------------------------------------------

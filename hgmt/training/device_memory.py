@@ -2,12 +2,13 @@
 
 A batch, image or model too large for the accelerator fails when XLA compiles the training step
 (TPU: "Ran out of memory in memory space hbm. Used 18.3G of 15.5G hbm") or when the first step
-allocates its buffers (GPU: "Out of memory while trying to allocate 34359738368 bytes"), with a
-long allocation dump that says nothing about which setting to change. `explained(config)`
-catches that error and raises `OutOfDeviceMemory`: the per-device batch, the image size, the
-model's size, the memory XLA asked for and the device has (where XLA or the device says), and
-the settings to lower. XLA's full message is logged as a verbose line (`VERBOSE`), which
-`hgmt.main` shows only with `--verbosity=1`.
+allocates its buffers (GPU: "Out of memory while trying to allocate 34359738368 bytes"; CPU,
+past the process's address-space limit such as `ulimit -v`: "Out of memory allocating
+68719476736 bytes."), with a long allocation dump that says nothing about which setting to
+change. `explained(config)` catches that error and raises `OutOfDeviceMemory`: the per-device
+batch, the image size, the model's size, the memory XLA asked for and the device has (where
+XLA or the device says), and the settings to lower. XLA's full message is logged as a verbose
+line (`VERBOSE`), which `hgmt.main` shows only with `--verbosity=1`.
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def amounts(message: str) -> tuple[int | None, int | None]:
     """(bytes the program asked for, bytes the device has) as XLA's message states them,
     None where it does not. Understands the TPU compiler's "Used 18.27G of 15.48G hbm", the GPU
     allocators' "Out of memory while trying to allocate N bytes" and "Failed to allocate
-    request for 2.00GiB (2147483648B)"."""
+    request for 2.00GiB (2147483648B)", and the CPU client's "Out of memory allocating N
+    bytes"."""
     used = re.search(r"Used ([\d.]+)([KMGT]?)i?B? of ([\d.]+)([KMGT]?)i?B? \w+", message)
     if used:
         return _bytes(used[1], used[2]), _bytes(used[3], used[4])
-    asked = (re.search(r"allocate (\d+) bytes", message)
+    asked = (re.search(r"allocat(?:e|ing) (\d+) bytes", message)
              or re.search(r"allocate request for [\d.]+\s*\w*\s*\((\d+)B\)", message))
     return (int(asked[1]) if asked else None), None
 
