@@ -177,6 +177,28 @@ def _stick_figure(path):
     cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
+@pytest.mark.parametrize("command", [hgmt.evaluate, hgmt.predict, hgmt.export])
+def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdir, tmp_path,
+                                                                         monkeypatch, command):
+    """XLA's out-of-memory error while a command restores the checkpoint: one line naming
+    the device's memory and the settings, not 'cannot be read ... pass --step= with another'."""
+    import orbax.checkpoint as ocp
+
+    def restore(self, step, args=None):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    args = {hgmt.evaluate: [], hgmt.predict: [str(tmp_path / "x.jpg"), f"--out_dir={tmp_path}"],
+            hgmt.export: ["--format=stablehlo", f"--out_dir={tmp_path / 'e'}"]}[command]
+    with pytest.raises(SystemExit) as e:
+        command.main([f"--workdir={workdir}", *args])
+    assert str(e.value.code).startswith(
+        f"error: OutOfDeviceMemory: out of device memory while restoring "
+        f"{workdirs.checkpoint_dir(workdir)}/2: XLA asked for 123 B"), e.value.code
+    assert "cannot be read" not in str(e.value.code)
+
+
 def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predictor,
                                                                  tmp_path, capsys):
     photo = str(tmp_path / "photo.jpg")

@@ -401,8 +401,9 @@ class UnusableCheckpoint(ValueError):
 
 
 # What a command on a trained workdir reports in one line (`hgmt.cli.faults_in_one_line`): no
-# checkpoint, or a checkpoint or config value that cannot be used (UnusableCheckpoint is one).
-RESTORE_FAULTS = (NoCheckpoint, ValueError)
+# checkpoint, a checkpoint or config value that cannot be used (UnusableCheckpoint is one), or
+# a checkpoint too large for the device's memory.
+RESTORE_FAULTS = (NoCheckpoint, ValueError, device_memory.OutOfDeviceMemory)
 
 
 def restore_for_inference(workdir: str, step: int | str | None = None,
@@ -415,7 +416,8 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
 
     Raises ValueError naming the field for a bad `config.model` value, NoCheckpoint naming the
     workdir when there is no such checkpoint, and UnusableCheckpoint when the checkpoint cannot
-    be read (corrupt or from another model)."""
+    be read (corrupt or from another model), OutOfDeviceMemory (`device_memory.explain`) when
+    it does not fit in the device's memory."""
     from hgmt.models import create_model, to_model_layout
     from hgmt.tasks import heads, parse_tasks
 
@@ -444,6 +446,9 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore()))
         except Exception as e:
+            if device_memory.is_out_of_memory(e):  # not the checkpoint's fault
+                raise device_memory.explain(e, config, f"while restoring {folder}/{step}",
+                                            "eval_batch_size") from None
             other = (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} instead "
                      f"(--step=N)" if best else f"pass --step= with another of {steps}")
             raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
