@@ -696,6 +696,62 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert not os.path.exists(out)
 
 
+class LoggedSteps:
+    """A metric writer recording the steps logged; at step `hold_at` it waits until orbax no
+    longer writes a checkpoint in the background (`manager()`, the run's manager)."""
+
+    def __init__(self, hold_at: int, manager):
+        self.hold_at, self.manager, self.steps = hold_at, manager, []
+
+    def write_scalars(self, step, scalars):
+        self.steps.append(step)
+        if step == self.hold_at:
+            deadline = time.monotonic() + 120
+            while self.manager().is_saving_in_progress():
+                assert time.monotonic() < deadline, "orbax still writes after 120 s"
+                time.sleep(0.05)
+
+    def write_images(self, step, images):
+        pass
+
+
+def test_a_failed_background_checkpoint_write_stops_the_run_and_keeps_the_one_kept_before(
+        demo_dataset, small_disk, monkeypatch, caplog):
+    """keep_checkpoints=1 on a disk with room for one checkpoint and a half: the write of step
+    8 fails in orbax's background thread. The run stops with DiskFull once orbax is done with
+    that write (held here until it is, during step 9): at the start of step 9 or 10, not at
+    the next checkpoint (12). Checkpoint 4, the only one kept, is intact (orbax deletes old
+    checkpoints only after a complete write) and the rerun with space resumes from it."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=12, checkpoint_every=4,
+                         log_every=1, keep_checkpoints=1)
+    state = steps.create_train_state(jax.random.key(0), config,
+                                     create_model(config.model, heads(("pose2d",))))
+    state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    disk = small_disk(int(1.6 * state_bytes))  # a checkpoint takes ~1.2x the state
+    workdir = os.path.join(disk.path, "w")
+    made = []
+    manager = checkpoints.manager
+    monkeypatch.setattr(checkpoints, "manager",
+                        lambda *a, **kw: made.append(manager(*a, **kw)) or made[-1])
+    writer = LoggedSteps(9, lambda: made[0])
+    with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 8 to "
+                                                  rf"{re.escape(workdir)}: the disk or quota "
+                                                  rf"is full.*the earlier checkpoints \(steps "
+                                                  rf"\[4\]\) are intact"):
+        loop.train(config, workdir, writer)
+    assert writer.steps[-1] in (8, 9), writer.steps
+    assert _partial(workdir) == []
+    assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["4"]
+    assert checkpoints.restore_for_inference(workdir, 4)[2] == 4
+
+    disk.resize(8 * state_bytes)
+    with caplog.at_level(logging.INFO):
+        resumed = loop.train(config, workdir, LoggedSteps(0, None))
+    assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 4" in caplog.text
+    assert int(resumed.step) == 12
+    assert manager(workdir).all_steps() == [12] and _partial(workdir) == []
+
+
 def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tmp_path):
     """After a failed write tensorstore may still write other chunks of it, recreating the
     temporary folder after a first removal: the folder is removed until it stays away."""

@@ -275,9 +275,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     since, since_step = time.perf_counter(), start_step
     step_values = None  # the last dispatched step's outputs: ready once the device ran it
     saving = None  # the step of the newest checkpoint orbax may still be writing
+    joined = True  # whether the outcome of that write was read (its thread joined)
     for step in range(start_step + 1, config.total_steps + 1):
-        with checkpoints.stop_on_full_disk(workdir, saving):
-            mngr.check_for_errors()  # a failed background write stops the run at once
+        if not joined and not mngr.is_saving_in_progress():
+            # The write has ended: joining its thread raises its error now, not at the next
+            # save (no collective: processes may see it end at different steps). Not
+            # `check_for_errors`: run before orbax's finalize thread reads the error, it takes
+            # it from that thread, which then deletes the old checkpoints as after a good
+            # write (with keep_checkpoints=1 the only one left); run after, it finds nothing.
+            joined = True
+            with checkpoints.stop_on_full_disk(workdir, saving):
+                mngr.wait_until_finished()
         if lock is not None:
             lock.check()  # another trainer may take the workdir: stop before writing more
         t0 = time.perf_counter()
@@ -336,7 +344,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                 host = host_state(step, state)
                 if checkpoint_due:
                     save(step, host)
-                    saving = step
+                    saving, joined = step, False
                 if evals_due:
                     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
                         evals.run(evals_due, step, host, writer)
