@@ -3,6 +3,7 @@ workdir, a damaged dataset shard, a dead peer. Real signals, processes and orbax
 
 The multi-process and command-line tests take minutes and are marked slow."""
 
+import contextlib
 import errno
 import json
 import logging
@@ -18,13 +19,14 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline, shards
 from hgmt.evaluation import evaluator
-from hgmt.models import create_model
+from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
 from hgmt.training import (
     checkpoints,
@@ -828,6 +830,101 @@ def test_full_disk_while_appending_an_evaluation_leaves_no_partial_line(small_di
     disk.resize(256 * 1024)
     disk_space.append_line(path, json.dumps({"step": 1000, "evaluator": "test"}), "curves")
     assert [e["step"] for e in workdirs.read_evals(disk.path)] == [*range(len(lines)), 1000]
+
+
+def _fill(disk: str, room: int) -> str:
+    """Fills the filesystem of `disk` up to `room` bytes left, with one file: -> its path."""
+    path = os.path.join(disk, "filler")
+    with open(path, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"x" * 65536)
+        f.truncate(max(0, f.tell() - room))
+    return path
+
+
+class FillsDiskAt:
+    """A metric writer that fills the disk `disk` up to `room` bytes left when evaluator
+    `name` first logs (its curve line, report and checkpoint are written after)."""
+
+    def __init__(self, disk: str, name: str, room: int):
+        self.disk, self.name, self.room, self.filler = disk, name, room, None
+
+    def write_scalars(self, step, scalars):
+        if self.filler is None and any(k.startswith(f"{self.name}/") for k in scalars):
+            self.filler = _fill(self.disk, self.room)
+
+    def write_images(self, step, images):
+        pass
+
+
+def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_rerun_keeps_it(
+        demo_dataset, small_disk):
+    """The evaluator keeping the best checkpoint also runs after the last step (at_end); the
+    disk fills during that evaluation, with room for its curve line and report but not its
+    checkpoint: DiskFull naming the step and the partial folder, which is removed, the
+    periodic checkpoint intact; with space the rerun evaluates again and keeps the best."""
+    metric = "loss/total"
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2, checkpoint_every=2,
+                         **{"evals.validation.every": 100, "evals.validation.at_end": True,
+                            "evals.validation.best_metric": metric,
+                            "evals.validation.max_examples": 8})
+    disk = small_disk(16 * 2**20)
+    workdir = os.path.join(disk.path, "w")
+    writer = FillsDiskAt(disk.path, "validation", 256 * 1024)
+    best = re.escape(workdirs.best_dir(workdir))
+    with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 2 to "
+                                                  rf"{re.escape(workdir)}: the disk or quota "
+                                                  rf"is full .*Removed the partial {best}/2\."
+                                                  rf"orbax-checkpoint-tmp"):
+        loop.run(config, workdir, writer)
+    assert writer.filler is not None
+    assert _partial(workdir) == []
+    assert os.path.exists(workdirs.eval_file(workdir, "validation"))
+    assert checkpoints.manager(workdir).all_steps() == [2]
+
+    os.remove(writer.filler)
+    _, summaries = loop.run(config, workdir, FillsDiskAt(disk.path, "none", 0))
+    assert sorted(summaries) == ["validation"]
+    manager = evaluators.best_manager(workdir, metric)
+    assert manager.all_steps() == [2]
+    lines = workdirs.read_evals(workdir)
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")] * 2
+    assert manager.metrics(2)[metric] == pytest.approx(lines[-1]["metrics"][metric])
+
+
+def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(tmp_path,
+                                                                              small_disk):
+    """A resumed run keeps the best score of evals.jsonl (step 2) as its best checkpoint, from
+    the periodic checkpoint of that step, on a disk without room for it: DiskFull naming the
+    step and the partial folder, which is removed; with space it is kept."""
+    metric = "loss/total"
+    config = tiny_config(str(tmp_path), tasks="pose2d",
+                         **{"evals.validation.every": 2, "evals.validation.best_metric": metric})
+    model = create_model(config.model, heads(("pose2d",)))
+    state = steps.create_train_state(jax.random.key(0), config, model)
+    state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    disk = small_disk(int(1.6 * state_bytes))  # a checkpoint takes ~1.2x the state
+    workdir = os.path.join(disk.path, "w")
+    with contextlib.closing(checkpoints.manager(workdir, async_save=False,
+                                                with_data=False)) as periodic:
+        periodic.save(2, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(to_checkpoint_layout(model, state))))
+    disk_space.append_line(workdirs.evals_file(workdir), json.dumps(
+        {"step": 2, "evaluator": "validation", "metrics": {metric: 1.5}}), "curves")
+    best = re.escape(workdirs.best_dir(workdir))
+    with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
+        with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 2 "
+                                                      rf"to {re.escape(workdir)}: the disk or "
+                                                      rf"quota is full .*Removed the partial "
+                                                      rf"{best}/2\.orbax-checkpoint-tmp"):
+            evals.forget_after(4, lambda: state)
+    assert _partial(workdir) == []
+
+    disk.resize(8 * state_bytes)
+    with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
+        assert evals.forget_after(4, lambda: state) == []
+        assert evals.best() == (2, 1.5)
 
 
 def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_path, caplog):

@@ -12,7 +12,8 @@ when it runs and what it keeps:
                  kept in <workdir>/best/<step> (orbax, the score stored with it, so a resumed
                  run knows the best so far; a run resumed from before it takes the best up
                  to its start step again, `Evaluators.forget_after`); at most one evaluator
-                 keeps one
+                 keeps one. A full disk while writing it is `disk_space.DiskFull`, its
+                 partial folder removed (`checkpoints.stop_on_full_disk`)
 
 Every result goes to TensorBoard as `<name>/<metric>` and, one JSON object a line, to
 <workdir>/evals.jsonl (step, evaluator, settings, metrics): the learning curves of a run.
@@ -212,8 +213,9 @@ class Evaluators:
                             workdirs.evals_file(self.workdir), workdirs.best_dir(self.workdir),
                             best_step, workdirs.checkpoint_dir(self.workdir))
             return
-        self.manager.save(best_step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                          metrics={metric: value})
+        with checkpoints.stop_on_full_disk(self.workdir, best_step):
+            self.manager.save(best_step, metrics={metric: value}, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state)))
         logging.info("kept the checkpoint of step %d as the best (%s %.6g, %s) in %s",
                      best_step, metric, value, workdirs.evals_file(self.workdir),
                      workdirs.best_dir(self.workdir))
@@ -305,9 +307,12 @@ class Evaluators:
         if better and best is not None and best[0] == step and best != self._bar:
             return f"  ({metric}: kept at this step already)"
         if better:
-            self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(to_checkpoint_layout(self.model, host_state))),
-                metrics={metric: value})
+            # A full disk is DiskFull wherever the trainer evaluates: at its steps, on
+            # resuming, after the last step.
+            with checkpoints.stop_on_full_disk(self.workdir, step):
+                self.manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(to_checkpoint_layout(self.model, host_state))),
+                    metrics={metric: value})
             self._bar = None
             return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
         if best is not None:
