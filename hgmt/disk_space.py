@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from etils import epath
@@ -25,6 +25,7 @@ from hgmt.paths import absolute, is_url
 _CODES = (errno.ENOSPC, errno.EDQUOT)
 _WORDS = ("No space left on device", "Disk quota exceeded", "os_error_code='28'",
           "os_error_code='122'")
+_THEN = "Free space (or raise the quota) and rerun"
 
 
 class DiskFull(OSError):
@@ -64,7 +65,7 @@ def space_left(path: str) -> str:
 
 
 @contextlib.contextmanager
-def reported(path: str, what: str, then: str = "Free space (or raise the quota) and rerun",
+def reported(path: str, what: str, then: str = _THEN,
              cleanup: Callable[[], str] | None = None) -> Iterator[None]:
     """Turns a full disk or quota raised inside into `DiskFull`: 'cannot write `what` to
     `path`: ...'. `cleanup()` runs first (e.g. removes a partial file) and returns a sentence
@@ -82,30 +83,44 @@ def reported(path: str, what: str, then: str = "Free space (or raise the quota) 
                        f"({type(e).__name__}: {str(e)[:300]})") from e
 
 
-def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w", *,
+                     then: str = _THEN) -> None:
     """Writes a file through `write(f)` into `path`.tmp, then renames it: a full disk leaves
-    no partial file (the temporary one is removed) and raises `DiskFull` naming `path`. In an
-    object store (`hgmt.paths.is_url`) the object is written directly: it appears whole when
-    the write ends, or not at all."""
-    if is_url(path):
-        with reported(path, "the file"), epath.Path(path).open(mode) as f:
-            write(f)
-        return
-    tmp = f"{path}.tmp"
+    no partial file (the temporary one is removed) and raises `DiskFull` naming `path`, with
+    `then` saying what to do. In an object store (`hgmt.paths.is_url`) the object is written
+    directly: it appears whole when the write ends, or not at all."""
+    write_together([(path, write, mode)], then=then)
+
+
+def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
+                   then: str = _THEN) -> None:
+    """Writes the files (path, write, mode) as one output: each through its `write(f)` into
+    `<path>.tmp`, and only once all are written are they renamed into place. A full disk
+    leaves none of them changed (every temporary is removed) and raises `DiskFull` naming the
+    file it stopped at, with `then` saying what to do. A file in an object store
+    (`hgmt.paths.is_url`) is written directly: whole when its write ends, or not at all."""
+    staged = [(path, write, mode, path if is_url(path) else f"{path}.tmp")
+              for path, write, mode in files]
 
     def remove() -> str:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        for path, _, _, tmp in staged:
+            if tmp != path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
         return "Nothing partial was left behind."
 
-    with reported(path, "the file", cleanup=remove):
-        try:
-            with open(tmp, mode) as f:
-                write(f)
-        except BaseException:
-            remove()
-            raise
-        os.replace(tmp, path)
+    for path, write, mode, tmp in staged:
+        with reported(path, "the file", then, cleanup=remove):
+            try:
+                with (epath.Path(tmp).open(mode) if tmp == path else open(tmp, mode)) as f:
+                    write(f)
+            except BaseException:
+                remove()
+                raise
+    for path, _, _, tmp in staged:
+        if tmp != path:
+            with reported(path, "the file", then, cleanup=remove):
+                os.replace(tmp, path)
 
 
 def append_line(path: str, line: str, what: str) -> None:

@@ -15,6 +15,10 @@ index and 'time_s'), OUTDIR/<name>.annotated.mp4 (H.264: each frame with the per
 then each task's picture of the crop) and OUTDIR/<name>.summary.json (frames, frames per
 second end to end and predicting, device), and prints the frame rates.
 
+An input that cannot be read is reported ("skipped <path>: ...") and the others go on; the
+exit status is then 1. A full disk or out of device memory stops the command with one line
+naming the file or the settings (exit status 1); no output is left partly written.
+
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
 margin, as training crops are). Without it the person is found: the model runs on the whole
 image, the joints it sees on the person (or its silhouette) give the training-like window
@@ -32,6 +36,7 @@ person's depth from the crop size (hgmt/inference/predictor.py says how).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,9 +45,12 @@ import sys
 import av
 import cv2
 
-from hgmt import cli
+from hgmt import cli, disk_space
 from hgmt.inference import person, predictor, video
-from hgmt.training import checkpoints
+from hgmt.training import checkpoints, device_memory
+
+# What a full disk's error line says to do.
+_THEN = "Free space (or raise the quota), or give another --out_dir, and rerun"
 
 
 def _define_flags(fv) -> None:
@@ -109,40 +117,78 @@ def main(argv: list[str] | None = None) -> int:
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size, focal_px=args.focal_px)
-    os.makedirs(args.out_dir, exist_ok=True)
-    failed = []
-    for path in images:
-        out = _outputs(path, args.out_dir)
-        if video.is_video(path):
-            try:
-                summary = video.predict_video(model, path, args.out_dir, bbox)
-            except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
-                print(f"skipped {path}: {e}", file=sys.stderr)
+    # A full disk or out of device memory ends the command in one line: each would fail
+    # every input after it too, so it is not an input to skip.
+    with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory), \
+            device_memory.explained(model.config, "while predicting",
+                                    batch_flag=("--batch_size", model.batch_size)):
+        with disk_space.reported(args.out_dir, "the output folder", _THEN):
+            os.makedirs(args.out_dir, exist_ok=True)
+        failed = []
+        for path in images:
+            predict = _predict_video if video.is_video(path) else _predict_image
+            if not predict(model, path, args.out_dir, bbox):
                 failed.append(path)
-                continue
-            summary.update(step=model.step, tasks=list(model.tasks))
-            with open(out["summary"], "w") as f:
-                json.dump(summary, f, indent=1)
-            damaged = (f" (damaged packets skipped: {summary['damaged_packets']})"
-                       if summary["damaged_packets"] else "")
-            print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
-                  f"{summary['frames']} frames{damaged}, "
-                  f"{summary['frames_per_second']:.1f} frames/s "
-                  f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
-                  f"predicting ({summary['device']}, batch {model.batch_size})")
-            continue
-        try:
-            result = model(predictor.read_image(path), bbox)
-        except (OSError, ValueError) as e:
-            print(f"skipped {path}: {e}", file=sys.stderr)
-            failed.append(path)
-            continue
-        cv2.imwrite(out["panel"], predictor.panel(result)[..., ::-1])
-        with open(out["json"], "w") as f:
-            json.dump({"image": os.path.abspath(path), "step": model.step,
-                       **predictor.to_json(result, model.tasks)}, f)
-        print(f"{path} -> {os.path.splitext(out['panel'])[0]}.png/.json")
     return 1 if failed else 0
+
+
+def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
+                   bbox: list[float] | None) -> bool:
+    """Predicts the video at `path` into `out_dir` and prints the frame rates -> whether it
+    was written; a video that cannot be read or encoded is reported and skipped. A full disk
+    raises `disk_space.DiskFull` naming the files, none of them left partial."""
+    out = _outputs(path, out_dir)
+    names = f"{os.path.basename(out['jsonl'])} and {os.path.basename(out['annotated_video'])}"
+
+    def no_partial() -> str:  # predict_video removes them too; this makes sure
+        for name in (out["jsonl"], out["annotated_video"]):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(video.partial_name(name))
+        return "Nothing partial was left behind."
+
+    try:
+        with disk_space.reported(out_dir, f"{names} (the prediction of {path})", _THEN,
+                                 cleanup=no_partial):
+            summary = video.predict_video(model, path, out_dir, bbox)
+    except disk_space.DiskFull:
+        raise
+    except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
+        print(f"skipped {path}: {e}", file=sys.stderr)
+        return False
+    summary.update(step=model.step, tasks=list(model.tasks))
+    disk_space.write_atomically(out["summary"], lambda f: json.dump(summary, f, indent=1),
+                                then=f"{names} are written whole. {_THEN}")
+    damaged = (f" (damaged packets skipped: {summary['damaged_packets']})"
+               if summary["damaged_packets"] else "")
+    print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
+          f"{summary['frames']} frames{damaged}, "
+          f"{summary['frames_per_second']:.1f} frames/s "
+          f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
+          f"predicting ({summary['device']}, batch {model.batch_size})")
+    return True
+
+
+def _predict_image(model: predictor.Predictor, path: str, out_dir: str,
+                   bbox: list[float] | None) -> bool:
+    """Predicts the image at `path` into `out_dir`, the panel and the JSON written together
+    (both or neither) -> whether it was written; an image that cannot be read is reported and
+    skipped. A full disk raises `disk_space.DiskFull` naming the file."""
+    out = _outputs(path, out_dir)
+    try:
+        result = model(predictor.read_image(path), bbox)
+    except (OSError, ValueError) as e:
+        print(f"skipped {path}: {e}", file=sys.stderr)
+        return False
+    encoded, png = cv2.imencode(".png", predictor.panel(result)[..., ::-1])
+    if not encoded:
+        raise RuntimeError(f"OpenCV could not encode the panel of {path} as a PNG")
+    record = {"image": os.path.abspath(path), "step": model.step,
+              **predictor.to_json(result, model.tasks)}
+    disk_space.write_together([(out["panel"], lambda f: f.write(png.tobytes()), "wb"),
+                               (out["json"], lambda f: json.dump(record, f), "w")],
+                              then=_THEN)
+    print(f"{path} -> {os.path.splitext(out['panel'])[0]}.png/.json")
+    return True
 
 
 if __name__ == "__main__":

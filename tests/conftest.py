@@ -5,6 +5,8 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why it lives her
 
 import os
 import pathlib
+import shutil
+import subprocess
 
 # XLA:CPU compiles the tests' programs without LLVM's optimisations: the same programs, the
 # suite with an empty compilation cache (mostly compiling) about a third shorter; the tests'
@@ -114,3 +116,41 @@ def tiny_config(data_dir, tasks="all", **overrides):
             target = target[p]
         target[last] = value
     return config
+
+
+class SmallDisk:
+    """A size-limited tmpfs mounted for a test (needs root); `resize` remounts it."""
+
+    def __init__(self, path, size: int):
+        self.path = str(path)
+        os.makedirs(self.path, exist_ok=True)
+        self._mount(size)
+
+    def _mount(self, size: int, *options: str) -> None:
+        run = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(
+            (*options, f"size={size}")), "tmpfs", self.path], capture_output=True, text=True)
+        if run.returncode:
+            pytest.skip(f"cannot mount a size-limited tmpfs here: {run.stderr.strip()}")
+
+    def resize(self, size: int) -> None:
+        self._mount(size, "remount")
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", self.path], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """-> make(size): mounts a `SmallDisk` of `size` bytes under tmp_path; each is unmounted
+    after the test."""
+    disks = []
+
+    def make(size: int) -> SmallDisk:
+        disks.append(SmallDisk(tmp_path / f"disk{len(disks)}", size))
+        return disks[-1]
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    yield make
+    for disk in disks:
+        disk.unmount()

@@ -608,42 +608,6 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
         loop.train(config, str(tmp_path / "w"))
 
 
-class SmallDisk:
-    """A size-limited tmpfs mounted for a test (needs root); `resize` remounts it."""
-
-    def __init__(self, path, size: int):
-        self.path = str(path)
-        os.makedirs(self.path, exist_ok=True)
-        self._mount(size)
-
-    def _mount(self, size: int, *options: str) -> None:
-        run = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(
-            (*options, f"size={size}")), "tmpfs", self.path], capture_output=True, text=True)
-        if run.returncode:
-            pytest.skip(f"cannot mount a size-limited tmpfs here: {run.stderr.strip()}")
-
-    def resize(self, size: int) -> None:
-        self._mount(size, "remount")
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", "-l", self.path], check=False)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    disks = []
-
-    def make(size: int) -> SmallDisk:
-        disks.append(SmallDisk(tmp_path / f"disk{len(disks)}", size))
-        return disks[-1]
-
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    yield make
-    for disk in disks:
-        disk.unmount()
-
-
 def _partial(workdir: str) -> list[str]:
     return [name for folder in (workdirs.checkpoint_dir(workdir),
                                 workdirs.best_dir(workdir)) if os.path.isdir(folder)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 import cv2
@@ -252,6 +253,99 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
                                          f"{out}/photo.png: predict them into separate"):
         hgmt.predict.main([str(photo), str(other), f"--workdir={workdir}", f"--out_dir={out}"])
     assert photo.read_bytes() == before and not out.exists()
+
+
+PAGE = 4096  # tmpfs counts its space in pages
+
+
+def _pages(size: int) -> int:
+    return -(-size // PAGE)
+
+
+def test_a_full_disk_stops_the_command_in_one_line_leaving_nothing_partial(
+        workdir, tmp_path, small_disk, capsys):
+    """The output folder on a real size-limited tmpfs with room for an image's panel but not
+    its JSON: the command stops (exit 1) with one line naming DiskFull and the JSON, neither
+    the panel nor the JSON nor a temporary file is left, and the next input is not tried. On
+    the disk filled up, a video stops it the same way, naming its .jsonl and .annotated.mp4,
+    nothing partial left, and it is not reported as a skipped input."""
+    photo, other = str(tmp_path / "photo.jpg"), str(tmp_path / "other.jpg")
+    _stick_figure(photo)
+    _stick_figure(other)
+    roomy = tmp_path / "roomy"
+    assert hgmt.predict.main([photo, f"--workdir={workdir}", f"--out_dir={roomy}"]) == 0
+    png = (roomy / "photo.png").stat().st_size
+    assert (roomy / "photo.json").stat().st_size > 0
+    disk = small_disk((_pages(png) + 16) * PAGE)
+    out = os.path.join(disk.path, "out")
+    os.makedirs(out)
+    with open(os.path.join(disk.path, "filler"), "wb") as f:
+        f.write(b"x" * 16 * PAGE)  # leaves exactly the panel's pages free
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        hgmt.predict.main([photo, other, f"--workdir={workdir}", f"--out_dir={out}"])
+    message = str(stop.value.code)
+    # The space the panel's temporary file took is free again once it is removed.
+    assert re.match(rf"error: DiskFull: \[Errno 28\] cannot write the file to {out}/photo.json: "
+                    rf"the disk or quota is full \({(_pages(png) * PAGE) / 1024:.1f} KiB free "
+                    rf"on it\)\. Nothing partial was left behind\. Free space \(or raise the "
+                    rf"quota\), or give another --out_dir, and rerun \(OSError: ", message), \
+        message
+    assert "\n" not in message
+    assert os.listdir(out) == []
+    printed = capsys.readouterr()
+    assert "other.jpg" not in printed.out + printed.err and "skipped" not in printed.err
+
+    with pytest.raises(OSError), open(os.path.join(disk.path, "filler"), "ab") as f:
+        f.write(b"x" * (_pages(png) + 1) * PAGE)  # fills the disk
+    with pytest.raises(SystemExit) as stop:
+        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}"])
+    message = str(stop.value.code)
+    assert message.startswith(f"error: DiskFull: [Errno 28] cannot write 03_01_c0001.jsonl "
+                              f"and 03_01_c0001.annotated.mp4 (the prediction of {DEMO_CLIP}) "
+                              f"to {out}: the disk or quota is full (0 bytes free on it). "
+                              f"Nothing partial was left behind. Free space"), message
+    assert "\n" not in message
+    assert os.listdir(out) == [] and "skipped" not in capsys.readouterr().err
+
+
+# XLA's out-of-memory error on a GPU, its allocation dump shortened.
+_GPU_OOM = ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes.\n"
+            "BufferAssignment OOM Debugging.\n"
+            + "".join(f"  allocation {i}: size 1073741824, parameter {i}\n" for i in range(40)))
+
+
+def test_out_of_device_memory_stops_the_command_naming_the_batch_flag(
+        workdir, predictor, tmp_path, monkeypatch, capsys):
+    """XLA's out-of-memory error while predicting (a crafted one: the CPU has no memory limit
+    to exceed) stops the command, for an image and for a video alike, with one line naming the
+    memory asked, --batch_size, the crop size and the model, without XLA's allocation dump and
+    with nothing written; the bfloat16 it suggests is a setting the command takes."""
+    photo = str(tmp_path / "photo.jpg")
+    _stick_figure(photo)
+    out = tmp_path / "out"
+
+    def out_of_memory(self, crops):
+        raise jax.errors.JaxRuntimeError(_GPU_OOM)
+
+    monkeypatch.setattr(prediction.Predictor, "_forward", out_of_memory)
+    params = sum(x.size for x in jax.tree.leaves(predictor.variables["params"]))
+    for path in (photo, DEMO_CLIP):
+        with pytest.raises(SystemExit) as stop:
+            hgmt.predict.main([path, f"--workdir={workdir}", f"--out_dir={out}",
+                               "--batch_size=3"])
+        assert str(stop.value.code) == (
+            f"error: OutOfDeviceMemory: out of device memory while predicting: XLA asked for "
+            f"32.0 GiB, the device has unknown. The program holds batches of 3 crops "
+            f"(--batch_size=3, on one device) of 64 x 64 pixels and a model of "
+            f"{params / 1e6:.2f} M parameters ({4 * params / 2**10:.1f} KiB in float32), in "
+            f"float32, as the checkpoint's config sets them. Lower --batch_size, or compute "
+            f"in bfloat16 (--config.model.dtype=bfloat16)")
+        assert os.listdir(out) == [] and "allocation 0" not in capsys.readouterr().err
+    monkeypatch.undo()
+    assert hgmt.predict.main([photo, f"--workdir={workdir}", f"--out_dir={out}",
+                              "--config.model.dtype=bfloat16"]) == 0
+    assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
 
 
 def test_tile_wraps_pictures_into_rows():

@@ -115,24 +115,40 @@ def parameter_count(config: ml_collections.ConfigDict) -> int | None:
 
 
 def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
-            batch_field: str = "batch_size") -> OutOfDeviceMemory:
+            batch_field: str = "batch_size",
+            batch_flag: tuple[str, int] | None = None) -> OutOfDeviceMemory:
     """The `OutOfDeviceMemory` for XLA's `error`, raised while `what` (e.g. 'while compiling
-    or running the training step') with batches of `config[batch_field]` (global)."""
+    or running the training step') with batches of `config[batch_field]` (global). With
+    `batch_flag` (the flag, its value) a command's flag sets the batch instead, run on JAX's
+    default device with a trained checkpoint (hgmt.predict's --batch_size): the image size and
+    model are the checkpoint's, so the message names the flag and the compute dtype only."""
     message = str(_xla_out_of_memory(error) or error)
     asked, has = amounts(message)
     has = has or device_limit()
+    params = parameter_count(config)
+    memory = (f"out of device memory {what}: XLA asked for {_size(asked)}, the device has "
+              f"{_size(has)}.")
+    dtype = config.model.get("dtype", "float32")
+    if batch_flag is not None:
+        flag, batch = batch_flag
+        model = ("a model of unknown size" if params is None else
+                 f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in "
+                 f"float32)")
+        return OutOfDeviceMemory(
+            f"{memory} The program holds batches of {batch} crops ({flag}={batch}, on one "
+            f"device) of {config.image_size} x {config.image_size} pixels and {model}, in "
+            f"{dtype}, as the checkpoint's config sets them. Lower {flag}, or compute in "
+            f"bfloat16 (--config.model.dtype=bfloat16)")
     devices = jax.device_count()
     batch = int(config[batch_field])
-    params = parameter_count(config)
     model = ("a model of unknown size" if params is None else
              f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in float32, "
              f"times about 3 with the optimizer state)")
     return OutOfDeviceMemory(
-        f"out of device memory {what}: XLA asked for {_size(asked)}, the device has "
-        f"{_size(has)}. The program holds a per-device batch of "
+        f"{memory} The program holds a per-device batch of "
         f"{batch // devices} (config.{batch_field}={batch} over {devices} "
         f"devices), {config.image_size} x {config.image_size} images "
-        f"(config.image_size) and {model}, in {config.model.get('dtype', 'float32')}. Lower "
+        f"(config.image_size) and {model}, in {dtype}. Lower "
         f"config.{batch_field} (or use more devices), config.image_size, or the model "
         f"(config.model.features={config.model.features}, "
         f"config.model.num_stacks={config.model.num_stacks}), or compute in bfloat16 "
@@ -142,7 +158,8 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
 
 @contextlib.contextmanager
 def explained(config: ml_collections.ConfigDict, what: str,
-              batch_field: str = "batch_size") -> Iterator[None]:
+              batch_field: str = "batch_size",
+              batch_flag: tuple[str, int] | None = None) -> Iterator[None]:
     """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
     XLA's full message is logged as a VERBOSE line."""
     try:
@@ -152,4 +169,4 @@ def explained(config: ml_collections.ConfigDict, what: str,
             raise
         logging.info("XLA's out-of-memory message in full:\n%s", _xla_out_of_memory(e),
                      extra=VERBOSE)
-        raise explain(e, config, what, batch_field) from None
+        raise explain(e, config, what, batch_field, batch_flag) from None
