@@ -85,7 +85,8 @@ def reported(path: str, what: str, then: str = _THEN,
 
 def write_atomically(path: str, write: Callable[[Any], None], mode: str = "w", *,
                      then: str = _THEN) -> None:
-    """Writes a file through `write(f)` into `path`.tmp, then renames it: a full disk leaves
+    """Writes a file through `write(f)` into `path`.tmp, synced, then renames it (see
+    `write_together`, which a power loss cannot leave empty either): a full disk leaves
     no partial file (the temporary one is removed) and raises `DiskFull` naming `path`, with
     `then` saying what to do. In an object store (`hgmt.paths.is_url`) the object is written
     directly: it appears whole when the write ends, or not at all."""
@@ -98,7 +99,11 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
     `<path>.tmp`, and only once all are written are they renamed into place. A full disk
     leaves none of them changed (every temporary is removed) and raises `DiskFull` naming the
     file it stopped at, with `then` saying what to do. A file in an object store
-    (`hgmt.paths.is_url`) is written directly: whole when its write ends, or not at all."""
+    (`hgmt.paths.is_url`) is written directly: whole when its write ends, or not at all.
+
+    Each local file's data is synced before its rename and its folder after it, so that a
+    power loss leaves the old file or the new one whole: without the first sync a filesystem
+    may keep the rename but not yet the data, and the file comes back empty."""
     staged = [(path, write, mode, path if is_url(path) else f"{path}.tmp")
               for path, write, mode in files]
 
@@ -114,6 +119,9 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
             try:
                 with (epath.Path(tmp).open(mode) if tmp == path else open(tmp, mode)) as f:
                     write(f)
+                    if tmp != path:
+                        f.flush()
+                        os.fsync(f.fileno())
             except BaseException:
                 remove()
                 raise
@@ -121,6 +129,23 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
         if tmp != path:
             with reported(path, "the file", then, cleanup=remove):
                 os.replace(tmp, path)
+    for folder in sorted({os.path.dirname(os.path.abspath(path))
+                          for path, _, _, tmp in staged if tmp != path}):
+        _sync_folder(folder)
+
+
+def _sync_folder(folder: str) -> None:
+    """Makes the renames and new files in the local `folder` durable (fsync of the folder);
+    a filesystem that cannot sync a folder (EINVAL, e.g. some network and FUSE ones) keeps its
+    own order."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def append_line(path: str, line: str, what: str) -> None:

@@ -64,8 +64,29 @@ def evals_file(workdir: str) -> str:
 
 
 class DamagedRunFile(ValueError):
-    """A file of a workdir does not read; the message names the file, the line and what to
-    do."""
+    """A file of a workdir does not read; the message names the file (and the line) and what
+    to do."""
+
+
+def read_json_object(path: str, fix: str) -> dict | None:
+    """The JSON object in the workdir file `path`; None when the file holds nothing (empty, or
+    only whitespace and NUL bytes: what a power loss can leave of a file renamed into place
+    before its data reached the disk). Anything else that is not a JSON object raises
+    DamagedRunFile naming the file and `fix`, what to do."""
+    data = epath.Path(path).read_bytes()
+    if not data.strip(b" \t\r\n\x00"):
+        return None
+    try:
+        value = json.loads(data.decode("utf-8"))
+        problem = "" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text: byte {e.start}"
+    except json.JSONDecodeError as e:
+        problem = f"not JSON: {e.msg}: line {e.lineno} column {e.colno}"
+    if problem:
+        raise DamagedRunFile(f"{path} is not a JSON object ({problem}): the file was edited or "
+                             f"damaged. {fix}")
+    return value
 
 
 def read_evals(workdir: str) -> list[dict]:
@@ -114,7 +135,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
                                 f"`python -m hgmt.main --workdir=...`")
-    config = json.loads(path.read_text())
+    fix = (f"Write it again by rerunning the training command of {workdir} (python -m "
+           f"hgmt.main --workdir=... with the run's --config: it saves config.json as it "
+           f"starts), or put back a copy")
+    config = read_json_object(str(path), fix)
+    if config is None:
+        raise DamagedRunFile(f"{path} is empty: its write was cut short (a power loss or "
+                             f"crash before its data reached the disk). {fix}")
     for (section, field), value in ADDED_CONFIG_FIELDS.items():
         if isinstance(config.get(section), dict):
             config[section].setdefault(field, value)

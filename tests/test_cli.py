@@ -188,6 +188,33 @@ def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
     assert fv.config.model.ops == "flax" and fv.config.model.features == 64
 
 
+_CUT_SHORT = ("is empty: its write was cut short (a power loss or crash before its data "
+              "reached the disk).")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", _CUT_SHORT), ("\x00" * 300, _CUT_SHORT),
+    ('{"model": {"dep', "is not a JSON object (not JSON: Unterminated string starting at: "
+                      "line 1 column 12): the file was edited or damaged."),
+    ("[1, 2]", "is not a JSON object (a JSON list): the file was edited or damaged."),
+    ('{"a": "\udcff"}', "is not a JSON object (not UTF-8 text: byte 7): the file was edited or "
+                        "damaged.")])
+def test_an_empty_or_damaged_config_json_is_one_line_naming_the_file_and_fix(text, problem,
+                                                                           tmp_path):
+    """A config.json a power loss left empty (or NUL bytes: the file's size kept, its data
+    not), cut short or replaced: the commands on a workdir stop in one line naming the file
+    and how to write it again."""
+    (tmp_path / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    for entry, extra in (("hgmt.evaluate", []), ("hgmt.predict", ["--out_dir=unused", "x.jpg"])):
+        with pytest.raises(SystemExit) as e:
+            load(entry).main([f"--workdir={tmp_path}", *extra])
+        assert str(e.value.code) == (
+            f"error: DamagedRunFile: {tmp_path}/config.json {problem} Write it again by "
+            f"rerunning the training command of {tmp_path} (python -m hgmt.main --workdir=... "
+            f"with the run's --config: it saves config.json as it starts), or put back a "
+            f"copy")
+
+
 @pytest.mark.parametrize("entry, extra", [
     ("hgmt.evaluate", []), ("hgmt.predict", ["--out_dir=unused", "photo.jpg"]),
     ("hgmt.export", ["--format=stablehlo", "--out_dir=unused"])])

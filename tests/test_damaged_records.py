@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 
@@ -195,6 +196,39 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     with open(out) as f:
         assert json.load(f)["num_damaged"] == 1
     assert "1 damaged record(s) left out" in evaluator.to_markdown(summary)
+
+
+def test_an_empty_account_of_damaged_records_starts_again_and_a_damaged_one_stops(tmp_path,
+                                                                                caplog):
+    """damaged_records.json left empty by a power loss (renamed into place before its data
+    reached the disk): the resumed run's account starts again, with a warning naming the file,
+    and the next record met is written to it. A file that holds something else stops the run
+    naming the file and the fix (hgmt.main shows it in one line: loop.FAULTS)."""
+    shards = damage.Shards(("a", "b"), (0, 4), (4, 3))
+    path = workdirs.damaged_file(str(tmp_path))
+    open(path, "w").close()
+    with caplog.at_level(logging.WARNING):
+        log = damage.DamageLog(shards, 7, 0.5, path)
+    assert log.found == {}
+    assert f"{path} is empty: its write was cut short (a power loss" in caplog.text
+    log.note([5])
+    with open(path) as f:
+        assert json.load(f) == {"count": 1, "records": [
+            {"index": 5, "name": "b record 1 (index 5 of the split)"}]}
+    assert damage.DamageLog(shards, 7, 0.5, path).found == {5: shards.name(5)}
+
+    fix = (r"Delete it and rerun: the damaged records are then named and counted again as the "
+           r"loader meets them \(python -m hgmt.data.check lists")
+    for text, problem in (('{"count": 1, "records": [{"ind', r"is not a JSON object \(not JSON: "
+                           r"Unterminated string starting at: line 1 column 27\)"),
+                          ('{"count": 1}', r"is not an account of damaged records \(KeyError: "
+                           r"'records': a 'records' list")):
+        with open(path, "w") as f:
+            f.write(text)
+        with pytest.raises(workdirs.DamagedRunFile,
+                           match=rf"^{re.escape(path)} {problem}.*{fix}"):
+            damage.DamageLog(shards, 7, 0.5, path)
+    assert workdirs.DamagedRunFile in loop.FAULTS
 
 
 def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, capsys):

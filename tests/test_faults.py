@@ -775,6 +775,34 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
             writer.flush()
 
 
+def test_a_file_written_atomically_is_synced_before_its_rename_and_its_folder_after(
+        tmp_path, monkeypatch):
+    """config.json, damaged_records.json, an evaluation's JSON: after a power loss the file
+    must be the old one or the new one whole, never empty. Its data is synced before the
+    rename (a filesystem may otherwise keep the rename and not the data) and its folder after
+    it (the rename itself then lasts)."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def syncing(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def renaming(src, dst):
+        events.append(("replace", src, dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", syncing)
+    monkeypatch.setattr(os, "replace", renaming)
+    folder = os.path.realpath(tmp_path)
+    path = os.path.join(folder, "config.json")
+    disk_space.write_atomically(path, lambda f: f.write('{"tasks": "pose2d"}'))
+    assert events == [("fsync", f"{path}.tmp"), ("replace", f"{path}.tmp", path),
+                      ("fsync", folder)]
+    with open(path) as f:
+        assert json.load(f) == {"tasks": "pose2d"}
+
+
 def test_full_disk_while_appending_an_evaluation_leaves_no_partial_line(small_disk):
     """evals.jsonl on a full disk: DiskFull naming it, the file cut back to its complete
     lines (so the rerun reads it), and with space again the next line is appended."""

@@ -187,6 +187,32 @@ class Guarded:
         return repr(self.source)
 
 
+def _read_records(path: str) -> dict[int, str]:
+    """{index: name} of the records a `DamageLog` file holds. An empty file (a power loss
+    before its data reached the disk) is an account that starts again, with a warning: it
+    holds no training state, and the records it named are named and counted again when the
+    loader meets them. A file that holds something else than such an account raises
+    `workdirs.DamagedRunFile` naming it and the fix."""
+    from hgmt import workdirs
+
+    fix = ("Delete it and rerun: the damaged records are then named and counted again as the "
+           "loader meets them (python -m hgmt.data.check lists every damaged record of a split)")
+    account = workdirs.read_json_object(path, fix)
+    if account is None:
+        logging.warning("%s is empty: its write was cut short (a power loss or crash before its "
+                        "data reached the disk). The count of damaged training records starts "
+                        "again; the records it named are named and counted again when met "
+                        "(python -m hgmt.data.check lists every damaged record of a split)", path)
+        return {}
+    try:
+        return {int(r["index"]): str(r["name"]) for r in account["records"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise workdirs.DamagedRunFile(
+            f"{path} is not an account of damaged records ({type(e).__name__}: {e}: a "
+            f"'records' list of {{'index', 'name'}} expected): the file was edited or "
+            f"damaged. {fix}") from None
+
+
 class DamageLog:
     """The trainer's account of the damaged records its loader skipped: named once each,
     counted, kept in `path` (JSON, so a resumed run continues the count) and held under
@@ -206,8 +232,7 @@ class DamageLog:
         self.found: dict[int, str] = {}
         self.pending: set[int] = set()  # met here since the last `sync` (with `combine`)
         if path and epath.Path(path).exists():
-            self.found = {int(r["index"]): r["name"]
-                          for r in json.loads(epath.Path(path).read_text())["records"]}
+            self.found = _read_records(path)
         if combine is not None:  # the records of earlier runs, for every process
             self.found = {i: self.found.get(i) or shards.name(i)
                           for i in combine(sorted(self.found))}
