@@ -182,20 +182,68 @@ def test_two_processes_name_count_keep_and_judge_the_damage_of_both_shares(damag
 
 
 def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damaged, tmp_path):
+    """Test record 5 does not read at all (its chunk's hash), so its frame is unknown: the
+    evaluation reports it as an unreadable record of the split, not as a frame it left out,
+    for any frames, and only when the example limit would have reached it. A damaged record
+    the evaluation took (the records given) is left out and counted, and with several
+    processes the records every process met are named (their union, `combine`)."""
     config = tiny_config(damaged, tasks="pose2d")
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
-    summary = evaluator.evaluate(config, {"params": state.params,
-                                          "batch_stats": state.batch_stats},
-                                 frames="all", max_examples=0)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    shards = damage.Shards.of(input_pipeline.open_split("surreal/all", damaged, "test"))
     name = f"{_shard(damaged, 'test')} record 5 (index 5 of the split)"
-    assert summary["num_damaged"] == 1 and summary["damaged_records"] == [name]
-    assert summary["num_examples"] == 11  # of 12 test records
+    for frames, limit, unknown, examples in (("all", 0, [name], 11), ("middle", 0, [name], 2),
+                                             ("all", 6, [name], 6), ("all", 5, [], 5)):
+        summary = evaluator.evaluate(config, variables, frames=frames, max_examples=limit)
+        assert (summary["num_unreadable"], summary["unreadable_records"]) == (
+            len(unknown), unknown), (frames, limit)
+        assert (summary["num_damaged"], summary["damaged_records"]) == (0, []), (frames, limit)
+        assert summary["num_examples"] == examples, (frames, limit)
+    # all, 6: records 0-4 and 6 (5 did not read, and had it been a frame it would be one of
+    # the first six); all, 5: records 0-4, so record 5 would not have been reached.
     out = str(tmp_path / "eval.json")
+    summary = evaluator.evaluate(config, variables, frames="middle")
     evaluator.write_report(summary, out)
     with open(out) as f:
-        assert json.load(f)["num_damaged"] == 1
-    assert "1 damaged record(s) left out" in evaluator.to_markdown(summary)
+        assert json.load(f)["unreadable_records"] == [name]
+    markdown = evaluator.to_markdown(summary)
+    assert ("1 record(s) of the split do not read, their frames unknown**: each is left out if "
+            "it is one of the frames asked for" in markdown)
+    assert "left out**" not in markdown
+
+    given = evaluator.Evaluator(config, frames="all", indices=[4, 5, 6, 7])
+    given.combine = lambda met: sorted(set(met) | {9})  # another process met record 9
+    summary = given(variables)
+    assert summary["num_damaged"] == 2 and summary["num_unreadable"] == 0
+    assert summary["damaged_records"] == [name, shards.name(9)]
+    assert summary["num_examples"] == 3
+    assert "2 damaged record(s) left out" in evaluator.to_markdown(summary)
+
+
+@pytest.mark.slow
+def test_with_two_processes_the_evaluation_names_the_damaged_records_of_both(damaged, tmp_path):
+    """Two processes evaluate test records 4-7, process 0 reading 4 and 6, process 1 reading 5
+    and 7: damaged record 5 is met by process 1 only, and both processes count and name it."""
+    import subprocess
+    import sys
+
+    from tests.test_faults import REPO, _free_port
+
+    out, port = str(tmp_path / "damaged.json"), _free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests",
+                                                           "multihost_eval_worker.py"),
+                               out, damaged, str(i), str(port), "4", "5", "6", "7"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    name = f"{_shard(damaged, 'test')} record 5 (index 5 of the split)"
+    for i in range(2):
+        with open(str(tmp_path / f"damaged_{i}.json")) as f:
+            assert json.load(f) == {"num_examples": 3, "num_damaged": 1,
+                                    "damaged_records": [name], "num_unreadable": 0,
+                                    "unreadable_records": []}, i
 
 
 def test_an_empty_account_of_damaged_records_starts_again_and_a_damaged_one_stops(tmp_path,

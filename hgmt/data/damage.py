@@ -15,7 +15,9 @@ policy, as TFDS and production loaders do it:
   that is a bad copy, not one bad record. With several processes the account is of all their
   shares, the same on every process (`DamageLog`);
 - evaluation: a damaged frame is left out and counted into the evaluation's JSON
-  (`num_damaged`, `damaged_records`); it is never skipped silently;
+  (`num_damaged`, `damaged_records`); a record that does not read even to select the frames,
+  whose frame is unknown, is reported apart (`num_unreadable`, `unreadable_records`); none is
+  skipped silently;
 - `python -m hgmt.data.check` reads and decodes every record of a split and names the bad ones.
 
 A read that fails with an I/O error (an NFS timeout, an object store's 503) is not damage: it
@@ -185,6 +187,20 @@ class Guarded:
 
     def __repr__(self) -> str:
         return repr(self.source)
+
+
+def union_over_processes(indices: list[int]) -> list[int]:
+    """The sorted union of every process's `indices` (a collective: every process calls it;
+    int32, as JAX gathers them)."""
+    from jax.experimental import multihost_utils
+
+    width = int(np.max(multihost_utils.process_allgather(np.int32(len(indices)))))
+    if width == 0:
+        return []
+    padded = np.full(width, -1, np.int32)
+    padded[:len(indices)] = indices
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return sorted({int(i) for i in gathered.ravel() if i >= 0})
 
 
 def _read_records(path: str) -> dict[int, str]:

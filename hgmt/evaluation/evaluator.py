@@ -131,12 +131,20 @@ class Evaluator:
         if self.window == "reference":
             input_pipeline.check_reference_flags(self.source, config.dataset, config.data_dir)
         self.shards = damage.Shards.of(self.source)
-        self.unreadable: list[int] = []  # damaged records met while selecting the frames
+        # The records that did not read while the frames were selected: their frames, so
+        # whether `frames` takes them, are unknown (`_damaged` reports them apart).
+        self.unreadable: list[int] = []
         if indices is None:  # by default each clip's middle frame
             indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
                                                   self.frames, self.unreadable)
-        if max_examples:
+        if max_examples and len(indices) > max_examples:
+            # Selection follows the split's order: a record after the last one taken would not
+            # have been reached had it read.
+            self.unreadable = [i for i in self.unreadable if i < indices[max_examples - 1]]
             indices = indices[:max_examples]
+        # Each process meets the damaged records of its share of the batches: their union
+        # (a collective) is what every process reports.
+        self.combine = damage.union_over_processes if jax.process_count() > 1 else None
         if not indices:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
                              f"(frames={self.frames})")
@@ -196,22 +204,29 @@ class Evaluator:
             {k: np.asarray(v[:n]) for k, v in self.first_batch.items()})
 
     def _damaged(self, damaged: list[int]) -> dict:
-        """{'num_damaged', 'damaged_records'}: the damaged records left out, never silently:
-        those met while selecting the frames (every process reads them all) and each
-        process's share of those met in its batches (counted over all processes; named for
-        this one)."""
-        count = len(damaged)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            count = int(np.sum(multihost_utils.process_allgather(np.int32(count))))
-        names = [self.shards.name(i) for i in sorted(set(self.unreadable + damaged))]
-        if names:
+        """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
+        the records the evaluation took that did not read, left out of its numbers (every
+        process's, `combine`), and {'num_unreadable', 'unreadable_records'} those that did not
+        read while the frames were selected (every process reads them all), whose frames are
+        unknown: each is left out if it is one of the frames asked for, which cannot be told.
+        Records beyond `max_examples`' reach are in neither."""
+        if self.combine is not None:
+            damaged = self.combine(damaged)
+        lost = [self.shards.name(i) for i in sorted(set(damaged))]
+        unknown = [self.shards.name(i) for i in sorted(set(self.unreadable))]
+        if lost:
             logging.warning("evaluation of split %r left out %d damaged record(s); its numbers "
                             "are over the other frames, so a protocol compared with published "
-                            "tables needs them rebuilt: %s", self.split,
-                            len(self.unreadable) + count, "; ".join(names))
-        return {"num_damaged": len(self.unreadable) + count, "damaged_records": names}
+                            "tables needs them rebuilt: %s", self.split, len(lost),
+                            "; ".join(lost))
+        if unknown:
+            logging.warning("split %r holds %d record(s) that do not read, whose frames are "
+                            "unknown: each is left out of the evaluation if it is one of the "
+                            "frames asked for (frames=%s), which cannot be told, so a protocol "
+                            "compared with published tables needs them rebuilt: %s",
+                            self.split, len(unknown), self.frames, "; ".join(unknown))
+        return {"num_damaged": len(lost), "damaged_records": lost,
+                "num_unreadable": len(unknown), "unreadable_records": unknown}
 
 
 def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None,
@@ -248,6 +263,10 @@ def to_markdown(summary: dict) -> str:
              f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
              f"(docs/metrics.md){window}.", "", "| metric | value | protocol |",
              "|---|---|---|"]
+    if summary.get("num_unreadable"):
+        lines[1:1] = ["", f"**{summary['num_unreadable']} record(s) of the split do not read, "
+                      f"their frames unknown**: each is left out if it is one of the frames "
+                      f"asked for: {'; '.join(summary.get('unreadable_records', []))}."]
     if summary.get("num_damaged"):
         lines[1:1] = ["", f"**{summary['num_damaged']} damaged record(s) left out** (the "
                       f"numbers are over the other frames): "

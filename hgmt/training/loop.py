@@ -165,7 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
-            union_over_processes if jax.process_count() > 1 else None)
+            damage.union_over_processes if jax.process_count() > 1 else None)
     data_iter = input_pipeline.ConsumedPosition(iter(loader))
 
     model = create_model(config.model, heads(tasks), axis_name="batch")
@@ -370,20 +370,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
     return final, summaries
-
-
-def union_over_processes(indices: list[int]) -> list[int]:
-    """The sorted union of every process's `indices` (a collective: every process calls it;
-    int32, as JAX gathers them)."""
-    from jax.experimental import multihost_utils
-
-    width = int(np.max(multihost_utils.process_allgather(np.int32(len(indices)))))
-    if width == 0:
-        return []
-    padded = np.full(width, -1, np.int32)
-    padded[:len(indices)] = indices
-    gathered = np.asarray(multihost_utils.process_allgather(padded))
-    return sorted({int(i) for i in gathered.ravel() if i >= 0})
 
 
 def augmentation(config: ml_collections.ConfigDict,

@@ -1,0 +1,48 @@
+"""One process of a 2-process evaluation (tests/test_damaged_records.py).
+
+    python tests/multihost_eval_worker.py OUT_JSON DATA_DIR PROCESS_ID PORT INDEX...
+
+Each process has 2 CPU devices; together they evaluate a freshly initialised pose2d model on
+the test records INDEX... (each process reading its share of the batches) and each writes its
+summary's damaged-record fields to OUT_JSON with `_<process id>` before the suffix.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(2)
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+
+
+def main(out: str, data_dir: str, process_id: int, port: int, indices: list[int]) -> None:
+    from hgmt.training import peers
+    from tests.conftest import enable_compilation_cache, tiny_config
+
+    enable_compilation_cache()
+    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                     heartbeat_timeout_s=10, shutdown_timeout_s=10)
+    from hgmt.evaluation import evaluator
+    from hgmt.models import create_model
+    from hgmt.tasks import heads
+    from hgmt.training import steps
+
+    config = tiny_config(data_dir, tasks="pose2d")
+    state = steps.create_train_state(jax.random.key(0), config,
+                                     create_model(config.model, heads(("pose2d",))))
+    summary = evaluator.Evaluator(config, frames="all", indices=indices)(
+        {"params": state.params, "batch_stats": state.batch_stats})
+    stem, suffix = os.path.splitext(out)
+    with open(f"{stem}_{process_id}{suffix}", "w") as f:
+        json.dump({k: summary.get(k) for k in ("num_examples", "num_damaged", "damaged_records",
+                                               "num_unreadable", "unreadable_records")}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+         [int(i) for i in sys.argv[5:]])
