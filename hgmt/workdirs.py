@@ -20,6 +20,7 @@ every host of a multi-host run reads.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import ml_collections
@@ -145,6 +146,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     for (section, field), value in ADDED_CONFIG_FIELDS.items():
         if isinstance(config.get(section), dict):
             config[section].setdefault(field, value)
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("shared_trunk") and model.get(
+            "interaction", "sum") != "sum":
+        # Recorded by an hgmt that accepted it; one shared stream never used it (the same
+        # variables), and hgmt.models.create_model now refuses it.
+        logging.warning("%s: model.interaction=%r has no effect with shared_trunk=True; read "
+                        "as 'sum'", path, model["interaction"])
+        model["interaction"] = "sum"
     return ml_collections.ConfigDict(config)
 
 

@@ -401,3 +401,23 @@ def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
         "under Slurm, Open MPI and on TPU VMs only; elsewhere give them (hgmt.main: "
         "--coordinator_address=host:port of process 0, --num_processes, --process_id)"]
     assert not (tmp_path / "w").exists()
+
+
+def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):
+    """A workdir an older hgmt trained with shared_trunk=True and another interaction (which
+    one shared stream never used) still evaluates: its config reads as 'sum', with a warning."""
+    import logging
+
+    from configs import default
+    from hgmt import workdirs
+    from hgmt.models import create_model
+    from hgmt.tasks import heads
+
+    config = default.get_config("tasks=pose2d,runlocal")
+    config.model.shared_trunk, config.model.interaction = True, "none"
+    workdirs.save_config(config, str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        loaded = workdirs.load_config(str(tmp_path))
+    assert loaded.model.interaction == "sum" and loaded.model.shared_trunk
+    assert "model.interaction='none' has no effect with shared_trunk=True" in caplog.text
+    create_model(loaded.model, heads(("pose2d",)))  # refused with 'none'

@@ -999,6 +999,23 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
     wrapper = Exception("Encountered error while reading array index: ().")
     wrapper.__cause__ = disk
     assert not device_memory.is_out_of_memory(wrapper)
+    # Another exhausted resource of the runtime (a multi-host run's gRPC message size) is not
+    # memory; the TPU runtime's buffer allocation is; an error raised while handling an
+    # out-of-memory one (its __context__, not its __cause__) is not it.
+    assert not device_memory.is_out_of_memory(jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Received message larger than max (5000000 vs. 4194304)"))
+    assert device_memory.is_out_of_memory(jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Error allocating device buffer: Attempting to allocate 1.00G. "
+        "That was not possible. There are 500.00M free."))
+    try:
+        try:
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.")
+        except jax.errors.JaxRuntimeError:
+            raise RuntimeError("cleanup failed")  # noqa: B904 (the implicit context is the case)
+    except RuntimeError as unrelated:
+        assert unrelated.__context__ is not None
+        assert not device_memory.is_out_of_memory(unrelated)
 
 
 def test_out_of_device_memory_while_resuming_names_the_restore(demo_dataset, tmp_path,

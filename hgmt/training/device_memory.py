@@ -36,20 +36,26 @@ _XLA_WORDING = re.compile(r"RESOURCE_EXHAUSTED: .*(?:Out of memory|Ran out of me
                           r"Failed to allocate request for)")
 
 
+# A JaxRuntimeError saying RESOURCE_EXHAUSTED about memory (XLA's forms above, and e.g. the
+# TPU runtime's "Error allocating device buffer: Attempting to allocate 1.00G"), not another
+# exhausted resource (a gRPC message over its size limit in a multi-host run).
+_RUNTIME_MEMORY = re.compile(r"RESOURCE_EXHAUSTED.*(?:memory|allocat)", re.IGNORECASE | re.S)
+
+
 def _xla_out_of_memory(error: BaseException) -> BaseException | None:
-    """The link of `error`'s chain (itself, then each `__cause__`, or `__context__` where not
-    suppressed by `raise ... from None`, as Python's traceback follows it) that is XLA's
-    out-of-memory error, or None."""
+    """The link of `error`'s chain (itself, then each `__cause__`: an error a library raised
+    from it) that is XLA's out-of-memory error, or None. Not `__context__`: an unrelated error
+    raised while handling one is not it."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         message = str(error)
         if isinstance(error, jax.errors.JaxRuntimeError):
-            if "RESOURCE_EXHAUSTED" in message:
+            if _RUNTIME_MEMORY.search(message):
                 return error
         elif _XLA_WORDING.search(message):
             return error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        error = error.__cause__
     return None
 
 

@@ -10,7 +10,8 @@ the lock stops at once, naming the holder, unless the lock is stale:
   `kill -9`, a crash). The hostname alone does not tell: containers with `--network=host`
   share the node's hostname but not its PIDs, so a live holder's pid may be absent here. A
   holder whose boot id or PID namespace differs or is unknown (unreadable, or a lock of an
-  hgmt that did not record them, which may still be running) is judged by the timeout, or
+  hgmt that did not record them, which may still be running) is judged by the timeout: the
+  trainer is refused until then, or
 - the holder is an earlier run of this same Slurm job (same SLURM_JOB_ID, lower
   SLURM_RESTART_COUNT: a requeued job whose previous run was killed), or
 - its mtime has not been refreshed for `STALE_S` seconds (a holder on another host that died;
