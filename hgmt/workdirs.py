@@ -150,7 +150,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if isinstance(model, dict) and model.get("shared_trunk") and model.get(
             "interaction", "sum") != "sum":
         # Recorded by an hgmt that accepted it; one shared stream never used it (the same
-        # variables), and hgmt.models.create_model now refuses it.
+        # variables), and hgmt.models.create_model refuses it.
         logging.warning("%s: model.interaction=%r has no effect with shared_trunk=True; read "
                         "as 'sum'", path, model["interaction"])
         model["interaction"] = "sum"
