@@ -26,12 +26,17 @@ from hgmt.training import checkpoints, loop
 from tests.conftest import tiny_config
 
 
+def _trained(demo_dataset, tmp_path_factory, name: str, **overrides) -> str:
+    """A workdir `name` trained with the tiny config and `overrides`."""
+    path = str(tmp_path_factory.mktemp(name))
+    loop.train(tiny_config(demo_dataset[1], **overrides), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def workdir(demo_dataset, tmp_path_factory):
     """A workdir with a 2-step checkpoint of the 4-task tiny model."""
-    path = str(tmp_path_factory.mktemp("predict_workdir"))
-    loop.train(tiny_config(demo_dataset[1], total_steps=2), path)
-    return path
+    return _trained(demo_dataset, tmp_path_factory, "predict_workdir", total_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -463,10 +468,8 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
 @pytest.fixture(scope="module")
 def depth_workdir(demo_dataset, tmp_path_factory):
     """A workdir with a 1-step checkpoint of the tiny depth-only model."""
-    path = str(tmp_path_factory.mktemp("depth_workdir"))
-    loop.train(tiny_config(demo_dataset[1], tasks="depth", total_steps=1, checkpoint_every=1),
-               path)
-    return path
+    return _trained(demo_dataset, tmp_path_factory, "depth_workdir", tasks="depth",
+                    total_steps=1, checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")

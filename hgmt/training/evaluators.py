@@ -213,12 +213,18 @@ class Evaluators:
                             workdirs.evals_file(self.workdir), workdirs.best_dir(self.workdir),
                             best_step, workdirs.checkpoint_dir(self.workdir))
             return
-        with checkpoints.stop_on_full_disk(self.workdir, best_step):
-            self.manager.save(best_step, metrics={metric: value}, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state)))
+        self._save_best(best_step, state, metric, value)
         logging.info("kept the checkpoint of step %d as the best (%s %.6g, %s) in %s",
                      best_step, metric, value, workdirs.evals_file(self.workdir),
                      workdirs.best_dir(self.workdir))
+
+    def _save_best(self, step: int, state: Any, metric: str, value: float) -> None:
+        """Keeps `state` (checkpoint layout) as the best checkpoint of `step`, scored `value`
+        of `metric`. A full disk is DiskFull wherever the trainer evaluates (at its steps, on
+        resuming, after the last step), the partial folder removed."""
+        with checkpoints.stop_on_full_disk(self.workdir, step):
+            self.manager.save(step, metrics={metric: value}, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state)))
 
     def _periodic_state(self, step: int, host_state: Callable[[], Any]) -> Any | None:
         """The train state (checkpoint layout) of <workdir>/checkpoints/<step>, or None where
@@ -307,12 +313,7 @@ class Evaluators:
         if better and best is not None and best[0] == step and best != self._bar:
             return f"  ({metric}: kept at this step already)"
         if better:
-            # A full disk is DiskFull wherever the trainer evaluates: at its steps, on
-            # resuming, after the last step.
-            with checkpoints.stop_on_full_disk(self.workdir, step):
-                self.manager.save(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(to_checkpoint_layout(self.model, host_state))),
-                    metrics={metric: value})
+            self._save_best(step, to_checkpoint_layout(self.model, host_state), metric, value)
             self._bar = None
             return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
         if best is not None:
