@@ -115,6 +115,18 @@ def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
     return f"{path}{colon}{argument}"
 
 
+def plan_config(config: str) -> str:
+    """How the plan names `config` (check_first_run's, its file's path absolute): a file in
+    the repository by its path from the repository root, which stays true in another
+    checkout; any other file by its absolute path, which `hgmt.report --check_config` reads
+    from wherever it runs."""
+    path, colon, argument = config.partition(":")
+    inside = os.path.relpath(path, REPO)
+    if not inside.startswith(os.pardir + os.sep):
+        path = inside
+    return f"{path}{colon}{argument}"
+
+
 def _run_env() -> dict[str, str]:
     """The runs' environment: this one with hgmt's checkout importable. They run in the
     caller's working directory, so that relative paths given to the sweep mean the same."""
@@ -162,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
-    record_plan(sweep_dir, {"config": args.config, "subsets": subsets, "seeds": args.seeds,
-                            "extra": extra})
+    record_plan(sweep_dir, {"config": plan_config(config), "subsets": subsets,
+                            "seeds": args.seeds, "extra": extra})
     if args.print_only:
         for tasks, k in runs:
             cmds = [command(config, tasks, sweep_dir, extra, k)] + [

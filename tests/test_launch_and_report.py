@@ -21,7 +21,7 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     """Started from another directory with a relative --sweep_dir: the commands name the
     folder the caller meant, where the plan is recorded for the report; the config file,
     found in the repository, by its absolute path (the runs start in the caller's
-    directory), the plan keeping it as given."""
+    directory), the plan by its path in the repository."""
     (tmp_path / "elsewhere").mkdir()
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
                           "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
@@ -37,6 +37,19 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     assert plan["subsets"][-1] == "pose2d+pose3d+depth+segm"
     assert plan["config"] == "configs/default.py:runlocal,tasks=segm"
     assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
+
+
+def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_path):
+    """A config file in the caller's directory (not the repository's): the plan names it by
+    its absolute path, from which `hgmt.report --check_config` rebuilds the runs' config
+    wherever it runs; a relative name would be looked for in the repository."""
+    (tmp_path / "mine.py").write_text(open(os.path.join(REPO, "configs/demo.py")).read())
+    subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
+                    "--config=mine.py", "--tasks=pose2d", "--print_only"], cwd=tmp_path,
+                   capture_output=True, text=True, check=True)
+    plan = runs.plan(str(tmp_path / "s"))
+    assert plan["config"] == str(tmp_path / "mine.py")
+    assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == ["pose2d"]
 
 
 def test_sweep_rejects_unknown_task(tmp_path):
