@@ -15,6 +15,8 @@ or data size is the config's own field (`--config.image_size`, `--config.model.f
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,7 +24,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
 
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
@@ -201,6 +203,54 @@ def faults_in_one_line(*kinds: type[BaseException], traceback: bool = False) -> 
         if traceback:
             raise
         raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+
+
+def define_verbosity(fv: flags.FlagValues) -> None:
+    """`--verbosity`, which every command that runs the model takes (see `UserLines`)."""
+    flags.DEFINE_integer("verbosity", 0, "1: also the INFO lines of orbax, TFDS and JAX, "
+                         "XLA's full messages (an out-of-memory allocation dump) and "
+                         "tracebacks", flag_values=fv)
+
+
+# `extra=` of a log line that only --verbosity=1 shows (`UserLines` drops it otherwise).
+VERBOSE = {"hgmt_verbose": True}
+_HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class UserLines(logging.Filter):
+    """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
+    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
+    XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
+    when a write fails on a full disk, which the command's own DiskFull line reports, show
+    only with --verbosity=1."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "hgmt_verbose", False):
+            return False
+        if record.pathname.startswith(_HGMT_DIR):
+            return True
+        if record.levelno >= logging.ERROR and (
+                disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
+                or disk_space.is_disk_full(Exception(record.getMessage()))):
+            return False
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
+    """The console's handlers (the root logger's) show `UserLines` only, unless `verbosity`
+    >= 1, while the block runs; with `keep` the filter stays after it (a command's process,
+    which may log the failed writes of a full disk while it exits), else the handlers are
+    given back as they were (a caller of `main` in the same process: a test, a notebook)."""
+    quiet = UserLines()
+    handlers = list(logging.getLogger().handlers) if verbosity < 1 else []
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers if not keep else ():
+            handler.removeFilter(quiet)
 
 
 def define_workdir(fv: flags.FlagValues) -> None:

@@ -45,6 +45,7 @@ def _define_flags(fv) -> None:
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
                       "computes (docs/metrics.md)", flag_values=fv)
+    cli.define_verbosity(fv)
     flags.DEFINE_string("out_file", None, "JSON path (default <workdir>/eval_<split>_<step>"
                         "[_<frames>][_flip][_first<N>][_<protocol>].json: the frames when not "
                         "middle, the example limit when there is one); a .md table is "
@@ -58,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+    with cli.user_lines(args.verbosity, keep=argv is None):
+        return _run(args, step_arg)
+
+
+def _run(args, step_arg: int | str | None) -> int:
+    """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
+    traceback = args.verbosity >= 1
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                     args.config)
     configured = evaluator.settings_of(config)
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     flip = configured["flip"] if args.flip is None else args.flip
     max_examples = configured["max_examples"] if args.max_examples is None else args.max_examples
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
-                                shards.DamagedShard):
+                                shards.DamagedShard, traceback=traceback):
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
                                          flip=flip, protocol=args.protocol,

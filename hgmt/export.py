@@ -22,6 +22,7 @@ and how to decode each output: its channels' meaning and the label pixels' place
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -39,13 +40,22 @@ def _define_flags(fv) -> None:
                       required=True)
     flags.DEFINE_string("out_dir", None, "output directory: the artefact and hgmt.json go "
                         "into it", flag_values=fv, required=True)
+    cli.define_verbosity(fv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out_dir=DIR
     [--step=N|best]`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with cli.user_lines(args.verbosity, keep=argv is None):
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The export of `main`, its flags parsed and its console set up; -> exit status."""
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError,
+                                traceback=args.verbosity >= 1):
         meta = export.export(args.workdir, args.format, args.out_dir,
                              cli.checkpoint_step(args.step), args.config)
     size = meta["image_size"]

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 
-from hgmt import cli, compilation_cache, disk_space, paths  # noqa: E402
+from hgmt import cli, compilation_cache, paths  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -57,8 +57,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop.",
                          flag_values=fv)
-    flags.DEFINE_integer("verbosity", 0, "1: also the INFO lines of orbax, TFDS and JAX.",
-                         flag_values=fv)
+    cli.define_verbosity(fv)
 
 
 def prepare_demo_dataset(config) -> None:
@@ -96,28 +95,6 @@ def _demo_dataset_on_process_0(config) -> None:
     if failed:
         raise RuntimeError(f"process 0 could not prepare the demo dataset (its log names the "
                            f"error); this is process {jax.process_index()}, stopping")
-
-
-class UserLines(logging.Filter):
-    """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
-    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with
-    `extra=device_memory.VERBOSE`, e.g. XLA's out-of-memory dump), and the errors (with
-    tracebacks) orbax logs from its threads when a write fails on a full disk, which the run's
-    own DiskFull line reports, show only with --verbosity=1."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "hgmt_verbose", False):
-            return False
-        if record.pathname.startswith(_HGMT_DIR):
-            return True
-        if record.levelno >= logging.ERROR and (
-                disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
-                or disk_space.is_disk_full(Exception(record.getMessage()))):
-            return False
-        return record.levelno >= logging.WARNING
-
-
-_HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -164,15 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     # the same process (a test, a notebook) gets its handlers back as they were; the command
     # keeps the filter while the process exits, when asyncio logs the failed writes of a full
     # disk's checkpoint that orbax never retrieved.
-    quiet = UserLines()
-    handlers = list(logging.getLogger().handlers) if FLAGS.verbosity < 1 else []
-    for handler in handlers:
-        handler.addFilter(quiet)
-    try:
+    with cli.user_lines(FLAGS.verbosity, keep=argv is None):
         return _run(FLAGS)
-    finally:
-        for handler in handlers if argv is not None else ():
-            handler.removeFilter(quiet)
 
 
 def _run(fv: flags.FlagValues) -> int:

@@ -66,6 +66,7 @@ def _define_flags(fv) -> None:
     flags.DEFINE_float("focal_px", None, "the camera's focal length in pixels, for 3D decoding "
                        "(default: a 30 degree field of view along the image's longer side)",
                        flag_values=fv, lower_bound=1e-6)
+    cli.define_verbosity(fv)
 
 
 def _outputs(path: str, out_dir: str) -> dict[str, str]:
@@ -100,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                              cli.workdir_config(argv), positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with cli.user_lines(args.verbosity, keep=argv is None):
+        return _run(args, images)
+
+
+def _run(args, images: list[str]) -> int:
+    """The prediction of `main`, its flags parsed and its console set up; -> exit status."""
+    traceback = args.verbosity >= 1
     bbox = None
     if args.bbox:
         try:
@@ -114,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
     _check_outputs(images, args.out_dir)
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size, focal_px=args.focal_px)
     # A full disk or out of device memory ends the command in one line: each would fail
     # every input after it too, so it is not an input to skip.
-    with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory), \
+    with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
+                                traceback=traceback), \
             device_memory.explained(model.config, "while predicting",
                                     batch_flag=("--batch_size", model.batch_size)):
         with disk_space.reported(args.out_dir, "the output folder", _THEN):

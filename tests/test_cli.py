@@ -18,9 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = {
     "hgmt.main": ["config", "workdir", "distributed", "compilation_cache", "verbosity"],
     "hgmt.evaluate": ["workdir", "step", "split", "frames", "max_examples", "flip",
-                      "protocol", "out_file"],
-    "hgmt.predict": ["workdir", "step", "out_dir", "bbox"],
-    "hgmt.export": ["workdir", "step", "format", "out_dir"],
+                      "protocol", "out_file", "verbosity"],
+    "hgmt.predict": ["workdir", "step", "out_dir", "bbox", "verbosity"],
+    "hgmt.export": ["workdir", "step", "format", "out_dir", "verbosity"],
     "hgmt.report": ["sweep_dir", "out_dir", "note", "note_file", "protocol", "check_config"],
     "hgmt.models.summary": ["config", "all_subsets", "json"],
     "hgmt.data.check": ["data_dir", "dataset", "splits"],
@@ -254,7 +254,7 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     gets a verbose record afterwards."""
     import logging
 
-    from hgmt.training import device_memory
+    from hgmt import cli
 
     root = logging.getLogger()
     before = {h: list(h.filters) for h in root.handlers}
@@ -264,7 +264,7 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     assert {h: list(h.filters) for h in root.handlers} == before
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        logging.info("a verbose line", extra=device_memory.VERBOSE)
+        logging.info("a verbose line", extra=cli.VERBOSE)
     assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
 
 

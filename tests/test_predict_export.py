@@ -22,7 +22,7 @@ from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal, synthetic
 from hgmt.tasks import TASKS, common, drawing, heads
-from hgmt.training import checkpoints, loop
+from hgmt.training import checkpoints, device_memory, loop
 from tests.conftest import tiny_config
 
 
@@ -351,6 +351,39 @@ def test_out_of_device_memory_stops_the_command_naming_the_batch_flag(
     assert hgmt.predict.main([photo, f"--workdir={workdir}", f"--out_dir={out}",
                               "--config.model.dtype=bfloat16"]) == 0
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
+
+
+@pytest.mark.parametrize("command", [hgmt.evaluate, hgmt.predict])
+def test_xla_allocation_dump_is_shown_with_verbosity_only(workdir, tmp_path, monkeypatch,
+                                                          caplog, command):
+    """XLA's out-of-memory message in full (its allocation dump) reaches the console's
+    handlers only with --verbosity=1, which also raises the error with its traceback instead
+    of the one line; the handlers are given back as they were after each call."""
+    import logging
+
+    def out_of_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(_GPU_OOM)
+
+    monkeypatch.setattr(evaluator, "evaluate", out_of_memory)
+    monkeypatch.setattr(prediction.Predictor, "_forward", out_of_memory)
+    photo = str(tmp_path / "photo.jpg")
+    _stick_figure(photo)
+    args = {hgmt.evaluate: [], hgmt.predict: [photo, f"--out_dir={tmp_path / 'out'}"]}[command]
+    root = logging.getLogger()
+    before = {h: list(h.filters) for h in root.handlers}
+
+    def dumps() -> int:
+        return sum("allocation 39" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(SystemExit) as stop:
+            command.main([f"--workdir={workdir}", *args])
+        assert str(stop.value.code).startswith("error: OutOfDeviceMemory: out of device "
+                                               "memory while ")
+        assert dumps() == 0 and {h: list(h.filters) for h in root.handlers} == before
+        with pytest.raises(device_memory.OutOfDeviceMemory):
+            command.main([f"--workdir={workdir}", *args, "--verbosity=1"])
+        assert dumps() == 1 and {h: list(h.filters) for h in root.handlers} == before
 
 
 def test_tile_wraps_pictures_into_rows():

@@ -8,7 +8,7 @@ past the process's address-space limit such as `ulimit -v`: "Out of memory alloc
 change. `explained(config)` catches that error and raises `OutOfDeviceMemory`: the per-device
 batch, the image size, the model's size, the memory XLA asked for and the device has (where
 XLA or the device says), and the settings to lower. XLA's full message is logged as a verbose
-line (`VERBOSE`), which `hgmt.main` shows only with `--verbosity=1`.
+line (`cli.VERBOSE`), which the commands show only with `--verbosity=1`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 
-# `extra=` of a log line that only --verbosity=1 shows (hgmt.main's filter drops it otherwise).
-VERBOSE = {"hgmt_verbose": True}
+from hgmt import cli
+
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -167,12 +167,12 @@ def explained(config: ml_collections.ConfigDict, what: str,
               batch_field: str = "batch_size",
               batch_flag: tuple[str, int] | None = None) -> Iterator[None]:
     """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
-    XLA's full message is logged as a VERBOSE line."""
+    XLA's full message is logged as a verbose line (`cli.VERBOSE`)."""
     try:
         yield
     except Exception as e:
         if not is_out_of_memory(e):
             raise
         logging.info("XLA's out-of-memory message in full:\n%s", _xla_out_of_memory(e),
-                     extra=VERBOSE)
+                     extra=cli.VERBOSE)
         raise explain(e, config, what, batch_field, batch_flag) from None
