@@ -134,17 +134,24 @@ class Evaluator:
         # The records that did not read while the frames were selected: their frames, so
         # whether `frames` takes them, are unknown (`_damaged` reports them apart).
         self.unreadable: list[int] = []
+        # Each process meets the damaged records of its share of the batches: their union
+        # (a collective) is what every process reports.
+        self.combine = damage.union_over_processes if jax.process_count() > 1 else None
         if indices is None:  # by default each clip's middle frame
             indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
                                                   self.frames, self.unreadable)
+            if self.combine is not None:
+                # Every process selects the frames alone; a record that one of them could not
+                # read (an I/O error that outlasted the retries) is left out by all, so that
+                # they split the same frames between them and run the same batches.
+                self.unreadable = self.combine(self.unreadable)
+                left_out = set(self.unreadable)
+                indices = [i for i in indices if i not in left_out]
         if max_examples and len(indices) > max_examples:
             # Selection follows the split's order: a record after the last one taken would not
             # have been reached had it read.
             self.unreadable = [i for i in self.unreadable if i < indices[max_examples - 1]]
             indices = indices[:max_examples]
-        # Each process meets the damaged records of its share of the batches: their union
-        # (a collective) is what every process reports.
-        self.combine = damage.union_over_processes if jax.process_count() > 1 else None
         if not indices:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
                              f"(frames={self.frames})")
@@ -207,8 +214,8 @@ class Evaluator:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
         the records the evaluation took that did not read, left out of its numbers (every
         process's, `combine`), and {'num_unreadable', 'unreadable_records'} those that did not
-        read while the frames were selected (every process reads them all), whose frames are
-        unknown: each is left out if it is one of the frames asked for, which cannot be told.
+        read on any process while the frames were selected, whose frames are unknown: each is
+        left out if it is one of the frames asked for, which cannot be told.
         Records beyond `max_examples`' reach are in neither."""
         if self.combine is not None:
             damaged = self.combine(damaged)
