@@ -134,6 +134,22 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
         _sync_folder(folder)
 
 
+def rename_together(staged: Sequence[tuple[str, str]]) -> None:
+    """Renames each local file (staged, path) into place as one output: every staged file's
+    data synced first and the folders after, so that a power loss leaves the old files or the
+    new ones whole (`write_together`, for files written elsewhere, e.g. streamed)."""
+    for tmp, _ in staged:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    for folder in sorted({os.path.dirname(os.path.abspath(path)) for _, path in staged}):
+        _sync_folder(folder)
+
+
 def _sync_folder(folder: str) -> None:
     """Makes the renames and new files in the local `folder` durable (fsync of the folder);
     a filesystem that cannot sync a folder (EINVAL, e.g. some network and FUSE ones) keeps its

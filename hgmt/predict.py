@@ -78,16 +78,32 @@ def _outputs(path: str, out_dir: str) -> dict[str, str]:
     return {"panel": name + ".png", "json": name + ".json"}
 
 
+def _same_input(out: str, inputs: list[str]) -> str | None:
+    """The input that the file `out` would replace: one of the same path once symbolic links
+    are resolved, or, when `out` exists, the same file (a case-insensitive file system's
+    other spelling of its name)."""
+    real = os.path.normcase(os.path.realpath(out))
+    for path in inputs:
+        if os.path.normcase(os.path.realpath(path)) == real:
+            return path
+        with contextlib.suppress(OSError):
+            if os.path.samefile(out, path):
+                return path
+    return None
+
+
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
-    """Stops, before anything is written, when an output would replace an input or another
-    input's output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
-    inputs_at = {os.path.abspath(p): p for p in inputs}
+    """Stops, before anything is written, when an output would replace an input (by any
+    path to it: a symbolic link to the folder, another case of its name) or another input's
+    output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
     written: dict[str, str] = {}
     for path in inputs:
         for out in map(os.path.abspath, _outputs(path, out_dir).values()):
-            if out in inputs_at:
+            replaced = _same_input(out, inputs)
+            if replaced is not None:
                 raise SystemExit(f"error: the prediction of {path} would overwrite the input "
-                                 f"{inputs_at[out]}: choose another --out_dir")
+                                 f"{replaced}: choose another --out_dir")
+            out = os.path.normcase(os.path.realpath(out))
             if out in written and written[out] != path:
                 raise SystemExit(f"error: {written[out]} and {path} would both write {out}: "
                                  f"predict them into separate --out_dir folders")
@@ -147,10 +163,11 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
     was written; a video that cannot be read or encoded is reported and skipped. A full disk
     raises `disk_space.DiskFull` naming the files, none of them left partial."""
     out = _outputs(path, out_dir)
-    names = f"{os.path.basename(out['jsonl'])} and {os.path.basename(out['annotated_video'])}"
+    names = (f"{os.path.basename(out['jsonl'])}, {os.path.basename(out['annotated_video'])} "
+             f"and {os.path.basename(out['summary'])}")
 
     def no_partial() -> str:  # predict_video removes them too; this makes sure
-        for name in (out["jsonl"], out["annotated_video"]):
+        for name in out.values():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(video.partial_name(name))
         return "Nothing partial was left behind."
@@ -164,9 +181,6 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
     except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
         print(f"skipped {path}: {e}", file=sys.stderr)
         return False
-    summary.update(step=model.step, tasks=list(model.tasks))
-    disk_space.write_atomically(out["summary"], lambda f: json.dump(summary, f, indent=1),
-                                then=f"{names} are written whole. {_THEN}")
     damaged = (f" (damaged packets skipped: {summary['damaged_packets']})"
                if summary["damaged_packets"] else "")
     print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "

@@ -1,5 +1,6 @@
 """Inference on any image (hgmt.predict) and exported artefacts (hgmt.export)."""
 
+import errno
 import json
 import os
 import re
@@ -258,6 +259,12 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
                                          f"{out}/photo.png: predict them into separate"):
         hgmt.predict.main([str(photo), str(other), f"--workdir={workdir}", f"--out_dir={out}"])
     assert photo.read_bytes() == before and not out.exists()
+    # The input's folder by a symbolic link: the same file by another path.
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(SystemExit, match=f"the prediction of {photo} would overwrite the "
+                                         f"input {photo}: choose another --out_dir"):
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={tmp_path}/link"])
+    assert photo.read_bytes() == before
 
 
 PAGE = 4096  # tmpfs counts its space in pages
@@ -272,8 +279,8 @@ def test_a_full_disk_stops_the_command_in_one_line_leaving_nothing_partial(
     """The output folder on a real size-limited tmpfs with room for an image's panel but not
     its JSON: the command stops (exit 1) with one line naming DiskFull and the JSON, neither
     the panel nor the JSON nor a temporary file is left, and the next input is not tried. On
-    the disk filled up, a video stops it the same way, naming its .jsonl and .annotated.mp4,
-    nothing partial left, and it is not reported as a skipped input."""
+    the disk filled up, a video stops it the same way, naming its .jsonl, .annotated.mp4 and
+    .summary.json, nothing partial left, and it is not reported as a skipped input."""
     photo, other = str(tmp_path / "photo.jpg"), str(tmp_path / "other.jpg")
     _stick_figure(photo)
     _stick_figure(other)
@@ -306,12 +313,51 @@ def test_a_full_disk_stops_the_command_in_one_line_leaving_nothing_partial(
     with pytest.raises(SystemExit) as stop:
         hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}"])
     message = str(stop.value.code)
-    assert message.startswith(f"error: DiskFull: [Errno 28] cannot write 03_01_c0001.jsonl "
-                              f"and 03_01_c0001.annotated.mp4 (the prediction of {DEMO_CLIP}) "
+    assert message.startswith(f"error: DiskFull: [Errno 28] cannot write 03_01_c0001.jsonl, "
+                              f"03_01_c0001.annotated.mp4 and 03_01_c0001.summary.json (the "
+                              f"prediction of {DEMO_CLIP}) "
                               f"to {out}: the disk or quota is full (0 bytes free on it). "
                               f"Nothing partial was left behind. Free space"), message
     assert "\n" not in message
     assert os.listdir(out) == [] and "skipped" not in capsys.readouterr().err
+
+
+def test_a_videos_three_files_are_one_runs_synced_before_their_rename(workdir, tmp_path,
+                                                                      monkeypatch):
+    """A video's .jsonl, .annotated.mp4 and .summary.json are renamed into place together,
+    each file's data synced before the renames: a failure while writing the summary (here a
+    full disk) leaves the previous run's three files as they were, not new frames beside an
+    old summary."""
+    out = tmp_path / "out"
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert len(before) == 3
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(
+        ("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(
+        ("rename", os.path.basename(b))), replace(a, b))[1])
+    bbox = "--bbox=10,10,40,40"  # other lines than the first run's
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox]) == 0
+    files = ["03_01_c0001.jsonl", "03_01_c0001.annotated.mp4", "03_01_c0001.summary.json"]
+    assert events == [("sync", f"{name}.partial") for name in files] + [
+        ("rename", name) for name in files] + [("sync", "out")]
+    assert (out / files[0]).read_bytes() != before[files[0]]
+    for name in files:
+        (out / name).write_bytes(before[name])
+
+    real_dump = json.dump
+
+    def dump(obj, f, **kwargs):
+        if "annotated_video" in obj:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump)
+    with pytest.raises(SystemExit, match="DiskFull"):
+        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox])
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
 # XLA's out-of-memory error on a GPU, its allocation dump shortened.

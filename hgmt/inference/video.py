@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from hgmt import disk_space
 from hgmt.inference import predictor as prediction
 from hgmt.tasks import TASKS
 
@@ -278,8 +279,8 @@ def partial_name(path: str) -> str:
 
 
 def outputs(path: str, out_dir: str) -> dict[str, str]:
-    """The files the prediction of the video at `path` writes into `out_dir`: 'jsonl' (a line
-    per frame), 'annotated_video' (`predict_video`) and 'summary' (hgmt.predict's)."""
+    """The files the prediction of the video at `path` writes into `out_dir` (`predict_video`):
+    'jsonl' (a line per frame), 'annotated_video' and 'summary'."""
     name = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
     return {"jsonl": name + ".jsonl", "annotated_video": name + ".annotated.mp4",
             "summary": name + ".summary.json"}
@@ -290,16 +291,19 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     """Predicts every frame of the video at `path` (each frame's person found, or the window
     around `bbox` in every frame) and writes OUT_DIR/<name>.jsonl (one line per frame:
     'frame' index, 'time_s', and `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4
-    (`annotate`, each frame at its source time). -> a summary: frames, seconds,
-    'frames_per_second' end to end (reading, the model, drawing and writing included) and of
-    `Predictor.predict` alone, each without the first batch (JAX compiles there) when there
-    is more than one, the device, and 'damaged_packets' (`Clip`).
+    (`annotate`, each frame at its source time), and OUT_DIR/<name>.summary.json, the
+    returned summary: frames, seconds, 'frames_per_second' end to end (reading, the model,
+    drawing and writing included) and of `Predictor.predict` alone, each without the first
+    batch (JAX compiles there) when there is more than one, the device, 'damaged_packets'
+    (`Clip`), the checkpoint's step and tasks.
 
-    Both files are written under `partial_name`s and renamed when the clip is done: on an
-    error they are deleted, so a .jsonl or .annotated.mp4 there is always a whole clip's."""
+    The files are written under `partial_name`s and renamed together when the clip is done,
+    their data synced first (`disk_space.rename_together`): on an error they are deleted, so
+    the three files there are always one whole clip's, of one run."""
     import jax
 
-    lines_path, video_path = (outputs(path, out_dir)[k] for k in ("jsonl", "annotated_video"))
+    lines_path, video_path, summary_path = (outputs(path, out_dir)[k] for k in
+                                            ("jsonl", "annotated_video", "summary"))
     if os.path.abspath(video_path) == os.path.abspath(path):
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
     count, batches = 0, []  # (frames, seconds end to end, seconds predicting) per batch
@@ -325,21 +329,25 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
             if not count:
                 raise ValueError(f"video {path} holds no frames")
             writer.close()
+            steady = batches[1:] or batches
+            frames = sum(b[0] for b in steady)
+            summary = {
+                "video": os.path.abspath(path), "frames": count,
+                "damaged_packets": clip.damaged_packets,
+                "seconds": round(sum(b[1] for b in batches), 3),
+                "frames_per_second": round(frames / sum(b[1] for b in steady), 3),
+                "predict_frames_per_second": round(frames / sum(b[2] for b in steady), 3),
+                "first_batch_excluded": len(batches) > 1, "batch_size": model.batch_size,
+                "device": str(jax.devices()[0].device_kind), "jsonl": lines_path,
+                "annotated_video": video_path, "step": model.step, "tasks": list(model.tasks)}
+            with open(partial_name(summary_path), "w") as f:
+                json.dump(summary, f, indent=1)
+            disk_space.rename_together([(partial_name(name), name) for name in
+                                        (lines_path, video_path, summary_path)])
         except BaseException:
             writer.abandon()
-            for name in (lines_path, video_path):
+            for name in (lines_path, video_path, summary_path):
                 if os.path.exists(partial_name(name)):
                     os.remove(partial_name(name))
             raise
-    for name in (lines_path, video_path):
-        os.replace(partial_name(name), name)
-    steady = batches[1:] or batches
-    frames = sum(b[0] for b in steady)
-    return {"video": os.path.abspath(path), "frames": count,
-            "damaged_packets": clip.damaged_packets,
-            "seconds": round(sum(b[1] for b in batches), 3),
-            "frames_per_second": round(frames / sum(b[1] for b in steady), 3),
-            "predict_frames_per_second": round(frames / sum(b[2] for b in steady), 3),
-            "first_batch_excluded": len(batches) > 1, "batch_size": model.batch_size,
-            "device": str(jax.devices()[0].device_kind), "jsonl": lines_path,
-            "annotated_video": video_path}
+    return summary
