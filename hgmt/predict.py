@@ -110,6 +110,22 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
             written[out] = path
 
 
+def _make_output_folder(out_dir: str) -> None:
+    """Creates `out_dir` (and its parents); one that cannot be made or written into (a file
+    of that name, no permission, a read-only disk) stops the command in one line. A full
+    disk propagates, for `disk_space.reported`."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        if disk_space.is_disk_full(e):
+            raise
+        raise SystemExit(f"error: --out_dir={out_dir} cannot be made a folder "
+                         f"({e.strerror or e}): give a folder this user can write") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out_dir={out_dir} is not writable by this user: give a "
+                         f"folder this user can write")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
     [--batch_size=8] IMAGE_OR_VIDEO...`."""
@@ -148,7 +164,7 @@ def _run(args, images: list[str]) -> int:
             device_memory.explained(model.config, "while predicting",
                                     batch_flag=("--batch_size", model.batch_size)):
         with disk_space.reported(args.out_dir, "the output folder", _THEN):
-            os.makedirs(args.out_dir, exist_ok=True)
+            _make_output_folder(args.out_dir)
         failed = []
         for path in images:
             predict = _predict_video if video.is_video(path) else _predict_image

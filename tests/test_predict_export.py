@@ -265,6 +265,12 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
                                          f"input {photo}: choose another --out_dir"):
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={tmp_path}/link"])
     assert photo.read_bytes() == before
+    # An --out_dir that cannot be a folder: one line.
+    with pytest.raises(SystemExit) as stop:
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={photo}/out"])
+    assert str(stop.value.code) == (f"error: --out_dir={photo}/out cannot be made a folder "
+                                    f"(Not a directory): give a folder this user can write")
+    assert photo.read_bytes() == before
 
 
 PAGE = 4096  # tmpfs counts its space in pages
@@ -531,6 +537,14 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
         predictor(np.zeros((50, 60, 3), np.uint8), bbox=(0, 0, 0, 10))
     with pytest.raises(ValueError, match="expected an RGB uint8 image"):
         predictor(np.zeros((50, 60), np.uint8))
+    # A bbox must overlap the image (60 x 50): one wholly beside it would be predicted on black.
+    for bbox in ((60, 0, 10, 10), (0, 50, 10, 10), (-10, 0, 10, 10), (0, -10, 10, 10)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"bbox {bbox} lies wholly outside the 60 x 50 image: give x, y, w, h in this "
+                f"image's pixels")):
+            predictor(np.zeros((50, 60, 3), np.uint8), bbox=bbox)
+    assert predictor(np.zeros((50, 60, 3), np.uint8), bbox=(-10, -10, 10.5, 10.5))[
+        "window"].found_by == "given"
     empty = tmp_path / "empty"  # a config but no checkpoint yet
     empty.mkdir()
     workdirs.save_config(predictor.config, str(empty))

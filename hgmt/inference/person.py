@@ -54,6 +54,19 @@ class Window:
             raise ValueError(f"bbox {tuple(bbox)}: width and height must be positive")
         return Window(np.array([x + bw / 2 - 0.5, y + bh / 2 - 0.5]), max(bw, bh), "given")
 
+    @staticmethod
+    def given_in(bbox: Sequence[float], shape: Sequence[int]) -> Window:
+        """`given`, for an image of `shape` (H, W, ...) that the bbox must overlap: one wholly
+        outside it (given for another resolution, or for the frame before its rotation)
+        would be predicted on black."""
+        window = Window.given(bbox)
+        x, y, bw, bh = (float(v) for v in bbox)
+        h, w = shape[:2]
+        if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+            raise ValueError(f"bbox {tuple(bbox)} lies wholly outside the {w} x {h} image: "
+                             f"give x, y, w, h in this image's pixels")
+        return window
+
     @property
     def bbox(self) -> list[float]:
         """(x, y, w, h) of the window, as `given` takes it (w == h)."""

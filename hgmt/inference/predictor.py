@@ -92,7 +92,8 @@ class Predictor:
         if len(bboxes) != len(images):
             raise ValueError(f"{len(bboxes)} bboxes for {len(images)} images: give one each "
                              f"(None to find the person)")
-        windows = [None if b is None else person.Window.given(b) for b in bboxes]
+        windows = [None if b is None else person.Window.given_in(b, image.shape)
+                   for b, image in zip(bboxes, images, strict=True)]
         passes = [0] * len(images)
         done: dict[int, tuple] = {}  # image -> (crop, m_label, raw) on its final window
         search = [i for i, w in enumerate(windows) if w is None]
