@@ -49,7 +49,7 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
                    capture_output=True, text=True, check=True)
     plan = runs.plan(str(tmp_path / "s"))
     assert plan["config"] == str(tmp_path / "mine.py")
-    assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == ["pose2d"]
+    assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == "pose2d"
 
 
 def test_sweep_rejects_unknown_task(tmp_path):
