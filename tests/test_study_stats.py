@@ -71,3 +71,19 @@ def test_interval_formats():
     t = {"change": 0.01146, "low": 0.00026, "high": 0.0227}
     assert stats.interval(t) == "+0.0115 [+0.00026, +0.023]"
     assert stats.interval({"change": 79.1, "low": 41.2, "high": 117.6}) == "+79.1 [+41, +118]"
+
+
+@pytest.mark.parametrize("x, digits, text", [
+    (99.4, 2, "+99"), (-99.49, 2, "-99"), (99.5, 2, "+100"), (99.7, 2, "+100"),
+    (-99.96, 2, "-100"), (100.4, 2, "+100"), (99.94, 3, "+99.9"), (99.96, 3, "+100"),
+    (0.0999, 2, "+0.1"), (-41.2, 2, "-41"), (117.6, 2, "+118")])
+def test_signed_prints_values_that_round_to_100_as_whole_numbers(x, digits, text):
+    """Either side of 100 at 2 and 3 significant digits: below the rounding boundary the
+    digits, from it on a whole number, never an exponent ('+1e+02')."""
+    assert stats.signed(x, digits) == text
+
+
+def test_interval_near_100_prints_whole_numbers():
+    t = {"change": 99.96, "low": 99.6, "high": 99.9}
+    assert stats.interval(t) == "+100 [+100, +100]"
+    assert stats.interval({"change": 99.4, "low": 99.2, "high": 99.45}) == "+99.4 [+99, +99]"

@@ -100,8 +100,11 @@ def judge(tests: Mapping[str, dict | None]) -> dict[str, dict]:
 
 def signed(x: float, digits: int = 2) -> str:
     """x with its sign and `digits` significant digits, whole numbers from 100 on: '+0.0065',
-    '-41', '+118'; '0' for zero."""
-    return "0" if x == 0 else f"{x:+.0f}" if abs(x) >= 100 else f"{x:+.{digits}g}"
+    '-41', '+118'; '0' for zero. The cut is on x rounded to `digits` digits, so a value that
+    rounds up to 100 (99.7 at 2 digits) prints '+100', not '+1e+02'."""
+    if x == 0:
+        return "0"
+    return f"{x:+.0f}" if abs(float(f"{x:.{digits}g}")) >= 100 else f"{x:+.{digits}g}"
 
 
 def bounds(t: dict) -> str:
