@@ -12,7 +12,9 @@ report.json, claims.json (hgmt/study/claims.py) and bar charts: for each task it
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
 (`<task>_per_item.png`). The README ends with the config the runs used (their own
-config.json files).
+config.json files). Runs evaluated on other frames (number, split, frame selector, flip test or
+crop window) do not compare: the report then writes nothing and stops with one error naming
+the runs and the `hgmt.evaluate` command that evaluates them alike.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose

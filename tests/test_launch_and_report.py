@@ -296,42 +296,96 @@ def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_
     assert json.loads((sweep_dir / "sweep.json").read_text()) == plan
 
 
-def test_report_names_runs_outside_the_plan_and_evaluations_that_differ(tmp_path):
+def test_report_names_runs_outside_the_plan(tmp_path):
     """A finished run the plan does not hold is counted in the tables: the progress line names
-    it; runs evaluated on other frames do not compare: the line says so."""
+    it, and the frames every run was evaluated on."""
     sweep_dir = tmp_path / "sweep"
-    for name, frames in (("pose2d", 240), ("pose2d+segm", 240), ("pose2d@seed3", 120)):
+    for name in ("pose2d", "pose2d+segm", "pose2d@seed3"):
         (sweep_dir / name).mkdir(parents=True)
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(
-            {**_summary(pck=0.8), "num_examples": frames, "split": "test",
+            {**_summary(pck=0.8), "num_examples": 240, "split": "test",
              "frames": "every4", "flip": False}))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
                                                       "seeds": 1}))
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
-    assert line.startswith("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in "
-                           "the plan, counted in the tables: pose2d@seed3. The runs were not "
-                           "all evaluated alike"), line
-    assert "do not compare" in line
+    assert line == ("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in the plan, "
+                    "counted in the tables: pose2d@seed3. Each is evaluated on 240 frames of "
+                    "split `test` (frames: every4)."), line
 
 
-def test_report_says_when_runs_were_evaluated_in_other_crop_windows(tmp_path):
-    """Two bodynet summaries of the same frames, one in the references' crop window and one
-    made before the reference protocols had it (no `window`: hgmt's): they do not compare.
-    All in the reference window: the line says that window."""
+def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
+    """Seven runs on 240 every4 frames, one on the 24 middle frames: the numbers do not
+    compare, so hgmt.report writes no table and no verdict; its one error line names both
+    groups and the command that evaluates the odd run as the others were."""
     sweep_dir = tmp_path / "sweep"
-    for name, window in (("pose2d", "reference"), ("pose2d+segm", None)):
-        (sweep_dir / name).mkdir(parents=True)
+    every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False}
+    runs_of = {"pose2d": 3, "pose2d+segm": 3, "segm": 2}
+    for tasks, seeds in runs_of.items():
+        for k in range(seeds):
+            evaluation = ({"num_examples": 24, "frames": "middle"}
+                          if (tasks, k) == ("pose2d+segm", 1) else {})
+            run = sweep_dir / workdirs.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test.json").write_text(json.dumps(
+                {**_summary(pck=0.8 + 0.01 * k, iou=0.5), **every4, **evaluation}))
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
+    assert str(e.value.code) == (
+        f"error: ValueError: {sweep_dir}: the runs were not all evaluated alike, so their "
+        f"numbers do not compare: 7 runs with num_examples 240, split test, frames every4, "
+        f"flip False, window hgmt (pose2d, pose2d+segm, pose2d+segm@seed2, pose2d@seed1, "
+        f"pose2d@seed2 and 2 other runs); 1 run with num_examples 24, split test, frames "
+        f"middle, flip False, window hgmt (pose2d+segm@seed1). Evaluate pose2d+segm@seed1 "
+        f"again as the others, for each <run>: python -m hgmt.evaluate "
+        f"--workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
+        f"--max_examples=240 --protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json")
+    assert not out.exists()
+    path = sweep_dir / "pose2d+segm@seed1" / "eval_test.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **every4}))
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    assert json.loads((out / "claims.json").read_text())
+
+
+def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
+    """Two bodynet summaries of the same frames, one in the references' crop window and one
+    made before the reference protocols had it (no `window`: hgmt's): they do not compare,
+    and the one to evaluate again is the one outside the window hgmt.evaluate uses today.
+    With no run in that window, every run is to be evaluated again. All in the reference
+    window: the progress line says that window."""
+    sweep_dir = tmp_path / "sweep"
+
+    def write(name, window):
+        (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False}
         summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
         if window:
             summary["window"] = window
         (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(summary))
-    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
-    assert "The runs were not all evaluated alike (num_examples, split, frames, flip, window" \
-           in line and "'hgmt')" in line and "'reference')" in line, line
-    path = sweep_dir / "pose2d+segm" / "eval_test_bodynet.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "window": "reference"}))
+
+    write("pose2d", "reference")
+    write("pose2d+segm", None)
+    with pytest.raises(ValueError) as e:
+        report.load_sweep(str(sweep_dir), "bodynet")
+    assert ("1 run with num_examples 240, split test, frames middle, flip False, window hgmt "
+            "(pose2d+segm); 1 run with num_examples 240, split test, frames middle, flip "
+            "False, window reference (pose2d). Evaluate pose2d+segm again as the others, for "
+            "each <run>: python -m hgmt.evaluate") in str(e.value), e.value
+    assert str(e.value).endswith(f"--protocol=bodynet --out_file={sweep_dir}/<run>/"
+                                 f"eval_test_bodynet.json"), e.value
+    write("pose2d", None)
+    write("pose2d@seed1", "hgmt")
+    (sweep_dir / "pose2d+segm" / "eval_test_bodynet.json").write_text(
+        (sweep_dir / "pose2d" / "eval_test_bodynet.json").read_text().replace(
+            '"num_examples": 240', '"num_examples": 120'))
+    with pytest.raises(ValueError, match=re.escape(
+            "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
+            "reference), for each <run>: python -m hgmt.evaluate --workdir=")) as e:
+        report.load_sweep(str(sweep_dir), "bodynet")
+    assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value
+    for name in ("pose2d", "pose2d@seed1", "pose2d+segm"):
+        write(name, "reference")
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
                          "crop window: reference)."), line

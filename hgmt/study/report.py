@@ -34,7 +34,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
     name_of = workdirs.result_file(protocol)
-    results, seeds = {}, {}
+    results, seeds, evaluated = {}, {}, {}
     for name in sorted(os.listdir(sweep_dir)):
         path = _result_path(os.path.join(sweep_dir, name), protocol)
         if path is None:
@@ -43,6 +43,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         _check_seed(sweep_dir, name, seeds.setdefault(tasks, {}))
         with open(path) as f:
             results.setdefault(tasks, []).append(json.load(f))
+        evaluated[name] = _evaluation(results[tasks][-1])
         found = results[tasks][-1].get("protocol", "hgmt")
         if found != protocol:
             raise ValueError(
@@ -58,7 +59,59 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
             f"launch/sweep.py with --protocols={protocol})")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
+    _check_evaluated_alike(sweep_dir, protocol, evaluated)
     return results
+
+
+# What an evaluation summary records of the frames it was made on; runs compare only when
+# these agree.
+EVALUATION = ("num_examples", "split", "frames", "flip", "window")
+
+
+def _evaluation(summary: dict) -> tuple:
+    """The summary's EVALUATION values; a summary without `window` was made before the
+    reference protocols had their own crop window: in hgmt's, whatever its protocol."""
+    return tuple(summary.get(k, "hgmt" if k == "window" else None) for k in EVALUATION)
+
+
+def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple]) -> None:
+    """Refuses runs (`evaluated`: {run: `_evaluation`}) not all evaluated alike: their numbers
+    do not compare, so neither do the tables and verdicts made of them. The error names each
+    group of runs with its evaluation and the hgmt.evaluate command that evaluates the others
+    as the most runs were (every run where their crop window is not the one hgmt.evaluate
+    uses for `protocol` today)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, settings in evaluated.items():
+        groups.setdefault(settings, []).append(name)
+    if len(groups) < 2:
+        return
+    today = protocols.window(protocol)
+    target = max(groups, key=lambda k: (k[-1] == today, len(groups[k]), str(k)))
+    redo = (sorted(evaluated) if target[-1] != today else
+            sorted(n for k, names in groups.items() if k != target for n in names))
+    num_examples, split, frames, flip, _ = target
+    command = (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
+               f"--split={split or 'test'} --frames={frames or 'middle'} "
+               f"--{'' if flip else 'no'}flip"
+               + ("" if num_examples is None else f" --max_examples={num_examples}")
+               + f" --protocol={protocol} --out_file="
+               f"{os.path.join(sweep_dir, '<run>', workdirs.result_file(protocol))}")
+    found = "; ".join(
+        f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
+        f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
+        f"({_some(groups[settings])})"
+        for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
+    which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
+             f"{today})" if target[-1] != today else f"{_some(redo)} again as the others")
+    raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
+                     f"do not compare: {found}. Evaluate {which}, for each <run>: {command}")
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """'a, b, c' or, for more than `shown` + 1 names, the first `shown` and how many more."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} other runs"
 
 
 def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
@@ -313,20 +366,12 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
 def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     """A line saying how many of the sweep's planned runs (its sweep.json) have finished,
     which planned runs are missing and which finished runs are not in the plan (the tables
-    count every finished run), and on which test frames they were evaluated (or that the runs
-    differ there)."""
+    count every finished run), and on which test frames they were evaluated (`load_sweep`
+    refuses runs evaluated on other frames)."""
     summaries = [s for runs in results.values() for s in runs]
-    keys = ("num_examples", "split", "frames", "flip", "window")
-    # A summary without `window` was made before the reference protocols had their own crop
-    # window: in hgmt's, whatever its protocol.
-    evaluations = {tuple(s.get(k, "hgmt" if k == "window" else None) for k in keys)
-                   for s in summaries}
     first = summaries[0]
-    window = first.get("window", "hgmt")
-    if len(evaluations) > 1:
-        frames = (f" The runs were not all evaluated alike ({', '.join(keys)}: "
-                  f"{sorted(evaluations, key=str)}): their numbers do not compare.")
-    elif "num_examples" in first:
+    window = _evaluation(first)[EVALUATION.index("window")]
+    if "num_examples" in first:
         frames = (f" Each is evaluated on {first['num_examples']} frames of split "
                   f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}"
                   f"{'' if window == 'hgmt' else f'; crop window: {window}'}).")
