@@ -19,7 +19,11 @@ the runs and the `hgmt.evaluate` command that evaluates them alike.
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
 config.json differs (field by field), and exits 1 if any does, 0 if all match. Editing the
-config file after a sweep is allowed; this says which runs no longer follow it.
+config file after a sweep is allowed; this says which runs no longer follow it. A config.json
+is read in today's layout (`hgmt.workdirs.current_layout`: a run older than `config.evals` has
+its `eval_*` fields compared as the evaluators they amount to); an evaluator that runs at no
+step in either config is not compared. Fields only one side has (an option added since, one
+removed) are listed and do not make it exit 1.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ def _define_flags(fv) -> None:
 
 
 def check_config(sweep_dir: str) -> int:
-    """Prints each finished run whose config differs from the sweep's config in a field both
-    have, with those fields, then the fields the config gained or lost since runs were
-    trained (a new option, a renamed one: to judge by reading); 1 if a run differs, else 0."""
+    """Prints each finished run whose config (in today's layout, `runs.check_configs`)
+    differs from the sweep's config in a field both have, with those fields, then the fields
+    the config gained or lost since runs were trained (a new option, a removed one: to judge
+    by reading); 1 if a run differs, else 0."""
     found = runs.check_configs(sweep_dir)
     stale = {name: diff["changed"] for name, diff in found.items() if diff["changed"]}
     config = runs.plan(sweep_dir)["config"]

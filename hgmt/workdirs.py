@@ -19,9 +19,12 @@ every host of a multi-host run reads.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from etils import epath
@@ -42,6 +45,11 @@ SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tas
 # workdir's config is read, so that they can be overridden (`--config.model.ops=flax` on an
 # evaluation). They choose the program, not what it computes, so the old run's function stays.
 ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto"}
+# The evaluation fields of a config written before `config.evals`, with the value the code of
+# then took for a missing one: validation during training and the test evaluation after it
+# shared the frame settings (`older_evals` gives the evaluators they were).
+OLDER_EVAL_FIELDS = {"eval_frames": "middle", "eval_max_examples": 0,
+                     "eval_split": "validation", "eval_every": 0, "best_metric": "loss/total"}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -143,9 +151,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if config is None:
         raise DamagedRunFile(f"{path} is empty: its write was cut short (a power loss or "
                              f"crash before its data reached the disk). {fix}")
-    for (section, field), value in ADDED_CONFIG_FIELDS.items():
-        if isinstance(config.get(section), dict):
-            config[section].setdefault(field, value)
+    _fill_added_fields(config)
     model = config.get("model")
     if isinstance(model, dict) and model.get("shared_trunk") and model.get(
             "interaction", "sum") != "sum":
@@ -155,6 +161,40 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                         "as 'sum'", path, model["interaction"])
         model["interaction"] = "sum"
     return ml_collections.ConfigDict(config)
+
+
+def _fill_added_fields(config: dict) -> None:
+    """Sets the ADDED_CONFIG_FIELDS a config.json predates to their defaults, in place."""
+    for (section, field), value in ADDED_CONFIG_FIELDS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(field, value)
+
+
+def older_evals(config: Mapping[str, Any]) -> dict[str, dict]:
+    """The `config.evals` (hgmt/training/evaluators.py) that the evaluation fields of a config
+    written before it (OLDER_EVAL_FIELDS) amount to: `validation` every `eval_every` steps on
+    `eval_split` keeping the best checkpoint by `best_metric`, and `test` after the last step,
+    both on the `eval_frames` of their split, at most `eval_max_examples` of them, under
+    hgmt's protocol without the flip test."""
+    old = {k: config.get(k, default) for k, default in OLDER_EVAL_FIELDS.items()}
+    shared = {"frames": old["eval_frames"], "protocol": "hgmt", "flip": False,
+              "max_examples": old["eval_max_examples"]}
+    return {"validation": {"split": old["eval_split"], **shared, "every": old["eval_every"],
+                           "at_end": False, "best_metric": old["best_metric"]},
+            "test": {"split": "test", **shared, "every": 0, "at_end": True, "best_metric": ""}}
+
+
+def current_layout(config: dict) -> dict:
+    """A config.json's fields in today's layout (a copy): those added since it was written at
+    their defaults (ADDED_CONFIG_FIELDS), and for one written before `evals`, its evaluation
+    fields (OLDER_EVAL_FIELDS) replaced by the evaluators they amount to (`older_evals`)."""
+    config = copy.deepcopy(config)
+    _fill_added_fields(config)
+    if "evals" not in config:
+        config["evals"] = older_evals(config)
+        for field in OLDER_EVAL_FIELDS:
+            config.pop(field, None)
+    return config
 
 
 def eval_file(workdir: str, evaluator: str) -> str:

@@ -188,6 +188,33 @@ def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
     assert fv.config.model.ops == "flax" and fv.config.model.features == 64
 
 
+def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(tmp_path):
+    """A config.json written before `evals` (the study's committed runs): its `eval_*` fields
+    and `best_metric` served validation during training and the test evaluation after it;
+    hgmt.evaluate's defaults and `workdirs.current_layout` (hgmt.report --check_config) read
+    them as those two evaluators."""
+    import json
+
+    from hgmt import workdirs
+    from hgmt.evaluation import evaluator
+
+    old = {"model": {"depth": 4}, "tasks": "pose2d", "eval_frames": "every4",
+           "eval_max_examples": 24, "eval_split": "validation", "eval_every": 300,
+           "best_metric": "pose2d/pckh@0.5"}
+    (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(old))
+    config = workdirs.load_config(str(tmp_path))
+    shared = {"frames": "every4", "protocol": "hgmt", "flip": False, "max_examples": 24}
+    assert evaluator.settings_of(config) == {"split": "test", **shared}
+    assert evaluator.settings_of(config, "validation") == {"split": "validation", **shared}
+    assert workdirs.current_layout(old) == {
+        "model": {"depth": 4, "stream_mode": "auto", "ops": "auto"}, "tasks": "pose2d",
+        "evals": {"validation": {"split": "validation", **shared, "every": 300,
+                                 "at_end": False, "best_metric": "pose2d/pckh@0.5"},
+                  "test": {"split": "test", **shared, "every": 0, "at_end": True,
+                           "best_metric": ""}}}
+    assert "evals" not in old and old["model"] == {"depth": 4}  # a copy
+
+
 _CUT_SHORT = ("is empty: its write was cut short (a power loss or crash before its data "
               "reached the disk).")
 

@@ -591,6 +591,41 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
         runs.check_configs(sweep_dir)
 
 
+def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_names(
+        tmp_path, capsys):
+    """A run whose config.json predates `evals` (as the committed study's: `eval_frames`,
+    `eval_max_examples`, `eval_split`, `eval_every`, `best_metric`) is compared in today's
+    layout: at configs/study.py's values it matches, the old names neither listed as removed
+    nor `evals.*` as added; its `eval_frames` other than the config's `evals.test.frames` is a
+    changed field and exit 1. Its validation, which ran at no step, is not compared until the
+    run or the config runs it."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "pose2d+segm": 1})
+    path = os.path.join(sweep_dir, "pose2d+segm", "config.json")
+    config = json.load(open(path))
+    assert config["evals"]["test"]["frames"] == "every4"
+    del config["evals"]
+    older = {"eval_frames": "every4", "eval_max_examples": 0, "eval_split": "validation",
+             "eval_every": 0, "best_metric": "loss/total"}
+
+    def check(**fields):
+        json.dump(config | older | fields, open(path, "w"))
+        status = hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"])
+        return status, capsys.readouterr().out
+
+    status, out = check()
+    assert status == 0 and "runs:" not in out and "2 of 2 finished runs" in out, out
+    assert runs.check_configs(sweep_dir)["pose2d+segm"] == {"changed": [], "added": [],
+                                                            "removed": []}
+    status, out = check(eval_frames="middle", eval_max_examples=24)
+    assert status == 1
+    assert ('pose2d+segm: differs from configs/study.py: evals.test.frames: "middle" in the '
+            'run, "every4" now; evals.test.max_examples: 24 in the run, 0 now\n') in out, out
+    status, out = check(eval_every=300)
+    assert status == 1
+    assert ('pose2d+segm: differs from configs/study.py: evals.validation.every: 300 in the '
+            'run, 0 now; evals.validation.frames: "every4" in the run, "middle" now\n') in out
+
+
 def test_report_says_which_config_its_runs_used(tmp_path):
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 2})
     out = tmp_path / "report"

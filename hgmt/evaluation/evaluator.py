@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hgmt import disk_space, paths
+from hgmt import disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
@@ -103,13 +103,15 @@ ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
 
 def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
-    """The evaluation settings of `config.evals[name]` (SETTINGS), or for a config without
-    `evals` (an older workdir's) the test protocol with its `eval_frames`."""
+    """The evaluation settings (SETTINGS) of `config.evals[name]`, for a config without `evals`
+    (an older workdir's) of the evaluator its fields amount to (`workdirs.older_evals`); the
+    test protocol's defaults when the config has no such evaluator."""
     evals = config.get("evals")
-    if evals is not None and name in evals:
+    evals = workdirs.older_evals(config) if evals is None else evals
+    if name in evals:
         return {k: evals[name][k] for k in SETTINGS}
-    return {"split": "test", "frames": config.get("eval_frames", "middle"), "protocol": "hgmt",
-            "flip": False, "max_examples": config.get("eval_max_examples", 0)}
+    return {"split": "test", "frames": "middle", "protocol": "hgmt", "flip": False,
+            "max_examples": 0}
 
 
 class Evaluator:

@@ -109,7 +109,11 @@ def saved_config(sweep_dir: str, name: str) -> dict:
 
 
 def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
-    """{run: its `differences` from the config it would get today} of every finished run."""
+    """{run: its `differences` from the config it would get today} of every finished run, its
+    config.json taken in today's layout (`workdirs.current_layout`: an older run's evaluation
+    fields as the evaluators they amount to, so that a setting renamed since is compared under
+    its new name). An evaluator that runs at no step in either config (`every` 0, not
+    `at_end`) computed nothing for the run: its fields are not compared."""
     p = plan(sweep_dir)
     out = {}
     for name in finished(sweep_dir):
@@ -117,9 +121,25 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
             out[name] = {"changed": [f"no {workdirs.CONFIG_FILE}: the run's config is "
                                      f"unknown"], "added": [], "removed": []}
             continue
-        out[name] = differences(saved_config(sweep_dir, name), expected_config(
-            p["config"], workdirs.run_tasks(name), p["extra"], workdirs.run_seed_index(name)))
+        made = workdirs.current_layout(saved_config(sweep_dir, name))
+        expected = expected_config(p["config"], workdirs.run_tasks(name), p["extra"],
+                                   workdirs.run_seed_index(name))
+        out[name] = differences(*_without_idle_evaluators(made, expected))
     return out
+
+
+def _without_idle_evaluators(made: dict, expected: dict) -> tuple[dict, dict]:
+    """Copies of both configs less the evaluators (`evals.<name>`) that neither runs: with
+    `every` 0 and `at_end` false in each config that has them."""
+    def idle(config: dict, name: str) -> bool:
+        entry = config.get("evals", {}).get(name)
+        return entry is None or (isinstance(entry, dict) and not entry.get("every")
+                                 and not entry.get("at_end"))
+
+    names = set(made.get("evals", {})) | set(expected.get("evals", {}))
+    skip = {n for n in names if idle(made, n) and idle(expected, n)}
+    return tuple({**c, "evals": {n: e for n, e in c["evals"].items() if n not in skip}}
+                 if isinstance(c.get("evals"), dict) else c for c in (made, expected))
 
 
 def config_section(sweep_dir: str) -> list[str]:
