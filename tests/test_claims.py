@@ -183,6 +183,34 @@ def test_largest_gain_at_a_wrist_or_ankle():
                         "spread over the seeds to test against")
 
 
+def test_the_per_item_evidence_names_the_runner_up_of_the_best_mean():
+    """pose2d+segm (PCKh 0.75 + the seed offsets, l_ankle 0.9 + twice them) has the best
+    mean, so the per-joint changes are its; pose2d+pose3d (0.74 in every seed) is the
+    runner-up. Welch with one side constant has the other's n - 1 = 2 degrees of freedom:
+    t = 0.01 / (0.01 / sqrt(3)) = sqrt(3), p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(3/5) = 0.23.
+    The claim's evidence and the per-joint section say so; a runner-up of one seed is named
+    as untested."""
+    iso = [{"pose2d": _summary("pose2d", 0.7 + d)} for d in SPREAD]
+    multi = [{"pose2d": _summary("pose2d", 0.75 + d, {"l_ankle": 0.9 + 2 * d})} for d in SPREAD]
+    close = [{"pose2d": _summary("pose2d", 0.74)} for _ in SPREAD]
+    study = report.compare({"pose2d": iso, "pose2d+segm": multi, "pose2d+pose3d": close})
+    assert study["pose2d"]["best_multi_task"] == "pose2d+segm"
+    assert study["pose2d"]["runner_up_multi_task"]["test"]["p"] == pytest.approx(
+        1 - (3 / 5) ** 0.5)
+    verdict, evidence = claims.largest_gains_at_wrists_and_ankles(study)
+    assert verdict == AGREES
+    assert evidence == ("pose2d: pose2d+segm improves l_ankle most (+0.2 [+0.16, +0.24], "
+                        "p (Holm) 0.01), detectably ahead of every other (best mean; "
+                        "runner-up pose2d+pose3d at p 0.23)")
+    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better; tested as above, Holm "
+            "within this table). pose2d+segm is the multi-task subset of best mean (runner-up "
+            "pose2d+pose3d at p 0.23, Welch over seeds, unadjusted): with another pick a "
+            "joint's change and verdict can differ.\n") in report.to_markdown(study, "note")
+    study = report.compare({"pose2d": iso, "pose2d+segm": multi, "pose2d+pose3d": close[:1]})
+    assert claims.largest_gains_at_wrists_and_ankles(study)[1].endswith(
+        "(best mean; runner-up pose2d+pose3d, untested: one seed)")
+
+
 def test_largest_gain_ties_when_its_lead_is_not_detectable():
     """The knee's lead over the ankle is tested within each run (knee minus ankle): the two
     move apart by 0.002 from seed to seed (standard deviation of the difference 0.002, 0 in

@@ -67,6 +67,19 @@ def effect(study: dict, task: str, subset: str) -> tuple[str, str]:
                      f"(n={e['seeds'][subset]} vs {e['seeds'][task]}), untested: {why}")
 
 
+def runner_up(e: dict) -> str | None:
+    """'runner-up pose2d+segm at p 0.73': the multi-task subset of second-best mean in `e`
+    (`report.compare`'s entry of a task, whose per-item changes are those of the best) and
+    the two-sided p of its difference from the best (Welch over seeds, unadjusted), or why
+    that is untested; None when there is no other multi-task subset."""
+    other = e.get("runner_up_multi_task")
+    if other is None:
+        return None
+    t = other["test"]
+    return (f"runner-up {other['subset']} at p {t['p']:.2g}" if t is not None
+            else f"runner-up {other['subset']}, untested: {other['untested']}")
+
+
 def _helps(kind: str) -> str:
     """The verdict of 'it helps' on an effect."""
     return AGREES if kind == BETTER else DISAGREES if kind == WORSE else UNRESOLVED
@@ -177,7 +190,8 @@ def _lead(runs: dict[str, list[dict]], multi: str, isolated: str, top: str, othe
 
 def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
     """In each task with a per-joint or per-part breakdown, the item the best multi-task
-    model improves most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). The
+    model (best by its mean; each note names the runner-up, `runner_up`) improves
+    most is a wrist, an ankle or a part next to one (DISTAL_ITEMS). The
     largest gain must be better (per-item table); an item it does not lead detectably
     (Welch over seeds of the within-run difference of the two items, Holm over the items)
     ties with it. A task agrees when every tied item is distal, disagrees when none is, and
@@ -188,6 +202,8 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
         if not e or not e.get("per_item_gain"):
             continue
         best = e["best_multi_task"]
+        second = runner_up(e)
+        picked = "" if second is None else f" (best mean; {second})"
         gain, tests = e["per_item_gain"], e["per_item_tests"]
         top = max(gain, key=gain.get)
         if top not in tests:
@@ -195,12 +211,12 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
             runs = e["per_item_runs"]
             why = stats.untested_because(*(_item(runs[s], top) for s in (best, task)))
             notes.append(f"{task}: {best}'s largest gain ({top}: {gain[top]:+.3g}) is "
-                         f"untested: {why}")
+                         f"untested: {why}{picked}")
             continue
         if tests[top]["verdict"] != BETTER:
             verdicts.append(UNRESOLVED)
             notes.append(f"{task}: {best}'s largest gain is not detectable ({top}: "
-                         f"{_said(tests[top])})")
+                         f"{_said(tests[top])}){picked}")
             continue
         sign = 1.0 if e["higher_is_better"] else -1.0
         leads = stats.judge({k: _lead(e["per_item_runs"], best, task, top, k, sign)
@@ -213,7 +229,8 @@ def largest_gains_at_wrists_and_ankles(study: dict) -> tuple[str, str]:
         ties = (f", not detectably ahead of "
                 f"{', '.join(f'{k} ({gain[k]:+.3g})' for k in tied[1:])}" if len(tied) > 1
                 else ", detectably ahead of every other")
-        notes.append(f"{task}: {best} improves {top} most ({_said(tests[top])}){ties}")
+        notes.append(f"{task}: {best} improves {top} most ({_said(tests[top])}){ties}"
+                     f"{picked}")
     if not verdicts:
         return UNRESOLVED, "no per-item breakdown to compare"
     return _combine(verdicts), "; ".join(notes)
