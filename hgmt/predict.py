@@ -215,6 +215,11 @@ def _predict_image(model: predictor.Predictor, path: str, out_dir: str,
     out = _outputs(path, out_dir)
     try:
         result = model(predictor.read_image(path), bbox)
+    except predictor.UndecodableImage as e:
+        print(f"skipped {path}: {e}; it was read as an image: a video is read as one when "
+              f"its name ends in {', '.join(video.VIDEO_SUFFIXES)} (rename it)",
+              file=sys.stderr)
+        return False
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}", file=sys.stderr)
         return False

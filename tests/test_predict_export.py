@@ -218,6 +218,8 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert rc == 1  # two images could not be read; the good one is still written
     err = capsys.readouterr().err
     assert "broken.png cannot be decoded" in err and "missing.jpg not found" in err
+    assert "it was read as an image: a video is read as one when its name ends in .mp4, " in err
+    assert video.is_video("clip.TS") and video.is_video("a.mpg") and not video.is_video("a.png")
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
 
     with open(out / "photo.json") as f:
@@ -1112,25 +1114,57 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
 
 def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):
     """A clip whose frames are stored landscape and displayed turned (a phone's portrait clip:
-    the display matrix's rotation) is read turned the same way: counterclockwise by PyAV's
-    `VideoFrame.rotation`, the angle ffmpeg's players turn it by."""
+    the display matrix's rotation), or turned and mirrored (all eight orientations), is read
+    as players show it: the display matrix PyAV writes for a counterclockwise turn followed by
+    a horizontal and/or vertical flip is undone into exactly that turn and those flips."""
     import av
 
     stored = np.zeros((32, 64, 3), np.uint8)
     stored[:8, :16] = 255  # a white block at the top left of the stored frame
+    stored[24:, :8] = 128  # and a grey one at the bottom left: no turn of one is a mirror
     for rotation in (90, -90, 180, 0):
-        path = str(tmp_path / f"turned{rotation}.mp4")
-        with av.open(path, mode="w") as container:
-            stream = container.add_stream("libx264", rate=30)
-            stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-            stream.set_display_rotation(rotation)
-            for _ in range(2):
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, "rgb24")))
-            container.mux(stream.encode())
-        (_, frames), = video.read_frames(path, 8)
-        want = np.rot90(stored, rotation // 90)
-        assert len(frames) == 2 and frames[0].shape == want.shape, rotation
-        assert np.abs(frames[0].astype(int) - want).mean() < 8, rotation
+        for hflip, vflip in ((False, False), (True, False), (False, True)):
+            path = str(tmp_path / f"turned{rotation}_{hflip:d}{vflip:d}.mp4")
+            with av.open(path, mode="w") as container:
+                stream = container.add_stream("libx264", rate=30)
+                stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+                stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
+                for _ in range(2):
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, "rgb24")))
+                container.mux(stream.encode())
+            (_, frames), = video.read_frames(path, 8)
+            want = np.rot90(stored, rotation // 90)
+            want = want[:, ::-1] if hflip else want
+            want = want[::-1] if vflip else want
+            case = (rotation, hflip, vflip)
+            assert len(frames) == 2 and frames[0].shape == want.shape, case
+            assert np.abs(frames[0].astype(int) - want).mean() < 8, case
+
+
+def test_an_avi_with_b_frames_is_timed_in_display_order(tmp_path):
+    """H.264 with B-frames in AVI, which stores decoding times only: FFmpeg's time stamps on
+    the decoded frames are out of display order, while the frames themselves come in it. Each
+    frame is timed as shown: the first frame's time plus one frame period (1/25 s) per frame."""
+    import av
+
+    path = str(tmp_path / "b_frames.avi")
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"bf": "2", "g": "12"}
+        for k in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 25 * k, np.uint8), "rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(path) as container:  # the stamps FFmpeg gives are out of order
+        stamps = [f.time for f in container.decode(video=0)]
+    assert stamps != sorted(stamps)
+    batches = list(video.read_frames(path, 4))
+    times = [t for batch_times, _ in batches for t in batch_times]
+    greys = [int(np.median(f)) for _, frames in batches for f in frames]
+    assert greys == sorted(greys) and len(greys) == 10  # the frames come in display order
+    np.testing.assert_allclose(times, stamps[0] + np.arange(10) / 25, atol=1e-9)
 
 
 def test_an_anamorphic_video_is_read_with_square_pixels(tmp_path):

@@ -257,13 +257,18 @@ def panel(result: dict) -> np.ndarray:
     return drawing.tile(pictures, PANEL_MAX_WIDTH)
 
 
+class UndecodableImage(ValueError):
+    """A file read as an image is not one OpenCV decodes."""
+
+
 def read_image(path: str) -> np.ndarray:
-    """Any format OpenCV reads -> RGB uint8; a clear error when it cannot."""
+    """Any format OpenCV reads -> RGB uint8; a clear error when it cannot (UndecodableImage
+    when the file is there but is not such an image)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"image {path} cannot be decoded (not an image OpenCV reads)")
+        raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")
     return bgr[..., ::-1].copy()
 
 

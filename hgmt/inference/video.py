@@ -12,6 +12,7 @@ import fractions
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Iterator, Sequence
 
@@ -22,7 +23,9 @@ from hgmt import disk_space
 from hgmt.inference import predictor as prediction
 from hgmt.tasks import TASKS
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# The suffixes of the containers FFmpeg reads that hold video: files with them are videos.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
+                  ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv")
 
 
 def is_video(path: str) -> bool:
@@ -47,12 +50,43 @@ def _open(path: str):
     return container
 
 
-def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
-    """A decoded (H,W,3) frame turned as players display it: `rotation` is the video's display
-    matrix's counterclockwise turn in degrees (PyAV's `VideoFrame.rotation`; a phone's portrait
-    clip holds landscape frames and -90)."""
-    turns = round(rotation / 90) % 4
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+def display_matrix(frame) -> tuple[int, ...] | None:
+    """The 3x3 display matrix (FFmpeg's 16.16 fixed-point layout, row by row) a decoded PyAV
+    frame carries as side data, or None."""
+    import av
+
+    for data in frame.side_data:
+        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return struct.unpack("=9i", bytes(data))
+    return None
+
+
+def upright(rgb: np.ndarray, rotation: float,
+            matrix: Sequence[int] | None = None) -> np.ndarray:
+    """A decoded (H,W,3) frame turned and mirrored as players display it: `rotation` is the
+    display matrix's counterclockwise turn in degrees (PyAV's `VideoFrame.rotation`; a phone's
+    portrait clip holds landscape frames and -90), `matrix` the matrix itself
+    (`display_matrix`), whose signs say the mirroring. The quarter turns and flips are those
+    ffmpeg's command-line tool applies (fftools/ffmpeg_filter.c: a clockwise angle theta in
+    [0, 360) from the rotation; 90: `transpose` clock, or cclock_flip when matrix[3] > 0; 180:
+    hflip when matrix[0] < 0, vflip when matrix[4] < 0; 270: cclock, or clock_flip when
+    matrix[3] < 0; 0: vflip when matrix[4] < 0); another angle is rounded to quarter turns."""
+    theta = -round(rotation)
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if matrix is None or not any(abs(theta - a) < 1 for a in (0, 90, 180, 270)):
+        turns = round(rotation / 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+    if abs(theta - 90) < 1:
+        out = rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1)
+    elif abs(theta - 270) < 1:
+        out = rgb[::-1, ::-1].transpose(1, 0, 2) if matrix[3] < 0 else np.rot90(rgb, 1)
+    else:
+        out = rgb
+        if abs(theta - 180) < 1 and matrix[0] < 0:
+            out = out[:, ::-1]
+        if matrix[4] < 0:
+            out = out[::-1]
+    return rgb if out is rgb else np.ascontiguousarray(out)
 
 
 def square_pixels(rgb: np.ndarray, sample_aspect_ratio: float) -> np.ndarray:
@@ -125,13 +159,24 @@ class Clip:
     def batches(self, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
         """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
         decoding as it goes, each frame as it is displayed: with square pixels
-        (`square_pixels`, by the stream's sample aspect ratio) and turned (`upright`)."""
+        (`square_pixels`, by the stream's sample aspect ratio) and turned and mirrored
+        (`upright`)."""
         ratio = float(self._stream.sample_aspect_ratio or 1) or 1.0
+        # AVI stores decoding times only: with B-frames the time stamps FFmpeg gives the
+        # frames are out of display order (ffmpeg's tools repair them with a heuristic,
+        # best_effort_timestamp, that PyAV does not expose). Its frames are at a constant
+        # rate, so the k-th frame shown is at the first one's time plus k frames.
+        by_count = self._container.format.name == "avi"
         times, frames = [], []
-        for frame in self._decoded():
-            times.append(float(frame.time or 0.0))
+        first = None
+        for k, frame in enumerate(self._decoded()):
+            time_s = float(frame.time or 0.0)
+            if by_count:
+                first = time_s if first is None else first
+                time_s = first + k / self.frame_rate
+            times.append(time_s)
             rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
-            frames.append(upright(rgb, frame.rotation))
+            frames.append(upright(rgb, frame.rotation, display_matrix(frame)))
             if len(frames) == batch_size:
                 yield times, frames
                 times, frames = [], []
