@@ -74,7 +74,7 @@ def _run(args, step_arg: int | str | None) -> int:
     flip = configured["flip"] if args.flip is None else args.flip
     max_examples = configured["max_examples"] if args.max_examples is None else args.max_examples
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
-                                shards.DamagedShard, traceback=traceback):
+                                shards.SplitFault, traceback=traceback):
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
                                          flip=flip, protocol=args.protocol,

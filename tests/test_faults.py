@@ -608,6 +608,98 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
         loop.train(config, str(tmp_path / "w"))
 
 
+
+def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged(
+        demo_dataset, monkeypatch):
+    """Opening a shard that fails with an I/O error (array_record's report of EIO, an
+    OSError, a refused access) is tried again after each of damage.RETRY_DELAYS_S: an error
+    that passes opens the split, one that lasts is the storage's (StorageFault), named
+    without the advice to remove and rebuild the dataset; a file that is no array_record
+    (damage) is judged at once, with that advice."""
+    from array_record.python import array_record_module
+
+    from hgmt.data import damage
+
+    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    data_dir = demo_dataset[1]
+    [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
+               if f.startswith("surreal-train.array_record")]
+    real, opened = array_record_module.ArrayRecordReader, []
+
+    def failing(error, times):
+        def reader(path, *args, **kwargs):
+            if path == shard:
+                opened.append(path)
+                if len(opened) <= times:
+                    raise error
+            return real(path, *args, **kwargs)
+        return reader
+
+    eio = RuntimeError(f"open() failed: Input/output error; opening {shard}")
+    monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(eio, 2))
+    assert len(input_pipeline.open_split("surreal/all", data_dir, "train")) == 12
+    assert len(opened) >= 3  # two failed opens, then the check's own; the loader's after
+    for error in (eio, OSError(errno.EIO, "Input/output error"),
+                  PermissionError(errno.EACCES, "Permission denied")):
+        opened.clear()
+        monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(error, 10**6))
+        with pytest.raises(shards.StorageFault) as raised:
+            input_pipeline.open_split("surreal/all", data_dir, "train")
+        message = str(raised.value)
+        assert message.startswith(f"dataset shard {shard} cannot be read from its storage "
+                                  f"({type(error).__name__}: "), message
+        assert "; tried 3 times): " in message and "not damage: nothing needs rebuilding" in \
+            message and f"Check that {data_dir} is reachable" in message, message
+        assert "emove" not in message and "tfds build" not in message, message
+        assert len(opened) == 3
+    opened.clear()
+    corrupt = RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch")
+    monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(corrupt, 10**6))
+    with pytest.raises(shards.DamagedShard, match=f"{shard} cannot be opened \\(RuntimeError: "
+                                                  f"Corrupted.*Rebuild the dataset: remove"):
+        input_pipeline.open_split("surreal/all", data_dir, "train")
+    assert len(opened) == 1
+
+
+def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path, capsys):
+    """A build in tfrecord, valid but readable only from start to end, is named so, with
+    the flag to build it again with, not taken for a damaged shard (array_record's reader
+    calls a tfrecord file corrupt); the check command says the split was not checked."""
+    import types
+
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+    from hgmt.data import check
+    from hgmt.sources import synthetic
+
+    root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
+    synthetic.generate(root, 1, 2, seed=0)
+    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="tfrecord")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    with pytest.raises(shards.WrongFileFormat) as raised:
+        input_pipeline.open_split("surreal/all", data_dir, "test")
+    assert str(raised.value) == (
+        f"dataset 'surreal/all' under {data_dir!r} was built as tfrecord (shards such as "
+        f"surreal-test.tfrecord-00000-of-00001 in {builder.data_dir}), and hgmt reads "
+        f"array_record, whose records it can read in any order (tfrecord is read from start "
+        f"to end). Build it again with --file_format=array_record: `tfds build "
+        f"data_builders/surreal --manual_dir=<SURREAL root> --data_dir={data_dir} "
+        f"--config=all --file_format=array_record`, after moving {builder.data_dir} aside "
+        f"(TFDS does not build a version that is there), or into another --data_dir")
+    assert check.main([f"--data_dir={data_dir}", "--dataset=surreal/all",
+                       "--splits=validation"]) == 1
+    assert "surreal/all validation: not checked: WrongFileFormat: dataset 'surreal/all' " \
+        "under" in capsys.readouterr().out
+    # A build whose dataset_info.json records no format: its shards' names say it.
+    unrecorded = types.SimpleNamespace(info=types.SimpleNamespace(
+        file_format=None, splits={"test": types.SimpleNamespace(
+            filepaths=[f"{builder.data_dir}/surreal-test.tfrecord-00000-of-00001"])}))
+    assert shards.file_format(unrecorded, "test") == "tfrecord"
+    unrecorded.info.splits["test"].filepaths = ["/d/surreal-test.array_record-00000-of-00002"]
+    assert shards.file_format(unrecorded, "test") == "array_record"
+
+
 def _partial(workdir: str) -> list[str]:
     return [name for folder in (workdirs.checkpoint_dir(workdir),
                                 workdirs.best_dir(workdir)) if os.path.isdir(folder)

@@ -246,6 +246,72 @@ def test_missing_dataset_says_how_to_build(tmp_path):
         ip.open_split("surreal/all", str(tmp_path), "train")
 
 
+
+def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_dataset, tmp_path,
+                                                                     monkeypatch):
+    """Reading a split's metadata (dataset_info.json, features.json) that fails with an I/O
+    error is tried again after each of damage.RETRY_DELAYS_S; an error that lasts, and a
+    folder TFDS cannot list (which it reports as no dataset), are the storage's
+    (StorageFault), not a dataset to build; a missing one still is."""
+    import errno
+
+    from etils import epath
+    from tensorflow_datasets.core import read_only_builder, registered
+
+    from hgmt.data import damage, shards
+
+    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    real, calls = read_only_builder.builder_from_files, []
+
+    def failing(error, times):
+        def builder_from_files(*args, **kwargs):
+            calls.append(1)
+            if len(calls) <= times:
+                raise error
+            return real(*args, **kwargs)
+        return builder_from_files
+
+    eio = OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(read_only_builder, "builder_from_files", failing(eio, 2))
+    assert len(ip.open_split("surreal/all", demo_dataset[1], "train")) == 12
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(read_only_builder, "builder_from_files", failing(eio, 10**6))
+    with pytest.raises(shards.StorageFault) as raised:
+        ip.open_split("surreal/all", demo_dataset[1], "train")
+    assert str(raised.value).startswith(
+        f"dataset 'surreal/all' split 'train' under data_dir={demo_dataset[1]!r} cannot be "
+        f"read from its storage (OSError: [Errno 5] Input/output error; tried 3 times): ")
+    assert "tfds build" not in str(raised.value) and len(calls) == 3
+
+    def not_found(*args, **kwargs):  # what TFDS raises where a listing failed
+        raise registered.DatasetNotFoundError("Could not find dataset files for: surreal/all")
+
+    monkeypatch.setattr(read_only_builder, "builder_from_files", not_found)
+    denied = tmp_path / "denied"
+    (denied / "surreal" / "all" / "1.5.0").mkdir(parents=True)
+    path_type, listed = type(epath.Path(str(denied))), []
+    real_iterdir = path_type.iterdir
+
+    def iterdir(self):
+        listed.append(os.path.basename(str(self)))
+        if str(self).endswith("1.5.0"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(path_type, "iterdir", iterdir)
+    with pytest.raises(shards.StorageFault, match=r"cannot be read from its storage "
+                                                  r"\(PermissionError: \[Errno 13\] Permission "
+                                                  r"denied: '.*1.5.0'; tried 3 times\)"):
+        ip.open_split("surreal/all", str(denied), "train")
+    assert listed[:4] == ["denied", "surreal", "all", "1.5.0"]
+    (tmp_path / "empty").mkdir()
+    for where in ("empty", "nothing_here"):  # an empty folder, and no folder
+        with pytest.raises(FileNotFoundError, match="is not built under.*Could not find "
+                                                    "dataset files.*tfds build"):
+            ip.open_split("surreal/all", str(tmp_path / where), "train")
+
+
 def test_dataset_without_the_labels_is_rejected(tmp_path):
     import tensorflow_datasets as tfds
 

@@ -6,8 +6,10 @@
 Opens each split (the shard files and their record counts, `hgmt.data.shards`), then reads
 every record (array_record checks each chunk's hash) and decodes its frame and label maps.
 Prints one line per damaged record (shard file, record number in the shard, index in the split,
-the error) and a count per split; exits 1 when anything is damaged, 0 otherwise. It reads the
-whole split: as long as an epoch's input.
+the error) and a count per split, or, for a split that cannot be read at all but is not
+damaged (not built, built in another file format, its storage not answering), why; exits 1 when
+anything is damaged or not checked, 0 otherwise. It reads the whole split: as long as an
+epoch's input.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from absl import flags
 from hgmt import cli
 
 
-def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str]]:
-    """-> (records read, one line per damaged record). A missing or truncated shard is one
-    line too (the split cannot be opened)."""
+def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str], str | None]:
+    """-> (records read, one line per damaged record, why the split could not be read at all
+    or None). A missing or truncated shard is a damaged line too (the split cannot be opened);
+    a split that is not built, not array_record, or whose storage does not give its files is
+    not damage: its error is the third item."""
     from hgmt.data import damage, input_pipeline, shards
 
     try:
         source = input_pipeline.open_split(dataset, data_dir, split)
-    except (shards.DamagedShard, FileNotFoundError) as e:
-        return 0, [str(e)]
+    except shards.DamagedShard as e:
+        return 0, [str(e)], None
+    except (shards.SplitFault, FileNotFoundError) as e:
+        return 0, [], f"{type(e).__name__}: {e}"
     where = damage.Shards.of(source)
     bad = []
     for i in range(len(source)):
@@ -38,7 +44,7 @@ def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str]
                 input_pipeline.decoded(record, key)
         except damage.DamagedRecord as e:
             bad.append(f"{where.name(i)}: {e}")
-    return len(source), bad
+    return len(source), bad, None
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -51,16 +57,20 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command; -> exit status (1 when a record or shard is damaged)."""
+    """The command; -> exit status (1 when a record or shard is damaged, or a split could
+    not be read at all)."""
     args, _ = cli.parse(_define_flags, argv, __doc__)
-    damaged = 0
+    failed = 0
     for split in args.splits:
-        count, bad = check_split(args.dataset, args.data_dir, split)
+        count, bad, unread = check_split(args.dataset, args.data_dir, split)
         for line in bad:
             print(f"damaged: {line}")
-        print(f"{args.dataset} {split}: {count} records read, {len(bad)} damaged")
-        damaged += len(bad)
-    return 1 if damaged else 0
+        if unread:
+            print(f"{args.dataset} {split}: not checked: {unread}")
+        else:
+            print(f"{args.dataset} {split}: {count} records read, {len(bad)} damaged")
+        failed += len(bad) + bool(unread)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ policy, as TFDS and production loaders do it:
 A read that fails with an I/O error (an NFS timeout, an object store's 503) is not damage: it
 is read again after each of `RETRY_DELAYS_S` before the record is judged damaged, so that a
 passing error does not replace a good record. A checksum mismatch or an image that does not
-decode is judged at once.
+decode is judged at once. Opening a shard or a split's metadata is tried again alike
+(`with_retries`; `hgmt.data.shards`, `input_pipeline.open_split`), and an I/O error that lasts
+is named as the storage's, not as damage or a missing build.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from etils import epath
@@ -52,6 +54,9 @@ RETRY_DELAYS_S = (0.5, 2.0)
 _IO_ERRNOS = (errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR,
               errno.ECONNRESET, errno.ECONNABORTED, errno.ENETUNREACH, errno.EHOSTUNREACH)
 _IO_FAILED = tuple(f"failed: {os.strerror(code)}" for code in _IO_ERRNOS)
+# array_record's report of a refused access: the storage's permissions, not the file's content.
+_ACCESS_FAILED = tuple(f"failed: {os.strerror(code)}" for code in (errno.EACCES, errno.EPERM))
+T = TypeVar("T")
 
 
 class DamagedRecord(ValueError):
@@ -105,26 +110,53 @@ def transient(error: Exception) -> bool:
     return isinstance(error, OSError) or any(words in str(error) for words in _IO_FAILED)
 
 
+def storage_fault(error: Exception) -> bool:
+    """Whether a failed open or read is the storage's, not the file's: an I/O error
+    (`transient`) or a refused access, as opposed to a missing file or damage (a checksum
+    mismatch, a file too short to be array_record)."""
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return False
+    return transient(error) or any(words in str(error) for words in _ACCESS_FAILED)
+
+
+class GaveUp(Exception):
+    """What `with_retries` raises when its call still fails: the last `error` and how many
+    times the call was made (`tries`)."""
+
+    def __init__(self, error: Exception, tries: int):
+        super().__init__(f"{type(error).__name__}: {str(error)[:200]}")
+        self.error, self.tries = error, tries
+
+
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """`call()`, made again after each of `RETRY_DELAYS_S` while it fails with an I/O error
+    that may pass (`transient`), each failure logged naming `what`; GaveUp with the last
+    error when it still fails, at once for any other error (damage is judged at once)."""
+    delays = list(RETRY_DELAYS_S)
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError, ...)
+            if not (delays and transient(e)):
+                raise GaveUp(e, tries) from e
+            delay = delays.pop(0)
+            logging.warning("%s failed (%s: %s); trying again in %.1f s", what,
+                            type(e).__name__, str(e)[:200], delay)
+            time.sleep(delay)
+
+
 def read(source: Any, index: int) -> dict:
     """Record `index` of `source`; DamagedRecord when it does not read (a checksum mismatch,
     a truncated chunk: whatever the reader raises). An I/O error is tried again after each of
-    `RETRY_DELAYS_S` first, so that a passing one does not replace a good record (a resumed
-    run that reads it would differ from this one)."""
-    delays = list(RETRY_DELAYS_S)
-    reads = 0
-    while True:
-        reads += 1
-        try:
-            return source[index]
-        except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError, ...)
-            if not (delays and transient(e)):
-                times = f"; read {reads} times" if reads > 1 else ""
-                raise DamagedRecord(f"does not read ({type(e).__name__}: {str(e)[:200]}"
-                                    f"{times})") from e
-            delay = delays.pop(0)
-            logging.warning("record %d does not read (%s: %s); reading it again in %.1f s",
-                            index, type(e).__name__, str(e)[:200], delay)
-            time.sleep(delay)
+    `RETRY_DELAYS_S` first (`with_retries`), so that a passing one does not replace a good
+    record (a resumed run that reads it would differ from this one)."""
+    try:
+        return with_retries(lambda: source[index], f"reading record {index}")
+    except GaveUp as e:
+        times = f"; read {e.tries} times" if e.tries > 1 else ""
+        raise DamagedRecord(f"does not read ({e}{times})") from e.error
 
 
 def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], dict],

@@ -12,6 +12,7 @@ import sys
 
 from etils import epath
 
+from hgmt.data import shards
 from hgmt.sources import synthetic
 
 # Written into the clips' root once every clip is written, with what was generated: clips of
@@ -98,7 +99,7 @@ def _builder(dataset: str, data_dir: str):
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-        builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+        builder = tfds.builder(dataset, data_dir=data_dir, file_format=shards.FILE_FORMAT)
         return builder, builder.is_prepared()
     finally:
         absl_logger.setLevel(level)

@@ -277,34 +277,72 @@ def check_features(info, dataset: str, data_dir: str) -> None:
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
 
+def _list_folders(folder, names: Sequence[str]) -> None:
+    """Lists `folder` (a path or its name), the folders `names` below it, and the folders in
+    the last one (a built dataset's versions), down to the first that is missing: raises the
+    error a listing meets, an I/O error or a refused access."""
+    from etils import epath
+
+    try:
+        entries = list(epath.Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if names:
+        _list_folders(epath.Path(folder) / names[0], names[1:])
+        return
+    for entry in entries:
+        if entry.is_dir():
+            list(entry.iterdir())
+
+
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,
                features: Sequence[str] | None = None):
-    """`tfds` data source of a built split, with a clear error when it is missing, or when
-    one of its shard files is missing or truncated (`hgmt.data.shards`). The split is read from its
+    """`tfds` data source of a built split, with a clear error when it is missing, when
+    one of its shard files is missing or truncated, when it was built in another file format
+    than array_record, or when its storage does not give its files after
+    `damage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
     files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
     is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
     image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
     TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
     only the `features` named (default all)."""
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import read_only_builder
+    from tensorflow_datasets.core import read_only_builder, registered
 
     from hgmt.data import tf_example
 
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
-    try:
-        builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
-        if split not in builder.info.splits:
-            raise KeyError(f"no split {split!r} (built: {sorted(builder.info.splits)})")
-        shards.check_split(builder, split, dataset, data_dir)
-        source = builder.as_data_source(split, decoders=decoders)
-    except shards.DamagedShard:
-        raise
-    except Exception as e:
-        raise FileNotFoundError(
+
+    def not_built(e: Exception) -> FileNotFoundError:
+        return FileNotFoundError(
             f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
             f"({type(e).__name__}: {e}). Build it with: "
-            f"{shards.build_command(dataset, data_dir)}") from e
+            f"{shards.build_command(dataset, data_dir)}")
+
+    def built():  # the split's metadata: its dataset_info.json and features.json
+        try:
+            builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
+        except registered.DatasetNotFoundError:
+            # TFDS reports a folder it cannot list or read (an I/O error, permissions) as no
+            # dataset: listing the dataset's folders here raises that error.
+            _list_folders(data_dir, dataset.split(":")[0].split("/"))
+            raise
+        if split not in builder.info.splits:
+            raise KeyError(f"no split {split!r} (built: {sorted(builder.info.splits)})")
+        return builder
+
+    try:
+        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
+    except damage.GaveUp as e:
+        if damage.storage_fault(e.error):
+            raise shards.StorageFault.of(f"dataset {dataset!r} split {split!r} under "
+                                         f"data_dir={data_dir!r}", e, data_dir) from e.error
+        raise not_built(e.error) from e.error
+    shards.check_split(builder, split, dataset, data_dir)
+    try:
+        source = builder.as_data_source(split, decoders=decoders)
+    except Exception as e:
+        raise not_built(e) from e
     check_features(source.dataset_info, dataset, data_dir)
     return source if decode_images else tf_example.parsed(source, features)
 

@@ -2,11 +2,14 @@
 
 `tfds.data_source` opens shards lazily: a missing or truncated shard surfaces only when the
 loader first reads from it, as a bare "open() failed" or "Corrupted Riegeli/records file" deep
-inside a loader worker, possibly hours into a run. This checks, for every shard that the
-split's dataset_info.json lists, that the file exists and that its footer (read by
+inside a loader worker, possibly hours into a run. This checks that the split was built as
+array_record (the only format hgmt reads: it reads records in any order) and, for every shard
+that the split's dataset_info.json lists, that the file exists and that its footer (read by
 ArrayRecordReader without reading the records) holds the number of records recorded at build
 time. A truncation loses the footer, so it is caught; damage inside a record that leaves the
-footer intact is not (reading every record would cost as much as an epoch).
+footer intact is not (reading every record would cost as much as an epoch). Opening a shard
+that fails with an I/O error is tried again (`damage.with_retries`), and one that lasts is the
+storage's fault, not the shard's: named so, with no advice to rebuild.
 """
 
 from __future__ import annotations
@@ -15,42 +18,108 @@ import os
 
 from etils import epath
 
+from hgmt.data import damage
 
-class DamagedShard(RuntimeError):
+# The file format hgmt reads a build in: array_record gives random access to the records.
+FILE_FORMAT = "array_record"
+
+
+class SplitFault(RuntimeError):
+    """A built split cannot be read as it is; the message names the file, why and the fix."""
+
+
+class DamagedShard(SplitFault):
     """A shard of a built split is missing, truncated or unreadable."""
+
+
+class StorageFault(SplitFault):
+    """The storage that holds a built split does not give its files (an I/O error that lasted
+    past the retries, a refused access): not damage, nothing to rebuild."""
+
+    @classmethod
+    def of(cls, what: str, gave_up: damage.GaveUp, data_dir: str) -> StorageFault:
+        """The error for `what` (e.g. 'dataset shard <path>') that the storage under
+        `data_dir` did not give: `gave_up`'s last error (`damage.storage_fault`), after its
+        retries."""
+        tries = f"; tried {gave_up.tries} times" if gave_up.tries > 1 else ""
+        return cls(
+            f"{what} cannot be read from its storage ({gave_up}{tries}): an I/O error or a "
+            f"refused access (a network file system or object store not answering, a stale "
+            f"mount, permissions), not damage: nothing needs rebuilding. Check that "
+            f"{data_dir} is reachable and readable from this host and run the command again")
+
+
+class WrongFileFormat(SplitFault):
+    """A split built in another file format than array_record (e.g. tfrecord)."""
 
 
 def build_command(dataset: str, data_dir: str) -> str:
     """The command that builds `dataset` ('surreal/<config>') into `data_dir`."""
     return (f"tfds build data_builders/surreal --manual_dir=<SURREAL root> "
             f"--data_dir={data_dir} --config={dataset.split('/')[-1]} "
-            f"--file_format=array_record")
+            f"--file_format={FILE_FORMAT}")
+
+
+def file_format(builder, split: str) -> str:
+    """The file format `split` of the prepared TFDS `builder` was built in: its
+    dataset_info.json's fileFormat, or where that is not recorded (builds of an older TFDS),
+    what its shard files' names say."""
+    recorded = builder.info.file_format
+    if recorded is not None:
+        return recorded.value
+    paths = builder.info.splits[split].filepaths
+    if not paths:
+        return FILE_FORMAT
+    name = os.path.basename(os.fspath(paths[0]))  # <dataset>-<split>.<format>-NNNNN-of-NNNNN
+    return name.rsplit(".", 1)[-1].split("-")[0]
+
+
+def _record_count(path: str) -> int | None:
+    """The records in the footer of the array_record file at `path`; None when there is no
+    such file. The reader reports a failed open when it is closed."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    if not epath.Path(path).exists():
+        return None
+    reader = ArrayRecordReader(path)
+    try:
+        return reader.num_records()
+    finally:
+        reader.close()
 
 
 def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
-    """Raises DamagedShard naming the file and the rebuild command when a shard of `split`
-    of the prepared TFDS `builder` is missing or does not hold its recorded record count."""
-    from array_record.python.array_record_module import ArrayRecordReader
-
+    """Raises WrongFileFormat when `split` of the prepared TFDS `builder` was not built as
+    array_record; DamagedShard naming the file and the rebuild command when a shard of it is
+    missing or does not hold its recorded record count; StorageFault when its storage does
+    not give a shard, after `damage.RETRY_DELAYS_S`."""
+    built_as = file_format(builder, split)
+    if built_as != FILE_FORMAT:
+        raise WrongFileFormat(
+            f"dataset {dataset!r} under {data_dir!r} was built as {built_as} (shards such as "
+            f"{os.path.basename(os.fspath(builder.info.splits[split].filepaths[0]))} in "
+            f"{builder.data_dir}), and hgmt reads {FILE_FORMAT}, whose records it can read in "
+            f"any order ({built_as} is read from start to end). Build it again "
+            f"with --file_format={FILE_FORMAT}: `{build_command(dataset, data_dir)}`, after "
+            f"moving {builder.data_dir} aside (TFDS does not build a version that is there), "
+            f"or into another --data_dir")
     info = builder.info.splits[split]
     for path, expected in zip(info.filepaths, info.shard_lengths, strict=True):
         path = os.fspath(path)
         problem = None
-        if not epath.Path(path).exists():
-            problem = "is missing"
+        try:
+            found = damage.with_retries(lambda path=path: _record_count(path),
+                                        f"opening dataset shard {path}")
+        except damage.GaveUp as e:
+            if damage.storage_fault(e.error):
+                raise StorageFault.of(f"dataset shard {path}", e, data_dir) from e.error
+            problem = f"cannot be opened ({e})"
         else:
-            try:
-                reader = ArrayRecordReader(path)
-                try:
-                    found = reader.num_records()
-                finally:
-                    reader.close()
-            except Exception as e:  # noqa: BLE001  (riegeli raises RuntimeError, OSError)
-                problem = f"cannot be opened ({type(e).__name__}: {str(e)[:200]})"
-            else:
-                if found != expected:
-                    problem = (f"holds {found} records where dataset_info.json says "
-                               f"{expected} (truncated or overwritten)")
+            if found is None:
+                problem = "is missing"
+            elif found != expected:
+                problem = (f"holds {found} records where dataset_info.json says "
+                           f"{expected} (truncated or overwritten)")
         if problem:
             raise DamagedShard(
                 f"dataset shard {path} {problem}. Rebuild the dataset: remove "

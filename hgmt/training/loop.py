@@ -49,7 +49,7 @@ from hgmt.training import (
 
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
 # do; `hgmt.main` shows them in one line.
-FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.DamagedShard,
+FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
           damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
           FloatingPointError)
 
