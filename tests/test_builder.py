@@ -109,6 +109,42 @@ def test_bad_input_is_skipped_counted_and_good_clips_kept(bad_tree, python_build
     assert {int(e["num_frames"]) for k, e in train.items() if k[1:3] == ("01_03", "c0001")} == {4}
 
 
+
+def test_a_missing_or_empty_split_folder_stops_the_build_before_any_clip_is_read(
+        tmp_path, monkeypatch):
+    """A partial extraction (cmu/val missing, cmu/test holding clips without their
+    _info.mat) stops the build before any clip is read, with one error naming both folders
+    and the fix: TFDS fails a split without examples only once it reaches it, after writing
+    the splits before it (on SURREAL, hours)."""
+    import shutil
+
+    from hgmt.data import records
+
+    root = str(tmp_path / "surreal")
+    synthetic.generate(root, 1, 2, seed=0)
+    shutil.rmtree(os.path.join(root, "cmu", "val"))
+    for stem in surreal.find_clips(root, "test"):
+        os.remove(surreal.clip_paths(stem)["info"])
+    read, clip_examples = [], records.clip_examples
+
+    def reading(stem, *args, **kwargs):
+        read.append(stem)
+        return clip_examples(stem, *args, **kwargs)
+
+    monkeypatch.setattr(records, "clip_examples", reading)
+    with pytest.raises(FileNotFoundError) as raised:
+        _build(root, str(tmp_path / "tfds"))
+    assert str(raised.value) == (
+        f"SURREAL under --manual_dir={root} is incomplete: {root}/cmu/val is missing; "
+        f"{root}/cmu/test holds no clip (no run*/<seq>/<seq>_c<NNNN>_info.mat). Nothing was "
+        f"built. The build needs all three split folders, laid out as cmu/{{train,val,test}}/"
+        f"run{{0,1,2}}/<seq>/<seq>_c<NNNN>{{.mp4,_info.mat,_depth.mat,_segm.mat}} "
+        f"(docs/surreal_format.md); a partial extraction lacks some. Extract "
+        f"SURREAL_v1.tar.gz again, completely, and pass the folder that contains cmu/ as "
+        f"--manual_dir")
+    assert read == []
+
+
 def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
     root, stems = bad_tree
     stem = stems[0]

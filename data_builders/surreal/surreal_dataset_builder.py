@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from hgmt.data import records
 from hgmt.sources import surreal
@@ -153,10 +154,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise FileNotFoundError(
                 f"{root}/cmu not found: --manual_dir must be the folder that contains cmu/ "
                 f"(cmu/train, cmu/val, cmu/test).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        return {split: self._generate_examples(str(root), split) for split in SPLITS}
+        stems = split_clips(root)
+        return {split: self._generate_examples(stems[split], split) for split in SPLITS}
 
-    def _generate_examples(self, root: str, split: str):
-        stems = surreal.find_clips(root, split)
+    def _generate_examples(self, stems: list[str], split: str):
         frames = dataclasses.replace(self.builder_config.frames, keep_unusable=split == "test")
         if getattr(self, "_use_beam", False):
             return records.beam_examples(stems, frames,
@@ -166,6 +167,32 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 SPLITS = ("train", "validation", "test")
+
+
+def split_clips(root: epath.Path) -> dict[str, list[str]]:
+    """{split: its clip stems} under `root` (`surreal.find_clips`). Every split is built, and
+    TFDS fails a split without examples only after writing the splits before it (hours on
+    SURREAL), so a split folder that is missing or holds no clip (no _info.mat: a partial
+    extraction) stops the build here, before anything is written, with one FileNotFoundError
+    naming every such folder and the fix."""
+    stems, problems = {}, []
+    for split in SPLITS:
+        folder = root / "cmu" / surreal.SPLIT_DIRS[split]
+        stems[split] = surreal.find_clips(str(root), split)
+        if not folder.is_dir():
+            problems.append(f"{folder} is missing")
+        elif not any(epath.Path(surreal.clip_paths(stem)["info"]).exists()
+                     for stem in stems[split]):
+            problems.append(f"{folder} holds no clip (no run*/<seq>/<seq>_c<NNNN>_info.mat)")
+    if problems:
+        raise FileNotFoundError(
+            f"SURREAL under --manual_dir={root} is incomplete: {'; '.join(problems)}. Nothing "
+            f"was built. The build needs all three split folders, laid out as "
+            f"cmu/{{train,val,test}}/run{{0,1,2}}/<seq>/<seq>_c<NNNN>{{.mp4,_info.mat,"
+            f"_depth.mat,_segm.mat}} (docs/surreal_format.md); a partial extraction lacks "
+            f"some. Extract SURREAL_v1.tar.gz again, completely, and pass the folder that "
+            f"contains cmu/ as --manual_dir")
+    return stems
 
 
 _CITATION = """\
