@@ -259,6 +259,45 @@ def test_middle_frame_is_ceil_half_of_the_info_files_frames():
         assert every2 == [0, 2, 3]  # frames 0 and 2 and the placeholder of the middle
 
 
+
+def test_a_clip_whose_info_file_holds_no_frames_is_flagged_in_the_test_split_and_counted(
+        tmp_path):
+    """A test clip whose _info.mat holds no frames (its arrays emptied; video, depth and segm
+    keep 6): the reference loaders' middle frame ceil(0/2) = 0 (1-based) names no frame and
+    its joints do not load (surreal training/loader_SURREAL.lua:47-48), as for a missing
+    _info.mat (getDuration gives 0, :9-16). It is a clip whose file fails: one flagged
+    placeholder standing for its middle frame in the test split, a counted skip elsewhere."""
+    import re
+
+    from hgmt.data import input_pipeline
+
+    stem, = synthetic.generate(str(tmp_path), clips_per_split=1, frames=6, seed=1,
+                               splits=("test",))
+    path = surreal.clip_paths(stem)["info"]
+    mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    for key in ("joints2D", "joints3D", "pose", "shape", "zrot", "gender"):
+        mat[key] = mat[key][..., :0]
+    scipy.io.savemat(path, mat)
+    with pytest.raises(surreal.FormatError, match=f"^{re.escape(path)}: holds no frames"):
+        surreal.load_info(path)
+    cid, counts = surreal.parse_stem(stem), collections.Counter()
+    for frames in (records.FrameSelection(middle_only=True, keep_unusable=True),
+                   records.FrameSelection(every=1, keep_unusable=True)):
+        (key, record), = records.clip_examples(stem, frames, counts)
+        assert key == f"{cid.run}/{cid.name}/0000"
+        assert record["unusable"] == "clip_unreadable_file"
+        assert (int(record["frame"]), int(record["num_frames"]),
+                int(record["info_frames"])) == (0, 1, 1)
+        assert input_pipeline.record_middle(record) == 0  # what an evaluation takes
+    assert counts == {"flagged_clip_unreadable_file": 2}
+    counts = collections.Counter()
+    for frames in (records.FrameSelection(middle_only=True), records.FrameSelection(every=1)):
+        assert list(records.clip_examples(stem, frames, counts)) == []
+    assert counts == {"clip_unreadable_file": 2}
+    with pytest.raises(ValueError, match="a clip of 0 frames has no middle frame"):
+        surreal.middle_frame(0)
+
+
 def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_path, caplog):
     """A built test split of the two clips above (label files of 6 and of 3 frames)
     evaluates frame 3 of each as its middle frame, the second a placeholder, and its everyK

@@ -48,7 +48,7 @@ class SurrealConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
 
-    VERSION = tfds.core.Version("1.5.0")
+    VERSION = tfds.core.Version("1.6.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
                               "quarter of the bytes, faster to decode; labels unchanged.",
@@ -66,7 +66,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               "ceil(T/2) is the middle frame, as the reference loaders "
                               "count it (it was ceil(T/2) of the frames the four files "
                               "share); a middle frame beyond those is a flagged placeholder "
-                              "(frame_missing) in the test split."}
+                              "(frame_missing) in the test split.",
+                     "1.6.0": "A clip whose _info.mat holds no frames, which has no middle "
+                              "frame, is a clip with an unreadable file: a flagged "
+                              "placeholder (clip_unreadable_file) in the test split, skipped "
+                              "and counted in the others; it was left out of every split "
+                              "without a count."}
     BUILDER_CONFIGS = [
         SurrealConfig(name=name, every=records.BUILD_FRAMES[name].every,
                       middle_only=records.BUILD_FRAMES[name].middle_only, description=about)

@@ -206,13 +206,16 @@ def _per_frame(a: np.ndarray, path: str, key: str, num_frames: int) -> np.ndarra
 
 
 def load_info(path: str) -> ClipInfo:
-    """Reads a ``_info.mat``; raises FormatError naming the file on any problem."""
+    """Reads a ``_info.mat``; raises FormatError naming the file on any problem, one that
+    holds no frames included."""
     mat = _loadmat(path)
     joints2d = _frames_last(_field(mat, path, "joints2D"), path, "joints2D", (2, 24))
     joints3d = _frames_last(_field(mat, path, "joints3D"), path, "joints3D", (3, 24))
     t = joints2d.shape[0]
     if joints3d.shape[0] != t:
         raise FormatError(path, f"joints2D has {t} frames but joints3D {joints3d.shape[0]}")
+    if t == 0:  # no middle frame: the reference loaders fail on it as on a missing file
+        raise FormatError(path, "holds no frames (joints2D and joints3D are empty)")
     cam_loc = _field(mat, path, "camLoc").astype(np.float32).reshape(-1)
     if cam_loc.size != 3:
         raise FormatError(path, f"'camLoc' has {cam_loc.size} values, expected 3")
@@ -479,7 +482,10 @@ def reference_frame_problem(joints2d: np.ndarray,
 
 
 def middle_frame(num_frames: int) -> int:
-    """0-based index of the test-protocol frame ceil(T/2) (1-based) of a T-frame clip."""
+    """0-based index of the test-protocol frame ceil(T/2) (1-based) of a T-frame clip; a clip
+    of no frames has none (`load_info` refuses its _info.mat)."""
+    if num_frames < 1:
+        raise ValueError(f"a clip of {num_frames} frames has no middle frame")
     return int(np.ceil(num_frames / 2)) - 1
 
 
