@@ -90,6 +90,20 @@ def test_invisible_joints_get_empty_heatmaps():
     assert float(jnp.abs(pose2d.targets(batch)[..., 3]).max()) == 0.0
 
 
+def test_a_joint_in_any_pixel_of_the_label_map_is_visible():
+    """Label pixel k is centred at k and spans [k - 0.5, k + 0.5): on an 8 x 8 map a joint at
+    x = -0.4 or 7.4 lies in pixel 0 or 7 (visible), one at -0.6 or 7.5 beyond it."""
+    from hgmt.tasks import spec
+
+    joints = np.full((24, 2), 3.0)
+    for k, (x, y) in enumerate([(-0.4, 3), (7.4, 3), (3, -0.4), (3, 7.4), (-0.6, 3), (7.5, 3),
+                                (3, -0.6), (3, 7.5)]):
+        joints[surreal.SMPL_TO_JOINT[k]] = (x, y)
+    crop = spec.Crop({"joints2d": joints}, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 8, False,
+                     lambda record, key: None)
+    np.testing.assert_array_equal(spec.joint_labels(crop)["visible"], [1] * 4 + [0] * 4 + [1] * 8)
+
+
 def _one_joint_batch(r: int = 16) -> dict:
     """One example whose joint 0 lies at label pixel (x 10, y 5), 0.2 m nearer the camera than
     the pelvis (bin round(-0.2 / 0.045) = -4); the other joints are not visible."""

@@ -117,9 +117,10 @@ class Crop:
 
 def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
     """The 2D joint labels of pose2d and pose3d: 'joints2d' (16,2) label px and 'visible'
-    (16,) 1 where the joint lies inside the label map."""
+    (16,) 1 where the joint lies inside the label map: in one of its pixels, pixel k centred
+    at k and spanning [k - 0.5, k + 0.5)."""
     joints = crop.joints2d()
-    visible = ((joints >= 0) & (joints <= crop.size - 1)).all(axis=-1)
+    visible = ((joints >= -0.5) & (joints < crop.size - 0.5)).all(axis=-1)
     return {"joints2d": joints.astype(np.float32), "visible": visible.astype(np.float32)}
 
 
