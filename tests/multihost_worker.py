@@ -11,7 +11,8 @@ no evaluation, config fields overridden by KEY=VALUE (a Python literal); a 10 s 
 timeout; on a preemption signal it writes WORKDIR/preempted_<id>.json and exits 75, and on any
 other error it ends as hgmt.main does (a fault of loop.FAULTS in one line, status 1). With
 HGMT_TEST_SIGTERM_IN_EVALUATION=<id>, process <id> sends itself SIGTERM when an evaluation
-reads its second batch.
+reads its second batch; with HGMT_TEST_SIGTERM_AT_START=<id>, once training knows the step it
+starts from (before its first step compiles).
 """
 
 import ast
@@ -53,6 +54,8 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
                                                     **(overrides or {})})
     if os.environ.get("HGMT_TEST_SIGTERM_IN_EVALUATION") == str(process_id):
         _sigterm_at_second_evaluation_batch()
+    if os.environ.get("HGMT_TEST_SIGTERM_AT_START") == str(process_id):
+        _sigterm_at_start()
     try:
         with cli.faults_in_one_line(*loop.FAULTS):
             state = loop.train(config, workdir)
@@ -97,6 +100,20 @@ def _sigterm_at_second_evaluation_batch() -> None:
             yield batch
 
     input_pipeline.eval_batches = signalling
+
+
+def _sigterm_at_start() -> None:
+    import signal
+
+    from hgmt.training import preemption
+
+    start = preemption.PreemptionWatch.start
+
+    def signalling(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # a real SIGTERM, caught by JAX's notifier
+
+    preemption.PreemptionWatch.start = signalling
 
 
 if __name__ == "__main__":

@@ -1231,6 +1231,29 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
 
 
 @pytest.mark.slow
+def test_two_processes_sigterm_before_the_first_step_of_a_resumed_run_stops_both(
+        demo_dataset, tmp_path):
+    """A run resumed from step 2 whose process 1 gets SIGTERM before its first step (while it
+    compiles): both processes agree to stop at step 3 and save it. JAX's sync protocol agrees
+    on the step after the last one the processes gave it, which the resumed run gives before
+    its first step."""
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    for p in _workers(workdir, demo_dataset[1], 2):
+        out = p.communicate(timeout=400)[0]
+        assert p.returncode == 0, out[-3000:]
+    procs = _workers(workdir, demo_dataset[1], 12,
+                     env={**os.environ, "HGMT_TEST_SIGTERM_AT_START": "1"})
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [preemption.EXIT_PREEMPTED] * 2, "\n".join(
+        f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
+    stopped = [json.loads((tmp_path / "w" / f"preempted_{i}.json").read_text())["step"]
+               for i in range(2)]
+    assert stopped == [3, 3]
+    assert checkpoints.manager(workdir).latest_step() == 3
+
+
+@pytest.mark.slow
 def test_two_processes_sigterm_to_one_during_the_evaluation_after_training_stops_both(
         demo_dataset, tmp_path):
     """Process 1 gets SIGTERM while the test evaluation after the last step (3) reads its

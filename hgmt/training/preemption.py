@@ -73,8 +73,15 @@ class PreemptionWatch:
 
     def start(self, step: int, evaluations_after: bool = True) -> None:
         """Training starts after `step` (0, or the checkpoint it resumes from);
-        `evaluations_after`: whether evaluations follow its last step."""
+        `evaluations_after`: whether evaluations follow its last step. With several
+        processes `step` is given to JAX's sync protocol at once: a notice before the first
+        step's check (while it compiles) is agreed from the step counter the processes last
+        gave, which would otherwise be 0 in a resumed run, a sync point no step reaches."""
         self.step, self.evaluations_after = step, evaluations_after
+        if self.multihost and _sync_manager_available():
+            from jax.experimental import multihost_utils
+
+            self._agreed = self._agreed or multihost_utils.reached_preemption_sync_point(step)
 
     def _plan(self) -> str:
         """What the trainer does on a signal arriving now: the signal's log line."""
@@ -119,7 +126,8 @@ class PreemptionWatch:
         self._previous.clear()
 
     def reached(self, step: int) -> bool:
-        """True at the step where every process should save and stop; call it every step."""
+        """True at the step where every process should save and stop (and after it); call it
+        every step."""
         self.step = step
         if self.multihost:
             from jax.experimental import multihost_utils
@@ -129,7 +137,7 @@ class PreemptionWatch:
         else:
             agreed = self.received is not None
         self._agreed = self._agreed or agreed
-        return agreed
+        return self._agreed
 
     def stop_after_training(self) -> bool:
         """After the last step: True once every process should stop (also when `reached` said
