@@ -7,18 +7,20 @@ grouped by kind, each kind's share of the op time and how close it runs to the d
 Kinds (benchmarks/xla_ops.py, from the compiled HLO): convolutions by role (forward, input
 gradient, weight gradient; a cuDNN call names its role, otherwise shapes and metadata tell),
 hgmt's 1x1 convolutions (matmuls) by the same roles, reductions (BatchNorm statistics, bias
-gradients), elementwise fusions, transposes and copies, collectives. For the convolutions and
-matmuls the achieved FLOP/s (their multiply-adds from the HLO shapes over their time) is set
-against the measured matmul peak of the device in the step's dtype (the line also gives the
-datasheet's, `matmul_peak_spec_tflop_per_s`: train_step.SPEC_PEAK_GFLOP_PER_S); for the other
-kinds the achieved bytes/s (operands read plus results written, from the HLO shapes) against a
-measured streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on
-the host threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's
-(the kernels on the device's streams, attributed to their HLO op). On a device,
-`device_ms_per_step` is the time of all its events and `ops_ms_per_step` the part attributed to
-an op: the kernels XLA:GPU replays from a CUDA graph (its command buffers) carry no op name, so
-a GPU is profiled with them off (XLA_FLAGS=--xla_gpu_enable_command_buffer=, as
-benchmarks/accelerator.sh does).
+gradients), elementwise fusions, transposes and copies, collectives; an op in a while's body
+counts its trip count times where XLA states it, and once where the number of its runs is not
+known (a while without a stated trip count, a conditional's branch), its FLOPs then also in
+`gflop_per_step_runs_unknown`. For the convolutions and matmuls the achieved FLOP/s (their
+multiply-adds from the HLO shapes over their time) is set against the measured matmul peak of
+the device in the step's dtype (the line also gives the datasheet's,
+`matmul_peak_spec_tflop_per_s`: train_step.SPEC_PEAK_GFLOP_PER_S); for the other kinds the
+achieved bytes/s (operands read plus results written, from the HLO shapes) against a measured
+streaming peak (one large elementwise pass). Works on a CPU's trace (XLA's thunks on the host
+threads; concurrent ops make the op time exceed the step's wall time) and on a GPU's (the
+kernels on the device's streams, attributed to their HLO op). On a device, `device_ms_per_step`
+is the time of all its events and `ops_ms_per_step` the part attributed to an op: the kernels
+XLA:GPU replays from a CUDA graph (its command buffers) carry no op name, so a GPU is profiled
+with them off (XLA_FLAGS=--xla_gpu_enable_command_buffer=, as benchmarks/accelerator.sh does).
 
 `--feed=trainer` profiles the trainer's own program (train_step.py --feed=trainer: with
 config.augment_on "device", the crop and augmentation inside, fed one batch of config.dataset),
@@ -188,6 +190,9 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                                                else round(spec_peak / 1e3, 1)),
               "stream_peak_gbytes_per_s": round(bytes_peak / 1e9, 1),
               "gflop_per_step_counted": round(counted / 1e9, 3),
+              # the part of it in loops or branches run an unknown number of times, counted once
+              "gflop_per_step_runs_unknown": round(sum(
+                  v["flops"] for v in ops.values() if v["runs"] is None) / 1e9, 3),
               "gflop_per_step_xla": round(flops / 1e9, 3), "flops_from": flops_from,
               "kinds": kinds,
               "slowest_ops": {f"{n} [{ops[n]['kind']}]": round(us / 1e3 / fv.steps, 3)

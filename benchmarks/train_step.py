@@ -184,10 +184,14 @@ def compile_noting_cache(lowered) -> tuple:
 
 def hlo_shape_flops(hlo: str) -> dict:
     """{"flops": 2 x the multiply-adds of the convolutions and matmuls of the compiled
-    program `hlo` (XLA's HLO text), from their shapes}, or {} where it has none."""
+    program `hlo` (XLA's HLO text), from their shapes, a while's body times its trip count},
+    or {} where it has none. Where some of them run an unknown number of times (a while whose
+    trip count XLA does not state, a conditional's branch), they count once and
+    "flops_runs_unknown" gives their part of the count."""
     ops = xla_ops.classify(xla_ops.parse(hlo), set())
     flops = sum(v["flops"] for v in ops.values())
-    return {"flops": flops} if flops else {}
+    unknown = sum(v["flops"] for v in ops.values() if v["runs"] is None)
+    return {"flops": flops, **({"flops_runs_unknown": unknown} if unknown else {})} if flops else {}
 
 
 def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
@@ -219,7 +223,8 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
     within 1.2 % of the lowered count on a CPU, whose elementwise FLOPs it leaves out); XLA's
     count of the compiled program is the last resort ("compiled": after compilation a GPU's
     convolutions are cuDNN calls it does not count). An analysis that fails is skipped
-    (`first_flop_count`)."""
+    (`first_flop_count`). Both of XLA's analyses count a while's body once whatever its trip
+    count (the hlo-shapes count multiplies it: `hlo_shape_flops`); the step has no while."""
     step, state, data, params, _ = (trainer_placed_step(config) if feed == "trainer"
                                     else placed_step(config, devices))
     t0 = time.perf_counter()
@@ -236,7 +241,8 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
 
 def first_flop_count(sources) -> tuple[float, str]:
     """(FLOPs, name) of the first of `sources`, (name, analysis) pairs, whose analysis gives a
-    count: a dict with "flops", or a list of them (one per program; the first counts). One that
+    count: a dict with "flops", or a list of them (one per program; the first counts); its
+    "flops_runs_unknown" (`hlo_shape_flops`) goes into the name. One that
     raises (a parse of a backend's HLO not seen before) is logged to stderr and the next one is
     tried. -> (nan, "none") when none gives a count."""
     for name, analysis in sources:
@@ -248,6 +254,9 @@ def first_flop_count(sources) -> tuple[float, str]:
             continue
         cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
         if cost and "flops" in cost:
+            if cost.get("flops_runs_unknown"):
+                name += (f" ({cost['flops_runs_unknown'] / 1e9:.3f} GFLOP of it in loops or "
+                         f"branches run an unknown number of times, counted once)")
             return float(cost["flops"]), name
     return float("nan"), "none"
 

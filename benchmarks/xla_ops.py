@@ -11,6 +11,9 @@ DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16"
                "f8e4m3fn": 1, "f8e5m2": 1}
 _ARRAY = re.compile(r"\b([a-z]\w*)\[([\d,]*)\]")
 _HEAD = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
+_CALLS = re.compile(r"\b(?:calls|to_apply|condition|body|true_computation|false_computation)"
+                    r"=(%?[\w.\-]+)|\b(?:calls|branch_computations|called_computations)"
+                    r"=\{([^}]*)\}")
 
 
 @dataclass
@@ -24,8 +27,18 @@ class Instruction:
 
     @property
     def calls(self) -> list[str]:
-        m = re.search(r"(?:calls|to_apply)=(%?[\w.\-]+(?:, %?[\w.\-]+)*)", self.attrs)
-        return [c.lstrip("%") for c in m.group(1).split(", ")] if m else []
+        """Every computation the instruction names: a fusion's or call's (`calls=`,
+        `to_apply=`), a while's condition and body, a conditional's branches
+        (`branch_computations={...}`, `true_computation=`, `false_computation=`)."""
+        return [name for m in _CALLS.finditer(self.attrs)
+                for name in re.findall(r"%?([\w.\-]+)", m.group(1) or m.group(2))]
+
+    @property
+    def trip_count(self) -> int | None:
+        """How many times a while runs its body, where XLA states it (its backend config's
+        `"known_trip_count":{"n":"4"}`); None where it does not."""
+        m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', self.attrs)
+        return int(m.group(1)) if m else None
 
     @property
     def op_name(self) -> str:
@@ -217,21 +230,48 @@ def _role(module: Module, inst: Instruction, top: Instruction, kernel_shapes: se
     return "input-gradient" if "transpose(" in op_name else "forward"
 
 
+def runs(module: Module) -> dict[str, int | None]:
+    """Computation -> how many times one run of the program runs it: the entry once, a called
+    computation as often as its caller, a while's body its trip count times over and its
+    condition once more, where XLA states the trip count; None where that is not known (a
+    while whose trip count XLA does not state, a conditional's branch, and what they call)."""
+    out: dict[str, int | None] = {}
+
+    def visit(comp: str, n: int | None) -> None:
+        if comp not in module.computations:
+            return
+        out[comp] = None if n is None or out.get(comp, 0) is None else out.get(comp, 0) + n
+        for inst in module.computations[comp]:
+            if inst.opcode == "call":
+                called = [(c, n) for c in inst.calls]
+            elif inst.opcode == "while":
+                trips = None if n is None or inst.trip_count is None else n * inst.trip_count
+                body = re.search(r"\bbody=%?([\w.\-]+)", inst.attrs)
+                cond = re.search(r"\bcondition=%?([\w.\-]+)", inst.attrs)
+                called = ([(body.group(1), trips)] if body else []) + (
+                    [(cond.group(1), None if trips is None else trips + n)] if cond else [])
+            elif inst.opcode == "conditional":
+                called = [(c, None) for c in inst.calls]
+            else:
+                continue
+            for c, k in called:
+                visit(c, k)
+
+    visit(module.entry, 1)
+    return out
+
+
 def classify(module: Module, kernel_shapes: set) -> dict[str, dict]:
-    """Top-level op name -> {"kind", "flops", "bytes"} for every op of the entry computation
-    (and of the computations it calls through while/call/conditional), `kernel_shapes` being
-    the sorted non-1 dims of the model's convolution kernels."""
+    """Top-level op name -> {"kind", "flops", "bytes", "runs"} for every op of the entry
+    computation and of the computations it calls through while/call/conditional,
+    `kernel_shapes` being the sorted non-1 dims of the model's convolution kernels. "runs" is
+    how many times one run of the program runs the op (`runs`), and "flops" and "bytes" are
+    over all of them; where that is not known (None: in a while whose trip count XLA does not
+    state, in a conditional's branch), they are one run's."""
     ops = {}
-    todo = [module.entry]
-    done = set()
-    while todo:
-        comp = todo.pop()
-        if comp in done or comp not in module.computations:
-            continue
-        done.add(comp)
+    for comp, times in runs(module).items():
         for inst in module.computations[comp]:
             if inst.opcode in ("while", "call", "conditional"):
-                todo.extend(inst.calls)
                 continue
             if inst.opcode in NOT_TIMED:
                 continue
@@ -262,5 +302,7 @@ def classify(module: Module, kernel_shapes: set) -> dict[str, dict]:
                 kind = "elementwise fusion"
             moved = nbytes(inst.shape) + sum(nbytes(module.shapes.get(o, ""))
                                              for o in inst.operands)
-            ops[inst.name] = {"kind": kind, "flops": flops, "bytes": moved}
+            per_program = 1 if times is None else times
+            ops[inst.name] = {"kind": kind, "flops": flops * per_program,
+                              "bytes": moved * per_program, "runs": times}
     return ops

@@ -195,6 +195,33 @@ def test_flops_from_hlo_shapes_count_convolutions_and_matmuls():
                                       "  ROOT %c = f32[] constant(0)\n}\n") == {}
 
 
+def test_flops_in_loops_and_conditionals_count_every_run():
+    """A while's body counts its trip count times where XLA states it (four 256x512 @ 512x512
+    matmuls: 4 x 2 x 256 x 512 x 512); a while whose trip count is not known and a
+    conditional's branches count once and say so."""
+    x, w = np.ones((256, 512), np.float32), np.ones((512, 512), np.float32)
+
+    def hlo(f, *args):
+        return jax.jit(f).lower(*args).compile().as_text()
+
+    looped = hlo(lambda x, w: jax.lax.fori_loop(0, 4, lambda i, y: y @ w, x), x, w)
+    matmul = 2 * 256 * 512 * 512
+    assert train_step.hlo_shape_flops(looped) == {"flops": 4 * matmul}
+    ops = xla_ops.classify(xla_ops.parse(looped), set())
+    dot = [v for v in ops.values() if v["flops"]]
+    assert [(v["flops"], v["runs"]) for v in dot] == [(4 * matmul, 4)]
+
+    unknown = hlo(lambda x, w, n: jax.lax.fori_loop(0, n, lambda i, y: y @ w, x), x, w, 3)
+    assert train_step.hlo_shape_flops(unknown) == {"flops": matmul, "flops_runs_unknown": matmul}
+    branches = hlo(lambda x, w, p: jax.lax.cond(p > 0, lambda: x @ w, lambda: x @ w @ w),
+                   x, w, 1)
+    assert train_step.hlo_shape_flops(branches) == {"flops": 3 * matmul,
+                                                    "flops_runs_unknown": 3 * matmul}
+    flops, source = train_step.first_flop_count(
+        (("hlo-shapes", lambda: train_step.hlo_shape_flops(unknown)),))
+    assert flops == matmul and source.startswith("hlo-shapes (0.134 GFLOP of it in loops")
+
+
 def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     ops = {"conv": {"kind": "conv forward", "flops": 4e9, "bytes": 1e6},
            "add": {"kind": "elementwise fusion", "flops": 0.0, "bytes": 3e9}}
