@@ -142,8 +142,9 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     config = fv.config
+    devices = train_step.step_devices(fv.feed)
     compiled, state, data, _, compile_s, flops, flops_from, cache = train_step.compiled_step(
-        config, feed=fv.feed)
+        config, devices, fv.feed)
     for _ in range(fv.warmup):
         state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
@@ -167,7 +168,11 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     with gzip.open(os.path.join(trace_dir, "step_hlo.txt.gz"), "wt") as f:
         f.write(hlo)  # the program the trace's kernel names refer to, metadata included
     module = xla_ops.parse(hlo)
-    ops = xla_ops.classify(module, kernel_shapes(jax.tree.map(lambda x: x[0], state.params)))
+    # The program is one device's, the trace's op time every device's: its FLOPs and bytes
+    # times the devices (as compiled_step's count), so that their rates are per device.
+    ops = {name: {**op, "flops": op["flops"] * devices, "bytes": op["bytes"] * devices}
+           for name, op in xla_ops.classify(
+               module, kernel_shapes(jax.tree.map(lambda x: x[0], state.params))).items()}
     per_op = op_times(events, module.name, ops)
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
     matmul_peak = train_step.matmul_peak(dtype, 1) * 1e9
@@ -178,7 +183,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     slowest = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
     device = device_us(events)
     result = {"benchmark": "profile_step", "backend": jax.default_backend(),
-              "device": jax.local_devices()[0].device_kind, **cli.describe(config),
+              "device": jax.local_devices()[0].device_kind, "devices": devices,
+              **cli.describe(config),
               "feed": fv.feed, "step_ms": round(1e3 * step_s, 2), "compile_s": round(compile_s, 2),
               "compile_cache": cache,
               "ops_ms_per_step": round(sum(k["ms"] for k in kinds.values()), 2),

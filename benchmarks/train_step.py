@@ -212,19 +212,33 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     return step, steps.replicate(state), data, params, init_s
 
 
+def step_devices(feed: str, devices: int = 1) -> int:
+    """How many local devices the step of `feed` runs on: `devices` for "cropped"; every local
+    device for "trainer" (the trainer's step), where a `devices` other than 1 or that number
+    is an error."""
+    if feed != "trainer":
+        return devices
+    if devices not in (1, jax.local_device_count()):
+        raise ValueError(f"--devices={devices} with --feed=trainer: the trainer's step runs "
+                         f"on every local device ({jax.local_device_count()})")
+    return jax.local_device_count()
+
+
 def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
                   feed: str = "cropped") -> tuple:
-    """`placed_step`'s step (`feed` "cropped") or `trainer_placed_step`'s ("trainer")
-    compiled: (compiled, state, data, params, compile seconds, FLOPs per step, where the FLOPs
-    were counted, the compilation cache's answer (`compile_noting_cache`)). FLOPs come from
-    XLA's cost analysis of the lowered (pre-backend) program ("lowered"). Where the backend
-    gives none (JAX's GPU plugin: jax 0.11.2 on an H200), they are the convolutions and
-    matmuls of the compiled program counted from their HLO shapes ("hlo-shapes", `xla_ops`;
-    within 1.2 % of the lowered count on a CPU, whose elementwise FLOPs it leaves out); XLA's
-    count of the compiled program is the last resort ("compiled": after compilation a GPU's
-    convolutions are cuDNN calls it does not count). An analysis that fails is skipped
-    (`first_flop_count`). Both of XLA's analyses count a while's body once whatever its trip
-    count (the hlo-shapes count multiplies it: `hlo_shape_flops`); the step has no while."""
+    """`placed_step`'s step (`feed` "cropped") or `trainer_placed_step`'s ("trainer") compiled:
+    (compiled, state, data, params, compile seconds, FLOPs per step on all the devices it runs
+    on (`step_devices`), where the FLOPs were counted, the compilation cache's answer
+    (`compile_noting_cache`)). FLOPs come from XLA's cost analysis of the lowered (pre-backend)
+    program ("lowered"). Where the backend gives none (JAX's GPU plugin: jax 0.11.2 on an
+    H200), they are the convolutions and matmuls of the compiled program counted from their HLO
+    shapes ("hlo-shapes", `xla_ops`; within 1.2 % of the lowered count on a CPU, whose
+    elementwise FLOPs it leaves out); XLA's count of the compiled program is the last resort
+    ("compiled": after compilation a GPU's convolutions are cuDNN calls it does not count). An
+    analysis that fails is skipped (`first_flop_count`). Both of XLA's analyses count a while's
+    body once whatever its trip count (the hlo-shapes count multiplies it: `hlo_shape_flops`);
+    the step has no while."""
+    devices = step_devices(feed, devices)
     step, state, data, params, _ = (trainer_placed_step(config) if feed == "trainer"
                                     else placed_step(config, devices))
     t0 = time.perf_counter()
@@ -235,7 +249,7 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
         ("lowered", lowered.cost_analysis),
         ("hlo-shapes", lambda: hlo_shape_flops(compiled.as_text())),
         ("compiled", compiled.cost_analysis)))
-    # the count is of the per-device program: times the devices
+    # the count is of the per-device program: times the devices that run it
     return compiled, state, data, params, compile_s, flops * devices, source, cache
 
 
@@ -266,11 +280,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
     """Compiles and times the train step of `config` -> the JSON line's fields. `feed`:
     "cropped" (a random cropped batch on `devices` devices) or "trainer" (the trainer's own
     program and one batch of its data, on every local device: `trainer_placed_step`)."""
-    if feed == "trainer":
-        if devices not in (1, jax.local_device_count()):
-            raise ValueError(f"--devices={devices} with --feed=trainer: the trainer's step runs "
-                             f"on every local device ({jax.local_device_count()})")
-        devices = jax.local_device_count()
+    devices = step_devices(feed, devices)
     compiled, state, data, params, compile_s, flops, flops_from, cache = compiled_step(
         config, devices, feed)
 

@@ -267,6 +267,27 @@ def test_profile_of_a_tiny_step_on_this_cpu(tmp_path):
     assert 0.6 < r["gflop_per_step_counted"] / r["gflop_per_step_xla"] < 1.2
 
 
+def test_the_profile_of_the_trainers_step_counts_every_devices_work(demo_dataset, tmp_path):
+    """--feed=trainer runs the step on the 4 test devices and the trace's op time is theirs
+    together (each op's events: steps x devices), so the FLOPs per step are the 4 devices':
+    4 x the one-device program's, about the FLOPs of the same global batch on one device."""
+    config = [f"--config={cli.REPO}/configs/default.py:tasks=pose2d,runlocal",
+              "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
+              *TINY, "--config.batch_size=4", "--config.augment_on=host"]
+    r = profile_step.benchmark([*config, "--feed=trainer", "--steps=1", "--warmup=1",
+                                f"--trace_dir={tmp_path}"])
+    assert r["devices"] == 4 == jax.local_device_count()
+    one_device = xla_ops.classify(xla_ops.parse(
+        gzip.open(tmp_path / "step_hlo.txt.gz", "rt").read()), set())
+    counted = sum(v["flops"] for v in one_device.values())
+    assert r["gflop_per_step_counted"] == round(4 * counted / 1e9, 3)
+    assert sum(k.get("gflop", 0) for k in r["kinds"].values()) == pytest.approx(
+        r["gflop_per_step_counted"], abs=0.01)  # every op with FLOPs was timed
+    parsed = cli.parse(cli.define_timing, config, "doc").config
+    whole_batch = train_step.compiled_step(parsed)[5]  # the batch of 4 on one device
+    assert r["gflop_per_step_xla"] == pytest.approx(whole_batch / 1e9, rel=0.02)
+
+
 def test_train_step_benchmark_figures_agree():
     """A tiny configuration on 2 of the 4 test devices: img/s is batch / step time, the
     parameter count is the model's, FLOPs and MFU are positive and MFU below 1."""
