@@ -14,15 +14,17 @@ holds the loader's start), its compile time the first step's as it logs it. Prin
 step's JSON line as soon as it is measured, then the trainer's: `trainer_over_bare` (goal >=
 0.95), `data_idle` (goal <= 0.02: the share of the time the device sat idle waiting for a
 batch, an upper bound) and `data_wait` (the host's wait for a batch, which overlaps the
-device's work on the steps queued before it). The trainer's output goes to stderr as it
-comes. A SIGTERM (a time limit's) stops the trainer, which saves and exits; the line then says
+device's work on the steps queued before it), with `worker_count` as the config gives it (-1:
+auto) and `loader_workers`, the grain worker processes the trainer's loader runs for it
+(`input_pipeline.auto_worker_count`). The trainer's output goes to stderr as it comes. A
+SIGTERM (a time limit's) stops the trainer, which saves and exits; the line then says
 `"complete": false` and holds the intervals logged until then (exit status 75). The bare step
 is the trainer's own program (`train_step.py --feed=trainer`: with `config.augment_on` device,
 auto's choice on an accelerator, the step crops and augments decoded records) fed one batch of
 the same data held on the device, so the ratio counts the loop and the data alone, and the
-trainer loads its step from the cache instead of compiling it again. Should the bare step
-fail, its line says so ({"benchmark": "bare_step", "error": ...}) and the trainer runs all the
-same (its line then has no ratio).
+trainer loads its step from the cache instead of compiling it again. Should the bare step fail,
+its line says so ({"benchmark": "bare_step", "error": ...}) and the trainer runs all the same
+(its line then has no ratio).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import fresh_process
 from absl import flags
 
 from hgmt import cores
+from hgmt.data import input_pipeline
 from hgmt.training.preemption import EXIT_PREEMPTED
 
 GOALS = {"trainer_over_bare": 0.95, "data_idle": 0.02}
@@ -193,7 +196,11 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     figures = (trainer_figures(scalars, log) if scalars.get("img_per_s") or not stopped
                else {"intervals": 0})
     result = {"benchmark": "trainer", "complete": not stopped, **cli.describe(fv.config),
-              "worker_count": fv.config.worker_count, "cpus": cores.usable_cores(),
+              # config.worker_count as given (-1: auto), and the grain worker processes the
+              # trainer's loader starts for it (a fresh workdir: no checkpoint's count to resume)
+              "worker_count": fv.config.worker_count,
+              "loader_workers": input_pipeline.auto_worker_count(fv.config.worker_count),
+              "cpus": cores.usable_cores(),
               "augment_on": fv.config.get("augment_on", "host"),
               "total_steps": fv.config.total_steps, "log_every": fv.config.log_every,
               **figures, "trainer_wall_s": round(wall_s, 1)}

@@ -727,9 +727,11 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
 def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_same(
         monkeypatch, tmp_path, capsys):
     """The bare step's process fails (crafted); the trainer (here a stand-in that logs three
-    intervals as hgmt.main does) still runs, and its line has no ratio to the bare step."""
+    intervals as hgmt.main does) still runs, and its line has no ratio to the bare step; it
+    gives config.worker_count and the loader's workers it resolves to (on 16 cores)."""
     import fresh_process
 
+    from hgmt import cores
     from hgmt.training import summary_writer
 
     def bare_fails(script, args, env=None, timeout_s=None):
@@ -749,9 +751,12 @@ def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_sam
 
     monkeypatch.setattr(fresh_process, "run", bare_fails)
     monkeypatch.setattr(trainer_speed, "run_trainer", trainer)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 16)
     workdir = tmp_path / "w"
     assert trainer_speed.main([*TINY, f"--workdir={workdir}", "--bare_steps=5"]) == 0
     bare, result = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    # the default config's worker_count -1, and the 16 cores less two that the loader runs
+    assert (result["worker_count"], result["loader_workers"], result["cpus"]) == (-1, 14, 16)
     assert bare == {"benchmark": "bare_step", "error": "exit 1: RuntimeError: crafted failure"}
     assert len(ran) == 1 and ran[0][1:3] == ["-m", "hgmt.main"]
     assert result["benchmark"] == "trainer" and result["complete"]
