@@ -8,6 +8,13 @@ torch.profiler over --steps steps of torch_reference's step; prints one JSON lin
 for convolutions by kernel size (forward; backward = input and kernel gradients together, as
 PyTorch runs them in one op), BatchNorm, ReLU, max-pooling, and everything else. Needs the
 `bench` extra.
+
+CPU only: the profiler records CPU activity, the ops' own CPU time is the figure, and the
+convolutions are known by oneDNN's op (aten::mkldnn_convolution; float32 and bfloat16 on this
+CPU run every convolution through it). On a host where PyTorch sees CUDA,
+torch_reference.make_step would put the step on the GPU, whose kernels run asynchronously
+with other op names, so the script stops and says to hide the GPU (CUDA_VISIBLE_DEVICES=)
+rather than print CPU launch times as the GPU's.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 import cli
+import torch
 import torch_reference
 from torch.profiler import ProfilerActivity, profile
 
@@ -43,6 +51,11 @@ def kind(name: str, input_shapes: list) -> str:
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(cli.define_timing, argv, __doc__)
+    if torch.cuda.is_available():
+        raise SystemExit("error: profile_torch.py profiles PyTorch's step on the CPU, and on "
+                         "this host the step would run on its GPU (torch_reference.make_step "
+                         "takes CUDA where PyTorch sees it): run it with CUDA_VISIBLE_DEVICES= "
+                         "to profile the CPU step")
     step, _ = torch_reference.make_step(fv.config)
     for _ in range(fv.warmup):
         step()

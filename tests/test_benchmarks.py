@@ -992,6 +992,22 @@ def test_profile_torch_groups_every_op_of_the_step_by_kind():
     assert all(v >= 0 for v in kinds.values()) and kinds["conv 3x3 forward"] > 0
 
 
+def test_profile_torch_refuses_a_host_where_the_step_would_run_on_cuda(monkeypatch):
+    """The profile is of CPU activity: where PyTorch sees CUDA (stubbed here) it stops before
+    building the step and names how to profile the CPU step."""
+    profile_torch = pytest.importorskip("profile_torch", exc_type=ImportError)
+    import torch
+    import torch_reference
+
+    def never(*_, **__):
+        raise AssertionError("the step was built")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch_reference, "make_step", never)
+    with pytest.raises(SystemExit, match="run it with CUDA_VISIBLE_DEVICES= to profile the CPU"):
+        profile_torch.benchmark(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
+
+
 @pytest.mark.slow
 def test_build_throughput_builds_the_frames_it_counts_on_both_paths():
     """The smallest build (1 train clip of 2 frames, plus the 2-frame val and test clips) on
