@@ -1,4 +1,5 @@
-"""The same multi-task stacked-hourglass network, loss and optimizer, written plainly in PyTorch.
+"""The same multi-task stacked-hourglass network, losses and optimizer, written plainly in
+PyTorch.
 
 It is the yardstick for hgmt's training speed: `benchmarks/compare.py` runs it back to back with
 `benchmarks/train_step.py` on the same configs. Same flags (benchmarks/cli.py), same JSON line:
@@ -15,6 +16,15 @@ compile; `default`); the JSON line gives the mode and `compile_s`, the wall time
 step (tracing, compilation, autotuning) less one steady step. Inductor's on-disk cache goes to
 a fresh folder (`--compile_cache` to reuse one), so `compile_s` is a cold compile.
 compare.py runs max-autotune under a time limit and falls back to the default mode.
+
+The work around the network is less than hgmt's step: this step trains on a random float image
+batch and float targets made once before timing (`make_batch`), where hgmt's step normalises
+uint8 images and builds every target from the joints inside the step (pose2d's heatmaps,
+pose3d's 16 x 19-bin volumes); the losses are the same functions (mean squared error, spatial
+cross-entropy: hgmt's at its default foreground_weight 1), unweighted here, and the optimizer
+is RMSprop whatever config.optimizer names, its learning rate constant here and scheduled in
+hgmt's step. `--compile` compiles `forward_loss` only: RMSprop's update and `zero_grad` stay
+eager.
 """
 
 from __future__ import annotations
