@@ -12,11 +12,12 @@
 # tasks); default both.
 # After each command a line {"benchmark": "accelerator_command", ...} gives its wall time and
 # exit status, for planning a lending's minutes. --time_s=T: the whole run stops within T
-# seconds (the wheels' install and the checks below included): each command gets at most the
-# time left less a margin for its own exit (a command stopped that way writes what it
-# measured: trainer_speed.py its intervals so far), and a command with less than a minute left
-# is skipped (a line says so). Give it below the device call's own limit, so that the script,
-# not the call, stops last.
+# seconds, but for the shell's own steps between commands (making folders, copying a trace):
+# every command, the wheels' install and the checks below included, gets at most the time left
+# less a margin for its own exit (a command stopped that way writes what it measured:
+# trainer_speed.py its intervals so far); a part's command with less than a minute left is
+# skipped (a line says so), and an install or check with no time left is not run (it fails).
+# Give it below the device call's own limit, so that the script, not the call, stops last.
 # First: the input pipeline's packages must import (exit 3 with a message when they do not:
 # .whl/ below), then benchmarks/host_check.py writes one line
 # {"benchmark": "host", ...} (Python, JAX and its backend and devices, PyTorch and whether it
@@ -68,8 +69,9 @@
 # Python packages missing on the host travel as wheels in .whl/ (benchmarks/accelerator_wheels.sh
 # fills it; see docs/performance.md) and are installed first into /tmp/site. .whl/ is
 # git-ignored: a device run copies it only when its carry names it (carry=[".whl"]).
-# Exit status: 0; 2 a bad argument; 3 the input pipeline's packages do not import; 4 no
-# accelerator at --size=paper (host_check.py).
+# Exit status: 0; 1 the wheels' install failed or ran out of --time_s; 2 a bad argument; 3 the
+# input pipeline's packages do not import (or not within --time_s); 4 no accelerator at
+# --size=paper (host_check.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 size=paper
@@ -120,16 +122,41 @@ for lever in ${levers//,/ }; do  # the names of step_levers.py's LEVERS
     echo "--levers: unknown lever $lever (benchmarks/step_levers.py --help lists them); $usage" >&2
     exit 2; }
 done
+grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchmark writes
+# left_s: with --time_s, the seconds a command started now may run so that it has stopped,
+# its exit's grace included, within the run's T
+left_s() { echo $((time_s - SECONDS - grace)); }
+# bounded LIMIT CMD...: CMD under `timeout`, for LIMIT seconds (0: no limit of its own) or,
+# with --time_s, what is left if that is less; not run (status 124) when nothing is left
+bounded() {
+  local limit=$1 left
+  if [ -n "$time_s" ]; then
+    left=$(left_s)
+    [ "$left" -lt 1 ] && return 124
+    { [ "$limit" -eq 0 ] || [ "$left" -lt "$limit" ]; } && limit=$left
+  fi
+  timeout --kill-after=$grace "$limit" "${@:2}"
+}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+  bounded 0 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "accelerator.sh: installing .whl/ failed (exit $rc; 124 or 137: out of --time_s=$time_s)" >&2
+    exit 1
+  fi
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 # what every part needs beyond the image's packages (.whl/'s: accelerator_wheels.sh)
 packages="ml_collections, grain, array_record, tensorflow_datasets, av"
-if ! why=$(python3 -c "import $packages" 2>&1); then
+why=$(bounded 0 python3 -c "import $packages" 2>&1)
+rc=$?
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  echo "accelerator.sh: import $packages did not finish within --time_s=$time_s" >&2
+  exit 3
+elif [ $rc -ne 0 ]; then
   echo "accelerator.sh: import $packages failed (${why##*$'\n'}): carry .whl/ to this host (the device run's carry=[\".whl\"]) and fill it with benchmarks/accelerator_wheels.sh where PyPI can be reached" >&2
   exit 3
 fi
@@ -138,7 +165,7 @@ work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
 mkdir -p "$work"
 # the host's line; at the paper's size no run on JAX's CPU backend (exit 4)
 host_flag=; [ "$size" = paper ] && host_flag=--require_accelerator
-timeout 120 python3 benchmarks/host_check.py $host_flag | grep '^{' | tee -a "$log"
+bounded 120 python3 benchmarks/host_check.py $host_flag | grep '^{' | tee -a "$log"
 host_rc=${PIPESTATUS[0]}
 case $host_rc in
   0) ;;
@@ -148,7 +175,6 @@ esac
 # run LIMIT_S CMD...: CMD's JSON lines to stdout and the log (and to the file $also, when set);
 # CMD's exit status (124 or 137: stopped at its limit, LIMIT_S or what --time_s leaves), not
 # that of the filter (grep fails when CMD printed no line)
-grace=30  # from a command's SIGTERM to its SIGKILL: a trainer saves, the benchmark writes
 run() {
   local t0=$SECONDS rc what=${3##*/} a limit=$1
   run_limit=0  # the limit the command gets (0: skipped), for its caller
@@ -160,7 +186,8 @@ run() {
     esac
   done
   if [ -n "$time_s" ]; then
-    local left=$((time_s - SECONDS - grace))
+    local left
+    left=$(left_s)
     if [ $left -lt 60 ]; then
       echo "{\"benchmark\": \"accelerator_command\", \"command\": \"$what\", \"skipped\": \"under a minute left of --time_s=$time_s\"}" | tee -a "$log"
       return 124
@@ -259,7 +286,8 @@ if has torch || has step; then
       --steps=$step_steps --warmup=3
     has torch && torch_config "$1" "$2" "$pair" "${cfg[@]}" --steps=$step_steps --warmup=5
     if has step && has torch && [ -s "$pair" ]; then
-      python3 benchmarks/compare.py --from_lines="$pair" 2>>"$log.err" | grep '^{' | tee -a "$log"
+      bounded 0 python3 benchmarks/compare.py --from_lines="$pair" 2>>"$log.err" | grep '^{' |
+        tee -a "$log"
     fi
   done
 fi
