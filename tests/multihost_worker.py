@@ -11,8 +11,8 @@ no evaluation, config fields overridden by KEY=VALUE (a Python literal); a 10 s 
 timeout; on a preemption signal it writes WORKDIR/preempted_<id>.json and exits 75, and on any
 other error it ends as hgmt.main does (a fault of loop.FAULTS in one line, status 1). With
 HGMT_TEST_SIGTERM_IN_EVALUATION=<id>, process <id> sends itself SIGTERM when an evaluation
-reads its second batch; with HGMT_TEST_SIGTERM_AT_START=<id>, once training knows the step it
-starts from (before its first step compiles).
+reads its second batch; with HGMT_TEST_SIGTERM_AT_START=<id>, when training starts to
+restore its checkpoint (before its first step).
 """
 
 import ast
@@ -105,15 +105,15 @@ def _sigterm_at_second_evaluation_batch() -> None:
 def _sigterm_at_start() -> None:
     import signal
 
-    from hgmt.training import preemption
+    from hgmt.training import checkpoints
 
-    start = preemption.PreemptionWatch.start
+    restore = checkpoints.restore_newest_readable
 
-    def signalling(self, *args, **kwargs):
-        start(self, *args, **kwargs)
+    def signalling(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # a real SIGTERM, caught by JAX's notifier
+        return restore(*args, **kwargs)
 
-    preemption.PreemptionWatch.start = signalling
+    checkpoints.restore_newest_readable = signalling
 
 
 if __name__ == "__main__":

@@ -1233,10 +1233,10 @@ def test_two_processes_sigterm_to_one_saves_both_at_one_step_and_resume_exactly(
 @pytest.mark.slow
 def test_two_processes_sigterm_before_the_first_step_of_a_resumed_run_stops_both(
         demo_dataset, tmp_path):
-    """A run resumed from step 2 whose process 1 gets SIGTERM before its first step (while it
-    compiles): both processes agree to stop at step 3 and save it. JAX's sync protocol agrees
-    on the step after the last one the processes gave it, which the resumed run gives before
-    its first step."""
+    """A run resumed from step 2 whose process 1 gets SIGTERM before its first step (as it
+    starts to restore the checkpoint): both processes agree to stop at step 3 and save it.
+    JAX's sync protocol agrees on the step after the last one the processes gave it, which
+    the resumed run gives before it opens the split and restores."""
     workdir = str(tmp_path / "w")
     os.makedirs(workdir)
     for p in _workers(workdir, demo_dataset[1], 2):

@@ -282,6 +282,11 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
     return saved
 
 
+def newest_step_on_disk(workdir: str) -> int:
+    """The step of the newest checkpoint folder in `workdir` (read or not), 0 when none."""
+    return max(_steps_on_disk(workdirs.checkpoint_dir(workdir)), default=0)
+
+
 def _steps_on_disk(folder: str) -> list[int]:
     folder = epath.Path(folder)
     return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir(

@@ -138,6 +138,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
     by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
     step (`WorkdirLock.check`)."""
+    # Before the split opens and the checkpoint restores: a preemption notice from now on is
+    # agreed on a step this run reaches.
+    watch.resumes_from(checkpoints.newest_step_on_disk(workdir))
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or summary_writer.create(workdir, jax.process_index())

@@ -71,17 +71,24 @@ class PreemptionWatch:
         self._agreed = False  # `reached` said True: every process stops
         self._previous: dict[int, object] = {}
 
-    def start(self, step: int, evaluations_after: bool = True) -> None:
-        """Training starts after `step` (0, or the checkpoint it resumes from);
-        `evaluations_after`: whether evaluations follow its last step. With several
-        processes `step` is given to JAX's sync protocol at once: a notice before the first
-        step's check (while it compiles) is agreed from the step counter the processes last
-        gave, which would otherwise be 0 in a resumed run, a sync point no step reaches."""
-        self.step, self.evaluations_after = step, evaluations_after
+    def resumes_from(self, step: int) -> None:
+        """With several processes, gives JAX's sync protocol `step`, the step training starts
+        from (0, or a checkpoint's), as soon as it is known: a notice before the first
+        step's check (while the run restores its checkpoint or compiles) is agreed on the
+        step after the counter the processes last gave, which would otherwise be 0 in a
+        resumed run, a sync point no step reaches. A step above the one training starts
+        from (the newest checkpoint on disk, when it does not read) only agrees later."""
         if self.multihost and _sync_manager_available():
             from jax.experimental import multihost_utils
 
             self._agreed = self._agreed or multihost_utils.reached_preemption_sync_point(step)
+
+    def start(self, step: int, evaluations_after: bool = True) -> None:
+        """Training starts after `step` (0, or the checkpoint it resumes from, given to the
+        sync protocol: `resumes_from`); `evaluations_after`: whether evaluations follow its
+        last step."""
+        self.step, self.evaluations_after = step, evaluations_after
+        self.resumes_from(step)
 
     def _plan(self) -> str:
         """What the trainer does on a signal arriving now: the signal's log line."""
