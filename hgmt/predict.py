@@ -78,36 +78,37 @@ def _outputs(path: str, out_dir: str) -> dict[str, str]:
     return {"panel": name + ".png", "json": name + ".json"}
 
 
-def _same_input(out: str, inputs: list[str]) -> str | None:
-    """The input that the file `out` would replace: one of the same path once symbolic links
-    are resolved, or, when `out` exists, the same file (a case-insensitive file system's
-    other spelling of its name)."""
-    real = os.path.normcase(os.path.realpath(out))
-    for path in inputs:
-        if os.path.normcase(os.path.realpath(path)) == real:
-            return path
-        with contextlib.suppress(OSError):
-            if os.path.samefile(out, path):
-                return path
-    return None
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None for none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
     """Stops, before anything is written, when an output would replace an input (by any
     path to it: a symbolic link to the folder, another case of its name) or another input's
     output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
+    def key(path: str) -> str:
+        return os.path.normcase(os.path.realpath(path))
+
+    inputs_at = {key(p): p for p in inputs}
+    files_at = {i: p for p in inputs if (i := _identity(p)) is not None}
     written: dict[str, str] = {}
     for path in inputs:
         for out in map(os.path.abspath, _outputs(path, out_dir).values()):
-            replaced = _same_input(out, inputs)
+            # The same path once links are resolved, or an existing output that is the same
+            # file as an input (a case-insensitive file system's other spelling of its name).
+            replaced = inputs_at.get(key(out)) or files_at.get(_identity(out))
             if replaced is not None:
                 raise SystemExit(f"error: the prediction of {path} would overwrite the input "
                                  f"{replaced}: choose another --out_dir")
-            out = os.path.normcase(os.path.realpath(out))
-            if out in written and written[out] != path:
-                raise SystemExit(f"error: {written[out]} and {path} would both write {out}: "
-                                 f"predict them into separate --out_dir folders")
-            written[out] = path
+            if written.get(key(out), path) != path:
+                raise SystemExit(f"error: {written[key(out)]} and {path} would both write "
+                                 f"{out}: predict them into separate --out_dir folders")
+            written[key(out)] = path
 
 
 def _make_output_folder(out_dir: str) -> None:

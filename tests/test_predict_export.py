@@ -275,6 +275,21 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
     assert photo.read_bytes() == before
 
 
+def test_the_output_check_resolves_each_path_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """A folder of frames (here 300) is checked in time linear in its size: each input's and
+    output's path is resolved a few times, not once per other input (quadratic: hours for
+    tens of thousands of frames)."""
+    inputs = []
+    for i in range(300):
+        inputs.append(str(tmp_path / f"f{i}.jpg"))
+        open(inputs[-1], "w").close()
+    calls = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p: (calls.append(p), realpath(p))[1])
+    hgmt.predict._check_outputs(inputs, str(tmp_path / "out"))
+    assert len(calls) <= 10 * len(inputs), len(calls)
+
+
 PAGE = 4096  # tmpfs counts its space in pages
 
 
