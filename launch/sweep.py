@@ -74,7 +74,10 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
-        if (old["config"], old["extra"]) != (plan["config"], plan["extra"]):
+        # A plan's config as written by any version (as given, or `plan_config`'s), compared
+        # by the file it names.
+        if ((plan_config(_resolved(old["config"])), old["extra"])
+                != (plan_config(_resolved(plan["config"])), plan["extra"])):
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
                 f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
@@ -96,14 +99,11 @@ def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
     file's absolute path, which the runs are given (they start in the working directory)."""
     from hgmt import main as trainer
 
-    path, colon, argument = config.partition(":")
-    if not os.path.isabs(path):
-        here = path if os.path.isfile(path) else os.path.join(REPO, path)
-        if not os.path.isfile(here):
-            raise SystemExit(f"error: --config={config}: no config file {path} in the working "
-                             f"directory or in {REPO}: give a config file such as "
-                             f"configs/default.py")
-        path = os.path.abspath(here)
+    path, colon, argument = _resolved(config).partition(":")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config={config}: no config file {config.partition(':')[0]} "
+                         f"in the working directory or in {REPO}: give a config file such as "
+                         f"configs/default.py")
     try:
         trainer.parse([*runs.config_args(f"{path}{colon}{argument}", tasks, extra, 0),
                        "--workdir=unused"])
@@ -112,6 +112,15 @@ def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
             raise
         raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
                          f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+    return f"{path}{colon}{argument}"
+
+
+def _resolved(config: str) -> str:
+    """`config` (FILE[:ARG]) with its file's absolute path: a relative one from the working
+    directory where it is there, else from the repository."""
+    path, colon, argument = config.partition(":")
+    if not os.path.isabs(path):
+        path = os.path.abspath(path if os.path.isfile(path) else os.path.join(REPO, path))
     return f"{path}{colon}{argument}"
 
 

@@ -51,6 +51,21 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
     assert plan["config"] == str(tmp_path / "mine.py")
     assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == "pose2d"
 
+    # A plan that names the config as it was given (as older versions wrote it), or the same
+    # file by another path: the same command, or the same file, adds its subsets to it.
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({**plan, "config": "mine.py"}))
+    for config in ("mine.py", str(tmp_path / "mine.py"), "./mine.py"):
+        subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
+                        f"--config={config}", "--tasks=segm", "--print_only"], cwd=tmp_path,
+                       capture_output=True, text=True, check=True)
+    assert runs.plan(str(tmp_path / "s"))["subsets"] == ["pose2d", "segm"]
+    s2 = tmp_path / "s2"
+    for config in (os.path.join(REPO, "configs/demo.py"), "configs/demo.py"):
+        subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
+                        f"--sweep_dir={s2}", f"--config={config}", "--tasks=segm",
+                        "--print_only"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert runs.plan(str(s2))["config"] == "configs/demo.py"
+
 
 def test_sweep_rejects_unknown_task(tmp_path):
     run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={tmp_path}/s",
