@@ -1159,7 +1159,8 @@ def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):
 def test_an_avi_with_b_frames_is_timed_in_display_order(tmp_path):
     """H.264 with B-frames in AVI, which stores decoding times only: FFmpeg's time stamps on
     the decoded frames are out of display order, while the frames themselves come in it. Each
-    frame is timed as shown: the first frame's time plus one frame period (1/25 s) per frame."""
+    frame is timed as shown: here the first frame's time plus one frame period (1/25 s) per
+    frame; a clip with dropped frames keeps its gap."""
     import av
 
     path = str(tmp_path / "b_frames.avi")
@@ -1180,6 +1181,19 @@ def test_an_avi_with_b_frames_is_timed_in_display_order(tmp_path):
     greys = [int(np.median(f)) for _, frames in batches for f in frames]
     assert greys == sorted(greys) and len(greys) == 10  # the frames come in display order
     np.testing.assert_allclose(times, stamps[0] + np.arange(10) / 25, atol=1e-9)
+
+    # Frames 3 and 4 dropped (stamps 0, 1, 2, 5, 6, 7 frames): the gap stays in the times.
+    gap = str(tmp_path / "gap.avi")
+    with av.open(gap, mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in (0, 1, 2, 5, 6, 7):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 25 * k, np.uint8), "rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (times, _), = video.read_frames(gap, 8)
+    np.testing.assert_allclose(times, np.array([0, 1, 2, 5, 6, 7]) / 25, atol=1e-9)
 
 
 def test_an_anamorphic_video_is_read_with_square_pixels(tmp_path):

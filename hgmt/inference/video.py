@@ -8,7 +8,9 @@ height."""
 
 from __future__ import annotations
 
+import collections
 import fractions
+import heapq
 import json
 import logging
 import os
@@ -26,6 +28,10 @@ from hgmt.tasks import TASKS
 # The suffixes of the containers FFmpeg reads that hold video: files with them are videos.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
                   ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv")
+
+
+# The most frames a decoder holds back to put them in display order (H.264's limit).
+REORDER_DEPTH = 16
 
 
 def is_video(path: str) -> bool:
@@ -156,24 +162,41 @@ class Clip:
                                  f"{e})") from e
             yield from frames
 
+    def _shown(self) -> Iterator[tuple[float, object]]:
+        """(time in seconds, PyAV frame) of each frame in display order. AVI stores decoding
+        times only: with B-frames the time stamps FFmpeg gives the frames, which come in
+        display order, are out of it (ffmpeg's tools repair them with a heuristic,
+        best_effort_timestamp, that PyAV does not expose). They are the right stamps in a
+        wrong order within the decoder's reordering depth (at most REORDER_DEPTH frames), so
+        each frame gets the smallest stamp not yet given once the stamps of the frames up to
+        that depth after it are known; a dropped frame's gap stays."""
+        if self._container.format.name != "avi":
+            for frame in self._decoded():
+                yield float(frame.time or 0.0), frame
+            return
+        stamps: list[float] = []
+        held: collections.deque = collections.deque()
+        last = None
+        for frame in self._decoded():
+            time_s = frame.time
+            if time_s is None:  # no stamp: one frame after the latest one
+                time_s = 0.0 if last is None else last + 1 / self.frame_rate
+            last = float(time_s) if last is None else max(last, float(time_s))
+            heapq.heappush(stamps, float(time_s))
+            held.append(frame)
+            if len(held) > REORDER_DEPTH:
+                yield heapq.heappop(stamps), held.popleft()
+        while held:
+            yield heapq.heappop(stamps), held.popleft()
+
     def batches(self, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
         """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
         decoding as it goes, each frame as it is displayed: with square pixels
         (`square_pixels`, by the stream's sample aspect ratio) and turned and mirrored
         (`upright`)."""
         ratio = float(self._stream.sample_aspect_ratio or 1) or 1.0
-        # AVI stores decoding times only: with B-frames the time stamps FFmpeg gives the
-        # frames are out of display order (ffmpeg's tools repair them with a heuristic,
-        # best_effort_timestamp, that PyAV does not expose). Its frames are at a constant
-        # rate, so the k-th frame shown is at the first one's time plus k frames.
-        by_count = self._container.format.name == "avi"
         times, frames = [], []
-        first = None
-        for k, frame in enumerate(self._decoded()):
-            time_s = float(frame.time or 0.0)
-            if by_count:
-                first = time_s if first is None else first
-                time_s = first + k / self.frame_rate
+        for time_s, frame in self._shown():
             times.append(time_s)
             rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
             frames.append(upright(rgb, frame.rotation, display_matrix(frame)))
