@@ -13,8 +13,9 @@ metric in isolation and in every combination containing it (`<task>_subsets.png`
 per-joint / per-part change of the best multi-task model over the isolated one
 (`<task>_per_item.png`). The README ends with the config the runs used (their own
 config.json files). Runs evaluated on other frames (number, split, frame selector, flip test or
-crop window) do not compare: the report then writes nothing and stops with one error naming
-the runs and the `hgmt.evaluate` command that evaluates them alike.
+crop window) or under other metric definitions (`metrics_version`) do not compare: the report
+then writes nothing and stops with one error naming the runs and the `hgmt.evaluate` command
+that evaluates them alike.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose

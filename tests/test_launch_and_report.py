@@ -10,6 +10,7 @@ import pytest
 
 import hgmt.report
 from hgmt import workdirs
+from hgmt.evaluation import evaluator
 from hgmt.sources import surreal
 from hgmt.study import report, runs, stats
 from tests.conftest import xla_flags
@@ -333,7 +334,8 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     compare, so hgmt.report writes no table and no verdict; its one error line names both
     groups and the command that evaluates the odd run as the others were."""
     sweep_dir = tmp_path / "sweep"
-    every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False}
+    every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
+              "metrics_version": evaluator.METRICS_VERSION}
     runs_of = {"pose2d": 3, "pose2d+segm": 3, "segm": 2}
     for tasks, seeds in runs_of.items():
         for k in range(seeds):
@@ -349,9 +351,10 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     assert str(e.value.code) == (
         f"error: ValueError: {sweep_dir}: the runs were not all evaluated alike, so their "
         f"numbers do not compare: 7 runs with num_examples 240, split test, frames every4, "
-        f"flip False, window hgmt (pose2d, pose2d+segm, pose2d+segm@seed2, pose2d@seed1, "
-        f"pose2d@seed2 and 2 other runs); 1 run with num_examples 24, split test, frames "
-        f"middle, flip False, window hgmt (pose2d+segm@seed1). Evaluate pose2d+segm@seed1 "
+        f"flip False, metrics_version 2, window hgmt (pose2d, pose2d+segm, pose2d+segm@seed2, "
+        f"pose2d@seed1, pose2d@seed2 and 2 other runs); 1 run with num_examples 24, split "
+        f"test, frames middle, flip False, metrics_version 2, window hgmt (pose2d+segm@seed1). "
+        f"Evaluate pose2d+segm@seed1 "
         f"again as the others, for each <run>: python -m hgmt.evaluate "
         f"--workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
         f"--max_examples=240 --protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json")
@@ -360,6 +363,14 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), **every4}))
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     assert json.loads((out / "claims.json").read_text())
+    # A summary made under the first metric definitions (no metrics_version): every run is to
+    # be evaluated again only if none has today's; here the one run.
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items()
+                                if k != "metrics_version"}))
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'again'}"])
+    assert ("flip False, metrics_version 1, window hgmt (pose2d+segm@seed1). Evaluate "
+            "pose2d+segm@seed1 again as the others") in str(e.value.code), e.value.code
 
 
 def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
@@ -373,7 +384,8 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     def write(name, window):
         (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
-                   "split": "test", "frames": "middle", "flip": False}
+                   "split": "test", "frames": "middle", "flip": False,
+                   "metrics_version": evaluator.METRICS_VERSION}
         summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
         if window:
             summary["window"] = window
@@ -383,10 +395,11 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     write("pose2d+segm", None)
     with pytest.raises(ValueError) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
-    assert ("1 run with num_examples 240, split test, frames middle, flip False, window hgmt "
-            "(pose2d+segm); 1 run with num_examples 240, split test, frames middle, flip "
-            "False, window reference (pose2d). Evaluate pose2d+segm again as the others, for "
-            "each <run>: python -m hgmt.evaluate") in str(e.value), e.value
+    assert ("1 run with num_examples 240, split test, frames middle, flip False, "
+            "metrics_version 2, window hgmt (pose2d+segm); 1 run with num_examples 240, split "
+            "test, frames middle, flip False, metrics_version 2, window reference (pose2d). "
+            "Evaluate pose2d+segm again as the others, for each <run>: python -m "
+            "hgmt.evaluate") in str(e.value), e.value
     assert str(e.value).endswith(f"--protocol=bodynet --out_file={sweep_dir}/<run>/"
                                  f"eval_test_bodynet.json"), e.value
     write("pose2d", None)
@@ -396,7 +409,8 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
             '"num_examples": 240', '"num_examples": 120'))
     with pytest.raises(ValueError, match=re.escape(
             "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
-            "reference), for each <run>: python -m hgmt.evaluate --workdir=")) as e:
+            "reference, metrics_version 2), for each <run>: python -m hgmt.evaluate "
+            "--workdir=")) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
     assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value
     for name in ("pose2d", "pose2d@seed1", "pose2d+segm"):

@@ -98,6 +98,10 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 # `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
 # flip test, at most how many examples (0: all).
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
+# Recorded in every summary, raised when a metric's definition changes so that numbers of two
+# definitions are not compared (hgmt.report): 2, a joint in the outer half of a label map's
+# edge pixels is visible (1: joints in [0, r - 1] only; summaries without the field).
+METRICS_VERSION = 2
 # The rows of the per-item tables, in the dataset's order (other items: as first seen).
 ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
@@ -201,6 +205,7 @@ class Evaluator:
             self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
             int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
+        summary["metrics_version"] = METRICS_VERSION
         summary.update(self._damaged(damaged))
         return summary
 

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from hgmt import workdirs
-from hgmt.evaluation import protocols
+from hgmt.evaluation import evaluator, protocols
 from hgmt.study import claims, stats
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -63,33 +63,39 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
     return results
 
 
-# What an evaluation summary records of the frames it was made on; runs compare only when
-# these agree.
-EVALUATION = ("num_examples", "split", "frames", "flip", "window")
+# What an evaluation summary records of the frames it was made on and the metrics'
+# definitions (`evaluator.METRICS_VERSION`); runs compare only when these agree.
+EVALUATION = ("num_examples", "split", "frames", "flip", "metrics_version", "window")
+# A summary without a field was made before it was recorded: `window` in hgmt's crop window,
+# whatever its protocol; `metrics_version` under the first definitions.
+_BEFORE = {"window": "hgmt", "metrics_version": 1}
 
 
 def _evaluation(summary: dict) -> tuple:
-    """The summary's EVALUATION values; a summary without `window` was made before the
-    reference protocols had their own crop window: in hgmt's, whatever its protocol."""
-    return tuple(summary.get(k, "hgmt" if k == "window" else None) for k in EVALUATION)
+    """The summary's EVALUATION values (`_BEFORE`'s for a field it lacks)."""
+    return tuple(summary.get(k, _BEFORE.get(k)) for k in EVALUATION)
 
 
 def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple]) -> None:
     """Refuses runs (`evaluated`: {run: `_evaluation`}) not all evaluated alike: their numbers
     do not compare, so neither do the tables and verdicts made of them. The error names each
     group of runs with its evaluation and the hgmt.evaluate command that evaluates the others
-    as the most runs were (every run where their crop window is not the one hgmt.evaluate
-    uses for `protocol` today)."""
+    as the most runs were (every run where their crop window or metric definitions are not
+    those hgmt.evaluate uses for `protocol` today)."""
     groups: dict[tuple, list[str]] = {}
     for name, settings in evaluated.items():
         groups.setdefault(settings, []).append(name)
     if len(groups) < 2:
         return
     today = protocols.window(protocol)
-    target = max(groups, key=lambda k: (k[-1] == today, len(groups[k]), str(k)))
-    redo = (sorted(evaluated) if target[-1] != today else
+
+    def as_today(settings: tuple) -> bool:  # what hgmt.evaluate gives now
+        return settings[-2:] == (evaluator.METRICS_VERSION, today)
+
+    target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
+    redo = (sorted(evaluated) if not as_today(target) else
             sorted(n for k, names in groups.items() if k != target for n in names))
-    num_examples, split, frames, flip, _ = target
+    num_examples, split, frames, flip, _, _ = target
     command = (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
                f"--split={split or 'test'} --frames={frames or 'middle'} "
                f"--{'' if flip else 'no'}flip"
@@ -102,7 +108,8 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
         f"({_some(groups[settings])})"
         for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
     which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
-             f"{today})" if target[-1] != today else f"{_some(redo)} again as the others")
+             f"{today}, metrics_version {evaluator.METRICS_VERSION})" if not as_today(target)
+             else f"{_some(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
                      f"do not compare: {found}. Evaluate {which}, for each <run>: {command}")
 
