@@ -1413,3 +1413,33 @@ def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
     assert "holds clips but" in outs[0] and "no demo_generated.json" in outs[0]
     assert "process 0 could not prepare the demo dataset" in outs[1]
     assert took < 60, took
+
+
+def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(tmp_path):
+    """Two `hgmt.main` processes whose workdir lies under a regular file: process 0's attempt
+    to take the lock fails with an OSError (as on a read-only or full filesystem), which it
+    tells the other before raising it. Process 0 stops with that error, process 1 with one
+    line naming process 0 and the lock, both with status 1, within seconds and neither by
+    the coordination service's abort."""
+    (tmp_path / "file").write_text("x")
+    workdir, port = str(tmp_path / "file" / "w"), _free_port()
+    cmd, env = main_command(workdir, str(tmp_path / "data"), total_steps=2, checkpoint_every=2)
+    env["XLA_FLAGS"] = xla_flags(1)
+    procs = [subprocess.Popen(
+        [*cmd, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}", "--heartbeat_timeout=10"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    start = time.monotonic()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    took = time.monotonic() - start
+    report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
+    assert [p.returncode for p in procs] == [1, 1], report
+    assert f"NotADirectoryError: [Errno 20] Not a directory: '{workdir}'" in outs[0], report
+    assert (f"PeerFailed: process 0 failed before the first step: it could not take the "
+            f"workdir lock {workdirs.lock_file(workdir)} (process 0's log names the error): "
+            f"this is process 1, stopping") in outs[1], report
+    for out in outs:
+        assert "Terminating process because" not in out and "Check failure" not in out, report
+    assert took < 60, took

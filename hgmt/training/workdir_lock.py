@@ -41,6 +41,7 @@ import threading
 import time
 
 from hgmt import paths, workdirs
+from hgmt.training import peers
 
 REFRESH_S = 20.0
 STALE_S = 90.0
@@ -292,24 +293,35 @@ class WorkdirLock:
 
 def hold_for_job(workdir: str) -> WorkdirLock:
     """Process 0 takes the lock; every process of the job learns whether it did (a collective
-    at startup), so all stop together when another trainer holds the workdir."""
+    at startup), so that all stop together when it could not. Process 0 raises its own error:
+    `WorkdirLocked` naming the holder, `disk_space.DiskFull`, or any other (an OSError of a
+    read-only filesystem, a workdir path under a file, ...). The others raise `WorkdirLocked`
+    for a workdir another trainer holds, else `peers.PeerFailed` (hgmt.main's exit status 1)
+    saying that process 0 could not take the lock and that its log names why."""
     import jax
 
     lock = WorkdirLock(workdir)
-    error: WorkdirLocked | None = None
+    error: BaseException | None = None
     if jax.process_index() == 0:
         try:
             lock.acquire()
-        except WorkdirLocked as e:
+        except BaseException as e:  # noqa: BLE001  (told to the others, then raised here)
             error = e
     if jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
 
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if int(failed) and error is None:
+        # 0: process 0 holds the lock; 1: another trainer holds it; 2: another error.
+        code = 0 if error is None else 1 if isinstance(error, WorkdirLocked) else 2
+        code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+        if code == 1 and error is None:
             raise WorkdirLocked(f"process 0 could not lock {workdir}: another trainer holds "
                                 f"it (process 0's log names it)")
+        if code == 2 and error is None:
+            raise peers.PeerFailed(
+                f"process 0 failed before the first step: it could not take the workdir lock "
+                f"{lock.path} (process 0's log names the error): this is process "
+                f"{jax.process_index()}, stopping. Fix that error, then rerun the job")
     if error is not None:
         raise error
     return lock
