@@ -588,6 +588,51 @@ def test_a_lock_that_cannot_be_refreshed_stops_the_trainer(demo_dataset, tmp_pat
     assert not os.path.exists(os.path.join(workdirs.checkpoint_dir(workdir), "4"))
     assert not os.path.exists(lock_path)
 
+
+@pytest.mark.parametrize("content, named", [
+    (b"", "which is empty"),
+    (b'{"host": "node-7", "pi', "which holds 22 bytes that are not a holder's JSON"),
+], ids=["empty", "torn"])
+def test_a_lock_file_that_names_no_holder_is_refused_as_such(tmp_path, content, named):
+    """A lock file with no holder's JSON in it (a trainer killed between creating and writing
+    it, damage): the refusal says what the file holds, not 'host None pid None', and the file
+    is taken only once not modified for stale_s."""
+    path = tmp_path / workdirs.LOCK_FILE
+    path.write_bytes(content)
+    old = time.time() - 10  # past the 5 s a trainer gets between creating and writing it
+    os.utime(path, (old, old))
+    with pytest.raises(workdir_lock.WorkdirLocked) as refused:
+        workdir_lock.WorkdirLock(str(tmp_path), stale_s=30).acquire()
+    assert re.match(re.escape(
+        f"{tmp_path} is locked by {path}, {named} (a trainer stopped between creating and "
+        f"writing it, or the file was damaged), last modified ") + r"1\d s ago\. It frees "
+        r"itself 30 s after that", str(refused.value)), str(refused.value)
+    old = time.time() - 31
+    os.utime(path, (old, old))
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_s=30) as lock:
+        assert json.loads(path.read_text())["token"] == lock.me["token"]
+
+
+def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(small_disk):
+    """On a full disk the lock file is created (an empty file needs no data block) but its
+    holder cannot be written: DiskFull naming the lock file and the fix, the empty file
+    removed, so that once space is freed the rerun takes the workdir at once."""
+    disk = small_disk(64 * 1024)
+    path = workdirs.lock_file(disk.path)
+    filler = _fill(disk.path, 0)
+    with pytest.raises(disk_space.DiskFull) as full:
+        workdir_lock.WorkdirLock(disk.path).acquire()
+    assert re.match(rf"\[Errno 28\] cannot write the workdir lock to {re.escape(path)}: the disk "
+                    rf"or quota is full \(.* free on it\)\. Nothing partial was left "
+                    rf"behind\. Free space \(or raise the quota\) and rerun", str(full.value))
+    assert os.listdir(disk.path) == ["filler"]
+    os.remove(filler)
+    t0 = time.monotonic()
+    with workdir_lock.WorkdirLock(disk.path) as lock, open(path) as f:
+        assert lock.held and json.load(f)["token"] == lock.me["token"]
+    assert time.monotonic() - t0 < 2
+
+
 def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
                                                                              tmp_path):
     data_dir = str(tmp_path / "tfds")

@@ -2,7 +2,9 @@
 
 `<workdir>/hgmt.lock` is created with O_CREAT|O_EXCL (atomic on local filesystems and on
 NFSv3+ and Lustre, the shared filesystems clusters use) and holds the holder's host, pid, Slurm
-job id and restart count, and where Linux shows them the boot id and PID namespace. While
+job id and restart count, and where Linux shows them the boot id and PID namespace; a trainer
+that cannot write that into the file it created removes the file again (on a full disk, where
+creating an empty file still succeeds, with `disk_space.DiskFull` naming it). While
 training, a daemon thread refreshes its mtime every `REFRESH_S` seconds. A trainer that finds
 the lock stops at once, naming the holder, unless the lock is stale:
 
@@ -33,6 +35,7 @@ seconds after the last refresh, so the trainer stops well before that. Object-st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +43,7 @@ import socket
 import threading
 import time
 
-from hgmt import paths, workdirs
+from hgmt import disk_space, paths, workdirs
 from hgmt.training import peers
 
 REFRESH_S = 20.0
@@ -159,21 +162,39 @@ class WorkdirLock:
             logging.warning("no workdir lock on %s (object stores have no atomic create): "
                             "make sure no other trainer uses it", self.workdir)
             return
-        os.makedirs(self.workdir, exist_ok=True)
+        with disk_space.reported(self.workdir, "the workdir"):
+            os.makedirs(self.workdir, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 self._replace_if_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.me, f)
+            self._write(fd)
             self.held = True
             self._thread = threading.Thread(target=self._refresh, daemon=True,
                                             name="hgmt-workdir-lock")
             self._thread.start()
             return
         raise WorkdirLocked(f"could not take {self.path}: other trainers keep taking it")
+
+    def _write(self, fd: int) -> None:
+        """Writes this holder into the lock file it just created (open as `fd`). When that
+        fails the file is removed: an empty or partial lock names no holder, and a rerun would
+        wait for its timeout. Creating an empty file needs no data block, so on a full disk
+        it is this write that fails: `DiskFull`, naming the lock file."""
+        def remove() -> str:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            return "Nothing partial was left behind."
+
+        with disk_space.reported(self.path, "the workdir lock", cleanup=remove):
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self.me, f)
+            except BaseException:
+                remove()
+                raise
 
     def _replace_if_stale(self) -> None:
         """Moves a stale lock aside and removes it; raises WorkdirLocked naming a live holder."""
@@ -187,6 +208,14 @@ class WorkdirLock:
             time.sleep(5.0)
             return
         reason = self._stale_reason(holder, age_s)
+        if reason is None and not holder:
+            what = "is empty" if not seen[3] else f"holds {len(seen[3])} bytes that are not " \
+                "a holder's JSON"
+            raise WorkdirLocked(
+                f"{self.workdir} is locked by {self.path}, which {what} (a trainer stopped "
+                f"between creating and writing it, or the file was damaged), last modified "
+                f"{age_s:.0f} s ago. It frees itself {self.stale_s:.0f} s after that: rerun "
+                f"then, or remove it once you made sure no trainer uses the workdir")
         if reason is None:
             unseen = (" (its pid cannot be checked from here: another container's PID "
                       "namespace or another boot, or one of them unknown)"
