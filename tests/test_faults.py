@@ -633,6 +633,27 @@ def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(s
     assert time.monotonic() - t0 < 2
 
 
+def test_a_process_that_peers_end_releases_its_workdir_lock_first(tmp_path, monkeypatch):
+    """A multi-host process ends through peers' os._exit (exit_lost, exit_failed, and the
+    watchdog when the main thread is stuck in a hung collective), which skips loop.run's
+    `finally: lock.release()`: a held lock is released just before that exit, so the rerun
+    job is not refused for STALE_S. A released lock is no longer called at the exit."""
+    ended = []
+    path = workdirs.lock_file(str(tmp_path))
+    monkeypatch.setattr(peers.os, "_exit",
+                        lambda status: ended.append((status, os.path.exists(path))))
+    released = workdir_lock.WorkdirLock(str(tmp_path))
+    with released:
+        pass
+    lock = workdir_lock.WorkdirLock(str(tmp_path))
+    lock.acquire()
+    assert os.path.exists(path)
+    peers.exit_lost("lost process(es) 1 of 2 (test)")
+    assert ended == [(peers.EXIT_PEER_LOST, False)]
+    assert not lock.held
+    assert lock.release not in peers._before_exit and released.release not in \
+        peers._before_exit
+
 def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
                                                                              tmp_path):
     data_dir = str(tmp_path / "tfds")
@@ -1488,3 +1509,38 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(tmp_path):
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
     assert took < 60, took
+
+
+@pytest.mark.slow
+def test_the_watchdog_ending_process_0_releases_the_workdir_lock(tmp_path):
+    """kill -9 of process 1 while process 0 holds the workdir lock and its main thread is
+    stuck (a hung collective; a sleep here): process 0's watchdog ends it with status 69
+    through os._exit, which skips the `finally` that releases the lock; the lock is released
+    all the same, so the rerun job takes the workdir at once (not STALE_S later)."""
+    workdir, port = str(tmp_path / "w"), _free_port()
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.join(REPO, "tests", "peer_lock_worker.py"), str(i),
+                 str(port), workdir], cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 120
+    while not all("(test) watched" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            "\n".join(log.read_text()[-2000:] for log in logs)
+        time.sleep(0.2)
+    time.sleep(2)  # each watchdog has beaten (every 0.5 s): a peer never seen is not judged
+    path = workdirs.lock_file(workdir)
+    with open(path) as f:
+        assert json.load(f)["pid"] == procs[0].pid
+    procs[1].kill()
+    procs[1].wait()
+    assert procs[0].wait(timeout=60) == peers.EXIT_PEER_LOST, logs[0].read_text()[-3000:]
+    out = logs[0].read_text()
+    assert "PeerLost: lost process(es) 1 of 2 before the first step: this is process 0" in out
+    assert not os.path.exists(path), out[-3000:]
+    t0 = time.monotonic()
+    with workdir_lock.WorkdirLock(workdir) as lock:  # the rerun job's process 0
+        assert lock.held
+    assert time.monotonic() - t0 < 2

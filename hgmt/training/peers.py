@@ -21,7 +21,8 @@ as a backstop for a watchdog that cannot run, so hgmt's verdict always comes fir
   `exit_lost` (hgmt.main, the test worker) logs the one line and exits with EXIT_PEER_LOST at
   once, without the exit barrier that would wait for the dead peer;
 - when the main thread is stuck in a hung collective, the watchdog itself logs the same line
-  and exits with EXIT_PEER_LOST.
+  and exits with EXIT_PEER_LOST. That exit (os._exit) skips the main thread's `finally`
+  blocks: what must not be left behind, the workdir lock, is cleaned up through `before_exit`.
 `shutdown_timeout_s` bounds the exit barrier of a normal exit the same way.
 
 A process that stops on an error of its own (a fault on that host only: a full disk, out of
@@ -45,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import NoReturn
 
 import jax
@@ -66,6 +67,7 @@ _heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
 _runs = itertools.count()  # one key prefix per watch: every process makes them in one order
 _prefix = "hgmt/alive/0/"  # the key prefix of this process's latest watch (or its first, to be)
 _left_prefix: str | None = None  # the prefix under which this process published how it left
+_before_exit: list[Callable[[], None]] = []  # run by `_end`, whose os._exit skips `finally`
 
 
 class PeerLost(RuntimeError):
@@ -183,10 +185,31 @@ def _leave(value: str) -> None:
         client.key_value_set(_prefix + str(jax.process_index()), value, allow_overwrite=True)
 
 
+def before_exit(callback: Callable[[], None]) -> None:
+    """Runs `callback` when this process ends through `exit_lost` or `exit_failed`, whichever
+    thread calls them: their os._exit skips the `finally` blocks of every thread, including
+    the main thread's when the watchdog ends the process while it is stuck in a hung
+    collective. What must not be left behind registers here while it exists (the workdir
+    lock, `workdir_lock.WorkdirLock`) and unregisters (`not_before_exit`) once cleaned up."""
+    _before_exit.append(callback)
+
+
+def not_before_exit(callback: Callable[[], None]) -> None:
+    """Unregisters a `before_exit` callback (no error when it is not registered)."""
+    with contextlib.suppress(ValueError):
+        _before_exit.remove(callback)
+
+
 def _end(status: int) -> NoReturn:
-    """Flushes the logs and ends the process with `status`, skipping JAX's exit barrier.
-    Process 0 ends last (`_wait_for_peers`): its exit takes the coordination service away,
-    which the JAX client of every process still running aborts on at once."""
+    """Runs the `before_exit` callbacks, flushes the logs and ends the process with `status`,
+    skipping JAX's exit barrier. Process 0 ends last (`_wait_for_peers`): its exit takes the
+    coordination service away, which the JAX client of every process still running aborts on
+    at once."""
+    for callback in list(_before_exit):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001  (the others still run, and the process still ends)
+            logging.exception("before exiting, %r failed", callback)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

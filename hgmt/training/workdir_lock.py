@@ -29,7 +29,10 @@ Each refresh first checks the lock is still this trainer's. The lock is lost, an
 (called by the trainer every step) raises `WorkdirLockLost`, when another holder's lock is in
 its place, or when the refresh fails `MAX_FAILED_REFRESHES` times in a row (the file removed,
 an I/O error of the filesystem): another trainer could then take the workdir `STALE_S`
-seconds after the last refresh, so the trainer stops well before that. Object-store workdirs
+seconds after the last refresh, so the trainer stops well before that. The lock is removed
+on `release()`, and also when `hgmt.training.peers` ends a multi-host process with os._exit,
+which skips `finally` blocks (its watchdog, when the main thread is stuck in a hung
+collective): the held lock registers its release with `peers.before_exit`. Object-store workdirs
 (gs://, s3://) have no atomic create: no lock is taken there.
 """
 
@@ -172,6 +175,7 @@ class WorkdirLock:
                 continue
             self._write(fd)
             self.held = True
+            peers.before_exit(self.release)  # an exit that skips `finally` still releases it
             self._thread = threading.Thread(target=self._refresh, daemon=True,
                                             name="hgmt-workdir-lock")
             self._thread.start()
@@ -298,6 +302,7 @@ class WorkdirLock:
 
     def release(self) -> None:
         """Stops refreshing and removes the lock if it is still this process's."""
+        peers.not_before_exit(self.release)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
