@@ -14,7 +14,9 @@ detected within --heartbeat_timeout seconds (hgmt.training.peers).
 Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
 checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peers.EXIT_PEER_LOST):
 another process of a multi-host run died ("PeerLost: lost process(es) N of M at step S"); rerun
-the job to resume from the last checkpoint. Exit status 1: a fault that needs you (a full disk, out
+the job to resume from the last checkpoint. A dead process 0, which hosts JAX's coordination
+service, makes JAX abort the others at once instead (SIGABRT, status 134 in a shell, no line
+of hgmt's): rerun the job likewise. Exit status 1: a fault that needs you (a full disk, out
 of device memory, a damaged shard, a non-finite loss, a workdir held by another trainer), named
 in one error line that says what is intact and what to do (its traceback with --verbosity=1);
 in a multi-host run the other processes then stop too, with status 1 and "PeerFailed: process

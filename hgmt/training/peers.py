@@ -1,5 +1,6 @@
 """Multi-host runs: `jax.distributed` set up with bounded failure detection, and one message,
-`PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer is noticed.
+`PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer other than
+process 0 is noticed (process 0's takes the others down at once: see below).
 
 Under Slurm JAX gives each process the one GPU numbered by its local task id, for one task
 per GPU; hgmt runs one process per node that drives all the node's GPUs (launch/slurm.sbatch),
@@ -16,14 +17,29 @@ different words (a Python traceback, or a fatal C++ log line and stack trace), w
 `watched()` runs a watchdog thread (`PeerWatch`) that beats a counter in the coordination
 service's key-value store every `INTERVAL_S` and reads everyone's: a peer whose counter has not
 moved for `heartbeat_timeout_s` is lost. `initialize` gives JAX's service three times that,
-as a backstop for a watchdog that cannot run, so hgmt's verdict always comes first:
+as a backstop for a watchdog that cannot run, so hgmt's verdict comes first:
 - when a collective failed, the trainer waits for the watchdog's verdict and raises `PeerLost`;
   `exit_lost` (hgmt.main, the test worker) logs the one line and exits with EXIT_PEER_LOST at
   once, without the exit barrier that would wait for the dead peer;
 - when the main thread is stuck in a hung collective, the watchdog itself logs the same line
   and exits with EXIT_PEER_LOST. That exit (os._exit) skips the main thread's `finally`
   blocks: what must not be left behind, the workdir lock, is cleaned up through `before_exit`.
-`shutdown_timeout_s` bounds the exit barrier of a normal exit the same way.
+`shutdown_timeout_s` bounds the exit barrier of a normal exit the same way. A peer is judged
+once its counter was seen: one that dies before its first beat (within `INTERVAL_S` of
+entering the watch) is left to JAX's service.
+
+Process 0 is the exception: it hosts JAX's coordination service. When it dies (or its host
+does), every other process's JAX client aborts at once, in C++, before any of hgmt's Python
+runs: "Terminating process because the JAX distributed service detected fatal errors", a
+stack trace and SIGABRT (exit status 134 in a shell), not the `PeerLost` line and status 69.
+When process 0 hangs (alive but not answering; a SIGSTOP), the others' key-value calls block,
+and their clients abort the same way at JAX's heartbeat timeout. JAX 0.10.2 has no way to
+keep the clients alive: `jax.distributed.initialize` takes no callback for a lost service
+(jaxlib's private client takes one, but calling a Python function there aborts with
+std::bad_cast), and its recoverability option concerns the service, which is gone with
+process 0. So the watchdog gives no verdict on a dead or hung process 0 (only on one whose
+counter stops while its service answers); the scheduler sees the job fail, and a rerun
+resumes from the last checkpoint.
 
 A process that stops on an error of its own (a fault on that host only: a full disk, out of
 device memory, a shard of its share damaged, a bug) publishes `failed: <Kind>: <message>` in
@@ -316,7 +332,6 @@ class PeerWatch:
     def _run(self) -> None:
         client, me, count = _client(), jax.process_index(), jax.process_count()
         seen: dict[int, tuple[str, float]] = {}  # peer -> (counter, when it last moved)
-        reachable = time.monotonic()
         for beat in itertools.count(1):
             if self._stop.wait(self.interval_s):
                 return
@@ -325,10 +340,7 @@ class PeerWatch:
                 client.key_value_set(self._prefix + str(me), str(beat), allow_overwrite=True)
                 values = {k.rsplit("/", 1)[-1]: v for k, v in
                           client.key_value_dir_get(self._prefix)}
-                reachable = now
-            except Exception:  # noqa: BLE001  (the coordinator is gone)
-                if now - reachable > self.timeout_s:
-                    return self._verdict("process 0 (the coordinator) is unreachable")
+            except Exception:  # noqa: BLE001  (the service is gone: JAX's client aborts the process)
                 continue
             dead, failed = [], []
             for peer in range(count):
