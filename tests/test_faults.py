@@ -247,9 +247,9 @@ class SyncProtocol:
 def test_with_several_processes_the_checks_after_training_number_on_from_the_last_step(
         monkeypatch, notice_after, at_step_5, checks, steps):
     """The start step (0) given first, 5 steps, then 3 checks of the evaluations after
-    training: they are the sync protocol's steps 6, 7, 8 on every process. A notice after step 5 stops at the first check (sync point
-    6); one during step 5 (sync point 5) stops at step 5, and the checks after it keep
-    stopping; without one none stops."""
+    training: they are the sync protocol's steps 6, 7, 8 on every process. A notice after
+    step 5 stops at the first check (sync point 6); one during step 5 (sync point 5) stops at
+    step 5, and the checks after it keep stopping; without one none stops."""
     from jax.experimental import multihost_utils
 
     protocol = SyncProtocol()
