@@ -589,6 +589,31 @@ def test_a_lock_that_cannot_be_refreshed_stops_the_trainer(demo_dataset, tmp_pat
     assert not os.path.exists(lock_path)
 
 
+def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_dataset,
+                                                                         tmp_path, monkeypatch):
+    """Another trainer's lock in place of this one's while the validation at step 2 reads its
+    first batch: the run stops there (WorkdirLockLost naming the holder), the evaluation
+    recording nothing, instead of finishing it and stopping at the next step."""
+    workdir = str(tmp_path / "w")
+    monkeypatch.setattr(workdir_lock, "REFRESH_S", 0.01)
+    other = {"host": "node-7", "pid": 1234, "job": "99", "restart": 0, "started": "then",
+             "token": "other"}
+    batches = input_pipeline.eval_batches
+
+    def taken(*args, **kwargs):
+        with open(workdirs.lock_file(workdir), "w") as f:
+            json.dump(other, f)
+        time.sleep(0.5)  # the refresh thread finds it (every 0.01 s)
+        yield from batches(*args, **kwargs)
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", taken)
+    config = tiny_config(demo_dataset[1], total_steps=4,
+                         **{**KW, "evals.validation.every": 2})
+    with pytest.raises(workdir_lock.WorkdirLockLost, match="is now held by host node-7"):
+        loop.train(config, workdir)
+    assert workdirs.read_evals(workdir) == []
+
+
 @pytest.mark.parametrize("content, named", [
     (b"", "which is empty"),
     (b'{"host": "node-7", "pi', "which holds 22 bytes that are not a holder's JSON"),

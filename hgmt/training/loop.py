@@ -261,13 +261,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             multihost_utils.sync_global_devices("preemption checkpoint saved")
         raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir), after_training)
 
+    def lock_check() -> None:
+        """Before each evaluation and each of its batches: a lock lost meanwhile stops the
+        run there, not only at the next step (an evaluation can outlast the time after which
+        another trainer may take the workdir)."""
+        if lock is not None:
+            lock.check()
+
     # A preemption at an evaluation step saved it without evaluating: evaluated on resuming.
     missed = [] if restored is None else [n for n in evals.due(start_step)
                                           if n not in evals.recorded(start_step)]
     if missed:
         logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-            evals.run(missed, start_step, host_state(start_step, state), writer)
+            evals.run(missed, start_step, host_state(start_step, state), writer,
+                      stop=lock_check)
 
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
@@ -350,7 +358,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                     saving, joined = step, False
                 if evals_due:
                     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-                        evals.run(evals_due, step, host, writer)
+                        evals.run(evals_due, step, host, writer, stop=lock_check)
         if stopping:
             stop_preempted(step, saving)
     final = host_state(config.total_steps, state)
@@ -362,10 +370,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         lock.check()
 
     def stop_if_preempted() -> None:
-        """Before each evaluation after training and each of its batches: a signal since the
-        last step (or at it) stops the run here, every process at the same check; the last
-        step is saved (above, or it is the checkpoint this run resumed from), and the rerun
-        resumes there and runs these evaluations again."""
+        """Before each evaluation after training and each of its batches: a lost lock
+        (`lock_check`) stops the run here; so does a signal since the last step (or at it),
+        every process at the same check: the last step is saved (above, or it is the
+        checkpoint this run resumed from), and the rerun resumes there and runs these
+        evaluations again."""
+        lock_check()
         if watch.stop_after_training():
             stop_preempted(int(final.step), None, after_training=True)
 
