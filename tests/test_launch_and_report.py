@@ -332,10 +332,11 @@ def test_report_names_runs_outside_the_plan(tmp_path):
 def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     """Seven runs on 240 every4 frames, one on the 24 middle frames: the numbers do not
     compare, so hgmt.report writes no table and no verdict; its one error line names both
-    groups and the command that evaluates the odd run as the others were."""
+    groups and the command that evaluates the odd run as the others were, with the example
+    limit they asked for (none: 0), not the frames they evaluated."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.METRICS_VERSION}
+              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0}
     runs_of = {"pose2d": 3, "pose2d+segm": 3, "segm": 2}
     for tasks, seeds in runs_of.items():
         for k in range(seeds):
@@ -357,7 +358,7 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
         f"Evaluate pose2d+segm@seed1 "
         f"again as the others, for each <run>: python -m hgmt.evaluate "
         f"--workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
-        f"--max_examples=240 --protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json")
+        f"--max_examples=0 --protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json")
     assert not out.exists()
     path = sweep_dir / "pose2d+segm@seed1" / "eval_test.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **every4}))

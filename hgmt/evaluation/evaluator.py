@@ -153,6 +153,7 @@ class Evaluator:
                 self.unreadable = self.combine(self.unreadable)
                 left_out = set(self.unreadable)
                 indices = [i for i in indices if i not in left_out]
+        self.max_examples = max_examples
         if max_examples and len(indices) > max_examples:
             # Selection follows the split's order: a record after the last one taken would not
             # have been reached had it read.
@@ -206,6 +207,7 @@ class Evaluator:
             int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         summary["metrics_version"] = METRICS_VERSION
+        summary["max_examples"] = self.max_examples  # the limit asked for (0: none)
         summary.update(self._damaged(damaged))
         return summary
 

@@ -34,7 +34,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
     name_of = workdirs.result_file(protocol)
-    results, seeds, evaluated = {}, {}, {}
+    results, seeds, evaluated, limits = {}, {}, {}, {}
     for name in sorted(os.listdir(sweep_dir)):
         path = _result_path(os.path.join(sweep_dir, name), protocol)
         if path is None:
@@ -44,6 +44,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         with open(path) as f:
             results.setdefault(tasks, []).append(json.load(f))
         evaluated[name] = _evaluation(results[tasks][-1])
+        limits[name] = results[tasks][-1].get("max_examples")
         found = results[tasks][-1].get("protocol", "hgmt")
         if found != protocol:
             raise ValueError(
@@ -59,7 +60,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
             f"launch/sweep.py with --protocols={protocol})")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
-    _check_evaluated_alike(sweep_dir, protocol, evaluated)
+    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits)
     return results
 
 
@@ -76,12 +77,15 @@ def _evaluation(summary: dict) -> tuple:
     return tuple(summary.get(k, _BEFORE.get(k)) for k in EVALUATION)
 
 
-def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple]) -> None:
+def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple],
+                           limits: dict[str, int | None]) -> None:
     """Refuses runs (`evaluated`: {run: `_evaluation`}) not all evaluated alike: their numbers
     do not compare, so neither do the tables and verdicts made of them. The error names each
     group of runs with its evaluation and the hgmt.evaluate command that evaluates the others
     as the most runs were (every run where their crop window or metric definitions are not
-    those hgmt.evaluate uses for `protocol` today)."""
+    those hgmt.evaluate uses for `protocol` today), with the example limit they asked for
+    (`limits`: {run: the summary's max_examples}; where no summary records it, the frames
+    they evaluated)."""
     groups: dict[tuple, list[str]] = {}
     for name, settings in evaluated.items():
         groups.setdefault(settings, []).append(name)
@@ -96,10 +100,12 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     redo = (sorted(evaluated) if not as_today(target) else
             sorted(n for k, names in groups.items() if k != target for n in names))
     num_examples, split, frames, flip, _, _ = target
+    asked = [limits[n] for n in groups[target] if limits.get(n) is not None]
+    limit = asked[0] if asked else num_examples
     command = (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
                f"--split={split or 'test'} --frames={frames or 'middle'} "
                f"--{'' if flip else 'no'}flip"
-               + ("" if num_examples is None else f" --max_examples={num_examples}")
+               + ("" if limit is None else f" --max_examples={limit}")
                + f" --protocol={protocol} --out_file="
                f"{os.path.join(sweep_dir, '<run>', workdirs.result_file(protocol))}")
     found = "; ".join(
