@@ -261,7 +261,17 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.model.ops=xla", "config.model.ops='xla': choose one of ['auto', 'custom'"),
     ("--config.augment_on=gpu", "config.augment_on='gpu': choose host"),
     ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of"),
-    ("--config.worker_count=-3", "config.worker_count=-3: give a count >= 0, or -1")])
+    ("--config.worker_count=-3", "config.worker_count=-3: give a count >= 0, or -1"),
+    ("--config.keep_checkpoints=0", "config.keep_checkpoints=0 must be at least 1"),
+    ("--config.batch_size=0", "config.batch_size=0 must be at least 1"),
+    ("--config.image_size=0", "config.image_size=0 must be at least 1"),
+    ("--config.optimizer.learning_rate=-1", "config.optimizer.learning_rate=-1.0 must be > 0"),
+    ("--config.optimizer.warmup_steps=-10", "config.optimizer.warmup_steps=-10 must be >= 0"),
+    ("--config.loss_weights.pose2d=-1", "config.loss_weights.pose2d=-1.0 must be >= 0"),
+    ("--config.loss_options.segm.foreground_weight=-1",
+     "config.loss_options.segm.foreground_weight=-1.0 must be >= 0"),
+    ("--config.seed=-1", "config.seed=-1 must be >= 0"),
+    ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]")])
 def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workdir(
         override, message, saved_workdir):
     """The workdir of an earlier run keeps its config.json: the value is checked before the
@@ -273,6 +283,20 @@ def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workd
                                 f"--workdir={saved_workdir}"])
     assert str(e.value.code).startswith(f"error: ValueError: {message}"), e.value.code
     assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files
+
+
+def test_a_dataset_that_is_not_built_is_one_line_and_leaves_the_workdir_empty(tmp_path):
+    """The commonest first mistake, a --config.data_dir without the build: one line naming
+    the build command, and nothing written into the new workdir (no summaries, no folders)."""
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
+                                f"--workdir={workdir}", f"--config.data_dir={tmp_path}/none"])
+    message = str(e.value.code)
+    assert message.startswith("error: FileNotFoundError: dataset 'surreal/every10' split "
+                              "'train' is not built under data_dir="), message
+    assert "Build it with: tfds build data_builders/surreal" in message and "\n" not in message
+    assert os.listdir(workdir) == []
 
 
 def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_workdir, caplog):

@@ -342,3 +342,13 @@ def test_crop_params_are_drawn_as_the_crop_uses_them(source):
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert ip.draw_crop_params(ip.Augment.none(), np.random.default_rng(0)) == ip.CropParams()
+
+
+def test_a_data_dir_under_home_is_read_with_its_tilde(demo_dataset, tmp_path, monkeypatch):
+    """`~/...` (the configs' default, ~/tensorflow_datasets) is the user's home, as TFDS's own
+    default is: TFDS alone would look for a folder named `~`."""
+    (tmp_path / "home").mkdir()
+    os.symlink(demo_dataset[1], tmp_path / "home" / "tfds")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    source = ip.open_split("surreal/all", "~/tfds", "test")
+    assert len(source) == len(ip.open_split("surreal/all", demo_dataset[1], "test")) > 0

@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -33,7 +34,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from hgmt import cores
+from hgmt import cores, paths
 from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
@@ -311,12 +312,15 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
 
     from hgmt.data import tf_example
 
+    if not paths.is_url(data_dir):  # TFDS takes a `~` for a folder of that name
+        data_dir = os.path.expanduser(data_dir)
+
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
 
     def not_built(e: Exception) -> FileNotFoundError:
         return FileNotFoundError(
             f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
-            f"({type(e).__name__}: {e}). Build it with: "
+            f"({type(e).__name__}: {' '.join(str(e).split())}). Build it with: "
             f"{shards.build_command(dataset, data_dir)}")
 
     def built():  # the split's metadata: its dataset_info.json and features.json

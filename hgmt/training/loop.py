@@ -51,7 +51,7 @@ from hgmt.training import (
 # do; `hgmt.main` shows them in one line.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
           damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
-          FloatingPointError)
+          FloatingPointError, FileNotFoundError)
 
 
 # --- The loop --------------------------------------------------------------------------------
@@ -78,9 +78,11 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
     evaluators.check(config, weights)
     create_model(config.model, heads(tasks))  # the model's fields and values
     steps.create_optimizer(config)  # the optimizer's name and schedule
-    for field in ("total_steps", "log_every", "checkpoint_every", "prefetch"):
+    for field in ("total_steps", "log_every", "checkpoint_every", "prefetch",
+                  "keep_checkpoints", "batch_size", "image_size"):
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be at least 1")
+    _check_values(config, weights, options)
     # The stem halves the crop twice, each hourglass level once more.
     multiple = 4 * 2 ** config.model.depth
     if config.image_size % multiple:
@@ -95,6 +97,40 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
     return tasks, weights, options
+
+
+def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict) -> None:
+    """Refuses values training would take without complaint and make wrong: a rate, warm-up,
+    loss weight or loss option below 0 (a negative weight maximises its loss), a rate of 0, a
+    negative seed (JAX refuses it late), a damaged fraction outside [0, 1]; warns where the
+    schedule or an evaluator cannot do what it says within `total_steps`."""
+    opt = config.optimizer
+    if not opt.learning_rate > 0:
+        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be > 0")
+    if opt.warmup_steps < 0:
+        raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be >= 0")
+    for task, weight in weights.items():
+        if weight < 0:
+            raise ValueError(f"config.loss_weights.{task}={weight} must be >= 0 (a negative "
+                             f"weight maximises the loss)")
+    for task, given in options.items():
+        for name, value in given.items():
+            if value < 0:
+                raise ValueError(f"config.loss_options.{task}.{name}={value} must be >= 0")
+    if config.seed < 0:
+        raise ValueError(f"config.seed={config.seed} must be >= 0")
+    fraction = config.get("max_damaged_fraction", 0.001)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
+    if opt.warmup_steps >= config.total_steps:
+        logging.warning("config.optimizer.warmup_steps=%d is not below config.total_steps=%d: "
+                        "the learning rate does not reach config.optimizer.learning_rate=%g",
+                        opt.warmup_steps, config.total_steps, opt.learning_rate)
+    for name, entry in config.evals.items():
+        if entry.every > config.total_steps and not entry.at_end:
+            logging.warning("config.evals.%s.every=%d is beyond config.total_steps=%d and it "
+                            "does not run at the end: it never runs (lower every, or set it "
+                            "to 0 to make that plain)", name, entry.every, config.total_steps)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
@@ -141,6 +177,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # Before the split opens and the checkpoint restores: a preemption notice from now on is
     # agreed on a step this run reaches.
     watch.resumes_from(checkpoints.newest_step_on_disk(workdir))
+    # The training split first: one that is not there stops the run before the workdir
+    # gets its summaries and evaluators' folders.
+    source = None if loader is not None else input_pipeline.open_split(
+        config.dataset, config.data_dir, "train")
     own_writer = writer is None
     with disk_space.reported(workdir, "the TensorBoard summaries"):
         writer = writer or summary_writer.create(workdir, jax.process_index())
@@ -150,13 +190,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     lr_fn = steps.create_lr(config)
 
     damaged = None  # the account of damaged records the loader skipped
-    source = None  # the training split, when this run opens it
     prepare = augmentation(config, tasks)
     augment_on = "host" if prepare is None else "device"
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
     opened.push(_closing(evals))
-    if loader is None:
-        source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    if source is not None:
         # The evaluators' frames must be in this build: checked before the workdir changes.
         evals.check_frames(source.dataset_info)
         # A resumed loader needs the worker count its saved position was made with.
