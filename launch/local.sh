@@ -8,8 +8,9 @@
 # CPU_DEVICES=N splits the CPU into N virtual devices (no accelerator needed). Rerunning the
 # same command resumes from WORKDIR's last checkpoint. Paths are the caller's, as given.
 set -euo pipefail
-if [[ $# -lt 1 ]]; then
+if [[ $# -lt 1 || $1 == -* ]]; then  # no WORKDIR first (e.g. --help): the usage
   sed -n '2,9p' "$0" >&2
+  [[ $# -ge 1 && ($1 == -h || $1 == --help) ]] && exit 0
   exit 2
 fi
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -228,3 +228,9 @@ def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
     assert run.returncode != 0
     assert "config.batch_size=7 must be divisible by the 2 devices" in run.stderr, run.stderr
     assert os.listdir(tmp_path) == []
+    # A flag where WORKDIR goes (--help) prints the usage; it names no workdir to train in.
+    for first, status in (("--help", 0), ("--config.total_steps=5", 2)):
+        run = subprocess.run([os.path.join(REPO, "launch/local.sh"), first], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == status and "launch/local.sh WORKDIR" in run.stderr, first
+        assert os.listdir(tmp_path) == []
