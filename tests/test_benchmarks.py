@@ -848,6 +848,7 @@ def test_trainer_benchmark_stopped_by_sigterm_writes_what_the_trainer_logged(dem
     assert result["trainer_img_per_s"] > 0 and "trainer_over_bare" not in result
 
 
+@pytest.mark.slow
 def test_the_trainer_benchmarks_bare_step_is_the_program_the_trainer_compiles(demo_dataset,
                                                                              tmp_path):
     """`train_step.py --feed=trainer` (trainer_speed's bare step) compiles the trainer's own
