@@ -129,9 +129,7 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
         if tmp != path:
             with reported(path, "the file", then, cleanup=remove):
                 os.replace(tmp, path)
-    for folder in sorted({os.path.dirname(os.path.abspath(path))
-                          for path, _, _, tmp in staged if tmp != path}):
-        _sync_folder(folder)
+    _sync_folders([path for path, _, _, tmp in staged if tmp != path])
 
 
 def rename_together(staged: Sequence[tuple[str, str]]) -> None:
@@ -146,7 +144,12 @@ def rename_together(staged: Sequence[tuple[str, str]]) -> None:
             os.close(fd)
     for tmp, path in staged:
         os.replace(tmp, path)
-    for folder in sorted({os.path.dirname(os.path.abspath(path)) for _, path in staged}):
+    _sync_folders([path for _, path in staged])
+
+
+def _sync_folders(paths: Sequence[str]) -> None:
+    """`_sync_folder` of each local folder the files `paths` were renamed into, once each."""
+    for folder in sorted({os.path.dirname(os.path.abspath(path)) for path in paths}):
         _sync_folder(folder)
 
 

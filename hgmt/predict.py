@@ -99,16 +99,17 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
     written: dict[str, str] = {}
     for path in inputs:
         for out in map(os.path.abspath, _outputs(path, out_dir).values()):
+            resolved = key(out)
             # The same path once links are resolved, or an existing output that is the same
             # file as an input (a case-insensitive file system's other spelling of its name).
-            replaced = inputs_at.get(key(out)) or files_at.get(_identity(out))
+            replaced = inputs_at.get(resolved) or files_at.get(_identity(out))
             if replaced is not None:
                 raise SystemExit(f"error: the prediction of {path} would overwrite the input "
                                  f"{replaced}: choose another --out_dir")
-            if written.get(key(out), path) != path:
-                raise SystemExit(f"error: {written[key(out)]} and {path} would both write "
+            if written.get(resolved, path) != path:
+                raise SystemExit(f"error: {written[resolved]} and {path} would both write "
                                  f"{out}: predict them into separate --out_dir folders")
-            written[key(out)] = path
+            written[resolved] = path
 
 
 def _make_output_folder(out_dir: str) -> None:

@@ -300,9 +300,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir), after_training)
 
     def lock_check() -> None:
-        """Before each evaluation and each of its batches: a lock lost meanwhile stops the
-        run there, not only at the next step (an evaluation can outlast the time after which
-        another trainer may take the workdir)."""
+        """Before each step, and each evaluation and each of its batches: a lock lost
+        meanwhile stops the run there (an evaluation can outlast the time after which another
+        trainer may take the workdir)."""
         if lock is not None:
             lock.check()
 
@@ -335,8 +335,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             joined = True
             with checkpoints.stop_on_full_disk(workdir, saving):
                 mngr.wait_until_finished()
-        if lock is not None:
-            lock.check()  # another trainer may take the workdir: stop before writing more
+        lock_check()  # another trainer may take the workdir: stop before writing more
         t0 = time.perf_counter()
         if peer_watch is not None:
             peer_watch.step = step  # what a lost peer's message names
@@ -404,8 +403,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         mngr.wait_until_finished()
     if damaged is not None and damaged.found:
         logging.warning("%s", damaged.summary())
-    if lock is not None:
-        lock.check()
+    lock_check()
 
     def stop_if_preempted() -> None:
         """Before each evaluation after training and each of its batches: a lost lock
