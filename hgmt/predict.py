@@ -36,7 +36,6 @@ person's depth from the crop size (hgmt/inference/predictor.py says how).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -184,15 +183,10 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
     names = (f"{os.path.basename(out['jsonl'])}, {os.path.basename(out['annotated_video'])} "
              f"and {os.path.basename(out['summary'])}")
 
-    def no_partial() -> str:  # predict_video removes them too; this makes sure
-        for name in out.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(video.partial_name(name))
-        return "Nothing partial was left behind."
-
     try:
+        # predict_video removes its partial files on any error before this reports it.
         with disk_space.reported(out_dir, f"{names} (the prediction of {path})", _THEN,
-                                 cleanup=no_partial):
+                                 cleanup=lambda: "Nothing partial was left behind."):
             summary = video.predict_video(model, path, out_dir, bbox)
     except disk_space.DiskFull:
         raise
