@@ -504,6 +504,8 @@ def test_panel_figures_show_units_colour_bar_and_legend():
         assert "mm" in ax.get_xlabel()
         span_x, span_y = np.ptp(ax.get_xlim()), np.ptp(ax.get_ylim())
         assert span_x == pytest.approx(span_y) and span_x >= np.ptp(joints, axis=0).max()
+        for lim, values in ((ax.get_xlim(), joints[:, axis]), (ax.get_ylim(), joints[:, 1])):
+            assert (min(lim) < values).all() and (values < max(lim)).all(), (lim, values)
         assert ax.get_ylim()[0] > ax.get_ylim()[1]  # camera y points down
         a, b = surreal.SKELETON[0]
         np.testing.assert_allclose(ax.lines[0].get_xydata(), joints[[a, b]][:, [axis, 1]])
@@ -525,6 +527,23 @@ def test_panel_figures_show_units_colour_bar_and_legend():
     assert len(names) == 14 and sum("(none)" in n for n in names) == 11
     colours = [patch.get_facecolor()[:3] for patch in legend.get_patches()]
     np.testing.assert_allclose(colours, drawing.PART_COLORS[1:] / 255, atol=1e-6)
+
+
+def test_3d_views_hold_every_joint_of_an_off_centre_pose():
+    """A crouching pose whose joints lie on one side of the pelvis (x 0..680 mm, y -650..450,
+    z -420..60): every joint is inside both views' limits, which keep one mm scale."""
+    joints = np.stack([np.linspace(0, 680, 16), np.linspace(-650, 450, 16),
+                       np.linspace(-420, 60, 16)], axis=-1)
+    joints = joints[np.random.default_rng(1).permutation(16)]
+    joints[surreal.PELVIS] = 0.0
+    front, side = drawing.figure_skeleton3d(joints).axes
+    spans = set()
+    for ax, axis in ((front, 0), (side, 2)):
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        assert ((x0 < joints[:, axis]) & (joints[:, axis] < x1)).all(), (ax.get_xlim(), axis)
+        assert ((y0 < joints[:, 1]) & (joints[:, 1] < y1)).all(), ax.get_ylim()
+        spans |= {round(x1 - x0, 6), round(y1 - y0, 6)}
+    assert len(spans) == 1  # one scale for both axes of both views
 
 
 def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:

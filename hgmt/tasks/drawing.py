@@ -176,14 +176,16 @@ def figure_skeleton3d(joints_mm: np.ndarray, title: str = "3D pose"):
     fig = figure(int(PLOT_HEIGHT * 1.5))
     joints_mm = np.asarray(joints_mm, np.float64)
     lo, hi = joints_mm.min(0), joints_mm.max(0)
+    # One span for every axis of both views (one mm scale, equal aspect), each axis centred on
+    # the joints' middle: the pelvis (0) can lie anywhere in their range, e.g. when crouching.
     span = max(float((hi - lo).max()), 400.0) * 1.15  # mm shown along each axis of a view
-    mid_y = (lo[1] + hi[1]) / 2
+    mid = (lo + hi) / 2
     views = (("front", 0, "x (mm, right)"), ("side", 2, "z (mm, away from camera)"))
     for k, (view, axis, xlabel) in enumerate(views):
         ax = fig.add_axes((0.11 + 0.47 * k, 0.15, 0.4, 0.73))
         _skeleton_lines(ax, joints_mm[:, [axis, 1]])
-        ax.set_xlim(-span / 2, span / 2)
-        ax.set_ylim(mid_y + span / 2, mid_y - span / 2)  # camera y points down
+        ax.set_xlim(mid[axis] - span / 2, mid[axis] + span / 2)
+        ax.set_ylim(mid[1] + span / 2, mid[1] - span / 2)  # camera y points down
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
