@@ -479,6 +479,27 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert json.loads((out / "report.json").read_text())["pose2d"]["best"] == "pose2d+segm"
 
 
+def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
+    """The study's charts and the PCKh curve draw on their own Agg canvas: a notebook's
+    backend (here svg) is still the one it chose afterwards."""
+    import matplotlib
+
+    from hgmt.tasks import drawing
+
+    study = report.compare({"pose2d": [_summary(pck=0.80)],
+                            "pose2d+segm": [_summary(pck=0.85, iou=0.5)]})
+    chosen = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert len(report.plot(study, str(tmp_path))) == 3
+        drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
+                               str(tmp_path / "pckh.png"))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(chosen)
+    assert (tmp_path / "pckh.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_report_compares_another_protocols_numbers(tmp_path):
     sweep_dir = tmp_path / "sweep"
     bodynet = {"pose2d": lambda v: {"protocol": "bodynet", "pck": v, "pck_per_joint": {

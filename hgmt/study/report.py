@@ -24,7 +24,7 @@ import numpy as np
 from hgmt import workdirs
 from hgmt.evaluation import evaluator, protocols
 from hgmt.study import claims, stats
-from hgmt.tasks import TASKS, parse_tasks
+from hgmt.tasks import TASKS, drawing, parse_tasks
 
 
 def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
@@ -343,11 +343,6 @@ TEST_NOTE = (
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:
     """Bar charts per task; returns the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for task, e in study.items():
         if not e["subsets"]:
@@ -355,7 +350,8 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
         h = _headline(e, task)
         item, label = h.item, h.label
         names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+        fig = drawing.figure(int(100 * max(4.0, 0.6 * len(names) + 2)), 320)
+        ax = fig.add_subplot()
         colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
                    for s in names]
         errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
@@ -367,10 +363,10 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
         fig.tight_layout()
         paths.append(os.path.join(out_dir, f"{task}_subsets.png"))
         fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
         gains = e.get("per_item_gain")
         if gains:
-            fig, ax = plt.subplots(figsize=(7, 3.2))
+            fig = drawing.figure(700, 320)
+            ax = fig.add_subplot()
             values = list(gains.values())
             tests = [e["per_item_tests"].get(k) for k in gains]
             whiskers = None if not any(tests) else np.array(
@@ -387,7 +383,6 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
             fig.tight_layout()
             paths.append(os.path.join(out_dir, f"{task}_per_item.png"))
             fig.savefig(paths[-1], dpi=100)
-            plt.close(fig)
     return paths
 
 

@@ -71,13 +71,9 @@ def skeleton3d(joints_mm: np.ndarray, size: int) -> np.ndarray:
 
 
 def plot_pck_curve(curve: dict, path: str) -> None:
-    """PCKh curve {'thresholds': [...], 'mean': [...]} -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3), dpi=120)
+    """PCKh curve {'thresholds': [...], 'mean': [...]} -> a 480 x 360 pixel PNG."""
+    fig = figure(400, 300)  # 4 x 3 inches, saved at 120 dpi
+    ax = fig.add_subplot()
     ax.plot(curve["thresholds"], curve["mean"], marker="o", ms=3)
     ax.set_xlabel("threshold (fraction of head segment)")
     ax.set_ylabel("PCKh")
@@ -85,8 +81,7 @@ def plot_pck_curve(curve: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with epath.Path(path).open("wb") as f:  # a local path or an object-store URL
-        fig.savefig(f, format="png")
-    plt.close(fig)
+        fig.savefig(f, format="png", dpi=120)
 
 
 # --- Readable figures (the prediction panel) -------------------------------------------------
