@@ -500,6 +500,25 @@ def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
     assert (tmp_path / "pckh.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_per_item_charts_name_the_items_value_and_its_direction():
+    """Each bar of a per-item chart is one item's change, signed + = better: the axis names
+    the item's value and whether + is its gain or its decrease (the metric's direction),
+    not the headline metric (a mean over the items) nor a plain change."""
+    study = report.compare({
+        "pose2d": [_summary(pck=0.80)], "pose3d": [_summary(mjd=60.0)],
+        "segm": [_summary(iou=0.50)],
+        "pose2d+pose3d+segm": [_summary(pck=0.85, mjd=55.0, iou=0.52)]})
+    labels = {t: report.per_item_figure(study[t], t).axes[0].get_ylabel()
+              for t in ("pose2d", "pose3d", "segm")}
+    assert labels == {"pose2d": "gain in the joint's PCKh@0.5",
+                      "pose3d": "decrease in the joint's error (mm)",
+                      "segm": "gain in the part's IoU"}
+    from hgmt.tasks.spec import Headline
+
+    with pytest.raises(ValueError, match="needs `item`.*and `item_label`"):
+        Headline(("iou",), "iou", (), "mean IoU", "iou_per_part", "part")
+
+
 def test_report_compares_another_protocols_numbers(tmp_path):
     sweep_dir = tmp_path / "sweep"
     bodynet = {"pose2d": lambda v: {"protocol": "bodynet", "pck": v, "pck_per_joint": {

@@ -342,48 +342,68 @@ TEST_NOTE = (
 
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:
-    """Bar charts per task; returns the written paths."""
+    """Charts per task (`subsets_figure`, `per_item_figure`); returns the written paths."""
     paths = []
     for task, e in study.items():
-        if not e["subsets"]:
-            continue
-        h = _headline(e, task)
-        item, label = h.item, h.label
-        names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
-        fig = drawing.figure(int(100 * max(4.0, 0.6 * len(names) + 2)), 320)
-        ax = fig.add_subplot()
-        colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
-                   for s in names]
-        errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
-        ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours,
-               yerr=errors if any(errors) else None, capsize=3)
-        ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
-        ax.set_ylabel(label)
-        ax.set_title(f"{task}: isolated (grey), best (green); whiskers: seed sd", fontsize=9)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, f"{task}_subsets.png"))
-        fig.savefig(paths[-1], dpi=100)
-        gains = e.get("per_item_gain")
-        if gains:
-            fig = drawing.figure(700, 320)
-            ax = fig.add_subplot()
-            values = list(gains.values())
-            tests = [e["per_item_tests"].get(k) for k in gains]
-            whiskers = None if not any(tests) else np.array(
-                [[0.0, 0.0] if t is None else [t["change"] - t["low"], t["high"] - t["change"]]
-                 for t in tests]).T
-            ax.bar(range(len(values)), values, yerr=whiskers, capsize=2,
-                   color=["tab:green" if v >= 0 else "tab:red" for v in values])
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
-            ax.set_ylabel(f"change in {label}")
-            ci = "" if whiskers is None else f"\nwhiskers: {CI_HEADER}, not Holm-adjusted"
-            ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {item} (+ = better)"
-                         f"{ci}", fontsize=9)
-            fig.tight_layout()
-            paths.append(os.path.join(out_dir, f"{task}_per_item.png"))
-            fig.savefig(paths[-1], dpi=100)
+        for kind, make in (("subsets", subsets_figure), ("per_item", per_item_figure)):
+            fig = make(e, task)
+            if fig is not None:
+                paths.append(os.path.join(out_dir, f"{task}_{kind}.png"))
+                fig.savefig(paths[-1], dpi=100)
     return paths
+
+
+def subsets_figure(e: dict, task: str):
+    """The bar chart of `task`'s headline metric in every subset of its study entry `e`
+    (`compare`); None when no subset has a value."""
+    if not e["subsets"]:
+        return None
+    names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
+    fig = drawing.figure(int(100 * max(4.0, 0.6 * len(names) + 2)), 320)
+    ax = fig.add_subplot()
+    colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
+               for s in names]
+    errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
+    ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours,
+           yerr=errors if any(errors) else None, capsize=3)
+    ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
+    ax.set_ylabel(_headline(e, task).label)
+    ax.set_title(f"{task}: isolated (grey), best (green); whiskers: seed sd", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def per_item_figure(e: dict, task: str):
+    """The bar chart of each item's change of the best multi-task subset over the isolated
+    `task` (`e['per_item_gain']`, + = better); None without per-item changes."""
+    gains = e.get("per_item_gain")
+    if not gains:
+        return None
+    h = _headline(e, task)
+    fig = drawing.figure(700, 320)
+    ax = fig.add_subplot()
+    values = list(gains.values())
+    tests = [e["per_item_tests"].get(k) for k in gains]
+    whiskers = None if not any(tests) else np.array(
+        [[0.0, 0.0] if t is None else [t["change"] - t["low"], t["high"] - t["change"]]
+         for t in tests]).T
+    ax.bar(range(len(values)), values, yerr=whiskers, capsize=2,
+           color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
+    ax.set_ylabel(item_change_label(h))
+    ci = "" if whiskers is None else f"\nwhiskers: {CI_HEADER}, not Holm-adjusted"
+    ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {h.item} (+ = better)"
+                 f"{ci}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def item_change_label(h) -> str:
+    """What a bar of the per-item chart shows, signed + = better by the metric's direction
+    (`Headline.higher_is_better`): 'gain in the part's IoU', 'decrease in the joint's error
+    (mm)'."""
+    return f"{'gain' if h.higher_is_better else 'decrease'} in the {h.item}'s {h.item_label}"
 
 
 def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:

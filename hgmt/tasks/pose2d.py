@@ -35,8 +35,9 @@ OUTPUT_LAYOUT = {
 }
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
-                     "pckh@0.5_per_joint", "joint"),
-    "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint"),
+                     "pckh@0.5_per_joint", "joint", item_label="PCKh@0.5"),
+    "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint",
+                        item_label="PCK"),
 }
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
 

@@ -32,9 +32,9 @@ LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",
-                     "joint", ".1f"),
+                     "joint", ".1f", item_label="error (mm)"),
     "bodynet": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm, BodyNet)",
-                        "mjd_mm_per_joint", "joint", ".1f"),
+                        "mjd_mm_per_joint", "joint", ".1f", item_label="error (mm)"),
 }
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)

@@ -31,11 +31,11 @@ OUTPUT_LAYOUT = {
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {
     "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",
-                     "iou_per_part", "part"),
+                     "iou_per_part", "part", item_label="IoU"),
     "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
-                        "mean IoU (14 parts)", "iou_per_part", "part"),
+                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU"),
     "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
-                        "mean IoU (14 parts)", "iou_per_part", "part"),
+                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU"),
 }
 
 

@@ -24,12 +24,19 @@ class Headline:
     per_item: str | None = None  # key of the per-item breakdown ({item name: value})
     item: str | None = None  # what an item is ("joint", "part"): one table per kind
     item_format: str = ".3f"  # format of a per-item value in the evaluation tables
+    # What one item's value is ("IoU", "error (mm)"), as the study's per-item chart names it:
+    # `label` names the headline metric, which may be a mean over the items.
+    item_label: str | None = None
 
     def __post_init__(self):
         unknown = (set(self.lower_is_better) | {self.compare}) - set(self.metrics)
         if unknown:
             raise ValueError(f"Headline {self.label!r}: {sorted(unknown)} not in its metrics "
                              f"{self.metrics}")
+        if self.per_item and not (self.item and self.item_label):
+            raise ValueError(f"Headline {self.label!r}: a per-item breakdown "
+                             f"({self.per_item!r}) needs `item` (what an item is, e.g. "
+                             f"'joint') and `item_label` (what its value is, e.g. 'IoU')")
 
     @property
     def higher_is_better(self) -> bool:
