@@ -8,7 +8,7 @@ reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py 
 `--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
 writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables),
-report.json, claims.json (hgmt/study/claims.py) and bar charts: for each task its headline
+report.json, claims.json (hgmt/study/claims.py) and charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
 per-joint / per-part change of the best multi-task model over the isolated one
 (`<task>_per_item.png`). The README ends with the config the runs used (their own

@@ -519,6 +519,67 @@ def test_per_item_charts_name_the_items_value_and_its_direction():
         Headline(("iou",), "iou", (), "mean IoU", "iou_per_part", "part")
 
 
+def _pose2d_seeds(values, pelvis=None):
+    """pose2d summaries, one per seed: each joint's PCKh that seed's value, the pelvis's
+    `pelvis` (the same every seed: its change has no test) if given."""
+    return [{"pose2d": {"pckh@0.5": v, "pckh@0.5_per_joint": {
+        j: pelvis if j == "pelvis" and pelvis is not None else v for j in surreal.JOINT_NAMES}}}
+            for v in values]
+
+
+def _whiskers(ax) -> dict[float, float]:
+    """{x: length} of every error bar drawn on ax."""
+    from matplotlib.container import ErrorbarContainer
+
+    return {round(float(seg[0][0]), 6): float(abs(seg[1][1] - seg[0][1]))
+            for c in ax.containers if isinstance(c, ErrorbarContainer)
+            for lines in c.lines[2] for seg in lines.get_segments()}
+
+
+def test_study_charts_show_small_changes_and_say_what_they_draw():
+    """The subsets chart's y axis spans the values (changes of 0.01 on values near 0.86
+    show), its title is the key of what is drawn, and a subset of one seed has no whisker;
+    the per-item chart draws no whisker for an untested item and marks it."""
+    study = report.compare({"pose2d": _pose2d_seeds([0.855, 0.86, 0.865], pelvis=0.9),
+                            "pose2d+segm": _pose2d_seeds([0.868, 0.87, 0.874], pelvis=0.95),
+                            "pose2d+depth": _pose2d_seeds([0.862]),
+                            "pose2d+pose3d": _pose2d_seeds([0.858, 0.861, 0.866])})
+    e = study["pose2d"]
+    ax = report.subsets_figure(e, "pose2d").axes[0]
+    low, high = ax.get_ylim()
+    ends = [v + k * (e["spread"][s] or 0) for s, v in e["subsets"].items() for k in (-1, 1)]
+    assert 0.8 < low < min(ends) and max(ends) < high < 0.9, (low, high, ends)
+    assert ax.get_title() == ("pose2d: isolated (grey, dashed line), best (green), others "
+                              "(blue)\nwhiskers: seed sd; one seed: no whisker")
+    # x: subsets by size then name: pose2d, pose2d+depth (one seed), +pose3d, +segm.
+    assert _whiskers(ax) == pytest.approx({0.0: 2 * e["spread"]["pose2d"],
+                                           2.0: 2 * e["spread"]["pose2d+pose3d"],
+                                           3.0: 2 * e["spread"]["pose2d+segm"]})
+
+    ax = report.per_item_figure(e, "pose2d").axes[0]
+    pelvis = surreal.JOINT_NAMES.index("pelvis")
+    assert "pelvis" not in e["per_item_tests"] and len(e["per_item_tests"]) == 15
+    assert sorted(_whiskers(ax)) == [k for k in range(16) if k != pelvis]
+    assert ax.get_xticklabels()[pelvis].get_text() == "pelvis (untested)"
+    assert ax.patches[pelvis].get_hatch() and not ax.patches[0].get_hatch()
+    assert ax.get_title().endswith("not Holm-adjusted; (untested) items: hatched, no whisker")
+
+    # The isolated run best, every subset of one seed: no green, no whiskers.
+    e = report.compare({"pose2d": _pose2d_seeds([0.87]),
+                        "pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
+    ax = report.subsets_figure(e, "pose2d").axes[0]
+    assert ax.get_title() == ("pose2d: isolated and best (grey, dashed line), others (blue)"
+                              "\none seed: no whisker")
+    assert _whiskers(ax) == {} and 0.8 < ax.get_ylim()[0]
+    ax = report.per_item_figure(e, "pose2d").axes[0]
+    assert _whiskers(ax) == {} and ax.get_title().endswith("\n(untested) items: hatched, no "
+                                                          "whisker")
+    # No isolated run.
+    e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
+    assert report.subsets_figure(e, "pose2d").axes[0].get_title() == (
+        "pose2d: no isolated run, best (green)\none seed: no whisker")
+
+
 def test_report_compares_another_protocols_numbers(tmp_path):
     sweep_dir = tmp_path / "sweep"
     bodynet = {"pose2d": lambda v: {"protocol": "bodynet", "pck": v, "pck_per_joint": {

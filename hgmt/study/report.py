@@ -8,7 +8,7 @@ reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py 
 `launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
 writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables
 of every change with its per-comparison confidence interval and its Holm-adjusted test,
-hgmt/study/stats.py), report.json, claims.json (hgmt/study/claims.py) and bar charts: for each
+hgmt/study/stats.py), report.json, claims.json (hgmt/study/claims.py) and charts: for each
 task its headline metric in isolation and in every combination containing it
 (`<task>_subsets.png`), and the per-joint / per-part change of the best multi-task model over
 the isolated one (`<task>_per_item.png`).
@@ -354,47 +354,88 @@ def plot(study: dict[str, dict], out_dir: str) -> list[str]:
 
 
 def subsets_figure(e: dict, task: str):
-    """The bar chart of `task`'s headline metric in every subset of its study entry `e`
-    (`compare`); None when no subset has a value."""
+    """`task`'s headline metric in every subset of its study entry `e` (`compare`), a dot per
+    subset with the seeds' sd as whiskers, on a y axis spanning the values (changes of 0.01
+    on values near 0.86 show), the isolated value as a dashed line; the title says what is
+    drawn. None when no subset has a value."""
     if not e["subsets"]:
         return None
     names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
+    values = np.array([e["subsets"][s] for s in names])
+    spreads = [e.get("spread", {}).get(s) for s in names]  # None: one seed, nothing to draw
     fig = drawing.figure(int(100 * max(4.0, 0.6 * len(names) + 2)), 320)
     ax = fig.add_subplot()
-    colours = ["tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
-               for s in names]
-    errors = [e.get("spread", {}).get(s) or 0.0 for s in names]
-    ax.bar(range(len(names)), [e["subsets"][s] for s in names], color=colours,
-           yerr=errors if any(errors) else None, capsize=3)
-    ax.set_xticks(range(len(names)), [s.replace("+", "\n+") for s in names], fontsize=7)
+    x = np.arange(len(names))
+    ax.scatter(x, values, s=36, zorder=3, color=[
+        "tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
+        for s in names])
+    seeded = [k for k, sd in enumerate(spreads) if sd is not None]
+    if seeded:
+        ax.errorbar(x[seeded], values[seeded], yerr=[spreads[k] for k in seeded], fmt="none",
+                    ecolor="black", elinewidth=1, capsize=3, zorder=2)
+    if e["isolated"] is not None:
+        ax.axhline(e["isolated"], color="tab:grey", linestyle="--", linewidth=0.8, zorder=1)
+    reach = np.array([sd or 0.0 for sd in spreads])
+    lo, hi = float((values - reach).min()), float((values + reach).max())
+    margin = 0.1 * (hi - lo) if hi > lo else 0.05 * abs(hi) or 1.0
+    ax.set_ylim(lo - margin, hi + margin)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xticks(x, [s.replace("+", "\n+") for s in names], fontsize=7)
     ax.set_ylabel(_headline(e, task).label)
-    ax.set_title(f"{task}: isolated (grey), best (green); whiskers: seed sd", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{task}: {_subsets_key(e, task, names, spreads)}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def _subsets_key(e: dict, task: str, names: list[str], spreads: list) -> str:
+    """The subsets chart's key, of what it draws: which dot is the isolated run and which the
+    best, and what the whiskers are (a subset of one seed has none)."""
+    if task not in names:
+        runs = ["no isolated run", "best (green)"]
+    elif e["best"] == task:
+        runs = ["isolated and best (grey, dashed line)"]
+    else:
+        runs = ["isolated (grey, dashed line)", "best (green)"]
+    if set(names) - {task, e["best"]}:
+        runs.append("others (blue)")
+    whiskers = ((["whiskers: seed sd"] if any(sd is not None for sd in spreads) else [])
+                + (["one seed: no whisker"] if any(sd is None for sd in spreads) else []))
+    return ", ".join(runs) + "\n" + "; ".join(whiskers)
+
+
 def per_item_figure(e: dict, task: str):
     """The bar chart of each item's change of the best multi-task subset over the isolated
-    `task` (`e['per_item_gain']`, + = better); None without per-item changes."""
+    `task` (`e['per_item_gain']`, + = better), whiskers the tested items' confidence
+    intervals; an untested item's bar is hatched, with no whisker, its name marked. None
+    without per-item changes."""
     gains = e.get("per_item_gain")
     if not gains:
         return None
     h = _headline(e, task)
     fig = drawing.figure(700, 320)
     ax = fig.add_subplot()
-    values = list(gains.values())
+    values = np.array(list(gains.values()))
     tests = [e["per_item_tests"].get(k) for k in gains]
-    whiskers = None if not any(tests) else np.array(
-        [[0.0, 0.0] if t is None else [t["change"] - t["low"], t["high"] - t["change"]]
-         for t in tests]).T
-    ax.bar(range(len(values)), values, yerr=whiskers, capsize=2,
-           color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    x = np.arange(len(values))
+    bars = ax.bar(x, values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    for bar, t in zip(bars, tests, strict=True):
+        if t is None:
+            bar.set_hatch("///")
+            bar.set_edgecolor("white")
+    tested = [k for k, t in enumerate(tests) if t is not None]
+    if tested:
+        ax.errorbar(x[tested], values[tested], fmt="none", ecolor="black", capsize=2,
+                    yerr=np.array([[tests[k]["change"] - tests[k]["low"],
+                                    tests[k]["high"] - tests[k]["change"]] for k in tested]).T)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(values)), list(gains), rotation=60, fontsize=7, ha="right")
+    ax.set_xticks(x, [k if t else f"{k} (untested)" for k, t in zip(gains, tests, strict=True)],
+                  rotation=60, fontsize=7, ha="right")
     ax.set_ylabel(item_change_label(h))
-    ci = "" if whiskers is None else f"\nwhiskers: {CI_HEADER}, not Holm-adjusted"
-    ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {h.item} (+ = better)"
-                 f"{ci}", fontsize=9)
+    key = ([f"whiskers: {CI_HEADER}, not Holm-adjusted"] if tested else []) + (
+        ["(untested) items: hatched, no whisker"] if len(tested) < len(tests) else [])
+    ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {h.item} (+ = better)\n"
+                 + "; ".join(key), fontsize=9)
     fig.tight_layout()
     return fig
 
