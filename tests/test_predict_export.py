@@ -529,6 +529,26 @@ def test_panel_figures_show_units_colour_bar_and_legend():
     np.testing.assert_allclose(colours, drawing.PART_COLORS[1:] / 255, atol=1e-6)
 
 
+def test_part_colours_are_far_apart_right_warm_left_cool():
+    """Every two part colours (background black included) are at least 20 apart in CIELAB
+    (Delta E 1976, OpenCV's sRGB -> Lab); a part is named by the person's own side, right
+    parts warm (R > B) and left parts cool (B > R), as the captions say."""
+    rgb = drawing.PART_COLORS.astype(np.float32) / 255
+    def to_lab(rgb):  # (N,3) sRGB on [0, 1] -> (N,3) L*a*b*
+        return cv2.cvtColor(np.asarray(rgb, np.float32)[None], cv2.COLOR_RGB2LAB)[0]
+
+    # (240, 50, 50) by hand: sRGB decoded, D65 XYZ (0.3764, 0.2103, 0.0509), then CIELAB.
+    np.testing.assert_allclose(to_lab([[240 / 255, 50 / 255, 50 / 255], [0, 0, 0]]),
+                               [[52.9, 69.7, 46.9], [0, 0, 0]], atol=0.3)
+    lab = to_lab(rgb)
+    apart = np.linalg.norm(lab[:, None] - lab[None], axis=-1)[np.triu_indices(len(lab), 1)]
+    assert apart.min() >= 20, apart.min()
+    for k, name in enumerate(surreal.PART_NAMES, start=1):
+        r, _, b = drawing.PART_COLORS[k].astype(int)
+        assert (r > b) if name.startswith("r_") else (b > r) if name.startswith("l_") else True
+    assert sum(n[:2] in ("r_", "l_") for n in surreal.PART_NAMES) == 12
+
+
 def test_3d_views_hold_every_joint_of_an_off_centre_pose():
     """A crouching pose whose joints lie on one side of the pelvis (x 0..680 mm, y -650..450,
     z -420..60): every joint is inside both views' limits, which keep one mm scale."""

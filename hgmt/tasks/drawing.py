@@ -14,12 +14,16 @@ from etils import epath
 
 from hgmt.sources import surreal
 
-# 15 distinct colours: background black, then the 14 parts (right parts warm, left cool).
-# Order of surreal.PART_NAMES: head, torso, l_ arm (3), r_ arm (3), l_ leg (3), r_ leg (3).
+# 15 colours, every two at least 20 apart in CIELAB (Delta E 1976): background black, then the
+# 14 parts in the order of surreal.PART_NAMES (head, torso, l_ arm (3), r_ arm (3), l_ leg (3),
+# r_ leg (3)); a part is named by the person's own side: right parts warm (R > B), left cool
+# (B > R), the arms bright and the legs darker or duller than the arm of their side.
 PART_COLORS = np.array([
-    [0, 0, 0], [230, 200, 60], [200, 70, 200], [60, 110, 240], [60, 200, 240], [140, 240, 240],
-    [240, 60, 60], [250, 140, 60], [250, 210, 120], [30, 60, 200], [30, 170, 200],
-    [120, 220, 220], [200, 30, 30], [240, 120, 30], [255, 200, 80]], np.uint8)
+    [0, 0, 0], [90, 200, 70], [200, 70, 200],  # background, head green, torso magenta
+    [40, 90, 250], [40, 190, 250], [160, 240, 255],  # l_ upper arm, forearm, hand
+    [240, 50, 50], [255, 140, 30], [255, 225, 90],  # r_ upper arm, forearm, hand
+    [40, 40, 140], [20, 110, 130], [120, 100, 190],  # l_ upper leg, lower leg, foot
+    [140, 20, 40], [160, 90, 30], [210, 130, 120]], np.uint8)  # r_ upper leg, lower leg, foot
 
 
 def colour_parts(classes: np.ndarray) -> np.ndarray:
