@@ -549,6 +549,38 @@ def test_part_colours_are_far_apart_right_warm_left_cool():
     assert sum(n[:2] in ("r_", "l_") for n in surreal.PART_NAMES) == 12
 
 
+def test_pictures_keep_the_colour_meanings_their_captions_state():
+    """Right limbs red and left blue (the quick skeleton and the panel's); the panel's depth
+    red nearer and blue farther; the quick depth picture brighter nearer."""
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)  # joints on a circle: no edge
+    joints = np.stack([128 + 100 * np.cos(angles), 128 + 100 * np.sin(angles)], -1)  # overlaps
+    quick = drawing.draw_skeleton(np.zeros((256, 256, 3), np.uint8), joints)
+    panel = drawing.figure_image(np.zeros((256, 256, 3), np.uint8), "2D", joints).axes[0]
+    sides = {"r_": 0, "l_": 0}
+    for k, (a, b) in enumerate(surreal.SKELETON):
+        side = surreal.JOINT_NAMES[b][:2]
+        if side not in sides:
+            continue
+        sides[side] += 1
+        x, y = np.round((joints[a] + joints[b]) / 2).astype(int)
+        for r, _, b_ in (quick[y, x].astype(int), panel.lines[k].get_color()):
+            assert (r > b_) if side == "r_" else (b_ > r), (surreal.SKELETON[k], r, b_)
+    assert sides == {"r_": 5, "l_": 5}
+
+    edges = np.arange(-450.0, 406.0, 45.0)
+    image = drawing.figure_depth(np.zeros((4, 4)), np.zeros((16, 16, 3), np.uint8),
+                                 edges).axes[0].images[-1]
+    nearest, farthest = (image.cmap(image.norm(v)) for v in (edges[0] + 1, edges[-1] - 1))
+    assert nearest[0] > nearest[2] and farthest[2] > farthest[0], (nearest, farthest)
+
+    from hgmt.tasks import depth
+
+    pelvis = 3.0  # metres; pixels 0.3 m nearer, at the pelvis, 0.3 m farther, then background
+    classes = depth.classes(np.array([[2.7, 3.0, 3.3, 0.0]]), np.array(pelvis))
+    luma = drawing.colour_depth(classes)[0].astype(float) @ [0.299, 0.587, 0.114]
+    assert luma[0] > luma[1] > luma[2] > luma[3] == 0, luma
+
+
 def test_3d_views_hold_every_joint_of_an_off_centre_pose():
     """A crouching pose whose joints lie on one side of the pelvis (x 0..680 mm, y -650..450,
     z -420..60): every joint is inside both views' limits, which keep one mm scale."""
