@@ -37,6 +37,57 @@ def _validation(writer, metric):
             if f"validation/{metric}" in v}
 
 
+def test_pictures_draw_the_prediction_the_evaluation_scores(monkeypatch):
+    """With the flip test, on a crafted batch whose first frame is flagged unusable: the
+    TensorBoard strips draw the prediction eval_step scores (mirror averaged in, the flagged
+    frame given the protocol's input), and show that input."""
+    import jax.numpy as jnp
+
+    from hgmt.evaluation import evaluator
+    from hgmt.models import create_model, predict_last_stage
+    from hgmt.tasks import heads
+    from hgmt.training import steps
+
+    config = tiny_config("unused", tasks="pose2d")
+    model = create_model(config.model, heads(("pose2d",)))
+    size = config.image_size
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    variables = steps.init_variables(model, jax.random.key(0), jnp.asarray(images, jnp.float32))
+    batch = {"image": images, "unusable": np.array([1.0, 0.0], np.float32),
+             "mask": np.ones(2, np.float32), "rejected": np.array([1.0, 0.0], np.float32)}
+    given = evaluator.unusable_input("surreal")
+
+    # eval_step's prediction, as the metrics receive it (one device: a vmap axis of 1).
+    class Scored:
+        def stats(self, pred, batch):
+            return {"pred": pred}
+
+    monkeypatch.setattr(evaluator, "_example_loss", lambda *args: jnp.zeros(()))
+    step = functools.partial(evaluator.eval_step, model=model, flip=True,
+                             metrics={"pose2d": Scored()}, loss_options={"pose2d": {}},
+                             unusable_input=given)
+    scored = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))(
+        variables, jax.tree.map(lambda v: v[None], batch))["pose2d"]["pred"][0]
+
+    drawn = {}
+
+    def strips(images, preds, batch):
+        drawn.update(images=images, preds=preds)
+        return images
+
+    monkeypatch.setattr(evaluator.pictures, "prediction_strips", strips)
+    ev = object.__new__(evaluator.Evaluator)
+    ev.model, ev.flip, ev.protocol, ev.first_batch = model, True, "surreal", batch
+    ev.pictures(variables, n=2)
+    np.testing.assert_allclose(drawn["preds"]["pose2d"], scored, atol=1e-5)
+    plain = np.asarray(predict_last_stage(model, variables, jnp.asarray(images, jnp.float32))
+                       ["pose2d"])
+    assert np.abs(plain - scored).max(axis=(1, 2, 3)).min() > 1e-3  # both frames differ
+    np.testing.assert_array_equal(drawn["images"][0], np.broadcast_to(
+        np.round(given).astype(np.uint8), (size, size, 3)))
+    np.testing.assert_array_equal(drawn["images"][1], images[1])
+
+
 def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,
                                                                           tmp_path):
     workdir = str(tmp_path / "run")

@@ -39,6 +39,24 @@ def _example_loss(task, options, pred, batch):
     return task.loss(_one(pred), task.targets(_one(batch)), **options)
 
 
+def model_input(batch: dict, unusable_input: np.ndarray) -> jnp.ndarray:
+    """(B,R,R,3) float32 on [0, 255]: the images the evaluation gives the model, batch['image']
+    with each flagged unusable frame (batch['unusable']) given the image `unusable_input`
+    everywhere, as the references give it their zero input."""
+    flagged = batch["unusable"][:, None, None, None] > 0
+    return jnp.where(flagged, jnp.asarray(unusable_input, jnp.float32),
+                     batch["image"].astype(jnp.float32))
+
+
+def predict(variables: dict, batch: dict, *, model, flip: bool,
+            unusable_input: np.ndarray) -> dict:
+    """{task: (B,r,r,C)} the last stage's predictions that the evaluation scores, on
+    `model_input`, averaged with the mirrored image's when `flip`: what `eval_step` measures
+    and `Evaluator.pictures` draws."""
+    return predict_last_stage(model, variables, model_input(batch, unusable_input),
+                              channel_flips(model.tasks) if flip else None)
+
+
 def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
               loss_options: dict, unusable_input: np.ndarray) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
@@ -51,11 +69,7 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
     give it their zero input; the reference protocols' statistics treat it as their code
     does, hgmt's statistics and the loss leave it out, and every frame hgmt's own check
     rejects (batch['rejected'])."""
-    flagged = batch["unusable"][:, None, None, None] > 0
-    images = jnp.where(flagged, jnp.asarray(unusable_input, jnp.float32),
-                       batch["image"].astype(jnp.float32))
-    preds = predict_last_stage(model, variables, images,
-                               channel_flips(model.tasks) if flip else None)
+    preds = predict(variables, batch, model=model, flip=flip, unusable_input=unusable_input)
     mask = batch["mask"]
     usable = mask * (1.0 - batch["rejected"])
     stats = {}
@@ -212,12 +226,16 @@ class Evaluator:
         return summary
 
     def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
-        """(n, R, R*(1+tasks), 3) uint8: the first examples' inputs and each task's picture."""
-        images = self.first_batch["image"][:n]
-        preds = predict_last_stage(self.model, variables, jnp.asarray(images))
+        """(n, R, R*(1+tasks), 3) uint8: the first examples' inputs as the model is given
+        them and each task's picture of the prediction the evaluation scores (`predict`:
+        with the flip test if this evaluator has it)."""
+        batch = {k: np.asarray(v[:n]) for k, v in self.first_batch.items()}
+        given = unusable_input(self.protocol)
+        preds = predict(variables, batch, model=self.model, flip=self.flip,
+                        unusable_input=given)
+        images = np.clip(np.round(np.asarray(model_input(batch, given))), 0, 255)
         return pictures.prediction_strips(
-            images, {t: np.asarray(p) for t, p in preds.items()},
-            {k: np.asarray(v[:n]) for k, v in self.first_batch.items()})
+            images.astype(np.uint8), {t: np.asarray(p) for t, p in preds.items()}, batch)
 
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
