@@ -771,10 +771,33 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert out["depth"]["bin_mm"] == 45.0
     assert out["segm"]["shape"] == "float32 (B, 16, 16, 15)"
     assert out["segm"]["channels"] == 15
-    assert out["segm"]["part_names"] == list(surreal.PART_NAMES)
-    assert len(out["segm"]["part_names"]) == 14
+    assert out["segm"]["channel"] == "class c is part_names[c] (0 background)"
+    assert out["segm"]["part_names"] == ["background", *surreal.PART_NAMES]
     for task, layout in out.items():
         assert {"channel", "values"} <= set(layout), task
+
+
+def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, predictor,
+                                                                     exported):
+    """Made-up segm logits whose argmax at label pixel (x=c, y=0) is class c: the name
+    `hgmt.predict`'s JSON gives that pixel (`part_names[segm_classes]`) is the one an
+    export's hgmt.json gives the argmax of its channels (`part_names[c]`), for every class."""
+    with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
+        names = json.load(f)["outputs"]["segm"]["part_names"]
+    r, n = predictor.image_size // 4, TASKS["segm"].NUM_CHANNELS
+    raw = {t: np.zeros((r, r, TASKS[t].NUM_CHANNELS), np.float32) for t in predictor.tasks}
+    raw["segm"][0, np.arange(n), np.arange(n)] = 1.0
+    window = person.Window(np.array([32.0, 32.0]), 64.0, "given")
+    m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+    crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
+    saved = prediction.to_json(predictor._result(crop, window, 1, crop, m_label, raw),
+                               predictor.tasks)
+    classes = np.asarray(saved["segm_classes"])[0, :n]
+    assert classes.tolist() == list(range(n))
+    from_predict = [saved["part_names"][c] for c in classes]
+    from_export = [names[int(c)] for c in raw["segm"][0, :n].argmax(-1)]
+    assert from_predict == from_export
+    assert from_predict[:3] == ["background", "head", "torso"] and from_predict[-1] == "r_foot"
 
 
 def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_path,

@@ -55,7 +55,7 @@ def test_label_maps_match_design():
 
 @pytest.mark.parametrize("names,flip", [
     (surreal.JOINT_NAMES, surreal.JOINT_FLIP),
-    (("background",) + surreal.PART_NAMES, surreal.PART_FLIP),
+    (surreal.PART_CLASS_NAMES, surreal.PART_FLIP),
 ])
 def test_flips_are_involutions_swapping_sides(names, flip):
     np.testing.assert_array_equal(flip[flip], np.arange(len(names)))

@@ -64,7 +64,9 @@ PART_NAMES = (
     "head", "torso", "l_upper_arm", "l_forearm", "l_hand", "r_upper_arm", "r_forearm",
     "r_hand", "l_upper_leg", "l_lower_leg", "l_foot", "r_upper_leg", "r_lower_leg", "r_foot",
 )  # fmt: skip
-NUM_PARTS = len(PART_NAMES) + 1  # with background
+# The names of the part classes: class c is PART_CLASS_NAMES[c], 0 the background.
+PART_CLASS_NAMES = ("background", *PART_NAMES)
+NUM_PARTS = len(PART_CLASS_NAMES)  # with background
 NUM_SMPL_SEGMENTS = 24
 # SURREAL's segment names, raw value 1..24 (SMPL's, as in the released _segm.mat; index 0 is
 # background). Raw value v is the region of SMPL joint v - 1.

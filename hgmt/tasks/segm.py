@@ -24,8 +24,8 @@ CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
-    "channel": "class c: 0 background; c >= 1 is part_names[c - 1]",
-    "part_names": list(surreal.PART_NAMES),
+    "channel": "class c is part_names[c] (0 background)",
+    "part_names": list(surreal.PART_CLASS_NAMES),
     "values": "logits: a pixel's class is the argmax over the channels",
 }
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
@@ -171,7 +171,7 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
-    return {"part_names": ["background", *surreal.PART_NAMES],
+    return {"part_names": list(surreal.PART_CLASS_NAMES),
             "segm_classes": result["segm"].tolist()}
 
 
