@@ -23,10 +23,10 @@ import logging
 import os
 import sys
 
-from hgmt import cli, disk_space, paths, workdirs
-from hgmt.data import shards
+from hgmt import cli, paths, workdirs
+from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
-from hgmt.training import checkpoints, device_memory
+from hgmt.training import checkpoints, device_memory, loop
 
 
 def _define_flags(fv) -> None:
@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
+    if args.frames is not None:
+        try:
+            input_pipeline.parse_eval_frames(args.frames)
+        except ValueError as e:  # its message starts "frames='...'"
+            raise SystemExit(f"error: --{e}") from None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with cli.user_lines(args.verbosity, keep=argv is None):
         return _run(args, step_arg)
@@ -73,8 +78,9 @@ def _run(args, step_arg: int | str | None) -> int:
     frames = args.frames or configured["frames"]
     flip = configured["flip"] if args.flip is None else args.flip
     max_examples = configured["max_examples"] if args.max_examples is None else args.max_examples
-    with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
-                                shards.SplitFault, traceback=traceback):
+    # The trainer's faults: a full disk, out of device memory, a damaged shard, a dataset that
+    # is not built or does not hold the frames asked for.
+    with cli.faults_in_one_line(*loop.FAULTS, traceback=traceback):
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
                                          flip=flip, protocol=args.protocol,

@@ -843,9 +843,6 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
                                                                capsys):
     """evaluate, predict and export read `<workdir>/config.json` as `--config`, overridable
     field by field as `hgmt.main`'s config is; bad flags exit with the flag named."""
-    elsewhere = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={elsewhere}"])
     out = str(tmp_path / "eval.json")
     hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
                    "--config.eval_batch_size=1", f"--out_file={out}"])
@@ -861,6 +858,33 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
     with pytest.raises(SystemExit) as e:
         hgmt.evaluate.main(["--help"])
     assert e.value.code == 0 and "--protocol" in capsys.readouterr().out
+
+
+def test_evaluate_stops_in_one_line_on_a_dataset_not_built_or_frames_it_lacks(
+        workdir, every10_dataset, tmp_path):
+    """A --config.data_dir without the build, --frames=all of a build of every 10th frame, and
+    a malformed --frames: one error line naming the fix (a string exit code: exit status 1,
+    no traceback), nothing written."""
+    def one_line(*flags) -> str:
+        with pytest.raises(SystemExit) as e:
+            hgmt.evaluate.main([f"--workdir={workdir}", f"--out_file={tmp_path / 'e.json'}",
+                                *flags])
+        assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
+        return e.value.code
+
+    message = one_line(f"--config.data_dir={tmp_path / 'nowhere'}")
+    assert message.startswith("error: FileNotFoundError: dataset 'surreal/all' split 'test' "
+                              "is not built under data_dir="), message
+    assert "Build it with: tfds build data_builders/surreal" in message
+    message = one_line("--config.dataset=surreal/every10", f"--config.data_dir={every10_dataset}",
+                       "--frames=all")
+    assert message.startswith("error: NotInBuild: frames='all' asks for frames that dataset "
+                              "'surreal/every10' under"), message
+    assert "config.dataset='surreal/all' (build it: tfds build" in message
+    message = one_line("--frames=every0")
+    assert message.startswith("error: --frames='every0': use middle (the test protocol), all, "
+                              "or everyK"), message
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("protocol", ["hgmt", "bodynet"])

@@ -46,6 +46,12 @@ from hgmt.tasks.spec import Crop
 cv2.setNumThreads(1)
 
 
+class NotInBuild(ValueError):
+    """A built dataset does not hold what is asked of it: frames it does not store, features
+    an older build lacks, frames of a builder config hgmt does not know. The message names
+    the build and the fix (another build, or other frames)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
     """Training augmentation of docs/surreal_format.md; `Augment.none()` for evaluation."""
@@ -260,19 +266,19 @@ def check_reference_flags(source, dataset: str, data_dir: str) -> None:
 
 
 def check_features(info, dataset: str, data_dir: str) -> None:
-    """ValueError naming what is missing when a built dataset (its tfds DatasetInfo `info`)
+    """NotInBuild naming what is missing when a built dataset (its tfds DatasetInfo `info`)
     lacks a feature the crop and the task labels are made from; a SURREAL build older than
     the builder version that added it (`_ADDED_IN`) is told to rebuild."""
     missing = [f for f in REQUIRED_FEATURES if f not in info.features]
     if missing and set(missing) <= set(_ADDED_IN):
         since = max(_ADDED_IN[f] for f in missing)
-        raise ValueError(
+        raise NotInBuild(
             f"dataset {dataset!r} under {data_dir!r} was built by SURREAL builder version "
             f"{info.version}, before {since}, and lacks {missing} (SURREAL's exact depth "
             f"labels, the flagged test frames). Rebuild it: "
             f"{shards.build_command(dataset, data_dir)}")
     if missing:
-        raise ValueError(
+        raise NotInBuild(
             f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
             f"and the task labels are made from; use a SURREAL build (config.dataset="
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
@@ -558,7 +564,7 @@ def stored_frames(info, dataset: str) -> records.FrameSelection:
     (`records.BUILD_FRAMES`), whose name the build's tfds DatasetInfo `info` keeps."""
     name = info.config_name
     if name not in records.BUILD_FRAMES:
-        raise ValueError(
+        raise NotInBuild(
             f"dataset {dataset!r} was built with config {name!r}, not one of the SURREAL "
             f"builder's {sorted(records.BUILD_FRAMES)}, so which frames it holds is unknown: "
             f"use a build of one of them")
@@ -567,7 +573,7 @@ def stored_frames(info, dataset: str) -> records.FrameSelection:
 
 def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
                       data_dir: str) -> None:
-    """ValueError naming the build's frames and the fix when `frames` (parse_eval_frames)
+    """NotInBuild naming the build's frames and the fix when `frames` (parse_eval_frames)
     asks for frames the build does not hold (`stored`, `stored_frames`): 'all' of a strided
     build, 'everyK' with K not a multiple of its stride, or either of a build of the middle
     frames. 'middle' is in every build."""
@@ -580,7 +586,7 @@ def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
     else:
         holds = f"every {every}th frame of each clip (0, {every}, ...) and its middle frame"
         other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), "
-    raise ValueError(
+    raise NotInBuild(
         f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir!r} does "
         f"not hold: it stores {holds}, so it would evaluate other frames than asked for. "
         f"Evaluate a build of every frame, config.dataset='surreal/all' (build it: "

@@ -163,7 +163,7 @@ class Evaluators:
             self.manager = best_manager(workdir, e["best_metric"], e["protocol"])
 
     def check_frames(self, info) -> None:
-        """ValueError naming the evaluator whose frames the build of config.dataset (its tfds
+        """NotInBuild naming the evaluator whose frames the build of config.dataset (its tfds
         DatasetInfo `info`) does not hold (`input_pipeline.check_eval_frames`): the trainer
         checks before its first step, not when the evaluator first runs."""
         dataset, data_dir = self.config.dataset, self.config.data_dir
@@ -171,8 +171,8 @@ class Evaluators:
         for name, s in self.settings.items():
             try:
                 input_pipeline.check_eval_frames(s["frames"], stored, dataset, data_dir)
-            except ValueError as e:
-                raise ValueError(f"config.evals.{name}: {e}") from None
+            except input_pipeline.NotInBuild as e:
+                raise input_pipeline.NotInBuild(f"config.evals.{name}: {e}") from None
 
     def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:
         """Deletes the best checkpoints kept after `step`, the step training starts from: the

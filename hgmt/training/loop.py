@@ -48,10 +48,10 @@ from hgmt.training import (
 )
 
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
-# do; `hgmt.main` shows them in one line.
+# do; `hgmt.main` shows them in one line, and `hgmt.evaluate` those of them it meets.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
           damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
-          FloatingPointError, FileNotFoundError)
+          FloatingPointError, FileNotFoundError, input_pipeline.NotInBuild)
 
 
 # --- The loop --------------------------------------------------------------------------------
