@@ -1,33 +1,84 @@
-"""The docs' references to tests: every `test_file.py::test_name` in README.md, CONTRIBUTING.md
-and docs/ names a test function of that file. A bare `::test_name` belongs to the last file
-named before it in the same table cell or line."""
+"""The docs' references to tests: every `test_file.py::test_name` in the Markdown files of
+`doc_files` names a test function of that file. A bare `::test_name` belongs to the last file
+named before it in the same table cell or line. Within a cell or line, the tests cited after
+`slow:` are marked slow and those before it (or in a cell without it) are not."""
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import re
+from collections.abc import Iterator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = re.compile(r"(?:tests/)?(test_\w+\.py)?::(test_\w+)")
+SLOW_LABEL = re.compile(r"\bslow:")
 
 
 def doc_files() -> list[pathlib.Path]:
-    return [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").rglob("*.md")),
+            REPO / "data_builders" / "surreal" / "README.md", REPO / "experiments" / "README.md",
+            REPO / "benchmarks" / "results" / "README.md"]
+
+
+def _citations(text: str) -> Iterator[tuple[int, str | None, str, bool]]:
+    """(line number, test file or None, test name, cited after `slow:` in its cell) of each
+    `file::test` and bare `::test` of `text`."""
+    for number, line in enumerate(text.splitlines(), 1):
+        for cell in line.split("|"):
+            current = None
+            label = SLOW_LABEL.search(cell)
+            for match in REFERENCE.finditer(cell):
+                current = match.group(1) or current
+                after = label is not None and match.start() > label.start()
+                yield number, current, match.group(2), after
+
+
+def _is_slow_mark(node: ast.expr) -> bool:
+    """`pytest.mark.slow`, called or not."""
+    return ast.unparse(node.func if isinstance(node, ast.Call) else node) == "pytest.mark.slow"
+
+
+def marked_tests(source: str) -> dict[str, bool]:
+    """{name: marked slow} of the module-level test functions of `source`: slow by a
+    `@pytest.mark.slow` decorator or a module-level `pytestmark` that holds it (a mark on
+    some of a test's parameters does not count)."""
+    tree = ast.parse(source)
+    module_slow = False
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            value = node.value
+            marks = value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
+            module_slow = module_slow or any(_is_slow_mark(m) for m in marks)
+    return {node.name: module_slow or any(_is_slow_mark(d) for d in node.decorator_list)
+            for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name.startswith("test_")}
+
+
+def _tests_of(tests_dir: pathlib.Path, name: str | None) -> dict[str, bool]:
+    path = tests_dir / name if name else None
+    return marked_tests(path.read_text()) if path and path.is_file() else {}
 
 
 def broken_references(text: str, tests_dir: pathlib.Path) -> list[str]:
     """`file::test` references of `text` that name no test function in `tests_dir`, as
     'line N: file::test' (file '?' where no file was named before a bare `::test`)."""
+    return [f"line {number}: {file or '?'}::{test}"
+            for number, file, test, _ in _citations(text)
+            if test not in _tests_of(tests_dir, file)]
+
+
+def misplaced_slow(text: str, tests_dir: pathlib.Path) -> list[str]:
+    """References of `text` whose place says the wrong thing about their slow marker: cited
+    after `slow:` but not marked slow, or before it (or with no `slow:` in the cell) but
+    marked, as 'line N: file::test is (not) marked slow'."""
     bad = []
-    for number, line in enumerate(text.splitlines(), 1):
-        for cell in line.split("|"):
-            current = None
-            for match in REFERENCE.finditer(cell):
-                current = match.group(1) or current
-                path = tests_dir / current if current else None
-                source = path.read_text() if path and path.is_file() else ""
-                if not re.search(rf"^def {match.group(2)}\b", source, re.M):
-                    bad.append(f"line {number}: {current or '?'}::{match.group(2)}")
+    for number, file, test, after in _citations(text):
+        slow = _tests_of(tests_dir, file).get(test)
+        if slow is not None and slow != after:
+            bad.append(f"line {number}: {file}::{test} is {'' if slow else 'not '}marked slow")
     return bad
 
 
@@ -36,6 +87,30 @@ def test_every_test_the_docs_name_exists():
              for p in doc_files()}
     assert {f: b for f, b in found.items() if b} == {}
     assert sum(p.read_text().count("::test_") for p in doc_files()) >= 30  # the check sees them
+
+
+def test_the_docs_cite_slow_tests_after_slow_and_only_those():
+    found = {str(p.relative_to(REPO)): misplaced_slow(p.read_text(), REPO / "tests")
+             for p in doc_files()}
+    assert {f: b for f, b in found.items() if b} == {}
+    cited_slow = sum(after for p in doc_files() for *_, after in _citations(p.read_text()))
+    assert cited_slow >= 10  # the check sees them
+
+
+def test_a_slow_test_cited_before_slow_or_a_quick_one_after_is_reported(tmp_path):
+    (tmp_path / "test_a.py").write_text(
+        "import pytest\n\n\ndef test_quick():\n    pass\n\n\n@pytest.mark.slow\n"
+        "def test_long():\n    pass\n\n\n@pytest.mark.parametrize('x', [pytest.param(1, "
+        "marks=pytest.mark.slow)])\ndef test_some(x):\n    pass\n")
+    (tmp_path / "test_b.py").write_text(
+        "import pytest\n\npytestmark = [pytest.mark.slow]\n\n\ndef test_all():\n    pass\n")
+    text = ("| x | `test_a.py::test_quick`, `::test_some`; slow: `::test_long` |\n"
+            "| x | `test_a.py::test_long`; slow: `::test_quick`, `test_b.py::test_all` |\n"
+            "`test_b.py::test_all` and `test_a.py::test_quick`\n")
+    assert misplaced_slow(text, tmp_path) == ["line 2: test_a.py::test_long is marked slow",
+                                              "line 2: test_a.py::test_quick is not marked slow",
+                                              "line 3: test_b.py::test_all is marked slow"]
+    assert broken_references(text, tmp_path) == []
 
 
 def test_a_reference_to_another_file_or_a_missing_test_is_reported(tmp_path):
