@@ -285,10 +285,11 @@ def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workd
     assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files
 
 
-def test_a_dataset_that_is_not_built_is_one_line_and_leaves_the_workdir_empty(tmp_path):
+def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):
     """The commonest first mistake, a --config.data_dir without the build: one line naming
-    the build command, and nothing written into the new workdir (no summaries, no folders)."""
-    workdir = tmp_path / "w"
+    the build command, and the new workdir not made (nor its parent folder), checked before
+    the workdir lock would create it."""
+    workdir = tmp_path / "new" / "run"
     with pytest.raises(SystemExit) as e:
         load("hgmt.main").main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
                                 f"--workdir={workdir}", f"--config.data_dir={tmp_path}/none"])
@@ -296,7 +297,7 @@ def test_a_dataset_that_is_not_built_is_one_line_and_leaves_the_workdir_empty(tm
     assert message.startswith("error: FileNotFoundError: dataset 'surreal/every10' split "
                               "'train' is not built under data_dir="), message
     assert "Build it with: tfds build data_builders/surreal" in message and "\n" not in message
-    assert os.listdir(workdir) == []
+    assert not (tmp_path / "new").exists()
 
 
 def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_workdir, caplog):

@@ -1506,15 +1506,27 @@ def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
     assert took < 60, took
 
 
-def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(tmp_path):
+def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset, tmp_path):
     """Two `hgmt.main` processes whose workdir lies under a regular file: process 0's attempt
     to take the lock fails with an OSError (as on a read-only or full filesystem), which it
     tells the other before raising it. Process 0 stops with that error, process 1 with one
     line naming process 0 and the lock, both with status 1, within seconds and neither by
     the coordination service's abort."""
     (tmp_path / "file").write_text("x")
-    workdir, port = str(tmp_path / "file" / "w"), _free_port()
-    cmd, env = main_command(workdir, str(tmp_path / "data"), total_steps=2, checkpoint_every=2)
+    workdir = str(tmp_path / "file" / "w")
+    outs, report = _two_mains_that_stop(workdir, demo_dataset[1])
+    assert f"NotADirectoryError: [Errno 20] Not a directory: '{workdir}'" in outs[0], report
+    assert (f"PeerFailed: process 0 failed before the first step: it could not take the "
+            f"workdir lock {workdirs.lock_file(workdir)} (process 0's log names the error): "
+            f"this is process 1, stopping") in outs[1], report
+
+
+def _two_mains_that_stop(workdir: str, data_dir: str) -> tuple[list[str], str]:
+    """Runs two `hgmt.main` processes of one job on `workdir` and `data_dir`, which must both
+    stop with status 1 within a minute, neither by the coordination service's abort ->
+    (their outputs, a report of both for assertions)."""
+    port = _free_port()
+    cmd, env = main_command(workdir, data_dir, total_steps=2, checkpoint_every=2)
     env["XLA_FLAGS"] = xla_flags(1)
     procs = [subprocess.Popen(
         [*cmd, f"--coordinator_address=localhost:{port}", "--num_processes=2",
@@ -1527,13 +1539,26 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(tmp_path):
     report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
                        for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
     assert [p.returncode for p in procs] == [1, 1], report
-    assert f"NotADirectoryError: [Errno 20] Not a directory: '{workdir}'" in outs[0], report
-    assert (f"PeerFailed: process 0 failed before the first step: it could not take the "
-            f"workdir lock {workdirs.lock_file(workdir)} (process 0's log names the error): "
-            f"this is process 1, stopping") in outs[1], report
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
     assert took < 60, took
+    return outs, report
+
+
+@pytest.mark.slow
+def test_a_dataset_process_0_finds_not_built_stops_both_processes_before_the_workdir(tmp_path):
+    """Two `hgmt.main` processes of a job whose training split is not built: process 0 finds
+    it before the workdir lock would create the workdir and tells the other. Process 0 stops
+    with the one line naming the build command, process 1 with one naming process 0's check,
+    both with status 1, and no workdir is made."""
+    workdir = tmp_path / "new" / "run"
+    outs, report = _two_mains_that_stop(str(workdir), str(tmp_path / "none"))
+    assert "error: FileNotFoundError: dataset 'surreal/all' split 'train' is not built under " \
+           "data_dir=" in outs[0], report
+    assert ("PeerFailed: process 0 failed before the first step: its check that the training "
+            "split is built failed (process 0's log names the error): this is process 1, "
+            "stopping") in outs[1], report
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow

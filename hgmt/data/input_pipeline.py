@@ -302,34 +302,29 @@ def _list_folders(folder, names: Sequence[str]) -> None:
             list(entry.iterdir())
 
 
-def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,
-               features: Sequence[str] | None = None):
-    """`tfds` data source of a built split, with a clear error when it is missing, when
-    one of its shard files is missing or truncated, when it was built in another file format
-    than array_record, or when its storage does not give its files after
-    `damage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
-    files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
-    is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
-    image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
-    TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
-    only the `features` named (default all)."""
-    import tensorflow_datasets as tfds
+def _expanded(data_dir: str) -> str:
+    """`data_dir` with a leading `~` as the home folder (TFDS takes it for a folder of that
+    name); an object store's URL as it is."""
+    return data_dir if paths.is_url(data_dir) else os.path.expanduser(data_dir)
+
+
+def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
+        f"({type(e).__name__}: {' '.join(str(e).split())}). Build it with: "
+        f"{shards.build_command(dataset, data_dir)}")
+
+
+def built_split(dataset: str, data_dir: str, split: str):
+    """The tfds read-only builder of a built split, read from its metadata files
+    (`dataset_info.json`, `features.json`) only, its shards unread: FileNotFoundError naming
+    the build command when the split is not built, `shards.StorageFault` when its storage does
+    not give those files after `damage.RETRY_DELAYS_S`."""
     from tensorflow_datasets.core import read_only_builder, registered
 
-    from hgmt.data import tf_example
+    data_dir = _expanded(data_dir)
 
-    if not paths.is_url(data_dir):  # TFDS takes a `~` for a folder of that name
-        data_dir = os.path.expanduser(data_dir)
-
-    decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
-
-    def not_built(e: Exception) -> FileNotFoundError:
-        return FileNotFoundError(
-            f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
-            f"({type(e).__name__}: {' '.join(str(e).split())}). Build it with: "
-            f"{shards.build_command(dataset, data_dir)}")
-
-    def built():  # the split's metadata: its dataset_info.json and features.json
+    def built():
         try:
             builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
         except registered.DatasetNotFoundError:
@@ -342,17 +337,37 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
         return builder
 
     try:
-        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
+        return damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
     except damage.GaveUp as e:
         if damage.storage_fault(e.error):
             raise shards.StorageFault.of(f"dataset {dataset!r} split {split!r} under "
                                          f"data_dir={data_dir!r}", e, data_dir) from e.error
-        raise not_built(e.error) from e.error
+        raise _not_built(dataset, data_dir, split, e.error) from e.error
+
+
+def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,
+               features: Sequence[str] | None = None):
+    """`tfds` data source of a built split (`built_split`), with a clear error when it is
+    missing, when one of its shard files is missing or truncated, when it was built in
+    another file format than array_record, or when its storage does not give its files after
+    `damage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
+    files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
+    is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
+    image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
+    TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
+    only the `features` named (default all)."""
+    import tensorflow_datasets as tfds
+
+    from hgmt.data import tf_example
+
+    data_dir = _expanded(data_dir)
+    decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
+    builder = built_split(dataset, data_dir, split)
     shards.check_split(builder, split, dataset, data_dir)
     try:
         source = builder.as_data_source(split, decoders=decoders)
     except Exception as e:
-        raise not_built(e) from e
+        raise _not_built(dataset, data_dir, split, e) from e
     check_features(source.dataset_info, dataset, data_dir)
     return source if decode_images else tf_example.parsed(source, features)
 

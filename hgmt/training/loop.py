@@ -153,7 +153,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     runs), `peers.PeerLost` when a process of a multi-host run died, `peers.PeerFailed` (a
     PeerLost) when one stopped on an error of its own."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
-    lock = workdir_lock.hold_for_job(workdir)
+    # A training split that is not built stops the run before the lock creates the workdir.
+    built = None if loader is not None else (
+        "that the training split is built",
+        functools.partial(input_pipeline.built_split, config.dataset, config.data_dir, "train"))
+    lock = workdir_lock.hold_for_job(workdir, built)
     try:
         # A preemption stops every process at one step: not a failure for the peers to see.
         with preemption.PreemptionWatch(config.total_steps) as watch, \

@@ -45,6 +45,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from hgmt import disk_space, paths, workdirs
 from hgmt.training import peers
@@ -325,19 +326,26 @@ class WorkdirLock:
         self.release()
 
 
-def hold_for_job(workdir: str) -> WorkdirLock:
+def hold_for_job(workdir: str, first: tuple[str, Callable[[], None]] | None = None
+                 ) -> WorkdirLock:
     """Process 0 takes the lock; every process of the job learns whether it did (a collective
     at startup), so that all stop together when it could not. Process 0 raises its own error:
     `WorkdirLocked` naming the holder, `disk_space.DiskFull`, or any other (an OSError of a
     read-only filesystem, a workdir path under a file, ...). The others raise `WorkdirLocked`
     for a workdir another trainer holds, else `peers.PeerFailed` (hgmt.main's exit status 1)
-    saying that process 0 could not take the lock and that its log names why."""
+    saying that process 0 could not take the lock and that its log names why. `first`,
+    (what it checks, the check), runs on process 0 before the lock creates the workdir, so
+    that a run it stops leaves no workdir; its error stops every process likewise."""
     import jax
 
     lock = WorkdirLock(workdir)
     error: BaseException | None = None
+    checked = first is None
     if jax.process_index() == 0:
         try:
+            if first is not None:
+                first[1]()
+                checked = True
             lock.acquire()
         except BaseException as e:  # noqa: BLE001  (told to the others, then raised here)
             error = e
@@ -345,9 +353,16 @@ def hold_for_job(workdir: str) -> WorkdirLock:
         import numpy as np
         from jax.experimental import multihost_utils
 
-        # 0: process 0 holds the lock; 1: another trainer holds it; 2: another error.
-        code = 0 if error is None else 1 if isinstance(error, WorkdirLocked) else 2
+        # 0: process 0 holds the lock; 1: another trainer holds it; 2: another error; 3: the
+        # check before the lock failed.
+        code = 0 if error is None else 3 if not checked else 1 if isinstance(
+            error, WorkdirLocked) else 2
         code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+        if code == 3 and error is None:
+            raise peers.PeerFailed(
+                f"process 0 failed before the first step: its check {first[0]} failed "
+                f"(process 0's log names the error): this is process {jax.process_index()}, "
+                f"stopping. Fix that error, then rerun the job")
         if code == 1 and error is None:
             raise WorkdirLocked(f"process 0 could not lock {workdir}: another trainer holds "
                                 f"it (process 0's log names it)")
