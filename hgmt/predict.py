@@ -1,9 +1,10 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
     python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out_dir=OUTDIR [--bbox=x,y,w,h]
-        [--step=N] [--batch_size=8] [--focal_px=F]
+        [--step=N|best] [--batch_size=8] [--focal_px=F]
 
-Each argument is an image or a video (by its suffix: .mp4, .avi, .mov, .mkv, .webm, .m4v).
+Each argument is an image or a video (a name ending in one of
+hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
