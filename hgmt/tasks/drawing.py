@@ -44,16 +44,24 @@ def enlarge(picture: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(picture, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+# A limb's colour by the side of the joint it ends at (the person's own side): right red, left
+# blue, the trunk yellow; the quick pictures and the panel alike.
+_SKELETON_RGB = {"r_": (230, 40, 40), "l_": (40, 90, 230), "": (220, 190, 30)}
+
+
+def limb_rgb(joint: int) -> tuple[int, int, int]:
+    """RGB (0-255) of the limb that ends at `joint` (an index of surreal.JOINT_NAMES)."""
+    name = surreal.JOINT_NAMES[joint]
+    return _SKELETON_RGB[name[:2] if name[:2] in ("r_", "l_") else ""]
+
+
 def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, thickness: int = 2) -> np.ndarray:
     """Draws (16,2) joints (rgb's pixel coordinates) on a copy of rgb: right limbs red, left
     blue."""
     out = np.ascontiguousarray(rgb.copy())
     pts = [(int(round(x)), int(round(y))) for x, y in joints]
     for a, b in surreal.SKELETON:
-        name = surreal.JOINT_NAMES[b]
-        colour = (230, 40, 40) if name.startswith("r_") else (40, 90, 230) if name.startswith(
-            "l_") else (240, 220, 40)
-        cv2.line(out, pts[a], pts[b], colour, thickness, cv2.LINE_AA)
+        cv2.line(out, pts[a], pts[b], limb_rgb(b), thickness, cv2.LINE_AA)
     for p in pts:
         cv2.circle(out, p, thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
     return out
@@ -91,7 +99,6 @@ def plot_pck_curve(curve: dict, path: str) -> None:
 # --- Readable figures (the prediction panel) -------------------------------------------------
 PLOT_HEIGHT = 360  # pixels: the height of every panel figure
 _DPI = 100
-_SKELETON_RGB = {"r_": (230, 40, 40), "l_": (40, 90, 230), "": (200, 170, 20)}
 
 
 def figure(width_px: int, height_px: int = PLOT_HEIGHT):
@@ -130,9 +137,7 @@ def tile(pictures: list[np.ndarray], max_width: int) -> np.ndarray:
 
 
 def _limb_colour(joint: int) -> tuple[float, ...]:
-    name = surreal.JOINT_NAMES[joint]
-    side = name[:2] if name[:2] in ("r_", "l_") else ""
-    return tuple(c / 255 for c in _SKELETON_RGB[side])
+    return tuple(c / 255 for c in limb_rgb(joint))
 
 
 def _skeleton_lines(ax, xy: np.ndarray) -> None:
