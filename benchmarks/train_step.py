@@ -8,11 +8,11 @@ Runs the step that training runs (forward, targets, losses, backward, gradient p
 update, BatchNorm statistics) on a fixed random batch already on the devices, so the figure is
 the model's, not the input pipeline's (benchmarks/input_pipeline.py measures that). Prints one
 JSON line: img/s after compilation and warm-up, compile time, parameter count, GFLOP per image
-from XLA's cost analysis of the compiled step, achieved GFLOP/s, and MFU two ways: `mfu`,
-achieved over a matmul peak measured in the process (a large jnp.dot of matrices of ones in the
-same dtype on the same devices), and `mfu_spec`, achieved over the device's dense peak from its
-datasheet (`SPEC_PEAK_GFLOP_PER_S`, by JAX's device kind and the dtype; null where the table
-has none, e.g. on a CPU).
+(counted as `compiled_step` says; `flops_from` names the count), achieved GFLOP/s, and MFU
+two ways: `mfu`, achieved over a matmul peak measured in the process (a large jnp.dot of
+matrices of ones in the same dtype on the same devices), and `mfu_spec`, achieved over the
+device's dense peak from its datasheet (`SPEC_PEAK_GFLOP_PER_S`, by JAX's device kind and the
+dtype; null where the table has none, e.g. on a CPU).
 
 The config (`--config`, default the paper's network for pose2d, with `--config.x=y` overrides:
 benchmarks/cli.py) gives the tasks, the model, `image_size`, `batch_size` and the loss weights
@@ -50,6 +50,7 @@ from absl import flags
 from hgmt import cores
 from hgmt.data import input_pipeline
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
+from hgmt.models.summary import first_flop_count
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import loop, steps
 
@@ -235,7 +236,8 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
     shapes ("hlo-shapes", `xla_ops`; within 1.2 % of the lowered count on a CPU, whose
     elementwise FLOPs it leaves out); XLA's count of the compiled program is the last resort
     ("compiled": after compilation a GPU's convolutions are cuDNN calls it does not count). An
-    analysis that fails is skipped (`first_flop_count`). Both of XLA's analyses count a while's
+    analysis that fails is skipped (`first_flop_count`, hgmt.models.summary's, which counts
+    its forward pass from the lowered program alone). Both of XLA's analyses count a while's
     body once whatever its trip count (the hlo-shapes count multiplies it: `hlo_shape_flops`);
     the step has no while."""
     devices = step_devices(feed, devices)
@@ -251,28 +253,6 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
         ("compiled", compiled.cost_analysis)))
     # the count is of the per-device program: times the devices that run it
     return compiled, state, data, params, compile_s, flops * devices, source, cache
-
-
-def first_flop_count(sources) -> tuple[float, str]:
-    """(FLOPs, name) of the first of `sources`, (name, analysis) pairs, whose analysis gives a
-    count: a dict with "flops", or a list of them (one per program; the first counts); its
-    "flops_runs_unknown" (`hlo_shape_flops`) goes into the name. One that
-    raises (a parse of a backend's HLO not seen before) is logged to stderr and the next one is
-    tried. -> (nan, "none") when none gives a count."""
-    for name, analysis in sources:
-        try:
-            cost = analysis()
-        except Exception as e:  # noqa: BLE001  (any failure of one analysis: try the next)
-            print(f"train_step: the {name} FLOP count failed ({type(e).__name__}: {e}); "
-                  f"trying the next", file=sys.stderr, flush=True)
-            continue
-        cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
-        if cost and "flops" in cost:
-            if cost.get("flops_runs_unknown"):
-                name += (f" ({cost['flops_runs_unknown'] / 1e9:.3f} GFLOP of it in loops or "
-                         f"branches run an unknown number of times, counted once)")
-            return float(cost["flops"]), name
-    return float("nan"), "none"
 
 
 def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,

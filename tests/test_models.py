@@ -328,6 +328,26 @@ def test_newell_size():
     assert len(SUBSETS) == len(set(SUBSETS)) == 15 and SUBSETS[0] == ("pose2d",)
 
 
+def test_summary_counts_the_lowered_forward_pass_or_says_unmeasured(monkeypatch):
+    """The GFLOP figure is XLA's count of the forward pass as lowered (a GPU's compiled
+    convolutions are cuDNN calls the compiled count leaves out); where the analysis gives no
+    count (JAX's GPU plugin) the figure is unmeasured, not a number or a crash."""
+    cfg, res = dict(num_stacks=1, features=8, depth=1), 32
+    model = create_model(cfg, heads(("pose2d",)))
+    image = jnp.zeros((1, res, res, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))
+    lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, image)
+    row = summary.summarize(cfg, ("pose2d",), res)
+    assert row["gflop"] == lowered.cost_analysis()["flops"] / 1e9 > 0
+    assert "| pose2d | 0.12 | 0.0 |" in summary.markdown([row], cfg | {
+        "interaction": "sum", "shared_trunk": False}, res)
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", lambda self: {})
+    row = summary.summarize(cfg, ("pose2d",), res)
+    assert row["gflop"] is None and row["params"] > 0
+    assert "| pose2d | 0.12 | unmeasured |" in summary.markdown([row], cfg | {
+        "interaction": "sum", "shared_trunk": False}, res)
+
+
 def _assert_trees_close(fast, ref, rtol):
     """Leafwise |fast - ref| <= rtol * (max|ref leaf| + 1e-3 max|any ref leaf|) (the second
     term for gradients that are ~0)."""

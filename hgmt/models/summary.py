@@ -4,12 +4,16 @@
     python -m hgmt.models.summary --config=configs/default.py --all_subsets [--json]
 
 GFLOP come from XLA's cost analysis of the jitted forward pass (batch 1, inference mode,
-`config.image_size` pixels); one multiply-add counts as 2 FLOP, so GMAC = GFLOP / 2.
+`config.image_size` pixels) as lowered, before any backend compiles it: after compilation a
+GPU's convolutions are cuDNN calls that the analysis does not count. One multiply-add counts as
+2 FLOP, so GMAC = GFLOP / 2. Where the analysis gives no count (JAX's GPU plugin), the figure
+is "unmeasured" (null in JSON).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,17 +35,40 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "Markdown.", flag_values=fv)
 
 
+def first_flop_count(sources) -> tuple[float, str]:
+    """(FLOPs, name) of the first of `sources`, (name, analysis) pairs, whose analysis gives a
+    count: a dict with "flops", or a list of them (one per program; the first counts); its
+    "flops_runs_unknown" (FLOPs in loops or branches run an unknown number of times, counted
+    once) goes into the name. One that raises (a parse of a backend's HLO not seen before) is
+    logged to stderr and skipped. -> (nan, "none") when none gives a count."""
+    for name, analysis in sources:
+        try:
+            cost = analysis()
+        except Exception as e:  # noqa: BLE001  (any failure of one analysis: try the next)
+            print(f"the {name} FLOP count failed ({type(e).__name__}: {e}); skipped",
+                  file=sys.stderr, flush=True)
+            continue
+        cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
+        if cost and "flops" in cost:
+            if cost.get("flops_runs_unknown"):
+                name += (f" ({cost['flops_runs_unknown'] / 1e9:.3f} GFLOP of it in loops or "
+                         f"branches run an unknown number of times, counted once)")
+            return float(cost["flops"]), name
+    return float("nan"), "none"
+
+
 def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
               image_size: int = 256) -> dict:
-    """-> {'tasks', 'params', 'gflop'} for one image of `image_size`² pixels."""
+    """-> {'tasks', 'params', 'gflop'} for one image of `image_size`² pixels; 'gflop' is None
+    (unmeasured) where XLA's cost analysis of the lowered forward pass gives no count."""
     model = create_model(model_config, heads(tasks))
     image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image, train=False))
     params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["params"])))
-    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, image)
-    flops = cost.compile().cost_analysis()
-    flops = flops[0] if isinstance(flops, list) else flops
-    return {"tasks": "+".join(tasks), "params": params, "gflop": float(flops["flops"]) / 1e9}
+    lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, image)
+    flops, _ = first_flop_count((("lowered", lowered.cost_analysis),))
+    return {"tasks": "+".join(tasks), "params": params,
+            "gflop": None if math.isnan(flops) else flops / 1e9}
 
 
 def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int) -> str:
@@ -50,7 +77,9 @@ def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int)
             f"interaction `{m['interaction']}`, shared_trunk={m['shared_trunk']}, "
             f"{image_size}x{image_size} input")
     lines = [head, "", "| tasks | parameters (M) | forward GFLOP / image |", "|---|---|---|"]
-    lines += [f"| {r['tasks']} | {r['params'] / 1e6:.2f} | {r['gflop']:.1f} |" for r in rows]
+    lines += [f"| {r['tasks']} | {r['params'] / 1e6:.2f} | "
+              f"{'unmeasured' if r['gflop'] is None else format(r['gflop'], '.1f')} |"
+              for r in rows]
     return "\n".join(lines)
 
 
