@@ -3,6 +3,8 @@ each interaction mode's values on crafted variables, bfloat16 agreement (and use
 size."""
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -326,6 +328,22 @@ def test_newell_size():
     assert 6.4e6 < row["params"] < 6.8e6
     assert 15.6 < row["gflop"] < 17.6  # 8.3 GMAC = 16.6 GFLOP
     assert len(SUBSETS) == len(set(SUBSETS)) == 15 and SUBSETS[0] == ("pose2d",)
+
+
+def test_an_image_size_the_hourglass_cannot_take_is_named_with_sizes_that_fit():
+    """200 px at depth 4 (multiples of 4 * 2**4 = 64 fit): the model itself refuses it, for
+    the summary as for any caller, instead of a reshape's or broadcast's TypeError."""
+    cfg = dict(num_stacks=1, features=8, depth=4)
+    message = ("config.image_size=200 must be a multiple of 64 for an hourglass of "
+               "config.model.depth=4: e.g. 192 or 256")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        summary.summarize(cfg, ("pose2d",), 200)
+    model = create_model(cfg, heads(("pose2d",)))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 200, 200, 3)))
+    with pytest.raises(ValueError, match=r"image_size=40 .* of 64 .*: e\.g\. 64(?! or)"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_summary_counts_the_lowered_forward_pass_or_says_unmeasured(monkeypatch):

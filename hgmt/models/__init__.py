@@ -17,6 +17,7 @@ from hgmt.models.multitask import (
     INTERACTIONS,
     STREAM_MODES,
     MultiTaskHourglass,
+    check_image_size,
     normalize_images,
 )
 
@@ -122,6 +123,6 @@ def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.n
 
 
 __all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "OPS", "STREAM_MODES",
-           "MultiTaskHourglass", "create_model", "normalize_images", "predict_last_stage",
-           "resolve_ops", "resolve_stream_mode",
+           "MultiTaskHourglass", "check_image_size", "create_model", "normalize_images",
+           "predict_last_stage", "resolve_ops", "resolve_stream_mode",
            "to_checkpoint_layout", "to_model_layout"]

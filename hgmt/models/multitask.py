@@ -94,6 +94,18 @@ def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
     return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
 
 
+def check_image_size(image_size: int, depth: int) -> None:
+    """Raises ValueError naming config.image_size, with the nearest sizes that fit, unless an
+    `image_size`-pixel crop fits an hourglass of `depth` levels: a multiple of 4 * 2**depth
+    pixels (the stem halves the crop twice, each hourglass level once more)."""
+    multiple = 4 * 2 ** depth
+    if image_size % multiple:
+        below = image_size // multiple * multiple
+        nearest = " or ".join(str(s) for s in (below, below + multiple) if s > 0)
+        raise ValueError(f"config.image_size={image_size} must be a multiple of {multiple} "
+                         f"for an hourglass of config.model.depth={depth}: e.g. {nearest}")
+
+
 class MultiTaskHourglass(nn.Module):
     """images (B,R,R,3) RGB uint8 (or float on [0, 255]) -> {task: (S,B,R/4,R/4,C_task)}
     float32 predictions of every stage. The model normalises its input itself, so loaders
@@ -124,6 +136,8 @@ class MultiTaskHourglass(nn.Module):
                              f"{', '.join(STREAM_MODES)}")
         if self.ops not in OPS:
             raise ValueError(f"model.ops={self.ops!r}: choose one of {', '.join(OPS)}")
+        for side in images.shape[-3:-1]:
+            check_image_size(side, self.depth)
         c, dt, ax, ops = self.features, self.dtype, self.axis_name, self.ops
         conv1 = functools.partial(conv, kernel=1, dtype=dt, ops=ops)
         x = Stem(c, dt, ax, ops, name="stem")(normalize_images(images).astype(dt), train)

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
 from hgmt.data import damage, device_augment, input_pipeline, shards
-from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
+from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
     checkpoints,
@@ -83,13 +83,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be at least 1")
     _check_values(config, weights, options)
-    # The stem halves the crop twice, each hourglass level once more.
-    multiple = 4 * 2 ** config.model.depth
-    if config.image_size % multiple:
-        raise ValueError(
-            f"config.image_size={config.image_size} must be a multiple of {multiple} for an "
-            f"hourglass of config.model.depth={config.model.depth}: e.g. "
-            f"{max(multiple, config.image_size // multiple * multiple)}")
+    check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
