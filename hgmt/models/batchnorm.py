@@ -4,12 +4,11 @@ Same parameters (`scale`, `bias`), statistics (`batch_stats` `mean`, `var`), nam
 as `flax.linen.BatchNorm` with `use_fast_variance` (var = E[x^2] - E[x]^2) and cross-device
 statistics over `axis_name`. Training-mode normalisation is a `jax.custom_vjp` whose backward
 is the chain rule of that same computation written out: one reduction over the input (the
-two per-channel sums) and one elementwise pass, where autodiff of the Flax module leaves XLA:CPU
-more passes over the activations (the speed-up is measured in docs/performance.md, "What
-made the CPU step faster").
-tests/test_models.py
-checks the whole model's outputs, loss, gradients and statistics against `nn.BatchNorm` +
-`nn.relu` (in float64), and one layer under pmap (in float32).
+two per-channel sums) and one elementwise pass. Against autodiff of the Flax module the train
+step ran faster on XLA:CPU in a dated row of docs/performance.md, "What made the CPU step
+faster" (its command not recorded). tests/test_models.py checks the whole model's outputs,
+loss, gradients and statistics against `nn.BatchNorm` + `nn.relu` (in float64), and one
+layer under pmap (in float32).
 """
 
 from __future__ import annotations

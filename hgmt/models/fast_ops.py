@@ -11,9 +11,11 @@ import jax.numpy as jnp
 
 
 def matmul_1x1(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """(..., Cin) x (Cin, Cout) -> (..., Cout) as one 2-D matmul. XLA:CPU runs the backward
-    pass of the 4-D dot_general (what `x @ kernel` gives) slower (docs/performance.md, "What
-    made the CPU step faster")."""
+    """(..., Cin) x (Cin, Cout) -> (..., Cout) as one 2-D matmul. Against the 4-D dot_general
+    (what `x @ kernel` and an `nn.Dense` 1x1 give) it was measured on XLA:CPU only together
+    with `max_pool2` (docs/performance.md, "What made the CPU step faster", a dated row whose
+    command was not recorded); its gain alone against `lax.conv` (`ops="flax"`) is
+    unmeasured."""
     y = x.reshape(-1, x.shape[-1]) @ kernel
     return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
 

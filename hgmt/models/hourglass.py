@@ -6,9 +6,11 @@ Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, 
 
 - `custom`: a 1x1 convolution as one 2-D matmul over (B*H*W, C), 2x2 max-pooling as a reshape
   and max with a one-pass backward (hgmt/models/fast_ops.py), BatchNorm and the ReLU after it
-  with a hand-written backward (hgmt/models/batchnorm.py). XLA:CPU runs the backward passes
-  of the ops they replace (a 1x1 convolution or 4-D dot_general, select-and-scatter, autodiff
-  of BatchNorm) much slower (docs/performance.md, "What made the CPU step faster");
+  with a hand-written backward (hgmt/models/batchnorm.py). Their measurements on XLA:CPU are
+  in docs/performance.md, "What made the CPU step faster": the train step with each change
+  against without it (dated rows, most without their command recorded) and these ops against
+  `flax` side by side. The 1x1 matmul's gain alone against `flax`'s 1x1 `lax.conv` is
+  unmeasured: its row changed the pooling too, and its baseline was an `nn.Dense` 1x1;
 - `flax`: Flax's and lax's own ops: a 1x1 convolution as `lax.conv_general_dilated` (what
   `nn.Conv` computes), `nn.max_pool`, `nn.BatchNorm` then `nn.relu`.
 
