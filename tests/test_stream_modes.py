@@ -107,6 +107,56 @@ def test_vmapped_computes_the_separate_function(tasks):
     _assert_close(to_checkpoint_layout(vmapped, g_vm), g_sep, "gradients", TOL64)
 
 
+@pytest.mark.slow  # 10 s of CPU with a warm compilation cache, most of it tracing
+@jax.enable_x64(True)
+def test_vmapped_computes_the_separate_function_under_pmap_with_cross_device_statistics():
+    """Training under pmap over 2 devices, BatchNorm statistics across them (`axis_name`),
+    gated interaction, 2 stages: the same outputs, loss, updated running statistics (the same
+    on both devices) and device-averaged gradient in the two modes, in float64 (TOL64)."""
+    tasks, n, b, r = ("pose2d", "segm"), 2, 2, 16
+    devices = jax.local_devices()[:n]
+    separate, vmapped = (m.clone(dtype=jnp.float64, axis_name="batch")
+                         for m in _models(tasks, features=8, depth=1))
+    images = _images(b=n * b, r=r).astype(jnp.float64)
+    # On the host (numpy): the layout conversions then run no op by op on the device.
+    variables = jax.device_get(jax.jit(lambda x: jax.tree.map(
+        lambda v: v.astype(jnp.float64), separate.init(jax.random.key(0), x)))(images[:b]))
+    stacked = to_model_layout(vmapped, variables)
+    batch = jax.tree.map(lambda x: x.reshape((n, b) + x.shape[1:]),
+                         make_batch(b=n * b, r=r // 4))
+    images = images.reshape((n, b) + images.shape[1:])
+
+    def train(model, v):
+        def step(images, batch):
+            def loss(params):
+                out, updates = model.apply({"params": params, "batch_stats": v["batch_stats"]},
+                                           images, train=True, mutable=["batch_stats"])
+                total, _ = compute_losses(out, batch, {t: 1.0 for t in tasks},
+                                          axis_name="batch")
+                return total, (out, updates["batch_stats"])
+
+            (total, (out, stats)), grads = jax.value_and_grad(loss, has_aux=True)(v["params"])
+            return jax.lax.pmean((total, grads), "batch"), out, stats
+
+        return jax.device_get(jax.pmap(step, axis_name="batch", devices=devices)(images, batch))
+
+    (l_sep, g_sep), out_sep, bs_sep = train(separate, variables)
+    (l_vm, g_vm), out_vm, bs_vm = train(vmapped, stacked)
+    assert jax.tree.leaves(g_vm)[0].dtype == jnp.float64
+    assert abs(float(l_vm[0]) - float(l_sep[0])) <= TOL64 * abs(float(l_sep[0]))
+    _assert_close(out_vm, out_sep, "train outputs", TOL64)
+    # Every device holds the same statistics and gradient; the first's, per task.
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
+    _assert_close(to_checkpoint_layout(vmapped, first(bs_vm)), first(bs_sep),
+                  "batch statistics", TOL64)
+    _assert_close(to_checkpoint_layout(vmapped, first(g_vm)), first(g_sep), "gradients",
+                  TOL64)
+    # The statistics are the global batch's: the same on both devices, whose images differ.
+    second = lambda tree: jax.tree.map(lambda x: x[1], tree)  # noqa: E731
+    _assert_close(second(bs_vm), first(bs_vm), "statistics across devices", TOL64)
+    assert not np.allclose(images[0], images[1])
+
+
 def test_layout_conversion_round_trips_a_train_state():
     """The optimizer's per-parameter moments convert with the parameters; each conversion is
     the identity on a tree already in its layout; a missing task's stream is named."""
