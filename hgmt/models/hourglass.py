@@ -150,7 +150,9 @@ def _upsample2(x: jnp.ndarray) -> jnp.ndarray:
 
 
 class Hourglass(nn.Module):
-    """Recursive hourglass of `depth` levels: max-pool down, nearest up, residual skips."""
+    """Recursive hourglass of `depth` levels: max-pool down, nearest up, residual skips.
+    (B,r,r,Cin) -> (B,r,r,C), C = `features`; r, in feature-map pixels (R/4 for an R-pixel
+    image), a multiple of 2**depth (each level halves it once)."""
 
     depth: int
     features: int

@@ -18,9 +18,11 @@ Stream modes (the same function, two programs): `separate` builds one stream mod
 and stage, so XLA compiles every task's stream; `vmapped` runs a stage's task streams as one
 stream over a stacked task axis (`nn.vmap`, every variable with a leading task axis, layout
 and conversion in hgmt/models/stacking.py), so XLA compiles one stream however many tasks
-there are. The first stage's streams all read the stem's output, which is not stacked: its
-first BatchNorm's statistics are computed once, and each task's scale and bias then make the
-stacked activations.
+there are. The first stage's streams all read the stem's output, which is not stacked, so what
+they compute from it before any task's variables enter runs once for all tasks: the outermost
+hourglass level's max-pooling and the statistics of two BatchNorms, the first of its skip
+branch's Residual (`up1`, on the stem's output) and the first of its low branch's Residual
+(on the pooled output); each task's scale and bias then make the stacked activations.
 
 Ops (`ops`): the blocks are built from hgmt's `custom` ops or Flax's and lax's own (`flax`), the
 same variables and values (hgmt/models/hourglass.py).
@@ -46,7 +48,9 @@ HEAD_INIT_SCALE = 0.01
 
 
 class Interaction(nn.Module):
-    """Next stage's input for each task from this stage's inputs, features and predictions."""
+    """Next stage's input for each task from this stage's inputs, features and predictions:
+    xs, feats {task: (B,r,r,C)} (r = R/4 pixels for an R-pixel image, C = `features`) and
+    preds {task: (B,r,r,C_task)} (the heads' outputs) -> {task: (B,r,r,C)} in `dtype`."""
 
     tasks: Sequence[str]
     features: int
