@@ -6,9 +6,8 @@
 For each `--clips` (a directory searched recursively for SURREAL clips: `_info.mat`,
 `_depth.mat`, `_segm.mat`) prints JSON: over the foreground pixels of the frames `--frames`
 selects in each clip (middle, all or everyK, as `hgmt.evaluate --frames`), at the frames' full
-resolution, the fraction in the right depth bin (hgmt's bins:
-`hgmt.tasks.common.depth_bin` of the depth relative to the pelvis) for three predictors that
-know no depth:
+resolution, the fraction in the right depth bin (the bin -9..9 of hgmt's depth labels,
+`hgmt.tasks.depth.classes` minus 10) for three predictors that know no depth:
 - `most_common_bin`: one bin everywhere, the split's most common;
 - `part_mode`: each body part's most common bin over the split (perfect segmentation);
 - `part_frame_mode`: each part's most common bin in that frame (each part's depth right,
@@ -62,24 +61,26 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     """One clip -> (bins, parts, frame indices) of the foreground pixels of the frames that
     `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
     (`input_pipeline.eval_frame_keep`), among the frames its three files share: the middle
-    frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it."""
+    frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it. A pixel
+    is foreground where both the segmentation and the depth label say so."""
     from hgmt.data import input_pipeline
     from hgmt.sources import surreal
-    from hgmt.tasks import common
+    from hgmt.tasks import common, depth
 
     info = surreal.load_info(stem + "_info.mat")
-    depth, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
+    maps, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
     pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
                                   info.cam_loc)
-    shared = min(info.num_frames, len(depth), len(segm))
+    shared = min(info.num_frames, len(maps), len(segm))
     keep = input_pipeline.eval_frame_keep(frames)
     middle = surreal.middle_frame(info.num_frames)
     # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
     # holds).
     out = [(np.zeros(0, np.int32), np.zeros(0, surreal.SEGM_TO_PART.dtype), np.zeros(0, int))]
     for t in (t for t in range(shared) if keep(t, shared, middle)):
-        fg = segm[t] > 0
-        out.append((np.asarray(common.depth_bin(depth[t][fg] - pelvis[t])),
+        classes = depth.classes(maps[t], pelvis[t])  # (H,W) 0 background, else bin + 10
+        fg = (segm[t] > 0) & (classes > 0)
+        out.append((classes[fg].astype(np.int32) - (common.MAX_BIN + 1),
                     surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
     return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 

@@ -34,10 +34,13 @@ def _ulps(x: np.ndarray, k: int) -> np.ndarray:
 def test_classes_are_loader_surreals_float32_formula():
     # loader_SURREAL.lua:106: ceil(float32(depth + float32(-dPelvis)) * float32(1/0.045)),
     # clamped to [-9, 9] (:101-102), :107 background (> 1000 m) -10, :108 + 10.
-    d = F32([5.0, 5.0454, 4.0, 6.0, 0.0, 1e10])
+    d = F32([5.0, 5.001, 5.0454, 4.956, 4.954, 4.0, 6.0, 0.0, 1e10])
     np.testing.assert_array_equal(depth.classes(d[None], 5.0)[0],
                                   [10,  # 0 -> ceil 0 -> bin 0
+                                   11,  # 0.001 / 0.045 = 0.022 -> bin 1
                                    12,  # 0.0454 / 0.045 = 1.009 -> bin 2 (millimetres: 1)
+                                   10,  # in front: -0.044 / 0.045 = -0.98 -> bin 0
+                                   9,  # -0.046 / 0.045 = -1.02 -> bin -1
                                    1,  # -22.2 -> -22, clamped to -9
                                    19,  # 22.2 -> 23, clamped to 9
                                    0, 0])  # background: 0 (hgmt's reader) or 1e10 (the file)

@@ -78,8 +78,8 @@ def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
 
 
 def test_depth_baselines_on_crafted_pixels():
-    """Six pixels, by hand: the most common bin (3) holds 3 of 6; each part's own most common
-    bin 2 + 3 (part 1: bins 1,1,2; part 2: 3,3,3); per part and frame every pixel but the
+    """Seven pixels, by hand: the most common bin (3) holds 3 of 7; each part's own most common
+    bin 2 + 3 (part 1: bins 1,1,2,4; part 2: 3,3,3); per part and frame every pixel but the
     part-1 frame-0 outlier (bins 1,1,4 in frame 0, 2 in frame 1)."""
     bins = np.array([1, 1, 2, 3, 3, 3, 4])
     parts = np.array([1, 1, 1, 2, 2, 2, 1])
@@ -94,12 +94,14 @@ def test_depth_baselines_on_crafted_pixels():
 
 def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
     """Depth bins are relative to the pelvis, in front negative: the visible torso surface is
-    nearer the camera than the pelvis joint inside the body. A head that knows each part's
-    depth per frame scores at least as well as one that knows the parts only."""
+    nearer the camera than the pelvis joint inside the body. The command's fractions over the
+    two test clips equal the modal counts taken here with bincount, clip by clip and frame by
+    frame (a frame of one clip is not the same frame of the other)."""
     from hgmt.sources import surreal
 
     test_dir = os.path.join(demo_dataset[0], "cmu", "test")
-    for stem in surreal.find_clips(demo_dataset[0], "test"):
+    stems = surreal.find_clips(demo_dataset[0], "test")
+    for stem in stems:
         bins, parts, frames = depth_baselines.clip_pixels(stem, "every2")
         assert set(np.unique(frames)) == {0, 2, 4}
         torso = bins[parts == surreal.PART_NAMES.index("torso") + 1]
@@ -108,8 +110,45 @@ def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
         assert set(depth_baselines.clip_pixels(stem, "middle")[2]) == {2}
     assert depth_baselines.main([f"--clips={test_dir}", "--frames=all"]) == 0
     r = json.loads(capsys.readouterr().out)[test_dir]
-    assert r["clips"] == 2 and r["pixels"] > 0 and r["frames"] == "all"
-    assert r["most_common_bin"] <= r["part_mode"] <= r["part_frame_mode"] <= 1
+    clips = [depth_baselines.clip_pixels(stem, "all") for stem in stems]
+    bins, parts = (np.concatenate([c[i] for c in clips]) for i in (0, 1))
+
+    def mode_count(b):
+        return int(np.bincount(b + 9).max())
+
+    per_part = sum(mode_count(bins[parts == p]) for p in np.unique(parts))
+    per_frame = sum(mode_count(b[(t == f) & (p == q)]) for b, p, t in clips
+                    for f in np.unique(t) for q in np.unique(p[t == f]))
+    n = bins.size
+    assert (r["clips"], r["frames"], r["pixels"]) == (2, "all", n) and n > 1000
+    assert (r["most_common_bin"], r["part_mode"], r["part_frame_mode"]) == (
+        round(mode_count(bins) / n, 4), round(per_part / n, 4), round(per_frame / n, 4))
+    assert r["part_mode"] < r["part_frame_mode"]
+
+
+def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
+    """On one demo test clip, every frame: the script's bin of each foreground pixel is the
+    depth class the builder stores for it (`hgmt.tasks.depth.classes`) minus 10."""
+    import collections
+
+    import cv2
+
+    from hgmt.data import records
+    from hgmt.sources import surreal
+
+    stem = surreal.find_clips(demo_dataset[0], "test")[0]
+    bins, _, frames = depth_baselines.clip_pixels(stem, "all")
+    segm = surreal.load_segm(stem + "_segm.mat")
+    checked = 0
+    for _, example in records.clip_examples(stem, records.FrameSelection(),
+                                            collections.Counter()):
+        t = int(example["frame"])
+        stored = cv2.imdecode(np.frombuffer(example["depth_class"], np.uint8),
+                              cv2.IMREAD_UNCHANGED)
+        fg = (segm[t] > 0) & (stored > 0)
+        np.testing.assert_array_equal(bins[frames == t], stored[fg].astype(int) - 10)
+        checked += 1
+    assert checked == 6 and set(frames.tolist()) == set(range(6))
 
 
 def _keep_frames(stem: str, frames: int, *keys: str) -> None:

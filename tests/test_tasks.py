@@ -286,12 +286,6 @@ def test_compute_losses_passes_each_task_its_loss_options():
     assert float(expected) > float(default["depth"]) + 0.2
 
 
-def test_depth_bins_follow_design():
-    np.testing.assert_array_equal(
-        common.depth_bin(jnp.array([0.0, 0.001, 0.045, 0.046, -0.044, -0.046, 1.0, -1.0])),
-        [0, 1, 1, 2, 0, -1, 9, -9])
-
-
 def test_depth_and_segm_decode_exactly():
     batch = make_batch(seed=2)
     t = depth.targets(batch)

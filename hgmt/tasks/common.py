@@ -87,11 +87,6 @@ def with_null_reasons(values: dict, reasons: dict[str, str]) -> dict:
     return {**values, "null_reasons": why} if why else values
 
 
-def depth_bin(dz: jnp.ndarray) -> jnp.ndarray:
-    """Pelvis-relative depth (metres) -> bin clamp(ceil(dz / 45 mm), -9, 9), int32."""
-    return jnp.clip(jnp.ceil(dz / BIN_SIZE - 1e-6), -MAX_BIN, MAX_BIN).astype(jnp.int32)
-
-
 def joint_bin(dz: jnp.ndarray) -> jnp.ndarray:
     """Pelvis-relative joint depth (metres) -> BodyNet's bin clamp(round(dz / 45 mm), -9, 9),
     int32 (gulvarol/bodynet training/donkey.lua: `torch.round(z/opt.stp)`)."""
