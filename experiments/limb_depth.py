@@ -43,40 +43,45 @@ def camera_joints(path: str) -> np.ndarray:
     return surreal.world_to_camera(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
 
 
-def pelvis_relative_depth(cam: np.ndarray) -> np.ndarray:
-    """(...,16,3) camera joints -> (...,16) camera depth minus the pelvis's, metres."""
+def joints_batch(cam: np.ndarray) -> dict:
+    """(N,16,3) camera joints -> the entries of a batch that hgmt's pose3d functions read:
+    'joints3d', and 'pelvis_depth' the pelvis's camera depth."""
     from hgmt.sources import surreal
 
-    return cam[..., 2] - cam[..., surreal.PELVIS:surreal.PELVIS + 1, 2]
+    return {"joints3d": cam, "pelvis_depth": cam[:, surreal.PELVIS, 2]}
 
 
 def relative_depth(path: str) -> np.ndarray:
     """One `_info.mat` -> (T,16) camera depth of hgmt's joints minus the pelvis's, metres."""
-    return pelvis_relative_depth(camera_joints(path))
+    from hgmt.tasks import pose3d
+
+    return np.asarray(pose3d.relative_depth(joints_batch(camera_joints(path))))
 
 
 def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
     """(N,16,3) true camera joints, (N,16) guessed depth relative to the pelvis (m) -> (16,)
-    mean pelvis-aligned error in mm of the joints back-projected from their true pixels."""
+    hgmt's MJD per joint (mm) of the joints back-projected from their true pixels."""
     from hgmt.sources import surreal
+    from hgmt.tasks import pose3d
 
     uv = surreal.project_camera(cam)
     guess = surreal.backproject(uv, cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2] + dz)
-    align = lambda p: p - p[:, surreal.PELVIS:surreal.PELVIS + 1]  # noqa: E731
-    return np.linalg.norm(align(guess) - align(cam), axis=-1).mean(0) * 1000.0
+    stats = pose3d.metric_stats({"joints3d_rel_mm": pose3d.root_relative_mm(guess)},
+                                joints_batch(cam))
+    return np.array(list(pose3d.summarize(stats)["mjd_mm_per_joint"].values()))
 
 
 def depth_free_mjd(paths: list[str]) -> dict:
     """{predictor: {'mjd_mm', 'per_joint_mm'}} over every frame of the clips (module
     docstring)."""
     from hgmt.sources import surreal
-    from hgmt.tasks import common
+    from hgmt.tasks import common, pose3d
 
-    cam = np.concatenate([camera_joints(p) for p in paths])
-    dz = pelvis_relative_depth(cam)
+    batch = joints_batch(np.concatenate([camera_joints(p) for p in paths]))
+    cam, dz = batch["joints3d"], np.asarray(pose3d.relative_depth(batch))
     guesses = {"pelvis_plane": np.zeros_like(dz),
                "mean_offset": np.broadcast_to(dz.mean(0), dz.shape),
-               "joint_bins": np.asarray(common.joint_bin_depth(common.joint_bin(dz)))}
+               "joint_bins": np.asarray(common.joint_bin_depth(pose3d.joint_bins(batch)))}
     out = {}
     for name, guess in guesses.items():
         per_joint = mjd_mm(cam, guess)

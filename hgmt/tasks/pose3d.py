@@ -61,9 +61,14 @@ def labels(crop: spec.Crop) -> dict:
             **spec.pelvis_depth(crop)}
 
 
+def relative_depth(batch: dict) -> jnp.ndarray:
+    """(B,16) each joint's camera depth minus the pelvis's ('pelvis_depth'), metres."""
+    return batch["joints3d"][..., 2] - batch["pelvis_depth"][:, None]
+
+
 def joint_bins(batch: dict) -> jnp.ndarray:
     """(B,16) int bins of each joint's camera depth relative to the pelvis."""
-    return common.joint_bin(batch["joints3d"][..., 2] - batch["pelvis_depth"][:, None])
+    return common.joint_bin(relative_depth(batch))
 
 
 def targets(batch: dict) -> jnp.ndarray:
