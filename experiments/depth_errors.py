@@ -1,8 +1,10 @@
 """Where a trained depth head errs: on the silhouette or in the bins, and on which body parts.
 
-    python3 experiments/depth_errors.py --workdir=docs/study/runs/depth [--frames=every4] \
+    python3 -m hgmt.main --config=configs/study.py:tasks=depth --workdir=runs/depth
+    python3 experiments/depth_errors.py --workdir=runs/depth [--frames=every4] \
         [--step=N|best] [--config.data_dir=...]
 
+The workdir is one you trained: it needs a checkpoint (the study's committed runs keep none).
 Restores the workdir's latest (or given) checkpoint, predicts the depth classes of the test
 frames that `--frames` selects (middle, all or everyK, as `hgmt.evaluate --frames`) and prints
 JSON: over the ground-truth foreground pixels that hgmt's depth metric counts (those of the
@@ -53,10 +55,30 @@ def tally(classes, batch: dict) -> tuple:
     return counts, per_part
 
 
+def restore(workdir: str, step: int | str | None = None,
+            config: ml_collections.ConfigDict | None = None) -> tuple:
+    """`checkpoints.restore_for_inference` of a workdir that trained depth -> (config,
+    variables, step); its errors (`checkpoints.RESTORE_FAULTS`), and a ValueError for a run
+    without depth, name the workdir."""
+    from hgmt.tasks import parse_tasks
+    from hgmt.training import checkpoints
+
+    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
+    if "depth" not in parse_tasks(config.tasks):
+        raise ValueError(f"{workdir} trained {config.tasks}, without depth")
+    return config, variables, step
+
+
 def depth_errors(workdir: str, frames: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None) -> dict:
     """The depth head's errors on the test frames `frames` selects (see the module
     docstring); `step` and `config` as `checkpoints.restore_for_inference` takes them."""
+    return errors_of(workdir, frames, *restore(workdir, step, config))
+
+
+def errors_of(workdir: str, frames: str, config: ml_collections.ConfigDict, variables: dict,
+              step: int) -> dict:
+    """`depth_errors` of a restored checkpoint (`restore`)."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -64,13 +86,8 @@ def depth_errors(workdir: str, frames: str, step: int | str | None = None,
     from hgmt.models import create_model, predict_last_stage
     from hgmt.sources import surreal
     from hgmt.tasks import heads, parse_tasks
-    from hgmt.training import checkpoints
 
-    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
-    tasks = parse_tasks(config.tasks)
-    if "depth" not in tasks:
-        raise ValueError(f"{workdir} trained {config.tasks}, without depth")
-    model = create_model(config.model, heads(tasks))
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
     source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
     indices = input_pipeline.eval_indices(config.dataset, config.data_dir, "test", frames)
     counts = np.zeros(3)  # right bin, predicted background, within one bin
@@ -109,9 +126,13 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
+    from hgmt.training import checkpoints
+
     args, _ = cli.parse(_define_flags, argv, __doc__, cli.workdir_config(argv))
-    r = depth_errors(args.workdir, args.frames, cli.checkpoint_step(args.step), args.config)
-    print(json.dumps(r, indent=1))
+    step = cli.checkpoint_step(args.step)
+    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):  # no checkpoint: one line
+        restored = restore(args.workdir, step, args.config)
+    print(json.dumps(errors_of(args.workdir, args.frames, *restored), indent=1))
     return 0
 
 

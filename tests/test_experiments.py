@@ -77,6 +77,22 @@ def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
     assert (float(stats["correct"]), float(stats["foreground"])) == (2, 4)
 
 
+def test_depth_errors_without_a_checkpoint_is_one_line(tmp_path):
+    """A workdir with the study's depth config and no checkpoint (as the committed study runs
+    are): the command ends with exit status 1 and one line naming the workdir, no traceback."""
+    import shutil
+
+    workdir = tmp_path / "depth"
+    workdir.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "study", "runs",
+                             "depth", "config.json"), workdir)
+    with pytest.raises(SystemExit) as exit_:
+        depth_errors.main([f"--workdir={workdir}"])
+    line = exit_.value.code
+    assert isinstance(line, str) and "\n" not in line  # SystemExit(str): status 1, this line
+    assert line.startswith("error: NoCheckpoint: no checkpoint in ") and str(workdir) in line
+
+
 def test_depth_baselines_on_crafted_pixels():
     """Seven pixels, by hand: the most common bin (3) holds 3 of 7; each part's own most common
     bin 2 + 3 (part 1: bins 1,1,2,4; part 2: 3,3,3); per part and frame every pixel but the
