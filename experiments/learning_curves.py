@@ -69,6 +69,14 @@ def plot(curves: dict[str, list[dict]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def title(config, curves: dict[str, list[dict]]) -> str:
+    """The plot's title: the run's tasks and image size, and the frames of the evaluators
+    whose curves it draws (a configured evaluator that never ran draws none)."""
+    evals = dict(config.get("evals", {}))
+    frames = sorted({evals[name].frames for name in curves if name in evals})
+    return f"{config.tasks}, {config.image_size} px, frames {', '.join(frames)}"
+
+
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "training workdir", flag_values=fv, required=True)
     flags.DEFINE_string("out_dir", None, "directory for curves.json and curves.png "
@@ -81,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = epath.Path(args.out_dir or args.workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curves.json").write_text(json.dumps(curves, indent=1))
-    config = workdirs.load_config(args.workdir)
-    frames = {e.frames for e in dict(config.get("evals", {})).values()} if "evals" in config \
-        else set()
-    plot(curves, str(out_dir / "curves.png"),
-         f"{config.tasks}, {config.image_size} px, frames {', '.join(sorted(frames))}")
+    plot(curves, str(out_dir / "curves.png"), title(workdirs.load_config(args.workdir), curves))
     print(json.dumps({name: points[-1] for name, points in curves.items()}))
     return 0
 

@@ -48,6 +48,21 @@ def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
         learning_curves.load_curves(str(tmp_path / "nothing"))
 
 
+def test_learning_curves_title_names_the_frames_of_the_curves_drawn():
+    """configs/learning.py's evaluators: test (every4, run every 300 steps) and validation
+    (middle, never run there); curves of the test evaluator alone are titled with every4 only,
+    and with a validation curve too with both."""
+    from configs import learning
+
+    config = learning.get_config()
+    assert (config.evals.test.frames, config.evals.validation.frames) == ("every4", "middle")
+    point = [{"step": 300, "metrics": {"pose2d/pckh@0.5": 0.7}}]
+    assert learning_curves.title(config, {"test": point}) == (
+        "pose2d+pose3d+depth+segm, 128 px, frames every4")
+    assert learning_curves.title(config, {"test": point, "validation": point}) == (
+        "pose2d+pose3d+depth+segm, 128 px, frames every4, middle")
+
+
 def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
     """Three 2x2 examples, by hand: the first scored, with foreground pixels of classes
     10, 12, 9 (ground-truth part 0: depth sees the body where segm does not) and 11, predicted
