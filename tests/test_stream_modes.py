@@ -76,7 +76,8 @@ def test_vmapped_has_one_stacked_stream_per_stage_and_per_task_heads():
 def test_vmapped_computes_the_separate_function(tasks):
     """Same parameters (converted): the same predictions in inference and training mode, the
     same updated BatchNorm statistics and the same gradient of the summed task losses, all in
-    float64 (TOL64)."""
+    float64 (TOL64). Jitted: op by op, each float64 op dispatched alone, it takes twice the
+    CPU time with a warm compilation cache."""
     separate, vmapped = (m.clone(dtype=jnp.float64) for m in _models(tasks))
     images = _images().astype(jnp.float64)
     variables = jax.tree.map(lambda x: x.astype(jnp.float64),
@@ -84,8 +85,8 @@ def test_vmapped_computes_the_separate_function(tasks):
     stacked = to_model_layout(vmapped, variables)
     assert "stage0_streams" in stacked["params"] and "stage0_pose2d" not in stacked["params"]
 
-    _assert_close(vmapped.apply(stacked, images), separate.apply(variables, images), "eval",
-                  TOL64)
+    _assert_close(jax.jit(vmapped.apply)(stacked, images),
+                  jax.jit(separate.apply)(variables, images), "eval", TOL64)
 
     batch = make_batch(b=2, r=16)
 
@@ -95,11 +96,11 @@ def test_vmapped_computes_the_separate_function(tasks):
         total, _ = compute_losses(out, batch, {t: 1.0 for t in tasks})
         return total, (out, updates["batch_stats"])
 
-    (l_sep, (out_sep, bs_sep)), g_sep = jax.value_and_grad(
-        lambda p: loss(separate, p, variables["batch_stats"]), has_aux=True)(
+    (l_sep, (out_sep, bs_sep)), g_sep = jax.jit(jax.value_and_grad(
+        lambda p: loss(separate, p, variables["batch_stats"]), has_aux=True))(
         variables["params"])
-    (l_vm, (out_vm, bs_vm)), g_vm = jax.value_and_grad(
-        lambda p: loss(vmapped, p, stacked["batch_stats"]), has_aux=True)(stacked["params"])
+    (l_vm, (out_vm, bs_vm)), g_vm = jax.jit(jax.value_and_grad(
+        lambda p: loss(vmapped, p, stacked["batch_stats"]), has_aux=True))(stacked["params"])
     assert abs(float(l_vm) - float(l_sep)) <= TOL64 * abs(float(l_sep))
     assert jax.tree.leaves(g_vm)[0].dtype == jnp.float64
     _assert_close(out_vm, out_sep, "train outputs", TOL64)
