@@ -532,7 +532,8 @@ def _wait_lost(lock: workdir_lock.WorkdirLock, timeout_s: float = 10.0) -> None:
 
 def test_a_lock_taken_over_or_removed_while_held_is_lost(tmp_path):
     """Another holder's lock in place of this trainer's: lost at the next refresh, naming it
-    (and left in place at release). The lock removed: lost after two refreshes in a row."""
+    (and left in place at release); a file that names no holder, said so. The lock removed:
+    lost after two refreshes in a row."""
     path = tmp_path / workdirs.LOCK_FILE
     lock = workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01)
     other = {"host": "node-7", "pid": 1234, "job": "99", "restart": 0, "started": "then",
@@ -550,7 +551,8 @@ def test_a_lock_taken_over_or_removed_while_held_is_lost(tmp_path):
     with workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01) as lock:
         path.write_bytes(b"\xff\xfe not json")  # bytes of no holder: not this trainer's
         _wait_lost(lock)
-        with pytest.raises(workdir_lock.WorkdirLockLost, match="is now held by host None"):
+        with pytest.raises(workdir_lock.WorkdirLockLost, match="was replaced by a file that "
+                                                               "names no holder"):
             lock.check()
     path.unlink()
     with workdir_lock.WorkdirLock(str(tmp_path), refresh_s=0.01) as lock:

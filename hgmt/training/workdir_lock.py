@@ -273,6 +273,11 @@ class WorkdirLock:
                                       f"({error}): another trainer could take the workdir "
                                       f"over {self.stale_s:.0f} s after its last refresh")
                 continue
+            if holder == {}:
+                return self._lose("was replaced by a file that names no holder (empty, as "
+                                  "another trainer's before it writes its own, or not a lock "
+                                  "hgmt wrote): something else took the workdir over while "
+                                  "this trainer ran")
             if holder is not None:
                 return self._lose(f"is now held by {_describe(holder)}, started "
                                   f"{holder.get('started')}: another trainer took the workdir "
