@@ -484,3 +484,35 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
                                    input_pipeline.crop_affine(centre, side, r), atol=1e-4)
     hgmt_side = input_pipeline.person_box(joints)[1]
     assert 0.8 < surreal.reference_box(joints)[1] / hgmt_side < 0.9
+
+
+# --- Precision on accelerators ------------------------------------------------------------------
+def _dot_precisions(jaxpr) -> list:
+    """The `precision` of every dot_general in a closed jaxpr, its sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            found += _dot_precisions(sub)
+    return found
+
+
+@pytest.mark.parametrize("protocol", sorted(protocols.PROTOCOLS))
+def test_every_metric_product_is_full_float32_on_any_backend(protocol):
+    """A metric's sums and the decoding's coordinate products are dot_generals at precision
+    HIGHEST: at JAX's default a GPU may round their float32 inputs to TF32 and a TPU to
+    bfloat16, which a CPU (where these tests run) never shows."""
+    from tests.test_tasks import make_batch
+
+    b = 4
+    batch = {**make_batch(seed=0, b=b, r=R), "position": jnp.arange(b),
+             "mask": jnp.ones(b), "unusable": jnp.zeros(b), "rejected": jnp.zeros(b)}
+    preds = {"pose2d": pose2d.targets(batch), "pose3d": pose3d.targets(batch),
+             "depth": jax.nn.one_hot(depth.targets(batch), 20),
+             "segm": jax.nn.one_hot(segm.targets(batch), 15)}
+    exact = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    for task, pred in preds.items():
+        m = protocols.metric(protocol, task, b)
+        precisions = _dot_precisions(jax.make_jaxpr(m.stats)(pred, batch).jaxpr)
+        assert all(p == exact for p in precisions), (protocol, task, precisions)

@@ -185,7 +185,7 @@ def crop_affine(centre: jax.Array, side: jax.Array, size: int, rotation: jax.Arr
     mirror = jnp.where(flip, -1.0, 1.0)
     rot = jnp.stack([jnp.stack([cos * mirror, sin * mirror], -1),
                      jnp.stack([-sin, cos], -1)], -2)  # (B,2,2)
-    offset = (size - 1) / 2 - jnp.einsum("bij,bj->bi", rot, centre)
+    offset = (size - 1) / 2 - jnp.einsum("bij,bj->bi", rot, centre, precision=common.EXACT)
     return jnp.concatenate([rot, offset[..., None]], -1)
 
 
@@ -256,7 +256,8 @@ class DeviceCrop(spec.Crop):
     def joints3d(self) -> jax.Array:
         """(B,16,3) camera metres, mirrored (x negated, sides swapped) where flipped."""
         world = self.record["joints3d"][:, surreal.SMPL_TO_JOINT]
-        camera = (world - self.record["cam_loc"][:, None]) @ CAMERA_ROTATION.T
+        camera = jnp.matmul(world - self.record["cam_loc"][:, None], CAMERA_ROTATION.T,
+                            precision=common.EXACT)
         mirrored = camera[:, surreal.JOINT_FLIP] * jnp.array([-1.0, 1.0, 1.0])
         return jnp.where(self.flip[:, None, None], mirrored, camera)
 

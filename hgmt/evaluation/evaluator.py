@@ -25,7 +25,7 @@ from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.sources import surreal
-from hgmt.tasks import TASKS, channel_flips, check_loss_options, heads, parse_tasks
+from hgmt.tasks import TASKS, channel_flips, check_loss_options, common, heads, parse_tasks
 
 
 def _one(tree):
@@ -77,7 +77,7 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
         stats[name] = dict(metrics[name].stats(pred, batch))
         losses = jax.vmap(functools.partial(_example_loss, TASKS[name],
                                             loss_options[name]))(pred, batch)
-        stats[name]["loss"] = usable @ losses.astype(jnp.float32)
+        stats[name]["loss"] = common.weighted_sum(usable, losses.astype(jnp.float32))
     stats["count"] = jnp.sum(mask)
     stats["unusable"] = jnp.sum(mask * batch["unusable"])
     stats["rejected"] = jnp.sum(mask * batch["rejected"])

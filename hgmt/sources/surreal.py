@@ -139,8 +139,11 @@ _PIXEL_TO_RAY = np.linalg.inv(INTRINSICS).T  # rows: the ray's change per u, per
 
 def backproject(uv, depth):
     """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points. NumPy or
-    JAX arrays (only matmul and products, so it also runs inside a jitted step)."""
-    ray = uv @ _PIXEL_TO_RAY[:2] + _PIXEL_TO_RAY[2]  # K^-1 [u, v, 1]: (x/z, y/z, 1)
+    JAX arrays (only elementwise products and sums, so it also runs inside a jitted step, and
+    exactly in float32 on any backend, where a matmul may round its inputs to TF32 or
+    bfloat16)."""
+    # K^-1 [u, v, 1] = (x/z, y/z, 1), written out
+    ray = uv[..., :1] * _PIXEL_TO_RAY[0] + uv[..., 1:2] * _PIXEL_TO_RAY[1] + _PIXEL_TO_RAY[2]
     return ray * depth[..., None]
 
 

@@ -141,10 +141,12 @@ def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
     err = (common.argmax_classes(pred) - gt).reshape(b, -1).astype(jnp.float32)
     rmse = jnp.sqrt(jnp.where(kept, err**2, 0.0).sum(1) / jnp.maximum(pairs, 1))
     weights = common.full_batch_weights(batch, b, num_examples, batch_size)
-    return {"rmse_bins_sum": weights @ jnp.where(pairs > 0, rmse, 0.0),
-            "images_no_foreground": weights @ (n == 0).astype(jnp.float32),
-            "images_one_foreground_pixel": weights @ (n == 1).astype(jnp.float32),
-            "pixels_dropped": weights @ ((n % 2) * (n > 1)).astype(jnp.float32)}
+    return {"rmse_bins_sum": common.weighted_sum(weights, jnp.where(pairs > 0, rmse, 0.0)),
+            "images_no_foreground": common.weighted_sum(weights, (n == 0).astype(jnp.float32)),
+            "images_one_foreground_pixel": common.weighted_sum(
+                weights, (n == 1).astype(jnp.float32)),
+            "pixels_dropped": common.weighted_sum(
+                weights, ((n % 2) * (n > 1)).astype(jnp.float32))}
 
 
 def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:

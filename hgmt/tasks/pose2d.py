@@ -179,10 +179,10 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
     weights = common.full_batch_weights(batch, correct.shape[0], num_examples, size)[:, None]
     correct, valid = correct * weights, valid * weights
     group = jax.nn.one_hot(batch["position"] // size, max(num_examples // size, 1))  # (B,G)
-    return {"correct": jnp.einsum("bg,bj->gj", group, correct),
-            "valid": jnp.einsum("bg,bj->gj", group, valid),
-            "unscored": weights[:, 0] @ jnp.any(valid[:, BODYNET_JOINTS] == 0, -1).astype(
-                jnp.float32)}
+    return {"correct": jnp.einsum("bg,bj->gj", group, correct, precision=common.EXACT),
+            "valid": jnp.einsum("bg,bj->gj", group, valid, precision=common.EXACT),
+            "unscored": common.weighted_sum(weights[:, 0], jnp.any(
+                valid[:, BODYNET_JOINTS] == 0, -1).astype(jnp.float32))}
 
 
 def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:

@@ -129,7 +129,7 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
     err = jnp.linalg.norm(decoded["joints3d_rel_mm"] - root_relative_mm(batch["joints3d"]),
                           axis=-1)
     weights = common.example_weights(batch, err.shape[0])
-    return {"error_mm_sum": weights @ err,
+    return {"error_mm_sum": common.weighted_sum(weights, err),
             "count": jnp.full((NUM_JOINTS,), weights.sum(), jnp.float32)}
 
 
@@ -188,7 +188,7 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
     # An unusable frame has no annotations (bodynet dataset.lua:795 `instance = {}`): eval.lua
     # :430-433 adds no error for it, but it counts in the batch size (:520).
     weights = weights * (1.0 - common.unusable(batch, err.shape[0]))
-    return {"error_mm_sum": weights @ err}
+    return {"error_mm_sum": common.weighted_sum(weights, err)}
 
 
 def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
