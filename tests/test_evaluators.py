@@ -2,6 +2,7 @@
 TensorBoard and <workdir>/evals.jsonl, the best checkpoint kept and restorable (`--step=best`),
 the best-so-far record surviving a resume, and bad evaluator settings stopped before training."""
 
+import contextlib
 import functools
 import json
 
@@ -200,6 +201,24 @@ def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     assert best(evals, step=10, lower=False) == (2, 3.0)
     assert best(evals, step=1, lower=True) is None
     assert best([line(2, None)], step=2, lower=True) is None
+
+
+def test_a_non_finite_score_is_never_kept_as_the_best(tmp_path, monkeypatch):
+    """A NaN or infinite validation score (a diverged model) is no best checkpoint, which no
+    later score could beat: the first finite score after it is kept, and a later -inf, lower
+    than any loss, does not replace it."""
+    monkeypatch.setattr(evaluators, "to_checkpoint_layout", lambda model, state: state)
+    config = tiny_config(str(tmp_path), tasks="pose2d", **{
+        "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
+    state = {"w": np.arange(3.0)}  # what the best checkpoint holds, in any layout
+    with contextlib.closing(evaluators.Evaluators(config, str(tmp_path / "run"),
+                                                  {"pose2d": 1.0})) as evals:
+        notes = [evals._keep_best("validation", step, state, {"loss/total": value})
+                 for step, value in ((2, float("nan")), (4, 5.0), (6, float("-inf")))]
+        assert evals.best() == (4, 5.0)
+        assert evals.manager.all_steps() == [4]
+    assert notes[0] == "  (loss/total: nan, not finite, not kept)"
+    assert notes[2] == "  (loss/total: best 5 at step 4)"
 
 
 @pytest.mark.parametrize("checkpoint_every", [2, 3])

@@ -307,7 +307,8 @@ class Evaluators:
             return ""
         metric = self.settings[name]["best_metric"]
         value, best = values.get(metric), self.best()
-        better = value is not None and (best is None or (
+        # A non-finite score (a diverged model's NaN loss) is never kept: no later one beats it.
+        better = value is not None and bool(np.isfinite(value)) and (best is None or (
             value < best[1] if lower_is_better(metric, self.settings[name]["protocol"])
             else value > best[1]))
         if better and best is not None and best[0] == step and best != self._bar:
@@ -319,6 +320,8 @@ class Evaluators:
         if best is not None:
             lost = ", its weights not kept" if best == self._bar else ""
             return f"  ({metric}: best {best[1]:.4g} at step {best[0]}{lost})"
+        if value is not None and not np.isfinite(value):
+            return f"  ({metric}: {value}, not finite, not kept)"
         return f"  ({metric}: undefined on this split, not kept)"
 
     def close(self) -> None:
