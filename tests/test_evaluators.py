@@ -221,6 +221,32 @@ def test_a_non_finite_score_is_never_kept_as_the_best(tmp_path, monkeypatch):
     assert notes[2] == "  (loss/total: best 5 at step 4)"
 
 
+def test_saving_the_best_checkpoint_gives_the_preemption_sync_protocol_no_step(tmp_path,
+                                                                            monkeypatch):
+    """JAX's preemption sync protocol agrees on the step after the last one each process gave
+    it; the trainer gives it each step. A best checkpoint saved at an older step (on resuming,
+    the best of evals.jsonl) must not give it that step, or a notice then is agreed on a step
+    training has passed. The periodic checkpoints' manager gives the step it saves, the one
+    the trainer has just given (which also shows the recorder sees orbax's calls)."""
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    given = []
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                        lambda step: given.append(step) or False)
+    config = tiny_config(str(tmp_path), tasks="pose2d", **{
+        "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
+    workdir, state = str(tmp_path / "run"), {"w": np.arange(3.0)}
+    with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
+        evals._save_best(2, state, "loss/total", 1.0)
+        assert evals.manager.all_steps() == [2]
+    assert given == []
+    with contextlib.closing(checkpoints.manager(workdir, async_save=False,
+                                                with_data=False)) as periodic:
+        periodic.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    assert given and set(given) == {4}  # orbax asks more than once a save
+
+
 @pytest.mark.parametrize("checkpoint_every", [2, 3])
 def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tmp_path, caplog,
                                                                 checkpoint_every):

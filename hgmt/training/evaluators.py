@@ -129,14 +129,29 @@ def _on_every_process(ok: bool) -> bool:
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).min())
 
 
+class _OutsidePreemptionSync(ocp.CheckpointManager):
+    """A CheckpointManager that does not ask JAX's preemption sync protocol whether `step` is
+    the agreed one. Orbax asks at every save (`should_save`, and again in `save`, also with
+    force=True), and asking sets the counter the protocol agrees from: the step after the last
+    one each process gave. The best checkpoint may be saved at a step before training's (on
+    resuming, the best of evals.jsonl); a notice then would be agreed on a step training has
+    passed, and a multi-host job killed without saving. The trainer's own counter
+    (hgmt.training.preemption) is the only one the protocol sees."""
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 def best_manager(workdir: str, metric: str, protocol: str = "hgmt") -> ocp.CheckpointManager:
-    """The manager of `<workdir>/best`: one checkpoint, the best by `metric` (state only)."""
+    """The manager of `<workdir>/best`: one checkpoint, the best by `metric` (state only),
+    outside the preemption sync protocol (`_OutsidePreemptionSync`)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda m: m[metric],
         best_mode="min" if lower_is_better(metric, protocol) else "max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(workdirs.best_dir(workdir), options=options,
-                                 item_names=("state",))
+    return _OutsidePreemptionSync(workdirs.best_dir(workdir), options=options,
+                                  item_names=("state",))
 
 
 class Evaluators:
