@@ -4,6 +4,8 @@
     <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
     <workdir>/best/<step>/                orbax: `state` of the best validation score so far
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
+    <workdir>/best_superseded/            best checkpoints of steps a rerun trains again, moved
+                                          out of orbax's way (<step>-<time>, never deleted)
     <workdir>/hgmt.lock                   the lock of the trainer that holds the workdir
     <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
     <workdir>/eval_<split>[_<ckpt>][_<protocol>].json   an evaluation's summary (+ .md)
@@ -36,6 +38,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints_unreadable"
+SUPERSEDED_DIR = "best_superseded"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
@@ -62,6 +65,10 @@ def best_dir(workdir: str) -> str:
 
 def unreadable_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), UNREADABLE_DIR)
+
+
+def superseded_dir(workdir: str) -> str:
+    return os.path.join(absolute(workdir), SUPERSEDED_DIR)
 
 
 def lock_file(workdir: str) -> str:

@@ -247,6 +247,34 @@ def test_saving_the_best_checkpoint_gives_the_preemption_sync_protocol_no_step(t
     assert given and set(given) == {4}  # orbax asks more than once a save
 
 
+def test_a_best_checkpoint_training_passes_over_is_moved_aside_not_deleted(tmp_path):
+    """A run starting before the best checkpoint's step (here a fresh start in a workdir
+    whose checkpoints/ was removed to save space: the best may be the only trained weights
+    left) moves it to <workdir>/best_superseded/<step>-<time>, file for file, and then keeps
+    no best."""
+    import pathlib
+    import re
+
+    config = tiny_config(str(tmp_path), tasks="pose2d", **{
+        "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
+    workdir = str(tmp_path / "run")
+    with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
+        evals._save_best(4, {"w": np.arange(3.0)}, "loss/total", 1.0)
+
+    def files(folder: pathlib.Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+                if p.is_file()}
+
+    kept = files(pathlib.Path(workdirs.best_dir(workdir)) / "4")
+    assert len(kept) > 2
+    with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
+        assert evals.forget_after(0, lambda: None) == [4]
+        assert evals.manager.all_steps() == [] and evals.best() is None
+    [moved] = pathlib.Path(workdirs.superseded_dir(workdir)).iterdir()
+    assert re.fullmatch(r"4-\d{8}-\d{6}", moved.name)
+    assert files(moved) == kept
+
+
 @pytest.mark.parametrize("checkpoint_every", [2, 3])
 def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tmp_path, caplog,
                                                                 checkpoint_every):

@@ -120,7 +120,7 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
         _raise_none_reads(workdir, failures or [(s, None) for s in steps] or [(-1, None)])
     unread = [s for s in steps if s > bound]
     if rows[:, 2].max() > bound:  # some process lists a newer one: moved aside by process 0
-        _move_unreadable(mngr, workdir, unread)
+        move_aside(mngr, unread, workdirs.unreadable_dir(workdir))
         logging.warning("resuming from step %d; the unreadable checkpoint(s) %s were moved to "
                         "%s", bound, unread, workdirs.unreadable_dir(workdir))
     return found
@@ -380,20 +380,23 @@ def ignore_callbacks_into_closed_loops() -> None:
     sys.unraisablehook = hook
 
 
-def _move_unreadable(mngr: ocp.CheckpointManager, workdir: str, steps: list[int]) -> None:
+def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> None:
+    """Moves the checkpoints `steps` of `mngr` to the folder `aside` as <step>-<time> (out of
+    orbax's way, nothing deleted; process 0 moves them, each logged), then reloads `mngr`.
+    Every process calls it alike."""
     import jax
 
     if jax.process_index() == 0:
-        aside = epath.Path(workdirs.unreadable_dir(workdir))
-        aside.mkdir(parents=True, exist_ok=True)
+        epath.Path(aside).mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
-            (epath.Path(workdirs.checkpoint_dir(workdir)) / str(step)).rename(
-                aside / f"{step}-{stamp}")
+            moved = epath.Path(aside) / f"{step}-{stamp}"
+            (epath.Path(mngr.directory) / str(step)).rename(moved)
+            logging.info("moved the checkpoint %s/%d to %s", mngr.directory, step, moved)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("unreadable checkpoints moved aside")
+        multihost_utils.sync_global_devices("checkpoints moved aside")
     mngr.reload()
 
 

@@ -10,10 +10,11 @@ when it runs and what it keeps:
     best_metric  '' or a metric of `metric_values` (`loss/total`, `loss/<task>`, a headline
                  metric such as `pose2d/pckh@0.5`): the checkpoint that scores best on it is
                  kept in <workdir>/best/<step> (orbax, the score stored with it, so a resumed
-                 run knows the best so far; a run resumed from before it takes the best up
-                 to its start step again, `Evaluators.forget_after`); at most one evaluator
-                 keeps one. A full disk while writing it is `disk_space.DiskFull`, its
-                 partial folder removed (`checkpoints.stop_on_full_disk`)
+                 run knows the best so far; a run resumed from before it moves it aside and
+                 takes the best up to its start step again, `Evaluators.forget_after`); at
+                 most one evaluator keeps one. A full disk while writing it is
+                 `disk_space.DiskFull`, its partial folder removed
+                 (`checkpoints.stop_on_full_disk`)
 
 Every result goes to TensorBoard as `<name>/<metric>` and, one JSON object a line, to
 <workdir>/evals.jsonl (step, evaluator, settings, metrics): the learning curves of a run.
@@ -190,10 +191,12 @@ class Evaluators:
                 raise input_pipeline.NotInBuild(f"config.evals.{name}: {e}") from None
 
     def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:
-        """Deletes the best checkpoints kept after `step`, the step training starts from: the
+        """Moves the best checkpoints kept after `step`, the step training starts from, to
+        <workdir>/best_superseded/<step>-<time> (`checkpoints.move_aside`: nothing deleted, it
+        may be the only trained weights left, e.g. after checkpoints/ was removed): the
         evaluations that chose them belong to a run that is not continued, and this run
         evaluates those steps again (evals.jsonl's last line of a step is the one that
-        counts). -> the steps deleted.
+        counts). -> the steps moved.
 
         With no best checkpoint left (one replaced the earlier best), the best so far is
         taken again from evals.jsonl (`best_recorded`): the periodic checkpoint of its step
@@ -204,8 +207,8 @@ class Evaluators:
         if self.manager is None:
             return []
         later = [s for s in self.manager.all_steps() if s > step]
-        for s in later:
-            self.manager.delete(s)
+        if later:
+            checkpoints.move_aside(self.manager, later, workdirs.superseded_dir(self.workdir))
         if self.manager.best_step() is None:
             self._keep_recorded_best(step, host_state)
         return later

@@ -260,9 +260,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     forgotten = evals.forget_after(
         start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
     if forgotten:
-        logging.warning("deleted the best checkpoint kept at step %s in %s: chosen by an "
+        logging.warning("moved the best checkpoint kept at step %s in %s to %s: chosen by an "
                         "evaluation after step %d, where training starts again",
-                        ", ".join(map(str, forgotten)), workdirs.best_dir(workdir), start_step)
+                        ", ".join(map(str, forgotten)), workdirs.best_dir(workdir),
+                        workdirs.superseded_dir(workdir), start_step)
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
