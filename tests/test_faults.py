@@ -702,6 +702,32 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
 
 
 
+def test_a_truncated_or_missing_shard_of_an_evaluated_split_stops_before_training(
+        demo_dataset, tmp_path):
+    """The shard of the test split, which an evaluator reads after the last step, truncated
+    and then missing: the run stops before its first step (no checkpoint), naming the file,
+    not after all of training."""
+    data_dir = str(tmp_path / "tfds")
+    shutil.copytree(demo_dataset[1], data_dir)
+    [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
+               if f.startswith("surreal-test.array_record")]
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) // 2])
+    workdir = str(tmp_path / "w")
+    config = tiny_config(data_dir, total_steps=1, **{**KW, "evals.test.at_end": True})
+    with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
+                                                  rf"dataset_info.json says 12|cannot be "
+                                                  rf"opened).*tfds build"):
+        loop.train(config, workdir)
+    assert checkpoints.newest_step_on_disk(workdir) == 0
+    os.remove(shard)
+    with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
+        loop.train(config, workdir)
+    assert checkpoints.newest_step_on_disk(workdir) == 0
+
+
 def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged(
         demo_dataset, monkeypatch):
     """Opening a shard that fails with an I/O error (array_record's report of EIO, an

@@ -180,8 +180,12 @@ class Evaluators:
 
     def check_frames(self, info) -> None:
         """NotInBuild naming the evaluator whose frames the build of config.dataset (its tfds
-        DatasetInfo `info`) does not hold (`input_pipeline.check_eval_frames`): the trainer
-        checks before its first step, not when the evaluator first runs."""
+        DatasetInfo `info`) does not hold (`input_pipeline.check_eval_frames`); then opens the
+        split of each evaluator that runs (`input_pipeline.open_split`, which checks every
+        shard against dataset_info.json), so that a missing or truncated shard stops the run
+        with its `shards.SplitFault`. The trainer checks before its first step, not when the
+        evaluator first runs (after all of training for one that runs at the end); the
+        frames an evaluator takes are still selected then."""
         dataset, data_dir = self.config.dataset, self.config.data_dir
         stored = input_pipeline.stored_frames(info, dataset)
         for name, s in self.settings.items():
@@ -189,6 +193,9 @@ class Evaluators:
                 input_pipeline.check_eval_frames(s["frames"], stored, dataset, data_dir)
             except input_pipeline.NotInBuild as e:
                 raise input_pipeline.NotInBuild(f"config.evals.{name}: {e}") from None
+        for split in sorted({s["split"] for s in self.settings.values()
+                             if s["every"] or s["at_end"]}):
+            input_pipeline.open_split(dataset, data_dir, split)
 
     def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:
         """Moves the best checkpoints kept after `step`, the step training starts from, to
