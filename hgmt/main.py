@@ -59,6 +59,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop.",
                          flag_values=fv)
+    flags.DEFINE_bool("resume_with_changed_config", False, "Resume a workdir whose checkpoints "
+                      "were trained with another config (its config.json) with this one: "
+                      "config.json then records it, the previous one kept as "
+                      "config_before_step<N>.json. Without it such a rerun stops naming each "
+                      "changed field; evaluators, logging, checkpointing and data-reading "
+                      "fields may change freely.", flag_values=fv)
     cli.define_verbosity(fv)
 
 
@@ -177,7 +183,8 @@ def _run(fv: flags.FlagValues) -> int:
         _demo_dataset_on_process_0(config)
     try:
         with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
-            summaries = loop.train_and_evaluate(config, fv.workdir)
+            summaries = loop.train_and_evaluate(
+                config, fv.workdir, resume_with_changed_config=fv.resume_with_changed_config)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED

@@ -1,6 +1,8 @@
 """The file layout of a training workdir and of a sweep: the one place that names its files.
 
     <workdir>/config.json                 the run's config (evaluate/predict/export rebuild it)
+    <workdir>/config_before_step<N>.json  the config of the steps up to N, kept when a rerun
+                                          from step N changed it (--resume_with_changed_config)
     <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
     <workdir>/best/<step>/                orbax: `state` of the best validation score so far
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
@@ -35,6 +37,7 @@ from hgmt import disk_space
 from hgmt.paths import absolute
 
 CONFIG_FILE = "config.json"
+CONFIG_BEFORE = "config_before_step{step}.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints_unreadable"
@@ -69,6 +72,11 @@ def unreadable_dir(workdir: str) -> str:
 
 def superseded_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), SUPERSEDED_DIR)
+
+
+def config_before_file(workdir: str, step: int | str) -> str:
+    """The config of a run's steps up to `step`, kept when a rerun from `step` changed it."""
+    return os.path.join(absolute(workdir), CONFIG_BEFORE.format(step=step))
 
 
 def lock_file(workdir: str) -> str:
@@ -202,6 +210,18 @@ def current_layout(config: dict) -> dict:
         for field in OLDER_EVAL_FIELDS:
             config.pop(field, None)
     return config
+
+
+def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config's fields by dotted name: {'model': {'depth': 4}} -> {'model.depth': 4} (an
+    empty section is a field whose value is {})."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out |= flat_fields(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def eval_file(workdir: str, evaluator: str) -> str:

@@ -58,7 +58,8 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
         _sigterm_at_start()
     try:
         with cli.faults_in_one_line(*loop.FAULTS):
-            state = loop.train(config, workdir)
+            # The tests resume a run with more steps (total_steps) than it was started with.
+            state = loop.train(config, workdir, resume_with_changed_config=True)
     except peers.PeerLost as e:
         print(f"(test) {type(e).__name__} raised by the main thread after a "
               f"{type(e.__cause__).__name__}", flush=True)

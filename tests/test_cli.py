@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each entry point (a module name, or a script's path) with flags its --help must list,
 # written out by hand: a renamed or dropped flag fails here.
 ENTRY_POINTS = {
-    "hgmt.main": ["config", "workdir", "distributed", "compilation_cache", "verbosity"],
+    "hgmt.main": ["config", "workdir", "distributed", "compilation_cache", "verbosity",
+                  "resume_with_changed_config"],
     "hgmt.evaluate": ["workdir", "step", "split", "frames", "max_examples", "flip",
                       "protocol", "out_file", "verbosity"],
     "hgmt.predict": ["workdir", "step", "out_dir", "bbox", "verbosity"],
@@ -283,6 +284,27 @@ def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workd
                                 f"--workdir={saved_workdir}"])
     assert str(e.value.code).startswith(f"error: ValueError: {message}"), e.value.code
     assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files
+
+
+def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
+    """hgmt.main on a workdir whose checkpoints were trained with another learning rate: one
+    line, exit status 1, naming the field, its two values and the flag that accepts the
+    change (ENTRY_POINTS checks that hgmt.main takes it; tests/test_train.py tests the
+    check)."""
+    from configs import default
+    from hgmt import workdirs
+
+    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), str(tmp_path))
+    (tmp_path / "checkpoints" / "50").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
+                                f"--workdir={tmp_path}", "--config.optimizer.learning_rate=0.001"])
+    message = str(e.value.code)
+    assert message.startswith(
+        f"error: CannotResume: the checkpoints of {tmp_path} (the newest of step 50) were "
+        f"trained with another config ({tmp_path}/config.json): optimizer.learning_rate "
+        f"0.00025 -> 0.001. Rerun"), message
+    assert "\n" not in message and "pass --resume_with_changed_config " in message
 
 
 def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):

@@ -204,7 +204,7 @@ def test_trainer_with_device_augmentation_resumes_exactly(demo_dataset, tmp_path
                           str(tmp_path / "straight"))
     loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), str(tmp_path / "split"))
     resumed = loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw),
-                         str(tmp_path / "split"))
+                         str(tmp_path / "split"), resume_with_changed_config=True)
     assert int(resumed.step) == 4
     a, b = (jax.tree_util.tree_leaves(s.params) for s in (straight, resumed))
     for x, y in zip(a, b, strict=True):

@@ -128,7 +128,8 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     # Resume to step 10: the best so far is known, so a later checkpoint replaces it only
     # when it scores better.
     second = Recorder()
-    loop.train(tiny_config(demo_dataset[1], total_steps=10, **kw), workdir, second)
+    loop.train(tiny_config(demo_dataset[1], total_steps=10, **kw), workdir, second,
+               resume_with_changed_config=True)
     later = _validation(second, metric)
     assert sorted(later) == [8, 10]
     every = {**scores, **later}
@@ -172,7 +173,8 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
     assert evaluators.best_manager(workdir, metric).all_steps() == [4]
     shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
     loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
-                           **{"optimizer.learning_rate": 1e-4}), workdir)
+                           **{"optimizer.learning_rate": 1e-4}), workdir,
+               resume_with_changed_config=True)
     lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
     assert [x["step"] for x in lines] == [4, 4]
     assert lines[0]["metrics"][metric] != pytest.approx(lines[1]["metrics"][metric])
@@ -297,7 +299,8 @@ def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tm
     shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
     with caplog.at_level(logging.INFO):
         loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
-                               **{"optimizer.learning_rate": 3e-3}), workdir)
+                               **{"optimizer.learning_rate": 3e-3}), workdir,
+                   resume_with_changed_config=True)
     lines = [(x["step"], x["metrics"][metric]) for x in workdirs.read_evals(workdir)]
     assert [s for s, _ in lines] == [2, 4, 4]
     (_, score2), (_, lost4), (_, score4) = lines
@@ -394,7 +397,7 @@ def test_frames_the_build_does_not_hold_stop_the_run_before_training(every10_dat
         config.evals.test.frames = "every4"
         config.total_steps = 2
     with pytest.raises(ValueError, match=r"config.evals.test: frames='every4' .* every 10th"):
-        loop.train(config, str(run))
+        loop.train(config, str(run), resume_with_changed_config=True)
     assert (run / "config.json").read_text() == saved
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["1"]
     with pytest.raises(ValueError, match=r"config.evals.test: frames='every4'"):

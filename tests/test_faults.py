@@ -35,6 +35,7 @@ from hgmt.training import (
     loop,
     peers,
     preemption,
+    resume,
     steps,
     workdir_lock,
 )
@@ -127,13 +128,17 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     kept = os.listdir(os.path.join(workdir, workdirs.UNREADABLE_DIR))
     assert len(kept) == 1 and kept[0].startswith("3-")  # moved aside, not deleted
 
-    # Another config on this workdir (another task set): refused, and the workdir's
-    # config.json still describes its checkpoints.
+    # Another config on this workdir (another task set): refused naming the fields, and with
+    # the change accepted, refused as its checkpoints do not read; the workdir's config.json
+    # still describes its checkpoints.
     saved = open(os.path.join(workdir, workdirs.CONFIG_FILE)).read()
     other = tiny_config(demo_dataset[1], total_steps=6,
                         **{**KW, "checkpoint_every": 2, "tasks": "pose2d+segm"})
-    with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "):
+    with pytest.raises(resume.CannotResume, match=r': tasks "pose2d" -> "pose2d\+segm"; '
+                                                  r'total_steps 5 -> 6\.'):
         loop.train(other, workdir)
+    with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "):
+        loop.train(other, workdir, resume_with_changed_config=True)
     assert open(os.path.join(workdir, workdirs.CONFIG_FILE)).read() == saved
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
 
@@ -1502,6 +1507,7 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
     assert f"saved a checkpoint at step {step}" in out
     assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
     cmd[cmd.index("--config.total_steps=100000")] = f"--config.total_steps={step + 2}"
+    cmd.append("--resume_with_changed_config")
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"at step {step}" in rerun.stderr

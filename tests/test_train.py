@@ -18,7 +18,7 @@ import pytest
 
 from hgmt import workdirs
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
-from hgmt.training import checkpoints, loop, steps
+from hgmt.training import checkpoints, loop, resume, steps
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     assert checkpoints.manager(str(tmp_path / "split")).all_steps() == [2, 4]
     with caplog.at_level(logging.INFO):
         resumed = loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw),
-                              str(tmp_path / "split"))
+                              str(tmp_path / "split"), resume_with_changed_config=True)
     assert "resumed from" in caplog.text and int(resumed.step) == 6
     assert checkpoints.manager(str(tmp_path / "split"), keep=3).all_steps() == [2, 4, 6]
     _assert_trees_equal(straight.params, resumed.params, rtol=1e-5, atol=1e-6)
@@ -98,7 +98,7 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         loop.train(config, str(tmp_path))
         assert len(traces) == 1
         config.total_steps = 5  # resumes from step 3's checkpoint
-        loop.train(config, str(tmp_path))
+        loop.train(config, str(tmp_path), resume_with_changed_config=True)
         assert len(traces) == 2
     finally:
         loop._pmapped_train_step.cache_clear()
@@ -292,6 +292,7 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
     assert killed_at is not None and 10 <= killed_at < 400
 
     cmd[cmd.index("--config.total_steps=400")] = f"--config.total_steps={killed_at + 5}"
+    cmd.append("--resume_with_changed_config")
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"at step {killed_at}" in rerun.stderr and "resumed from" in rerun.stderr
@@ -444,16 +445,31 @@ def test_gradient_clipping_keeps_the_optimizer_states_layout():
 
 def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, caplog):
     """The fix the non-finite-loss errors advise: rerun the workdir with
-    optimizer.grad_clip_norm set. Its checkpoints (written without clipping) restore."""
+    optimizer.grad_clip_norm set and --resume_with_changed_config. Its checkpoints (written
+    without clipping) restore; config.json records the new config, the previous one kept as
+    config_before_step2.json. A rerun changing only when to log and save resumes as it is."""
     workdir = str(tmp_path / "run")
     kw = {"tasks": "pose2d", "worker_count": 0}
     loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    loop.train(tiny_config(demo_dataset[1], total_steps=2, log_every=1, checkpoint_every=1,
+                           **kw), workdir)
+    before = open(os.path.join(workdir, workdirs.CONFIG_FILE)).read()
+    clipped = tiny_config(demo_dataset[1], total_steps=4, **kw,
+                          **{"optimizer.grad_clip_norm": 1.0})
+    with pytest.raises(resume.CannotResume, match=r"optimizer.grad_clip_norm 0.0 -> 1.0; "
+                                                  r"total_steps 2 -> 4\."):
+        loop.train(clipped, workdir)
     with caplog.at_level(logging.INFO):
-        state = loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
-                                       **{"optimizer.grad_clip_norm": 1.0}), workdir)
+        state = loop.train(clipped, workdir, resume_with_changed_config=True)
     assert "resumed from" in caplog.text and "at step 2" in caplog.text
+    assert ("resuming at step 2 with a changed config (--resume_with_changed_config): "
+            "optimizer.grad_clip_norm 0.0 -> 1.0; total_steps 2 -> 4; the config of the steps "
+            "up to 2 is kept in ") in caplog.text
     assert int(state.step) == 4
     assert checkpoints.manager(workdir).all_steps() == [2, 4]
+    assert open(workdirs.config_before_file(workdir, 2)).read() == before
+    assert json.loads(before)["log_every"] == 1  # the free change was recorded
+    assert workdirs.load_config(workdir).optimizer.grad_clip_norm == 1.0
 
 
 def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_path, caplog,
@@ -481,7 +497,8 @@ def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_p
                     leaves((before.params, before.opt_state[1])), strict=True):
         np.testing.assert_array_equal(a, b)
     after = loop.train(tiny_config(demo_dataset[1], total_steps=4,
-                                   **{**kw, "optimizer.grad_clip_norm": 0.0}), workdir)
+                                   **{**kw, "optimizer.grad_clip_norm": 0.0}), workdir,
+                       resume_with_changed_config=True)
     assert int(after.step) == 4
 
 
@@ -507,14 +524,62 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
     with pytest.raises(ValueError, match=r"config.worker_count=0: the checkpoint .*/2 saved the "
                                          r"loader's position with 3 worker\(s\), .* rerun with "
                                          r"--config.worker_count=3 \(or -1"):
-        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir)
+        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir,
+                   resume_with_changed_config=True)
     saved.write_text(json.dumps(position))
     saved.rename(saved.with_name("process_0-of-2.json"))
     with pytest.raises(ValueError, match=r"its data position was saved by 2 process\(es\), one "
                                          r"file each, and this run has 1: rerun with 2"):
-        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir)
+        loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir,
+                   resume_with_changed_config=True)
     saved.with_name("process_0-of-2.json").rename(saved)
     resumed = loop.train(tiny_config(demo_dataset[1], total_steps=3, **{**kw,
                                                                          "worker_count": -1}),
-                         workdir)
+                         workdir, resume_with_changed_config=True)
     assert int(resumed.step) == 3
+
+
+
+def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_path):
+    """A rerun in a workdir with checkpoints whose learning rate differs from its config.json
+    stops before it writes anything, in one line naming the field, its two values and the
+    fixes; the seed, which the loader's saved position needs, cannot change even when asked;
+    evaluator, logging and checkpointing fields may change; a config.json of an older layout
+    (before `evals`, `model.ops`, `optimizer.grad_clip_norm`) is compared field by field, not
+    refused. (Resuming with the flag: test_a_run_trained_without_clipping_resumes_with_it.)"""
+    workdir = tmp_path / "run"
+    kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
+    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    (workdir / "checkpoints" / "2").mkdir(parents=True)  # checked before it is read
+    saved = (workdir / "config.json").read_text()
+    files = sorted(str(p) for p in workdir.rglob("*"))
+    with pytest.raises(resume.CannotResume) as err:
+        loop.train(tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3}),
+                   str(workdir))
+    assert str(err.value) == (
+        f"the checkpoints of {workdir} (the newest of step 2) were trained with another "
+        f"config ({workdir}/config.json): optimizer.learning_rate 0.00025 -> 0.001. Rerun "
+        f"with the workdir's values (--config.optimizer.learning_rate=0.00025), or train in a "
+        f"new --workdir, or pass --resume_with_changed_config to train on with the new values "
+        f"(config.json then records them; the previous one is kept as "
+        f"config_before_step<N>.json, N the step resumed from)")
+    assert (workdir / "config.json").read_text() == saved
+    assert sorted(str(p) for p in workdir.rglob("*")) == files
+    with pytest.raises(resume.CannotResume, match=r": seed 0 -> 1; total_steps 2 -> 3\. Rerun "
+                                                  r"with the workdir's values \(--config.seed=0 "
+                                                  r"--config.total_steps=2\), or train in a new "
+                                                  r"--workdir \(seed cannot change"):
+        loop.train(tiny_config("data", **{**kw, "total_steps": 3}, seed=1), str(workdir),
+                   resume_with_changed_config=True)
+
+    free = tiny_config("elsewhere", **{**kw, "worker_count": 2}, log_every=1,
+                       checkpoint_every=1, **{"evals.test.every": 1, "model.ops": "flax"})
+    assert resume.check_config(free, str(workdir)) == []
+    older = json.loads(saved)
+    del older["evals"], older["model"]["ops"], older["optimizer"]["grad_clip_norm"]
+    older.update(eval_every=0, eval_frames="middle", eval_max_examples=8)
+    (workdir / "config.json").write_text(json.dumps(older))
+    assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
+    with pytest.raises(resume.CannotResume, match="optimizer.learning_rate 0.00025 -> 0.001"):
+        resume.check_config(tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3}),
+                            str(workdir))

@@ -64,23 +64,12 @@ def _load(config: str, args: Sequence[str]) -> dict:
     return json.loads(fv.config.to_json_best_effort(sort_keys=True))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{'model': {'depth': 4}} -> {'model.depth': 4}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def differences(made: dict, expected: dict) -> dict[str, list[str]]:
     """How a run's config differs from the expected one: 'changed', the fields both have with
     other values, one line each ('total_steps: 1200 in the run, 1500 now'); 'added', the
     fields only the expected config has (the config gained them after the run: what the code
     did then is not recorded); 'removed', those only the run's config has."""
-    a, b = _flat(made), _flat(expected)
+    a, b = workdirs.flat_fields(made), workdirs.flat_fields(expected)
     return {"changed": [f"{k}: {json.dumps(a[k])} in the run, {json.dumps(b[k])} now"
                         for k in sorted(set(a) & set(b)) if a[k] != b[k]],
             "added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b))}
@@ -153,7 +142,7 @@ def config_section(sweep_dir: str) -> list[str]:
     unknown = (f" ({len(done) - len(names)} finished runs have no {workdirs.CONFIG_FILE})"
                if len(names) < len(done) else "")
     p = plan(sweep_dir) if os.path.isfile(os.path.join(sweep_dir, workdirs.SWEEP_PLAN)) else None
-    configs = [_flat(saved_config(sweep_dir, n)) for n in names]
+    configs = [workdirs.flat_fields(saved_config(sweep_dir, n)) for n in names]
     keys = sorted(set().union(*configs))
     shared = {k: configs[0].get(k) for k in keys
               if all(k in c and c[k] == configs[0][k] for c in configs)}

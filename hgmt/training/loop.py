@@ -41,6 +41,7 @@ from hgmt.training import (
     evaluators,
     peers,
     preemption,
+    resume,
     step_metrics,
     steps,
     summary_writer,
@@ -51,19 +52,23 @@ from hgmt.training import (
 # do; `hgmt.main` shows them in one line, and `hgmt.evaluate` those of them it meets.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
           damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
-          FloatingPointError, FileNotFoundError, input_pipeline.NotInBuild)
+          resume.CannotResume, FloatingPointError, FileNotFoundError,
+          input_pipeline.NotInBuild)
 
 
 # --- The loop --------------------------------------------------------------------------------
 def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
-          loader: Iterable | None = None) -> steps.TrainState:
+          loader: Iterable | None = None, *,
+          resume_with_changed_config: bool = False) -> steps.TrainState:
     """`run`'s final state."""
-    return run(config, workdir, writer, loader)[0]
+    return run(config, workdir, writer, loader,
+               resume_with_changed_config=resume_with_changed_config)[0]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_with_changed_config: bool = False) -> dict[str, dict]:
     """`run`'s summaries of the evaluators that run after the last step ({name: summary})."""
-    return run(config, workdir)[1]
+    return run(config, workdir, resume_with_changed_config=resume_with_changed_config)[1]
 
 
 def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
@@ -128,13 +133,16 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
-        loader: Iterable | None = None) -> tuple[steps.TrainState, dict[str, dict]]:
+        loader: Iterable | None = None, *, resume_with_changed_config: bool = False
+        ) -> tuple[steps.TrainState, dict[str, dict]]:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
     newest readable checkpoint, running the evaluators of `config.evals` at their steps and
     after the last one (hgmt.training.evaluators). Returns the final state on the host
     (BatchNorm statistics averaged) and the final evaluators' summaries. `writer` replaces the
     TensorBoard writer; `loader` the dataset's grain loader (its iterator needs get_state and
-    set_state; benchmarks feed batches from memory with it).
+    set_state; benchmarks feed batches from memory with it). A resumed run whose config
+    differs from the workdir's config.json (`hgmt.training.resume`) raises
+    `resume.CannotResume` before any work, unless `resume_with_changed_config`.
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1 (during training, or during
     the evaluations after it: the last step saved, they run again on resuming),
@@ -159,7 +167,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
                 device_memory.explained(config, "while compiling or running the training step"), \
                 contextlib.ExitStack() as opened:
             return _train(config, workdir, writer, loader, tasks, weights, options, watch,
-                          opened, peer_watch, lock)
+                          opened, peer_watch, lock, resume_with_changed_config)
     finally:
         lock.release()
 
@@ -168,10 +176,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            tasks: tuple[str, ...], weights: dict, options: dict,
            watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
            peer_watch: peers.PeerWatch | None = None,
-           lock: workdir_lock.WorkdirLock | None = None) -> steps.TrainState:
+           lock: workdir_lock.WorkdirLock | None = None,
+           resume_with_changed_config: bool = False) -> steps.TrainState:
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
     by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
     step (`WorkdirLock.check`)."""
+    # A config the workdir's checkpoints were not trained with stops here, before any write.
+    changed = resume.check_config(config, workdir, resume_with_changed_config)
     # Before the split opens and the checkpoint restores: a preemption notice from now on is
     # agreed on a step this run reaches.
     watch.resumes_from(checkpoints.newest_step_on_disk(workdir))
@@ -236,7 +247,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # Written once the workdir's checkpoints are known to be this config's: a config that
     # does not fit them (another task set, say) stops above and leaves config.json as it was.
     if jax.process_index() == 0:
-        workdirs.save_config(config, workdir)
+        resume.save_config(config, workdir, changed, start_step)
 
     state = steps.replicate(state)
     p_train_step = pmapped_train_step(weights, options, prepare)
@@ -255,7 +266,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
             f"saved for it or after it; the last good checkpoint (step {mngr.latest_step()}) in "
             f"{workdirs.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
-            f"or set optimizer.grad_clip_norm.")
+            f"or set optimizer.grad_clip_norm, and rerun with {resume.FLAG}.")
 
     forgotten = evals.forget_after(
         start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
@@ -278,7 +289,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                 f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
                 f"losses are finite; nothing was saved for it, the last good checkpoint "
                 f"(step {mngr.latest_step()}) in {workdirs.checkpoint_dir(workdir)} is "
-                f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm.")
+                f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm, and "
+                f"rerun with {resume.FLAG}.")
         return host
 
     def save(step: int, host: steps.TrainState) -> None:

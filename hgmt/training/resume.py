@@ -1,0 +1,142 @@
+"""Whether a rerun fits the run its workdir holds: the config it was trained with
+(<workdir>/config.json).
+
+A rerun in a workdir with checkpoints continues their run, and config.json says what trained
+it: hgmt.evaluate, hgmt.predict and hgmt.export rebuild the model from it, and
+`hgmt.report --check_config` compares it with its sweep's config. A field that changes what
+the steps mean (the tasks, data, model, batch, optimizer and schedule, whose cosine spans
+`total_steps`, the losses, the seed) stops the rerun before it writes anything
+(`CannotResume`, naming each field and the fix), unless the change is asked for
+(`python -m hgmt.main --resume_with_changed_config`, `loop.run(...,
+resume_with_changed_config=True)`): config.json then records the new values, and the previous
+one is kept as config_before_step<N>.json, N the step the rerun starts from. The fields of
+`FREE_ON_RESUME` may change freely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from hgmt import disk_space, workdirs
+from hgmt.paths import absolute
+from hgmt.training import checkpoints
+
+# The fields a rerun may change without asking (a name covers the fields under it). They say
+# when to evaluate, log and save, where the data is and how it is read, not what a training
+# step computes: `evals` (each evaluation's settings are in its evals.jsonl line),
+# `eval_batch_size`, `log_every`, `checkpoint_every`, `keep_checkpoints`, `data_dir` and
+# `demo.surreal_root` (where the same data is), `worker_count` (a checkpoint's loader position
+# resumes only with its own count: `checkpoints.resume_worker_count` says so),
+# `read_threads`, `prefetch`, `max_damaged_fraction` (when to stop on damage),
+# `model.stream_mode` and `model.ops` (how the same function is compiled), `augment_on`
+# (where the same augmentation runs; its random draws differ, as with `auto` on another
+# backend).
+FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
+                  "keep_checkpoints", "data_dir", "demo.surreal_root", "worker_count",
+                  "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
+                  "model.ops", "augment_on")
+# The fields no rerun may change: grain restores the loader's saved position only with the
+# sampler it was saved with, whose seed is config.seed.
+FIXED_ON_RESUME = ("seed",)
+FLAG = "--resume_with_changed_config"
+
+
+class CannotResume(ValueError):
+    """A rerun whose config does not fit the run its workdir holds; the message names each
+    difference and the fix."""
+
+
+Change = tuple[str, Any, Any]  # (field, the workdir's value, the rerun's)
+
+
+def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Change]:
+    """The fields outside FREE_ON_RESUME whose value in `config` (a config as JSON) differs
+    from `saved` (a config.json), by dotted name, sorted. `saved` is read in today's layout
+    (`workdirs.current_layout`: an older one's evaluation fields as the evaluators they amount
+    to, the fields added since at their defaults); a field only one of them has is not
+    compared, as the code of the other has no such setting."""
+    old = workdirs.flat_fields(workdirs.current_layout(dict(saved)))
+    new = workdirs.flat_fields(config)
+    return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
+            if old[field] != new[field] and not any(
+                field == free or field.startswith(f"{free}.") for free in FREE_ON_RESUME)]
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str,
+                 accept: bool = False) -> list[Change]:
+    """Compares `config` with the config.json of `workdir` when it holds checkpoints (every
+    process alike: the workdir is one folder every host reads) -> the differences `accept`ed
+    (`save_config` keeps the previous file then); [] without checkpoints or without a
+    readable config.json (logged: the rerun writes it again). Raises CannotResume naming each
+    difference and the fixes, before the trainer writes anything, when there are differences
+    and `accept` is False or one is of a field of FIXED_ON_RESUME."""
+    newest = checkpoints.newest_step_on_disk(workdir)
+    saved = _saved_config(workdir) if newest else None
+    if saved is None:
+        return []
+    found = differences(saved, json.loads(config.to_json_best_effort()))
+    fixed = [field for field, _, _ in found if field in FIXED_ON_RESUME]
+    if not found or (accept and not fixed):
+        return found
+    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    changed = "; ".join(f"{field} {json.dumps(old)} -> {json.dumps(new)}"
+                        for field, old, new in found)
+    rerun = " ".join(f"--config.{field}={_flag_value(old)}" for field, old, _ in found)
+    ask = (f" ({', '.join(fixed)} cannot change: the loader's position saved in the "
+           f"checkpoints resumes only with its own seed)" if fixed else
+           f", or pass {FLAG} to train on with the new values (config.json then records them; "
+           f"the previous one is kept as {workdirs.CONFIG_BEFORE.format(step='<N>')}, N the "
+           f"step resumed from)")
+    raise CannotResume(
+        f"the checkpoints of {workdir} (the newest of step {newest}) were trained with "
+        f"another config ({path}): {changed}. Rerun with the workdir's values ({rerun}), "
+        f"or train in a new --workdir{ask}")
+
+
+def _flag_value(value: Any) -> str:
+    """`value` as a `--config.<field>=` override gives it."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _saved_config(workdir: str) -> dict | None:
+    """The config.json of `workdir`, or None (logged) where it is missing, empty or damaged:
+    the rerun cannot compare, and writes it again."""
+    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    try:
+        saved = workdirs.read_json_object(path, "The trainer writes it again.")
+    except FileNotFoundError:
+        saved, why = None, "is missing"
+    except workdirs.DamagedRunFile as e:
+        saved, why = None, f"does not read ({e})"
+    else:
+        why = "is empty"
+    if saved is None:
+        logging.warning("%s %s: this config is not compared with the one the checkpoints were "
+                        "trained with; it is written there as this run's", path, why)
+    return saved
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[Change],
+                step: int) -> None:
+    """Writes `config` as the workdir's config.json (process 0). After `changed`, the
+    differences `check_config` accepted for a rerun from `step`, the previous file is first
+    kept as config_before_step<step>.json (the config of the steps up to `step`; one already
+    there is the older record of them and stays), and the changes are logged."""
+    if changed:
+        path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+        before = workdirs.config_before_file(workdir, step)
+        if not epath.Path(before).exists():
+            data = epath.Path(path).read_bytes()
+            disk_space.write_atomically(before, lambda f: f.write(data), "wb")
+        logging.warning("resuming at step %d with a changed config (%s): %s; the config of "
+                        "the steps up to %d is kept in %s", step, FLAG, "; ".join(
+                            f"{field} {json.dumps(old)} -> {json.dumps(new)}"
+                            for field, old, new in changed), step, before)
+    workdirs.save_config(config, workdir)
