@@ -533,6 +533,22 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
         loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir,
                    resume_with_changed_config=True)
     saved.with_name("process_0-of-2.json").rename(saved)
+    # Another seed or split size than the position's sampler: named with the fix (grain's
+    # refusal of the sampler read as checkpoints of another model configuration).
+    assert "num_records=12," in position["sampler"] and "seed=0)" in position["sampler"]
+    for sampler, message in (
+            (position["sampler"].replace("seed=0)", "seed=3)"),
+             r"config.seed=0: the checkpoint .*/2 saved the loader's position with seed 3, and "
+             r"only that seed resumes it: rerun with --config.seed=3, or train in a new "
+             r"--workdir$"),
+            (position["sampler"].replace("num_records=12,", "num_records=10,"),
+             r"the training split of surreal/all under data_dir=.* now has 12 records; the "
+             r"checkpoint .*/2 saved the loader's position over 10, and it resumes only over "
+             r"as many: rebuild the split as it was")):
+        saved.write_text(json.dumps({**position, "sampler": sampler}))
+        with pytest.raises(resume.CannotResume, match=message):
+            loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    saved.write_text(json.dumps(position))
     resumed = loop.train(tiny_config(demo_dataset[1], total_steps=3, **{**kw,
                                                                          "worker_count": -1}),
                          workdir, resume_with_changed_config=True)

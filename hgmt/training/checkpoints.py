@@ -258,17 +258,12 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
     `worker_count` -1 (auto) the count of the newest checkpoint whose position reads; a fixed
     count or a process count that differs from it raises ValueError naming the fix. Without
     such a checkpoint, `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
-    for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
-        data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
-        files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
-        try:
-            saved = int(json.loads(files[0].read_text())["worker_count"])
-        except (IndexError, OSError, ValueError, KeyError, TypeError):
-            continue
-        break
-    else:
+    position = saved_position(workdir)
+    if position is None:
         return worker_count
-    saved_processes = int(re.fullmatch(r"process_\d+-of-(\d+)\.json", files[0].name)[1])
+    file, state = position
+    data, saved = file.parent, int(state["worker_count"])
+    saved_processes = int(re.fullmatch(r"process_\d+-of-(\d+)\.json", file.name)[1])
     if saved_processes != process_count:
         raise ValueError(
             f"cannot resume from {data.parent}: its data position was saved by "
@@ -280,6 +275,22 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
             f"loader's position with {saved} worker(s), and only that many can resume it: "
             f"rerun with --config.worker_count={saved} (or -1, which takes the checkpoint's)")
     return saved
+
+
+def saved_position(workdir: str) -> tuple[epath.Path, dict] | None:
+    """(file, its JSON object) of grain's saved loader position in the newest checkpoint of
+    `workdir` whose position reads (the first process's file; it holds `worker_count` and
+    `sampler`, the repr grain compares on restoring), or None when no checkpoint has one."""
+    for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
+        data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
+        files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
+        try:
+            state = json.loads(files[0].read_text())
+            int(state["worker_count"])
+        except (IndexError, OSError, ValueError, KeyError, TypeError):
+            continue
+        return files[0], state
+    return None
 
 
 def newest_step_on_disk(workdir: str) -> int:

@@ -206,6 +206,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     if source is not None:
         # The evaluators' frames must be in this build: checked before the workdir changes.
         evals.check_frames(source.dataset_info)
+        # A saved loader position resumes only with its seed and split size: named here, not
+        # by the restore below as checkpoints of another model.
+        resume.check_sampler(config, workdir, len(source))
         # A resumed loader needs the worker count its saved position was made with.
         workers = checkpoints.resume_worker_count(workdir, config.worker_count,
                                                   jax.process_count())

@@ -1,5 +1,5 @@
 """Whether a rerun fits the run its workdir holds: the config it was trained with
-(<workdir>/config.json).
+(<workdir>/config.json) and the training split its checkpoints' loader positions index.
 
 A rerun in a workdir with checkpoints continues their run, and config.json says what trained
 it: hgmt.evaluate, hgmt.predict and hgmt.export rebuild the model from it, and
@@ -10,7 +10,8 @@ the steps mean (the tasks, data, model, batch, optimizer and schedule, whose cos
 (`python -m hgmt.main --resume_with_changed_config`, `loop.run(...,
 resume_with_changed_config=True)`): config.json then records the new values, and the previous
 one is kept as config_before_step<N>.json, N the step the rerun starts from. The fields of
-`FREE_ON_RESUME` may change freely.
+`FREE_ON_RESUME` may change freely. A loader position resumes only with the seed and split
+size it was saved with (`check_sampler`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,8 +51,8 @@ FLAG = "--resume_with_changed_config"
 
 
 class CannotResume(ValueError):
-    """A rerun whose config does not fit the run its workdir holds; the message names each
-    difference and the fix."""
+    """A rerun whose config or training split does not fit the run its workdir holds; the
+    message names each difference and the fix."""
 
 
 Change = tuple[str, Any, Any]  # (field, the workdir's value, the rerun's)
@@ -140,3 +142,29 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
                             f"{field} {json.dumps(old)} -> {json.dumps(new)}"
                             for field, old, new in changed), step, before)
     workdirs.save_config(config, workdir)
+
+
+def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: int) -> None:
+    """Raises CannotResume when the loader position of the workdir's newest checkpoint that
+    has one (`checkpoints.saved_position`) was saved with another seed than config.seed or
+    over a training split of another size than `num_records`: grain restores a position only
+    into the sampler it was saved with (it compares their reprs, `IndexSampler(num_records=K,
+    ..., seed=S)`), and its refusal would read as checkpoints of another model. A position
+    whose sampler says neither is left to grain."""
+    position = checkpoints.saved_position(workdir)
+    if position is None:
+        return
+    file, state = position
+    saved = {name: int(found[1]) for name in ("seed", "num_records")
+             if (found := re.search(rf"\b{name}=(\d+)", str(state.get("sampler", ""))))}
+    where = f"the checkpoint {file.parent.parent} saved the loader's position"
+    if saved.get("seed", config.seed) != config.seed:
+        raise CannotResume(
+            f"config.seed={config.seed}: {where} with seed {saved['seed']}, and only that seed "
+            f"resumes it: rerun with --config.seed={saved['seed']}, or train in a new --workdir")
+    if saved.get("num_records", num_records) != num_records:
+        raise CannotResume(
+            f"the training split of {config.dataset} under data_dir={config.data_dir} now has "
+            f"{num_records} records; {where} over {saved['num_records']}, and it resumes only "
+            f"over as many: rebuild the split as it was (or give the data_dir of that build), "
+            f"or train in a new --workdir")
