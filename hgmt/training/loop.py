@@ -155,6 +155,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     runs), `peers.PeerLost` when a process of a multi-host run died, `peers.PeerFailed` (a
     PeerLost) when one stopped on an error of its own."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
+    # A config the workdir's checkpoints were not trained with stops it too, before the data
+    # is looked at and the lock is written (every process reads the same config.json).
+    changed = resume.check_config(config, workdir, resume_with_changed_config)
     # A training split that is not built stops the run before the lock creates the workdir.
     built = None if loader is not None else (
         "that the training split is built",
@@ -167,7 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
                 device_memory.explained(config, "while compiling or running the training step"), \
                 contextlib.ExitStack() as opened:
             return _train(config, workdir, writer, loader, tasks, weights, options, watch,
-                          opened, peer_watch, lock, resume_with_changed_config)
+                          opened, peer_watch, lock, changed)
     finally:
         lock.release()
 
@@ -177,12 +180,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
            peer_watch: peers.PeerWatch | None = None,
            lock: workdir_lock.WorkdirLock | None = None,
-           resume_with_changed_config: bool = False) -> steps.TrainState:
+           changed: list | None = None) -> steps.TrainState:
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
     by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
-    step (`WorkdirLock.check`)."""
-    # A config the workdir's checkpoints were not trained with stops here, before any write.
-    changed = resume.check_config(config, workdir, resume_with_changed_config)
+    step (`WorkdirLock.check`). `changed`: the config's accepted changes from the workdir's
+    config.json (`resume.check_config`)."""
     # Before the split opens and the checkpoint restores: a preemption notice from now on is
     # agreed on a step this run reaches.
     watch.resumes_from(checkpoints.newest_step_on_disk(workdir))
