@@ -169,7 +169,7 @@ def _run(fv: flags.FlagValues) -> int:
 
     from hgmt import workdirs
     from hgmt.evaluation import evaluator
-    from hgmt.training import loop
+    from hgmt.training import loop, resume
 
     checkpoints.ignore_callbacks_into_closed_loops()
 
@@ -179,6 +179,9 @@ def _run(fv: flags.FlagValues) -> int:
     # A bad value stops here, in one line, before the demo data or the workdir are touched.
     with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
         loop.check_config(config)
+        # A config the workdir's checkpoints were not trained with: before the demo data,
+        # which another demo.* setting would make again (the trainer checks it too).
+        resume.check_config(config, fv.workdir, fv.resume_with_changed_config)
     if "demo" in config:
         _demo_dataset_on_process_0(config)
     try:

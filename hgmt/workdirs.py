@@ -27,6 +27,7 @@ import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,16 @@ def superseded_dir(workdir: str) -> str:
 def config_before_file(workdir: str, step: int | str) -> str:
     """The config of a run's steps up to `step`, kept when a rerun from `step` changed it."""
     return os.path.join(absolute(workdir), CONFIG_BEFORE.format(step=step))
+
+
+def configs_before(workdir: str) -> list[str]:
+    """The names of the config_before_step<N>.json files of `workdir`, by N: the configs of
+    its earlier steps when it was trained with more than one."""
+    pattern = re.compile(re.escape(CONFIG_BEFORE).replace(re.escape("{step}"), r"(\d+)") + "$")
+    found = [(int(m.group(1)), n) for n in (os.listdir(absolute(workdir))
+                                             if os.path.isdir(absolute(workdir)) else [])
+             if (m := pattern.match(n))]
+    return [n for _, n in sorted(found)]
 
 
 def lock_file(workdir: str) -> str:
@@ -166,23 +177,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if config is None:
         raise DamagedRunFile(f"{path} is empty: its write was cut short (a power loss or "
                              f"crash before its data reached the disk). {fix}")
-    _fill_added_fields(config)
+    _fill_added_fields(config, str(path))
+    return ml_collections.ConfigDict(config)
+
+
+def _fill_added_fields(config: dict, path: str | None = None) -> None:
+    """Sets the ADDED_CONFIG_FIELDS a config.json predates to their defaults, and reads an
+    older one's model.interaction under shared_trunk=True as 'sum', in place (`path`: the
+    file, named in that warning)."""
+    for (section, field), value in ADDED_CONFIG_FIELDS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(field, value)
     model = config.get("model")
     if isinstance(model, dict) and model.get("shared_trunk") and model.get(
             "interaction", "sum") != "sum":
         # Recorded by an hgmt that accepted it; one shared stream never used it (the same
         # variables), and hgmt.models.create_model refuses it.
-        logging.warning("%s: model.interaction=%r has no effect with shared_trunk=True; read "
-                        "as 'sum'", path, model["interaction"])
+        if path is not None:
+            logging.warning("%s: model.interaction=%r has no effect with shared_trunk=True; "
+                            "read as 'sum'", path, model["interaction"])
         model["interaction"] = "sum"
-    return ml_collections.ConfigDict(config)
-
-
-def _fill_added_fields(config: dict) -> None:
-    """Sets the ADDED_CONFIG_FIELDS a config.json predates to their defaults, in place."""
-    for (section, field), value in ADDED_CONFIG_FIELDS.items():
-        if isinstance(config.get(section), dict):
-            config[section].setdefault(field, value)
 
 
 def older_evals(config: Mapping[str, Any]) -> dict[str, dict]:
@@ -200,9 +214,10 @@ def older_evals(config: Mapping[str, Any]) -> dict[str, dict]:
 
 
 def current_layout(config: dict) -> dict:
-    """A config.json's fields in today's layout (a copy): those added since it was written at
-    their defaults (ADDED_CONFIG_FIELDS), and for one written before `evals`, its evaluation
-    fields (OLDER_EVAL_FIELDS) replaced by the evaluators they amount to (`older_evals`)."""
+    """A config.json's fields in today's layout (a copy), as `load_config` reads them: those
+    added since it was written at their defaults (ADDED_CONFIG_FIELDS), an interaction under
+    shared_trunk as 'sum', and for one written before `evals`, its evaluation fields
+    (OLDER_EVAL_FIELDS) replaced by the evaluators they amount to (`older_evals`)."""
     config = copy.deepcopy(config)
     _fill_added_fields(config)
     if "evals" not in config:

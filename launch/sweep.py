@@ -26,7 +26,10 @@ misspelt config, override or flag stops the sweep in one line and leaves the dir
 Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
 Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
 the config file, `python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs
-that no longer match it.
+that no longer match it, and an unfinished run stops rather than train on with the edited
+config (hgmt.training.resume) unless the sweep is given `--resume_with_changed_config`, which
+it passes to every training run (not part of the plan; the report names the runs trained with
+more than one config).
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
 def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
-            seed_index: int = 0) -> list[str]:
+            seed_index: int = 0, resume_with_changed_config: bool = False) -> list[str]:
     """Trains one run: the subset `tasks` with the config's seed s (seed_index 0) or with
     `config.seed = s + seed_index` (its directory `workdirs.run_name`; its config arguments
     `runs.config_args`, which `hgmt.report --check_config` rebuilds)."""
     config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
     return [sys.executable, "-m", "hgmt.main", config_arg,
-            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}", *rest]
+            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}", *rest,
+            *(["--resume_with_changed_config"] if resume_with_changed_config else [])]
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
@@ -159,6 +163,9 @@ def _define_flags(fv) -> None:
                          lower_bound=1)
     flags.DEFINE_bool("print_only", False, "record the plan and print the commands, run "
                       "nothing", flag_values=fv)
+    flags.DEFINE_bool("resume_with_changed_config", False, "let unfinished runs train on "
+                      "with the config file as it is now (hgmt.main's flag of that name)",
+                      flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                             "seeds": args.seeds, "extra": extra})
     if args.print_only:
         for tasks, k in runs:
-            cmds = [command(config, tasks, sweep_dir, extra, k)] + [
+            cmds = [command(config, tasks, sweep_dir, extra, k,
+                            args.resume_with_changed_config)] + [
                 protocol_command(tasks, sweep_dir, x, k) for x in extra_protocols]
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
@@ -196,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         name = workdirs.run_name(tasks, k)
         workdir = os.path.join(sweep_dir, name)
         todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
-            ("train", command(config, tasks, sweep_dir, extra, k))]
+            ("train", command(config, tasks, sweep_dir, extra, k,
+                              args.resume_with_changed_config))]
         todo += [(x, protocol_command(tasks, sweep_dir, x, k)) for x in extra_protocols
                  if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
         if not todo:
@@ -219,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
                 break
     if failed:
-        print(f"failed runs: {failed}; rerun the same command to retry them", file=sys.stderr)
+        print(f"failed runs: {failed}; rerun the same command to retry them (a run whose "
+              f"log says CannotResume: the config file changed since it started; add "
+              f"--resume_with_changed_config to train on with it)", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -307,6 +307,24 @@ def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
     assert "\n" not in message and "pass --resume_with_changed_config " in message
 
 
+def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, monkeypatch):
+    """A demo workdir with checkpoints rerun with other demo.* settings: refused before
+    hgmt.main prepares the demo data, which those settings would delete and make again."""
+    from configs import demo
+    from hgmt import workdirs
+
+    workdirs.save_config(demo.get_config(), str(tmp_path))
+    (tmp_path / "checkpoints" / "50").mkdir(parents=True)
+    main = load("hgmt.main")
+    prepared = []
+    monkeypatch.setattr(main, "_demo_dataset_on_process_0", prepared.append)
+    with pytest.raises(SystemExit) as e:
+        main.main([f"--config={REPO}/configs/demo.py", f"--workdir={tmp_path}",
+                   "--config.demo.clips_per_split=8"])
+    assert str(e.value.code).startswith("error: CannotResume: "), e.value.code
+    assert "demo.clips_per_split 24 -> 8" in str(e.value.code) and prepared == []
+
+
 def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):
     """The commonest first mistake, a --config.data_dir without the build: one line naming
     the build command, and the new workdir not made (nor its parent folder), checked before

@@ -6,6 +6,7 @@ named before it in the same table cell or line. Within a cell or line, the tests
 from __future__ import annotations
 
 import ast
+import gc
 import pathlib
 import re
 from collections.abc import Iterator
@@ -43,7 +44,14 @@ def marked_tests(source: str) -> dict[str, bool]:
     """{name: marked slow} of the module-level test functions of `source`: slow by a
     `@pytest.mark.slow` decorator or a module-level `pytestmark` that holds it (a mark on
     some of a test's parameters does not count)."""
-    tree = ast.parse(source)
+    # Without the garbage collector while parsing: a finalizer it runs inside the parse (an
+    # asyncio task of an earlier test logging its error) makes CPython 3.11's ast constructor
+    # raise "SystemError: AST constructor recursion depth mismatch".
+    gc.disable()
+    try:
+        tree = ast.parse(source)
+    finally:
+        gc.enable()
     module_slow = False
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(

@@ -1195,7 +1195,7 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
     assert f"a model of {count / 1e6:.2f} M parameters" in message and count > 1000
     for setting in ("config.batch_size", "config.image_size", "config.model.features=16",
                     "config.model.num_stacks=1", "config.model.dtype=bfloat16",
-                    "--verbosity=1"):
+                    "--resume_with_changed_config", "--verbosity=1"):
         assert setting in message
     assert "allocation 0" not in message and err.value.__cause__ is None
     [dump] = [r for r in caplog.records if "allocation 39" in r.getMessage()]

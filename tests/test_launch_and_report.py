@@ -38,6 +38,15 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     assert plan["subsets"][-1] == "pose2d+pose3d+depth+segm"
     assert plan["config"] == "configs/default.py:runlocal,tasks=segm"
     assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
+    # --resume_with_changed_config reaches every training run and stays out of the plan.
+    out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
+                          "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
+                          "--print_only", "--resume_with_changed_config", "--",
+                          "--config.total_steps=7"], cwd=tmp_path / "elsewhere",
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert all(line.endswith("--config.total_steps=7 --resume_with_changed_config")
+               for line in out) and len(out) == 15
+    assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == plan
 
 
 def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_path):
@@ -717,6 +726,12 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     assert "2 of 3 finished runs" in out and "1 do not" in out
     assert runs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
                                                        "removed": []}
+    config["total_steps"] = 1200
+    json.dump(config, open(path, "w"))
+    open(os.path.join(sweep_dir, "pose2d@seed1", "config_before_step300.json"), "w").close()
+    assert runs.check_configs(sweep_dir)["pose2d@seed1"]["changed"] == [
+        "trained with more than one config: its earlier steps' in config_before_step300.json"]
+    assert "Trained with more than one config" in "\n".join(runs.config_section(sweep_dir))
     os.remove(os.path.join(sweep_dir, "sweep.json"))
     with pytest.raises(FileNotFoundError, match="sweep.json not found"):
         runs.check_configs(sweep_dir)

@@ -599,3 +599,46 @@ def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_p
     with pytest.raises(resume.CannotResume, match="optimizer.learning_rate 0.00025 -> 0.001"):
         resume.check_config(tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3}),
                             str(workdir))
+
+
+def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
+    """The evaluator that keeps the best checkpoint may change when it runs, not what its
+    scores are of (its metric, split, frames, examples, flip, protocol: a new score is
+    compared with the kept best's); another evaluator may change any setting. A fresh start
+    over another config's config.json (its checkpoints removed) keeps that file."""
+    workdir = tmp_path / "run"
+    kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
+    workdirs.save_config(tiny_config("data", **kw, **{"evals.validation.every": 1}),
+                         str(workdir))
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    kw["evals.validation.every"] = 2
+    for field, value in (("best_metric", "pose2d/pckh@0.5"), ("frames", "every10"),
+                         ("max_examples", 4), ("flip", True), ("protocol", "bodynet"),
+                         ("split", "test")):
+        with pytest.raises(resume.CannotResume, match=rf"evals\.validation\.{field} "):
+            resume.check_config(tiny_config("data", **kw, **{f"evals.validation.{field}": value}),
+                                str(workdir))
+    free = {"evals.test.frames": "every10", "evals.test.flip": True}
+    assert resume.check_config(tiny_config("data", **kw, **free), str(workdir)) == []
+
+    saved = (workdir / "config.json").read_text()
+    other = tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3})
+    resume.save_config(other, str(workdir), [], 0)
+    assert (workdir / "config_before_step0.json").read_text() == saved
+    assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 1e-3
+    assert workdirs.configs_before(str(workdir)) == ["config_before_step0.json"]
+
+
+def test_an_older_shared_trunk_config_with_an_interaction_resumes_as_sum(tmp_path):
+    """A config.json an older hgmt wrote with shared_trunk=True and another interaction (which
+    one shared stream never used) is read as 'sum' by the resume check as by `load_config`,
+    so the command that today's create_model accepts resumes."""
+    workdir = tmp_path / "run"
+    kw = {"tasks": "pose2d", "worker_count": 0, "model.shared_trunk": True}
+    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["model"]["interaction"] = "concat"
+    (workdir / "config.json").write_text(json.dumps(saved))
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
+    assert workdirs.load_config(str(workdir)).model.interaction == "sum"

@@ -114,6 +114,10 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
         expected = expected_config(p["config"], workdirs.run_tasks(name), p["extra"],
                                    workdirs.run_seed_index(name))
         out[name] = differences(*_without_idle_evaluators(made, expected))
+        before = workdirs.configs_before(os.path.join(sweep_dir, name))
+        if before:  # config.json holds only the config of the steps after the last of them
+            out[name]["changed"].append(
+                f"trained with more than one config: its earlier steps' in {', '.join(before)}")
     return out
 
 
@@ -152,6 +156,12 @@ def config_section(sweep_dir: str) -> list[str]:
             + (f" with `{' '.join(p['extra'])}`" if p["extra"] else "") + "; ")
     vary = (f" {', '.join(f'`{k}`' for k in varying)} vary with the subset and seed."
             if varying else "")
+    several = [n for n in names if workdirs.configs_before(os.path.join(sweep_dir, n))]
+    if several:
+        vary += (f" Trained with more than one config (a rerun with "
+                 f"`--resume_with_changed_config`; the earlier steps' configs in "
+                 f"`<run>/config_before_step<N>.json`, not in this table): "
+                 f"{', '.join(several)}.")
     return ["## The runs' config", "",
             f"{made}each run keeps the config it was trained with (`<run>/config.json`). "
             f"The {len(names)} runs{unknown} share every field below.{vary} "

@@ -10,7 +10,8 @@ the steps mean (the tasks, data, model, batch, optimizer and schedule, whose cos
 (`python -m hgmt.main --resume_with_changed_config`, `loop.run(...,
 resume_with_changed_config=True)`): config.json then records the new values, and the previous
 one is kept as config_before_step<N>.json, N the step the rerun starts from. The fields of
-`FREE_ON_RESUME` may change freely. A loader position resumes only with the seed and split
+`FREE_ON_RESUME` may change freely (but for the `BEST_SETTINGS` of the evaluator that keeps
+the best checkpoint). A loader position resumes only with the seed and split
 size it was saved with (`check_sampler`).
 """
 
@@ -44,6 +45,10 @@ FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
                   "keep_checkpoints", "data_dir", "demo.surreal_root", "worker_count",
                   "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
                   "model.ops", "augment_on")
+# Except, in the evaluator that kept the best checkpoint (a `best_metric`, run during or
+# after training), what its scores are of: a new score is compared with the kept best's,
+# which the old settings measured (and a best checkpoint stores only its own metric).
+BEST_SETTINGS = ("best_metric", "split", "frames", "max_examples", "flip", "protocol")
 # The fields no rerun may change: grain restores the loader's saved position only with the
 # sampler it was saved with, whose seed is config.seed.
 FIXED_ON_RESUME = ("seed",)
@@ -66,9 +71,17 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     compared, as the code of the other has no such setting."""
     old = workdirs.flat_fields(workdirs.current_layout(dict(saved)))
     new = workdirs.flat_fields(config)
+
+    def free(field: str) -> bool:
+        parts = field.split(".")
+        kept = f"evals.{parts[1]}." if parts[0] == "evals" and len(parts) == 3 else None
+        if kept and parts[2] in BEST_SETTINGS and old.get(kept + "best_metric") and (
+                old.get(kept + "every") or old.get(kept + "at_end")):
+            return False  # the evaluator that ran and kept the best
+        return any(field == f or field.startswith(f"{f}.") for f in FREE_ON_RESUME)
+
     return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
-            if old[field] != new[field] and not any(
-                field == free or field.startswith(f"{free}.") for free in FREE_ON_RESUME)]
+            if old[field] != new[field] and not free(field)]
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str,
@@ -107,9 +120,9 @@ def _flag_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _saved_config(workdir: str) -> dict | None:
-    """The config.json of `workdir`, or None (logged) where it is missing, empty or damaged:
-    the rerun cannot compare, and writes it again."""
+def _saved_config(workdir: str, quiet: bool = False) -> dict | None:
+    """The config.json of `workdir`, or None (logged unless `quiet`) where it is missing, empty
+    or damaged: the rerun cannot compare, and writes it again."""
     path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
     try:
         saved = workdirs.read_json_object(path, "The trainer writes it again.")
@@ -119,7 +132,7 @@ def _saved_config(workdir: str) -> dict | None:
         saved, why = None, f"does not read ({e})"
     else:
         why = "is empty"
-    if saved is None:
+    if saved is None and not quiet:
         logging.warning("%s %s: this config is not compared with the one the checkpoints were "
                         "trained with; it is written there as this run's", path, why)
     return saved
@@ -130,18 +143,30 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
     """Writes `config` as the workdir's config.json (process 0). After `changed`, the
     differences `check_config` accepted for a rerun from `step`, the previous file is first
     kept as config_before_step<step>.json (the config of the steps up to `step`; one already
-    there is the older record of them and stays), and the changes are logged."""
+    there is the older record of them and stays), and the changes are logged. A fresh start
+    (`step` 0) over the config.json of another config (an earlier run whose checkpoints were
+    removed, whose best checkpoint training moves aside) keeps that file likewise."""
+    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    before = workdirs.config_before_file(workdir, step)
+    if step == 0 and not changed and _saved_config(workdir, quiet=True) not in (
+            None, json.loads(config.to_json_best_effort())):
+        # A fresh start over an earlier run's files (its checkpoints removed): the config of
+        # the weights it may have left (best/, moved to best_superseded/) is kept.
+        _keep(path, before)
     if changed:
-        path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
-        before = workdirs.config_before_file(workdir, step)
-        if not epath.Path(before).exists():
-            data = epath.Path(path).read_bytes()
-            disk_space.write_atomically(before, lambda f: f.write(data), "wb")
+        _keep(path, before)
         logging.warning("resuming at step %d with a changed config (%s): %s; the config of "
                         "the steps up to %d is kept in %s", step, FLAG, "; ".join(
                             f"{field} {json.dumps(old)} -> {json.dumps(new)}"
                             for field, old, new in changed), step, before)
     workdirs.save_config(config, workdir)
+
+
+def _keep(path: str, before: str) -> None:
+    """Copies the config.json `path` to `before` unless that exists (the older record)."""
+    if not epath.Path(before).exists():
+        data = epath.Path(path).read_bytes()
+        disk_space.write_atomically(before, lambda f: f.write(data), "wb")
 
 
 def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: int) -> None:
