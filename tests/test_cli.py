@@ -249,10 +249,14 @@ def test_an_empty_or_damaged_config_json_is_one_line_naming_the_file_and_fix(tex
     ("hgmt.export", ["--format=stablehlo", "--out_dir=unused"])])
 def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
                                                                   saved_workdir):
+    """The commands only read the workdir: the refusal leaves it as it was (no empty
+    checkpoints/ folder made while looking)."""
+    before = sorted(os.listdir(saved_workdir))
     with pytest.raises(SystemExit) as e:
         load(entry).main([f"--workdir={saved_workdir}", *extra])
     assert str(e.value.code).startswith("error: NoCheckpoint: no checkpoint in ")
     assert "train first (python -m hgmt.main" in str(e.value.code)
+    assert sorted(os.listdir(saved_workdir)) == before == ["config.json"]
     # A bad model value is named first, in one line too.
     with pytest.raises(SystemExit) as e:
         load(entry).main([f"--workdir={saved_workdir}", "--config.model.ops=xla", *extra])

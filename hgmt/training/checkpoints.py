@@ -434,9 +434,9 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     workdir's config with the caller's overrides (default: the workdir's as saved).
 
     Raises ValueError naming the field for a bad `config.model` value, NoCheckpoint naming the
-    workdir when there is no such checkpoint, and UnusableCheckpoint when the checkpoint cannot
-    be read (corrupt or from another model), OutOfDeviceMemory (`device_memory.explain`) when
-    it does not fit in the device's memory."""
+    workdir when there is no such checkpoint (nothing is written into the workdir then), and
+    UnusableCheckpoint when the checkpoint cannot be read (corrupt or from another model),
+    OutOfDeviceMemory (`device_memory.explain`) when it does not fit in the device's memory."""
     from hgmt.models import create_model, to_model_layout
     from hgmt.tasks import heads, parse_tasks
 
@@ -445,18 +445,22 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     best = step == "best"
     folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
-    if best and not epath.Path(folder).is_dir():
+    none_yet = (f"{folder} holds no checkpoint yet" if best else
+                f"no checkpoint in {folder}: train first (python -m hgmt.main "
+                f"--workdir={workdir} ...)")
+    # Looked for before a manager is built: the training manager creates its folder, and a
+    # command that only reads must leave the workdir as it found it.
+    if not epath.Path(folder).is_dir():
         raise NoCheckpoint(
             f"no best checkpoint in {folder}: one is kept only when an evaluator of "
-            f"config.evals has a best_metric and runs during training (every > 0)")
+            f"config.evals has a best_metric and runs during training (every > 0)" if best
+            else none_yet)
     mngr = (ocp.CheckpointManager(folder, item_names=("state",)) if best
             else manager(workdir, async_save=False, with_data=False))
     with contextlib.closing(mngr):
         steps = mngr.all_steps()
         if not steps:
-            raise NoCheckpoint(f"{folder} holds no checkpoint yet" if best else
-                               f"no checkpoint in {folder}: train first (python -m hgmt.main "
-                               f"--workdir={workdir} ...)")
+            raise NoCheckpoint(none_yet)
         step = steps[-1] if step is None or best else step
         if step not in steps:
             raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
