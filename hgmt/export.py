@@ -13,8 +13,10 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   machine exported it (lowered for each: `hgmt.inference.export.PLATFORMS`).
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
   signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving),
-  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`. OUTDIR is a folder or
-  a URL TensorFlow writes (gs://); for another object store (s3://) export to a folder and copy.
+  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
+OUTDIR is a local folder or a gs:// URL, for either format (TensorFlow's file systems write
+both where it is installed; for s3:// export to a folder and copy it: such a URL is refused
+before any work).
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation, platforms,
 and how to decode each output: its channels' meaning and the label pixels' place in the input.
 """

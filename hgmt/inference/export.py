@@ -69,7 +69,7 @@ def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
 
 def load_stablehlo(path: str) -> Callable:
     """The exported function, callable on a (B,R,R,3) float32 array; `path` is an export
-    directory or its model.jaxexport file (local or an object-store URL)."""
+    directory or its model.jaxexport file (a local path or a gs:// URL, `check_out_dir`)."""
     path = epath.Path(path)
     if path.is_dir():
         path = path / STABLEHLO_FILE
@@ -91,9 +91,15 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
 
 
 def check_out_dir(out_dir: str, fmt: str) -> None:
-    """Refuses, before any work, a local `out_dir` that is a file or lies under one
-    (NotADirectoryError), and a SavedModel URL of a scheme TensorFlow has no file system for
-    (ValueError: TF implements gs://, not s3:// since TF 2.6)."""
+    """Refuses, before any work: `savedmodel` where TensorFlow cannot be imported, a local
+    `out_dir` that is a file or lies under one (NotADirectoryError), and a URL of a scheme
+    with no file system to write it (`_check_url_scheme`); the others are ValueError."""
+    # TensorFlow is imported only where it is used: a stablehlo export to a folder needs none.
+    tf = _tensorflow() if fmt == "savedmodel" or paths.is_url(out_dir) else None
+    if fmt == "savedmodel" and tf is None:
+        raise ValueError("--format=savedmodel: TensorFlow, which writes a SavedModel, cannot "
+                         "be imported here; install it (pip install tensorflow-cpu), or give "
+                         "--format=stablehlo")
     if not paths.is_url(out_dir):
         path = os.path.abspath(out_dir)
         while not os.path.exists(path):
@@ -101,21 +107,50 @@ def check_out_dir(out_dir: str, fmt: str) -> None:
         if not os.path.isdir(path):
             raise NotADirectoryError(f"--out_dir={out_dir}: {path} is a file; give a folder "
                                      f"(made if missing)")
-    elif fmt == "savedmodel":
-        import tensorflow as tf
+    else:
+        _check_url_scheme(out_dir, fmt, tf)
 
-        scheme, known = out_dir.split("://", 1)[0], tf.io.gfile.get_registered_schemes()
+
+def _tensorflow():
+    """The tensorflow module, or None where it cannot be imported."""
+    try:
+        import tensorflow
+    except ImportError:
+        return None
+    return tensorflow
+
+
+def _check_url_scheme(out_dir: str, fmt: str, tf) -> None:
+    """Raises ValueError unless the URL `out_dir` has a file system that writes it. A
+    SavedModel is written by TensorFlow's own file systems (`tf`: gs://; s3:// is gone since
+    TF 2.6); a stablehlo artefact by `etils.epath`, which hands every URL to TensorFlow's file
+    systems too where TensorFlow is installed (it is with hgmt), and to fsspec's where it is
+    not (`tf` None: gcsfs for gs://, s3fs for s3://)."""
+    scheme = out_dir.split("://", 1)[0]
+    if tf is not None:
+        known = tf.io.gfile.get_registered_schemes()
         if scheme not in known:
+            writer = ("it writes a SavedModel" if fmt == "savedmodel" else
+                      "etils.epath writes a URL through it where it is installed")
             raise ValueError(f"--out_dir={out_dir}: TensorFlow has no file system for "
-                             f"{scheme}:// (it has {sorted(k for k in known if k)}); export "
-                             f"to a local folder and copy it there")
+                             f"{scheme}:// (it has {sorted(k for k in known if k)}), and "
+                             f"{writer}; export to a local folder and copy it there")
+        return
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"--out_dir={out_dir}: etils.epath writes {scheme}:// through fsspec "
+                         f"where TensorFlow is not installed, and fsspec cannot ({e}); install "
+                         f"the package it names, or export to a local folder and copy it "
+                         f"there") from None
 
 
 def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
            config: ml_collections.ConfigDict | None = None) -> dict:
     """Writes the artefact and its metadata (`META_FILE`) into `out_dir` (a local folder, or
-    a URL: any object store for stablehlo, gs:// for savedmodel, `check_out_dir`); returns the
-    metadata."""
+    a gs:// URL: `check_out_dir`); returns the metadata."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     check_out_dir(out_dir, fmt)
