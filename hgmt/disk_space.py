@@ -147,6 +147,24 @@ def rename_together(staged: Sequence[tuple[str, str]]) -> None:
     _sync_folders([path for _, path in staged])
 
 
+def rename_folder(staged: str, path: str) -> None:
+    """Renames the local folder `staged`, written whole elsewhere (an export's), to `path`,
+    which must be missing or an empty folder (else OSError EEXIST or ENOTEMPTY): its files'
+    data and its folders are synced first and `path`'s parent after, so that a power loss
+    leaves the whole folder at `path` or none."""
+    for root, _, files in os.walk(staged):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root, _, _ in os.walk(staged, topdown=False):
+        _sync_folder(root)
+    os.rename(staged, path)
+    _sync_folders([path])
+
+
 def _sync_folders(paths: Sequence[str]) -> None:
     """`_sync_folder` of each local folder the files `paths` were renamed into, once each."""
     for folder in sorted({os.path.dirname(os.path.abspath(path)) for path in paths}):

@@ -16,7 +16,10 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
 OUTDIR is a local folder or a gs:// URL, for either format (TensorFlow's file systems write
 both where it is installed; for s3:// export to a folder and copy it: such a URL is refused
-before any work).
+before any work). OUTDIR must be new or empty (one holding anything is refused before any
+work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed to OUTDIR
+only then, so a failure (a full disk: DiskFull, one line) leaves neither; in gs:// hgmt.json is
+written last (`hgmt.inference.export.export`).
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation, platforms,
 and how to decode each output: its channels' meaning and the label pixels' place in the input.
 """
@@ -27,9 +30,7 @@ import json
 import logging
 import sys
 
-import numpy as np
-
-from hgmt import cli, paths
+from hgmt import cli, disk_space, paths
 from hgmt.inference import export
 from hgmt.training import checkpoints
 
@@ -40,8 +41,8 @@ def _define_flags(fv) -> None:
     cli.define_workdir(fv)
     flags.DEFINE_enum("format", None, list(export.FORMATS), "artefact format", flag_values=fv,
                       required=True)
-    flags.DEFINE_string("out_dir", None, "output directory: the artefact and hgmt.json go "
-                        "into it", flag_values=fv, required=True)
+    flags.DEFINE_string("out_dir", None, "output directory, new or empty: the artefact and "
+                        "hgmt.json go into it", flag_values=fv, required=True)
     cli.define_verbosity(fv)
 
 
@@ -57,20 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """The export of `main`, its flags parsed and its console set up; -> exit status."""
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError,
+                                FileExistsError, disk_space.DiskFull,
                                 traceback=args.verbosity >= 1):
-        meta = export.export(args.workdir, args.format, args.out_dir,
-                             cli.checkpoint_step(args.step), args.config)
-    size = meta["image_size"]
-    # Smoke-check the artefact before reporting success.
-    x = np.zeros((2, size, size, 3), np.float32)
-    if args.format == "stablehlo":
-        shapes = {t: v.shape for t, v in export.load_stablehlo(args.out_dir)(x).items()}
-    else:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(args.out_dir)
-        shapes = {t: tuple(v.shape) for t, v in loaded.signatures["serving_default"](
-            images=tf.constant(x)).items()}
+        meta, shapes = export.export(args.workdir, args.format, args.out_dir,
+                                     cli.checkpoint_step(args.step), args.config)
     print(json.dumps({"out_dir": paths.absolute(args.out_dir), "format": args.format,
                       "tasks": meta["tasks"], "step": meta["step"],
                       "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))

@@ -11,6 +11,7 @@ an object store are written by tensorstore's GCS driver, which this store does n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import pytest
 from etils import epath
 
 import hgmt.export
+import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline, shards
 from hgmt.evaluation import evaluator
@@ -214,9 +216,12 @@ def test_a_dataset_in_gs_is_checked_and_read_like_a_local_one(store, demo_datase
         input_pipeline.open_split("surreal/all", f"{BUCKET}/tfds", "train")
 
 
-def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_path, capsys):
+def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_path, capsys,
+                                                       monkeypatch):
     """Two training steps of the tiny pose2d model on the dataset in gs:// (the loader in the
-    main process, its records served over the JSON API), then `hgmt.export` into gs://."""
+    main process, its records served over the JSON API), then `hgmt.export` into gs://: a
+    second export into that folder is refused, and one that fails midway (fault injection)
+    leaves no folder (the store has no rename: hgmt.json is written last)."""
     store, served = store
     shutil.copytree(demo_dataset[1], store / "bucket/tfds")
     workdir = str(tmp_path / "run")
@@ -234,3 +239,20 @@ def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_
     meta = json.loads((store / "bucket/export/hgmt.json").read_text())
     assert meta["tasks"] == ["pose2d"] and meta["step"] == 2
     assert (store / "bucket/export/model.jaxexport").stat().st_size > 0
+
+    with pytest.raises(SystemExit, match=rf"^error: FileExistsError: --out_dir={BUCKET}/export "
+                                         rf"exists and is not empty: choose a new folder"):
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                          f"--out_dir={BUCKET}/export"])
+    assert json.loads((store / "bucket/export/hgmt.json").read_text()) == meta
+
+    def half_written(f, image_size, path):
+        epath.Path(path).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hgmt.inference.export, "export_stablehlo", half_written)
+    with pytest.raises(SystemExit, match=rf"^error: DiskFull: .* cannot write the export to "
+                                         rf"{BUCKET}/again: "):
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                          f"--out_dir={BUCKET}/again"])
+    assert sorted(os.listdir(store / "bucket")) == ["export", "tfds"]

@@ -665,9 +665,11 @@ def exported(tmp_path_factory):
 
     def get(workdir: str, fmt: str) -> str:
         if (workdir, fmt) not in made:
-            path = str(tmp_path_factory.mktemp(fmt) / "export")
+            parent = tmp_path_factory.mktemp(fmt)
+            path = str(parent / "export")
             assert hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}",
                                      f"--out_dir={path}"]) == 0
+            assert os.listdir(parent) == ["export"]  # the partial folder renamed, none left
             made[workdir, fmt] = path
         return made[workdir, fmt]
 
@@ -826,6 +828,64 @@ def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_
                             str(e.value.code)), e.value.code
     with pytest.raises(ValueError, match="choose one of"):
         exporting.export(workdir, "onnx", str(tmp_path / "x"))
+    # A folder holding anything, an earlier export's files or another's, is left as it was:
+    # a failed export into it would leave its hgmt.json beside a partial artefact, and one of
+    # the other format would mix the two.
+    used = tmp_path / "used"
+    (used / "variables").mkdir(parents=True)
+    (used / "hgmt.json").write_text('{"step": 1}')
+    (used / "model.jaxexport").write_bytes(b"old")
+    before = sorted((p.relative_to(used), p.read_bytes() if p.is_file() else None)
+                    for p in used.rglob("*"))
+    for fmt in exporting.FORMATS:
+        with pytest.raises(SystemExit) as e:
+            hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={used}"])
+        assert str(e.value.code) == (
+            f"error: FileExistsError: --out_dir={used} exists and is not empty: choose a new "
+            f"folder, or remove it (an export is written whole into a new or empty folder)")
+    assert sorted((p.relative_to(used), p.read_bytes() if p.is_file() else None)
+                  for p in used.rglob("*")) == before
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "used"]
+
+
+@pytest.mark.parametrize("fmt", exporting.FORMATS)
+def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdir, tmp_path,
+                                                                         monkeypatch, fmt):
+    """The artefact's write runs out of space halfway (fault injection: a partial file, then
+    ENOSPC): one line naming DiskFull and OUTDIR, and neither OUTDIR nor the partial folder it
+    was written in is left. Any other failure, here the smoke check's, cleans up the same."""
+    def half_written(f, image_size, path):
+        name = path if fmt == "stablehlo" else os.path.join(path, "saved_model.pb")
+        with open(name, "wb") as fh:
+            fh.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = "export_stablehlo" if fmt == "stablehlo" else "export_savedmodel"
+    monkeypatch.setattr(exporting, writer, half_written)
+    out = tmp_path / "exports" / "new"
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={out}"])
+    message = str(e.value.code)
+    assert re.fullmatch(rf"error: DiskFull: \[Errno 28\] cannot write the export to {out}: the "
+                        rf"disk or quota is full \([^)]* free on it\)\. Nothing partial was "
+                        rf"left behind\. Free space \(or raise the quota\), or give another "
+                        rf"--out_dir, and rerun \(OSError: .*No space left on device\)",
+                        message), message
+    assert os.listdir(tmp_path / "exports") == []
+
+    def written(f, image_size, path):
+        name = path if fmt == "stablehlo" else os.path.join(path, "saved_model.pb")
+        with open(name, "wb") as fh:
+            fh.write(b"not an artefact")
+
+    def fails(*args):
+        raise RuntimeError("the artefact does not run")
+
+    monkeypatch.setattr(exporting, writer, written)
+    monkeypatch.setattr(exporting, "smoke_check", fails)
+    with pytest.raises(RuntimeError, match="the artefact does not run"):
+        hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={out}"])
+    assert os.listdir(tmp_path / "exports") == []
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):

@@ -6,16 +6,21 @@ last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stab
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
+import shutil
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
 
-from hgmt import paths
+from hgmt import disk_space, paths
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
@@ -92,8 +97,10 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
 
 def check_out_dir(out_dir: str, fmt: str) -> None:
     """Refuses, before any work: `savedmodel` where TensorFlow cannot be imported, a local
-    `out_dir` that is a file or lies under one (NotADirectoryError), and a URL of a scheme
-    with no file system to write it (`_check_url_scheme`); the others are ValueError."""
+    `out_dir` that is a file or lies under one (NotADirectoryError), a URL of a scheme with no
+    file system to write it (`_check_url_scheme`; these are ValueError), and an `out_dir` that
+    holds anything (FileExistsError): an export is written whole into a new or empty folder,
+    never mixed with another's files."""
     # TensorFlow is imported only where it is used: a stablehlo export to a folder needs none.
     tf = _tensorflow() if fmt == "savedmodel" or paths.is_url(out_dir) else None
     if fmt == "savedmodel" and tf is None:
@@ -109,6 +116,14 @@ def check_out_dir(out_dir: str, fmt: str) -> None:
                                      f"(made if missing)")
     else:
         _check_url_scheme(out_dir, fmt, tf)
+    folder = epath.Path(out_dir)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(_not_empty(out_dir))
+
+
+def _not_empty(out_dir: str) -> str:
+    return (f"--out_dir={out_dir} exists and is not empty: choose a new folder, or remove it "
+            f"(an export is written whole into a new or empty folder)")
 
 
 def _tensorflow():
@@ -148,20 +163,86 @@ def _check_url_scheme(out_dir: str, fmt: str, tf) -> None:
 
 
 def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
-           config: ml_collections.ConfigDict | None = None) -> dict:
-    """Writes the artefact and its metadata (`META_FILE`) into `out_dir` (a local folder, or
-    a gs:// URL: `check_out_dir`); returns the metadata."""
+           config: ml_collections.ConfigDict | None = None) -> tuple[dict, dict]:
+    """Writes the artefact and its metadata (`META_FILE`) into `out_dir`, a new or empty local
+    folder or gs:// URL (`check_out_dir`), and runs the artefact once on a batch of 2 black
+    images -> (the metadata, {task: output shape} of that run).
+
+    A local export is written into a sibling folder `<out_dir>.partial-<random>`, checked, and
+    renamed to `out_dir` only then (`disk_space.rename_folder`): any failure removes the
+    partial folder, and `out_dir` appears whole or not at all (its missing parent folders are
+    made first, and stay). An object store has no rename:
+    the files are written into `out_dir` itself, `META_FILE` last, once the artefact is
+    checked, so an export folder without it is incomplete (it is removed on a failure, where
+    the store still answers). A full disk raises `disk_space.DiskFull`."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     check_out_dir(out_dir, fmt)
     f, meta = inference_fn(workdir, step, config)
     meta["format"], meta["platforms"] = fmt, list(PLATFORMS)
-    if fmt == "stablehlo":
-        epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-        export_stablehlo(f, meta["image_size"], os.path.join(out_dir, STABLEHLO_FILE))
+    with disk_space.reported(out_dir, "the export", _THEN,
+                             cleanup=lambda: "Nothing partial was left behind."):
+        if paths.is_url(out_dir):
+            try:
+                epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+                return meta, _write(f, meta, out_dir)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    epath.Path(out_dir).rmtree()
+                raise
+        target = os.path.abspath(out_dir)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        partial = _new_folder(target + ".partial-")
+        try:
+            shapes = _write(f, meta, partial)
+            try:
+                disk_space.rename_folder(partial, target)
+            except OSError as e:  # out_dir was filled since it was checked
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FileExistsError(_not_empty(out_dir)) from None
+                raise
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return meta, shapes
+
+
+# What a full disk's error line says to do.
+_THEN = "Free space (or raise the quota), or give another --out_dir, and rerun"
+
+
+def _new_folder(prefix: str) -> str:
+    """Creates the folder `prefix` + 8 random hex digits (the user's permissions) -> its
+    path."""
+    while True:
+        path = prefix + secrets.token_hex(4)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+
+
+def _write(f: Callable, meta: dict, folder: str) -> dict:
+    """Writes the artefact of `meta['format']` into `folder`, runs it (`smoke_check`), then
+    writes `META_FILE` -> the run's {task: output shape}."""
+    size = meta["image_size"]
+    if meta["format"] == "stablehlo":
+        export_stablehlo(f, size, os.path.join(folder, STABLEHLO_FILE))
     else:
-        export_savedmodel(f, meta["image_size"], out_dir)
-    (epath.Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=1))
-    return meta
+        export_savedmodel(f, size, folder)
+    shapes = smoke_check(folder, meta["format"], size)
+    (epath.Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1))
+    return shapes
 
 
+def smoke_check(folder: str, fmt: str, image_size: int) -> dict:
+    """Reloads the artefact in `folder` and runs it on a batch of 2 black images -> {task:
+    output shape}: an artefact that does not load or run is found before it is reported."""
+    x = np.zeros((2, image_size, image_size, 3), np.float32)
+    if fmt == "stablehlo":
+        return {t: tuple(v.shape) for t, v in load_stablehlo(folder)(x).items()}
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(folder).signatures["serving_default"]
+    return {t: tuple(v.shape) for t, v in serve(images=tf.constant(x)).items()}
