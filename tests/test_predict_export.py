@@ -752,8 +752,14 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert meta["image_size"] == 64 and meta["label_size"] == 16
     assert meta["label_stride"] == common.LABEL_STRIDE == 4
     assert meta["label_px_to_input_px"].startswith("input = (label + 0.5) * 4 - 0.5")
-    # Label px 0 and 15 centred on input px 1.5 and 61.5, as training's crops place them.
-    assert common.label_to_crop_px(np.array([0.0, 15.0]), 64, 16).tolist() == [1.5, 61.5]
+    # That is where training's crops of a window at R and at r = R/4 put a label px.
+    centre, side = np.array([123.4, 56.7]), 89.1
+    to_input = input_pipeline.crop_affine(centre, side, meta["image_size"])
+    to_label = input_pipeline.crop_affine(centre, side, meta["label_size"])
+    label = np.array([[0.0, 0.0], [15.0, 15.0], [3.25, 11.5]])
+    image = (label - to_label[:, 2]) @ np.linalg.inv(to_label[:, :2]).T
+    np.testing.assert_allclose(image @ to_input[:, :2].T + to_input[:, 2],
+                               (label + 0.5) * meta["label_stride"] - 0.5, atol=1e-9)
     out = meta["outputs"]
     assert list(out) == ["pose2d", "pose3d", "depth", "segm"]
     bins = list(range(-9, 10))
@@ -777,6 +783,77 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert out["segm"]["part_names"] == ["background", *surreal.PART_NAMES]
     for task, layout in out.items():
         assert {"channel", "values"} <= set(layout), task
+
+
+def _peak(m: np.ndarray) -> tuple[np.ndarray, float]:
+    """The sub-pixel peak of an (h, w) map as hgmt.json's pose2d "decoding" words it (its
+    SUBPIXEL_PEAK text, followed here step by step in float32, as the outputs are), written
+    without hgmt's decoding -> ((x, y) label px, score)."""
+    h, w = m.shape
+    y, x = divmod(int(np.argmax(m)), w)  # the first maximum in row-major order
+
+    def offset(values):
+        lo, mid, hi = (np.log(np.maximum(np.float32(v), np.float32(1e-8))) for v in values)
+        d = lo - 2 * mid + hi
+        return float(np.clip(np.float32(0.5) * (lo - hi) / d, -0.5, 0.5)) if d < -1e-6 else 0.0
+
+    ox = offset(m[y, x - 1:x + 2]) if 0 < x < w - 1 else 0.0
+    oy = offset(m[y - 1:y + 2, x]) if 0 < y < h - 1 else 0.0
+    return np.array([x + ox, y + oy]), float(m[y, x])
+
+
+def _decoded_by_the_metadata(meta: dict, raw: dict) -> dict:
+    """One image's raw outputs {task: (r, r, C)} decoded from hgmt.json's words and numbers
+    alone: pose2d's joints and scores in label px, depth_rel_mm."""
+    out = {}
+    if "pose2d" in raw:
+        peaks = [_peak(raw["pose2d"][..., j])
+                 for j in range(meta["outputs"]["pose2d"]["channels"])]
+        out["joints_label"] = np.stack([p for p, _ in peaks])
+        out["joint_scores"] = np.array([score for _, score in peaks])
+    if "depth" in raw:
+        layout = meta["outputs"]["depth"]
+        c = raw["depth"].argmax(-1)  # the first maximum on ties
+        b = c - int(re.search(r"b = c - (\d+)", layout["channel"])[1])
+        out["depth_rel_mm"] = np.where(c > 0, (b - 0.5) * layout["bin_mm"], np.nan)
+    return out
+
+
+def test_decoding_an_export_by_its_metadata_gives_the_predictors_results(
+        workdir, predictor, test_example, exported):
+    """The Predictor's raw outputs of one image, decoded by a consumer that follows hgmt.json
+    word for word (`_decoded_by_the_metadata`), give the Predictor's own results: the
+    sub-pixel refinement stated there is hgmt's, to 1e-4 label px. The outputs are the model's
+    on a demo frame, and made-up ones whose maxima lie on the border, next to non-positive
+    values, or are themselves non-positive (the log's floor)."""
+    with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "evaluation.md")) as f:
+        docs = " ".join(re.sub(r"^> ", "", f.read(), flags=re.M).split())
+    quoted = " ".join(TASKS["pose2d"].SUBPIXEL_PEAK.split()) in docs
+    assert quoted, "docs/evaluation.md does not quote pose2d.SUBPIXEL_PEAK word for word"
+    r = meta["label_size"]
+    result = predictor(test_example["image"], bbox=_bbox_of_training_crop(test_example))
+    made_up = {t: np.random.default_rng(1).normal(size=v.shape).astype(np.float32)
+               for t, v in result["raw"].items()}
+    pose = made_up["pose2d"]
+    pose[..., 0] = -np.abs(pose[..., 0])  # non-positive everywhere
+    pose[4, 0, 1], pose[0, 7, 2] = 5.0, 5.0  # on the left and top borders
+    pose[r - 1, r - 1, 3] = 5.0  # in the corner
+    pose[6, 6, 4], pose[6, 5, 4] = 5.0, -1.0  # beside a negative value
+    window = result["window"]
+    made = predictor._result(test_example["image"], window, 1, result["crop_image"],
+                             result["crop"], made_up)
+    for got in (result, made):
+        mine = _decoded_by_the_metadata(meta, got["raw"])
+        # The Predictor's joints in image px, taken back to label px by its own crop.
+        label = got["joints2d"] @ got["crop"][:, :2].T + got["crop"][:, 2]
+        np.testing.assert_allclose(mine["joints_label"], label, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(mine["joint_scores"], got["joint_scores"], atol=1e-6)
+        np.testing.assert_allclose(mine["depth_rel_mm"], got["depth_rel_mm"], atol=1e-3,
+                                   rtol=0)  # NaN where the other is: the background
+    offsets = np.abs(mine["joints_label"] - np.round(mine["joints_label"]))
+    assert offsets.max() > 0.1  # the refinement moves these peaks
 
 
 def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, predictor,

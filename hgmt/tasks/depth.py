@@ -32,7 +32,10 @@ OUTPUT_LAYOUT = {
     "bin_depth": "bin b holds depths in ((b - 1) * bin_mm, b * bin_mm] relative to the pelvis "
                  "(the pixel's distance from the camera centre minus the pelvis's camera z, "
                  "positive farther); the end bins also hold everything nearer or farther",
-    "values": "logits: a pixel's class is the argmax over the channels",
+    "values": "logits: a pixel's class is the argmax over the channels (the first on ties)",
+    "decoding": "hgmt.predict's depth_rel_mm of a pixel of class c > 0 is its bin's centre, "
+                f"(b - 0.5) * bin_mm with b = c - {common.MAX_BIN + 1}; of the background "
+                "(c = 0) none (NaN)",
 }
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
 HEADLINES = {

@@ -25,13 +25,23 @@ DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
+# The sub-pixel peak of an (h, w) map, exactly as `common.subpixel_argmax` computes it in
+# float32: what an export's consumer repeats to get hgmt's joints (pose3d's too).
+SUBPIXEL_PEAK = (
+    "(x, y) = the integer position of the (r, r) map's maximum (the first in row-major order "
+    "on ties), p = its value; on each axis where that position is not on the map's border "
+    "(0 < x < r - 1; likewise y), with l, m, n = ln(max(v, 1e-8)) of the values v at x - 1, "
+    "x, x + 1 (y fixed; likewise along y, x fixed) and d = l - 2m + n, the offset is "
+    "clip(0.5 (l - n) / d, -0.5, 0.5) where d < -1e-6, else 0; on the border it is 0. The "
+    "peak is at (x + offset_x, y + offset_y) label px, its score p")
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": "joint: channel j is joint_names[j]",
     "joint_names": list(surreal.JOINT_NAMES),
-    "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1; the "
-              f"joint is at its channel's maximum (hgmt refines it to sub-pixel)",
+    "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1",
+    "decoding": f"hgmt's joint j (hgmt.predict's joints2d, joint_scores) is the sub-pixel peak "
+                f"of channel j: {SUBPIXEL_PEAK}",
 }
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hgmt.sources import surreal
-from hgmt.tasks import common, spec
+from hgmt.tasks import common, pose2d, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose3d"
@@ -50,7 +50,14 @@ OUTPUT_LAYOUT = {
                  "(positive farther from the camera); training's bins are round((z - z_pelvis) "
                  "/ bin_mm) clamped to the end bins, and hgmt's decoding puts the pelvis at 0",
     "values": f"per joint a volume over (y, x, bin): a target is a 3D Gaussian of sigma "
-              f"{SIGMA} label px and {SIGMA} bin with peak 1; the joint is at its maximum",
+              f"{SIGMA} label px and {SIGMA} bin with peak 1",
+    "decoding": {
+        "joint_px": f"joint j's (x, y) is the sub-pixel peak of the (r, r) map of its volume's "
+                    f"maximum over the {NUM_BINS} bins: {pose2d.SUBPIXEL_PEAK}",
+        "bin": "joint j's bin b = bins[k], k the argmax (the first on ties) of its "
+               f"{NUM_BINS} channels at label px (round(x), round(y)), rounded half to even "
+               "and clipped to [0, r - 1]; the pelvis's b is 0: it is the depth reference",
+    },
 }
 
 

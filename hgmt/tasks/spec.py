@@ -153,7 +153,8 @@ class TaskModule(Protocol):
     LOSS_OPTIONS: Mapping[str, float]  # keyword options of `loss`, defaults = the reference's
     HEADLINES: Mapping[str, Headline]  # {metric protocol: how its numbers are shown}
     # What an output channel means, JSON-able ("channels" = NUM_CHANNELS, "channel", "values",
-    # names, bins): how a consumer of an export decodes it (hgmt.inference.export).
+    # names, bins, and "decoding" where hgmt's results are more than an argmax): how a consumer
+    # of an export decodes it (hgmt.inference.export).
     OUTPUT_LAYOUT: Mapping[str, Any]
 
     def labels(self, crop: Crop) -> dict:
