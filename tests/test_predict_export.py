@@ -760,6 +760,21 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     image = (label - to_label[:, 2]) @ np.linalg.inv(to_label[:, :2]).T
     np.testing.assert_allclose(image @ to_input[:, :2].T + to_input[:, 2],
                                (label + 0.5) * meta["label_stride"] - 0.5, atol=1e-9)
+    # crop's image_px_to_input_px and image_px_to_label_px are those crops.
+    for size, m in ((meta["image_size"], to_input), (meta["label_size"], to_label)):
+        np.testing.assert_allclose(image @ m[:, :2].T + m[:, 2],
+                                   size / side * (image - centre) + (size - 1) / 2, atol=1e-9)
+    # crop's window is training's: the joints' box widened by box_margins, squared.
+    margins, least = meta["crop"]["box_margins"], meta["crop"]["min_side_px"]
+    stretch = np.array([[[1.0, 0.5]], [[0.5, 1.0]], [[0.005, 0.01]]])  # the last: min_side_px
+    for joints in np.random.default_rng(0).uniform(0, 300, (3, 16, 2)) * stretch:
+        (x0, y0), (x1, y1) = joints.min(0), joints.max(0)
+        w, h = x1 - x0, y1 - y0
+        x0, x1 = x0 - margins["left"] * w, x1 + margins["right"] * w
+        y0, y1 = y0 - margins["top"] * h, y1 + margins["bottom"] * h
+        centre, side = input_pipeline.person_box(joints)
+        np.testing.assert_allclose(centre, [(x0 + x1) / 2, (y0 + y1) / 2], atol=1e-9)
+        assert side == pytest.approx(max(x1 - x0, y1 - y0, least))
     out = meta["outputs"]
     assert list(out) == ["pose2d", "pose3d", "depth", "segm"]
     bins = list(range(-9, 10))
@@ -802,15 +817,42 @@ def _peak(m: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([x + ox, y + oy]), float(m[y, x])
 
 
-def _decoded_by_the_metadata(meta: dict, raw: dict) -> dict:
-    """One image's raw outputs {task: (r, r, C)} decoded from hgmt.json's words and numbers
-    alone: pose2d's joints and scores in label px, depth_rel_mm."""
-    out = {}
+def _decoded_by_the_metadata(meta: dict, raw: dict, centre: np.ndarray, side: float,
+                             image_hw: tuple[int, int], focal_px: float | None = None) -> dict:
+    """One image's raw outputs {task: (r, r, C)} on the window of `side` image px around
+    `centre`, decoded from hgmt.json's words and numbers alone: pose2d's joints (image px)
+    and scores, pose3d's joints3d_rel_mm (the image's focal length `focal_px`, if known),
+    depth_rel_mm."""
+    r, out = meta["label_size"], {}
+
+    def to_image(label):  # crop.image_px_to_label_px inverted
+        return centre + side / r * (np.asarray(label) - (r - 1) / 2)
+
     if "pose2d" in raw:
         peaks = [_peak(raw["pose2d"][..., j])
                  for j in range(meta["outputs"]["pose2d"]["channels"])]
-        out["joints_label"] = np.stack([p for p, _ in peaks])
+        out["joints2d"] = to_image(np.stack([p for p, _ in peaks]))
         out["joint_scores"] = np.array([score for _, score in peaks])
+    if "pose3d" in raw:
+        layout, camera = meta["outputs"]["pose3d"], meta["camera"]
+        bins = layout["bins"]
+        volumes = raw["pose3d"].reshape(r, r, -1, len(bins))  # channel joint * 19 + k
+        f, (cx, cy) = camera["focal_px"], camera["principal_point_px"]
+        h, w = image_hw
+        s = f / focal_px if focal_px else camera["image_width_px"] / max(h, w)
+        z_pelvis = f * meta["crop"]["window_metres"] / (s * side)
+        pelvis = layout["joint_names"].index("pelvis")
+        points = []
+        for j in range(volumes.shape[2]):
+            (x, y), _ = _peak(volumes[:, :, j].max(-1))
+            xi, yi = (int(np.clip(np.round(v), 0, r - 1)) for v in (x, y))  # half to even
+            b = 0 if j == pelvis else bins[int(np.argmax(volumes[yi, xi, j]))]
+            z = z_pelvis + b * layout["bin_mm"] / 1000
+            ix, iy = to_image([x, y])
+            u, v = s * ix + cx - s * (w - 1) / 2, s * iy + cy - s * (h - 1) / 2
+            points.append([(u - cx) * z / f, (v - cy) * z / f, z])
+        points = np.array(points)
+        out["joints3d_rel_mm"] = 1000 * (points - points[pelvis])
     if "depth" in raw:
         layout = meta["outputs"]["depth"]
         c = raw["depth"].argmax(-1)  # the first maximum on ties
@@ -819,13 +861,35 @@ def _decoded_by_the_metadata(meta: dict, raw: dict) -> dict:
     return out
 
 
+def _crop_by_the_metadata(meta: dict, image: np.ndarray, centre: np.ndarray,
+                          side: float) -> np.ndarray:
+    """The model input of the window of `side` image px around `centre`, cut as hgmt.json's
+    `crop` says (averaged down first where the window is large)."""
+    crop, size = meta["crop"], meta["image_size"]
+    if side > max(crop["max_window_px"], size):
+        h, w = image.shape[:2]
+        small = (max(1, round(w * size / side)), max(1, round(h * size / side)))
+        scale = np.array(small) / (w, h)
+        image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
+        centre, side = (centre + 0.5) * scale - 0.5, side * scale[0]
+    a = size / side
+    m = np.array([[a, 0.0, (size - 1) / 2 - a * centre[0]],
+                  [0.0, a, (size - 1) / 2 - a * centre[1]]])
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR)
+
+
 def test_decoding_an_export_by_its_metadata_gives_the_predictors_results(
         workdir, predictor, test_example, exported):
-    """The Predictor's raw outputs of one image, decoded by a consumer that follows hgmt.json
-    word for word (`_decoded_by_the_metadata`), give the Predictor's own results: the
-    sub-pixel refinement stated there is hgmt's, to 1e-4 label px. The outputs are the model's
-    on a demo frame, and made-up ones whose maxima lie on the border, next to non-positive
-    values, or are themselves non-positive (the log's floor)."""
+    """The Predictor's crops of an image and its raw outputs, made and decoded by a consumer
+    that follows hgmt.json word for word (`_crop_by_the_metadata`,
+    `_decoded_by_the_metadata`), give the Predictor's own crops and results: the sub-pixel
+    refinement, the crop and the camera stated there are hgmt's, to 1e-4 label px and 1e-3 mm.
+    The image is a demo frame on a larger canvas, off its centre; the outputs the model's, and
+    made-up ones whose maxima lie on the border, beside non-positive values, or are themselves
+    non-positive (the log's floor), decoded at SURREAL's field of view and at a given focal
+    length. A window larger than max_window_px is averaged down as `crop` says."""
+    import copy
+
     with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
         meta = json.load(f)
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "evaluation.md")) as f:
@@ -833,7 +897,13 @@ def test_decoding_an_export_by_its_metadata_gives_the_predictors_results(
     quoted = " ".join(TASKS["pose2d"].SUBPIXEL_PEAK.split()) in docs
     assert quoted, "docs/evaluation.md does not quote pose2d.SUBPIXEL_PEAK word for word"
     r = meta["label_size"]
-    result = predictor(test_example["image"], bbox=_bbox_of_training_crop(test_example))
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[150:390, 20:340] = test_example["image"]  # SURREAL's 320 x 240, off the centre
+    x, y, w, h = _bbox_of_training_crop(test_example)
+    result = predictor(image, bbox=(x + 20, y + 150, w, h))
+    window = result["window"]
+    np.testing.assert_array_equal(
+        _crop_by_the_metadata(meta, image, window.centre, window.side), result["crop_image"])
     made_up = {t: np.random.default_rng(1).normal(size=v.shape).astype(np.float32)
                for t, v in result["raw"].items()}
     pose = made_up["pose2d"]
@@ -841,19 +911,33 @@ def test_decoding_an_export_by_its_metadata_gives_the_predictors_results(
     pose[4, 0, 1], pose[0, 7, 2] = 5.0, 5.0  # on the left and top borders
     pose[r - 1, r - 1, 3] = 5.0  # in the corner
     pose[6, 6, 4], pose[6, 5, 4] = 5.0, -1.0  # beside a negative value
-    window = result["window"]
-    made = predictor._result(test_example["image"], window, 1, result["crop_image"],
-                             result["crop"], made_up)
-    for got in (result, made):
-        mine = _decoded_by_the_metadata(meta, got["raw"])
-        # The Predictor's joints in image px, taken back to label px by its own crop.
-        label = got["joints2d"] @ got["crop"][:, :2].T + got["crop"][:, 2]
-        np.testing.assert_allclose(mine["joints_label"], label, atol=1e-4, rtol=0)
+    volumes = made_up["pose3d"].reshape(r, r, 16, 19)  # a view: joint, then bin
+    volumes[:, :, 0] = -np.abs(volumes[:, :, 0])
+    volumes[0, 9, 1, 3] = volumes[9, r - 1, 2, 15] = 5.0  # on the top and right borders
+    focused = copy.copy(predictor)
+    focused.focal_px = 900.0
+    cases = [(result, None)] + [
+        (model._result(image, window, 1, result["crop_image"], result["crop"], made_up),
+         model.focal_px) for model in (predictor, focused)]
+    for got, focal_px in cases:
+        mine = _decoded_by_the_metadata(meta, got["raw"], window.centre, window.side,
+                                        image.shape[:2], focal_px)
+        # 1e-4 label px, in image px (a label px spans side / r of them).
+        np.testing.assert_allclose(mine["joints2d"], got["joints2d"], rtol=0,
+                                   atol=1e-4 * window.side / r)
         np.testing.assert_allclose(mine["joint_scores"], got["joint_scores"], atol=1e-6)
+        np.testing.assert_allclose(mine["joints3d_rel_mm"], got["joints3d_rel_mm"], atol=1e-3,
+                                   rtol=0)
         np.testing.assert_allclose(mine["depth_rel_mm"], got["depth_rel_mm"], atol=1e-3,
                                    rtol=0)  # NaN where the other is: the background
-    offsets = np.abs(mine["joints_label"] - np.round(mine["joints_label"]))
-    assert offsets.max() > 0.1  # the refinement moves these peaks
+
+    # A window of 800 px in a 1000 x 900 image: averaged down before it is sampled.
+    large = cv2.resize(image, (1000, 900), interpolation=cv2.INTER_LINEAR)
+    big = predictor(large, bbox=(100, 50, 800, 800))
+    assert big["window"].side > meta["crop"]["max_window_px"]
+    np.testing.assert_array_equal(
+        _crop_by_the_metadata(meta, large, big["window"].centre, big["window"].side),
+        big["crop_image"])
 
 
 def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, predictor,

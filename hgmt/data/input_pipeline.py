@@ -68,13 +68,19 @@ class Augment:
                        flip_p=0.0)
 
 
+# The person box's margins around the joints' tight box: fractions of its width (left, right)
+# and of its height (top, bottom); and the least side of the square window, in pixels.
+BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}
+MIN_WINDOW_SIDE_PX = 8.0
+
+
 def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     """(16,2) joints in pixels -> (centre (2,), side) of the square crop window."""
     lo, hi = joints2d.min(0), joints2d.max(0)
     w, h = hi - lo
-    x0, x1 = lo[0] - 0.25 * w, hi[0] + 0.25 * w
-    y0, y1 = lo[1] - 0.35 * h, hi[1] + 0.25 * h
-    side = max(x1 - x0, y1 - y0, 8.0)
+    x0, x1 = lo[0] - BOX_MARGINS["left"] * w, hi[0] + BOX_MARGINS["right"] * w
+    y0, y1 = lo[1] - BOX_MARGINS["top"] * h, hi[1] + BOX_MARGINS["bottom"] * h
+    side = max(x1 - x0, y1 - y0, MIN_WINDOW_SIDE_PX)
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
 
 

@@ -2,7 +2,8 @@
 which says what each format writes): images (B, R, R, 3) float32 on [0, 255], B >= 1 -> the
 last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
 `load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
-(`META_FILE`) says how to decode each output (`output_meta`)."""
+(`META_FILE`) says how the inputs are cut from an image (`predictor.crop_meta`), how to decode
+each output (`output_meta`) and the camera 3D decoding assumes (`predictor.camera_meta`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import disk_space, paths
+from hgmt.inference import predictor
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
@@ -45,9 +47,10 @@ def inference_fn(workdir: str, step: int | str | None = None,
                 for t, o in predict_last_stage(model, variables, images).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
-            "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1; the model computes "
-                     "(rgb / 255 - mean) / std",
+            "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
+                     "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
+            "crop": predictor.crop_meta(), "camera": predictor.camera_meta(),
             **output_meta(tasks, int(config.image_size))}
     return f, meta
 

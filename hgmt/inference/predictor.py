@@ -207,6 +207,53 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
                      [0.0, scale, cy - scale * (h - 1) / 2]])
 
 
+def crop_meta() -> dict:
+    """How a model input is cut from an image (`Predictor._crops`, training's window), for an
+    export's hgmt.json: R is its `image_size`, r its `label_size`."""
+    return {
+        "window": "a square of S x S image px centred on image px c (x and y), pixel centres "
+                  "at integers; training's is the 16 joints' tight box (w x h) widened by "
+                  "box_margins (fractions of w left and right, of h top and bottom), S the "
+                  "larger of its sides and min_side_px, centred on it: a window spans about "
+                  "window_metres at the person's depth. hgmt.predict finds it from the model's "
+                  "outputs, or takes the square around --bbox (its centre, S the larger of its "
+                  "width and height)",
+        "box_margins": dict(input_pipeline.BOX_MARGINS),
+        "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
+        "window_metres": CROP_METRES,
+        "image_px_to_input_px": "input = (R / S) * (image - c) + (R - 1) / 2, for x and y",
+        "image_px_to_label_px": "label = (r / S) * (image - c) + (r - 1) / 2, for x and y",
+        "sampling": "bilinear (OpenCV's warpAffine, INTER_LINEAR); an input px whose source "
+                    "lies outside the image is 0 (black)",
+        "max_window_px": MAX_WINDOW_PX,
+        "downsampling": "where S > max(max_window_px, R) the window is cut, as above, from the "
+                        "W x H image first resized to W' x H' = round(W R / S) x round(H R / S) "
+                        "px (each at least 1) by pixel-area averaging (OpenCV's resize, "
+                        "INTER_AREA), where image px x lies at (x + 0.5) W' / W - 0.5 (y "
+                        "likewise)",
+    }
+
+
+def camera_meta() -> dict:
+    """How hgmt.predict places an image in SURREAL's camera to decode 3D (`decoding_frame`,
+    the pelvis depth of `Predictor._result`), for an export's hgmt.json."""
+    k = surreal.INTRINSICS
+    return {
+        "focal_px": float(k[0, 0]),
+        "principal_point_px": [float(k[0, 2]), float(k[1, 2])],
+        "image_width_px": surreal.IMAGE_WIDTH,
+        "camera": "SURREAL's: focal length f = focal_px, principal point (cx, cy) = "
+                  "principal_point_px; x right, y down, z away from the camera",
+        "image_px_to_camera_px": "u = s x + cx - s (W - 1) / 2, v = s y + cy - s (H - 1) / 2 "
+                                 "for image px (x, y) of a W x H image: its centre on the "
+                                 "principal point, scaled by s = focal_px / F for the image's "
+                                 "focal length F px (hgmt.predict --focal_px), else "
+                                 "s = image_width_px / max(W, H)",
+        "pelvis_depth_m": "z_pelvis = focal_px * crop.window_metres / (s S), for a window of "
+                          "S image px",
+    }
+
+
 def _after_inverse(m: np.ndarray, a: np.ndarray) -> np.ndarray:
     """(2,3) affines -> m after the inverse of a: the map from a's target frame through m."""
     return m @ np.vstack([cv2.invertAffineTransform(a), [0, 0, 1]])

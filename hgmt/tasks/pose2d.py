@@ -40,8 +40,9 @@ OUTPUT_LAYOUT = {
     "channel": "joint: channel j is joint_names[j]",
     "joint_names": list(surreal.JOINT_NAMES),
     "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1",
-    "decoding": f"hgmt's joint j (hgmt.predict's joints2d, joint_scores) is the sub-pixel peak "
-                f"of channel j: {SUBPIXEL_PEAK}",
+    "decoding": f"hgmt's joint j (hgmt.predict's joint_scores, and joints2d: in image px, "
+                f"crop.image_px_to_label_px inverted) is the sub-pixel peak of channel j: "
+                f"{SUBPIXEL_PEAK}",
 }
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",

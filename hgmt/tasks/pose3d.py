@@ -57,6 +57,16 @@ OUTPUT_LAYOUT = {
         "bin": "joint j's bin b = bins[k], k the argmax (the first on ties) of its "
                f"{NUM_BINS} channels at label px (round(x), round(y)), rounded half to even "
                "and clipped to [0, r - 1]; the pelvis's b is 0: it is the depth reference",
+        "depth_m": "Z = z_pelvis + b * bin_mm / 1000 (z_pelvis: camera.pelvis_depth_m)",
+        "camera_px": "(u, v) = the joint's label px (x, y) in image px (crop."
+                     "image_px_to_label_px inverted), then in SURREAL's camera (camera."
+                     "image_px_to_camera_px)",
+        "back_projection": "X = (u - cx) Z / f, Y = (v - cy) Z / f (camera.focal_px f, "
+                           "camera.principal_point_px (cx, cy)); X negated where the crop "
+                           "mirrors the image (its image px -> label px map has a negative "
+                           "determinant; hgmt.predict's never do)",
+        "joints3d_rel_mm": "1000 * ((X, Y, Z) of joint j - (X, Y, Z) of the pelvis): "
+                           "hgmt.predict's joints3d_rel_mm",
     },
 }
 
