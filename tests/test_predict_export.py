@@ -940,6 +940,33 @@ def test_decoding_an_export_by_its_metadata_gives_the_predictors_results(
         big["crop_image"])
 
 
+def test_an_exports_channel_flip_reproduces_the_flip_test(workdir, predictor, exported):
+    """The export is one pass (hgmt.json's flip_test: false): its outputs are not the flip
+    test's. A consumer that runs it on the input and on the input mirrored, mirrors the second
+    outputs back, takes their channels by each output's channel_flip and averages the raw
+    outputs, as docs/evaluation.md says, gets `hgmt.evaluate --flip`'s outputs
+    (`predict_last_stage` with the tasks' CHANNEL_FLIP)."""
+    from hgmt.models import predict_last_stage
+    from hgmt.tasks import channel_flips
+
+    path = exported(workdir, "stablehlo")
+    with open(os.path.join(path, "hgmt.json")) as f:
+        meta = json.load(f)
+    assert meta["flip_test"] is False
+    run = exporting.load_stablehlo(path)
+    size = meta["image_size"]
+    images = np.random.default_rng(5).integers(0, 256, (2, size, size, 3)).astype(np.float32)
+    once, mirrored = run(images), run(images[:, :, ::-1])
+    mine = {t: 0.5 * (np.asarray(once[t]) + np.asarray(mirrored[t])[:, :, ::-1][
+        ..., meta["outputs"][t]["channel_flip"]]) for t in meta["tasks"]}
+    model = create_model(predictor.config.model, heads(predictor.tasks))
+    flip_test = jax.jit(lambda v, x: predict_last_stage(
+        model, v, x, flip=channel_flips(predictor.tasks)))(predictor.variables, images)
+    for t in meta["tasks"]:
+        np.testing.assert_allclose(mine[t], flip_test[t], rtol=1e-4, atol=1e-5, err_msg=t)
+        assert not np.allclose(once[t], flip_test[t], rtol=1e-4, atol=1e-5), t
+
+
 def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, predictor,
                                                                      exported):
     """Made-up segm logits whose argmax at label pixel (x=c, y=0) is class c: the name

@@ -51,21 +51,27 @@ def inference_fn(workdir: str, step: int | str | None = None,
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
             "crop": predictor.crop_meta(), "camera": predictor.camera_meta(),
+            # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
+            # --flip's); each output's channel_flip is what a consumer needs to do so.
+            "flip_test": False,
             **output_meta(tasks, int(config.image_size))}
     return f, meta
 
 
 def output_meta(tasks: tuple[str, ...], image_size: int) -> dict:
     """What a consumer needs to decode the outputs: the label maps' size and their pixels'
-    place in the input (`common.label_to_crop_px`), and per task its shape and
-    `OUTPUT_LAYOUT` (what each channel means)."""
+    place in the input (`common.label_to_crop_px`), and per task its shape, `OUTPUT_LAYOUT`
+    (what each channel means) and `channel_flip` (its `CHANNEL_FLIP`: channel c of a mirrored
+    input's output is channel channel_flip[c] of the input's, mirrored)."""
     r, s = image_size // common.LABEL_STRIDE, common.LABEL_STRIDE
     return {"label_size": r, "label_stride": s,
             "label_px_to_input_px": f"input = (label + 0.5) * {s} - 0.5, for x and for y "
                                     f"(pixel centres at integers in both: label px k covers "
                                     f"input px {s}k - 0.5 to {s}k + {s - 0.5})",
             "outputs": {t: {"shape": f"float32 (B, {r}, {r}, {TASKS[t].NUM_CHANNELS})",
-                            **TASKS[t].OUTPUT_LAYOUT} for t in tasks}}
+                            **TASKS[t].OUTPUT_LAYOUT,
+                            "channel_flip": [int(c) for c in TASKS[t].CHANNEL_FLIP]}
+                        for t in tasks}}
 
 
 def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
