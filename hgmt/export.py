@@ -12,8 +12,9 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   `jax.export.deserialize`) and call it, from JAX on CPU, CUDA or ROCm GPUs or TPU, whichever
   machine exported it (lowered for each: `hgmt.inference.export.PLATFORMS`).
 - `savedmodel`: OUTDIR is a TensorFlow SavedModel made with jax2tf (native serialisation),
-  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)` (TF Serving),
-  or convert it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`.
+  signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)`, or convert
+  it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`. TF Serving loads
+  <base_path>/<version>/saved_model.pb: for it give --out_dir=<base>/1 (a version folder).
 OUTDIR is a local folder or a gs:// URL, for either format (TensorFlow's file systems write
 both where it is installed; for s3:// export to a folder and copy it: such a URL is refused
 before any work). OUTDIR must be new or empty (one holding anything is refused before any
