@@ -1,7 +1,7 @@
-"""Training, evaluation and prediction need no TensorFlow: the commands run in processes where
-`import tensorflow` fails (a stand-in package first on PYTHONPATH raises ImportError, as on an
-accelerator host that has JAX but no TensorFlow), and the TensorBoard summaries are written all
-the same (scalars and images, read back here)."""
+"""Training, evaluation, prediction and a stablehlo export need no TensorFlow: the commands run
+in processes where `import tensorflow` fails (a stand-in package first on PYTHONPATH raises
+ImportError, as on an accelerator host that has JAX but no TensorFlow), and the TensorBoard
+summaries are written all the same (scalars and images, read back here)."""
 
 import glob
 import io
@@ -54,7 +54,7 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 def test_commands_read_data_and_write_summaries_without_tensorflow(demo_dataset, tmp_path,
                                                                   no_tensorflow_env):
-    """The fast check: the three commands' modules and the loop's benchmarks import, a split
+    """The fast check: the four commands' modules and the loop's benchmarks import, a split
     opens and gives a batch, and the summary writer writes it, where TensorFlow cannot be
     imported."""
     _, data_dir = demo_dataset
@@ -62,7 +62,7 @@ def test_commands_read_data_and_write_summaries_without_tensorflow(demo_dataset,
     code = f"""
 import sys
 import numpy as np
-import hgmt.evaluate, hgmt.main, hgmt.predict
+import hgmt.evaluate, hgmt.export, hgmt.main, hgmt.predict
 sys.path.insert(0, {os.path.join(REPO, "benchmarks")!r})
 import train_loop, trainer_speed  # the loop's benchmarks, for an accelerator host
 from hgmt.data import input_pipeline
@@ -88,6 +88,48 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
     assert (int(pngs[0]), int(pngs[1])) == (32, 32) and len(pngs) == 4
     for png, image in zip(pngs[2:], images, strict=True):  # lossless
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
+
+
+def test_a_stablehlo_export_runs_without_tensorflow(tmp_path, no_tensorflow_env):
+    """`python -m hgmt.export --format=stablehlo` of a checkpoint (the tiny pose2d model as
+    initialised, saved as training saves it) where TensorFlow cannot be imported: written,
+    run and reloaded; `--format=savedmodel` is refused in one line before the checkpoint is
+    read."""
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
+    make = f"""
+import jax, jax.numpy as jnp
+import orbax.checkpoint as ocp
+from hgmt import workdirs
+from hgmt.models import create_model, to_checkpoint_layout
+from hgmt.tasks import heads, parse_tasks
+from hgmt.training import checkpoints
+from tests.conftest import tiny_config
+config = tiny_config("unused", tasks="pose2d")
+workdirs.save_config(config, {workdir!r})
+model = create_model(config.model, heads(parse_tasks(config.tasks)))
+images = jnp.zeros((1, config.image_size, config.image_size, 3))
+variables = model.init(jax.random.key(0), images, train=False)
+with checkpoints.manager({workdir!r}, async_save=False, with_data=False) as mngr:
+    mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(
+        to_checkpoint_layout(model, dict(variables)))))
+import hgmt.export
+try:
+    hgmt.export.main(["--workdir={workdir}", "--format=savedmodel", "--out_dir={out}"])
+except SystemExit as e:
+    print(e.code)
+"""
+    refused = _run([sys.executable, "-c", make], no_tensorflow_env)
+    assert refused.stdout.strip().splitlines()[-1] == (
+        "error: ValueError: --format=savedmodel: TensorFlow, which writes a SavedModel, cannot "
+        "be imported here; install it (pip install tensorflow-cpu), or give "
+        "--format=stablehlo")
+    proc = _run([sys.executable, "-m", "hgmt.export", f"--workdir={workdir}",
+                 "--format=stablehlo", f"--out_dir={out}"], no_tensorflow_env)
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["output_shapes_for_batch_2"] == {"pose2d": [2, 16, 16, 16]}
+    assert sorted(os.listdir(tmp_path)) == ["export", "no_tensorflow", "run"]
+    with open(os.path.join(out, "hgmt.json")) as f:
+        assert json.load(f)["step"] == 0
 
 
 @pytest.mark.slow
