@@ -214,6 +214,9 @@ def define_verbosity(fv: flags.FlagValues) -> None:
 
 # `extra=` of a log line that only --verbosity=1 shows (`UserLines` drops it otherwise).
 VERBOSE = {"hgmt_verbose": True}
+# hgmt.main's flag that resumes a workdir with a changed config (hgmt.training.resume); named
+# here, below the modules whose messages give it.
+RESUME_FLAG = "--resume_with_changed_config"
 _HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -170,9 +170,10 @@ def person_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(B,16,2) joints px -> centre (B,2), side (B,): `input_pipeline.person_box`, batched."""
     lo, hi = joints2d.min(1), joints2d.max(1)
     w, h = (hi - lo)[:, 0], (hi - lo)[:, 1]
-    x0, x1 = lo[:, 0] - 0.25 * w, hi[:, 0] + 0.25 * w
-    y0, y1 = lo[:, 1] - 0.35 * h, hi[:, 1] + 0.25 * h
-    side = jnp.maximum(jnp.maximum(x1 - x0, y1 - y0), 8.0)
+    margin = input_pipeline.BOX_MARGINS
+    x0, x1 = lo[:, 0] - margin["left"] * w, hi[:, 0] + margin["right"] * w
+    y0, y1 = lo[:, 1] - margin["top"] * h, hi[:, 1] + margin["bottom"] * h
+    side = jnp.maximum(jnp.maximum(x1 - x0, y1 - y0), input_pipeline.MIN_WINDOW_SIDE_PX)
     return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2], -1), side
 
 

@@ -145,8 +145,6 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             f"device) of {config.image_size} x {config.image_size} pixels and {model}, in "
             f"{dtype}, as the checkpoint's config sets them. Lower {flag}, or compute in "
             f"bfloat16 (--config.model.dtype=bfloat16)")
-    from hgmt.training import resume  # its config check: imports this module's users
-
     devices = jax.device_count()
     batch = int(config[batch_field])
     model = ("a model of unknown size" if params is None else
@@ -161,7 +159,7 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
         f"(config.model.features={config.model.features}, "
         f"config.model.num_stacks={config.model.num_stacks}), or compute in bfloat16 "
         f"(config.model.dtype=bfloat16); a run resumed from its checkpoints takes a new "
-        f"batch size or dtype only with {resume.FLAG}, and another model only in a new "
+        f"batch size or dtype only with {cli.RESUME_FLAG}, and another model only in a new "
         f"--workdir. XLA's full message (the allocation dump) is logged with --verbosity=1")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from hgmt import disk_space, workdirs
+from hgmt import cli, disk_space, workdirs
 from hgmt.paths import absolute
 from hgmt.training import checkpoints
 
@@ -52,7 +52,7 @@ BEST_SETTINGS = ("best_metric", "split", "frames", "max_examples", "flip", "prot
 # The fields no rerun may change: grain restores the loader's saved position only with the
 # sampler it was saved with, whose seed is config.seed.
 FIXED_ON_RESUME = ("seed",)
-FLAG = "--resume_with_changed_config"
+FLAG = cli.RESUME_FLAG
 
 
 class CannotResume(ValueError):
