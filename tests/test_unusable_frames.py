@@ -13,6 +13,7 @@ import pytest
 import scipy.io
 
 from hgmt.data import records
+from hgmt.evaluation import protocols
 from hgmt.sources import surreal, synthetic
 from tests.test_protocols import _pose3d_case, _run
 
@@ -338,3 +339,56 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
         assert ("1.4.0, before 1.5.0: its middle frames are ceil(T/2) of the frames a clip's "
                 "four files share" in caplog.text) == warned, caplog.text
     assert "so 1 clip(s) of split 'test'" in caplog.text and "--config=all" in caplog.text
+
+
+def test_pose2d_hgmt_leaves_out_padding_flagged_and_rejected_frames():
+    """hgmt's PCKh and PCK@3.2px count only real, usable frames: a flagged (`unusable`) or
+    `rejected` frame and the padding (`mask` 0, repeating the last real frame, as
+    input_pipeline's eval batches do) are left out."""
+    from tests.test_protocols import R, _heatmaps
+
+    # Ground truth joint j at (10 + 2j, 20), head_top moved to (26, 10): head segment 10 px
+    # (upper_neck is at (26, 20)). Predictions at the ground truth, but 8 px right (0.8 head
+    # segments, 8 > 3.2 px: wrong at PCKh@0.5 and PCK@3.2px) for joints 8-15 of ex 3 and
+    # every joint of ex 1 (unusable), ex 2 (rejected); ex 4-5 are padding, copies of ex 3.
+    b = 6
+    gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
+    gt[:, surreal.HEAD_TOP] = [26.0, 10.0]
+    pred_xy = gt.copy()
+    pred_xy[1:3] += [8.0, 0.0]
+    pred_xy[3:, 8:] += [8.0, 0.0]
+    batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.ones((b, 16)),
+             "image": jnp.zeros((b, 4 * R, 4 * R, 3), jnp.uint8),
+             "crop": jnp.tile(jnp.eye(2, 3, dtype=jnp.float32), (b, 1, 1)),
+             "position": jnp.asarray([0, 1, 2, 3, 3, 3], jnp.int32),
+             "mask": jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32),
+             "unusable": jnp.asarray([0, 1, 0, 0, 0, 0], jnp.float32),
+             "rejected": jnp.asarray([0, 0, 1, 0, 0, 0], jnp.float32)}
+    _, h = _run("hgmt", "pose2d", jnp.asarray(_heatmaps(pred_xy, b)), batch)
+    # Ex 0 and 3 count: joints 0-7 are 2/2 correct, joints 8-15 1/2 -> mean 0.75 (counting
+    # the padding: 1/4 for joints 8-15, 0.625; counting ex 1 or 2: 2/3 and 1/3).
+    assert h["pckh@0.5"] == 0.75 and h["pck@3.2px"] == 0.75
+    assert h["pckh@0.5_per_joint"]["thorax"] == 1.0
+    assert h["pckh@0.5_per_joint"]["l_wrist"] == 0.5
+    # The curve: 0.75 below 0.8 head segments, 1 from there on (every threshold is <=).
+    np.testing.assert_allclose(h["pckh_curve"]["mean"], [0.75] * 16 + [1.0] * 5, atol=1e-6)
+
+
+def test_bodynet_pck_never_counts_padding():
+    """BodyNet's PCK over the 8 examples of test_protocols' batches A and B, evaluated in a
+    batch of 12 whose last 4 are padding (`mask` 0), copies of ex 7 at its position, as
+    input_pipeline's eval batches pad: the padding is not in batch B."""
+    from tests.test_protocols import _pose2d_case
+
+    pred, batch = _pose2d_case()
+    take = jnp.asarray([0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7, 7])
+    padded = {k: v[take] for k, v in batch.items()}
+    padded["mask"] = jnp.asarray([1.0] * 8 + [0.0] * 4)
+    m = protocols.metric("bodynet", "pose2d", 8)
+    s = m.summarize(jax.tree.map(np.asarray, m.stats(pred[take], padded)))
+    # test_protocols' A: 0.875, B: 8.75 / 9 (r_ankle 3/4, l_wrist unscored, 8 others 1);
+    # test.lua:81 divides by 8 / 4 = 2. Counting the padding (ex 7: r_ankle correct) would
+    # make B's r_ankle 7/8: (0.875 + 8.875 / 9) / 2.
+    assert s["pck"] == pytest.approx((0.875 + 8.75 / 9) / 2, abs=1e-9)
+    assert s["pck_per_joint"]["r_ankle"] == pytest.approx(7 / 8)
+    assert s["num_batches"] == 2 and s["examples_with_unscored_joint"] == 5
