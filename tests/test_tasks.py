@@ -326,11 +326,21 @@ def test_metrics_known_offsets():
     batch = make_batch(seed=4, b=2)
     gt = batch["joints2d"]
     head = np.linalg.norm(np.asarray(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK]), axis=-1)
-    # Shift every joint by 0.4 head segments: correct at PCKh@0.5; by 0.6: wrong.
-    for frac, expected in ((0.4, 1.0), (0.6, 0.0)):
+    # Shift every joint by 0.4 head segments: correct at PCKh@0.5; by 0.52 or 0.6: wrong (0.52
+    # is wrong at 0.5 but right at the next threshold, 0.55). The curve's thresholds are
+    # 0, 0.05, ..., 1 head segments; a joint counts where its distance <= the threshold.
+    thresholds = np.arange(21) / 20
+    for frac, expected in ((0.4, 1.0), (0.52, 0.0), (0.6, 0.0)):
         dec = {"joints2d": gt + jnp.asarray(head * frac, jnp.float32)[:, None, None]
                * jnp.array([1.0, 0.0])}
-        assert pose2d.summarize(pose2d.metric_stats(dec, batch))["pckh@0.5"] == expected
+        s = pose2d.summarize(pose2d.metric_stats(dec, batch))
+        assert s["pckh@0.5"] == expected, frac
+        np.testing.assert_allclose(s["pckh_curve"]["thresholds"], thresholds, atol=1e-12)
+        # 1 from the shift on, 0 below; not at a threshold equal to the shift, where float32
+        # rounding of the shifted joints decides.
+        apart = np.abs(thresholds - frac) > 1e-6
+        np.testing.assert_array_equal(np.asarray(s["pckh_curve"]["mean"])[apart],
+                                      (thresholds > frac)[apart], err_msg=str(frac))
     # 3D: every non-pelvis joint off by 30 mm along x -> MJD = 15/16 * 30 mm.
     rel = pose3d.root_relative_mm(batch["joints3d"])
     off = jnp.zeros_like(rel).at[..., 0].set(30.0).at[:, surreal.PELVIS].set(0.0)
