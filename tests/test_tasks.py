@@ -307,6 +307,21 @@ def test_raw_to_part():
     np.testing.assert_array_equal(segm.raw_to_part(jnp.asarray(raw)), surreal.SEGM_TO_PART)
 
 
+def test_pose3d_channel_flip_swaps_left_and_right_joints_keeping_the_bin():
+    """Channel j*19+k (joint j at depth bin k) goes, under a horizontal flip, to the channel
+    of joint j's mirror twin by name ('l_' <-> 'r_', others themselves) at the same bin."""
+    names = list(surreal.JOINT_NAMES)
+    twin = {"l_": "r_", "r_": "l_"}
+    expected = []
+    for name in names:
+        mirror = twin[name[:2]] + name[2:] if name[:2] in twin else name
+        expected += [names.index(mirror) * 19 + k for k in range(19)]
+    assert len(expected) == 304 and pose3d.NUM_CHANNELS == 304
+    np.testing.assert_array_equal(pose3d.CHANNEL_FLIP, expected)
+    assert expected[0] == names.index("l_ankle") * 19  # r_ankle's bin 0 -> l_ankle's
+    assert expected[6 * 19 + 5] == 6 * 19 + 5  # pelvis stays
+
+
 def _summaries(task, pred_batch, batch):
     dec = task.decode(pred_batch, batch)
     return task.summarize(task.metric_stats(dec, batch))
