@@ -373,6 +373,12 @@ def test_metrics_known_offsets():
     # Parts in neither labels nor predictions are not scored: the mean is over head and torso.
     assert s["iou_per_part"]["r_hand"] is None and s["mean_iou"] == 0.25
     assert s["pixel_accuracy"] == 0.5
+    # A part only predicted is scored too: labels head, torso, torso; predictions head, head,
+    # r_hand (class 8, absent from the labels): head 1/2, torso 0/2, r_hand 0/1 -> mean 1/6.
+    three = {"segm": jnp.array([[[1, 2, 2]]], jnp.int32)}
+    s = segm.summarize(segm.metric_stats({"segm_classes": jnp.array([[[1, 1, 8]]])}, three))
+    assert s["iou_per_part"]["r_hand"] == 0.0 and s["iou_per_part"]["head"] == 0.5
+    assert s["mean_iou"] == pytest.approx(1 / 6) and s["pixel_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_all_task_combinations_are_fifteen():
