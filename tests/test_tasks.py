@@ -402,8 +402,12 @@ def test_the_video_skeleton_sits_where_the_panel_puts_the_joints():
 
     np.testing.assert_allclose(label_to_crop_px(np.array([[0.0, 0.0], [15.0, 8.0]]), 64, 16),
                                [[1.5, 1.5], [61.5, 33.5]])
-    pred = np.zeros((16, 16, 16), np.float32)
-    pred[10, 6, :] = 1.0  # every joint at label (x=6, y=10): picture px (25.5, 41.5)
+    # Every joint at label (x=6.2, y=9.95), a sigma-1 Gaussian whose log-parabola peak is
+    # exactly there: picture px (4 * 6.2 + 1.5, 4 * 9.95 + 1.5) = (26.3, 41.3), drawn
+    # at whole pixel (26, 41); half a label px off, (27, 42), is 0.7 away.
+    yy, xx = np.mgrid[0:16, 0:16]
+    blob = np.exp(-((xx - 6.2) ** 2 + (yy - 9.95) ** 2) / 2).astype(np.float32)
+    pred = np.repeat(blob[..., None], 16, -1)
     drawn = pose2d.draw(pred, np.zeros((64, 64, 3), np.uint8), None)
     ys, xs = np.nonzero(drawn.sum(-1) > 0)
-    assert abs(xs.mean() - 25.5) <= 0.6 and abs(ys.mean() - 41.5) <= 0.6, (xs.mean(), ys.mean())
+    assert abs(xs.mean() - 26.3) <= 0.4 and abs(ys.mean() - 41.3) <= 0.4, (xs.mean(), ys.mean())
