@@ -90,7 +90,9 @@ def test_colour_gain_is_applied_in_uint8_with_saturation(source):
     gain = np.random.default_rng(7).uniform(0.6, 1.4, size=3)  # the draw crop_example made
     expected = np.clip(np.round(plain["image"] * gain), 0, 255)
     assert gained["image"].dtype == np.uint8
-    assert np.abs(gained["image"].astype(int) - expected).max() <= 1
+    # The gain multiplies the warped uint8 crop, rounded to nearest: exactly this.
+    np.testing.assert_array_equal(gained["image"], expected)
+    assert (expected == 255).any() and (expected != np.trunc(plain["image"] * gain)).any()
 
 
 def test_undecodable_image_bytes_name_the_feature_and_the_fix():
