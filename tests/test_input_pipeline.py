@@ -335,14 +335,25 @@ def test_gain_lookup_equals_cv2_multiply():
         np.testing.assert_array_equal(ip.apply_gain(image, gain), expected)
 
 
-def test_crop_params_are_drawn_as_the_crop_uses_them(source):
-    """crop_example = crop_with the parameters draw_crop_params draws from the same rng."""
+def test_crop_with_given_params_makes_the_hand_derived_crop(source):
+    """crop_with a window twice the person box's side, mirrored, unrotated: image px (u, v) ->
+    label px (c - s (u - cx), c + s (v - cy)), s = r / (2 side), c = (r - 1) / 2, around the
+    box (cx, cy, side) of the SMPL-mapped joints; the picture is warped with the same map at
+    its own size. No augmentation draws the identity parameters."""
+    import cv2
+
     ex = source[4]
-    params = ip.draw_crop_params(ip.Augment(), np.random.default_rng(11))
-    a = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(11))
-    b = ip.crop_with(ex, 64, params)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    out = ip.crop_with(ex, 64, ip.CropParams(scale=2.0, rotation=0.0, flip=True))
+    (cx, cy), side = ip.person_box(ex["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+
+    def by_hand(size):
+        s, c = size / (2 * side), (size - 1) / 2
+        return np.array([[-s, 0.0, c + s * cx], [0.0, s, c - s * cy]])
+
+    np.testing.assert_allclose(out["crop"], by_hand(16), rtol=1e-6, atol=1e-5)
+    image = cv2.warpAffine(ip.decoded(ex, "image"), by_hand(64), (64, 64),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    np.testing.assert_array_equal(out["image"], image)
     assert ip.draw_crop_params(ip.Augment.none(), np.random.default_rng(0)) == ip.CropParams()
 
 
