@@ -686,16 +686,23 @@ def test_a_process_that_peers_end_releases_its_workdir_lock_first(tmp_path, monk
     assert lock.release not in peers._before_exit and released.release not in \
         peers._before_exit
 
-def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
-                                                                             tmp_path):
+
+def _truncated_shard(demo_dataset, tmp_path, split: str) -> tuple[str, str]:
+    """(data_dir, shard): a copy of the demo build whose `split` shard is cut to half."""
     data_dir = str(tmp_path / "tfds")
     shutil.copytree(demo_dataset[1], data_dir)
     [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
-               if f.startswith("surreal-train.array_record")]
+               if f.startswith(f"surreal-{split}.array_record")]
     with open(shard, "rb") as f:
         data = f.read()
     with open(shard, "wb") as f:
         f.write(data[:len(data) // 2])
+    return data_dir, shard
+
+
+def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(demo_dataset,
+                                                                             tmp_path):
+    data_dir, shard = _truncated_shard(demo_dataset, tmp_path, "train")
     config = tiny_config(data_dir, **KW)
     with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
                                                   rf"dataset_info.json says 12|cannot be "
@@ -706,20 +713,12 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
         loop.train(config, str(tmp_path / "w"))
 
 
-
 def test_a_truncated_or_missing_shard_of_an_evaluated_split_stops_before_training(
         demo_dataset, tmp_path):
     """The shard of the test split, which an evaluator reads after the last step, truncated
     and then missing: the run stops before its first step (no checkpoint), naming the file,
     not after all of training."""
-    data_dir = str(tmp_path / "tfds")
-    shutil.copytree(demo_dataset[1], data_dir)
-    [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
-               if f.startswith("surreal-test.array_record")]
-    with open(shard, "rb") as f:
-        data = f.read()
-    with open(shard, "wb") as f:
-        f.write(data[:len(data) // 2])
+    data_dir, shard = _truncated_shard(demo_dataset, tmp_path, "test")
     workdir = str(tmp_path / "w")
     config = tiny_config(data_dir, total_steps=1, **{**KW, "evals.test.at_end": True})
     with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
