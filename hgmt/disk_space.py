@@ -137,11 +137,7 @@ def rename_together(staged: Sequence[tuple[str, str]]) -> None:
     data synced first and the folders after, so that a power loss leaves the old files or the
     new ones whole (`write_together`, for files written elsewhere, e.g. streamed)."""
     for tmp, _ in staged:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_file(tmp)
     for tmp, path in staged:
         os.replace(tmp, path)
     _sync_folders([path for _, path in staged])
@@ -154,15 +150,20 @@ def rename_folder(staged: str, path: str) -> None:
     leaves the whole folder at `path` or none."""
     for root, _, files in os.walk(staged):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_file(os.path.join(root, name))
     for root, _, _ in os.walk(staged, topdown=False):
         _sync_folder(root)
     os.rename(staged, path)
     _sync_folders([path])
+
+
+def _sync_file(path: str) -> None:
+    """Makes the data of the local file `path`, written and closed elsewhere, durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_folders(paths: Sequence[str]) -> None:

@@ -19,6 +19,13 @@ def xla_flags(devices: int) -> str:
     return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
 
 
+def as_worker_process(devices: int) -> None:
+    """Makes this process a multi-process test worker (tests/*_worker.py) of `devices` virtual
+    CPU devices: its XLA_FLAGS and JAX's platform, set before JAX is imported."""
+    os.environ["XLA_FLAGS"] = xla_flags(devices)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 os.environ.setdefault("XLA_FLAGS", xla_flags(4))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

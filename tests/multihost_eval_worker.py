@@ -16,10 +16,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.conftest import xla_flags  # noqa: E402
+from tests.conftest import as_worker_process  # noqa: E402
 
-os.environ["XLA_FLAGS"] = xla_flags(2)
-os.environ["JAX_PLATFORMS"] = "cpu"
+as_worker_process(2)
 
 import jax  # noqa: E402
 
