@@ -1360,8 +1360,8 @@ def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
 
 def test_the_search_window_never_outgrows_the_whole_image():
     """A silhouette filling the whole label map of a 160x120 image's whole-image crop would
-    give a window 1.28 times the image's side, and so on each pass; it is capped at the
-    whole image's window (side 160)."""
+    give a window FOREGROUND_TO_SIDE times the image's side, and so on each pass; it is capped
+    at the whole image's window (side 160)."""
     whole = person.Window.whole((120, 160))
     m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
     evidence = {"segm": {"foreground": np.ones((32, 32), bool)}}
@@ -1370,6 +1370,57 @@ def test_the_search_window_never_outgrows_the_whole_image():
     capped = person.find_window(evidence, m_label, max_side=whole.side)
     assert capped.side == 160 and capped.found_by == "foreground (segm)"
     np.testing.assert_allclose(capped.centre, whole.centre)
+
+
+def test_a_window_found_from_the_joints_is_trainings_even_beyond_the_image():
+    """A 300 x 600 photo cropped close to a person whose 16 joints span y 20..580: training's
+    window is 560 * 1.6 = 896 px, beyond the photo; the search finds that window, not one cut
+    to the whole image's 600 px, so the crop holds the person at training's scale (with black
+    margins, as a training crop of a person near the frame's edge does)."""
+    whole = person.Window.whole((600, 300))
+    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    joints = np.stack([np.random.default_rng(0).uniform(100, 200, 16),
+                       np.linspace(20, 580, 16)], -1)
+    centre, side = input_pipeline.person_box(joints)
+    assert side == pytest.approx(896.0)
+    evidence = {"pose2d": {"joints": joints @ m_label[:, :2].T + m_label[:, 2],
+                           "joint_scores": np.ones(16)}}
+    window = person.find_window(evidence, m_label, max_side=whole.side)
+    assert window.found_by == "joints (pose2d)"
+    np.testing.assert_allclose([*window.centre, window.side], [*centre, side], atol=1e-9)
+
+
+def test_a_person_cut_off_by_the_frame_says_so_and_takes_the_larger_window():
+    """Only the 12 upper joints are seen (the legs, below the image, score 0.1): their box
+    misses the legs, so the window is the silhouette's when that is larger, and says how many
+    joints were seen either way."""
+    m_label = np.array([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])  # 10 image px per label px
+    legs = [surreal.JOINT_NAMES.index(n) for n in ("r_ankle", "r_knee", "l_knee", "l_ankle")]
+    joints = np.zeros((16, 2))
+    joints[np.setdiff1d(np.arange(16), legs)] = np.stack([np.linspace(12, 20, 12),
+                                                         np.linspace(4, 14, 12)], -1)
+    joints[legs] = [[14, 28], [14, 20], [18, 20], [18, 28]]
+    scores = np.ones(16)
+    scores[legs] = 0.1
+    silhouette = np.zeros((32, 32), bool)
+    silhouette[3:17, 10:23] = True  # 14 rows x 13 columns: the body down to the cut
+    evidence = {"pose2d": {"joints": joints, "joint_scores": scores},
+                "segm": {"foreground": silhouette}}
+    upper = np.delete(joints, legs, axis=0) * 10  # image px
+    centre, side = input_pipeline.person_box(upper)
+    assert side == pytest.approx(160.0)  # 100 px tall joints' box, + 60 % margins
+    window = person.find_window(evidence, m_label)
+    assert window.found_by == "foreground (segm), larger than joints (pose2d, 12 of 16)"
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 140.0)  # > 160
+    np.testing.assert_allclose(window.centre, [160.0, 95.0])
+    assert window.person_seen
+    alone = person.find_window({"pose2d": evidence["pose2d"]}, m_label)
+    assert alone.found_by == "joints (pose2d, 12 of 16)"
+    np.testing.assert_allclose([*alone.centre, alone.side], [*centre, side])
+    silhouette[:] = False
+    silhouette[3:15, 11:22] = True  # around the same joints, its window 1.28 * 120 < 160
+    small = person.find_window(evidence, m_label)
+    assert small.found_by == "joints (pose2d, 12 of 16)" and small.side == pytest.approx(side)
 
 
 def test_a_bbox_must_be_finite(workdir):

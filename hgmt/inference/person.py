@@ -30,8 +30,10 @@ NOTHING_SEEN_LAST = "nothing seen in the final window"
 @dataclasses.dataclass(frozen=True)
 class Window:
     """A square crop window in image pixels (pixel centres at integers) and how it was had:
-    "given", "whole image", NOT_FOUND, or what found it ("joints (<task>)", "foreground
-    (<tasks>)", followed by "; " NOTHING_SEEN_LAST when the model saw nothing on it)."""
+    "given", "whole image", NOT_FOUND, or what found it (`find_window`'s "joints (<task>)",
+    "joints (<task>, <n> of 16)", "foreground (<tasks>)", "foreground (<tasks>), larger than
+    joints (<task>, <n> of 16)", followed by "; " NOTHING_SEEN_LAST when the model saw nothing
+    on it)."""
 
     centre: np.ndarray  # (2,) x, y
     side: float
@@ -100,18 +102,32 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
                 max_side: float = np.inf) -> Window | None:
     """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order) and the
     crop's (2,3) affine from image px to label px -> the training window around the person,
-    in image px, its side at most `max_side` (the whole image's window's: a larger one would
-    only add black margins, and grow by FOREGROUND_TO_SIDE each pass), or None when nothing is
-    seen.
+    in image px, or None when nothing is seen.
 
-    The silhouette is the largest connected region of the union of the tasks' foregrounds.
-    The joints are those of the first task giving joints, kept where their peak reaches
-    MIN_JOINT_SCORE and (when there is a silhouette) lies within NEAR_FOREGROUND label px of
-    it; with MIN_JOINTS or more kept, the window is training's `person_box` of them, else the
-    silhouette's box grown by FOREGROUND_TO_SIDE."""
+    The silhouette is the largest connected region of the union of the tasks' foregrounds;
+    its window is its box's longer side times FOREGROUND_TO_SIDE around its centre, at most
+    `max_side` (the whole image's window's: a silhouette filling the crop would otherwise grow
+    the window by FOREGROUND_TO_SIDE on every pass). The joints are those of the first task
+    giving joints, kept where their peak reaches MIN_JOINT_SCORE and (when there is a
+    silhouette) lies within NEAR_FOREGROUND label px of it. With all 16 kept, the window is
+    training's `person_box` of them, "joints (<task>)", whatever its size: a training crop of a
+    person near the frame's edge holds black margins too, and the window's side is the scale
+    3D decoding reads (the pelvis depth is inversely proportional to it), so it is not cut to
+    the image. With MIN_JOINTS to 15 kept, the box of those misses the others (a person cut
+    off at the knees, whose training box spans the feet outside the frame): the window is
+    that box, "joints (<task>, <n> of 16)", or the silhouette's when larger, "foreground
+    (<tasks>), larger than joints (<task>, <n> of 16)". With fewer, the silhouette's."""
     back = cv2.invertAffineTransform(m_label)
     masks = [e["foreground"] for e in evidence.values() if "foreground" in e]
     silhouette = _largest_component(np.logical_or.reduce(masks)) if masks else None
+    outline = None
+    if silhouette is not None:
+        ys, xs = np.nonzero(silhouette)
+        corners = np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])
+        corners = corners @ back[:, :2].T + back[:, 2]
+        side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
+        tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
+        outline = Window(corners.mean(0), min(side, max_side), f"foreground ({tasks})")
     givers = [t for t, e in evidence.items() if "joints" in e]
     if givers:
         joints = np.asarray(evidence[givers[0]]["joints"], np.float64)
@@ -122,17 +138,17 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
             r = silhouette.shape[0]
             xi, yi = (np.clip(np.round(joints[:, k]).astype(int), 0, r - 1) for k in (0, 1))
             keep &= near[yi, xi] > 0
-        if keep.sum() >= MIN_JOINTS:
+        kept = int(keep.sum())
+        if kept >= MIN_JOINTS:
             centre, side = input_pipeline.person_box(joints[keep] @ back[:, :2].T + back[:, 2])
-            return Window(centre, min(side, max_side), f"joints ({givers[0]})")
-    if silhouette is None:
-        return None
-    ys, xs = np.nonzero(silhouette)
-    corners = np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])
-    corners = corners @ back[:, :2].T + back[:, 2]
-    side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
-    tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
-    return Window(corners.mean(0), min(side, max_side), f"foreground ({tasks})")
+            if kept == len(joints):
+                return Window(centre, side, f"joints ({givers[0]})")
+            found_by = f"joints ({givers[0]}, {kept} of {len(joints)})"
+            if outline is not None and outline.side > side:
+                return dataclasses.replace(
+                    outline, found_by=f"{outline.found_by}, larger than {found_by}")
+            return Window(centre, side, found_by)
+    return outline
 
 
 def after_pass(window: Window, seen: Window | None, first_pass: bool) -> tuple[Window, bool]:
