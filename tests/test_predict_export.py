@@ -150,6 +150,20 @@ def test_3d_decoding_is_the_same_at_any_resolution_and_follows_focal_px(predicto
                   a["joints3d_rel_mm"]).max() > 1.0
 
 
+def test_a_surreal_frames_decoding_frame_is_the_identity():
+    """Training decodes a SURREAL frame's pixels as they are (principal point (160, 120),
+    pixel centres at integers): the decoding frame of a 320 x 240 image is exactly the
+    identity, whatever focal length SURREAL's is given as; an image resampled from one at 4x
+    (pixel x of the 4x image at (x + 0.5) / 4 - 0.5 of the frame) decodes as the frame."""
+    np.testing.assert_array_equal(prediction.decoding_frame((240, 320)), np.eye(2, 3))
+    np.testing.assert_array_equal(prediction.decoding_frame((240, 320), 600.0), np.eye(2, 3))
+    points = np.array([[0.0, 0.0], [1279.0, 959.0], [641.5, 481.5]])
+    big = prediction.decoding_frame((960, 1280))
+    np.testing.assert_allclose(points @ big[:, :2].T + big[:, 2], (points + 0.5) / 4 - 0.5,
+                               atol=1e-12)
+    np.testing.assert_allclose(prediction.decoding_frame((960, 1280), 2400.0), big, atol=1e-12)
+
+
 def test_a_large_window_is_averaged_down_not_aliased_and_stays_in_place(predictor):
     """A window over MAX_WINDOW_PX source px (a high-resolution photo) is averaged down before
     the crop: a 1 px checkerboard becomes flat grey, not moire; a smooth picture gives the crop
@@ -849,7 +863,8 @@ def _decoded_by_the_metadata(meta: dict, raw: dict, centre: np.ndarray, side: fl
             b = 0 if j == pelvis else bins[int(np.argmax(volumes[yi, xi, j]))]
             z = z_pelvis + b * layout["bin_mm"] / 1000
             ix, iy = to_image([x, y])
-            u, v = s * ix + cx - s * (w - 1) / 2, s * iy + cy - s * (h - 1) / 2
+            u0, v0 = camera["frame_centre_px"]
+            u, v = s * (ix - (w - 1) / 2) + u0, s * (iy - (h - 1) / 2) + v0
             points.append([(u - cx) * z / f, (v - cy) * z / f, z])
         points = np.array(points)
         out["joints3d_rel_mm"] = 1000 * (points - points[pelvis])

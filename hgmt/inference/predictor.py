@@ -8,12 +8,13 @@
 The person crop is the square window around `bbox` (x, y, w, h in pixels: the person with a
 margin, as training crops are); without one the person is found (hgmt/inference/person.py).
 3D decoding needs the camera and the person's depth, which one image does not give. The image
-centre is taken as the principal point and the focal length is `focal_px` when given, else
-that of SURREAL's camera for an image whose longer side spans SURREAL's 320 px (a field of view
-of 30 degrees along the longer side; a fixed field of view gives the same 3D pose at any
-resolution); the person's depth is estimated from the crop size (a training crop spans about
-CROP_METRES at the person). The root-relative joints' x and y scale with that depth; where the
-person is off the image centre they also depend on the focal length.
+is placed as a SURREAL frame, its centre on the frame's (`decoding_frame`: its principal point
+where SURREAL's lies relative to its frame's centre) and the focal length is `focal_px` when
+given, else that of SURREAL's camera for an image whose longer side spans SURREAL's 320 px (a
+field of view of 30 degrees along the longer side; a fixed field of view gives the same 3D
+pose at any resolution); the person's depth is estimated from the crop size (a training
+crop spans about CROP_METRES at the person). The root-relative joints' x and y scale with that
+depth; where the person is off the image centre they also depend on the focal length.
 """
 
 from __future__ import annotations
@@ -197,14 +198,18 @@ class Predictor:
 
 def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) -> np.ndarray:
     """(2,3) image px -> the px of SURREAL's camera (focal 600 px, principal point (160, 120))
-    seeing what the image's camera saw: the image centre moved to the principal point and
-    scaled by 600 / `focal_px` (None: the image's longer side spans SURREAL's 320 px)."""
+    seeing what the image's camera saw, pixel centres at integers in both: the image scaled by
+    600 / `focal_px` (None: its longer side spans SURREAL's 320 px) with its centre on the
+    centre of SURREAL's 320 x 240 frame, (159.5, 119.5). So the image is placed as a SURREAL
+    frame is, whose principal point lies half a pixel right of and below its centre (the
+    convention of SURREAL's joints2d, which training reads as they are): a SURREAL frame's
+    decoding frame is the identity, and an image resampled from one (at any scale) decodes as
+    it does."""
     h, w = image_shape
-    f, cx, cy = (surreal.INTRINSICS[0, 0], surreal.INTRINSICS[0, 2],
-                 surreal.INTRINSICS[1, 2])
-    scale = f / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
-    return np.array([[scale, 0.0, cx - scale * (w - 1) / 2],
-                     [0.0, scale, cy - scale * (h - 1) / 2]])
+    scale = surreal.INTRINSICS[0, 0] / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
+    u0, v0 = (surreal.IMAGE_WIDTH - 1) / 2, (surreal.IMAGE_HEIGHT - 1) / 2
+    return np.array([[scale, 0.0, u0 - scale * (w - 1) / 2],
+                     [0.0, scale, v0 - scale * (h - 1) / 2]])
 
 
 def crop_meta() -> dict:
@@ -242,13 +247,16 @@ def camera_meta() -> dict:
         "focal_px": float(k[0, 0]),
         "principal_point_px": [float(k[0, 2]), float(k[1, 2])],
         "image_width_px": surreal.IMAGE_WIDTH,
+        "frame_centre_px": [(surreal.IMAGE_WIDTH - 1) / 2, (surreal.IMAGE_HEIGHT - 1) / 2],
         "camera": "SURREAL's: focal length f = focal_px, principal point (cx, cy) = "
-                  "principal_point_px; x right, y down, z away from the camera",
-        "image_px_to_camera_px": "u = s x + cx - s (W - 1) / 2, v = s y + cy - s (H - 1) / 2 "
-                                 "for image px (x, y) of a W x H image: its centre on the "
-                                 "principal point, scaled by s = focal_px / F for the image's "
-                                 "focal length F px (hgmt.predict --focal_px), else "
-                                 "s = image_width_px / max(W, H)",
+                  "principal_point_px, in px of its image_width_px-wide frame whose centre is "
+                  "frame_centre_px (pixel centres at integers: the principal point lies half a "
+                  "pixel right of and below it); x right, y down, z away from the camera",
+        "image_px_to_camera_px": "u = s (x - (W - 1) / 2) + u0, v = s (y - (H - 1) / 2) + v0 "
+                                 "for image px (x, y) of a W x H image, (u0, v0) = "
+                                 "frame_centre_px: its centre on the frame's centre, scaled by "
+                                 "s = focal_px / F for the image's focal length F px "
+                                 "(hgmt.predict --focal_px), else s = image_width_px / max(W, H)",
         "pelvis_depth_m": "z_pelvis = focal_px * crop.window_metres / (s S), for a window of "
                           "S image px",
     }

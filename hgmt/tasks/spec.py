@@ -50,8 +50,9 @@ class Frame:
     pictures): `batch` is the decoding context of a batch of one ('crop' (1,2,3) decoding
     frame px -> label px, 'pelvis_depth' (1,) metres, as in a cropped example); `back` (2,3)
     maps label px to the original image's px, of shape `image_shape` (H, W); `virtual` (2,3)
-    maps the original image's px to the decoding frame's, a SURREAL camera's (identity for a
-    SURREAL frame)."""
+    maps the original image's px to the decoding frame's, a SURREAL camera's, pixel centres at
+    integers in both (`hgmt.inference.predictor.decoding_frame`: exactly the identity for a
+    SURREAL frame, whose pixels training decodes as they are)."""
 
     batch: dict
     back: np.ndarray | None = None
