@@ -13,6 +13,8 @@
     <workdir>/eval_<split>[_<ckpt>][_<protocol>].json   an evaluation's summary (+ .md)
     <workdir>/events.*                    TensorBoard summaries
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
+    <workdir>/crop_metres.json            the metres a training window spans at the person,
+                                          measured as hgmt.main starts (3D decoding's scale)
 
     <sweep>/<tasks>[@seed<k>]/            one run of a sweep: a workdir as above
     <sweep>/sweep.json                    the sweep's plan
@@ -46,6 +48,7 @@ SUPERSEDED_DIR = "best_superseded"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
+CROP_METRES_FILE = "crop_metres.json"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
 # Config fields newer than some workdirs, with their default: filled in when an older
@@ -155,6 +158,10 @@ def _json_object(line: str, path: str, number: int) -> dict:
 
 def damaged_file(workdir: str) -> str:
     return os.path.join(absolute(workdir), DAMAGED_FILE)
+
+
+def crop_metres_file(workdir: str) -> str:
+    return os.path.join(absolute(workdir), CROP_METRES_FILE)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -613,25 +613,93 @@ def test_3d_views_hold_every_joint_of_an_off_centre_pose():
 
 
 def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:
-    """(T,) metres each frame's training crop spans at the person: side_px * pelvis_depth / f."""
-    sides = np.array([input_pipeline.person_box(j[surreal.SMPL_TO_JOINT].astype(np.float64))[1]
-                      for j in info.joints2d])
-    pelvis_z = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
-                                    info.cam_loc)
-    return sides * pelvis_z / surreal.INTRINSICS[0, 0]
+    """(T',) metres each kept frame's training window spans at the person, by hand: the side
+    of the joints' box widened by BOX_MARGINS, times the pelvis's camera depth, over 600 px;
+    the frames the builder keeps (no `frame_problem`)."""
+    kept = [t for t in range(info.num_frames)
+            if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
+    joints = info.joints2d[kept][:, surreal.SMPL_TO_JOINT].astype(np.float64)
+    w, h = np.moveaxis(joints.max(1) - joints.min(1), -1, 0)
+    m = input_pipeline.BOX_MARGINS
+    sides = np.maximum((1 + m["left"] + m["right"]) * w, (1 + m["top"] + m["bottom"]) * h)
+    pelvis_z = surreal.camera_depth(
+        info.joints3d[kept][:, surreal.SMPL_TO_JOINT[surreal.PELVIS]], info.cam_loc)
+    return sides * pelvis_z / 600.0
 
 
-def test_crop_metres_is_what_training_crops_span(real_info_path, tmp_path):
-    """predict's distance prior: the metres a training crop spans at the person, on generated
-    demo clips and on the real SURREAL clip, against the means measured in docs/evaluation.md
-    (its table of the metres a training crop spans)."""
-    stems = synthetic.generate(str(tmp_path), clips_per_split=6, frames=10, seed=3,
-                               splits=("train",))
-    demo = np.concatenate([_crop_metres(surreal.load_info(s + "_info.mat")) for s in stems])
-    real = _crop_metres(surreal.load_info(real_info_path))
-    for spans, mean in ((demo, 2.23), (real, 2.48)):  # docs/evaluation.md's measured means
-        assert abs(spans.mean() - mean) < 0.08, spans.mean()
-        assert abs(prediction.CROP_METRES - spans.mean()) < spans.std()
+def test_hgmt_main_stores_the_metres_a_training_window_spans(demo_dataset, tmp_path,
+                                                              monkeypatch):
+    """As training starts, hgmt.main measures the metres training windows span on the
+    training split (all 12 records of the demo dataset's) and keeps them in the workdir: the
+    mean of a hand computation from the clips' _info.mat files. Measured on 6 of the 12
+    records, the mean lies within two of its standard errors of it."""
+    import hgmt.main
+    from hgmt import workdirs as layout
+    from hgmt.inference import crop_scale
+    from hgmt.training import loop
+
+    surreal_root, data_dir = demo_dataset
+    by_hand = np.concatenate([_crop_metres(surreal.load_info(s + "_info.mat"))
+                              for s in surreal.find_clips(surreal_root, "train")])
+    assert len(by_hand) == 12
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *args, **kwargs: {})
+    workdir = str(tmp_path / "run")
+    assert hgmt.main.main(["--config=configs/default.py:tasks=pose2d,runlocal",
+                           f"--workdir={workdir}", "--config.dataset=surreal/all",
+                           f"--config.data_dir={data_dir}", "--compilation_cache="]) == 0
+    with open(layout.crop_metres_file(workdir)) as f:
+        stored = json.load(f)
+    assert (stored["records"], stored["split_records"], stored["split"]) == (12, 12, "train")
+    assert stored["crop_metres"] == pytest.approx(by_hand.mean(), rel=1e-6)
+    assert stored["standard_error"] == pytest.approx(by_hand.std(ddof=1) / np.sqrt(12),
+                                                     rel=1e-5)
+    assert crop_scale.of_workdir(workdir) == stored["crop_metres"]
+    sample = crop_scale.measure("surreal/all", data_dir, records=6)
+    assert sample["records"] == 6
+    assert abs(sample["crop_metres"] - by_hand.mean()) < 2 * sample["standard_error"]
+    assert sample["crop_metres"] != stored["crop_metres"]
+
+
+def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, tmp_path,
+                                                                       caplog):
+    """A workdir without crop_metres.json (trained before hgmt.main measured it) decodes
+    with CROP_METRES and says so in one warning naming the file; with the file, the
+    Predictor's pelvis depth, its JSON and an export's hgmt.json use the file's figure; a
+    damaged file is a one-line error naming it."""
+    import logging
+    import shutil
+
+    from hgmt import workdirs as layout
+    from hgmt.inference import crop_scale
+
+    older = str(tmp_path / "older")
+    shutil.copytree(workdir, older)
+    assert not os.path.exists(layout.crop_metres_file(older))
+    with caplog.at_level(logging.WARNING):
+        assert prediction.Predictor(older).crop_metres == crop_scale.CROP_METRES
+    warned = [r.getMessage() for r in caplog.records if "crop_metres.json" in r.getMessage()]
+    assert len(warned) == 1 and layout.crop_metres_file(older) in warned[0]
+    assert "3D decoding assumes" in warned[0]
+
+    crop_scale.save(older, {"crop_metres": 2.6, "records": 12})
+    model = prediction.Predictor(older)
+    assert model.crop_metres == 2.6
+    r = model.image_size // 4
+    raw = {t: np.zeros((r, r, TASKS[t].NUM_CHANNELS), np.float32) for t in model.tasks}
+    window = person.Window(np.array([160.0, 120.0]), 150.0, "given")
+    result = model._result(np.zeros((240, 320, 3), np.uint8), window, 1,
+                           np.zeros((model.image_size,) * 2 + (3,), np.uint8),
+                           input_pipeline.crop_affine(window.centre, window.side, r), raw)
+    saved = prediction.to_json(result, model.tasks)
+    assert saved["crop_metres"] == 2.6
+    assert saved["pelvis_depth_m"] == pytest.approx(600.0 * 2.6 / 150, abs=1e-4)
+    _, meta = exporting.inference_fn(older)
+    assert meta["crop"]["window_metres"] == 2.6
+
+    with open(layout.crop_metres_file(older), "w") as f:
+        f.write('{"crop_metres": -1}')
+    with pytest.raises(layout.DamagedRunFile, match=r"crop_metres.json holds no positive"):
+        prediction.Predictor(older)
 
 
 def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
@@ -1451,7 +1519,7 @@ def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
     """Made-up model outputs on a 640x480 image: pose2d's heatmaps peak at known heights,
     which `joint_scores` gives; `focal_px` is the focal length 3D decoding assumed (a 30
     degree field of view: 600 px at 320 px, so 1200 px here; `--focal_px` when given) and
-    `pelvis_depth_m` the depth it put the pelvis at (focal_px * CROP_METRES / window side)."""
+    `pelvis_depth_m` the depth it put the pelvis at (focal_px * crop_metres / window side)."""
     import copy
 
     r = predictor.image_size // 4
@@ -1468,14 +1536,15 @@ def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
                                predictor.tasks)
     np.testing.assert_allclose(saved["joint_scores"], heights, atol=1e-4)
     assert saved["focal_px"] == pytest.approx(1200.0)
-    assert saved["pelvis_depth_m"] == pytest.approx(1200.0 * prediction.CROP_METRES / 150,
+    assert saved["crop_metres"] == predictor.crop_metres
+    assert saved["pelvis_depth_m"] == pytest.approx(1200.0 * predictor.crop_metres / 150,
                                                     abs=1e-4)
     given = copy.copy(predictor)
     given.focal_px = 900.0
     saved = prediction.to_json(given._result(image, window, 1, crop, m_label, raw),
                                given.tasks)
     assert saved["focal_px"] == pytest.approx(900.0)
-    assert saved["pelvis_depth_m"] == pytest.approx(900.0 * prediction.CROP_METRES / 150,
+    assert saved["pelvis_depth_m"] == pytest.approx(900.0 * given.crop_metres / 150,
                                                     abs=1e-4)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import disk_space, paths
-from hgmt.inference import predictor
+from hgmt.inference import crop_scale, predictor
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
@@ -50,7 +50,8 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": predictor.crop_meta(), "camera": predictor.camera_meta(),
+            "crop": predictor.crop_meta(crop_scale.of_workdir(workdir)),
+            "camera": predictor.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.
             "flip_test": False,

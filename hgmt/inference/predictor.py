@@ -5,16 +5,18 @@
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
 
-The person crop is the square window around `bbox` (x, y, w, h in pixels: the person with a
-margin, as training crops are); without one the person is found (hgmt/inference/person.py).
+The person crop is the square window around `bbox` (x, y, w, h in pixels: training's window,
+the joints' box with its margins, not a tight box: docs/predict.md says how to make one from
+a tight box); without one the person is found (hgmt/inference/person.py).
 3D decoding needs the camera and the person's depth, which one image does not give. The image
 is placed as a SURREAL frame, its centre on the frame's (`decoding_frame`: its principal point
 where SURREAL's lies relative to its frame's centre) and the focal length is `focal_px` when
 given, else that of SURREAL's camera for an image whose longer side spans SURREAL's 320 px (a
 field of view of 30 degrees along the longer side; a fixed field of view gives the same 3D
-pose at any resolution); the person's depth is estimated from the crop size (a training
-crop spans about CROP_METRES at the person). The root-relative joints' x and y scale with that
-depth; where the person is off the image centre they also depend on the focal length.
+pose at any resolution); the person's depth is estimated from the window's size: a training
+window spans `crop_metres` at the person, what the workdir's training data spans
+(`crop_scale.of_workdir`). The root-relative joints' x and y scale with that depth; where the
+person is off the image centre they also depend on the focal length.
 """
 
 from __future__ import annotations
@@ -30,17 +32,13 @@ import ml_collections
 import numpy as np
 
 from hgmt.data import input_pipeline
-from hgmt.inference import person
+from hgmt.inference import crop_scale, person
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints
 
-# Metres a training crop spans at the person's depth (side_px * pelvis_depth / focal), within
-# one standard deviation of what it spans on demo clips and on a real SURREAL clip (measured in
-# docs/evaluation.md; tests/test_predict_export.py::test_crop_metres_is_what_training_crops_span).
-CROP_METRES = 2.35
 # Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
 # larger than this (a high-resolution photo) is first averaged down to the crop's scale
 # (cv2.INTER_AREA): a bilinear sampling of it would alias.
@@ -68,6 +66,8 @@ class Predictor:
             raise ValueError(f"focal_px={focal_px}: give the camera's focal length in pixels "
                              f"(> 0), or None to assume SURREAL's field of view")
         self.focal_px = focal_px
+        # Metres a training window spans at the person: 3D decoding's scale.
+        self.crop_metres = crop_scale.of_workdir(workdir)
         model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(predict_last_stage, model))
 
@@ -84,7 +84,8 @@ class Predictor:
         'passes' (model passes run on the image), 'crop_image' (R,R,3) uint8, 'crop' (2,3)
         image px -> label px, 'raw' {task: (r,r,C)}, 'frame' (the decoding `Frame`), and each
         task's `predict` entries: 'joints2d' (16,2) image px, 'joint_scores' (16,) heatmap
-        maxima, 'joints3d_rel_mm' (16,3) with the 'focal_px' and 'pelvis_depth_m' decoding them,
+        maxima, 'joints3d_rel_mm' (16,3) with the 'focal_px' and 'pelvis_depth_m' decoding them
+        (the latter from 'crop_metres', the metres a training window spans at the person),
         'segm' (r,r) and 'segm_image' (H,W) part classes 0..14, 'depth' (r,r) and
         'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
         (nan on background)}."""
@@ -181,13 +182,13 @@ class Predictor:
                 crop: np.ndarray, m_label: np.ndarray, raw: dict) -> dict:
         """One image's result (`predict`) from the model's outputs on its window's crop."""
         out = {"window": window, "passes": passes, "crop_image": crop, "crop": m_label,
-               "raw": raw}
+               "raw": raw, "crop_metres": self.crop_metres}
         virtual = decoding_frame(image.shape[:2], self.focal_px)
         scale = virtual[0, 0]  # decoding frame px per image px
         m_virtual = _after_inverse(m_label, virtual)
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
                  "pelvis_depth": jnp.asarray(
-                     [surreal.INTRINSICS[0, 0] * CROP_METRES / (window.side * scale)],
+                     [surreal.INTRINSICS[0, 0] * self.crop_metres / (window.side * scale)],
                      jnp.float32)}
         out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2],
                              virtual)
@@ -212,9 +213,10 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
                      [0.0, scale, v0 - scale * (h - 1) / 2]])
 
 
-def crop_meta() -> dict:
+def crop_meta(crop_metres: float) -> dict:
     """How a model input is cut from an image (`Predictor._crops`, training's window), for an
-    export's hgmt.json: R is its `image_size`, r its `label_size`."""
+    export's hgmt.json: R is its `image_size`, r its `label_size`; `crop_metres` the metres a
+    training window spans at the person (`crop_scale.of_workdir`)."""
     return {
         "window": "a square of S x S image px centred on image px c (x and y), pixel centres "
                   "at integers; training's is the 16 joints' tight box (w x h) widened by "
@@ -225,7 +227,7 @@ def crop_meta() -> dict:
                   "width and height)",
         "box_margins": dict(input_pipeline.BOX_MARGINS),
         "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
-        "window_metres": CROP_METRES,
+        "window_metres": crop_metres,
         "image_px_to_input_px": "input = (R / S) * (image - c) + (R - 1) / 2, for x and y",
         "image_px_to_label_px": "label = (r / S) * (image - c) + (r - 1) / 2, for x and y",
         "sampling": "bilinear (OpenCV's warpAffine, INTER_LINEAR); an input px whose source "
@@ -287,12 +289,14 @@ def _checked(image: np.ndarray) -> np.ndarray:
 
 def to_json(result: dict, tasks: Sequence[str]) -> dict:
     """The JSON-able part of a result: the window predicted on ('bbox' x, y, w, h in image
-    px, which `--bbox` takes back; 'bbox_found_by': `person.Window.found_by`; 'model_passes'),
-    and each task's `to_json` (joints, class maps in the crop's label frame, as lists)."""
+    px, which `--bbox` takes back; 'bbox_found_by': `person.Window.found_by`; 'model_passes';
+    'crop_metres', the metres a training window spans at the person, which 3D decoding's
+    scale rests on), and each task's `to_json` (joints, class maps in the crop's label frame,
+    as lists)."""
     window = result["window"]
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
            "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,
-           "model_passes": result["passes"],
+           "model_passes": result["passes"], "crop_metres": round(result["crop_metres"], 4),
            "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
     for t in tasks:
         out.update(TASKS[t].to_json(result))
