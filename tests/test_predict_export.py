@@ -660,6 +660,42 @@ def test_hgmt_main_stores_the_metres_a_training_window_spans(demo_dataset, tmp_p
     assert sample["crop_metres"] != stored["crop_metres"]
 
 
+def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_info_path,
+                                                          capsys):
+    """experiments/window_scale.py on the demo dataset's training clips and the real SURREAL
+    annotation file: the metres a training window spans are the hand computation's, and the
+    silhouette's ratio is training's window side over the longer side of the segments' box
+    (OpenCV's boundingRect); the real file has no segments, so no ratio. Its real-clip mean is
+    docs/evaluation.md's ("Metres a training window spans": the file is fixed)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    import window_scale
+
+    train = os.path.join(demo_dataset[0], "cmu", "train")
+    assert window_scale.main([f"--clips={train}", f"--clips={real_info_path}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    stems = surreal.find_clips(demo_dataset[0], "train")
+    by_hand = np.concatenate([_crop_metres(surreal.load_info(s + "_info.mat")) for s in stems])
+    demo = out[train]
+    assert demo["crop_metres"]["frames"] == len(by_hand) == 12
+    assert demo["crop_metres"]["mean"] == pytest.approx(by_hand.mean(), abs=5e-5)
+    assert demo["crop_metres"]["standard_deviation"] == pytest.approx(by_hand.std(ddof=1),
+                                                                      abs=5e-5)
+    ratios = []
+    for stem in stems:
+        info, segm = surreal.load_info(stem + "_info.mat"), surreal.load_segm(stem + "_segm.mat")
+        for t in range(info.num_frames):
+            _, _, w, h = cv2.boundingRect((segm[t] > 0).astype(np.uint8))
+            ratios.append(input_pipeline.person_box(
+                info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))[1] / max(w, h))
+    ratio = demo["foreground_to_side"]
+    assert (ratio["frames"], ratio["clips"]) == (12, 2)
+    assert ratio["mean"] == pytest.approx(np.mean(ratios), abs=5e-5)
+    assert ratio["median"] == pytest.approx(np.median(ratios), abs=5e-5)
+    real = out[real_info_path]
+    assert real["crop_metres"]["frames"] == 100 and real["foreground_to_side"] is None
+    assert real["crop_metres"]["mean"] == pytest.approx(2.475, abs=5e-5)
+
+
 def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, tmp_path,
                                                                        caplog):
     """A workdir without crop_metres.json (trained before hgmt.main measured it) decodes

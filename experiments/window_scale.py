@@ -1,0 +1,139 @@
+"""The two figures that size prediction's window and its 3D scale, on SURREAL-format clips.
+
+    python3 experiments/window_scale.py [--clips=DIR_OR_INFO_MAT ...]
+
+- `crop_metres`: the metres a training window spans at the person, per frame
+  (`hgmt.inference.crop_scale.record_metres`: the window's side in px times the pelvis's camera
+  depth over SURREAL's 600 px focal length), over the frames the builder keeps: mean, standard
+  deviation, the mean's standard error (as if frames were independent), frames. hgmt.main
+  measures the same on a run's training records (its workdir's crop_metres.json); the
+  fallback `crop_scale.CROP_METRES` is for workdirs without it.
+- `foreground_to_side`: training's window side over the longer side of the silhouette's box
+  (the tight box of the pixels whose segment is not background, in px, as
+  `hgmt.inference.person.find_window` measures it), per frame: mean, median, standard
+  deviation, frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box
+  by. Only where a clip has its _segm.mat (null otherwise: a real annotation file alone has
+  no silhouettes).
+
+Without `--clips` it measures the training clips of configs/demo.py (its demo settings,
+generated into a temporary folder) and, when $HGMT_REAL_INFO names a SURREAL _info.mat, that
+file too. Prints JSON, one entry per set of clips.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import flags  # noqa: E402
+
+from hgmt import cli  # noqa: E402
+
+
+def info_files(where: str) -> list[str]:
+    """A `_info.mat` file, or every one below a directory; a clear error when there is none."""
+    if os.path.isfile(where):
+        return [where]
+    found = sorted(glob.glob(os.path.join(where, "**", "*_info.mat"), recursive=True))
+    if not found:
+        raise SystemExit(f"error: no *_info.mat under {where}: give a SURREAL split directory "
+                         f"(cmu/train), a sequence directory, or one _info.mat file")
+    return found
+
+
+def foreground_to_side(info, segm: np.ndarray) -> list[float]:
+    """One clip's annotations and (T,H,W) segments -> per kept frame with a silhouette,
+    training's window side / the longer side of the silhouette's box in px."""
+    from hgmt.data import input_pipeline
+    from hgmt.sources import surreal
+
+    out = []
+    for t in range(min(info.num_frames, len(segm))):
+        if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is not None:
+            continue
+        ys, xs = np.nonzero(segm[t])
+        if not len(xs):
+            continue
+        _, side = input_pipeline.person_box(
+            info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))
+        out.append(side / max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    return out
+
+
+def measure(paths: list[str]) -> dict:
+    """The `_info.mat` files of one set of clips -> {'clips', 'crop_metres': {...},
+    'foreground_to_side': {...} or None}."""
+    from hgmt.inference import crop_scale
+    from hgmt.sources import surreal
+
+    metres, ratios, with_segm = [], [], 0
+    for path in paths:
+        info = surreal.load_info(path)
+        metres += [crop_scale.record_metres(r) for r in crop_scale.info_records(info)]
+        segm_path = path[:-len("_info.mat")] + "_segm.mat"
+        if os.path.isfile(segm_path):
+            with_segm += 1
+            ratios += foreground_to_side(info, surreal.load_segm(segm_path))
+    summary = crop_scale.summary(metres)
+    out = {"clips": len(paths),
+           "crop_metres": {"mean": round(summary["crop_metres"], 4),
+                           "standard_deviation": round(summary["standard_deviation"], 4),
+                           "standard_error": round(summary["standard_error"], 4),
+                           "frames": summary["records"]},
+           "foreground_to_side": None}
+    if ratios:
+        r = np.asarray(ratios)
+        out["foreground_to_side"] = {"mean": round(float(r.mean()), 4),
+                                     "median": round(float(np.median(r)), 4),
+                                     "standard_deviation": round(float(r.std(ddof=1)), 4),
+                                     "frames": len(r), "clips": with_segm}
+    return out
+
+
+def demo_training_clips(out_dir: str) -> str:
+    """Generates the training clips of configs/demo.py's demo settings into `out_dir` ->
+    their split directory."""
+    from configs import demo
+    from hgmt import cores
+    from hgmt.sources import synthetic
+
+    settings = demo.get_config().demo
+    synthetic.generate(out_dir, settings.clips_per_split, settings.frames, settings.seed,
+                       splits=("train",), workers=cores.usable_cores())
+    return os.path.join(out_dir, "cmu", "train")
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_multi_string("clips", None, "a directory of SURREAL clips, or one clip's "
+                              "_info.mat (repeatable); default: configs/demo.py's training "
+                              "clips, generated, and $HGMT_REAL_INFO when set", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the JSON; -> exit status."""
+    args, _ = cli.parse(_define_flags, argv, __doc__)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = list(args.clips or [])
+        if not sets:
+            out_name = "configs/demo.py training clips"
+            out[out_name] = measure(info_files(demo_training_clips(tmp)))
+            if os.environ.get("HGMT_REAL_INFO"):
+                sets.append(os.environ["HGMT_REAL_INFO"])
+        for where in sets:
+            out[where] = measure(info_files(where))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
