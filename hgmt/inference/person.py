@@ -15,8 +15,9 @@ import numpy as np
 
 from hgmt.data import input_pipeline
 
-# Training crop side / the longer side of the silhouette's box, the typical ratio on the demo
-# clips' ground truth, whose window is centred on that box (docs/predict.md).
+# Training window side / the longer side of the silhouette's box: its mean on the demo's
+# training clips (docs/evaluation.md, "Metres a training window spans", measured by
+# experiments/window_scale.py); a silhouette's window is centred on that box (docs/predict.md).
 FOREGROUND_TO_SIDE = 1.28
 MIN_JOINT_SCORE = 0.2  # a joint counts when its peak is this high (a target's peak is 1)
 MIN_JOINTS = 12  # of 16: fewer, and the joints' box would miss limbs; use the silhouette
