@@ -660,6 +660,31 @@ def test_hgmt_main_stores_the_metres_a_training_window_spans(demo_dataset, tmp_p
     assert sample["crop_metres"] != stored["crop_metres"]
 
 
+def test_measuring_the_crop_metres_never_stops_training(demo_dataset, tmp_path, caplog):
+    """hgmt.main's measurement leaves a split that is not built, and a workdir that cannot be
+    made, to the trainer's checks (which tell every process of a job): nothing is raised or
+    made; a damaged file is measured again."""
+    import logging
+
+    from hgmt import workdirs as layout
+    from hgmt.inference import crop_scale
+
+    new = tmp_path / "new" / "run"
+    crop_scale.record_in_workdir("surreal/all", str(tmp_path / "none"), str(new))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        crop_scale.record_in_workdir("surreal/all", demo_dataset[1], str(tmp_path / "file" / "w"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with open(layout.crop_metres_file(workdir), "w") as f:
+        f.write("{")
+    crop_scale.record_in_workdir("surreal/all", demo_dataset[1], workdir)
+    assert crop_scale.of_workdir(workdir) == pytest.approx(
+        crop_scale.measure("surreal/all", demo_dataset[1])["crop_metres"])
+
+
 def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_info_path,
                                                           capsys):
     """experiments/window_scale.py on the demo dataset's training clips and the real SURREAL

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from etils import epath
 
-from hgmt import disk_space, paths, workdirs
+from hgmt import cli, disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.sources import surreal
 from hgmt.tasks import spec
@@ -116,18 +116,29 @@ def _read(workdir: str) -> dict | None:
 
 def record_in_workdir(dataset: str, data_dir: str, workdir: str) -> None:
     """hgmt.main's measurement as training starts: `measure` the training split and `save` it
-    into the workdir, unless the workdir holds a figure measured on this dataset already. A
-    split none of whose measured records reads is warned about and nothing is written (the
-    trainer then meets the damage and reports it)."""
-    stored = _read(workdir)
-    if stored and (stored.get("dataset"), stored.get("data_dir")) == (dataset, data_dir):
-        return
+    into the workdir, unless the workdir holds a figure measured on this dataset already (a
+    damaged file is measured again). It never stops training: a split that is not built, or a
+    workdir that cannot be written, is left to the trainer, whose checks report it (in a
+    multi-host job, to every process); any other failure is warned about, and prediction on
+    the workdir then falls back to CROP_METRES (`of_workdir`)."""
     try:
+        try:
+            stored = _read(workdir)
+        except workdirs.DamagedRunFile:
+            stored = None
+        if stored and (stored.get("dataset"), stored.get("data_dir")) == (dataset, data_dir):
+            return
         measured = measure(dataset, data_dir)
-    except ValueError as e:
-        logging.warning("the metres a training window spans are not measured: %s", e)
+        save(workdir, measured)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        logging.info("the metres a training window spans are not measured: %s", e,
+                     extra=cli.VERBOSE)
         return
-    save(workdir, measured)
+    except Exception as e:  # noqa: BLE001  (the trainer goes on; prediction falls back)
+        logging.warning("the metres a training window spans are not measured (%s: %s): 3D "
+                        "prediction on %s will assume %.2f m", type(e).__name__, e, workdir,
+                        CROP_METRES)
+        return
     logging.info("a training window spans %.3f m at the person (standard error %.3f m; "
                  "%d of the %d training records): %s", measured["crop_metres"],
                  measured["standard_error"], measured["records"], measured["split_records"],
