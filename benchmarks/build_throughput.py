@@ -69,10 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         manual = os.path.join(tmp, "surreal")
-        # TFDS needs every split non-empty: 2-frame clips in val and test, counted too.
-        synthetic.generate(manual, 1, 2, seed=1)
+        # TFDS needs every split non-empty: a 2-frame test clip and its copy in val, counted
+        # too.
         synthetic.generate(manual, args.clips_per_split, args.frames_per_clip, seed=0,
                            splits=("train",))
+        synthetic.generate(manual, 1, 2, seed=1, splits=("val", "test"))
         frames = args.clips_per_split * args.frames_per_clip + 4
         python_s, python_cpu = build(manual, os.path.join(tmp, "py"))
         beam_s, _ = build(manual, os.path.join(tmp, "beam"), args.beam_workers)

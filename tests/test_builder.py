@@ -32,10 +32,10 @@ def _edit_info(stem, edit):
 def bad_tree(tmp_path_factory):
     """6 train clips: 0 good, 1 truncated mp4, 2 truncated info.mat, 3 no segm.mat, 4 depth.mat
     with 4 of 6 frames, 5 all joints zero in frame 1 and the person outside in frame 2; one good
-    clip in validation and test."""
+    test clip, and its copy in validation."""
     root = str(tmp_path_factory.mktemp("bad") / "surreal")
-    synthetic.generate(root, 1, FRAMES, seed=3)
     synthetic.generate(root, 6, FRAMES, seed=3, splits=("train",))
+    synthetic.generate(root, 1, FRAMES, seed=3, splits=("val", "test"))
     stems = [_train_stem(root, k) for k in range(6)]
     video = surreal.clip_paths(stems[1])["video"]
     with open(video, "r+b") as f:

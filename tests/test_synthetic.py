@@ -1,6 +1,7 @@
 """hgmt.sources.synthetic writes SURREAL-format clips that are consistent and learnable."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -48,11 +49,56 @@ def test_depth_is_the_distance_from_the_camera_centre():
 
 
 def test_layout(clips):
+    """Train and test clips of their own sequences; val, as SURREAL's, holds test clips
+    (docs/surreal_format.md): here a copy of each, file for file."""
     root, stems = clips
-    assert len(stems) == 6
-    for split in ("train", "validation", "test"):
-        assert len(surreal.find_clips(str(root), split)) == 2
-    assert stems[0].endswith("cmu/train/run0/01_01/01_01_c0001")
+    names = {split: [os.path.relpath(s, root / "cmu" / split)
+                     for s in surreal.find_clips(str(root), split)]
+             for split in ("train", "val", "test")}
+    assert names == {"train": ["run0/01_01/01_01_c0001", "run0/01_01/01_01_c0002"],
+                     "val": ["run0/03_01/03_01_c0001", "run0/03_01/03_01_c0002"],
+                     "test": ["run0/03_01/03_01_c0001", "run0/03_01/03_01_c0002"]}
+    assert [os.path.relpath(s, root / "cmu") for s in stems] == [
+        f"{split}/{name}" for split in ("train", "val", "test") for name in names[split]]
+    for name in names["test"]:
+        for suffix in surreal.CLIP_SUFFIXES.values():
+            with open(root / "cmu" / "val" / f"{name}{suffix}", "rb") as val, \
+                    open(root / "cmu" / "test" / f"{name}{suffix}", "rb") as test:
+                assert val.read() == test.read(), name + suffix
+    with pytest.raises(ValueError, match=r"val holds copies of the test clips.*add 'test'"):
+        synthetic.generate(str(root / "no_test"), 1, 1, splits=("train", "val"))
+
+
+def test_a_folder_holding_clips_is_refused_before_anything_is_written(clips, tmp_path,
+                                                                        capsys):
+    """A folder whose cmu/<split> holds files (real SURREAL, demo clips of another run) is
+    refused, naming the folder and the fix, and left as it was: the generator wrote over
+    real SURREAL's files of the same names, and a second run of fewer clips left the first
+    run's others among its own. The command says so in one line, exit status 1."""
+    root, _ = clips
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for argv in ([], ["--clips_per_split=1"]):
+        with pytest.raises(SystemExit) as raised:
+            synthetic.main([f"--out_dir={root}", "--frames_per_clip=2", "--workers=1", *argv])
+        assert str(raised.value) == (
+            f"error: ClipsExist: {root}/cmu/train already holds files (real SURREAL clips, "
+            f"or demo clips of another run): the demo's clips, named as SURREAL's (e.g. "
+            f"run0/01_01/01_01_c0001), would overwrite those of the same names and leave "
+            f"the others among them. Nothing was written. Give another --out_dir than "
+            f"{root}, or remove {root}/cmu/train")
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    # A test folder holding one stray file is refused too; a folder with none is written.
+    stray = tmp_path / "cmu" / "test" / "run0" / "notes.txt"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("x")
+    with pytest.raises(synthetic.ClipsExist, match=f"^{tmp_path}/cmu/test already holds"):
+        synthetic.generate(str(tmp_path), 1, 1, splits=("train", "val", "test"))
+    assert not (tmp_path / "cmu" / "train").exists()
+    capsys.readouterr()
+    assert synthetic.main([f"--out_dir={tmp_path / 'new'}", "--clips_per_split=1",
+                           "--frames_per_clip=2", "--workers=1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["clips"], out["frames"]) == (3, 4)  # val's clip a copy, not rendered
 
 
 def test_info_fields_match_real_file(clips, real_info_path):

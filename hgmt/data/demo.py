@@ -50,13 +50,14 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
         if done is not None:  # another complete generation of hgmt's: its clips are not these
             shutil.rmtree(clips, ignore_errors=True)
             os.remove(marker)
-        elif os.path.isdir(clips) and os.listdir(clips):
+        logging.info("generating demo SURREAL clips in %s", surreal_root)
+        try:
+            synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
+        except synthetic.ClipsExist:  # clips not of a complete generation of hgmt's
             raise RuntimeError(
                 f"{clips} holds clips but {surreal_root} has no {GENERATED_FILE}: an "
                 f"interrupted demo generation, or clips hgmt did not generate. Remove {clips} "
-                f"to generate the demo clips again, or give another demo folder")
-        logging.info("generating demo SURREAL clips in %s", surreal_root)
-        synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
+                f"to generate the demo clips again, or give another demo folder") from None
         with open(marker, "w") as f:
             json.dump(settings, f)
     build_dataset(surreal_root, data_dir, dataset)

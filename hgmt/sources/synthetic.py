@@ -7,7 +7,9 @@ downstream is developed on clips written by this module in SURREAL's exact layou
         --seed=0
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
-``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
+``_info.mat``, ``_depth.mat`` and ``_segm.mat``, into a DIR whose ``cmu/{train,val,test}``
+hold nothing yet (`ClipsExist` otherwise). As in SURREAL, whose val clips are all test clips
+(docs/surreal_format.md), ``val`` holds copies of test clips: here of every one.
 
 The body is the 24-joint SMPL skeleton with random proportions, animated with smooth random
 joint angles (arms and legs swing, knees and elbows bend, so limbs cross the body and occlude
@@ -36,6 +38,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
@@ -47,8 +50,9 @@ from hgmt.sources import surreal
 
 # The version of what the generator writes: demo data of an older one is written again
 # (`hgmt.data.demo`). 2: the depth maps hold the distance from the camera centre, as SURREAL's
-# (1 held the planar camera depth z).
-FORMAT_VERSION = 2
+# (1 held the planar camera depth z). 3: val holds copies of the test clips, as SURREAL's val
+# holds test clips (2 wrote val clips of its own; train and test are 2's, byte for byte).
+FORMAT_VERSION = 3
 
 # SMPL kinematic tree and rest offsets (metres) in a body frame: x the side SMPL calls left
 # (rendered as the person's right: SURREAL's world-to-camera map is a mirror, which is how
@@ -361,42 +365,89 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
     })
 
 
+class ClipsExist(FileExistsError):
+    """A folder the generator is to write clips into already holds files (real SURREAL clips,
+    or demo clips of another run): writing there would overwrite some of them (the demo's clip
+    names are SURREAL's) and leave the others among the new clips. Names the folder and the
+    fix; `folder` is that folder."""
+
+    def __init__(self, folder: str, out_dir: str):
+        super().__init__(
+            f"{folder} already holds files (real SURREAL clips, or demo clips of another "
+            f"run): the demo's clips, named as SURREAL's (e.g. run0/01_01/01_01_c0001), would "
+            f"overwrite those of the same names and leave the others among them. Nothing was "
+            f"written. Give another --out_dir than {out_dir}, or remove {folder}")
+        self.folder = folder
+
+
+def check_out_dir(out_dir: str, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Raises ClipsExist naming the first of ``out_dir/cmu/<split>`` that holds anything."""
+    for split in splits:
+        folder = os.path.join(out_dir, "cmu", split)
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise ClipsExist(folder, out_dir)
+
+
 def _write_seeded_clip(job: tuple) -> str:
     """One clip of `generate`: (stem, seed, split index, clip index k, frames, zrot_max_deg,
-    clip number) -> stem. Top-level, so that worker processes can run it."""
-    stem, seed, split_index, k, frames, zrot_max_deg, clip_no = job
+    clip number, stems to copy the clip to) -> stem. Top-level, so that worker processes can
+    run it."""
+    stem, seed, split_index, k, frames, zrot_max_deg, clip_no, copies = job
     rng = np.random.default_rng([seed, split_index, k])
     write_clip(stem, make_motion(rng, frames, zrot_max_deg), make_look(rng), clip_no)
+    for copy in copies:
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        for kind, path in surreal.clip_paths(stem).items():
+            shutil.copyfile(path, surreal.clip_paths(copy)[kind])
     return stem
 
 
 def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int = 0,
              splits: tuple[str, ...] = ("train", "val", "test"),
              zrot_max_deg: float = ZROT_MAX_DEG, workers: int = 1) -> list[str]:
-    """Writes ``clips_per_split`` clips of ``frames`` frames into each split; returns stems.
-    ``zrot_max_deg``: see `make_motion` (180: SURREAL's whole circle). ``workers`` > 1 writes
-    the clips in that many processes (started fresh, not forked: the caller may run JAX).
+    """Writes ``clips_per_split`` clips of ``frames`` frames into each split; returns their
+    stems, split by split in the order of ``splits``. ``zrot_max_deg``: see `make_motion`
+    (180: SURREAL's whole circle). ``workers`` > 1 writes the clips in that many processes
+    (started fresh, not forked: the caller may run JAX). Raises ClipsExist, before writing
+    anything, when a split's folder ``out_dir/cmu/<split>`` already holds files.
 
-    Deterministic for a given seed: clip k of a split always gets the same random stream,
-    whatever the number of workers. Clip names follow SURREAL (sequence ``<NN>_<NN>``, clip
-    ``c<NNNN>``); each split uses its own sequences, as SURREAL's splits do.
+    Deterministic for a given seed: clip k of the split at position i of ``splits`` always
+    gets the random stream [seed, i, k], whatever the number of workers. Clip names follow
+    SURREAL (sequence ``<NN>_<NN>``, clip ``c<NNNN>``): train and test each use sequences of
+    their own (``<i + 1>_<k // 2 + 1>``). SURREAL's val is a subset of its test split (all its
+    clips are test clips, docs/surreal_format.md), and so is the demo's: ``val`` holds a copy
+    of every test clip, under the test clip's name, which needs ``test`` in ``splits``.
     """
-    jobs = [[] for _ in splits]
+    if "val" in splits and "test" not in splits:
+        raise ValueError(f"splits={splits}: val holds copies of the test clips, as SURREAL's "
+                         f"val holds test clips; add 'test'")
+    check_out_dir(out_dir, splits)
+    jobs, stems = [[] for _ in splits], {split: [] for split in splits}
     for split_index, split in enumerate(splits):
+        if split == "val":
+            continue
         for k in range(clips_per_split):
             seq = f"{split_index + 1:02d}_{k // 2 + 1:02d}"
             clip_no = k % 2 + 1
-            stem = os.path.join(out_dir, "cmu", split, "run0", seq, f"{seq}_c{clip_no:04d}")
-            jobs[split_index].append((stem, seed, split_index, k, frames, zrot_max_deg,
-                                      clip_no))
+            name = os.path.join("run0", seq, f"{seq}_c{clip_no:04d}")
+            stems[split].append(os.path.join(out_dir, "cmu", split, name))
+            copies = []
+            if split == "test" and "val" in splits:
+                copies.append(os.path.join(out_dir, "cmu", "val", name))
+                stems["val"].append(copies[-1])
+            jobs[split_index].append((stems[split][-1], seed, split_index, k, frames,
+                                      zrot_max_deg, clip_no, copies))
     if workers <= 1 or clips_per_split <= 1:
-        return [_write_seeded_clip(job) for split_jobs in jobs for job in split_jobs]
-    # Split after split, as in one process: a split's first clip is written once the splits
-    # before it are complete (demo.build takes test clips as the sign of a finished run).
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, clips_per_split),
-                                                mp_context=context) as pool:
-        return [stem for split_jobs in jobs for stem in pool.map(_write_seeded_clip, split_jobs)]
+        for job in (job for split_jobs in jobs for job in split_jobs):
+            _write_seeded_clip(job)
+    else:
+        # Split after split, as in one process.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, clips_per_split),
+                                                    mp_context=context) as pool:
+            for split_jobs in jobs:
+                list(pool.map(_write_seeded_clip, split_jobs))
+    return [stem for split in splits for stem in stems[split]]
 
 
 def _define_flags(fv) -> None:
@@ -404,7 +455,8 @@ def _define_flags(fv) -> None:
 
     flags.DEFINE_string("out_dir", None, "output directory (gets cmu/{train,val,test}/...)",
                         flag_values=fv, required=True)
-    flags.DEFINE_integer("clips_per_split", 4, "clips per split", flag_values=fv)
+    flags.DEFINE_integer("clips_per_split", 4, "clips per split (val's are copies of test's)",
+                         flag_values=fv)
     flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
@@ -417,15 +469,19 @@ def _define_flags(fv) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.sources.synthetic --out_dir=DIR [--clips_per_split=N]
-    [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D] [--workers=N]`."""
+    [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D] [--workers=N]`: prints one JSON line
+    (the clips written, val's copies included; the frames rendered and their rate). A DIR
+    whose cmu/{train,val,test} holds files is refused in one line (`ClipsExist`), exit 1."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     start = time.perf_counter()
-    stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
-                     zrot_max_deg=args.zrot_max_deg, workers=args.workers)
+    with cli.faults_in_one_line(ClipsExist):
+        stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
+                         zrot_max_deg=args.zrot_max_deg, workers=args.workers)
     seconds = time.perf_counter() - start
-    frames = len(stems) * args.frames_per_clip
+    # The frames rendered: val's clips are copies of test's.
+    frames = sum(surreal.parse_stem(s).split != "val" for s in stems) * args.frames_per_clip
     print(json.dumps({"out_dir": args.out_dir, "clips": len(stems), "frames": frames,
                       "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1)}))
     return 0
