@@ -14,7 +14,8 @@ each other. `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'
 own, or `bodynet` / `surreal` (what those papers' code computes, to set a run beside their
 published tables); the JSON records the protocol of the run and of each task's numbers.
 `--flip` averages each prediction with that of the mirrored image (left/right channels swapped
-back).
+back). `--step=best` on the test split warns when the best checkpoint was chosen on clips of
+the test split (`best_choice_warning`): SURREAL's val clips are all test clips.
 """
 
 from __future__ import annotations
@@ -68,12 +69,37 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, step_arg)
 
 
+def best_choice_warning(config, split: str, step: int) -> str | None:
+    """The warning for evaluating `split` at the best checkpoint (of `step`) that `config`'s
+    evaluators chose, when it is test and they chose on test clips: on `validation`, whose
+    clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
+    docs/surreal_format.md), or on `test` itself. None otherwise. The evaluator that chose is
+    the one that keeps the best checkpoint: the first of `config.evals` with a `best_metric`
+    that runs during training (`every` > 0; `hgmt.training.evaluators.Evaluators.keeper`)."""
+    evals = config.get("evals")
+    evals = workdirs.older_evals(config) if evals is None else evals
+    keeper = next(((name, e) for name, e in evals.items() if e["best_metric"] and e["every"]),
+                  None)
+    if split != "test" or keeper is None or keeper[1]["split"] not in ("validation", "test"):
+        return None
+    name, e = keeper
+    chosen = ("on the test split itself" if e["split"] == "test" else
+              "on split validation, whose clips are all in test (SURREAL's val is a subset "
+              "of its test split)")
+    return (f"--step=best: checkpoint {step} was chosen by config.evals.{name} "
+            f"({e['best_metric']}) {chosen}, so this test figure is not fully held out. For a "
+            f"held-out figure, evaluate the last step (no --step), or train with the best "
+            f"checkpoint chosen on a held-out part of train")
+
+
 def _run(args, step_arg: int | str | None) -> int:
     """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
     traceback = args.verbosity >= 1
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
                                                                     args.config)
+    if step_arg == "best" and (warning := best_choice_warning(config, args.split, step)):
+        logging.warning("%s", warning)
     configured = evaluator.settings_of(config)
     frames = args.frames or configured["frames"]
     flip = configured["flip"] if args.flip is None else args.flip

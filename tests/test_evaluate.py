@@ -1,0 +1,68 @@
+"""`python -m hgmt.evaluate --step=best` on the test split says when the best checkpoint was
+chosen on test clips (SURREAL's val clips are all test clips, docs/surreal_format.md)."""
+
+import logging
+import types
+
+import pytest
+
+import hgmt.evaluate
+from configs import default
+
+HELD_OUT = ("so this test figure is not fully held out. For a held-out figure, evaluate the "
+            "last step (no --step), or train with the best checkpoint chosen on a held-out "
+            "part of train")
+
+
+def _config(keeper_split="validation", every=2000):
+    config = default.get_config("tasks=pose2d")
+    config.evals.validation.split = keeper_split
+    config.evals.validation.every = every
+    return config
+
+
+def test_the_warning_names_the_choice_and_the_held_out_alternatives():
+    warning = hgmt.evaluate.best_choice_warning
+    assert warning(_config(), "test", 6000) == (
+        "--step=best: checkpoint 6000 was chosen by config.evals.validation (loss/total) on "
+        "split validation, whose clips are all in test (SURREAL's val is a subset of its test "
+        f"split), {HELD_OUT}")
+    assert warning(_config("test"), "test", 4) == (
+        "--step=best: checkpoint 4 was chosen by config.evals.validation (loss/total) on the "
+        f"test split itself, {HELD_OUT}")
+    assert warning(_config(), "validation", 6000) is None  # not a test figure
+    assert warning(_config("train"), "test", 6000) is None  # chosen on clips test lacks
+    assert warning(_config(every=0), "test", 6000) is None  # nothing keeps a best checkpoint
+    older = {"tasks": "pose2d", "eval_split": "validation", "eval_every": 300,
+             "best_metric": "pose2d/pckh@0.5"}  # a config written before config.evals
+    assert warning(types.SimpleNamespace(get=older.get), "test", 9).startswith(
+        "--step=best: checkpoint 9 was chosen by config.evals.validation (pose2d/pckh@0.5) on "
+        "split validation")
+
+
+@pytest.mark.parametrize("step_arg, split, warned", [("best", "test", True),
+                                                     (600, "test", False),
+                                                     ("best", "validation", False)])
+def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
+        step_arg, split, warned, monkeypatch, tmp_path, caplog):
+    """The command's run, its checkpoint and evaluation stubbed: one warning line, before the
+    evaluation, exactly when it evaluates test at the best checkpoint chosen on validation."""
+    config = _config()
+    calls = []
+    monkeypatch.setattr(hgmt.evaluate.checkpoints, "restore_for_inference",
+                        lambda workdir, step, config_arg: (config, {}, 600))
+
+    def evaluate(*args, **kwargs):
+        calls.append([r.getMessage() for r in caplog.records])
+        return {}
+    monkeypatch.setattr(hgmt.evaluate.evaluator, "evaluate", evaluate)
+    monkeypatch.setattr(hgmt.evaluate.evaluator, "write_report", lambda summary, out: [])
+    monkeypatch.setattr(hgmt.evaluate.evaluator, "to_markdown", lambda summary: "")
+    args = types.SimpleNamespace(workdir=str(tmp_path), config=config, split=split,
+                                 frames=None, flip=None, max_examples=None, protocol="hgmt",
+                                 out_file=None, verbosity=0)
+    with caplog.at_level(logging.WARNING):
+        assert hgmt.evaluate._run(args, step_arg) == 0
+    expected = [hgmt.evaluate.best_choice_warning(config, "test", 600)] if warned else []
+    assert calls == [expected]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == expected
