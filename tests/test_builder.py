@@ -145,6 +145,28 @@ def test_a_missing_or_empty_split_folder_stops_the_build_before_any_clip_is_read
     assert read == []
 
 
+def test_a_manual_dir_on_an_object_store_is_refused_naming_it_and_the_fix(tmp_path):
+    """The clips are listed and read with Python's file functions, which see no object store:
+    a gs:// --manual_dir, which TFDS's own checks of the folder pass, found no clip and the
+    build told the user to extract SURREAL again. It stops before TFDS or the builder looks
+    into it (this test reaches no bucket), naming it and the fix."""
+    from etils import epath
+
+    from data_builders.surreal import surreal_dataset_builder as builder_module
+
+    fix = (r"--manual_dir=gs://bucket/SURREAL is not on a local or mounted file system: the "
+           r"builder lists and reads SURREAL's clips with Python's file functions, which do "
+           r"not read object stores\. Mount it \(e\.g\. with gcsfuse, at the same path on every "
+           r"machine that builds\) and pass the mount point, or copy SURREAL to local disk$")
+    with pytest.raises(ValueError, match=f"^{fix}"):
+        builder_module.split_clips(epath.Path("gs://bucket/SURREAL"))
+    builder = tfds.builder("surreal/all", data_dir=str(tmp_path), file_format="array_record")
+    with pytest.raises(ValueError, match=f"^{fix}"):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir="gs://bucket/SURREAL"))
+    builder_module.check_file_system(str(tmp_path))  # local: no error
+
+
 def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
     root, stems = bad_tree
     stem = stems[0]

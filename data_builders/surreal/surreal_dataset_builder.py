@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -84,8 +85,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     SURREAL needs a licence agreement and cannot be downloaded automatically. Request access at
     https://www.di.ens.fr/willow/research/surreal/data/ , download SURREAL_v1.tar.gz (86 GB),
-    extract it, and pass the folder that contains `cmu/` (with cmu/train, cmu/val, cmu/test) as
-    --manual_dir. For demo data in the same layout: python -m hgmt.sources.synthetic --out_dir=DIR.
+    extract it on a local or mounted file system, and pass the folder that contains `cmu/`
+    (with cmu/train, cmu/val, cmu/test) as --manual_dir. For demo data in the same layout:
+    python -m hgmt.sources.synthetic --out_dir=DIR.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -141,6 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _download_and_prepare(self, dl_manager, download_config):
+        if download_config.manual_dir:  # before TFDS looks into it
+            check_file_system(download_config.manual_dir)
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
         self._skipped = {}
         super()._download_and_prepare(dl_manager, download_config)
@@ -174,12 +178,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 SPLITS = ("train", "validation", "test")
 
 
+def check_file_system(manual_dir: epath.PathLike) -> None:
+    """ValueError naming `manual_dir` and the fix when it is a URL (gs://, s3://, ...): the
+    clips are listed (`surreal.find_clips`) and read (`hgmt.sources.surreal`) with Python's
+    own file functions, which see a local or mounted file system only, so on an object store
+    the build would find no clip and blame the extraction."""
+    path = os.fspath(manual_dir)
+    if "://" in path:
+        raise ValueError(
+            f"--manual_dir={path} is not on a local or mounted file system: the builder lists "
+            f"and reads SURREAL's clips with Python's file functions, which do not read "
+            f"object stores. Mount it (e.g. with gcsfuse, at the same path on every machine "
+            f"that builds) and pass the mount point, or copy SURREAL to local disk")
+
+
 def split_clips(root: epath.Path) -> dict[str, list[str]]:
-    """{split: its clip stems} under `root` (`surreal.find_clips`). Every split is built, and
-    TFDS fails a split without examples only after writing the splits before it (hours on
-    SURREAL), so a split folder that is missing or holds no clip (no _info.mat: a partial
-    extraction) stops the build here, before anything is written, with one FileNotFoundError
-    naming every such folder and the fix."""
+    """{split: its clip stems} under `root` (`surreal.find_clips`), which must be on a local
+    or mounted file system (`check_file_system`). Every split is built, and TFDS fails a split
+    without examples only after writing the splits before it (hours on SURREAL), so a split
+    folder that is missing or holds no clip (no _info.mat: a partial extraction) stops the
+    build here, before anything is written, with one FileNotFoundError naming every such
+    folder and the fix."""
+    check_file_system(root)
     stems, problems = {}, []
     for split in SPLITS:
         folder = root / "cmu" / surreal.SPLIT_DIRS[split]

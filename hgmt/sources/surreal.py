@@ -347,7 +347,8 @@ def parse_stem(stem: str) -> ClipId:
 
 def find_clips(root: str, split: str) -> list[str]:
     """Sorted clip stems of ``<root>/cmu/<split dir>/run*/<seq>/`` (split: train/validation/test
-    or the directory names train/val/test). A clip is listed if any of its four files exists."""
+    or the directory names train/val/test). A clip is listed if any of its four files exists.
+    `root` is a local or mounted folder: glob lists no object store (gs://...)."""
     split_dir = SPLIT_DIRS.get(split, split)
     base = os.path.join(root, "cmu", split_dir)
     stems = set()
