@@ -7,8 +7,9 @@ Opens each split (the shard files and their record counts, `hgmt.data.shards`), 
 every record (array_record checks each chunk's hash) and decodes its frame and label maps.
 Prints one line per damaged record (shard file, record number in the shard, index in the split,
 the error) and a count per split, or, for a split that cannot be read at all but is not
-damaged (not built, built in another file format, its storage not answering), why; exits 1 when
-anything is damaged or not checked, 0 otherwise. It reads the whole split: as long as an
+damaged (not built, built in another file format or by an older builder that lacks a feature
+hgmt reads, its storage not answering), why; exits 1 when anything is damaged or not checked,
+0 otherwise. It reads the whole split: as long as an
 epoch's input.
 """
 
@@ -25,15 +26,16 @@ from hgmt import cli
 def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str], str | None]:
     """-> (records read, one line per damaged record, why the split could not be read at all
     or None). A missing or truncated shard is a damaged line too (the split cannot be opened);
-    a split that is not built, not array_record, or whose storage does not give its files is
-    not damage: its error is the third item."""
+    a split that is not built, not array_record, built without a feature hgmt reads
+    (`input_pipeline.NotInBuild`), or whose storage does not give its files is not damage: its
+    error is the third item."""
     from hgmt.data import damage, input_pipeline, shards
 
     try:
         source = input_pipeline.open_split(dataset, data_dir, split)
     except shards.DamagedShard as e:
         return 0, [str(e)], None
-    except (shards.SplitFault, FileNotFoundError) as e:
+    except (shards.SplitFault, FileNotFoundError, input_pipeline.NotInBuild) as e:
         return 0, [], f"{type(e).__name__}: {e}"
     where = damage.Shards.of(source)
     bad = []
