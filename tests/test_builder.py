@@ -167,6 +167,26 @@ def test_a_manual_dir_on_an_object_store_is_refused_naming_it_and_the_fix(tmp_pa
     builder_module.check_file_system(str(tmp_path))  # local: no error
 
 
+def test_the_dataset_is_described_and_cited_by_the_builders_readme_and_bib(tmp_path):
+    """TFDS takes the description and citation from README.md and CITATIONS.bib beside the
+    builder (they prevail over what the builder passes): the README is the catalogue's short
+    description, not a build guide (docs/building.md), and both ship with the package."""
+    import configparser
+    import pathlib
+
+    folder = pathlib.Path(data_builders.surreal.__file__).parent
+    info = tfds.builder("surreal/all", data_dir=str(tmp_path)).info
+    assert info.description == (folder / "README.md").read_text().strip()
+    assert info.citation == (folder / "CITATIONS.bib").read_text().strip()
+    assert len(info.description) < 4000 and "## " not in info.description
+    assert "docs/building.md" in info.description
+    setup = configparser.ConfigParser()
+    setup.read(folder.parents[1] / "setup.cfg")
+    shipped = setup["options.package_data"]["data_builders.surreal"].split(",")
+    assert {"README.md", "CITATIONS.bib", "TAGS.txt", "checksums.tsv"} <= {
+        name.strip() for name in shipped}
+
+
 def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
     root, stems = bad_tree
     stem = stems[0]

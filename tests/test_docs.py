@@ -1,7 +1,9 @@
 """The docs' references to tests: every `test_file.py::test_name` in the Markdown files of
 `doc_files` names a test function of that file. A bare `::test_name` belongs to the last file
 named before it in the same table cell or line. Within a cell or line, the tests cited after
-`slow:` are marked slow and those before it (or in a cell without it) are not."""
+`slow:` are marked slow and those before it (or in a cell without it) are not. And their
+links: every relative Markdown link names a file that exists, and a `#section` of a Markdown
+file one of its headings."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = re.compile(r"(?:tests/)?(test_\w+\.py)?::(test_\w+)")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 SLOW_LABEL = re.compile(r"\bslow:")
 
 
@@ -142,3 +145,38 @@ def test_the_results_readme_lists_every_raw_output_and_the_docs_cite_only_those(
     cited = set(re.findall(r"benchmarks/results/([\w.-]+\.jsonl)",
                            (REPO / "docs" / "performance.md").read_text()))
     assert len(cited) >= 5 and cited - present == set()
+
+
+def _heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of the headings of a Markdown `text`: lower case, punctuation but `-`
+    and `_` dropped, spaces as `-`."""
+    return {re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+
+
+def broken_links(path: pathlib.Path) -> list[str]:
+    """The relative links of the Markdown file `path` (not URLs) to a file that does not
+    exist, or to a `#section` its Markdown target has no heading for."""
+    bad = []
+    for match in LINK.finditer(path.read_text()):
+        link = match.group(1)
+        if re.match(r"^[a-z]+:", link):  # https:, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        if not file.exists():
+            bad.append(f"{link}: no such file")
+        elif anchor and file.suffix == ".md" and anchor not in _heading_anchors(file.read_text()):
+            bad.append(f"{link}: no such section")
+    return bad
+
+
+def test_every_relative_link_of_the_docs_resolves(tmp_path):
+    found = {str(p.relative_to(REPO)): broken_links(p) for p in doc_files()}
+    assert {f: b for f, b in found.items() if b} == {}
+    assert sum(len(LINK.findall(p.read_text())) for p in doc_files()) >= 100  # it sees them
+    (tmp_path / "a.md").write_text("# Title\n\n## The `x` section, here\n")
+    (tmp_path / "b.md").write_text(
+        "[ok](a.md#the-x-section-here) [self](#top) [web](https://e.org/#x) [gone](c.md) "
+        "[top](a.md#title) [none](a.md#other)\n\n# Top\n")
+    assert broken_links(tmp_path / "b.md") == ["c.md: no such file", "a.md#other: no such section"]

@@ -24,12 +24,14 @@ def assert_same_record(ours: dict, theirs: dict) -> None:
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_every_record_equals_tfds_parse(demo_dataset, split):
-    """Every record of the demo build, each of its 17 features: the same type, dtype, shape
-    and value as tfds's `deserialize_example_np` with the image features skip-decoded."""
+    """Every record of the demo build, each of its features (every feature the builder
+    defines): the same type, dtype, shape and value as tfds's `deserialize_example_np` with
+    the image features skip-decoded."""
     source = ip.open_split("surreal/all", demo_dataset[1], split)
     assert isinstance(source, tf_example.ParsedSource)
     theirs = source.source  # the tfds data source open_split wraps
     assert len(source) == len(theirs) > 0 and repr(source) == repr(theirs)
+    assert set(source[0]) == set(theirs.dataset_info.features)
     kinds = set()
     for i in range(len(source)):
         ours = source[i]

@@ -1,4 +1,4 @@
-"""SURREAL (Varol et al., CVPR 2017) as TFDS records: one example per usable video frame.
+"""SURREAL (Varol et al., CVPR 2017) as TFDS records: one example per kept frame of each clip.
 
     tfds build data_builders/surreal --manual_dir=<SURREAL root> --data_dir=<out> \
         --config=every10 --file_format=array_record [--beam_pipeline_options=...]
@@ -6,9 +6,14 @@
 The builder decodes the four files of every clip with `hgmt.sources.surreal`, makes the per-frame
 records with `hgmt.data.records` (importable by Beam workers) and stores the raw frame, segments,
 metric depth and annotations; crops, label maps and augmentation happen later in the
-input pipeline, so one build serves every task subset. Unusable clips and frames are skipped,
-logged and counted (Beam counters on the Beam path); the counts are written next to the
-dataset as `skipped.json`.
+input pipeline, so one build serves every task subset. The config says which frames of a clip
+are kept (all, every 10th and the middle one, or the middle one). Clips and frames that cannot
+be used are skipped in the train and validation splits and kept as flagged placeholders in the
+test split, as the reference test sets keep them; both are logged and counted (Beam counters on
+the Beam path), and the counts written next to the dataset as `skipped.json`. The dataset's
+description and citation are this folder's README.md and CITATIONS.bib, which TFDS reads;
+docs/building.md is the build guide. `--manual_dir` must be on a local or mounted file system
+(`split_clips`).
 """
 
 from __future__ import annotations
@@ -26,10 +31,6 @@ from etils import epath
 from hgmt.data import records
 from hgmt.sources import surreal
 
-_DESCRIPTION = """\
-SURREAL: 6.5 M synthetic frames of SMPL bodies (CMU motion capture) rendered over LSUN
-backgrounds, with 2D/3D joints, 24-part segmentation and depth. One example per frame.
-"""
 _HOMEPAGE = "https://www.di.ens.fr/willow/research/surreal/"
 
 
@@ -47,7 +48,8 @@ class SurrealConfig(tfds.core.BuilderConfig):
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """DatasetBuilder for SURREAL (cmu part): splits train, validation, test."""
+    """DatasetBuilder for SURREAL (cmu part): splits train, validation, test from cmu/train,
+    cmu/val, cmu/test (SURREAL's val clips are all test clips: docs/surreal_format.md)."""
 
     VERSION = tfds.core.Version("1.6.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
@@ -79,7 +81,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for name, about in (
             ("middle", "The middle frame ceil(T/2) of each clip (test protocol)."),
             ("every10", "Every 10th frame of each clip, plus its middle frame."),
-            ("all", "Every usable frame."))
+            ("all", "Every frame of each clip."))
     ]
     DEFAULT_CONFIG_NAME = "every10"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -87,14 +89,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     https://www.di.ens.fr/willow/research/surreal/data/ , download SURREAL_v1.tar.gz (86 GB),
     extract it on a local or mounted file system, and pass the folder that contains `cmu/`
     (with cmu/train, cmu/val, cmu/test) as --manual_dir. For demo data in the same layout:
-    python -m hgmt.sources.synthetic --out_dir=DIR.
+    python -m hgmt.sources.synthetic --out_dir=DIR. The build guide: docs/building.md.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
         h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
         f32 = np.float32
+        # The description and the citation: README.md and CITATIONS.bib beside this file.
         return self.dataset_info_from_configs(
-            description=_DESCRIPTION,
             homepage=_HOMEPAGE,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(h, w, 3), encoding_format="jpeg",
@@ -117,9 +119,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                                  doc="24 SMPL joints, world metres"),
                 "cam_loc": tfds.features.Tensor(shape=(3,), dtype=f32,
                                                 doc="camera location, world metres"),
-                "zrot": tfds.features.Scalar(dtype=f32, doc="body rotation about vertical"),
+                "zrot": tfds.features.Scalar(
+                    dtype=f32, doc="the body's rotation about the vertical axis, radians"),
                 "gender": tfds.features.Scalar(dtype=np.int32, doc="0 female, 1 male"),
-                "pose": tfds.features.Tensor(shape=(72,), dtype=f32, doc="SMPL pose"),
+                "pose": tfds.features.Tensor(
+                    shape=(72,), dtype=f32,
+                    doc="SMPL pose: 24 joints' axis-angle rotations, radians"),
                 "shape": tfds.features.Tensor(shape=(10,), dtype=f32, doc="SMPL shape"),
                 "sequence": tfds.features.Text(doc="CMU sequence, e.g. 01_01"),
                 "clip": tfds.features.Text(doc="clip name, e.g. c0001"),
@@ -139,7 +144,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         "is the middle frame, as the reference loaders count it"),
             }),
             supervised_keys=None,
-            citation=_CITATION,
         )
 
     def _download_and_prepare(self, dl_manager, download_config):
@@ -218,14 +222,3 @@ def split_clips(root: epath.Path) -> dict[str, list[str]]:
             f"some. Extract SURREAL_v1.tar.gz again, completely, and pass the folder that "
             f"contains cmu/ as --manual_dir")
     return stems
-
-
-_CITATION = """\
-@inproceedings{varol17_surreal,
-  title     = {Learning from Synthetic Humans},
-  author    = {Varol, G{\\"u}l and Romero, Javier and Martin, Xavier and Mahmood, Naureen and
-               Black, Michael J. and Laptev, Ivan and Schmid, Cordelia},
-  booktitle = {CVPR},
-  year      = {2017}
-}
-"""

@@ -54,8 +54,8 @@ BUILD_FRAMES = {"middle": FrameSelection(middle_only=True), "every10": FrameSele
 
 def png(image: np.ndarray) -> bytes:
     """Lossless PNG at zlib level 1: faster to write than TFDS's default encoder (level 6)
-    for a few per cent more bytes on SURREAL-like frames (measured:
-    data_builders/surreal/README.md). (H,W) or (H,W,3) BGR, uint8 or uint16."""
+    for a few per cent more bytes on SURREAL-like frames (docs/performance.md, "The SURREAL
+    builder, on demo data"). (H,W) or (H,W,3) BGR, uint8 or uint16."""
     ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")

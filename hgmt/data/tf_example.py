@@ -1,7 +1,7 @@
 """A built split's records as tfds gives them, parsed in one pass over their tf.train.Example.
 
-tfds's own numpy parse (`FeaturesDict.deserialize_example_np`) walks each of a SURREAL record's
-17 features through several Python helpers; `ParsedSource` reads the same serialized proto
+tfds's own numpy parse (`FeaturesDict.deserialize_example_np`) walks each feature of a SURREAL
+record through several Python helpers; `ParsedSource` reads the same serialized proto
 with the same specs in a quarter of the time (docs/performance.md, "Parsing the records"),
 and gives exactly tfds's values: scalars as Python values, tensors as arrays of their shape and
 dtype, strings and the skip-decoded image features as bytes. It covers the feature kinds of a

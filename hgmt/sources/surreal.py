@@ -166,7 +166,7 @@ class ClipInfo:
     cam_loc: np.ndarray  # (3,) float32 metres, world frame
     zrot: np.ndarray  # (T,) float32 radians
     gender: np.ndarray  # (T,) uint8, 0 female, 1 male
-    pose: np.ndarray  # (T,72) float32 SMPL axis-angle
+    pose: np.ndarray  # (T,72) float32 SMPL axis-angle per joint, radians
     shape: np.ndarray  # (T,10) float32 SMPL betas
     sequence: str  # e.g. "01_01_c0001"
 
