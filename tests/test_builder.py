@@ -341,3 +341,52 @@ def test_demo_build_rebuilds_a_dataset_of_other_settings(tmp_path, caplog):
     assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2 * 2
     assert f"no record of the demo settings it was built from: used as it is (remove " \
            f"{builder.data_dir}" in caplog.text
+
+
+# The command that writes data_builders/surreal/dummy_data, as the builder's test and
+# docs/building.md give it.
+DUMMY_DATA_COMMAND = ("python -m hgmt.sources.synthetic --out_dir=data_builders/surreal/dummy_data "
+                      "--clips_per_split=2 --frames_per_clip=8")
+
+
+def test_the_committed_dummy_data_is_what_its_documented_command_writes(tmp_path):
+    """The dummy data TFDS's builder test reads is what the command its docs give writes
+    today: the same files, each .mat's variables equal and each mp4's frames the same as
+    decoded, to within the encoder's one variation: x264 through PyAV writes the bottom-right
+    macroblock of some clips otherwise in some processes (memory it reads uninitialised, by
+    every sign: with a fixed malloc mmap threshold the bytes never varied), 62-65 dB PSNR
+    from the usual frames, so frames must agree above 50 dB. A change to what the generator
+    writes fails here (frames of the shading before b26ff25: 24-31 dB; val clips of their
+    own) until the dummy data is written again with the command, after removing its cmu/."""
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    committed = repo / "data_builders" / "surreal" / "dummy_data"
+    for doc in (repo / "data_builders" / "surreal" / "surreal_dataset_builder_test.py",
+                repo / "docs" / "building.md"):
+        assert DUMMY_DATA_COMMAND in " ".join(doc.read_text().split()), doc
+    flags = DUMMY_DATA_COMMAND.split()[3:]
+    assert flags[0] == "--out_dir=data_builders/surreal/dummy_data"
+    assert synthetic.main([f"--out_dir={tmp_path}", *flags[1:], "--workers=1"]) == 0
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cmu").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(committed) for p in (committed / "cmu").rglob("*")
+                           if p.is_file())
+    assert len(files) == 3 * 2 * 4
+    for name in files:
+        fresh, kept = tmp_path / name, committed / name
+        if name.suffix == ".mp4":
+            fresh, kept = (surreal.read_video(str(p)).astype(np.float64) for p in (fresh, kept))
+            assert fresh.shape == kept.shape, name
+            mse = np.mean((fresh - kept) ** 2, axis=(1, 2, 3))
+            assert np.all(10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)) > 50.0), (name, mse)
+            continue
+        fresh, kept = scipy.io.loadmat(fresh), scipy.io.loadmat(kept)
+        keys = sorted(k for k in fresh if not k.startswith("__"))  # __header__: a date
+        assert keys == sorted(k for k in kept if not k.startswith("__")), name
+        for key in keys:
+            assert fresh[key].shape == kept[key].shape, (name, key)
+            if fresh[key].dtype == object:  # cells of strings
+                assert [str(x) for x in fresh[key].ravel()] == [
+                    str(x) for x in kept[key].ravel()], (name, key)
+            else:
+                np.testing.assert_array_equal(fresh[key], kept[key], err_msg=f"{name} {key}")

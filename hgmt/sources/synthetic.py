@@ -319,7 +319,10 @@ def write_video(path: str, frames: np.ndarray, fps: int = 30) -> None:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
         # x264's output depends on its thread count, which it sets from the CPUs it finds:
-        # one thread, so that a seed gives the same clip on any machine and in any process.
+        # one thread, so that a seed gives the same clip on any machine and in any process,
+        # but for one variation: in some processes the bottom-right macroblock of some clips
+        # comes out otherwise (62-65 dB PSNR from the usual frames), by every sign memory the
+        # encoder reads uninitialised (with a fixed malloc mmap threshold it never varied).
         stream.codec_context.thread_count = 1
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
