@@ -785,13 +785,28 @@ def test_report_says_which_config_its_runs_used(tmp_path):
         hgmt.report.main([f"--sweep_dir={sweep_dir}"])
 
 
-def test_committed_study_runs_rebuild_the_report(tmp_path):
+def _note_report_command(study: str) -> list[str]:
+    """The `python3 -m hgmt.report ...` command docs/study/note.md says made the committed
+    report, its continuation lines joined, as arguments after the module name."""
+    with open(os.path.join(study, "note.md")) as f:
+        text = f.read().replace("\\\n", " ")
+    lines = [line.split() for line in text.splitlines()
+             if line.strip().startswith("python3 -m hgmt.report ")]
+    assert len(lines) == 1, lines
+    return lines[0][3:]
+
+
+def test_committed_study_report_is_what_the_code_makes_of_the_committed_runs(
+        tmp_path, monkeypatch):
     """docs/study/runs holds the finished runs of `launch/sweep.py --config=configs/study.py`
-    (their config and evaluations), each evaluated on its 240 test frames; the report
-    rebuilds from these files alone. Whether they still match configs/study.py is
-    `python -m hgmt.report --sweep_dir=docs/study/runs --check_config`'s question, not a test's:
-    the config may change after the runs."""
-    sweep_dir = os.path.join(REPO, "docs", "study", "runs")
+    (their config and evaluations), each evaluated on its 240 test frames; the command that
+    docs/study/note.md gives, run from the repository root into another directory, makes
+    README.md, report.json and claims.json byte for byte as committed (the charts are not
+    compared: their bytes depend on matplotlib's version). Whether the runs still match
+    configs/study.py is `python -m hgmt.report --sweep_dir=docs/study/runs --check_config`'s
+    question, not a test's: the config may change after the runs."""
+    study = os.path.join(REPO, "docs", "study")
+    sweep_dir = os.path.join(study, "runs")
     finished = runs.finished(sweep_dir)
     if not finished:
         pytest.skip("no finished study run committed yet")
@@ -800,10 +815,18 @@ def test_committed_study_runs_rebuild_the_report(tmp_path):
             result = json.load(f)
         assert (result["num_examples"], result["frames"]) == (240, "every4"), name
         assert os.path.isfile(os.path.join(sweep_dir, name, "config.json")), name
-    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path}"]) == 0
-    text = (tmp_path / "README.md").read_text()
-    assert f"Runs finished: {len(finished)} of 45" in text
-    assert "## The runs' config" in text
+    argv = _note_report_command(study)
+    assert "--out_dir=docs/study" in argv and "--sweep_dir=docs/study/runs" in argv, argv
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "study"
+    argv = [f"--out_dir={out}" if a.startswith("--out_dir=") else a for a in argv]
+    assert hgmt.report.main(argv) == 0
+    for name in ("README.md", "report.json", "claims.json"):
+        with open(os.path.join(study, name), "rb") as f:
+            assert (out / name).read_bytes() == f.read(), (
+                f"docs/study/{name} is not what the code makes: rerun the command in "
+                f"docs/study/note.md and commit the result")
+    assert f"Runs finished: {len(finished)} of 45" in (out / "README.md").read_text()
 
 
 def test_committed_study_note_names_the_data_build_and_loss_of_the_runs():
