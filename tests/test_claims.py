@@ -101,6 +101,32 @@ def test_segm_helped_by_pose2d_but_not_pose3d():
     assert _verdict(rule, base | {"pose2d+segm": {"segm": [0.6]}}) == UNRESOLVED
 
 
+def test_a_change_whose_metric_is_undefined_says_so_not_that_the_run_is_missing():
+    """SURREAL's mean IoU is undefined (None) where a part is absent from the split: the
+    pose2d+segm runs exist, but have no value to compare, and the evidence says that rather
+    than 'no pose2d+segm run'; with the isolated runs undefined, likewise."""
+    def study(isolated, with_pose2d):
+        results = {"segm": [{"segm": {"mean_iou": v, "iou_per_part": {}}} for v in isolated],
+                   "pose2d+segm": [{"segm": {"mean_iou": v, "iou_per_part": {}}}
+                                   for v in with_pose2d],
+                   "pose3d+segm": [{"segm": _summary("segm", v)} for v in _seeds(0.5)]}
+        return report.compare(results)
+
+    s = study(_seeds(0.5), [None] * 3)
+    assert s["segm"]["undefined"] == ["pose2d+segm"]
+    assert claims.untested(s["segm"], "segm", "pose2d+segm") == (
+        "mean_iou undefined under this protocol in pose2d+segm")
+    verdict, evidence = claims.segm_helped_by_pose2d_not_pose3d(s)
+    assert verdict == UNRESOLVED
+    assert evidence.startswith("mean_iou undefined under this protocol in pose2d+segm; "), (
+        evidence)
+    s = study([None] * 3, _seeds(0.6))
+    assert claims.untested(s["segm"], "segm", "pose3d+segm") == (
+        "mean_iou undefined under this protocol in segm")
+    assert claims.untested(s["segm"], "segm", "depth+segm") == (
+        "mean_iou undefined under this protocol in segm")
+
+
 def _pose2d_subsets(value_of: dict[str, float]) -> dict:
     """Every subset holding pose2d, 3 seeds of PCKh around value_of[subset] (default 0.80)."""
     subsets = ["+".join(s) for s in claims.all_subsets() if "pose2d" in s

@@ -41,8 +41,12 @@ def _said(t: dict) -> str:
 
 def untested(e: dict | None, task: str, subset: str) -> str | None:
     """Why `task`'s change in `subset` has no test, from `report.compare`'s entry `e` of
-    `task`: no isolated run, no `subset` run, one seed, or no spread over the seeds
-    (stats.untested_because); None when it has one."""
+    `task`: its metric undefined under the protocol in the isolated or the `subset` runs
+    (`e['undefined']`: runs there, no value to compare), no isolated run, no `subset` run,
+    one seed, or no spread over the seeds (stats.untested_because); None when it has one."""
+    undefined = [s for s in (task, subset) if s in (e or {}).get("undefined", ())]
+    if undefined:
+        return f"{e['metric']} undefined under this protocol in {' and '.join(undefined)}"
     if e is None or e.get("isolated") is None:
         return f"no isolated {task} run"
     if subset not in e["subsets"]:
