@@ -6,7 +6,10 @@
 
 reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
 `--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
-`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
+`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write, else
+eval_test.json where the run's test evaluator used that protocol; for hgmt, of a run whose
+eval_test.json holds another protocol's numbers, eval_test_hgmt.json, which
+`python -m hgmt.evaluate --protocol=hgmt --out_file=...` writes) and
 writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables),
 report.json, claims.json (hgmt/study/claims.py) and charts: for each task its headline
 metric in isolation and in every combination containing it (`<task>_subsets.png`), and the

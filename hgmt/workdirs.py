@@ -262,6 +262,14 @@ def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "
     return f"eval_{split}{checkpoint}{suffix}.json"
 
 
+def protocol_file(protocol: str, split: str = "test") -> str:
+    """The file name, in a workdir, of an evaluation under `protocol` made beside the
+    trainer's: `eval_<split>_<protocol>.json`, which is `result_file(protocol)` for a protocol
+    other than hgmt; for hgmt, `eval_test_hgmt.json` holds hgmt's numbers of a run whose
+    trainer evaluated another protocol into `eval_test.json` (hgmt.report reads it then)."""
+    return f"eval_{split}_{protocol}.json"
+
+
 def run_name(tasks: str, seed_index: int) -> str:
     """The directory of a sweep's run: 'pose2d+segm' for the first seed, then
     'pose2d+segm@seed1', ..."""

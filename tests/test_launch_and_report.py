@@ -444,9 +444,28 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     assert line.startswith("Runs finished: 1 of 1 (1 subsets x 1 seed)."), line
     with pytest.raises(SystemExit) as e:
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"])
-    assert str(e.value.code).startswith(
-        f"error: ValueError: {sweep_dir}/pose2d/eval_test.json holds protocol 'bodynet' "
-        f"numbers, not 'hgmt': report them with --protocol=bodynet"), e.value.code
+    run = sweep_dir / "pose2d"
+    assert e.value.code == (
+        f"error: ValueError: {run}/eval_test.json holds protocol 'bodynet' numbers, not "
+        f"'hgmt' (the run's test evaluator ran under 'bodynet'): report them with "
+        f"--protocol=bodynet, or evaluate the run under 'hgmt' into {run}/eval_test_hgmt.json, "
+        f"which the report reads then: python -m hgmt.evaluate --workdir={run} "
+        f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")
+    # The fix works: hgmt's numbers where the command writes them are what the report reads.
+    hgmt_numbers = {**_summary(pck=0.7), "protocol": "hgmt"}
+    out_file = str(e.value.code).rpartition("--out_file=")[2]
+    with open(out_file, "w") as f:
+        json.dump(hgmt_numbers, f)
+    assert report.load_sweep(str(sweep_dir)) == {"pose2d": [hgmt_numbers]}
+    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"]) == 0
+    (run / "eval_test_hgmt.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError) as e:
+        report.load_sweep(str(sweep_dir))
+    assert str(e.value) == (
+        f"{run}/eval_test_hgmt.json holds protocol 'bodynet' numbers, not 'hgmt': evaluate "
+        f"the run under 'hgmt' into it again: python -m hgmt.evaluate --workdir={run} "
+        f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")
     from hgmt import evaluate
 
     with pytest.raises(SystemExit) as e:
@@ -619,8 +638,13 @@ def test_report_compares_another_protocols_numbers(tmp_path):
     # A file of another protocol under the expected name is refused; a missing one named.
     (sweep_dir / "pose2d" / "eval_test_surreal.json").write_text(json.dumps(
         {"protocol": "bodynet"}))
-    with pytest.raises(ValueError, match="holds protocol 'bodynet' numbers, not 'surreal'"):
+    run = sweep_dir / "pose2d"
+    with pytest.raises(ValueError) as e:
         report.load_sweep(str(sweep_dir), "surreal")
+    assert str(e.value) == (
+        f"{run}/eval_test_surreal.json holds protocol 'bodynet' numbers, not 'surreal': "
+        f"evaluate the run under 'surreal' into it again: python -m hgmt.evaluate "
+        f"--workdir={run} --protocol=surreal --out_file={run}/eval_test_surreal.json")
     (sweep_dir / "pose2d" / "eval_test_surreal.json").unlink()
     with pytest.raises(FileNotFoundError, match="--protocols=surreal"):
         report.load_sweep(str(sweep_dir), "surreal")

@@ -45,14 +45,6 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
             results.setdefault(tasks, []).append(json.load(f))
         evaluated[name] = _evaluation(results[tasks][-1])
         limits[name] = results[tasks][-1].get("max_examples")
-        found = results[tasks][-1].get("protocol", "hgmt")
-        if found != protocol:
-            raise ValueError(
-                f"{path} holds protocol {found!r} numbers, not {protocol!r}: report them "
-                f"with --protocol={found}, or "
-                f"evaluate the run under {protocol!r}: python -m hgmt.evaluate --workdir="
-                f"{os.path.join(sweep_dir, name)} --protocol={protocol} --out_file=<a file "
-                f"other than {path}>")
     if not results:
         hint = "" if protocol == "hgmt" else (
             f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
@@ -145,18 +137,54 @@ def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
 
 
 def _result_path(run_dir: str, protocol: str) -> str | None:
-    """The evaluation file of a sweep's run under `protocol`: its `result_file(protocol)`, or
-    the trainer's `eval_test.json` when its test evaluator ran under `protocol`; None when the
-    run has neither (not finished)."""
-    path = os.path.join(run_dir, workdirs.result_file(protocol))
-    if os.path.isfile(path):
-        return path
-    trained = os.path.join(run_dir, workdirs.result_file())
-    if protocol != "hgmt" and os.path.isfile(trained):
-        with open(trained) as f:
-            if json.load(f).get("protocol", "hgmt") == protocol:
-                return trained
+    """The evaluation file of a sweep's run under `protocol`, the first holding that
+    protocol's numbers of: `workdirs.result_file(protocol)` (the trainer's eval_test.json for
+    hgmt, eval_test_<protocol>.json for another, which launch/sweep.py --protocols writes);
+    for another protocol the trainer's eval_test.json, when its test evaluator ran under it;
+    for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json: hgmt's numbers of a run
+    whose trainer evaluated another protocol). None when the run has none of them (not
+    finished, or not evaluated under that protocol). ValueError, naming the hgmt.evaluate
+    command that writes a file this reads, when a file it would read holds another
+    protocol's numbers (under hgmt: when eval_test.json does and eval_test_hgmt.json is
+    missing)."""
+    def evaluate(out: str) -> str:
+        return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
+                f"--out_file={out}")
+
+    first = os.path.join(run_dir, workdirs.result_file(protocol))
+    found = _protocol_of(first)
+    if found == protocol:
+        return first
+    if protocol != "hgmt":
+        if found is not None:
+            raise ValueError(f"{first} holds protocol {found!r} numbers, not {protocol!r}: "
+                             f"evaluate the run under {protocol!r} into it again: "
+                             f"{evaluate(first)}")
+        trained = os.path.join(run_dir, workdirs.result_file())
+        return trained if _protocol_of(trained) == protocol else None
+    beside = os.path.join(run_dir, workdirs.protocol_file(protocol))
+    held = _protocol_of(beside)
+    if held == protocol:
+        return beside
+    if held is not None:
+        raise ValueError(f"{beside} holds protocol {held!r} numbers, not {protocol!r}: "
+                         f"evaluate the run under {protocol!r} into it again: "
+                         f"{evaluate(beside)}")
+    if found is not None:
+        raise ValueError(f"{first} holds protocol {found!r} numbers, not {protocol!r} (the "
+                         f"run's test evaluator ran under {found!r}): report them with "
+                         f"--protocol={found}, or evaluate the run under {protocol!r} into "
+                         f"{beside}, which the report reads then: {evaluate(beside)}")
     return None
+
+
+def _protocol_of(path: str) -> str | None:
+    """The protocol of the evaluation summary at `path` (hgmt for one made before summaries
+    recorded it); None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("protocol", "hgmt")
 
 
 def _headline(entry_or_summary: dict, task: str):
