@@ -193,16 +193,24 @@ def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | No
 
 
 @contextlib.contextmanager
-def faults_in_one_line(*kinds: type[BaseException], traceback: bool = False) -> Iterator[None]:
-    """Ends the command with exit status 1 and one line, `error: <Kind>: <message>`, for the
-    errors `kinds`, whose messages say what happened, what is intact and what to do (a full
-    disk, out of device memory, a damaged shard); with `traceback` they propagate as raised."""
+def faults_in_one_line(*kinds: type[BaseException], traceback: bool = False,
+                       status: int = 1) -> Iterator[None]:
+    """Ends the command with exit status `status` and one line, `error: <Kind>: <message>`,
+    for the errors `kinds`, whose messages say what happened, what is intact and what to do (a
+    full disk, out of device memory, a damaged shard); with `traceback` they propagate as
+    raised. Status 1 is the SystemExit of the line (its `code`); another status, for a command
+    whose status 1 means something else (`hgmt.report --check_config`: runs differ), prints
+    the line to stderr and exits with that status."""
     try:
         yield
     except kinds as e:
         if traceback:
             raise
-        raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+        line = f"error: {type(e).__name__}: {e}"
+        if status == 1:
+            raise SystemExit(line) from None
+        print(line, file=sys.stderr)
+        raise SystemExit(status) from None
 
 
 def define_verbosity(fv: flags.FlagValues) -> None:

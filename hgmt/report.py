@@ -22,7 +22,10 @@ that evaluates them alike.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
-config.json differs (field by field), and exits 1 if any does, 0 if all match. Editing the
+config.json differs (field by field), and exits 1 if any does, 0 if all match, and 2, with
+one line naming what to fix, when it cannot tell (CHECK_UNUSABLE: no sweep directory, no
+sweep.json, a config file or a run's config.json missing or unreadable); a bad flag exits 1
+before anything is read, as in every hgmt command. Editing the
 config file after a sweep is allowed; this says which runs no longer follow it. A config.json
 is read in today's layout (`hgmt.workdirs.current_layout`: a run older than `config.evals` has
 its `eval_*` fields compared as the evaluators they amount to); an evaluator that runs at no
@@ -56,8 +59,13 @@ def _define_flags(fv) -> None:
                       "compare the numbers of this metric protocol (docs/metrics.md)",
                       flag_values=fv)
     flags.DEFINE_bool("check_config", False, "write nothing; list the finished runs whose "
-                      "config.json no longer matches the sweep's config file (exit 1 if any)",
+                      "config.json no longer matches the sweep's config file (exit 1 if any, "
+                      "2 if the sweep cannot be read)",
                       flag_values=fv)
+
+
+# --check_config's exit status when the sweep cannot be checked (1: runs differ, 0: all match).
+CHECK_UNUSABLE = 2
 
 
 def check_config(sweep_dir: str) -> int:
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     if args.check_config:
-        return check_config(args.sweep_dir)
+        with cli.faults_in_one_line(OSError, ValueError, status=CHECK_UNUSABLE):
+            return check_config(args.sweep_dir)
     if not args.out_dir:
         raise SystemExit("error: --out_dir is required: the report directory (or give "
                          "--check_config)")

@@ -761,6 +761,39 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
         runs.check_configs(sweep_dir)
 
 
+def test_check_config_on_a_sweep_it_cannot_read_exits_2_with_one_line(tmp_path, capsys):
+    """--check_config exits 1 when runs differ; a sweep it cannot check (no directory, no
+    sweep.json, a run's config.json damaged) is one line naming the fix and exit status 2,
+    not a traceback with status 1."""
+    missing = tmp_path / "nonexist"
+    run = subprocess.run([sys.executable, "-m", "hgmt.report", f"--sweep_dir={missing}",
+                          "--check_config"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert run.returncode == 2 and hgmt.report.CHECK_UNUSABLE == 2
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: FileNotFoundError: sweep directory {missing} not found: give the --sweep_dir "
+        f"of a sweep launch/sweep.py made"]
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1})
+
+    def check() -> tuple[int, str]:
+        with pytest.raises(SystemExit) as e:
+            hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"])
+        printed = capsys.readouterr()
+        assert printed.out == ""
+        return e.value.code, printed.err
+
+    config = os.path.join(sweep_dir, "pose2d", "config.json")
+    open(config, "w").write('{"seed": ')
+    assert check() == (2, f"error: DamagedRunFile: {config} is not a JSON object (not JSON: "
+                           f"Expecting value: line 1 column 10): the file was edited or "
+                           f"damaged. Restore it from a copy, or train the run again\n")
+    os.remove(os.path.join(sweep_dir, "sweep.json"))
+    assert check() == (2, f"error: FileNotFoundError: {sweep_dir}/sweep.json not found: the "
+                          f"sweep's plan, written by launch/sweep.py --sweep_dir={sweep_dir}, "
+                          f"names the config its runs used\n")
+
+
 def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_names(
         tmp_path, capsys):
     """A run whose config.json predates `evals` (as the committed study's: `eval_frames`,

@@ -77,12 +77,15 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
 
 def plan(sweep_dir: str) -> dict:
     """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}."""
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"sweep directory {sweep_dir} not found: give the --sweep_dir "
+                                f"of a sweep launch/sweep.py made")
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
                                 f" --sweep_dir={sweep_dir}, names the config its runs used")
-    with open(path) as f:
-        return json.load(f)
+    return _json_object(path, "Run launch/sweep.py with the sweep's config and arguments again "
+                              "to write it")
 
 
 def finished(sweep_dir: str) -> list[str]:
@@ -93,8 +96,17 @@ def finished(sweep_dir: str) -> list[str]:
 
 def saved_config(sweep_dir: str, name: str) -> dict:
     """The config a run was trained with (its config.json)."""
-    with open(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)) as f:
-        return json.load(f)
+    return _json_object(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE),
+                        "Restore it from a copy, or train the run again")
+
+
+def _json_object(path: str, fix: str) -> dict:
+    """The JSON object in `path`; ValueError (workdirs.DamagedRunFile) naming the file and
+    `fix` when it holds anything else, an empty file included."""
+    value = workdirs.read_json_object(path, fix)
+    if value is None:
+        raise workdirs.DamagedRunFile(f"{path} is empty: the file was cut short. {fix}")
+    return value
 
 
 def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
