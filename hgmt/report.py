@@ -10,23 +10,25 @@ reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py 
 eval_test.json where the run's test evaluator used that protocol; for hgmt, of a run whose
 eval_test.json holds another protocol's numbers, eval_test_hgmt.json, which
 `python -m hgmt.evaluate --protocol=hgmt --out_file=...` writes) and
-writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables),
-report.json, claims.json (hgmt/study/claims.py) and charts: for each task its headline
-metric in isolation and in every combination containing it (`<task>_subsets.png`), and the
-per-joint / per-part change of the best multi-task model over the isolated one
-(`<task>_per_item.png`). The README ends with the config the runs used (their own
-config.json files). Runs evaluated on other frames (number, split, frame selector, flip test or
-crop window) or under other metric definitions (`metrics_version`) do not compare: the report
-then writes nothing and stops with one error naming the runs and the `hgmt.evaluate` command
-that evaluates them alike.
+writes into OUT_DIR: README.md (how many runs finished and how they were evaluated: frames,
+flip test and metric definitions, with what changed since and how to evaluate again where
+those are older than today's; the seed paper's conclusions checked on these runs, then
+tables), report.json (each task's entry with its runs' `evaluation`), claims.json
+(hgmt/study/claims.py) and charts: for each task its headline metric in isolation and in
+every combination containing it (`<task>_subsets.png`), and the per-joint / per-part change
+of the best multi-task model over the isolated one (`<task>_per_item.png`). The README ends
+with the config the runs used (their own config.json files). Runs evaluated on other frames
+(number, split, frame selector, flip test or crop window) or under other metric definitions
+(`metrics_version`) do not compare: the report then writes nothing and stops with one error
+naming the runs and the `hgmt.evaluate` command that evaluates them alike.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
 config.json differs (field by field), and exits 1 if any does, 0 if all match, and 2, with
 one line naming what to fix, when it cannot tell (CHECK_UNUSABLE: no sweep directory, no
 sweep.json, a config file or a run's config.json missing or unreadable); a bad flag exits 1
-before anything is read, as in every hgmt command. Editing the
-config file after a sweep is allowed; this says which runs no longer follow it. A config.json
+before anything is read, as in every hgmt command. Editing the config file after a sweep is
+allowed; this says which runs no longer follow it. A config.json
 is read in today's layout (`hgmt.workdirs.current_layout`: a run older than `config.evals` has
 its `eval_*` fields compared as the evaluators they amount to); an evaluator that runs at no
 step in either config is not compared. Fields only one side has (an option added since, one

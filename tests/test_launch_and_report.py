@@ -329,13 +329,53 @@ def test_report_names_runs_outside_the_plan(tmp_path):
         (sweep_dir / name).mkdir(parents=True)
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(
             {**_summary(pck=0.8), "num_examples": 240, "split": "test",
-             "frames": "every4", "flip": False}))
+             "frames": "every4", "flip": False,
+             "metrics_version": evaluator.METRICS_VERSION}))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
                                                       "seeds": 1}))
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
     assert line == ("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in the plan, "
                     "counted in the tables: pose2d@seed3. Each is evaluated on 240 frames of "
-                    "split `test` (frames: every4)."), line
+                    "split `test` (frames: every4; no flip test; metric definitions version "
+                    f"{evaluator.METRICS_VERSION})."), line
+
+
+def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path, monkeypatch):
+    """Runs evaluated with the flip test under metric definitions version 1 (summaries without
+    `metrics_version`) while today's are version 3 (two changes since): the progress line
+    says so, what each change was, how many runs kept the checkpoints to evaluate again and
+    the command; report.json records the evaluation of each task's numbers."""
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {2: "change two", 3: "change three"})
+    monkeypatch.setattr(evaluator, "METRICS_VERSION", 3)
+    sweep_dir = tmp_path / "sweep"
+    flipped = {"num_examples": 24, "split": "test", "frames": "middle", "flip": True,
+               "max_examples": 0}
+    _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **flipped}] * 2,
+                               "pose2d+segm": [{**_summary(pck=0.8), **flipped}]})
+    results = report.load_sweep(str(sweep_dir))
+    command = (f"`python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test "
+               f"--frames=middle --flip --max_examples=0 --protocol=hgmt "
+               f"--out_file={sweep_dir}/<run>/eval_test.json`")
+    said = ("Runs finished: 3. Each is evaluated on 24 frames of split `test` (frames: middle; "
+            "with flip test; metric definitions version 1). Version 1 is older than today's 3 "
+            "(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
+            "these models other numbers; what changed: version 2: change two; version 3: change "
+            "three. {have}. A run with its checkpoints is evaluated under today's definitions "
+            "by, for each <run>: " + command + ".")
+    assert report.progress(str(sweep_dir), results) == said.format(have=(
+        "None of these 3 runs kept its checkpoints (`<run>/checkpoints`), so their numbers "
+        "stay under version 1 unless they are trained again"))
+    (sweep_dir / "pose2d@seed1" / "checkpoints").mkdir()
+    assert report.progress(str(sweep_dir), results) == said.format(have=(
+        "1 of these 3 runs kept their checkpoints (`<run>/checkpoints`: pose2d@seed1); the "
+        "others would have to be trained again"))
+    for name in ("pose2d", "pose2d+segm"):
+        (sweep_dir / name / "checkpoints").mkdir()
+    assert report.progress(str(sweep_dir), results) == said.format(have=(
+        "Every one of these 3 runs kept its checkpoints (`<run>/checkpoints`)"))
+    assert report.compare(results)["pose2d"]["evaluation"] == {
+        "num_examples": 24, "split": "test", "frames": "middle", "flip": True,
+        "metrics_version": 1, "window": "hgmt", "metrics_version_today": 3}
 
 
 def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
@@ -427,7 +467,8 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
         write(name, "reference")
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
-                         "crop window: reference)."), line
+                         "no flip test; crop window: reference; metric definitions version "
+                         f"{evaluator.METRICS_VERSION})."), line
 
 
 def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
@@ -691,7 +732,8 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     study = json.loads(open(os.path.join(out, "report.json")).read())
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
     assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
-            "split `test` (frames: middle).") in open(os.path.join(out, "README.md")).read()
+            "split `test` (frames: middle; no flip test; metric definitions version "
+            f"{evaluator.METRICS_VERSION}).") in open(os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
         assert hgmt.report.main(["--sweep_dir", sweep_dir, "--out_dir", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0

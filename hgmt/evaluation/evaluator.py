@@ -112,10 +112,15 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 # `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
 # flip test, at most how many examples (0: all).
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
-# Recorded in every summary, raised when a metric's definition changes so that numbers of two
-# definitions are not compared (hgmt.report): 2, a joint in the outer half of a label map's
-# edge pixels is visible (1: joints in [0, r - 1] only; summaries without the field).
-METRICS_VERSION = 2
+# The versions of hgmt's metric definitions, each with what it changed from the one before.
+# A summary records the version it was made under (`metrics_version`; one without the field
+# is version 1), and a new definition adds a version, so that numbers of two definitions are
+# not compared (hgmt.report refuses them, and its report says what changed since its runs').
+METRICS_CHANGES = {
+    2: "a joint in the outer half of a label map's edge pixels is visible (version 1: only "
+       "joints in [0, r - 1], r the label map's side)",
+}
+METRICS_VERSION = max(METRICS_CHANGES)
 # The rows of the per-item tables, in the dataset's order (other items: as first seen).
 ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 

@@ -91,15 +91,8 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
     redo = (sorted(evaluated) if not as_today(target) else
             sorted(n for k, names in groups.items() if k != target for n in names))
-    num_examples, split, frames, flip, _, _ = target
-    asked = [limits[n] for n in groups[target] if limits.get(n) is not None]
-    limit = asked[0] if asked else num_examples
-    command = (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
-               f"--split={split or 'test'} --frames={frames or 'middle'} "
-               f"--{'' if flip else 'no'}flip"
-               + ("" if limit is None else f" --max_examples={limit}")
-               + f" --protocol={protocol} --out_file="
-               f"{os.path.join(sweep_dir, '<run>', workdirs.result_file(protocol))}")
+    command = _evaluate_command(sweep_dir, protocol, target,
+                                [limits[n] for n in groups[target]])
     found = "; ".join(
         f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
         f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
@@ -110,6 +103,23 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
              else f"{_some(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
                      f"do not compare: {found}. Evaluate {which}, for each <run>: {command}")
+
+
+def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
+                      limits: list[int | None]) -> str:
+    """The hgmt.evaluate command that evaluates a sweep's <run> under `protocol` on the frames
+    of `settings` (an `_evaluation`) into the file the report reads first, with the example
+    limit the runs asked for (`limits`: their summaries' max_examples, None where a summary
+    does not record it; when none does, the frames they evaluated)."""
+    num_examples, split, frames, flip, _, _ = settings
+    asked = [n for n in limits if n is not None]
+    limit = asked[0] if asked else num_examples
+    return (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
+            f"--split={split or 'test'} --frames={frames or 'middle'} "
+            f"--{'' if flip else 'no'}flip"
+            + ("" if limit is None else f" --max_examples={limit}")
+            + f" --protocol={protocol} --out_file="
+            f"{os.path.join(sweep_dir, '<run>', workdirs.result_file(protocol))}")
 
 
 def _some(names: list[str], shown: int = 5) -> str:
@@ -203,14 +213,21 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     mean with the test of its difference from the best (`runner_up_multi_task`: the pick is
     by mean, and the report says how close it was).
 
-    Changes are signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
+    Each entry records how the runs were evaluated (`evaluation`: the EVALUATION fields of
+    their summaries, `_BEFORE`'s for a field they lack, and `metrics_version_today`,
+    evaluator.METRICS_VERSION). Changes are signed so that positive is better (PCKh and IoU
+    up, MJD and RMSE down)."""
     out = {}
     for task in TASKS:
         having = {s: [r[task] for r in runs if task in r] for s, runs in results.items()}
         having = {s: runs for s, runs in having.items() if runs}
         if not having:
             continue
+        first = next(s for s in results.values() if s)[0]
         task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
+        # How the numbers were made (alike in every run: load_sweep), for the JSON's reader.
+        evaluation = dict(zip(EVALUATION, _evaluation(first), strict=True)) | {
+            "metrics_version_today": evaluator.METRICS_VERSION}
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
         # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
@@ -221,7 +238,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         values = {s: v for s, v in values.items() if v}
         rows = {s: stats.mean(v) for s, v in values.items()}
         if not rows:
-            out[task] = {"protocol": task_protocol, "metric": metric, "subsets": {},
+            out[task] = {"protocol": task_protocol, "evaluation": evaluation,
+                         "metric": metric, "subsets": {},
                          "undefined": undefined, "isolated": None, "best": None,
                          "higher_is_better": higher}
             continue
@@ -229,7 +247,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         best = max(rows, key=lambda s: sign * rows[s])
         multi = [s for s in rows if s != task]
         best_multi = max(multi, key=lambda s: sign * rows[s]) if multi else None
-        entry = {"protocol": task_protocol, "metric": metric, "higher_is_better": higher,
+        entry = {"protocol": task_protocol, "evaluation": evaluation, "metric": metric,
+                 "higher_is_better": higher,
                  "subsets": rows, "spread": {s: stats.spread(v) for s, v in values.items()},
                  "seeds": {s: len(v) for s, v in values.items()}, "values": values,
                  "undefined": undefined, "isolated": rows.get(task), "best": best,
@@ -478,34 +497,62 @@ def item_change_label(h) -> str:
 def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     """A line saying how many of the sweep's planned runs (its sweep.json) have finished,
     which planned runs are missing and which finished runs are not in the plan (the tables
-    count every finished run), and on which test frames they were evaluated (`load_sweep`
-    refuses runs evaluated on other frames)."""
+    count every finished run), then how they were evaluated (`load_sweep` refuses runs
+    evaluated otherwise: `evaluated_as`)."""
     summaries = [s for runs in results.values() for s in runs]
-    first = summaries[0]
-    window = _evaluation(first)[EVALUATION.index("window")]
-    if "num_examples" in first:
-        frames = (f" Each is evaluated on {first['num_examples']} frames of split "
-                  f"`{first.get('split', 'test')}` (frames: {first.get('frames', 'middle')}"
-                  f"{'' if window == 'hgmt' else f'; crop window: {window}'}).")
-    else:
-        frames = ""
+    protocol = summaries[0].get("protocol", "hgmt")
+    finished = sorted(n for n in os.listdir(sweep_dir)
+                      if _result_path(os.path.join(sweep_dir, n), protocol) is not None)
+    evaluation = evaluated_as(sweep_dir, protocol, summaries, finished)
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
-        return f"Runs finished: {len(summaries)}.{frames}"
+        return f"Runs finished: {len(summaries)}.{evaluation}"
     with open(path) as f:
         plan = json.load(f)
     subsets, seeds = plan["subsets"], plan.get("seeds", 1)
     planned = {workdirs.run_name(s, k) for k in range(seeds) for s in subsets}
-    protocol = first.get("protocol", "hgmt")
-    finished = {n for n in os.listdir(sweep_dir)
-                if _result_path(os.path.join(sweep_dir, n), protocol) is not None}
-    missing, extra = sorted(planned - finished), sorted(finished - planned)
+    missing, extra = sorted(planned - set(finished)), sorted(set(finished) - planned)
     rest = "" if not missing else (
         f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} "
         f"(launch/sweep.py with the same arguments resumes them)")
     outside = "" if not extra else (
         f"; finished but not in the plan, counted in the tables: {', '.join(extra)}")
-    return (f"Runs finished: {len(planned & finished)} of {len(planned)} ({len(subsets)} "
-            f"subsets x {seeds} seed{'s' if seeds > 1 else ''}){rest}{outside}.{frames}")
+    return (f"Runs finished: {len(planned & set(finished))} of {len(planned)} ({len(subsets)} "
+            f"subsets x {seeds} seed{'s' if seeds > 1 else ''}){rest}{outside}.{evaluation}")
 
 
+def evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
+                 runs: list[str]) -> str:
+    """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
+    the metric definitions (`evaluator.METRICS_VERSION`) of the finished `runs` (alike:
+    `load_sweep`), from their `summaries`; under definitions older than today's, what changed
+    since (`evaluator.METRICS_CHANGES`) and the command that evaluates the runs again, with
+    how many kept the checkpoints it needs. '' for summaries that do not record their frames
+    (made by hand)."""
+    first = summaries[0]
+    if "num_examples" not in first:
+        return ""
+    num_examples, split, frames, flip, version, window = _evaluation(first)
+    line = (f" Each is evaluated on {num_examples} frames of split `{split or 'test'}` (frames: "
+            f"{frames or 'middle'}; {'with' if flip else 'no'} flip test"
+            f"{'' if window == 'hgmt' else f'; crop window: {window}'}; metric definitions "
+            f"version {version}).")
+    if version >= evaluator.METRICS_VERSION:
+        return line
+    changes = "; ".join(f"version {v}: {evaluator.METRICS_CHANGES[v]}"
+                        for v in range(version + 1, evaluator.METRICS_VERSION + 1))
+    kept = [n for n in runs if os.path.isdir(workdirs.checkpoint_dir(os.path.join(sweep_dir, n)))]
+    where = f"`<run>/{workdirs.CHECKPOINT_DIR}`"
+    have = (f"None of these {len(runs)} runs kept its checkpoints ({where}), so their numbers "
+            f"stay under version {version} unless they are trained again" if not kept else
+            f"Every one of these {len(runs)} runs kept its checkpoints ({where})"
+            if len(kept) == len(runs) else
+            f"{len(kept)} of these {len(runs)} runs kept their checkpoints ({where}: "
+            f"{_some(kept)}); the others would have to be trained again")
+    command = _evaluate_command(sweep_dir, protocol, _evaluation(first),
+                                [s.get("max_examples") for s in summaries])
+    return (f"{line} Version {version} is older than today's {evaluator.METRICS_VERSION} "
+            f"(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
+            f"these models other numbers; what changed: {changes}. {have}. A run with its "
+            f"checkpoints is evaluated under today's definitions by, for each <run>: "
+            f"`{command}`.")
