@@ -2,7 +2,9 @@
 hand-made evaluation summaries, 3 seeds each unless said). With 3 seeds of standard deviation
 s on both sides, Welch's t-test has 4 degrees of freedom and a change's 95 % interval is
 +- 2.776 * s * sqrt(2/3) = +- 2.27 s wide: 0.1 with s = 0.01 is better (p 0.0003, below 0.05
-after Holm over 7 rows), 0.005 is no detectable change."""
+after Holm over 7 tests), 0.005 is no detectable change. With 4 degrees of freedom the
+two-sided p of t is 1 - sin(a) (1 + cos(a)^2 / 2), tan(a) = t / 2; with 2 (one side
+constant), 1 - t / sqrt(2 + t^2). A conclusion's tests are Holm-adjusted together."""
 
 import pytest
 
@@ -53,7 +55,9 @@ def _seeds(x: float, scale: float = 1.0) -> list[float]:
 
 def test_pose2d_helping_pose3d_or_depth_disagrees_with_the_paper():
     """'pose2d helps neither' agrees only when both changes are detectably worse: a change the
-    test cannot detect (0.5 mm with seed sd 1 mm: [-1.8, +2.8]) may hide a gain."""
+    test cannot detect (0.5 mm with seed sd 1 mm: [-1.8, +2.8]) may hide a gain. A change of
+    5 mm with seed sd 1 mm has t = 5 / sqrt(2/3) = 6.12, p = 0.0036; Holm over the
+    conclusion's two tests doubles the smaller p: 0.0072."""
     rule = claims.pose2d_helps_neither_pose3d_nor_depth
     within = {"pose3d": {"pose3d": _seeds(60, 100)},  # MJD 60 +- 1 mm
               "pose2d+pose3d": {"pose3d": _seeds(65, 100)},  # 5 mm worse: worse
@@ -64,11 +68,12 @@ def test_pose2d_helping_pose3d_or_depth_disagrees_with_the_paper():
     verdict, evidence = rule(_study(undetected))
     assert verdict == UNRESOLVED
     assert ("pose3d in pose2d+pose3d: +0.5 [-1.8, +2.8], p (Holm) 0.57, no detectable change; "
-            "depth in pose2d+depth: -5 [-7.3, -2.7], p (Holm) 0.0036, worse") == evidence
+            "depth in pose2d+depth: -5 [-7.3, -2.7], p (Holm) 0.0072, worse [Holm over this "
+            "conclusion's 2 tests]") == evidence
     helped = within | {"pose2d+pose3d": {"pose3d": _seeds(55, 100)}}  # 5 mm better
     verdict, evidence = rule(_study(helped))
     assert verdict == DISAGREES
-    assert "pose3d in pose2d+pose3d: +5 [+2.7, +7.3], p (Holm) 0.0036, better" in evidence
+    assert "pose3d in pose2d+pose3d: +5 [+2.7, +7.3], p (Holm) 0.0072, better" in evidence
     one_seed = within | {"pose2d+depth": {"depth": [205.0]}}
     verdict, evidence = rule(_study(one_seed))
     assert verdict == UNRESOLVED
@@ -84,6 +89,28 @@ def test_pose2d_helping_pose3d_or_depth_disagrees_with_the_paper():
     assert verdict == UNRESOLVED and "no pose2d+depth run" in evidence
 
 
+def test_a_conclusions_tests_are_holm_adjusted_together():
+    """'pose2d helps neither' rests on two tests from two tables: pose3d in pose2d+pose3d and
+    depth in pose2d+depth, each 2.5 mm better with seed sd 1 mm: t = 2.5 / sqrt(2/3) = 3.062,
+    p = 0.0376, below 0.05 in its table of one row. Read alone, each would make the
+    conclusion disagree, so a verdict from either of two tests at 0.05 is false up to about
+    twice as often; Holm over the conclusion's two tests doubles each: 0.075, no detectable
+    change, unresolved."""
+    study = _study({"pose3d": {"pose3d": _seeds(60, 100)},
+                    "pose2d+pose3d": {"pose3d": _seeds(57.5, 100)},
+                    "depth": {"depth": _seeds(200, 100)},
+                    "pose2d+depth": {"depth": _seeds(197.5, 100)}})
+    for task in ("pose3d", "depth"):
+        t = study[task]["tests"][f"pose2d+{task}"]
+        assert t["p"] == pytest.approx(0.037590, abs=1e-6)
+        assert t["p_holm"] == t["p"] and t["verdict"] == claims.BETTER  # its table: one row
+    verdict, evidence = claims.pose2d_helps_neither_pose3d_nor_depth(study)
+    assert verdict == UNRESOLVED
+    assert evidence == ("pose3d in pose2d+pose3d: +2.5 [+0.23, +4.8], p (Holm) 0.075, no "
+                        "detectable change; depth in pose2d+depth: +2.5 [+0.23, +4.8], p (Holm) "
+                        "0.075, no detectable change [Holm over this conclusion's 2 tests]")
+
+
 def test_segm_helped_by_pose2d_but_not_pose3d():
     rule = claims.segm_helped_by_pose2d_not_pose3d
     base = {"segm": {"segm": _seeds(0.50)}, "pose2d+segm": {"segm": _seeds(0.60)},
@@ -93,7 +120,7 @@ def test_segm_helped_by_pose2d_but_not_pose3d():
     verdict, evidence = rule(_study(base | {"pose3d+segm": {"segm": _seeds(0.505)}}))
     assert verdict == UNRESOLVED
     assert evidence.endswith("segm in pose3d+segm: +0.005 [-0.018, +0.028], p (Holm) 0.57, "
-                             "no detectable change")
+                             "no detectable change [Holm over this conclusion's 2 tests]")
     assert _verdict(rule, base | {"pose3d+segm": {"segm": _seeds(0.60)}}) == DISAGREES
     assert _verdict(rule, base | {"pose2d+segm": {"segm": _seeds(0.40)}}) == DISAGREES
     # a gain the test cannot detect neither confirms nor refutes "benefits"
@@ -136,8 +163,13 @@ def _pose2d_subsets(value_of: dict[str, float]) -> dict:
 
 
 def test_all_four_tasks_best_for_pose2d():
+    """The four-task model 0.1 above the isolated pose2d and above each of the 6 rivals (seed
+    sd 0.01 everywhere): t = 0.1 / (0.01 sqrt(2/3)) = 12.25, p = 0.000255 each; Holm over the
+    conclusion's 7 tests: 0.0018."""
     rule = claims.all_four_best_for_pose2d
-    assert _verdict(rule, _pose2d_subsets({claims.ALL_FOUR: 0.90})) == AGREES
+    assert rule(_study(_pose2d_subsets({claims.ALL_FOUR: 0.90}))) == (
+        AGREES, f"pose2d in {claims.ALL_FOUR}: +0.1 [+0.077, +0.12], p (Holm) 0.0018, better; "
+                f"better than each other combination [Holm over this conclusion's 7 tests]")
     rival = _pose2d_subsets({claims.ALL_FOUR: 0.90, "pose2d+segm": 0.95})
     verdict, evidence = rule(_study(rival))
     assert verdict == DISAGREES
@@ -149,7 +181,8 @@ def test_all_four_tasks_best_for_pose2d():
     partial = _pose2d_subsets({claims.ALL_FOUR: 0.90})
     del partial["pose2d+pose3d+depth"]
     verdict, evidence = rule(_study(partial))
-    assert verdict == UNRESOLVED and evidence.endswith("untested against pose2d+pose3d+depth")
+    assert verdict == UNRESOLVED and evidence.endswith(
+        "untested against pose2d+pose3d+depth [Holm over this conclusion's 6 tests]")
     no_gain = _pose2d_subsets({claims.ALL_FOUR: 0.805})
     assert _verdict(rule, no_gain) == UNRESOLVED
     assert _verdict(rule, _pose2d_subsets({claims.ALL_FOUR: 0.70})) == DISAGREES  # worse
@@ -182,31 +215,84 @@ def test_every_task_benefits_from_some_combination():
             "depth+segm: no depth+segm run)") in evidence
 
 
-def test_largest_gain_at_a_wrist_or_ankle():
-    """Isolated PCKh 0.7 + (0, 0.01, -0.01) at every joint over the three seeds; the
-    multi-task model 0.75 + the same offsets, one joint 0.9 + twice them: that joint gains
-    0.2, beyond every other's 0.05 in each run."""
-    def study(top_joint: str, seeds: int = 3, spread: float = 1.0) -> dict:
-        offsets = [spread * d for d in SPREAD[:seeds]]
-        iso = [{"pose2d": _summary("pose2d", 0.7 + d)} for d in offsets]
-        multi = [{"pose2d": _summary("pose2d", 0.75 + d, {top_joint: 0.9 + 2 * d})}
-                 for d in offsets]
-        return report.compare({"pose2d": iso, "pose2d+segm": multi})
+def _items_study(task: str, top_item: str, seeds: int = 3, spread: float = 1.0,
+                 others: dict[str, list[float]] | None = None) -> dict:
+    """`task` isolated at 0.7 + (0, 0.01, -0.01) at every joint over the three seeds, and
+    pose2d+segm (pose2d+pose3d for pose3d) at 0.75 + the same offsets, `top_item` at
+    0.9 + twice them; pose3d's MJD is 100 * (1 - that) mm, lower better, so every change
+    and p-value is pose2d's with the interval times 100 (30 mm, 25 mm, top 10 mm). `others`:
+    more multi-task subsets, {subset: each seed's value at every joint}."""
+    def run(value: float, items: dict | None = None) -> dict:
+        if task == "pose2d":
+            return {task: _summary(task, value, items)}
+        return {task: _summary(task, 100 * (1 - value),
+                               {k: 100 * (1 - v) for k, v in (items or {}).items()})}
 
+    offsets = [spread * d for d in SPREAD[:seeds]]
+    multi = "pose2d+segm" if task == "pose2d" else "pose2d+pose3d"
+    results = {task: [run(0.7 + d) for d in offsets],
+               multi: [run(0.75 + d, {top_item: 0.9 + 2 * d}) for d in offsets]}
+    results |= {s: [run(v) for v in values] for s, values in (others or {}).items()}
+    return report.compare(results)
+
+
+@pytest.mark.parametrize("task, multi, interval", [
+    ("pose2d", "pose2d+segm", "+0.2 [+0.16, +0.24]"),
+    ("pose3d", "pose2d+pose3d", "+20 [+16, +24]")])  # lower is better: MJD 10 mm against 30
+def test_largest_gain_at_a_wrist_or_ankle(task, multi, interval):
+    """The top joint gains 0.2 (20 mm), every other 0.05 (5 mm), in each run beyond the others.
+    The conclusion's 31 tests, Holm-adjusted together: the 16 joints' changes and the top's
+    lead over each of the 15 others. The top's change: 0.2 with seed sd 0.02 against 0.01,
+    t = 0.2 / sqrt((0.02^2 + 0.01^2) / 3) = 15.49 with 50/17 degrees of freedom
+    (Welch-Satterthwaite), p = 0.000651, the smallest, times 31: 0.020. A lead: the
+    within-run difference 0.15 + (0, 0.01, -0.01) against 0 in every isolated run, t = 0.15
+    sqrt(3) / 0.01 = 25.98 with 2 degrees of freedom, p = 1 - t / sqrt(2 + t^2) = 0.00148,
+    times at most 30: 0.044, each detectable. The other joints' changes (0.05, p 0.0036)
+    come last: 15 * 0.0036 = 0.054, not detectable."""
     rule = claims.largest_gains_at_wrists_and_ankles
-    verdict, evidence = rule(study("l_ankle"))
+    study = _items_study(task, "l_ankle")
+    assert study[task]["per_item_tests"]["l_ankle"]["p"] == pytest.approx(0.000651, abs=1e-6)
+    verdict, evidence = rule(study)
     assert verdict == AGREES
-    assert ("pose2d+segm improves l_ankle most (+0.2 [+0.16, +0.24], p (Holm) 0.01), "
-            "detectably ahead of every other") in evidence
-    assert rule(study("head_top"))[0] == DISAGREES
-    verdict, evidence = rule(study("l_ankle", seeds=1))
+    assert evidence == (f"{task}: {multi} improves l_ankle most ({interval}, p (Holm) 0.02), "
+                        f"detectably ahead of every other [Holm over this conclusion's 31 "
+                        f"tests]")
+    assert rule(_items_study(task, "head_top"))[0] == DISAGREES
+    verdict, evidence = rule(_items_study(task, "l_ankle", seeds=1))
     assert verdict == UNRESOLVED
-    assert evidence == "pose2d: pose2d+segm's largest gain (l_ankle: +0.2) is untested: one seed"
+    gain = interval.split()[0]
+    assert evidence == f"{task}: {multi}'s largest gain (l_ankle: {gain}) is untested: one seed"
     # every seed alike on both sides: no spread to test the gains against
-    verdict, evidence = rule(study("l_ankle", spread=0.0))
+    verdict, evidence = rule(_items_study(task, "l_ankle", spread=0.0))
     assert verdict == UNRESOLVED
-    assert evidence == ("pose2d: pose2d+segm's largest gain (l_ankle: +0.2) is untested: no "
-                        "spread over the seeds to test against")
+    assert evidence == (f"{task}: {multi}'s largest gain (l_ankle: {gain}) is untested: no "
+                        f"spread over the seeds to test against")
+
+
+def test_the_per_item_tests_count_every_multi_task_subset_the_best_was_picked_from():
+    """The best multi-task subset is picked by its mean on the same runs whose items it
+    tests: with a second multi-task subset (pose2d+pose3d at 0.74 in every seed and joint)
+    the per-item table's family is both subsets' 16 joints, 32 tests, so the top joint's p
+    (0.000651, `test_largest_gain_at_a_wrist_or_ankle`) is multiplied by 32, not by the
+    table's 16: 0.0208. pose2d+pose3d's joints: 0.04 against 0.7 + (0, 0.01, -0.01), one side
+    constant: t = 0.04 sqrt(3) / 0.01 = 6.93, p = 1 - t / sqrt(2 + t^2) = 0.0204 each. The
+    conclusion adds the top's 15 leads (p 0.00148; pose2d+pose3d's joints all gain alike and
+    vary alike, so its leads have no spread: untested): 47 tests, in which a lead is
+    0.00148 * 46 = 0.068, not detectable, so every joint ties with the ankle: unresolved."""
+    study = _items_study("pose2d", "l_ankle", others={"pose2d+pose3d": [0.74] * 3})
+    e = study["pose2d"]
+    assert e["best_multi_task"] == "pose2d+segm"
+    assert e["per_item_family"] == {"subsets": 2, "tests": 32}
+    assert e["per_item_tests"]["l_ankle"]["p_holm"] == pytest.approx(
+        32 * e["per_item_tests"]["l_ankle"]["p"])
+    assert e["per_item_tests"]["l_ankle"]["p_holm"] == pytest.approx(0.0208, abs=1e-4)
+    assert set(e["per_item_tests"]) == set(surreal.JOINT_NAMES)  # the best's joints only
+    assert e["per_item_gains"]["pose2d+pose3d"]["l_wrist"] == pytest.approx(0.04)
+    verdict, evidence = claims.largest_gains_at_wrists_and_ankles(study)
+    assert verdict == UNRESOLVED
+    assert evidence.startswith("pose2d: pose2d+segm improves l_ankle most (+0.2 [+0.16, "
+                               "+0.24], p (Holm) 0.031), not detectably ahead of "), evidence
+    assert evidence.endswith("[Holm over this conclusion's 47 tests]"), evidence
 
 
 def test_the_per_item_evidence_names_the_runner_up_of_the_best_mean():
@@ -214,8 +300,9 @@ def test_the_per_item_evidence_names_the_runner_up_of_the_best_mean():
     mean, so the per-joint changes are its; pose2d+pose3d (0.74 in every seed) is the
     runner-up. Welch with one side constant has the other's n - 1 = 2 degrees of freedom:
     t = 0.01 / (0.01 / sqrt(3)) = sqrt(3), p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(3/5) = 0.23.
-    The claim's evidence and the per-joint section say so; a runner-up of one seed is named
-    as untested."""
+    The claim's evidence and the per-joint section say so, the section that the pick was
+    made on these runs and what its p-values are adjusted over; a runner-up of one seed is
+    named as untested."""
     iso = [{"pose2d": _summary("pose2d", 0.7 + d)} for d in SPREAD]
     multi = [{"pose2d": _summary("pose2d", 0.75 + d, {"l_ankle": 0.9 + 2 * d})} for d in SPREAD]
     close = [{"pose2d": _summary("pose2d", 0.74)} for _ in SPREAD]
@@ -223,18 +310,20 @@ def test_the_per_item_evidence_names_the_runner_up_of_the_best_mean():
     assert study["pose2d"]["best_multi_task"] == "pose2d+segm"
     assert study["pose2d"]["runner_up_multi_task"]["test"]["p"] == pytest.approx(
         1 - (3 / 5) ** 0.5)
-    verdict, evidence = claims.largest_gains_at_wrists_and_ankles(study)
-    assert verdict == AGREES
-    assert evidence == ("pose2d: pose2d+segm improves l_ankle most (+0.2 [+0.16, +0.24], "
-                        "p (Holm) 0.01), detectably ahead of every other (best mean; "
-                        "runner-up pose2d+pose3d at p 0.23)")
-    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better; tested as above, Holm "
-            "within this table). pose2d+segm is the multi-task subset of best mean (runner-up "
+    evidence = claims.largest_gains_at_wrists_and_ankles(study)[1]
+    assert evidence.endswith("(best mean; runner-up pose2d+pose3d at p 0.23) [Holm over this "
+                             "conclusion's 47 tests]"), evidence
+    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better). pose2d+segm is the "
+            "multi-task subset of best mean, picked on these same runs (runner-up "
             "pose2d+pose3d at p 0.23, Welch over seeds, unadjusted): with another pick a "
-            "joint's change and verdict can differ.\n") in report.to_markdown(study, "note")
+            "joint's change and verdict can differ. So that the pick does not inflate the "
+            "verdicts, p (Holm) is adjusted over the joints of all 2 multi-task subsets "
+            "containing pose2d (32 tests), not over this table's alone.\n"
+            ) in report.to_markdown(study, "note")
     study = report.compare({"pose2d": iso, "pose2d+segm": multi, "pose2d+pose3d": close[:1]})
     assert claims.largest_gains_at_wrists_and_ankles(study)[1].endswith(
-        "(best mean; runner-up pose2d+pose3d, untested: one seed)")
+        "(best mean; runner-up pose2d+pose3d, untested: one seed) [Holm over this "
+        "conclusion's 31 tests]")  # one seed of pose2d+pose3d: its joints untested
 
 
 def test_largest_gain_ties_when_its_lead_is_not_detectable():
@@ -256,8 +345,9 @@ def test_largest_gain_ties_when_its_lead_is_not_detectable():
     rule = claims.largest_gains_at_wrists_and_ankles
     verdict, evidence = rule(study(knee=0.953, ankle=0.95))
     assert verdict == UNRESOLVED
-    assert ("pose2d+segm improves l_knee most (+0.153 [+0.15, +0.16], p (Holm) 2.8e-05), "
-            "not detectably ahead of r_ankle (+0.15)") in evidence
+    assert evidence == ("pose2d: pose2d+segm improves l_knee most (+0.153 [+0.15, +0.16], "
+                        "p (Holm) 0.00024), not detectably ahead of r_ankle (+0.15) [Holm over "
+                        "this conclusion's 17 tests]")
     assert rule(study(knee=0.95, ankle=0.953))[0] == UNRESOLVED  # the ankle's lead alike
     assert rule(study(knee=0.95, ankle=1.0))[0] == AGREES
     assert rule(study(knee=1.0, ankle=0.95))[0] == DISAGREES
@@ -269,6 +359,7 @@ def test_largest_gain_ties_when_its_lead_is_not_detectable():
     s = study(knee=0.95, ankle=1.0)["pose2d"]
     assert "head_top" not in s["per_item_tests"]  # 0.85 in every seed against 0.8: untested
     assert set(s["per_item_tests"]) == {"l_knee", "r_ankle"}  # Holm over these two alone
+    assert s["per_item_family"] == {"subsets": 1, "tests": 2}
     assert s["per_item_tests"]["l_knee"]["n"] == [3, 3]
 
 
@@ -298,7 +389,7 @@ def test_report_lists_the_claims(tmp_path):
                            "\n\nMetric protocol: `hgmt`")
     assert ("| Body-part segmentation benefits from 2D pose but not from 3D pose | "
             "**unresolved** | segm in pose2d+segm: +0.1 [+0.077, +0.12], p (Holm) 0.00026, "
-            "better; no pose3d+segm run |") in text
+            "better; no pose3d+segm run [Holm over this conclusion's 1 test] |") in text
     assert ("one that a task does not help is *unresolved* unless the change is detectably "
             "worse (*agrees*) or better (*disagrees*): a test over a few seeds that detects no "
             "change does not show the absence of a gain.") in text

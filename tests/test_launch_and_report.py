@@ -631,7 +631,10 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     assert sorted(_whiskers(ax)) == [k for k in range(16) if k != pelvis]
     assert ax.get_xticklabels()[pelvis].get_text() == "pelvis (untested)"
     assert ax.patches[pelvis].get_hatch() and not ax.patches[0].get_hatch()
-    assert ax.get_title().endswith("not Holm-adjusted; (untested) items: hatched, no whisker")
+    assert ax.get_title() == (
+        "pose2d: pose2d+segm vs isolated, per joint (+ = better)\npose2d+segm: best mean of "
+        "the 3 multi-task subsets, picked on these runs\nwhiskers: 95% CI (per comparison), "
+        "not Holm-adjusted; (untested) items: hatched, no whisker")
 
     # The isolated run best, every subset of one seed: no green, no whiskers.
     e = report.compare({"pose2d": _pose2d_seeds([0.87]),
@@ -641,8 +644,9 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
                               "\none seed: no whisker")
     assert _whiskers(ax) == {} and 0.8 < ax.get_ylim()[0]
     ax = report.per_item_figure(e, "pose2d").axes[0]
-    assert _whiskers(ax) == {} and ax.get_title().endswith("\n(untested) items: hatched, no "
-                                                          "whisker")
+    assert _whiskers(ax) == {} and ax.get_title() == (  # the only multi-task subset
+        "pose2d: pose2d+segm vs isolated, per joint (+ = better)\n(untested) items: hatched, "
+        "no whisker")
     # No isolated run.
     e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
     assert report.subsets_figure(e, "pose2d").axes[0].get_title() == (

@@ -207,11 +207,15 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     mean, standard deviation and count), the isolated value, the best subset, and each
     change against the isolated run with its test (`tests`: stats.welch over seeds, Holm
     within the task's table, so `verdict` is better / worse / no detectable change); then
-    the per-item change of the best multi-task subset over the isolated one, tested alike
-    within the per-item table (`per_item_tests`), with both runs' per-item values
-    (`per_item_runs`) for claims that compare items, and the multi-task subset of next-best
-    mean with the test of its difference from the best (`runner_up_multi_task`: the pick is
-    by mean, and the report says how close it was).
+    the per-item change of the best multi-task subset over the isolated one
+    (`per_item_gain`) with its tests (`per_item_tests`), and the multi-task subset of
+    next-best mean with the test of its difference from the best (`runner_up_multi_task`:
+    the pick is by mean, and the report says how close it was). The best subset is picked on
+    the same runs whose items it tests, so its item tests are Holm-adjusted over the items
+    of every multi-task subset (`per_item_family`: how many subsets and tests), whose
+    changes (`per_item_gains`: {subset: {item: change}}) and per-item values
+    (`per_item_runs`: {subset: [each seed's breakdown]}, the isolated one included) the
+    entry keeps for claims that compare items.
 
     Each entry records how the runs were evaluated (`evaluation`: the EVALUATION fields of
     their summaries, `_BEFORE`'s for a field they lack, and `metrics_version_today`,
@@ -258,13 +262,22 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
             entry["tests"] = stats.judge({s: stats.welch(values[s], values[task], sign)
                                           for s in multi})
             if best_multi and item_key:
-                runs = {s: [r[item_key] for r in having[s]] for s in (task, best_multi)}
-                iso, top = _item_values(runs[task]), _item_values(runs[best_multi])
-                gains = {k: sign * (stats.mean(top[k]) - stats.mean(iso[k])) for k in iso
-                         if iso[k] and top.get(k)}
-                entry["per_item_gain"] = gains
-                entry["per_item_tests"] = stats.judge(
-                    {k: stats.welch(top[k], iso[k], sign) for k in gains})
+                runs = {s: [r[item_key] for r in having[s]] for s in (task, *multi)}
+                iso = _item_values(runs[task])
+                gains, item_tests = {}, {}
+                for s in multi:
+                    top = _item_values(runs[s])
+                    gains[s] = {k: sign * (stats.mean(top[k]) - stats.mean(iso[k])) for k in iso
+                                if iso[k] and top.get(k)}
+                    item_tests |= {(s, k): stats.welch(top[k], iso[k], sign) for k in gains[s]}
+                # The subset shown is picked by its mean on these runs: Holm over the items
+                # of every multi-task subset, so that the pick does not inflate its verdicts.
+                judged = stats.judge(item_tests)
+                entry["per_item_gain"] = gains[best_multi]
+                entry["per_item_tests"] = {k: t for (s, k), t in judged.items()
+                                           if s == best_multi}
+                entry["per_item_family"] = {"subsets": len(multi), "tests": len(judged)}
+                entry["per_item_gains"] = gains
                 entry["per_item_runs"] = runs
                 # The pick between close means is noisy: the runner-up and the test of their
                 # difference say how close, for the report to disclose.
@@ -279,7 +292,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def _item_values(runs: list[dict]) -> dict[str, list[float]]:
-    """{item: its values over the seeds that define it} of per-item breakdowns."""
+    """{item: its values over the seeds that define it} of per-item breakdowns (`runs`: each
+    seed's {item: value or None}, as `compare`'s `per_item_runs` keeps them)."""
     return {k: [r[k] for r in runs if r.get(k) is not None] for k in runs[0]}
 
 
@@ -358,13 +372,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
         elif e["isolated"] is None:
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
-            second = claims.runner_up(e)
-            lines += ["", f"Per {item}: {e['best_multi_task']} over isolated {task} "
-                      f"(+ = better; tested as above, Holm within this table)."
-                      + ("" if second is None else
-                         f" {e['best_multi_task']} is the multi-task subset of best mean "
-                         f"({second}, Welch over seeds, unadjusted): with another pick a "
-                         f"{item}'s change and verdict can differ."), "",
+            lines += ["", _per_item_intro(e, task, item), "",
                       f"![per {item}]({task}_per_item.png)", "",
                       f"| {item} | change | {CI_HEADER} | p | p (Holm) | verdict |",
                       "|---|---|---|---|---|---|"]
@@ -374,6 +382,22 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
         lines.append("")
     lines += runs_section or []
     return "\n".join(lines)
+
+
+def _per_item_intro(e: dict, task: str, item: str) -> str:
+    """What the per-item table of `task`'s entry `e` shows: which subset over which, how it
+    was picked, and what its p-values are adjusted over (`compare`'s `per_item_family`)."""
+    best, second = e["best_multi_task"], claims.runner_up(e)
+    family = e["per_item_family"]
+    if second is None:
+        return (f"Per {item}: {best}, the only multi-task subset, over isolated {task} "
+                f"(+ = better; p (Holm) over this table's {family['tests']} tests).")
+    return (f"Per {item}: {best} over isolated {task} (+ = better). {best} is the multi-task "
+            f"subset of best mean, picked on these same runs ({second}, Welch over seeds, "
+            f"unadjusted): with another pick a {item}'s change and verdict can differ. So that "
+            f"the pick does not inflate the verdicts, p (Holm) is adjusted over the {item}s of "
+            f"all {family['subsets']} multi-task subsets containing {task} "
+            f"({family['tests']} tests), not over this table's alone.")
 
 
 CI_HEADER = f"{stats.LEVEL:.0%} CI (per comparison)"
@@ -454,8 +478,9 @@ def _subsets_key(e: dict, task: str, names: list[str], spreads: list) -> str:
 def per_item_figure(e: dict, task: str):
     """The bar chart of each item's change of the best multi-task subset over the isolated
     `task` (`e['per_item_gain']`, + = better), whiskers the tested items' confidence
-    intervals; an untested item's bar is hatched, with no whisker, its name marked. None
-    without per-item changes."""
+    intervals; an untested item's bar is hatched, with no whisker, its name marked; the
+    title says the subset was picked by its mean on these runs. None without per-item
+    changes."""
     gains = e.get("per_item_gain")
     if not gains:
         return None
@@ -481,7 +506,10 @@ def per_item_figure(e: dict, task: str):
     ax.set_ylabel(item_change_label(h))
     key = ([f"whiskers: {CI_HEADER}, not Holm-adjusted"] if tested else []) + (
         ["(untested) items: hatched, no whisker"] if len(tested) < len(tests) else [])
-    ax.set_title(f"{task}: {e['best_multi_task']} vs isolated, per {h.item} (+ = better)\n"
+    best, picked_from = e["best_multi_task"], e["per_item_family"]["subsets"]
+    picked = ("" if picked_from < 2 else f"\n{best}: best mean of the {picked_from} "
+              f"multi-task subsets, picked on these runs")
+    ax.set_title(f"{task}: {best} vs isolated, per {h.item} (+ = better){picked}\n"
                  + "; ".join(key), fontsize=9)
     fig.tight_layout()
     return fig
