@@ -211,7 +211,7 @@ def test_report_labels_its_intervals_as_per_comparison(tmp_path):
     p = 1 - sin(a) (1 + cos(a)^2 / 2), tan(a) = t / 2, = 0.0213, and the interval
     0.03 +- 2.7764 * 0.008165 = [+0.0073, +0.053], which excludes zero; Holm over the three
     equal p-values triples them: 0.064, no detectable change. The report labels the interval
-    as per comparison and says that it can exclude zero under such a verdict."""
+    as per comparison and says, once, that it can exclude zero under such a verdict."""
     sweep_dir = tmp_path / "sweep"
     runs_of = {"pose2d": [0.80, 0.81, 0.79]} | {
         s: [0.83, 0.84, 0.82] for s in ("pose2d+segm", "pose2d+depth", "pose2d+pose3d")}
@@ -230,12 +230,18 @@ def test_report_labels_its_intervals_as_per_comparison(tmp_path):
     assert ("| pose2d+segm | 0.83 ± 0.01 (3) | +0.03 | [+0.0073, +0.053] | 0.021 | 0.064 | "
             "no detectable change |") in text
     assert "| joint | change | 95% CI (per comparison) | p | p (Holm) | verdict |" in text
-    assert ("The 95% CI (per comparison) is the unadjusted 95% confidence interval of that "
-            "change alone, not adjusted for the table's other rows: it can exclude zero while "
-            "the Holm-adjusted test detects no change.") in text
-    assert ("Each change is shown with its 95% confidence interval per comparison "
-            "(unadjusted: Holm adjusts the p-values, not the intervals), then its Holm-adjusted "
-            "p; an interval can exclude zero while the adjusted test detects no change") in text
+    # The account of the tests: once, above the first table; the tables and the conclusions
+    # link to it.
+    said = ("The 95% CI (per comparison) is the unadjusted 95% confidence interval of that "
+            "change alone, not adjusted for the other tests of its family: it can exclude zero "
+            "while the Holm-adjusted test detects no change.")
+    assert text.count(said) == 1 and text.count("Welch's t-test over the seeds") == 1
+    assert text.index(said) < text.index("| subset |") and text.index(said) < text.index(
+        "| the paper concludes |")
+    assert text.count("## How changes are tested\n") == 1
+    link = "[how changes are tested](#how-changes-are-tested)"
+    assert text.count(f"p (Holm): within this table ({link}).") == 1  # one seeded table
+    assert f"checked on this study's tests ({link}; hgmt/study/claims.py)" in text
     assert "cannot be told from none" not in text
 
 

@@ -317,22 +317,19 @@ def check(study: dict) -> list[dict]:
     return out
 
 
-def to_markdown(checked: list[dict]) -> list[str]:
-    """The report's section on the paper's conclusions."""
+def to_markdown(checked: list[dict], tested: str) -> list[str]:
+    """The report's section on the paper's conclusions; `tested`: the link to the report's
+    account of its tests."""
     return [
         "## The seed paper's conclusions on these runs", "",
-        f"Each conclusion of the paper's abstract, checked on this study's tests "
-        f"(hgmt/study/claims.py): a change is *better* or *worse* when Welch's t-test over "
-        f"the seeds, Holm-adjusted together with the conclusion's other tests (the evidence "
-        f"ends with how many; a change's p can differ from its table's), gives p < "
-        f"{stats.ALPHA}. Each change is "
-        f"shown with its {stats.LEVEL:.0%} confidence interval per comparison (unadjusted: Holm "
-        f"adjusts the p-values, not the intervals), then its Holm-adjusted p; an interval can "
-        f"exclude zero while the adjusted test detects no change, and the verdicts follow the "
-        f"adjusted test. A conclusion that a task helps is *unresolved* when the test detects no "
-        f"change; one that a task does not help is *unresolved* unless the change is detectably "
-        f"worse (*agrees*) or better (*disagrees*): a test over a few seeds that detects no "
-        f"change does not show the absence of a gain. A change without a test (a run missing, "
-        f"one seed, or neither side varying over its seeds) leaves its part unresolved.", "",
+        f"Each conclusion of the paper's abstract, checked on this study's tests ([how changes "
+        f"are tested]({tested}); hgmt/study/claims.py). A conclusion's tests are Holm-adjusted "
+        f"together, so a change's p (Holm) here can differ from its table's; each piece of "
+        f"evidence ends with how many tests. A conclusion that a task helps is *unresolved* "
+        f"when the test detects no change; one that a task does not help is *unresolved* "
+        f"unless the change is detectably worse (*agrees*) or better (*disagrees*): a test "
+        f"over a few seeds that detects no change does not show the absence of a gain. A "
+        f"change without a test (a run missing, one seed, or neither side varying over its "
+        f"seeds) leaves its part unresolved.", "",
         "| the paper concludes | here | evidence |", "|---|---|---|",
         *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in checked], ""]

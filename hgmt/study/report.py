@@ -1,17 +1,9 @@
-"""The task-combination study: which tasks help which (the seed paper's analysis).
-
-    python -m hgmt.report --sweep_dir=runs/sweep --out_dir=docs/study \\
-        [--protocol=hgmt|bodynet|surreal]
-
-reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
-`--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
-`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write) and
-writes into OUT_DIR: README.md (the seed paper's conclusions checked on these runs, then tables
-of every change with its per-comparison confidence interval and its Holm-adjusted test,
-hgmt/study/stats.py), report.json, claims.json (hgmt/study/claims.py) and charts: for each
-task its headline metric in isolation and in every combination containing it
-(`<task>_subsets.png`), and the per-joint / per-part change of the best multi-task model over
-the isolated one (`<task>_per_item.png`).
+"""The task-combination study's report, made of a sweep's evaluations: `load_sweep` reads the
+finished runs (refusing runs evaluated unlike the others), `compare` sets each task's subsets
+against its isolated run with Welch's t-tests over the seeds (hgmt/study/stats.py),
+`to_markdown` writes the report with the paper's conclusions (hgmt/study/claims.py), and
+`plot` the charts. `python -m hgmt.report` (hgmt/report.py) is the command: its docstring
+gives the usage and the files read and written.
 """
 
 from __future__ import annotations
@@ -333,8 +325,10 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
     """The report: title, note, the paper's conclusions (`claims.check`) if given, a section
     per task, then `runs_section` (the runs' config) if given."""
     lines = ["# Task-combination study", "", note, ""]
+    if checked or any(max(e.get("seeds", {}).values(), default=1) > 1 for e in study.values()):
+        lines += [f"## {TESTED}", "", TEST_NOTE, ""]
     if checked:
-        lines += claims.to_markdown(checked)
+        lines += claims.to_markdown(checked, f"#{_anchor(TESTED)}")
     for task, e in study.items():
         h = _headline(e, task)
         item, label = h.item, h.label
@@ -363,7 +357,8 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                          f"({e['seeds'][s]}) | {change} |"
                          + _tested(e.get("tests", {}).get(s), _untested_subset(e, task, s)))
         if seeded:
-            lines += ["", TEST_NOTE]
+            lines += ["", f"p (Holm): within this table ([{TESTED.lower()}]"
+                          f"(#{_anchor(TESTED)}))."]
         if e.get("undefined"):
             lines += ["", f"Undefined under this protocol (a part absent from the split): "
                       f"{', '.join(e['undefined'])}."]
@@ -401,15 +396,26 @@ def _per_item_intro(e: dict, task: str, item: str) -> str:
 
 
 CI_HEADER = f"{stats.LEVEL:.0%} CI (per comparison)"
+TESTED = "How changes are tested"
+# The report's one account of its tests, above its first table; the rest refer to it.
 TEST_NOTE = (
-    f"Each change is tested with Welch's t-test over the seeds (two-sided); the p-values of one "
-    f"table are Holm-adjusted, and a change is **better** or **worse** when its adjusted p is "
-    f"below {stats.ALPHA} (hgmt/study/stats.py). The {CI_HEADER} is the unadjusted "
-    f"{stats.LEVEL:.0%} confidence interval of that change alone, not adjusted for the table's "
-    f"other rows: it can exclude zero while the Holm-adjusted test detects no change. A change "
-    f"with one seed on a side, or with neither side varying over its seeds, has no test; its "
-    f"verdict cell says which. Every run is evaluated on the same test frames: the test is over "
-    f"training seeds, not over frames.")
+    f"Each change is tested with Welch's t-test over the seeds (two-sided) and is **better** "
+    f"or **worse** when its Holm-adjusted p is below {stats.ALPHA} (hgmt/study/stats.py). "
+    f"Holm adjusts over one family of tests: a task's table of subsets; a task's per-item "
+    f"tests of every multi-task subset containing it (its per-item table shows the subset of "
+    f"best mean, picked on the same runs); or the tests that one of the paper's conclusions "
+    f"rests on. The {CI_HEADER} is the unadjusted {stats.LEVEL:.0%} confidence interval of "
+    f"that change alone, not adjusted for the other tests of its family: it can exclude zero "
+    f"while the Holm-adjusted test detects no change. A change with one seed on a side, or "
+    f"with neither side varying over its seeds, has no test; its verdict cell says which. "
+    f"Every run is evaluated on the same test frames: the test is over training seeds, not "
+    f"over frames.")
+
+
+def _anchor(heading: str) -> str:
+    """The link target a Markdown renderer (GitHub's) gives a heading: lower case, spaces as
+    hyphens, punctuation dropped."""
+    return "".join(c for c in heading.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
 
 def plot(study: dict[str, dict], out_dir: str) -> list[str]:

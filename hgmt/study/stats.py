@@ -1,15 +1,16 @@
 """Statistics of the study: seed means and spreads, Welch's t-test of a change over
-training seeds, and Holm's correction within a table of changes.
+training seeds, and Holm's correction within a family of changes.
 
 A change between two subsets is the difference of their means over seeds, signed so that
 positive is better. Welch's t-test (scipy.stats.ttest_ind, unequal variances) gives its
 two-sided p-value and 95 % confidence interval; Holm's step-down correction adjusts the
-p-values of one table (one family of comparisons) so that the chance of any false "better"
-or "worse" in that table stays at most ALPHA. A change is *better* or *worse* when its
+p-values of one family of comparisons (a table, or the tests one conclusion rests on: the
+report's TEST_NOTE lists the families) so that the chance of any false "better" or "worse"
+in that family stays at most ALPHA. A change is *better* or *worse* when its
 Holm-adjusted p-value is below ALPHA, else *no detectable change*.
 
 The intervals are per comparison: Holm adjusts the p-values, not the intervals, so an
-interval can exclude zero while the table's Holm-adjusted test detects no change (its
+interval can exclude zero while the family's Holm-adjusted test detects no change (its
 unadjusted p is below ALPHA, its adjusted one is not). The verdicts follow the adjusted test;
 the interval shows the size and sign the seeds allow for that one change alone.
 
@@ -21,12 +22,12 @@ says whether a change holds across seeds, not whether it would hold on other fra
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-ALPHA = 0.05  # the family-wise error rate of one table
+ALPHA = 0.05  # the family-wise error rate of one family of tests
 LEVEL = 0.95  # the confidence level of each interval (per comparison, not Holm-adjusted)
 BETTER, WORSE, UNDETECTED = "better", "worse", "no detectable change"
 ONE_SEED, NO_SPREAD = "one seed", "no spread over the seeds to test against"
@@ -87,9 +88,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def judge(tests: Mapping[str, dict | None]) -> dict[str, dict]:
-    """One table's tests ({row: welch(...) or None}) -> the tested rows with 'p_holm' (Holm
-    within this table) and 'verdict' (BETTER | WORSE | UNDETECTED) added; untested rows left
+def judge(tests: Mapping[Hashable, dict | None]) -> dict[Hashable, dict]:
+    """One family's tests ({key: welch(...) or None}) -> the tested keys with 'p_holm' (Holm
+    within this family) and 'verdict' (BETTER | WORSE | UNDETECTED) added; untested keys left
     out."""
     rows = {k: t for k, t in tests.items() if t is not None}
     adjusted = holm([t["p"] for t in rows.values()])
