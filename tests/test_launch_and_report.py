@@ -967,6 +967,19 @@ def test_committed_study_note_names_the_data_build_and_loss_of_the_runs():
             "253aca4") in note
     assert ("except `loss_options`, added after training at the values the runs trained "
             "with") in note
+    # The runs' logs by start (the first line's time, e.g. 'I1126 05:30:18.88'): the six
+    # first lack launch/sweep.py's wall-time line, as the note says of the versions used.
+    started = {}
+    for name in logs:
+        with open(os.path.join(sweep_dir, name), errors="replace") as f:
+            lines = f.read().splitlines()
+        started[name] = (lines[0][1:21], lines[-1].startswith("launch/sweep.py: "))
+    order = sorted(started, key=lambda n: started[n][0])
+    assert [started[n][1] for n in order] == [False] * 6 + [True] * (len(order) - 6)
+    assert order[6] == "pose2d+segm.log"  # run 7 of the note's table
+    assert ("runs 1 to 6 by one without the wall-time line at the end of each log (e799b5e's, "
+            "as committed when run 1 started), runs 7 to 45 by one with it") in " ".join(
+                note.split())
 
 
 def test_learning_doc_quotes_the_committed_four_task_seed_spread():
