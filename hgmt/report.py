@@ -1,7 +1,7 @@
 """The task-combination study: which tasks help which (the seed paper's analysis).
 
     python -m hgmt.report --sweep_dir=runs/sweep --out_dir=docs/study \\
-        [--protocol=hgmt|bodynet|surreal]
+        [--protocol=hgmt|bodynet|surreal] [--note=TEXT | --note_file=FILE.md]
     python -m hgmt.report --sweep_dir=runs/sweep --check_config
 
 reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
