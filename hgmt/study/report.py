@@ -532,12 +532,12 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     """A line saying how many of the sweep's planned runs (its sweep.json) have finished,
     which planned runs are missing and which finished runs are not in the plan (the tables
     count every finished run), then how they were evaluated (`load_sweep` refuses runs
-    evaluated otherwise: `evaluated_as`)."""
+    evaluated otherwise: `_evaluated_as`)."""
     summaries = [s for runs in results.values() for s in runs]
     protocol = summaries[0].get("protocol", "hgmt")
     finished = sorted(n for n in os.listdir(sweep_dir)
                       if _result_path(os.path.join(sweep_dir, n), protocol) is not None)
-    evaluation = evaluated_as(sweep_dir, protocol, summaries, finished)
+    evaluation = _evaluated_as(sweep_dir, protocol, summaries, finished)
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         return f"Runs finished: {len(summaries)}.{evaluation}"
@@ -555,7 +555,7 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
             f"subsets x {seeds} seed{'s' if seeds > 1 else ''}){rest}{outside}.{evaluation}")
 
 
-def evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
+def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
                  runs: list[str]) -> str:
     """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
     the metric definitions (`evaluator.METRICS_VERSION`) of the finished `runs` (alike:
