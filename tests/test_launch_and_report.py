@@ -712,13 +712,13 @@ def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
 @pytest.mark.slow
 def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     """Two subsets trained for real (2 steps each), evaluated on the 2 test clips, reported; a
-    rerun skips both."""
+    rerun skips both. At 256 px: the reference protocols measure 64 x 64 label maps."""
     sweep_dir = str(tmp_path / "sweep")
     cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
            "--config=configs/default.py:runlocal", "--tasks=pose2d,pose2d+segm",
            "--protocols=bodynet,surreal", "--",
            "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
-           "--config.total_steps=2"]
+           "--config.total_steps=2", "--config.image_size=256"]
     env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -463,7 +463,8 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     from hgmt.training import steps
     from tests.conftest import tiny_config
 
-    config = tiny_config(demo_dataset[1], tasks="pose2d")
+    # The references' 64 x 64 label maps (`check_label_size`).
+    config = tiny_config(demo_dataset[1], tasks="pose2d", image_size=256)
     config.evals.test.max_examples = 2
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
@@ -474,6 +475,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         summary = ev(variables)
         assert summary["window"] == window and summary["protocol"] == protocol
+        assert summary["label_size"] == 64
         header = evaluator.to_markdown(summary).splitlines()[0]
         assert ("in the `reference` crop window" in header) == (window == "reference"), header
         record = source[ev.indices[0]]
@@ -484,6 +486,29 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
                                    input_pipeline.crop_affine(centre, side, r), atol=1e-4)
     hgmt_side = input_pipeline.person_box(joints)[1]
     assert 0.8 < surreal.reference_box(joints)[1] / hgmt_side < 0.9
+
+
+def test_reference_protocols_are_refused_on_other_label_sizes():
+    """Both references measure 64 x 64 label maps (bodynet training/opts.lua:34 heatmapSize,
+    util/eval.lua:464-465 transform(..., 64, true); surreal training/opts.lua:33 outSize), from
+    a 256 px input: at config.image_size 128 a reference protocol's thresholds and integer
+    steps would be applied to 32 x 32 maps under its name. The evaluator refuses, in one line
+    naming the setting and the fix, before it opens the split; hgmt's protocol runs at any
+    size, and so does `surreal` where every task keeps hgmt's definition."""
+    from tests.conftest import tiny_config
+
+    for size, r in ((128, 32), (64, 16)):
+        config = tiny_config("unused", tasks="pose2d+segm", image_size=size)
+        for protocol in ("bodynet", "surreal"):
+            with pytest.raises(ValueError) as e:
+                evaluator.Evaluator(config, protocol=protocol)
+            assert str(e.value) == (
+                f"--protocol={protocol} measures 64x64 label maps, as its reference code does "
+                f"(config.image_size=256), but config.image_size={size} gives {r}x{r}: "
+                f"evaluate this model with --protocol=hgmt")
+        protocols.check_label_size("hgmt", ("pose2d", "segm"), size)
+        protocols.check_label_size("surreal", ("pose2d", "pose3d"), size)
+    protocols.check_label_size("bodynet", ("pose2d", "segm"), protocols.reference_image_size())
 
 
 # --- Precision on accelerators ------------------------------------------------------------------

@@ -196,6 +196,7 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
     config = default.get_config("tasks=pose3d+segm,runlocal")
     config.dataset, config.data_dir = "surreal/all", data_dir
     config.model.features, config.eval_batch_size = 16, 8
+    config.image_size = 256  # the reference protocols' 64 x 64 label maps
     tasks = ("pose3d", "segm")
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(tasks)))

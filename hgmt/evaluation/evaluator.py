@@ -142,13 +142,16 @@ class Evaluator:
     frames that `frames` selects ('middle', SURREAL's test protocol; 'all'; 'everyK'), or the
     records `indices`, at most `max_examples` of them (0: all), the model and its compiled
     evaluation step. Calling it with variables gives the summary; the trainer keeps one per
-    configured evaluator and calls it at its steps without recompiling."""
+    configured evaluator and calls it at its steps without recompiling. A reference protocol
+    is refused unless config.image_size gives its 64 x 64 label maps
+    (`protocols.check_label_size`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
                  frames: str = "middle", flip: bool = False, protocol: str = "hgmt",
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
+        protocols.check_label_size(protocol, self.tasks, config.image_size)
         self.window = protocols.window(protocol)
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
@@ -196,8 +199,9 @@ class Evaluator:
 
     def __call__(self, variables: dict, stop: Callable[[], None] | None = None) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,
-        'protocol': the protocol that defined them}, 'protocol': ..., 'loss': {task: the mean
-        over the usable examples of each example's last-stage loss (`eval_step`)}}. Neither
+        'protocol': the protocol that defined them}, 'protocol': ..., 'label_size': r of the
+        r x r label maps, 'loss': {task: the mean over the usable examples of each example's
+        last-stage loss (`eval_step`)}}. Neither
         the batch size nor the number of devices changes it. `stop` is called before each
         batch (every process has as many); it raises to stop the evaluation."""
         replicated = flax.jax_utils.replicate(variables)
@@ -221,6 +225,7 @@ class Evaluator:
         usable = max(count - float(total["rejected"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)
+        summary["label_size"] = self.image_size // common.LABEL_STRIDE  # r: r x r label maps
         summary["unusable_frames"] = unusable_report(
             self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
             int(round(float(total["rejected"]))))

@@ -15,6 +15,9 @@ functions (`protocol_metric`); a task without a protocol's definition keeps hgmt
 is a pair of functions: `stats(pred, batch)` giving split-additive statistics of a batch of
 last-stage predictions (each example weighted by batch['mask'] where the batch has one), and
 `summarize(sums)` giving the numbers.
+
+The reference protocols are defined on 64 x 64 label maps (`common.REFERENCE_LABEL_SIZE`):
+`check_label_size` refuses them at another size.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-from hgmt.tasks import TASKS
+from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Headline
 
 PROTOCOLS = ("hgmt", "bodynet", "surreal")
@@ -61,6 +64,26 @@ def metric(protocol: str, task: str, num_examples: int) -> Metric:
     if used == "hgmt":
         return Metric("hgmt", functools.partial(_hgmt_stats, module), module.summarize)
     return Metric(used, *module.protocol_metric(used, num_examples))
+
+
+def reference_image_size() -> int:
+    """The image size (px) whose label maps are the references' 64 x 64."""
+    return common.REFERENCE_LABEL_SIZE * common.LABEL_STRIDE
+
+
+def check_label_size(protocol: str, tasks, image_size: int) -> None:
+    """ValueError, in one line, where a task of `tasks` would be measured by a reference
+    protocol's definition (`task_protocol`) on label maps other than the references' 64 x 64
+    (image_size / `common.LABEL_STRIDE`): their pixel thresholds, integer steps and depth
+    grids are those of 64 x 64 maps, and a number at another size would carry their name."""
+    used = sorted({task_protocol(protocol, t) for t in tasks} - {"hgmt"})
+    r = image_size // common.LABEL_STRIDE
+    if used and r != common.REFERENCE_LABEL_SIZE:
+        size = common.REFERENCE_LABEL_SIZE
+        raise ValueError(
+            f"--protocol={protocol} measures {size}x{size} label maps, as its reference code "
+            f"does (config.image_size={reference_image_size()}), but config.image_size="
+            f"{image_size} gives {r}x{r}: evaluate this model with --protocol=hgmt")
 
 
 def window(protocol: str) -> str:

@@ -17,6 +17,11 @@ MAX_BIN = 9  # bins are clamped to [-9, 9]
 # but divide by N / batchSize (bodynet training/test.lua:62, :80-89; surreal
 # training/test.lua:35, :53-58).
 REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 6}  # bodynet opts.lua:69, surreal opts.lua:48
+# The label maps' side of both references: BodyNet's heatmapSize 64 and outSize {64, 64}
+# (bodynet opts.lua:34, :37; eval.lua:464-465 transform(..., 64, true) maps its 3D joints
+# with 64 whatever the output), SURREAL's outSize {64, 64} (surreal opts.lua:33), each from a
+# 256 x 256 input (bodynet opts.lua:36, surreal :32): REFERENCE_LABEL_SIZE * LABEL_STRIDE.
+REFERENCE_LABEL_SIZE = 64
 
 
 def label_to_crop_px(points, crop_size: int, label_size: int):
