@@ -1,7 +1,8 @@
 """Metric protocols: each reproduces the reference code on crafted predictions.
 
 Every expected value below was computed by hand from the reference files, cited as
-repository/path:line (gulvarol/bodynet at f07dec6, gulvarol/surreal at its released master).
+repository/path:line (gulvarol/bodynet at commit f07dec6, gulvarol/surreal at commit 6a8d1a1,
+as docs/metrics.md pins them).
 """
 
 import jax
@@ -130,6 +131,48 @@ def test_bodynet_pck_batches_follow_the_test_order():
     #   scored, all 9 px off: 0. Ex 10-11 are not evaluated; no batch is NaN: / 3.5.
     assert s["pck"] == pytest.approx((0.95 + 0.9 + 0.0) / 3.5, abs=1e-9)
     assert s["batches_without_scored_joint"] == 0
+
+
+def test_bodynet_draws_a_joint_by_its_image_y_not_its_label_y():
+    """bodynet training/donkey.lua:288 draws joint j's heatmap only if joints2D[j][2] > 1: its
+    y in the original image, 1-based (util/dataloader/SURREAL.lua:50 adds 1 to the _info.mat's
+    0-based joints), before any crop. Two crops where the two disagree, each image px -> label
+    px: A = 0.5 image + (2, 3), B = 0.5 image + (2, -3), so image y = 2 (label y - 3) under A,
+    2 (label y + 3) under B. One BodyNet test batch of 4 (opts.lua:69); every joint at label
+    (10 + 2j, 20) (image y 34 under A, 46 under B: drawn) and predicted there (one-hot),
+    but r_ankle (joint 0, scored: eval.lua:317):
+    - ex 0 (A): label y 2.25, image y -1.5, 1-based -0.5: not > 1, not drawn: an all-zero
+      heatmap peaks at pixel (1, 1) (eval.lua:40-52), never scored (`label > 1`, eval.lua:13);
+      predicted at (10, 40).
+    - ex 1 (B): label y -0.75, image y 4.5, 1-based 5.5 > 1: drawn. BodyNet's label y is
+      hgmt's + 0.5 (util/img.lua:18-27), -0.25, pixel trunc(-0.2499) + 1 = 1 (img.lua:62-64);
+      drawGaussian (img.lua:223-243): ul = -2, br = 4 (:226-227), not wholly outside (:229);
+      image rows max(1, -2) = 1 to min(4, 64) = 4 take kernel rows from max(1, 2) = 2
+      (:234-238), so the kernel's peak (row 4 of image.gaussian(7)) lands on row 1 + 4 - 2 =
+      3 > 1: scored. x: 10 + 0.5 -> pixel 11. Predicted at 0-based (10, 2), 1-based (11, 3):
+      distance 0, correct (eval.lua:78-86).
+    - ex 2 (A): at (10, 20), predicted there: correct; ex 3 (A): predicted at (10, 30),
+      10 px / 6.4 > 0.5: wrong.
+    r_ankle 2 correct of 3 scored, the 9 other joints 1: PCK = (9 + 2/3) / 10 (eval.lua:
+    106-111), one batch over N / 4 = 1 (test.lua:81). Drawn by label y instead (label y + 1
+    > 1), ex 0 would be scored (pixel trunc(2.75) + 1 = 3, ul = 0, peak row 1 + 4 - 1 = 4;
+    (11, 41) is far: wrong) and ex 1 not: 1 of 3, (9 + 1/3) / 10."""
+    b = 4
+    gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
+    pred_xy = gt.copy()
+    gt[0, 0, 1], pred_xy[0, 0] = 2.25, [10, 40]
+    gt[1, 0, 1], pred_xy[1, 0] = -0.75, [10, 2]
+    pred_xy[3, 0] = [10, 30]
+    crop_a = [[0.5, 0.0, 2.0], [0.0, 0.5, 3.0]]
+    crop_b = [[0.5, 0.0, 2.0], [0.0, 0.5, -3.0]]
+    batch = {"joints2d": jnp.asarray(gt, jnp.float32), "visible": jnp.ones((b, 16)),
+             "image": jnp.zeros((b, 4 * R, 4 * R, 3), jnp.uint8),
+             "crop": jnp.asarray([crop_a, crop_b, crop_a, crop_a], jnp.float32),
+             "position": jnp.arange(b, dtype=jnp.int32)}
+    _, s = _run("bodynet", "pose2d", jnp.asarray(_heatmaps(pred_xy, b)), batch)
+    assert s["pck_per_joint"]["r_ankle"] == pytest.approx(2 / 3, abs=1e-6)
+    assert s["pck"] == pytest.approx((9 + 2 / 3) / 10, abs=1e-6)
+    assert s["examples_with_unscored_joint"] == 1  # ex 0
 
 
 # --- BodyNet 3D MJD -------------------------------------------------------------------------
