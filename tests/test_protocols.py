@@ -13,7 +13,7 @@ import pytest
 from hgmt import workdirs
 from hgmt.evaluation import evaluator, protocols
 from hgmt.sources import surreal
-from hgmt.tasks import depth, pose2d, pose3d, segm
+from hgmt.tasks import TASKS, depth, pose2d, pose3d, segm
 
 R = 64
 
@@ -303,7 +303,8 @@ def test_surreal_segmentation_reproduces_eval_lua():
     assert s["iou_per_part"][surreal.PART_NAMES[2]] == pytest.approx(0.5)
     # Accuracy per class: head 0, torso 17/17, part 5 0, part 14 1/1, others 1 -> 12 / 14.
     assert s["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
-    assert s["undefined"] == [] and s["examples_not_evaluated"] == 1
+    assert s["iou_undefined"] == s["pixel_accuracy_undefined"] == []
+    assert s["examples_not_evaluated"] == 1
     # hgmt's pixel accuracy counts background too, and every image: 92 of 112 pixels.
     _, h = _run("hgmt", "segm", pred, batch)
     assert h["pixel_accuracy"] == pytest.approx(92 / 112)
@@ -316,7 +317,7 @@ def test_surreal_segmentation_reproduces_eval_lua():
     assert b["iou_per_part"][surreal.PART_NAMES[2]] == 1.0
     assert b["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
     assert b["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
-    assert b["undefined"] == []
+    assert b["iou_undefined"] == b["pixel_accuracy_undefined"] == []
 
 
 def test_surreal_segmentation_undefined_where_reference_is_nan():
@@ -326,7 +327,28 @@ def test_surreal_segmentation_undefined_where_reference_is_nan():
     _, s = _run("surreal", "segm", pred, batch)
     assert s["mean_iou"] is None and s["pixel_accuracy"] is None
     assert s["iou_per_part"]["head"] == 1.0 and s["iou_per_part"]["torso"] is None
-    assert len(s["undefined"]) == 13 and "torso" in s["null_reasons"]["mean_iou"]
+    assert len(s["iou_undefined"]) == 13 and "torso" in s["null_reasons"]["mean_iou"]
+    assert s["pixel_accuracy_undefined"] == s["iou_undefined"]
+
+
+def test_surreal_segmentation_lists_each_means_own_undefined_parts():
+    """A part predicted but absent from the labels has IoU 0 / (its predicted pixels) = 0,
+    defined, and accuracy 0/0 (surreal training/eval.lua:22-50: npos = 0): it makes
+    pixel_accuracy null, not mean_iou. Six 1x3 images (one SURREAL batch, opts.lua:48), each
+    labelled head, torso, background and predicted so, but for image 1's background pixel,
+    predicted l_upper_arm (class 3): IoU is 0/0 for the 11 parts in neither, accuracy for
+    the 12 parts absent from the labels (l_upper_arm among them)."""
+    labels = jnp.array([[[1, 2, 0]]] * 6, jnp.int32)
+    predicted = np.array([[[1, 2, 0]]] * 6)
+    predicted[0, 0, 2] = 3  # part 3 predicted once, never in the labels
+    batch = {"segm": labels, "position": jnp.arange(6)}
+    _, s = _run("surreal", "segm", jax.nn.one_hot(predicted, 15), batch)
+    part3 = surreal.PART_NAMES[2]
+    assert s["iou_per_part"][part3] == 0.0 and s["pixel_accuracy_per_part"][part3] is None
+    assert part3 not in s["iou_undefined"] and part3 in s["pixel_accuracy_undefined"]
+    assert len(s["iou_undefined"]) == 11 and len(s["pixel_accuracy_undefined"]) == 12
+    assert part3 not in s["null_reasons"]["mean_iou"]
+    assert part3 in s["null_reasons"]["pixel_accuracy"]
 
 
 # --- SURREAL depth ----------------------------------------------------------------------------
@@ -380,6 +402,81 @@ def test_surreal_depth_rmse_reproduces_eval_lua():
     # hgmt pools every foreground pixel of the split: sqrt(567 / 23) bins.
     _, h = _run("hgmt", "depth", pred, batch)
     assert h["rmse_mm"] == pytest.approx(np.sqrt(567 / 23) * 45.0, rel=1e-5)
+
+
+# --- What the references cannot give: no full batch, damaged records ------------------------------
+def _first(n, pred, batch):
+    return pred[:n], jax.tree.map(lambda x: x[:n], batch)
+
+
+def test_reference_numbers_without_a_full_test_batch_are_null():
+    """N below the reference's test batch size: its test loop `for i = 1, nTest/opt.batchSize`
+    (bodynet training/test.lua:62, surreal training/test.lua:35) runs floor(N / batchSize) = 0
+    batches, and the zero sums divided by N / batchSize (bodynet test.lua:80-89, surreal
+    test.lua:53-58) would print PCK, MJD and RMSE 0. Each such number is null with the reason,
+    for every task and both batch sizes (4, bodynet opts.lua:69; 6, surreal opts.lua:48);
+    hgmt's definitions score the same examples."""
+    cases = [("bodynet", "pose2d", _first(3, *_pose2d_case()), ("pck",)),
+             ("bodynet", "pose3d", _first(3, *_pose3d_case()), ("mjd_mm", "mjd_mm_per_joint")),
+             ("bodynet", "segm", _first(3, *_segm_case()), ("mean_iou", "pixel_accuracy")),
+             ("surreal", "segm", _first(5, *_segm_case()), ("mean_iou", "pixel_accuracy")),
+             ("bodynet", "depth", _first(3, *_depth_case()), ("rmse_mm", "rmse_bins")),
+             ("surreal", "depth", _first(5, *_depth_case()), ("rmse_mm", "rmse_bins"))]
+    for protocol, task, (pred, batch), keys in cases:
+        n, size = len(batch["position"]), {"bodynet": 4, "surreal": 6}[protocol]
+        _, s = _run(protocol, task, pred, batch)
+        for key in keys:
+            assert s[key] is None or set(s[key].values()) == {None}, (protocol, task, key)
+            assert s["null_reasons"][key] == (
+                f"fewer than one reference test batch (N = {n} < {size}): the reference "
+                f"evaluates no example"), (protocol, task, key)
+        assert s["examples_not_evaluated"] == n
+    for task, case in (("pose3d", _pose3d_case), ("depth", _depth_case)):
+        _, h = _run("hgmt", task, *_first(3, *case()))
+        assert "null_reasons" not in h, task
+    # One full batch gives a number: bodynet's MJD over N = 4 (test.lua:87).
+    _, s = _run("bodynet", "pose3d", *_first(4, *_pose3d_case()))
+    assert s["mjd_mm"] > 0 and "null_reasons" not in s
+
+
+def test_reference_numbers_that_divide_by_n_are_null_with_damaged_records():
+    """A damaged record is padding at its own position (input_pipeline.eval_batches: mask 0):
+    a reference's sums leave it out while N counts it. BodyNet's MJD (its error sum / N,
+    test.lua:87) and SURREAL's depth RMSE (the sum of the images' RMSEs / N, test.lua:58)
+    would then be those of the records that read, shrunk by (N - 1) / N: null, with the
+    reason. BodyNet's PCK (a per-batch mean over the scored joints, eval.lua:106-111) and
+    SURREAL's segmentation means (ratios of totals) stay over the records that read, and
+    hgmt's numbers do too."""
+    why = ("1 damaged record(s): the reference's figure cannot be reproduced; evaluate with "
+           "--protocol=hgmt or rebuild the shard")
+
+    def summaries(protocol, task, pred, batch, lost):
+        m = protocols.metric(protocol, task, len(batch["position"]))
+        mask = np.ones(len(batch["position"]), np.float32)
+        mask[lost] = 0.0
+        sums = jax.tree.map(np.asarray, m.stats(pred, dict(batch, mask=jnp.asarray(mask))))
+        every = jax.tree.map(np.asarray, m.stats(pred, batch))
+        return m.summarize(every), m.summarize(sums), m.summarize(sums, num_damaged=1)
+
+    every, shrunk, damaged = summaries("bodynet", "pose3d", *_pose3d_case(), 3)
+    assert damaged["mjd_mm"] is None and damaged["null_reasons"]["mjd_mm"] == why
+    assert set(damaged["mjd_mm_per_joint"].values()) == {None}
+    assert damaged["null_reasons"]["mjd_mm_per_joint"] == why
+    # What a number over N would have been: ex 3's errors (its pelvis off, every joint more
+    # than 45 mm) gone from the sum, still counted in N = 5.
+    assert 0 < shrunk["mjd_mm"] < every["mjd_mm"] - 13 * 45 / 5 / 16
+    every, shrunk, damaged = summaries("surreal", "depth", *_depth_case(), 1)
+    assert damaged["rmse_mm"] is None and damaged["null_reasons"]["rmse_bins"] == why
+    assert shrunk["rmse_bins"] == pytest.approx(every["rmse_bins"] - 1 / 8)  # image B's 1 bin
+    _, _, pck = summaries("bodynet", "pose2d", *_pose2d_case(), 1)
+    # Batch A over ex 0, 2, 3 (test_bodynet_pck_reproduces_eval_lua): l_knee, l_ankle,
+    # r_wrist, r_elbow 2/3, the 6 others 1 -> (6 + 4 * 2/3) / 10; batch B as before.
+    assert pck["pck"] == pytest.approx(((6 + 8 / 3) / 10 + 8.75 / 9) / 2.5, abs=1e-6)
+    _, _, seg = summaries("surreal", "segm", *_segm_case(), 4)  # image 5's part 3 gone
+    assert seg["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
+    for task, case in (("pose3d", _pose3d_case), ("depth", _depth_case)):
+        _, left_out, with_count = summaries("hgmt", task, *case(), 1)
+        assert with_count == left_out and "null_reasons" not in with_count, task
 
 
 # --- hgmt's own protocol: empty cases and thresholds ---------------------------------------------
@@ -470,6 +567,41 @@ def test_protocol_selection_and_labels():
     assert "| pelvis | not scored | 50.0 |" in rows and "| r_ankle | 0.500 | 50.0 |" in rows
 
 
+def test_markdown_gives_every_reference_caveat_with_its_meaning():
+    """The counters that qualify a reference number (each task's `Headline.caveats`) and the
+    reasons of its nulls are in the Markdown, not only the JSON: one line each where not 0,
+    with what it counts. The cases above under `bodynet`: pose2d's 14 examples (2 beyond the
+    3 full batches, 1 batch without a scored joint, 9 examples with an unscored joint);
+    depth's 8 images in 2 full batches (1 without foreground, 1 with one foreground pixel, 2
+    with an odd count); 6 segmentation images of the head alone (2 beyond the full batch;
+    13 parts 0/0)."""
+    _, p2 = _run("bodynet", "pose2d", *_pose2d_case())
+    _, dep = _run("bodynet", "depth", *_depth_case())
+    head = {"segm": jnp.array([[[1, 0]]] * 6, jnp.int32), "position": jnp.arange(6)}
+    _, seg = _run("bodynet", "segm", jax.nn.one_hot(head["segm"], 15), head)
+    summary = {"protocol": "bodynet", "num_examples": 14, "split": "test", "flip": False,
+               "pose2d": {"protocol": "bodynet", **p2}, "depth": {"protocol": "bodynet", **dep},
+               "segm": {"protocol": "bodynet", **seg}}
+    lines = evaluator.to_markdown(summary).splitlines()
+    caveats = {t: TASKS[t].HEADLINES["bodynet"].caveats for t in ("pose2d", "depth", "segm")}
+    for task, key, shown in (("pose2d", "examples_not_evaluated", "2"),
+                             ("pose2d", "batches_without_scored_joint", "1"),
+                             ("pose2d", "examples_with_unscored_joint", "9"),
+                             ("depth", "images_no_foreground", "1"),
+                             ("depth", "images_one_foreground_pixel", "1"),
+                             ("depth", "foreground_pixels_dropped", "2"),
+                             ("segm", "examples_not_evaluated", "2"),
+                             ("segm", "iou_undefined", ", ".join(surreal.PART_NAMES[1:]))):
+        assert f"- {task}/{key} = {shown}: {caveats[task][key]}." in lines, (task, key)
+    assert not [x for x in lines if x.startswith("- depth/examples_not_evaluated")]  # 0
+    assert caveats["pose2d"]["examples_not_evaluated"] == (
+        "examples of the last partial test batch (N mod the reference's batch size), which "
+        "the reference's test loop never evaluates")
+    assert "unfold raises" in caveats["depth"]["images_one_foreground_pixel"]
+    assert (f"- segm/mean_iou is null: the reference's mean is NaN: 0/0 for "
+            f"{', '.join(surreal.PART_NAMES[1:])}.") in lines
+
+
 # --- The reference protocols' crop window ----------------------------------------------------
 def test_reference_window_follows_get_center_and_get_scale():
     """Joints at x 10..30, y 20..100 (0-based) are 11..31, 21..101 to the references' loaders
@@ -552,6 +684,57 @@ def test_reference_protocols_are_refused_on_other_label_sizes():
         protocols.check_label_size("hgmt", ("pose2d", "segm"), size)
         protocols.check_label_size("surreal", ("pose2d", "pose3d"), size)
     protocols.check_label_size("bodynet", ("pose2d", "segm"), protocols.reference_image_size())
+
+
+def test_an_evaluation_with_a_damaged_record_nulls_the_reference_numbers_over_n(
+        demo_dataset, monkeypatch, caplog):
+    """Four demo test frames under `bodynet`, all read, then with the fourth damaged (it does
+    not read: `damage.DamagedRecord`). The damaged record is padding at its position, left out
+    of the sums while N = 4 counts it: BodyNet's MJD and the per-image depth RMSE (sums / N)
+    are null with the reason, in the JSON, the Markdown and the warning; the PCK and the
+    segmentation means, over the records that read, keep a value or their own reason."""
+    import logging
+
+    from hgmt.data import damage
+    from hgmt.models import create_model
+    from hgmt.tasks import common, heads, parse_tasks
+    from hgmt.training import steps
+    from tests.conftest import tiny_config
+
+    config = tiny_config(demo_dataset[1], tasks="all", image_size=256)
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = steps.init_variables(model, jax.random.key(0), images)
+    ev = evaluator.Evaluator(config, protocol="bodynet", indices=[0, 1, 2, 3])
+    every = ev(variables)
+    assert every["num_damaged"] == 0 and every["pose3d"]["mjd_mm"] > 0
+    assert every["depth"]["rmse_mm"] is not None
+
+    read = damage.read
+
+    def damaged_fourth(source, index):
+        if index == 3:
+            raise damage.DamagedRecord("does not read (a test's damage)")
+        return read(source, index)
+
+    monkeypatch.setattr(damage, "read", damaged_fourth)
+    with caplog.at_level(logging.WARNING):
+        summary = ev(variables)
+    assert summary["num_examples"] == 3 and summary["num_damaged"] == 1
+    why = f"1 {common.DAMAGED}"
+    assert summary["pose3d"]["mjd_mm"] is None and summary["depth"]["rmse_mm"] is None
+    for key in ("mjd_mm", "mjd_mm_per_joint"):
+        assert summary["pose3d"]["null_reasons"][key] == why
+    assert summary["depth"]["null_reasons"]["rmse_mm"] == why
+    for task in ("pose2d", "segm"):
+        assert why not in summary[task].get("null_reasons", {}).values(), task
+    nulled = "pose3d/mjd_mm, pose3d/mjd_mm_per_joint, depth/rmse_mm, depth/rmse_bins: null"
+    assert nulled in caplog.text and "cannot be reproduced" in caplog.text
+    markdown = evaluator.to_markdown(summary)
+    assert f"**1 damaged record(s) left out: {summary['damaged_records'][0]}. {nulled}" in (
+        markdown)
+    assert f"- pose3d/mjd_mm is null: {why}." in markdown
+    assert "| pelvis | " in markdown and "| null |" in markdown  # the breakdown's cells
 
 
 # --- Precision on accelerators ------------------------------------------------------------------

@@ -219,20 +219,25 @@ class Evaluator:
             total = stats if total is None else jax.tree.map(np.add, total, stats)
             self.first_batch = self.first_batch or batch
         count = float(total["count"])
+        records = self._damaged(damaged)
         summary = {name: {"protocol": self.metrics[name].protocol,
-                          **self.metrics[name].summarize(total[name])} for name in self.tasks}
+                          **self.metrics[name].summarize(
+                              total[name], num_damaged=records["num_damaged"])}
+                   for name in self.tasks}
         summary["protocol"], summary["window"] = self.protocol, self.window
+        summary["label_size"] = self.image_size // common.LABEL_STRIDE  # r: r x r label maps
         usable = max(count - float(total["rejected"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)
-        summary["label_size"] = self.image_size // common.LABEL_STRIDE  # r: r x r label maps
         summary["unusable_frames"] = unusable_report(
             self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
             int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         summary["metrics_version"] = METRICS_VERSION
         summary["max_examples"] = self.max_examples  # the limit asked for (0: none)
-        summary.update(self._damaged(damaged))
+        summary.update(records)
+        if records["num_damaged"]:
+            logging.warning("evaluation of split %r: %s", self.split, damaged_note(summary))
         return summary
 
     def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
@@ -250,19 +255,15 @@ class Evaluator:
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
         the records the evaluation took that did not read, left out of its numbers (every
-        process's, `combine`), and {'num_unreadable', 'unreadable_records'} those that did not
-        read on any process while the frames were selected, whose frames are unknown: each is
-        left out if it is one of the frames asked for, which cannot be told.
+        process's, `combine`; what that does to each number: `damaged_note`), and
+        {'num_unreadable', 'unreadable_records'} those that did not read on any process while
+        the frames were selected, whose frames are unknown: each is left out if it is one of
+        the frames asked for, which cannot be told.
         Records beyond `max_examples`' reach are in neither."""
         if self.combine is not None:
             damaged = self.combine(damaged)
         lost = [self.shards.name(i) for i in sorted(set(damaged))]
         unknown = [self.shards.name(i) for i in sorted(set(self.unreadable))]
-        if lost:
-            logging.warning("evaluation of split %r left out %d damaged record(s); its numbers "
-                            "are over the other frames, so a protocol compared with published "
-                            "tables needs them rebuilt: %s", self.split, len(lost),
-                            "; ".join(lost))
         if unknown:
             logging.warning("split %r holds %d record(s) that do not read, whose frames are "
                             "unknown: each is left out of the evaluation if it is one of the "
@@ -294,6 +295,42 @@ def _fmt(value, spec: str, missing: str = "") -> str:
     return missing if value is None else format(value, spec)
 
 
+def damaged_note(summary: dict) -> str:
+    """What the damaged records an evaluation left out (summary['damaged_records']) do to its
+    numbers, for its log warning and Markdown: hgmt's definitions, and the reference ones
+    that are ratios or per-batch means, are over the other frames; a reference number that
+    divides a sum by N, damaged records included, is null (`common.reference_null`)."""
+    nulled = [f"{t}/{k}" for t in TASKS if t in summary
+              for k, why in summary[t].get("null_reasons", {}).items()
+              if why.endswith(common.DAMAGED)]
+    note = (f"{summary['num_damaged']} damaged record(s) left out: "
+            f"{'; '.join(summary.get('damaged_records', []))}. ")
+    if not nulled:
+        return note + ("The numbers are over the other frames, so a protocol compared with "
+                       "published tables needs them rebuilt.")
+    return note + (f"{', '.join(nulled)}: null, as the reference divides their sum by N, "
+                   f"the damaged records included, so its figure cannot be reproduced "
+                   f"(evaluate with --protocol=hgmt or rebuild the shard); the other numbers "
+                   f"are over the other frames.")
+
+
+def caveat_lines(summary: dict) -> list[str]:
+    """Markdown list items: each task's null numbers with their reasons, then its nonzero
+    caveat counters (its protocol's `Headline.caveats`) with their meanings."""
+    out = []
+    for t in TASKS:
+        if t not in summary:
+            continue
+        entry = summary[t]
+        out += [f"- {t}/{k} is null: {why}." for k, why in entry.get("null_reasons", {}).items()]
+        for key, meaning in protocols.headline_of(t, entry.get("protocol", "hgmt")).caveats.items():
+            value = entry.get(key)
+            if value:
+                shown = ", ".join(value) if isinstance(value, list) else value
+                out.append(f"- {t}/{key} = {shown}: {meaning}.")
+    return out
+
+
 def to_markdown(summary: dict) -> str:
     """Markdown tables: headline metrics with the protocol that made each, then per-joint and
     per-part breakdowns."""
@@ -312,9 +349,7 @@ def to_markdown(summary: dict) -> str:
                       f"their frames unknown**: each is left out if it is one of the frames "
                       f"asked for: {'; '.join(summary.get('unreadable_records', []))}."]
     if summary.get("num_damaged"):
-        lines[1:1] = ["", f"**{summary['num_damaged']} damaged record(s) left out** (the "
-                      f"numbers are over the other frames): "
-                      f"{'; '.join(summary.get('damaged_records', []))}."]
+        lines[1:1] = ["", f"**{damaged_note(summary)}**"]
     unusable = summary.get("unusable_frames", {})
     if unusable.get("count"):
         how = "; ".join(f"{t}: {w}" for t, w in unusable["treatment"].items())
@@ -323,6 +358,9 @@ def to_markdown(summary: dict) -> str:
     for k, v in headline(summary).items():
         task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
         lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")
+    caveats = caveat_lines(summary)
+    if caveats:
+        lines += ["", *caveats]
     # One table per kind of item (joint, part), a column per task that breaks down by it.
     columns: dict[str, list] = {}
     for t in TASKS:
@@ -337,9 +375,12 @@ def to_markdown(summary: dict) -> str:
         seen = dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item])
         order = ITEM_ORDER.get(item, ())
         for name in [n for n in order if n in seen] + [n for n in seen if n not in order]:
-            # A value of None: the item is absent from the split; no value: the column's
-            # protocol does not score it (BodyNet's PCK, 10 of the 16 joints).
-            cells = [_fmt(summary[t][h.per_item][name], h.item_format, "absent")
+            # A value of None: the item is absent from the split, or the whole breakdown is
+            # null (its reason listed above); no value: the column's protocol does not score
+            # it (BodyNet's PCK, 10 of the 16 joints).
+            cells = [_fmt(summary[t][h.per_item][name], h.item_format,
+                          "null" if h.per_item in summary[t].get("null_reasons", {})
+                          else "absent")
                      if name in summary[t][h.per_item] else "not scored" for t, h in cols]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"

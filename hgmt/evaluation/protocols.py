@@ -13,8 +13,14 @@ docs/metrics.md states every definition with file and line. Each task module say
 protocols it implements (its `HEADLINES`, how their numbers are shown) and gives their
 functions (`protocol_metric`); a task without a protocol's definition keeps hgmt's. A `Metric`
 is a pair of functions: `stats(pred, batch)` giving split-additive statistics of a batch of
-last-stage predictions (each example weighted by batch['mask'] where the batch has one), and
-`summarize(sums)` giving the numbers.
+last-stage predictions, and `summarize(sums, num_damaged)` giving the numbers. The statistics
+weight the examples in one of two ways: hgmt's definitions by `common.example_weights` (1 for a
+real, usable example; 0 for padding, for flagged unusable frames and for the frames hgmt's own
+check rejects), the reference protocols' by `common.full_batch_weights` (1 for a real example,
+flagged unusable ones included, of one of the reference's full test batches; 0 for padding and
+for the last partial batch, which the reference never evaluates). A damaged record is padding
+to both; `num_damaged` says how many were left out, so that a reference number that divides by
+N is not given over fewer records than N.
 
 The reference protocols are defined on 64 x 64 label maps (`common.REFERENCE_LABEL_SIZE`):
 `check_label_size` refuses them at another size.
@@ -36,7 +42,8 @@ PROTOCOLS = ("hgmt", "bodynet", "surreal")
 class Metric:
     protocol: str  # the protocol whose definition this is (what the JSON records)
     stats: Callable[[object, dict], dict]  # (pred (B,r,r,C), cropped batch) -> additive sums
-    summarize: Callable[[dict], dict]  # split sums -> {metric: value}
+    # (split sums, num_damaged=0: the damaged records left out of them) -> {metric: value}
+    summarize: Callable[..., dict]
 
 
 def check(protocol: str) -> str:
@@ -56,13 +63,20 @@ def _hgmt_stats(task, pred, batch: dict) -> dict:
     return task.metric_stats(task.decode(pred, batch), batch)
 
 
+def _hgmt_summarize(task, sums: dict, num_damaged: int = 0) -> dict:
+    """hgmt's numbers: means over the examples that count, so a damaged record left out
+    (`num_damaged`) changes nothing but which frames they are over."""
+    return task.summarize(sums)
+
+
 def metric(protocol: str, task: str, num_examples: int) -> Metric:
     """The `Metric` of `task` under `protocol` for a split of `num_examples` test examples
     (BodyNet's per-batch PCK groups them by batch['position'])."""
     used = task_protocol(protocol, task)
     module = TASKS[task]
     if used == "hgmt":
-        return Metric("hgmt", functools.partial(_hgmt_stats, module), module.summarize)
+        return Metric("hgmt", functools.partial(_hgmt_stats, module),
+                      functools.partial(_hgmt_summarize, module))
     return Metric(used, *module.protocol_metric(used, num_examples))
 
 

@@ -13,7 +13,8 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
 - evaluation: `decode(pred, batch)`, `metric_stats(decoded, batch)` (split-additive sums),
   `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
   protocols it implements and how their numbers are shown, compared and tabulated), and
-  `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt;
+  `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt
+  (summarize(sums, num_damaged=0): the damaged records left out may make a number null);
 - finding the person: `locate(pred) -> dict` of what its (r,r,C) prediction says about where
   the person is in the label map: 'joints' (J,2) label px with 'joint_scores' (J,) (peak
   heights, 1 at a target's peak), and/or 'foreground' (r,r) bool;

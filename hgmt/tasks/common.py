@@ -22,6 +22,28 @@ REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 6}  # bodynet opts.lua:69, surr
 # with 64 whatever the output), SURREAL's outSize {64, 64} (surreal opts.lua:33), each from a
 # 256 x 256 input (bodynet opts.lua:36, surreal :32): REFERENCE_LABEL_SIZE * LABEL_STRIDE.
 REFERENCE_LABEL_SIZE = 64
+# What a reference summary's `examples_not_evaluated` counts (every task's: one home).
+NOT_EVALUATED = ("examples of the last partial test batch (N mod the reference's batch "
+                 "size), which the reference's test loop never evaluates")
+
+
+def reference_null(num_examples: int, batch_size: int, num_damaged: int = 0) -> str | None:
+    """Why a reference protocol's number has no value, or None where it has one: no full test
+    batch (floor(N / batch_size) = 0, the reference evaluates nothing and would print 0), or,
+    for the numbers that divide a sum over the evaluated examples by N (`num_damaged` given
+    there), damaged records left out of the sum but counted in N."""
+    if num_examples // batch_size == 0:
+        return (f"fewer than one reference test batch (N = {num_examples} < "
+                f"{batch_size}): the reference evaluates no example")
+    if num_damaged:
+        return f"{num_damaged} {DAMAGED}"
+    return None
+
+
+# Why a reference number that divides by N is null after damaged records were left out (the
+# end of `reference_null`'s reason, which the evaluation's warning looks for).
+DAMAGED = ("damaged record(s): the reference's figure cannot be reproduced; evaluate with "
+           "--protocol=hgmt or rebuild the shard")
 
 
 def label_to_crop_px(points, crop_size: int, label_size: int):
@@ -84,11 +106,17 @@ def torch_int(v: jnp.ndarray) -> jnp.ndarray:
     return jnp.trunc(v).astype(jnp.int32)
 
 
+def _null(value) -> bool:
+    """None, or a non-empty breakdown ({item: value}) whose every value is None."""
+    return value is None or (isinstance(value, dict) and bool(value)
+                             and all(v is None for v in value.values()))
+
+
 def with_null_reasons(values: dict, reasons: dict[str, str]) -> dict:
     """`values` plus "null_reasons": {metric: why it is null} for each metric of `reasons`
-    whose value is None (the key is absent when none is): an empty case is written as null
-    with its reason, never as 0 or NaN."""
-    why = {k: r for k, r in reasons.items() if values.get(k) is None}
+    whose value is None, or a breakdown all None (the key is absent when none is): an empty
+    case is written as null with its reason, never as 0 or NaN."""
+    why = {k: r for k, r in reasons.items() if _null(values.get(k))}
     return {**values, "null_reasons": why} if why else values
 
 
@@ -219,6 +247,9 @@ def foreground_weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
 
 
 def mse(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """() float32: the mean over every element of the squared difference of (B,r,r,C)
+    predictions (any float dtype, cast to float32) and targets of the same shape, in the
+    maps' units squared."""
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
 
 

@@ -38,10 +38,22 @@ OUTPUT_LAYOUT = {
                 "(c = 0) none (NaN)",
 }
 # BodyNet's depth metric is SURREAL's function (the same code in both repositories).
+_REFERENCE_CAVEATS = {
+    "examples_not_evaluated": common.NOT_EVALUATED,
+    "images_no_foreground": "evaluated images without a ground-truth foreground pixel: each "
+                            "adds 0 and counts in N, as in the reference",
+    "images_one_foreground_pixel": "evaluated images with exactly one foreground pixel, where "
+                                   "the reference's unfold raises and its evaluation stops: "
+                                   "each adds 0 and counts in N here",
+    "foreground_pixels_dropped": "evaluated images with an odd number of foreground pixels, "
+                                 "whose last one (row-major) the reference drops",
+}
 HEADLINES = {
     "hgmt": Headline(("rmse_mm", "bin_accuracy"), "rmse_mm", ("rmse_mm",), "RMSE (mm)"),
-    "bodynet": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)"),
-    "surreal": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)"),
+    "bodynet": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)",
+                        caveats=_REFERENCE_CAVEATS),
+    "surreal": Headline(("rmse_mm",), "rmse_mm", ("rmse_mm",), "RMSE (mm, per image)",
+                        caveats=_REFERENCE_CAVEATS),
 }
 
 
@@ -99,6 +111,10 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
+    """Additive sums over a batch's ground-truth foreground pixels (batch['depth_class']
+    (B,r,r) > 0), each weighted by its example's `common.example_weights`: 'sq_error_mm' ()
+    of the squared class error (decoded['depth_classes'] (B,r,r) - truth) x 45 mm, in mm^2;
+    'correct' () the pixels in the right class; 'foreground' () the pixels."""
     gt = targets(batch)
     # Foreground pixels, each weighted by its example's weight.
     fg = (gt > 0) * common.example_weights(batch, gt.shape[0])[:, None, None]
@@ -152,10 +168,15 @@ def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
                 weights, ((n % 2) * (n > 1)).astype(jnp.float32))}
 
 
-def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:
+def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int,
+                      num_damaged: int = 0) -> dict:
     """test.lua:135 sums the batches' depthRMSE (each the sum over its images / the batch
-    size) and :58 divides by N / batch_size: the sum over the evaluated images / N."""
-    rmse_bins = float(stats["rmse_bins_sum"]) / num_examples if num_examples else None
+    size) and :58 divides by N / batch_size: the sum over the evaluated images / N, in bins
+    and in mm. Null, with the reason (`common.reference_null`), without a full test batch
+    (the reference's sum is 0) and where `num_damaged` records were left out of the sum but
+    count in N."""
+    why = common.reference_null(num_examples, batch_size, num_damaged)
+    rmse_bins = None if why else float(stats["rmse_bins_sum"]) / num_examples
 
     def count(key: str) -> int:
         return int(round(float(stats[key])))
@@ -167,12 +188,13 @@ def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dic
         "images_one_foreground_pixel": count("images_one_foreground_pixel"),
         "foreground_pixels_dropped": count("pixels_dropped"),
         "examples_not_evaluated": num_examples - (num_examples // batch_size) * batch_size,
-    }, dict.fromkeys(("rmse_mm", "rmse_bins"), "no example"))
+    }, dict.fromkeys(("rmse_mm", "rmse_bins"), why))
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
-    BodyNet's code also uses, averaged over that reference's test batches."""
+    BodyNet's code also uses, averaged over that reference's test batches; summarize(sums,
+    num_damaged=0)."""
     size = common.REFERENCE_TEST_BATCH[protocol]
     kw = {"num_examples": num_examples, "batch_size": size}
     return (functools.partial(surreal_stats, **kw), functools.partial(surreal_summarize, **kw))
@@ -201,6 +223,8 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
+    """`predict`'s result -> JSON: 'depth_classes' (r,r) the crop's classes 0..19 in label
+    px (0 background, c > 0 bin c - 10); 'depth_bin_mm' a bin's depth, 45.0 mm."""
     return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_SIZE * 1000.0}
 
 

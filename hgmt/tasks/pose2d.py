@@ -48,7 +48,16 @@ HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
                      "pckh@0.5_per_joint", "joint", item_label="PCKh@0.5"),
     "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint",
-                        item_label="PCK"),
+                        item_label="PCK", caveats={
+                            "examples_not_evaluated": common.NOT_EVALUATED,
+                            "batches_without_scored_joint":
+                                "full test batches without a scored joint: NaN to the "
+                                "reference, left out of the sum and the divisor",
+                            "examples_with_unscored_joint":
+                                "evaluated examples with one of the 10 joints unscored (not "
+                                "drawn, or on the first row or column): with U of them the "
+                                "test order moves the PCK by at most 10U/(N - U) "
+                                "(docs/metrics.md)"}),
 }
 PCK_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # fractions of the head segment, for curves
 
@@ -196,16 +205,19 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
                 valid[:, BODYNET_JOINTS] == 0, -1).astype(jnp.float32))}
 
 
-def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
+def bodynet_summarize(stats: dict, *, num_examples: int, num_damaged: int = 0) -> dict:
     """test.lua: PCK = the sum over the floor(N/4) full test batches of heatmapAccuracy (the
     mean over the 10 joints with a valid instance in the batch of correct / valid, eval.lua:
     106-111), divided by N/4 minus the batches where it is NaN (no valid joint: test.lua:272,
-    :81). That is 0/0 only if every batch is NaN and N is a multiple of 4: null then. Per
-    joint: correct / valid over the evaluated examples (not in BodyNet's log; a breakdown).
+    :81). That is 0/0 if every batch is NaN and N is a multiple of 4, and no batch at all if
+    N < 4 (the reference prints 0): null then, with the reason. Per joint: correct / valid
+    over the evaluated examples (not in BodyNet's log; a breakdown).
     `examples_with_unscored_joint` bounds how much the test order can move the PCK
-    (docs/metrics.md)."""
+    (docs/metrics.md). A damaged record left out (`num_damaged`) scores no joint, so each
+    batch's mean is over the records that read: the PCK stays defined."""
     size = common.REFERENCE_TEST_BATCH["bodynet"]
     full = num_examples // size
+    no_batch = common.reference_null(num_examples, size)
     correct = np.asarray(stats["correct"])[:full, BODYNET_JOINTS]  # (G,10)
     valid = np.asarray(stats["valid"])[:full, BODYNET_JOINTS]
     seen = valid > 0
@@ -215,7 +227,8 @@ def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
     divisor = num_examples / size - int((~batches).sum())
     totals = correct.sum(0) / np.maximum(valid.sum(0), 1)
     return common.with_null_reasons({
-        "pck": float(per_batch[batches].sum() / divisor) if divisor > 0 else None,
+        "pck": float(per_batch[batches].sum() / divisor) if divisor > 0 and not no_batch
+        else None,
         "pck_per_joint": {surreal.JOINT_NAMES[j]: float(v) if n > 0 else None
                           for j, v, n in zip(BODYNET_JOINTS, totals, valid.sum(0),
                                              strict=True)},
@@ -223,12 +236,13 @@ def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
         "batches_without_scored_joint": int((~batches).sum()),
         "examples_not_evaluated": num_examples - full * size,
         "examples_with_unscored_joint": int(round(float(stats["unscored"]))),
-    }, {"pck": "no test batch has a scored joint (the reference divides 0 by 0)"})
+    }, {"pck": no_batch or "no test batch has a scored joint (the reference divides 0 by 0)"})
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt, for a split of
-    `num_examples`: BodyNet's PCK, averaged per test batch of 4."""
+    `num_examples`: BodyNet's PCK, averaged per test batch of 4; summarize(sums,
+    num_damaged=0)."""
     return (functools.partial(bodynet_stats, num_examples=num_examples),
             functools.partial(bodynet_summarize, num_examples=num_examples))
 
@@ -260,6 +274,8 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
+    """`predict`'s result -> JSON: 'joints2d_image_px' (16,2) original-image px, rounded to
+    0.01 px; 'joint_scores' (16,) heatmap peaks, rounded to 4 decimals."""
     return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist(),
             "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 

@@ -34,7 +34,8 @@ HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",
                      "joint", ".1f", item_label="error (mm)"),
     "bodynet": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm, BodyNet)",
-                        "mjd_mm_per_joint", "joint", ".1f", item_label="error (mm)"),
+                        "mjd_mm_per_joint", "joint", ".1f", item_label="error (mm)",
+                        caveats={"examples_not_evaluated": common.NOT_EVALUATED}),
 }
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.
 CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
@@ -208,23 +209,27 @@ def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
     return {"error_mm_sum": common.weighted_sum(weights, err)}
 
 
-def bodynet_summarize(stats: dict, *, num_examples: int) -> dict:
+def bodynet_summarize(stats: dict, *, num_examples: int, num_damaged: int = 0) -> dict:
     """eval.lua:490 and :520 sum a batch's errors per joint and divide by the batch size;
     test.lua:277 and :87 sum the batches and divide by N/4 (minus the batches whose mean is
     NaN, which finite predictions never give): per joint, the error sum over the evaluated
-    examples / N; `mjd_mm` is its mean over the 16 joints (test.lua:90)."""
+    examples / N, in mm; `mjd_mm` is its mean over the 16 joints (test.lua:90). Null, with
+    the reason (`common.reference_null`), without a full test batch (the reference's sum is
+    0) and where `num_damaged` records were left out of the sum but count in N."""
     size = common.REFERENCE_TEST_BATCH["bodynet"]
+    why = common.reference_null(num_examples, size, num_damaged)
     per_joint = np.asarray(stats["error_mm_sum"]) / max(num_examples, 1)
     return common.with_null_reasons({
-        "mjd_mm": float(per_joint.mean()) if num_examples else None,
-        "mjd_mm_per_joint": dict(zip(surreal.JOINT_NAMES, per_joint.tolist(), strict=True)),
+        "mjd_mm": None if why else float(per_joint.mean()),
+        "mjd_mm_per_joint": {n: None if why else v for n, v in zip(
+            surreal.JOINT_NAMES, per_joint.tolist(), strict=True)},
         "examples_not_evaluated": num_examples - (num_examples // size) * size,
-    }, {"mjd_mm": "no example"})
+    }, dict.fromkeys(("mjd_mm", "mjd_mm_per_joint"), why))
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: BodyNet's decoding and
-    averaging, for a split of `num_examples`."""
+    averaging, for a split of `num_examples`; summarize(sums, num_damaged=0)."""
     return (functools.partial(bodynet_stats, num_examples=num_examples),
             functools.partial(bodynet_summarize, num_examples=num_examples))
 
@@ -254,6 +259,8 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
+    """`predict`'s result -> JSON: 'joints3d_rel_mm' (16,3) pelvis-relative camera mm,
+    rounded to 0.1 mm; 'focal_px' (px, 3 decimals); 'pelvis_depth_m' (m, 4 decimals)."""
     return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist(),
             "focal_px": round(result["focal_px"], 3),
             "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}

@@ -29,13 +29,23 @@ OUTPUT_LAYOUT = {
     "values": "logits: a pixel's class is the argmax over the channels",
 }
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
+_REFERENCE_CAVEATS = {
+    "examples_not_evaluated": common.NOT_EVALUATED,
+    "iou_undefined": "parts absent from both the labels and the predictions of the evaluated "
+                     "examples: IoU 0/0, NaN to the reference, so mean_iou is null",
+    "pixel_accuracy_undefined": "parts absent from the labels of the evaluated examples: "
+                                "accuracy 0/0, NaN to the reference, so pixel_accuracy is "
+                                "null",
+}
 HEADLINES = {
     "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",
                      "iou_per_part", "part", item_label="IoU"),
     "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
-                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU"),
+                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
+                        caveats=_REFERENCE_CAVEATS),
     "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
-                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU"),
+                        "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
+                        caveats=_REFERENCE_CAVEATS),
 }
 
 
@@ -66,10 +76,15 @@ def loss(pred: jnp.ndarray, target: jnp.ndarray, *, axis_name: str | None = None
 
 
 def decode(pred: jnp.ndarray, batch: dict) -> dict:
+    """(B,r,r,15) logits -> {'segm_classes': (B,r,r) int32 part classes 0..14, the argmax
+    (the first on ties)}; `batch` is not read."""
     return {"segm_classes": common.argmax_classes(pred)}
 
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
+    """{'confusion': (15,15) float32 pixel counts [label class, predicted class]} of
+    decoded['segm_classes'] (B,r,r) against batch['segm'] (B,r,r), each example's pixels
+    weighted by `common.example_weights`: additive over a split."""
     labels = targets(batch)
     weights = common.example_weights(batch, labels.shape[0])[:, None, None]
     weights = jnp.broadcast_to(weights, labels.shape)
@@ -116,12 +131,18 @@ def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
                                                  NUM_CHANNELS, weights)}
 
 
-def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dict:
+def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int,
+                      num_damaged: int = 0) -> dict:
     """Split totals -> mean IoU and mean per-class pixel accuracy over the 14 parts.
 
     Where the reference divides 0 by 0 (a part absent from both labels and predictions for
     IoU, from the labels for accuracy) its mean is NaN; here that part is None and so is the
-    mean, with the parts listed in `undefined` and the reason in "null_reasons"."""
+    mean, with the parts listed in `iou_undefined` (IoU) and `pixel_accuracy_undefined`
+    (accuracy: a part predicted but absent from the labels has IoU 0, defined, and is listed
+    here only) and the reason in "null_reasons". Without a full test batch both means are
+    null for that reason (`common.reference_null`). The means are ratios of totals over the
+    evaluated examples, so a damaged record left out (`num_damaged`) leaves them over the
+    records that read."""
     conf = np.asarray(stats["confusion"], np.float64)  # [label, pred]
     inter = np.diag(conf)[1:]
     gt, predicted = conf.sum(1)[1:], conf.sum(0)[1:]
@@ -135,19 +156,23 @@ def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int) -> dic
         return None if None in d.values() else float(np.mean(list(d.values())))
 
     iou, acc = per_part(inter, union), per_part(inter, gt)
-    undefined = [n for n in surreal.PART_NAMES if acc[n] is None or iou[n] is None]
-    why = f"the reference's mean is NaN: 0/0 for {', '.join(undefined)}"
+    undefined = {key: [n for n in surreal.PART_NAMES if values[n] is None]
+                 for key, values in (("mean_iou", iou), ("pixel_accuracy", acc))}
+    no_batch = common.reference_null(num_examples, batch_size)
     return common.with_null_reasons({
         "mean_iou": mean(iou), "iou_per_part": iou,
         "pixel_accuracy": mean(acc), "pixel_accuracy_per_part": acc,
-        "undefined": undefined,
+        "iou_undefined": undefined["mean_iou"],
+        "pixel_accuracy_undefined": undefined["pixel_accuracy"],
         "examples_not_evaluated": num_examples - (num_examples // batch_size) * batch_size,
-    }, {"mean_iou": why, "pixel_accuracy": why})
+    }, {key: no_batch or f"the reference's mean is NaN: 0/0 for {', '.join(parts)}"
+        for key, parts in undefined.items()})
 
 
 def protocol_metric(protocol: str, num_examples: int) -> tuple:
     """(stats, summarize) of a protocol of HEADLINES other than hgmt: SURREAL's function, which
-    BodyNet's code also uses, over that reference's full test batches."""
+    BodyNet's code also uses, over that reference's full test batches; summarize(sums,
+    num_damaged=0)."""
     kw = {"num_examples": num_examples, "batch_size": common.REFERENCE_TEST_BATCH[protocol]}
     return (functools.partial(surreal_stats, **kw), functools.partial(surreal_summarize, **kw))
 
@@ -171,6 +196,8 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
+    """`predict`'s result -> JSON: 'part_names' (15,) the class names, 0 background;
+    'segm_classes' (r,r) the crop's part classes 0..14 in label px."""
     return {"part_names": list(surreal.PART_CLASS_NAMES),
             "segm_classes": result["segm"].tolist()}
 

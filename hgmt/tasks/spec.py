@@ -27,6 +27,10 @@ class Headline:
     # What one item's value is ("IoU", "error (mm)"), as the study's per-item chart names it:
     # `label` names the headline metric, which may be a mean over the items.
     item_label: str | None = None
+    # {summary key: what it counts}: the counters beside the numbers that qualify them (a
+    # reference protocol's examples it never evaluates, images it cannot score), each shown
+    # with its meaning in the evaluation's Markdown where it is not 0.
+    caveats: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         unknown = (set(self.lower_is_better) | {self.compare}) - set(self.metrics)
@@ -182,7 +186,9 @@ class TaskModule(Protocol):
         metric is undefined."""
 
     def protocol_metric(self, protocol: str, num_examples: int) -> tuple:
-        """(stats, summarize) of a reference protocol of HEADLINES other than hgmt."""
+        """(stats, summarize) of a reference protocol of HEADLINES other than hgmt, for a split
+        of `num_examples`: summarize(sums, num_damaged=0) gives None, with a reason, for a
+        number the damaged records left out would make other than the reference's."""
 
     def summary_pictures(self, summary: dict, stem: str) -> list[str]:
         """Writes the pictures of a split's summary beside its JSON (`stem` + suffix, e.g.
