@@ -181,9 +181,9 @@ def subpixel_argmax(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 # The precision of every float32 product of coordinates (crops, joints, decoding) and of every
 # metric sum: full float32 on every backend. At JAX's default precision a GPU may round a
-# product's inputs to TF32 and a TPU to bfloat16 (a 3D joint moved by up to about 2 mm and
-# 16 mm, an error sum rounded to 3 significant digits); the model's own products keep the
-# default.
+# product's inputs to TF32 and a TPU to bfloat16, which moves decoded joints and rounds error
+# sums (tests/test_protocols.py::test_every_metric_product_is_full_float32_on_any_backend
+# checks every metric product's precision); the model's own products keep the default.
 EXACT = jax.lax.Precision.HIGHEST
 
 
