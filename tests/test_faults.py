@@ -98,6 +98,84 @@ def test_sigterm_saves_that_step_and_the_rerun_ends_bit_for_bit_equal(demo_datas
     _assert_same_state(straight, loop.train(config, str(tmp_path)))
 
 
+class FailingLoader:
+    """The training loader, whose `fail_at`-th batch drawn sends this process SIGTERM and
+    raises as grain does when a worker process died (of a signal to the whole job)."""
+
+    def __init__(self, loader, fail_at: int):
+        self.it, self.fail_at, self.drawn = iter(loader), fail_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.drawn += 1
+        if self.drawn == self.fail_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("Worker process was terminated unexpectedly with exit code -15")
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+@pytest.mark.parametrize("fail_at,saved", [(5, [2, 3]), (4, [2])])
+def test_a_loader_failing_after_the_signal_stops_as_preempted_at_the_last_step(
+        demo_dataset, tmp_path, caplog, fail_at, saved):
+    """A loader that fails after a SIGTERM (its workers killed by the signal too): the run
+    stops as preempted at the last step trained, saved with the loader's position after its
+    batch (config.prefetch = 2 batches drawn ahead: the 5th batch is drawn during step 4,
+    so step 3 is the last trained; the 4th during step 3, and step 2 was saved already)."""
+    config = tiny_config(demo_dataset[1], total_steps=8, **{**KW, "checkpoint_every": 2})
+    assert config.prefetch == 2
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+
+    def loader():
+        return input_pipeline.train_loader(
+            source, batch_size=config.batch_size, image_size=config.image_size,
+            seed=config.seed, worker_count=0, tasks=("pose2d",))
+
+    with caplog.at_level(logging.INFO), pytest.raises(
+            preemption.Preempted, match=f"saved a checkpoint at step {saved[-1]} ") as err:
+        loop.train(config, str(tmp_path), loader=FailingLoader(loader(), fail_at))
+    assert err.value.step == saved[-1]
+    assert checkpoints.manager(str(tmp_path)).all_steps() == saved
+    assert (f"the loader failed after the preemption signal: saving step {saved[-1]}"
+            in caplog.text)
+    # The saved position is after the last trained step's batch: the next batch drawn on
+    # resuming is the one that step's successor would have had.
+    resumed = iter(loader())
+    data = ocp.args.Composite(data=input_pipeline.grain.PyGrainCheckpointRestore(resumed))
+    ocp.CheckpointManager(workdirs.checkpoint_dir(str(tmp_path))).restore(saved[-1], args=data)
+    straight = iter(loader())
+    for _ in range(saved[-1]):
+        next(straight)
+    np.testing.assert_array_equal(next(resumed)["image"], next(straight)["image"])
+
+
+def test_a_loader_failing_without_a_signal_stops_the_run_with_its_error(demo_dataset,
+                                                                          tmp_path):
+    """The same failure without a preemption signal is the run's error, nothing saved."""
+
+    class Failing(FailingLoader):
+        def __next__(self):
+            self.drawn += 1
+            if self.drawn == self.fail_at:
+                raise RuntimeError("the loader broke")
+            return next(self.it)
+
+    config = tiny_config(demo_dataset[1], total_steps=8, **{**KW, "checkpoint_every": 100})
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    with pytest.raises(RuntimeError, match="the loader broke"):
+        loop.train(config, str(tmp_path), loader=Failing(input_pipeline.train_loader(
+            source, batch_size=config.batch_size, image_size=config.image_size,
+            seed=config.seed, worker_count=0, tasks=("pose2d",)), 5))
+    assert checkpoints.manager(str(tmp_path)).all_steps() == []
+
+
 def _damage(step_dir: str) -> None:
     """Overwrites every file of a checkpoint's train state with garbage of the same size."""
     for root, _, files in os.walk(os.path.join(step_dir, "state")):
@@ -1508,6 +1586,35 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"at step {step}" in rerun.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_to_the_process_group_with_loader_workers_exits_75(demo_dataset, tmp_path,
+                                                                    signum):
+    """A scheduler's signal to every process of the job (`timeout`, Slurm's step signal)
+    during training with 2 grain worker processes: the trainer saves the step after it and
+    exits 75, and the loader's processes ignore it: no loader failure (a batch asked of a
+    dead worker), no shared memory a killed worker leaked, no resource tracker killed by
+    SIGUSR1 (its successor then complains of every segment it was not told of)."""
+    workdir = str(tmp_path / "w")
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100000, checkpoint_every=2)
+    cmd.append("--config.worker_count=2")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for_checkpoint(workdir, 2, [proc])
+        os.killpg(proc.pid, signum)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == preemption.EXIT_PREEMPTED, out[-3000:]
+    step = checkpoints.manager(workdir).latest_step()
+    assert step > 2 and f"saved a checkpoint at step {step} " in out, out[-3000:]
+    assert f"{signal.Signals(signum).name} received" in out
+    for broken in ("the loader failed", "Worker process was terminated", "resource_tracker"):
+        assert broken not in out, out[-3000:]
 
 
 def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):

@@ -25,7 +25,10 @@ import collections
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -217,11 +220,35 @@ def decoded(example: dict, key: str) -> np.ndarray:
     return array[..., 0] if key != "image" and array.ndim == 3 else array
 
 
+# What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
+# handles (hgmt.training.preemption.SIGNALS) and Ctrl-C's. Slurm and `timeout` signal every
+# process of the job; the trainer saves and exits on them, and stops its workers as it closes
+# the loader, but a worker killed by one first would fail the trainer's next batch.
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
 class SkipUnusable(grain.FilterTransform):
-    """Drops the flagged placeholder records (a test split's unusable frames) from training."""
+    """Drops the flagged placeholder records (a test split's unusable frames) from training.
+    The training loader's first operation: the copy of it that each grain worker process
+    unpickles, before it reads a record, makes that process ignore WORKER_IGNORED_SIGNALS
+    (`_unpickled`)."""
 
     def filter(self, element: dict) -> bool:
         return not element.get("unusable", b"")
+
+    def __reduce__(self):
+        return _unpickled, ()
+
+
+def _unpickled() -> SkipUnusable:
+    """A `SkipUnusable` as a grain worker process unpickles it: there (a child process's main
+    thread), WORKER_IGNORED_SIGNALS are ignored from now on; in a main process nothing else
+    changes."""
+    if (multiprocessing.parent_process() is not None
+            and threading.current_thread() is threading.main_thread()):
+        for signum in WORKER_IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    return SkipUnusable()
 
 
 class TrainCrop(grain.RandomMapTransform):
@@ -431,11 +458,28 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
         # position, so this stays what every checkpoint was saved with.
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=seed)
+    workers = auto_worker_count(worker_count)
+    if workers:
+        resource_tracker_without_sigusr1()
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
         operations=[SkipUnusable(), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
-        worker_count=auto_worker_count(worker_count), read_options=read_options(read_threads))
+        worker_count=workers, read_options=read_options(read_threads))
+
+
+def resource_tracker_without_sigusr1() -> None:
+    """Starts multiprocessing's resource tracker (the process that frees grain's shared memory
+    should the trainer die) unless it runs, with SIGUSR1 blocked: it ignores SIGTERM and
+    SIGINT itself, and a SIGUSR1 to the whole job (Slurm's warning) would kill it, its
+    successor then warning of every segment it was not told of."""
+    from multiprocessing import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        resource_tracker.ensure_running()  # the child keeps this thread's blocked signals
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def absl_flags_at_defaults() -> None:

@@ -355,7 +355,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         t0 = time.perf_counter()
         if peer_watch is not None:
             peer_watch.step = step  # what a lost peer's message names
-        batch = next(device_iter)
+        try:
+            batch = next(device_iter)
+        except Exception:
+            if watch.received is None or watch.multihost:
+                raise
+            # The signal also reached the loader's worker processes before they ignore it
+            # (while they start: input_pipeline.SkipUnusable). One process stops at the step
+            # before, saved, as a preemption.
+            last = step - 1
+            logging.exception("the loader failed after the preemption signal: saving step %d "
+                              "(the last one trained) and stopping", last)
+            if last != saving and (restored is None or last != start_step):
+                jax.block_until_ready(step_values)
+                with checkpoints.stop_on_full_disk(workdir, last):
+                    if damaged is not None:
+                        damaged.sync()
+                    save(last, host_state(last, state))
+                saving = last
+            stop_preempted(last, saving)
         data_iter.consumed()
         waited = time.perf_counter() - t0
         interval.wait += waited
