@@ -27,7 +27,8 @@ import sys
 from hgmt import cli, paths, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
-from hgmt.training import checkpoints, device_memory, loop
+from hgmt.tasks import check_loss_weights, parse_tasks
+from hgmt.training import checkpoints, device_memory, evaluators, loop
 
 
 def _define_flags(fv) -> None:
@@ -40,7 +41,8 @@ def _define_flags(fv) -> None:
                         "protocol), all, or everyK; default: the training config's test "
                         "evaluator's", flag_values=fv)
     flags.DEFINE_integer("max_examples", None, "at most this many frames (0: all); default: "
-                         "the training config's test evaluator's", flag_values=fv)
+                         "the training config's test evaluator's", flag_values=fv,
+                         lower_bound=0)
     flags.DEFINE_bool("flip", None, "average with the mirrored image; default: the training "
                       "config's test evaluator's", flag_values=fv)
     flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
+    # The config's evaluators as the trainer checks them (--config.evals.* overrides too).
+    with cli.faults_in_one_line(ValueError):
+        evaluators.check(args.config, check_loss_weights(args.config,
+                                                         parse_tasks(args.config.tasks)))
     if args.frames is not None:
         try:
             input_pipeline.parse_eval_frames(args.frames)

@@ -480,6 +480,19 @@ def test_an_override_of_a_field_a_workdirs_config_lacks_is_one_line(saved_workdi
                             "'segm' (its fields: pose2d)")
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--max_examples=-2", "error: flag --max_examples=-2: -2 is not a non-negative integer "
+                          "(--help lists the flags)"),
+    ("--config.evals.test.max_examples=-2",
+     "error: ValueError: config.evals.test: every and max_examples must be >= 0")])
+def test_evaluate_refuses_a_negative_example_limit_in_one_line(flag, message, saved_workdir):
+    """A negative limit would evaluate all but the last frames (indices[:-N]): refused, as
+    training refuses it, before any checkpoint is looked for."""
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.evaluate").main([f"--workdir={saved_workdir}", flag])
+    assert e.value.code == message
+
+
 def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     """`--distributed` where JAX finds no cluster: the command's whole output is one line
     saying what to give instead, with exit status 1 (JAX's own ValueError was a traceback)."""
