@@ -124,6 +124,13 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
     if FLAGS.config is None:
         raise SystemExit("error: --config is required: a config file such as "
                          "configs/default.py:tasks=all")
+    if FLAGS.workdir.startswith("-"):
+        # What a launch script passes on when its WORKDIR argument was left out and a flag
+        # took its place (`sbatch launch/slurm.sbatch --config.x=y`).
+        raise SystemExit(f"error: --workdir={FLAGS.workdir!r} starts with '-': a flag where "
+                         f"the workdir goes? The launch scripts take WORKDIR first "
+                         f"(launch/slurm.sbatch WORKDIR [CONFIG[:ARG]] [flags...]); for a "
+                         f"folder whose name starts with '-' give ./{FLAGS.workdir}")
     given = [f"--{name}" for name in ("num_processes", "process_id")
              if FLAGS[name].value is not None]
     if given and not (FLAGS.coordinator_address or FLAGS.distributed):

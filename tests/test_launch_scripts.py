@@ -115,6 +115,29 @@ def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
         "scontrol cpus=32 requeue 42"]
 
 
+def test_slurm_script_with_a_flag_where_the_workdir_goes_stops_naming_it(tmp_path):
+    """`sbatch launch/slurm.sbatch --config.batch_size=256` (WORKDIR left out): hgmt.main,
+    run by an srun that runs its command, refuses the flag as a workdir in one line, before
+    any folder is made (it would have trained the default config into
+    ./--config.batch_size=256)."""
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text('#!/usr/bin/env bash\nshift\nexec "$@"\n')  # drops --kill-on-bad-exit
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{srun.parent}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "n1", "SLURM_SUBMIT_DIR": str(tmp_path), "HGMT_REPO": REPO}
+    run = subprocess.run(["bash", os.path.join(REPO, "launch/slurm.sbatch"),
+                          "--config.batch_size=256"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "error: --workdir='--config.batch_size=256' starts with '-': a flag where the workdir "
+        "goes? The launch scripts take WORKDIR first (launch/slurm.sbatch WORKDIR "
+        "[CONFIG[:ARG]] [flags...]); for a folder whose name starts with '-' give "
+        "./--config.batch_size=256")
+    assert sorted(os.listdir(tmp_path)) == ["bin"]
+
+
 def test_slurm_script_waits_through_a_sigterm_for_the_checkpoint_and_requeues_nothing(
         tmp_path):
     """Slurm signals the batch script too when it cancels or preempts a job: the script waits
