@@ -5,8 +5,10 @@
         [-- --config.total_steps=1000 ...]
 
 Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
-15 by default), one after another on this host, logging to SWEEP_DIR/T.log (its last line: the
-run's wall time). A subset whose SWEEP_DIR/T/eval_test.json exists is done and skipped, so
+15 by default), one after another on this host, logging to SWEEP_DIR/T.log: each attempt appends
+a segment to it that starts with a line giving its start time (UTC) and command and ends with
+one giving its outcome and wall time, so a retried run keeps the earlier attempts' output and
+errors. A subset whose SWEEP_DIR/T/eval_test.json exists is done and skipped, so
 rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint).
 Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
@@ -17,6 +19,10 @@ a scheduler, e.g.
 
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
         --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
+
+With a config that makes its demo data (a `demo` section, configs/demo.py) it first builds that
+data as hgmt.main would (relative paths taken from the working directory, as the runs take
+them): jobs started together would otherwise all build it into the same folder at once.
 
 SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
 finished runs against; a later call with the same config adds its subsets and seeds to it, so
@@ -35,11 +41,14 @@ more than one config).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import subprocess
 import sys
 import time
+
+import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -94,13 +103,15 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
-def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
+def check_first_run(config: str, tasks: str, extra: list[str]
+                    ) -> tuple[str, ml_collections.ConfigDict]:
     """Parses the first run's command line as hgmt.main does, its config file read with its
     argument and the arguments after `--`: a missing file, a bad argument or override, or a
     flag hgmt.main lacks exits in one line naming it, before the sweep records its plan or
     starts a run. A relative config path is taken from the caller's working directory, else
-    from the repository, where `hgmt.report --check_config` reads it. -> `config` with its
-    file's absolute path, which the runs are given (they start in the working directory)."""
+    from the repository, where `hgmt.report --check_config` reads it. -> (`config` with its
+    file's absolute path, which the runs are given (they start in the working directory),
+    the first run's config)."""
     from hgmt import main as trainer
 
     path, colon, argument = _resolved(config).partition(":")
@@ -109,14 +120,14 @@ def check_first_run(config: str, tasks: str, extra: list[str]) -> str:
                          f"in the working directory or in {REPO}: give a config file such as "
                          f"configs/default.py")
     try:
-        trainer.parse([*runs.config_args(f"{path}{colon}{argument}", tasks, extra, 0),
-                       "--workdir=unused"])
+        parsed = trainer.parse([*runs.config_args(f"{path}{colon}{argument}", tasks, extra, 0),
+                                "--workdir=unused"])
     except SystemExit as e:
         if e.code in (0, None):
             raise
         raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
                          f"after `--`): {str(e.code).removeprefix('error: ')}") from None
-    return f"{path}{colon}{argument}"
+    return f"{path}{colon}{argument}", parsed.config
 
 
 def _resolved(config: str) -> str:
@@ -186,16 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config.
-    config = check_first_run(args.config, subsets[0], extra)
+    config, first = check_first_run(args.config, subsets[0], extra)
+    resume = args.resume_with_changed_config
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
     record_plan(sweep_dir, {"config": plan_config(config), "subsets": subsets,
                             "seeds": args.seeds, "extra": extra})
     if args.print_only:
+        if "demo" in first:  # built once, before the printed runs start together
+            from hgmt import main as trainer
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            trainer.prepare_demo_dataset(first)
         for tasks, k in runs:
-            cmds = [command(config, tasks, sweep_dir, extra, k,
-                            args.resume_with_changed_config)] + [
+            cmds = [command(config, tasks, sweep_dir, extra, k, resume)] + [
                 protocol_command(tasks, sweep_dir, x, k) for x in extra_protocols]
             print(" && ".join(shlex.join(c) for c in cmds))
         return 0
@@ -204,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         name = workdirs.run_name(tasks, k)
         workdir = os.path.join(sweep_dir, name)
         todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
-            ("train", command(config, tasks, sweep_dir, extra, k,
-                              args.resume_with_changed_config))]
+            ("train", command(config, tasks, sweep_dir, extra, k, resume))]
         todo += [(x, protocol_command(tasks, sweep_dir, x, k)) for x in extra_protocols
                  if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
         if not todo:
@@ -214,15 +229,19 @@ def main(argv: list[str] | None = None) -> int:
         for what, cmd in todo:
             log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")
-            print(f"[{i}/{len(runs)}] {name}: {shlex.join(cmd)} > {log}", flush=True)
+            print(f"[{i}/{len(runs)}] {name}: {shlex.join(cmd)} >> {log}", flush=True)
             start = time.perf_counter()
-            with open(log, "w") as f:
+            with open(log, "a") as f:  # after the earlier attempts' segments
+                f.write(f"launch/sweep.py: {name} {what}: started "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: "
+                        f"{shlex.join(cmd)}\n")
+                f.flush()
                 rc = subprocess.run(cmd, env=_run_env(), stdout=f,
                                     stderr=subprocess.STDOUT).returncode
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
             took = f"{name} {what}: {status} in {time.perf_counter() - start:.0f} s"
             print(f"[{i}/{len(runs)}] {took}", flush=True)
-            with open(log, "a") as f:  # the run's wall time stays with its log
+            with open(log, "a") as f:  # the segment's outcome and wall time end it
                 f.write(f"launch/sweep.py: {took}\n")
             if rc:
                 failed.append(name)

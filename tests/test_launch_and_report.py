@@ -53,7 +53,7 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
     """A config file in the caller's directory (not the repository's): the plan names it by
     its absolute path, from which `hgmt.report --check_config` rebuilds the runs' config
     wherever it runs; a relative name would be looked for in the repository."""
-    (tmp_path / "mine.py").write_text(open(os.path.join(REPO, "configs/demo.py")).read())
+    (tmp_path / "mine.py").write_text(open(os.path.join(REPO, "configs/default.py")).read())
     subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
                     "--config=mine.py", "--tasks=pose2d", "--print_only"], cwd=tmp_path,
                    capture_output=True, text=True, check=True)
@@ -70,11 +70,11 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
                        capture_output=True, text=True, check=True)
     assert runs.plan(str(tmp_path / "s"))["subsets"] == ["pose2d", "segm"]
     s2 = tmp_path / "s2"
-    for config in (os.path.join(REPO, "configs/demo.py"), "configs/demo.py"):
+    for config in (os.path.join(REPO, "configs/default.py"), "configs/default.py"):
         subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
                         f"--sweep_dir={s2}", f"--config={config}", "--tasks=segm",
                         "--print_only"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert runs.plan(str(s2))["config"] == "configs/demo.py"
+    assert runs.plan(str(s2))["config"] == "configs/default.py"
 
 
 def test_sweep_rejects_unknown_task(tmp_path):
@@ -120,13 +120,61 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
         assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith(message), (
             args, run.stderr)
         assert not (s / workdirs.SWEEP_PLAN).exists()
-    run = sweep("--config=configs/demo.py", "--", "--config.total_steps=5")
+    run = sweep("--config=configs/default.py", "--", "--config.total_steps=5")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split()[-3:] == [f"--config={REPO}/configs/demo.py:tasks=pose2d",
+    assert run.stdout.split()[-3:] == [f"--config={REPO}/configs/default.py:tasks=pose2d",
                                        f"--workdir={s}/pose2d", "--config.total_steps=5"]
     assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == {
-        "config": "configs/demo.py", "subsets": ["pose2d"], "seeds": 1,
+        "config": "configs/default.py", "subsets": ["pose2d"], "seeds": 1,
         "extra": ["--config.total_steps=5"]}
+
+
+def test_sweep_print_only_builds_the_demo_data_before_printing(tmp_path):
+    """A config with a demo section: the printed runs, started together by a scheduler, find
+    the demo data built (once, by the sweep) instead of all building it into one folder."""
+    data_dir, surreal_root = tmp_path / "demo" / "tfds", tmp_path / "demo" / "surreal"
+    run = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
+         "--config=configs/demo.py", "--tasks=pose2d,segm", "--print_only", "--",
+         f"--config.data_dir={data_dir}", f"--config.demo.surreal_root={surreal_root}",
+         "--config.demo.clips_per_split=1", "--config.demo.frames=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert [line.split()[4] for line in run.stdout.splitlines()] == [
+        f"--workdir={tmp_path}/s/pose2d", f"--workdir={tmp_path}/s/segm"]
+    from hgmt.data import demo
+
+    built = json.loads(next(data_dir.glob(f"surreal/all/*/{demo.GENERATED_FILE}")).read_text())
+    assert {k: built[k] for k in ("clips_per_split", "frames")} == {
+        "clips_per_split": 1, "frames": 2}
+
+
+def test_sweep_appends_each_attempt_to_the_runs_log(tmp_path, monkeypatch, capsys):
+    """A run that failed, then failed again, then succeeded: its log keeps all three
+    attempts, each between a line with its start (UTC) and command and one with its outcome
+    and wall time."""
+    from launch import sweep
+
+    outcomes = iter([3, 4, 0])
+
+    def attempt(config, tasks, sweep_dir, extra, seed_index=0, resume=False):
+        code = next(outcomes)
+        return [sys.executable, "-c", f"print('attempt exits {code}'); raise SystemExit({code})"]
+
+    monkeypatch.setattr(sweep, "command", attempt)
+    argv = [f"--sweep_dir={tmp_path}", "--config=configs/default.py:runlocal", "--tasks=pose2d"]
+    assert [sweep.main(argv) for _ in range(3)] == [1, 1, 0]
+    lines = (tmp_path / "pose2d.log").read_text().splitlines()
+    log = str(tmp_path / "pose2d.log")
+    cmd = r"\S+ -c 'print\(\S+ exits \d\S*; raise SystemExit\(\d\)'"
+    assert len(lines) == 9, lines
+    for i, code in enumerate((3, 4, 0)):
+        start, output, end = lines[3 * i: 3 * i + 3]
+        assert re.fullmatch(r"launch/sweep.py: pose2d train: started "
+                            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: " + cmd, start), start
+        assert f"SystemExit({code})" in start and output == f"attempt exits {code}"
+        status = "ok" if code == 0 else re.escape(f"FAILED (exit {code}; see {log})")
+        assert re.fullmatch(rf"launch/sweep.py: pose2d train: {status} in \d+ s", end), end
 
 
 def _summary(pck=None, mjd=None, iou=None, rmse=None):
@@ -267,7 +315,7 @@ def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
 
 def test_sweep_runs_each_subset_once_per_seed(tmp_path):
     s = tmp_path / "s"
-    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/demo.py",
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/default.py",
            "--tasks=pose2d,segm", "--seeds=3", "--protocols=bodynet", "--print_only"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -284,14 +332,14 @@ def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
     not 1, 1, 2, which would train two runs alike; the config the report rebuilds says the
     same."""
     s = tmp_path / "s"
-    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/demo.py",
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/default.py",
            "--tasks=pose2d", "--seeds=3", "--print_only", "--", "--config.seed=1"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert [re.findall(r"--config\.seed=(\d+)", line) for line in lines] == [
         ["1"], ["1", "2"], ["1", "3"]]
-    assert [runs.expected_config("configs/demo.py", "pose2d", ["--config.seed=1"], k)["seed"]
+    assert [runs.expected_config("configs/default.py", "pose2d", ["--config.seed=1"], k)["seed"]
             for k in range(3)] == [1, 2, 3]
 
 
