@@ -39,6 +39,8 @@ from absl import flags  # noqa: E402
 
 from hgmt import cli, compilation_cache, paths  # noqa: E402
 
+RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
+
 
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "The training workdir: checkpoints, summaries and "
@@ -59,7 +61,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop.",
                          flag_values=fv)
-    flags.DEFINE_bool("resume_with_changed_config", False, "Resume a workdir whose checkpoints "
+    flags.DEFINE_bool(RESUME, False, "Resume a workdir whose checkpoints "
                       "were trained with another config (its config.json) with this one: "
                       "config.json then records it, the previous one kept as "
                       "config_before_step<N>.json. Without it such a rerun stops naming each "
@@ -189,7 +191,7 @@ def _run(fv: flags.FlagValues) -> int:
         loop.check_config(config)
         # A config the workdir's checkpoints were not trained with: before the demo data,
         # which another demo.* setting would make again (the trainer checks it too).
-        resume.check_config(config, fv.workdir, fv.resume_with_changed_config)
+        resume.check_config(config, fv.workdir, fv[RESUME].value)
     if "demo" in config:
         _demo_dataset_on_process_0(config)
     try:
@@ -198,7 +200,7 @@ def _run(fv: flags.FlagValues) -> int:
                 # 3D decoding's scale for prediction on any image (hgmt.inference.crop_scale).
                 crop_scale.record_in_workdir(config.dataset, config.data_dir, fv.workdir)
             summaries = loop.train_and_evaluate(
-                config, fv.workdir, resume_with_changed_config=fv.resume_with_changed_config)
+                config, fv.workdir, resume_with_changed_config=fv[RESUME].value)
     except preemption.Preempted as e:
         logging.warning("%s", e)
         return preemption.EXIT_PREEMPTED

@@ -67,7 +67,7 @@ def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
     config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
     return [sys.executable, "-m", "hgmt.main", config_arg,
             f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}", *rest,
-            *(["--resume_with_changed_config"] if resume_with_changed_config else [])]
+            *([cli.RESUME_FLAG] if resume_with_changed_config else [])]
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
@@ -174,7 +174,7 @@ def _define_flags(fv) -> None:
                          lower_bound=1)
     flags.DEFINE_bool("print_only", False, "record the plan and print the commands, run "
                       "nothing", flag_values=fv)
-    flags.DEFINE_bool("resume_with_changed_config", False, "let unfinished runs train on "
+    flags.DEFINE_bool(cli.RESUME_FLAG.removeprefix("--"), False, "let unfinished runs train on "
                       "with the config file as it is now (hgmt.main's flag of that name)",
                       flag_values=fv)
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config.
     config, first = check_first_run(args.config, subsets[0], extra)
-    resume = args.resume_with_changed_config
+    resume = args[cli.RESUME_FLAG.removeprefix("--")].value
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"failed runs: {failed}; rerun the same command to retry them (a run whose "
               f"log says CannotResume: the config file changed since it started; add "
-              f"--resume_with_changed_config to train on with it)", file=sys.stderr)
+              f"{cli.RESUME_FLAG} to train on with it)", file=sys.stderr)
     return 1 if failed else 0
 
 
