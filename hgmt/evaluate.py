@@ -8,14 +8,14 @@ evaluates the latest (or given) checkpoint for the tasks it was trained on and w
 a Markdown table (and each task's extra pictures, e.g. the PCKh curve). `--frames` selects the
 frames of each clip (`middle` is SURREAL's test protocol); `--frames`, `--max_examples` and
 `--flip` default to the training config's test evaluator's settings. The default file name
-says the settings (`workdirs.result_file` with the step and the frames, flip and example
-limit that differ from the test protocol's), so evaluations of other settings do not replace
-each other. `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s
-own, or `bodynet` / `surreal` (what those papers' code computes, to set a run beside their
-published tables); the JSON records the protocol of the run and of each task's numbers.
-`--flip` averages each prediction with that of the mirrored image (left/right channels swapped
-back). `--step=best` on the test split warns when the best checkpoint was chosen on clips of
-the test split (`best_choice_warning`): SURREAL's val clips are all test clips.
+says the checkpoint and the settings that differ from the test protocol's
+(`workdirs.evaluation_file`), so evaluations of other settings do not replace each other.
+`--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s own, or `bodynet` /
+`surreal` (what those papers' code computes, to set a run beside their published tables); the
+JSON records the protocol of the run and of each task's numbers. `--flip` averages each
+prediction with that of the mirrored image (left/right channels swapped back).
+`--step=best` on the test split warns when the best checkpoint was chosen on clips of the test
+split (`best_choice_warning`): SURREAL's val clips are all test clips.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def _define_flags(fv) -> None:
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
                       "computes (docs/metrics.md)", flag_values=fv)
     cli.define_verbosity(fv)
-    flags.DEFINE_string("out_file", None, "JSON path (default <workdir>/eval_<split>_<step>"
-                        "[_<frames>][_flip][_first<N>][_<protocol>].json: the frames when not "
-                        "middle, the example limit when there is one); a .md table is "
-                        "written beside it", flag_values=fv)
+    flags.DEFINE_string("out_file", None, "JSON path (default: in the workdir, named after "
+                        "the split, the checkpoint and the settings that differ from the test "
+                        "protocol's, as hgmt/workdirs.py lists); a .md table is written beside "
+                        "it", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +120,9 @@ def _run(args, step_arg: int | str | None) -> int:
         summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
         if step_arg == "best":
             summary["checkpoint"] = "best"
-        name = [f"best_{step}" if step_arg == "best" else str(step)]
-        name += [frames] if frames != "middle" else []
-        name += ["flip"] if flip else []
-        name += [f"first{max_examples}"] if max_examples else []
-        out = args.out_file or os.path.join(
-            args.workdir, workdirs.result_file(args.protocol, args.split, "_".join(name)))
+        out = args.out_file or os.path.join(args.workdir, workdirs.evaluation_file(
+            args.split, step, best=step_arg == "best", frames=frames, flip=flip,
+            max_examples=max_examples, protocol=args.protocol))
         evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

@@ -10,7 +10,12 @@
                                           out of orbax's way (<step>-<time>, never deleted)
     <workdir>/hgmt.lock                   the lock of the trainer that holds the workdir
     <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
-    <workdir>/eval_<split>[_<ckpt>][_<protocol>].json   an evaluation's summary (+ .md)
+    <workdir>/eval_test[_<protocol>].json the test evaluation after training (+ .md; other
+                                          protocols' added by launch/sweep.py): `result_file`
+    <workdir>/eval_test_hgmt.json         hgmt's numbers of a run whose trainer evaluated
+                                          another protocol (`protocol_file`)
+    <workdir>/eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<protocol>].json
+                                          hgmt.evaluate's (+ .md): `evaluation_file`
     <workdir>/events.*                    TensorBoard summaries
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
     <workdir>/crop_metres.json            the metres a training window spans at the person,
@@ -255,8 +260,8 @@ def eval_file(workdir: str, evaluator: str) -> str:
 def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:
     """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
     `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and
-    hgmt.report reads them. `hgmt.evaluate` names the checkpoint it evaluated
-    (`eval_test_<checkpoint>[_<protocol>].json`)."""
+    hgmt.report reads them. `checkpoint`: what `evaluation_file` puts between the split and
+    the protocol."""
     suffix = "" if protocol == "hgmt" else f"_{protocol}"
     checkpoint = f"_{checkpoint}" if checkpoint else ""
     return f"eval_{split}{checkpoint}{suffix}.json"
@@ -268,6 +273,20 @@ def protocol_file(protocol: str, split: str = "test") -> str:
     other than hgmt; for hgmt, `eval_test_hgmt.json` holds hgmt's numbers of a run whose
     trainer evaluated another protocol into `eval_test.json` (hgmt.report reads it then)."""
     return f"eval_{split}_{protocol}.json"
+
+
+def evaluation_file(split: str, step: int, *, best: bool = False, frames: str = "middle",
+                    flip: bool = False, max_examples: int = 0, protocol: str = "hgmt") -> str:
+    """hgmt.evaluate's default file name in the workdir, which names the checkpoint and the
+    settings that differ from SURREAL's test protocol, so that evaluations of other settings
+    do not replace each other: eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<protocol>]
+    .json, <ckpt> the step (best_<step>: the best checkpoint), <frames> when not `middle`,
+    first<N> with an example limit N > 0, <protocol> when not hgmt's."""
+    name = [f"best_{step}" if best else str(step)]
+    name += [frames] if frames != "middle" else []
+    name += ["flip"] if flip else []
+    name += [f"first{max_examples}"] if max_examples else []
+    return result_file(protocol, split, "_".join(name))
 
 
 def run_name(tasks: str, seed_index: int) -> str:

@@ -493,6 +493,17 @@ def test_evaluate_refuses_a_negative_example_limit_in_one_line(flag, message, sa
     assert e.value.code == message
 
 
+def test_evaluate_names_its_file_after_the_checkpoint_and_the_settings_off_protocol():
+    from hgmt import workdirs
+
+    assert workdirs.evaluation_file("test", 4) == "eval_test_4.json"
+    assert workdirs.evaluation_file("validation", 8, best=True, protocol="bodynet") == (
+        "eval_validation_best_8_bodynet.json")
+    assert workdirs.evaluation_file("test", 4, frames="every8", flip=True, max_examples=16,
+                                    protocol="surreal") == (
+        "eval_test_4_every8_flip_first16_surreal.json")
+
+
 def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     """`--distributed` where JAX finds no cluster: the command's whole output is one line
     saying what to give instead, with exit status 1 (JAX's own ValueError was a traceback)."""
