@@ -18,8 +18,8 @@ The config (`--config`, default the paper's network for pose2d, with `--config.x
 benchmarks/cli.py) gives the tasks, the model, `image_size`, `batch_size` and the loss weights
 and options. `--devices=N` splits the batch over N local devices (default 1). On a CPU, one
 XLA device uses every core; with XLA_FLAGS=--xla_force_host_platform_device_count=N it is split
-into N virtual devices, which measured ~10 % faster at 2 x 128 @ 128 on 2 cores
-(docs/performance.md).
+into N virtual devices, which measured faster at 2 x 128 @ 128 on 2 cores (docs/performance.md,
+"Train step against PyTorch, CPU": its 1- and 2-device rows of that config).
 
 `--feed=trainer` times the trainer's own program instead (`hgmt.training.loop`'s pmapped
 step on every local device, fed one batch of config.dataset read here; with config.augment_on
@@ -233,13 +233,14 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
     (`compile_noting_cache`)). FLOPs come from XLA's cost analysis of the lowered (pre-backend)
     program ("lowered"). Where the backend gives none (JAX's GPU plugin: jax 0.11.2 on an
     H200), they are the convolutions and matmuls of the compiled program counted from their HLO
-    shapes ("hlo-shapes", `xla_ops`; within 1.2 % of the lowered count on a CPU, whose
-    elementwise FLOPs it leaves out); XLA's count of the compiled program is the last resort
-    ("compiled": after compilation a GPU's convolutions are cuDNN calls it does not count). An
-    analysis that fails is skipped (`first_flop_count`, hgmt.models.summary's, which counts
-    its forward pass from the lowered program alone). Both of XLA's analyses count a while's
-    body once whatever its trip count (the hlo-shapes count multiplies it: `hlo_shape_flops`);
-    the step has no while."""
+    shapes ("hlo-shapes", `xla_ops`; close to the lowered count on a CPU, whose elementwise
+    FLOPs it leaves out: docs/performance.md, "Measured on an H200, 2026-12-04, first
+    lending", gives both counts of the paper's step); XLA's count of the compiled program is
+    the last resort ("compiled": after compilation a GPU's convolutions are cuDNN calls it
+    does not count). An analysis that fails is skipped (`first_flop_count`,
+    hgmt.models.summary's, which counts its forward pass from the lowered program alone). Both
+    of XLA's analyses count a while's body once whatever its trip count (the hlo-shapes count
+    multiplies it: `hlo_shape_flops`); the step has no while."""
     devices = step_devices(feed, devices)
     step, state, data, params, _ = (trainer_placed_step(config) if feed == "trainer"
                                     else placed_step(config, devices))
