@@ -89,6 +89,7 @@ for arg in "$@"; do
     --autotune_s=*) autotune_limit=${arg#--autotune_s=} ;;
     --levers=*) levers=${arg#--levers=} ;;
     --time_s=*) time_s=${arg#--time_s=} ;;
+    -h|--help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the header above
     *) echo "unknown argument $arg; $usage" >&2; exit 2 ;;
   esac
 done

@@ -421,6 +421,24 @@ def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg
     assert not os.listdir(tmp_path)  # nothing built, installed or written
 
 
+@pytest.mark.parametrize("arg", ["--help", "-h"])
+def test_the_accelerator_run_prints_its_header_on_help(arg, tmp_path):
+    """--help prints the script's header (usage, parts, exit statuses) and exits 0, nothing
+    written."""
+    script = os.path.join(cli.REPO, "benchmarks", "accelerator.sh")
+    proc = subprocess.run(["bash", script, arg], env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    header = []
+    for line in open(script).read().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line[2:])
+    assert proc.stdout.splitlines() == header and len(header) > 50
+    assert header[3].startswith("  benchmarks/accelerator.sh [--size=paper|tiny]")
+    assert not os.listdir(tmp_path)
+
+
 def _copy_of_the_script(tmp_path) -> str:
     """benchmarks/accelerator.sh and the host check it runs first, alone in a folder's
     benchmarks/ (no .whl/: nothing to install) -> the script's path."""
