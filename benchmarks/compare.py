@@ -10,11 +10,13 @@ with the variant's `field=value` overrides. Each measurement runs in its own pro
 (benchmarks/train_step.py, benchmarks/torch_reference.py eager, and with --compile
 torch_reference.py --compile), alternating for --repeats rounds; the best of the rounds is
 kept, the machines being noisy. The compiled PyTorch runs in --compile_mode (default
-max-autotune); when that does not finish within --compile_timeout seconds it is rerun in the
-default mode, and the line says which mode was measured (`torch_compile_mode`) and whether
-max-autotune ran out of time. Prints one JSON line per variant with all results and the ratios
-of img/s, then one summary line with the multi-task overhead (the 4-task step time over the
-1-task one at the same size, per implementation). Needs the `bench` extra.
+max-autotune); when that fails or does not finish within --compile_timeout seconds it is rerun
+in the default mode, and the line says which mode was measured (`torch_compile_mode`) and why
+the other was left: it ran out of time (`torch_compile_timed_out`) or failed
+(`torch_compile_failed`, `torch_compile_error`: its exit status and last line of stderr).
+Prints one JSON line per variant with all results and the ratios of img/s, then one summary
+line with the multi-task overhead (the 4-task step time over the 1-task one at the same size,
+per implementation). Needs the `bench` extra.
 
 `--from_lines=FILE` measures nothing: it prints the ratio line ({"benchmark": "hgmt_over_torch"})
 of one config's measurements already taken, the JSON lines in FILE of train_step.py on a random
@@ -90,15 +92,26 @@ def run(script: str, config_args: list[str], steps: int, extra: tuple[str, ...] 
 
 
 def compiled_torch(config_args: list[str], steps: int, mode: str, timeout: float) -> dict:
-    """torch_reference.py --compile in `mode`, else (out of time) in the default mode; the
-    result says `max_autotune_timed_out`."""
-    result = run("torch_reference.py", config_args, steps, ("--compile", f"--compile_mode={mode}"),
-                 timeout=timeout)
-    if result is not None:
-        return {**result, "compile_timed_out": False}
+    """torch_reference.py --compile in `mode`, else (out of `timeout` seconds, or failed, in a
+    mode other than the default) in the default mode. The result says why it fell back:
+    `compile_timed_out`, `compile_failed` with `compile_error` (the exit status and the last
+    line of stderr), and `compile_mode_tried`."""
+    try:
+        result = run("torch_reference.py", config_args, steps,
+                     ("--compile", f"--compile_mode={mode}"), timeout=timeout)
+    except fresh_process.Failed as e:
+        if mode == "default":  # no other mode to fall back to
+            raise
+        last = [line for line in e.stderr.splitlines() if line.strip()][-1:]
+        why = {"compile_timed_out": False, "compile_failed": True,
+               "compile_error": f"exit {e.returncode}: {last[0] if last else '(no stderr)'}"}
+    else:
+        if result is not None:
+            return {**result, "compile_timed_out": False, "compile_failed": False}
+        why = {"compile_timed_out": True, "compile_failed": False,
+               "compile_timeout_s": timeout}
     result = run("torch_reference.py", config_args, steps, ("--compile", "--compile_mode=default"))
-    return {**result, "compile_timed_out": True, "compile_timeout_s": timeout,
-            "compile_mode_tried": mode}
+    return {**result, **why, "compile_mode_tried": mode}
 
 
 GOAL_OVER_TORCH_COMPILED = 1.5  # docs/performance.md, "On a GPU"
@@ -187,7 +200,9 @@ def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
                 "torch_compiled_img_per_s": tc["img_per_s"],
                 "ratio_jax_over_torch_compiled": round(jx["img_per_s"] / tc["img_per_s"], 3),
                 "torch_compile_mode": tc["compile_mode"], "torch_compile_s": tc["compile_s"],
-                "torch_compile_timed_out": tc["compile_timed_out"]})
+                "torch_compile_timed_out": tc["compile_timed_out"],
+                "torch_compile_failed": tc["compile_failed"],
+                **({"torch_compile_error": tc["compile_error"]} if tc["compile_failed"] else {})})
         rows.append(row)
         print(json.dumps(row), flush=True)
     by_shape: dict = {}

@@ -717,11 +717,37 @@ def test_compare_falls_back_to_the_default_compile_mode_when_max_autotune_runs_o
     assert calls == [("torch_reference.py", ("--compile", "--compile_mode=max-autotune"), 600),
                      ("torch_reference.py", ("--compile", "--compile_mode=default"), None)]
     assert result["compile_mode"] == "default" and result["compile_timed_out"]
-    assert result["compile_mode_tried"] == "max-autotune"
+    assert result["compile_mode_tried"] == "max-autotune" and not result["compile_failed"]
     assert compare.variant_overrides("image_size=64, tasks=all") == [
         "--config.image_size=64", "--config.tasks=all"]
     with pytest.raises(SystemExit, match="field=value"):
         compare.variant_overrides("image_size")
+
+
+def test_compare_falls_back_to_the_default_compile_mode_when_max_autotune_fails(monkeypatch):
+    """A max-autotune compilation that fails (its process exits non-zero) is rerun in the
+    default mode, the result saying why; a failure in the default mode has nothing to fall
+    back to and stops the comparison."""
+    import fresh_process
+
+    calls = []
+
+    def run(script, args, env=None, timeout_s=None):
+        calls.append((script, args[-1], timeout_s))
+        if args[-1] == "--compile_mode=max-autotune" or "--fail_default" in args:
+            raise fresh_process.Failed([script, *args], 1, "Traceback ...\n"
+                                       "torch._inductor.exc.InductorError: crafted\n\n")
+        return {"img_per_s": 5.0, "compile_mode": "default", "compile_s": 80.0}
+
+    monkeypatch.setattr(fresh_process, "run", run)
+    result = compare.compiled_torch(["--config.image_size=64"], 3, "max-autotune", 600)
+    assert calls == [("torch_reference.py", "--compile_mode=max-autotune", 600),
+                     ("torch_reference.py", "--compile_mode=default", None)]
+    assert (result["compile_mode"], result["compile_mode_tried"]) == ("default", "max-autotune")
+    assert result["compile_failed"] and not result["compile_timed_out"]
+    assert result["compile_error"] == "exit 1: torch._inductor.exc.InductorError: crafted"
+    with pytest.raises(fresh_process.Failed, match="crafted"):
+        compare.compiled_torch(["--fail_default"], 3, "default", 600)
 
 
 def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, capsys):
