@@ -80,15 +80,13 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
     evaluators chose, when it is test and they chose on test clips: on `validation`, whose
     clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
     docs/surreal_format.md), or on `test` itself. None otherwise. The evaluator that chose is
-    the one that keeps the best checkpoint: the first of `config.evals` with a `best_metric`
-    that runs during training (`every` > 0; `hgmt.training.evaluators.Evaluators.keeper`)."""
+    the one that keeps the best checkpoint (`evaluators.keeper`)."""
     evals = config.get("evals")
     evals = workdirs.older_evals(config) if evals is None else evals
-    keeper = next(((name, e) for name, e in evals.items() if e["best_metric"] and e["every"]),
-                  None)
-    if split != "test" or keeper is None or keeper[1]["split"] not in ("validation", "test"):
+    name = evaluators.keeper(evals)
+    if split != "test" or name is None or evals[name]["split"] not in ("validation", "test"):
         return None
-    name, e = keeper
+    e = evals[name]
     chosen = ("on the test split itself" if e["split"] == "test" else
               "on split validation, whose clips are all in test (SURREAL's val is a subset "
               "of its test split)")

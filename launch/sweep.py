@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config.
     config, first = check_first_run(args.config, subsets[0], extra)
+    try:  # a reference protocol measures the references' label size only
+        for x in extra_protocols:
+            protocols.check_label_size(x, {t for s in subsets for t in s.split("+")},
+                                       first.image_size)
+    except ValueError as e:
+        raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     resume = args[cli.RESUME_FLAG.removeprefix("--")].value
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]

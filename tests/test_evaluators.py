@@ -367,6 +367,8 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     ("frames", "every0", "frames.*everyK"),
     ("protocol", "coco", "coco.*bodynet"),
     ("every", -1, "every and max_examples must be >= 0"),
+    ("protocol", "bodynet", r"validation: --protocol=bodynet measures 64x64 .*image_size=64 "
+                            r"gives 16x16"),
 ])
 def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_path, field,
                                                           value, message):

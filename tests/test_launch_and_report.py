@@ -327,6 +327,19 @@ def test_sweep_runs_each_subset_once_per_seed(tmp_path):
             f"--out_file={s}/segm@seed2/eval_test_bodynet.json") in lines[5]
 
 
+def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
+    """configs/demo.py trains at 128 px (32 x 32 label maps): `--protocols=bodynet` is refused
+    before the plan is recorded, not run by run after training."""
+    s = tmp_path / "s"
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}", "--config=configs/demo.py",
+           "--tasks=pose2d", "--protocols=bodynet", "--print_only"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert ("error: --protocols=bodynet: --protocol=bodynet measures 64x64 label maps"
+            in out.stderr), out.stderr
+    assert "config.image_size=128 gives 32x32" in out.stderr and not s.exists()
+
+
 def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
     """`--seeds=3 -- --config.seed=1`: seeds 1, 2, 3 (seed index k gives the first seed + k),
     not 1, 1, 2, which would train two runs alike; the config the report rebuilds says the

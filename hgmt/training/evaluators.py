@@ -87,6 +87,7 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> di
         try:
             input_pipeline.parse_eval_frames(entry["frames"])
             protocols.check(entry["protocol"])
+            protocols.check_label_size(entry["protocol"], weights, config.image_size)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if entry["every"] < 0 or entry["max_examples"] < 0:
@@ -101,6 +102,13 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> di
         raise ValueError(f"config.evals: {keeping} all set best_metric; <workdir>/best keeps "
                          f"one checkpoint, so at most one evaluator may")
     return out
+
+
+def keeper(settings: Mapping[str, Mapping]) -> str | None:
+    """The name of the evaluator of `settings` ({name: evaluator settings}) that keeps the
+    best checkpoint: the first with a `best_metric` that runs during training (`every` > 0:
+    after the last step there is nothing left to choose from); None without one."""
+    return next((n for n, e in settings.items() if e["best_metric"] and e["every"]), None)
 
 
 def best_recorded(evals: list[dict], name: str, metric: str, step: int,
@@ -168,10 +176,7 @@ class Evaluators:
         # Only for the layout of the best checkpoint: the streams per task.
         self.model = create_model(config.model, heads(parse_tasks(config.tasks)))
         self._built: dict[str, evaluator.Evaluator] = {}
-        # The evaluator that keeps the best checkpoint: one with a best_metric that runs
-        # during training (after the last step there is nothing left to choose from).
-        self.keeper = next((n for n, e in self.settings.items()
-                            if e["best_metric"] and e["every"]), None)
+        self.keeper = keeper(self.settings)
         self.manager = None
         self._bar: tuple[int, float] | None = None  # a best score without its checkpoint
         if self.keeper:
