@@ -388,7 +388,8 @@ class Flaky:
 def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkeypatch):
     """An I/O error that passes (an NFS timeout: OSError; array_record's report of EIO: a
     RuntimeError naming it) is read again; one that lasts, after len(RETRY_DELAYS_S) + 1
-    reads, and a checksum mismatch, at once, are damage: replaced and counted."""
+    reads, is the storage's (StorageFault naming the record's file), never replaced or
+    counted; a checksum mismatch is damage at once: replaced and counted."""
     monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0), raising=False)
     shards = damage.Shards(("a",), (0,), (4,))
 
@@ -405,13 +406,66 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
         source = Flaky(error, times=2)
         assert example(source) == (1, []), error
         assert source.reads == 3
-    lasting = Flaky(OSError(errno.EIO, "Input/output error"), times=10**6)
-    assert damage.first_good(1, lasting, shards, make) == ({"i": 2}, [1])
-    assert lasting.reads == 3
-    assert example(lasting) == (2, [1])
-    with pytest.raises(damage.DamagedRecord, match=r"Input/output error; read 3 times"):
-        damage.read(lasting, 1)
+    for lasting in (OSError(errno.EIO, "Input/output error"),
+                    RuntimeError("pread() failed: Input/output error; reading /nfs/surreal"),
+                    PermissionError(errno.EACCES, "Permission denied")):
+        for read in (lambda source: damage.first_good(1, source, shards, make),
+                     example, lambda source: damage.read(source, 1)):
+            source = Flaky(lasting, times=10**6)
+            with pytest.raises(damage.StorageFault) as raised:
+                read(source)
+            assert str(raised.value).startswith(
+                f"dataset <memory> record 1 (index 1 of the split) cannot be read from its "
+                f"storage "
+                f"({type(lasting).__name__}: {lasting}; tried 3 times): an I/O error or a "
+                f"refused access"), raised.value
+            assert "not damage: nothing needs rebuilding" in str(raised.value)
+            assert source.reads == 3
     checksum = Flaky(RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch"),
                      times=10**6)
     assert damage.first_good(1, checksum, shards, make) == ({"i": 2}, [1])
     assert checksum.reads == 1
+
+
+class Outage:
+    """A split whose every read fails with EIO: the storage under it stopped answering."""
+
+    def __init__(self, source):
+        self.source, self.dataset_info, self.split = source, source.dataset_info, source.split
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def __repr__(self) -> str:
+        return repr(self.source)
+
+
+def test_a_storage_outage_during_training_stops_naming_the_storage_not_damage(
+        demo_dataset, tmp_path, monkeypatch):
+    """Every read of the training split fails with EIO, after the retries: the run stops with
+    StorageFault (a SplitFault: one line from hgmt.main) naming the record's shard file and the
+    storage, and no record is counted damaged (before, each was replaced and written into
+    damaged_records.json, and the 8th in a row stopped the run as a bad copy to rebuild)."""
+    from hgmt.data import shards
+
+    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    real = input_pipeline.open_split
+
+    def open_split(dataset, data_dir, split, *args, **kwargs):
+        source = real(dataset, data_dir, split, *args, **kwargs)
+        return Outage(source) if split == "train" else source
+
+    monkeypatch.setattr(input_pipeline, "open_split", open_split)
+    workdir = str(tmp_path / "run")
+    shard = _shard(demo_dataset[1], "train")
+    with pytest.raises(shards.StorageFault, match=(
+            rf"^dataset {re.escape(shard)} record \d+ \(index \d+ of the split\) cannot be "
+            rf"read from its storage \(OSError: \[Errno 5\] Input/output error; tried 3 "
+            rf"times\): .*not damage: nothing needs rebuilding. Check that "
+            rf"{re.escape(os.path.dirname(shard))} is reachable")):
+        loop.train(tiny_config(demo_dataset[1], total_steps=2, **KW), workdir)
+    assert isinstance(damage.StorageFault("x"), loop.FAULTS)
+    assert not os.path.exists(workdirs.damaged_file(workdir))

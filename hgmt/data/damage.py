@@ -20,12 +20,15 @@ policy, as TFDS and production loaders do it:
   skipped silently;
 - `python -m hgmt.data.check` reads and decodes every record of a split and names the bad ones.
 
-A read that fails with an I/O error (an NFS timeout, an object store's 503) is not damage: it
-is read again after each of `RETRY_DELAYS_S` before the record is judged damaged, so that a
-passing error does not replace a good record. A checksum mismatch or an image that does not
-decode is judged at once. Opening a shard or a split's metadata is tried again alike
-(`with_retries`; `hgmt.data.shards`, `input_pipeline.open_split`), and an I/O error that lasts
-is named as the storage's, not as damage or a missing build.
+A read that fails with an I/O error (an NFS timeout, an object store's 503) or a refused access
+is not damage: it is read again after each of `RETRY_DELAYS_S`, so that a passing error does
+not replace a good record, and one that lasts stops the run as the storage's (`StorageFault`,
+naming the file: nothing to rebuild), never counted as damaged. A checksum mismatch or an
+image that does not decode is damage, judged at once. Opening a shard or a split's metadata is
+tried again alike (`with_retries`; `hgmt.data.shards`, `input_pipeline.open_split`), and an
+I/O error that lasts is named as the storage's there too, not as damage or a missing build.
+The split's faults (`SplitFault`, `StorageFault`) are defined here, below the modules that
+raise them, and `hgmt.data.shards` gives them with its own.
 """
 
 from __future__ import annotations
@@ -65,6 +68,27 @@ class DamagedRecord(ValueError):
 
 class TooManyDamaged(RuntimeError):
     """More of a split is damaged than `config.max_damaged_fraction` allows."""
+
+
+class SplitFault(RuntimeError):
+    """A built split cannot be read as it is; the message names the file, why and the fix."""
+
+
+class StorageFault(SplitFault):
+    """The storage that holds a built split does not give its files (an I/O error that lasted
+    past the retries, a refused access): not damage, nothing to rebuild."""
+
+    @classmethod
+    def of(cls, what: str, gave_up: GaveUp, data_dir: str) -> StorageFault:
+        """The error for `what` (e.g. 'dataset shard <path>') that the storage under
+        `data_dir` did not give: `gave_up`'s last error (`storage_fault`), after its
+        retries."""
+        tries = f"; tried {gave_up.tries} times" if gave_up.tries > 1 else ""
+        return cls(
+            f"{what} cannot be read from its storage ({gave_up}{tries}): an I/O error or a "
+            f"refused access (a network file system or object store not answering, a stale "
+            f"mount, permissions), not damage: nothing needs rebuilding. Check that "
+            f"{data_dir} is reachable and readable from this host and run the command again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +173,19 @@ def with_retries(call: Callable[[], T], what: str) -> T:
 
 def read(source: Any, index: int) -> dict:
     """Record `index` of `source`; DamagedRecord when it does not read (a checksum mismatch,
-    a truncated chunk: whatever the reader raises). An I/O error is tried again after each of
-    `RETRY_DELAYS_S` first (`with_retries`), so that a passing one does not replace a good
-    record (a resumed run that reads it would differ from this one)."""
+    a truncated chunk: whatever else the reader raises). An I/O error is tried again after
+    each of `RETRY_DELAYS_S` first (`with_retries`), so that a passing one does not replace a
+    good record (a resumed run that reads it would differ from this one); one that lasts, or a
+    refused access (`storage_fault`), raises StorageFault naming the record's shard file:
+    the storage failed, not the data, so nothing is replaced or counted as damaged."""
     try:
         return with_retries(lambda: source[index], f"reading record {index}")
     except GaveUp as e:
+        if storage_fault(e.error):
+            where = Shards.of(source)
+            file = where.locate(index)[0]
+            raise StorageFault.of(f"dataset {where.name(index)}", e,
+                                  os.path.dirname(file) or file) from e.error
         times = f"; read {e.tries} times" if e.tries > 1 else ""
         raise DamagedRecord(f"does not read ({e}{times})") from e.error
 
@@ -200,10 +231,11 @@ def make_guarded(element: dict, source: Any, shards: Shards,
 
 
 class Guarded:
-    """A data source whose records never raise: a record that does not read comes back as
-    {'_index': i, '_damaged': the error}, a good one as the record plus '_index', for the
-    transform to replace (`first_good`). Its repr is the source's, as grain checks it when a
-    loader's checkpointed position is restored."""
+    """A data source whose damaged records do not raise: a record that does not read comes
+    back as {'_index': i, '_damaged': the error}, a good one as the record plus '_index', for
+    the transform to replace (`first_good`); a storage that does not give it raises
+    StorageFault (`read`). Its repr is the source's, as grain checks it when a loader's
+    checkpointed position is restored."""
 
     def __init__(self, source: Any):
         self.source = source

@@ -24,29 +24,14 @@ from hgmt.data import damage
 FILE_FORMAT = "array_record"
 
 
-class SplitFault(RuntimeError):
-    """A built split cannot be read as it is; the message names the file, why and the fix."""
+# The split's faults of storage, defined beside the reads they come from (`damage.read`
+# raises StorageFault too) and given here with the others.
+SplitFault = damage.SplitFault
+StorageFault = damage.StorageFault
 
 
 class DamagedShard(SplitFault):
     """A shard of a built split is missing, truncated or unreadable."""
-
-
-class StorageFault(SplitFault):
-    """The storage that holds a built split does not give its files (an I/O error that lasted
-    past the retries, a refused access): not damage, nothing to rebuild."""
-
-    @classmethod
-    def of(cls, what: str, gave_up: damage.GaveUp, data_dir: str) -> StorageFault:
-        """The error for `what` (e.g. 'dataset shard <path>') that the storage under
-        `data_dir` did not give: `gave_up`'s last error (`damage.storage_fault`), after its
-        retries."""
-        tries = f"; tried {gave_up.tries} times" if gave_up.tries > 1 else ""
-        return cls(
-            f"{what} cannot be read from its storage ({gave_up}{tries}): an I/O error or a "
-            f"refused access (a network file system or object store not answering, a stale "
-            f"mount, permissions), not damage: nothing needs rebuilding. Check that "
-            f"{data_dir} is reachable and readable from this host and run the command again")
 
 
 class WrongFileFormat(SplitFault):
