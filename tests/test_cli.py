@@ -277,7 +277,8 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.loss_weights.pose2d=-1", "config.loss_weights.pose2d=-1.0 must be >= 0"),
     ("--config.loss_options.segm.foreground_weight=-1",
      "config.loss_options.segm.foreground_weight=-1.0 must be >= 0"),
-    ("--config.seed=-1", "config.seed=-1 must be >= 0"),
+    ("--config.seed=-1", "config.seed=-1 must be in [0, 2**32)"),
+    ("--config.seed=4294967296", "config.seed=4294967296 must be in [0, 2**32)"),
     ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]")])
 def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workdir(
         override, message, saved_workdir):

@@ -150,6 +150,38 @@ def test_loader_state_resumes_the_same_stream(source):
         ip.read_options(-1)
 
 
+def test_consecutive_seeds_do_not_share_their_data_order():
+    """grain shuffles epoch e with its seed + e and draws example k's randomness from
+    Philox(its seed + k): given config.seed as it is, seed s + 1's epoch e was seed s's epoch
+    e + 1, and its draws seed s's one example on. The loader gives grain a hash of the seed
+    (`grain_seed`, one to one on [0, 2**32): `config_seed` inverts it), so no epoch order and
+    no example's draw of seeds 0-3 over 4 epochs is another seed's."""
+    import grain.python as grain
+
+    class Draw(grain.RandomMapTransform):
+        def random_map(self, element, rng):
+            return {"i": element["i"], "draw": rng.integers(2**62)}
+
+    n, epochs, orders, draws = 10, 4, {}, {}
+    for seed in range(4):
+        loader = iter(ip.endless_loader([{"i": i} for i in range(n)], Draw(), batch_size=n,
+                                        seed=seed, worker_count=0))
+        batches = [next(loader) for _ in range(epochs)]  # a batch of n: one epoch each
+        assert all(sorted(b["i"].tolist()) == list(range(n)) for b in batches)
+        orders[seed] = {tuple(b["i"].tolist()) for b in batches}
+        draws[seed] = {int(d) for b in batches for d in b["draw"]}
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not orders[a] & orders[b], (a, b)
+            assert not draws[a] & draws[b], (a, b)
+    for seed in (0, 1, 2, 12345, 2**32 - 1):
+        assert 0 <= ip.grain_seed(seed) < 2**32 and ip.config_seed(ip.grain_seed(seed)) == seed
+    assert len({ip.grain_seed(s) for s in range(1000)}) == 1000
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError, match=rf"config.seed={bad} must be in \[0, 2\*\*32\)"):
+            ip.grain_seed(bad)
+
+
 def test_loader_leaves_no_absl_flag_unparsed():
     """grain reads its absl flag grain_enable_multiprocess_worker_profiling when a loader with
     workers starts (jaxlib >= 0.11); hgmt's commands parse their flags into their own

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
+from hgmt.data import input_pipeline
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, loop, resume, steps
 from tests.conftest import main_command, tiny_config
@@ -153,8 +154,6 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
     last step, so the whole wait is device idle time (`data_idle` equals `data_wait`). The
     other case (a wait while the device still runs queued steps is no idle time) is
     `device_done`'s, above."""
-    from hgmt.data import input_pipeline
-
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=3,
                          checkpoint_every=6, augment_on="host")
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
@@ -230,6 +229,9 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     ("model.num_stacks", 0, "config.model.num_stacks=0: must be an integer >= 1"),
     ("model.features", 1, "config.model.features=1: must be an integer >= 2"),
     ("model.interaction", "gated", "config.model.interaction='gated' with shared_trunk=True"),
+    # grain refused a seed of 2**32 only once the workdir was made; JAX's key wraps it to 0.
+    ("seed", -1, "config.seed=-1 must be in [0, 2**32) (0 to 4294967295)"),
+    ("seed", 2**32, "config.seed=4294967296 must be in [0, 2**32) (0 to 4294967295)"),
 ])
 def test_bad_training_fields_are_refused_before_any_work(field, value, message):
     """check_config, which hgmt.main calls before the demo data or the workdir are touched."""
@@ -534,13 +536,21 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
                    resume_with_changed_config=True)
     saved.with_name("process_0-of-2.json").rename(saved)
     # Another seed or split size than the position's sampler: named with the fix (grain's
-    # refusal of the sampler read as checkpoints of another model configuration).
-    assert "num_records=12," in position["sampler"] and "seed=0)" in position["sampler"]
+    # refusal of the sampler read as checkpoints of another model configuration). The
+    # sampler's seed is grain_seed(config.seed); config.seed itself is an older hgmt's.
+    seed_0, seed_3 = input_pipeline.grain_seed(0), input_pipeline.grain_seed(3)
+    assert "num_records=12," in position["sampler"] and f"seed={seed_0})" in position["sampler"]
     for sampler, message in (
-            (position["sampler"].replace("seed=0)", "seed=3)"),
-             r"config.seed=0: the checkpoint .*/2 saved the loader's position with seed 3, and "
-             r"only that seed resumes it: rerun with --config.seed=3, or train in a new "
-             r"--workdir$"),
+            (position["sampler"].replace(f"seed={seed_0})", f"seed={seed_3})"),
+             rf"config.seed=0: the checkpoint .*/2 saved the loader's position with config.seed "
+             rf"3 \(grain seed {seed_3}\), and only that seed resumes it: rerun with "
+             rf"--config.seed=3, or train in a new --workdir$"),
+            (position["sampler"].replace(f"seed={seed_0})", "seed=0)"),
+             rf"config.seed=0: the checkpoint .*/2 saved the loader's position with the seed "
+             rf"itself as grain's seed, as an older hgmt did; this one gives grain a hash of it "
+             rf"\({seed_0}, .*one epoch apart\), so it cannot continue that data stream "
+             rf"\(--resume_with_changed_config does not change that\): train in a new "
+             rf"--workdir, or resume with the hgmt version that wrote the checkpoint$"),
             (position["sampler"].replace("num_records=12,", "num_records=10,"),
              r"the training split of surreal/all under data_dir=.* now has 12 records; the "
              r"checkpoint .*/2 saved the loader's position over 10, and it resumes only over "

@@ -446,18 +446,67 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                           read_threads=read_threads)
 
 
+# The config seeds: grain's seed range (32-bit), which `grain_seed` maps onto itself one to one.
+SEED_BITS = 32
+SEED_RANGE = (0, 2**SEED_BITS)
+# A fixed tag mixed into every seed ("hgmt" in ASCII), so that config.seed 0 is not grain's 0.
+_SEED_TAG = 0x68676D74
+_MASK32 = 2**SEED_BITS - 1
+# MurmurHash3's 32-bit finalizer: odd multipliers (invertible mod 2**32) between xor-shifts.
+_MIX = (0x85EBCA6B, 0xC2B2AE35)
+
+
+def check_seed(seed: int) -> None:
+    """ValueError naming config.seed and its range unless `seed` is in SEED_RANGE: the
+    loader's shuffle (grain) and the model's initialisation (a JAX key, which would wrap a
+    larger seed round to a smaller one's) take 32-bit seeds."""
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ValueError(f"config.seed={seed} must be in [0, 2**{SEED_BITS}) (0 to "
+                         f"{_MASK32}): the loader's shuffle and the model's initialisation "
+                         f"take {SEED_BITS}-bit seeds")
+
+
+def grain_seed(seed: int) -> int:
+    """The seed the training loader gives grain for config.seed `seed` (in SEED_RANGE): a hash
+    of it, one to one on SEED_RANGE (`config_seed` inverts it). grain shuffles epoch e with
+    its seed + e and draws example k's randomness from Philox(key=its seed + k), so consecutive
+    config seeds given as they are would share their data order, one epoch apart; hashed,
+    they do not."""
+    check_seed(seed)
+    x = seed ^ _SEED_TAG
+    for multiplier, shift in zip(_MIX, (16, 13), strict=True):
+        x = ((x ^ (x >> shift)) * multiplier) & _MASK32
+    return x ^ (x >> 16)
+
+
+def config_seed(mixed: int) -> int:
+    """The config.seed whose `grain_seed` is `mixed` (in SEED_RANGE): its inverse."""
+
+    def unshift(x: int, shift: int) -> int:  # the inverse of x ^ (x >> shift)
+        y = x
+        for _ in range(SEED_BITS // shift):
+            y = x ^ (y >> shift)
+        return y
+
+    x = unshift(mixed, 16)
+    for multiplier, shift in zip(reversed(_MIX), (13, 16), strict=True):
+        x = unshift((x * pow(multiplier, -1, 2**SEED_BITS)) & _MASK32, shift)
+    return x ^ _SEED_TAG
+
+
 def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, seed: int,
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this host's shard of `source` (damaged records
-    replaced, `damage.Guarded`) shuffled with `seed` over endless epochs, unusable records
-    skipped, `transform` applied, batches of batch_size // process_count. Its order and state
-    (resume) depend only on the source, seed and batch size, whatever `transform` makes."""
+    replaced, `damage.Guarded`) shuffled with `grain_seed(seed)` over endless epochs, unusable
+    records skipped, `transform` applied, batches of batch_size // process_count. Its order
+    and state (resume) depend only on the source, seed and batch size, whatever `transform`
+    makes."""
     absl_flags_at_defaults()
     sampler = grain.IndexSampler(
         # Equal shares (drop_remainder): grain checks the sampler when it restores a saved
         # position, so this stays what every checkpoint was saved with.
         num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-        shuffle=True, num_epochs=None, seed=seed)
+        shuffle=True, num_epochs=None, seed=grain_seed(seed))
     workers = auto_worker_count(worker_count)
     if workers:
         resource_tracker_without_sigusr1()

@@ -101,7 +101,8 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
 def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict) -> None:
     """Refuses values training would take without complaint and make wrong: a rate, warm-up,
     loss weight or loss option below 0 (a negative weight maximises its loss), a rate of 0, a
-    negative seed (JAX refuses it late), a damaged fraction outside [0, 1]; warns where the
+    seed outside [0, 2**32) (`input_pipeline.check_seed`: the loader would refuse it late, the
+    model's JAX key wrap it), a damaged fraction outside [0, 1]; warns where the
     schedule or an evaluator cannot do what it says within `total_steps`."""
     opt = config.optimizer
     if not opt.learning_rate > 0:
@@ -116,8 +117,7 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
         for name, value in given.items():
             if value < 0:
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be >= 0")
-    if config.seed < 0:
-        raise ValueError(f"config.seed={config.seed} must be >= 0")
+    input_pipeline.check_seed(config.seed)
     fraction = config.get("max_damaged_fraction", 0.001)
     if not 0 <= fraction <= 1:
         raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")

@@ -12,7 +12,8 @@ resume_with_changed_config=True)`): config.json then records the new values, and
 one is kept as config_before_step<N>.json, N the step the rerun starts from. The fields of
 `FREE_ON_RESUME` may change freely (but for the `BEST_SETTINGS` of the evaluator that keeps
 the best checkpoint). A loader position resumes only with the seed and split
-size it was saved with (`check_sampler`).
+size it was saved with (`check_sampler`); one an hgmt before `input_pipeline.grain_seed` saved
+does not resume (a new workdir, or that hgmt version).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
 # which the old settings measured (and a best checkpoint stores only its own metric).
 BEST_SETTINGS = ("best_metric", "split", "frames", "max_examples", "flip", "protocol")
 # The fields no rerun may change: grain restores the loader's saved position only with the
-# sampler it was saved with, whose seed is config.seed.
+# sampler it was saved with, whose seed is made from config.seed (`input_pipeline.grain_seed`).
 FIXED_ON_RESUME = ("seed",)
 FLAG = cli.RESUME_FLAG
 
@@ -171,11 +172,15 @@ def _keep(path: str, before: str) -> None:
 
 def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: int) -> None:
     """Raises CannotResume when the loader position of the workdir's newest checkpoint that
-    has one (`checkpoints.saved_position`) was saved with another seed than config.seed or
-    over a training split of another size than `num_records`: grain restores a position only
-    into the sampler it was saved with (it compares their reprs, `IndexSampler(num_records=K,
-    ..., seed=S)`), and its refusal would read as checkpoints of another model. A position
-    whose sampler says neither is left to grain."""
+    has one (`checkpoints.saved_position`) was saved with another grain seed than
+    config.seed's (`input_pipeline.grain_seed`) or over a training split of another size than
+    `num_records`: grain restores a position only into the sampler it was saved with (it
+    compares their reprs, `IndexSampler(num_records=K, ..., seed=S)`), and its refusal would
+    read as checkpoints of another model. A grain seed equal to config.seed itself is that of
+    an hgmt that gave grain config.seed as it is: named so, with its fixes. A position whose
+    sampler says neither is left to grain."""
+    from hgmt.data import input_pipeline
+
     position = checkpoints.saved_position(workdir)
     if position is None:
         return
@@ -183,10 +188,21 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
     saved = {name: int(found[1]) for name in ("seed", "num_records")
              if (found := re.search(rf"\b{name}=(\d+)", str(state.get("sampler", ""))))}
     where = f"the checkpoint {file.parent.parent} saved the loader's position"
-    if saved.get("seed", config.seed) != config.seed:
+    expected = input_pipeline.grain_seed(config.seed)
+    if saved.get("seed", expected) == config.seed != expected:
         raise CannotResume(
-            f"config.seed={config.seed}: {where} with seed {saved['seed']}, and only that seed "
-            f"resumes it: rerun with --config.seed={saved['seed']}, or train in a new --workdir")
+            f"config.seed={config.seed}: {where} with the seed itself as grain's seed, as an "
+            f"older hgmt did; this one gives grain a hash of it ({expected}, "
+            f"`hgmt.data.input_pipeline.grain_seed`: consecutive seeds given as they are share "
+            f"their data order, one epoch apart), so it cannot continue that data stream "
+            f"({FLAG} does not change that): train in a new --workdir, or resume with the "
+            f"hgmt version that wrote the checkpoint")
+    if saved.get("seed", expected) != expected:
+        other = input_pipeline.config_seed(saved["seed"])
+        raise CannotResume(
+            f"config.seed={config.seed}: {where} with config.seed {other} (grain seed "
+            f"{saved['seed']}), and only that seed resumes it: rerun with --config.seed="
+            f"{other}, or train in a new --workdir")
     if saved.get("num_records", num_records) != num_records:
         raise CannotResume(
             f"the training split of {config.dataset} under data_dir={config.data_dir} now has "
