@@ -504,14 +504,19 @@ def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_p
     assert int(after.step) == 4
 
 
-def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_dataset, tmp_path):
+def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_dataset, tmp_path,
+                                                                        caplog):
     """grain restores a data position only into the worker count (and process count) that
     saved it. Auto (-1) takes the checkpoint's count, so a requeued job on a host with other
     cores resumes; a fixed other count, or another process count, is named with its fix
-    instead of reading as a config that does not fit the checkpoints."""
+    instead of reading as a config that does not fit the checkpoints. The count the loader
+    runs, which decides which records make each batch, is logged."""
     workdir = str(tmp_path / "run")
     kw = {"tasks": "pose2d", "worker_count": 0}
-    loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    with caplog.at_level(logging.INFO):
+        loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
+    assert ("process 0's loader runs 0 worker process(es) (config.worker_count=0); which "
+            "records make each batch depends on that count") in caplog.text
     assert checkpoints.resume_worker_count(workdir, -1, 1) == 0
     newer = tmp_path / "run" / "checkpoints" / "4" / "data"  # a damaged newer position
     newer.mkdir(parents=True)
@@ -564,6 +569,37 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
                          workdir, resume_with_changed_config=True)
     assert int(resumed.step) == 3
 
+
+
+def test_each_process_resumes_with_the_loader_workers_of_its_own_position(tmp_path,
+                                                                          monkeypatch):
+    """Under worker_count -1 hosts with other usable cores save other counts, one file each
+    (data/process_<i>-of-<n>.json): each process takes its own file's count (before, every
+    process took process 0's, and grain refused the position on the others). A checkpoint
+    saved by fewer processes than this run has no file of this process: its first file names
+    the process count it was saved by."""
+    data = tmp_path / "run" / "checkpoints" / "2" / "data"
+    data.mkdir(parents=True)
+    sampler = f"IndexSampler(num_records=12, seed={input_pipeline.grain_seed(0)})"
+    for index, workers in ((0, 3), (1, 5)):
+        (data / f"process_{index}-of-2.json").write_text(json.dumps(
+            {"worker_count": workers, "sampler": sampler}))
+    workdir = str(tmp_path / "run")
+    for index, workers in ((0, 3), (1, 5)):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        assert checkpoints.resume_worker_count(workdir, -1, 2) == workers
+        assert checkpoints.saved_position(workdir)[0].name == f"process_{index}-of-2.json"
+        with pytest.raises(ValueError, match=rf"config.worker_count=4: the checkpoint .*/2 "
+                                             rf"saved the loader's position with {workers} "
+                                             rf"worker\(s\)"):
+            checkpoints.resume_worker_count(workdir, 4, 2)
+    for index in (0, 1):
+        (data / f"process_{index}-of-2.json").unlink()
+    (data / "process_0-of-1.json").write_text(json.dumps({"worker_count": 3,
+                                                          "sampler": sampler}))
+    with pytest.raises(ValueError, match=r"its data position was saved by 1 process\(es\), "
+                                         r"one file each, and this run has 2"):
+        checkpoints.resume_worker_count(workdir, -1, 2)  # as process 1
 
 
 def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_path):

@@ -499,8 +499,10 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
     """The training loaders' common part: this host's shard of `source` (damaged records
     replaced, `damage.Guarded`) shuffled with `grain_seed(seed)` over endless epochs, unusable
     records skipped, `transform` applied, batches of batch_size // process_count. Its order
-    and state (resume) depend only on the source, seed and batch size, whatever `transform`
-    makes."""
+    and state (resume) depend on the source, seed, batch size and the number of loader
+    workers (`auto_worker_count(worker_count)`: each worker makes whole batches of its own
+    slice of the shuffled records, so another count groups other records into a batch),
+    whatever `transform` makes."""
     absl_flags_at_defaults()
     sampler = grain.IndexSampler(
         # Equal shares (drop_remainder): grain checks the sampler when it restores a saved

@@ -252,13 +252,16 @@ def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]
         f"version that wrote them") from e
 
 
-def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> int:
-    """The loader workers a run resuming in `workdir` must use: grain's saved data position
-    holds its worker count (and one file per process) and restores only into the same. For
-    `worker_count` -1 (auto) the count of the newest checkpoint whose position reads; a fixed
-    count or a process count that differs from it raises ValueError naming the fix. Without
-    such a checkpoint, `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
-    position = saved_position(workdir)
+def resume_worker_count(workdir: str, worker_count: int, process_count: int,
+                        process_index: int | None = None) -> int:
+    """The loader workers process `process_index` (default this one, `jax.process_index()`)
+    of a run resuming in `workdir` must use: grain's saved data position holds each
+    process's own worker count (one file per process: under -1 hosts with other usable cores
+    run other counts) and restores only into the same. For `worker_count` -1 (auto) this
+    process's count in the newest checkpoint whose position reads; a fixed count or a process
+    count that differs from it raises ValueError naming the fix. Without such a checkpoint,
+    `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
+    position = saved_position(workdir, process_index)
     if position is None:
         return worker_count
     file, state = position
@@ -277,19 +280,31 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
     return saved
 
 
-def saved_position(workdir: str) -> tuple[epath.Path, dict] | None:
+def saved_position(workdir: str, process_index: int | None = None
+                   ) -> tuple[epath.Path, dict] | None:
     """(file, its JSON object) of grain's saved loader position in the newest checkpoint of
-    `workdir` whose position reads (the first process's file; it holds `worker_count` and
-    `sampler`, the repr grain compares on restoring), or None when no checkpoint has one."""
+    `workdir` whose position reads: process `process_index`'s own file (default this
+    process's, `jax.process_index()`),
+    `process_<i>-of-<n>.json` (it holds that process's `worker_count` and `sampler`, the repr
+    grain compares on restoring), or, in a checkpoint saved by fewer processes, which has no
+    such file, the first process's (its name says how many saved it). None when no checkpoint
+    has one."""
+    if process_index is None:
+        import jax
+
+        process_index = jax.process_index()
     for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
         data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
-        files = sorted(data.glob("process_*-of-*.json")) if data.is_dir() else []
+        files = {int(m[1]): f for f in (data.glob("process_*-of-*.json") if data.is_dir()
+                                          else ())
+                 if (m := re.fullmatch(r"process_(\d+)-of-\d+\.json", f.name))}
         try:
-            state = json.loads(files[0].read_text())
+            file = files.get(process_index) or files[min(files)]
+            state = json.loads(file.read_text())
             int(state["worker_count"])
         except (IndexError, OSError, ValueError, KeyError, TypeError):
             continue
-        return files[0], state
+        return file, state
     return None
 
 

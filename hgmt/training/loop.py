@@ -211,11 +211,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         # A saved loader position resumes only with its seed and split size: named here, not
         # by the restore below as checkpoints of another model.
         resume.check_sampler(config, workdir, len(source))
-        # A resumed loader needs the worker count its saved position was made with.
-        workers = checkpoints.resume_worker_count(workdir, config.worker_count,
-                                                  jax.process_count())
-        if workers != config.worker_count:
-            logging.info("the loader resumes with the %d worker(s) of its checkpoint", workers)
+        # A resumed loader needs the worker count this process's saved position was made
+        # with; -1 (auto) otherwise counts this host's usable cores.
+        saved = checkpoints.resume_worker_count(workdir, config.worker_count,
+                                                jax.process_count())
+        workers = input_pipeline.auto_worker_count(saved)
+        # Which records make each batch depends on it (`input_pipeline.endless_loader`);
+        # every checkpoint's data/process_<i>-of-<n>.json records this process's count.
+        logging.info("process %d's loader runs %d worker process(es) (config.worker_count=%d"
+                     "%s); which records make each batch depends on that count",
+                     jax.process_index(), workers, config.worker_count,
+                     ", resumed with its checkpoint's" if saved != config.worker_count else "")
         loader = train_loader(config, source, tasks, prepare, workers)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),

@@ -36,8 +36,10 @@ from hgmt.training import checkpoints
 # when to evaluate, log and save, where the data is and how it is read, not what a training
 # step computes: `evals` (each evaluation's settings are in its evals.jsonl line),
 # `eval_batch_size`, `log_every`, `checkpoint_every`, `keep_checkpoints`, `data_dir` and
-# `demo.surreal_root` (where the same data is), `worker_count` (a checkpoint's loader position
-# resumes only with its own count: `checkpoints.resume_worker_count` says so),
+# `demo.surreal_root` (where the same data is), `worker_count` (it decides which records make
+# each batch, `input_pipeline.endless_loader`, but a checkpoint's loader position resumes only
+# with the count that saved it, which -1 takes and another count is refused for:
+# `checkpoints.resume_worker_count`),
 # `read_threads`, `prefetch`, `max_damaged_fraction` (when to stop on damage),
 # `model.stream_mode` and `model.ops` (how the same function is compiled), `augment_on`
 # (where the same augmentation runs; its random draws differ, as with `auto` on another
@@ -171,10 +173,10 @@ def _keep(path: str, before: str) -> None:
 
 
 def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: int) -> None:
-    """Raises CannotResume when the loader position of the workdir's newest checkpoint that
-    has one (`checkpoints.saved_position`) was saved with another grain seed than
-    config.seed's (`input_pipeline.grain_seed`) or over a training split of another size than
-    `num_records`: grain restores a position only into the sampler it was saved with (it
+    """Raises CannotResume when this process's loader position in the workdir's newest
+    checkpoint that has one (`checkpoints.saved_position`) was saved with another grain seed
+    than config.seed's (`input_pipeline.grain_seed`) or over a training split of another size
+    than `num_records`: grain restores a position only into the sampler it was saved with (it
     compares their reprs, `IndexSampler(num_records=K, ..., seed=S)`), and its refusal would
     read as checkpoints of another model. A grain seed equal to config.seed itself is that of
     an hgmt that gave grain config.seed as it is: named so, with its fixes. A position whose
