@@ -469,3 +469,34 @@ def test_a_storage_outage_during_training_stops_naming_the_storage_not_damage(
         loop.train(tiny_config(demo_dataset[1], total_steps=2, **KW), workdir)
     assert isinstance(damage.StorageFault("x"), loop.FAULTS)
     assert not os.path.exists(workdirs.damaged_file(workdir))
+
+
+def test_the_damage_count_at_a_step_is_of_the_batches_trained_on(damaged, tmp_path):
+    """The loader runs `prefetch` batches ahead of the step: the damaged records at step k
+    (TensorBoard's data/damaged_records, damaged_records.json) are those of the k batches
+    trained on, not of the batches prefetched beyond them (before, those were counted too)."""
+    config = tiny_config(damaged, total_steps=3, **{**KW, "batch_size": 4, "log_every": 1,
+                                                    "prefetch": 3})
+    source = input_pipeline.open_split("surreal/all", damaged, "train")
+
+    def counts(seed: int, batches: int) -> list[int]:
+        """The damaged records met in the first 1..batches batches of the trainer's loader."""
+        config.seed = seed
+        met, out = set(), []
+        loader = iter(loop.train_loader(config, source, ("pose2d",), None))
+        for _ in range(batches):
+            met |= {int(i) for i in np.unique(next(loader)["damaged"]) if i >= 0}
+            out.append(len(met))
+        return out
+
+    # A seed whose first batch holds no damaged record and whose prefetched ones do.
+    seed, met = next((s, c) for s in range(20) if (c := counts(s, 6))[0] < c[-1])
+    config.seed = seed
+    writer = Recorder()
+    loop.train(config, str(tmp_path / "run"), writer=writer)
+    assert [writer.scalars[k]["data/damaged_records"] for k in (1, 2, 3)] == met[:3], met
+    if met[2]:
+        with open(workdirs.damaged_file(str(tmp_path / "run"))) as f:
+            assert json.load(f)["count"] == met[2]
+    else:
+        assert not os.path.exists(workdirs.damaged_file(str(tmp_path / "run")))

@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -317,17 +317,15 @@ class DamageLog:
             self.found = {i: self.found.get(i) or shards.name(i)
                           for i in combine(sorted(self.found))}
 
-    def strip(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """The batches without their `damaged` field, noting what it lists."""
-        for batch in batches:
-            damaged = batch.pop("damaged", None)
-            if damaged is not None:
-                met = [int(i) for i in np.unique(damaged) if i >= 0]
-                if self.combine is None:
-                    self.note(met)
-                else:
-                    self.pending.update(i for i in met if i not in self.found)
-            yield batch
+    def met(self, damaged: np.ndarray) -> None:
+        """Notes the damaged indices a batch the trainer consumed replaced: its `damaged`
+        field ((B, MAX_TRIES), -1 padded; `input_pipeline.ConsumedPosition` gives it when the
+        batch is consumed, not when it is prefetched)."""
+        met = [int(i) for i in np.unique(damaged) if i >= 0]
+        if self.combine is None:
+            self.note(met)
+        else:
+            self.pending.update(i for i in met if i not in self.found)
 
     def sync(self) -> None:
         """Notes the records every process met since the last sync (a collective: every

@@ -546,20 +546,27 @@ class ConsumedPosition:
     """A loader iterator whose checkpointed state is that after the last batch the trainer
     *consumed*, not after the last one prefetched to devices (which runs ahead by `prefetch`
     batches). Give it to grain's checkpoint handler in place of the iterator; draw batches
-    from `batches()` and call `consumed()` once per training step."""
+    from `batches()` and call `consumed()` once per training step. With `on_consumed`, each
+    batch's `damaged` field ((B, damage.MAX_TRIES) int64, `TrainCrop`) is taken out of it as
+    it is drawn and given to `on_consumed` when the batch is consumed (`damage.DamageLog.met`):
+    the account then holds the records of the batches trained on, none prefetched beyond."""
 
-    def __init__(self, iterator):
+    def __init__(self, iterator, on_consumed: Callable[[np.ndarray], None] | None = None):
         self._iterator = iterator
-        self._pending: collections.deque = collections.deque()
+        self._on_consumed = on_consumed
+        self._pending: collections.deque = collections.deque()  # (state, damaged or None)
         self._consumed = iterator.get_state()
 
     def batches(self) -> Iterator[dict]:
         for batch in self._iterator:
-            self._pending.append(self._iterator.get_state())
+            damaged = None if self._on_consumed is None else batch.pop("damaged", None)
+            self._pending.append((self._iterator.get_state(), damaged))
             yield batch
 
     def consumed(self) -> None:
-        self._consumed = self._pending.popleft()
+        self._consumed, damaged = self._pending.popleft()
+        if damaged is not None:
+            self._on_consumed(damaged)
 
     def get_state(self) -> bytes:
         return self._consumed

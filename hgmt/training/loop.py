@@ -227,7 +227,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
             damage.union_over_processes if jax.process_count() > 1 else None)
-    data_iter = input_pipeline.ConsumedPosition(iter(loader))
+    # The damaged records of a batch are noted when the step consumes it, not when it is
+    # prefetched: the account at a step is of the batches trained on.
+    data_iter = input_pipeline.ConsumedPosition(iter(loader),
+                                                None if damaged is None else damaged.met)
 
     model = create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
@@ -262,8 +265,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
     state = steps.replicate(state)
     p_train_step = pmapped_train_step(weights, options, prepare)
-    batches = data_iter.batches() if damaged is None else damaged.strip(data_iter.batches())
-    device_iter = input_pipeline.prefetch_to_device(batches, config.prefetch)
+    device_iter = input_pipeline.prefetch_to_device(data_iter.batches(), config.prefetch)
     metrics = step_metrics.StepMetrics()
 
     def check_finite() -> None:
