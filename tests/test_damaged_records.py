@@ -500,3 +500,34 @@ def test_the_damage_count_at_a_step_is_of_the_batches_trained_on(damaged, tmp_pa
             assert json.load(f)["count"] == met[2]
     else:
         assert not os.path.exists(workdirs.damaged_file(str(tmp_path / "run")))
+
+
+class Unreadable(Outage):
+    """A split none of whose records reads: each one's chunk hash does not match."""
+
+    def __getitem__(self, index: int) -> dict:
+        raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch")
+
+
+def test_an_evaluation_none_of_whose_records_reads_is_one_line_naming_the_split_and_fixes(
+        demo_dataset):
+    """Every selected frame damaged: the evaluation stops with DamagedShard (a SplitFault of
+    loop.FAULTS, so hgmt.main and hgmt.evaluate show one line) naming the dataset, split and
+    shard file, the check command and the rebuild command (before: a DamagedRecord naming
+    none of them, shown with its traceback)."""
+    from hgmt import cli
+    from hgmt.data import shards
+
+    data_dir = demo_dataset[1]
+    source = Unreadable(input_pipeline.open_split("surreal/all", data_dir, "test"))
+    built = os.path.dirname(_shard(data_dir, "test"))
+    with pytest.raises(SystemExit) as e, cli.faults_in_one_line(*loop.FAULTS):
+        list(input_pipeline.eval_batches(source, [0, 1, 2], batch_size=4, image_size=64,
+                                         damaged=[]))
+    assert str(e.value.code) == (
+        f"error: DamagedShard: none of the 3 records of dataset 'surreal/all' split 'test' "
+        f"selected to evaluate reads or decodes (in {_shard(data_dir, 'test')}): the split is "
+        f"damaged. List its damaged records with `python -m hgmt.data.check "
+        f"--data_dir={data_dir} --dataset=surreal/all --splits=test` and rebuild it: remove "
+        f"{built} and run `{shards.build_command('surreal/all', data_dir)}` (or copy it again "
+        f"from where it was built)")

@@ -752,7 +752,8 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
-    that list it raises."""
+    that list it raises. A batch with no good record is padded with the first of `indices`
+    that reads; when none does, `shards.DamagedShard` (`unreadable_split`)."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
 
@@ -781,7 +782,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
             except damage.DamagedRecord:
                 continue
         if not spare:
-            raise damage.DamagedRecord(f"none of the {len(indices)} records to evaluate reads")
+            raise unreadable_split(source, indices)
         return spare[0]
 
     # Every host yields the same number of batches (the collectives need all of them).
@@ -798,6 +799,29 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
         position = jax.process_index() + jax.process_count() * np.arange(start, start + per_host)
         batch["position"] = np.minimum(position, len(indices) - 1).astype(np.int32)
         yield batch
+
+
+def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
+    """The error of an evaluation none of whose records `indices` of `source` (a split of
+    `open_split`) reads or decodes: the dataset, split and shard files named, with the command
+    that lists the damaged records and the one that rebuilds the split."""
+    info = getattr(source, "dataset_info", None)
+    if info is None:  # a source without build information (e.g. a list in a test)
+        dataset, data_dir, built, split = "<dataset>", "<data_dir>", "<build>", "<split>"
+    else:
+        dataset = "/".join(filter(None, (info.name, info.config_name)))
+        built = os.fspath(info.data_dir)  # <data_dir>/<name>[/<config>]/<version>
+        data_dir = built.rstrip("/").rsplit("/", dataset.count("/") + 2)[0]  # a URL too
+        split = source.split
+    where = damage.Shards.of(source)
+    files = sorted({where.locate(i)[0] for i in indices})
+    return shards.DamagedShard(
+        f"none of the {len(indices)} records of dataset {dataset!r} split {split!r} selected "
+        f"to evaluate reads or decodes (in {', '.join(files)}): the split is damaged. List "
+        f"its damaged records with `python -m hgmt.data.check --data_dir={data_dir} "
+        f"--dataset={dataset} --splits={split}` and rebuild it: remove {built} and run "
+        f"`{shards.build_command(dataset, data_dir)}` (or copy it again from where it was "
+        f"built)")
 
 
 def shard(batch: dict) -> dict:
