@@ -182,6 +182,22 @@ def test_consecutive_seeds_do_not_share_their_data_order():
             ip.grain_seed(bad)
 
 
+def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
+    """docs/surreal_format.md quotes the person box's margins (BOX_MARGINS) and the training
+    augmentation's distributions (Augment's defaults) as the code has them."""
+    m, a = ip.BOX_MARGINS, ip.Augment()
+    margins = (f"widened by {m['left']:g} w left, {m['right']:g} w right, {m['top']:g} h top "
+               f"and {m['bottom']:g} h bottom (`hgmt.data.input_pipeline.BOX_MARGINS`)")
+    augment = (f"Training (`hgmt.data.input_pipeline.Augment`): scale 2^clip(N(0, "
+               f"{a.scale_sigma:g}), ±{a.scale_clip:g}), rotation clip(N(0, {a.rotate_sigma:g}), "
+               f"±{a.rotate_clip:g}) degrees with p = {a.rotate_p:g}, colour gain "
+               f"U({a.gain[0]:g}, {a.gain[1]:g}) per channel, horizontal flip p = {a.flip_p:g} ")
+    with open(os.path.join(REPO, "docs", "surreal_format.md")) as f:
+        text = " ".join(f.read().split())
+    assert margins in text
+    assert augment in text
+
+
 def test_loader_leaves_no_absl_flag_unparsed():
     """grain reads its absl flag grain_enable_multiprocess_worker_profiling when a loader with
     workers starts (jaxlib >= 0.11); hgmt's commands parse their flags into their own

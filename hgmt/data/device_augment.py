@@ -145,10 +145,12 @@ def draw_params(key: jax.Array, augment: input_pipeline.Augment) -> dict[str, ja
     k_scale, k_rotate, k_angle, k_flip, k_gain = jax.random.split(key, 5)
     scale = jnp.float32(1.0)
     if augment.scale_sigma:
-        scale = 2.0 ** jnp.clip(augment.scale_sigma * jax.random.normal(k_scale), -0.5, 0.5)
+        scale = 2.0 ** jnp.clip(augment.scale_sigma * jax.random.normal(k_scale),
+                                -augment.scale_clip, augment.scale_clip)
     rotation = jnp.float32(0.0)
     if augment.rotate_p:
-        angle = jnp.clip(augment.rotate_sigma * jax.random.normal(k_angle), -60.0, 60.0)
+        angle = jnp.clip(augment.rotate_sigma * jax.random.normal(k_angle),
+                         -augment.rotate_clip, augment.rotate_clip)
         rotation = jnp.where(jax.random.uniform(k_rotate) < augment.rotate_p, angle, 0.0)
     flip = jnp.asarray(False)
     if augment.flip_p:

@@ -3,13 +3,13 @@
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
 `DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
 an iterator state that is checkpointed with the model. Each example is cropped around the person
-as in docs/surreal_format.md (tight box on the 16 joints widened 0.25 w left/right, 0.35 h top,
-0.25 h bottom; the square of side max(h, w) centred on it), with OpenCV warps: the image bilinear
-to R x R, labels nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain
-and a horizontal flip with left/right swaps. The output is the cropped example of
-docs/interfaces.md §4; each task's targets are made from it inside the jitted step. With
-`config.augment_on="device"` (what "auto" picks on a GPU or TPU) the loader only decodes the
-records into fixed-size arrays and the same crop runs batched in the step
+(`person_box`: the joints' tight box widened by `BOX_MARGINS`, the square of side max(h, w)
+centred on it; docs/surreal_format.md), with OpenCV warps: the image bilinear to R x R, labels
+nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and a
+horizontal flip with left/right swaps, drawn from `Augment`'s distributions. The output is the
+cropped example of docs/interfaces.md §4; each task's targets are made from it inside the
+jitted step. With `config.augment_on="device"` (what "auto" picks on a GPU or TPU) the loader
+only decodes the records into fixed-size arrays and the same crop runs batched in the step
 (hgmt/data/device_augment.py).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
@@ -57,13 +57,19 @@ class NotInBuild(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation of docs/surreal_format.md; `Augment.none()` for evaluation."""
+    """The training augmentation's distributions (the values docs/surreal_format.md quotes);
+    `Augment.none()` for evaluation."""
 
-    scale_sigma: float = 0.25  # scale = 2 ** clip(N(0, sigma), -0.5, 0.5)
-    rotate_sigma: float = 30.0  # degrees, clipped to +-60, applied with probability rotate_p
+    # scale = 2 ** clip(N(0, scale_sigma), -scale_clip, scale_clip), times the window's side
+    scale_sigma: float = 0.25
+    scale_clip: float = 0.5
+    # rotation = clip(N(0, rotate_sigma), -rotate_clip, rotate_clip) degrees, with probability
+    # rotate_p (else 0)
+    rotate_sigma: float = 30.0
+    rotate_clip: float = 60.0
     rotate_p: float = 0.4
-    gain: tuple[float, float] = (0.6, 1.4)  # per-channel colour gain
-    flip_p: float = 0.5
+    gain: tuple[float, float] = (0.6, 1.4)  # per-channel colour gain ~ U(gain[0], gain[1])
+    flip_p: float = 0.5  # the probability of a horizontal flip (left/right swapped)
 
     @staticmethod
     def none() -> Augment:
@@ -132,10 +138,12 @@ def draw_crop_params(augment: Augment, rng: np.random.Generator) -> CropParams:
     (scale, rotation, flip, gain); a disabled augmentation draws nothing."""
     scale = 1.0
     if augment.scale_sigma:
-        scale = float(2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -0.5, 0.5))
+        scale = float(2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -augment.scale_clip,
+                                     augment.scale_clip))
     rotation = 0.0
     if augment.rotate_p and rng.uniform() < augment.rotate_p:
-        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -60, 60))
+        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -augment.rotate_clip,
+                                 augment.rotate_clip))
     flip = bool(augment.flip_p and rng.uniform() < augment.flip_p)
     gain = (1.0, 1.0, 1.0)
     if augment.gain != (1.0, 1.0):
