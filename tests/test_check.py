@@ -47,3 +47,26 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
             f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
             f"frames). Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
             f"root> --data_dir={old_dir} --config=all --file_format=array_record")
+
+
+def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path, capsys,
+                                                                        monkeypatch):
+    """Every read of the test split fails with EIO after the retries: the split is 'not
+    checked', naming the storage (StorageFault), exit status 1, and no record is listed as
+    damaged (nothing needs rebuilding). Before, StorageFault ended the command in a
+    traceback."""
+    from hgmt.data import damage, input_pipeline
+    from tests.conftest import build_demo
+    from tests.test_damaged_records import Outage
+
+    _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
+    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    real = input_pipeline.open_split
+    monkeypatch.setattr(input_pipeline, "open_split",
+                        lambda *args, **kwargs: Outage(real(*args, **kwargs)))
+    assert check.main([f"--data_dir={data_dir}", "--dataset=surreal/all",
+                       "--splits=test"]) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("surreal/all test: not checked: StorageFault: dataset ")
+    assert "cannot be read from its storage" in line and "not damage" in line
+    assert "damaged" not in line.split("not damage")[0], line

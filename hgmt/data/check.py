@@ -27,8 +27,9 @@ def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str]
     """-> (records read, one line per damaged record, why the split could not be read at all
     or None). A missing or truncated shard is a damaged line too (the split cannot be opened);
     a split that is not built, not array_record, built without a feature hgmt reads
-    (`input_pipeline.NotInBuild`), or whose storage does not give its files is not damage: its
-    error is the third item."""
+    (`input_pipeline.NotInBuild`), or whose storage does not give its files or a record
+    (`damage.StorageFault`) is not damage: its error is the third item (the first is then the
+    records read before it)."""
     from hgmt.data import damage, input_pipeline, shards
 
     try:
@@ -46,6 +47,8 @@ def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str]
                 input_pipeline.decoded(record, key)
         except damage.DamagedRecord as e:
             bad.append(f"{where.name(i)}: {e}")
+        except damage.StorageFault as e:  # the storage, not the data: the split is unchecked
+            return i, bad, f"{type(e).__name__}: {e}"
     return len(source), bad, None
 
 

@@ -170,8 +170,8 @@ class Evaluator:
                                                   self.frames, self.unreadable)
             if self.combine is not None:
                 # Every process selects the frames alone; a record that one of them could not
-                # read (an I/O error that outlasted the retries) is left out by all, so that
-                # they split the same frames between them and run the same batches.
+                # read (a damaged one) is left out by all, so that they split the same frames
+                # between them and run the same batches.
                 self.unreadable = self.combine(self.unreadable)
                 left_out = set(self.unreadable)
                 indices = [i for i in indices if i not in left_out]
