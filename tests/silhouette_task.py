@@ -70,7 +70,8 @@ def to_json(result: dict) -> dict:
     return {"silhouette": result["silhouette"].tolist()}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+         result: dict | None = None) -> np.ndarray:
     from hgmt.tasks import drawing
 
     mask = np.asarray(pred).argmax(-1).astype(np.uint8) * 255

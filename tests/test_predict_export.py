@@ -1696,6 +1696,34 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
     assert np.median(np.abs(annotated[:, :, :320].astype(int) - frames)) <= 3
 
 
+def test_pose3d_decodes_one_crop_as_the_evaluation_does():
+    """`predict` and `locate` decode one crop in one jitted program each, on the array where
+    it is (the Predictor's on JAX's device, or a numpy one): on random outputs of a 64 x 64
+    map they give the joints of the evaluation's batched `decode` and the peaks
+    `common.subpixel_argmax` finds."""
+    import jax.numpy as jnp
+
+    from hgmt.tasks import pose3d
+    from hgmt.tasks.spec import Frame
+
+    rng = np.random.default_rng(7)
+    r = 64
+    preds = rng.uniform(0, 1, (3, r, r, pose3d.NUM_CHANNELS)).astype(np.float32)
+    batch = {"crop": jnp.asarray([[[0.3, 0.0, -12.0], [0.0, 0.3, -5.0]]], jnp.float32),
+             "pelvis_depth": jnp.asarray([4.2], jnp.float32)}
+    frame = Frame(batch, np.eye(2, 3), (240, 320))
+    for pred in (*preds, jnp.asarray(preds[0])):
+        want = np.asarray(pose3d.decode(jnp.asarray(pred)[None], batch)["joints3d_rel_mm"][0])
+        np.testing.assert_allclose(pose3d.predict(pred, frame)["joints3d_rel_mm"], want,
+                                   atol=1e-3)
+        assert np.abs(want).max() > 100  # a pose: bins and positions spread
+        planes = np.asarray(pred).reshape(r, r, 16, pose3d.NUM_BINS).max(-1).transpose(2, 0, 1)
+        joints, scores = common.subpixel_argmax(jnp.asarray(planes))
+        located = pose3d.locate(pred)
+        np.testing.assert_allclose(located["joints"], joints, atol=1e-5)
+        np.testing.assert_allclose(located["joint_scores"], scores, atol=1e-6)
+
+
 def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):
     """A clip whose frames are stored landscape and displayed turned (a phone's portrait clip:
     the display matrix's rotation), or turned and mirrored (all eight orientations), is read

@@ -208,8 +208,8 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
 
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,20) -> {'depth': (r,r) classes 0..19 in the crop's label frame, 'depth_image' (H,W)
-    in the original image, 'depth_rel_mm' (r,r) depth relative to the pelvis (nan on
-    background)}."""
+    in the original image (None where the frame makes no image-sized maps), 'depth_rel_mm'
+    (r,r) depth relative to the pelvis (nan on background)}."""
     classes = np.asarray(pred).argmax(-1).astype(np.uint8)
     rel = np.asarray(common.bin_centre(classes.astype(np.int32) - common.MAX_BIN - 1))
     return {"depth": classes, "depth_image": frame.to_image(classes),
@@ -228,11 +228,13 @@ def to_json(result: dict) -> dict:
     return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_SIZE * 1000.0}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    """The depth classes, near bright and far dark, the crop's size."""
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+         result: dict | None = None) -> np.ndarray:
+    """The depth classes (`result`'s when given), near bright and far dark, the crop's size."""
     from hgmt.tasks import drawing
 
-    return drawing.enlarge(drawing.colour_depth(np.asarray(pred).argmax(-1)), rgb.shape[0])
+    classes = result["depth"] if result else np.asarray(pred).argmax(-1)
+    return drawing.enlarge(drawing.colour_depth(classes), rgb.shape[0])
 
 
 def plot(result: dict):

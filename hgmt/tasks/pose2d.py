@@ -280,8 +280,10 @@ def to_json(result: dict) -> dict:
             "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    """The decoded skeleton on the (S,S,3) crop."""
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+         result: dict | None = None) -> np.ndarray:
+    """The decoded skeleton on the (S,S,3) crop (its peaks in the label map; `result`, in
+    image px, is not needed)."""
     from hgmt.tasks import drawing
 
     joints, _ = common.subpixel_argmax(np.moveaxis(pred, -1, 0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -240,22 +241,27 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
     return []
 
 
-def predict(pred: np.ndarray, frame: Frame) -> dict:
-    """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm, and what they were
-    decoded with: 'focal_px' the focal length in the original image's px, 'pelvis_depth_m' the
-    pelvis's camera depth in metres}."""
-    return {"joints3d_rel_mm": np.asarray(
-                decode(jnp.asarray(pred)[None], frame.batch)["joints3d_rel_mm"][0]),
+# One crop's decoding and location, each one jitted program run where the crop's outputs are
+# (the Predictor keeps them on JAX's device): eagerly, their dozens of small ops would each be
+# dispatched on their own, and a host array copied to the device first.
+_decode_one = jax.jit(lambda pred, batch: decode(pred[None], batch)["joints3d_rel_mm"][0])
+_locate_one = jax.jit(lambda pred: common.subpixel_argmax(volumes(pred[None])[0].max(-1)))
+
+
+def predict(pred: jnp.ndarray, frame: Frame) -> dict:
+    """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm (`decode`), and what
+    they were decoded with: 'focal_px' the focal length in the original image's px,
+    'pelvis_depth_m' the pelvis's camera depth in metres}."""
+    return {"joints3d_rel_mm": np.asarray(_decode_one(pred, frame.batch)),
             "focal_px": float(surreal.INTRINSICS[0, 0] / frame.virtual[0, 0]),
             "pelvis_depth_m": float(frame.batch["pelvis_depth"][0])}
 
 
-def locate(pred: np.ndarray) -> dict:
+def locate(pred: jnp.ndarray) -> dict:
     """Where the (r,r,16*19) volumes see the person: 'joints' (16,2) label px (sub-pixel
     peaks of each joint's volume's maximum over the bins), 'joint_scores' (16,) their heights."""
-    planes = np.asarray(volumes(jnp.asarray(pred)[None])[0]).max(-1)  # (16,r,r)
-    joints, score = common.subpixel_argmax(planes)
-    return {"joints": np.asarray(joints), "joint_scores": np.asarray(score)}
+    joints, score = jax.device_get(_locate_one(pred))
+    return {"joints": joints, "joint_scores": score}
 
 
 def to_json(result: dict) -> dict:
@@ -266,11 +272,14 @@ def to_json(result: dict) -> dict:
             "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    """Front (x,y) and side (z,y) views of the decoded skeleton, the crop's size."""
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+         result: dict | None = None) -> np.ndarray:
+    """Front (x,y) and side (z,y) views of the decoded skeleton (`result`'s when given), the
+    crop's size."""
     from hgmt.tasks import drawing
 
-    return drawing.skeleton3d(predict(pred, frame)["joints3d_rel_mm"], rgb.shape[0])
+    joints = (result or predict(pred, frame))["joints3d_rel_mm"]
+    return drawing.skeleton3d(joints, rgb.shape[0])
 
 
 def plot(result: dict):

@@ -185,7 +185,7 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
 
 def predict(pred: np.ndarray, frame: Frame) -> dict:
     """(r,r,15) -> {'segm': (r,r) part classes 0..14 in the crop's label frame, 'segm_image':
-    (H,W) in the original image}."""
+    (H,W) in the original image (None where the frame makes no image-sized maps)}."""
     classes = np.asarray(pred).argmax(-1).astype(np.uint8)
     return {"segm": classes, "segm_image": frame.to_image(classes)}
 
@@ -202,11 +202,13 @@ def to_json(result: dict) -> dict:
             "segm_classes": result["segm"].tolist()}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-    """The part map in the parts' colours, the crop's size."""
+def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+         result: dict | None = None) -> np.ndarray:
+    """The part map (`result`'s when given) in the parts' colours, the crop's size."""
     from hgmt.tasks import drawing
 
-    return drawing.enlarge(drawing.colour_parts(np.asarray(pred).argmax(-1)), rgb.shape[0])
+    classes = result["segm"] if result else np.asarray(pred).argmax(-1)
+    return drawing.enlarge(drawing.colour_parts(classes), rgb.shape[0])
 
 
 def plot(result: dict):

@@ -53,7 +53,8 @@ class Frame:
     """Where one image's predictions are decoded (hgmt.predict, the evaluation's TensorBoard
     pictures): `batch` is the decoding context of a batch of one ('crop' (1,2,3) decoding
     frame px -> label px, 'pelvis_depth' (1,) metres, as in a cropped example); `back` (2,3)
-    maps label px to the original image's px, of shape `image_shape` (H, W); `virtual` (2,3)
+    maps label px to the original image's px, of shape `image_shape` (H, W), None where no
+    image-sized maps are made (`to_image`: a video's frames, TensorBoard); `virtual` (2,3)
     maps the original image's px to the decoding frame's, a SURREAL camera's, pixel centres at
     integers in both (`hgmt.inference.predictor.decoding_frame`: exactly the identity for a
     SURREAL frame, whose pixels training decodes as they are)."""
@@ -68,10 +69,13 @@ class Frame:
         scale, offset = self.virtual[:, :2], self.virtual[:, 2]
         return (np.asarray(points) - offset) @ np.linalg.inv(scale).T
 
-    def to_image(self, label_map: np.ndarray) -> np.ndarray:
-        """(r,r) uint8 classes -> (H,W) in the original image (nearest)."""
+    def to_image(self, label_map: np.ndarray) -> np.ndarray | None:
+        """(r,r) uint8 classes -> (H,W) in the original image (nearest); None when `back` is
+        None."""
         import cv2
 
+        if self.back is None:
+            return None
         return cv2.warpAffine(label_map, self.back, self.image_shape[::-1],
                               flags=cv2.INTER_NEAREST)
 
@@ -195,12 +199,15 @@ class TaskModule(Protocol):
         the PCKh curve); returns their paths ([] for none)."""
 
     def locate(self, pred: np.ndarray) -> dict:
-        """Where one crop's (r,r,C) prediction sees the person, in label px: 'joints' (J,2)
+        """Where one crop's (r,r,C) prediction (a numpy array, or the Predictor's JAX array on
+        its device: np.asarray brings it to the host) sees the person, in label px: 'joints' (J,2)
         with 'joint_scores' (J,) (peak heights, 1 at a target's peak), and/or 'foreground'
         (r,r) bool (finding the person, hgmt.inference.person)."""
 
     def predict(self, pred: np.ndarray, frame: Frame) -> dict:
-        """One image's result in the original image."""
+        """One image's result in the original image from its crop's (r,r,C) prediction (an
+        array as `locate`'s), its image-sized maps by `frame.to_image` (None where the frame
+        makes none)."""
 
     def to_json(self, result: dict) -> dict:
         """The JSON-able part of `predict`'s result."""
@@ -209,8 +216,11 @@ class TaskModule(Protocol):
         """A readable matplotlib Figure of one image's prediction (the prediction panel),
         `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends."""
 
-    def draw(self, pred: np.ndarray, rgb: np.ndarray, frame: Frame) -> np.ndarray:
-        """(R,R,3) uint8 quick picture of one crop's prediction (TensorBoard, video frames)."""
+    def draw(self, pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+             result: dict | None = None) -> np.ndarray:
+        """(R,R,3) uint8 quick picture of one crop's prediction (TensorBoard, video frames).
+        `result`: the crop's `predict` entries when they are at hand (a video's frames), for
+        a picture of what they decoded without decoding it again; None: decode `pred`."""
 
 
 def check_task(module: Any) -> None:
