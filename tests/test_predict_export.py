@@ -1681,7 +1681,7 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
 
     with open(out / "03_01_c0001.summary.json") as f:
         summary = json.load(f)
-    assert summary["frames"] == 8 and summary["first_batch_excluded"]
+    assert summary["frames"] == 8 and summary["warm_up_seconds"] > 0
     assert summary["frames_per_second"] > 0 and summary["predict_frames_per_second"] > 0
     assert summary["device"] == "cpu" and summary["step"] == 2
     printed = capsys.readouterr().out
@@ -1722,6 +1722,65 @@ def test_pose3d_decodes_one_crop_as_the_evaluation_does():
         located = pose3d.locate(pred)
         np.testing.assert_allclose(located["joints"], joints, atol=1e-5)
         np.testing.assert_allclose(located["joint_scores"], scores, atol=1e-6)
+
+
+def test_video_lines_and_pictures_are_the_image_paths(workdir, predictor, tmp_path):
+    """A video's frames are decoded without their image-sized maps and each task's picture is
+    drawn from the frame's result (pose3d's joints decoded once): predicted one at a time on
+    a given window, each JSON line is exactly the image path's JSON of that frame
+    (`Predictor.__call__`, every map made), and each picture is the one `draw` makes from the
+    model's outputs alone."""
+    frames = surreal.read_video(DEMO_CLIP)
+    bbox = [60.0, 40.0, 170.0, 170.0]
+    out = tmp_path / "out"
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
+                              "--batch_size=1", "--bbox=" + ",".join(map(str, bbox))]) == 0
+    with open(out / "03_01_c0001.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    for k, frame in enumerate(frames):
+        result = predictor(frame, bbox)
+        assert result["segm_image"].shape == frame.shape[:2]
+        want = json.loads(json.dumps(prediction.to_json(result, predictor.tasks)))
+        assert {key: v for key, v in lines[k].items() if key not in ("frame", "time_s")} == want
+    (video_result,) = predictor.predict([frames[3]], [bbox], image_maps=False)
+    assert video_result["segm_image"] is None and video_result["depth_image"] is None
+    for t, pred in video_result["raw"].items():
+        np.testing.assert_array_equal(
+            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"],
+                          result=video_result),
+            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"]), err_msg=t)
+
+
+def test_video_frame_rates_leave_out_every_compilation(workdir, tmp_path, monkeypatch):
+    """The frame rates are timed after the model is compiled for every batch shape a search
+    pass can take and the decoding compiled: while the clip's frames are predicted, drawn and
+    written, XLA compiles nothing. The clip's 8 frames at --batch_size=3 take batches of 3, 3
+    and 2 frames, and search passes of any 1 to 3 of them."""
+    import jax
+
+    event = "/jax/core/compile/backend_compile_duration"
+    timed, compiles = [False], []
+    real = prediction.Predictor.predict
+
+    def predict(self, images, *args, **kwargs):
+        timed[0] = timed[0] or images[0].shape == (240, 320, 3)  # the clip's frames
+        return real(self, images, *args, **kwargs)
+
+    def listener(name, seconds, **kwargs):
+        if name == event and timed[0]:
+            compiles.append(seconds)
+
+    monkeypatch.setattr(prediction.Predictor, "predict", predict)
+    model = prediction.Predictor(workdir, batch_size=3)
+    assert model.batch_shapes() == [1, 2, 3]
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        summary = video.predict_video(model, DEMO_CLIP, str(tmp_path))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert timed[0] and compiles == [] and summary["frames"] == 8
+    assert sorted(model._compiled) == [1, 2, 3] and summary["warm_up_seconds"] > 0
+    assert "first_batch_excluded" not in summary
 
 
 def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):

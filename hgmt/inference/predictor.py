@@ -3,7 +3,7 @@
 
     from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
-    result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
+    result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of arrays (`predict`)
 
 The person crop is the square window around `bbox` (x, y, w, h in pixels: training's window,
 the joints' box with its margins, not a tight box: docs/predict.md says how to make one from
@@ -52,7 +52,7 @@ class Predictor:
     """A restored checkpoint as a function: RGB uint8 (H,W,3) image -> per-task results.
 
     Crops are run `batch_size` at a time on JAX's default device (a smaller last batch is
-    padded to a power of two, so few shapes are compiled)."""
+    padded to a power of two, so few shapes are compiled: `batch_shapes`)."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None, batch_size: int = 8,
@@ -70,25 +70,56 @@ class Predictor:
         self.crop_metres = crop_scale.of_workdir(workdir)
         model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(predict_last_stage, model))
+        self._compiled: dict[int, object] = {}  # batch shape -> `_apply` compiled for it
+
+    def batch_shapes(self) -> list[int]:
+        """The batch sizes the model runs at (`_forward`): the powers of two below batch_size,
+        and batch_size."""
+        return sorted({min(1 << k, self.batch_size)
+                       for k in range(self.batch_size.bit_length() + 1)})
+
+    def warm_up(self) -> None:
+        """Compiles everything a prediction runs, so that timing one measures no compilation:
+        the model for each of `batch_shapes` (compiled, not run) and the decoding (by
+        predicting one black image: what is compiled does not depend on the image's size)."""
+        for n in self.batch_shapes():
+            self._executable(n)
+        self.predict([np.zeros((self.image_size, self.image_size, 3), np.uint8)],
+                     image_maps=False)
+
+    def _executable(self, n: int):
+        """`_apply` compiled for batches of n crops (on first use), each crop's outputs returned
+        as arrays of their own: {task: n (r,r,C)}, which need no slicing after."""
+        if n not in self._compiled:
+            def per_crop(variables, crops):
+                return {t: list(o) for t, o in self._apply(variables, crops).items()}
+
+            size = self.image_size
+            self._compiled[n] = jax.jit(per_crop).lower(
+                self.variables, jax.ShapeDtypeStruct((n, size, size, 3), np.uint8)).compile()
+        return self._compiled[n]
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:
         """One image; the person's window is `bbox` (x, y, w, h), else found (`predict`)."""
         return self.predict([image], None if bbox is None else [bbox])[0]
 
     def predict(self, images: Sequence[np.ndarray],
-                bboxes: Sequence[Sequence[float] | None] | None = None) -> list[dict]:
+                bboxes: Sequence[Sequence[float] | None] | None = None, *,
+                image_maps: bool = True) -> list[dict]:
         """Images (each (H,W,3) RGB uint8, any sizes) -> one result each.
 
         Each image is predicted on the square window around its bbox (x, y, w, h) when one is
         given, else on the window `find` returns. A result: {'window' (`person.Window`),
         'passes' (model passes run on the image), 'crop_image' (R,R,3) uint8, 'crop' (2,3)
-        image px -> label px, 'raw' {task: (r,r,C)}, 'frame' (the decoding `Frame`), and each
+        image px -> label px, 'raw' {task: (r,r,C)} the model's outputs (JAX arrays on its
+        device; np.asarray copies one to the host), 'frame' (the decoding `Frame`), and each
         task's `predict` entries: 'joints2d' (16,2) image px, 'joint_scores' (16,) heatmap
         maxima, 'joints3d_rel_mm' (16,3) with the 'focal_px' and 'pelvis_depth_m' decoding them
         (the latter from 'crop_metres', the metres a training window spans at the person),
         'segm' (r,r) and 'segm_image' (H,W) part classes 0..14, 'depth' (r,r) and
         'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
-        (nan on background)}."""
+        (nan on background)}. Without `image_maps` the (H,W) maps are None, not made (a video's
+        frames do not need them)."""
         images = [_checked(image) for image in images]
         bboxes = [None] * len(images) if bboxes is None else list(bboxes)
         if len(bboxes) != len(images):
@@ -112,7 +143,7 @@ class Predictor:
             for k, i in enumerate(rest):
                 done[i] = (crops[k], m_labels[k], {t: raw[t][k] for t in self.tasks})
                 passes[i] += 1
-        return [self._result(images[i], windows[i], passes[i], *done[i])
+        return [self._result(images[i], windows[i], passes[i], *done[i], image_maps=image_maps)
                 for i in range(len(images))]
 
     def find(self, images: Sequence[np.ndarray]) -> tuple[list[person.Window], list[int],
@@ -163,8 +194,9 @@ class Predictor:
             m_labels.append(input_pipeline.crop_affine(window.centre, window.side, r))
         return np.stack(crops), m_labels
 
-    def _forward(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        """(B,R,R,3) crops -> {task: (B,r,r,C)} the last stage's outputs, batch_size at a time."""
+    def _forward(self, crops: np.ndarray) -> dict[str, list]:
+        """(B,R,R,3) crops -> {task: B (r,r,C) arrays} the last stage's outputs on each crop,
+        left on JAX's device (the decoding runs there), batch_size crops at a time."""
         out = {t: [] for t in self.tasks}
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start:start + self.batch_size]
@@ -173,14 +205,16 @@ class Predictor:
             if padded > n:
                 chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]),
                                                         chunk.dtype)])
-            outputs = self._apply(self.variables, chunk)
+            outputs = self._executable(padded)(self.variables, chunk)
             for t in self.tasks:
-                out[t].append(np.asarray(outputs[t][:n]))
-        return {t: np.concatenate(v) for t, v in out.items()}
+                out[t] += outputs[t][:n]
+        return out
 
     def _result(self, image: np.ndarray, window: person.Window, passes: int,
-                crop: np.ndarray, m_label: np.ndarray, raw: dict) -> dict:
-        """One image's result (`predict`) from the model's outputs on its window's crop."""
+                crop: np.ndarray, m_label: np.ndarray, raw: dict, image_maps: bool = True
+                ) -> dict:
+        """One image's result (`predict`) from the model's outputs on its window's crop; the
+        image-sized maps only with `image_maps` (the `Frame` maps label px to the image)."""
         out = {"window": window, "passes": passes, "crop_image": crop, "crop": m_label,
                "raw": raw, "crop_metres": self.crop_metres}
         virtual = decoding_frame(image.shape[:2], self.focal_px)
@@ -190,8 +224,8 @@ class Predictor:
                  "pelvis_depth": jnp.asarray(
                      [surreal.INTRINSICS[0, 0] * self.crop_metres / (window.side * scale)],
                      jnp.float32)}
-        out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label), image.shape[:2],
-                             virtual)
+        out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label) if image_maps else None,
+                             image.shape[:2], virtual)
         for t, pred in raw.items():
             out.update(TASKS[t].predict(pred, out["frame"]))
         return out

@@ -120,6 +120,9 @@ class Clip:
     def __init__(self, path: str):
         self.path = path
         self._container = _open(path)
+        # The decoder keeps PyAV's slice threads only: with frame threads too ("AUTO", which
+        # decodes a 1080p clip twice as fast) a damaged packet raises no error and its frame
+        # is dropped uncounted (`_decoded`).
         self._stream = self._container.streams.video[0]
         rate, base = self._stream.average_rate, self._stream.time_base
         self.frame_rate = float(rate) if rate else 30.0
@@ -267,7 +270,7 @@ def annotate(image: np.ndarray, result: dict, max_side: int | None = None) -> np
     `found_by` written above it), then each task's `draw` of the crop, h pixels square; (h, w)
     is (H, W) scaled down so that no side exceeds max_side (default MAX_ANNOTATED_SIDE;
     `annotated_sizes`)."""
-    pictures = [TASKS[t].draw(pred, result["crop_image"], result["frame"])
+    pictures = [TASKS[t].draw(pred, result["crop_image"], result["frame"], result=result)
                 for t, pred in result["raw"].items()]
     h, w = annotated_sizes(*image.shape[:2], len(pictures), max_side or MAX_ANNOTATED_SIDE)
     scale = h / image.shape[0]
@@ -361,9 +364,9 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     'frame' index, 'time_s', and `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4
     (`annotate`, each frame at its source time), and OUT_DIR/<name>.summary.json, the
     returned summary: frames, seconds, 'frames_per_second' end to end (reading, the model,
-    drawing and writing included) and of `Predictor.predict` alone, each without the first
-    batch (JAX compiles there) when there is more than one, the device, 'damaged_packets'
-    (`Clip`), the checkpoint's step and tasks.
+    drawing and writing included) and of `Predictor.predict` alone, both timed after
+    `Predictor.warm_up` has compiled everything ('warm_up_seconds'), the device,
+    'damaged_packets' (`Clip`), the checkpoint's step and tasks.
 
     The files are written under `partial_name`s and renamed together when the clip is done,
     their data synced first (`disk_space.rename_together`): on an error they are deleted, so
@@ -374,40 +377,39 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                                             ("jsonl", "annotated_video", "summary"))
     if os.path.abspath(video_path) == os.path.abspath(path):
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
-    count, batches = 0, []  # (frames, seconds end to end, seconds predicting) per batch
+    count, predicting = 0, 0.0
     with Clip(path) as clip:
         writer = _Writer(partial_name(video_path), clip.frame_rate, clip.time_base)
         try:
             with open(partial_name(lines_path), "w") as lines:
+                began = time.perf_counter()
+                model.warm_up()
                 start = time.perf_counter()
                 for times, frames in clip.batches(model.batch_size):
-                    began = time.perf_counter()
+                    began_batch = time.perf_counter()
                     results = model.predict(frames,
-                                            None if bbox is None else [bbox] * len(frames))
-                    predicting = time.perf_counter() - began
+                                            None if bbox is None else [bbox] * len(frames),
+                                            image_maps=False)
+                    predicting += time.perf_counter() - began_batch
                     for t, frame, result in zip(times, frames, results, strict=True):
                         record = {"frame": count, "time_s": round(t, 4),
                                   **prediction.to_json(result, model.tasks)}
                         lines.write(json.dumps(record) + "\n")
                         writer.write(annotate(frame, result), t)
                         count += 1
-                    now = time.perf_counter()
-                    batches.append((len(frames), now - start, predicting))
-                    start = now
+                seconds = time.perf_counter() - start
             if not count:
                 raise ValueError(f"video {path} holds no frames")
             writer.close()
-            steady = batches[1:] or batches
-            frames = sum(b[0] for b in steady)
             summary = {
                 "video": os.path.abspath(path), "frames": count,
-                "damaged_packets": clip.damaged_packets,
-                "seconds": round(sum(b[1] for b in batches), 3),
-                "frames_per_second": round(frames / sum(b[1] for b in steady), 3),
-                "predict_frames_per_second": round(frames / sum(b[2] for b in steady), 3),
-                "first_batch_excluded": len(batches) > 1, "batch_size": model.batch_size,
-                "device": str(jax.devices()[0].device_kind), "jsonl": lines_path,
-                "annotated_video": video_path, "step": model.step, "tasks": list(model.tasks)}
+                "damaged_packets": clip.damaged_packets, "seconds": round(seconds, 3),
+                "frames_per_second": round(count / seconds, 3),
+                "predict_frames_per_second": round(count / predicting, 3),
+                "warm_up_seconds": round(start - began, 3), "batch_size": model.batch_size,
+                "device": str(jax.devices()[0].device_kind),
+                "jsonl": lines_path, "annotated_video": video_path, "step": model.step,
+                "tasks": list(model.tasks)}
             with open(partial_name(summary_path), "w") as f:
                 json.dump(summary, f, indent=1)
             disk_space.rename_together([(partial_name(name), name) for name in
