@@ -1,7 +1,7 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
     python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out_dir=OUTDIR [--bbox=x,y,w,h]
-        [--step=N|best] [--batch_size=8] [--focal_px=F]
+        [--step=N|best] [--batch_size=8] [--focal_px=F] [--flip]
 
 Each argument is an image or a video (a name ending in one of
 hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case).
@@ -9,16 +9,22 @@ For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure 
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
 OUTDIR/<name>.json (2D joints in image pixels with their scores, root-relative 3D joints in mm
-with the focal length and pelvis depth they were decoded with, class maps).
-For each video, every frame is predicted, --batch_size frames at a time on JAX's default
-device, and it writes OUTDIR/<name>.jsonl (one such JSON object per frame, with its 'frame'
-index and 'time_s'), OUTDIR/<name>.annotated.mp4 (H.264: each frame with the person's window,
-then each task's picture of the crop) and OUTDIR/<name>.summary.json (frames, frames per
-second end to end and predicting, device), and prints the frame rates.
+with the focal length and pelvis depth they were decoded with, class maps). Images are
+predicted --batch_size at a time on JAX's default device. An image where the model sees no
+person is still predicted (on the whole image), with a warning naming it and the panel's
+caption saying so.
+For each video, every frame is predicted, --batch_size frames at a time, and it writes
+OUTDIR/<name>.jsonl (one such JSON object per frame, with its 'frame' index and 'time_s'),
+OUTDIR/<name>.annotated.mp4 (H.264: each frame with the person's window, then each task's
+picture of the crop) and OUTDIR/<name>.summary.json (frames, frames where no person was seen,
+frames per second end to end and predicting, device), and prints the frame rates.
+--flip averages each crop's outputs with its mirror image's (as hgmt.evaluate --flip; the model
+runs twice); the JSON and the video's summary record 'flip'.
 
-An input that cannot be read is reported ("skipped <path>: ...") and the others go on; the
-exit status is then 1. A full disk or out of device memory stops the command with one line
-naming the file or the settings (exit status 1); no output is left partly written.
+An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
+others go on; the exit status is then 1. A full disk or out of device memory stops the command
+with one line naming the file or the settings (exit status 1); no output is left partly
+written.
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
 margin, as training crops are). Without it the person is found: the model runs on the whole
@@ -28,7 +34,7 @@ around them, and the model runs again on that window until the window stops movi
 
     from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
-    result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of numpy arrays
+    result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of arrays (Predictor.predict)
 
 3D decoding takes the image centre as the principal point, `--focal_px` as the focal length
 (default: a 30 degree field of view along the image's longer side, SURREAL's camera's) and the
@@ -41,9 +47,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 import av
 import cv2
+import numpy as np
 
 from hgmt import cli, disk_space
 from hgmt.inference import person, predictor, video
@@ -61,11 +69,15 @@ def _define_flags(fv) -> None:
     flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels, in "
                         "every image and video frame (default: found by the model)",
                         flag_values=fv)
-    flags.DEFINE_integer("batch_size", 8, "crops the model runs at once (video frames are "
-                         "predicted this many at a time)", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("batch_size", 8, "crops the model runs at once: images and video "
+                         "frames are predicted this many at a time", flag_values=fv,
+                         lower_bound=1)
     flags.DEFINE_float("focal_px", None, "the camera's focal length in pixels, for 3D decoding "
                        "(default: a 30 degree field of view along the image's longer side)",
                        flag_values=fv, lower_bound=1e-6)
+    flags.DEFINE_bool("flip", False, "average each crop's outputs with its mirror image's, "
+                      "left and right channels swapped back (hgmt.evaluate's --flip); the "
+                      "model runs twice", flag_values=fv)
     cli.define_verbosity(fv)
 
 
@@ -130,7 +142,7 @@ def _make_output_folder(out_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
-    [--batch_size=8] IMAGE_OR_VIDEO...`."""
+    [--batch_size=8] [--focal_px=F] [--flip] IMAGE_OR_VIDEO...`."""
     args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
                              cli.workdir_config(argv), positional="any")
     if not images:
@@ -158,7 +170,8 @@ def _run(args, images: list[str]) -> int:
     _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
-                                    batch_size=args.batch_size, focal_px=args.focal_px)
+                                    batch_size=args.batch_size, focal_px=args.focal_px,
+                                    flip=args.flip)
     # A full disk or out of device memory ends the command in one line: each would fail
     # every input after it too, so it is not an input to skip.
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
@@ -168,11 +181,32 @@ def _run(args, images: list[str]) -> int:
         with disk_space.reported(args.out_dir, "the output folder", _THEN):
             _make_output_folder(args.out_dir)
         failed = []
-        for path in images:
-            predict = _predict_video if video.is_video(path) else _predict_image
-            if not predict(model, path, args.out_dir, bbox):
-                failed.append(path)
+        for group in _groups(images, model.batch_size):
+            if video.is_video(group[0]):
+                written = [_predict_video(model, group[0], args.out_dir, bbox)]
+            else:
+                written = _predict_images(model, group, args.out_dir, bbox)
+            failed += [path for path, ok in zip(group, written, strict=True) if not ok]
     return 1 if failed else 0
+
+
+def _groups(paths: list[str], batch_size: int) -> Iterator[list[str]]:
+    """The inputs in their order: each video alone, consecutive images in groups of up to
+    batch_size (predicted together)."""
+    group: list[str] = []
+    for path in paths:
+        if video.is_video(path):
+            if group:
+                yield group
+                group = []
+            yield [path]
+            continue
+        group.append(path)
+        if len(group) == batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
@@ -196,40 +230,68 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
         return False
     damaged = (f" (damaged packets skipped: {summary['damaged_packets']})"
                if summary["damaged_packets"] else "")
+    not_seen = (f", no person seen in {summary['frames_person_not_seen']} (drawn red)"
+                if summary["frames_person_not_seen"] else "")
     print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
-          f"{summary['frames']} frames{damaged}, "
+          f"{summary['frames']} frames{damaged}{not_seen}, "
           f"{summary['frames_per_second']:.1f} frames/s "
           f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
           f"predicting ({summary['device']}, batch {model.batch_size})")
     return True
 
 
-def _predict_image(model: predictor.Predictor, path: str, out_dir: str,
-                   bbox: list[float] | None) -> bool:
-    """Predicts the image at `path` into `out_dir`, the panel and the JSON written together
-    (both or neither) -> whether it was written; an image that cannot be read is reported and
-    skipped. A full disk raises `disk_space.DiskFull` naming the file."""
-    out = _outputs(path, out_dir)
+def _read(path: str, bbox: list[float] | None) -> np.ndarray | None:
+    """The image at `path`, RGB uint8 (H,W,3), with `bbox` checked against it -> the image, or
+    None after reporting why it is skipped."""
     try:
-        result = model(predictor.read_image(path), bbox)
+        image = predictor.read_image(path)
+        if bbox is not None:
+            person.Window.given_in(bbox, image.shape)
+        return image
     except predictor.UndecodableImage as e:
-        print(f"skipped {path}: {e}; it was read as an image: a video is read as one when "
-              f"its name ends in {', '.join(video.VIDEO_SUFFIXES)} (rename it)",
-              file=sys.stderr)
-        return False
+        hint = (f"; it was read as an image: a video is read as one when its name ends in "
+                f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)"
+                if video.plays_as_video(path) else "")
+        print(f"skipped {path}: {e}{hint}", file=sys.stderr)
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}", file=sys.stderr)
-        return False
+    return None
+
+
+def _predict_images(model: predictor.Predictor, paths: list[str], out_dir: str,
+                    bbox: list[float] | None) -> list[bool]:
+    """Predicts the images at `paths` together (one `Predictor.predict`) into `out_dir`, each
+    image's panel and JSON written together (both or neither) -> whether each was written; an
+    image that cannot be read is reported and skipped. A full disk raises
+    `disk_space.DiskFull` naming the file."""
+    images = {path: image for path in paths if (image := _read(path, bbox)) is not None}
+    results = model.predict(list(images.values()),
+                            None if bbox is None else [bbox] * len(images))
+    for path, result in zip(images, results, strict=True):
+        _write_image(model, path, result, out_dir)
+    return [path in images for path in paths]
+
+
+def _write_image(model: predictor.Predictor, path: str, result: dict, out_dir: str) -> None:
+    """Writes the prediction `result` of the image at `path`: its panel and JSON, together;
+    warns when the model saw no person on the window predicted."""
+    out = _outputs(path, out_dir)
     encoded, png = cv2.imencode(".png", predictor.panel(result)[..., ::-1])
     if not encoded:
         raise RuntimeError(f"OpenCV could not encode the panel of {path} as a PNG")
-    record = {"image": os.path.abspath(path), "step": model.step,
+    record = {"image": os.path.abspath(path), "step": model.step, "flip": model.flip,
               **predictor.to_json(result, model.tasks)}
     disk_space.write_together([(out["panel"], lambda f: f.write(png.tobytes()), "wb"),
                                (out["json"], lambda f: json.dump(record, f), "w")],
                               then=_THEN)
     print(f"{path} -> {os.path.splitext(out['panel'])[0]}.png/.json")
-    return True
+    window = result["window"]
+    if not window.person_seen:
+        print(f"warning: {path}: " + (
+            "no person found; predicted on the whole image"
+            if window.found_by == person.NOT_FOUND else
+            "the model saw no person in the window it found; predicted on that window"),
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

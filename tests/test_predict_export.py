@@ -222,23 +222,48 @@ def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdi
 
 def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predictor,
                                                                  tmp_path, capsys):
+    """Each input that cannot be read is skipped with a line naming it and why: a file that
+    is no image, one missing, a folder, and a video whose name says image (told to rename it,
+    which only a file PyAV plays as a video is: not a broken PNG or a JPEG cut short)."""
+    import shutil
+
     photo = str(tmp_path / "photo.jpg")
     _stick_figure(photo)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(open(photo, "rb").read()[:300])
+    renamed = tmp_path / "clip.dat"
+    shutil.copy(DEMO_CLIP, renamed)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
     out = tmp_path / "out"
-    rc = hgmt.predict.main([photo, str(broken), str(tmp_path / "missing.jpg"),
-                       f"--workdir={workdir}", f"--out_dir={out}"])
-    assert rc == 1  # two images could not be read; the good one is still written
-    err = capsys.readouterr().err
-    assert "broken.png cannot be decoded" in err and "missing.jpg not found" in err
-    assert "it was read as an image: a video is read as one when its name ends in .mp4, " in err
+    rc = hgmt.predict.main([photo, str(broken), str(tmp_path / "missing.jpg"), str(cut),
+                            str(renamed), str(folder), f"--workdir={workdir}",
+                            f"--out_dir={out}"])
+    assert rc == 1  # five inputs could not be read; the good one is still written
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().err.splitlines()
+                 if line.startswith("skipped "))
+    hint = ("; it was read as an image: a video is read as one when its name ends in .mp4, "
+            ".m4v, ")
+    assert lines[f"skipped {broken}"] == (f"image {broken} cannot be decoded (not an image "
+                                          f"OpenCV reads)")
+    assert lines[f"skipped {cut}"] == f"image {cut} cannot be decoded (not an image OpenCV reads)"
+    assert lines[f"skipped {renamed}"].startswith(
+        f"image {renamed} cannot be decoded (not an image OpenCV reads){hint}")
+    assert lines[f"skipped {renamed}"].endswith(" (rename it)")
+    assert lines[f"skipped {tmp_path / 'missing.jpg'}"] == (f"image {tmp_path / 'missing.jpg'} "
+                                                            f"not found")
+    assert lines[f"skipped {folder}"] == f"{folder} is a folder: give the image files in it"
     assert video.is_video("clip.TS") and video.is_video("a.mpg") and not video.is_video("a.png")
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
+    with pytest.raises(IsADirectoryError, match="is a folder: give the video files in it"):
+        video.Clip(str(folder))
 
     with open(out / "photo.json") as f:
         saved = json.load(f)
     assert saved["tasks"] == list(predictor.tasks) and saved["step"] == 2
+    assert saved["flip"] is False
     joints = np.asarray(saved["joints2d_image_px"])
     assert joints.shape == (16, 2)
     # No box: the window was searched for, and the JSON says which one was used and how;
@@ -1683,7 +1708,9 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
         summary = json.load(f)
     assert summary["frames"] == 8 and summary["warm_up_seconds"] > 0
     assert summary["frames_per_second"] > 0 and summary["predict_frames_per_second"] > 0
-    assert summary["device"] == "cpu" and summary["step"] == 2
+    assert summary["device"] == "cpu" and summary["step"] == 2 and summary["flip"] is False
+    assert summary["frames_person_not_seen"] == sum(
+        not person.Window(np.zeros(2), 1.0, line["bbox_found_by"]).person_seen for line in lines)
     printed = capsys.readouterr().out
     assert "8 frames" in printed and "frames/s end to end" in printed
 
@@ -1694,6 +1721,33 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
     # The frame, then the four tasks' pictures of the crop, each 240 px square.
     assert annotated.shape == (8, 240, 320 + 4 * 240, 3)
     assert np.median(np.abs(annotated[:, :, :320].astype(int) - frames)) <= 3
+
+
+def test_video_lines_and_pictures_are_the_image_paths(workdir, predictor, tmp_path):
+    """A video's frames are decoded without their image-sized maps and each task's picture is
+    drawn from the frame's result (pose3d's joints decoded once): predicted one at a time on
+    a given window, each JSON line is exactly the image path's JSON of that frame
+    (`Predictor.__call__`, every map made), and each picture is the one `draw` makes from the
+    model's outputs alone."""
+    frames = surreal.read_video(DEMO_CLIP)
+    bbox = [60.0, 40.0, 170.0, 170.0]
+    out = tmp_path / "out"
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
+                              "--batch_size=1", "--bbox=" + ",".join(map(str, bbox))]) == 0
+    with open(out / "03_01_c0001.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    for k, frame in enumerate(frames):
+        result = predictor(frame, bbox)
+        assert result["segm_image"].shape == frame.shape[:2]
+        want = json.loads(json.dumps(prediction.to_json(result, predictor.tasks)))
+        assert {key: v for key, v in lines[k].items() if key not in ("frame", "time_s")} == want
+    (video_result,) = predictor.predict([frames[3]], [bbox], image_maps=False)
+    assert video_result["segm_image"] is None and video_result["depth_image"] is None
+    for t, pred in video_result["raw"].items():
+        np.testing.assert_array_equal(
+            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"],
+                          result=video_result),
+            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"]), err_msg=t)
 
 
 def test_pose3d_decodes_one_crop_as_the_evaluation_does():
@@ -1724,31 +1778,93 @@ def test_pose3d_decodes_one_crop_as_the_evaluation_does():
         np.testing.assert_allclose(located["joint_scores"], scores, atol=1e-6)
 
 
-def test_video_lines_and_pictures_are_the_image_paths(workdir, predictor, tmp_path):
-    """A video's frames are decoded without their image-sized maps and each task's picture is
-    drawn from the frame's result (pose3d's joints decoded once): predicted one at a time on
-    a given window, each JSON line is exactly the image path's JSON of that frame
-    (`Predictor.__call__`, every map made), and each picture is the one `draw` makes from the
-    model's outputs alone."""
+def _spy_predict(monkeypatch) -> list[int]:
+    """-> the number of images of each `Predictor.predict` call from now on."""
+    calls, real = [], prediction.Predictor.predict
+
+    def spied(self, images, *args, **kwargs):
+        calls.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(prediction.Predictor, "predict", spied)
+    return calls
+
+
+def test_images_are_predicted_batch_size_at_a_time_as_one_at_a_time(workdir, tmp_path,
+                                                                   monkeypatch):
+    """Four images at --batch_size=3: predicted in two calls (3, then 1), with the windows,
+    passes and outputs of predicting each alone, up to float rounding (XLA compiles each batch
+    size apart)."""
     frames = surreal.read_video(DEMO_CLIP)
-    bbox = [60.0, 40.0, 170.0, 170.0]
+    paths = [str(tmp_path / f"frame{k}.png") for k in range(4)]
+    for path, k in zip(paths, (0, 3, 5, 7), strict=True):
+        cv2.imwrite(path, frames[k][..., ::-1])
+    calls = _spy_predict(monkeypatch)
+    saved = {}
+    for size in (3, 1):
+        out = tmp_path / f"batch{size}"
+        assert hgmt.predict.main([*paths, f"--workdir={workdir}", f"--out_dir={out}",
+                                  f"--batch_size={size}"]) == 0
+        saved[size] = []
+        for k in range(4):
+            with open(out / f"frame{k}.json") as f:
+                saved[size].append(json.load(f))
+    assert calls == [3, 1, 1, 1, 1, 1]
+    for together, alone in zip(saved[3], saved[1], strict=True):
+        assert together["bbox_found_by"] == alone["bbox_found_by"]
+        assert together["model_passes"] == alone["model_passes"]
+        np.testing.assert_allclose(together["bbox"], alone["bbox"], atol=0.01)
+        for key, atol in (("joints2d_image_px", 0.02), ("joints3d_rel_mm", 0.5),
+                          ("joint_scores", 1e-3)):
+            np.testing.assert_allclose(together[key], alone[key], atol=atol, err_msg=key)
+        for key in ("segm_classes", "depth_classes"):
+            assert np.mean(np.equal(together[key], alone[key])) >= 0.99, key
+
+
+def _seeing_nothing(self, crops):
+    """A `Predictor._forward` whose model sees nothing: every output 0 (no heatmap peak, every
+    class map background)."""
+    r = self.image_size // common.LABEL_STRIDE
+    return {t: np.zeros((len(crops), r, r, TASKS[t].NUM_CHANNELS), np.float32)
+            for t in self.tasks}
+
+
+def test_no_person_seen_is_warned_captioned_and_counted(workdir, tmp_path, monkeypatch,
+                                                        capsys):
+    """Where the model sees no person the prediction is still made, on the whole image, but
+    not silently: a warning names the image, the panel's caption says so, and a video's
+    summary counts such frames (and the command prints them). A given window is not warned
+    about."""
+    photo = str(tmp_path / "photo.jpg")
+    _stick_figure(photo)
+    monkeypatch.setattr(prediction.Predictor, "_forward", _seeing_nothing)
+    captions, real = [], drawing.figure_image
+    monkeypatch.setattr(drawing, "figure_image", lambda rgb, title, *a, **k: (
+        captions.append(title), real(rgb, title, *a, **k))[1])
     out = tmp_path / "out"
-    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
-                              "--batch_size=1", "--bbox=" + ",".join(map(str, bbox))]) == 0
-    with open(out / "03_01_c0001.jsonl") as f:
-        lines = [json.loads(line) for line in f]
-    for k, frame in enumerate(frames):
-        result = predictor(frame, bbox)
-        assert result["segm_image"].shape == frame.shape[:2]
-        want = json.loads(json.dumps(prediction.to_json(result, predictor.tasks)))
-        assert {key: v for key, v in lines[k].items() if key not in ("frame", "time_s")} == want
-    (video_result,) = predictor.predict([frames[3]], [bbox], image_maps=False)
-    assert video_result["segm_image"] is None and video_result["depth_image"] is None
-    for t, pred in video_result["raw"].items():
-        np.testing.assert_array_equal(
-            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"],
-                          result=video_result),
-            TASKS[t].draw(pred, video_result["crop_image"], video_result["frame"]), err_msg=t)
+    assert hgmt.predict.main([photo, f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {photo}: no person found; predicted on the whole image" in err.splitlines()
+    with open(out / "photo.json") as f:
+        assert json.load(f)["bbox_found_by"] == person.NOT_FOUND
+    assert captions[0] == "input crop\nwhole image: no person found"  # then "2D pose"
+    captions.clear()
+    assert hgmt.predict.main([photo, f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=100,20,200,300"]) == 0
+    assert "warning" not in capsys.readouterr().err and captions[0] == "input crop"
+    captions.clear()
+    lost = {**_panel_result(), "window": person.Window(
+        np.array([30.0, 30.0]), 60.0, f"joints (pose2d); {person.NOTHING_SEEN_LAST}")}
+    prediction.panel(lost)
+    assert captions[0] == "input crop\njoints (pose2d);\nnothing seen in the final window"
+
+    for flags, not_seen in (([], 8), (["--bbox=60,40,170,170"], 0)):
+        assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
+                                  *flags]) == 0
+        with open(out / "03_01_c0001.summary.json") as f:
+            assert json.load(f)["frames_person_not_seen"] == not_seen
+        printed = capsys.readouterr().out
+        assert (", no person seen in 8 (drawn red), " in printed) == bool(not_seen), printed
 
 
 def test_video_frame_rates_leave_out_every_compilation(workdir, tmp_path, monkeypatch):
@@ -1781,6 +1897,42 @@ def test_video_frame_rates_leave_out_every_compilation(workdir, tmp_path, monkey
     assert timed[0] and compiles == [] and summary["frames"] == 8
     assert sorted(model._compiled) == [1, 2, 3] and summary["warm_up_seconds"] > 0
     assert "first_batch_excluded" not in summary
+
+
+def test_flip_averages_each_crop_with_its_mirror_image(workdir, predictor, test_example,
+                                                       tmp_path):
+    """--flip runs the flip test of hgmt.evaluate --flip: each output is the mean of the
+    crop's and of the mirrored crop's, mirrored back with the task's left/right channels
+    swapped (`CHANNEL_FLIP`), made here from the plain model's two runs; the JSON says so and
+    its joints differ from those without it."""
+    flipped = prediction.Predictor(workdir, flip=True)
+    bbox = _bbox_of_training_crop(test_example)
+    result = flipped(test_example["image"], bbox)
+    crop = result["crop_image"]
+    np.testing.assert_array_equal(crop, predictor(test_example["image"], bbox)["crop_image"])
+    once = predictor._apply(predictor.variables, crop[None])
+    mirrored = predictor._apply(predictor.variables, crop[None, :, ::-1])
+    for t in predictor.tasks:
+        want = 0.5 * (np.asarray(once[t][0]) + np.asarray(mirrored[t][0])[:, ::-1][
+            ..., np.asarray(TASKS[t].CHANNEL_FLIP)])
+        np.testing.assert_allclose(result["raw"][t], want, rtol=1e-4, atol=1e-5, err_msg=t)
+        assert not np.allclose(result["raw"][t], once[t][0], rtol=1e-4, atol=1e-5), t
+
+    image = str(tmp_path / "frame.png")
+    cv2.imwrite(image, test_example["image"][..., ::-1])
+    saved = {}
+    for flags in ([], ["--flip"]):
+        out = tmp_path / f"out{len(flags)}"
+        assert hgmt.predict.main([image, f"--workdir={workdir}", f"--out_dir={out}",
+                                  "--bbox=" + ",".join(map(str, bbox)), *flags]) == 0
+        with open(out / "frame.json") as f:
+            saved[bool(flags)] = json.load(f)
+    assert saved[True]["flip"] is True and saved[False]["flip"] is False
+    again = flipped(test_example["image"], bbox)
+    np.testing.assert_allclose(saved[True]["joints2d_image_px"], again["joints2d"], atol=0.01)
+    np.testing.assert_allclose(saved[True]["joint_scores"], again["joint_scores"], atol=1e-4)
+    assert not np.allclose(saved[True]["joint_scores"], saved[False]["joint_scores"],
+                           atol=1e-3)
 
 
 def test_a_turned_video_is_read_as_it_is_displayed(tmp_path):

@@ -35,7 +35,7 @@ from hgmt.data import input_pipeline
 from hgmt.inference import crop_scale, person
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import surreal
-from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
+from hgmt.tasks import TASKS, channel_flips, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints
 
@@ -52,11 +52,13 @@ class Predictor:
     """A restored checkpoint as a function: RGB uint8 (H,W,3) image -> per-task results.
 
     Crops are run `batch_size` at a time on JAX's default device (a smaller last batch is
-    padded to a power of two, so few shapes are compiled: `batch_shapes`)."""
+    padded to a power of two, so few shapes are compiled: `batch_shapes`). With `flip`, each
+    crop's outputs are averaged with its mirror image's, left and right channels swapped back
+    (the flip test of `hgmt.evaluate --flip`, `predict_last_stage`)."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None, batch_size: int = 8,
-                 focal_px: float | None = None):
+                 focal_px: float | None = None, flip: bool = False):
         self.config, self.variables, self.step = checkpoints.restore_for_inference(
             workdir, step, config)
         self.tasks = parse_tasks(self.config.tasks)
@@ -68,8 +70,10 @@ class Predictor:
         self.focal_px = focal_px
         # Metres a training window spans at the person: 3D decoding's scale.
         self.crop_metres = crop_scale.of_workdir(workdir)
+        self.flip = bool(flip)
         model = create_model(self.config.model, heads(self.tasks))
-        self._apply = jax.jit(functools.partial(predict_last_stage, model))
+        self._apply = jax.jit(functools.partial(
+            predict_last_stage, model, flip=channel_flips(self.tasks) if self.flip else None))
         self._compiled: dict[int, object] = {}  # batch shape -> `_apply` compiled for it
 
     def batch_shapes(self) -> list[int]:
@@ -344,8 +348,13 @@ def panel(result: dict) -> np.ndarray:
     """(rows*PLOT_HEIGHT, W, 3) uint8 RGB: the input crop, then each predicted task's figure
     (its `plot`) in task order (2D skeleton; 3D skeleton, front and side, axes in mm; depth
     with a colour bar in mm from the pelvis; parts with a legend), in rows of at most
-    PANEL_MAX_WIDTH pixels."""
-    pictures = [drawing.render(drawing.figure_image(result["crop_image"], "input crop"))]
+    PANEL_MAX_WIDTH pixels. The input crop's caption says so when the model saw no person on
+    it (`person.Window.person_seen`): "input crop" then what found the window, e.g. "whole
+    image: no person found"."""
+    window = result["window"]
+    caption = "input crop" if window.person_seen else "input crop\n" + window.found_by.replace(
+        "; ", ";\n")
+    pictures = [drawing.render(drawing.figure_image(result["crop_image"], caption))]
     pictures += [drawing.render(TASKS[t].plot(result)) for t in result["raw"]]
     return drawing.tile(pictures, PANEL_MAX_WIDTH)
 
@@ -357,6 +366,8 @@ class UndecodableImage(ValueError):
 def read_image(path: str) -> np.ndarray:
     """Any format OpenCV reads -> RGB uint8; a clear error when it cannot (UndecodableImage
     when the file is there but is not such an image)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: give the image files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)

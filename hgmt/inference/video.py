@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import fractions
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ def _open(path: str):
     when it is missing, not a video, or has no video stream."""
     import av
 
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: give the video files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path} not found")
     try:
@@ -54,6 +57,22 @@ def _open(path: str):
         container.close()
         raise ValueError(f"{path} has no video stream")
     return container
+
+
+def plays_as_video(path: str) -> bool:
+    """Whether PyAV decodes two frames of the file's first video stream: a video, whatever
+    its name says (a still image gives one frame, even in a video container such as HEIC's;
+    a file PyAV cannot open or decode gives none)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return False
+            frames = container.decode(container.streams.video[0])
+            return sum(1 for _ in itertools.islice(frames, 2)) == 2
+    except (av.FFmpegError, OSError, ValueError):
+        return False
 
 
 def display_matrix(frame) -> tuple[int, ...] | None:
@@ -363,10 +382,11 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     around `bbox` in every frame) and writes OUT_DIR/<name>.jsonl (one line per frame:
     'frame' index, 'time_s', and `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4
     (`annotate`, each frame at its source time), and OUT_DIR/<name>.summary.json, the
-    returned summary: frames, seconds, 'frames_per_second' end to end (reading, the model,
+    returned summary: frames, 'frames_person_not_seen' (frames whose window is drawn red,
+    `person.Window.person_seen`), seconds, 'frames_per_second' end to end (reading, the model,
     drawing and writing included) and of `Predictor.predict` alone, both timed after
     `Predictor.warm_up` has compiled everything ('warm_up_seconds'), the device,
-    'damaged_packets' (`Clip`), the checkpoint's step and tasks.
+    'damaged_packets' (`Clip`), the checkpoint's step, tasks and whether the flip test ran.
 
     The files are written under `partial_name`s and renamed together when the clip is done,
     their data synced first (`disk_space.rename_together`): on an error they are deleted, so
@@ -377,7 +397,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                                             ("jsonl", "annotated_video", "summary"))
     if os.path.abspath(video_path) == os.path.abspath(path):
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
-    count, predicting = 0, 0.0
+    count, not_seen, predicting = 0, 0, 0.0
     with Clip(path) as clip:
         writer = _Writer(partial_name(video_path), clip.frame_rate, clip.time_base)
         try:
@@ -397,17 +417,19 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                         lines.write(json.dumps(record) + "\n")
                         writer.write(annotate(frame, result), t)
                         count += 1
+                        not_seen += not result["window"].person_seen
                 seconds = time.perf_counter() - start
             if not count:
                 raise ValueError(f"video {path} holds no frames")
             writer.close()
             summary = {
                 "video": os.path.abspath(path), "frames": count,
+                "frames_person_not_seen": not_seen,
                 "damaged_packets": clip.damaged_packets, "seconds": round(seconds, 3),
                 "frames_per_second": round(count / seconds, 3),
                 "predict_frames_per_second": round(count / predicting, 3),
                 "warm_up_seconds": round(start - began, 3), "batch_size": model.batch_size,
-                "device": str(jax.devices()[0].device_kind),
+                "flip": model.flip, "device": str(jax.devices()[0].device_kind),
                 "jsonl": lines_path, "annotated_video": video_path, "step": model.step,
                 "tasks": list(model.tasks)}
             with open(partial_name(summary_path), "w") as f:
