@@ -36,9 +36,8 @@ around them, and the model runs again on that window until the window stops movi
     predictor = Predictor("runs/demo")
     result = predictor(rgb_uint8_image, bbox=(x, y, w, h))  # dict of arrays (Predictor.predict)
 
-3D decoding takes the image centre as the principal point, `--focal_px` as the focal length
-(default: a 30 degree field of view along the image's longer side, SURREAL's camera's) and the
-person's depth from the crop size (hgmt/inference/predictor.py says how).
+How 3D is decoded from one image (the camera and the person's distance it assumes, with
+`--focal_px`): docs/predict.md#how-3d-is-decoded.
 """
 
 from __future__ import annotations

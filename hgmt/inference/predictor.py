@@ -8,15 +8,9 @@
 The person crop is the square window around `bbox` (x, y, w, h in pixels: training's window,
 the joints' box with its margins, not a tight box: docs/predict.md says how to make one from
 a tight box); without one the person is found (hgmt/inference/person.py).
-3D decoding needs the camera and the person's depth, which one image does not give. The image
-is placed as a SURREAL frame, its centre on the frame's (`decoding_frame`: its principal point
-where SURREAL's lies relative to its frame's centre) and the focal length is `focal_px` when
-given, else that of SURREAL's camera for an image whose longer side spans SURREAL's 320 px (a
-field of view of 30 degrees along the longer side; a fixed field of view gives the same 3D
-pose at any resolution); the person's depth is estimated from the window's size: a training
-window spans `crop_metres` at the person, what the workdir's training data spans
-(`crop_scale.of_workdir`). The root-relative joints' x and y scale with that depth; where the
-person is off the image centre they also depend on the focal length.
+How 3D is decoded from one image (the camera and the person's distance it assumes; the
+distance from the window's size and `crop_metres`, `crop_scale.of_workdir`):
+docs/predict.md#how-3d-is-decoded.
 """
 
 from __future__ import annotations
