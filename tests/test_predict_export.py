@@ -1663,7 +1663,9 @@ def test_the_demo_model_finds_a_small_person_anywhere_on_a_larger_canvas(demo_mo
     nearly every frame at least 14 of the 16 joints lie within 2 label px of the prediction
     made with the true box. Measured (docs/predict.md): with the demo model of 72d732f, 39 of
     40 frames with at least 14 joints within, 34 with all 16, 39 windows found from the
-    joints; with the README's demo model of d3046c5, 38, 28 and 38. Asserted: 36, 24, 30."""
+    joints; with the README's demo model of d3046c5, 38, 28 and 38; with that of ac3c375 and
+    the window that takes the silhouette's where it is larger than that of some of the joints,
+    36, 29 and 37 (27 from all 16). Asserted: 36, 24, 30 windows that used the joints."""
     stems = synthetic.generate(str(tmp_path), clips_per_split=8, frames=5, seed=2,
                                splits=("test",))
     errors, found = finding_errors(demo_model, pasted_frames(stems, seed=2))
@@ -1671,7 +1673,8 @@ def test_the_demo_model_finds_a_small_person_anywhere_on_a_larger_canvas(demo_mo
     worst = np.round(errors.max(axis=1), 1)
     assert ((errors <= 2).sum(axis=1) >= 14).sum() >= 36, worst
     assert (errors <= 2).all(axis=1).sum() >= 24, worst
-    assert sum(f["window"].found_by.startswith("joints") for f in found) >= 30
+    by = [f["window"].found_by for f in found]
+    assert sum("joints" in b for b in by) >= 30, by
 
 
 # --- Video -------------------------------------------------------------------------------------
