@@ -26,11 +26,12 @@ others go on; the exit status is then 1. A full disk or out of device memory sto
 with one line naming the file or the settings (exit status 1); no output is left partly
 written.
 
-The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with a
-margin, as training crops are). Without it the person is found: the model runs on the whole
-image, the joints it sees on the person (or its silhouette) give the training-like window
-around them, and the model runs again on that window until the window stops moving
-(hgmt/inference/person.py); the JSON records the window ('bbox') and what found it. Python use:
+The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with
+training's margin, not a detector's tight box; docs/predict.md says how to widen one).
+Without it the person is found: the model runs on the whole image, the joints it sees on the
+person (or its silhouette) give the training-like window around them, and the model runs again
+on that window until the window stops moving (hgmt/inference/person.py); the JSON records the
+window ('bbox') and what found it. Python use:
 
     from hgmt.inference.predictor import Predictor
     predictor = Predictor("runs/demo")
@@ -65,8 +66,10 @@ def _define_flags(fv) -> None:
 
     cli.define_workdir(fv)
     flags.DEFINE_string("out_dir", None, "output directory", flag_values=fv, required=True)
-    flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels, in "
-                        "every image and video frame (default: found by the model)",
+    flags.DEFINE_string("bbox", None, "x,y,w,h of the person's crop window in pixels, with "
+                        "training's margin around the person (a tight box widened as "
+                        "docs/predict.md says), in every image and video frame (default: found "
+                        "by the model)",
                         flag_values=fv)
     flags.DEFINE_integer("batch_size", 8, "crops the model runs at once: images and video "
                          "frames are predicted this many at a time", flag_values=fv,
