@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
                         "protocol (middle frame of each clip).", cli.workdir_config(argv))
     step_arg = cli.checkpoint_step(args.step)
-    # The config's evaluators as the trainer checks them (--config.evals.* overrides too).
+    # The config's evaluators as the trainer checks them (--config.evals.* overrides too),
+    # and the protocol asked for at the model's label size, before a checkpoint is read.
     with cli.faults_in_one_line(ValueError):
-        evaluators.check(args.config, check_loss_weights(args.config,
-                                                         parse_tasks(args.config.tasks)))
+        weights = check_loss_weights(args.config, parse_tasks(args.config.tasks))
+        evaluators.check(args.config, weights, label_size=False)
+        protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
         try:
             input_pipeline.parse_eval_frames(args.frames)

@@ -74,8 +74,12 @@ def prepare_demo_dataset(config) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless built already
     (`demo.build`)."""
     from hgmt import cores
-    from hgmt.data import demo
+    from hgmt.data import demo, input_pipeline
 
+    # The clips are written in spawned processes, which start multiprocessing's resource
+    # tracker: started here with SIGUSR1 blocked, as the loader would, so that Slurm's SIGUSR1
+    # to the whole job later does not kill it (`resource_tracker_without_sigusr1`).
+    input_pipeline.resource_tracker_without_sigusr1()
     demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
                config.demo.frames, config.demo.seed, dataset=config.dataset,
                workers=cores.usable_cores())

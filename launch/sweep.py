@@ -200,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     config, first = check_first_run(args.config, subsets[0], extra)
     try:  # a reference protocol measures the references' label size only
         for x in extra_protocols:
-            protocols.check_label_size(x, {t for s in subsets for t in s.split("+")},
-                                       first.image_size)
+            protocols.check_label_size(
+                x, {t for s in subsets for t in s.split("+")}, first.image_size,
+                f"drop --protocols, or train at --config.image_size="
+                f"{protocols.reference_image_size()}")
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     resume = args[cli.RESUME_FLAG.removeprefix("--")].value

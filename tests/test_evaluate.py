@@ -66,3 +66,26 @@ def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
     expected = [hgmt.evaluate.best_choice_warning(config, "test", 600)] if warned else []
     assert calls == [expected]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == expected
+
+
+def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_path):
+    """A 128 px run whose config names evals.test.protocol='bodynet': hgmt.evaluate with
+    --protocol=hgmt does not refuse its config (it goes on to look for a checkpoint), and with
+    --protocol=bodynet it stops in one line naming config.image_size and --protocol=hgmt,
+    before any checkpoint is read (the workdir has none)."""
+    from hgmt import workdirs
+
+    config = default.get_config("tasks=pose2d")
+    config.image_size = 128
+    config.evals.test.protocol = "bodynet"
+    workdirs.save_config(config, str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=bodynet"])
+    assert stop.value.code == (  # printed as the one line, exit status 1
+        "error: ValueError: --protocol=bodynet measures 64x64 label maps, as its reference "
+        "code does (config.image_size=256), but config.image_size=128 gives 32x32: evaluate "
+        "this model with --protocol=hgmt")
+    with pytest.raises(SystemExit) as stop:
+        hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=hgmt"])
+    assert "measures 64x64" not in str(stop.value.code)
+    assert "checkpoint" in str(stop.value.code), stop.value.code

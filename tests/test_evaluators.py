@@ -368,7 +368,8 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     ("protocol", "coco", "coco.*bodynet"),
     ("every", -1, "every and max_examples must be >= 0"),
     ("protocol", "bodynet", r"validation: --protocol=bodynet measures 64x64 .*image_size=64 "
-                            r"gives 16x16"),
+                            r"gives 16x16: set config.evals.validation.protocol='hgmt', or "
+                            r"train at config.image_size=256$"),
 ])
 def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_path, field,
                                                           value, message):

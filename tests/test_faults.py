@@ -1727,3 +1727,37 @@ def test_the_watchdog_ending_process_0_releases_the_workdir_lock(tmp_path):
     with workdir_lock.WorkdirLock(workdir) as lock:  # the rerun job's process 0
         assert lock.held
     assert time.monotonic() - t0 < 2
+
+
+TRACKER_CHECK = """
+import sys
+from multiprocessing import resource_tracker
+
+from configs import demo as demo_config
+from hgmt import main
+
+if __name__ == "__main__":
+    config = demo_config.get_config()
+    config.demo.surreal_root, config.data_dir = sys.argv[1] + "/surreal", sys.argv[1] + "/tfds"
+    config.demo.clips_per_split, config.demo.frames = 2, 3
+    main.prepare_demo_dataset(config)
+    with open(f"/proc/{resource_tracker._resource_tracker._pid}/status") as f:
+        print(next(line for line in f if line.startswith("SigBlk:")).split()[1])
+"""
+
+
+@pytest.mark.slow
+def test_the_demo_generations_resource_tracker_survives_a_sigusr1_to_the_job(tmp_path):
+    """Writing the demo clips in spawned processes starts multiprocessing's resource tracker
+    (in a fresh process, here a subprocess): it is started with SIGUSR1 blocked, as the
+    loader's would be, so Slurm's SIGUSR1 to every process of the job does not kill it (its
+    successor would warn of every shared-memory segment it was not told of). Before, the
+    demo generation started it first, with SIGUSR1 not blocked."""
+    script = tmp_path / "tracker_check.py"
+    script.write_text(TRACKER_CHECK)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stderr[-2000:]
+    blocked = int(out.stdout.split()[-1], 16)
+    assert blocked & (1 << (signal.SIGUSR1 - 1)), out.stdout

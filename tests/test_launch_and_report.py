@@ -337,7 +337,8 @@ def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
     assert out.returncode == 1 and out.stdout == ""
     assert ("error: --protocols=bodynet: --protocol=bodynet measures 64x64 label maps"
             in out.stderr), out.stderr
-    assert "config.image_size=128 gives 32x32" in out.stderr and not s.exists()
+    assert ("config.image_size=128 gives 32x32: drop --protocols, or train at "
+            "--config.image_size=256") in out.stderr and not s.exists()
 
 
 def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):

@@ -85,11 +85,13 @@ def reference_image_size() -> int:
     return common.REFERENCE_LABEL_SIZE * common.LABEL_STRIDE
 
 
-def check_label_size(protocol: str, tasks, image_size: int) -> None:
-    """ValueError, in one line, where a task of `tasks` would be measured by a reference
-    protocol's definition (`task_protocol`) on label maps other than the references' 64 x 64
-    (image_size / `common.LABEL_STRIDE`): their pixel thresholds, integer steps and depth
-    grids are those of 64 x 64 maps, and a number at another size would carry their name."""
+def check_label_size(protocol: str, tasks, image_size: int,
+                     fix: str = "evaluate this model with --protocol=hgmt") -> None:
+    """ValueError, in one line ending in `fix`, where a task of `tasks` would be measured by a
+    reference protocol's definition (`task_protocol`) on label maps other than the references'
+    64 x 64 (image_size / `common.LABEL_STRIDE`): their pixel thresholds, integer steps and
+    depth grids are those of 64 x 64 maps, and a number at another size would carry their
+    name."""
     used = sorted({task_protocol(protocol, t) for t in tasks} - {"hgmt"})
     r = image_size // common.LABEL_STRIDE
     if used and r != common.REFERENCE_LABEL_SIZE:
@@ -97,7 +99,7 @@ def check_label_size(protocol: str, tasks, image_size: int) -> None:
         raise ValueError(
             f"--protocol={protocol} measures {size}x{size} label maps, as its reference code "
             f"does (config.image_size={reference_image_size()}), but config.image_size="
-            f"{image_size} gives {r}x{r}: evaluate this model with --protocol=hgmt")
+            f"{image_size} gives {r}x{r}: {fix}")
 
 
 def window(protocol: str) -> str:

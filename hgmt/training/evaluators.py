@@ -65,10 +65,13 @@ def lower_is_better(metric: str, protocol: str = "hgmt") -> bool:
     return task == "loss" or name in protocols.headline_of(task, protocol).lower_is_better
 
 
-def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> dict[str, dict]:
+def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
+          label_size: bool = True) -> dict[str, dict]:
     """{name: settings} of `config.evals`, checked: every field known and of its type, the
-    split, frames and protocol valid, `best_metric` a metric of these tasks, at most one
-    evaluator keeping a best checkpoint. Errors name the evaluator, the field and the choices."""
+    split, frames and protocol valid (a reference protocol at the references' label size,
+    unless not `label_size`: hgmt.evaluate runs the protocol it is given, not these),
+    `best_metric` a metric of these tasks, at most one evaluator keeping a best checkpoint.
+    Errors name the evaluator, the field and the choices."""
     out = {}
     for name, entry in dict(config.get("evals", {})).items():
         entry = dict(entry)
@@ -87,7 +90,11 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> di
         try:
             input_pipeline.parse_eval_frames(entry["frames"])
             protocols.check(entry["protocol"])
-            protocols.check_label_size(entry["protocol"], weights, config.image_size)
+            if label_size:
+                protocols.check_label_size(
+                    entry["protocol"], weights, config.image_size,
+                    f"set {where}.protocol='hgmt', or train at config.image_size="
+                    f"{protocols.reference_image_size()}")
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if entry["every"] < 0 or entry["max_examples"] < 0:
