@@ -547,9 +547,10 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
     assert "num_records=12," in position["sampler"] and f"seed={seed_0})" in position["sampler"]
     for sampler, message in (
             (position["sampler"].replace(f"seed={seed_0})", f"seed={seed_3})"),
-             rf"config.seed=0: the checkpoint .*/2 saved the loader's position with config.seed "
-             rf"3 \(grain seed {seed_3}\), and only that seed resumes it: rerun with "
-             rf"--config.seed=3, or train in a new --workdir$"),
+             rf"config.seed=0: the checkpoint .*/2 saved the loader's position with grain seed "
+             rf"{seed_3}, which is config.seed=3 if this hgmt saved it .*and only that seed "
+             rf"resumes it: rerun with --config.seed=3, or resume config.seed={seed_3} with the "
+             rf"hgmt version that wrote the checkpoint, or train in a new --workdir$"),
             (position["sampler"].replace(f"seed={seed_0})", "seed=0)"),
              rf"config.seed=0: the checkpoint .*/2 saved the loader's position with the seed "
              rf"itself as grain's seed, as an older hgmt did; this one gives grain a hash of it "
@@ -569,6 +570,40 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
                          workdir, resume_with_changed_config=True)
     assert int(resumed.step) == 3
 
+
+
+def test_another_grain_seed_is_named_with_both_config_seeds_it_can_be(tmp_path):
+    """A position saved with a grain seed other than grain_seed(config.seed) reads two ways:
+    this hgmt's hash of one config.seed (`input_pipeline.config_seed` of it), or an older
+    hgmt's config.seed given as it was. The error names both, each with its fix, so that a
+    checkpoint of an older hgmt saved with seed 3 and resumed with seed 0 does not read as
+    one of a 10-digit config.seed alone."""
+    import ml_collections
+
+    data = tmp_path / "run" / "checkpoints" / "2" / "data"
+    data.mkdir(parents=True)
+    workdir = str(tmp_path / "run")
+    config = ml_collections.ConfigDict({"seed": 0, "dataset": "surreal/all", "data_dir": "d"})
+    hashed_3 = input_pipeline.grain_seed(3)
+    assert input_pipeline.config_seed(3) not in (0, 3, hashed_3)  # the two readings differ
+    for grain, this, older in ((3, input_pipeline.config_seed(3), 3),  # an older hgmt's seed 3
+                               (hashed_3, 3, hashed_3)):  # this hgmt's seed 3
+        (data / "process_0-of-1.json").write_text(json.dumps(
+            {"worker_count": 0, "sampler": f"IndexSampler(num_records=12, seed={grain})"}))
+        with pytest.raises(resume.CannotResume) as raised:
+            resume.check_sampler(config, workdir, 12)
+        assert str(raised.value) == (
+            f"config.seed=0: the checkpoint {tmp_path / 'run' / 'checkpoints' / '2'} saved the "
+            f"loader's position with grain seed {grain}, which is config.seed={this} if this "
+            f"hgmt saved it (it gives grain a hash of the seed, "
+            f"`hgmt.data.input_pipeline.grain_seed`), or config.seed={older} if an older hgmt "
+            f"did (it gave grain the seed itself), and only that seed resumes it: rerun with "
+            f"--config.seed={this}, or resume config.seed={older} with the hgmt version that "
+            f"wrote the checkpoint, or train in a new --workdir")
+    (data / "process_0-of-1.json").write_text(json.dumps(
+        {"worker_count": 0,
+         "sampler": f"IndexSampler(num_records=12, seed={input_pipeline.grain_seed(0)})"}))
+    resume.check_sampler(config, workdir, 12)  # its own seed: nothing to refuse
 
 
 def test_each_process_resumes_with_the_loader_workers_of_its_own_position(tmp_path,

@@ -179,8 +179,10 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
     than `num_records`: grain restores a position only into the sampler it was saved with (it
     compares their reprs, `IndexSampler(num_records=K, ..., seed=S)`), and its refusal would
     read as checkpoints of another model. A grain seed equal to config.seed itself is that of
-    an hgmt that gave grain config.seed as it is: named so, with its fixes. A position whose
-    sampler says neither is left to grain."""
+    an hgmt that gave grain config.seed as it is: named so, with its fixes. Another grain seed
+    is named with both config seeds it can be: the one this hgmt hashes to it
+    (`input_pipeline.config_seed`) and itself, an older hgmt's. A position whose sampler says
+    neither seed nor size is left to grain."""
     from hgmt.data import input_pipeline
 
     position = checkpoints.saved_position(workdir)
@@ -200,11 +202,16 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
             f"({FLAG} does not change that): train in a new --workdir, or resume with the "
             f"hgmt version that wrote the checkpoint")
     if saved.get("seed", expected) != expected:
-        other = input_pipeline.config_seed(saved["seed"])
+        # The saved grain seed reads two ways: this hgmt's hash of one config.seed, or an
+        # older hgmt's config.seed as it was. Which one wrote it the position does not say.
+        grain, other = saved["seed"], input_pipeline.config_seed(saved["seed"])
         raise CannotResume(
-            f"config.seed={config.seed}: {where} with config.seed {other} (grain seed "
-            f"{saved['seed']}), and only that seed resumes it: rerun with --config.seed="
-            f"{other}, or train in a new --workdir")
+            f"config.seed={config.seed}: {where} with grain seed {grain}, which is "
+            f"config.seed={other} if this hgmt saved it (it gives grain a hash of the seed, "
+            f"`hgmt.data.input_pipeline.grain_seed`), or config.seed={grain} if an older hgmt "
+            f"did (it gave grain the seed itself), and only that seed resumes it: rerun with "
+            f"--config.seed={other}, or resume config.seed={grain} with the hgmt version that "
+            f"wrote the checkpoint, or train in a new --workdir")
     if saved.get("num_records", num_records) != num_records:
         raise CannotResume(
             f"the training split of {config.dataset} under data_dir={config.data_dir} now has "
