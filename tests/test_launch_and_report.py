@@ -491,6 +491,55 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
             "pose2d+segm@seed1 again as the others") in str(e.value.code), e.value.code
 
 
+def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_from(tmp_path,
+                                                                                   monkeypatch):
+    """Under hgmt the report reads a run's numbers from eval_test.json, or from
+    eval_test_hgmt.json where the trainer evaluated another protocol into eval_test.json.
+    The command that evaluates runs again writes each run's numbers into the file read for
+    it: segm's trainer's bodynet numbers are not overwritten (launch/sweep.py takes a run
+    with eval_test.json as finished, so they would be lost), and following the command makes
+    the runs compare. The same holds for the command of runs under older metric
+    definitions."""
+    sweep_dir = tmp_path / "sweep"
+    every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
+              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0}
+    middle = {**every4, "num_examples": 24, "frames": "middle"}
+    _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **every4}] * 3,
+                               "segm": [{**_summary(iou=0.5), **middle}] * 2})
+    trained = {**_summary(iou=0.4), **every4, "protocol": "bodynet"}
+    (sweep_dir / "segm" / "eval_test.json").write_text(json.dumps(trained))
+    (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(
+        {**_summary(iou=0.5), **middle}))
+    with pytest.raises(ValueError) as e:
+        report.load_sweep(str(sweep_dir))
+    assert str(e.value).endswith(
+        f"Evaluate segm, segm@seed1 again as the others, for each <run>: python -m "
+        f"hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
+        f"--max_examples=0 --protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json (for "
+        f"segm, whose eval_test.json holds another protocol's numbers: "
+        f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json)"), e.value
+    for name, out in (("segm", "eval_test_hgmt.json"), ("segm@seed1", "eval_test.json")):
+        (sweep_dir / name / out).write_text(json.dumps({**_summary(iou=0.5), **every4}))
+    assert json.loads((sweep_dir / "segm" / "eval_test.json").read_text()) == trained
+    results = report.load_sweep(str(sweep_dir))
+    assert [r["num_examples"] for r in results["segm"]] == [240, 240]
+    # Only runs under eval_test_hgmt.json to evaluate: the command names that file alone.
+    assert report._evaluate_command(str(sweep_dir), "hgmt", report._evaluation(middle), [0],
+                                    ["segm"]) == (
+        f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
+        f"--noflip --max_examples=0 --protocol=hgmt "
+        f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")
+    today = evaluator.METRICS_VERSION + 1
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES",
+                        {**evaluator.METRICS_CHANGES, today: "a change"})
+    monkeypatch.setattr(evaluator, "METRICS_VERSION", today)
+    assert report.progress(str(sweep_dir), results).endswith(
+        f"--protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json` (for segm, whose "
+        f"eval_test.json holds another protocol's numbers: "
+        f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json)."), report.progress(
+            str(sweep_dir), results)
+
+
 def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     """Two bodynet summaries of the same frames, one in the references' crop window and one
     made before the reference protocols had it (no `window`: hgmt's): they do not compare,

@@ -83,8 +83,8 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
     redo = (sorted(evaluated) if not as_today(target) else
             sorted(n for k, names in groups.items() if k != target for n in names))
-    command = _evaluate_command(sweep_dir, protocol, target,
-                                [limits[n] for n in groups[target]])
+    command, others = _evaluate_command(sweep_dir, protocol, target,
+                                        [limits[n] for n in groups[target]], redo)
     found = "; ".join(
         f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
         f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
@@ -94,24 +94,41 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
              f"{today}, metrics_version {evaluator.METRICS_VERSION})" if not as_today(target)
              else f"{_some(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
-                     f"do not compare: {found}. Evaluate {which}, for each <run>: {command}")
+                     f"do not compare: {found}. Evaluate {which}, for each <run>: {command}"
+                     f"{others}")
 
 
 def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
-                      limits: list[int | None]) -> str:
-    """The hgmt.evaluate command that evaluates a sweep's <run> under `protocol` on the frames
-    of `settings` (an `_evaluation`) into the file the report reads first, with the example
-    limit the runs asked for (`limits`: their summaries' max_examples, None where a summary
-    does not record it; when none does, the frames they evaluated)."""
+                      limits: list[int | None], runs: list[str]) -> tuple[str, str]:
+    """The hgmt.evaluate command that evaluates each of the sweep's `runs` (names), as <run>,
+    under `protocol` on the frames of `settings` (an `_evaluation`) into the file the report
+    reads that run's numbers from (`_result_file`), with the example limit the runs asked for
+    (`limits`: their summaries' max_examples, None where a summary does not record it; when
+    none does, the frames they evaluated). Where the runs' files are named differently (under
+    hgmt: eval_test_hgmt.json for a run whose trainer's eval_test.json holds another
+    protocol's numbers, which the command must not overwrite), the command names the file of
+    most runs and the clause returned with it (' (for a, b, whose ...: --out_file=...)'; ''
+    when there are no others) the others'."""
     num_examples, split, frames, flip, _, _ = settings
     asked = [n for n in limits if n is not None]
     limit = asked[0] if asked else num_examples
+    files: dict[str, list[str]] = {}
+    for name in runs:
+        files.setdefault(os.path.basename(_result_file(os.path.join(sweep_dir, name),
+                                                       protocol)), []).append(name)
+    usual = workdirs.result_file(protocol)
+    common = max(files, key=lambda f: (len(files[f]), f == usual, f), default=usual)
+    others = "".join(
+        f" (for {_some(names)}, whose {usual} "
+        f"{'holds another protocol' if f != usual else f'is missing or holds {protocol}'}'s "
+        f"numbers: --out_file={os.path.join(sweep_dir, '<run>', f)})"
+        for f, names in sorted(files.items()) if f != common)
     return (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
             f"--split={split or 'test'} --frames={frames or 'middle'} "
             f"--{'' if flip else 'no'}flip"
             + ("" if limit is None else f" --max_examples={limit}")
             + f" --protocol={protocol} --out_file="
-            f"{os.path.join(sweep_dir, '<run>', workdirs.result_file(protocol))}")
+            f"{os.path.join(sweep_dir, '<run>', common)}", others)
 
 
 def _some(names: list[str], shown: int = 5) -> str:
@@ -138,45 +155,49 @@ def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
     seen[seed] = name
 
 
+def _result_file(run_dir: str, protocol: str) -> str:
+    """The file of a sweep's run that holds, or is to hold, its numbers under `protocol`: the
+    one an evaluation of the run goes to, which `_result_path` reads first.
+    `workdirs.result_file` (the trainer's eval_test.json for hgmt, eval_test_<protocol>.json
+    for another), but for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json) where
+    eval_test.json holds another protocol's numbers: the trainer's, which an evaluation
+    there would overwrite (and launch/sweep.py takes that file for a finished run)."""
+    first = os.path.join(run_dir, workdirs.result_file(protocol))
+    if protocol != "hgmt" or _protocol_of(first) in (None, protocol):
+        return first
+    return os.path.join(run_dir, workdirs.protocol_file(protocol))
+
+
 def _result_path(run_dir: str, protocol: str) -> str | None:
-    """The evaluation file of a sweep's run under `protocol`, the first holding that
-    protocol's numbers of: `workdirs.result_file(protocol)` (the trainer's eval_test.json for
-    hgmt, eval_test_<protocol>.json for another, which launch/sweep.py --protocols writes);
-    for another protocol the trainer's eval_test.json, when its test evaluator ran under it;
-    for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json: hgmt's numbers of a run
-    whose trainer evaluated another protocol). None when the run has none of them (not
-    finished, or not evaluated under that protocol). ValueError, naming the hgmt.evaluate
-    command that writes a file this reads, when a file it would read holds another
-    protocol's numbers (under hgmt: when eval_test.json does and eval_test_hgmt.json is
-    missing)."""
+    """The evaluation file of a sweep's run under `protocol`: `_result_file` when it holds
+    that protocol's numbers (eval_test.json or eval_test_<protocol>.json, which
+    launch/sweep.py --protocols writes; for hgmt eval_test_hgmt.json, hgmt's numbers of a run
+    whose trainer evaluated another protocol); else, for another protocol, the trainer's
+    eval_test.json when its test evaluator ran under it. None when the run has none of them
+    (not finished, or not evaluated under that protocol). ValueError, naming the
+    hgmt.evaluate command that writes `_result_file`, when that holds another protocol's
+    numbers, or (under hgmt) when eval_test.json does and eval_test_hgmt.json is missing."""
     def evaluate(out: str) -> str:
         return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
                 f"--out_file={out}")
 
-    first = os.path.join(run_dir, workdirs.result_file(protocol))
-    found = _protocol_of(first)
-    if found == protocol:
-        return first
-    if protocol != "hgmt":
-        if found is not None:
-            raise ValueError(f"{first} holds protocol {found!r} numbers, not {protocol!r}: "
-                             f"evaluate the run under {protocol!r} into it again: "
-                             f"{evaluate(first)}")
-        trained = os.path.join(run_dir, workdirs.result_file())
-        return trained if _protocol_of(trained) == protocol else None
-    beside = os.path.join(run_dir, workdirs.protocol_file(protocol))
-    held = _protocol_of(beside)
+    path = _result_file(run_dir, protocol)
+    held = _protocol_of(path)
     if held == protocol:
-        return beside
+        return path
     if held is not None:
-        raise ValueError(f"{beside} holds protocol {held!r} numbers, not {protocol!r}: "
+        raise ValueError(f"{path} holds protocol {held!r} numbers, not {protocol!r}: "
                          f"evaluate the run under {protocol!r} into it again: "
-                         f"{evaluate(beside)}")
-    if found is not None:
-        raise ValueError(f"{first} holds protocol {found!r} numbers, not {protocol!r} (the "
+                         f"{evaluate(path)}")
+    trained = os.path.join(run_dir, workdirs.result_file())
+    found = _protocol_of(trained)
+    if protocol != "hgmt":
+        return trained if found == protocol else None
+    if path != trained:  # eval_test.json holds another protocol's numbers
+        raise ValueError(f"{trained} holds protocol {found!r} numbers, not {protocol!r} (the "
                          f"run's test evaluator ran under {found!r}): report them with "
                          f"--protocol={found}, or evaluate the run under {protocol!r} into "
-                         f"{beside}, which the report reads then: {evaluate(beside)}")
+                         f"{path}, which the report reads then: {evaluate(path)}")
     return None
 
 
@@ -583,10 +604,11 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
             if len(kept) == len(runs) else
             f"{len(kept)} of these {len(runs)} runs kept their checkpoints ({where}: "
             f"{_some(kept)}); the others would have to be trained again")
-    command = _evaluate_command(sweep_dir, protocol, _evaluation(first),
-                                [s.get("max_examples") for s in summaries])
+    command, others = _evaluate_command(sweep_dir, protocol, _evaluation(first),
+                                        [s.get("max_examples") for s in summaries],
+                                        kept or runs)
     return (f"{line} Version {version} is older than today's {evaluator.METRICS_VERSION} "
             f"(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
             f"these models other numbers; what changed: {changes}. {have}. A run with its "
             f"checkpoints is evaluated under today's definitions by, for each <run>: "
-            f"`{command}`.")
+            f"`{command}`{others}.")
