@@ -13,6 +13,7 @@ from hgmt import workdirs
 from hgmt.evaluation import evaluator
 from hgmt.sources import surreal
 from hgmt.study import report, runs, stats
+from hgmt.tasks import common
 from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -768,6 +769,61 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
     assert report.subsets_figure(e, "pose2d").axes[0].get_title() == (
         "pose2d: no isolated run, best (green)\none seed: no whisker")
+
+
+def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_out(tmp_path):
+    """A reference protocol's number is null for reasons its run records (null_reasons):
+    damaged records, fewer examples than one reference batch, a part absent from the split.
+    The report gives each distinct reason once with the subsets and seeds it left out of the
+    means and tests, and a row whose subset lost seeds says how many; a task without parts
+    is never said to lack one."""
+    sweep_dir = tmp_path / "sweep"
+    joints = surreal.JOINT_NAMES
+    damaged = common.reference_null(240, 4, num_damaged=1)
+    no_batch = common.reference_null(3, 4)
+
+    def pose3d(mjd, why=None):
+        entry = {"protocol": "bodynet", "mjd_mm": mjd,
+                 "mjd_mm_per_joint": dict.fromkeys(joints, mjd)}
+        return entry | ({"null_reasons": {"mjd_mm": why, "mjd_mm_per_joint": why}}
+                        if why else {})
+
+    def depth(rmse, why=None):
+        return {"protocol": "bodynet", "rmse_mm": rmse} | (
+            {"null_reasons": {"rmse_mm": why}} if why else {})
+
+    runs_of = {"pose3d": [{"pose3d": pose3d(60.0)}, {"pose3d": pose3d(62.0)},
+                          {"pose3d": pose3d(None, damaged)}],
+               "pose3d+depth": [{"pose3d": pose3d(55.0), "depth": depth(None, no_batch)},
+                                {"pose3d": pose3d(57.0), "depth": depth(None, no_batch)}],
+               "depth": [{"depth": depth(None, no_batch)}, {"depth": depth(None)}]}
+    for tasks, summaries in runs_of.items():
+        for k, summary in enumerate(summaries):
+            run = sweep_dir / workdirs.run_name(tasks, k)
+            run.mkdir(parents=True)
+            (run / "eval_test_bodynet.json").write_text(json.dumps(
+                {**summary, "protocol": "bodynet"}))
+    study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
+    assert study["pose3d"]["seeds"] == {"pose3d": 2, "pose3d+depth": 2}
+    assert study["pose3d"]["null"] == {"pose3d": {"seeds": 1, "of": 3, "reasons": [damaged]}}
+    assert study["depth"]["undefined"] == ["depth", "pose3d+depth"]
+    assert study["depth"]["null"] == {
+        "depth": {"seeds": 2, "of": 2, "reasons": [no_batch, report.NO_REASON]},
+        "pose3d+depth": {"seeds": 2, "of": 2, "reasons": [no_batch]}}
+    text = report.to_markdown(study, "")
+    assert "absent from the split" not in text and "Undefined" not in text
+    assert "| pose3d (isolated) | 61 ± 1.4 (2; 1 null, left out) |" in text, text
+    assert "| pose3d+depth **best** | 56 ± 1.4 (2) |" in text, text
+    assert ("Null mjd_mm values, left out of the means and tests, with the runs' reasons:\n"
+            f"- pose3d (1 of 3 seeds): {damaged}.\n") in text, text
+    assert ("Null rmse_mm values, left out of the means and tests, with the runs' reasons:\n"
+            f"- depth (all 2 seeds), pose3d+depth (all 2 seeds): {no_batch}.\n"
+            f"- depth (all 2 seeds): {report.NO_REASON}.\n\n"
+            "No subset has a value: every run's rmse_mm is null.") in text, text
+    # One seed per subset: the row says the seed it shows is one of more.
+    one = report.compare({"pose3d": [{"pose3d": pose3d(60.0)}, {"pose3d": pose3d(None, damaged)}],
+                          "pose3d+depth": [{"pose3d": pose3d(55.0)}]})
+    assert "| pose3d (isolated) | 60 (1 seed; 1 null, left out) |" in report.to_markdown(one, "")
 
 
 def test_report_compares_another_protocols_numbers(tmp_path):

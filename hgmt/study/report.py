@@ -247,10 +247,13 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
             "metrics_version_today": evaluator.METRICS_VERSION}
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
-        # A metric the protocol leaves undefined (None: e.g. SURREAL's mean IoU when a part is
-        # absent from the split) is listed, not compared; a subset counts the seeds defining it.
+        # A null metric (each run says why in its null_reasons: a part absent from the split,
+        # damaged records, fewer examples than one reference batch) is left out of the means
+        # and tests, and said so; a subset counts the seeds defining it, and one whose seeds
+        # are all null is listed as undefined.
         values = {s: [v[metric] for v in runs if v[metric] is not None]
                   for s, runs in having.items()}
+        null = _nulls(having, metric)
         undefined = sorted(s for s, v in values.items() if not v)
         values = {s: v for s, v in values.items() if v}
         rows = {s: stats.mean(v) for s, v in values.items()}
@@ -258,7 +261,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
             out[task] = {"protocol": task_protocol, "evaluation": evaluation,
                          "metric": metric, "subsets": {},
                          "undefined": undefined, "isolated": None, "best": None,
-                         "higher_is_better": higher}
+                         "higher_is_better": higher} | ({"null": null} if null else {})
             continue
         sign = 1.0 if higher else -1.0
         best = max(rows, key=lambda s: sign * rows[s])
@@ -269,7 +272,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
                  "subsets": rows, "spread": {s: stats.spread(v) for s, v in values.items()},
                  "seeds": {s: len(v) for s, v in values.items()}, "values": values,
                  "undefined": undefined, "isolated": rows.get(task), "best": best,
-                 "best_multi_task": best_multi}
+                 "best_multi_task": best_multi} | ({"null": null} if null else {})
         if entry["isolated"] is not None:
             entry["gain"] = {s: sign * (v - entry["isolated"]) for s, v in rows.items()}
             entry["tests"] = stats.judge({s: stats.welch(values[s], values[task], sign)
@@ -302,6 +305,49 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
                         "untested": stats.untested_because(values[best_multi], values[r])}
         out[task] = entry
     return out
+
+
+# A null value's reason where its summary records none (made before summaries recorded them).
+NO_REASON = "no reason recorded in the run's evaluation"
+
+
+def _nulls(having: dict[str, list[dict]], metric: str) -> dict[str, dict]:
+    """{subset: {"seeds": how many of its runs have `metric` null, "of": how many runs it has,
+    "reasons": the runs' own reasons (their task entry's null_reasons[metric]), each once}}
+    of the subsets with a null run (`having`: {subset: each run's task entry})."""
+    out = {}
+    for s, runs in having.items():
+        null = [r for r in runs if r[metric] is None]
+        if null:
+            reasons = [r.get("null_reasons", {}).get(metric) or NO_REASON for r in null]
+            out[s] = {"seeds": len(null), "of": len(runs),
+                      "reasons": list(dict.fromkeys(reasons))}
+    return out
+
+
+def _null_lines(e: dict) -> list[str]:
+    """The report's lines on the null values of a task's entry `e` (`compare`'s `null`): each
+    distinct reason the runs give, after the subsets (and how many of their seeds) it left
+    out of the means and tests; [] when no run has a null value."""
+    null = e.get("null", {})
+    if not null:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for s, n in sorted(null.items(), key=lambda kv: (kv[0].count("+"), kv[0])):
+        seeds = (f"all {n['of']} seeds" if n["seeds"] == n["of"] else
+                 f"{n['seeds']} of {n['of']} seeds")
+        for why in n["reasons"]:
+            by_reason.setdefault(why, []).append(f"{s} ({seeds})")
+    return ["", f"Null {e['metric']} values, left out of the means and tests, with the runs' "
+                f"reasons:"] + [f"- {', '.join(where)}: {why.rstrip('.')}."
+                                for why, where in by_reason.items()]
+
+
+def _dropped(e: dict, subset: str) -> str:
+    """'; 1 null, left out' for a table row whose subset had runs with a null value
+    (`compare`'s `null`) besides those it shows; '' otherwise."""
+    n = e.get("null", {}).get(subset)
+    return "" if n is None else f"; {n['seeds']} null, left out"
 
 
 def _item_values(runs: list[dict]) -> dict[str, list[float]]:
@@ -371,20 +417,20 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
             mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
             change = "" if gain is None else _signed(gain)
             if not seeded:
-                lines.append(f"| {s}{mark} | {v:.4g} | {change} |")
+                dropped = _dropped(e, s)
+                lines.append(f"| {s}{mark} | {v:.4g}"
+                             f"{f' (1 seed{dropped})' if dropped else ''} | {change} |")
                 continue
             sd = e["spread"][s]
             lines.append(f"| {s}{mark} | {v:.4g} ± {'—' if sd is None else f'{sd:.2g}'} "
-                         f"({e['seeds'][s]}) | {change} |"
+                         f"({e['seeds'][s]}{_dropped(e, s)}) | {change} |"
                          + _tested(e.get("tests", {}).get(s), _untested_subset(e, task, s)))
         if seeded:
             lines += ["", f"p (Holm): within this table ([{TESTED.lower()}]"
                           f"(#{_anchor(TESTED)}))."]
-        if e.get("undefined"):
-            lines += ["", f"Undefined under this protocol (a part absent from the split): "
-                      f"{', '.join(e['undefined'])}."]
+        lines += _null_lines(e)
         if not e["subsets"]:
-            lines += ["", "No subset has a value defined under this protocol."]
+            lines += ["", f"No subset has a value: every run's {e['metric']} is null."]
         elif e["isolated"] is None:
             lines += ["", f"No isolated `{task}` run in the sweep: no changes to compare."]
         if e.get("per_item_gain"):
