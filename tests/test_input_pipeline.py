@@ -4,6 +4,8 @@ shard and resume."""
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -234,6 +236,82 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
     batches = list(ip.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
     assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
+
+
+class Gated:
+    """A split whose first two reads each wait (up to 60 s) until the other has begun, so
+    that only reads in two threads at once get past them, and whose records `damaged` do not
+    read (a chunk whose hash does not match)."""
+
+    def __init__(self, source, damaged=(), gated: bool = True):
+        self.source, self.damaged = source, frozenset(damaged)
+        self.gate = threading.Barrier(2, timeout=60) if gated else None
+        self.reads, self.lock = 0, threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        with self.lock:
+            self.reads += 1
+            first_two = self.reads <= 2
+        if first_two and self.gate is not None:
+            self.gate.wait()
+        if index in self.damaged:
+            raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch")
+        return self.source[index]
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+
+@pytest.mark.parametrize("process, processes", [(0, 1), (0, 2), (1, 2)])
+def test_eval_batches_made_by_threads_are_those_made_in_the_callers_thread(
+        demo_dataset, monkeypatch, process, processes):
+    """Two threads read the records at once (the gate lets no read through alone) and give
+    the batches, masks, positions and damaged records (5 and 6, in the order met) that the
+    caller's thread makes alone, for each process of one and of two."""
+    monkeypatch.setattr(ip.jax, "process_index", lambda: process)
+    monkeypatch.setattr(ip.jax, "process_count", lambda: processes)
+    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+    indices = list(range(len(src)))[::-1]  # 12 records, taken from the last
+    made = {}
+    for threads in (0, 2):
+        damaged = []
+        batches = list(ip.eval_batches(Gated(src, (5, 6), gated=threads > 0), indices,
+                                       batch_size=4, image_size=64, damaged=damaged,
+                                       threads=threads))
+        made[threads] = batches, damaged
+    (alone, met_alone), (threaded, met_threaded) = made[0], made[2]
+    assert met_threaded == met_alone == [i for i in indices[process::processes] if i in (5, 6)]
+    assert len(threaded) == len(alone) == 3
+    for a, b in zip(alone, threaded, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    positions = np.concatenate([b["position"] for b in alone])
+    assert positions.tolist() == [process + processes * j for j in range(12 // processes)]
+
+
+def test_closing_eval_batches_stops_its_threads(demo_dataset):
+    """A caller that stops after the first batch (an evaluation stopped by a signal) leaves
+    no thread of the pool behind, nor a record read after it closes."""
+    src = Gated(ip.open_split("surreal/all", demo_dataset[1], "test"))
+    batches = ip.eval_batches(src, list(range(12)), batch_size=2, image_size=64, threads=2)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("hgmt-eval")]
+    reads = src.reads
+    assert 2 <= reads <= 2 + 2 * 2  # the batch taken and at most two batches ahead
+    time.sleep(0.2)
+    assert src.reads == reads
+
+
+def test_eval_threads_are_the_usable_cores_or_none_on_one(monkeypatch):
+    monkeypatch.setattr(ip.cores, "usable_cores", lambda: 16)
+    assert ip.eval_threads() == 16
+    monkeypatch.setattr(ip.cores, "usable_cores", lambda: 1)
+    assert ip.eval_threads() == 0
 
 
 def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):

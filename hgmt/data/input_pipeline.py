@@ -22,14 +22,16 @@ the same data stream).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import grain.python as grain
@@ -749,9 +751,48 @@ def eval_frame_keep(frames: str) -> Callable[[int, int, int], bool]:
     return lambda frame, num_frames, middle: frame % stride == 0 and frame < num_frames
 
 
+def eval_threads() -> int:
+    """The threads that make an evaluation's examples (`eval_batches`): one per usable core
+    (`hgmt.cores`), or 0 (in the evaluating thread) with one core. OpenCV's decodes and warps,
+    most of an example's time, run without Python's GIL, so threads overlap them with each
+    other and with the device; the rest of an example's work holds it, which bounds what
+    more threads give (docs/performance.md, "Evaluation throughput")."""
+    n = cores.usable_cores()
+    return n if n > 1 else 0
+
+
+def _made_in_order(make: Callable[[int], dict], items: Iterable[int], threads: int,
+                  ahead: int) -> Iterator[dict | damage.DamagedRecord]:
+    """`make(i)` of each of `items`, in their order, or the DamagedRecord it raised (any other
+    error is raised when its item's turn comes): made in this thread when `threads` is 0,
+    else by a pool of `threads` threads that works at most `ahead` items past the one last
+    taken. Closing the iterator cancels the work not started and waits for the rest."""
+
+    def outcome(i: int) -> dict | damage.DamagedRecord:
+        try:
+            return make(i)
+        except damage.DamagedRecord as e:
+            return e
+
+    if not threads:
+        yield from map(outcome, items)
+        return
+    items = iter(items)
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hgmt-eval")
+    try:
+        pending = collections.deque(pool.submit(outcome, i)
+                                    for i in itertools.islice(items, max(ahead, 1)))
+        while pending:
+            done = pending.popleft().result()
+            pending.extend(pool.submit(outcome, i) for i in itertools.islice(items, 1))
+            yield done
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
-                 window: str = "hgmt") -> Iterator[dict]:
+                 window: str = "hgmt", threads: int = 0) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
     box (`window_box`: hgmt's, or the reference protocols'), with the labels of `tasks`
     (default all) and `rejected` (1 for a frame hgmt's own check rejects,
@@ -761,7 +802,13 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
     that list it raises. A batch with no good record is padded with the first of `indices`
-    that reads; when none does, `shards.DamagedShard` (`unreadable_split`)."""
+    that reads; when none does, `shards.DamagedShard` (`unreadable_split`).
+
+    The examples are read and cropped by `threads` threads (`eval_threads`; 0: in the
+    caller's thread), up to two batches (and at least `threads` examples) ahead of the one
+    the caller takes, so that the next batch is being made while the caller runs the last
+    one on the devices; the batches, and the order of `damaged`, are the same whatever the
+    count."""
     mine = indices[jax.process_index()::jax.process_count()]
     per_host = batch_size // jax.process_count()
 
@@ -770,15 +817,6 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
         problem = surreal.frame_problem(record["joints2d"], record["joints3d"])
         out["rejected"] = np.float32(max(out["unusable"], problem is not None))
         return out
-
-    def example(i: int) -> dict | None:
-        try:
-            return cropped(damage.read(source, i))
-        except damage.DamagedRecord:
-            if damaged is None:
-                raise
-            damaged.append(i)
-            return None
 
     spare: list[dict] = []  # a good example to pad with, found once when a batch has none
 
@@ -793,20 +831,35 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
             raise unreadable_split(source, indices)
         return spare[0]
 
-    # Every host yields the same number of batches (the collectives need all of them).
-    for start in range(0, -(-len(indices) // batch_size) * per_host, per_host):
-        examples = [example(i) for i in mine[start:start + per_host]]
-        examples += [None] * (per_host - len(examples))
-        mask = [float(e is not None) for e in examples]
-        good = [e for e in examples if e is not None]
-        pad = good[-1] if good else filler()
-        examples = [pad if e is None else e for e in examples]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        batch["mask"] = np.asarray(mask, np.float32)
-        # Each example's index in the split's test order (`indices`); padding repeats the last.
-        position = jax.process_index() + jax.process_count() * np.arange(start, start + per_host)
-        batch["position"] = np.minimum(position, len(indices) - 1).astype(np.int32)
-        yield batch
+    made = _made_in_order(lambda i: cropped(damage.read(source, i)), mine, threads,
+                          ahead=max(2 * per_host, threads))
+    try:
+        # Every host yields the same number of batches (the collectives need all of them).
+        for start in range(0, -(-len(indices) // batch_size) * per_host, per_host):
+            examples: list[dict | None] = []
+            for i in mine[start:start + per_host]:
+                example = next(made)
+                if isinstance(example, damage.DamagedRecord):
+                    if damaged is None:
+                        raise example
+                    damaged.append(i)
+                    example = None
+                examples.append(example)
+            examples += [None] * (per_host - len(examples))
+            mask = [float(e is not None) for e in examples]
+            good = [e for e in examples if e is not None]
+            pad = good[-1] if good else filler()
+            examples = [pad if e is None else e for e in examples]
+            batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+            batch["mask"] = np.asarray(mask, np.float32)
+            # Each example's index in the split's test order (`indices`); padding repeats the
+            # last.
+            position = jax.process_index() + jax.process_count() * np.arange(start,
+                                                                             start + per_host)
+            batch["position"] = np.minimum(position, len(indices) - 1).astype(np.int32)
+            yield batch
+    finally:
+        made.close()
 
 
 def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
