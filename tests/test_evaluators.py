@@ -9,6 +9,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from flax import jax_utils
 
 import hgmt.evaluate
 from configs.common import evaluator_config
@@ -87,6 +88,48 @@ def test_pictures_draw_the_prediction_the_evaluation_scores(monkeypatch):
     np.testing.assert_array_equal(drawn["images"][0], np.broadcast_to(
         np.round(given).astype(np.uint8), (size, size, 3)))
     np.testing.assert_array_equal(drawn["images"][1], images[1])
+
+
+def _one_batch_at_a_time(ev, variables: dict) -> tuple[dict, list[int]]:
+    """The reference sums of an evaluation: its batches made in this thread, each batch's
+    statistics fetched to the host as soon as it is evaluated and added there (numpy), one
+    batch after the other; and the damaged records met."""
+    from hgmt.data import input_pipeline
+
+    replicated = jax_utils.replicate(variables)
+    total, damaged = None, []
+    for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
+                                             image_size=ev.image_size, tasks=ev.tasks,
+                                             damaged=damaged, window=ev.window, threads=0):
+        stats = jax.device_get(jax_utils.unreplicate(
+            ev.p_step(replicated, input_pipeline.shard(batch))))
+        total = stats if total is None else jax.tree.map(np.add, total, stats)
+    return total, damaged
+
+
+@pytest.mark.parametrize("protocol", ["hgmt", "bodynet"])
+def test_the_evaluation_fetches_its_sums_once_and_they_are_the_host_sums_exactly(
+        demo_dataset, monkeypatch, protocol):
+    """All four tasks at 256 px (the reference protocols' 64 x 64 label maps) on the 12 demo
+    test frames, 3 batches of 4 on 4 devices, the examples made by two threads: the summary
+    is, to the last bit of its JSON, the one of the reference sums (`_one_batch_at_a_time`),
+    and the statistics come to the host once, not once a batch."""
+    from hgmt.evaluation import evaluator
+    from hgmt.training import steps
+
+    config = tiny_config(demo_dataset[1], image_size=256, eval_batch_size=4)
+    ev = evaluator.Evaluator(config, frames="all", protocol=protocol)
+    ev.threads = 2
+    state = steps.create_train_state(jax.random.key(0), config, ev.model)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    fetches = []
+    get = jax.device_get
+    monkeypatch.setattr(evaluator.jax, "device_get", lambda x: fetches.append(1) or get(x))
+    summary = ev(variables)
+    assert len(fetches) == 1
+    monkeypatch.setattr(evaluator.jax, "device_get", get)
+    assert summary["num_examples"] == 12 and summary["protocol"] == protocol
+    assert json.dumps(summary) == json.dumps(ev.summary(*_one_batch_at_a_time(ev, variables)))
 
 
 def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,

@@ -7,6 +7,7 @@ Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and 
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -121,6 +122,8 @@ METRICS_CHANGES = {
        "joints in [0, r - 1], r the label map's side)",
 }
 METRICS_VERSION = max(METRICS_CHANGES)
+# How many batches an evaluation dispatches ahead of the devices at most (`Evaluator.totals`).
+IN_FLIGHT = 2
 # The rows of the per-item tables, in the dataset's order (other items: as first seen).
 ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
@@ -195,6 +198,9 @@ class Evaluator:
             eval_step, model=self.model, flip=flip, metrics=self.metrics,
             loss_options=check_loss_options(config, self.tasks),
             unusable_input=unusable_input(self.protocol)), axis_name="batch")
+        # The sums of two batches' statistics, on the devices: their leaves added one by one.
+        self.p_add = jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b))
+        self.threads = input_pipeline.eval_threads()
         self.first_batch = None
 
     def __call__(self, variables: dict, stop: Callable[[], None] | None = None) -> dict:
@@ -204,20 +210,38 @@ class Evaluator:
         last-stage loss (`eval_step`)}}. Neither
         the batch size nor the number of devices changes it. `stop` is called before each
         batch (every process has as many); it raises to stop the evaluation."""
+        damaged: list[int] = []
+        return self.summary(self.totals(variables, damaged, stop), damaged)
+
+    def totals(self, variables: dict, damaged: list[int],
+               stop: Callable[[], None] | None = None) -> dict:
+        """The sums of `eval_step`'s statistics over the evaluation's batches, on the host
+        (numpy); the damaged records met are appended to `damaged`. The batches are made by
+        `threads` threads (`input_pipeline.eval_batches`) while the devices run the last
+        ones; the sums stay on the devices, each batch's added to them in its order (the
+        additions numpy's would make), and are fetched once, at the end. At most IN_FLIGHT
+        batches are dispatched ahead of the devices (their inputs held in device memory)."""
         replicated = flax.jax_utils.replicate(variables)
         total = None
-        damaged: list[int] = []
+        in_flight: collections.deque = collections.deque()
         for batch in input_pipeline.eval_batches(self.source, self.indices,
                                                  batch_size=self.batch_size,
                                                  image_size=self.image_size,
                                                  tasks=self.tasks, damaged=damaged,
-                                                 window=self.window):
+                                                 window=self.window, threads=self.threads):
             if stop is not None:
                 stop()
-            stats = jax.device_get(flax.jax_utils.unreplicate(
-                self.p_step(replicated, input_pipeline.shard(batch))))
-            total = stats if total is None else jax.tree.map(np.add, total, stats)
+            stats = self.p_step(replicated, input_pipeline.shard(batch))
+            total = stats if total is None else self.p_add(total, stats)
+            in_flight.append(stats)
+            if len(in_flight) > IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             self.first_batch = self.first_batch or batch
+        return jax.device_get(flax.jax_utils.unreplicate(total))
+
+    def summary(self, total: dict, damaged: list[int]) -> dict:
+        """The summary (`__call__`) of the sums `total` (`totals`) of an evaluation that met
+        the damaged records `damaged`."""
         count = float(total["count"])
         records = self._damaged(damaged)
         summary = {name: {"protocol": self.metrics[name].protocol,
