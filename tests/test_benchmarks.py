@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (HLO lines are quoted verbatim)
-"""The benchmark scripts: the train-step, train-loop, input-pipeline, input-stages,
+"""The benchmark scripts: the train-step, train-loop, input-pipeline, input-stages, evaluation,
 compile-and-load, demo-generation, stream-convolution, PyTorch-profile and dataset-build
 benchmarks run at a tiny size (the input ones on the data of their config) and their figures
 agree with each other; the profile groups XLA ops by role and kind from the compiled HLO of a
@@ -24,6 +24,7 @@ sys.path.insert(0, BENCHMARKS)
 
 import cli  # noqa: E402
 import compare  # noqa: E402
+import eval_speed  # noqa: E402
 import host_check  # noqa: E402
 import input_pipeline  # noqa: E402
 import input_stages  # noqa: E402
@@ -983,6 +984,37 @@ def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_da
     assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["unread"] == ["depth"]
     assert all(np.isfinite(r[k]) and r[k] >= 0 for k in STAGES)
     assert r["read_ms"] >= r["read_bytes_ms"] and r["parse_ms"] >= r["parse_frame_ms"]
+
+
+def test_eval_speed_times_both_ways_of_the_same_sums(demo_dataset, capsys):
+    """The demo config's first 8 test frames at 64 px, batches of 4, 2 rounds: each way has a
+    rate a round, the medians and ratios are those of the rates, and the serial way's sums
+    are the evaluator's, to the bit."""
+    from hgmt.data import input_pipeline as pipeline
+    from hgmt.evaluation import evaluator
+    from hgmt.training import steps
+
+    assert eval_speed.main([*TINY[:2], *_demo_data(demo_dataset), "--config.eval_batch_size=4",
+                            "--max_examples=8", "--rounds=2"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (r["benchmark"], r["res"], r["batch"], r["examples"]) == ("eval_speed", 64, 4, 8)
+    assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["threads"] == pipeline.eval_threads()
+    for way in eval_speed.WAYS:
+        assert len(r[way]) == 2 and all(x > 0 for x in r[way]), way
+        assert r[f"{way}_median"] == pytest.approx(np.median(r[way])), way
+    assert r["eval_overlapped_over_serial"] == round(
+        r["eval_overlapped_median"] / r["eval_serial_median"], 2)
+    assert r["batches_threaded_over_serial"] == round(
+        r["batches_threaded_median"] / r["batches_serial_median"], 2)
+    config = eval_speed.cli.parse(lambda fv: None, [*TINY[:2], *_demo_data(demo_dataset)],
+                                  "doc", config_file=eval_speed.DEFAULT_CONFIG)[0].config
+    ev = evaluator.Evaluator(config, frames="all", max_examples=8)
+    state = steps.create_train_state(jax.random.key(0), config, ev.model)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    serial, overlapped = eval_speed.serial_totals(ev, variables), ev.totals(variables, [])
+    assert jax.tree.structure(serial) == jax.tree.structure(overlapped)
+    for a, b in zip(jax.tree.leaves(serial), jax.tree.leaves(overlapped), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def test_synthetic_throughput_counts_the_frames_it_writes(monkeypatch, capsys):

@@ -41,6 +41,7 @@ ENTRY_POINTS = {
     "benchmarks/input_pipeline.py": ["config", "batches", "train_img_per_s", "placements",
                                      "repeats"],
     "benchmarks/input_stages.py": ["config", "examples"],
+    "benchmarks/eval_speed.py": ["config", "split", "frames", "max_examples", "rounds"],
     "benchmarks/build_throughput.py": ["clips_per_split", "frames_per_clip", "beam_workers"],
     "benchmarks/synthetic_throughput.py": ["clips_per_split", "frames_per_clip"],
     "benchmarks/stream_modes.py": ["modes", "task_sets", "rounds"],
