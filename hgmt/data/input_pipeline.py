@@ -756,7 +756,7 @@ def eval_threads() -> int:
     (`hgmt.cores`), or 0 (in the evaluating thread) with one core. OpenCV's decodes and warps,
     most of an example's time, run without Python's GIL, so threads overlap them with each
     other and with the device; the rest of an example's work holds it, which bounds what
-    more threads give (docs/performance.md, "Evaluation throughput")."""
+    more threads give (docs/performance.md, "Evaluation throughput, CPU")."""
     n = cores.usable_cores()
     return n if n > 1 else 0
 
