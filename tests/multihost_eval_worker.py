@@ -5,12 +5,11 @@
 
 Each process has 2 CPU devices; together they evaluate a freshly initialised pose2d model on
 the test records INDEX... (each process reading its share of the batches), or with `flaky=K`
-on every frame of the test split, which each process selects, process 1 meeting an I/O error
-each time it reads record K while it selects them. Each writes its summary's damaged-record
-fields and metrics to OUT_JSON with `_<process id>` before the suffix.
+on every frame of the test split, which each process selects, process 1 finding record K
+damaged (its own copy) each time it reads it while it selects them. Each writes its summary's
+damaged-record fields and metrics to OUT_JSON with `_<process id>` before the suffix.
 """
 
-import errno
 import json
 import os
 import sys
@@ -24,7 +23,9 @@ import jax  # noqa: E402
 
 
 class Flaky:
-    """A data source whose record `bad` raises an I/O error each time it is read."""
+    """A data source whose record `bad` does not read each time it is read, as from a
+    damaged copy of its shard on this host (riegeli's checksum error: damage, not the
+    storage's fault)."""
 
     def __init__(self, source, bad: int):
         self.source, self.bad = source, bad
@@ -34,7 +35,7 @@ class Flaky:
 
     def __getitem__(self, index: int) -> dict:
         if index == self.bad:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise RuntimeError("Corrupted chunk: hash mismatch")
         return self.source[index]
 
     def __getattr__(self, name: str):

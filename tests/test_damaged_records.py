@@ -249,8 +249,8 @@ def test_with_two_processes_the_evaluation_names_the_damaged_records_of_both(dam
 @pytest.mark.slow
 def test_with_two_processes_a_record_one_cannot_read_is_left_out_by_both(demo_dataset,
                                                                         tmp_path):
-    """Two processes select every frame of the test split (12 records); process 1 meets an
-    I/O error on record 3 each time it reads it, beyond the retries. Both leave record 3 out
+    """Two processes select every frame of the test split (12 records); process 1 finds
+    record 3 damaged (its own copy of the shard) each time it reads it. Both leave record 3 out
     and name it, and split the other 11 frames between them exactly: their numbers equal one
     process's evaluation of those 11 records."""
     import subprocess
