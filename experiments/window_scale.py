@@ -22,7 +22,6 @@ file too. Prints JSON, one entry per set of clips.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -35,19 +34,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
+from limb_depth import info_files  # noqa: E402  (this folder: the scripts' shared lookup)
 
 from hgmt import cli  # noqa: E402
-
-
-def info_files(where: str) -> list[str]:
-    """A `_info.mat` file, or every one below a directory; a clear error when there is none."""
-    if os.path.isfile(where):
-        return [where]
-    found = sorted(glob.glob(os.path.join(where, "**", "*_info.mat"), recursive=True))
-    if not found:
-        raise SystemExit(f"error: no *_info.mat under {where}: give a SURREAL split directory "
-                         f"(cmu/train), a sequence directory, or one _info.mat file")
-    return found
 
 
 def foreground_to_side(info, segm: np.ndarray) -> list[float]:
