@@ -686,8 +686,11 @@ def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_da
     batches = input_pipeline.eval_batches
 
     def taken(*args, **kwargs):
-        with open(workdirs.lock_file(workdir), "w") as f:
+        # Renamed into place whole: the refresh thread, every 0.01 s, would otherwise catch
+        # the file empty between its truncation and the write (a lock naming no holder).
+        with open(workdirs.lock_file(workdir) + ".other", "w") as f:
             json.dump(other, f)
+        os.replace(workdirs.lock_file(workdir) + ".other", workdirs.lock_file(workdir))
         time.sleep(0.5)  # the refresh thread finds it (every 0.01 s)
         yield from batches(*args, **kwargs)
 
