@@ -854,6 +854,7 @@ def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_sam
     assert "trainer_over_bare" not in result and "bare_img_per_s" not in result
 
 
+@pytest.mark.slow
 def test_trainer_benchmark_stopped_by_sigterm_writes_what_the_trainer_logged(demo_dataset,
                                                                               tmp_path):
     """A time limit's SIGTERM to the benchmark reaches the trainer, which saves and exits; the
@@ -1045,6 +1046,7 @@ def test_synthetic_throughput_counts_the_frames_it_writes(monkeypatch, capsys):
         assert r["frames"] / high - 5e-4 <= r["seconds"] <= r["frames"] / low + 5e-4
 
 
+@pytest.mark.slow
 def test_compile_and_load_compiles_then_loads_the_same_step(tmp_path):
     """Two fresh processes on one cache folder, a tiny model: the first writes the step to
     the cache, the second loads it in less time than the compilation took and steps to the
@@ -1190,6 +1192,7 @@ def test_a_failed_lever_gives_an_error_line_and_the_summary_leaves_it_out(monkey
         "batch_256": {"img_per_s": 1.2, "mfu": 1.25, "compile_s": 1.1}}}
 
 
+@pytest.mark.slow
 def test_a_config_lever_reaches_the_measured_step():
     """`flax_ops` changes the config, not XLA's flags: its line is a step built from Flax's ops
     (the line says so, from the config train_step.py ran)."""
