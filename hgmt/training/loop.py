@@ -349,6 +349,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     step_values = None  # the last dispatched step's outputs: ready once the device ran it
     saving = None  # the step of the newest checkpoint orbax may still be writing
     joined = True  # whether the outcome of that write was read (its thread joined)
+
+    def save_and_evaluate(step: int, state, step_values, *, checkpoint: bool = True,
+                          evaluate: list[str] | None = None) -> None:
+        """Once the device has run `step` (`step_values`: its outputs), the state after it
+        on the host (`host_state`, which stops the run on a non-finite loss or state) saved
+        as the checkpoint of `step` (when `checkpoint`) and evaluated by the evaluators
+        `evaluate`; this time is set apart from the interval's training time, and a full disk
+        stops the run as `disk_space.DiskFull` (`checkpoints.stop_on_full_disk`). The damaged
+        records met up to `step` are to be synced (`damaged.sync`) before: the checkpoint's
+        data position is after them."""
+        jax.block_until_ready(step_values)  # the step is training time; what follows not
+        with interval.set_apart(), checkpoints.stop_on_full_disk(workdir, step):
+            host = host_state(step, state)
+            if checkpoint:
+                save(step, host)
+            if evaluate:
+                with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+                    evals.run(evaluate, step, host, writer, stop=lock_check)
+
     for step in range(start_step + 1, config.total_steps + 1):
         if not joined and not mngr.is_saving_in_progress():
             # The write has ended: joining its thread raises its error now, not at the next
@@ -375,11 +394,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             logging.exception("the loader failed after the preemption signal: saving step %d "
                               "(the last one trained) and stopping", last)
             if last != saving and (restored is None or last != start_step):
-                jax.block_until_ready(step_values)
-                with checkpoints.stop_on_full_disk(workdir, last):
-                    if damaged is not None:
-                        damaged.sync()
-                    save(last, host_state(last, state))
+                if damaged is not None:
+                    damaged.sync()
+                save_and_evaluate(last, state, step_values)
                 saving = last
             stop_preempted(last, saving)
         data_iter.consumed()
@@ -429,15 +446,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         # A preempted job has no time to evaluate; the last step's evaluators run once, below.
         evals_due = [] if stopping else evals.due(step)
         if checkpoint_due or evals_due:
-            jax.block_until_ready(step_values)  # the step is training time; what follows not
-            with interval.set_apart(), checkpoints.stop_on_full_disk(workdir, step):
-                host = host_state(step, state)
-                if checkpoint_due:
-                    save(step, host)
-                    saving, joined = step, False
-                if evals_due:
-                    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-                        evals.run(evals_due, step, host, writer, stop=lock_check)
+            save_and_evaluate(step, state, step_values, checkpoint=checkpoint_due,
+                              evaluate=evals_due)
+            if checkpoint_due:
+                saving, joined = step, False
         if stopping:
             stop_preempted(step, saving)
     final = host_state(config.total_steps, state)
