@@ -1,5 +1,6 @@
 """launch/sweep.py (the 15 subsets, resumable) and hgmt.report (the task-combination study)."""
 
+import collections
 import json
 import os
 import re
@@ -525,8 +526,9 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     results = report.load_sweep(str(sweep_dir))
     assert [r["num_examples"] for r in results["segm"]] == [240, 240]
     # Only runs under eval_test_hgmt.json to evaluate: the command names that file alone.
+    segm = {"segm": report._result(str(sweep_dir / "segm"), "hgmt")[0]}
     assert report._evaluate_command(str(sweep_dir), "hgmt", report._evaluation(middle), [0],
-                                    ["segm"]) == (
+                                    segm) == (
         f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
         f"--noflip --max_examples=0 --protocol=hgmt "
         f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")
@@ -587,6 +589,39 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
                          "no flip test; crop window: reference; metric definitions version "
                          f"{evaluator.METRICS_VERSION})."), line
+
+
+def test_report_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
+    """`load_sweep`, then `progress`, each open a run's evaluation files once apiece, and only
+    those they need: the summary whose protocol decides which file holds the run's numbers is
+    the one reported. Under hgmt: pose2d's eval_test.json holds hgmt's numbers; segm's holds
+    bodynet's, so its eval_test_hgmt.json is read too. Under bodynet: segm's
+    eval_test_bodynet.json holds them and its eval_test.json is not opened; pose2d has no
+    such file, and its eval_test.json does not hold bodynet's numbers."""
+    sweep_dir = tmp_path / "sweep"
+    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt"}
+    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet"}
+    _finished_runs(sweep_dir, {"pose2d": [hgmt_numbers], "segm": [bodynet]})
+    (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
+    (sweep_dir / "segm" / "eval_test_bodynet.json").write_text(json.dumps(bodynet))
+    opened = collections.Counter()
+
+    def counting_open(path, *args, **kwargs):
+        opened[os.path.relpath(path, sweep_dir)] += 1
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(report, "open", counting_open, raising=False)
+    results = report.load_sweep(str(sweep_dir))
+    assert results == {"pose2d": [hgmt_numbers], "segm": [hgmt_numbers]}
+    every = {"pose2d/eval_test.json": 1, "segm/eval_test.json": 1,
+             "segm/eval_test_hgmt.json": 1}
+    assert opened == every
+    opened.clear()
+    assert report.progress(str(sweep_dir), results) == "Runs finished: 2."
+    assert opened == every
+    opened.clear()
+    assert report.load_sweep(str(sweep_dir), "bodynet") == {"segm": [bodynet]}
+    assert opened == {"pose2d/eval_test.json": 1, "segm/eval_test_bodynet.json": 1}
 
 
 def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):

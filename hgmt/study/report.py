@@ -26,17 +26,17 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
     name_of = workdirs.result_file(protocol)
-    results, seeds, evaluated, limits = {}, {}, {}, {}
+    results, seeds, evaluated, limits, files = {}, {}, {}, {}, {}
     for name in sorted(os.listdir(sweep_dir)):
-        path = _result_path(os.path.join(sweep_dir, name), protocol)
-        if path is None:
+        file, summary = _result(os.path.join(sweep_dir, name), protocol)
+        if summary is None:
             continue
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
         _check_seed(sweep_dir, name, seeds.setdefault(tasks, {}))
-        with open(path) as f:
-            results.setdefault(tasks, []).append(json.load(f))
-        evaluated[name] = _evaluation(results[tasks][-1])
-        limits[name] = results[tasks][-1].get("max_examples")
+        results.setdefault(tasks, []).append(summary)
+        evaluated[name] = _evaluation(summary)
+        limits[name] = summary.get("max_examples")
+        files[name] = file
     if not results:
         hint = "" if protocol == "hgmt" else (
             f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
@@ -44,7 +44,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
             f"launch/sweep.py with --protocols={protocol})")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
-    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits)
+    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files)
     return results
 
 
@@ -62,14 +62,14 @@ def _evaluation(summary: dict) -> tuple:
 
 
 def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple],
-                           limits: dict[str, int | None]) -> None:
+                           limits: dict[str, int | None], files: dict[str, str]) -> None:
     """Refuses runs (`evaluated`: {run: `_evaluation`}) not all evaluated alike: their numbers
     do not compare, so neither do the tables and verdicts made of them. The error names each
     group of runs with its evaluation and the hgmt.evaluate command that evaluates the others
     as the most runs were (every run where their crop window or metric definitions are not
     those hgmt.evaluate uses for `protocol` today), with the example limit they asked for
     (`limits`: {run: the summary's max_examples}; where no summary records it, the frames
-    they evaluated)."""
+    they evaluated), into each run's file (`files`: {run: `_result`'s file name})."""
     groups: dict[tuple, list[str]] = {}
     for name, settings in evaluated.items():
         groups.setdefault(settings, []).append(name)
@@ -84,7 +84,8 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     redo = (sorted(evaluated) if not as_today(target) else
             sorted(n for k, names in groups.items() if k != target for n in names))
     command, others = _evaluate_command(sweep_dir, protocol, target,
-                                        [limits[n] for n in groups[target]], redo)
+                                        [limits[n] for n in groups[target]],
+                                        {n: files[n] for n in redo})
     found = "; ".join(
         f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
         f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
@@ -99,23 +100,22 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
 
 
 def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
-                      limits: list[int | None], runs: list[str]) -> tuple[str, str]:
-    """The hgmt.evaluate command that evaluates each of the sweep's `runs` (names), as <run>,
-    under `protocol` on the frames of `settings` (an `_evaluation`) into the file the report
-    reads that run's numbers from (`_result_file`), with the example limit the runs asked for
-    (`limits`: their summaries' max_examples, None where a summary does not record it; when
-    none does, the frames they evaluated). Where the runs' files are named differently (under
-    hgmt: eval_test_hgmt.json for a run whose trainer's eval_test.json holds another
-    protocol's numbers, which the command must not overwrite), the command names the file of
-    most runs and the clause returned with it (' (for a, b, whose ...: --out_file=...)'; ''
-    when there are no others) the others'."""
+                      limits: list[int | None], runs: dict[str, str]) -> tuple[str, str]:
+    """The hgmt.evaluate command that evaluates each of the sweep's `runs` ({name: the name
+    of the file the report reads that run's numbers from, `_result`'s}), as <run>, under
+    `protocol` on the frames of `settings` (an `_evaluation`) into that file, with the
+    example limit the runs asked for (`limits`: their summaries' max_examples, None where a
+    summary does not record it; when none does, the frames they evaluated). Where the runs'
+    files are named differently (under hgmt: eval_test_hgmt.json for a run whose trainer's
+    eval_test.json holds another protocol's numbers, which the command must not overwrite),
+    the command names the file of most runs and the clause returned with it (' (for a, b,
+    whose ...: --out_file=...)'; '' when there are no others) the others'."""
     num_examples, split, frames, flip, _, _ = settings
     asked = [n for n in limits if n is not None]
     limit = asked[0] if asked else num_examples
     files: dict[str, list[str]] = {}
-    for name in runs:
-        files.setdefault(os.path.basename(_result_file(os.path.join(sweep_dir, name),
-                                                       protocol)), []).append(name)
+    for name, file in runs.items():
+        files.setdefault(file, []).append(name)
     usual = workdirs.result_file(protocol)
     common = max(files, key=lambda f: (len(files[f]), f == usual, f), default=usual)
     others = "".join(
@@ -155,59 +155,66 @@ def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
     seen[seed] = name
 
 
-def _result_file(run_dir: str, protocol: str) -> str:
-    """The file of a sweep's run that holds, or is to hold, its numbers under `protocol`: the
-    one an evaluation of the run goes to, which `_result_path` reads first.
-    `workdirs.result_file` (the trainer's eval_test.json for hgmt, eval_test_<protocol>.json
-    for another), but for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json) where
-    eval_test.json holds another protocol's numbers: the trainer's, which an evaluation
-    there would overwrite (and launch/sweep.py takes that file for a finished run)."""
-    first = os.path.join(run_dir, workdirs.result_file(protocol))
-    if protocol != "hgmt" or _protocol_of(first) in (None, protocol):
-        return first
-    return os.path.join(run_dir, workdirs.protocol_file(protocol))
+def _result(run_dir: str, protocol: str) -> tuple[str, dict | None]:
+    """(file, summary) of a sweep's run under `protocol`, each of its evaluation files read
+    at most once.
 
+    file: the name of the file that holds, or is to hold, its numbers under `protocol`, the
+    one an evaluation of the run goes to: `workdirs.result_file` (the trainer's
+    eval_test.json for hgmt, eval_test_<protocol>.json for another, which launch/sweep.py
+    --protocols writes), but for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json)
+    where eval_test.json holds another protocol's numbers: the trainer's, which an
+    evaluation there would overwrite (and launch/sweep.py takes that file for a finished run).
 
-def _result_path(run_dir: str, protocol: str) -> str | None:
-    """The evaluation file of a sweep's run under `protocol`: `_result_file` when it holds
-    that protocol's numbers (eval_test.json or eval_test_<protocol>.json, which
-    launch/sweep.py --protocols writes; for hgmt eval_test_hgmt.json, hgmt's numbers of a run
-    whose trainer evaluated another protocol); else, for another protocol, the trainer's
-    eval_test.json when its test evaluator ran under it. None when the run has none of them
-    (not finished, or not evaluated under that protocol). ValueError, naming the
-    hgmt.evaluate command that writes `_result_file`, when that holds another protocol's
-    numbers, or (under hgmt) when eval_test.json does and eval_test_hgmt.json is missing."""
+    summary: the run's evaluation summary under `protocol`, parsed: the file's when it holds
+    that protocol's numbers; else, for another protocol, the trainer's eval_test.json when its
+    test evaluator ran under it; None when the run has none of them (not finished, or not
+    evaluated under that protocol). ValueError, naming the hgmt.evaluate command that writes
+    the file, when that holds another protocol's numbers, or (under hgmt) when eval_test.json
+    does and eval_test_hgmt.json is missing."""
     def evaluate(out: str) -> str:
         return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
                 f"--out_file={out}")
 
-    path = _result_file(run_dir, protocol)
-    held = _protocol_of(path)
+    trained_path = os.path.join(run_dir, workdirs.result_file())  # the trainer's
+    file = workdirs.result_file(protocol)
+    summary = _read_summary(os.path.join(run_dir, file))
+    trained = None  # under hgmt, the trainer's summary where it holds another protocol
+    if protocol == "hgmt" and _protocol_of(summary) not in (None, protocol):
+        trained, file = summary, workdirs.protocol_file(protocol)
+        summary = _read_summary(os.path.join(run_dir, file))
+    path = os.path.join(run_dir, file)
+    held = _protocol_of(summary)
     if held == protocol:
-        return path
+        return file, summary
     if held is not None:
         raise ValueError(f"{path} holds protocol {held!r} numbers, not {protocol!r}: "
                          f"evaluate the run under {protocol!r} into it again: "
                          f"{evaluate(path)}")
-    trained = os.path.join(run_dir, workdirs.result_file())
-    found = _protocol_of(trained)
     if protocol != "hgmt":
-        return trained if found == protocol else None
-    if path != trained:  # eval_test.json holds another protocol's numbers
-        raise ValueError(f"{trained} holds protocol {found!r} numbers, not {protocol!r} (the "
-                         f"run's test evaluator ran under {found!r}): report them with "
+        trained = _read_summary(trained_path)
+        return file, trained if _protocol_of(trained) == protocol else None
+    if trained is not None:
+        found = _protocol_of(trained)
+        raise ValueError(f"{trained_path} holds protocol {found!r} numbers, not {protocol!r} "
+                         f"(the run's test evaluator ran under {found!r}): report them with "
                          f"--protocol={found}, or evaluate the run under {protocol!r} into "
                          f"{path}, which the report reads then: {evaluate(path)}")
-    return None
+    return file, None
 
 
-def _protocol_of(path: str) -> str | None:
-    """The protocol of the evaluation summary at `path` (hgmt for one made before summaries
-    recorded it); None when there is no such file."""
+def _read_summary(path: str) -> dict | None:
+    """The evaluation summary at `path`, parsed; None when there is no such file."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f).get("protocol", "hgmt")
+        return json.load(f)
+
+
+def _protocol_of(summary: dict | None) -> str | None:
+    """The protocol of an evaluation `summary` (hgmt for one made before summaries recorded
+    it); None for no summary."""
+    return None if summary is None else summary.get("protocol", "hgmt")
 
 
 def _headline(entry_or_summary: dict, task: str):
@@ -602,9 +609,10 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
     evaluated otherwise: `_evaluated_as`)."""
     summaries = [s for runs in results.values() for s in runs]
     protocol = summaries[0].get("protocol", "hgmt")
-    finished = sorted(n for n in os.listdir(sweep_dir)
-                      if _result_path(os.path.join(sweep_dir, n), protocol) is not None)
-    evaluation = _evaluated_as(sweep_dir, protocol, summaries, finished)
+    found = {n: _result(os.path.join(sweep_dir, n), protocol) for n in os.listdir(sweep_dir)}
+    files = {n: file for n, (file, summary) in sorted(found.items()) if summary is not None}
+    finished = list(files)
+    evaluation = _evaluated_as(sweep_dir, protocol, summaries, files)
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         return f"Runs finished: {len(summaries)}.{evaluation}"
@@ -623,13 +631,13 @@ def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
 
 
 def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
-                 runs: list[str]) -> str:
+                 files: dict[str, str]) -> str:
     """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
-    the metric definitions (`evaluator.METRICS_VERSION`) of the finished `runs` (alike:
-    `load_sweep`), from their `summaries`; under definitions older than today's, what changed
-    since (`evaluator.METRICS_CHANGES`) and the command that evaluates the runs again, with
-    how many kept the checkpoints it needs. '' for summaries that do not record their frames
-    (made by hand)."""
+    the metric definitions (`evaluator.METRICS_VERSION`) of the finished runs (`files`: {run:
+    `_result`'s file name}; alike: `load_sweep`), from their `summaries`; under definitions
+    older than today's, what changed since (`evaluator.METRICS_CHANGES`) and the command that
+    evaluates the runs again into those files, with how many kept the checkpoints it needs.
+    '' for summaries that do not record their frames (made by hand)."""
     first = summaries[0]
     if "num_examples" not in first:
         return ""
@@ -642,17 +650,17 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
         return line
     changes = "; ".join(f"version {v}: {evaluator.METRICS_CHANGES[v]}"
                         for v in range(version + 1, evaluator.METRICS_VERSION + 1))
-    kept = [n for n in runs if os.path.isdir(workdirs.checkpoint_dir(os.path.join(sweep_dir, n)))]
+    kept = [n for n in files if os.path.isdir(workdirs.checkpoint_dir(os.path.join(sweep_dir, n)))]
     where = f"`<run>/{workdirs.CHECKPOINT_DIR}`"
-    have = (f"None of these {len(runs)} runs kept its checkpoints ({where}), so their numbers "
+    have = (f"None of these {len(files)} runs kept its checkpoints ({where}), so their numbers "
             f"stay under version {version} unless they are trained again" if not kept else
-            f"Every one of these {len(runs)} runs kept its checkpoints ({where})"
-            if len(kept) == len(runs) else
-            f"{len(kept)} of these {len(runs)} runs kept their checkpoints ({where}: "
+            f"Every one of these {len(files)} runs kept its checkpoints ({where})"
+            if len(kept) == len(files) else
+            f"{len(kept)} of these {len(files)} runs kept their checkpoints ({where}: "
             f"{_some(kept)}); the others would have to be trained again")
     command, others = _evaluate_command(sweep_dir, protocol, _evaluation(first),
                                         [s.get("max_examples") for s in summaries],
-                                        kept or runs)
+                                        {n: files[n] for n in kept or files})
     return (f"{line} Version {version} is older than today's {evaluator.METRICS_VERSION} "
             f"(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
             f"these models other numbers; what changed: {changes}. {have}. A run with its "
