@@ -257,12 +257,14 @@ def eval_file(workdir: str, evaluator: str) -> str:
     return os.path.join(absolute(workdir), f"eval_{evaluator}.json")
 
 
-def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "") -> str:
-    """The file name, in a workdir, of its evaluation under `protocol`: hgmt.main writes
-    `eval_test.json` after training; launch/sweep.py adds the other protocols' files, and
-    hgmt.report reads them. `checkpoint`: what `evaluation_file` puts between the split and
-    the protocol."""
-    suffix = "" if protocol == "hgmt" else f"_{protocol}"
+def result_file(protocol: str = "hgmt", split: str = "test", checkpoint: str = "", *,
+                named: bool = False) -> str:
+    """The file name, in a workdir, of its evaluation under `protocol`:
+    eval_<split>[_<checkpoint>][_<protocol>].json, the protocol named unless it is hgmt (or
+    always, `named`: `protocol_file`). hgmt.main writes `eval_test.json` after training;
+    launch/sweep.py adds the other protocols' files, and hgmt.report reads them.
+    `checkpoint`: what `evaluation_file` puts between the split and the protocol."""
+    suffix = "" if protocol == "hgmt" and not named else f"_{protocol}"
     checkpoint = f"_{checkpoint}" if checkpoint else ""
     return f"eval_{split}{checkpoint}{suffix}.json"
 
@@ -272,7 +274,7 @@ def protocol_file(protocol: str, split: str = "test") -> str:
     trainer's: `eval_<split>_<protocol>.json`, which is `result_file(protocol)` for a protocol
     other than hgmt; for hgmt, `eval_test_hgmt.json` holds hgmt's numbers of a run whose
     trainer evaluated another protocol into `eval_test.json` (hgmt.report reads it then)."""
-    return f"eval_{split}_{protocol}.json"
+    return result_file(protocol, split, named=True)
 
 
 def evaluation_file(split: str, step: int, *, best: bool = False, frames: str = "middle",

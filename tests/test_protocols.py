@@ -537,6 +537,8 @@ def test_protocol_selection_and_labels():
     assert workdirs.result_file("bodynet") == "eval_test_bodynet.json"
     assert workdirs.result_file("surreal", "validation", "best_8") == (
         "eval_validation_best_8_surreal.json")
+    assert workdirs.protocol_file("hgmt") == "eval_test_hgmt.json"
+    assert workdirs.protocol_file("bodynet", "validation") == "eval_validation_bodynet.json"
     summary = {"protocol": "surreal", "num_examples": 2, "split": "test", "flip": False,
                "pose2d": {"protocol": "hgmt", "pckh@0.5": 0.5, "pck@3.2px": 0.25,
                           "pckh@0.5_per_joint": {j: 0.5 for j in surreal.JOINT_NAMES}},
