@@ -5,6 +5,7 @@ the best-so-far record surviving a resume, and bad evaluator settings stopped be
 import contextlib
 import functools
 import json
+import logging
 
 import jax
 import numpy as np
@@ -130,6 +131,29 @@ def test_the_evaluation_fetches_its_sums_once_and_they_are_the_host_sums_exactly
     monkeypatch.setattr(evaluator.jax, "device_get", get)
     assert summary["num_examples"] == 12 and summary["protocol"] == protocol
     assert json.dumps(summary) == json.dumps(ev.summary(*_one_batch_at_a_time(ev, variables)))
+
+
+def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo_dataset,
+                                                                            caplog):
+    """The 12 demo test frames, 2 batches of 8 on 4 devices: their statistics are added on the
+    devices. A second Evaluator of the same config, given the first's compiled step, traces
+    nothing when called (the addition is the first's), and its summary is the first's."""
+    from hgmt.evaluation import evaluator
+    from hgmt.training import steps
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d")
+    first = evaluator.Evaluator(config, frames="all")
+    state = steps.create_train_state(jax.random.key(0), config, first.model)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    summary = first(variables)
+    assert summary["num_examples"] == 12 and len(first.indices) > first.batch_size
+    second = evaluator.Evaluator(config, frames="all")
+    second.p_step = first.p_step
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        again = second(variables)
+    traced = [r.getMessage() for r in caplog.records if "tracing" in r.getMessage()]
+    assert traced == []
+    assert json.dumps(again) == json.dumps(summary)
 
 
 def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,

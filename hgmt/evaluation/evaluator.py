@@ -140,6 +140,15 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
             "max_examples": 0}
 
 
+@functools.cache
+def _pmapped_add() -> Callable:
+    """The sums of two batches' statistics on the devices (`eval_step`'s trees, each leaf
+    (devices, ...)): their leaves added one by one. One pmapped function for every
+    Evaluator, so that evaluators whose statistics have the same tree, shapes and dtypes
+    trace and compile it once between them."""
+    return jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
 class Evaluator:
     """The evaluation of one (config, split, frames, flip, protocol), set up once: the split's
     frames that `frames` selects ('middle', SURREAL's test protocol; 'all'; 'everyK'), or the
@@ -198,8 +207,7 @@ class Evaluator:
             eval_step, model=self.model, flip=flip, metrics=self.metrics,
             loss_options=check_loss_options(config, self.tasks),
             unusable_input=unusable_input(self.protocol)), axis_name="batch")
-        # The sums of two batches' statistics, on the devices: their leaves added one by one.
-        self.p_add = jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b))
+        self.p_add = _pmapped_add()
         self.threads = input_pipeline.eval_threads()
         self.first_batch = None
 
