@@ -413,8 +413,9 @@ def test_report_names_runs_outside_the_plan(tmp_path):
 def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path, monkeypatch):
     """Runs evaluated with the flip test under metric definitions version 1 (summaries without
     `metrics_version`) while today's are version 3 (two changes since): the progress line
-    says so, what each change was, how many runs kept the checkpoints to evaluate again and
-    the command; report.json records the evaluation of each task's numbers."""
+    says so, what each change was, how many runs kept the checkpoints to evaluate again (a
+    step in `<run>/checkpoints`: a folder left empty keeps none) and the command; report.json
+    records the evaluation of each task's numbers."""
     monkeypatch.setattr(evaluator, "METRICS_CHANGES", {2: "change two", 3: "change three"})
     monkeypatch.setattr(evaluator, "METRICS_VERSION", 3)
     sweep_dir = tmp_path / "sweep"
@@ -435,12 +436,18 @@ def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path,
     assert report.progress(str(sweep_dir), results) == said.format(have=(
         "None of these 3 runs kept its checkpoints (`<run>/checkpoints`), so their numbers "
         "stay under version 1 unless they are trained again"))
-    (sweep_dir / "pose2d@seed1" / "checkpoints").mkdir()
+    # Checkpoint folders holding no step (left empty; an unfinished write) keep nothing.
+    (sweep_dir / "pose2d" / "checkpoints").mkdir()
+    (sweep_dir / "pose2d+segm" / "checkpoints" / "7.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    assert report.progress(str(sweep_dir), results) == said.format(have=(
+        "None of these 3 runs kept its checkpoints (`<run>/checkpoints`), so their numbers "
+        "stay under version 1 unless they are trained again"))
+    (sweep_dir / "pose2d@seed1" / "checkpoints" / "100").mkdir(parents=True)
     assert report.progress(str(sweep_dir), results) == said.format(have=(
         "1 of these 3 runs kept their checkpoints (`<run>/checkpoints`: pose2d@seed1); the "
         "others would have to be trained again"))
     for name in ("pose2d", "pose2d+segm"):
-        (sweep_dir / name / "checkpoints").mkdir()
+        (sweep_dir / name / "checkpoints" / "100").mkdir(parents=True)
     assert report.progress(str(sweep_dir), results) == said.format(have=(
         "Every one of these 3 runs kept its checkpoints (`<run>/checkpoints`)"))
     assert report.compare(results)["pose2d"]["evaluation"] == {

@@ -17,6 +17,7 @@ from hgmt import workdirs
 from hgmt.evaluation import evaluator, protocols
 from hgmt.study import claims, stats
 from hgmt.tasks import TASKS, drawing, parse_tasks
+from hgmt.training import checkpoints
 
 
 def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
@@ -636,8 +637,9 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
     the metric definitions (`evaluator.METRICS_VERSION`) of the finished runs (`files`: {run:
     `_result`'s file name}; alike: `load_sweep`), from their `summaries`; under definitions
     older than today's, what changed since (`evaluator.METRICS_CHANGES`) and the command that
-    evaluates the runs again into those files, with how many kept the checkpoints it needs.
-    '' for summaries that do not record their frames (made by hand)."""
+    evaluates the runs again into those files, with how many kept the checkpoints it needs (a
+    step in `<run>/checkpoints`). '' for summaries that do not record their frames (made by
+    hand)."""
     first = summaries[0]
     if "num_examples" not in first:
         return ""
@@ -650,7 +652,8 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
         return line
     changes = "; ".join(f"version {v}: {evaluator.METRICS_CHANGES[v]}"
                         for v in range(version + 1, evaluator.METRICS_VERSION + 1))
-    kept = [n for n in files if os.path.isdir(workdirs.checkpoint_dir(os.path.join(sweep_dir, n)))]
+    # A run kept its checkpoints when its folder holds a step (a folder left empty is not one).
+    kept = [n for n in files if checkpoints.steps_on_disk(os.path.join(sweep_dir, n))]
     where = f"`<run>/{workdirs.CHECKPOINT_DIR}`"
     have = (f"None of these {len(files)} runs kept its checkpoints ({where}), so their numbers "
             f"stay under version {version} unless they are trained again" if not kept else

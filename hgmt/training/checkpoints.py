@@ -313,6 +313,12 @@ def newest_step_on_disk(workdir: str) -> int:
     return max(_steps_on_disk(workdirs.checkpoint_dir(workdir)), default=0)
 
 
+def steps_on_disk(workdir: str) -> list[int]:
+    """The steps of the checkpoint folders in `workdir` (read or not), oldest first; [] when
+    it has none (no checkpoint folder, or one holding only unfinished writes)."""
+    return _steps_on_disk(workdirs.checkpoint_dir(workdir))
+
+
 def _steps_on_disk(folder: str) -> list[int]:
     folder = epath.Path(folder)
     return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir(
