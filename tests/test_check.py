@@ -16,7 +16,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     from tests.conftest import build_demo
 
     _, data_dir = build_demo(str(tmp_path / "today"), clips_per_split=1, frames=2)
-    assert check.main([f"--data_dir={data_dir}", "--dataset=surreal/all",
+    assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=test"]) == 0
     assert "surreal/all test: 2 records read, 0 damaged" in capsys.readouterr().out
     old_dir = str(tmp_path / "old")
@@ -36,7 +36,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     with open(os.path.join(build, "features.json"), "w") as f:
         json.dump(features, f)
 
-    assert check.main([f"--data_dir={old_dir}", "--dataset=surreal/all",
+    assert check.main([f"--config.data_dir={old_dir}", "--config.dataset=surreal/all",
                        "--splits=train,test"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
@@ -64,7 +64,7 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
     real = input_pipeline.open_split
     monkeypatch.setattr(input_pipeline, "open_split",
                         lambda *args, **kwargs: Outage(real(*args, **kwargs)))
-    assert check.main([f"--data_dir={data_dir}", "--dataset=surreal/all",
+    assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=test"]) == 1
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("surreal/all test: not checked: StorageFault: dataset ")

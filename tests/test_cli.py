@@ -24,7 +24,7 @@ ENTRY_POINTS = {
     "hgmt.export": ["workdir", "step", "format", "out_dir", "verbosity"],
     "hgmt.report": ["sweep_dir", "out_dir", "note", "note_file", "protocol", "check_config"],
     "hgmt.models.summary": ["config", "all_subsets", "json"],
-    "hgmt.data.check": ["data_dir", "dataset", "splits"],
+    "hgmt.data.check": ["config", "splits"],
     "hgmt.sources.synthetic": ["out_dir", "clips_per_split", "frames_per_clip", "seed",
                                "zrot_max_deg"],
     "launch/sweep.py": ["sweep_dir", "config", "tasks", "protocols", "seeds", "print_only",
@@ -375,7 +375,7 @@ REQUIRED = {
                   "--config.model.ops=xla"],  # the old parse trained; this stops it at once
     "hgmt.export": ["--format=stablehlo", "--out_dir={never}"],
     "hgmt.report": ["--sweep_dir={never}"],
-    "hgmt.data.check": ["--data_dir={never}"],
+    "hgmt.data.check": ["--config.data_dir={never}"],
     "hgmt.sources.synthetic": ["--out_dir={never}"],
     "launch/sweep.py": ["--sweep_dir={never}", "--config=configs/demo.py"],
     "benchmarks/compile_and_load.py": ["--cache={never}"],

@@ -25,6 +25,8 @@ from hgmt.tasks import heads
 from hgmt.training import loop, preemption, steps
 from tests.conftest import tiny_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100,
       "max_damaged_fraction": 0.2}
 # (split, record, feature whose encoded bytes get flipped)
@@ -319,7 +321,11 @@ def test_an_empty_account_of_damaged_records_starts_again_and_a_damaged_one_stop
 
 
 def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, capsys):
-    assert check.main([f"--data_dir={damaged}", "--dataset=surreal/all"]) == 1
+    """The data checked is the config's (`--config`, default configs/default.py, and its
+    data_dir and dataset fields), as every command takes it: the demo's config checks its
+    dataset, surreal/all, and the default config its own, surreal/every10. The flags the
+    command took before (--data_dir, --dataset) exit in one line naming the field to give."""
+    assert check.main([f"--config={REPO}/configs/demo.py", f"--config.data_dir={damaged}"]) == 1
     out = capsys.readouterr().out
     for split, record, _ in DAMAGE:
         assert (f"damaged: {_shard(damaged, split)} record {record} (index {record} of the "
@@ -327,7 +333,22 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
                 f"data hash mismatch") in out, out
     assert "surreal/all train: 12 records read, 2 damaged" in out
     assert "surreal/all validation: 12 records read, 0 damaged" in out
-    assert check.main([f"--data_dir={demo_dataset[1]}", "--dataset=surreal/all"]) == 0
+    clean = demo_dataset[1]
+    assert check.main([f"--config.data_dir={clean}", "--config.dataset=surreal/all"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"surreal/all {split}: 12 records read, 0 damaged"
+        for split in ("train", "validation", "test")]
+    assert check.main([f"--config.data_dir={clean}", "--splits=test"]) == 1
+    assert capsys.readouterr().out.startswith(
+        f"surreal/every10 test: not checked: FileNotFoundError: dataset 'surreal/every10' "
+        f"split 'test' is not built under data_dir={clean!r}")
+    for old, field in ((f"--data_dir={clean}", "data_dir"), ("--dataset", "dataset")):
+        with pytest.raises(SystemExit) as e:
+            check.main([old, "surreal/all"] if old == "--dataset" else [old])
+        assert e.value.code == (
+            f"error: --{field}: the data to check is the config's; give --config.{field}=... "
+            f"instead (and --config=<the config the runs train with>, default "
+            f"configs/default.py)")
 
 
 def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_shard():
@@ -528,6 +549,6 @@ def test_an_evaluation_none_of_whose_records_reads_is_one_line_naming_the_split_
         f"error: DamagedShard: none of the 3 records of dataset 'surreal/all' split 'test' "
         f"selected to evaluate reads or decodes (in {_shard(data_dir, 'test')}): the split is "
         f"damaged. List its damaged records with `python -m hgmt.data.check "
-        f"--data_dir={data_dir} --dataset=surreal/all --splits=test` and rebuild it: remove "
-        f"{built} and run `{shards.build_command('surreal/all', data_dir)}` (or copy it again "
-        f"from where it was built)")
+        f"--config.data_dir={data_dir} --config.dataset=surreal/all --splits=test` and "
+        f"rebuild it: remove {built} and run `{shards.build_command('surreal/all', data_dir)}` "
+        f"(or copy it again from where it was built)")

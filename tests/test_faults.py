@@ -891,7 +891,7 @@ def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path
         f"data_builders/surreal --manual_dir=<SURREAL root> --data_dir={data_dir} "
         f"--config=all --file_format=array_record`, after moving {builder.data_dir} aside "
         f"(TFDS does not build a version that is there), or into another --data_dir")
-    assert check.main([f"--data_dir={data_dir}", "--dataset=surreal/all",
+    assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=validation"]) == 1
     assert "surreal/all validation: not checked: WrongFileFormat: dataset 'surreal/all' " \
         "under" in capsys.readouterr().out

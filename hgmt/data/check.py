@@ -1,7 +1,11 @@
 """Checks every record of a built split end to end, for use after a copy.
 
-    python -m hgmt.data.check --data_dir=/data/tfds [--dataset=surreal/every10] \
-        [--splits=train,validation,test]
+    python -m hgmt.data.check [--config=configs/default.py] --config.data_dir=/data/tfds \
+        [--config.dataset=surreal/every10] [--splits=train,validation,test]
+
+The dataset checked is the config's (`config.data_dir`, `config.dataset`), as for every other
+command: give the config the runs train with (`--config=configs/demo.py` checks the demo's
+build, surreal/all under runs/demo_data/tfds); the default is configs/default.py's.
 
 Opens each split (the shard files and their record counts, `hgmt.data.shards`), then reads
 every record (array_record checks each chunk's hash) and decodes its frame and label maps.
@@ -15,12 +19,19 @@ epoch's input.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from absl import flags
 
 from hgmt import cli
+
+# The config whose data_dir and dataset are checked when --config names none.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "default.py")
+# The flags that named the data before it was the config's fields of the same names.
+_DATA_FLAGS = ("data_dir", "dataset")
 
 
 def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str], str | None]:
@@ -53,27 +64,37 @@ def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str]
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir of the built dataset", flag_values=fv,
-                        required=True)
-    flags.DEFINE_string("dataset", "surreal/every10", "the built dataset (name/config)",
-                        flag_values=fv)
     flags.DEFINE_list("splits", ["train", "validation", "test"], "splits to check",
                       flag_values=fv)
+
+
+def _refuse_data_flags(argv: Sequence[str]) -> None:
+    """Exits in one line for `--data_dir`/`--dataset`, which the command took before the data
+    location was the config's, naming the override that replaces it."""
+    for arg in argv:
+        name = arg.lstrip("-").partition("=")[0]
+        if arg.startswith("-") and name in _DATA_FLAGS:
+            raise SystemExit(f"error: --{name}: the data to check is the config's; give "
+                             f"--config.{name}=... instead (and --config=<the config the runs "
+                             f"train with>, default configs/default.py)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command; -> exit status (1 when a record or shard is damaged, or a split could
     not be read at all)."""
-    args, _ = cli.parse(_define_flags, argv, __doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _refuse_data_flags(argv)
+    args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    dataset, data_dir = args.config.dataset, args.config.data_dir
     failed = 0
     for split in args.splits:
-        count, bad, unread = check_split(args.dataset, args.data_dir, split)
+        count, bad, unread = check_split(dataset, data_dir, split)
         for line in bad:
             print(f"damaged: {line}")
         if unread:
-            print(f"{args.dataset} {split}: not checked: {unread}")
+            print(f"{dataset} {split}: not checked: {unread}")
         else:
-            print(f"{args.dataset} {split}: {count} records read, {len(bad)} damaged")
+            print(f"{dataset} {split}: {count} records read, {len(bad)} damaged")
         failed += len(bad) + bool(unread)
     return 1 if failed else 0
 

@@ -879,8 +879,8 @@ def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
     return shards.DamagedShard(
         f"none of the {len(indices)} records of dataset {dataset!r} split {split!r} selected "
         f"to evaluate reads or decodes (in {', '.join(files)}): the split is damaged. List "
-        f"its damaged records with `python -m hgmt.data.check --data_dir={data_dir} "
-        f"--dataset={dataset} --splits={split}` and rebuild it: remove {built} and run "
+        f"its damaged records with `python -m hgmt.data.check --config.data_dir={data_dir} "
+        f"--config.dataset={dataset} --splits={split}` and rebuild it: remove {built} and run "
         f"`{shards.build_command(dataset, data_dir)}` (or copy it again from where it was "
         f"built)")
 
