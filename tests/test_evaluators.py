@@ -254,6 +254,36 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
         jax.tree.leaves(best_vars), jax.tree.leaves(last_vars), strict=True))
 
 
+def test_a_best_checkpoint_that_fails_to_save_leaves_its_step_to_evaluate_again(
+        demo_dataset, tmp_path, monkeypatch):
+    """The best checkpoint of step 2 fails to save (a full disk, a kill): the step's
+    evals.jsonl line is not written, so the rerun, resumed at step 2, evaluates it again and
+    keeps it as the best, its score that of the one line."""
+    workdir = str(tmp_path / "run")
+    metric = "loss/total"
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2, **{
+        "evals.validation.every": 2, "evals.validation.best_metric": metric,
+        "evals.validation.max_examples": 4})
+
+    def fails(*args, **kwargs):
+        raise OSError("the best checkpoint's write failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluators.Evaluators, "_save_best", fails)
+        with pytest.raises(OSError, match="the best checkpoint's write failed"):
+            loop.train(config, workdir)
+    assert checkpoints.manager(workdir).all_steps() == [2]
+    assert workdirs.read_evals(workdir) == []
+    assert evaluators.best_manager(workdir, metric).all_steps() == []
+
+    loop.train(config, workdir)
+    lines = workdirs.read_evals(workdir)
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")]
+    manager = evaluators.best_manager(workdir, metric)
+    assert manager.all_steps() == [2]
+    assert manager.metrics(2)[metric] == pytest.approx(lines[0]["metrics"][metric])
+
+
 def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     """A step's last line of the evaluator counts (a resumed run evaluated it again), lines of
     other evaluators and after the step do not, a line without the metric scores nothing,

@@ -1150,8 +1150,9 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
         demo_dataset, small_disk):
     """The evaluator keeping the best checkpoint also runs after the last step (at_end); the
     disk fills during that evaluation, with room for its curve line and report but not its
-    checkpoint: DiskFull naming the step and the partial folder, which is removed, the
-    periodic checkpoint intact; with space the rerun evaluates again and keeps the best."""
+    checkpoint, which is written first: DiskFull naming the step and the partial folder,
+    which is removed, the periodic checkpoint intact, the step's line and report not written;
+    with space the rerun evaluates again, keeps the best and writes them once."""
     metric = "loss/total"
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2, checkpoint_every=2,
                          **{"evals.validation.every": 100, "evals.validation.at_end": True,
@@ -1168,7 +1169,8 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
         loop.run(config, workdir, writer)
     assert writer.filler is not None
     assert _partial(workdir) == []
-    assert os.path.exists(workdirs.eval_file(workdir, "validation"))
+    assert not os.path.exists(workdirs.eval_file(workdir, "validation"))
+    assert workdirs.read_evals(workdir) == []
     assert checkpoints.manager(workdir).all_steps() == [2]
 
     os.remove(writer.filler)
@@ -1177,7 +1179,8 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
     manager = evaluators.best_manager(workdir, metric)
     assert manager.all_steps() == [2]
     lines = workdirs.read_evals(workdir)
-    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")] * 2
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")]
+    assert os.path.exists(workdirs.eval_file(workdir, "validation"))
     assert manager.metrics(2)[metric] == pytest.approx(lines[-1]["metrics"][metric])
 
 

@@ -303,8 +303,8 @@ class Evaluators:
     def run(self, names: list[str], step: int, host_state, writer=None,
             final: bool = False, stop: Callable[[], None] | None = None) -> dict[str, dict]:
         """Runs the evaluators `names` on `host_state` (params and batch_stats on the host):
-        TensorBoard, evals.jsonl, the best checkpoint, and after training (`final`) each
-        one's eval_<name>.json with pictures of its first examples. -> {name: summary}.
+        TensorBoard, the best checkpoint, then evals.jsonl and after training (`final`) each
+        one's eval_<name>.json, with pictures of its first examples. -> {name: summary}.
         `stop` is called before each evaluator and each of its batches; it raises to stop
         them (an evaluator stopped so records nothing)."""
         variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
@@ -320,12 +320,14 @@ class Evaluators:
                 writer.write_scalars(step, {f"{name}/{k}": v for k, v in values.items()})
                 if final:
                     writer.write_images(step, {f"{name}/predictions": ev.pictures(variables)})
+            # The best checkpoint before the evals.jsonl line: a save that fails (a full disk,
+            # a kill) leaves the step unrecorded, so the rerun evaluates it again and keeps it.
+            note = self._keep_best(name, step, host_state, values)
             if self.is_writer:
                 self._append(step, name, summary, values)
                 if final:
                     summary = {**summary, "step": step, "evaluator": name}
                     evaluator.write_report(summary, workdirs.eval_file(self.workdir, name))
-            note = self._keep_best(name, step, host_state, values)
             logging.info("%s at step %d: %s%s", name, step, "  ".join(
                 f"{k} {v:.4g}" for k, v in evaluator.headline(summary).items()
                 if v is not None), note)
