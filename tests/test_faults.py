@@ -306,6 +306,33 @@ def test_a_signal_during_the_last_step_saves_it_and_stops_before_the_evaluation_
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
+def test_a_signal_during_the_last_step_skips_its_validation_and_the_rerun_runs_it_once(
+        demo_dataset, tmp_path, caplog):
+    """SIGTERM once step 2 is logged, so during the last step 3, at which validation is due
+    and after which no evaluator runs: step 3 ends and is saved, its validation is skipped
+    (no time), and the run stops with Preempted, saying so when the signal arrives; the rerun
+    resumes at step 3, validates it once and keeps it as the best."""
+    workdir = str(tmp_path / "w")
+    config = tiny_config(demo_dataset[1], total_steps=3, **{
+        **KW, "evals.validation.every": 3, "evals.validation.max_examples": 4})
+    assert config.evals.validation.best_metric and not config.evals.test.at_end
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            preemption.Preempted, match="stopped the evaluations after training") as err:
+        loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 2))
+    assert (err.value.step, err.value.after_training) == (3, True)
+    assert ("SIGTERM received: finishing the last step, saving its checkpoint, then stopping "
+            "before the evaluations after training") in caplog.text
+    assert checkpoints.manager(workdir).all_steps() == [3]
+    assert workdirs.read_evals(workdir) == []
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert int(loop.train(config, workdir).step) == 3
+    assert "evaluating step 3, which its run did not: ['validation']" in caplog.text
+    lines = workdirs.read_evals(workdir)
+    assert [(x["step"], x["evaluator"]) for x in lines] == [(3, "validation")]
+    assert evaluators.best_manager(workdir, "loss/total").all_steps() == [3]
+
+
 class SyncProtocol:
     """JAX's preemption sync protocol as one process sees it (xla's PreemptionSyncManager): a
     notice sets the sync point to the last step given + 1 (the max over processes, all alike

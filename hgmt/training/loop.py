@@ -257,7 +257,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
-    watch.start(start_step, bool(evals.at_end()))  # what a signal's log line says from now on
+    # What a signal's log line says from now on; the last step's periodic evaluations, which
+    # a signal during it skips, count among those after training.
+    watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
     # Written once the workdir's checkpoints are known to be this config's: a config that
     # does not fit them (another task set, say) stops above and leaves config.json as it was.
     if jax.process_index() == 0:
@@ -414,7 +416,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                          interval.training_time())
             interval.restart(step)
             since, since_step = time.perf_counter(), step
-        stopping = preempted and step < config.total_steps
+        # At the last step too when evaluations were due there: they are skipped, below.
+        stopping = preempted and (step < config.total_steps or bool(evals.due(step)))
         checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
                           or preempted)
         log_due = step % config.log_every == 0 or step == config.total_steps
@@ -443,15 +446,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                          img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed,
                          _hms(eta))
             interval.restart(step)
-        # A preempted job has no time to evaluate; the last step's evaluators run once, below.
-        evals_due = [] if stopping else evals.due(step)
+        # A preempted job has no time to evaluate: the step is saved, and the rerun evaluates
+        # it first (`missed`, above).
+        evals_due = [] if preempted else evals.due(step)
         if checkpoint_due or evals_due:
             save_and_evaluate(step, state, step_values, checkpoint=checkpoint_due,
                               evaluate=evals_due)
             if checkpoint_due:
                 saving, joined = step, False
         if stopping:
-            stop_preempted(step, saving)
+            stop_preempted(step, saving, after_training=step == config.total_steps)
     final = host_state(config.total_steps, state)
     with checkpoints.stop_on_full_disk(workdir, saving):
         mngr.wait_until_finished()
