@@ -302,6 +302,18 @@ def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     assert best([line(2, None)], step=2, lower=True) is None
 
 
+def test_evaluators_are_due_at_their_steps_and_never_at_step_0(tmp_path):
+    """Every `every` steps, at the last step too (here no evaluator runs after it), and never
+    at step 0: a run resumed from a checkpoint of step 0 (untrained weights) evaluates
+    nothing before its first step."""
+    config = tiny_config(str(tmp_path), tasks="pose2d", total_steps=4, **{
+        "evals.validation.every": 2, "evals.test.every": 3})
+    with contextlib.closing(evaluators.Evaluators(config, str(tmp_path / "run"),
+                                                  {"pose2d": 1.0})) as evals:
+        assert [evals.due(step) for step in range(5)] == [
+            [], [], ["validation"], ["test"], ["validation"]]
+
+
 def test_a_non_finite_score_is_never_kept_as_the_best(tmp_path, monkeypatch):
     """A NaN or infinite validation score (a diverged model) is no best checkpoint, which no
     later score could beat: the first finite score after it is kept, and a later -inf, lower

@@ -156,6 +156,27 @@ def test_a_loader_failing_after_the_signal_stops_as_preempted_at_the_last_step(
     np.testing.assert_array_equal(next(resumed)["image"], next(straight)["image"])
 
 
+def test_a_loader_failing_after_the_signal_at_the_first_step_saves_nothing(demo_dataset,
+                                                                          tmp_path, caplog):
+    """The loader fails after a SIGTERM at the first batch of a fresh run: no step was
+    trained, so no checkpoint is saved (one of the initial weights would be resumed from and
+    validated, as step 0), and the run stops as preempted saying so."""
+    config = tiny_config(demo_dataset[1], total_steps=8, **{
+        **KW, "checkpoint_every": 2, "evals.validation.every": 2})
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    loader = input_pipeline.train_loader(
+        source, batch_size=config.batch_size, image_size=config.image_size,
+        seed=config.seed, worker_count=0, tasks=("pose2d",))
+    with caplog.at_level(logging.INFO), pytest.raises(
+            preemption.Preempted, match="stopped before its first step was trained: nothing "
+                                        "saved") as err:
+        loop.train(config, str(tmp_path), loader=FailingLoader(loader, 1))
+    assert err.value.step == 0
+    assert ("the loader failed after the preemption signal: no step trained, nothing to save"
+            in caplog.text)
+    assert checkpoints.manager(str(tmp_path)).all_steps() == []
+
+
 def test_a_loader_failing_without_a_signal_stops_the_run_with_its_error(demo_dataset,
                                                                           tmp_path):
     """The same failure without a preemption signal is the run's error, nothing saved."""

@@ -279,10 +279,11 @@ class Evaluators:
 
     def due(self, step: int) -> list[str]:
         """The evaluators that run at `step` of training: those due every so many steps, less,
-        at the last step, those that run after it (`at_end`), which run once, then."""
+        at the last step, those that run after it (`at_end`), which run once, then; none at
+        step 0, the untrained weights."""
         last = step == self.config.total_steps
-        return [n for n, e in self.settings.items() if e["every"] and step % e["every"] == 0
-                and not (last and e["at_end"])]
+        return [n for n, e in self.settings.items() if step > 0 and e["every"]
+                and step % e["every"] == 0 and not (last and e["at_end"])]
 
     def recorded(self, step: int) -> set[str]:
         """The evaluators whose results at `step` are in <workdir>/evals.jsonl."""

@@ -393,9 +393,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             # (while they start: input_pipeline.SkipUnusable). One process stops at the step
             # before, saved, as a preemption.
             last = step - 1
-            logging.exception("the loader failed after the preemption signal: saving step %d "
-                              "(the last one trained) and stopping", last)
-            if last != saving and (restored is None or last != start_step):
+            logging.exception("the loader failed after the preemption signal: %s and stopping",
+                              f"saving step {last} (the last one trained)" if last else
+                              "no step trained, nothing to save")
+            # Not the step training started from: saved already, or 0, the untrained weights.
+            if last != saving and last != start_step:
                 if damaged is not None:
                     damaged.sync()
                 save_and_evaluate(last, state, step_values)

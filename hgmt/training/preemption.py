@@ -35,15 +35,22 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(Exception):  # noqa: N818  (a state, not an error in the program)
-    """Training stopped on a preemption signal after saving a checkpoint at `step`."""
+    """Training stopped on a preemption signal after saving a checkpoint at `step` (0: before
+    its first step was trained, nothing saved)."""
 
     def __init__(self, step: int, checkpoint_dir: str, after_training: bool = False):
         self.step = step
         self.after_training = after_training  # stopped the evaluations after the last step
-        what = (f"stopped the evaluations after training; the last step's checkpoint (step "
-                f"{step}) is saved in {checkpoint_dir}" if after_training else
-                f"saved a checkpoint at step {step} in {checkpoint_dir}")
-        then = "resume from it and run them" if after_training else "resume from it"
+        if after_training:
+            what = (f"stopped the evaluations after training; the last step's checkpoint "
+                    f"(step {step}) is saved in {checkpoint_dir}")
+            then = "resume from it and run them"
+        elif step == 0:
+            what = f"stopped before its first step was trained: nothing saved in {checkpoint_dir}"
+            then = "start it again"
+        else:
+            what = f"saved a checkpoint at step {step} in {checkpoint_dir}"
+            then = "resume from it"
         super().__init__(
             f"preempted: {what} on a preemption signal (SIGTERM or SIGUSR1, to this or "
             f"another process). Rerun the same command to {then} (exit status "
