@@ -275,9 +275,13 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.image_size=0", "config.image_size=0 must be at least 1"),
     ("--config.optimizer.learning_rate=-1", "config.optimizer.learning_rate=-1.0 must be > 0"),
     ("--config.optimizer.warmup_steps=-10", "config.optimizer.warmup_steps=-10 must be >= 0"),
-    ("--config.loss_weights.pose2d=-1", "config.loss_weights.pose2d=-1.0 must be >= 0"),
+    ("--config.loss_weights.pose2d=-1", "config.loss_weights.pose2d=-1.0 must be finite and "
+                                        ">= 0"),
+    ("--config.loss_weights.pose2d=nan", "config.loss_weights.pose2d=nan must be finite and "
+                                         ">= 0"),
     ("--config.loss_options.segm.foreground_weight=-1",
-     "config.loss_options.segm.foreground_weight=-1.0 must be >= 0"),
+     "config.loss_options.segm.foreground_weight=-1.0 must be finite and >= 0"),
+    ("--config.eval_batch_size=0", "config.eval_batch_size=0 must be at least 1"),
     ("--config.seed=-1", "config.seed=-1 must be in [0, 2**32)"),
     ("--config.seed=4294967296", "config.seed=4294967296 must be in [0, 2**32)"),
     ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]")])

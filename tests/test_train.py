@@ -232,10 +232,23 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     # grain refused a seed of 2**32 only once the workdir was made; JAX's key wraps it to 0.
     ("seed", -1, "config.seed=-1 must be in [0, 2**32) (0 to 4294967295)"),
     ("seed", 2**32, "config.seed=4294967296 must be in [0, 2**32) (0 to 4294967295)"),
+    # A non-finite weight or option passed, and the run stopped on a non-finite loss that
+    # blamed the learning rate.
+    ("loss_weights.pose2d", float("nan"), "config.loss_weights.pose2d=nan must be finite "
+                                          "and >= 0"),
+    ("loss_weights.segm", float("inf"), "config.loss_weights.segm=inf must be finite and >= 0"),
+    ("loss_weights.segm", -1.0, "config.loss_weights.segm=-1.0 must be finite and >= 0"),
+    ("loss_options.segm.foreground_weight", float("nan"),
+     "config.loss_options.segm.foreground_weight=nan must be finite and >= 0"),
+    ("loss_options.segm.foreground_weight", float("inf"),
+     "config.loss_options.segm.foreground_weight=inf must be finite and >= 0"),
+    # The evaluator rounded these to a multiple of the devices (up to one batch a device).
+    ("eval_batch_size", 0, "config.eval_batch_size=0 must be at least 1"),
+    ("eval_batch_size", 6, "config.eval_batch_size=6 must be divisible by the 4 devices"),
 ])
 def test_bad_training_fields_are_refused_before_any_work(field, value, message):
     """check_config, which hgmt.main calls before the demo data or the workdir are touched."""
-    config = tiny_config("unused", tasks="pose2d", **{field: value})
+    config = tiny_config("unused", tasks="pose2d+segm", **{field: value})
     config.model.shared_trunk = field == "model.interaction"
     with pytest.raises(ValueError, match=re.escape(message)):
         loop.check_config(config)

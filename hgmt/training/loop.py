@@ -74,9 +74,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
     """Checks what training reads of `config` before any work (the tasks, loss weights and
     options, the evaluators, the model's fields, the optimizer, the step counts, the crop's
-    size and placement, the loader's workers and read threads, the batch over the devices)
-    -> (tasks, loss weights, loss options). Raises ValueError naming the field and its
-    choices."""
+    size and placement, the loader's workers and read threads, the training and evaluation
+    batches over the devices) -> (tasks, loss weights, loss options). Raises ValueError
+    naming the field and its choices."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
@@ -84,7 +84,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
     create_model(config.model, heads(tasks))  # the model's fields and values
     steps.create_optimizer(config)  # the optimizer's name and schedule
     for field in ("total_steps", "log_every", "checkpoint_every", "prefetch",
-                  "keep_checkpoints", "batch_size", "image_size"):
+                  "keep_checkpoints", "batch_size", "eval_batch_size", "image_size"):
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be at least 1")
     _check_values(config, weights, options)
@@ -92,15 +92,17 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
-    if config.batch_size % jax.device_count():
-        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
-                         f"{jax.device_count()} devices")
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % jax.device_count():
+            raise ValueError(f"config.{field}={config[field]} must be divisible by the "
+                             f"{jax.device_count()} devices")
     return tasks, weights, options
 
 
 def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict) -> None:
     """Refuses values training would take without complaint and make wrong: a rate, warm-up,
-    loss weight or loss option below 0 (a negative weight maximises its loss), a rate of 0, a
+    loss weight or loss option below 0 (a negative weight maximises its loss), a loss weight
+    or option that is not finite (the loss would be, blamed on the rate), a rate of 0, a
     seed outside [0, 2**32) (`input_pipeline.check_seed`: the loader would refuse it late, the
     model's JAX key wrap it), a damaged fraction outside [0, 1]; warns where the
     schedule or an evaluator cannot do what it says within `total_steps`."""
@@ -110,13 +112,14 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
     if opt.warmup_steps < 0:
         raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be >= 0")
     for task, weight in weights.items():
-        if weight < 0:
-            raise ValueError(f"config.loss_weights.{task}={weight} must be >= 0 (a negative "
-                             f"weight maximises the loss)")
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"config.loss_weights.{task}={weight} must be finite and >= 0 (a "
+                             f"negative weight maximises the loss)")
     for task, given in options.items():
         for name, value in given.items():
-            if value < 0:
-                raise ValueError(f"config.loss_options.{task}.{name}={value} must be >= 0")
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
+                                 f"and >= 0")
     input_pipeline.check_seed(config.seed)
     fraction = config.get("max_damaged_fraction", 0.001)
     if not 0 <= fraction <= 1:
