@@ -285,6 +285,47 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
     assert all(np.isfinite(v).all() for v in _flat(variables["params"]).values())
 
 
+class NanJoints:
+    """A training loader whose batches' 2D joints are all NaN: the first step's loss is NaN."""
+
+    def __init__(self, loader):
+        self.it = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = dict(next(self.it))
+        batch["joints2d"] = np.full_like(batch["joints2d"], np.nan)
+        return batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def test_a_non_finite_loss_before_the_first_checkpoint_says_none_was_saved(demo_dataset,
+                                                                            tmp_path):
+    """A NaN loss at step 1, found at the first log step (2) before any checkpoint: the error
+    says that no checkpoint was saved yet, not that the one of step None is intact."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", checkpoint_every=100)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    loader = input_pipeline.train_loader(
+        source, batch_size=config.batch_size, image_size=config.image_size, seed=config.seed,
+        worker_count=0, tasks=("pose2d",))
+    with pytest.raises(FloatingPointError) as err:
+        loop.train(config, str(tmp_path), loader=NanJoints(loader))
+    message = str(err.value)
+    assert message.startswith("non-finite loss at step 1 in task(s) pose2d, total: ")
+    assert message.endswith(
+        f"(steps 1..2 checked together). Nothing was saved for it or after it; no checkpoint "
+        f"was saved yet in {workdirs.checkpoint_dir(str(tmp_path))}. Lower "
+        f"optimizer.learning_rate or set optimizer.grad_clip_norm, and rerun.")
+    assert checkpoints.manager(str(tmp_path)).all_steps() == []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))

@@ -282,9 +282,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         raise FloatingPointError(
             f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
             f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
-            f"saved for it or after it; the last good checkpoint (step {mngr.latest_step()}) in "
-            f"{workdirs.checkpoint_dir(workdir)} is intact. Lower optimizer.learning_rate "
-            f"or set optimizer.grad_clip_norm, and rerun with {resume.FLAG}.")
+            f"saved for it or after it; {_after_non_finite(mngr.latest_step(), workdir)}")
 
     forgotten = evals.forget_after(
         start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
@@ -305,10 +303,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             mngr.wait_until_finished()
             raise FloatingPointError(
                 f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
-                f"losses are finite; nothing was saved for it, the last good checkpoint "
-                f"(step {mngr.latest_step()}) in {workdirs.checkpoint_dir(workdir)} is "
-                f"intact. Lower optimizer.learning_rate or set optimizer.grad_clip_norm, and "
-                f"rerun with {resume.FLAG}.")
+                f"losses are finite; nothing was saved for it, "
+                f"{_after_non_finite(mngr.latest_step(), workdir)}")
         return host
 
     def save(step: int, host: steps.TrainState) -> None:
@@ -560,6 +556,17 @@ def device_done(values) -> bool:
     done counts whole as device idle time (an upper bound: the device may have finished
     during the wait)."""
     return all(x.is_ready() for x in jax.tree.leaves(values))
+
+
+def _after_non_finite(latest: int | None, workdir: str) -> str:
+    """The end of the error of a non-finite loss or state: the checkpoint left intact
+    (`latest`, the newest checkpoint's step; None before the first) and what to do."""
+    advice = "Lower optimizer.learning_rate or set optimizer.grad_clip_norm, and rerun"
+    if latest is None:
+        return (f"no checkpoint was saved yet in {workdirs.checkpoint_dir(workdir)}. "
+                f"{advice}.")
+    return (f"the last good checkpoint (step {latest}) in {workdirs.checkpoint_dir(workdir)} "
+            f"is intact. {advice} with {resume.FLAG}.")
 
 
 def _hms(seconds: float) -> str:
