@@ -768,6 +768,29 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     assert workdirs.configs_before(str(workdir)) == ["config_before_step0.json"]
 
 
+def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path):
+    """An evaluator with a best_metric that runs only after the last step keeps no best
+    checkpoint (`evaluators.keeper`: none to compare new scores with), so a rerun may change
+    any of its settings; once it runs during training (every > 0), it keeps the best and they
+    are locked."""
+    workdir = tmp_path / "run"
+    kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2,
+          "evals.validation.every": 0, "evals.validation.at_end": True}
+    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    changes = {"evals.validation.best_metric": "pose2d/pckh@0.5",
+               "evals.validation.frames": "every10", "evals.validation.max_examples": 4}
+    assert tiny_config("data", **kw).evals.validation.best_metric == "loss/total"
+    assert resume.check_config(tiny_config("data", **kw, **changes), str(workdir)) == []
+    workdirs.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
+                         str(workdir))
+    with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
+                                                  r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
+                                                  r"evals\.validation\.frames "):
+        resume.check_config(tiny_config("data", **{**kw, "evals.validation.every": 1},
+                                        **changes), str(workdir))
+
+
 def test_an_older_shared_trunk_config_with_an_interaction_resumes_as_sum(tmp_path):
     """A config.json an older hgmt wrote with shared_trunk=True and another interaction (which
     one shared stream never used) is read as 'sum' by the resume check as by `load_config`,

@@ -115,7 +115,8 @@ def keeper(settings: Mapping[str, Mapping]) -> str | None:
     """The name of the evaluator of `settings` ({name: evaluator settings}) that keeps the
     best checkpoint: the first with a `best_metric` that runs during training (`every` > 0:
     after the last step there is nothing left to choose from); None without one."""
-    return next((n for n, e in settings.items() if e["best_metric"] and e["every"]), None)
+    return next((n for n, e in settings.items() if e.get("best_metric") and e.get("every")),
+                None)
 
 
 def best_recorded(evals: list[dict], name: str, metric: str, step: int,

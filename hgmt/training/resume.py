@@ -30,7 +30,7 @@ from etils import epath
 
 from hgmt import cli, disk_space, workdirs
 from hgmt.paths import absolute
-from hgmt.training import checkpoints
+from hgmt.training import checkpoints, evaluators
 
 # The fields a rerun may change without asking (a name covers the fields under it). They say
 # when to evaluate, log and save, where the data is and how it is read, not what a training
@@ -48,9 +48,10 @@ FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
                   "keep_checkpoints", "data_dir", "demo.surreal_root", "worker_count",
                   "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
                   "model.ops", "augment_on")
-# Except, in the evaluator that kept the best checkpoint (a `best_metric`, run during or
-# after training), what its scores are of: a new score is compared with the kept best's,
-# which the old settings measured (and a best checkpoint stores only its own metric).
+# Except, in the evaluator that keeps the best checkpoint (`evaluators.keeper` of the saved
+# config: a `best_metric`, run during training), what its scores are of: a new score is
+# compared with the kept best's, which the old settings measured (and a best checkpoint
+# stores only its own metric).
 BEST_SETTINGS = ("best_metric", "split", "frames", "max_examples", "flip", "protocol")
 # The fields no rerun may change: grain restores the loader's saved position only with the
 # sampler it was saved with, whose seed is made from config.seed (`input_pipeline.grain_seed`).
@@ -72,15 +73,15 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     (`workdirs.current_layout`: an older one's evaluation fields as the evaluators they amount
     to, the fields added since at their defaults); a field only one of them has is not
     compared, as the code of the other has no such setting."""
-    old = workdirs.flat_fields(workdirs.current_layout(dict(saved)))
+    layout = workdirs.current_layout(dict(saved))
+    old = workdirs.flat_fields(layout)
     new = workdirs.flat_fields(config)
+    keeping = evaluators.keeper(layout.get("evals", {}))
 
     def free(field: str) -> bool:
         parts = field.split(".")
-        kept = f"evals.{parts[1]}." if parts[0] == "evals" and len(parts) == 3 else None
-        if kept and parts[2] in BEST_SETTINGS and old.get(kept + "best_metric") and (
-                old.get(kept + "every") or old.get(kept + "at_end")):
-            return False  # the evaluator that ran and kept the best
+        if parts[:2] == ["evals", keeping] and len(parts) == 3 and parts[2] in BEST_SETTINGS:
+            return False  # what the kept best's scores are of
         return any(field == f or field.startswith(f"{f}.") for f in FREE_ON_RESUME)
 
     return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
