@@ -183,7 +183,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
            peer_watch: peers.PeerWatch | None = None,
            lock: workdir_lock.WorkdirLock | None = None,
-           changed: list | None = None) -> steps.TrainState:
+           changed: list | None = None) -> tuple[steps.TrainState, dict[str, dict]]:
     """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
     by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
     step (`WorkdirLock.check`). `changed`: the config's accepted changes from the workdir's

@@ -90,9 +90,9 @@ def init_variables(model, rng: jax.Array, images: jax.Array,
                    compiled: bool | None = None) -> dict:
     """`model.init(rng, images, train=False)`: {"params", "batch_stats"}. Compiled as one
     program (`compiled`, flax's convention) or op by op, the default on a CPU, where XLA
-    compiles the whole initialisation (mostly its random-number code) in about 4x the time
-    the ops take one at a time (docs/performance.md). Both give the same values, bit for bit
-    (tests/test_train.py)."""
+    takes longer to compile the whole initialisation (mostly its random-number code) than
+    the ops take one at a time (measured: docs/performance.md, "Initialisation op by op").
+    Both give the same values, bit for bit (tests/test_train.py)."""
     if compiled is None:
         compiled = jax.default_backend() != "cpu"
     init = functools.partial(model.init, train=False)
