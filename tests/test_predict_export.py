@@ -1205,6 +1205,29 @@ def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_
     assert sorted(os.listdir(tmp_path)) == ["a_file", "used"]
 
 
+def test_an_out_dir_under_home_is_checked_written_and_reported_there(workdir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """--out_dir=~/x (a shell leaves `~` unexpanded after `=`): the check, the files and the
+    result line all take it as $HOME/x, and no folder named `~` is made in the working
+    directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    (home / "used").mkdir(parents=True)
+    (home / "used" / "hgmt.json").write_text('{"step": 1}')
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    flags = [f"--workdir={workdir}", "--format=stablehlo"]
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([*flags, "--out_dir=~/used"])
+    assert str(e.value.code) == f"error: FileExistsError: {exporting._not_empty('~/used')}"
+    capsys.readouterr()
+    assert hgmt.export.main([*flags, "--out_dir=~/new"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["out_dir"] == str(home / "new")
+    assert sorted(os.listdir(home / "new")) == ["hgmt.json", "model.jaxexport"]
+    assert sorted(os.listdir(home)) == ["new", "used"] and os.listdir(cwd) == []
+
+
 @pytest.mark.parametrize("fmt", exporting.FORMATS)
 def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdir, tmp_path,
                                                                          monkeypatch, fmt):

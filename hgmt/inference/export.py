@@ -107,18 +107,20 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
 
 def check_out_dir(out_dir: str, fmt: str) -> None:
     """Refuses, before any work: `savedmodel` where TensorFlow cannot be imported, a local
-    `out_dir` that is a file or lies under one (NotADirectoryError), a URL of a scheme with no
-    file system to write it (`_check_url_scheme`; these are ValueError), and an `out_dir` that
-    holds anything (FileExistsError): an export is written whole into a new or empty folder,
-    never mixed with another's files."""
+    `out_dir` (`~` expanded, `paths.absolute`) that is a file or lies under one
+    (NotADirectoryError), a URL of a scheme with no file system to write it
+    (`_check_url_scheme`; these are ValueError), and an `out_dir` that holds anything
+    (FileExistsError): an export is written whole into a new or empty folder, never mixed
+    with another's files."""
     # TensorFlow is imported only where it is used: a stablehlo export to a folder needs none.
     tf = _tensorflow() if fmt == "savedmodel" or paths.is_url(out_dir) else None
     if fmt == "savedmodel" and tf is None:
         raise ValueError("--format=savedmodel: TensorFlow, which writes a SavedModel, cannot "
                          "be imported here; install it (pip install tensorflow-cpu), or give "
                          "--format=stablehlo")
+    target = paths.absolute(out_dir)  # `~` expanded: a shell leaves it in --out_dir=~/x
     if not paths.is_url(out_dir):
-        path = os.path.abspath(out_dir)
+        path = target
         while not os.path.exists(path):
             path = os.path.dirname(path)
         if not os.path.isdir(path):
@@ -126,7 +128,7 @@ def check_out_dir(out_dir: str, fmt: str) -> None:
                                      f"(made if missing)")
     else:
         _check_url_scheme(out_dir, fmt, tf)
-    folder = epath.Path(out_dir)
+    folder = epath.Path(target)
     if folder.is_dir() and any(folder.iterdir()):
         raise FileExistsError(_not_empty(out_dir))
 
@@ -175,8 +177,8 @@ def _check_url_scheme(out_dir: str, fmt: str, tf) -> None:
 def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
            config: ml_collections.ConfigDict | None = None) -> tuple[dict, dict]:
     """Writes the artefact and its metadata (`META_FILE`) into `out_dir`, a new or empty local
-    folder or gs:// URL (`check_out_dir`), and runs the artefact once on a batch of 2 black
-    images -> (the metadata, {task: output shape} of that run).
+    folder (`~` expanded) or gs:// URL (`check_out_dir`), and runs the artefact once on a
+    batch of 2 black images -> (the metadata, {task: output shape} of that run).
 
     A local export is written into a sibling folder `<out_dir>.partial-<random>`, checked, and
     renamed to `out_dir` only then (`disk_space.rename_folder`): any failure removes the
@@ -188,19 +190,19 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     check_out_dir(out_dir, fmt)
+    target = paths.absolute(out_dir)  # `~` expanded, as check_out_dir checked it
     f, meta = inference_fn(workdir, step, config)
     meta["format"], meta["platforms"] = fmt, list(PLATFORMS)
-    with disk_space.reported(out_dir, "the export", _THEN,
+    with disk_space.reported(target, "the export", _THEN,
                              cleanup=lambda: "Nothing partial was left behind."):
-        if paths.is_url(out_dir):
+        if paths.is_url(target):
             try:
-                epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-                return meta, _write(f, meta, out_dir)
+                epath.Path(target).mkdir(parents=True, exist_ok=True)
+                return meta, _write(f, meta, target)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    epath.Path(out_dir).rmtree()
+                    epath.Path(target).rmtree()
                 raise
-        target = os.path.abspath(out_dir)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         partial = _new_folder(target + ".partial-")
         try:
