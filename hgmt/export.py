@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """The export of `main`, its flags parsed and its console set up; -> exit status."""
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError,
-                                FileExistsError, disk_space.DiskFull,
+                                FileExistsError, export.UnusableOutDir, disk_space.DiskFull,
                                 traceback=args.verbosity >= 1):
         meta, shapes = export.export(args.workdir, args.format, args.out_dir,
                                      cli.checkpoint_step(args.step), args.config)

@@ -1205,6 +1205,87 @@ def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_
     assert sorted(os.listdir(tmp_path)) == ["a_file", "used"]
 
 
+def test_export_refuses_an_out_dir_it_could_not_rename_onto_before_any_work(
+        workdir, tmp_path, monkeypatch):
+    """A symbolic link (to an empty folder, or dangling), a mount point and a folder whose
+    parent cannot be written pass the "new or empty" check, but the finished export could not
+    be renamed onto them: each is one line naming --out_dir and what to give instead, before
+    the checkpoint is read, and the folder is left as it was."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was restored before --out_dir was checked")
+
+    monkeypatch.setattr(exporting, "inference_fn", no_work)
+
+    def refused(out_dir) -> str:
+        with pytest.raises(SystemExit) as e:
+            hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                              f"--out_dir={out_dir}"])
+        return str(e.value.code)
+
+    (tmp_path / "empty").mkdir()
+    for name, to in (("link", tmp_path / "empty"), ("dangling", tmp_path / "nowhere")):
+        os.symlink(to, tmp_path / name)
+        assert refused(tmp_path / name) == (
+            f"error: UnusableOutDir: --out_dir={tmp_path / name} is a symbolic link (to {to}), "
+            f"which an export, renamed into place whole, cannot replace: pass the folder it "
+            f"points to, or a new path")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: p == str(mount) or real_ismount(p))
+    assert refused(mount) == (
+        f"error: UnusableOutDir: --out_dir={mount} is a mount point, which an export, renamed "
+        f"into place whole, cannot replace: export into a new folder inside it (e.g. "
+        f"--out_dir={mount / 'export'})")
+    locked = tmp_path / "locked"  # its own permissions do not bind root: os.access is faked
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: p != str(locked) and real_access(
+        p, mode, **kw))
+    for out_dir in (locked / "new", locked / "new" / "deeper"):
+        assert refused(out_dir) == (
+            f"error: UnusableOutDir: --out_dir={out_dir}: {locked} cannot be written here, and "
+            f"the export is staged in it and renamed into place: give a folder in a place you "
+            f"can write")
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "empty", "link", "locked", "mnt"]
+    assert os.listdir(tmp_path / "empty") == os.listdir(mount) == os.listdir(locked) == []
+
+
+def test_an_export_the_file_system_refuses_to_place_is_one_line_leaving_nothing(
+        workdir, tmp_path, monkeypatch):
+    """The file system refuses the final rename (EBUSY, as onto a mount point) or the staging
+    folder (EACCES) after the checks passed: one line naming --out_dir and what to do, no
+    traceback, and neither OUTDIR nor a partial folder is left."""
+    real_rename = os.rename
+
+    def busy(src, dst, *args, **kwargs):
+        if ".partial-" in os.fspath(src):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", busy)
+    out = tmp_path / "exports" / "new"
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
+    assert str(e.value.code) == (
+        f"error: UnusableOutDir: --out_dir={out}: the finished export could not be renamed "
+        f"onto {out} (Device or resource busy); nothing partial was left behind: give a new "
+        f"folder in a place you can write, and rerun")
+    assert os.listdir(tmp_path / "exports") == []
+
+    def denied(prefix):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), prefix)
+
+    monkeypatch.setattr(exporting, "_new_folder", denied)
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
+    assert str(e.value.code) == (
+        f"error: UnusableOutDir: --out_dir={out}: no folder could be made beside {out} to "
+        f"stage the export in (Permission denied); nothing partial was left behind: give a new "
+        f"folder in a place you can write, and rerun")
+    assert os.listdir(tmp_path / "exports") == []
+
+
 def test_an_out_dir_under_home_is_checked_written_and_reported_there(workdir, tmp_path,
                                                                      monkeypatch, capsys):
     """--out_dir=~/x (a shell leaves `~` unexpanded after `=`): the check, the files and the

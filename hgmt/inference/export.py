@@ -105,11 +105,19 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
+class UnusableOutDir(ValueError):
+    """A local --out_dir that a finished export cannot be renamed onto (a symbolic link, a
+    mount point, a folder in a place that cannot be written): the message names it and what
+    to give instead."""
+
+
 def check_out_dir(out_dir: str, fmt: str) -> None:
-    """Refuses, before any work: `savedmodel` where TensorFlow cannot be imported, a local
-    `out_dir` (`~` expanded, `paths.absolute`) that is a file or lies under one
-    (NotADirectoryError), a URL of a scheme with no file system to write it
-    (`_check_url_scheme`; these are ValueError), and an `out_dir` that holds anything
+    """Refuses, before any work: `savedmodel` where TensorFlow cannot be imported, a URL of a
+    scheme with no file system to write it (`_check_url_scheme`; these are ValueError), a
+    local `out_dir` (`~` expanded, `paths.absolute`) that is a file or lies under one
+    (NotADirectoryError), one the finished export could not be renamed onto
+    (UnusableOutDir: a symbolic link, a mount point, or a parent folder that cannot be
+    written, where the export is staged), and an `out_dir` that holds anything
     (FileExistsError): an export is written whole into a new or empty folder, never mixed
     with another's files."""
     # TensorFlow is imported only where it is used: a stablehlo export to a folder needs none.
@@ -119,18 +127,39 @@ def check_out_dir(out_dir: str, fmt: str) -> None:
                          "be imported here; install it (pip install tensorflow-cpu), or give "
                          "--format=stablehlo")
     target = paths.absolute(out_dir)  # `~` expanded: a shell leaves it in --out_dir=~/x
-    if not paths.is_url(out_dir):
-        path = target
-        while not os.path.exists(path):
-            path = os.path.dirname(path)
-        if not os.path.isdir(path):
-            raise NotADirectoryError(f"--out_dir={out_dir}: {path} is a file; give a folder "
-                                     f"(made if missing)")
-    else:
+    if paths.is_url(out_dir):
         _check_url_scheme(out_dir, fmt, tf)
+    else:
+        _check_local_target(out_dir, target)
     folder = epath.Path(target)
     if folder.is_dir() and any(folder.iterdir()):
         raise FileExistsError(_not_empty(out_dir))
+
+
+def _check_local_target(out_dir: str, target: str) -> None:
+    """Raises unless the staged export can be renamed onto `target` (`out_dir` made
+    absolute): a rename replaces neither a symbolic link by a folder (ENOTDIR) nor a mount
+    point (EBUSY), and needs the staging folder's parent, `target`'s, writable."""
+    if os.path.islink(target):
+        raise UnusableOutDir(f"--out_dir={out_dir} is a symbolic link (to "
+                             f"{os.readlink(target)}), which an export, renamed into place "
+                             f"whole, cannot replace: pass the folder it points to, or a new "
+                             f"path")
+    path = target  # the nearest folder that exists: the check of writes starts there
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"--out_dir={out_dir}: {path} is a file; give a folder "
+                                 f"(made if missing)")
+    if path == target and os.path.ismount(target):
+        raise UnusableOutDir(f"--out_dir={out_dir} is a mount point, which an export, renamed "
+                             f"into place whole, cannot replace: export into a new folder "
+                             f"inside it (e.g. --out_dir={os.path.join(out_dir, 'export')})")
+    parent = os.path.dirname(target) if path == target else path
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UnusableOutDir(f"--out_dir={out_dir}: {parent} cannot be written here, and the "
+                             f"export is staged in it and renamed into place: give a folder "
+                             f"in a place you can write")
 
 
 def _not_empty(out_dir: str) -> str:
@@ -186,7 +215,8 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     made first, and stay). An object store has no rename:
     the files are written into `out_dir` itself, `META_FILE` last, once the artefact is
     checked, so an export folder without it is incomplete (it is removed on a failure, where
-    the store still answers). A full disk raises `disk_space.DiskFull`."""
+    the store still answers). A full disk raises `disk_space.DiskFull`; a local `out_dir` the
+    file system refuses to stage the export beside or to rename it onto, `UnusableOutDir`."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     check_out_dir(out_dir, fmt)
@@ -203,20 +233,37 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
                 with contextlib.suppress(Exception):
                     epath.Path(target).rmtree()
                 raise
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        partial = _new_folder(target + ".partial-")
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            partial = _new_folder(target + ".partial-")
+        except OSError as e:  # checked writable, but changed since or refused otherwise
+            if disk_space.is_disk_full(e):
+                raise
+            raise _unusable(out_dir, f"no folder could be made beside {target} to stage the "
+                                     f"export in", e) from e
         try:
             shapes = _write(f, meta, partial)
             try:
                 disk_space.rename_folder(partial, target)
-            except OSError as e:  # out_dir was filled since it was checked
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # filled since it was checked
                     raise FileExistsError(_not_empty(out_dir)) from None
-                raise
+                if disk_space.is_disk_full(e) or not os.path.isdir(partial):
+                    raise  # a full disk is DiskFull's; without `partial` the rename was made
+                raise _unusable(out_dir, f"the finished export could not be renamed onto "
+                                         f"{target}", e) from e
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     return meta, shapes
+
+
+def _unusable(out_dir: str, what: str, error: OSError) -> UnusableOutDir:
+    """The one-line error of a local export that could not be staged or put in place, after
+    the checks of `check_out_dir` passed; nothing partial is left by then."""
+    return UnusableOutDir(f"--out_dir={out_dir}: {what} ({error.strerror or error}); nothing "
+                          f"partial was left behind: give a new folder in a place you can "
+                          f"write, and rerun")
 
 
 # What a full disk's error line says to do.
