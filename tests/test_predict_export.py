@@ -814,6 +814,22 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=1,2,3"])
 
 
+def test_a_step_of_digits_restores_that_checkpoint_and_another_string_is_named(workdir):
+    """Through the Python API a step may be a string of digits, as a command line gives it:
+    "2" restores the checkpoint of step 2 (an int step); any other string but "best" is a
+    ValueError naming it."""
+    _, variables, step = checkpoints.restore_for_inference(workdir, "2")
+    assert step == 2 and type(step) is int
+    _, same, _ = checkpoints.restore_for_inference(workdir, 2)
+    jax.tree.map(np.testing.assert_array_equal, variables, same)
+    assert prediction.Predictor(workdir, step="2").step == 2
+    for bad in ("last", "2.0", " 2", "-1", "\u00b2"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"step={bad!r}: give a step number (an int, or a string of digits) or "
+                f"'best'")):
+            checkpoints.restore_for_inference(workdir, bad)
+
+
 @pytest.fixture(scope="module")
 def depth_workdir(demo_dataset, tmp_path_factory):
     """A workdir with a 1-step checkpoint of the tiny depth-only model."""

@@ -450,17 +450,24 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
                           config: ml_collections.ConfigDict | None = None) -> tuple[
         ml_collections.ConfigDict, dict[str, Any], int]:
     """-> (config, {'params', 'batch_stats'}, step) of the latest (or given) checkpoint, in
-    the stream layout of `config.model.stream_mode` (`hgmt.models.stacking`);
-    step "best": the best validation checkpoint kept in <workdir>/best. `config`: the
-    workdir's config with the caller's overrides (default: the workdir's as saved).
+    the stream layout of `config.model.stream_mode` (`hgmt.models.stacking`); `step`: None
+    (the latest), a step number (an int, or a string of digits such as "5"), or "best": the
+    best validation checkpoint kept in <workdir>/best. `config`: the workdir's config with
+    the caller's overrides (default: the workdir's as saved).
 
-    Raises ValueError naming the field for a bad `config.model` value, NoCheckpoint naming the
-    workdir when there is no such checkpoint (nothing is written into the workdir then), and
-    UnusableCheckpoint when the checkpoint cannot be read (corrupt or from another model),
-    OutOfDeviceMemory (`device_memory.explain`) when it does not fit in the device's memory."""
+    Raises ValueError naming the value for any other `step` string, ValueError naming the
+    field for a bad `config.model` value, NoCheckpoint naming the workdir when there is no
+    such checkpoint (nothing is written into the workdir then), and UnusableCheckpoint when
+    the checkpoint cannot be read (corrupt or from another model), OutOfDeviceMemory
+    (`device_memory.explain`) when it does not fit in the device's memory."""
     from hgmt.models import create_model, to_model_layout
     from hgmt.tasks import heads, parse_tasks
 
+    if isinstance(step, str) and step != "best":  # checkpoints are numbered by int steps
+        if not (step.isascii() and step.isdigit()):
+            raise ValueError(f"step={step!r}: give a step number (an int, or a string of "
+                             f"digits) or 'best'")
+        step = int(step)
     config = workdirs.load_config(workdir) if config is None else config
     # Built first: a bad model value is named before any checkpoint is looked for.
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
