@@ -21,8 +21,9 @@ before any work). OUTDIR must be new or empty (one holding anything is refused b
 work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed to OUTDIR
 only then, so a failure (a full disk: DiskFull, one line) leaves neither; in gs:// hgmt.json is
 written last (`hgmt.inference.export.export`).
-OUTDIR/hgmt.json records the tasks, input size, checkpoint step, normalisation, platforms,
-and how to decode each output: its channels' meaning and the label pixels' place in the input.
+OUTDIR/hgmt.json records the tasks, input size, checkpoint step and folder (`best` for
+--step=best, else `checkpoints`), normalisation, platforms, and how to decode each output: its
+channels' meaning and the label pixels' place in the input.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _run(args) -> int:
                                      cli.checkpoint_step(args.step), args.config)
     print(json.dumps({"out_dir": paths.absolute(args.out_dir), "format": args.format,
                       "tasks": meta["tasks"], "step": meta["step"],
+                      "checkpoint": meta["checkpoint"],
                       "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))
     return 0
 

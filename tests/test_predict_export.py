@@ -984,6 +984,30 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
         assert {"channel", "values"} <= set(layout), task
 
 
+def test_an_export_records_which_checkpoint_it_restored(workdir, exported, tmp_path, capsys):
+    """hgmt.json and the command's result line say which of the workdir's folders the step
+    was restored from: its best validation checkpoint (--step=best) or training's."""
+    import shutil
+
+    with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
+        meta = json.load(f)
+    assert (meta["step"], meta["checkpoint"]) == (2, workdirs.CHECKPOINT_DIR) == (
+        2, "checkpoints")
+    with_best = tmp_path / "with_best"  # the workdir, its step 2 kept as the best too
+    shutil.copytree(workdir, with_best)
+    shutil.copytree(os.path.join(workdirs.checkpoint_dir(workdir), "2"),
+                    os.path.join(workdirs.best_dir(str(with_best)), "2"))
+    out = tmp_path / "export"
+    capsys.readouterr()
+    assert hgmt.export.main([f"--workdir={with_best}", "--format=stablehlo", "--step=best",
+                             f"--out_dir={out}"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with open(out / "hgmt.json") as f:
+        meta = json.load(f)
+    assert (line["step"], line["checkpoint"]) == (meta["step"], meta["checkpoint"]) == (
+        2, workdirs.BEST_DIR) == (2, "best")
+
+
 def _peak(m: np.ndarray) -> tuple[np.ndarray, float]:
     """The sub-pixel peak of an (h, w) map as hgmt.json's pose2d "decoding" words it (its
     SUBPIXEL_PEAK text, followed here step by step in float32, as the outputs are), written

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hgmt import disk_space, paths
+from hgmt import disk_space, paths, workdirs
 from hgmt.inference import crop_scale, predictor
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
 from hgmt.tasks import TASKS, common, heads, parse_tasks
@@ -36,7 +36,12 @@ META_FILE = "hgmt.json"  # the metadata in the export directory
 
 def inference_fn(workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None) -> tuple[Callable, dict]:
-    """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over."""
+    """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over.
+
+    The metadata's "step" is the restored checkpoint's step, "checkpoint" the workdir's folder
+    it was restored from: `workdirs.BEST_DIR` for step "best" (the best validation
+    checkpoint), else `workdirs.CHECKPOINT_DIR` (training's)."""
+    folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
     model = create_model(config.model, heads(tasks))
@@ -47,6 +52,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
                 for t, o in predict_last_stage(model, variables, images).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
+            "checkpoint": folder,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
