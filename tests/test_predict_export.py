@@ -749,9 +749,10 @@ def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_in
 def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, tmp_path,
                                                                        caplog):
     """A workdir without crop_metres.json (trained before hgmt.main measured it) decodes
-    with CROP_METRES and says so in one warning naming the file; with the file, the
-    Predictor's pelvis depth, its JSON and an export's hgmt.json use the file's figure; a
-    damaged file is a one-line error naming it."""
+    with CROP_METRES and says so in one warning naming the file, and an export's hgmt.json
+    says the figure is assumed; with the file, the Predictor's pelvis depth, its JSON and an
+    export's hgmt.json use the file's figure, hgmt.json saying it was measured, on how many
+    records and with what standard error; a damaged file is a one-line error naming it."""
     import logging
     import shutil
 
@@ -766,8 +767,15 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     warned = [r.getMessage() for r in caplog.records if "crop_metres.json" in r.getMessage()]
     assert len(warned) == 1 and layout.crop_metres_file(older) in warned[0]
     assert "3D decoding assumes" in warned[0]
+    _, meta = exporting.inference_fn(older)
+    assert meta["crop"]["window_metres"] == crop_scale.CROP_METRES == 2.35
+    assert meta["crop"]["window_metres_source"] == (
+        "assumed: hgmt's default (crop_scale.CROP_METRES), as the workdir has no "
+        "crop_metres.json (it was not trained by an hgmt.main that measures it); 3D decoding "
+        "is off by the ratio of what the run's training windows span to it")
 
-    crop_scale.save(older, {"crop_metres": 2.6, "records": 12})
+    crop_scale.save(older, {"crop_metres": 2.6, "records": 12, "standard_error": 0.0123,
+                            "dataset": "surreal/all"})
     model = prediction.Predictor(older)
     assert model.crop_metres == 2.6
     r = model.image_size // 4
@@ -781,6 +789,12 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     assert saved["pelvis_depth_m"] == pytest.approx(600.0 * 2.6 / 150, abs=1e-4)
     _, meta = exporting.inference_fn(older)
     assert meta["crop"]["window_metres"] == 2.6
+    assert meta["crop"]["window_metres_source"] == (
+        "measured: the mean over 12 training records of dataset surreal/all, standard error "
+        "0.0123 m (the workdir's crop_metres.json)")
+    crop_scale.save(older, {"crop_metres": 2.6})  # each detail the file lacks is left out
+    assert crop_scale.with_source(older) == (
+        2.6, "measured: the mean over the training records (the workdir's crop_metres.json)")
 
     with open(layout.crop_metres_file(older), "w") as f:
         f.write('{"crop_metres": -1}')

@@ -4,7 +4,8 @@ focal_px * crop metres / the window's side in px, `predictor.Predictor`).
 
 hgmt.main measures it on the run's training split as training starts (`record_in_workdir`)
 and keeps it in the workdir (`workdirs.crop_metres_file`); the Predictor and an export read
-it back (`of_workdir`), CROP_METRES for a workdir without it.
+it back (`of_workdir`; `with_source` also says whether it was measured), CROP_METRES for a
+workdir without it.
 """
 
 from __future__ import annotations
@@ -148,7 +149,14 @@ def record_in_workdir(dataset: str, data_dir: str, workdir: str) -> None:
 def of_workdir(workdir: str) -> float:
     """The metres a training window of the workdir's run spans at the person: its file's
     figure; CROP_METRES, with a warning, for a workdir without one (trained before hgmt.main
-    measured it, or not by hgmt.main)."""
+    measured it, or not by hgmt.main). `with_source` says which."""
+    return with_source(workdir)[0]
+
+
+def with_source(workdir: str) -> tuple[float, str]:
+    """-> (`of_workdir`'s figure in metres, where it comes from): a sentence starting
+    "measured:" with the file's records and standard error, or "assumed:" for CROP_METRES
+    where the workdir has no file (warned about, as `of_workdir` says)."""
     stored = _read(workdir)
     if stored is None:
         logging.warning(
@@ -158,5 +166,25 @@ def of_workdir(workdir: str) -> float:
             "data spans to that (docs/evaluation.md has demo and SURREAL clips' figures); "
             "rerunning hgmt.main on the workdir writes it", workdirs.crop_metres_file(workdir),
             CROP_METRES)
-        return CROP_METRES
-    return float(stored["crop_metres"])
+        return CROP_METRES, (f"assumed: hgmt's default (crop_scale.CROP_METRES), as the "
+                             f"workdir has no {workdirs.CROP_METRES_FILE} (it was not trained "
+                             f"by an hgmt.main that measures it); 3D decoding is off by the "
+                             f"ratio of what the run's training windows span to it")
+    return float(stored["crop_metres"]), _measured(stored)
+
+
+def _measured(stored: dict) -> str:
+    """The source sentence of a figure the workdir's file holds (`save`d from `measure`;
+    each detail the file lacks is left out)."""
+    def number(key):
+        value = stored.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    records, error, dataset = number("records"), number("standard_error"), stored.get("dataset")
+    what = "the mean over " + (f"{records} training records" if records is not None else
+                               "the training records")
+    if isinstance(dataset, str):
+        what += f" of dataset {dataset}"
+    if error is not None:
+        what += f", standard error {error:.4f} m"
+    return f"measured: {what} (the workdir's {workdirs.CROP_METRES_FILE})"

@@ -245,10 +245,11 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
                      [0.0, scale, v0 - scale * (h - 1) / 2]])
 
 
-def crop_meta(crop_metres: float) -> dict:
+def crop_meta(crop_metres: float, source: str) -> dict:
     """How a model input is cut from an image (`Predictor._crops`, training's window), for an
     export's hgmt.json: R is its `image_size`, r its `label_size`; `crop_metres` the metres a
-    training window spans at the person (`crop_scale.of_workdir`)."""
+    training window spans at the person and `source` where that figure comes from (measured
+    or assumed: `crop_scale.with_source`)."""
     return {
         "window": "a square of S x S image px centred on image px c (x and y), pixel centres "
                   "at integers; training's is the 16 joints' tight box (w x h) widened by "
@@ -260,6 +261,7 @@ def crop_meta(crop_metres: float) -> dict:
         "box_margins": dict(input_pipeline.BOX_MARGINS),
         "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
         "window_metres": crop_metres,
+        "window_metres_source": source,
         "image_px_to_input_px": "input = (R / S) * (image - c) + (R - 1) / 2, for x and y",
         "image_px_to_label_px": "label = (r / S) * (image - c) + (r - 1) / 2, for x and y",
         "sampling": "bilinear (OpenCV's warpAffine, INTER_LINEAR); an input px whose source "
