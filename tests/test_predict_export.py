@@ -996,6 +996,11 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert out["segm"]["part_names"] == ["background", *surreal.PART_NAMES]
     for task, layout in out.items():
         assert {"channel", "values"} <= set(layout), task
+    # The names' l_ and r_ are the person's own sides, which SURREAL's (SMPL's) are not.
+    for task in ("pose2d", "pose3d", "segm"):
+        assert out[task]["sides"] == surreal.SIDES, task
+    assert out["pose2d"]["sides"].startswith("l_ and r_ are the person's own left and right")
+    assert "sides" not in out["depth"]  # it names no joint or part
 
 
 def test_an_export_records_which_checkpoint_it_restored(workdir, exported, tmp_path, capsys):

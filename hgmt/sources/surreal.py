@@ -76,6 +76,11 @@ SMPL_SEGMENT_NAMES = (
     "rightShoulder", "head", "leftArm", "rightArm", "leftForeArm", "rightForeArm", "leftHand",
     "rightHand", "leftHandIndex1", "rightHandIndex1",
 )  # fmt: skip
+# What l_ and r_ of JOINT_NAMES and PART_NAMES mean, for a consumer of the names (an export's
+# hgmt.json), who cannot tell from a name alone that the swap above was undone.
+SIDES = ("l_ and r_ are the person's own left and right (the rendered person's anatomical "
+         "side, not the image's; SURREAL's renders swap SMPL's left and right, and hgmt's "
+         "names follow the person: docs/surreal_format.md, Left and right)")
 # Raw 1-based SMPL segment value -> part class; index 0 (background) -> 0. SMPL "left*"
 # segments map to r_* classes and "right*" to l_* (the swap above).
 SEGM_TO_PART = np.array(

@@ -39,6 +39,7 @@ OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": "joint: channel j is joint_names[j]",
     "joint_names": list(surreal.JOINT_NAMES),
+    "sides": surreal.SIDES,
     "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1",
     "decoding": f"hgmt's joint j (hgmt.predict's joint_scores, and joints2d: in image px, "
                 f"crop.image_px_to_label_px inverted) is the sub-pixel peak of channel j: "

@@ -46,6 +46,7 @@ OUTPUT_LAYOUT = {
     "channel": f"joint * {NUM_BINS} + k: joint_names[joint] at depth bin bins[k] "
                f"(k = bin + {common.MAX_BIN})",
     "joint_names": list(surreal.JOINT_NAMES),
+    "sides": surreal.SIDES,
     "bins": list(range(-common.MAX_BIN, common.MAX_BIN + 1)),
     "bin_mm": round(common.BIN_SIZE * 1000.0, 6),
     "bin_depth": "bin b: the joint's camera depth z is the pelvis's plus b * bin_mm "

@@ -26,6 +26,7 @@ OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": "class c is part_names[c] (0 background)",
     "part_names": list(surreal.PART_CLASS_NAMES),
+    "sides": surreal.SIDES,
     "values": "logits: a pixel's class is the argmax over the channels",
 }
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
