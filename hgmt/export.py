@@ -15,12 +15,14 @@ outputs {task: (B, R/4, R/4, C)} float32, parameters baked in.
   signature `serving_default(images)`; reload with `tf.saved_model.load(OUTDIR)`, or convert
   it with `tf.lite.TFLiteConverter.from_saved_model(OUTDIR)`. TF Serving loads
   <base_path>/<version>/saved_model.pb: for it give --out_dir=<base>/1 (a version folder).
-OUTDIR is a local folder or a gs:// URL, for either format (TensorFlow's file systems write
-both where it is installed; for s3:// export to a folder and copy it: such a URL is refused
-before any work). OUTDIR must be new or empty (one holding anything is refused before any
-work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed to OUTDIR
-only then, so a failure (a full disk: DiskFull, one line) leaves neither; in gs:// hgmt.json is
-written last (`hgmt.inference.export.export`).
+OUTDIR is a local folder (`~` expanded) or a gs:// URL, for either format: TensorFlow's file
+systems write both where it is installed (it is with hgmt), and they have no s3://, so there
+such a URL (or any scheme they lack) is refused before any work: export to a folder and copy
+it. A host without TensorFlow exports stablehlo only, to a URL through fsspec (s3:// with s3fs
+installed). OUTDIR must be new or empty, and not a symbolic link or a mount point (refused
+before any work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed
+to OUTDIR only then, so a failure (a full disk: DiskFull, one line) leaves neither; in gs://
+hgmt.json is written last (`hgmt.inference.export.export`).
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step and folder (`best` for
 --step=best, else `checkpoints`), normalisation, platforms, and how to decode each output: its
 channels' meaning and the label pixels' place in the input.
