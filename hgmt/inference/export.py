@@ -82,6 +82,11 @@ def output_meta(tasks: tuple[str, ...], image_size: int) -> dict:
 
 
 def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
+    """Writes `f` serialised by `jax.export` into the file `path` (a local path or a URL,
+    through `etils.epath`; an export directory's is <dir>/`STABLEHLO_FILE`): `f` maps images
+    (B, R, R, 3) float32 RGB on [0, 255], R = `image_size` px, to {task: (B, R/4, R/4, C)}
+    float32 (`inference_fn`'s), the batch size B symbolic (any B >= 1), lowered for each of
+    `PLATFORMS`. `load_stablehlo` reloads it."""
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     exported = jax.export.export(jax.jit(f), platforms=PLATFORMS)(spec)
@@ -98,6 +103,12 @@ def load_stablehlo(path: str) -> Callable:
 
 
 def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
+    """Writes `f` (as `export_stablehlo` takes it: images (B, R, R, 3) float32 RGB on
+    [0, 255], R = `image_size` px -> {task: (B, R/4, R/4, C)} float32) as a TensorFlow
+    SavedModel into the folder `path` (a local path or a URL TensorFlow's file systems write):
+    converted by jax2tf, natively serialised for each of `PLATFORMS`, without gradients, with
+    the signature `serving_default(images)` over any batch size B >= 1. `tf.saved_model.load`
+    reloads it. Needs TensorFlow, imported here."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
