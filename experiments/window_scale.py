@@ -9,9 +9,9 @@
   measures the same on a run's training records (its workdir's crop_metres.json); the
   fallback `crop_scale.CROP_METRES` is for workdirs without it.
 - `foreground_to_side`: training's window side over the longer side of the silhouette's box
-  (the tight box of the pixels whose segment is not background, in px, as
-  `hgmt.inference.person.find_window` measures it), per frame: mean, median, standard
-  deviation, frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box
+  (`hgmt.inference.person.silhouette_box` of the pixels whose segment is not background, as
+  `person.find_window` measures it), per kept frame: mean, median, standard deviation,
+  frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box
   by. Only where a clip has its _segm.mat (null otherwise: a real annotation file alone has
   no silhouettes).
 
@@ -43,18 +43,17 @@ def foreground_to_side(info, segm: np.ndarray) -> list[float]:
     """One clip's annotations and (T,H,W) segments -> per kept frame with a silhouette,
     training's window side / the longer side of the silhouette's box in px."""
     from hgmt.data import input_pipeline
+    from hgmt.inference import crop_scale, person
     from hgmt.sources import surreal
 
     out = []
-    for t in range(min(info.num_frames, len(segm))):
-        if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is not None:
-            continue
-        ys, xs = np.nonzero(segm[t])
-        if not len(xs):
+    for t in (t for t in crop_scale.kept_frames(info) if t < len(segm)):
+        box = person.silhouette_box(segm[t] > 0)
+        if box is None:
             continue
         _, side = input_pipeline.person_box(
             info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))
-        out.append(side / max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+        out.append(side / float((box[1] - box[0]).max()))
     return out
 
 
@@ -68,7 +67,7 @@ def measure(paths: list[str]) -> dict:
     for path in paths:
         info = surreal.load_info(path)
         metres += [crop_scale.record_metres(r) for r in crop_scale.info_records(info)]
-        segm_path = path[:-len("_info.mat")] + "_segm.mat"
+        segm_path = surreal.clip_paths(path.removesuffix(surreal.CLIP_SUFFIXES["info"]))["segm"]
         if os.path.isfile(segm_path):
             with_segm += 1
             ratios += foreground_to_side(info, surreal.load_segm(segm_path))

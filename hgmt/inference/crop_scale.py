@@ -51,12 +51,18 @@ def record_metres(record: Mapping[str, np.ndarray]) -> float:
     return side * depth / float(surreal.INTRINSICS[0, 0])
 
 
+def kept_frames(info: surreal.ClipInfo) -> list[int]:
+    """A clip's _info.mat -> the indices of the frames the builder keeps (no
+    `surreal.frame_problem`: those training skips and hgmt's metrics leave out), in order."""
+    return [t for t in range(info.num_frames)
+            if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
+
+
 def info_records(info: surreal.ClipInfo) -> list[dict]:
     """A clip's _info.mat -> one record of `record_metres`'s fields per frame the builder
-    keeps (no `surreal.frame_problem`), in frame order."""
+    keeps (`kept_frames`), in frame order."""
     return [{"joints2d": info.joints2d[t], "joints3d": info.joints3d[t],
-             "cam_loc": info.cam_loc} for t in range(info.num_frames)
-            if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
+             "cam_loc": info.cam_loc} for t in kept_frames(info)]
 
 
 def summary(metres: Sequence[float]) -> dict:

@@ -99,6 +99,16 @@ def _largest_component(mask: np.ndarray) -> np.ndarray | None:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def silhouette_box(mask: np.ndarray) -> np.ndarray | None:
+    """(H,W) bool -> (2,2) [[x0, y0], [x1, y1]]: the tight box of its pixels, in pixels
+    (pixel centres at integers, so the box reaches half a pixel beyond the outer ones: its
+    sides are the pixel counts spanned); None when no pixel is set."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    return np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])
+
+
 def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
                 max_side: float = np.inf) -> Window | None:
     """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order) and the
@@ -123,9 +133,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
     silhouette = _largest_component(np.logical_or.reduce(masks)) if masks else None
     outline = None
     if silhouette is not None:
-        ys, xs = np.nonzero(silhouette)
-        corners = np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])
-        corners = corners @ back[:, :2].T + back[:, 2]
+        corners = silhouette_box(silhouette) @ back[:, :2].T + back[:, 2]
         side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
         tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
         outline = Window(corners.mean(0), min(side, max_side), f"foreground ({tasks})")
