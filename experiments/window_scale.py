@@ -1,6 +1,7 @@
 """The two figures that size prediction's window and its 3D scale, on SURREAL-format clips.
 
-    python3 experiments/window_scale.py [--clips=DIR_OR_INFO_MAT ...]
+    python3 experiments/window_scale.py [--config=configs/demo.py] [--demo] \
+        [--clips=DIR_OR_INFO_MAT ...]
 
 - `crop_metres`: the metres a training window spans at the person, per frame
   (`hgmt.inference.crop_scale.record_metres`: the window's side in px times the pelvis's camera
@@ -11,13 +12,14 @@
 - `foreground_to_side`: training's window side over the longer side of the silhouette's box
   (`hgmt.inference.person.silhouette_box` of the pixels whose segment is not background, as
   `person.find_window` measures it), per kept frame: mean, median, standard deviation,
-  frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box
-  by. Only where a clip has its _segm.mat (null otherwise: a real annotation file alone has
-  no silhouettes).
+  frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box by. Only
+  where a clip has its _segm.mat (null otherwise: a real annotation file alone has no
+  silhouettes).
 
-Without `--clips` it measures the training clips of configs/demo.py (its demo settings,
-generated into a temporary folder) and, when $HGMT_REAL_INFO names a SURREAL _info.mat, that
-file too. Prints JSON, one entry per set of clips.
+Each `--clips` is a directory searched recursively for `*_info.mat`, or one such file. With
+`--demo`, or without `--clips`, it also measures the training clips of `--config`'s `demo`
+settings (default configs/demo.py's), generated into a temporary folder, under the name
+"demo training clips" with those settings. Prints JSON, one entry per set of clips.
 """
 
 from __future__ import annotations
@@ -87,38 +89,40 @@ def measure(paths: list[str]) -> dict:
     return out
 
 
-def demo_training_clips(out_dir: str) -> str:
-    """Generates the training clips of configs/demo.py's demo settings into `out_dir` ->
-    their split directory."""
-    from configs import demo
+def demo_training_clips(settings, out_dir: str) -> str:
+    """Generates the training clips of a config's `demo` settings into `out_dir` -> their
+    split directory."""
     from hgmt import cores
     from hgmt.sources import synthetic
 
-    settings = demo.get_config().demo
     synthetic.generate(out_dir, settings.clips_per_split, settings.frames, settings.seed,
                        splits=("train",), workers=cores.usable_cores())
     return os.path.join(out_dir, "cmu", "train")
 
 
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "demo.py")
+DEMO = "demo training clips"  # the output's name of the --config's demo clips
+
+
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("clips", None, "a directory of SURREAL clips, or one clip's "
-                              "_info.mat (repeatable); default: configs/demo.py's training "
-                              "clips, generated, and $HGMT_REAL_INFO when set", flag_values=fv)
+                              "_info.mat (repeatable)", flag_values=fv)
+    flags.DEFINE_bool("demo", False, "also measure the training clips of --config's demo "
+                      "settings, generated into a temporary folder (measured without --clips "
+                      "too)", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
-    args, _ = cli.parse(_define_flags, argv, __doc__)
+    args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        sets = list(args.clips or [])
-        if not sets:
-            out_name = "configs/demo.py training clips"
-            out[out_name] = measure(info_files(demo_training_clips(tmp)))
-            if os.environ.get("HGMT_REAL_INFO"):
-                sets.append(os.environ["HGMT_REAL_INFO"])
-        for where in sets:
-            out[where] = measure(info_files(where))
+    if args.demo or not args.clips:
+        settings = args.config.demo
+        with tempfile.TemporaryDirectory() as tmp:
+            out[DEMO] = {"demo": {k: settings[k] for k in ("clips_per_split", "frames", "seed")},
+                         **measure(info_files(demo_training_clips(settings, tmp)))}
+    for where in args.clips or []:
+        out[where] = measure(info_files(where))
     print(json.dumps(out, indent=1))
     return 0
 
