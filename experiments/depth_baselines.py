@@ -4,12 +4,15 @@
         [--frames=every4]
 
 For each `--clips` (a directory searched recursively for SURREAL clips: `_info.mat`,
-`_depth.mat`, `_segm.mat`) prints JSON: over the foreground pixels of the frames `--frames`
-selects in each clip (middle, all or everyK, as `hgmt.evaluate --frames`), at the frames' full
-resolution, the fraction in the right depth bin (the bin -9..9 of hgmt's depth labels,
-`hgmt.tasks.depth.classes` minus 10) for three predictors that know no depth:
+`_depth.mat`, `_segm.mat`) prints JSON: over the pixels hgmt's depth bin accuracy counts
+(`hgmt.tasks.depth.metric_stats`: every pixel with a depth label, of the frames it scores:
+those `--frames` selects in each clip, middle, all or everyK, as `hgmt.evaluate --frames`,
+less those the builder's check rejects), at the frames' full resolution, the fraction in the
+right depth bin (the bin -9..9 of hgmt's depth labels, `hgmt.tasks.depth.classes` minus 10)
+for three predictors that know no depth:
 - `most_common_bin`: one bin everywhere, the split's most common;
-- `part_mode`: each body part's most common bin over the split (perfect segmentation);
+- `part_mode`: each body part's most common bin over the split (perfect segmentation; a
+  labelled pixel the segmentation calls background is a group of its own);
 - `part_frame_mode`: each part's most common bin in that frame (each part's depth right,
   flat within the part: the ceiling of a head that only places parts).
 Also the standard deviation of the bins. Demo data and real SURREAL clips run the same way.
@@ -58,28 +61,33 @@ def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
 
 
 def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One clip -> (bins, parts, frame indices) of the foreground pixels of the frames that
-    `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
+    """One clip -> (bins, parts, frame indices) of the depth-labelled pixels of the frames
+    that `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
     (`input_pipeline.eval_frame_keep`), among the frames its three files share: the middle
-    frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it. A pixel
-    is foreground where both the segmentation and the depth label say so."""
+    frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it; a frame
+    `surreal.frame_problem` rejects is left out (`crop_scale.kept_frames`), as hgmt's metrics
+    leave it out. A pixel counts where its depth label is not background, as in
+    `depth.metric_stats`; its part is the segmentation's (0 where that is background)."""
     from hgmt.data import input_pipeline
+    from hgmt.inference import crop_scale
     from hgmt.sources import surreal
     from hgmt.tasks import common, depth
 
-    info = surreal.load_info(stem + "_info.mat")
-    maps, segm = surreal.load_depth(stem + "_depth.mat"), surreal.load_segm(stem + "_segm.mat")
+    files = surreal.clip_paths(stem)
+    info = surreal.load_info(files["info"])
+    maps, segm = surreal.load_depth(files["depth"]), surreal.load_segm(files["segm"])
     pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
                                   info.cam_loc)
     shared = min(info.num_frames, len(maps), len(segm))
     keep = input_pipeline.eval_frame_keep(frames)
     middle = surreal.middle_frame(info.num_frames)
+    scored = [t for t in crop_scale.kept_frames(info) if t < shared and keep(t, shared, middle)]
     # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
     # holds).
     out = [(np.zeros(0, np.int32), np.zeros(0, surreal.SEGM_TO_PART.dtype), np.zeros(0, int))]
-    for t in (t for t in range(shared) if keep(t, shared, middle)):
+    for t in scored:
         classes = depth.classes(maps[t], pelvis[t])  # (H,W) 0 background, else bin + 10
-        fg = (segm[t] > 0) & (classes > 0)
+        fg = classes > 0  # the pixels depth.metric_stats counts: a depth label, any segment
         out.append((classes[fg].astype(np.int32) - (common.MAX_BIN + 1),
                     surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
     return tuple(np.concatenate(a) for a in zip(*out, strict=True))
@@ -89,7 +97,9 @@ def measure(where: str, frames: str) -> dict:
     """Every clip under `where` -> `baselines` over all of them, with the clip count."""
     from limb_depth import info_files
 
-    stems = [p[:-len("_info.mat")] for p in info_files(where)]
+    from hgmt.sources import surreal
+
+    stems = [p.removesuffix(surreal.CLIP_SUFFIXES["info"]) for p in info_files(where)]
     bins, parts, frame_ids = [], [], []
     for k, stem in enumerate(stems):
         b, p, t = clip_pixels(stem, frames)

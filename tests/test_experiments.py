@@ -158,8 +158,8 @@ def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
 
 
 def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
-    """On one demo test clip, every frame: the script's bin of each foreground pixel is the
-    depth class the builder stores for it (`hgmt.tasks.depth.classes`) minus 10."""
+    """On one demo test clip, every frame: the script's pixels are those the builder stores a
+    depth class for (`hgmt.tasks.depth.classes`), and each one's bin is that class minus 10."""
     import collections
 
     import cv2
@@ -168,7 +168,7 @@ def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
     from hgmt.sources import surreal
 
     stem = surreal.find_clips(demo_dataset[0], "test")[0]
-    bins, _, frames = depth_baselines.clip_pixels(stem, "all")
+    bins, parts, frames = depth_baselines.clip_pixels(stem, "all")
     segm = surreal.load_segm(stem + "_segm.mat")
     checked = 0
     for _, example in records.clip_examples(stem, records.FrameSelection(),
@@ -176,8 +176,9 @@ def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
         t = int(example["frame"])
         stored = cv2.imdecode(np.frombuffer(example["depth_class"], np.uint8),
                               cv2.IMREAD_UNCHANGED)
-        fg = (segm[t] > 0) & (stored > 0)
+        fg = stored > 0
         np.testing.assert_array_equal(bins[frames == t], stored[fg].astype(int) - 10)
+        np.testing.assert_array_equal(parts[frames == t], surreal.SEGM_TO_PART[segm[t][fg]])
         checked += 1
     assert checked == 6 and set(frames.tolist()) == set(range(6))
 
@@ -222,6 +223,45 @@ def test_depth_baselines_select_frames_as_the_evaluation_does(tmp_path):
     assert [selected(f) for f in ("middle", "every2")] == [[], [0, 2]]
     _keep_frames(stem, 2, "info")
     assert [selected(f) for f in ("middle", "every2", "all")] == [[0], [0], [0, 1]]
+
+
+def test_depth_baselines_count_the_pixels_and_frames_hgmts_depth_metric_counts(tmp_path):
+    """A 4-frame clip altered by hand: frame 1's segmentation blanked (its depth labels kept)
+    and frame 2's 2D joints set to zero. Frame 1 keeps every pixel it had, each now of part 0
+    (hgmt's bin accuracy counts every pixel with a depth label, whatever its segment, as
+    `depth.metric_stats` here on the frame's labels); frame 2, which `surreal.frame_problem`
+    rejects ("joints_zero") and hgmt's metrics leave out, gives none."""
+    import jax.numpy as jnp
+    import scipy.io
+
+    from hgmt.sources import surreal, synthetic
+    from hgmt.tasks import depth
+
+    stem, = synthetic.generate(str(tmp_path), clips_per_split=1, frames=4, seed=1,
+                               splits=("test",))
+    bins, parts, t = depth_baselines.clip_pixels(stem, "all")
+    assert sorted(set(t.tolist())) == [0, 1, 2, 3] and (parts[t == 1] > 0).all()
+    files = surreal.clip_paths(stem)
+    segm = scipy.io.loadmat(files["segm"])
+    scipy.io.savemat(files["segm"], {k: (np.zeros_like(v) if k == "segm_2" else v)
+                                     for k, v in segm.items() if not k.startswith("__")})
+    info = {k: v for k, v in scipy.io.loadmat(files["info"]).items() if not k.startswith("__")}
+    info["joints2D"][..., 2] = 0
+    scipy.io.savemat(files["info"], info)
+    info = surreal.load_info(files["info"])
+    assert surreal.frame_problem(info.joints2d[2], info.joints3d[2]) == "joints_zero"
+    after, after_parts, after_t = depth_baselines.clip_pixels(stem, "all")
+    assert sorted(set(after_t.tolist())) == [0, 1, 3]
+    for frame in (0, 1, 3):
+        np.testing.assert_array_equal(after[after_t == frame], bins[t == frame])
+    assert (after_parts[after_t == 1] == 0).all()
+    np.testing.assert_array_equal(after_parts[after_t != 1], parts[(t != 1) & (t != 2)])
+    pelvis = surreal.camera_depth(info.joints3d[1, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
+                                  info.cam_loc)
+    labels = jnp.asarray(depth.classes(surreal.load_depth(files["depth"])[1], pelvis))[None]
+    stats = depth.metric_stats({"depth_classes": labels},
+                               {"depth_class": labels, "mask": jnp.ones(1)})
+    assert int(stats["foreground"]) == (after_t == 1).sum() > 100
 
 
 def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
