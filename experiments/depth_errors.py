@@ -34,24 +34,28 @@ def tally(classes, batch: dict) -> tuple:
     """(B,r,r) predicted depth classes of an evaluation batch (`input_pipeline.eval_batches`,
     with its depth and segm labels) -> ((3,) pixels in the right bin, predicted as background,
     within one bin; (NUM_PARTS, 2) per ground-truth part: pixels in the right bin, pixels),
-    over the ground-truth foreground pixels of the examples hgmt's depth metric counts
-    (`common.example_weights`, as `depth.metric_stats` weights them)."""
+    over the ground-truth foreground pixels of the examples hgmt's depth metric counts. The
+    right bin and the pixels are `depth.metric_stats`' own 'correct' and 'foreground', per part
+    on the labels of that part's pixels alone."""
     import jax.numpy as jnp
     import numpy as np
 
     from hgmt.sources import surreal
     from hgmt.tasks import common, depth
 
-    gt = np.asarray(depth.targets({k: jnp.asarray(v) for k, v in batch.items()}))
-    scored = np.asarray(common.example_weights(batch, gt.shape[0])) > 0
+    labels = {k: jnp.asarray(v) for k, v in batch.items()}
+    decoded = {"depth_classes": jnp.asarray(classes)}
+    gt = np.asarray(depth.targets(labels))
+    scored = np.asarray(common.example_weights(labels, gt.shape[0])) > 0
     fg = (gt > 0) & scored[:, None, None]
-    right = fg & (classes == gt)
-    counts = np.array([right.sum(), (fg & (classes == 0)).sum(),
-                       (fg & (classes > 0) & (np.abs(classes - gt) <= 1)).sum()], np.float64)
     per_part = np.zeros((surreal.NUM_PARTS, 2))
-    parts = np.asarray(batch["segm"])[fg]
-    np.add.at(per_part, (parts, 0), right[fg])
-    np.add.at(per_part, (parts, 1), 1)
+    for part in range(surreal.NUM_PARTS):
+        own = jnp.where(labels["segm"] == part, labels["depth_class"], 0)
+        stats = depth.metric_stats(decoded, {**labels, "depth_class": own})
+        per_part[part] = float(stats["correct"]), float(stats["foreground"])
+    counts = np.array([float(depth.metric_stats(decoded, labels)["correct"]),
+                       (fg & (classes == 0)).sum(),
+                       (fg & (classes > 0) & (np.abs(classes - gt) <= 1)).sum()], np.float64)
     return counts, per_part
 
 
