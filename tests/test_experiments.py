@@ -14,6 +14,22 @@ import depth_baselines  # noqa: E402
 import depth_errors  # noqa: E402
 import learning_curves  # noqa: E402
 import limb_depth  # noqa: E402
+import window_scale  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "results")
+
+
+def _committed(name: str) -> dict:
+    """A raw output committed under experiments/results."""
+    with open(os.path.join(RESULTS, name)) as f:
+        return json.load(f)
+
+
+def _real_entry(output: dict) -> dict:
+    """The entry of a committed output that measured the real SURREAL clip 01_01_c0001 (its
+    key: the path the command was given, or a name saying what it holds)."""
+    entry, = (v for k, v in output.items() if "01_01_c0001" in k)
+    return entry
 
 
 def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
@@ -301,3 +317,43 @@ def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info
     assert out["joint_bins"]["mjd_mm"] < out["mean_offset"]["mjd_mm"] <= (
         out["pelvis_plane"]["mjd_mm"])
     assert out["mean_offset"]["per_joint_mm"][surreal.JOINT_NAMES[surreal.PELVIS]] == 0.0
+
+
+def test_limb_depth_gives_the_committed_figures_of_the_real_clip(real_info_path, capsys):
+    """The command on the real annotation file prints limb_depth.json's real-clip half, every
+    figure to its printed 0.1 mm: the depth spread per joint (right ankle 55.4 mm, left 64.0)
+    and the depth-free MJDs (108.9, 61.9, 11.7 mm) with their per-joint figures."""
+    assert limb_depth.main([f"--clips={real_info_path}"]) == 0
+    out = json.loads(capsys.readouterr().out)[real_info_path]
+    committed = _real_entry(_committed("limb_depth.json"))
+    assert (committed["within_clip_sd_mm"]["r_ankle"], committed["within_clip_sd_mm"]["l_ankle"]
+            ) == (55.4, 64.0)
+    assert [committed["depth_free_mjd"][k]["mjd_mm"]
+            for k in ("pelvis_plane", "mean_offset", "joint_bins")] == [108.9, 61.9, 11.7]
+    assert out == committed
+
+
+def test_window_scale_measures_the_configs_demo_clips_and_the_real_clip(real_info_path, tmp_path,
+                                                                        capsys):
+    """--demo measures the training clips of --config's demo settings (here overridden to 2
+    clips of 3 frames), as `measure` does on the same clips generated here; the real
+    annotation file's entry is window_scale_2026-12-05.json's (docs/evaluation.md: 2.475 +-
+    0.170 m, standard error 0.017, 100 frames, no silhouettes). Without --clips the demo
+    clips alone."""
+    from hgmt.sources import synthetic
+
+    small = ["--config.demo.clips_per_split=2", "--config.demo.frames=3"]
+    assert window_scale.main(["--demo", f"--clips={real_info_path}", *small]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == [window_scale.DEMO, real_info_path]
+    synthetic.generate(str(tmp_path), 2, 3, 0, splits=("train",))
+    expected = window_scale.measure(limb_depth.info_files(str(tmp_path / "cmu" / "train")))
+    assert out[window_scale.DEMO] == {"demo": {"clips_per_split": 2, "frames": 3, "seed": 0},
+                                      **expected}
+    assert expected["crop_metres"]["frames"] == expected["foreground_to_side"]["frames"] == 6
+    committed = _real_entry(_committed("window_scale_2026-12-05.json"))
+    assert (committed["crop_metres"]["mean"], round(committed["crop_metres"]["standard_deviation"],
+                                                    3)) == (2.475, 0.170)
+    assert out[real_info_path] == committed
+    assert window_scale.main(small) == 0
+    assert list(json.loads(capsys.readouterr().out)) == [window_scale.DEMO]
