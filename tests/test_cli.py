@@ -51,7 +51,7 @@ ENTRY_POINTS = {
     "experiments/depth_errors.py": ["workdir", "step", "frames"],
     "experiments/depth_baselines.py": ["clips", "frames"],
     "experiments/limb_depth.py": ["clips"],
-    "experiments/window_scale.py": ["clips"],
+    "experiments/window_scale.py": ["config", "clips", "demo"],
     "experiments/learning_curves.py": ["workdir", "out_dir"],
 }
 # Commands on a trained workdir read its config.json before they parse their flags.
