@@ -671,7 +671,11 @@ def test_a_lock_taken_over_or_removed_while_held_is_lost(tmp_path):
              "token": "other"}
     with lock:
         lock.check()  # held: nothing to say
-        path.write_text(json.dumps(other))
+        # Renamed into place whole: the refresh thread, every 0.01 s, would otherwise catch
+        # the file empty between its truncation and the write (a lock naming no holder).
+        aside = tmp_path / "other"
+        aside.write_text(json.dumps(other))
+        os.replace(aside, path)
         _wait_lost(lock)
         with pytest.raises(workdir_lock.WorkdirLockLost, match=r"is now held by host node-7 "
                                                                r"pid 1234 \(Slurm job 99\), "
