@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -736,6 +737,11 @@ def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_da
     other = {"host": "node-7", "pid": 1234, "job": "99", "restart": 0, "started": "then",
              "token": "other"}
     batches = input_pipeline.eval_batches
+    lose, lost = workdir_lock.WorkdirLock._lose, threading.Event()
+
+    def losing(self, what):  # the refresh thread found the lock lost: says so to `taken`
+        lose(self, what)
+        lost.set()
 
     def taken(*args, **kwargs):
         # Renamed into place whole: the refresh thread, every 0.01 s, would otherwise catch
@@ -743,8 +749,12 @@ def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_da
         with open(workdirs.lock_file(workdir) + ".other", "w") as f:
             json.dump(other, f)
         os.replace(workdirs.lock_file(workdir) + ".other", workdirs.lock_file(workdir))
-        time.sleep(0.5)  # the refresh thread finds it (every 0.01 s)
+        # The first batch comes only once the refresh thread found the lock lost (however
+        # loaded the machine): what is checked is that the evaluation stops at that batch.
+        assert lost.wait(60), "the refresh thread did not find the lock taken over"
         yield from batches(*args, **kwargs)
+
+    monkeypatch.setattr(workdir_lock.WorkdirLock, "_lose", losing)
 
     monkeypatch.setattr(input_pipeline, "eval_batches", taken)
     config = tiny_config(demo_dataset[1], total_steps=4,
