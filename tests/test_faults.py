@@ -533,6 +533,29 @@ def test_a_process_that_sees_no_checkpoint_where_another_does_is_an_error(tmp_pa
         checkpoints.restore_newest_readable(mngr, args, workdir)
 
 
+class _LockTime:
+    """`time` for `workdir_lock`, its sleeps recorded in `waits` (and slept): the lock sleeps
+    only in `_replace_if_stale`, to let a holder that just created its lock file write it,
+    which a trainer that meets a written lock, a dead holder's, or none never has to."""
+
+    def __init__(self):
+        self.waits: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        time.sleep(seconds)
+
+
+def _lock_sleeps(monkeypatch) -> list[float]:
+    """The waits `workdir_lock` sleeps from now on, as they happen (see `_LockTime`)."""
+    spy = _LockTime()
+    monkeypatch.setattr(workdir_lock, "time", spy)
+    return spy.waits
+
+
 _HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
            "from hgmt.training.workdir_lock import WorkdirLock; "
            "WorkdirLock({workdir!r}).acquire(); "
@@ -540,18 +563,18 @@ _HOLDER = ("import sys, time; sys.path.insert(0, {repo!r}); "
 
 
 def test_a_second_trainer_stops_naming_the_holder_and_a_dead_holder_does_not_block(
-        demo_dataset, tmp_path):
+        demo_dataset, tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
+    slept = _lock_sleeps(monkeypatch)
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER.format(repo=REPO,
                                                                     workdir=workdir)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        t0 = time.time()
         with pytest.raises(workdir_lock.WorkdirLocked,
                            match=f"host {socket.gethostname()} pid {holder.pid}, started"):
             loop.train(tiny_config(demo_dataset[1], **KW), workdir)
-        assert time.time() - t0 < 5
+        assert slept == []  # refused at once: a written lock is not waited for
         assert not os.path.exists(os.path.join(workdir, workdirs.CHECKPOINT_DIR))
     finally:
         holder.kill()  # SIGKILL: the lock stays behind, stale
@@ -560,6 +583,7 @@ def test_a_second_trainer_stops_naming_the_holder_and_a_dead_holder_does_not_blo
     with workdir_lock.WorkdirLock(workdir) as lock:  # what train() takes first
         assert lock.held
     assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
+    assert slept == []  # nor is a dead holder's
 
 
 def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
@@ -788,7 +812,8 @@ def test_a_lock_file_that_names_no_holder_is_refused_as_such(tmp_path, content, 
         assert json.loads(path.read_text())["token"] == lock.me["token"]
 
 
-def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(small_disk):
+def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(small_disk,
+                                                                             monkeypatch):
     """On a full disk the lock file is created (an empty file needs no data block) but its
     holder cannot be written: DiskFull naming the lock file and the fix, the empty file
     removed, so that once space is freed the rerun takes the workdir at once."""
@@ -802,10 +827,10 @@ def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(s
                     rf"behind\. Free space \(or raise the quota\) and rerun", str(full.value))
     assert os.listdir(disk.path) == ["filler"]
     os.remove(filler)
-    t0 = time.monotonic()
+    slept = _lock_sleeps(monkeypatch)
     with workdir_lock.WorkdirLock(disk.path) as lock, open(path) as f:
         assert lock.held and json.load(f)["token"] == lock.me["token"]
-    assert time.monotonic() - t0 < 2
+    assert slept == []  # taken at once: no empty lock file left to wait for
 
 
 def test_a_process_that_peers_end_releases_its_workdir_lock_first(tmp_path, monkeypatch):
