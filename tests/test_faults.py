@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
@@ -1101,35 +1102,56 @@ def test_a_failed_background_checkpoint_write_stops_the_run_and_keeps_the_one_ke
     assert manager(workdir).all_steps() == [12] and _partial(workdir) == []
 
 
-def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tmp_path):
+def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tmp_path,
+                                                                             monkeypatch):
     """After a failed write tensorstore may still write other chunks of it, recreating the
-    temporary folder after a first removal: the folder is removed until it stays away."""
-    import threading
+    temporary folder after a first removal (or during one, which then fails): the folder is
+    removed until it stays away.
 
+    On a clock of its own (`checkpoints.time`: its sleeps advance it, sleeping nothing), the
+    late chunks come at set times: two while the folder is removed again and again, one
+    after it has stayed away for 0.15 s (less than the settle time). One still to come when
+    `remove_partial` returns would recreate the folder after it: it returned too early."""
     workdir = str(tmp_path)
     partial = os.path.join(workdirs.checkpoint_dir(workdir), "4.orbax-checkpoint-tmp-17")
     os.makedirs(os.path.join(workdirs.checkpoint_dir(workdir), "2"))
-    stop = time.monotonic() + 0.5
+    late = [0.03, 0.08, 0.28]  # when (on that clock) a late chunk recreates the folder
 
-    def late_chunks() -> None:
-        i = 0
-        while time.monotonic() < stop:
-            chunk = os.path.join(partial, "state", f"d{i % 7}")
-            try:
-                os.makedirs(chunk, exist_ok=True)
-                with open(os.path.join(chunk, str(i)), "wb") as f:
-                    f.write(b"x" * 1024)
-            except OSError:  # removed between the two (or while being made): the next recreates it
-                pass
-            i += 1
+    def write_chunk() -> None:
+        chunk = os.path.join(partial, "state", f"d{len(late)}")
+        os.makedirs(chunk, exist_ok=True)
+        with open(os.path.join(chunk, "0"), "wb") as f:
+            f.write(b"x" * 1024)
 
-    writer = threading.Thread(target=late_chunks)
-    writer.start()
-    time.sleep(0.05)
-    try:
-        assert checkpoints.remove_partial(workdir) == [partial]
-    finally:
-        writer.join()
+    class Clock:
+        now = 0.0
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def sleep(self, seconds: float) -> None:
+            self.now += seconds
+            while late and late[0] <= self.now + 1e-9:
+                late.pop(0)
+                write_chunk()
+
+    rmtree, failed = type(epath.Path(partial)).rmtree, []
+
+    def rmtree_racing(self, *args, **kwargs):
+        if not failed:  # a chunk lands in a folder the first removal emptied
+            failed.append(self)
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", os.fspath(self))
+        rmtree(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "time", Clock())
+    monkeypatch.setattr(type(epath.Path(partial)), "rmtree", rmtree_racing)
+    write_chunk()  # the failed write's
+    assert checkpoints.remove_partial(workdir) == [partial]
+    assert failed, "the removal that fails was not tried"
+    assert late == [], f"returned before the late chunks at {late} (on its clock)"
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
 
 
