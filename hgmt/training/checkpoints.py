@@ -325,14 +325,16 @@ def _steps_on_disk(folder: str) -> list[int]:
         ) else []
 
 
-def remove_partial(workdir: str, settle_s: float = 0.2, timeout_s: float = 10.0) -> list[str]:
+def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0) -> list[str]:
     """Removes the temporary folders of unfinished checkpoint writes (orbax's
     `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best (process 0;
     the workdir lock makes them this run's). -> the removed paths.
 
     After a failed write, tensorstore may still be finishing other chunks of it, which
     recreate the folder: the removal is repeated until no such folder has appeared for
-    `settle_s` seconds (at most `timeout_s`)."""
+    `settle_s` seconds (at most `timeout_s`). A second by default: on a loaded machine
+    tensorstore's threads can wait a good part of one before writing their next chunk, and
+    this runs only after a failed write, when the run stops anyway."""
     import jax
 
     if jax.process_index() != 0:
