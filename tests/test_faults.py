@@ -1661,7 +1661,7 @@ def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
     """One process raises DiskFull inside the watched block while the other waits for it in a
     collective: the faulty process exits 1 with its one error line, the other exits 1 with one
     line naming the faulty process, the step and its fault, neither by the coordination
-    service's abort (10 s heartbeat timeout): the other's line names the fault, which only
+    service's abort (30 s heartbeat timeout): the other's line names the fault, which only
     the faulty process's report carries. Process 1 faulty: the other's
     collective fails and its main thread raises PeerFailed; process 0 (the coordinator) faulty:
     it waits until the other's watchdog has read the fault and stopped it."""
@@ -1679,6 +1679,8 @@ def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
     assert re.findall(r"PeerFailed: process (\d) failed at step 7: (.*): this is process (\d), "
                       r"stopping", outs[other]) == [(str(faulty), fault, str(other))], report
     assert "PeerFailed" not in outs[faulty], report
+    if faulty == 1:  # its collective failed: the main thread, not the watchdog, stopped it
+        assert "(test) PeerFailed raised by the main thread" in outs[other], report
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
 
