@@ -119,16 +119,19 @@ def test_device_done_tells_a_queued_step_from_a_finished_one():
 
 class SlowLoader:
     """A loader's iterator whose batches each come `delay` seconds late (a slow input
-    pipeline), with the position the trainer checkpoints."""
+    pipeline), with the position the trainer checkpoints; `after`, if given, is called once
+    the delay is over, before the batch is returned."""
 
-    def __init__(self, loader, delay: float):
-        self.it, self.delay = iter(loader), delay
+    def __init__(self, loader, delay: float, after=None):
+        self.it, self.delay, self.after = iter(loader), delay, after
 
     def __iter__(self):
         return self
 
     def __next__(self):
         time.sleep(self.delay)
+        if self.after is not None:
+            self.after()
         return next(self.it)
 
     def get_state(self):
@@ -149,17 +152,33 @@ class Scalars:
         pass
 
 
-def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_path):
+def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_path,
+                                                             monkeypatch):
     """A loader slower than the step: each wait for a batch ends with the device done with the
     last step, so the whole wait is device idle time (`data_idle` equals `data_wait`). The
     other case (a wait while the device still runs queued steps is no idle time) is
-    `device_done`'s, above."""
+    `device_done`'s, above.
+
+    After its 1 s the loader also waits for the outputs of the step last dispatched (as
+    `StepMetrics.append` is given them), so that a machine too loaded to run a step in 1 s
+    does not leave one queued: the loop still has to ask the device itself."""
+    from hgmt.training import step_metrics
+
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=3,
                          checkpoint_every=6, augment_on="host")
+    last = {}
+    append = step_metrics.StepMetrics.append
+
+    def appended(self, step, values):  # the step just dispatched
+        last["values"] = values
+        append(self, step, values)
+
+    monkeypatch.setattr(step_metrics.StepMetrics, "append", appended)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     loader = SlowLoader(input_pipeline.train_loader(
         source, batch_size=config.batch_size, image_size=config.image_size, seed=0,
-        worker_count=0, tasks=("pose2d",)), delay=1.0)
+        worker_count=0, tasks=("pose2d",)), delay=1.0,
+        after=lambda: jax.block_until_ready(last.get("values")))
     writer = Scalars()
     loop.train(config, str(tmp_path), writer=writer, loader=loader)
     logged = writer.scalars[6]  # steps 4-6: no compilation
