@@ -1,5 +1,6 @@
 """Trainer: pmap over 4 CPU devices, checkpoints, exact resume, kill -9, NaN stop, 2 processes."""
 
+import functools
 import json
 import logging
 import os
@@ -188,30 +189,48 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
 
 def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
                                                                  monkeypatch, caplog):
-    """An evaluation after step 2's log line (made to take 4 s) is not in steps 3-4's img/s:
-    the two steps of 8 images take well under 4 s, so their img/s is above 16 / 4; the ETA,
-    the time to the end, counts it."""
-    from hgmt.training import evaluators
+    """An evaluation after step 2's log line (made to take 1000 s) is not in steps 3-4's
+    img/s: the two steps of 8 images take less than that, so their img/s is above 16 / 1000;
+    the ETA, the time to the end, counts it.
+
+    The 1000 s pass on the loop's clock only (its `time.perf_counter` and its log interval's
+    clock, moved on by the evaluation), so the test does not depend on how fast a loaded
+    machine runs the steps."""
+    from hgmt.training import evaluators, step_metrics
+
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.perf_counter() + offset[0]
+
+    class LoopTime:  # the loop's `time`, with `clock` as its perf_counter
+        perf_counter = staticmethod(clock)
+
+        def __getattr__(self, name):
+            return getattr(time, name)
 
     real_run = evaluators.Evaluators.run
 
     def slow_run(self, *args, **kwargs):
         out = real_run(self, *args, **kwargs)
-        time.sleep(4.0)
+        offset[0] += 1000.0
         return out
 
     monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
+    monkeypatch.setattr(loop, "time", LoopTime())
+    monkeypatch.setattr(step_metrics, "Interval",
+                        functools.partial(step_metrics.Interval, clock=clock))
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=2,
                          checkpoint_every=6, **{"evals.validation.every": 2,
                                                 "evals.validation.max_examples": 8})
     writer = Scalars()
     with caplog.at_level(logging.INFO):
         loop.train(config, str(tmp_path), writer=writer)
-    assert writer.scalars[4]["img_per_s"] > 2 * config.batch_size / 4.0
-    # The ETA does count them: at step 4, 2 steps left at the pace of steps 2-4 (one 4-s
-    # evaluation in 3 steps since the compiled first one) is at least 2 * 4 / 3 s.
+    assert writer.scalars[4]["img_per_s"] > 2 * config.batch_size / 1000.0
+    # The ETA does count them: at step 4, 2 steps left at the pace of steps 2-4 (one 1000-s
+    # evaluation in 3 steps since the compiled first one) is at least 2 * 1000 / 3 s.
     eta = re.search(r"step 4/6 .* ETA (\d+):(\d\d):(\d\d)", caplog.text)
-    assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) >= 2
+    assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) >= 2 * 1000 // 3
 
 
 def test_interval_sets_apart_the_time_it_is_told_to():
