@@ -7,6 +7,7 @@ CPU and of a GPU, with FLOPs and bytes from the shapes; the PyTorch reference an
 comparison take the same config flags; the trainer benchmark reads the trainer's own
 TensorBoard figures; the step's levers are flags XLA knows."""
 
+import gc
 import gzip
 import json
 import os
@@ -978,8 +979,18 @@ STAGES = ("read_ms", "read_bytes_ms", "parse_ms", "parse_tfds_ms", "parse_frame_
 def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_dataset, capsys):
     """The demo config's 12 training records at 64 px: every stage timed, the maps no target
     is made from named, and a record's read (its bytes, then their parse) costs at least the
-    read of its bytes, as a parse of every feature costs at least that of the frame number."""
-    assert input_stages.main([*_demo_data(demo_dataset), "--examples=12"]) == 0
+    read of its bytes, as a parse of every feature costs at least that of the frame number.
+
+    Those stages cost some microseconds a record (about 4x apart): each record is timed 10
+    times (120 examples), and Python's garbage collector, whose pause would fall on one stage
+    only, does not run meanwhile, so that the comparison is the stages', not noise's."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        assert input_stages.main([*_demo_data(demo_dataset), "--examples=120"]) == 0
+    finally:
+        if collecting:
+            gc.enable()
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(r) == {"benchmark", "res", "records", "tasks", "unread", *STAGES}
     assert (r["benchmark"], r["res"], r["records"]) == ("input_stages", 64, 12)
