@@ -50,10 +50,14 @@ def test_one_task_on_its_node_drives_every_gpu_it_sees():
 
 def test_jax_distributed_under_slurm_makes_every_gpu_visible():
     """A real `peers.initialize()` in a 1-process Slurm step: the GPUs JAX is told to use (its
-    `jax_cuda_visible_devices`, which a CPU ignores) are all four, not '0'."""
+    `jax_cuda_visible_devices`, which a CPU ignores) are all four, not '0'. The coordinator
+    listens on a free port (JAX_COORDINATOR_PORT), not the one JAX derives from the job id,
+    which every run of this test would share."""
+    from tests.test_faults import _free_port
+
     env = {**os.environ, **ONE_TASK_A_NODE, "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
            "SLURM_STEP_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "JAX_COORDINATOR_PORT": str(_free_port())}
     code = ("import jax; from hgmt.training import peers; peers.initialize(); "
             "print(jax.process_count(), jax.config.values['jax_cuda_visible_devices'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
