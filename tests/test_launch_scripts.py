@@ -147,20 +147,38 @@ def test_slurm_script_waits_through_a_sigterm_for_the_checkpoint_and_requeues_no
     """Slurm signals the batch script too when it cancels or preempts a job: the script waits
     for srun (whose training processes save a checkpoint, then exit 75) instead of ending the
     job under them, and does not requeue (a cancelled job stays cancelled; Slurm requeues a
-    preempted one)."""
-    calls = _stand_ins(tmp_path)
+    preempted one).
+
+    The stand-in srun "saves" only once the test lets it (a file `go`, made once the script
+    said it took the signal; at most 60 s), so that it cannot end before the signal arrives
+    however slowly a loaded machine runs the test."""
+    calls, go, log = _stand_ins(tmp_path), tmp_path / "go", tmp_path / "out"
     (tmp_path / "srun").write_text(f'#!/usr/bin/env bash\necho "srun start" >> {calls}\n'
-                                   f'sleep 3\necho "srun saved" >> {calls}\nexit 75\n')
+                                   f'for _ in $(seq 1200); do [ -e {go} ] && break; sleep 0.05; '
+                                   f'done\necho "srun saved" >> {calls}\nexit 75\n')
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
            "SLURM_JOB_NODELIST": "n1", "SLURM_SUBMIT_DIR": REPO}
-    job = subprocess.Popen(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while not (calls.exists() and "srun start" in calls.read_text()):
-        assert time.monotonic() < deadline and job.poll() is None
-        time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)
-    out, _ = job.communicate(timeout=30)
+    with open(log, "w") as f:
+        job = subprocess.Popen(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
+                               stdout=f, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (calls.exists() and "srun start" in calls.read_text()):
+            assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+            time.sleep(0.05)
+        job.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "SIGTERM: waiting for the training processes" not in log.read_text():
+            assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+            time.sleep(0.05)
+        go.touch()  # srun's training processes save and exit 75
+        job.wait(timeout=60)
+    finally:
+        go.touch()  # a stand-in srun left waiting ends
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    out = log.read_text()
     assert job.returncode == 75, out
     assert calls.read_text().splitlines() == ["srun start", "srun saved"]  # no scontrol
     assert "SIGTERM: waiting for the training processes" in out
