@@ -156,6 +156,23 @@ def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo
     assert json.dumps(again) == json.dumps(summary)
 
 
+@pytest.mark.parametrize("size, used", [(4, 4), (6, 4), (1, 4), (9, 8)])
+def test_an_eval_batch_size_the_devices_do_not_divide_is_rounded_saying_so(demo_dataset, caplog,
+                                                                          size, used):
+    """4 devices: a size not a multiple of 4 is rounded down (at least 4), with a warning that
+    names both sizes; a multiple is used as it is, silently."""
+    from hgmt.evaluation import evaluator
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", eval_batch_size=size)
+    with caplog.at_level(logging.WARNING):
+        ev = evaluator.Evaluator(config, frames="all")
+    assert ev.batch_size == used
+    warned = [r.getMessage() for r in caplog.records if "rounded" in r.getMessage()]
+    assert warned == ([] if size == used else [
+        f"evaluating in batches of {used}, config.eval_batch_size={size} rounded to a "
+        f"multiple of the 4 devices"])
+
+
 def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,
                                                                           tmp_path):
     workdir = str(tmp_path / "run")

@@ -197,9 +197,14 @@ class Evaluator:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
                              f"(frames={self.frames})")
         self.indices = indices
-        batch_size = config.eval_batch_size
-        batch_size -= batch_size % jax.device_count() or 0
-        self.batch_size = max(batch_size, jax.device_count())
+        # A batch splits evenly over the devices, which may be other than training's
+        # (hgmt.evaluate on another host); the sums, hence the numbers, do not depend on it.
+        devices = jax.device_count()
+        self.batch_size = max(config.eval_batch_size - config.eval_batch_size % devices, devices)
+        if self.batch_size != config.eval_batch_size:
+            logging.warning("evaluating in batches of %d, config.eval_batch_size=%d rounded to "
+                            "a multiple of the %d devices", self.batch_size,
+                            config.eval_batch_size, devices)
         self.model = create_model(config.model, heads(self.tasks))
         self.metrics = {name: protocols.metric(protocol, name, len(indices))
                         for name in self.tasks}
