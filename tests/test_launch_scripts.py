@@ -114,9 +114,31 @@ def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 75, run.stderr
     assert calls.read_text().splitlines() == [
-        "srun cpus=32 --kill-on-bad-exit=1 python3 -m hgmt.main --distributed "
+        "srun cpus=32 --kill-on-bad-exit=0 python3 -m hgmt.main --distributed "
         f"--config={REPO}/configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
         "scontrol cpus=32 requeue 42"]
+
+
+def test_slurm_script_requeues_when_the_processes_exit_75_one_after_another(tmp_path):
+    """After a SIGUSR1 each process saves and exits 75 in its own time: the step must let the
+    last finish and return 75, which requeues the job. The stand-in srun runs two such tasks
+    (0.1 s and 1 s) as Slurm does: with --kill-on-bad-exit=1 the first non-zero exit kills
+    the other (128 + SIGKILL), else it returns the highest status."""
+    calls = _stand_ins(tmp_path)
+    (tmp_path / "srun").write_text(
+        "#!/usr/bin/env bash\n"
+        '[[ " $* " == *" --kill-on-bad-exit=1 "* ]] && kill_on_bad_exit=1\n'
+        "(sleep 0.1; exit 75) & first=$!\n(sleep 1; exit 75) & last=$!\n"
+        "wait $first; a=$?\n"
+        "[[ -n ${kill_on_bad_exit:-} && $a -ne 0 ]] && kill -9 $last\n"
+        "wait $last; b=$?\n"
+        f'echo "srun $a $b" >> {calls}\nexit $((a > b ? a : b))\n')
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_SUBMIT_DIR": REPO}
+    run = subprocess.run(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 75, run.stderr
+    assert calls.read_text().splitlines() == ["srun 75 75", "scontrol cpus= requeue 42"]
 
 
 def test_slurm_script_with_a_flag_where_the_workdir_goes_stops_naming_it(tmp_path):
@@ -225,7 +247,7 @@ def test_slurm_script_submitted_from_elsewhere_runs_the_checkout_hgmt_repo_names
                          env={**env, "HGMT_REPO": REPO}, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert calls.read_text().splitlines() == [
-        f"{tmp_path / 'submit'}|{REPO}:/site|--kill-on-bad-exit=1 python3 -m hgmt.main "
+        f"{tmp_path / 'submit'}|{REPO}:/site|--kill-on-bad-exit=0 python3 -m hgmt.main "
         f"--distributed --config={REPO}/configs/default.py:tasks=all --workdir=runs/a"]
     calls.unlink()
     run = subprocess.run(["bash", str(script), "runs/a"], cwd=tmp_path, capture_output=True,
