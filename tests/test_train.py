@@ -733,6 +733,28 @@ def test_each_process_resumes_with_the_loader_workers_of_its_own_position(tmp_pa
         checkpoints.resume_worker_count(workdir, -1, 2)  # as process 1
 
 
+def test_a_checkpoint_lacking_this_processs_position_file_is_passed_over(tmp_path,
+                                                                        monkeypatch):
+    """A checkpoint saved by this run's 2 processes whose process-1 position file is missing
+    does not restore on process 1 (grain reads only its own file), so process 1 takes its
+    worker count from the previous checkpoint's own file, not from process 0's file of the
+    newest (5 workers, not 3: with 3 every older restore failed too); process 0, whose file
+    is there, still takes the newest."""
+    sampler = f"IndexSampler(num_records=12, seed={input_pipeline.grain_seed(0)})"
+    for step, indices in ((2, (0, 1)), (4, (0,))):
+        data = tmp_path / "run" / "checkpoints" / str(step) / "data"
+        data.mkdir(parents=True)
+        for index in indices:
+            (data / f"process_{index}-of-2.json").write_text(json.dumps(
+                {"worker_count": (3, 5)[index], "sampler": sampler}))
+    workdir = str(tmp_path / "run")
+    for index, workers, step in ((0, 3, 4), (1, 5, 2)):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        assert checkpoints.resume_worker_count(workdir, -1, 2) == workers
+        file, _ = checkpoints.saved_position(workdir)
+        assert (file.parent.parent.name, file.name) == (str(step), f"process_{index}-of-2.json")
+
+
 def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_path):
     """A rerun in a workdir with checkpoints whose learning rate differs from its config.json
     stops before it writes anything, in one line naming the field, its two values and the

@@ -286,23 +286,27 @@ def saved_position(workdir: str, process_index: int | None = None
     `workdir` whose position reads: process `process_index`'s own file (default this
     process's, `jax.process_index()`),
     `process_<i>-of-<n>.json` (it holds that process's `worker_count` and `sampler`, the repr
-    grain compares on restoring), or, in a checkpoint saved by fewer processes, which has no
-    such file, the first process's (its name says how many saved it). None when no checkpoint
-    has one."""
+    grain compares on restoring), or, in a checkpoint saved by fewer processes (n <= i),
+    which has no such file, the first process's (its name says how many saved it). A
+    checkpoint saved by enough processes to have this process's file but lacking it is
+    skipped, as one whose file is damaged: its restore fails on this process too
+    (`restore_newest_readable` moves past it). None when no checkpoint has one."""
     if process_index is None:
         import jax
 
         process_index = jax.process_index()
     for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
         data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
-        files = {int(m[1]): f for f in (data.glob("process_*-of-*.json") if data.is_dir()
-                                          else ())
-                 if (m := re.fullmatch(r"process_(\d+)-of-\d+\.json", f.name))}
+        files = {int(m[1]): (f, int(m[2])) for f in (data.glob("process_*-of-*.json")
+                                                      if data.is_dir() else ())
+                 if (m := re.fullmatch(r"process_(\d+)-of-(\d+)\.json", f.name))}
+        saved_by = max((n for _, n in files.values()), default=0)
         try:
-            file = files.get(process_index) or files[min(files)]
+            file = files[process_index if process_index in files or saved_by > process_index
+                         else min(files)][0]
             state = json.loads(file.read_text())
             int(state["worker_count"])
-        except (IndexError, OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         return file, state
     return None
