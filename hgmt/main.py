@@ -59,8 +59,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         "of compiling them again. A shared path serves every host; '' disables "
                         "it.", flag_values=fv)
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
-                         "after which a process counts as dead and the others stop.",
-                         flag_values=fv)
+                         "after which a process counts as dead and the others stop (at least "
+                         "hgmt.training.peers.MIN_HEARTBEAT_TIMEOUT_S, 5).", flag_values=fv)
     flags.DEFINE_bool(RESUME, False, "Resume a workdir whose checkpoints "
                       "were trained with another config (its config.json) with this one: "
                       "config.json then records it, the previous one kept as "
@@ -137,6 +137,13 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
                          f"the workdir goes? The launch scripts take WORKDIR first "
                          f"(launch/slurm.sbatch WORKDIR [CONFIG[:ARG]] [flags...]); for a "
                          f"folder whose name starts with '-' give ./{FLAGS.workdir}")
+    from hgmt.training import peers
+
+    if FLAGS.heartbeat_timeout < peers.MIN_HEARTBEAT_TIMEOUT_S:
+        raise SystemExit(f"error: --heartbeat_timeout={FLAGS.heartbeat_timeout}: give at least "
+                         f"{peers.MIN_HEARTBEAT_TIMEOUT_S} seconds (the watchdog beats every "
+                         f"{peers.INTERVAL_S} s; a shorter timeout reads a late beat as a dead "
+                         f"process)")
     given = [f"--{name}" for name in ("num_processes", "process_id")
              if FLAGS[name].value is not None]
     if given and not (FLAGS.coordinator_address or FLAGS.distributed):

@@ -466,10 +466,16 @@ DEFAULT = f"{REPO}/configs/default.py"
      "as process 0 of 1"),
     ([f"--config={DEFAULT}", "--process_id=0"],
      "error: --process_id needs --coordinator_address=host:port of process 0 as well"),
+    ([f"--config={DEFAULT}", "--distributed", "--heartbeat_timeout=0"],
+     "error: --heartbeat_timeout=0: give at least 5 seconds (the watchdog beats every 0.5 s; "
+     "a shorter timeout reads a late beat as a dead process)"),
+    ([f"--config={DEFAULT}", "--distributed", "--heartbeat_timeout=-60"],
+     "error: --heartbeat_timeout=-60: give at least 5 seconds"),
 ])
 def test_a_bad_config_or_launch_flag_is_one_line_before_any_work(args, message, tmp_path):
     """Errors in the config argument, an override of a field the config lacks, a config file
-    that is not there and multi-host flags without a coordinator end hgmt.main in one line
+    that is not there, multi-host flags without a coordinator and a heartbeat timeout under
+    the minimum end hgmt.main in one line
     naming the flag and the fix, before JAX starts or the workdir is made."""
     workdir = tmp_path / "w"
     with pytest.raises(SystemExit) as e:  # the bad value stops the old parse's training

@@ -70,6 +70,9 @@ import jax
 HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
 INTERVAL_S = 0.5  # how often the watchdog beats and looks
+# The shortest heartbeat timeout hgmt.main takes: ten intervals, so that a beat delayed by a
+# busy host (a save, a compilation) is not read as a dead process.
+MIN_HEARTBEAT_TIMEOUT_S = 5
 EXIT_PEER_LOST = 69  # sysexits' EX_UNAVAILABLE: a process of the job is gone; rerun to resume
 EXIT_FAILED = 1  # hgmt.main's status for an error that needs you (here: another process's)
 # A process's value in place of its counter once it left training: not judged any more.
