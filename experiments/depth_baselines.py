@@ -65,11 +65,10 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     that `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
     (`input_pipeline.eval_frame_keep`), among the frames its three files share: the middle
     frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it; a frame
-    `surreal.frame_problem` rejects is left out (`crop_scale.kept_frames`), as hgmt's metrics
+    `surreal.frame_problem` rejects is left out (`crop_metres.kept_frames`), as hgmt's metrics
     leave it out. A pixel counts where its depth label is not background, as in
     `depth.metric_stats`; its part is the segmentation's (0 where that is background)."""
-    from hgmt.data import input_pipeline
-    from hgmt.inference import crop_scale
+    from hgmt.data import crop_metres, input_pipeline
     from hgmt.sources import surreal
     from hgmt.tasks import common, depth
 
@@ -81,7 +80,7 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     shared = min(info.num_frames, len(maps), len(segm))
     keep = input_pipeline.eval_frame_keep(frames)
     middle = surreal.middle_frame(info.num_frames)
-    scored = [t for t in crop_scale.kept_frames(info) if t < shared and keep(t, shared, middle)]
+    scored = [t for t in crop_metres.kept_frames(info) if t < shared and keep(t, shared, middle)]
     # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
     # holds).
     out = [(np.zeros(0, np.int32), np.zeros(0, surreal.SEGM_TO_PART.dtype), np.zeros(0, int))]

@@ -4,11 +4,11 @@
         [--clips=DIR_OR_INFO_MAT ...]
 
 - `crop_metres`: the metres a training window spans at the person, per frame
-  (`hgmt.inference.crop_scale.record_metres`: the window's side in px times the pelvis's camera
+  (`hgmt.data.crop_metres.record_metres`: the window's side in px times the pelvis's camera
   depth over SURREAL's 600 px focal length), over the frames the builder keeps: mean, standard
-  deviation, the mean's standard error (as if frames were independent), frames. hgmt.main
+  deviation, the mean's standard error (as if frames were independent), frames. The trainer
   measures the same on a run's training records (its workdir's crop_metres.json); the
-  fallback `crop_scale.CROP_METRES` is for workdirs without it.
+  fallback `hgmt.inference.crop_scale.CROP_METRES` is for workdirs without it.
 - `foreground_to_side`: training's window side over the longer side of the silhouette's box
   (`hgmt.inference.person.silhouette_box` of the pixels whose segment is not background, as
   `person.find_window` measures it), per kept frame: mean, median, standard deviation,
@@ -44,12 +44,12 @@ from hgmt import cli  # noqa: E402
 def foreground_to_side(info, segm: np.ndarray) -> list[float]:
     """One clip's annotations and (T,H,W) segments -> per kept frame with a silhouette,
     training's window side / the longer side of the silhouette's box in px."""
-    from hgmt.data import input_pipeline
-    from hgmt.inference import crop_scale, person
+    from hgmt.data import crop_metres, input_pipeline
+    from hgmt.inference import person
     from hgmt.sources import surreal
 
     out = []
-    for t in (t for t in crop_scale.kept_frames(info) if t < len(segm)):
+    for t in (t for t in crop_metres.kept_frames(info) if t < len(segm)):
         box = person.silhouette_box(segm[t] > 0)
         if box is None:
             continue
@@ -62,18 +62,18 @@ def foreground_to_side(info, segm: np.ndarray) -> list[float]:
 def measure(paths: list[str]) -> dict:
     """The `_info.mat` files of one set of clips -> {'clips', 'crop_metres': {...},
     'foreground_to_side': {...} or None}."""
-    from hgmt.inference import crop_scale
+    from hgmt.data import crop_metres
     from hgmt.sources import surreal
 
     metres, ratios, with_segm = [], [], 0
     for path in paths:
         info = surreal.load_info(path)
-        metres += [crop_scale.record_metres(r) for r in crop_scale.info_records(info)]
+        metres += [crop_metres.record_metres(r) for r in crop_metres.info_records(info)]
         segm_path = surreal.clip_paths(path.removesuffix(surreal.CLIP_SUFFIXES["info"]))["segm"]
         if os.path.isfile(segm_path):
             with_segm += 1
             ratios += foreground_to_side(info, surreal.load_segm(segm_path))
-    summary = crop_scale.summary(metres)
+    summary = crop_metres.summary(metres)
     out = {"clips": len(paths),
            "crop_metres": {"mean": round(summary["crop_metres"], 4),
                            "standard_deviation": round(summary["standard_deviation"], 4),

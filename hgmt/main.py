@@ -189,7 +189,6 @@ def _run(fv: flags.FlagValues) -> int:
 
     from hgmt import workdirs
     from hgmt.evaluation import evaluator
-    from hgmt.inference import crop_scale
     from hgmt.training import loop, resume
 
     checkpoints.ignore_callbacks_into_closed_loops()
@@ -207,9 +206,6 @@ def _run(fv: flags.FlagValues) -> int:
         _demo_dataset_on_process_0(config)
     try:
         with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
-            if jax.process_index() == 0:
-                # 3D decoding's scale for prediction on any image (hgmt.inference.crop_scale).
-                crop_scale.record_in_workdir(config.dataset, config.data_dir, fv.workdir)
             summaries = loop.train_and_evaluate(
                 config, fv.workdir, resume_with_changed_config=fv[RESUME].value)
     except preemption.Preempted as e:

@@ -652,62 +652,84 @@ def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:
     return sides * pelvis_z / 600.0
 
 
-def test_hgmt_main_stores_the_metres_a_training_window_spans(demo_dataset, tmp_path,
-                                                              monkeypatch):
-    """As training starts, hgmt.main measures the metres training windows span on the
+def test_the_trainer_stores_the_metres_a_training_window_spans(workdir, demo_dataset):
+    """As training starts, the trainer measures the metres training windows span on the
     training split (all 12 records of the demo dataset's) and keeps them in the workdir: the
     mean of a hand computation from the clips' _info.mat files. Measured on 6 of the 12
     records, the mean lies within two of its standard errors of it."""
-    import hgmt.main
     from hgmt import workdirs as layout
+    from hgmt.data import crop_metres
     from hgmt.inference import crop_scale
-    from hgmt.training import loop
 
     surreal_root, data_dir = demo_dataset
     by_hand = np.concatenate([_crop_metres(surreal.load_info(s + "_info.mat"))
                               for s in surreal.find_clips(surreal_root, "train")])
     assert len(by_hand) == 12
-    monkeypatch.setattr(loop, "train_and_evaluate", lambda *args, **kwargs: {})
-    workdir = str(tmp_path / "run")
-    assert hgmt.main.main(["--config=configs/default.py:tasks=pose2d,runlocal",
-                           f"--workdir={workdir}", "--config.dataset=surreal/all",
-                           f"--config.data_dir={data_dir}", "--compilation_cache="]) == 0
     with open(layout.crop_metres_file(workdir)) as f:
         stored = json.load(f)
     assert (stored["records"], stored["split_records"], stored["split"]) == (12, 12, "train")
+    assert (stored["dataset"], stored["data_dir"]) == ("surreal/all", data_dir)
     assert stored["crop_metres"] == pytest.approx(by_hand.mean(), rel=1e-6)
     assert stored["standard_error"] == pytest.approx(by_hand.std(ddof=1) / np.sqrt(12),
                                                      rel=1e-5)
     assert crop_scale.of_workdir(workdir) == stored["crop_metres"]
-    sample = crop_scale.measure("surreal/all", data_dir, records=6)
+    sample = crop_metres.measure("surreal/all", data_dir, records=6)
     assert sample["records"] == 6
     assert abs(sample["crop_metres"] - by_hand.mean()) < 2 * sample["standard_error"]
     assert sample["crop_metres"] != stored["crop_metres"]
 
 
+def test_a_trainer_refused_the_workdir_leaves_its_crop_metres_alone(demo_dataset, tmp_path):
+    """hgmt.main on a workdir another live trainer holds, with another data_dir (a resubmitted
+    job): it stops with WorkdirLocked and the running trainer's crop_metres.json is left as
+    it was (it was measured, and overwritten, before the lock was looked at)."""
+    import hgmt.main
+    from hgmt import workdirs as layout
+    from hgmt.data import crop_metres
+    from hgmt.training import workdir_lock
+
+    workdir = str(tmp_path / "run")
+    crop_metres.save(workdir, {"crop_metres": 2.6, "dataset": "surreal/all",
+                               "data_dir": str(tmp_path / "the running trainer's")})
+    before = open(layout.crop_metres_file(workdir)).read()
+    holder = workdir_lock.WorkdirLock(workdir)
+    holder.acquire()
+    try:
+        with pytest.raises(SystemExit) as e:
+            hgmt.main.main(["--config=configs/default.py:tasks=pose2d,runlocal",
+                            f"--workdir={workdir}", "--config.dataset=surreal/all",
+                            f"--config.data_dir={demo_dataset[1]}", "--compilation_cache="])
+    finally:
+        holder.release()
+    assert str(e.value.code).startswith("error: WorkdirLocked: "), e.value.code
+    assert open(layout.crop_metres_file(workdir)).read() == before
+
+
 def test_measuring_the_crop_metres_never_stops_training(demo_dataset, tmp_path, caplog):
-    """hgmt.main's measurement leaves a split that is not built, and a workdir that cannot be
-    made, to the trainer's checks (which tell every process of a job): nothing is raised or
+    """The trainer's measurement leaves a split that is not built, and a workdir that cannot
+    be made, to the trainer's checks (which tell every process of a job): nothing is raised or
     made; a damaged file is measured again."""
     import logging
 
     from hgmt import workdirs as layout
+    from hgmt.data import crop_metres
     from hgmt.inference import crop_scale
 
     new = tmp_path / "new" / "run"
-    crop_scale.record_in_workdir("surreal/all", str(tmp_path / "none"), str(new))
+    crop_metres.record_in_workdir("surreal/all", str(tmp_path / "none"), str(new))
     assert not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("x")
     with caplog.at_level(logging.WARNING):
-        crop_scale.record_in_workdir("surreal/all", demo_dataset[1], str(tmp_path / "file" / "w"))
+        crop_metres.record_in_workdir("surreal/all", demo_dataset[1],
+                                      str(tmp_path / "file" / "w"))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     with open(layout.crop_metres_file(workdir), "w") as f:
         f.write("{")
-    crop_scale.record_in_workdir("surreal/all", demo_dataset[1], workdir)
+    crop_metres.record_in_workdir("surreal/all", demo_dataset[1], workdir)
     assert crop_scale.of_workdir(workdir) == pytest.approx(
-        crop_scale.measure("surreal/all", demo_dataset[1])["crop_metres"])
+        crop_metres.measure("surreal/all", demo_dataset[1])["crop_metres"])
 
 
 def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_info_path,
@@ -748,7 +770,7 @@ def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_in
 
 def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, tmp_path,
                                                                        caplog):
-    """A workdir without crop_metres.json (trained before hgmt.main measured it) decodes
+    """A workdir without crop_metres.json (trained by an hgmt that did not measure it) decodes
     with CROP_METRES and says so in one warning naming the file, and an export's hgmt.json
     says the figure is assumed; with the file, the Predictor's pelvis depth, its JSON and an
     export's hgmt.json use the file's figure, hgmt.json saying it was measured, on how many
@@ -757,11 +779,12 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     import shutil
 
     from hgmt import workdirs as layout
+    from hgmt.data import crop_metres
     from hgmt.inference import crop_scale
 
     older = str(tmp_path / "older")
     shutil.copytree(workdir, older)
-    assert not os.path.exists(layout.crop_metres_file(older))
+    os.remove(layout.crop_metres_file(older))  # as an hgmt that did not measure it left it
     with caplog.at_level(logging.WARNING):
         assert prediction.Predictor(older).crop_metres == crop_scale.CROP_METRES
     warned = [r.getMessage() for r in caplog.records if "crop_metres.json" in r.getMessage()]
@@ -774,8 +797,8 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
         "crop_metres.json (it was not trained by an hgmt.main that measures it); 3D decoding "
         "is off by the ratio of what the run's training windows span to it")
 
-    crop_scale.save(older, {"crop_metres": 2.6, "records": 12, "standard_error": 0.0123,
-                            "dataset": "surreal/all"})
+    crop_metres.save(older, {"crop_metres": 2.6, "records": 12, "standard_error": 0.0123,
+                             "dataset": "surreal/all"})
     model = prediction.Predictor(older)
     assert model.crop_metres == 2.6
     r = model.image_size // 4
@@ -792,7 +815,7 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     assert meta["crop"]["window_metres_source"] == (
         "measured: the mean over 12 training records of dataset surreal/all, standard error "
         "0.0123 m (the workdir's crop_metres.json)")
-    crop_scale.save(older, {"crop_metres": 2.6})  # each detail the file lacks is left out
+    crop_metres.save(older, {"crop_metres": 2.6})  # each detail the file lacks is left out
     assert crop_scale.with_source(older) == (
         2.6, "measured: the mean over the training records (the workdir's crop_metres.json)")
 

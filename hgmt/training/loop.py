@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import disk_space, workdirs
-from hgmt.data import damage, device_augment, input_pipeline, shards
+from hgmt.data import crop_metres, damage, device_augment, input_pipeline, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
 from hgmt.training import (
@@ -140,7 +140,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
         ) -> tuple[steps.TrainState, dict[str, dict]]:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
     newest readable checkpoint, running the evaluators of `config.evals` at their steps and
-    after the last one (hgmt.training.evaluators). Returns the final state on the host
+    after the last one (hgmt.training.evaluators); on a built split (no `loader` given),
+    process 0 also keeps the metres a training window spans in the workdir
+    (`hgmt.data.crop_metres.record_in_workdir`). Returns the final state on the host
     (BatchNorm statistics averaged) and the final evaluators' summaries. `writer` replaces the
     TensorBoard writer; `loader` the dataset's grain loader (its iterator needs get_state and
     set_state; benchmarks feed batches from memory with it). A resumed run whose config
@@ -265,8 +267,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
     # Written once the workdir's checkpoints are known to be this config's: a config that
     # does not fit them (another task set, say) stops above and leaves config.json as it was.
+    # Likewise the metres a training window spans (3D decoding's scale for prediction on any
+    # image): a trainer refused the workdir (held by another, or not this config's) leaves
+    # the file of the run that wrote it.
     if jax.process_index() == 0:
         resume.save_config(config, workdir, changed, start_step)
+        if source is not None:
+            crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir)
 
     state = steps.replicate(state)
     p_train_step = pmapped_train_step(weights, options, prepare)
