@@ -86,29 +86,41 @@ def prepare_demo_dataset(config) -> None:
 
 
 def _demo_dataset_on_process_0(config) -> None:
-    """Process 0 prepares the demo dataset (`prepare_demo_dataset`) while the others wait;
-    when it fails, every process stops: process 0 with its error, the others with a
-    RuntimeError naming it, rather than waiting in a barrier for a process that left."""
+    """Process 0 prepares the demo dataset (`prepare_demo_dataset`; a full disk or quota is
+    `disk_space.DiskFull` naming data_dir) while the others wait; when it fails, every process
+    stops: process 0 with its error, the others with `peers.PeerFailed` naming it, as for a
+    peer that failed before the first step, rather than waiting in a barrier for a process
+    that left."""
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
 
+    from hgmt import disk_space
+    from hgmt.training import peers
+
+    def prepare() -> None:
+        with disk_space.reported(config.data_dir, f"the demo clips "
+                                 f"({config.demo.surreal_root}) and their build"):
+            prepare_demo_dataset(config)
+
     if jax.process_count() == 1:
-        prepare_demo_dataset(config)
+        prepare()
         return
 
     failure = None
     if jax.process_index() == 0:
         try:
-            prepare_demo_dataset(config)
+            prepare()
         except Exception as e:  # noqa: BLE001  (told to the others, then raised here)
             failure = e
     failed = multihost_utils.broadcast_one_to_all(np.int32(failure is not None))
     if failure is not None:
         raise failure
     if failed:
-        raise RuntimeError(f"process 0 could not prepare the demo dataset (its log names the "
-                           f"error); this is process {jax.process_index()}, stopping")
+        raise peers.PeerFailed(
+            f"process 0 failed before the first step: it could not prepare the demo dataset "
+            f"(process 0's log names the error): this is process {jax.process_index()}, "
+            f"stopping. Fix that error, then rerun the job")
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -202,10 +214,13 @@ def _run(fv: flags.FlagValues) -> int:
         # A config the workdir's checkpoints were not trained with: before the demo data,
         # which another demo.* setting would make again (the trainer checks it too).
         resume.check_config(config, fv.workdir, fv[RESUME].value)
-    if "demo" in config:
-        _demo_dataset_on_process_0(config)
     try:
         with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
+            if "demo" in config:
+                # In the try, so that a failure ends a multi-process run as any other does
+                # (the others as for a failed peer); a bad demo.* value is one line too.
+                with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
+                    _demo_dataset_on_process_0(config)
             summaries = loop.train_and_evaluate(
                 config, fv.workdir, resume_with_changed_config=fv[RESUME].value)
     except preemption.Preempted as e:

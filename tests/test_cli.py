@@ -337,6 +337,31 @@ def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, 
     assert "demo.clips_per_split 24 -> 8" in str(e.value.code) and prepared == []
 
 
+@pytest.mark.parametrize("error, message", [
+    (OSError(28, "No space left on device"),
+     "error: DiskFull: [Errno 28] cannot write the demo clips ({root}/surreal) and their build "
+     "to {root}/tfds: the disk or quota is full ("),
+    (ValueError("demo.frames=0 must be at least 1"),
+     "error: ValueError: demo.frames=0 must be at least 1")])
+def test_a_failure_preparing_the_demo_data_is_one_line(error, message, tmp_path, monkeypatch):
+    """The demo data's preparation fails (a full disk while its clips are written, a bad
+    value): hgmt.main ends in one line naming it, as for a fault in training, not with a
+    traceback, and makes no workdir."""
+    main = load("hgmt.main")
+
+    def prepare(config):
+        raise error
+
+    monkeypatch.setattr(main, "prepare_demo_dataset", prepare)
+    with pytest.raises(SystemExit) as e:
+        main.main([f"--config={REPO}/configs/demo.py", f"--workdir={tmp_path / 'w'}",
+                   f"--config.data_dir={tmp_path}/tfds",
+                   f"--config.demo.surreal_root={tmp_path}/surreal", "--compilation_cache="])
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
+    assert e.value.code.startswith(message.format(root=tmp_path)), e.value.code
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):
     """The commonest first mistake, a --config.data_dir without the build: one line naming
     the build command, and the new workdir not made (nor its parent folder), checked before
