@@ -1685,6 +1685,54 @@ def test_a_fault_on_one_host_stops_every_process_naming_it(faulty):
         assert "Terminating process because" not in out and "Check failure" not in out, report
 
 
+class KeyValueStore:
+    """In place of JAX's coordination service client: its key-value store, in memory."""
+
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None:
+        self.values[key] = value
+
+    def key_value_dir_get(self, prefix: str) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def test_a_failed_peer_is_named_with_its_own_step(monkeypatch):
+    """Process 1 fails at its step 7 while process 0 has gone on to step 9 (its steps are
+    dispatched ahead): process 1 publishes its step with its fault, and process 0's
+    PeerFailed names step 7, not its own 9; a value that names no step gives the observer's.
+    Two PeerWatch threads of one process, as processes 1 and 0 of 2, on a stand-in key-value
+    store."""
+    store = KeyValueStore()
+    monkeypatch.setattr(peers, "_client", lambda: store)
+    monkeypatch.setattr(peers, "_prefix", peers._prefix)
+    monkeypatch.setattr(peers, "_left_prefix", None)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    fault = "DiskFull: [Errno 28] cannot write the file to /w/x.json: the disk or quota is full"
+    with pytest.raises(disk_space.DiskFull):
+        with peers.PeerWatch(interval_s=0.05) as failing:
+            failing.step = 7
+            raise disk_space.DiskFull(errno.ENOSPC, fault.split("] ", 1)[1])
+    published = store.values[failing._prefix + "1"]
+    assert published == f"failed: at step 7: {fault}"
+
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    observer = peers.PeerWatch(interval_s=0.05)
+    observer.step = 9
+    observer.taken.set()  # the main thread takes the verdict: the watchdog must not exit
+    store.values[observer._prefix + "1"] = published
+    with observer:
+        assert observer.found.wait(10)
+    assert isinstance(observer.error, peers.PeerFailed)
+    assert str(observer.error).startswith(f"process 1 failed at step 7: {fault}: this is "
+                                          f"process 0, stopping"), observer.error
+    assert peers._read_failed(f"failed: {fault}", "at step 9") == ("at step 9", fault)
+    assert peers._read_failed(f"failed: before the first step: {fault}", "at step 9") == (
+        "before the first step", fault)
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, tmp_path):
     workdir = str(tmp_path / "w")

@@ -42,14 +42,15 @@ counter stops while its service answers); the scheduler sees the job fail, and a
 resumes from the last checkpoint.
 
 A process that stops on an error of its own (a fault on that host only: a full disk, out of
-device memory, a shard of its share damaged, a bug) publishes `failed: <Kind>: <message>` in
-place of its counter as it leaves the watched block. The others' watchdogs read it and stop
-them the same two ways, with `PeerFailed: process N failed at step S: <Kind>: <message>` and
-exit status 1 (the failed process's own error says what to fix). `exit_failed` ends the failed
-process itself (`error: <Kind>: <message>`, status 1) without JAX's exit barrier, which would
-wait for the peers that stopped until the coordination service aborted every process; process
-0, which hosts that service, first waits (at most the heartbeat timeout) until the others have
-read the verdict and stopped.
+device memory, a shard of its share damaged, a bug) publishes `failed: at step S: <Kind>:
+<message>` (S its own step; `before the first step` outside training) in place of its counter
+as it leaves the watched block. The others' watchdogs read it and stop them the same two ways,
+with `PeerFailed: process N failed at step S: <Kind>: <message>`, S the failed process's step
+(theirs may be one ahead), and exit status 1 (the failed process's own error says what to
+fix). `exit_failed` ends the failed process itself (`error: <Kind>: <message>`, status 1)
+without JAX's exit barrier, which would wait for the peers that stopped until the
+coordination service aborted every process; process 0, which hosts that service, first waits
+(at most the heartbeat timeout) until the others have read the verdict and stopped.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -77,7 +79,7 @@ EXIT_PEER_LOST = 69  # sysexits' EX_UNAVAILABLE: a process of the job is gone; r
 EXIT_FAILED = 1  # hgmt.main's status for an error that needs you (here: another process's)
 # A process's value in place of its counter once it left training: not judged any more.
 _DONE = "done"  # training ended, or stopped at a step every process agreed on
-_FAILED = "failed: "  # + "<Kind>: <message>": stopped on an error of its own
+_FAILED = "failed: "  # + "<when>: <Kind>: <message>": stopped on an error of its own
 _STOPPED = "stopped: "  # + why: stopped because another process died or failed
 
 _EXITED = "hgmt/exited/"  # + process index: set by a process as it ends through `_end`
@@ -180,7 +182,9 @@ def exit_failed(error: BaseException) -> NoReturn:
     SystemExit as Python would (its message on stderr, status 1, e.g. hgmt.cli's one line),
     another error with its traceback and status EXIT_FAILED; without the exit barrier, since
     the peers stop on their own once they read the failure that `PeerWatch` published."""
-    _leave(_FAILED + _short(error))  # unless its watch published it already
+    # Unless its watch published it already (a watch always does as it ends): so this
+    # process failed before entering one, before the first step.
+    _leave(_failed(_BEFORE_FIRST_STEP, error))
     if isinstance(error, SystemExit) and (error.code is None or isinstance(error.code, int)):
         status = error.code or 0
     elif isinstance(error, SystemExit):
@@ -273,6 +277,30 @@ def _wait_for_peers(client, timeout_s: float, interval_s: float = INTERVAL_S) ->
     time.sleep(interval_s)
 
 
+_BEFORE_FIRST_STEP = "before the first step"
+
+
+def _when(step: int | None) -> str:
+    """How a message places `step`, the step a process was at (None: before the first)."""
+    return _BEFORE_FIRST_STEP if step is None else f"at step {step}"
+
+
+def _failed(when: str, error: BaseException) -> str:
+    """The value a process that failed on `error` publishes: its own step (`_when`) with it,
+    which the others quote (theirs may be a step ahead)."""
+    return f"{_FAILED}{when}: {_short(error)}"
+
+
+def _read_failed(value: str, observer_when: str) -> tuple[str, str]:
+    """A `_failed` value -> (when, `<Kind>: <message>`); `observer_when` for a value that
+    names no step."""
+    rest = value[len(_FAILED):]
+    when, sep, what = rest.partition(": ")
+    if sep and (when == _BEFORE_FIRST_STEP or re.fullmatch(r"at step \d+", when)):
+        return when, what
+    return observer_when, rest
+
+
 def _short(error: BaseException) -> str:
     """`<Kind>: <first line of the message, at most 300 characters>`; a SystemExit's message
     is hgmt.cli's line, `error: <Kind>: <message>`, whose kind is the one to name."""
@@ -330,7 +358,7 @@ class PeerWatch:
             return None if self.found.is_set() else _DONE
         if isinstance(exc, PeerLost):
             return _STOPPED + _short(exc)
-        return _FAILED + _short(exc)
+        return _failed(self._when(), exc)
 
     def _run(self) -> None:
         client, me, count = _client(), jax.process_index(), jax.process_count()
@@ -350,8 +378,8 @@ class PeerWatch:
                 value = values.get(str(peer))
                 if peer == me or value is None or not value.isdigit():
                     if value is not None and value.startswith(_FAILED):
-                        failed.append(f"process {peer} failed {self._when()}: "
-                                      f"{value[len(_FAILED):]}")
+                        when, what = _read_failed(value, self._when())
+                        failed.append(f"process {peer} failed {when}: {what}")
                     continue  # not started training yet, done with it, failed or stopped
                 if peer not in seen or seen[peer][0] != value:
                     seen[peer] = (value, now)
@@ -366,7 +394,7 @@ class PeerWatch:
                 return self._verdict(f"lost process(es) {', '.join(map(str, dead))} of {count}")
 
     def _when(self) -> str:
-        return "before the first step" if self.step is None else f"at step {self.step}"
+        return _when(self.step)
 
     def _verdict(self, found: str | PeerLost) -> None:
         """Records the verdict (a lost process, or a `PeerFailed`); when the main thread does
