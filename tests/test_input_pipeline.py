@@ -184,6 +184,77 @@ def test_consecutive_seeds_do_not_share_their_data_order():
             ip.grain_seed(bad)
 
 
+def _as_process(monkeypatch, index: int, count: int) -> None:
+    """Makes this process look like process `index` of `count` to the loader (its batch
+    size) and to grain (`ShardByJaxProcess`)."""
+    import jax
+
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+
+
+def test_one_process_reads_the_sequence_and_resumes_the_positions_it_read_before(monkeypatch):
+    """With one process the training sampler's sequence is bit for bit that of grain's
+    IndexSampler sharded by JAX process, which earlier hgmt versions read (records, element
+    indices and each element's randomness, over three epochs of 7 records), so single-process
+    runs train as before; and its repr, which grain compares when it restores a saved
+    position, is that sampler's for any process of any count, so every saved position
+    resumes."""
+    import grain.python as grain
+
+    def before(records: int, seed: int) -> grain.IndexSampler:
+        return grain.IndexSampler(num_records=records,
+                                  shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+                                  shuffle=True, num_epochs=None, seed=seed)
+
+    _as_process(monkeypatch, 0, 1)
+    seed = ip.grain_seed(0)
+    now, then = ip.GlobalOrder(7, seed), before(7, seed)
+    for g in range(3 * 7 + 2):
+        a, b = now[g], then[g]
+        assert (a.index, a.record_key) == (b.index, b.record_key), g
+        assert a.rng.integers(2**62, size=4).tolist() == b.rng.integers(2**62, size=4).tolist()
+    assert sorted(now[g].record_key for g in range(7, 14)) == list(range(7))  # an epoch
+    for index, count in ((0, 1), (0, 2), (1, 2), (2, 3)):
+        _as_process(monkeypatch, index, count)
+        assert repr(ip.GlobalOrder(12, seed)) == repr(before(12, seed)) == (
+            f"IndexSampler(num_records=12, shard_options=ShardByJaxProcess(shard_index={index}, "
+            f"shard_count={count}, drop_remainder=True), shuffle=True, num_epochs=None, "
+            f"seed={seed})")
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_the_processes_together_read_the_one_process_sequence(processes, monkeypatch):
+    """Process p of P reads the one-process run's elements p, p + P, ...: with loaders that
+    run no workers, the processes' batches k together are the one-process run's batch k,
+    records and their random draws alike, process p's j-th example being its (j P + p)-th;
+    over 11 records, which no count of processes divides, for 4 epochs (none is left out).
+    (grain's IndexSampler sharded by process gave process p a block of the split shuffled as
+    process 0's, record r sharing its batch with r + 11 // P every epoch.) Loaders of each
+    process made in this one, told their index and count."""
+    import grain.python as grain
+
+    class Draw(grain.RandomMapTransform):
+        def random_map(self, element, rng):
+            return {"i": element["i"], "draw": rng.integers(2**62)}
+
+    records, batch, steps = [{"i": i} for i in range(11)], 6, 8
+
+    def batches(index: int, count: int) -> list[list[tuple[int, int]]]:
+        _as_process(monkeypatch, index, count)
+        loader = iter(ip.endless_loader(records, Draw(), batch_size=batch, seed=3,
+                                        worker_count=0))
+        return [list(zip(b["i"].tolist(), b["draw"].tolist(), strict=True))
+                for b in (next(loader) for _ in range(steps))]
+
+    one = batches(0, 1)
+    each = [batches(p, processes) for p in range(processes)]
+    for k in range(steps):
+        assert [each[j % processes][k][j // processes] for j in range(batch)] == one[k], k
+    read = [i for b in one for i, _ in b]
+    assert all(sorted(read[e * 11:(e + 1) * 11]) == list(range(11)) for e in range(4))
+
+
 def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
     """docs/surreal_format.md quotes the person box's margins (BOX_MARGINS) and the training
     augmentation's distributions (Augment's defaults) as the code has them."""

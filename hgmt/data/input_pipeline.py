@@ -1,8 +1,9 @@
 """Input pipeline: built SURREAL records -> cropped, augmented examples for every task.
 
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
-`DataLoader`: per-host sharding (`ShardByJaxProcess`), per-record deterministic randomness, and
-an iterator state that is checkpointed with the model. Each example is cropped around the person
+`DataLoader`: one shuffled sequence of records shared among the hosts element by element
+(`GlobalOrder`), per-record deterministic randomness, and an iterator state that is
+checkpointed with the model. Each example is cropped around the person
 (`person_box`: the joints' tight box widened by `BOX_MARGINS`, the square of side max(h, w)
 centred on it; docs/surreal_format.md), with OpenCV warps: the image bilinear to R x R, labels
 nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and a
@@ -13,8 +14,8 @@ only decodes the records into fixed-size arrays and the same crop runs batched i
 (hgmt/data/device_augment.py).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
-access, so shuffling needs no buffer, each host reads its own equal share of the records (with
-P processes the last N mod P records of a split, at most P - 1, are in no share), and the
+access, so shuffling needs no buffer, each host reads its own elements of the one shuffled
+sequence (every P-th: together the hosts read the sequence a one-process run reads), and the
 iterator's position is a few integers that orbax saves with the checkpoint (resuming continues
 the same data stream).
 """
@@ -504,26 +505,71 @@ def config_seed(mixed: int) -> int:
     return x ^ _SEED_TAG
 
 
+class GlobalOrder:
+    """The training loader's sampler (grain's `Sampler` protocol: `__getitem__(index) ->
+    RecordMetadata`, as `grain.IndexSampler`): the one-process run's sequence of records,
+    shared among the P processes element by element.
+
+    Element g of the sequence is that of an unsharded `grain.IndexSampler` of `num_records`
+    records shuffled with `seed` over endless epochs (each epoch every record once), with its
+    per-element randomness, Philox(seed + g). grain's DataLoader, given `shard_options`
+    (process p of P: `grain.ShardByJaxProcess`), asks its sampler for elements i * P + p, so
+    process p's i-th record is the sequence's element i * P + p: together the processes read
+    the one-process sequence, each element with the same randomness, and no record of the
+    split is left out. (grain's own sharding of the IndexSampler gives each process a
+    contiguous block of the split, every block shuffled alike, so the same records would share
+    a global batch every epoch.)
+
+    Its repr is that of the sharded `grain.IndexSampler` every checkpoint's loader position
+    was saved with (`IndexSampler(num_records=N, shard_options=ShardByJaxProcess(...),
+    shuffle=True, num_epochs=None, seed=S)`): grain restores a position only into a sampler
+    of the same repr. With P = 1 the two are the same sequence; a position saved by several
+    processes is a count of each worker's elements, which resumes in this order."""
+
+    def __init__(self, num_records: int, seed: int,
+                 shard_options: grain.ShardOptions | None = None):
+        self.shard_options = shard_options or grain.ShardByJaxProcess(drop_remainder=True)
+        self._sequence = grain.IndexSampler(num_records=num_records,
+                                            shard_options=grain.NoSharding(), shuffle=True,
+                                            num_epochs=None, seed=seed)
+        self._repr = repr(grain.IndexSampler(num_records=num_records,
+                                             shard_options=self.shard_options, shuffle=True,
+                                             num_epochs=None, seed=seed))
+
+    def __len__(self) -> int:
+        return len(self._sequence)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        return self._sequence[index]
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
 def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, seed: int,
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
-    """The training loaders' common part: this host's shard of `source` (damaged records
-    replaced, `damage.Guarded`) shuffled with `grain_seed(seed)` over endless epochs, unusable
-    records skipped, `transform` applied, batches of batch_size // process_count. Its order
-    and state (resume) depend on the source, seed, batch size and the number of loader
-    workers (`auto_worker_count(worker_count)`: each worker makes whole batches of its own
-    slice of the shuffled records, so another count groups other records into a batch),
-    whatever `transform` makes."""
+    """The training loaders' common part: this process's elements (`GlobalOrder`) of the
+    sequence of `source`'s records (damaged records replaced, `damage.Guarded`) shuffled
+    with `grain_seed(seed)` over endless epochs, unusable records skipped, `transform`
+    applied, batches of batch_size // process_count. Its order and state (resume) depend on
+    the source, seed, batch size and the number of loader workers
+    (`auto_worker_count(worker_count)`: each worker makes whole batches of its own slice of
+    the process's records, worker w of W of its elements w, w + W, ..., and the process
+    takes the workers' batches in turn, so another count groups other records into a
+    batch), whatever `transform` makes.
+
+    With no record skipped, the processes' batches k together hold the one-process run's
+    batch k when the loaders run no workers (W = 0); with W workers in every process and in
+    the one-process run, the processes' batches mW..mW+W-1 together hold the one-process
+    run's batches mW..mW+W-1, in other groupings."""
     absl_flags_at_defaults()
-    sampler = grain.IndexSampler(
-        # Equal shares (drop_remainder): grain checks the sampler when it restores a saved
-        # position, so this stays what every checkpoint was saved with.
-        num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-        shuffle=True, num_epochs=None, seed=grain_seed(seed))
+    sampler = GlobalOrder(len(source), grain_seed(seed))
     workers = auto_worker_count(worker_count)
     if workers:
         resource_tracker_without_sigusr1()
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
+        shard_options=sampler.shard_options,
         operations=[SkipUnusable(), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=workers, read_options=read_options(read_threads))
