@@ -1803,7 +1803,8 @@ def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [1, 1], "\n".join(o[-2000:] for o in outs)
     assert "holds clips but" in outs[0] and "no demo_generated.json" in outs[0]
-    assert "process 0 could not prepare the demo dataset" in outs[1]
+    assert ("process 0 failed before the first step: it could not prepare the demo dataset"
+            in outs[1])
 
 
 def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset, tmp_path):
