@@ -136,19 +136,36 @@ def test_the_evaluation_fetches_its_sums_once_and_they_are_the_host_sums_exactly
 def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo_dataset,
                                                                             caplog):
     """The 12 demo test frames, 2 batches of 8 on 4 devices: their statistics are added on the
-    devices. A second Evaluator of the same config, given the first's compiled step, traces
-    nothing when called (the addition is the first's), and its summary is the first's."""
+    devices by one addition compiled once, for eval_step's sums and its own alike. A second
+    Evaluator of the same config, given the first's compiled step, traces nothing when called
+    (the addition is the first's), and its summary is the first's."""
+    from hgmt.data import input_pipeline
     from hgmt.evaluation import evaluator
     from hgmt.training import steps
 
     config = tiny_config(demo_dataset[1], tasks="pose2d")
+    evaluator._pmapped_add.cache_clear()  # an addition not compiled yet in this process
     first = evaluator.Evaluator(config, frames="all")
     state = steps.create_train_state(jax.random.key(0), config, first.model)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    batch = next(input_pipeline.eval_batches(
+        first.source, first.indices, batch_size=first.batch_size, image_size=first.image_size,
+        tasks=first.tasks, damaged=[], window=first.window, threads=0))
+    stats = first.p_step(jax_utils.replicate(variables), input_pipeline.shard(batch))
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        total = first.p_add(stats, stats)
+        total = first.p_add(total, stats)
+        total = first.p_add(total, stats)
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert len(compiled) == 1, compiled
+    np.testing.assert_array_equal(jax.device_get(jax_utils.unreplicate(total))["count"],
+                                  4 * jax.device_get(jax_utils.unreplicate(stats))["count"])
     summary = first(variables)
     assert summary["num_examples"] == 12 and len(first.indices) > first.batch_size
     second = evaluator.Evaluator(config, frames="all")
     second.p_step = first.p_step
+    caplog.clear()
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         again = second(variables)
     traced = [r.getMessage() for r in caplog.records if "tracing" in r.getMessage()]

@@ -145,8 +145,10 @@ def _pmapped_add() -> Callable:
     """The sums of two batches' statistics on the devices (`eval_step`'s trees, each leaf
     (devices, ...)): their leaves added one by one. One pmapped function for every
     Evaluator, so that evaluators whose statistics have the same tree, shapes and dtypes
-    trace and compile it once between them."""
-    return jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b))
+    trace and compile it once between them. Its axis is eval_step's ("batch"): pmap's arrays
+    carry their axis name in their sharding, so under another name its sums would not be the
+    arrays eval_step returns and it would compile again for them after its first call."""
+    return jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b), axis_name="batch")
 
 
 class Evaluator:
