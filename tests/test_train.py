@@ -511,6 +511,45 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     assert np.linalg.norm(flat(two) - flat(one)) < 1e-2 * np.linalg.norm(gradient)
 
 
+def test_the_state_on_the_host_is_flaxs_unreplicated_state_bit_for_bit():
+    """All four tasks on 4 devices with the config's optimizer, after two steps and the
+    BatchNorm statistics' sync (`loop.train`'s `host_state`): every device holds the same
+    state, bit for bit, so one device's copy is the state; `steps.to_host` gives flax's
+    unreplicated copy on the host exactly: the same tree, numpy leaves of the same dtypes,
+    shapes and bytes."""
+    import flax
+    import jax.numpy as jnp
+
+    from tests.test_tasks import make_batch
+
+    tasks = ("depth", "pose2d", "pose3d", "segm")
+    config = tiny_config("unused", image_size=64)
+    model = loop.create_model(config.model, heads(tasks), axis_name="batch")
+    state = steps.create_train_state(jax.random.key(0), config, model)
+    batch = make_batch(seed=1, b=8, r=16)
+    batch["image"] = jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)),
+                                 jnp.uint8)
+    p_step = loop.pmapped_train_step(check_loss_weights(config, tasks),
+                                     check_loss_options(config, tasks))
+    placed = steps.replicate(state)
+    for _ in range(2):
+        placed, _ = p_step(placed, input_pipeline.shard(jax.device_get(batch)))
+    synced = steps.sync_batch_stats(placed)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(synced):
+        first, *others = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(others) == 3 and all(o.tobytes() == first.tobytes() for o in others), \
+            jax.tree_util.keystr(path)
+    old = jax.device_get(flax.jax_utils.unreplicate(synced))
+    new = steps.to_host(synced)
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    old_leaves, new_leaves = jax.tree.leaves(old), jax.tree.leaves(new)
+    assert len(new_leaves) == len(jax.tree.leaves(state)) > 100
+    for a, b in zip(old_leaves, new_leaves, strict=True):
+        assert type(b) is np.ndarray and type(a) is np.ndarray
+        assert (b.dtype, b.shape) == (a.dtype, a.shape) and b.tobytes() == a.tobytes()
+    assert int(new.step) == 2
+
+
 def test_gradient_clipping_keeps_the_optimizer_states_layout():
     """With optimizer.grad_clip_norm the optimizer state has the tree of the unclipped one
     (checkpoints read alike), and its updates are optax.chain(clip_by_global_norm, rmsprop)'s:

@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import flax
 import jax
 import ml_collections
 import numpy as np
@@ -292,7 +291,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"saved for it or after it; {_after_non_finite(mngr.latest_step(), workdir)}")
 
     forgotten = evals.forget_after(
-        start_step, lambda: jax.device_get(flax.jax_utils.unreplicate(state)))
+        start_step, lambda: steps.to_host(state))
     if forgotten:
         logging.warning("moved the best checkpoint kept at step %s in %s to %s: chosen by an "
                         "evaluation after step %d, where training starts again",
@@ -303,7 +302,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
         a non-finite loss since the last check or a non-finite state stops the run here."""
         check_finite()
-        host = jax.device_get(flax.jax_utils.unreplicate(steps.sync_batch_stats(state)))
+        host = steps.to_host(steps.sync_batch_stats(state))
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
                if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
         if bad:

@@ -13,6 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -145,6 +146,20 @@ def replicate(tree: Any) -> Any:
     arguments' placement too: a state placed by flax.jax_utils.replicate alone would make the
     second step trace and compile the step again."""
     return _place_as_step_outputs(flax.jax_utils.replicate(tree))
+
+
+def to_host(tree: Any) -> Any:
+    """One replica of `tree` (`replicate`'s or the pmapped step's: each leaf (local devices,
+    ...), sharded over them), on the host as numpy: each leaf's first addressable shard,
+    all fetched by one `jax.device_get`. The same values as
+    `jax.device_get(flax.jax_utils.unreplicate(tree))`, without its device op per leaf (and
+    the compilation of that op for every new shape): the paper's train state has thousands of
+    leaves. Like it, it reads one device's copy, so the devices must hold the same values
+    (the step's pmean'd gradients make them so; the BatchNorm statistics after
+    `sync_batch_stats`)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    shards = jax.device_get([leaf.addressable_shards[0].data for leaf in leaves])
+    return treedef.unflatten([np.asarray(shard)[0, ...] for shard in shards])
 
 
 _sync_batch_stats = jax.pmap(lambda x: jax.lax.pmean(x, "x"), "x")
