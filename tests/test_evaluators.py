@@ -91,6 +91,62 @@ def test_pictures_draw_the_prediction_the_evaluation_scores(monkeypatch):
     np.testing.assert_array_equal(drawn["images"][1], images[1])
 
 
+def _compiled(caplog) -> list[str]:
+    """The compilations jax.log_compiles logged into `caplog` since it was last cleared."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+
+
+def test_pictures_are_the_eager_predictions_drawn_from_one_program_compiled_once(demo_dataset,
+                                                                                caplog):
+    """All four tasks with the flip test, on the first demo test batch with its first frame
+    flagged unusable: Evaluator.pictures draws exactly what `predict` and `model_input` run
+    op by op give, in the model's task order, its predictions the eager ones to float
+    rounding, compiling one program where the eager run compiles each op, and nothing when
+    called again."""
+    from hgmt.data import input_pipeline
+    from hgmt.evaluation import evaluator, pictures
+    from hgmt.training import steps
+
+    config = tiny_config(demo_dataset[1])
+    ev = evaluator.Evaluator(config, frames="all", flip=True)
+    state = steps.create_train_state(jax.random.key(0), config, ev.model)
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    batch = next(input_pipeline.eval_batches(
+        ev.source, ev.indices, batch_size=ev.batch_size, image_size=ev.image_size,
+        tasks=ev.tasks, damaged=[], window=ev.window, threads=0))
+    batch["unusable"] = np.array(batch["unusable"])
+    batch["unusable"][0] = 1.0
+    ev.first_batch = batch
+    first = {k: np.asarray(v[:4]) for k, v in batch.items()}
+    given = evaluator.unusable_input(ev.protocol)
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        preds = evaluator.predict(variables, first, model=ev.model, flip=True,
+                                  unusable_input=given)
+        images = np.clip(np.round(np.asarray(evaluator.model_input(first, given))), 0, 255)
+        eager = pictures.prediction_strips(images.astype(np.uint8),
+                                           {t: np.asarray(p) for t, p in preds.items()}, first)
+    assert len(_compiled(caplog)) > 50
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        drawn = ev.pictures(variables)
+    assert len(_compiled(caplog)) == 1, _compiled(caplog)
+    np.testing.assert_array_equal(drawn, eager)
+    np.testing.assert_array_equal(drawn[0, :, :ev.image_size], np.broadcast_to(
+        np.round(given).astype(np.uint8), (ev.image_size, ev.image_size, 3)))
+    compiled, model_input = ev._pictured(variables, {k: first[k] for k in ("image", "unusable")})
+    assert compiled.keys() == preds.keys() == set(ev.tasks)
+    for task in preds:
+        # Bit for bit at XLA:CPU's default optimisation (tiny and paper models measured);
+        # the tests' unoptimised build rounds some 1e-8 apart.
+        np.testing.assert_allclose(compiled[task], preds[task], rtol=0, atol=1e-6, err_msg=task)
+    np.testing.assert_array_equal(np.clip(np.round(np.asarray(model_input)), 0, 255), images)
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(ev.pictures(variables), eager)
+    assert _compiled(caplog) == []
+
+
 def _one_batch_at_a_time(ev, variables: dict) -> tuple[dict, list[int]]:
     """The reference sums of an evaluation: its batches made in this thread, each batch's
     statistics fetched to the host as soon as it is evaluated and added there (numpy), one

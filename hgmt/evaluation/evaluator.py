@@ -284,12 +284,24 @@ class Evaluator:
         them and each task's picture of the prediction the evaluation scores (`predict`:
         with the flip test if this evaluator has it)."""
         batch = {k: np.asarray(v[:n]) for k, v in self.first_batch.items()}
-        given = unusable_input(self.protocol)
-        preds = predict(variables, batch, model=self.model, flip=self.flip,
-                        unusable_input=given)
-        images = np.clip(np.round(np.asarray(model_input(batch, given))), 0, 255)
+        preds, given = self._pictured(variables, {k: batch[k] for k in ("image", "unusable")})
+        images = np.clip(np.round(np.asarray(given)), 0, 255)
+        # A jitted function returns a dict's keys sorted: the strips follow the model's order.
         return pictures.prediction_strips(
-            images.astype(np.uint8), {t: np.asarray(p) for t, p in preds.items()}, batch)
+            images.astype(np.uint8), {t: np.asarray(preds[t]) for t in self.model.tasks}, batch)
+
+    @functools.cached_property
+    def _pictured(self) -> Callable:
+        """(variables, {'image', 'unusable'}) -> (`predict`'s predictions, `model_input`):
+        what `pictures` draws, as one program compiled at its first call; run eagerly, the
+        model's ops would each be dispatched and compiled on their own."""
+        given = unusable_input(self.protocol)
+
+        def pictured(variables: dict, batch: dict) -> tuple[dict, jnp.ndarray]:
+            return (predict(variables, batch, model=self.model, flip=self.flip,
+                            unusable_input=given), model_input(batch, given))
+
+        return jax.jit(pictured)
 
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
