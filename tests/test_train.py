@@ -187,6 +187,39 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
     assert logged["data_idle"] == pytest.approx(logged["data_wait"])
 
 
+def test_the_logged_losses_and_learning_rates_are_device_0s_and_the_schedules(
+        demo_dataset, tmp_path, monkeypatch):
+    """Two tasks on 4 devices, logged at steps 2 and 4 (in the schedule's warm-up, then its
+    decay): each loss is, to the bit, the mean over the interval's steps of device 0's
+    value out of every device's copy fetched whole, and each learning rate the schedule run
+    op by op (`steps.create_lr`, eagerly) at the step before."""
+    from hgmt.training import step_metrics
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d+segm", total_steps=4, log_every=2,
+                         checkpoint_every=4, **{"optimizer.warmup_steps": 2})
+    dispatched = []
+    append = step_metrics.StepMetrics.append
+
+    def appended(self, step, values):
+        dispatched.append((step, values))
+        append(self, step, values)
+
+    monkeypatch.setattr(step_metrics.StepMetrics, "append", appended)
+    writer = Scalars()
+    loop.train(config, str(tmp_path), writer=writer)
+    lr = steps.create_lr(config)
+    assert sorted(writer.scalars) == [2, 4] and [s for s, _ in dispatched] == [1, 2, 3, 4]
+    for logged in (2, 4):
+        fetched = [{k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(m).items()}
+                   for s, m in dispatched if logged - 2 < s <= logged]
+        assert all(np.asarray(m["loss/total"]).shape == (4,) for _, m in dispatched)
+        expected = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+        assert set(expected) == {"loss/pose2d", "loss/segm", "loss/total"}
+        assert {k: writer.scalars[logged][k] for k in expected} == expected
+        assert writer.scalars[logged]["learning_rate"] == float(lr(logged - 1))
+    assert 0 < writer.scalars[2]["learning_rate"] != writer.scalars[4]["learning_rate"]
+
+
 def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
                                                                  monkeypatch, caplog):
     """An evaluation after step 2's log line (made to take 1000 s) is not in steps 3-4's
