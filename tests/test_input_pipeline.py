@@ -255,6 +255,57 @@ def test_the_processes_together_read_the_one_process_sequence(processes, monkeyp
     assert all(sorted(read[e * 11:(e + 1) * 11]) == list(range(11)) for e in range(4))
 
 
+@pytest.mark.parametrize("path", ["device", "host"])
+def test_prefetched_batches_are_the_arrays_flax_prefetches(source, path, caplog):
+    """The device path's batches (decoded records) and the host path's (crops), 8 examples
+    on 4 devices: `prefetch_to_device` puts the arrays flax.jax_utils.prefetch_to_device
+    puts on the devices (tree, shapes, dtypes, shardings and values), pulls the batches as
+    far ahead of the one yielded, and a pmapped function compiled for flax's runs on them
+    without compiling again."""
+    import itertools
+    import logging
+
+    import flax.jax_utils
+    import jax
+
+    from hgmt.data import device_augment
+
+    tasks = ("pose2d", "pose3d", "depth", "segm")
+    loader = (device_augment.decode_loader(source, batch_size=8, seed=0, worker_count=0,
+                                           tasks=tasks) if path == "device" else
+              ip.train_loader(source, batch_size=8, image_size=64, seed=0, worker_count=0,
+                              tasks=tasks))
+    batches = list(itertools.islice(iter(loader), 3))
+    pulled = {"flax": 0, "hgmt": 0}
+
+    def counted(name):
+        for batch in batches:
+            pulled[name] += 1
+            yield batch
+
+    theirs = flax.jax_utils.prefetch_to_device(map(ip.shard, counted("flax")), 2)
+    ours = ip.prefetch_to_device(counted("hgmt"), 2)
+    summed = jax.pmap(lambda b: {k: v.astype("float32").sum() for k, v in b.items()},
+                      axis_name="batch")
+    for i, batch in enumerate(batches):
+        old, new = next(theirs), next(ours)
+        assert pulled["flax"] == pulled["hgmt"] == min(i + 2, len(batches))
+        assert jax.tree.structure(new) == jax.tree.structure(old)
+        assert sorted(new) == sorted(batch) and "image" in new
+        for k in old:
+            assert (new[k].shape, new[k].dtype) == (old[k].shape, old[k].dtype), k
+            assert new[k].shape == (4, 2) + batch[k].shape[1:], k
+            assert new[k].sharding == old[k].sharding, k
+            np.testing.assert_array_equal(np.asarray(new[k]), np.asarray(old[k]), err_msg=k)
+        if i == 0:
+            summed(old)
+            caplog.clear()
+            with jax.log_compiles(), caplog.at_level(logging.WARNING):
+                summed(new)
+            assert [r for r in caplog.records if r.getMessage().startswith("Compiling")] == []
+    assert next(theirs, None) is None and next(ours, None) is None
+
+
 def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
     """docs/surreal_format.md quotes the person box's margins (BOX_MARGINS) and the training
     augmentation's distributions (Augment's defaults) as the code has them."""

@@ -937,8 +937,28 @@ def shard(batch: dict) -> dict:
     return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
 
 
-def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
-    """Shards host batches over the local devices and keeps `size` of them in flight."""
-    import flax.jax_utils
+# The mesh axis of the prefetched batches' sharding: flax.jax_utils.prefetch_to_device's, so
+# that the train step receives the arrays it was compiled for (a sharding is part of the
+# key of its compilation cache, the persistent one included).
+PREFETCH_AXIS = "_device_put_sharded"
 
-    return flax.jax_utils.prefetch_to_device(map(shard, iterator), size)
+
+def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
+    """Shards host batches over the local devices and keeps `size` of them in flight: `size`
+    are put on the devices before the first is yielded, and one more each time the next is
+    asked for. Each array (B, ...) becomes (local devices, B / local devices, ...), split
+    over the devices in jax.local_devices()' order (pmap's), as
+    flax.jax_utils.prefetch_to_device places it: the same sharding, dtype and values, put
+    from `shard`'s view of the batch without the copy flax makes of it first."""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (PREFETCH_AXIS,))
+    sharding = jax.NamedSharding(mesh, jax.P(PREFETCH_AXIS))
+    queue: collections.deque = collections.deque()
+
+    def enqueue(n: int) -> None:
+        for batch in itertools.islice(iterator, n):
+            queue.append(jax.device_put(shard(batch), sharding))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
