@@ -949,14 +949,22 @@ def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict
     asked for. Each array (B, ...) becomes (local devices, B / local devices, ...), split
     over the devices in jax.local_devices()' order (pmap's), as
     flax.jax_utils.prefetch_to_device places it: the same sharding, dtype and values, put
-    from `shard`'s view of the batch without the copy flax makes of it first."""
+    from `shard`'s view of the batch without the copy flax makes of it first. On a CPU the
+    batch is copied still: there `device_put` may alias the host buffer, and a batch of the
+    loader's workers lives in their shared memory, which must be released once it is used
+    (aliased, its blocks outlive the process: the resource tracker's "leaked shared_memory"
+    warning at exit)."""
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (PREFETCH_AXIS,))
     sharding = jax.NamedSharding(mesh, jax.P(PREFETCH_AXIS))
+    copy = jax.local_devices()[0].platform == "cpu"
     queue: collections.deque = collections.deque()
 
     def enqueue(n: int) -> None:
         for batch in itertools.islice(iterator, n):
-            queue.append(jax.device_put(shard(batch), sharding))
+            batch = shard(batch)
+            if copy:
+                batch = jax.tree.map(np.array, batch)
+            queue.append(jax.device_put(batch, sharding))
 
     enqueue(size)
     while queue:
