@@ -301,9 +301,10 @@ def saved_position(workdir: str, process_index: int | None = None
                                                       if data.is_dir() else ())
                  if (m := re.fullmatch(r"process_(\d+)-of-(\d+)\.json", f.name))}
         saved_by = max((n for _, n in files.values()), default=0)
+        if not files or (process_index not in files and saved_by > process_index):
+            continue  # no position, or not this process's own: passed over as a damaged one
+        file = files[process_index if process_index in files else min(files)][0]
         try:
-            file = files[process_index if process_index in files or saved_by > process_index
-                         else min(files)][0]
             state = json.loads(file.read_text())
             int(state["worker_count"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -314,7 +315,7 @@ def saved_position(workdir: str, process_index: int | None = None
 
 def newest_step_on_disk(workdir: str) -> int:
     """The step of the newest checkpoint folder in `workdir` (read or not), 0 when none."""
-    return max(_steps_on_disk(workdirs.checkpoint_dir(workdir)), default=0)
+    return max(steps_on_disk(workdir), default=0)
 
 
 def steps_on_disk(workdir: str) -> list[int]:
