@@ -1,5 +1,5 @@
 """What a training process pays before its first step: the model's initialisation
-(`steps.init_variables`, op by op on a CPU) and the pmapped train step compiled, or loaded
+(`steps.init_variables`, op by op on a CPU) and the train step compiled, or loaded
 from JAX's persistent compilation cache, and the step's time.
 
     XLA_FLAGS=... python3 benchmarks/compile_and_load.py --config=configs/study.py \

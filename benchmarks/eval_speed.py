@@ -36,9 +36,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import flags
-from flax import jax_utils
 
-from hgmt import cli, cores
+from hgmt import cli, cores, devices
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator
 from hgmt.tasks import parse_tasks
@@ -62,13 +61,13 @@ def serial_totals(ev: evaluator.Evaluator, variables: dict, threads: int = 0) ->
     """The sums of `ev`'s statistics made the serial way: each batch made by `threads` threads
     (0: this one), evaluated, and its statistics fetched to the host and added there (numpy)
     before the next batch is made."""
-    replicated = jax_utils.replicate(variables)
+    replicated = devices.replicate(variables)
     total = None
     for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
                                              image_size=ev.image_size, tasks=ev.tasks,
                                              damaged=[], window=ev.window, threads=threads):
-        stats = jax.device_get(jax_utils.unreplicate(
-            ev.p_step(replicated, input_pipeline.shard(batch))))
+        stats = devices.to_host(ev.p_step(replicated,
+                                          devices.place(devices.split_batch(batch))))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total
 

@@ -1,5 +1,5 @@
 """Steady-state training speed of the real hgmt train step (`hgmt.training.steps.train_step`
-under pmap).
+under jax.pmap, or as the trainer runs it: `--feed=trainer`).
 
     python3 benchmarks/train_step.py --config=configs/default.py:tasks=pose2d \
         --config.image_size=128 --config.batch_size=16 --config.model.features=128
@@ -21,9 +21,10 @@ XLA device uses every core; with XLA_FLAGS=--xla_force_host_platform_device_coun
 into N virtual devices, which measured faster at 2 x 128 @ 128 on 2 cores (docs/performance.md,
 "Train step against PyTorch, CPU": its 1- and 2-device rows of that config).
 
-`--feed=trainer` times the trainer's own program instead (`hgmt.training.loop`'s pmapped
-step on every local device, fed one batch of config.dataset read here; with config.augment_on
-"device", auto's choice on an accelerator, decoded records that the step crops and augments):
+`--feed=trainer` times the trainer's own program instead (`hgmt.training.loop`'s step on
+every local device, `hgmt.devices.spmd`, fed one batch of config.dataset read here; with
+config.augment_on "device", auto's choice on an accelerator, decoded records that the step
+crops and augments):
 `benchmarks/trainer_speed.py` compares the trainer with it, and the trainer then loads the
 step from the persistent compilation cache instead of compiling it again.
 """
@@ -48,6 +49,7 @@ import xla_ops
 from absl import flags
 
 from hgmt import cores
+from hgmt import devices as hgmt_devices
 from hgmt.data import input_pipeline
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.models.summary import first_flop_count
@@ -209,8 +211,8 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     batch.pop("damaged", None)  # as the loop's damage log takes it
     state, params, init_s = initial_state(config, tasks, seed=config.seed)
     data = next(input_pipeline.prefetch_to_device(iter([batch]), 1))
-    step = loop.pmapped_train_step(weights, options, prepare)
-    return step, steps.replicate(state), data, params, init_s
+    step = loop.jitted_train_step(weights, options, prepare)
+    return step, hgmt_devices.replicate(state), data, params, init_s
 
 
 def step_devices(feed: str, devices: int = 1) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train and evaluate on one host with all its accelerators (pmap over every local device).
+# Train and evaluate on one host with all its accelerators (the batch split over them all).
 #
 #   launch/local.sh WORKDIR [CONFIG[:ARG]] [--config.field=value ...]
 #   launch/local.sh runs/all configs/default.py:tasks=all --config.data_dir=/data/tfds

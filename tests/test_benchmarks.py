@@ -918,17 +918,17 @@ def test_the_trainer_benchmarks_bare_step_is_the_program_the_trainer_compiles(de
     line = json.loads(bare.stdout.strip().splitlines()[-1])
     assert line["feed"] == "trainer" and line["devices"] == 2 and line["batch"] == 8
 
-    def pmapped() -> dict[str, int]:  # pmap's programs are named jit__fun in jax 0.10
-        return {p.name: p.stat().st_size for p in cache.glob("jit__fun-*")}
+    def train_steps() -> dict[str, int]:  # hgmt.devices.spmd names it after train_step
+        return {p.name: p.stat().st_size for p in cache.glob("jit_train_step-*")}
 
-    step_entry = max(pmapped().items(), key=lambda item: item[1])[0]  # the largest: the step
+    step_entry = max(train_steps().items(), key=lambda item: item[1])[0]  # the largest
     for entry in cache.iterdir():
         entry.unlink()
     trainer = subprocess.run([*cmd, "--config.augment_on=device",
                               "--config.evals.test.at_end=false", f"--compilation_cache={cache}"],
                              cwd=cli.REPO, capture_output=True, text=True, env=env)
     assert trainer.returncode == 0, trainer.stderr[-3000:]
-    assert step_entry in pmapped()
+    assert step_entry in train_steps()
 
 
 def _demo_data(demo_dataset) -> list[str]:

@@ -212,11 +212,12 @@ def test_trainer_with_device_augmentation_resumes_exactly(demo_dataset, tmp_path
 
 
 def test_train_step_draws_by_step_and_device_position(source):
-    """The pmapped train step hands `Prepare` the state's step and each device's first
-    position in the global batch: the same record in every slot gets another crop on every
-    device and at every step."""
+    """The trainer's step (`hgmt.devices.spmd`) hands `Prepare` the state's step and each
+    device's first position in the global batch: the same record in every slot gets another
+    crop on every device and at every step."""
     import functools
 
+    from hgmt import devices
     from hgmt.models import create_model
     from hgmt.tasks import heads
     from hgmt.training import steps
@@ -225,7 +226,7 @@ def test_train_step_draws_by_step_and_device_position(source):
     config = tiny_config(None, tasks="pose2d", image_size=32)
     config.model.num_stacks = 1
     model = create_model(config.model, heads(("pose2d",)), axis_name="batch")
-    state = steps.replicate(steps.create_train_state(jax.random.key(0), config, model))
+    state = devices.replicate(steps.create_train_state(jax.random.key(0), config, model))
     d = jax.local_device_count()
     prepare = da.Prepare(config.image_size, config.seed, ("pose2d",))
     seen = []
@@ -236,12 +237,12 @@ def test_train_step_draws_by_step_and_device_position(source):
                            step, first_index, batch["crop"])
         return batch
 
-    train = jax.pmap(functools.partial(steps.train_step, weights={"pose2d": 1.0},
-                                       prepare=spying), axis_name="batch")
+    train = devices.spmd(functools.partial(steps.train_step, weights={"pose2d": 1.0},
+                                           prepare=spying), donate_argnums=(0,))
     raw = {k: np.stack([v] * 2 * d).reshape(d, 2, *np.shape(v))
            for k, v in da.decode_record(source[0], da.target_maps(("pose2d",))).items()}
     for _ in range(2):
-        state, _ = train(state, raw)
+        state, _ = train(state, devices.place(raw))
     jax.effects_barrier()
     assert sorted((s, f) for s, f, _ in seen) == [(s, 2 * i) for s in (0, 1) for i in range(d)]
     crops = np.concatenate([c for _, _, c in seen])  # 4 * d crops of one record

@@ -10,7 +10,6 @@ import logging
 import jax
 import numpy as np
 import pytest
-from flax import jax_utils
 
 import hgmt.evaluate
 from configs.common import evaluator_config
@@ -151,15 +150,16 @@ def _one_batch_at_a_time(ev, variables: dict) -> tuple[dict, list[int]]:
     """The reference sums of an evaluation: its batches made in this thread, each batch's
     statistics fetched to the host as soon as it is evaluated and added there (numpy), one
     batch after the other; and the damaged records met."""
+    from hgmt import devices
     from hgmt.data import input_pipeline
 
-    replicated = jax_utils.replicate(variables)
+    replicated = devices.replicate(variables)
     total, damaged = None, []
     for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
                                              image_size=ev.image_size, tasks=ev.tasks,
                                              damaged=damaged, window=ev.window, threads=0):
-        stats = jax.device_get(jax_utils.unreplicate(
-            ev.p_step(replicated, input_pipeline.shard(batch))))
+        stats = devices.to_host(ev.p_step(replicated,
+                                          devices.place(devices.split_batch(batch))))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total, damaged
 
@@ -195,19 +195,20 @@ def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo
     devices by one addition compiled once, for eval_step's sums and its own alike. A second
     Evaluator of the same config, given the first's compiled step, traces nothing when called
     (the addition is the first's), and its summary is the first's."""
+    from hgmt import devices
     from hgmt.data import input_pipeline
     from hgmt.evaluation import evaluator
     from hgmt.training import steps
 
     config = tiny_config(demo_dataset[1], tasks="pose2d")
-    evaluator._pmapped_add.cache_clear()  # an addition not compiled yet in this process
+    evaluator._add_on_devices.cache_clear()  # an addition not compiled yet in this process
     first = evaluator.Evaluator(config, frames="all")
     state = steps.create_train_state(jax.random.key(0), config, first.model)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     batch = next(input_pipeline.eval_batches(
         first.source, first.indices, batch_size=first.batch_size, image_size=first.image_size,
         tasks=first.tasks, damaged=[], window=first.window, threads=0))
-    stats = first.p_step(jax_utils.replicate(variables), input_pipeline.shard(batch))
+    stats = first.p_step(devices.replicate(variables), devices.place(devices.split_batch(batch)))
     caplog.clear()
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         total = first.p_add(stats, stats)
@@ -215,8 +216,8 @@ def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo
         total = first.p_add(total, stats)
     compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert len(compiled) == 1, compiled
-    np.testing.assert_array_equal(jax.device_get(jax_utils.unreplicate(total))["count"],
-                                  4 * jax.device_get(jax_utils.unreplicate(stats))["count"])
+    np.testing.assert_array_equal(devices.to_host(total)["count"],
+                                  4 * devices.to_host(stats)["count"])
     summary = first(variables)
     assert summary["num_examples"] == 12 and len(first.indices) > first.batch_size
     second = evaluator.Evaluator(config, frames="all")

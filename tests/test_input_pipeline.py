@@ -256,18 +256,18 @@ def test_the_processes_together_read_the_one_process_sequence(processes, monkeyp
 
 
 @pytest.mark.parametrize("path", ["device", "host"])
-def test_prefetched_batches_are_the_arrays_flax_prefetches(source, path, caplog):
+def test_prefetched_batches_are_each_devices_rows_of_the_global_batch(source, path, caplog):
     """The device path's batches (decoded records) and the host path's (crops), 8 examples
-    on 4 devices: `prefetch_to_device` puts the arrays flax.jax_utils.prefetch_to_device
-    puts on the devices (tree, shapes, dtypes, shardings and values), pulls the batches as
-    far ahead of the one yielded, and a pmapped function compiled for flax's runs on them
-    without compiling again."""
+    on 4 devices: `prefetch_to_device` puts each array as the global array (4, 2, ...) whose
+    row i, on the mesh's device i, holds examples 2i and 2i + 1 (the tree, dtypes and values
+    of the batch), `size` batches ahead of the one yielded, and a step compiled for the first
+    batch (`devices.spmd`, as the trainer's) runs on the next ones without compiling again."""
     import itertools
     import logging
 
-    import flax.jax_utils
     import jax
 
+    from hgmt import devices
     from hgmt.data import device_augment
 
     tasks = ("pose2d", "pose3d", "depth", "segm")
@@ -276,34 +276,38 @@ def test_prefetched_batches_are_the_arrays_flax_prefetches(source, path, caplog)
               ip.train_loader(source, batch_size=8, image_size=64, seed=0, worker_count=0,
                               tasks=tasks))
     batches = list(itertools.islice(iter(loader), 3))
-    pulled = {"flax": 0, "hgmt": 0}
+    pulled = 0
 
-    def counted(name):
+    def counted():
+        nonlocal pulled
         for batch in batches:
-            pulled[name] += 1
+            pulled += 1
             yield batch
 
-    theirs = flax.jax_utils.prefetch_to_device(map(ip.shard, counted("flax")), 2)
-    ours = ip.prefetch_to_device(counted("hgmt"), 2)
-    summed = jax.pmap(lambda b: {k: v.astype("float32").sum() for k, v in b.items()},
-                      axis_name="batch")
+    ours = ip.prefetch_to_device(counted(), 2)
+    summed = devices.spmd(lambda b: {k: v.astype("float32").sum() for k, v in b.items()})
+    mesh_devices = list(devices.mesh().devices.flat)
     for i, batch in enumerate(batches):
-        old, new = next(theirs), next(ours)
-        assert pulled["flax"] == pulled["hgmt"] == min(i + 2, len(batches))
-        assert jax.tree.structure(new) == jax.tree.structure(old)
+        new = next(ours)
+        assert pulled == min(i + 2, len(batches))
         assert sorted(new) == sorted(batch) and "image" in new
-        for k in old:
-            assert (new[k].shape, new[k].dtype) == (old[k].shape, old[k].dtype), k
-            assert new[k].shape == (4, 2) + batch[k].shape[1:], k
-            assert new[k].sharding == old[k].sharding, k
-            np.testing.assert_array_equal(np.asarray(new[k]), np.asarray(old[k]), err_msg=k)
+        for k, v in batch.items():
+            dtype = jax.dtypes.canonicalize_dtype(v.dtype)  # int64 is int32 without x64
+            assert (new[k].shape, new[k].dtype) == ((4, 2) + v.shape[1:], dtype), k
+            assert new[k].sharding == devices.sharding(), k
+            for shard in new[k].addressable_shards:
+                row = mesh_devices.index(shard.device)
+                assert shard.index[0] == slice(row, row + 1), k
+                np.testing.assert_array_equal(np.asarray(shard.data)[0], v[2 * row:2 * row + 2],
+                                              err_msg=k)
         if i == 0:
-            summed(old)
+            summed(new)
             caplog.clear()
+        else:
             with jax.log_compiles(), caplog.at_level(logging.WARNING):
                 summed(new)
             assert [r for r in caplog.records if r.getMessage().startswith("Compiling")] == []
-    assert next(theirs, None) is None and next(ours, None) is None
+    assert next(ours, None) is None
 
 
 def test_the_format_doc_quotes_the_crop_margins_and_augmentation():

@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
     ("base", ["hgmt.cli", "hgmt.paths", "hgmt.workdirs", "hgmt.disk_space",
-              "hgmt.compilation_cache", "hgmt.cores"]),
+              "hgmt.compilation_cache", "hgmt.cores", "hgmt.devices"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),
     ("models", ["hgmt.models"]),

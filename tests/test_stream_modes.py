@@ -182,22 +182,22 @@ def test_layout_conversion_round_trips_a_train_state():
 
 
 def test_a_tree_replicated_over_as_many_devices_as_tasks_is_refused():
-    """pmap's train state has a leading device axis: with 2 devices and 2 tasks it is as long
-    as the task axis, which the conversion would take it for (one device's statistics as each
-    task's, no error). Each conversion refuses a variable whose rank is not its layout's."""
+    """The trainer's train state has a leading device axis: with 2 devices and 2 tasks it is as
+    long as the task axis, which the conversion would take it for (one device's statistics as
+    each task's, no error). Each conversion refuses a variable whose rank is not its layout's."""
     tasks = ("pose2d", "segm")
     separate, vmapped = _models(tasks)
     shapes = jax.eval_shape(vmapped.init, jax.random.key(0), _images(b=1, r=32))
     stacked = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
     replicated = jax.tree.map(lambda x: np.stack([x, 2 * x]), stacked)  # on 2 devices
-    refused = r"stage0_streams\[.*\] has shape \(2, 2, .*unreplicated first"
+    refused = r"stage0_streams\[.*\] has shape \(2, 2, .*brought to the host first"
     with pytest.raises(ValueError, match=refused):
         to_checkpoint_layout(vmapped, replicated)
     with pytest.raises(ValueError, match=refused):
         to_model_layout(separate, replicated["batch_stats"])
     per_task = to_checkpoint_layout(vmapped, stacked)
     assert per_task["batch_stats"]["stage0_segm"]["BatchNorm_0"]["var"].shape == (16,)
-    with pytest.raises(ValueError, match=r"stage0_pose2d\[.*\] has shape \(2, .*unreplicated"):
+    with pytest.raises(ValueError, match=r"stage0_pose2d\[.*\] has shape \(2, .*to the host"):
         to_model_layout(vmapped, jax.tree.map(lambda x: np.stack([x, x]), per_task))
 
 

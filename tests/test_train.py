@@ -1,4 +1,4 @@
-"""Trainer: pmap over 4 CPU devices, checkpoints, exact resume, kill -9, NaN stop, 2 processes."""
+"""Trainer: 4 CPU devices, checkpoints, exact resume, kill -9, NaN stop, 2 processes."""
 
 import functools
 import json
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import workdirs
+from hgmt import devices, workdirs
 from hgmt.data import input_pipeline
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, loop, resume, steps
@@ -94,7 +94,7 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         return train_step(*args, **kwargs)
 
     monkeypatch.setattr(steps, "train_step", counted)
-    loop._pmapped_train_step.cache_clear()
+    loop._jitted_train_step.cache_clear()
     try:
         config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=3, checkpoint_every=2)
         loop.train(config, str(tmp_path))
@@ -103,7 +103,7 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         loop.train(config, str(tmp_path), resume_with_changed_config=True)
         assert len(traces) == 2
     finally:
-        loop._pmapped_train_step.cache_clear()
+        loop._jitted_train_step.cache_clear()
 
 
 def test_device_done_tells_a_queued_step_from_a_finished_one():
@@ -544,14 +544,15 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     assert np.linalg.norm(flat(two) - flat(one)) < 1e-2 * np.linalg.norm(gradient)
 
 
-def test_the_state_on_the_host_is_flaxs_unreplicated_state_bit_for_bit():
-    """All four tasks on 4 devices with the config's optimizer, after two steps and the
-    BatchNorm statistics' sync (`loop.train`'s `host_state`): every device holds the same
-    state, bit for bit, so one device's copy is the state; `steps.to_host` gives flax's
+def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_for_bit():
+    """All four tasks on 4 devices with the config's optimizer, two steps then the BatchNorm
+    statistics' sync (`loop.train`'s `host_state`): the trainer's step over global arrays
+    (`loop.jitted_train_step`, `devices.replicate`, `input_pipeline.prefetch_to_device`) gives
+    `jax.pmap`'s step's state and losses on the same inputs, bit for bit; every device holds
+    the same state, so one device's copy is the state; `devices.to_host` gives flax's
     unreplicated copy on the host exactly: the same tree, numpy leaves of the same dtypes,
     shapes and bytes."""
     import flax
-    import jax.numpy as jnp
 
     from tests.test_tasks import make_batch
 
@@ -560,20 +561,32 @@ def test_the_state_on_the_host_is_flaxs_unreplicated_state_bit_for_bit():
     model = loop.create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(0), config, model)
     batch = make_batch(seed=1, b=8, r=16)
-    batch["image"] = jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)),
-                                 jnp.uint8)
-    p_step = loop.pmapped_train_step(check_loss_weights(config, tasks),
-                                     check_loss_options(config, tasks))
-    placed = steps.replicate(state)
-    for _ in range(2):
-        placed, _ = p_step(placed, input_pipeline.shard(jax.device_get(batch)))
+    batch["image"] = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)).astype(np.uint8)
+    batch = jax.device_get(batch)
+    weights, options = check_loss_weights(config, tasks), check_loss_options(config, tasks)
+    p_step = loop.jitted_train_step(weights, options)
+    placed = devices.replicate(state)
+    pmapped = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
+                       axis_name="batch")
+    theirs = flax.jax_utils.replicate(state)
+    for on_devices in input_pipeline.prefetch_to_device(iter([batch, batch]), 2):
+        placed, ours_losses = p_step(placed, on_devices)
+        theirs, their_losses = pmapped(theirs, jax.tree.map(
+            lambda x: x.reshape((4, 2) + x.shape[1:]), batch))
+        for k in their_losses:
+            assert np.asarray(ours_losses[k]).tobytes() == \
+                np.asarray(their_losses[k]).tobytes(), k
+    for a, b in zip(jax.tree.leaves(devices.to_host(placed)),
+                    jax.tree.leaves(jax.device_get(flax.jax_utils.unreplicate(theirs))),
+                    strict=True):
+        assert a.tobytes() == b.tobytes()
     synced = steps.sync_batch_stats(placed)
     for path, leaf in jax.tree_util.tree_leaves_with_path(synced):
         first, *others = [np.asarray(s.data) for s in leaf.addressable_shards]
         assert len(others) == 3 and all(o.tobytes() == first.tobytes() for o in others), \
             jax.tree_util.keystr(path)
     old = jax.device_get(flax.jax_utils.unreplicate(synced))
-    new = steps.to_host(synced)
+    new = devices.to_host(synced)
     assert jax.tree.structure(new) == jax.tree.structure(old)
     old_leaves, new_leaves = jax.tree.leaves(old), jax.tree.leaves(new)
     assert len(new_leaves) == len(jax.tree.leaves(state)) > 100

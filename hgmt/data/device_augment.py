@@ -298,7 +298,7 @@ def crop_batch(raw: dict, params: dict, image_size: int,
 @dataclasses.dataclass(frozen=True)
 class Prepare:
     """The train step's first stage on the device path: a batch of `decode_record` arrays
-    -> the cropped, augmented batch. Hashable, so the pmapped step is built once per kind."""
+    -> the cropped, augmented batch. Hashable, so the train step is built once per kind."""
 
     image_size: int
     seed: int

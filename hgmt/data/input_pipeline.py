@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from hgmt import cores, paths
+from hgmt import cores, devices, paths
 from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, common
@@ -931,40 +931,22 @@ def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
         f"built)")
 
 
-def shard(batch: dict) -> dict:
-    """(B,...) host arrays -> (local_devices, B / local_devices, ...) for pmap."""
-    n = jax.local_device_count()
-    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
-
-
-# The mesh axis of the prefetched batches' sharding: flax.jax_utils.prefetch_to_device's, so
-# that the train step receives the arrays it was compiled for (a sharding is part of the
-# key of its compilation cache, the persistent one included).
-PREFETCH_AXIS = "_device_put_sharded"
-
-
 def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
-    """Shards host batches over the local devices and keeps `size` of them in flight: `size`
-    are put on the devices before the first is yielded, and one more each time the next is
-    asked for. Each array (B, ...) becomes (local devices, B / local devices, ...), split
-    over the devices in jax.local_devices()' order (pmap's), as
-    flax.jax_utils.prefetch_to_device places it: the same sharding, dtype and values, put
-    from `shard`'s view of the batch without the copy flax makes of it first. On a CPU the
-    batch is copied still: there `device_put` may alias the host buffer, and a batch of the
-    loader's workers lives in their shared memory, which must be released once it is used
-    (aliased, its blocks outlive the process: the resource tracker's "leaked shared_memory"
-    warning at exit)."""
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (PREFETCH_AXIS,))
-    sharding = jax.NamedSharding(mesh, jax.P(PREFETCH_AXIS))
+    """Places host batches on the devices and keeps `size` of them in flight: `size` are put
+    on the devices before the first is yielded, and one more each time the next is asked for.
+    Each array (B, ...), this process's share of the global batch, becomes its rows of the
+    global array (devices, B / local devices, ...) that a `hgmt.devices.spmd` step takes
+    (`devices.split_batch`, `devices.place`), put from a view of the batch without a copy. On
+    a CPU the batch is copied still: there `device_put` may alias the host buffer, and a batch
+    of the loader's workers lives in their shared memory, which must be released once it is
+    used (aliased, its blocks outlive the process: the resource tracker's "leaked
+    shared_memory" warning at exit)."""
     copy = jax.local_devices()[0].platform == "cpu"
     queue: collections.deque = collections.deque()
 
     def enqueue(n: int) -> None:
         for batch in itertools.islice(iterator, n):
-            batch = shard(batch)
-            if copy:
-                batch = jax.tree.map(np.array, batch)
-            queue.append(jax.device_put(batch, sharding))
+            queue.append(devices.place(devices.split_batch(batch), copy=copy))
 
     enqueue(size)
     while queue:

@@ -14,14 +14,13 @@ import logging
 import os
 from collections.abc import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
-from hgmt import disk_space, paths, workdirs
+from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
@@ -141,14 +140,12 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
 
 
 @functools.cache
-def _pmapped_add() -> Callable:
+def _add_on_devices() -> Callable:
     """The sums of two batches' statistics on the devices (`eval_step`'s trees, each leaf
-    (devices, ...)): their leaves added one by one. One pmapped function for every
-    Evaluator, so that evaluators whose statistics have the same tree, shapes and dtypes
-    trace and compile it once between them. Its axis is eval_step's ("batch"): pmap's arrays
-    carry their axis name in their sharding, so under another name its sums would not be the
-    arrays eval_step returns and it would compile again for them after its first call."""
-    return jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b), axis_name="batch")
+    (devices, ...)): their leaves added one by one. One function for every Evaluator, so
+    that evaluators whose statistics have the same tree, shapes and dtypes trace and compile
+    it once between them."""
+    return devices.spmd(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
 class Evaluator:
@@ -201,20 +198,20 @@ class Evaluator:
         self.indices = indices
         # A batch splits evenly over the devices, which may be other than training's
         # (hgmt.evaluate on another host); the sums, hence the numbers, do not depend on it.
-        devices = jax.device_count()
-        self.batch_size = max(config.eval_batch_size - config.eval_batch_size % devices, devices)
+        count = jax.device_count()
+        self.batch_size = max(config.eval_batch_size - config.eval_batch_size % count, count)
         if self.batch_size != config.eval_batch_size:
             logging.warning("evaluating in batches of %d, config.eval_batch_size=%d rounded to "
                             "a multiple of the %d devices", self.batch_size,
-                            config.eval_batch_size, devices)
+                            config.eval_batch_size, count)
         self.model = create_model(config.model, heads(self.tasks))
         self.metrics = {name: protocols.metric(protocol, name, len(indices))
                         for name in self.tasks}
-        self.p_step = jax.pmap(functools.partial(
+        self.p_step = devices.spmd(functools.partial(
             eval_step, model=self.model, flip=flip, metrics=self.metrics,
             loss_options=check_loss_options(config, self.tasks),
-            unusable_input=unusable_input(self.protocol)), axis_name="batch")
-        self.p_add = _pmapped_add()
+            unusable_input=unusable_input(self.protocol)))
+        self.p_add = _add_on_devices()
         self.threads = input_pipeline.eval_threads()
         self.first_batch = None
 
@@ -236,7 +233,7 @@ class Evaluator:
         ones; the sums stay on the devices, each batch's added to them in its order (the
         additions numpy's would make), and are fetched once, at the end. At most IN_FLIGHT
         batches are dispatched ahead of the devices (their inputs held in device memory)."""
-        replicated = flax.jax_utils.replicate(variables)
+        replicated = devices.replicate(variables)
         total = None
         in_flight: collections.deque = collections.deque()
         for batch in input_pipeline.eval_batches(self.source, self.indices,
@@ -246,13 +243,13 @@ class Evaluator:
                                                  window=self.window, threads=self.threads):
             if stop is not None:
                 stop()
-            stats = self.p_step(replicated, input_pipeline.shard(batch))
+            stats = self.p_step(replicated, devices.place(devices.split_batch(batch)))
             total = stats if total is None else self.p_add(total, stats)
             in_flight.append(stats)
             if len(in_flight) > IN_FLIGHT:
                 jax.block_until_ready(in_flight.popleft())
             self.first_batch = self.first_batch or batch
-        return jax.device_get(flax.jax_utils.unreplicate(total))
+        return devices.to_host(total)
 
     def summary(self, total: dict, damaged: list[int]) -> dict:
         """The summary (`__call__`) of the sums `total` (`totals`) of an evaluation that met

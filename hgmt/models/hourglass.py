@@ -103,7 +103,7 @@ def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.fl
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, relu: bool = False,
                ops: str = "custom") -> Callable[[jnp.ndarray], jnp.ndarray]:
     """BatchNorm (then ReLU if `relu`) with cross-device statistics over `axis_name` when
-    training under pmap: hgmt's `BatchNorm` or, for `ops="flax"`, `nn.BatchNorm` and
+    training over several devices: hgmt's `BatchNorm` or, for `ops="flax"`, `nn.BatchNorm` and
     `nn.relu` (the same variables, `BatchNorm_<k>` in the calling module)."""
     kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                   axis_name=axis_name if train else None, dtype=dtype)

@@ -53,8 +53,8 @@ def _check_rank(where: str, path: tuple, leaf: Any, stacked: bool) -> None:
     layout = f"(tasks, then {rank}-D per task)" if stacked else "(one task's)"
     raise ValueError(f"{where}{jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)}: in "
                      f"this layout it is {rank + stacked}-D {layout}. A tree replicated over "
-                     f"devices (a leading device axis, as pmap's train state) must be "
-                     f"unreplicated first (flax.jax_utils.unreplicate)")
+                     f"devices (a leading device axis, as the trainer's train state) must be "
+                     f"brought to the host first (hgmt.devices.to_host)")
 
 
 def _has_separate(tree: Any, tasks: Sequence[str]) -> bool:

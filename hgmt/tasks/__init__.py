@@ -9,7 +9,7 @@ rest of hgmt loops over it. Adding a task means one module plus an entry in `TAS
 - its labels: `labels(crop: spec.Crop) -> dict` of numpy arrays, cut from the record by the
   crop (flips included); the loader decodes only what the selected tasks' labels read;
 - training: `targets(batch)` and `loss(pred, target, *, axis_name=None, **options)` (jit-able,
-  batched; under pmap over `axis_name` this device's share of the global batch's loss);
+  batched; over the devices of axis `axis_name`, this device's share of the batch's loss);
 - evaluation: `decode(pred, batch)`, `metric_stats(decoded, batch)` (split-additive sums),
   `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
   protocols it implements and how their numbers are shown, compared and tabulated), and
@@ -70,7 +70,7 @@ def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.n
     """outputs {task: (S,B,r,r,C)} -> (weighted total, {task: unweighted loss summed over the
     S stages}). Targets are made here, inside the jitted step, from the cropped batch.
     options: {task: keyword options of its loss} (absent: the task's defaults). axis_name:
-    the pmap axis the global batch is split over (None: the batch is all there is); each loss
+    the device axis the global batch is split over (None: the batch is all there is); each loss
     is then this device's share, whose mean over the devices is the global batch's loss."""
     per_task = {}
     for name, preds in outputs.items():

@@ -213,8 +213,8 @@ def spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
 
 
 def batch_mean(value: jnp.ndarray, axis_name: str | None) -> jnp.ndarray:
-    """`value` averaged over the devices of the pmap axis `axis_name` the batch is split over,
-    or `value` itself outside pmap (None)."""
+    """`value` averaged over the devices of the axis `axis_name` the batch is split over, or
+    `value` itself (None: one device's batch is all)."""
     return value if axis_name is None else jax.lax.pmean(value, axis_name)
 
 
@@ -222,8 +222,8 @@ def weighted_spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
                                    weights: jnp.ndarray,
                                    axis_name: str | None = None) -> jnp.ndarray:
     """Softmax cross-entropy of (B,r,r,C) logits against (B,r,r) int labels, averaged with
-    (B,r,r) pixel weights over the whole batch: sum(weights * ce) / sum(weights). Under pmap
-    with the batch split over the axis `axis_name`, this device's share: its sum over the
+    (B,r,r) pixel weights over the whole batch: sum(weights * ce) / sum(weights). With the
+    batch split over the devices of the axis `axis_name`, this device's share: its sum over the
     devices' mean weight sum, so the devices' mean of it (the train step's) is the global
     batch's ratio on any number of devices."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
@@ -235,7 +235,7 @@ def foreground_weighted_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
                                       axis_name: str | None = None) -> jnp.ndarray:
     """Spatial cross-entropy of (B,r,r,C) logits against (B,r,r) int labels (0 = background)
     where each foreground pixel weighs `foreground_weight` times a background one; the sum is
-    divided by the weights' sum over the batch (the global batch under pmap with
+    divided by the weights' sum over the batch (the global batch, split over the devices of
     `axis_name`: `weighted_spatial_cross_entropy`), so the loss keeps cross-entropy's scale.
     1.0 is `spatial_cross_entropy` itself (the same code path): a mean over equal per-device
     batches, whose devices' mean is the global batch's already."""

@@ -174,8 +174,8 @@ class TaskModule(Protocol):
 
     def loss(self, pred: Any, target: Any, *, axis_name: str | None = None,
              **options: float) -> Any:
-        """Scalar loss of a batch (jit-able). Under pmap with the global batch split over the
-        axis `axis_name`, this device's share: the devices' mean of it is the global batch's
+        """Scalar loss of a batch (jit-able). With the global batch split over the devices
+        of the axis `axis_name`, this device's share: the devices' mean of it is the global batch's
         loss on any number of devices (a mean over the examples is; a ratio of sums divides
         by the devices' mean denominator, `common.batch_mean`). None: the batch is all."""
 

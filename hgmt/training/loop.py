@@ -1,12 +1,13 @@
 """Training: `run(config, workdir)`, readable top to bottom.
 
-pmap over all local devices (the global batch split across devices and hosts), BatchNorm
-statistics synchronised across devices (`axis_name="batch"`) and averaged before evaluation and
-checkpointing, gradients averaged with `pmean`. Orbax checkpoints every `checkpoint_every`
-steps and at the end; a rerun resumes from the workdir's newest readable checkpoint, data
-position included. The step's metrics stay on the device and are copied and checked at log
-steps and before every checkpoint (`hgmt.training.step_metrics`): a non-finite loss stops the run
-naming the step and task, and a non-finite state is never saved.
+One jitted step over every device of every process (`hgmt.devices`: the global batch split
+across devices and hosts), BatchNorm statistics synchronised across devices
+(`axis_name="batch"`) and averaged before evaluation and checkpointing, gradients averaged with
+`pmean`. Orbax checkpoints every `checkpoint_every` steps and at the end; a rerun resumes
+from the workdir's newest readable checkpoint, data position included. The step's metrics
+stay on the device and are copied and checked at log steps and before every checkpoint
+(`hgmt.training.step_metrics`): a non-finite loss stops the run naming the step and task, and
+a non-finite state is never saved.
 
 Faults of long runs, each in its own module: `workdir_lock` (one trainer per workdir),
 `preemption` (SIGTERM/SIGUSR1: save at an agreed step, exit 75), `peers` (a dead process of a
@@ -30,7 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import disk_space, workdirs
+from hgmt import devices, disk_space, workdirs
 from hgmt.data import crop_metres, damage, device_augment, input_pipeline, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
@@ -277,8 +278,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if source is not None:
             crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir)
 
-    state = steps.replicate(state)
-    p_train_step = pmapped_train_step(weights, options, prepare)
+    state = devices.replicate(state)
+    p_train_step = jitted_train_step(weights, options, prepare)
     device_iter = input_pipeline.prefetch_to_device(data_iter.batches(), config.prefetch)
     metrics = step_metrics.StepMetrics()
 
@@ -294,7 +295,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"saved for it or after it; {_after_non_finite(mngr.latest_step(), workdir)}")
 
     forgotten = evals.forget_after(
-        start_step, lambda: steps.to_host(state))
+        start_step, lambda: devices.to_host(state))
     if forgotten:
         logging.warning("moved the best checkpoint kept at step %s in %s to %s: chosen by an "
                         "evaluation after step %d, where training starts again",
@@ -305,7 +306,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
         a non-finite loss since the last check or a non-finite state stops the run here."""
         check_finite()
-        host = steps.to_host(steps.sync_batch_stats(state))
+        host = devices.to_host(steps.sync_batch_stats(state))
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
                if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
         if bad:
@@ -503,7 +504,7 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
                  prepare: device_augment.Prepare | None,
                  worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
     """The training loader of `source` (a split of `input_pipeline.open_split`) for the step
-    of `pmapped_train_step(..., prepare)`: cropped batches, or decoded records when the step
+    of `jitted_train_step(..., prepare)`: cropped batches, or decoded records when the step
     crops (`prepare`). `worker_count` replaces config.worker_count."""
     workers = config.worker_count if worker_count is None else worker_count
     if prepare is None:
@@ -516,28 +517,30 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
                                         read_threads=config.read_threads)
 
 
-def pmapped_train_step(weights: dict, options: dict,
-                       prepare: device_augment.Prepare | None = None):
-    """The train step the loop runs, pmapped over the local devices (axis "batch", the state
-    donated): `steps.train_step` with the loss `weights` and `options` of `check_config`, and
-    the crop inside where `prepare` (`augmentation`) is given."""
-    return _pmapped_train_step(
+def jitted_train_step(weights: dict, options: dict,
+                      prepare: device_augment.Prepare | None = None):
+    """The train step the loop runs on every device over its share of the batch
+    (`hgmt.devices.spmd`, axis "batch", the state donated): `steps.train_step` with the loss
+    `weights` and `options` of `check_config`, and the crop inside where `prepare`
+    (`augmentation`) is given. It takes and returns the state as `devices.replicate` places
+    it and the batch as `input_pipeline.prefetch_to_device` does."""
+    return _jitted_train_step(
         tuple(sorted(weights.items())),
         tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
 
 
 @functools.cache
-def _pmapped_train_step(weights: tuple[tuple[str, float], ...],
-                        options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...],
-                        prepare: device_augment.Prepare | None = None):
-    """One pmapped step per loss weighting, options (hashable tuples of `weights` and
+def _jitted_train_step(weights: tuple[tuple[str, float], ...],
+                       options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...],
+                       prepare: device_augment.Prepare | None = None):
+    """One jitted step per loss weighting, options (hashable tuples of `weights` and
     `options` items) and device-side crop (`prepare`, or None when the loader crops), so that
     a second `train()` in a process (a resume, the tests) reuses its trace instead of tracing
     the model again."""
-    return jax.pmap(functools.partial(steps.train_step, weights=dict(weights),
-                                      options={t: dict(o) for t, o in options},
-                                      prepare=prepare),
-                    axis_name="batch", donate_argnums=(0,))
+    return devices.spmd(functools.partial(steps.train_step, weights=dict(weights),
+                                          options={t: dict(o) for t, o in options},
+                                          prepare=prepare),
+                        donate_argnums=(0,))
 
 
 def _closing(resource) -> Callable:

@@ -36,16 +36,19 @@ class StepMetrics:
         self._checked: list[dict[str, float]] = []  # host values since the last `pop_means`
 
     def append(self, step: int, metrics: dict) -> None:
-        """Keeps a step's metrics (pmapped: one value per local device) without waiting."""
+        """Keeps a step's metrics (device arrays (devices,), one value per device) without
+        waiting."""
         self._pending.append((step, metrics))
 
     def check(self) -> NonFinite | None:
         """Copies the pending metrics to the host and returns the first non-finite step, if
-        any (the metrics are `pmean`s, so device 0's value is every device's)."""
+        any (the metrics are `pmean`s, so each value is every device's: this process's first
+        device's is read)."""
         if not self._pending:
             return None
         steps = [step for step, _ in self._pending]
-        values = jax.device_get([m for _, m in self._pending])
+        values = jax.device_get([{k: v.addressable_shards[0].data for k, v in m.items()}
+                                 for _, m in self._pending])
         self._pending.clear()
         for step, metrics in zip(steps, values, strict=True):
             host = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}

@@ -1,5 +1,6 @@
 """The numeric core of training: the train state, the optimizer and its schedule, and the
-train step run under pmap (axis "batch"). Pure functions of JAX values, no I/O, so the speed
+train step run on every device over its share of the batch (`hgmt.devices.spmd`, axis
+"batch"). Pure functions of JAX values, no I/O, so the speed
 benchmarks and any launcher can use them without the input pipeline or the metric writers.
 """
 
@@ -9,14 +10,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax.training import train_state
 
+from hgmt import devices
 from hgmt.tasks import compute_losses
 
 
@@ -108,7 +108,7 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
                              tx=create_optimizer(config))
 
 
-# --- Steps (run under pmap with axis "batch") -------------------------------------------------
+# --- Steps (run by hgmt.devices.spmd: each device its share, axis "batch") -----------------
 def train_step(state: TrainState, batch: dict, weights: dict,
                options: dict | None = None,
                prepare: Callable | None = None) -> tuple[TrainState, dict]:
@@ -137,35 +137,15 @@ def train_step(state: TrainState, batch: dict, weights: dict,
     return state, jax.lax.pmean(metrics, "batch")
 
 
-_place_as_step_outputs = jax.pmap(lambda x: x, axis_name="batch", donate_argnums=(0,))
-
-
-def replicate(tree: Any) -> Any:
-    """`tree` copied to every local device (a leading axis of jax.local_device_count()), placed
-    as the pmapped train step places its outputs. The step's compilation cache is keyed by its
-    arguments' placement too: a state placed by flax.jax_utils.replicate alone would make the
-    second step trace and compile the step again."""
-    return _place_as_step_outputs(flax.jax_utils.replicate(tree))
-
-
-def to_host(tree: Any) -> Any:
-    """One replica of `tree` (`replicate`'s or the pmapped step's: each leaf (local devices,
-    ...), sharded over them), on the host as numpy: each leaf's first addressable shard,
-    all fetched by one `jax.device_get`. The same values as
-    `jax.device_get(flax.jax_utils.unreplicate(tree))`, without its device op per leaf (and
-    the compilation of that op for every new shape): the paper's train state has thousands of
-    leaves. Like it, it reads one device's copy, so the devices must hold the same values
-    (the step's pmean'd gradients make them so; the BatchNorm statistics after
-    `sync_batch_stats`)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    shards = jax.device_get([leaf.addressable_shards[0].data for leaf in leaves])
-    return treedef.unflatten([np.asarray(shard)[0, ...] for shard in shards])
-
-
-_sync_batch_stats = jax.pmap(lambda x: jax.lax.pmean(x, "x"), "x")
+@functools.cache
+def _sync_batch_stats() -> Callable:
+    # Made at the first call: the mesh needs the devices, which a multi-host run has only
+    # after jax.distributed.initialize.
+    return devices.spmd(lambda x: jax.lax.pmean(x, devices.AXIS))
 
 
 def sync_batch_stats(state: TrainState) -> TrainState:
     """Averages every device's BatchNorm running statistics (they drift apart only through
-    float rounding, since the batch statistics are already synchronised)."""
-    return state.replace(batch_stats=_sync_batch_stats(state.batch_stats))
+    float rounding, since the batch statistics are already synchronised); the state's leaves
+    are (devices, ...), as `hgmt.devices.replicate` places them."""
+    return state.replace(batch_stats=_sync_batch_stats()(state.batch_stats))
