@@ -23,9 +23,24 @@ AXIS = "batch"
 
 def mesh() -> jax.sharding.Mesh:
     """All devices on the axis AXIS, those of process 0 first, then process 1's, ...; within
-    a process in `jax.local_devices()` order."""
+    a process in `jax.local_devices()` order. Every process must drive as many devices as the
+    others (`check_even`)."""
+    check_even()
     devices = [d for p in range(jax.process_count()) for d in jax.local_devices(p)]
     return jax.sharding.Mesh(np.array(devices), (AXIS,))
+
+
+def check_even() -> None:
+    """Raises ValueError unless every process drives the same number of devices: each feeds
+    its own devices an equal share of the global batch."""
+    counts = [len(jax.local_devices(p)) for p in range(jax.process_count())]
+    if len(set(counts)) > 1:
+        each = ", ".join(f"process {p}: {n}" for p, n in enumerate(counts))
+        raise ValueError(
+            f"the processes drive different numbers of devices ({each}); each takes an equal "
+            f"share of the batch, so give every process as many devices (e.g. the same "
+            f"--gpus-per-task under Slurm, or JAX_LOCAL_DEVICE_IDS / CUDA_VISIBLE_DEVICES "
+            f"listing as many devices on each host)")
 
 
 def sharding() -> jax.sharding.NamedSharding:

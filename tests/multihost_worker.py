@@ -29,6 +29,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _placement(process_id: int) -> dict:
+    """Where this process's rows land on the devices (`hgmt.devices`): its devices' mesh
+    positions (axis_index) and every device's row as one step gathers them, each process's
+    local rows numbered 10 * process + k."""
+    from hgmt import devices
+
+    local = np.array([[10 * process_id + k] for k in range(jax.local_device_count())])
+    step = devices.spmd(lambda row: (jax.lax.axis_index(devices.AXIS),
+                                     jax.lax.all_gather(row, devices.AXIS)))
+    positions, gathered = step(devices.place(local))
+    return {"positions": [int(np.asarray(s.data)[0]) for s in positions.addressable_shards],
+            "gathered": np.asarray(gathered.addressable_shards[0].data)[0].ravel().tolist()}
+
+
 def main(workdir: str, data_dir: str, process_id: int, port: int,
          total_steps: int | None = None, overrides: dict | None = None) -> None:
     from hgmt import cli
@@ -44,7 +58,8 @@ def main(workdir: str, data_dir: str, process_id: int, port: int,
 
     with open(os.path.join(workdir, f"topology_{process_id}.json"), "w") as f:
         json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
-                   "local_devices": jax.local_device_count(), "devices": jax.device_count()}, f)
+                   "local_devices": jax.local_device_count(), "devices": jax.device_count(),
+                   **_placement(process_id)}, f)
     if total_steps is None:
         config = tiny_config(data_dir, tasks="pose2d+segm", total_steps=3, checkpoint_every=3)
     else:

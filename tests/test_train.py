@@ -451,8 +451,11 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
     topology = [json.loads((tmp_path / f"topology_{i}.json").read_text()) for i in range(2)]
+    # Each process's rows on its own devices, process 0's first (the mesh positions the
+    # sampler and the device crop take as each example's place in the global batch).
     assert topology == [{"process_index": i, "process_count": 2, "local_devices": 2,
-                         "devices": 4} for i in range(2)]
+                         "devices": 4, "positions": [2 * i, 2 * i + 1],
+                         "gathered": [0, 1, 10, 11]} for i in range(2)]
     p0, p1 = (np.load(tmp_path / f"params_{i}.npz") for i in range(2))
     assert p0.files == p1.files and len(p0.files) > 10
     for k in p0.files:

@@ -92,6 +92,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
+    devices.check_even()
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % jax.device_count():
             raise ValueError(f"config.{field}={config[field]} must be divisible by the "
