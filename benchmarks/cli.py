@@ -14,6 +14,8 @@ weights and options from it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 
 from absl import flags
@@ -56,3 +58,19 @@ def describe(config) -> dict:
     return {"stacks": config.model.num_stacks, "features": config.model.features,
             "res": config.image_size, "batch": config.batch_size,
             "tasks": "+".join(parse_tasks(config.tasks)), "dtype": config.model.dtype}
+
+
+def provenance() -> dict:
+    """The JSON fields that date a benchmark's line: "commit", the repository's HEAD (short
+    hash; "+changes" where the tracked files differ from it, "unknown" outside a git
+    checkout), and "date", today in UTC (YYYY-MM-DD)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        commit = "unknown"
+    else:
+        changed = git("diff", "--quiet", "HEAD").returncode != 0
+        commit = head.stdout.strip() + ("+changes" if changed else "")
+    return {"commit": commit, "date": time.strftime("%Y-%m-%d", time.gmtime())}

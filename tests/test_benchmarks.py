@@ -5,8 +5,10 @@ benchmarks run at a tiny size (the input ones on the data of their config) and t
 agree with each other; the profile groups XLA ops by role and kind from the compiled HLO of a
 CPU and of a GPU, with FLOPs and bytes from the shapes; the PyTorch reference and the
 comparison take the same config flags; the trainer benchmark reads the trainer's own
-TensorBoard figures; the step's levers are flags XLA knows."""
+TensorBoard figures; the step's levers are flags XLA knows; the step-dispatch benchmark times
+both ways over the config's whole train state."""
 
+import datetime
 import gc
 import gzip
 import json
@@ -31,6 +33,7 @@ import input_pipeline  # noqa: E402
 import input_stages  # noqa: E402
 import pool_backward  # noqa: E402
 import profile_step  # noqa: E402
+import step_dispatch  # noqa: E402
 import step_levers  # noqa: E402
 import synthetic_throughput  # noqa: E402
 import train_loop  # noqa: E402
@@ -1275,6 +1278,53 @@ def test_every_way_of_the_pool_benchmark_computes_its_forward():
         assert jnp.array_equal(outs[0], pool_backward.WAYS["flax"](x)), name
         hlo = fn.lower([x], [g]).compile().as_text()
         assert "reduce-window" in hlo or "maximum" in hlo, name
+
+
+def test_step_dispatch_times_both_ways_over_the_whole_train_state(capsys):
+    """One process, the 4 test devices, a tiny config of all four tasks, 3 calls a round, 2
+    rounds: both ways have a positive time a round, the medians and the ratio are those of
+    the rounds, the state's leaves are those of the config's train state, and the line is
+    dated and names its commit."""
+    from hgmt.models import create_model
+    from hgmt.tasks import heads, parse_tasks
+    from hgmt.training import steps
+
+    config = os.path.join(cli.REPO, "configs", "default.py")
+    r = step_dispatch.benchmark([f"--config={config}", *TINY, "--calls=3", "--repeats=2",
+                                 "--warmup=1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == r
+    assert (r["benchmark"], r["processes"], r["devices"], r["local_devices"]) == (
+        "step_dispatch", 1, 4, 4)
+    assert (r["calls"], r["repeats"], r["tasks"], r["stacks"]) == (
+        3, 2, "pose2d+pose3d+depth+segm", 1)
+    for way in step_dispatch.WAYS:
+        assert len(r[f"{way}_ms_repeats"]) == 2, way
+        assert all(np.isfinite(x) and x > 0 for x in r[f"{way}_ms_repeats"]), way
+        assert r[f"{way}_ms"] == pytest.approx(np.median(r[f"{way}_ms_repeats"]), abs=1e-3)
+        assert r[f"{way}_ms_by_process"] == [r[f"{way}_ms"]]
+    assert r["ratio"] == pytest.approx(r["pmap_ms"] / r["jit_shard_map_ms"], abs=2e-3)
+    parsed = cli.parse(cli.define_timing, [f"--config={config}", *TINY], "doc").config
+    model = create_model(parsed.model, heads(parse_tasks(parsed.tasks)), axis_name="batch")
+    shapes = jax.eval_shape(lambda key: steps.create_train_state(key, parsed, model),
+                            jax.random.key(0))
+    leaves = jax.tree.leaves(shapes)
+    assert r["leaves"] == len(leaves) > 500
+    assert r["state_mib_per_device"] == round(
+        sum(x.size * x.dtype.itemsize for x in leaves) / 2**20, 1) > 0
+    head = subprocess.run(["git", "-C", cli.REPO, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert r["commit"] in (head, head + "+changes")
+    assert r["date"] == datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def test_step_dispatch_reports_process_0_with_every_process_beside_it():
+    """The line of a multi-process run is process 0's, each way's median of every process in
+    process order beside it."""
+    lines = [{"process": i, "processes": 2, "pmap_ms": 50.0 + i, "jit_shard_map_ms": 8.0 + i,
+              "ratio": round((50.0 + i) / (8.0 + i), 3)} for i in range(2)]
+    assert step_dispatch.combine(lines) == {
+        "processes": 2, "pmap_ms": 50.0, "jit_shard_map_ms": 8.0, "ratio": 6.25,
+        "pmap_ms_by_process": [50.0, 51.0], "jit_shard_map_ms_by_process": [8.0, 9.0]}
 
 
 def test_the_trainer_benchmark_refuses_a_used_workdir(tmp_path):

@@ -48,6 +48,7 @@ ENTRY_POINTS = {
     "benchmarks/step_levers.py": ["levers", "timeout_s"],
     "benchmarks/stream_convs.py": ["shape", "im2col", "rounds"],
     "benchmarks/pool_backward.py": ["config", "steps", "warmup", "rounds"],
+    "benchmarks/step_dispatch.py": ["config", "processes", "calls", "repeats", "warmup"],
     "experiments/depth_errors.py": ["workdir", "step", "frames"],
     "experiments/depth_baselines.py": ["clips", "frames"],
     "experiments/limb_depth.py": ["clips"],
