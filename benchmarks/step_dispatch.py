@@ -1,6 +1,6 @@
 """The host's cost of dispatching one step over hgmt's train state, two ways side by side in
-one run: `jax.pmap` over host-local arrays (the trainer's way) and `jax.jit` of a
-`jax.shard_map` over global arrays; one JSON line.
+one run: `jax.pmap` over host-local arrays and `jax.jit` of a `jax.shard_map` over global
+arrays (`hgmt.devices.spmd`, the trainer's way); one JSON line.
 
     python3 benchmarks/step_dispatch.py [--config=configs/default.py] [--processes=1] \
         [--calls=50] [--repeats=5] [--warmup=3]
@@ -13,13 +13,12 @@ train state (`hgmt.training.steps.create_train_state`, its shapes from `jax.eval
 values zeros: the paper's network for all four tasks, configs/default.py's default, has 3,184
 leaves. Each way:
 
-- `pmap`: `jax.pmap(step, axis_name="batch", donate_argnums=(0,))`, the state placed by
-  `steps.replicate` and the batch by `input_pipeline.prefetch_to_device`, as the trainer
-  places them (each leaf (local devices, ...));
-- `jit_shard_map`: `jax.jit(jax.shard_map(step, mesh, in_specs=P("batch"),
-  out_specs=P("batch")), donate_argnums=(0,))` on a 1-D mesh of every device, process by
-  process (pmap's order), over global arrays made from the same host-local trees by
-  `jax.make_array_from_process_local_data` (each leaf (devices, ...), sharded P("batch")).
+- `pmap`: `jax.pmap(step, axis_name="batch", donate_argnums=(0,))`, the state and the batch
+  placed by a pmapped identity (each leaf (local devices, ...), host-local);
+- `jit_shard_map`: `hgmt.devices.spmd(step, donate_argnums=(0,))`, a `jax.jit` of a
+  `jax.shard_map` on a 1-D mesh of every device, process by process (pmap's order), the
+  state placed by `devices.replicate` and the batch by `devices.place` (each leaf a global
+  array (devices, ...)), as the trainer places them.
 
 Each way is first called `--warmup` times (the first call compiles). Then `--repeats` rounds
 alternate the two ways; in each, a way gets a freshly made state, is called once untimed (the
@@ -50,8 +49,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from hgmt import cli as hgmt_cli
 from hgmt import cores
@@ -97,49 +94,32 @@ def step(state, batch: dict) -> tuple:
     return state, jax.lax.pmean(batch["image"].sum(), "batch")
 
 
-def device_mesh() -> Mesh:
-    """A 1-D mesh, axis "batch", of every device, process by process: pmap's order."""
-    return Mesh(np.array([d for p in range(jax.process_count()) for d in jax.local_devices(p)]),
-                ("batch",))
-
-
 def pmap_way(shapes) -> tuple[Callable, Callable, dict]:
-    """The trainer's way: (step, a function making a fresh state, the batch), the step pmapped
-    with the state donated, the state placed by `steps.replicate` and the batch by
-    `input_pipeline.prefetch_to_device` (each leaf (local devices, ...))."""
-    from hgmt.data import input_pipeline
-    from hgmt.training import steps
+    """(step, a function making a fresh state, the batch): the step pmapped with the state
+    donated, the state and the batch placed by a pmapped identity (each leaf (local devices,
+    ...), host-local arrays)."""
+    place = jax.pmap(lambda x: x, axis_name="batch")
+    n = jax.local_device_count()
 
     def fresh_state():
-        return steps.replicate(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+        return place(jax.tree.map(lambda s: np.zeros((n, *s.shape), s.dtype), shapes))
 
-    n = jax.local_device_count()
-    batch = next(input_pipeline.prefetch_to_device(
-        iter([{"image": np.zeros((n, 8, 8, 3), np.float32)}]), 1))
+    batch = place({"image": np.zeros((n, 1, 8, 8, 3), np.float32)})
     return jax.pmap(step, axis_name="batch", donate_argnums=(0,)), fresh_state, batch
 
 
 def jit_shard_map_way(shapes) -> tuple[Callable, Callable, dict]:
-    """The other way: (step, a function making a fresh state, the batch), the step a jit of a
-    shard_map over `device_mesh()` with the state donated, the state and the batch global
-    arrays made from host-local ones by `jax.make_array_from_process_local_data` (each leaf
-    (devices, ...), sharded P("batch")). Inside, each device sees its block of one."""
-    sharding = NamedSharding(device_mesh(), P("batch"))
-    n = jax.local_device_count()
-
-    def local(state, batch):
-        state, metric = step(state, jax.tree.map(lambda x: x[0], batch))
-        return state, metric[None]
+    """The trainer's way: (step, a function making a fresh state, the batch), the step
+    `devices.spmd`'s with the state donated, the state placed by `devices.replicate` and the
+    batch by `devices.place` (each leaf a global array (devices, ...))."""
+    from hgmt import devices
 
     def fresh_state():
-        return jax.tree.map(lambda s: jax.make_array_from_process_local_data(
-            sharding, np.zeros((n, *s.shape), s.dtype)), shapes)
+        return devices.replicate(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
 
-    batch = {"image": jax.make_array_from_process_local_data(
-        sharding, np.zeros((n, 1, 8, 8, 3), np.float32))}
-    fn = jax.jit(jax.shard_map(local, mesh=sharding.mesh, in_specs=P("batch"),
-                               out_specs=P("batch")), donate_argnums=(0,))
-    return fn, fresh_state, batch
+    n = jax.local_device_count()
+    batch = devices.place({"image": np.zeros((n, 1, 8, 8, 3), np.float32)})
+    return devices.spmd(step, donate_argnums=(0,)), fresh_state, batch
 
 
 def _time_calls(fn: Callable, state, batch: dict, calls: int) -> float:
