@@ -14,8 +14,11 @@ Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
 for `python -m hgmt.report --protocol=P`.
-`--print_only` prints the commands instead (SWEEP_DIR made absolute), one per line, to hand to
-a scheduler, e.g.
+`--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
+something left to do, as this host would run them: its training unless it is done, `&&` its
+missing protocol evaluations; the runs that are done are left out (their number goes to
+stderr), so the same call prints what is left after some runs have finished. To hand to a
+scheduler, e.g.
 
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
         --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
@@ -76,6 +79,16 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
     out = os.path.join(workdir, workdirs.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
             f"--protocol={protocol}", f"--out_file={out}"]
+
+
+def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[str]
+            ) -> list[str]:
+    """What a run still lacks, the sweep's test of doneness: 'train' unless its test
+    evaluation (SWEEP_DIR/<run>/eval_test.json) is there, then each protocol of
+    `extra_protocols` whose result file is missing; [] for a done run."""
+    workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
+    return [what for what, protocol in [("train", "hgmt"), *((x, x) for x in extra_protocols)]
+            if not os.path.exists(os.path.join(workdir, workdirs.result_file(protocol)))]
 
 
 def record_plan(sweep_dir: str, plan: dict) -> dict:
@@ -172,8 +185,8 @@ def _define_flags(fv) -> None:
     flags.DEFINE_integer("seeds", 1, "runs per subset: the config's seed s, then config.seed = "
                          "s+1, s+2, ... (the report gives their mean and spread)", flag_values=fv,
                          lower_bound=1)
-    flags.DEFINE_bool("print_only", False, "record the plan and print the commands, run "
-                      "nothing", flag_values=fv)
+    flags.DEFINE_bool("print_only", False, "record the plan and print the commands of the "
+                      "runs not done, run nothing", flag_values=fv)
     flags.DEFINE_bool(cli.RESUME_FLAG.removeprefix("--"), False, "let unfinished runs train on "
                       "with the config file as it is now (hgmt.main's flag of that name)",
                       flag_values=fv)
@@ -218,19 +231,24 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             trainer.prepare_demo_dataset(first)
+        done = 0
         for tasks, k in runs:
-            cmds = [command(config, tasks, sweep_dir, extra, k, resume)] + [
-                protocol_command(tasks, sweep_dir, x, k) for x in extra_protocols]
-            print(" && ".join(shlex.join(c) for c in cmds))
+            todo = pending(sweep_dir, tasks, k, extra_protocols)
+            done += not todo
+            if todo:
+                print(" && ".join(shlex.join(
+                    command(config, tasks, sweep_dir, extra, k, resume) if x == "train"
+                    else protocol_command(tasks, sweep_dir, x, k)) for x in todo))
+        if done:
+            print(f"launch/sweep.py: {done} of {len(runs)} runs done already, not printed",
+                  file=sys.stderr)
         return 0
     failed = []
     for i, (tasks, k) in enumerate(runs, 1):
         name = workdirs.run_name(tasks, k)
-        workdir = os.path.join(sweep_dir, name)
-        todo = [] if os.path.exists(os.path.join(workdir, workdirs.result_file())) else [
-            ("train", command(config, tasks, sweep_dir, extra, k, resume))]
-        todo += [(x, protocol_command(tasks, sweep_dir, x, k)) for x in extra_protocols
-                 if not os.path.exists(os.path.join(workdir, workdirs.result_file(x)))]
+        todo = [(x, command(config, tasks, sweep_dir, extra, k, resume) if x == "train"
+                 else protocol_command(tasks, sweep_dir, x, k))
+                for x in pending(sweep_dir, tasks, k, extra_protocols)]
         if not todo:
             print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
             continue

@@ -151,6 +151,42 @@ def test_sweep_print_only_builds_the_demo_data_before_printing(tmp_path):
         "clips_per_split": 1, "frames": 2}
 
 
+def _finished(run_dir, *files):
+    """A run directory holding the result files `files` (their content is not read)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (run_dir / name).write_text("{}")
+
+
+def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
+    """pose2d trained (its eval_test.json there), segm not: --print_only prints segm's
+    training only, as the sweep run here would skip pose2d, then with --protocols pose2d's
+    missing evaluation alone, and nothing of pose2d once that file is there too."""
+    s = tmp_path / "s"
+    _finished(s / "pose2d", "eval_test.json")
+    python, config = sys.executable, f"{REPO}/configs/default.py"
+    train_segm = f"{python} -m hgmt.main --config={config}:tasks=segm --workdir={s}/segm"
+
+    def evaluate(run):
+        return (f"{python} -m hgmt.evaluate --workdir={s}/{run} --protocol=bodynet "
+                f"--out_file={s}/{run}/eval_test_bodynet.json")
+
+    def sweep(*args):
+        run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                              "--config=configs/default.py", "--tasks=pose2d,segm",
+                              "--print_only", *args], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.splitlines(), run.stderr
+
+    assert sweep() == ([train_segm],
+                       "launch/sweep.py: 1 of 2 runs done already, not printed\n")
+    assert sweep("--protocols=bodynet") == (
+        [evaluate("pose2d"), f"{train_segm} && {evaluate('segm')}"], "")
+    _finished(s / "pose2d", "eval_test_bodynet.json")
+    assert sweep("--protocols=bodynet")[0] == [f"{train_segm} && {evaluate('segm')}"]
+
+
 def test_sweep_appends_each_attempt_to_the_runs_log(tmp_path, monkeypatch, capsys):
     """A run that failed, then failed again, then succeeded: its log keeps all three
     attempts, each between a line with its start (UTC) and command and one with its outcome
