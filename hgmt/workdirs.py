@@ -20,6 +20,8 @@
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
     <workdir>/crop_metres.json            the metres a training window spans at the person,
                                           measured as hgmt.main starts (3D decoding's scale)
+    <workdir>/compilation_cache/          JAX's compilation cache of a sweep's run submitted
+                                          to Slurm (launch/sweep.py --sbatch)
 
     <sweep>/<tasks>[@seed<k>]/            one run of a sweep: a workdir as above
     <sweep>/sweep.json                    the sweep's plan
@@ -54,6 +56,7 @@ LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
 CROP_METRES_FILE = "crop_metres.json"
+COMPILATION_CACHE_DIR = "compilation_cache"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
 # Config fields newer than some workdirs, with their default: filled in when an older
@@ -96,6 +99,10 @@ def configs_before(workdir: str) -> list[str]:
                                              if os.path.isdir(absolute(workdir)) else [])
              if (m := pattern.match(n))]
     return [n for _, n in sorted(found)]
+
+
+def compilation_cache_dir(workdir: str) -> str:
+    return os.path.join(absolute(workdir), COMPILATION_CACHE_DIR)
 
 
 def lock_file(workdir: str) -> str:

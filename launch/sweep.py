@@ -1,8 +1,8 @@
 """Train and evaluate every task subset (the seed paper's study), one workdir each.
 
     python3 launch/sweep.py --sweep_dir=runs/sweep --config=configs/default.py \
-        [--tasks=pose2d,pose2d+segm,...] [--protocols=bodynet,surreal] [--print_only] \
-        [-- --config.total_steps=1000 ...]
+        [--tasks=pose2d,pose2d+segm,...] [--protocols=bodynet,surreal] \
+        [--print_only [--sbatch=OPTIONS]] [-- --config.total_steps=1000 ...]
 
 Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
 15 by default), one after another on this host, logging to SWEEP_DIR/T.log: each attempt appends
@@ -17,11 +17,27 @@ for `python -m hgmt.report --protocol=P`.
 `--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
 something left to do, as this host would run them: its training unless it is done, `&&` its
 missing protocol evaluations; the runs that are done are left out (their number goes to
-stderr), so the same call prints what is left after some runs have finished. To hand to a
-scheduler, e.g.
+stderr), so the same call prints what is left after some runs have finished.
+`--print_only --sbatch=OPTIONS` prints Slurm submissions of those instead, to pipe to a shell
+from the directory the sweep is called from (the jobs take relative paths from there, as the
+runs here do):
 
     python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
-        --print_only | while read -r cmd; do sbatch --wrap="$cmd"; done
+        --print_only --sbatch="--nodes=1 --gpus-per-node=8 --time=24:00:00" \
+        -- --config.data_dir=/scratch/tfds | sh
+
+A run to train is one `HGMT_REPO=<repo> sbatch --job-name=hgmt-<run> OPTIONS
+<repo>/launch/slurm.sbatch SWEEP_DIR/<run> CONFIG:tasks=T ...` with the run's arguments (its
+seed, those after `--`): the same training as here, with slurm.sbatch's checkpoint before the
+time limit and requeue (OPTIONS override its #SBATCH defaults: 2 nodes x 8 GPUs, 48 h) and
+the run's own JAX compilation cache, SWEEP_DIR/<run>/compilation_cache (jobs on several nodes
+sharing the default one on a network filesystem could write one entry at once, while the
+run's own is written by one job at a time and serves its requeued segments; a
+`--compilation_cache=...` after `--` replaces it). A run that has trained gets one
+`sbatch --job-name=hgmt-<run>-<protocol> ... OPTIONS --wrap="PYTHONPATH=<repo> python -m
+hgmt.evaluate ..."` per missing protocol: run the same command again after the trainings end
+to submit the protocol evaluations (they run on one node; OPTIONS may differ). A run whose
+job is still queued or training is printed again: submit once its job has ended.
 
 With a config that makes its demo data (a `demo` section, configs/demo.py) it first builds that
 data as hgmt.main would (relative paths taken from the working directory, as the runs take
@@ -54,6 +70,7 @@ import time
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM_SCRIPT = os.path.join(REPO, "launch", "slurm.sbatch")  # what --sbatch submits
 sys.path.insert(0, REPO)
 
 from hgmt import cli, paths, workdirs  # noqa: E402
@@ -62,15 +79,43 @@ from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
 
 
+def run_args(config: str, tasks: str, sweep_dir: str, extra: list[str],
+             seed_index: int = 0, resume_with_changed_config: bool = False
+             ) -> tuple[str, str, list[str]]:
+    """hgmt.main's arguments of one run: the subset `tasks` with the config's seed s
+    (seed_index 0) or with `config.seed = s + seed_index` (its config arguments
+    `runs.config_args`, which `hgmt.report --check_config` rebuilds). -> (the `--config`
+    value, the workdir SWEEP_DIR/`workdirs.run_name`, the flags after them)."""
+    config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
+    return (config_arg.removeprefix("--config="),
+            os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index)),
+            [*rest, *([cli.RESUME_FLAG] if resume_with_changed_config else [])])
+
+
 def command(config: str, tasks: str, sweep_dir: str, extra: list[str],
             seed_index: int = 0, resume_with_changed_config: bool = False) -> list[str]:
-    """Trains one run: the subset `tasks` with the config's seed s (seed_index 0) or with
-    `config.seed = s + seed_index` (its directory `workdirs.run_name`; its config arguments
-    `runs.config_args`, which `hgmt.report --check_config` rebuilds)."""
-    config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
-    return [sys.executable, "-m", "hgmt.main", config_arg,
-            f"--workdir={os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))}", *rest,
-            *([cli.RESUME_FLAG] if resume_with_changed_config else [])]
+    """Trains one run here (`run_args`)."""
+    config_value, workdir, rest = run_args(config, tasks, sweep_dir, extra, seed_index,
+                                           resume_with_changed_config)
+    return [sys.executable, "-m", "hgmt.main", f"--config={config_value}",
+            f"--workdir={workdir}", *rest]
+
+
+def sbatch_command(options: list[str], config: str, tasks: str, sweep_dir: str,
+                   extra: list[str], seed_index: int = 0,
+                   resume_with_changed_config: bool = False) -> str:
+    """Submits one run's training to Slurm through launch/slurm.sbatch (`run_args`: what
+    `command` trains here), a shell line with HGMT_REPO naming this checkout, and with the
+    run's own JAX compilation cache, `workdirs.compilation_cache_dir`, unless `extra` gives
+    --compilation_cache (why: the module's docstring). Slurm's log: slurm.sbatch's
+    %x-%j.out, hgmt-<run>-<job id>.out."""
+    config_value, workdir, rest = run_args(config, tasks, sweep_dir, extra, seed_index,
+                                           resume_with_changed_config)
+    if not any(a.lstrip("-").partition("=")[0] == "compilation_cache" for a in extra):
+        rest.append(f"--compilation_cache={workdirs.compilation_cache_dir(workdir)}")
+    cmd = ["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}", *options,
+           SLURM_SCRIPT, workdir, config_value, *rest]
+    return f"HGMT_REPO={shlex.quote(REPO)} {shlex.join(cmd)}"
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
@@ -79,6 +124,17 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
     out = os.path.join(workdir, workdirs.result_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
             f"--protocol={protocol}", f"--out_file={out}"]
+
+
+def sbatch_protocol_command(options: list[str], tasks: str, sweep_dir: str, protocol: str,
+                            seed_index: int = 0) -> str:
+    """Submits `protocol_command` to Slurm (`sbatch --wrap`), hgmt importable as `_run_env`
+    makes it here (the job's PYTHONPATH with this checkout first). Slurm's log:
+    hgmt-<run>-<protocol>-<job id>.out."""
+    wrapped = (f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} "
+               f"{shlex.join(protocol_command(tasks, sweep_dir, protocol, seed_index))}")
+    return shlex.join(["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}"
+                       f"-{protocol}", "--output=%x-%j.out", *options, f"--wrap={wrapped}"])
 
 
 def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[str]
@@ -187,6 +243,9 @@ def _define_flags(fv) -> None:
                          lower_bound=1)
     flags.DEFINE_bool("print_only", False, "record the plan and print the commands of the "
                       "runs not done, run nothing", flag_values=fv)
+    flags.DEFINE_string("sbatch", "", "with --print_only: print Slurm submissions through "
+                        "launch/slurm.sbatch with these sbatch options (e.g. '--nodes=1 "
+                        "--gpus-per-node=8 --time=24:00:00'), one job a run", flag_values=fv)
     flags.DEFINE_bool(cli.RESUME_FLAG.removeprefix("--"), False, "let unfinished runs train on "
                       "with the config file as it is now (hgmt.main's flag of that name)",
                       flag_values=fv)
@@ -194,9 +253,18 @@ def _define_flags(fv) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python launch/sweep.py --sweep_dir=DIR --config=FILE[:ARG] [--tasks=A,B]
-    [--protocols=P,Q] [--seeds=N] [--print_only] [-- --config.x=y ...]`: what follows `--`
-    goes to every `hgmt.main` run."""
+    [--protocols=P,Q] [--seeds=N] [--print_only [--sbatch=OPTIONS]] [-- --config.x=y ...]`:
+    what follows `--` goes to every `hgmt.main` run."""
     args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0], positional="--")
+    if args.sbatch and not args.print_only:
+        raise SystemExit(f"error: --sbatch={args.sbatch} prints Slurm submissions and needs "
+                         f"--print_only: add --print_only, or drop --sbatch to run the sweep "
+                         f"here")
+    try:
+        sbatch_options = shlex.split(args.sbatch)
+    except ValueError as e:
+        raise SystemExit(f"error: --sbatch={args.sbatch}: {e}: quote it as a shell would "
+                         f"(e.g. --sbatch='--nodes=1 --gpus-per-node=8')") from None
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
     try:
@@ -235,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         for tasks, k in runs:
             todo = pending(sweep_dir, tasks, k, extra_protocols)
             done += not todo
-            if todo:
+            if args.sbatch and "train" in todo:  # the evaluations once it has trained
+                print(sbatch_command(sbatch_options, config, tasks, sweep_dir, extra, k,
+                                     resume))
+            elif args.sbatch:
+                for x in todo:
+                    print(sbatch_protocol_command(sbatch_options, tasks, sweep_dir, x, k))
+            elif todo:
                 print(" && ".join(shlex.join(
                     command(config, tasks, sweep_dir, extra, k, resume) if x == "train"
                     else protocol_command(tasks, sweep_dir, x, k)) for x in todo))

@@ -28,7 +28,7 @@ ENTRY_POINTS = {
     "hgmt.sources.synthetic": ["out_dir", "clips_per_split", "frames_per_clip", "seed",
                                "zrot_max_deg"],
     "launch/sweep.py": ["sweep_dir", "config", "tasks", "protocols", "seeds", "print_only",
-                        "resume_with_changed_config"],
+                        "sbatch", "resume_with_changed_config"],
     "benchmarks/train_step.py": ["config", "steps", "warmup", "devices", "feed"],
     "benchmarks/compile_and_load.py": ["config", "cache", "steps"],
     "benchmarks/train_loop.py": ["config", "steps", "warmup", "repeats"],

@@ -187,6 +187,80 @@ def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
     assert sweep("--protocols=bodynet")[0] == [f"{train_segm} && {evaluate('segm')}"]
 
 
+def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp_path):
+    """--sbatch: a run to train is submitted through launch/slurm.sbatch with the checkout in
+    HGMT_REPO, its own compilation cache in its workdir, and the run's seed and arguments; a
+    trained run's missing protocol evaluation is an `sbatch --wrap` with hgmt on PYTHONPATH.
+    Piped to a shell elsewhere, with stand-ins for sbatch (runs the script as Slurm would) and
+    srun (writes down its command), the training line runs the hgmt.main command the sweep
+    runs here, plus the script's --distributed and the cache."""
+    s = tmp_path / "s"
+    _finished(s / "pose2d", "eval_test.json")
+    options = "--nodes=1 --time=1:00:00"
+
+    def sweep(*args):
+        run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                              "--config=configs/default.py", "--tasks=pose2d,segm", "--seeds=2",
+                              "--protocols=bodynet", "--print_only", *args, "--",
+                              "--config.total_steps=5"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.splitlines()
+
+    lines = sweep(f"--sbatch={options}")
+    script, config = f"{REPO}/launch/slurm.sbatch", f"{REPO}/configs/default.py"
+
+    def train(run, tasks, *seed):
+        return (f"HGMT_REPO={REPO} sbatch --job-name=hgmt-{run} {options} {script} {s}/{run} "
+                f"{config}:tasks={tasks} --config.total_steps=5 {' '.join(seed)}"
+                f"{' ' if seed else ''}--compilation_cache={s}/{run}/compilation_cache")
+
+    assert lines == [
+        f"sbatch --job-name=hgmt-pose2d-bodynet --output=%x-%j.out {options} "
+        f"'--wrap=PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} {sys.executable} -m "
+        f"hgmt.evaluate --workdir={s}/pose2d --protocol=bodynet "
+        f"--out_file={s}/pose2d/eval_test_bodynet.json'",
+        train("segm", "segm"), train("pose2d@seed1", "pose2d", "--config.seed=1"),
+        train("segm@seed1", "segm", "--config.seed=1")]
+
+    bin_dir, submit, calls = tmp_path / "bin", tmp_path / "submit", tmp_path / "calls"
+    bin_dir.mkdir()
+    submit.mkdir()
+    for name, body in (
+            ("sbatch", 'while [[ $1 == -* ]]; do shift; done\n'
+                       'SLURM_SUBMIT_DIR=$PWD SLURM_JOB_ID=7 SLURM_JOB_NODELIST=n1 '
+                       'exec bash "$@"\n'),
+            ("srun", f'echo "$PWD|${{PYTHONPATH%%:*}}|$*" >> {calls}\n')):
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}")
+        (bin_dir / name).chmod(0o755)
+    # Without HGMT_REPO the script, run from `submit`, would stop: no checkout there.
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": "/site"}
+    env.pop("HGMT_REPO", None)
+    for line in lines[1:]:
+        subprocess.run(["sh", "-c", line], cwd=submit, env=env, check=True, timeout=60)
+    here = [line.partition(" && ")[0].split()[1:] for line in sweep()[1:]]
+    assert here[1] == ["-m", "hgmt.main", f"--config={config}:tasks=pose2d",
+                       f"--workdir={s}/pose2d@seed1", "--config.total_steps=5",
+                       "--config.seed=1"]
+    srun = [line.split("|") for line in calls.read_text().splitlines()]
+    assert [(cwd, path) for cwd, path, _ in srun] == [(str(submit), REPO)] * 3
+    for (_, _, args), cmd, run in zip(srun, here, ("segm", "pose2d@seed1", "segm@seed1"),
+                                      strict=True):
+        assert args.split() == ["--kill-on-bad-exit=0", "python3", *cmd[:2], "--distributed",
+                                *cmd[2:], f"--compilation_cache={s}/{run}/compilation_cache"]
+
+
+def test_sweep_refuses_sbatch_without_print_only(tmp_path):
+    run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={tmp_path}/s",
+                          "--config=configs/demo.py", "--sbatch=--nodes=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "error: --sbatch=--nodes=1 prints Slurm submissions and needs --print_only: add "
+        "--print_only, or drop --sbatch to run the sweep here"]
+    assert not (tmp_path / "s").exists()
+
+
 def test_sweep_appends_each_attempt_to_the_runs_log(tmp_path, monkeypatch, capsys):
     """A run that failed, then failed again, then succeeded: its log keeps all three
     attempts, each between a line with its start (UTC) and command and one with its outcome
