@@ -4,8 +4,8 @@ flags, and the training config as `--config` (default: the paper's network for p
 configs/default.py:tasks=pose2d) with `--config.x=y` overrides in the config's own field
 names, e.g.
 
-    python3 benchmarks/train_step.py --config=configs/default.py:tasks=all \
-        --config.image_size=128 --config.batch_size=16 --config.model.features=128 \
+    python3 benchmarks/train_step.py --config=configs/default.py:tasks=all \\
+        --config.image_size=128 --config.batch_size=16 --config.model.features=128 \\
         --config.model.dtype=bfloat16 --steps=5
 
 The benchmarks read the tasks, the model (`model.*`), `image_size`, `batch_size`, the loss

@@ -2,7 +2,7 @@
 eager and, with --compile, compiled.
 
     python3 benchmarks/compare.py                       # the three CPU configs of the docs
-    python3 benchmarks/compare.py --variants=image_size=128,batch_size=16,model.features=128 \
+    python3 benchmarks/compare.py --variants=image_size=128,batch_size=16,model.features=128 \\
         --repeats=3 --compile [--config=... --config.model.dtype=bfloat16]
 
 Each variant is the base config (`--config` and its `--config.x=y` overrides, benchmarks/cli.py)

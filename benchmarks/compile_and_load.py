@@ -2,7 +2,7 @@
 (`steps.init_variables`, op by op on a CPU) and the train step compiled, or loaded
 from JAX's persistent compilation cache, and the step's time.
 
-    XLA_FLAGS=... python3 benchmarks/compile_and_load.py --config=configs/study.py \
+    XLA_FLAGS=... python3 benchmarks/compile_and_load.py --config=configs/study.py \\
         --cache=DIR [--steps=3]
 
 Run it twice with the same --cache: the first compiles (an empty folder), the second loads.

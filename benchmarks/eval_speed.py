@@ -1,8 +1,8 @@
 """Evaluation speed: examples/s of an evaluation (`hgmt.evaluation.evaluator.Evaluator`) made
 the serial way and the evaluator's own way, alternating in one run; one JSON line.
 
-    python3 benchmarks/eval_speed.py [--config=configs/demo.py] --config.image_size=256 \
-        [--config.eval_batch_size=16] [--split=test] [--frames=all] [--max_examples=240] \
+    python3 benchmarks/eval_speed.py [--config=configs/demo.py] --config.image_size=256 \\
+        [--config.eval_batch_size=16] [--split=test] [--frames=all] [--max_examples=240] \\
         [--rounds=3]
 
 Serial: the batches made in the evaluating thread (`input_pipeline.eval_batches` with

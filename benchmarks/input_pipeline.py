@@ -1,7 +1,7 @@
 """Input-pipeline speed: examples/s per core of the training loader (record read, PNG/JPEG
 decode, person crop, augmentation, batching), next to what the train step consumes.
 
-    python3 benchmarks/input_pipeline.py [--config=configs/demo.py] --config.image_size=128 \
+    python3 benchmarks/input_pipeline.py [--config=configs/demo.py] --config.image_size=128 \\
         [--config.batch_size=16] [--batches=30] [--train_img_per_s=X]
 
 Reads the train split of the config's dataset (`dataset`, `data_dir`; default config

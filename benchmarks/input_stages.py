@@ -8,7 +8,7 @@ maps no target is made from, `device_augment.unread_maps`, neither cropped nor b
 What is left to the loader on the device path is read + decodes + its batching; grain's own
 bookkeeping is the rest of benchmarks/input_pipeline.py's figure.
 
-    python3 benchmarks/input_stages.py [--config=configs/demo.py] [--config.image_size=256] \
+    python3 benchmarks/input_stages.py [--config=configs/demo.py] [--config.image_size=256] \\
         [--config.data_dir=DIR] [--examples=300]
 
 Reads the train split of the config's dataset (default configs/demo.py, whose demo data are

@@ -1,7 +1,7 @@
 """The 2x2 max-pooling's backward pass, alone, in the ways it can be written: at the pooling
 shapes of a config's model (all its pools, forward and backward, one program per way).
 
-    python3 benchmarks/pool_backward.py --config=configs/default.py:tasks=pose2d \
+    python3 benchmarks/pool_backward.py --config=configs/default.py:tasks=pose2d \\
         --config.batch_size=128 --config.model.dtype=bfloat16
 
 Ways: `stacked` (hgmt's `max_pool2`: the first maximum's mask built per window place and

@@ -1,7 +1,7 @@
 """Where the train step's time goes: a JAX profiler trace of the compiled step, its XLA ops
 grouped by kind, each kind's share of the op time and how close it runs to the device's limit.
 
-    python3 benchmarks/profile_step.py --config.image_size=128 --config.batch_size=16 \
+    python3 benchmarks/profile_step.py --config.image_size=128 --config.batch_size=16 \\
         --config.model.features=128 [--trace_dir=DIR]
 
 Kinds (benchmarks/xla_ops.py, from the compiled HLO): convolutions by role (forward, input

@@ -1,7 +1,7 @@
 """Where the PyTorch reference's train step spends its time, by kind of op, for reading next to
 benchmarks/profile_step.py (hgmt's XLA ops by kind).
 
-    python3 benchmarks/profile_torch.py --config.image_size=128 --config.batch_size=16 \
+    python3 benchmarks/profile_torch.py --config.image_size=128 --config.batch_size=16 \\
         --config.model.features=128
 
 torch.profiler over --steps steps of torch_reference's step; prints one JSON line: ms per step

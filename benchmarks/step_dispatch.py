@@ -2,7 +2,7 @@
 one run: `jax.pmap` over host-local arrays and `jax.jit` of a `jax.shard_map` over global
 arrays (`hgmt.devices.spmd`, the trainer's way); one JSON line.
 
-    python3 benchmarks/step_dispatch.py [--config=configs/default.py] [--processes=1] \
+    python3 benchmarks/step_dispatch.py [--config=configs/default.py] [--processes=1] \\
         [--calls=50] [--repeats=5] [--warmup=3]
 
 The step does almost nothing on the devices, so the time per call is the dispatch: it returns

@@ -1,6 +1,6 @@
 """Changes that may move the train step's speed on a GPU, each measured against none.
 
-    python3 benchmarks/step_levers.py [--levers=none,batch_256,...] [--timeout_s=300] -- \
+    python3 benchmarks/step_levers.py [--levers=none,batch_256,...] [--timeout_s=300] -- \\
         --config=configs/default.py:tasks=pose2d --config.batch_size=128 --steps=20 --warmup=3
 
 A lever is one change: XLA flags (added to XLA_FLAGS) or config overrides (after the ones

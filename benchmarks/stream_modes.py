@@ -1,6 +1,6 @@
 """The model's two stream modes (`config.model.stream_mode`), alternating, compile and step time.
 
-    python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=2 -- \
+    python3 benchmarks/stream_modes.py --task_sets=pose2d,all --rounds=2 -- \\
         --config.image_size=128 --config.batch_size=16 --config.model.features=64 --steps=3
 
 Every round measures each task set in each mode, each measurement in its own process

@@ -1,7 +1,7 @@
 """Demo-data generation speed: frames/s (render + H.264 + .mat writing) in `--workers`
 processes.
 
-    python3 benchmarks/synthetic_throughput.py --clips_per_split=3 --frames_per_clip=100 \
+    python3 benchmarks/synthetic_throughput.py --clips_per_split=3 --frames_per_clip=100 \\
         [--workers=2]
 
 Generates the train split only. Prints one JSON line.

@@ -4,7 +4,7 @@ PyTorch.
 It is the yardstick for hgmt's training speed: `benchmarks/compare.py` runs it back to back with
 `benchmarks/train_step.py` on the same configs. Same flags (benchmarks/cli.py), same JSON line:
 
-    python3 benchmarks/torch_reference.py --config.image_size=128 --config.batch_size=16 \
+    python3 benchmarks/torch_reference.py --config.image_size=128 --config.batch_size=16 \\
         --config.model.features=128 [--compile [--compile_mode=max-autotune]]
 
 Needs the `bench` extra (torch; on a CPU machine install a CPU-only build). Runs on the GPU

@@ -1,7 +1,7 @@
 """The training loop's overhead: `hgmt.training.loop.train()` against its compiled step alone.
 
-    python3 benchmarks/train_loop.py --config=configs/default.py:tasks=all \
-        --config.model.num_stacks=1 --config.model.features=32 --config.image_size=64 \
+    python3 benchmarks/train_loop.py --config=configs/default.py:tasks=all \\
+        --config.model.num_stacks=1 --config.model.features=32 --config.image_size=64 \\
         --config.batch_size=8 --steps=40 --repeats=2
 
 Both run the same config on all local devices in one process, alternating `--repeats` times

@@ -1,7 +1,7 @@
 """Steady-state training speed of the real hgmt train step (`hgmt.training.steps.train_step`
 under jax.pmap, or as the trainer runs it: `--feed=trainer`).
 
-    python3 benchmarks/train_step.py --config=configs/default.py:tasks=pose2d \
+    python3 benchmarks/train_step.py --config=configs/default.py:tasks=pose2d \\
         --config.image_size=128 --config.batch_size=16 --config.model.features=128
 
 Runs the step that training runs (forward, targets, losses, backward, gradient pmean, RMSprop

@@ -1,8 +1,8 @@
 """The real trainer's speed: `python -m hgmt.main` on demo data, its img/s and data wait as it
 logs them to TensorBoard, against the bare compiled step of the same config.
 
-    python3 benchmarks/trainer_speed.py --demo_data=/tmp/demo256 \
-        --config=configs/default.py:tasks=pose2d --config.batch_size=128 \
+    python3 benchmarks/trainer_speed.py --demo_data=/tmp/demo256 \\
+        --config=configs/default.py:tasks=pose2d --config.batch_size=128 \\
         --config.model.dtype=bfloat16 --config.total_steps=300 --config.log_every=50
 
 With --demo_data the demo clips are generated and built there first (unless built already:

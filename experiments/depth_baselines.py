@@ -1,6 +1,6 @@
 """What simple depth predictors score: the bin accuracy a depth head must beat, per dataset.
 
-    python3 experiments/depth_baselines.py --clips=runs/study_data/surreal/cmu/test \
+    python3 experiments/depth_baselines.py --clips=runs/study_data/surreal/cmu/test \\
         [--frames=every4]
 
 For each `--clips` (a directory searched recursively for SURREAL clips: `_info.mat`,

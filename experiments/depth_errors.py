@@ -1,7 +1,7 @@
 """Where a trained depth head errs: on the silhouette or in the bins, and on which body parts.
 
     python3 -m hgmt.main --config=configs/study.py:tasks=depth --workdir=runs/depth
-    python3 experiments/depth_errors.py --workdir=runs/depth [--frames=every4] \
+    python3 experiments/depth_errors.py --workdir=runs/depth [--frames=every4] \\
         [--step=N|best] [--config.data_dir=...]
 
 The workdir is one you trained: it needs a checkpoint (the study's committed runs keep none).

@@ -1,6 +1,6 @@
 """How far each joint moves in depth relative to the pelvis: demo clips beside real SURREAL.
 
-    python3 experiments/limb_depth.py --clips=runs/study_data/surreal/cmu/test \
+    python3 experiments/limb_depth.py --clips=runs/study_data/surreal/cmu/test \\
         --clips=/path/to/SURREAL/cmu/test/run0/01_01
 
 For each `--clips` (a directory searched recursively for `*_info.mat`, or one such file)

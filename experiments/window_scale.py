@@ -1,6 +1,6 @@
 """The two figures that size prediction's window and its 3D scale, on SURREAL-format clips.
 
-    python3 experiments/window_scale.py [--config=configs/demo.py] [--demo] \
+    python3 experiments/window_scale.py [--config=configs/demo.py] [--demo] \\
         [--clips=DIR_OR_INFO_MAT ...]
 
 - `crop_metres`: the metres a training window spans at the person, per frame

@@ -1,6 +1,6 @@
 """hgmt's command line: train (resuming from the workdir), then evaluate.
 
-    python -m hgmt.main --config=configs/default.py:tasks=pose2d+segm --workdir=DIR \
+    python -m hgmt.main --config=configs/default.py:tasks=pose2d+segm --workdir=DIR \\
         [--config.batch_size=64 ...]
 
 With configs/demo.py the demo dataset is generated and built first unless built already

@@ -110,9 +110,14 @@ def help_text(entry: str, capsys) -> str:
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_help_lists_the_flags_and_exits_0(entry, capsys):
-    listed = help_flags(help_text(entry, capsys))
+    """--help lists the flags, keeping the docstring's usage lines apart (a shell `\\` ending
+    one is written `\\\\` in the docstring: a lone one joins the next line onto it)."""
+    text = help_text(entry, capsys)
+    listed = help_flags(text)
     missing = [f for f in ENTRY_POINTS[entry] if f not in listed]
     assert not missing, f"{entry} --help lacks {missing}; it lists {sorted(listed)}"
+    joined = [line for line in text.splitlines() if re.search(r"\S {5,}(\[|--)", line)]
+    assert joined == [], f"{entry} --help joins usage lines"
 
 
 @pytest.fixture(scope="module")

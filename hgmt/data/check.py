@@ -1,6 +1,6 @@
 """Checks every record of a built split end to end, for use after a copy.
 
-    python -m hgmt.data.check [--config=configs/default.py] --config.data_dir=/data/tfds \
+    python -m hgmt.data.check [--config=configs/default.py] --config.data_dir=/data/tfds \\
         [--config.dataset=surreal/every10] [--splits=train,validation,test]
 
 The dataset checked is the config's (`config.data_dir`, `config.dataset`), as for every other

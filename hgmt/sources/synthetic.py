@@ -3,7 +3,7 @@
 Real SURREAL cannot be downloaded here (and its licence forbids redistribution), so everything
 downstream is developed on clips written by this module in SURREAL's exact layout and formats:
 
-    python -m hgmt.sources.synthetic --out_dir=DIR --clips_per_split=4 --frames_per_clip=30 \
+    python -m hgmt.sources.synthetic --out_dir=DIR --clips_per_split=4 --frames_per_clip=30 \\
         --seed=0
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
