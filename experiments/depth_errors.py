@@ -1,10 +1,10 @@
 """Where a trained depth head errs: on the silhouette or in the bins, and on which body parts.
 
-    python3 -m hgmt.main --config=configs/study.py:tasks=depth --workdir=runs/depth
     python3 experiments/depth_errors.py --workdir=runs/depth [--frames=every4] \\
-        [--step=N|best] [--config.data_dir=...]
+        [--step=N|best] [--config.<field>=<value> ...]
 
-The workdir is one you trained: it needs a checkpoint (the study's committed runs keep none).
+The workdir is one you trained (`python3 -m hgmt.main --config=configs/study.py:tasks=depth
+--workdir=runs/depth`): it needs a checkpoint (the study's committed runs keep none).
 Restores the workdir's latest (or given) checkpoint, predicts the depth classes of the test
 frames that `--frames` selects (middle, all or everyK, as `hgmt.evaluate --frames`) and prints
 JSON: over the ground-truth foreground pixels that hgmt's depth metric counts (those of the
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
     from hgmt.training import checkpoints
 
-    args, _ = cli.parse(_define_flags, argv, __doc__, cli.workdir_config(argv))
+    args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
     step = cli.checkpoint_step(args.step)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):  # no checkpoint: one line
         restored = restore(args.workdir, step, args.config)

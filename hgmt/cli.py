@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
@@ -42,8 +43,9 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
     every one (hgmt.predict's files); '--', those after `--` only (arguments passed on to
     other commands, as launch/sweep.py's), a word before it exits.
 
-    `--help` prints the flags and exits 0; a bad flag, a bad config argument or override, and
-    an override of a field the config lacks exit 1 with one line naming it and the fix."""
+    `--help` (or `--helpfull`, `-h`) prints `doc` and the flags and exits 0; a bad flag, a bad
+    config argument or override, and an override of a field the config lacks exit 1 with one
+    line naming it and the fix."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if positional not in (None, "any", "--"):
         raise ValueError(f"positional={positional!r}: give None, 'any' or '--'")
@@ -63,7 +65,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
             config_flags.DEFINE_config_dict(
                 "config", config, "the workdir's training config; override fields with "
                 "--config.x=y", flag_values=fv, sys_argv=["hgmt"] + argv)
-    if "--help" in argv or "-h" in argv:
+    if asks_for_help(argv):
         print(f"{doc}\n\n{fv.get_help()}")
         raise SystemExit(0)
     with _config_errors(argv, config if config is not None else
@@ -83,6 +85,84 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         raise SystemExit(f"error: unexpected arguments {rest}: this command takes flags only"
                          f"{how} (--help lists the flags)")
     return fv, rest + passed
+
+
+# The arguments that ask a command for its help: absl's --helpfull too, which would otherwise
+# be an unknown flag here (absl defines it in `app.run` only, which no command uses).
+HELP_FLAGS = ("--help", "-h", "--helpfull")
+
+
+def asks_for_help(argv: Sequence[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
+                     doc: str, *, positional: str | None = None
+                     ) -> tuple[flags.FlagValues, list[str]]:
+    """`parse` for a command on a trained workdir (hgmt.evaluate, hgmt.predict, hgmt.export):
+    its `--config` is the config saved in the workdir that `--workdir` names
+    (`workdir_config`), whose fields `--config.<field>=<value>` override for this command.
+
+    `doc` is the module's docstring: a summary, then its usage (indented command lines), then
+    the rest. `--help` prints the usage first (`usage_first`), the config's fields (each with
+    its value when `--workdir` names a workdir whose config.json reads) and the flags, and
+    exits 0, reading nothing else."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if asks_for_help(argv):
+        fv = flags.FlagValues()
+        define(fv)
+        print(f"{usage_first(doc)}\n\n{_config_fields_help(argv)}\n\n{fv.get_help()}")
+        raise SystemExit(0)
+    return parse(define, argv, doc, workdir_config(argv), positional=positional)
+
+
+def usage_first(doc: str) -> str:
+    """A command's docstring (a summary paragraph, then a paragraph of indented command lines,
+    then the rest) as its --help says it: `usage: <the command lines>`, then the summary and
+    the rest."""
+    paragraphs = doc.strip("\n").split("\n\n")
+    if len(paragraphs) < 2 or not all(line.startswith("    ") and line.strip()
+                                      for line in paragraphs[1].splitlines()):
+        raise ValueError("the docstring's second paragraph is not its usage (indented command "
+                         "lines)")
+    lines = textwrap.dedent(paragraphs[1]).splitlines()
+    usage = "\n".join(["usage: " + lines[0]] + ["       " + line for line in lines[1:]])
+    return "\n\n".join([usage, paragraphs[0], *paragraphs[2:]])
+
+
+def _config_fields_help(argv: Sequence[str]) -> str:
+    """The --help lines of a workdir command's `--config`: what it is, and each field of the
+    config.json of the workdir `--workdir` names in argv with its value, or where that does
+    not read, why."""
+    head = textwrap.fill(
+        "--config: the workdir's training config (<workdir>/config.json), read from "
+        "--workdir; --config.<field>=<value> overrides a field of it for this command, as in "
+        "training (e.g. --config.data_dir=/data/tfds for a dataset built elsewhere); "
+        "--workdir=DIR --help lists the fields with their values", width=80,
+        initial_indent="  ", subsequent_indent="    ")
+    pre = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=pre)
+    try:
+        pre(["hgmt"] + [a for a in argv if a not in HELP_FLAGS], known_only=True)
+    except flags.Error:
+        return head
+    if not pre.workdir:
+        return head
+    try:
+        config = workdirs.load_config(pre.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        return f"{head}\n    (--workdir={pre.workdir}: {e})"
+    fields = [f"  --config.{path}: {value!r}" for path, value in _leaves(config.to_dict())]
+    return "\n".join([head, f"The fields of {pre.workdir}'s config:", *fields])
+
+
+def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted path, value) of each leaf of a nested dict, in sorted order."""
+    for key in sorted(tree):
+        if isinstance(tree[key], dict) and tree[key]:
+            yield from _leaves(tree[key], f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", tree[key]
 
 
 def _flag_error(e: flags.Error) -> str:
@@ -176,12 +256,10 @@ def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str 
     return f"--config has no field {error} (--help lists the flags)"
 
 
-def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict | None:
+def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict:
     """The config saved in the workdir that `--workdir` names in argv (read before the full
-    parse, so that `--config.x=y` can override its fields); None with `--help`."""
+    parse, so that `--config.x=y` can override its fields)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        return None
     pre = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "", flag_values=pre)
     pre(["hgmt"] + argv, known_only=True)

@@ -1,15 +1,15 @@
-"""Evaluate a checkpoint of a training workdir on a split of its dataset.
+"""Evaluate a checkpoint of a training workdir on a split of its dataset: by default on the
+frames, number of examples and flip setting of its training config's test evaluator.
 
     python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--frames=middle]
         [--max_examples=0] [--flip] [--protocol=hgmt|bodynet|surreal] [--out_file=FILE.json]
-        [--config.x=y ...]
+        [--config.<field>=<value> ...]
 
-evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
+Evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
 a Markdown table (and each task's extra pictures, e.g. the PCKh curve). `--frames` selects the
-frames of each clip (`middle` is SURREAL's test protocol); `--frames`, `--max_examples` and
-`--flip` default to the training config's test evaluator's settings. The default file name
-says the checkpoint and the settings that differ from the test protocol's
-(`workdirs.evaluation_file`), so evaluations of other settings do not replace each other.
+frames of each clip (`middle` is SURREAL's test protocol). The default file name says the
+checkpoint and the settings that differ from the test protocol's (`workdirs.evaluation_file`),
+so evaluations of other settings do not replace each other.
 `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s own, or `bodynet` /
 `surreal` (what those papers' code computes, to set a run beside their published tables); the
 JSON records the protocol of the run and of each task's numbers. `--flip` averages each
@@ -56,10 +56,8 @@ def _define_flags(fv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--flip]
-    [--protocol=hgmt|bodynet|surreal] [--out_file=F] [--config.data_dir=...]`."""
-    args, _ = cli.parse(_define_flags, argv, "Evaluate a checkpoint on the SURREAL test "
-                        "protocol (middle frame of each clip).", cli.workdir_config(argv))
+    """The command of the module's docstring; -> exit status."""
+    args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
     step_arg = cli.checkpoint_step(args.step)
     # The config's evaluators as the trainer checks them (--config.evals.* overrides too),
     # and the protocol asked for at the model's label size, before a checkpoint is read.

@@ -1,7 +1,9 @@
 """Export the inference function of a checkpoint for serving.
 
-    python -m hgmt.export --workdir=DIR --format=stablehlo --out_dir=OUTDIR
-    python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR
+    python -m hgmt.export --workdir=DIR --format=stablehlo --out_dir=OUTDIR [--step=N|best]
+        [--config.<field>=<value> ...]
+    python -m hgmt.export --workdir=DIR --format=savedmodel --out_dir=OUTDIR [--step=N|best]
+        [--config.<field>=<value> ...]
 
 The exported function maps an RGB image batch (B, R, R, 3) float32 with values on [0, 255]
 (R = config.image_size, any B >= 1; the model normalises it) to the last stage's per-task
@@ -51,9 +53,8 @@ def _define_flags(fv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.export --workdir=DIR --format=stablehlo|savedmodel --out_dir=DIR
-    [--step=N|best]`."""
-    args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], cli.workdir_config(argv))
+    """The command of the module's docstring; -> exit status."""
+    args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with cli.user_lines(args.verbosity, keep=argv is None):
         return _run(args)

@@ -1,10 +1,11 @@
 """Run a trained model on any image: 2D/3D pose, part segmentation and depth.
 
-    python -m hgmt.predict --workdir=DIR IMAGE_OR_VIDEO [...] --out_dir=OUTDIR [--bbox=x,y,w,h]
-        [--step=N|best] [--batch_size=8] [--focal_px=F] [--flip]
+    python -m hgmt.predict --workdir=DIR --out_dir=OUTDIR [--bbox=x,y,w,h] [--step=N|best]
+        [--batch_size=8] [--focal_px=F] [--flip] [--config.<field>=<value> ...]
+        IMAGE_OR_VIDEO [IMAGE_OR_VIDEO ...]
 
-Each argument is an image or a video (a name ending in one of
-hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case).
+Each positional argument, IMAGE_OR_VIDEO, is an image file or a video file (a name ending in
+one of hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
@@ -143,10 +144,8 @@ def _make_output_folder(out_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hgmt.predict --workdir=DIR --out_dir=DIR [--bbox=x,y,w,h] [--step=N|best]
-    [--batch_size=8] [--focal_px=F] [--flip] IMAGE_OR_VIDEO...`."""
-    args, images = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
-                             cli.workdir_config(argv), positional="any")
+    """The command of the module's docstring; -> exit status."""
+    args, images = cli.parse_on_workdir(_define_flags, argv, __doc__, positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -19,9 +19,9 @@ ENTRY_POINTS = {
     "hgmt.main": ["config", "workdir", "distributed", "compilation_cache", "verbosity",
                   "resume_with_changed_config"],
     "hgmt.evaluate": ["workdir", "step", "split", "frames", "max_examples", "flip",
-                      "protocol", "out_file", "verbosity"],
-    "hgmt.predict": ["workdir", "step", "out_dir", "bbox", "verbosity"],
-    "hgmt.export": ["workdir", "step", "format", "out_dir", "verbosity"],
+                      "protocol", "out_file", "verbosity", "config"],
+    "hgmt.predict": ["workdir", "step", "out_dir", "bbox", "verbosity", "config"],
+    "hgmt.export": ["workdir", "step", "format", "out_dir", "verbosity", "config"],
     "hgmt.report": ["sweep_dir", "out_dir", "note", "note_file", "protocol", "check_config"],
     "hgmt.models.summary": ["config", "all_subsets", "json"],
     "hgmt.data.check": ["config", "splits"],
@@ -49,7 +49,7 @@ ENTRY_POINTS = {
     "benchmarks/stream_convs.py": ["shape", "im2col", "rounds"],
     "benchmarks/pool_backward.py": ["config", "steps", "warmup", "rounds"],
     "benchmarks/step_dispatch.py": ["config", "processes", "calls", "repeats", "warmup"],
-    "experiments/depth_errors.py": ["workdir", "step", "frames"],
+    "experiments/depth_errors.py": ["workdir", "step", "frames", "config"],
     "experiments/depth_baselines.py": ["clips", "frames"],
     "experiments/limb_depth.py": ["clips"],
     "experiments/window_scale.py": ["config", "clips", "demo"],
@@ -111,13 +111,59 @@ def help_text(entry: str, capsys) -> str:
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_help_lists_the_flags_and_exits_0(entry, capsys):
     """--help lists the flags, keeping the docstring's usage lines apart (a shell `\\` ending
-    one is written `\\\\` in the docstring: a lone one joins the next line onto it)."""
+    one is written `\\\\` in the docstring: a lone one joins the next line onto it); absl's
+    --helpfull prints the same."""
     text = help_text(entry, capsys)
     listed = help_flags(text)
     missing = [f for f in ENTRY_POINTS[entry] if f not in listed]
     assert not missing, f"{entry} --help lacks {missing}; it lists {sorted(listed)}"
     joined = [line for line in text.splitlines() if re.search(r"\S {5,}(\[|--)", line)]
     assert joined == [], f"{entry} --help joins usage lines"
+    with pytest.raises(SystemExit) as e:
+        load(entry).main(["--helpfull"])
+    assert e.value.code in (0, None) and capsys.readouterr().out == text
+
+
+# The usage line each command on a workdir starts its --help with: its positional inputs and
+# the overrides of its workdir's config.
+USAGE = {
+    "hgmt.evaluate": "usage: python -m hgmt.evaluate --workdir=DIR [--step=N|best]",
+    "hgmt.predict": "usage: python -m hgmt.predict --workdir=DIR --out_dir=OUTDIR",
+    "hgmt.export": "usage: python -m hgmt.export --workdir=DIR --format=stablehlo",
+    "experiments/depth_errors.py": "usage: python3 experiments/depth_errors.py --workdir=",
+}
+
+
+@pytest.mark.parametrize("entry", ON_A_WORKDIR)
+def test_a_workdir_commands_help_starts_with_its_usage_and_names_the_config_fields(
+        entry, saved_workdir, capsys):
+    """Its usage first, naming the positional inputs (hgmt.predict's image and video files)
+    and the `--config.<field>=<value>` overrides; with --workdir, the fields of its config.json
+    with their values, exit 0, before any checkpoint is looked for."""
+    text = help_text(entry, capsys)
+    usage = text.split("\n\n", 1)[0]
+    assert usage.startswith(USAGE[entry]), usage
+    assert "[--config.<field>=<value> ...]" in usage, usage
+    assert usage.endswith("IMAGE_OR_VIDEO [IMAGE_OR_VIDEO ...]") == (entry == "hgmt.predict")
+    assert ("  --config: the workdir's training config (<workdir>/config.json), read from\n"
+            "    --workdir; --config.<field>=<value> overrides a field of it") in text
+    with pytest.raises(SystemExit) as e:
+        load(entry).main([f"--workdir={saved_workdir}", "--help"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"The fields of {saved_workdir}'s config:" in lines
+    for line in ("  --config.data_dir: '~/tensorflow_datasets'", "  --config.tasks: 'pose2d'",
+                 "  --config.model.features: 32", "  --config.loss_weights.pose2d: 1000.0",
+                 "  --config.evals.test.frames: 'middle'"):
+        assert line in lines, line
+
+
+def test_evaluates_help_says_its_frames_are_the_test_evaluators(capsys):
+    text = help_text("hgmt.evaluate", capsys)
+    assert "middle frame of each clip" not in text
+    assert ("Evaluate a checkpoint of a training workdir on a split of its dataset: by default "
+            "on the\nframes, number of examples and flip setting of its training config's test "
+            "evaluator.") in text
 
 
 @pytest.fixture(scope="module")
