@@ -6,10 +6,11 @@
 
 reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py makes them; for
 `--protocol=bodynet|surreal` SWEEP_DIR/<tasks>/eval_test_<protocol>.json, which
-`launch/sweep.py --protocols=...` or `python -m hgmt.evaluate --protocol=...` write, else
-eval_test.json where the run's test evaluator used that protocol; for hgmt, of a run whose
-eval_test.json holds another protocol's numbers, eval_test_hgmt.json, which
-`python -m hgmt.evaluate --protocol=hgmt --out_file=...` writes) and
+`launch/sweep.py --protocols=...` writes, or `python -m hgmt.evaluate --workdir=<run>
+--protocol=<protocol> --out_file=<run>/eval_test_<protocol>.json` (without --out_file it
+names its file after the checkpoint), else eval_test.json where the run's test evaluator used
+that protocol; for hgmt, of a run whose eval_test.json holds another protocol's numbers,
+eval_test_hgmt.json, written by that command with --protocol=hgmt) and
 writes into OUT_DIR: README.md (how many runs finished and how they were evaluated: frames,
 flip test and metric definitions, with what changed since and how to evaluate again where
 those are older than today's; the seed paper's conclusions checked on these runs, then
