@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -94,3 +95,12 @@ def test_the_checks_catch_a_back_import_and_a_cycle():
     assert find_cycle(graph) == ["hgmt.tasks.a", "hgmt.training.loop", "hgmt.tasks.a"]
     with pytest.raises(AssertionError, match="no layer"):
         layer_of("hgmt.elsewhere")
+
+
+def test_contributing_names_the_layers_in_order():
+    """CONTRIBUTING.md's sentence on the layers names LAYERS' modules and layers, bottom up."""
+    text = (ROOT.parent / "CONTRIBUTING.md").read_text()
+    sentence = text[text.index("Layers: "):].split("\n\n", 1)[0]
+    named = re.findall(r"`(\w+)`", sentence)
+    base = [m.removeprefix("hgmt.") for m in LAYERS[0][1]]
+    assert named == base + [layer for layer, _ in LAYERS[1:-1]], sentence
