@@ -158,6 +158,17 @@ def test_a_workdir_commands_help_starts_with_its_usage_and_names_the_config_fiel
         assert line in lines, line
 
 
+def test_the_compilation_cache_help_says_who_writes_it_and_to_keep_jobs_apart(capsys):
+    """As docs/training.md says: process 0 alone writes, concurrent jobs use their own
+    node-local folders (a shared one is written without a lock)."""
+    text = help_text("hgmt.main", capsys)
+    block = " ".join(text.split("--compilation_cache:", 1)[1].split("\n  --", 1)[0].split())
+    assert "In a multi-process run only process 0 writes to it and the others compile every " \
+           "program on every run." in block, block
+    assert "should each give their own node-local folder" in block, block
+    assert "A shared path serves every host" not in block
+
+
 def test_evaluates_help_says_its_frames_are_the_test_evaluators(capsys):
     text = help_text("hgmt.evaluate", capsys)
     assert "middle frame of each clip" not in text
