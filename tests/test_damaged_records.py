@@ -339,9 +339,11 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
         f"surreal/all {split}: 12 records read, 0 damaged"
         for split in ("train", "validation", "test")]
     assert check.main([f"--config.data_dir={clean}", "--splits=test"]) == 1
-    assert capsys.readouterr().out.startswith(
+    out = capsys.readouterr().out
+    assert out.startswith(
         f"surreal/every10 test: not checked: FileNotFoundError: dataset 'surreal/every10' "
         f"split 'test' is not built under data_dir={clean!r}")
+    assert out.endswith("; or use a build there: --config.dataset=surreal/all\n"), out
     for old, field in ((f"--data_dir={clean}", "data_dir"), ("--dataset", "dataset")):
         with pytest.raises(SystemExit) as e:
             check.main([old, "surreal/all"] if old == "--dataset" else [old])

@@ -566,6 +566,34 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
             ip.open_split("surreal/all", str(tmp_path / where), "train")
 
 
+def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path):
+    """surreal/every10 (the configs' default) asked of a data_dir where surreal/all and
+    surreal/middle are built: the error names the build command and the --config.dataset of
+    each build there; a config folder without a built version is not one."""
+    for config in ("all", "middle"):
+        (tmp_path / "surreal" / config / "1.5.0").mkdir(parents=True)
+        (tmp_path / "surreal" / config / "1.5.0" / "dataset_info.json").write_text("{}")
+    (tmp_path / "surreal" / "every4" / "1.5.0").mkdir(parents=True)  # a build cut short
+    (tmp_path / "other" / "all" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "other" / "all" / "1.0.0" / "dataset_info.json").write_text("{}")
+    assert ip.built_configs("surreal/every10", str(tmp_path)) == ["surreal/all",
+                                                                   "surreal/middle"]
+    assert ip.built_configs("surreal/all:1.5.0", str(tmp_path)) == ["surreal/middle"]
+    assert ip.built_configs("surreal/all", str(tmp_path / "nowhere")) == []
+    with pytest.raises(FileNotFoundError) as e:
+        ip.open_split("surreal/every10", str(tmp_path), "train")
+    message = str(e.value)
+    assert message.startswith(f"dataset 'surreal/every10' split 'train' is not built under "
+                              f"data_dir={str(tmp_path)!r} ("), message
+    assert message.endswith(
+        f"). Build it with: tfds build data_builders/surreal --manual_dir=<SURREAL root> "
+        f"--data_dir={tmp_path} --config=every10 --file_format=array_record; or use a build "
+        f"there: --config.dataset=surreal/all or --config.dataset=surreal/middle"), message
+    with pytest.raises(FileNotFoundError) as e:  # nothing else built: the command alone
+        ip.open_split("surreal/every10", str(tmp_path / "nowhere"), "train")
+    assert str(e.value).endswith("--config=every10 --file_format=array_record"), e.value
+
+
 def test_dataset_without_the_labels_is_rejected(tmp_path):
     import tensorflow_datasets as tfds
 

@@ -353,10 +353,37 @@ def _expanded(data_dir: str) -> str:
 
 
 def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNotFoundError:
+    """The error for `split` of `dataset` missing under `data_dir`: the build command, and
+    where other configs of the dataset are built there, the `--config.dataset` that selects
+    each (the configs' default is `surreal/every10`; a full build is often another)."""
+    others = built_configs(dataset, data_dir)
+    choose = (f"; or use a build there: {' or '.join(f'--config.dataset={o}' for o in others)}"
+              if others else "")
     return FileNotFoundError(
         f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
         f"({type(e).__name__}: {' '.join(str(e).split())}). Build it with: "
-        f"{shards.build_command(dataset, data_dir)}")
+        f"{shards.build_command(dataset, data_dir)}{choose}")
+
+
+def built_configs(dataset: str, data_dir: str) -> list[str]:
+    """The other configs of `dataset`'s builder ('surreal/<config>[:version]') built under
+    `data_dir`, as datasets ('surreal/all'), sorted: those whose folder holds a version folder
+    with its `dataset_info.json` (TFDS's layout: <data_dir>/<name>/<config>/<version>/); none
+    for a dataset without configs or where the folders cannot be listed."""
+    from etils import epath
+
+    name, _, config = dataset.split(":")[0].partition("/")
+    if not config:
+        return []
+    found = []
+    try:
+        for folder in sorted(epath.Path(data_dir, name).iterdir()):
+            if folder.name != config and folder.is_dir() and any(
+                    (version / "dataset_info.json").exists() for version in folder.iterdir()):
+                found.append(f"{name}/{folder.name}")
+    except OSError:
+        return []
+    return found
 
 
 def built_split(dataset: str, data_dir: str, split: str):
