@@ -2,7 +2,7 @@
 
 Run (SURREAL built with `tfds build data_builders/surreal --config=every10 ...`):
 
-    python -m hgmt.main --config=configs/default.py:tasks=all --workdir=runs/all \
+    python -m hgmt.main --config=configs/default.py:tasks=all --workdir=runs/all \\
         --config.data_dir=~/tensorflow_datasets
 
 Arguments after the colon, comma-separated: `tasks=` any of pose2d, pose3d, depth, segm joined

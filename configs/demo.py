@@ -1,6 +1,6 @@
 """The embedded demo: SURREAL-format demo clips, a small 4-task model, a few hundred steps.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \\
         python -m hgmt.main --config=configs/demo.py --workdir=runs/demo
 
 When `data_dir` holds no dataset built from these `demo` settings, hgmt.main generates

@@ -1,7 +1,7 @@
 """Train and evaluate every task subset (the seed paper's study), one workdir each.
 
-    python3 launch/sweep.py --sweep_dir=runs/sweep --config=configs/default.py \
-        [--tasks=pose2d,pose2d+segm,...] [--protocols=bodynet,surreal] \
+    python3 launch/sweep.py --sweep_dir=runs/sweep --config=configs/default.py \\
+        [--tasks=pose2d,pose2d+segm,...] [--protocols=bodynet,surreal] \\
         [--print_only [--sbatch=OPTIONS]] [-- --config.total_steps=1000 ...]
 
 Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for each subset T (all
@@ -22,8 +22,8 @@ stderr), so the same call prints what is left after some runs have finished.
 from the directory the sweep is called from (the jobs take relative paths from there, as the
 runs here do):
 
-    python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \
-        --print_only --sbatch="--nodes=1 --gpus-per-node=8 --time=24:00:00" \
+    python3 launch/sweep.py --sweep_dir=/scratch/sweep --config=configs/default.py \\
+        --print_only --sbatch="--nodes=1 --gpus-per-node=8 --time=24:00:00" \\
         -- --config.data_dir=/scratch/tfds | sh
 
 A run to train is one `HGMT_REPO=<repo> sbatch --job-name=hgmt-<run> OPTIONS
