@@ -6,8 +6,8 @@ jitted program over that mesh (`spmd`), on global arrays whose leading axis is t
 axis, so that each device sees what `jax.pmap` would give it and the step's collectives name
 the axis "batch". Unlike `jax.pmap`, the call converts nothing in Python: `pmap` flattens its
 arguments and, with several processes, turns every leaf between host-local and global arrays
-on every call, which for the train state's thousands of leaves costs more host time than a
-GPU step (docs/performance.md, "Step dispatch").
+on every call, which for the train state's thousands of leaves makes each call cost the host
+several times the jit's (docs/performance.md, "Step dispatch").
 """
 
 from __future__ import annotations
