@@ -25,7 +25,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from hgmt import disk_space, workdirs
+from hgmt import disk_space, paths, workdirs
 
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
@@ -148,10 +148,13 @@ def _config_fields_help(argv: Sequence[str]) -> str:
         return head
     if not pre.workdir:
         return head
+    if paths.is_url(pre.workdir):  # help reads nothing over the network
+        return (f"{head}\n    (--workdir={pre.workdir}: the fields of a workdir in an object "
+                f"store are not listed; its config.json has them)")
     try:
         config = workdirs.load_config(pre.workdir)
-    except (FileNotFoundError, ValueError) as e:
-        return f"{head}\n    (--workdir={pre.workdir}: {e})"
+    except Exception as e:  # noqa: BLE001  (help prints why and goes on)
+        return f"{head}\n    (--workdir={pre.workdir}: {type(e).__name__}: {e})"
     fields = [f"  --config.{path}: {value!r}" for path, value in _leaves(config.to_dict())]
     return "\n".join([head, f"The fields of {pre.workdir}'s config:", *fields])
 

@@ -26,9 +26,10 @@ runs here do):
         --print_only --sbatch="--nodes=1 --gpus-per-node=8 --time=24:00:00" \\
         -- --config.data_dir=/scratch/tfds | sh
 
-A run to train is one `HGMT_REPO=<repo> sbatch --job-name=hgmt-<run> OPTIONS
-<repo>/launch/slurm.sbatch SWEEP_DIR/<run> CONFIG:tasks=T ...` with the run's arguments (its
-seed, those after `--`): the same training as here, with slurm.sbatch's checkpoint before the
+A run to train is one `HGMT_REPO=<repo> HGMT_PYTHON=<this Python> sbatch
+--job-name=hgmt-<run> OPTIONS <repo>/launch/slurm.sbatch SWEEP_DIR/<run> CONFIG:tasks=T ...`
+with the run's arguments (its seed, those after `--`): the same training as here, by the same
+interpreter, with slurm.sbatch's checkpoint before the
 time limit and requeue (OPTIONS override its #SBATCH defaults: 2 nodes x 8 GPUs, 48 h) and
 the run's own JAX compilation cache, SWEEP_DIR/<run>/compilation_cache (jobs on several nodes
 sharing the default one on a network filesystem could write one entry at once, while the
@@ -36,7 +37,8 @@ run's own is written by one job at a time and serves its requeued segments; a
 `--compilation_cache=...` after `--` replaces it). A run that has trained gets one
 `sbatch --job-name=hgmt-<run>-<protocol> ... OPTIONS --wrap="PYTHONPATH=<repo> python -m
 hgmt.evaluate ..."` per missing protocol: run the same command again after the trainings end
-to submit the protocol evaluations (they run on one node; OPTIONS may differ). A run whose
+to submit the protocol evaluations (one process on one node with slurm.sbatch's 8 GPUs and
+32 cores unless OPTIONS say otherwise; OPTIONS may differ from the trainings'). A run whose
 job is still queued or training is printed again: submit once its job has ended.
 
 With a config that makes its demo data (a `demo` section, configs/demo.py) it first builds that
@@ -115,7 +117,8 @@ def sbatch_command(options: list[str], config: str, tasks: str, sweep_dir: str,
         rest.append(f"--compilation_cache={workdirs.compilation_cache_dir(workdir)}")
     cmd = ["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}", *options,
            SLURM_SCRIPT, workdir, config_value, *rest]
-    return f"HGMT_REPO={shlex.quote(REPO)} {shlex.join(cmd)}"
+    return (f"HGMT_REPO={shlex.quote(REPO)} HGMT_PYTHON={shlex.quote(sys.executable)} "
+            f"{shlex.join(cmd)}")
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
@@ -129,12 +132,20 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
 def sbatch_protocol_command(options: list[str], tasks: str, sweep_dir: str, protocol: str,
                             seed_index: int = 0) -> str:
     """Submits `protocol_command` to Slurm (`sbatch --wrap`), hgmt importable as `_run_env`
-    makes it here (the job's PYTHONPATH with this checkout first). Slurm's log:
+    makes it here (the job's PYTHONPATH with this checkout first), on one node with
+    slurm.sbatch's GPUs and cores a node (EVALUATION_DEFAULTS; `options` may change them, not
+    the one node and task: hgmt.evaluate is one process). Slurm's log:
     hgmt-<run>-<protocol>-<job id>.out."""
     wrapped = (f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} "
                f"{shlex.join(protocol_command(tasks, sweep_dir, protocol, seed_index))}")
     return shlex.join(["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}"
-                       f"-{protocol}", "--output=%x-%j.out", *options, f"--wrap={wrapped}"])
+                       f"-{protocol}", "--output=%x-%j.out", *EVALUATION_DEFAULTS, *options,
+                       "--nodes=1", "--ntasks=1", f"--wrap={wrapped}"])
+
+
+# An evaluation job's resources before the sweep's --sbatch options (sbatch takes the last of
+# a repeated option): launch/slurm.sbatch's GPUs and cores a node, which a --wrap job lacks.
+EVALUATION_DEFAULTS = ("--gpus-per-node=8", "--cpus-per-task=32")
 
 
 def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[str]

@@ -158,6 +158,25 @@ def test_a_workdir_commands_help_starts_with_its_usage_and_names_the_config_fiel
         assert line in lines, line
 
 
+@pytest.mark.parametrize("entry", ON_A_WORKDIR)
+def test_a_workdir_commands_help_reads_no_bucket_and_says_why_a_config_does_not_read(
+        entry, tmp_path, capsys):
+    """--help with a workdir in an object store lists no fields and touches no network; with
+    a config.json that does not read (not JSON here), it says why; both exit 0."""
+    with pytest.raises(SystemExit) as e:
+        load(entry).main(["--workdir=gs://no-such-bucket-hgmt/run", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert ("(--workdir=gs://no-such-bucket-hgmt/run: the fields of a workdir in an object "
+            "store are not listed; its config.json has them)") in out
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        load(entry).main([f"--workdir={tmp_path}", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"    (--workdir={tmp_path}: " in out and "The fields of" not in out
+
+
 def test_the_compilation_cache_help_says_who_writes_it_and_to_keep_jobs_apart(capsys):
     """As docs/training.md says: process 0 alone writes, concurrent jobs use their own
     node-local folders (a shared one is written without a lock)."""

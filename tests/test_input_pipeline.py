@@ -574,12 +574,31 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
         (tmp_path / "surreal" / config / "1.5.0").mkdir(parents=True)
         (tmp_path / "surreal" / config / "1.5.0" / "dataset_info.json").write_text("{}")
     (tmp_path / "surreal" / "every4" / "1.5.0").mkdir(parents=True)  # a build cut short
+    # TFDS's folder of a build still being written (renamed to its version at the end)
+    unfinished = tmp_path / "surreal" / "every4" / "incomplete.abc123.1.6.0"
+    unfinished.mkdir()
+    (unfinished / "dataset_info.json").write_text("{}")
     (tmp_path / "other" / "all" / "1.0.0").mkdir(parents=True)
     (tmp_path / "other" / "all" / "1.0.0" / "dataset_info.json").write_text("{}")
     assert ip.built_configs("surreal/every10", str(tmp_path)) == ["surreal/all",
                                                                    "surreal/middle"]
     assert ip.built_configs("surreal/all:1.5.0", str(tmp_path)) == ["surreal/middle"]
+    # another version of the config asked for is a build there too
+    assert ip.built_configs("surreal/all:1.6.0", str(tmp_path)) == ["surreal/all:1.5.0",
+                                                                     "surreal/middle"]
     assert ip.built_configs("surreal/all", str(tmp_path / "nowhere")) == []
+
+    class BucketError(Exception):  # as tf.io.gfile's errors on gs://, which are no OSError
+        pass
+
+    def unlistable(self):
+        raise BucketError("Could not resolve host")
+
+    with pytest.MonkeyPatch.context() as patch:
+        from etils import epath
+
+        patch.setattr(type(epath.Path(str(tmp_path))), "iterdir", unlistable)
+        assert ip.built_configs("surreal/every10", str(tmp_path)) == []
     with pytest.raises(FileNotFoundError) as e:
         ip.open_split("surreal/every10", str(tmp_path), "train")
     message = str(e.value)

@@ -211,12 +211,14 @@ def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp
     script, config = f"{REPO}/launch/slurm.sbatch", f"{REPO}/configs/default.py"
 
     def train(run, tasks, *seed):
-        return (f"HGMT_REPO={REPO} sbatch --job-name=hgmt-{run} {options} {script} {s}/{run} "
+        return (f"HGMT_REPO={REPO} HGMT_PYTHON={sys.executable} sbatch --job-name=hgmt-{run} "
+                f"{options} {script} {s}/{run} "
                 f"{config}:tasks={tasks} --config.total_steps=5 {' '.join(seed)}"
                 f"{' ' if seed else ''}--compilation_cache={s}/{run}/compilation_cache")
 
     assert lines == [
-        f"sbatch --job-name=hgmt-pose2d-bodynet --output=%x-%j.out {options} "
+        f"sbatch --job-name=hgmt-pose2d-bodynet --output=%x-%j.out --gpus-per-node=8 "
+        f"--cpus-per-task=32 {options} --nodes=1 --ntasks=1 "
         f"'--wrap=PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} {sys.executable} -m "
         f"hgmt.evaluate --workdir={s}/pose2d --protocol=bodynet "
         f"--out_file={s}/pose2d/eval_test_bodynet.json'",
@@ -246,7 +248,8 @@ def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp
     assert [(cwd, path) for cwd, path, _ in srun] == [(str(submit), REPO)] * 3
     for (_, _, args), cmd, run in zip(srun, here, ("segm", "pose2d@seed1", "segm@seed1"),
                                       strict=True):
-        assert args.split() == ["--kill-on-bad-exit=0", "python3", *cmd[:2], "--distributed",
+        assert args.split() == ["--kill-on-bad-exit=0", sys.executable, *cmd[:2],
+                                "--distributed",
                                 *cmd[2:], f"--compilation_cache={s}/{run}/compilation_cache"]
 
 

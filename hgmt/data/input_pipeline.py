@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -366,24 +367,36 @@ def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNot
 
 
 def built_configs(dataset: str, data_dir: str) -> list[str]:
-    """The other configs of `dataset`'s builder ('surreal/<config>[:version]') built under
-    `data_dir`, as datasets ('surreal/all'), sorted: those whose folder holds a version folder
-    with its `dataset_info.json` (TFDS's layout: <data_dir>/<name>/<config>/<version>/); none
-    for a dataset without configs or where the folders cannot be listed."""
+    """The builds under `data_dir` of `dataset`'s builder ('surreal/<config>[:version]') other
+    than the one asked for, as datasets, sorted: the other configs built ('surreal/all'), and
+    where a version is asked for, the config's other built versions ('surreal/every10:1.5.0').
+    A build is a version folder (TFDS's layout: <data_dir>/<name>/<config>/<x.y.z>/) holding
+    its `dataset_info.json`; TFDS's unfinished `incomplete.*` folders are not. None for a
+    dataset without configs, or where the folders cannot be listed (a suggestion only: any
+    error of the file system, a bucket's included, gives none)."""
     from etils import epath
 
-    name, _, config = dataset.split(":")[0].partition("/")
+    name, _, rest = dataset.partition("/")
+    config, _, version = rest.partition(":")
     if not config:
         return []
     found = []
     try:
         for folder in sorted(epath.Path(data_dir, name).iterdir()):
-            if folder.name != config and folder.is_dir() and any(
-                    (version / "dataset_info.json").exists() for version in folder.iterdir()):
+            if not folder.is_dir():
+                continue
+            versions = sorted(v.name for v in folder.iterdir()
+                              if _VERSION.fullmatch(v.name) and (v / "dataset_info.json").exists())
+            if folder.name != config and versions:
                 found.append(f"{name}/{folder.name}")
-    except OSError:
+            elif folder.name == config and version:
+                found += [f"{name}/{config}:{v}" for v in versions if v != version]
+    except Exception:  # noqa: BLE001  (tf.io.gfile's errors on a bucket are no OSError)
         return []
     return found
+
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")  # a TFDS version folder's name
 
 
 def built_split(dataset: str, data_dir: str, split: str):
