@@ -140,23 +140,30 @@ def _config_fields_help(argv: Sequence[str]) -> str:
         "training (e.g. --config.data_dir=/data/tfds for a dataset built elsewhere); "
         "--workdir=DIR --help lists the fields with their values", width=80,
         initial_indent="  ", subsequent_indent="    ")
-    pre = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "", flag_values=pre)
     try:
-        pre(["hgmt"] + [a for a in argv if a not in HELP_FLAGS], known_only=True)
+        workdir = _workdir_arg(argv)
     except flags.Error:
         return head
-    if not pre.workdir:
+    if not workdir:
         return head
-    if paths.is_url(pre.workdir):  # help reads nothing over the network
-        return (f"{head}\n    (--workdir={pre.workdir}: the fields of a workdir in an object "
+    if paths.is_url(workdir):  # help reads nothing over the network
+        return (f"{head}\n    (--workdir={workdir}: the fields of a workdir in an object "
                 f"store are not listed; its config.json has them)")
     try:
-        config = workdirs.load_config(pre.workdir)
+        config = workdirs.load_config(workdir)
     except Exception as e:  # noqa: BLE001  (help prints why and goes on)
-        return f"{head}\n    (--workdir={pre.workdir}: {type(e).__name__}: {e})"
+        return f"{head}\n    (--workdir={workdir}: {type(e).__name__}: {e})"
     fields = [f"  --config.{path}: {value!r}" for path, value in _leaves(config.to_dict())]
-    return "\n".join([head, f"The fields of {pre.workdir}'s config:", *fields])
+    return "\n".join([head, f"The fields of {workdir}'s config:", *fields])
+
+
+def _workdir_arg(argv: Sequence[str]) -> str | None:
+    """The value of `--workdir` in argv, read before the full parse (the other arguments, help
+    flags included, left alone); raises flags.Error for a malformed one."""
+    pre = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=pre)
+    pre(["hgmt"] + [a for a in argv if a not in HELP_FLAGS], known_only=True)
+    return pre.workdir
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -262,15 +269,12 @@ def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str 
 def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict:
     """The config saved in the workdir that `--workdir` names in argv (read before the full
     parse, so that `--config.x=y` can override its fields)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "", flag_values=pre)
-    pre(["hgmt"] + argv, known_only=True)
-    if not pre.workdir:
+    workdir = _workdir_arg(list(sys.argv[1:] if argv is None else argv))
+    if not workdir:
         raise SystemExit("error: --workdir is required: a directory written by "
                          "`python -m hgmt.main --workdir=...`")
     with faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
-        return workdirs.load_config(pre.workdir)
+        return workdirs.load_config(workdir)
 
 
 @contextlib.contextmanager
