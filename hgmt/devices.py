@@ -12,6 +12,7 @@ several times the jit's (docs/performance.md, "Step dispatch").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +22,12 @@ import numpy as np
 AXIS = "batch"
 
 
+@functools.cache
 def mesh() -> jax.sharding.Mesh:
     """All devices on the axis AXIS, those of process 0 first, then process 1's, ...; within
     a process in `jax.local_devices()` order. Every process must drive as many devices as the
-    others (`check_even`)."""
+    others (`check_even`). Made once a process (after `jax.distributed.initialize`, which
+    comes before any use of the devices), not for every batch placed."""
     check_even()
     devices = [d for p in range(jax.process_count()) for d in jax.local_devices(p)]
     return jax.sharding.Mesh(np.array(devices), (AXIS,))
