@@ -311,13 +311,10 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
-def test_a_signal_during_the_last_step_saves_it_and_stops_before_the_evaluation_after_training(
-        demo_dataset, tmp_path, caplog):
-    """SIGTERM once step 2 is logged, so during the last step 3: step 3 ends and is saved, and
-    the run stops with Preempted before the evaluation after training, saying so when the
-    signal arrives; the rerun evaluates step 3."""
-    workdir = str(tmp_path / "w")
-    config = _at_end_config(demo_dataset[1])
+def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
+    """Trains `config` (3 steps) with SIGTERM once step 2 is logged, so during the last step:
+    the run stops with Preempted after training, saying so when the signal arrives, with
+    step 3 saved and no other checkpoint."""
     with caplog.at_level(logging.WARNING), pytest.raises(
             preemption.Preempted, match="stopped the evaluations after training") as err:
         loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 2))
@@ -325,6 +322,16 @@ def test_a_signal_during_the_last_step_saves_it_and_stops_before_the_evaluation_
     assert ("SIGTERM received: finishing the last step, saving its checkpoint, then stopping "
             "before the evaluations after training") in caplog.text
     assert checkpoints.manager(workdir).all_steps() == [3]
+
+
+def test_a_signal_during_the_last_step_saves_it_and_stops_before_the_evaluation_after_training(
+        demo_dataset, tmp_path, caplog):
+    """SIGTERM once step 2 is logged, so during the last step 3: step 3 ends and is saved, and
+    the run stops with Preempted before the evaluation after training, saying so when the
+    signal arrives; the rerun evaluates step 3."""
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    _signal_during_the_last_step(config, workdir, caplog)
     assert not os.path.exists(workdirs.eval_file(workdir, "test"))
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
@@ -339,13 +346,7 @@ def test_a_signal_during_the_last_step_skips_its_validation_and_the_rerun_runs_i
     config = tiny_config(demo_dataset[1], total_steps=3, **{
         **KW, "evals.validation.every": 3, "evals.validation.max_examples": 4})
     assert config.evals.validation.best_metric and not config.evals.test.at_end
-    with caplog.at_level(logging.WARNING), pytest.raises(
-            preemption.Preempted, match="stopped the evaluations after training") as err:
-        loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 2))
-    assert (err.value.step, err.value.after_training) == (3, True)
-    assert ("SIGTERM received: finishing the last step, saving its checkpoint, then stopping "
-            "before the evaluations after training") in caplog.text
-    assert checkpoints.manager(workdir).all_steps() == [3]
+    _signal_during_the_last_step(config, workdir, caplog)
     assert workdirs.read_evals(workdir) == []
     caplog.clear()
     with caplog.at_level(logging.INFO):

@@ -1345,27 +1345,25 @@ def test_an_export_the_file_system_refuses_to_place_is_one_line_leaving_nothing(
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
         return real_rename(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(os, "rename", busy)
     out = tmp_path / "exports" / "new"
-    with pytest.raises(SystemExit) as e:
-        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
-    assert str(e.value.code) == (
-        f"error: UnusableOutDir: --out_dir={out}: the finished export could not be renamed "
-        f"onto {out} (Device or resource busy); nothing partial was left behind: give a new "
-        f"folder in a place you can write, and rerun")
-    assert os.listdir(tmp_path / "exports") == []
+
+    def refused(why: str) -> None:
+        """The export to `out` stops in one line saying `why`, and leaves nothing there."""
+        with pytest.raises(SystemExit) as e:
+            hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
+        assert str(e.value.code) == (
+            f"error: UnusableOutDir: --out_dir={out}: {why}; nothing partial was left behind: "
+            f"give a new folder in a place you can write, and rerun")
+        assert os.listdir(tmp_path / "exports") == []
+
+    monkeypatch.setattr(os, "rename", busy)
+    refused(f"the finished export could not be renamed onto {out} (Device or resource busy)")
 
     def denied(prefix):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), prefix)
 
     monkeypatch.setattr(exporting, "_new_folder", denied)
-    with pytest.raises(SystemExit) as e:
-        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
-    assert str(e.value.code) == (
-        f"error: UnusableOutDir: --out_dir={out}: no folder could be made beside {out} to "
-        f"stage the export in (Permission denied); nothing partial was left behind: give a new "
-        f"folder in a place you can write, and rerun")
-    assert os.listdir(tmp_path / "exports") == []
+    refused(f"no folder could be made beside {out} to stage the export in (Permission denied)")
 
 
 def test_an_out_dir_under_home_is_checked_written_and_reported_there(workdir, tmp_path,
