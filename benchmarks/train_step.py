@@ -58,7 +58,8 @@ from hgmt.training import loop, steps
 
 
 def random_batch(batch: int, res: int, seed: int = 0) -> dict:
-    """A batch with the structure and value ranges of input_pipeline's crops."""
+    """A batch with the structure, dtypes and value ranges of input_pipeline's training
+    crops."""
     rng = np.random.default_rng(seed)
     r = res // 4
     joints3d = rng.normal([0, 0, 5], [0.4, 0.5, 0.2], (batch, 16, 3)).astype(np.float32)
@@ -70,12 +71,10 @@ def random_batch(batch: int, res: int, seed: int = 0) -> dict:
         "visible": (rng.uniform(size=(batch, 16)) < 0.9).astype(np.float32),
         "joints3d": joints3d,
         "pelvis_depth": joints3d[:, 0, 2].copy(),
-        "segm": rng.integers(0, 15, (batch, r, r)).astype(np.int32),
-        "depth": np.where(rng.uniform(size=(batch, r, r)) < 0.3,
-                          rng.normal(5, 0.2, (batch, r, r)), 0).astype(np.float32),
+        "segm": rng.integers(0, 15, (batch, r, r)).astype(np.uint8),
         # the builder's depth classes: 0 background, 1..19 the bins around the pelvis
         "depth_class": np.where(rng.uniform(size=(batch, r, r)) < 0.3,
-                                rng.integers(1, 20, (batch, r, r)), 0).astype(np.int32),
+                                rng.integers(1, 20, (batch, r, r)), 0).astype(np.uint8),
         "crop": crop,
     }
 

@@ -80,11 +80,14 @@ def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
 
 
 def labels(crop: spec.Crop) -> dict:
-    """The cropped example's entries this task reads: 'depth_class' (r,r) int32 classes (the
-    record's, `classes`, cut nearest), 'depth' (r,r) camera metres (0 on the background; the
-    record stores millimetres; for pictures), 'pelvis_depth'. A mirror keeps the depth."""
-    return {"depth_class": crop.warp("depth_class").astype(np.int32),
-            "depth": crop.warp("depth").astype(np.float32) / 1000.0, **spec.pelvis_depth(crop)}
+    """The cropped example's entries this task reads: 'depth_class' (r,r) uint8 classes (the
+    record's, `classes`, cut nearest), 'pelvis_depth', and 'depth' (r,r) float32 camera metres
+    (0 on the background; the record stores millimetres), which only pictures show: absent
+    where the crop does not read the map (training's `unread`). A mirror keeps the depth."""
+    out = {"depth_class": crop.warp("depth_class").astype(np.uint8), **spec.pelvis_depth(crop)}
+    if "depth" not in crop.unread:
+        out["depth"] = crop.warp("depth").astype(np.float32) / 1000.0
+    return out
 
 
 def targets(batch: dict) -> jnp.ndarray:

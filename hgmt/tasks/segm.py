@@ -57,10 +57,10 @@ def raw_to_part(raw):
 
 
 def labels(crop: spec.Crop) -> dict:
-    """The cropped example's entries this task reads: 'segm' (r,r) part classes 0..14, named
-    by the person's side (a mirror swaps left and right)."""
+    """The cropped example's entries this task reads: 'segm' (r,r) uint8 part classes 0..14,
+    named by the person's side (a mirror swaps left and right)."""
     parts = crop.swap_sides(surreal.PART_FLIP, raw_to_part(crop.warp("segm")))
-    return {"segm": parts.astype(np.int32)}
+    return {"segm": parts.astype(np.uint8)}
 
 
 def targets(batch: dict) -> jnp.ndarray:
