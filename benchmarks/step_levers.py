@@ -44,6 +44,9 @@ LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                           "Triton GEMM autotuning over every tiling (the longest compile)"),
     "no_command_buffers": (("--xla_gpu_enable_command_buffer=",), (),
                            "no CUDA graphs, each kernel launched alone (as the profile runs)"),
+    "batch_norm_device": ((), ("--config.model.batch_norm_stats=device",),
+                          "BatchNorm's statistics over each device's share, no all-reduce a "
+                          "layer (the same program as none on one device)"),
     "flax_ops": ((), ("--config.model.ops=flax",),
                  "Flax's own ops instead of hgmt's CPU ones (1x1 convolutions as convolutions, "
                  "nn.max_pool, nn.BatchNorm)"),

@@ -77,6 +77,10 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     # hand-written backward passes); "flax": Flax's and lax's own; the same variables and
     # values. "auto": the faster on the backend (hgmt.models.AUTO_OPS).
     c.model.ops = "auto"
+    # BatchNorm's training statistics: "global" over the global batch (every device: two
+    # all-reduces a layer) or "device" over each device's share (PyTorch DataParallel's); the
+    # running averages are averaged over the devices before each evaluation and save.
+    c.model.batch_norm_stats = "global"
 
     c.loss_weights = ml_collections.ConfigDict(
         {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})

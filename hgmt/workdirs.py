@@ -61,8 +61,10 @@ SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
 # Config fields newer than some workdirs, with their default: filled in when an older
 # workdir's config is read, so that they can be overridden (`--config.model.ops=flax` on an
-# evaluation). They choose the program, not what it computes, so the old run's function stays.
-ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto"}
+# evaluation). Each default is what the code before the field did, so the old run's function
+# stays.
+ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto",
+                       ("model", "batch_norm_stats"): "global"}
 # The evaluation fields of a config written before `config.evals`, with the value the code of
 # then took for a missing one: validation during training and the test evaluation after it
 # shared the frame settings (`older_evals` gives the evaluators they were).

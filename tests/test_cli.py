@@ -258,8 +258,9 @@ def test_a_flag_name_means_one_thing_in_every_command(capsys):
 
 
 def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
-    """A config.json written before `model.stream_mode` and `model.ops` existed (as the
-    study's committed runs) reads with their defaults, so an evaluation can override them."""
+    """A config.json written before `model.stream_mode`, `model.ops` and
+    `model.batch_norm_stats` existed (as the study's committed runs) reads with their
+    defaults, so an evaluation can override them."""
     import json
 
     from hgmt import cli, workdirs
@@ -270,6 +271,7 @@ def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
     argv = [f"--workdir={tmp_path}", "--config.model.ops=flax"]
     config = cli.workdir_config(argv)
     assert config.model.stream_mode == "auto" and config.model.ops == "auto"
+    assert config.model.batch_norm_stats == "global"  # what the code of then did
     fv, _ = cli.parse(cli.define_workdir, argv, "doc", config)
     assert fv.config.model.ops == "flax" and fv.config.model.features == 64
 
@@ -293,7 +295,8 @@ def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(t
     assert evaluator.settings_of(config) == {"split": "test", **shared}
     assert evaluator.settings_of(config, "validation") == {"split": "validation", **shared}
     assert workdirs.current_layout(old) == {
-        "model": {"depth": 4, "stream_mode": "auto", "ops": "auto"}, "tasks": "pose2d",
+        "model": {"depth": 4, "stream_mode": "auto", "ops": "auto",
+                  "batch_norm_stats": "global"}, "tasks": "pose2d",
         "evals": {"validation": {"split": "validation", **shared, "every": 300,
                                  "at_end": False, "best_metric": "pose2d/pckh@0.5"},
                   "test": {"split": "test", **shared, "every": 0, "at_end": True,
@@ -351,6 +354,8 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.model.ops=xla", "config.model.ops='xla': choose one of ['auto', 'custom'"),
     ("--config.augment_on=gpu", "config.augment_on='gpu': choose host"),
     ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of"),
+    ("--config.model.batch_norm_stats=local",
+     "config.model.batch_norm_stats='local': choose one of ['global', 'device']"),
     ("--config.worker_count=-3", "config.worker_count=-3: give a count >= 0, or -1"),
     ("--config.keep_checkpoints=0", "config.keep_checkpoints=0 must be at least 1"),
     ("--config.batch_size=0", "config.batch_size=0 must be at least 1"),
@@ -555,8 +560,8 @@ DEFAULT = f"{REPO}/configs/default.py"
      "error: --config.typo: the config has no field 'typo' (its fields: augment_on, "
      "batch_size, "),
     ([f"--config={DEFAULT}", "--config.model.typo=3"],
-     "error: --config.model.typo: model has no field 'typo' (its fields: depth, dtype, "
-     "features, interaction, num_stacks, ops, shared_trunk, stream_mode)"),
+     "error: --config.model.typo: model has no field 'typo' (its fields: batch_norm_stats, "
+     "depth, dtype, features, interaction, num_stacks, ops, shared_trunk, stream_mode)"),
     ([f"--config={DEFAULT}:runlocal,tasks=pose2d", "--config.tasks=pose2d+segm",
       "--config.loss_weights.segm=2"],
      f"error: --config.loss_weights.segm: loss_weights has no field 'segm' (its fields: "

@@ -599,6 +599,46 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
     assert int(new.step) == 2
 
 
+def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mean():
+    """config.model.batch_norm_stats on 4 devices, one trainer step: with "device" each
+    device's running BatchNorm statistics are those of the model without a device axis run
+    on its own 2 examples (PyTorch DataParallel's BatchNorm), so they differ between devices,
+    and `sync_batch_stats` (before each evaluation and save) gives their mean; with "global"
+    every device's are those of all 8 examples."""
+    from tests.test_tasks import make_batch
+
+    tasks = ("pose2d", "segm")
+    batch = make_batch(seed=1, b=8, r=16)
+    batch["image"] = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)).astype(np.uint8)
+    batch = jax.device_get(batch)
+    found = {}
+    for mode in ("device", "global"):
+        config = tiny_config("unused", image_size=64, **{"model.batch_norm_stats": mode})
+        weights, options = check_loss_weights(config, tasks), check_loss_options(config, tasks)
+        state = steps.create_train_state(jax.random.key(0), config, loop.create_model(
+            config.model, heads(tasks), axis_name="batch"))
+        placed, _ = loop.jitted_train_step(weights, options)(
+            devices.replicate(state),
+            next(input_pipeline.prefetch_to_device(iter([batch]), 1)))
+        alone = loop.create_model(config.model, heads(tasks))  # no device axis
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        own = [alone.apply(variables, batch["image"][rows], train=True,
+                           mutable=["batch_stats"])[1]["batch_stats"]
+               for rows in ([slice(2 * d, 2 * d + 2) for d in range(4)] if mode == "device"
+                            else [slice(0, 8)] * 4)]
+        on_devices = jax.device_get(placed.batch_stats)  # each leaf (4, ...), device order
+        for d, expected in enumerate(own):
+            for a, b in zip(jax.tree.leaves(on_devices), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_allclose(a[d], b, rtol=1e-4, atol=1e-6)
+        synced = jax.device_get(steps.sync_batch_stats(placed).batch_stats)
+        for a, b in zip(jax.tree.leaves(synced), jax.tree.leaves(on_devices), strict=True):
+            np.testing.assert_allclose(a, np.broadcast_to(b.mean(0), b.shape), rtol=1e-5,
+                                       atol=1e-7)
+        found[mode] = on_devices
+    for leaf in jax.tree.leaves(found["device"]):  # the devices' shares differ
+        assert np.abs(leaf[0] - leaf[1]).max() > 1e-4
+
+
 def test_gradient_clipping_keeps_the_optimizer_states_layout():
     """With optimizer.grad_clip_norm the optimizer state has the tree of the unclipped one
     (checkpoints read alike), and its updates are optax.chain(clip_by_global_norm, rmsprop)'s:

@@ -23,7 +23,11 @@ from hgmt.models.multitask import (
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODEL_FIELDS = ("num_stacks", "features", "depth", "interaction", "shared_trunk", "dtype",
-                "stream_mode", "ops")
+                "stream_mode", "ops", "batch_norm_stats")
+# Over what BatchNorm takes its batch statistics in training: "global", the global batch (two
+# all-reduces a layer across the devices); "device", each device's share of it (no
+# collective: PyTorch DataParallel's BatchNorm). The same with one device.
+BATCH_NORM_STATS = ("global", "device")
 
 
 # What "auto" picks on each backend for `config.model.stream_mode` and `config.model.ops`: the
@@ -61,12 +65,18 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                  axis_name: str | None = None) -> MultiTaskHourglass:
     """Builds the model from `config.model` (num_stacks, features, depth, interaction,
     shared_trunk, dtype "float32"|"bfloat16", stream_mode "auto"|"separate"|"vmapped", ops
-    "auto"|"custom"|"flax") with one head per task, `heads` {task: output channels}
-    (`hgmt.tasks.heads(names)`); unknown fields or values are errors."""
+    "auto"|"custom"|"flax", batch_norm_stats BATCH_NORM_STATS) with one head per task,
+    `heads` {task: output channels} (`hgmt.tasks.heads(names)`); unknown fields or values
+    are errors. `axis_name`: the device axis a training step runs over, which BatchNorm's
+    statistics span under batch_norm_stats "global"."""
     cfg = dict(model_config)
     unknown = sorted(set(cfg) - set(MODEL_FIELDS))
     if unknown:
         raise ValueError(f"unknown config.model field(s) {unknown}; valid: {list(MODEL_FIELDS)}")
+    stats = cfg.pop("batch_norm_stats", "global")
+    if stats not in BATCH_NORM_STATS:
+        raise ValueError(f"config.model.batch_norm_stats={stats!r}: choose one of "
+                         f"{list(BATCH_NORM_STATS)}")
     cfg["stream_mode"] = resolve_stream_mode(cfg.get("stream_mode", "auto"))
     cfg["ops"] = resolve_ops(cfg.get("ops", "auto"))
     dtype = cfg.pop("dtype", "float32")
@@ -85,8 +95,7 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                          f"shared_trunk=True: the streams' interaction applies to one stream "
                          f"per task; leave interaction at 'sum' or set shared_trunk=False")
     return MultiTaskHourglass(heads=tuple(dict(heads).items()), dtype=DTYPES[dtype],
-                              axis_name=axis_name,
-                              **cfg)
+                              axis_name=axis_name if stats == "global" else None, **cfg)
 
 
 def to_model_layout(model: MultiTaskHourglass, tree: Any) -> Any:
