@@ -23,7 +23,14 @@ from absl import flags
 from hgmt import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "default.py") + ":tasks=pose2d"
+
+
+def config_path(name: str) -> str:
+    """The absolute path of the repository's configs/<name>.py, e.g. config_path("demo")."""
+    return os.path.join(REPO, "configs", f"{name}.py")
+
+
+DEFAULT_CONFIG = config_path("default") + ":tasks=pose2d"
 # torch.compile's modes (torch_reference.py --compile_mode, compare.py --compile_mode)
 COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default")
 

@@ -36,14 +36,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import flags
+from cli import config_path
 
 from hgmt import cli, cores, devices
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator
 from hgmt.tasks import parse_tasks
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "demo.py")
+DEFAULT_CONFIG = config_path("demo")
 WAYS = ("batches_serial", "batches_threaded", "eval_serial", "eval_overlapped")
 
 

@@ -31,7 +31,6 @@ the ratio device/host of each alternating pair.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -40,13 +39,13 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 from absl import flags
+from cli import config_path
 
 from hgmt import cli, cores
 from hgmt.data import device_augment, input_pipeline
 from hgmt.tasks import parse_tasks
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "demo.py")
+DEFAULT_CONFIG = config_path("demo")
 
 
 def _define_flags(fv: flags.FlagValues) -> None:

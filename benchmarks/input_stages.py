@@ -19,20 +19,19 @@ line.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
+from cli import config_path
 
 from hgmt import cli
 from hgmt.data import device_augment, input_pipeline, tf_example
 from hgmt.tasks import parse_tasks
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "demo.py")
+DEFAULT_CONFIG = config_path("demo")
 
 
 def _define_flags(fv: flags.FlagValues) -> None:

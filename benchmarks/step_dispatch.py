@@ -53,7 +53,7 @@ from absl import flags
 from hgmt import cli as hgmt_cli
 from hgmt import cores
 
-DEFAULT_CONFIG = os.path.join(cli.REPO, "configs", "default.py")
+DEFAULT_CONFIG = cli.config_path("default")
 WAYS = ("pmap", "jit_shard_map")
 BATCH = "image (local devices, 1, 8, 8, 3) float32"
 WORKER_TIMEOUT_S = 1800  # a process of a multi-process run that has not ended by then is ended

@@ -27,13 +27,14 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import fresh_process  # noqa: E402
 from absl import flags  # noqa: E402
+from cli import config_path  # noqa: E402
 
 from hgmt import cli  # noqa: E402
 
 
 def run(args: list[str], tasks: str, mode: str) -> dict:
     """One train_step.py measurement in a fresh process -> its JSON line."""
-    config = os.path.join(os.path.dirname(HERE), "configs", "default.py")
+    config = config_path("default")
     return fresh_process.run("train_step.py", [f"--config={config}:tasks={tasks}",
                                                f"--config.model.stream_mode={mode}", *args])
 

@@ -276,7 +276,7 @@ def test_the_profile_of_the_trainers_step_counts_every_devices_work(demo_dataset
     """--feed=trainer runs the step on the 4 test devices and the trace's op time is theirs
     together (each op's events: steps x devices), so the FLOPs per step are the 4 devices':
     4 x the one-device program's, about the FLOPs of the same global batch on one device."""
-    config = [f"--config={cli.REPO}/configs/default.py:tasks=pose2d,runlocal",
+    config = [f"--config={cli.config_path('default')}:tasks=pose2d,runlocal",
               "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
               *TINY, "--config.batch_size=4", "--config.augment_on=host"]
     r = profile_step.benchmark([*config, "--feed=trainer", "--steps=1", "--warmup=1",
@@ -299,7 +299,7 @@ def test_train_step_benchmark_figures_agree():
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
 
-    config = os.path.join(cli.REPO, "configs", "default.py") + ":tasks=pose2d+segm"
+    config = cli.config_path("default") + ":tasks=pose2d+segm"
     r = train_step.benchmark([f"--config={config}", *TINY, "--config.batch_size=4", "--steps=2",
                          "--warmup=1", "--devices=2"])
     assert r["devices"] == 2 and r["tasks"] == "pose2d+segm" and r["res"] == 32
@@ -697,6 +697,19 @@ def test_the_benchmarks_random_batch_has_what_every_tasks_targets_read():
     for name, task in TASKS.items():
         target = np.asarray(task.targets(batch))
         assert target.shape[:3] == (2, 8, 8) and np.isfinite(target).all(), name
+
+
+def test_the_benchmarks_default_configs_are_the_repositorys_config_files():
+    """config_path names the repository's configs/<name>.py, the file each benchmark's default
+    `--config` reads."""
+    for name in ("default", "demo"):
+        path = cli.config_path(name)
+        assert path == os.path.join(os.path.dirname(BENCHMARKS), "configs", f"{name}.py")
+        assert os.path.isfile(path), path
+    assert cli.DEFAULT_CONFIG == cli.config_path("default") + ":tasks=pose2d"
+    assert step_dispatch.DEFAULT_CONFIG == cli.config_path("default")
+    for module in (eval_speed, input_pipeline, input_stages):
+        assert module.DEFAULT_CONFIG == cli.config_path("demo"), module.__name__
 
 
 def test_benchmark_flags_name_a_field_the_config_lacks():
@@ -1289,7 +1302,7 @@ def test_step_dispatch_times_both_ways_over_the_whole_train_state(capsys):
     from hgmt.tasks import heads, parse_tasks
     from hgmt.training import steps
 
-    config = os.path.join(cli.REPO, "configs", "default.py")
+    config = cli.config_path("default")
     r = step_dispatch.benchmark([f"--config={config}", *TINY, "--calls=3", "--repeats=2",
                                  "--warmup=1"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == r
