@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.note_file) as f:
             given = f.read().strip()
     with cli.faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
-        results = report.load_sweep(args.sweep_dir, args.protocol)
+        found = report.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
+        results = report.load_sweep(args.sweep_dir, args.protocol, found)
     study = report.compare(results)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "report.json"), "w") as f:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     report.plot(study, args.out_dir)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
-        f"{report.progress(args.sweep_dir, results)}")
+        f"{report.progress(args.sweep_dir, results, found)}")
     with open(os.path.join(args.out_dir, "README.md"), "w") as f:
         f.write(report.to_markdown(study, note, checked, runs.config_section(args.sweep_dir)))
     print(f"wrote {args.out_dir}/README.md, report.json and the charts for "

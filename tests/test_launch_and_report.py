@@ -744,6 +744,35 @@ def test_report_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
     assert opened == {"pose2d/eval_test.json": 1, "segm/eval_test_bodynet.json": 1}
 
 
+def test_the_report_command_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
+    """`hgmt.report` finds the sweep's evaluated runs once for both `load_sweep` and
+    `progress` (`evaluated_runs`): each evaluation file is opened once in the whole command,
+    and the README's progress line is the one `progress` gives on its own."""
+    sweep_dir = tmp_path / "sweep"
+    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt"}
+    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet"}
+    _finished_runs(sweep_dir, {"pose2d": [hgmt_numbers], "segm": [bodynet]})
+    (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
+    (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "segm"],
+                                                      "seeds": 1}))
+    alone = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
+    assert alone == "Runs finished: 2 of 2 (2 subsets x 1 seed).", alone
+    assert report.evaluated_runs(str(sweep_dir)) == {
+        "pose2d": ("eval_test.json", hgmt_numbers), "segm": ("eval_test_hgmt.json", hgmt_numbers)}
+    opened = collections.Counter()
+
+    def counting_open(path, *args, **kwargs):
+        opened[os.path.relpath(path, sweep_dir)] += 1
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(report, "open", counting_open, raising=False)
+    out = tmp_path / "out"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    assert {f: n for f, n in opened.items() if "eval_test" in f} == {
+        "pose2d/eval_test.json": 1, "segm/eval_test.json": 1, "segm/eval_test_hgmt.json": 1}
+    assert f"Metric protocol: `hgmt` (docs/metrics.md). {alone}" in (out / "README.md").read_text()
+
+
 def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     """A run trained with config.evals.test.protocol=bodynet wrote bodynet numbers to
     eval_test.json: reported under --protocol=bodynet; under hgmt, one error line naming the

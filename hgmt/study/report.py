@@ -1,9 +1,10 @@
-"""The task-combination study's report, made of a sweep's evaluations: `load_sweep` reads the
-finished runs (refusing runs evaluated unlike the others), `compare` sets each task's subsets
-against its isolated run with Welch's t-tests over the seeds (hgmt/study/stats.py),
-`to_markdown` writes the report with the paper's conclusions (hgmt/study/claims.py), and
-`plot` the charts. `python -m hgmt.report` (hgmt/report.py) is the command: its docstring
-gives the usage and the files read and written.
+"""The task-combination study's report, made of a sweep's evaluations: `evaluated_runs` reads
+the sweep's evaluated runs, `load_sweep` gathers them by subset (refusing runs evaluated
+unlike the others), `compare` sets each task's subsets against its isolated run with Welch's
+t-tests over the seeds (hgmt/study/stats.py), `to_markdown` writes the report with the
+paper's conclusions (hgmt/study/claims.py), and `plot` the charts. `python -m hgmt.report`
+(hgmt/report.py) is the command: its docstring gives the usage and the files read and
+written.
 """
 
 from __future__ import annotations
@@ -20,18 +21,34 @@ from hgmt.tasks import TASKS, drawing, parse_tasks
 from hgmt.training import checkpoints
 
 
-def load_sweep(sweep_dir: str, protocol: str = "hgmt") -> dict[str, list[dict]]:
-    """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
-    in `sweep_dir`, evaluated under `protocol`."""
+def evaluated_runs(sweep_dir: str, protocol: str = "hgmt") -> dict[str, tuple[str, dict]]:
+    """{run: (file, summary)} of every run in `sweep_dir` evaluated under `protocol`, in name
+    order (`_result`'s: the name of the file that holds its numbers and its summary, parsed),
+    each run's evaluation files read once. `load_sweep` and `progress` take it, so that
+    `hgmt.report` reads the sweep once for both. FileNotFoundError when `sweep_dir` is
+    missing; ValueError, naming the hgmt.evaluate command, for a run whose file holds another
+    protocol's numbers (`_result`)."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
-    name_of = workdirs.result_file(protocol)
-    results, seeds, evaluated, limits, files = {}, {}, {}, {}, {}
+    found = {}
     for name in sorted(os.listdir(sweep_dir)):
         file, summary = _result(os.path.join(sweep_dir, name), protocol)
-        if summary is None:
-            continue
+        if summary is not None:
+            found[name] = file, summary
+    return found
+
+
+def load_sweep(sweep_dir: str, protocol: str = "hgmt",
+               found: dict[str, tuple[str, dict]] | None = None) -> dict[str, list[dict]]:
+    """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
+    in `sweep_dir`, evaluated under `protocol`. `found`: `evaluated_runs(sweep_dir,
+    protocol)` when already made (default: made here)."""
+    if found is None:
+        found = evaluated_runs(sweep_dir, protocol)
+    name_of = workdirs.result_file(protocol)
+    results, seeds, evaluated, limits, files = {}, {}, {}, {}, {}
+    for name, (file, summary) in found.items():
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
         _check_seed(sweep_dir, name, seeds.setdefault(tasks, {}))
         results.setdefault(tasks, []).append(summary)
@@ -603,15 +620,18 @@ def item_change_label(h) -> str:
     return f"{'gain' if h.higher_is_better else 'decrease'} in the {h.item}'s {h.item_label}"
 
 
-def progress(sweep_dir: str, results: dict[str, list[dict]]) -> str:
+def progress(sweep_dir: str, results: dict[str, list[dict]],
+             found: dict[str, tuple[str, dict]] | None = None) -> str:
     """A line saying how many of the sweep's planned runs (its sweep.json) have finished,
     which planned runs are missing and which finished runs are not in the plan (the tables
     count every finished run), then how they were evaluated (`load_sweep` refuses runs
-    evaluated otherwise: `_evaluated_as`)."""
+    evaluated otherwise: `_evaluated_as`). `results`: `load_sweep`'s; `found`: the
+    `evaluated_runs` it was made of, when at hand (default: made here again)."""
     summaries = [s for runs in results.values() for s in runs]
     protocol = summaries[0].get("protocol", "hgmt")
-    found = {n: _result(os.path.join(sweep_dir, n), protocol) for n in os.listdir(sweep_dir)}
-    files = {n: file for n, (file, summary) in sorted(found.items()) if summary is not None}
+    if found is None:
+        found = evaluated_runs(sweep_dir, protocol)
+    files = {n: file for n, (file, _) in found.items()}
     finished = list(files)
     evaluation = _evaluated_as(sweep_dir, protocol, summaries, files)
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
