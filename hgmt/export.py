@@ -23,8 +23,9 @@ such a URL (or any scheme they lack) is refused before any work: export to a fol
 it. A host without TensorFlow exports stablehlo only, to a URL through fsspec (s3:// with s3fs
 installed). OUTDIR must be new or empty, and not a symbolic link or a mount point (refused
 before any work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed
-to OUTDIR only then, so a failure (a full disk: DiskFull, one line) leaves neither; in gs://
-hgmt.json is written last (`hgmt.inference.export.export`).
+to OUTDIR only then, so a failure (a full disk: DiskFull, one line) leaves neither, nor the
+missing parent folders made for OUTDIR; in gs:// hgmt.json is written last
+(`hgmt.inference.export.export`).
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step and folder (`best` for
 --step=best, else `checkpoints`), normalisation, platforms, and how to decode each output: its
 channels' meaning and the label pixels' place in the input.

@@ -1337,7 +1337,8 @@ def test_an_export_the_file_system_refuses_to_place_is_one_line_leaving_nothing(
         workdir, tmp_path, monkeypatch):
     """The file system refuses the final rename (EBUSY, as onto a mount point) or the staging
     folder (EACCES) after the checks passed: one line naming --out_dir and what to do, no
-    traceback, and neither OUTDIR nor a partial folder is left."""
+    traceback, and neither OUTDIR, nor a partial folder, nor the parent folder made for them
+    is left."""
     real_rename = os.rename
 
     def busy(src, dst, *args, **kwargs):
@@ -1354,7 +1355,7 @@ def test_an_export_the_file_system_refuses_to_place_is_one_line_leaving_nothing(
         assert str(e.value.code) == (
             f"error: UnusableOutDir: --out_dir={out}: {why}; nothing partial was left behind: "
             f"give a new folder in a place you can write, and rerun")
-        assert os.listdir(tmp_path / "exports") == []
+        assert not (tmp_path / "exports").exists()
 
     monkeypatch.setattr(os, "rename", busy)
     refused(f"the finished export could not be renamed onto {out} (Device or resource busy)")
@@ -1393,8 +1394,9 @@ def test_an_out_dir_under_home_is_checked_written_and_reported_there(workdir, tm
 def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdir, tmp_path,
                                                                          monkeypatch, fmt):
     """The artefact's write runs out of space halfway (fault injection: a partial file, then
-    ENOSPC): one line naming DiskFull and OUTDIR, and neither OUTDIR nor the partial folder it
-    was written in is left. Any other failure, here the smoke check's, cleans up the same."""
+    ENOSPC): one line naming DiskFull and OUTDIR, and neither OUTDIR, nor the partial folder it
+    was written in, nor the parent folders made for it is left. Any other failure, here the
+    smoke check's, cleans up the same, and leaves the parent folder that was there before."""
     def half_written(f, image_size, path):
         name = path if fmt == "stablehlo" else os.path.join(path, "saved_model.pb")
         with open(name, "wb") as fh:
@@ -1403,7 +1405,8 @@ def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdi
 
     writer = "export_stablehlo" if fmt == "stablehlo" else "export_savedmodel"
     monkeypatch.setattr(exporting, writer, half_written)
-    out = tmp_path / "exports" / "new"
+    exports = tmp_path / "exports"
+    out = exports / "a" / "b" / "new"
     with pytest.raises(SystemExit) as e:
         hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={out}"])
     message = str(e.value.code)
@@ -1412,7 +1415,7 @@ def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdi
                         rf"left behind\. Free space \(or raise the quota\), or give another "
                         rf"--out_dir, and rerun \(OSError: .*No space left on device\)",
                         message), message
-    assert os.listdir(tmp_path / "exports") == []
+    assert not exports.exists()
 
     def written(f, image_size, path):
         name = path if fmt == "stablehlo" else os.path.join(path, "saved_model.pb")
@@ -1424,9 +1427,10 @@ def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdi
 
     monkeypatch.setattr(exporting, writer, written)
     monkeypatch.setattr(exporting, "smoke_check", fails)
+    exports.mkdir()
     with pytest.raises(RuntimeError, match="the artefact does not run"):
         hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={out}"])
-    assert os.listdir(tmp_path / "exports") == []
+    assert os.listdir(exports) == []
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):

@@ -227,9 +227,10 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     batch of 2 black images -> (the metadata, {task: output shape} of that run).
 
     A local export is written into a sibling folder `<out_dir>.partial-<random>`, checked, and
-    renamed to `out_dir` only then (`disk_space.rename_folder`): any failure removes the
-    partial folder, and `out_dir` appears whole or not at all (its missing parent folders are
-    made first, and stay). An object store has no rename:
+    renamed to `out_dir` only then (`disk_space.rename_folder`): `out_dir` appears whole or
+    not at all, and any failure removes the partial folder and the missing parent folders the
+    export made for it (never one that was there before), leaving the file system as it
+    was. An object store has no rename:
     the files are written into `out_dir` itself, `META_FILE` last, once the artefact is
     checked, so an export folder without it is incomplete (it is removed on a failure, where
     the store still answers). A full disk raises `disk_space.DiskFull`; a local `out_dir` the
@@ -250,14 +251,19 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
                 with contextlib.suppress(Exception):
                     epath.Path(target).rmtree()
                 raise
+        made: list[str] = []  # the parent folders this export made, innermost first
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            made = _make_folders(os.path.dirname(target))
             partial = _new_folder(target + ".partial-")
         except OSError as e:  # checked writable, but changed since or refused otherwise
+            _remove_empty(made)
             if disk_space.is_disk_full(e):
                 raise
             raise _unusable(out_dir, f"no folder could be made beside {target} to stage the "
                                      f"export in", e) from e
+        except BaseException:
+            _remove_empty(made)
+            raise
         try:
             shapes = _write(f, meta, partial)
             try:
@@ -271,8 +277,44 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
                                          f"{target}", e) from e
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
+            _remove_empty(made)
             raise
     return meta, shapes
+
+
+def _make_folders(folder: str) -> list[str]:
+    """Makes the absolute path `folder` and its missing parent folders (the user's
+    permissions) -> the folders this call made, innermost first: `_remove_empty(made)` undoes
+    it. One it fails to make (OSError) leaves none of them made."""
+    missing = []
+    path = folder
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    made: list[str] = []
+    try:
+        for path in reversed(missing):  # outermost first
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+                continue  # made by another process meanwhile: not this export's to remove
+            made.insert(0, path)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    return made
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Removes `folders` (innermost first, `_make_folders`'), stopping at the first one that
+    is no longer empty (something else was put there since) or cannot be removed."""
+    for path in folders:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def _unusable(out_dir: str, what: str, error: OSError) -> UnusableOutDir:
