@@ -13,7 +13,9 @@ rerunning the sweep resumes it (and an interrupted subset resumes from its last 
 Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
-for `python -m hgmt.report --protocol=P`.
+for `python -m hgmt.report --protocol=P`: the extra ones (bodynet, surreal; `hgmt` is
+refused), as each run's training makes its eval_test.json (config.evals.test.protocol, hgmt by
+default).
 `--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
 something left to do, as this host would run them: its training unless it is done, `&&` its
 missing protocol evaluations; the runs that are done are left out (their number goes to
@@ -284,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --tasks={args.tasks}: {e}") from None
     try:
-        extra_protocols = [protocols.check(x) for x in args.protocols.split(",")
-                           if x and x != "hgmt"]
+        extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
+    if "hgmt" in extra_protocols:
+        others = ", ".join(x for x in protocols.PROTOCOLS if x != "hgmt")
+        raise SystemExit(f"error: --protocols={args.protocols}: each run's training evaluates "
+                         f"it into eval_test.json already (config.evals.test.protocol, hgmt by "
+                         f"default); list only the extra protocols ({others})")
     # Before the plan is recorded, which holds the sweep directory to this config.
     config, first = check_first_run(args.config, subsets[0], extra)
     try:  # a reference protocol measures the references' label size only

@@ -456,6 +456,24 @@ def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
             "--config.image_size=256") in out.stderr and not s.exists()
 
 
+def test_sweep_refuses_hgmt_among_the_extra_protocols(tmp_path):
+    """`--protocols` lists the extra protocols: hgmt in it is refused in one line before the
+    plan is recorded (each run's training makes its eval_test.json, hgmt's by default), not
+    dropped without a word."""
+    s = tmp_path / "s"
+    for given in ("hgmt", "bodynet,hgmt"):
+        cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+               "--config=configs/default.py", "--tasks=pose2d", f"--protocols={given}",
+               "--print_only"]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and out.stdout == "", out.stderr
+        assert out.stderr == (
+            f"error: --protocols={given}: each run's training evaluates it into eval_test.json "
+            f"already (config.evals.test.protocol, hgmt by default); list only the extra "
+            f"protocols (bodynet, surreal)\n")
+        assert not s.exists()
+
+
 def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
     """`--seeds=3 -- --config.seed=1`: seeds 1, 2, 3 (seed index k gives the first seed + k),
     not 1, 1, 2, which would train two runs alike; the config the report rebuilds says the
