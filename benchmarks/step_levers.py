@@ -46,7 +46,7 @@ LEVERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                            "no CUDA graphs, each kernel launched alone (as the profile runs)"),
     "batch_norm_device": ((), ("--config.model.batch_norm_stats=device",),
                           "BatchNorm's statistics over each device's share, no all-reduce a "
-                          "layer (the same program as none on one device)"),
+                          "layer (the same statistics as none on one device)"),
     "flax_ops": ((), ("--config.model.ops=flax",),
                  "Flax's own ops instead of hgmt's CPU ones (1x1 convolutions as convolutions, "
                  "nn.max_pool, nn.BatchNorm)"),
