@@ -960,7 +960,9 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
     """An evaluator with a best_metric that runs only after the last step keeps no best
     checkpoint (`evaluators.keeper`: none to compare new scores with), so a rerun may change
     any of its settings; once it runs during training (every > 0), it keeps the best and they
-    are locked."""
+    are locked. A rerun that makes it run during training may not change them either: its
+    earlier evals.jsonl lines, which the saved settings measured, become the scores to
+    beat."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2,
           "evals.validation.every": 0, "evals.validation.at_end": True}
@@ -970,6 +972,12 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
                "evals.validation.frames": "every10", "evals.validation.max_examples": 4}
     assert tiny_config("data", **kw).evals.validation.best_metric == "loss/total"
     assert resume.check_config(tiny_config("data", **kw, **changes), str(workdir)) == []
+    starts = {**kw, "evals.validation.every": 1}
+    assert resume.check_config(tiny_config("data", **starts), str(workdir)) == []
+    with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
+                                                  r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
+                                                  r"evals\.validation\.frames "):
+        resume.check_config(tiny_config("data", **starts, **changes), str(workdir))
     workdirs.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
                          str(workdir))
     with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "

@@ -48,10 +48,11 @@ FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
                   "keep_checkpoints", "data_dir", "demo.surreal_root", "worker_count",
                   "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
                   "model.ops", "augment_on")
-# Except, in the evaluator that keeps the best checkpoint (`evaluators.keeper` of the saved
-# config: a `best_metric`, run during training), what its scores are of: a new score is
-# compared with the kept best's, which the old settings measured (and a best checkpoint
-# stores only its own metric).
+# Except, in the evaluator that keeps the best checkpoint (`evaluators.keeper`: a
+# `best_metric`, run during training) in the saved config or the rerun's, what its scores are
+# of: a new score is compared with the kept best's, or, for an evaluator that starts keeping
+# it on the rerun, with its earlier evals.jsonl lines, which the old settings measured (and a
+# best checkpoint stores only its own metric).
 BEST_SETTINGS = ("best_metric", "split", "frames", "max_examples", "flip", "protocol")
 # The fields no rerun may change: grain restores the loader's saved position only with the
 # sampler it was saved with, whose seed is made from config.seed (`input_pipeline.grain_seed`).
@@ -76,12 +77,14 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     layout = workdirs.current_layout(dict(saved))
     old = workdirs.flat_fields(layout)
     new = workdirs.flat_fields(config)
-    keeping = evaluators.keeper(layout.get("evals", {}))
+    keeping = {evaluators.keeper(layout.get("evals", {})),
+               evaluators.keeper(config.get("evals", {}))} - {None}
 
     def free(field: str) -> bool:
         parts = field.split(".")
-        if parts[:2] == ["evals", keeping] and len(parts) == 3 and parts[2] in BEST_SETTINGS:
-            return False  # what the kept best's scores are of
+        if len(parts) == 3 and parts[0] == "evals" and parts[1] in keeping and \
+                parts[2] in BEST_SETTINGS:
+            return False  # what the best's scores, kept or recorded, are of
         return any(field == f or field.startswith(f"{f}.") for f in FREE_ON_RESUME)
 
     return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
