@@ -378,7 +378,8 @@ def test_a_best_checkpoint_that_fails_to_save_leaves_its_step_to_evaluate_again(
 def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     """A step's last line of the evaluator counts (a resumed run evaluated it again), lines of
     other evaluators and after the step do not, a line without the metric scores nothing,
-    and of equal scores the earliest step is the best (a later one must beat it)."""
+    and of equal scores the earliest step is the best (a later one must beat it); with
+    settings, only the lines measured under them."""
     def line(step, value, name="validation"):
         return {"step": step, "evaluator": name,
                 "metrics": {} if value is None else {"loss/total": value}}
@@ -391,6 +392,14 @@ def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     assert best(evals, step=10, lower=False) == (2, 3.0)
     assert best(evals, step=1, lower=True) is None
     assert best([line(2, None)], step=2, lower=True) is None
+    # Under given settings: lines of other frames or splits do not count; lines that do not
+    # record them (written before they were) do.
+    settings = {"split": "validation", "frames": "middle", "flip": False, "protocol": "hgmt"}
+    other = {**line(2, 0.1), **settings, "frames": "every10"}
+    same = {**line(4, 0.5), **settings}
+    assert best([other, same, line(6, 0.7)], step=6, lower=True) == (2, 0.1)
+    assert best([other, same, line(6, 0.7)], step=6, lower=True, settings=settings) == (4, 0.5)
+    assert best([other, line(6, 0.7)], step=6, lower=True, settings=settings) == (6, 0.7)
 
 
 def test_evaluators_are_due_at_their_steps_and_never_at_step_0(tmp_path):
@@ -475,6 +484,48 @@ def test_a_best_checkpoint_training_passes_over_is_moved_aside_not_deleted(tmp_p
     [moved] = pathlib.Path(workdirs.superseded_dir(workdir)).iterdir()
     assert re.fullmatch(r"4-\d{8}-\d{6}", moved.name)
     assert files(moved) == kept
+
+
+def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_path, caplog):
+    """A rerun whose keeper cannot compare with the kept best (an accepted change of its
+    best_metric; another evaluator keeping the best) moves it aside with a warning instead of
+    failing on the stored metric it lacks or comparing scores of other frames, and takes
+    the bar from its own evals.jsonl lines under its own settings; the same keeper keeps
+    it."""
+    import pathlib
+
+    def config(**evals):
+        return tiny_config(str(tmp_path), tasks="pose2d", **{
+            "evals.validation.every": 2, "evals.validation.best_metric": "loss/total",
+            **{f"evals.{k}": v for k, v in evals.items()}})
+
+    def run_over(workdir: str, c) -> tuple[list[int], tuple | None]:
+        with contextlib.closing(evaluators.Evaluators(c, workdir, {"pose2d": 1.0})) as evals:
+            return evals.forget_after(4, lambda: {"w": np.zeros(3)}), evals.best()
+
+    line = {"step": 4, "evaluator": "validation", "split": "validation", "frames": "middle",
+            "flip": False, "protocol": "hgmt", "num_examples": 8,
+            "metrics": {"loss/total": 1.0, "pose2d/pckh@0.5": 0.5}}
+    for name, changed, bar in (
+            ("metric", config(**{"validation.best_metric": "pose2d/pckh@0.5"}), (4, 0.5)),
+            ("keeper", config(**{"validation.best_metric": "", "test.every": 2,
+                                 "test.best_metric": "loss/total"}), None)):
+        workdir = str(tmp_path / name)
+        with contextlib.closing(evaluators.Evaluators(config(), workdir,
+                                                      {"pose2d": 1.0})) as evals:
+            evals._save_best(4, {"w": np.arange(3.0)}, "loss/total", 1.0)
+        pathlib.Path(workdirs.evals_file(workdir)).write_text(json.dumps(line) + "\n")
+        assert run_over(workdir, config()) == ([], (4, 1.0))  # its own keeper keeps it
+        with caplog.at_level(logging.WARNING):
+            assert run_over(workdir, changed) == ([], bar)
+        assert evaluators.best_manager(workdir, "loss/total").all_steps() == []
+        [moved] = pathlib.Path(workdirs.superseded_dir(workdir)).iterdir()
+        assert moved.name.startswith("4-")
+        assert "moved the best checkpoint of step 4" in caplog.text
+        assert ("chosen by loss/total" if name == "metric"
+                else "chosen by evaluator 'validation' on middle frames of validation") \
+            in caplog.text
+        caplog.clear()
 
 
 @pytest.mark.parametrize("checkpoint_every", [2, 3])

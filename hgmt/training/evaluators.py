@@ -11,8 +11,9 @@ when it runs and what it keeps:
                  metric such as `pose2d/pckh@0.5`): the checkpoint that scores best on it is
                  kept in <workdir>/best/<step> (orbax, the score stored with it, so a resumed
                  run knows the best so far; a run resumed from before it moves it aside and
-                 takes the best up to its start step again, `Evaluators.forget_after`); at
-                 most one evaluator keeps one. A full disk while writing it is
+                 takes the best up to its start step again, and so does a rerun whose keeper
+                 did not choose it, `Evaluators.forget_after`); at most one evaluator keeps
+                 one. A full disk while writing it is
                  `disk_space.DiskFull`, its partial folder removed
                  (`checkpoints.stop_on_full_disk`)
 
@@ -119,14 +120,27 @@ def keeper(settings: Mapping[str, Mapping]) -> str | None:
                 None)
 
 
+# What an evals.jsonl line records of its evaluator's settings: lines that differ in them
+# measured different things, and their scores are not compared.
+RECORDED_SETTINGS = ("split", "frames", "flip", "protocol")
+
+
+def measured_as(line: Mapping, name: str, settings: Mapping | None = None) -> bool:
+    """Whether evals.jsonl `line` is evaluator `name`'s under `settings` (its
+    RECORDED_SETTINGS; None: any). A setting the line does not record (a line written before
+    they were) is taken as the same."""
+    return line.get("evaluator") == name and (settings is None or all(
+        line.get(k, settings[k]) == settings[k] for k in RECORDED_SETTINGS))
+
+
 def best_recorded(evals: list[dict], name: str, metric: str, step: int,
-                  lower: bool) -> tuple[int, float] | None:
+                  lower: bool, settings: Mapping | None = None) -> tuple[int, float] | None:
     """(step, value) of the best `metric` that evaluator `name` recorded at or before `step`
     in `evals` (evals.jsonl's lines in file order; a step's last line is the one that
-    counts, and a step whose last line lacks the metric has none), the earliest of equal
-    ones, or None."""
+    counts, and a step whose last line lacks the metric has none), under `settings` where
+    given (`measured_as`), the earliest of equal ones, or None."""
     last = {x["step"]: x.get("metrics", {}).get(metric)
-            for x in evals if x.get("evaluator") == name and x["step"] <= step}
+            for x in evals if measured_as(x, name, settings) and x["step"] <= step}
     scored = sorted((s, float(v)) for s, v in last.items()
                     if v is not None and np.isfinite(v))
     if not scored:
@@ -227,18 +241,52 @@ class Evaluators:
         if self.manager is None:
             return []
         later = [s for s in self.manager.all_steps() if s > step]
-        if later:
-            checkpoints.move_aside(self.manager, later, workdirs.superseded_dir(self.workdir))
+        stale = self._stale_best()
+        if later or stale:
+            checkpoints.move_aside(self.manager, sorted(set(later) | set(stale)),
+                                   workdirs.superseded_dir(self.workdir))
+        for best_step, why in stale.items():
+            logging.warning("moved the best checkpoint of step %d in %s to %s: %s, not by "
+                            "config.evals.%s.best_metric=%s under its settings, which keeps "
+                            "its own best from now on", best_step,
+                            workdirs.best_dir(self.workdir),
+                            workdirs.superseded_dir(self.workdir), why, self.keeper,
+                            self.settings[self.keeper]["best_metric"])
         if self.manager.best_step() is None:
             self._keep_recorded_best(step, host_state)
         return later
 
+    def _stale_best(self) -> dict[int, str]:
+        """{step: why} of the kept best checkpoints this run's keeper cannot compare its scores
+        with (a rerun that changed which evaluator keeps the best, or, accepted, its metric or
+        settings): one stored without the keeper's metric, or whose score evals.jsonl
+        records (a line of its step with that value) only by another evaluator or under
+        other settings (`measured_as`). One whose line is missing (a stop between the save
+        and the line) stays."""
+        settings = self.settings[self.keeper]
+        metric = settings["best_metric"]
+        lines = workdirs.read_evals(self.workdir)
+        stale = {}
+        for step in self.manager.all_steps():
+            stored = self.manager.metrics(step) or {}
+            if metric not in stored:
+                stale[step] = f"it was chosen by {', '.join(sorted(stored)) or 'no metric'}"
+                continue
+            chose = [x for x in lines if x.get("step") == step
+                     and x.get("metrics", {}).get(metric) == stored[metric]]
+            if chose and not any(measured_as(x, self.keeper, settings) for x in chose):
+                x = chose[-1]
+                stale[step] = (f"it was chosen by evaluator {x.get('evaluator')!r} on "
+                               f"{x.get('frames')} frames of {x.get('split')} (protocol "
+                               f"{x.get('protocol')}, flip {x.get('flip')})")
+        return stale
+
     def _keep_recorded_best(self, step: int, host_state: Callable[[], Any]) -> None:
         """Keeps the best of evals.jsonl at or before `step` as the best (`forget_after`)."""
         metric = self.settings[self.keeper]["best_metric"]
+        settings = self.settings[self.keeper]
         recorded = best_recorded(workdirs.read_evals(self.workdir), self.keeper, metric,
-                                 step, lower_is_better(metric,
-                                                       self.settings[self.keeper]["protocol"]))
+                                 step, lower_is_better(metric, settings["protocol"]), settings)
         if recorded is None:
             return
         best_step, value = recorded

@@ -11,9 +11,9 @@ the steps mean (the tasks, data, model, batch, optimizer and schedule, whose cos
 resume_with_changed_config=True)`): config.json then records the new values, and the previous
 one is kept as config_before_step<N>.json, N the step the rerun starts from. The fields of
 `FREE_ON_RESUME` may change freely (but for the `BEST_SETTINGS` of the evaluator that keeps
-the best checkpoint). A loader position resumes only with the seed and split
-size it was saved with (`check_sampler`); one an hgmt before `input_pipeline.grain_seed` saved
-does not resume (a new workdir, or that hgmt version).
+the best checkpoint, in the saved config or the rerun's). A loader position resumes only
+with the seed and split size it was saved with (`check_sampler`); one an hgmt before
+`input_pipeline.grain_seed` saved does not resume (a new workdir, or that hgmt version).
 """
 
 from __future__ import annotations
