@@ -9,7 +9,7 @@ a key of (seed, step, the example's index in the global batch), so a resumed run
 same ones; build the crop of `input_pipeline.crop_with` (the same person box, scale, rotation
 and mirror); sample the frame bilinearly and the label maps at the nearest pixel with a gather
 (outside the frame: 0, as OpenCV's constant border); and make each task's labels with its own
-`labels`, given a batched `DeviceCrop` (the labels of maps not decoded are zeros). The output
+`labels`, given a batched `DeviceCrop` (maps not decoded warp to zeros). The output
 is the host path's cropped batch, to OpenCV's interpolation rounding
 (tests/test_device_augment.py).
 

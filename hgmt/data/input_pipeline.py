@@ -181,7 +181,8 @@ def crop_with(example: dict, image_size: int, params: CropParams,
               tasks: Sequence[str] | None = None,
               unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """`crop_example` with given crop parameters, around the `window`'s box (`window_box`);
-    the label maps in `unread` are not decoded and their labels are zeros (`spec.Crop`)."""
+    the label maps in `unread` are not decoded (`spec.Crop.warp` gives zeros; the depth task
+    leaves its picture-only depth in metres out)."""
     r = image_size // common.LABEL_STRIDE
     joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
     centre, side = window_box(joints, window)
@@ -487,8 +488,8 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  unread: frozenset[str] = frozenset(), read_threads: int = 0
                  ) -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
-    with the labels of `tasks` (default all; those of the label maps in `unread` zeros, their
-    maps not decoded: the trainer passes the maps no training target is made from,
+    with the labels of `tasks` (default all; the label maps in `unread` not decoded, as
+    `crop_with` says: the trainer passes the maps no training target is made from,
     `device_augment.unread_maps`), and `damaged` (per example, the damaged records it
     replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`, `read_threads` as in
     `read_options`."""

@@ -1,9 +1,10 @@
 """Training: `run(config, workdir)`, readable top to bottom.
 
 One jitted step over every device of every process (`hgmt.devices`: the global batch split
-across devices and hosts), BatchNorm statistics synchronised across devices
-(`axis_name="batch"`) and averaged before evaluation and checkpointing, gradients averaged with
-`pmean`. Orbax checkpoints every `checkpoint_every` steps and at the end; a rerun resumes
+across devices and hosts), BatchNorm's batch statistics over the global batch
+(`axis_name="batch"`) or each device's share (`config.model.batch_norm_stats`), its running
+statistics averaged over the devices before evaluation and checkpointing, gradients averaged
+with `pmean`. Orbax checkpoints every `checkpoint_every` steps and at the end; a rerun resumes
 from the workdir's newest readable checkpoint, data position included. The step's metrics
 stay on the device and are copied and checked at log steps and before every checkpoint
 (`hgmt.training.step_metrics`): a non-finite loss stops the run naming the step and task, and

@@ -113,8 +113,9 @@ def train_step(state: TrainState, batch: dict, weights: dict,
                options: dict | None = None,
                prepare: Callable | None = None) -> tuple[TrainState, dict]:
     """One optimiser step on the global batch's loss, the same on any number of devices (each
-    device's loss is its share: `compute_losses` with axis "batch"); weights {task: loss
-    weight}, options {task: loss options}.
+    device's loss is its share: `compute_losses` with axis "batch") where BatchNorm takes its
+    statistics over the global batch (config.model.batch_norm_stats "global"); weights
+    {task: loss weight}, options {task: loss options}.
     `prepare(batch, step, first_index)` (hgmt.data.device_augment.Prepare), when given, makes
     the cropped batch from the decoded records first, on the device: `first_index` is this
     device's first example's position in the global batch."""
