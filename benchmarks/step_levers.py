@@ -10,7 +10,8 @@ compilation), in the order given. Prints train_step.py's JSON line for each with
 and "xla_flags", a line with "error" for a lever whose process failed or ran past --timeout_s
 (the others still run), then one summary line: per lever, its img/s, MFU and compile time over
 the first lever's (`none` by default). The XLA flags are GPU flags: on a CPU they are accepted
-and change nothing.
+and change nothing. `batch_norm_device` changes the step only on several devices: it runs
+when named, with `--devices=N` after `--`.
 """
 
 from __future__ import annotations
@@ -81,8 +82,15 @@ def summarize(results: list[dict]) -> dict:
         for r in measured}}
 
 
+# Levers that change nothing with the step on one device: measured only when named, with the
+# step on several (train_step.py's --devices).
+SEVERAL_DEVICES = ("batch_norm_device",)
+
+
 def _define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_list("levers", list(LEVERS), "levers to measure, in this order: "
+    flags.DEFINE_list("levers", [k for k in LEVERS if k not in SEVERAL_DEVICES],
+                      "levers to measure, in this order (by default all but those for several "
+                      f"devices, {', '.join(SEVERAL_DEVICES)}): "
                       + ", ".join(f"{k} ({v[2]})" for k, v in LEVERS.items()), flag_values=fv)
     flags.DEFINE_float("timeout_s", 300, "seconds one lever's process may take",
                        lower_bound=1, flag_values=fv)

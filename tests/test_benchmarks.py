@@ -1195,6 +1195,20 @@ def _xla_starts(xla_flags: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "XLA_FLAGS": xla_flags})
 
 
+def test_the_default_levers_leave_out_those_that_need_several_devices():
+    """With the step on one device `batch_norm_device` is the step as configured: a default
+    run (accelerator.sh's levers part on one GPU) leaves it out; it runs when named."""
+    from absl import flags
+
+    fv = flags.FlagValues()
+    step_levers._define_flags(fv)
+    fv(["step_levers.py"])
+    assert "batch_norm_device" in step_levers.LEVERS
+    assert fv.levers == [k for k in step_levers.LEVERS if k != "batch_norm_device"]
+    fv(["step_levers.py", "--levers=none,batch_norm_device"])
+    assert fv.levers == ["none", "batch_norm_device"]
+
+
 def test_every_levers_xla_flags_are_flags_this_xla_knows():
     """XLA aborts at start on an unknown flag: each lever's flags, all at once, start it (a
     misspelt one, seen here, does not)."""
