@@ -283,8 +283,8 @@ class Evaluators:
 
     def _keep_recorded_best(self, step: int, host_state: Callable[[], Any]) -> None:
         """Keeps the best of evals.jsonl at or before `step` as the best (`forget_after`)."""
-        metric = self.settings[self.keeper]["best_metric"]
         settings = self.settings[self.keeper]
+        metric = settings["best_metric"]
         recorded = best_recorded(workdirs.read_evals(self.workdir), self.keeper, metric,
                                  step, lower_is_better(metric, settings["protocol"]), settings)
         if recorded is None:
