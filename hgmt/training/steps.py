@@ -147,8 +147,8 @@ def _sync_batch_stats() -> Callable:
 
 def sync_batch_stats(state: TrainState) -> TrainState:
     """Averages every device's BatchNorm running statistics: with config.model.batch_norm_stats
-    "global" they drift apart only through float rounding; with "device" each device's follow
-    its own shares of the batches (their mean of the means is the global batch's mean; of the
-    variances, the mean within-device variance). The state's leaves are (devices, ...), as
-    `hgmt.devices.replicate` places them."""
+    "global" they drift apart only through float rounding; with "device" each device's
+    statistics follow its own shares of the batches (the mean of their means is the global
+    batch's mean; of their variances, the mean within-device variance). The state's leaves
+    are (devices, ...), as `hgmt.devices.replicate` places them."""
     return state.replace(batch_stats=_sync_batch_stats()(state.batch_stats))
