@@ -66,8 +66,7 @@ def serial_totals(ev: evaluator.Evaluator, variables: dict, threads: int = 0) ->
     for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
                                              image_size=ev.image_size, tasks=ev.tasks,
                                              damaged=[], window=ev.window, threads=threads):
-        stats = devices.to_host(ev.p_step(replicated,
-                                          devices.place(devices.split_batch(batch))))
+        stats = devices.to_host(ev.p_step(replicated, devices.place_batch(batch)))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total
 

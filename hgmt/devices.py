@@ -61,11 +61,12 @@ def place(tree: Any, copy: bool = False) -> Any:
         target, np.array(x) if copy else x), tree)
 
 
-def split_batch(batch: dict) -> dict:
-    """(B, ...) host arrays -> views (local devices, B / local devices, ...): this process's
-    examples split over its devices in order."""
+def place_batch(batch: dict, copy: bool = False) -> dict:
+    """This process's share of the global batch, (B, ...) host arrays, -> its rows of the
+    global arrays (devices, B / local devices, ...) an `spmd` step takes: its examples split
+    over its devices in order (views, reshaped), then placed (`place`, `copy` as there)."""
     n = jax.local_device_count()
-    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+    return place(jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch), copy)
 
 
 def replicate(tree: Any) -> Any:

@@ -158,8 +158,7 @@ def _one_batch_at_a_time(ev, variables: dict) -> tuple[dict, list[int]]:
     for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
                                              image_size=ev.image_size, tasks=ev.tasks,
                                              damaged=damaged, window=ev.window, threads=0):
-        stats = devices.to_host(ev.p_step(replicated,
-                                          devices.place(devices.split_batch(batch))))
+        stats = devices.to_host(ev.p_step(replicated, devices.place_batch(batch)))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total, damaged
 
@@ -208,7 +207,7 @@ def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo
     batch = next(input_pipeline.eval_batches(
         first.source, first.indices, batch_size=first.batch_size, image_size=first.image_size,
         tasks=first.tasks, damaged=[], window=first.window, threads=0))
-    stats = first.p_step(devices.replicate(variables), devices.place(devices.split_batch(batch)))
+    stats = first.p_step(devices.replicate(variables), devices.place_batch(batch))
     caplog.clear()
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         total = first.p_add(stats, stats)

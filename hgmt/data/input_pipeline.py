@@ -977,7 +977,7 @@ def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict
     on the devices before the first is yielded, and one more each time the next is asked for.
     Each array (B, ...), this process's share of the global batch, becomes its rows of the
     global array (devices, B / local devices, ...) that a `hgmt.devices.spmd` step takes
-    (`devices.split_batch`, `devices.place`), put from a view of the batch without a copy. On
+    (`devices.place_batch`), put from a view of the batch without a copy. On
     a CPU the batch is copied still: there `device_put` may alias the host buffer, and a batch
     of the loader's workers lives in their shared memory, which must be released once it is
     used (aliased, its blocks outlive the process: the resource tracker's "leaked
@@ -987,7 +987,7 @@ def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict
 
     def enqueue(n: int) -> None:
         for batch in itertools.islice(iterator, n):
-            queue.append(devices.place(devices.split_batch(batch), copy=copy))
+            queue.append(devices.place_batch(batch, copy=copy))
 
     enqueue(size)
     while queue:

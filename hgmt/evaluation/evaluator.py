@@ -243,7 +243,7 @@ class Evaluator:
                                                  window=self.window, threads=self.threads):
             if stop is not None:
                 stop()
-            stats = self.p_step(replicated, devices.place(devices.split_batch(batch)))
+            stats = self.p_step(replicated, devices.place_batch(batch))
             total = stats if total is None else self.p_add(total, stats)
             in_flight.append(stats)
             if len(in_flight) > IN_FLIGHT:
