@@ -153,7 +153,8 @@ def _config_fields_help(argv: Sequence[str]) -> str:
         config = workdirs.load_config(workdir)
     except Exception as e:  # noqa: BLE001  (help prints why and goes on)
         return f"{head}\n    (--workdir={workdir}: {type(e).__name__}: {e})"
-    fields = [f"  --config.{path}: {value!r}" for path, value in _leaves(config.to_dict())]
+    fields = [f"  --config.{path}: {value!r}"
+              for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]
     return "\n".join([head, f"The fields of {workdir}'s config:", *fields])
 
 
@@ -164,15 +165,6 @@ def _workdir_arg(argv: Sequence[str]) -> str | None:
     flags.DEFINE_string("workdir", None, "", flag_values=pre)
     pre(["hgmt"] + [a for a in argv if a not in HELP_FLAGS], known_only=True)
     return pre.workdir
-
-
-def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """(dotted path, value) of each leaf of a nested dict, in sorted order."""
-    for key in sorted(tree):
-        if isinstance(tree[key], dict) and tree[key]:
-            yield from _leaves(tree[key], f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", tree[key]
 
 
 def _flag_error(e: flags.Error) -> str:
