@@ -241,7 +241,8 @@ class Evaluators:
         if self.manager is None:
             return []
         later = [s for s in self.manager.all_steps() if s > step]
-        stale = self._stale_best()
+        lines = workdirs.read_evals(self.workdir)
+        stale = self._stale_best(lines)
         if later or stale:
             checkpoints.move_aside(self.manager, sorted(set(later) | set(stale)),
                                    workdirs.superseded_dir(self.workdir))
@@ -253,19 +254,18 @@ class Evaluators:
                             workdirs.superseded_dir(self.workdir), why, self.keeper,
                             self.settings[self.keeper]["best_metric"])
         if self.manager.best_step() is None:
-            self._keep_recorded_best(step, host_state)
+            self._keep_recorded_best(step, host_state, lines)
         return later
 
-    def _stale_best(self) -> dict[int, str]:
+    def _stale_best(self, lines: list[dict]) -> dict[int, str]:
         """{step: why} of the kept best checkpoints this run's keeper cannot compare its scores
         with (a rerun that changed which evaluator keeps the best, or, accepted, its metric or
         settings): one stored without the keeper's metric, or whose score evals.jsonl
         records (a line of its step with that value) only by another evaluator or under
         other settings (`measured_as`). One whose line is missing (a stop between the save
-        and the line) stays."""
+        and the line) stays. `lines`: evals.jsonl's."""
         settings = self.settings[self.keeper]
         metric = settings["best_metric"]
-        lines = workdirs.read_evals(self.workdir)
         stale = {}
         for step in self.manager.all_steps():
             stored = self.manager.metrics(step) or {}
@@ -281,11 +281,13 @@ class Evaluators:
                                f"{x.get('protocol')}, flip {x.get('flip')})")
         return stale
 
-    def _keep_recorded_best(self, step: int, host_state: Callable[[], Any]) -> None:
-        """Keeps the best of evals.jsonl at or before `step` as the best (`forget_after`)."""
+    def _keep_recorded_best(self, step: int, host_state: Callable[[], Any],
+                            lines: list[dict]) -> None:
+        """Keeps the best of evals.jsonl (its `lines`) at or before `step` as the best
+        (`forget_after`)."""
         settings = self.settings[self.keeper]
         metric = settings["best_metric"]
-        recorded = best_recorded(workdirs.read_evals(self.workdir), self.keeper, metric,
+        recorded = best_recorded(lines, self.keeper, metric,
                                  step, lower_is_better(metric, settings["protocol"]), settings)
         if recorded is None:
             return
