@@ -160,6 +160,16 @@ def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[s
             if not os.path.exists(os.path.join(workdir, workdirs.result_file(protocol)))]
 
 
+def pending_commands(todo: list[str], config: str, tasks: str, sweep_dir: str,
+                     extra: list[str], seed_index: int = 0,
+                     resume_with_changed_config: bool = False) -> list[tuple[str, list[str]]]:
+    """(what, command) of each item of a run's `pending` list `todo`, as this host runs it:
+    'train' its training (`command`), a protocol its evaluation (`protocol_command`)."""
+    return [(x, command(config, tasks, sweep_dir, extra, seed_index, resume_with_changed_config)
+             if x == "train" else protocol_command(tasks, sweep_dir, x, seed_index))
+            for x in todo]
+
+
 def record_plan(sweep_dir: str, plan: dict) -> dict:
     """Writes SWEEP_DIR/sweep.json, the sweep's plan (config, subsets, seeds, extra arguments),
     which the report counts finished runs against. A sweep directory holds one config: a later
@@ -327,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 for x in todo:
                     print(sbatch_protocol_command(sbatch_options, tasks, sweep_dir, x, k))
             elif todo:
-                print(" && ".join(shlex.join(
-                    command(config, tasks, sweep_dir, extra, k, resume) if x == "train"
-                    else protocol_command(tasks, sweep_dir, x, k)) for x in todo))
+                print(" && ".join(shlex.join(cmd) for _, cmd in pending_commands(
+                    todo, config, tasks, sweep_dir, extra, k, resume)))
         if done:
             print(f"launch/sweep.py: {done} of {len(runs)} runs done already, not printed",
                   file=sys.stderr)
@@ -337,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for i, (tasks, k) in enumerate(runs, 1):
         name = workdirs.run_name(tasks, k)
-        todo = [(x, command(config, tasks, sweep_dir, extra, k, resume) if x == "train"
-                 else protocol_command(tasks, sweep_dir, x, k))
-                for x in pending(sweep_dir, tasks, k, extra_protocols)]
+        todo = pending_commands(pending(sweep_dir, tasks, k, extra_protocols), config, tasks,
+                                sweep_dir, extra, k, resume)
         if not todo:
             print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
             continue
