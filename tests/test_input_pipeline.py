@@ -1,6 +1,8 @@
 """Input pipeline: crops follow docs/surreal_format.md, flips swap left and right, loaders
 shard and resume."""
 
+import glob
+import itertools
 import os
 import subprocess
 import sys
@@ -150,6 +152,80 @@ def test_loader_state_resumes_the_same_stream(source):
     np.testing.assert_array_equal(got["image"], expected["image"])
     with pytest.raises(ValueError, match=r"config.read_threads=-1: give 0"):
         ip.read_options(-1)
+
+
+def _spawned_children() -> list[int]:
+    """This process's children that multiprocessing spawned (its resource tracker aside), read
+    from /proc without waiting on them (that would take their exit status from grain)."""
+    pids = []
+    for children in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        try:
+            with open(children) as f:
+                pids += [int(pid) for pid in f.read().split()]
+        except OSError:  # a thread that has ended
+            continue
+    spawned = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:  # gone
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            spawned.append(pid)
+    return spawned
+
+
+def test_loader_workers_signalled_as_they_start_live_on(source):
+    """SIGTERM, SIGUSR1 and SIGINT, as a job's signal to all its processes, sent to each of
+    the training loader's 3 worker processes every few milliseconds from the moment it exists
+    (while it starts, before it can ignore them), with the loader composed as the trainer
+    composes it (`WorkersStartShielded`, its workers started once its position is set): no
+    worker dies, and the loader gives the batches of a loader left alone, made fresh and
+    restored to a saved position (which starts new workers). Without the shield the first
+    worker dies of the first signal."""
+
+    def loader():
+        return ip.train_loader(source, batch_size=2, image_size=64, seed=3, worker_count=3,
+                               tasks=("pose2d",))
+
+    quiet = iter(loader())
+    expected = [next(quiet)["joints2d"] for _ in range(6)]
+    state = None
+    signalled: set[int] = set()
+    stop = threading.Event()
+
+    def storm():
+        signums = itertools.cycle(ip.WORKER_IGNORED_SIGNALS)
+        while not stop.is_set():
+            for pid in _spawned_children():
+                try:
+                    os.kill(pid, next(signums))
+                except ProcessLookupError:
+                    continue
+                signalled.add(pid)
+            time.sleep(0.003)
+
+    del quiet  # its workers end before the storm starts
+    storm_thread = threading.Thread(target=storm, daemon=True)
+    storm_thread.start()
+    try:
+        for restore in (False, True):
+            data_iter = ip.ConsumedPosition(ip.WorkersStartShielded(loader()))
+            if restore:
+                data_iter.set_state(state)
+            data_iter.start_prefetch()
+            batches = data_iter.batches()
+            first = 3 if restore else 0
+            for k in range(first, first + 3):
+                np.testing.assert_array_equal(next(batches)["joints2d"], expected[k])
+                data_iter.consumed()
+            state = data_iter.get_state()
+            del batches, data_iter
+    finally:
+        stop.set()
+        storm_thread.join()
+    assert len(signalled) >= 6, signalled  # each run's 3 workers, each signalled
 
 
 def test_consecutive_seeds_do_not_share_their_data_order():

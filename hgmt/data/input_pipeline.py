@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -236,8 +237,61 @@ def decoded(example: dict, key: str) -> np.ndarray:
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
 # handles (hgmt.training.preemption.SIGNALS) and Ctrl-C's. Slurm and `timeout` signal every
 # process of the job; the trainer saves and exits on them, and stops its workers as it closes
-# the loader, but a worker killed by one first would fail the trainer's next batch.
+# the loader, but a worker killed by one first would fail the trainer's next batch. A worker
+# starts with them blocked (`WorkersStartShielded`), so one that lands while it starts waits,
+# pending, until it ignores them.
 WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signals_blocked(signums: Iterable[int]) -> Iterator[None]:
+    """Blocks `signums` in the calling thread for the block. The threads it starts meanwhile,
+    and the processes those threads or it start (fork and exec keep the mask), begin with
+    them blocked; a signal sent to this process meanwhile goes to a thread that does not
+    block it, or waits until the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class WorkersStartShielded:
+    """The training loader's iterator (`iter(loader)`), whose calls that can start grain's
+    worker threads and processes run with WORKER_IGNORED_SIGNALS blocked
+    (`signals_blocked`): its making, `set_state` (a restore makes new workers),
+    `start_prefetch` (starts every worker) and the first batch. Each worker process thus
+    starts with them blocked and ignores them (`_unpickled`) before it unblocks them: a
+    signal to the whole job while a worker starts can no longer kill it. Call
+    `start_prefetch` once the iterator's position is set (made or restored): grain starts a
+    worker otherwise at its first batch, from a thread made then."""
+
+    def __init__(self, loader: Iterable):
+        with signals_blocked(WORKER_IGNORED_SIGNALS):
+            self._iterator = iter(loader)
+        self._started = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._started:
+            return next(self._iterator)
+        with signals_blocked(WORKER_IGNORED_SIGNALS):
+            batch = next(self._iterator)
+        self._started = True
+        return batch
+
+    def get_state(self):
+        return self._iterator.get_state()
+
+    def set_state(self, state) -> None:
+        with signals_blocked(WORKER_IGNORED_SIGNALS):
+            self._iterator.set_state(state)
+
+    def start_prefetch(self) -> None:
+        with signals_blocked(WORKER_IGNORED_SIGNALS):
+            getattr(self._iterator, "start_prefetch", lambda: None)()
 
 
 class SkipUnusable(grain.FilterTransform):
@@ -255,12 +309,14 @@ class SkipUnusable(grain.FilterTransform):
 
 def _unpickled() -> SkipUnusable:
     """A `SkipUnusable` as a grain worker process unpickles it: there (a child process's main
-    thread), WORKER_IGNORED_SIGNALS are ignored from now on; in a main process nothing else
-    changes."""
+    thread), WORKER_IGNORED_SIGNALS are ignored from now on, those that came while it started
+    blocked (`WorkersStartShielded`) discarded, and then unblocked; in a main process nothing
+    else changes."""
     if (multiprocessing.parent_process() is not None
             and threading.current_thread() is threading.main_thread()):
         for signum in WORKER_IGNORED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
     return SkipUnusable()
 
 
@@ -623,11 +679,8 @@ def resource_tracker_without_sigusr1() -> None:
     successor then warning of every segment it was not told of."""
     from multiprocessing import resource_tracker
 
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
-        resource_tracker.ensure_running()  # the child keeps this thread's blocked signals
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    with signals_blocked({signal.SIGUSR1}):  # the child keeps this thread's blocked signals
+        resource_tracker.ensure_running()
 
 
 def absl_flags_at_defaults() -> None:

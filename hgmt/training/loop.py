@@ -239,7 +239,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             damage.union_over_processes if jax.process_count() > 1 else None)
     # The damaged records of a batch are noted when the step consumes it, not when it is
     # prefetched: the account at a step is of the batches trained on.
-    data_iter = input_pipeline.ConsumedPosition(iter(loader),
+    data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
                                                 None if damaged is None else damaged.met)
 
     model = create_model(config.model, heads(tasks), axis_name="batch")
@@ -267,6 +267,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
+    # The loader's workers start now, their position set, and make their first batches
+    # while the step compiles.
+    data_iter.start_prefetch()
     # What a signal's log line says from now on; the last step's periodic evaluations, which
     # a signal during it skips, count among those after training.
     watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
@@ -400,9 +403,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         except Exception:
             if watch.received is None or watch.multihost:
                 raise
-            # The signal also reached the loader's worker processes before they ignore it
-            # (while they start: input_pipeline.SkipUnusable). One process stops at the step
-            # before, saved, as a preemption.
+            # The loader's workers ignore the job's signals, from their start
+            # (input_pipeline.WorkersStartShielded), but the job's shutdown may end them by
+            # other means. One process stops at the step before, saved, as a preemption.
             last = step - 1
             logging.exception("the loader failed after the preemption signal: %s and stopping",
                               f"saving step {last} (the last one trained)" if last else
