@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 
 import jax
 import numpy as np
@@ -707,3 +708,36 @@ def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_p
     lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
     assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "test"), (4, "test")]
     assert "test/pose2d/pckh@0.5" in writer.scalars[2]
+
+
+def test_an_evaluation_after_training_counts_as_finished_only_as_configured_now(tmp_path,
+                                                                                 caplog):
+    """`Evaluators.finished_at_end`: an eval_<name>.json counts as the finished evaluation
+    of a step only when it is of that step, of that evaluator, of its settings now and of
+    today's metric definitions; a file that is not JSON is evaluated again, with a warning."""
+    from hgmt.evaluation import evaluator
+
+    config = tiny_config(str(tmp_path), tasks="pose2d", **{
+        "evals.test.at_end": True, "evals.validation.at_end": True})
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    evals = evaluators.Evaluators(config, workdir, {"pose2d": 1.0})
+    summary = {"pose2d": {"pckh@0.5": 0.5}, "num_examples": 8,
+               "metrics_version": evaluator.METRICS_VERSION,
+               **{k: evals.settings["test"][k] for k in evaluator.SETTINGS}}
+
+    def write(name: str, report) -> None:
+        with open(workdirs.eval_file(workdir, name), "w") as f:
+            f.write(report if isinstance(report, str) else json.dumps(report))
+
+    write("test", {**summary, "step": 4, "evaluator": "test"})
+    assert evals.finished_at_end(4) == {"test": summary}
+    assert evals.finished_at_end(6) == {}
+    for other in ({"max_examples": 4}, {"flip": True}, {"evaluator": "validation"},
+                  {"metrics_version": evaluator.METRICS_VERSION - 1}):
+        write("test", {**summary, "step": 4, "evaluator": "test", **other})
+        assert evals.finished_at_end(4) == {}, other
+    write("test", '{"step": 4, "evalu')
+    with caplog.at_level(logging.WARNING):
+        assert evals.finished_at_end(4) == {}
+    assert f"{workdirs.eval_file(workdir, 'test')} does not read" in caplog.text

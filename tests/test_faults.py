@@ -311,6 +311,71 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
+def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_rest(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """Two evaluators after training, test then validation (12 frames each, 3 batches);
+    SIGUSR1 while validation reads its second batch, test finished. The rerun keeps test's
+    result (its eval_test.json, its one evals.jsonl line) and evaluates only validation; a
+    rerun of the finished run evaluates nothing and returns the same summaries; one that
+    changes an evaluator's settings runs that one, and one that changes the config (asked
+    for) both."""
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    config.evals.validation.at_end = True
+    config.evals.validation.frames = "all"
+    batches, calls = input_pipeline.eval_batches, []
+
+    def signalling(*args, **kwargs):
+        calls.append(len(calls))
+        for i, batch in enumerate(batches(*args, **kwargs)):
+            if len(calls) == 2 and i == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            yield batch
+
+    def counting(*args, **kwargs):
+        calls.append(len(calls))
+        return batches(*args, **kwargs)
+
+    def evaluated() -> list[tuple[int, str]]:
+        return [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)]
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    with pytest.raises(preemption.Preempted, match="stopped the evaluations after training"):
+        loop.train(config, workdir)
+    assert evaluated() == [(3, "test")] and len(calls) == 2
+    assert not os.path.exists(workdirs.eval_file(workdir, "validation"))
+    with open(workdirs.eval_file(workdir, "test")) as f:
+        test = {k: v for k, v in json.load(f).items() if k not in ("step", "evaluator")}
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", counting)
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        final, summaries = loop.run(config, workdir)
+    assert int(final.step) == 3 and len(calls) == 1  # validation's batches only
+    assert ("step 3's evaluations after training that an earlier run finished, kept: "
+            f"{workdirs.eval_file(workdir, 'test')}") in caplog.text
+    assert evaluated() == [(3, "test"), (3, "validation")]
+    assert list(summaries) == ["test", "validation"]
+    assert summaries["test"] == test and summaries["validation"]["num_examples"] == 12
+
+    calls.clear()
+    assert loop.run(config, workdir)[1] == summaries and calls == []
+    assert evaluated() == [(3, "test"), (3, "validation")]
+
+    config.evals.validation.max_examples = 4  # free to change on a rerun
+    summaries = loop.run(config, workdir)[1]
+    assert calls == [0] and summaries["validation"]["num_examples"] == 4
+    assert evaluated() == [(3, "test"), (3, "validation"), (3, "validation")]
+
+    config.optimizer.learning_rate *= 2  # a change that must be asked for
+    calls.clear()
+    summaries = loop.run(config, workdir, resume_with_changed_config=True)[1]
+    assert len(calls) == 2 and summaries["test"]["num_examples"] == 12
+    assert evaluated() == [(3, "test"), (3, "validation"), (3, "validation"), (3, "test"),
+                           (3, "validation")]
+
+
 def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
     """Trains `config` (3 steps) with SIGTERM once step 2 is logged, so during the last step:
     the run stops with Preempted after training, saying so when the signal arrives, with

@@ -149,6 +149,20 @@ def best_recorded(evals: list[dict], name: str, metric: str, step: int,
     return pick(scored, key=lambda sv: sv[1])
 
 
+def _read_report(path: str) -> dict | None:
+    """The JSON object of the evaluation report at `path`, or None where there is none or it
+    does not read as one (the rerun evaluates again and writes it anew)."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logging.warning("%s does not read (%s): evaluating again", path, e)
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def _on_every_process(ok: bool) -> bool:
     """Whether `ok` holds on every process (a collective with several processes)."""
     import jax
@@ -343,6 +357,26 @@ class Evaluators:
 
     def at_end(self) -> list[str]:
         return [n for n, e in self.settings.items() if e["at_end"]]
+
+    def finished_at_end(self, step: int) -> dict[str, dict]:
+        """The evaluations after training at `step` that an earlier run of this workdir
+        finished (one stopped between two of them): {name: its summary as `run` returned it},
+        read from its eval_<name>.json, which `run` writes last, after the evals.jsonl line.
+        Only a file of `step` and of the evaluator's settings now (`evaluator.SETTINGS`, which
+        a rerun may change) and metric definitions (`evaluator.METRICS_VERSION`) counts, and
+        only where every process reads it so. The caller vouches that the weights at `step`
+        are those the earlier run evaluated."""
+        finished = {}
+        for name in self.at_end():
+            report = _read_report(workdirs.eval_file(self.workdir, name))
+            ok = (report is not None and report.get("step") == step
+                  and report.get("evaluator") == name
+                  and report.get("metrics_version") == evaluator.METRICS_VERSION
+                  and all(report.get(k) == self.settings[name][k] for k in evaluator.SETTINGS))
+            if _on_every_process(ok):
+                finished[name] = {k: v for k, v in report.items()
+                                  if k not in ("step", "evaluator")}
+        return finished
 
     def best(self) -> tuple[int, float] | None:
         """(step, value) of the best checkpoint so far, or of the best score whose weights

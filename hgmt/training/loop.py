@@ -489,10 +489,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if watch.stop_after_training():
             stop_preempted(int(final.step), None, after_training=True)
 
+    # Those an earlier run finished at this step, the one resumed from (it was stopped
+    # between two of them, or it ended), are not run again; a change asked for
+    # (--resume_with_changed_config) runs them all.
+    finished = (evals.finished_at_end(start_step)
+                if restored is not None and start_step == config.total_steps and not changed
+                else {})
+    if finished:
+        logging.info("step %d's evaluations after training that an earlier run finished, "
+                     "kept: %s", start_step, ", ".join(
+                         workdirs.eval_file(workdir, n) for n in finished))
     with device_memory.explained(config, "while evaluating", "eval_batch_size"):
-        summaries = evals.run(evals.at_end(), int(final.step), final, writer, final=True,
+        summaries = evals.run([n for n in evals.at_end() if n not in finished],
+                              int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
-    return final, summaries
+    return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
 
 
 def augmentation(config: ml_collections.ConfigDict,

@@ -13,7 +13,7 @@ SIGTERM. `PreemptionWatch.reached(step)` says when the trainer should save and s
 After the last step the evaluations after training (`config.evals.<name>.at_end`) ask
 `stop_after_training()` before each evaluator and each of its batches: a signal then stops
 them (every process at the same check), the last step's checkpoint already saved, so the
-rerun resumes at the last step and runs them again.
+rerun resumes at the last step and runs those not finished (`Evaluators.finished_at_end`).
 
 The trainer then raises `Preempted`, and `hgmt.main` exits with `EXIT_PREEMPTED` (75,
 sysexits' EX_TEMPFAIL: a temporary failure, rerun to resume), which launch/slurm.sbatch
