@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import types
 
 import jax
 import numpy as np
@@ -710,12 +711,17 @@ def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_p
     assert "test/pose2d/pckh@0.5" in writer.scalars[2]
 
 
-def test_an_evaluation_after_training_counts_as_finished_only_as_configured_now(tmp_path,
-                                                                                 caplog):
+def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tmp_path,
+                                                                             caplog):
     """`Evaluators.finished_at_end`: an eval_<name>.json counts as the finished evaluation
-    of a step only when it is of that step, of that evaluator, of its settings now and of
-    today's metric definitions; a file that is not JSON is evaluated again, with a warning."""
+    of a step only when it is of that step, of that evaluator, of today's metric definitions
+    and of the same variables and config (`evaluators.fingerprint`); a file that does not
+    read is evaluated again, with a warning."""
     from hgmt.evaluation import evaluator
+
+    def state(w: float) -> types.SimpleNamespace:  # a host train state's variables
+        return types.SimpleNamespace(params={"w": np.full(3, w, np.float32)},
+                                     batch_stats={"m": np.zeros(2, np.float32)})
 
     config = tiny_config(str(tmp_path), tasks="pose2d", **{
         "evals.test.at_end": True, "evals.validation.at_end": True})
@@ -723,21 +729,26 @@ def test_an_evaluation_after_training_counts_as_finished_only_as_configured_now(
     os.makedirs(workdir)
     evals = evaluators.Evaluators(config, workdir, {"pose2d": 1.0})
     summary = {"pose2d": {"pckh@0.5": 0.5}, "num_examples": 8,
-               "metrics_version": evaluator.METRICS_VERSION,
-               **{k: evals.settings["test"][k] for k in evaluator.SETTINGS}}
+               "metrics_version": evaluator.METRICS_VERSION}
+    run = {"step": 4, "evaluator": "test",
+           "evaluated": evaluators.fingerprint(config, state(1.0))}
 
-    def write(name: str, report) -> None:
-        with open(workdirs.eval_file(workdir, name), "w") as f:
+    def write(report) -> None:
+        with open(workdirs.eval_file(workdir, "test"), "w") as f:
             f.write(report if isinstance(report, str) else json.dumps(report))
 
-    write("test", {**summary, "step": 4, "evaluator": "test"})
-    assert evals.finished_at_end(4) == {"test": summary}
-    assert evals.finished_at_end(6) == {}
-    for other in ({"max_examples": 4}, {"flip": True}, {"evaluator": "validation"},
-                  {"metrics_version": evaluator.METRICS_VERSION - 1}):
-        write("test", {**summary, "step": 4, "evaluator": "test", **other})
-        assert evals.finished_at_end(4) == {}, other
-    write("test", '{"step": 4, "evalu')
+    write({**summary, **run})
+    assert evals.finished_at_end(4, state(1.0)) == {"test": summary}
+    assert evals.finished_at_end(6, state(1.0)) == {}
+    assert evals.finished_at_end(4, state(1.5)) == {}  # other weights
+    other_config = config.copy_and_resolve_references()
+    other_config.data_dir = str(tmp_path / "rebuilt")
+    for other in ({"evaluator": "validation"},
+                  {"metrics_version": evaluator.METRICS_VERSION - 1},
+                  {"evaluated": evaluators.fingerprint(other_config, state(1.0))}):
+        write({**summary, **run, **other})
+        assert evals.finished_at_end(4, state(1.0)) == {}, other
+    write('{"step": 4, "evalu')
     with caplog.at_level(logging.WARNING):
-        assert evals.finished_at_end(4) == {}
+        assert evals.finished_at_end(4, state(1.0)) == {}
     assert f"{workdirs.eval_file(workdir, 'test')} does not read" in caplog.text

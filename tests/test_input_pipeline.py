@@ -4,6 +4,7 @@ shard and resume."""
 import glob
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -226,6 +227,49 @@ def test_loader_workers_signalled_as_they_start_live_on(source):
         stop.set()
         storm_thread.join()
     assert len(signalled) >= 6, signalled  # each run's 3 workers, each signalled
+
+
+def test_the_shield_blocks_the_signals_only_while_workers_can_start():
+    """`WorkersStartShielded` blocks WORKER_IGNORED_SIGNALS in the calling thread while the
+    iterator is made, its position set, its workers started and, when they were not started
+    explicitly, its first batch drawn; a batch drawn after `start_prefetch` is waited for
+    with them unblocked (Python runs a signal's handler in the main thread, and only once a
+    wait it blocked them in ends)."""
+
+    def blocked() -> bool:
+        return set(ip.WORKER_IGNORED_SIGNALS) <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    class Recording:
+        def __init__(self):
+            self.seen = []
+
+        def __iter__(self):
+            self.seen.append(("iter", blocked()))
+            return self
+
+        def __next__(self):
+            self.seen.append(("next", blocked()))
+            return {}
+
+        def set_state(self, state):
+            self.seen.append(("set_state", blocked()))
+
+        def start_prefetch(self):
+            self.seen.append(("start_prefetch", blocked()))
+
+    assert not blocked()
+    lazy = Recording()
+    it = ip.WorkersStartShielded(lazy)
+    next(it), next(it)
+    assert lazy.seen == [("iter", True), ("next", True), ("next", False)]
+    started = Recording()
+    it = ip.WorkersStartShielded(started)
+    it.set_state(b"")
+    it.start_prefetch()
+    next(it)
+    assert started.seen == [("iter", True), ("set_state", True), ("start_prefetch", True),
+                            ("next", False)]
+    assert not blocked()
 
 
 def test_consecutive_seeds_do_not_share_their_data_order():

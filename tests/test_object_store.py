@@ -32,7 +32,7 @@ from hgmt import disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline, shards
 from hgmt.evaluation import evaluator
 from hgmt.tasks import drawing
-from hgmt.training import checkpoints, loop
+from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
 BUCKET = "gs://bucket"
@@ -151,6 +151,8 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     summary = {"split": "test", "num_examples": 3, "flip": False}
     evaluator.write_report(summary, out)
     assert json.loads((run / "eval_test.json").read_text()) == summary
+    assert evaluators._read_report(out) == summary  # what a rerun's trainer reads of it
+    assert evaluators._read_report(f"{workdir}/eval_validation.json") is None
     assert (run / "eval_test.md").read_text() == evaluator.to_markdown(summary)
     drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                            f"{workdir}/eval_test_pckh.png")

@@ -292,6 +292,10 @@ class WorkersStartShielded:
     def start_prefetch(self) -> None:
         with signals_blocked(WORKER_IGNORED_SIGNALS):
             getattr(self._iterator, "start_prefetch", lambda: None)()
+        # Every worker is started from a thread made above, which keeps the mask: the batches
+        # are waited for with the signals unblocked, so that Python runs their handlers at
+        # once (it runs them in the main thread, which a blocked wait does not wake).
+        self._started = True
 
 
 class SkipUnusable(grain.FilterTransform):

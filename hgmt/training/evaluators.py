@@ -25,14 +25,17 @@ Losses are better lower, and so are the metrics a task's `Headline` lists in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
@@ -149,18 +152,38 @@ def best_recorded(evals: list[dict], name: str, metric: str, step: int,
     return pick(scored, key=lambda sv: sv[1])
 
 
+# What the trainer adds to an evaluation's summary in <workdir>/eval_<name>.json: the step,
+# the evaluator's name, and what it evaluated (`fingerprint`).
+RUN_KEYS = ("step", "evaluator", "evaluated")
+
+
+def fingerprint(config: ml_collections.ConfigDict, host_state) -> dict[str, str]:
+    """What an evaluation after training is of: {"config_sha256": of `config` as JSON (every
+    field, sorted), "variables_sha256": of the params and batch_stats of `host_state` (each
+    leaf's path, dtype, shape and bytes, in path order)}."""
+    config_json = config.to_json_best_effort(sort_keys=True).encode()
+    variables = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(
+        {"params": host_state.params, "batch_stats": host_state.batch_stats})[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        array = np.ascontiguousarray(leaf)
+        variables.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}".encode())
+        variables.update(array.tobytes())
+    return {"config_sha256": hashlib.sha256(config_json).hexdigest(),
+            "variables_sha256": variables.hexdigest()}
+
+
 def _read_report(path: str) -> dict | None:
-    """The JSON object of the evaluation report at `path`, or None where there is none or it
-    does not read as one (the rerun evaluates again and writes it anew)."""
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except FileNotFoundError:
+    """The JSON object of the evaluation report at `path` (a local path or an object-store
+    URL), or None where there is none or it does not read as one (the rerun evaluates again
+    and writes it anew)."""
+    if not epath.Path(path).exists():
         return None
-    except (OSError, ValueError) as e:
+    try:
+        return workdirs.read_json_object(path, "none needed: it is evaluated again")
+    except (OSError, workdirs.DamagedRunFile) as e:
         logging.warning("%s does not read (%s): evaluating again", path, e)
         return None
-    return report if isinstance(report, dict) else None
 
 
 def _on_every_process(ok: bool) -> bool:
@@ -358,24 +381,25 @@ class Evaluators:
     def at_end(self) -> list[str]:
         return [n for n, e in self.settings.items() if e["at_end"]]
 
-    def finished_at_end(self, step: int) -> dict[str, dict]:
+    def finished_at_end(self, step: int, host_state) -> dict[str, dict]:
         """The evaluations after training at `step` that an earlier run of this workdir
-        finished (one stopped between two of them): {name: its summary as `run` returned it},
-        read from its eval_<name>.json, which `run` writes last, after the evals.jsonl line.
-        Only a file of `step` and of the evaluator's settings now (`evaluator.SETTINGS`, which
-        a rerun may change) and metric definitions (`evaluator.METRICS_VERSION`) counts, and
-        only where every process reads it so. The caller vouches that the weights at `step`
-        are those the earlier run evaluated."""
-        finished = {}
+        finished (one stopped between two of them, or one that ended): {name: its summary as
+        `run` returned it}, read from its eval_<name>.json, which `run` writes last, after the
+        evals.jsonl line. A file counts only where it is of `step`, of this evaluator, of
+        today's metric definitions (`evaluator.METRICS_VERSION`) and of what this run would
+        evaluate (`evaluated`: the same variables of `host_state`, the same config, every
+        field), and where every process reads it so."""
+        finished, evaluated = {}, None
         for name in self.at_end():
             report = _read_report(workdirs.eval_file(self.workdir, name))
             ok = (report is not None and report.get("step") == step
                   and report.get("evaluator") == name
-                  and report.get("metrics_version") == evaluator.METRICS_VERSION
-                  and all(report.get(k) == self.settings[name][k] for k in evaluator.SETTINGS))
+                  and report.get("metrics_version") == evaluator.METRICS_VERSION)
+            if ok:
+                evaluated = evaluated or fingerprint(self.config, host_state)
+                ok = report.get("evaluated") == evaluated
             if _on_every_process(ok):
-                finished[name] = {k: v for k, v in report.items()
-                                  if k not in ("step", "evaluator")}
+                finished[name] = {k: v for k, v in report.items() if k not in RUN_KEYS}
         return finished
 
     def best(self) -> tuple[int, float] | None:
@@ -394,7 +418,7 @@ class Evaluators:
         `stop` is called before each evaluator and each of its batches; it raises to stop
         them (an evaluator stopped so records nothing)."""
         variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
-        summaries = {}
+        summaries, evaluated = {}, None
         for name in names:
             if stop is not None:
                 stop()
@@ -412,7 +436,9 @@ class Evaluators:
             if self.is_writer:
                 self._append(step, name, summary, values)
                 if final:
-                    summary = {**summary, "step": step, "evaluator": name}
+                    evaluated = evaluated or fingerprint(self.config, host_state)
+                    summary = {**summary, "step": step, "evaluator": name,
+                               "evaluated": evaluated}
                     evaluator.write_report(summary, workdirs.eval_file(self.workdir, name))
             logging.info("%s at step %d: %s%s", name, step, "  ".join(
                 f"{k} {v:.4g}" for k, v in evaluator.headline(summary).items()

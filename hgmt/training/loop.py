@@ -152,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     `resume.CannotResume` before any work, unless `resume_with_changed_config`.
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1 (during training, or during
-    the evaluations after it: the last step saved, they run again on resuming),
+    the evaluations after it: the last step saved, those not finished run on resuming),
     FloatingPointError on a non-finite loss, `disk_space.DiskFull` when a checkpoint or
     summary cannot be written (the partial checkpoint removed, the earlier ones intact),
     `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
@@ -267,8 +267,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
-    # The loader's workers start now, their position set, and make their first batches
-    # while the step compiles.
+    # The loader's workers start now, their position set, from threads that block the job's
+    # signals (`input_pipeline.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
     # What a signal's log line says from now on; the last step's periodic evaluations, which
     # a signal during it skips, count among those after training.
@@ -483,18 +483,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         """Before each evaluation after training and each of its batches: a lost lock
         (`lock_check`) stops the run here; so does a signal since the last step (or at it),
         every process at the same check: the last step is saved (above, or it is the
-        checkpoint this run resumed from), and the rerun resumes there and runs these
-        evaluations again."""
+        checkpoint this run resumed from), and the rerun resumes there and runs those not
+        finished (`Evaluators.finished_at_end`)."""
         lock_check()
         if watch.stop_after_training():
             stop_preempted(int(final.step), None, after_training=True)
 
     # Those an earlier run finished at this step, the one resumed from (it was stopped
-    # between two of them, or it ended), are not run again; a change asked for
-    # (--resume_with_changed_config) runs them all.
-    finished = (evals.finished_at_end(start_step)
-                if restored is not None and start_step == config.total_steps and not changed
-                else {})
+    # between two of them, or it ended), with this config, are not run again.
+    finished = (evals.finished_at_end(start_step, final)
+                if restored is not None and start_step == config.total_steps else {})
     if finished:
         logging.info("step %d's evaluations after training that an earlier run finished, "
                      "kept: %s", start_step, ", ".join(
