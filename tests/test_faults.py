@@ -368,6 +368,24 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     assert evaluated() == [(3, "test"), (3, "validation")] * 2
 
 
+def test_on_8_devices_a_rerun_of_a_finished_run_keeps_its_evaluation_after_training(
+        demo_dataset, tmp_path):
+    """`hgmt.main` on 8 virtual devices, 2 steps and the test evaluation after them, run
+    twice: the rerun resumes at the last step and keeps eval_test.json (one evals.jsonl
+    line), its state being the checkpoint's as restored. Averaging the 8 devices' identical
+    copies of the restored BatchNorm statistics again rounds some of them, and the rerun then
+    took its weights for others and evaluated again."""
+    workdir = str(tmp_path / "w")
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=2, checkpoint_every=2)
+    env["XLA_FLAGS"] = xla_flags(8)
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "evaluations after training that an earlier run finished, kept" in proc.stderr
+    assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [(2, "test")]
+
+
 def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
     """Trains `config` (3 steps) with SIGTERM once step 2 is logged, so during the last step:
     the run stops with Preempted after training, saying so when the signal arrives, with

@@ -262,8 +262,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                          "initial train state"):
         restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
                                                        [clipped_before])
+    # The restored state as the checkpoint holds it: the host state of the step resumed
+    # from, which `host_state` gives until a step trains (averaging the devices' identical
+    # copies of its BatchNorm statistics again would round some of them, on 8 devices).
+    resumed = None
     if restored is not None:
-        state = to_model_layout(model, restored[1]["state"])
+        state = resumed = to_model_layout(model, restored[1]["state"])
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
@@ -309,7 +313,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
     def host_state(step: int, state) -> steps.TrainState:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
-        a non-finite loss since the last check or a non-finite state stops the run here."""
+        a non-finite loss since the last check or a non-finite state stops the run here. At
+        the step resumed from, the restored state itself."""
+        if step == start_step and resumed is not None:
+            return resumed
         check_finite()
         host = devices.to_host(steps.sync_batch_stats(state))
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
@@ -354,6 +361,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             evals.run(missed, start_step, host_state(start_step, state), writer,
                       stop=lock_check)
+    if start_step < config.total_steps:
+        resumed = None  # steps train from here: not held through training
 
     logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
                  "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
