@@ -238,7 +238,8 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     with pytest.raises(resume.CannotResume, match=r': tasks "pose2d" -> "pose2d\+segm"; '
                                                   r'total_steps 5 -> 6\.'):
         loop.train(other, workdir)
-    with pytest.raises(ValueError, match=r"none of its checkpoints \(steps \[5, 4, 2\]\) "):
+    with pytest.raises(resume.CannotResume, match=r"none of its checkpoints \(steps "
+                                                  r"\[5, 4, 2\]\) "):
         loop.train(other, workdir, resume_with_changed_config=True)
     assert open(os.path.join(workdir, workdirs.CONFIG_FILE)).read() == saved
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]

@@ -847,16 +847,17 @@ def test_each_process_resumes_with_the_loader_workers_of_its_own_position(tmp_pa
         monkeypatch.setattr(jax, "process_index", lambda index=index: index)
         assert checkpoints.resume_worker_count(workdir, -1, 2) == workers
         assert checkpoints.saved_position(workdir)[0].name == f"process_{index}-of-2.json"
-        with pytest.raises(ValueError, match=rf"config.worker_count=4: the checkpoint .*/2 "
-                                             rf"saved the loader's position with {workers} "
-                                             rf"worker\(s\)"):
+        with pytest.raises(checkpoints.CannotResume,
+                           match=rf"config.worker_count=4: the checkpoint .*/2 saved the "
+                                 rf"loader's position with {workers} worker\(s\)"):
             checkpoints.resume_worker_count(workdir, 4, 2)
     for index in (0, 1):
         (data / f"process_{index}-of-2.json").unlink()
     (data / "process_0-of-1.json").write_text(json.dumps({"worker_count": 3,
                                                           "sampler": sampler}))
-    with pytest.raises(ValueError, match=r"its data position was saved by 1 process\(es\), "
-                                         r"one file each, and this run has 2"):
+    with pytest.raises(checkpoints.CannotResume,
+                       match=r"its data position was saved by 1 process\(es\), one file "
+                             r"each, and this run has 2"):
         checkpoints.resume_worker_count(workdir, -1, 2)  # as process 1
 
 

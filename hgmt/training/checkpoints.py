@@ -238,12 +238,12 @@ def read_state(workdir: str, step: int, template: Any) -> Any | None:
 
 
 def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]) -> None:
-    """The ValueError of a workdir none of whose checkpoints reads on every process
+    """The CannotResume of a workdir none of whose checkpoints reads on every process
     (`failures`: this process's, newest first; without an error, those another process could
     not read)."""
     step, e = failures[0]
     newest = f"{type(e).__name__}: {str(e)[:300]}" if e else "it reads on no process"
-    raise ValueError(
+    raise CannotResume(
         f"cannot resume from {workdirs.checkpoint_dir(workdir)}: none of its checkpoints "
         f"(steps "
         f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
@@ -259,7 +259,7 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int,
     process's own worker count (one file per process: under -1 hosts with other usable cores
     run other counts) and restores only into the same. For `worker_count` -1 (auto) this
     process's count in the newest checkpoint whose position reads; a fixed count or a process
-    count that differs from it raises ValueError naming the fix. Without such a checkpoint,
+    count that differs from it raises CannotResume naming the fix. Without such a checkpoint,
     `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
     position = saved_position(workdir, process_index)
     if position is None:
@@ -268,12 +268,12 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int,
     data, saved = file.parent, int(state["worker_count"])
     saved_processes = int(re.fullmatch(r"process_\d+-of-(\d+)\.json", file.name)[1])
     if saved_processes != process_count:
-        raise ValueError(
+        raise CannotResume(
             f"cannot resume from {data.parent}: its data position was saved by "
             f"{saved_processes} process(es), one file each, and this run has {process_count}: "
             f"rerun with {saved_processes} process(es), or train in a new --workdir")
     if worker_count not in (-1, saved):
-        raise ValueError(
+        raise CannotResume(
             f"config.worker_count={worker_count}: the checkpoint {data.parent} saved the "
             f"loader's position with {saved} worker(s), and only that many can resume it: "
             f"rerun with --config.worker_count={saved} (or -1, which takes the checkpoint's)")
@@ -437,6 +437,13 @@ def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> Non
 
         multihost_utils.sync_global_devices("checkpoints moved aside")
     mngr.reload()
+
+
+class CannotResume(ValueError):
+    """A rerun whose config, training split, processes or loader workers do not fit the run
+    its workdir holds (`hgmt.training.resume`'s checks, `resume_worker_count`), or none of
+    whose checkpoints reads as its train state; the message names each difference and the
+    fix."""
 
 
 class NoCheckpoint(FileNotFoundError):

@@ -60,9 +60,9 @@ FIXED_ON_RESUME = ("seed",)
 FLAG = cli.RESUME_FLAG
 
 
-class CannotResume(ValueError):
-    """A rerun whose config or training split does not fit the run its workdir holds; the
-    message names each difference and the fix."""
+# A rerun whose config, training split or processes do not fit the run its workdir holds
+# (defined beside the checkpoints, whose own checks raise it too).
+CannotResume = checkpoints.CannotResume
 
 
 Change = tuple[str, Any, Any]  # (field, the workdir's value, the rerun's)
