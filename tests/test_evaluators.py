@@ -395,11 +395,14 @@ def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
     assert best([line(2, None)], step=2, lower=True) is None
     # Under given settings: lines of other frames or splits do not count; lines that do not
     # record them (written before they were) do.
-    settings = {"split": "validation", "frames": "middle", "flip": False, "protocol": "hgmt"}
+    settings = {"split": "validation", "frames": "middle", "flip": False, "protocol": "hgmt",
+                "max_examples": 0}
     other = {**line(2, 0.1), **settings, "frames": "every10"}
+    fewer = {**line(3, 0.2), **settings, "max_examples": 4}
     same = {**line(4, 0.5), **settings}
-    assert best([other, same, line(6, 0.7)], step=6, lower=True) == (2, 0.1)
-    assert best([other, same, line(6, 0.7)], step=6, lower=True, settings=settings) == (4, 0.5)
+    assert best([other, fewer, same, line(6, 0.7)], step=6, lower=True) == (2, 0.1)
+    assert best([other, fewer, same, line(6, 0.7)], step=6, lower=True,
+                settings=settings) == (4, 0.5)
     assert best([other, line(6, 0.7)], step=6, lower=True, settings=settings) == (6, 0.7)
 
 
@@ -489,7 +492,8 @@ def test_a_best_checkpoint_training_passes_over_is_moved_aside_not_deleted(tmp_p
 
 def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_path, caplog):
     """A rerun whose keeper cannot compare with the kept best (an accepted change of its
-    best_metric; another evaluator keeping the best) moves it aside with a warning instead of
+    best_metric or of its max_examples; another evaluator keeping the best) moves it aside
+    with a warning instead of
     failing on the stored metric it lacks or comparing scores of other frames, and takes
     the bar from its own evals.jsonl lines under its own settings; the same keeper keeps
     it."""
@@ -505,12 +509,14 @@ def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_
             return evals.forget_after(4, lambda: {"w": np.zeros(3)}), evals.best()
 
     line = {"step": 4, "evaluator": "validation", "split": "validation", "frames": "middle",
-            "flip": False, "protocol": "hgmt", "num_examples": 8,
+            "flip": False, "protocol": "hgmt", "max_examples": 0, "num_examples": 8,
             "metrics": {"loss/total": 1.0, "pose2d/pckh@0.5": 0.5}}
+    assert config().evals.validation.max_examples == 0
     for name, changed, bar in (
             ("metric", config(**{"validation.best_metric": "pose2d/pckh@0.5"}), (4, 0.5)),
             ("keeper", config(**{"validation.best_metric": "", "test.every": 2,
-                                 "test.best_metric": "loss/total"}), None)):
+                                 "test.best_metric": "loss/total"}), None),
+            ("examples", config(**{"validation.max_examples": 4}), None)):
         workdir = str(tmp_path / name)
         with contextlib.closing(evaluators.Evaluators(config(), workdir,
                                                       {"pose2d": 1.0})) as evals:
@@ -524,8 +530,8 @@ def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_
         assert moved.name.startswith("4-")
         assert "moved the best checkpoint of step 4" in caplog.text
         assert ("chosen by loss/total" if name == "metric"
-                else "chosen by evaluator 'validation' on middle frames of validation") \
-            in caplog.text
+                else "chosen by evaluator 'validation' on middle frames of validation "
+                     "(protocol hgmt, flip False, max_examples 0)") in caplog.text
         caplog.clear()
 
 

@@ -123,9 +123,9 @@ def keeper(settings: Mapping[str, Mapping]) -> str | None:
                 None)
 
 
-# What an evals.jsonl line records of its evaluator's settings: lines that differ in them
-# measured different things, and their scores are not compared.
-RECORDED_SETTINGS = ("split", "frames", "flip", "protocol")
+# What an evals.jsonl line records of its evaluator's settings, all of them: lines that differ
+# in them measured different things, and their scores are not compared.
+RECORDED_SETTINGS = evaluator.SETTINGS
 
 
 def measured_as(line: Mapping, name: str, settings: Mapping | None = None) -> bool:
@@ -315,7 +315,8 @@ class Evaluators:
                 x = chose[-1]
                 stale[step] = (f"it was chosen by evaluator {x.get('evaluator')!r} on "
                                f"{x.get('frames')} frames of {x.get('split')} (protocol "
-                               f"{x.get('protocol')}, flip {x.get('flip')})")
+                               f"{x.get('protocol')}, flip {x.get('flip')}, max_examples "
+                               f"{x.get('max_examples')})")
         return stale
 
     def _keep_recorded_best(self, step: int, host_state: Callable[[], Any],
@@ -447,8 +448,7 @@ class Evaluators:
 
     def _append(self, step: int, name: str, summary: dict, values: dict) -> None:
         line = {"step": step, "evaluator": name,
-                **{k: summary[k] for k in ("split", "frames", "flip", "protocol",
-                                           "num_examples")},
+                **{k: summary[k] for k in (*RECORDED_SETTINGS, "num_examples")},
                 "metrics": values}
         disk_space.append_line(workdirs.evals_file(self.workdir), json.dumps(line),
                                "the evaluation curves")
