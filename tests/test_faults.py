@@ -433,6 +433,39 @@ def test_a_signal_during_the_last_step_skips_its_validation_and_the_rerun_runs_i
     assert evaluators.best_manager(workdir, "loss/total").all_steps() == [3]
 
 
+def test_a_signal_during_the_validation_of_the_last_step_on_resuming_stops_it(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """The last step's validation, skipped by a SIGTERM during that step, runs on resuming
+    as the evaluations after training do: SIGUSR1 while it reads the first of its 2 batches
+    stops it before the second, with Preempted after training and nothing recorded (it
+    ran to its end before: a signal's time went by unheeded); the next rerun validates
+    step 3 once."""
+    workdir = str(tmp_path / "w")
+    config = tiny_config(demo_dataset[1], total_steps=3, eval_batch_size=4, **{
+        **KW, "evals.validation.every": 3, "evals.validation.frames": "all",
+        "evals.validation.max_examples": 8})
+    _signal_during_the_last_step(config, workdir, caplog)
+    batches = input_pipeline.eval_batches
+
+    def signalling(*args, **kwargs):
+        for i, batch in enumerate(batches(*args, **kwargs)):
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    with pytest.raises(preemption.Preempted, match="stopped the evaluations after training") \
+            as err:
+        loop.train(config, workdir)
+    assert (err.value.step, err.value.after_training) == (3, True)
+    assert workdirs.read_evals(workdir) == []
+    monkeypatch.setattr(input_pipeline, "eval_batches", batches)
+    assert int(loop.train(config, workdir).step) == 3
+    lines = workdirs.read_evals(workdir)
+    assert [(x["step"], x["evaluator"], x["num_examples"]) for x in lines] == [
+        (3, "validation", 8)]
+
+
 class SyncProtocol:
     """JAX's preemption sync protocol as one process sees it (xla's PreemptionSyncManager): a
     notice sets the sync point to the last step given + 1 (the max over processes, all alike

@@ -353,14 +353,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if lock is not None:
             lock.check()
 
-    # A preemption at an evaluation step saved it without evaluating: evaluated on resuming.
+    def stop_if_preempted() -> None:
+        """Before each evaluation after training and each of its batches (those the last
+        step's run did not make included): a lost lock (`lock_check`) stops the run here; so
+        does a signal since the last step (or at it), every process at the same check: the
+        last step is saved (by the loop, or it is the checkpoint this run resumed from), and
+        the rerun resumes there and runs those not finished
+        (`Evaluators.finished_at_end`)."""
+        lock_check()
+        if watch.stop_after_training():
+            stop_preempted(config.total_steps, None, after_training=True)
+
+    # A preemption at an evaluation step saved it without evaluating: evaluated on resuming
+    # (at the last step, as the evaluations after training: a signal stops them).
     missed = [] if restored is None else [n for n in evals.due(start_step)
                                           if n not in evals.recorded(start_step)]
     if missed:
         logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
         with device_memory.explained(config, "while evaluating", "eval_batch_size"):
             evals.run(missed, start_step, host_state(start_step, state), writer,
-                      stop=lock_check)
+                      stop=stop_if_preempted if start_step == config.total_steps
+                      else lock_check)
     if start_step < config.total_steps:
         resumed = None  # steps train from here: not held through training
 
@@ -487,16 +500,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     if damaged is not None and damaged.found:
         logging.warning("%s", damaged.summary())
     lock_check()
-
-    def stop_if_preempted() -> None:
-        """Before each evaluation after training and each of its batches: a lost lock
-        (`lock_check`) stops the run here; so does a signal since the last step (or at it),
-        every process at the same check: the last step is saved (above, or it is the
-        checkpoint this run resumed from), and the rerun resumes there and runs those not
-        finished (`Evaluators.finished_at_end`)."""
-        lock_check()
-        if watch.stop_after_training():
-            stop_preempted(int(final.step), None, after_training=True)
 
     # Those an earlier run finished at this step, the one resumed from (it was stopped
     # between two of them, or it ended), with this config, are not run again.
