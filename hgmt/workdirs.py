@@ -8,6 +8,9 @@
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
     <workdir>/best_superseded/            best checkpoints of steps a rerun trains again, moved
                                           out of orbax's way (<step>-<time>, never deleted)
+    <workdir>/evals_superseded/<step>-<time>/
+                                          evals.jsonl lines and eval_<name>.json (+ .md) of
+                                          steps after <step>, where a rerun trained again
     <workdir>/hgmt.lock                   the lock of the trainer that holds the workdir
     <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
     <workdir>/eval_test[_<protocol>].json the test evaluation after training (+ .md; other
@@ -52,6 +55,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints_unreadable"
 SUPERSEDED_DIR = "best_superseded"
+EVALS_SUPERSEDED_DIR = "evals_superseded"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
@@ -86,6 +90,10 @@ def unreadable_dir(workdir: str) -> str:
 
 def superseded_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), SUPERSEDED_DIR)
+
+
+def evals_superseded_dir(workdir: str) -> str:
+    return os.path.join(absolute(workdir), EVALS_SUPERSEDED_DIR)
 
 
 def config_before_file(workdir: str, step: int | str) -> str:

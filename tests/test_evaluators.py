@@ -315,11 +315,18 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
         checkpoints.restore_for_inference(workdir, "best")
 
 
+def _superseded_lines(workdir: str) -> list[dict]:
+    """The evals.jsonl lines moved to <workdir>/evals_superseded/*/, oldest move first."""
+    folder = workdirs.evals_superseded_dir(workdir)
+    return [x for aside in sorted(os.listdir(folder))
+            for x in workdirs.read_evals(os.path.join(folder, aside))]
+
+
 def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tmp_path):
     """A run validated (and kept the best) at step 4 but lost its step-4 checkpoint: resumed
     from step 2 with another learning rate, its step 4 scores otherwise; the best checkpoint
-    is then the resumed run's step 4, with its score, as evals.jsonl's last line says, not
-    the lost run's."""
+    is then the resumed run's step 4, with its score, as evals.jsonl's line says, not the
+    lost run's (whose line is moved to evals_superseded/)."""
     import shutil
 
     workdir = str(tmp_path / "run")
@@ -335,11 +342,12 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
                            **{"optimizer.learning_rate": 1e-4}), workdir,
                resume_with_changed_config=True)
     lines = [json.loads(x) for x in open(workdirs.evals_file(workdir))]
-    assert [x["step"] for x in lines] == [4, 4]
-    assert lines[0]["metrics"][metric] != pytest.approx(lines[1]["metrics"][metric])
+    lost = _superseded_lines(workdir)  # the lost run's, of the steps after 2
+    assert [x["step"] for x in lines] == [4] and [x["step"] for x in lost] == [4]
+    assert lost[0]["metrics"][metric] != pytest.approx(lines[0]["metrics"][metric])
     manager = evaluators.best_manager(workdir, metric)
     assert manager.all_steps() == [4]
-    assert manager.metrics(4)[metric] == pytest.approx(lines[1]["metrics"][metric])
+    assert manager.metrics(4)[metric] == pytest.approx(lines[0]["metrics"][metric])
     _, best_vars, _ = checkpoints.restore_for_inference(workdir, "best")
     _, last_vars, _ = checkpoints.restore_for_inference(workdir, 4)
     assert all(np.array_equal(a, b) for a, b in zip(
@@ -560,8 +568,10 @@ def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tm
                                **{"optimizer.learning_rate": 3e-3}), workdir,
                    resume_with_changed_config=True)
     lines = [(x["step"], x["metrics"][metric]) for x in workdirs.read_evals(workdir)]
-    assert [s for s, _ in lines] == [2, 4, 4]
-    (_, score2), (_, lost4), (_, score4) = lines
+    lost = [(x["step"], x["metrics"][metric]) for x in _superseded_lines(workdir)]
+    assert [s for s, _ in lines] == [2, 4] and [s for s, _ in lost] == [4]
+    (_, score2), (_, score4) = lines
+    [(_, lost4)] = lost
     assert lost4 < score2 < score4  # the setting: step 4 better at first, worse resumed
     manager = evaluators.best_manager(workdir, metric)
     if checkpoint_every == 3:
@@ -758,3 +768,37 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     with caplog.at_level(logging.WARNING):
         assert evals.finished_at_end(4, state(1.0)) == {}
     assert f"{workdirs.eval_file(workdir, 'test')} does not read" in caplog.text
+
+
+def test_the_evaluations_of_steps_a_rerun_trains_again_are_moved_aside(tmp_path):
+    """`Evaluators.supersede_after(s)`: the evals.jsonl lines of steps after s and the
+    evaluations after training of a later step (eval_<name>.json and .md) move to
+    <workdir>/evals_superseded/<s>-<time>/, evals.jsonl keeping the other lines in order;
+    those of step s and before stay; with nothing later nothing moves."""
+    import pathlib
+
+    config = tiny_config(str(tmp_path), tasks="pose2d", **{
+        "evals.validation.every": 2, "evals.test.at_end": True})
+    workdir = pathlib.Path(tmp_path / "run")
+    workdir.mkdir()
+    lines = [{"step": s, "evaluator": "validation", "metrics": {"loss/total": s / 10}}
+             for s in (2, 4, 6)] + [{"step": 6, "evaluator": "test", "metrics": {}}]
+    (workdir / "evals.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for name, step in (("test", 6), ("validation", 4)):
+        (workdir / f"eval_{name}.json").write_text(json.dumps({"step": step,
+                                                               "evaluator": name}))
+        (workdir / f"eval_{name}.md").write_text(name)
+    evals = evaluators.Evaluators(config, str(workdir), {"pose2d": 1.0})
+    assert evals.supersede_after(4) == ["evals.jsonl", "eval_test.json"]
+    assert workdirs.read_evals(str(workdir)) == lines[:2]
+    [aside] = (workdir / "evals_superseded").iterdir()
+    assert aside.name.startswith("4-")
+    assert [json.loads(x) for x in (aside / "evals.jsonl").read_text().splitlines()] == \
+        lines[2:]
+    assert sorted(p.name for p in aside.iterdir()) == ["eval_test.json", "eval_test.md",
+                                                      "evals.jsonl"]
+    assert not (workdir / "eval_test.json").exists()
+    assert (workdir / "eval_validation.json").exists()
+    assert (workdir / "eval_validation.md").exists()
+    assert evals.supersede_after(4) == []
+    assert len(list((workdir / "evals_superseded").iterdir())) == 1

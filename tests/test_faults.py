@@ -387,6 +387,46 @@ def test_on_8_devices_a_rerun_of_a_finished_run_keeps_its_evaluation_after_train
     assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [(2, "test")]
 
 
+def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_dataset,
+                                                                          tmp_path, caplog):
+    """A workdir holding an earlier run's evaluations (evals.jsonl lines of steps 2 and 3,
+    its test evaluation after step 3: eval_test.json and .md) but no checkpoint (removed): a
+    run started afresh there and stopped by SIGTERM before its last step has moved them to
+    evals_superseded/0-<time>/, none left where its own would be. Before, the workdir showed
+    the earlier run's test result (which hgmt.report and launch/sweep.py read as the run's)
+    and its lines (which the best so far and the evaluations a rerun skips are taken
+    from)."""
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    earlier = [{"step": 2, "evaluator": "validation", "metrics": {"loss/total": 0.5}},
+               {"step": 3, "evaluator": "test", "metrics": {"loss/total": 0.4}}]
+    with open(workdirs.evals_file(workdir), "w") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in earlier))
+    result = json.dumps({"step": 3, "evaluator": "test", "num_examples": 4})
+    with open(workdirs.eval_file(workdir, "test"), "w") as f:
+        f.write(result)
+    with open(os.path.join(workdir, "eval_test.md"), "w") as f:
+        f.write("the earlier run's table")
+
+    config = tiny_config(demo_dataset[1], total_steps=3, **{
+        **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
+        "evals.test.max_examples": 4})
+    with caplog.at_level(logging.INFO), pytest.raises(preemption.Preempted):
+        loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 1))
+    assert (f"moved evals.jsonl and eval_test.json of the steps after 0, where training starts "
+            f"again, to {workdirs.evals_superseded_dir(workdir)}") in caplog.text
+    assert workdirs.read_evals(workdir) == []
+    assert not os.path.exists(workdirs.eval_file(workdir, "test"))
+    [aside] = os.listdir(workdirs.evals_superseded_dir(workdir))
+    aside = os.path.join(workdirs.evals_superseded_dir(workdir), aside)
+    assert os.path.basename(aside).startswith("0-")
+    assert workdirs.read_evals(aside) == earlier
+    with open(os.path.join(aside, "eval_test.json")) as f:
+        assert f.read() == result
+    with open(os.path.join(aside, "eval_test.md")) as f:
+        assert f.read() == "the earlier run's table"
+
+
 def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
     """Trains `config` (3 steps) with SIGTERM once step 2 is logged, so during the last step:
     the run stops with Preempted after training, saying so when the signal arrives, with

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -186,6 +188,14 @@ def _read_report(path: str) -> dict | None:
         return None
 
 
+def _barrier(name: str) -> None:
+    """Every process waits here for the others (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _on_every_process(ok: bool) -> bool:
     """Whether `ok` holds on every process (a collective with several processes)."""
     import jax
@@ -260,6 +270,44 @@ class Evaluators:
         for split in sorted({s["split"] for s in self.settings.values()
                              if s["every"] or s["at_end"]}):
             input_pipeline.open_split(dataset, data_dir, split)
+
+    def supersede_after(self, step: int) -> list[str]:
+        """Moves what evaluations recorded of the steps after `step`, the step training
+        starts from, to <workdir>/evals_superseded/<step>-<time>/: the evals.jsonl lines of
+        later steps (evals.jsonl keeps the others, in order) and the evaluations after
+        training of a later step (this config's evaluators' eval_<name>.json and .md). They
+        are of a run that is not continued (its checkpoints removed, a damaged newest one, a
+        rerun from an older step), and this run evaluates those steps again: nothing may take
+        theirs for its own (the best so far, an evaluation the rerun skips as made,
+        hgmt.report, launch/sweep.py). Process 0 moves them; every process calls it alike
+        (all wait before and after). -> the names moved, for the log."""
+        lines = workdirs.read_evals(self.workdir)
+        _barrier("evaluations read before those of later steps are moved")
+        later = [x for x in lines if x.get("step", 0) > step]
+        reports = []
+        for name in self.settings:
+            report = _read_report(workdirs.eval_file(self.workdir, name))
+            if report is not None and isinstance(report.get("step"), int) \
+                    and report["step"] > step:
+                reports.append(workdirs.eval_file(self.workdir, name))
+        moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
+        if moved and self.is_writer:
+            aside = epath.Path(workdirs.evals_superseded_dir(self.workdir)) / (
+                f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside.mkdir(parents=True, exist_ok=True)
+            if later:
+                disk_space.write_together([
+                    (str(aside / workdirs.EVALS_FILE),
+                     lambda f: f.write("".join(json.dumps(x) + "\n" for x in later)), "w"),
+                    (workdirs.evals_file(self.workdir),
+                     lambda f: f.write("".join(json.dumps(x) + "\n" for x in lines
+                                               if x.get("step", 0) <= step)), "w")])
+            for report in reports:
+                for path in (report, os.path.splitext(report)[0] + ".md"):
+                    if epath.Path(path).exists():
+                        epath.Path(path).rename(aside / os.path.basename(path))
+        _barrier("evaluations of later steps moved")
+        return moved
 
     def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:
         """Moves the best checkpoints kept after `step`, the step training starts from, to

@@ -303,6 +303,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
             f"saved for it or after it; {_after_non_finite(mngr.latest_step(), workdir)}")
 
+    superseded = evals.supersede_after(start_step)
+    if superseded:
+        logging.info("moved %s of the steps after %d, where training starts again, to %s",
+                     " and ".join(superseded), start_step,
+                     workdirs.evals_superseded_dir(workdir))
     forgotten = evals.forget_after(
         start_step, lambda: devices.to_host(state))
     if forgotten:
