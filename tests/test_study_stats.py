@@ -46,6 +46,34 @@ def test_welch_needs_two_seeds_and_spread_on_a_side():
     assert str(level["change"]) == "0.0"  # no -0.0 in the report
 
 
+def test_a_value_that_is_not_finite_leaves_its_change_untested():
+    """A diverged seed's NaN (or an infinite value) is no number to test with: the change
+    with it is untested, saying why, not tested to p = nan; the other seeds' values do not
+    make it testable."""
+    for bad in (math.nan, math.inf, -math.inf):
+        for a, b in (([1.0, 2.0, bad], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [bad, 2.0, 3.0]),
+                     ([bad], [1.0, 2.0])):
+            assert stats.welch(a, b) is None, (a, b)
+            assert stats.untested_because(a, b) == stats.NOT_FINITE, (a, b)
+    assert stats.NOT_FINITE == "a seed's value is not a finite number"
+    assert stats.judge({"a": stats.welch([1.0, 2.0, math.nan], [1.0, 2.0, 3.0]),
+                        "b": stats.welch([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])}) == {
+        "b": stats.welch([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) | {
+            "p_holm": pytest.approx(1 - math.sqrt(3 / 5)), "verdict": stats.UNDETECTED}}
+
+
+def test_holm_refuses_a_p_value_that_is_not_a_probability():
+    """holm([0.01, nan]) gave [0.02, 0.02]: the NaN took the larger factor's rank and the
+    adjusted p of the other test. A p that is NaN or outside [0, 1] is an error."""
+    for p in ([0.01, math.nan], [math.nan], [0.2, 1.5, 0.1], [-0.1]):
+        with pytest.raises(ValueError, match=r"not numbers in \[0, 1\]: leave their tests "
+                                             r"out of the family"):
+            stats.holm(p)
+    with pytest.raises(ValueError, match=r"holm: p-values \[nan\] \(positions \[1\]\)"):
+        stats.holm([0.01, math.nan])
+    assert stats.holm([0.0, 1.0]) == [0.0, 1.0]
+
+
 def test_holm_matches_a_hand_worked_example():
     """p = (0.01, 0.04, 0.03, 0.005), m = 4. Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03,
     0.03 * 2 = 0.06, 0.04 * 1 = 0.04, raised to 0.06 to keep the order; back in the given

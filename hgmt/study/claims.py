@@ -11,8 +11,9 @@ and is unresolved when the test detects no change (it cannot tell a small gain f
 A conclusion that a task does *not* help agrees when the change is worse (it did not help),
 disagrees when it is better, and is unresolved when the test detects no change: a test
 over a few seeds that detects no change does not show that there is no gain. A change
-without a test (a run missing, one seed, or neither side varying over its seeds:
-stats.untested_because) leaves its part unresolved, and its evidence says which.
+without a test (a run missing, a value that is not finite, one seed, or neither side
+varying over its seeds: stats.untested_because) leaves its part unresolved, and its evidence
+says which.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def untested(e: dict | None, task: str, subset: str) -> str | None:
     """Why `task`'s change in `subset` has no test, from `report.compare`'s entry `e` of
     `task`: its metric undefined under the protocol in the isolated or the `subset` runs
     (`e['undefined']`: runs there, no value to compare), no isolated run, no `subset` run,
-    one seed, or no spread over the seeds (stats.untested_because); None when it has one."""
+    a value that is not finite, one seed, or no spread over the seeds
+    (stats.untested_because); None when it has one."""
     undefined = [s for s in (task, subset) if s in (e or {}).get("undefined", ())]
     if undefined:
         return f"{e['metric']} undefined under this protocol in {' and '.join(undefined)}"

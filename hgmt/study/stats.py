@@ -31,6 +31,7 @@ ALPHA = 0.05  # the family-wise error rate of one family of tests
 LEVEL = 0.95  # the confidence level of each interval (per comparison, not Holm-adjusted)
 BETTER, WORSE, UNDETECTED = "better", "worse", "no detectable change"
 ONE_SEED, NO_SPREAD = "one seed", "no spread over the seeds to test against"
+NOT_FINITE = "a seed's value is not a finite number"
 
 
 def mean(values: list[float]) -> float:
@@ -44,11 +45,12 @@ def spread(values: list[float]) -> float | None:
 
 def welch(a: Sequence[float], b: Sequence[float], sign: float = 1.0) -> dict | None:
     """Welch's t-test of mean(a) - mean(b), times `sign` (-1 where lower is better), over the
-    seeds' values `a` and `b` (each at least 2). -> {'change', 'low', 'high' (the LEVEL
-    confidence interval of the signed change, per comparison), 'p' (two-sided), 'df', 'n':
-    [len(a), len(b)]}; None when the test has nothing to go on (`untested_because` says
-    why): a side with fewer than 2 values, or neither side varying over its seeds, whether
-    their values differ or not. Without any spread the t statistic is undefined, and a
+    seeds' values `a` and `b` (each at least 2, all finite). -> {'change', 'low', 'high' (the
+    LEVEL confidence interval of the signed change, per comparison), 'p' (two-sided), 'df',
+    'n': [len(a), len(b)]}; None when the test has nothing to go on (`untested_because` says
+    why): a NaN or infinite value (a diverged run's: the mean and variance it enters are not
+    numbers either), a side with fewer than 2 values, or neither side varying over its seeds,
+    whether their values differ or not. Without any spread the t statistic is undefined, and a
     difference between two constant sides says nothing of how it varies with the seed:
     per-joint PCKh moves in steps of 1 / (test frames), so such ties are common and are not
     verdicts."""
@@ -66,10 +68,13 @@ def welch(a: Sequence[float], b: Sequence[float], sign: float = 1.0) -> dict | N
 
 
 def untested_because(a: Sequence[float], b: Sequence[float]) -> str | None:
-    """Why `welch(a, b)` gives no test, in the report's words: ONE_SEED when a side has fewer
-    than 2 values, NO_SPREAD when neither side varies over its seeds; None when it tests.
-    One function decides both, so the reason a report gives is the one that applied."""
+    """Why `welch(a, b)` gives no test, in the report's words: NOT_FINITE when a value is NaN
+    or infinite, ONE_SEED when a side has fewer than 2 values, NO_SPREAD when neither side
+    varies over its seeds; None when it tests. One function decides both, so the reason a
+    report gives is the one that applied."""
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return NOT_FINITE
     if min(len(a), len(b)) < 2:
         return ONE_SEED
     if np.all(a == a[0]) and np.all(b == b[0]):  # exact: a mean of equal floats may round
@@ -79,8 +84,15 @@ def untested_because(a: Sequence[float], b: Sequence[float]) -> str | None:
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the given order: the k-th smallest of m is
-    multiplied by m - k + 1, made non-decreasing in that order, and capped at 1."""
+    multiplied by m - k + 1, made non-decreasing in that order, and capped at 1. ValueError
+    for a p-value that is not a number in [0, 1] (NaN sorts anywhere and would give its
+    neighbours its rank's factor)."""
     p = np.asarray(p_values, float)
+    bad = [i for i, x in enumerate(p) if not 0.0 <= x <= 1.0]
+    if bad:
+        raise ValueError(f"holm: p-values {[float(p[i]) for i in bad]} (positions {bad}) are "
+                         f"not numbers in [0, 1]: leave their tests out of the family (welch "
+                         f"gives None for values that are not finite)")
     adjusted, running = np.empty(len(p)), 0.0
     for rank, i in enumerate(np.argsort(p, kind="stable")):
         running = max(running, (len(p) - rank) * p[i])
