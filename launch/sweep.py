@@ -10,12 +10,13 @@ a segment to it that starts with a line giving its start time (UTC) and command 
 one giving its outcome and wall time, so a retried run keeps the earlier attempts' output and
 errors. A subset whose SWEEP_DIR/T/eval_test.json exists is done and skipped, so
 rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint).
-Arguments after `--` go to every run.
+The config's test evaluation must run after training (config.evals.test.at_end), which
+writes that file. Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
-for `python -m hgmt.report --protocol=P`: the extra ones (bodynet, surreal; `hgmt` is
-refused), as each run's training makes its eval_test.json (config.evals.test.protocol, hgmt by
-default).
+for `python -m hgmt.report --protocol=P`: the protocols other than the one each run's training
+evaluates into its eval_test.json (config.evals.test.protocol, hgmt by default), which is
+refused.
 `--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
 something left to do, as this host would run them: its training unless it is done, `&&` its
 missing protocol evaluations; the runs that are done are left out (their number goes to
@@ -124,9 +125,10 @@ def sbatch_command(options: list[str], config: str, tasks: str, sweep_dir: str,
 
 
 def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int = 0) -> list[str]:
-    """Evaluates a finished run under another metric protocol."""
+    """Evaluates a finished run under another metric protocol than its training's, into
+    `workdirs.protocol_file(protocol)`, the file hgmt.report reads for it."""
     workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
-    out = os.path.join(workdir, workdirs.result_file(protocol))
+    out = os.path.join(workdir, workdirs.protocol_file(protocol))
     return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
             f"--protocol={protocol}", f"--out_file={out}"]
 
@@ -154,10 +156,11 @@ def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[s
             ) -> list[str]:
     """What a run still lacks, the sweep's test of doneness: 'train' unless its test
     evaluation (SWEEP_DIR/<run>/eval_test.json) is there, then each protocol of
-    `extra_protocols` whose result file is missing; [] for a done run."""
+    `extra_protocols` whose file (`workdirs.protocol_file`) is missing; [] for a done run."""
     workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
-    return [what for what, protocol in [("train", "hgmt"), *((x, x) for x in extra_protocols)]
-            if not os.path.exists(os.path.join(workdir, workdirs.result_file(protocol)))]
+    return [what for what, file in [("train", workdirs.result_file()),
+                                    *((x, workdirs.protocol_file(x)) for x in extra_protocols)]
+            if not os.path.exists(os.path.join(workdir, file))]
 
 
 def pending_commands(todo: list[str], config: str, tasks: str, sweep_dir: str,
@@ -198,12 +201,14 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
 def check_first_run(config: str, tasks: str, extra: list[str]
                     ) -> tuple[str, ml_collections.ConfigDict]:
     """Parses the first run's command line as hgmt.main does, its config file read with its
-    argument and the arguments after `--`: a missing file, a bad argument or override, or a
-    flag hgmt.main lacks exits in one line naming it, before the sweep records its plan or
-    starts a run. A relative config path is taken from the caller's working directory, else
-    from the repository, where `hgmt.report --check_config` reads it. -> (`config` with its
-    file's absolute path, which the runs are given (they start in the working directory),
-    the first run's config)."""
+    argument and the arguments after `--`: a missing file, a bad argument or override, a
+    flag hgmt.main lacks, or a config whose test evaluation does not run after training
+    (`config.evals.test.at_end`: its eval_test.json is what makes a run done, so without it
+    every call would train every run again) exits in one line naming it, before the sweep
+    records its plan or starts a run. A relative config path is taken from the caller's
+    working directory, else from the repository, where `hgmt.report --check_config` reads
+    it. -> (`config` with its file's absolute path, which the runs are given (they start in
+    the working directory), the first run's config)."""
     from hgmt import main as trainer
 
     path, colon, argument = _resolved(config).partition(":")
@@ -219,6 +224,20 @@ def check_first_run(config: str, tasks: str, extra: list[str]
             raise
         raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
                          f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+    test = parsed.config.get("evals", {}).get("test")
+    if test is None or not test.get("at_end"):
+        given = [a for a in extra if a.partition("=")[0] in (
+            "--config.evals.test.at_end", "--config.evals.test", "--config.evals")]
+        fix = (f"drop {' '.join(given)}" if given else
+               f"set config.evals.test.at_end=True in {path} (or give "
+               f"--config.evals.test.at_end=True after `--`)")
+        what = ("is missing" if test is None else
+                "does not run after training (config.evals.test.at_end=False)")
+        raise SystemExit(
+            f"error: the runs' config.evals.test {what}: "
+            f"launch/sweep.py counts a run as done by the {workdirs.result_file()} that test "
+            f"evaluation writes after training, so every call would train every run again: "
+            f"{fix}")
     return f"{path}{colon}{argument}", parsed.config
 
 
@@ -290,22 +309,24 @@ def main(argv: list[str] | None = None) -> int:
                          f"(e.g. --sbatch='--nodes=1 --gpus-per-node=8')") from None
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
-    try:
-        subsets = ["+".join(parse_tasks(t)) for t in args.tasks.split(",") if t] or [
-            "+".join(c) for c in all_subsets()]
+    try:  # each subset once, however it is written (segm+pose2d is pose2d+segm)
+        subsets = list(dict.fromkeys("+".join(parse_tasks(t)) for t in args.tasks.split(",")
+                                     if t)) or ["+".join(c) for c in all_subsets()]
     except ValueError as e:
         raise SystemExit(f"error: --tasks={args.tasks}: {e}") from None
     try:
         extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
-    if "hgmt" in extra_protocols:
-        others = ", ".join(x for x in protocols.PROTOCOLS if x != "hgmt")
-        raise SystemExit(f"error: --protocols={args.protocols}: each run's training evaluates "
-                         f"it into eval_test.json already (config.evals.test.protocol, hgmt by "
-                         f"default); list only the extra protocols ({others})")
     # Before the plan is recorded, which holds the sweep directory to this config.
     config, first = check_first_run(args.config, subsets[0], extra)
+    trained = first.evals.test.protocol  # what each run's training puts in eval_test.json
+    if trained in extra_protocols:
+        others = ", ".join(x for x in protocols.PROTOCOLS if x != trained)
+        raise SystemExit(f"error: --protocols={args.protocols}: each run's training evaluates "
+                         f"{trained} into {workdirs.result_file()} already "
+                         f"(config.evals.test.protocol={trained}); list only the extra "
+                         f"protocols ({others})")
     try:  # a reference protocol measures the references' label size only
         for x in extra_protocols:
             protocols.check_label_size(

@@ -116,7 +116,14 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
              "error: Unknown command line flag 'config.total_steps'"),
             (["--config=configs/demo.py", "total_steps=5"],
              "error: unexpected arguments ['total_steps=5']: give the arguments to pass on "
-             "after `--`")):
+             "after `--`"),
+            # No eval_test.json after training: no run would ever be done.
+            (["--config=configs/demo.py", "--", "--config.total_steps=5",
+              "--config.evals.test.at_end=False"],
+             "error: the runs' config.evals.test does not run after training "
+             "(config.evals.test.at_end=False): launch/sweep.py counts a run as done by the "
+             "eval_test.json that test evaluation writes after training, so every call would "
+             "train every run again: drop --config.evals.test.at_end=False\n")):
         run = sweep(*args)
         assert run.returncode == 1, (args, run.stdout)
         assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith(message), (
@@ -151,11 +158,16 @@ def test_sweep_print_only_builds_the_demo_data_before_printing(tmp_path):
         "clips_per_split": 1, "frames": 2}
 
 
-def _finished(run_dir, *files):
-    """A run directory holding the result files `files` (their content is not read)."""
+STEP = 1200  # the step the crafted runs' training ended at
+
+
+def _finished(run_dir, *files, step=STEP):
+    """A run directory holding the result files `files`, each an evaluation of `step` under
+    the protocol its name gives (eval_test.json: hgmt's)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in files:
-        (run_dir / name).write_text("{}")
+        protocol = name.removeprefix("eval_test").removesuffix(".json").lstrip("_") or "hgmt"
+        (run_dir / name).write_text(json.dumps({"protocol": protocol, "step": step}))
 
 
 def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
@@ -185,6 +197,21 @@ def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
         [evaluate("pose2d"), f"{train_segm} && {evaluate('segm')}"], "")
     _finished(s / "pose2d", "eval_test_bodynet.json")
     assert sweep("--protocols=bodynet")[0] == [f"{train_segm} && {evaluate('segm')}"]
+
+
+def test_sweep_runs_a_subset_given_twice_once(tmp_path):
+    """`--tasks=pose2d+segm,segm+pose2d` names one subset twice: one command, one entry in
+    the plan, not two runs into one workdir."""
+    s = tmp_path / "s"
+    run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                          "--config=configs/default.py", "--tasks=pose2d+segm,segm+pose2d,segm",
+                          "--print_only"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert [line.split()[-1] for line in run.stdout.splitlines()] == [
+        f"--workdir={s}/pose2d+segm", f"--workdir={s}/segm"]
+    assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["subsets"] == ["pose2d+segm",
+                                                                           "segm"]
 
 
 def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp_path):
@@ -456,22 +483,48 @@ def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
             "--config.image_size=256") in out.stderr and not s.exists()
 
 
-def test_sweep_refuses_hgmt_among_the_extra_protocols(tmp_path):
-    """`--protocols` lists the extra protocols: hgmt in it is refused in one line before the
-    plan is recorded (each run's training makes its eval_test.json, hgmt's by default), not
-    dropped without a word."""
+def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path):
+    """`--protocols` lists the extra protocols: the one each run's training evaluates into
+    its eval_test.json (config.evals.test.protocol, hgmt by default) is refused in one line
+    before the plan is recorded, not dropped without a word. With the test evaluator under
+    bodynet, hgmt is an extra protocol: planned into eval_test_hgmt.json, the file hgmt.report
+    reads hgmt's numbers from (and names in its command) for such a run, not into the
+    trainer's eval_test.json."""
     s = tmp_path / "s"
-    for given in ("hgmt", "bodynet,hgmt"):
+
+    def sweep(protocols, *extra):
         cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
-               "--config=configs/default.py", "--tasks=pose2d", f"--protocols={given}",
-               "--print_only"]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+               "--config=configs/default.py", "--tasks=pose2d", f"--protocols={protocols}",
+               "--print_only", *(["--", *extra] if extra else [])]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    bodynet = "--config.evals.test.protocol=bodynet"
+    for given, extra, trained, others in (("hgmt", (), "hgmt", "bodynet, surreal"),
+                                          ("bodynet,hgmt", (), "hgmt", "bodynet, surreal"),
+                                          ("bodynet", (bodynet,), "bodynet", "hgmt, surreal")):
+        out = sweep(given, *extra)
         assert out.returncode == 1 and out.stdout == "", out.stderr
         assert out.stderr == (
-            f"error: --protocols={given}: each run's training evaluates it into eval_test.json "
-            f"already (config.evals.test.protocol, hgmt by default); list only the extra "
-            f"protocols (bodynet, surreal)\n")
+            f"error: --protocols={given}: each run's training evaluates {trained} into "
+            f"eval_test.json already (config.evals.test.protocol={trained}); list only the "
+            f"extra protocols ({others})\n")
         assert not s.exists()
+    _finished(s / "pose2d", "eval_test.json")
+    trained = {**_summary(pck=0.8), "protocol": "bodynet", "step": STEP}
+    (s / "pose2d" / "eval_test.json").write_text(json.dumps(trained))
+    out = sweep("hgmt", bodynet)
+    assert out.returncode == 0, out.stderr
+    run = s / "pose2d"
+    assert out.stdout.splitlines() == [
+        f"{sys.executable} -m hgmt.evaluate --workdir={run} --protocol=hgmt "
+        f"--out_file={run}/eval_test_hgmt.json"]
+    with pytest.raises(ValueError, match=re.escape(
+            f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")):
+        report.load_sweep(str(s))
+    (run / "eval_test_hgmt.json").write_text(json.dumps(
+        {**_summary(pck=0.7), "protocol": "hgmt", "step": STEP}))
+    assert sweep("hgmt", bodynet).stdout == ""
+    assert report.load_sweep(str(s))["pose2d"][0]["pose2d"]["pckh@0.5"] == 0.7
 
 
 def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
