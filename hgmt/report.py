@@ -21,7 +21,8 @@ of the best multi-task model over the isolated one (`<task>_per_item.png`). The 
 with the config the runs used (their own config.json files). Runs evaluated on other frames
 (number, split, frame selector, flip test or crop window) or under other metric definitions
 (`metrics_version`) do not compare: the report then writes nothing and stops with one error
-naming the runs and the `hgmt.evaluate` command that evaluates them alike.
+naming the runs and the `hgmt.evaluate` command that evaluates them alike. A folder of
+SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out with a warning.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
@@ -77,6 +78,7 @@ def check_config(sweep_dir: str) -> int:
     the config gained or lost since runs were trained (a new option, a removed one: to judge
     by reading); 1 if a run differs, else 0."""
     found = runs.check_configs(sweep_dir)
+    runs.warn_strays(sweep_dir)
     stale = {name: diff["changed"] for name, diff in found.items() if diff["changed"]}
     config = runs.plan(sweep_dir)["config"]
     for name, changed in stale.items():
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             given = f.read().strip()
     with cli.faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
         found = report.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
+        runs.warn_strays(args.sweep_dir)
         results = report.load_sweep(args.sweep_dir, args.protocol, found)
     study = report.compare(results)
     os.makedirs(args.out_dir, exist_ok=True)

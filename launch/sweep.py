@@ -17,6 +17,8 @@ writes that file. Arguments after `--` go to every run.
 for `python -m hgmt.report --protocol=P`: the protocols other than the one each run's training
 evaluates into its eval_test.json (config.evals.test.protocol, hgmt by default), which is
 refused.
+A folder of SWEEP_DIR that is not named as a run (<subset>[@seed<k>]: a backup `pose2d.old`)
+is left out with a warning, here and by hgmt.report.
 `--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
 something left to do, as this host would run them: its training unless it is done, `&&` its
 missing protocol evaluations; the runs that are done are left out (their number goes to
@@ -337,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     resume = args[cli.RESUME_FLAG.removeprefix("--")].value
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
-    runs = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
+    planned = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
     record_plan(sweep_dir, {"config": plan_config(config), "subsets": subsets,
                             "seeds": args.seeds, "extra": extra})
+    runs.warn_strays(sweep_dir)
     if args.print_only:
         if "demo" in first:  # built once, before the printed runs start together
             from hgmt import main as trainer
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             trainer.prepare_demo_dataset(first)
         done = 0
-        for tasks, k in runs:
+        for tasks, k in planned:
             todo = pending(sweep_dir, tasks, k, extra_protocols)
             done += not todo
             if args.sbatch and "train" in todo:  # the evaluations once it has trained
@@ -361,21 +364,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(" && ".join(shlex.join(cmd) for _, cmd in pending_commands(
                     todo, config, tasks, sweep_dir, extra, k, resume)))
         if done:
-            print(f"launch/sweep.py: {done} of {len(runs)} runs done already, not printed",
+            print(f"launch/sweep.py: {done} of {len(planned)} runs done already, not printed",
                   file=sys.stderr)
         return 0
     failed = []
-    for i, (tasks, k) in enumerate(runs, 1):
+    for i, (tasks, k) in enumerate(planned, 1):
         name = workdirs.run_name(tasks, k)
         todo = pending_commands(pending(sweep_dir, tasks, k, extra_protocols), config, tasks,
                                 sweep_dir, extra, k, resume)
         if not todo:
-            print(f"[{i}/{len(runs)}] {name}: done already", flush=True)
+            print(f"[{i}/{len(planned)}] {name}: done already", flush=True)
             continue
         for what, cmd in todo:
             log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")
-            print(f"[{i}/{len(runs)}] {name}: {shlex.join(cmd)} >> {log}", flush=True)
+            print(f"[{i}/{len(planned)}] {name}: {shlex.join(cmd)} >> {log}", flush=True)
             start = time.perf_counter()
             with open(log, "a") as f:  # after the earlier attempts' segments
                 f.write(f"launch/sweep.py: {name} {what}: started "
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                                     stderr=subprocess.STDOUT).returncode
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
             took = f"{name} {what}: {status} in {time.perf_counter() - start:.0f} s"
-            print(f"[{i}/{len(runs)}] {took}", flush=True)
+            print(f"[{i}/{len(planned)}] {took}", flush=True)
             with open(log, "a") as f:  # the segment's outcome and wall time end it
                 f.write(f"launch/sweep.py: {took}\n")
             if rc:

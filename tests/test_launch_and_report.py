@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -551,6 +552,38 @@ def test_report_refuses_two_runs_of_a_subset_with_one_seed(tmp_path):
     with pytest.raises(ValueError, match="runs pose2d and pose2d@seed1 were both trained with "
                                          "config.seed=0, so they are one seed, not two"):
         report.load_sweep(sweep_dir)
+
+
+def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):
+    """A backup `pose2d.old` (or `segm+pose2d`, `pose2d@seed0`: names launch/sweep.py never
+    gives) in the sweep's folder is not a run: the report, --check_config and the sweep leave
+    it out, each with one warning line naming it, instead of stopping at an unknown task."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "segm": 1})
+    for name in ("pose2d.old", "segm+pose2d", "pose2d@seed0"):
+        shutil.copytree(os.path.join(sweep_dir, "pose2d"), os.path.join(sweep_dir, name))
+    warnings = [f"warning: {sweep_dir}/{name}: not a run of this sweep "
+                f"(<subset>[@seed<k>]): left out"
+                for name in ("pose2d.old", "pose2d@seed0", "segm+pose2d")]
+    assert runs.finished(sweep_dir) == ["pose2d", "segm"]
+    assert list(report.evaluated_runs(sweep_dir)) == ["pose2d", "segm"]
+    assert [runs.is_run_name(n) for n in ("pose2d+segm", "pose2d+segm@seed2", "all",
+                                          "pose2d@seed01", "pose2d@seedx", "")] == [
+        True, True, False, False, False, False]
+    out = tmp_path / "out"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    assert capsys.readouterr().err.splitlines()[:3] == warnings
+    assert "The 2 runs share every field below" in (out / "README.md").read_text()
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", "--check_config"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == warnings and "2 of 2 finished runs" in printed.out
+    os.remove(os.path.join(sweep_dir, "sweep.json"))  # configs/study.py's would build data
+    sweep = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
+                            "--config=configs/default.py", "--tasks=pose2d,segm",
+                            "--print_only"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert sweep.returncode == 0 and sweep.stdout == "", sweep.stderr
+    assert sweep.stderr.splitlines() == [
+        *warnings, "launch/sweep.py: 2 of 2 runs done already, not printed"]
 
 
 def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 from hgmt import workdirs
 from hgmt.evaluation import evaluator, protocols
 from hgmt.study import claims, stats
+from hgmt.study import runs as sweep_runs  # `runs` names a subset's runs below
 from hgmt.tasks import TASKS, drawing, parse_tasks
 from hgmt.training import checkpoints
 
@@ -24,15 +25,16 @@ from hgmt.training import checkpoints
 def evaluated_runs(sweep_dir: str, protocol: str = "hgmt") -> dict[str, tuple[str, dict]]:
     """{run: (file, summary)} of every run in `sweep_dir` evaluated under `protocol`, in name
     order (`_result`'s: the name of the file that holds its numbers and its summary, parsed),
-    each run's evaluation files read once. `load_sweep` and `progress` take it, so that
-    `hgmt.report` reads the sweep once for both. FileNotFoundError when `sweep_dir` is
-    missing; ValueError, naming the hgmt.evaluate command, for a run whose file holds another
-    protocol's numbers (`_result`)."""
+    each run's evaluation files read once; a folder that is not a run (`runs.run_names`) is
+    left out. `load_sweep` and `progress` take it, so that `hgmt.report` reads the sweep once
+    for both. FileNotFoundError when `sweep_dir` is missing; ValueError, naming the
+    hgmt.evaluate command, for a run whose file holds another protocol's numbers
+    (`_result`)."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
     found = {}
-    for name in sorted(os.listdir(sweep_dir)):
+    for name in sweep_runs.run_names(sweep_dir):
         file, summary = _result(os.path.join(sweep_dir, name), protocol)
         if summary is not None:
             found[name] = file, summary

@@ -1,6 +1,7 @@
-"""A sweep's runs and their configs: the config arguments each run is trained with, whether
-the config each run kept (<run>/config.json) still matches the config file it came from, and
-what the report says about the config the runs used.
+"""A sweep's runs and their configs: which folders of a sweep are its runs (`run_names`), the
+config arguments each run is trained with, whether the config each run kept
+(<run>/config.json) still matches the config file it came from, and what the report says
+about the config the runs used.
 
 The sweep's plan (SWEEP/sweep.json, written by launch/sweep.py) names the config file and the
 arguments given to every run; a run <tasks>[@seed<k>] is that file with `tasks=<tasks>`, the
@@ -12,11 +13,48 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 from hgmt import workdirs
+from hgmt.tasks import parse_tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN_PATTERN = f"<subset>[{workdirs.SEED_MARK}<k>]"  # how a sweep names its runs' folders
+
+
+def is_run_name(name: str) -> bool:
+    """Whether `name` is a folder name launch/sweep.py gives a run: `workdirs.run_name` of a
+    task subset in canonical order ('pose2d+segm', 'pose2d+segm@seed1'); not 'pose2d.old',
+    'segm+pose2d', 'all' or 'pose2d@seed0'."""
+    try:
+        tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
+        return name == workdirs.run_name(tasks, workdirs.run_seed_index(name))
+    except ValueError:  # unknown tasks, or a seed index that is no number
+        return False
+
+
+def run_names(sweep_dir: str) -> list[str]:
+    """The folders of `sweep_dir` that are its runs (`is_run_name`), sorted; the others
+    (`strays`) are left out."""
+    return [n for n in _folders(sweep_dir) if is_run_name(n)]
+
+
+def strays(sweep_dir: str) -> list[str]:
+    """The folders of `sweep_dir` that are not runs of it (a backup `pose2d.old`), sorted."""
+    return [n for n in _folders(sweep_dir) if not is_run_name(n)]
+
+
+def warn_strays(sweep_dir: str) -> None:
+    """One warning line on stderr for each folder of `sweep_dir` that is not a run of it:
+    the commands that read a sweep (hgmt.report, launch/sweep.py) leave it out."""
+    for name in strays(sweep_dir) if os.path.isdir(sweep_dir) else []:
+        print(f"warning: {os.path.join(sweep_dir, name)}: not a run of this sweep "
+              f"({RUN_PATTERN}): left out", file=sys.stderr)
+
+
+def _folders(sweep_dir: str) -> list[str]:
+    return sorted(n for n in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, n)))
 
 
 def with_tasks(config: str, tasks: str) -> str:
@@ -89,8 +127,8 @@ def plan(sweep_dir: str) -> dict:
 
 
 def finished(sweep_dir: str) -> list[str]:
-    """The sweep's run directories with a test evaluation (eval_test.json), sorted."""
-    return [n for n in sorted(os.listdir(sweep_dir))
+    """The sweep's runs (`run_names`) with a test evaluation (eval_test.json), sorted."""
+    return [n for n in run_names(sweep_dir)
             if os.path.isfile(os.path.join(sweep_dir, n, workdirs.result_file()))]
 
 
