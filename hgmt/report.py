@@ -21,8 +21,12 @@ of the best multi-task model over the isolated one (`<task>_per_item.png`). The 
 with the config the runs used (their own config.json files). Runs evaluated on other frames
 (number, split, frame selector, flip test or crop window) or under other metric definitions
 (`metrics_version`) do not compare: the report then writes nothing and stops with one error
-naming the runs and the `hgmt.evaluate` command that evaluates them alike. A folder of
-SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out with a warning.
+naming the runs and the `hgmt.evaluate` command that evaluates them alike. So do runs trained
+with other settings (their config.json files differ in a field other than those a sweep's runs
+differ in by design, `hgmt.study.runs.PER_RUN`, and those a rerun may change,
+`hgmt.training.resume.FREE_ON_RESUME`): the error names each such run, the field, its value
+and the others'. A folder of SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out
+with a warning.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{report.progress(args.sweep_dir, results, found)}")
     with open(os.path.join(args.out_dir, "README.md"), "w") as f:
-        f.write(report.to_markdown(study, note, checked, runs.config_section(args.sweep_dir)))
+        f.write(report.to_markdown(study, note, checked,
+                                   runs.config_section(args.sweep_dir, list(found))))
     print(f"wrote {args.out_dir}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

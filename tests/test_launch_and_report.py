@@ -554,6 +554,71 @@ def test_report_refuses_two_runs_of_a_subset_with_one_seed(tmp_path):
         report.load_sweep(sweep_dir)
 
 
+def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
+    """A run trained with other settings (a test run into the sweep's folder after an edit of
+    the config, a rerun with --resume_with_changed_config) is another experiment: the report
+    refuses it in one line (exit status 1, nothing written) naming the run, the field, its
+    value and the others', and the fix, rather than count it in the means and verdicts. The
+    fields the runs differ in by design (tasks, seed, the losses' weights and options) and
+    those a rerun may change (hgmt.training.resume.FREE_ON_RESUME: where the data is, how it
+    is read, the evaluators) are not refused, and the config section says which vary with
+    the subset and seed and which differ otherwise."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 2, "pose2d+segm": 2})
+    out = tmp_path / "report"
+
+    def edit(name, **fields):
+        path = os.path.join(sweep_dir, name, "config.json")
+        config = json.load(open(path))
+        for field, value in fields.items():
+            *parents, last = field.split(".")
+            node = config
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        json.dump(config, open(path, "w"))
+
+    edit("pose2d+segm@seed1", total_steps=300)
+    edit("pose2d@seed1", **{"optimizer.learning_rate": 0.5})
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
+    assert e.value.code == (
+        f"error: ValueError: {sweep_dir}: the runs were not all trained alike, so their "
+        f"numbers do not compare: 2 runs trained alike (pose2d, pose2d+segm); pose2d+segm@seed1 "
+        f"not: total_steps 300 (theirs: 1200); pose2d@seed1 not: optimizer.learning_rate 0.5 "
+        f"(theirs: 0.002). Move each of pose2d+segm@seed1, pose2d@seed1 out of {sweep_dir}: "
+        f"the report then leaves it out, and launch/sweep.py with the sweep's arguments trains "
+        f"it again")
+    assert not out.exists()
+    edit("pose2d+segm@seed1", total_steps=1200)
+    with pytest.raises(ValueError, match=re.escape(
+            "3 runs trained alike (pose2d, pose2d+segm, pose2d+segm@seed1); pose2d@seed1 not: "
+            "optimizer.learning_rate 0.5 (theirs: 0.002). Move pose2d@seed1 out of")):
+        report.load_sweep(sweep_dir)
+    # On a tie the first run's settings are the sweep's.
+    edit("pose2d+segm", total_steps=300)
+    edit("pose2d+segm@seed1", total_steps=300)
+    with pytest.raises(ValueError, match=re.escape(
+            "2 runs trained alike (pose2d+segm, pose2d+segm@seed1); pose2d not: total_steps "
+            "1200 (theirs: 300); pose2d@seed1 not: optimizer.learning_rate 0.5 (theirs: 0.002), "
+            "total_steps 1200 (theirs: 300).")):
+        report.load_sweep(sweep_dir)
+    edit("pose2d@seed1", **{"optimizer.learning_rate": 0.002})
+    edit("pose2d+segm", total_steps=1200)
+    edit("pose2d+segm@seed1", total_steps=1200)
+    # What a rerun may change, and the per-run fields, are not refused.
+    edit("pose2d@seed1", worker_count=3, data_dir="/elsewhere", **{
+        "evals.validation.best_metric": "pose2d/pckh@0.5", "loss_weights.pose2d": 2.0})
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    text = (out / "README.md").read_text()
+    assert ("The 4 runs share every field below. `loss_options`, `loss_weights`, `seed`, "
+            "`tasks` vary with the subset and seed. `data_dir`, "
+            "`evals.validation.best_metric`, `worker_count` differ between runs in what does "
+            "not change the weights trained (where the data is and how it is read, when to "
+            "evaluate, log and save: hgmt.training.resume.FREE_ON_RESUME), or are recorded by "
+            "some runs only.") in text, text
+    assert "| total_steps | `1200` |" in text
+
+
 def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):
     """A backup `pose2d.old` (or `segm+pose2d`, `pose2d@seed0`: names launch/sweep.py never
     gives) in the sweep's folder is not a run: the report, --check_config and the sweep leave

@@ -1,7 +1,7 @@
 """The task-combination study's report, made of a sweep's evaluations: `evaluated_runs` reads
-the sweep's evaluated runs, `load_sweep` gathers them by subset (refusing runs evaluated
-unlike the others), `compare` sets each task's subsets against its isolated run with Welch's
-t-tests over the seeds (hgmt/study/stats.py), `to_markdown` writes the report with the
+the sweep's evaluated runs, `load_sweep` gathers them by subset (refusing runs trained or
+evaluated unlike the others), `compare` sets each task's subsets against its isolated run
+with Welch's t-tests over the seeds (hgmt/study/stats.py), `to_markdown` writes the report with the
 paper's conclusions (hgmt/study/claims.py), and `plot` the charts. `python -m hgmt.report`
 (hgmt/report.py) is the command: its docstring gives the usage and the files read and
 written.
@@ -45,14 +45,18 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
                found: dict[str, tuple[str, dict]] | None = None) -> dict[str, list[dict]]:
     """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
     in `sweep_dir`, evaluated under `protocol`. `found`: `evaluated_runs(sweep_dir,
-    protocol)` when already made (default: made here)."""
+    protocol)` when already made (default: made here). ValueError for runs whose numbers do
+    not compare: two runs of a subset with one seed (`_check_seed`), runs trained
+    (`_check_trained_alike`) or evaluated (`_check_evaluated_alike`) unlike the others."""
     if found is None:
         found = evaluated_runs(sweep_dir, protocol)
     name_of = workdirs.result_file(protocol)
-    results, seeds, evaluated, limits, files = {}, {}, {}, {}, {}
+    results, seeds, evaluated, limits, files, configs = {}, {}, {}, {}, {}, {}
     for name, (file, summary) in found.items():
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
-        _check_seed(sweep_dir, name, seeds.setdefault(tasks, {}))
+        if os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
+            configs[name] = sweep_runs.saved_config(sweep_dir, name)
+            _check_seed(sweep_dir, name, configs[name], seeds.setdefault(tasks, {}))
         results.setdefault(tasks, []).append(summary)
         evaluated[name] = _evaluation(summary)
         limits[name] = summary.get("max_examples")
@@ -64,8 +68,42 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
             f"launch/sweep.py with --protocols={protocol})")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
+    _check_trained_alike(sweep_dir, configs)
     _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files)
     return results
+
+
+def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
+    """Refuses runs (`configs`: {run: its config.json}, in name order) not all trained alike
+    (`runs.trained_differences`: a field outside those a sweep's runs differ in by design
+    and those a rerun may change): a run trained with other settings (a test run into the
+    sweep's folder after an edit of the config, a rerun with --resume_with_changed_config)
+    is another experiment, and its numbers do not belong in the means, tests and verdicts.
+    The largest group of runs trained alike (on a tie, the first run's) is the sweep's; the
+    error names each other run with each field, its value and theirs, and the fix."""
+    groups: list[list[str]] = []
+    for name, config in configs.items():
+        alike = next((g for g in groups
+                      if not sweep_runs.trained_differences(config, configs[g[0]])), None)
+        if alike is None:
+            groups.append([name])
+        else:
+            alike.append(name)
+    if len(groups) < 2:
+        return
+    sweep = max(groups, key=len)  # the first of the largest: the first run's on a tie
+    odd = sorted(n for g in groups if g is not sweep for n in g)
+    found = "; ".join(
+        f"{name} not: " + ", ".join(f"{field} {json.dumps(theirs)} (theirs: {json.dumps(ours)})"
+                                    for field, theirs, ours in sweep_runs.trained_differences(
+                                        configs[name], configs[sweep[0]]))
+        for name in odd)
+    raise ValueError(
+        f"{sweep_dir}: the runs were not all trained alike, so their numbers do not compare: "
+        f"{len(sweep)} run{'s' if len(sweep) > 1 else ''} trained alike ({_some(sweep)}); "
+        f"{found}. Move {'each of ' if len(odd) > 1 else ''}{_some(odd)} out of {sweep_dir}: "
+        f"the report then leaves it out, and launch/sweep.py with the sweep's arguments "
+        f"trains it again")
 
 
 # What an evaluation summary records of the frames it was made on and the metrics'
@@ -158,15 +196,11 @@ def _some(names: list[str], shown: int = 5) -> str:
     return f"{', '.join(names[:shown])} and {len(names) - shown} other runs"
 
 
-def _check_seed(sweep_dir: str, name: str, seen: dict[int, str]) -> None:
-    """Refuses a run whose config.json has the seed of another run of its subset (`seen`:
-    {seed: run}): the two trained alike, and counting them as two seeds would make the
-    spread look smaller than it is."""
-    path = os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        seed = json.load(f).get("seed")
+def _check_seed(sweep_dir: str, name: str, config: dict, seen: dict[int, str]) -> None:
+    """Refuses a run whose config.json (`config`) has the seed of another run of its subset
+    (`seen`: {seed: run}): the two trained alike, and counting them as two seeds would make
+    the spread look smaller than it is."""
+    seed = config.get("seed")
     if seed in seen:
         raise ValueError(f"{sweep_dir}: runs {seen[seed]} and {name} were both trained with "
                          f"config.seed={seed}, so they are one seed, not two: remove one, or "

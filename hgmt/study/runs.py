@@ -1,7 +1,8 @@
 """A sweep's runs and their configs: which folders of a sweep are its runs (`run_names`), the
 config arguments each run is trained with, whether the config each run kept
-(<run>/config.json) still matches the config file it came from, and what the report says
-about the config the runs used.
+(<run>/config.json) still matches the config file it came from, whether the runs were
+trained alike (`trained_differences`), and what the report says about the config the runs
+used.
 
 The sweep's plan (SWEEP/sweep.json, written by launch/sweep.py) names the config file and the
 arguments given to every run; a run <tasks>[@seed<k>] is that file with `tasks=<tasks>`, the
@@ -14,12 +15,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hgmt import workdirs
 from hgmt.tasks import parse_tasks
+from hgmt.training import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The config fields a sweep's runs differ in by design: the subset (`tasks`), its tasks'
+# losses (`loss_weights`, `loss_options`: one entry per task of the subset) and the seed
+# (launch/sweep.py's seed index). Any other difference between two runs' config.json outside
+# what a rerun may change (`hgmt.training.resume.differences`) makes them other experiments.
+PER_RUN = ("tasks", "seed", "loss_weights", "loss_options")
 RUN_PATTERN = f"<subset>[{workdirs.SEED_MARK}<k>]"  # how a sweep names its runs' folders
 
 
@@ -147,6 +155,20 @@ def _json_object(path: str, fix: str) -> dict:
     return value
 
 
+def trained_differences(a: Mapping[str, Any], b: Mapping[str, Any]
+                        ) -> list[tuple[str, Any, Any]]:
+    """(field, its value in `a`, in `b`) of each field, sorted, in which the runs of the
+    config.json files `a` and `b` (each read in today's layout, `workdirs.current_layout`)
+    trained otherwise, beyond what a sweep's runs differ in by design (PER_RUN): the fields
+    `hgmt.training.resume.differences` stops a rerun for, less the evaluators (`evals`), whose
+    settings do not change the weights trained (the best checkpoint's settings choose what
+    is kept, not what is evaluated after the last step) and whose evaluations the report
+    compares from their summaries. A field only one of them has is not compared."""
+    skip = (*PER_RUN, "evals")
+    return [(field, x, y) for field, x, y in resume.differences(a, workdirs.current_layout(b))
+            if not any(field == f or field.startswith(f"{f}.") for f in skip)]
+
+
 def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
     """{run: its `differences` from the config it would get today} of every finished run, its
     config.json taken in today's layout (`workdirs.current_layout`: an older run's evaluation
@@ -185,11 +207,13 @@ def _without_idle_evaluators(made: dict, expected: dict) -> tuple[dict, dict]:
                  if isinstance(c.get("evals"), dict) else c for c in (made, expected))
 
 
-def config_section(sweep_dir: str) -> list[str]:
-    """The report's section on the config the runs used: the sweep's config file and
-    arguments, then the fields every run's config.json shares (a table) and those that vary
-    with the subset or seed."""
-    done = finished(sweep_dir)
+def config_section(sweep_dir: str, done: Sequence[str] | None = None) -> list[str]:
+    """The report's section on the config the runs `done` (default: the `finished` ones)
+    used: the sweep's config file and arguments, then the fields every run's config.json
+    shares (a table), those of PER_RUN that vary with the subset or seed, and any other that
+    differs between them (one the runs may differ in: `trained_differences` leaves it out,
+    or one that only some runs record)."""
+    done = finished(sweep_dir) if done is None else list(done)
     names = [n for n in done if os.path.isfile(os.path.join(sweep_dir, n, workdirs.CONFIG_FILE))]
     if not names:
         return []
@@ -200,12 +224,19 @@ def config_section(sweep_dir: str) -> list[str]:
     keys = sorted(set().union(*configs))
     shared = {k: configs[0].get(k) for k in keys
               if all(k in c and c[k] == configs[0][k] for c in configs)}
-    varying = sorted({k.split(".")[0] for k in keys if k not in shared})
+    differing = [k for k in keys if k not in shared]
+    varying = sorted({k.split(".")[0] for k in differing if k.split(".")[0] in PER_RUN})
+    others = [k for k in differing if k.split(".")[0] not in PER_RUN]
     made = ("" if p is None else
             f"launch/sweep.py `--config={p['config']}`"
             + (f" with `{' '.join(p['extra'])}`" if p["extra"] else "") + "; ")
     vary = (f" {', '.join(f'`{k}`' for k in varying)} vary with the subset and seed."
             if varying else "")
+    if others:
+        vary += (f" {', '.join(f'`{k}`' for k in others)} differ between runs in what does "
+                 f"not change the weights trained (where the data is and how it is read, when "
+                 f"to evaluate, log and save: hgmt.training.resume.FREE_ON_RESUME), or are "
+                 f"recorded by some runs only.")
     several = [n for n in names if workdirs.configs_before(os.path.join(sweep_dir, n))]
     if several:
         vary += (f" Trained with more than one config (a rerun with "
