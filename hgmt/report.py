@@ -10,7 +10,8 @@ reads SWEEP_DIR/<tasks>/eval_test.json of every trained subset (launch/sweep.py 
 --protocol=<protocol> --out_file=<run>/eval_test_<protocol>.json` (without --out_file it
 names its file after the checkpoint), else eval_test.json where the run's test evaluator used
 that protocol; for hgmt, of a run whose eval_test.json holds another protocol's numbers,
-eval_test_hgmt.json, written by that command with --protocol=hgmt) and
+eval_test_hgmt.json, written by that command with --protocol=hgmt; such a file counts only
+beside the run's eval_test.json and of the step that file records, where training ended) and
 writes into OUT_DIR: README.md (how many runs finished and how they were evaluated: frames,
 flip test and metric definitions, with what changed since and how to evaluate again where
 those are older than today's; the seed paper's conclusions checked on these runs, then
@@ -26,7 +27,8 @@ with other settings (their config.json files differ in a field other than those 
 differ in by design, `hgmt.study.runs.PER_RUN`, and those a rerun may change,
 `hgmt.training.resume.FREE_ON_RESUME`): the error names each such run, the field, its value
 and the others'. A folder of SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out
-with a warning.
+with a warning; a run file that does not read stops the report in one line naming it and the
+fix.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose

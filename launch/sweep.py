@@ -8,15 +8,17 @@ Runs `python -m hgmt.main --config=CONFIG:tasks=T --workdir=SWEEP_DIR/T` for eac
 15 by default), one after another on this host, logging to SWEEP_DIR/T.log: each attempt appends
 a segment to it that starts with a line giving its start time (UTC) and command and ends with
 one giving its outcome and wall time, so a retried run keeps the earlier attempts' output and
-errors. A subset whose SWEEP_DIR/T/eval_test.json exists is done and skipped, so
-rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint).
-The config's test evaluation must run after training (config.evals.test.at_end), which
-writes that file. Arguments after `--` go to every run.
+errors. A subset whose SWEEP_DIR/T/eval_test.json exists and reads is done and skipped, so
+rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint;
+one whose eval_test.json does not read is trained again, which from its last checkpoint
+evaluates it anew). The config's test evaluation must run after training
+(config.evals.test.at_end), which writes that file. Arguments after `--` go to every run.
 `--protocols` also evaluates each finished subset under those metric protocols
-(`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json, skipped when present)
-for `python -m hgmt.report --protocol=P`: the protocols other than the one each run's training
-evaluates into its eval_test.json (config.evals.test.protocol, hgmt by default), which is
-refused.
+(`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json) for
+`python -m hgmt.report --protocol=P`, skipped where that file holds P's numbers of the step the
+run's training ended at (eval_test.json's: an evaluation before a rerun trained on is made
+again): the protocols other than the one each run's training evaluates into its
+eval_test.json (config.evals.test.protocol, hgmt by default), which is refused.
 A folder of SWEEP_DIR that is not named as a run (<subset>[@seed<k>]: a backup `pose2d.old`)
 is left out with a warning, here and by hgmt.report.
 `--print_only` prints the commands instead (SWEEP_DIR made absolute), one line per run with
@@ -73,6 +75,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 import ml_collections
 
@@ -155,20 +158,45 @@ EVALUATION_DEFAULTS = ("--gpus-per-node=8", "--cpus-per-task=32")
 
 
 def pending(sweep_dir: str, tasks: str, seed_index: int, extra_protocols: list[str]
-            ) -> list[str]:
-    """What a run still lacks, the sweep's test of doneness: 'train' unless its test
-    evaluation (SWEEP_DIR/<run>/eval_test.json) is there, then each protocol of
-    `extra_protocols` whose file (`workdirs.protocol_file`) is missing; [] for a done run."""
+            ) -> dict[str, str]:
+    """What a run still lacks, the sweep's test of doneness: {item: why}, in order. 'train'
+    unless its test evaluation (SWEEP_DIR/<run>/eval_test.json) is there and reads; then
+    each protocol of `extra_protocols` unless its file (`workdirs.protocol_file`) holds that
+    protocol's numbers of the step the training ended at (`runs.behind_training`, as
+    hgmt.report counts them). why: '' where the file is missing (or, for a protocol, the
+    training is to run first), else what is wrong with it and what is done. {} for a done
+    run."""
     workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
-    return [what for what, file in [("train", workdirs.result_file()),
-                                    *((x, workdirs.protocol_file(x)) for x in extra_protocols)]
-            if not os.path.exists(os.path.join(workdir, file))]
+    todo = {}
+    try:
+        trained = runs.read_summary(os.path.join(workdir, workdirs.result_file()),
+                                    "It is trained again, which evaluates it anew")
+    except workdirs.DamagedRunFile as e:
+        trained, todo["train"] = None, str(e)
+    else:
+        if trained is None:
+            todo["train"] = ""
+    for x in extra_protocols:
+        path = os.path.join(workdir, workdirs.protocol_file(x))
+        try:
+            summary = runs.read_summary(path, "It is evaluated again")
+            if summary is None or trained is None:
+                todo[x] = ""
+            elif summary.get("protocol", "hgmt") != x:
+                todo[x] = (f"{path} holds protocol {summary.get('protocol', 'hgmt')!r} "
+                           f"numbers, not {x!r}: it is evaluated again")
+            elif behind := runs.behind_training(workdir, summary, trained):
+                todo[x] = (f"{path} is not of the run's trained weights ({behind}): it "
+                           f"is evaluated again")
+        except workdirs.DamagedRunFile as e:
+            todo[x] = str(e)
+    return todo
 
 
-def pending_commands(todo: list[str], config: str, tasks: str, sweep_dir: str,
+def pending_commands(todo: Iterable[str], config: str, tasks: str, sweep_dir: str,
                      extra: list[str], seed_index: int = 0,
                      resume_with_changed_config: bool = False) -> list[tuple[str, list[str]]]:
-    """(what, command) of each item of a run's `pending` list `todo`, as this host runs it:
+    """(what, command) of each item of a run's `pending` items `todo`, as this host runs it:
     'train' its training (`command`), a protocol its evaluation (`protocol_command`)."""
     return [(x, command(config, tasks, sweep_dir, extra, seed_index, resume_with_changed_config)
              if x == "train" else protocol_command(tasks, sweep_dir, x, seed_index))
@@ -354,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         for tasks, k in planned:
             todo = pending(sweep_dir, tasks, k, extra_protocols)
             done += not todo
+            for why in filter(None, todo.values()):  # stdout is for the commands
+                print(f"launch/sweep.py: {workdirs.run_name(tasks, k)}: {why}",
+                      file=sys.stderr)
             if args.sbatch and "train" in todo:  # the evaluations once it has trained
                 print(sbatch_command(sbatch_options, config, tasks, sweep_dir, extra, k,
                                      resume))
@@ -370,11 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for i, (tasks, k) in enumerate(planned, 1):
         name = workdirs.run_name(tasks, k)
-        todo = pending_commands(pending(sweep_dir, tasks, k, extra_protocols), config, tasks,
-                                sweep_dir, extra, k, resume)
+        lacks = pending(sweep_dir, tasks, k, extra_protocols)
+        todo = pending_commands(lacks, config, tasks, sweep_dir, extra, k, resume)
         if not todo:
             print(f"[{i}/{len(planned)}] {name}: done already", flush=True)
             continue
+        for why in filter(None, lacks.values()):
+            print(f"[{i}/{len(planned)}] {name}: {why}", flush=True)
         for what, cmd in todo:
             log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")

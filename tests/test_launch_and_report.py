@@ -200,6 +200,67 @@ def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
     assert sweep("--protocols=bodynet")[0] == [f"{train_segm} && {evaluate('segm')}"]
 
 
+def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_read(
+        tmp_path, monkeypatch, capsys):
+    """A protocol's file is done only beside the run's eval_test.json and of the step the
+    training ended at: pose2d's bodynet file of step 300 (made before a rerun trained on to
+    1200) is planned again, and so is segm's, whose run has no eval_test.json; the reason goes
+    to stderr, the commands alone to stdout. An eval_test.json that does not read (empty, a
+    JSON list) is not done: the run is trained again, which evaluates it anew, then the
+    protocol; a sweep run here says why before the command."""
+    s = tmp_path / "s"
+    python, config = sys.executable, f"{REPO}/configs/default.py"
+
+    def train(run):
+        return f"{python} -m hgmt.main --config={config}:tasks={run} --workdir={s}/{run}"
+
+    def evaluate(run):
+        return (f"{python} -m hgmt.evaluate --workdir={s}/{run} --protocol=bodynet "
+                f"--out_file={s}/{run}/eval_test_bodynet.json")
+
+    def sweep():
+        run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                              "--config=configs/default.py", "--tasks=pose2d,segm,depth",
+                              "--protocols=bodynet", "--print_only"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.splitlines(), run.stderr.splitlines()
+
+    _finished(s / "pose2d", "eval_test.json")
+    _finished(s / "pose2d", "eval_test_bodynet.json", step=300)
+    _finished(s / "segm", "eval_test_bodynet.json")
+    (s / "depth").mkdir()
+    (s / "depth" / "eval_test.json").write_text("")
+    assert sweep() == (
+        [evaluate("pose2d"), f"{train('segm')} && {evaluate('segm')}",
+         f"{train('depth')} && {evaluate('depth')}"],
+        [f"launch/sweep.py: pose2d: {s}/pose2d/eval_test_bodynet.json is not of the run's "
+         f"trained weights (it is of step 300, and the run's training ended at step 1200): it "
+         f"is evaluated again",
+         f"launch/sweep.py: depth: {s}/depth/eval_test.json is empty: the file was cut short. "
+         f"It is trained again, which evaluates it anew"])
+    _finished(s / "pose2d", "eval_test_bodynet.json")
+    (s / "depth" / "eval_test.json").write_text("[1]")
+    assert sweep() == (
+        [f"{train('segm')} && {evaluate('segm')}", f"{train('depth')} && {evaluate('depth')}"],
+        [f"launch/sweep.py: depth: {s}/depth/eval_test.json is not a JSON object (a JSON "
+         f"list): the file was edited or damaged. It is trained again, which evaluates it "
+         f"anew", "launch/sweep.py: 1 of 3 runs done already, not printed"])
+    from launch import sweep as launcher
+
+    ran = []
+    monkeypatch.setattr(launcher.subprocess, "run", lambda cmd, **kwargs: ran.append(
+        cmd[2]) or subprocess.CompletedProcess(cmd, 0))
+    assert launcher.main([f"--sweep_dir={s}", "--config=configs/default.py",
+                          "--tasks=depth"]) == 0
+    assert ran == ["hgmt.main"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"[1/1] depth: {s}/depth/eval_test.json is not a JSON object (a JSON "
+                        f"list): the file was edited or damaged. It is trained again, which "
+                        f"evaluates it anew"), lines
+    assert lines[1].startswith(f"[1/1] depth: {python} -m hgmt.main "), lines
+
+
 def test_sweep_runs_a_subset_given_twice_once(tmp_path):
     """`--tasks=pose2d+segm,segm+pose2d` names one subset twice: one command, one entry in
     the plan, not two runs into one workdir."""
@@ -619,6 +680,86 @@ def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
     assert "| total_steps | `1200` |" in text
 
 
+def test_report_counts_a_protocols_file_only_of_the_step_the_training_ended_at(tmp_path):
+    """eval_test_<protocol>.json counts only beside the trainer's eval_test.json and of the
+    step it records (or, for an eval_test.json older than that record, the total_steps of the
+    run's config.json): a file without eval_test.json (a run not finished) or of an earlier
+    step (made before a rerun trained on) is as missing, and under hgmt the error names why
+    and the command that makes it."""
+    sweep_dir = tmp_path / "sweep"
+    run = sweep_dir / "pose2d"
+    run.mkdir(parents=True)
+    bodynet = {**_summary(pck=0.6), "protocol": "bodynet"}
+    (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": 300}))
+    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    assert runs.finished(str(sweep_dir)) == []
+    (run / "eval_test.json").write_text(json.dumps({**_summary(pck=0.8), "step": STEP}))
+    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    with pytest.raises(FileNotFoundError, match="only for the step its training ended at"):
+        report.load_sweep(str(sweep_dir), "bodynet")
+    (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": STEP}))
+    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [{**bodynet,
+                                                                         "step": STEP}]}
+    # An eval_test.json without its step: the config's total_steps, where training ended.
+    (run / "eval_test.json").write_text(json.dumps(_summary(pck=0.8)))
+    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    (run / "config.json").write_text(json.dumps({"total_steps": STEP}))
+    assert list(report.evaluated_runs(str(sweep_dir), "bodynet")) == ["pose2d"]
+    # A trainer's bodynet numbers are reported under bodynet beside a stale file of them;
+    # under hgmt, an eval_test_hgmt.json of another step is not read as the run's numbers.
+    trained = {**bodynet, "step": STEP, "pose2d": {**bodynet["pose2d"], "pck": 0.65}}
+    (run / "eval_test.json").write_text(json.dumps(trained))
+    (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": 300}))
+    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [trained]}
+    (run / "eval_test_hgmt.json").write_text(json.dumps(
+        {**_summary(pck=0.7), "protocol": "hgmt", "step": 300}))
+    with pytest.raises(ValueError) as e:
+        report.load_sweep(str(sweep_dir))
+    assert str(e.value) == (
+        f"{run}/eval_test.json holds protocol 'bodynet' numbers, not 'hgmt' (the run's test "
+        f"evaluator ran under 'bodynet'): report them with --protocol=bodynet, or evaluate the "
+        f"run under 'hgmt' into {run}/eval_test_hgmt.json, which the report reads then (it is "
+        f"there but not of the trained weights: it is of step 300, and the run's training "
+        f"ended at step 1200): python -m hgmt.evaluate --workdir={run} --protocol=hgmt "
+        f"--out_file={run}/eval_test_hgmt.json")
+
+
+def test_report_names_a_run_file_that_does_not_read_and_the_fix(tmp_path):
+    """An eval_test.json cut short (empty) or edited into another JSON value, a protocol's
+    file or a config.json that does not read: one error line naming the file and what to do,
+    not a JSONDecodeError that names no file or a traceback."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "segm": 1})
+    run = os.path.join(sweep_dir, "pose2d")
+    remake = (f"Make it again: rerun launch/sweep.py --sweep_dir={sweep_dir} with the sweep's "
+              f"config and arguments, which trains pose2d on from its last checkpoint and "
+              f"evaluates it")
+
+    def refused(protocol="hgmt"):
+        with pytest.raises(SystemExit) as e:
+            hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}",
+                              f"--protocol={protocol}"])
+        return e.value.code
+
+    open(os.path.join(run, "eval_test.json"), "w").close()
+    assert refused() == (f"error: DamagedRunFile: {run}/eval_test.json is empty: the file "
+                         f"was cut short. {remake}")
+    open(os.path.join(run, "eval_test.json"), "w").write("[1]")
+    assert refused() == (f"error: DamagedRunFile: {run}/eval_test.json is not a JSON object "
+                         f"(a JSON list): the file was edited or damaged. {remake}")
+    open(os.path.join(run, "eval_test.json"), "w").write(json.dumps(
+        {**_summary(pck=0.8), "step": STEP}))
+    open(os.path.join(run, "eval_test_bodynet.json"), "w").write('{"protocol": ')
+    assert refused("bodynet") == (
+        f"error: DamagedRunFile: {run}/eval_test_bodynet.json is not a JSON object (not JSON: "
+        f"Expecting value: line 1 column 14): the file was edited or damaged. Evaluate the run "
+        f"into it again: python -m hgmt.evaluate --workdir={run} --protocol=bodynet "
+        f"--out_file={run}/eval_test_bodynet.json")
+    open(os.path.join(run, "config.json"), "w").write("[]")
+    assert refused() == (f"error: DamagedRunFile: {run}/config.json is not a JSON object (a "
+                         f"JSON list): the file was edited or damaged. Restore it from a copy, "
+                         f"or train the run again")
+
+
 def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):
     """A backup `pose2d.old` (or `segm+pose2d`, `pose2d@seed0`: names launch/sweep.py never
     gives) in the sweep's folder is not a run: the report, --check_config and the sweep leave
@@ -793,7 +934,7 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     definitions."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0}
+              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0, "step": STEP}
     middle = {**every4, "num_examples": 24, "frames": "middle"}
     _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **every4}] * 3,
                                "segm": [{**_summary(iou=0.5), **middle}] * 2})
@@ -844,11 +985,12 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
         (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False,
-                   "metrics_version": evaluator.METRICS_VERSION}
+                   "metrics_version": evaluator.METRICS_VERSION, "step": STEP}
         summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
         if window:
             summary["window"] = window
         (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(summary))
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps({"step": STEP}))
 
     write("pose2d", "reference")
     write("pose2d+segm", None)
@@ -880,26 +1022,35 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
                          f"{evaluator.METRICS_VERSION})."), line
 
 
+def _count_reads(monkeypatch, sweep_dir) -> collections.Counter:
+    """{file under `sweep_dir`: times read}, of the JSON files hgmt reads from now on (every
+    one through `workdirs.read_json_object`)."""
+    opened = collections.Counter()
+    read = workdirs.read_json_object
+
+    def counting(path, *args, **kwargs):
+        opened[os.path.relpath(path, sweep_dir)] += 1
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(workdirs, "read_json_object", counting)
+    return opened
+
+
 def test_report_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
-    """`load_sweep`, then `progress`, each open a run's evaluation files once apiece, and only
+    """`load_sweep`, then `progress`, each read a run's evaluation files once apiece, and only
     those they need: the summary whose protocol decides which file holds the run's numbers is
     the one reported. Under hgmt: pose2d's eval_test.json holds hgmt's numbers; segm's holds
     bodynet's, so its eval_test_hgmt.json is read too. Under bodynet: segm's
-    eval_test_bodynet.json holds them and its eval_test.json is not opened; pose2d has no
-    such file, and its eval_test.json does not hold bodynet's numbers."""
+    eval_test_bodynet.json holds them, read with its eval_test.json, whose step says the
+    training ended where that evaluation was made; pose2d has no such file, and its
+    eval_test.json does not hold bodynet's numbers."""
     sweep_dir = tmp_path / "sweep"
-    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt"}
-    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet"}
+    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt", "step": STEP}
+    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet", "step": STEP}
     _finished_runs(sweep_dir, {"pose2d": [hgmt_numbers], "segm": [bodynet]})
     (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
     (sweep_dir / "segm" / "eval_test_bodynet.json").write_text(json.dumps(bodynet))
-    opened = collections.Counter()
-
-    def counting_open(path, *args, **kwargs):
-        opened[os.path.relpath(path, sweep_dir)] += 1
-        return open(path, *args, **kwargs)
-
-    monkeypatch.setattr(report, "open", counting_open, raising=False)
+    opened = _count_reads(monkeypatch, sweep_dir)
     results = report.load_sweep(str(sweep_dir))
     assert results == {"pose2d": [hgmt_numbers], "segm": [hgmt_numbers]}
     every = {"pose2d/eval_test.json": 1, "segm/eval_test.json": 1,
@@ -910,16 +1061,17 @@ def test_report_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
     assert opened == every
     opened.clear()
     assert report.load_sweep(str(sweep_dir), "bodynet") == {"segm": [bodynet]}
-    assert opened == {"pose2d/eval_test.json": 1, "segm/eval_test_bodynet.json": 1}
+    assert opened == {"pose2d/eval_test.json": 1, "segm/eval_test.json": 1,
+                      "segm/eval_test_bodynet.json": 1}
 
 
 def test_the_report_command_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
     """`hgmt.report` finds the sweep's evaluated runs once for both `load_sweep` and
-    `progress` (`evaluated_runs`): each evaluation file is opened once in the whole command,
+    `progress` (`evaluated_runs`): each evaluation file is read once in the whole command,
     and the README's progress line is the one `progress` gives on its own."""
     sweep_dir = tmp_path / "sweep"
-    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt"}
-    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet"}
+    hgmt_numbers = {**_summary(pck=0.8, iou=0.5), "protocol": "hgmt", "step": STEP}
+    bodynet = {**_summary(pck=0.6, iou=0.4), "protocol": "bodynet", "step": STEP}
     _finished_runs(sweep_dir, {"pose2d": [hgmt_numbers], "segm": [bodynet]})
     (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "segm"],
@@ -928,13 +1080,7 @@ def test_the_report_command_reads_each_evaluation_file_of_a_run_once(tmp_path, m
     assert alone == "Runs finished: 2 of 2 (2 subsets x 1 seed).", alone
     assert report.evaluated_runs(str(sweep_dir)) == {
         "pose2d": ("eval_test.json", hgmt_numbers), "segm": ("eval_test_hgmt.json", hgmt_numbers)}
-    opened = collections.Counter()
-
-    def counting_open(path, *args, **kwargs):
-        opened[os.path.relpath(path, sweep_dir)] += 1
-        return open(path, *args, **kwargs)
-
-    monkeypatch.setattr(report, "open", counting_open, raising=False)
+    opened = _count_reads(monkeypatch, sweep_dir)
     out = tmp_path / "out"
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     assert {f: n for f, n in opened.items() if "eval_test" in f} == {
@@ -948,7 +1094,7 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     fix. A workdir command on a folder that is no workdir: one error line too."""
     sweep_dir = tmp_path / "sweep"
     (sweep_dir / "pose2d").mkdir(parents=True)
-    summary = {**_summary(pck=0.8), "protocol": "bodynet"}
+    summary = {**_summary(pck=0.8), "protocol": "bodynet", "step": STEP}
     (sweep_dir / "pose2d" / "eval_test.json").write_text(json.dumps(summary))
     assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d"], "seeds": 1}))
@@ -964,7 +1110,7 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
         f"which the report reads then: python -m hgmt.evaluate --workdir={run} "
         f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")
     # The fix works: hgmt's numbers where the command writes them are what the report reads.
-    hgmt_numbers = {**_summary(pck=0.7), "protocol": "hgmt"}
+    hgmt_numbers = {**_summary(pck=0.7), "protocol": "hgmt", "step": STEP}
     out_file = str(e.value.code).rpartition("--out_file=")[2]
     with open(out_file, "w") as f:
         json.dump(hgmt_numbers, f)
@@ -1155,7 +1301,8 @@ def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_ou
             run = sweep_dir / workdirs.run_name(tasks, k)
             run.mkdir(parents=True)
             (run / "eval_test_bodynet.json").write_text(json.dumps(
-                {**summary, "protocol": "bodynet"}))
+                {**summary, "protocol": "bodynet", "step": STEP}))
+            (run / "eval_test.json").write_text(json.dumps({"step": STEP}))
     study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
     assert study["pose3d"]["seeds"] == {"pose3d": 2, "pose3d+depth": 2}
     assert study["pose3d"]["null"] == {"pose3d": {"seeds": 1, "of": 3, "reasons": [damaged]}}
@@ -1186,14 +1333,15 @@ def test_report_compares_another_protocols_numbers(tmp_path):
                "segm": lambda v: {"protocol": "bodynet", "mean_iou": v, "iou_per_part": {}}}
     for name, pck, iou in (("pose2d", 0.9, None), ("pose2d+segm", 0.95, None),
                            ("segm", None, 0.6)):
-        s = {"protocol": "bodynet"}
+        s = {"protocol": "bodynet", "step": STEP}
         s.update({"pose2d": bodynet["pose2d"](pck)} if pck else {})
         s.update({"segm": bodynet["segm"](iou)} if iou else {})
         if name == "pose2d+segm":
             s["segm"] = bodynet["segm"](None)  # undefined: a part absent from the split
         (sweep_dir / name).mkdir(parents=True)
         (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(s))
-        (sweep_dir / name / "eval_test.json").write_text(json.dumps(_summary(pck=0.5)))
+        (sweep_dir / name / "eval_test.json").write_text(json.dumps(
+            {**_summary(pck=0.5), "step": STEP}))
     study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
     assert study["pose2d"]["metric"] == "pck" and study["pose2d"]["protocol"] == "bodynet"
     assert study["pose2d"]["gain"]["pose2d+segm"] == pytest.approx(0.05)

@@ -28,8 +28,8 @@ def evaluated_runs(sweep_dir: str, protocol: str = "hgmt") -> dict[str, tuple[st
     each run's evaluation files read once; a folder that is not a run (`runs.run_names`) is
     left out. `load_sweep` and `progress` take it, so that `hgmt.report` reads the sweep once
     for both. FileNotFoundError when `sweep_dir` is missing; ValueError, naming the
-    hgmt.evaluate command, for a run whose file holds another protocol's numbers
-    (`_result`)."""
+    hgmt.evaluate command, for a run whose file holds another protocol's numbers, or naming
+    a file that does not read and what to do (`_result`)."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
                                 f"--sweep_dir={sweep_dir} ... first")
@@ -65,7 +65,8 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
         hint = "" if protocol == "hgmt" else (
             f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
             f"<tasks> --protocol={protocol} --out_file={sweep_dir}/<tasks>/{name_of}, or rerun "
-            f"launch/sweep.py with --protocols={protocol})")
+            f"launch/sweep.py with --protocols={protocol}; such a file counts once the run's "
+            f"{workdirs.result_file()} is there, and only for the step its training ended at)")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
     _check_trained_alike(sweep_dir, configs)
@@ -218,51 +219,42 @@ def _result(run_dir: str, protocol: str) -> tuple[str, dict | None]:
     eval_test.json for hgmt, eval_test_<protocol>.json for another, which launch/sweep.py
     --protocols writes), but for hgmt `workdirs.protocol_file('hgmt')` (eval_test_hgmt.json)
     where eval_test.json holds another protocol's numbers: the trainer's, which an
-    evaluation there would overwrite (and launch/sweep.py takes that file for a finished run).
+    evaluation there would overwrite.
 
-    summary: the run's evaluation summary under `protocol`, parsed: the file's when it holds
-    that protocol's numbers; else, for another protocol, the trainer's eval_test.json when its
-    test evaluator ran under it; None when the run has none of them (not finished, or not
-    evaluated under that protocol). ValueError, naming the hgmt.evaluate command that writes
-    the file, when that holds another protocol's numbers, or (under hgmt) when eval_test.json
-    does and eval_test_hgmt.json is missing."""
-    def evaluate(out: str) -> str:
-        return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
-                f"--out_file={out}")
-
+    summary: the run's evaluation summary under `protocol`, parsed; None for a run whose
+    training has not finished (no eval_test.json: a protocol's file without it is not
+    counted). eval_test.json's where it holds that protocol's numbers (for a protocol other
+    than hgmt, where `file` does not hold them); `file`'s where it holds them for the step the
+    training ended at (one that `runs.behind_training` finds of another step, or of none,
+    counts as missing: launch/sweep.py evaluates it again); else None, or under hgmt
+    ValueError naming the hgmt.evaluate command that writes `file`. ValueError too when
+    `file` holds another protocol's numbers, and (DamagedRunFile) naming a file that does not
+    read and what to do."""
     trained_path = os.path.join(run_dir, workdirs.result_file())  # the trainer's
-    file = workdirs.result_file(protocol)
-    summary = _read_summary(os.path.join(run_dir, file))
-    trained = None  # under hgmt, the trainer's summary where it holds another protocol
-    if protocol == "hgmt" and _protocol_of(summary) not in (None, protocol):
-        trained, file = summary, workdirs.protocol_file(protocol)
-        summary = _read_summary(os.path.join(run_dir, file))
+    trained = sweep_runs.read_summary(trained_path, sweep_runs.training_fix(run_dir))
+    if trained is None:  # not finished
+        return workdirs.result_file(protocol), None
+    if protocol == "hgmt" and _protocol_of(trained) == protocol:
+        return workdirs.result_file(), trained
+    file = workdirs.protocol_file(protocol)
     path = os.path.join(run_dir, file)
+    evaluate = sweep_runs.evaluation_command(run_dir, protocol, path)
+    summary = sweep_runs.read_summary(path, f"Evaluate the run into it again: {evaluate}")
     held = _protocol_of(summary)
-    if held == protocol:
-        return file, summary
-    if held is not None:
+    if held not in (None, protocol):
         raise ValueError(f"{path} holds protocol {held!r} numbers, not {protocol!r}: "
-                         f"evaluate the run under {protocol!r} into it again: "
-                         f"{evaluate(path)}")
+                         f"evaluate the run under {protocol!r} into it again: {evaluate}")
+    behind = None if summary is None else sweep_runs.behind_training(run_dir, summary, trained)
+    if summary is not None and behind is None:
+        return file, summary
     if protocol != "hgmt":
-        trained = _read_summary(trained_path)
         return file, trained if _protocol_of(trained) == protocol else None
-    if trained is not None:
-        found = _protocol_of(trained)
-        raise ValueError(f"{trained_path} holds protocol {found!r} numbers, not {protocol!r} "
-                         f"(the run's test evaluator ran under {found!r}): report them with "
-                         f"--protocol={found}, or evaluate the run under {protocol!r} into "
-                         f"{path}, which the report reads then: {evaluate(path)}")
-    return file, None
-
-
-def _read_summary(path: str) -> dict | None:
-    """The evaluation summary at `path`, parsed; None when there is no such file."""
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    found = _protocol_of(trained)
+    why = "" if behind is None else f" (it is there but not of the trained weights: {behind})"
+    raise ValueError(f"{trained_path} holds protocol {found!r} numbers, not {protocol!r} "
+                     f"(the run's test evaluator ran under {found!r}): report them with "
+                     f"--protocol={found}, or evaluate the run under {protocol!r} into "
+                     f"{path}, which the report reads then{why}: {evaluate}")
 
 
 def _protocol_of(summary: dict | None) -> str | None:

@@ -2,7 +2,8 @@
 config arguments each run is trained with, whether the config each run kept
 (<run>/config.json) still matches the config file it came from, whether the runs were
 trained alike (`trained_differences`), and what the report says about the config the runs
-used.
+used. A run's evaluation files are read here too (`read_summary`), and whether an
+evaluation made beside the trainer's is of its weights (`behind_training`).
 
 The sweep's plan (SWEEP/sweep.json, written by launch/sweep.py) names the config file and the
 arguments given to every run; a run <tasks>[@seed<k>] is that file with `tasks=<tasks>`, the
@@ -138,6 +139,64 @@ def finished(sweep_dir: str) -> list[str]:
     """The sweep's runs (`run_names`) with a test evaluation (eval_test.json), sorted."""
     return [n for n in run_names(sweep_dir)
             if os.path.isfile(os.path.join(sweep_dir, n, workdirs.result_file()))]
+
+
+def read_summary(path: str, fix: str) -> dict | None:
+    """The evaluation summary in the file `path`, None where there is no such file;
+    DamagedRunFile naming the file and `fix`, what to do, where it is empty or holds anything
+    but a JSON object."""
+    if not os.path.isfile(path):
+        return None
+    return _json_object(path, fix)
+
+
+def training_fix(run_dir: str) -> str:
+    """What to do about a run's damaged eval_test.json: its training, run again, resumes from
+    its last checkpoint and evaluates it into the file (`Evaluators.finished_at_end` takes a
+    file that does not read as not made)."""
+    return (f"Make it again: rerun launch/sweep.py --sweep_dir={os.path.dirname(run_dir)} with "
+            f"the sweep's config and arguments, which trains {os.path.basename(run_dir)} on "
+            f"from its last checkpoint and evaluates it")
+
+
+def evaluation_command(run_dir: str, protocol: str, out: str) -> str:
+    """The hgmt.evaluate command that evaluates a sweep's run under `protocol` into `out`,
+    as launch/sweep.py --protocols does."""
+    return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
+            f"--out_file={out}")
+
+
+def last_step(run_dir: str, trained: Mapping[str, Any]) -> int | None:
+    """The step a run's training ended at, which its evaluations after training are of: the
+    `step` of its eval_test.json (`trained`), or for one written before the trainer recorded
+    it, the `total_steps` of the run's config.json (the config of its last steps); None when
+    neither says."""
+    if trained.get("step") is not None:
+        return trained["step"]
+    path = os.path.join(run_dir, workdirs.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    return _json_object(path, "Restore it from a copy, or train the run again").get(
+        "total_steps")
+
+
+def behind_training(run_dir: str, summary: Mapping[str, Any],
+                    trained: Mapping[str, Any]) -> str | None:
+    """Why an evaluation made beside the trainer's (`summary`, from an eval_test_<protocol>
+    .json) is not of the weights the run's training ended with (`trained`: its
+    eval_test.json): it records no step, or another than the run's `last_step` (made before
+    a rerun trained on, or of another checkpoint); None when it is of that step. Such a file
+    counts as missing: launch/sweep.py evaluates the run again into it."""
+    step, last = summary.get("step"), last_step(run_dir, trained)
+    if step is None:
+        return "it records no step"
+    if last is None:
+        return (f"the step the run's training ended at is unknown (its "
+                f"{workdirs.result_file()} records none, and it has no "
+                f"{workdirs.CONFIG_FILE})")
+    if step != last:
+        return f"it is of step {step}, and the run's training ended at step {last}"
+    return None
 
 
 def saved_config(sweep_dir: str, name: str) -> dict:
