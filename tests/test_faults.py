@@ -369,6 +369,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     assert evaluated() == [(3, "test"), (3, "validation")] * 2
 
 
+@pytest.mark.slow
 def test_on_8_devices_a_rerun_of_a_finished_run_keeps_its_evaluation_after_training(
         demo_dataset, tmp_path):
     """`hgmt.main` on 8 virtual devices, 2 steps and the test evaluation after them, run

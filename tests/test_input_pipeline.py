@@ -179,7 +179,7 @@ def _spawned_children() -> list[int]:
 
 def test_loader_workers_signalled_as_they_start_live_on(source):
     """SIGTERM, SIGUSR1 and SIGINT, as a job's signal to all its processes, sent to each of
-    the training loader's 3 worker processes every few milliseconds from the moment it exists
+    the training loader's 2 worker processes every few milliseconds from the moment it exists
     (while it starts, before it can ignore them), with the loader composed as the trainer
     composes it (`WorkersStartShielded`, its workers started once its position is set): no
     worker dies, and the loader gives the batches of a loader left alone, made fresh and
@@ -187,7 +187,7 @@ def test_loader_workers_signalled_as_they_start_live_on(source):
     worker dies of the first signal."""
 
     def loader():
-        return ip.train_loader(source, batch_size=2, image_size=64, seed=3, worker_count=3,
+        return ip.train_loader(source, batch_size=2, image_size=64, seed=3, worker_count=2,
                                tasks=("pose2d",))
 
     quiet = iter(loader())
@@ -226,7 +226,7 @@ def test_loader_workers_signalled_as_they_start_live_on(source):
     finally:
         stop.set()
         storm_thread.join()
-    assert len(signalled) >= 6, signalled  # each run's 3 workers, each signalled
+    assert len(signalled) >= 4, signalled  # each run's 2 workers, each signalled
 
 
 def test_the_shield_blocks_the_signals_only_while_workers_can_start():
