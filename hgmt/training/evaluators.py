@@ -282,7 +282,6 @@ class Evaluators:
         hgmt.report, launch/sweep.py). Process 0 moves them; every process calls it alike
         (all wait before and after). -> the names moved, for the log."""
         lines = workdirs.read_evals(self.workdir)
-        _barrier("evaluations read before those of later steps are moved")
         later = [x for x in lines if x.get("step", 0) > step]
         reports = []
         for name in self.settings:
@@ -290,6 +289,7 @@ class Evaluators:
             if report is not None and isinstance(report.get("step"), int) \
                     and report["step"] > step:
                 reports.append(workdirs.eval_file(self.workdir, name))
+        _barrier("evaluations read before those of later steps are moved")
         moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
         if moved and self.is_writer:
             aside = epath.Path(workdirs.evals_superseded_dir(self.workdir)) / (
