@@ -69,6 +69,15 @@ def place_batch(batch: dict, copy: bool = False) -> dict:
     return place(jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch), copy)
 
 
+def barrier(name: str) -> None:
+    """Every process waits here until all have come (JAX's `sync_global_devices`, `name`
+    naming the point); nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def replicate(tree: Any) -> Any:
     """A copy of `tree` (host or device values) on every device: each leaf (devices, ...),
     the arrays `spmd` steps take and return."""

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,6 +95,13 @@ def superseded_dir(workdir: str) -> str:
 
 def evals_superseded_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), EVALS_SUPERSEDED_DIR)
+
+
+def set_aside_name(step: int) -> str:
+    """The name `<step>-<time>` (local time, to the second) under which what a rerun moves out
+    of its way (a checkpoint, a best one, the evaluations of the steps it trains again) is
+    kept."""
+    return f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def config_before_file(workdir: str, step: int | str) -> str:

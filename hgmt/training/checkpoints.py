@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import disk_space, workdirs
+from hgmt import devices, disk_space, workdirs
 from hgmt.training import device_memory
 
 
@@ -427,15 +427,11 @@ def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> Non
 
     if jax.process_index() == 0:
         epath.Path(aside).mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
-            moved = epath.Path(aside) / f"{step}-{stamp}"
+            moved = epath.Path(aside) / workdirs.set_aside_name(step)
             (epath.Path(mngr.directory) / str(step)).rename(moved)
             logging.info("moved the checkpoint %s/%d to %s", mngr.directory, step, moved)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("checkpoints moved aside")
+    devices.barrier("checkpoints moved aside")
     mngr.reload()
 
 

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import disk_space, workdirs
+from hgmt import devices, disk_space, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
@@ -188,18 +187,8 @@ def _read_report(path: str) -> dict | None:
         return None
 
 
-def _barrier(name: str) -> None:
-    """Every process waits here for the others (nothing with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def _on_every_process(ok: bool) -> bool:
     """Whether `ok` holds on every process (a collective with several processes)."""
-    import jax
-
     if jax.process_count() == 1:
         return ok
     from jax.experimental import multihost_utils
@@ -289,11 +278,11 @@ class Evaluators:
             if report is not None and isinstance(report.get("step"), int) \
                     and report["step"] > step:
                 reports.append(workdirs.eval_file(self.workdir, name))
-        _barrier("evaluations read before those of later steps are moved")
+        devices.barrier("evaluations read before those of later steps are moved")
         moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
         if moved and self.is_writer:
-            aside = epath.Path(workdirs.evals_superseded_dir(self.workdir)) / (
-                f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside = (epath.Path(workdirs.evals_superseded_dir(self.workdir))
+                     / workdirs.set_aside_name(step))
             aside.mkdir(parents=True, exist_ok=True)
             if later:
                 disk_space.write_together([
@@ -306,7 +295,7 @@ class Evaluators:
                 for path in (report, os.path.splitext(report)[0] + ".md"):
                     if epath.Path(path).exists():
                         epath.Path(path).rename(aside / os.path.basename(path))
-        _barrier("evaluations of later steps moved")
+        devices.barrier("evaluations of later steps moved")
         return moved
 
     def forget_after(self, step: int, host_state: Callable[[], Any]) -> list[int]:

@@ -345,10 +345,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         evaluations after the last step."""
         with checkpoints.stop_on_full_disk(workdir, saving):
             mngr.wait_until_finished()
-        if jax.process_count() > 1:  # exit together, after process 0 finalised the save
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("preemption checkpoint saved")
+        # exit together, after process 0 finalised the save
+        devices.barrier("preemption checkpoint saved")
         raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir), after_training)
 
     def lock_check() -> None:
