@@ -134,8 +134,7 @@ def protocol_command(tasks: str, sweep_dir: str, protocol: str, seed_index: int 
     `workdirs.protocol_file(protocol)`, the file hgmt.report reads for it."""
     workdir = os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index))
     out = os.path.join(workdir, workdirs.protocol_file(protocol))
-    return [sys.executable, "-m", "hgmt.evaluate", f"--workdir={workdir}",
-            f"--protocol={protocol}", f"--out_file={out}"]
+    return runs.evaluation_argv(workdir, protocol, out, sys.executable)
 
 
 def sbatch_protocol_command(options: list[str], tasks: str, sweep_dir: str, protocol: str,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -159,11 +160,17 @@ def training_fix(run_dir: str) -> str:
             f"from its last checkpoint and evaluates it")
 
 
+def evaluation_argv(run_dir: str, protocol: str, out: str, python: str = "python"
+                    ) -> list[str]:
+    """The hgmt.evaluate command line, run by `python`, that evaluates a sweep's run under
+    `protocol` into `out`: what launch/sweep.py --protocols runs."""
+    return [python, "-m", "hgmt.evaluate", f"--workdir={run_dir}", f"--protocol={protocol}",
+            f"--out_file={out}"]
+
+
 def evaluation_command(run_dir: str, protocol: str, out: str) -> str:
-    """The hgmt.evaluate command that evaluates a sweep's run under `protocol` into `out`,
-    as launch/sweep.py --protocols does."""
-    return (f"python -m hgmt.evaluate --workdir={run_dir} --protocol={protocol} "
-            f"--out_file={out}")
+    """`evaluation_argv` as a line to type."""
+    return shlex.join(evaluation_argv(run_dir, protocol, out))
 
 
 def last_step(run_dir: str, trained: Mapping[str, Any]) -> int | None:
