@@ -388,6 +388,7 @@ def test_on_8_devices_a_rerun_of_a_finished_run_keeps_its_evaluation_after_train
     assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [(2, "test")]
 
 
+@pytest.mark.slow
 def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_dataset,
                                                                           tmp_path, caplog):
     """A workdir holding an earlier run's evaluations (evals.jsonl lines of steps 2 and 3,
