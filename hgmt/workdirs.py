@@ -3,6 +3,9 @@
     <workdir>/config.json                 the run's config (evaluate/predict/export rebuild it)
     <workdir>/config_before_step<N>.json  the config of the steps up to N, kept when a rerun
                                           from step N changed it (--resume_with_changed_config)
+    <workdir>/config_superseded/<step>-<time>.json
+                                          the config.json of an earlier run that a fresh start
+                                          with another config replaced (its checkpoints removed)
     <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
     <workdir>/best/<step>/                orbax: `state` of the best validation score so far
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
@@ -57,6 +60,7 @@ BEST_DIR = "best"
 UNREADABLE_DIR = "checkpoints_unreadable"
 SUPERSEDED_DIR = "best_superseded"
 EVALS_SUPERSEDED_DIR = "evals_superseded"
+CONFIG_SUPERSEDED_DIR = "config_superseded"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
@@ -97,6 +101,10 @@ def evals_superseded_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), EVALS_SUPERSEDED_DIR)
 
 
+def config_superseded_dir(workdir: str) -> str:
+    return os.path.join(absolute(workdir), CONFIG_SUPERSEDED_DIR)
+
+
 def set_aside_name(step: int) -> str:
     """The name `<step>-<time>` (local time, to the second) under which what a rerun moves out
     of its way (a checkpoint, a best one, the evaluations of the steps it trains again) is
@@ -110,12 +118,14 @@ def config_before_file(workdir: str, step: int | str) -> str:
 
 
 def configs_before(workdir: str) -> list[str]:
-    """The names of the config_before_step<N>.json files of `workdir`, by N: the configs of
-    its earlier steps when it was trained with more than one."""
+    """The names of the config_before_step<N>.json files of `workdir`, by N > 0: the configs
+    of its earlier steps when it was trained with more than one. Step 0 has no steps before
+    it: a config_before_step0.json (an older hgmt kept an earlier run's config so on a fresh
+    start) is not of this run's training."""
     pattern = re.compile(re.escape(CONFIG_BEFORE).replace(re.escape("{step}"), r"(\d+)") + "$")
     found = [(int(m.group(1)), n) for n in (os.listdir(absolute(workdir))
                                              if os.path.isdir(absolute(workdir)) else [])
-             if (m := pattern.match(n))]
+             if (m := pattern.match(n)) and int(m.group(1)) > 0]
     return [n for _, n in sorted(found)]
 
 

@@ -932,7 +932,8 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     """The evaluator that keeps the best checkpoint may change when it runs, not what its
     scores are of (its metric, split, frames, examples, flip, protocol: a new score is
     compared with the kept best's); another evaluator may change any setting. A fresh start
-    over another config's config.json (its checkpoints removed) keeps that file."""
+    over another config's config.json (its checkpoints removed) keeps that file aside, not as
+    a config of the new run's steps."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
     workdirs.save_config(tiny_config("data", **kw, **{"evals.validation.every": 1}),
@@ -951,9 +952,15 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     saved = (workdir / "config.json").read_text()
     other = tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3})
     resume.save_config(other, str(workdir), [], 0)
-    assert (workdir / "config_before_step0.json").read_text() == saved
+    [kept] = (workdir / "config_superseded").iterdir()
+    assert re.fullmatch(r"0-\d{8}-\d{6}\.json", kept.name) and kept.read_text() == saved
     assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 1e-3
-    assert workdirs.configs_before(str(workdir)) == ["config_before_step0.json"]
+    # Not a config of this run's steps: the run was trained with one config (hgmt.report).
+    assert workdirs.configs_before(str(workdir)) == []
+    (workdir / "config_before_step0.json").write_text(saved)
+    assert workdirs.configs_before(str(workdir)) == []
+    resume.save_config(other, str(workdir), [], 0)  # the same config: nothing more kept
+    assert len(list((workdir / "config_superseded").iterdir())) == 1
 
 
 def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path):

@@ -152,14 +152,19 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
     kept as config_before_step<step>.json (the config of the steps up to `step`; one already
     there is the older record of them and stays), and the changes are logged. A fresh start
     (`step` 0) over the config.json of another config (an earlier run whose checkpoints were
-    removed, whose best checkpoint training moves aside) keeps that file likewise."""
+    removed, whose best checkpoint and evaluations training moves aside) keeps that file as
+    config_superseded/0-<time>.json: the config of the weights and evaluations that run
+    left, not of this run's steps."""
     path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
     before = workdirs.config_before_file(workdir, step)
     if step == 0 and not changed and _saved_config(workdir, quiet=True) not in (
             None, json.loads(config.to_json_best_effort())):
-        # A fresh start over an earlier run's files (its checkpoints removed): the config of
-        # the weights it may have left (best/, moved to best_superseded/) is kept.
-        _keep(path, before)
+        aside = os.path.join(workdirs.config_superseded_dir(workdir),
+                             workdirs.set_aside_name(step) + ".json")
+        epath.Path(aside).parent.mkdir(parents=True, exist_ok=True)
+        _keep(path, aside)
+        logging.info("a fresh start over the config.json of another config: it is kept as %s",
+                     aside)
     if changed:
         _keep(path, before)
         logging.warning("resuming at step %d with a changed config (%s): %s; the config of "
@@ -170,7 +175,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
 
 
 def _keep(path: str, before: str) -> None:
-    """Copies the config.json `path` to `before` unless that exists (the older record)."""
+    """Copies the config.json `path` to `before` unless that exists (the older record, or
+    one kept in the same second)."""
     if not epath.Path(before).exists():
         data = epath.Path(path).read_bytes()
         disk_space.write_atomically(before, lambda f: f.write(data), "wb")
