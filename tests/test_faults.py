@@ -394,7 +394,8 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
     """A workdir holding an earlier run's evaluations (evals.jsonl lines of steps 2 and 3,
     its test evaluation after step 3: eval_test.json and .md) but no checkpoint (removed): a
     run started afresh there and stopped by SIGTERM before its last step has moved them to
-    evals_superseded/0-<time>/, none left where its own would be. Before, the workdir showed
+    evals_superseded/0-<time>/, none left where its own would be, and the earlier run's
+    config.json (another config) to config_superseded/0-<time>.json. Before, the workdir showed
     the earlier run's test result (which hgmt.report and launch/sweep.py read as the run's)
     and its lines (which the best so far and the evaluations a rerun skips are taken
     from)."""
@@ -413,6 +414,11 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
     config = tiny_config(demo_dataset[1], total_steps=3, **{
         **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
         "evals.test.max_examples": 4})
+    workdirs.save_config(tiny_config(demo_dataset[1], total_steps=4, **{
+        **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
+        "evals.test.max_examples": 4}), workdir)
+    with open(os.path.join(workdir, workdirs.CONFIG_FILE)) as f:
+        earlier_config = f.read()
     with caplog.at_level(logging.INFO), pytest.raises(preemption.Preempted):
         loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 1))
     assert (f"moved evals.jsonl and eval_test.json of the steps after 0, where training starts "
@@ -427,6 +433,14 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
         assert f.read() == result
     with open(os.path.join(aside, "eval_test.md")) as f:
         assert f.read() == "the earlier run's table"
+    # The earlier run's config is kept beside them, not as a config of this run's steps.
+    [kept] = os.listdir(workdirs.config_superseded_dir(workdir))
+    assert kept.startswith("0-")
+    with open(os.path.join(workdirs.config_superseded_dir(workdir), kept)) as f:
+        assert f.read() == earlier_config
+    assert workdirs.configs_before(workdir) == [] and not os.path.exists(
+        workdirs.config_before_file(workdir, 0))
+    assert workdirs.load_config(workdir).total_steps == 3
 
 
 def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
