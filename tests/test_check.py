@@ -1,8 +1,12 @@
-"""`python -m hgmt.data.check`: a split it cannot check is named with why, not a crash."""
+"""`python -m hgmt.data.check`: a split it cannot check is named with why, not a crash; every
+damaged shard of a split is named and the records of its intact shards are still read."""
 
 import json
 import os
+import re
 import shutil
+
+import pytest
 
 from hgmt.data import check
 
@@ -61,8 +65,8 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
 
     _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
     monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
-    real = input_pipeline.open_split
-    monkeypatch.setattr(input_pipeline, "open_split",
+    real = input_pipeline.source_of
+    monkeypatch.setattr(input_pipeline, "source_of",
                         lambda *args, **kwargs: Outage(real(*args, **kwargs)))
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=test"]) == 1
@@ -70,3 +74,69 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
     assert line.startswith("surreal/all test: not checked: StorageFault: dataset ")
     assert "cannot be read from its storage" in line and "not damage" in line
     assert "damaged" not in line.split("not damage")[0], line
+
+
+def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
+        demo_dataset, tmp_path, capsys, monkeypatch):
+    """The demo's train split built in 4 shards, two of them (0 and 2) then cut to half, and a
+    record of shard 3 damaged: the command names both shards, one line each, reads every
+    record of shards 1 and 3 (and names the damaged one), and closes with the shards damaged
+    and the records read and damaged, exit status 1. Training's check (`open_split`) names
+    both shards in its error. Before, the command named shard 0 only and read no record
+    ('0 records read, 1 damaged')."""
+    import tensorflow_datasets as tfds
+
+    import data_builders.surreal  # noqa: F401  (registers `surreal`)
+    from hgmt.data import damage, input_pipeline, shards
+
+    data_dir = str(tmp_path / "tfds")
+    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format=shards.FILE_FORMAT)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=demo_dataset[0], num_shards=4))
+    info = builder.info.splits["train"]
+    files = [os.fspath(p) for p in info.filepaths]
+    lengths = [int(n) for n in info.shard_lengths]
+    assert len(files) == 4 and min(lengths) > 0 and sum(lengths) == 12, lengths
+    starts = [sum(lengths[:k]) for k in range(4)]
+    for k in (0, 2):
+        with open(files[k], "rb") as f:
+            data = f.read()
+        with open(files[k], "wb") as f:
+            f.write(data[:len(data) // 2])
+    intact = [i for k in (1, 3) for i in range(starts[k], starts[k] + lengths[k])]
+    bad = starts[3] + lengths[3] - 1
+    real, read = damage.read, []
+
+    def reading(source, index):
+        read.append(index)
+        if index == bad:
+            raise damage.DamagedRecord("does not read (a test's damage)")
+        return real(source, index)
+
+    monkeypatch.setattr(damage, "read", reading)
+    capsys.readouterr()
+    assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
+                       "--splits=train"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    for line, k in zip(lines[:2], (0, 2), strict=True):
+        assert re.fullmatch(rf"damaged: dataset shard {re.escape(files[k])} (holds \d+ records "
+                            rf"where dataset_info.json says {lengths[k]} \(truncated or "
+                            rf"overwritten\)|cannot be opened \(.*\))", line), line
+    assert lines[2] == (f"damaged: {files[3]} record {lengths[3] - 1} (index {bad} of the "
+                        f"split): does not read (a test's damage)")
+    assert lines[3] == (f"surreal/all train: 2 of 4 shards damaged ({lengths[0] + lengths[2]} "
+                        f"records not read), {len(intact)} records read, 1 damaged. Rebuild "
+                        f"the dataset: remove {builder.data_dir} and run `tfds build "
+                        f"data_builders/surreal --manual_dir=<SURREAL root> --data_dir="
+                        f"{data_dir} --config=all --file_format=array_record` (or copy those "
+                        f"shards again from where the dataset was built)")
+    assert read == intact
+    monkeypatch.setattr(damage, "read", real)
+    with pytest.raises(shards.DamagedShard) as raised:
+        input_pipeline.open_split("surreal/all", data_dir, "train")
+    message = str(raised.value)
+    assert message.startswith(f"dataset shard {files[0]} ") and \
+        f"; dataset shard {files[2]} " in message, message
+    assert files[1] not in message and files[3] not in message
+    assert message.endswith("(or copy those shards again from where the dataset was built)")

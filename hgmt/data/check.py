@@ -7,10 +7,12 @@ The dataset checked is the config's (`config.data_dir`, `config.dataset`), as fo
 command: give the config the runs train with (`--config=configs/demo.py` checks the demo's
 build, surreal/all under runs/demo_data/tfds); the default is configs/default.py's.
 
-Opens each split (the shard files and their record counts, `hgmt.data.shards`), then reads
-every record (array_record checks each chunk's hash) and decodes its frame and label maps.
-Prints one line per damaged record (shard file, record number in the shard, index in the split,
-the error) and a count per split, or, for a split that cannot be read at all but is not
+Checks each split's shard files (each present, holding its record count: `hgmt.data.shards`),
+then reads every record of its intact shards (array_record checks each chunk's hash) and
+decodes its frame and label maps. Prints one line per missing or truncated shard (all of them:
+after a copy several tend to break together), one per damaged record (shard file, record
+number in the shard, index in the split, the error) and a closing line per split (shards
+damaged, records read and damaged), or, for a split that cannot be read at all but is not
 damaged (not built, built in another file format or by an older builder that lacks a feature
 hgmt reads, its storage not answering), why; exits 1 when anything is damaged or not checked,
 0 otherwise. It reads the whole split: as long as an
@@ -19,6 +21,7 @@ epoch's input.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -34,33 +37,64 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 _DATA_FLAGS = ("data_dir", "dataset")
 
 
-def check_split(dataset: str, data_dir: str, split: str) -> tuple[int, list[str], str | None]:
-    """-> (records read, one line per damaged record, why the split could not be read at all
-    or None). A missing or truncated shard is a damaged line too (the split cannot be opened);
-    a split that is not built, not array_record, built without a feature hgmt reads
-    (`input_pipeline.NotInBuild`), or whose storage does not give its files or a record
-    (`damage.StorageFault`) is not damage: its error is the third item (the first is then the
+@dataclasses.dataclass
+class Checked:
+    """What the check of a split found."""
+
+    shards: int = 0  # the split's shard files
+    damaged_shards: list[str] = dataclasses.field(default_factory=list)  # one line each
+    not_read: int = 0  # the records of the damaged shards, which cannot be read
+    read: int = 0  # the records read (of the intact shards)
+    damaged: list[str] = dataclasses.field(default_factory=list)  # one line per record
+    unread: str | None = None  # why the split could not be read at all, or None
+    fix: str = ""  # what to do about the damaged shards (`shards.rebuild`), when there are any
+
+    def summary(self) -> str:
+        """The closing line: shards damaged (when any), records read and damaged, the fix."""
+        shards = (f"{len(self.damaged_shards)} of {self.shards} shards damaged "
+                  f"({self.not_read} records not read), " if self.damaged_shards else "")
+        fix = f". {self.fix}" if self.fix else ""
+        return f"{shards}{self.read} records read, {len(self.damaged)} damaged{fix}"
+
+
+def check_split(dataset: str, data_dir: str, split: str) -> Checked:
+    """Checks every shard file of a split (`shards.problems`: a missing or truncated one is a
+    damaged line) and reads and decodes every record of its intact shards (a damaged record
+    is a damaged line). A split that is not built, not array_record, built without a feature
+    hgmt reads (`input_pipeline.NotInBuild`), or whose storage does not give its files or a
+    record (`damage.StorageFault`) is not damage: its error is `unread` (`read` is then the
     records read before it)."""
     from hgmt.data import damage, input_pipeline, shards
 
+    checked = Checked()
     try:
-        source = input_pipeline.open_split(dataset, data_dir, split)
-    except shards.DamagedShard as e:
-        return 0, [str(e)], None
+        builder = input_pipeline.built_split(dataset, data_dir, split)
+        problems = shards.problems(builder, split, dataset, data_dir)
+        checked.damaged_shards = list(problems.values())
+        if problems:
+            checked.fix = shards.rebuild(builder, dataset, data_dir, len(problems))
+        source = input_pipeline.source_of(builder, split, dataset, data_dir)
     except (shards.SplitFault, FileNotFoundError, input_pipeline.NotInBuild) as e:
-        return 0, [], f"{type(e).__name__}: {e}"
+        checked.unread = f"{type(e).__name__}: {e}"
+        return checked
     where = damage.Shards.of(source)
-    bad = []
-    for i in range(len(source)):
-        try:
-            record = damage.read(source, i)
-            for key in input_pipeline.IMAGE_FEATURES:
-                input_pipeline.decoded(record, key)
-        except damage.DamagedRecord as e:
-            bad.append(f"{where.name(i)}: {e}")
-        except damage.StorageFault as e:  # the storage, not the data: the split is unchecked
-            return i, bad, f"{type(e).__name__}: {e}"
-    return len(source), bad, None
+    checked.shards = len(where.files)
+    for file, start, length in zip(where.files, where.starts, where.lengths, strict=True):
+        if file in problems:
+            checked.not_read += length
+            continue
+        for i in range(start, start + length):
+            try:
+                record = damage.read(source, i)
+                for key in input_pipeline.IMAGE_FEATURES:
+                    input_pipeline.decoded(record, key)
+            except damage.DamagedRecord as e:
+                checked.damaged.append(f"{where.name(i)}: {e}")
+            except damage.StorageFault as e:  # the storage, not the data: the split is unchecked
+                checked.unread = f"{type(e).__name__}: {e}"
+                return checked
+            checked.read += 1
+    return checked
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -88,14 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset, data_dir = args.config.dataset, args.config.data_dir
     failed = 0
     for split in args.splits:
-        count, bad, unread = check_split(dataset, data_dir, split)
-        for line in bad:
+        checked = check_split(dataset, data_dir, split)
+        for line in checked.damaged_shards + checked.damaged:
             print(f"damaged: {line}")
-        if unread:
-            print(f"{dataset} {split}: not checked: {unread}")
+        if checked.unread:
+            print(f"{dataset} {split}: not checked: {checked.unread}")
         else:
-            print(f"{dataset} {split}: {count} records read, {len(bad)} damaged")
-        failed += len(bad) + bool(unread)
+            print(f"{dataset} {split}: {checked.summary()}")
+        failed += len(checked.damaged_shards) + len(checked.damaged) + bool(checked.unread)
     return 1 if failed else 0
 
 

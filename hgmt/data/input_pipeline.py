@@ -501,14 +501,22 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
     TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
     only the `features` named (default all)."""
+    data_dir = _expanded(data_dir)
+    builder = built_split(dataset, data_dir, split)
+    shards.check_split(builder, split, dataset, data_dir)
+    return source_of(builder, split, dataset, data_dir, decode_images, features)
+
+
+def source_of(builder, split: str, dataset: str, data_dir: str, decode_images: bool = False,
+              features: Sequence[str] | None = None):
+    """`open_split`'s data source of `split` of `builder` (`built_split`), its shards not
+    checked: for a caller that checks them itself (`hgmt.data.check` reads the intact shards
+    of a split whose other shards are damaged). Its shards are opened when first read."""
     import tensorflow_datasets as tfds
 
     from hgmt.data import tf_example
 
-    data_dir = _expanded(data_dir)
     decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
-    builder = built_split(dataset, data_dir, split)
-    shards.check_split(builder, split, dataset, data_dir)
     try:
         source = builder.as_data_source(split, decoders=decoders)
     except Exception as e:

@@ -73,11 +73,13 @@ def _record_count(path: str) -> int | None:
         reader.close()
 
 
-def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
-    """Raises WrongFileFormat when `split` of the prepared TFDS `builder` was not built as
-    array_record; DamagedShard naming the file and the rebuild command when a shard of it is
-    missing or does not hold its recorded record count; StorageFault when its storage does
-    not give a shard, after `damage.RETRY_DELAYS_S`."""
+def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]:
+    """{shard file: 'dataset shard <file> <what is wrong>'} for every shard of `split` of the
+    prepared TFDS `builder` that is missing, cannot be opened or does not hold the record count
+    dataset_info.json records for it; empty when every shard is intact. Every shard's footer
+    is read, so a bad copy is named whole. Raises WrongFileFormat when the split was not built
+    as array_record; StorageFault when its storage does not give a shard, after
+    `damage.RETRY_DELAYS_S`."""
     built_as = file_format(builder, split)
     if built_as != FILE_FORMAT:
         raise WrongFileFormat(
@@ -89,6 +91,7 @@ def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
             f"moving {builder.data_dir} aside (TFDS does not build a version that is there), "
             f"or into another --data_dir")
     info = builder.info.splits[split]
+    found_problems = {}
     for path, expected in zip(info.filepaths, info.shard_lengths, strict=True):
         path = os.fspath(path)
         problem = None
@@ -106,7 +109,22 @@ def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
                 problem = (f"holds {found} records where dataset_info.json says "
                            f"{expected} (truncated or overwritten)")
         if problem:
-            raise DamagedShard(
-                f"dataset shard {path} {problem}. Rebuild the dataset: remove "
-                f"{builder.data_dir} and run `{build_command(dataset, data_dir)}` (or copy "
-                f"the shard again from where the dataset was built)")
+            found_problems[path] = f"dataset shard {path} {problem}"
+    return found_problems
+
+
+def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
+    """Raises DamagedShard naming every damaged shard of `split` (`problems`) and the rebuild
+    command; WrongFileFormat and StorageFault as `problems` does."""
+    found = problems(builder, split, dataset, data_dir)
+    if found:
+        raise DamagedShard(f"{'; '.join(found.values())}. "
+                           f"{rebuild(builder, dataset, data_dir, len(found))}")
+
+
+def rebuild(builder, dataset: str, data_dir: str, damaged: int) -> str:
+    """The fix for `damaged` (> 0) damaged shards of the prepared TFDS `builder`."""
+    which = "the shard" if damaged == 1 else "those shards"
+    return (f"Rebuild the dataset: remove {builder.data_dir} and run "
+            f"`{build_command(dataset, data_dir)}` (or copy {which} again from where the "
+            f"dataset was built)")
