@@ -3,6 +3,7 @@ replaces them deterministically; evaluation counts them into its JSON; `hgmt.dat
 them. The damage: bytes flipped inside one training record's encoded frame and inside another's
 label map (the shard's footer and record count stay intact), and inside one test frame."""
 
+import collections
 import errno
 import glob
 import json
@@ -370,8 +371,62 @@ def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_s
     assert damage.first_good(5, records, shards, make) == ({"made": True}, [5, 6])
     assert damage.first_good(1, records, shards, make) == ({"made": True}, [])
     records[4] = dict(good, image=b"\xff\xd8 broken")
-    with pytest.raises(damage.TooManyDamaged, match="in a row are damaged in b"):
+    with pytest.raises(damage.TooManyDamaged, match=r"^3 records in a row are damaged in b "
+                                                    r"\(from record 1, every record of the "
+                                                    r"shard; the first: record feature 'image'"):
         damage.first_good(5, records, shards, make)
+
+
+class Counted(list):
+    """Records {'x': i} of one shard, each read counted in `reads`; those in `bad` fail as a
+    checksum mismatch does."""
+
+    def __init__(self, size: int, bad):
+        super().__init__({"x": i} for i in range(size))
+        self.bad, self.reads = set(bad), collections.Counter()
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        if index in self.bad:
+            raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch")
+        return list.__getitem__(self, index)
+
+
+def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
+    """The training path (a Guarded source's element, then make_guarded): the damaged record
+    the source already read is not read again, each candidate is read once and listed once in
+    `damaged`, and in a shard shorter than MAX_TRIES whose records are all damaged the error
+    counts its records. Before, each damaged record was read twice, and a 3-record shard's
+    records were tried again until 8 tries: '8 records in a row are damaged', with repeated
+    indices."""
+
+    def example(source, index):
+        shards = damage.Shards.of(source)
+        out = damage.make_guarded(damage.Guarded(source)[index], source, shards, dict)
+        return out["x"], out["damaged"].tolist()
+
+    source = Counted(4, bad={1})
+    assert example(source, 1) == (2, [1] + [-1] * 7)
+    assert source.reads == {1: 1, 2: 1}
+    source = Counted(3, bad={1, 2})  # wraps around to record 0
+    assert example(source, 1) == (0, [1, 2] + [-1] * 6)
+    assert source.reads == {0: 1, 1: 1, 2: 1}
+    checksum = "does not read (RuntimeError: Corrupted Riegeli/records file: chunk data hash " \
+               "mismatch)"
+    source = Counted(3, bad={0, 1, 2})
+    with pytest.raises(damage.TooManyDamaged) as raised:
+        example(source, 1)
+    assert str(raised.value) == (
+        f"3 records in a row are damaged in <memory> (from record 1, every record of the "
+        f"shard; the first: {checksum}): the shard is a bad copy. Check the split with "
+        f"`python -m hgmt.data.check` and copy or rebuild it again")
+    assert source.reads == {0: 1, 1: 1, 2: 1}
+    source = Counted(10, bad=range(10))
+    with pytest.raises(damage.TooManyDamaged, match=rf"^8 records in a row are damaged in "
+                                                    rf"<memory> \(from record 5; the first: "
+                                                    rf"{re.escape(checksum)}\): "):
+        example(source, 5)
+    assert source.reads == {i: 1 for i in (5, 6, 7, 8, 9, 0, 1, 2)}
 
 
 @pytest.mark.parametrize("key", ["image", "segm", "depth"])

@@ -45,8 +45,9 @@ from typing import Any, TypeVar
 import numpy as np
 from etils import epath
 
-# How many records after a damaged one (in its shard) are tried before giving up; also the
-# width of the per-example `damaged` field that carries their indices to the trainer.
+# How many records of a shard, from a damaged one on, are tried before giving up (each once:
+# all of a shorter shard's); also the width of the per-example `damaged` field that carries
+# their indices to the trainer.
 MAX_TRIES = 8
 # The waits before reading a record again after an I/O error that may pass (an NFS server
 # timing out, an object store's 503): a record is judged damaged only when every one of these
@@ -111,9 +112,13 @@ class Shards:
         starts = tuple(int(s) for s in np.cumsum((0,) + lengths[:-1]))
         return Shards(tuple(os.fspath(p) for p in split.filepaths), starts, lengths)
 
+    def shard(self, index: int) -> int:
+        """Split index -> the number of the shard that holds it."""
+        return int(np.searchsorted(self.starts, index, side="right")) - 1
+
     def locate(self, index: int) -> tuple[str, int]:
         """Split index -> (shard file, record number inside it)."""
-        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        k = self.shard(index)
         return self.files[k], index - self.starts[k]
 
     def name(self, index: int) -> str:
@@ -123,9 +128,15 @@ class Shards:
     def replacement(self, index: int, attempt: int) -> int:
         """The `attempt`-th record after `index` in its own shard, wrapping around in it: the
         candidates that replace a damaged record, a pure function of the index."""
-        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        k = self.shard(index)
         start, length = self.starts[k], self.lengths[k]
         return start + (index - start + attempt) % length
+
+    def candidates(self, index: int) -> list[int]:
+        """`index`, then its `replacement`s, each record once: MAX_TRIES of them, or every
+        record of its shard when the shard holds fewer."""
+        tries = min(MAX_TRIES, self.lengths[self.shard(index)])
+        return [self.replacement(index, a) for a in range(tries)]
 
 
 def transient(error: Exception) -> bool:
@@ -191,22 +202,30 @@ def read(source: Any, index: int) -> dict:
 
 
 def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], dict],
-               record: dict | None = None) -> tuple[dict, list[int]]:
+               record: dict | None = None, error: str | None = None) -> tuple[dict, list[int]]:
     """`make(record)` of record `index` (given as `record` when already read), or, when that
-    record is damaged (DamagedRecord from reading or decoding), of the first good one among
-    its `replacement`s. -> (example, the damaged indices met on the way). Raises
-    TooManyDamaged when MAX_TRIES records in a row are damaged."""
-    damaged = []
-    for attempt in range(MAX_TRIES):
-        i = shards.replacement(index, attempt)
-        try:
-            return make(record if attempt == 0 and record is not None else read(source, i)), \
-                damaged
-        except DamagedRecord as e:
-            logging.debug("damaged record %s: %s", shards.name(i), e)
-            damaged.append(i)
-    raise TooManyDamaged(f"{MAX_TRIES} records in a row are damaged in {shards.locate(index)[0]}"
-                         f" (from record {shards.locate(index)[1]}): the shard is a bad copy. "
+    record is damaged (DamagedRecord from reading or decoding; `error` when a read of it
+    already failed so, as a `Guarded` source reports it: it is not read again), of the first
+    good one among its `Shards.candidates`. -> (example, the damaged indices met on the way,
+    each once). Raises TooManyDamaged when every candidate is damaged."""
+    damaged, problems = [], []
+    for attempt, i in enumerate(shards.candidates(index)):
+        if attempt == 0 and error is not None:
+            problem = error
+        else:
+            try:
+                return make(record if attempt == 0 and record is not None
+                            else read(source, i)), damaged
+            except DamagedRecord as e:
+                problem = str(e)
+        logging.debug("damaged record %s: %s", shards.name(i), problem)
+        damaged.append(i)
+        problems.append(problem)
+    file, number = shards.locate(index)
+    whole = (", every record of the shard"
+             if len(damaged) == shards.lengths[shards.shard(index)] else "")
+    raise TooManyDamaged(f"{len(damaged)} records in a row are damaged in {file} (from record "
+                         f"{number}{whole}; the first: {problems[0]}): the shard is a bad copy. "
                          f"Check the split with `python -m hgmt.data.check` and copy or "
                          f"rebuild it again")
 
@@ -224,8 +243,8 @@ def make_guarded(element: dict, source: Any, shards: Shards,
     if "_index" not in element:
         return make(element)
     index = element.pop("_index")
-    record = None if element.pop("_damaged", None) else element
-    out, damaged = first_good(index, source, shards, make, record)
+    error = element.pop("_damaged", None)
+    out, damaged = first_good(index, source, shards, make, None if error else element, error)
     out["damaged"] = damaged_field(damaged)
     return out
 
