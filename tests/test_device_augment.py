@@ -264,3 +264,35 @@ def test_every_crop_and_label_product_is_full_float32_on_any_backend(source):
     precisions = _dot_precisions(jax.make_jaxpr(prepare)(raw, 3, 0).jaxpr)
     exact = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     assert precisions and all(p == exact for p in precisions), precisions
+
+
+def test_a_segment_value_above_24_is_a_damaged_record_on_both_paths(source):
+    """A record whose segm map holds 200 (a hand-made or foreign build: the builder rejects
+    values above 24) is a damaged record on both placements: the host's crop and the device
+    path's decode skip it for the next record of its shard, and the example's `damaged`
+    field makes the trainer's account name it. Before, the host raised a bare IndexError
+    naming no record, and the device mapped 200 to part 5 (l_hand) and trained on it."""
+    import cv2
+
+    from hgmt.data import damage
+
+    records = [dict(source[i]) for i in range(3)]
+    segm = ip.decoded(records[1], "segm").copy()
+    assert segm.any()
+    segm[segm > 0] = 200  # the whole person, so that the crop's label map samples it
+    records[1]["segm"] = cv2.imencode(".png", segm)[1].tobytes()
+    with pytest.raises(damage.DamagedRecord, match=r"^record feature 'segm' holds segment "
+                                                   r"value 200, above SURREAL's 0\.\.24: "):
+        ip.decoded(records[1], "segm")
+    none = ip.Augment.none()
+    host = ip.TrainCrop(64, none, ("segm",), records).random_map(
+        damage.Guarded(records)[1], np.random.default_rng(0))
+    device = da.DecodeRecord(("segm",), records).map(damage.Guarded(records)[1])
+    for out in (host, device):
+        assert out["damaged"].tolist() == [1] + [-1] * (damage.MAX_TRIES - 1)
+        log = damage.DamageLog(damage.Shards.of(records), 3, 1.0, None)
+        log.met(out["damaged"][None])
+        assert log.found == {1: "<memory> record 1 (index 1 of the split)"}
+    replacement = ip.crop_example(records[2], 64, none, tasks=("segm",))
+    np.testing.assert_array_equal(host["segm"], replacement["segm"])
+    np.testing.assert_array_equal(device["segm"], ip.decoded(records[2], "segm"))

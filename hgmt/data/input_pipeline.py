@@ -218,7 +218,10 @@ IMAGE_FEATURES = tuple(_IMAGE_FEATURES)
 
 def decoded(example: dict, key: str) -> np.ndarray:
     """Image feature `key` of a record as an array: (H,W,3) uint8 RGB for "image", (H,W)
-    for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array."""
+    for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array.
+    DamagedRecord when the bytes are not an image, or when "segm" holds a value that is no
+    SURREAL segment (above surreal.NUM_SMPL_SEGMENTS): the host's and the device's crops both
+    decode here, so such a record is skipped and named on either, not trained on."""
     value = example[key]
     if isinstance(value, bytes | np.bytes_):
         try:  # OpenCV returns None for most bad bytes, raises on some (no bytes at all)
@@ -229,9 +232,15 @@ def decoded(example: dict, key: str) -> np.ndarray:
             raise damage.DamagedRecord(
                 f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
                 f"dataset is damaged; rebuild it with tfds build")
-        return array
-    array = np.asarray(value)
-    return array[..., 0] if key != "image" and array.ndim == 3 else array
+    else:
+        array = np.asarray(value)
+        array = array[..., 0] if key != "image" and array.ndim == 3 else array
+    if key == "segm" and array.size and array.max() > surreal.NUM_SMPL_SEGMENTS:
+        raise damage.DamagedRecord(
+            f"record feature 'segm' holds segment value {int(array.max())}, above SURREAL's "
+            f"0..{surreal.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
+            f"data_builders/surreal; rebuild it with tfds build")
+    return array
 
 
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
