@@ -172,7 +172,8 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     pixels; unusable () 1.0 for a flagged placeholder of an unusable test frame (the
     evaluation decides what it becomes), else 0.0; and each task's `labels`: joints2d (16,2) in
     r x r label pixels, visible (16,), joints3d (16,3) camera metres, pelvis_depth (), segm
-    (r,r) part classes, depth (r,r) metres.
+    (r,r) uint8 part classes, depth_class (r,r) uint8 depth classes (the depth task's training
+    label), depth (r,r) float32 metres (left out when "depth" is in `unread`).
     """
     params = draw_crop_params(augment, rng or np.random.default_rng(0))
     return crop_with(example, image_size, params, tasks, unread, window)
@@ -354,7 +355,10 @@ class TrainCrop(grain.RandomMapTransform):
         return damage.make_guarded(element, self.source, self.shards, crop)
 
 
-# What crop_example reads: the frame, both label maps, the joints and the camera.
+# The features a build must hold (`check_features`): those the crop and the task labels are
+# made from (the image, its three label maps, the joints and the camera), those that select
+# the frames (frame, num_frames) and the flag of a test split's unusable frames (unusable),
+# which the training loader skips and the crop marks.
 REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc", "frame",
                      "num_frames", "depth_class", "unusable")
 # The builder version that added each feature a build may lack.
