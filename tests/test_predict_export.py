@@ -1898,6 +1898,7 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
     with open(out / "03_01_c0001.summary.json") as f:
         summary = json.load(f)
     assert summary["frames"] == 8 and summary["warm_up_seconds"] > 0
+    assert summary["start_time_s"] == 0.0
     assert summary["frames_per_second"] > 0 and summary["predict_frames_per_second"] > 0
     assert summary["device"] == "cpu" and summary["step"] == 2 and summary["flip"] is False
     assert summary["frames_person_not_seen"] == sum(
@@ -2408,6 +2409,33 @@ def test_a_variable_frame_rate_clip_keeps_its_frame_times(workdir, tmp_path):
                                    atol=1e-4)
     annotated_times, _ = _decoded(out / "vfr.annotated.mp4")
     np.testing.assert_allclose(annotated_times, times, atol=1e-4)
+
+
+def test_a_clip_starting_late_is_timed_on_its_own_clock(workdir, tmp_path):
+    """An MPEG-TS clip whose time stamps start at 1000 s (a broadcast or camcorder capture):
+    the JSON lines' time_s count from its first frame, as a player does, at the frames'
+    spacing; the summary records the start once; the annotated mp4 starts at 0 (no empty
+    edit 1000 s long before its frames)."""
+    import av
+
+    times = 1000 + np.arange(10) / 30
+    clip = tmp_path / "late.ts"
+    _write_clip(clip, [np.full((48, 64, 3), 20 * k, np.uint8) for k in range(10)], times,
+                fmt="mpegts")
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=0,0,20,20"]) == 0
+    with open(out / "late.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    np.testing.assert_allclose([line["time_s"] for line in lines], np.arange(10) / 30,
+                               atol=1e-4)
+    with open(out / "late.summary.json") as f:
+        assert json.load(f)["start_time_s"] == 1000.0
+    annotated_times, annotated = _decoded(out / "late.annotated.mp4")
+    assert len(annotated) == 10
+    np.testing.assert_allclose(annotated_times, np.arange(10) / 30, atol=1e-4)
+    with av.open(str(out / "late.annotated.mp4")) as container:
+        assert container.duration / 1e6 < 1  # microseconds: the frames' third of a second
 
 
 def test_next_pts_keeps_times_and_steps_past_repeated_ones():

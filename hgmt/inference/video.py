@@ -132,9 +132,11 @@ class Clip:
     """An open video file, read as players display it (`batches`); a context manager.
 
     `frame_rate` is the stream's average rate (frames per second, 30 when it does not say),
-    `time_base` the seconds per tick of its time stamps (1/90000 when it does not say), and
-    `damaged_packets` counts the packets `batches` skipped because the decoder found them
-    damaged."""
+    `time_base` the seconds per tick of its time stamps (1/90000 when it does not say),
+    `start_time_s` the clip's start on the stream's clock, in seconds, which `batches`
+    subtracts from every frame's time stamp (`start_time`; None until the first frame is shown
+    when the file does not say), and `damaged_packets` counts the packets `batches` skipped
+    because the decoder found them damaged."""
 
     def __init__(self, path: str):
         self.path = path
@@ -146,6 +148,7 @@ class Clip:
         rate, base = self._stream.average_rate, self._stream.time_base
         self.frame_rate = float(rate) if rate else 30.0
         self.time_base = fractions.Fraction(base) if base else fractions.Fraction(1, 90000)
+        self.start_time_s = start_time(self._container, self._stream)
         self.damaged_packets = 0
 
     def __enter__(self) -> Clip:
@@ -177,7 +180,7 @@ class Clip:
                     logging.warning("%s: skipped a damaged packet at %s s (%s); its frame is "
                                     "left out and frames after it may show errors; the "
                                     "summary's damaged_packets counts all such packets",
-                                    self.path, _seconds(packet.pts, self.time_base), e)
+                                    self.path, self._seconds(packet.pts), e)
                 continue
             except av.FFmpegError as e:
                 raise ValueError(f"video {self.path} cannot be decoded ({type(e).__name__}: "
@@ -211,15 +214,26 @@ class Clip:
         while held:
             yield heapq.heappop(stamps), held.popleft()
 
+    def _seconds(self, pts: int | None) -> str:
+        """A packet's time stamp on the clip's clock (`start_time_s` subtracted once known),
+        in seconds for a message ("?" when it has none)."""
+        if pts is None:
+            return "?"
+        return f"{float(pts * self.time_base) - (self.start_time_s or 0.0):.3f}"
+
     def batches(self, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
-        """Yields (times in seconds, RGB uint8 frames) of up to batch_size frames at a time,
-        decoding as it goes, each frame as it is displayed: with square pixels
+        """Yields (times in seconds on the clip's clock, RGB uint8 frames) of up to
+        batch_size frames at a time, decoding as it goes: each frame's time stamp minus
+        `start_time_s` (set to the first frame's time stamp when the file gives no start), as
+        a player counts it, and the frame as it is displayed: with square pixels
         (`square_pixels`, by the stream's sample aspect ratio) and turned and mirrored
         (`upright`)."""
         ratio = float(self._stream.sample_aspect_ratio or 1) or 1.0
         times, frames = [], []
         for time_s, frame in self._shown():
-            times.append(time_s)
+            if self.start_time_s is None:
+                self.start_time_s = time_s
+            times.append(time_s - self.start_time_s)
             rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
             frames.append(upright(rgb, frame.rotation, display_matrix(frame)))
             if len(frames) == batch_size:
@@ -229,9 +243,17 @@ class Clip:
             yield times, frames
 
 
-def _seconds(pts: int | None, time_base: fractions.Fraction) -> str:
-    """A packet's time stamp as seconds for a message ("?" when it has none)."""
-    return "?" if pts is None else f"{float(pts * time_base):.3f}"
+def start_time(container, stream) -> float | None:
+    """Where a clip starts on its stream's clock, in seconds: the video `stream`'s start time
+    (its first shown frame's time stamp, as FFmpeg reads it), else the `container`'s (in
+    microseconds), else None. Most mp4, mkv and avi files start at 0; MPEG-TS and MPEG-PS
+    files often do not (an .mpg PyAV writes starts at 0.54 s, a broadcast or camcorder
+    capture at any time). Players count a clip's time from it."""
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    if container.start_time is not None:
+        return container.start_time / 1e6
+    return None
 
 
 def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
@@ -318,15 +340,17 @@ def next_pts(time_s: float, last: int | None, time_base: fractions.Fraction,
 
 
 class _Writer:
-    """H.264 (libx264, yuv420p) mp4 writer. Each frame keeps its source frame's time stamp
-    (in the source's `time_base`: a variable-frame-rate clip stays in time) and is fitted
-    (`fit`) into the first frame's size, padded to even sides as yuv420p needs."""
+    """H.264 (libx264, yuv420p) mp4 writer. Each frame is shown at the time it is written
+    with (`write`: the clip's time, 0 for its first frame, in the source's `time_base`: a
+    variable-frame-rate clip stays in time) and is fitted (`fit`) into the first frame's
+    size, padded to even sides as yuv420p needs."""
 
     def __init__(self, path: str, frame_rate: float, time_base: fractions.Fraction):
         import av
 
-        # The movie's time scale, the edit list's unit, is the frames' too: a clip whose first
-        # frame is not at 0 s keeps its exact times (the mp4 muxer's default is milliseconds).
+        # The movie's time scale, the unit of its length and of its edit list's durations, is
+        # the frames' too, so both are exact in the frames' ticks (the mp4 muxer's default is
+        # milliseconds).
         self._container = av.open(path, mode="w", format="mp4",
                                   options={"movie_timescale": str(time_base.denominator)})
         self._stream = self._container.add_stream(
@@ -339,7 +363,9 @@ class _Writer:
         self._last: int | None = None
 
     def write(self, rgb: np.ndarray, time_s: float) -> None:
-        """Encodes the (h,w,3) RGB frame shown at `time_s` seconds (`next_pts`)."""
+        """Encodes the (h,w,3) RGB frame shown at `time_s` seconds from the movie's start
+        (`next_pts`): a first frame written at 0 starts the movie, one written later is
+        preceded by an empty edit that long."""
         import av
 
         if self._size is None:
@@ -380,11 +406,13 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                   bbox: Sequence[float] | None = None) -> dict:
     """Predicts every frame of the video at `path` (each frame's person found, or the window
     around `bbox` in every frame) and writes OUT_DIR/<name>.jsonl (one line per frame:
-    'frame' index, 'time_s', and `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4
-    (`annotate`, each frame at its source time), and OUT_DIR/<name>.summary.json, the
-    returned summary: frames, 'frames_person_not_seen' (frames whose window is drawn red,
-    `person.Window.person_seen`), seconds, 'frames_per_second' end to end (reading, the model,
-    drawing and writing included) and of `Predictor.predict` alone, both timed after
+    'frame' index, 'time_s' on the clip's clock (`Clip.batches`), and `predictor.to_json`'s
+    fields) and OUT_DIR/<name>.annotated.mp4 (`annotate`, each frame at its 'time_s'), and
+    OUT_DIR/<name>.summary.json, the returned summary: frames, 'start_time_s' (where the
+    clip starts on its stream's clock, `Clip.start_time_s`), 'frames_person_not_seen'
+    (frames whose window is drawn red, `person.Window.person_seen`), seconds,
+    'frames_per_second' end to end (reading, the model, drawing and writing included) and of
+    `Predictor.predict` alone, both timed after
     `Predictor.warm_up` has compiled everything ('warm_up_seconds'), the device,
     'damaged_packets' (`Clip`), the checkpoint's step, tasks and whether the flip test ran.
 
@@ -424,6 +452,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
             writer.close()
             summary = {
                 "video": os.path.abspath(path), "frames": count,
+                "start_time_s": round(clip.start_time_s, 6),
                 "frames_person_not_seen": not_seen,
                 "damaged_packets": clip.damaged_packets, "seconds": round(seconds, 3),
                 "frames_per_second": round(count / seconds, 3),
