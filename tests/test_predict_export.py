@@ -284,6 +284,33 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     np.testing.assert_array_equal(panel, prediction.panel(predictor(prediction.read_image(photo))))
 
 
+def test_a_photo_is_predicted_upright_by_its_exif_orientation(workdir, tmp_path, capsys):
+    """A JPEG stored 64 wide and 48 tall with EXIF orientation 6 (turn 90 degrees clockwise
+    to view, as phones store portrait photos) is predicted upright, 48 wide and 64 tall: the
+    JSON's image_size_px says so, and --bbox is in the upright image's pixels (a box at
+    x = 50, inside the stored image but right of the upright one, is refused)."""
+    from PIL import Image
+
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:12, :16] = 255  # the stored image's top left: the upright one's top right
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # Orientation
+    photo = tmp_path / "portrait.jpg"
+    image.save(photo, exif=exif)
+    upright = prediction.read_image(str(photo))
+    assert upright.shape == (64, 48, 3) and upright[:12, -12:].min() > 200
+
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=4,8,40,40"]) == 0
+    with open(out / "portrait.json") as f:
+        assert json.load(f)["image_size_px"] == [48, 64]
+    assert hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=50,0,10,10"]) == 1
+    assert "lies wholly outside the 48 x 64 image" in capsys.readouterr().err
+
+
 def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, tmp_path):
     """Checked before the model loads: nothing is written, every input is kept."""
     photo = tmp_path / "photo.png"
@@ -1887,6 +1914,7 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
         lines = [json.loads(line) for line in f]
     assert [line["frame"] for line in lines] == list(range(8))
     np.testing.assert_allclose([line["time_s"] for line in lines], np.arange(8) / 30, atol=1e-3)
+    assert all(line["image_size_px"] == [320, 240] for line in lines)
     for k in (0, 4, 7):
         alone = predictor(frames[k], lines[k]["bbox"])
         np.testing.assert_allclose(lines[k]["joints2d_image_px"], alone["joints2d"], atol=0.02)
@@ -2386,6 +2414,7 @@ def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path
     np.testing.assert_allclose([line["time_s"] for line in lines], np.arange(6) / 30,
                                atol=1e-3)
     assert [line["bbox"][2] for line in lines] == [20] * 6
+    assert [line["image_size_px"] for line in lines] == [[64, 48]] * 3 + [[96, 64]] * 3
     times, annotated = _decoded(out / "ab.annotated.mp4")
     assert annotated.shape == (6, 48, 64 + 4 * 48, 3)
     np.testing.assert_allclose(times, [line["time_s"] for line in lines], atol=1e-4)

@@ -322,13 +322,16 @@ def _checked(image: np.ndarray) -> np.ndarray:
 
 
 def to_json(result: dict, tasks: Sequence[str]) -> dict:
-    """The JSON-able part of a result: the window predicted on ('bbox' x, y, w, h in image
-    px, which `--bbox` takes back; 'bbox_found_by': `person.Window.found_by`; 'model_passes';
-    'crop_metres', the metres a training window spans at the person, which 3D decoding's
-    scale rests on), and each task's `to_json` (joints, class maps in the crop's label frame,
-    as lists)."""
+    """The JSON-able part of a result: 'image_size_px' [W, H], the size of the image as
+    predicted (upright: `read_image`, a video's `Clip.batches`), whose pixels every coordinate
+    refers to; the window predicted on ('bbox' x, y, w, h in image px, which `--bbox` takes
+    back; 'bbox_found_by': `person.Window.found_by`; 'model_passes'; 'crop_metres', the metres
+    a training window spans at the person, which 3D decoding's scale rests on), and each
+    task's `to_json` (joints, class maps in the crop's label frame, as lists)."""
     window = result["window"]
+    height, width = result["frame"].image_shape
     out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
+           "image_size_px": [int(width), int(height)],
            "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,
            "model_passes": result["passes"], "crop_metres": round(result["crop_metres"], 4),
            "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
@@ -360,8 +363,10 @@ class UndecodableImage(ValueError):
 
 
 def read_image(path: str) -> np.ndarray:
-    """Any format OpenCV reads -> RGB uint8; a clear error when it cannot (UndecodableImage
-    when the file is there but is not such an image)."""
+    """Any format OpenCV reads -> RGB uint8 (H,W,3), upright: turned by its EXIF orientation
+    as viewers show it (OpenCV's imread applies it: a phone photo stored 4000 x 3000 with
+    orientation 6 is read 3000 wide and 4000 tall); a clear error when it cannot
+    (UndecodableImage when the file is there but is not such an image)."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the image files in it")
     if not os.path.isfile(path):
