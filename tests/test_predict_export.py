@@ -2350,9 +2350,11 @@ def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
 
 def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp_path,
                                                                     caplog):
-    """24 frames of noise whose last packet's payload is overwritten: the decoder rejects that
-    packet (InvalidDataError); the other 23 frames are predicted and written, the summary
-    counts the damaged packet, one warning says so, and the command succeeds."""
+    """24 frames of noise whose 11th packet's payload is overwritten: the decoder rejects that
+    packet (InvalidDataError); the other 23 frames are predicted and written, numbered 0-22
+    as predicted (`frame`) and each at its source time (`time_s`: the 11th frame's time is
+    missing, the frames after it keep theirs), the summary counts the damaged packet, one
+    warning says so at the frame's time, and the command succeeds."""
     import logging
 
     import av
@@ -2362,7 +2364,7 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
     _write_clip(clip, list(rng.integers(0, 255, (24, 64, 96, 3), np.uint8)))
     with av.open(str(clip)) as container:
         packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
-    pos, size = packets[-1]
+    pos, size = packets[10]
     data = bytearray(clip.read_bytes())
     data[pos + 4:pos + size] = b"\xff" * (size - 4)
     clip.write_bytes(bytes(data))
@@ -2374,12 +2376,16 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
         summary = json.load(f)
     assert summary["frames"] == 23 and summary["damaged_packets"] == 1
     with open(out / "damaged.jsonl") as f:
-        assert [json.loads(line)["frame"] for line in f] == list(range(23))
+        lines = [json.loads(line) for line in f]
+    source_times = np.delete(np.arange(24), 10) / 30
+    assert [line["frame"] for line in lines] == list(range(23))
+    np.testing.assert_allclose([line["time_s"] for line in lines], source_times, atol=1e-4)
     times, annotated = _decoded(out / "damaged.annotated.mp4")
     assert len(annotated) == 23
-    np.testing.assert_allclose(times, np.arange(23) / 30, atol=1e-4)
+    np.testing.assert_allclose(times, source_times, atol=1e-4)
     warnings = [r for r in caplog.records if "damaged packet" in r.getMessage()]
     assert len(warnings) == 1 and str(clip) in warnings[0].getMessage()
+    assert "at 0.333 s" in warnings[0].getMessage()
 
 
 def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):

@@ -406,15 +406,16 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                   bbox: Sequence[float] | None = None) -> dict:
     """Predicts every frame of the video at `path` (each frame's person found, or the window
     around `bbox` in every frame) and writes OUT_DIR/<name>.jsonl (one line per frame:
-    'frame' index, 'time_s' on the clip's clock (`Clip.batches`), and `predictor.to_json`'s
-    fields) and OUT_DIR/<name>.annotated.mp4 (`annotate`, each frame at its 'time_s'), and
-    OUT_DIR/<name>.summary.json, the returned summary: frames, 'start_time_s' (where the
-    clip starts on its stream's clock, `Clip.start_time_s`), 'frames_person_not_seen'
-    (frames whose window is drawn red, `person.Window.person_seen`), seconds,
-    'frames_per_second' end to end (reading, the model, drawing and writing included) and of
-    `Predictor.predict` alone, both timed after
-    `Predictor.warm_up` has compiled everything ('warm_up_seconds'), the device,
-    'damaged_packets' (`Clip`), the checkpoint's step, tasks and whether the flip test ran.
+    'frame', the 0-based index among the frames decoded and predicted (a damaged packet's
+    frame, `Clip`, is not counted), 'time_s' on the clip's clock (`Clip.batches`), and
+    `predictor.to_json`'s fields) and OUT_DIR/<name>.annotated.mp4 (`annotate`, each frame
+    at its 'time_s'), and OUT_DIR/<name>.summary.json, the returned summary: frames,
+    'start_time_s' (where the clip starts on its stream's clock, `Clip.start_time_s`),
+    'frames_person_not_seen' (frames whose window is drawn red, `person.Window.person_seen`),
+    seconds, 'frames_per_second' end to end (reading, the model, drawing and writing
+    included) and of `Predictor.predict` alone, both timed after `Predictor.warm_up` has
+    compiled everything ('warm_up_seconds'), the device, 'damaged_packets' (`Clip`), the
+    checkpoint's step, tasks and whether the flip test ran.
 
     The files are written under `partial_name`s and renamed together when the clip is done,
     their data synced first (`disk_space.rename_together`): on an error they are deleted, so
