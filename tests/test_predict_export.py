@@ -90,6 +90,19 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
         result["depth_rel_mm"][fg]).all()
 
 
+def test_the_predictors_variables_are_placed_on_the_device_once(workdir, predictor):
+    """The restored variables (NumPy arrays on the host) are put on JAX's default device when
+    the Predictor is made, not copied there on every model pass; they are the checkpoint's
+    (test_predict_on_a_dataset_frame_equals_the_evaluation_path checks the predictions)."""
+    _, restored, _ = checkpoints.restore_for_inference(workdir)
+    leaves = jax.tree.leaves(predictor.variables)
+    assert len(leaves) == len(jax.tree.leaves(restored)) > 0
+    for leaf, host in zip(leaves, jax.tree.leaves(restored), strict=True):
+        assert isinstance(leaf, jax.Array) and not isinstance(leaf, np.ndarray)
+        assert leaf.devices() == {jax.devices()[0]}
+        np.testing.assert_array_equal(np.asarray(leaf), host)
+
+
 def test_predictions_follow_the_person_across_images(predictor, test_example):
     """Padding the image evenly and moving the box with it moves the 2D joints by the padding
     and, for one camera (`focal_px` given: the padding does not change it), leaves 3D (the
