@@ -5,7 +5,8 @@
         IMAGE_OR_VIDEO [IMAGE_OR_VIDEO ...]
 
 Each positional argument, IMAGE_OR_VIDEO, is an image file or a video file (a name ending in
-one of hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case).
+one of hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case, or an animation PyAV plays,
+such as a GIF of several frames: hgmt.inference.video.is_video).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
@@ -248,15 +249,41 @@ def _read(path: str, bbox: list[float] | None) -> np.ndarray | None:
         image = predictor.read_image(path)
         if bbox is not None:
             person.Window.given_in(bbox, image.shape)
-        return image
     except predictor.UndecodableImage as e:
-        hint = (f"; it was read as an image: a video is read as one when its name ends in "
-                f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)"
-                if video.plays_as_video(path) else "")
-        print(f"skipped {path}: {e}{hint}", file=sys.stderr)
+        print(f"skipped {path}: {e}{_undecodable_hint(path)}", file=sys.stderr)
+        return None
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}", file=sys.stderr)
-    return None
+        return None
+    if path.lower().endswith(video.ANIMATION_SUFFIXES) and _frames_held(path) > 1:
+        print(f"warning: {path}: an animation PyAV cannot decode (an animated WebP is "
+              f"one): only its first frame is predicted; convert it to a GIF or a video to "
+              f"predict every frame", file=sys.stderr)
+    return image
+
+
+def _undecodable_hint(path: str) -> str:
+    """What to do with a file read as an image that OpenCV cannot decode, appended to the
+    error: rename a video PyAV plays; convert an image of a format OpenCV has no codec for
+    (HEIC: its suffix is none of OpenCV's, cv2.haveImageWriter); else nothing."""
+    if video.plays_as_video(path):
+        return (f"; it was read as an image: a video is read as one when its name ends in "
+                f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)")
+    suffix = os.path.splitext(path)[1]
+    if suffix and not cv2.haveImageWriter("image" + suffix):
+        return f"; OpenCV reads no {suffix} files: convert it to JPEG or PNG"
+    return ""
+
+
+def _frames_held(path: str) -> int:
+    """How many frames Pillow finds in the image file at `path` (1 when it cannot read it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except (OSError, ValueError):
+        return 1
 
 
 def _predict_images(model: predictor.Predictor, paths: list[str], out_dir: str,

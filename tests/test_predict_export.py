@@ -324,6 +324,48 @@ def test_a_photo_is_predicted_upright_by_its_exif_orientation(workdir, tmp_path,
     assert "lies wholly outside the 48 x 64 image" in capsys.readouterr().err
 
 
+def test_an_animation_is_a_video_and_an_unknown_image_format_gets_a_fix(workdir, tmp_path,
+                                                                        capsys):
+    """A GIF of 3 frames, which OpenCV would read as its first frame, is predicted as a video
+    (3 JSON lines at the frames' times, an annotated mp4, a summary); a GIF of one frame is an
+    image; a HEIC photo (a format OpenCV has no codec for) is skipped with the fix; an animated
+    WebP, which PyAV cannot decode, is predicted as its first frame with a warning saying so
+    and how to predict every frame."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((40, 50, 3), 60 * k, np.uint8)) for k in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0)
+    frames[0].save(tmp_path / "still.gif")
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0)
+    heic = tmp_path / "photo.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    assert video.is_video(str(tmp_path / "anim.gif"))
+    assert not video.is_video(str(tmp_path / "still.gif"))
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(tmp_path / name) for name in
+                              ("anim.gif", "still.gif", "photo.heic", "moving.webp")]
+                             + [f"--workdir={workdir}", f"--out_dir={out}",
+                                "--bbox=0,0,30,30"]) == 1
+    assert sorted(os.listdir(out)) == ["anim.annotated.mp4", "anim.jsonl", "anim.summary.json",
+                                       "moving.json", "moving.png", "still.json", "still.png"]
+    with open(out / "anim.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    np.testing.assert_allclose([line["time_s"] for line in lines], [0, 0.1, 0.2], atol=1e-3)
+    with open(out / "anim.summary.json") as f:
+        assert json.load(f)["frames"] == 3
+    assert len(_decoded(out / "anim.annotated.mp4")[1]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert f"skipped {heic}: image {heic} cannot be decoded (not an image OpenCV reads); " \
+           f"OpenCV reads no .heic files: convert it to JPEG or PNG" in err
+    webp = tmp_path / "moving.webp"
+    assert f"warning: {webp}: an animation PyAV cannot decode (an animated WebP is one): " \
+           f"only its first frame is predicted; convert it to a GIF or a video to predict " \
+           f"every frame" in err
+    assert not any("still.gif" in line for line in err)
+
+
 def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, tmp_path):
     """Checked before the model loads: nothing is written, every input is kept."""
     photo = tmp_path / "photo.png"

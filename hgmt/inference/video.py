@@ -31,13 +31,21 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts"
                   ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv")
 
 
+# The suffixes of still-image formats that may hold an animation, of which OpenCV reads the
+# first frame only: a file with one of them that PyAV plays as a video is one (`is_video`).
+ANIMATION_SUFFIXES = (".gif", ".webp", ".apng")
+
 # The most frames a decoder holds back to put them in display order (H.264's limit).
 REORDER_DEPTH = 16
 
 
 def is_video(path: str) -> bool:
-    """Whether `hgmt.predict` treats the file as a video (by its suffix)."""
-    return path.lower().endswith(VIDEO_SUFFIXES)
+    """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
+    or one of ANIMATION_SUFFIXES and PyAV plays it as a video (`plays_as_video`: an animated
+    GIF, not a GIF of one frame)."""
+    name = path.lower()
+    return name.endswith(VIDEO_SUFFIXES) or (name.endswith(ANIMATION_SUFFIXES)
+                                             and plays_as_video(path))
 
 
 def _open(path: str):
