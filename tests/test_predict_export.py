@@ -1814,6 +1814,26 @@ def test_the_search_window_never_outgrows_the_whole_image():
     np.testing.assert_allclose(capped.centre, whole.centre)
 
 
+def test_a_silhouettes_window_is_never_smaller_than_trainings_least_side():
+    """A 4 x 2 label px silhouette on a 12x9 image's whole-image crop (32 label px across
+    12 px) spans 1.5 image px: its window would be 1.92 px, the crop enlarging it over 100
+    times. It is training's least window side, MIN_WINDOW_SIDE_PX (8 px), around the same
+    centre; a larger silhouette's window is unchanged."""
+    whole = person.Window.whole((9, 12))
+    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    speck = np.zeros((32, 32), bool)
+    speck[10:12, 20:24] = True
+    window = person.find_window({"segm": {"foreground": speck}}, m_label, whole.side)
+    assert window.side == input_pipeline.MIN_WINDOW_SIDE_PX == 8.0
+    # The silhouette box's centre, label px (21.5, 10.5), in image px: (label - 15.5) * 12 / 32
+    # plus the image's centre (5.5, 4).
+    np.testing.assert_allclose(window.centre, [7.75, 2.125])
+    large = person.Window.whole((480, 640))
+    m_label = input_pipeline.crop_affine(large.centre, large.side, 32)
+    window = person.find_window({"segm": {"foreground": speck}}, m_label, large.side)
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 4 * 640 / 32)
+
+
 def test_a_window_found_from_the_joints_is_trainings_even_beyond_the_image():
     """A 300 x 600 photo cropped close to a person whose 16 joints span y 20..580: training's
     window is 560 * 1.6 = 896 px, beyond the photo; the search finds that window, not one cut

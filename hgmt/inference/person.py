@@ -118,7 +118,10 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
     The silhouette is the largest connected region of the union of the tasks' foregrounds;
     its window is its box's longer side times FOREGROUND_TO_SIDE around its centre, at most
     `max_side` (the whole image's window's: a silhouette filling the crop would otherwise grow
-    the window by FOREGROUND_TO_SIDE on every pass). The joints are those of the first task
+    the window by FOREGROUND_TO_SIDE on every pass) and at least training's least side,
+    `input_pipeline.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a
+    window of a pixel or two, the crop enlarging it a hundredfold and 3D decoding putting the
+    person tens of metres away). The joints are those of the first task
     giving joints, kept where their peak reaches MIN_JOINT_SCORE and (when there is a
     silhouette) lies within NEAR_FOREGROUND label px of it. With all 16 kept, the window is
     training's `person_box` of them, "joints (<task>)", whatever its size: a training crop of a
@@ -136,7 +139,8 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
         corners = silhouette_box(silhouette) @ back[:, :2].T + back[:, 2]
         side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
         tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
-        outline = Window(corners.mean(0), min(side, max_side), f"foreground ({tasks})")
+        side = max(min(side, max_side), input_pipeline.MIN_WINDOW_SIDE_PX)
+        outline = Window(corners.mean(0), side, f"foreground ({tasks})")
     givers = [t for t, e in evidence.items() if "joints" in e]
     if givers:
         joints = np.asarray(evidence[givers[0]]["joints"], np.float64)
