@@ -7,7 +7,8 @@ selected task has its own hourglass stream and head, with interaction modules be
     next input of task t = x_t + 1x1(f_t) + 1x1(p_t)              (Newell's residual path)
                          + message from the other tasks' (f_s, p_s)  (per `interaction`)
 
-Interaction modes: `none` (independent streams, the isolated-task baseline), `sum` (a 1x1
+Interaction modes: `none` (streams that exchange nothing after the stem, which every task
+still trains: not the single-task baseline, which is the task trained alone), `sum` (a 1x1
 projection of each other task's features and prediction, summed), `concat` (the others'
 features and predictions concatenated, one 1x1 to width) and `gated` (the `sum` projections,
 each scaled by per-channel sigmoid gates computed from the receiving stream's pooled
