@@ -769,3 +769,86 @@ def test_every_metric_product_is_full_float32_on_any_backend(protocol):
         m = protocols.metric(protocol, task, b)
         precisions = _dot_precisions(jax.make_jaxpr(m.stats)(pred, batch).jaxpr)
         assert all(p == exact for p in precisions), (protocol, task, precisions)
+
+
+# --- The references' label crop ------------------------------------------------------------------
+# A 240 x 320 map whose pixel (row, col), 0-based, holds 1000 (row + 1) + col + 1: every value
+# names its source pixel, and 0 is what the crop puts outside the map.
+_ROWS, _COLS = np.mgrid[:240, :320]
+_NAMED = (1000 * (_ROWS + 1) + _COLS + 1).astype(np.int32)
+
+
+def _named(rows, cols):
+    """The values of _NAMED at 0-based source rows (64,) x cols (64,); 0 where a col is < 0."""
+    rows, cols = np.asarray(rows)[:, None], np.asarray(cols)[None, :]
+    return np.where(cols >= 0, 1000 * (rows + 1) + cols + 1, 0)
+
+
+def test_reference_label_crop_shrinks_the_map_first_from_a_128_px_window():
+    """crop(map, (160.3, 120.7), 1.06, 0, 64, 'simple') (surreal training/img.lua:87-144,
+    the same lines as bodynet training/util/img.lua:85-142): a window of 212 px.
+    - img.lua:96-99: scaleFactor sf = 200 x 1.06 / 64 = 3.3125 >= 2; newSize =
+      floor(320 / 3.3125) = floor(96.6) = 96.
+    - img.lua:105, torch/image init.lua `scale`: image.scale(map, 96, 'simple') makes the
+      longest side 96: width 320 x 96 / 320 = 96, height 240 x 96 / 320 = 72 (an integer
+      here). generic/image.c:388-398 (scaleSimple): shrunk (j, i) = map (trunc(j sy),
+      trunc(i sx)), sx = float32(320) / float32(96) = float32(10/3) = 3.33333325..., sy =
+      240 / 72 the same; the product is float32 too, so for i = 3 the exact 9.99999976 rounds
+      to 10.0 and trunc gives 10: for every i < 96, trunc(i sx) = floor(10 i / 3).
+    - img.lua:112-113: c = (160.3, 120.7) / 3.3125 = (48.3925, 36.4377), s = 1.06 / 3.3125
+      = 0.32, h = 200 s = 64; transform({1,1}, c, s, 0, 64, true) (img.lua:54-64) maps label
+      (0, 0) back to c - h / 2 = (16.3925, 4.4377), + 1e-4, cast to int (16, 4), + 1: the
+      1-based corner ul = (17, 5) of the shrunk map; br = ul + 64 (img.lua:115).
+    - img.lua:121-130: label (k, l) = shrunk (k + 5 - 1, l + 17 - 1) = map (floor(10 (k + 4) /
+      3), floor(10 (l + 16) / 3)), all inside the 72 x 96 shrunk map.
+    So label (0, 0) is map (13, 53), (63, 63) map (223, 263). hgmt's warp of the same window
+    (`crop_affine`, nearest) samples each label pixel's centre: label (0, 0) at (120.7 -
+    31.5 x 3.3125, 160.3 - 31.5 x 3.3125) = (16.4, 55.96), map (16, 56), 3 px away."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.label_crop(_NAMED, np.array([160.3, 120.7]), 1.06)
+    k = np.arange(64)
+    expected = _named(10 * (k + 4) // 3, 10 * (k + 16) // 3)
+    assert out.shape == (64, 64) and out.dtype == np.int32
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, 0] == 1000 * 14 + 54 and out[63, 63] == 1000 * 224 + 264
+    # Label (2, 2) is shrunk (6, 18): float32(6 sy) = 20.0 and float32(18 sx) = 60.0, so map
+    # (20, 60), where products in float64 (19.9999995, 59.9999986) would give (19, 59).
+    assert out[2, 2] == _NAMED[20, 60]
+
+
+def test_reference_label_crop_copies_a_smaller_window_then_resizes_it():
+    """crop(map, (100.3, 80.0), 0.4525, 0, 64, 'simple'): a window of h = 200 x 0.4525 =
+    90.5 px.
+    - img.lua:96-97: sf = 90.5 / 64 = 1.414 < 2, so scaleFactor = 1 and the map is not shrunk.
+    - img.lua:112-114: ul = trunc(c - h/2 + 1e-4) + 1 = (trunc(55.0501) + 1, trunc(34.7501) +
+      1) = (56, 35), br = trunc(c + h/2 + 1e-4) + 1 = (trunc(145.5501) + 1, trunc(125.2501) +
+      1) = (146, 126), 1-based: a block of 146 - 56 = 90 columns and 126 - 35 = 91 rows
+      (img.lua:129), block (k, l) = map (k + 34, l + 55) (img.lua:121-130).
+    - img.lua:139: image.scale(block, 64, 64, 'simple'): sx = 90 / 64 = 1.40625 and sy = 91 /
+      64 = 1.421875, exact in float32, so label (j, i) = block (floor(91 j / 64), floor(90 i
+      / 64)) (generic/image.c:388-398) = map (floor(91 j / 64) + 34, floor(90 i / 64) + 55).
+    Label (0, 0) is map (34, 55); (63, 63) map (89 + 34, 88 + 55) = (123, 143)."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.label_crop(_NAMED, np.array([100.3, 80.0]), 0.4525)
+    j = np.arange(64)
+    np.testing.assert_array_equal(out, _named(91 * j // 64 + 34, 90 * j // 64 + 55))
+    assert out[0, 0] == 35 * 1000 + 56 and out[63, 63] == 124 * 1000 + 144
+
+
+def test_reference_label_crop_truncates_the_corner_toward_zero_and_fills_outside_with_0():
+    """The window of the first case moved to x 20.0: c_x / sf = 20 / 3.3125 = 6.0377, and
+    c_x - h/2 + 1e-4 = -25.9621 cast to an integer is -25 (toward zero; floor would give -26),
+    so ul_x = -24 (img.lua:54-64, 112-113). Label column l is shrunk column l - 24 - 1 = l -
+    25: columns 0..24 lie left of the map and stay 0 (img.lua:121-130), column 25 is shrunk
+    column 0, map column 0; rows as in the first case. A window wholly outside the map makes
+    the copy raise, which pcall leaves as all 0 (img.lua:130-132)."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.label_crop(_NAMED, np.array([20.0, 120.7]), 1.06)
+    k = np.arange(64)
+    cols = np.where(k >= 25, 10 * (k - 25) // 3, -1)
+    np.testing.assert_array_equal(out, _named(10 * (k + 4) // 3, cols))
+    assert (out[:, :25] == 0).all() and out[0, 25] == 14 * 1000 + 1
+    assert not reference_crop.label_crop(_NAMED, np.array([-200.0, 120.7]), 1.06).any()

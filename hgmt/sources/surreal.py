@@ -449,13 +449,21 @@ def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
     bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
     the window is centred on the 1-based box's centre."""
+    centre, scale = reference_centre_scale(joints2d)
+    return centre, 200.0 * scale
+
+
+def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in SURREAL's 0-based pixels -> the references' own `getCenter` (2,) and
+    `getScale` values (`reference_box`: the window is 200 x scale pixels around the centre),
+    as their label crop takes them (`hgmt.sources.reference_crop.label_crop`)."""
     j = np.asarray(joints2d, np.float64) + 1.0
     lo, hi = j.min(0), j.max(0)
     size = hi - lo + 1
     start = lo - np.array([0.25, 0.35]) * size
     end = hi + 0.25 * size
     full = end - start + 1
-    return start + full / 2, float(200.0 * max(full[1] / 240, full[0] / 240))
+    return start + full / 2, float(max(full[1] / 240, full[0] / 240))
 
 
 def _unset(joints: np.ndarray) -> bool:
