@@ -852,3 +852,58 @@ def test_reference_label_crop_truncates_the_corner_toward_zero_and_fills_outside
     np.testing.assert_array_equal(out, _named(10 * (k + 4) // 3, cols))
     assert (out[:, :25] == 0).all() and out[0, 25] == 14 * 1000 + 1
     assert not reference_crop.label_crop(_NAMED, np.array([-200.0, 120.7]), 1.06).any()
+
+
+def test_reference_protocols_cut_segm_and_depth_labels_as_the_references_do(demo_dataset):
+    """Under `surreal` (and `bodynet`: the same window and crop) the evaluation's segm and
+    depth_class labels are the references' crop of the frame's maps (`reference_crop.
+    label_crop` around getCenter with getScale), not hgmt's nearest warp of the same window,
+    which differs on the demo frames; under `hgmt` they are hgmt's warp of hgmt's window. A
+    rotated or mirrored reference crop is refused."""
+    from hgmt.data import input_pipeline
+    from hgmt.models import create_model
+    from hgmt.sources import reference_crop
+    from hgmt.tasks import heads, parse_tasks
+    from hgmt.training import steps
+    from tests.conftest import tiny_config
+
+    config = tiny_config(demo_dataset[1], tasks="segm+depth", image_size=256)
+    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = steps.init_variables(model, jax.random.key(0), images)
+    source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    for protocol in ("surreal", "hgmt"):
+        ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
+        ev(variables)
+        for row, index in enumerate(ev.indices):
+            record = source[index]
+            joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+            raw = input_pipeline.decoded(record, "segm")
+            classes = input_pipeline.decoded(record, "depth_class")
+            centre, side = input_pipeline.window_box(joints, ev.window)
+            m = input_pipeline.crop_affine(centre, side, R)
+            warped_segm = surreal.SEGM_TO_PART[_nearest_warp(raw, m)]
+            warped_depth = _nearest_warp(classes, m)
+            centre, scale = surreal.reference_centre_scale(joints)
+            ref_segm = surreal.SEGM_TO_PART[reference_crop.label_crop(raw, centre, scale)]
+            ref_depth = reference_crop.label_crop(classes, centre, scale)
+            got_segm, got_depth = ev.first_batch["segm"][row], ev.first_batch["depth_class"][row]
+            if protocol == "surreal":
+                np.testing.assert_array_equal(got_segm, ref_segm)
+                np.testing.assert_array_equal(got_depth, ref_depth)
+                assert (ref_segm != warped_segm).any()  # the frame tells the two apart
+            else:
+                np.testing.assert_array_equal(got_segm, warped_segm)
+                np.testing.assert_array_equal(got_depth, warped_depth)
+    params = input_pipeline.CropParams(rotation=10.0)
+    with pytest.raises(ValueError, match="crop window 'reference' cuts labels as the "
+                                         "references' test crop does, unrotated"):
+        input_pipeline.crop_with(source[ev.indices[0]], 256, params, ("segm",),
+                                 window="reference")
+
+
+def _nearest_warp(label_map, m):
+    """hgmt's nearest warp of a label map to R x R by the (2,3) affine `m`."""
+    import cv2
+
+    return cv2.warpAffine(label_map, m, (R, R), flags=cv2.INTER_NEAREST)

@@ -44,7 +44,7 @@ from absl import flags
 
 from hgmt import cores, devices, paths
 from hgmt.data import damage, records, shards
-from hgmt.sources import surreal
+from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
@@ -100,7 +100,7 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
 
 # The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's
 # protocol) and "reference", BodyNet's and SURREAL's test crop (`surreal.reference_box`:
-# their protocols).
+# their protocols), whose label maps are cut as theirs are (`ReferenceCrop`).
 WINDOWS = ("hgmt", "reference")
 
 
@@ -184,7 +184,9 @@ def crop_with(example: dict, image_size: int, params: CropParams,
               unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """`crop_example` with given crop parameters, around the `window`'s box (`window_box`);
     the label maps in `unread` are not decoded (`spec.Crop.warp` gives zeros; the depth task
-    leaves its picture-only depth in metres out)."""
+    leaves its picture-only depth in metres out). In the "reference" window the label maps
+    are cut as the references cut theirs (`reference_label_crop`), the image and the joints
+    by hgmt's warp of the same window."""
     r = image_size // common.LABEL_STRIDE
     joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
     centre, side = window_box(joints, window)
@@ -195,12 +197,49 @@ def crop_with(example: dict, image_size: int, params: CropParams,
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if params.gain != (1.0, 1.0, 1.0):
         image = apply_gain(image, params.gain)
-    crop = Crop(example, m_label, r, params.flip, decoded, frozenset(unread))
+    if window == "reference":
+        crop = reference_label_crop(example, joints, params, m_label, r, unread)
+    else:
+        crop = Crop(example, m_label, r, params.flip, decoded, frozenset(unread))
     out = {"image": image, "crop": m_label.astype(np.float32),
            "unusable": np.float32(bool(example.get("unusable", b"")))}
     for t in (TASKS if tasks is None else tasks):
         out.update(TASKS[t].labels(crop))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceCrop(Crop):
+    """A `Crop` whose label maps (segm, depth_class, depth) are cut as the references cut
+    theirs, `reference_crop.label_crop` around their `getCenter` `centre` (2,) with their
+    `getScale` `scale`, instead of hgmt's nearest warp of the window; the joints still map
+    through `m_label`, hgmt's label frame of the same window."""
+
+    centre: np.ndarray | None = None
+    scale: float = 1.0
+
+    def warp(self, key: str) -> np.ndarray:
+        if key in self.unread:
+            return super().warp(key)
+        return reference_crop.label_crop(self.read_map(self.record, key), self.centre,
+                                         self.scale, self.size)
+
+
+def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
+                         m_label: np.ndarray, r: int,
+                         unread: Iterable[str] = ()) -> ReferenceCrop:
+    """The crop of the reference window (`surreal.reference_box`) of a record whose 16 joints
+    are `joints` (16,2), `m_label` (2,3) its r x r label frame (`crop_affine`), with label
+    maps cut as the references cut theirs (`ReferenceCrop`), the references' scale times
+    `params.scale`, as their scale augmentation multiplies it. ValueError for a rotation or a
+    mirror, which their test crop never has and `reference_crop` does not follow."""
+    if params.rotation or params.flip:
+        raise ValueError(f"crop window 'reference' cuts labels as the references' test crop "
+                         f"does, unrotated and unmirrored, but rotation={params.rotation} and "
+                         f"flip={params.flip}: crop with window='hgmt' to augment")
+    centre, scale = surreal.reference_centre_scale(joints)
+    return ReferenceCrop(example, m_label, r, False, decoded, frozenset(unread), centre,
+                         scale * params.scale)
 
 
 def apply_gain(image: np.ndarray, gain: Sequence[float]) -> np.ndarray:
