@@ -118,6 +118,36 @@ def test_bodynet_pck_reproduces_eval_lua():
     assert used == "hgmt" and h["pck@3.2px"] == pytest.approx(115 / 224, abs=1e-6)
 
 
+def test_bodynet_pck_sends_a_heatmap_whose_maximum_is_not_positive_to_pixel_one():
+    """getPreds2DCropped (bodynet training/util/eval.lua:40-52) takes the first maximum of each
+    heatmap, then `predMask = max:gt(0)` (:48) and `preds:add(-1):cmul(predMask):add(1)` (:49):
+    where the maximum is not > 0 the prediction is pixel (1,1), 1-based, wherever that maximum
+    lies. _pose2d_case with two heatmaps of batch A made non-positive, each peaking exactly
+    at its ground truth (so without the rule both would be correct):
+    - ex 0 r_ankle: -1 everywhere but -0.5 at 0-based (10, 20), 1-based (11, 21), where
+      BodyNet's ground truth peaks (10.5 -> trunc(10.5 + 1e-4) + 1 = 11, util/img.lua:62-64;
+      away from the edges, drawGaussian's peak is that pixel): max -0.5 <= 0 -> (1,1),
+      sqrt(10^2 + 20^2) = 22.4 px from (11, 21): 22.4 / 6.4 > 0.5, wrong (eval.lua:78-86).
+    - ex 1 l_wrist: -1 everywhere but 0 at 0-based (40, 20), 1-based (41, 21): max 0 is not
+      > 0 -> (1,1), 44.7 px away: wrong. Ground truth is drawn and scored in both (image
+      y 21 > 1, donkey.lua:288; label > 1, eval.lua:13).
+    Batch A (test_bodynet_pck_reproduces_eval_lua: r_ankle and l_wrist 4/4 there) becomes
+    r_ankle 3/4, l_wrist 3/4, r_knee, r_hip, l_elbow 1, the 5 others 3/4 as before
+    -> (3 + 7 * 0.75) / 10 = 0.825; batch B 8.75 / 9; C NaN: / (14 / 4 - 1) (test.lua:81)."""
+    pred, batch = _pose2d_case()
+    pred = np.array(pred)
+    pred[0, :, :, 0] = -1.0
+    pred[0, 20, 10, 0] = -0.5
+    pred[1, :, :, 15] = -1.0
+    pred[1, 20, 40, 15] = 0.0
+    _, s = _run("bodynet", "pose2d", jnp.asarray(pred), batch)
+    assert s["pck"] == pytest.approx((0.825 + 8.75 / 9) / 2.5, abs=1e-9)
+    # Per joint over the 12 evaluated examples: r_ankle wrong in ex 0 and ex 4, of 8 scored
+    # (batches A and B); l_wrist wrong in ex 1, of the 4 scored (batch A only).
+    assert s["pck_per_joint"]["r_ankle"] == pytest.approx(6 / 8)
+    assert s["pck_per_joint"]["l_wrist"] == pytest.approx(3 / 4)
+
+
 def test_bodynet_pck_batches_follow_the_test_order():
     """The same examples in another order fall in other batches: ex 0-3 and 4-7 swap halves
     and ex 12-13 change places with ex 10-11."""
@@ -216,6 +246,19 @@ def _pose3d_case():
     return pred, batch
 
 
+def _cam(u, v, z):
+    """SURREAL's camera (bodynet training/util/camerautils.lua:3-28, f 600 px, centre (160,
+    120)): integer 0-based image pixel (u, v) at depth z m -> camera metres, K^-1 [u v 1] z
+    (reconstruct3D, camerautils.lua:72-80)."""
+    return np.array([(u - 160) * z / 600, (v - 120) * z / 600, z])
+
+
+def _err_mm(pred, pelvis, truth):
+    """PE_off (bodynet training/util/eval.lua:181-195) of one joint: camera metres `pred`
+    aligned at the predicted `pelvis` against the pelvis-relative `truth`, in mm."""
+    return 1000 * np.linalg.norm((pred - pelvis) - truth)
+
+
 def test_bodynet_mjd_reproduces_eval_lua():
     pred, batch = _pose3d_case()
     used, s = _run("bodynet", "pose3d", pred, batch)
@@ -229,13 +272,9 @@ def test_bodynet_mjd_reproduces_eval_lua():
     # back-projected minus 1 (:484): label (32, 32) -> (158, 118) (u = 158.33), (33, 32) ->
     # (161, 118) (u = 161.67, not 162), (0, 0) -> (51, 11) (u = 51.67, v = 11.67).
     # :479-485: depth = pelvis + bin x 45 mm, K^-1 [u v 1] x depth (util/camerautils.lua:
-    # 72-80; K = [[600, 0, 160], [0, 600, 120]]), aligned at the predicted pelvis.
-    def cam(u, v, z):
-        return np.array([(u - 160) * z / 600, (v - 120) * z / 600, z])
-
-    def err_mm(pred, pelvis, truth):
-        return 1000 * np.linalg.norm((pred - pelvis) - truth)
-
+    # 72-80; K = [[600, 0, 160], [0, 600, 120]]), aligned at the predicted pelvis (`_cam`,
+    # `_err_mm`).
+    cam, err_mm = _cam, _err_mm
     pelvis, far = cam(158, 118, 6.0), 6.0 + 9 * 0.045
     r_ankle_truth, r_knee_truth = np.array([6.0 / 0.3 / 600, 0, 0]), np.array([0, 0, 0.09])
     zero = np.zeros(3)
@@ -267,6 +306,35 @@ def test_bodynet_mjd_reproduces_eval_lua():
     _, h = _run("hgmt", "pose3d", pred[:3], jax.tree.map(lambda x: x[:3], batch))
     assert h["mjd_mm_per_joint"]["r_ankle"] == pytest.approx(0.0, abs=1e-3)
     assert h["mjd_mm_per_joint"]["r_knee"] == pytest.approx(135.0 / 3, abs=1e-2)
+
+
+def test_bodynet_mjd_truncates_negative_image_coordinates_toward_zero():
+    """_pose3d_case in a window 60 px left of and 40 px above _CROP's, label (0.3 (u - 100) +
+    32, 0.3 (v - 80) + 32): image pixel u = (x - 2) / 0.3, v = (y - 8) / 0.3 of hgmt's label
+    (x, y). bodynet training/util/eval.lua:464-465 `transform(..., true)` ends in
+    `new_point:int():add(1)` (util/img.lua:62-64), the C cast, which truncates toward zero;
+    eval.lua:484 back-projects that minus 1. Ex 2's all-zero l_ankle volume goes to bin +9,
+    1-based pixel (1, 1) (tensorMax, eval.lua:23-27), 0-based index 0, BodyNet's label
+    coordinate 0, hgmt's -0.5 (util/img.lua:18-27): u = (-0.5 - 2) / 0.3 = -8.33,
+    v = (-0.5 - 8) / 0.3 = -28.33, left of and above the image. trunc(-8.33 + 1e-4) = -8,
+    + 1 - 1 -> u = -8; v -> -28 (floor would give -9 and -29). The pelvis, label (32, 32):
+    u = 29.5 / 0.3 = 98.33 -> 98, v = 23.5 / 0.3 = 78.33 -> 78; ex 3's predicted pelvis,
+    label (33, 32), bin -1: (101, 78) (u = 101.67) at 6 - 0.045 = 5.955 m. l_ankle's
+    truth is the pelvis (zero); the evaluated batch is ex 0-3, divided by N = 5 (test.lua:87):
+    ex 0 and 1 add 0, ex 2 its (-8, -28) at bin +9 against its pelvis, ex 3 its (98, 78) at
+    6 m against the moved pelvis; l_hip has ex 3's error alone."""
+    pred, batch = _pose3d_case()
+    crop = [[0.3, 0.0, -16.0 + 0.3 * 60], [0.0, 0.3, -4.0 + 0.3 * 40]]
+    batch = dict(batch, crop=jnp.tile(jnp.asarray([crop], jnp.float32), (5, 1, 1)))
+    _, s = _run("bodynet", "pose3d", pred, batch)
+    zero, far = np.zeros(3), 6.0 + 9 * 0.045
+    pelvis, pelvis3 = _cam(98, 78, 6.0), _cam(101, 78, 5.955)
+    ex2 = _err_mm(_cam(-8, -28, far), pelvis, zero)
+    ex3 = _err_mm(_cam(98, 78, 6.0), pelvis3, zero)
+    assert 1698.8 < ex2 < 1699.0  # floor's (-9, -29): 1713.56 mm
+    per_joint = s["mjd_mm_per_joint"]
+    assert per_joint["l_ankle"] == pytest.approx((ex2 + ex3) / 5, rel=1e-5)  # floor: 354.06
+    assert per_joint["l_hip"] == pytest.approx(ex3 / 5, rel=1e-5)
 
 
 # --- SURREAL segmentation ---------------------------------------------------------------------
