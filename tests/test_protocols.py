@@ -342,7 +342,7 @@ def _segm_case():
     """Image 1 (4x4): ground truth background, parts 1..14, background; predicted the same but
     head -> torso, part 5 -> background, the last background pixel -> part 14. Image 2: all
     torso, predicted right. Images 3-6: background, predicted right but for image 5's first
-    pixel, predicted part 3. Image 7 (in no full test batch): all head, predicted torso."""
+    pixel, predicted part 3. Image 7: all head, predicted torso."""
     gt1 = np.array([0, *range(1, 15), 0]).reshape(4, 4)
     pr1 = gt1.copy().reshape(-1)
     pr1[1], pr1[5], pr1[15] = 2, 0, 14
@@ -363,16 +363,20 @@ def test_surreal_segmentation_reproduces_eval_lua():
     # surreal training/eval.lua:22-50 segmPerformance accumulates per class tp (intersection),
     # npos + p - tp (union) and npos; training/test.lua:54-57: IoU = intersection / union and
     # pixel accuracy = intersection / npos over the split, averaged over classes 2..15.
-    # test.lua:35 runs floor(7 / 6) = 1 batch of 6 (opts.lua:48): image 7 is never scored.
-    # head: 0/1, torso: 17/18 (16 + 1 right, 1 more predicted), part 3: 1/2 (image 5),
-    # part 5: 0/1, part 14: 1/2, the 9 others 1: mean IoU = (17/18 + 1/2 + 1/2 + 9) / 14.
-    assert s["iou_per_part"]["torso"] == pytest.approx(17 / 18)
-    assert s["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 0.5 + 9) / 14, abs=1e-12)
+    # SURREAL's final evaluation (training/exp/eval.sh:10, -batchSize 1) runs test.lua:35's
+    # loop over floor(7 / 1) = 7 batches of one image: every image is scored, image 7 too.
+    # head: 0/17 (image 1's pixel and image 7's 16, none predicted head); torso: 17 right
+    # (image 1's pixel, image 2's 16) of 17 labelled and 34 predicted (1 + 16 more in images
+    # 1 and 7): 17 / (17 + 34 - 17) = 1/2; part 3: 1/2 (image 5); part 5: 0/1; part 14: 1/2;
+    # the 9 others 1: mean IoU = (0 + 1/2 + 1/2 + 0 + 1/2 + 9) / 14 = 0.75.
+    assert s["iou_per_part"]["head"] == 0.0
+    assert s["iou_per_part"]["torso"] == pytest.approx(0.5)
+    assert s["mean_iou"] == pytest.approx(0.75, abs=1e-12)
     assert s["iou_per_part"][surreal.PART_NAMES[2]] == pytest.approx(0.5)
     # Accuracy per class: head 0, torso 17/17, part 5 0, part 14 1/1, others 1 -> 12 / 14.
     assert s["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
     assert s["iou_undefined"] == s["pixel_accuracy_undefined"] == []
-    assert s["examples_not_evaluated"] == 1
+    assert s["examples_not_evaluated"] == 0
     # hgmt's pixel accuracy counts background too, and every image: 92 of 112 pixels.
     _, h = _run("hgmt", "segm", pred, batch)
     assert h["pixel_accuracy"] == pytest.approx(92 / 112)
@@ -402,7 +406,7 @@ def test_surreal_segmentation_undefined_where_reference_is_nan():
 def test_surreal_segmentation_lists_each_means_own_undefined_parts():
     """A part predicted but absent from the labels has IoU 0 / (its predicted pixels) = 0,
     defined, and accuracy 0/0 (surreal training/eval.lua:22-50: npos = 0): it makes
-    pixel_accuracy null, not mean_iou. Six 1x3 images (one SURREAL batch, opts.lua:48), each
+    pixel_accuracy null, not mean_iou. Six 1x3 images, all evaluated (eval.sh:10), each
     labelled head, torso, background and predicted so, but for image 1's background pixel,
     predicted l_upper_arm (class 3): IoU is 0/0 for the 11 parts in neither, accuracy for
     the 12 parts absent from the labels (l_upper_arm among them)."""
@@ -455,18 +459,28 @@ def test_surreal_depth_rmse_reproduces_eval_lua():
     # counting as class 0. A: errors 0, 2 (12's error 12 dropped) -> sqrt(2); B: 1; C: no
     # foreground, adds 0 (:62-66); D: one pixel, where unfold raises: hgmt adds 0 and counts
     # it; E: 3, 0, 0, 0 (7 dropped) -> 1.5; F: 0, 2 -> sqrt(2).
-    # training/test.lua:35 evaluates floor(8 / 6) = 1 batch of 6 (opts.lua:48: G, H never);
-    # eval.lua:69 divides the batch's sum by 6, test.lua:58 the batches' sum by 8 / 6.
-    bins = (np.sqrt(2) + 1 + 0 + 0 + 1.5 + np.sqrt(2)) / 8
+    # G, H: 4 bins off at each pixel -> 4. SURREAL's final evaluation (training/exp/eval.sh:10,
+    # -batchSize 1): training/test.lua:35 evaluates floor(8 / 1) = 8 batches of one image,
+    # eval.lua:69 divides each batch's sum by 1, test.lua:58 their sum by 8 / 1:
+    # (sqrt(2) + 1 + 0 + 0 + 1.5 + sqrt(2) + 4 + 4) / 8 = 1.666 bins, 74.97 mm.
+    bins = (np.sqrt(2) + 1 + 0 + 0 + 1.5 + np.sqrt(2) + 4 + 4) / 8
     assert s["rmse_bins"] == pytest.approx(bins, rel=1e-6)
     assert s["rmse_mm"] == pytest.approx(bins * 45.0, rel=1e-6)
+    assert 74.96 < s["rmse_mm"] < 74.98
     assert s["images_no_foreground"] == 1 and s["images_one_foreground_pixel"] == 1
-    assert s["foreground_pixels_dropped"] == 2 and s["examples_not_evaluated"] == 2
-    # BodyNet runs the same function in batches of 4 (bodynet opts.lua:69): 2 full batches,
-    # G and H (4 bins each) included.
+    assert s["foreground_pixels_dropped"] == 2 and s["examples_not_evaluated"] == 0
+    # BodyNet runs the same function in batches of 4 (bodynet opts.lua:69, test.lua:62, :86):
+    # over the 8 images 2 full batches, every image, the same sum / 8; over the first 7, one
+    # batch, A-D (E-G never evaluated): (sqrt(2) + 1 + 0 + 0) / 7, while SURREAL's batches of
+    # one take E-G too.
     _, b = _run("bodynet", "depth", pred, batch)
-    assert b["rmse_bins"] == pytest.approx(bins + 8 / 8, rel=1e-6)
+    assert b["rmse_bins"] == pytest.approx(bins, rel=1e-6)
     assert b["examples_not_evaluated"] == 0
+    _, b7 = _run("bodynet", "depth", *_first(7, pred, batch))
+    assert b7["rmse_bins"] == pytest.approx((np.sqrt(2) + 1) / 7, rel=1e-6)
+    assert b7["examples_not_evaluated"] == 3
+    _, s7 = _run("surreal", "depth", *_first(7, pred, batch))
+    assert s7["rmse_bins"] == pytest.approx((np.sqrt(2) + 2.5 + np.sqrt(2) + 4) / 7, rel=1e-6)
     # hgmt pools every foreground pixel of the split: sqrt(567 / 23) bins.
     _, h = _run("hgmt", "depth", pred, batch)
     assert h["rmse_mm"] == pytest.approx(np.sqrt(567 / 23) * 45.0, rel=1e-5)
@@ -482,23 +496,31 @@ def test_reference_numbers_without_a_full_test_batch_are_null():
     (bodynet training/test.lua:62, surreal training/test.lua:35) runs floor(N / batchSize) = 0
     batches, and the zero sums divided by N / batchSize (bodynet test.lua:80-89, surreal
     test.lua:53-58) would print PCK, MJD and RMSE 0. Each such number is null with the reason,
-    for every task and both batch sizes (4, bodynet opts.lua:69; 6, surreal opts.lua:48);
-    hgmt's definitions score the same examples."""
-    cases = [("bodynet", "pose2d", _first(3, *_pose2d_case()), ("pck",)),
-             ("bodynet", "pose3d", _first(3, *_pose3d_case()), ("mjd_mm", "mjd_mm_per_joint")),
-             ("bodynet", "segm", _first(3, *_segm_case()), ("mean_iou", "pixel_accuracy")),
-             ("surreal", "segm", _first(5, *_segm_case()), ("mean_iou", "pixel_accuracy")),
-             ("bodynet", "depth", _first(3, *_depth_case()), ("rmse_mm", "rmse_bins")),
-             ("surreal", "depth", _first(5, *_depth_case()), ("rmse_mm", "rmse_bins"))]
-    for protocol, task, (pred, batch), keys in cases:
-        n, size = len(batch["position"]), {"bodynet": 4, "surreal": 6}[protocol]
-        _, s = _run(protocol, task, pred, batch)
+    for every task at BodyNet's batch of 4 (opts.lua:69); hgmt's definitions score the same
+    examples. SURREAL's final evaluation tests one example a batch (training/exp/eval.sh:10),
+    so any N >= 1 has its numbers."""
+    cases = [("pose2d", _first(3, *_pose2d_case()), ("pck",)),
+             ("pose3d", _first(3, *_pose3d_case()), ("mjd_mm", "mjd_mm_per_joint")),
+             ("segm", _first(3, *_segm_case()), ("mean_iou", "pixel_accuracy")),
+             ("depth", _first(3, *_depth_case()), ("rmse_mm", "rmse_bins"))]
+    for task, (pred, batch), keys in cases:
+        _, s = _run("bodynet", task, pred, batch)
         for key in keys:
-            assert s[key] is None or set(s[key].values()) == {None}, (protocol, task, key)
+            assert s[key] is None or set(s[key].values()) == {None}, (task, key)
             assert s["null_reasons"][key] == (
-                f"fewer than one reference test batch (N = {n} < {size}): the reference "
-                f"evaluates no example"), (protocol, task, key)
-        assert s["examples_not_evaluated"] == n
+                "fewer than one reference test batch (N = 3 < 4): the reference evaluates no "
+                "example"), (task, key)
+        assert s["examples_not_evaluated"] == 3
+    # `surreal` over the first 5 images of _segm_case and _depth_case, all evaluated
+    # (test.lua:35 runs 5 batches of one): segm head 0/1, torso 17/18, part 3 1/2 (image 5),
+    # part 5 0/1, part 14 1/2, the 9 others 1 (test_surreal_segmentation_reproduces_eval_lua);
+    # depth A-E (test_surreal_depth_rmse_reproduces_eval_lua) / 5 (test.lua:58).
+    _, seg = _run("surreal", "segm", *_first(5, *_segm_case()))
+    assert seg["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 0.5 + 9) / 14, abs=1e-12)
+    _, dep = _run("surreal", "depth", *_first(5, *_depth_case()))
+    assert dep["rmse_bins"] == pytest.approx((np.sqrt(2) + 1 + 0 + 0 + 1.5) / 5, rel=1e-6)
+    for s in (seg, dep):
+        assert "null_reasons" not in s and s["examples_not_evaluated"] == 0
     for task, case in (("pose3d", _pose3d_case), ("depth", _depth_case)):
         _, h = _run("hgmt", task, *_first(3, *case()))
         assert "null_reasons" not in h, task
@@ -540,8 +562,10 @@ def test_reference_numbers_that_divide_by_n_are_null_with_damaged_records():
     # Batch A over ex 0, 2, 3 (test_bodynet_pck_reproduces_eval_lua): l_knee, l_ankle,
     # r_wrist, r_elbow 2/3, the 6 others 1 -> (6 + 4 * 2/3) / 10; batch B as before.
     assert pck["pck"] == pytest.approx(((6 + 8 / 3) / 10 + 8.75 / 9) / 2.5, abs=1e-6)
-    _, _, seg = summaries("surreal", "segm", *_segm_case(), 4)  # image 5's part 3 gone
-    assert seg["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
+    # Image 5 gone, its part 3 with it: part 3 1/1; head 0/17, torso 1/2, part 5 0/1,
+    # part 14 1/2 and the 9 others 1 as in test_surreal_segmentation_reproduces_eval_lua.
+    _, _, seg = summaries("surreal", "segm", *_segm_case(), 4)
+    assert seg["mean_iou"] == pytest.approx((0.5 + 1 + 0.5 + 9) / 14, abs=1e-12)
     for task, case in (("pose3d", _pose3d_case), ("depth", _depth_case)):
         _, left_out, with_count = summaries("hgmt", task, *case(), 1)
         assert with_count == left_out and "null_reasons" not in with_count, task

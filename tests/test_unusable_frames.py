@@ -132,9 +132,9 @@ def test_reference_protocols_count_flagged_frames_hgmt_leaves_them_out():
     assert sr["mjd_mm"] == pytest.approx(plain["mjd_mm"], rel=1e-6)
 
     # segm: surreal dataset.lua:333-336 makes the labels all background (class 1), and
-    # eval.lua:22-50 counts its predicted part pixels into the parts' unions. Six 2x2 images
-    # (one SURREAL batch, opts.lua:48): ex 0 all head, predicted right; ex 5 flagged, its
-    # prediction all head: head IoU = 4 / (4 + 4).
+    # eval.lua:22-50 counts its predicted part pixels into the parts' unions. Six 2x2 images,
+    # each a SURREAL test batch (training/exp/eval.sh:10): ex 0 all head, predicted right;
+    # ex 5 flagged, its prediction all head: head IoU = 4 / (4 + 4).
     gt = np.zeros((6, 2, 2), int)
     gt[0] = 1
     pr = np.zeros((6, 2, 2), int)
@@ -218,7 +218,9 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
             "left out" if protocol == "hgmt" else f"evaluated as {protocol}'s code does")
         assert report["treatment"]["pose3d"].startswith(
             "evaluated as bodynet" if protocol == "bodynet" else "left out")
-    assert summary["segm"]["examples_not_evaluated"] == 2  # 2 < one SURREAL batch of 6
+    # SURREAL tests one example a batch (training/exp/eval.sh:10): both are evaluated.
+    assert summary["segm"]["examples_not_evaluated"] == 0
+    assert "fewer than one reference test batch" not in str(summary["segm"].get("null_reasons"))
     assert "**2 flagged unusable test frame(s)**" in evaluator.to_markdown(summary)
 
 

@@ -12,11 +12,15 @@ BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
 MAX_BIN = 9  # bins are clamped to [-9, 9]
 
 
-# The test batch sizes of the reference code (`batchSize` in training/opts.lua): BodyNet's
-# PCK is a mean over test batches, and both references run floor(N / batchSize) full batches
-# but divide by N / batchSize (bodynet training/test.lua:62, :80-89; surreal
-# training/test.lua:35, :53-58).
-REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 6}  # bodynet opts.lua:69, surreal opts.lua:48
+# The test batch sizes of the reference evaluations (`-batchSize`): BodyNet's PCK is a mean
+# over test batches, and both references run floor(N / batchSize) full batches but divide by
+# N / batchSize (bodynet training/test.lua:62, :80-89; surreal training/test.lua:35, :53-58).
+# SURREAL's final evaluation is training/exp/eval.sh (its README.md: "To obtain the final
+# results, you can run ./training/exp/eval.sh 1 30 cmu test"), at -batchSize 1 (eval.sh:10):
+# every example is evaluated and the sums are divided by N (opts.lua:48's 6 is the batch of
+# training and of its validation). BodyNet documents no evaluation command: 4 is its
+# opts.lua:69 default and the batch of its end-to-end training/exp/run.sh (docs/metrics.md).
+REFERENCE_TEST_BATCH = {"bodynet": 4, "surreal": 1}
 # The label maps' side of both references: BodyNet's heatmapSize 64 and outSize {64, 64}
 # (bodynet opts.lua:34, :37; eval.lua:464-465 transform(..., 64, true) maps its 3D joints
 # with 64 whatever the output), SURREAL's outSize {64, 64} (surreal opts.lua:33), each from a
