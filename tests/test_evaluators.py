@@ -728,11 +728,13 @@ def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_p
 
 
 def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tmp_path,
-                                                                             caplog):
+                                                                             caplog,
+                                                                             monkeypatch):
     """`Evaluators.finished_at_end`: an eval_<name>.json counts as the finished evaluation
     of a step only when it is of that step, of that evaluator, of today's metric definitions
-    and of the same variables and config (`evaluators.fingerprint`); a file that does not
-    read is evaluated again, with a warning."""
+    of its protocol (a change of another protocol's keeps it) and of the same variables and
+    config (`evaluators.fingerprint`); a file that does not read is evaluated again, with a
+    warning."""
     from hgmt.evaluation import evaluator
 
     def state(w: float) -> types.SimpleNamespace:  # a host train state's variables
@@ -745,7 +747,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     os.makedirs(workdir)
     evals = evaluators.Evaluators(config, workdir, {"pose2d": 1.0})
     summary = {"pose2d": {"pckh@0.5": 0.5}, "num_examples": 8,
-               "metrics_version": evaluator.METRICS_VERSION}
+               "metrics_version": evaluator.metrics_version("hgmt")}
     run = {"step": 4, "evaluator": "test",
            "evaluated": evaluators.fingerprint(config, state(1.0))}
 
@@ -760,10 +762,17 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     other_config = config.copy_and_resolve_references()
     other_config.data_dir = str(tmp_path / "rebuilt")
     for other in ({"evaluator": "validation"},
-                  {"metrics_version": evaluator.METRICS_VERSION - 1},
+                  {"metrics_version": evaluator.metrics_version("hgmt") - 1},
                   {"evaluated": evaluators.fingerprint(other_config, state(1.0))}):
         write({**summary, **run, **other})
         assert evals.finished_at_end(4, state(1.0)) == {}, other
+    write({**summary, **run})
+    changes = evaluator.METRICS_CHANGES
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {**changes, 99: (("surreal",), "x")})
+    assert evals.finished_at_end(4, state(1.0)) == {"test": summary}
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {**changes, 99: (("hgmt",), "x")})
+    assert evals.finished_at_end(4, state(1.0)) == {}
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES", changes)
     write('{"step": 4, "evalu')
     with caplog.at_level(logging.WARNING):
         assert evals.finished_at_end(4, state(1.0)) == {}

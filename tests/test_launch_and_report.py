@@ -823,24 +823,26 @@ def test_report_names_runs_outside_the_plan(tmp_path):
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(
             {**_summary(pck=0.8), "num_examples": 240, "split": "test",
              "frames": "every4", "flip": False,
-             "metrics_version": evaluator.METRICS_VERSION}))
+             "metrics_version": evaluator.metrics_version("hgmt")}))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
                                                       "seeds": 1}))
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
     assert line == ("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in the plan, "
                     "counted in the tables: pose2d@seed3. Each is evaluated on 240 frames of "
                     "split `test` (frames: every4; no flip test; metric definitions version "
-                    f"{evaluator.METRICS_VERSION})."), line
+                    f"{evaluator.metrics_version('hgmt')})."), line
 
 
 def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path, monkeypatch):
     """Runs evaluated with the flip test under metric definitions version 1 (summaries without
-    `metrics_version`) while today's are version 3 (two changes since): the progress line
-    says so, what each change was, how many runs kept the checkpoints to evaluate again (a
+    `metrics_version`) while today's of their protocol, hgmt, are version 3 (two changes
+    since; version 4 changed other protocols only): the progress line says so, what each of
+    its protocol's changes was, how many runs kept the checkpoints to evaluate again (a
     step in `<run>/checkpoints`: a folder left empty keeps none) and the command; report.json
     records the evaluation of each task's numbers."""
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {2: "change two", 3: "change three"})
-    monkeypatch.setattr(evaluator, "METRICS_VERSION", 3)
+    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {
+        2: (("hgmt", "surreal"), "change two"), 3: (("hgmt",), "change three"),
+        4: (("bodynet", "surreal"), "change four")})
     sweep_dir = tmp_path / "sweep"
     flipped = {"num_examples": 24, "split": "test", "frames": "middle", "flip": True,
                "max_examples": 0}
@@ -885,7 +887,7 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     limit they asked for (none: 0), not the frames they evaluated."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0}
+              "metrics_version": evaluator.metrics_version("hgmt"), "max_examples": 0}
     runs_of = {"pose2d": 3, "pose2d+segm": 3, "segm": 2}
     for tasks, seeds in runs_of.items():
         for k in range(seeds):
@@ -934,7 +936,7 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     definitions."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.METRICS_VERSION, "max_examples": 0, "step": STEP}
+              "metrics_version": evaluator.metrics_version("hgmt"), "max_examples": 0, "step": STEP}
     middle = {**every4, "num_examples": 24, "frames": "middle"}
     _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **every4}] * 3,
                                "segm": [{**_summary(iou=0.5), **middle}] * 2})
@@ -962,10 +964,9 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
         f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
         f"--noflip --max_examples=0 --protocol=hgmt "
         f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")
-    today = evaluator.METRICS_VERSION + 1
+    today = max(evaluator.METRICS_CHANGES) + 1
     monkeypatch.setattr(evaluator, "METRICS_CHANGES",
-                        {**evaluator.METRICS_CHANGES, today: "a change"})
-    monkeypatch.setattr(evaluator, "METRICS_VERSION", today)
+                        {**evaluator.METRICS_CHANGES, today: (("hgmt",), "a change")})
     assert report.progress(str(sweep_dir), results).endswith(
         f"--protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json` (for segm, whose "
         f"eval_test.json holds another protocol's numbers: "
@@ -985,7 +986,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
         (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False,
-                   "metrics_version": evaluator.METRICS_VERSION, "step": STEP}
+                   "metrics_version": evaluator.metrics_version("bodynet"), "step": STEP}
         summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
         if window:
             summary["window"] = window
@@ -997,8 +998,8 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     with pytest.raises(ValueError) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
     assert ("1 run with num_examples 240, split test, frames middle, flip False, "
-            "metrics_version 2, window hgmt (pose2d+segm); 1 run with num_examples 240, split "
-            "test, frames middle, flip False, metrics_version 2, window reference (pose2d). "
+            "metrics_version 4, window hgmt (pose2d+segm); 1 run with num_examples 240, split "
+            "test, frames middle, flip False, metrics_version 4, window reference (pose2d). "
             "Evaluate pose2d+segm again as the others, for each <run>: python -m "
             "hgmt.evaluate") in str(e.value), e.value
     assert str(e.value).endswith(f"--protocol=bodynet --out_file={sweep_dir}/<run>/"
@@ -1010,7 +1011,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
             '"num_examples": 240', '"num_examples": 120'))
     with pytest.raises(ValueError, match=re.escape(
             "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
-            "reference, metrics_version 2), for each <run>: python -m hgmt.evaluate "
+            "reference, metrics_version 4), for each <run>: python -m hgmt.evaluate "
             "--workdir=")) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
     assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value
@@ -1019,7 +1020,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
                          "no flip test; crop window: reference; metric definitions version "
-                         f"{evaluator.METRICS_VERSION})."), line
+                         f"{evaluator.metrics_version('bodynet')})."), line
 
 
 def _count_reads(monkeypatch, sweep_dir) -> collections.Counter:
@@ -1411,7 +1412,7 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
     assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
             "split `test` (frames: middle; no flip test; metric definitions version "
-            f"{evaluator.METRICS_VERSION}).") in open(os.path.join(out, "README.md")).read()
+            f"{evaluator.metrics_version('hgmt')}).") in open(os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
         assert hgmt.report.main(["--sweep_dir", sweep_dir, "--out_dir", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0

@@ -112,15 +112,38 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 # `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
 # flip test, at most how many examples (0: all).
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
-# The versions of hgmt's metric definitions, each with what it changed from the one before.
-# A summary records the version it was made under (`metrics_version`; one without the field
-# is version 1), and a new definition adds a version, so that numbers of two definitions are
-# not compared (hgmt.report refuses them, and its report says what changed since its runs').
+# The versions of hgmt's metric definitions: each with the protocols whose numbers it
+# changed and what it changed from the one before. A summary records the version of its
+# protocol's definitions it was made under (`metrics_version`, `metrics_version()`; one
+# without the field is version 1), and a change adds a version, so that numbers of two
+# definitions are not compared (hgmt.report refuses them, and its report says what changed
+# since its runs'), while a change to one protocol leaves the others' numbers current.
 METRICS_CHANGES = {
-    2: "a joint in the outer half of a label map's edge pixels is visible (version 1: only "
-       "joints in [0, r - 1], r the label map's side)",
+    2: (protocols.PROTOCOLS,
+        "a joint in the outer half of a label map's edge pixels is visible (version 1: only "
+        "joints in [0, r - 1], r the label map's side)"),
+    3: (("surreal",),
+        "surreal protocol: test batch 1, SURREAL's final evaluation (eval.sh), not 6: every "
+        "example evaluated"),
+    4: (("bodynet", "surreal"),
+        "bodynet and surreal protocols: the segm and depth label maps are cut as the "
+        "references cut theirs (crop(..., 'simple'): the map shrunk by top-left sampling, a "
+        "block copied at an integer corner), not by hgmt's nearest warp of their window"),
 }
-METRICS_VERSION = max(METRICS_CHANGES)
+
+
+def metrics_version(protocol: str) -> int:
+    """The version of `protocol`'s metric definitions today: the latest of METRICS_CHANGES
+    that changed its numbers (1 when none did)."""
+    return max((v for v, (changed, _) in METRICS_CHANGES.items() if protocol in changed),
+               default=1)
+
+
+def metrics_changes(protocol: str, since: int) -> list[tuple[int, str]]:
+    """[(version, what it changed)] of the changes to `protocol`'s numbers after version
+    `since`, oldest first."""
+    return [(v, what) for v, (changed, what) in sorted(METRICS_CHANGES.items())
+            if v > since and protocol in changed]
 # How many batches an evaluation dispatches ahead of the devices at most (`Evaluator.totals`).
 IN_FLIGHT = 2
 # The rows of the per-item tables, in the dataset's order (other items: as first seen).
@@ -269,7 +292,7 @@ class Evaluator:
             self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
             int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
-        summary["metrics_version"] = METRICS_VERSION
+        summary["metrics_version"] = metrics_version(self.protocol)
         summary["max_examples"] = self.max_examples  # the limit asked for (0: none)
         summary.update(records)
         if records["num_damaged"]:

@@ -108,7 +108,7 @@ def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
 
 
 # What an evaluation summary records of the frames it was made on and the metrics'
-# definitions (`evaluator.METRICS_VERSION`); runs compare only when these agree.
+# definitions (`evaluator.metrics_version`); runs compare only when these agree.
 EVALUATION = ("num_examples", "split", "frames", "flip", "metrics_version", "window")
 # A summary without a field was made before it was recorded: `window` in hgmt's crop window,
 # whatever its protocol; `metrics_version` under the first definitions.
@@ -137,7 +137,7 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     today = protocols.window(protocol)
 
     def as_today(settings: tuple) -> bool:  # what hgmt.evaluate gives now
-        return settings[-2:] == (evaluator.METRICS_VERSION, today)
+        return settings[-2:] == (evaluator.metrics_version(protocol), today)
 
     target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
     redo = (sorted(evaluated) if not as_today(target) else
@@ -151,7 +151,8 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
         f"({_some(groups[settings])})"
         for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
     which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
-             f"{today}, metrics_version {evaluator.METRICS_VERSION})" if not as_today(target)
+             f"{today}, metrics_version {evaluator.metrics_version(protocol)})"
+             if not as_today(target)
              else f"{_some(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
                      f"do not compare: {found}. Evaluate {which}, for each <run>: {command}"
@@ -284,9 +285,9 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     entry keeps for claims that compare items.
 
     Each entry records how the runs were evaluated (`evaluation`: the EVALUATION fields of
-    their summaries, `_BEFORE`'s for a field they lack, and `metrics_version_today`,
-    evaluator.METRICS_VERSION). Changes are signed so that positive is better (PCKh and IoU
-    up, MJD and RMSE down)."""
+    their summaries, `_BEFORE`'s for a field they lack, and `metrics_version_today`, today's
+    version of their protocol's definitions, `evaluator.metrics_version`). Changes are
+    signed so that positive is better (PCKh and IoU up, MJD and RMSE down)."""
     out = {}
     for task in TASKS:
         having = {s: [r[task] for r in runs if task in r] for s, runs in results.items()}
@@ -297,7 +298,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
         # How the numbers were made (alike in every run: load_sweep), for the JSON's reader.
         evaluation = dict(zip(EVALUATION, _evaluation(first), strict=True)) | {
-            "metrics_version_today": evaluator.METRICS_VERSION}
+            "metrics_version_today": evaluator.metrics_version(_protocol_of(first))}
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
         # A null metric (each run says why in its null_reasons: a part absent from the split,
@@ -682,7 +683,7 @@ def progress(sweep_dir: str, results: dict[str, list[dict]],
 def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
                  files: dict[str, str]) -> str:
     """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
-    the metric definitions (`evaluator.METRICS_VERSION`) of the finished runs (`files`: {run:
+    the metric definitions (`evaluator.metrics_version`) of the finished runs (`files`: {run:
     `_result`'s file name}; alike: `load_sweep`), from their `summaries`; under definitions
     older than today's, what changed since (`evaluator.METRICS_CHANGES`) and the command that
     evaluates the runs again into those files, with how many kept the checkpoints it needs (a
@@ -696,10 +697,11 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
             f"{frames or 'middle'}; {'with' if flip else 'no'} flip test"
             f"{'' if window == 'hgmt' else f'; crop window: {window}'}; metric definitions "
             f"version {version}).")
-    if version >= evaluator.METRICS_VERSION:
+    today = evaluator.metrics_version(protocol)
+    if version >= today:
         return line
-    changes = "; ".join(f"version {v}: {evaluator.METRICS_CHANGES[v]}"
-                        for v in range(version + 1, evaluator.METRICS_VERSION + 1))
+    changes = "; ".join(f"version {v}: {what}"
+                        for v, what in evaluator.metrics_changes(protocol, version))
     # A run kept its checkpoints when its folder holds a step (a folder left empty is not one).
     kept = [n for n in files if checkpoints.steps_on_disk(os.path.join(sweep_dir, n))]
     where = f"`<run>/{workdirs.CHECKPOINT_DIR}`"
@@ -712,7 +714,7 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
     command, others = _evaluate_command(sweep_dir, protocol, _evaluation(first),
                                         [s.get("max_examples") for s in summaries],
                                         {n: files[n] for n in kept or files})
-    return (f"{line} Version {version} is older than today's {evaluator.METRICS_VERSION} "
+    return (f"{line} Version {version} is older than today's {today} "
             f"(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
             f"these models other numbers; what changed: {changes}. {have}. A run with its "
             f"checkpoints is evaluated under today's definitions by, for each <run>: "

@@ -424,15 +424,16 @@ class Evaluators:
         finished (one stopped between two of them, or one that ended): {name: its summary as
         `run` returned it}, read from its eval_<name>.json, which `run` writes last, after the
         evals.jsonl line. A file counts only where it is of `step`, of this evaluator, of
-        today's metric definitions (`evaluator.METRICS_VERSION`) and of what this run would
-        evaluate (`evaluated`: the same variables of `host_state`, the same config, every
-        field), and where every process reads it so."""
+        today's metric definitions of its protocol (`evaluator.metrics_version`) and of what
+        this run would evaluate (`evaluated`: the same variables of `host_state`, the same
+        config, every field), and where every process reads it so."""
         finished, evaluated = {}, None
         for name in self.at_end():
             report = _read_report(workdirs.eval_file(self.workdir, name))
             ok = (report is not None and report.get("step") == step
                   and report.get("evaluator") == name
-                  and report.get("metrics_version") == evaluator.METRICS_VERSION)
+                  and report.get("metrics_version")
+                  == evaluator.metrics_version(self.settings[name]["protocol"]))
             if ok:
                 evaluated = evaluated or fingerprint(self.config, host_state)
                 ok = report.get("evaluated") == evaluated
