@@ -52,14 +52,20 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == plan
 
 
-def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_path):
+def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_path,
+                                                                        monkeypatch, capsys):
     """A config file in the caller's directory (not the repository's): the plan names it by
     its absolute path, from which `hgmt.report --check_config` rebuilds the runs' config
-    wherever it runs; a relative name would be looked for in the repository."""
+    wherever it runs; a relative name would be looked for in the repository. (The script's
+    `main` in this process, in the caller's working directory.)"""
     (tmp_path / "mine.py").write_text(open(os.path.join(REPO, "configs/default.py")).read())
-    subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
-                    "--config=mine.py", "--tasks=pose2d", "--print_only"], cwd=tmp_path,
-                   capture_output=True, text=True, check=True)
+
+    def sweep(cwd, *args):
+        monkeypatch.chdir(cwd)
+        run = _sweep_in_process(capsys, *args)
+        assert run.returncode == 0, run.stderr
+
+    sweep(tmp_path, "--sweep_dir=s", "--config=mine.py", "--tasks=pose2d", "--print_only")
     plan = runs.plan(str(tmp_path / "s"))
     assert plan["config"] == str(tmp_path / "mine.py")
     assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == "pose2d"
@@ -68,15 +74,11 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
     # file by another path: the same command, or the same file, adds its subsets to it.
     (tmp_path / "s" / "sweep.json").write_text(json.dumps({**plan, "config": "mine.py"}))
     for config in ("mine.py", str(tmp_path / "mine.py"), "./mine.py"):
-        subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"), "--sweep_dir=s",
-                        f"--config={config}", "--tasks=segm", "--print_only"], cwd=tmp_path,
-                       capture_output=True, text=True, check=True)
+        sweep(tmp_path, "--sweep_dir=s", f"--config={config}", "--tasks=segm", "--print_only")
     assert runs.plan(str(tmp_path / "s"))["subsets"] == ["pose2d", "segm"]
     s2 = tmp_path / "s2"
     for config in (os.path.join(REPO, "configs/default.py"), "configs/default.py"):
-        subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
-                        f"--sweep_dir={s2}", f"--config={config}", "--tasks=segm",
-                        "--print_only"], cwd=REPO, capture_output=True, text=True, check=True)
+        sweep(REPO, f"--sweep_dir={s2}", f"--config={config}", "--tasks=segm", "--print_only")
     assert runs.plan(str(s2))["config"] == "configs/default.py"
 
 
@@ -90,17 +92,36 @@ def test_sweep_rejects_unknown_task(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
+def _sweep_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python launch/sweep.py *args` run in this process (its `main`, as the script runs
+    it): (exit status, stdout, stderr) as the command would give them, a SystemExit's message
+    printed to stderr with status 1 as Python's exit prints it."""
+    from launch import sweep
+
+    capsys.readouterr()
+    try:
+        code = sweep.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):
+        code, err = 1, err + code + "\n"
+    return subprocess.CompletedProcess(["launch/sweep.py", *args], code or 0, out, err)
+
+
+def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monkeypatch,
+                                                                  capsys):
     """The first run's arguments are parsed as hgmt.main parses them before the plan is
     written: a misspelt override after `--`, a config file that is not there or a stray word
     stop the sweep in one line and leave no sweep.json, which would hold the directory to the
-    bad config; the corrected command then records its plan."""
+    bad config; the corrected command then records its plan. The refusals run the script's
+    `main` in this process; the corrected command runs as the script."""
     s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
 
     def sweep(*args):
-        return subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
-                               "--tasks=pose2d", "--print_only", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        return _sweep_in_process(capsys, f"--sweep_dir={s}", "--tasks=pose2d", "--print_only",
+                                 *args)
 
     for args, message in (
             (["--config=configs/demo.py", "--", "--config.total_stps=5"],
@@ -130,7 +151,10 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path):
         assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith(message), (
             args, run.stderr)
         assert not (s / workdirs.SWEEP_PLAN).exists()
-    run = sweep("--config=configs/default.py", "--", "--config.total_steps=5")
+    run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
+                          "--tasks=pose2d", "--print_only", "--config=configs/default.py", "--",
+                          "--config.total_steps=5"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-3:] == [f"--config={REPO}/configs/default.py:tasks=pose2d",
                                        f"--workdir={s}/pose2d", "--config.total_steps=5"]
