@@ -455,7 +455,8 @@ def test_a_full_disk_stops_the_command_in_one_line_leaving_nothing_partial(
     with pytest.raises(OSError), open(os.path.join(disk.path, "filler"), "ab") as f:
         f.write(b"x" * (_pages(png) + 1) * PAGE)  # fills the disk
     with pytest.raises(SystemExit) as stop:
-        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}"])
+        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
+                           "--batch_size=2"])
     message = str(stop.value.code)
     assert message.startswith(f"error: DiskFull: [Errno 28] cannot write 03_01_c0001.jsonl, "
                               f"03_01_c0001.annotated.mp4 and 03_01_c0001.summary.json (the "
@@ -473,7 +474,8 @@ def test_a_videos_three_files_are_one_runs_synced_before_their_rename(workdir, t
     full disk) leaves the previous run's three files as they were, not new frames beside an
     old summary."""
     out = tmp_path / "out"
-    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    small = "--batch_size=2"  # fewer batch shapes to compile: the files are what is tested
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", small]) == 0
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     assert len(before) == 3
     events = []
@@ -483,7 +485,8 @@ def test_a_videos_three_files_are_one_runs_synced_before_their_rename(workdir, t
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(
         ("rename", os.path.basename(b))), replace(a, b))[1])
     bbox = "--bbox=10,10,40,40"  # other lines than the first run's
-    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox]) == 0
+    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox,
+                              small]) == 0
     files = ["03_01_c0001.jsonl", "03_01_c0001.annotated.mp4", "03_01_c0001.summary.json"]
     assert events == [("sync", f"{name}.partial") for name in files] + [
         ("rename", name) for name in files] + [("sync", "out")]
@@ -500,7 +503,7 @@ def test_a_videos_three_files_are_one_runs_synced_before_their_rename(workdir, t
 
     monkeypatch.setattr(json, "dump", dump)
     with pytest.raises(SystemExit, match="DiskFull"):
-        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox])
+        hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}", bbox, small])
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
@@ -2155,7 +2158,7 @@ def test_no_person_seen_is_warned_captioned_and_counted(workdir, tmp_path, monke
 
     for flags, not_seen in (([], 8), (["--bbox=60,40,170,170"], 0)):
         assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
-                                  *flags]) == 0
+                                  "--batch_size=2", *flags]) == 0
         with open(out / "03_01_c0001.summary.json") as f:
             assert json.load(f)["frames_person_not_seen"] == not_seen
         printed = capsys.readouterr().out
@@ -2413,12 +2416,13 @@ def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
     out = tmp_path / "out"
     monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 20000, raising=False)
     assert hgmt.predict.main([str(tall), str(good), f"--workdir={workdir}",
-                              f"--out_dir={out}"]) == 1
+                              f"--out_dir={out}", "--batch_size=1"]) == 1
     assert f"skipped {tall}" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["good.annotated.mp4", "good.jsonl", "good.summary.json"]
 
     monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 8192)
-    assert hgmt.predict.main([str(tall), f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    assert hgmt.predict.main([str(tall), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--batch_size=1"]) == 0
     _, annotated = _decoded(out / "tall.annotated.mp4")
     assert annotated.shape == (1, 2046, 8192, 3)  # 7 + 4*2046 = 8191, padded to even
 
