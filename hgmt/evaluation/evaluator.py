@@ -114,8 +114,8 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
 # The versions of hgmt's metric definitions: each with the protocols whose numbers it
 # changed and what it changed from the one before. A summary records the version of its
-# protocol's definitions it was made under (`metrics_version`, `metrics_version()`; one
-# without the field is version 1), and a change adds a version, so that numbers of two
+# protocol's definitions it was made under (its `metrics_version`: `metrics_version` below;
+# one without the field is version 1), and a change adds a version, so that numbers of two
 # definitions are not compared (hgmt.report refuses them, and its report says what changed
 # since its runs'), while a change to one protocol leaves the others' numbers current.
 METRICS_CHANGES = {
@@ -144,6 +144,8 @@ def metrics_changes(protocol: str, since: int) -> list[tuple[int, str]]:
     `since`, oldest first."""
     return [(v, what) for v, (changed, what) in sorted(METRICS_CHANGES.items())
             if v > since and protocol in changed]
+
+
 # How many batches an evaluation dispatches ahead of the devices at most (`Evaluator.totals`).
 IN_FLIGHT = 2
 # The rows of the per-item tables, in the dataset's order (other items: as first seen).
