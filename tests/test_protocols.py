@@ -946,6 +946,111 @@ def test_reference_label_crop_truncates_the_corner_toward_zero_and_fills_outside
     assert not reference_crop.label_crop(_NAMED, np.array([-200.0, 120.7]), 1.06).any()
 
 
+# A 240 x 320 RGB frame whose values encode their position: red x + 10 (up to 255), green
+# y + 10, blue 100 where x + y is even and 150 where it is odd.
+_ROWS_RGB, _COLS_RGB = np.mgrid[0:240, 0:320]
+_POSITIONS = np.stack([np.minimum(_COLS_RGB + 10, 255), _ROWS_RGB + 10,
+                       100 + 50 * ((_ROWS_RGB + _COLS_RGB) % 2)], -1).astype(np.uint8)
+
+
+def test_reference_image_crop_copies_the_window_then_scales_it_ends_onto_ends():
+    """crop(rgb, (100.3, 80.6), 0.5, 0, 256, 'bilinear') (surreal training/img.lua:87-144,
+    bodynet training/util/img.lua:85-142) of the frame as float32 value / 255 (surreal
+    loader_SURREAL.lua:34): a window of h = 200 x 0.5 = 100 px.
+    - img.lua:96-97: sf = 100 / 256 < 2, so scaleFactor = 1: no shrinking.
+    - img.lua:112-114: ul = trunc(c - 50 + 1e-4) + 1 = (trunc(50.3001) + 1, trunc(30.6001) +
+      1) = (51, 31), br = trunc(c + 50 + 1e-4) + 1 = (151, 131): a block of 100 x 100, block
+      (k, l) = frame (k + 30, l + 50) (img.lua:121-130).
+    - img.lua:139, generic/image.c:213-275 and 80-104: image.scale(block, 256, 256,
+      'bilinear') resizes each row, then each column, 100 -> 256 with t = float32(99) /
+      float32(255): output i < 255 is (1 - f) b[n] + f b[n + 1], n = trunc(i t), f = i t - n;
+      output 255 is b[99]. So output column i samples frame x = 50 + 99 i / 255 (ends onto
+      ends: i = 0 is x 50, i = 255 is x 149) and row j frame y = 30 + 99 j / 255.
+    - Red is linear in x: 10 + 50 + 99 i / 255, rounded to uint8 (image_crop's one step of
+      its own; 99 i / 255 is a multiple of 1/255, never within 0.002 of a half): 60 + round(99
+      i / 255). Green likewise 40 + round(99 j / 255).
+    - Blue at (1, 1): n = 0, f = float32(99/255) = 0.38823530 in both axes, block (0, 0) is
+      frame (30, 50), even (100), its neighbours (30, 51) and (31, 50) odd (150), (31, 51)
+      even: 100 + 50 (2 f (1 - f)) = 100 + 23.751 = 123.75 -> 124.
+    hgmt's bilinear warp of the same window samples x = 100.3 + (i - 127.5) 100 / 256 =
+    50.5 + 0.390625 i: at i = 0 red 60.5, not 60. Its frame (`crop_affine`, which the joints'
+    label frame `m_label` scales by 1/4) puts x 50 at (50 - 100.3) 2.56 + 127.5 = -1.268 and x
+    149 at 252.172, where this crop shows them at 0 and 255: the content lies 1.268 px right
+    of hgmt's frame at the left edge and 2.828 px at the right (rows: 2.036 and 3.596 down)."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.image_crop(_POSITIONS, np.array([100.3, 80.6]), 0.5)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    i = np.arange(256)
+    red = 60 + np.rint(99 * i / 255)
+    green = 40 + np.rint(99 * i / 255)
+    np.testing.assert_array_equal(out[..., 0], np.broadcast_to(red[None, :], (256, 256)))
+    np.testing.assert_array_equal(out[..., 1], np.broadcast_to(green[:, None], (256, 256)))
+    assert out[0, 0, 2] == 100 and out[1, 1, 2] == 124 and out[255, 255, 2] == 100
+    assert out[0, 0, 0] == 60 and out[0, 255, 0] == 159 and out[255, 0, 1] == 139
+    from hgmt.data import input_pipeline
+
+    m = input_pipeline.crop_affine(np.array([100.3, 80.6]), 100.0, 256)
+    np.testing.assert_allclose(m @ [50, 30, 1], [-1.268, -2.036], atol=1e-9)
+    np.testing.assert_allclose(m @ [149, 129, 1], [252.172, 251.404], atol=1e-9)
+
+
+def test_reference_image_crop_truncates_the_corner_and_blends_the_zeros_outside():
+    """The window of the first case moved up to y 20.6: ul_y = trunc(20.6 - 50 + 1e-4) + 1 =
+    trunc(-29.3999) + 1 = -28 (toward zero) and br_y = trunc(70.6001) + 1 = 71 (img.lua:54-64,
+    112-114): a block of 99 rows, block row k = frame row k - 29, zeros for k < 29 (img.lua:
+    121-130). Resizing 99 -> 256 rows (image.c:80-104): t = float32(98) / float32(255), output
+    row j samples block position p = 98 j / 255 and blends the block's rows trunc(p) and
+    trunc(p) + 1 by its fraction. Green of block row k is 0 for k < 29 and 10 + (k - 29) after:
+    - j = 72: p = 27.67, rows 27 and 28 both 0 -> 0;
+    - j = 73: p = 28.055, 0.055 of row 29 (10) -> 0.55 -> 1;
+    - j = 74: p = 28.439 -> 4.39 -> 4; j = 75: p = 28.824 -> 8.24 -> 8;
+    - j = 76: p = 29.208, 10 + 0.208 -> 10.
+    Every row is np.interp of p over the block's green column (float64 here, float32 there: p's
+    fraction is a multiple of 1/255, so no value comes within 0.001 of a half)."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.image_crop(_POSITIONS, np.array([100.3, 20.6]), 0.5)
+    k = np.arange(99)
+    block_green = np.where(k >= 29, 10 + k - 29, 0)
+    p = 98 * np.arange(256) / 255
+    green = np.rint(np.interp(p, k, block_green))
+    np.testing.assert_array_equal(out[..., 1], np.broadcast_to(green[:, None], (256, 256)))
+    assert (out[:73] == 0).all()
+    assert list(out[73:77, 0, 1]) == [1, 4, 8, 10]
+
+
+def test_reference_image_crop_shrinks_the_frame_first_from_a_512_px_window():
+    """crop(rgb, (160.7, 120.2), 3.2, 0, 256, 'bilinear'): a window of 640 px.
+    - img.lua:96-99: sf = 640 / 256 = 2.5 >= 2; newSize = floor(320 / 2.5) = 128;
+      image.scale(rgb, 128, 'bilinear') (init.lua `scale`) makes it 96 x 128 (240 x 128 / 320).
+    - generic/image.c:105-131 (shrinking, rows then columns): t = 320 / 128 = 2.5, output d
+      averages the frame over [2.5 d, 2.5 (d + 1)), the pixel cut at a half weighted 0.5: d = 0
+      is (v0 + v1 + 0.5 v2) / 2.5, d = 1 (0.5 v2 + v3 + v4) / 2.5. On a linear value a + x the
+      mean x is 2.5 d + 0.8 for even d and 2.5 d + 0.7 for odd d; rows the same (240 / 96 =
+      2.5).
+    - img.lua:112-115: c / sf = (64.28, 48.08), h = 256: ul = trunc(c / sf - 128 + 1e-4) + 1 =
+      (trunc(-63.7199) + 1, trunc(-79.9199) + 1) = (-62, -78), a 256 x 256 block: output (k, l)
+      = shrunk (k - 79, l - 63), 0 outside it (img.lua:121-132); no resize after.
+    Red at column l = 63 + d (d < 97, where x + 10 < 255 throughout) is 10 + the mean x,
+    rounded: 10.8 -> 11, 13.2 -> 13, ...; green at row k = 79 + e likewise 10 + 2.5 e + 0.8 or
+    0.7. Columns l < 63 and l >= 191, rows k < 79 and k >= 175 are 0."""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.image_crop(_POSITIONS, np.array([160.7, 120.2]), 3.2)
+    d = np.arange(97)
+    red = np.rint(10 + 2.5 * d + np.where(d % 2 == 0, 0.8, 0.7))
+    np.testing.assert_array_equal(out[79:175, 63:160, 0],
+                                  np.broadcast_to(red[None, :], (96, 97)))
+    e = np.arange(96)
+    green = np.rint(10 + 2.5 * e + np.where(e % 2 == 0, 0.8, 0.7))
+    np.testing.assert_array_equal(out[79:175, 63:191, 1],
+                                  np.broadcast_to(green[:, None], (96, 128)))
+    assert out[79, 63, 0] == 11 and out[79, 64, 0] == 13 and out[80, 63, 1] == 13
+    assert not out[:79].any() and not out[175:].any()
+    assert not out[:, :63].any() and not out[:, 191:].any()
+
+
 def test_reference_protocols_cut_segm_and_depth_labels_as_the_references_do(demo_dataset):
     """Under `surreal` (and `bodynet`: the same window and crop) the evaluation's segm and
     depth_class labels are the references' crop of the frame's maps (`reference_crop.

@@ -1,21 +1,25 @@
-"""The references' crop of a label map: how BodyNet and SURREAL cut their 64 x 64 segmentation
-and depth ground truth from a 240 x 320 frame, for the reference protocols' evaluation.
+"""The references' crop: how BodyNet and SURREAL cut their 256 x 256 input image and their
+64 x 64 segmentation and depth ground truth from a 240 x 320 frame, for the reference protocols'
+evaluation.
 
-Both make their label maps with `crop(map, center, scale, rot, 64, 'simple')` (surreal
-training/donkey.lua:153,166; bodynet training/donkey.lua:357,374); the two repositories' `crop`
-(surreal training/img.lua:87-144, bodynet training/util/img.lua:85-142) and the `transform` and
-`getTransform` it calls are the same lines. `label_crop` follows them at rotation 0 (the test
-crop), with torch/image's `image.scale(..., 'simple')` (init.lua `scale`, generic/image.c
-`scaleSimple`, commit 5aa1881). Lines below are surreal's img.lua (bodynet's numbers are 2
-less).
+Both cut the input with `crop(rgb, center, scale, rot, 256, 'bilinear')` (surreal
+training/donkey.lua:133, bodynet training/donkey.lua:279) and the label maps with
+`crop(map, center, scale, rot, 64, 'simple')` (surreal training/donkey.lua:153,166; bodynet
+training/donkey.lua:357,374); the two repositories' `crop` (surreal training/img.lua:87-144,
+bodynet training/util/img.lua:85-142) and the `transform` and `getTransform` it calls are the
+same lines. `image_crop` and `label_crop` follow them at rotation 0 (the test crop), with
+torch/image's `image.scale(..., 'bilinear')` and `image.scale(..., 'simple')` (init.lua
+`scale`, generic/image.c `scaleBilinear` and `scaleSimple`, commit 5aa1881). Lines below are
+surreal's img.lua (bodynet's numbers are 2 less).
 
-What they do, which hgmt's own crop (a nearest warp of the window, `hgmt.data.input_pipeline`)
-does not: with a window of 128 px or more, the whole map is first shrunk (a pixel of the
-shrunk map is the source pixel at its top-left corner, not at its centre) and a 64 x 64 block
-is copied from it at an integer corner; with a smaller window, an integer-cornered block of
-the source is copied and then resized the same way. Each label pixel thus takes a source pixel
-about a label pixel up and left of the one at its centre, by an amount that changes with the
-frame (docs/metrics.md, "Labels").
+What they do, which hgmt's own crop (a bilinear warp of the window for the image, a nearest one
+for the label maps, `hgmt.data.input_pipeline`) does not: with a window of 2 x res px or more,
+the whole frame is first shrunk and a res x res block is copied from it at an integer corner;
+with a smaller window, an integer-cornered block of the frame is copied and then resized to
+res x res. For a label map each pixel thus takes a source pixel about a label pixel up and
+left of the one at its centre, by an amount that changes with the frame (docs/metrics.md,
+"Labels"); the image's resize maps the block's first and last pixels onto the crop's first
+and last (docs/metrics.md, "Crop resampling").
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 
 import numpy as np
 
-# img.lua:96-97: below this many source pixels per label pixel, the window is copied first and
+# img.lua:96-97: below this many source pixels per crop pixel, the window is copied first and
 # resized after; from it up, the whole map is shrunk first.
 SHRINK_FIRST_FROM = 2.0
 
@@ -49,44 +53,99 @@ def _corner(x: float) -> int:
     return int(x + 1e-4) + 1
 
 
-def label_crop(label_map: np.ndarray, centre, scale: float, res: int = 64) -> np.ndarray:
-    """The references' `crop(label_map, centre, scale, 0, res, 'simple')` (img.lua:87-144)
-    of an (H, W) label map (any dtype; 0 fills what lies outside the map). `centre` (x, y) and
-    `scale` are the references' own: `getCenter`'s point in their pixel units and `getScale`'s
-    value (`hgmt.sources.surreal.reference_centre_scale`), the window being 200 x scale pixels.
-    Returns (res, res) of the map's dtype.
 
-    Steps (s = 200 scale / res, the source pixels per label pixel, img.lua:96):
+
+def _linear_rowcol(source: np.ndarray, length: int) -> np.ndarray:
+    """generic/image.c `scaleLinear_rowcol` (image.c:68-136) along axis 0 of a float32 array
+    (n, ...), every other axis at once -> (length, ...) float32, each step in float32:
+    - length > n: the ends map onto the ends: output di < length - 1 is (1 - f) src[i] +
+      f src[i + 1], i = trunc(di t) and f = di t - i, t = float32(n - 1) / float32(length - 1);
+      the last output is the last source value (image.c:80-104); n = 1 repeats it.
+    - length < n: output di is the mean of the source over [di t, (di + 1) t), t =
+      float32(n) / float32(length), the partly covered pixels at each end weighted by the
+      part covered: a running float32 sum and weight, divided (image.c:105-131).
+    - length = n: a copy (image.c:132-136).
+    """
+    n = source.shape[0]
+    source = source.astype(np.float32, copy=False)
+    if length == n:
+        return source.copy()
+    one = np.float32(1)
+    out = np.empty((length,) + source.shape[1:], np.float32)
+    if length > n:
+        if n == 1:
+            out[:] = source[0]
+            return out
+        step = np.float32(n - 1) / np.float32(length - 1)
+        pos = np.arange(length - 1, dtype=np.float32) * step
+        index = pos.astype(np.int64)
+        frac = (pos - index.astype(np.float32)).reshape((-1,) + (1,) * (source.ndim - 1))
+        # When pos rounds to n - 1 exactly, C reads one past the end with weight 0.
+        out[:-1] = (one - frac) * source[index] + frac * source[np.minimum(index + 1, n - 1)]
+        out[-1] = source[-1]
+        return out
+    step = np.float32(n) / np.float32(length)
+    start, start_frac = 0, np.float32(0)
+    for di in range(length):
+        end_pos = np.float32(di + 1) * step
+        end = int(end_pos)
+        end_frac = end_pos - np.float32(end)
+        total = (one - start_frac) * source[start]
+        weight = one - start_frac
+        for si in range(start + 1, end):
+            total = total + source[si]
+            weight = weight + one
+        if end < n:
+            total = total + end_frac * source[end]
+            weight = weight + end_frac
+        out[di] = total / weight
+        start, start_frac = end, end_frac
+    return out
+
+
+def scale_bilinear(source: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch/image's `image.scale(source, width, height, 'bilinear')` of a float32 (H, W) or
+    (H, W, C) image -> (height, width[, C]) float32 (generic/image.c `scaleBilinear`,
+    image.c:213-275): each row resized to `width` first, then each column of that to `height`,
+    both by `_linear_rowcol`, channel by channel. Enlarging, it interpolates linearly with the
+    first and last pixels on the first and last; shrinking, it averages the source pixels each
+    output pixel covers."""
+    rows = _linear_rowcol(np.swapaxes(source, 0, 1), width)
+    return _linear_rowcol(np.swapaxes(rows, 0, 1), height)
+
+
+def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str) -> np.ndarray:
+    """`crop(source, centre, scale, 0, res, method)` (img.lua:87-144) of an (H, W[, C]) array,
+    `resize(array, height, width)` being `image.scale` of `method`; 0 fills what lies outside.
+
+    Steps (s = 200 scale / res, the source pixels per crop pixel, img.lua:96):
     - s >= 2 (img.lua:97-108): n = floor(max(H, W) / s); below 2 the result is all 0. The
-      map is shrunk by `image.scale(map, n, 'simple')` to width trunc(W n / max(H, W)) and
+      source is shrunk by `image.scale(source, n, method)` to width trunc(W n / max(H, W)) and
       height trunc(H n / max(H, W)) (torch/image init.lua `scale`: the longest side becomes n,
-      the tensor's size casts the other to an integer) with `scale_simple`. The window's
-      corner is `transform({1,1}, centre / s, scale / s, 0, res, true)` (img.lua:112-113): the
-      1-based pixel trunc(c / s - h / 2 + 1e-4) + 1 of the shrunk map, h = 200 scale / s =
-      res, per axis; the block is res pixels wide (img.lua:115).
-    - s < 2 (img.lua:97, 139): the corners are those of the window itself in the source map,
+      the tensor's size casts the other to an integer). The window's corner is
+      `transform({1,1}, centre / s, scale / s, 0, res, true)` (img.lua:112-113): the 1-based
+      pixel trunc(c / s - h / 2 + 1e-4) + 1 of the shrunk source, h = 200 scale / s = res, per
+      axis; the block is res pixels wide (img.lua:115).
+    - s < 2 (img.lua:97, 139): the corners are those of the window itself in the source,
       ul = trunc(c - h / 2 + 1e-4) + 1 and br = trunc(c + h / 2 + 1e-4) + 1, h = 200 scale
       (img.lua:113-114), a block of br - ul pixels per axis; it is then resized to res x res
-      by `scale_simple`.
-    - The block is copied from the (shrunk) map at that 1-based corner, 0 where it lies outside
-      (img.lua:121-132: a block that misses the map in either axis makes the copy raise, which
-      `pcall` leaves as all 0, the same).
+      by `resize`.
+    - The block is copied from the (shrunk) source at that 1-based corner, 0 where it lies
+      outside (img.lua:121-132: a block that misses the source in either axis makes the copy
+      raise, which `pcall` leaves as all 0, the same).
     """
-    source = np.asarray(label_map)
-    if source.ndim != 2:
-        raise ValueError(f"label_crop takes a 2-D label map, got shape {source.shape}")
     if not scale > 0:
-        raise ValueError(f"label_crop: scale {scale} is not positive; pass getScale's value")
-    height, width = source.shape
+        raise ValueError(f"{name}: scale {scale} is not positive; pass getScale's value")
+    height, width = source.shape[:2]
     factor = 200.0 * scale / res
     shrink = factor >= SHRINK_FIRST_FROM
     if shrink:
         longest = max(height, width)
         size = math.floor(longest / factor)
         if size < 2:
-            return np.zeros((res, res), source.dtype)
-        source = scale_simple(source, int(height * size / longest), int(width * size / longest))
-        height, width = source.shape
+            return np.zeros((res, res) + source.shape[2:], source.dtype)
+        source = resize(source, int(height * size / longest), int(width * size / longest))
+        height, width = source.shape[:2]
     else:
         factor = 1.0
     centre = np.asarray(centre, np.float64) / factor
@@ -95,13 +154,48 @@ def label_crop(label_map: np.ndarray, centre, scale: float, res: int = 64) -> np
     br = [u + res for u in ul] if shrink else [_corner(c + h / 2) for c in centre]
     block_w, block_h = br[0] - ul[0], br[1] - ul[1]
     if block_w < 1 or block_h < 1:
-        raise ValueError(f"label_crop: the window of {h} px around {tuple(centre)} holds no "
+        raise ValueError(f"{name}: the window of {h} px around {tuple(centre)} holds no "
                          f"whole pixel; pass a larger scale")
-    block = np.zeros((block_h, block_w), source.dtype)
-    # 0-based source rows and columns of the block's pixels, and those inside the map.
+    block = np.zeros((block_h, block_w) + source.shape[2:], source.dtype)
+    # 0-based source rows and columns of the block's pixels, and those inside the source.
     rows = np.arange(block_h) + ul[1] - 1
     cols = np.arange(block_w) + ul[0] - 1
     r_in = (rows >= 0) & (rows < height)
     c_in = (cols >= 0) & (cols < width)
     block[np.ix_(r_in, c_in)] = source[np.ix_(rows[r_in], cols[c_in])]
-    return block if shrink else scale_simple(block, res, res)
+    return block if shrink else resize(block, res, res)
+
+
+def label_crop(label_map: np.ndarray, centre, scale: float, res: int = 64) -> np.ndarray:
+    """The references' `crop(label_map, centre, scale, 0, res, 'simple')` (img.lua:87-144, steps
+    in `_crop`) of an (H, W) label map (any dtype; 0 fills what lies outside the map), resized
+    by `scale_simple`. `centre` (x, y) and `scale` are the references' own: `getCenter`'s point
+    in their pixel units and `getScale`'s value (`hgmt.sources.surreal.reference_centre_scale`),
+    the window being 200 x scale pixels. Returns (res, res) of the map's dtype."""
+    source = np.asarray(label_map)
+    if source.ndim != 2:
+        raise ValueError(f"label_crop takes a 2-D label map, got shape {source.shape}")
+    return _crop(source, centre, scale, res, scale_simple, "label_crop")
+
+
+def image_crop(image: np.ndarray, centre, scale: float, res: int = 256) -> np.ndarray:
+    """The references' `crop(rgb, centre, scale, 0, res, 'bilinear')` (img.lua:87-144, steps in
+    `_crop`) of an (H, W, 3) uint8 RGB frame -> (res, res, 3) uint8 RGB, `centre` and `scale`
+    as for `label_crop`.
+
+    Their frame is float32 in [0, 1], the decoded uint8 divided by 255 in float32
+    (surreal training/loader_SURREAL.lua:34, bodynet training/util/dataloader/SURREAL.lua:37);
+    the block they copy is float32 (zeros outside the frame) and `image.scale` resizes it (or
+    shrinks the frame first) in float32, by `scale_bilinear`. All of that is followed here. hgmt's
+    model takes uint8 RGB and normalises inside, so the result is then rounded back to uint8:
+    round-half-to-even of 255 x value, in [0, 255]. That rounding is the one step that is not
+    theirs: it changes a value by at most half a level, and a pixel copied or interpolated
+    between equal pixels comes back exactly.
+    """
+    source = np.asarray(image)
+    if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+        raise ValueError(f"image_crop takes an (H, W, 3) uint8 RGB frame, got shape "
+                         f"{source.shape} of {source.dtype}; pass the decoded frame")
+    unit = source.astype(np.float32) / np.float32(255)
+    out = _crop(unit, centre, scale, res, scale_bilinear, "image_crop")
+    return np.clip(np.rint(out.astype(np.float64) * 255), 0, 255).astype(np.uint8)
