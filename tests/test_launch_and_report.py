@@ -1021,11 +1021,12 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     write("pose2d+segm", None)
     with pytest.raises(ValueError) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
+    version = evaluator.metrics_version("bodynet")
     assert ("1 run with num_examples 240, split test, frames middle, flip False, "
-            "metrics_version 4, window hgmt (pose2d+segm); 1 run with num_examples 240, split "
-            "test, frames middle, flip False, metrics_version 4, window reference (pose2d). "
-            "Evaluate pose2d+segm again as the others, for each <run>: python -m "
-            "hgmt.evaluate") in str(e.value), e.value
+            f"metrics_version {version}, window hgmt (pose2d+segm); 1 run with num_examples "
+            f"240, split test, frames middle, flip False, metrics_version {version}, window "
+            "reference (pose2d). Evaluate pose2d+segm again as the others, for each <run>: "
+            "python -m hgmt.evaluate") in str(e.value), e.value
     assert str(e.value).endswith(f"--protocol=bodynet --out_file={sweep_dir}/<run>/"
                                  f"eval_test_bodynet.json"), e.value
     write("pose2d", None)
@@ -1035,7 +1036,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
             '"num_examples": 240', '"num_examples": 120'))
     with pytest.raises(ValueError, match=re.escape(
             "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
-            "reference, metrics_version 4), for each <run>: python -m hgmt.evaluate "
+            f"reference, metrics_version {version}), for each <run>: python -m hgmt.evaluate "
             "--workdir=")) as e:
         report.load_sweep(str(sweep_dir), "bodynet")
     assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value

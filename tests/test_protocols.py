@@ -1051,12 +1051,15 @@ def test_reference_image_crop_shrinks_the_frame_first_from_a_512_px_window():
     assert not out[:, :63].any() and not out[:, 191:].any()
 
 
-def test_reference_protocols_cut_segm_and_depth_labels_as_the_references_do(demo_dataset):
-    """Under `surreal` (and `bodynet`: the same window and crop) the evaluation's segm and
-    depth_class labels are the references' crop of the frame's maps (`reference_crop.
-    label_crop` around getCenter with getScale), not hgmt's nearest warp of the same window,
-    which differs on the demo frames; under `hgmt` they are hgmt's warp of hgmt's window. A
-    rotated or mirrored reference crop is refused."""
+def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(demo_dataset):
+    """Under `surreal` (and `bodynet`: the same window and crop) the evaluation's input image
+    is the references' crop of the frame (`reference_crop.image_crop`) and its segm and
+    depth_class labels their crop of the frame's maps (`reference_crop.label_crop`), both
+    around getCenter with getScale, not hgmt's bilinear and nearest warps of the same window,
+    which differ on the demo frames; under `hgmt` they are hgmt's warps of hgmt's window. A
+    rotated, mirrored or colour-gained reference crop is refused."""
+    import cv2
+
     from hgmt.data import input_pipeline
     from hgmt.models import create_model
     from hgmt.sources import reference_crop
@@ -1075,28 +1078,37 @@ def test_reference_protocols_cut_segm_and_depth_labels_as_the_references_do(demo
         for row, index in enumerate(ev.indices):
             record = source[index]
             joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+            frame = input_pipeline.decoded(record, "image")
             raw = input_pipeline.decoded(record, "segm")
             classes = input_pipeline.decoded(record, "depth_class")
             centre, side = input_pipeline.window_box(joints, ev.window)
             m = input_pipeline.crop_affine(centre, side, R)
+            warped_image = cv2.warpAffine(frame, input_pipeline.crop_affine(centre, side, 256),
+                                          (256, 256), flags=cv2.INTER_LINEAR)
             warped_segm = surreal.SEGM_TO_PART[_nearest_warp(raw, m)]
             warped_depth = _nearest_warp(classes, m)
             centre, scale = surreal.reference_centre_scale(joints)
+            ref_image = reference_crop.image_crop(frame, centre, scale)
             ref_segm = surreal.SEGM_TO_PART[reference_crop.label_crop(raw, centre, scale)]
             ref_depth = reference_crop.label_crop(classes, centre, scale)
+            got_image = ev.first_batch["image"][row]
             got_segm, got_depth = ev.first_batch["segm"][row], ev.first_batch["depth_class"][row]
             if protocol == "surreal":
+                np.testing.assert_array_equal(got_image, ref_image)
                 np.testing.assert_array_equal(got_segm, ref_segm)
                 np.testing.assert_array_equal(got_depth, ref_depth)
-                assert (ref_segm != warped_segm).any()  # the frame tells the two apart
+                # The frame tells the two apart.
+                assert (ref_image != warped_image).any() and (ref_segm != warped_segm).any()
             else:
+                np.testing.assert_array_equal(got_image, warped_image)
                 np.testing.assert_array_equal(got_segm, warped_segm)
                 np.testing.assert_array_equal(got_depth, warped_depth)
-    params = input_pipeline.CropParams(rotation=10.0)
-    with pytest.raises(ValueError, match="crop window 'reference' cuts labels as the "
-                                         "references' test crop does, unrotated"):
-        input_pipeline.crop_with(source[ev.indices[0]], 256, params, ("segm",),
-                                 window="reference")
+    for params in (input_pipeline.CropParams(rotation=10.0),
+                   input_pipeline.CropParams(gain=(1.2, 1.0, 1.0))):
+        with pytest.raises(ValueError, match="crop window 'reference' cuts the image and "
+                                             "labels as the references' test crop does"):
+            input_pipeline.crop_with(source[ev.indices[0]], 256, params, ("segm",),
+                                     window="reference")
 
 
 def _nearest_warp(label_map, m):

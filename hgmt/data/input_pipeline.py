@@ -6,12 +6,13 @@ Reads the TFDS dataset with `tfds.data_source` (array_record, random access) thr
 checkpointed with the model. Each example is cropped around the person
 (`person_box`: the joints' tight box widened by `BOX_MARGINS`, the square of side max(h, w)
 centred on it; docs/surreal_format.md), with OpenCV warps: the image bilinear to R x R, labels
-nearest to r x r = R/4 x R/4. Training adds random scale, rotation, colour gain and a
-horizontal flip with left/right swaps, drawn from `Augment`'s distributions. The output is the
-cropped example of docs/interfaces.md §4; each task's targets are made from it inside the
-jitted step. With `config.augment_on="device"` (what "auto" picks on a GPU or TPU) the loader
-only decodes the records into fixed-size arrays and the same crop runs batched in the step
-(hgmt/data/device_augment.py).
+nearest to r x r = R/4 x R/4 (the reference protocols' evaluation cuts the references'
+window as they do instead, `hgmt.sources.reference_crop`). Training adds random scale,
+rotation, colour gain and a horizontal flip with left/right swaps, drawn from `Augment`'s
+distributions. The output is the cropped example of docs/interfaces.md §4; each task's targets
+are made from it inside the jitted step. With `config.augment_on="device"` (what "auto" picks
+on a GPU or TPU) the loader only decodes the records into fixed-size arrays and the same crop
+runs batched in the step (hgmt/data/device_augment.py).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
 access, so shuffling needs no buffer, each host reads its own elements of the one shuffled
@@ -100,7 +101,8 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
 
 # The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's
 # protocol) and "reference", BodyNet's and SURREAL's test crop (`surreal.reference_box`:
-# their protocols), whose label maps are cut as theirs are (`ReferenceCrop`).
+# their protocols), whose image and label maps are cut as theirs are (`ReferenceCrop`,
+# `reference_crop.image_crop`).
 WINDOWS = ("hgmt", "reference")
 
 
@@ -184,22 +186,27 @@ def crop_with(example: dict, image_size: int, params: CropParams,
               unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """`crop_example` with given crop parameters, around the `window`'s box (`window_box`);
     the label maps in `unread` are not decoded (`spec.Crop.warp` gives zeros; the depth task
-    leaves its picture-only depth in metres out). In the "reference" window the label maps
-    are cut as the references cut theirs (`reference_label_crop`), the image and the joints
-    by hgmt's warp of the same window."""
+    leaves its picture-only depth in metres out). In the "reference" window the image and
+    the label maps are cut as the references cut theirs (`reference_label_crop`,
+    `reference_crop.image_crop`); the joints map through hgmt's label frame of the same
+    window (`crop_affine`), as the references' own labels do, against which their image crop
+    moves the content right and down by up to about two source pixels (docs/metrics.md,
+    "Crop resampling")."""
     r = image_size // common.LABEL_STRIDE
     joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
     centre, side = window_box(joints, window)
     side *= params.scale
-    m_image = crop_affine(centre, side, image_size, params.rotation, params.flip)
     m_label = crop_affine(centre, side, r, params.rotation, params.flip)
-    image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    if params.gain != (1.0, 1.0, 1.0):
-        image = apply_gain(image, params.gain)
     if window == "reference":
         crop = reference_label_crop(example, joints, params, m_label, r, unread)
+        image = reference_crop.image_crop(decoded(example, "image"), crop.centre, crop.scale,
+                                          image_size)
     else:
+        m_image = crop_affine(centre, side, image_size, params.rotation, params.flip)
+        image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        if params.gain != (1.0, 1.0, 1.0):
+            image = apply_gain(image, params.gain)
         crop = Crop(example, m_label, r, params.flip, decoded, frozenset(unread))
     out = {"image": image, "crop": m_label.astype(np.float32),
            "unusable": np.float32(bool(example.get("unusable", b"")))}
@@ -231,12 +238,14 @@ def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
     """The crop of the reference window (`surreal.reference_box`) of a record whose 16 joints
     are `joints` (16,2), `m_label` (2,3) its r x r label frame (`crop_affine`), with label
     maps cut as the references cut theirs (`ReferenceCrop`), the references' scale times
-    `params.scale`, as their scale augmentation multiplies it. ValueError for a rotation or a
-    mirror, which their test crop never has and `reference_crop` does not follow."""
-    if params.rotation or params.flip:
-        raise ValueError(f"crop window 'reference' cuts labels as the references' test crop "
-                         f"does, unrotated and unmirrored, but rotation={params.rotation} and "
-                         f"flip={params.flip}: crop with window='hgmt' to augment")
+    `params.scale`, as their scale augmentation multiplies it. ValueError for a rotation, a
+    mirror or a colour gain, which their test crop never has and `reference_crop` does not
+    follow."""
+    if params.rotation or params.flip or params.gain != (1.0, 1.0, 1.0):
+        raise ValueError(f"crop window 'reference' cuts the image and labels as the "
+                         f"references' test crop does, unrotated, unmirrored and without colour "
+                         f"gain, but rotation={params.rotation}, flip={params.flip} and "
+                         f"gain={params.gain}: crop with window='hgmt' to augment")
     centre, scale = surreal.reference_centre_scale(joints)
     return ReferenceCrop(example, m_label, r, False, decoded, frozenset(unread), centre,
                          scale * params.scale)

@@ -129,6 +129,11 @@ METRICS_CHANGES = {
         "bodynet and surreal protocols: the segm and depth label maps are cut as the "
         "references cut theirs (crop(..., 'simple'): the map shrunk by top-left sampling, a "
         "block copied at an integer corner), not by hgmt's nearest warp of their window"),
+    5: (("bodynet", "surreal"),
+        "bodynet and surreal protocols: the input image is cut as the references cut theirs "
+        "(crop(..., 'bilinear'): a block copied at integer corners and resized by torch/image's "
+        "bilinear scale, ends onto ends, the frame shrunk first from a 512 px window), not by "
+        "hgmt's bilinear warp of their window"),
 }
 
 
