@@ -53,8 +53,6 @@ def _corner(x: float) -> int:
     return int(x + 1e-4) + 1
 
 
-
-
 def _linear_rowcol(source: np.ndarray, length: int) -> np.ndarray:
     """generic/image.c `scaleLinear_rowcol` (image.c:68-136) along axis 0 of a float32 array
     (n, ...), every other axis at once -> (length, ...) float32, each step in float32:
