@@ -2,10 +2,10 @@
 
 A full filesystem (ENOSPC) or an exhausted quota (EDQUOT) surfaces in many forms: an OSError
 from Python's own writes, tensorstore's "RESOURCE_EXHAUSTED: ... No space left on device
-[os_error_code='28']" (a ValueError) from orbax's checkpoint threads, or TensorFlow's and
-TensorBoard's writer errors, often raised in a background thread and re-raised at the next
-call. `is_disk_full` recognises all of them (the whole exception chain), and `reported` turns
-them into `DiskFull` naming what was being written, where, and how much space is left.
+[os_error_code='28']" (a ValueError) from orbax's checkpoint threads, re-raised at the next
+call, or the errors of TensorFlow's file systems (an object store reached through them).
+`is_disk_full` recognises all of them (the whole exception chain), and `reported` turns them
+into `DiskFull` naming what was being written, where, and how much space is left.
 """
 
 from __future__ import annotations
@@ -261,9 +261,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class CheckedWriter:
-    """A summary writer (`hgmt.training.summary_writer`' interface) whose full-disk errors, raised
-    in its call or re-raised there from its background thread, become `DiskFull` naming the
-    workdir."""
+    """A summary writer (`hgmt.training.summary_writer`' interface) whose full-disk errors,
+    raised in its calls, become `DiskFull` naming the workdir."""
 
     def __init__(self, writer: Any, workdir: str):
         self._writer, self._workdir = writer, workdir

@@ -30,8 +30,9 @@ import logging
 import os
 import sys
 
-# Before anything imports TensorFlow (it only reads and writes files here): no C++ INFO lines,
-# and no oneDNN CPU kernels, whose start-up line is logged whatever the level.
+# Before anything imports TensorFlow (where anything does: the demo data's build, an object
+# store's files; it only reads and writes files here): no C++ INFO lines, and no oneDNN CPU
+# kernels, whose start-up line is logged whatever the level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
@@ -127,9 +128,13 @@ def _demo_dataset_on_process_0(config) -> None:
 
 
 def _hide_accelerators_from_tensorflow() -> None:
-    """Where TensorFlow is installed (TFDS may use it to read files) it must not take the
-    GPUs from JAX. Training, evaluation and prediction need no TensorFlow: a host without it
-    skips this."""
+    """Where JAX runs on GPUs and TensorFlow is installed (TFDS uses it to build the demo
+    data, epath to reach an object store), TensorFlow must not take the GPUs from JAX.
+    Elsewhere TensorFlow is not imported: training, evaluation and prediction need none."""
+    import jax
+
+    if jax.default_backend() != "gpu":
+        return
     try:
         import tensorflow as tf
     except ImportError:

@@ -1,7 +1,8 @@
 """Training, evaluation, prediction and a stablehlo export need no TensorFlow: the commands run
 in processes where `import tensorflow` fails (a stand-in package first on PYTHONPATH raises
 ImportError, as on an accelerator host that has JAX but no TensorFlow), and the TensorBoard
-summaries are written all the same (scalars and images, read back here)."""
+summaries are written all the same (scalars and images, read back here); where TensorFlow is
+installed, a training run on CPUs does not import it."""
 
 import glob
 import io
@@ -130,6 +131,44 @@ except SystemExit as e:
     assert sorted(os.listdir(tmp_path)) == ["export", "no_tensorflow", "run"]
     with open(os.path.join(out, "hgmt.json")) as f:
         assert json.load(f)["step"] == 0
+
+
+def test_a_training_run_on_a_cpu_leaves_an_installed_tensorflow_unimported(demo_dataset,
+                                                                            tmp_path):
+    """With TensorFlow installed (as it is with hgmt, for `tfds build`), `python -m hgmt.main`
+    on a local workdir and on CPUs trains, evaluates and writes its summaries without
+    importing it: an import takes seconds of every run's start (TensorBoard's own event
+    writer imports it wherever it is installed). The summaries read back."""
+    import importlib.util
+
+    assert importlib.util.find_spec("tensorflow") is not None
+    workdir = str(tmp_path / "run")
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=2, checkpoint_every=2)
+    proc = _run([cmd[0], "-X", "importtime", *cmd[1:], "--config.log_every=1"], env)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"jax", "orbax.checkpoint", "tensorboard"} <= imported
+    assert not [m for m in imported if m.split(".")[0] == "tensorflow"]
+    events = _events(workdir)
+    assert sorted(events["loss/total"]) == [1, 2]
+    assert all(np.isfinite(v.tensor.float_val[0]) for v in events["loss/total"].values())
+
+
+def test_tensorflow_is_imported_to_hide_the_gpus_only_where_jax_runs_on_gpus():
+    """`hgmt.main` imports an installed TensorFlow before training only on a GPU backend (JAX's
+    backend reported as "gpu" here), to hide the GPUs from it; on other backends not at all."""
+    code = """
+import sys, jax
+from hgmt import main
+main._hide_accelerators_from_tensorflow()
+print("tensorflow" in sys.modules)
+jax.default_backend = lambda: "gpu"
+main._hide_accelerators_from_tensorflow()
+import tensorflow as tf
+print("tensorflow" in sys.modules, tf.config.get_visible_devices("GPU"))
+"""
+    proc = _run([sys.executable, "-c", code], {**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.stdout.split("\n")[:2] == ["False", "True []"]
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """TensorBoard summaries of training and evaluation, written without TensorFlow.
 
 `create(workdir)` gives the writer the trainer, the validator and the evaluation write to: on
-process 0 an event-file writer in `workdir` (TensorBoard's own `EventFileWriter` and summary
-protos, which need only numpy, protobuf and the `tensorboard` package; images PNG-encoded with
-Pillow), elsewhere a writer that drops everything. Scalars and images are written in the form
+process 0 an event-file writer in `workdir` (TensorBoard's own record framing and summary
+protos, which need only numpy, protobuf and the `tensorboard` package; the file opened through
+`etils.epath`, so a local workdir never imports TensorFlow, which TensorBoard's
+`EventFileWriter` does wherever it is installed; images PNG-encoded with Pillow), elsewhere a
+writer that drops everything. Scalars and images are written in the form
 `tf.summary.scalar` and `tf.summary.image` write them (tensors tagged for TensorBoard's scalars
 and images plugins), so TensorBoard shows them as before.
 """
@@ -11,10 +13,14 @@ and images plugins), so TensorBoard shows them as before.
 from __future__ import annotations
 
 import io
+import itertools
+import os
+import socket
 import time
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from tensorboard.compat.proto import (
     event_pb2,
@@ -25,7 +31,10 @@ from tensorboard.compat.proto import (
 )
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+# Event files of this process, numbered as TensorBoard's EventFileWriter numbers its own.
+_FILE_NUMBERS = itertools.count()
 
 
 class SummaryWriter:
@@ -34,7 +43,14 @@ class SummaryWriter:
     `write_images`, `flush`, `close`."""
 
     def __init__(self, logdir: str):
-        self._events = EventFileWriter(logdir)
+        folder = epath.Path(logdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's EventFileWriter's file name, which TensorBoard looks for
+        # ("tfevents"), and its first record, the file's version.
+        self.path = folder / (f"events.out.tfevents.{int(time.time()):010d}."
+                              f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}")
+        self._records = RecordWriter(self.path.open("wb"))
+        self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """One float32 value per tag at `step`."""
@@ -67,15 +83,18 @@ class SummaryWriter:
         self._write(step, values)
 
     def flush(self) -> None:
-        self._events.flush()
+        self._records.flush()
 
     def close(self) -> None:
-        self._events.close()
+        self._records.close()
 
     def _write(self, step: int, values: list) -> None:
-        self._events.add_event(event_pb2.Event(
-            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
-        self._events.flush()  # a few writes per log interval: on disk at once, kill or not
+        self._add(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                  summary=summary_pb2.Summary(value=values)))
+
+    def _add(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()  # a few writes per log interval: on disk at once, kill or not
 
 
 class NullWriter:
