@@ -103,6 +103,28 @@ def test_the_predictors_variables_are_placed_on_the_device_once(workdir, predict
         np.testing.assert_array_equal(np.asarray(leaf), host)
 
 
+def test_predictors_of_one_model_share_its_compiled_passes_not_their_variables(workdir,
+                                                                                 predictor):
+    """A second Predictor of the same model (here of the same workdir, its variables then
+    changed, as another checkpoint's would be) runs the executables the first compiled, the
+    model's variable shapes traced once; what it computes is its own variables' outputs. A
+    Predictor of another model (the flip test) compiles its own."""
+    from hgmt.models import variable_shapes
+
+    crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    first = jax.device_get(predictor._executable(2)(predictor.variables, crops))
+    other = prediction.Predictor(workdir)
+    assert other._executable(2) is predictor._executable(2)
+    assert variable_shapes(other._model, 64) is variable_shapes(predictor._model, 64)
+    other.variables = jax.tree.map(lambda v: v * 1.5, other.variables)
+    got = jax.device_get(other._executable(2)(other.variables, crops))
+    want = jax.device_get(other._apply(other.variables, crops))
+    for t in other.tasks:
+        np.testing.assert_allclose(np.stack(got[t]), want[t], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(np.stack(got[t]), np.stack(first[t]), atol=1e-3), t
+    assert prediction.Predictor(workdir, flip=True)._executable(2) is not other._executable(2)
+
+
 def test_predictions_follow_the_person_across_images(predictor, test_example):
     """Padding the image evenly and moving the box with it moves the 2D joints by the padding
     and, for one camera (`focal_px` given: the padding does not change it), leaves 3D (the

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import jax
@@ -40,6 +41,12 @@ MAX_WINDOW_PX = surreal.IMAGE_WIDTH
 
 
 MAX_FINDING_PASSES = 4  # model passes spent finding the person (the first on the whole image)
+
+# The model pass compiled for a batch shape, shared by the Predictors of one model in this
+# process (a command or notebook predicting with several checkpoints of one configuration
+# compiles once): (model, flip, batch, image size) -> executable, the oldest dropped first.
+_EXECUTABLES: dict[tuple, Any] = {}
+_MAX_EXECUTABLES = 32
 
 
 class Predictor:
@@ -69,9 +76,10 @@ class Predictor:
         # Metres a training window spans at the person: 3D decoding's scale.
         self.crop_metres = crop_scale.of_workdir(workdir)
         self.flip = bool(flip)
-        model = create_model(self.config.model, heads(self.tasks))
+        self._model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(
-            predict_last_stage, model, flip=channel_flips(self.tasks) if self.flip else None))
+            predict_last_stage, self._model,
+            flip=channel_flips(self.tasks) if self.flip else None))
         self._compiled: dict[int, object] = {}  # batch shape -> `_apply` compiled for it
 
     def batch_shapes(self) -> list[int]:
@@ -90,15 +98,23 @@ class Predictor:
                      image_maps=False)
 
     def _executable(self, n: int):
-        """`_apply` compiled for batches of n crops (on first use), each crop's outputs returned
-        as arrays of their own: {task: n (r,r,C)}, which need no slicing after."""
+        """`_apply` compiled for batches of n crops (on first use, or by an earlier Predictor
+        of the same model: `_EXECUTABLES`), each crop's outputs returned as arrays of their
+        own: {task: n (r,r,C)}, which need no slicing after."""
         if n not in self._compiled:
-            def per_crop(variables, crops):
-                return {t: list(o) for t, o in self._apply(variables, crops).items()}
+            key = (self._model, self.flip, n, self.image_size)
+            if key not in _EXECUTABLES:
+                apply = self._apply  # not self: the executable outlives this Predictor
 
-            size = self.image_size
-            self._compiled[n] = jax.jit(per_crop).lower(
-                self.variables, jax.ShapeDtypeStruct((n, size, size, 3), np.uint8)).compile()
+                def per_crop(variables, crops):
+                    return {t: list(o) for t, o in apply(variables, crops).items()}
+
+                size = self.image_size
+                _EXECUTABLES[key] = jax.jit(per_crop).lower(
+                    self.variables, jax.ShapeDtypeStruct((n, size, size, 3), np.uint8)).compile()
+                while len(_EXECUTABLES) > _MAX_EXECUTABLES:
+                    del _EXECUTABLES[next(iter(_EXECUTABLES))]
+            self._compiled[n] = _EXECUTABLES[key]
         return self._compiled[n]
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -98,6 +100,15 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                               axis_name=axis_name if stats == "global" else None, **cfg)
 
 
+@functools.lru_cache(maxsize=8)
+def variable_shapes(model: MultiTaskHourglass, image_size: int) -> dict:
+    """{'params', 'batch_stats'}: the jax.ShapeDtypeStruct tree of `model`'s variables for
+    image_size² inputs (nothing allocated). Traced once per model and size in a process: a
+    command restoring several checkpoints of one model checks each against it."""
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), images)
+
+
 def to_model_layout(model: MultiTaskHourglass, tree: Any) -> Any:
     """`tree` (variables, or a train state) in either stream layout -> in `model`'s
     (`hgmt.models.stacking`): how a checkpoint, always written per task, is loaded."""
@@ -134,4 +145,4 @@ def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.n
 __all__ = ["IMAGE_MEAN", "IMAGE_STD", "INTERACTIONS", "OPS", "STREAM_MODES",
            "MultiTaskHourglass", "check_image_size", "create_model", "normalize_images",
            "predict_last_stage", "resolve_ops", "resolve_stream_mode",
-           "to_checkpoint_layout", "to_model_layout"]
+           "to_checkpoint_layout", "to_model_layout", "variable_shapes"]

@@ -531,11 +531,9 @@ def _shapes(tree: Any) -> dict[str, tuple]:
 def check_variables(model: Any, image_size: int, variables: Any, what: str) -> None:
     """Raises UnusableCheckpoint naming the differences when `variables` do not fit `model`
     at `image_size` (a checkpoint of another configuration or of an older hgmt version)."""
-    import jax
-    import jax.numpy as jnp
+    from hgmt.models import variable_shapes
 
-    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    expected = _shapes(jax.eval_shape(model.init, jax.random.key(0), images))
+    expected = _shapes(variable_shapes(model, int(image_size)))
     got = _shapes(variables)
     if expected == got:
         return

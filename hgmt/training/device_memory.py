@@ -109,12 +109,11 @@ def _size(n: int | None) -> str:
 def parameter_count(config: ml_collections.ConfigDict) -> int | None:
     """The number of parameters of `config`'s model (shapes only, nothing allocated)."""
     try:
-        from hgmt.models import create_model
+        from hgmt.models import create_model, variable_shapes
         from hgmt.tasks import heads, parse_tasks
 
         model = create_model(config.model, heads(parse_tasks(config.tasks)))
-        images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), "float32")
-        shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+        shapes = variable_shapes(model, int(config.image_size))["params"]
     except Exception:  # noqa: BLE001  (the message is still useful without it)
         return None
     return sum(int(x.size) for x in jax.tree.leaves(shapes))
