@@ -107,6 +107,11 @@ def every10_dataset(tmp_path_factory):
                       config="every10")[1]
 
 
+# The tests' hourglasses are one level deep: a third fewer ops to trace than runlocal's two
+# levels, which most tests' time is (tracing the model op by op, then compiling it).
+TINY_DEPTH = 1
+
+
 def main_command(workdir, data_dir, total_steps, checkpoint_every):
     """(argv, env) of `python -m hgmt.main` training the tiny pose2d model on the demo dataset
     on 2 virtual devices (the subprocess tests of the command line)."""
@@ -116,7 +121,7 @@ def main_command(workdir, data_dir, total_steps, checkpoint_every):
            f"--workdir={workdir}", "--config.dataset=surreal/all",
            f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
            f"--config.checkpoint_every={checkpoint_every}", "--config.evals.test.max_examples=4",
-           "--config.model.features=16"]
+           "--config.model.features=16", f"--config.model.depth={TINY_DEPTH}"]
     env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     return cmd, env
 
@@ -129,6 +134,7 @@ def tiny_config(data_dir, tasks="all", **overrides):
     config.dataset = "surreal/all"
     config.data_dir = data_dir
     config.model.features = 16
+    config.model.depth = TINY_DEPTH
     config.batch_size = 8
     config.total_steps = 4
     config.log_every = 2

@@ -14,7 +14,7 @@ from hgmt.models import INTERACTIONS, OPS, MultiTaskHourglass, create_model, res
 from hgmt.tasks import TASK_NAMES, TASKS, all_subsets, compute_losses, heads
 from tests.test_tasks import make_batch
 
-TINY = dict(num_stacks=2, features=16, depth=2)
+TINY = dict(num_stacks=2, features=16, depth=1)
 SUBSETS = all_subsets()
 
 

@@ -21,7 +21,7 @@ from hgmt.tasks import TASK_NAMES, compute_losses, heads
 from hgmt.training import checkpoints, steps
 from tests.test_tasks import make_batch
 
-TINY = dict(num_stacks=2, features=16, depth=2, interaction="gated")
+TINY = dict(num_stacks=2, features=16, depth=1, interaction="gated")
 TOL = 1e-5  # float32; relative to each compared array's largest magnitude
 # The two stream modes compared in float64: a float32 gradient of these tiny, badly conditioned
 # models (BatchNorm after convolutions of 0-255 images) moves by up to 3e-4 of its scale with
