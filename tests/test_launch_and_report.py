@@ -195,11 +195,13 @@ def _finished(run_dir, *files, step=STEP):
         (run_dir / name).write_text(json.dumps({"protocol": protocol, "step": step}))
 
 
-def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
+def test_sweep_print_only_leaves_out_what_is_done(tmp_path, monkeypatch, capsys):
     """pose2d trained (its eval_test.json there), segm not: --print_only prints segm's
     training only, as the sweep run here would skip pose2d, then with --protocols pose2d's
-    missing evaluation alone, and nothing of pose2d once that file is there too."""
+    missing evaluation alone, and nothing of pose2d once that file is there too. (The script's
+    `main` run in this process.)"""
     s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
     _finished(s / "pose2d", "eval_test.json")
     python, config = sys.executable, f"{REPO}/configs/default.py"
     train_segm = f"{python} -m hgmt.main --config={config}:tasks=segm --workdir={s}/segm"
@@ -209,10 +211,8 @@ def test_sweep_print_only_leaves_out_what_is_done(tmp_path):
                 f"--out_file={s}/{run}/eval_test_bodynet.json")
 
     def sweep(*args):
-        run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
-                              "--config=configs/default.py", "--tasks=pose2d,segm",
-                              "--print_only", *args], cwd=REPO, capture_output=True,
-                             text=True, timeout=120)
+        run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                                "--tasks=pose2d,segm", "--print_only", *args)
         assert run.returncode == 0, run.stderr
         return run.stdout.splitlines(), run.stderr
 
@@ -231,8 +231,10 @@ def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_re
     1200) is planned again, and so is segm's, whose run has no eval_test.json; the reason goes
     to stderr, the commands alone to stdout. An eval_test.json that does not read (empty, a
     JSON list) is not done: the run is trained again, which evaluates it anew, then the
-    protocol; a sweep run here says why before the command."""
+    protocol; a sweep run here says why before the command. (The script's `main` run in this
+    process.)"""
     s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
     python, config = sys.executable, f"{REPO}/configs/default.py"
 
     def train(run):
@@ -243,10 +245,9 @@ def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_re
                 f"--out_file={s}/{run}/eval_test_bodynet.json")
 
     def sweep():
-        run = subprocess.run([sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
-                              "--config=configs/default.py", "--tasks=pose2d,segm,depth",
-                              "--protocols=bodynet", "--print_only"], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+        run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                                "--tasks=pose2d,segm,depth", "--protocols=bodynet",
+                                "--print_only")
         assert run.returncode == 0, run.stderr
         return run.stdout.splitlines(), run.stderr.splitlines()
 
@@ -569,20 +570,21 @@ def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
             "--config.image_size=256") in out.stderr and not s.exists()
 
 
-def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path):
+def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path, monkeypatch,
+                                                                      capsys):
     """`--protocols` lists the extra protocols: the one each run's training evaluates into
     its eval_test.json (config.evals.test.protocol, hgmt by default) is refused in one line
     before the plan is recorded, not dropped without a word. With the test evaluator under
     bodynet, hgmt is an extra protocol: planned into eval_test_hgmt.json, the file hgmt.report
     reads hgmt's numbers from (and names in its command) for such a run, not into the
-    trainer's eval_test.json."""
+    trainer's eval_test.json. (The script's `main` run in this process.)"""
     s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
 
     def sweep(protocols, *extra):
-        cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={s}",
-               "--config=configs/default.py", "--tasks=pose2d", f"--protocols={protocols}",
-               "--print_only", *(["--", *extra] if extra else [])]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        return _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                                 "--tasks=pose2d", f"--protocols={protocols}", "--print_only",
+                                 *(["--", *extra] if extra else []))
 
     bodynet = "--config.evals.test.protocol=bodynet"
     for given, extra, trained, others in (("hgmt", (), "hgmt", "bodynet, surreal"),
