@@ -108,7 +108,7 @@ def test_predictors_of_one_model_share_its_compiled_passes_not_their_variables(w
     """A second Predictor of the same model (here of the same workdir, its variables then
     changed, as another checkpoint's would be) runs the executables the first compiled, the
     model's variable shapes traced once; what it computes is its own variables' outputs. A
-    Predictor of another model (the flip test) compiles its own."""
+    Predictor with the flip test, another program, compiles its own."""
     from hgmt.models import variable_shapes
 
     crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
