@@ -107,8 +107,8 @@ def every10_dataset(tmp_path_factory):
                       config="every10")[1]
 
 
-# The tests' hourglasses are one level deep: a third fewer ops to trace than runlocal's two
-# levels, which most tests' time is (tracing the model op by op, then compiling it).
+# The tests' hourglasses are one level deep. Most of the suite's time is tracing the tests'
+# models, and one level has a third fewer ops to trace than runlocal's two.
 TINY_DEPTH = 1
 
 
