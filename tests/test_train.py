@@ -61,7 +61,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
                                     loop.create_model(config.model, heads(("pose2d", "depth"))))
     weights = {k: v for k, v in _flat(init.params).items() if "'bias'" not in k}
     still = [k for k, v in weights.items() if np.allclose(v, _flat(straight.params)[k])]
-    assert len(weights) > 100 and not still, still
+    assert len(weights) > 50 and not still, still
 
 
 def test_initialisation_op_by_op_equals_the_compiled_one_bit_for_bit():
