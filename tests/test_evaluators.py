@@ -109,6 +109,7 @@ def test_pictures_are_the_eager_predictions_drawn_from_one_program_compiled_once
     from hgmt.training import steps
 
     config = tiny_config(demo_dataset[1])
+    evaluator._compiled_pictures.cache_clear()  # pictures not compiled yet in this process
     ev = evaluator.Evaluator(config, frames="all", flip=True)
     state = steps.create_train_state(jax.random.key(0), config, ev.model)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
@@ -190,12 +191,13 @@ def test_the_evaluation_fetches_its_sums_once_and_they_are_the_host_sums_exactly
     assert json.dumps(summary) == json.dumps(ev.summary(*_one_batch_at_a_time(ev, variables)))
 
 
-def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo_dataset,
-                                                                            caplog):
+def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_sums(demo_dataset,
+                                                                              caplog):
     """The 12 demo test frames, 2 batches of 8 on 4 devices: their statistics are added on the
     devices by one addition compiled once, for eval_step's sums and its own alike. A second
-    Evaluator of the same config, given the first's compiled step, traces nothing when called
-    (the addition is the first's), and its summary is the first's."""
+    Evaluator of the same setting shares the first's compiled step and pictures, traces
+    nothing when called, and its summary is the first's; one with the flip test, another
+    protocol or another number of frames has a step of its own."""
     from hgmt import devices
     from hgmt.data import input_pipeline
     from hgmt.evaluation import evaluator
@@ -221,14 +223,20 @@ def test_evaluators_of_the_same_statistics_share_the_addition_of_their_sums(demo
                                   4 * devices.to_host(stats)["count"])
     summary = first(variables)
     assert summary["num_examples"] == 12 and len(first.indices) > first.batch_size
+    first.pictures(variables)
     second = evaluator.Evaluator(config, frames="all")
-    second.p_step = first.p_step
+    assert second.p_step is first.p_step and second._pictured is first._pictured
     caplog.clear()
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         again = second(variables)
+        second.pictures(variables)
     traced = [r.getMessage() for r in caplog.records if "tracing" in r.getMessage()]
     assert traced == []
     assert json.dumps(again) == json.dumps(summary)
+    for other in (evaluator.Evaluator(config, frames="all", flip=True),
+                  evaluator.Evaluator(config, frames="all", protocol="surreal"),
+                  evaluator.Evaluator(config, frames="all", max_examples=4)):
+        assert other.p_step is not first.p_step
 
 
 @pytest.mark.parametrize("size, used", [(4, 4), (6, 4), (1, 4), (9, 8)])

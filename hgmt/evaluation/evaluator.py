@@ -169,6 +169,36 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
             "max_examples": 0}
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_step(model, flip: bool, protocol: str, tasks: tuple[str, ...], num_examples: int,
+                   loss_options: tuple) -> Callable:
+    """`eval_step` for (model, flip, protocol, tasks, examples, loss options: ((task,
+    ((option, value), ...)), ...)) as one jitted function over the devices, shared by the
+    Evaluators of the same setting in this process, so that only the first traces and
+    compiles it (a training run's evaluators, and the evaluators of a test, a notebook or a
+    script evaluating several checkpoints of one configuration)."""
+    metrics = {name: protocols.metric(protocol, name, num_examples) for name in tasks}
+    return devices.spmd(functools.partial(
+        eval_step, model=model, flip=flip, metrics=metrics,
+        loss_options={task: dict(options) for task, options in loss_options},
+        unusable_input=unusable_input(protocol)))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_pictures(model, flip: bool, protocol: str) -> Callable:
+    """(variables, {'image', 'unusable'}) -> (`predict`'s predictions, `model_input`): what
+    `Evaluator.pictures` draws, as one program compiled at its first call and shared like
+    `_compiled_step`; run eagerly, the model's ops would each be dispatched and compiled on
+    their own."""
+    given = unusable_input(protocol)
+
+    def pictured(variables: dict, batch: dict) -> tuple[dict, jnp.ndarray]:
+        return (predict(variables, batch, model=model, flip=flip, unusable_input=given),
+                model_input(batch, given))
+
+    return jax.jit(pictured)
+
+
 @functools.cache
 def _add_on_devices() -> Callable:
     """The sums of two batches' statistics on the devices (`eval_step`'s trees, each leaf
@@ -182,8 +212,9 @@ class Evaluator:
     """The evaluation of one (config, split, frames, flip, protocol), set up once: the split's
     frames that `frames` selects ('middle', SURREAL's test protocol; 'all'; 'everyK'), or the
     records `indices`, at most `max_examples` of them (0: all), the model and its compiled
-    evaluation step. Calling it with variables gives the summary; the trainer keeps one per
-    configured evaluator and calls it at its steps without recompiling. A reference protocol
+    evaluation step (`_compiled_step`: Evaluators of the same setting in a process share it).
+    Calling it with variables gives the summary; the trainer keeps one per configured
+    evaluator and calls it at its steps without recompiling. A reference protocol
     is refused unless config.image_size gives its 64 x 64 label maps
     (`protocols.check_label_size`)."""
 
@@ -237,10 +268,10 @@ class Evaluator:
         self.model = create_model(config.model, heads(self.tasks))
         self.metrics = {name: protocols.metric(protocol, name, len(indices))
                         for name in self.tasks}
-        self.p_step = devices.spmd(functools.partial(
-            eval_step, model=self.model, flip=flip, metrics=self.metrics,
-            loss_options=check_loss_options(config, self.tasks),
-            unusable_input=unusable_input(self.protocol)))
+        loss_options = check_loss_options(config, self.tasks)
+        self.p_step = _compiled_step(
+            self.model, self.flip, self.protocol, self.tasks, len(indices),
+            tuple((t, tuple(sorted(loss_options[t].items()))) for t in self.tasks))
         self.p_add = _add_on_devices()
         self.threads = input_pipeline.eval_threads()
         self.first_batch = None
@@ -317,18 +348,10 @@ class Evaluator:
         return pictures.prediction_strips(
             images.astype(np.uint8), {t: np.asarray(preds[t]) for t in self.model.tasks}, batch)
 
-    @functools.cached_property
+    @property
     def _pictured(self) -> Callable:
-        """(variables, {'image', 'unusable'}) -> (`predict`'s predictions, `model_input`):
-        what `pictures` draws, as one program compiled at its first call; run eagerly, the
-        model's ops would each be dispatched and compiled on their own."""
-        given = unusable_input(self.protocol)
-
-        def pictured(variables: dict, batch: dict) -> tuple[dict, jnp.ndarray]:
-            return (predict(variables, batch, model=self.model, flip=self.flip,
-                            unusable_input=given), model_input(batch, given))
-
-        return jax.jit(pictured)
+        """This evaluator's `_compiled_pictures`."""
+        return _compiled_pictures(self.model, self.flip, self.protocol)
 
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
