@@ -3,7 +3,9 @@
 import errno
 import json
 import os
+import pathlib
 import re
+import shutil
 import sys
 
 import cv2
@@ -240,10 +242,12 @@ def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdi
     the device's memory and the settings, not 'cannot be read ... pass --step= with another'."""
     import orbax.checkpoint as ocp
 
-    def restore(self, step, args=None):
+    def restore(self, *args, **kwargs):
         raise jax.errors.JaxRuntimeError(
             "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")
 
+    # The variables' read (a Checkpointer's), and the whole state's (a CheckpointManager's).
+    monkeypatch.setattr(ocp.Checkpointer, "restore", restore)
     monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
     args = {hgmt.evaluate: [], hgmt.predict: [str(tmp_path / "x.jpg"), f"--out_dir={tmp_path}"],
             hgmt.export: ["--format=stablehlo", f"--out_dir={tmp_path / 'e'}"]}[command]
@@ -972,6 +976,60 @@ def test_a_step_of_digits_restores_that_checkpoint_and_another_string_is_named(w
                 f"step={bad!r}: give a step number (an int, or a string of digits) or "
                 f"'best'")):
             checkpoints.restore_for_inference(workdir, bad)
+
+
+def _lose_the_optimizer_moments(state_dir) -> None:
+    """Renames every optimizer moment in the orbax metadata of a checkpoint's state folder, so
+    that it names arrays its store does not hold: reading them fails, as for a checkpoint
+    whose optimizer part is damaged."""
+    path = state_dir / "_METADATA"
+    meta = json.loads(path.read_text())
+    lost = {}
+    for key, value in meta["tree_metadata"].items():
+        if key.startswith("('opt_state'"):
+            key = key.replace("'mu'", "'mu_lost'").replace("'nu'", "'nu_lost'")
+            for part in value["key_metadata"]:
+                part["key"] += "_lost" if part["key"] in ("mu", "nu") else ""
+        lost[key] = value
+    assert len(lost) == len(meta["tree_metadata"]) and lost != meta["tree_metadata"]
+    path.write_text(json.dumps({**meta, "tree_metadata": lost}))
+
+
+# The failed whole reads leave tensorstore calling back into orbax's closed event loop (the
+# commands drop those messages: checkpoints.ignore_callbacks_into_closed_loops).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
+    """A restore for evaluation or prediction reads the checkpoint's parameters and BatchNorm
+    statistics, not the optimizer's moments (two thirds of an Adam checkpoint): they are
+    the ones the trainer saved (orbax's whole read of the state), and a checkpoint whose
+    moments cannot be read still restores and predicts, where reading the whole state
+    fails. Given the workdir's config, the same; given another model's, the whole state is
+    read and what differs is named: a model of fewer tasks, whose variables the checkpoint
+    holds and more, is refused too."""
+    import orbax.checkpoint as ocp
+
+    saved = ocp.StandardCheckpointer().restore(pathlib.Path(workdir, "checkpoints", "2", "state"))
+    _, variables, _ = checkpoints.restore_for_inference(workdir)
+    assert variables.keys() == {"params", "batch_stats"}
+    jax.tree.map(np.testing.assert_array_equal, variables,
+                 {k: saved[k] for k in ("params", "batch_stats")})
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    _lose_the_optimizer_moments(copy / "checkpoints" / "2" / "state")
+    with pytest.raises(ValueError, match="opt_state"):
+        ocp.StandardCheckpointer().restore(copy / "checkpoints" / "2" / "state")
+    config, again, step = checkpoints.restore_for_inference(str(copy))
+    assert step == 2
+    jax.tree.map(np.testing.assert_array_equal, again, variables)
+    _, given, _ = checkpoints.restore_for_inference(str(copy), config=config)
+    jax.tree.map(np.testing.assert_array_equal, given, variables)
+    assert prediction.Predictor(str(copy)).step == 2
+    config.tasks = "pose2d"  # another model: the whole state is read, which fails here
+    with pytest.raises(checkpoints.UnusableCheckpoint, match="cannot be read"):
+        checkpoints.restore_for_inference(str(copy), config=config)
+    with pytest.raises(checkpoints.UnusableCheckpoint, match=r"0 variables missing .* "
+                       r"unexpected .* 0 with other shapes"):
+        checkpoints.restore_for_inference(workdir, config=config)
 
 
 @pytest.fixture(scope="module")

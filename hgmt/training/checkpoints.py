@@ -463,7 +463,10 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     the stream layout of `config.model.stream_mode` (`hgmt.models.stacking`); `step`: None
     (the latest), a step number (an int, or a string of digits such as "5"), or "best": the
     best validation checkpoint kept in <workdir>/best. `config`: the workdir's config with
-    the caller's overrides (default: the workdir's as saved).
+    the caller's overrides (default: the workdir's as saved). Only the variables are read
+    (`_read_variables`), not the optimizer's moments, unless `config` gives another model
+    than the workdir trained: then the whole state, for `check_variables` to name what
+    differs (a model of fewer tasks would find its variables among the checkpoint's).
 
     Raises ValueError naming the value for any other `step` string, ValueError naming the
     field for a bad `config.model` value, NoCheckpoint naming the workdir when there is no
@@ -478,7 +481,8 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             raise ValueError(f"step={step!r}: give a step number (an int, or a string of "
                              f"digits) or 'best'")
         step = int(step)
-    config = workdirs.load_config(workdir) if config is None else config
+    given = config is not None
+    config = config if given else workdirs.load_config(workdir)
     # Built first: a bad model value is named before any checkpoint is looked for.
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     best = step == "best"
@@ -493,16 +497,72 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             f"no best checkpoint in {folder}: one is kept only when an evaluator of "
             f"config.evals has a best_metric and runs during training (every > 0)" if best
             else none_yet)
+    steps = ocp.utils.checkpoint_steps(folder)
+    if not steps:
+        raise NoCheckpoint(none_yet)
+    steps = sorted(steps)
+    step = steps[-1] if step is None or best else step
+    if step not in steps:
+        raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
+                           f"{steps}")
+    variables = None
+    if not given or _trained_with(workdir, config):
+        # The model the workdir trained: its checkpoints hold exactly its variables.
+        variables = _read_variables(folder, step, model, config)
+    if variables is None:  # read whole, for check_variables to name what differs
+        variables = _read_state(folder, step, config, best, workdir, steps)
+    variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
+    check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}")
+    return config, variables, step
+
+
+def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether the workdir's config.json, as written, has `config`'s tasks and model (a
+    config.json that does not read, or predates a model field, says no)."""
+    try:
+        trained = workdirs.read_json_object(
+            os.fspath(epath.Path(workdirs.absolute(workdir)) / workdirs.CONFIG_FILE), "")
+        return (trained["tasks"] == config.tasks
+                and trained["model"] == config.model.to_dict())
+    except Exception:  # any doubt: the whole checkpoint is read and checked
+        return False
+
+
+def _read_variables(folder: str, step: int, model: Any,
+                    config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """{'params', 'batch_stats'} of checkpoint `step` in `folder` as host arrays, in the
+    checkpoint's layout, read alone (orbax's partial restore): not the optimizer's moments,
+    two thirds of an Adam checkpoint. For checkpoints of `model` (the model the workdir
+    trained); None when the checkpoint does not hold its variables (another hgmt version's
+    names), raises OutOfDeviceMemory (`device_memory.explain`) on XLA's out-of-memory error."""
+    import jax
+
+    from hgmt.models import to_checkpoint_layout, variable_shapes
+
+    shapes = jax.eval_shape(lambda v: to_checkpoint_layout(model, v),
+                            variable_shapes(model, int(config.image_size)))
+    item = {name: shapes[name] for name in ("params", "batch_stats")}
+    host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    try:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+            return reader.restore(epath.Path(folder) / str(step) / "state",
+                                  args=ocp.args.PyTreeRestore(item=item, restore_args=host,
+                                                              partial_restore=True))
+    except Exception as e:
+        if device_memory.is_out_of_memory(e):  # not the checkpoint's fault
+            raise device_memory.explain(e, config, f"while restoring {folder}/{step}",
+                                        "eval_batch_size") from None
+        return None
+
+
+def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best: bool,
+                workdir: str, steps: list[int]) -> dict[str, Any]:
+    """{'params', 'batch_stats'} of the whole train state of checkpoint `step` in `folder`
+    (the checkpoint's layout); raises UnusableCheckpoint when it cannot be read,
+    OutOfDeviceMemory on XLA's out-of-memory error."""
     mngr = (ocp.CheckpointManager(folder, item_names=("state",)) if best
             else manager(workdir, async_save=False, with_data=False))
     with contextlib.closing(mngr):
-        steps = mngr.all_steps()
-        if not steps:
-            raise NoCheckpoint(none_yet)
-        step = steps[-1] if step is None or best else step
-        if step not in steps:
-            raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
-                               f"{steps}")
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore()))
@@ -515,10 +575,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
                                      f"({type(e).__name__}: {e}); {other}") from e
     state = restored["state"]
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
-    check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}")
-    return config, variables, step
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
