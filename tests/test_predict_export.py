@@ -259,6 +259,23 @@ def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdi
     assert "cannot be read" not in str(e.value.code)
 
 
+def test_variables_too_large_for_the_device_are_named_so(workdir, tmp_path, monkeypatch):
+    """XLA's out-of-memory error while the Predictor places the restored variables on the
+    device: hgmt.predict's one line names the device's memory and the batch flag."""
+    def device_put(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 321 bytes.")
+
+    monkeypatch.setattr(prediction.jax, "device_put", device_put)
+    with pytest.raises(SystemExit) as e:
+        hgmt.predict.main([f"--workdir={workdir}", str(tmp_path / "x.jpg"),
+                           f"--out_dir={tmp_path}"])
+    assert str(e.value.code).startswith(
+        "error: OutOfDeviceMemory: out of device memory while placing the checkpoint's "
+        "variables on the device: XLA asked for 321 B"), e.value.code
+    assert "--batch_size=8" in str(e.value.code)
+
+
 def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predictor,
                                                                  tmp_path, capsys):
     """Each input that cannot be read is skipped with a line naming it and why: a file that

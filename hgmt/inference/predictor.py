@@ -32,7 +32,7 @@ from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, channel_flips, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
-from hgmt.training import checkpoints
+from hgmt.training import checkpoints, device_memory
 
 # Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
 # larger than this (a high-resolution photo) is first averaged down to the crop's scale
@@ -56,7 +56,9 @@ class Predictor:
     `batch_size` at a time there (a smaller last batch is padded to a power of two, so few
     shapes are compiled: `batch_shapes`). With `flip`, each crop's outputs are averaged with
     its mirror image's, left and right channels swapped back (the flip test of
-    `hgmt.evaluate --flip`, `predict_last_stage`)."""
+    `hgmt.evaluate --flip`, `predict_last_stage`). Making one raises what
+    `checkpoints.restore_for_inference` raises, and OutOfDeviceMemory when the variables do
+    not fit on the device."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None, batch_size: int = 8,
@@ -65,7 +67,9 @@ class Predictor:
             workdir, step, config)
         # On JAX's default device once: host arrays would be copied there on every model pass
         # (106 MB in 1945 arrays for configs/default.py's model).
-        self.variables = jax.device_put(variables)
+        with device_memory.explained(self.config, "while placing the checkpoint's variables "
+                                     "on the device", batch_flag=("--batch_size", batch_size)):
+            self.variables = jax.device_put(variables)
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
         self.batch_size = int(batch_size)
