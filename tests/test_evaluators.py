@@ -233,10 +233,16 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     traced = [r.getMessage() for r in caplog.records if "tracing" in r.getMessage()]
     assert traced == []
     assert json.dumps(again) == json.dumps(summary)
+    assert evaluator.Evaluator(config, frames="all", max_examples=4).p_step is first.p_step
+    half = tiny_config(demo_dataset[1], tasks="pose2d", **{"model.dtype": "bfloat16"})
     for other in (evaluator.Evaluator(config, frames="all", flip=True),
                   evaluator.Evaluator(config, frames="all", protocol="surreal"),
-                  evaluator.Evaluator(config, frames="all", max_examples=4)):
+                  evaluator.Evaluator(half, frames="all")):
         assert other.p_step is not first.p_step
+    segm = tiny_config(demo_dataset[1], tasks="segm")
+    plain = evaluator.Evaluator(segm, frames="all")
+    segm.loss_options = {"segm": {"foreground_weight": 2.0}}
+    assert evaluator.Evaluator(segm, frames="all").p_step is not plain.p_step
 
 
 @pytest.mark.parametrize("size, used", [(4, 4), (6, 4), (1, 4), (9, 8)])

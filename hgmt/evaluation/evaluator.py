@@ -169,14 +169,23 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
             "max_examples": 0}
 
 
-@functools.lru_cache(maxsize=16)
+def step_examples(protocol: str, tasks, num_examples: int) -> int:
+    """The number of examples the statistics of `eval_step` depend on: the split's for a
+    reference protocol's (BodyNet's per-batch averages), 0 where every task is measured by
+    hgmt's, whose statistics are sums whatever the split's size."""
+    used = {protocols.task_protocol(protocol, t) for t in tasks}
+    return num_examples if used - {"hgmt"} else 0
+
+
+@functools.lru_cache(maxsize=8)
 def _compiled_step(model, flip: bool, protocol: str, tasks: tuple[str, ...], num_examples: int,
                    loss_options: tuple) -> Callable:
     """`eval_step` for (model, flip, protocol, tasks, examples, loss options: ((task,
     ((option, value), ...)), ...)) as one jitted function over the devices, shared by the
     Evaluators of the same setting in this process, so that only the first traces and
     compiles it (a training run's evaluators, and the evaluators of a test, a notebook or a
-    script evaluating several checkpoints of one configuration)."""
+    script evaluating several checkpoints of one configuration). `num_examples` matters to
+    the reference protocols' statistics only (`step_examples`)."""
     metrics = {name: protocols.metric(protocol, name, num_examples) for name in tasks}
     return devices.spmd(functools.partial(
         eval_step, model=model, flip=flip, metrics=metrics,
@@ -184,7 +193,7 @@ def _compiled_step(model, flip: bool, protocol: str, tasks: tuple[str, ...], num
         unusable_input=unusable_input(protocol)))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def _compiled_pictures(model, flip: bool, protocol: str) -> Callable:
     """(variables, {'image', 'unusable'}) -> (`predict`'s predictions, `model_input`): what
     `Evaluator.pictures` draws, as one program compiled at its first call and shared like
@@ -270,7 +279,8 @@ class Evaluator:
                         for name in self.tasks}
         loss_options = check_loss_options(config, self.tasks)
         self.p_step = _compiled_step(
-            self.model, self.flip, self.protocol, self.tasks, len(indices),
+            self.model, self.flip, self.protocol, self.tasks,
+            step_examples(self.protocol, self.tasks, len(indices)),
             tuple((t, tuple(sorted(loss_options[t].items()))) for t in self.tasks))
         self.p_add = _add_on_devices()
         self.threads = input_pipeline.eval_threads()

@@ -464,9 +464,10 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     (the latest), a step number (an int, or a string of digits such as "5"), or "best": the
     best validation checkpoint kept in <workdir>/best. `config`: the workdir's config with
     the caller's overrides (default: the workdir's as saved). Only the variables are read
-    (`_read_variables`), not the optimizer's moments, unless `config` gives another model
-    than the workdir trained: then the whole state, for `check_variables` to name what
-    differs (a model of fewer tasks would find its variables among the checkpoint's).
+    (`_read_variables`), not the optimizer's moments, unless `config`'s tasks or model
+    fields differ from config.json as written (another model, or the same written otherwise)
+    or that read fails: then the whole state, for `check_variables` to name what differs (a
+    model of fewer tasks would find its variables among the checkpoint's).
 
     Raises ValueError naming the value for any other `step` string, ValueError naming the
     field for a bad `config.model` value, NoCheckpoint naming the workdir when there is no
@@ -497,10 +498,12 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             f"no best checkpoint in {folder}: one is kept only when an evaluator of "
             f"config.evals has a best_metric and runs during training (every > 0)" if best
             else none_yet)
-    steps = ocp.utils.checkpoint_steps(folder)
+    # Finalized checkpoints (no temporary folder, a commit marker in a bucket) named by
+    # their step, as the training manager names them.
+    steps = sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(folder)
+                   if path.name.isdigit())
     if not steps:
         raise NoCheckpoint(none_yet)
-    steps = sorted(steps)
     step = steps[-1] if step is None or best else step
     if step not in steps:
         raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
@@ -531,10 +534,11 @@ def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
 def _read_variables(folder: str, step: int, model: Any,
                     config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """{'params', 'batch_stats'} of checkpoint `step` in `folder` as host arrays, in the
-    checkpoint's layout, read alone (orbax's partial restore): not the optimizer's moments,
-    two thirds of an Adam checkpoint. For checkpoints of `model` (the model the workdir
-    trained); None when the checkpoint does not hold its variables (another hgmt version's
-    names), raises OutOfDeviceMemory (`device_memory.explain`) on XLA's out-of-memory error."""
+    checkpoint's layout, read alone (orbax's partial restore) by this process alone: not the
+    optimizer's moments, two thirds of an Adam checkpoint. For checkpoints of `model` (the
+    model the workdir trained); None, with a warning, when the read fails or the checkpoint
+    lacks one of them (another hgmt version's names), raises OutOfDeviceMemory
+    (`device_memory.explain`) on XLA's out-of-memory error."""
     import jax
 
     from hgmt.models import to_checkpoint_layout, variable_shapes
@@ -543,16 +547,30 @@ def _read_variables(folder: str, step: int, model: Any,
                             variable_shapes(model, int(config.image_size)))
     item = {name: shapes[name] for name in ("params", "batch_stats")}
     host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    me = jax.process_index()  # each process reads alone: no barrier to fall out of step at
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     try:
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-            return reader.restore(epath.Path(folder) / str(step) / "state",
-                                  args=ocp.args.PyTreeRestore(item=item, restore_args=host,
-                                                              partial_restore=True))
-    except Exception as e:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
+                              multiprocessing_options=alone) as reader:
+            variables = reader.restore(epath.Path(folder) / str(step) / "state",
+                                       args=ocp.args.PyTreeRestore(
+                                           item=item, restore_args=host, partial_restore=True))
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
         if device_memory.is_out_of_memory(e):  # not the checkpoint's fault
             raise device_memory.explain(e, config, f"while restoring {folder}/{step}",
                                         "eval_batch_size") from None
+        logging.warning("reading the variables of checkpoint %s/%d alone failed (%s: %s); "
+                        "reading its whole train state", folder, step, type(e).__name__,
+                        str(e)[:300])
         return None
+    # A variable the checkpoint lacks is left as the item's shape, not raised.
+    missing = [jax.tree_util.keystr(path) for path, leaf in
+               jax.tree_util.tree_leaves_with_path(variables) if not isinstance(leaf, np.ndarray)]
+    if missing:
+        logging.warning("checkpoint %s/%d lacks %d of the model's variables (e.g. %s); reading "
+                        "its whole train state", folder, step, len(missing), missing[0])
+        return None
+    return variables
 
 
 def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best: bool,

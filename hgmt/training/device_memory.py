@@ -162,6 +162,19 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
         f"--workdir. XLA's full message (the allocation dump) is logged with --verbosity=1")
 
 
+def explain_variables(error: BaseException, nbytes: int) -> OutOfDeviceMemory:
+    """The `OutOfDeviceMemory` for XLA's `error` raised while a checkpoint's variables
+    (`nbytes` bytes) are put on the device, before any batch: no batch size or dtype helps
+    (the variables are stored in float32), only the device's free memory."""
+    asked, has = amounts(str(_xla_out_of_memory(error) or error))
+    return OutOfDeviceMemory(
+        f"out of device memory while placing the checkpoint's variables ({_size(nbytes)}) on "
+        f"the device: XLA asked for {_size(asked)}, the device has "
+        f"{_size(has or device_limit())}. The model alone does not fit beside what the "
+        f"device already holds: free the device (another process may hold its memory), use "
+        f"one with more memory, or run on the CPU (JAX_PLATFORMS=cpu)")
+
+
 @contextlib.contextmanager
 def explained(config: ml_collections.ConfigDict, what: str,
               batch_field: str = "batch_size",
