@@ -24,7 +24,7 @@ from hgmt.inference import person, video
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal, synthetic
-from hgmt.tasks import TASKS, common, drawing, heads
+from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.training import checkpoints, device_memory, loop
 from tests.conftest import tiny_config
 
@@ -1051,6 +1051,9 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     config, again, step = checkpoints.restore_for_inference(str(copy))
     assert step == 2
     jax.tree.map(np.testing.assert_array_equal, again, variables)
+    _, given, _ = checkpoints.restore_for_inference(str(copy), config=config)
+    jax.tree.map(np.testing.assert_array_equal, given, variables)
+    config.tasks = "+".join(reversed(parse_tasks(config.tasks)))  # the same tasks
     _, given, _ = checkpoints.restore_for_inference(str(copy), config=config)
     jax.tree.map(np.testing.assert_array_equal, given, variables)
     assert prediction.Predictor(str(copy)).step == 2

@@ -465,9 +465,9 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     best validation checkpoint kept in <workdir>/best. `config`: the workdir's config with
     the caller's overrides (default: the workdir's as saved). Only the variables are read
     (`_read_variables`), not the optimizer's moments, unless `config`'s tasks or model
-    fields differ from config.json as written (another model, or the same written otherwise)
-    or that read fails: then the whole state, for `check_variables` to name what differs (a
-    model of fewer tasks would find its variables among the checkpoint's).
+    fields differ from config.json as written (another model, or model fields config.json
+    predates) or that read fails: then the whole state, for `check_variables` to name what
+    differs (a model of fewer tasks would find its variables among the checkpoint's).
 
     Raises ValueError naming the value for any other `step` string, ValueError naming the
     field for a bad `config.model` value, NoCheckpoint naming the workdir when there is no
@@ -520,12 +520,15 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
 
 
 def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether the workdir's config.json, as written, has `config`'s tasks and model (a
-    config.json that does not read, or predates a model field, says no)."""
+    """Whether the workdir's config.json, as written, has `config`'s tasks (in any spelling)
+    and model fields (a config.json that does not read, or predates a model field, says
+    no)."""
+    from hgmt.tasks import parse_tasks
+
     try:
         trained = workdirs.read_json_object(
             os.fspath(epath.Path(workdirs.absolute(workdir)) / workdirs.CONFIG_FILE), "")
-        return (trained["tasks"] == config.tasks
+        return (parse_tasks(trained["tasks"]) == parse_tasks(config.tasks)
                 and trained["model"] == config.model.to_dict())
     except Exception:  # any doubt: the whole checkpoint is read and checked
         return False
