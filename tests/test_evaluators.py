@@ -196,8 +196,9 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     """The 12 demo test frames, 2 batches of 8 on 4 devices: their statistics are added on the
     devices by one addition compiled once, for eval_step's sums and its own alike. A second
     Evaluator of the same setting shares the first's compiled step and pictures, traces
-    nothing when called, and its summary is the first's; one with the flip test, another
-    protocol or another number of frames has a step of its own."""
+    nothing when called, and its summary is the first's. Under hgmt's protocol, whose
+    statistics are sums, fewer frames share it too; the flip test, another protocol, a
+    bfloat16 model or other loss options get a step of their own."""
     from hgmt import devices
     from hgmt.data import input_pipeline
     from hgmt.evaluation import evaluator

@@ -1033,9 +1033,10 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     statistics, not the optimizer's moments (two thirds of an Adam checkpoint): they are
     the ones the trainer saved (orbax's whole read of the state), and a checkpoint whose
     moments cannot be read still restores and predicts, where reading the whole state
-    fails. Given the workdir's config, the same; given another model's, the whole state is
-    read and what differs is named: a model of fewer tasks, whose variables the checkpoint
-    holds and more, is refused too."""
+    fails. Given the workdir's config (its tasks in any order), the same; given another
+    model's, the whole state is read and what differs is named: a model of fewer tasks,
+    whose variables the checkpoint holds and more, is refused too; so is a checkpoint that
+    lacks a variable (a kernel of another name), and a folder named `<name>_<N>` is no step."""
     import orbax.checkpoint as ocp
 
     saved = ocp.StandardCheckpointer().restore(pathlib.Path(workdir, "checkpoints", "2", "state"))
