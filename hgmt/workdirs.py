@@ -204,16 +204,20 @@ def crop_metres_file(workdir: str) -> str:
     return os.path.join(absolute(workdir), CROP_METRES_FILE)
 
 
+def config_file(workdir: str) -> str:
+    return os.path.join(absolute(workdir), CONFIG_FILE)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     epath.Path(absolute(workdir)).mkdir(parents=True, exist_ok=True)
-    disk_space.write_atomically(os.path.join(absolute(workdir), CONFIG_FILE), lambda f: f.write(
+    disk_space.write_atomically(config_file(workdir), lambda f: f.write(
         config.to_json_best_effort(indent=1, sort_keys=True)))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (with `ADDED_CONFIG_FIELDS` where it predates
     them); a clear error if it is not a training workdir."""
-    path = epath.Path(absolute(workdir)) / CONFIG_FILE
+    path = epath.Path(config_file(workdir))
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
                                 f"`python -m hgmt.main --workdir=...`")

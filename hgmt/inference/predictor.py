@@ -67,13 +67,9 @@ class Predictor:
             workdir, step, config)
         # On JAX's default device once: host arrays would be copied there on every model pass
         # (106 MB in 1945 arrays for configs/default.py's model).
-        try:
+        nbytes = sum(leaf.nbytes for leaf in jax.tree.leaves(variables))
+        with device_memory.variables_explained(nbytes):
             self.variables = jax.device_put(variables)
-        except Exception as e:
-            if not device_memory.is_out_of_memory(e):
-                raise
-            raise device_memory.explain_variables(e, sum(
-                leaf.nbytes for leaf in jax.tree.leaves(variables))) from None
         self.tasks = parse_tasks(self.config.tasks)
         self.image_size = int(self.config.image_size)
         self.batch_size = int(batch_size)

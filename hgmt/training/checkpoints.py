@@ -526,8 +526,7 @@ def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
     from hgmt.tasks import parse_tasks
 
     try:
-        trained = workdirs.read_json_object(
-            os.fspath(epath.Path(workdirs.absolute(workdir)) / workdirs.CONFIG_FILE), "")
+        trained = workdirs.read_json_object(workdirs.config_file(workdir), "")
         return (parse_tasks(trained["tasks"]) == parse_tasks(config.tasks)
                 and trained["model"] == config.model.to_dict())
     except Exception:  # any doubt: the whole checkpoint is read and checked
@@ -540,8 +539,8 @@ def _read_variables(folder: str, step: int, model: Any,
     checkpoint's layout, read alone (orbax's partial restore) by this process alone: not the
     optimizer's moments, two thirds of an Adam checkpoint. For checkpoints of `model` (the
     model the workdir trained); None, with a warning, when the read fails or the checkpoint
-    lacks one of them (another hgmt version's names), raises OutOfDeviceMemory
-    (`device_memory.explain`) on XLA's out-of-memory error."""
+    lacks one of them (another hgmt version's names). Host arrays take no device memory: an
+    out-of-memory error is the whole read's (`_read_state`) to name."""
     import jax
 
     from hgmt.models import to_checkpoint_layout, variable_shapes
@@ -559,9 +558,6 @@ def _read_variables(folder: str, step: int, model: Any,
                                        args=ocp.args.PyTreeRestore(
                                            item=item, restore_args=host, partial_restore=True))
     except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many types)
-        if device_memory.is_out_of_memory(e):  # not the checkpoint's fault
-            raise device_memory.explain(e, config, f"while restoring {folder}/{step}",
-                                        "eval_batch_size") from None
         logging.warning("reading the variables of checkpoint %s/%d alone failed (%s: %s); "
                         "reading its whole train state", folder, step, type(e).__name__,
                         str(e)[:300])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -176,11 +176,9 @@ def explain_variables(error: BaseException, nbytes: int) -> OutOfDeviceMemory:
 
 
 @contextlib.contextmanager
-def explained(config: ml_collections.ConfigDict, what: str,
-              batch_field: str = "batch_size",
-              batch_flag: tuple[str, int] | None = None) -> Iterator[None]:
-    """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
-    XLA's full message is logged as a verbose line (`cli.VERBOSE`)."""
+def _explained_by(explanation: Callable[[BaseException], OutOfDeviceMemory]) -> Iterator[None]:
+    """Turns XLA's out-of-memory error raised inside into `explanation(error)`; XLA's full
+    message is logged as a verbose line (`cli.VERBOSE`)."""
     try:
         yield
     except Exception as e:
@@ -188,4 +186,18 @@ def explained(config: ml_collections.ConfigDict, what: str,
             raise
         logging.info("XLA's out-of-memory message in full:\n%s", _xla_out_of_memory(e),
                      extra=cli.VERBOSE)
-        raise explain(e, config, what, batch_field, batch_flag) from None
+        raise explanation(e) from None
+
+
+def explained(config: ml_collections.ConfigDict, what: str,
+              batch_field: str = "batch_size",
+              batch_flag: tuple[str, int] | None = None) -> contextlib.AbstractContextManager:
+    """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
+    XLA's full message is logged as a verbose line (`cli.VERBOSE`)."""
+    return _explained_by(lambda e: explain(e, config, what, batch_field, batch_flag))
+
+
+def variables_explained(nbytes: int) -> contextlib.AbstractContextManager:
+    """`explained` for putting a checkpoint's variables (`nbytes` bytes) on the device
+    (`explain_variables`)."""
+    return _explained_by(lambda e: explain_variables(e, nbytes))
