@@ -85,8 +85,10 @@ def test_initialisation_op_by_op_equals_the_compiled_one_bit_for_bit():
 
 def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypatch):
     """The state's placement before the first step equals the step's outputs', so steps 2..n
-    reuse step 1's trace and compilation (on 4 devices, resuming from a checkpoint too; each
-    run traces once, its optimizer being a static part of the state)."""
+    reuse step 1's trace and compilation (on 4 devices, resuming from a checkpoint too). A
+    run of other optimizer settings traces once more (the optimizer is a static part of the
+    state); a later run of settings already run, with its own model and optimizer objects,
+    traces nothing."""
     traces, train_step = [], steps.train_step
 
     def counted(*args, **kwargs):
@@ -101,6 +103,9 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         assert len(traces) == 1
         config.total_steps = 5  # resumes from step 3's checkpoint
         loop.train(config, str(tmp_path), resume_with_changed_config=True)
+        assert len(traces) == 2
+        loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=3),
+                   str(tmp_path / "again"))
         assert len(traces) == 2
     finally:
         loop._jitted_train_step.cache_clear()

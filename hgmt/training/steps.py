@@ -28,15 +28,19 @@ class TrainState(train_state.TrainState):
 def create_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up from 0, then cosine decay to 0 at total_steps, or constant."""
     opt = config.optimizer
-    if opt.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
-                                                  max(config.total_steps, opt.warmup_steps + 1))
-    if opt.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate,
-                                                           opt.warmup_steps),
-                                     optax.constant_schedule(opt.learning_rate)],
-                                    [opt.warmup_steps])
-    raise ValueError(f"optimizer.schedule={opt.schedule!r}: choose cosine or constant")
+    return _lr(opt.schedule, opt.learning_rate, opt.warmup_steps, config.total_steps)
+
+
+def _lr(schedule: str, learning_rate: float, warmup_steps: int,
+        total_steps: int) -> optax.Schedule:
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                  max(total_steps, warmup_steps + 1))
+    if schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                                     optax.constant_schedule(learning_rate)],
+                                    [warmup_steps])
+    raise ValueError(f"optimizer.schedule={schedule!r}: choose cosine or constant")
 
 
 def clipped(inner: optax.GradientTransformation,
@@ -62,17 +66,28 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     """RMSprop (the reference code's optimizer) or Adam, with linear warm-up then cosine decay
     or a constant rate, its gradients clipped to global norm `optimizer.grad_clip_norm` where
     that is not 0. A one-element chain whatever the clipping (`clipped`): the checkpoints'
-    `opt_state` has that layout."""
+    `opt_state` has that layout. One object per setting in a process (`_optimizer`)."""
     opt = config.optimizer
-    lr = create_lr(config)
+    return _optimizer(opt.name, float(opt.learning_rate), opt.schedule, int(opt.warmup_steps),
+                      int(config.total_steps), float(opt.grad_clip_norm))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(name: str, learning_rate: float, schedule: str, warmup_steps: int,
+               total_steps: int, grad_clip_norm: float) -> optax.GradientTransformation:
+    """`create_optimizer`'s, cached: the optimizer is a static part of the train state, which
+    jit compares by `==`, and optax's functions equal only themselves. One object per setting
+    lets a second run of a setting in a process (a resume, a sweep's next seed, the tests)
+    reuse the first's compiled train step instead of tracing the model again."""
+    lr = _lr(schedule, learning_rate, warmup_steps, total_steps)
     # Torch's optim.rmsprop, which the reference code trains with (alpha 0.99, epsilon 1e-8,
     # the mean square from 0): the step is lr * g / (sqrt(mean square) + epsilon).
     makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
               "adam": lambda: optax.adam(lr)}
-    if opt.name not in makers:
-        raise ValueError(f"optimizer.name={opt.name!r}: choose one of {sorted(makers)}")
-    tx = makers[opt.name]()
-    return optax.chain(clipped(tx, opt.grad_clip_norm) if opt.grad_clip_norm else tx)
+    if name not in makers:
+        raise ValueError(f"optimizer.name={name!r}: choose one of {sorted(makers)}")
+    tx = makers[name]()
+    return optax.chain(clipped(tx, grad_clip_norm) if grad_clip_norm else tx)
 
 
 def with_clip_state_before(state: TrainState) -> TrainState:
@@ -101,11 +116,22 @@ def init_variables(model, rng: jax.Array, images: jax.Array,
 
 
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model) -> TrainState:
+    """`model`'s initial variables (`init_variables`) and `create_optimizer(config)`'s state.
+    Its `apply_fn` is the apply of the first model equal to `model` in the process
+    (`_first_equal`), a static part of the state like the optimizer."""
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = init_variables(model, rng, images)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+    return TrainState.create(apply_fn=_first_equal(model).apply, params=variables["params"],
                              batch_stats=variables["batch_stats"],
                              tx=create_optimizer(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _first_equal(model):
+    """The first model equal to `model` (flax modules compare by their fields) this process
+    has asked for: bound methods compare their instance by identity, so two runs' states
+    share a compiled train step only where their `apply_fn`s are one instance's."""
+    return model
 
 
 # --- Steps (run by hgmt.devices.spmd: each device its share, axis "batch") -----------------
