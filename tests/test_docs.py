@@ -8,6 +8,7 @@ file one of its headings."""
 from __future__ import annotations
 
 import ast
+import functools
 import gc
 import pathlib
 import re
@@ -43,10 +44,12 @@ def _is_slow_mark(node: ast.expr) -> bool:
     return ast.unparse(node.func if isinstance(node, ast.Call) else node) == "pytest.mark.slow"
 
 
+@functools.lru_cache(maxsize=64)
 def marked_tests(source: str) -> dict[str, bool]:
     """{name: marked slow} of the module-level test functions of `source`: slow by a
     `@pytest.mark.slow` decorator or a module-level `pytestmark` that holds it (a mark on
-    some of a test's parameters does not count)."""
+    some of a test's parameters does not count). Cached by the source: the docs cite a test
+    file hundreds of times. The dict is shared: do not change it."""
     # Without the garbage collector while parsing: a finalizer it runs inside the parse (an
     # asyncio task of an earlier test logging its error) makes CPython 3.11's ast constructor
     # raise "SystemError: AST constructor recursion depth mismatch".
