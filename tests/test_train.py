@@ -647,7 +647,8 @@ def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mea
 def test_gradient_clipping_keeps_the_optimizer_states_layout():
     """With optimizer.grad_clip_norm the optimizer state has the tree of the unclipped one
     (checkpoints read alike), and its updates are optax.chain(clip_by_global_norm, rmsprop)'s:
-    a first gradient of global norm 5 clipped to 1 changes the second step's mean square."""
+    a first gradient of global norm 5 clipped to 1 changes the second step's mean square.
+    0 and None turn clipping off."""
     import optax
 
     kw = {"optimizer.name": "rmsprop", "optimizer.schedule": "constant",
@@ -672,6 +673,10 @@ def test_gradient_clipping_keeps_the_optimizer_states_layout():
     assert not np.allclose(updates["plain"]["a"], updates["clip"]["a"], rtol=0.1)
     with pytest.raises(ValueError, match=r"optimizer.grad_clip_norm=-1.0: give a positive"):
         steps.create_optimizer(tiny_config("unused", **{"optimizer.grad_clip_norm": -1.0}))
+    # One object per setting (the train state's static part); None is no clipping, as 0.
+    assert steps.create_optimizer(tiny_config("unused", **kw)) is plain
+    assert steps.create_optimizer(tiny_config("unused", **kw, **{
+        "optimizer.grad_clip_norm": None})) is plain
 
 
 def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, caplog):

@@ -69,7 +69,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     `opt_state` has that layout. One object per setting in a process (`_optimizer`)."""
     opt = config.optimizer
     return _optimizer(opt.name, float(opt.learning_rate), opt.schedule, int(opt.warmup_steps),
-                      int(config.total_steps), float(opt.grad_clip_norm))
+                      int(config.total_steps), float(opt.grad_clip_norm or 0.0))
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,8 +77,8 @@ def _optimizer(name: str, learning_rate: float, schedule: str, warmup_steps: int
                total_steps: int, grad_clip_norm: float) -> optax.GradientTransformation:
     """`create_optimizer`'s, cached: the optimizer is a static part of the train state, which
     jit compares by `==`, and optax's functions equal only themselves. One object per setting
-    lets a second run of a setting in a process (a resume, a sweep's next seed, the tests)
-    reuse the first's compiled train step instead of tracing the model again."""
+    lets a second run of a setting in one process (a script or notebook that trains again,
+    the tests) reuse the first's compiled train step instead of tracing the model again."""
     lr = _lr(schedule, learning_rate, warmup_steps, total_steps)
     # Torch's optim.rmsprop, which the reference code trains with (alpha 0.99, epsilon 1e-8,
     # the mean square from 0): the step is lr * g / (sqrt(mean square) + epsilon).
