@@ -673,10 +673,19 @@ def test_gradient_clipping_keeps_the_optimizer_states_layout():
     assert not np.allclose(updates["plain"]["a"], updates["clip"]["a"], rtol=0.1)
     with pytest.raises(ValueError, match=r"optimizer.grad_clip_norm=-1.0: give a positive"):
         steps.create_optimizer(tiny_config("unused", **{"optimizer.grad_clip_norm": -1.0}))
-    # One object per setting (the train state's static part); None is no clipping, as 0.
+    # One object per setting (the train state's static part); None is no clipping, as 0;
+    # a constant rate is one setting whatever total_steps, a cosine decay is not.
     assert steps.create_optimizer(tiny_config("unused", **kw)) is plain
     assert steps.create_optimizer(tiny_config("unused", **kw, **{
         "optimizer.grad_clip_norm": None})) is plain
+    longer = tiny_config("unused", **kw)
+    longer.total_steps += 1000
+    assert steps.create_optimizer(longer) is plain
+    cosine = {**kw, "optimizer.schedule": "cosine"}
+    longer = tiny_config("unused", **cosine)
+    longer.total_steps += 1000
+    assert steps.create_optimizer(longer) is not steps.create_optimizer(
+        tiny_config("unused", **cosine))
 
 
 def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, caplog):

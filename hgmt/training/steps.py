@@ -68,8 +68,11 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     that is not 0. A one-element chain whatever the clipping (`clipped`): the checkpoints'
     `opt_state` has that layout. One object per setting in a process (`_optimizer`)."""
     opt = config.optimizer
+    # A constant rate does not depend on total_steps: a resume that only extends the run
+    # keeps the optimizer, and so the compiled step.
+    total_steps = int(config.total_steps) if opt.schedule != "constant" else 0
     return _optimizer(opt.name, float(opt.learning_rate), opt.schedule, int(opt.warmup_steps),
-                      int(config.total_steps), float(opt.grad_clip_norm or 0.0))
+                      total_steps, float(opt.grad_clip_norm or 0.0))
 
 
 @functools.lru_cache(maxsize=16)
