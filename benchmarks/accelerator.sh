@@ -59,6 +59,9 @@
 #            by config (the step first), and after each config a line
 #            {"benchmark": "hgmt_over_torch", ...} (benchmarks/compare.py --from_lines) gives
 #            hgmt's img/s over the reference's, eager and compiled: the goal's ratio
+#   tests    not by default: the suite's tests of the device's results against the host's,
+#            on this accelerator (benchmarks/device_tests.py: the device augmentation's
+#            labels against the host path's); pytest's report in accelerator.jsonl.err
 #   streams  not by default: one compiled stream per task against one vmapped stream over the
 #            tasks (below)
 #   levers   not by default: the bare step of pose2d at batch 128 with each of
@@ -80,7 +83,7 @@ task_sets=pose2d,all
 autotune_limit=600
 levers=
 time_s=
-usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,streams,levers,pool] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...] [--time_s=T]"
+usage="usage: $0 [--size=paper|tiny] [--parts=trainer,profile,loader,torch,step,tests,streams,levers,pool] [--task_sets=pose2d,all] [--autotune_s=600] [--levers=none,...] [--time_s=T]"
 for arg in "$@"; do
   case "$arg" in
     --size=*) size=${arg#--size=} ;;
@@ -108,7 +111,7 @@ esac
 [[ -z $time_s || $time_s =~ ^[1-9][0-9]*$ ]] || { echo "--time_s=$time_s: give seconds; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
-    trainer|profile|loader|torch|step|streams|levers|pool) ;;
+    trainer|profile|loader|torch|step|tests|streams|levers|pool) ;;
     *) echo "--parts: unknown part $part; $usage" >&2; exit 2 ;;
   esac
 done
@@ -291,6 +294,13 @@ if has torch || has step; then
         tee -a "$log"
     fi
   done
+fi
+
+# --- The device's results against the host's: --parts=tests.
+# The suite's tests that compare them (benchmarks/device_tests.py's default), on JAX's default
+# backend: one line with the passed and failed tests.
+if has tests; then
+  run 600 python3 benchmarks/device_tests.py
 fi
 
 # --- Stream modes (config.model.stream_mode): --parts=streams.

@@ -655,6 +655,40 @@ def test_the_prepared_accelerator_run_times_hgmt_and_pytorch_config_by_config(
                                           "torch_reference.py"]
 
 
+def test_the_prepared_accelerator_runs_tests_part_runs_the_device_tests(tmp_path):
+    """--parts=tests runs the suite's device-against-host tests (device_tests.py's default
+    selection) after the host check, before the levers (a minute's check before minutes of
+    compiling)."""
+    commands, _ = _stubbed_run(tmp_path, "--size=paper", "--parts=levers,tests",
+                               "--levers=none")
+    assert [_script(c) for c in commands] == ["host_check.py", "device_tests.py",
+                                              "step_levers.py"]
+    assert commands[1] == ["benchmarks/device_tests.py"]
+
+
+def test_the_device_tests_line_reports_each_outcome(tmp_path):
+    """benchmarks/device_tests.py runs the tests after `--` on JAX's default backend (the CPU
+    here) and prints one line: how many passed and skipped, which failed, pytest's status."""
+    crafted = tmp_path / "test_crafted.py"
+    crafted.write_text("import pytest\n\n"
+                       "def test_passes():\n    assert 1 + 1 == 2\n\n"
+                       "def test_fails():\n    assert 1 + 1 == 3\n\n"
+                       "def test_skips():\n    pytest.skip('not here')\n")
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "device_tests.py"), "--",
+                           str(crafted)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    line = json.loads(proc.stdout)  # one line: pytest's report went to stderr
+    assert line["backend"] == "cpu" and line["exit"] == 1
+    assert (line["passed"], line["skipped"]) == (1, 1)
+    assert [os.path.basename(x) for x in line["failed"]] == ["test_crafted.py::test_fails"]
+    assert "1 failed" in proc.stderr
+    # A word before `--` is refused, not passed on.
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "device_tests.py"),
+                           str(crafted)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and not proc.stdout and str(crafted) in proc.stderr
+
+
 def test_the_task_sets_choose_the_configs_of_the_torch_and_step_parts_too(tmp_path):
     """So that the three configs can go to two device calls: the two pose2d ones, then all
     four tasks."""

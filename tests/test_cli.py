@@ -38,6 +38,7 @@ ENTRY_POINTS = {
     "benchmarks/profile_torch.py": ["config", "steps", "warmup"],
     "benchmarks/compare.py": ["config", "variants", "repeats", "jax_devices", "from_lines"],
     "benchmarks/host_check.py": ["require_accelerator"],
+    "benchmarks/device_tests.py": [],
     "benchmarks/input_pipeline.py": ["config", "batches", "train_img_per_s", "placements",
                                      "repeats"],
     "benchmarks/input_stages.py": ["config", "examples"],
@@ -500,7 +501,7 @@ REQUIRED = {
     "experiments/learning_curves.py": ["--workdir={workdir}", "--out_dir={never}"],
 }
 TAKES_AFTER_DASHES = ("launch/sweep.py", "benchmarks/step_levers.py",
-                      "benchmarks/stream_modes.py")
+                      "benchmarks/stream_modes.py", "benchmarks/device_tests.py")
 
 
 @pytest.mark.parametrize("entry", sorted(set(ENTRY_POINTS) - {"hgmt.predict"}))
