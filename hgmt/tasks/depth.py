@@ -69,8 +69,11 @@ def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
     computes (the depth is a FloatTensor, so Torch works in float32):
     foreground = depth <= 1e3 (:99, :104); bin = clamp(ceil(float32(depth +
     float32(-dPelvis)) * float32(1 / 0.045)), -9, 9) (:106; donkey.lua:94 dPelvis); background
-    -10 (:107); + 10 (:108). A float32 step rounds differently from a double one near a bin's
-    edge, and millimetres differently again, so this is the one place the classes are made."""
+    -10 (:107); + 10 (:108). One addition: a depth of 0 is background here, where the
+    reference would give it the nearest bin; SURREAL's files hold 1e10 there, never 0 (maps
+    made with 0 off the person, as tests' and pictures', read as such). A float32 step rounds
+    differently from a double one near a bin's edge, and millimetres differently again, so
+    this is the one place the classes are made."""
     d = np.asarray(depth, np.float32)
     shift = np.asarray(-np.asarray(d_pelvis, np.float64), np.float32)[..., None, None]
     q = (d + shift) * np.float32(1.0 / common.BIN_SIZE)  # float32 arithmetic throughout
