@@ -234,7 +234,8 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
                if summary["damaged_packets"] else "")
     not_seen = (f", no person seen in {summary['frames_person_not_seen']} (drawn red)"
                 if summary["frames_person_not_seen"] else "")
-    print(f"{path} -> {summary['jsonl']}, {summary['annotated_video']}: "
+    out = video.outputs(path, out_dir)
+    print(f"{path} -> {out['jsonl']}, {out['annotated_video']}, {out['summary']}: "
           f"{summary['frames']} frames{damaged}{not_seen}, "
           f"{summary['frames_per_second']:.1f} frames/s "
           f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
@@ -312,7 +313,7 @@ def _write_image(model: predictor.Predictor, path: str, result: dict, out_dir: s
     disk_space.write_together([(out["panel"], lambda f: f.write(png.tobytes()), "wb"),
                                (out["json"], lambda f: json.dump(record, f), "w")],
                               then=_THEN)
-    print(f"{path} -> {os.path.splitext(out['panel'])[0]}.png/.json")
+    print(f"{path} -> {out['panel']}, {out['json']}")
     window = result["window"]
     if not window.person_seen:
         print(f"warning: {path}: " + (

@@ -410,7 +410,14 @@ def test_an_animation_is_a_video_and_an_unknown_image_format_gets_a_fix(workdir,
     with open(out / "anim.summary.json") as f:
         assert json.load(f)["frames"] == 3
     assert len(_decoded(out / "anim.annotated.mp4")[1]) == 3
-    err = capsys.readouterr().err.splitlines()
+    printed = capsys.readouterr()
+    # Each input's line names the files written for it.
+    lines = printed.out.splitlines()
+    assert f"{tmp_path / 'still.gif'} -> {out / 'still.png'}, {out / 'still.json'}" in lines
+    assert any(line.startswith(f"{tmp_path / 'anim.gif'} -> {out / 'anim.jsonl'}, "
+                               f"{out / 'anim.annotated.mp4'}, {out / 'anim.summary.json'}: ")
+               for line in lines), lines
+    err = printed.err.splitlines()
     assert f"skipped {heic}: image {heic} cannot be decoded (not an image OpenCV reads); " \
            f"OpenCV reads no .heic files: convert it to JPEG or PNG" in err
     webp = tmp_path / "moving.webp"
@@ -1935,9 +1942,37 @@ def test_the_search_window_never_outgrows_the_whole_image():
     evidence = {"segm": {"foreground": np.ones((32, 32), bool)}}
     grown = person.find_window(evidence, m_label)
     assert grown.side == pytest.approx(person.FOREGROUND_TO_SIDE * 160)
-    capped = person.find_window(evidence, m_label, max_side=whole.side)
+    capped = person.find_window(evidence, m_label, (120, 160))
     assert capped.side == 160 and capped.found_by == "foreground (segm)"
     np.testing.assert_allclose(capped.centre, whole.centre)
+
+
+def test_what_is_seen_on_the_crops_black_margins_is_no_person():
+    """A 320x240 image's whole-image crop (side 320, 32 label px: rows 0-3 and 28-31 are
+    black margins above and below the image). A foreground seen only on the margins, as an
+    undertrained model sees on a black photo, is nothing seen, not a window off the image
+    (which `--bbox` would refuse); one that spills onto them counts within the image only;
+    16 joints seen on the margins with no silhouette are nothing seen either."""
+    shape = (240, 320)
+    whole = person.Window.whole(shape)
+    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    margin = np.zeros((32, 32), bool)
+    margin[0:3, 2:6] = True  # label rows 0-2: image y -55..-25
+    assert person.find_window({"segm": {"foreground": margin}}, m_label) is not None
+    assert person.find_window({"segm": {"foreground": margin}}, m_label, shape) is None
+    spill = margin.copy()
+    spill[3:10, 2:6] = True  # rows 0-9, of which 4-9 are on the image (row 4: y 4.5)
+    window = person.find_window({"segm": {"foreground": spill}}, m_label, shape)
+    inside = person.find_window({"segm": {"foreground": spill & (np.arange(32) >= 4)[:, None]}},
+                                m_label)
+    np.testing.assert_allclose([*window.centre, window.side], [*inside.centre, inside.side])
+    assert window.overlaps(shape)
+    joints = np.stack([np.linspace(2, 4, 16), np.linspace(0, 1, 16)], -1)  # rows 0-1
+    evidence = {"pose2d": {"joints": joints, "joint_scores": np.ones(16)}}
+    assert not person.find_window(evidence, m_label).overlaps(shape)
+    assert person.find_window(evidence, m_label, shape) is None
+    evidence["segm"] = {"foreground": spill}  # a silhouette on the image: its window
+    assert person.find_window(evidence, m_label, shape).found_by == "foreground (segm)"
 
 
 def test_a_silhouettes_window_is_never_smaller_than_trainings_least_side():
@@ -1949,14 +1984,14 @@ def test_a_silhouettes_window_is_never_smaller_than_trainings_least_side():
     m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
     speck = np.zeros((32, 32), bool)
     speck[10:12, 20:24] = True
-    window = person.find_window({"segm": {"foreground": speck}}, m_label, whole.side)
+    window = person.find_window({"segm": {"foreground": speck}}, m_label, (9, 12))
     assert window.side == input_pipeline.MIN_WINDOW_SIDE_PX == 8.0
     # The silhouette box's centre, label px (21.5, 10.5), in image px: (label - 15.5) * 12 / 32
     # plus the image's centre (5.5, 4).
     np.testing.assert_allclose(window.centre, [7.75, 2.125])
     large = person.Window.whole((480, 640))
     m_label = input_pipeline.crop_affine(large.centre, large.side, 32)
-    window = person.find_window({"segm": {"foreground": speck}}, m_label, large.side)
+    window = person.find_window({"segm": {"foreground": speck}}, m_label, (480, 640))
     assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 4 * 640 / 32)
 
 
@@ -1973,7 +2008,7 @@ def test_a_window_found_from_the_joints_is_trainings_even_beyond_the_image():
     assert side == pytest.approx(896.0)
     evidence = {"pose2d": {"joints": joints @ m_label[:, :2].T + m_label[:, 2],
                            "joint_scores": np.ones(16)}}
-    window = person.find_window(evidence, m_label, max_side=whole.side)
+    window = person.find_window(evidence, m_label, (600, 300))
     assert window.found_by == "joints (pose2d)"
     np.testing.assert_allclose([*window.centre, window.side], [*centre, side], atol=1e-9)
 

@@ -63,12 +63,17 @@ class Window:
         outside it (given for another resolution, or for the frame before its rotation)
         would be predicted on black."""
         window = Window.given(bbox)
-        x, y, bw, bh = (float(v) for v in bbox)
-        h, w = shape[:2]
-        if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        if not window.overlaps(shape):
+            h, w = shape[:2]
             raise ValueError(f"bbox {tuple(bbox)} lies wholly outside the {w} x {h} image: "
                              f"give x, y, w, h in this image's pixels")
         return window
+
+    def overlaps(self, shape: Sequence[int]) -> bool:
+        """Whether the window shares pixels with an image of `shape` (H, W, ...)."""
+        x, y, side, _ = self.bbox
+        h, w = shape[:2]
+        return x < w and y < h and x + side > 0 and y + side > 0
 
     @property
     def bbox(self) -> list[float]:
@@ -110,14 +115,15 @@ def silhouette_box(mask: np.ndarray) -> np.ndarray | None:
 
 
 def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
-                max_side: float = np.inf) -> Window | None:
-    """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order) and the
-    crop's (2,3) affine from image px to label px -> the training window around the person,
-    in image px, or None when nothing is seen.
+                image_shape: Sequence[int] | None = None) -> Window | None:
+    """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order), the
+    crop's (2,3) affine from image px to label px and the image's shape (H, W, ...) -> the
+    training window around the person, in image px, or None when nothing is seen.
 
-    The silhouette is the largest connected region of the union of the tasks' foregrounds;
-    its window is its box's longer side times FOREGROUND_TO_SIDE around its centre, at most
-    `max_side` (the whole image's window's: a silhouette filling the crop would otherwise grow
+    The silhouette is the largest connected region of the union of the tasks' foregrounds
+    within the image (a foreground seen on the crop's black margins is no person's); its
+    window is its box's longer side times FOREGROUND_TO_SIDE around its centre, at most
+    the whole image's window's side (a silhouette filling the crop would otherwise grow
     the window by FOREGROUND_TO_SIDE on every pass) and at least training's least side,
     `input_pipeline.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a
     window of a pixel or two, the crop enlarging it a hundredfold and 3D decoding putting the
@@ -130,10 +136,16 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
     the image. With MIN_JOINTS to 15 kept, the box of those misses the others (a person cut
     off at the knees, whose training box spans the feet outside the frame): the window is
     that box, "joints (<task>, <n> of 16)", or the silhouette's when larger, "foreground
-    (<tasks>), larger than joints (<task>, <n> of 16)". With fewer, the silhouette's."""
+    (<tasks>), larger than joints (<task>, <n> of 16)". With fewer, the silhouette's. A
+    window from the joints that lies wholly outside the image is no person's either: the
+    silhouette's is taken, or none. Without `image_shape`, no bound is put on either."""
     back = cv2.invertAffineTransform(m_label)
     masks = [e["foreground"] for e in evidence.values() if "foreground" in e]
-    silhouette = _largest_component(np.logical_or.reduce(masks)) if masks else None
+    seen = np.logical_or.reduce(masks) if masks else None
+    if seen is not None and image_shape is not None:
+        seen = seen & _within_image(seen.shape, back, image_shape)
+    silhouette = _largest_component(seen) if seen is not None else None
+    max_side = Window.whole(image_shape).side if image_shape is not None else np.inf
     outline = None
     if silhouette is not None:
         corners = silhouette_box(silhouette) @ back[:, :2].T + back[:, 2]
@@ -155,13 +167,27 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
         if kept >= MIN_JOINTS:
             centre, side = input_pipeline.person_box(joints[keep] @ back[:, :2].T + back[:, 2])
             if kept == len(joints):
-                return Window(centre, side, f"joints ({givers[0]})")
-            found_by = f"joints ({givers[0]}, {kept} of {len(joints)})"
-            if outline is not None and outline.side > side:
-                return dataclasses.replace(
-                    outline, found_by=f"{outline.found_by}, larger than {found_by}")
-            return Window(centre, side, found_by)
+                window = Window(centre, side, f"joints ({givers[0]})")
+            else:
+                found_by = f"joints ({givers[0]}, {kept} of {len(joints)})"
+                window = Window(centre, side, found_by)
+                if outline is not None and outline.side > side:
+                    window = dataclasses.replace(
+                        outline, found_by=f"{outline.found_by}, larger than {found_by}")
+            if image_shape is None or window.overlaps(image_shape):
+                return window
     return outline
+
+
+def _within_image(label_shape: Sequence[int], back: np.ndarray,
+                  image_shape: Sequence[int]) -> np.ndarray:
+    """(r,r) bool: the label pixels whose centres `back` ((2,3) label px -> image px) puts
+    on the image's pixels."""
+    ys, xs = np.mgrid[:label_shape[0], :label_shape[1]].astype(np.float64)
+    x = back[0, 0] * xs + back[0, 1] * ys + back[0, 2]
+    y = back[1, 0] * xs + back[1, 1] * ys + back[1, 2]
+    h, w = image_shape[:2]
+    return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
 
 
 def after_pass(window: Window, seen: Window | None, first_pass: bool) -> tuple[Window, bool]:

@@ -191,7 +191,7 @@ class Predictor:
                 preds = {t: raw[t][k] for t in self.tasks}
                 passes[i] += 1
                 seen = person.find_window({t: TASKS[t].locate(p) for t, p in preds.items()},
-                                          m_labels[k], person.Window.whole(images[i].shape).side)
+                                          m_labels[k], images[i].shape)
                 windows[i], done = person.after_pass(windows[i], seen, passes[i] == 1)
                 if done:
                     last[i] = (crops[k], m_labels[k], preds)
