@@ -246,7 +246,7 @@ def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str 
                 return (f"--config.{path}: {where} is a {type(node).__name__} value, with no "
                         f"field {name!r}")
             fix = ""
-            if value and walked and walked[0] in _LISTS_OF_TASKS:
+            if value and len(walked) == 1 and walked[0] in _LISTS_OF_TASKS:  # a task's
                 file, _, arg = value.partition(":")
                 items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
                 items.append(f"tasks={config.tasks}+{name}")

@@ -526,6 +526,16 @@ def test_a_stray_argument_exits_naming_it_before_any_work(entry, saved_workdir, 
     assert not never.exists()
 
 
+def test_a_tasks_unknown_loss_option_is_not_taken_for_a_task(tmp_path):
+    """A typo among a task's loss options names that task's options, and no task to add."""
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={DEFAULT}:runlocal,tasks=depth",
+                                "--config.loss_options.depth.typo=2",
+                                f"--workdir={tmp_path / 'w'}"])
+    assert e.value.code == ("error: --config.loss_options.depth.typo: loss_options.depth has "
+                            "no field 'typo' (its fields: foreground_weight)")
+
+
 def test_a_config_override_after_dashes_is_refused_not_lost(tmp_path):
     workdir = tmp_path / "w"
     with pytest.raises(SystemExit) as e:
