@@ -1070,8 +1070,20 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     config.tasks = "pose2d"  # another model: the whole state is read, which fails here
     with pytest.raises(checkpoints.UnusableCheckpoint, match="cannot be read"):
         checkpoints.restore_for_inference(str(copy), config=config)
-    with pytest.raises(checkpoints.UnusableCheckpoint, match=r"0 variables missing .* "
-                       r"unexpected .* 0 with other shapes"):
+    # The caller's overrides made another model: the message names them, not config.json.
+    trained = json.loads((copy / "config.json").read_text())["tasks"]
+    with pytest.raises(checkpoints.UnusableCheckpoint) as e:
+        checkpoints.restore_for_inference(workdir, config=config)
+    assert re.fullmatch(
+        rf"checkpoint \S+ does not fit the model of this command's config, whose tasks=pose2d "
+        rf"where config.json has {re.escape(trained)}: \d+ unexpected \(e\.g\. .*\)\. A "
+        rf"trained workdir's model is its config.json's: drop those --config overrides",
+        str(e.value)), str(e.value)
+    config.tasks = trained
+    config.model.features += 8
+    with pytest.raises(checkpoints.UnusableCheckpoint,
+                       match=rf"whose model.features={config.model.features} where config.json "
+                             rf"has {config.model.features - 8}: \d+ with other shapes"):
         checkpoints.restore_for_inference(workdir, config=config)
     # A kernel of another name (an older hgmt's): not read alone, the whole read names it.
     renamed = tmp_path / "renamed"
@@ -1659,7 +1671,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
     with open(other / "config.json", "w") as f:
         json.dump(config, f)
     with pytest.raises(ValueError, match=r"does not fit the model its config.json builds: "
-                                         r"0 variables missing .* \d+ with other shapes"):
+                                         r"\d+ with other shapes \(e\.g\. .*\)\. It was"):
         prediction.Predictor(str(other))
 
 

@@ -515,8 +515,26 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     if variables is None:  # read whole, for check_variables to name what differs
         variables = _read_state(folder, step, config, best, workdir, steps)
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
-    check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}")
+    check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
+                    overrides=_model_overrides(workdir, config) if given else ())
     return config, variables, step
+
+
+def _model_overrides(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The tasks and model fields of `config` that differ from the workdir's config.json, as
+    "model.features=32 where config.json has 64" (a field config.json lacks is hgmt's
+    default, not an override); [] when config.json does not read."""
+    from hgmt.tasks import parse_tasks
+
+    try:
+        trained = workdirs.read_json_object(workdirs.config_file(workdir), "")
+        changed = ([] if parse_tasks(trained["tasks"]) == parse_tasks(config.tasks) else
+                   [f"tasks={config.tasks} where config.json has {trained['tasks']}"])
+        model = config.model.to_dict()
+        return changed + [f"model.{k}={model[k]} where config.json has {v}"
+                          for k, v in trained["model"].items() if k in model and model[k] != v]
+    except Exception:  # noqa: BLE001  (no config.json to compare: the message says less)
+        return []
 
 
 def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -602,9 +620,11 @@ def _shapes(tree: Any) -> dict[str, tuple]:
             for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def check_variables(model: Any, image_size: int, variables: Any, what: str) -> None:
+def check_variables(model: Any, image_size: int, variables: Any, what: str,
+                    overrides: Sequence[str] = ()) -> None:
     """Raises UnusableCheckpoint naming the differences when `variables` do not fit `model`
-    at `image_size` (a checkpoint of another configuration or of an older hgmt version)."""
+    at `image_size` (a checkpoint of another configuration or of an older hgmt version, or
+    `model` built with the caller's `overrides` of the model: `_model_overrides`)."""
     from hgmt.models import variable_shapes
 
     expected = _shapes(variable_shapes(model, int(image_size)))
@@ -614,9 +634,15 @@ def check_variables(model: Any, image_size: int, variables: Any, what: str) -> N
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    differences = ", ".join(f"{len(keys)} {kind} (e.g. {keys[:2]})" for kind, keys in (
+        ("variables missing", missing), ("unexpected", unexpected),
+        ("with other shapes", reshaped)) if keys)
+    if overrides:
+        raise UnusableCheckpoint(
+            f"{what} does not fit the model of this command's config, whose "
+            f"{', '.join(overrides)}: {differences}. A trained workdir's model is its "
+            f"config.json's: drop those --config overrides")
     raise UnusableCheckpoint(
-        f"{what} does not fit the model its config.json builds: {len(missing)} variables "
-        f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
-        f"{len(reshaped)} with other shapes (e.g. {reshaped[:2]}). It was written by another "
-        f"model configuration or an older hgmt (whose 1x1 convolutions were named Dense); "
-        f"retrain, or evaluate it with the hgmt version that wrote it")
+        f"{what} does not fit the model its config.json builds: {differences}. It was "
+        f"written by another model configuration or an older hgmt (whose 1x1 convolutions "
+        f"were named Dense); retrain, or evaluate it with the hgmt version that wrote it")
