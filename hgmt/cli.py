@@ -325,6 +325,21 @@ class UserLines(logging.Filter):
 
 
 @contextlib.contextmanager
+def console(verbosity: int, *, command: bool, line_format: str = "%(message)s",
+            date_format: str | None = None) -> Iterator[None]:
+    """A command's console while the block runs: the root logger at INFO, its lines in
+    `line_format` on stderr, showing `user_lines`. As the process's own command (`command`:
+    its `main` called without argv) the handlers are set up anew, since an import may have
+    given the root logger Python's default one ("WARNING:root:..."; absl does when it logs
+    before anything is set up, as orbax's import makes it), and the filter stays (`user_lines`'
+    keep); a caller of `main` in the same process (a test, a notebook) keeps its handlers."""
+    logging.basicConfig(format=line_format, datefmt=date_format, force=command)
+    logging.getLogger().setLevel(logging.INFO)
+    with user_lines(verbosity, keep=command):
+        yield
+
+
+@contextlib.contextmanager
 def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
     """The console's handlers (the root logger's) show `UserLines` only, unless `verbosity`
     >= 1, while the block runs; with `keep` the filter stays after it (a command's process,

@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             input_pipeline.parse_eval_frames(args.frames)
         except ValueError as e:  # its message starts "frames='...'"
             raise SystemExit(f"error: --{e}") from None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with cli.user_lines(args.verbosity, keep=argv is None):
+    with cli.console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 
 
@@ -118,9 +117,11 @@ def _run(args, step_arg: int | str | None) -> int:
         summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
         if step_arg == "best":
             summary["checkpoint"] = "best"
+        trained_size = workdirs.load_config(args.workdir).image_size
         out = args.out_file or os.path.join(args.workdir, workdirs.evaluation_file(
             args.split, step, best=step_arg == "best", frames=frames, flip=flip,
-            max_examples=max_examples, protocol=args.protocol))
+            max_examples=max_examples, protocol=args.protocol,
+            image_size=config.image_size if config.image_size != trained_size else None))
         evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

@@ -34,7 +34,6 @@ channels' meaning and the label pixels' place in the input.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from hgmt import cli, disk_space, paths
@@ -56,8 +55,7 @@ def _define_flags(fv) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command of the module's docstring; -> exit status."""
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with cli.user_lines(args.verbosity, keep=argv is None):
+    with cli.console(args.verbosity, command=argv is None):
         return _run(args)
 
 

@@ -181,15 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     were when it returns; as the command (`argv` None: sys.argv) it keeps them filtered until
     the process exits."""
     FLAGS = parse(argv)
-    # absl's line format (level, date, time, thread, file:line), as app.run would give it
-    logging.basicConfig(format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
-                        "%(filename)s:%(lineno)d] %(message)s", datefmt="%m%d %H:%M:%S")
-    logging.getLogger().setLevel(logging.INFO)
     # The console's handlers show the user's lines only, for this run: a caller of main() in
     # the same process (a test, a notebook) gets its handlers back as they were; the command
     # keeps the filter while the process exits, when asyncio logs the failed writes of a full
-    # disk's checkpoint that orbax never retrieved.
-    with cli.user_lines(FLAGS.verbosity, keep=argv is None):
+    # disk's checkpoint that orbax never retrieved. absl's line format (level, date, time,
+    # thread, file:line), as app.run would give it.
+    with cli.console(FLAGS.verbosity, command=argv is None,
+                     line_format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
+                                 "%(filename)s:%(lineno)d] %(message)s",
+                     date_format="%m%d %H:%M:%S"):
         return _run(FLAGS)
 
 
@@ -218,7 +218,7 @@ def _run(fv: flags.FlagValues) -> int:
                  jax.devices())
     # A bad value stops here, in one line, before the demo data or the workdir are touched.
     with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
-        loop.check_config(config)
+        loop.check_config(config, warn=False)  # its warnings: the trainer's check's
         # A config the workdir's checkpoints were not trained with: before the demo data,
         # which another demo.* setting would make again (the trainer checks it too).
         resume.check_config(config, fv.workdir, fv[RESUME].value)

@@ -46,7 +46,6 @@ How 3D is decoded from one image (the camera and the person's distance it assume
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -149,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args, images = cli.parse_on_workdir(_define_flags, argv, __doc__, positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with cli.user_lines(args.verbosity, keep=argv is None):
+    with cli.console(args.verbosity, command=argv is None):
         return _run(args, images)
 
 

@@ -317,16 +317,20 @@ def protocol_file(protocol: str, split: str = "test") -> str:
 
 
 def evaluation_file(split: str, step: int, *, best: bool = False, frames: str = "middle",
-                    flip: bool = False, max_examples: int = 0, protocol: str = "hgmt") -> str:
+                    flip: bool = False, max_examples: int = 0, protocol: str = "hgmt",
+                    image_size: int | None = None) -> str:
     """hgmt.evaluate's default file name in the workdir, which names the checkpoint and the
     settings that differ from SURREAL's test protocol, so that evaluations of other settings
-    do not replace each other: eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<protocol>]
-    .json, <ckpt> the step (best_<step>: the best checkpoint), <frames> when not `middle`,
-    first<N> with an example limit N > 0, <protocol> when not hgmt's."""
+    do not replace each other:
+    eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<size>px][_<protocol>].json, <ckpt> the
+    step (best_<step>: the best checkpoint), <frames> when not `middle`, first<N> with an
+    example limit N > 0, <size>px for an `image_size` other than the one trained at (the
+    caller gives it only then), <protocol> when not hgmt's."""
     name = [f"best_{step}" if best else str(step)]
     name += [frames] if frames != "middle" else []
     name += ["flip"] if flip else []
     name += [f"first{max_examples}"] if max_examples else []
+    name += [f"{image_size}px"] if image_size else []
     return result_file(protocol, split, "_".join(name))
 
 

@@ -5,6 +5,7 @@ flags and exits 0, an unknown flag exits non-zero naming it, `main` is run as
 
 import glob
 import importlib
+import logging
 import os
 import re
 import sys
@@ -536,6 +537,24 @@ def test_a_tasks_unknown_loss_option_is_not_taken_for_a_task(tmp_path):
                             "no field 'typo' (its fields: foreground_weight)")
 
 
+def test_the_trainers_config_warnings_show_once(tmp_path, caplog):
+    """A warm-up as long as the run and an evaluator that never runs are warned about once
+    each, though `hgmt.main` checks the config before the trainer does (here the run stops
+    after both checks: its dataset is not built)."""
+    with pytest.raises(SystemExit):
+        load("hgmt.main").main([f"--config={DEFAULT}:runlocal,tasks=pose2d",
+                                f"--workdir={tmp_path / 'w'}", "--config.total_steps=10",
+                                "--config.optimizer.warmup_steps=10",
+                                "--config.evals.validation.every=20",
+                                "--config.evals.validation.at_end=false",
+                                f"--config.data_dir={tmp_path / 'none'}"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum(m.startswith("config.optimizer.warmup_steps=10 is not below") for m in warnings
+               ) == 1, warnings
+    assert sum(m.startswith("config.evals.validation.every=20 is beyond") for m in warnings
+               ) == 1, warnings
+
+
 def test_a_config_override_after_dashes_is_refused_not_lost(tmp_path):
     workdir = tmp_path / "w"
     with pytest.raises(SystemExit) as e:
@@ -637,6 +656,8 @@ def test_evaluate_names_its_file_after_the_checkpoint_and_the_settings_off_proto
     assert workdirs.evaluation_file("test", 4, frames="every8", flip=True, max_examples=16,
                                     protocol="surreal") == (
         "eval_test_4_every8_flip_first16_surreal.json")
+    assert workdirs.evaluation_file("test", 4, max_examples=8, image_size=64) == (
+        "eval_test_4_first8_64px.json")
 
 
 def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):

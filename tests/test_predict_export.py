@@ -2729,3 +2729,29 @@ def test_next_pts_keeps_times_and_steps_past_repeated_ones():
     assert video.next_pts(0.2, 9000, base, 30.0) == 18000
     assert video.next_pts(0.1, 9000, base, 30.0) == 12000  # not after the last: one frame on
     assert video.next_pts(0.0, None, base, 30.0) == 0
+
+
+def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_name(
+        workdir, tmp_path):
+    """`python -m hgmt.evaluate --config.image_size=...` other than the size trained at: a
+    warning line, in the command's own format (not Python's default "WARNING:root:", which an
+    import may have set up), and a file name of its own, so the trained size's evaluation is
+    not replaced."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy)
+    trained = json.loads((copy / "config.json").read_text())["image_size"]
+    other = trained * 2
+    proc = subprocess.run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={copy}",
+                           f"--config.image_size={other}", "--max_examples=2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        f"config.image_size={other}: the model was trained at {trained} px, so it sees people "
+        f"at another scale than it learnt, and 3D decoding reads the crop's scale: expect "
+        f"other results")
+    assert (copy / f"eval_test_2_first2_{other}px.json").is_file()
+    assert not (copy / "eval_test_2_first2.json").exists()

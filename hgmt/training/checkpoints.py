@@ -517,6 +517,10 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
     check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
                     overrides=_model_overrides(workdir, config) if given else ())
+    if given and (trained := workdirs.load_config(workdir).image_size) != config.image_size:
+        logging.warning("config.image_size=%s: the model was trained at %s px, so it sees "
+                        "people at another scale than it learnt, and 3D decoding reads the "
+                        "crop's scale: expect other results", config.image_size, trained)
     return config, variables, step
 
 

@@ -72,12 +72,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return run(config, workdir, resume_with_changed_config=resume_with_changed_config)[1]
 
 
-def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict, dict]:
+def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
+                 ) -> tuple[tuple[str, ...], dict, dict]:
     """Checks what training reads of `config` before any work (the tasks, loss weights and
     options, the evaluators, the model's fields, the optimizer, the step counts, the crop's
     size and placement, the loader's workers and read threads, the training and evaluation
     batches over the devices) -> (tasks, loss weights, loss options). Raises ValueError
-    naming the field and its choices."""
+    naming the field and its choices; with `warn`, logs a warning for settings that run but
+    are likely mistakes (a warm-up as long as the run, an evaluator that never runs)."""
     tasks = parse_tasks(config.tasks)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
@@ -88,7 +90,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
                   "keep_checkpoints", "batch_size", "eval_batch_size", "image_size"):
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be at least 1")
-    _check_values(config, weights, options)
+    _check_values(config, weights, options, warn)
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
@@ -101,13 +103,14 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], di
     return tasks, weights, options
 
 
-def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict) -> None:
+def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict,
+                  warn: bool) -> None:
     """Refuses values training would take without complaint and make wrong: a rate, warm-up,
     loss weight or loss option below 0 (a negative weight maximises its loss), a loss weight
     or option that is not finite (the loss would be, blamed on the rate), a rate of 0, a
     seed outside [0, 2**32) (`input_pipeline.check_seed`: the loader would refuse it late, the
-    model's JAX key wrap it), a damaged fraction outside [0, 1]; warns where the
-    schedule or an evaluator cannot do what it says within `total_steps`."""
+    model's JAX key wrap it), a damaged fraction outside [0, 1]; with `warn`, warns where
+    the schedule or an evaluator cannot do what it says within `total_steps`."""
     opt = config.optimizer
     if not opt.learning_rate > 0:
         raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be > 0")
@@ -126,12 +129,12 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
     fraction = config.get("max_damaged_fraction", 0.001)
     if not 0 <= fraction <= 1:
         raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
-    if opt.warmup_steps >= config.total_steps:
+    if warn and opt.warmup_steps >= config.total_steps:
         logging.warning("config.optimizer.warmup_steps=%d is not below config.total_steps=%d: "
                         "the learning rate does not reach config.optimizer.learning_rate=%g",
                         opt.warmup_steps, config.total_steps, opt.learning_rate)
     for name, entry in config.evals.items():
-        if entry.every > config.total_steps and not entry.at_end:
+        if warn and entry.every > config.total_steps and not entry.at_end:
             logging.warning("config.evals.%s.every=%d is beyond config.total_steps=%d and it "
                             "does not run at the end: it never runs (lower every, or set it "
                             "to 0 to make that plain)", name, entry.every, config.total_steps)
