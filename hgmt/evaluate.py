@@ -27,7 +27,7 @@ import sys
 from hgmt import cli, paths, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
-from hgmt.tasks import check_loss_weights, parse_tasks
+from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import checkpoints, device_memory, evaluators, loop
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # The config's evaluators as the trainer checks them (--config.evals.* overrides too),
     # and the protocol asked for at the model's label size, before a checkpoint is read.
     with cli.faults_in_one_line(ValueError):
-        weights = check_loss_weights(args.config, parse_tasks(args.config.tasks))
+        weights = check_loss_weights(args.config, config_tasks(args.config))
         evaluators.check(args.config, weights, label_size=False)
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:

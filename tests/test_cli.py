@@ -537,6 +537,22 @@ def test_a_tasks_unknown_loss_option_is_not_taken_for_a_task(tmp_path):
                             "no field 'typo' (its fields: foreground_weight)")
 
 
+def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_path):
+    """`--config.tasks=` with a task hgmt lacks: training, evaluation and prediction end in
+    one line naming config.tasks, before any work."""
+    unknown = ("config.tasks='pose2d+hands': unknown task(s) ['hands']: choose a non-empty "
+               "subset of pose2d, pose3d, depth, segm joined by '+', or 'all'")
+    runs = {"hgmt.main": [f"--config={DEFAULT}:runlocal", f"--workdir={tmp_path / 'w'}"],
+            "hgmt.evaluate": [f"--workdir={saved_workdir}"],
+            "hgmt.predict": [f"--workdir={saved_workdir}", f"--out_dir={tmp_path / 'p'}",
+                             str(tmp_path / "x.jpg")]}
+    for entry, argv in runs.items():
+        with pytest.raises(SystemExit) as e:
+            load(entry).main([*argv, "--config.tasks=pose2d+hands"])
+        assert e.value.code == f"error: ValueError: {unknown}", (entry, e.value.code)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "p").exists()
+
+
 def test_the_trainers_config_warnings_show_once(tmp_path, caplog):
     """A warm-up as long as the run and an evaluator that never runs are warned about once
     each, though `hgmt.main` checks the config before the trainer does (here the run stops

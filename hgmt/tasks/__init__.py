@@ -62,6 +62,15 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in TASKS if n in names)
 
 
+def config_tasks(config) -> tuple[str, ...]:
+    """`parse_tasks` of a config's `tasks` field, its error naming the field (a
+    `--config.tasks=` override's mistake reads as such)."""
+    try:
+        return parse_tasks(config.tasks)
+    except ValueError as e:
+        raise ValueError(f"config.tasks={config.tasks!r}: {e}") from None
+
+
 def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.ndarray],
                    weights: Mapping[str, float],
                    options: Mapping[str, Mapping[str, float]] | None = None,

@@ -475,7 +475,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     the checkpoint cannot be read (corrupt or from another model), OutOfDeviceMemory
     (`device_memory.explain`) when it does not fit in the device's memory."""
     from hgmt.models import create_model, to_model_layout
-    from hgmt.tasks import heads, parse_tasks
+    from hgmt.tasks import config_tasks, heads
 
     if isinstance(step, str) and step != "best":  # checkpoints are numbered by int steps
         if not (step.isascii() and step.isdigit()):
@@ -485,7 +485,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     given = config is not None
     config = config if given else workdirs.load_config(workdir)
     # Built first: a bad model value is named before any checkpoint is looked for.
-    model = create_model(config.model, heads(parse_tasks(config.tasks)))
+    model = create_model(config.model, heads(config_tasks(config)))
     best = step == "best"
     folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
     none_yet = (f"{folder} holds no checkpoint yet" if best else

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from hgmt import devices, disk_space, workdirs
 from hgmt.data import crop_metres, damage, device_augment, input_pipeline, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
-from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
+from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
 from hgmt.training import (
     checkpoints,
     device_memory,
@@ -80,7 +80,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
     batches over the devices) -> (tasks, loss weights, loss options). Raises ValueError
     naming the field and its choices; with `warn`, logs a warning for settings that run but
     are likely mistakes (a warm-up as long as the run, an evaluator that never runs)."""
-    tasks = parse_tasks(config.tasks)
+    tasks = config_tasks(config)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
     evaluators.check(config, weights)
