@@ -140,3 +140,12 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
         f"; dataset shard {files[2]} " in message, message
     assert files[1] not in message and files[3] not in message
     assert message.endswith("(or copy those shards again from where the dataset was built)")
+
+
+def test_an_unknown_split_is_one_line_naming_the_splits(tmp_path):
+    """A split that no SURREAL build has (a typo) is refused before any data is looked at,
+    naming the splits there are; rebuilding would not make it."""
+    with pytest.raises(SystemExit) as e:
+        check.main([f"--config.data_dir={tmp_path}", "--splits=test,val"])
+    assert e.value.code == ("error: --splits: no split 'val': give some of train, validation, "
+                            "test, comma-separated")

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from hgmt import cli
+from hgmt.sources import surreal
 
 # The config whose data_dir and dataset are checked when --config names none.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -98,7 +99,7 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
-    flags.DEFINE_list("splits", ["train", "validation", "test"], "splits to check",
+    flags.DEFINE_list("splits", list(surreal.SPLIT_DIRS), "splits to check",
                       flag_values=fv)
 
 
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _refuse_data_flags(argv)
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    unknown = [split for split in args.splits if split not in surreal.SPLIT_DIRS]
+    if unknown:
+        raise SystemExit(f"error: --splits: no split {', '.join(map(repr, unknown))}: give "
+                         f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
     dataset, data_dir = args.config.dataset, args.config.data_dir
     failed = 0
     for split in args.splits:
