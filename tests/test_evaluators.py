@@ -264,15 +264,19 @@ def test_an_eval_batch_size_the_devices_do_not_divide_is_rounded_saying_so(demo_
 
 
 def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_dataset,
-                                                                          tmp_path):
+                                                                          tmp_path, caplog):
     workdir = str(tmp_path / "run")
     metric = "loss/total"  # lower is better; it moves every step (a tiny model's IoU is 0)
     kw = {"tasks": "pose2d+segm", "checkpoint_every": 2, "keep_checkpoints": 5,
           "evals.validation.every": 2, "evals.validation.best_metric": metric,
           "evals.validation.max_examples": 8, "optimizer.learning_rate": 3e-3}
     first = Recorder()
-    loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
+    with caplog.at_level(logging.INFO):
+        loop.train(tiny_config(demo_dataset[1], total_steps=6, **kw), workdir, first)
     scores = _validation(first, metric)
+    # The validation at step 2 is the best so far: its line gives the score it was kept for.
+    kept = f"  ({metric} {scores[2]:.4g}: best so far, kept in {workdirs.best_dir(workdir)})"
+    assert any(r.getMessage().endswith(kept) for r in caplog.records), kept
     assert len(set(scores.values())) == 3  # distinct, so the choice of the best is tested
     assert sorted(scores) == [2, 4, 6]
     for step, values in first.scalars.items():  # every headline metric and the losses

@@ -505,7 +505,8 @@ class Evaluators:
         if better:
             self._save_best(step, to_checkpoint_layout(self.model, host_state), metric, value)
             self._bar = None
-            return f"  ({metric}: best so far, kept in {workdirs.best_dir(self.workdir)})"
+            return (f"  ({metric} {value:.4g}: best so far, kept in "
+                    f"{workdirs.best_dir(self.workdir)})")
         if best is not None:
             lost = ", its weights not kept" if best == self._bar else ""
             return f"  ({metric}: best {best[1]:.4g} at step {best[0]}{lost})"

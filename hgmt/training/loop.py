@@ -383,9 +383,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     if start_step < config.total_steps:
         resumed = None  # steps train from here: not held through training
 
-    logging.info("training %s for steps %d..%d, %d devices, global batch %d, augmentation on "
-                 "the %s", "+".join(tasks), start_step, config.total_steps, jax.device_count(),
-                 config.batch_size, augment_on)
+    count = jax.device_count()
+    logging.info("training %s for steps %d..%d, %d device%s, global batch %d, augmentation "
+                 "on the %s", "+".join(tasks), start_step, config.total_steps, count,
+                 "s" * (count != 1), config.batch_size, augment_on)
     interval = step_metrics.Interval(start_step)
     # The ETA's clock: wall time since training began (after the first step's compilation),
     # evaluations and saves included, over the steps done since.
