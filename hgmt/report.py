@@ -106,7 +106,7 @@ def check_config(sweep_dir: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.report --sweep_dir=DIR --out_dir=DIR [--protocol=P] [--note=TEXT |
     --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
-    args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    args, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__))
     if args.check_config:
         with cli.faults_in_one_line(OSError, ValueError, status=CHECK_UNUSABLE):
             return check_config(args.sweep_dir)

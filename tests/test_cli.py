@@ -136,6 +136,13 @@ USAGE = {
 }
 
 
+def test_the_reports_help_starts_with_its_usage(capsys):
+    text = help_text("hgmt.report", capsys)
+    assert text.startswith("usage: python -m hgmt.report --sweep_dir=runs/sweep "
+                           "--out_dir=docs/study \\\n"), text[:200]
+    assert "--check_config" in text.split("\n\n")[0]  # both command lines
+
+
 @pytest.mark.parametrize("entry", ON_A_WORKDIR)
 def test_a_workdir_commands_help_starts_with_its_usage_and_names_the_config_fields(
         entry, saved_workdir, capsys):
