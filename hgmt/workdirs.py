@@ -20,7 +20,7 @@
                                           protocols' added by launch/sweep.py): `result_file`
     <workdir>/eval_test_hgmt.json         hgmt's numbers of a run whose trainer evaluated
                                           another protocol (`protocol_file`)
-    <workdir>/eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<protocol>].json
+    <workdir>/eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<size>px][_<protocol>].json
                                           hgmt.evaluate's (+ .md): `evaluation_file`
     <workdir>/events.*                    TensorBoard summaries
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
