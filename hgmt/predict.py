@@ -102,13 +102,32 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _same_file_key(path: str) -> str:
+    """The path with links resolved and, on a case-insensitive system, its case folded."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _distinct(inputs: list[str]) -> list[str]:
+    """The inputs without those that name a file given before them (the same path, another
+    spelling of it, a link to it), each warned about: predicted once."""
+    seen: dict[object, str] = {}
+    kept = []
+    for path in inputs:
+        keys = [_same_file_key(path)] + [i for i in [_identity(path)] if i is not None]
+        first = next((seen[k] for k in keys if k in seen), None)
+        if first is not None:
+            print(f"warning: {path} is {first} given again: predicted once", file=sys.stderr)
+            continue
+        seen.update(dict.fromkeys(keys, path))
+        kept.append(path)
+    return kept
+
+
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
     """Stops, before anything is written, when an output would replace an input (by any
     path to it: a symbolic link to the folder, another case of its name) or another input's
     output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
-    def key(path: str) -> str:
-        return os.path.normcase(os.path.realpath(path))
-
+    key = _same_file_key
     inputs_at = {key(p): p for p in inputs}
     files_at = {i: p for p in inputs if (i := _identity(p)) is not None}
     written: dict[str, str] = {}
@@ -167,6 +186,7 @@ def _run(args, images: list[str]) -> int:
             person.Window.given(bbox)
         except ValueError as e:
             raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
+    images = _distinct(images)
     _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
@@ -269,7 +289,8 @@ def _undecodable_hint(path: str) -> str:
         return (f"; it was read as an image: a video is read as one when its name ends in "
                 f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)")
     suffix = os.path.splitext(path)[1]
-    if suffix and not cv2.haveImageWriter("image" + suffix):
+    # OpenCV takes UTF-8 names only (a surrogate escape of another encoding crashes it).
+    if suffix and suffix.isascii() and not cv2.haveImageWriter("image" + suffix):
         return f"; OpenCV reads no {suffix} files: convert it to JPEG or PNG"
     return ""
 

@@ -2154,10 +2154,16 @@ def test_a_video_gives_json_lines_and_an_annotated_mp4(workdir, predictor, tmp_p
 
     frames = surreal.read_video(DEMO_CLIP)
     out = tmp_path / "out"
-    assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", f"--out_dir={out}",
-                              "--batch_size=3"]) == 0
+    with pytest.MonkeyPatch.context() as m:  # --out_dir relative to the working folder
+        m.chdir(tmp_path)
+        assert hgmt.predict.main([DEMO_CLIP, f"--workdir={workdir}", "--out_dir=out",
+                                  "--batch_size=3"]) == 0
     assert sorted(os.listdir(out)) == ["03_01_c0001.annotated.mp4", "03_01_c0001.jsonl",
                                        "03_01_c0001.summary.json"]
+    with open(out / "03_01_c0001.summary.json") as f:  # its paths are absolute, as `video`
+        paths = json.load(f)
+    assert (paths["jsonl"], paths["annotated_video"]) == (
+        str(out / "03_01_c0001.jsonl"), str(out / "03_01_c0001.annotated.mp4"))
     with open(out / "03_01_c0001.jsonl") as f:
         lines = [json.loads(line) for line in f]
     assert [line["frame"] for line in lines] == list(range(8))
@@ -2720,6 +2726,72 @@ def test_a_clip_starting_late_is_timed_on_its_own_clock(workdir, tmp_path):
     np.testing.assert_allclose(annotated_times, np.arange(10) / 30, atol=1e-4)
     with av.open(str(out / "late.annotated.mp4")) as container:
         assert container.duration / 1e6 < 1  # microseconds: the frames' third of a second
+
+
+def test_frames_without_time_stamps_are_a_frame_apart(tmp_path):
+    """A raw H.264 stream (named .mp4, as a camera's dump may be) has no time stamps: its
+    frames are timed one frame apart at the stream's rate, not all at 0."""
+    import av
+
+    raw = tmp_path / "raw.mp4"
+    with av.open(str(raw), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with video.Clip(str(raw)) as clip:
+        times = [t for batch, _ in clip.batches(2) for t in batch]
+    np.testing.assert_allclose(times, np.arange(5) / 25, atol=1e-6)
+
+
+def test_an_animated_png_named_png_is_a_video_and_a_still_one_an_image(tmp_path):
+    """APNG's usual name is .png: its acTL chunk (read from the chunk headers alone) makes it
+    a video, predicted frame by frame; a still PNG stays an image."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((32, 48, 3), 60 * k, np.uint8)) for k in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:],
+                   duration=100)
+    frames[0].save(tmp_path / "still.png")
+    assert video.animated_png(str(tmp_path / "anim.png"))
+    assert video.is_video(str(tmp_path / "anim.png"))
+    assert not video.animated_png(str(tmp_path / "still.png"))
+    assert not video.is_video(str(tmp_path / "still.png"))
+    with video.Clip(str(tmp_path / "anim.png")) as clip:
+        assert sum(len(batch) for batch, _ in clip.batches(8)) == 3
+
+
+def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
+    """A Latin-1 file name (Python's surrogate escapes): read as the same image under another
+    name, upright by its EXIF orientation, where cv2.imread crashed the process."""
+    from PIL import Image
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :10] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise to be shown
+    image.save(tmp_path / "plain.jpg", exif=exif)
+    latin = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    shutil.copy(tmp_path / "plain.jpg", latin)
+    upright = prediction.read_image(str(tmp_path / "plain.jpg"))
+    assert upright.shape == (60, 40, 3)
+    np.testing.assert_array_equal(prediction.read_image(os.fsdecode(latin)), upright)
+
+
+def test_a_file_given_again_is_predicted_once(tmp_path, capsys):
+    """The same file by the same path, another spelling of it and a link to it: kept once,
+    in its first place, with a warning for each repeat."""
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.jpg").write_bytes(b"y")
+    os.symlink(tmp_path / "a.jpg", tmp_path / "link.jpg")
+    a, b = str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")
+    again = [a, b, a, f"{tmp_path}/./a.jpg", str(tmp_path / "link.jpg")]
+    assert hgmt.predict._distinct(again) == [a, b]
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {path} is {a} given again: predicted once" for path in again[2:]]
 
 
 def test_next_pts_keeps_times_and_steps_past_repeated_ones():

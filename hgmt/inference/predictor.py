@@ -388,14 +388,17 @@ class UndecodableImage(ValueError):
 
 def read_image(path: str) -> np.ndarray:
     """Any format OpenCV reads -> RGB uint8 (H,W,3), upright: turned by its EXIF orientation
-    as viewers show it (OpenCV's imread applies it: a phone photo stored 4000 x 3000 with
+    as viewers show it (OpenCV's decoding applies it: a phone photo stored 4000 x 3000 with
     orientation 6 is read 3000 wide and 4000 tall); a clear error when it cannot
-    (UndecodableImage when the file is there but is not such an image)."""
+    (UndecodableImage when the file is there but is not such an image). The bytes are read
+    by Python and decoded by OpenCV: cv2.imread crashes the process on a file name that is
+    not UTF-8 (Python's surrogate escapes)."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the image files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    data = np.fromfile(path, np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")
     return bgr[..., ::-1].copy()

@@ -41,11 +41,32 @@ REORDER_DEPTH = 16
 
 def is_video(path: str) -> bool:
     """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
-    or one of ANIMATION_SUFFIXES and PyAV plays it as a video (`plays_as_video`: an animated
-    GIF, not a GIF of one frame)."""
+    or one of ANIMATION_SUFFIXES, or `.png` for an animated PNG (`animated_png`), and PyAV
+    plays it as a video (`plays_as_video`: an animated GIF, not a GIF of one frame)."""
     name = path.lower()
-    return name.endswith(VIDEO_SUFFIXES) or (name.endswith(ANIMATION_SUFFIXES)
-                                             and plays_as_video(path))
+    return name.endswith(VIDEO_SUFFIXES) or (
+        (name.endswith(ANIMATION_SUFFIXES) or (name.endswith(".png") and animated_png(path)))
+        and plays_as_video(path))
+
+
+def animated_png(path: str) -> bool:
+    """Whether the file is an animated PNG (APNG, usually named `.png`: an acTL chunk before
+    its first IDAT), from its chunk headers alone, so a still PNG costs a few small reads
+    and no decoder."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while len(head := f.read(8)) == 8:
+                kind = head[4:]
+                if kind == b"acTL":
+                    return True
+                if kind in (b"IDAT", b"IEND"):
+                    return False
+                f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # data, CRC
+    except OSError:
+        return False
+    return False
 
 
 def _open(path: str):
@@ -202,19 +223,26 @@ class Clip:
         best_effort_timestamp, that PyAV does not expose). They are the right stamps in a
         wrong order within the decoder's reordering depth (at most REORDER_DEPTH frames), so
         each frame gets the smallest stamp not yet given once the stamps of the frames up to
-        that depth after it are known; a dropped frame's gap stays."""
+        that depth after it are known; a dropped frame's gap stays. In any container a frame
+        without a stamp (a raw H.264 stream's) is one frame after the latest one."""
+        last = None
+
+        def stamped(frame) -> float:
+            nonlocal last
+            time_s = frame.time
+            if time_s is None:
+                time_s = 0.0 if last is None else last + 1 / self.frame_rate
+            last = float(time_s) if last is None else max(last, float(time_s))
+            return float(time_s)
+
         if self._container.format.name != "avi":
             for frame in self._decoded():
-                yield float(frame.time or 0.0), frame
+                yield stamped(frame), frame
             return
         stamps: list[float] = []
         held: collections.deque = collections.deque()
-        last = None
         for frame in self._decoded():
-            time_s = frame.time
-            if time_s is None:  # no stamp: one frame after the latest one
-                time_s = 0.0 if last is None else last + 1 / self.frame_rate
-            last = float(time_s) if last is None else max(last, float(time_s))
+            time_s = stamped(frame)
             heapq.heappush(stamps, float(time_s))
             held.append(frame)
             if len(held) > REORDER_DEPTH:
@@ -468,7 +496,8 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                 "predict_frames_per_second": round(count / predicting, 3),
                 "warm_up_seconds": round(start - began, 3), "batch_size": model.batch_size,
                 "flip": model.flip, "device": str(jax.devices()[0].device_kind),
-                "jsonl": lines_path, "annotated_video": video_path, "step": model.step,
+                "jsonl": os.path.abspath(lines_path),
+                "annotated_video": os.path.abspath(video_path), "step": model.step,
                 "tasks": list(model.tasks)}
             with open(partial_name(summary_path), "w") as f:
                 json.dump(summary, f, indent=1)
