@@ -25,7 +25,7 @@ import os
 import sys
 
 from hgmt import cli, paths, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import input_pipeline, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import checkpoints, device_memory, evaluators, loop
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     # and the protocol asked for at the model's label size, before a checkpoint is read.
     with cli.faults_in_one_line(ValueError):
         weights = check_loss_weights(args.config, config_tasks(args.config))
+        records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:

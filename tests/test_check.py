@@ -149,3 +149,23 @@ def test_an_unknown_split_is_one_line_naming_the_splits(tmp_path):
         check.main([f"--config.data_dir={tmp_path}", "--splits=test,val"])
     assert e.value.code == ("error: --splits: no split 'val': give some of train, validation, "
                             "test, comma-separated")
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("surreal/every4", "config.dataset='surreal/every4': the SURREAL builder's configs are "
+                       "middle, every10, all: give surreal/<config>, e.g. surreal/every10"),
+    ("every10", "config.dataset='every10': give surreal/every10 (the SURREAL builder's config "
+                "every10)"),
+])
+def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, message, tmp_path):
+    """A SURREAL config the builder lacks, or a config without the builder's name: TFDS would
+    call either not built, and the build command offered would fail or name a build that is
+    there. A version after the name is TFDS's and passes; so does another builder's name."""
+    with pytest.raises(SystemExit) as e:
+        check.main([f"--config.data_dir={tmp_path}", f"--config.dataset={dataset}"])
+    assert e.value.code == f"error: --{message}"
+    from hgmt.data import records, shards
+
+    records.check_dataset_name("surreal/every10:1.6.0")
+    records.check_dataset_name("mydata/frames")
+    assert "--config=every10 " in shards.build_command("surreal/every10:1.6.0", "/d")

@@ -620,6 +620,9 @@ DEFAULT = f"{REPO}/configs/default.py"
      f"error: --config.loss_weights.segm: loss_weights has no field 'segm' (its fields: "
      f"pose2d); loss_weights holds the tasks named after the colon of --config: name segm "
      f"there (--config={DEFAULT}:runlocal,tasks=pose2d+segm) to set its loss_weights"),
+    ([f"--config={DEFAULT}", "--config.dataset=surreal/every4"],
+     "error: ValueError: config.dataset='surreal/every4': the SURREAL builder's configs are "
+     "middle, every10, all"),
     ([f"--config={REPO}/configs/nonexist.py", "--config.total_steps=3"],
      f"error: --config={REPO}/configs/nonexist.py: cannot read the config file ([Errno 2] No "
      f"such file or directory: '{REPO}/configs/nonexist.py'); give a config file such as "

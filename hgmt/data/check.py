@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from hgmt import cli
+from hgmt.data import records
 from hgmt.sources import surreal
 
 # The config whose data_dir and dataset are checked when --config names none.
@@ -125,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: --splits: no split {', '.join(map(repr, unknown))}: give "
                          f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
     dataset, data_dir = args.config.dataset, args.config.data_dir
+    try:
+        records.check_dataset_name(dataset)
+    except ValueError as e:
+        raise SystemExit(f"error: --{e}") from None
     failed = 0
     for split in args.splits:
         checked = check_split(dataset, data_dir, split)

@@ -52,6 +52,21 @@ BUILD_FRAMES = {"middle": FrameSelection(middle_only=True), "every10": FrameSele
                 "all": FrameSelection(every=1)}
 
 
+def check_dataset_name(dataset: str) -> None:
+    """ValueError naming the field and the fix for a config's `dataset` that names the SURREAL
+    builder with a config it lacks ('surreal/every4'), or one of its configs without it
+    ('every10'): TFDS would report either as not built, with a build command that fails.
+    'surreal/<config>[:<version>]' passes, and so does another builder's name."""
+    name, slash, config = dataset.partition(":")[0].partition("/")
+    configs = ", ".join(BUILD_FRAMES)
+    if name == "surreal" and config not in BUILD_FRAMES:
+        raise ValueError(f"config.dataset={dataset!r}: the SURREAL builder's configs are "
+                         f"{configs}: give surreal/<config>, e.g. surreal/every10")
+    if not slash and name in BUILD_FRAMES:
+        raise ValueError(f"config.dataset={dataset!r}: give surreal/{name} (the SURREAL "
+                         f"builder's config {name})")
+
+
 def png(image: np.ndarray) -> bytes:
     """Lossless PNG at zlib level 1: faster to write than TFDS's default encoder (level 6)
     for a few per cent more bytes on SURREAL-like frames (docs/performance.md, "The SURREAL

@@ -39,9 +39,9 @@ class WrongFileFormat(SplitFault):
 
 
 def build_command(dataset: str, data_dir: str) -> str:
-    """The command that builds `dataset` ('surreal/<config>') into `data_dir`."""
+    """The command that builds `dataset` ('surreal/<config>[:<version>]') into `data_dir`."""
     return (f"tfds build data_builders/surreal --manual_dir=<SURREAL root> "
-            f"--data_dir={data_dir} --config={dataset.split('/')[-1]} "
+            f"--data_dir={data_dir} --config={dataset.partition(':')[0].split('/')[-1]} "
             f"--file_format={FILE_FORMAT}")
 
 

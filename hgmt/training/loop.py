@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import devices, disk_space, workdirs
-from hgmt.data import crop_metres, damage, device_augment, input_pipeline, shards
+from hgmt.data import crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
 from hgmt.training import (
@@ -126,6 +126,7 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
                                  f"and >= 0")
     input_pipeline.check_seed(config.seed)
+    records.check_dataset_name(config.dataset)
     fraction = config.get("max_damaged_fraction", 0.001)
     if not 0 <= fraction <= 1:
         raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
