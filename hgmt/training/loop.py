@@ -81,6 +81,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
     naming the field and its choices; with `warn`, logs a warning for settings that run but
     are likely mistakes (a warm-up as long as the run, an evaluator that never runs)."""
     tasks = config_tasks(config)
+    records.check_dataset_name(config.dataset)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
     evaluators.check(config, weights)
@@ -126,7 +127,6 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
                                  f"and >= 0")
     input_pipeline.check_seed(config.seed)
-    records.check_dataset_name(config.dataset)
     fraction = config.get("max_damaged_fraction", 0.001)
     if not 0 <= fraction <= 1:
         raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
