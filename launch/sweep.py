@@ -336,6 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --sbatch={args.sbatch}: {e}: quote it as a shell would "
                          f"(e.g. --sbatch='--nodes=1 --gpus-per-node=8')") from None
+    # Each run's tasks are the sweep's: a tasks= in --config, or a --config.tasks override
+    # passed on, would train other tasks in a run folder named after a subset.
+    if any(a.startswith("tasks=") for a in args.config.partition(":")[2].split(",")):
+        raise SystemExit(f"error: --config={args.config}: give the config without tasks=: "
+                         f"the sweep names each run's tasks (--tasks=A,B; default all 15 "
+                         f"subsets)")
+    for arg in extra:
+        if arg.lstrip("-").partition("=")[0] in ("config.tasks", "noconfig.tasks"):
+            raise SystemExit(f"error: {arg} after `--`: each run trains the tasks of its "
+                             f"subset (--tasks=A,B); drop it")
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
     try:  # each subset once, however it is written (segm+pose2d is pose2d+segm)
@@ -372,14 +382,16 @@ def main(argv: list[str] | None = None) -> int:
                             "seeds": args.seeds, "extra": extra})
     runs.warn_strays(sweep_dir)
     if args.print_only:
-        if "demo" in first:  # built once, before the printed runs start together
+        todos = [(tasks, k, pending(sweep_dir, tasks, k, extra_protocols))
+                 for tasks, k in planned]
+        if "demo" in first and any("train" in todo for *_, todo in todos):
+            # built once, before the printed runs start together
             from hgmt import main as trainer
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             trainer.prepare_demo_dataset(first)
         done = 0
-        for tasks, k in planned:
-            todo = pending(sweep_dir, tasks, k, extra_protocols)
+        for tasks, k, todo in todos:
             done += not todo
             for why in filter(None, todo.values()):  # stdout is for the commands
                 print(f"launch/sweep.py: {workdirs.run_name(tasks, k)}: {why}",

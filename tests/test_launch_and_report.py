@@ -224,6 +224,40 @@ def test_sweep_print_only_leaves_out_what_is_done(tmp_path, monkeypatch, capsys)
     assert sweep("--protocols=bodynet")[0] == [f"{train_segm} && {evaluate('segm')}"]
 
 
+def test_sweep_print_only_builds_no_demo_data_when_every_run_has_trained(
+        tmp_path, monkeypatch, capsys):
+    """Nothing to print, nothing to build: the demo data is for the printed runs."""
+    s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
+    _finished(s / "pose2d", "eval_test.json")
+    run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/demo.py",
+                            "--tasks=pose2d", "--print_only", "--",
+                            f"--config.data_dir={tmp_path / 'tfds'}",
+                            f"--config.demo.surreal_root={tmp_path / 'surreal'}")
+    assert (run.returncode, run.stdout) == (0, ""), run.stderr
+    assert run.stderr == "launch/sweep.py: 1 of 1 runs done already, not printed\n"
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "surreal").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/demo.py:tasks=segm"],
+     "error: --config=configs/demo.py:tasks=segm: give the config without tasks=: the sweep "
+     "names each run's tasks (--tasks=A,B; default all 15 subsets)"),
+    (["--config=configs/demo.py", "--", "--config.tasks=segm"],
+     "error: --config.tasks=segm after `--`: each run trains the tasks of its subset "
+     "(--tasks=A,B); drop it"),
+])
+def test_sweep_refuses_tasks_other_than_its_subsets(args, message, tmp_path, monkeypatch,
+                                                     capsys):
+    """Either would train other tasks in a run folder named after a subset (the override
+    after `--` wins in hgmt.main), or be dropped unsaid."""
+    monkeypatch.chdir(REPO)
+    run = _sweep_in_process(capsys, f"--sweep_dir={tmp_path / 's'}", "--tasks=pose2d,depth",
+                            *args)
+    assert (run.returncode, run.stderr) == (1, message + "\n")
+    assert not (tmp_path / "s").exists()
+
+
 def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_read(
         tmp_path, monkeypatch, capsys):
     """A protocol's file is done only beside the run's eval_test.json and of the step the
