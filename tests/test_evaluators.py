@@ -697,10 +697,18 @@ def test_frames_the_build_does_not_hold_stop_the_run_before_training(every10_dat
 
 
 def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
+    """No validation ran during training (its `every` beyond total_steps): --step=best says
+    when one is kept, whether or not the training made the best checkpoints' folder."""
     workdir = str(tmp_path / "run")
     loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), workdir)
-    with pytest.raises(FileNotFoundError, match="best_metric"):
-        checkpoints.restore_for_inference(workdir, "best")
+    message = (f"no best checkpoint in {workdirs.best_dir(workdir)}: one is kept when an "
+               f"evaluator of config.evals with a best_metric runs during training (every > 0, "
+               f"and every <= total_steps), at its first evaluation")
+    for _ in range(2):
+        with pytest.raises(FileNotFoundError) as e:
+            checkpoints.restore_for_inference(workdir, "best")
+        assert str(e.value) == message
+        os.makedirs(workdirs.best_dir(workdir), exist_ok=True)  # as a trainer may leave it
 
 
 def test_best_metric_direction_comes_from_the_task():

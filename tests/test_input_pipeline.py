@@ -604,6 +604,13 @@ def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
     for spec in ("all", "every10", "every1"):
         with pytest.raises(ValueError, match=r"only the middle frame of each clip.*'middle'"):
             ip.check_eval_frames(spec, middle, "surreal/middle", "/data")
+    with pytest.raises(ValueError) as e:  # the choices, each once
+        ip.check_eval_frames("every10", middle, "surreal/middle", "/data")
+    assert str(e.value).endswith("--file_format=array_record), or frames='middle'")
+    with pytest.raises(ValueError) as e:
+        ip.check_eval_frames("every7", every10, "surreal/every10", "/data")
+    assert str(e.value).endswith("--file_format=array_record), or frames='every<K>' with K a "
+                                 "multiple of 10 (e.g. every10), or frames='middle'")
     ip.check_eval_frames("every30", every10, "surreal/every10", "/data")
     for spec in ("all", "every10", "every7"):
         ip.check_eval_frames(spec, ip.records.BUILD_FRAMES["all"], "surreal/all", "/data")

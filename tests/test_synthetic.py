@@ -102,6 +102,18 @@ def test_a_folder_holding_clips_is_refused_before_anything_is_written(clips, tmp
     assert (out["clips"], out["frames"]) == (3, 4)  # val's clip a copy, not rendered
 
 
+@pytest.mark.parametrize("flag", ["--clips_per_split=0", "--frames_per_clip=0"])
+def test_no_clips_or_no_frames_is_refused_in_one_line(flag, tmp_path):
+    """0 clips wrote nothing and exited 0 (a later build then said to extract SURREAL again);
+    0 frames ended in an IndexError's traceback."""
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={tmp_path / 'out'}", flag])
+    name = flag[2:].partition("=")[0]
+    assert raised.value.code == (f"error: flag --{name}=0: 0 is not a positive integer "
+                                 f"(--help lists the flags)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_info_fields_match_real_file(clips, real_info_path):
     real = scipy.io.loadmat(real_info_path)
     ours = scipy.io.loadmat(surreal.clip_paths(clips[1][0])["info"])

@@ -931,12 +931,12 @@ def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
         holds, other = "only the middle frame of each clip", ""
     else:
         holds = f"every {every}th frame of each clip (0, {every}, ...) and its middle frame"
-        other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), "
+        other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), or "
     raise NotInBuild(
         f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir!r} does "
         f"not hold: it stores {holds}, so it would evaluate other frames than asked for. "
         f"Evaluate a build of every frame, config.dataset='surreal/all' (build it: "
-        f"{shards.build_command('surreal/all', data_dir)}), or {other}or frames='middle'")
+        f"{shards.build_command('surreal/all', data_dir)}), or {other}frames='middle'")
 
 
 def eval_indices(dataset: str, data_dir: str, split: str, frames: str = "middle",

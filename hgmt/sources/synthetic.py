@@ -459,8 +459,9 @@ def _define_flags(fv) -> None:
     flags.DEFINE_string("out_dir", None, "output directory (gets cmu/{train,val,test}/...)",
                         flag_values=fv, required=True)
     flags.DEFINE_integer("clips_per_split", 4, "clips per split (val's are copies of test's)",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
                        "degrees of facing the camera (180: SURREAL's whole circle)",

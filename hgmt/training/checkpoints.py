@@ -488,16 +488,15 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     model = create_model(config.model, heads(config_tasks(config)))
     best = step == "best"
     folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
-    none_yet = (f"{folder} holds no checkpoint yet" if best else
+    none_yet = (f"no best checkpoint in {folder}: one is kept when an evaluator of "
+                f"config.evals with a best_metric runs during training (every > 0, and "
+                f"every <= total_steps), at its first evaluation" if best else
                 f"no checkpoint in {folder}: train first (python -m hgmt.main "
                 f"--workdir={workdir} ...)")
     # Looked for before a manager is built: the training manager creates its folder, and a
     # command that only reads must leave the workdir as it found it.
     if not epath.Path(folder).is_dir():
-        raise NoCheckpoint(
-            f"no best checkpoint in {folder}: one is kept only when an evaluator of "
-            f"config.evals has a best_metric and runs during training (every > 0)" if best
-            else none_yet)
+        raise NoCheckpoint(none_yet)
     # Finalized checkpoints (no temporary folder, a commit marker in a bucket) named by
     # their step, as the training manager names them.
     steps = sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(folder)
