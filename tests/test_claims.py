@@ -213,6 +213,11 @@ def test_every_task_benefits_from_some_combination():
     assert ("depth: no combination detectably better (largest: pose3d+depth, 0 [-0.023, "
             "+0.023], p (Holm) 1); 2 of 7 combinations untested (pose2d+depth: one seed, "
             "depth+segm: no depth+segm run)") in evidence
+    # One reason for every untested combination is given once.
+    del no_depth_gain["depth"]
+    verdict, evidence = claims.every_task_benefits(_study(no_depth_gain))
+    assert ("depth: no combination detectably better; 7 of 7 combinations untested (no "
+            "isolated depth run)") in evidence
 
 
 def _items_study(task: str, top_item: str, seeds: int = 3, spread: float = 1.0,

@@ -28,7 +28,7 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     directory), the plan by its path in the repository."""
     (tmp_path / "elsewhere").mkdir()
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
-                          "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
+                          "--sweep_dir=../s", "--config=configs/default.py:runlocal",
                           "--print_only", "--", "--config.total_steps=7"],
                          cwd=tmp_path / "elsewhere", capture_output=True, text=True,
                          check=True).stdout.splitlines()
@@ -39,11 +39,11 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     assert out[-1].split()[-2] == f"--workdir={s}/pose2d+pose3d+depth+segm"
     plan = json.loads((s / workdirs.SWEEP_PLAN).read_text())
     assert plan["subsets"][-1] == "pose2d+pose3d+depth+segm"
-    assert plan["config"] == "configs/default.py:runlocal,tasks=segm"
+    assert plan["config"] == "configs/default.py:runlocal"
     assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
     # --resume_with_changed_config reaches every training run and stays out of the plan.
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
-                          "--sweep_dir=../s", "--config=configs/default.py:runlocal,tasks=segm",
+                          "--sweep_dir=../s", "--config=configs/default.py:runlocal",
                           "--print_only", "--resume_with_changed_config", "--",
                           "--config.total_steps=7"], cwd=tmp_path / "elsewhere",
                          capture_output=True, text=True, check=True).stdout.splitlines()
@@ -512,7 +512,7 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
             "**better** |") in text
     assert ("| pose2d+pose3d | 0.81 ± 0.02 (3) | +0.01 | [-0.032, +0.052] | 0.5 | 0.5 | "
             "no detectable change |") in text
-    assert "| pose2d+depth **best** | 0.9 ± — (1) | +0.1 | | | | untested: one seed |" in text
+    assert "| pose2d+depth **best mean** | 0.9 ± — (1) | +0.1 | | | | untested: one seed |" in text
     assert "| l_wrist | +0.1 | | | | untested: one seed |" in text
 
 
@@ -569,7 +569,7 @@ def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     text = (out / "README.md").read_text()
     why = "untested: no spread over the seeds to test against"
-    assert f"| pose2d+segm **best** | 0.6 ± 0 (3) | +0.1 | | | | {why} |" in text
+    assert f"| pose2d+segm **best mean** | 0.6 ± 0 (3) | +0.1 | | | | {why} |" in text
     assert f"| l_foot | +0.1 | | | | {why} |" in text
     assert (f"| Body-part segmentation benefits from 2D pose but not from 3D pose | "
             f"**unresolved** | segm in pose2d+segm: +0.1 (n=3 vs 3), {why}; no pose3d+segm "
@@ -1219,8 +1219,11 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert hgmt.report.main(["--sweep_dir", str(sweep_dir), "--out_dir", str(out), "--note",
                              "demo"]) == 0
     text = (out / "README.md").read_text()
-    assert "| pose2d+segm **best** | 0.85 | +0.05 |" in text
+    assert "| pose2d+segm **best mean** | 0.85 | +0.05 |" in text
     assert "No isolated `depth` run" in text
+    # One seed a run: the per-joint table has no test to adjust over, and says why.
+    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better; untested: a test needs "
+            "two seeds or more of each).") in text
     for name in ("pose2d_subsets.png", "pose2d_per_item.png", "segm_per_item.png",
                  "depth_subsets.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
@@ -1297,7 +1300,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     low, high = ax.get_ylim()
     ends = [v + k * (e["spread"][s] or 0) for s, v in e["subsets"].items() for k in (-1, 1)]
     assert 0.8 < low < min(ends) and max(ends) < high < 0.9, (low, high, ends)
-    assert ax.get_title() == ("pose2d: isolated (grey, dashed line), best (green), others "
+    assert ax.get_title() == ("pose2d: isolated (grey, dashed line), best mean (green), others "
                               "(blue)\nwhiskers: seed sd; one seed: no whisker")
     # x: subsets by size then name: pose2d, pose2d+depth (one seed), +pose3d, +segm.
     assert _whiskers(ax) == pytest.approx({0.0: 2 * e["spread"]["pose2d"],
@@ -1319,7 +1322,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     e = report.compare({"pose2d": _pose2d_seeds([0.87]),
                         "pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
     ax = report.subsets_figure(e, "pose2d").axes[0]
-    assert ax.get_title() == ("pose2d: isolated and best (grey, dashed line), others (blue)"
+    assert ax.get_title() == ("pose2d: isolated and best mean (grey, dashed line), others (blue)"
                               "\none seed: no whisker")
     assert _whiskers(ax) == {} and 0.8 < ax.get_ylim()[0]
     ax = report.per_item_figure(e, "pose2d").axes[0]
@@ -1329,7 +1332,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     # No isolated run.
     e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
     assert report.subsets_figure(e, "pose2d").axes[0].get_title() == (
-        "pose2d: no isolated run, best (green)\none seed: no whisker")
+        "pose2d: no isolated run, best mean (green)\none seed: no whisker")
 
 
 def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_out(tmp_path):
@@ -1375,7 +1378,7 @@ def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_ou
     text = report.to_markdown(study, "")
     assert "absent from the split" not in text and "Undefined" not in text
     assert "| pose3d (isolated) | 61 ± 1.4 (2; 1 null, left out) |" in text, text
-    assert "| pose3d+depth **best** | 56 ± 1.4 (2) |" in text, text
+    assert "| pose3d+depth **best mean** | 56 ± 1.4 (2) |" in text, text
     assert ("Null mjd_mm values, left out of the means and tests, with the runs' reasons:\n"
             f"- pose3d (1 of 3 seeds): {damaged}.\n") in text, text
     assert ("Null rmse_mm values, left out of the means and tests, with the runs' reasons:\n"

@@ -151,9 +151,10 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
                        if kind == UNKNOWN}
             best = max(tests, key=lambda s: tests[s]["change"]) if tests else None
             so_far = f" (largest: {best}, {_said(tests[best])})" if best else ""
+            whys = (f"{next(iter(unknown.values()))}" if len(set(unknown.values())) == 1
+                    else ", ".join(f"{s}: {why}" for s, why in unknown.items()))
             notes.append(f"{task}: no combination detectably better{so_far}"
-                         + (f"; {len(unknown)} of {len(found)} combinations untested ("
-                            + ", ".join(f"{s}: {why}" for s, why in unknown.items()) + ")"
+                         + (f"; {len(unknown)} of {len(found)} combinations untested ({whys})"
                             if unknown else ""))
     return _combine(verdicts), "; ".join(notes) + _over(judged)
 

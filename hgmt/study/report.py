@@ -468,7 +468,7 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                       "|---|---|---|"]
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
-            mark = " (isolated)" if s == task else (" **best**" if s == e["best"] else "")
+            mark = " (isolated)" if s == task else (" **best mean**" if s == e["best"] else "")
             change = "" if gain is None else _signed(gain)
             if not seeded:
                 dropped = _dropped(e, s)
@@ -505,6 +505,9 @@ def _per_item_intro(e: dict, task: str, item: str) -> str:
     was picked, and what its p-values are adjusted over (`compare`'s `per_item_family`)."""
     best, second = e["best_multi_task"], claims.runner_up(e)
     family = e["per_item_family"]
+    if not family["tests"]:
+        return (f"Per {item}: {best} over isolated {task} (+ = better; untested: a test "
+                f"needs two seeds or more of each).")
     if second is None:
         return (f"Per {item}: {best}, the only multi-task subset, over isolated {task} "
                 f"(+ = better; p (Holm) over this table's {family['tests']} tests).")
@@ -590,11 +593,11 @@ def _subsets_key(e: dict, task: str, names: list[str], spreads: list) -> str:
     """The subsets chart's key, of what it draws: which dot is the isolated run and which the
     best, and what the whiskers are (a subset of one seed has none)."""
     if task not in names:
-        runs = ["no isolated run", "best (green)"]
+        runs = ["no isolated run", "best mean (green)"]
     elif e["best"] == task:
-        runs = ["isolated and best (grey, dashed line)"]
+        runs = ["isolated and best mean (grey, dashed line)"]
     else:
-        runs = ["isolated (grey, dashed line)", "best (green)"]
+        runs = ["isolated (grey, dashed line)", "best mean (green)"]
     if set(names) - {task, e["best"]}:
         runs.append("others (blue)")
     whiskers = ((["whiskers: seed sd"] if any(sd is not None for sd in spreads) else [])
