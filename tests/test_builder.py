@@ -146,6 +146,18 @@ def test_a_missing_or_empty_split_folder_stops_the_build_before_any_clip_is_read
     assert read == []
 
 
+def test_a_manual_dir_naming_cmu_itself_is_told_to_give_its_parent(tmp_path):
+    """--manual_dir=<root>/cmu (a common slip): the error names the parent to give."""
+    root = tmp_path / "SURREAL"
+    (root / "cmu" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as raised:
+        _build(str(root / "cmu"), str(tmp_path / "tfds"))
+    assert str(raised.value).startswith(
+        f"{root}/cmu/cmu not found: --manual_dir must be the folder that contains cmu/ "
+        f"(cmu/train, cmu/val, cmu/test); --manual_dir names cmu/ itself: give its parent, "
+        f"--manual_dir={root}.\n")
+
+
 def test_a_manual_dir_on_an_object_store_is_refused_naming_it_and_the_fix(tmp_path):
     """The clips are listed and read with Python's file functions, which see no object store:
     a gs:// --manual_dir, which TFDS's own checks of the folder pass, found no clip and the

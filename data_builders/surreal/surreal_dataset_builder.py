@@ -164,9 +164,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = dl_manager.manual_dir
         if not (root / "cmu").exists():
+            given = ("; --manual_dir names cmu/ itself: give its parent, "
+                     f"--manual_dir={root.parent}" if root.name == "cmu"
+                     and (root / "train").exists() else "")
             raise FileNotFoundError(
                 f"{root}/cmu not found: --manual_dir must be the folder that contains cmu/ "
-                f"(cmu/train, cmu/val, cmu/test).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                f"(cmu/train, cmu/val, cmu/test){given}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         stems = split_clips(root)
         return {split: self._generate_examples(stems[split], split) for split in SPLITS}
 
