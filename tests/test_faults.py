@@ -1149,6 +1149,11 @@ def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path
                        "--splits=validation"]) == 1
     assert "surreal/all validation: not checked: WrongFileFormat: dataset 'surreal/all' " \
         "under" in capsys.readouterr().out
+    # Training on it stops with the same error before the workdir is made, as on no build.
+    workdir = tmp_path / "run"
+    with pytest.raises(shards.WrongFileFormat, match="was built as tfrecord"):
+        loop.train(tiny_config(data_dir, tasks="pose2d"), str(workdir))
+    assert not workdir.exists()
     # A build whose dataset_info.json records no format: its shards' names say it.
     unrecorded = types.SimpleNamespace(info=types.SimpleNamespace(
         file_format=None, splits={"test": types.SimpleNamespace(

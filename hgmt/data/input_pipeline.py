@@ -524,8 +524,9 @@ _VERSION = re.compile(r"\d+\.\d+\.\d+")  # a TFDS version folder's name
 def built_split(dataset: str, data_dir: str, split: str):
     """The tfds read-only builder of a built split, read from its metadata files
     (`dataset_info.json`, `features.json`) only, its shards unread: FileNotFoundError naming
-    the build command when the split is not built, `shards.StorageFault` when its storage does
-    not give those files after `damage.RETRY_DELAYS_S`."""
+    the build command when the split is not built, `shards.WrongFileFormat` when it was not
+    built as array_record, `shards.StorageFault` when its storage does not give those files
+    after `damage.RETRY_DELAYS_S`."""
     from tensorflow_datasets.core import read_only_builder, registered
 
     data_dir = _expanded(data_dir)
@@ -543,12 +544,14 @@ def built_split(dataset: str, data_dir: str, split: str):
         return builder
 
     try:
-        return damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
+        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
     except damage.GaveUp as e:
         if damage.storage_fault(e.error):
             raise shards.StorageFault.of(f"dataset {dataset!r} split {split!r} under "
                                          f"data_dir={data_dir!r}", e, data_dir) from e.error
         raise _not_built(dataset, data_dir, split, e.error) from e.error
+    shards.check_file_format(builder, split, dataset, data_dir)
+    return builder
 
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,

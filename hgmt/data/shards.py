@@ -73,13 +73,9 @@ def _record_count(path: str) -> int | None:
         reader.close()
 
 
-def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]:
-    """{shard file: 'dataset shard <file> <what is wrong>'} for every shard of `split` of the
-    prepared TFDS `builder` that is missing, cannot be opened or does not hold the record count
-    dataset_info.json records for it; empty when every shard is intact. Every shard's footer
-    is read, so a bad copy is named whole. Raises WrongFileFormat when the split was not built
-    as array_record; StorageFault when its storage does not give a shard, after
-    `damage.RETRY_DELAYS_S`."""
+def check_file_format(builder, split: str, dataset: str, data_dir: str) -> None:
+    """WrongFileFormat naming the rebuild when `split` of the prepared TFDS `builder` was not
+    built as array_record."""
     built_as = file_format(builder, split)
     if built_as != FILE_FORMAT:
         raise WrongFileFormat(
@@ -90,6 +86,16 @@ def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]
             f"with --file_format={FILE_FORMAT}: `{build_command(dataset, data_dir)}`, after "
             f"moving {builder.data_dir} aside (TFDS does not build a version that is there), "
             f"or into another --data_dir")
+
+
+def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]:
+    """{shard file: 'dataset shard <file> <what is wrong>'} for every shard of `split` of the
+    prepared TFDS `builder` that is missing, cannot be opened or does not hold the record count
+    dataset_info.json records for it; empty when every shard is intact. Every shard's footer
+    is read, so a bad copy is named whole. Raises WrongFileFormat when the split was not built
+    as array_record; StorageFault when its storage does not give a shard, after
+    `damage.RETRY_DELAYS_S`."""
+    check_file_format(builder, split, dataset, data_dir)
     info = builder.info.splits[split]
     found_problems = {}
     for path, expected in zip(info.filepaths, info.shard_lengths, strict=True):
