@@ -5,7 +5,7 @@ with one JSON line of their outcomes:
     python3 benchmarks/device_tests.py [-- pytest arguments]
 
     {"benchmark": "device_tests", "backend": "gpu", "devices": ["NVIDIA H100 80GB HBM3"],
-     "passed": 4, "failed": [], "skipped": 0, "exit": 0, "wall_s": 61.2}
+     "xla_flags": "", "passed": 4, "failed": [], "skipped": 0, "exit": 0, "wall_s": 61.2}
 
 Default: tests/test_device_augment.py's agreement of the device augmentation's labels with the
 host path's (`DEFAULT_TESTS`). Arguments after `--` replace them (pytest's own: test files, -k,
@@ -58,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.chdir(repo)
     # The suite's conftest puts JAX on the CPU unless JAX_PLATFORMS is set: empty is JAX's
-    # own choice, the accelerator where there is one.
+    # own choice, the accelerator where there is one. Its XLA_FLAGS (virtual CPU devices, no
+    # backend optimisation) are for the CPU suite: the caller's flags, or none, instead, so
+    # that the accelerator compiles as the trainer's programs do.
     os.environ["JAX_PLATFORMS"] = ""
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
     outcomes = _Outcomes()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(json.dumps({"benchmark": "device_tests", "backend": jax.default_backend(),
                       "devices": sorted({d.device_kind for d in jax.local_devices()}),
+                      "xla_flags": os.environ["XLA_FLAGS"],
                       "passed": len(outcomes.passed), "failed": outcomes.failed,
                       "skipped": len(outcomes.skipped), "exit": rc,
                       "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)

@@ -332,7 +332,14 @@ def console(verbosity: int, *, command: bool, line_format: str = "%(message)s",
     its `main` called without argv) the handlers are set up anew, since an import may have
     given the root logger Python's default one ("WARNING:root:..."; absl does when it logs
     before anything is set up, as orbax's import makes it), and the filter stays (`user_lines`'
-    keep); a caller of `main` in the same process (a test, a notebook) keeps its handlers."""
+    keep); a caller of `main` in the same process (a test, a notebook) keeps its handlers.
+    The command's stdout and stderr then write a file name that is not UTF-8 (Python's
+    surrogate escapes of a Latin-1 name) as its bytes, where a strict UTF-8 stream would
+    raise after the work was done."""
+    if command:
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
     logging.basicConfig(format=line_format, datefmt=date_format, force=command)
     logging.getLogger().setLevel(logging.INFO)
     with user_lines(verbosity, keep=command):

@@ -118,11 +118,12 @@ def _run(args, step_arg: int | str | None) -> int:
         summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
         if step_arg == "best":
             summary["checkpoint"] = "best"
-        trained_size = workdirs.load_config(args.workdir).image_size
+        trained_size = checkpoints.trained_image_size(args.workdir)
         out = args.out_file or os.path.join(args.workdir, workdirs.evaluation_file(
             args.split, step, best=step_arg == "best", frames=frames, flip=flip,
             max_examples=max_examples, protocol=args.protocol,
-            image_size=config.image_size if config.image_size != trained_size else None))
+            image_size=config.image_size if trained_size not in (None, config.image_size)
+            else None))
         evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

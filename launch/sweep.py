@@ -212,9 +212,10 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
         with open(path) as f:
             old = json.load(f)
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
-        # by the file it names.
-        if ((plan_config(_resolved(old["config"])), old["extra"])
-                != (plan_config(_resolved(plan["config"])), plan["extra"])):
+        # by the file it names; a tasks= that an older version took in --config (each run's
+        # tasks replaced it) is no part of it.
+        if ((_without_tasks(plan_config(_resolved(old["config"]))), old["extra"])
+                != (_without_tasks(plan_config(_resolved(plan["config"]))), plan["extra"])):
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
                 f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
@@ -268,6 +269,13 @@ def check_first_run(config: str, tasks: str, extra: list[str]
             f"evaluation writes after training, so every call would train every run again: "
             f"{fix}")
     return f"{path}{colon}{argument}", parsed.config
+
+
+def _without_tasks(config: str) -> str:
+    """`config` (FILE[:ARG]) without a tasks= item in its argument."""
+    path, _, argument = config.partition(":")
+    items = [a for a in argument.split(",") if a and not a.startswith("tasks=")]
+    return f"{path}:{','.join(items)}" if items else path
 
 
 def _resolved(config: str) -> str:
@@ -384,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_only:
         todos = [(tasks, k, pending(sweep_dir, tasks, k, extra_protocols))
                  for tasks, k in planned]
-        if "demo" in first and any("train" in todo for *_, todo in todos):
-            # built once, before the printed runs start together
+        if "demo" in first and any(todo for *_, todo in todos):
+            # built once, before the printed runs (trainings, evaluations) start together
             from hgmt import main as trainer
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -683,6 +683,13 @@ def test_the_device_tests_line_reports_each_outcome(tmp_path):
     assert (line["passed"], line["skipped"]) == (1, 1)
     assert [os.path.basename(x) for x in line["failed"]] == ["test_crafted.py::test_fails"]
     assert "1 failed" in proc.stderr
+    # The suite's own tests, run for the accelerator: not with conftest's CPU-only XLA flags.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "device_tests.py"), "--",
+                           "tests/test_device_augment.py", "-k", "placement_by_config"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    line = json.loads(proc.stdout)
+    assert (line["passed"], line["exit"], line["xla_flags"]) == (1, 0, ""), proc.stderr
     # A word before `--` is refused, not passed on.
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "device_tests.py"),
                            str(crafted)], capture_output=True, text=True, timeout=120)

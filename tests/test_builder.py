@@ -146,6 +146,12 @@ def test_a_missing_or_empty_split_folder_stops_the_build_before_any_clip_is_read
     assert read == []
 
 
+def test_the_builders_default_config_is_every10(tmp_path):
+    """`surreal` without a config is surreal/every10, as the docs say (TFDS reads
+    DEFAULT_BUILDER_CONFIG_NAME; without it the first config, middle, was the default)."""
+    assert tfds.builder("surreal", data_dir=str(tmp_path)).builder_config.name == "every10"
+
+
 def test_a_manual_dir_naming_cmu_itself_is_told_to_give_its_parent(tmp_path):
     """--manual_dir=<root>/cmu (a common slip): the error names the parent to give."""
     root = tmp_path / "SURREAL"

@@ -213,7 +213,11 @@ def test_every_task_benefits_from_some_combination():
     assert ("depth: no combination detectably better (largest: pose3d+depth, 0 [-0.023, "
             "+0.023], p (Holm) 1); 2 of 7 combinations untested (pose2d+depth: one seed, "
             "depth+segm: no depth+segm run)") in evidence
-    # One reason for every untested combination is given once.
+    # A reason shared by the untested combinations is given once, after their names; by all
+    # of them, alone.
+    one_seed = no_depth_gain | {"depth+segm": {"depth": [0.45], "segm": [0.5]}}
+    assert ("2 of 7 combinations untested (pose2d+depth, depth+segm: one seed)"
+            in claims.every_task_benefits(_study(one_seed))[1])
     del no_depth_gain["depth"]
     verdict, evidence = claims.every_task_benefits(_study(no_depth_gain))
     assert ("depth: no combination detectably better; 7 of 7 combinations untested (no "

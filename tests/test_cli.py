@@ -560,6 +560,25 @@ def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_
     assert not (tmp_path / "w").exists() and not (tmp_path / "p").exists()
 
 
+def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
+    """A Latin-1 file name (Python's surrogate escapes) printed and logged by a command on a
+    strict UTF-8 stdout and stderr: written as its bytes, where print raised after the
+    prediction was written."""
+    import subprocess
+
+    code = ("import logging, os\n"
+            "from hgmt import cli\n"
+            "name = os.fsdecode(b'caf\\xe9.jpg')\n"
+            "with cli.console(0, command=True):\n"
+            "    print(name)\n"
+            "    logging.getLogger('x').warning('skipped %s', name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"caf\xe9.jpg\n"
+    assert proc.stderr.splitlines()[-1] == b"skipped caf\xe9.jpg"
+
+
 def test_the_trainers_config_warnings_show_once(tmp_path, caplog):
     """A warm-up as long as the run and an evaluator that never runs are warned about once
     each, though `hgmt.main` checks the config before the trainer does (here the run stops

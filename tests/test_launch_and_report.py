@@ -239,6 +239,22 @@ def test_sweep_print_only_builds_no_demo_data_when_every_run_has_trained(
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "surreal").exists()
 
 
+def test_a_sweep_planned_with_tasks_in_its_config_goes_on_without_it(tmp_path, monkeypatch,
+                                                                    capsys):
+    """An older launch/sweep.py took --config=...:tasks=segm (each run's tasks replaced it) and
+    recorded it in the plan: the same sweep, now given its config without tasks=, goes on."""
+    s = tmp_path / "s"
+    s.mkdir()
+    (s / workdirs.SWEEP_PLAN).write_text(json.dumps({
+        "config": "configs/default.py:runlocal,tasks=segm", "subsets": ["pose2d"], "seeds": 1,
+        "extra": []}))
+    monkeypatch.chdir(REPO)
+    run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py:runlocal",
+                            "--tasks=pose2d", "--print_only")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[3] == f"--config={REPO}/configs/default.py:runlocal,tasks=pose2d"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/demo.py:tasks=segm"],
      "error: --config=configs/demo.py:tasks=segm: give the config without tasks=: the sweep "
@@ -1222,8 +1238,8 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
     assert "| pose2d+segm **best mean** | 0.85 | +0.05 |" in text
     assert "No isolated `depth` run" in text
     # One seed a run: the per-joint table has no test to adjust over, and says why.
-    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better; untested: a test needs "
-            "two seeds or more of each).") in text
+    assert ("Per joint: pose2d+segm over isolated pose2d (+ = better; untested: each row says "
+            "why).") in text
     for name in ("pose2d_subsets.png", "pose2d_per_item.png", "segm_per_item.png",
                  "depth_subsets.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name

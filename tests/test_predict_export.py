@@ -1077,7 +1077,9 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     assert re.fullmatch(
         rf"checkpoint \S+ does not fit the model of this command's config, whose tasks=pose2d "
         rf"where config.json has {re.escape(trained)}: \d+ unexpected \(e\.g\. .*\)\. A "
-        rf"trained workdir's model is its config.json's: drop those --config overrides",
+        rf"trained workdir's model is its config.json's: drop those --config overrides "
+        rf"\(should it still not fit, the checkpoint was written by another model "
+        rf"configuration or an older hgmt\)",
         str(e.value)), str(e.value)
     config.tasks = trained
     config.model.features += 8
@@ -2827,3 +2829,16 @@ def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_na
         f"other results")
     assert (copy / f"eval_test_2_first2_{other}px.json").is_file()
     assert not (copy / "eval_test_2_first2.json").exists()
+
+
+def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
+        workdir, monkeypatch):
+    """The caller's config was read from config.json already (its upgrade warnings logged
+    then): the restore reads the file as written, for the model fields and the image size it
+    compares, and logs none of them again."""
+    config = workdirs.load_config(workdir)
+    upgraded = []
+    monkeypatch.setattr(workdirs, "_fill_added_fields", lambda *a, **k: upgraded.append(a))
+    config.image_size *= 2  # the warning of another size reads config.json's
+    checkpoints.restore_for_inference(workdir, config=config)
+    assert upgraded == []

@@ -83,7 +83,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             ("every10", "Every 10th frame of each clip, plus its middle frame."),
             ("all", "Every frame of each clip."))
     ]
-    DEFAULT_CONFIG_NAME = "every10"
+    DEFAULT_BUILDER_CONFIG_NAME = "every10"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     SURREAL needs a licence agreement and cannot be downloaded automatically. Request access at
     https://www.di.ens.fr/willow/research/surreal/data/ , download SURREAL_v1.tar.gz (86 GB),

@@ -151,8 +151,13 @@ def every_task_benefits(study: dict) -> tuple[str, str]:
                        if kind == UNKNOWN}
             best = max(tests, key=lambda s: tests[s]["change"]) if tests else None
             so_far = f" (largest: {best}, {_said(tests[best])})" if best else ""
-            whys = (f"{next(iter(unknown.values()))}" if len(set(unknown.values())) == 1
-                    else ", ".join(f"{s}: {why}" for s, why in unknown.items()))
+            shared = next(iter(unknown.values()), None)
+            if len(set(unknown.values())) > 1:
+                whys = ", ".join(f"{s}: {why}" for s, why in unknown.items())
+            elif len(unknown) == len(found):  # all of them, for one reason
+                whys = shared
+            else:
+                whys = f"{', '.join(unknown)}: {shared}"
             notes.append(f"{task}: no combination detectably better{so_far}"
                          + (f"; {len(unknown)} of {len(found)} combinations untested ({whys})"
                             if unknown else ""))

@@ -506,8 +506,8 @@ def _per_item_intro(e: dict, task: str, item: str) -> str:
     best, second = e["best_multi_task"], claims.runner_up(e)
     family = e["per_item_family"]
     if not family["tests"]:
-        return (f"Per {item}: {best} over isolated {task} (+ = better; untested: a test "
-                f"needs two seeds or more of each).")
+        return (f"Per {item}: {best} over isolated {task} (+ = better; untested: each row "
+                f"says why).")
     if second is None:
         return (f"Per {item}: {best}, the only multi-task subset, over isolated {task} "
                 f"(+ = better; p (Holm) over this table's {family['tests']} tests).")

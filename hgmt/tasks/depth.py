@@ -63,8 +63,8 @@ BACKGROUND_ABOVE_M = 1e3
 
 def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
     """(...,H,W) depth map in metres as _depth.mat stores it (the distance from the camera
-    centre, float32; 0 or > 1000 on the background) and (...) the pelvis's planar camera depth
-    camLoc_x - pelvis_x in metres (double)
+    centre, float32; > 1000 on the background, or 0 in maps made so) and (...) the pelvis's
+    planar camera depth camLoc_x - pelvis_x in metres (double)
     -> (...,H,W) uint8 classes, bit for bit what gulvarol/surreal training/loader_SURREAL.lua
     computes (the depth is a FloatTensor, so Torch works in float32):
     foreground = depth <= 1e3 (:99, :104); bin = clamp(ceil(float32(depth +

@@ -516,11 +516,21 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
     check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
                     overrides=_model_overrides(workdir, config) if given else ())
-    if given and (trained := workdirs.load_config(workdir).image_size) != config.image_size:
+    if given and (trained := trained_image_size(workdir)) not in (None, config.image_size):
         logging.warning("config.image_size=%s: the model was trained at %s px, so it sees "
                         "people at another scale than it learnt, and 3D decoding reads the "
                         "crop's scale: expect other results", config.image_size, trained)
     return config, variables, step
+
+
+def trained_image_size(workdir: str) -> int | None:
+    """The image size config.json records (the model was trained at), None when it does not
+    read: read as written, so that an older config.json's upgrade warnings are not logged
+    again."""
+    try:
+        return int(workdirs.read_json_object(workdirs.config_file(workdir), "")["image_size"])
+    except Exception:  # noqa: BLE001  (no size to compare: no warning)
+        return None
 
 
 def _model_overrides(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
@@ -644,7 +654,8 @@ def check_variables(model: Any, image_size: int, variables: Any, what: str,
         raise UnusableCheckpoint(
             f"{what} does not fit the model of this command's config, whose "
             f"{', '.join(overrides)}: {differences}. A trained workdir's model is its "
-            f"config.json's: drop those --config overrides")
+            f"config.json's: drop those --config overrides (should it still not fit, the "
+            f"checkpoint was written by another model configuration or an older hgmt)")
     raise UnusableCheckpoint(
         f"{what} does not fit the model its config.json builds: {differences}. It was "
         f"written by another model configuration or an older hgmt (whose 1x1 convolutions "
