@@ -41,6 +41,7 @@ from absl import flags  # noqa: E402
 from hgmt import cli, compilation_cache, paths  # noqa: E402
 
 RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a command that SIGINT ended
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -236,6 +237,14 @@ def _run(fv: flags.FlagValues) -> int:
         return preemption.EXIT_PREEMPTED
     except peers.PeerLost as e:  # PeerFailed too: exit status 1, the failed process named
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status 130
+        print(f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same command "
+              f"to resume from the workdir's newest checkpoint. To stop with a checkpoint of "
+              f"the step being trained, send SIGTERM instead (kill {os.getpid()}): it saves "
+              f"and exits {preemption.EXIT_PREEMPTED}", file=sys.stderr)
+        if jax.process_count() > 1:  # the peers stop on reading the failure
+            peers.exit_failed(SystemExit(EXIT_INTERRUPTED))
+        return EXIT_INTERRUPTED
     except BaseException as e:
         if jax.process_count() > 1:  # no exit barrier: the peers stop on reading the failure
             peers.exit_failed(e)

@@ -1925,6 +1925,30 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_the_command_in_one_line_with_status_130(demo_dataset, tmp_path):
+    """SIGINT (Ctrl-C) during training: the trainer stops at once, its last line saying what
+    was not saved and how to stop with a save (SIGTERM), status 130 as a shell reports it
+    (a checkpoint write it interrupts may log its own error before); the lock is released
+    and the newest checkpoint stays readable."""
+    workdir = str(tmp_path / "w")
+    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100000, checkpoint_every=2)
+    # SIGINT as an interactive shell leaves it (a test runner's worker may ignore it).
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_checkpoint(workdir, 2, [proc])
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert out.rstrip().splitlines()[-1] == (
+        f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same command to "
+        f"resume from the workdir's newest checkpoint. To stop with a checkpoint of the step "
+        f"being trained, send SIGTERM instead (kill {proc.pid}): it saves and exits 75")
+    assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
+    assert checkpoints.manager(workdir).latest_step() >= 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_to_the_process_group_with_loader_workers_exits_75(demo_dataset, tmp_path,
                                                                     signum):
