@@ -507,59 +507,73 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     if step not in steps:
         raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
                            f"{steps}")
+    # config.json as written, read once (its upgrade warnings were the caller's to log).
+    written = _written_config(workdir) if given else None
     variables = None
-    if not given or _trained_with(workdir, config):
+    if not given or _trained_with(written, config):
         # The model the workdir trained: its checkpoints hold exactly its variables.
         variables = _read_variables(folder, step, model, config)
     if variables is None:  # read whole, for check_variables to name what differs
         variables = _read_state(folder, step, config, best, workdir, steps)
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
     check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
-                    overrides=_model_overrides(workdir, config) if given else ())
-    if given and (trained := trained_image_size(workdir)) not in (None, config.image_size):
+                    overrides=_model_overrides(written, config) if given else ())
+    if given and (trained := _image_size(written)) not in (None, config.image_size):
         logging.warning("config.image_size=%s: the model was trained at %s px, so it sees "
                         "people at another scale than it learnt, and 3D decoding reads the "
                         "crop's scale: expect other results", config.image_size, trained)
     return config, variables, step
 
 
-def trained_image_size(workdir: str) -> int | None:
-    """The image size config.json records (the model was trained at), None when it does not
-    read: read as written, so that an older config.json's upgrade warnings are not logged
-    again."""
+def _written_config(workdir: str) -> dict | None:
+    """The workdir's config.json as written, not upgraded (`workdirs.load_config` upgrades
+    it and logs why: the caller's config was read so already); None when it does not read."""
     try:
-        return int(workdirs.read_json_object(workdirs.config_file(workdir), "")["image_size"])
+        return workdirs.read_json_object(workdirs.config_file(workdir), "")
+    except Exception:  # noqa: BLE001  (nothing to compare with: the callers say less)
+        return None
+
+
+def _image_size(written: dict | None) -> int | None:
+    """The image size a config.json as written records, None where it records none."""
+    try:
+        return int(written["image_size"])
     except Exception:  # noqa: BLE001  (no size to compare: no warning)
         return None
 
 
-def _model_overrides(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
-    """The tasks and model fields of `config` that differ from the workdir's config.json, as
-    "model.features=32 where config.json has 64" (a field config.json lacks is hgmt's
-    default, not an override); [] when config.json does not read."""
+def trained_image_size(workdir: str) -> int | None:
+    """The image size the workdir's model was trained at (its config.json's, as written, so
+    that an older config.json's upgrade warnings are not logged again); None when it does
+    not read."""
+    return _image_size(_written_config(workdir))
+
+
+def _model_overrides(written: dict | None, config: ml_collections.ConfigDict) -> list[str]:
+    """The tasks and model fields of `config` that differ from the workdir's config.json as
+    `written`, as "model.features=32 where config.json has 64" (a field config.json lacks is
+    hgmt's default, not an override); [] when it does not read."""
     from hgmt.tasks import parse_tasks
 
     try:
-        trained = workdirs.read_json_object(workdirs.config_file(workdir), "")
-        changed = ([] if parse_tasks(trained["tasks"]) == parse_tasks(config.tasks) else
-                   [f"tasks={config.tasks} where config.json has {trained['tasks']}"])
+        changed = ([] if parse_tasks(written["tasks"]) == parse_tasks(config.tasks) else
+                   [f"tasks={config.tasks} where config.json has {written['tasks']}"])
         model = config.model.to_dict()
         return changed + [f"model.{k}={model[k]} where config.json has {v}"
-                          for k, v in trained["model"].items() if k in model and model[k] != v]
+                          for k, v in written["model"].items() if k in model and model[k] != v]
     except Exception:  # noqa: BLE001  (no config.json to compare: the message says less)
         return []
 
 
-def _trained_with(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether the workdir's config.json, as written, has `config`'s tasks (in any spelling)
+def _trained_with(written: dict | None, config: ml_collections.ConfigDict) -> bool:
+    """Whether the workdir's config.json as `written` has `config`'s tasks (in any spelling)
     and model fields (a config.json that does not read, or predates a model field, says
     no)."""
     from hgmt.tasks import parse_tasks
 
     try:
-        trained = workdirs.read_json_object(workdirs.config_file(workdir), "")
-        return (parse_tasks(trained["tasks"]) == parse_tasks(config.tasks)
-                and trained["model"] == config.model.to_dict())
+        return (parse_tasks(written["tasks"]) == parse_tasks(config.tasks)
+                and written["model"] == config.model.to_dict())
     except Exception:  # any doubt: the whole checkpoint is read and checked
         return False
 
