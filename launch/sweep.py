@@ -214,8 +214,8 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
         # tasks replaced it) is no part of it.
-        if ((_without_tasks(plan_config(_resolved(old["config"]))), old["extra"])
-                != (_without_tasks(plan_config(_resolved(plan["config"]))), plan["extra"])):
+        if ((runs.without_tasks(plan_config(_resolved(old["config"]))), old["extra"])
+                != (runs.without_tasks(plan_config(_resolved(plan["config"]))), plan["extra"])):
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
                 f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
@@ -269,13 +269,6 @@ def check_first_run(config: str, tasks: str, extra: list[str]
             f"evaluation writes after training, so every call would train every run again: "
             f"{fix}")
     return f"{path}{colon}{argument}", parsed.config
-
-
-def _without_tasks(config: str) -> str:
-    """`config` (FILE[:ARG]) without a tasks= item in its argument."""
-    path, _, argument = config.partition(":")
-    items = [a for a in argument.split(",") if a and not a.startswith("tasks=")]
-    return f"{path}:{','.join(items)}" if items else path
 
 
 def _resolved(config: str) -> str:

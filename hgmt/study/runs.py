@@ -68,10 +68,18 @@ def _folders(sweep_dir: str) -> list[str]:
 
 
 def with_tasks(config: str, tasks: str) -> str:
-    """'configs/default.py:runlocal' + 'pose2d' -> 'configs/default.py:runlocal,tasks=pose2d'."""
-    path, _, arg = config.partition(":")
-    items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
-    return f"{path}:{','.join(items + [f'tasks={tasks}'])}"
+    """'configs/default.py:runlocal' + 'pose2d' -> 'configs/default.py:runlocal,tasks=pose2d'
+    (a tasks= the config gives is replaced)."""
+    base = without_tasks(config)
+    return f"{base}{',' if ':' in base else ':'}tasks={tasks}"
+
+
+def without_tasks(config: str) -> str:
+    """`config` (FILE[:ARG]) without a tasks= item in its argument: 'configs/demo.py:tasks=segm'
+    -> 'configs/demo.py'."""
+    path, _, argument = config.partition(":")
+    items = [a for a in argument.split(",") if a and not a.startswith("tasks=")]
+    return f"{path}:{','.join(items)}" if items else path
 
 
 def config_args(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> list[str]:
