@@ -182,7 +182,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return records.python_examples(stems, frames, counts)
 
 
-SPLITS = ("train", "validation", "test")
+SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
 
 
 def check_file_system(manual_dir: epath.PathLike) -> None:

@@ -42,10 +42,11 @@ from hgmt import devices, disk_space, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
+from hgmt.sources import surreal
 from hgmt.tasks import heads, parse_tasks
 from hgmt.training import checkpoints
 
-SPLITS = ("train", "validation", "test")
+SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
 FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examples": int,
           "every": int, "at_end": bool, "best_metric": str}
 
