@@ -48,21 +48,26 @@ def damaged(demo_dataset, tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("damaged") / "tfds")
     shutil.copytree(demo_dataset[1], data_dir)
     for split in {s for s, _, _ in DAMAGE}:
-        source = input_pipeline.open_split("surreal/all", data_dir, split)
-        path = _shard(data_dir, split)
-        with open(path, "rb") as f:
-            data = bytearray(f.read())
-        for s, record, feature in DAMAGE:
-            if s == split:
-                encoded = source[record][feature]
-                middle = encoded[len(encoded) // 2:len(encoded) // 2 + 64]
-                at = data.find(middle)
-                assert at > 0 and data.find(middle, at + 1) < 0, "feature bytes not found once"
-                for k in range(16):
-                    data[at + 24 + k] ^= 0xFF
-        with open(path, "wb") as f:
-            f.write(data)
+        _flip_bytes(data_dir, split, [(r, f) for s, r, f in DAMAGE if s == split])
     return data_dir
+
+
+def _flip_bytes(data_dir: str, split: str, damage_at: list[tuple[int, str]]) -> None:
+    """Flips 16 bytes in the middle of each (record, feature)'s encoded bytes in the split's
+    shard of `data_dir`, found there by 64 of them."""
+    source = input_pipeline.open_split("surreal/all", data_dir, split)
+    path = _shard(data_dir, split)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    for record, feature in damage_at:
+        encoded = source[record][feature]
+        middle = encoded[len(encoded) // 2:len(encoded) // 2 + 64]
+        at = data.find(middle)
+        assert at > 0 and data.find(middle, at + 1) < 0, "feature bytes not found once"
+        for k in range(16):
+            data[at + 24 + k] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 class Recorder:
@@ -609,3 +614,25 @@ def test_an_evaluation_none_of_whose_records_reads_is_one_line_naming_the_split_
         f"--config.data_dir={data_dir} --config.dataset=surreal/all --splits=test` and "
         f"rebuild it: remove {built} and run `{shards.build_command('surreal/all', data_dir)}` "
         f"(or copy it again from where it was built)")
+
+
+def test_an_evaluation_whose_frames_all_fail_to_read_as_they_are_selected_is_one_line(
+        demo_dataset, tmp_path):
+    """Every test record damaged, so the selection of the frames reads none of them: the
+    evaluation stops with the DamagedShard of a damaged split (hgmt.main and hgmt.evaluate
+    show it in one line), not with a split that "has no frames to evaluate"."""
+    from hgmt import cli
+    from hgmt.data import shards
+
+    data_dir = str(tmp_path / "tfds")
+    shutil.copytree(demo_dataset[1], data_dir)
+    count = len(input_pipeline.open_split("surreal/all", data_dir, "test"))
+    _flip_bytes(data_dir, "test", [(r, "image") for r in range(count)])
+    config = tiny_config(data_dir, tasks="pose2d")
+    with pytest.raises(SystemExit) as e, cli.faults_in_one_line(*loop.FAULTS):
+        evaluator.Evaluator(config, frames="middle")
+    assert str(e.value.code).startswith(
+        f"error: DamagedShard: none of the {count} records of dataset 'surreal/all' split "
+        f"'test' selected to evaluate reads or decodes (in {_shard(data_dir, 'test')}): the "
+        f"split is damaged. List its damaged records with `python -m hgmt.data.check")
+    assert isinstance(e.value.__context__, shards.DamagedShard)

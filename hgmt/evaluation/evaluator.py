@@ -262,6 +262,8 @@ class Evaluator:
             # have been reached had it read.
             self.unreadable = [i for i in self.unreadable if i < indices[max_examples - 1]]
             indices = indices[:max_examples]
+        if not indices and self.unreadable:  # the frames asked for may be among them
+            raise input_pipeline.unreadable_split(self.source, self.unreadable)
         if not indices:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
                              f"(frames={self.frames})")
