@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+import cv2
 import jax
 import ml_collections
 import numpy as np
@@ -318,7 +319,8 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     SIGUSR1 while validation reads its second batch, test finished. The rerun keeps test's
     result (its eval_test.json, its one evals.jsonl line) and evaluates only validation; a
     rerun of the finished run evaluates nothing and returns the same summaries; one that
-    changes any field of the config (here one free to change on a rerun) runs both again."""
+    changes any field of the config (here one free to change on a rerun) runs both again,
+    recording validation's new line (test's is the line it has)."""
     workdir = str(tmp_path / "w")
     config = _at_end_config(demo_dataset[1])
     config.evals.validation.at_end = True
@@ -366,7 +368,8 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     config.evals.validation.max_examples = 4  # free to change on a rerun
     summaries = loop.run(config, workdir)[1]
     assert len(calls) == 2 and summaries["validation"]["num_examples"] == 4
-    assert evaluated() == [(3, "test"), (3, "validation")] * 2
+    # test's evaluation is the one recorded already, line for line: not recorded twice.
+    assert evaluated() == [(3, "test"), (3, "validation"), (3, "validation")]
 
 
 @pytest.mark.slow
@@ -1339,8 +1342,9 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
     out = os.path.join(disk.path, "eval_test.json")
     summary = {"split": "test", "num_examples": 1, "flip": False, "loss": {},
                "notes": "x" * 100_000}
-    with pytest.raises(disk_space.DiskFull, match=f"cannot write the file to {out}: the disk "
-                                                  f"or quota is full"):
+    with pytest.raises(disk_space.DiskFull, match=f"cannot write the file to "
+                                                  f"{out[:-len('json')]}md: the disk or quota "
+                                                  f"is full"):
         evaluator.write_report(summary, out)
     assert not [n for n in os.listdir(disk.path) if n.startswith("eval_test")]
 
@@ -1349,6 +1353,50 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
         for step in range(1000):
             writer.write_scalars(step, {"loss": 1.0, "x" * 2000: 2.0})
             writer.flush()
+
+
+@pytest.mark.parametrize("fails", ["markdown", "picture", "json"])
+def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_records_it_once(
+        demo_dataset, tmp_path, monkeypatch, caplog, fails):
+    """A full disk while the evaluation after training writes its Markdown table, its PCKh
+    picture (half written) or its JSON: DiskFull, and no eval_test.json (which a rerun takes
+    as the evaluation done) nor a partial file left; the rerun evaluates again, writes all
+    three, and evals.jsonl holds the evaluation once (before: a rerun that never wrote the
+    table, a truncated picture kept, or a second line for the same evaluation)."""
+    from matplotlib.figure import Figure
+
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    calls = []
+
+    def full(real, *, half=False):
+        def write(*args, **kwargs):
+            if not calls and (fails != "json" or str(getattr(args[1], "name", "")).endswith(
+                    "eval_test.json.tmp")):
+                calls.append(fails)
+                if half:  # the first bytes reach the file
+                    args[1].write(b"\x89PNG" * 1000)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args, **kwargs)
+        return write
+
+    if fails == "markdown":
+        monkeypatch.setattr(evaluator, "to_markdown", full(evaluator.to_markdown))
+    elif fails == "picture":
+        monkeypatch.setattr(Figure, "savefig", full(Figure.savefig, half=True))
+    else:
+        monkeypatch.setattr(evaluator.json, "dump", full(evaluator.json.dump))
+    with pytest.raises(disk_space.DiskFull, match="the disk or quota is full"):
+        loop.train(config, workdir)
+    assert calls == [fails]
+    left = sorted(n for n in os.listdir(workdir) if n.startswith("eval_test"))
+    assert left == {"markdown": ["eval_test_pckh.png"], "picture": [],
+                    "json": ["eval_test.md", "eval_test_pckh.png"]}[fails]
+    _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
+    assert sorted(n for n in os.listdir(workdir) if n.startswith("eval_test")) == [
+        "eval_test.json", "eval_test.md", "eval_test_pckh.png"]
+    assert cv2.imread(workdirs.eval_file(workdir, "test").replace(".json", "_pckh.png")
+                      ).shape == (360, 480, 3)
 
 
 def test_a_file_written_atomically_is_synced_before_its_rename_and_its_folder_after(

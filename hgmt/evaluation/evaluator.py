@@ -501,18 +501,19 @@ def to_markdown(summary: dict) -> str:
 
 def write_report(summary: dict, out: str) -> list[str]:
     """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
-    `summary_pictures`, e.g. a PCK curve). -> the paths written. A full disk or quota raises
-    `disk_space.DiskFull` naming the file, with no partial file left behind (each is written
-    to a temporary name, then renamed)."""
+    `summary_pictures`, e.g. a PCK curve). -> the paths written. The JSON comes last, so that
+    its presence (what a rerun of the trainer takes as the evaluation done) means the rest
+    is there too. A full disk or quota raises `disk_space.DiskFull` naming the file, with no
+    partial file left behind (each is written to a temporary name, then renamed)."""
     out = paths.absolute(out)
     epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
     stem = os.path.splitext(out)[0]
-    disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
-    written = [out, stem + ".md"]
+    written = []
     for task in TASKS:
         if task in summary:
             with disk_space.reported(stem, f"{task}'s pictures"):
                 written += TASKS[task].summary_pictures(summary[task], stem)
-    return written
+    disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
+    disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
+    return [out, stem + ".md", *written]
 

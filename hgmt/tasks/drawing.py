@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from etils import epath
 
+from hgmt import disk_space
 from hgmt.sources import surreal
 
 # 15 colours, every two at least 20 apart in CIELAB (Delta E 1976): background black, then the
@@ -92,8 +92,8 @@ def plot_pck_curve(curve: dict, path: str) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with epath.Path(path).open("wb") as f:  # a local path or an object-store URL
-        fig.savefig(f, format="png", dpi=120)
+    # A local path or an object-store URL; no partial file on a full disk.
+    disk_space.write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120), "wb")
 
 
 # --- Readable figures (the prediction panel) -------------------------------------------------

@@ -489,8 +489,12 @@ class Evaluators:
         line = {"step": step, "evaluator": name,
                 **{k: summary[k] for k in (*RECORDED_SETTINGS, "num_examples")},
                 "metrics": values}
-        disk_space.append_line(workdirs.evals_file(self.workdir), json.dumps(line),
-                               "the evaluation curves")
+        text = json.dumps(line)
+        # The same evaluation recorded already: by a run whose report a full disk stopped
+        # after this line (the rerun evaluates again and must not count it twice).
+        if text in {json.dumps(x) for x in workdirs.read_evals(self.workdir)}:
+            return
+        disk_space.append_line(workdirs.evals_file(self.workdir), text, "the evaluation curves")
 
     def _keep_best(self, name: str, step: int, host_state, values: dict) -> str:
         if name != self.keeper:
