@@ -176,7 +176,9 @@ def read_evals(workdir: str) -> list[dict]:
     path = evals_file(workdir)
     if not epath.Path(path).exists():
         return []
-    text = disk_space.complete_lines(epath.Path(path).read_text(), path)
+    # Bytes that are not UTF-8 kept as surrogates, to be named with their line.
+    text = disk_space.complete_lines(
+        epath.Path(path).read_bytes().decode("utf-8", "surrogateescape"), path)
     return [_json_object(line, path, number)
             for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
@@ -184,8 +186,11 @@ def read_evals(workdir: str) -> list[dict]:
 def _json_object(line: str, path: str, number: int) -> dict:
     """Line `number` of the file `path`, a JSON object; DamagedRunFile when it is not."""
     try:
+        line.encode("utf-8")
         value = json.loads(line)
         problem = "" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+    except UnicodeEncodeError as e:
+        problem = f"not UTF-8 text at column {e.start + 1}"
     except json.JSONDecodeError as e:
         problem = f"not JSON: {e.msg} at column {e.colno}"
     if problem:

@@ -1550,7 +1550,8 @@ def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(t
 def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_path, caplog):
     """An append cut short (a kill) leaves a last line without its newline: the trainer's
     reader leaves it out with a warning (that evaluation runs again) and the next append
-    replaces it; a line that is not JSON before the last stops naming the file and line."""
+    replaces it; a line that is not JSON before the last, or not UTF-8 text (before: a
+    UnicodeDecodeError's traceback), stops naming the file and line."""
     workdir = str(tmp_path)
     path = workdirs.evals_file(workdir)
     with open(path, "w") as f:
@@ -1572,6 +1573,12 @@ def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_pat
                                                       rf"JSON object .*Repair or delete that "
                                                       rf"line and rerun"):
         evals.recorded(6)
+    with open(path, "wb") as f:  # a byte that is not UTF-8 (a bad copy)
+        f.write(b'{"step": 2, "evaluator": "train"}\n{"step": 4, "ev\xffaluator": "test"}\n')
+    with pytest.raises(workdirs.DamagedRunFile, match=rf"^{re.escape(path)} line 2 is not a "
+                                                      rf"JSON object \(not UTF-8 text at "
+                                                      rf"column 16\).*Repair or delete"):
+        evals.recorded(4)
 
 
 # XLA's out-of-memory error on a GPU (its allocation dump shortened) and on a TPU.
