@@ -1653,6 +1653,29 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
         assert not device_memory.is_out_of_memory(unrelated)
 
 
+def test_out_of_device_memory_while_evaluating_names_the_evaluation_batch_and_dtype_only(
+        demo_dataset):
+    """An evaluation of trained weights has no optimizer state, and its model and image size
+    are the checkpoint's: the message names config.eval_batch_size, free on any run, and the
+    compute dtype (before: training's text, the optimizer, the model's size fields and a
+    resume flag for the batch size)."""
+    config = tiny_config(demo_dataset[1], tasks="pose2d", eval_batch_size=8)
+    with pytest.raises(device_memory.OutOfDeviceMemory) as err, device_memory.explained(
+            config, "while evaluating", "eval_batch_size"):
+        raise jax.errors.JaxRuntimeError(_GPU_OOM)
+    message = str(err.value)
+    assert message.startswith(
+        "out of device memory while evaluating: XLA asked for 32.0 GiB, the device has "
+        "unknown. The program holds a per-device batch of 2 (config.eval_batch_size=8 over 4 "
+        "devices), 64 x 64 images (config.image_size) and a model of ")
+    assert message.endswith(
+        " in float32), in float32. Lower config.eval_batch_size (or use more devices; any run "
+        "takes a new one), or compute in bfloat16 (config.model.dtype=bfloat16, which a "
+        "resumed training run takes only with --resume_with_changed_config). XLA's full "
+        "message (the allocation dump) is logged with --verbosity=1")
+    assert "optimizer" not in message and "config.model.features" not in message
+
+
 def test_out_of_device_memory_while_resuming_names_the_restore(demo_dataset, tmp_path,
                                                                 monkeypatch):
     """XLA's out-of-memory error while the trainer restores its checkpoint (raised as orbax

@@ -123,7 +123,10 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             batch_field: str = "batch_size",
             batch_flag: tuple[str, int] | None = None) -> OutOfDeviceMemory:
     """The `OutOfDeviceMemory` for XLA's `error`, raised while `what` (e.g. 'while compiling
-    or running the training step') with batches of `config[batch_field]` (global). With
+    or running the training step') with batches of `config[batch_field]` (global):
+    `batch_size`, training, or `eval_batch_size`, an evaluation of trained weights, whose
+    message names the batch and the compute dtype only (no optimizer state; the image size
+    and model are the checkpoint's). With
     `batch_flag` (the flag, its value) a command's flag sets the batch instead, run on JAX's
     default device with a trained checkpoint (hgmt.predict's --batch_size): the image size and
     model are the checkpoint's, so the message names the flag and the compute dtype only."""
@@ -146,20 +149,26 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             f"bfloat16 (--config.model.dtype=bfloat16)")
     devices = jax.device_count()
     batch = int(config[batch_field])
+    training = batch_field == "batch_size"  # else an evaluation: no optimizer state
     model = ("a model of unknown size" if params is None else
-             f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in float32, "
-             f"times about 3 with the optimizer state)")
+             f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in float32"
+             f"{', times about 3 with the optimizer state' if training else ''})")
+    held = (f"{memory} The program holds a per-device batch of {batch // devices} "
+            f"(config.{batch_field}={batch} over {devices} devices), {config.image_size} x "
+            f"{config.image_size} images (config.image_size) and {model}, in {dtype}. ")
+    verbose = "XLA's full message (the allocation dump) is logged with --verbosity=1"
+    if not training:  # the model and image size are the checkpoint's
+        return OutOfDeviceMemory(
+            f"{held}Lower config.{batch_field} (or use more devices; any run takes a new "
+            f"one), or compute in bfloat16 (config.model.dtype=bfloat16, which a resumed "
+            f"training run takes only with {cli.RESUME_FLAG}). {verbose}")
     return OutOfDeviceMemory(
-        f"{memory} The program holds a per-device batch of "
-        f"{batch // devices} (config.{batch_field}={batch} over {devices} "
-        f"devices), {config.image_size} x {config.image_size} images "
-        f"(config.image_size) and {model}, in {dtype}. Lower "
-        f"config.{batch_field} (or use more devices), config.image_size, or the model "
-        f"(config.model.features={config.model.features}, "
+        f"{held}Lower config.{batch_field} (or use more devices), config.image_size, or the "
+        f"model (config.model.features={config.model.features}, "
         f"config.model.num_stacks={config.model.num_stacks}), or compute in bfloat16 "
         f"(config.model.dtype=bfloat16); a run resumed from its checkpoints takes a new "
         f"batch size or dtype only with {cli.RESUME_FLAG}, and another model only in a new "
-        f"--workdir. XLA's full message (the allocation dump) is logged with --verbosity=1")
+        f"--workdir. {verbose}")
 
 
 def explain_variables(error: BaseException, nbytes: int) -> OutOfDeviceMemory:
