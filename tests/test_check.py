@@ -143,12 +143,16 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
 
 
 def test_an_unknown_split_is_one_line_naming_the_splits(tmp_path):
-    """A split that no SURREAL build has (a typo) is refused before any data is looked at,
-    naming the splits there are; rebuilding would not make it."""
+    """A split that no SURREAL build has (a typo), or none, is refused before any data is
+    looked at, naming the splits there are; rebuilding would not make it."""
     with pytest.raises(SystemExit) as e:
         check.main([f"--config.data_dir={tmp_path}", "--splits=test,val"])
     assert e.value.code == ("error: --splits: no split 'val': give some of train, validation, "
                             "test, comma-separated")
+    with pytest.raises(SystemExit) as e:  # before: nothing checked, status 0
+        check.main([f"--config.data_dir={tmp_path}", "--splits="])
+    assert e.value.code == ("error: --splits is empty: give some of train, validation, test, "
+                            "comma-separated, or leave the flag out to check them all")
 
 
 @pytest.mark.parametrize("dataset, message", [

@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _refuse_data_flags(argv)
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
     unknown = [split for split in args.splits if split not in surreal.SPLIT_DIRS]
+    if not args.splits:  # e.g. `--splits=$SPLITS` with the variable unset: nothing checked
+        raise SystemExit(f"error: --splits is empty: give some of "
+                         f"{', '.join(surreal.SPLIT_DIRS)}, comma-separated, or leave the "
+                         f"flag out to check them all")
     if unknown:
         raise SystemExit(f"error: --splits: no split {', '.join(map(repr, unknown))}: give "
                          f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
