@@ -105,7 +105,10 @@ def _stand_ins(folder, exit_status=0):
     return calls
 
 
-def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
+def test_slurm_script_passes_flags_and_cpus_and_requeues_nothing_unwarned(tmp_path):
+    """The training processes stopped by a signal that did not come through the script
+    (`scancel --signal=TERM`, a preemption): their checkpoint is saved (status 75) and the
+    job is not requeued (before, a `scancel --signal=TERM` was requeued)."""
     calls = _stand_ins(tmp_path, exit_status=75)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
            "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_CPUS_PER_TASK": "32",
@@ -115,13 +118,16 @@ def test_slurm_script_passes_flags_cpus_and_requeues_a_preempted_job(tmp_path):
     assert run.returncode == 75, run.stderr
     assert calls.read_text().splitlines() == [
         "srun cpus=32 --kill-on-bad-exit=0 python3 -m hgmt.main --distributed "
-        f"--config={REPO}/configs/default.py:tasks=all --workdir=/w --config.batch_size=64",
-        "scontrol cpus=32 requeue 42"]
+        f"--config={REPO}/configs/default.py:tasks=all --workdir=/w --config.batch_size=64"]
+    assert run.stdout.splitlines()[-1] == (
+        "stopped by a signal: checkpoint saved; resubmit (or Slurm's requeue of a preempted "
+        "job) resumes from it")
 
 
-def test_slurm_script_requeues_when_the_processes_exit_75_one_after_another(tmp_path):
+def test_slurm_script_returns_75_when_the_processes_exit_75_one_after_another(tmp_path):
     """After a SIGUSR1 each process saves and exits 75 in its own time: the step must let the
-    last finish and return 75, which requeues the job. The stand-in srun runs two such tasks
+    last finish and return 75 (which the time limit's warning requeues). The stand-in srun
+    runs two such tasks
     (0.1 s and 1 s) as Slurm does: with --kill-on-bad-exit=1 the first non-zero exit kills
     the other (128 + SIGKILL), else it returns the highest status."""
     calls = _stand_ins(tmp_path)
@@ -138,7 +144,7 @@ def test_slurm_script_requeues_when_the_processes_exit_75_one_after_another(tmp_
     run = subprocess.run(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 75, run.stderr
-    assert calls.read_text().splitlines() == ["srun 75 75", "scontrol cpus= requeue 42"]
+    assert calls.read_text().splitlines() == ["srun 75 75"]
 
 
 def test_slurm_script_with_a_flag_where_the_workdir_goes_stops_naming_it(tmp_path):
@@ -164,20 +170,22 @@ def test_slurm_script_with_a_flag_where_the_workdir_goes_stops_naming_it(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["bin"]
 
 
-def test_slurm_script_waits_through_a_sigterm_for_the_checkpoint_and_requeues_nothing(
-        tmp_path):
-    """Slurm signals the batch script too when it cancels or preempts a job: the script waits
-    for srun (whose training processes save a checkpoint, then exit 75) instead of ending the
-    job under them, and does not requeue (a cancelled job stays cancelled; Slurm requeues a
-    preempted one).
+def test_slurm_script_passes_the_time_limits_warning_to_srun_and_requeues(tmp_path):
+    """Slurm sends the time limit's SIGUSR1 to the batch script alone (--signal=B:USR1@300):
+    the script passes it to srun (which forwards it to the training processes: they save and
+    exit 75) and requeues the job. Before, the warning went to the training processes and the
+    script requeued on any status 75, so a `scancel --signal=TERM` was requeued too; and it
+    waited through a SIGTERM of its own, which srun answers by killing the training processes
+    (SIGKILL), so nothing was saved.
 
-    The stand-in srun "saves" only once the test lets it (a file `go`, made once the script
-    said it took the signal; at most 60 s), so that it cannot end before the signal arrives
-    however slowly a loaded machine runs the test."""
-    calls, go, log = _stand_ins(tmp_path), tmp_path / "go", tmp_path / "out"
-    (tmp_path / "srun").write_text(f'#!/usr/bin/env bash\necho "srun start" >> {calls}\n'
-                                   f'for _ in $(seq 1200); do [ -e {go} ] && break; sleep 0.05; '
-                                   f'done\necho "srun saved" >> {calls}\nexit 75\n')
+    The stand-in srun saves only once it has the signal (at most 60 s), so that it cannot end
+    before the signal arrives however slowly a loaded machine runs the test."""
+    calls, log = _stand_ins(tmp_path), tmp_path / "out"
+    (tmp_path / "srun").write_text(
+        f'#!/usr/bin/env bash\ntrap \'echo "srun got USR1" >> {calls}; warned=1\' USR1\n'
+        f'echo "srun start" >> {calls}\n'
+        f'for _ in $(seq 1200); do [ -n "${{warned:-}}" ] && break; sleep 0.05; done\n'
+        f'echo "srun saved" >> {calls}\nexit 75\n')
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
            "SLURM_JOB_NODELIST": "n1", "SLURM_SUBMIT_DIR": REPO}
     with open(log, "w") as f:
@@ -188,22 +196,19 @@ def test_slurm_script_waits_through_a_sigterm_for_the_checkpoint_and_requeues_no
         while not (calls.exists() and "srun start" in calls.read_text()):
             assert time.monotonic() < deadline and job.poll() is None, log.read_text()
             time.sleep(0.05)
-        job.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while "SIGTERM: waiting for the training processes" not in log.read_text():
-            assert time.monotonic() < deadline and job.poll() is None, log.read_text()
-            time.sleep(0.05)
-        go.touch()  # srun's training processes save and exit 75
+        job.send_signal(signal.SIGUSR1)  # to the batch script alone, as --signal=B: does
         job.wait(timeout=60)
     finally:
-        go.touch()  # a stand-in srun left waiting ends
         if job.poll() is None:
             job.kill()
             job.wait()
     out = log.read_text()
     assert job.returncode == 75, out
-    assert calls.read_text().splitlines() == ["srun start", "srun saved"]  # no scontrol
-    assert "SIGTERM: waiting for the training processes" in out
+    assert calls.read_text().splitlines() == [
+        "srun start", "srun got USR1", "srun saved", "scontrol cpus= requeue 42"]
+    assert "SIGUSR1: the time limit is near" in out
+    assert out.splitlines()[-1] == "time limit: checkpoint saved; requeueing job 42 to resume"
+    assert "--signal=B:USR1@300" in _sbatch_options()
 
 
 def _sbatch_options() -> list[str]:

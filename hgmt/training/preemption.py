@@ -1,8 +1,9 @@
 """Preemption: a SIGTERM or SIGUSR1 makes every process save at one agreed step, then exit.
 
-Schedulers warn before they kill a job: Slurm sends SIGTERM on preemption or `scancel` (and
-the signal `--signal=USR1@<s>` asks for ahead of the time limit), a preemptible TPU VM sends
-SIGTERM. `PreemptionWatch.reached(step)` says when the trainer should save and stop:
+Schedulers warn before they kill a job: Slurm sends SIGTERM on preemption or `scancel
+--signal=TERM` (and the signal `--signal=USR1@<s>` asks for ahead of the time limit, which
+launch/slurm.sbatch passes on), a preemptible TPU VM sends SIGTERM.
+`PreemptionWatch.reached(step)` says when the trainer should save and stop:
 
 - one process: at the first step that ends after the signal;
 - several processes: at the step JAX's preemption sync manager agrees on (the coordination
@@ -17,7 +18,7 @@ rerun resumes at the last step and runs those not finished (`Evaluators.finished
 
 The trainer then raises `Preempted`, and `hgmt.main` exits with `EXIT_PREEMPTED` (75,
 sysexits' EX_TEMPFAIL: a temporary failure, rerun to resume), which launch/slurm.sbatch
-requeues on.
+requeues on after the time limit's warning.
 """
 
 from __future__ import annotations
