@@ -5,23 +5,40 @@
 #   TPU=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh setup [GIT_URL]
 #   TPU=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh train gs://bucket/runs/all \
 #       configs/default.py:tasks=all --config.data_dir=gs://bucket/tfds --config.batch_size=512
+#   TPU=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh stop
 #
+# setup clones GIT_URL (default: this checkout's origin, an ssh address taken over https, as
+# the workers hold no key for it) into ~/hgmt on every worker and checks out this checkout's
+# commit (push it first), then installs hgmt with JAX's TPU runtime into ~/hgmt-venv, a
+# virtual environment of Python >= 3.11 (JAX's minimum; TPU VM images of Ubuntu 22.04 have
+# 3.10), made by uv, which fetches such a Python where the image lacks one.
 # Workdir and data_dir should be gs:// paths every worker reads (docs/training.md).
-# `train` again resumes from the last checkpoint.
+# `train` again resumes from the last checkpoint. `stop` sends SIGTERM to the trainers of
+# every worker (e.g. left running by a dropped ssh session): they save a checkpoint at one
+# step and exit.
 set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="$1"
 }
-cmd=${1:?usage: launch/tpu_vm.sh setup [GIT_URL] | train WORKDIR [CONFIG[:ARG]] [flags...]}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python='~/hgmt-venv/bin/python'
+cmd=${1:?usage: launch/tpu_vm.sh setup [GIT_URL] | train WORKDIR [CONFIG[:ARG]] [flags...] | stop}
 shift
 case "$cmd" in
   setup)
-    url=${1:-$(git -C "$(dirname "$0")/.." remote get-url origin)}
-    ssh_all "set -e; [ -d hgmt ] || git clone $(printf %q "$url") hgmt; cd hgmt && \
-git pull --ff-only && \
-python3 -m pip install -q -e . 'jax[tpu]' \
-  -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+    url=${1:-$(git -C "$repo" remote get-url origin)}
+    if [[ $url =~ ^git@([^:/]+):(.+)$ || $url =~ ^ssh://git@([^/:]+)(:[0-9]+)?/(.+)$ ]]; then
+      url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[-1]}"
+    fi
+    commit=$(git -C "$repo" rev-parse HEAD)
+    ssh_all "set -e; [ -d hgmt ] || git clone -q $(printf %q "$url") hgmt; cd hgmt && \
+git fetch -q origin && { git checkout -q --detach $commit || { echo \"error: commit $commit \
+is not at $(printf %q "$url"): push it, then run setup again\" >&2; exit 1; }; } && \
+{ command -v uv >/dev/null || [ -x ~/.local/bin/uv ] || \
+curl -LsSf https://astral.sh/uv/install.sh | sh -s -- -q; } && \
+PATH=~/.local/bin:\$PATH && uv venv -q --allow-existing --python '>=3.11' ~/hgmt-venv && \
+uv pip install -q --python $python -e . 'jax[tpu]'"
     ;;
   train)
     workdir=${1:?usage: launch/tpu_vm.sh train WORKDIR [CONFIG[:ARG]] [flags...]}
@@ -36,12 +53,17 @@ python3 -m pip install -q -e . 'jax[tpu]' \
       printf -v extra ' %q' "$@"
     fi
     # The trainers run in the ssh sessions: keep this command's terminal open (e.g. run it in
-    # tmux); ending it ends the sessions, which may leave trainers holding the TPU.
-    ssh_all "cd hgmt && python3 -m hgmt.main --distributed --config=$(printf %q "$config") \
+    # tmux); a session that drops may leave its trainer running: `stop` ends them with a save.
+    ssh_all "cd hgmt && $python -m hgmt.main --distributed --config=$(printf %q "$config") \
 --workdir=$(printf %q "$workdir")${extra}"
     ;;
+  stop)
+    # The trainers' own command lines only (the pattern does not match itself: [-]).
+    ssh_all "pkill -TERM -u \"\$USER\" -f '^[^ ]*python[^ ]* [-]m hgmt[.]main --distributed' \
+|| true"
+    ;;
   *)
-    echo "unknown command '$cmd': use setup or train" >&2
+    echo "unknown command '$cmd': use setup, train or stop" >&2
     exit 2
     ;;
 esac

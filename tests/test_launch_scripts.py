@@ -269,11 +269,12 @@ def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
     writes its arguments one a line."""
     calls = _stand_ins(tmp_path)
     (tmp_path / "hgmt").mkdir()
-    echo = tmp_path / "bin" / "python3"
-    echo.parent.mkdir()
+    echo = tmp_path / "hgmt-venv" / "bin" / "python"  # setup's virtual environment
+    echo.parent.mkdir(parents=True)
     echo.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     echo.chmod(echo.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z"}
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z",
+           "HOME": str(tmp_path)}
     for extra, want in (
             ([], ["--config=configs/default.py:tasks=all", "--workdir=gs://b/r"]),
             (["configs/my demo's.py", "--config.tasks=pose2d+segm", "--config.note=a 'b' c"],
@@ -285,10 +286,91 @@ def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
         line = calls.read_text()
         prefix = "gcloud cpus= compute tpus tpu-vm ssh t --zone=z --worker=all --command="
         assert line.startswith(prefix) and line.count("\n") == 1, line
-        remote = subprocess.run(["bash", "-c", line[len(prefix):-1]], cwd=tmp_path,
-                                env={**env, "PATH": f"{echo.parent}:{env['PATH']}"},
+        remote = subprocess.run(["bash", "-c", line[len(prefix):-1]], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, check=True, timeout=60)
         assert remote.stdout.splitlines() == ["-m", "hgmt.main", "--distributed", *want]
+
+
+def _remote_command(calls) -> str:
+    """The command gcloud's stand-in was given to run on every worker."""
+    line = calls.read_text()
+    prefix = "gcloud cpus= compute tpus tpu-vm ssh t --zone=z --worker=all --command="
+    assert line.startswith(prefix) and line.count("\n") == 1, line
+    return line[len(prefix):-1]
+
+
+def test_tpu_vm_setup_checks_out_this_commit_over_https_into_a_python_311_environment(
+        tmp_path):
+    """setup's worker command, run here through bash in a fresh home with a stand-in uv:
+    clones the repository, checks out this checkout's commit (not the remote's newest), and
+    makes ~/hgmt-venv of Python >= 3.11 (JAX's minimum; TPU VM images of Ubuntu 22.04 have
+    3.10) to install hgmt and JAX's TPU runtime into. An ssh origin is taken over https (the
+    workers hold no key for it); a commit the repository lacks is one line saying to push
+    it. Before: a clone of the origin's newest commit over its ssh address, installed with the
+    image's python3."""
+    calls = _stand_ins(tmp_path)
+    home, bin_ = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_.mkdir()
+    (bin_ / "uv").write_text(f'#!/usr/bin/env bash\necho "uv $*" >> {calls}.uv\n')
+    (bin_ / "uv").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z"}
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+    def setup(url: str) -> subprocess.CompletedProcess:
+        calls.unlink(missing_ok=True)
+        subprocess.run(["bash", "launch/tpu_vm.sh", "setup", url], cwd=REPO, env=env,
+                       check=True, timeout=60)
+        return subprocess.run(["bash", "-c", _remote_command(calls)], cwd=home, timeout=120,
+                              env={**env, "HOME": str(home), "PATH": f"{bin_}:{env['PATH']}"},
+                              capture_output=True, text=True)
+
+    remote = setup(REPO)
+    assert remote.returncode == 0, remote.stderr
+    assert subprocess.run(["git", "-C", str(home / "hgmt"), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() == head
+    assert open(f"{calls}.uv").read().splitlines() == [
+        f"uv venv -q --allow-existing --python >=3.11 {home}/hgmt-venv",
+        f"uv pip install -q --python {home}/hgmt-venv/bin/python -e . jax[tpu]"]
+
+    other = tmp_path / "other"  # a repository without this commit
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    subprocess.run(["git", "-C", str(other), "-c", "user.name=u", "-c", "user.email=u@x",
+                    "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run(["rm", "-rf", str(home / "hgmt")], check=True)
+    remote = setup(str(other))
+    assert remote.returncode == 1
+    assert remote.stderr.splitlines()[-1] == (
+        f"error: commit {head} is not at {other}: push it, then run setup again")
+
+    for origin, https in (("git@github.com:me/hgmt.git", "https://github.com/me/hgmt.git"),
+                          ("ssh://git@example.org:2222/me/hgmt", "https://example.org/me/hgmt"),
+                          ("https://github.com/me/hgmt", "https://github.com/me/hgmt")):
+        calls.unlink(missing_ok=True)
+        subprocess.run(["bash", "launch/tpu_vm.sh", "setup", origin], cwd=REPO, env=env,
+                       check=True, timeout=60)
+        assert f"git clone -q {https} hgmt" in _remote_command(calls), origin
+
+
+def test_tpu_vm_stop_sends_sigterm_to_the_trainers_alone(tmp_path):
+    """`stop` runs pkill on every worker with a pattern that matches a trainer's command line
+    (a virtual environment's python running hgmt.main --distributed) and neither the shell
+    that started it nor the one running pkill."""
+    calls = _stand_ins(tmp_path)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TPU": "t", "ZONE": "z"}
+    subprocess.run(["bash", "launch/tpu_vm.sh", "stop"], cwd=REPO, env=env, check=True,
+                   timeout=60)
+    remote = _remote_command(calls)
+    assert remote.startswith('pkill -TERM -u "$USER" -f ')
+    pattern = remote.split(" -f ", 1)[1].split("'")[1]
+    grep = ["grep", "-cE", pattern]
+    lines = ["/home/u/hgmt-venv/bin/python -m hgmt.main --distributed --config=c --workdir=w",
+             "bash -c cd hgmt && ~/hgmt-venv/bin/python -m hgmt.main --distributed --config=c",
+             f"bash -c {remote}", "/usr/bin/python3 -m hgmt.evaluate --workdir=w"]
+    counts = [subprocess.run(grep, input=line, capture_output=True, text=True).stdout.strip()
+              for line in lines]
+    assert counts == ["1", "0", "0", "0"], counts
 
 
 def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
