@@ -100,6 +100,14 @@ def test_colour_gain_is_applied_in_uint8_with_saturation(source):
     assert (expected == 255).any() and (expected != np.trunc(plain["image"] * gain)).any()
 
 
+def test_a_split_surreal_does_not_have_is_named_with_the_splits_it_has(demo_dataset):
+    """'val' (SURREAL's folder name) is no split of the dataset: a ValueError naming its
+    splits (before: 'is not built', with a build command, which would never make it)."""
+    with pytest.raises(ValueError, match=r"^dataset 'surreal/all' has no split 'val': its "
+                                         r"splits are train, validation, test$"):
+        ip.open_split("surreal/all", demo_dataset[1], "val")
+
+
 def test_undecodable_image_bytes_name_the_feature_and_the_fix():
     with pytest.raises(ValueError, match="'image'.*rebuild it with tfds build"):
         ip.decoded({"image": b"not a jpeg"}, "image")

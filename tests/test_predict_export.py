@@ -2069,6 +2069,46 @@ def test_a_bbox_must_be_finite(workdir):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=0,0,nan,10"])
 
 
+def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(workdir):
+    """An image of another kind (a float one on [0, 1], grey, RGBA, channels first, a batch,
+    no pixels), a bbox of three numbers and one array given to `predict` (whose rows would
+    pass for images) are each a ValueError saying what to give (before: the same message for
+    all of them, a ZeroDivisionError, an unpacking error naming no bbox, and an error about
+    a (320, 3) image)."""
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    for image, hint in (
+            (rgb.astype(np.float32) / 255, r"give uint8 values 0\.\.255: e\.g\. \(image \* "
+                                            r"255\)\.round\(\)\.astype\(np\.uint8\)"),
+            (rgb[..., 0], r"give RGB of a grey image: cv2\.cvtColor\(image, "
+                          r"cv2\.COLOR_GRAY2RGB\)"),
+            (np.zeros((24, 32, 4), np.uint8), r"give RGB without the alpha channel"),
+            (np.zeros((3, 24, 32), np.uint8), r"give channels last: np\.moveaxis"),
+            (np.zeros((2, 24, 32, 3), np.uint8), r"give one image per list item: "),
+            (np.zeros((0, 0, 3), np.uint8), r"give an image with pixels"),
+            (rgb.astype(np.int64), r"give uint8 values 0\.\.255: image\.astype")):
+        with pytest.raises(ValueError, match=rf"^expected an RGB uint8 image \(H,W,3\), got "
+                                             rf"{image.dtype} {re.escape(str(image.shape))}: "
+                                             rf"{hint}"):
+            prediction._checked(image)
+    assert prediction._checked(rgb) is rgb
+    with pytest.raises(ValueError, match=r"^bbox \(10, 10, 50\): give 4 numbers, x, y, w, h"):
+        person.Window.given((10, 10, 50))
+    with pytest.raises(ValueError, match=r"^Predictor\.predict takes a list of images, got "
+                                         r"one uint8 array \(24, 32, 3\): give \[image\]"):
+        prediction.Predictor.predict(None, rgb)
+
+
+def test_an_evaluation_of_another_task_subsets_variables_is_refused(workdir):
+    """The variables of the 4-task model evaluated for pose2d alone: a ValueError naming the
+    tasks and the differences (before: numbers of another network, flax having taken the
+    variables it knew and left the others, without a word)."""
+    config, variables, _ = checkpoints.restore_for_inference(workdir)
+    with pytest.raises(ValueError, match=r"^the variables do not fit the model of tasks "
+                                         r"pose2d and this config\.model \(\d+ unexpected "
+                                         r"\(e\.g\. .*restore_for_inference"):
+        evaluator.evaluate(config, variables, tasks="pose2d", max_examples=2)
+
+
 def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
     """Made-up model outputs on a 640x480 image: pose2d's heatmaps peak at known heights,
     which `joint_scores` gives; `focal_px` is the focal length 3D decoding assumed (a 30

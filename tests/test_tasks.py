@@ -11,8 +11,10 @@ from hgmt.tasks import (
     TASK_NAMES,
     TASKS,
     all_subsets,
+    channel_flips,
     common,
     depth,
+    heads,
     parse_tasks,
     pose2d,
     pose3d,
@@ -59,6 +61,12 @@ def test_parse_tasks():
         parse_tasks("pose2d+normals")
     with pytest.raises(ValueError, match="unknown task"):
         parse_tasks("")
+    # heads and channel_flips take tasks as parse_tasks does (before: a '+'-joined string
+    # was taken letter by letter, KeyError: 'p').
+    assert list(heads("segm+pose2d")) == list(heads(["pose2d", "segm"])) == ["pose2d", "segm"]
+    assert list(channel_flips("all")) == list(TASK_NAMES)
+    with pytest.raises(ValueError, match="unknown task"):
+        heads(["hands"])
 
 
 def test_task_modules_share_one_interface():

@@ -529,6 +529,10 @@ def built_split(dataset: str, data_dir: str, split: str):
     after `damage.RETRY_DELAYS_S`."""
     from tensorflow_datasets.core import read_only_builder, registered
 
+    if dataset.split("/")[0] == "surreal" and split not in surreal.SPLIT_DIRS:
+        # No build has it: not a build command's matter ('val' is SURREAL's folder name).
+        raise ValueError(f"dataset {dataset!r} has no split {split!r}: its splits are "
+                         f"{', '.join(surreal.SPLIT_DIRS)}")
     data_dir = _expanded(data_dir)
 
     def built():

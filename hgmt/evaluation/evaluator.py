@@ -23,7 +23,13 @@ from etils import epath
 from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
-from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
+from hgmt.models import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    create_model,
+    predict_last_stage,
+    variable_differences,
+)
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, common, heads, parse_tasks
 
@@ -287,6 +293,7 @@ class Evaluator:
         self.p_add = _add_on_devices()
         self.threads = input_pipeline.eval_threads()
         self.first_batch = None
+        self.fits = False  # whether the variables of a call were found to fit the model
 
     def __call__(self, variables: dict, stop: Callable[[], None] | None = None) -> dict:
         """Metrics of `variables` under the metric protocol: {task: {metric: value,
@@ -305,7 +312,19 @@ class Evaluator:
         `threads` threads (`input_pipeline.eval_batches`) while the devices run the last
         ones; the sums stay on the devices, each batch's added to them in its order (the
         additions numpy's would make), and are fetched once, at the end. At most IN_FLIGHT
-        batches are dispatched ahead of the devices (their inputs held in device memory)."""
+        batches are dispatched ahead of the devices (their inputs held in device memory).
+        Variables that do not fit the model of `tasks` and config.model are a ValueError:
+        flax would take a tree with more than the model's (another task subset's) and compute
+        another network with part of it."""
+        if not self.fits:
+            differences = variable_differences(self.model, self.image_size, variables)
+            if differences:
+                raise ValueError(
+                    f"the variables do not fit the model of tasks {'+'.join(self.tasks)} and "
+                    f"this config.model ({differences}): evaluate them with the tasks and "
+                    f"config they were trained with (`hgmt.training.checkpoints."
+                    f"restore_for_inference(workdir)` returns a workdir's, with its variables)")
+            self.fits = True
         replicated = devices.replicate(variables)
         total = None
         in_flight: collections.deque = collections.deque()

@@ -49,6 +49,8 @@ class Window:
     @staticmethod
     def given(bbox: Sequence[float]) -> Window:
         """The square window around bbox (x, y, w, h in pixels; side max(w, h))."""
+        if np.ndim(bbox) != 1 or len(bbox) != 4:
+            raise ValueError(f"bbox {bbox!r}: give 4 numbers, x, y, w, h in pixels")
         x, y, bw, bh = (float(v) for v in bbox)
         if not np.isfinite([x, y, bw, bh]).all():
             raise ValueError(f"bbox {tuple(bbox)}: x, y, w, h must be finite numbers of "

@@ -142,6 +142,10 @@ class Predictor:
         'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
         (nan on background)}. Without `image_maps` the (H,W) maps are None, not made (a video's
         frames do not need them)."""
+        if isinstance(images, np.ndarray):  # one image's rows would pass for images
+            raise ValueError(f"Predictor.predict takes a list of images, got one "
+                             f"{images.dtype} array {images.shape}: give [image] (or call "
+                             f"the Predictor on the image)")
         images = [_checked(image) for image in images]
         bboxes = [None] * len(images) if bboxes is None else list(bboxes)
         if len(bboxes) != len(images):
@@ -338,11 +342,30 @@ def _averaged_down(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.nda
 
 
 def _checked(image: np.ndarray) -> np.ndarray:
+    """`image` as an (H,W,3) uint8 array, H and W > 0; else a ValueError saying how to make
+    one of what was given."""
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} "
-                         f"{image.shape}")
-    return image
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        if min(image.shape[:2]) > 0:
+            return image
+        hint = "an image with pixels"
+    elif image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+        hint = "channels last: np.moveaxis(image, 0, -1)"
+    elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        hint = "RGB of a grey image: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+    elif image.ndim == 3 and image.shape[2] == 4:
+        hint = "RGB without the alpha channel: image[..., :3]"
+    elif image.ndim == 4:
+        hint = "one image per list item: Predictor.predict(list(images))"
+    elif image.ndim == 3 and np.issubdtype(image.dtype, np.floating):
+        hint = ("uint8 values 0..255: e.g. (image * 255).round().astype(np.uint8) for "
+                "values on [0, 1]")
+    elif image.ndim == 3:
+        hint = "uint8 values 0..255: image.astype(np.uint8) where they are such"
+    else:
+        hint = "a list of (H,W,3) images for Predictor.predict, one for Predictor(...)()"
+    raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} {image.shape}: "
+                     f"give {hint}")
 
 
 def to_json(result: dict, tasks: Sequence[str]) -> dict:

@@ -109,6 +109,24 @@ def variable_shapes(model: MultiTaskHourglass, image_size: int) -> dict:
     return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
+def variable_differences(model: MultiTaskHourglass, image_size: int, variables: Any) -> str:
+    """How `variables` do not fit `model` at `image_size` ('' when they do): the counts of
+    variables missing, unexpected and of other shapes, each with two examples."""
+    def shapes(tree: Any) -> dict[str, tuple]:
+        return {jax.tree_util.keystr(k): tuple(v.shape)
+                for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+    expected, got = shapes(variable_shapes(model, int(image_size))), shapes(variables)
+    if expected == got:
+        return ""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    return ", ".join(f"{len(keys)} {kind} (e.g. {keys[:2]})" for kind, keys in (
+        ("variables missing", missing), ("unexpected", unexpected),
+        ("with other shapes", reshaped)) if keys)
+
+
 def to_model_layout(model: MultiTaskHourglass, tree: Any) -> Any:
     """`tree` (variables, or a train state) in either stream layout -> in `model`'s
     (`hgmt.models.stacking`): how a checkpoint, always written per task, is loaded."""

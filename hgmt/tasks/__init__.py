@@ -92,14 +92,16 @@ def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.n
     return total, per_task
 
 
-def heads(names: Sequence[str]) -> dict[str, int]:
-    """{task: NUM_CHANNELS} of the given tasks: what the model's heads output."""
-    return {n: TASKS[n].NUM_CHANNELS for n in names}
+def heads(names: str | Sequence[str]) -> dict[str, int]:
+    """{task: NUM_CHANNELS} of the given tasks (as `parse_tasks` takes them, in canonical
+    order): what the model's heads output."""
+    return {n: TASKS[n].NUM_CHANNELS for n in parse_tasks(names)}
 
 
-def channel_flips(names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """{task: CHANNEL_FLIP}: each task's channel permutation under a horizontal flip."""
-    return {n: tuple(TASKS[n].CHANNEL_FLIP) for n in names}
+def channel_flips(names: str | Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """{task: CHANNEL_FLIP} of the given tasks (as `parse_tasks` takes them): each task's
+    channel permutation under a horizontal flip."""
+    return {n: tuple(TASKS[n].CHANNEL_FLIP) for n in parse_tasks(names)}
 
 
 def _check_task_names(field: str, given: dict) -> None:

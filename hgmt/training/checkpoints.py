@@ -640,30 +640,16 @@ def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def _shapes(tree: Any) -> dict[str, tuple]:
-    import jax
-
-    return {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def check_variables(model: Any, image_size: int, variables: Any, what: str,
                     overrides: Sequence[str] = ()) -> None:
     """Raises UnusableCheckpoint naming the differences when `variables` do not fit `model`
     at `image_size` (a checkpoint of another configuration or of an older hgmt version, or
     `model` built with the caller's `overrides` of the model: `_model_overrides`)."""
-    from hgmt.models import variable_shapes
+    from hgmt.models import variable_differences
 
-    expected = _shapes(variable_shapes(model, int(image_size)))
-    got = _shapes(variables)
-    if expected == got:
+    differences = variable_differences(model, image_size, variables)
+    if not differences:
         return
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    differences = ", ".join(f"{len(keys)} {kind} (e.g. {keys[:2]})" for kind, keys in (
-        ("variables missing", missing), ("unexpected", unexpected),
-        ("with other shapes", reshaped)) if keys)
     if overrides:
         raise UnusableCheckpoint(
             f"{what} does not fit the model of this command's config, whose "
