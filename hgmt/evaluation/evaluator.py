@@ -275,7 +275,8 @@ class Evaluator:
                              f"(frames={self.frames})")
         self.indices = indices
         # A batch splits evenly over the devices, which may be other than training's
-        # (hgmt.evaluate on another host); the sums, hence the numbers, do not depend on it.
+        # (hgmt.evaluate on another host); the sums, hence the numbers, do not depend on it
+        # but for float32 rounding (a batch's per-device sums are added in another order).
         count = jax.device_count()
         self.batch_size = max(config.eval_batch_size - config.eval_batch_size % count, count)
         if self.batch_size != config.eval_batch_size:

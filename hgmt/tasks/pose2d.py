@@ -93,7 +93,8 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
 def metric_stats(decoded: dict, batch: dict) -> dict:
     """Additive statistics of a batch: correct counts per joint at each PCKh threshold, PCK
     (distance <= 3.2 px at 64x64, scaled with r; every threshold compares with <=) and visible
-    counts, each example weighted by `common.example_weights`."""
+    counts, each example weighted by `common.example_weights`. Reads the cropped batch's
+    `joints2d`, `visible` and `image` (whose size R gives r = R / 4: `common.label_size`)."""
     r = common.label_size(batch)
     gt = batch["joints2d"]
     vis = batch["visible"] * common.example_weights(batch, gt.shape[0])[:, None]
