@@ -454,32 +454,6 @@ def test_max_pool2_is_flax_max_pool_even_with_ties():
     assert jnp.array_equal(jax.vjp(max_pool2, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
 
 
-@pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])
-def test_conv_is_flax_conv(kernel, strides):
-    """hourglass.Conv has nn.Conv's parameter names and shapes and gives its outputs, with
-    and without a bias."""
-    from flax import linen as nn
-
-    from hgmt.models.hourglass import Conv
-
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
-    ours = Conv(8, kernel, strides)
-    variables = ours.init(jax.random.key(1), x)
-    variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
-    ref = nn.Conv(8, (kernel, kernel), strides=(strides, strides), padding="SAME")
-    assert (jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
-            == jax.tree.map(jnp.shape, variables))
-    want = ref.apply(variables, x)
-    assert jnp.allclose(ours.apply(variables, x), want, atol=1e-6)
-    no_bias = {"params": {"kernel": variables["params"]["kernel"]}}
-    assert jax.tree.structure(Conv(8, kernel, strides, use_bias=False).init(
-        jax.random.key(1), x)) == jax.tree.structure(no_bias)
-    want = nn.Conv(8, (kernel, kernel), strides=(strides, strides), padding="SAME",
-                   use_bias=False).apply(no_bias, x)
-    assert jnp.allclose(Conv(8, kernel, strides, use_bias=False).apply(no_bias, x), want,
-                        atol=1e-6)
-
-
 @pytest.mark.parametrize("relu", [False, True])
 def test_batch_norm_matches_flax_across_devices(relu):
     """Under pmap over 4 devices with cross-device statistics, hgmt's BatchNorm gives Flax's

@@ -1,7 +1,7 @@
 """Newell et al.'s stacked-hourglass building blocks, NHWC, Flax Linen.
 
-Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1`, wider kernels
-`Conv` (`nn.Conv`'s parameters and values). Each block is built from one of two sets of ops
+Convolutions are created in one place (`conv`): 1x1 convolutions are `Conv1x1` (`nn.Conv`'s
+parameters and values), wider kernels `nn.Conv`. Each block is built from one of two sets of ops
 (`ops`, `config.model.ops`), the same variables and values:
 
 - `custom`: a 1x1 convolution as one 2-D matmul over (B*H*W, C), 2x2 max-pooling as a reshape
@@ -61,31 +61,6 @@ class Conv1x1(nn.Module):
         return y
 
 
-class Conv(nn.Module):
-    """A kxk 'SAME' convolution: `nn.Conv`'s parameters (`kernel` (k,k,Cin,Cout), with
-    `use_bias` `bias` (Cout,)), names and values."""
-
-    features: int
-    kernel_size: int
-    strides: int = 1
-    use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        k = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                            jnp.float32)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                               jnp.float32).astype(y.dtype)
-        return y
-
-
 def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.float32,
          name: str | None = None, init_scale: float = 1.0, use_bias: bool = True,
          ops: str = "custom") -> nn.Module:
@@ -96,8 +71,9 @@ def conv(features: int, kernel: int = 1, strides: int = 1, dtype: Dtype = jnp.fl
     if kernel == 1 and strides == 1:
         return Conv1x1(features, use_bias, dtype=dtype, name=name, kernel_init=kernel_init,
                        ops=ops)
-    return Conv(features, kernel, strides, use_bias, dtype=dtype, name=name,
-                kernel_init=kernel_init)
+    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
+                   use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+                   kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, relu: bool = False,
