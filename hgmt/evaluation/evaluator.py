@@ -87,16 +87,20 @@ def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
     stats["count"] = jnp.sum(mask)
     stats["unusable"] = jnp.sum(mask * batch["unusable"])
     stats["rejected"] = jnp.sum(mask * batch["rejected"])
-    return jax.lax.psum(stats, "batch")
+    return jax.lax.psum(stats, devices.AXIS)
+
+
+def unusable_level(protocol: str) -> float:
+    """The normalised input a reference protocol gives a flagged unusable test frame: 0
+    (BodyNet, dataset.lua:773, a zero tensor: the mean colour), 0.5 (SURREAL, dataset.lua:
+    334). hgmt's protocol leaves these frames out, so its value does not matter."""
+    return 0.5 if protocol == "surreal" else 0.0
 
 
 def unusable_input(protocol: str) -> np.ndarray:
     """(3,) the RGB value, on [0, 255], that the model is given for a flagged unusable test
-    frame: the reference's input after its normalisation, in hgmt's normalisation: 0
-    (BodyNet, dataset.lua:773, a zero tensor: the mean colour), 0.5 (SURREAL, dataset.lua:
-    334). hgmt's protocol leaves these frames out, so its value does not matter."""
-    level = 0.5 if protocol == "surreal" else 0.0
-    return (np.asarray(IMAGE_MEAN) + level * np.asarray(IMAGE_STD)) * 255.0
+    frame: `unusable_level` in hgmt's normalisation."""
+    return (np.asarray(IMAGE_MEAN) + unusable_level(protocol) * np.asarray(IMAGE_STD)) * 255.0
 
 
 def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected: int) -> dict:
@@ -109,7 +113,7 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
         treatment[name] = ("left out (hgmt's definition), with every frame hgmt's check "
                            "rejects" if used == "hgmt" else
                            f"evaluated as {used}'s code does: input normalised to "
-                           f"{0.5 if protocol == 'surreal' else 0.0}, all-background labels, "
+                           f"{unusable_level(protocol)}, all-background labels, "
                            f"counted in N")
     return {"count": flagged, "rejected_by_hgmt": rejected, "treatment": treatment}
 

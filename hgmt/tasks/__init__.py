@@ -1,27 +1,9 @@
 """The four tasks, one module each; `TASKS` is a plain dict from task name to module, and the
 rest of hgmt loops over it. Adding a task means one module plus an entry in `TASKS`
-(tests/test_task_interface.py registers a fifth). A task module provides:
-
-- the model's head: `NAME`, `NUM_CHANNELS`, `CHANNEL_FLIP` (the channels' permutation under a
-  horizontal flip), `OUTPUT_LAYOUT` (what each channel means, recorded in an export's
-  hgmt.json), `DEFAULT_LOSS_WEIGHT`, `LOSS_OPTIONS` (the keyword options of its `loss`
-  and their defaults, which reproduce the reference's loss; `{}` for none);
-- its labels: `labels(crop: spec.Crop) -> dict` of numpy arrays, cut from the record by the
-  crop (flips included); the loader decodes only what the selected tasks' labels read;
-- training: `targets(batch)` and `loss(pred, target, *, axis_name=None, **options)` (jit-able,
-  batched; over the devices of axis `axis_name`, this device's share of the batch's loss);
-- evaluation: `decode(pred, batch)`, `metric_stats(decoded, batch)` (split-additive sums),
-  `summarize(sums)` (hgmt's definitions), `HEADLINES` {protocol: `spec.Headline`} (the
-  protocols it implements and how their numbers are shown, compared and tabulated), and
-  `protocol_metric(protocol, num_examples) -> (stats, summarize)` for those other than hgmt
-  (summarize(sums, num_damaged=0): the damaged records left out may make a number null);
-- finding the person: `locate(pred) -> dict` of what its (r,r,C) prediction says about where
-  the person is in the label map: 'joints' (J,2) label px with 'joint_scores' (J,) (peak
-  heights, 1 at a target's peak), and/or 'foreground' (r,r) bool;
-- one image's prediction: `predict(pred, frame: spec.Frame) -> dict` (its result in the
-  original image), `to_json(result)`, `plot(result)` (its readable matplotlib figure in the
-  prediction panel, `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends) and
-  `draw(pred, rgb, frame)` (its quick picture of the crop's size: TensorBoard, video frames).
+(tests/test_task_interface.py registers a fifth). What a task module provides (its head,
+labels, targets and loss, decoding, metrics and protocols, person finding, one image's
+prediction, JSON and pictures) is `spec.TaskModule`; `spec.check_task` checks a module
+against it.
 """
 
 from __future__ import annotations
@@ -29,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from types import ModuleType
+from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
@@ -88,8 +71,12 @@ def compute_losses(outputs: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.n
         kwargs = dict((options or {}).get(name, {}))
         per_task[name] = sum(task.loss(preds[s], target, axis_name=axis_name, **kwargs)
                              for s in range(preds.shape[0]))
-    total = sum(weights[name] * value for name, value in per_task.items())
-    return total, per_task
+    return weighted_total(weights, per_task), per_task
+
+
+def weighted_total(weights: Mapping[str, float], per_task: Mapping[str, Any]) -> Any:
+    """The total loss: each task's loss times its weight, summed in `per_task`'s order."""
+    return sum(weights[name] * value for name, value in per_task.items())
 
 
 def heads(names: str | Sequence[str]) -> dict[str, int]:

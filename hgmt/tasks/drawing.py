@@ -244,6 +244,6 @@ def figure_parts(classes: np.ndarray, rgb: np.ndarray, names: tuple[str, ...],
     return fig
 
 
-__all__ = ["colour_parts", "colour_depth", "draw_skeleton", "skeleton3d", "plot_pck_curve",
-           "PLOT_HEIGHT", "figure", "render", "tile", "figure_image", "figure_skeleton3d",
-           "figure_depth", "figure_parts"]
+__all__ = ["colour_parts", "colour_depth", "enlarge", "draw_skeleton", "skeleton3d",
+           "plot_pck_curve", "PLOT_HEIGHT", "figure", "render", "tile", "figure_image",
+           "figure_skeleton3d", "figure_depth", "figure_parts"]

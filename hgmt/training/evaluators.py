@@ -43,7 +43,7 @@ from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.sources import surreal
-from hgmt.tasks import heads, parse_tasks
+from hgmt.tasks import heads, parse_tasks, weighted_total
 from hgmt.training import checkpoints
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
@@ -54,7 +54,7 @@ FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examp
 def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, float]:
     """{'loss/total', 'loss/<task>', '<task>/<metric>'} of an evaluation summary."""
     values = {f"loss/{t}": float(v) for t, v in summary["loss"].items()}
-    values["loss/total"] = sum(weights[t] * v for t, v in summary["loss"].items())
+    values["loss/total"] = weighted_total(weights, summary["loss"])
     values.update({k: float(v) for k, v in evaluator.headline(summary).items() if v is not None})
     return values
 

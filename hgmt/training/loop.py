@@ -246,7 +246,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
                                                 None if damaged is None else damaged.met)
 
-    model = create_model(config.model, heads(tasks), axis_name="batch")
+    model = create_model(config.model, heads(tasks), axis_name=devices.AXIS)
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     opened.push(_closing(mngr))

@@ -150,21 +150,22 @@ def train_step(state: TrainState, batch: dict, weights: dict,
     device's first example's position in the global batch."""
     if prepare is not None:
         n = batch["image"].shape[0]
-        batch = prepare(batch, state.step, jax.lax.axis_index("batch") * n)
+        batch = prepare(batch, state.step, jax.lax.axis_index(devices.AXIS) * n)
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"])
-        total, per_task = compute_losses(outputs, batch, weights, options, axis_name="batch")
+        total, per_task = compute_losses(outputs, batch, weights, options, axis_name=devices.AXIS)
         return total, (per_task, updates["batch_stats"])
 
-    grads, (per_task, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, "batch")
+    (total, (per_task, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = jax.lax.pmean(grads, devices.AXIS)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {f"loss/{name}": value for name, value in per_task.items()}
-    metrics["loss/total"] = sum(weights[n] * v for n, v in per_task.items())
-    return state, jax.lax.pmean(metrics, "batch")
+    metrics["loss/total"] = total
+    return state, jax.lax.pmean(metrics, devices.AXIS)
 
 
 @functools.cache

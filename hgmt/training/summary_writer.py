@@ -7,7 +7,7 @@ protos, which need only numpy, protobuf and the `tensorboard` package; the file 
 `EventFileWriter` does wherever it is installed; images PNG-encoded with Pillow), elsewhere a
 writer that drops everything. Scalars and images are written in the form
 `tf.summary.scalar` and `tf.summary.image` write them (tensors tagged for TensorBoard's scalars
-and images plugins), so TensorBoard shows them as before.
+and images plugins), so TensorBoard shows them as it shows those.
 """
 
 from __future__ import annotations
