@@ -483,7 +483,7 @@ print(profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value)
 
 
 def test_test_protocol_and_padded_eval_batches(demo_dataset):
-    idx = ip.test_protocol_indices("surreal/all", demo_dataset[1], "test")
+    idx = ip.eval_indices("surreal/all", demo_dataset[1], "test", "middle")
     assert len(idx) == 2  # one middle frame per test clip
     src = ip.open_split("surreal/all", demo_dataset[1], "test")
     assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)

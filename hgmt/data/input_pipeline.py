@@ -810,15 +810,6 @@ class ConsumedPosition:
         getattr(self._iterator, "start_prefetch", lambda: None)()
 
 
-def frame_indices(dataset: str, data_dir: str, split: str, keep: Callable[[int, int], bool],
-                  damaged: list[int] | None = None) -> list[int]:
-    """Indices of the records whose (frame, num_frames) `keep` accepts; reads the
-    annotations only, not the images. A record that does not read is left out and its index
-    appended to `damaged`."""
-    return kept_indices(open_light(dataset, data_dir, split),
-                        lambda frame, num_frames, middle: keep(frame, num_frames), damaged)
-
-
 # The builder version whose records hold `info_frames`, the count the middle frame comes from.
 INFO_FRAMES_SINCE = "1.5.0"
 
@@ -884,14 +875,6 @@ def check_middle_frames(info, dataset: str, data_dir: str, split: str) -> None:
         "Rebuild it: %s", dataset, data_dir, info.version, INFO_FRAMES_SINCE,
         "some" if mismatched is None else mismatched, split,
         shards.build_command(dataset, data_dir))
-
-
-def test_protocol_indices(dataset: str, data_dir: str, split: str,
-                          damaged: list[int] | None = None) -> list[int]:
-    """Indices of the records that are their clip's middle frame (the SURREAL test protocol,
-    `record_middle`); the records that do not read are appended to `damaged`. A build before
-    INFO_FRAMES_SINCE is warned about (`check_middle_frames`). `eval_indices` of "middle"."""
-    return eval_indices(dataset, data_dir, split, "middle", damaged)
 
 
 def is_middle(frame: int, num_frames: int, middle: int) -> bool:

@@ -292,12 +292,6 @@ def start_time(container, stream) -> float | None:
     return None
 
 
-def read_frames(path: str, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
-    """`Clip.batches` of the video at `path` (errors name the file: `_open`, `Clip`)."""
-    with Clip(path) as clip:
-        yield from clip.batches(batch_size)
-
-
 # The annotated video's sides are at most this many pixels: libx264 refuses a side over
 # 16384, and the frame with k task pictures beside it is W + k*H wide (17520 px for a
 # portrait 4K clip with four tasks); larger annotated frames are scaled down, aspect kept.

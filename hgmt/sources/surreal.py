@@ -14,7 +14,6 @@ import dataclasses
 import glob
 import logging
 import os
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -506,10 +505,3 @@ def middle_frame(num_frames: int) -> int:
     if num_frames < 1:
         raise ValueError(f"a clip of {num_frames} frames has no middle frame")
     return int(np.ceil(num_frames / 2)) - 1
-
-
-def iter_frames(clip: Clip) -> Iterator[int]:
-    """Indices of the usable frames of a clip (see ``frame_problem``)."""
-    for t in range(clip.num_frames):
-        if frame_problem(clip.info.joints2d[t], clip.info.joints3d[t]) is None:
-            yield t
