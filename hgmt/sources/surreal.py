@@ -20,6 +20,8 @@ import numpy as np
 IMAGE_WIDTH = 320
 IMAGE_HEIGHT = 240
 DEPTH_BACKGROUND = 1e10  # value of background pixels in SURREAL's _depth.mat
+# A depth above this many metres is background (SURREAL's code's threshold on its maps).
+BACKGROUND_ABOVE_M = 1e3
 SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}
 
 # --- Joints: 16 MPII-order joints taken from the 24 SMPL joints (0-based SMPL index).
@@ -272,7 +274,7 @@ def load_depth(path: str) -> np.ndarray:
     """Reads a ``_depth.mat`` -> (T,240,320) float32 distance from the camera centre in metres
     (not the planar depth z: docs/surreal_format.md), background 0.0."""
     depth = _load_frame_stack(path, "depth_", np.float32)
-    depth[depth >= DEPTH_BACKGROUND / 10] = 0.0
+    depth[depth > BACKGROUND_ABOVE_M] = 0.0
     return depth
 
 

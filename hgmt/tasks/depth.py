@@ -12,6 +12,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -57,10 +58,6 @@ HEADLINES = {
 }
 
 
-# SURREAL's background threshold: a depth above 1000 m is background (1e10 in _depth.mat).
-BACKGROUND_ABOVE_M = 1e3
-
-
 def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
     """(...,H,W) depth map in metres as _depth.mat stores it (the distance from the camera
     centre, float32; > 1000 on the background, or 0 in maps made so) and (...) the pelvis's
@@ -78,7 +75,7 @@ def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
     shift = np.asarray(-np.asarray(d_pelvis, np.float64), np.float32)[..., None, None]
     q = (d + shift) * np.float32(1.0 / common.BIN_SIZE)  # float32 arithmetic throughout
     bins = np.clip(np.ceil(q), -common.MAX_BIN, common.MAX_BIN)
-    foreground = (d > 0) & (d <= np.float32(BACKGROUND_ABOVE_M))
+    foreground = (d > 0) & (d <= np.float32(surreal.BACKGROUND_ABOVE_M))
     return np.where(foreground, bins + common.MAX_BIN + 1, 0).astype(np.uint8)
 
 
