@@ -10,6 +10,9 @@ import optax
 LABEL_STRIDE = 4  # image px per label px: an R x R crop has R/4 x R/4 label maps (Newell)
 BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
 MAX_BIN = 9  # bins are clamped to [-9, 9]
+BINS = tuple(range(-MAX_BIN, MAX_BIN + 1))  # the depth bins, nearest first
+NUM_BINS = len(BINS)  # 19
+BIN_MM = BIN_SIZE * 1000.0  # millimetres of camera depth per bin
 
 
 # The test batch sizes of the reference evaluations (`-batchSize`): BodyNet's PCK is a mean

@@ -28,8 +28,8 @@ OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": f"class c: 0 background; c = 1..{NUM_CHANNELS - 1} is depth bin "
                f"b = c - {common.MAX_BIN + 1} of bins",
-    "bins": list(range(-common.MAX_BIN, common.MAX_BIN + 1)),
-    "bin_mm": round(common.BIN_SIZE * 1000.0, 6),
+    "bins": list(common.BINS),
+    "bin_mm": round(common.BIN_MM, 6),
     "bin_depth": "bin b holds depths in ((b - 1) * bin_mm, b * bin_mm] relative to the pelvis "
                  "(the pixel's distance from the camera centre minus the pelvis's camera z, "
                  "positive farther); the end bins also hold everything nearer or farther",
@@ -228,7 +228,7 @@ def locate(pred: np.ndarray) -> dict:
 def to_json(result: dict) -> dict:
     """`predict`'s result -> JSON: 'depth_classes' (r,r) the crop's classes 0..19 in label
     px (0 background, c > 0 bin c - 10); 'depth_bin_mm' a bin's depth, 45.0 mm."""
-    return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_SIZE * 1000.0}
+    return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_MM}
 
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
@@ -246,6 +246,6 @@ def plot(result: dict):
     also hold everything nearer or farther."""
     from hgmt.tasks import drawing
 
-    edges = np.arange(-common.MAX_BIN - 1, common.MAX_BIN + 1) * common.BIN_SIZE * 1000.0
+    edges = np.arange(-common.MAX_BIN - 1, common.MAX_BIN + 1) * common.BIN_MM
     return drawing.figure_depth(result["depth_rel_mm"], result["crop_image"], edges,
-                                f"depth ({common.BIN_SIZE * 1000:.0f} mm bins)")
+                                f"depth ({common.BIN_MM:.0f} mm bins)")

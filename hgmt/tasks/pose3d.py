@@ -26,7 +26,7 @@ from hgmt.tasks.spec import Frame, Headline
 
 NAME = "pose3d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
-NUM_BINS = 2 * common.MAX_BIN + 1
+NUM_BINS = common.NUM_BINS
 NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
@@ -47,8 +47,8 @@ OUTPUT_LAYOUT = {
                f"(k = bin + {common.MAX_BIN})",
     "joint_names": list(surreal.JOINT_NAMES),
     "sides": surreal.SIDES,
-    "bins": list(range(-common.MAX_BIN, common.MAX_BIN + 1)),
-    "bin_mm": round(common.BIN_SIZE * 1000.0, 6),
+    "bins": list(common.BINS),
+    "bin_mm": round(common.BIN_MM, 6),
     "bin_depth": "bin b: the joint's camera depth z is the pelvis's plus b * bin_mm "
                  "(positive farther from the camera); training's bins are round((z - z_pelvis) "
                  "/ bin_mm) clamped to the end bins, and hgmt's decoding puts the pelvis at 0",
