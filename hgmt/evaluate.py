@@ -81,8 +81,7 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
     clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
     docs/surreal_format.md), or on `test` itself. None otherwise. The evaluator that chose is
     the one that keeps the best checkpoint (`evaluators.keeper`)."""
-    evals = config.get("evals")
-    evals = workdirs.older_evals(config) if evals is None else evals
+    evals = workdirs.evals_of(config)
     name = evaluators.keeper(evals)
     if split != "test" or name is None or evals[name]["split"] not in ("validation", "test"):
         return None

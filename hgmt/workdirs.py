@@ -255,6 +255,13 @@ def _fill_added_fields(config: dict, path: str | None = None) -> None:
         model["interaction"] = "sum"
 
 
+def evals_of(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A config's `evals`, or for one written before it (an older workdir's config.json read
+    as written) the evaluators its evaluation fields amount to (`older_evals`)."""
+    evals = config.get("evals")
+    return older_evals(config) if evals is None else evals
+
+
 def older_evals(config: Mapping[str, Any]) -> dict[str, dict]:
     """The `config.evals` (hgmt/training/evaluators.py) that the evaluation fields of a config
     written before it (OLDER_EVAL_FIELDS) amount to: `validation` every `eval_every` steps on

@@ -171,8 +171,7 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
     """The evaluation settings (SETTINGS) of `config.evals[name]`, for a config without `evals`
     (an older workdir's) of the evaluator its fields amount to (`workdirs.older_evals`); the
     test protocol's defaults when the config has no such evaluator."""
-    evals = config.get("evals")
-    evals = workdirs.older_evals(config) if evals is None else evals
+    evals = workdirs.evals_of(config)
     if name in evals:
         return {k: evals[name][k] for k in SETTINGS}
     return {"split": "test", "frames": "middle", "protocol": "hgmt", "flip": False,
