@@ -16,6 +16,7 @@ import logging
 import os
 
 import numpy as np
+from jax.typing import ArrayLike
 
 IMAGE_WIDTH = 320
 IMAGE_HEIGHT = 240
@@ -143,7 +144,7 @@ def project_camera(points_cam: np.ndarray) -> np.ndarray:
 _PIXEL_TO_RAY = np.linalg.inv(INTRINSICS).T  # rows: the ray's change per u, per v, and at 0
 
 
-def backproject(uv, depth):
+def backproject(uv: ArrayLike, depth: ArrayLike) -> ArrayLike:
     """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points. NumPy or
     JAX arrays (only elementwise products and sums, so it also runs inside a jitted step, and
     exactly in float32 on any backend, where a matmul may round its inputs to TF32 or

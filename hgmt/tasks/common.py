@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 LABEL_STRIDE = 4  # image px per label px: an R x R crop has R/4 x R/4 label maps (Newell)
 BIN_SIZE = 0.045  # metres of camera depth per bin (BodyNet)
@@ -53,7 +54,7 @@ DAMAGED = ("damaged record(s): the reference's figure cannot be reproduced; eval
            "--protocol=hgmt or rebuild the shard")
 
 
-def label_to_crop_px(points, crop_size: int, label_size: int):
+def label_to_crop_px(points: ArrayLike, crop_size: int, label_size: int) -> ArrayLike:
     """(...,2) label-map px -> px of the (crop_size x crop_size) picture of the crop (pixel
     centres at integers in both: a label px spans crop_size / label_size picture px)."""
     scale = crop_size / label_size

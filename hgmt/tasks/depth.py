@@ -58,7 +58,7 @@ HEADLINES = {
 }
 
 
-def classes(depth: np.ndarray, d_pelvis) -> np.ndarray:
+def classes(depth: np.ndarray, d_pelvis: float | np.ndarray) -> np.ndarray:
     """(...,H,W) depth map in metres as _depth.mat stores it (the distance from the camera
     centre, float32; > 1000 on the background, or 0 in maps made so) and (...) the pelvis's
     planar camera depth camLoc_x - pelvis_x in metres (double)

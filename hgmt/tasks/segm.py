@@ -9,6 +9,7 @@ import functools
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hgmt.sources import surreal
 from hgmt.tasks import common, spec
@@ -50,7 +51,7 @@ HEADLINES = {
 }
 
 
-def raw_to_part(raw):
+def raw_to_part(raw: ArrayLike) -> ArrayLike:
     """Raw SURREAL segment values 0..24 -> part classes 0..14 (works on numpy or jax)."""
     return surreal.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
         surreal.SEGM_TO_PART)[raw]
