@@ -14,9 +14,12 @@ import dataclasses
 import glob
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-from jax.typing import ArrayLike
+
+if TYPE_CHECKING:  # the SURREAL readers and the builder do not import JAX
+    from jax.typing import ArrayLike
 
 IMAGE_WIDTH = 320
 IMAGE_HEIGHT = 240
