@@ -85,6 +85,22 @@ def test_no_module_imports_a_higher_layer():
     assert back == []
 
 
+def test_the_sources_layer_imports_no_jax():
+    """SURREAL's readers and the demo clips' writer are NumPy, OpenCV and PyAV only: a script
+    that reads SURREAL's files does not pay JAX's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import hgmt.sources.surreal, hgmt.sources.synthetic, "
+            "hgmt.sources.reference_crop; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
+                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT.parent),
+                                                      "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
 def test_no_import_cycle():
     assert find_cycle(modules()) is None
 

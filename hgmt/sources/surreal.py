@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # the SURREAL readers and the builder do not import JAX
+if TYPE_CHECKING:  # hgmt.sources (SURREAL's files, the demo clips) does not import JAX
     from jax.typing import ArrayLike
 
 IMAGE_WIDTH = 320
