@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
@@ -187,7 +188,8 @@ def _config_errors(argv: Sequence[str],
                    config: ml_collections.ConfigDict | str | None) -> Iterator[None]:
     """Ends the command in one line for what ml_collections raises as it reads the config
     (`config`: the ConfigDict, or the default config file): a file it could not read
-    (OSError), an override of a field the config lacks (AttributeError, KeyError)."""
+    (OSError), a file without `get_config` or that raises as it runs (a syntax error, its
+    own check), an override of a field the config lacks (AttributeError, KeyError)."""
     try:
         yield
     except OSError as e:
@@ -198,7 +200,33 @@ def _config_errors(argv: Sequence[str],
                          f"configs/default.py:tasks=all (a relative path is taken from the "
                          f"working directory)") from None
     except (KeyError, AttributeError) as e:
+        if (where := _in_config_file(e, _config_value(argv, config))) is not None:
+            raise SystemExit(f"error: --config={_config_value(argv, config)}: the config "
+                             f"file {where}") from None
         raise SystemExit(f"error: {_missing_field(argv, config, e)}") from None
+    except Exception as e:
+        if (where := _in_config_file(e, _config_value(argv, config))) is None:
+            raise
+        raise SystemExit(f"error: --config={_config_value(argv, config)}: the config file "
+                         f"{where}") from None
+
+
+def _in_config_file(error: BaseException, value: str | None) -> str | None:
+    """What went wrong in the config file `value` (a --config value, file[:argument]) when
+    `error` came from it (raised as it ran, or its missing get_config), else None."""
+    if not value:
+        return None
+    path = os.path.abspath(value.partition(":")[0])
+    if isinstance(error, AttributeError) and "'get_config'" in str(error):
+        return ("defines no get_config(): a config file returns its ml_collections.ConfigDict "
+                "from get_config(arg=None), as configs/default.py does")
+    if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
+            error.filename) == path:
+        return f"does not parse: {error.msg} at line {error.lineno}"
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if os.path.abspath(frame.filename) == path:
+            return f"raised {type(error).__name__}: {error} (line {frame.lineno})"
+    return None
 
 
 def _config_value(argv: Sequence[str], config: ml_collections.ConfigDict | str | None

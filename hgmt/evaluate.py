@@ -1,5 +1,6 @@
 """Evaluate a checkpoint of a training workdir on a split of its dataset: by default on the
-frames, number of examples and flip setting of its training config's test evaluator.
+frames, number of examples, flip setting and metric protocol of its training config's test
+evaluator.
 
     python -m hgmt.evaluate --workdir=DIR [--step=N|best] [--split=test] [--frames=middle]
         [--max_examples=0] [--flip] [--protocol=hgmt|bodynet|surreal] [--out_file=FILE.json]
@@ -45,9 +46,10 @@ def _define_flags(fv) -> None:
                          lower_bound=0)
     flags.DEFINE_bool("flip", None, "average with the mirrored image; default: the training "
                       "config's test evaluator's", flag_values=fv)
-    flags.DEFINE_enum("protocol", "hgmt", list(protocols.PROTOCOLS),
+    flags.DEFINE_enum("protocol", None, list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
-                      "computes (docs/metrics.md)", flag_values=fv)
+                      "computes (docs/metrics.md); default: the training config's test "
+                      "evaluator's (hgmt in the shipped configs)", flag_values=fv)
     cli.define_verbosity(fv)
     flags.DEFINE_string("out_file", None, "JSON path (default: in the workdir, named after "
                         "the split, the checkpoint and the settings that differ from the test "
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
+        evaluator.check_batch_size(args.config)
+        args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
         try:

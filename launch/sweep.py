@@ -228,11 +228,13 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
-def check_first_run(config: str, tasks: str, extra: list[str]
+def check_first_run(config: str, tasks: str, extra: list[str], seeds: int = 1
                     ) -> tuple[str, ml_collections.ConfigDict]:
     """Parses the first run's command line as hgmt.main does, its config file read with its
     argument and the arguments after `--`: a missing file, a bad argument or override, a
-    flag hgmt.main lacks, or a config whose test evaluation does not run after training
+    flag hgmt.main lacks, a value hgmt.main refuses (`loop.check_config`, but what depends on
+    the devices the runs train on; the last of the `seeds` runs' seeds too), or a config whose
+    test evaluation does not run after training
     (`config.evals.test.at_end`: its eval_test.json is what makes a run done, so without it
     every call would train every run again) exits in one line naming it, before the sweep
     records its plan or starts a run. A relative config path is taken from the caller's
@@ -254,6 +256,16 @@ def check_first_run(config: str, tasks: str, extra: list[str]
             raise
         raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
                          f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+    from hgmt.data import input_pipeline
+    from hgmt.training import loop
+
+    try:  # the values hgmt.main checks, but those of the devices the runs will train on
+        loop.check_config(parsed.config, warn=False, on_devices=False)
+        if seeds > 1:  # each run's seed is the config's plus its number
+            input_pipeline.check_seed(parsed.config.seed + seeds - 1)
+    except ValueError as e:
+        raise SystemExit(f"error: the runs' config (--config={config} and the arguments after "
+                         f"`--`): {e}") from None
     test = parsed.config.get("evals", {}).get("test")
     if test is None or not test.get("at_end"):
         given = [a for a in extra if a.partition("=")[0] in (
@@ -359,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config.
-    config, first = check_first_run(args.config, subsets[0], extra)
+    config, first = check_first_run(args.config, subsets[0], extra, args.seeds)
     trained = first.evals.test.protocol  # what each run's training puts in eval_test.json
     if trained in extra_protocols:
         others = ", ".join(x for x in protocols.PROTOCOLS if x != trained)

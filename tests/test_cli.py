@@ -353,10 +353,19 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     assert str(e.value.code).startswith("error: NoCheckpoint: no checkpoint in ")
     assert "train first (python -m hgmt.main" in str(e.value.code)
     assert sorted(os.listdir(saved_workdir)) == before == ["config.json"]
-    # A bad model value is named first, in one line too.
+    # A bad model value is named first, in one line too, and so is an image size of no
+    # pixels (before: a traceback in hgmt.predict, an exported model of 0 x 0 outputs).
     with pytest.raises(SystemExit) as e:
         load(entry).main([f"--workdir={saved_workdir}", "--config.model.ops=xla", *extra])
     assert str(e.value.code).startswith("error: ValueError: config.model.ops='xla': choose")
+    for size in (0, -16):
+        with pytest.raises(SystemExit) as e:
+            load(entry).main([f"--workdir={saved_workdir}", f"--config.image_size={size}",
+                              *extra])
+        assert str(e.value.code).startswith(
+            f"error: ValueError: config.image_size={size} must be a multiple of 16 for an "
+            f"hourglass of config.model.depth=2: e.g. 16"), e.value.code  # runlocal's model
+    assert sorted(os.listdir(saved_workdir)) == before
 
 
 @pytest.mark.parametrize("override, message", [
@@ -369,7 +378,10 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.keep_checkpoints=0", "config.keep_checkpoints=0 must be at least 1"),
     ("--config.batch_size=0", "config.batch_size=0 must be at least 1"),
     ("--config.image_size=0", "config.image_size=0 must be at least 1"),
-    ("--config.optimizer.learning_rate=-1", "config.optimizer.learning_rate=-1.0 must be > 0"),
+    ("--config.optimizer.learning_rate=-1",
+     "config.optimizer.learning_rate=-1.0 must be finite and > 0"),
+    ("--config.optimizer.learning_rate=inf",
+     "config.optimizer.learning_rate=inf must be finite and > 0"),
     ("--config.optimizer.warmup_steps=-10", "config.optimizer.warmup_steps=-10 must be >= 0"),
     ("--config.loss_weights.pose2d=-1", "config.loss_weights.pose2d=-1.0 must be finite and "
                                         ">= 0"),
@@ -392,6 +404,50 @@ def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workd
                                 f"--workdir={saved_workdir}"])
     assert str(e.value.code).startswith(f"error: ValueError: {message}"), e.value.code
     assert open(path).read() == before and sorted(os.listdir(saved_workdir)) == files
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("def get_config(:\n", "does not parse: invalid syntax at line 1"),
+    ("raise RuntimeError('no cluster here')\n", "raised RuntimeError: no cluster here (line 1)"),
+    ("x = 1\n", "defines no get_config(): a config file returns its ml_collections.ConfigDict "
+                "from get_config(arg=None), as configs/default.py does")])
+def test_a_config_file_that_does_not_run_is_one_line_naming_it(text, problem, tmp_path,
+                                                               monkeypatch):
+    """A config file with a syntax error, one that raises as it runs, and one without
+    get_config: one line naming the file and what went wrong (before: Python's traceback, or
+    for the last "--config has no field module ... has no attribute 'get_config'"), before
+    any workdir is made."""
+    path = tmp_path / "my_config.py"
+    path.write_text(text)
+    # ml_collections loads every config file as the module "config_config", into the module
+    # object an earlier load in this process left (its get_config too): a fresh one here.
+    monkeypatch.delitem(sys.modules, "config_config", raising=False)
+    for entry, extra in (("hgmt.main", [f"--workdir={tmp_path / 'w'}"]),
+                         ("hgmt.data.check", [])):
+        with pytest.raises(SystemExit) as e:
+            load(entry).main([f"--config={path}", *extra])
+        assert str(e.value.code) == f"error: --config={path}: the config file {problem}"
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_evaluation_batch_below_1_is_refused_and_the_protocol_is_the_configs(
+        saved_workdir, monkeypatch):
+    """hgmt.evaluate takes the training config's checks: eval_batch_size=-5 is one line
+    (before: rounded to 1 and run), and `--protocol` defaults to the config's test
+    evaluator's like the other settings (before: a --config.evals.test.protocol override was
+    checked, then dropped for hgmt's)."""
+    import hgmt.evaluate
+
+    with pytest.raises(SystemExit) as e:
+        hgmt.evaluate.main([f"--workdir={saved_workdir}", "--config.eval_batch_size=-5"])
+    assert str(e.value.code) == ("error: ValueError: config.eval_batch_size=-5 must be at "
+                                 "least 1")
+    run = []  # the protocol each evaluation runs under
+    monkeypatch.setattr(hgmt.evaluate, "_run", lambda args, step: run.append(args.protocol))
+    for given in ([], ["--config.evals.test.protocol=surreal", "--config.image_size=256"],
+                  ["--protocol=bodynet", "--config.image_size=256"]):
+        hgmt.evaluate.main([f"--workdir={saved_workdir}", *given])
+    assert run == ["hgmt", "surreal", "bodynet"]
 
 
 def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
@@ -580,21 +636,29 @@ def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
 
 
 def test_the_trainers_config_warnings_show_once(tmp_path, caplog):
-    """A warm-up as long as the run and an evaluator that never runs are warned about once
-    each, though `hgmt.main` checks the config before the trainer does (here the run stops
-    after both checks: its dataset is not built)."""
+    """A warm-up as long as the run, an evaluator that never runs and a best_metric on one
+    that runs only after training (it keeps no best checkpoint; before, nothing said so until
+    `--step=best` found none) are warned about once each, though `hgmt.main` checks the
+    config before the trainer does (here the run stops after both checks: its dataset is not
+    built)."""
     with pytest.raises(SystemExit):
         load("hgmt.main").main([f"--config={DEFAULT}:runlocal,tasks=pose2d",
                                 f"--workdir={tmp_path / 'w'}", "--config.total_steps=10",
                                 "--config.optimizer.warmup_steps=10",
                                 "--config.evals.validation.every=20",
                                 "--config.evals.validation.at_end=false",
+                                "--config.evals.validation.best_metric=",
+                                "--config.evals.test.best_metric=loss/total",
                                 f"--config.data_dir={tmp_path / 'none'}"])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum(m.startswith("config.optimizer.warmup_steps=10 is not below") for m in warnings
                ) == 1, warnings
     assert sum(m.startswith("config.evals.validation.every=20 is beyond") for m in warnings
                ) == 1, warnings
+    assert sum(m == ("config.evals.test.best_metric='loss/total' keeps no best checkpoint: "
+                     "the evaluator runs only after training (every=0), and a best one is "
+                     "chosen among evaluations during it (set every > 0, or best_metric='')")
+               for m in warnings) == 1, warnings
 
 
 def test_a_config_override_after_dashes_is_refused_not_lost(tmp_path):

@@ -606,6 +606,26 @@ def test_sweep_runs_each_subset_once_per_seed(tmp_path):
             f"--out_file={s}/segm@seed2/eval_test_bodynet.json") in lines[5]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--", "--config.batch_size=0"], "config.batch_size=0 must be at least 1"),
+    (["--", "--config.optimizer.learning_rate=inf"],
+     "config.optimizer.learning_rate=inf must be finite and > 0"),
+    (["--seeds=3", "--", "--config.seed=4294967294"],
+     "config.seed=4294967296 must be in [0, 2**32)")])
+def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
+        args, message, tmp_path, capsys):
+    """A value each run's hgmt.main would refuse (or a seed the last run's number makes one)
+    is refused before the sweep records its plan: before, the plan was recorded with it, and
+    the rerun with the value mended was refused as another sweep in that directory."""
+    s = tmp_path / "s"
+    out = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                            "--tasks=pose2d", "--print_only", *args)
+    assert out.returncode == 1 and out.stdout == "", out
+    assert out.stderr.startswith("error: the runs' config (--config=configs/default.py and "
+                                 f"the arguments after `--`): {message}"), out.stderr
+    assert not s.exists()
+
+
 def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
     """configs/demo.py trains at 128 px (32 x 32 label maps): `--protocols=bodynet` is refused
     before the plan is recorded, not run by run after training."""

@@ -167,6 +167,13 @@ IN_FLIGHT = 2
 ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
 
+def check_batch_size(config: ml_collections.ConfigDict) -> None:
+    """A ValueError for a `config.eval_batch_size` below 1 (one the devices do not divide is
+    rounded to a multiple of them, `Evaluator`)."""
+    if config.eval_batch_size < 1:
+        raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be at least 1")
+
+
 def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
     """The evaluation settings (SETTINGS) of `config.evals[name]`, for a config without `evals`
     (an older workdir's) of the evaluator its fields amount to (`workdirs.older_evals`); the
@@ -240,6 +247,7 @@ class Evaluator:
                  frames: str = "middle", flip: bool = False, protocol: str = "hgmt",
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
+        check_batch_size(config)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         protocols.check_label_size(protocol, self.tasks, config.image_size)
         self.window = protocols.window(protocol)

@@ -102,13 +102,14 @@ def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
 def check_image_size(image_size: int, depth: int) -> None:
     """Raises ValueError naming config.image_size, with the nearest sizes that fit, unless an
     `image_size`-pixel crop fits an hourglass of `depth` levels: a multiple of 4 * 2**depth
-    pixels (the stem halves the crop twice, each hourglass level once more)."""
+    pixels (the stem halves the crop twice, each hourglass level once more), 0 excluded."""
     multiple = 4 * 2 ** depth
-    if image_size % multiple:
+    if image_size < multiple or image_size % multiple:
         below = image_size // multiple * multiple
         nearest = " or ".join(str(s) for s in (below, below + multiple) if s > 0)
         raise ValueError(f"config.image_size={image_size} must be a multiple of {multiple} "
-                         f"for an hourglass of config.model.depth={depth}: e.g. {nearest}")
+                         f"for an hourglass of config.model.depth={depth}: e.g. "
+                         f"{nearest or multiple}")
 
 
 class MultiTaskHourglass(nn.Module):

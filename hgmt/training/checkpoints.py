@@ -474,7 +474,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     such checkpoint (nothing is written into the workdir then), and UnusableCheckpoint when
     the checkpoint cannot be read (corrupt or from another model), OutOfDeviceMemory
     (`device_memory.explain`) when it does not fit in the device's memory."""
-    from hgmt.models import create_model, to_model_layout
+    from hgmt.models import check_image_size, create_model, to_model_layout
     from hgmt.tasks import config_tasks, heads
 
     if isinstance(step, str) and step != "best":  # checkpoints are numbered by int steps
@@ -484,8 +484,10 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
         step = int(step)
     given = config is not None
     config = config if given else workdirs.load_config(workdir)
-    # Built first: a bad model value is named before any checkpoint is looked for.
+    # Built first: a bad model value or image size is named before any checkpoint is looked
+    # for (the model would take a crop of 0 pixels, or fail later on a negative size).
     model = create_model(config.model, heads(config_tasks(config)))
+    check_image_size(config.image_size, config.model.depth)
     best = step == "best"
     folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
     none_yet = (f"no best checkpoint in {folder}: one is kept when an evaluator of "

@@ -72,14 +72,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return run(config, workdir, resume_with_changed_config=resume_with_changed_config)[1]
 
 
-def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
-                 ) -> tuple[tuple[str, ...], dict, dict]:
+def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
+                 on_devices: bool = True) -> tuple[tuple[str, ...], dict, dict]:
     """Checks what training reads of `config` before any work (the tasks, loss weights and
     options, the evaluators, the model's fields, the optimizer, the step counts, the crop's
     size and placement, the loader's workers and read threads, the training and evaluation
     batches over the devices) -> (tasks, loss weights, loss options). Raises ValueError
     naming the field and its choices; with `warn`, logs a warning for settings that run but
-    are likely mistakes (a warm-up as long as the run, an evaluator that never runs)."""
+    are likely mistakes (a warm-up as long as the run, an evaluator that never runs). Without
+    `on_devices`, what depends on this host's devices is not checked (launch/sweep.py checks
+    runs that train elsewhere)."""
     tasks = config_tasks(config)
     records.check_dataset_name(config.dataset)
     weights = check_loss_weights(config, tasks)
@@ -96,6 +98,8 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
     device_augment.placement(config.get("augment_on", "auto"))
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
+    if not on_devices:
+        return tasks, weights, options
     devices.check_even()
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % jax.device_count():
@@ -107,14 +111,15 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True
 def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict,
                   warn: bool) -> None:
     """Refuses values training would take without complaint and make wrong: a rate, warm-up,
-    loss weight or loss option below 0 (a negative weight maximises its loss), a loss weight
-    or option that is not finite (the loss would be, blamed on the rate), a rate of 0, a
+    loss weight or loss option below 0 (a negative weight maximises its loss), a rate, loss
+    weight or option that is not finite (the loss would be, blamed on the rate), a rate of 0, a
     seed outside [0, 2**32) (`input_pipeline.check_seed`: the loader would refuse it late, the
     model's JAX key wrap it), a damaged fraction outside [0, 1]; with `warn`, warns where
     the schedule or an evaluator cannot do what it says within `total_steps`."""
     opt = config.optimizer
-    if not opt.learning_rate > 0:
-        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be > 0")
+    if not (np.isfinite(opt.learning_rate) and opt.learning_rate > 0):
+        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be finite "
+                         f"and > 0")
     if opt.warmup_steps < 0:
         raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be >= 0")
     for task, weight in weights.items():
@@ -139,6 +144,11 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
             logging.warning("config.evals.%s.every=%d is beyond config.total_steps=%d and it "
                             "does not run at the end: it never runs (lower every, or set it "
                             "to 0 to make that plain)", name, entry.every, config.total_steps)
+        if warn and entry.best_metric and not entry.every:
+            logging.warning("config.evals.%s.best_metric=%r keeps no best checkpoint: the "
+                            "evaluator runs only after training (every=0), and a best one is "
+                            "chosen among evaluations during it (set every > 0, or "
+                            "best_metric='')", name, entry.best_metric)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
