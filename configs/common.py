@@ -14,12 +14,16 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
 
     Keys must be in `defaults`, and each value takes its default's type: a boolean is a bare
     flag or `=true|false` (also 1/0, yes/no); a string whose default is '' may be given empty
-    (`key=`: none); an unknown key or an unparsable value is an error listing the valid ones."""
-    out = dict(defaults)
+    (`key=`: none); an unknown key, a key given twice or an unparsable value is an error
+    listing the valid ones."""
+    out, given = dict(defaults), set()
     for item in filter(None, (arg or "").split(",")):
         key, has_value, value = item.partition("=")
         if key not in defaults:
             raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+        if key in given:
+            raise ValueError(f"config argument {key!r} given twice: give it once")
+        given.add(key)
         if isinstance(defaults[key], bool):
             word = value.lower() if has_value else "true"
             if word not in _TRUE + _FALSE:

@@ -747,7 +747,7 @@ def test_an_override_of_a_field_a_workdirs_config_lacks_is_one_line(saved_workdi
     ("--max_examples=-2", "error: flag --max_examples=-2: -2 is not a non-negative integer "
                           "(--help lists the flags)"),
     ("--config.evals.test.max_examples=-2",
-     "error: ValueError: config.evals.test: every and max_examples must be >= 0")])
+     "error: ValueError: config.evals.test.max_examples=-2 must be >= 0")])
 def test_evaluate_refuses_a_negative_example_limit_in_one_line(flag, message, saved_workdir):
     """A negative limit would evaluate all but the last frames (indices[:-N]): refused, as
     training refuses it, before any checkpoint is looked for."""

@@ -26,6 +26,8 @@ def test_unknown_task_lists_valid_ones():
 def test_unknown_argument_and_field_are_errors():
     with pytest.raises(ValueError, match="unknown config argument 'task'.*interaction"):
         default.get_config("task=pose2d")
+    with pytest.raises(ValueError, match="config argument 'tasks' given twice: give it once"):
+        default.get_config("tasks=pose2d,tasks=segm")  # before: segm, silently
     c = default.get_config()
     with pytest.raises(AttributeError):
         c.batchsize = 3  # locked: typos do not silently add fields

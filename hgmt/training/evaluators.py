@@ -103,8 +103,9 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
                     f"{protocols.reference_image_size()}")
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        if entry["every"] < 0 or entry["max_examples"] < 0:
-            raise ValueError(f"{where}: every and max_examples must be >= 0")
+        for field in ("every", "max_examples"):
+            if entry[field] < 0:
+                raise ValueError(f"{where}.{field}={entry[field]} must be >= 0")
         metric = entry["best_metric"]
         if metric and metric not in metric_names(weights, entry["protocol"]):
             raise ValueError(f"{where}.best_metric={metric!r} is not a metric of these tasks; "
