@@ -12,7 +12,8 @@ errors. A subset whose SWEEP_DIR/T/eval_test.json exists and reads is done and s
 rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint;
 one whose eval_test.json does not read is trained again, which from its last checkpoint
 evaluates it anew). The config's test evaluation must run after training
-(config.evals.test.at_end), which writes that file. Arguments after `--` go to every run.
+(config.evals.test.at_end), which writes that file. Arguments after `--` go to every run
+(one task's loss weight or options, `--config.loss_weights.segm=2`, to the runs of that task).
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json) for
 `python -m hgmt.report --protocol=P`, skipped where that file holds P's numbers of the step the

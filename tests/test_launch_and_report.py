@@ -626,6 +626,22 @@ def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
     assert not s.exists()
 
 
+def test_sweep_passes_a_tasks_loss_weight_to_the_runs_of_that_task(tmp_path, capsys):
+    """`-- --config.loss_weights.segm=2` goes to the runs that train segm: a run without it
+    has no such field (before: the sweep stopped at its first run, pose2d, with a hint to
+    name segm after the config's colon, which the sweep refuses)."""
+    s = tmp_path / "s"
+    out = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                            "--tasks=pose2d,segm,pose2d+segm", "--print_only", "--",
+                            "--config.loss_weights.segm=2",
+                            "--config.loss_options.segm.foreground_weight=3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [("loss_weights.segm=2" in line, "foreground_weight=3" in line) for line in lines
+            ] == [(False, False), (True, True), (True, True)], lines
+    assert lines[0].endswith(f"--workdir={s}/pose2d")
+
+
 def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
     """configs/demo.py trains at 128 px (32 x 32 label maps): `--protocols=bodynet` is refused
     before the plan is recorded, not run by run after training."""

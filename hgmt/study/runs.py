@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hgmt import workdirs
-from hgmt.tasks import parse_tasks
+from hgmt.tasks import TASKS, parse_tasks
 from hgmt.training import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,12 +84,24 @@ def without_tasks(config: str) -> str:
 
 def config_args(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> list[str]:
     """hgmt.main's config arguments of a sweep's run: `--config=<config>:...,tasks=<tasks>`,
-    the sweep's `extra` arguments, then for seeds after the first `--config.seed=<s + k>`,
+    the sweep's `extra` arguments (an override of one task's loss weight or options, e.g.
+    `--config.loss_weights.segm=2`, only where the run trains that task: the config of a run
+    without it has no such field), then for seeds after the first `--config.seed=<s + k>`,
     s the seed of the first (the config's own, or the one `extra` gives) and k the index."""
-    args = [f"--config={with_tasks(config, tasks)}", *extra]
+    args = [f"--config={with_tasks(config, tasks)}",
+            *(a for a in extra if _task_of(a) in (None, *parse_tasks(tasks)))]
     if not seed_index:
         return args
     return [*args, f"--config.seed={_load(config, args)['seed'] + seed_index}"]
+
+
+def _task_of(arg: str) -> str | None:
+    """The task whose loss weight or options `arg` overrides (`--config.loss_weights.<task>`,
+    `--config.loss_options.<task>.<option>`), or None."""
+    parts = arg.lstrip("-").partition("=")[0].split(".")
+    if len(parts) >= 3 and parts[0] == "config" and parts[1] in ("loss_weights", "loss_options"):
+        return parts[2] if parts[2] in TASKS else None
+    return None
 
 
 def expected_config(config: str, tasks: str, extra: Sequence[str], seed_index: int) -> dict:
