@@ -55,6 +55,12 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     fv = flags.FlagValues()
     define(fv)
+    configs = [a for a in argv if a.startswith(("--config=", "-config=")) or a in (
+        "--config", "-config")]
+    if (config_file or config is not None) and len(configs) > 1:
+        # absl would read the file twice and stop on its fields "defined twice".
+        raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
+                         f"file, and override its fields with --config.<field>=<value>")
     if config_file:
         default = config_file if isinstance(config_file, str) else None
         with _config_errors(argv, default):

@@ -430,6 +430,17 @@ def test_a_config_file_that_does_not_run_is_one_line_naming_it(text, problem, tm
     assert not (tmp_path / "w").exists()
 
 
+def test_a_config_file_given_twice_is_one_line(tmp_path):
+    """Before: absl's "The flag 'config.total_steps' is defined twice. First from
+    absl.flags._flag, ..." (the file's fields defined once per --config)."""
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={DEFAULT}", f"--config={DEFAULT}",
+                                "--config.total_steps=3", f"--workdir={tmp_path / 'w'}"])
+    assert str(e.value.code) == ("error: --config is given 2 times: give one config file, "
+                                 "and override its fields with --config.<field>=<value>")
+    assert not (tmp_path / "w").exists()
+
+
 def test_an_evaluation_batch_below_1_is_refused_and_the_protocol_is_the_configs(
         saved_workdir, monkeypatch):
     """hgmt.evaluate takes the training config's checks: eval_batch_size=-5 is one line
