@@ -201,8 +201,8 @@ def test_evaluates_help_says_its_frames_are_the_test_evaluators(capsys):
     text = help_text("hgmt.evaluate", capsys)
     assert "middle frame of each clip" not in text
     assert ("Evaluate a checkpoint of a training workdir on a split of its dataset: by default "
-            "on the\nframes, number of examples and flip setting of its training config's test "
-            "evaluator.") in text
+            "on the\nframes, number of examples, flip setting and metric protocol of its training "
+            "config's test\nevaluator.") in text
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,8 @@ def test_a_url_stays_a_url_and_a_local_path_becomes_absolute(tmp_path, monkeypat
 def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     workdir = f"{BUCKET}/runs/all"
     run = store[0] / "bucket/runs/all"
-    config = ml_collections.ConfigDict({"tasks": "pose2d", "model": {"features": 16}})
+    config = ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 64,
+                                        "model": {"features": 16}})
     workdirs.save_config(config, workdir)
     assert json.loads((run / "config.json").read_text())["tasks"] == "pose2d"
     assert workdirs.load_config(workdir).model.to_dict() == {

@@ -487,7 +487,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     # Built first: a bad model value or image size is named before any checkpoint is looked
     # for (the model would take a crop of 0 pixels, or fail later on a negative size).
     model = create_model(config.model, heads(config_tasks(config)))
-    check_image_size(config.image_size, config.model.depth)
+    check_image_size(config.image_size, model.depth)
     best = step == "best"
     folder = workdirs.best_dir(workdir) if best else workdirs.checkpoint_dir(workdir)
     none_yet = (f"no best checkpoint in {folder}: one is kept when an evaluator of "
