@@ -262,11 +262,16 @@ def check_first_run(config: str, tasks: str, extra: list[str], seeds: int = 1
 
     try:  # the values hgmt.main checks, but those of the devices the runs will train on
         loop.check_config(parsed.config, warn=False, on_devices=False)
-        if seeds > 1:  # each run's seed is the config's plus its number
-            input_pipeline.check_seed(parsed.config.seed + seeds - 1)
     except ValueError as e:
         raise SystemExit(f"error: the runs' config (--config={config} and the arguments after "
                          f"`--`): {e}") from None
+    last = parsed.config.seed + seeds - 1  # each run's seed is the config's plus its number
+    try:
+        input_pipeline.check_seed(last)
+    except ValueError:
+        raise SystemExit(f"error: --seeds={seeds}: the last run's seed, config.seed="
+                         f"{parsed.config.seed} plus {seeds - 1}, is {last}, beyond 2**32 - 1: "
+                         f"give a lower config.seed or fewer seeds") from None
     test = parsed.config.get("evals", {}).get("test")
     if test is None or not test.get("at_end"):
         given = [a for a in extra if a.partition("=")[0] in (

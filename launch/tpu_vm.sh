@@ -29,7 +29,7 @@ case "$cmd" in
   setup)
     url=${1:-$(git -C "$repo" remote get-url origin)}
     if [[ $url =~ ^git@([^:/]+):(.+)$ || $url =~ ^ssh://git@([^/:]+)(:[0-9]+)?/(.+)$ ]]; then
-      url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[-1]}"
+      url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[${#BASH_REMATCH[@]}-1]}"  # bash 3.2 too
     fi
     commit=$(git -C "$repo" rev-parse HEAD)
     ssh_all "set -e; [ -d hgmt ] || git clone -q $(printf %q "$url") hgmt; cd hgmt && \

@@ -1575,6 +1575,14 @@ def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_pat
                                                       rf"JSON object .*Repair or delete that "
                                                       rf"line and rerun"):
         evals.recorded(6)
+    # A line equal to the last of its step and evaluator is not appended again (a rerun of an
+    # evaluation a full disk stopped after its line); one equal to an earlier line only is.
+    os.remove(path)
+    summary = {**{k: None for k in evaluators.RECORDED_SETTINGS}, "num_examples": 3}
+    for values in ({"loss/total": 1.0}, {"loss/total": 1.0}, {"loss/total": 2.0},
+                   {"loss/total": 1.0}):
+        evals._append(8, "test", summary, values)
+    assert [x["metrics"]["loss/total"] for x in workdirs.read_evals(workdir)] == [1.0, 2.0, 1.0]
     with open(path, "wb") as f:  # a byte that is not UTF-8 (a bad copy)
         f.write(b'{"step": 2, "evaluator": "train"}\n{"step": 4, "ev\xffaluator": "test"}\n')
     with pytest.raises(workdirs.DamagedRunFile, match=rf"^{re.escape(path)} line 2 is not a "
@@ -1676,6 +1684,12 @@ def test_out_of_device_memory_while_evaluating_names_the_evaluation_batch_and_dt
         "resumed training run takes only with --resume_with_changed_config). XLA's full "
         "message (the allocation dump) is logged with --verbosity=1")
     assert "optimizer" not in message and "config.model.features" not in message
+    # The trainer's evaluations run beside the train state, optimizer state included.
+    with pytest.raises(device_memory.OutOfDeviceMemory) as err, device_memory.explained(
+            config, "while evaluating", "eval_batch_size", beside_train_state=True):
+        raise jax.errors.JaxRuntimeError(_GPU_OOM)
+    assert (" in float32, times about 3 with the optimizer state training holds beside it), "
+            "in float32. Lower config.eval_batch_size") in str(err.value)
 
 
 def test_out_of_device_memory_while_resuming_names_the_restore(demo_dataset, tmp_path,

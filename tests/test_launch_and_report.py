@@ -611,7 +611,8 @@ def test_sweep_runs_each_subset_once_per_seed(tmp_path):
     (["--", "--config.optimizer.learning_rate=inf"],
      "config.optimizer.learning_rate=inf must be finite and > 0"),
     (["--seeds=3", "--", "--config.seed=4294967294"],
-     "config.seed=4294967296 must be in [0, 2**32)")])
+     "--seeds=3: the last run's seed, config.seed=4294967294 plus 2, is 4294967296, beyond "
+     "2**32 - 1: give a lower config.seed or fewer seeds")])
 def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
         args, message, tmp_path, capsys):
     """A value each run's hgmt.main would refuse (or a seed the last run's number makes one)
@@ -621,7 +622,8 @@ def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
     out = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
                             "--tasks=pose2d", "--print_only", *args)
     assert out.returncode == 1 and out.stdout == "", out
-    assert out.stderr.startswith("error: the runs' config (--config=configs/default.py and "
+    assert out.stderr.startswith(f"error: {message}" if message.startswith("--seeds") else
+                                 "error: the runs' config (--config=configs/default.py and "
                                  f"the arguments after `--`): {message}"), out.stderr
     assert not s.exists()
 

@@ -2074,7 +2074,7 @@ def test_a_bbox_must_be_finite(workdir):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=0,0,nan,10"])
 
 
-def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(workdir):
+def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(predictor):
     """An image of another kind (a float one on [0, 1], grey, RGBA, channels first, a batch,
     no pixels), a bbox of three numbers and one array given to `predict` (whose rows would
     pass for images) are each a ValueError saying what to give (before: the same message for
@@ -2088,7 +2088,8 @@ def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(w
                           r"cv2\.COLOR_GRAY2RGB\)"),
             (np.zeros((24, 32, 4), np.uint8), r"give RGB without the alpha channel"),
             (np.zeros((3, 24, 32), np.uint8), r"give channels last: np\.moveaxis"),
-            (np.zeros((2, 24, 32, 3), np.uint8), r"give one image per list item: "),
+            (np.zeros((2, 24, 32, 3), np.uint8), r"give one image \(H,W,3\): "
+                                                 r"Predictor\.predict\(images\) takes a batch"),
             (np.zeros((0, 0, 3), np.uint8), r"give an image with pixels"),
             (rgb.astype(np.int64), r"give uint8 values 0\.\.255: image\.astype")):
         with pytest.raises(ValueError, match=rf"^expected an RGB uint8 image \(H,W,3\), got "
@@ -2098,9 +2099,14 @@ def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(w
     assert prediction._checked(rgb) is rgb
     with pytest.raises(ValueError, match=r"^bbox \(10, 10, 50\): give 4 numbers, x, y, w, h"):
         person.Window.given((10, 10, 50))
-    with pytest.raises(ValueError, match=r"^Predictor\.predict takes a list of images, got "
-                                         r"one uint8 array \(24, 32, 3\): give \[image\]"):
+    with pytest.raises(ValueError, match=r"^Predictor\.predict takes a list of images \(or "
+                                         r"an \(N,H,W,3\) array\), got a uint8 array "
+                                         r"\(24, 32, 3\): give \[image\]"):
         prediction.Predictor.predict(None, rgb)
+    # An (N,H,W,3) array is its N images, as it was before that check.
+    batch = np.zeros((2, 24, 32, 3), np.uint8)
+    got = predictor.predict(batch, [(0, 0, 24, 24)] * 2, image_maps=False)
+    assert len(got) == 2 and got[0]["joints2d"].shape == (16, 2)
 
 
 def test_an_evaluation_of_another_task_subsets_variables_is_refused(workdir):

@@ -312,7 +312,8 @@ class Evaluator:
         'protocol': the protocol that defined them}, 'protocol': ..., 'label_size': r of the
         r x r label maps, 'loss': {task: the mean over the usable examples of each example's
         last-stage loss (`eval_step`)}}. Neither
-        the batch size nor the number of devices changes it. `stop` is called before each
+        the batch size nor the number of devices changes it, but for float32 rounding (the
+        order in which a batch's per-device sums are added). `stop` is called before each
         batch (every process has as many); it raises to stop the evaluation."""
         damaged: list[int] = []
         return self.summary(self.totals(variables, damaged, stop), damaged)

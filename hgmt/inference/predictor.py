@@ -142,10 +142,10 @@ class Predictor:
         'depth_image' (H,W) classes 0..19, 'depth_rel_mm' (r,r) depth relative to the pelvis
         (nan on background)}. Without `image_maps` the (H,W) maps are None, not made (a video's
         frames do not need them)."""
-        if isinstance(images, np.ndarray):  # one image's rows would pass for images
-            raise ValueError(f"Predictor.predict takes a list of images, got one "
-                             f"{images.dtype} array {images.shape}: give [image] (or call "
-                             f"the Predictor on the image)")
+        if isinstance(images, np.ndarray) and images.ndim != 4:  # a batch is its images
+            raise ValueError(f"Predictor.predict takes a list of images (or an (N,H,W,3) "
+                             f"array), got a {images.dtype} array {images.shape}: give "
+                             f"[image] (or call the Predictor on the image)")
         images = [_checked(image) for image in images]
         bboxes = [None] * len(images) if bboxes is None else list(bboxes)
         if len(bboxes) != len(images):
@@ -356,7 +356,7 @@ def _checked(image: np.ndarray) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 4:
         hint = "RGB without the alpha channel: image[..., :3]"
     elif image.ndim == 4:
-        hint = "one image per list item: Predictor.predict(list(images))"
+        hint = "one image (H,W,3): Predictor.predict(images) takes a batch"
     elif image.ndim == 3 and np.issubdtype(image.dtype, np.floating):
         hint = ("uint8 values 0..255: e.g. (image * 255).round().astype(np.uint8) for "
                 "values on [0, 1]")

@@ -121,12 +121,14 @@ def parameter_count(config: ml_collections.ConfigDict) -> int | None:
 
 def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             batch_field: str = "batch_size",
-            batch_flag: tuple[str, int] | None = None) -> OutOfDeviceMemory:
+            batch_flag: tuple[str, int] | None = None, *,
+            beside_train_state: bool = False) -> OutOfDeviceMemory:
     """The `OutOfDeviceMemory` for XLA's `error`, raised while `what` (e.g. 'while compiling
     or running the training step') with batches of `config[batch_field]` (global):
     `batch_size`, training, or `eval_batch_size`, an evaluation of trained weights, whose
-    message names the batch and the compute dtype only (no optimizer state; the image size
-    and model are the checkpoint's). With
+    message names the batch and the compute dtype only (the image size and model are the
+    checkpoint's; no optimizer state, but `beside_train_state`: the trainer's evaluations,
+    which run while the train state is on the device). With
     `batch_flag` (the flag, its value) a command's flag sets the batch instead, run on JAX's
     default device with a trained checkpoint (hgmt.predict's --batch_size): the image size and
     model are the checkpoint's, so the message names the flag and the compute dtype only."""
@@ -149,10 +151,13 @@ def explain(error: BaseException, config: ml_collections.ConfigDict, what: str,
             f"bfloat16 (--config.model.dtype=bfloat16)")
     devices = jax.device_count()
     batch = int(config[batch_field])
-    training = batch_field == "batch_size"  # else an evaluation: no optimizer state
+    training = batch_field == "batch_size"  # else an evaluation
+    optimizer = (", times about 3 with the optimizer state" if training else
+                 ", times about 3 with the optimizer state training holds beside it"
+                 if beside_train_state else "")
     model = ("a model of unknown size" if params is None else
              f"a model of {params / 1e6:.2f} M parameters ({_size(4 * params)} in float32"
-             f"{', times about 3 with the optimizer state' if training else ''})")
+             f"{optimizer})")
     held = (f"{memory} The program holds a per-device batch of {batch // devices} "
             f"(config.{batch_field}={batch} over {devices} devices), {config.image_size} x "
             f"{config.image_size} images (config.image_size) and {model}, in {dtype}. ")
@@ -200,10 +205,12 @@ def _explained_by(explanation: Callable[[BaseException], OutOfDeviceMemory]) -> 
 
 def explained(config: ml_collections.ConfigDict, what: str,
               batch_field: str = "batch_size",
-              batch_flag: tuple[str, int] | None = None) -> contextlib.AbstractContextManager:
+              batch_flag: tuple[str, int] | None = None, *,
+              beside_train_state: bool = False) -> contextlib.AbstractContextManager:
     """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
     XLA's full message is logged as a verbose line (`cli.VERBOSE`)."""
-    return _explained_by(lambda e: explain(e, config, what, batch_field, batch_flag))
+    return _explained_by(lambda e: explain(e, config, what, batch_field, batch_flag,
+                                           beside_train_state=beside_train_state))
 
 
 def variables_explained(nbytes: int) -> contextlib.AbstractContextManager:

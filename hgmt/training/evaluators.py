@@ -492,8 +492,11 @@ class Evaluators:
                 "metrics": values}
         text = json.dumps(line)
         # The same evaluation recorded already: by a run whose report a full disk stopped
-        # after this line (the rerun evaluates again and must not count it twice).
-        if text in {json.dumps(x) for x in workdirs.read_evals(self.workdir)}:
+        # after this line (the rerun evaluates again and must not count it twice). Only the
+        # last line of this step and evaluator counts: it is the one readers take.
+        same = [x for x in workdirs.read_evals(self.workdir)
+                if (x.get("step"), x.get("evaluator")) == (step, name)]
+        if same and json.dumps(same[-1]) == text:
             return
         disk_space.append_line(workdirs.evals_file(self.workdir), text, "the evaluation curves")
 

@@ -387,7 +387,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                           if n not in evals.recorded(start_step)]
     if missed:
         logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
-        with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+        with device_memory.explained(config, "while evaluating", "eval_batch_size",
+                                     beside_train_state=True):
             evals.run(missed, start_step, host_state(start_step, state), writer,
                       stop=stop_if_preempted if start_step == config.total_steps
                       else lock_check)
@@ -421,7 +422,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             if checkpoint:
                 save(step, host)
             if evaluate:
-                with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+                with device_memory.explained(config, "while evaluating", "eval_batch_size",
+                                             beside_train_state=True):
                     evals.run(evaluate, step, host, writer, stop=lock_check)
 
     for step in range(start_step + 1, config.total_steps + 1):
@@ -527,7 +529,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("step %d's evaluations after training that an earlier run finished, "
                      "kept: %s", start_step, ", ".join(
                          workdirs.eval_file(workdir, n) for n in finished))
-    with device_memory.explained(config, "while evaluating", "eval_batch_size"):
+    with device_memory.explained(config, "while evaluating", "eval_batch_size",
+                                 beside_train_state=True):
         summaries = evals.run([n for n in evals.at_end() if n not in finished],
                               int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
