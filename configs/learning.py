@@ -19,6 +19,9 @@ from configs.common import evaluator_config, parse_arg
 def get_config(arg: str | None = None):
     args = parse_arg(arg, {"tasks": "all", "steps": 1800, "eval_every": 300,
                            "train_frames": ""})
+    for key in ("steps", "eval_every"):  # a curve needs steps, and points along them
+        if args[key] < 1:
+            raise ValueError(f"config argument {key}={args[key]}: give at least 1")
     c = study.get_config(f"tasks={args['tasks']}")
     c.unlock()
     c.total_steps = args["steps"]

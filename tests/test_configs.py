@@ -119,6 +119,11 @@ def test_study_and_learning_configs():
     assert (b.evals.train.split, b.evals.train.frames, b.evals.train.every) == (
         "train", "every4", 300)
     assert "train" not in learning.get_config()["evals"]
+    # A curve needs steps and points along them (before: eval_every=0 built the demo data
+    # and trained a run whose test evaluation ran once, at the end).
+    for arg in ("steps=0", "eval_every=0", "eval_every=-5"):
+        with pytest.raises(ValueError, match=rf"^config argument {arg}: give at least 1$"):
+            learning.get_config(arg)
 
 
 def test_an_empty_string_argument_is_its_documented_none():
