@@ -123,6 +123,7 @@ def measure(config, split: str, frames: str, max_examples: int, rounds: int) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON line; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    input_pipeline.frames_flag(args.frames)  # before the demo data is built
     config = args.config
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset

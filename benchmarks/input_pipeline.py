@@ -144,8 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON lines; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
     config = args.config
-    places = [device_augment.placement(p)  # an unknown placement fails before any work
-              for p in (args.placements or [config.augment_on])]
+    try:  # an unknown placement fails before any work
+        places = [device_augment.placement(p) for p in (args.placements or [config.augment_on])]
+    except ValueError as e:
+        raise SystemExit(f"error: --placements: {e}") from None
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset

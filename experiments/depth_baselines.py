@@ -119,8 +119,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
+    from hgmt.data import input_pipeline
+
     args, _ = cli.parse(_define_flags, argv, __doc__)
-    print(json.dumps({where: measure(where, args.frames) for where in args.clips}, indent=1))
+    frames = input_pipeline.frames_flag(args.frames)
+    print(json.dumps({where: measure(where, frames) for where in args.clips}, indent=1))
     return 0
 
 

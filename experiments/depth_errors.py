@@ -130,9 +130,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
+    from hgmt.data import input_pipeline
     from hgmt.training import checkpoints
 
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
+    input_pipeline.frames_flag(args.frames)
     step = cli.checkpoint_step(args.step)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):  # no checkpoint: one line
         restored = restore(args.workdir, step, args.config)

@@ -85,7 +85,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
-    curves = load_curves(args.workdir)
+    try:
+        curves = load_curves(args.workdir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
     out_dir = epath.Path(args.out_dir or args.workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curves.json").write_text(json.dumps(curves, indent=1))

@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
-        try:
-            input_pipeline.parse_eval_frames(args.frames)
-        except ValueError as e:  # its message starts "frames='...'"
-            raise SystemExit(f"error: --{e}") from None
+        input_pipeline.frames_flag(args.frames)
     with cli.console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 

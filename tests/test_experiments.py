@@ -124,6 +124,24 @@ def test_depth_errors_without_a_checkpoint_is_one_line(tmp_path):
     assert line.startswith("error: NoCheckpoint: no checkpoint in ") and str(workdir) in line
 
 
+def test_a_bad_frames_flag_or_a_workdir_without_curves_is_one_line(tmp_path):
+    """`--frames` that is no frame selection, and learning_curves.py on a workdir without
+    evals.jsonl: one line and status 1 before any work (before: tracebacks)."""
+    import shutil
+
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "study", "runs",
+                             "depth", "config.json"), tmp_path)  # a workdir, no checkpoint
+    for main, args in ((depth_baselines.main, [f"--clips={tmp_path}"]),
+                       (depth_errors.main, [f"--workdir={tmp_path}"])):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--frames=every0"])
+        assert str(e.value.code).startswith("error: --frames='every0': use middle"), main
+    with pytest.raises(SystemExit) as e:
+        learning_curves.main([f"--workdir={tmp_path}"])
+    assert e.value.code == (f"error: {tmp_path}/evals.jsonl not found: train with evaluators "
+                            f"that run during training (config.evals.<name>.every > 0)")
+
+
 def test_depth_baselines_on_crafted_pixels():
     """Seven pixels, by hand: the most common bin (3) holds 3 of 7; each part's own most common
     bin 2 + 3 (part 1: bins 1,1,2,4; part 2: 3,3,3); per part and frame every pixel but the

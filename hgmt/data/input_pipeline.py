@@ -882,6 +882,16 @@ def is_middle(frame: int, num_frames: int, middle: int) -> bool:
     return frame == middle
 
 
+def frames_flag(frames: str) -> str:
+    """A command's `--frames` value, checked (`parse_eval_frames`): one line and exit status 1
+    for one that is no frame selection, before any work."""
+    try:
+        parse_eval_frames(frames)
+    except ValueError as e:  # its message starts "frames='...'"
+        raise SystemExit(f"error: --{e}") from None
+    return frames
+
+
 def parse_eval_frames(frames: str) -> int:
     """The frames an evaluation reads: 'middle' (each clip's middle frame, SURREAL's test
     protocol) -> 0; 'everyK' (frames 0, K, 2K, ... of every clip) -> K; 'all' -> 1."""
