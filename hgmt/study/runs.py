@@ -88,8 +88,9 @@ def config_args(config: str, tasks: str, extra: Sequence[str], seed_index: int) 
     `--config.loss_weights.segm=2`, only where the run trains that task: the config of a run
     without it has no such field), then for seeds after the first `--config.seed=<s + k>`,
     s the seed of the first (the config's own, or the one `extra` gives) and k the index."""
+    trained = (None, *parse_tasks(tasks))  # a task's override goes to the runs of that task
     args = [f"--config={with_tasks(config, tasks)}",
-            *(a for a in extra if _task_of(a) in (None, *parse_tasks(tasks)))]
+            *(a for a in extra if _task_of(a) in trained)]
     if not seed_index:
         return args
     return [*args, f"--config.seed={_load(config, args)['seed'] + seed_index}"]

@@ -121,6 +121,7 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
     gt = targets(batch)
     # Foreground pixels, each weighted by its example's weight.
     fg = (gt > 0) * common.example_weights(batch, gt.shape[0])[:, None, None]
+    # BIN_SIZE then 1000, not BIN_MM: this order of float operations makes the reported mm.
     err_mm = (decoded["depth_classes"] - gt) * common.BIN_SIZE * 1000.0
     return {"sq_error_mm": jnp.sum(fg * err_mm**2),
             "correct": jnp.sum(fg * (decoded["depth_classes"] == gt)),
@@ -185,6 +186,7 @@ def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int,
         return int(round(float(stats[key])))
 
     return common.with_null_reasons({
+        # BIN_SIZE then 1000, as err_mm above (the reported figure's float rounding).
         "rmse_mm": None if rmse_bins is None else rmse_bins * common.BIN_SIZE * 1000.0,
         "rmse_bins": rmse_bins,
         "images_no_foreground": count("images_no_foreground"),
