@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hgmt.tasks import TASKS, parse_tasks
+from hgmt.tasks import TASKS, default_loss_options, parse_tasks
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -90,8 +90,7 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
         {name: float(TASKS[name].DEFAULT_LOSS_WEIGHT) for name in names})
     # keyword options of the selected tasks' losses (each task's LOSS_OPTIONS; the defaults are
     # the reference's loss), e.g. loss_options.depth.foreground_weight
-    c.loss_options = ml_collections.ConfigDict(
-        {name: dict(TASKS[name].LOSS_OPTIONS) for name in names if TASKS[name].LOSS_OPTIONS})
+    c.loss_options = ml_collections.ConfigDict(default_loss_options(names))
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "rmsprop"  # rmsprop (reference code) | adam

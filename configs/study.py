@@ -12,7 +12,7 @@ configs/learning.py trains the same model and data longer to draw learning curve
 
 from configs import demo
 from configs.common import parse_arg
-from hgmt.tasks import TASKS
+from hgmt.tasks import default_loss_options
 
 
 def get_config(arg: str | None = None):
@@ -32,8 +32,7 @@ def get_config(arg: str | None = None):
     c.model.shared_trunk = False
     c.model.dtype = "float32"
     # The reference's losses (each task's LOSS_OPTIONS defaults), not the demo's weighting.
-    for name in c.loss_options:
-        c.loss_options[name] = dict(TASKS[name].LOSS_OPTIONS)
+    c.loss_options = default_loss_options(c.tasks)
     c.optimizer.warmup_steps = 100
     c.checkpoint_every = 300
     c.log_every = 100

@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
-        evaluator.check_batch_size(args.config)
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:

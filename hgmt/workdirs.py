@@ -68,12 +68,14 @@ CROP_METRES_FILE = "crop_metres.json"
 COMPILATION_CACHE_DIR = "compilation_cache"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
-# Config fields newer than some workdirs, with their default: filled in when an older
-# workdir's config is read, so that they can be overridden (`--config.model.ops=flax` on an
-# evaluation). Each default is what the code before the field did, so the old run's function
-# stays.
-ADDED_CONFIG_FIELDS = {("model", "stream_mode"): "auto", ("model", "ops"): "auto",
-                       ("model", "batch_norm_stats"): "global"}
+# Config fields newer than some workdirs, by dotted name, with their default: filled in when an
+# older workdir's config is read, so that they can be overridden (`--config.model.ops=flax` on
+# an evaluation). Each default is what the code before the field did, so the old run's
+# function stays. (`loss_options`, whose defaults are the tasks', is filled by
+# `hgmt.tasks.check_loss_options` and `hgmt.training.resume.differences`.)
+ADDED_CONFIG_FIELDS = {"model.stream_mode": "auto", "model.ops": "auto",
+                       "model.batch_norm_stats": "global", "augment_on": "auto",
+                       "max_damaged_fraction": 0.001}
 # The evaluation fields of a config written before `config.evals`, with the value the code of
 # then took for a missing one: validation during training and the test evaluation after it
 # shared the frame settings (`older_evals` gives the evaluators they were).
@@ -241,9 +243,13 @@ def _fill_added_fields(config: dict, path: str | None = None) -> None:
     """Sets the ADDED_CONFIG_FIELDS a config.json predates to their defaults, and reads an
     older one's model.interaction under shared_trunk=True as 'sum', in place (`path`: the
     file, named in that warning)."""
-    for (section, field), value in ADDED_CONFIG_FIELDS.items():
-        if isinstance(config.get(section), dict):
-            config[section].setdefault(field, value)
+    for name, value in ADDED_CONFIG_FIELDS.items():
+        *sections, field = name.split(".")
+        where = config
+        for section in sections:
+            where = where.get(section) if isinstance(where, dict) else None
+        if isinstance(where, dict):
+            where.setdefault(field, value)
     model = config.get("model")
     if isinstance(model, dict) and model.get("shared_trunk") and model.get(
             "interaction", "sum") != "sum":

@@ -305,7 +305,8 @@ def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(t
     assert evaluator.settings_of(config, "validation") == {"split": "validation", **shared}
     assert workdirs.current_layout(old) == {
         "model": {"depth": 4, "stream_mode": "auto", "ops": "auto",
-                  "batch_norm_stats": "global"}, "tasks": "pose2d",
+                  "batch_norm_stats": "global"}, "tasks": "pose2d", "augment_on": "auto",
+        "max_damaged_fraction": 0.001,
         "evals": {"validation": {"split": "validation", **shared, "every": 300,
                                  "at_end": False, "best_metric": "pose2d/pckh@0.5"},
                   "test": {"split": "test", **shared, "every": 0, "at_end": True,

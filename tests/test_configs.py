@@ -147,3 +147,17 @@ def test_evaluator_config_has_the_fields_the_trainer_checks():
     from hgmt.training import evaluators
 
     assert sorted(evaluator_config()) == sorted(evaluators.FIELDS)
+
+
+def test_the_default_evaluation_settings_are_the_same_in_the_config_and_the_evaluator():
+    """The test protocol's settings, written in configs/common.py's signature (for the reader
+    of a config) and in the Evaluator's, are DEFAULT_SETTINGS, which an older config without
+    a test evaluator is evaluated with."""
+    import inspect
+
+    from configs.common import evaluator_config
+    from hgmt.evaluation import evaluator
+
+    assert {k: evaluator_config()[k] for k in evaluator.SETTINGS} == evaluator.DEFAULT_SETTINGS
+    signature = inspect.signature(evaluator.Evaluator).parameters
+    assert {k: signature[k].default for k in evaluator.SETTINGS} == evaluator.DEFAULT_SETTINGS

@@ -1027,3 +1027,25 @@ def test_an_older_shared_trunk_config_with_an_interaction_resumes_as_sum(tmp_pat
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
     assert workdirs.load_config(str(workdir)).model.interaction == "sum"
+
+
+def test_an_older_config_without_loss_options_resumes_only_with_the_default_losses(tmp_path):
+    """A config.json written before `config.loss_options` trained with the tasks' default losses:
+    a rerun with those resumes, one with another option is a difference named like any other
+    (before, a field the saved config lacks was not compared, and the loss changed silently),
+    and `load_config` fills the other fields added since (augment_on, max_damaged_fraction)."""
+    workdir = tmp_path / "run"
+    kw = {"tasks": "pose2d+depth", "worker_count": 0}
+    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    saved = json.loads((workdir / "config.json").read_text())
+    for field in ("loss_options", "augment_on", "max_damaged_fraction"):
+        del saved[field]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
+    with pytest.raises(resume.CannotResume,
+                       match=r": loss_options\.depth\.foreground_weight 1\.0 -> 10\.0\. "):
+        resume.check_config(tiny_config(
+            "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
+    loaded = workdirs.load_config(str(workdir))
+    assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)

@@ -122,6 +122,9 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
 # `hgmt.evaluate`): which frames of which split, under which metric protocol, with or without the
 # flip test, at most how many examples (0: all).
 SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
+# hgmt's test protocol: the Evaluator's defaults, and configs/common.py evaluator_config's.
+DEFAULT_SETTINGS = {"split": "test", "frames": "middle", "protocol": "hgmt", "flip": False,
+                    "max_examples": 0}
 # The versions of hgmt's metric definitions: each with the protocols whose numbers it
 # changed and what it changed from the one before. A summary records the version of its
 # protocol's definitions it was made under (its `metrics_version`: `metrics_version` below;
@@ -177,12 +180,11 @@ def check_batch_size(config: ml_collections.ConfigDict) -> None:
 def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
     """The evaluation settings (SETTINGS) of `config.evals[name]`, for a config without `evals`
     (an older workdir's) of the evaluator its fields amount to (`workdirs.older_evals`); the
-    test protocol's defaults when the config has no such evaluator."""
+    test protocol's (DEFAULT_SETTINGS) when the config has no such evaluator."""
     evals = workdirs.evals_of(config)
     if name in evals:
         return {k: evals[name][k] for k in SETTINGS}
-    return {"split": "test", "frames": "middle", "protocol": "hgmt", "flip": False,
-            "max_examples": 0}
+    return dict(DEFAULT_SETTINGS)
 
 
 def step_examples(protocol: str, tasks, num_examples: int) -> int:

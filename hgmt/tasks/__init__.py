@@ -108,12 +108,18 @@ def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]
     return {t: float(given.get(t, TASKS[t].DEFAULT_LOSS_WEIGHT)) for t in tasks}
 
 
+def default_loss_options(tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{task: its LOSS_OPTIONS} of the tasks whose loss takes options: the reference's losses,
+    and what a config saved before `config.loss_options` trained with."""
+    return {t: dict(TASKS[t].LOSS_OPTIONS) for t in parse_tasks(tasks) if TASKS[t].LOSS_OPTIONS}
+
+
 def check_loss_options(config: ml_collections.ConfigDict,
                        tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """{task: {option: value}} of the selected tasks' loss options: each task's `LOSS_OPTIONS`
     defaults updated by `config.loss_options[task]` (a config without the field, such as one
-    saved before it existed, gets the defaults). A task or option name that does not exist is an
-    error naming the valid ones."""
+    saved before it existed, gets the defaults: `default_loss_options`). A task or option name
+    that does not exist is an error naming the valid ones."""
     given = {t: dict(o) for t, o in dict(config.get("loss_options", {})).items()}
     _check_task_names("loss_options", given)
     for t, opts in given.items():

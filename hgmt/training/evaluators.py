@@ -76,8 +76,10 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
     """{name: settings} of `config.evals`, checked: every field known and of its type, the
     split, frames and protocol valid (a reference protocol at the references' label size,
     unless not `label_size`: hgmt.evaluate runs the protocol it is given, not these),
-    `best_metric` a metric of these tasks, at most one evaluator keeping a best checkpoint.
-    Errors name the evaluator, the field and the choices."""
+    `best_metric` a metric of these tasks, at most one evaluator keeping a best checkpoint;
+    and `config.eval_batch_size` at least 1. Errors name the evaluator, the field and the
+    choices."""
+    evaluator.check_batch_size(config)
     out = {}
     for name, entry in dict(config.get("evals", {})).items():
         entry = dict(entry)

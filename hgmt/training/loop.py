@@ -90,12 +90,12 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     create_model(config.model, heads(tasks))  # the model's fields and values
     steps.create_optimizer(config)  # the optimizer's name and schedule
     for field in ("total_steps", "log_every", "checkpoint_every", "prefetch",
-                  "keep_checkpoints", "batch_size", "eval_batch_size", "image_size"):
+                  "keep_checkpoints", "batch_size", "image_size"):
         if config[field] < 1:
             raise ValueError(f"config.{field}={config[field]} must be at least 1")
     _check_values(config, weights, options, warn)
     check_image_size(config.image_size, config.model.depth)
-    device_augment.placement(config.get("augment_on", "auto"))
+    device_augment.placement(config.augment_on)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if not on_devices:
@@ -132,7 +132,7 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
                                  f"and >= 0")
     input_pipeline.check_seed(config.seed)
-    fraction = config.get("max_damaged_fraction", 0.001)
+    fraction = config.max_damaged_fraction
     if not 0 <= fraction <= 1:
         raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
     if warn and opt.warmup_steps >= config.total_steps:
@@ -248,7 +248,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                      ", resumed with its checkpoint's" if saved != config.worker_count else "")
         loader = train_loader(config, source, tasks, prepare, workers)
         damaged = damage.DamageLog(
-            damage.Shards.of(source), len(source), config.get("max_damaged_fraction", 0.001),
+            damage.Shards.of(source), len(source), config.max_damaged_fraction,
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
             damage.union_over_processes if jax.process_count() > 1 else None)
     # The damaged records of a batch are noted when the step consumes it, not when it is
@@ -542,7 +542,7 @@ def augmentation(config: ml_collections.ConfigDict,
     """Where the crop and augmentation run (config.augment_on): in the train step, on the
     device (the `Prepare` it runs first on the loader's decoded records), or None: on the
     loader's CPU workers."""
-    if device_augment.placement(config.get("augment_on", "auto")) == "host":
+    if device_augment.placement(config.augment_on) == "host":
         return None
     return device_augment.Prepare(config.image_size, config.seed, tasks)
 

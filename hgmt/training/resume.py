@@ -30,6 +30,7 @@ from etils import epath
 
 from hgmt import cli, disk_space, workdirs
 from hgmt.paths import absolute
+from hgmt.tasks import default_loss_options
 from hgmt.training import checkpoints, evaluators
 
 # The fields a rerun may change without asking (a name covers the fields under it). They say
@@ -72,9 +73,12 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     """The fields outside FREE_ON_RESUME whose value in `config` (a config as JSON) differs
     from `saved` (a config.json), by dotted name, sorted. `saved` is read in today's layout
     (`workdirs.current_layout`: an older one's evaluation fields as the evaluators they amount
-    to, the fields added since at their defaults); a field only one of them has is not
-    compared, as the code of the other has no such setting."""
+    to, the fields added since at their defaults, the loss options its tasks' defaults); a
+    field only one of them has is not compared, as the code of the other has no such
+    setting."""
     layout = workdirs.current_layout(dict(saved))
+    if "loss_options" not in layout and "tasks" in layout:
+        layout["loss_options"] = default_loss_options(layout["tasks"])
     old = workdirs.flat_fields(layout)
     new = workdirs.flat_fields(config)
     keeping = {evaluators.keeper(layout.get("evals", {})),
