@@ -128,6 +128,25 @@ def test_info_fields_match_real_file(clips, real_info_path):
         assert ours[key].dtype.kind == value.dtype.kind, key
 
 
+def test_a_one_frame_clip_has_the_real_files_shapes(tmp_path, real_info_path):
+    """A clip of one frame is written as MATLAB saved SURREAL's: joints2D (2, 24) and joints3D
+    (3, 24), the frame axis dropped (the demo wrote (2, 24, 1)), every other field as in the
+    real file at T = 1; hgmt reads it as one frame whose joints project as the real ones."""
+    synthetic.generate(str(tmp_path), 1, 1, splits=("test",))
+    (stem,) = surreal.find_clips(str(tmp_path), "test")
+    ours = scipy.io.loadmat(surreal.clip_paths(stem)["info"])
+    real = scipy.io.loadmat(real_info_path)
+    t_real = real["joints2D"].shape[-1]
+    for key, value in real.items():
+        if not key.startswith("__"):
+            shape = tuple(1 if d == t_real else d for d in value.shape)
+            assert ours[key].shape == (shape[:2] if key.startswith("joints") else shape), key
+    info = surreal.load_clip(stem).info
+    assert info.num_frames == 1 and info.joints2d.shape == (1, 24, 2)
+    np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+                                  info.joints2d)
+
+
 def test_clip_is_consistent(clips):
     for stem in clips[1]:
         clip = surreal.load_clip(stem)

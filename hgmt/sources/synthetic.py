@@ -348,6 +348,11 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
     cloth = np.empty((1, frames), object)
     cloth[0, :] = [np.array(["synthetic/cloth.jpg"])] * frames
     cam_dist = np.linalg.norm(motion.cam_loc - joints3d[0, 0])
+    # (coordinate, joint, frame), as MATLAB saved them: a clip of one frame has no frame axis
+    # (MATLAB drops a trailing singleton dimension; the 2-D fields keep theirs).
+    joints2d, joints3d = (np.transpose(j, (2, 1, 0)) for j in (joints2d, joints3d))
+    if frames == 1:
+        joints2d, joints3d = joints2d[..., 0], joints3d[..., 0]
     scipy.io.savemat(paths["info"], {
         "sequence": np.array([os.path.basename(stem)]),
         "clipNo": np.array([[clip_no]], np.uint8),
@@ -359,8 +364,8 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
         "stride": np.array([[50]], np.uint8),
         "camDist": np.array([[cam_dist]], np.float32),
         "camLoc": motion.cam_loc.reshape(3, 1).astype(np.float32),
-        "joints2D": np.transpose(joints2d, (2, 1, 0)),
-        "joints3D": np.transpose(joints3d, (2, 1, 0)),
+        "joints2D": joints2d,
+        "joints3D": joints3d,
         "pose": pose.T.astype(np.float32),
         "zrot": np.full((frames, 1), motion.zrot, np.float32),
         "cloth": cloth,
