@@ -126,20 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         found = report.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
         runs.warn_strays(args.sweep_dir)
         results = report.load_sweep(args.sweep_dir, args.protocol, found)
+    # Everything is computed before the first file is written, so that a fault leaves the
+    # report directory as it was rather than new files beside old ones.
     study = report.compare(results)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "report.json"), "w") as f:
-        json.dump(study, f, indent=1)
     checked = claims.check(study)
-    with open(os.path.join(args.out_dir, "claims.json"), "w") as f:
-        json.dump(checked, f, indent=1)
-    report.plot(study, args.out_dir)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{report.progress(args.sweep_dir, results, found)}")
+    text = report.to_markdown(study, note, checked,
+                              runs.config_section(args.sweep_dir, list(found)))
+    os.makedirs(args.out_dir, exist_ok=True)
+    report.plot(study, args.out_dir)
+    for name, value in (("report.json", study), ("claims.json", checked)):
+        with open(os.path.join(args.out_dir, name), "w") as f:
+            json.dump(value, f, indent=1, allow_nan=False)
     with open(os.path.join(args.out_dir, "README.md"), "w") as f:
-        f.write(report.to_markdown(study, note, checked,
-                                   runs.config_section(args.sweep_dir, list(found))))
+        f.write(text)
     print(f"wrote {args.out_dir}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

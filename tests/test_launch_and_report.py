@@ -782,7 +782,7 @@ def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
     edit("pose2d+segm@seed1", total_steps=1200)
     # What a rerun may change, and the per-run fields, are not refused.
     edit("pose2d@seed1", worker_count=3, data_dir="/elsewhere", **{
-        "evals.validation.best_metric": "pose2d/pckh@0.5", "loss_weights.pose2d": 2.0})
+        "evals.validation.best_metric": "pose2d/pckh@0.5"})
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
     text = (out / "README.md").read_text()
     assert ("The 4 runs share every field below. `loss_options`, `loss_weights`, `seed`, "
@@ -1443,6 +1443,87 @@ def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_ou
     one = report.compare({"pose3d": [{"pose3d": pose3d(60.0)}, {"pose3d": pose3d(None, damaged)}],
                           "pose3d+depth": [{"pose3d": pose3d(55.0)}]})
     assert "| pose3d (isolated) | 60 (1 seed; 1 null, left out) |" in report.to_markdown(one, "")
+
+
+def test_report_leaves_a_metric_that_is_not_finite_out_as_null(tmp_path):
+    """A diverged run's NaN (the evaluator writes it as JSON's NaN) is left out of the means
+    and tests with its reason, as a null value is: it passed as the best subset (max over a
+    NaN), made every change of its task untested, wrote report.json with NaN, and then
+    failed drawing the charts with a traceback, leaving new JSON files beside an old
+    README. The other seeds of its subset still count."""
+    sweep_dir = tmp_path / "sweep"
+    _finished_runs(sweep_dir, {"depth": [_summary(rmse=v) for v in (float("nan"), 90.0, 92.0)],
+                               "pose2d+depth": [_summary(pck=0.8, rmse=v)
+                                                for v in (80.0, 81.0, float("inf"))]})
+    out = tmp_path / "report"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
+    study = json.loads((out / "report.json").read_text())  # allow_nan=False wrote it
+    depth = study["depth"]
+    assert depth["isolated"] == 91.0 and depth["best"] == "pose2d+depth"
+    assert depth["subsets"]["pose2d+depth"] == 80.5
+    assert depth["seeds"] == {"depth": 2, "pose2d+depth": 2}
+    assert depth["tests"]["pose2d+depth"]["change"] == 10.5
+    assert depth["null"] == {s: {"seeds": 1, "of": 3, "reasons": [report.NOT_FINITE]}
+                             for s in ("depth", "pose2d+depth")}
+    text = (out / "README.md").read_text()
+    assert (f"- depth (1 of 3 seeds), pose2d+depth (1 of 3 seeds): {report.NOT_FINITE}."
+            in text), text
+    assert (out / "depth_subsets.png").is_file()
+
+
+def test_report_writes_nothing_when_making_it_fails(tmp_path, monkeypatch):
+    """Every part of the report is made before the first file is written: a fault while
+    writing the Markdown (it came after report.json, claims.json and the charts) leaves the
+    report directory as it was, not new numbers beside an old README."""
+    sweep_dir = tmp_path / "sweep"
+    _finished_runs(sweep_dir, {"depth": [_summary(rmse=90.0)] * 2,
+                               "pose2d+depth": [_summary(pck=0.8, rmse=80.0)] * 2})
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "README.md").write_text("the last report")
+
+    def fails(*args, **kwargs):
+        raise ValueError("a fault")
+
+    monkeypatch.setattr(report, "to_markdown", fails)
+    with pytest.raises(ValueError, match="a fault"):
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    assert (out / "README.md").read_text() == "the last report"
+
+
+def test_report_refuses_runs_that_train_a_task_with_another_loss(tmp_path):
+    """A sweep's runs differ in their tasks' losses only in which tasks they have: a run that
+    trains a task with another weight or options than that task's other runs (a seed
+    retrained with a loss override) was averaged with them, and a change between subsets
+    would be of the loss too. Refused before any file is written, naming the run, the
+    field, its value and the others', on runs of other subsets as on other seeds."""
+    sweep_dir = _study_sweep(tmp_path, {"segm": 3, "pose2d+segm": 1, "pose2d": 1})
+    out = tmp_path / "report"
+    for name, field, value in (("segm@seed2", "loss_weights", 5.0),
+                               ("pose2d+segm", "loss_options", {"foreground_weight": 10.0})):
+        path = os.path.join(sweep_dir, name, "config.json")
+        config = json.load(open(path))
+        config[field]["segm"] = value
+        json.dump(config, open(path, "w"))
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
+    assert e.value.code == (
+        f"error: ValueError: {sweep_dir}: the runs of a task do not all train it with the "
+        f"same loss, so its changes between subsets would be of the loss too: pose2d+segm "
+        f"trains segm with loss_options.segm {{\"foreground_weight\": 10.0}} (theirs: "
+        f"{{\"foreground_weight\": 1.0}}); segm@seed2 trains segm with loss_weights.segm 5.0 "
+        f"(theirs: 1.0). Move each such run out of {sweep_dir}: the report then leaves it "
+        f"out, and launch/sweep.py with the sweep's arguments trains it again")
+    assert not out.exists()
+    # An older config.json without loss_options trained with its tasks' defaults: alike.
+    for name in ("segm@seed2", "pose2d+segm"):
+        path = os.path.join(sweep_dir, name, "config.json")
+        config = json.load(open(path))
+        config["loss_weights"]["segm"] = 1.0
+        del config["loss_options"]
+        json.dump(config, open(path, "w"))
+    assert len(report.load_sweep(sweep_dir)["segm"]) == 3
 
 
 def test_report_compares_another_protocols_numbers(tmp_path):

@@ -10,15 +10,17 @@ written.
 from __future__ import annotations
 
 import json
+import math
 import os
 
+import ml_collections
 import numpy as np
 
 from hgmt import workdirs
 from hgmt.evaluation import evaluator, protocols
 from hgmt.study import claims, stats
 from hgmt.study import runs as sweep_runs  # `runs` names a subset's runs below
-from hgmt.tasks import TASKS, drawing, parse_tasks
+from hgmt.tasks import TASKS, check_loss_options, check_loss_weights, drawing, parse_tasks
 from hgmt.training import checkpoints
 
 
@@ -47,7 +49,9 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
     in `sweep_dir`, evaluated under `protocol`. `found`: `evaluated_runs(sweep_dir,
     protocol)` when already made (default: made here). ValueError for runs whose numbers do
     not compare: two runs of a subset with one seed (`_check_seed`), runs trained
-    (`_check_trained_alike`) or evaluated (`_check_evaluated_alike`) unlike the others."""
+    (`_check_trained_alike`), with other losses (`_check_losses_alike`) or evaluated
+    (`_check_evaluated_alike`) unlike the others. A metric that is not finite (a run whose
+    weights diverged) is read as null, with that reason (`_non_finite_as_null`)."""
     if found is None:
         found = evaluated_runs(sweep_dir, protocol)
     name_of = workdirs.result_file(protocol)
@@ -57,7 +61,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
         if os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
             configs[name] = sweep_runs.saved_config(sweep_dir, name)
             _check_seed(sweep_dir, name, configs[name], seeds.setdefault(tasks, {}))
-        results.setdefault(tasks, []).append(summary)
+        results.setdefault(tasks, []).append(_non_finite_as_null(summary))
         evaluated[name] = _evaluation(summary)
         limits[name] = summary.get("max_examples")
         files[name] = file
@@ -70,6 +74,7 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
     _check_trained_alike(sweep_dir, configs)
+    _check_losses_alike(sweep_dir, configs)
     _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files)
     return results
 
@@ -105,6 +110,69 @@ def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
         f"{found}. Move {'each of ' if len(odd) > 1 else ''}{_some(odd)} out of {sweep_dir}: "
         f"the report then leaves it out, and launch/sweep.py with the sweep's arguments "
         f"trains it again")
+
+
+def _check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
+    """Refuses runs (`configs`: {run: its config.json}) that train a task with another loss
+    weight or other loss options than the other runs of that task: a sweep's runs differ in
+    their tasks' losses only in which tasks they have (`runs.PER_RUN`), so a task's gain
+    between two subsets is not of a changed loss. The value most runs of the task train with
+    (on a tie, the first run's) is the sweep's; the error names each other run, its value,
+    theirs and the fix."""
+    found = []
+    for task in TASKS:
+        losses = {}
+        for name, config in configs.items():
+            tasks = parse_tasks(config["tasks"])
+            if task in tasks:
+                c = ml_collections.ConfigDict(config)
+                losses[name] = {"loss_weights": check_loss_weights(c, tasks)[task],
+                                "loss_options": check_loss_options(c, tasks)[task]}
+        values = [json.dumps(v, sort_keys=True) for v in losses.values()]
+        if not values:
+            continue
+        sweep = max(dict.fromkeys(values), key=values.count)  # the first on a tie
+        for (name, loss), value in zip(losses.items(), values, strict=True):
+            if value != sweep:
+                theirs = json.loads(sweep)
+                found.append(f"{name} trains {task} with " + ", ".join(
+                    f"{field}.{task} {json.dumps(loss[field])} (theirs: "
+                    f"{json.dumps(theirs[field])})" for field in loss
+                    if loss[field] != theirs[field]))
+    if found:
+        raise ValueError(
+            f"{sweep_dir}: the runs of a task do not all train it with the same loss, so its "
+            f"changes between subsets would be of the loss too: {'; '.join(found)}. Move each "
+            f"such run out of {sweep_dir}: the report then leaves it out, and launch/sweep.py "
+            f"with the sweep's arguments trains it again")
+
+
+# A metric whose value is not finite (NaN, inf): the run's weights or its evaluation diverged.
+NOT_FINITE = "not finite (NaN or inf: the run diverged), left out"
+
+
+def _non_finite_as_null(summary: dict) -> dict:
+    """A copy of an evaluation summary whose task metrics (and per-item values) that are not
+    finite numbers are null, each headline one with the reason NOT_FINITE in its task's
+    `null_reasons`, so that it is left out of means and tests and said so, as a null metric
+    is (a NaN would otherwise pass as the best subset, and fail the charts)."""
+    def finite(v):
+        return not (isinstance(v, float) and not math.isfinite(v))
+
+    out = dict(summary)
+    for task in TASKS:
+        entry = summary.get(task)
+        if not isinstance(entry, dict):
+            continue
+        entry = dict(entry)
+        for key, value in list(entry.items()):
+            if not finite(value):
+                entry[key] = None
+                entry["null_reasons"] = {**entry.get("null_reasons", {}), key: NOT_FINITE}
+            elif isinstance(value, dict) and not all(finite(v) for v in value.values()):
+                entry[key] = {k: v if finite(v) else None for k, v in value.items()}
+        out[task] = entry
+    return out
 
 
 # What an evaluation summary records of the frames it was made on and the metrics'
