@@ -26,6 +26,8 @@
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
     <workdir>/crop_metres.json            the metres a training window spans at the person,
                                           measured as hgmt.main starts (3D decoding's scale)
+    <workdir>/starts.jsonl                each start of the trainer, one JSON object a line:
+                                          the step, the code (hgmt.code_version) and devices
     <workdir>/compilation_cache/          JAX's compilation cache of a sweep's run submitted
                                           to Slurm (launch/sweep.py --sbatch)
 
@@ -65,6 +67,7 @@ LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
 CROP_METRES_FILE = "crop_metres.json"
+STARTS_FILE = "starts.jsonl"
 COMPILATION_CACHE_DIR = "compilation_cache"
 SWEEP_PLAN = "sweep.json"
 SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tasks>@seed<k>
@@ -205,6 +208,10 @@ def _json_object(line: str, path: str, number: int) -> dict:
 
 def damaged_file(workdir: str) -> str:
     return os.path.join(absolute(workdir), DAMAGED_FILE)
+
+
+def starts_file(workdir: str) -> str:
+    return os.path.join(absolute(workdir), STARTS_FILE)
 
 
 def crop_metres_file(workdir: str) -> str:

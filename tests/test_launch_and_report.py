@@ -1635,6 +1635,33 @@ def _study_sweep(tmp_path, runs_of: dict[str, int]) -> str:
     return str(sweep_dir)
 
 
+def test_report_names_the_commits_that_trained_the_runs(tmp_path):
+    """The config section says which hgmt commits trained the runs (each run's starts.jsonl,
+    a run resumed under another commit counting under each), which runs ran with modified
+    tracked files, and which record no commit for some of their training."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 3, "segm": 1})
+    a, b = "a" * 40, "b" * 40
+
+    def started(name, *records):
+        lines = [json.dumps({"step": step, "commit": commit, "modified": modified})
+                 for step, commit, modified in records]
+        (tmp_path / "sweep" / name / "starts.jsonl").write_text("\n".join(lines) + "\n")
+
+    started("pose2d", (0, a, False))
+    started("pose2d@seed1", (0, a, False), (600, b, True))
+    started("pose2d@seed2", (0, None, None))
+    section = " ".join(runs.config_section(sweep_dir))
+    assert ("Code (`<run>/starts.jsonl`): commit `aaaaaaaaaaaa` trained 2 runs; commit "
+            "`bbbbbbbbbbbb` trained 1 run. With uncommitted changes to tracked files: "
+            "pose2d@seed1. No commit recorded for some or all of the training of: "
+            "pose2d@seed2, segm.") in section, section
+    for name in ("pose2d", "pose2d@seed1", "pose2d@seed2"):
+        os.remove(tmp_path / "sweep" / name / "starts.jsonl")
+    assert ("No run records the hgmt commit that trained it (the trainer writes it to "
+            "`<run>/starts.jsonl` when it runs from a git checkout; an older hgmt did not).") \
+        in " ".join(runs.config_section(sweep_dir))
+
+
 def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     """`hgmt.report --check_config` rebuilds each run's config from sweep.json's config file
     (tasks and seed as launch/sweep.py gives them): the crafted runs match until one run's

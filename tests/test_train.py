@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import devices, workdirs
+from hgmt import code_version, devices, workdirs
 from hgmt.data import input_pipeline
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, loop, resume, steps
@@ -692,7 +692,8 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
     """The fix the non-finite-loss errors advise: rerun the workdir with
     optimizer.grad_clip_norm set and --resume_with_changed_config. Its checkpoints (written
     without clipping) restore; config.json records the new config, the previous one kept as
-    config_before_step2.json. A rerun changing only when to log and save resumes as it is."""
+    config_before_step2.json. A rerun changing only when to log and save resumes as it is.
+    Each start is recorded in starts.jsonl."""
     workdir = str(tmp_path / "run")
     kw = {"tasks": "pose2d", "worker_count": 0}
     loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
@@ -715,6 +716,12 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
     assert open(workdirs.config_before_file(workdir, 2)).read() == before
     assert json.loads(before)["log_every"] == 1  # the free change was recorded
     assert workdirs.load_config(workdir).optimizer.grad_clip_norm == 1.0
+    # Each start that trained is recorded with its step, code and devices; the refused one not.
+    starts = [json.loads(line) for line in open(workdirs.starts_file(workdir))]
+    assert [s["step"] for s in starts] == [0, 2, 2]
+    code = code_version.describe()
+    assert all({k: s[k] for k in code} == code and s["devices"] == jax.device_count()
+               and s["processes"] == 1 and s["jax"] == jax.__version__ for s in starts)
 
 
 def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_path, caplog,

@@ -280,6 +280,61 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def starts(run_dir: str) -> list[dict]:
+    """The trainer's starts a run records (<run>/starts.jsonl, `training.loop.record_start`),
+    in order; [] for a run trained before hgmt wrote the file. A line that does not read (a
+    torn last line) is left out."""
+    path = workdirs.starts_file(run_dir)
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def code_line(sweep_dir: str, names: Sequence[str]) -> str:
+    """The report's sentence on the code that trained the runs `names` (their `starts`):
+    each commit with how many runs it trained (a run resumed under another commit counts
+    under each), the runs trained with uncommitted changes, and those that record no
+    commit for some of their training."""
+    by_commit: dict[str, list[str]] = {}
+    modified, unrecorded = [], []
+    for name in names:
+        records = starts(os.path.join(sweep_dir, name))
+        commits = [r.get("commit") for r in records]
+        if not records or None in commits:
+            unrecorded.append(name)
+        for commit in dict.fromkeys(c for c in commits if c):
+            by_commit.setdefault(commit, []).append(name)
+        if any(r.get("modified") for r in records):
+            modified.append(name)
+    where = f"`<run>/{workdirs.STARTS_FILE}`"
+    if not by_commit:
+        return (f"No run records the hgmt commit that trained it (the trainer writes it to "
+                f"{where} when it runs from a git checkout; an older hgmt did not).")
+    out = "Code (" + where + "): " + "; ".join(
+        f"commit `{c[:12]}` trained {len(n)} run{'s' if len(n) > 1 else ''}"
+        for c, n in sorted(by_commit.items(), key=lambda kv: (-len(kv[1]), kv[0]))) + "."
+    if modified:
+        out += (f" With uncommitted changes to tracked files: {_few(modified)}.")
+    if unrecorded:
+        out += f" No commit recorded for some or all of the training of: {_few(unrecorded)}."
+    return out
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    """'a, b' or the first `shown` names and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _without_idle_evaluators(made: dict, expected: dict) -> tuple[dict, dict]:
     """Copies of both configs less the evaluators (`evals.<name>`) that neither runs: with
     `every` 0 and `at_end` false in each config that has them."""
@@ -334,6 +389,7 @@ def config_section(sweep_dir: str, done: Sequence[str] | None = None) -> list[st
             f"{made}each run keeps the config it was trained with (`<run>/config.json`). "
             f"The {len(names)} runs{unknown} share every field below.{vary} "
             f"`python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs "
-            f"whose config no longer matches the config file.", "",
+            f"whose config no longer matches the config file. {code_line(sweep_dir, names)}",
+            "",
             "| field | value |", "|---|---|",
             *[f"| {k} | `{json.dumps(v)}` |" for k, v in shared.items()], ""]

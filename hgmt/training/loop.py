@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import devices, disk_space, workdirs
+from hgmt import code_version, devices, disk_space, workdirs
 from hgmt.data import crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
@@ -298,6 +299,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # the file of the run that wrote it.
     if jax.process_index() == 0:
         resume.save_config(config, workdir, changed, start_step)
+        record_start(workdir, start_step)
         if source is not None:
             crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir)
 
@@ -535,6 +537,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                               int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
     return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
+
+
+def record_start(workdir: str, step: int) -> None:
+    """Appends this start of the trainer to <workdir>/starts.jsonl: the step it trains from,
+    the time (UTC), the code (`code_version.describe`: hgmt's version, commit, modified) and
+    what it runs on (JAX's version and backend, devices, processes), so that a run's numbers
+    can be traced to the code of each of its parts."""
+    record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              **code_version.describe(), "jax": jax.__version__,
+              "backend": jax.default_backend(), "devices": jax.device_count(),
+              "processes": jax.process_count()}
+    disk_space.append_line(workdirs.starts_file(workdir), json.dumps(record),
+                           "the record of the trainer's starts")
 
 
 def augmentation(config: ml_collections.ConfigDict,
