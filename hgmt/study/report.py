@@ -601,7 +601,10 @@ TEST_NOTE = (
     f"while the Holm-adjusted test detects no change. A change with one seed on a side, or "
     f"with neither side varying over its seeds, has no test; its verdict cell says which. "
     f"Every run is evaluated on the same test frames: the test is over training seeds, not "
-    f"over frames.")
+    f"over frames. Seed k of every subset trains with the same `config.seed` (the same data "
+    f"order and augmentation draws), so the seeds of two subsets pair up; Welch's test takes "
+    f"them as independent, which is conservative: a paired test could detect smaller "
+    f"changes, but over so few seeds it rests on a correlation they cannot estimate well.")
 
 
 def _anchor(heading: str) -> str:

@@ -16,7 +16,11 @@ the interval shows the size and sign the seeds allow for that one change alone.
 
 A run's evaluation keeps one number per split (not one per test frame), and every run is
 evaluated on the same test frames, so the test is over training seeds on those frames: it
-says whether a change holds across seeds, not whether it would hold on other frames.
+says whether a change holds across seeds, not whether it would hold on other frames. Seed k
+of every subset has the same config.seed (data order, augmentation draws), so the seeds of
+two subsets pair up; Welch's unpaired test gives up that pairing (conservative: it detects
+fewer changes than a paired test would, which over a few seeds rests on a correlation they
+cannot estimate well).
 """
 
 from __future__ import annotations
