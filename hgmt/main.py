@@ -66,6 +66,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop (at least "
                          "hgmt.training.peers.MIN_HEARTBEAT_TIMEOUT_S, 5).", flag_values=fv)
+    flags.DEFINE_integer("connect_timeout", 300, "Multi-host: seconds a process waits for "
+                         "every process of the job to connect to the coordinator before it "
+                         "stops, naming what to check.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool(RESUME, False, "Resume a workdir whose checkpoints "
                       "were trained with another config (its config.json) with this one: "
                       "config.json then records it, the previous one kept as "
@@ -205,7 +208,13 @@ def _run(fv: flags.FlagValues) -> int:
     if fv.coordinator_address or fv.distributed:
         with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
             peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                             heartbeat_timeout_s=fv.heartbeat_timeout)
+                             heartbeat_timeout_s=fv.heartbeat_timeout,
+                             connect_timeout_s=fv.connect_timeout)
+            # Every process must train the same run: before anything is read or written.
+            peers.check_same_settings(
+                {"config": json.loads(fv.config.to_json_best_effort()),
+                 "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value},
+                free=("config.data_dir", "config.demo.surreal_root"))
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs

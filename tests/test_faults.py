@@ -2111,17 +2111,18 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset,
             f"this is process 1, stopping") in outs[1], report
 
 
-def _two_mains_that_stop(workdir: str, data_dir: str) -> tuple[list[str], str]:
-    """Runs two `hgmt.main` processes of one job on `workdir` and `data_dir`, which must both
-    stop with status 1 (within communicate's 2 minutes), neither by the coordination
-    service's abort ->
+def _two_mains_that_stop(workdir: str, data_dir: str, extra: tuple[list[str], list[str]] = (
+        [], [])) -> tuple[list[str], str]:
+    """Runs two `hgmt.main` processes of one job on `workdir` and `data_dir` (and each its
+    `extra` arguments), which must both stop with status 1 (within communicate's 2 minutes),
+    neither by the coordination service's abort ->
     (their outputs, a report of both for assertions)."""
     port = _free_port()
     cmd, env = main_command(workdir, data_dir, total_steps=2, checkpoint_every=2)
     env["XLA_FLAGS"] = xla_flags(1)
     procs = [subprocess.Popen(
         [*cmd, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-         f"--process_id={i}", "--heartbeat_timeout=10"],
+         f"--process_id={i}", "--heartbeat_timeout=10", *extra[i]],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -2131,6 +2132,57 @@ def _two_mains_that_stop(workdir: str, data_dir: str) -> tuple[list[str], str]:
     for out in outs:
         assert "Terminating process because" not in out and "Check failure" not in out, report
     return outs, report
+
+
+def test_processes_started_with_other_settings_stop_together_naming_them(tmp_path):
+    """Two `hgmt.main` processes of one job given another learning rate and step count (a
+    typo in one host's command): they trained weights that drifted apart, the checkpoint not
+    the model evaluated, or, with another step count, ended in gloo's collective mismatch and
+    JAX's abort (status 134). Both stop before anything is read or written, with the same
+    line naming each field and both values; where each host finds the data may differ."""
+    workdir = tmp_path / "run"
+    outs, report = _two_mains_that_stop(str(workdir), str(tmp_path / "data"), (
+        [], ["--config.optimizer.learning_rate=0.02", "--config.total_steps=3",
+             f"--config.data_dir={tmp_path / 'elsewhere'}"]))
+    for out in outs:
+        line = next(x for x in out.splitlines() if x.startswith("error: "))
+        assert re.fullmatch(
+            r"error: ValueError: the processes of this job were started with other settings: "
+            r"process 1: config\.optimizer\.learning_rate 0\.02 \(process 0: [0-9.e-]+\); "
+            r"process 1: config\.total_steps 3 \(process 0: 2\)\. Start every process with "
+            r"the same --config, config overrides, --workdir and flags \(only "
+            r"config\.data_dir, config\.demo\.surreal_root may differ between hosts\)",
+            line), report
+    assert not workdir.exists()
+
+
+def test_a_process_whose_job_never_connects_stops_in_one_line(tmp_path):
+    """A multi-host job whose processes cannot all connect: process 0 started alone, or a
+    process given a coordinator address nobody listens on. Each waited JAX's 300 s in
+    silence and aborted in C++ blaming a dead task (status 134); now each says what it waits
+    for (at half the timeout here, 10 s by default), and after --connect_timeout stops with
+    one line saying what to check."""
+    cmd, env = main_command(str(tmp_path / "run"), str(tmp_path / "data"), total_steps=2,
+                            checkpoint_every=2)
+    env["XLA_FLAGS"] = xla_flags(1)
+    alone, nobody = _free_port(), _free_port()
+    procs = [subprocess.Popen(
+        [*cmd, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}", "--connect_timeout=5"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i, port in ((0, alone), (1, nobody))]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    report = "\n".join(f"--- {p.returncode}:\n{out[-3000:]}"
+                       for p, out in zip(procs, outs, strict=True))
+    assert [p.returncode for p in procs] == [1, 1], report
+    for i, (port, out) in enumerate(((alone, outs[0]), (nobody, outs[1]))):
+        assert (f"process {i} of 2: waiting for the job's processes to connect to the "
+                f"coordinator localhost:{port} (up to 5 s, --connect_timeout)") in out, report
+        assert (f"error: NotConnected: process {i} of 2 waited 5 s (--connect_timeout) for the "
+                f"job's processes to connect to the coordinator localhost:{port}. Check that "
+                f"every process was started") in out, report
+        assert "Terminating process because" not in out, report
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -123,9 +123,10 @@ def _check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     for task in TASKS:
         losses = {}
         for name, config in configs.items():
-            tasks = parse_tasks(config["tasks"])
+            tasks = parse_tasks(workdirs.run_tasks(name))
             if task in tasks:
-                c = ml_collections.ConfigDict(config)
+                c = ml_collections.ConfigDict({k: config.get(k, {}) for k in (
+                    "loss_weights", "loss_options")})
                 losses[name] = {"loss_weights": check_loss_weights(c, tasks)[task],
                                 "loss_options": check_loss_options(c, tasks)[task]}
         values = [json.dumps(v, sort_keys=True) for v in losses.values()]

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -65,12 +66,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import jax
 
+from hgmt import workdirs
+
 HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 300  # how long a process waits for the job's others to connect
+NOTE_WAIT_S = 10  # after which a process waiting for the others to connect says so
 INTERVAL_S = 0.5  # how often the watchdog beats and looks
 # The shortest heartbeat timeout hgmt.main takes: ten intervals, so that a beat delayed by a
 # busy host (a save, a compilation) is not read as a dead process.
@@ -83,6 +88,7 @@ _FAILED = "failed: "  # + "<when>: <Kind>: <message>": stopped on an error of it
 _STOPPED = "stopped: "  # + why: stopped because another process died or failed
 
 _EXITED = "hgmt/exited/"  # + process index: set by a process as it ends through `_end`
+_SETTINGS = "hgmt/settings/"  # + process index: its settings (`check_same_settings`)
 
 _heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
 _runs = itertools.count()  # one key prefix per watch: every process makes them in one order
@@ -106,18 +112,36 @@ class PeerFailed(PeerLost):
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> None:
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
+               connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
     """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
     timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
     process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
     verdict ends the process without a word from hgmt, gets three times that. An argument
-    that is None and that no cluster gives is a ValueError saying which to give."""
+    that is None and that no cluster gives is a ValueError saying which to give. Says where
+    it connects once that takes longer than NOTE_WAIT_S; when the job's processes have not
+    all connected within
+    `connect_timeout_s` (one not started, a wrong coordinator address, a process index given
+    twice), ends this process with one line saying what to check, status EXIT_FAILED (JAX's
+    own verdict, a minute later, is a C++ abort that blames a dead task)."""
     global _heartbeat_timeout_s
     _heartbeat_timeout_s = heartbeat_timeout_s
+    who = ("this process" if process_id is None or num_processes is None else
+           f"process {process_id} of {num_processes}")
+    where = coordinator_address or "the cluster names"
+    # A word once the wait is longer than a connection takes, and the verdict at the timeout.
+    timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
+                  "%s: waiting for the job's processes to connect to the coordinator %s (up "
+                  "to %d s, --connect_timeout)", who, where, connect_timeout_s)),
+              threading.Timer(connect_timeout_s, _not_connected, (who, where, connect_timeout_s))]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id,
                                    local_device_ids=slurm_local_device_ids(os.environ),
+                                   initialization_timeout=connect_timeout_s + 60,
                                    heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
                                    shutdown_timeout_seconds=shutdown_timeout_s)
     except ValueError as e:
@@ -126,6 +150,58 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
             f"elsewhere give them (hgmt.main: --coordinator_address=host:port of process 0, "
             f"--num_processes, --process_id)") from e
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _not_connected(who: str, where: str, timeout_s: int) -> NoReturn:
+    """Ends a process whose job's processes did not all connect within `timeout_s` (run by
+    `initialize`'s timer while JAX waits in C++): one line, status EXIT_FAILED."""
+    print(f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the job's "
+          f"processes to connect to the coordinator {where}. Check that every process was "
+          f"started, with the same --coordinator_address (process 0's host:port, reachable "
+          f"from every host) and --num_processes, and each with its own --process_id (0 to "
+          f"N-1, once each); then start them again together", file=sys.stderr, flush=True)
+    os._exit(EXIT_FAILED)
+
+
+def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ()) -> None:
+    """Compares this process's `settings` (a JSON-able tree: the config and the flags every
+    process must share) with every other process's through the coordination service. A
+    ValueError, the same on every process, naming each field (by dotted name) in which a
+    process differs from process 0, and its values, when any does: processes given other
+    settings trained weights that drifted apart (another learning rate) or stopped in a
+    collective's mismatch (another step count). Fields under `free` (where each host finds
+    the data) may differ."""
+    client = _client()
+    me, count = jax.process_index(), jax.process_count()
+    if client is None or count == 1:
+        return
+    client.key_value_set(_SETTINGS + str(me), json.dumps(settings, sort_keys=True))
+    wait_ms = 3 * _heartbeat_timeout_s * 1000
+    flat = [workdirs.flat_fields(json.loads(client.blocking_key_value_get(
+        _SETTINGS + str(i), wait_ms))) for i in range(count)]
+    found = []
+    for i, other in enumerate(flat[1:], start=1):
+        for field in sorted(flat[0].keys() | other.keys()):
+            if any(field == f or field.startswith(f"{f}.") for f in free):
+                continue
+            if flat[0].get(field, _MISSING) != other.get(field, _MISSING):
+                found.append(f"process {i}: {field} {_shown(other.get(field, _MISSING))} "
+                             f"(process 0: {_shown(flat[0].get(field, _MISSING))})")
+    if found:
+        raise ValueError(
+            f"the processes of this job were started with other settings: {'; '.join(found)}. "
+            f"Start every process with the same --config, config overrides, --workdir and "
+            f"flags (only {', '.join(free) or 'nothing'} may differ between hosts)")
+
+
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is _MISSING else json.dumps(value)
 
 
 def _per_node(compressed: str) -> list[int]:
