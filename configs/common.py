@@ -136,6 +136,7 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.checkpoint_every = 25
     c.log_every = 10
     c.eval_batch_size = 8
-    c.evals.validation.every = 0
+    c.evals.validation.every = 0  # no validation during so short a run: nor a best checkpoint
+    c.evals.validation.best_metric = ""
     c.evals.test.max_examples = 32
     c.worker_count = 0

@@ -48,7 +48,8 @@ def get_config(arg: str | None = None):
     c.checkpoint_every = 200
     c.log_every = 50
     c.eval_batch_size = 16
-    c.evals.validation.every = 0
+    c.evals.validation.every = 0  # no validation during training: nor a best checkpoint
+    c.evals.validation.best_metric = ""
     c.worker_count = 0
     c.lock()
     return c

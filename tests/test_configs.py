@@ -161,3 +161,21 @@ def test_the_default_evaluation_settings_are_the_same_in_the_config_and_the_eval
     assert {k: evaluator_config()[k] for k in evaluator.SETTINGS} == evaluator.DEFAULT_SETTINGS
     signature = inspect.signature(evaluator.Evaluator).parameters
     assert {k: signature[k].default for k in evaluator.SETTINGS} == evaluator.DEFAULT_SETTINGS
+
+
+@pytest.mark.parametrize("name,arg", [("default", "tasks=all"), ("default", "runlocal"),
+                                      ("demo", "tasks=all"), ("study", "tasks=pose2d"),
+                                      ("learning", "tasks=all")])
+def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
+    """The trainer's config check warns of settings that run but are likely mistakes; the
+    configs hgmt ships give none (the README's demo warned on every run that its validation
+    evaluator's best_metric kept no checkpoint)."""
+    import importlib
+    import logging
+
+    from hgmt.training import loop
+
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    with caplog.at_level(logging.WARNING):
+        loop.check_config(config, warn=True, on_devices=False)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
