@@ -1,6 +1,6 @@
 """Default hgmt training config: the seed paper's network on SURREAL, any task subset.
 
-Run (SURREAL built with `tfds build data_builders/surreal --config=every10 ...`):
+Run (SURREAL built with `tfds build surreal --imports=data_builders.surreal --config=every10 ...`):
 
     python -m hgmt.main --config=configs/default.py:tasks=all --workdir=runs/all \\
         --config.data_dir=~/tensorflow_datasets

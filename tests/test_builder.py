@@ -202,8 +202,8 @@ def test_the_dataset_is_described_and_cited_by_the_builders_readme_and_bib(tmp_p
     setup = configparser.ConfigParser()
     setup.read(folder.parents[1] / "setup.cfg")
     shipped = setup["options.package_data"]["data_builders.surreal"].split(",")
-    assert {"README.md", "CITATIONS.bib", "TAGS.txt", "checksums.tsv"} <= {
-        name.strip() for name in shipped}
+    assert {"README.md", "CITATIONS.bib", "TAGS.txt", "checksums.tsv", "dummy_data/**/*"} <= {
+        name.strip() for name in shipped}  # dummy_data: the builder's test, run on an install
 
 
 def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
@@ -407,3 +407,28 @@ def test_the_committed_dummy_data_is_what_its_documented_command_writes(tmp_path
                     str(x) for x in kept[key].ravel()], (name, key)
             else:
                 np.testing.assert_array_equal(fresh[key], kept[key], err_msg=f"{name} {key}")
+
+
+def test_the_documented_build_command_runs_from_any_directory(tmp_path):
+    """`tfds build surreal --imports=data_builders.surreal ...`, the command README.md,
+    docs/building.md and hgmt's errors give (`shards.build_command`), run by TFDS's own
+    command line from a directory that is not the checkout (the builder's folder form,
+    `tfds build data_builders/surreal`, finds no dataset there), builds every split."""
+    import shutil
+    import subprocess
+    import sys
+
+    from hgmt.data import shards
+
+    root, data_dir = tmp_path / "surreal", tmp_path / "tfds"
+    synthetic.generate(str(root), 1, 2, seed=0)
+    command = shards.build_command("surreal/all", str(data_dir)).replace(
+        "<SURREAL root>", str(root))
+    tfds_cli = shutil.which("tfds", path=os.path.dirname(sys.executable)) or shutil.which("tfds")
+    (tmp_path / "elsewhere").mkdir()
+    done = subprocess.run([tfds_cli, *command.split()[1:]], cwd=tmp_path / "elsewhere",
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = tfds.builder("surreal/all", data_dir=str(data_dir))
+    assert {s: built.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
+        "train": 2, "validation": 2, "test": 2}

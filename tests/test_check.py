@@ -49,8 +49,9 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
             f"surreal/all {split}: not checked: NotInBuild: dataset 'surreal/all' under "
             f"{old_dir!r} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
             f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
-            f"frames). Rebuild it: tfds build data_builders/surreal --manual_dir=<SURREAL "
-            f"root> --data_dir={old_dir} --config=all --file_format=array_record")
+            f"frames). Rebuild it: tfds build surreal --imports=data_builders.surreal "
+            f"--manual_dir=<SURREAL root> --data_dir={old_dir} --config=all "
+            f"--file_format=array_record")
 
 
 def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path, capsys,
@@ -128,9 +129,10 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     assert lines[3] == (f"surreal/all train: 2 of 4 shards damaged ({lengths[0] + lengths[2]} "
                         f"records not read), {len(intact)} records read, 1 damaged. Rebuild "
                         f"the dataset: remove {builder.data_dir} and run `tfds build "
-                        f"data_builders/surreal --manual_dir=<SURREAL root> --data_dir="
-                        f"{data_dir} --config=all --file_format=array_record` (or copy those "
-                        f"shards again from where the dataset was built)")
+                        f"surreal --imports=data_builders.surreal --manual_dir=<SURREAL "
+                        f"root> --data_dir={data_dir} --config=all "
+                        f"--file_format=array_record` (or copy those shards again from "
+                        f"where the dataset was built)")
     assert read == intact
     monkeypatch.setattr(damage, "read", real)
     with pytest.raises(shards.DamagedShard) as raised:

@@ -126,7 +126,7 @@ def test_old_builds_are_refused_with_the_rebuild_command():
                                                                           "unusable")]
     old = types.SimpleNamespace(features=dict.fromkeys(features), version="1.1.0")
     with pytest.raises(ValueError, match=r"version 1\.1\.0, before 1\.3\.0.*Rebuild it: tfds "
-                                         r"build data_builders/surreal"):
+                                         r"build surreal --imports=data_builders\.surreal"):
         input_pipeline.check_features(old, "surreal/every10", "/data")
     new = types.SimpleNamespace(features=dict.fromkeys(input_pipeline.REQUIRED_FEATURES),
                                 version=str(builder.Builder.VERSION))

@@ -1145,7 +1145,8 @@ def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path
         f"surreal-test.tfrecord-00000-of-00001 in {builder.data_dir}), and hgmt reads "
         f"array_record, whose records it can read in any order (tfrecord is read from start "
         f"to end). Build it again with --file_format=array_record: `tfds build "
-        f"data_builders/surreal --manual_dir=<SURREAL root> --data_dir={data_dir} "
+        f"surreal --imports=data_builders.surreal --manual_dir=<SURREAL root> "
+        f"--data_dir={data_dir} "
         f"--config=all --file_format=array_record`, after moving {builder.data_dir} aside "
         f"(TFDS does not build a version that is there), or into another --data_dir")
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",

@@ -631,7 +631,8 @@ def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
 
 
 def test_missing_dataset_says_how_to_build(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tfds build data_builders/surreal"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"tfds build surreal --imports=data_builders\.surreal"):
         ip.open_split("surreal/all", str(tmp_path), "train")
 
 
@@ -740,9 +741,10 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
     assert message.startswith(f"dataset 'surreal/every10' split 'train' is not built under "
                               f"data_dir={str(tmp_path)!r} ("), message
     assert message.endswith(
-        f"). Build it with: tfds build data_builders/surreal --manual_dir=<SURREAL root> "
-        f"--data_dir={tmp_path} --config=every10 --file_format=array_record; or use a build "
-        f"there: --config.dataset=surreal/all or --config.dataset=surreal/middle"), message
+        f"). Build it with: tfds build surreal --imports=data_builders.surreal "
+        f"--manual_dir=<SURREAL root> --data_dir={tmp_path} --config=every10 "
+        f"--file_format=array_record; or use a build there: --config.dataset=surreal/all "
+        f"or --config.dataset=surreal/middle"), message
     with pytest.raises(FileNotFoundError) as e:  # nothing else built: the command alone
         ip.open_split("surreal/every10", str(tmp_path / "nowhere"), "train")
     assert str(e.value).endswith("--config=every10 --file_format=array_record"), e.value

@@ -1719,7 +1719,7 @@ def test_evaluate_stops_in_one_line_on_a_dataset_not_built_or_frames_it_lacks(
     message = one_line(f"--config.data_dir={tmp_path / 'nowhere'}")
     assert message.startswith("error: FileNotFoundError: dataset 'surreal/all' split 'test' "
                               "is not built under data_dir="), message
-    assert "Build it with: tfds build data_builders/surreal" in message
+    assert "Build it with: tfds build surreal --imports=data_builders.surreal" in message
     message = one_line("--config.dataset=surreal/every10", f"--config.data_dir={every10_dataset}",
                        "--frames=all")
     assert message.startswith("error: NotInBuild: frames='all' asks for frames that dataset "

@@ -1,7 +1,7 @@
 """SURREAL (Varol et al., CVPR 2017) as TFDS records: one example per kept frame of each clip.
 
-    tfds build data_builders/surreal --manual_dir=<SURREAL root> --data_dir=<out> \\
-        --config=every10 --file_format=array_record [--beam_pipeline_options=...]
+    tfds build surreal --imports=data_builders.surreal --manual_dir=<SURREAL root> \\
+        --data_dir=<out> --config=every10 --file_format=array_record [--beam_pipeline_options=...]
 
 The builder decodes the four files of every clip with `hgmt.sources.surreal`, makes the per-frame
 records with `hgmt.data.records` (importable by Beam workers) and stores the raw frame, segments,

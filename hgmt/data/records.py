@@ -1,7 +1,7 @@
 """SURREAL clips -> the per-frame records the TFDS builder stores (data_builders/surreal).
 
-It lives in the installed package, not next to the builder, because `tfds build
-data_builders/surreal` imports the builder under a name Beam's worker processes cannot import:
+It lives in the installed package, not next to the builder, because `tfds build`
+given the builder's folder imports it under a name Beam's worker processes cannot import:
 everything a Beam worker runs is here, referenced by an importable module path.
 """
 

@@ -40,9 +40,9 @@ class WrongFileFormat(SplitFault):
 
 def build_command(dataset: str, data_dir: str) -> str:
     """The command that builds `dataset` ('surreal/<config>[:<version>]') into `data_dir`."""
-    return (f"tfds build data_builders/surreal --manual_dir=<SURREAL root> "
-            f"--data_dir={data_dir} --config={dataset.partition(':')[0].split('/')[-1]} "
-            f"--file_format={FILE_FORMAT}")
+    config = dataset.partition(":")[0].split("/")[-1]
+    return (f"tfds build surreal --imports=data_builders.surreal --manual_dir=<SURREAL root> "
+            f"--data_dir={data_dir} --config={config} --file_format={FILE_FORMAT}")
 
 
 def file_format(builder, split: str) -> str:
