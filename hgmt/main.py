@@ -203,8 +203,9 @@ def _run(fv: flags.FlagValues) -> int:
 
     if fv.compilation_cache:
         compilation_cache.enable(fv.compilation_cache)
-    from hgmt.training import checkpoints, peers, preemption
+    from hgmt.training import checkpoints, peers, preemption, resume
 
+    resume.absolute_data_location(fv.config)  # of this working directory
     if fv.coordinator_address or fv.distributed:
         with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
             peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
@@ -214,12 +215,12 @@ def _run(fv: flags.FlagValues) -> int:
             peers.check_same_settings(
                 {"config": json.loads(fv.config.to_json_best_effort()),
                  "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value},
-                free=("config.data_dir", "config.demo.surreal_root"))
+                free=tuple(f"config.{f}" for f in resume.DATA_LOCATION))
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
     from hgmt.evaluation import evaluator
-    from hgmt.training import loop, resume
+    from hgmt.training import loop
 
     checkpoints.ignore_callbacks_into_closed_loops()
 

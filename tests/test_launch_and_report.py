@@ -1697,7 +1697,11 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     assert "2 of 3 finished runs" in out and "1 do not" in out
     assert runs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
                                                        "removed": []}
+    # Where the data is (hgmt.main records it as an absolute path) is not a difference.
     config["total_steps"] = 1200
+    config["data_dir"] = "/elsewhere/tfds"
+    config["demo"]["surreal_root"] = "/elsewhere/surreal"
+    assert check(config)[0] == 0
     json.dump(config, open(path, "w"))
     open(os.path.join(sweep_dir, "pose2d@seed1", "config_before_step300.json"), "w").close()
     assert runs.check_configs(sweep_dir)["pose2d@seed1"]["changed"] == [

@@ -1056,3 +1056,24 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
     loaded = workdirs.load_config(str(workdir))
     assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)
+
+
+def test_the_data_location_is_made_absolute_for_the_workdirs_config(tmp_path, monkeypatch):
+    """hgmt.main records config.data_dir and demo.surreal_root as absolute paths of its
+    working directory (`~` expanded, an object store's URL kept): a workdir trained with the
+    demo's relative `runs/demo_data/tfds` was not found by hgmt.evaluate run from elsewhere,
+    whose error then said to build data that was there."""
+    from configs import demo
+
+    monkeypatch.chdir(tmp_path)
+    config = demo.get_config()
+    resume.absolute_data_location(config)
+    assert config.data_dir == str(tmp_path / "runs" / "demo_data" / "tfds")
+    assert config.demo.surreal_root == str(tmp_path / "runs" / "demo_data" / "surreal")
+    config = tiny_config("~/tfds")
+    config.data_dir = "gs://bucket/tfds"
+    resume.absolute_data_location(config)  # no demo section
+    assert config.data_dir == "gs://bucket/tfds"
+    config.data_dir = "~/tfds"
+    resume.absolute_data_location(config)
+    assert config.data_dir == os.path.join(os.path.expanduser("~"), "tfds")

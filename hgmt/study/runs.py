@@ -13,6 +13,7 @@ arguments give (0 in hgmt's configs), so that no two seeds of a subset train ali
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -261,7 +262,9 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
     config.json taken in today's layout (`workdirs.current_layout`: an older run's evaluation
     fields as the evaluators they amount to, so that a setting renamed since is compared under
     its new name). An evaluator that runs at no step in either config (`every` 0, not
-    `at_end`) computed nothing for the run: its fields are not compared."""
+    `at_end`) computed nothing for the run: its fields are not compared; nor are where the
+    data is (`resume.DATA_LOCATION`: hgmt.main records them as absolute paths of the host
+    that trained)."""
     p = plan(sweep_dir)
     out = {}
     for name in finished(sweep_dir):
@@ -272,7 +275,8 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
         made = workdirs.current_layout(saved_config(sweep_dir, name))
         expected = expected_config(p["config"], workdirs.run_tasks(name), p["extra"],
                                    workdirs.run_seed_index(name))
-        out[name] = differences(*_without_idle_evaluators(made, expected))
+        out[name] = differences(*_without_idle_evaluators(
+            *(_without_data_location(c) for c in (made, expected))))
         before = workdirs.configs_before(os.path.join(sweep_dir, name))
         if before:  # config.json holds only the config of the steps after the last of them
             out[name]["changed"].append(
@@ -333,6 +337,19 @@ def _few(names: Sequence[str], shown: int = 5) -> str:
     """'a, b' or the first `shown` names and how many more."""
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _without_data_location(config: dict) -> dict:
+    """A copy of a config (as JSON) without the fields of `resume.DATA_LOCATION`."""
+    config = copy.deepcopy(config)
+    for field in resume.DATA_LOCATION:
+        *sections, name = field.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(name, None)
+    return config
 
 
 def _without_idle_evaluators(made: dict, expected: dict) -> tuple[dict, dict]:
