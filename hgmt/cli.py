@@ -28,6 +28,10 @@ from ml_collections import config_flags
 
 from hgmt import disk_space, paths, workdirs
 
+# hgmt's own config files: configs/ beside the hgmt package (the checkout's, or the one
+# installed beside it in site-packages).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
           doc: str, config: ml_collections.ConfigDict | None = None, *,
@@ -62,6 +66,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
                          f"file, and override its fields with --config.<field>=<value>")
     if config_file:
+        argv = _with_hgmts_config(argv)
         default = config_file if isinstance(config_file, str) else None
         with _config_errors(argv, default):
             config_flags.DEFINE_config_file(
@@ -189,6 +194,28 @@ def _flag_error(e: flags.Error) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _with_hgmts_config(argv: list[str]) -> list[str]:
+    """`argv` with a `--config` value `configs/<file>[:argument]` whose file is not in the
+    working directory given the path of hgmt's own (CONFIGS_DIR: the checkout's, or the
+    installed package's), so that the documented commands run from any directory."""
+    def ours(value: str) -> str:
+        path, colon, argument = value.partition(":")
+        parts = os.path.normpath(path).split(os.sep)
+        if os.path.exists(path) or parts[0] != "configs":
+            return value
+        found = os.path.join(CONFIGS_DIR, *parts[1:])
+        return f"{found}{colon}{argument}" if os.path.isfile(found) else value
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith(("--config=", "-config=")):
+            name, _, value = arg.partition("=")
+            out[i] = f"{name}={ours(value)}"
+        elif arg in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = ours(out[i + 1])
+    return out
+
+
 @contextlib.contextmanager
 def _config_errors(argv: Sequence[str],
                    config: ml_collections.ConfigDict | str | None) -> Iterator[None]:
@@ -204,7 +231,7 @@ def _config_errors(argv: Sequence[str],
         raise SystemExit(f"error: --config={_config_value(argv, config)}: cannot read the "
                          f"config file ({reason}); give a config file such as "
                          f"configs/default.py:tasks=all (a relative path is taken from the "
-                         f"working directory)") from None
+                         f"working directory; configs/<file> there or else hgmt's own)") from None
     except (KeyError, AttributeError) as e:
         if (where := _in_config_file(e, _config_value(argv, config))) is not None:
             raise SystemExit(f"error: --config={_config_value(argv, config)}: the config "

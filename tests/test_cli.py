@@ -821,3 +821,27 @@ def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, c
     assert loaded.model.interaction == "sum" and loaded.model.shared_trunk
     assert "model.interaction='none' has no effect with shared_trunk=True" in caplog.text
     create_model(loaded.model, heads(("pose2d",)))  # refused with 'none'
+
+
+def test_a_config_of_hgmts_is_found_from_any_directory(tmp_path, monkeypatch):
+    """`--config=configs/<file>` names hgmt's config from a directory without configs/ (an
+    installed hgmt's, beside the package: the README's commands failed outside the
+    checkout); a configs/<file> in the working directory is taken first, and one that
+    neither has is the one-line error."""
+    from hgmt import cli
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--config=configs/default.py:tasks=pose2d,runlocal"],
+                 ["--config", "configs/default.py:tasks=pose2d,runlocal"]):
+        fv, _ = cli.parse(lambda fv: None, argv, "doc", config_file=True)
+        assert (fv.config.tasks, fv.config.image_size) == ("pose2d", 64)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.py").write_text(
+        "import ml_collections\n\n\ndef get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'tasks': 'mine'})\n")
+    fv, _ = cli.parse(lambda fv: None, ["--config=configs/default.py"], "doc", config_file=True)
+    assert fv.config.tasks == "mine"
+    with pytest.raises(SystemExit) as e:
+        cli.parse(lambda fv: None, ["--config=configs/nothing.py"], "doc", config_file=True)
+    assert str(e.value.code).startswith("error: --config=configs/nothing.py: cannot read the "
+                                        "config file")

@@ -33,8 +33,7 @@ from hgmt.data import records
 from hgmt.sources import surreal
 
 # The config whose data_dir and dataset are checked when --config names none.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "default.py")
+DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "default.py")
 # The flags that named the data before it was the config's fields of the same names.
 _DATA_FLAGS = ("data_dir", "dataset")
 
