@@ -366,8 +366,21 @@ RESUME_FLAG = "--resume_with_changed_config"
 _HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+# Whether the console shows hgmt's INFO lines (`show_progress`): not on the processes other
+# than 0 of a multi-host job, whose progress is process 0's.
+_progress_shown = True
+
+
+def show_progress(shown: bool) -> None:
+    """Shows or hides hgmt's INFO lines (progress, ETA, results) on the console from now until
+    the command's `console` block ends; its warnings and errors show either way."""
+    global _progress_shown
+    _progress_shown = shown
+
+
 class UserLines(logging.Filter):
-    """Keeps hgmt's own INFO lines (progress, ETA, results) and everyone's warnings; the INFO
+    """Keeps hgmt's own INFO lines (progress, ETA, results; unless `show_progress(False)`)
+    and everyone's warnings; the INFO
     chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
     XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
     when a write fails on a full disk, which the command's own DiskFull line reports, show
@@ -377,7 +390,7 @@ class UserLines(logging.Filter):
         if getattr(record, "hgmt_verbose", False):
             return False
         if record.pathname.startswith(_HGMT_DIR):
-            return True
+            return _progress_shown or record.levelno >= logging.WARNING
         if record.levelno >= logging.ERROR and (
                 disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
                 or disk_space.is_disk_full(Exception(record.getMessage()))):
@@ -403,8 +416,11 @@ def console(verbosity: int, *, command: bool, line_format: str = "%(message)s",
                 stream.reconfigure(errors="surrogateescape")
     logging.basicConfig(format=line_format, datefmt=date_format, force=command)
     logging.getLogger().setLevel(logging.INFO)
-    with user_lines(verbosity, keep=command):
-        yield
+    try:
+        with user_lines(verbosity, keep=command):
+            yield
+    finally:
+        show_progress(True)
 
 
 @contextlib.contextmanager

@@ -216,6 +216,9 @@ def _run(fv: flags.FlagValues) -> int:
                 {"config": json.loads(fv.config.to_json_best_effort()),
                  "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value},
                 free=tuple(f"config.{f}" for f in resume.DATA_LOCATION))
+        # The job's progress is process 0's: the others show their warnings and errors
+        # (--verbosity=1: everything).
+        cli.show_progress(jax.process_index() == 0)
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs

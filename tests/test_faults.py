@@ -2102,11 +2102,14 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset,
     to take the lock fails with an OSError (as on a read-only or full filesystem), which it
     tells the other before raising it. Process 0 stops with that error, process 1 with one
     line naming process 0 and the lock, both with status 1, neither by the coordination
-    service's abort."""
+    service's abort. Process 1 shows no progress line (its INFO lines repeated process 0's,
+    twice in a job's one log)."""
     (tmp_path / "file").write_text("x")
     workdir = str(tmp_path / "file" / "w")
     outs, report = _two_mains_that_stop(workdir, demo_dataset[1])
     assert f"NotADirectoryError: [Errno 20] Not a directory: '{workdir}'" in outs[0], report
+    # The job's progress lines are process 0's; the others show warnings and errors only.
+    assert "process 0/2, devices" in outs[0] and "devices" not in outs[1], report
     assert (f"PeerFailed: process 0 failed before the first step: it could not take the "
             f"workdir lock {workdirs.lock_file(workdir)} (process 0's log names the error): "
             f"this is process 1, stopping") in outs[1], report
