@@ -759,8 +759,9 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
     """grain restores a data position only into the worker count (and process count) that
     saved it. Auto (-1) takes the checkpoint's count, so a requeued job on a host with other
     cores resumes; a fixed other count, or another process count, is named with its fix
-    instead of reading as a config that does not fit the checkpoints. The count the loader
-    runs, which decides which records make each batch, is logged."""
+    instead of reading as a config that does not fit the checkpoints (leaving no summaries
+    file behind). The count the loader runs, which decides which records make each batch,
+    is logged."""
     workdir = str(tmp_path / "run")
     kw = {"tasks": "pose2d", "worker_count": 0}
     with caplog.at_level(logging.INFO):
@@ -785,10 +786,13 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
                    resume_with_changed_config=True)
     saved.write_text(json.dumps(position))
     saved.rename(saved.with_name("process_0-of-2.json"))
+    events = sorted(p.name for p in (tmp_path / "run").glob("events.*"))
     with pytest.raises(ValueError, match=r"its data position was saved by 2 process\(es\), one "
                                          r"file each, and this run has 1: rerun with 2"):
         loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir,
                    resume_with_changed_config=True)
+    # A refused rerun leaves no TensorBoard file of its own in the workdir.
+    assert sorted(p.name for p in (tmp_path / "run").glob("events.*")) == events
     saved.with_name("process_0-of-2.json").rename(saved)
     # Another seed or split size than the position's sampler: named with the fix (grain's
     # refusal of the sampler read as checkpoints of another model configuration). The

@@ -214,12 +214,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # gets its summaries and evaluators' folders.
     source = None if loader is not None else input_pipeline.open_split(
         config.dataset, config.data_dir, "train")
-    own_writer = writer is None
-    with disk_space.reported(workdir, "the TensorBoard summaries"):
-        writer = writer or summary_writer.create(workdir, jax.process_index())
-    writer = disk_space.CheckedWriter(writer, workdir)
-    if own_writer:
-        opened.push(_closing(writer))
     # Evaluated op by op (eagerly), not compiled: XLA would turn the schedule's divisions by
     # constants into multiplications and fold its constants, which rounds otherwise (on the
     # CPU, 356 of the paper config's 2,000 logged rates, near the end of the decay by 0.9%).
@@ -252,6 +246,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             damage.Shards.of(source), len(source), config.max_damaged_fraction,
             workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
             damage.union_over_processes if jax.process_count() > 1 else None)
+    # After the checks above: a run refused the workdir (another process count, seed or
+    # split) leaves no summaries file in it.
+    own_writer = writer is None
+    with disk_space.reported(workdir, "the TensorBoard summaries"):
+        writer = writer or summary_writer.create(workdir, jax.process_index())
+    writer = disk_space.CheckedWriter(writer, workdir)
+    if own_writer:
+        opened.push(_closing(writer))
     # The damaged records of a batch are noted when the step consumes it, not when it is
     # prefetched: the account at a step is of the batches trained on.
     data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
