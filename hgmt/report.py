@@ -133,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{report.progress(args.sweep_dir, results, found)}")
-    text = report.to_markdown(study, note, checked,
-                              runs.config_section(args.sweep_dir, list(found)))
+    files = {**report.charts(study),
+             **{name: json.dumps(value, indent=1, allow_nan=False).encode()
+                for name, value in (("report.json", study), ("claims.json", checked))},
+             "README.md": report.to_markdown(study, note, checked, runs.config_section(
+                 args.sweep_dir, list(found))).encode()}
     os.makedirs(args.out_dir, exist_ok=True)
-    report.plot(study, args.out_dir)
-    for name, value in (("report.json", study), ("claims.json", checked)):
-        with open(os.path.join(args.out_dir, name), "w") as f:
-            json.dump(value, f, indent=1, allow_nan=False)
-    with open(os.path.join(args.out_dir, "README.md"), "w") as f:
-        f.write(text)
+    for name, data in files.items():
+        with open(os.path.join(args.out_dir, name), "wb") as f:
+            f.write(data)
     print(f"wrote {args.out_dir}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

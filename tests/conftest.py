@@ -142,6 +142,8 @@ def tiny_config(data_dir, tasks="all", **overrides):
     config.eval_batch_size = 8
     config.evals.test.max_examples = 8
     config.evals.test.at_end = False  # tests that evaluate after training say so
+    # The best checkpoint's tests set validation.every (runlocal clears its best_metric).
+    config.evals.validation.best_metric = "loss/total"
     for key, value in overrides.items():
         target = config
         *path, last = key.split(".")

@@ -2187,6 +2187,17 @@ def test_a_process_whose_job_never_connects_stops_in_one_line(tmp_path):
                 f"every process was started") in out, report
         assert "Terminating process because" not in out, report
     assert not (tmp_path / "run").exists()
+    # Where the cluster names the coordinator (--distributed: Slurm, a TPU VM), the line
+    # names what to check there, not flags the user never gave.
+    done = subprocess.run([sys.executable, "-c", "from hgmt.training import peers; "
+                           "peers._not_connected('this process', None, 5)"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
+        "processes to connect to the coordinator the cluster names. Check that every task "
+        "of the job started (Slurm: one per node"), done.stderr
+    assert "--process_id" not in done.stderr
 
 
 @pytest.mark.slow

@@ -1296,7 +1296,7 @@ def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
     chosen = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        assert len(report.plot(study, str(tmp_path))) == 3
+        assert len(report.charts(study)) == 3
         drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                                str(tmp_path / "pckh.png"))
         assert matplotlib.get_backend() == "svg"
@@ -1471,10 +1471,12 @@ def test_report_leaves_a_metric_that_is_not_finite_out_as_null(tmp_path):
     assert (out / "depth_subsets.png").is_file()
 
 
-def test_report_writes_nothing_when_making_it_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize("part", ["to_markdown", "per_item_figure"])
+def test_report_writes_nothing_when_making_it_fails(part, tmp_path, monkeypatch):
     """Every part of the report is made before the first file is written: a fault while
-    writing the Markdown (it came after report.json, claims.json and the charts) leaves the
-    report directory as it was, not new numbers beside an old README."""
+    making the Markdown (it came after report.json, claims.json and the charts) or a chart
+    (the charts were saved one by one) leaves the report directory as it was, not new
+    numbers beside an old README."""
     sweep_dir = tmp_path / "sweep"
     _finished_runs(sweep_dir, {"depth": [_summary(rmse=90.0)] * 2,
                                "pose2d+depth": [_summary(pck=0.8, rmse=80.0)] * 2})
@@ -1485,7 +1487,7 @@ def test_report_writes_nothing_when_making_it_fails(tmp_path, monkeypatch):
     def fails(*args, **kwargs):
         raise ValueError("a fault")
 
-    monkeypatch.setattr(report, "to_markdown", fails)
+    monkeypatch.setattr(report, part, fails)
     with pytest.raises(ValueError, match="a fault"):
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
     assert [p.name for p in out.iterdir()] == ["README.md"]
@@ -1776,8 +1778,9 @@ def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_n
             'run, "every4" now; evals.test.max_examples: 24 in the run, 0 now\n') in out, out
     status, out = check(eval_every=300)
     assert status == 1
-    assert ('pose2d+segm: differs from configs/study.py: evals.validation.every: 300 in the '
-            'run, 0 now; evals.validation.frames: "every4" in the run, "middle" now\n') in out
+    assert ('pose2d+segm: differs from configs/study.py: evals.validation.best_metric: '
+            '"loss/total" in the run, "" now; evals.validation.every: 300 in the run, 0 now; '
+            'evals.validation.frames: "every4" in the run, "middle" now\n') in out
 
 
 def test_report_says_which_config_its_runs_used(tmp_path):

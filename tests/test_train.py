@@ -1060,6 +1060,19 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
     loaded = workdirs.load_config(str(workdir))
     assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)
+    # Saved when depth had options and segm not yet ({} or depth's only): segm's are the
+    # defaults too, not a field the saved config lacks and the check passes over.
+    kw["tasks"] = "segm+depth"
+    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    saved = json.loads((workdir / "config.json").read_text())
+    for partial in ({}, {"depth": {"foreground_weight": 1.0}}):
+        saved["loss_options"] = partial
+        (workdir / "config.json").write_text(json.dumps(saved))
+        assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
+        with pytest.raises(resume.CannotResume,
+                           match=r": loss_options\.segm\.foreground_weight 1\.0 -> 10\.0\. "):
+            resume.check_config(tiny_config(
+                "data", **kw, **{"loss_options.segm.foreground_weight": 10.0}), str(workdir))
 
 
 def test_the_data_location_is_made_absolute_for_the_workdirs_config(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ written.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -614,16 +615,18 @@ def _anchor(heading: str) -> str:
     return "".join(c for c in heading.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
 
-def plot(study: dict[str, dict], out_dir: str) -> list[str]:
-    """Charts per task (`subsets_figure`, `per_item_figure`); returns the written paths."""
-    paths = []
+def charts(study: dict[str, dict]) -> dict[str, bytes]:
+    """{file name: PNG} of the charts per task (`subsets_figure`, `per_item_figure`), drawn
+    in memory, so that the report writes nothing until every part of it is made."""
+    out = {}
     for task, e in study.items():
         for kind, make in (("subsets", subsets_figure), ("per_item", per_item_figure)):
             fig = make(e, task)
             if fig is not None:
-                paths.append(os.path.join(out_dir, f"{task}_{kind}.png"))
-                fig.savefig(paths[-1], dpi=100)
-    return paths
+                png = io.BytesIO()
+                fig.savefig(png, format="png", dpi=100)
+                out[f"{task}_{kind}.png"] = png.getvalue()
+    return out
 
 
 def subsets_figure(e: dict, task: str):

@@ -128,12 +128,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     _heartbeat_timeout_s = heartbeat_timeout_s
     who = ("this process" if process_id is None or num_processes is None else
            f"process {process_id} of {num_processes}")
-    where = coordinator_address or "the cluster names"
     # A word once the wait is longer than a connection takes, and the verdict at the timeout.
     timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
                   "%s: waiting for the job's processes to connect to the coordinator %s (up "
-                  "to %d s, --connect_timeout)", who, where, connect_timeout_s)),
-              threading.Timer(connect_timeout_s, _not_connected, (who, where, connect_timeout_s))]
+                  "to %d s, --connect_timeout)", who, coordinator_address or "the cluster names",
+                  connect_timeout_s)),
+              threading.Timer(connect_timeout_s, _not_connected,
+                              (who, coordinator_address, connect_timeout_s))]
     for timer in timers:
         timer.daemon = True
         timer.start()
@@ -155,14 +156,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             timer.cancel()
 
 
-def _not_connected(who: str, where: str, timeout_s: int) -> NoReturn:
+def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
     """Ends a process whose job's processes did not all connect within `timeout_s` (run by
-    `initialize`'s timer while JAX waits in C++): one line, status EXIT_FAILED."""
+    `initialize`'s timer while JAX waits in C++) to the coordinator `where` (None: the one
+    the cluster names): one line, status EXIT_FAILED."""
+    check = ("Check that every process was started, with the same --coordinator_address "
+             "(process 0's host:port, reachable from every host) and --num_processes, and "
+             "each with its own --process_id (0 to N-1, once each)" if where else
+             "Check that every task of the job started (Slurm: one per node, as "
+             "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
+             "train`) and that the first one's host is reachable from the others")
     print(f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the job's "
-          f"processes to connect to the coordinator {where}. Check that every process was "
-          f"started, with the same --coordinator_address (process 0's host:port, reachable "
-          f"from every host) and --num_processes, and each with its own --process_id (0 to "
-          f"N-1, once each); then start them again together", file=sys.stderr, flush=True)
+          f"processes to connect to the coordinator {where or 'the cluster names'}. {check}; "
+          f"then start them again together", file=sys.stderr, flush=True)
     os._exit(EXIT_FAILED)
 
 

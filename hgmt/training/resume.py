@@ -89,12 +89,15 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     """The fields outside FREE_ON_RESUME whose value in `config` (a config as JSON) differs
     from `saved` (a config.json), by dotted name, sorted. `saved` is read in today's layout
     (`workdirs.current_layout`: an older one's evaluation fields as the evaluators they amount
-    to, the fields added since at their defaults, the loss options its tasks' defaults); a
+    to, the fields added since at their defaults, a task's loss options it lacks (a config
+    saved before the task had them, or before loss_options) at the task's defaults); a
     field only one of them has is not compared, as the code of the other has no such
     setting."""
     layout = workdirs.current_layout(dict(saved))
-    if "loss_options" not in layout and "tasks" in layout:
-        layout["loss_options"] = default_loss_options(layout["tasks"])
+    if "tasks" in layout:  # each task's options as it trained: the defaults, where not saved
+        given = layout.get("loss_options", {})
+        layout["loss_options"] = given | {t: options | given.get(t, {}) for t, options in
+                                          default_loss_options(layout["tasks"]).items()}
     old = workdirs.flat_fields(layout)
     new = workdirs.flat_fields(config)
     keeping = {evaluators.keeper(layout.get("evals", {})),
