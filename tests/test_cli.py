@@ -722,7 +722,8 @@ DEFAULT = f"{REPO}/configs/default.py"
     ([f"--config={REPO}/configs/nonexist.py", "--config.total_steps=3"],
      f"error: --config={REPO}/configs/nonexist.py: cannot read the config file ([Errno 2] No "
      f"such file or directory: '{REPO}/configs/nonexist.py'); give a config file such as "
-     f"configs/default.py:tasks=all (a relative path is taken from the working directory)"),
+     f"configs/default.py:tasks=all (a relative path is taken from the working directory; "
+     f"configs/<file> there or else hgmt's own)"),
     ([f"--config={DEFAULT}", "--num_processes=2", "--process_id=1"],
      "error: --num_processes and --process_id need --coordinator_address=host:port of "
      "process 0 as well (a multi-host run gives all three), or --distributed, which reads "
