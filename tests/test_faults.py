@@ -313,6 +313,30 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
+def test_a_signal_after_the_last_check_after_training_is_said_to_have_come_too_late(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """SIGUSR1 after the last check of the evaluation after training (here: as its report is
+    written): its line says the evaluations stop at their next batch, but there is none, so
+    the run completes, and says so (it read as if the evaluations were left for a rerun)."""
+    from hgmt.evaluation import evaluator
+
+    workdir = str(tmp_path / "w")
+    config = _at_end_config(demo_dataset[1])
+    write_report = evaluator.write_report
+
+    def signalling(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return write_report(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator, "write_report", signalling)
+    with caplog.at_level(logging.WARNING):
+        assert int(loop.train(config, workdir).step) == 3
+    assert "SIGUSR1 received: training is done: stopping the evaluations" in caplog.text
+    assert ("the evaluations after training finished before the signal could stop them: the "
+            "run is complete, nothing to rerun") in caplog.text
+    assert os.path.exists(workdirs.eval_file(workdir, "test"))
+
+
 def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_rest(
         demo_dataset, tmp_path, monkeypatch, caplog):
     """Two evaluators after training, test then validation (12 frames each, 3 batches);

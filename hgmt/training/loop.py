@@ -538,6 +538,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         summaries = evals.run([n for n in evals.at_end() if n not in finished],
                               int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
+    if watch.received is not None and evals.at_end():
+        # Its line said the evaluations would stop; their last batch was already running.
+        logging.warning("the evaluations after training finished before the signal could "
+                        "stop them: the run is complete, nothing to rerun")
     return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
 
 
