@@ -380,11 +380,10 @@ def show_progress(shown: bool) -> None:
 
 class UserLines(logging.Filter):
     """Keeps hgmt's own INFO lines (progress, ETA, results; unless `show_progress(False)`)
-    and everyone's warnings; the INFO
-    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
-    XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
-    when a write fails on a full disk, which the command's own DiskFull line reports, show
-    only with --verbosity=1."""
+    and everyone's warnings; the INFO chatter of orbax, TFDS and JAX, hgmt's verbose lines
+    (logged with `extra=VERBOSE`, e.g. XLA's out-of-memory dump), and the errors (with
+    tracebacks) orbax logs from its threads when a write fails on a full disk, which the
+    command's own DiskFull line reports, show only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "hgmt_verbose", False):

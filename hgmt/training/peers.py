@@ -118,12 +118,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
     process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
     verdict ends the process without a word from hgmt, gets three times that. An argument
-    that is None and that no cluster gives is a ValueError saying which to give. Says where
-    it connects once that takes longer than NOTE_WAIT_S; when the job's processes have not
-    all connected within
-    `connect_timeout_s` (one not started, a wrong coordinator address, a process index given
-    twice), ends this process with one line saying what to check, status EXIT_FAILED (JAX's
-    own verdict, a minute later, is a C++ abort that blames a dead task)."""
+    that is None and that no cluster gives is a ValueError saying which to give. Says what
+    it waits for once that takes longer than NOTE_WAIT_S; when the job's processes have not
+    all connected within `connect_timeout_s` (one not started, a wrong coordinator address,
+    a process index given twice), ends this process with one line saying what to check,
+    status EXIT_FAILED (JAX's own verdict, a minute later, is a C++ abort that blames a
+    dead task)."""
     global _heartbeat_timeout_s
     _heartbeat_timeout_s = heartbeat_timeout_s
     who = ("this process" if process_id is None or num_processes is None else

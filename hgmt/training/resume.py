@@ -33,6 +33,10 @@ from hgmt.paths import absolute
 from hgmt.tasks import default_loss_options
 from hgmt.training import checkpoints, evaluators
 
+# Where the data is (the same data may lie elsewhere on another host or machine): hgmt.main
+# makes these paths absolute (`absolute_data_location`), so that a workdir's config.json
+# names its data from any directory; a rerun and the processes of a job may differ in them.
+DATA_LOCATION = ("data_dir", "demo.surreal_root")
 # The fields a rerun may change without asking (a name covers the fields under it). They say
 # when to evaluate, log and save, where the data is and how it is read, not what a training
 # step computes: `evals` (each evaluation's settings are in its evals.jsonl line),
@@ -45,26 +49,10 @@ from hgmt.training import checkpoints, evaluators
 # `model.stream_mode` and `model.ops` (how the same function is compiled), `augment_on`
 # (where the same augmentation runs; its random draws differ, as with `auto` on another
 # backend).
-# Where the data is (the same data may lie elsewhere on another host or machine): hgmt.main
-# makes them absolute, so that a workdir's config.json names its data from any directory.
-DATA_LOCATION = ("data_dir", "demo.surreal_root")
 FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
                   "keep_checkpoints", *DATA_LOCATION, "worker_count",
                   "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
                   "model.ops", "augment_on")
-def absolute_data_location(config: ml_collections.ConfigDict) -> None:
-    """Makes the config's DATA_LOCATION paths absolute (of the working directory; `~`
-    expanded; an object-store URL kept), in place: hgmt.main does, so that the workdir's
-    config.json names the data for hgmt.evaluate and hgmt.predict run from any directory."""
-    for field in DATA_LOCATION:
-        *sections, name = field.split(".")
-        parent = config
-        for section in sections:
-            parent = parent.get(section) if parent is not None else None
-        if parent is not None and isinstance(parent.get(name), str):
-            parent[name] = absolute(parent[name])
-
-
 # Except, in the evaluator that keeps the best checkpoint (`evaluators.keeper`: a
 # `best_metric`, run during training) in the saved config or the rerun's, what its scores are
 # of: a new score is compared with the kept best's, or, for an evaluator that starts keeping
@@ -83,6 +71,19 @@ CannotResume = checkpoints.CannotResume
 
 
 Change = tuple[str, Any, Any]  # (field, the workdir's value, the rerun's)
+
+
+def absolute_data_location(config: ml_collections.ConfigDict) -> None:
+    """Makes the config's DATA_LOCATION paths absolute (of the working directory; `~`
+    expanded; an object-store URL kept), in place: hgmt.main does, so that the workdir's
+    config.json names the data for hgmt.evaluate and hgmt.predict run from any directory."""
+    for field in DATA_LOCATION:
+        *sections, name = field.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.get(section) if parent is not None else None
+        if parent is not None and isinstance(parent.get(name), str):
+            parent[name] = absolute(parent[name])
 
 
 def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Change]:
