@@ -1202,10 +1202,28 @@ def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir,
                                  atol=1e-5)
 
 
+def test_an_export_of_vmapped_streams_converts_to_tf_lite(workdir, predictor, tmp_path):
+    """A model run with vmapped streams (`--config.model.stream_mode=vmapped`, the same
+    weights) exports the same function with separate streams: the vmapped streams' pick of a
+    task's features became a dynamic gather over the symbolic batch, which TF Lite's
+    converter refused ('vhlo.dynamic_gather_v1' op is not part of the vhlo support yet)."""
+    import tensorflow as tf
+
+    path = str(tmp_path / "export")
+    assert hgmt.export.main([f"--workdir={workdir}", "--format=savedmodel", f"--out_dir={path}",
+                             "--config.model.stream_mode=vmapped"]) == 0
+    interpreter = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_saved_model(path).convert())
+    runner = interpreter.get_signature_runner("serving_default")
+    _assert_equals_the_predictor(lambda x: runner(images=x), predictor, (2,), rtol=1e-4,
+                                 atol=1e-5)
+
+
 def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     with open(os.path.join(exported(workdir, "stablehlo"), "hgmt.json")) as f:
         meta = json.load(f)
     assert meta["image_size"] == 64 and meta["label_size"] == 16
+    assert meta["dtype"] == "float32"  # the model's (a bfloat16 one does not convert to TF Lite)
     assert meta["label_stride"] == common.LABEL_STRIDE == 4
     assert meta["label_px_to_input_px"].startswith("input = (label + 0.5) * 4 - 0.5")
     # That is where training's crops of a window at R and at r = R/4 put a label px.

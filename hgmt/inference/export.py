@@ -23,7 +23,14 @@ from etils import epath
 
 from hgmt import disk_space, paths, workdirs
 from hgmt.inference import crop_scale, predictor
-from hgmt.models import IMAGE_MEAN, IMAGE_STD, create_model, predict_last_stage
+from hgmt.models import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    create_model,
+    predict_last_stage,
+    to_checkpoint_layout,
+    to_model_layout,
+)
 from hgmt.tasks import TASKS, common, heads, parse_tasks
 from hgmt.training import checkpoints
 
@@ -44,14 +51,20 @@ def inference_fn(workdir: str, step: int | str | None = None,
     folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
-    model = create_model(config.model, heads(tasks))
-    variables = jax.tree.map(jnp.asarray, variables)
+    # Separate streams whatever config.model.stream_mode: the same function, and the one TF
+    # Lite converts (vmapped streams pick a task's features with a gather, which becomes a
+    # dynamic gather over a symbolic batch).
+    trained = create_model(config.model, heads(tasks))
+    model = create_model({**config.model.to_dict(), "stream_mode": "separate"}, heads(tasks))
+    variables = jax.tree.map(jnp.asarray, to_model_layout(
+        model, to_checkpoint_layout(trained, variables)))
 
     def f(images):
         return {t: o.astype(jnp.float32)
                 for t, o in predict_last_stage(model, variables, images).items()}
 
     meta = {"tasks": list(tasks), "image_size": int(config.image_size), "step": int(step),
+            "dtype": config.model.dtype,
             "checkpoint": folder,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
