@@ -360,6 +360,9 @@ def define_verbosity(fv: flags.FlagValues) -> None:
 
 # `extra=` of a log line that only --verbosity=1 shows (`UserLines` drops it otherwise).
 VERBOSE = {"hgmt_verbose": True}
+# The `extra` of an INFO line about this process itself, shown on every process of a
+# multi-host job (`show_progress`), where the others repeat process 0's.
+EVERY_PROCESS = {"hgmt_every_process": True}
 # hgmt.main's flag that resumes a workdir with a changed config (hgmt.training.resume); named
 # here, below the modules whose messages give it.
 RESUME_FLAG = "--resume_with_changed_config"
@@ -379,17 +382,19 @@ def show_progress(shown: bool) -> None:
 
 
 class UserLines(logging.Filter):
-    """Keeps hgmt's own INFO lines (progress, ETA, results; unless `show_progress(False)`)
-    and everyone's warnings; the INFO chatter of orbax, TFDS and JAX, hgmt's verbose lines
-    (logged with `extra=VERBOSE`, e.g. XLA's out-of-memory dump), and the errors (with
-    tracebacks) orbax logs from its threads when a write fails on a full disk, which the
-    command's own DiskFull line reports, show only with --verbosity=1."""
+    """Keeps hgmt's own INFO lines (progress, ETA, results; unless `show_progress(False)`,
+    but for those logged with `extra=EVERY_PROCESS`) and everyone's warnings; the INFO
+    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
+    XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
+    when a write fails on a full disk, which the command's own DiskFull line reports, show
+    only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "hgmt_verbose", False):
             return False
         if record.pathname.startswith(_HGMT_DIR):
-            return _progress_shown or record.levelno >= logging.WARNING
+            return (_progress_shown or record.levelno >= logging.WARNING
+                    or getattr(record, "hgmt_every_process", False))
         if record.levelno >= logging.ERROR and (
                 disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
                 or disk_space.is_disk_full(Exception(record.getMessage()))):

@@ -846,3 +846,27 @@ def test_a_config_of_hgmts_is_found_from_any_directory(tmp_path, monkeypatch):
         cli.parse(lambda fv: None, ["--config=configs/nothing.py"], "doc", config_file=True)
     assert str(e.value.code).startswith("error: --config=configs/nothing.py: cannot read the "
                                         "config file")
+
+
+def test_the_other_processes_of_a_job_show_only_their_own_lines():
+    """With `show_progress(False)` (hgmt.main on a multi-host job's processes other than 0)
+    hgmt's INFO lines are dropped but for those about the process itself (`EVERY_PROCESS`:
+    its loader's worker count, which can differ between hosts); warnings show; the command's
+    console end shows them again (an in-process caller of hgmt.main gets its lines back)."""
+    import logging
+
+    from hgmt import cli
+
+    def record(level, **extra):
+        r = logging.LogRecord("hgmt", level, os.path.join(cli._HGMT_DIR, "x.py"), 1, "m", (),
+                              None)
+        r.__dict__.update(extra)
+        return r
+
+    lines = cli.UserLines()
+    with cli.console(0, command=False):
+        cli.show_progress(False)
+        assert not lines.filter(record(logging.INFO))
+        assert lines.filter(record(logging.INFO, **cli.EVERY_PROCESS))
+        assert lines.filter(record(logging.WARNING))
+    assert lines.filter(record(logging.INFO))

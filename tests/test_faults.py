@@ -337,6 +337,33 @@ def test_a_signal_after_the_last_check_after_training_is_said_to_have_come_too_l
     assert os.path.exists(workdirs.eval_file(workdir, "test"))
 
 
+def test_a_signal_during_the_last_steps_periodic_evaluation_is_said_to_have_come_too_late(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """A run with no evaluation after training but validation due at its last step: a signal
+    during that validation, which a signal does not stop, is said to have come too late for
+    it, as for the evaluations after training (its line said to rerun to run them)."""
+    workdir = str(tmp_path / "w")
+    config = tiny_config(demo_dataset[1], total_steps=4, **{
+        **KW, "evals.validation.every": 2, "evals.validation.max_examples": 4})
+    assert not config.evals.test.at_end
+    batches, calls = input_pipeline.eval_batches, []
+
+    def signalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 4's validation
+            os.kill(os.getpid(), signal.SIGUSR1)
+        yield from batches(*args, **kwargs)
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    with caplog.at_level(logging.WARNING):
+        assert int(loop.train(config, workdir).step) == 4
+    assert "SIGUSR1 received: training is done: stopping the evaluations" in caplog.text
+    assert ("the evaluations after training finished before the signal could stop them: the "
+            "run is complete, nothing to rerun") in caplog.text
+    assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [
+        (2, "validation"), (4, "validation")]
+
+
 def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_rest(
         demo_dataset, tmp_path, monkeypatch, caplog):
     """Two evaluators after training, test then validation (12 frames each, 3 batches);

@@ -1,8 +1,9 @@
 """The task-combination study's report, made of a sweep's evaluations: `evaluated_runs` reads
 the sweep's evaluated runs, `load_sweep` gathers them by subset (refusing runs trained or
 evaluated unlike the others), `compare` sets each task's subsets against its isolated run
-with Welch's t-tests over the seeds (hgmt/study/stats.py), `to_markdown` writes the report with the
-paper's conclusions (hgmt/study/claims.py), and `plot` the charts. `python -m hgmt.report`
+with Welch's t-tests over the seeds (hgmt/study/stats.py), `to_markdown` writes the report with
+the paper's conclusions (hgmt/study/claims.py), and `charts` draws the charts (in memory: the
+command writes every file once all are made). `python -m hgmt.report`
 (hgmt/report.py) is the command: its docstring gives the usage and the files read and
 written.
 """

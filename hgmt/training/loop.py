@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import code_version, devices, disk_space, workdirs
+from hgmt import cli, code_version, devices, disk_space, workdirs
 from hgmt.data import crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
@@ -240,7 +240,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("process %d's loader runs %d worker process(es) (config.worker_count=%d"
                      "%s); which records make each batch depends on that count",
                      jax.process_index(), workers, config.worker_count,
-                     ", resumed with its checkpoint's" if saved != config.worker_count else "")
+                     ", resumed with its checkpoint's" if saved != config.worker_count else "",
+                     extra=cli.EVERY_PROCESS)
         loader = train_loader(config, source, tasks, prepare, workers)
         damaged = damage.DamageLog(
             damage.Shards.of(source), len(source), config.max_damaged_fraction,
@@ -538,7 +539,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         summaries = evals.run([n for n in evals.at_end() if n not in finished],
                               int(final.step), final, writer, final=True,
                               stop=stop_if_preempted)
-    if watch.received is not None and evals.at_end():
+    if watch.received is not None and watch.evaluations_after:
         # Its line said the evaluations would stop; their last batch was already running.
         logging.warning("the evaluations after training finished before the signal could "
                         "stop them: the run is complete, nothing to rerun")
