@@ -313,6 +313,7 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
+@pytest.mark.slow
 def test_a_signal_after_the_last_check_after_training_is_said_to_have_come_too_late(
         demo_dataset, tmp_path, monkeypatch, caplog):
     """SIGUSR1 after the last check of the evaluation after training (here: as its report is

@@ -1202,6 +1202,7 @@ def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir,
                                  atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_export_of_vmapped_streams_converts_to_tf_lite(workdir, predictor, tmp_path):
     """A model run with vmapped streams (`--config.model.stream_mode=vmapped`, the same
     weights) exports the same function with separate streams: the vmapped streams' pick of a
