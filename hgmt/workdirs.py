@@ -46,7 +46,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -251,10 +251,7 @@ def _fill_added_fields(config: dict, path: str | None = None) -> None:
     older one's model.interaction under shared_trunk=True as 'sum', in place (`path`: the
     file, named in that warning)."""
     for name, value in ADDED_CONFIG_FIELDS.items():
-        *sections, field = name.split(".")
-        where = config
-        for section in sections:
-            where = where.get(section) if isinstance(where, dict) else None
+        where, field = field_parent(config, name)
         if isinstance(where, dict):
             where.setdefault(field, value)
     model = config.get("model")
@@ -313,6 +310,22 @@ def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def field_parent(tree: Any, name: str) -> tuple[Any, str]:
+    """(the section of `tree`, a config as JSON or a ConfigDict, that holds the field of
+    dotted `name`, the field's own name): 'model.depth' -> (tree['model'], 'depth'); the
+    section is None where `tree` lacks one on the way."""
+    *sections, field = name.split(".")
+    for section in sections:
+        tree = tree.get(section) if hasattr(tree, "get") else None
+    return (tree if hasattr(tree, "get") else None), field
+
+
+def is_under(field: str, names: Sequence[str]) -> bool:
+    """Whether the dotted `field` is one of `names` or a field of a section among them
+    ('model.depth' is under 'model')."""
+    return any(field == n or field.startswith(f"{n}.") for n in names)
 
 
 def eval_file(workdir: str, evaluator: str) -> str:

@@ -254,7 +254,7 @@ def trained_differences(a: Mapping[str, Any], b: Mapping[str, Any]
     compares from their summaries. A field only one of them has is not compared."""
     skip = (*PER_RUN, "evals")
     return [(field, x, y) for field, x, y in resume.differences(a, workdirs.current_layout(b))
-            if not any(field == f or field.startswith(f"{f}.") for f in skip)]
+            if not workdirs.is_under(field, skip)]
 
 
 def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
@@ -343,11 +343,8 @@ def _without_data_location(config: dict) -> dict:
     """A copy of a config (as JSON) without the fields of `resume.DATA_LOCATION`."""
     config = copy.deepcopy(config)
     for field in resume.DATA_LOCATION:
-        *sections, name = field.split(".")
-        parent = config
-        for section in sections:
-            parent = parent.get(section) if isinstance(parent, dict) else None
-        if isinstance(parent, dict):
+        parent, name = workdirs.field_parent(config, field)
+        if parent is not None:
             parent.pop(name, None)
     return config
 

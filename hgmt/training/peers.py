@@ -191,7 +191,7 @@ def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ())
     found = []
     for i, other in enumerate(flat[1:], start=1):
         for field in sorted(flat[0].keys() | other.keys()):
-            if any(field == f or field.startswith(f"{f}.") for f in free):
+            if workdirs.is_under(field, free):
                 continue
             if flat[0].get(field, _MISSING) != other.get(field, _MISSING):
                 found.append(f"process {i}: {field} {_shown(other.get(field, _MISSING))} "

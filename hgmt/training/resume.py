@@ -78,10 +78,7 @@ def absolute_data_location(config: ml_collections.ConfigDict) -> None:
     expanded; an object-store URL kept), in place: hgmt.main does, so that the workdir's
     config.json names the data for hgmt.evaluate and hgmt.predict run from any directory."""
     for field in DATA_LOCATION:
-        *sections, name = field.split(".")
-        parent = config
-        for section in sections:
-            parent = parent.get(section) if parent is not None else None
+        parent, name = workdirs.field_parent(config, field)
         if parent is not None and isinstance(parent.get(name), str):
             parent[name] = absolute(parent[name])
 
@@ -109,7 +106,7 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
         if len(parts) == 3 and parts[0] == "evals" and parts[1] in keeping and \
                 parts[2] in BEST_SETTINGS:
             return False  # what the best's scores, kept or recorded, are of
-        return any(field == f or field.startswith(f"{f}.") for f in FREE_ON_RESUME)
+        return workdirs.is_under(field, FREE_ON_RESUME)
 
     return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
             if old[field] != new[field] and not free(field)]
