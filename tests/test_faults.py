@@ -330,12 +330,18 @@ def test_a_signal_after_the_last_check_after_training_is_said_to_have_come_too_l
         return write_report(*args, **kwargs)
 
     monkeypatch.setattr(evaluator, "write_report", signalling)
+    _train_told_the_signal_came_too_late(config, workdir, caplog)
+    assert os.path.exists(workdirs.eval_file(workdir, "test"))
+
+
+def _train_told_the_signal_came_too_late(config, workdir: str, caplog) -> None:
+    """Trains `config` in `workdir` to its last step, during whose evaluations a SIGUSR1
+    arrives too late to stop them: the signal's line, then the one saying they finished."""
     with caplog.at_level(logging.WARNING):
-        assert int(loop.train(config, workdir).step) == 3
+        assert int(loop.train(config, workdir).step) == config.total_steps
     assert "SIGUSR1 received: training is done: stopping the evaluations" in caplog.text
     assert ("the evaluations after training finished before the signal could stop them: the "
             "run is complete, nothing to rerun") in caplog.text
-    assert os.path.exists(workdirs.eval_file(workdir, "test"))
 
 
 def test_a_signal_during_the_last_steps_periodic_evaluation_is_said_to_have_come_too_late(
@@ -356,11 +362,7 @@ def test_a_signal_during_the_last_steps_periodic_evaluation_is_said_to_have_come
         yield from batches(*args, **kwargs)
 
     monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
-    with caplog.at_level(logging.WARNING):
-        assert int(loop.train(config, workdir).step) == 4
-    assert "SIGUSR1 received: training is done: stopping the evaluations" in caplog.text
-    assert ("the evaluations after training finished before the signal could stop them: the "
-            "run is complete, nothing to rerun") in caplog.text
+    _train_told_the_signal_came_too_late(config, workdir, caplog)
     assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [
         (2, "validation"), (4, "validation")]
 

@@ -28,7 +28,6 @@ from hgmt.models import (
     IMAGE_STD,
     create_model,
     predict_last_stage,
-    to_checkpoint_layout,
     to_model_layout,
 )
 from hgmt.tasks import TASKS, common, heads, parse_tasks
@@ -54,10 +53,8 @@ def inference_fn(workdir: str, step: int | str | None = None,
     # Separate streams whatever config.model.stream_mode: the same function, and the one TF
     # Lite converts (vmapped streams pick a task's features with a gather, which becomes a
     # dynamic gather over a symbolic batch).
-    trained = create_model(config.model, heads(tasks))
     model = create_model({**config.model.to_dict(), "stream_mode": "separate"}, heads(tasks))
-    variables = jax.tree.map(jnp.asarray, to_model_layout(
-        model, to_checkpoint_layout(trained, variables)))
+    variables = jax.tree.map(jnp.asarray, to_model_layout(model, variables))  # from either
 
     def f(images):
         return {t: o.astype(jnp.float32)

@@ -121,16 +121,17 @@ def _check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     between two subsets is not of a changed loss. The value most runs of the task train with
     (on a tie, the first run's) is the sweep's; the error names each other run, its value,
     theirs and the fix."""
+    trained = {}  # {run: {task: its loss weight and options}}
+    for name, config in configs.items():
+        tasks = parse_tasks(workdirs.run_tasks(name))
+        c = ml_collections.ConfigDict({k: config.get(k, {}) for k in ("loss_weights",
+                                                                      "loss_options")})
+        weights, options = check_loss_weights(c, tasks), check_loss_options(c, tasks)
+        trained[name] = {t: {"loss_weights": weights[t], "loss_options": options[t]}
+                         for t in tasks}
     found = []
     for task in TASKS:
-        losses = {}
-        for name, config in configs.items():
-            tasks = parse_tasks(workdirs.run_tasks(name))
-            if task in tasks:
-                c = ml_collections.ConfigDict({k: config.get(k, {}) for k in (
-                    "loss_weights", "loss_options")})
-                losses[name] = {"loss_weights": check_loss_weights(c, tasks)[task],
-                                "loss_options": check_loss_options(c, tasks)[task]}
+        losses = {name: of[task] for name, of in trained.items() if task in of}
         values = [json.dumps(v, sort_keys=True) for v in losses.values()]
         if not values:
             continue
