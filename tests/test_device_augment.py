@@ -66,6 +66,24 @@ def test_same_crop_parameters_give_the_host_paths_labels(source, flip):
         assert (host["segm"] > 0).mean() > 0.05  # the person is in the crop
 
 
+def test_same_crop_parameters_sample_the_same_pixels_of_noise_maps(source):
+    """On label maps of noise (each pixel unrelated to its neighbours), the device's nearest
+    sampling picks the host's source pixel wherever it lands, rotated, scaled and flipped: a
+    shift of a fraction of a pixel, hidden on a person's smooth maps, moves many here."""
+    rng = np.random.default_rng(5)
+    rec = dict(da.decode_record(source[0]))
+    shape = rec["segm"].shape
+    rec["segm"] = rng.integers(0, 25, shape, dtype=np.uint8)
+    rec["depth_class"] = rng.integers(0, 20, shape, dtype=np.uint8)
+    params = [ip.CropParams(1.3, 33.0, True, (0.7, 1.2, 1.0)),
+              ip.CropParams(0.75, -50.0, False, (1.0, 1.0, 1.0)),
+              ip.CropParams(1.0, 0.0, True, (1.0, 1.0, 1.0))]
+    for p, dev in zip(params, _device_crops([rec] * 3, params, 256), strict=True):
+        host = ip.crop_with(rec, 256, p)
+        for key in ("segm", "depth_class"):
+            assert (dev[key] != host[key]).sum() <= 2, (key, p)
+
+
 def test_device_flip_swaps_left_and_right(source):
     """The suite's flip check (test_input_pipeline) on the device path: a mirrored crop is the
     plain one mirrored, sides swapped."""

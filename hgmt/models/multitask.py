@@ -88,7 +88,8 @@ class Interaction(nn.Module):
 
 
 # Per-channel RGB mean and standard deviation of SURREAL frames on [0, 1] (the model's input
-# normalisation).
+# normalisation): BodyNet's (bodynet training/opts.lua `-mean`, `-std`) but for the red
+# channel's std, 0.231 where BodyNet has 0.230; kept, as every checkpoint is trained with it.
 IMAGE_MEAN = (0.510, 0.467, 0.411)
 IMAGE_STD = (0.231, 0.235, 0.232)
 
