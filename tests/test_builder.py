@@ -233,6 +233,27 @@ def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
         assert 10 * np.log10(255.0**2 / mse) > 27.0, t
 
 
+def test_the_test_splits_middle_frames_are_the_decoded_video_frames(bad_tree, python_build):
+    """The frame the reference protocols evaluate, the test clip's middle one, is stored as PNG:
+    the decoded H.264 frame exactly, as the reference loaders read it; the test split's other
+    frames, like every other split's, are JPEG."""
+    from hgmt.data import records
+
+    root = bad_tree[0]
+    (stem,) = surreal.find_clips(root, "test")
+    clip = surreal.load_clip(stem)
+    middle, cid = records.clip_middle(clip), clip.id
+    test = _examples(python_build, "test")
+    for t in range(FRAMES):
+        image = test[(cid.run, cid.sequence, cid.clip, t)]["image"]
+        assert np.array_equal(image, clip.video[t]) == (t == middle), t
+    encoded = {(int(ex.features.feature["frame"].int64_list.value[0]),
+                ex.features.feature["image"].bytes_list.value[0][:4] == b"\x89PNG")
+               for path in python_build.data_path.glob("*-test.array_record-*")
+               for ex in _records(path)}
+    assert encoded == {(t, t == middle) for t in range(FRAMES)}
+
+
 def _records(path) -> list:
     """The tf.train.Examples of an array_record shard, in file order."""
     import tensorflow as tf

@@ -722,6 +722,19 @@ def test_reference_window_follows_get_center_and_get_scale():
         input_pipeline.window_box(joints, "tight")
 
 
+def test_reference_window_adds_the_one_in_float32():
+    """The _info.mat's joints2D are float32, so the loader's +1 (surreal
+    training/loader_SURREAL.lua:47) is a float32 sum: x = float32(128 - 2**-17) + 1 = 129 -
+    2**-17 lies halfway between float32's 129 - 2**-16 and 129, and rounds to the even 129.0.
+    With the other joints at x 200 (201 after the +1), getCenter's x (util.lua:128-155) is
+    x_min + w / 2 of the widened box = (lo + hi + 1) / 2 = (129 + 201 + 1) / 2 = 165.5, where
+    the sum in double would give (128.99999237060547 + 202) / 2 = 165.49999618530273."""
+    joints = np.full((16, 2), [200.0, 100.0], np.float32)
+    joints[0] = [np.float32(128 - 2**-17), 50.0]
+    centre, _ = surreal.reference_centre_scale(joints)
+    assert centre[0] == 165.5
+
+
 def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     """An evaluation under `bodynet` or `surreal` crops each test frame around the
     references' window (`surreal.reference_box`), hgmt's around `person_box`; the summary's
@@ -888,7 +901,7 @@ def test_reference_label_crop_shrinks_the_map_first_from_a_128_px_window():
       240 / 72 the same; the product is float32 too, so for i = 3 the exact 9.99999976 rounds
       to 10.0 and trunc gives 10: for every i < 96, trunc(i sx) = floor(10 i / 3).
     - img.lua:112-113: c = (160.3, 120.7) / 3.3125 = (48.3925, 36.4377), s = 1.06 / 3.3125
-      = 0.32, h = 200 s = 64; transform({1,1}, c, s, 0, 64, true) (img.lua:54-64) maps label
+      = 0.32, h = 200 s = 64; transform({1,1}, c, s, 0, 64, true) (img.lua:56-67) maps label
       (0, 0) back to c - h / 2 = (16.3925, 4.4377), + 1e-4, cast to int (16, 4), + 1: the
       1-based corner ul = (17, 5) of the shrunk map; br = ul + 64 (img.lua:115).
     - img.lua:121-130: label (k, l) = shrunk (k + 5 - 1, l + 17 - 1) = map (floor(10 (k + 4) /
@@ -932,7 +945,7 @@ def test_reference_label_crop_copies_a_smaller_window_then_resizes_it():
 def test_reference_label_crop_truncates_the_corner_toward_zero_and_fills_outside_with_0():
     """The window of the first case moved to x 20.0: c_x / sf = 20 / 3.3125 = 6.0377, and
     c_x - h/2 + 1e-4 = -25.9621 cast to an integer is -25 (toward zero; floor would give -26),
-    so ul_x = -24 (img.lua:54-64, 112-113). Label column l is shrunk column l - 24 - 1 = l -
+    so ul_x = -24 (img.lua:56-67, 112-113). Label column l is shrunk column l - 24 - 1 = l -
     25: columns 0..24 lie left of the map and stay 0 (img.lua:121-130), column 25 is shrunk
     column 0, map column 0; rows as in the first case. A window wholly outside the map makes
     the copy raise, which pcall leaves as all 0 (img.lua:130-132)."""
@@ -997,7 +1010,7 @@ def test_reference_image_crop_copies_the_window_then_scales_it_ends_onto_ends():
 
 def test_reference_image_crop_truncates_the_corner_and_blends_the_zeros_outside():
     """The window of the first case moved up to y 20.6: ul_y = trunc(20.6 - 50 + 1e-4) + 1 =
-    trunc(-29.3999) + 1 = -28 (toward zero) and br_y = trunc(70.6001) + 1 = 71 (img.lua:54-64,
+    trunc(-29.3999) + 1 = -28 (toward zero) and br_y = trunc(70.6001) + 1 = 71 (img.lua:56-67,
     112-114): a block of 99 rows, block row k = frame row k - 29, zeros for k < 29 (img.lua:
     121-130). Resizing 99 -> 256 rows (image.c:80-104): t = float32(98) / float32(255), output
     row j samples block position p = 98 j / 255 and blends the block's rows trunc(p) and
@@ -1049,6 +1062,29 @@ def test_reference_image_crop_shrinks_the_frame_first_from_a_512_px_window():
     assert out[79, 63, 0] == 11 and out[79, 64, 0] == 13 and out[80, 63, 1] == 13
     assert not out[:79].any() and not out[175:].any()
     assert not out[:, :63].any() and not out[:, 191:].any()
+
+
+def test_reference_crop_corners_are_computed_in_float32_as_torchs():
+    """crop(rgb, (252.78755276910726, 120), 1.317876581215345, 0, 256, 'bilinear'), the centre
+    a float32 tensor (img.lua:88; surreal training/dataset.lua:2 makes float32 the default):
+    - img.lua:96: sf = 263.5753 / 256 < 2, so 1; c_x = float32(252.78755276910726) =
+      252.78755187988281 (img.lua:112).
+    - getTransform (img.lua:20-30), h = 200 x 1.317876581215345 = 263.575316243069 in double,
+      stored in a float32 eye(3): a = float32(256 / h) = 0.97125941514968872, b =
+      float32(256 (-c_x / h + 0.5)) = -117.52228546142578.
+    - torch.inverse (img.lua:62; LAPACK trti2 on the upper-triangular matrix): 1 / a =
+      1.0295910835266113, then -(1.0295910835266113 x b) = 120.9999008178711, in float32.
+    - img.lua:64-66: 120.9999008178711 + float32(1e-4) = 121.0 in float32, cast 121, + 1:
+      ul_x = 122, where the exact c - h / 2 + 1e-4 = 120.99999464757278 casts to 120, ul_x =
+      121. The crop's first column is the block's first (ends onto ends): the frame's 0-based
+      column 121, not 120 (on the rows the window has inside the frame)."""
+    from hgmt.sources import reference_crop
+
+    frame = np.broadcast_to((np.arange(320) % 256).astype(np.uint8)[None, :, None],
+                            (240, 320, 3)).copy()
+    out = reference_crop.image_crop(frame, np.array([252.78755276910726, 120.0]),
+                                    1.317876581215345)
+    assert (out[20:240, 0] == 121).all()  # the rows inside the frame (ul_y = -10)
 
 
 def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(demo_dataset):

@@ -395,3 +395,31 @@ def test_bodynet_pck_never_counts_padding():
     assert s["pck"] == pytest.approx((0.875 + 8.75 / 9) / 2, abs=1e-9)
     assert s["pck_per_joint"]["r_ankle"] == pytest.approx(7 / 8)
     assert s["num_batches"] == 2 and s["examples_with_unscored_joint"] == 5
+
+
+@pytest.mark.parametrize("version,warned", [
+    ("1.3.0", ("before 1.4.0, its test split flags", "before 1.7.0, its test frames are JPEG")),
+    ("1.6.0", ("before 1.7.0, its test frames are JPEG",)),
+    ("1.7.0", ())])
+def test_a_reference_protocol_on_an_older_build_says_what_differs_and_how_to_rebuild(
+        caplog, version, warned):
+    """A build older than the builder version that flags the reference loaders' unusable frames
+    (1.4.0) or stores the test split's middle frames losslessly (1.7.0) is named, with each
+    difference and the rebuild command; a current one passes silently."""
+    import types
+
+    from hgmt.data import input_pipeline as ip
+
+    source = types.SimpleNamespace(dataset_info=types.SimpleNamespace(version=version))
+    with caplog.at_level("WARNING"):
+        ip.check_reference_flags(source, "surreal/middle", "/data/tfds")
+    text = caplog.text
+    for part in warned:
+        assert part in text
+    assert ("before 1.4.0" in text) == (version < "1.4.0")
+    if warned:
+        assert f"built by SURREAL builder version {version}" in text
+        assert "Rebuild it: tfds build surreal --imports=data_builders.surreal" in text
+        assert "--data_dir=/data/tfds --config=middle" in text
+    else:
+        assert not text

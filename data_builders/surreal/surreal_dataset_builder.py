@@ -51,7 +51,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SURREAL (cmu part): splits train, validation, test from cmu/train,
     cmu/val, cmu/test (SURREAL's val clips are all test clips: docs/surreal_format.md)."""
 
-    VERSION = tfds.core.Version("1.6.0")
+    VERSION = tfds.core.Version("1.7.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.",
                      "1.1.0": "Frames stored as JPEG (quality 90) instead of PNG: about a "
                               "quarter of the bytes, faster to decode; labels unchanged.",
@@ -74,7 +74,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               "frame, is a clip with an unreadable file: a flagged "
                               "placeholder (clip_unreadable_file) in the test split, skipped "
                               "and counted in the others; it was left out of every split "
-                              "without a count."}
+                              "without a count.",
+                     "1.7.0": "The test split's middle frames, which the reference protocols "
+                              "evaluate, are stored as PNG: the decoded video frame, as the "
+                              "reference code reads it; other frames stay JPEG (quality 90)."}
     BUILDER_CONFIGS = [
         SurrealConfig(name=name, every=records.BUILD_FRAMES[name].every,
                       middle_only=records.BUILD_FRAMES[name].middle_only, description=about)
@@ -99,9 +102,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             homepage=_HOMEPAGE,
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(h, w, 3), encoding_format="jpeg",
+                "image": tfds.features.Image(shape=(h, w, 3),
                                              doc="RGB frame decoded from the clip's H.264 mp4, "
-                                                 "stored as JPEG (quality 90)"),
+                                                 "stored as JPEG (quality 90), but for the "
+                                                 "test split's middle frames, stored as PNG "
+                                                 "(lossless)"),
                 "segm": tfds.features.Image(shape=(h, w, 1), encoding_format="png",
                                             doc="raw SMPL segment 0..24, 0 background"),
                 "depth": tfds.features.Image(shape=(h, w, 1), dtype=np.uint16,
@@ -174,7 +179,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(stems[split], split) for split in SPLITS}
 
     def _generate_examples(self, stems: list[str], split: str):
-        frames = dataclasses.replace(self.builder_config.frames, keep_unusable=split == "test")
+        test = split == "test"
+        frames = dataclasses.replace(self.builder_config.frames, keep_unusable=test,
+                                     lossless_middle=test)
         if getattr(self, "_use_beam", False):
             return records.beam_examples(stems, frames,
                                          str(self.data_path / f"skipped-{split}.json"))

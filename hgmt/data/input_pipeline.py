@@ -414,22 +414,35 @@ _ADDED_IN = {"depth_class": "1.2.0", "unusable": "1.3.0"}
 # The builder version whose test split flags the frames the reference loaders cannot use
 # (`surreal.reference_frame_problem`); older builds flagged hgmt's (`surreal.frame_problem`).
 REFERENCE_FLAGS_SINCE = "1.4.0"
+# The builder version whose test split stores the middle frames as PNG, the decoded video frame
+# the reference loaders read; older builds stored them as JPEG (quality 90).
+LOSSLESS_TEST_FRAMES_SINCE = "1.7.0"
 
 
 def check_reference_flags(source, dataset: str, data_dir: str) -> None:
-    """Warns that a test split built before REFERENCE_FLAGS_SINCE flags hgmt's unusable
-    frames, not the reference loaders' (a few frames of the reference test set evaluated
-    differently), with the command that rebuilds it."""
+    """Warns, with the command that rebuilds it, that a test split built before
+    REFERENCE_FLAGS_SINCE flags hgmt's unusable frames, not the reference loaders' (a few
+    frames of the reference test set evaluated differently), and that one built before
+    LOSSLESS_TEST_FRAMES_SINCE holds its middle frames as JPEG, not the decoded video frame
+    the reference code reads (every input a few grey levels off)."""
     import tensorflow_datasets as tfds
 
-    version = source.dataset_info.version
-    if tfds.core.Version(str(version)) < tfds.core.Version(REFERENCE_FLAGS_SINCE):
-        logging.warning(
-            "dataset %r under %r was built by SURREAL builder version %s, before %s: its "
-            "test split flags the frames hgmt cannot use, not those the reference loaders "
-            "cannot use, so a reference protocol may treat a few frames otherwise than the "
-            "reference code. Rebuild it: %s", dataset, data_dir, version, REFERENCE_FLAGS_SINCE,
-            shards.build_command(dataset, data_dir))
+    version = tfds.core.Version(str(source.dataset_info.version))
+    differences = []
+    if version < tfds.core.Version(REFERENCE_FLAGS_SINCE):
+        differences.append(f"before {REFERENCE_FLAGS_SINCE}, its test split flags the frames "
+                           f"hgmt cannot use, not those the reference loaders cannot use, so a "
+                           f"reference protocol may treat a few frames otherwise than the "
+                           f"reference code")
+    if version < tfds.core.Version(LOSSLESS_TEST_FRAMES_SINCE):
+        differences.append(f"before {LOSSLESS_TEST_FRAMES_SINCE}, its test frames are JPEG "
+                           f"(quality 90), not the decoded video frames the reference code "
+                           f"reads, so every input differs from the reference's by a few grey "
+                           f"levels")
+    if differences:
+        logging.warning("dataset %r under %r was built by SURREAL builder version %s: %s. "
+                        "Rebuild it: %s", dataset, data_dir, version, "; ".join(differences),
+                        shards.build_command(dataset, data_dir))
 
 
 def check_features(info, dataset: str, data_dir: str) -> None:

@@ -26,11 +26,14 @@ class FrameSelection:
     always the middle frame of the test protocol, ceil(T/2) of the T frames of the clip's
     _info.mat (`clip_middle`); `middle_only` keeps just that.
     `keep_unusable` (the test split): an unusable frame or clip is kept as a placeholder
-    record flagged with why (`unusable_example`), as the reference test sets keep it."""
+    record flagged with why (`unusable_example`), as the reference test sets keep it.
+    `lossless_middle` (the test split): the middle frame, the one the reference test loaders
+    read, is stored as PNG, the decoded video frame itself, where the others are JPEG."""
 
     every: int = 1
     middle_only: bool = False
     keep_unusable: bool = False
+    lossless_middle: bool = False
 
     def keeps(self, t: int, middle: int) -> bool:
         """Whether frame t (0-based) of a clip whose middle frame is `middle` is kept."""
@@ -79,6 +82,8 @@ def png(image: np.ndarray) -> bytes:
 
 # JPEG quality of the stored frames: the frames come from H.264 (4:2:0, lossy), and at 90 the
 # re-encoding error is well below the video codec's own (tests/test_builder.py measures both).
+# The test split's middle frames, which the reference protocols evaluate, are PNG instead
+# (`FrameSelection.lossless_middle`): the references read the decoded video frame.
 JPEG_QUALITY = 90
 
 
@@ -134,8 +139,8 @@ def clip_examples(stem: str, frames: FrameSelection,
     holds more frames than the others, "frame_missing"), the others being kept whole: the test
     split is the references' test set, and hgmt's protocol leaves out the frames
     `surreal.frame_problem` rejects when it evaluates (docs/metrics.md). The frame is JPEG
-    bytes, the label maps PNG bytes: raw segments, depth in millimetres, and SURREAL's depth
-    classes.
+    bytes (PNG for the middle frame with `frames.lossless_middle`), the label maps PNG bytes:
+    raw segments, depth in millimetres, and SURREAL's depth classes.
     """
     try:
         clip = surreal.load_clip(stem)
@@ -173,7 +178,8 @@ def clip_examples(stem: str, frames: FrameSelection,
         counts["examples"] += 1
         depth_mm = np.round(clip.depth[t] * 1000.0)
         yield f"{cid.run}/{cid.name}/{t:04d}", {
-            "image": jpeg(clip.video[t]),
+            "image": (png(clip.video[t][..., ::-1]) if frames.lossless_middle and t == middle
+                      else jpeg(clip.video[t])),
             "segm": png(clip.segm[t]),
             "depth": png(np.clip(depth_mm, 0, 65535).astype(np.uint16)),
             "depth_class": png(depth_classes(clip, t)),

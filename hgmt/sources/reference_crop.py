@@ -47,10 +47,28 @@ def scale_simple(source: np.ndarray, height: int, width: int) -> np.ndarray:
     return source[rows[:, None], cols[None, :]]
 
 
-def _corner(x: float) -> int:
-    """`transform` of an inverse-mapped point (img.lua:54-64): x + 1e-4 cast to an integer
-    (toward zero), plus 1: a 1-based pixel index."""
-    return int(x + 1e-4) + 1
+def _corners(centre: np.ndarray, scale: float, res: int) -> tuple[list[int], list[int]]:
+    """`transform({1,1}, c, s, 0, res, true)` and `transform({res+1,res+1}, ...)` (img.lua:56-67)
+    of the window around `centre` (2,) float32 (x, y) of scale `scale` -> the 1-based (x, y)
+    corners ul and br, in the float32 arithmetic the references run it in (their default
+    tensor type is float32, surreal training/dataset.lua:2):
+    - getTransform (img.lua:20-30): h = 200 scale in double; `torch.eye(3)` is float32, so
+      a = float32(res / h) and b = float32(res (-c / h + 0.5)), per axis, both from doubles;
+    - `torch.inverse` (LAPACK getrf, then getri: the matrix is upper triangular, no pivot, L =
+      I; trti2 inverts it column by column): 1 / a in float32, then -(that x b) in float32;
+    - the product with the point (0, 0, 1) or (res, res, 1) in float32 (the zero terms add
+      nothing, with or without fused multiply-adds), plus float32(1e-4), cast to an integer
+      (toward zero), plus 1."""
+    h = 200.0 * scale
+    a = np.float32(res / h)
+    inv_a = np.float32(1) / a
+    tiny = np.float32(1e-4)
+    ul, br = [], []
+    for c in np.asarray(centre, np.float32):
+        inv_b = -(inv_a * np.float32(res * (-float(c) / h + 0.5)))
+        ul.append(int(inv_b + tiny) + 1)
+        br.append(int(inv_a * np.float32(res) + inv_b + tiny) + 1)
+    return ul, br
 
 
 def _linear_rowcol(source: np.ndarray, length: int) -> np.ndarray:
@@ -128,6 +146,9 @@ def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str)
       ul = trunc(c - h / 2 + 1e-4) + 1 and br = trunc(c + h / 2 + 1e-4) + 1, h = 200 scale
       (img.lua:113-114), a block of br - ul pixels per axis; it is then resized to res x res
       by `resize`.
+    - The corners' arithmetic is in float32, as theirs (`_corners`): the centre is a float32
+      tensor (img.lua:88), divided by s in float32 (img.lua:112); a corner can differ from
+      the exact formula's when c - h / 2 lies within float32 rounding of an integer.
     - The block is copied from the (shrunk) source at that 1-based corner, 0 where it lies
       outside (img.lua:121-132: a block that misses the source in either axis makes the copy
       raise, which `pcall` leaves as all 0, the same).
@@ -146,10 +167,12 @@ def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str)
         height, width = source.shape[:2]
     else:
         factor = 1.0
-    centre = np.asarray(centre, np.float64) / factor
+    # img.lua:88, 112: the centre becomes a float32 tensor, divided by the factor in float32.
+    centre = np.asarray(centre, np.float32) / np.float32(factor)
     h = 200.0 * (scale / factor)
-    ul = [_corner(c - h / 2) for c in centre]  # (x, y), 1-based
-    br = [u + res for u in ul] if shrink else [_corner(c + h / 2) for c in centre]
+    ul, br = _corners(centre, scale / factor, res)  # (x, y), 1-based
+    if shrink:
+        br = [u + res for u in ul]
     block_w, block_h = br[0] - ul[0], br[1] - ul[1]
     if block_w < 1 or block_h < 1:
         raise ValueError(f"{name}: the window of {h} px around {tuple(centre)} holds no "

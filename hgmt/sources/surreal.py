@@ -462,7 +462,9 @@ def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     """(16,2) joints in SURREAL's 0-based pixels -> the references' own `getCenter` (2,) and
     `getScale` values (`reference_box`: the window is 200 x scale pixels around the centre),
     as their label crop takes them (`hgmt.sources.reference_crop.label_crop`)."""
-    j = np.asarray(joints2d, np.float64) + 1.0
+    # + 1 in float32 (loader_SURREAL.lua:47: the _info.mat's float32 joints), the box in double
+    # (Lua numbers, util.lua:128-160).
+    j = (np.asarray(joints2d, np.float32) + np.float32(1)).astype(np.float64)
     lo, hi = j.min(0), j.max(0)
     size = hi - lo + 1
     start = lo - np.array([0.25, 0.35]) * size
