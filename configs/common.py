@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from hgmt.data.input_pipeline import Augment
 from hgmt.tasks import TASKS, default_loss_options, parse_tasks
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -118,6 +119,11 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     # where the crop and augmentation run: host (the loader's workers), device (inside the
     # train step, the loader only decodes) or auto (by backend: hgmt.data.device_augment.AUTO)
     c.augment_on = "auto"
+    # the training augmentation's distributions (docs/surreal_format.md): scale 2 ** clip(N(0,
+    # scale_sigma), ±scale_clip), rotation clip(N(0, rotate_sigma), ±rotate_clip) degrees with
+    # probability rotate_p, colour gain U(gain_min, gain_max) per channel, horizontal flip with
+    # probability flip_p; the references' settings: docs/training.md
+    c.augment = ml_collections.ConfigDict(Augment().config_fields())
     # damaged records (hgmt/data/damage.py) are skipped and replaced; above this fraction of
     # the training split the run stops: that is a bad copy, not one bad record
     c.max_damaged_fraction = 0.001

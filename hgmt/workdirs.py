@@ -78,7 +78,12 @@ SEED_MARK = "@seed"  # a sweep's run directory: <tasks> (its first seed) or <tas
 # `hgmt.tasks.check_loss_options` and `hgmt.training.resume.differences`.)
 ADDED_CONFIG_FIELDS = {"model.stream_mode": "auto", "model.ops": "auto",
                        "model.batch_norm_stats": "global", "augment_on": "auto",
-                       "max_damaged_fraction": 0.001}
+                       "max_damaged_fraction": 0.001,
+                       # the augmentation training used before `config.augment`
+                       "augment.scale_sigma": 0.25, "augment.scale_clip": 0.5,
+                       "augment.rotate_sigma": 30.0, "augment.rotate_clip": 60.0,
+                       "augment.rotate_p": 0.4, "augment.gain_min": 0.6, "augment.gain_max": 1.4,
+                       "augment.flip_p": 0.5}
 # The evaluation fields of a config written before `config.evals`, with the value the code of
 # then took for a missing one: validation during training and the test evaluation after it
 # shared the frame settings (`older_evals` gives the evaluators they were).
@@ -251,6 +256,9 @@ def _fill_added_fields(config: dict, path: str | None = None) -> None:
     older one's model.interaction under shared_trunk=True as 'sum', in place (`path`: the
     file, named in that warning)."""
     for name, value in ADDED_CONFIG_FIELDS.items():
+        section = name.split(".")[0]
+        if "." in name and section not in config:  # a section added whole (`augment`)
+            config[section] = {}
         where, field = field_parent(config, name)
         if isinstance(where, dict):
             where.setdefault(field, value)

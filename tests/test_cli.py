@@ -307,6 +307,9 @@ def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(t
         "model": {"depth": 4, "stream_mode": "auto", "ops": "auto",
                   "batch_norm_stats": "global"}, "tasks": "pose2d", "augment_on": "auto",
         "max_damaged_fraction": 0.001,
+        "augment": {"scale_sigma": 0.25, "scale_clip": 0.5, "rotate_sigma": 30.0,
+                    "rotate_clip": 60.0, "rotate_p": 0.4, "gain_min": 0.6, "gain_max": 1.4,
+                    "flip_p": 0.5},
         "evals": {"validation": {"split": "validation", **shared, "every": 300,
                                  "at_end": False, "best_metric": "pose2d/pckh@0.5"},
                   "test": {"split": "test", **shared, "every": 0, "at_end": True,
@@ -393,7 +396,13 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.eval_batch_size=0", "config.eval_batch_size=0 must be at least 1"),
     ("--config.seed=-1", "config.seed=-1 must be in [0, 2**32)"),
     ("--config.seed=4294967296", "config.seed=4294967296 must be in [0, 2**32)"),
-    ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]")])
+    ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]"),
+    ("--config.augment.flip_p=2", "config.augment.flip_p=2.0 is a probability: it must be in "
+                                  "[0, 1]"),
+    ("--config.augment.rotate_sigma=-30", "config.augment.rotate_sigma=-30.0 must be a finite "
+                                          "number >= 0"),
+    ("--config.augment.gain_max=0.5", "config.augment.gain_min=0.6 and gain_max=0.5 must "
+                                      "satisfy 0 < gain_min <= gain_max")])
 def test_a_bad_config_value_stops_training_in_one_line_before_touching_the_workdir(
         override, message, saved_workdir):
     """The workdir of an earlier run keeps its config.json: the value is checked before the
@@ -706,7 +715,7 @@ DEFAULT = f"{REPO}/configs/default.py"
      f"error: --config={DEFAULT}:foo=1: unknown config argument 'foo'; valid: ['interaction', "
      f"'runlocal', 'tasks'] (--help lists the flags)"),
     ([f"--config={DEFAULT}", "--config.typo=3"],
-     "error: --config.typo: the config has no field 'typo' (its fields: augment_on, "
+     "error: --config.typo: the config has no field 'typo' (its fields: augment, augment_on, "
      "batch_size, "),
     ([f"--config={DEFAULT}", "--config.model.typo=3"],
      "error: --config.model.typo: model has no field 'typo' (its fields: batch_norm_stats, "

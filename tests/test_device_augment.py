@@ -314,3 +314,32 @@ def test_a_segment_value_above_24_is_a_damaged_record_on_both_paths(source):
     replacement = ip.crop_example(records[2], 64, none, tasks=("segm",))
     np.testing.assert_array_equal(host["segm"], replacement["segm"])
     np.testing.assert_array_equal(device["segm"], ip.decoded(records[2], "segm"))
+
+
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on):
+    """config.augment reaches the trainer's crops on either path: with every augmentation off
+    each training example's crop is its record's un-augmented one; with the defaults, most
+    are not."""
+    from hgmt.training import loop
+    from tests.conftest import tiny_config
+
+    plain = np.stack([ip.crop_example(source[i], 64, ip.Augment.none())["crop"]
+                      for i in range(len(source))])
+
+    def unaugmented(**augment) -> np.ndarray:
+        """Whether each crop of the trainer's first batch is a record's un-augmented one (the
+        device's float32 geometry to 2e-5 of the host's)."""
+        config = tiny_config(demo_dataset[1], tasks="pose2d", image_size=64,
+                             augment_on=augment_on, worker_count=0,
+                             **{f"augment.{k}": v for k, v in augment.items()})
+        loop.check_config(config)
+        prepare = loop.augmentation(config, ("pose2d",))
+        batch = next(iter(loop.train_loader(config, source, ("pose2d",), prepare)))
+        if prepare is not None:
+            batch = jax.jit(prepare)({k: v for k, v in batch.items() if k != "damaged"}, 1)
+        crops = np.asarray(batch["crop"])[:, None]
+        return np.isclose(crops, plain[None], atol=2e-5).all((2, 3)).any(1)
+
+    assert unaugmented(**ip.Augment.none().config_fields()).all()
+    assert unaugmented().sum() <= 2

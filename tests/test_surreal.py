@@ -310,3 +310,22 @@ def test_the_pckh_head_segment_is_about_a_label_pixel_and_a_half(real_info_path)
     segment = [np.linalg.norm(j[surreal.HEAD_TOP] - j[surreal.UPPER_NECK]) * 64
                / input_pipeline.person_box(j)[1] for j in joints]
     assert 1.4 < np.median(segment) < 1.8 and min(segment) > 1.2 and max(segment) < 2.2
+
+
+def test_the_frames_decoded_equal_what_the_references_opencv_reads(demo_dataset):
+    """The reference loaders read frame t of a clip with OpenCV's VideoCapture after a seek to
+    it (surreal training/loader_SURREAL.lua:31-34: `cap:set{propId=1, value=t-1}`, then
+    `cap:read{}`, BGR); hgmt decodes the clip with PyAV: the same pixels, at the middle frame
+    the test protocol reads and at every other frame, on each demo test clip."""
+    import cv2
+
+    for stem in surreal.find_clips(demo_dataset[0], "test"):
+        frames = surreal.load_clip(stem).video
+        cap = cv2.VideoCapture(surreal.clip_paths(stem)["video"])
+        assert cap.isOpened(), stem
+        for t in range(len(frames)):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, t)
+            ok, bgr = cap.read()
+            assert ok, (stem, t)
+            np.testing.assert_array_equal(bgr[..., ::-1], frames[t], err_msg=f"{stem} {t}")
+        cap.release()

@@ -1044,12 +1044,13 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
     """A config.json written before `config.loss_options` trained with the tasks' default losses:
     a rerun with those resumes, one with another option is a difference named like any other
     (before, a field the saved config lacks was not compared, and the loss changed silently),
-    and `load_config` fills the other fields added since (augment_on, max_damaged_fraction)."""
+    and `load_config` fills the other fields added since (augment_on, max_damaged_fraction,
+    the augment section at the augmentation training used before it)."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d+depth", "worker_count": 0}
     workdirs.save_config(tiny_config("data", **kw), str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
-    for field in ("loss_options", "augment_on", "max_damaged_fraction"):
+    for field in ("loss_options", "augment_on", "max_damaged_fraction", "augment"):
         del saved[field]
     (workdir / "config.json").write_text(json.dumps(saved))
     (workdir / "checkpoints" / "2").mkdir(parents=True)
@@ -1060,6 +1061,7 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
     loaded = workdirs.load_config(str(workdir))
     assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)
+    assert input_pipeline.Augment.from_config(loaded.augment) == input_pipeline.Augment()
     # Saved when depth had options and segm not yet ({} or depth's only): segm's are the
     # defaults too, not a field the saved config lacks and the check passes over.
     kw["tasks"] = "segm+depth"

@@ -97,6 +97,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     _check_values(config, weights, options, warn)
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
+    input_pipeline.Augment.from_config(config.augment)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if not on_devices:
@@ -566,7 +567,8 @@ def augmentation(config: ml_collections.ConfigDict,
     loader's CPU workers."""
     if device_augment.placement(config.augment_on) == "host":
         return None
-    return device_augment.Prepare(config.image_size, config.seed, tasks)
+    return device_augment.Prepare(config.image_size, config.seed, tasks,
+                                  input_pipeline.Augment.from_config(config.augment))
 
 
 def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
@@ -579,7 +581,8 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
     if prepare is None:
         return input_pipeline.train_loader(
             source, batch_size=config.batch_size, image_size=config.image_size,
-            seed=config.seed, worker_count=workers, tasks=tasks,
+            seed=config.seed, augment=input_pipeline.Augment.from_config(config.augment),
+            worker_count=workers, tasks=tasks,
             unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
     return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
                                         worker_count=workers, tasks=tasks,
