@@ -534,3 +534,15 @@ def test_ops_agree_under_pmap_with_cross_device_statistics():
         _assert_trees_close(custom_stats, flax_stats, rtol=1e-9)
         local, _ = run("flax", None)
         assert not jnp.allclose(local["pose2d"], flax_out["pose2d"], rtol=1e-3, atol=1e-3)
+
+
+def test_batchnorm_with_running_statistics_adds_epsilon_to_the_variance():
+    """Eval mode: y = (x - mean) scale / sqrt(var + eps) + bias (flax's).
+    eps 1e-5; channel 0: var 4e-5, x 1 -> 1 / sqrt(5e-5) = 141.42136; channel 1: var 0 (a
+    channel that never varied), x 0.5 -> 0.5 / sqrt(1e-5) = 158.11388 (inf without eps)."""
+    from hgmt.models.batchnorm import BatchNorm
+
+    variables = {"params": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},
+                 "batch_stats": {"mean": jnp.zeros(2), "var": jnp.array([4e-5, 0.0])}}
+    y = BatchNorm(use_running_average=True).apply(variables, jnp.array([[1.0, 0.5]]))
+    np.testing.assert_allclose(np.asarray(y[0]), [141.42136, 158.11388], rtol=1e-5)

@@ -1941,6 +1941,18 @@ class _SeenOnce(_Oracle):
         return out
 
 
+def test_a_joint_whose_peak_is_exactly_min_joint_score_counts():
+    """A joint counts when its peak reaches MIN_JOINT_SCORE, equality included: 4 of 16 joints
+    scored exactly 0.2, the rest 1, no silhouette, identity crop -> all 16 kept, the window is
+    person_box of all 16 ('joints (pose2d)'); with '>' 12 would be kept ('12 of 16')."""
+    joints = np.stack([np.linspace(10, 40, 16), np.linspace(5, 50, 16)], -1)
+    scores = np.ones(16)
+    scores[[0, 5, 10, 15]] = person.MIN_JOINT_SCORE
+    window = person.find_window({"pose2d": {"joints": joints, "joint_scores": scores}},
+                                np.eye(2, 3))
+    assert window.found_by == "joints (pose2d)"
+
+
 def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
                                                                        test_example):
     """Pass 1 (the whole image) sees the joints and gives their window; pass 2, on that

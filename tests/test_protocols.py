@@ -889,7 +889,7 @@ def _named(rows, cols):
     return np.where(cols >= 0, 1000 * (rows + 1) + cols + 1, 0)
 
 
-def test_reference_label_crop_shrinks_the_map_first_from_a_128_px_window():
+def test_reference_label_crop_shrinks_the_map_first_from_a_212_px_window():
     """crop(map, (160.3, 120.7), 1.06, 0, 64, 'simple') (surreal training/img.lua:87-144,
     the same lines as bodynet training/util/img.lua:85-142): a window of 212 px.
     - img.lua:96-99: scaleFactor sf = 200 x 1.06 / 64 = 3.3125 >= 2; newSize =
@@ -1152,3 +1152,37 @@ def _nearest_warp(label_map, m):
     import cv2
 
     return cv2.warpAffine(label_map, m, (R, R), flags=cv2.INTER_NEAREST)
+
+
+def test_bodynet_does_not_draw_a_joint_at_image_y_exactly_zero():
+    """bodynet donkey.lua:288 draws joint j only if its 1-based image y > 1, i.e. 0-based y > 0:
+    a joint at image y = 0.0 exactly is not drawn. Crop image ->
+    label: 0.5 image + (2, 3), so label (10, 3) is image (16, 0) exactly in float32; a joint at
+    label (10, 23) is image y 40: drawn."""
+    from hgmt.tasks import pose2d
+
+    joints = np.stack([np.full(16, 10.0), np.full(16, 23.0)], -1)
+    joints[0] = [10.0, 3.0]
+    batch = {"joints2d": jnp.asarray(joints[None], jnp.float32),
+             "crop": jnp.asarray([[[0.5, 0.0, 2.0], [0.0, 0.5, 3.0]]], jnp.float32)}
+    _, drawn = pose2d.bodynet_label_peaks(batch, 64)
+    assert not bool(drawn[0, 0]) and bool(drawn[0, 1:].all())
+
+
+def _numbered_map(h=240, w=320):
+    """(h, w) int32 map whose value names its pixel: 1000 (row + 1) + column + 1."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    return (1000 * (rows + 1) + cols + 1).astype(np.int32)
+
+
+def test_reference_label_crop_shrinks_first_at_exactly_two_source_px_per_crop_px():
+    """img.lua:96-97 shrinks the map first when sf = 200 scale / res >= 2, 2 included. scale
+    0.5, res 50: sf = 2.0 exactly. Shrink: newSize floor(320 / 2) = 160, the map scaled to 120 x
+    160 ('simple': shrunk (j, i) = map (2j, 2i)); c = (101, 81) / 2 = (50.5, 40.5), h = 50,
+    ul = trunc(c - 25 + 1e-4) + 1 = (26, 16): label (l, k) = shrunk (15 + l, 25 + k) = map
+    (30 + 2l, 50 + 2k). (Copy-then-resize would give map (31 + 2l, 51 + 2k).)"""
+    from hgmt.sources import reference_crop
+
+    out = reference_crop.label_crop(_numbered_map(), np.array([101.0, 81.0]), 0.5, res=50)
+    k = np.arange(50)
+    np.testing.assert_array_equal(out, _numbered_map()[30 + 2 * k[:, None], 50 + 2 * k[None, :]])

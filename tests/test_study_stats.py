@@ -115,3 +115,11 @@ def test_interval_near_100_prints_whole_numbers():
     t = {"change": 99.96, "low": 99.6, "high": 99.9}
     assert stats.interval(t) == "+100 [+100, +100]"
     assert stats.interval({"change": 99.4, "low": 99.2, "high": 99.45}) == "+99.4 [+99, +99]"
+
+
+def test_a_holm_adjusted_p_of_exactly_alpha_is_no_detectable_change():
+    """'better' or 'worse' only below ALPHA, not at it: two tests at p = 0.025 each
+    adjust to 2 x 0.025 = 0.05 = ALPHA exactly (a doubling is exact in binary)."""
+    judged = stats.judge({"a": {"p": 0.025, "change": 1.0}, "b": {"p": 0.025, "change": -1.0}})
+    assert [judged[k]["p_holm"] for k in "ab"] == [stats.ALPHA, stats.ALPHA]
+    assert {judged[k]["verdict"] for k in "ab"} == {stats.UNDETECTED}
