@@ -179,3 +179,48 @@ def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
     with caplog.at_level(logging.WARNING):
         loop.check_config(config, warn=True, on_devices=False)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("code, tasks", [("surreal", "segm"), ("surreal", "depth"),
+                                         ("bodynet", "pose2d"), ("bodynet", "pose3d"),
+                                         ("bodynet", "segm")])
+def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
+    """configs/reference.py: the settings its docstring cites from each reference's code (stacks
+    and batch from opts.lua and the cmu scripts, steps = epochs x 2000 batches, RMSprop at a
+    constant 1e-3, the references' losses, every frame, 256 px, the augmentation each code
+    uses), tested under the code's protocol on every test clip's middle frame, and valid for
+    the trainer."""
+    from configs import reference
+    from hgmt.data.input_pipeline import Augment
+    from hgmt.training import loop
+
+    c = reference.get_config(f"code={code},tasks={tasks}")
+    stacks, steps = {"surreal": (8, 60_000), "bodynet": (2, 200_000)}[code]
+    assert (c.tasks, c.model.num_stacks, c.batch_size, c.total_steps) == (tasks, stacks, 6, steps)
+    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.schedule,
+            c.optimizer.warmup_steps) == ("rmsprop", 1e-3, "constant", 0)
+    assert (c.dataset, c.image_size, c.model.shared_trunk) == ("surreal/all", 256, False)
+    assert all(v == 1.0 for o in c.loss_options.values() for v in o.values())
+    test = c.evals.test
+    assert (test.protocol, test.frames, test.max_examples, test.at_end) == (code, "middle", 0,
+                                                                            True)
+    augment = Augment.from_config(c.augment)
+    expected = {("surreal", "segm"): Augment(flip_p=0.0), ("surreal", "depth"): Augment(
+        flip_p=0.0), ("bodynet", "pose3d"): Augment(scale_sigma=0.0, rotate_p=0.0, flip_p=0.0)}
+    assert augment == expected.get((code, tasks), Augment())
+    loop.check_config(c, on_devices=False)
+    with pytest.raises(AttributeError):
+        c.typo = 1
+
+
+def test_reference_configs_refuse_what_the_code_did_not_train():
+    from configs import reference
+
+    with pytest.raises(ValueError, match=r"^config argument tasks='pose2d': surreal's code "
+                                         r"trains one of \['segm', 'depth'\] a network"):
+        reference.get_config("code=surreal,tasks=pose2d")
+    with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains one"):
+        reference.get_config("code=bodynet,tasks=pose2d+segm")
+    with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
+                                         r"\['bodynet', 'surreal'\]$"):
+        reference.get_config("code=hg")

@@ -234,7 +234,13 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     traced = [r.getMessage() for r in caplog.records if "tracing" in r.getMessage()]
     assert traced == []
     assert json.dumps(again) == json.dumps(summary)
-    assert evaluator.Evaluator(config, frames="all", max_examples=4).p_step is first.p_step
+    limited = evaluator.Evaluator(config, frames="all", max_examples=4)
+    assert limited.p_step is first.p_step
+    assert (limited.frames_selected, len(limited.indices)) == (summary["frames_selected"], 4)
+    assert summary["frames_selected"] == 12 and not summary["max_examples"]
+    note = "**The first 4 of the 12 frames selected** (max_examples=4): a subset"
+    assert note not in evaluator.to_markdown(summary)
+    assert note in evaluator.to_markdown({**summary, "max_examples": 4, "num_examples": 4})
     half = tiny_config(demo_dataset[1], tasks="pose2d", **{"model.dtype": "bfloat16"})
     for other in (evaluator.Evaluator(config, frames="all", flip=True),
                   evaluator.Evaluator(config, frames="all", protocol="surreal"),

@@ -787,7 +787,8 @@ def test_reference_protocols_are_refused_on_other_label_sizes():
             assert str(e.value) == (
                 f"--protocol={protocol} measures 64x64 label maps, as its reference code does "
                 f"(config.image_size=256), but config.image_size={size} gives {r}x{r}: "
-                f"evaluate this model with --protocol=hgmt")
+                f"evaluate this model with --protocol=hgmt, or train one with "
+                f"--config.image_size=256 for the reference protocols")
         protocols.check_label_size("hgmt", ("pose2d", "segm"), size)
         protocols.check_label_size("surreal", ("pose2d", "pose3d"), size)
     protocols.check_label_size("bodynet", ("pose2d", "segm"), protocols.reference_image_size())

@@ -276,6 +276,7 @@ class Evaluator:
                 left_out = set(self.unreadable)
                 indices = [i for i in indices if i not in left_out]
         self.max_examples = max_examples
+        self.frames_selected = len(indices)  # before the limit: the split's frames asked for
         if max_examples and len(indices) > max_examples:
             # Selection follows the split's order: a record after the last one taken would not
             # have been reached had it read.
@@ -378,6 +379,7 @@ class Evaluator:
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
         summary["metrics_version"] = metrics_version(self.protocol)
         summary["max_examples"] = self.max_examples  # the limit asked for (0: none)
+        summary["frames_selected"] = self.frames_selected  # the frames before that limit
         summary.update(records)
         if records["num_damaged"]:
             logging.warning("evaluation of split %r: %s", self.split, damaged_note(summary))
@@ -491,6 +493,12 @@ def to_markdown(summary: dict) -> str:
              f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
              f"(docs/metrics.md){window}.", "", "| metric | value | protocol |",
              "|---|---|---|"]
+    selected = summary.get("frames_selected", 0)
+    if summary.get("max_examples") and selected > summary["max_examples"]:
+        lines[1:1] = ["", f"**The first {summary['max_examples']} of the {selected} frames "
+                      f"selected** (max_examples={summary['max_examples']}): a subset, not to "
+                      f"be set beside numbers over the whole split (--max_examples=0 "
+                      f"evaluates every frame)."]
     if summary.get("num_unreadable"):
         lines[1:1] = ["", f"**{summary['num_unreadable']} record(s) of the split do not read, "
                       f"their frames unknown**: each is left out if it is one of the frames "

@@ -1,0 +1,65 @@
+"""The reference code's training settings on hgmt's network, one task a run, for numbers to set
+beside the published ones (docs/metrics.md, "Published numbers").
+
+    python -m hgmt.main --config=configs/reference.py:code=surreal,tasks=segm \\
+        --workdir=runs/surreal_segm --config.data_dir=~/tensorflow_datasets
+
+`code=surreal`: SURREAL's segmentation or depth network (gulvarol/surreal training/opts.lua:
+8 stacks, batch 6, 30 epochs of 2000 batches; training/donkey.lua: no flip); `tasks=` segm or
+depth. `code=bodynet`: BodyNet's subnetworks (gulvarol/bodynet training/opts.lua: 2 stacks,
+100 epochs of 2000 batches; the cmu training scripts training/exp/backup/cmu/*.sh: batch 6;
+training/main.lua:197-212: no scale, rotation or flip for 3D supervision); `tasks=` one of
+pose2d, pose3d, segm, depth. BodyNet's own 3D pose network also takes its 2D pose and
+segmentation networks' predictions as input; hgmt's pose3d sees the image alone. Both: RMSprop
+at a constant 1e-3 (opts.lua `-LR`, `-alpha`, `-epsilon`), the references' losses, every frame
+of each training clip (`surreal/all`), the 256 px input of their 64 x 64 label maps, and the
+test evaluator under the code's protocol on the middle frame of every test clip (pose under
+`surreal` falls back to hgmt's definitions). What stays hgmt's: docs/training.md, "Where the
+default training setup differs from the reference code". The batch of 6 splits over 1, 2, 3 or
+6 devices; on others set --config.batch_size (docs/training.md says what it changes).
+"""
+
+from configs.common import base_config, parse_arg
+from hgmt.tasks import TASK_NAMES, default_loss_options
+
+# What each reference code trains: its tasks, stacks, batch and steps (epochs x epochSize).
+CODES = {
+    "surreal": {"tasks": ("segm", "depth"), "num_stacks": 8, "batch_size": 6,
+                "total_steps": 30 * 2000},
+    "bodynet": {"tasks": TASK_NAMES, "num_stacks": 2, "batch_size": 6,
+                "total_steps": 100 * 2000},
+}
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, {"code": "surreal", "tasks": "segm"})
+    code = CODES.get(args["code"])
+    if code is None:
+        raise ValueError(f"config argument code={args['code']!r}: choose one of {sorted(CODES)}")
+    if args["tasks"] not in code["tasks"]:
+        raise ValueError(f"config argument tasks={args['tasks']!r}: {args['code']}'s code "
+                         f"trains one of {list(code['tasks'])} a network (a task subset: "
+                         f"configs/default.py)")
+    c = base_config(args["tasks"])
+    c.dataset = "surreal/all"
+    c.image_size = 256
+    c.batch_size = code["batch_size"]
+    c.total_steps = code["total_steps"]
+    c.model.num_stacks = code["num_stacks"]
+    c.model.shared_trunk = False
+    c.loss_options = default_loss_options(c.tasks)
+    c.optimizer.name = "rmsprop"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 0
+    if args["code"] == "surreal":
+        c.augment.flip_p = 0.0
+    elif args["tasks"] == "pose3d":
+        c.augment.scale_sigma = 0.0
+        c.augment.rotate_p = 0.0
+        c.augment.flip_p = 0.0
+    c.evals.test.protocol = args["code"]
+    c.evals.test.frames = "middle"
+    c.evals.test.max_examples = 0
+    c.lock()
+    return c
