@@ -70,9 +70,10 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     workers = input_pipeline.auto_worker_count(config.worker_count)
     names = parse_tasks(config.tasks)
     tasks = "+".join(names)
+    augment = input_pipeline.Augment.from_config(config.augment)
     if augment_on == "host":
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
-                                             worker_count=workers, tasks=names,
+                                             augment=augment, worker_count=workers, tasks=names,
                                              unread=device_augment.unread_maps(names),
                                              read_threads=config.read_threads)
     else:
@@ -94,7 +95,7 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
               "worker_count": workers, "cpus": cores.usable_cores(),
               **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
     if augment_on == "device":
-        step_wall, step_cpu = measure_step_crop(last, res, names, batches)
+        step_wall, step_cpu = measure_step_crop(last, res, names, batches, augment)
         result.update(backend=jax.default_backend(),
                       step_ms_per_batch=round(1e3 * step_wall, 2),
                       step_cpu_ms_per_batch=round(1e3 * step_cpu, 2))
@@ -103,12 +104,13 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     return result
 
 
-def measure_step_crop(raw: dict, res: int, tasks: tuple[str, ...], batches: int
-                      ) -> tuple[float, float]:
-    """(wall, CPU) seconds per batch of the device path's crop (`device_augment.Prepare`,
-    jitted as in the train step) on a decoded batch, compiled first."""
+def measure_step_crop(raw: dict, res: int, tasks: tuple[str, ...], batches: int,
+                      augment: input_pipeline.Augment) -> tuple[float, float]:
+    """(wall, CPU) seconds per batch of the device path's crop (`device_augment.Prepare` with
+    `augment`'s distributions, jitted as in the train step) on a decoded batch, compiled
+    first."""
     raw = jax.device_put({k: v for k, v in raw.items() if k != "damaged"})
-    crop = jax.jit(device_augment.Prepare(res, 0, tasks))
+    crop = jax.jit(device_augment.Prepare(res, 0, tasks, augment))
     jax.block_until_ready(crop(raw, 0))
     wall, cpu = time.perf_counter(), time.process_time()
     for step in range(batches):

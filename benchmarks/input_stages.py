@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     decoded = [{**r, **{key: input_pipeline.decoded(r, key)
                         for key in input_pipeline.IMAGE_FEATURES}} for r in records]
     rng = np.random.default_rng(0)
-    params = [input_pipeline.draw_crop_params(input_pipeline.Augment(), rng) for _ in range(k)]
+    augment = input_pipeline.Augment.from_config(config.augment)
+    params = [input_pipeline.draw_crop_params(augment, rng) for _ in range(k)]
     out["host_crop_ms"] = cpu_ms(lambda i: input_pipeline.crop_with(
         decoded[i % k], res, params[i % k], tasks, unread), n)
     cropped = [input_pipeline.crop_with(decoded[i], res, params[i], tasks, unread)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hgmt.data.input_pipeline import Augment
+from hgmt.data.augment import Augment
 from hgmt.tasks import TASKS, default_loss_options, parse_tasks
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

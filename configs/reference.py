@@ -7,26 +7,31 @@ beside the published ones (docs/metrics.md, "Published numbers").
 `code=surreal`: SURREAL's segmentation or depth network (gulvarol/surreal training/opts.lua:
 8 stacks, batch 6, 30 epochs of 2000 batches; training/donkey.lua: no flip); `tasks=` segm or
 depth. `code=bodynet`: BodyNet's subnetworks (gulvarol/bodynet training/opts.lua: 2 stacks,
-100 epochs of 2000 batches; the cmu training scripts training/exp/backup/cmu/*.sh: batch 6;
-training/main.lua:197-212: no scale, rotation or flip for 3D supervision); `tasks=` one of
-pose2d, pose3d, segm, depth. BodyNet's own 3D pose network also takes its 2D pose and
-segmentation networks' predictions as input; hgmt's pose3d sees the image alone. Both: RMSprop
+batch 4, 100 epochs of 2000 batches; its cmu training scripts for segm and 3D pose,
+training/exp/backup/cmu/train_segm_rgb_gt.sh and train_joints3D_rgbsegm15joints2D_pred.sh:
+batch 6; training/main.lua:197-212: no scale, rotation or flip for 3D supervision); `tasks=`
+one of pose2d, pose3d, segm, depth (BodyNet's code can train depth, but BodyNet publishes no
+depth number). BodyNet's own 3D pose network also takes its 2D pose and segmentation
+networks' predictions as input; hgmt's pose3d sees the image alone. Both: RMSprop
 at a constant 1e-3 (opts.lua `-LR`, `-alpha`, `-epsilon`), the references' losses, every frame
 of each training clip (`surreal/all`), the 256 px input of their 64 x 64 label maps, and the
 test evaluator under the code's protocol on the middle frame of every test clip (pose under
 `surreal` falls back to hgmt's definitions). What stays hgmt's: docs/training.md, "Where the
-default training setup differs from the reference code". The batch of 6 splits over 1, 2, 3 or
-6 devices; on others set --config.batch_size (docs/training.md says what it changes).
+default training setup differs from the reference code". A batch of 6 splits over 1, 2, 3 or
+6 devices, one of 4 over 1, 2 or 4; on others set --config.batch_size (docs/training.md says
+what it changes).
 """
 
 from configs.common import base_config, parse_arg
 from hgmt.tasks import TASK_NAMES, default_loss_options
 
-# What each reference code trains: its tasks, stacks, batch and steps (epochs x epochSize).
+# What each reference code trains: its tasks, stacks, batch per task and steps (epochs x
+# epochSize).
 CODES = {
-    "surreal": {"tasks": ("segm", "depth"), "num_stacks": 8, "batch_size": 6,
-                "total_steps": 30 * 2000},
-    "bodynet": {"tasks": TASK_NAMES, "num_stacks": 2, "batch_size": 6,
+    "surreal": {"tasks": ("segm", "depth"), "num_stacks": 8,
+                "batch_size": {"segm": 6, "depth": 6}, "total_steps": 30 * 2000},
+    "bodynet": {"tasks": TASK_NAMES, "num_stacks": 2,
+                "batch_size": {"pose2d": 4, "pose3d": 6, "segm": 6, "depth": 4},
                 "total_steps": 100 * 2000},
 }
 
@@ -43,7 +48,7 @@ def get_config(arg: str | None = None):
     c = base_config(args["tasks"])
     c.dataset = "surreal/all"
     c.image_size = 256
-    c.batch_size = code["batch_size"]
+    c.batch_size = code["batch_size"][args["tasks"]]
     c.total_steps = code["total_steps"]
     c.model.num_stacks = code["num_stacks"]
     c.model.shared_trunk = False

@@ -165,7 +165,9 @@ def test_the_default_evaluation_settings_are_the_same_in_the_config_and_the_eval
 
 @pytest.mark.parametrize("name,arg", [("default", "tasks=all"), ("default", "runlocal"),
                                       ("demo", "tasks=all"), ("study", "tasks=pose2d"),
-                                      ("learning", "tasks=all")])
+                                      ("learning", "tasks=all"),
+                                      ("reference", "code=surreal,tasks=depth"),
+                                      ("reference", "code=bodynet,tasks=pose3d")])
 def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
     """The trainer's config check warns of settings that run but are likely mistakes; the
     configs hgmt ships give none (the README's demo warned on every run that its validation
@@ -186,17 +188,19 @@ def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
                                          ("bodynet", "segm")])
 def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
     """configs/reference.py: the settings its docstring cites from each reference's code (stacks
-    and batch from opts.lua and the cmu scripts, steps = epochs x 2000 batches, RMSprop at a
-    constant 1e-3, the references' losses, every frame, 256 px, the augmentation each code
-    uses), tested under the code's protocol on every test clip's middle frame, and valid for
-    the trainer."""
+    and batch from opts.lua, and from the cmu scripts for BodyNet's segm and 3D pose; steps =
+    epochs x 2000 batches; RMSprop at a constant 1e-3, the references' losses, every frame,
+    256 px, the augmentation each code uses), tested under the code's protocol on every test
+    clip's middle frame, and valid for the trainer."""
     from configs import reference
     from hgmt.data.input_pipeline import Augment
     from hgmt.training import loop
 
     c = reference.get_config(f"code={code},tasks={tasks}")
     stacks, steps = {"surreal": (8, 60_000), "bodynet": (2, 200_000)}[code]
-    assert (c.tasks, c.model.num_stacks, c.batch_size, c.total_steps) == (tasks, stacks, 6, steps)
+    batch = 4 if (code, tasks) == ("bodynet", "pose2d") else 6  # BodyNet's scripts: segm, 3D
+    assert (c.tasks, c.model.num_stacks, c.batch_size, c.total_steps) == (tasks, stacks, batch,
+                                                                         steps)
     assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.schedule,
             c.optimizer.warmup_steps) == ("rmsprop", 1e-3, "constant", 0)
     assert (c.dataset, c.image_size, c.model.shared_trunk) == ("surreal/all", 256, False)

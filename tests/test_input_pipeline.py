@@ -444,7 +444,7 @@ def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
     m, a = ip.BOX_MARGINS, ip.Augment()
     margins = (f"widened by {m['left']:g} w left, {m['right']:g} w right, {m['top']:g} h top "
                f"and {m['bottom']:g} h bottom (`hgmt.data.input_pipeline.BOX_MARGINS`)")
-    augment = (f"Training (`hgmt.data.input_pipeline.Augment`): scale 2^clip(N(0, "
+    augment = (f"Training (`hgmt.data.augment.Augment`): scale 2^clip(N(0, "
                f"{a.scale_sigma:g}), ±{a.scale_clip:g}), rotation clip(N(0, {a.rotate_sigma:g}), "
                f"±{a.rotate_clip:g}) degrees with p = {a.rotate_p:g}, colour gain "
                f"U({a.gain[0]:g}, {a.gain[1]:g}) per channel, horizontal flip p = {a.flip_p:g} ")

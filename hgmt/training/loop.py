@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import cli, code_version, devices, disk_space, workdirs
-from hgmt.data import crop_metres, damage, device_augment, input_pipeline, records, shards
+from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
 from hgmt.training import (
@@ -97,7 +97,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     _check_values(config, weights, options, warn)
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
-    input_pipeline.Augment.from_config(config.augment)
+    augment.Augment.from_config(config.augment)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if not on_devices:
@@ -568,7 +568,7 @@ def augmentation(config: ml_collections.ConfigDict,
     if device_augment.placement(config.augment_on) == "host":
         return None
     return device_augment.Prepare(config.image_size, config.seed, tasks,
-                                  input_pipeline.Augment.from_config(config.augment))
+                                  augment.Augment.from_config(config.augment))
 
 
 def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
@@ -581,7 +581,7 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
     if prepare is None:
         return input_pipeline.train_loader(
             source, batch_size=config.batch_size, image_size=config.image_size,
-            seed=config.seed, augment=input_pipeline.Augment.from_config(config.augment),
+            seed=config.seed, augment=augment.Augment.from_config(config.augment),
             worker_count=workers, tasks=tasks,
             unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
     return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
