@@ -85,7 +85,8 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
     assert stop.value.code == (  # printed as the one line, exit status 1
         "error: ValueError: --protocol=bodynet measures 64x64 label maps, as its reference "
         "code does (config.image_size=256), but config.image_size=128 gives 32x32: evaluate "
-        "this model with --protocol=hgmt")
+        "this model with --protocol=hgmt, or train one with --config.image_size=256 for the "
+        "reference protocols")
     with pytest.raises(SystemExit) as stop:
         hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=hgmt"])
     assert "measures 64x64" not in str(stop.value.code)
