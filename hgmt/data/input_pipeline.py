@@ -403,7 +403,7 @@ def check_reference_flags(source, dataset: str, data_dir: str) -> None:
     REFERENCE_FLAGS_SINCE flags hgmt's unusable frames, not the reference loaders' (a few
     frames of the reference test set evaluated differently), and that one built before
     LOSSLESS_TEST_FRAMES_SINCE holds its middle frames as JPEG, not the decoded video frame
-    the reference code reads (every input a few grey levels off)."""
+    the reference code reads (nearly every pixel a few grey levels off)."""
     import tensorflow_datasets as tfds
 
     version = tfds.core.Version(str(source.dataset_info.version))
@@ -416,8 +416,8 @@ def check_reference_flags(source, dataset: str, data_dir: str) -> None:
     if version < tfds.core.Version(LOSSLESS_TEST_FRAMES_SINCE):
         differences.append(f"before {LOSSLESS_TEST_FRAMES_SINCE}, its test frames are JPEG "
                            f"(quality 90), not the decoded video frames the reference code "
-                           f"reads, so every input differs from the reference's by a few grey "
-                           f"levels")
+                           f"reads, so nearly every input pixel differs from the reference's, "
+                           f"by a few grey levels on average")
     if differences:
         logging.warning("dataset %r under %r was built by SURREAL builder version %s: %s. "
                         "Rebuild it: %s", dataset, data_dir, version, "; ".join(differences),
