@@ -15,11 +15,12 @@ depth number). BodyNet's own 3D pose network also takes its 2D pose and segmenta
 networks' predictions as input; hgmt's pose3d sees the image alone. Both: RMSprop
 at a constant 1e-3 (opts.lua `-LR`, `-alpha`, `-epsilon`), the references' losses, every frame
 of each training clip (`surreal/all`), the 256 px input of their 64 x 64 label maps, and the
-test evaluator under the code's protocol on the middle frame of every test clip (pose under
-`surreal` falls back to hgmt's definitions). What stays hgmt's: docs/training.md, "Where the
-default training setup differs from the reference code". A batch of 6 splits over 1, 2, 3 or
-6 devices, one of 4 over 1, 2 or 4; on others set --config.batch_size (docs/training.md says
-what it changes).
+test evaluator under the code's protocol on the middle frame of every test clip. Without
+arguments: `code=surreal,tasks=segm`. What stays hgmt's: docs/training.md, "Where the default
+training setup differs from the reference code". A batch of 6 splits over 1, 2, 3 or 6
+devices, one of 4 over 1, 2 or 4, and the evaluation batch of 12 over any of these; on others
+set --config.batch_size and --config.eval_batch_size (docs/training.md says what the batch
+changes).
 """
 
 from configs.common import base_config, parse_arg
@@ -49,6 +50,7 @@ def get_config(arg: str | None = None):
     c.dataset = "surreal/all"
     c.image_size = 256
     c.batch_size = code["batch_size"][args["tasks"]]
+    c.eval_batch_size = 12  # splits over the devices either training batch does
     c.total_steps = code["total_steps"]
     c.model.num_stacks = code["num_stacks"]
     c.model.shared_trunk = False

@@ -185,7 +185,7 @@ def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
 
 @pytest.mark.parametrize("code, tasks", [("surreal", "segm"), ("surreal", "depth"),
                                          ("bodynet", "pose2d"), ("bodynet", "pose3d"),
-                                         ("bodynet", "segm")])
+                                         ("bodynet", "segm"), ("bodynet", "depth")])
 def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
     """configs/reference.py: the settings its docstring cites from each reference's code (stacks
     and batch from opts.lua, and from the cmu scripts for BodyNet's segm and 3D pose; steps =
@@ -198,12 +198,13 @@ def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
 
     c = reference.get_config(f"code={code},tasks={tasks}")
     stacks, steps = {"surreal": (8, 60_000), "bodynet": (2, 200_000)}[code]
-    batch = 4 if (code, tasks) == ("bodynet", "pose2d") else 6  # BodyNet's scripts: segm, 3D
+    batch = 4 if code == "bodynet" and tasks in ("pose2d", "depth") else 6  # scripts: segm, 3D
     assert (c.tasks, c.model.num_stacks, c.batch_size, c.total_steps) == (tasks, stacks, batch,
                                                                          steps)
     assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.schedule,
             c.optimizer.warmup_steps) == ("rmsprop", 1e-3, "constant", 0)
     assert (c.dataset, c.image_size, c.model.shared_trunk) == ("surreal/all", 256, False)
+    assert c.eval_batch_size % c.batch_size == 0  # splits wherever the training batch does
     assert all(v == 1.0 for o in c.loss_options.values() for v in o.values())
     test = c.evals.test
     assert (test.protocol, test.frames, test.max_examples, test.at_end) == (code, "middle", 0,
