@@ -42,7 +42,7 @@ from absl import flags
 from cli import config_path
 
 from hgmt import cli, cores
-from hgmt.data import device_augment, input_pipeline
+from hgmt.data import augment, device_augment, input_pipeline
 from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = config_path("demo")
@@ -70,11 +70,11 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     workers = input_pipeline.auto_worker_count(config.worker_count)
     names = parse_tasks(config.tasks)
     tasks = "+".join(names)
-    augment = input_pipeline.Augment.from_config(config.augment)
+    distributions = augment.Augment.from_config(config.augment)
     if augment_on == "host":
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
-                                             augment=augment, worker_count=workers, tasks=names,
-                                             unread=device_augment.unread_maps(names),
+                                             augment=distributions, worker_count=workers,
+                                             tasks=names, unread=device_augment.unread_maps(names),
                                              read_threads=config.read_threads)
     else:
         loader = device_augment.decode_loader(source, batch_size=batch, seed=0,
@@ -95,7 +95,7 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
               "worker_count": workers, "cpus": cores.usable_cores(),
               **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
     if augment_on == "device":
-        step_wall, step_cpu = measure_step_crop(last, res, names, batches, augment)
+        step_wall, step_cpu = measure_step_crop(last, res, names, batches, distributions)
         result.update(backend=jax.default_backend(),
                       step_ms_per_batch=round(1e3 * step_wall, 2),
                       step_cpu_ms_per_batch=round(1e3 * step_cpu, 2))
@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         places = [device_augment.placement(p) for p in (args.placements or [config.augment_on])]
     except ValueError as e:
         raise SystemExit(f"error: --placements: {e}") from None
+    try:  # so does an augmentation out of its range
+        augment.Augment.from_config(config.augment)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset

@@ -140,7 +140,8 @@ ENTRY %main (x: bf16[8,32,32,16], w: bf16[64,3,3,16], dy: bf16[8,32,32,64], m: b
 
 def test_a_bad_frames_or_placements_flag_is_one_line_before_any_data_is_built(tmp_path):
     """eval_speed.py built the demo data (146 MB) before a bad --frames failed with a
-    traceback; input_pipeline.py's bad --placements was a traceback too."""
+    traceback; input_pipeline.py's bad --placements or --config.augment.* was a traceback
+    too."""
     data = tmp_path / "data"
     with pytest.raises(SystemExit) as e:
         eval_speed.main(["--frames=bad", f"--config.demo.surreal_root={data}/surreal",
@@ -151,6 +152,12 @@ def test_a_bad_frames_or_placements_flag_is_one_line_before_any_data_is_built(tm
         input_pipeline.main(["--placements=bogus"])
     assert str(e.value.code).startswith("error: --placements: config.augment_on='bogus': "
                                         "choose host")
+    with pytest.raises(SystemExit) as e:  # an augmentation out of its range
+        input_pipeline.main(["--config.augment.flip_p=2", f"--config.demo.surreal_root={data}/s",
+                             f"--config.data_dir={data}/tfds"])
+    assert e.value.code == ("error: config.augment.flip_p=2.0 is a probability: it must be in "
+                            "[0, 1]")
+    assert not data.exists()
 
 def test_cpu_ops_are_grouped_by_role_with_flops_and_bytes_from_their_shapes():
     ops = xla_ops.classify(xla_ops.parse(HLO_CPU), {(3, 3, 64, 64), (64, 64)})
