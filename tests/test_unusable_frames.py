@@ -218,6 +218,10 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
             "left out" if protocol == "hgmt" else f"evaluated as {protocol}'s code does")
         assert report["treatment"]["pose3d"].startswith(
             "evaluated as bodynet" if protocol == "bodynet" else "left out")
+        if protocol != "hgmt":
+            assert report["treatment"]["segm"].endswith(
+                f"input normalised to {evaluator.unusable_level(protocol)}, the labels of a "
+                f"frame without a person (no joint, part or foreground), counted in N")
     # SURREAL tests one example a batch (training/exp/eval.sh:10): both are evaluated.
     assert summary["segm"]["examples_not_evaluated"] == 0
     assert "fewer than one reference test batch" not in str(summary["segm"].get("null_reasons"))

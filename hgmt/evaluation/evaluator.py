@@ -113,8 +113,8 @@ def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected:
         treatment[name] = ("left out (hgmt's definition), with every frame hgmt's check "
                            "rejects" if used == "hgmt" else
                            f"evaluated as {used}'s code does: input normalised to "
-                           f"{unusable_level(protocol)}, all-background labels, "
-                           f"counted in N")
+                           f"{unusable_level(protocol)}, the labels of a frame without a "
+                           f"person (no joint, part or foreground), counted in N")
     return {"count": flagged, "rejected_by_hgmt": rejected, "treatment": treatment}
 
 
