@@ -105,12 +105,12 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
 
 
 def measure_step_crop(raw: dict, res: int, tasks: tuple[str, ...], batches: int,
-                      augment: input_pipeline.Augment) -> tuple[float, float]:
+                      distributions: augment.Augment) -> tuple[float, float]:
     """(wall, CPU) seconds per batch of the device path's crop (`device_augment.Prepare` with
-    `augment`'s distributions, jitted as in the train step) on a decoded batch, compiled
-    first."""
+    the augmentation's `distributions`, jitted as in the train step) on a decoded batch,
+    compiled first."""
     raw = jax.device_put({k: v for k, v in raw.items() if k != "damaged"})
-    crop = jax.jit(device_augment.Prepare(res, 0, tasks, augment))
+    crop = jax.jit(device_augment.Prepare(res, 0, tasks, distributions))
     jax.block_until_ready(crop(raw, 0))
     wall, cpu = time.perf_counter(), time.process_time()
     for step in range(batches):
