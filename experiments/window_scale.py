@@ -1,19 +1,21 @@
 """The two figures that size prediction's window and its 3D scale, on SURREAL-format clips.
 
     python3 experiments/window_scale.py [--config=configs/demo.py] [--demo] \\
-        [--clips=DIR_OR_INFO_MAT ...]
+        [--clips=DIR_OR_INFO_MAT ...] [--config.window=hgmt|reference_box]
+
+Training's window is `--config`'s (config.window, `hgmt.data.input_pipeline.TRAIN_WINDOWS`).
 
 - `crop_metres`: the metres a training window spans at the person, per frame
   (`hgmt.data.crop_metres.record_metres`: the window's side in px times the pelvis's camera
   depth over SURREAL's 600 px focal length), over the frames the builder keeps: mean, standard
   deviation, the mean's standard error (as if frames were independent), frames. The trainer
   measures the same on a run's training records (its workdir's crop_metres.json); the
-  fallback `hgmt.inference.crop_scale.CROP_METRES` is for workdirs without it.
+  fallback `hgmt.inference.crop_scale.CROP_METRES` (per window) is for workdirs without it.
 - `foreground_to_side`: training's window side over the longer side of the silhouette's box
   (`hgmt.inference.person.silhouette_box` of the pixels whose segment is not background, as
   `person.find_window` measures it), per kept frame: mean, median, standard deviation,
-  frames; `person.FOREGROUND_TO_SIDE` is what the search grows a silhouette's box by. Only
-  where a clip has its _segm.mat (null otherwise: a real annotation file alone has no
+  frames; `person.FOREGROUND_TO_SIDE` (per window) is what the search grows a silhouette's
+  box by. Only where a clip has its _segm.mat (null otherwise: a real annotation file alone has no
   silhouettes).
 
 Each `--clips` is a directory searched recursively for `*_info.mat`, or one such file. With
@@ -41,9 +43,9 @@ from limb_depth import info_files  # noqa: E402  (this folder: the scripts' shar
 from hgmt import cli  # noqa: E402
 
 
-def foreground_to_side(info, segm: np.ndarray) -> list[float]:
+def foreground_to_side(info, segm: np.ndarray, window: str = "hgmt") -> list[float]:
     """One clip's annotations and (T,H,W) segments -> per kept frame with a silhouette,
-    training's window side / the longer side of the silhouette's box in px."""
+    the `window`'s side / the longer side of the silhouette's box in px."""
     from hgmt.data import crop_metres, input_pipeline
     from hgmt.inference import person
     from hgmt.sources import surreal
@@ -53,26 +55,26 @@ def foreground_to_side(info, segm: np.ndarray) -> list[float]:
         box = person.silhouette_box(segm[t] > 0)
         if box is None:
             continue
-        _, side = input_pipeline.person_box(
-            info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))
+        _, side = input_pipeline.window_box(
+            info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64), window)
         out.append(side / float((box[1] - box[0]).max()))
     return out
 
 
-def measure(paths: list[str]) -> dict:
+def measure(paths: list[str], window: str = "hgmt") -> dict:
     """The `_info.mat` files of one set of clips -> {'clips', 'crop_metres': {...},
-    'foreground_to_side': {...} or None}."""
+    'foreground_to_side': {...} or None} of the training `window`."""
     from hgmt.data import crop_metres
     from hgmt.sources import surreal
 
     metres, ratios, with_segm = [], [], 0
     for path in paths:
         info = surreal.load_info(path)
-        metres += [crop_metres.record_metres(r) for r in crop_metres.info_records(info)]
+        metres += [crop_metres.record_metres(r, window) for r in crop_metres.info_records(info)]
         segm_path = surreal.clip_paths(path.removesuffix(surreal.CLIP_SUFFIXES["info"]))["segm"]
         if os.path.isfile(segm_path):
             with_segm += 1
-            ratios += foreground_to_side(info, surreal.load_segm(segm_path))
+            ratios += foreground_to_side(info, surreal.load_segm(segm_path), window)
     summary = crop_metres.summary(metres)
     out = {"clips": len(paths),
            "crop_metres": {"mean": round(summary["crop_metres"], 4),
@@ -120,9 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = args.config.demo
         with tempfile.TemporaryDirectory() as tmp:
             out[DEMO] = {"demo": {k: settings[k] for k in ("clips_per_split", "frames", "seed")},
-                         **measure(info_files(demo_training_clips(settings, tmp)))}
+                         **measure(info_files(demo_training_clips(settings, tmp)),
+                                   args.config.window)}
     for where in args.clips or []:
-        out[where] = measure(info_files(where))
+        out[where] = measure(info_files(where), args.config.window)
     print(json.dumps(out, indent=1))
     return 0
 

@@ -83,7 +83,7 @@ ADDED_CONFIG_FIELDS = {"model.stream_mode": "auto", "model.ops": "auto",
                        "augment.scale_sigma": 0.25, "augment.scale_clip": 0.5,
                        "augment.rotate_sigma": 30.0, "augment.rotate_clip": 60.0,
                        "augment.rotate_p": 0.4, "augment.gain_min": 0.6, "augment.gain_max": 1.4,
-                       "augment.flip_p": 0.5}
+                       "augment.flip_p": 0.5, "window": "hgmt"}
 # The evaluation fields of a config written before `config.evals`, with the value the code of
 # then took for a missing one: validation during training and the test evaluation after it
 # shared the frame settings (`older_evals` gives the evaluators they were).

@@ -19,31 +19,36 @@ def source(demo_dataset):
     return ip.open_split("surreal/all", demo_dataset[1], "train")
 
 
-_crop = jax.jit(da.crop_batch, static_argnums=(2,))
+_crop = jax.jit(da.crop_batch, static_argnums=(2, 3, 4, 5))
 
 
-def _device_crops(records: list[dict], params: list[ip.CropParams], size: int) -> list[dict]:
-    """`da.crop_batch` of the records with the host's parameters, split into examples."""
+def _device_crops(records: list[dict], params: list[ip.CropParams], size: int,
+                  window: str = "hgmt") -> list[dict]:
+    """`da.crop_batch` of the records with the host's parameters around the `window`'s box,
+    split into examples."""
     raw = {k: np.stack([da.decode_record(r)[k] for r in records])
            for k in da.decode_record(records[0])}
     p = {"scale": np.array([q.scale for q in params], np.float32),
          "rotation": np.array([q.rotation for q in params], np.float32),
          "flip": np.array([q.flip for q in params]),
          "gain": np.array([q.gain for q in params], np.float32)}
-    out = {k: np.asarray(v) for k, v in _crop(raw, p, size).items()}
+    out = {k: np.asarray(v) for k, v in _crop(raw, p, size, None, frozenset(), window).items()}
     return [{k: v[i] for k, v in out.items()} for i in range(len(records))]
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_same_crop_parameters_give_the_host_paths_labels(source, flip):
-    """Random scale, rotation (always on) and gain, mirrored or not, at 256 px on 6 records."""
+@pytest.mark.parametrize("flip,window", [(False, "hgmt"), (True, "hgmt"),
+                                         (True, "reference_box")])
+def test_same_crop_parameters_give_the_host_paths_labels(source, flip, window):
+    """Random scale, rotation (always on) and gain, mirrored or not, at 256 px on 6 records,
+    around either training window's box."""
     augment = ip.Augment(rotate_p=1.0, flip_p=float(flip))
     rng = np.random.default_rng(3)
     records = [source[i] for i in range(0, len(source), 2)]
     params = [ip.draw_crop_params(augment, rng) for _ in records]
     assert all(p.flip == flip and p.rotation != 0 for p in params)
-    for rec, p, dev in zip(records, params, _device_crops(records, params, 256), strict=True):
-        host = ip.crop_with(rec, 256, p)
+    for rec, p, dev in zip(records, params, _device_crops(records, params, 256, window),
+                           strict=True):
+        host = ip.crop_with(rec, 256, p, window=window)
         assert dev.keys() == host.keys()
         for key in host:
             assert dev[key].shape == np.shape(host[key]) and dev[key].dtype == np.asarray(
@@ -317,21 +322,22 @@ def test_a_segment_value_above_24_is_a_damaged_record_on_both_paths(source):
 
 
 @pytest.mark.parametrize("augment_on", ["host", "device"])
-def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on):
-    """config.augment reaches the trainer's crops on either path: with every augmentation off
-    each training example's crop is its record's un-augmented one; with the defaults, most
-    are not."""
+@pytest.mark.parametrize("window", ["hgmt", "reference_box"])
+def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on, window):
+    """config.augment and config.window reach the trainer's crops on either path: with every
+    augmentation off each training example's crop is its record's un-augmented one in the
+    window; with the defaults, most are not."""
     from hgmt.training import loop
     from tests.conftest import tiny_config
 
-    plain = np.stack([ip.crop_example(source[i], 64, ip.Augment.none())["crop"]
+    plain = np.stack([ip.crop_example(source[i], 64, ip.Augment.none(), window=window)["crop"]
                       for i in range(len(source))])
 
     def unaugmented(**augment) -> np.ndarray:
         """Whether each crop of the trainer's first batch is a record's un-augmented one (the
         device's float32 geometry to 2e-5 of the host's)."""
         config = tiny_config(demo_dataset[1], tasks="pose2d", image_size=64,
-                             augment_on=augment_on, worker_count=0,
+                             augment_on=augment_on, worker_count=0, window=window,
                              **{f"augment.{k}": v for k, v in augment.items()})
         loop.check_config(config)
         prepare = loop.augmentation(config, ("pose2d",))

@@ -1138,6 +1138,29 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
                          f"{evaluator.metrics_version('bodynet')})."), line
 
 
+def test_report_of_runs_trained_on_the_references_box_keeps_their_window(tmp_path):
+    """Runs trained with config.window=reference_box: hgmt.evaluate evaluates them under
+    hgmt's protocol in that window, so a run evaluated in hgmt's window is the one to evaluate
+    again."""
+    sweep_dir = tmp_path / "sweep"
+    for name, window in (("pose2d", "reference_box"), ("pose2d@seed1", "reference_box"),
+                         ("pose2d+segm", "hgmt")):
+        run = sweep_dir / name
+        run.mkdir(parents=True)
+        summary = {**_summary(pck=0.8), "protocol": "hgmt", "num_examples": 240,
+                   "split": "test", "frames": "middle", "flip": False, "window": window,
+                   "metrics_version": evaluator.metrics_version("hgmt"), "step": STEP}
+        (run / "eval_test.json").write_text(json.dumps(summary))
+        (run / "config.json").write_text(json.dumps(
+            {"total_steps": STEP, "window": "reference_box", "seed": int(name.endswith("1"))}))
+    with pytest.raises(ValueError, match=re.escape(
+            "Evaluate pose2d+segm again as the others, for each <run>:")):
+        report.load_sweep(str(sweep_dir), "hgmt")
+    summary = json.loads((sweep_dir / "pose2d" / "eval_test.json").read_text())
+    (sweep_dir / "pose2d+segm" / "eval_test.json").write_text(json.dumps(summary))
+    assert len(report.load_sweep(str(sweep_dir), "hgmt")) == 2
+
+
 def _count_reads(monkeypatch, sweep_dir) -> collections.Counter:
     """{file under `sweep_dir`: times read}, of the JSON files hgmt reads from now on (every
     one through `workdirs.read_json_object`)."""

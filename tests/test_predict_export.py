@@ -789,16 +789,20 @@ def test_3d_views_hold_every_joint_of_an_off_centre_pose():
     assert len(spans) == 1  # one scale for both axes of both views
 
 
-def _crop_metres(info: surreal.ClipInfo) -> np.ndarray:
+def _crop_metres(info: surreal.ClipInfo, window: str = "hgmt") -> np.ndarray:
     """(T',) metres each kept frame's training window spans at the person, by hand: the side
-    of the joints' box widened by BOX_MARGINS, times the pelvis's camera depth, over 600 px;
-    the frames the builder keeps (no `frame_problem`)."""
+    of the joints' box widened by BOX_MARGINS (the references' box: their inclusive sizes w + 1
+    and h + 1 widened alike, plus 1, times 200 / 240), times the pelvis's camera depth, over
+    600 px; the frames the builder keeps (no `frame_problem`)."""
     kept = [t for t in range(info.num_frames)
             if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
     joints = info.joints2d[kept][:, surreal.SMPL_TO_JOINT].astype(np.float64)
     w, h = np.moveaxis(joints.max(1) - joints.min(1), -1, 0)
     m = input_pipeline.BOX_MARGINS
     sides = np.maximum((1 + m["left"] + m["right"]) * w, (1 + m["top"] + m["bottom"]) * h)
+    if window == "reference_box":  # end - start + 1 = (w + 1) (1 + margins), likewise h
+        sides = 200 / 240 * np.maximum((1 + m["left"] + m["right"]) * (w + 1),
+                                       (1 + m["top"] + m["bottom"]) * (h + 1))
     pelvis_z = surreal.camera_depth(
         info.joints3d[kept][:, surreal.SMPL_TO_JOINT[surreal.PELVIS]], info.cam_loc)
     return sides * pelvis_z / 600.0
@@ -829,6 +833,30 @@ def test_the_trainer_stores_the_metres_a_training_window_spans(workdir, demo_dat
     assert sample["records"] == 6
     assert abs(sample["crop_metres"] - by_hand.mean()) < 2 * sample["standard_error"]
     assert sample["crop_metres"] != stored["crop_metres"]
+
+
+def test_a_run_on_the_references_box_measures_their_window(workdir, demo_dataset, tmp_path):
+    """A run of config.window=reference_box measures the metres that window spans (the hand
+    computation's, about 0.84 of hgmt's), also over a workdir's file of hgmt's window."""
+    import shutil
+
+    from hgmt import workdirs as layout
+    from hgmt.data import crop_metres
+    from hgmt.inference import crop_scale
+
+    surreal_root, data_dir = demo_dataset
+    infos = [surreal.load_info(s + "_info.mat") for s in surreal.find_clips(surreal_root, "train")]
+    by_hand = np.concatenate([_crop_metres(info, "reference_box") for info in infos])
+    hgmt_mean = np.concatenate([_crop_metres(info) for info in infos]).mean()
+    assert 0.8 < by_hand.mean() / hgmt_mean < 0.9
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    shutil.copy(layout.crop_metres_file(workdir), layout.crop_metres_file(run))
+    crop_metres.record_in_workdir("surreal/all", data_dir, run, "reference_box")
+    stored = crop_metres.read(run)
+    assert stored["window"] == "reference_box" and stored["records"] == 12
+    assert stored["crop_metres"] == pytest.approx(by_hand.mean(), rel=1e-6)
+    assert crop_scale.of_workdir(run, "reference_box") == stored["crop_metres"]
 
 
 def test_a_trainer_refused_the_workdir_leaves_its_crop_metres_alone(demo_dataset, tmp_path):
@@ -938,16 +966,16 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     shutil.copytree(workdir, older)
     os.remove(layout.crop_metres_file(older))  # as an hgmt that did not measure it left it
     with caplog.at_level(logging.WARNING):
-        assert prediction.Predictor(older).crop_metres == crop_scale.CROP_METRES
+        assert prediction.Predictor(older).crop_metres == crop_scale.CROP_METRES["hgmt"]
     warned = [r.getMessage() for r in caplog.records if "crop_metres.json" in r.getMessage()]
     assert len(warned) == 1 and layout.crop_metres_file(older) in warned[0]
     assert "3D decoding assumes" in warned[0]
     _, meta = exporting.inference_fn(older)
-    assert meta["crop"]["window_metres"] == crop_scale.CROP_METRES == 2.35
+    assert meta["crop"]["window_metres"] == crop_scale.CROP_METRES["hgmt"] == 2.35
     assert meta["crop"]["window_metres_source"] == (
-        "assumed: hgmt's default (crop_scale.CROP_METRES), as the workdir has no "
-        "crop_metres.json (it was not trained by an hgmt.main that measures it); 3D decoding "
-        "is off by the ratio of what the run's training windows span to it")
+        "assumed: hgmt's default for window hgmt (crop_scale.CROP_METRES), as the workdir has "
+        "no crop_metres.json (it was not trained by an hgmt.main that measures it); 3D "
+        "decoding is off by the ratio of what the run's training windows span to it")
 
     crop_metres.save(older, {"crop_metres": 2.6, "records": 12, "standard_error": 0.0123,
                              "dataset": "surreal/all"})
@@ -970,6 +998,14 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     crop_metres.save(older, {"crop_metres": 2.6})  # each detail the file lacks is left out
     assert crop_scale.with_source(older) == (
         2.6, "measured: the mean over the training records (the workdir's crop_metres.json)")
+    # A file without 'window' measured hgmt's: a run on the references' box assumes theirs.
+    assert crop_scale.with_source(older, "reference_box") == (
+        1.97, "assumed: hgmt's default for window reference_box (crop_scale.CROP_METRES), as "
+        "the workdir's crop_metres.json measures window hgmt, not reference_box; 3D decoding "
+        "is off by the ratio of what the run's training windows span to it")
+    crop_metres.save(older, {"crop_metres": 2.1, "window": "reference_box"})
+    assert crop_scale.with_source(older, "reference_box")[0] == 2.1
+    assert crop_scale.with_source(older)[0] == 2.35
 
     with open(layout.crop_metres_file(older), "w") as f:
         f.write('{"crop_metres": -1}')
@@ -1250,6 +1286,7 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
         centre, side = input_pipeline.person_box(joints)
         np.testing.assert_allclose(centre, [(x0 + x1) / 2, (y0 + y1) / 2], atol=1e-9)
         assert side == pytest.approx(max(x1 - x0, y1 - y0, least))
+    assert meta["crop"]["training_window"] == "hgmt"
     out = meta["outputs"]
     assert list(out) == ["pose2d", "pose3d", "depth", "segm"]
     bins = list(range(-9, 10))
@@ -1925,9 +1962,37 @@ def test_find_window_from_joints_and_from_the_silhouette():
     assert window.found_by == "foreground (segm)"
     # The silhouette's box: label px [5.5, 10.5] x [3.5, 13.5] -> image px [35, 85] x [25, 125].
     np.testing.assert_allclose(window.centre, [60.0, 75.0])
-    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 100.0)
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 100.0)
     assert person.find_window({"segm": {"foreground": np.zeros((20, 20), bool)}},
                               m_label) is None
+
+    # A run trained on the references' box finds that box: of the joints, or the silhouette's
+    # grown by its own ratio.
+    window = person.find_window(evidence, m_label, window="reference_box")
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["reference_box"] * 100.0)
+    evidence["pose2d"]["joint_scores"] = np.ones(16)
+    window = person.find_window(evidence, m_label, window="reference_box")
+    centre, side = surreal.reference_box(image_joints[inside])
+    assert window.found_by == "joints (pose2d)"
+    np.testing.assert_allclose([*window.centre, window.side], [*centre, side])
+
+
+def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
+    """An export's crop window text for config.window=reference_box, followed step by step on
+    random joints, gives `surreal.reference_box` (what training and the search cut)."""
+    meta = prediction.crop_meta(1.97, "assumed", "reference_box")
+    assert meta["training_window"] == "reference_box"
+    assert "S = 200 / 240 max(W, H), c = start + (W, H) / 2" in meta["window"]
+    margins = meta["box_margins"]
+    for joints in np.random.default_rng(1).uniform(0, 300, (3, 16, 2)):
+        (x0, y0), (x1, y1) = (joints + 1).min(0), (joints + 1).max(0)
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        start = np.array([x0 - margins["left"] * w, y0 - margins["top"] * h])
+        end = np.array([x1 + margins["right"] * w, y1 + margins["bottom"] * h])
+        full = end - start + 1
+        centre, side = input_pipeline.window_box(joints, "reference_box")
+        np.testing.assert_allclose(centre, start + full / 2, atol=1e-4)
+        assert side == pytest.approx(200 / 240 * full.max(), abs=1e-4)
 
 
 class _SeenOnce(_Oracle):
@@ -1991,7 +2056,7 @@ def test_the_search_window_never_outgrows_the_whole_image():
     m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
     evidence = {"segm": {"foreground": np.ones((32, 32), bool)}}
     grown = person.find_window(evidence, m_label)
-    assert grown.side == pytest.approx(person.FOREGROUND_TO_SIDE * 160)
+    assert grown.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 160)
     capped = person.find_window(evidence, m_label, (120, 160))
     assert capped.side == 160 and capped.found_by == "foreground (segm)"
     np.testing.assert_allclose(capped.centre, whole.centre)
@@ -2042,7 +2107,7 @@ def test_a_silhouettes_window_is_never_smaller_than_trainings_least_side():
     large = person.Window.whole((480, 640))
     m_label = input_pipeline.crop_affine(large.centre, large.side, 32)
     window = person.find_window({"segm": {"foreground": speck}}, m_label, (480, 640))
-    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 4 * 640 / 32)
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 4 * 640 / 32)
 
 
 def test_a_window_found_from_the_joints_is_trainings_even_beyond_the_image():
@@ -2084,7 +2149,7 @@ def test_a_person_cut_off_by_the_frame_says_so_and_takes_the_larger_window():
     assert side == pytest.approx(160.0)  # 100 px tall joints' box, + 60 % margins
     window = person.find_window(evidence, m_label)
     assert window.found_by == "foreground (segm), larger than joints (pose2d, 12 of 16)"
-    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE * 140.0)  # > 160
+    assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 140.0)  # > 160
     np.testing.assert_allclose(window.centre, [160.0, 95.0])
     assert window.person_seen
     alone = person.find_window({"pose2d": evidence["pose2d"]}, m_label)

@@ -737,8 +737,9 @@ def test_reference_window_adds_the_one_in_float32():
 
 def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     """An evaluation under `bodynet` or `surreal` crops each test frame around the
-    references' window (`surreal.reference_box`), hgmt's around `person_box`; the summary's
-    `window` says which."""
+    references' window (`surreal.reference_box`), hgmt's around the run's training window
+    (`person_box`, or the references' box for config.window=reference_box, whatever the
+    protocol); the summary's `window` says which."""
     from hgmt.data import input_pipeline
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
@@ -752,14 +753,18 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = steps.init_variables(model, jax.random.key(0), images)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
-    for protocol, window in [("bodynet", "reference"), ("surreal", "reference"),
-                             ("hgmt", "hgmt")]:
+    for protocol, window, trained in [("bodynet", "reference", "hgmt"),
+                                      ("surreal", "reference", "hgmt"),
+                                      ("hgmt", "hgmt", "hgmt"),
+                                      ("bodynet", "reference", "reference_box"),
+                                      ("hgmt", "reference_box", "reference_box")]:
+        config.window = trained
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         summary = ev(variables)
         assert summary["window"] == window and summary["protocol"] == protocol
         assert summary["label_size"] == 64
         header = evaluator.to_markdown(summary).splitlines()[0]
-        assert ("in the `reference` crop window" in header) == (window == "reference"), header
+        assert (f"in the `{window}` crop window" in header) == (window != "hgmt"), header
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
         centre, side = input_pipeline.window_box(joints, window)

@@ -28,19 +28,21 @@ from hgmt.tasks import spec
 MEASURED_RECORDS = 400
 # What the figure is, as the workdir's file states it.
 DEFINITION = ("mean over the split's records of side_px * pelvis_depth_m / focal_px: the "
-              "side of training's window (input_pipeline.person_box of the 16 joints, before "
-              "augmentation's scale) at the pelvis's camera depth, SURREAL's focal length")
+              "side of training's window ('window': input_pipeline.window_box of the 16 "
+              "joints, before augmentation's scale) at the pelvis's camera depth, SURREAL's "
+              "focal length")
 _FEATURES = ("joints2d", "joints3d", "cam_loc")  # what `record_metres` reads of a record
 
 
-def record_metres(record: Mapping[str, np.ndarray]) -> float:
+def record_metres(record: Mapping[str, np.ndarray], window: str = "hgmt") -> float:
     """A SURREAL record (or one frame of a _info.mat: 'joints2d' (24,2) px, 'joints3d' (24,3)
-    world metres, 'cam_loc' (3,) metres) -> the metres its training window spans at the
-    pelvis's depth: the window's side in px (`input_pipeline.window_box`, as `crop_with` cuts
-    it) times the pelvis's camera depth (`spec.pelvis_depth`, pose3d's and depth's reference)
-    over SURREAL's focal length in px."""
+    world metres, 'cam_loc' (3,) metres) -> the metres its training window
+    (`input_pipeline.TRAIN_WINDOWS`) spans at the pelvis's depth: the window's side in px
+    (`input_pipeline.window_box`, as `crop_with` cuts it) times the pelvis's camera depth
+    (`spec.pelvis_depth`, pose3d's and depth's reference) over SURREAL's focal length in px."""
     joints = np.asarray(record["joints2d"])[surreal.SMPL_TO_JOINT].astype(np.float64)
-    _, side = input_pipeline.window_box(joints, "hgmt")
+    _, side = input_pipeline.window_box(
+        joints, input_pipeline.check_window(window, input_pipeline.TRAIN_WINDOWS))
     # Only the record's joints are read: no map is warped, so no label frame is needed.
     crop = spec.Crop(dict(record), np.eye(2, 3), 0, False, input_pipeline.decoded)
     depth = float(spec.pelvis_depth(crop)["pelvis_depth"])
@@ -72,10 +74,11 @@ def summary(metres: Sequence[float]) -> dict:
 
 
 def measure(dataset: str, data_dir: str, split: str = "train",
-            records: int = MEASURED_RECORDS) -> dict:
-    """The metres training windows span (`record_metres`) over `records` records of a built
-    split, evenly spaced (all of a smaller split; a damaged record is left out) -> `summary`
-    with 'split_records' (the split's size), 'dataset', 'data_dir', 'split', 'definition'.
+            records: int = MEASURED_RECORDS, window: str = "hgmt") -> dict:
+    """The metres the `window`'s training crops span (`record_metres`) over `records` records
+    of a built split, evenly spaced (all of a smaller split; a damaged record is left out) ->
+    `summary` with 'split_records' (the split's size), 'dataset', 'data_dir', 'split',
+    'window', 'definition'.
     ValueError when no record reads."""
     source = input_pipeline.open_split(dataset, data_dir, split, features=_FEATURES)
     total = len(source)
@@ -83,14 +86,14 @@ def measure(dataset: str, data_dir: str, split: str = "train",
     metres = []
     for i in picked:
         try:
-            metres.append(record_metres(damage.read(source, int(i))))
+            metres.append(record_metres(damage.read(source, int(i)), window))
         except damage.DamagedRecord:
             continue
     if not metres:
         raise ValueError(f"none of the {len(picked)} records of split {split!r} of dataset "
                          f"{dataset!r} under {data_dir!r} read: rebuild it")
     return {**summary(metres), "split_records": total, "dataset": dataset,
-            "data_dir": data_dir, "split": split, "definition": DEFINITION}
+            "data_dir": data_dir, "split": split, "window": window, "definition": DEFINITION}
 
 
 def save(workdir: str, measured: dict) -> None:
@@ -117,11 +120,12 @@ def read(workdir: str) -> dict | None:
     return stored
 
 
-def record_in_workdir(dataset: str, data_dir: str, workdir: str) -> None:
+def record_in_workdir(dataset: str, data_dir: str, workdir: str, window: str = "hgmt") -> None:
     """The trainer's measurement as training starts (process 0, once it holds the workdir
     lock, so that a trainer refused the workdir leaves the running one's file alone):
-    `measure` the training split and `save` it into the workdir, unless the workdir holds a
-    figure measured on this dataset already (a damaged file is measured again). It never
+    `measure` the training split's `window` crops and `save` it into the workdir, unless the
+    workdir holds a figure measured on this dataset and window already (a file without a
+    'window' is hgmt's; a damaged file is measured again). It never
     stops training: a split that is not built, or a workdir that cannot be written, is left
     to the trainer, whose checks report it (in a multi-host job, to every process); any other
     failure is warned about, and prediction on the workdir then falls back to hgmt's default
@@ -131,9 +135,10 @@ def record_in_workdir(dataset: str, data_dir: str, workdir: str) -> None:
             stored = read(workdir)
         except workdirs.DamagedRunFile:
             stored = None
-        if stored and (stored.get("dataset"), stored.get("data_dir")) == (dataset, data_dir):
+        if stored and (stored.get("dataset"), stored.get("data_dir"),
+                       stored.get("window", "hgmt")) == (dataset, data_dir, window):
             return
-        measured = measure(dataset, data_dir)
+        measured = measure(dataset, data_dir, window=window)
         save(workdir, measured)
     except (FileNotFoundError, NotADirectoryError) as e:
         logging.info("the metres a training window spans are not measured: %s", e,

@@ -179,6 +179,21 @@ def person_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2], -1), side
 
 
+def reference_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B,16,2) joints px -> centre (B,2), side (B,): `surreal.reference_box`, batched (in
+    float32, where the host's box is in float64)."""
+    j = joints2d.astype(jnp.float32) + 1.0
+    lo, hi = j.min(1), j.max(1)
+    size = hi - lo + 1
+    start = lo - jnp.asarray([0.25, 0.35]) * size
+    full = hi + 0.25 * size - start + 1
+    return start + full / 2, 200.0 * full.max(-1) / 240
+
+
+# The boxes of the training windows (input_pipeline.TRAIN_WINDOWS), batched.
+WINDOW_BOXES = {"hgmt": person_box, "reference_box": reference_box}
+
+
 def crop_affine(centre: jax.Array, side: jax.Array, size: int, rotation: jax.Array,
                 flip: jax.Array) -> jax.Array:
     """(B,2,3) image px -> size x size crop px: `input_pipeline.crop_affine`, batched."""
@@ -272,13 +287,15 @@ class DeviceCrop(spec.Crop):
 
 def crop_batch(raw: dict, params: dict, image_size: int,
                tasks: Sequence[str] | None = None,
-               unread: frozenset[str] = frozenset()) -> dict:
+               unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """A batch of `decode_record` arrays (B,...) and crop parameters (`draw_params`, batched)
-    -> the cropped batch of `input_pipeline.crop_with`: image (B,R,R,3) uint8, crop (B,2,3),
-    and the labels of `tasks` (default all), zeros for the maps in `unread` (which `raw` may
-    lack)."""
+    -> the cropped batch of `input_pipeline.crop_with` around the `window`'s box
+    (`WINDOW_BOXES`): image (B,R,R,3) uint8, crop (B,2,3), and the labels of `tasks`
+    (default all), zeros for the maps in `unread` (which `raw` may lack)."""
     r = image_size // common.LABEL_STRIDE
-    centre, side = person_box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
+    box = WINDOW_BOXES[input_pipeline.check_window(window, input_pipeline.TRAIN_WINDOWS,
+                                                   "training crop window")]
+    centre, side = box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
     side = side * params["scale"]
     flip = params["flip"]
     m_image = crop_affine(centre, side, image_size, params["rotation"], flip)
@@ -304,6 +321,7 @@ class Prepare:
     seed: int
     tasks: tuple[str, ...] | None = None
     augment: input_pipeline.Augment = input_pipeline.Augment()
+    window: str = "hgmt"  # input_pipeline.TRAIN_WINDOWS
 
     def __call__(self, raw: dict, step: jax.Array, first_index: jax.Array | int = 0) -> dict:
         """`raw` (B,...) of the examples at global batch positions first_index..+B of step
@@ -314,4 +332,4 @@ class Prepare:
         decoded = {"image", "joints2d", "joints3d", "cam_loc", *LABEL_MAPS}
         rest = {k: v for k, v in raw.items() if k not in decoded}
         return {**rest, **crop_batch(raw, params, self.image_size, self.tasks,
-                                     unread_maps(self.tasks))}
+                                     unread_maps(self.tasks), self.window)}

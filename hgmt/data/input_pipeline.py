@@ -5,9 +5,10 @@ Reads the TFDS dataset with `tfds.data_source` (array_record, random access) thr
 (`GlobalOrder`), per-record deterministic randomness, and an iterator state that is
 checkpointed with the model. Each example is cropped around the person
 (`person_box`: the joints' tight box widened by `BOX_MARGINS`, the square of side max(h, w)
-centred on it; docs/surreal_format.md), with OpenCV warps: the image bilinear to R x R, labels
-nearest to r x r = R/4 x R/4 (the reference protocols' evaluation cuts the references'
-window as they do instead, `hgmt.sources.reference_crop`). Training adds random scale,
+centred on it; docs/surreal_format.md; or, with `config.window="reference_box"`, the box of
+the reference code's crop), with OpenCV warps: the image bilinear to R x R, labels nearest to
+r x r = R/4 x R/4 (the reference protocols' evaluation cuts the references' window as they do
+instead, `hgmt.sources.reference_crop`). Training adds random scale,
 rotation, colour gain and a horizontal flip with left/right swaps, drawn from `Augment`'s
 distributions. The output is the cropped example of docs/interfaces.md §4; each task's targets
 are made from it inside the jitted step. With `config.augment_on="device"` (what "auto" picks
@@ -78,20 +79,29 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
 
 
-# The crop windows: "hgmt"'s (`person_box`, docs/surreal_format.md: training, hgmt's
-# protocol) and "reference", BodyNet's and SURREAL's test crop (`surreal.reference_box`:
-# their protocols), whose image and label maps are cut as theirs are (`ReferenceCrop`,
-# `reference_crop.image_crop`).
-WINDOWS = ("hgmt", "reference")
+# The crop windows a run trains on (config.window), cut by hgmt's warps, with any augmentation:
+# "hgmt"'s (`person_box`, docs/surreal_format.md) and "reference_box", the box of BodyNet's
+# and SURREAL's crop (`surreal.reference_box`, about 0.84 of hgmt's side), so that training
+# sees the person at the scale their protocols measure it.
+TRAIN_WINDOWS = ("hgmt", "reference_box")
+# And "reference": the references' test crop (their protocols), the same box whose image and
+# label maps are cut as theirs are (`ReferenceCrop`, `reference_crop.image_crop`), unaugmented.
+WINDOWS = (*TRAIN_WINDOWS, "reference")
+
+
+def check_window(window: str, choices: Sequence[str] = WINDOWS,
+                 name: str = "crop window") -> str:
+    """`window` when it is one of `choices`, else ValueError naming `name` and the choices."""
+    if window not in choices:
+        raise ValueError(f"{name} {window!r}: choose one of {', '.join(choices)}")
+    return window
 
 
 def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, float]:
     """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
-    if window == "reference":
-        return surreal.reference_box(joints2d)
-    if window != "hgmt":
-        raise ValueError(f"crop window {window!r}: choose one of {', '.join(WINDOWS)}")
-    return person_box(joints2d)
+    if check_window(window) == "hgmt":
+        return person_box(joints2d)
+    return surreal.reference_box(joints2d)
 
 
 def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float = 0.0,
@@ -143,7 +153,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
                  unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy, with
     crop parameters drawn from `augment`'s distributions (`draw_crop_params`), around the
-    `window`'s box (`window_box`: hgmt's, or the reference protocols').
+    `window`'s box (`window_box`: hgmt's, the references' box, or their test crop).
 
     Image features may be decoded arrays or their encoded bytes (a split opened with
     `open_split`'s default), which OpenCV decodes here, only those the `tasks` read (default:
@@ -362,22 +372,24 @@ def _unpickled() -> SkipUnusable:
 
 
 class TrainCrop(grain.RandomMapTransform):
-    """The training crop of a record of a `damage.Guarded` source: a damaged record is
+    """The training crop of a record of a `damage.Guarded` source, around the `window`'s box
+    (TRAIN_WINDOWS): a damaged record is
     replaced by the next good one of its shard (`damage.first_good`), and the example's
     `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced (-1
     padded) for the trainer to name and count. Records without '_index' are cropped as
     they are."""
 
     def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
-                 source=None, unread: frozenset[str] = frozenset()):
+                 source=None, unread: frozenset[str] = frozenset(), window: str = "hgmt"):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
         self.source, self.unread = source, frozenset(unread)
+        self.window = check_window(window, TRAIN_WINDOWS, "training crop window")
         self.shards = None if source is None else damage.Shards.of(source)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         def crop(record: dict) -> dict:
             return crop_example(record, self.image_size, self.augment, rng, self.tasks,
-                                self.unread)
+                                self.unread, self.window)
 
         return damage.make_guarded(element, self.source, self.shards, crop)
 
@@ -613,15 +625,16 @@ def read_options(read_threads: int) -> grain.ReadOptions:
 def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  augment: Augment = Augment(), worker_count: int = -1,
                  tasks: Sequence[str] | None = None,
-                 unread: frozenset[str] = frozenset(), read_threads: int = 0
-                 ) -> grain.DataLoader:
+                 unread: frozenset[str] = frozenset(), read_threads: int = 0,
+                 window: str = "hgmt") -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
-    with the labels of `tasks` (default all; the label maps in `unread` not decoded, as
+    cropped around the `window`'s box (TRAIN_WINDOWS), with the labels of `tasks` (default
+    all; the label maps in `unread` not decoded, as
     `crop_with` says: the trainer passes the maps no training target is made from,
     `device_augment.unread_maps`), and `damaged` (per example, the damaged records it
     replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`, `read_threads` as in
     `read_options`."""
-    return endless_loader(source, TrainCrop(image_size, augment, tasks, source, unread),
+    return endless_loader(source, TrainCrop(image_size, augment, tasks, source, unread, window),
                           batch_size=batch_size, seed=seed, worker_count=worker_count,
                           read_threads=read_threads)
 
@@ -999,8 +1012,8 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
                  window: str = "hgmt", threads: int = 0) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
-    box (`window_box`: hgmt's, or the reference protocols'), with the labels of `tasks`
-    (default all) and `rejected` (1 for a frame hgmt's own check rejects,
+    box (`window_box`: hgmt's, the references' box, or their test crop), with the labels of
+    `tasks` (default all) and `rejected` (1 for a frame hgmt's own check rejects,
     `surreal.frame_problem`: the frames training skips, which hgmt's metric definitions leave
     out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's

@@ -105,13 +105,14 @@ def check_label_size(protocol: str, tasks, image_size: int,
             f"{image_size} gives {r}x{r}: {fix}")
 
 
-def window(protocol: str) -> str:
-    """The crop window (`input_pipeline.WINDOWS`) of an evaluation under `protocol`: the
-    reference protocols' own test crop (BodyNet's and SURREAL's, the same function), so their
-    numbers are measured with the person at the scale of the published ones; hgmt's for
-    hgmt's. A task that falls back to hgmt's definition (pose under `surreal`) is measured in
-    the run's window."""
-    return "hgmt" if check(protocol) == "hgmt" else "reference"
+def window(protocol: str, trained: str = "hgmt") -> str:
+    """The crop window (`input_pipeline.WINDOWS`) of an evaluation under `protocol` of a model
+    trained on `trained`'s windows (config.window): the reference protocols' own test crop
+    (BodyNet's and SURREAL's, the same function), so their numbers are measured with the
+    person at the scale of the published ones; the training window under hgmt's. A task that
+    falls back to hgmt's definition (pose under `surreal`) is measured in the evaluation's
+    window."""
+    return trained if check(protocol) == "hgmt" else "reference"
 
 
 def headline_of(task: str, protocol: str = "hgmt") -> Headline:

@@ -6,6 +6,8 @@ in px, `predictor.Predictor`).
 The trainer measures it on the run's training split as training starts and keeps it in the
 workdir (`hgmt.data.crop_metres`, `workdirs.crop_metres_file`); `of_workdir` reads it back
 (`with_source` also says whether it was measured), CROP_METRES for a workdir without it.
+The figure is per training window (config.window): the references' box is about 0.84 of
+hgmt's side, and spans as much less.
 """
 
 from __future__ import annotations
@@ -15,37 +17,42 @@ import logging
 from hgmt import workdirs
 from hgmt.data import crop_metres
 
-# Metres a training window spans at the person for a workdir that has no measured figure:
-# between what demo clips and a real SURREAL clip give (docs/evaluation.md, "Metres a training
-# window spans"); 3D decoding on another dataset's model is off by the ratio of its figure.
-CROP_METRES = 2.35
+# Metres a training window (config.window) spans at the person for a workdir that has no
+# measured figure: between what demo clips and a real SURREAL clip give (docs/evaluation.md,
+# "Metres a training window spans"); 3D decoding on another dataset's model is off by the
+# ratio of its figure.
+CROP_METRES = {"hgmt": 2.35, "reference_box": 1.97}
 
 
-def of_workdir(workdir: str) -> float:
-    """The metres a training window of the workdir's run spans at the person: its file's
-    figure; CROP_METRES, with a warning, for a workdir without one (trained by an hgmt that
-    did not measure it, or on batches handed to the trainer, not a built split). `with_source`
-    says which."""
-    return with_source(workdir)[0]
+def of_workdir(workdir: str, window: str = "hgmt") -> float:
+    """The metres a training window (`window`, the run's config.window) of the workdir's run
+    spans at the person: its file's figure; CROP_METRES's, with a warning, for a workdir
+    without one (trained by an hgmt that did not measure it, or on batches handed to the
+    trainer, not a built split) or with one of another window. `with_source` says which."""
+    return with_source(workdir, window)[0]
 
 
-def with_source(workdir: str) -> tuple[float, str]:
+def with_source(workdir: str, window: str = "hgmt") -> tuple[float, str]:
     """-> (`of_workdir`'s figure in metres, where it comes from): a sentence starting
-    "measured:" with the file's records and standard error, or "assumed:" for CROP_METRES
-    where the workdir has no file (warned about, as `of_workdir` says)."""
+    "measured:" with the file's records and standard error, or "assumed:" for CROP_METRES's
+    where the workdir has no file of `window` (warned about, as `of_workdir` says)."""
     stored = crop_metres.read(workdir)
-    if stored is None:
+    measured_on = None if stored is None else stored.get("window", "hgmt")
+    if measured_on != window:
+        assumed = CROP_METRES[window]
+        why = (f"the workdir has no {workdirs.CROP_METRES_FILE} (it was not trained by an "
+               f"hgmt.main that measures it)" if stored is None else
+               f"the workdir's {workdirs.CROP_METRES_FILE} measures window {measured_on}, not "
+               f"{window}")
         logging.warning(
-            "%s not found (the workdir was not trained by an hgmt.main that measures it): 3D "
-            "decoding assumes a training window spans %.2f m at the person, so the pelvis "
-            "depth and the 3D joints' x and y are off by the ratio of what this run's training "
-            "data spans to that (docs/evaluation.md has demo and SURREAL clips' figures); "
-            "rerunning hgmt.main on the workdir writes it", workdirs.crop_metres_file(workdir),
-            CROP_METRES)
-        return CROP_METRES, (f"assumed: hgmt's default (crop_scale.CROP_METRES), as the "
-                             f"workdir has no {workdirs.CROP_METRES_FILE} (it was not trained "
-                             f"by an hgmt.main that measures it); 3D decoding is off by the "
-                             f"ratio of what the run's training windows span to it")
+            "%s: %s; 3D decoding assumes a training window (%s) spans %.2f m at the person, "
+            "so the pelvis depth and the 3D joints' x and y are off by the ratio of what this "
+            "run's training data spans to that (docs/evaluation.md has demo and SURREAL clips' "
+            "figures); rerunning hgmt.main on the workdir writes it",
+            workdirs.crop_metres_file(workdir), why, window, assumed)
+        return assumed, (f"assumed: hgmt's default for window {window} "
+                         f"(crop_scale.CROP_METRES), as {why}; 3D decoding is off by the "
+                         f"ratio of what the run's training windows span to it")
     return float(stored["crop_metres"]), _measured(stored)
 
 

@@ -66,7 +66,8 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": predictor.crop_meta(*crop_scale.with_source(workdir)),
+            "crop": predictor.crop_meta(*crop_scale.with_source(workdir, config.window),
+                                        config.window),
             "camera": predictor.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.

@@ -1,9 +1,10 @@
 """Where the person is: the square crop window a prediction is made on, given by the user or
 found from what the model's own predictions on a coarser crop say (each task's `locate`).
 
-The window found is the one training crops are cut with (`input_pipeline.person_box`: the
-joints' box with margins, squared), so the model then sees the person at the scale it learnt:
-from the joints when enough of them are seen on the person, else from the silhouette's box."""
+The window found is the one training crops are cut with (the run's config.window,
+`input_pipeline.window_box`: hgmt's joints' box with margins, squared, or the reference code's
+box), so the model then sees the person at the scale it learnt: from the joints when enough of
+them are seen on the person, else from the silhouette's box."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 
 from hgmt.data import input_pipeline
 
-# Training window side / the longer side of the silhouette's box: its mean on the demo's
-# training clips (docs/evaluation.md, "Metres a training window spans", measured by
-# experiments/window_scale.py); a silhouette's window is centred on that box (docs/predict.md).
-FOREGROUND_TO_SIDE = 1.28
+# Training window side / the longer side of the silhouette's box, per training window
+# (config.window): its mean on the demo's training clips (docs/evaluation.md, "Metres a
+# training window spans", measured by experiments/window_scale.py); a silhouette's window is
+# centred on that box (docs/predict.md).
+FOREGROUND_TO_SIDE = {"hgmt": 1.28, "reference_box": 1.07}
 MIN_JOINT_SCORE = 0.2  # a joint counts when its peak is this high (a target's peak is 1)
 MIN_JOINTS = 12  # of 16: fewer, and the joints' box would miss limbs; use the silhouette
 NEAR_FOREGROUND = 2  # label px: a joint counts only this close to the silhouette, if any
@@ -117,30 +119,32 @@ def silhouette_box(mask: np.ndarray) -> np.ndarray | None:
 
 
 def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
-                image_shape: Sequence[int] | None = None) -> Window | None:
+                image_shape: Sequence[int] | None = None,
+                window: str = "hgmt") -> Window | None:
     """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order), the
     crop's (2,3) affine from image px to label px and the image's shape (H, W, ...) -> the
-    training window around the person, in image px, or None when nothing is seen.
+    training `window` (config.window, `input_pipeline.TRAIN_WINDOWS`) around the person, in
+    image px, or None when nothing is seen.
 
-    The silhouette is the largest connected region of the union of the tasks' foregrounds
-    within the image (a foreground seen on the crop's black margins is no person's); its
-    window is its box's longer side times FOREGROUND_TO_SIDE around its centre, at most
-    the whole image's window's side (a silhouette filling the crop would otherwise grow
-    the window by FOREGROUND_TO_SIDE on every pass) and at least training's least side,
-    `input_pipeline.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a
-    window of a pixel or two, the crop enlarging it a hundredfold and 3D decoding putting the
-    person tens of metres away). The joints are those of the first task
-    giving joints, kept where their peak reaches MIN_JOINT_SCORE and (when there is a
-    silhouette) lies within NEAR_FOREGROUND label px of it. With all 16 kept, the window is
-    training's `person_box` of them, "joints (<task>)", whatever its size: a training crop of a
-    person near the frame's edge holds black margins too, and the window's side is the scale
-    3D decoding reads (the pelvis depth is inversely proportional to it), so it is not cut to
-    the image. With MIN_JOINTS to 15 kept, the box of those misses the others (a person cut
-    off at the knees, whose training box spans the feet outside the frame): the window is
-    that box, "joints (<task>, <n> of 16)", or the silhouette's when larger, "foreground
-    (<tasks>), larger than joints (<task>, <n> of 16)". With fewer, the silhouette's. A
-    window from the joints that lies wholly outside the image is no person's either: the
-    silhouette's is taken, or none. Without `image_shape`, no bound is put on either."""
+    The silhouette is the largest connected region of the union of the tasks' foregrounds within
+    the image (a foreground seen on the crop's black margins is no person's); its window is its
+    box's longer side times FOREGROUND_TO_SIDE's around its centre, at most the whole image's
+    window's side (a silhouette filling the crop would otherwise grow the window by
+    FOREGROUND_TO_SIDE on every pass) and at least training's least side,
+    `input_pipeline.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a window
+    of a pixel or two, the crop enlarging it a hundredfold and 3D decoding putting the person
+    tens of metres away). The joints are those of the first task giving joints, kept where their
+    peak reaches MIN_JOINT_SCORE and (when there is a silhouette) lies within NEAR_FOREGROUND
+    label px of it. With all 16 kept, the window is training's box of them
+    (`input_pipeline.window_box`), "joints (<task>)", whatever its size: a training crop of a
+    person near the frame's edge holds black margins too, and the window's side is the scale 3D
+    decoding reads (the pelvis depth is inversely proportional to it), so it is not cut to the
+    image. With MIN_JOINTS to 15 kept, the box of those misses the others (a person cut off at
+    the knees, whose training box spans the feet outside the frame): the window is that box,
+    "joints (<task>, <n> of 16)", or the silhouette's when larger, "foreground (<tasks>), larger
+    than joints (<task>, <n> of 16)". With fewer, the silhouette's. A window from the joints
+    that lies wholly outside the image is no person's either: the silhouette's is taken, or
+    none. Without `image_shape`, no bound is put on either."""
     back = cv2.invertAffineTransform(m_label)
     masks = [e["foreground"] for e in evidence.values() if "foreground" in e]
     seen = np.logical_or.reduce(masks) if masks else None
@@ -151,7 +155,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
     outline = None
     if silhouette is not None:
         corners = silhouette_box(silhouette) @ back[:, :2].T + back[:, 2]
-        side = FOREGROUND_TO_SIDE * float(np.abs(corners[1] - corners[0]).max())
+        side = FOREGROUND_TO_SIDE[window] * float(np.abs(corners[1] - corners[0]).max())
         tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
         side = max(min(side, max_side), input_pipeline.MIN_WINDOW_SIDE_PX)
         outline = Window(corners.mean(0), side, f"foreground ({tasks})")
@@ -167,7 +171,8 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
             keep &= near[yi, xi] > 0
         kept = int(keep.sum())
         if kept >= MIN_JOINTS:
-            centre, side = input_pipeline.person_box(joints[keep] @ back[:, :2].T + back[:, 2])
+            centre, side = input_pipeline.window_box(joints[keep] @ back[:, :2].T + back[:, 2],
+                                                     window)
             if kept == len(joints):
                 window = Window(centre, side, f"joints ({givers[0]})")
             else:

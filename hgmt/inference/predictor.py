@@ -78,7 +78,9 @@ class Predictor:
                              f"(> 0), or None to assume SURREAL's field of view")
         self.focal_px = focal_px
         # Metres a training window spans at the person: 3D decoding's scale.
-        self.crop_metres = crop_scale.of_workdir(workdir)
+        self.window = input_pipeline.check_window(
+            self.config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
+        self.crop_metres = crop_scale.of_workdir(workdir, self.window)
         self.flip = bool(flip)
         self._model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(
@@ -195,7 +197,7 @@ class Predictor:
                 preds = {t: raw[t][k] for t in self.tasks}
                 passes[i] += 1
                 seen = person.find_window({t: TASKS[t].locate(p) for t, p in preds.items()},
-                                          m_labels[k], images[i].shape)
+                                          m_labels[k], images[i].shape, self.window)
                 windows[i], done = person.after_pass(windows[i], seen, passes[i] == 1)
                 if done:
                     last[i] = (crops[k], m_labels[k], preds)
@@ -273,19 +275,32 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
                      [0.0, scale, v0 - scale * (h - 1) / 2]])
 
 
-def crop_meta(crop_metres: float, source: str) -> dict:
-    """How a model input is cut from an image (`Predictor._crops`, training's window), for an
-    export's hgmt.json: R is its `image_size`, r its `label_size`; `crop_metres` the metres a
-    training window spans at the person and `source` where that figure comes from (measured
-    or assumed: `crop_scale.with_source`)."""
+# How training's window (config.window) is had from the 16 joints, for an export's hgmt.json.
+TRAINING_BOXES = {
+    "hgmt": "the 16 joints' tight box (w x h) widened by box_margins (fractions of w left and "
+            "right, of h top and bottom), S the larger of its sides and min_side_px, centred "
+            "on it",
+    "reference_box": "the reference code's: the 16 joints plus 1 (1-based px), their tight "
+                     "box from (x0, y0) to (x1, y1) with w = x1 - x0 + 1 and h = y1 - y0 + 1, "
+                     "widened to start = (x0 - box_margins.left w, y0 - box_margins.top h) "
+                     "and end = (x1 + box_margins.right w, y1 + box_margins.bottom h), W x H = "
+                     "end - start + 1, S = 200 / 240 max(W, H), c = start + (W, H) / 2 "
+                     "(taken as 0-based px)",
+}
+
+
+def crop_meta(crop_metres: float, source: str, window: str = "hgmt") -> dict:
+    """How a model input is cut from an image (`Predictor._crops`, training's `window`,
+    config.window), for an export's hgmt.json: R is its `image_size`, r its `label_size`;
+    `crop_metres` the metres a training window spans at the person and `source` where that
+    figure comes from (measured or assumed: `crop_scale.with_source`)."""
     return {
         "window": "a square of S x S image px centred on image px c (x and y), pixel centres "
-                  "at integers; training's is the 16 joints' tight box (w x h) widened by "
-                  "box_margins (fractions of w left and right, of h top and bottom), S the "
-                  "larger of its sides and min_side_px, centred on it: a window spans about "
-                  "window_metres at the person's depth. hgmt.predict finds it from the model's "
-                  "outputs, or takes the square around --bbox (its centre, S the larger of its "
-                  "width and height)",
+                  f"at integers; training's ({window}) is {TRAINING_BOXES[window]}: a window "
+                  "spans about window_metres at the person's depth. hgmt.predict finds it "
+                  "from the model's outputs, or takes the square around --bbox (its centre, "
+                  "S the larger of its width and height)",
+        "training_window": window,
         "box_margins": dict(input_pipeline.BOX_MARGINS),
         "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
         "window_metres": crop_metres,

@@ -77,7 +77,9 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
                                 f"finished{hint}")
     _check_trained_alike(sweep_dir, configs)
     _check_losses_alike(sweep_dir, configs)
-    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files)
+    # The runs' training window (alike by now: a run trained on another is refused above).
+    trained = next((c.get("window", "hgmt") for c in configs.values()), "hgmt")
+    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files, trained)
     return results
 
 
@@ -193,12 +195,14 @@ def _evaluation(summary: dict) -> tuple:
 
 
 def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple],
-                           limits: dict[str, int | None], files: dict[str, str]) -> None:
+                           limits: dict[str, int | None], files: dict[str, str],
+                           trained: str = "hgmt") -> None:
     """Refuses runs (`evaluated`: {run: `_evaluation`}) not all evaluated alike: their numbers
     do not compare, so neither do the tables and verdicts made of them. The error names each
     group of runs with its evaluation and the hgmt.evaluate command that evaluates the others
     as the most runs were (every run where their crop window or metric definitions are not
-    those hgmt.evaluate uses for `protocol` today), with the example limit they asked for
+    those hgmt.evaluate uses for `protocol` today on runs trained on `trained`'s windows,
+    config.window), with the example limit they asked for
     (`limits`: {run: the summary's max_examples}; where no summary records it, the frames
     they evaluated), into each run's file (`files`: {run: `_result`'s file name})."""
     groups: dict[tuple, list[str]] = {}
@@ -206,7 +210,7 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
         groups.setdefault(settings, []).append(name)
     if len(groups) < 2:
         return
-    today = protocols.window(protocol)
+    today = protocols.window(protocol, trained)
 
     def as_today(settings: tuple) -> bool:  # what hgmt.evaluate gives now
         return settings[-2:] == (evaluator.metrics_version(protocol), today)

@@ -98,6 +98,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
     augment.Augment.from_config(config.augment)
+    input_pipeline.check_window(config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if not on_devices:
@@ -305,7 +306,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         resume.save_config(config, workdir, changed, start_step)
         record_start(workdir, start_step)
         if source is not None:
-            crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir)
+            crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir,
+                                          config.window)
 
     state = devices.replicate(state)
     p_train_step = jitted_train_step(weights, options, prepare)
@@ -568,7 +570,7 @@ def augmentation(config: ml_collections.ConfigDict,
     if device_augment.placement(config.augment_on) == "host":
         return None
     return device_augment.Prepare(config.image_size, config.seed, tasks,
-                                  augment.Augment.from_config(config.augment))
+                                  augment.Augment.from_config(config.augment), config.window)
 
 
 def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
@@ -583,7 +585,8 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
             source, batch_size=config.batch_size, image_size=config.image_size,
             seed=config.seed, augment=augment.Augment.from_config(config.augment),
             worker_count=workers, tasks=tasks,
-            unread=device_augment.unread_maps(tasks), read_threads=config.read_threads)
+            unread=device_augment.unread_maps(tasks), read_threads=config.read_threads,
+            window=config.window)
     return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
                                         worker_count=workers, tasks=tasks,
                                         read_threads=config.read_threads)
