@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
     # 128 px (32x32 label maps): at 64 px most limb parts are one label pixel wide. One
     # hourglass stream shared by the four tasks: on 2 CPU cores it takes less time per step
     # than one stream per task, which learns no limbs within the demo's budget (both measured
-    # in docs/learning.md, "Learning curves").
+    # in docs/learning.md, "The demo").
     c.image_size = 128
     c.batch_size = 16
     c.total_steps = 600
