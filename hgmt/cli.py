@@ -358,6 +358,12 @@ def define_verbosity(fv: flags.FlagValues) -> None:
                          "tracebacks", flag_values=fv)
 
 
+def hms(seconds: float) -> str:
+    """A duration as H:MM:SS for a progress line (whole seconds, rounded down)."""
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 # `extra=` of a log line that only --verbosity=1 shows (`UserLines` drops it otherwise).
 VERBOSE = {"hgmt_verbose": True}
 # The `extra` of an INFO line about this process itself, shown on every process of a

@@ -123,16 +123,36 @@ def _distinct(inputs: list[str]) -> list[str]:
     return kept
 
 
+# The record among each input's outputs (an image's JSON, a video's summary) and a key only
+# hgmt.predict writes into it: an output path holding a file of another kind is not ours.
+_RECORDS = {"json": "bbox_found_by", "summary": "frames_person_not_seen"}
+
+
+def _earlier_prediction(outputs: dict[str, str]) -> bool:
+    """Whether `outputs` (`_outputs`) hold an earlier prediction's record (`_RECORDS`)."""
+    kind, field = next((k, f) for k, f in _RECORDS.items() if k in outputs)
+    try:
+        with open(outputs[kind], "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and field in record
+
+
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
     """Stops, before anything is written, when an output would replace an input (by any
-    path to it: a symbolic link to the folder, another case of its name) or another input's
-    output (two inputs of one name, e.g. a/x.jpg and b/x.png)."""
+    path to it: a symbolic link to the folder, another case of its name), another input's
+    output (two inputs of one name, e.g. a/x.jpg and b/x.png) or a file that is not an
+    earlier prediction of the same name (`_earlier_prediction`: x.png, a photo beside x.jpg,
+    in --out_dir=.)."""
     key = _same_file_key
     inputs_at = {key(p): p for p in inputs}
     files_at = {i: p for p in inputs if (i := _identity(p)) is not None}
     written: dict[str, str] = {}
     for path in inputs:
-        for out in map(os.path.abspath, _outputs(path, out_dir).values()):
+        outputs = _outputs(path, out_dir)
+        ours = _earlier_prediction(outputs)
+        for out in map(os.path.abspath, outputs.values()):
             resolved = key(out)
             # The same path once links are resolved, or an existing output that is the same
             # file as an input (a case-insensitive file system's other spelling of its name).
@@ -143,6 +163,12 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
             if written.get(resolved, path) != path:
                 raise SystemExit(f"error: {written[resolved]} and {path} would both write "
                                  f"{out}: predict them into separate --out_dir folders")
+            if not ours and os.path.lexists(out):
+                raise SystemExit(
+                    f"error: the prediction of {path} would overwrite {out}, which is not an "
+                    f"earlier prediction of it (hgmt.predict writes "
+                    f"{', '.join(os.path.basename(o) for o in outputs.values())}): move that "
+                    f"file or choose another --out_dir")
             written[resolved] = path
 
 
@@ -254,7 +280,7 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
                 if summary["frames_person_not_seen"] else "")
     out = video.outputs(path, out_dir)
     print(f"{path} -> {out['jsonl']}, {out['annotated_video']}, {out['summary']}: "
-          f"{summary['frames']} frames{damaged}{not_seen}, "
+          f"{summary['frames']} frame{'s' * (summary['frames'] != 1)}{damaged}{not_seen}, "
           f"{summary['frames_per_second']:.1f} frames/s "
           f"end to end, {summary['predict_frames_per_second']:.1f} frames/s "
           f"predicting ({summary['device']}, batch {model.batch_size})")
@@ -283,11 +309,14 @@ def _read(path: str, bbox: list[float] | None) -> np.ndarray | None:
 
 def _undecodable_hint(path: str) -> str:
     """What to do with a file read as an image that OpenCV cannot decode, appended to the
-    error: rename a video PyAV plays; convert an image of a format OpenCV has no codec for
-    (HEIC: its suffix is none of OpenCV's, cv2.haveImageWriter); else nothing."""
+    error: rename a video PyAV plays; nothing for a sound file or a damaged image of a
+    format OpenCV reads (its error says so); convert an image of a format OpenCV has no
+    codec for (HEIC: its suffix is none of OpenCV's, cv2.haveImageWriter); else nothing."""
     if video.plays_as_video(path):
         return (f"; it was read as an image: a video is read as one when its name ends in "
                 f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)")
+    if video.sound_only(path):
+        return "; it holds sound only, no picture"
     suffix = os.path.splitext(path)[1]
     # OpenCV takes UTF-8 names only (a surrogate escape of another encoding crashes it).
     if suffix and suffix.isascii() and not cv2.haveImageWriter("image" + suffix):

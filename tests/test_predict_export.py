@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 
+import av
 import cv2
 import jax
 import numpy as np
@@ -295,9 +296,10 @@ def test_variables_too_large_for_the_device_are_named_so(workdir, tmp_path, monk
 
 def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predictor,
                                                                  tmp_path, capsys):
-    """Each input that cannot be read is skipped with a line naming it and why: a file that
-    is no image, one missing, a folder, and a video whose name says image (told to rename it,
-    which only a file PyAV plays as a video is: not a broken PNG or a JPEG cut short)."""
+    """Each input that cannot be read is skipped with a line naming it and why: a PNG and a
+    JPEG that are damaged or cut short (their format named), an empty file, a file of sound
+    only, one missing, a folder, and a video whose name says image (told to rename it, which
+    only a file PyAV plays as a video is)."""
     import shutil
 
     photo = str(tmp_path / "photo.jpg")
@@ -308,20 +310,35 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     cut.write_bytes(open(photo, "rb").read()[:300])
     renamed = tmp_path / "clip.dat"
     shutil.copy(DEMO_CLIP, renamed)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    sound = tmp_path / "sound.m4a"
+    with av.open(str(sound), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 8000), np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
     folder = tmp_path / "pictures"
     folder.mkdir()
     out = tmp_path / "out"
     rc = hgmt.predict.main([photo, str(broken), str(tmp_path / "missing.jpg"), str(cut),
-                            str(renamed), str(folder), f"--workdir={workdir}",
-                            f"--out_dir={out}"])
-    assert rc == 1  # five inputs could not be read; the good one is still written
+                            str(renamed), str(folder), str(empty), str(sound),
+                            f"--workdir={workdir}", f"--out_dir={out}"])
+    assert rc == 1  # seven inputs could not be read; the good one is still written
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().err.splitlines()
                  if line.startswith("skipped "))
     hint = ("; it was read as an image: a video is read as one when its name ends in .mp4, "
             ".m4v, ")
-    assert lines[f"skipped {broken}"] == (f"image {broken} cannot be decoded (not an image "
-                                          f"OpenCV reads)")
-    assert lines[f"skipped {cut}"] == f"image {cut} cannot be decoded (not an image OpenCV reads)"
+    assert lines[f"skipped {broken}"] == (f"image {broken} is a PNG file that does not decode: "
+                                          f"it is damaged or cut short (copy or export it "
+                                          f"again)")
+    assert lines[f"skipped {cut}"] == (f"image {cut} is a JPEG file that does not decode: it "
+                                       f"is damaged or cut short (copy or export it again)")
+    assert lines[f"skipped {empty}"] == f"image {empty} is empty (0 bytes)"
+    assert lines[f"skipped {sound}"] == (f"image {sound} cannot be decoded (not an image "
+                                         f"OpenCV reads); it holds sound only, no picture")
     assert lines[f"skipped {renamed}"].startswith(
         f"image {renamed} cannot be decoded (not an image OpenCV reads){hint}")
     assert lines[f"skipped {renamed}"].endswith(" (rename it)")
@@ -461,6 +478,35 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
     assert str(stop.value.code) == (f"error: --out_dir={photo}/out cannot be made a folder "
                                     f"(Not a directory): give a folder this user can write")
     assert photo.read_bytes() == before
+
+
+def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, tmp_path):
+    """A folder holding holiday.jpg and holiday.png, another picture (a camera's pair, a
+    conversion), predicted into itself: the panel would replace holiday.png, so the command
+    stops before the model loads and keeps it; so does a holiday.json of the user's. An
+    earlier prediction's outputs are replaced: a rerun into the same folder works."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo, pair = folder / "holiday.jpg", folder / "holiday.png"
+    _stick_figure(str(photo))
+    _stick_figure(str(pair))
+    before = pair.read_bytes()
+    message = (f"error: the prediction of {photo} would overwrite {pair}, which is not an "
+               f"earlier prediction of it (hgmt.predict writes holiday.png, holiday.json): "
+               f"move that file or choose another --out_dir")
+    with pytest.raises(SystemExit) as stop:
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
+    assert str(stop.value.code) == message and pair.read_bytes() == before
+    pair.rename(folder / "kept.png")
+    (folder / "holiday.json").write_text('{"album": "summer"}')
+    with pytest.raises(SystemExit, match="would overwrite .*holiday.json, which is not an"):
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
+    assert (folder / "holiday.json").read_text() == '{"album": "summer"}'
+    (folder / "holiday.json").unlink()
+    for _ in range(2):  # the second run replaces the first's outputs
+        assert hgmt.predict.main([str(photo), f"--workdir={workdir}",
+                                  f"--out_dir={folder}"]) == 0
+    assert "bbox_found_by" in json.loads((folder / "holiday.json").read_text())
 
 
 def test_the_output_check_resolves_each_path_a_bounded_number_of_times(tmp_path, monkeypatch):
@@ -1925,6 +1971,35 @@ def test_the_person_is_found_from_the_joints_in_two_passes(workdir, test_example
     np.testing.assert_allclose(nothing["window"].bbox, [0, -100, 680, 680])  # the whole image
 
 
+def test_a_search_that_does_not_settle_says_when_its_last_pass_sees_nothing(workdir,
+                                                                           test_example):
+    """The joints seen move 20 px (more than CONVERGED of the window's side) on each of the
+    MAX_FINDING_PASSES passes, so the search does not settle and the model runs once more on
+    the last window found; where it sees nothing there, the window says so ('; nothing seen
+    in the final window') and is not counted as a person seen; where it sees the person, the
+    window is what found it."""
+    image = cv2.copyMakeBorder(test_example["image"], 100, 100, 100, 100, cv2.BORDER_CONSTANT)
+    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + 100
+
+    class Wandering(_Oracle):
+        def __init__(self, workdir, last_seen: bool):
+            super().__init__(workdir, None)
+            self.last_seen = last_seen
+
+        def _forward(self, crops):
+            n = len(self.runs)
+            seen = n < prediction.MAX_FINDING_PASSES or self.last_seen
+            self.joints = joints + [20.0 * n, 0.0] if seen else None
+            return super()._forward(crops)
+
+    for last_seen in (False, True):
+        result = Wandering(workdir, last_seen)(image)
+        assert result["passes"] == prediction.MAX_FINDING_PASSES + 1
+        assert result["window"].found_by == "joints (pose2d)" + (
+            "" if last_seen else f"; {person.NOTHING_SEEN_LAST}")
+        assert result["window"].person_seen == last_seen
+
+
 def test_a_batch_mixes_given_and_found_windows(workdir, test_example):
     image = test_example["image"]
     joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
@@ -2668,16 +2743,17 @@ def test_a_broken_video_is_reported_and_skipped(workdir, tmp_path, capsys):
     assert "clip.mp4 cannot be opened" in err and "gone.mp4 not found" in err
 
 
-def _write_clip(path, frames, times=None, fmt=None):
+def _write_clip(path, frames, times=None, fmt=None, options=None):
     """An H.264 clip of the (H,W,3) RGB `frames` at `times` seconds (default 30 frames/s), in
-    ticks of 1/90000 s, without B-frames (decoding order is display order)."""
+    ticks of 1/90000 s, without B-frames (decoding order is display order); `options` the
+    muxer's (e.g. {"movflags": "faststart"})."""
     import fractions
 
     import av
 
     base = fractions.Fraction(1, 90000)
     times = np.arange(len(frames)) / 30 if times is None else times
-    with av.open(str(path), mode="w", format=fmt) as container:
+    with av.open(str(path), mode="w", format=fmt, options=options or {}) as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], \
             "yuv420p"
@@ -2779,6 +2855,8 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
     with open(out / "damaged.summary.json") as f:
         summary = json.load(f)
     assert summary["frames"] == 23 and summary["damaged_packets"] == 1
+    assert summary["listed_frames"] == 24  # 23 decoded and 1 damaged: not cut short
+    assert not [r for r in caplog.records if "cut short" in r.getMessage()]
     with open(out / "damaged.jsonl") as f:
         lines = [json.loads(line) for line in f]
     source_times = np.delete(np.arange(24), 10) / 30
@@ -2790,6 +2868,36 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
     warnings = [r for r in caplog.records if "damaged packet" in r.getMessage()]
     assert len(warnings) == 1 and str(clip) in warnings[0].getMessage()
     assert "at 0.333 s" in warnings[0].getMessage()
+
+
+def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(
+        workdir, tmp_path, caplog, monkeypatch):
+    """An mp4 whose index comes first (faststart) cut to 70 % of its bytes: the frames that
+    are there are predicted and written, the summary gives the 24 frames its header lists,
+    and a warning names the clip as cut short; a progress line is logged on the way (every
+    batch here) with the frames done of those listed."""
+    import logging
+    import re
+
+    clip = tmp_path / "cut.mp4"
+    rng = np.random.default_rng(1)
+    _write_clip(clip, list(rng.integers(0, 255, (24, 64, 96, 3), np.uint8)),
+                options={"movflags": "faststart"})
+    data = clip.read_bytes()
+    clip.write_bytes(data[:len(data) * 7 // 10])
+    monkeypatch.setattr(video, "PROGRESS_EVERY_S", 0.0)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                                  "--batch_size=4"]) == 0
+    summary = json.loads((out / "cut.summary.json").read_text())
+    assert summary["listed_frames"] == 24
+    assert 0 < summary["frames"] + summary["damaged_packets"] < 24, summary
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{clip}: {summary['frames']} of the 24 frames its header lists decoded: the file " \
+           f"is cut short or damaged" in messages
+    progress = [m for m in messages if re.fullmatch(rf"{clip}: \d+ of 24 frames, .* frames/s.*", m)]
+    assert len(progress) >= 2, messages
 
 
 def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):

@@ -169,8 +169,15 @@ class Predictor:
             crops, m_labels = self._crops([images[i] for i in rest], [windows[i] for i in rest])
             raw = self._forward(crops)
             for k, i in enumerate(rest):
-                done[i] = (crops[k], m_labels[k], {t: raw[t][k] for t in self.tasks})
+                preds = {t: raw[t][k] for t in self.tasks}
+                done[i] = (crops[k], m_labels[k], preds)
                 passes[i] += 1
+                # A search that did not settle runs once more on its last window: where the
+                # model sees nothing there, the window says so, as a settled search's does.
+                if i in search and person.find_window(
+                        {t: TASKS[t].locate(p) for t, p in preds.items()}, m_labels[k],
+                        images[i].shape, self.window) is None:
+                    windows[i], _ = person.after_pass(windows[i], None, first_pass=False)
         return [self._result(images[i], windows[i], passes[i], *done[i], image_maps=image_maps)
                 for i in range(len(images))]
 
@@ -424,20 +431,35 @@ class UndecodableImage(ValueError):
     """A file read as an image is not one OpenCV decodes."""
 
 
+# The first bytes of the image formats OpenCV decodes that a photo or a frame comes in: a
+# file that starts so but does not decode is damaged or cut short, not of another format.
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP",
+              b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
+
 def read_image(path: str) -> np.ndarray:
     """Any format OpenCV reads -> RGB uint8 (H,W,3), upright: turned by its EXIF orientation
     as viewers show it (OpenCV's decoding applies it: a phone photo stored 4000 x 3000 with
     orientation 6 is read 3000 wide and 4000 tall); a clear error when it cannot
-    (UndecodableImage when the file is there but is not such an image). The bytes are read
-    by Python and decoded by OpenCV: cv2.imread crashes the process on a file name that is
-    not UTF-8 (Python's surrogate escapes)."""
+    (UndecodableImage when the file is there but is empty, damaged or cut short, or not such
+    an image). The bytes are read by Python and decoded by OpenCV: cv2.imread crashes the
+    process on a file name that is not UTF-8 (Python's surrogate escapes)."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the image files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
     data = np.fromfile(path, np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if not data.size:
+        raise UndecodableImage(f"image {path} is empty (0 bytes)")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
+        head = data[:8].tobytes()
+        kind = next((k for sig, k in SIGNATURES.items() if head.startswith(sig)), None)
+        if kind is None and head[:4] == b"RIFF" and data[8:12].tobytes() == b"WEBP":
+            kind = "WebP"
+        if kind is not None:
+            raise UndecodableImage(f"image {path} is a {kind} file that does not decode: it is "
+                                   f"damaged or cut short (copy or export it again)")
         raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")
     return bgr[..., ::-1].copy()
 

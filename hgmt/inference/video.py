@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from hgmt import disk_space
+from hgmt import cli, disk_space
 from hgmt.inference import predictor as prediction
 from hgmt.tasks import TASKS
 
@@ -37,6 +37,7 @@ ANIMATION_SUFFIXES = (".gif", ".webp", ".apng")
 
 # The most frames a decoder holds back to put them in display order (H.264's limit).
 REORDER_DEPTH = 16
+PROGRESS_EVERY_S = 10.0  # seconds between a video's progress lines
 
 
 def is_video(path: str) -> bool:
@@ -100,6 +101,17 @@ def plays_as_video(path: str) -> bool:
                 return False
             frames = container.decode(container.streams.video[0])
             return sum(1 for _ in itertools.islice(frames, 2)) == 2
+    except (av.FFmpegError, OSError, ValueError):
+        return False
+
+
+def sound_only(path: str) -> bool:
+    """Whether PyAV opens the file and finds audio streams but no video stream (an .m4a)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return bool(container.streams.audio) and not container.streams.video
     except (av.FFmpegError, OSError, ValueError):
         return False
 
@@ -179,6 +191,9 @@ class Clip:
         self.time_base = fractions.Fraction(base) if base else fractions.Fraction(1, 90000)
         self.start_time_s = start_time(self._container, self._stream)
         self.damaged_packets = 0
+        # The frames the container's header lists (an mp4's sample count), 0 when it does not
+        # say: a clip that decodes fewer, its damaged packets counted, is cut short.
+        self.listed_frames = int(self._stream.frames or 0)
 
     def __enter__(self) -> Clip:
         return self
@@ -442,10 +457,14 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     at its 'time_s'), and OUT_DIR/<name>.summary.json, the returned summary: frames,
     'start_time_s' (where the clip starts on its stream's clock, `Clip.start_time_s`),
     'frames_person_not_seen' (frames whose window is drawn red, `person.Window.person_seen`),
-    seconds, 'frames_per_second' end to end (reading, the model, drawing and writing
-    included) and of `Predictor.predict` alone, both timed after `Predictor.warm_up` has
-    compiled everything ('warm_up_seconds'), the device, 'damaged_packets' (`Clip`), the
-    checkpoint's step, tasks and whether the flip test ran.
+    'seconds' (the wall-clock time from the first frame's reading to the annotated video's
+    last frame encoded), 'frames_per_second' end to end (reading, the model, drawing and
+    writing included) and of `Predictor.predict` alone, both timed after `Predictor.warm_up`
+    has compiled everything ('warm_up_seconds'), the device, 'damaged_packets' (`Clip`),
+    'listed_frames' (the frames the file's header lists, null when it does not: more than
+    the frames decoded and damaged is a clip cut short, warned about), the checkpoint's
+    step, tasks and whether the flip test ran. A progress line is logged every
+    PROGRESS_EVERY_S seconds.
 
     The files are written under `partial_name`s and renamed together when the clip is done,
     their data synced first (`disk_space.rename_together`): on an error they are deleted, so
@@ -458,13 +477,24 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
         raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
     count, not_seen, predicting = 0, 0, 0.0
     with Clip(path) as clip:
+        listed = clip.listed_frames
+        of = f" of {listed}" if listed else ""
         writer = _Writer(partial_name(video_path), clip.frame_rate, clip.time_base)
         try:
             with open(partial_name(lines_path), "w") as lines:
                 began = time.perf_counter()
+                logging.info("%s: compiling the model for batches of up to %d frames",
+                             path, model.batch_size)
                 model.warm_up()
-                start = time.perf_counter()
+                start = last_line = time.perf_counter()
                 for times, frames in clip.batches(model.batch_size):
+                    if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+                        last_line = time.perf_counter()
+                        rate = count / (last_line - start)
+                        left = (f", about {cli.hms((listed - count) / rate)} left"
+                                if listed > count and rate > 0 else "")
+                        logging.info("%s: %d%s frames, %.1f frames/s%s", path, count, of,
+                                     rate, left)
                     began_batch = time.perf_counter()
                     results = model.predict(frames,
                                             None if bbox is None else [bbox] * len(frames),
@@ -477,15 +507,22 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                         writer.write(annotate(frame, result), t)
                         count += 1
                         not_seen += not result["window"].person_seen
-                seconds = time.perf_counter() - start
             if not count:
-                raise ValueError(f"video {path} holds no frames")
+                damaged = clip.damaged_packets
+                raise ValueError(f"video {path} holds no frames" + (
+                    f" that decode ({damaged} damaged packet{'s' * (damaged != 1)}: the file "
+                    f"is damaged or cut short)" if damaged else ""))
             writer.close()
+            seconds = time.perf_counter() - start
+            if listed > count + clip.damaged_packets:
+                logging.warning("%s: %d of the %d frames its header lists decoded: the file "
+                                "is cut short or damaged", path, count, listed)
             summary = {
                 "video": os.path.abspath(path), "frames": count,
                 "start_time_s": round(clip.start_time_s, 6),
                 "frames_person_not_seen": not_seen,
-                "damaged_packets": clip.damaged_packets, "seconds": round(seconds, 3),
+                "damaged_packets": clip.damaged_packets, "listed_frames": listed or None,
+                "seconds": round(seconds, 3),
                 "frames_per_second": round(count / seconds, 3),
                 "predict_frames_per_second": round(count / predicting, 3),
                 "warm_up_seconds": round(start - began, 3), "batch_size": model.batch_size,

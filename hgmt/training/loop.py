@@ -510,7 +510,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                          "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
                          img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed,
-                         _hms(eta))
+                         cli.hms(eta))
             interval.restart(step)
         # A preempted job has no time to evaluate: the step is saved, and the rerun evaluates
         # it first (`missed`, above).
@@ -654,8 +654,3 @@ def _after_non_finite(latest: int | None, workdir: str) -> str:
                 f"{advice}.")
     return (f"the last good checkpoint (step {latest}) in {workdirs.checkpoint_dir(workdir)} "
             f"is intact. {advice} with {resume.FLAG}.")
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
