@@ -128,7 +128,11 @@ def write_together(files: Sequence[tuple[str, Callable[[Any], None], str]], *,
     for path, _, _, tmp in staged:
         if tmp != path:
             with reported(path, "the file", then, cleanup=remove):
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:  # a folder there, a permission: no temporary left
+                    remove()
+                    raise
     _sync_folders([path for path, _, _, tmp in staged if tmp != path])
 
 

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
         input_pipeline.frames_flag(args.frames)
+    if args.out_file:
+        with cli.faults_in_one_line(ValueError):
+            evaluator.check_out_file(args.out_file)
     with cli.console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 

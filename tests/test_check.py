@@ -175,3 +175,5 @@ def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, mes
     records.check_dataset_name("surreal/every10:1.6.0")
     records.check_dataset_name("mydata/frames")
     assert "--config=every10 " in shards.build_command("surreal/every10:1.6.0", "/d")
+    # Another builder's dataset: TFDS's own command for it, not the SURREAL builder's.
+    assert shards.build_command("mpii:1.0.0", "/d") == "tfds build mpii --data_dir=/d"

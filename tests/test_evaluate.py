@@ -2,6 +2,7 @@
 chosen on test clips (SURREAL's val clips are all test clips, docs/surreal_format.md)."""
 
 import logging
+import os
 import types
 
 import pytest
@@ -91,3 +92,33 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
         hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=hgmt"])
     assert "measures 64x64" not in str(stop.value.code)
     assert "checkpoint" in str(stop.value.code), stop.value.code
+
+
+def test_an_out_file_that_is_a_folder_or_markdown_is_refused_before_any_work(tmp_path):
+    """--out_file naming a folder (the JSON's rename would fail after the whole evaluation)
+    or a .md name (the JSON would replace the Markdown written beside it as <stem>.md): one
+    line naming the file and the fix, before a checkpoint is read (the workdir has none),
+    nothing written."""
+    from hgmt import disk_space, workdirs
+    from hgmt.evaluation import evaluator
+
+    workdirs.save_config(default.get_config("tasks=pose2d"), str(tmp_path))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    before = sorted(os.listdir(tmp_path))
+    for out, message in [
+            (folder, f"error: ValueError: --out_file={folder} is a folder: give a file name in "
+                     f"it, e.g. {folder}/eval_test.json"),
+            (tmp_path / "eval.md", f"error: ValueError: --out_file={tmp_path}/eval.md: give the "
+                                   f"JSON's file name (e.g. eval.json); the Markdown is written "
+                                   f"beside it as <stem>.md")]:
+        with pytest.raises(SystemExit) as stop:
+            hgmt.evaluate.main([f"--workdir={tmp_path}", f"--out_file={out}"])
+        assert stop.value.code == message
+    assert sorted(os.listdir(tmp_path)) == before and not os.listdir(folder)
+    # A file written atomically onto a folder fails without leaving its temporary behind.
+    with pytest.raises(IsADirectoryError):
+        disk_space.write_atomically(str(folder), lambda f: f.write("{}"))
+    assert sorted(os.listdir(tmp_path)) == before
+    with pytest.raises(ValueError, match="is a folder"):
+        evaluator.write_report({}, str(folder))

@@ -763,6 +763,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         summary = ev(variables)
         assert summary["window"] == window and summary["protocol"] == protocol
         assert summary["label_size"] == 64
+        assert (summary["dataset"], summary["data_dir"]) == (config.dataset, config.data_dir)
         header = evaluator.to_markdown(summary).splitlines()[0]
         assert (f"in the `{window}` crop window" in header) == (window != "hgmt"), header
         record = source[ev.indices[0]]

@@ -256,6 +256,7 @@ class Evaluator:
             config.window, input_pipeline.TRAIN_WINDOWS, "config.window"))
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
+        self.dataset, self.data_dir = config.dataset, config.data_dir
         self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
         if self.window == "reference":
             input_pipeline.check_reference_flags(self.source, config.dataset, config.data_dir)
@@ -371,6 +372,7 @@ class Evaluator:
                    for name in self.tasks}
         summary["protocol"], summary["window"] = self.protocol, self.window
         summary["label_size"] = self.image_size // common.LABEL_STRIDE  # r: r x r label maps
+        summary["dataset"], summary["data_dir"] = self.dataset, self.data_dir  # what it read
         usable = max(count - float(total["rejected"]), 1.0)
         summary["loss"] = {t: float(total[t]["loss"]) / usable for t in self.tasks}
         summary["num_examples"] = int(count)
@@ -542,12 +544,26 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_out_file(out: str) -> None:
+    """ValueError naming `out` and the fix when `write_report` cannot write it: a folder, or
+    a Markdown name (the Markdown goes beside the JSON as <stem>.md, the JSON would replace
+    it)."""
+    if out.lower().endswith(".md"):
+        raise ValueError(f"--out_file={out}: give the JSON's file name (e.g. eval.json); the "
+                         f"Markdown is written beside it as <stem>.md")
+    if epath.Path(paths.absolute(out)).is_dir():
+        raise ValueError(f"--out_file={out} is a folder: give a file name in it, e.g. "
+                         f"{os.path.join(out, 'eval_test.json')}")
+
+
 def write_report(summary: dict, out: str) -> list[str]:
     """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
     `summary_pictures`, e.g. a PCK curve). -> the paths written. The JSON comes last, so that
     its presence (what a rerun of the trainer takes as the evaluation done) means the rest
     is there too. A full disk or quota raises `disk_space.DiskFull` naming the file, with no
-    partial file left behind (each is written to a temporary name, then renamed)."""
+    partial file left behind (each is written to a temporary name, then renamed); an `out`
+    that `check_out_file` refuses raises its ValueError before anything is written."""
+    check_out_file(out)
     out = paths.absolute(out)
     epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
     stem = os.path.splitext(out)[0]
