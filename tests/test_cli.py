@@ -306,7 +306,7 @@ def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(t
     assert workdirs.current_layout(old) == {
         "model": {"depth": 4, "stream_mode": "auto", "ops": "auto",
                   "batch_norm_stats": "global"}, "tasks": "pose2d", "augment_on": "auto",
-        "max_damaged_fraction": 0.001,
+        "max_damaged_fraction": 0.001, "window": "hgmt",
         "augment": {"scale_sigma": 0.25, "scale_clip": 0.5, "rotate_sigma": 30.0,
                     "rotate_clip": 60.0, "rotate_p": 0.4, "gain_min": 0.6, "gain_max": 1.4,
                     "flip_p": 0.5},
