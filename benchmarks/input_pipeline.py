@@ -75,7 +75,8 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
         loader = input_pipeline.train_loader(source, batch_size=batch, image_size=res, seed=0,
                                              augment=distributions, worker_count=workers,
                                              tasks=names, unread=device_augment.unread_maps(names),
-                                             read_threads=config.read_threads)
+                                             read_threads=config.read_threads,
+                                             window=config.window)
     else:
         loader = device_augment.decode_loader(source, batch_size=batch, seed=0,
                                               worker_count=workers, tasks=names,
@@ -95,7 +96,8 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
               "worker_count": workers, "cpus": cores.usable_cores(),
               **({"examples_per_cpu_s": round(n / cpu, 1)} if workers == 0 else {})}
     if augment_on == "device":
-        step_wall, step_cpu = measure_step_crop(last, res, names, batches, distributions)
+        step_wall, step_cpu = measure_step_crop(last, res, names, batches, distributions,
+                                                config.window)
         result.update(backend=jax.default_backend(),
                       step_ms_per_batch=round(1e3 * step_wall, 2),
                       step_cpu_ms_per_batch=round(1e3 * step_cpu, 2))
@@ -105,12 +107,14 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
 
 
 def measure_step_crop(raw: dict, res: int, tasks: tuple[str, ...], batches: int,
-                      distributions: augment.Augment) -> tuple[float, float]:
+                      distributions: augment.Augment,
+                      window: str = "hgmt") -> tuple[float, float]:
     """(wall, CPU) seconds per batch of the device path's crop (`device_augment.Prepare` with
-    the augmentation's `distributions`, jitted as in the train step) on a decoded batch,
+    the augmentation's `distributions` around the `window`'s box, jitted as in the train
+    step) on a decoded batch,
     compiled first."""
     raw = jax.device_put({k: v for k, v in raw.items() if k != "damaged"})
-    crop = jax.jit(device_augment.Prepare(res, 0, tasks, distributions))
+    crop = jax.jit(device_augment.Prepare(res, 0, tasks, distributions, window))
     jax.block_until_ready(crop(raw, 0))
     wall, cpu = time.perf_counter(), time.process_time()
     for step in range(batches):

@@ -98,7 +98,7 @@ def errors_of(workdir: str, frames: str, config: ml_collections.ConfigDict, vari
     per_part = np.zeros((surreal.NUM_PARTS, 2))  # right bin, pixels
     for batch in input_pipeline.eval_batches(source, indices, batch_size=config.eval_batch_size,
                                              image_size=config.image_size,
-                                             tasks=("depth", "segm")):
+                                             tasks=("depth", "segm"), window=config.window):
         pred = predict_last_stage(model, variables, jnp.asarray(batch["image"]))["depth"]
         c, p = tally(np.asarray(pred).argmax(-1), batch)
         counts += c

@@ -123,20 +123,22 @@ def _distinct(inputs: list[str]) -> list[str]:
     return kept
 
 
-# The record among each input's outputs (an image's JSON, a video's summary) and a key only
-# hgmt.predict writes into it: an output path holding a file of another kind is not ours.
-_RECORDS = {"json": "bbox_found_by", "summary": "frames_person_not_seen"}
+# The record among each input's outputs (an image's JSON, a video's summary) and a key
+# hgmt.predict has written into it from its first version on: an output path holding a file
+# of another kind is not ours.
+_RECORDS = {"json": "joint_names", "summary": "annotated_video"}
 
 
-def _earlier_prediction(outputs: dict[str, str]) -> bool:
-    """Whether `outputs` (`_outputs`) hold an earlier prediction's record (`_RECORDS`)."""
+def _earlier_prediction(outputs: dict[str, str]) -> tuple[bool, str]:
+    """-> (whether `outputs` (`_outputs`) hold an earlier prediction's record, `_RECORDS`;
+    the record's path)."""
     kind, field = next((k, f) for k, f in _RECORDS.items() if k in outputs)
     try:
         with open(outputs[kind], "rb") as f:
             record = json.loads(f.read())
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and field in record
+        return False, outputs[kind]
+    return isinstance(record, dict) and field in record, outputs[kind]
 
 
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
@@ -151,7 +153,7 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
     written: dict[str, str] = {}
     for path in inputs:
         outputs = _outputs(path, out_dir)
-        ours = _earlier_prediction(outputs)
+        ours, record = _earlier_prediction(outputs)
         for out in map(os.path.abspath, outputs.values()):
             resolved = key(out)
             # The same path once links are resolved, or an existing output that is the same
@@ -164,11 +166,14 @@ def _check_outputs(inputs: list[str], out_dir: str) -> None:
                 raise SystemExit(f"error: {written[resolved]} and {path} would both write "
                                  f"{out}: predict them into separate --out_dir folders")
             if not ours and os.path.lexists(out):
+                state = ("is missing" if not os.path.lexists(record) else
+                         "is not hgmt.predict's")
                 raise SystemExit(
                     f"error: the prediction of {path} would overwrite {out}, which is not an "
                     f"earlier prediction of it (hgmt.predict writes "
-                    f"{', '.join(os.path.basename(o) for o in outputs.values())}): move that "
-                    f"file or choose another --out_dir")
+                    f"{', '.join(os.path.basename(o) for o in outputs.values())}; "
+                    f"{os.path.basename(record)}, which marks an earlier one, {state}): move "
+                    f"that file or choose another --out_dir")
             written[resolved] = path
 
 

@@ -20,10 +20,10 @@ tables), report.json (each task's entry with its runs' `evaluation`), claims.jso
 every combination containing it (`<task>_subsets.png`), and the per-joint / per-part change
 of the best multi-task model over the isolated one (`<task>_per_item.png`). The README ends
 with the config the runs used (their own config.json files). Runs evaluated on other frames
-(number, split, frame selector, flip test or crop window), at another label size, on another
-build (the dataset and data_dir a summary records) or under other metric definitions
-(`metrics_version`) do not compare: the report then writes nothing and stops with one error
-naming the runs and the `hgmt.evaluate` command that evaluates them alike. So do runs trained
+(number, split, frame selector, flip test or crop window), at another label size or under
+other metric definitions (`metrics_version`) do not compare: the report then writes nothing
+and stops with one error naming the runs and the `hgmt.evaluate` command that evaluates them
+alike. So do runs trained
 with other settings (their config.json files differ in a field other than those a sweep's runs
 differ in by design, `hgmt.study.runs.PER_RUN`, and those a rerun may change,
 `hgmt.training.resume.FREE_ON_RESUME`): the error names each such run, the field, its value

@@ -492,14 +492,16 @@ def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, 
     _stick_figure(str(pair))
     before = pair.read_bytes()
     message = (f"error: the prediction of {photo} would overwrite {pair}, which is not an "
-               f"earlier prediction of it (hgmt.predict writes holiday.png, holiday.json): "
-               f"move that file or choose another --out_dir")
+               f"earlier prediction of it (hgmt.predict writes holiday.png, holiday.json; "
+               f"holiday.json, which marks an earlier one, is missing): move that file or "
+               f"choose another --out_dir")
     with pytest.raises(SystemExit) as stop:
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
     assert str(stop.value.code) == message and pair.read_bytes() == before
     pair.rename(folder / "kept.png")
     (folder / "holiday.json").write_text('{"album": "summer"}')
-    with pytest.raises(SystemExit, match="would overwrite .*holiday.json, which is not an"):
+    with pytest.raises(SystemExit, match="would overwrite .*holiday.json, which is not an .* "
+                                         "marks an earlier one, is not hgmt.predict's"):
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
     assert (folder / "holiday.json").read_text() == '{"album": "summer"}'
     (folder / "holiday.json").unlink()
@@ -507,6 +509,12 @@ def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, 
         assert hgmt.predict.main([str(photo), f"--workdir={workdir}",
                                   f"--out_dir={folder}"]) == 0
     assert "bbox_found_by" in json.loads((folder / "holiday.json").read_text())
+    # An earlier hgmt's video summary (without the fields added since) marks its files too.
+    summary = {"video": "clip.mp4", "frames": 3, "jsonl": "clip.jsonl",
+               "annotated_video": "clip.annotated.mp4"}
+    (folder / "clip.summary.json").write_text(json.dumps(summary))
+    (folder / "clip.jsonl").write_text("{}\n")
+    hgmt.predict._check_outputs([str(folder / "clip.mp4")], str(folder))
 
 
 def test_the_output_check_resolves_each_path_a_bounded_number_of_times(tmp_path, monkeypatch):
@@ -2052,6 +2060,32 @@ def test_find_window_from_joints_and_from_the_silhouette():
     np.testing.assert_allclose([*window.centre, window.side], [*centre, side])
 
 
+def test_a_file_named_otherwise_is_not_called_a_damaged_image_of_the_format_it_starts_as(
+        tmp_path):
+    """A camera's raw file starts as a TIFF does: named .cr2 it is no damaged TIFF (OpenCV
+    does not read it); named .tif, a TIFF that does not decode is."""
+    for name, message in [("photo.cr2", "cannot be decoded (not an image OpenCV reads)"),
+                          ("photo.tif", "is a TIFF file that does not decode: it is damaged "
+                                        "or cut short (copy or export it again)")]:
+        path = tmp_path / name
+        path.write_bytes(b"II*\x00" + bytes(60))
+        with pytest.raises(prediction.UndecodableImage) as e:
+            prediction.read_image(str(path))
+        assert str(e.value) == f"image {path} {message}"
+
+
+def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_window():
+    """16 joints within a pixel: hgmt's box is at least MIN_WINDOW_SIDE_PX; the references'
+    box has no floor (about 1.7 px here), which the search gives it, so that the crop does
+    not enlarge a speck a hundredfold."""
+    joints = 5.0 + np.random.default_rng(2).uniform(0, 0.5, (16, 2))
+    assert input_pipeline.window_box(joints, "reference_box")[1] < 2
+    for window in input_pipeline.TRAIN_WINDOWS:
+        found = person.find_window({"pose2d": {"joints": joints, "joint_scores": np.ones(16)}},
+                                   np.eye(2, 3), window=window)
+        assert found.side == input_pipeline.MIN_WINDOW_SIDE_PX
+
+
 def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
     """An export's crop window text for config.window=reference_box, followed step by step on
     random joints, gives `surreal.reference_box` (what training and the search cut)."""
@@ -2894,10 +2928,32 @@ def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(
     assert summary["listed_frames"] == 24
     assert 0 < summary["frames"] + summary["damaged_packets"] < 24, summary
     messages = [r.getMessage() for r in caplog.records]
-    assert f"{clip}: {summary['frames']} of the 24 frames its header lists decoded: the file " \
-           f"is cut short or damaged" in messages
+    cut_short = [m for m in messages if "frames its header lists were there to read" in m]
+    assert len(cut_short) == 1 and cut_short[0].startswith(f"{clip}: ")
+    assert cut_short[0].endswith(f" of the 24 frames its header lists were there to read "
+                                 f"({summary['frames']} decoded): the file is cut short")
     progress = [m for m in messages if re.fullmatch(rf"{clip}: \d+ of 24 frames, .* frames/s.*", m)]
     assert len(progress) >= 2, messages
+
+    # A trimmed clip (its first 10 frames before the edit list's start: decoded, not shown)
+    # is whole: 14 frames predicted of the 24 listed, no warning.
+    import av
+
+    trimmed = tmp_path / "trimmed.mp4"
+    _write_clip(clip, list(rng.integers(0, 255, (24, 64, 96, 3), np.uint8)))
+    with av.open(str(clip)) as source, av.open(str(trimmed), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.pts, packet.dts = packet.pts - 30000, packet.dts - 30000  # 10 frames
+                packet.stream = stream
+                target.mux(packet)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert hgmt.predict.main([str(trimmed), f"--workdir={workdir}", f"--out_dir={out}"]) == 0
+    summary = json.loads((out / "trimmed.summary.json").read_text())
+    assert (summary["frames"], summary["listed_frames"]) == (14, 24)
+    assert not [r for r in caplog.records if "cut short" in r.getMessage()]
 
 
 def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import disk_space, paths, workdirs
+from hgmt.data import input_pipeline
 from hgmt.inference import crop_scale, predictor
 from hgmt.models import (
     IMAGE_MEAN,
@@ -50,6 +51,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
     folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
+    input_pipeline.check_window(config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
     # Separate streams whatever config.model.stream_mode: the same function, and the one TF
     # Lite converts (vmapped streams pick a task's features with a gather, which becomes a
     # dynamic gather over a symbolic batch).

@@ -173,6 +173,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
         if kept >= MIN_JOINTS:
             centre, side = input_pipeline.window_box(joints[keep] @ back[:, :2].T + back[:, 2],
                                                      window)
+            side = max(side, input_pipeline.MIN_WINDOW_SIDE_PX)  # the references' has no floor
             if kept == len(joints):
                 window = Window(centre, side, f"joints ({givers[0]})")
             else:

@@ -431,10 +431,13 @@ class UndecodableImage(ValueError):
     """A file read as an image is not one OpenCV decodes."""
 
 
-# The first bytes of the image formats OpenCV decodes that a photo or a frame comes in: a
-# file that starts so but does not decode is damaged or cut short, not of another format.
+# The first bytes of the image formats OpenCV decodes that a photo or a frame comes in, and
+# their files' suffixes: a file of such a suffix that starts so but does not decode is
+# damaged or cut short (a camera's raw file starts as a TIFF does, but is named otherwise).
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP",
               b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "BMP": (".bmp", ".dib"),
+            "TIFF": (".tif", ".tiff"), "GIF": (".gif",), "WebP": (".webp",)}
 
 
 def read_image(path: str) -> np.ndarray:
@@ -457,7 +460,7 @@ def read_image(path: str) -> np.ndarray:
         kind = next((k for sig, k in SIGNATURES.items() if head.startswith(sig)), None)
         if kind is None and head[:4] == b"RIFF" and data[8:12].tobytes() == b"WEBP":
             kind = "WebP"
-        if kind is not None:
+        if kind is not None and path.lower().endswith(SUFFIXES[kind]):
             raise UndecodableImage(f"image {path} is a {kind} file that does not decode: it is "
                                    f"damaged or cut short (copy or export it again)")
         raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")

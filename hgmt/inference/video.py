@@ -192,8 +192,10 @@ class Clip:
         self.start_time_s = start_time(self._container, self._stream)
         self.damaged_packets = 0
         # The frames the container's header lists (an mp4's sample count), 0 when it does not
-        # say: a clip that decodes fewer, its damaged packets counted, is cut short.
+        # say, and the packets of frames `_decoded` read: fewer than listed is a clip cut short
+        # (a trimmed mp4's edit list drops frames from the decoding, not from the packets).
         self.listed_frames = int(self._stream.frames or 0)
+        self.read_packets = 0
 
     def __enter__(self) -> Clip:
         return self
@@ -216,6 +218,7 @@ class Clip:
             except av.FFmpegError as e:
                 raise ValueError(f"video {self.path} cannot be read ({type(e).__name__}: "
                                  f"{e})") from e
+            self.read_packets += bool(packet.size)
             try:
                 frames = packet.decode()  # the empty packet at the end flushes the decoder
             except av.InvalidDataError as e:
@@ -461,8 +464,8 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     last frame encoded), 'frames_per_second' end to end (reading, the model, drawing and
     writing included) and of `Predictor.predict` alone, both timed after `Predictor.warm_up`
     has compiled everything ('warm_up_seconds'), the device, 'damaged_packets' (`Clip`),
-    'listed_frames' (the frames the file's header lists, null when it does not: more than
-    the frames decoded and damaged is a clip cut short, warned about), the checkpoint's
+    'listed_frames' (the frames the file's header lists, null when it does not: more than the
+    frames' packets read is a clip cut short, warned about), the checkpoint's
     step, tasks and whether the flip test ran. A progress line is logged every
     PROGRESS_EVERY_S seconds.
 
@@ -514,9 +517,10 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                     f"is damaged or cut short)" if damaged else ""))
             writer.close()
             seconds = time.perf_counter() - start
-            if listed > count + clip.damaged_packets:
-                logging.warning("%s: %d of the %d frames its header lists decoded: the file "
-                                "is cut short or damaged", path, count, listed)
+            if listed > clip.read_packets:
+                logging.warning("%s: %d of the %d frames its header lists were there to read "
+                                "(%d decoded): the file is cut short", path, clip.read_packets,
+                                listed, count)
             summary = {
                 "video": os.path.abspath(path), "frames": count,
                 "start_time_s": round(clip.start_time_s, 6),

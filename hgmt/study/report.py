@@ -80,7 +80,25 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
     # The runs' training window (alike by now: a run trained on another is refused above).
     trained = next((c.get("window", "hgmt") for c in configs.values()), "hgmt")
     _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files, trained)
+    _check_label_sizes_alike(sweep_dir, {n: s.get("label_size") for n, (_, s) in found.items()})
     return results
+
+
+def _check_label_sizes_alike(sweep_dir: str, sizes: dict[str, int | None]) -> None:
+    """Refuses runs evaluated at other label sizes ({run: its summary's label_size}; a summary
+    that does not record it, made before it was, is not compared): an evaluation with another
+    --config.image_size than the runs were trained at measures other maps."""
+    groups: dict[int, list[str]] = {}
+    for name, size in sorted(sizes.items()):
+        if size is not None:
+            groups.setdefault(size, []).append(name)
+    if len(groups) > 1:
+        found = "; ".join(f"{size} x {size} ({_some(names)})"
+                          for size, names in sorted(groups.items()))
+        raise ValueError(f"{sweep_dir}: the runs were evaluated at other label sizes, so their "
+                         f"numbers do not compare: {found}. Evaluate them again at the image "
+                         f"size they were trained at (hgmt.evaluate without "
+                         f"--config.image_size)")
 
 
 def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
@@ -183,14 +201,10 @@ def _non_finite_as_null(summary: dict) -> dict:
 
 # What an evaluation summary records of the frames it was made on and the metrics'
 # definitions (`evaluator.metrics_version`); runs compare only when these agree.
-# (metrics_version and window last: `_check_evaluated_alike` compares them with today's.)
-EVALUATION = ("num_examples", "split", "frames", "flip", "label_size", "dataset", "data_dir",
-              "metrics_version", "window")
+EVALUATION = ("num_examples", "split", "frames", "flip", "metrics_version", "window")
 # A summary without a field was made before it was recorded: `window` in hgmt's crop window,
-# whatever its protocol; `metrics_version` under the first definitions; its label size and
-# data unknown (None: alike only with other summaries that do not record them).
+# whatever its protocol; `metrics_version` under the first definitions.
 _BEFORE = {"window": "hgmt", "metrics_version": 1}
-_RECORDED_SINCE = ("label_size", "dataset", "data_dir")  # left out of report.json when unknown
 
 
 def _evaluation(summary: dict) -> tuple:
@@ -225,11 +239,9 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     command, others = _evaluate_command(sweep_dir, protocol, target,
                                         [limits[n] for n in groups[target]],
                                         {n: files[n] for n in redo})
-    # A field no summary records is not named; one some do is, "unrecorded" where not.
-    named = [i for i in range(len(EVALUATION)) if any(g[i] is not None for g in groups)]
     found = "; ".join(
         f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
-        f"{', '.join(_field(EVALUATION[i], settings[i]) for i in named)} "
+        f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
         f"({_some(groups[settings])})"
         for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
     which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
@@ -239,11 +251,6 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
                      f"do not compare: {found}. Evaluate {which}, for each <run>: {command}"
                      f"{others}")
-
-
-def _field(name: str, value) -> str:
-    """One EVALUATION field of a group of runs, for the error naming them."""
-    return f"{name} {'unrecorded' if value is None else value}"
 
 
 def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
@@ -256,14 +263,8 @@ def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
     files are named differently (under hgmt: eval_test_hgmt.json for a run whose trainer's
     eval_test.json holds another protocol's numbers, which the command must not overwrite),
     the command names the file of most runs and the clause returned with it (' (for a, b,
-    whose ...: --out_file=...)'; '' when there are no others) the others'. The data the
-    `settings` record (dataset, data_dir) is given to the command; their label size is the
-    runs' own."""
-    e = dict(zip(EVALUATION, settings, strict=True))
-    num_examples, split, frames, flip = (e[k] for k in ("num_examples", "split", "frames",
-                                                        "flip"))
-    data = "".join(f" --config.{k}={e[k]}" for k in ("dataset", "data_dir")
-                   if e[k] is not None)
+    whose ...: --out_file=...)'; '' when there are no others) the others'."""
+    num_examples, split, frames, flip, _, _ = settings
     asked = [n for n in limits if n is not None]
     limit = asked[0] if asked else num_examples
     files: dict[str, list[str]] = {}
@@ -279,7 +280,7 @@ def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
     return (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
             f"--split={split or 'test'} --frames={frames or 'middle'} "
             f"--{'' if flip else 'no'}flip"
-            + ("" if limit is None else f" --max_examples={limit}") + data
+            + ("" if limit is None else f" --max_examples={limit}")
             + f" --protocol={protocol} --out_file="
             f"{os.path.join(sweep_dir, '<run>', common)}", others)
 
@@ -390,8 +391,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         first = next(s for s in results.values() if s)[0]
         task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
         # How the numbers were made (alike in every run: load_sweep), for the JSON's reader.
-        evaluation = {k: v for k, v in zip(EVALUATION, _evaluation(first), strict=True)
-                      if v is not None or k not in _RECORDED_SINCE} | {
+        evaluation = dict(zip(EVALUATION, _evaluation(first), strict=True)) | {
             "metrics_version_today": evaluator.metrics_version(_protocol_of(first))}
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
@@ -794,9 +794,7 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
     first = summaries[0]
     if "num_examples" not in first:
         return ""
-    e = dict(zip(EVALUATION, _evaluation(first), strict=True))
-    num_examples, split, frames, flip, version, window = (
-        e[k] for k in ("num_examples", "split", "frames", "flip", "metrics_version", "window"))
+    num_examples, split, frames, flip, version, window = _evaluation(first)
     line = (f" Each is evaluated on {num_examples} frames of split `{split or 'test'}` (frames: "
             f"{frames or 'middle'}; {'with' if flip else 'no'} flip test"
             f"{'' if window == 'hgmt' else f'; crop window: {window}'}; metric definitions "
