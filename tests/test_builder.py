@@ -2,8 +2,10 @@
 bad input is skipped, logged and counted without losing good clips; Beam on 2 workers builds
 exactly what the Python path builds; decoded examples reproduce the source files."""
 
+import collections
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -144,6 +146,87 @@ def test_a_missing_or_empty_split_folder_stops_the_build_before_any_clip_is_read
         f"SURREAL_v1.tar.gz again, completely, and pass the folder that contains cmu/ as "
         f"--manual_dir")
     assert read == []
+
+
+def test_clips_that_would_empty_a_split_or_are_misnamed_stop_the_build_before_it(tmp_path,
+                                                                                 monkeypatch):
+    """Every validation clip without its _depth.mat (all would be skipped, and TFDS fails the
+    empty split after writing train), or a clip named unlike its sequence folder (the name
+    did not parse as the build reached it): the build stops before any clip is read, naming
+    the folder or the clip and the fix."""
+    import shutil
+
+    from hgmt.data import records
+
+    root = str(tmp_path / "surreal")
+    synthetic.generate(root, 1, 2, seed=0)
+    read, clip_examples = [], records.clip_examples
+    monkeypatch.setattr(records, "clip_examples",
+                        lambda stem, *a, **k: (read.append(stem), clip_examples(stem, *a, **k))[1])
+    val = surreal.find_clips(root, "validation")
+    for stem in val:
+        os.remove(surreal.clip_paths(stem)["depth"])
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"incomplete: {root}/cmu/val holds no clip with all four files (.mp4, _info.mat, "
+            f"_depth.mat, _segm.mat). Nothing was built.")):
+        _build(root, str(tmp_path / "tfds"))
+    for stem in val:
+        shutil.copy(surreal.clip_paths(surreal.find_clips(root, "train")[0])["depth"],
+                    surreal.clip_paths(stem)["depth"])
+    stem = surreal.find_clips(root, "test")[0]
+    odd = os.path.join(os.path.dirname(stem), "99_99_c0009")
+    for kind, path in surreal.clip_paths(stem).items():
+        shutil.copy(path, surreal.clip_paths(odd)[kind])
+    with pytest.raises(ValueError) as raised:
+        _build(root, str(tmp_path / "tfds"))
+    seq = os.path.basename(os.path.dirname(stem))
+    assert str(raised.value) == (
+        f"SURREAL under --manual_dir={root} holds clips named unlike their sequence folder, "
+        f"which SURREAL's never are: {odd}: clip name '99_99_c0009' does not match sequence "
+        f"'{seq}'. Nothing was built. Rename or remove them (<seq>/<seq>_c<NNNN>: "
+        f"docs/surreal_format.md)")
+    assert read == []
+
+
+def test_a_split_of_unreadable_clips_is_named_with_what_was_counted(tmp_path):
+    """Clips whose files are all there but unreadable leave a split empty: the error names
+    the split and the reasons counted, not TFDS's 'No examples were yielded'."""
+    from hgmt.data import records
+
+    root = str(tmp_path / "surreal")
+    synthetic.generate(root, 1, 2, seed=0)
+    stems = surreal.find_clips(root, "validation")
+    for stem in stems:
+        with open(surreal.clip_paths(stem)["info"], "wb") as f:
+            f.write(b"not a mat file")
+    counts = collections.Counter()
+    frames = data_builders.surreal.surreal_dataset_builder.Builder.BUILDER_CONFIGS[0].frames
+    with pytest.raises(ValueError) as raised:
+        list(records.python_examples(stems, frames, counts, "split validation"))
+    assert str(raised.value) == (
+        f"split validation: none of its {len(stems)} clips gave a usable frame (counted: "
+        f"{{'clip_unreadable_file': {len(stems)}}}); the warnings above name each clip's file "
+        f"and reason: mend them and build again")
+
+
+def test_a_manual_dir_that_is_the_archive_or_at_another_level_is_told_where_to_point(tmp_path):
+    """--manual_dir naming the downloaded archive, a split folder or the folder above the
+    one that holds cmu/: each error says what to give."""
+    root = tmp_path / "above" / "SURREAL"
+    (root / "cmu" / "train" / "run0").mkdir(parents=True)  # TFDS refuses an empty folder
+    archive = tmp_path / "SURREAL_v1.tar.gz"
+    archive.write_bytes(b"\x1f\x8b")
+    with pytest.raises(NotADirectoryError, match=re.escape(
+            f"--manual_dir={archive} is a file (the downloaded archive?): extract it (tar xzf "
+            f"SURREAL_v1.tar.gz) and give the folder that contains cmu/")):
+        _build(str(archive), str(tmp_path / "tfds"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"--manual_dir names the split folder cmu/train: give the folder two levels up, "
+            f"--manual_dir={root}.")):
+        _build(str(root / "cmu" / "train"), str(tmp_path / "tfds"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"; cmu/ is one level down: --manual_dir={root}.")):
+        _build(str(root.parent), str(tmp_path / "tfds"))
 
 
 def test_the_builders_default_config_is_every10(tmp_path):

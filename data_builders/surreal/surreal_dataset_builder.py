@@ -154,6 +154,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config):
         if download_config.manual_dir:  # before TFDS looks into it
             check_file_system(download_config.manual_dir)
+            if os.path.isfile(os.path.expanduser(os.fspath(download_config.manual_dir))):
+                raise NotADirectoryError(
+                    f"--manual_dir={download_config.manual_dir} is a file (the downloaded "
+                    f"archive?): extract it (tar xzf SURREAL_v1.tar.gz) and give the folder "
+                    f"that contains cmu/")
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
         self._skipped = {}
         super()._download_and_prepare(dl_manager, download_config)
@@ -169,9 +174,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = dl_manager.manual_dir
         if not (root / "cmu").exists():
-            given = ("; --manual_dir names cmu/ itself: give its parent, "
-                     f"--manual_dir={root.parent}" if root.name == "cmu"
-                     and (root / "train").exists() else "")
+            given = _where_cmu_is(root)
             raise FileNotFoundError(
                 f"{root}/cmu not found: --manual_dir must be the folder that contains cmu/ "
                 f"(cmu/train, cmu/val, cmu/test){given}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
@@ -186,10 +189,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return records.beam_examples(stems, frames,
                                          str(self.data_path / f"skipped-{split}.json"))
         counts = self._skipped.setdefault(split, collections.Counter())
-        return records.python_examples(stems, frames, counts)
+        return records.python_examples(stems, frames, counts, f"split {split}")
 
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
+
+
+def _where_cmu_is(root: epath.Path) -> str:
+    """The hint for a --manual_dir without cmu/ in it, where the folder that holds cmu/ is
+    near: `root` is cmu/ itself, one of its split folders, or a folder one level above."""
+    if root.name == "cmu" and (root / "train").exists():
+        return f"; --manual_dir names cmu/ itself: give its parent, --manual_dir={root.parent}"
+    if root.name in surreal.SPLIT_DIRS.values() and root.parent.name == "cmu":
+        return (f"; --manual_dir names the split folder cmu/{root.name}: give the folder two "
+                f"levels up, --manual_dir={root.parent.parent}")
+    below = sorted(p.parent for p in root.glob("*/cmu") if p.is_dir())
+    if below:
+        return f"; cmu/ is one level down: --manual_dir={below[0]}"
+    return ""
 
 
 def check_file_system(manual_dir: epath.PathLike) -> None:
@@ -214,15 +231,32 @@ def split_clips(root: epath.Path) -> dict[str, list[str]]:
     build here, before anything is written, with one FileNotFoundError naming every such
     folder and the fix."""
     check_file_system(root)
-    stems, problems = {}, []
+    stems, problems, misnamed = {}, [], []
     for split in SPLITS:
         folder = root / "cmu" / surreal.SPLIT_DIRS[split]
         stems[split] = surreal.find_clips(str(root), split)
+        for stem in stems[split]:
+            try:
+                surreal.parse_stem(stem)
+            except ValueError as e:
+                misnamed.append(str(e))
         if not folder.is_dir():
             problems.append(f"{folder} is missing")
         elif not any(epath.Path(surreal.clip_paths(stem)["info"]).exists()
                      for stem in stems[split]):
             problems.append(f"{folder} holds no clip (no run*/<seq>/<seq>_c<NNNN>_info.mat)")
+        elif split != "test" and not any(
+                all(epath.Path(p).exists() for p in surreal.clip_paths(stem).values())
+                for stem in stems[split]):
+            # Every clip lacks a file: all would be skipped, and TFDS fails the empty split.
+            problems.append(f"{folder} holds no clip with all four files (.mp4, _info.mat, "
+                            f"_depth.mat, _segm.mat)")
+    if misnamed:
+        raise ValueError(
+            f"SURREAL under --manual_dir={root} holds clips named unlike their sequence "
+            f"folder, which SURREAL's never are: {'; '.join(misnamed[:5])}"
+            f"{f' and {len(misnamed) - 5} more' if len(misnamed) > 5 else ''}. Nothing was "
+            f"built. Rename or remove them (<seq>/<seq>_c<NNNN>: docs/surreal_format.md)")
     if problems:
         raise FileNotFoundError(
             f"SURREAL under --manual_dir={root} is incomplete: {'; '.join(problems)}. Nothing "

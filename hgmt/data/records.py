@@ -210,10 +210,20 @@ def clip_examples(stem: str, frames: FrameSelection,
 
 
 def python_examples(stems: list[str], frames: FrameSelection,
-                    counts: collections.Counter) -> Iterator[tuple[str, dict]]:
-    """The plain Python path: the clips one after another."""
+                    counts: collections.Counter,
+                    split: str = "the split") -> Iterator[tuple[str, dict]]:
+    """The plain Python path: the clips one after another. ValueError naming `split` and the
+    reasons counted when none of its clips gives an example (TFDS's own error for an empty
+    split names no reason)."""
+    given = 0
     for stem in stems:
-        yield from clip_examples(stem, frames, counts)
+        for example in clip_examples(stem, frames, counts):
+            given += 1
+            yield example
+    if not given:
+        raise ValueError(f"{split}: none of its {len(stems)} clips gave a usable frame "
+                         f"(counted: {dict(sorted(counts.items()))}); the warnings above name "
+                         f"each clip's file and reason: mend them and build again")
 
 
 def beam_clip_examples(stem: str, frames: FrameSelection):
