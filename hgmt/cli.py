@@ -311,9 +311,9 @@ def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str 
                 file, _, arg = value.partition(":")
                 items = [a for a in arg.split(",") if a and not a.startswith("tasks=")]
                 items.append(f"tasks={config.tasks}+{name}")
-                fix = (f"; {walked[0]} holds the tasks named after the colon of --config: name "
-                       f"{name} there (--config={file}:{','.join(items)}) to set its "
-                       f"{walked[0]}")
+                fix = (f"; {walked[0]} holds the tasks named after the colon of --config: if "
+                       f"{name} is a task, name it there (--config={file}:{','.join(items)}) "
+                       f"to set its {walked[0]}")
             return (f"--config.{path}: {where} has no field {name!r} (its fields: "
                     f"{', '.join(sorted(node.keys()))}){fix}")
     return f"--config has no field {error} (--help lists the flags)"

@@ -8,16 +8,20 @@
                                           with another config replaced (its checkpoints removed)
     <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
     <workdir>/best/<step>/                orbax: `state` of the best validation score so far
+                                          (and orbax's `metrics`: the score)
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
     <workdir>/best_superseded/            best checkpoints of steps a rerun trains again, moved
                                           out of orbax's way (<step>-<time>, never deleted)
     <workdir>/evals_superseded/<step>-<time>/
-                                          evals.jsonl lines and eval_<name>.json (+ .md) of
-                                          steps after <step>, where a rerun trained again
+                                          evals.jsonl lines and eval_<name>.json (+ .md and
+                                          pictures) of steps after <step>, where a rerun
+                                          trained again
     <workdir>/hgmt.lock                   the lock of the trainer that holds the workdir
     <workdir>/evals.jsonl                 every evaluator's results, one JSON object a line
-    <workdir>/eval_test[_<protocol>].json the test evaluation after training (+ .md; other
-                                          protocols' added by launch/sweep.py): `result_file`
+    <workdir>/eval_test[_<protocol>].json the test evaluation after training (+ .md and the
+                                          pictures its JSON lists, e.g. eval_test_pckh.png;
+                                          other protocols' added by launch/sweep.py):
+                                          `result_file`
     <workdir>/eval_test_hgmt.json         hgmt's numbers of a run whose trainer evaluated
                                           another protocol (`protocol_file`)
     <workdir>/eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<size>px][_<protocol>].json

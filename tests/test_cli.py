@@ -723,8 +723,9 @@ DEFAULT = f"{REPO}/configs/default.py"
     ([f"--config={DEFAULT}:runlocal,tasks=pose2d", "--config.tasks=pose2d+segm",
       "--config.loss_weights.segm=2"],
      f"error: --config.loss_weights.segm: loss_weights has no field 'segm' (its fields: "
-     f"pose2d); loss_weights holds the tasks named after the colon of --config: name segm "
-     f"there (--config={DEFAULT}:runlocal,tasks=pose2d+segm) to set its loss_weights"),
+     f"pose2d); loss_weights holds the tasks named after the colon of --config: if segm is "
+     f"a task, name it there (--config={DEFAULT}:runlocal,tasks=pose2d+segm) to set its "
+     f"loss_weights"),
     ([f"--config={DEFAULT}", "--config.dataset=surreal/every4"],
      "error: ValueError: config.dataset='surreal/every4': the SURREAL builder's configs are "
      "middle, every10, all"),

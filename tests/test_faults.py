@@ -462,11 +462,14 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
                {"step": 3, "evaluator": "test", "metrics": {"loss/total": 0.4}}]
     with open(workdirs.evals_file(workdir), "w") as f:
         f.write("".join(json.dumps(x) + "\n" for x in earlier))
-    result = json.dumps({"step": 3, "evaluator": "test", "num_examples": 4})
+    result = json.dumps({"step": 3, "evaluator": "test", "num_examples": 4,
+                         "pictures": ["eval_test_pckh.png"]})
     with open(workdirs.eval_file(workdir, "test"), "w") as f:
         f.write(result)
     with open(os.path.join(workdir, "eval_test.md"), "w") as f:
         f.write("the earlier run's table")
+    with open(os.path.join(workdir, "eval_test_pckh.png"), "w") as f:
+        f.write("the earlier run's curve")
 
     config = tiny_config(demo_dataset[1], total_steps=3, **{
         **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
@@ -490,6 +493,9 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
         assert f.read() == result
     with open(os.path.join(aside, "eval_test.md")) as f:
         assert f.read() == "the earlier run's table"
+    with open(os.path.join(aside, "eval_test_pckh.png")) as f:  # the pictures its JSON lists
+        assert f.read() == "the earlier run's curve"
+    assert not os.path.exists(os.path.join(workdir, "eval_test_pckh.png"))
     # The earlier run's config is kept beside them, not as a config of this run's steps.
     [kept] = os.listdir(workdirs.config_superseded_dir(workdir))
     assert kept.startswith("0-")
@@ -1454,6 +1460,8 @@ def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_rec
         "eval_test.json", "eval_test.md", "eval_test_pckh.png"]
     assert cv2.imread(workdirs.eval_file(workdir, "test").replace(".json", "_pckh.png")
                       ).shape == (360, 480, 3)
+    with open(workdirs.eval_file(workdir, "test")) as f:  # what a rerun moves aside with it
+        assert json.load(f)["pictures"] == ["eval_test_pckh.png"]
 
 
 def test_a_file_written_atomically_is_synced_before_its_rename_and_its_folder_after(

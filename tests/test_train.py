@@ -271,6 +271,45 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
     assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) >= 2 * 1000 // 3
 
 
+def test_a_first_step_that_logs_gives_no_eta_and_the_next_lines_leave_it_out(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """With --config.log_every=1 the first step, which compiles (made to take 1000 s on the
+    loop's clock), logs a line without an ETA, and the ETA from step 2 on is of the steps
+    after it: at step 2, 2 steps left at step 2's pace, far below 1000 s (counting the first
+    step, at least 2 * 1000 / 2)."""
+    offset = [0.0]
+
+    class LoopTime:  # the loop's `time`, 1000 s later once the first step has run
+        @staticmethod
+        def perf_counter() -> float:
+            return time.perf_counter() + offset[0]
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    jitted = loop.jitted_train_step
+
+    def slow_first(*args, **kwargs):
+        step = jitted(*args, **kwargs)
+
+        def run(*a, **k):
+            out = step(*a, **k)
+            if not offset[0]:
+                offset[0] = 1000.0
+            return out
+        return run
+
+    monkeypatch.setattr(loop, "time", LoopTime())
+    monkeypatch.setattr(loop, "jitted_train_step", slow_first)
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=1,
+                         checkpoint_every=4)
+    with caplog.at_level(logging.INFO):
+        loop.train(config, str(tmp_path), writer=Scalars())
+    assert re.search(r"step 1/4 .* ETA from the next line \(this step compiled\)", caplog.text)
+    eta = re.search(r"step 2/4 .* ETA (\d+):(\d\d):(\d\d)", caplog.text)
+    assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) < 100
+
+
 def test_interval_sets_apart_the_time_it_is_told_to():
     from hgmt.training.step_metrics import Interval
 
@@ -1098,3 +1137,52 @@ def test_the_data_location_is_made_absolute_for_the_workdirs_config(tmp_path, mo
     config.data_dir = "~/tfds"
     resume.absolute_data_location(config)
     assert config.data_dir == os.path.join(os.path.expanduser("~"), "tfds")
+
+
+def test_a_total_steps_below_the_latest_checkpoint_is_refused_even_when_changes_are_allowed(
+        demo_dataset, tmp_path):
+    """A run trained to step 4, rerun with total_steps=2 and --resume_with_changed_config:
+    refused before anything is written (config.json keeps total_steps 4), naming the
+    checkpoint's step and the fix, where it labelled step 4's weights as step 2."""
+    from hgmt import workdirs
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4)
+    loop.train(config, str(tmp_path))
+    before = open(os.path.join(tmp_path, workdirs.CONFIG_FILE)).read()
+    with pytest.raises(loop.resume.CannotResume) as e:
+        loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), str(tmp_path),
+                   resume_with_changed_config=True)
+    assert str(e.value) == (
+        f"config.total_steps=2 is below step 4, the workdir's latest checkpoint "
+        f"({workdirs.checkpoint_dir(str(tmp_path))}): the run would label step 4's weights as "
+        f"step 2. Give --config.total_steps=4 or more, or train into a new --workdir")
+    assert open(os.path.join(tmp_path, workdirs.CONFIG_FILE)).read() == before
+
+
+def test_tensorboard_shows_each_step_once_after_a_rerun_from_an_earlier_checkpoint(
+        demo_dataset, tmp_path):
+    """A run logged steps 1-4 and saved checkpoints 2 and 4; checkpoint 4 is removed (a run
+    stopped after its last checkpoint, whose later lines are not continued) and the rerun
+    trains steps 3-4 again: TensorBoard (the EventAccumulator its server reads runs with,
+    which purges on a restart record) shows loss/total once per step."""
+    import glob
+    import shutil
+
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    from hgmt import workdirs
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=1,
+                         checkpoint_every=2)
+    loop.train(config, str(tmp_path))
+    shutil.rmtree(os.path.join(workdirs.checkpoint_dir(str(tmp_path)), "4"))
+    for name in (workdirs.EVALS_FILE, "eval_test.json"):  # the rerun's own evaluation
+        if os.path.exists(os.path.join(tmp_path, name)):
+            os.remove(os.path.join(tmp_path, name))
+    time.sleep(1.1)  # a second event file, named by the second it was opened in
+    loop.train(config, str(tmp_path))
+    assert len(glob.glob(os.path.join(tmp_path, "events.out.tfevents.*"))) == 2
+    shown = plugin_event_accumulator.EventAccumulator(str(tmp_path),
+                                                      size_guidance={"tensors": 0})
+    shown.Reload()
+    assert [e.step for e in shown.Tensors("loss/total")] == [1, 2, 3, 4]

@@ -482,13 +482,17 @@ def _expanded(data_dir: str) -> str:
 def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNotFoundError:
     """The error for `split` of `dataset` missing under `data_dir`: the build command, and
     where other configs of the dataset are built there, the `--config.dataset` that selects
-    each (the configs' default is `surreal/every10`; a full build is often another)."""
+    each (the configs' default is `surreal/every10`; a full build is often another). Of
+    TFDS's own error only the first sentence is kept (the rest is its advice on `tfds.load`,
+    some of which does not apply)."""
     others = built_configs(dataset, data_dir)
     choose = (f"; or use a build there: {' or '.join(f'--config.dataset={o}' for o in others)}"
               if others else "")
+    said = " ".join(str(e).split())
+    said = said[:said.find(". ") + 1 or None][:300].rstrip(".")
     return FileNotFoundError(
         f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
-        f"({type(e).__name__}: {' '.join(str(e).split())}). Build it with: "
+        f"({type(e).__name__}: {said}). Build it with: "
         f"{shards.build_command(dataset, data_dir)}{choose}")
 
 

@@ -558,7 +558,8 @@ def check_out_file(out: str) -> None:
 
 def write_report(summary: dict, out: str) -> list[str]:
     """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
-    `summary_pictures`, e.g. a PCK curve). -> the paths written. The JSON comes last, so that
+    `summary_pictures`, e.g. a PCK curve), which the JSON lists ('pictures', file names
+    beside it). -> the paths written. The JSON comes last, so that
     its presence (what a rerun of the trainer takes as the evaluation done) means the rest
     is there too. A full disk or quota raises `disk_space.DiskFull` naming the file, with no
     partial file left behind (each is written to a temporary name, then renamed); an `out`
@@ -573,6 +574,7 @@ def write_report(summary: dict, out: str) -> list[str]:
             with disk_space.reported(stem, f"{task}'s pictures"):
                 written += TASKS[task].summary_pictures(summary[task], stem)
     disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
-    disk_space.write_atomically(out, lambda f: json.dump(summary, f, indent=1))
+    listed = {**summary, "pictures": [os.path.basename(p) for p in written]}
+    disk_space.write_atomically(out, lambda f: json.dump(listed, f, indent=1))
     return [out, stem + ".md", *written]
 

@@ -86,13 +86,13 @@ def reference_image_size() -> int:
 
 
 def check_label_size(protocol: str, tasks, image_size: int,
-                     fix: str | None = None) -> None:
+                     fix: str | None = None, name: str = "--protocol") -> None:
     """ValueError, in one line ending in `fix`, where a task of `tasks` would be measured by a
     reference protocol's definition (`task_protocol`) on label maps other than the references'
     64 x 64 (image_size / `common.LABEL_STRIDE`): their pixel thresholds, integer steps and
     depth grids are those of 64 x 64 maps, and a number at another size would carry their
     name. `fix` defaults to evaluating under hgmt's protocol or training at the references'
-    size."""
+    size; `name` is where the protocol was given (a flag, or a config field)."""
     fix = fix or (f"evaluate this model with --protocol=hgmt, or train one with "
                   f"--config.image_size={reference_image_size()} for the reference protocols")
     used = sorted({task_protocol(protocol, t) for t in tasks} - {"hgmt"})
@@ -100,7 +100,7 @@ def check_label_size(protocol: str, tasks, image_size: int,
     if used and r != common.REFERENCE_LABEL_SIZE:
         size = common.REFERENCE_LABEL_SIZE
         raise ValueError(
-            f"--protocol={protocol} measures {size}x{size} label maps, as its reference code "
+            f"{name}={protocol} measures {size}x{size} label maps, as its reference code "
             f"does (config.image_size={reference_image_size()}), but config.image_size="
             f"{image_size} gives {r}x{r}: {fix}")
 

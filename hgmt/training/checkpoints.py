@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import devices, disk_space, workdirs
+from hgmt import cli, devices, disk_space, workdirs
 from hgmt.training import device_memory
 
 
@@ -430,7 +430,9 @@ def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> Non
         for step in steps:
             moved = epath.Path(aside) / workdirs.set_aside_name(step)
             (epath.Path(mngr.directory) / str(step)).rename(moved)
-            logging.info("moved the checkpoint %s/%d to %s", mngr.directory, step, moved)
+            # Each caller logs the move for the user, with its reason.
+            logging.info("moved the checkpoint %s/%d to %s", mngr.directory, step, moved,
+                         extra=cli.VERBOSE)
     devices.barrier("checkpoints moved aside")
     mngr.reload()
 

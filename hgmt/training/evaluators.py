@@ -102,7 +102,7 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
                 protocols.check_label_size(
                     entry["protocol"], weights, config.image_size,
                     f"set {where}.protocol='hgmt', or train at config.image_size="
-                    f"{protocols.reference_image_size()}")
+                    f"{protocols.reference_image_size()}", name=f"{where}.protocol")
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         for field in ("every", "max_examples"):
@@ -158,8 +158,9 @@ def best_recorded(evals: list[dict], name: str, metric: str, step: int,
 
 
 # What the trainer adds to an evaluation's summary in <workdir>/eval_<name>.json: the step,
-# the evaluator's name, and what it evaluated (`fingerprint`).
-RUN_KEYS = ("step", "evaluator", "evaluated")
+# the evaluator's name, and what it evaluated (`fingerprint`); and the pictures written beside
+# it (`evaluator.write_report`).
+RUN_KEYS = ("step", "evaluator", "evaluated", "pictures")
 
 
 def fingerprint(config: ml_collections.ConfigDict, host_state) -> dict[str, str]:
@@ -268,7 +269,8 @@ class Evaluators:
         """Moves what evaluations recorded of the steps after `step`, the step training
         starts from, to <workdir>/evals_superseded/<step>-<time>/: the evals.jsonl lines of
         later steps (evals.jsonl keeps the others, in order) and the evaluations after
-        training of a later step (this config's evaluators' eval_<name>.json and .md). They
+        training of a later step (this config's evaluators' eval_<name>.json, its .md and the
+        pictures its JSON lists, `evaluator.write_report`). They
         are of a run that is not continued (its checkpoints removed, a damaged newest one, a
         rerun from an older step), and this run evaluates those steps again: nothing may take
         theirs for its own (the best so far, an evaluation the rerun skips as made,
@@ -276,12 +278,15 @@ class Evaluators:
         (all wait before and after). -> the names moved, for the log."""
         lines = workdirs.read_evals(self.workdir)
         later = [x for x in lines if x.get("step", 0) > step]
-        reports = []
+        reports = {}  # each report's path -> the pictures beside it that it lists
         for name in self.settings:
             report = _read_report(workdirs.eval_file(self.workdir, name))
             if report is not None and isinstance(report.get("step"), int) \
                     and report["step"] > step:
-                reports.append(workdirs.eval_file(self.workdir, name))
+                pictures = report.get("pictures")
+                reports[workdirs.eval_file(self.workdir, name)] = [
+                    p for p in pictures if isinstance(p, str) and os.path.basename(p) == p
+                ] if isinstance(pictures, list) else []
         devices.barrier("evaluations read before those of later steps are moved")
         moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
         if moved and self.is_writer:
@@ -295,8 +300,10 @@ class Evaluators:
                     (workdirs.evals_file(self.workdir),
                      lambda f: f.write("".join(json.dumps(x) + "\n" for x in lines
                                                if x.get("step", 0) <= step)), "w")])
-            for report in reports:
-                for path in (report, os.path.splitext(report)[0] + ".md"):
+            for report, pictures in reports.items():
+                folder = os.path.dirname(report)
+                for path in (report, os.path.splitext(report)[0] + ".md",
+                             *(os.path.join(folder, p) for p in pictures)):
                     if epath.Path(path).exists():
                         epath.Path(path).rename(aside / os.path.basename(path))
         devices.barrier("evaluations of later steps moved")

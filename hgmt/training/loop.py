@@ -291,6 +291,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
+    if start_step > config.total_steps:  # --resume_with_changed_config lets it through
+        raise resume.CannotResume(
+            f"config.total_steps={config.total_steps} is below step {start_step}, the "
+            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
+            f"label step {start_step}'s weights as step {config.total_steps}. Give "
+            f"--config.total_steps={start_step} or more, or train into a new --workdir")
+    if own_writer:  # what an earlier run logged after this step is not this run's
+        writer.restart(start_step + 1)
     # The loader's workers start now, their position set, from threads that block the job's
     # signals (`input_pipeline.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
@@ -404,9 +412,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         resumed = None  # steps train from here: not held through training
 
     count = jax.device_count()
-    logging.info("training %s for steps %d..%d, %d device%s, global batch %d, augmentation "
-                 "on the %s", "+".join(tasks), start_step, config.total_steps, count,
-                 "s" * (count != 1), config.batch_size, augment_on)
+    if start_step == config.total_steps:
+        logging.info("training %s ended at step %d: what is left to do after it runs now",
+                     "+".join(tasks), start_step)
+    else:
+        logging.info("training %s for steps %d..%d, %d device%s, global batch %d, "
+                     "augmentation on the %s", "+".join(tasks), start_step, config.total_steps,
+                     count, "s" * (count != 1), config.batch_size, augment_on)
     interval = step_metrics.Interval(start_step)
     # The ETA's clock: wall time since training began (after the first step's compilation),
     # evaluations and saves included, over the steps done since.
@@ -506,11 +518,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                             "data/damaged_records": len(damaged.found)})})
             eta = ((config.total_steps - step) * (time.perf_counter() - since)
                    / (step - since_step))
+            # A first step that logs compiled: its line has no ETA, and the clock starts now.
+            first = step == start_step + 1
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
                          img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed,
-                         cli.hms(eta))
+                         "from the next line (this step compiled)" if first else cli.hms(eta))
+            if first:
+                since, since_step = time.perf_counter(), step
             interval.restart(step)
         # A preempted job has no time to evaluate: the step is saved, and the rerun evaluates
         # it first (`missed`, above).

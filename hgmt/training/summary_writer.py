@@ -82,6 +82,15 @@ class SummaryWriter:
                     string_val=[str(width).encode(), str(height).encode(), *pngs])))
         self._write(step, values)
 
+    def restart(self, step: int) -> None:
+        """Marks a run (re)starting at `step` (TensorBoard's SessionLog START, as
+        tf.summary's purge_step writes it): TensorBoard then drops what the event files
+        before this one in the folder hold of `step` and later, the steps of a run that was
+        not continued (stopped after its last checkpoint, or started afresh)."""
+        self._add(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                  session_log=event_pb2.SessionLog(
+                                      status=event_pb2.SessionLog.START)))
+
     def flush(self) -> None:
         self._records.flush()
 
@@ -99,6 +108,9 @@ class SummaryWriter:
 
 class NullWriter:
     """The writer of processes other than 0: accepts everything, writes nothing."""
+
+    def restart(self, step: int) -> None:
+        pass
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         pass
