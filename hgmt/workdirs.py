@@ -27,6 +27,8 @@
     <workdir>/eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<size>px][_<protocol>].json
                                           hgmt.evaluate's (+ .md): `evaluation_file`
     <workdir>/events.*                    TensorBoard summaries
+    <workdir>/events_superseded/0-<time>/ the TensorBoard summaries of an earlier run that a
+                                          run starting at step 0 found there
     <workdir>/damaged_records.json        the damaged training records skipped (if any)
     <workdir>/crop_metres.json            the metres a training window spans at the person,
                                           measured as hgmt.main starts (3D decoding's scale)
@@ -67,6 +69,7 @@ UNREADABLE_DIR = "checkpoints_unreadable"
 SUPERSEDED_DIR = "best_superseded"
 EVALS_SUPERSEDED_DIR = "evals_superseded"
 CONFIG_SUPERSEDED_DIR = "config_superseded"
+EVENTS_SUPERSEDED_DIR = "events_superseded"
 LOCK_FILE = "hgmt.lock"
 EVALS_FILE = "evals.jsonl"
 DAMAGED_FILE = "damaged_records.json"
@@ -117,6 +120,10 @@ def evals_superseded_dir(workdir: str) -> str:
 
 def config_superseded_dir(workdir: str) -> str:
     return os.path.join(absolute(workdir), CONFIG_SUPERSEDED_DIR)
+
+
+def events_superseded_dir(workdir: str) -> str:
+    return os.path.join(absolute(workdir), EVENTS_SUPERSEDED_DIR)
 
 
 def set_aside_name(step: int) -> str:

@@ -1149,6 +1149,7 @@ def test_a_total_steps_below_the_latest_checkpoint_is_refused_even_when_changes_
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4)
     loop.train(config, str(tmp_path))
     before = open(os.path.join(tmp_path, workdirs.CONFIG_FILE)).read()
+    files = sorted(os.listdir(tmp_path))
     with pytest.raises(loop.resume.CannotResume) as e:
         loop.train(tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2), str(tmp_path),
                    resume_with_changed_config=True)
@@ -1157,6 +1158,7 @@ def test_a_total_steps_below_the_latest_checkpoint_is_refused_even_when_changes_
         f"({workdirs.checkpoint_dir(str(tmp_path))}): the run would label step 4's weights as "
         f"step 2. Give --config.total_steps=4 or more, or train into a new --workdir")
     assert open(os.path.join(tmp_path, workdirs.CONFIG_FILE)).read() == before
+    assert sorted(os.listdir(tmp_path)) == files  # no summaries file either
 
 
 def test_tensorboard_shows_each_step_once_after_a_rerun_from_an_earlier_checkpoint(
@@ -1186,3 +1188,20 @@ def test_tensorboard_shows_each_step_once_after_a_rerun_from_an_earlier_checkpoi
                                                       size_guidance={"tensors": 0})
     shown.Reload()
     assert [e.step for e in shown.Tensors("loss/total")] == [1, 2, 3, 4]
+
+    # A fresh start (checkpoints removed) of another task set: the earlier run's event files
+    # are moved aside, so neither its steps nor its tags (loss/pose2d) show beside the new.
+    shutil.rmtree(workdirs.checkpoint_dir(str(tmp_path)))
+    earlier = sorted(os.path.basename(p)
+                     for p in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")))
+    time.sleep(1.1)
+    loop.train(tiny_config(demo_dataset[1], tasks="segm", total_steps=2, log_every=1,
+                           checkpoint_every=2), str(tmp_path))
+    [aside] = glob.glob(os.path.join(workdirs.events_superseded_dir(str(tmp_path)), "0-*"))
+    assert sorted(os.listdir(aside)) == earlier
+    assert len(glob.glob(os.path.join(tmp_path, "events.out.tfevents.*"))) == 1
+    shown = plugin_event_accumulator.EventAccumulator(str(tmp_path),
+                                                      size_guidance={"tensors": 0})
+    shown.Reload()
+    tags = shown.Tags()["tensors"]
+    assert "loss/segm" in tags and "loss/pose2d" not in tags

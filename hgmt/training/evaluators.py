@@ -102,7 +102,7 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
                 protocols.check_label_size(
                     entry["protocol"], weights, config.image_size,
                     f"set {where}.protocol='hgmt', or train at config.image_size="
-                    f"{protocols.reference_image_size()}", name=f"{where}.protocol")
+                    f"{protocols.reference_image_size()}", name="protocol")
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         for field in ("every", "max_examples"):
@@ -283,10 +283,13 @@ class Evaluators:
             report = _read_report(workdirs.eval_file(self.workdir, name))
             if report is not None and isinstance(report.get("step"), int) \
                     and report["step"] > step:
+                path = workdirs.eval_file(self.workdir, name)
+                stem = os.path.splitext(os.path.basename(path))[0]
                 pictures = report.get("pictures")
-                reports[workdirs.eval_file(self.workdir, name)] = [
-                    p for p in pictures if isinstance(p, str) and os.path.basename(p) == p
-                ] if isinstance(pictures, list) else []
+                # Only names `write_report` gives (<stem>_<what>.png), whatever the file says.
+                reports[path] = [p for p in pictures if isinstance(p, str)
+                                 and os.path.basename(p) == p and p.startswith(stem + "_")
+                                 and p.endswith(".png")] if isinstance(pictures, list) else []
         devices.barrier("evaluations read before those of later steps are moved")
         moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
         if moved and self.is_writer:

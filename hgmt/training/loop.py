@@ -211,7 +211,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     config.json (`resume.check_config`)."""
     # Before the split opens and the checkpoint restores: a preemption notice from now on is
     # agreed on a step this run reaches.
-    watch.resumes_from(checkpoints.newest_step_on_disk(workdir))
+    newest = checkpoints.newest_step_on_disk(workdir)
+    watch.resumes_from(newest)
+    if newest > config.total_steps:  # --resume_with_changed_config lets it through
+        raise resume.CannotResume(
+            f"config.total_steps={config.total_steps} is below step {newest}, the "
+            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
+            f"label step {newest}'s weights as step {config.total_steps}. Give "
+            f"--config.total_steps={newest} or more, or train into a new --workdir")
     # The training split first: one that is not there stops the run before the workdir
     # gets its summaries and evaluators' folders.
     source = None if loader is not None else input_pipeline.open_split(
@@ -291,14 +298,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                      int(state.step))
     start_step = int(state.step)
-    if start_step > config.total_steps:  # --resume_with_changed_config lets it through
-        raise resume.CannotResume(
-            f"config.total_steps={config.total_steps} is below step {start_step}, the "
-            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
-            f"label step {start_step}'s weights as step {config.total_steps}. Give "
-            f"--config.total_steps={start_step} or more, or train into a new --workdir")
     if own_writer:  # what an earlier run logged after this step is not this run's
         writer.restart(start_step + 1)
+        if start_step == 0 and jax.process_index() == 0:
+            aside = f"{workdirs.events_superseded_dir(workdir)}/{workdirs.set_aside_name(0)}"
+            moved = summary_writer.set_aside_earlier(workdir, writer.path, aside)
+            if moved:
+                logging.info("a start at step 0 over an earlier run's TensorBoard summaries: "
+                             "moved %s to %s", ", ".join(moved), aside)
     # The loader's workers start now, their position set, from threads that block the job's
     # signals (`input_pipeline.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
@@ -518,8 +525,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                                             "data/damaged_records": len(damaged.found)})})
             eta = ((config.total_steps - step) * (time.perf_counter() - since)
                    / (step - since_step))
-            # A first step that logs compiled: its line has no ETA, and the clock starts now.
-            first = step == start_step + 1
+            # A first step that logs compiled: its line has no ETA (but the last step's), and
+            # the clock starts now.
+            first = step == start_step + 1 and step < config.total_steps
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, "  ".join(
                              f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),

@@ -125,6 +125,20 @@ class NullWriter:
         pass
 
 
+def set_aside_earlier(workdir: str, own: str, aside: str) -> list[str]:
+    """Moves the event files in `workdir` other than `own` (the running writer's `path`)
+    into the folder `aside`: the summaries of an earlier run, which a run starting at step 0
+    does not continue, so that TensorBoard shows neither its steps nor its tags beside the new
+    run's. -> the names moved."""
+    folder, own = epath.Path(workdir), epath.Path(own).name
+    earlier = sorted(p for p in folder.glob("events.out.tfevents.*") if p.name != own)
+    if earlier:
+        epath.Path(aside).mkdir(parents=True, exist_ok=True)
+        for path in earlier:
+            path.rename(epath.Path(aside) / path.name)
+    return [p.name for p in earlier]
+
+
 def create(workdir: str, process_index: int = 0) -> SummaryWriter | NullWriter:
     """The summary writer of a training run: event files in `workdir` on process 0, none on
     the other processes."""
