@@ -84,9 +84,10 @@ class SummaryWriter:
 
     def restart(self, step: int) -> None:
         """Marks a run (re)starting at `step` (TensorBoard's SessionLog START, as
-        tf.summary's purge_step writes it): TensorBoard then drops what the event files
-        before this one in the folder hold of `step` and later, the steps of a run that was
-        not continued (stopped after its last checkpoint, or started afresh)."""
+        tf.summary's purge_step writes it): TensorBoard's Python loader then drops what the
+        event files before this one in the folder hold of `step` and later, the steps of a
+        run that was not continued (its default loader keeps a tag's last value of a step;
+        `set_aside_earlier` moves a fresh start's predecessors away for both)."""
         self._add(event_pb2.Event(wall_time=time.time(), step=int(step),
                                   session_log=event_pb2.SessionLog(
                                       status=event_pb2.SessionLog.START)))
