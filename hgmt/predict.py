@@ -127,18 +127,20 @@ def _distinct(inputs: list[str]) -> list[str]:
 # hgmt.predict has written into it from its first version on: an output path holding a file
 # of another kind is not ours.
 _RECORDS = {"json": "joint_names", "summary": "annotated_video"}
+_RECORD_HEAD = 1 << 16  # bytes
 
 
 def _earlier_prediction(outputs: dict[str, str]) -> tuple[bool, str]:
     """-> (whether `outputs` (`_outputs`) hold an earlier prediction's record, `_RECORDS`;
-    the record's path)."""
+    the record's path). Only the record's head is read (its key comes first, before an
+    image's class maps), so a folder of thousands of earlier predictions is checked fast."""
     kind, field = next((k, f) for k, f in _RECORDS.items() if k in outputs)
     try:
         with open(outputs[kind], "rb") as f:
-            record = json.loads(f.read())
-    except (OSError, ValueError):
+            head = f.read(_RECORD_HEAD)
+    except OSError:
         return False, outputs[kind]
-    return isinstance(record, dict) and field in record, outputs[kind]
+    return head.lstrip().startswith(b"{") and f'"{field}":'.encode() in head, outputs[kind]
 
 
 def _check_outputs(inputs: list[str], out_dir: str) -> None:
