@@ -481,7 +481,8 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
         earlier_config = f.read()
     with caplog.at_level(logging.INFO), pytest.raises(preemption.Preempted):
         loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 1))
-    assert (f"moved evals.jsonl and eval_test.json of the steps after 0, where training starts "
+    assert (f"moved evals.jsonl, eval_test.json, eval_test.md, eval_test_pckh.png of the steps "
+            f"after 0, where training starts "
             f"again, to {workdirs.evals_superseded_dir(workdir)}") in caplog.text
     assert workdirs.read_evals(workdir) == []
     assert not os.path.exists(workdirs.eval_file(workdir, "test"))

@@ -291,7 +291,11 @@ class Evaluators:
                                  and os.path.basename(p) == p and p.startswith(stem + "_")
                                  and p.endswith(".png")] if isinstance(pictures, list) else []
         devices.barrier("evaluations read before those of later steps are moved")
-        moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(r) for r in reports]
+        files = [path for report, pictures in reports.items()
+                 for path in (report, os.path.splitext(report)[0] + ".md",
+                              *(os.path.join(os.path.dirname(report), p) for p in pictures))
+                 if path == report or epath.Path(path).exists()]
+        moved = ([workdirs.EVALS_FILE] if later else []) + [os.path.basename(f) for f in files]
         if moved and self.is_writer:
             aside = (epath.Path(workdirs.evals_superseded_dir(self.workdir))
                      / workdirs.set_aside_name(step))
@@ -303,12 +307,9 @@ class Evaluators:
                     (workdirs.evals_file(self.workdir),
                      lambda f: f.write("".join(json.dumps(x) + "\n" for x in lines
                                                if x.get("step", 0) <= step)), "w")])
-            for report, pictures in reports.items():
-                folder = os.path.dirname(report)
-                for path in (report, os.path.splitext(report)[0] + ".md",
-                             *(os.path.join(folder, p) for p in pictures)):
-                    if epath.Path(path).exists():
-                        epath.Path(path).rename(aside / os.path.basename(path))
+            for path in files:
+                if epath.Path(path).exists():
+                    epath.Path(path).rename(aside / os.path.basename(path))
         devices.barrier("evaluations of later steps moved")
         return moved
 

@@ -343,7 +343,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     superseded = evals.supersede_after(start_step)
     if superseded:
         logging.info("moved %s of the steps after %d, where training starts again, to %s",
-                     " and ".join(superseded), start_step,
+                     ", ".join(superseded), start_step,
                      workdirs.evals_superseded_dir(workdir))
     forgotten = evals.forget_after(
         start_step, lambda: devices.to_host(state))
