@@ -832,7 +832,7 @@ def test_the_evaluations_of_steps_a_rerun_trains_again_are_moved_aside(tmp_path)
                                                                "evaluator": name}))
         (workdir / f"eval_{name}.md").write_text(name)
     evals = evaluators.Evaluators(config, str(workdir), {"pose2d": 1.0})
-    assert evals.supersede_after(4) == ["evals.jsonl", "eval_test.json"]
+    assert evals.supersede_after(4) == ["evals.jsonl", "eval_test.json", "eval_test.md"]
     assert workdirs.read_evals(str(workdir)) == lines[:2]
     [aside] = (workdir / "evals_superseded").iterdir()
     assert aside.name.startswith("4-")
