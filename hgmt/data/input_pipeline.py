@@ -97,6 +97,12 @@ def check_window(window: str, choices: Sequence[str] = WINDOWS,
     return window
 
 
+def config_window(config) -> str:
+    """The run's training window, `config.window` (TRAIN_WINDOWS), checked: the window its
+    crops are cut around, which hgmt's protocol evaluates and prediction searches in."""
+    return check_window(config.window, TRAIN_WINDOWS, "config.window")
+
+
 def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, float]:
     """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
     if check_window(window) == "hgmt":

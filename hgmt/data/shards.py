@@ -41,9 +41,10 @@ class WrongFileFormat(SplitFault):
 def build_command(dataset: str, data_dir: str) -> str:
     """The command that builds `dataset` ('surreal/<config>[:<version>]') into `data_dir`; for
     another builder's dataset, TFDS's own build command of it."""
-    name, _, config = dataset.partition(":")[0].partition("/")
+    named = dataset.partition(":")[0]  # without the version
+    name, _, config = named.partition("/")
     if name != "surreal":
-        return f"tfds build {dataset.partition(':')[0]} --data_dir={data_dir}"
+        return f"tfds build {named} --data_dir={data_dir}"
     return (f"tfds build surreal --imports=data_builders.surreal --manual_dir=<SURREAL root> "
             f"--data_dir={data_dir} --config={config} --file_format={FILE_FORMAT}")
 

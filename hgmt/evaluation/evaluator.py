@@ -252,8 +252,7 @@ class Evaluator:
         check_batch_size(config)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         protocols.check_label_size(protocol, self.tasks, config.image_size)
-        self.window = protocols.window(protocol, input_pipeline.check_window(
-            config.window, input_pipeline.TRAIN_WINDOWS, "config.window"))
+        self.window = protocols.window(protocol, input_pipeline.config_window(config))
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.dataset, self.data_dir = config.dataset, config.data_dir

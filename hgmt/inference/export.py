@@ -51,7 +51,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
     folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
-    input_pipeline.check_window(config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
+    window = input_pipeline.config_window(config)
     # Separate streams whatever config.model.stream_mode: the same function, and the one TF
     # Lite converts (vmapped streams pick a task's features with a gather, which becomes a
     # dynamic gather over a symbolic batch).
@@ -68,8 +68,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": predictor.crop_meta(*crop_scale.with_source(workdir, config.window),
-                                        config.window),
+            "crop": predictor.crop_meta(*crop_scale.with_source(workdir, window), window),
             "camera": predictor.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.

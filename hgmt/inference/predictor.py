@@ -78,8 +78,7 @@ class Predictor:
                              f"(> 0), or None to assume SURREAL's field of view")
         self.focal_px = focal_px
         # Metres a training window spans at the person: 3D decoding's scale.
-        self.window = input_pipeline.check_window(
-            self.config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
+        self.window = input_pipeline.config_window(self.config)
         self.crop_metres = crop_scale.of_workdir(workdir, self.window)
         self.flip = bool(flip)
         self._model = create_model(self.config.model, heads(self.tasks))

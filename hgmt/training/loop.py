@@ -98,7 +98,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
     augment.Augment.from_config(config.augment)
-    input_pipeline.check_window(config.window, input_pipeline.TRAIN_WINDOWS, "config.window")
+    input_pipeline.config_window(config)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if not on_devices:
