@@ -408,15 +408,27 @@ class UserLines(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+class LevelNamed(logging.Formatter):
+    """A console line as the message alone, a warning's and an error's led by "warning: " and
+    "error: " as the commands' own printed ones are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return "error: " + line
+        return "warning: " + line if record.levelno >= logging.WARNING else line
+
+
 @contextlib.contextmanager
-def console(verbosity: int, *, command: bool, line_format: str = "%(message)s",
+def console(verbosity: int, *, command: bool, line_format: str | None = None,
             date_format: str | None = None) -> Iterator[None]:
     """A command's console while the block runs: the root logger at INFO, its lines in
-    `line_format` on stderr, showing `user_lines`. As the process's own command (`command`:
-    its `main` called without argv) the handlers are set up anew, since an import may have
-    given the root logger Python's default one ("WARNING:root:..."; absl does when it logs
-    before anything is set up, as orbax's import makes it), and the filter stays (`user_lines`'
-    keep); a caller of `main` in the same process (a test, a notebook) keeps its handlers.
+    `line_format` on stderr (default: `LevelNamed`'s), showing `user_lines`. As the
+    process's own command (`command`: its `main` called without argv) the handlers are set
+    up anew, since an import may have given the root logger Python's default one
+    ("WARNING:root:..."; absl does when it logs before anything is set up, as orbax's import
+    makes it), and the filter stays (`user_lines`' keep); a caller of `main` in the same
+    process (a test, a notebook) keeps its handlers.
     The command's stdout and stderr then write a file name that is not UTF-8 (Python's
     surrogate escapes of a Latin-1 name) as its bytes, where a strict UTF-8 stream would
     raise after the work was done."""
@@ -424,7 +436,11 @@ def console(verbosity: int, *, command: bool, line_format: str = "%(message)s",
         for stream in (sys.stdout, sys.stderr):
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="surrogateescape")
-    logging.basicConfig(format=line_format, datefmt=date_format, force=command)
+    fresh = command or not logging.getLogger().handlers
+    logging.basicConfig(format=line_format or "%(message)s", datefmt=date_format, force=command)
+    if fresh and line_format is None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(LevelNamed())
     logging.getLogger().setLevel(logging.INFO)
     try:
         with user_lines(verbosity, keep=command):

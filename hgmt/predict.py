@@ -54,7 +54,7 @@ import av
 import cv2
 import numpy as np
 
-from hgmt import cli, disk_space
+from hgmt import cli, disk_space, paths
 from hgmt.inference import person, predictor, video
 from hgmt.training import checkpoints, device_memory
 
@@ -363,7 +363,7 @@ def _write_image(model: predictor.Predictor, path: str, result: dict, out_dir: s
     encoded, png = cv2.imencode(".png", predictor.panel(result)[..., ::-1])
     if not encoded:
         raise RuntimeError(f"OpenCV could not encode the panel of {path} as a PNG")
-    record = {"image": os.path.abspath(path), "step": model.step, "flip": model.flip,
+    record = {"image": paths.text(os.path.abspath(path)), "step": model.step, "flip": model.flip,
               **predictor.to_json(result, model.tasks)}
     disk_space.write_together([(out["panel"], lambda f: f.write(png.tobytes()), "wb"),
                                (out["json"], lambda f: json.dump(record, f), "w")],

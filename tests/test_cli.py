@@ -654,7 +654,7 @@ def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
                           cwd=REPO, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"caf\xe9.jpg\n"
-    assert proc.stderr.splitlines()[-1] == b"skipped caf\xe9.jpg"
+    assert proc.stderr.splitlines()[-1] == b"warning: skipped caf\xe9.jpg"
 
 
 def test_the_trainers_config_warnings_show_once(tmp_path, caplog):

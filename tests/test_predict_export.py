@@ -3094,6 +3094,39 @@ def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
     np.testing.assert_array_equal(prediction.read_image(os.fsdecode(latin)), upright)
 
 
+def test_a_name_that_is_not_utf8_is_recorded_as_text_every_json_reader_takes(workdir,
+                                                                             tmp_path):
+    """An image and a video of Latin-1 names (Python's surrogate escapes): their JSON records
+    name them with the undecodable byte as `\\xe9`, text that encodes as UTF-8, where a lone
+    surrogate escape (`\\udce9`) was written that strict JSON readers refuse."""
+    from PIL import Image
+
+    still = Image.fromarray(np.full((32, 48, 3), 90, np.uint8))
+    image = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    still.save(os.fsdecode(image))
+    clip = os.path.join(os.fsencode(tmp_path), b"f\xeate.gif")
+    still.save(os.fsdecode(clip), save_all=True, duration=100,
+               append_images=[Image.fromarray(np.full((32, 48, 3), 30, np.uint8))])
+    out = tmp_path / "out"
+    assert hgmt.predict.main([os.fsdecode(image), os.fsdecode(clip), f"--workdir={workdir}",
+                              f"--out_dir={out}", "--bbox=0,0,30,30"]) == 0
+    named = {}
+    for name in os.listdir(os.fsencode(out)):
+        if name.endswith(b".json"):
+            text = (out / os.fsdecode(name)).read_bytes().decode("utf-8")
+            assert "\\ud" not in text, name
+            record = json.loads(text)
+            for key in ("image", "video", "jsonl", "annotated_video"):
+                if key in record:
+                    named[name, key] = record[key]
+                    record[key].encode("utf-8")
+    assert named == {(b"caf\xe9.json", "image"): f"{tmp_path}/caf\\xe9.jpg",
+                     (b"f\xeate.summary.json", "video"): f"{tmp_path}/f\\xeate.gif",
+                     (b"f\xeate.summary.json", "jsonl"): f"{out}/f\\xeate.jsonl",
+                     (b"f\xeate.summary.json", "annotated_video"):
+                         f"{out}/f\\xeate.annotated.mp4"}
+
+
 def test_a_file_given_again_is_predicted_once(tmp_path, capsys):
     """The same file by the same path, another spelling of it and a link to it: kept once,
     in its first place, with a warning for each repeat."""

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from hgmt import cli, disk_space
+from hgmt import cli, disk_space, paths
 from hgmt.inference import predictor as prediction
 from hgmt.tasks import TASKS
 
@@ -522,7 +522,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                                 "(%d decoded): the file is cut short", path, clip.read_packets,
                                 listed, count)
             summary = {
-                "video": os.path.abspath(path), "frames": count,
+                "video": paths.text(os.path.abspath(path)), "frames": count,
                 "start_time_s": round(clip.start_time_s, 6),
                 "frames_person_not_seen": not_seen,
                 "damaged_packets": clip.damaged_packets, "listed_frames": listed or None,
@@ -531,8 +531,8 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                 "predict_frames_per_second": round(count / predicting, 3),
                 "warm_up_seconds": round(start - began, 3), "batch_size": model.batch_size,
                 "flip": model.flip, "device": str(jax.devices()[0].device_kind),
-                "jsonl": os.path.abspath(lines_path),
-                "annotated_video": os.path.abspath(video_path), "step": model.step,
+                "jsonl": paths.text(os.path.abspath(lines_path)),
+                "annotated_video": paths.text(os.path.abspath(video_path)), "step": model.step,
                 "tasks": list(model.tasks)}
             with open(partial_name(summary_path), "w") as f:
                 json.dump(summary, f, indent=1)
