@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_PATH = "~/.cache/hgmt/jax"  # hgmt.main's --compilation_cache and the tests'
+from absl import flags
+
+DEFAULT_PATH = "~/.cache/hgmt/jax"  # the commands' --compilation_cache and the tests'
+
+
+def define_flag(fv: flags.FlagValues) -> None:
+    """`--compilation_cache`, the flag of every command that compiles the model."""
+    flags.DEFINE_string("compilation_cache", DEFAULT_PATH,
+                        "JAX's persistent compilation cache, which every process of the run "
+                        "enables: a rerun, a resumed job, a sweep's next run or an evaluation "
+                        "of the same model loads its compiled steps instead of compiling them "
+                        "again. In a multi-process run only process 0 writes to it and the "
+                        "others compile every program on every run. Jobs that run at the same "
+                        "time (a sweep's runs on several nodes) should each give their own "
+                        "node-local folder: JAX writes an entry without a lock. '' disables "
+                        "it.", flag_values=fv)
 
 
 def enable(path: str) -> None:

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 
-from hgmt import cli, paths, workdirs
+from hgmt import cli, compilation_cache, paths, workdirs
 from hgmt.data import input_pipeline, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.tasks import check_loss_weights, config_tasks
@@ -51,6 +51,7 @@ def _define_flags(fv) -> None:
                       "computes (docs/metrics.md); default: the training config's test "
                       "evaluator's (hgmt in the shipped configs)", flag_values=fv)
     cli.define_verbosity(fv)
+    compilation_cache.define_flag(fv)
     flags.DEFINE_string("out_file", None, "JSON path (default: in the workdir, named after "
                         "the split, the checkpoint and the settings that differ from the test "
                         "protocol's, as hgmt/workdirs.py lists); a .md table is written beside "
@@ -100,6 +101,8 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
 
 def _run(args, step_arg: int | str | None) -> int:
     """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
+    if args.compilation_cache:
+        compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,

@@ -55,14 +55,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
                          flag_values=fv)
-    flags.DEFINE_string("compilation_cache", compilation_cache.DEFAULT_PATH,
-                        "JAX's persistent compilation cache, which every process of the run "
-                        "enables: a rerun, a resumed job or a sweep's next run with the same "
-                        "model loads its compiled steps instead of compiling them again. In a "
-                        "multi-process run only process 0 writes to it and the others compile "
-                        "every program on every run. Jobs that run at the same time (a sweep's "
-                        "runs on several nodes) should each give their own node-local folder: "
-                        "JAX writes an entry without a lock. '' disables it.", flag_values=fv)
+    compilation_cache.define_flag(fv)
     flags.DEFINE_integer("heartbeat_timeout", 60, "Multi-host: seconds without a heartbeat "
                          "after which a process counts as dead and the others stop (at least "
                          "hgmt.training.peers.MIN_HEARTBEAT_TIMEOUT_S, 5).", flag_values=fv)

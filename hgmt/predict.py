@@ -54,7 +54,7 @@ import av
 import cv2
 import numpy as np
 
-from hgmt import cli, disk_space, paths
+from hgmt import cli, compilation_cache, disk_space, paths
 from hgmt.inference import person, predictor, video
 from hgmt.training import checkpoints, device_memory
 
@@ -82,6 +82,7 @@ def _define_flags(fv) -> None:
                       "left and right channels swapped back (hgmt.evaluate's --flip); the "
                       "model runs twice", flag_values=fv)
     cli.define_verbosity(fv)
+    compilation_cache.define_flag(fv)
 
 
 def _outputs(path: str, out_dir: str) -> dict[str, str]:
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, images: list[str]) -> int:
     """The prediction of `main`, its flags parsed and its console set up; -> exit status."""
+    if args.compilation_cache:
+        compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1
     bbox = None
     if args.bbox:

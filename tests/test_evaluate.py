@@ -62,7 +62,7 @@ def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
     (tmp_path / "config.json").write_text(config.to_json())  # the workdir's trained size
     args = types.SimpleNamespace(workdir=str(tmp_path), config=config, split=split,
                                  frames=None, flip=None, max_examples=None, protocol="hgmt",
-                                 out_file=None, verbosity=0)
+                                 out_file=None, verbosity=0, compilation_cache="")
     with caplog.at_level(logging.WARNING):
         assert hgmt.evaluate._run(args, step_arg) == 0
     expected = [hgmt.evaluate.best_choice_warning(config, "test", 600)] if warned else []

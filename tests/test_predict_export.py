@@ -3186,3 +3186,29 @@ def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
     config.image_size *= 2  # the warning of another size reads config.json's
     checkpoints.restore_for_inference(workdir, config=config)
     assert upgraded == []
+
+
+def test_evaluate_and_predict_write_the_compilation_cache_they_are_given(workdir, tmp_path):
+    """`--compilation_cache` of hgmt.evaluate and hgmt.predict, each command its own process
+    (JAX reads the setting once): the evaluation step and the model's pass are written under
+    the folder given, so a later evaluation or prediction of the same model loads them."""
+    import subprocess
+
+    cache = tmp_path / "cache"
+    photo = str(tmp_path / "photo.jpg")
+    _stick_figure(photo)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+
+    def run(command: str, *argv: str) -> set[str]:
+        before = set(os.listdir(cache)) if cache.exists() else set()
+        proc = subprocess.run([sys.executable, "-m", command, f"--workdir={workdir}",
+                               f"--compilation_cache={cache}", *argv], capture_output=True,
+                              text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {name.split("-")[0] for name in set(os.listdir(cache)) - before}
+
+    evaluated = run("hgmt.evaluate", "--max_examples=2", f"--out_file={tmp_path / 'e.json'}")
+    predicted = run("hgmt.predict", f"--out_dir={tmp_path / 'p'}", "--bbox=100,20,280,320",
+                    photo)
+    assert "jit_eval_step" in evaluated, evaluated
+    assert "jit_per_crop" in predicted, predicted  # the model pass (Predictor._executable)
