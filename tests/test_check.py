@@ -177,3 +177,79 @@ def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, mes
     assert "--config=every10 " in shards.build_command("surreal/every10:1.6.0", "/d")
     # Another builder's dataset: TFDS's own command for it, not the SURREAL builder's.
     assert shards.build_command("mpii:1.0.0", "/d") == "tfds build mpii --data_dir=/d"
+
+
+def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(tmp_path,
+                                                                              caplog):
+    """Where TFDS's error misleads, opening a split names the cause and its fix in one line,
+    at once (no retries): a copy that lacks dataset_info.json (which TFDS reports as an I/O
+    error: the storage was blamed, 'nothing needs rebuilding', after three tries) or
+    features.json (reported as not built: the `tfds build` told then reuses the broken
+    folder), one whose dataset_info.json does not parse, a data_dir that does not exist, is a
+    file, or is the dataset's own folder (told to build into that folder); a whole build
+    opens."""
+    import logging
+
+    from hgmt.data import input_pipeline
+    from tests.conftest import build_demo
+
+    _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
+    version = os.path.join(data_dir, "surreal", "all", os.listdir(
+        os.path.join(data_dir, "surreal", "all"))[0])
+    build = ("tfds build surreal --imports=data_builders.surreal --manual_dir=<SURREAL root> "
+             "--data_dir={} --config=all --file_format=array_record")
+
+    def copy(name: str) -> tuple[str, str]:
+        root = str(tmp_path / name)
+        folder = os.path.join(root, "surreal", "all", os.path.basename(version))
+        shutil.copytree(version, folder)
+        return root, folder
+
+    def opened(root: str) -> str:
+        with pytest.raises(FileNotFoundError) as raised:
+            input_pipeline.open_split("surreal/all", root, "test")
+        return str(raised.value)
+
+    def fix(root: str, folder: str) -> str:
+        return (f"Copy the folder again from where the dataset was built, or remove {folder} "
+                f"and rebuild it: {build.format(root)}")
+
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    for missing in ("dataset_info.json", "features.json"):
+        root, folder = copy(f"no_{missing}")
+        os.remove(os.path.join(folder, missing))
+        assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, "
+                                f"{folder}, lacks its {missing} (a copy cut short or made "
+                                f"without it). {fix(root, folder)}")
+    root, folder = copy("cut_info")
+    with open(os.path.join(folder, "dataset_info.json"), "r+") as f:
+        f.truncate(40)
+    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, {folder}, "
+                            f"holds a dataset_info.json that does not parse as JSON ("
+                            f"{_json_error(os.path.join(folder, 'dataset_info.json'))}: a "
+                            f"copy cut short). {fix(root, folder)}")
+    assert not [r for r in caplog.records if "trying again" in r.getMessage()]  # at once
+    nowhere = str(tmp_path / "typo")
+    assert opened(nowhere) == (f"data_dir={nowhere!r} does not exist: give the folder the "
+                               f"dataset was built or copied into (the one that holds "
+                               f"surreal/), or build it there with: {build.format(nowhere)}")
+    info = os.path.join(version, "dataset_info.json")
+    assert opened(info) == (f"data_dir={info!r} is a file: give the folder the dataset was "
+                            f"built or copied into (the one that holds surreal/)")
+    for inside in (os.path.join(data_dir, "surreal"), os.path.join(data_dir, "surreal", "all"),
+                   version):
+        assert opened(inside) == (f"data_dir={inside!r} is a folder of the dataset itself, "
+                                  f"not the one TFDS takes, which holds surreal/: give "
+                                  f"--config.data_dir={data_dir}")
+    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2
+
+
+def _json_error(path: str) -> str:
+    """What json says of the file at `path`."""
+    try:
+        with open(path) as f:
+            json.load(f)
+    except ValueError as e:
+        return str(e)
+    raise AssertionError(f"{path} parses")

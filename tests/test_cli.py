@@ -543,7 +543,7 @@ def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):
     workdir = tmp_path / "new" / "run"
     with pytest.raises(SystemExit) as e:
         load("hgmt.main").main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
-                                f"--workdir={workdir}", f"--config.data_dir={tmp_path}/none"])
+                                f"--workdir={workdir}", f"--config.data_dir={tmp_path}"])
     message = str(e.value.code)
     assert message.startswith("error: FileNotFoundError: dataset 'surreal/every10' split "
                               "'train' is not built under data_dir="), message

@@ -680,6 +680,8 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
     monkeypatch.setattr(read_only_builder, "builder_from_files", not_found)
     denied = tmp_path / "denied"
     (denied / "surreal" / "all" / "1.5.0").mkdir(parents=True)
+    for name in ("dataset_info.json", "features.json"):  # a whole build but for the listing
+        (denied / "surreal" / "all" / "1.5.0" / name).write_text("{}")
     path_type, listed = type(epath.Path(str(denied))), []
     real_iterdir = path_type.iterdir
 
@@ -696,10 +698,11 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
         ip.open_split("surreal/all", str(denied), "train")
     assert listed[:4] == ["denied", "surreal", "all", "1.5.0"]
     (tmp_path / "empty").mkdir()
-    for where in ("empty", "nothing_here"):  # an empty folder, and no folder
-        with pytest.raises(FileNotFoundError, match="is not built under.*Could not find "
-                                                    "dataset files.*tfds build"):
-            ip.open_split("surreal/all", str(tmp_path / where), "train")
+    with pytest.raises(FileNotFoundError, match="is not built under.*Could not find "
+                                                "dataset files.*tfds build"):
+        ip.open_split("surreal/all", str(tmp_path / "empty"), "train")
+    with pytest.raises(FileNotFoundError, match="does not exist: .*tfds build"):
+        ip.open_split("surreal/all", str(tmp_path / "nothing_here"), "train")
 
 
 def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path):

@@ -11,8 +11,9 @@ policy, as TFDS and production loaders do it:
   interrupted and resumed run, stay exactly those of an uninterrupted one); the trainer names
   it once (shard file, record number in the shard, index in the split), counts it (TensorBoard
   `data/damaged_records`, `<workdir>/damaged_records.json`, the run's closing log line), and
-  stops naming the files when more than `config.max_damaged_fraction` of the split is damaged:
-  that is a bad copy, not one bad record. With several processes the account is of all their
+  stops naming the files when more than `config.max_damaged_fraction` of the split is damaged
+  (the default, 0.1 %, passes a few stray bad records of a large split, not a bad copy; a
+  split of under 1000 records, none). With several processes the account is of all their
   shares, the same on every process (`DamageLog`);
 - evaluation: a damaged frame is left out and counted into the evaluation's JSON
   (`num_damaged`, `damaged_records`); a record that does not read even to select the frames,
@@ -373,11 +374,14 @@ class DamageLog:
                 {"count": len(records), "records": records}, f, indent=1))
         if len(self.found) > self.max_fraction * self.size:
             files = sorted({self.shards.locate(i)[0] for i in self.found})
+            allowed = int(self.max_fraction * self.size)
             raise TooManyDamaged(
-                f"{len(self.found)} of the split's {self.size} records are damaged, more than "
-                f"config.max_damaged_fraction={self.max_fraction} allows: not one bad record "
-                f"but a bad copy of {', '.join(files)}. Check the split with `python -m "
-                f"hgmt.data.check` and copy or rebuild those shards again")
+                f"{len(self.found)} of the split's {self.size} records are damaged "
+                f"({len(self.found) / self.size:.2%}), more than config.max_damaged_fraction="
+                f"{self.max_fraction} allows ({allowed} of {self.size}), in "
+                f"{', '.join(files)}. Check the split with `python -m hgmt.data.check` and "
+                f"copy or rebuild {'that shard' if len(files) == 1 else 'those shards'} again, "
+                f"or raise config.max_damaged_fraction to train past the damaged records")
 
     def summary(self) -> str:
         return (f"{len(self.found)} damaged training record(s) were skipped and replaced: "

@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import re
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -502,6 +503,84 @@ def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNot
         f"{shards.build_command(dataset, data_dir)}{choose}")
 
 
+_METADATA = ("dataset_info.json", "features.json")  # a TFDS build's files besides its shards
+
+
+def broken_build(dataset: str, data_dir: str) -> str | None:
+    """Why `dataset` cannot be opened under the local folder `data_dir` when TFDS's own error
+    would mislead (None otherwise, and for an object store's URL): `data_dir` does not exist or
+    is a file; it is the dataset's own folder (<D>/surreal, <D>/surreal/all or a version
+    folder) rather than D; or the config's build lacks a metadata file or holds one that does
+    not parse, as a copy cut short leaves it (TFDS reports a missing `dataset_info.json` as an
+    I/O error and a missing `features.json` as no dataset, and `tfds build` then reuses the
+    broken folder or fails on it). A build is judged broken only when no version of the config
+    asked for is whole. A folder that cannot be read is left to TFDS's error (a refused
+    access, an I/O error: `damage.storage_fault`)."""
+    if paths.is_url(data_dir):
+        return None
+    try:
+        return _broken_local_build(dataset, data_dir)
+    except OSError:
+        return None
+
+
+def _broken_local_build(dataset: str, data_dir: str) -> str | None:
+    """`broken_build` of a local `data_dir`; OSError where a folder or file does not read."""
+    name, _, rest = dataset.partition("/")
+    config, _, version = rest.partition(":")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        return (f"data_dir={data_dir!r} is a file: give the folder the dataset was built or "
+                f"copied into (the one that holds {name}/)")
+    if not os.path.exists(data_dir):
+        return (f"data_dir={data_dir!r} does not exist: give the folder the dataset was built "
+                f"or copied into (the one that holds {name}/), or build it there with: "
+                f"{shards.build_command(dataset, data_dir)}")
+    if os.path.isdir(os.path.join(data_dir, name)):
+        whole, broken = [], {}
+        folder = os.path.join(data_dir, name, config)
+        versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else ())
+                           if _VERSION.fullmatch(v) and (not version or v == version)),
+                          key=lambda v: tuple(map(int, v.split("."))))
+        for v in versions:
+            missing = [f for f in _METADATA if not _is_file(os.path.join(folder, v, f))]
+            if missing:
+                broken[v] = (f"lacks its {' and '.join(missing)} (a copy cut short or made "
+                             f"without it)")
+                continue
+            try:
+                for f in _METADATA:
+                    with open(os.path.join(folder, v, f), encoding="utf-8") as file:
+                        json.load(file)
+            except ValueError as e:
+                broken[v] = f"holds a {f} that does not parse as JSON ({e}: a copy cut short)"
+                continue
+            whole.append(v)
+        if broken and not whole:
+            v = versions[-1]
+            build = os.path.join(folder, v)
+            return (f"the build of {dataset!r} under data_dir={data_dir!r}, {build}, "
+                    f"{broken[v]}. Copy the folder again from where the dataset was built, or "
+                    f"remove {build} and rebuild it: "
+                    f"{shards.build_command(dataset, data_dir)}")
+        return None
+    above = data_dir
+    for _ in (name, config, version or "x.y.z"):
+        above = os.path.dirname(os.path.abspath(above))
+        if os.path.isdir(os.path.join(above, name, config)):
+            return (f"data_dir={data_dir!r} is a folder of the dataset itself, not the one "
+                    f"TFDS takes, which holds {name}/: give --config.data_dir={above}")
+    return None
+
+
+def _is_file(path: str) -> bool:
+    """Whether `path` is a file (False: nothing or a folder there); OSError where it cannot be
+    told (a refused access, an I/O error), which `os.path.isfile` would take for no file."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def built_configs(dataset: str, data_dir: str) -> list[str]:
     """The builds under `data_dir` of `dataset`'s builder ('surreal/<config>[:version]') other
     than the one asked for, as datasets, sorted: the other configs built ('surreal/all'), and
@@ -548,6 +627,8 @@ def built_split(dataset: str, data_dir: str, split: str):
         raise ValueError(f"dataset {dataset!r} has no split {split!r}: its splits are "
                          f"{', '.join(surreal.SPLIT_DIRS)}")
     data_dir = _expanded(data_dir)
+    if broken := broken_build(dataset, data_dir):
+        raise FileNotFoundError(broken)
 
     def built():
         try:
