@@ -15,8 +15,9 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     """A build of builder 1.1.0, which lacks depth_class and unusable (made here from a build
     of today's builder: the version's folder and dataset_info.json renamed, the two features
     removed from features.json), is a split the command did not check, with the reason and
-    the rebuild command, exit status 1; the check of today's build passes. Before, the
-    command ended in input_pipeline.NotInBuild's traceback."""
+    the rebuild command (once: the test split's line refers to it), exit status 1; the check
+    of today's build passes. Before, the command ended in input_pipeline.NotInBuild's
+    traceback."""
     from tests.conftest import build_demo
 
     _, data_dir = build_demo(str(tmp_path / "today"), clips_per_split=1, frames=2)
@@ -42,16 +43,14 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
 
     assert check.main([f"--config.data_dir={old_dir}", "--config.dataset=surreal/all",
                        "--splits=train,test"]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
-    for line, split in zip(lines, ("train", "test"), strict=True):
-        assert line == (
-            f"surreal/all {split}: not checked: NotInBuild: dataset 'surreal/all' under "
-            f"{old_dir!r} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
-            f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
-            f"frames). Rebuild it: tfds build surreal --imports=data_builders.surreal "
-            f"--manual_dir=<SURREAL root> --data_dir={old_dir} --config=all "
-            f"--file_format=array_record")
+    assert capsys.readouterr().out.splitlines() == [
+        f"surreal/all train: not checked: NotInBuild: dataset 'surreal/all' under "
+        f"{old_dir!r} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
+        f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
+        f"frames). Rebuild it: tfds build surreal --imports=data_builders.surreal "
+        f"--manual_dir=<SURREAL root> --data_dir={old_dir} --config=all "
+        f"--file_format=array_record",
+        "surreal/all test: not checked: as train above"]  # the build's fault, said once
 
 
 def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path, capsys,
@@ -180,7 +179,7 @@ def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, mes
 
 
 def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(tmp_path,
-                                                                              caplog):
+                                                                              caplog, capsys):
     """Where TFDS's error misleads, opening a split names the cause and its fix in one line,
     at once (no retries): a copy that lacks dataset_info.json (which TFDS reports as an I/O
     error: the storage was blamed, 'nothing needs rebuilding', after three tries) or
@@ -243,6 +242,32 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(t
                                   f"not the one TFDS takes, which holds surreal/: give "
                                   f"--config.data_dir={data_dir}")
     assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2
+    # The check command prints a fault of the build once, the other splits referring to it.
+    root, folder = copy("no_info_again")
+    os.remove(os.path.join(folder, "dataset_info.json"))
+    assert check.main([f"--config.data_dir={root}", "--config.dataset=surreal/all"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("surreal/all train: not checked: FileNotFoundError: the build ")
+    assert lines[1:] == ["surreal/all validation: not checked: as train above",
+                         "surreal/all test: not checked: as train above"]
+
+
+def test_the_check_says_how_far_it_is(tmp_path, caplog, monkeypatch):
+    """A progress line every PROGRESS_EVERY_S seconds (here at every record): the records
+    read of those to read, the damaged ones, the time left."""
+    import logging
+
+    from tests.conftest import build_demo
+
+    _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=3)
+    monkeypatch.setattr(check, "PROGRESS_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO)
+    assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
+                       "--splits=test"]) == 0
+    lines = [r.getMessage() for r in caplog.records if "records read" in r.getMessage()]
+    assert [line.split(", about")[0] for line in lines] == [
+        f"surreal/all test: {k} of 3 records read, 0 damaged" for k in (0, 1, 2)]
+    assert lines[0].endswith(", about ? left") and re.search(r"about \d:\d\d:\d\d left$", lines[1])
 
 
 def _json_error(path: str) -> str:

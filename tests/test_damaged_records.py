@@ -339,8 +339,18 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
         assert (f"damaged: {_shard(damaged, split)} record {record} (index {record} of the "
                 f"split): does not read (RuntimeError: Corrupted Riegeli/records file: chunk "
                 f"data hash mismatch") in out, out
-    assert "surreal/all train: 12 records read, 2 damaged" in out
-    assert "surreal/all validation: 12 records read, 0 damaged" in out
+    fix = ("Copy the shard files named again from where the dataset was built, or rebuild "
+           "the dataset")
+    assert (f"surreal/all train: 12 records read, 2 damaged. Training stops on them: "
+            f"config.max_damaged_fraction=0.001 allows 0 of 12. {fix}\n") in out
+    assert "surreal/all validation: 12 records read, 0 damaged\n" in out
+    assert (f"surreal/all test: 12 records read, 1 damaged. Evaluating test leaves the damaged "
+            f"frames out and counts them in its report. {fix}\n") in out
+    assert check.main([f"--config={REPO}/configs/demo.py", f"--config.data_dir={damaged}",
+                       "--config.max_damaged_fraction=0.2", "--splits=train"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"surreal/all train: 12 records read, 2 damaged. Training skips each and trains on the "
+        f"next good record of its shard (config.max_damaged_fraction=0.2 allows 2 of 12). {fix}")
     clean = demo_dataset[1]
     assert check.main([f"--config.data_dir={clean}", "--config.dataset=surreal/all"]) == 0
     assert capsys.readouterr().out.splitlines() == [

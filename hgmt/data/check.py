@@ -12,18 +12,21 @@ then reads every record of its intact shards (array_record checks each chunk's h
 decodes its frame and label maps. Prints one line per missing or truncated shard (all of them:
 after a copy several tend to break together), one per damaged record (shard file, record
 number in the shard, index in the split, the error) and a closing line per split (shards
-damaged, records read and damaged), or, for a split that cannot be read at all but is not
-damaged (not built, built in another file format or by an older builder that lacks a feature
-hgmt reads, its storage not answering), why; exits 1 when anything is damaged or not checked,
-0 otherwise. It reads the whole split: as long as an
-epoch's input.
+damaged, records read and damaged, what training or evaluation makes of the damaged records
+under the config's `max_damaged_fraction`, and the fix), or, for a split that cannot be read at
+all but is not damaged (not built, a copy without its metadata, built in another file format or
+by an older builder that lacks a feature hgmt reads, its storage not answering), why; exits 1
+when anything is damaged or not checked, 0 otherwise. It reads the whole split, as long as an
+epoch's input: a progress line every `PROGRESS_EVERY_S` seconds says how far it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from absl import flags
@@ -58,6 +61,9 @@ class Checked:
         return f"{shards}{self.read} records read, {len(self.damaged)} damaged{fix}"
 
 
+PROGRESS_EVERY_S = 30.0  # seconds between a split's progress lines
+
+
 def check_split(dataset: str, data_dir: str, split: str) -> Checked:
     """Checks every shard file of a split (`shards.problems`: a missing or truncated one is a
     damaged line) and reads and decodes every record of its intact shards (a damaged record
@@ -80,11 +86,19 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
         return checked
     where = damage.Shards.of(source)
     checked.shards = len(where.files)
+    to_read = sum(n for f, n in zip(where.files, where.lengths, strict=True) if f not in problems)
+    began = last_line = time.perf_counter()
     for file, start, length in zip(where.files, where.starts, where.lengths, strict=True):
         if file in problems:
             checked.not_read += length
             continue
         for i in range(start, start + length):
+            if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+                last_line = time.perf_counter()
+                rate = checked.read / (last_line - began)
+                logging.info("%s %s: %d of %d records read, %d damaged, about %s left",
+                             dataset, split, checked.read, to_read, len(checked.damaged),
+                             cli.hms((to_read - checked.read) / rate) if rate else "?")
             try:
                 record = damage.read(source, i)
                 for key in input_pipeline.IMAGE_FEATURES:
@@ -101,6 +115,29 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("splits", list(surreal.SPLIT_DIRS), "splits to check",
                       flag_values=fv)
+    cli.define_verbosity(fv)
+
+
+def consequence(checked: Checked, split: str, max_fraction: float) -> str:
+    """What training or evaluation makes of the damaged records `checked` found in `split`,
+    as `config.max_damaged_fraction` (`max_fraction`) judges them, and the fix; '' when none
+    is damaged, or where shards are (the closing line's fix covers both: training and
+    evaluation stop on a damaged shard before reading)."""
+    if not checked.damaged or checked.damaged_shards:
+        return ""
+    fix = (" Copy the shard files named again from where the dataset was built, or rebuild the "
+           "dataset")
+    if split != "train":
+        return (f"Evaluating {split} leaves the damaged frames out and counts them in its "
+                f"report.{fix}")
+    total = checked.read + checked.not_read
+    allowed = int(max_fraction * total)
+    if len(checked.damaged) > allowed:
+        them = "it" if len(checked.damaged) == 1 else "them"
+        return (f"Training stops on {them}: config.max_damaged_fraction={max_fraction} allows "
+                f"{allowed} of {total}.{fix}")
+    return (f"Training skips each and trains on the next good record of its shard "
+            f"(config.max_damaged_fraction={max_fraction} allows {allowed} of {total}).{fix}")
 
 
 def _refuse_data_flags(argv: Sequence[str]) -> None:
@@ -133,15 +170,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.check_dataset_name(dataset)
     except ValueError as e:
         raise SystemExit(f"error: --{e}") from None
-    failed = 0
-    for split in args.splits:
+    with cli.console(args.verbosity, command=argv is None):
+        return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction)
+
+
+def _check(splits: Sequence[str], dataset: str, data_dir: str, max_fraction: float) -> int:
+    """The checks of `main`, its flags parsed and its console set up; -> exit status."""
+    failed, unread = 0, {}
+    for split in splits:
         checked = check_split(dataset, data_dir, split)
         for line in checked.damaged_shards + checked.damaged:
             print(f"damaged: {line}")
-        if checked.unread:
+        if checked.unread in unread:  # the build's or data_dir's fault, not the split's
+            print(f"{dataset} {split}: not checked: as {unread[checked.unread]} above")
+        elif checked.unread:
             print(f"{dataset} {split}: not checked: {checked.unread}")
+            unread[checked.unread] = split
         else:
-            print(f"{dataset} {split}: {checked.summary()}")
+            said = consequence(checked, split, max_fraction)
+            print(f"{dataset} {split}: {checked.summary()}" + (f". {said}" if said else ""))
         failed += len(checked.damaged_shards) + len(checked.damaged) + bool(checked.unread)
     return 1 if failed else 0
 
