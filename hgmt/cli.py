@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 
@@ -464,6 +466,36 @@ def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
     finally:
         for handler in handlers if not keep else ():
             handler.removeFilter(quiet)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while `sigterm_cleans_up` held: unwinds the stack like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_cleans_up() -> Iterator[None]:
+    """While the block runs, SIGTERM (`kill`, a scheduler's cancel) unwinds the stack as Ctrl-C
+    does, so that the cleanups of partial files (`except BaseException`, `finally`) run; the
+    process then dies of SIGTERM as it would have (status -15 to its parent). Python's default
+    leaves SIGTERM to kill the process where it stands. Outside the main thread, where Python
+    sets no handler, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def define_workdir(fv: flags.FlagValues) -> None:

@@ -161,6 +161,35 @@ def rename_folder(staged: str, path: str) -> None:
     _sync_folders([path])
 
 
+def move_into(staged: str, path: str, last: str) -> None:
+    """Moves the entries of the local folder `staged`, written whole elsewhere (an export's),
+    into the existing empty folder `path`, which keeps its own mode, owner and access lists
+    (and may be the current folder), the entry named `last` moved last, so that `path` without
+    it is incomplete; then removes `staged`. Synced as `rename_folder` syncs. OSError ENOTEMPTY
+    where `path` holds anything, or where a move fails (the entries moved are moved back)."""
+    if os.listdir(path):
+        raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), path)
+    for root, _, files in os.walk(staged):
+        for name in files:
+            _sync_file(os.path.join(root, name))
+    for root, _, _ in os.walk(staged, topdown=False):
+        _sync_folder(root)
+    names = sorted(os.listdir(staged), key=lambda name: name == last)
+    moved: list[str] = []
+    try:
+        for name in names:
+            if name == last:
+                _sync_folder(path)  # the others durable before the entry that completes it
+            os.rename(os.path.join(staged, name), os.path.join(path, name))
+            moved.append(name)
+    except BaseException:
+        for name in reversed(moved):
+            os.rename(os.path.join(path, name), os.path.join(staged, name))
+        raise
+    _sync_folder(path)
+    os.rmdir(staged)
+
+
 def _sync_file(path: str) -> None:
     """Makes the data of the local file `path`, written and closed elsewhere, durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -23,8 +23,9 @@ such a URL (or any scheme they lack) is refused before any work: export to a fol
 it. A host without TensorFlow exports stablehlo only, to a URL through fsspec (s3:// with s3fs
 installed). OUTDIR must be new or empty, and not a symbolic link or a mount point (refused
 before any work); a local export is written and run in `<OUTDIR>.partial-<random>` and renamed
-to OUTDIR only then, so a failure (a full disk: DiskFull, one line) leaves neither, nor the
-missing parent folders made for OUTDIR; in gs:// hgmt.json is written last
+to OUTDIR only then (moved into an OUTDIR that is an empty folder, hgmt.json last), so a
+failure (a full disk: DiskFull, one line; Ctrl-C or SIGTERM) leaves neither, nor the missing
+parent folders made for OUTDIR; in gs:// hgmt.json is written last
 (`hgmt.inference.export.export`).
 OUTDIR/hgmt.json records the tasks, input size, checkpoint step and folder (`best` for
 --step=best, else `checkpoints`), normalisation, platforms, and how to decode each output: its
@@ -55,7 +56,7 @@ def _define_flags(fv) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command of the module's docstring; -> exit status."""
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
-    with cli.console(args.verbosity, command=argv is None):
+    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up():
         return _run(args)
 
 

@@ -639,6 +639,39 @@ def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_
     assert not (tmp_path / "w").exists() and not (tmp_path / "p").exists()
 
 
+def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_path):
+    """SIGTERM inside `cli.sigterm_cleans_up` (evaluate's, predict's and export's block): the
+    cleanup of a partial file runs, a second SIGTERM meanwhile does not cut it short, and the
+    process still dies of SIGTERM (-15 to its parent); outside it, SIGTERM's default ends the
+    process where it stands, the partial file left (what hgmt.export left before)."""
+    import signal
+    import subprocess
+
+    code = ("import os, signal, sys, time\n"
+            "from hgmt import cli\n"
+            "partial = sys.argv[1]\n"
+            "def run():\n"
+            "    open(partial, 'w').close()\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "    except BaseException:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        os.remove(partial)\n"
+            "        raise\n"
+            "if sys.argv[2] == 'held':\n"
+            "    with cli.sigterm_cleans_up():\n"
+            "        run()\n"
+            "else:\n"
+            "    run()\n")
+    for how, left in (("held", False), ("default", True)):
+        partial = tmp_path / f"{how}.partial"
+        proc = subprocess.run([sys.executable, "-c", code, str(partial), how], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -signal.SIGTERM, (how, proc.returncode, proc.stderr)
+        assert partial.exists() == left, how
+
+
 def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
     """A Latin-1 file name (Python's surrogate escapes) printed and logged by a command on a
     strict UTF-8 stdout and stderr: written as its bytes, where print raised after the

@@ -260,3 +260,21 @@ def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_
         hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
                           f"--out_dir={BUCKET}/again"])
     assert sorted(os.listdir(store / "bucket")) == ["export", "tfds"]
+
+    # A store that refuses the folder (no network, no write permission): one line before the
+    # checkpoint is read, where it was a traceback after.
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(self))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the folder was made")
+
+    monkeypatch.setattr(type(epath.Path(f"{BUCKET}/again")), "mkdir", refused)
+    monkeypatch.setattr(hgmt.inference.export, "inference_fn", no_work)
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
+                          f"--out_dir={BUCKET}/again"])
+    assert str(e.value.code) == (
+        f"error: UnusableOutDir: --out_dir={BUCKET}/again could not be made (PermissionError: "
+        f"[Errno 13] Permission denied: '{BUCKET}/again'): check the URL, and this host's "
+        f"network and credentials for it")

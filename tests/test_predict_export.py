@@ -17,7 +17,7 @@ import pytest
 import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
-from hgmt import workdirs
+from hgmt import disk_space, workdirs
 from hgmt.data import input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
@@ -1258,6 +1258,22 @@ def test_stablehlo_export_reloads_with_any_batch_and_equals_the_predictor(model,
     assert platforms == tuple(meta["platforms"]) == ("cpu", "cuda", "rocm", "tpu")
     _assert_equals_the_predictor(exporting.load_stablehlo(path), predictor, (1, 3),
                                  rtol=1e-4, atol=1e-5)
+    saved = exported(workdir, "savedmodel")
+    with pytest.raises(FileNotFoundError) as raised:
+        exporting.load_stablehlo(saved)
+    assert str(raised.value) == (f"{saved} holds no model.jaxexport: give the folder of a "
+                                 f"--format=stablehlo export (a SavedModel's folder loads with "
+                                 f"tf.saved_model.load)")
+
+
+def test_load_stablehlo_takes_a_path_under_home(workdir, exported, monkeypatch):
+    """`~` is the home folder, as the export's --out_dir takes it."""
+    path = exported(workdir, "stablehlo")
+    monkeypatch.setenv("HOME", os.path.dirname(path))
+    images = np.zeros((1, 64, 64, 3), np.float32)
+    np.testing.assert_array_equal(
+        exporting.load_stablehlo("~/" + os.path.basename(path))(images)["pose2d"],
+        exporting.load_stablehlo(path)(images)["pose2d"])
 
 
 def _serving(path: str):
@@ -1276,6 +1292,16 @@ def test_savedmodel_export_equals_the_predictor(model, request, exported):
     _assert_equals_the_predictor(_serving(path), predictor, (2,), rtol=1e-3, atol=1e-4)
     with open(os.path.join(path, "hgmt.json")) as fh:
         assert json.load(fh)["format"] == "savedmodel"
+    # A wrong shape is one error naming the shapes (before, a screen of StableHLO per call).
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    for shape in ((1, 32, 32, 3), (1, 64, 64, 4)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            serve(images=tf.zeros(shape))
+        said = str(raised.value)
+        assert "is not compatible with expected shape" in said and "stablehlo" not in said
+        assert len(said.splitlines()) < 10, said
 
 
 def test_the_savedmodel_converts_to_tf_lite_with_the_predictors_outputs(workdir, predictor,
@@ -1735,6 +1761,64 @@ def test_an_out_dir_under_home_is_checked_written_and_reported_there(workdir, tm
     assert sorted(os.listdir(home)) == ["new", "used"] and os.listdir(cwd) == []
 
 
+def test_an_export_into_an_empty_folder_keeps_it_the_current_folder_included(
+        workdir, tmp_path, monkeypatch, capsys):
+    """--out_dir=. in an empty current folder of mode 700: the files are moved into it (the
+    folder, its mode and the shell's current folder stay), hgmt.json last; where the rename
+    replaced the folder, the command's result line crashed on the current folder it had
+    removed and the export was left readable by all. A move into the folder that fails puts
+    back what it had moved: the folder is left empty."""
+    here = tmp_path / "here"
+    here.mkdir(mode=0o700)
+    monkeypatch.chdir(here)
+    assert hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", "--out_dir=."]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["out_dir"] == str(here) == os.getcwd()
+    assert sorted(os.listdir(here)) == ["hgmt.json", "model.jaxexport"]
+    assert os.stat(here).st_mode & 0o777 == 0o700 and os.listdir(tmp_path) == ["here"]
+
+    staged, into = tmp_path / "staged", tmp_path / "into"
+    staged.mkdir()
+    into.mkdir()
+    for name in ("a", exporting.META_FILE, "z"):
+        (staged / name).write_text(name)
+    real_rename = os.rename
+
+    def refuse_the_last(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == exporting.META_FILE:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refuse_the_last)
+    with pytest.raises(OSError, match="Input/output error"):
+        disk_space.move_into(str(staged), str(into), last=exporting.META_FILE)
+    assert os.listdir(into) == [] and sorted(os.listdir(staged)) == ["a", "hgmt.json", "z"]
+
+
+@pytest.mark.slow
+def test_an_export_stopped_by_sigterm_leaves_nothing(workdir, tmp_path):
+    """SIGTERM once the export is staged (`<OUTDIR>.partial-*` there): the partial folder and
+    the parent folders made for it are removed and the process dies of SIGTERM; before, both
+    were left."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "deep" / "x"
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    proc = subprocess.Popen([sys.executable, "-m", "hgmt.export", f"--workdir={workdir}",
+                             "--format=savedmodel", f"--out_dir={out}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out.parent.exists() and os.listdir(out.parent)) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, err[-3000:]
+    assert os.listdir(tmp_path) == [], err[-3000:]
+
+
 @pytest.mark.parametrize("fmt", exporting.FORMATS)
 def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdir, tmp_path,
                                                                          monkeypatch, fmt):
@@ -1826,7 +1910,7 @@ def test_evaluate_stops_in_one_line_on_a_dataset_not_built_or_frames_it_lacks(
         assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
         return e.value.code
 
-    message = one_line(f"--config.data_dir={tmp_path / 'nowhere'}")
+    message = one_line(f"--config.data_dir={tmp_path}")  # a folder without the dataset
     assert message.startswith("error: FileNotFoundError: dataset 'surreal/all' split 'test' "
                               "is not built under data_dir="), message
     assert "Build it with: tfds build surreal --imports=data_builders.surreal" in message
@@ -3099,6 +3183,8 @@ def test_a_name_that_is_not_utf8_is_recorded_as_text_every_json_reader_takes(wor
     """An image and a video of Latin-1 names (Python's surrogate escapes): their JSON records
     name them with the undecodable byte as `\\xe9`, text that encodes as UTF-8, where a lone
     surrogate escape (`\\udce9`) was written that strict JSON readers refuse."""
+    import subprocess
+
     from PIL import Image
 
     still = Image.fromarray(np.full((32, 48, 3), 90, np.uint8))
@@ -3108,8 +3194,13 @@ def test_a_name_that_is_not_utf8_is_recorded_as_text_every_json_reader_takes(wor
     still.save(os.fsdecode(clip), save_all=True, duration=100,
                append_images=[Image.fromarray(np.full((32, 48, 3), 30, np.uint8))])
     out = tmp_path / "out"
-    assert hgmt.predict.main([os.fsdecode(image), os.fsdecode(clip), f"--workdir={workdir}",
-                              f"--out_dir={out}", "--bbox=0,0,30,30"]) == 0
+    # The command's own process: the names it prints are not UTF-8 (its console writes them
+    # as their bytes), which pytest's capture in an xdist worker refuses.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hgmt.predict", os.fsdecode(image), os.fsdecode(clip),
+         f"--workdir={workdir}", f"--out_dir={out}", "--bbox=0,0,30,30"], capture_output=True,
+        timeout=600, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert proc.returncode == 0, proc.stderr[-3000:]
     named = {}
     for name in os.listdir(os.fsencode(out)):
         if name.endswith(b".json"):
@@ -3152,8 +3243,8 @@ def test_next_pts_keeps_times_and_steps_past_repeated_ones():
 def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_name(
         workdir, tmp_path):
     """`python -m hgmt.evaluate --config.image_size=...` other than the size trained at: a
-    warning line, in the command's own format (not Python's default "WARNING:root:", which an
-    import may have set up), and a file name of its own, so the trained size's evaluation is
+    warning line, in the command's own format ("warning: ", not Python's default
+    "WARNING:root:", which an import may have set up), and a file name of its own, so the trained size's evaluation is
     not replaced."""
     import shutil
     import subprocess
@@ -3168,7 +3259,8 @@ def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_na
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0] == (
-        f"config.image_size={other}: the model was trained at {trained} px, so it sees people "
+        f"warning: config.image_size={other}: the model was trained at {trained} px, so it "
+        f"sees people "
         f"at another scale than it learnt, and 3D decoding reads the crop's scale: expect "
         f"other results")
     assert (copy / f"eval_test_2_first2_{other}px.json").is_file()

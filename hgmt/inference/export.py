@@ -107,9 +107,15 @@ def export_stablehlo(f: Callable, image_size: int, path: str) -> None:
 
 def load_stablehlo(path: str) -> Callable:
     """The exported function, callable on a (B,R,R,3) float32 array; `path` is an export
-    directory or its model.jaxexport file (a local path or a gs:// URL, `check_out_dir`)."""
-    path = epath.Path(path)
+    directory or its model.jaxexport file (a local path, `~` expanded, or a gs:// URL,
+    `check_out_dir`). FileNotFoundError names a folder without that file (a SavedModel's is
+    loaded by `tf.saved_model.load`)."""
+    path = epath.Path(paths.absolute(path))
     if path.is_dir():
+        if not (path / STABLEHLO_FILE).exists():
+            raise FileNotFoundError(f"{path} holds no {STABLEHLO_FILE}: give the folder of a "
+                                    f"--format=stablehlo export (a SavedModel's folder loads "
+                                    f"with tf.saved_model.load)")
         path = path / STABLEHLO_FILE
     return jax.export.deserialize(bytearray(path.read_bytes())).call
 
@@ -127,8 +133,11 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
     converted = jax2tf.convert(f, polymorphic_shapes=["(b, _, _, _)"], with_gradient=False,
                                native_serialization_platforms=PLATFORMS)
     module = tf.Module()
+    # A signature's shape is not checked when a loaded SavedModel is called: a wrong one would
+    # fail deep in the converted module's shape refinement, a screen of StableHLO.
     module.serve = tf.function(
-        lambda images: converted(images), autograph=False,
+        lambda images: converted(tf.ensure_shape(images, (None, image_size, image_size, 3))),
+        autograph=False,
         input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32,
                                        name="images")])
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
@@ -136,8 +145,9 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
 
 class UnusableOutDir(ValueError):
     """A local --out_dir that a finished export cannot be renamed onto (a symbolic link, a
-    mount point, a folder in a place that cannot be written): the message names it and what
-    to give instead."""
+    mount point, a folder in a place that cannot be written), or a URL whose folder cannot be
+    made (a store not reached, no permission): the message names it and what to give or
+    check instead."""
 
 
 def check_out_dir(out_dir: str, fmt: str) -> None:
@@ -242,7 +252,9 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     renamed to `out_dir` only then (`disk_space.rename_folder`): `out_dir` appears whole or
     not at all, and any failure removes the partial folder and the missing parent folders the
     export made for it (never one that was there before), leaving the file system as it
-    was. An object store has no rename:
+    was. An `out_dir` that is an empty folder stays (its mode, owner and access lists; it may
+    be the current folder): the checked files are moved into it, `META_FILE` last
+    (`disk_space.move_into`). An object store has no rename:
     the files are written into `out_dir` itself, `META_FILE` last, once the artefact is
     checked, so an export folder without it is incomplete (it is removed on a failure, where
     the store still answers). A full disk raises `disk_space.DiskFull`; a local `out_dir` the
@@ -251,13 +263,25 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
         raise ValueError(f"--format={fmt!r}: choose one of {list(FORMATS)}")
     check_out_dir(out_dir, fmt)
     target = paths.absolute(out_dir)  # `~` expanded, as check_out_dir checked it
-    f, meta = inference_fn(workdir, step, config)
+    if paths.is_url(target):  # made before any work: a store that cannot be reached says so
+        try:
+            epath.Path(target).mkdir(parents=True, exist_ok=True)
+        except Exception as e:  # noqa: BLE001  (TensorFlow's file systems raise their own)
+            raise UnusableOutDir(f"--out_dir={out_dir} could not be made ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:300]}): check the URL, and this "
+                                 f"host's network and credentials for it") from e
+    try:
+        f, meta = inference_fn(workdir, step, config)
+    except BaseException:
+        if paths.is_url(target):
+            with contextlib.suppress(Exception):
+                epath.Path(target).rmdir()  # made above, still empty
+        raise
     meta["format"], meta["platforms"] = fmt, list(PLATFORMS)
     with disk_space.reported(target, "the export", _THEN,
                              cleanup=lambda: "Nothing partial was left behind."):
         if paths.is_url(target):
             try:
-                epath.Path(target).mkdir(parents=True, exist_ok=True)
                 return meta, _write(f, meta, target)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -279,7 +303,10 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
         try:
             shapes = _write(f, meta, partial)
             try:
-                disk_space.rename_folder(partial, target)
+                if os.path.isdir(target):  # an empty folder: kept, the export moved into it
+                    disk_space.move_into(partial, target, last=META_FILE)
+                else:
+                    disk_space.rename_folder(partial, target)
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # filled since it was checked
                     raise FileExistsError(_not_empty(out_dir)) from None

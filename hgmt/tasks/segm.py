@@ -28,7 +28,7 @@ OUTPUT_LAYOUT = {
     "channel": "class c is part_names[c] (0 background)",
     "part_names": list(surreal.PART_CLASS_NAMES),
     "sides": surreal.SIDES,
-    "values": "logits: a pixel's class is the argmax over the channels",
+    "values": "logits: a pixel's class is the argmax over the channels (the first on ties)",
 }
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
 _REFERENCE_CAVEATS = {
