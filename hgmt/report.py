@@ -50,7 +50,7 @@ import json
 import os
 import sys
 
-from hgmt import cli
+from hgmt import cli, paths
 from hgmt.evaluation import protocols
 from hgmt.study import claims, report, runs
 
@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.report --sweep_dir=DIR --out_dir=DIR [--protocol=P] [--note=TEXT |
     --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__))
+    if paths.is_url(args.sweep_dir):
+        raise SystemExit(f"error: --sweep_dir={args.sweep_dir}: a sweep directory is a local "
+                         f"folder, as launch/sweep.py makes it: copy it to a local disk, or "
+                         f"mount the bucket (gcsfuse, for one)")
     if args.check_config:
         with cli.faults_in_one_line(OSError, ValueError, status=CHECK_UNUSABLE):
             return check_config(args.sweep_dir)

@@ -11,7 +11,12 @@ one giving its outcome and wall time, so a retried run keeps the earlier attempt
 errors. A subset whose SWEEP_DIR/T/eval_test.json exists and reads is done and skipped, so
 rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint;
 one whose eval_test.json does not read is trained again, which from its last checkpoint
-evaluates it anew). The config's test evaluation must run after training
+evaluates it anew). SIGTERM or SIGHUP to the sweep is passed on to the run in progress, which
+saves a checkpoint and exits 75 (hgmt.main's preemption handling); the sweep writes the
+outcome line and stops with status 75, as it does when a run exits 75 on its own signal, and
+after Ctrl-C (which reaches the run from the terminal): the run is never left training
+unwatched, and rerunning the sweep resumes it. The config's test evaluation must run after
+training
 (config.evals.test.at_end), which writes that file. Arguments after `--` go to every run
 (one task's loss weight or options, `--config.loss_weights.segm=2`, to the runs of that task).
 `--protocols` also evaluates each finished subset under those metric protocols
@@ -56,8 +61,10 @@ them): jobs started together would otherwise all build it into the same folder a
 SWEEP_DIR/sweep.json records the plan (config, subsets, seeds), which the report counts
 finished runs against; a later call with the same config adds its subsets and seeds to it, so
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
-The first run's command line is parsed as hgmt.main parses it before the plan is written: a
+Every run's command line is parsed as hgmt.main parses it before the plan is written: a
 misspelt config, override or flag stops the sweep in one line and leaves the directory free.
+A later call may change the arguments a rerun may change (hgmt.training.resume's
+FREE_ON_RESUME: `--config.data_dir`, `--config.worker_count`, ...), not the others.
 Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
 Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
 the config file, `python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs
@@ -73,6 +80,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -84,7 +92,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_SCRIPT = os.path.join(REPO, "launch", "slurm.sbatch")  # what --sbatch submits
 sys.path.insert(0, REPO)
 
-from hgmt import cli, paths, workdirs  # noqa: E402
+from hgmt import cli, disk_space, paths, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
@@ -145,7 +153,7 @@ def sbatch_protocol_command(options: list[str], tasks: str, sweep_dir: str, prot
     slurm.sbatch's GPUs and cores a node (EVALUATION_DEFAULTS; `options` may change them, not
     the one node and task: hgmt.evaluate is one process). Slurm's log:
     hgmt-<run>-<protocol>-<job id>.out."""
-    wrapped = (f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}} "
+    wrapped = (f"{HERE_PYTHONPATH} "
                f"{shlex.join(protocol_command(tasks, sweep_dir, protocol, seed_index))}")
     return shlex.join(["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}"
                        f"-{protocol}", "--output=%x-%j.out", *EVALUATION_DEFAULTS, *options,
@@ -209,39 +217,77 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     call with the same config and arguments adds its subsets and seeds to the plan (running a
     few subsets first keeps the whole plan), another config exits naming the fix."""
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+    old = _recorded_plan(path)
+    if old is not None:
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
         # tasks replaced it) is no part of it.
-        if ((runs.without_tasks(plan_config(_resolved(old["config"]))), old["extra"])
-                != (runs.without_tasks(plan_config(_resolved(plan["config"]))), plan["extra"])):
+        if ((runs.without_tasks(plan_config(_resolved(old["config"]))), trained_by(old["extra"]))
+                != (runs.without_tasks(plan_config(_resolved(plan["config"]))),
+                    trained_by(plan["extra"]))):
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
                 f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
-                f"another --sweep_dir, or the same config and arguments")
+                f"another --sweep_dir, or the same config and arguments (those a rerun may "
+                f"change, such as --config.data_dir, may differ)")
         plan = {**plan, "subsets": old["subsets"] + [
             s for s in plan["subsets"] if s not in old["subsets"]],
             "seeds": max(old["seeds"], plan["seeds"])}
-    with open(path, "w") as f:
-        json.dump(plan, f, indent=1)
+    disk_space.write_atomically(path, lambda f: json.dump(plan, f, indent=1))
     return plan
 
 
-def check_first_run(config: str, tasks: str, extra: list[str], seeds: int = 1
-                    ) -> tuple[str, ml_collections.ConfigDict]:
-    """Parses the first run's command line as hgmt.main does, its config file read with its
-    argument and the arguments after `--`: a missing file, a bad argument or override, a
-    flag hgmt.main lacks, a value hgmt.main refuses (`loop.check_config`, but what depends on
-    the devices the runs train on; the last of the `seeds` runs' seeds too), or a config whose
-    test evaluation does not run after training
-    (`config.evals.test.at_end`: its eval_test.json is what makes a run done, so without it
-    every call would train every run again) exits in one line naming it, before the sweep
-    records its plan or starts a run. A relative config path is taken from the caller's
-    working directory, else from the repository, where `hgmt.report --check_config` reads
-    it. -> (`config` with its file's absolute path, which the runs are given (they start in
-    the working directory), the first run's config)."""
+def _recorded_plan(path: str) -> dict | None:
+    """The plan in `path` (SWEEP_DIR/sweep.json), None where there is none or it does not
+    read (cut short, edited): then it is written anew from this call's plan, with a warning."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+        for key, kind in (("config", str), ("subsets", list), ("seeds", int), ("extra", list)):
+            if not isinstance(old.get(key), kind):
+                raise ValueError(f"no {key!r} {kind.__name__}")
+    except (OSError, ValueError) as e:
+        print(f"launch/sweep.py: warning: {path} does not read ({type(e).__name__}: {e}): it is "
+              f"written anew from this call's config, subsets and seeds", file=sys.stderr)
+        return None
+    return old
+
+
+def trained_by(extra: list[str]) -> dict[str, str]:
+    """The arguments after `--` that say what the runs train, {name: value} (the last of a
+    repeated one, in any order): not the config fields a rerun may change
+    (`hgmt.training.resume.FREE_ON_RESUME`: where the data is, how it is read and evaluated)
+    nor hgmt.main's own flags, which the runs may be given otherwise from one call to the
+    next."""
+    from hgmt.training import resume
+
+    given = {}
+    for arg in extra:
+        name, _, value = arg.lstrip("-").partition("=")
+        field = name.removeprefix("no").removeprefix("config.")
+        if name.removeprefix("no").startswith("config.") and not workdirs.is_under(
+                field, resume.FREE_ON_RESUME):
+            given[name] = value
+    return given
+
+
+def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
+              ) -> tuple[str, ml_collections.ConfigDict]:
+    """Parses a run's command line (the subset `tasks`) as hgmt.main does, its config file
+    read with its argument and the arguments after `--`: a missing file, a bad argument or
+    override, a flag hgmt.main lacks, a value hgmt.main refuses (`loop.check_config`, but what
+    depends on the devices the runs train on; the last of the `seeds` runs' seeds too), or a
+    config whose test evaluation does not run after training (`config.evals.test.at_end`: its
+    eval_test.json is what makes a run done, so without it every call would train every run
+    again) exits in one line naming it, before the sweep records its plan or starts a run. A
+    relative config path is taken from the caller's working directory, else from the
+    repository, where `hgmt.report --check_config` reads it. -> (`config` with its file's
+    absolute path, which the runs are given (they start in the working directory), the run's
+    config)."""
     from hgmt import main as trainer
 
     path, colon, argument = _resolved(config).partition(":")
@@ -255,16 +301,17 @@ def check_first_run(config: str, tasks: str, extra: list[str], seeds: int = 1
     except SystemExit as e:
         if e.code in (0, None):
             raise
-        raise SystemExit(f"error: the runs' hgmt.main (--config={config} and the arguments "
-                         f"after `--`): {str(e.code).removeprefix('error: ')}") from None
+        raise SystemExit(f"error: the {tasks} runs' hgmt.main (--config={config} and the "
+                         f"arguments after `--`): {str(e.code).removeprefix('error: ')}"
+                         ) from None
     from hgmt.data import input_pipeline
     from hgmt.training import loop
 
     try:  # the values hgmt.main checks, but those of the devices the runs will train on
         loop.check_config(parsed.config, warn=False, on_devices=False)
     except ValueError as e:
-        raise SystemExit(f"error: the runs' config (--config={config} and the arguments after "
-                         f"`--`): {e}") from None
+        raise SystemExit(f"error: the {tasks} runs' config (--config={config} and the "
+                         f"arguments after `--`): {e}") from None
     last = parsed.config.seed + seeds - 1  # each run's seed is the config's plus its number
     try:
         input_pipeline.check_seed(last)
@@ -310,11 +357,51 @@ def plan_config(config: str) -> str:
     return f"{path}{colon}{argument}"
 
 
+# A printed command's environment as `_run_env` gives the runs here: this checkout first.
+HERE_PYTHONPATH = f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"
+
+
 def _run_env() -> dict[str, str]:
     """The runs' environment: this one with hgmt's checkout importable. They run in the
     caller's working directory, so that relative paths given to the sweep mean the same."""
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+
+
+# hgmt.main's status when it saved a checkpoint and stopped on a signal (its preemption
+# handling, hgmt.training.preemption), repeated to keep jax out of the sweep's process.
+EXIT_PREEMPTED = 75
+
+
+def run_logged(cmd: list[str], log: str) -> tuple[int, str | None]:
+    """Runs `cmd` (a run's training or evaluation) here, its output appended to `log`, until
+    it ends -> (its exit status, the signal that asked the sweep to stop or None). SIGTERM and
+    SIGHUP to the sweep are passed on to it (hgmt.main then saves a checkpoint and exits
+    EXIT_PREEMPTED); Ctrl-C reaches it from the terminal, and is passed on where it did not
+    (the sweep alone signalled). The sweep waits for it either way: a run left behind would
+    train on unwatched, its workdir locked against the rerun."""
+    stopped: list[str] = []
+
+    def forward(signum, frame):
+        stopped.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, env=_run_env(), stdout=f, stderr=subprocess.STDOUT)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return proc.wait(), (stopped[0] if stopped else None)
+            except KeyboardInterrupt:
+                stopped.append("SIGINT")
+                try:  # the terminal's Ctrl-C reached it too: it stops on its own
+                    return proc.wait(timeout=10), "SIGINT"
+                except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                    proc.send_signal(signal.SIGINT)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _define_flags(fv) -> None:
@@ -365,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         if arg.lstrip("-").partition("=")[0] in ("config.tasks", "noconfig.tasks"):
             raise SystemExit(f"error: {arg} after `--`: each run trains the tasks of its "
                              f"subset (--tasks=A,B); drop it")
+    if paths.is_url(args.sweep_dir):
+        raise SystemExit(f"error: --sweep_dir={args.sweep_dir}: a sweep directory is a local "
+                         f"folder (the sweep and hgmt.report read it with the local file "
+                         f"system): give one on a local or mounted disk (a bucket mounted with "
+                         f"gcsfuse, for one)")
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
     try:  # each subset once, however it is written (segm+pose2d is pose2d+segm)
@@ -376,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]
     except ValueError as e:
         raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
-    # Before the plan is recorded, which holds the sweep directory to this config.
-    config, first = check_first_run(args.config, subsets[0], extra, args.seeds)
+    # Before the plan is recorded, which holds the sweep directory to this config: every
+    # run's command line, since an override of one task's field reaches its runs only.
+    config, first = check_run(args.config, subsets[0], extra, args.seeds)
+    for tasks in subsets[1:]:
+        check_run(args.config, tasks, extra, args.seeds)
     trained = first.evals.test.protocol  # what each run's training puts in eval_test.json
     if trained in extra_protocols:
         others = ", ".join(x for x in protocols.PROTOCOLS if x != trained)
@@ -422,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                 for x in todo:
                     print(sbatch_protocol_command(sbatch_options, tasks, sweep_dir, x, k))
             elif todo:
-                print(" && ".join(shlex.join(cmd) for _, cmd in pending_commands(
-                    todo, config, tasks, sweep_dir, extra, k, resume)))
+                print(" && ".join(f"{HERE_PYTHONPATH} {shlex.join(cmd)}" for _, cmd in
+                                  pending_commands(todo, config, tasks, sweep_dir, extra, k,
+                                                   resume)))
         if done:
             print(f"launch/sweep.py: {done} of {len(planned)} runs done already, not printed",
                   file=sys.stderr)
@@ -447,14 +543,19 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(f"launch/sweep.py: {name} {what}: started "
                         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: "
                         f"{shlex.join(cmd)}\n")
-                f.flush()
-                rc = subprocess.run(cmd, env=_run_env(), stdout=f,
-                                    stderr=subprocess.STDOUT).returncode
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log})"
+            rc, stopped = run_logged(cmd, log)
+            status = ("ok" if rc == 0 and not stopped else
+                      f"stopped by {stopped} (exit {rc})" if stopped else
+                      f"stopped: it saved a checkpoint and exited {rc}" if rc == EXIT_PREEMPTED
+                      else f"FAILED (exit {rc}; see {log})")
             took = f"{name} {what}: {status} in {time.perf_counter() - start:.0f} s"
             print(f"[{i}/{len(planned)}] {took}", flush=True)
             with open(log, "a") as f:  # the segment's outcome and wall time end it
                 f.write(f"launch/sweep.py: {took}\n")
+            if stopped or rc == EXIT_PREEMPTED:  # asked to stop: not a failure to go past
+                print(f"launch/sweep.py: the sweep stopped at {name}; rerun the same command to "
+                      f"resume it (from its last checkpoint)", file=sys.stderr)
+                return EXIT_PREEMPTED if rc == EXIT_PREEMPTED else 1
             if rc:
                 failed.append(name)
                 break

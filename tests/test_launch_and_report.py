@@ -106,7 +106,23 @@ def _sweep_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     out, err = capsys.readouterr()
     if isinstance(code, str):
         code, err = 1, err + code + "\n"
-    return subprocess.CompletedProcess(["launch/sweep.py", *args], code or 0, out, err)
+    return subprocess.CompletedProcess(["launch/sweep.py", *args], code or 0, _here(out), err)
+
+
+def _here(printed: str) -> str:
+    """`--print_only`'s output without the checkout's PYTHONPATH that leads each command it
+    runs here (checked to be there)."""
+    from launch import sweep
+
+    lines = []
+    for line in printed.splitlines(keepends=True):
+        if line.startswith(("sbatch ", "HGMT_REPO=")):  # Slurm's: their own environment
+            lines.append(line)
+            continue
+        commands = line.split(" && ")
+        assert all(c.startswith(sweep.HERE_PYTHONPATH + " ") for c in commands), line
+        lines.append(" && ".join(c.removeprefix(sweep.HERE_PYTHONPATH + " ") for c in commands))
+    return "".join(lines)
 
 
 def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monkeypatch,
@@ -125,15 +141,16 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
 
     for args, message in (
             (["--config=configs/demo.py", "--", "--config.total_stps=5"],
-             "error: the runs' hgmt.main (--config=configs/demo.py and the arguments after "
-             "`--`): --config.total_stps: the config has no field 'total_stps' (its fields: "),
+             "error: the pose2d runs' hgmt.main (--config=configs/demo.py and the arguments "
+             "after `--`): --config.total_stps: the config has no field 'total_stps' (its "
+             "fields: "),
             (["--config=configs/dmeo.py", "--", "--config.total_steps=5"],
              f"error: --config=configs/dmeo.py: no config file configs/dmeo.py in the working "
              f"directory or in {REPO}: give a config file such as configs/default.py"),
             (["--config=configs/demo.py:runlocal", "--", "--config.total_steps=5"],
-             f"error: the runs' hgmt.main (--config=configs/demo.py:runlocal and the arguments "
-             f"after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: unknown "
-             f"config argument 'runlocal'; valid: ['tasks']"),
+             f"error: the pose2d runs' hgmt.main (--config=configs/demo.py:runlocal and the "
+             f"arguments after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: "
+             f"unknown config argument 'runlocal'; valid: ['tasks']"),
             (["--config=configs/demo.py", "--config.total_steps=5"],
              "error: Unknown command line flag 'config.total_steps'"),
             (["--config=configs/demo.py", "total_steps=5"],
@@ -174,7 +191,7 @@ def test_sweep_print_only_builds_the_demo_data_before_printing(tmp_path):
          "--config.demo.clips_per_split=1", "--config.demo.frames=2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert [line.split()[4] for line in run.stdout.splitlines()] == [
+    assert [line.split()[4] for line in _here(run.stdout).splitlines()] == [
         f"--workdir={tmp_path}/s/pose2d", f"--workdir={tmp_path}/s/segm"]
     from hgmt.data import demo
 
@@ -324,8 +341,7 @@ def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_re
     from launch import sweep as launcher
 
     ran = []
-    monkeypatch.setattr(launcher.subprocess, "run", lambda cmd, **kwargs: ran.append(
-        cmd[2]) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(launcher, "run_logged", lambda cmd, log: ran.append(cmd[2]) or (0, None))
     assert launcher.main([f"--sweep_dir={s}", "--config=configs/default.py",
                           "--tasks=depth"]) == 0
     assert ran == ["hgmt.main"]
@@ -349,6 +365,116 @@ def test_sweep_runs_a_subset_given_twice_once(tmp_path):
         f"--workdir={s}/pose2d+segm", f"--workdir={s}/segm"]
     assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["subsets"] == ["pose2d+segm",
                                                                            "segm"]
+
+
+def test_a_later_call_may_change_what_a_rerun_may_not_what_the_runs_train(
+        tmp_path, monkeypatch, capsys):
+    """The plan holds the sweep directory to what its runs train: a later call may move the
+    data (`--config.data_dir`, a field a rerun may change) and give the arguments in another
+    order, and the plan then records its arguments; another `total_steps` is refused. Before,
+    any difference was refused, so a mistyped data path held the directory for good."""
+    s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
+
+    def sweep(*extra):
+        return _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                                 "--tasks=pose2d", "--print_only", "--", *extra)
+
+    assert sweep("--config.data_dir=/scrach/tfds", "--config.total_steps=5").returncode == 0
+    moved = ["--config.total_steps=5", "--config.data_dir=/scratch/tfds",
+             "--config.worker_count=4"]
+    assert sweep(*moved).returncode == 0
+    assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["extra"] == moved
+    run = sweep("--config.total_steps=6", "--config.data_dir=/scratch/tfds")
+    assert run.returncode == 1 and run.stderr.startswith(
+        f"error: {s} holds a sweep of --config=configs/default.py with arguments {moved}, not "
+        f"--config=configs/default.py with ['--config.total_steps=6', "
+        f"'--config.data_dir=/scratch/tfds']: give another --sweep_dir, or the same config and "
+        f"arguments (those a rerun may change, such as --config.data_dir, may differ)"), run
+    assert launcher_trained_by(["--config.data_dir=/a", "--config.evals.test.every=5",
+                                "--config.seed=1", "--heartbeat_timeout=9",
+                                "--noconfig.model.shared_trunk"]) == {
+        "config.seed": "1", "noconfig.model.shared_trunk": ""}
+
+
+def launcher_trained_by(extra: list[str]) -> dict[str, str]:
+    from launch import sweep
+
+    return sweep.trained_by(extra)
+
+
+def test_every_run_of_the_sweep_is_checked_before_its_plan(tmp_path, monkeypatch, capsys):
+    """An override of segm's field reaches segm's runs only, and configs/reference.py trains
+    one task a run: each run's command line is checked, not the first's alone, so the sweep
+    stops before its plan naming the subset, where segm's runs failed after pose2d's."""
+    s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
+    run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                            "--tasks=pose2d,segm", "--print_only", "--",
+                            "--config.loss_options.segm.foregound_weight=2")
+    assert run.returncode == 1 and run.stderr.startswith(
+        "error: the segm runs' hgmt.main (--config=configs/default.py and the arguments after "
+        "`--`): --config.loss_options.segm.foregound_weight: "), run.stderr
+    run = _sweep_in_process(capsys, f"--sweep_dir={s}",
+                            "--config=configs/reference.py:code=bodynet",
+                            "--tasks=pose2d,pose2d+segm", "--print_only")
+    assert run.returncode == 1 and run.stderr.startswith(
+        "error: the pose2d+segm runs' "), run.stderr
+    assert not s.exists()
+
+
+def test_a_damaged_plan_is_written_anew_and_a_url_sweep_dir_refused(tmp_path, monkeypatch,
+                                                                    capsys):
+    """A sweep.json cut short (or one lacking a field) is written anew from the call's plan,
+    with a warning, where the sweep stopped in a traceback; a gs:// sweep directory is refused
+    in one line, where a local folder named gs: was made."""
+    s = tmp_path / "s"
+    s.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for text in ("", '{"config": "configs/default.py"}'):
+        (s / workdirs.SWEEP_PLAN).write_text(text)
+        run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                                "--tasks=pose2d", "--print_only")
+        assert run.returncode == 0, run.stderr
+        assert run.stderr.startswith(f"launch/sweep.py: warning: {s}/sweep.json does not "
+                                     f"read ("), run.stderr
+        assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == {
+            "config": "configs/default.py", "subsets": ["pose2d"], "seeds": 1, "extra": []}
+    run = _sweep_in_process(capsys, "--sweep_dir=gs://bucket/sweep", "--config=configs/default.py",
+                            "--print_only")
+    assert run.returncode == 1 and run.stderr == (
+        "error: --sweep_dir=gs://bucket/sweep: a sweep directory is a local folder (the sweep "
+        "and hgmt.report read it with the local file system): give one on a local or mounted "
+        "disk (a bucket mounted with gcsfuse, for one)\n")
+    assert os.listdir(tmp_path) == ["s"]
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main(["--sweep_dir=gs://bucket/sweep", "--out_dir=report"])
+    assert e.value.code == ("error: --sweep_dir=gs://bucket/sweep: a sweep directory is a local "
+                            "folder, as launch/sweep.py makes it: copy it to a local disk, or "
+                            "mount the bucket (gcsfuse, for one)")
+    assert os.listdir(tmp_path) == ["s"]
+
+
+def test_a_run_that_saved_and_stopped_stops_the_sweep(tmp_path, monkeypatch, capsys):
+    """A run that exits 75 (hgmt.main saved a checkpoint on a signal) stops the sweep with
+    that status, telling to rerun it: before, it counted as failed and the next subset
+    started."""
+    from launch import sweep
+
+    s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
+    ran = []
+    monkeypatch.setattr(sweep, "run_logged", lambda cmd, log: ran.append(cmd) or (75, None))
+    assert sweep.main([f"--sweep_dir={s}", "--config=configs/default.py",
+                       "--tasks=pose2d,segm"]) == 75
+    assert len(ran) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("[1/2] pose2d train: stopped: it saved a checkpoint "
+                                           "and exited 75 in "), out
+    assert err == ("launch/sweep.py: the sweep stopped at pose2d; rerun the same command to "
+                   "resume it (from its last checkpoint)\n")
+    assert (s / "pose2d.log").read_text().splitlines()[-1].startswith(
+        "launch/sweep.py: pose2d train: stopped: it saved a checkpoint and exited 75 in ")
 
 
 def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp_path):
@@ -404,7 +530,8 @@ def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp
     env.pop("HGMT_REPO", None)
     for line in lines[1:]:
         subprocess.run(["sh", "-c", line], cwd=submit, env=env, check=True, timeout=60)
-    here = [line.partition(" && ")[0].split()[1:] for line in sweep()[1:]]
+    here = [line.partition(" && ")[0].split()[1:] for line in _here("\n".join(sweep()[1:]))
+            .splitlines()]
     assert here[1] == ["-m", "hgmt.main", f"--config={config}:tasks=pose2d",
                        f"--workdir={s}/pose2d@seed1", "--config.total_steps=5",
                        "--config.seed=1"]
@@ -623,8 +750,8 @@ def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
                             "--tasks=pose2d", "--print_only", *args)
     assert out.returncode == 1 and out.stdout == "", out
     assert out.stderr.startswith(f"error: {message}" if message.startswith("--seeds") else
-                                 "error: the runs' config (--config=configs/default.py and "
-                                 f"the arguments after `--`): {message}"), out.stderr
+                                 "error: the pose2d runs' config (--config=configs/default.py "
+                                 f"and the arguments after `--`): {message}"), out.stderr
     assert not s.exists()
 
 
@@ -1962,3 +2089,34 @@ def test_learning_doc_quotes_the_committed_four_task_seed_spread():
     with open(os.path.join(REPO, "docs", "learning.md")) as f:
         text = " ".join(f.read().split())
     assert expected in text
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_saves_its_run_and_stops(demo_dataset, tmp_path):
+    """SIGTERM to the sweep while its first run trains: passed on to the run, which saves a
+    checkpoint and exits 75; the sweep writes the outcome into the run's log, starts no other
+    run and exits 75. Before, the run trained on unwatched (its parent gone) and held its
+    workdir's lock against the rerun, which then started the next subset beside it."""
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "launch/sweep.py", f"--sweep_dir={sweep_dir}",
+           "--config=configs/default.py:runlocal", "--tasks=pose2d,segm", "--",
+           "--config.dataset=surreal/all", f"--config.data_dir={demo_dataset[1]}",
+           "--config.total_steps=100000", "--config.log_every=1",
+           "--config.model.features=16", "--config.model.depth=2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "XLA_FLAGS": xla_flags(1)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = sweep_dir / "pose2d.log"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "step 2/" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out + err
+    assert "the sweep stopped at pose2d; rerun the same command to resume it" in err
+    assert re.fullmatch(r"launch/sweep.py: pose2d train: stopped by SIGTERM \(exit 75\) in \d+ s",
+                        log.read_text().splitlines()[-1])
+    assert os.listdir(sweep_dir / "pose2d" / "checkpoints") and not (sweep_dir / "segm").exists()

@@ -3244,8 +3244,8 @@ def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_na
         workdir, tmp_path):
     """`python -m hgmt.evaluate --config.image_size=...` other than the size trained at: a
     warning line, in the command's own format ("warning: ", not Python's default
-    "WARNING:root:", which an import may have set up), and a file name of its own, so the trained size's evaluation is
-    not replaced."""
+    "WARNING:root:", which an import may have set up), and a file name of its own, so the
+    trained size's evaluation is not replaced."""
     import shutil
     import subprocess
     import sys
@@ -3280,6 +3280,7 @@ def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
     assert upgraded == []
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_write_the_compilation_cache_they_are_given(workdir, tmp_path):
     """`--compilation_cache` of hgmt.evaluate and hgmt.predict, each command its own process
     (JAX reads the setting once): the evaluation step and the model's pass are written under
