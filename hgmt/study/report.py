@@ -629,8 +629,10 @@ TEST_NOTE = (
     f"Every run is evaluated on the same test frames: the test is over training seeds, not "
     f"over frames. Seed k of every subset trains with the same `config.seed` (the same data "
     f"order and augmentation draws), so the seeds of two subsets pair up; Welch's test takes "
-    f"them as independent, which is conservative: a paired test could detect smaller "
-    f"changes, but over so few seeds it rests on a correlation they cannot estimate well.")
+    f"them as independent, which is conservative only where paired seeds correlate "
+    f"positively, and a few seeds cannot estimate that correlation: a paired test could give "
+    f"smaller or larger p-values. The verdicts' 5% error rate holds only as far as the seeds "
+    f"are independent.")
 
 
 def _anchor(heading: str) -> str:

@@ -18,9 +18,10 @@ A run's evaluation keeps one number per split (not one per test frame), and ever
 evaluated on the same test frames, so the test is over training seeds on those frames: it
 says whether a change holds across seeds, not whether it would hold on other frames. Seed k
 of every subset has the same config.seed (data order, augmentation draws), so the seeds of
-two subsets pair up; Welch's unpaired test gives up that pairing (conservative: it detects
-fewer changes than a paired test would, which over a few seeds rests on a correlation they
-cannot estimate well).
+two subsets pair up; Welch's unpaired test gives up that pairing, which is conservative only
+where paired seeds correlate positively (a paired test rests on that correlation, which a few
+seeds cannot estimate well), and its error rate holds only as far as the seeds are
+independent.
 """
 
 from __future__ import annotations
