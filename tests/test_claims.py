@@ -83,7 +83,7 @@ def test_pose2d_helping_pose3d_or_depth_disagrees_with_the_paper():
     verdict, evidence = rule(_study(flat))
     assert verdict == UNRESOLVED
     assert ("depth in pose2d+depth: -5 (n=3 vs 3), untested: no spread over the seeds to "
-            "test against") in evidence
+            "test against (205 vs 200 in every run)") in evidence
     missing = {k: v for k, v in within.items() if k != "pose2d+depth"}
     verdict, evidence = claims.pose2d_helps_neither_pose3d_nor_depth(_study(missing))
     assert verdict == UNRESOLVED and "no pose2d+depth run" in evidence

@@ -74,16 +74,19 @@ def welch(a: Sequence[float], b: Sequence[float], sign: float = 1.0) -> dict | N
 
 def untested_because(a: Sequence[float], b: Sequence[float]) -> str | None:
     """Why `welch(a, b)` gives no test, in the report's words: NOT_FINITE when a value is NaN
-    or infinite, ONE_SEED when a side has fewer than 2 values, NO_SPREAD when neither side
-    varies over its seeds; None when it tests. One function decides both, so the reason a
-    report gives is the one that applied."""
+    or infinite, ONE_SEED when a side has fewer than 2 values, NO_SPREAD and the values when
+    neither side varies over its seeds; None when it tests. One function decides both, so the
+    reason a report gives is the one that applied."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return NOT_FINITE
     if min(len(a), len(b)) < 2:
         return ONE_SEED
     if np.all(a == a[0]) and np.all(b == b[0]):  # exact: a mean of equal floats may round
-        return NO_SPREAD
+        # The value says why: a joint at 0 by construction, a part no run predicts.
+        same = (f"{a[0]:.4g} in every run" if a[0] == b[0] else
+                f"{a[0]:.4g} vs {b[0]:.4g} in every run")
+        return f"{NO_SPREAD} ({same})"
     return None
 
 
