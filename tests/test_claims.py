@@ -197,6 +197,12 @@ def test_every_task_benefits_from_some_combination():
     unhelpful = values | {s: {t: _seeds(0.5) for t in s.split("+")} for s in others}
     assert _verdict(claims.every_task_benefits, unhelpful) == AGREES
     assert _verdict(claims.every_task_benefits, values) == AGREES  # each has one already
+    # Of two better combinations, the evidence shows the one of the lower adjusted p (it
+    # showed the first in table order).
+    twice = unhelpful | {"pose2d+depth": {"pose2d": _seeds(0.7), "depth": _seeds(0.5)}}
+    evidence = claims.every_task_benefits(_study(twice))[1]
+    assert evidence.startswith("pose2d in pose2d+depth: +0.2 ["), evidence
+    assert evidence.split("; ")[0].endswith(", better (the strongest of 2 better)"), evidence
     no_depth_gain = unhelpful | {"pose3d+depth": {"pose3d": _seeds(0.4),
                                                   "depth": _seeds(0.5)}}
     assert _verdict(claims.every_task_benefits, no_depth_gain) == UNRESOLVED
@@ -274,8 +280,9 @@ def test_largest_gain_at_a_wrist_or_ankle(task, multi, interval):
     # every seed alike on both sides: no spread to test the gains against
     verdict, evidence = rule(_items_study(task, "l_ankle", spread=0.0))
     assert verdict == UNRESOLVED
+    values = "0.9 vs 0.7" if task == "pose2d" else "10 vs 30"  # pose3d: 100 * (1 - pose2d's)
     assert evidence == (f"{task}: {multi}'s largest gain (l_ankle: {gain}) is untested: no "
-                        f"spread over the seeds to test against")
+                        f"spread over the seeds to test against ({values} in every run)")
 
 
 def test_the_per_item_tests_count_every_multi_task_subset_the_best_was_picked_from():

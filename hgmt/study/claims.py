@@ -131,16 +131,19 @@ def _combine(verdicts: list[str]) -> str:
 def every_task_benefits(study: dict) -> tuple[str, str]:
     """Each of the four tasks is better in some combination; a task that is worse in every
     combination disagrees. Its tests: each task's change in each of its 7 combinations, 28 in
-    all."""
+    all; a task's evidence is its better combination of the lowest adjusted p."""
     combinations = {task: [s for s in _subsets_with(task) if s != task] for task in PAPER_TASKS}
     judged = _judged(study, [(t, s) for t, found in combinations.items() for s in found])
     notes, verdicts = [], []
     for task in PAPER_TASKS:
         found = {s: effect(study, judged, task, s) for s in combinations[task]}
-        helped = [why for kind, why in found.values() if kind == BETTER]
-        if helped:
+        helped = [s for s, (kind, _) in found.items() if kind == BETTER]
+        if helped:  # the strongest evidence: the lowest adjusted p, then the largest change
             verdicts.append(AGREES)
-            notes.append(helped[0])
+            s = min(helped, key=lambda s: (judged[(task, s)]["p_holm"],
+                                           -judged[(task, s)]["change"]))
+            notes.append(found[s][1] + (f" (the strongest of {len(helped)} better)"
+                                        if len(helped) > 1 else ""))
         elif found and all(kind == WORSE for kind, _ in found.values()):
             verdicts.append(DISAGREES)
             notes.append(f"{task}: worse in every combination")
