@@ -19,7 +19,9 @@ def define_flag(fv: flags.FlagValues) -> None:
                         "others compile every program on every run. Jobs that run at the same "
                         "time (a sweep's runs on several nodes) should each give their own "
                         "node-local folder: JAX writes an entry without a lock. '' disables "
-                        "it.", flag_values=fv)
+                        "it. JAX reads it once a process, at its first compilation: a "
+                        "command's main called again in one process (a notebook) keeps the "
+                        "first.", flag_values=fv)
 
 
 def enable(path: str) -> None:

@@ -120,7 +120,7 @@ def _run(args, step_arg: int | str | None) -> int:
             summary = evaluator.evaluate(config, variables, split=args.split, frames=frames,
                                          flip=flip, protocol=args.protocol,
                                          max_examples=max_examples)
-        summary["step"], summary["workdir"] = step, paths.absolute(args.workdir)
+        summary["step"], summary["workdir"] = step, paths.text(paths.absolute(args.workdir))
         if step_arg == "best":
             summary["checkpoint"] = "best"
         trained_size = checkpoints.trained_image_size(args.workdir)

@@ -67,7 +67,7 @@ def _run(args) -> int:
                                 traceback=args.verbosity >= 1):
         meta, shapes = export.export(args.workdir, args.format, args.out_dir,
                                      cli.checkpoint_step(args.step), args.config)
-    print(json.dumps({"out_dir": paths.absolute(args.out_dir), "format": args.format,
+    print(json.dumps({"out_dir": paths.text(paths.absolute(args.out_dir)), "format": args.format,
                       "tasks": meta["tasks"], "step": meta["step"],
                       "checkpoint": meta["checkpoint"],
                       "output_shapes_for_batch_2": {t: list(s) for t, s in shapes.items()}}))

@@ -11,11 +11,11 @@ one giving its outcome and wall time, so a retried run keeps the earlier attempt
 errors. A subset whose SWEEP_DIR/T/eval_test.json exists and reads is done and skipped, so
 rerunning the sweep resumes it (and an interrupted subset resumes from its last checkpoint;
 one whose eval_test.json does not read is trained again, which from its last checkpoint
-evaluates it anew). SIGTERM or SIGHUP to the sweep is passed on to the run in progress, which
-saves a checkpoint and exits 75 (hgmt.main's preemption handling); the sweep writes the
+evaluates it anew). SIGTERM to the sweep is passed on to the run in progress (a training
+saves a checkpoint and exits 75, hgmt.main's preemption handling); the sweep writes the
 outcome line and stops with status 75, as it does when a run exits 75 on its own signal, and
-after Ctrl-C (which reaches the run from the terminal): the run is never left training
-unwatched, and rerunning the sweep resumes it. The config's test evaluation must run after
+with 130 after Ctrl-C (which reaches the run from the terminal): the run is never left
+training unwatched, and rerunning the sweep resumes it. The config's test evaluation must run after
 training
 (config.evals.test.at_end), which writes that file. Arguments after `--` go to every run
 (one task's loss weight or options, `--config.loss_weights.segm=2`, to the runs of that task).
@@ -63,8 +63,8 @@ finished runs against; a later call with the same config adds its subsets and se
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
 Every run's command line is parsed as hgmt.main parses it before the plan is written: a
 misspelt config, override or flag stops the sweep in one line and leaves the directory free.
-A later call may change the arguments a rerun may change (hgmt.training.resume's
-FREE_ON_RESUME: `--config.data_dir`, `--config.worker_count`, ...), not the others.
+A later call may change where the data is and how it is read (`SWEEP_FREE`:
+`--config.data_dir`, ...), not what the runs train or how they are evaluated.
 Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
 Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
 the config file, `python -m hgmt.report --sweep_dir=SWEEP_DIR --check_config` lists the runs
@@ -90,6 +90,8 @@ import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_SCRIPT = os.path.join(REPO, "launch", "slurm.sbatch")  # what --sbatch submits
+# A printed command's environment as `_run_env` gives the runs here: this checkout first.
+HERE_PYTHONPATH = f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"
 sys.path.insert(0, REPO)
 
 from hgmt import cli, disk_space, paths, workdirs  # noqa: E402
@@ -222,14 +224,17 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
         # tasks replaced it) is no part of it.
-        if ((runs.without_tasks(plan_config(_resolved(old["config"]))), trained_by(old["extra"]))
-                != (runs.without_tasks(plan_config(_resolved(plan["config"]))),
-                    trained_by(plan["extra"]))):
+        config = runs.without_tasks(plan_config(_resolved(plan["config"])))
+        changed = ["the config file"] if runs.without_tasks(
+            plan_config(_resolved(old["config"]))) != config else trained_differently(
+                config, old["extra"], plan["extra"], plan["subsets"][0])
+        if changed:
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
-                f"{old['extra']}, not --config={plan['config']} with {plan['extra']}: give "
-                f"another --sweep_dir, or the same config and arguments (those a rerun may "
-                f"change, such as --config.data_dir, may differ)")
+                f"{old['extra']}, not --config={plan['config']} with {plan['extra']} "
+                f"({', '.join(changed)} differ): give another --sweep_dir, or the same config "
+                f"and arguments (where the data is and how it is read may differ: "
+                f"{', '.join(SWEEP_FREE)})")
         plan = {**plan, "subsets": old["subsets"] + [
             s for s in plan["subsets"] if s not in old["subsets"]],
             "seeds": max(old["seeds"], plan["seeds"])}
@@ -257,22 +262,32 @@ def _recorded_plan(path: str) -> dict | None:
     return old
 
 
-def trained_by(extra: list[str]) -> dict[str, str]:
-    """The arguments after `--` that say what the runs train, {name: value} (the last of a
-    repeated one, in any order): not the config fields a rerun may change
-    (`hgmt.training.resume.FREE_ON_RESUME`: where the data is, how it is read and evaluated)
-    nor hgmt.main's own flags, which the runs may be given otherwise from one call to the
-    next."""
-    from hgmt.training import resume
+# The fields a later call of the sweep may change: where the data is, how it is read, logged
+# and saved, how the same function is compiled. Not the evaluations (what the report compares)
+# nor `worker_count` (which records make each batch), which a rerun of one run may change.
+SWEEP_FREE = ("data_dir", "demo.surreal_root", "read_threads", "prefetch",
+              "max_damaged_fraction", "log_every", "checkpoint_every", "keep_checkpoints",
+              "eval_batch_size", "model.stream_mode", "model.ops")
 
-    given = {}
-    for arg in extra:
-        name, _, value = arg.lstrip("-").partition("=")
-        field = name.removeprefix("no").removeprefix("config.")
-        if name.removeprefix("no").startswith("config.") and not workdirs.is_under(
-                field, resume.FREE_ON_RESUME):
-            given[name] = value
-    return given
+
+def trained_differently(config: str, old: list[str], new: list[str], tasks: str) -> list[str]:
+    """The config fields in which a run of `tasks` given the arguments `new` after `--` would
+    differ from one given `old` (both parsed as hgmt.main parses them, so `--config.x 5`,
+    `--config.x=5` and a boolean's spellings are alike), but `SWEEP_FREE`; ['the recorded
+    arguments'] where `old` no longer parses."""
+    from hgmt import main as trainer
+
+    def fields(extra: list[str]) -> dict:
+        argv = [*runs.config_args(_resolved(config), tasks, extra, 0), "--workdir=unused"]
+        return workdirs.flat_fields(json.loads(trainer.parse(argv).config.to_json_best_effort()))
+
+    try:
+        before = fields(old)
+    except SystemExit:
+        return ["the recorded arguments"]
+    after = fields(new)
+    return sorted(f for f in set(before) | set(after)
+                  if before.get(f) != after.get(f) and not workdirs.is_under(f, SWEEP_FREE))
 
 
 def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
@@ -357,10 +372,6 @@ def plan_config(config: str) -> str:
     return f"{path}{colon}{argument}"
 
 
-# A printed command's environment as `_run_env` gives the runs here: this checkout first.
-HERE_PYTHONPATH = f"PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"
-
-
 def _run_env() -> dict[str, str]:
     """The runs' environment: this one with hgmt's checkout importable. They run in the
     caller's working directory, so that relative paths given to the sweep mean the same."""
@@ -375,21 +386,28 @@ EXIT_PREEMPTED = 75
 
 def run_logged(cmd: list[str], log: str) -> tuple[int, str | None]:
     """Runs `cmd` (a run's training or evaluation) here, its output appended to `log`, until
-    it ends -> (its exit status, the signal that asked the sweep to stop or None). SIGTERM and
-    SIGHUP to the sweep are passed on to it (hgmt.main then saves a checkpoint and exits
-    EXIT_PREEMPTED); Ctrl-C reaches it from the terminal, and is passed on where it did not
-    (the sweep alone signalled). The sweep waits for it either way: a run left behind would
-    train on unwatched, its workdir locked against the rerun."""
+    it ends -> (its exit status, the signal that asked the sweep to stop or None). SIGTERM to
+    the sweep is passed on to it (hgmt.main then saves a checkpoint and exits
+    EXIT_PREEMPTED), unless the sweep was started to ignore it; Ctrl-C reaches it from the
+    terminal, and is passed on where it did not (the sweep alone signalled). The sweep waits
+    for it either way: a run left behind would train on unwatched, its workdir locked against
+    the rerun."""
     stopped: list[str] = []
+    proc: subprocess.Popen | None = None
 
     def forward(signum, frame):
         stopped.append(signal.Signals(signum).name)
-        proc.send_signal(signum)
+        if proc is not None:
+            proc.send_signal(signum)
 
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, env=_run_env(), stdout=f, stderr=subprocess.STDOUT)
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Before the run starts: a signal between its start and the handler would end the sweep.
+    previous = (None if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else
+                signal.signal(signal.SIGTERM, forward))
     try:
+        with open(log, "a") as f:
+            proc = subprocess.Popen(cmd, env=_run_env(), stdout=f, stderr=subprocess.STDOUT)
+        if stopped:  # arrived while it started
+            proc.send_signal(signal.SIGTERM)
         while True:
             try:
                 return proc.wait(), (stopped[0] if stopped else None)
@@ -400,8 +418,8 @@ def run_logged(cmd: list[str], log: str) -> tuple[int, str | None]:
                 except (subprocess.TimeoutExpired, KeyboardInterrupt):
                     proc.send_signal(signal.SIGINT)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _define_flags(fv) -> None:
@@ -432,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python launch/sweep.py --sweep_dir=DIR --config=FILE[:ARG] [--tasks=A,B]
     [--protocols=P,Q] [--seeds=N] [--print_only [--sbatch=OPTIONS]] [-- --config.x=y ...]`:
     what follows `--` goes to every `hgmt.main` run."""
-    args, extra = cli.parse(_define_flags, argv, __doc__.splitlines()[0], positional="--")
+    args, extra = cli.parse(_define_flags, argv, cli.usage_first(__doc__), positional="--")
     if args.sbatch and not args.print_only:
         raise SystemExit(f"error: --sbatch={args.sbatch} prints Slurm submissions and needs "
                          f"--print_only: add --print_only, or drop --sbatch to run the sweep "
@@ -537,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         for what, cmd in todo:
             log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")
-            print(f"[{i}/{len(planned)}] {name}: {shlex.join(cmd)} >> {log}", flush=True)
+            print(f"[{i}/{len(planned)}] {name}: {shlex.join(cmd)} >> {shlex.quote(log)}",
+                  flush=True)
             start = time.perf_counter()
             with open(log, "a") as f:  # after the earlier attempts' segments
                 f.write(f"launch/sweep.py: {name} {what}: started "
@@ -555,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             if stopped or rc == EXIT_PREEMPTED:  # asked to stop: not a failure to go past
                 print(f"launch/sweep.py: the sweep stopped at {name}; rerun the same command to "
                       f"resume it (from its last checkpoint)", file=sys.stderr)
-                return EXIT_PREEMPTED if rc == EXIT_PREEMPTED else 1
+                return 130 if stopped == "SIGINT" else EXIT_PREEMPTED
             if rc:
                 failed.append(name)
                 break

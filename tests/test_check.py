@@ -178,8 +178,8 @@ def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, mes
     assert shards.build_command("mpii:1.0.0", "/d") == "tfds build mpii --data_dir=/d"
 
 
-def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(tmp_path,
-                                                                              caplog, capsys):
+def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
+        tmp_path, caplog, capsys, monkeypatch):
     """Where TFDS's error misleads, opening a split names the cause and its fix in one line,
     at once (no retries): a copy that lacks dataset_info.json (which TFDS reports as an I/O
     error: the storage was blamed, 'nothing needs rebuilding', after three tries) or
@@ -234,14 +234,41 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(t
                                f"dataset was built or copied into (the one that holds "
                                f"surreal/), or build it there with: {build.format(nowhere)}")
     info = os.path.join(version, "dataset_info.json")
-    assert opened(info) == (f"data_dir={info!r} is a file: give the folder the dataset was "
-                            f"built or copied into (the one that holds surreal/)")
+    for file in (info, info + "/x"):
+        assert opened(file) == (f"data_dir={file!r} is a file or lies under one: give the "
+                                f"folder the dataset was built or copied into (the one that "
+                                f"holds surreal/)")
     for inside in (os.path.join(data_dir, "surreal"), os.path.join(data_dir, "surreal", "all"),
                    version):
         assert opened(inside) == (f"data_dir={inside!r} is a folder of the dataset itself, "
                                   f"not the one TFDS takes, which holds surreal/: give "
                                   f"--config.data_dir={data_dir}")
+    # A folder beside the build's is a data_dir of its own, not built.
+    beside = os.path.join(data_dir, "new")
+    os.mkdir(beside)
+    assert opened(beside).startswith(f"dataset 'surreal/all' split 'test' is not built under "
+                                     f"data_dir={beside!r}")
     assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2
+    # A folder that cannot be looked into is the storage's matter (TFDS's error, StorageFault
+    # after the retries), not one that "does not exist".
+    real_stat = os.stat
+
+    def refused(path, *args, **kwargs):
+        if os.fspath(path).startswith(str(tmp_path / "locked")):
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refused)
+    assert input_pipeline.broken_build("surreal/all", str(tmp_path / "locked" / "d")) is None
+    monkeypatch.setattr(os, "stat", real_stat)
+    # TFDS opens the highest version: a broken one above a whole one is named.
+    root, folder = copy("two_versions")
+    newer = os.path.join(os.path.dirname(folder), "9.9.9")
+    shutil.copytree(folder, newer)
+    os.remove(os.path.join(newer, "features.json"))
+    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, {newer}, "
+                            f"lacks its features.json (a copy cut short or made without it). "
+                            f"{fix(root, newer)}")
     # The check command prints a fault of the build once, the other splits referring to it.
     root, folder = copy("no_info_again")
     os.remove(os.path.join(folder, "dataset_info.json"))

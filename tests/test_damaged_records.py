@@ -186,7 +186,7 @@ def test_two_processes_name_count_keep_and_judge_the_damage_of_both_shares(damag
     report = "\n".join(f"--- process {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
     assert codes == [1, 1], report
     for out in outs:
-        assert ("TooManyDamaged: 2 of the split's 12 records are damaged (16.67%), more than "
+        assert ("TooManyDamaged: 2 of the split's 12 records are damaged (16.7%), more than "
                 "config.max_damaged_fraction=0.1 allows (1 of 12)") in out, report
         assert "Terminating process because" not in out, report
 

@@ -1782,9 +1782,10 @@ def test_an_export_into_an_empty_folder_keeps_it_the_current_folder_included(
     into.mkdir()
     for name in ("a", exporting.META_FILE, "z"):
         (staged / name).write_text(name)
-    real_rename = os.rename
+    real_rename, moved = os.rename, []
 
     def refuse_the_last(src, dst, *args, **kwargs):
+        moved.append(os.path.basename(dst))
         if os.path.basename(dst) == exporting.META_FILE:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_rename(src, dst, *args, **kwargs)
@@ -1792,6 +1793,7 @@ def test_an_export_into_an_empty_folder_keeps_it_the_current_folder_included(
     monkeypatch.setattr(os, "rename", refuse_the_last)
     with pytest.raises(OSError, match="Input/output error"):
         disk_space.move_into(str(staged), str(into), last=exporting.META_FILE)
+    assert sorted(moved[:2]) == ["a", "z"] and moved[2] == exporting.META_FILE  # last
     assert os.listdir(into) == [] and sorted(os.listdir(staged)) == ["a", "hgmt.json", "z"]
 
 

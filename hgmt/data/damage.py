@@ -375,9 +375,10 @@ class DamageLog:
         if len(self.found) > self.max_fraction * self.size:
             files = sorted({self.shards.locate(i)[0] for i in self.found})
             allowed = int(self.max_fraction * self.size)
+            share = 100 * len(self.found) / self.size
             raise TooManyDamaged(
                 f"{len(self.found)} of the split's {self.size} records are damaged "
-                f"({len(self.found) / self.size:.2%}), more than config.max_damaged_fraction="
+                f"({share:.3g}%), more than config.max_damaged_fraction="
                 f"{self.max_fraction} allows ({allowed} of {self.size}), in "
                 f"{', '.join(files)}. Check the split with `python -m hgmt.data.check` and "
                 f"copy or rebuild {'that shard' if len(files) == 1 else 'those shards'} again, "

@@ -513,8 +513,8 @@ def broken_build(dataset: str, data_dir: str) -> str | None:
     folder) rather than D; or the config's build lacks a metadata file or holds one that does
     not parse, as a copy cut short leaves it (TFDS reports a missing `dataset_info.json` as an
     I/O error and a missing `features.json` as no dataset, and `tfds build` then reuses the
-    broken folder or fails on it). A build is judged broken only when no version of the config
-    asked for is whole. A folder that cannot be read is left to TFDS's error (a refused
+    broken folder or fails on it). The version judged is the one TFDS opens: the one asked
+    for, else the highest. A folder that cannot be read is left to TFDS's error (a refused
     access, an I/O error: `damage.storage_fault`)."""
     if paths.is_url(data_dir):
         return None
@@ -528,48 +528,54 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     """`broken_build` of a local `data_dir`; OSError where a folder or file does not read."""
     name, _, rest = dataset.partition("/")
     config, _, version = rest.partition(":")
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        return (f"data_dir={data_dir!r} is a file: give the folder the dataset was built or "
-                f"copied into (the one that holds {name}/)")
-    if not os.path.exists(data_dir):
+    try:
+        is_folder = stat.S_ISDIR(os.stat(data_dir).st_mode)
+    except FileNotFoundError:
         return (f"data_dir={data_dir!r} does not exist: give the folder the dataset was built "
                 f"or copied into (the one that holds {name}/), or build it there with: "
                 f"{shards.build_command(dataset, data_dir)}")
+    except NotADirectoryError:  # a file on the way
+        is_folder = False
+    if not is_folder:
+        return (f"data_dir={data_dir!r} is a file or lies under one: give the folder the "
+                f"dataset was built or copied into (the one that holds {name}/)")
     if os.path.isdir(os.path.join(data_dir, name)):
-        whole, broken = [], {}
-        folder = os.path.join(data_dir, name, config)
-        versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else ())
-                           if _VERSION.fullmatch(v) and (not version or v == version)),
-                          key=lambda v: tuple(map(int, v.split("."))))
-        for v in versions:
-            missing = [f for f in _METADATA if not _is_file(os.path.join(folder, v, f))]
-            if missing:
-                broken[v] = (f"lacks its {' and '.join(missing)} (a copy cut short or made "
-                             f"without it)")
-                continue
-            try:
-                for f in _METADATA:
-                    with open(os.path.join(folder, v, f), encoding="utf-8") as file:
-                        json.load(file)
-            except ValueError as e:
-                broken[v] = f"holds a {f} that does not parse as JSON ({e}: a copy cut short)"
-                continue
-            whole.append(v)
-        if broken and not whole:
-            v = versions[-1]
-            build = os.path.join(folder, v)
-            return (f"the build of {dataset!r} under data_dir={data_dir!r}, {build}, "
-                    f"{broken[v]}. Copy the folder again from where the dataset was built, or "
-                    f"remove {build} and rebuild it: "
-                    f"{shards.build_command(dataset, data_dir)}")
-        return None
-    above = data_dir
-    for _ in (name, config, version or "x.y.z"):
-        above = os.path.dirname(os.path.abspath(above))
-        if os.path.isdir(os.path.join(above, name, config)):
+        return _broken_version(dataset, data_dir, os.path.join(data_dir, name, config), version)
+    # <D>/surreal, <D>/surreal/all or <D>/surreal/all/<version> given for D.
+    inside = os.path.abspath(data_dir).split(os.sep)
+    for up in range(1, 4):
+        above = os.sep.join(inside[:-up]) or os.sep
+        if inside[-up] == name and os.path.isdir(os.path.join(above, name, config)):
             return (f"data_dir={data_dir!r} is a folder of the dataset itself, not the one "
                     f"TFDS takes, which holds {name}/: give --config.data_dir={above}")
     return None
+
+
+def _broken_version(dataset: str, data_dir: str, folder: str, version: str) -> str | None:
+    """Why the version folder of `dataset`'s config `folder` that TFDS opens (`version`, else
+    the highest) cannot be read for its metadata; None where it can or there is none."""
+    versions = [v for v in (os.listdir(folder) if os.path.isdir(folder) else ())
+                if _VERSION.fullmatch(v)]
+    if version:
+        versions = [v for v in versions if v == version]
+    if not versions:
+        return None
+    v = max(versions, key=lambda v: tuple(map(int, v.split("."))))
+    build = os.path.join(folder, v)
+    missing = [f for f in _METADATA if not _is_file(os.path.join(build, f))]
+    if missing:
+        broken = f"lacks its {' and '.join(missing)} (a copy cut short or made without it)"
+    else:
+        try:
+            for f in _METADATA:
+                with open(os.path.join(build, f), encoding="utf-8") as file:
+                    json.load(file)
+            return None
+        except ValueError as e:
+            broken = f"holds a {f} that does not parse as JSON ({e}: a copy cut short)"
+    return (f"the build of {dataset!r} under data_dir={data_dir!r}, {build}, {broken}. Copy the "
+            f"folder again from where the dataset was built, or remove {build} and rebuild it: "
+            f"{shards.build_command(dataset, data_dir)}")
 
 
 def _is_file(path: str) -> bool:

@@ -93,14 +93,16 @@ class Predictor:
         return sorted({min(1 << k, self.batch_size)
                        for k in range(self.batch_size.bit_length() + 1)})
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> dict:
         """Compiles everything a prediction runs, so that timing one measures no compilation:
         the model for each of `batch_shapes` (compiled, not run) and the decoding (by
-        predicting one black image: what is compiled does not depend on the image's size)."""
+        predicting one black image: what is compiled does not depend on the image's size) ->
+        that black image's result (`predict`'s, image_maps=False), for a caller to compile
+        what it does with results (a video's drawing)."""
         for n in self.batch_shapes():
             self._executable(n)
-        self.predict([np.zeros((self.image_size, self.image_size, 3), np.uint8)],
-                     image_maps=False)
+        return self.predict([np.zeros((self.image_size, self.image_size, 3), np.uint8)],
+                            image_maps=False)[0]
 
     def _executable(self, n: int):
         """`_apply` compiled for batches of n crops (on first use, or by an earlier Predictor

@@ -488,7 +488,8 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                 began = time.perf_counter()
                 logging.info("%s: compiling the model for batches of up to %d frames",
                              path, model.batch_size)
-                model.warm_up()
+                black = np.zeros((model.image_size, model.image_size, 3), np.uint8)
+                annotate(black, model.warm_up())  # the drawing's eager ops compiled too
                 start = last_line = time.perf_counter()
                 for times, frames in clip.batches(model.batch_size):
                     if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
