@@ -17,21 +17,31 @@
 # every worker (e.g. left running by a dropped ssh session): they save a checkpoint at one
 # step and exit.
 set -euo pipefail
+usage='usage: launch/tpu_vm.sh setup [GIT_URL] | train WORKDIR [CONFIG[:ARG]] [flags...] | stop'
+if [[ ${1:-} == -h || ${1:-} == --help || ${1:-} == help ]]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="$1"
 }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python='~/hgmt-venv/bin/python'
-cmd=${1:?usage: launch/tpu_vm.sh setup [GIT_URL] | train WORKDIR [CONFIG[:ARG]] [flags...] | stop}
+cmd=${1:?$usage}
 shift
+commit=$(git -C "$repo" rev-parse HEAD)
 case "$cmd" in
   setup)
     url=${1:-$(git -C "$repo" remote get-url origin)}
     if [[ $url =~ ^git@([^:/]+):(.+)$ || $url =~ ^ssh://git@([^/:]+)(:[0-9]+)?/(.+)$ ]]; then
       url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[${#BASH_REMATCH[@]}-1]}"  # bash 3.2 too
     fi
-    commit=$(git -C "$repo" rev-parse HEAD)
+    if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no) ]]; then
+      echo "warning: this checkout has uncommitted changes, which setup does not install on" \
+        "the workers (they check out commit $commit): commit and push them, then run setup" \
+        "again" >&2
+    fi
     ssh_all "set -e; [ -d hgmt ] || git clone -q $(printf %q "$url") hgmt; cd hgmt && \
 git fetch -q origin && { git checkout -q --detach $commit || { echo \"error: commit $commit \
 is not at $(printf %q "$url"): push it, then run setup again\" >&2; exit 1; }; } && \
@@ -43,6 +53,15 @@ uv pip install -q --python $python -e . 'jax[tpu]'"
   train)
     workdir=${1:?usage: launch/tpu_vm.sh train WORKDIR [CONFIG[:ARG]] [flags...]}
     shift
+    if [[ $workdir == -* ]]; then
+      echo "error: train $workdir: give WORKDIR first (launch/tpu_vm.sh train WORKDIR" \
+        "[CONFIG[:ARG]] [flags...])" >&2
+      exit 2
+    fi
+    if [[ $workdir != gs://* ]]; then
+      echo "warning: WORKDIR $workdir is a local path, each worker's own disk: on a slice of" \
+        "several workers give a gs:// path they all read and write (docs/training.md)" >&2
+    fi
     config=configs/default.py:tasks=all
     if [[ $# -ge 1 && $1 != --* ]]; then
       config=$1
@@ -54,8 +73,11 @@ uv pip install -q --python $python -e . 'jax[tpu]'"
     fi
     # The trainers run in the ssh sessions: keep this command's terminal open (e.g. run it in
     # tmux); a session that drops may leave its trainer running: `stop` ends them with a save.
-    ssh_all "cd hgmt && $python -m hgmt.main --distributed --config=$(printf %q "$config") \
---workdir=$(printf %q "$workdir")${extra}"
+    # Each worker says when its hgmt is not this checkout's commit (setup not run since).
+    ssh_all "cd hgmt && { [ \"\$(git rev-parse HEAD 2>/dev/null)\" = $commit ] || echo \
+\"warning: hgmt on \$(hostname) is not at this checkout's commit $commit: run setup \
+again to train it\" >&2; } && $python -m hgmt.main --distributed \
+--config=$(printf %q "$config") --workdir=$(printf %q "$workdir")${extra}"
     ;;
   stop)
     # The trainers' own command lines only (the pattern does not match itself: [-]).

@@ -289,6 +289,51 @@ def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
         remote = subprocess.run(["bash", "-c", line[len(prefix):-1]], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, check=True, timeout=60)
         assert remote.stdout.splitlines() == ["-m", "hgmt.main", "--distributed", *want]
+        # The worker's ~/hgmt here is no checkout of this commit: said, and trained all the same.
+        assert remote.stderr.startswith("warning: hgmt on "), remote.stderr
+        assert remote.stderr.endswith(" is not at this checkout's commit "
+                                      f"{_head()}: run setup again to train it\n")
+    # WORKDIR left out, or a local one (each worker's own disk on a slice of several).
+    run = subprocess.run(["bash", "launch/tpu_vm.sh", "train", "--config.batch_size=8"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr == (
+        "error: train --config.batch_size=8: give WORKDIR first (launch/tpu_vm.sh train WORKDIR "
+        "[CONFIG[:ARG]] [flags...])\n")
+    run = subprocess.run(["bash", "launch/tpu_vm.sh", "train", "runs/all"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == (
+        "warning: WORKDIR runs/all is a local path, each worker's own disk: on a slice of "
+        "several workers give a gs:// path they all read and write (docs/training.md)\n")
+
+
+def _head() -> str:
+    """This checkout's commit."""
+    return subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_tpu_vm_help_needs_no_tpu_and_setup_names_uncommitted_changes(tmp_path):
+    """`--help` prints the script's usage and what each command does, without TPU and ZONE
+    set; `setup` says that the checkout's uncommitted changes are not installed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TPU", "ZONE")}
+    run = subprocess.run(["bash", "launch/tpu_vm.sh", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith(
+        "Cloud TPU VM pod slice: install hgmt on every worker"), run
+    assert "  TPU=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh stop\n" in run.stdout
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", REPO, str(checkout)], check=True, timeout=120)
+    with open(checkout / "README.md", "a") as f:
+        f.write("an edit\n")
+    calls = _stand_ins(tmp_path)
+    run = subprocess.run(["bash", "launch/tpu_vm.sh", "setup", "https://example.org/hgmt"],
+                         cwd=checkout, capture_output=True, text=True, timeout=60,
+                         env={**env, "PATH": f"{tmp_path}:{env['PATH']}", "TPU": "t",
+                              "ZONE": "z"})
+    assert run.returncode == 0 and calls.exists()
+    assert run.stderr == (f"warning: this checkout has uncommitted changes, which setup does "
+                          f"not install on the workers (they check out commit {_head()}): "
+                          f"commit and push them, then run setup again\n")
 
 
 def _remote_command(calls) -> str:
