@@ -152,11 +152,7 @@ def rename_folder(staged: str, path: str) -> None:
     which must be missing or an empty folder (else OSError EEXIST or ENOTEMPTY): its files'
     data and its folders are synced first and `path`'s parent after, so that a power loss
     leaves the whole folder at `path` or none."""
-    for root, _, files in os.walk(staged):
-        for name in files:
-            _sync_file(os.path.join(root, name))
-    for root, _, _ in os.walk(staged, topdown=False):
-        _sync_folder(root)
+    _sync_tree(staged)
     os.rename(staged, path)
     _sync_folders([path])
 
@@ -169,11 +165,7 @@ def move_into(staged: str, path: str, last: str) -> None:
     where `path` holds anything, or where a move fails (the entries moved are moved back)."""
     if os.listdir(path):
         raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), path)
-    for root, _, files in os.walk(staged):
-        for name in files:
-            _sync_file(os.path.join(root, name))
-    for root, _, _ in os.walk(staged, topdown=False):
-        _sync_folder(root)
+    _sync_tree(staged)
     names = sorted(os.listdir(staged), key=lambda name: name == last)
     moved: list[str] = []
     try:
@@ -188,6 +180,16 @@ def move_into(staged: str, path: str, last: str) -> None:
         raise
     _sync_folder(path)
     os.rmdir(staged)
+
+
+def _sync_tree(folder: str) -> None:
+    """Makes the files of the local `folder`, written and closed elsewhere, and its folders
+    durable, the folders after their entries."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _sync_file(os.path.join(root, name))
+    for root, _, _ in os.walk(folder, topdown=False):
+        _sync_folder(root)
 
 
 def _sync_file(path: str) -> None:
