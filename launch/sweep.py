@@ -15,10 +15,10 @@ evaluates it anew). SIGTERM to the sweep is passed on to the run in progress (a 
 saves a checkpoint and exits 75, hgmt.main's preemption handling); the sweep writes the
 outcome line and stops with status 75, as it does when a run exits 75 on its own signal, and
 with 130 after Ctrl-C (which reaches the run from the terminal): the run is never left
-training unwatched, and rerunning the sweep resumes it. The config's test evaluation must run after
-training
-(config.evals.test.at_end), which writes that file. Arguments after `--` go to every run
-(one task's loss weight or options, `--config.loss_weights.segm=2`, to the runs of that task).
+training unwatched, and rerunning the sweep resumes it. The config's test evaluation must run
+after training (config.evals.test.at_end), which writes that file. Arguments after `--` go
+to every run (one task's loss weight or options, `--config.loss_weights.segm=2`, to the runs
+of that task).
 `--protocols` also evaluates each finished subset under those metric protocols
 (`python -m hgmt.evaluate --protocol=P`, into SWEEP_DIR/T/eval_test_P.json) for
 `python -m hgmt.report --protocol=P`, skipped where that file holds P's numbers of the step the
