@@ -40,11 +40,12 @@ runs here do):
         -- --config.data_dir=/scratch/tfds | sh
 
 A run to train is one `HGMT_REPO=<repo> HGMT_PYTHON=<this Python> sbatch
---job-name=hgmt-<run> OPTIONS <repo>/launch/slurm.sbatch SWEEP_DIR/<run> CONFIG:tasks=T ...`
-with the run's arguments (its seed, those after `--`): the same training as here, by the same
-interpreter, with slurm.sbatch's checkpoint before the
-time limit and requeue (OPTIONS override its #SBATCH defaults: 2 nodes x 8 GPUs, 48 h) and
-the run's own JAX compilation cache, SWEEP_DIR/<run>/compilation_cache (jobs on several nodes
+--job-name=hgmt-<run> --output=SWEEP_DIR/%x-%j.out OPTIONS <repo>/launch/slurm.sbatch
+SWEEP_DIR/<run> CONFIG:tasks=T ...` with the run's arguments (its seed, those after `--`): the
+same training as here, by the same interpreter, its Slurm log in SWEEP_DIR beside the run,
+with slurm.sbatch's checkpoint before the time limit and requeue (OPTIONS override its
+#SBATCH defaults: 2 nodes x 8 GPUs, 48 h) and the run's own JAX compilation cache,
+SWEEP_DIR/<run>/compilation_cache (jobs on several nodes
 sharing the default one on a network filesystem could write one entry at once, while the
 run's own is written by one job at a time and serves its requeued segments; a
 `--compilation_cache=...` after `--` replaces it). A run that has trained gets one
@@ -128,14 +129,14 @@ def sbatch_command(options: list[str], config: str, tasks: str, sweep_dir: str,
     """Submits one run's training to Slurm through launch/slurm.sbatch (`run_args`: what
     `command` trains here), a shell line with HGMT_REPO naming this checkout, and with the
     run's own JAX compilation cache, `workdirs.compilation_cache_dir`, unless `extra` gives
-    --compilation_cache (why: the module's docstring). Slurm's log: slurm.sbatch's
-    %x-%j.out, hgmt-<run>-<job id>.out."""
+    --compilation_cache (why: the module's docstring). Slurm's log: SWEEP_DIR/hgmt-<run>-<job
+    id>.out, beside the run (unless `options` give another --output)."""
     config_value, workdir, rest = run_args(config, tasks, sweep_dir, extra, seed_index,
                                            resume_with_changed_config)
     if not any(a.lstrip("-").partition("=")[0] == "compilation_cache" for a in extra):
         rest.append(f"--compilation_cache={workdirs.compilation_cache_dir(workdir)}")
-    cmd = ["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}", *options,
-           SLURM_SCRIPT, workdir, config_value, *rest]
+    cmd = ["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}",
+           _job_log(sweep_dir), *options, SLURM_SCRIPT, workdir, config_value, *rest]
     return (f"HGMT_REPO={shlex.quote(REPO)} HGMT_PYTHON={shlex.quote(sys.executable)} "
             f"{shlex.join(cmd)}")
 
@@ -154,12 +155,18 @@ def sbatch_protocol_command(options: list[str], tasks: str, sweep_dir: str, prot
     makes it here (the job's PYTHONPATH with this checkout first), on one node with
     slurm.sbatch's GPUs and cores a node (EVALUATION_DEFAULTS; `options` may change them, not
     the one node and task: hgmt.evaluate is one process). Slurm's log:
-    hgmt-<run>-<protocol>-<job id>.out."""
+    SWEEP_DIR/hgmt-<run>-<protocol>-<job id>.out."""
     wrapped = (f"{HERE_PYTHONPATH} "
                f"{shlex.join(protocol_command(tasks, sweep_dir, protocol, seed_index))}")
     return shlex.join(["sbatch", f"--job-name=hgmt-{workdirs.run_name(tasks, seed_index)}"
-                       f"-{protocol}", "--output=%x-%j.out", *EVALUATION_DEFAULTS, *options,
+                       f"-{protocol}", _job_log(sweep_dir), *EVALUATION_DEFAULTS, *options,
                        "--nodes=1", "--ntasks=1", f"--wrap={wrapped}"])
+
+
+def _job_log(sweep_dir: str) -> str:
+    """The sbatch option that writes a job's Slurm log into the sweep directory, beside its
+    run's folder and the runs' logs, not where the submission was made."""
+    return f"--output={os.path.join(sweep_dir, '%x-%j.out')}"
 
 
 # An evaluation job's resources before the sweep's --sbatch options (sbatch takes the last of

@@ -502,12 +502,12 @@ def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp
 
     def train(run, tasks, *seed):
         return (f"HGMT_REPO={REPO} HGMT_PYTHON={sys.executable} sbatch --job-name=hgmt-{run} "
-                f"{options} {script} {s}/{run} "
+                f"--output={s}/%x-%j.out {options} {script} {s}/{run} "
                 f"{config}:tasks={tasks} --config.total_steps=5 {' '.join(seed)}"
                 f"{' ' if seed else ''}--compilation_cache={s}/{run}/compilation_cache")
 
     assert lines == [
-        f"sbatch --job-name=hgmt-pose2d-bodynet --output=%x-%j.out --gpus-per-node=8 "
+        f"sbatch --job-name=hgmt-pose2d-bodynet --output={s}/%x-%j.out --gpus-per-node=8 "
         f"--cpus-per-task=32 {options} --nodes=1 --ntasks=1 "
         f"'--wrap=PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} {sys.executable} -m "
         f"hgmt.evaluate --workdir={s}/pose2d --protocol=bodynet "
