@@ -430,7 +430,8 @@ def console(verbosity: int, *, command: bool, line_format: str | None = None,
     up anew, since an import may have given the root logger Python's default one
     ("WARNING:root:..."; absl does when it logs before anything is set up, as orbax's import
     makes it), and the filter stays (`user_lines`' keep); a caller of `main` in the same
-    process (a test, a notebook) keeps its handlers.
+    process (a test, a notebook) keeps its handlers, and gets its root logger's level and
+    handlers back as they were when the block ends.
     The command's stdout and stderr then write a file name that is not UTF-8 (Python's
     surrogate escapes of a Latin-1 name) as its bytes, where a strict UTF-8 stream would
     raise after the work was done."""
@@ -438,17 +439,23 @@ def console(verbosity: int, *, command: bool, line_format: str | None = None,
         for stream in (sys.stdout, sys.stderr):
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="surrogateescape")
-    fresh = command or not logging.getLogger().handlers
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    fresh = command or not handlers
     logging.basicConfig(format=line_format or "%(message)s", datefmt=date_format, force=command)
     if fresh and line_format is None:
-        for handler in logging.getLogger().handlers:
+        for handler in root.handlers:
             handler.setFormatter(LevelNamed())
-    logging.getLogger().setLevel(logging.INFO)
+    root.setLevel(logging.INFO)
     try:
         with user_lines(verbosity, keep=command):
             yield
     finally:
         show_progress(True)
+        if not command:  # a caller's logging as it was: its level, its handlers alone
+            root.setLevel(level)
+            for handler in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(handler)
 
 
 @contextlib.contextmanager
@@ -477,9 +484,11 @@ def sigterm_cleans_up() -> Iterator[None]:
     """While the block runs, SIGTERM (`kill`, a scheduler's cancel) unwinds the stack as Ctrl-C
     does, so that the cleanups of partial files (`except BaseException`, `finally`) run; the
     process then dies of SIGTERM as it would have (status -15 to its parent). Python's default
-    leaves SIGTERM to kill the process where it stands. Outside the main thread, where Python
+    leaves SIGTERM to kill the process where it stands. Where SIGTERM is not at that default
+    (a caller's handler, a notebook's, an ignore) or outside the main thread, where Python
     sets no handler, the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
         yield
         return
 

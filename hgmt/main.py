@@ -187,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                      line_format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
                                  "%(filename)s:%(lineno)d] %(message)s",
                      date_format="%m%d %H:%M:%S"):
-        return _run(FLAGS)
+        return _run(FLAGS, command=argv is None)
 
 
-def _run(fv: flags.FlagValues) -> int:
-    """The run of `main`, its flags parsed and its console set up; -> exit status."""
+def _run(fv: flags.FlagValues, command: bool = True) -> int:
+    """The run of `main`, its flags parsed and its console set up; -> exit status. Ctrl-C
+    ends the command in one line with status 130; a caller in the same process (`command`
+    False: a notebook's interrupt) gets its KeyboardInterrupt."""
     import jax
 
     if fv.compilation_cache:
@@ -244,6 +246,8 @@ def _run(fv: flags.FlagValues) -> int:
     except peers.PeerLost as e:  # PeerFailed too: exit status 1, the failed process named
         peers.exit_lost(e)  # one line, exit status 69, no exit barrier with the dead peer
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status 130
+        if not command and jax.process_count() == 1:
+            raise
         print(f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same command "
               f"to resume from the workdir's newest checkpoint. To stop with a checkpoint of "
               f"the step being trained, send SIGTERM instead (kill {os.getpid()}): it saves "

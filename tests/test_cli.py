@@ -572,6 +572,53 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
 
 
+def test_a_command_in_process_leaves_the_callers_logging_and_sigterm_as_they_were(
+        saved_workdir, monkeypatch):
+    """A notebook's root logger with no handler, at WARNING: after a command's main (here
+    hgmt.evaluate, stopping in one line on a workdir without checkpoints) it has no handler
+    and its level still; before, main left a handler and INFO (the notebook's INFO lines, and
+    absl's, then printed). A caller's own SIGTERM handler stays in place while a command runs
+    (`cli.sigterm_cleans_up` unwinds only where SIGTERM would have killed the process)."""
+    import signal
+
+    from hgmt import cli
+
+    evaluate = load("hgmt.evaluate")  # imported first: orbax's import sets up logging
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    with pytest.raises(SystemExit):
+        evaluate.main([f"--workdir={saved_workdir}"])
+    assert root.handlers == [] and root.level == logging.WARNING
+
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with cli.sigterm_cleans_up():
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with cli.sigterm_cleans_up():  # at SIGTERM's default: unwinds
+        assert signal.getsignal(signal.SIGTERM) not in (own, signal.SIG_DFL)
+
+
+def test_ctrl_c_reaches_a_caller_of_the_trainer_in_process(saved_workdir, monkeypatch):
+    """A notebook's interrupt during hgmt.main.main([...]) is its KeyboardInterrupt, which
+    stops the cell; before, main printed the command's line (naming the kernel's pid to kill)
+    and returned 130, and a loop of trainings went on to the next."""
+    from hgmt.training import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load("hgmt.main").main([f"--config={REPO}/configs/default.py:runlocal,tasks=pose2d",
+                                f"--workdir={saved_workdir}", "--compilation_cache="])
+
+
 # The flags each command needs before it looks at anything else; `{never}` a path that must
 # not appear (nothing is written), `{workdir}` a workdir holding a config.
 REQUIRED = {

@@ -3307,3 +3307,12 @@ def test_evaluate_and_predict_write_the_compilation_cache_they_are_given(workdir
                     photo)
     assert "jit_eval_step" in evaluated, evaluated
     assert "jit_per_crop" in predicted, predicted  # the model pass (Predictor._executable)
+
+
+def test_a_predictor_refuses_a_batch_below_one_before_reading_the_checkpoint(tmp_path):
+    """`Predictor(batch_size=0)` (or -1): one ValueError naming the argument, before the
+    checkpoint is read (an empty folder is no workdir either); before, it failed deep inside
+    `predict` (range() arg 3 must not be zero)."""
+    for batch_size in (0, -1):
+        with pytest.raises(ValueError, match=f"^batch_size={batch_size}: give the number of "):
+            prediction.Predictor(str(tmp_path), batch_size=batch_size)

@@ -1205,3 +1205,24 @@ def test_tensorboard_shows_each_step_once_after_a_rerun_from_an_earlier_checkpoi
     shown.Reload()
     tags = shown.Tags()["tensors"]
     assert "loss/segm" in tags and "loss/pose2d" not in tags
+
+
+def test_the_trainer_takes_a_workdir_under_home_and_a_relative_data_dir(demo_dataset, tmp_path,
+                                                                       monkeypatch):
+    """`loop.run` (the Python API; hgmt.main goes through it) with `--workdir=~/run`, as a
+    shell leaves it, and a data_dir relative to the working directory: the workdir is
+    $HOME/run, and its config.json names the data absolutely, for commands run from
+    elsewhere. Before, the lock made a folder named `~` in the working directory, then failed
+    on $HOME/run; and the relative data_dir was saved as given."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    os.symlink(demo_dataset[1], cwd / "data")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    trained = []
+    monkeypatch.setattr(loop, "_train", lambda config, workdir, *args: trained.append(
+        (workdir, config.data_dir)) or (None, {}))
+    loop.run(tiny_config("data", tasks="pose2d", total_steps=1), "~/run")
+    assert trained == [(str(home / "run"), str(cwd / "data"))]
+    assert os.listdir(cwd) == ["data"] and os.path.isdir(home / "run")

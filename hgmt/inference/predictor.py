@@ -63,6 +63,9 @@ class Predictor:
     def __init__(self, workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None, batch_size: int = 8,
                  focal_px: float | None = None, flip: bool = False):
+        if int(batch_size) < 1:  # before the checkpoint is read
+            raise ValueError(f"batch_size={batch_size}: give the number of crops the model "
+                             f"runs at once, at least 1")
         self.config, variables, self.step = checkpoints.restore_for_inference(
             workdir, step, config)
         # On JAX's default device once: host arrays would be copied there on every model pass

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import cli, code_version, devices, disk_space, workdirs
+from hgmt import cli, code_version, devices, disk_space, paths, workdirs
 from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
@@ -179,6 +179,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     runs), `peers.PeerLost` when a process of a multi-host run died, `peers.PeerFailed` (a
     PeerLost) when one stopped on an error of its own."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
+    workdir = paths.absolute(workdir)  # `~` expanded (a shell leaves it in --workdir=~/x)
+    resume.absolute_data_location(config)  # config.json names the data from any directory
     # A config the workdir's checkpoints were not trained with stops it too, before the data
     # is looked at and the lock is written (every process reads the same config.json).
     changed = resume.check_config(config, workdir, resume_with_changed_config)
