@@ -496,7 +496,18 @@ def sigterm_cleans_up() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
         raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, unwind)
+    def swallowed(unraisable) -> None:
+        # Raised inside a callback Python cannot raise from (JAX's garbage-collection one): it
+        # would be printed and dropped, and the command run on with SIGTERM ignored. Sent
+        # again from another thread, it reaches the main thread's code outside the callback.
+        if isinstance(unraisable.exc_value, _Terminated):
+            signal.signal(signal.SIGTERM, unwind)
+            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        else:
+            hook(unraisable)
+
+    previous, hook = signal.signal(signal.SIGTERM, unwind), sys.unraisablehook
+    sys.unraisablehook = swallowed
     try:
         yield
     except _Terminated:
@@ -504,6 +515,7 @@ def sigterm_cleans_up() -> Iterator[None]:
         os.kill(os.getpid(), signal.SIGTERM)
         raise
     finally:
+        sys.unraisablehook = hook
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -77,6 +77,7 @@ more than one config).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,7 +86,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import ml_collections
 
@@ -391,42 +392,57 @@ def _run_env() -> dict[str, str]:
 EXIT_PREEMPTED = 75
 
 
-def run_logged(cmd: list[str], log: str) -> tuple[int, str | None]:
+class Stop:
+    """SIGTERM to the sweep while it runs its runs (`held`): noted in `by`, and passed on to
+    the run in progress (`proc`), which a training answers by saving a checkpoint and exiting
+    EXIT_PREEMPTED; between runs the sweep stops before starting the next."""
+
+    def __init__(self):
+        self.by: str | None = None  # the signal that asked the sweep to stop
+        self.proc: subprocess.Popen | None = None
+
+    def note(self, signum, frame) -> None:
+        self.by = self.by or signal.Signals(signum).name
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """SIGTERM noted while the block runs, unless the sweep was started to ignore it."""
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self.note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_logged(cmd: list[str], log: str, stop: Stop) -> tuple[int, str | None]:
     """Runs `cmd` (a run's training or evaluation) here, its output appended to `log`, until
-    it ends -> (its exit status, the signal that asked the sweep to stop or None). SIGTERM to
-    the sweep is passed on to it (hgmt.main then saves a checkpoint and exits
-    EXIT_PREEMPTED), unless the sweep was started to ignore it; Ctrl-C reaches it from the
-    terminal, and is passed on where it did not (the sweep alone signalled). The sweep waits
-    for it either way: a run left behind would train on unwatched, its workdir locked against
-    the rerun."""
-    stopped: list[str] = []
-    proc: subprocess.Popen | None = None
-
-    def forward(signum, frame):
-        stopped.append(signal.Signals(signum).name)
-        if proc is not None:
-            proc.send_signal(signum)
-
-    # Before the run starts: a signal between its start and the handler would end the sweep.
-    previous = (None if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else
-                signal.signal(signal.SIGTERM, forward))
+    it ends -> (its exit status, the signal that asked the sweep to stop or None). A SIGTERM
+    `stop` holds is passed on to it, one that arrived while it started too; Ctrl-C reaches it
+    from the terminal, and is passed on where it did not (the sweep alone signalled). The
+    sweep waits for it either way: a run left behind would train on unwatched, its workdir
+    locked against the rerun."""
+    with open(log, "a") as f:
+        proc = stop.proc = subprocess.Popen(cmd, env=_run_env(), stdout=f,
+                                            stderr=subprocess.STDOUT)
     try:
-        with open(log, "a") as f:
-            proc = subprocess.Popen(cmd, env=_run_env(), stdout=f, stderr=subprocess.STDOUT)
-        if stopped:  # arrived while it started
+        if stop.by:  # arrived while it started
             proc.send_signal(signal.SIGTERM)
         while True:
             try:
-                return proc.wait(), (stopped[0] if stopped else None)
+                return proc.wait(), stop.by
             except KeyboardInterrupt:
-                stopped.append("SIGINT")
+                stop.by = "SIGINT"
                 try:  # the terminal's Ctrl-C reached it too: it stops on its own
                     return proc.wait(timeout=10), "SIGINT"
                 except (subprocess.TimeoutExpired, KeyboardInterrupt):
                     proc.send_signal(signal.SIGINT)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stop.proc = None
 
 
 def _define_flags(fv) -> None:
@@ -549,9 +565,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch/sweep.py: {done} of {len(planned)} runs done already, not printed",
                   file=sys.stderr)
         return 0
+    stop = Stop()
+    with stop.held():
+        return _run_all(planned, stop, config, sweep_dir, extra, extra_protocols, resume)
+
+
+def _run_all(planned: list[tuple[str, int]], stop: Stop, config: str, sweep_dir: str,
+             extra: list[str], extra_protocols: list[str], resume: bool) -> int:
+    """Trains and evaluates the runs `planned` ((subset, seed number) each) here, one after
+    another, each skipped where done (`pending`): `main`'s loop -> the sweep's exit status."""
     failed = []
     for i, (tasks, k) in enumerate(planned, 1):
         name = workdirs.run_name(tasks, k)
+        if stop.by:  # between two runs
+            print(f"launch/sweep.py: {stop.by} received: the sweep stopped before {name}; "
+                  f"rerun the same command to go on", file=sys.stderr)
+            return EXIT_PREEMPTED
         lacks = pending(sweep_dir, tasks, k, extra_protocols)
         todo = pending_commands(lacks, config, tasks, sweep_dir, extra, k, resume)
         if not todo:
@@ -569,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(f"launch/sweep.py: {name} {what}: started "
                         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: "
                         f"{shlex.join(cmd)}\n")
-            rc, stopped = run_logged(cmd, log)
+            rc, stopped = run_logged(cmd, log, stop)
             status = ("ok" if rc == 0 and not stopped else
                       f"stopped by {stopped} (exit {rc})" if stopped else
                       f"stopped: it saved a checkpoint and exited {rc}" if rc == EXIT_PREEMPTED
@@ -580,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(f"launch/sweep.py: {took}\n")
             if stopped or rc == EXIT_PREEMPTED:  # asked to stop: not a failure to go past
                 print(f"launch/sweep.py: the sweep stopped at {name}; rerun the same command to "
-                      f"resume it (from its last checkpoint)", file=sys.stderr)
+                      f"go on (a training resumes from its last checkpoint)", file=sys.stderr)
                 return 130 if stopped == "SIGINT" else EXIT_PREEMPTED
             if rc:
                 failed.append(name)

@@ -719,6 +719,40 @@ def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_pat
         assert partial.exists() == left, how
 
 
+def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_path):
+    """SIGTERM whose handler runs inside a gc callback (JAX registers one), where Python
+    prints and drops the exception it raises: sent again from outside it, it still unwinds
+    the command (the partial file removed) and ends it as SIGTERM does; before, the command
+    ran on to its end, exit 0, with SIGTERM ignored from then on."""
+    import signal
+    import subprocess
+
+    code = ("import gc, os, signal, sys, time\n"
+            "from hgmt import cli\n"
+            "partial = sys.argv[1]\n"
+            "def inside(phase, info):\n"
+            "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
+            "        inside.sent = True\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        sum(range(1000))\n"
+            "with cli.sigterm_cleans_up():\n"
+            "    open(partial, 'w').close()\n"
+            "    try:\n"
+            "        gc.callbacks.append(inside)\n"
+            "        gc.collect()\n"
+            "        gc.callbacks.remove(inside)\n"
+            "        time.sleep(30)\n"
+            "        print('ran on')\n"
+            "    except BaseException:\n"
+            "        os.remove(partial)\n"
+            "        raise\n")
+    partial = tmp_path / "partial"
+    proc = subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
+    assert not partial.exists() and proc.stdout == ""
+
+
 def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
     """A Latin-1 file name (Python's surrogate escapes) printed and logged by a command on a
     strict UTF-8 stdout and stderr: written as its bytes, where print raised after the

@@ -2346,3 +2346,17 @@ def test_the_demo_generations_resource_tracker_survives_a_sigusr1_to_the_job(tmp
     assert out.returncode == 0, out.stderr[-2000:]
     blocked = int(out.stdout.split()[-1], 16)
     assert blocked & (1 << (signal.SIGUSR1 - 1)), out.stdout
+
+
+def test_a_peers_failure_cut_for_the_others_line_says_it_was_cut():
+    """The first line of a failure another process names (`peers._short`) is kept whole up
+    to 300 characters and ends in "..." where cut; before, a build command in it was cut
+    mid-word with nothing to say so."""
+    from hgmt.training import peers
+
+    long = "the build lacks its features.json: " + "x" * 400
+    said = peers._short(FileNotFoundError(long + "\nsecond line"))
+    assert said == f"FileNotFoundError: {long[:297]}..." and len(said) == 319
+    assert peers._short(SystemExit(f"error: ValueError: {long}")) == (
+        f"ValueError: {long}"[:297] + "...")
+    assert peers._short(ValueError("short")) == "ValueError: short"

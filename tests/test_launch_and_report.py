@@ -341,7 +341,8 @@ def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_re
     from launch import sweep as launcher
 
     ran = []
-    monkeypatch.setattr(launcher, "run_logged", lambda cmd, log: ran.append(cmd[2]) or (0, None))
+    monkeypatch.setattr(launcher, "run_logged",
+                        lambda cmd, log, stop: ran.append(cmd[2]) or (0, None))
     assert launcher.main([f"--sweep_dir={s}", "--config=configs/default.py",
                           "--tasks=depth"]) == 0
     assert ran == ["hgmt.main"]
@@ -464,7 +465,7 @@ def test_a_run_that_saved_and_stopped_stops_the_sweep(tmp_path, monkeypatch, cap
     s = tmp_path / "s"
     monkeypatch.chdir(REPO)
     ran = []
-    monkeypatch.setattr(sweep, "run_logged", lambda cmd, log: ran.append(cmd) or (75, None))
+    monkeypatch.setattr(sweep, "run_logged", lambda cmd, log, stop: ran.append(cmd) or (75, None))
     assert sweep.main([f"--sweep_dir={s}", "--config=configs/default.py",
                        "--tasks=pose2d,segm"]) == 75
     assert len(ran) == 1
@@ -472,9 +473,34 @@ def test_a_run_that_saved_and_stopped_stops_the_sweep(tmp_path, monkeypatch, cap
     assert out.splitlines()[-1].startswith("[1/2] pose2d train: stopped: it saved a checkpoint "
                                            "and exited 75 in "), out
     assert err == ("launch/sweep.py: the sweep stopped at pose2d; rerun the same command to "
-                   "resume it (from its last checkpoint)\n")
+                   "go on (a training resumes from its last checkpoint)\n")
     assert (s / "pose2d.log").read_text().splitlines()[-1].startswith(
         "launch/sweep.py: pose2d train: stopped: it saved a checkpoint and exited 75 in ")
+
+
+def test_a_sigterm_between_runs_stops_the_sweep_before_the_next(tmp_path, monkeypatch, capsys):
+    """SIGTERM to the sweep after a run ended and before the next started (its outcome line
+    being written, the next one's plan read): the sweep starts no other run and exits 75
+    saying so; before, the default action killed it there (status 143, no line)."""
+    import signal
+
+    from launch import sweep
+
+    s = tmp_path / "s"
+    monkeypatch.chdir(REPO)
+    ran = []
+
+    def run(cmd, log, stop):
+        ran.append(cmd)
+        os.kill(os.getpid(), signal.SIGTERM)  # as the run ends, with no run to pass it to
+        return 0, None
+
+    monkeypatch.setattr(sweep, "run_logged", run)
+    assert sweep.main([f"--sweep_dir={s}", "--config=configs/default.py",
+                       "--tasks=pose2d,segm"]) == 75
+    assert len(ran) == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert capsys.readouterr().err == ("launch/sweep.py: SIGTERM received: the sweep stopped "
+                                       "before segm; rerun the same command to go on\n")
 
 
 def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp_path):
@@ -2116,7 +2142,7 @@ def test_sigterm_to_the_sweep_saves_its_run_and_stops(demo_dataset, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, out + err
-    assert "the sweep stopped at pose2d; rerun the same command to resume it" in err
+    assert "the sweep stopped at pose2d; rerun the same command to go on" in err
     assert re.fullmatch(r"launch/sweep.py: pose2d train: stopped by SIGTERM \(exit 75\) in \d+ s",
                         log.read_text().splitlines()[-1])
     assert os.listdir(sweep_dir / "pose2d" / "checkpoints") and not (sweep_dir / "segm").exists()

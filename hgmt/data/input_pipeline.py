@@ -555,7 +555,7 @@ def _broken_version(dataset: str, data_dir: str, folder: str, version: str) -> s
     """Why the version folder of `dataset`'s config `folder` that TFDS opens (`version`, else
     the highest) cannot be read for its metadata; None where it can or there is none."""
     versions = [v for v in (os.listdir(folder) if os.path.isdir(folder) else ())
-                if _VERSION.fullmatch(v)]
+                if _VERSION.fullmatch(v) and os.path.isdir(os.path.join(folder, v))]
     if version:
         versions = [v for v in versions if v == version]
     if not versions:

@@ -384,12 +384,16 @@ def _read_failed(value: str, observer_when: str) -> tuple[str, str]:
 
 
 def _short(error: BaseException) -> str:
-    """`<Kind>: <first line of the message, at most 300 characters>`; a SystemExit's message
-    is hgmt.cli's line, `error: <Kind>: <message>`, whose kind is the one to name."""
+    """`<Kind>: <first line of the message, at most 300 characters, "..." where cut>`; a
+    SystemExit's message is hgmt.cli's line, `error: <Kind>: <message>`, whose kind is the
+    one to name."""
+    def cut(line: str) -> str:
+        return line if len(line) <= 300 else line[:297] + "..."
+
     if isinstance(error, SystemExit) and isinstance(error.code, str):
-        return (error.code.strip().removeprefix("error: ").splitlines() or [""])[0][:300]
+        return cut((error.code.strip().removeprefix("error: ").splitlines() or [""])[0])
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {cut(lines[0])}" if lines else type(error).__name__
 
 
 class PeerWatch:
