@@ -492,7 +492,10 @@ def sigterm_cleans_up() -> Iterator[None]:
         yield
         return
 
+    resent: list[threading.Timer] = []  # a SIGTERM sent again, not yet handled
+
     def unwind(signum, frame):
+        resent.clear()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
         raise _Terminated()
 
@@ -502,7 +505,8 @@ def sigterm_cleans_up() -> Iterator[None]:
         # again from another thread, it reaches the main thread's code outside the callback.
         if isinstance(unraisable.exc_value, _Terminated):
             signal.signal(signal.SIGTERM, unwind)
-            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            resent.append(threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)))
+            resent[-1].start()
         else:
             hook(unraisable)
 
@@ -510,6 +514,10 @@ def sigterm_cleans_up() -> Iterator[None]:
     sys.unraisablehook = swallowed
     try:
         yield
+        if resent:  # the block ended before the SIGTERM sent again reached it: it ends here
+            for timer in resent:
+                timer.cancel()
+            raise _Terminated()
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(FLAGS, command=argv is None)
 
 
-def _run(fv: flags.FlagValues, command: bool = True) -> int:
+def _run(fv: flags.FlagValues, command: bool) -> int:
     """The run of `main`, its flags parsed and its console set up; -> exit status. Ctrl-C
     ends the command in one line with status 130; a caller in the same process (`command`
     False: a notebook's interrupt) gets its KeyboardInterrupt."""

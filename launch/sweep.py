@@ -408,8 +408,10 @@ class Stop:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """SIGTERM noted while the block runs, unless the sweep was started to ignore it."""
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        """SIGTERM noted while the block runs, where it is at its default (not where the
+        sweep was started to ignore it, or a caller of `main` in the same process has its
+        own handler)."""
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
             yield
             return
         previous = signal.signal(signal.SIGTERM, self.note)
@@ -577,10 +579,6 @@ def _run_all(planned: list[tuple[str, int]], stop: Stop, config: str, sweep_dir:
     failed = []
     for i, (tasks, k) in enumerate(planned, 1):
         name = workdirs.run_name(tasks, k)
-        if stop.by:  # between two runs
-            print(f"launch/sweep.py: {stop.by} received: the sweep stopped before {name}; "
-                  f"rerun the same command to go on", file=sys.stderr)
-            return EXIT_PREEMPTED
         lacks = pending(sweep_dir, tasks, k, extra_protocols)
         todo = pending_commands(lacks, config, tasks, sweep_dir, extra, k, resume)
         if not todo:
@@ -589,6 +587,11 @@ def _run_all(planned: list[tuple[str, int]], stop: Stop, config: str, sweep_dir:
         for why in filter(None, lacks.values()):
             print(f"[{i}/{len(planned)}] {name}: {why}", flush=True)
         for what, cmd in todo:
+            if stop.by:  # arrived between two commands: the next is not started
+                print(f"launch/sweep.py: {stop.by} received: the sweep stopped before {name} "
+                      f"{what}; rerun the same command to go on", file=sys.stderr)
+                _say_failed(failed)
+                return EXIT_PREEMPTED
             log = os.path.join(sweep_dir, f"{name}.log" if what == "train" else
                                f"{name}.{what}.log")
             print(f"[{i}/{len(planned)}] {name}: {shlex.join(cmd)} >> {shlex.quote(log)}",
@@ -614,11 +617,16 @@ def _run_all(planned: list[tuple[str, int]], stop: Stop, config: str, sweep_dir:
             if rc:
                 failed.append(name)
                 break
+    _say_failed(failed)
+    return 1 if failed else 0
+
+
+def _say_failed(failed: list[str]) -> None:
+    """The closing line naming the `failed` runs, if any."""
     if failed:
         print(f"failed runs: {failed}; rerun the same command to retry them (a run whose "
               f"log says CannotResume: the config file changed since it started; add "
               f"{cli.RESUME_FLAG} to train on with it)", file=sys.stderr)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

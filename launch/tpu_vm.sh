@@ -22,25 +22,26 @@ if [[ ${1:-} == -h || ${1:-} == --help || ${1:-} == help ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   exit 0
 fi
+[[ $# -ge 1 ]] || { echo "$usage" >&2; exit 2; }
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="$1"
 }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python='~/hgmt-venv/bin/python'
-cmd=${1:?$usage}
+cmd=$1
 shift
-commit=$(git -C "$repo" rev-parse HEAD)
 case "$cmd" in
   setup)
     url=${1:-$(git -C "$repo" remote get-url origin)}
     if [[ $url =~ ^git@([^:/]+):(.+)$ || $url =~ ^ssh://git@([^/:]+)(:[0-9]+)?/(.+)$ ]]; then
       url="https://${BASH_REMATCH[1]}/${BASH_REMATCH[${#BASH_REMATCH[@]}-1]}"  # bash 3.2 too
     fi
-    if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no) ]]; then
-      echo "warning: this checkout has uncommitted changes, which setup does not install on" \
-        "the workers (they check out commit $commit): commit and push them, then run setup" \
-        "again" >&2
+    commit=$(git -C "$repo" rev-parse HEAD)
+    if [[ -n $(git -C "$repo" status --porcelain) ]]; then
+      echo "warning: this checkout has uncommitted changes or new files, which setup does not" \
+        "install on the workers (they check out commit $commit): commit and push them, then" \
+        "run setup again" >&2
     fi
     ssh_all "set -e; [ -d hgmt ] || git clone -q $(printf %q "$url") hgmt; cd hgmt && \
 git fetch -q origin && { git checkout -q --detach $commit || { echo \"error: commit $commit \
@@ -73,10 +74,16 @@ uv pip install -q --python $python -e . 'jax[tpu]'"
     fi
     # The trainers run in the ssh sessions: keep this command's terminal open (e.g. run it in
     # tmux); a session that drops may leave its trainer running: `stop` ends them with a save.
-    # Each worker says when its hgmt is not this checkout's commit (setup not run since).
-    ssh_all "cd hgmt && { [ \"\$(git rev-parse HEAD 2>/dev/null)\" = $commit ] || echo \
-\"warning: hgmt on \$(hostname) is not at this checkout's commit $commit: run setup \
-again to train it\" >&2; } && $python -m hgmt.main --distributed \
+    # Each worker says when its hgmt is not this checkout's commit (setup not run since);
+    # a copy of the script outside a checkout has no commit to compare.
+    commit=$(git -C "$repo" rev-parse HEAD 2>/dev/null || true)
+    same=""
+    if [[ -n $commit ]]; then
+      same="{ [ \"\$(git rev-parse HEAD 2>/dev/null)\" = $commit ] || echo \"warning: hgmt \
+on \$(hostname) is not at this checkout's commit $commit: run setup again to train it\" >&2; } \
+&& "
+    fi
+    ssh_all "cd hgmt && $same$python -m hgmt.main --distributed \
 --config=$(printf %q "$config") --workdir=$(printf %q "$workdir")${extra}"
     ;;
   stop)

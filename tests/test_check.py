@@ -261,6 +261,10 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     monkeypatch.setattr(os, "stat", refused)
     assert input_pipeline.broken_build("surreal/all", str(tmp_path / "locked" / "d")) is None
     monkeypatch.setattr(os, "stat", real_stat)
+    # A file named like a version is no build of one.
+    root, folder = copy("version_file")
+    (tmp_path / "version_file" / "surreal" / "all" / "9.9.9").write_text("not a build")
+    assert input_pipeline.broken_build("surreal/all", root) is None
     # TFDS opens the highest version: a broken one above a whole one is named.
     root, folder = copy("two_versions")
     newer = os.path.join(os.path.dirname(folder), "9.9.9")

@@ -500,7 +500,7 @@ def test_a_sigterm_between_runs_stops_the_sweep_before_the_next(tmp_path, monkey
                        "--tasks=pose2d,segm"]) == 75
     assert len(ran) == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert capsys.readouterr().err == ("launch/sweep.py: SIGTERM received: the sweep stopped "
-                                       "before segm; rerun the same command to go on\n")
+                                       "before segm train; rerun the same command to go on\n")
 
 
 def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp_path):

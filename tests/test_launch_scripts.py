@@ -5,6 +5,7 @@ Slurm and gcloud do not run here: for those scripts, stand-ins named `srun`, `sc
 `gcloud` on PATH write down what they were asked to run. local.sh runs hgmt.main for real."""
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -293,6 +294,13 @@ def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
         assert remote.stderr.startswith("warning: hgmt on "), remote.stderr
         assert remote.stderr.endswith(" is not at this checkout's commit "
                                       f"{_head()}: run setup again to train it\n")
+    # A worker whose ~/hgmt is at this checkout's commit says nothing.
+    shutil.rmtree(tmp_path / "hgmt")
+    subprocess.run(["git", "clone", "-q", REPO, str(tmp_path / "hgmt")], check=True, timeout=120)
+    subprocess.run(["git", "-C", str(tmp_path / "hgmt"), "checkout", "-q", _head()], check=True)
+    remote = subprocess.run(["bash", "-c", line[len(prefix):-1]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=True, timeout=60)
+    assert remote.stderr == "" and remote.stdout.splitlines()[:2] == ["-m", "hgmt.main"]
     # WORKDIR left out, or a local one (each worker's own disk on a slice of several).
     run = subprocess.run(["bash", "launch/tpu_vm.sh", "train", "--config.batch_size=8"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -331,9 +339,9 @@ def test_tpu_vm_help_needs_no_tpu_and_setup_names_uncommitted_changes(tmp_path):
                          env={**env, "PATH": f"{tmp_path}:{env['PATH']}", "TPU": "t",
                               "ZONE": "z"})
     assert run.returncode == 0 and calls.exists()
-    assert run.stderr == (f"warning: this checkout has uncommitted changes, which setup does "
-                          f"not install on the workers (they check out commit {_head()}): "
-                          f"commit and push them, then run setup again\n")
+    assert run.stderr == (f"warning: this checkout has uncommitted changes or new files, which "
+                          f"setup does not install on the workers (they check out commit "
+                          f"{_head()}): commit and push them, then run setup again\n")
 
 
 def _remote_command(calls) -> str:

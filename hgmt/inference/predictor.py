@@ -56,9 +56,9 @@ class Predictor:
     `batch_size` at a time there (a smaller last batch is padded to a power of two, so few
     shapes are compiled: `batch_shapes`). With `flip`, each crop's outputs are averaged with
     its mirror image's, left and right channels swapped back (the flip test of
-    `hgmt.evaluate --flip`, `predict_last_stage`). Making one raises what
-    `checkpoints.restore_for_inference` raises, and OutOfDeviceMemory when the variables do
-    not fit on the device."""
+    `hgmt.evaluate --flip`, `predict_last_stage`). Making one raises ValueError for a
+    `batch_size` below 1 or a `focal_px` not above 0, what `checkpoints.restore_for_inference`
+    raises, and OutOfDeviceMemory when the variables do not fit on the device."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None, batch_size: int = 8,

@@ -180,6 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     PeerLost) when one stopped on an error of its own."""
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
     workdir = paths.absolute(workdir)  # `~` expanded (a shell leaves it in --workdir=~/x)
+    config = config.copy_and_resolve_references()  # the caller's left as it is
     resume.absolute_data_location(config)  # config.json names the data from any directory
     # A config the workdir's checkpoints were not trained with stops it too, before the data
     # is looked at and the lock is written (every process reads the same config.json).
