@@ -475,6 +475,21 @@ def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def interrupted_in_one_line(command: bool) -> Iterator[None]:
+    """Ctrl-C while the block runs, as the process's own command (`command`): once the
+    cleanups of partial files have run, one line and the shell's status 130, not Python's
+    traceback; a caller in the same process (a notebook's interrupt) gets its
+    KeyboardInterrupt."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not command:
+            raise
+        print("interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived while `sigterm_cleans_up` held: unwinds the stack like Ctrl-C."""
 
@@ -519,6 +534,8 @@ def sigterm_cleans_up() -> Iterator[None]:
                 timer.cancel()
             raise _Terminated()
     except _Terminated:
+        print("stopped by SIGTERM; nothing partial was left behind", file=sys.stderr,
+              flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         raise

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_file:
         with cli.faults_in_one_line(ValueError):
             evaluator.check_out_file(args.out_file)
-    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up():
+    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up(), \
+            cli.interrupted_in_one_line(command=argv is None):
         return _run(args, step_arg)
 
 

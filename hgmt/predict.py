@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args, images = cli.parse_on_workdir(_define_flags, argv, __doc__, positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
-    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up():
+    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up(), \
+            cli.interrupted_in_one_line(command=argv is None):
         return _run(args, images)
 
 

@@ -717,6 +717,36 @@ def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_pat
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == -signal.SIGTERM, (how, proc.returncode, proc.stderr)
         assert partial.exists() == left, how
+        assert proc.stderr == ("" if left else
+                               "stopped by SIGTERM; nothing partial was left behind\n"), how
+
+
+def test_ctrl_c_ends_a_command_in_one_line_after_its_cleanups(tmp_path):
+    """Ctrl-C in hgmt.evaluate, predict or export (`cli.interrupted_in_one_line`): the partial
+    file's cleanup runs, then one line and status 130, where Python printed its traceback; a
+    caller in the same process gets its KeyboardInterrupt."""
+    import subprocess
+
+    from hgmt import cli
+
+    code = ("import os, sys\n"
+            "from hgmt import cli\n"
+            "partial = sys.argv[1]\n"
+            "with cli.interrupted_in_one_line(command=True):\n"
+            "    open(partial, 'w').close()\n"
+            "    try:\n"
+            "        raise KeyboardInterrupt\n"
+            "    except BaseException:\n"
+            "        os.remove(partial)\n"
+            "        raise\n")
+    partial = tmp_path / "partial"
+    proc = subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (
+        130, "interrupted (Ctrl-C); nothing partial was left behind\n")
+    assert not partial.exists()
+    with pytest.raises(KeyboardInterrupt), cli.interrupted_in_one_line(command=False):
+        raise KeyboardInterrupt
 
 
 def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_path):
