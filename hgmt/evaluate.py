@@ -132,6 +132,7 @@ def _run(args, step_arg: int | str | None) -> int:
             else None))
         evaluator.write_report(summary, out)
     print(evaluator.to_markdown(summary))
+    out = paths.absolute(out)  # as hgmt.main and hgmt.export name their files
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
     return 0
 

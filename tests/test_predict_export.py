@@ -3256,10 +3256,12 @@ def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_na
     shutil.copytree(workdir, copy)
     trained = json.loads((copy / "config.json").read_text())["image_size"]
     other = trained * 2
-    proc = subprocess.run([sys.executable, "-m", "hgmt.evaluate", f"--workdir={copy}",
+    proc = subprocess.run([sys.executable, "-m", "hgmt.evaluate", "--workdir=w",
                            f"--config.image_size={other}", "--max_examples=2"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    named = copy / f"eval_test_2_first2_{other}px"  # by its absolute path, as others name theirs
+    assert proc.stderr.splitlines()[-1] == f"wrote {named}.json and {named}.md"
     assert proc.stderr.splitlines()[0] == (
         f"warning: config.image_size={other}: the model was trained at {trained} px, so it "
         f"sees people "
