@@ -725,28 +725,36 @@ def test_ctrl_c_ends_a_command_in_one_line_after_its_cleanups(tmp_path):
     """Ctrl-C in hgmt.evaluate, predict or export (`cli.interrupted_in_one_line`): the partial
     file's cleanup runs, then one line and status 130, where Python printed its traceback; a
     caller in the same process gets its KeyboardInterrupt."""
-    import subprocess
-
     from hgmt import cli
 
-    code = ("import os, sys\n"
-            "from hgmt import cli\n"
-            "partial = sys.argv[1]\n"
-            "with cli.interrupted_in_one_line(command=True):\n"
-            "    open(partial, 'w').close()\n"
-            "    try:\n"
-            "        raise KeyboardInterrupt\n"
-            "    except BaseException:\n"
-            "        os.remove(partial)\n"
-            "        raise\n")
     partial = tmp_path / "partial"
-    proc = subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = _with_a_partial_file("cli.interrupted_in_one_line(command=True)",
+                                "raise KeyboardInterrupt", partial)
     assert (proc.returncode, proc.stderr) == (
         130, "interrupted (Ctrl-C); nothing partial was left behind\n")
     assert not partial.exists()
     with pytest.raises(KeyboardInterrupt), cli.interrupted_in_one_line(command=False):
         raise KeyboardInterrupt
+
+
+def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
+    """A command's process in small (`python -c`): inside `with <manager>:` it makes the file
+    `partial`, runs the statement `body`, and removes the file on any exception before
+    passing it on -> the finished process (text output)."""
+    import subprocess
+
+    code = ("import gc, os, signal, sys, time\n"
+            "from hgmt import cli\n"
+            f"{before}"
+            f"with {manager}:\n"
+            "    open(sys.argv[1], 'w').close()\n"
+            "    try:\n"
+            f"        {body}\n"
+            "    except BaseException:\n"
+            "        os.remove(sys.argv[1])\n"
+            "        raise\n")
+    return subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_path):
@@ -755,30 +763,16 @@ def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_pat
     the command (the partial file removed) and ends it as SIGTERM does; before, the command
     ran on to its end, exit 0, with SIGTERM ignored from then on."""
     import signal
-    import subprocess
 
-    code = ("import gc, os, signal, sys, time\n"
-            "from hgmt import cli\n"
-            "partial = sys.argv[1]\n"
-            "def inside(phase, info):\n"
-            "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
-            "        inside.sent = True\n"
-            "        os.kill(os.getpid(), signal.SIGTERM)\n"
-            "        sum(range(1000))\n"
-            "with cli.sigterm_cleans_up():\n"
-            "    open(partial, 'w').close()\n"
-            "    try:\n"
-            "        gc.callbacks.append(inside)\n"
-            "        gc.collect()\n"
-            "        gc.callbacks.remove(inside)\n"
-            "        time.sleep(30)\n"
-            "        print('ran on')\n"
-            "    except BaseException:\n"
-            "        os.remove(partial)\n"
-            "        raise\n")
     partial = tmp_path / "partial"
-    proc = subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = _with_a_partial_file(
+        "cli.sigterm_cleans_up()", "gc.callbacks.append(inside); gc.collect(); "
+        "gc.callbacks.remove(inside); time.sleep(30); print('ran on')", partial,
+        before="def inside(phase, info):\n"
+               "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
+               "        inside.sent = True\n"
+               "        os.kill(os.getpid(), signal.SIGTERM)\n"
+               "        sum(range(1000))\n")
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
     assert not partial.exists() and proc.stdout == ""
 
