@@ -476,6 +476,16 @@ def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def stoppable_console(verbosity: int, *, command: bool) -> Iterator[None]:
+    """`console` for a command that writes partial files (hgmt.evaluate, predict, export):
+    SIGTERM and Ctrl-C end it once their cleanups have run (`sigterm_cleans_up`,
+    `interrupted_in_one_line`)."""
+    with console(verbosity, command=command), sigterm_cleans_up(), \
+            interrupted_in_one_line(command):
+        yield
+
+
+@contextlib.contextmanager
 def interrupted_in_one_line(command: bool) -> Iterator[None]:
     """Ctrl-C while the block runs, as the process's own command (`command`): once the
     cleanups of partial files have run, one line and the shell's status 130, not Python's

@@ -28,7 +28,10 @@ def enable(path: str) -> None:
     """Caches every XLA program jax compiles under `path` (`~` expanded), however short its
     compilation: a restarted run (resume, a rerun after a fault) and the tests then skip the
     hundreds of sub-second compilations of eager ops (parameter initialisation, host-side
-    metrics), not only the train and evaluation steps."""
+    metrics), not only the train and evaluation steps. '' (the flag's off) leaves JAX's
+    setting as it is."""
+    if not path:
+        return
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))

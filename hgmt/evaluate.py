@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_file:
         with cli.faults_in_one_line(ValueError):
             evaluator.check_out_file(args.out_file)
-    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up(), \
-            cli.interrupted_in_one_line(command=argv is None):
+    with cli.stoppable_console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 
 
@@ -102,8 +101,7 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
 
 def _run(args, step_arg: int | str | None) -> int:
     """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
-    if args.compilation_cache:
-        compilation_cache.enable(args.compilation_cache)
+    compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,

@@ -56,8 +56,7 @@ def _define_flags(fv) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command of the module's docstring; -> exit status."""
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
-    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up(), \
-            cli.interrupted_in_one_line(command=argv is None):
+    with cli.stoppable_console(args.verbosity, command=argv is None):
         return _run(args)
 
 

@@ -196,8 +196,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     False: a notebook's interrupt) gets its KeyboardInterrupt."""
     import jax
 
-    if fv.compilation_cache:
-        compilation_cache.enable(fv.compilation_cache)
+    compilation_cache.enable(fv.compilation_cache)
     from hgmt.training import checkpoints, peers, preemption, resume
 
     resume.absolute_data_location(fv.config)  # of this working directory

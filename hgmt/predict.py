@@ -201,15 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     args, images = cli.parse_on_workdir(_define_flags, argv, __doc__, positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
-    with cli.console(args.verbosity, command=argv is None), cli.sigterm_cleans_up(), \
-            cli.interrupted_in_one_line(command=argv is None):
+    with cli.stoppable_console(args.verbosity, command=argv is None):
         return _run(args, images)
 
 
 def _run(args, images: list[str]) -> int:
     """The prediction of `main`, its flags parsed and its console set up; -> exit status."""
-    if args.compilation_cache:
-        compilation_cache.enable(args.compilation_cache)
+    compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1
     bbox = None
     if args.bbox:
