@@ -42,7 +42,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
         json.dump(features, f)
 
     assert check.main([f"--config.data_dir={old_dir}", "--config.dataset=surreal/all",
-                       "--splits=train,test"]) == 1
+                       "--splits=train,test"]) == check.EXIT_NOT_CHECKED
     assert capsys.readouterr().out.splitlines() == [
         f"surreal/all train: not checked: NotInBuild: dataset 'surreal/all' under "
         f"{old_dir!r} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
@@ -69,7 +69,7 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
     monkeypatch.setattr(input_pipeline, "source_of",
                         lambda *args, **kwargs: Outage(real(*args, **kwargs)))
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
-                       "--splits=test"]) == 1
+                       "--splits=test"]) == check.EXIT_NOT_CHECKED
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("surreal/all test: not checked: StorageFault: dataset ")
     assert "cannot be read from its storage" in line and "not damage" in line
@@ -116,7 +116,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     monkeypatch.setattr(damage, "read", reading)
     capsys.readouterr()
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
-                       "--splits=train"]) == 1
+                       "--splits=train"]) == check.EXIT_DAMAGED
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4, lines
     for line, k in zip(lines[:2], (0, 2), strict=True):
@@ -276,7 +276,8 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     # The check command prints a fault of the build once, the other splits referring to it.
     root, folder = copy("no_info_again")
     os.remove(os.path.join(folder, "dataset_info.json"))
-    assert check.main([f"--config.data_dir={root}", "--config.dataset=surreal/all"]) == 1
+    assert check.main([f"--config.data_dir={root}", "--config.dataset=surreal/all"]) == \
+        check.EXIT_NOT_CHECKED
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("surreal/all train: not checked: FileNotFoundError: the build ")
     assert lines[1:] == ["surreal/all validation: not checked: as train above",

@@ -333,7 +333,8 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
     data_dir and dataset fields), as every command takes it: the demo's config checks its
     dataset, surreal/all, and the default config its own, surreal/every10. The flags the
     command took before (--data_dir, --dataset) exit in one line naming the field to give."""
-    assert check.main([f"--config={REPO}/configs/demo.py", f"--config.data_dir={damaged}"]) == 1
+    assert check.main([f"--config={REPO}/configs/demo.py", f"--config.data_dir={damaged}"]) == \
+        check.EXIT_DAMAGED == 65
     out = capsys.readouterr().out
     for split, record, _ in DAMAGE:
         assert (f"damaged: {_shard(damaged, split)} record {record} (index {record} of the "
@@ -347,7 +348,7 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
     assert (f"surreal/all test: 12 records read, 1 damaged. Evaluating test leaves the damaged "
             f"frames out and counts them in its report. {fix}\n") in out
     assert check.main([f"--config={REPO}/configs/demo.py", f"--config.data_dir={damaged}",
-                       "--config.max_damaged_fraction=0.2", "--splits=train"]) == 1
+                       "--config.max_damaged_fraction=0.2", "--splits=train"]) == check.EXIT_DAMAGED
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"surreal/all train: 12 records read, 2 damaged. Training skips each and trains on the "
         f"next good record of its shard (config.max_damaged_fraction=0.2 allows 2 of 12). {fix}")
@@ -356,7 +357,8 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
     assert capsys.readouterr().out.splitlines() == [
         f"surreal/all {split}: 12 records read, 0 damaged"
         for split in ("train", "validation", "test")]
-    assert check.main([f"--config.data_dir={clean}", "--splits=test"]) == 1
+    assert check.main([f"--config.data_dir={clean}", "--splits=test"]) == \
+        check.EXIT_NOT_CHECKED == 66
     out = capsys.readouterr().out
     assert out.startswith(
         f"surreal/every10 test: not checked: FileNotFoundError: dataset 'surreal/every10' "

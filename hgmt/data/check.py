@@ -15,9 +15,12 @@ number in the shard, index in the split, the error) and a closing line per split
 damaged, records read and damaged, what training or evaluation makes of the damaged records
 under the config's `max_damaged_fraction`, and the fix), or, for a split that cannot be read at
 all but is not damaged (not built, a copy without its metadata, built in another file format or
-by an older builder that lacks a feature hgmt reads, its storage not answering), why; exits 1
-when anything is damaged or not checked, 0 otherwise. It reads the whole split, as long as an
-epoch's input: a progress line every `PROGRESS_EVERY_S` seconds says how far it is.
+by an older builder that lacks a feature hgmt reads, its storage not answering), why. Exit
+status: 0 when every split checked is intact; `EXIT_DAMAGED` (65, sysexits' EX_DATAERR) when a
+record or shard is damaged, whatever else; `EXIT_NOT_CHECKED` (66, EX_NOINPUT) when nothing is
+damaged but a split could not be read; 1 for a bad flag, as every command. It reads the whole
+split, as long as an epoch's input: a progress line every `PROGRESS_EVERY_S` seconds says how
+far it is.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ from absl import flags
 from hgmt import cli
 from hgmt.data import records
 from hgmt.sources import surreal
+
+# Exit statuses, so that a script can tell a damaged copy (copy again) from one it could not
+# read (build, mount or point data_dir at it), as the sysexits convention names them.
+EXIT_DAMAGED = 65
+EXIT_NOT_CHECKED = 66
 
 # The config whose data_dir and dataset are checked when --config names none.
 DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "default.py")
@@ -152,8 +160,8 @@ def _refuse_data_flags(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command; -> exit status (1 when a record or shard is damaged, or a split could
-    not be read at all)."""
+    """The command; -> exit status: 0, `EXIT_DAMAGED` or `EXIT_NOT_CHECKED` (the module's
+    docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _refuse_data_flags(argv)
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
@@ -176,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(splits: Sequence[str], dataset: str, data_dir: str, max_fraction: float) -> int:
     """The checks of `main`, its flags parsed and its console set up; -> exit status."""
-    failed, unread = 0, {}
+    damaged, unread = 0, {}
     for split in splits:
         checked = check_split(dataset, data_dir, split)
         for line in checked.damaged_shards + checked.damaged:
@@ -189,8 +197,10 @@ def _check(splits: Sequence[str], dataset: str, data_dir: str, max_fraction: flo
         else:
             said = consequence(checked, split, max_fraction)
             print(f"{dataset} {split}: {checked.summary()}" + (f". {said}" if said else ""))
-        failed += len(checked.damaged_shards) + len(checked.damaged) + bool(checked.unread)
-    return 1 if failed else 0
+        damaged += len(checked.damaged_shards) + len(checked.damaged)
+    if damaged:
+        return EXIT_DAMAGED
+    return EXIT_NOT_CHECKED if unread else 0
 
 
 if __name__ == "__main__":
