@@ -381,8 +381,9 @@ def evaluation_file(split: str, step: int, *, best: bool = False, frames: str = 
     do not replace each other:
     eval_<split>_<ckpt>[_<frames>][_flip][_first<N>][_<size>px][_<protocol>].json, <ckpt> the
     step (best_<step>: the best checkpoint), <frames> when not `middle`, first<N> with an
-    example limit N > 0, <size>px for an `image_size` other than the one trained at (the
-    caller gives it only then), <protocol> when not hgmt's."""
+    example limit N > 0 (the caller gives it only where it left frames out), <size>px for an
+    `image_size` other than the one trained at (the caller gives it only then), <protocol>
+    when not hgmt's."""
     name = [f"best_{step}" if best else str(step)]
     name += [frames] if frames != "middle" else []
     name += ["flip"] if flip else []

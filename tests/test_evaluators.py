@@ -640,17 +640,22 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     assert report["pose2d"]["pckh@0.5"] == pytest.approx(lines[-1]["metrics"]["pose2d/pckh@0.5"])
 
     # hgmt.evaluate takes the test evaluator's settings by default and names the file after
-    # the settings, so evaluations of other settings sit side by side.
+    # the settings, so evaluations of other settings sit side by side; an example limit
+    # (the evaluator's 4) only where it cut frames (of the 2 test clips' middles: none).
     for argv, name, settings in (
-            ([], "eval_test_4_first4.json", ("middle", False, 2)),
-            (["--flip"], "eval_test_4_flip_first4.json", ("middle", True, 2)),
+            ([], "eval_test_4.json", ("middle", False, 2)),
+            (["--flip"], "eval_test_4_flip.json", ("middle", True, 2)),
             (["--frames=every8", "--max_examples=0"], "eval_test_4_every8.json",
-             ("every8", False, 2))):
+             ("every8", False, 2)),
+            (["--max_examples=1"], "eval_test_4_first1.json", ("middle", False, 1))):
         assert hgmt.evaluate.main([f"--workdir={workdir}", *argv]) == 0
         with open(tmp_path / "run" / name) as f:
             again = json.load(f)
         assert (again["frames"], again["flip"], again["num_examples"]) == settings, name
-    with open(tmp_path / "run" / "eval_test_4_first4.json") as f:
+    assert sorted(p.name for p in (tmp_path / "run").glob("eval_test_4*.json")) == [
+        "eval_test_4.json", "eval_test_4_every8.json", "eval_test_4_first1.json",
+        "eval_test_4_flip.json"]
+    with open(tmp_path / "run" / "eval_test_4.json") as f:
         assert json.load(f)["pose2d"]["pckh@0.5"] == pytest.approx(report["pose2d"]["pckh@0.5"])
 
 

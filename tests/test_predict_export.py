@@ -3260,15 +3260,15 @@ def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_na
                            f"--config.image_size={other}", "--max_examples=2"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    named = copy / f"eval_test_2_first2_{other}px"  # by its absolute path, as others name theirs
+    named = copy / f"eval_test_2_{other}px"  # by its absolute path, as others name theirs
     assert proc.stderr.splitlines()[-1] == f"wrote {named}.json and {named}.md"
     assert proc.stderr.splitlines()[0] == (
         f"warning: config.image_size={other}: the model was trained at {trained} px, so it "
         f"sees people "
         f"at another scale than it learnt, and 3D decoding reads the crop's scale: expect "
         f"other results")
-    assert (copy / f"eval_test_2_first2_{other}px.json").is_file()
-    assert not (copy / "eval_test_2_first2.json").exists()
+    assert (copy / f"eval_test_2_{other}px.json").is_file()
+    assert not (copy / "eval_test_2.json").exists()
 
 
 def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
