@@ -11,7 +11,7 @@
 # trainer and profile parts at its larger batch, torch and step at both) and all (the four
 # tasks); default both.
 # After each command a line {"benchmark": "accelerator_command", ...} gives its wall time and
-# exit status, for planning a lending's minutes. --time_s=T: the whole run stops within T
+# exit status, for planning device time. --time_s=T: the whole run stops within T
 # seconds, but for the shell's own steps between commands (making folders, copying a trace):
 # every command, the wheels' install and the checks below included, gets at most the time left
 # less a margin for its own exit (a command stopped that way writes what it measured:

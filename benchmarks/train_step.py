@@ -236,7 +236,7 @@ def compiled_step(config: ml_collections.ConfigDict, devices: int = 1,
     H200), they are the convolutions and matmuls of the compiled program counted from their HLO
     shapes ("hlo-shapes", `xla_ops`; close to the lowered count on a CPU, whose elementwise
     FLOPs it leaves out: docs/performance.md, "Measured on an H200, 2026-12-04, first
-    lending", gives both counts of the paper's step); XLA's count of the compiled program is
+    run", gives both counts of the paper's step); XLA's count of the compiled program is
     the last resort ("compiled": after compilation a GPU's convolutions are cuDNN calls it
     does not count). An analysis that fails is skipped (`first_flop_count`,
     hgmt.models.summary's, which counts its forward pass from the lowered program alone). Both
