@@ -30,7 +30,7 @@ import numpy as np
 from jax.extend.core import Literal
 
 from hgmt.data import damage, input_pipeline
-from hgmt.sources import surreal
+from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, common, spec
 
 FRAME_SHAPE = (surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH)  # the stored resolution (H, W)
@@ -182,12 +182,14 @@ def person_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
 def reference_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(B,16,2) joints px -> centre (B,2), side (B,): `surreal.reference_box`, batched (in
     float32, where the host's box is in float64)."""
+    margin = reference_crop.BOX_MARGINS
     j = joints2d.astype(jnp.float32) + 1.0
     lo, hi = j.min(1), j.max(1)
     size = hi - lo + 1
-    start = lo - jnp.asarray([0.25, 0.35]) * size
-    full = hi + 0.25 * size - start + 1
-    return start + full / 2, 200.0 * full.max(-1) / 240
+    start = lo - jnp.asarray([margin["left"], margin["top"]]) * size
+    full = hi + jnp.asarray([margin["right"], margin["bottom"]]) * size - start + 1
+    return start + full / 2, (reference_crop.WINDOW_PER_SCALE_PX * full.max(-1)
+                              / reference_crop.SCALE_DIVISOR_PX)
 
 
 # The boxes of the training windows (input_pipeline.TRAIN_WINDOWS), batched.

@@ -29,7 +29,7 @@ import numpy as np
 from hgmt.data import input_pipeline
 from hgmt.inference import crop_scale, person
 from hgmt.models import create_model, predict_last_stage
-from hgmt.sources import surreal
+from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, channel_flips, common, drawing, heads, parse_tasks
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints, device_memory
@@ -295,7 +295,8 @@ TRAINING_BOXES = {
                      "box from (x0, y0) to (x1, y1) with w = x1 - x0 + 1 and h = y1 - y0 + 1, "
                      "widened to start = (x0 - box_margins.left w, y0 - box_margins.top h) "
                      "and end = (x1 + box_margins.right w, y1 + box_margins.bottom h), W x H = "
-                     "end - start + 1, S = 200 / 240 max(W, H), c = start + (W, H) / 2 "
+                     f"end - start + 1, S = {reference_crop.WINDOW_PER_SCALE_PX:g} / "
+                     f"{reference_crop.SCALE_DIVISOR_PX:g} max(W, H), c = start + (W, H) / 2 "
                      "(taken as 0-based px)",
 }
 
@@ -312,7 +313,8 @@ def crop_meta(crop_metres: float, source: str, window: str = "hgmt") -> dict:
                   "from the model's outputs, or takes the square around --bbox (its centre, "
                   "S the larger of its width and height)",
         "training_window": window,
-        "box_margins": dict(input_pipeline.BOX_MARGINS),
+        "box_margins": dict(reference_crop.BOX_MARGINS if window == "reference_box"
+                            else input_pipeline.BOX_MARGINS),
         "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
         "window_metres": crop_metres,
         "window_metres_source": source,

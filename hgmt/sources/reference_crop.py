@@ -28,6 +28,15 @@ import math
 
 import numpy as np
 
+# The references' crop window around a person (`hgmt.sources.surreal.reference_centre_scale`):
+# getTightBox widens the joints' box by these fractions of its inclusive width and height
+# (surreal training/util.lua:128-147), getScale is the widened box's longer side over
+# SCALE_DIVISOR_PX (util.lua:157-160), and getTransform's window is WINDOW_PER_SCALE_PX x
+# scale pixels (img.lua:20-29).
+BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}
+SCALE_DIVISOR_PX = 240.0
+WINDOW_PER_SCALE_PX = 200.0
+
 # img.lua:96-97: below this many source pixels per crop pixel, the window is copied first and
 # resized after; from it up, the whole map is shrunk first.
 SHRINK_FIRST_FROM = 2.0
@@ -59,7 +68,7 @@ def _corners(centre: np.ndarray, scale: float, res: int) -> tuple[list[int], lis
     - the product with the point (0, 0, 1) or (res, res, 1) in float32 (the zero terms add
       nothing, with or without fused multiply-adds), plus float32(1e-4), cast to an integer
       (toward zero), plus 1."""
-    h = 200.0 * scale
+    h = WINDOW_PER_SCALE_PX * scale
     a = np.float32(res / h)
     inv_a = np.float32(1) / a
     tiny = np.float32(1e-4)
@@ -156,7 +165,7 @@ def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str)
     if not scale > 0:
         raise ValueError(f"{name}: scale {scale} is not positive; pass getScale's value")
     height, width = source.shape[:2]
-    factor = 200.0 * scale / res
+    factor = WINDOW_PER_SCALE_PX * scale / res
     shrink = factor >= SHRINK_FIRST_FROM
     if shrink:
         longest = max(height, width)
@@ -169,7 +178,7 @@ def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str)
         factor = 1.0
     # img.lua:88, 112: the centre becomes a float32 tensor, divided by the factor in float32.
     centre = np.asarray(centre, np.float32) / np.float32(factor)
-    h = 200.0 * (scale / factor)
+    h = WINDOW_PER_SCALE_PX * (scale / factor)
     ul, br = _corners(centre, scale / factor, res)  # (x, y), 1-based
     if shrink:
         br = [u + res for u in ul]

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hgmt.sources import reference_crop
+
 if TYPE_CHECKING:  # hgmt.sources (SURREAL's files, the demo clips) does not import JAX
     from jax.typing import ArrayLike
 
@@ -455,7 +457,7 @@ def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
     the window is centred on the 1-based box's centre."""
     centre, scale = reference_centre_scale(joints2d)
-    return centre, 200.0 * scale
+    return centre, reference_crop.WINDOW_PER_SCALE_PX * scale
 
 
 def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
@@ -465,12 +467,14 @@ def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     # + 1 in float32 (loader_SURREAL.lua:47: the _info.mat's float32 joints), the box in double
     # (Lua numbers, util.lua:128-160).
     j = (np.asarray(joints2d, np.float32) + np.float32(1)).astype(np.float64)
+    margin = reference_crop.BOX_MARGINS
     lo, hi = j.min(0), j.max(0)
     size = hi - lo + 1
-    start = lo - np.array([0.25, 0.35]) * size
-    end = hi + 0.25 * size
+    start = lo - np.array([margin["left"], margin["top"]]) * size
+    end = hi + np.array([margin["right"], margin["bottom"]]) * size
     full = end - start + 1
-    return start + full / 2, float(max(full[1] / 240, full[0] / 240))
+    divisor = reference_crop.SCALE_DIVISOR_PX
+    return start + full / 2, float(max(full[1] / divisor, full[0] / divisor))
 
 
 def _unset(joints: np.ndarray) -> bool:
