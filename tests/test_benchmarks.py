@@ -27,6 +27,7 @@ sys.path.insert(0, BENCHMARKS)
 
 import cli  # noqa: E402
 import compare  # noqa: E402
+import device_warp  # noqa: E402
 import eval_speed  # noqa: E402
 import host_check  # noqa: E402
 import input_pipeline  # noqa: E402
@@ -1330,6 +1331,30 @@ def test_every_way_of_the_pool_backward_gives_select_and_scatters_gradient(dtype
     reference = jax.vjp(pool_backward.WAYS["flax"], x)[1](g)[0]
     for name, pool in pool_backward.WAYS.items():
         assert jnp.array_equal(jax.vjp(pool, x)[1](g)[0], reference), name
+
+
+def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_beside_it():
+    """`device_augment.warp_bilinear` and `warp_nearest` (hand-written gathers: 5.3x faster
+    on a CPU than the library, docs/performance.md, "Augmentation on the device") sample what
+    `jax.scipy.ndimage.map_coordinates` samples at the same source pixels, crops reaching past
+    the frame included (0 there): order 1 per channel to float32 rounding, order 0 exactly.
+    The benchmark's summary compares and times both."""
+    data = device_warp.crops(4, 64)
+    args = (data["images"], data["maps"], data["m_image"], data["m_label"])
+    hand = device_warp.warp_batch("hand", 64)(*args)
+    library = device_warp.warp_batch("map_coordinates", 64)(*args)
+    outside = (hand[0] == 0).all(-1)
+    assert 0 < int(outside.sum()) < outside.size  # the 0 border is compared too
+    np.testing.assert_allclose(hand[0], library[0], atol=1e-3)
+    assert float(jnp.abs(hand[0] - library[0]).max()) > 0  # two ways, not one
+    assert hand[1].shape == (4, 16, 16) and jnp.array_equal(hand[1], library[1])
+    r = device_warp.benchmark(["--config.batch_size=2", "--config.image_size=32", "--steps=1",
+                               "--warmup=1", "--rounds=1"])
+    assert (r["batch"], r["image_size"], r["label_size"]) == (2, 32, 8)
+    assert r["differing_label_pixels"] == {"hand": 0, "map_coordinates": 0}
+    assert r["max_abs_difference_frames"]["hand"] == 0
+    assert 0 < r["max_abs_difference_frames"]["map_coordinates"] < 1e-3
+    assert set(r["over_hand"]) == {"hand", "map_coordinates"} and r["over_hand"]["hand"] == 1
 
 
 def test_the_pool_benchmark_records_a_way_that_differs_and_times_it_all_the_same(monkeypatch):
