@@ -1334,8 +1334,8 @@ def test_every_way_of_the_pool_backward_gives_select_and_scatters_gradient(dtype
 
 
 def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_beside_it():
-    """`device_augment.warp_bilinear` and `warp_nearest` (hand-written gathers: 5.3x faster
-    on a CPU than the library, docs/performance.md, "Augmentation on the device") sample what
+    """`device_augment.warp_bilinear` and `warp_nearest` (hand-written gathers: 4-6x faster
+    on a CPU than the library, docs/performance.md, "The device crop's sampling") sample what
     `jax.scipy.ndimage.map_coordinates` samples at the same source pixels, crops reaching past
     the frame included (0 there): order 1 per channel to float32 rounding, order 0 exactly.
     The benchmark's summary compares and times both."""
