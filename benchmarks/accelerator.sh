@@ -109,6 +109,7 @@ case "$size" in
 esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
 [[ -z $time_s || $time_s =~ ^[1-9][0-9]*$ ]] || { echo "--time_s=$time_s: give seconds; $usage" >&2; exit 2; }
+[ -n "${parts//,/}" ] || { echo "--parts is empty: give one or more parts; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
     trainer|profile|loader|torch|step|tests|streams|levers|pool) ;;
@@ -121,8 +122,12 @@ for ts in ${task_sets//,/ }; do
     *) echo "--task_sets: unknown task set $ts (give pose2d, all or both); $usage" >&2; exit 2 ;;
   esac
 done
+if [ -n "$levers" ] && [[ ,$parts, != *,levers,* ]]; then
+  echo "--levers=$levers: the levers part is not in --parts=$parts: add levers to --parts, or leave --levers out; $usage" >&2
+  exit 2
+fi
 for lever in ${levers//,/ }; do  # the names of step_levers.py's LEVERS
-  grep -q "^    \"$lever\": " benchmarks/step_levers.py || {
+  [[ $lever =~ ^[a-z0-9_]+$ ]] && grep -q "^    \"$lever\": " benchmarks/step_levers.py || {
     echo "--levers: unknown lever $lever (benchmarks/step_levers.py --help lists them); $usage" >&2
     exit 2; }
 done
@@ -166,7 +171,7 @@ elif [ $rc -ne 0 ]; then
 fi
 log=${OUT:-.}/accelerator.jsonl
 work=${ACCELERATOR_WORK:-/tmp/hgmt_accelerator}
-mkdir -p "$work"
+mkdir -p "${OUT:-.}" "$work" || { echo "accelerator.sh: cannot make OUT=${OUT:-.} or ACCELERATOR_WORK=$work" >&2; exit 1; }
 # the host's line; at the paper's size no run on JAX's CPU backend (exit 4)
 host_flag=; [ "$size" = paper ] && host_flag=--require_accelerator
 bounded 120 python3 benchmarks/host_check.py $host_flag | grep '^{' | tee -a "$log"

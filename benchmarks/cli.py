@@ -37,9 +37,10 @@ COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"
 
 def define_timing(fv: flags.FlagValues, steps: int = 5, warmup: int = 2) -> None:
     """--steps (timed steps) and --warmup (untimed steps before them, compilation included)."""
-    flags.DEFINE_integer("steps", steps, "timed steps after the warm-up", flag_values=fv)
+    flags.DEFINE_integer("steps", steps, "timed steps after the warm-up", flag_values=fv,
+                         lower_bound=1)
     flags.DEFINE_integer("warmup", warmup, "untimed steps first (the first compiles)",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=0)
 
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,

@@ -49,11 +49,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_multi_string("variants", list(DEFAULT_VARIANTS),
                               "comma-separated field=value overrides of the base config, one "
                               "variant per flag", flag_values=fv)
-    flags.DEFINE_integer("steps", 5, "timed steps of each measurement", flag_values=fv)
+    flags.DEFINE_integer("steps", 5, "timed steps of each measurement", flag_values=fv,
+                         lower_bound=1)
     flags.DEFINE_integer("repeats", 1, "rounds; the best of each implementation is kept",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=1)
     flags.DEFINE_integer("jax_devices", 1, "pmap the JAX step over this many virtual CPU "
-                         "devices (CPU only)", flag_values=fv)
+                         "devices (CPU only)", flag_values=fv, lower_bound=1)
     flags.DEFINE_bool("compile", False, "also measure torch.compile", flag_values=fv)
     flags.DEFINE_enum("compile_mode", "max-autotune", cli.COMPILE_MODES,
                       "torch.compile mode tried first", flag_values=fv)
@@ -62,7 +63,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         "config in this file", flag_values=fv)
     flags.DEFINE_integer("compile_timeout", 600, "seconds the compiled PyTorch run may take "
                          "in --compile_mode before it is rerun in the default mode",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=1)
 
 
 def variant_overrides(spec: str) -> list[str]:

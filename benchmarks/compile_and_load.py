@@ -26,7 +26,7 @@ from absl import flags  # noqa: E402
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("cache", None, "the persistent compilation cache folder",
                         flag_values=fv, required=True)
-    flags.DEFINE_integer("steps", 3, "timed steps after the first", flag_values=fv)
+    flags.DEFINE_integer("steps", 3, "timed steps after the first", flag_values=fv, lower_bound=1)
 
 
 def benchmark(argv: Sequence[str] | None = None) -> dict:

@@ -52,7 +52,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("batches", 30, "timed batches (after a warm-up)", flag_values=fv,
                          lower_bound=1)
     flags.DEFINE_float("train_img_per_s", None, "train_step.py's img/s on this machine, for "
-                       "the ratio (with config.worker_count=0)", flag_values=fv)
+                       "the ratio (with config.worker_count=0)", flag_values=fv, lower_bound=0)
     flags.DEFINE_list("placements", None, "placements of the crop to measure alternately "
                       "(host, device); default: the config's augment_on", flag_values=fv)
     flags.DEFINE_integer("repeats", 1, "alternating rounds", flag_values=fv, lower_bound=1)

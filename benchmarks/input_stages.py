@@ -84,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = [input_pipeline.draw_crop_params(augment, rng) for _ in range(k)]
     out["host_crop_ms"] = cpu_ms(lambda i: input_pipeline.crop_with(
         decoded[i % k], res, params[i % k], tasks, unread), n)
-    cropped = [input_pipeline.crop_with(decoded[i], res, params[i], tasks, unread)
-               for i in range(batch)]
-    raw = [device_augment.decode_record(records[i], device_augment.target_maps(tasks))
+    cropped = [input_pipeline.crop_with(decoded[i % k], res, params[i % k], tasks, unread)
+               for i in range(batch)]  # a batch larger than the split repeats its records
+    raw = [device_augment.decode_record(records[i % k], device_augment.target_maps(tasks))
            for i in range(batch)]
     for name, examples in (("host", cropped), ("device", raw)):
         out[f"batch_{name}_ms_per_example"] = round(cpu_ms(

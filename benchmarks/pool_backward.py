@@ -144,8 +144,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     for r in range(fv.rounds):
         for name, fn in fns.items():
             for _ in range(fv.warmup):
-                out = fn(xs, gs)
-            jax.block_until_ready(out)
+                jax.block_until_ready(fn(xs, gs))
             t0 = time.perf_counter()
             for _ in range(fv.steps):
                 out = fn(xs, gs)

@@ -147,7 +147,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         config, devices, fv.feed)
     for _ in range(fv.warmup):
         state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(fv.steps):
         state, metrics = compiled(state, data)

@@ -98,7 +98,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def benchmark(argv: list[str] | None = None) -> dict:
     """Arguments after `--` go to train_step.py (its config and overrides, --steps, ...)."""
-    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
+    args, passed = cli.parse(_define_flags, argv, __doc__,
                              positional="--")
     unknown = [name for name in args.levers if name not in LEVERS]
     if unknown:

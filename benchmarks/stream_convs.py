@@ -72,11 +72,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("shape", ["4", "8", "32", "32", "32"], "T,B,H,Cin,Cout: task streams, "
                       "batch, height = width, input and output channels", flag_values=fv)
     flags.DEFINE_bool("im2col", False, "the shifted-slices + matmul variants", flag_values=fv)
-    flags.DEFINE_integer("rounds", 5, "rounds, best of them", flag_values=fv)
+    flags.DEFINE_integer("rounds", 5, "rounds, best of them", flag_values=fv, lower_bound=1)
 
 
 def benchmark(argv: list[str] | None = None) -> dict:
-    a, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
+    a, _ = cli.parse(_define_flags, argv, __doc__)
     if len(a.shape) != 5 or not all(v.isdigit() for v in a.shape):
         raise SystemExit(f"error: --shape={','.join(a.shape)}: give five integers T,B,H,Cin,Cout")
     t, b, h, c, o = (int(v) for v in a.shape)

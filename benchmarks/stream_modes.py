@@ -68,12 +68,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("task_sets", ["pose2d", "all"], "task sets, e.g. pose2d,all",
                       flag_values=fv)
     flags.DEFINE_integer("rounds", 2, "rounds, the modes' order swapped every round",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=1)
 
 
 def benchmark(argv: list[str] | None = None) -> dict:
     """Arguments after `--` go to train_step.py (config overrides, --steps, ...)."""
-    args, passed = cli.parse(_define_flags, argv, __doc__.splitlines()[0],
+    args, passed = cli.parse(_define_flags, argv, __doc__,
                              positional="--")
     modes = tuple(args.modes)
     if len(modes) != 2 or not set(modes) <= {"separate", "vmapped"}:

@@ -83,7 +83,7 @@ def loop_img_per_s(config: ml_collections.ConfigDict, steps: int) -> float:
 def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv, steps=20, warmup=2)
     flags.DEFINE_integer("repeats", 2, "rounds of both measurements; the best of each is kept",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=1)
 
 
 def benchmark(argv: Sequence[str] | None = None) -> dict:

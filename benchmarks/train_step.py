@@ -304,7 +304,7 @@ def measure(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 2,
 def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_timing(fv)
     flags.DEFINE_integer("devices", 1, "local devices to split the batch over",
-                         flag_values=fv)
+                         flag_values=fv, lower_bound=1)
     flags.DEFINE_enum("feed", "cropped", ["cropped", "trainer"], "what the step takes: a "
                       "random cropped batch, or the trainer's own program and one batch of "
                       "config.dataset (with config.augment_on's crop inside the step where it "

@@ -54,15 +54,16 @@ GOALS = {"trainer_over_bare": 0.95, "data_idle": 0.02}
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("demo_data", None, "build the demo dataset here (if missing) and train "
                         "on it", flag_values=fv)
-    flags.DEFINE_integer("demo_clips", 8, "demo clips per split", flag_values=fv)
-    flags.DEFINE_integer("demo_frames", 30, "frames per demo clip", flag_values=fv)
+    flags.DEFINE_integer("demo_clips", 8, "demo clips per split", flag_values=fv, lower_bound=1)
+    flags.DEFINE_integer("demo_frames", 30, "frames per demo clip", flag_values=fv, lower_bound=1)
     flags.DEFINE_string("workdir", None, "the trainer's workdir (default: a fresh temporary "
                         "one; it must not hold a checkpoint of this config)", flag_values=fv)
     flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache of both "
                         "runs (default: a fresh temporary folder)", flag_values=fv)
     flags.DEFINE_bool("bare", True, "also measure the bare step (benchmarks/train_step.py)",
                       flag_values=fv)
-    flags.DEFINE_integer("bare_steps", 20, "timed steps of the bare step", flag_values=fv)
+    flags.DEFINE_integer("bare_steps", 20, "timed steps of the bare step", flag_values=fv,
+                         lower_bound=1)
 
 
 def read_scalars(workdir: str) -> dict[str, dict[int, float]]:

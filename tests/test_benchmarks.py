@@ -437,16 +437,59 @@ def test_compile_noting_cache_tells_a_load_from_a_compilation():
     ("--size=paper2", "--size=paper2: give paper or tiny"),
     ("--part=trainer", "unknown argument --part=trainer"),
     ("--task_sets=pose2d,al", "unknown task set al"),
-    ("--levers=none,flax", "unknown lever flax"),
+    ("--parts=levers --levers=none,flax", "unknown lever flax"),
+    ("--parts=levers --levers=n.ne", "unknown lever n.ne"),
+    ("--parts=", "--parts is empty"),
+    ("--parts=step --levers=none,flax_ops", "the levers part is not in --parts=step"),
     ("--time_s=10m", "--time_s=10m: give seconds")])
 def test_the_prepared_accelerator_run_refuses_a_bad_argument_before_any_work(arg, message,
                                                                              tmp_path):
-    proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"), arg],
+    proc = subprocess.run(["bash", os.path.join(cli.REPO, "benchmarks", "accelerator.sh"),
+                           *arg.split()],
                           env={**os.environ, "OUT": str(tmp_path),
                                "ACCELERATOR_WORK": str(tmp_path / "work")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not os.listdir(tmp_path)  # nothing built, installed or written
+
+
+@pytest.mark.parametrize("script, flag", [
+    ("train_step", "--steps=0"), ("compare", "--repeats=0"), ("stream_modes", "--rounds=0"),
+    ("trainer_speed", "--bare_steps=0"), ("pool_backward", "--warmup=-1")])
+def test_a_benchmark_refuses_a_count_it_cannot_time_in_one_line(script, flag):
+    """No steps, rounds or repeats to time (a division by zero or an empty median deep in the
+    run) is refused as the flag's error, before any work."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main([flag])
+    assert isinstance(e.value.code, str) and e.value.code.startswith(f"error: flag {flag}: ")
+    assert "\n" not in e.value.code
+
+
+def _scripts_with_usage() -> list[str]:
+    """The benchmarks whose docstring gives their own command line."""
+    import ast
+
+    return sorted(name[:-3] for name in os.listdir(BENCHMARKS) if name.endswith(".py") and (
+        f"    python3 benchmarks/{name}" in (ast.get_docstring(ast.parse(
+            open(os.path.join(BENCHMARKS, name)).read())) or "")))
+
+
+@pytest.mark.parametrize("script", _scripts_with_usage())
+def test_a_benchmarks_help_prints_its_whole_docstring_usage_included(script, capsys):
+    """`--help` prints the module's docstring whole (its usage lines and what the flags after
+    `--` are), then the flags, and exits 0."""
+    import importlib
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(module.__doc__.strip().splitlines()[0]), out[:200]
+    assert module.__doc__.strip()[-60:] in out
+    assert f"python3 benchmarks/{script}.py" in out
 
 
 @pytest.mark.parametrize("arg", ["--help", "-h"])
@@ -481,12 +524,13 @@ def test_the_prepared_accelerator_run_skips_what_its_time_budget_cannot_hold(tmp
     """--time_s leaves each command the time left less its exit's margin (30 s); a command
     with under a minute left is skipped with a line saying so, and the run goes on. The host's
     line comes first, and at the tiny size a CPU backend does not stop the run."""
+    out = tmp_path / "out" / "new"  # made by the script, as its work folder is
     proc = subprocess.run(["bash", _copy_of_the_script(tmp_path), "--size=tiny",
                            "--parts=step,streams", "--time_s=89"],
-                          env={**os.environ, "OUT": str(tmp_path)},
+                          env={**os.environ, "OUT": str(out)},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    host, *lines = [json.loads(x) for x in open(tmp_path / "accelerator.jsonl")]
+    host, *lines = [json.loads(x) for x in open(out / "accelerator.jsonl")]
     assert (host["benchmark"], host["backend"]) == ("host", "cpu")
     assert [x["command"] for x in lines] == ["train_step.py tasks=pose2d config.batch_size=4",
                                              "train_step.py tasks=pose2d config.batch_size=8",
@@ -1066,9 +1110,10 @@ STAGES = ("read_ms", "read_bytes_ms", "parse_ms", "parse_tfds_ms", "parse_frame_
 
 
 def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_dataset, capsys):
-    """The demo config's 12 training records at 64 px: every stage timed, the maps no target
-    is made from named, and a record's read (its bytes, then their parse) costs at least the
-    read of its bytes, as a parse of every feature costs at least that of the frame number.
+    """The demo config's 12 training records at 64 px in batches of 16 (more than the
+    split's records: they repeat): every stage timed, the maps no target is made from named,
+    and a record's read (its bytes, then their parse) costs at least the read of its bytes, as
+    a parse of every feature costs at least that of the frame number.
 
     Those stages cost some microseconds a record (about 4x apart): each record is timed 10
     times (120 examples), and Python's garbage collector, whose pause would fall on one stage
@@ -1076,7 +1121,8 @@ def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_da
     collecting = gc.isenabled()
     gc.disable()
     try:
-        assert input_stages.main([*_demo_data(demo_dataset), "--examples=120"]) == 0
+        assert input_stages.main([*_demo_data(demo_dataset), "--examples=120",
+                                  "--config.batch_size=16"]) == 0
     finally:
         if collecting:
             gc.enable()
