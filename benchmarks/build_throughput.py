@@ -11,7 +11,6 @@ includes the runner's start-up and shuffle cost) and the bytes per stored exampl
 and 256 Beam workers (one core each).
 """
 
-import json
 import os
 import resource
 import sys
@@ -20,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 from absl import flags
+from cli import print_line
 
 from hgmt import cli, cores
 
@@ -81,19 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                        .data_path).glob("surreal-*.array_record-*"))
         stored = sum(os.path.getsize(s) for s in shards)
     per_core = frames / max(python_s, python_cpu)
-    print(json.dumps({
-        "benchmark": "build_throughput", "config": "all", "frames": frames,
-        "python": {"seconds": round(python_s, 2), "cpu_seconds": round(python_cpu, 2),
-                   "frames_per_s": round(frames / python_s, 1),
-                   "frames_per_s_per_core": round(per_core, 1)},
-        "beam_direct": {"workers": args.beam_workers, "seconds": round(beam_s, 2),
-                        "frames_per_s": round(frames / beam_s, 1),
-                        "frames_per_s_per_core": round(frames / beam_s / args.beam_workers,
-                                                       1)},
-        "bytes_per_example": round(stored / frames),
-        "full_surreal_hours": {str(n): round(SURREAL_FRAMES / (per_core * n) / 3600, 1)
-                               for n in (16, 64, 256)},
-        "cpus": cores.usable_cores()}))
+    print_line({
+  "benchmark": "build_throughput", "config": "all", "frames": frames,
+  "python": {"seconds": round(python_s, 2), "cpu_seconds": round(python_cpu, 2),
+             "frames_per_s": round(frames / python_s, 1),
+             "frames_per_s_per_core": round(per_core, 1)},
+  "beam_direct": {"workers": args.beam_workers, "seconds": round(beam_s, 2),
+                  "frames_per_s": round(frames / beam_s, 1),
+                  "frames_per_s_per_core": round(frames / beam_s / args.beam_workers,
+                                                 1)},
+  "bytes_per_example": round(stored / frames),
+  "full_surreal_hours": {str(n): round(SURREAL_FRAMES / (per_core * n) / 3600, 1)
+                         for n in (16, 64, 256)},
+  "cpus": cores.usable_cores()})
     return 0
 
 

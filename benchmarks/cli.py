@@ -13,6 +13,8 @@ weights and options from it."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import time
@@ -68,10 +70,20 @@ def describe(config) -> dict:
             "tasks": "+".join(parse_tasks(config.tasks)), "dtype": config.model.dtype}
 
 
+def print_line(line: dict) -> dict:
+    """Prints a benchmark's JSON line, dated: `line` with `provenance`'s fields where it has
+    none of its own (a line made from other runs' lines keeps theirs), flushed (a run stopped
+    later keeps the lines before); -> the line printed."""
+    dated = {**provenance(), **line}
+    print(json.dumps(dated), flush=True)
+    return dated
+
+
+@functools.cache
 def provenance() -> dict:
     """The JSON fields that date a benchmark's line: "commit", the repository's HEAD (short
     hash; "+changes" where the tracked files differ from it, "unknown" outside a git
-    checkout), and "date", today in UTC (YYYY-MM-DD)."""
+    checkout), and "date", the day in UTC (YYYY-MM-DD) of the process's first line."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import cli
 import fresh_process
 from absl import flags
+from cli import print_line
 
 from hgmt.tasks import TASKS, parse_tasks
 
@@ -147,7 +148,9 @@ def ratio_line(lines: Sequence[dict]) -> dict:
             "torch_compile_mode": field(compiled, "compile_mode"),
             "same_params": len({x["params"] for x in (jx, eager, compiled) if x}) == 1,
             "over_torch": ratio(eager), "over_torch_compiled": ratio(compiled),
-            "goal_over_torch_compiled": GOAL_OVER_TORCH_COMPILED}
+            "goal_over_torch_compiled": GOAL_OVER_TORCH_COMPILED,
+            # the measured code's, where hgmt's line names it (`cli.provenance`)
+            **{k: jx[k] for k in ("commit", "date") if jx and k in jx}}
 
 
 def print_ratio_line(path: str) -> dict:
@@ -155,7 +158,7 @@ def print_ratio_line(path: str) -> dict:
     with open(path) as f:
         lines = [json.loads(x) for x in f if x.startswith("{")]
     row = ratio_line(lines)
-    print(json.dumps(row), flush=True)
+    print_line(row)
     return row
 
 
@@ -205,7 +208,7 @@ def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
                 "torch_compile_failed": tc["compile_failed"],
                 **({"torch_compile_error": tc["compile_error"]} if tc["compile_failed"] else {})})
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print_line(row)
     by_shape: dict = {}
     for row in rows:
         shape = tuple(row[k] for k in ("stacks", "features", "res", "batch", "dtype"))
@@ -221,8 +224,8 @@ def benchmark(argv: Sequence[str] | None = None) -> list[dict]:
             overhead[",".join(map(str, shape))] = {
                 impl: round(one[f"{impl}_img_per_s"] / four[f"{impl}_img_per_s"], 2)
                 for impl in impls}
-    print(json.dumps({"summary": "four-task step time / one-task step time",
-                      "overhead": overhead}))
+    print_line({"summary": "four-task step time / one-task step time",
+                "overhead": overhead})
     return rows
 
 

@@ -11,7 +11,6 @@ step), step_s, the loss of the last step, process_s, and XLA_FLAGS."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ _START = time.perf_counter()
 
 import cli  # noqa: E402
 from absl import flags  # noqa: E402
+from cli import print_line  # noqa: E402
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -58,7 +58,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
               "step_s": round((time.perf_counter() - t) / fv.steps, 3),
               "loss": float(metrics["loss/total"][0]),
               "process_s": round(time.perf_counter() - _START, 1)}
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

@@ -16,13 +16,13 @@ none collected).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 from absl import flags
+from cli import print_line
 
 from hgmt import cli
 
@@ -70,12 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                               *(passed or DEFAULT_TESTS)], plugins=[outcomes]))
     import jax
 
-    print(json.dumps({"benchmark": "device_tests", "backend": jax.default_backend(),
-                      "devices": sorted({d.device_kind for d in jax.local_devices()}),
-                      "xla_flags": os.environ["XLA_FLAGS"],
-                      "passed": len(outcomes.passed), "failed": outcomes.failed,
-                      "skipped": len(outcomes.skipped), "exit": rc,
-                      "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
+    print_line({"benchmark": "device_tests", "backend": jax.default_backend(),
+                "devices": sorted({d.device_kind for d in jax.local_devices()}),
+                "xla_flags": os.environ["XLA_FLAGS"],
+                "passed": len(outcomes.passed), "failed": outcomes.failed,
+                "skipped": len(outcomes.skipped), "exit": rc,
+                "wall_s": round(time.perf_counter() - t0, 1)})
     return rc
 
 

@@ -16,7 +16,6 @@ round (milliseconds per call), then a summary with each way's median over `hand`
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from cli import print_line
 from jax.scipy import ndimage
 
 from hgmt.data import device_augment
@@ -111,8 +111,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                 out = fn(*args)
             jax.block_until_ready(out)
             ms[name].append(1e3 * (time.perf_counter() - t0) / fv.steps)
-            print(json.dumps({"benchmark": "device_warp", "way": name, "round": r + 1,
-                              "ms": round(ms[name][-1], 3)}), flush=True)
+            print_line({"benchmark": "device_warp", "way": name, "round": r + 1,
+                        "ms": round(ms[name][-1], 3)})
     median = {name: statistics.median(v) for name, v in ms.items()}
     summary = {"benchmark": "device_warp_summary", "backend": jax.default_backend(),
                "device": jax.local_devices()[0].device_kind,
@@ -121,7 +121,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                "max_abs_difference_frames": difference, "differing_label_pixels": mismatch,
                "median_ms": {k: round(v, 3) for k, v in median.items()},
                "over_hand": {k: round(v / median["hand"], 3) for k, v in median.items()}}
-    print(json.dumps(summary), flush=True)
+    print_line(summary)
     return summary
 
 

@@ -26,7 +26,6 @@ backend and device count, and the load average before and after (the machine may
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import flags
-from cli import config_path
+from cli import config_path, print_line
 
 from hgmt import cli, cores, devices
 from hgmt.data import input_pipeline
@@ -129,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hgmt.main import prepare_demo_dataset
 
         prepare_demo_dataset(config)
-    print(json.dumps(measure(config, args.split, args.frames, args.max_examples,
-                             args.rounds)))
+    print_line(measure(config, args.split, args.frames, args.max_examples,
+                       args.rounds))
     sys.stdout.flush()
     return 0
 

@@ -30,7 +30,6 @@ the ratio device/host of each alternating pair.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 from absl import flags
-from cli import config_path
+from cli import config_path, print_line
 
 from hgmt import cli, cores
 from hgmt.data import augment, device_augment, input_pipeline
@@ -168,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for place in places:
             results.append(measure(config, args.batches, augment_on=place))
             if len(places) > 1 or args.repeats > 1:
-                print(json.dumps(results[-1]))
+                print_line(results[-1])
     if len(results) > 1:
-        print(json.dumps(summarize(results)))
+        print_line(summarize(results))
         sys.stdout.flush()
         return 0
     result = results[0]
@@ -178,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_core = args.train_img_per_s / cores.usable_cores()
         result["train_img_per_s"] = args.train_img_per_s
         result["ratio_per_core"] = round(result["examples_per_cpu_s"] / per_core, 2)
-    print(json.dumps(result))
+    print_line(result)
     sys.stdout.flush()
     return 0
 

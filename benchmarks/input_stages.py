@@ -18,14 +18,13 @@ line.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
-from cli import config_path
+from cli import config_path, print_line
 
 from hgmt import cli
 from hgmt.data import device_augment, input_pipeline, tf_example
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out[f"batch_{name}_ms_per_example"] = round(cpu_ms(
             lambda _, e=examples: {key: np.stack([x[key] for x in e]) for key in e[0]},
             max(1, n // batch)) / batch, 3)
-    print(json.dumps(out))
+    print_line(out)
     return 0
 
 

@@ -16,7 +16,6 @@ the whole set of pools), then a summary with each way's median over `stacked`'s.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from cli import print_line
 from flax import linen as nn
 from jax.extend import core
 
@@ -150,8 +150,8 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                 out = fn(xs, gs)
             jax.block_until_ready(out)
             ms[name].append(1e3 * (time.perf_counter() - t0) / fv.steps)
-            print(json.dumps({"benchmark": "pool_backward", "way": name, "round": r + 1,
-                              "ms": round(ms[name][-1], 3)}), flush=True)
+            print_line({"benchmark": "pool_backward", "way": name, "round": r + 1,
+                        "ms": round(ms[name][-1], 3)})
     median = {name: statistics.median(v) for name, v in ms.items()}
     summary = {"benchmark": "pool_backward_summary", "backend": jax.default_backend(),
                "device": jax.local_devices()[0].device_kind, **cli.describe(fv.config),
@@ -161,7 +161,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                "max_abs_difference": differences,
                "median_ms": {k: round(v, 3) for k, v in median.items()},
                "over_stacked": {k: round(v / median["stacked"], 3) for k, v in median.items()}}
-    print(json.dumps(summary), flush=True)
+    print_line(summary)
     return summary
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli  # noqa: E402
 import train_step  # noqa: E402
 import xla_ops  # noqa: E402
+from cli import print_line  # noqa: E402
 
 
 def kernel_shapes(params) -> set[tuple[int, ...]]:
@@ -204,7 +205,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
               "slowest_ops": {f"{n} [{ops[n]['kind']}]": round(us / 1e3 / fv.steps, 3)
                               for n, us in slowest},
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "trace": path}
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

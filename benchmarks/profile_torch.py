@@ -20,13 +20,13 @@ rather than print CPU launch times as the GPU's.
 from __future__ import annotations
 
 import collections
-import json
 import sys
 from collections.abc import Sequence
 
 import cli
 import torch
 import torch_reference
+from cli import print_line
 from torch.profiler import ProfilerActivity, profile
 
 CONV_OPS = {"aten::mkldnn_convolution": "forward", "aten::convolution_backward": "backward"}
@@ -69,7 +69,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     result = {"benchmark": "profile_torch", **cli.describe(fv.config),
               "ms_per_step": round(sum(per_kind.values()), 1),
               "ms_per_kind": {k: round(v, 1) for k, v in per_kind.most_common()}}
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

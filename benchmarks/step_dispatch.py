@@ -49,6 +49,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from cli import print_line
 
 from hgmt import cli as hgmt_cli
 from hgmt import cores
@@ -231,12 +232,10 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
                                    process_id=fv.process_id)
         line = measure(fv.config, fv.calls, fv.repeats, fv.warmup)
     elif fv.processes > 1:
-        line = {**run_processes(fv), **cli.provenance()}
+        line = run_processes(fv)
     else:
-        line = measure(fv.config, fv.calls, fv.repeats, fv.warmup)
-        line = {**combine([line]), **cli.provenance()}
-    print(json.dumps(line), flush=True)
-    return line
+        line = combine([measure(fv.config, fv.calls, fv.repeats, fv.warmup)])
+    return print_line(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ when named, with `--devices=N` after `--`.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import fresh_process  # noqa: E402
 from absl import flags  # noqa: E402
+from cli import print_line  # noqa: E402
 
 from hgmt import cli  # noqa: E402
 
@@ -107,10 +107,10 @@ def benchmark(argv: list[str] | None = None) -> dict:
     results = []
     for name in args.levers:
         result = run_lever(name, passed, args.timeout_s)
-        print(json.dumps(result), flush=True)
+        print_line(result)
         results.append(result)
     summary = summarize(results)
-    print(json.dumps(summary), flush=True)
+    print_line(summary)
     return summary
 
 

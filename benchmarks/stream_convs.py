@@ -14,7 +14,6 @@ alternating; one JSON line with milliseconds per variant.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+from cli import print_line  # noqa: E402
 
 from hgmt import cli  # noqa: E402
 
@@ -99,7 +99,7 @@ def benchmark(argv: list[str] | None = None) -> dict:
     result = {"tasks": t, "batch": b, "size": h, "cin": c, "cout": o,
               "backend": jax.default_backend(),
               "ms": {n: round(min(v) * 1e3, 2) for n, v in times.items()}}
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

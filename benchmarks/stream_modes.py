@@ -16,7 +16,6 @@ growth). On a shared machine read the ratios within a round, not absolute times.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,7 +26,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import fresh_process  # noqa: E402
 from absl import flags  # noqa: E402
-from cli import config_path  # noqa: E402
+from cli import config_path, print_line  # noqa: E402
 
 from hgmt import cli  # noqa: E402
 
@@ -83,10 +82,10 @@ def benchmark(argv: list[str] | None = None) -> dict:
         for tasks in args.task_sets:
             for mode in (modes if i % 2 == 0 else modes[::-1]):
                 result = {**run(passed, tasks, mode), "round": i}
-                print(json.dumps(result), flush=True)
+                print_line(result)
                 results.append(result)
     summary = summarize(results, modes)
-    print(json.dumps(summary), flush=True)
+    print_line(summary)
     return summary
 
 

@@ -7,13 +7,13 @@ processes.
 Generates the train split only. Prints one JSON line.
 """
 
-import json
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 
 from absl import flags
+from cli import print_line
 
 from hgmt import cli, cores
 
@@ -39,9 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            workers=args.workers)
         seconds = time.perf_counter() - start
     frames = args.clips_per_split * args.frames_per_clip
-    print(json.dumps({"benchmark": "synthetic", "frames": frames, "seconds": round(seconds, 3),
-                      "frames_per_s": round(frames / seconds, 1), "workers": args.workers,
-                      "cpus": cores.usable_cores()}))
+    print_line({"benchmark": "synthetic", "frames": frames, "seconds": round(seconds, 3),
+                "frames_per_s": round(frames / seconds, 1), "workers": args.workers,
+                "cpus": cores.usable_cores()})
     return 0
 
 

@@ -29,7 +29,6 @@ eager.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import cli  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from absl import flags  # noqa: E402
+from cli import print_line  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hgmt.tasks import parse_tasks  # noqa: E402
@@ -258,7 +258,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         "img_per_s": round(config.batch_size / dt, 2), "first_step_s": round(first_s, 2),
         "compile_s": round(max(first_s - dt, 0.0), 2) if mode else 0.0,
     }
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

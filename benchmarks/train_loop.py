@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import train_step
 from absl import flags
+from cli import print_line
 
 from hgmt import cores
 from hgmt.training import loop
@@ -104,7 +105,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
               "train_loop_img_per_s": round(loop_rate, 2),
               "loop_overhead": round(1 - loop_rate / step, 4),
               "all_step_img_per_s": step_rates, "all_loop_img_per_s": loop_rates}
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

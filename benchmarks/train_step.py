@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import platform
 import sys
 import time
@@ -47,6 +46,7 @@ import ml_collections
 import numpy as np
 import xla_ops
 from absl import flags
+from cli import print_line
 
 from hgmt import cores
 from hgmt import devices as hgmt_devices
@@ -315,7 +315,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv` and prints its JSON; -> the figures."""
     fv = cli.parse(_define_flags, argv, __doc__)
     result = measure(fv.config, fv.steps, fv.warmup, fv.devices, fv.feed)
-    print(json.dumps(result))
+    print_line(result)
     return result
 
 

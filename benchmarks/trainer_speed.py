@@ -30,7 +30,6 @@ its line says so ({"benchmark": "bare_step", "error": ...}) and the trainer runs
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import signal
@@ -43,6 +42,7 @@ from collections.abc import Sequence
 import cli
 import fresh_process
 from absl import flags
+from cli import print_line
 
 from hgmt import cores
 from hgmt.data import input_pipeline
@@ -153,11 +153,10 @@ def measure_bare(config_args: Sequence[str], steps: int, env: dict[str, str]) ->
                                                    f"--steps={steps}", "--warmup=3"], env)
     except fresh_process.Failed as e:
         last = e.stderr.strip().splitlines()[-1:] or ["no output"]
-        print(json.dumps({"benchmark": "bare_step", "error": f"exit {e.returncode}: {last[0]}"}),
-              flush=True)
+        print_line({"benchmark": "bare_step", "error": f"exit {e.returncode}: {last[0]}"})
         progress(f"the bare step failed; the trainer runs without it:\n{e}")
         return None
-    print(json.dumps({"benchmark": "bare_step", **bare}), flush=True)
+    print_line({"benchmark": "bare_step", **bare})
     return bare
 
 
@@ -218,7 +217,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
             result["trainer_over_bare"] = round(
                 figures["trainer_img_per_s"] / bare["img_per_s"], 3)
     result["goals"] = GOALS
-    print(json.dumps(result), flush=True)
+    print_line(result)
     return result
 
 

@@ -467,6 +467,23 @@ def test_a_benchmark_refuses_a_count_it_cannot_time_in_one_line(script, flag):
     assert "\n" not in e.value.code
 
 
+def test_a_benchmarks_line_names_the_commit_and_day_it_measured(tmp_path, capsys):
+    """`cli.print_line` adds the repository's HEAD (with "+changes" where the tracked files
+    differ from it) and the UTC day; a line that names its own keeps them."""
+    import subprocess as sp
+
+    head = sp.run(["git", "-C", cli.REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                  text=True, check=True).stdout.strip()
+    changed = sp.run(["git", "-C", cli.REPO, "diff", "--quiet", "HEAD"]).returncode != 0
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert cli.print_line({"benchmark": "x", "ms": 1.5}) == {
+        "benchmark": "x", "ms": 1.5, "commit": head + ("+changes" if changed else ""),
+        "date": today}
+    assert json.loads(capsys.readouterr().out)["commit"].startswith(head)
+    kept = {"benchmark": "y", "commit": "abc1234", "date": "2026-12-04"}
+    assert cli.print_line(kept) == kept
+
+
 def _scripts_with_usage() -> list[str]:
     """The benchmarks whose docstring gives their own command line."""
     import ast
@@ -892,7 +909,8 @@ def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, caps
     shape = {"stacks": 2, "features": 256, "res": 256, "batch": 64, "tasks": "pose2d",
              "dtype": "bfloat16", "params": 6_500_000}
     lines = [{"impl": "jax", "feed": "trainer", "img_per_s": 999.0, **shape},
-             {"impl": "jax", "feed": "cropped", "img_per_s": 300.0, **shape},
+             {"impl": "jax", "feed": "cropped", "img_per_s": 300.0, **shape,
+              "commit": "abc1234", "date": "2026-12-04"},
              {"benchmark": "accelerator_command", "command": "train_step.py", "exit": 0},
              {"impl": "torch", "compile_mode": "eager", "img_per_s": 100.0, **shape},
              {"impl": "torch", "compile_mode": "default", "img_per_s": 150.0, **shape}]
@@ -900,6 +918,8 @@ def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, caps
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert compare.main([f"--from_lines={path}"]) == 0
     row = json.loads(capsys.readouterr().out)
+    # dated as the measurement it is made from, not as the day and code it was combined
+    assert (row.pop("commit"), row.pop("date")) == ("abc1234", "2026-12-04")
     assert row == {"benchmark": "hgmt_over_torch", **{k: v for k, v in shape.items()
                                                        if k != "params"},
                    "hgmt_img_per_s": 300.0, "hgmt_feed": "cropped", "torch_img_per_s": 100.0,
@@ -982,7 +1002,8 @@ def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_sam
     bare, result = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     # the default config's worker_count -1, and the 16 cores less two that the loader runs
     assert (result["worker_count"], result["loader_workers"], result["cpus"]) == (-1, 14, 16)
-    assert bare == {"benchmark": "bare_step", "error": "exit 1: RuntimeError: crafted failure"}
+    assert bare == {"benchmark": "bare_step", "error": "exit 1: RuntimeError: crafted failure",
+                    **cli.provenance()}
     assert len(ran) == 1 and ran[0][1:3] == ["-m", "hgmt.main"]
     assert result["benchmark"] == "trainer" and result["complete"]
     assert result["trainer_img_per_s"] == 70.0 and result["trainer_first_step_s"] == 3.5
@@ -1127,7 +1148,7 @@ def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_da
         if collecting:
             gc.enable()
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(r) == {"benchmark", "res", "records", "tasks", "unread", *STAGES}
+    assert set(r) == {"benchmark", "res", "records", "tasks", "unread", *STAGES, "commit", "date"}
     assert (r["benchmark"], r["res"], r["records"]) == ("input_stages", 64, 12)
     assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["unread"] == ["depth"]
     assert all(np.isfinite(r[k]) and r[k] >= 0 for k in STAGES)
