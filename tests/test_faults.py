@@ -1043,6 +1043,29 @@ def test_a_lock_file_that_names_no_holder_is_refused_as_such(tmp_path, content, 
         assert json.loads(path.read_text())["token"] == lock.me["token"]
 
 
+def test_a_full_disk_while_the_demo_clips_are_written_removes_them_and_the_rerun_makes_them(
+        small_disk, tmp_path):
+    """The demo clips' disk fills while they are written (a 64 KiB tmpfs): `DiskFull` names
+    their folder and the space on its disk (not data_dir's), and the clips written so far are
+    removed, so the rerun after space is freed generates them again and builds (before: the
+    rerun stopped on clips without a record of their generation, naming the folder to remove
+    by hand)."""
+    from hgmt.data import demo
+
+    disk = small_disk(64 * 1024)
+    root, data_dir = os.path.join(disk.path, "surreal"), str(tmp_path / "tfds")
+    with pytest.raises(disk_space.DiskFull) as e:
+        demo.build(root, data_dir, clips_per_split=1, frames=4)
+    message = str(e.value)
+    assert message.startswith(f"[Errno 28] cannot write the demo clips to {root}: the disk or "
+                              f"quota is full ("), message
+    assert f"Removed the clips written so far ({root}/cmu). Free space" in message
+    assert not os.path.exists(os.path.join(root, "cmu")) and not os.path.exists(data_dir)
+    disk.resize(64 * 1024 * 1024)
+    assert demo.build(root, data_dir, clips_per_split=1, frames=4) == data_dir
+    assert json.loads(open(os.path.join(root, demo.GENERATED_FILE)).read())["frames"] == 4
+
+
 def test_a_full_disk_when_taking_the_lock_is_disk_full_and_leaves_no_lock_file(small_disk,
                                                                              monkeypatch):
     """On a full disk the lock file is created (an empty file needs no data block) but its

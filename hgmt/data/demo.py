@@ -12,6 +12,7 @@ import sys
 
 from etils import epath
 
+from hgmt import disk_space
 from hgmt.data import shards
 from hgmt.sources import synthetic
 
@@ -51,18 +52,34 @@ def build(surreal_root: str, data_dir: str, clips_per_split: int, frames: int, s
             shutil.rmtree(clips, ignore_errors=True)
             os.remove(marker)
         logging.info("generating demo SURREAL clips in %s", surreal_root)
+        fresh = not os.path.exists(clips)
         try:
-            synthetic.generate(surreal_root, clips_per_split, frames, seed, workers=workers)
+            with disk_space.reported(surreal_root, "the demo clips",
+                                     cleanup=lambda: _removed(clips) if fresh else ""):
+                synthetic.generate(surreal_root, clips_per_split, frames, seed,
+                                   workers=workers)
         except synthetic.ClipsExist:  # clips not of a complete generation of hgmt's
             raise RuntimeError(
                 f"{clips} holds clips but {surreal_root} has no {GENERATED_FILE}: an "
                 f"interrupted demo generation, or clips hgmt did not generate. Remove {clips} "
                 f"to generate the demo clips again, or give another demo folder") from None
+        except BaseException:  # e.g. Ctrl-C: a rerun generates the clips again, not stops
+            if fresh:
+                shutil.rmtree(clips, ignore_errors=True)
+            raise
         with open(marker, "w") as f:
             json.dump(settings, f)
-    build_dataset(surreal_root, data_dir, dataset)
+    with disk_space.reported(data_dir, f"{dataset}, built from the demo clips"):
+        build_dataset(surreal_root, data_dir, dataset)
     (epath.Path(builder.data_dir) / GENERATED_FILE).write_text(json.dumps(settings))
     return data_dir
+
+
+def _removed(clips: str) -> str:
+    """Removes the clips a generation had written (`clips` was not there before it), so that a
+    rerun generates them again; -> the sentence that says so."""
+    shutil.rmtree(clips, ignore_errors=True)
+    return f"Removed the clips written so far ({clips})."
 
 
 def _read(path: epath.Path) -> dict | None:
