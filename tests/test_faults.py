@@ -1281,7 +1281,7 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert message.startswith(f"error: DiskFull: [Errno 28] cannot write the checkpoint of "
                               f"step 4 to {workdir}: the disk or quota is full"), message
     assert re.search(r"\((\d+\.\d [KM]iB|\d+ bytes) free on it\)", message), message
-    assert "the earlier checkpoints (steps [2]) are intact" in message
+    assert "the training checkpoints (steps [2]) are intact" in message
     assert _partial(workdir) == []
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
     assert checkpoints.restore_for_inference(workdir, 2)[2] == 2
@@ -1347,7 +1347,7 @@ def test_a_failed_background_checkpoint_write_stops_the_run_and_keeps_the_one_ke
     writer = LoggedSteps(9, lambda: made[0])
     with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 8 to "
                                                   rf"{re.escape(workdir)}: the disk or quota "
-                                                  rf"is full.*the earlier checkpoints \(steps "
+                                                  rf"is full.*the training checkpoints \(steps "
                                                   rf"\[4\]\) are intact"):
         loop.train(config, workdir, writer)
     assert writer.steps[-1] in (8, 9), writer.steps
@@ -1579,8 +1579,8 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
     workdir = os.path.join(disk.path, "w")
     writer = FillsDiskAt(disk.path, "validation", 256 * 1024)
     best = re.escape(workdirs.best_dir(workdir))
-    with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 2 to "
-                                                  rf"{re.escape(workdir)}: the disk or quota "
+    with pytest.raises(disk_space.DiskFull, match=rf"cannot write the best checkpoint of step 2 "
+                                                  rf"to {re.escape(workdir)}: the disk or quota "
                                                   rf"is full .*Removed the partial {best}/2\."
                                                   rf"orbax-checkpoint-tmp"):
         loop.run(config, workdir, writer)
@@ -1623,8 +1623,9 @@ def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(t
     filler = _fill(disk.path, 64 * 1024)  # no room for a second checkpoint, whatever its size
     best = re.escape(workdirs.best_dir(workdir))
     with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
-        with pytest.raises(disk_space.DiskFull, match=rf"cannot write the checkpoint of step 2 "
-                                                      rf"to {re.escape(workdir)}: the disk or "
+        with pytest.raises(disk_space.DiskFull, match=rf"cannot write the best checkpoint of "
+                                                      rf"step 2 to {re.escape(workdir)}: the "
+                                                      rf"disk or "
                                                       rf"quota is full .*Removed the partial "
                                                       rf"{best}/2\.orbax-checkpoint-tmp"):
             evals.forget_after(4, lambda: state)

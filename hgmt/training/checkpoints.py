@@ -369,12 +369,13 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0)
 
 
 @contextlib.contextmanager
-def stop_on_full_disk(workdir: str, step: int | None) -> Iterator[None]:
+def stop_on_full_disk(workdir: str, step: int | None, what: str = "checkpoint"
+                      ) -> Iterator[None]:
     """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
     `step`, or from its background thread at a later call, for an earlier step) into
-    `disk_space.DiskFull`, after removing the partial checkpoint; the message names the
-    workdir, the step that failed (from the partial folder's name), the space left and the
-    intact checkpoints to resume from."""
+    `disk_space.DiskFull`, after removing the partial checkpoint; the message names `what`
+    was written (e.g. "best checkpoint"), the workdir, the step that failed (from the partial
+    folder's name), the space left and the intact training checkpoints to resume from."""
     try:
         yield
     except disk_space.DiskFull:
@@ -388,9 +389,9 @@ def stop_on_full_disk(workdir: str, step: int | None) -> Iterator[None]:
                         if m) or [step]
         raise disk_space.DiskFull(
             errno.ENOSPC,
-            f"cannot write the checkpoint of step {failed[-1]} to {workdir}: the disk or quota "
+            f"cannot write the {what} of step {failed[-1]} to {workdir}: the disk or quota "
             f"is full ({disk_space.space_left(workdir)} on it). Removed the partial "
-            f"{', '.join(removed) or 'checkpoint'}; the earlier checkpoints (steps "
+            f"{', '.join(removed) or what}; the training checkpoints (steps "
             f"{_steps_on_disk(workdirs.checkpoint_dir(workdir))}) are intact. Free space (or "
             f"raise the quota) and rerun the same command: it resumes from the newest of them "
             f"({type(e).__name__}: {str(e)[:300]})") from e
