@@ -8,6 +8,7 @@ Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -558,22 +559,29 @@ def check_out_file(out: str) -> None:
 def write_report(summary: dict, out: str) -> list[str]:
     """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
     `summary_pictures`, e.g. a PCK curve), which the JSON lists ('pictures', file names
-    beside it). -> the paths written. The JSON comes last, so that
-    its presence (what a rerun of the trainer takes as the evaluation done) means the rest
-    is there too. A full disk or quota raises `disk_space.DiskFull` naming the file, with no
-    partial file left behind (each is written to a temporary name, then renamed); an `out`
-    that `check_out_file` refuses raises its ValueError before anything is written."""
+    beside it). -> the paths written. The pictures come first and the JSON and Markdown
+    together last (`disk_space.write_together`), so that the JSON's presence (what a rerun of
+    the trainer takes as the evaluation done) means the rest is there too. A full disk or
+    quota raises `disk_space.DiskFull` naming the file, and leaves none of this report's files
+    (the pictures already written are removed); an `out` that `check_out_file` refuses raises
+    its ValueError before anything is written."""
     check_out_file(out)
     out = paths.absolute(out)
     epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
     stem = os.path.splitext(out)[0]
     written = []
-    for task in TASKS:
-        if task in summary:
-            with disk_space.reported(stem, f"{task}'s pictures"):
-                written += TASKS[task].summary_pictures(summary[task], stem)
-    disk_space.write_atomically(stem + ".md", lambda f: f.write(to_markdown(summary)))
-    listed = {**summary, "pictures": [os.path.basename(p) for p in written]}
-    disk_space.write_atomically(out, lambda f: json.dump(listed, f, indent=1))
+    try:
+        for task in TASKS:
+            if task in summary:
+                with disk_space.reported(stem, f"{task}'s pictures"):
+                    written += TASKS[task].summary_pictures(summary[task], stem)
+        listed = {**summary, "pictures": [os.path.basename(p) for p in written]}
+        disk_space.write_together([(stem + ".md", lambda f: f.write(to_markdown(summary)), "w"),
+                                   (out, lambda f: json.dump(listed, f, indent=1), "w")])
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        raise
     return [out, stem + ".md", *written]
 
