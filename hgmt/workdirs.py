@@ -6,9 +6,10 @@
     <workdir>/config_superseded/<step>-<time>.json
                                           the config.json of an earlier run that a fresh start
                                           with another config replaced (its checkpoints removed)
-    <workdir>/checkpoints/<step>/         orbax: `state` and `data` (the loader's position)
-    <workdir>/best/<step>/                orbax: `state` of the best validation score so far
-                                          (and orbax's `metrics`: the score)
+    <workdir>/checkpoints/<step>/         orbax: `state`, its arrays' CRC-32s (`digests`) and
+                                          `data` (the loader's position)
+    <workdir>/best/<step>/                orbax: `state` of the best validation score so far,
+                                          `digests` (and orbax's `metrics`: the score)
     <workdir>/checkpoints_unreadable/     damaged checkpoints moved out of orbax's way
     <workdir>/best_superseded/            best checkpoints of steps a rerun trains again, moved
                                           out of orbax's way (<step>-<time>, never deleted)

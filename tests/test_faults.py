@@ -254,6 +254,51 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 5]
 
 
+def test_a_checkpoint_whose_bytes_changed_silently_is_found_damaged_and_passed_over(
+        demo_dataset, tmp_path, caplog):
+    """One byte of a checkpoint's array data flipped after the save (a bit rot, a bad copy):
+    orbax reads it without a word, another kernel. Its CRC-32s saved with it find it: an
+    evaluation refuses it in one line naming the array and the other checkpoints, and the
+    trainer resumes from the one before, moving it aside, as for a checkpoint that does not
+    read."""
+    workdir = str(tmp_path / "w")
+    config = tiny_config(demo_dataset[1], total_steps=2, **{**KW, "checkpoint_every": 1})
+    loop.train(config, workdir)
+    ckpt = workdirs.checkpoint_dir(workdir)
+
+    def orbax_alone():
+        with ocp.CheckpointManager(ckpt, item_names=("state",)) as reader:
+            return _flat(reader.restore(2, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore()))["state"])
+
+    before = orbax_alone()
+    data = os.path.join(ckpt, "2", "state", "ocdbt.process_0", "d")
+    largest = max((os.path.join(data, n) for n in os.listdir(data)), key=os.path.getsize)
+    flipped = bytearray(open(largest, "rb").read())
+    flipped[len(flipped) // 2] ^= 0x40
+    open(largest, "wb").write(bytes(flipped))
+    after = orbax_alone()  # read without an error, one array's values changed
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert len(changed) == 1 and changed[0].endswith("['kernel']"), changed
+
+    with pytest.raises(checkpoints.UnusableCheckpoint) as e:
+        checkpoints.restore_for_inference(workdir)
+    assert re.match(rf"checkpoint {re.escape(ckpt)}/2 is damaged: 1 of its \d+ arrays read "
+                    rf"differ from what was saved \(e\.g\. params/.*/kernel: CRC-32 float32"
+                    rf"\[.*\), a disk or copy fault after the save: copy it again from where "
+                    rf"it was written, or pass --step= with another of \[1\]$", str(e.value))
+    with caplog.at_level(logging.INFO):
+        loop.train(tiny_config(demo_dataset[1], total_steps=3,
+                               **{**KW, "checkpoint_every": 1}), workdir,
+                   resume_with_changed_config=True)
+    assert f"checkpoint {ckpt}/2 does not read, trying the previous one: DamagedCheckpoint: " \
+        f"checkpoint {ckpt}/2 is damaged" in caplog.text
+    assert f"resumed from {ckpt} at step 1" in caplog.text
+    aside = os.listdir(os.path.join(workdir, workdirs.UNREADABLE_DIR))
+    assert len(aside) == 1 and aside[0].startswith("2-")
+    assert checkpoints.restore_for_inference(workdir)[2] == 3
+
+
 def _at_end_config(data_dir: str):
     """3 steps, the only checkpoint at the last; then the test evaluator on all 12 test frames
     in 3 batches of 4."""

@@ -11,6 +11,12 @@ of another configuration or hgmt version, not damage. XLA's out-of-memory error 
 checkpoint is placed on the device is not damage either: it is raised as it came, for
 `device_memory.explained` to name the settings, and no checkpoint is skipped or moved.
 
+Orbax and tensorstore do not check an array's bytes when they read them, so a checkpoint also
+holds a CRC-32 of each array as saved (`DIGESTS`, `saved`), and every read compares the arrays
+it restored with them (`verify`): bytes changed since the save make the checkpoint
+`DamagedCheckpoint`, unreadable like one orbax cannot read. A checkpoint of an older hgmt,
+without them, is read unchecked.
+
 A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
 with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
 folder of the failed checkpoint is removed and the earlier checkpoints stay readable, so the
@@ -39,11 +45,76 @@ from etils import epath
 from hgmt import cli, devices, disk_space, workdirs
 from hgmt.training import device_memory
 
+# The checkpoint item holding the CRC-32 of each array of its `state` (`saved`).
+DIGESTS = "digests"
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose arrays read, but not with the bytes saved (`verify`)."""
+
+
+def _leaf_name(path: tuple) -> str:
+    """A pytree path as '/'-joined keys, the same for a TrainState's attributes and for the
+    dict orbax restores it as without a template."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def _digest(leaf: Any) -> str:
+    """'<dtype><shape>:<CRC-32 of its bytes>' of an array (numpy, or a JAX array: one
+    addressable copy, every copy of a checkpoint's state being the same)."""
+    import zlib
+
+    if hasattr(leaf, "addressable_data"):
+        leaf = leaf.addressable_data(0)
+    a = np.ascontiguousarray(np.asarray(leaf))
+    return f"{a.dtype}{list(a.shape)}:{zlib.crc32(a.reshape(-1).view(np.uint8)):08x}"
+
+
+def digests(state: Any) -> dict[str, str]:
+    """{leaf name: `_digest`} of every array of `state` (a pytree)."""
+    import jax
+
+    return {_leaf_name(path): _digest(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def saved(state: Any) -> dict[str, Any]:
+    """The Composite items that save `state` (a train state in the checkpoint layout, on the
+    host) with its digests: `{'state': ..., DIGESTS: ...}`."""
+    return {"state": ocp.args.StandardSave(state), DIGESTS: ocp.args.JsonSave(digests(state))}
+
+
+def verify(step_dir: Any, restored: Any) -> None:
+    """Raises DamagedCheckpoint when an array of `restored` (the `state` read from the
+    checkpoint folder `step_dir`, whole or a subtree of it such as {'params', 'batch_stats'})
+    differs from its digest saved there; nothing to compare without digests (an older hgmt's
+    checkpoint). Arrays are matched by name (a subtree's leaves by their place in it) and
+    compared where restored in the dtype and shape saved."""
+    import jax
+
+    path = epath.Path(step_dir) / DIGESTS
+    if not path.exists():
+        return
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+        recorded = reader.restore(path)
+    # A leaf restored in another dtype than saved (a template's, e.g. the step's int64) was
+    # converted by the restore: its bytes are not the saved ones to compare.
+    differ = [name for name, value in digests(restored).items()
+              if name in recorded and recorded[name] != value
+              and recorded[name].split(":")[0] == value.split(":")[0]]
+    if differ:
+        raise DamagedCheckpoint(
+            f"checkpoint {step_dir} is damaged: {len(differ)} of its "
+            f"{len(jax.tree_util.tree_leaves(restored))} arrays read differ from what was "
+            f"saved (e.g. {differ[0]}: CRC-32 {digests(restored)[differ[0]]}, saved "
+            f"{recorded[differ[0]]}), a disk or copy fault after the save")
+
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
             with_data: bool = True) -> ocp.CheckpointManager:
     """The CheckpointManager of a workdir; keeps the last `keep` checkpoints."""
-    names = ("state", "data") if with_data else ("state",)
+    names = ("state", DIGESTS, "data") if with_data else ("state", DIGESTS)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(workdirs.checkpoint_dir(workdir), options=options,
@@ -179,16 +250,22 @@ def _restore_older(reader: ocp.CheckpointManager, step: int,
 
 def _restore(reader: ocp.CheckpointManager, step: int, args: Callable[[], Any],
              workdir: str) -> Any:
-    """`reader.restore` of `step`, tried again after each of RETRY_DELAYS_S on an OSError."""
+    """`reader.restore` of `step`, tried again after each of RETRY_DELAYS_S on an OSError;
+    its state's arrays checked against their digests (`verify`)."""
     for delay in RETRY_DELAYS_S:
         try:
-            return reader.restore(step, args=args())
+            restored = reader.restore(step, args=args())
+            break
         except OSError as e:
             logging.warning("checkpoint %s/%d: %s: %s; trying it again in %g s",
                             workdirs.checkpoint_dir(workdir), step, type(e).__name__,
                             str(e)[:300], delay)
             time.sleep(delay)
-    return reader.restore(step, args=args())
+    else:
+        restored = reader.restore(step, args=args())
+    if "state" in restored:
+        verify(epath.Path(reader.directory) / str(step), restored["state"])
+    return restored
 
 
 def _agree(step: int, failed: bool, newest: int) -> np.ndarray:
@@ -515,11 +592,19 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     # config.json as written, read once (its upgrade warnings were the caller's to log).
     written = _written_config(workdir) if given else None
     variables = None
-    if not given or _trained_with(written, config):
-        # The model the workdir trained: its checkpoints hold exactly its variables.
-        variables = _read_variables(folder, step, model, config)
-    if variables is None:  # read whole, for check_variables to name what differs
-        variables = _read_state(folder, step, config, best, workdir, steps)
+    try:
+        if not given or _trained_with(written, config):
+            # The model the workdir trained: its checkpoints hold exactly its variables.
+            variables = _read_variables(folder, step, model, config)
+        if variables is None:  # read whole, for check_variables to name what differs
+            variables = _read_state(folder, step, config, best, workdir, steps)
+    except DamagedCheckpoint as e:
+        other = [s for s in steps if s != step]
+        raise UnusableCheckpoint(
+            f"{e}: copy it again from where it was written, or "
+            + (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} (--step=N)"
+               if best else f"pass --step= with another of {other}" if other
+               else "train again")) from None
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
     check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
                     overrides=_model_overrides(written, config) if given else ())
@@ -619,6 +704,7 @@ def _read_variables(folder: str, step: int, model: Any,
         logging.warning("checkpoint %s/%d lacks %d of the model's variables (e.g. %s); reading "
                         "its whole train state", folder, step, len(missing), missing[0])
         return None
+    verify(epath.Path(folder) / str(step), variables)
     return variables
 
 
@@ -642,6 +728,7 @@ def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best:
             raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
                                      f"({type(e).__name__}: {e}); {other}") from e
     state = restored["state"]
+    verify(epath.Path(folder) / str(step), state)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 

@@ -223,7 +223,7 @@ def best_manager(workdir: str, metric: str, protocol: str = "hgmt") -> ocp.Check
         best_mode="min" if lower_is_better(metric, protocol) else "max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
     return _OutsidePreemptionSync(workdirs.best_dir(workdir), options=options,
-                                  item_names=("state",))
+                                  item_names=("state", checkpoints.DIGESTS))
 
 
 class Evaluators:
@@ -402,7 +402,7 @@ class Evaluators:
         resuming, after the last step), the partial folder removed."""
         with checkpoints.stop_on_full_disk(self.workdir, step, "best checkpoint"):
             self.manager.save(step, metrics={metric: value}, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state)))
+                **checkpoints.saved(state)))
 
     def _periodic_state(self, step: int, host_state: Callable[[], Any]) -> Any | None:
         """The train state (checkpoint layout) of <workdir>/checkpoints/<step>, or None where

@@ -376,7 +376,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 
     def save(step: int, host: steps.TrainState) -> None:
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(to_checkpoint_layout(model, host)),
+            **checkpoints.saved(to_checkpoint_layout(model, host)),
             data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
     def stop_preempted(step: int, saving: int | None, after_training: bool = False) -> None:
