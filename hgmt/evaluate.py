@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
+        input_pipeline.config_window(args.config)
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
@@ -124,7 +125,8 @@ def _run(args, step_arg: int | str | None) -> int:
             summary["checkpoint"] = "best"
         trained_size = checkpoints.trained_image_size(args.workdir)
         # A limit that cut no frame evaluated the whole selection: named as that evaluation.
-        cut = max_examples if summary["frames_selected"] > max_examples else 0
+        cut = max_examples if summary.get("frames_selected", max_examples + 1) > max_examples \
+            else 0
         out = args.out_file or os.path.join(args.workdir, workdirs.evaluation_file(
             args.split, step, best=step_arg == "best", frames=frames, flip=flip,
             max_examples=cut, protocol=args.protocol,

@@ -143,10 +143,15 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
     """hgmt.main's command line parsed, its config file read with its arguments and overrides
     (launch/sweep.py checks its runs' with it); a bad flag, config or argument, or a multi-host
     flag without the others it needs, exits in one line before any work."""
-    FLAGS, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0], config_file=True)
+    FLAGS, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__), config_file=True)
     if FLAGS.config is None:
         raise SystemExit("error: --config is required: a config file such as "
                          "configs/default.py:tasks=all")
+    if not FLAGS.workdir.strip():
+        # `--workdir=$WORKDIR` with the variable unset: training would write into the current
+        # folder.
+        raise SystemExit("error: --workdir is empty: give the folder the run writes its "
+                         "checkpoints and results to (made if missing)")
     if FLAGS.workdir.startswith("-"):
         # What a launch script passes on when its WORKDIR argument was left out and a flag
         # took its place (`sbatch launch/slurm.sbatch --config.x=y`).

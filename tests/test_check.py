@@ -156,11 +156,23 @@ def test_an_unknown_split_is_one_line_naming_the_splits(tmp_path):
                             "comma-separated, or leave the flag out to check them all")
 
 
+@pytest.mark.parametrize("fraction", ["5", "-1"])
+def test_a_damage_fraction_out_of_range_is_refused_as_training_refuses_it(fraction, tmp_path):
+    """The check says what training makes of the damage by config.max_damaged_fraction: a
+    value training refuses is refused here too, not judged by."""
+    with pytest.raises(SystemExit) as e:
+        check.main([f"--config.data_dir={tmp_path}", f"--config.max_damaged_fraction={fraction}"])
+    assert e.value.code == (f"error: --config.max_damaged_fraction={float(fraction)} must be in "
+                            f"[0, 1]")
+
+
 @pytest.mark.parametrize("dataset, message", [
     ("surreal/every4", "config.dataset='surreal/every4': the SURREAL builder's configs are "
                        "middle, every10, all: give surreal/<config>, e.g. surreal/every10"),
     ("every10", "config.dataset='every10': give surreal/every10 (the SURREAL builder's config "
                 "every10)"),
+    ("", "config.dataset='' names no dataset: give surreal/<config>, e.g. surreal/every10 "
+         "(configs: middle, every10, all)"),
 ])
 def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, message, tmp_path):
     """A SURREAL config the builder lacks, or a config without the builder's name: TFDS would

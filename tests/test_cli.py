@@ -51,6 +51,7 @@ ENTRY_POINTS = {
     "benchmarks/step_levers.py": ["levers", "timeout_s"],
     "benchmarks/stream_convs.py": ["shape", "im2col", "rounds"],
     "benchmarks/pool_backward.py": ["config", "steps", "warmup", "rounds"],
+    "benchmarks/device_warp.py": ["config", "steps", "warmup", "rounds"],
     "benchmarks/step_dispatch.py": ["config", "processes", "calls", "repeats", "warmup"],
     "experiments/depth_errors.py": ["workdir", "step", "frames", "config"],
     "experiments/depth_baselines.py": ["clips", "frames"],
@@ -135,6 +136,15 @@ USAGE = {
     "hgmt.export": "usage: python -m hgmt.export --workdir=DIR --format=stablehlo",
     "experiments/depth_errors.py": "usage: python3 experiments/depth_errors.py --workdir=",
 }
+
+
+def test_the_trainers_help_starts_with_its_usage_and_exit_statuses(capsys):
+    """hgmt.main --help: the usage line first, then the docstring whole (the exit statuses a
+    job script branches on), then the flags."""
+    text = help_text("hgmt.main", capsys)
+    assert text.startswith("usage: python -m hgmt.main --config=configs/default.py:"
+                           "tasks=pose2d+segm --workdir=DIR \\\n"), text[:200]
+    assert "Exit status 75" in text and "Exit status 69" in text and "--workdir" in text
 
 
 def test_the_reports_help_starts_with_its_usage(capsys):
@@ -491,6 +501,70 @@ def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
         f"trained with another config ({tmp_path}/config.json): optimizer.learning_rate "
         f"0.00025 -> 0.001. Rerun"), message
     assert "\n" not in message and "pass --resume_with_changed_config " in message
+
+
+def test_a_task_set_written_otherwise_is_the_same_config_on_resuming(tmp_path, monkeypatch):
+    """A workdir trained on pose2d+segm rerun with --config.tasks=segm+pose2d (or with the
+    tasks repeated) is the same task set: no CannotResume; the differences of task sets are
+    compared as sets in TASKS' order, 'all' as the four."""
+    from configs import default
+    from hgmt import workdirs
+    from hgmt.training import resume
+
+    workdirs.save_config(default.get_config("tasks=pose2d+segm,runlocal"), str(tmp_path))
+    (tmp_path / "checkpoints" / "50").mkdir(parents=True)
+    main = load("hgmt.main")
+    trained = []
+    from hgmt.training import loop
+
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: trained.append(a) or {})
+    for tasks in ("segm+pose2d", "pose2d+segm+pose2d"):
+        assert main.main([f"--config={REPO}/configs/default.py:tasks=pose2d+segm,runlocal",
+                          f"--workdir={tmp_path}", f"--config.tasks={tasks}",
+                          "--compilation_cache="]) == 0
+    assert len(trained) == 2
+    assert resume.differences({"tasks": "all"}, {"tasks": "depth+pose3d+segm+pose2d"}) == []
+    assert resume.differences({"tasks": "pose2d"}, {"tasks": "pose2d+segm"}) == [
+        ("tasks", "pose2d", "pose2d+segm")]
+
+
+def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """`--workdir=$WORKDIR` with the variable unset: refused, not a run in the current
+    folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={DEFAULT}:tasks=pose2d,runlocal", "--workdir="])
+    assert e.value.code == ("error: --workdir is empty: give the folder the run writes its "
+                            "checkpoints and results to (made if missing)")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("field, value, least", [("frames", 0, 1), ("clips_per_split", 0, 1),
+                                                 ("seed", -1, 0)])
+def test_a_bad_demo_setting_is_one_line_and_leaves_the_demo_data(field, value, least,
+                                                                  tmp_path):
+    """A demo.* value the generator cannot make clips of is refused with the config's other
+    fields, before hgmt.main replaces a demo build of other settings with it (the build and
+    clips of the earlier settings were deleted, then the generation failed)."""
+    data, root = tmp_path / "tfds", tmp_path / "surreal"
+    for folder in (data, root):
+        folder.mkdir()
+        (folder / "kept").write_text("the earlier demo data")
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/demo.py", f"--workdir={tmp_path / 'w'}",
+                                f"--config.data_dir={data}", f"--config.demo.surreal_root={root}",
+                                f"--config.demo.{field}={value}"])
+    assert e.value.code == (f"error: ValueError: config.demo.{field}={value} must be an "
+                            f"integer of at least {least}")
+    assert os.listdir(data) == os.listdir(root) == ["kept"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_refuses_an_unknown_crop_window_before_reading_a_checkpoint(saved_workdir):
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.evaluate").main([f"--workdir={saved_workdir}", "--config.window=x"])
+    assert e.value.code == ("error: ValueError: config.window 'x': choose one of hgmt, "
+                            "reference_box")
 
 
 def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, monkeypatch):

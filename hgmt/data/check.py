@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from hgmt import cli
-from hgmt.data import records
+from hgmt.data import damage, records
 from hgmt.sources import surreal
 
 # Exit statuses, so that a script can tell a damaged copy (copy again) from one it could not
@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset, data_dir = args.config.dataset, args.config.data_dir
     try:
         records.check_dataset_name(dataset)
+        damage.check_max_fraction(args.config.max_damaged_fraction)
     except ValueError as e:
         raise SystemExit(f"error: --{e}") from None
     with cli.console(args.verbosity, command=argv is None):

@@ -64,6 +64,12 @@ _ACCESS_FAILED = tuple(f"failed: {os.strerror(code)}" for code in (errno.EACCES,
 T = TypeVar("T")
 
 
+def check_max_fraction(fraction: float) -> None:
+    """ValueError naming `config.max_damaged_fraction` unless it is in [0, 1]."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
+
+
 class DamagedRecord(ValueError):
     """A record of a built split does not read or decode."""
 

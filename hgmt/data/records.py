@@ -62,6 +62,9 @@ def check_dataset_name(dataset: str) -> None:
     'surreal/<config>[:<version>]' passes, and so does another builder's name."""
     name, slash, config = dataset.partition(":")[0].partition("/")
     configs = ", ".join(BUILD_FRAMES)
+    if not name.strip():
+        raise ValueError(f"config.dataset={dataset!r} names no dataset: give "
+                         f"surreal/<config>, e.g. surreal/every10 (configs: {configs})")
     if name == "surreal" and config not in BUILD_FRAMES:
         raise ValueError(f"config.dataset={dataset!r}: the SURREAL builder's configs are "
                          f"{configs}: give surreal/<config>, e.g. surreal/every10")

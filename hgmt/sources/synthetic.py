@@ -410,6 +410,15 @@ def _write_seeded_clip(job: tuple) -> str:
     return stem
 
 
+def check_settings(clips_per_split: int, frames: int, seed: int, prefix: str = "") -> None:
+    """Raises ValueError naming the setting (`prefix` + its name, e.g. 'config.demo.') when
+    `generate` cannot make clips of these: no clip, no frame, or a negative seed."""
+    for name, value, least in (("clips_per_split", clips_per_split, 1), ("frames", frames, 1),
+                               ("seed", seed, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{prefix}{name}={value!r} must be an integer of at least {least}")
+
+
 def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int = 0,
              splits: tuple[str, ...] = ("train", "val", "test"),
              zrot_max_deg: float = ZROT_MAX_DEG, workers: int = 1) -> list[str]:
@@ -426,6 +435,7 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
     clips are test clips, docs/surreal_format.md), and so is the demo's: ``val`` holds a copy
     of every test clip, under the test clip's name, which needs ``test`` in ``splits``.
     """
+    check_settings(clips_per_split, frames, seed)
     if "val" in splits and "test" not in splits:
         raise ValueError(f"splits={splits}: val holds copies of the test clips, as SURREAL's "
                          f"val holds test clips; add 'test'")

@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from hgmt import cli, code_version, devices, disk_space, paths, workdirs
 from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
+from hgmt.sources import synthetic
 from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
 from hgmt.training import (
     checkpoints,
@@ -101,6 +102,9 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     input_pipeline.config_window(config)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
+    if "demo" in config:  # before hgmt.main replaces a demo build of other settings
+        synthetic.check_settings(config.demo.clips_per_split, config.demo.frames,
+                                 config.demo.seed, prefix="config.demo.")
     if not on_devices:
         return tasks, weights, options
     devices.check_even()
@@ -135,9 +139,7 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
                                  f"and >= 0")
     input_pipeline.check_seed(config.seed)
-    fraction = config.max_damaged_fraction
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"config.max_damaged_fraction={fraction} must be in [0, 1]")
+    damage.check_max_fraction(config.max_damaged_fraction)
     if warn and opt.warmup_steps >= config.total_steps:
         logging.warning("config.optimizer.warmup_steps=%d is not below config.total_steps=%d: "
                         "the learning rate does not reach config.optimizer.learning_rate=%g",
@@ -181,6 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     tasks, weights, options = check_config(config)  # a bad config stops the run before any work
     workdir = paths.absolute(workdir)  # `~` expanded (a shell leaves it in --workdir=~/x)
     config = config.copy_and_resolve_references()  # the caller's left as it is
+    config.tasks = "+".join(tasks)  # as config.json records them: each once, in TASKS' order
     resume.absolute_data_location(config)  # config.json names the data from any directory
     # A config the workdir's checkpoints were not trained with stops it too, before the data
     # is looked at and the lock is written (every process reads the same config.json).

@@ -18,6 +18,7 @@ with the seed and split size it was saved with (`check_sampler`); one an hgmt be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from etils import epath
 
 from hgmt import cli, disk_space, workdirs
 from hgmt.paths import absolute
-from hgmt.tasks import default_loss_options
+from hgmt.tasks import default_loss_options, parse_tasks
 from hgmt.training import checkpoints, evaluators
 
 # Where the data is (the same data may lie elsewhere on another host or machine): hgmt.main
@@ -92,6 +93,11 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
     field only one of them has is not compared, as the code of the other has no such
     setting."""
     layout = workdirs.current_layout(dict(saved))
+    config = dict(config)
+    for side in (layout, config):  # a task set however written ('segm+pose2d', 'all')
+        if "tasks" in side:
+            with contextlib.suppress(ValueError):  # not one: compared as written
+                side["tasks"] = "+".join(parse_tasks(side["tasks"]))
     if "tasks" in layout:  # each task's options as it trained: the defaults, where not saved
         given = layout.get("loss_options", {})
         layout["loss_options"] = given | {t: options | given.get(t, {}) for t, options in
