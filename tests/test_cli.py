@@ -560,11 +560,20 @@ def test_a_bad_demo_setting_is_one_line_and_leaves_the_demo_data(field, value, l
     assert not (tmp_path / "w").exists()
 
 
-def test_evaluate_refuses_an_unknown_crop_window_before_reading_a_checkpoint(saved_workdir):
+@pytest.mark.parametrize("flag, message", [
+    ("--config.window=x", "config.window 'x': choose one of hgmt, reference_box"),
+    ("--config.worker_count=-7", "config.worker_count=-7: give a count >= 0, or -1 for one "
+                                 "worker per usable core beyond two (hgmt.cores)"),
+    ("--config.read_threads=-1", "config.read_threads=-1: give 0 (reads in the loader's "
+                                 "thread, for local disks) or a count of read-ahead threads"),
+    ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]")])
+def test_evaluate_refuses_a_bad_data_setting_before_reading_a_checkpoint(flag, message,
+                                                                         saved_workdir):
+    """The data settings the evaluation reads, checked as training checks them, before a
+    checkpoint is looked for (the workdir holds none: NoCheckpoint otherwise)."""
     with pytest.raises(SystemExit) as e:
-        load("hgmt.evaluate").main([f"--workdir={saved_workdir}", "--config.window=x"])
-    assert e.value.code == ("error: ValueError: config.window 'x': choose one of hgmt, "
-                            "reference_box")
+        load("hgmt.evaluate").main([f"--workdir={saved_workdir}", flag])
+    assert e.value.code == f"error: ValueError: {message}"
 
 
 def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, monkeypatch):

@@ -60,6 +60,29 @@ def test_loss_weights_follow_tasks_overridden_on_the_command_line():
         check_loss_weights(c, ("pose2d",))
 
 
+def test_a_loss_setting_for_a_task_not_trained_is_warned_about(caplog):
+    """`--config.tasks=pose2d` on a config built for all four keeps the others' weights and
+    options: at their defaults nothing is said; set away from them (a weight meant for a
+    task left out by mistake), training warns that they have no effect."""
+    import logging
+
+    from hgmt.tasks import untrained_settings
+    from hgmt.training import loop
+
+    c = default.get_config("tasks=all,runlocal")
+    c.tasks = "pose2d"
+    assert untrained_settings(c, ("pose2d",)) == []
+    c.loss_weights.segm = 5.0
+    c.loss_options.depth.foreground_weight = 10.0
+    assert untrained_settings(c, ("pose2d",)) == ["loss_weights.segm=5.0",
+                                                   "loss_options.depth.foreground_weight=10.0"]
+    assert untrained_settings(c, ("pose2d", "segm", "depth")) == []
+    with caplog.at_level(logging.WARNING):
+        loop.check_config(c, on_devices=False)
+    assert ("config.loss_weights.segm=5.0, config.loss_options.depth.foreground_weight=10.0: "
+            "set for a task not trained (config.tasks=pose2d), so without effect") in caplog.text
+
+
 def test_loss_options_default_to_the_reference_and_reject_unknown_names():
     from hgmt.tasks import check_loss_options
 

@@ -114,6 +114,19 @@ def default_loss_options(tasks: Sequence[str]) -> dict[str, dict[str, float]]:
     return {t: dict(TASKS[t].LOSS_OPTIONS) for t in parse_tasks(tasks) if TASKS[t].LOSS_OPTIONS}
 
 
+def untrained_settings(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> list[str]:
+    """The loss weights and options `config` sets, away from their defaults, for tasks it does
+    not train (`tasks`), as 'loss_weights.segm=5.0': they have no effect (a `--config.tasks=`
+    override that left out a task set on purpose, or a typo in the tasks)."""
+    out = [f"loss_weights.{t}={float(w)}" for t, w in dict(config.loss_weights).items()
+           if t in TASKS and t not in tasks and float(w) != TASKS[t].DEFAULT_LOSS_WEIGHT]
+    for t, given in dict(config.get("loss_options", {})).items():
+        if t in TASKS and t not in tasks:
+            out += [f"loss_options.{t}.{k}={float(v)}" for k, v in dict(given).items()
+                    if float(v) != TASKS[t].LOSS_OPTIONS.get(k)]
+    return out
+
+
 def check_loss_options(config: ml_collections.ConfigDict,
                        tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """{task: {option: value}} of the selected tasks' loss options: each task's `LOSS_OPTIONS`

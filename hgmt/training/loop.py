@@ -37,7 +37,13 @@ from hgmt import cli, code_version, devices, disk_space, paths, workdirs
 from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, records, shards
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.sources import synthetic
-from hgmt.tasks import check_loss_options, check_loss_weights, config_tasks, heads
+from hgmt.tasks import (
+    check_loss_options,
+    check_loss_weights,
+    config_tasks,
+    heads,
+    untrained_settings,
+)
 from hgmt.training import (
     checkpoints,
     device_memory,
@@ -88,6 +94,9 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     records.check_dataset_name(config.dataset)
     weights = check_loss_weights(config, tasks)
     options = check_loss_options(config, tasks)
+    if warn and (unused := untrained_settings(config, tasks)):
+        logging.warning("config.%s: set for a task not trained (config.tasks=%s), so without "
+                        "effect", ", config.".join(unused), "+".join(tasks))
     evaluators.check(config, weights)
     create_model(config.model, heads(tasks))  # the model's fields and values
     steps.create_optimizer(config)  # the optimizer's name and schedule
