@@ -26,7 +26,7 @@ changes).
 """
 
 from configs.common import base_config, parse_arg
-from hgmt.tasks import TASK_NAMES, default_loss_options
+from hgmt.tasks import TASK_NAMES
 
 # What each reference code trains: its tasks, stacks, batch per task and steps (epochs x
 # epochSize).
@@ -56,7 +56,6 @@ def get_config(arg: str | None = None):
     c.total_steps = code["total_steps"]
     c.model.num_stacks = code["num_stacks"]
     c.model.shared_trunk = False
-    c.loss_options = default_loss_options(c.tasks)
     c.optimizer.name = "rmsprop"
     c.optimizer.learning_rate = 1e-3
     c.optimizer.schedule = "constant"

@@ -475,7 +475,7 @@ def test_a_benchmarks_line_names_the_commit_and_day_it_measured(tmp_path, capsys
     head = sp.run(["git", "-C", cli.REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                   text=True, check=True).stdout.strip()
     changed = sp.run(["git", "-C", cli.REPO, "diff", "--quiet", "HEAD"]).returncode != 0
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     assert cli.print_line({"benchmark": "x", "ms": 1.5}) == {
         "benchmark": "x", "ms": 1.5, "commit": head + ("+changes" if changed else ""),
         "date": today}
@@ -1505,7 +1505,7 @@ def test_step_dispatch_times_both_ways_over_the_whole_train_state(capsys):
     head = subprocess.run(["git", "-C", cli.REPO, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     assert r["commit"] in (head, head + "+changes")
-    assert r["date"] == datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert r["date"] == datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
 
 
 def test_step_dispatch_reports_process_0_with_every_process_beside_it():

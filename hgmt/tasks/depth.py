@@ -17,7 +17,7 @@ from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
 NAME = "depth"
-NUM_CHANNELS = 2 * common.MAX_BIN + 2  # background + 19 bins
+NUM_CHANNELS = common.NUM_BINS + 1  # background + the 19 bins
 DEFAULT_LOSS_WEIGHT = 1.0
 # foreground_weight: how much more a foreground pixel counts in the loss than a background one
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
@@ -207,7 +207,7 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
 def summary_pictures(summary: dict, stem: str) -> list[str]:
-    """None: the evaluation's JSON and tables show everything of this task."""
+    """No pictures ([]): the evaluation's JSON and tables show everything of this task."""
     return []
 
 

@@ -104,7 +104,7 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
     thr = jnp.asarray(PCK_THRESHOLDS, jnp.float32)
     within = (rel[..., None] <= thr) * vis[..., None]  # (B,16,K)
     return {"pckh_correct": within.sum(0), "visible": vis.sum(0),
-            "pck_correct": ((dist <= 3.2 * r / 64) * vis).sum(0)}
+            "pck_correct": ((dist <= 3.2 * r / common.REFERENCE_LABEL_SIZE) * vis).sum(0)}
 
 
 def summarize(stats: dict) -> dict:

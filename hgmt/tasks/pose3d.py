@@ -238,7 +238,7 @@ def protocol_metric(protocol: str, num_examples: int) -> tuple:
 
 # --- One image's prediction: result, JSON, picture -------------------------------------------
 def summary_pictures(summary: dict, stem: str) -> list[str]:
-    """None: the evaluation's JSON and tables show everything of this task."""
+    """No pictures ([]): the evaluation's JSON and tables show everything of this task."""
     return []
 
 
