@@ -2,7 +2,7 @@
 CPU time: the record read (and apart: the array_record read of its bytes, their parse by
 `hgmt.data.tf_example` and by tfds, and the parse of a frame's number alone, what an
 evaluation's frame selection reads of every record), each image feature's decode, the host
-path's crop of decoded arrays (`input_pipeline.crop_with`, warps, gain and labels) and the
+path's crop of decoded arrays (`cropping.crop_with`, warps, gain and labels) and the
 batching copy of each placement's arrays, as training does them for the config's tasks (the
 maps no target is made from, `device_augment.unread_maps`, neither cropped nor batched).
 What is left to the loader on the device path is read + decodes + its batching; grain's own
@@ -27,7 +27,7 @@ from absl import flags
 from cli import config_path, print_line
 
 from hgmt import cli
-from hgmt.data import device_augment, input_pipeline, tf_example
+from hgmt.data import cropping, device_augment, input_pipeline, records, tf_example
 from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = config_path("demo")
@@ -56,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare_demo_dataset(config)
     res, batch, n = config.image_size, config.batch_size, args.examples
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
-    records = [source[i] for i in range(len(source))]
-    k = len(records)
+    stored = [source[i] for i in range(len(source))]
+    k = len(stored)
     tasks = parse_tasks(config.tasks)
     unread = device_augment.unread_maps(tasks)
     out = {"benchmark": "input_stages", "res": res, "records": k, "tasks": "+".join(tasks),
@@ -73,19 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_tfds_ms=cpu_ms(lambda i: features.deserialize_example_np(
             serialized[i % k], decoders=tfds_source.decoders), n),
         parse_frame_ms=cpu_ms(lambda i: tf_example.parse(serialized[i % k], frame_specs), n))
-    for key in input_pipeline.IMAGE_FEATURES:
-        out[f"decode_{key}_ms"] = cpu_ms(lambda i, key=key: input_pipeline.decoded(
-            records[i % k], key), n)
-    decoded = [{**r, **{key: input_pipeline.decoded(r, key)
-                        for key in input_pipeline.IMAGE_FEATURES}} for r in records]
+    for key in records.IMAGE_FEATURES:
+        out[f"decode_{key}_ms"] = cpu_ms(lambda i, key=key: records.decoded(
+            stored[i % k], key), n)
+    decoded = [{**r, **{key: records.decoded(r, key)
+                        for key in records.IMAGE_FEATURES}} for r in stored]
     rng = np.random.default_rng(0)
     augment = input_pipeline.Augment.from_config(config.augment)
-    params = [input_pipeline.draw_crop_params(augment, rng) for _ in range(k)]
-    out["host_crop_ms"] = cpu_ms(lambda i: input_pipeline.crop_with(
+    params = [cropping.draw_crop_params(augment, rng) for _ in range(k)]
+    out["host_crop_ms"] = cpu_ms(lambda i: cropping.crop_with(
         decoded[i % k], res, params[i % k], tasks, unread), n)
-    cropped = [input_pipeline.crop_with(decoded[i % k], res, params[i % k], tasks, unread)
+    cropped = [cropping.crop_with(decoded[i % k], res, params[i % k], tasks, unread)
                for i in range(batch)]  # a batch larger than the split repeats its records
-    raw = [device_augment.decode_record(records[i % k], device_augment.target_maps(tasks))
+    raw = [device_augment.decode_record(stored[i % k], device_augment.target_maps(tasks))
            for i in range(batch)]
     for name, examples in (("host", cropped), ("device", raw)):
         out[f"batch_{name}_ms_per_example"] = round(cpu_ms(

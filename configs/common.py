@@ -124,7 +124,7 @@ def base_config(tasks: str) -> ml_collections.ConfigDict:
     # probability rotate_p, colour gain U(gain_min, gain_max) per channel, horizontal flip with
     # probability flip_p; the references' settings: docs/training.md
     c.augment = ml_collections.ConfigDict(Augment().config_fields())
-    # the box training crops are cut around (hgmt.data.input_pipeline.TRAIN_WINDOWS): hgmt's
+    # the box training crops are cut around (hgmt.data.cropping.TRAIN_WINDOWS): hgmt's
     # (the joints' box with margins, docs/surreal_format.md) or reference_box, the reference
     # code's (about 0.84 of hgmt's side: the scale their protocols measure the person at);
     # hgmt's protocol evaluates and prediction searches in the same window

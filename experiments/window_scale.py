@@ -3,7 +3,7 @@
     python3 experiments/window_scale.py [--config=configs/demo.py] [--demo] \\
         [--clips=DIR_OR_INFO_MAT ...] [--config.window=hgmt|reference_box]
 
-Training's window is `--config`'s (config.window, `hgmt.data.input_pipeline.TRAIN_WINDOWS`).
+Training's window is `--config`'s (config.window, `hgmt.data.cropping.TRAIN_WINDOWS`).
 
 - `crop_metres`: the metres a training window spans at the person, per frame
   (`hgmt.data.crop_metres.record_metres`: the window's side in px times the pelvis's camera
@@ -46,7 +46,7 @@ from hgmt import cli  # noqa: E402
 def foreground_to_side(info, segm: np.ndarray, window: str = "hgmt") -> list[float]:
     """One clip's annotations and (T,H,W) segments -> per kept frame with a silhouette,
     the `window`'s side / the longer side of the silhouette's box in px."""
-    from hgmt.data import crop_metres, input_pipeline
+    from hgmt.data import crop_metres, cropping
     from hgmt.inference import person
     from hgmt.sources import surreal
 
@@ -55,7 +55,7 @@ def foreground_to_side(info, segm: np.ndarray, window: str = "hgmt") -> list[flo
         box = person.silhouette_box(segm[t] > 0)
         if box is None:
             continue
-        _, side = input_pipeline.window_box(
+        _, side = cropping.window_box(
             info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64), window)
         out.append(side / float((box[1] - box[0]).max()))
     return out

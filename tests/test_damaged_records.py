@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.data import check, damage, input_pipeline
+from hgmt.data import check, damage, input_pipeline, records
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -384,7 +384,7 @@ def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_s
 
     def make(record):
         if record["image"] != b"ok":
-            input_pipeline.decoded(record, "image")  # raises DamagedRecord
+            records.decoded(record, "image")  # raises DamagedRecord
         return {"made": True}
 
     assert damage.first_good(5, records, shards, make) == ({"made": True}, [5, 6])
@@ -454,15 +454,15 @@ def test_an_empty_image_field_is_a_damaged_record_naming_it(key):
     that the loaders skip, naming the field."""
     with pytest.raises(damage.DamagedRecord, match=rf"record feature '{key}' \(0 bytes\) is "
                                                    rf"not a readable image"):
-        input_pipeline.decoded({key: b""}, key)
+        records.decoded({key: b""}, key)
     png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()
-    records = [{key: b""}, {key: png}]
+    fields = [{key: b""}, {key: png}]
 
     def make(record):
-        return {"shape": input_pipeline.decoded(record, key).shape[:2]}
+        return {"shape": records.decoded(record, key).shape[:2]}
 
     shards = damage.Shards(("a",), (0,), (2,))
-    assert damage.first_good(0, records, shards, make) == ({"shape": (2, 3)}, [0])
+    assert damage.first_good(0, fields, shards, make) == ({"shape": (2, 3)}, [0])
 
 
 class Flaky:

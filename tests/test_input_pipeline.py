@@ -443,7 +443,7 @@ def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
     augmentation's distributions (Augment's defaults) as the code has them."""
     m, a = ip.BOX_MARGINS, ip.Augment()
     margins = (f"widened by {m['left']:g} w left, {m['right']:g} w right, {m['top']:g} h top "
-               f"and {m['bottom']:g} h bottom (`hgmt.data.input_pipeline.BOX_MARGINS`)")
+               f"and {m['bottom']:g} h bottom (`hgmt.data.cropping.BOX_MARGINS`)")
     augment = (f"Training (`hgmt.data.augment.Augment`): scale 2^clip(N(0, "
                f"{a.scale_sigma:g}), ±{a.scale_clip:g}), rotation clip(N(0, {a.rotate_sigma:g}), "
                f"±{a.rotate_clip:g}) degrees with p = {a.rotate_p:g}, colour gain "

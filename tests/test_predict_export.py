@@ -18,7 +18,7 @@ import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
 from hgmt import disk_space, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import cropping, input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
 from hgmt.inference import person, video
@@ -63,7 +63,7 @@ def _read_frames(path: str, batch_size: int):
 
 def _bbox_of_training_crop(example):
     """The (x, y, w, h) box whose square window is the training crop of the example."""
-    centre, side = input_pipeline.person_box(
+    centre, side = cropping.person_box(
         example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
     return (centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5, side, side)
 
@@ -72,7 +72,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     """With the box of the training crop, the Predictor sees exactly the evaluation input and
     maps the decoded joints back to the same image pixels."""
     result = predictor(test_example["image"], _bbox_of_training_crop(test_example))
-    cropped = input_pipeline.crop_example(test_example, predictor.image_size,
+    cropped = cropping.crop_example(test_example, predictor.image_size,
                                           input_pipeline.Augment.none())
     np.testing.assert_array_equal(result["crop_image"], cropped["image"])
     np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
@@ -173,7 +173,7 @@ def test_3d_decoding_is_the_same_at_any_resolution_and_follows_focal_px(predicto
     crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
 
     def result(model, shape, window):
-        m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+        m_label = cropping.crop_affine(window.centre, window.side, r)
         return model._result(np.zeros((*shape, 3), np.uint8), window, 1, crop, m_label, raw)
 
     small = person.Window(np.array([200.3, 131.7]), 150.0, "given")
@@ -225,7 +225,7 @@ def test_a_large_window_is_averaged_down_not_aliased_and_stays_in_place(predicto
     window = person.Window.whole(smooth.shape)
     assert window.side > prediction.MAX_WINDOW_PX
     (crop,), _ = predictor._crops([smooth], [window])
-    direct = cv2.warpAffine(smooth, input_pipeline.crop_affine(window.centre, window.side, size),
+    direct = cv2.warpAffine(smooth, cropping.crop_affine(window.centre, window.side, size),
                             (size, size), flags=cv2.INTER_LINEAR)
     assert np.abs(crop.astype(int) - direct).max() <= 4
 
@@ -852,7 +852,7 @@ def _crop_metres(info: surreal.ClipInfo, window: str = "hgmt") -> np.ndarray:
             if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
     joints = info.joints2d[kept][:, surreal.SMPL_TO_JOINT].astype(np.float64)
     w, h = np.moveaxis(joints.max(1) - joints.min(1), -1, 0)
-    m = input_pipeline.BOX_MARGINS
+    m = cropping.BOX_MARGINS
     sides = np.maximum((1 + m["left"] + m["right"]) * w, (1 + m["top"] + m["bottom"]) * h)
     if window == "reference_box":  # end - start + 1 = (w + 1) (1 + margins), likewise h
         sides = 200 / 240 * np.maximum((1 + m["left"] + m["right"]) * (w + 1),
@@ -991,7 +991,7 @@ def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_in
         info, segm = surreal.load_info(stem + "_info.mat"), surreal.load_segm(stem + "_segm.mat")
         for t in range(info.num_frames):
             _, _, w, h = cv2.boundingRect((segm[t] > 0).astype(np.uint8))
-            ratios.append(input_pipeline.person_box(
+            ratios.append(cropping.person_box(
                 info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))[1] / max(w, h))
     ratio = demo["foreground_to_side"]
     assert (ratio["frames"], ratio["clips"]) == (12, 2)
@@ -1040,7 +1040,7 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     window = person.Window(np.array([160.0, 120.0]), 150.0, "given")
     result = model._result(np.zeros((240, 320, 3), np.uint8), window, 1,
                            np.zeros((model.image_size,) * 2 + (3,), np.uint8),
-                           input_pipeline.crop_affine(window.centre, window.side, r), raw)
+                           cropping.crop_affine(window.centre, window.side, r), raw)
     saved = prediction.to_json(result, model.tasks)
     assert saved["crop_metres"] == 2.6
     assert saved["pelvis_depth_m"] == pytest.approx(600.0 * 2.6 / 150, abs=1e-4)
@@ -1345,8 +1345,8 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert meta["label_px_to_input_px"].startswith("input = (label + 0.5) * 4 - 0.5")
     # That is where training's crops of a window at R and at r = R/4 put a label px.
     centre, side = np.array([123.4, 56.7]), 89.1
-    to_input = input_pipeline.crop_affine(centre, side, meta["image_size"])
-    to_label = input_pipeline.crop_affine(centre, side, meta["label_size"])
+    to_input = cropping.crop_affine(centre, side, meta["image_size"])
+    to_label = cropping.crop_affine(centre, side, meta["label_size"])
     label = np.array([[0.0, 0.0], [15.0, 15.0], [3.25, 11.5]])
     image = (label - to_label[:, 2]) @ np.linalg.inv(to_label[:, :2]).T
     np.testing.assert_allclose(image @ to_input[:, :2].T + to_input[:, 2],
@@ -1363,7 +1363,7 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
         w, h = x1 - x0, y1 - y0
         x0, x1 = x0 - margins["left"] * w, x1 + margins["right"] * w
         y0, y1 = y0 - margins["top"] * h, y1 + margins["bottom"] * h
-        centre, side = input_pipeline.person_box(joints)
+        centre, side = cropping.person_box(joints)
         np.testing.assert_allclose(centre, [(x0 + x1) / 2, (y0 + y1) / 2], atol=1e-9)
         assert side == pytest.approx(max(x1 - x0, y1 - y0, least))
     assert meta["crop"]["training_window"] == "hgmt"
@@ -1600,7 +1600,7 @@ def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, pr
     raw = {t: np.zeros((r, r, TASKS[t].NUM_CHANNELS), np.float32) for t in predictor.tasks}
     raw["segm"][0, np.arange(n), np.arange(n)] = 1.0
     window = person.Window(np.array([32.0, 32.0]), 64.0, "given")
-    m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+    m_label = cropping.crop_affine(window.centre, window.side, r)
     crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
     saved = prediction.to_json(predictor._result(crop, window, 1, crop, m_label, raw),
                                predictor.tasks)
@@ -1995,7 +1995,7 @@ def pasted_frames(stems: list[str], seed: int = 0, canvas_hw: tuple[int, int] = 
             y0 = int(rng.integers(0, canvas_hw[0] - small.shape[0]))
             canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
             # Pixel centres at integers: x -> (x + 0.5) * s - 0.5 on the resized frame.
-            centre, side = input_pipeline.person_box((joints2d + 0.5) * s - 0.5 + [x0, y0])
+            centre, side = cropping.person_box((joints2d + 0.5) * s - 0.5 + [x0, y0])
             out.append((canvas, (centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5,
                                  side, side)))
     return out
@@ -2047,7 +2047,7 @@ def test_the_person_is_found_from_the_joints_in_two_passes(workdir, test_example
     and its outputs are the result: the same as predicting with the true box."""
     image = cv2.copyMakeBorder(test_example["image"], 40, 200, 300, 60, cv2.BORDER_CONSTANT)
     joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
-    centre, side = input_pipeline.person_box(joints)
+    centre, side = cropping.person_box(joints)
     true_box = [centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5, side, side]
     oracle = _Oracle(workdir, joints)
     found = oracle(image)
@@ -2122,7 +2122,7 @@ def test_find_window_from_joints_and_from_the_silhouette():
     inside = (joints[:, 0] >= 6 - 2.5) & (joints[:, 0] <= 10 + 2.5) & (joints[:, 1] <= 13 + 2.5)
     assert inside.sum() >= person.MIN_JOINTS
     window = person.find_window(evidence, m_label)
-    centre, side = input_pipeline.person_box(image_joints[inside])
+    centre, side = cropping.person_box(image_joints[inside])
     assert window.found_by == "joints (pose2d)"
     np.testing.assert_allclose([*window.centre, window.side], [*centre, side])
 
@@ -2165,11 +2165,11 @@ def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_windo
     box has no floor (about 1.7 px here), which the search gives it, so that the crop does
     not enlarge a speck a hundredfold."""
     joints = 5.0 + np.random.default_rng(2).uniform(0, 0.5, (16, 2))
-    assert input_pipeline.window_box(joints, "reference_box")[1] < 2
-    for window in input_pipeline.TRAIN_WINDOWS:
+    assert cropping.window_box(joints, "reference_box")[1] < 2
+    for window in cropping.TRAIN_WINDOWS:
         found = person.find_window({"pose2d": {"joints": joints, "joint_scores": np.ones(16)}},
                                    np.eye(2, 3), window=window)
-        assert found.side == input_pipeline.MIN_WINDOW_SIDE_PX
+        assert found.side == cropping.MIN_WINDOW_SIDE_PX
 
 
 def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
@@ -2185,7 +2185,7 @@ def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
         start = np.array([x0 - margins["left"] * w, y0 - margins["top"] * h])
         end = np.array([x1 + margins["right"] * w, y1 + margins["bottom"] * h])
         full = end - start + 1
-        centre, side = input_pipeline.window_box(joints, "reference_box")
+        centre, side = cropping.window_box(joints, "reference_box")
         np.testing.assert_allclose(centre, start + full / 2, atol=1e-4)
         assert side == pytest.approx(200 / 240 * full.max(), abs=1e-4)
 
@@ -2225,7 +2225,7 @@ def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
     assert result["passes"] == 2 and result["raw"]["pose2d"].max() == pytest.approx(0.05)
     assert result["window"].found_by == "joints (pose2d); nothing seen in the final window"
     assert not result["window"].person_seen
-    centre, side = input_pipeline.person_box(joints)
+    centre, side = cropping.person_box(joints)
     np.testing.assert_allclose([*result["window"].centre, result["window"].side],
                                [*centre, side], atol=0.01)
 
@@ -2248,7 +2248,7 @@ def test_the_search_window_never_outgrows_the_whole_image():
     give a window FOREGROUND_TO_SIDE times the image's side, and so on each pass; it is capped
     at the whole image's window (side 160)."""
     whole = person.Window.whole((120, 160))
-    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    m_label = cropping.crop_affine(whole.centre, whole.side, 32)
     evidence = {"segm": {"foreground": np.ones((32, 32), bool)}}
     grown = person.find_window(evidence, m_label)
     assert grown.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 160)
@@ -2265,7 +2265,7 @@ def test_what_is_seen_on_the_crops_black_margins_is_no_person():
     16 joints seen on the margins with no silhouette are nothing seen either."""
     shape = (240, 320)
     whole = person.Window.whole(shape)
-    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    m_label = cropping.crop_affine(whole.centre, whole.side, 32)
     margin = np.zeros((32, 32), bool)
     margin[0:3, 2:6] = True  # label rows 0-2: image y -55..-25
     assert person.find_window({"segm": {"foreground": margin}}, m_label) is not None
@@ -2291,16 +2291,16 @@ def test_a_silhouettes_window_is_never_smaller_than_trainings_least_side():
     times. It is training's least window side, MIN_WINDOW_SIDE_PX (8 px), around the same
     centre; a larger silhouette's window is unchanged."""
     whole = person.Window.whole((9, 12))
-    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    m_label = cropping.crop_affine(whole.centre, whole.side, 32)
     speck = np.zeros((32, 32), bool)
     speck[10:12, 20:24] = True
     window = person.find_window({"segm": {"foreground": speck}}, m_label, (9, 12))
-    assert window.side == input_pipeline.MIN_WINDOW_SIDE_PX == 8.0
+    assert window.side == cropping.MIN_WINDOW_SIDE_PX == 8.0
     # The silhouette box's centre, label px (21.5, 10.5), in image px: (label - 15.5) * 12 / 32
     # plus the image's centre (5.5, 4).
     np.testing.assert_allclose(window.centre, [7.75, 2.125])
     large = person.Window.whole((480, 640))
-    m_label = input_pipeline.crop_affine(large.centre, large.side, 32)
+    m_label = cropping.crop_affine(large.centre, large.side, 32)
     window = person.find_window({"segm": {"foreground": speck}}, m_label, (480, 640))
     assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["hgmt"] * 4 * 640 / 32)
 
@@ -2311,10 +2311,10 @@ def test_a_window_found_from_the_joints_is_trainings_even_beyond_the_image():
     to the whole image's 600 px, so the crop holds the person at training's scale (with black
     margins, as a training crop of a person near the frame's edge does)."""
     whole = person.Window.whole((600, 300))
-    m_label = input_pipeline.crop_affine(whole.centre, whole.side, 32)
+    m_label = cropping.crop_affine(whole.centre, whole.side, 32)
     joints = np.stack([np.random.default_rng(0).uniform(100, 200, 16),
                        np.linspace(20, 580, 16)], -1)
-    centre, side = input_pipeline.person_box(joints)
+    centre, side = cropping.person_box(joints)
     assert side == pytest.approx(896.0)
     evidence = {"pose2d": {"joints": joints @ m_label[:, :2].T + m_label[:, 2],
                            "joint_scores": np.ones(16)}}
@@ -2340,7 +2340,7 @@ def test_a_person_cut_off_by_the_frame_says_so_and_takes_the_larger_window():
     evidence = {"pose2d": {"joints": joints, "joint_scores": scores},
                 "segm": {"foreground": silhouette}}
     upper = np.delete(joints, legs, axis=0) * 10  # image px
-    centre, side = input_pipeline.person_box(upper)
+    centre, side = cropping.person_box(upper)
     assert side == pytest.approx(160.0)  # 100 px tall joints' box, + 60 % margins
     window = person.find_window(evidence, m_label)
     assert window.found_by == "foreground (segm), larger than joints (pose2d, 12 of 16)"
@@ -2425,7 +2425,7 @@ def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
     raw = {t: np.zeros((r, r, TASKS[t].NUM_CHANNELS), np.float32) for t in predictor.tasks}
     raw["pose2d"] = np.moveaxis(heatmaps * heights[:, None, None], 0, -1).astype(np.float32)
     window = person.Window(np.array([300.0, 200.0]), 150.0, "given")
-    m_label = input_pipeline.crop_affine(window.centre, window.side, r)
+    m_label = cropping.crop_affine(window.centre, window.side, r)
     crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
     image = np.zeros((480, 640, 3), np.uint8)
     saved = prediction.to_json(predictor._result(image, window, 1, crop, m_label, raw),

@@ -707,7 +707,7 @@ def test_reference_window_follows_get_center_and_get_scale():
     centred there in 0-based pixels; getScale (:157-160) max(129.6, 31.5) / 240 = 0.54, a
     window of 200 x 0.54 = 108 pixels (img.lua:20-29). hgmt's window: the widened box
     without the +1s, centred on (20, 56), 80 x 1.6 = 128 pixels."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import cropping
 
     joints = np.zeros((16, 2))
     joints[:, 0] = np.linspace(10, 30, 16)
@@ -715,11 +715,11 @@ def test_reference_window_follows_get_center_and_get_scale():
     centre, side = surreal.reference_box(joints)
     np.testing.assert_allclose(centre, [21.5, 57.45], atol=1e-9)
     assert side == pytest.approx(108.0, abs=1e-9)
-    centre, side = input_pipeline.window_box(joints, "hgmt")
+    centre, side = cropping.window_box(joints, "hgmt")
     np.testing.assert_allclose(centre, [20.0, 56.0], atol=1e-9)
     assert side == pytest.approx(128.0, abs=1e-9)
     with pytest.raises(ValueError, match="crop window 'tight': choose one of hgmt, reference"):
-        input_pipeline.window_box(joints, "tight")
+        cropping.window_box(joints, "tight")
 
 
 def test_reference_window_adds_the_one_in_float32():
@@ -740,7 +740,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     references' window (`surreal.reference_box`), hgmt's around the run's training window
     (`person_box`, or the references' box for config.window=reference_box, whatever the
     protocol); the summary's `window` says which."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import cropping, input_pipeline
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
     from hgmt.training import steps
@@ -768,11 +768,11 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         assert (f"in the `{window}` crop window" in header) == (window != "hgmt"), header
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
-        centre, side = input_pipeline.window_box(joints, window)
+        centre, side = cropping.window_box(joints, window)
         r = config.image_size // 4
         np.testing.assert_allclose(ev.first_batch["crop"][0],
-                                   input_pipeline.crop_affine(centre, side, r), atol=1e-4)
-    hgmt_side = input_pipeline.person_box(joints)[1]
+                                   cropping.crop_affine(centre, side, r), atol=1e-4)
+    hgmt_side = cropping.person_box(joints)[1]
     assert 0.8 < surreal.reference_box(joints)[1] / hgmt_side < 0.9
 
 
@@ -997,6 +997,7 @@ def test_reference_image_crop_copies_the_window_then_scales_it_ends_onto_ends():
     label frame `m_label` scales by 1/4) puts x 50 at (50 - 100.3) 2.56 + 127.5 = -1.268 and x
     149 at 252.172, where this crop shows them at 0 and 255: the content lies 1.268 px right
     of hgmt's frame at the left edge and 2.828 px at the right (rows: 2.036 and 3.596 down)."""
+    from hgmt.data import cropping
     from hgmt.sources import reference_crop
 
     out = reference_crop.image_crop(_POSITIONS, np.array([100.3, 80.6]), 0.5)
@@ -1008,9 +1009,8 @@ def test_reference_image_crop_copies_the_window_then_scales_it_ends_onto_ends():
     np.testing.assert_array_equal(out[..., 1], np.broadcast_to(green[:, None], (256, 256)))
     assert out[0, 0, 2] == 100 and out[1, 1, 2] == 124 and out[255, 255, 2] == 100
     assert out[0, 0, 0] == 60 and out[0, 255, 0] == 159 and out[255, 0, 1] == 139
-    from hgmt.data import input_pipeline
 
-    m = input_pipeline.crop_affine(np.array([100.3, 80.6]), 100.0, 256)
+    m = cropping.crop_affine(np.array([100.3, 80.6]), 100.0, 256)
     np.testing.assert_allclose(m @ [50, 30, 1], [-1.268, -2.036], atol=1e-9)
     np.testing.assert_allclose(m @ [149, 129, 1], [252.172, 251.404], atol=1e-9)
 
@@ -1103,7 +1103,7 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
     rotated, mirrored or colour-gained reference crop is refused."""
     import cv2
 
-    from hgmt.data import input_pipeline
+    from hgmt.data import cropping, input_pipeline, records
     from hgmt.models import create_model
     from hgmt.sources import reference_crop
     from hgmt.tasks import heads, parse_tasks
@@ -1121,12 +1121,12 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
         for row, index in enumerate(ev.indices):
             record = source[index]
             joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
-            frame = input_pipeline.decoded(record, "image")
-            raw = input_pipeline.decoded(record, "segm")
-            classes = input_pipeline.decoded(record, "depth_class")
-            centre, side = input_pipeline.window_box(joints, ev.window)
-            m = input_pipeline.crop_affine(centre, side, R)
-            warped_image = cv2.warpAffine(frame, input_pipeline.crop_affine(centre, side, 256),
+            frame = records.decoded(record, "image")
+            raw = records.decoded(record, "segm")
+            classes = records.decoded(record, "depth_class")
+            centre, side = cropping.window_box(joints, ev.window)
+            m = cropping.crop_affine(centre, side, R)
+            warped_image = cv2.warpAffine(frame, cropping.crop_affine(centre, side, 256),
                                           (256, 256), flags=cv2.INTER_LINEAR)
             warped_segm = surreal.SEGM_TO_PART[_nearest_warp(raw, m)]
             warped_depth = _nearest_warp(classes, m)
@@ -1146,11 +1146,11 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
                 np.testing.assert_array_equal(got_image, warped_image)
                 np.testing.assert_array_equal(got_segm, warped_segm)
                 np.testing.assert_array_equal(got_depth, warped_depth)
-    for params in (input_pipeline.CropParams(rotation=10.0),
-                   input_pipeline.CropParams(gain=(1.2, 1.0, 1.0))):
+    for params in (cropping.CropParams(rotation=10.0),
+                   cropping.CropParams(gain=(1.2, 1.0, 1.0))):
         with pytest.raises(ValueError, match="crop window 'reference' cuts the image and "
                                              "labels as the references' test crop does"):
-            input_pipeline.crop_with(source[ev.indices[0]], 256, params, ("segm",),
+            cropping.crop_with(source[ev.indices[0]], 256, params, ("segm",),
                                      window="reference")
 
 

@@ -301,14 +301,14 @@ def test_the_pckh_head_segment_is_about_a_label_pixel_and_a_half(real_info_path)
     """SMPL has no head-top joint: `head_top` is its joint 15 ('head', mid-head) and
     `upper_neck` its 12 ('neck'), 9 cm apart on the real clip, so PCKh@0.5's radius is about
     0.8 label pixel at 64 x 64 in hgmt's crop window (docs/metrics.md)."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import cropping
 
     info = surreal.load_info(real_info_path)
     apart = np.linalg.norm(info.joints3d[:, 15] - info.joints3d[:, 12], axis=-1)
     assert 0.085 < apart.mean() < 0.095
     joints = surreal.project(info.joints3d, info.cam_loc)[:, surreal.SMPL_TO_JOINT]
     segment = [np.linalg.norm(j[surreal.HEAD_TOP] - j[surreal.UPPER_NECK]) * 64
-               / input_pipeline.person_box(j)[1] for j in joints]
+               / cropping.person_box(j)[1] for j in joints]
     assert 1.4 < np.median(segment) < 1.8 and min(segment) > 1.2 and max(segment) < 2.2
 
 

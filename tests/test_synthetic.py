@@ -215,7 +215,7 @@ def test_clips_written_in_worker_processes_are_the_ones_written_in_this_one(tmp_
 
 
 def _record(clip, t):
-    """The builder's record of frame t (what input_pipeline.crop_example reads)."""
+    """The builder's record of frame t (what cropping.crop_example reads)."""
     info = clip.info
     return {"image": clip.video[t], "segm": clip.segm[t][..., None],
             "depth": np.round(clip.depth[t] * 1000).astype(np.uint16)[..., None],

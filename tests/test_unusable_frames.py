@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt.data import records
+from hgmt.data import cropping, records
 from hgmt.evaluation import protocols
 from hgmt.sources import surreal, synthetic
 from tests.test_protocols import _pose3d_case, _run
@@ -78,7 +78,7 @@ def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
     source = [e for _, e in records.clip_examples(
         stem, records.FrameSelection(keep_unusable=True), collections.Counter())]
     assert len(source) == 4 and not any(e["unusable"] for e in source)
-    for window in input_pipeline.WINDOWS:
+    for window in cropping.WINDOWS:
         batch, = input_pipeline.eval_batches(source, [0, 1, 2, 3], batch_size=4, image_size=64,
                                              window=window)
         np.testing.assert_array_equal(batch["rejected"], [0, 0, 1, 0])
@@ -90,7 +90,7 @@ def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it
 
     cid = surreal.parse_stem("/x/cmu/test/run0/03_01/03_01_c0001")
     record = records.unusable_example(cid, 0, 1, "clip_unreadable_file")
-    ex = input_pipeline.crop_example(record, 64, input_pipeline.Augment.none())
+    ex = cropping.crop_example(record, 64, input_pipeline.Augment.none())
     assert ex["unusable"] == 1.0 and not ex["image"].any()
     assert not ex["segm"].any() and not ex["depth_class"].any()
     assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in ex.values())

@@ -109,8 +109,8 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
                              cli.hms((to_read - checked.read) / rate) if rate else "?")
             try:
                 record = damage.read(source, i)
-                for key in input_pipeline.IMAGE_FEATURES:
-                    input_pipeline.decoded(record, key)
+                for key in records.IMAGE_FEATURES:
+                    records.decoded(record, key)
             except damage.DamagedRecord as e:
                 checked.damaged.append(f"{where.name(i)}: {e}")
             except damage.StorageFault as e:  # the storage, not the data: the split is unchecked

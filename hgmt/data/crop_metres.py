@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import cli, disk_space, paths, workdirs
-from hgmt.data import damage, input_pipeline
+from hgmt.data import cropping, damage, input_pipeline, records
 from hgmt.sources import surreal
 from hgmt.tasks import spec
 
@@ -28,7 +28,7 @@ from hgmt.tasks import spec
 MEASURED_RECORDS = 400
 # What the figure is, as the workdir's file states it.
 DEFINITION = ("mean over the split's records of side_px * pelvis_depth_m / focal_px: the "
-              "side of training's window ('window': input_pipeline.window_box of the 16 "
+              "side of training's window ('window': cropping.window_box of the 16 "
               "joints, before augmentation's scale) at the pelvis's camera depth, SURREAL's "
               "focal length")
 _FEATURES = ("joints2d", "joints3d", "cam_loc")  # what `record_metres` reads of a record
@@ -37,14 +37,14 @@ _FEATURES = ("joints2d", "joints3d", "cam_loc")  # what `record_metres` reads of
 def record_metres(record: Mapping[str, np.ndarray], window: str = "hgmt") -> float:
     """A SURREAL record (or one frame of a _info.mat: 'joints2d' (24,2) px, 'joints3d' (24,3)
     world metres, 'cam_loc' (3,) metres) -> the metres its training window
-    (`input_pipeline.TRAIN_WINDOWS`) spans at the pelvis's depth: the window's side in px
-    (`input_pipeline.window_box`, as `crop_with` cuts it) times the pelvis's camera depth
+    (`cropping.TRAIN_WINDOWS`) spans at the pelvis's depth: the window's side in px
+    (`cropping.window_box`, as `crop_with` cuts it) times the pelvis's camera depth
     (`spec.pelvis_depth`, pose3d's and depth's reference) over SURREAL's focal length in px."""
     joints = np.asarray(record["joints2d"])[surreal.SMPL_TO_JOINT].astype(np.float64)
-    _, side = input_pipeline.window_box(
-        joints, input_pipeline.check_window(window, input_pipeline.TRAIN_WINDOWS))
+    _, side = cropping.window_box(
+        joints, cropping.check_window(window, cropping.TRAIN_WINDOWS))
     # Only the record's joints are read: no map is warped, so no label frame is needed.
-    crop = spec.Crop(dict(record), np.eye(2, 3), 0, False, input_pipeline.decoded)
+    crop = spec.Crop(dict(record), np.eye(2, 3), 0, False, records.decoded)
     depth = float(spec.pelvis_depth(crop)["pelvis_depth"])
     return side * depth / float(surreal.INTRINSICS[0, 0])
 

@@ -6,7 +6,7 @@ label maps the selected tasks' training targets are made from (`target_maps`), e
 stored resolution (SURREAL's 240 x 320), and pass the joints and the camera as they are. The
 device's (`Prepare`, called first in the train step): draw each example's crop parameters from
 a key of (seed, step, the example's index in the global batch), so a resumed run draws the
-same ones; build the crop of `input_pipeline.crop_with` (the same person box, scale, rotation
+same ones; build the crop of `cropping.crop_with` (the same person box, scale, rotation
 and mirror); sample the frame bilinearly and the label maps at the nearest pixel with a gather
 (outside the frame: 0, as OpenCV's constant border); and make each task's labels with its own
 `labels`, given a batched `DeviceCrop` (maps not decoded warp to zeros). The output
@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from hgmt.data import damage, input_pipeline
+from hgmt.data import cropping, damage, input_pipeline, records
 from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, common, spec
 
 FRAME_SHAPE = (surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH)  # the stored resolution (H, W)
 # The record's label maps a task may read (raw segments, depth mm, depth classes).
-LABEL_MAPS = tuple(k for k in input_pipeline.IMAGE_FEATURES if k != "image")
+LABEL_MAPS = tuple(k for k in records.IMAGE_FEATURES if k != "image")
 PLACEMENTS = ("host", "device")
 # "auto": where the augmentation runs by backend. CPU: host (the crop in the step shares the
 # loader's cores and costs more there than OpenCV's); accelerators: device (the host's cores
@@ -62,9 +62,9 @@ def decode_record(record: dict, maps: Sequence[str] = LABEL_MAPS) -> dict:
     label `maps` (H,W) as stored (segm uint8 raw segments, depth uint16 mm, depth_class uint8),
     joints2d (24,2) image px, joints3d (24,3) world metres, cam_loc (3,) metres, all float32.
     DamagedRecord (hgmt.data.damage) when an image does not decode."""
-    out = {"image": input_pipeline.decoded(record, "image")}
+    out = {"image": records.decoded(record, "image")}
     for key in maps:
-        out[key] = input_pipeline.decoded(record, key)
+        out[key] = records.decoded(record, key)
     for key, value in out.items():
         if value.shape[:2] != FRAME_SHAPE:
             raise ValueError(f"record feature {key!r} is {value.shape[:2]} (H, W), the device "
@@ -141,7 +141,7 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
 # --- Device: crop parameters, crops, labels -------------------------------------------------
 def draw_params(key: jax.Array, augment: input_pipeline.Augment) -> dict[str, jax.Array]:
     """One example's crop parameters from `augment`'s distributions (those of
-    `input_pipeline.draw_crop_params`): scale (), rotation () degrees, flip () bool, gain (3,)."""
+    `cropping.draw_crop_params`): scale (), rotation () degrees, flip () bool, gain (3,)."""
     k_scale, k_rotate, k_angle, k_flip, k_gain = jax.random.split(key, 5)
     scale = jnp.float32(1.0)
     if augment.scale_sigma:
@@ -169,13 +169,13 @@ def example_keys(seed: int, step: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def person_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B,16,2) joints px -> centre (B,2), side (B,): `input_pipeline.person_box`, batched."""
+    """(B,16,2) joints px -> centre (B,2), side (B,): `cropping.person_box`, batched."""
     lo, hi = joints2d.min(1), joints2d.max(1)
     w, h = (hi - lo)[:, 0], (hi - lo)[:, 1]
-    margin = input_pipeline.BOX_MARGINS
+    margin = cropping.BOX_MARGINS
     x0, x1 = lo[:, 0] - margin["left"] * w, hi[:, 0] + margin["right"] * w
     y0, y1 = lo[:, 1] - margin["top"] * h, hi[:, 1] + margin["bottom"] * h
-    side = jnp.maximum(jnp.maximum(x1 - x0, y1 - y0), input_pipeline.MIN_WINDOW_SIDE_PX)
+    side = jnp.maximum(jnp.maximum(x1 - x0, y1 - y0), cropping.MIN_WINDOW_SIDE_PX)
     return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2], -1), side
 
 
@@ -192,13 +192,13 @@ def reference_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
                               / reference_crop.SCALE_DIVISOR_PX)
 
 
-# The boxes of the training windows (input_pipeline.TRAIN_WINDOWS), batched.
+# The boxes of the training windows (cropping.TRAIN_WINDOWS), batched.
 WINDOW_BOXES = {"hgmt": person_box, "reference_box": reference_box}
 
 
 def crop_affine(centre: jax.Array, side: jax.Array, size: int, rotation: jax.Array,
                 flip: jax.Array) -> jax.Array:
-    """(B,2,3) image px -> size x size crop px: `input_pipeline.crop_affine`, batched."""
+    """(B,2,3) image px -> size x size crop px: `cropping.crop_affine`, batched."""
     s = size / side
     a = jnp.deg2rad(rotation)
     cos, sin = jnp.cos(a) * s, jnp.sin(a) * s
@@ -293,11 +293,11 @@ def crop_batch(raw: dict, params: dict, image_size: int,
                tasks: Sequence[str] | None = None,
                unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
     """A batch of `decode_record` arrays (B,...) and crop parameters (`draw_params`, batched)
-    -> the cropped batch of `input_pipeline.crop_with` around the `window`'s box
+    -> the cropped batch of `cropping.crop_with` around the `window`'s box
     (`WINDOW_BOXES`): image (B,R,R,3) uint8, crop (B,2,3), and the labels of `tasks`
     (default all), zeros for the maps in `unread` (which `raw` may lack)."""
     r = image_size // common.LABEL_STRIDE
-    box = WINDOW_BOXES[input_pipeline.check_window(window, input_pipeline.TRAIN_WINDOWS,
+    box = WINDOW_BOXES[cropping.check_window(window, cropping.TRAIN_WINDOWS,
                                                    "training crop window")]
     centre, side = box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
     side = side * params["scale"]
@@ -325,7 +325,7 @@ class Prepare:
     seed: int
     tasks: tuple[str, ...] | None = None
     augment: input_pipeline.Augment = input_pipeline.Augment()
-    window: str = "hgmt"  # input_pipeline.TRAIN_WINDOWS
+    window: str = "hgmt"  # cropping.TRAIN_WINDOWS
 
     def __call__(self, raw: dict, step: jax.Array, first_index: jax.Array | int = 0) -> dict:
         """`raw` (B,...) of the examples at global batch positions first_index..+B of step

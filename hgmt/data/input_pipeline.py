@@ -3,17 +3,13 @@
 Reads the TFDS dataset with `tfds.data_source` (array_record, random access) through a grain
 `DataLoader`: one shuffled sequence of records shared among the hosts element by element
 (`GlobalOrder`), per-record deterministic randomness, and an iterator state that is
-checkpointed with the model. Each example is cropped around the person
-(`person_box`: the joints' tight box widened by `BOX_MARGINS`, the square of side max(h, w)
-centred on it; docs/surreal_format.md; or, with `config.window="reference_box"`, the box of
-the reference code's crop), with OpenCV warps: the image bilinear to R x R, labels nearest to
-r x r = R/4 x R/4 (the reference protocols' evaluation cuts the references' window as they do
-instead, `hgmt.sources.reference_crop`). Training adds random scale,
-rotation, colour gain and a horizontal flip with left/right swaps, drawn from `Augment`'s
-distributions. The output is the cropped example of docs/interfaces.md §4; each task's targets
-are made from it inside the jitted step. With `config.augment_on="device"` (what "auto" picks
-on a GPU or TPU) the loader only decodes the records into fixed-size arrays and the same crop
-runs batched in the step (hgmt/data/device_augment.py).
+checkpointed with the model. Each example is cropped around the person and augmented in the
+loader's workers (`TrainCrop`, with hgmt/data/cropping.py's crop: docs/surreal_format.md), or,
+with `config.augment_on="device"` (what "auto" picks on a GPU or TPU), only decoded into
+fixed-size arrays here and cropped batched in the step (hgmt/data/device_augment.py). The
+output is the cropped example of docs/interfaces.md §4; each task's targets are made from it
+inside the jitted step. Also here: the checks that a split is built, of this builder's
+version and features, before anything reads it; the evaluation's frame selection and batches.
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
 access, so shuffling needs no buffer, each host reads its own elements of the one shuffled
@@ -27,7 +23,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -46,11 +41,9 @@ import numpy as np
 from absl import flags
 
 from hgmt import cores, devices, paths
-from hgmt.data import damage, records, shards
+from hgmt.data import cropping, damage, records, shards
 from hgmt.data.augment import Augment
-from hgmt.sources import reference_crop, surreal
-from hgmt.tasks import TASKS, common
-from hgmt.tasks.spec import Crop
+from hgmt.sources import surreal
 
 # The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
 # them would oversubscribe the host's cores and spin (measured on a 2-core and a 16-core host:
@@ -62,230 +55,6 @@ class NotInBuild(ValueError):
     """A built dataset does not hold what is asked of it: frames it does not store, features
     an older build lacks, frames of a builder config hgmt does not know. The message names
     the build and the fix (another build, or other frames)."""
-
-
-# The person box's margins around the joints' tight box: fractions of its width (left, right)
-# and of its height (top, bottom); and the least side of the square window, in pixels.
-BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}
-MIN_WINDOW_SIDE_PX = 8.0
-
-
-def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
-    """(16,2) joints in pixels -> (centre (2,), side) of the square crop window."""
-    lo, hi = joints2d.min(0), joints2d.max(0)
-    w, h = hi - lo
-    x0, x1 = lo[0] - BOX_MARGINS["left"] * w, hi[0] + BOX_MARGINS["right"] * w
-    y0, y1 = lo[1] - BOX_MARGINS["top"] * h, hi[1] + BOX_MARGINS["bottom"] * h
-    side = max(x1 - x0, y1 - y0, MIN_WINDOW_SIDE_PX)
-    return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), float(side)
-
-
-# The crop windows a run trains on (config.window), cut by hgmt's warps, with any augmentation:
-# "hgmt"'s (`person_box`, docs/surreal_format.md) and "reference_box", the box of BodyNet's
-# and SURREAL's crop (`surreal.reference_box`, about 0.84 of hgmt's side), so that training
-# sees the person at the scale their protocols measure it.
-TRAIN_WINDOWS = ("hgmt", "reference_box")
-# And "reference": the references' test crop (their protocols), the same box whose image and
-# label maps are cut as theirs are (`ReferenceCrop`, `reference_crop.image_crop`), unaugmented.
-WINDOWS = (*TRAIN_WINDOWS, "reference")
-
-
-def check_window(window: str, choices: Sequence[str] = WINDOWS,
-                 name: str = "crop window") -> str:
-    """`window` when it is one of `choices`, else ValueError naming `name` and the choices."""
-    if window not in choices:
-        raise ValueError(f"{name} {window!r}: choose one of {', '.join(choices)}")
-    return window
-
-
-def config_window(config) -> str:
-    """The run's training window, `config.window` (TRAIN_WINDOWS), checked: the window its
-    crops are cut around, which hgmt's protocol evaluates and prediction searches in."""
-    return check_window(config.window, TRAIN_WINDOWS, "config.window")
-
-
-def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, float]:
-    """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
-    if check_window(window) == "hgmt":
-        return person_box(joints2d)
-    return surreal.reference_box(joints2d)
-
-
-def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float = 0.0,
-                flip: bool = False) -> np.ndarray:
-    """(2,3) affine from image pixels to a size x size crop: the window of `side` pixels around
-    `centre` (pixel centres at integers, so the window spans [-0.5, size - 0.5]), rotated by
-    `rotation_deg` and mirrored horizontally when `flip`."""
-    s = size / side
-    a = np.deg2rad(rotation_deg)
-    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * s
-    if flip:
-        rot[0] *= -1
-    offset = (size - 1) / 2 - rot @ centre
-    return np.concatenate([rot, offset[:, None]], axis=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class CropParams:
-    """One example's random crop: the person box's side times `scale`, rotated by `rotation`
-    degrees, mirrored when `flip`, the frame's RGB channels times `gain` (3,)."""
-
-    scale: float = 1.0
-    rotation: float = 0.0
-    flip: bool = False
-    gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-
-def draw_crop_params(augment: Augment, rng: np.random.Generator) -> CropParams:
-    """The crop parameters of `augment`'s distributions, drawn from `rng` in a fixed order
-    (scale, rotation, flip, gain); a disabled augmentation draws nothing."""
-    scale = 1.0
-    if augment.scale_sigma:
-        scale = float(2.0 ** np.clip(rng.normal(0, augment.scale_sigma), -augment.scale_clip,
-                                     augment.scale_clip))
-    rotation = 0.0
-    if augment.rotate_p and rng.uniform() < augment.rotate_p:
-        rotation = float(np.clip(rng.normal(0, augment.rotate_sigma), -augment.rotate_clip,
-                                 augment.rotate_clip))
-    flip = bool(augment.flip_p and rng.uniform() < augment.flip_p)
-    gain = (1.0, 1.0, 1.0)
-    if augment.gain != (1.0, 1.0):
-        gain = tuple(float(g) for g in rng.uniform(*augment.gain, size=3))
-    return CropParams(scale, rotation, flip, gain)
-
-
-def crop_example(example: dict, image_size: int, augment: Augment,
-                 rng: np.random.Generator | None = None,
-                 tasks: Sequence[str] | None = None,
-                 unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
-    """A decoded SURREAL record -> the cropped example (docs/interfaces.md §4), numpy, with
-    crop parameters drawn from `augment`'s distributions (`draw_crop_params`), around the
-    `window`'s box (`window_box`: hgmt's, the references' box, or their test crop).
-
-    Image features may be decoded arrays or their encoded bytes (a split opened with
-    `open_split`'s default), which OpenCV decodes here, only those the `tasks` read (default:
-    all tasks).
-
-    image (R,R,3) RGB uint8 (the model normalises it); crop (2,3) image pixels -> label
-    pixels; unusable () 1.0 for a flagged placeholder of an unusable test frame (the
-    evaluation decides what it becomes), else 0.0; and each task's `labels`: joints2d (16,2) in
-    r x r label pixels, visible (16,), joints3d (16,3) camera metres, pelvis_depth (), segm
-    (r,r) uint8 part classes, depth_class (r,r) uint8 depth classes (the depth task's training
-    label), depth (r,r) float32 metres (left out when "depth" is in `unread`).
-    """
-    params = draw_crop_params(augment, rng or np.random.default_rng(0))
-    return crop_with(example, image_size, params, tasks, unread, window)
-
-
-def crop_with(example: dict, image_size: int, params: CropParams,
-              tasks: Sequence[str] | None = None,
-              unread: frozenset[str] = frozenset(), window: str = "hgmt") -> dict:
-    """`crop_example` with given crop parameters, around the `window`'s box (`window_box`);
-    the label maps in `unread` are not decoded (`spec.Crop.warp` gives zeros; the depth task
-    leaves its picture-only depth in metres out). In the "reference" window the image and
-    the label maps are cut as the references cut theirs (`reference_label_crop`,
-    `reference_crop.image_crop`); the joints map through hgmt's label frame of the same
-    window (`crop_affine`), as the references' own labels do, against which their image crop
-    moves the content right and down by up to about two source pixels (docs/metrics.md,
-    "Crop resampling")."""
-    r = image_size // common.LABEL_STRIDE
-    joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
-    centre, side = window_box(joints, window)
-    side *= params.scale
-    m_label = crop_affine(centre, side, r, params.rotation, params.flip)
-    if window == "reference":
-        crop = reference_label_crop(example, joints, params, m_label, r, unread)
-        image = reference_crop.image_crop(decoded(example, "image"), crop.centre, crop.scale,
-                                          image_size)
-    else:
-        m_image = crop_affine(centre, side, image_size, params.rotation, params.flip)
-        image = cv2.warpAffine(decoded(example, "image"), m_image, (image_size, image_size),
-                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        if params.gain != (1.0, 1.0, 1.0):
-            image = apply_gain(image, params.gain)
-        crop = Crop(example, m_label, r, params.flip, decoded, frozenset(unread))
-    out = {"image": image, "crop": m_label.astype(np.float32),
-           "unusable": np.float32(bool(example.get("unusable", b"")))}
-    for t in (TASKS if tasks is None else tasks):
-        out.update(TASKS[t].labels(crop))
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ReferenceCrop(Crop):
-    """A `Crop` whose label maps (segm, depth_class, depth) are cut as the references cut
-    theirs, `reference_crop.label_crop` around their `getCenter` `centre` (2,) with their
-    `getScale` `scale`, instead of hgmt's nearest warp of the window; the joints still map
-    through `m_label`, hgmt's label frame of the same window."""
-
-    centre: np.ndarray | None = None
-    scale: float = 1.0
-
-    def warp(self, key: str) -> np.ndarray:
-        if key in self.unread:
-            return super().warp(key)
-        return reference_crop.label_crop(self.read_map(self.record, key), self.centre,
-                                         self.scale, self.size)
-
-
-def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
-                         m_label: np.ndarray, r: int,
-                         unread: Iterable[str] = ()) -> ReferenceCrop:
-    """The crop of the reference window (`surreal.reference_box`) of a record whose 16 joints
-    are `joints` (16,2), `m_label` (2,3) its r x r label frame (`crop_affine`), with label
-    maps cut as the references cut theirs (`ReferenceCrop`), the references' scale times
-    `params.scale`, as their scale augmentation multiplies it. ValueError for a rotation, a
-    mirror or a colour gain, which their test crop never has and `reference_crop` does not
-    follow."""
-    if params.rotation or params.flip or params.gain != (1.0, 1.0, 1.0):
-        raise ValueError(f"crop window 'reference' cuts the image and labels as the "
-                         f"references' test crop does, unrotated, unmirrored and without colour "
-                         f"gain, but rotation={params.rotation}, flip={params.flip} and "
-                         f"gain={params.gain}: crop with window='hgmt' to augment")
-    centre, scale = surreal.reference_centre_scale(joints)
-    return ReferenceCrop(example, m_label, r, False, decoded, frozenset(unread), centre,
-                         scale * params.scale)
-
-
-def apply_gain(image: np.ndarray, gain: Sequence[float]) -> np.ndarray:
-    """(H,W,3) uint8 times a per-channel gain (3,), rounded and saturated in uint8: one lookup
-    table per channel (the products of the 256 values), faster than cv2.multiply and equal
-    to it (docs/performance.md, "Crop and augmentation: on the host or on the device")."""
-    table = np.clip(np.rint(np.arange(256.0)[:, None] * np.asarray(gain, np.float64)), 0, 255)
-    return cv2.LUT(image, table.astype(np.uint8)[None])
-
-
-# Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
-_IMAGE_FEATURES = {"image": cv2.IMREAD_COLOR_RGB, "segm": cv2.IMREAD_UNCHANGED,
-                   "depth": cv2.IMREAD_UNCHANGED, "depth_class": cv2.IMREAD_UNCHANGED}
-IMAGE_FEATURES = tuple(_IMAGE_FEATURES)
-
-
-def decoded(example: dict, key: str) -> np.ndarray:
-    """Image feature `key` of a record as an array: (H,W,3) uint8 RGB for "image", (H,W)
-    for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array.
-    DamagedRecord when the bytes are not an image, or when "segm" holds a value that is no
-    SURREAL segment (above surreal.NUM_SMPL_SEGMENTS): the host's and the device's crops both
-    decode here, so such a record is skipped and named on either, not trained on."""
-    value = example[key]
-    if isinstance(value, bytes | np.bytes_):
-        try:  # OpenCV returns None for most bad bytes, raises on some (no bytes at all)
-            array = cv2.imdecode(np.frombuffer(value, np.uint8), _IMAGE_FEATURES[key])
-        except cv2.error:
-            array = None
-        if array is None:
-            raise damage.DamagedRecord(
-                f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
-                f"dataset is damaged; rebuild it with tfds build")
-    else:
-        array = np.asarray(value)
-        array = array[..., 0] if key != "image" and array.ndim == 3 else array
-    if key == "segm" and array.size and array.max() > surreal.NUM_SMPL_SEGMENTS:
-        raise damage.DamagedRecord(
-            f"record feature 'segm' holds segment value {int(array.max())}, above SURREAL's "
-            f"0..{surreal.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
-            f"data_builders/surreal; rebuild it with tfds build")
-    return array
 
 
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
@@ -380,7 +149,7 @@ def _unpickled() -> SkipUnusable:
 
 class TrainCrop(grain.RandomMapTransform):
     """The training crop of a record of a `damage.Guarded` source, around the `window`'s box
-    (TRAIN_WINDOWS): a damaged record is
+    (cropping.TRAIN_WINDOWS): a damaged record is
     replaced by the next good one of its shard (`damage.first_good`), and the example's
     `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced (-1
     padded) for the trainer to name and count. Records without '_index' are cropped as
@@ -390,12 +159,12 @@ class TrainCrop(grain.RandomMapTransform):
                  source=None, unread: frozenset[str] = frozenset(), window: str = "hgmt"):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
         self.source, self.unread = source, frozenset(unread)
-        self.window = check_window(window, TRAIN_WINDOWS, "training crop window")
+        self.window = cropping.check_window(window, cropping.TRAIN_WINDOWS, "training crop window")
         self.shards = None if source is None else damage.Shards.of(source)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         def crop(record: dict) -> dict:
-            return crop_example(record, self.image_size, self.augment, rng, self.tasks,
+            return cropping.crop_example(record, self.image_size, self.augment, rng, self.tasks,
                                 self.unread, self.window)
 
         return damage.make_guarded(element, self.source, self.shards, crop)
@@ -667,7 +436,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     `damage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
     files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
     is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
-    image features stay encoded bytes (`crop_example` decodes them with OpenCV, faster than
+    image features stay encoded bytes (`cropping.crop_example` decodes them with OpenCV, faster than
     TFDS) unless `decode_images`; the records are then parsed by `tf_example.parsed`, with
     only the `features` named (default all)."""
     data_dir = _expanded(data_dir)
@@ -685,7 +454,8 @@ def source_of(builder, split: str, dataset: str, data_dir: str, decode_images: b
 
     from hgmt.data import tf_example
 
-    decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in _IMAGE_FEATURES}
+    decoders = None if decode_images else {k: tfds.decode.SkipDecoding()
+                                           for k in records.IMAGE_FEATURES}
     try:
         source = builder.as_data_source(split, decoders=decoders)
     except Exception as e:
@@ -725,9 +495,9 @@ def train_loader(source, *, batch_size: int, image_size: int, seed: int,
                  unread: frozenset[str] = frozenset(), read_threads: int = 0,
                  window: str = "hgmt") -> grain.DataLoader:
     """Endless shuffled loader of this host's share: batches of batch_size // process_count,
-    cropped around the `window`'s box (TRAIN_WINDOWS), with the labels of `tasks` (default
+    cropped around the `window`'s box (cropping.TRAIN_WINDOWS), with the labels of `tasks` (default
     all; the label maps in `unread` not decoded, as
-    `crop_with` says: the trainer passes the maps no training target is made from,
+    `cropping.crop_with` says: the trainer passes the maps no training target is made from,
     `device_augment.unread_maps`), and `damaged` (per example, the damaged records it
     replaced: `TrainCrop`). `worker_count` as in `auto_worker_count`, `read_threads` as in
     `read_options`."""
@@ -1109,7 +879,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
                  window: str = "hgmt", threads: int = 0) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
-    box (`window_box`: hgmt's, the references' box, or their test crop), with the labels of
+    box (`cropping.window_box`: hgmt's, the references' box, or their test crop), with the labels of
     `tasks` (default all) and `rejected` (1 for a frame hgmt's own check rejects,
     `surreal.frame_problem`: the frames training skips, which hgmt's metric definitions leave
     out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
@@ -1128,7 +898,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
     per_host = batch_size // jax.process_count()
 
     def cropped(record: dict) -> dict:
-        out = crop_example(record, image_size, Augment.none(), tasks=tasks, window=window)
+        out = cropping.crop_example(record, image_size, Augment.none(), tasks=tasks, window=window)
         problem = surreal.frame_problem(record["joints2d"], record["joints3d"])
         out["rejected"] = np.float32(max(out["unusable"], problem is not None))
         return out

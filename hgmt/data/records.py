@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from hgmt.data import damage
 from hgmt.sources import surreal
 from hgmt.tasks import depth
 
@@ -264,3 +265,36 @@ def beam_examples(stems: list[str], frames: FrameSelection, counts_path: str):
         return out.examples
 
     return build()
+
+
+# Image features of the built records, and how OpenCV reads each: RGB frame, 1-channel maps.
+IMAGE_READ_FLAGS = {"image": cv2.IMREAD_COLOR_RGB, "segm": cv2.IMREAD_UNCHANGED,
+                   "depth": cv2.IMREAD_UNCHANGED, "depth_class": cv2.IMREAD_UNCHANGED}
+IMAGE_FEATURES = tuple(IMAGE_READ_FLAGS)
+
+
+def decoded(example: dict, key: str) -> np.ndarray:
+    """Image feature `key` of a record as an array: (H,W,3) uint8 RGB for "image", (H,W)
+    for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array.
+    DamagedRecord when the bytes are not an image, or when "segm" holds a value that is no
+    SURREAL segment (above surreal.NUM_SMPL_SEGMENTS): the host's and the device's crops both
+    decode here, so such a record is skipped and named on either, not trained on."""
+    value = example[key]
+    if isinstance(value, bytes | np.bytes_):
+        try:  # OpenCV returns None for most bad bytes, raises on some (no bytes at all)
+            array = cv2.imdecode(np.frombuffer(value, np.uint8), IMAGE_READ_FLAGS[key])
+        except cv2.error:
+            array = None
+        if array is None:
+            raise damage.DamagedRecord(
+                f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
+                f"dataset is damaged; rebuild it with tfds build")
+    else:
+        array = np.asarray(value)
+        array = array[..., 0] if key != "image" and array.ndim == 3 else array
+    if key == "segm" and array.size and array.max() > surreal.NUM_SMPL_SEGMENTS:
+        raise damage.DamagedRecord(
+            f"record feature 'segm' holds segment value {int(array.max())}, above SURREAL's "
+            f"0..{surreal.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
+            f"data_builders/surreal; rebuild it with tfds build")
+    return array

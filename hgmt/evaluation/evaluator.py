@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import devices, disk_space, paths, workdirs
-from hgmt.data import damage, input_pipeline
+from hgmt.data import cropping, damage, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
@@ -253,7 +253,7 @@ class Evaluator:
         check_batch_size(config)
         self.split, self.flip, self.protocol = split, flip, protocols.check(protocol)
         protocols.check_label_size(protocol, self.tasks, config.image_size)
-        self.window = protocols.window(protocol, input_pipeline.config_window(config))
+        self.window = protocols.window(protocol, cropping.config_window(config))
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.dataset, self.data_dir = config.dataset, config.data_dir

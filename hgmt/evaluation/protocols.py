@@ -106,7 +106,7 @@ def check_label_size(protocol: str, tasks, image_size: int,
 
 
 def window(protocol: str, trained: str = "hgmt") -> str:
-    """The crop window (`input_pipeline.WINDOWS`) of an evaluation under `protocol` of a model
+    """The crop window (`cropping.WINDOWS`) of an evaluation under `protocol` of a model
     trained on `trained`'s windows (config.window): the reference protocols' own test crop
     (BodyNet's and SURREAL's, the same function), so their numbers are measured with the
     person at the scale of the published ones; the training window under hgmt's. A task that

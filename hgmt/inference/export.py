@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import disk_space, paths, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import cropping
 from hgmt.inference import crop_scale, predictor
 from hgmt.models import (
     IMAGE_MEAN,
@@ -51,7 +51,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
     folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
     config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
-    window = input_pipeline.config_window(config)
+    window = cropping.config_window(config)
     # Separate streams whatever config.model.stream_mode: the same function, and the one TF
     # Lite converts (vmapped streams pick a task's features with a gather, which becomes a
     # dynamic gather over a symbolic batch).

@@ -2,7 +2,7 @@
 found from what the model's own predictions on a coarser crop say (each task's `locate`).
 
 The window found is the one training crops are cut with (the run's config.window,
-`input_pipeline.window_box`: hgmt's joints' box with margins, squared, or the reference code's
+`cropping.window_box`: hgmt's joints' box with margins, squared, or the reference code's
 box), so the model then sees the person at the scale it learnt: from the joints when enough of
 them are seen on the person, else from the silhouette's box."""
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
-from hgmt.data import input_pipeline
+from hgmt.data import cropping
 
 # Training window side / the longer side of the silhouette's box, per training window
 # (config.window): its mean on the demo's training clips (docs/evaluation.md, "Metres a
@@ -123,7 +123,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
                 window: str = "hgmt") -> Window | None:
     """What the tasks' `locate` say on one crop ({task: dict}, in the tasks' order), the
     crop's (2,3) affine from image px to label px and the image's shape (H, W, ...) -> the
-    training `window` (config.window, `input_pipeline.TRAIN_WINDOWS`) around the person, in
+    training `window` (config.window, `cropping.TRAIN_WINDOWS`) around the person, in
     image px, or None when nothing is seen.
 
     The silhouette is the largest connected region of the union of the tasks' foregrounds within
@@ -131,12 +131,12 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
     box's longer side times FOREGROUND_TO_SIDE's around its centre, at most the whole image's
     window's side (a silhouette filling the crop would otherwise grow the window by
     FOREGROUND_TO_SIDE on every pass) and at least training's least side,
-    `input_pipeline.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a window
+    `cropping.MIN_WINDOW_SIDE_PX` (a speck of a tiny image's would otherwise give a window
     of a pixel or two, the crop enlarging it a hundredfold and 3D decoding putting the person
     tens of metres away). The joints are those of the first task giving joints, kept where their
     peak reaches MIN_JOINT_SCORE and (when there is a silhouette) lies within NEAR_FOREGROUND
     label px of it. With all 16 kept, the window is training's box of them
-    (`input_pipeline.window_box`), "joints (<task>)", whatever its size: a training crop of a
+    (`cropping.window_box`), "joints (<task>)", whatever its size: a training crop of a
     person near the frame's edge holds black margins too, and the window's side is the scale 3D
     decoding reads (the pelvis depth is inversely proportional to it), so it is not cut to the
     image. With MIN_JOINTS to 15 kept, the box of those misses the others (a person cut off at
@@ -157,7 +157,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
         corners = silhouette_box(silhouette) @ back[:, :2].T + back[:, 2]
         side = FOREGROUND_TO_SIDE[window] * float(np.abs(corners[1] - corners[0]).max())
         tasks = "+".join(t for t, e in evidence.items() if "foreground" in e)
-        side = max(min(side, max_side), input_pipeline.MIN_WINDOW_SIDE_PX)
+        side = max(min(side, max_side), cropping.MIN_WINDOW_SIDE_PX)
         outline = Window(corners.mean(0), side, f"foreground ({tasks})")
     givers = [t for t, e in evidence.items() if "joints" in e]
     if givers:
@@ -171,9 +171,9 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
             keep &= near[yi, xi] > 0
         kept = int(keep.sum())
         if kept >= MIN_JOINTS:
-            centre, side = input_pipeline.window_box(joints[keep] @ back[:, :2].T + back[:, 2],
+            centre, side = cropping.window_box(joints[keep] @ back[:, :2].T + back[:, 2],
                                                      window)
-            side = max(side, input_pipeline.MIN_WINDOW_SIDE_PX)  # the references' has no floor
+            side = max(side, cropping.MIN_WINDOW_SIDE_PX)  # the references' has no floor
             if kept == len(joints):
                 window = Window(centre, side, f"joints ({givers[0]})")
             else:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt.data import input_pipeline
+from hgmt.data import cropping
 from hgmt.inference import crop_scale, person
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import reference_crop, surreal
@@ -81,7 +81,7 @@ class Predictor:
                              f"(> 0), or None to assume SURREAL's field of view")
         self.focal_px = focal_px
         # Metres a training window spans at the person: 3D decoding's scale.
-        self.window = input_pipeline.config_window(self.config)
+        self.window = cropping.config_window(self.config)
         self.crop_metres = crop_scale.of_workdir(workdir, self.window)
         self.flip = bool(flip)
         self._model = create_model(self.config.model, heads(self.tasks))
@@ -225,12 +225,12 @@ class Predictor:
         size, r = self.image_size, self.image_size // common.LABEL_STRIDE
         crops, m_labels = [], []
         for image, window in zip(images, windows, strict=True):
-            m_image = input_pipeline.crop_affine(window.centre, window.side, size)
+            m_image = cropping.crop_affine(window.centre, window.side, size)
             if window.side > max(MAX_WINDOW_PX, size):
                 image, to_small = _averaged_down(image, size / window.side)
                 m_image = _after_inverse(m_image, to_small)
             crops.append(cv2.warpAffine(image, m_image, (size, size), flags=cv2.INTER_LINEAR))
-            m_labels.append(input_pipeline.crop_affine(window.centre, window.side, r))
+            m_labels.append(cropping.crop_affine(window.centre, window.side, r))
         return np.stack(crops), m_labels
 
     def _forward(self, crops: np.ndarray) -> dict[str, list]:
@@ -314,8 +314,8 @@ def crop_meta(crop_metres: float, source: str, window: str = "hgmt") -> dict:
                   "S the larger of its width and height)",
         "training_window": window,
         "box_margins": dict(reference_crop.BOX_MARGINS if window == "reference_box"
-                            else input_pipeline.BOX_MARGINS),
-        "min_side_px": input_pipeline.MIN_WINDOW_SIDE_PX,
+                            else cropping.BOX_MARGINS),
+        "min_side_px": cropping.MIN_WINDOW_SIDE_PX,
         "window_metres": crop_metres,
         "window_metres_source": source,
         "image_px_to_input_px": "input = (R / S) * (image - c) + (R - 1) / 2, for x and y",

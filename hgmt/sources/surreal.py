@@ -444,7 +444,7 @@ def frame_problem(joints2d: np.ndarray, joints3d: np.ndarray | None = None) -> s
 def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
     SURREAL's crop window in the same pixels, about 0.84 of hgmt's
-    (`hgmt.data.input_pipeline.person_box`).
+    (`hgmt.data.cropping.person_box`).
 
     Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
     training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,

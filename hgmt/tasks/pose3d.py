@@ -5,7 +5,7 @@ clamp(round((z_joint - z_pelvis) / 45 mm), -9, 9) in camera depth (gulvarol/body
 training/donkey.lua). Targets are 3D Gaussians (sigma 1 px / 1 bin), loss MSE. Decoding: argmax
 -> inverse crop -> depth bin x 45 mm plus the ground-truth pelvis depth -> back-projection with
 SURREAL's intrinsics -> root-relative mm. A flipped crop's target is the mirrored person (camera
-x negated, left/right swapped, see input_pipeline.crop_example); decoding mirrors the
+x negated, left/right swapped, see cropping.crop_example); decoding mirrors the
 back-projected joints of a flipped crop the same way, so target and decoding agree for any crop.
 Metric (protocol hgmt): MJD, the mean per-joint Euclidean distance in mm after aligning the
 pelvis, over the 16 joints. `bodynet_stats` / `bodynet_summarize` compute BodyNet's own

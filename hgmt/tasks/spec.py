@@ -82,7 +82,7 @@ class Frame:
 
 @dataclasses.dataclass(frozen=True)
 class Crop:
-    """One record cut to a training or evaluation crop (hgmt.data.input_pipeline.crop_example):
+    """One record cut to a training or evaluation crop (hgmt.data.cropping.crop_example):
     what a task module's `labels` reads. `m_label` (2,3) maps the original image's px to the
     r x r label map's, the mirror included when `flip`; `read_map(record, key)` decodes one of
     the record's image features. The maps in `unread` (training's: those no target is made

@@ -34,7 +34,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import cli, code_version, devices, disk_space, paths, workdirs
-from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, records, shards
+from hgmt.data import (
+    augment,
+    crop_metres,
+    cropping,
+    damage,
+    device_augment,
+    input_pipeline,
+    records,
+    shards,
+)
 from hgmt.models import check_image_size, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.sources import synthetic
 from hgmt.tasks import (
@@ -108,7 +117,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
     augment.Augment.from_config(config.augment)
-    input_pipeline.config_window(config)
+    cropping.config_window(config)
     input_pipeline.auto_worker_count(config.worker_count)
     input_pipeline.read_options(config.read_threads)
     if "demo" in config:  # before hgmt.main replaces a demo build of other settings
