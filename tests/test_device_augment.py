@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hgmt.data import cropping
 from hgmt.data import device_augment as da
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
@@ -22,7 +23,7 @@ def source(demo_dataset):
 _crop = jax.jit(da.crop_batch, static_argnums=(2, 3, 4, 5))
 
 
-def _device_crops(records: list[dict], params: list[ip.CropParams], size: int,
+def _device_crops(records: list[dict], params: list[cropping.CropParams], size: int,
                   window: str = "hgmt") -> list[dict]:
     """`da.crop_batch` of the records with the host's parameters around the `window`'s box,
     split into examples."""
@@ -44,11 +45,11 @@ def test_same_crop_parameters_give_the_host_paths_labels(source, flip, window):
     augment = ip.Augment(rotate_p=1.0, flip_p=float(flip))
     rng = np.random.default_rng(3)
     records = [source[i] for i in range(0, len(source), 2)]
-    params = [ip.draw_crop_params(augment, rng) for _ in records]
+    params = [cropping.draw_crop_params(augment, rng) for _ in records]
     assert all(p.flip == flip and p.rotation != 0 for p in params)
     for rec, p, dev in zip(records, params, _device_crops(records, params, 256, window),
                            strict=True):
-        host = ip.crop_with(rec, 256, p, window=window)
+        host = cropping.crop_with(rec, 256, p, window=window)
         assert dev.keys() == host.keys()
         for key in host:
             assert dev[key].shape == np.shape(host[key]) and dev[key].dtype == np.asarray(
@@ -80,11 +81,11 @@ def test_same_crop_parameters_sample_the_same_pixels_of_noise_maps(source):
     shape = rec["segm"].shape
     rec["segm"] = rng.integers(0, 25, shape, dtype=np.uint8)
     rec["depth_class"] = rng.integers(0, 20, shape, dtype=np.uint8)
-    params = [ip.CropParams(1.3, 33.0, True, (0.7, 1.2, 1.0)),
-              ip.CropParams(0.75, -50.0, False, (1.0, 1.0, 1.0)),
-              ip.CropParams(1.0, 0.0, True, (1.0, 1.0, 1.0))]
+    params = [cropping.CropParams(1.3, 33.0, True, (0.7, 1.2, 1.0)),
+              cropping.CropParams(0.75, -50.0, False, (1.0, 1.0, 1.0)),
+              cropping.CropParams(1.0, 0.0, True, (1.0, 1.0, 1.0))]
     for p, dev in zip(params, _device_crops([rec] * 3, params, 256), strict=True):
-        host = ip.crop_with(rec, 256, p)
+        host = cropping.crop_with(rec, 256, p)
         for key in ("segm", "depth_class"):
             assert (dev[key] != host[key]).sum() <= 2, (key, p)
 
@@ -93,7 +94,8 @@ def test_device_flip_swaps_left_and_right(source):
     """The suite's flip check (test_input_pipeline) on the device path: a mirrored crop is the
     plain one mirrored, sides swapped."""
     rec = source[1]
-    plain, flipped = _device_crops([rec, rec], [ip.CropParams(), ip.CropParams(flip=True)], 64)
+    plain, flipped = _device_crops(
+        [rec, rec], [cropping.CropParams(), cropping.CropParams(flip=True)], 64)
     r = 16
     np.testing.assert_allclose(flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0],
                                plain["joints2d"], atol=1e-4)
@@ -123,7 +125,7 @@ def test_crop_parameters_follow_the_host_distributions():
     dev = {k: np.asarray(v) for k, v in
            jax.jit(jax.vmap(lambda k: da.draw_params(k, augment)))(keys).items()}
     rng = np.random.default_rng(0)
-    host = [ip.draw_crop_params(augment, rng) for _ in range(n)]
+    host = [cropping.draw_crop_params(augment, rng) for _ in range(n)]
     h = {"scale": np.array([p.scale for p in host]),
          "rotation": np.array([p.rotation for p in host]),
          "flip": np.array([p.flip for p in host]), "gain": np.array([p.gain for p in host])}
@@ -181,12 +183,12 @@ def test_unread_maps_are_not_decoded_and_their_labels_left_out(source):
     unreadable crops, the other labels are unchanged and the depth label is left out; the
     label maps are uint8 either way."""
     record = dict(source[2])
-    params = ip.CropParams(scale=1.1, rotation=12.0, flip=True)
-    full = ip.crop_with(record, 64, params)
+    params = cropping.CropParams(scale=1.1, rotation=12.0, flip=True)
+    full = cropping.crop_with(record, 64, params)
     record["depth"] = b"not a png"
     with pytest.raises(Exception, match="not a readable image"):
-        ip.crop_with(record, 64, params)
-    training = ip.crop_with(record, 64, params, unread=da.unread_maps())
+        cropping.crop_with(record, 64, params)
+    training = cropping.crop_with(record, 64, params, unread=da.unread_maps())
     assert training.keys() == full.keys() - {"depth"} and (full["depth"] > 0).any()
     for key in training:
         np.testing.assert_array_equal(training[key], full[key], err_msg=key)
@@ -297,28 +299,28 @@ def test_a_segment_value_above_24_is_a_damaged_record_on_both_paths(source):
     naming no record, and the device mapped 200 to part 5 (l_hand) and trained on it."""
     import cv2
 
-    from hgmt.data import damage
+    from hgmt.data import damage, records
 
-    records = [dict(source[i]) for i in range(3)]
-    segm = ip.decoded(records[1], "segm").copy()
+    examples = [dict(source[i]) for i in range(3)]
+    segm = records.decoded(examples[1], "segm").copy()
     assert segm.any()
     segm[segm > 0] = 200  # the whole person, so that the crop's label map samples it
-    records[1]["segm"] = cv2.imencode(".png", segm)[1].tobytes()
+    examples[1]["segm"] = cv2.imencode(".png", segm)[1].tobytes()
     with pytest.raises(damage.DamagedRecord, match=r"^record feature 'segm' holds segment "
                                                    r"value 200, above SURREAL's 0\.\.24: "):
-        ip.decoded(records[1], "segm")
+        records.decoded(examples[1], "segm")
     none = ip.Augment.none()
-    host = ip.TrainCrop(64, none, ("segm",), records).random_map(
-        damage.Guarded(records)[1], np.random.default_rng(0))
-    device = da.DecodeRecord(("segm",), records).map(damage.Guarded(records)[1])
+    host = ip.TrainCrop(64, none, ("segm",), examples).random_map(
+        damage.Guarded(examples)[1], np.random.default_rng(0))
+    device = da.DecodeRecord(("segm",), examples).map(damage.Guarded(examples)[1])
     for out in (host, device):
         assert out["damaged"].tolist() == [1] + [-1] * (damage.MAX_TRIES - 1)
-        log = damage.DamageLog(damage.Shards.of(records), 3, 1.0, None)
+        log = damage.DamageLog(damage.Shards.of(examples), 3, 1.0, None)
         log.met(out["damaged"][None])
         assert log.found == {1: "<memory> record 1 (index 1 of the split)"}
-    replacement = ip.crop_example(records[2], 64, none, tasks=("segm",))
+    replacement = cropping.crop_example(examples[2], 64, none, tasks=("segm",))
     np.testing.assert_array_equal(host["segm"], replacement["segm"])
-    np.testing.assert_array_equal(device["segm"], ip.decoded(records[2], "segm"))
+    np.testing.assert_array_equal(device["segm"], records.decoded(examples[2], "segm"))
 
 
 @pytest.mark.parametrize("augment_on", ["host", "device"])
@@ -330,7 +332,7 @@ def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on
     from hgmt.training import loop
     from tests.conftest import tiny_config
 
-    plain = np.stack([ip.crop_example(source[i], 64, ip.Augment.none(), window=window)["crop"]
+    plain = np.stack([cropping.crop_example(source[i], 64, ip.Augment.none(), window=window)["crop"]
                       for i in range(len(source))])
 
     def unaugmented(**augment) -> np.ndarray:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from hgmt.data import cropping, records
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
 
@@ -26,18 +27,18 @@ def source(demo_dataset):
 
 def test_crop_window_matches_design():
     joints = np.array([[100.0, 50.0], [140.0, 210.0]] + [[120.0, 100.0]] * 14)
-    centre, side = ip.person_box(joints)
+    centre, side = cropping.person_box(joints)
     # box w=40, h=160 -> x in [90,150], y in [-6, 250]; square side 256 centred.
     assert side == pytest.approx(256.0)
     np.testing.assert_allclose(centre, [120.0, 122.0])
-    m = ip.crop_affine(centre, side, 64)
+    m = cropping.crop_affine(centre, side, 64)
     corners = np.array([[120 - 128, 122 - 128], [120 + 128, 122 + 128]]) @ m[:, :2].T + m[:, 2]
     np.testing.assert_allclose(corners, [[-0.5, -0.5], [63.5, 63.5]])
 
 
 def test_cropped_example_is_consistent(source):
     ex = source[0]
-    out = ip.crop_example(ex, 64, ip.Augment.none())
+    out = cropping.crop_example(ex, 64, ip.Augment.none())
     assert out["image"].shape == (64, 64, 3) and out["segm"].shape == (16, 16)
     assert out["visible"].sum() == 16  # the widened box holds every joint
     # Joints = the crop affine applied to the 16 SMPL-mapped joints.
@@ -56,9 +57,9 @@ def test_cropped_example_is_consistent(source):
 
 def test_flip_swaps_left_and_right(source):
     ex = source[1]
-    plain = ip.crop_example(ex, 64, ip.Augment.none())
+    plain = cropping.crop_example(ex, 64, ip.Augment.none())
     flip_only = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0), flip_p=1.0)
-    flipped = ip.crop_example(ex, 64, flip_only)
+    flipped = cropping.crop_example(ex, 64, flip_only)
     r = 16
     unflipped_joints = flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0]
     np.testing.assert_allclose(unflipped_joints, plain["joints2d"], atol=1e-4)
@@ -79,8 +80,8 @@ def test_crop_of_encoded_bytes_equals_crop_of_tfds_decoded_arrays(demo_dataset):
     arrays = ip.open_split("surreal/all", demo_dataset[1], "train", decode_images=True)
     assert isinstance(raw[0]["image"], bytes) and arrays[0]["image"].shape == (240, 320, 3)
     for i in (0, 3):
-        a = ip.crop_example(raw[i], 64, ip.Augment(), np.random.default_rng(i))
-        b = ip.crop_example(arrays[i], 64, ip.Augment(), np.random.default_rng(i))
+        a = cropping.crop_example(raw[i], 64, ip.Augment(), np.random.default_rng(i))
+        b = cropping.crop_example(arrays[i], 64, ip.Augment(), np.random.default_rng(i))
         for key in ("segm", "depth", "joints2d", "crop"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         assert np.abs(a["image"].astype(int) - b["image"]).max() <= 1
@@ -89,9 +90,9 @@ def test_crop_of_encoded_bytes_equals_crop_of_tfds_decoded_arrays(demo_dataset):
 def test_colour_gain_is_applied_in_uint8_with_saturation(source):
     ex = source[2]
     gain_only = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(0.6, 1.4), flip_p=0.0)
-    plain = ip.crop_example(ex, 64, ip.Augment.none())
+    plain = cropping.crop_example(ex, 64, ip.Augment.none())
     rng = np.random.default_rng(7)
-    gained = ip.crop_example(ex, 64, gain_only, rng)
+    gained = cropping.crop_example(ex, 64, gain_only, rng)
     gain = np.random.default_rng(7).uniform(0.6, 1.4, size=3)  # the draw crop_example made
     expected = np.clip(np.round(plain["image"] * gain), 0, 255)
     assert gained["image"].dtype == np.uint8
@@ -110,7 +111,7 @@ def test_a_split_surreal_does_not_have_is_named_with_the_splits_it_has(demo_data
 
 def test_undecodable_image_bytes_name_the_feature_and_the_fix():
     with pytest.raises(ValueError, match="'image'.*rebuild it with tfds build"):
-        ip.decoded({"image": b"not a jpeg"}, "image")
+        records.decoded({"image": b"not a jpeg"}, "image")
 
 
 def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
@@ -133,15 +134,15 @@ def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
     assert opencv.specifier.contains("4.11.0.86")
     red = np.zeros((8, 8, 3), np.uint8)
     red[..., 0] = 255
-    np.testing.assert_allclose(ip.decoded({"image": records.jpeg(red)}, "image")[4, 4],
+    np.testing.assert_allclose(records.decoded({"image": records.jpeg(red)}, "image")[4, 4],
                                [255, 0, 0], atol=2)
 
 
 def test_augmentation_is_random_but_reproducible(source):
     ex = source[2]
-    a = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
-    b = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
-    c = ip.crop_example(ex, 64, ip.Augment(), np.random.default_rng(6))
+    a = cropping.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
+    b = cropping.crop_example(ex, 64, ip.Augment(), np.random.default_rng(5))
+    c = cropping.crop_example(ex, 64, ip.Augment(), np.random.default_rng(6))
     np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(a["crop"], c["crop"])
 
@@ -441,7 +442,7 @@ def test_prefetched_batches_are_each_devices_rows_of_the_global_batch(source, pa
 def test_the_format_doc_quotes_the_crop_margins_and_augmentation():
     """docs/surreal_format.md quotes the person box's margins (BOX_MARGINS) and the training
     augmentation's distributions (Augment's defaults) as the code has them."""
-    m, a = ip.BOX_MARGINS, ip.Augment()
+    m, a = cropping.BOX_MARGINS, ip.Augment()
     margins = (f"widened by {m['left']:g} w left, {m['right']:g} w right, {m['top']:g} h top "
                f"and {m['bottom']:g} h bottom (`hgmt.data.cropping.BOX_MARGINS`)")
     augment = (f"Training (`hgmt.data.augment.Augment`): scale 2^clip(N(0, "
@@ -771,7 +772,7 @@ def test_gain_lookup_equals_cv2_multiply():
     rng = np.random.default_rng(0)
     for gain in [*rng.uniform(0.6, 1.4, (200, 3)), np.array([0.5, 1.5, 1.25])]:
         expected = cv2.multiply(image, np.append(gain, 0.0), dtype=cv2.CV_8U)
-        np.testing.assert_array_equal(ip.apply_gain(image, gain), expected)
+        np.testing.assert_array_equal(cropping.apply_gain(image, gain), expected)
 
 
 def test_crop_with_given_params_makes_the_hand_derived_crop(source):
@@ -782,18 +783,19 @@ def test_crop_with_given_params_makes_the_hand_derived_crop(source):
     import cv2
 
     ex = source[4]
-    out = ip.crop_with(ex, 64, ip.CropParams(scale=2.0, rotation=0.0, flip=True))
-    (cx, cy), side = ip.person_box(ex["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+    out = cropping.crop_with(ex, 64, cropping.CropParams(scale=2.0, rotation=0.0, flip=True))
+    (cx, cy), side = cropping.person_box(ex["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
 
     def by_hand(size):
         s, c = size / (2 * side), (size - 1) / 2
         return np.array([[-s, 0.0, c + s * cx], [0.0, s, c - s * cy]])
 
     np.testing.assert_allclose(out["crop"], by_hand(16), rtol=1e-6, atol=1e-5)
-    image = cv2.warpAffine(ip.decoded(ex, "image"), by_hand(64), (64, 64),
+    image = cv2.warpAffine(records.decoded(ex, "image"), by_hand(64), (64, 64),
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     np.testing.assert_array_equal(out["image"], image)
-    assert ip.draw_crop_params(ip.Augment.none(), np.random.default_rng(0)) == ip.CropParams()
+    assert cropping.draw_crop_params(ip.Augment.none(), np.random.default_rng(0)) == \
+        cropping.CropParams()
 
 
 def test_a_data_dir_under_home_is_read_with_its_tilde(demo_dataset, tmp_path, monkeypatch):

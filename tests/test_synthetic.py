@@ -255,6 +255,7 @@ def test_demo_segments_carry_surreal_names(clips):
 def test_sided_joints_fall_on_same_side_parts(clips, flip, augment_on):
     """Part names follow the person's own side, like the joints, in crops flipped or not, made
     by the loader (host) or in the train step (device)."""
+    from hgmt.data import cropping
     from hgmt.data import device_augment as da
     from hgmt.data import input_pipeline as ip
 
@@ -266,7 +267,7 @@ def test_sided_joints_fall_on_same_side_parts(clips, flip, augment_on):
         clip = surreal.load_clip(stem)
         records = [_record(clip, t) for t in range(clip.num_frames)]
         if augment_on == "host":
-            examples = [ip.crop_example(r, 256, augment, tasks=tasks) for r in records]
+            examples = [cropping.crop_example(r, 256, augment, tasks=tasks) for r in records]
         else:
             raw = [da.decode_record(r, ("segm",)) for r in records]
             batch = {k: np.stack([x[k] for x in raw]) for k in raw[0]}

@@ -208,12 +208,13 @@ def test_pose3d_target_decodes_to_its_own_crop_pose(demo_record, scale_sigma, ro
     """For any crop
     (flipped, rotated, scaled), decoding the target gives back the crop's 3D joints within
     the quantisation: depth within half a 45 mm bin."""
+    from hgmt.data import cropping
     from hgmt.data import input_pipeline as ip
 
     augment = ip.Augment(scale_sigma=scale_sigma, rotate_p=rotate_p, rotate_sigma=40.0,
                          gain=(1.0, 1.0), flip_p=flip_p)
     for seed in range(3):
-        ex = ip.crop_example(demo_record, 256, augment, np.random.default_rng(seed))
+        ex = cropping.crop_example(demo_record, 256, augment, np.random.default_rng(seed))
         batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
         assert batch["visible"].sum() == 16
         if flip_p:
