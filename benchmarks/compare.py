@@ -149,8 +149,9 @@ def ratio_line(lines: Sequence[dict]) -> dict:
             "same_params": len({x["params"] for x in (jx, eager, compiled) if x}) == 1,
             "over_torch": ratio(eager), "over_torch_compiled": ratio(compiled),
             "goal_over_torch_compiled": GOAL_OVER_TORCH_COMPILED,
-            # the measured code's, where hgmt's line names it (`cli.provenance`)
-            **{k: jx[k] for k in ("commit", "date") if jx and k in jx}}
+            # the measured code's, as hgmt's line names it (`cli.print_line`): never this
+            # checkout's, which did not measure them
+            **{k: (jx or {}).get(k, "unknown") for k in ("commit", "date")}}
 
 
 def print_ratio_line(path: str) -> dict:

@@ -920,6 +920,9 @@ def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, caps
     row = json.loads(capsys.readouterr().out)
     # dated as the measurement it is made from, not as the day and code it was combined
     assert (row.pop("commit"), row.pop("date")) == ("abc1234", "2026-12-04")
+    undated = [{k: v for k, v in x.items() if k not in ("commit", "date")} for x in lines]
+    assert (compare.ratio_line(undated)["commit"], compare.ratio_line(undated)["date"]) == (
+        "unknown", "unknown")
     assert row == {"benchmark": "hgmt_over_torch", **{k: v for k, v in shape.items()
                                                        if k != "params"},
                    "hgmt_img_per_s": 300.0, "hgmt_feed": "cropped", "torch_img_per_s": 100.0,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
+import glob
 import json
 import logging
 import os
@@ -559,29 +561,37 @@ def check_out_file(out: str) -> None:
 def write_report(summary: dict, out: str) -> list[str]:
     """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
     `summary_pictures`, e.g. a PCK curve), which the JSON lists ('pictures', file names
-    beside it). -> the paths written. The pictures come first and the JSON and Markdown
-    together last (`disk_space.write_together`), so that the JSON's presence (what a rerun of
-    the trainer takes as the evaluation done) means the rest is there too. A full disk or
-    quota raises `disk_space.DiskFull` naming the file, and leaves none of this report's files
-    (the pictures already written are removed); an `out` that `check_out_file` refuses raises
-    its ValueError before anything is written."""
+    beside it). -> the paths written. The pictures are drawn under a temporary stem, then all
+    the files are written as one output (`disk_space.write_together`), the JSON last, so that
+    its presence (what a rerun of the trainer takes as the evaluation done) means the rest is
+    there too, and a report that does not fit (`disk_space.DiskFull`, naming the file) or is
+    interrupted changes none of the files of an earlier report of the same name; an `out`
+    that `check_out_file` refuses raises its ValueError before anything is written."""
     check_out_file(out)
     out = paths.absolute(out)
     epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
     stem = os.path.splitext(out)[0]
-    written = []
+    drafts_stem = f"{stem}.partial"
+    drafts = []
     try:
         for task in TASKS:
             if task in summary:
-                with disk_space.reported(stem, f"{task}'s pictures"):
-                    written += TASKS[task].summary_pictures(summary[task], stem)
-        listed = {**summary, "pictures": [os.path.basename(p) for p in written]}
-        disk_space.write_together([(stem + ".md", lambda f: f.write(to_markdown(summary)), "w"),
-                                   (out, lambda f: json.dump(listed, f, indent=1), "w")])
-    except BaseException:
-        for path in written:
+                try:
+                    with disk_space.reported(stem, f"{task}'s pictures"):
+                        drafts += TASKS[task].summary_pictures(summary[task], drafts_stem)
+                except disk_space.DiskFull as e:  # named as the picture it stages
+                    raise disk_space.DiskFull(errno.ENOSPC, e.strerror.replace(
+                        drafts_stem, stem)) from e
+        pictures = [stem + draft[len(drafts_stem):] for draft in drafts]
+        listed = {**summary, "pictures": [os.path.basename(p) for p in pictures]}
+        disk_space.write_together([
+            *((picture, lambda f, d=draft: f.write(epath.Path(d).read_bytes()), "wb")
+              for picture, draft in zip(pictures, drafts, strict=True)),
+            (stem + ".md", lambda f: f.write(to_markdown(summary)), "w"),
+            (out, lambda f: json.dump(listed, f, indent=1), "w")])
+    finally:  # the drafts, one a failed drawing left half written included
+        for draft in glob.glob(glob.escape(drafts_stem) + "*"):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-        raise
-    return [out, stem + ".md", *written]
+                os.remove(draft)
+    return [out, stem + ".md", *pictures]
 

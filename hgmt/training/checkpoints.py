@@ -13,9 +13,9 @@ checkpoint is placed on the device is not damage either: it is raised as it came
 
 Orbax and tensorstore do not check an array's bytes when they read them, so a checkpoint also
 holds a CRC-32 of each array as saved (`DIGESTS`, `saved`), and every read compares the arrays
-it restored with them (`verify`): bytes changed since the save make the checkpoint
-`DamagedCheckpoint`, unreadable like one orbax cannot read. A checkpoint of an older hgmt,
-without them, is read unchecked.
+it restored with them (`verify`; the replicated state training saves): bytes changed since
+the save make the checkpoint `DamagedCheckpoint`, unreadable like one orbax cannot read. A
+checkpoint of an older hgmt, without them, is read unchecked.
 
 A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
 with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
@@ -88,16 +88,29 @@ def saved(state: Any) -> dict[str, Any]:
 def verify(step_dir: Any, restored: Any) -> None:
     """Raises DamagedCheckpoint when an array of `restored` (the `state` read from the
     checkpoint folder `step_dir`, whole or a subtree of it such as {'params', 'batch_stats'})
-    differs from its digest saved there; nothing to compare without digests (an older hgmt's
-    checkpoint). Arrays are matched by name (a subtree's leaves by their place in it) and
-    compared where restored in the dtype and shape saved."""
+    differs from its digest saved there, or when the digests do not read; nothing to compare
+    without digests (an older hgmt's checkpoint). Arrays are matched by name (a subtree's
+    leaves by their place in it) and compared where restored in the dtype and shape saved:
+    a replicated state's, as training saves it (a sharded array's one local shard would not
+    be compared)."""
     import jax
 
     path = epath.Path(step_dir) / DIGESTS
     if not path.exists():
         return
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
-        recorded = reader.restore(path)
+    # Read by this process alone, as its callers read: orbax's default waits for every
+    # process, whose other reads would meet this barrier out of step.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    try:
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler(multiprocessing_options=alone),
+                              multiprocessing_options=alone) as reader:
+            recorded = reader.restore(path)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"a {type(recorded).__name__}, not an object")
+    except Exception as e:  # noqa: BLE001  (orbax and json raise many types)
+        raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its {DIGESTS} do not "
+                                f"read ({type(e).__name__}: {str(e)[:200]})") from e
     # A leaf restored in another dtype than saved (a template's, e.g. the step's int64) was
     # converted by the restore: its bytes are not the saved ones to compare.
     differ = [name for name, value in digests(restored).items()
