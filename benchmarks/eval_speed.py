@@ -5,10 +5,10 @@ the serial way and the evaluator's own way, alternating in one run; one JSON lin
         [--config.eval_batch_size=16] [--split=test] [--frames=all] [--max_examples=240] \\
         [--rounds=3]
 
-Serial: the batches made in the evaluating thread (`input_pipeline.eval_batches` with
+Serial: the batches made in the evaluating thread (`eval_data.eval_batches` with
 `threads=0`), each batch's statistics fetched to the host and added there before the next
 batch is made (`serial_totals`), so that the host and the devices take turns. The evaluator's
-way (`Evaluator.totals`): the examples made by `input_pipeline.eval_threads()` threads while
+way (`Evaluator.totals`): the examples made by `eval_data.eval_threads()` threads while
 the devices run the batches before, the sums kept on the devices and fetched once. Both give
 the same sums, to the bit (tests/test_evaluators.py). Each round times, in this order, the
 batch generator alone made serially, then by the threads (`batches_*`: the host's part, what
@@ -38,7 +38,7 @@ from absl import flags
 from cli import config_path, print_line
 
 from hgmt import cli, cores, devices
-from hgmt.data import input_pipeline
+from hgmt.data import eval_data
 from hgmt.evaluation import evaluator
 from hgmt.tasks import parse_tasks
 
@@ -62,9 +62,9 @@ def serial_totals(ev: evaluator.Evaluator, variables: dict, threads: int = 0) ->
     before the next batch is made."""
     replicated = devices.replicate(variables)
     total = None
-    for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
-                                             image_size=ev.image_size, tasks=ev.tasks,
-                                             damaged=[], window=ev.window, threads=threads):
+    for batch in eval_data.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
+                                        image_size=ev.image_size, tasks=ev.tasks,
+                                        damaged=[], window=ev.window, threads=threads):
         stats = devices.to_host(ev.p_step(replicated, devices.place_batch(batch)))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total
@@ -72,9 +72,9 @@ def serial_totals(ev: evaluator.Evaluator, variables: dict, threads: int = 0) ->
 
 def _batches(ev: evaluator.Evaluator, threads: int) -> None:
     """Makes every batch of `ev` with `threads` threads, and drops it."""
-    for _ in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
-                                         image_size=ev.image_size, tasks=ev.tasks, damaged=[],
-                                         window=ev.window, threads=threads):
+    for _ in eval_data.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
+                                    image_size=ev.image_size, tasks=ev.tasks, damaged=[],
+                                    window=ev.window, threads=threads):
         pass
 
 
@@ -122,7 +122,7 @@ def measure(config, split: str, frames: str, max_examples: int, rounds: int) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON line; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    input_pipeline.frames_flag(args.frames)  # before the demo data is built
+    eval_data.frames_flag(args.frames)  # before the demo data is built
     config = args.config
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset

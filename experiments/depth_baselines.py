@@ -63,12 +63,12 @@ def baselines(bins: np.ndarray, parts: np.ndarray, frames: np.ndarray) -> dict:
 def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One clip -> (bins, parts, frame indices) of the depth-labelled pixels of the frames
     that `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
-    (`input_pipeline.eval_frame_keep`), among the frames its three files share: the middle
+    (`eval_data.eval_frame_keep`), among the frames its three files share: the middle
     frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it; a frame
     `surreal.frame_problem` rejects is left out (`crop_metres.kept_frames`), as hgmt's metrics
     leave it out. A pixel counts where its depth label is not background, as in
     `depth.metric_stats`; its part is the segmentation's (0 where that is background)."""
-    from hgmt.data import crop_metres, input_pipeline
+    from hgmt.data import crop_metres, eval_data
     from hgmt.sources import surreal
     from hgmt.tasks import common, depth
 
@@ -78,7 +78,7 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
                                   info.cam_loc)
     shared = min(info.num_frames, len(maps), len(segm))
-    keep = input_pipeline.eval_frame_keep(frames)
+    keep = eval_data.eval_frame_keep(frames)
     middle = surreal.middle_frame(info.num_frames)
     scored = [t for t in crop_metres.kept_frames(info) if t < shared and keep(t, shared, middle)]
     # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
@@ -119,10 +119,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
 
     args, _ = cli.parse(_define_flags, argv, __doc__)
-    frames = input_pipeline.frames_flag(args.frames)
+    frames = eval_data.frames_flag(args.frames)
     print(json.dumps({where: measure(where, frames) for where in args.clips}, indent=1))
     return 0
 

@@ -31,7 +31,7 @@ from hgmt import cli  # noqa: E402
 
 
 def tally(classes, batch: dict) -> tuple:
-    """(B,r,r) predicted depth classes of an evaluation batch (`input_pipeline.eval_batches`,
+    """(B,r,r) predicted depth classes of an evaluation batch (`eval_data.eval_batches`,
     with its depth and segm labels) -> ((3,) pixels in the right bin, predicted as background,
     within one bin; (NUM_PARTS, 2) per ground-truth part: pixels in the right bin, pixels),
     over the ground-truth foreground pixels of the examples hgmt's depth metric counts. The
@@ -86,19 +86,19 @@ def errors_of(workdir: str, frames: str, config: ml_collections.ConfigDict, vari
     import jax.numpy as jnp
     import numpy as np
 
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data, input_pipeline
     from hgmt.models import create_model, predict_last_stage
     from hgmt.sources import surreal
     from hgmt.tasks import heads, parse_tasks
 
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
-    indices = input_pipeline.eval_indices(config.dataset, config.data_dir, "test", frames)
+    indices = eval_data.eval_indices(config.dataset, config.data_dir, "test", frames)
     counts = np.zeros(3)  # right bin, predicted background, within one bin
     per_part = np.zeros((surreal.NUM_PARTS, 2))  # right bin, pixels
-    for batch in input_pipeline.eval_batches(source, indices, batch_size=config.eval_batch_size,
-                                             image_size=config.image_size,
-                                             tasks=("depth", "segm"), window=config.window):
+    for batch in eval_data.eval_batches(source, indices, batch_size=config.eval_batch_size,
+                                        image_size=config.image_size,
+                                        tasks=("depth", "segm"), window=config.window):
         pred = predict_last_stage(model, variables, jnp.asarray(batch["image"]))["depth"]
         c, p = tally(np.asarray(pred).argmax(-1), batch)
         counts += c
@@ -130,11 +130,11 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
     from hgmt.training import checkpoints
 
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
-    input_pipeline.frames_flag(args.frames)
+    eval_data.frames_flag(args.frames)
     step = cli.checkpoint_step(args.step)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):  # no checkpoint: one line
         restored = restore(args.workdir, step, args.config)

@@ -26,7 +26,7 @@ import os
 import sys
 
 from hgmt import cli, compilation_cache, paths, workdirs
-from hgmt.data import cropping, damage, input_pipeline, records
+from hgmt.data import cropping, damage, eval_data, input_pipeline, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import checkpoints, device_memory, evaluators, loop
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:
-        input_pipeline.frames_flag(args.frames)
+        eval_data.frames_flag(args.frames)
     if args.out_file:
         with cli.faults_in_one_line(ValueError):
             evaluator.check_out_file(args.out_file)

@@ -58,12 +58,12 @@ def main(out: str, data_dir: str, process_id: int, port: int, indices: list[str]
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
     if indices[0].startswith("flaky="):
-        from hgmt.data import input_pipeline
+        from hgmt.data import eval_data
 
         bad = int(indices[0].removeprefix("flaky="))
         if process_id == 1:
-            open_light = input_pipeline.open_light
-            input_pipeline.open_light = lambda *args: Flaky(open_light(*args), bad)
+            open_light = eval_data.open_light
+            eval_data.open_light = lambda *args: Flaky(open_light(*args), bad)
         selected = None
     else:
         selected = [int(i) for i in indices]

@@ -99,9 +99,9 @@ def _sigterm_at_second_evaluation_batch() -> None:
     import signal
     import time
 
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
 
-    batches = input_pipeline.eval_batches
+    batches = eval_data.eval_batches
 
     def signalling(*args, **kwargs):
         for i, batch in enumerate(batches(*args, **kwargs)):
@@ -114,7 +114,7 @@ def _sigterm_at_second_evaluation_batch() -> None:
                 time.sleep(2.0)
             yield batch
 
-    input_pipeline.eval_batches = signalling
+    eval_data.eval_batches = signalling
 
 
 def _sigterm_at_start() -> None:

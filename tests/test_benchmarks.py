@@ -1162,7 +1162,7 @@ def test_eval_speed_times_both_ways_of_the_same_sums(demo_dataset, capsys):
     """The demo config's first 8 test frames at 64 px, batches of 4, 2 rounds: each way has a
     rate a round, the medians and ratios are those of the rates, and the serial way's sums
     are the evaluator's, to the bit."""
-    from hgmt.data import input_pipeline as pipeline
+    from hgmt.data import eval_data
     from hgmt.evaluation import evaluator
     from hgmt.training import steps
 
@@ -1170,7 +1170,7 @@ def test_eval_speed_times_both_ways_of_the_same_sums(demo_dataset, capsys):
                             "--max_examples=8", "--rounds=2"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (r["benchmark"], r["res"], r["batch"], r["examples"]) == ("eval_speed", 64, 4, 8)
-    assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["threads"] == pipeline.eval_threads()
+    assert r["tasks"] == "pose2d+pose3d+depth+segm" and r["threads"] == eval_data.eval_threads()
     for way in eval_speed.WAYS:
         assert len(r[way]) == 2 and all(x > 0 for x in r[way]), way
         assert r[f"{way}_median"] == pytest.approx(np.median(r[way])), way

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.data import check, damage, input_pipeline, records
+from hgmt.data import check, damage, eval_data, input_pipeline, records
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -619,8 +619,8 @@ def test_an_evaluation_none_of_whose_records_reads_is_one_line_naming_the_split_
     source = Unreadable(input_pipeline.open_split("surreal/all", data_dir, "test"))
     built = os.path.dirname(_shard(data_dir, "test"))
     with pytest.raises(SystemExit) as e, cli.faults_in_one_line(*loop.FAULTS):
-        list(input_pipeline.eval_batches(source, [0, 1, 2], batch_size=4, image_size=64,
-                                         damaged=[]))
+        list(eval_data.eval_batches(source, [0, 1, 2], batch_size=4, image_size=64,
+                                    damaged=[]))
     assert str(e.value.code) == (
         f"error: DamagedShard: none of the 3 records of dataset 'surreal/all' split 'test' "
         f"selected to evaluate reads or decodes (in {_shard(data_dir, 'test')}): the split is "

@@ -333,7 +333,7 @@ def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on
     from tests.conftest import tiny_config
 
     plain = np.stack([cropping.crop_example(source[i], 64, ip.Augment.none(), window=window)["crop"]
-                      for i in range(len(source))])
+                     for i in range(len(source))])
 
     def unaugmented(**augment) -> np.ndarray:
         """Whether each crop of the trainer's first batch is a record's un-augmented one (the

@@ -104,7 +104,7 @@ def test_pictures_are_the_eager_predictions_drawn_from_one_program_compiled_once
     op by op give, in the model's task order, its predictions the eager ones to float
     rounding, compiling one program where the eager run compiles each op, and nothing when
     called again."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
     from hgmt.evaluation import evaluator, pictures
     from hgmt.training import steps
 
@@ -113,7 +113,7 @@ def test_pictures_are_the_eager_predictions_drawn_from_one_program_compiled_once
     ev = evaluator.Evaluator(config, frames="all", flip=True)
     state = steps.create_train_state(jax.random.key(0), config, ev.model)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    batch = next(input_pipeline.eval_batches(
+    batch = next(eval_data.eval_batches(
         ev.source, ev.indices, batch_size=ev.batch_size, image_size=ev.image_size,
         tasks=ev.tasks, damaged=[], window=ev.window, threads=0))
     batch["unusable"] = np.array(batch["unusable"])
@@ -154,13 +154,13 @@ def _one_batch_at_a_time(ev, variables: dict) -> tuple[dict, list[int]]:
     statistics fetched to the host as soon as it is evaluated and added there (numpy), one
     batch after the other; and the damaged records met."""
     from hgmt import devices
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
 
     replicated = devices.replicate(variables)
     total, damaged = None, []
-    for batch in input_pipeline.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
-                                             image_size=ev.image_size, tasks=ev.tasks,
-                                             damaged=damaged, window=ev.window, threads=0):
+    for batch in eval_data.eval_batches(ev.source, ev.indices, batch_size=ev.batch_size,
+                                        image_size=ev.image_size, tasks=ev.tasks,
+                                        damaged=damaged, window=ev.window, threads=0):
         stats = devices.to_host(ev.p_step(replicated, devices.place_batch(batch)))
         total = stats if total is None else jax.tree.map(np.add, total, stats)
     return total, damaged
@@ -200,7 +200,7 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     statistics are sums, fewer frames share it too; the flip test, another protocol, a
     bfloat16 model or other loss options get a step of their own."""
     from hgmt import devices
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
     from hgmt.evaluation import evaluator
     from hgmt.training import steps
 
@@ -209,7 +209,7 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     first = evaluator.Evaluator(config, frames="all")
     state = steps.create_train_state(jax.random.key(0), config, first.model)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    batch = next(input_pipeline.eval_batches(
+    batch = next(eval_data.eval_batches(
         first.source, first.indices, batch_size=first.batch_size, image_size=first.image_size,
         tasks=first.tasks, damaged=[], window=first.window, threads=0))
     stats = first.p_step(devices.replicate(variables), devices.place_batch(batch))

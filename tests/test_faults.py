@@ -27,7 +27,7 @@ from etils import epath
 
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
-from hgmt.data import input_pipeline, shards
+from hgmt.data import eval_data, input_pipeline, shards
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
@@ -345,7 +345,7 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     recorded; the rerun resumes at the last step and writes eval_test.json."""
     workdir = str(tmp_path / "w")
     config = _at_end_config(demo_dataset[1])
-    batches, fetched = input_pipeline.eval_batches, []
+    batches, fetched = eval_data.eval_batches, []
 
     def signalling(*args, **kwargs):
         for i, batch in enumerate(batches(*args, **kwargs)):
@@ -354,7 +354,7 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
                 os.kill(os.getpid(), signal.SIGUSR1)
             yield batch
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    monkeypatch.setattr(eval_data, "eval_batches", signalling)
     with caplog.at_level(logging.WARNING), pytest.raises(
             preemption.Preempted, match=re.escape(
                 f"preempted: stopped the evaluations after training; the last step's checkpoint "
@@ -369,7 +369,7 @@ def test_a_signal_during_the_evaluation_after_training_stops_it_and_the_rerun_ev
     assert not os.path.exists(workdirs.eval_file(workdir, "test"))
     assert not os.path.exists(workdirs.evals_file(workdir))
     assert not os.path.exists(workdirs.lock_file(workdir))
-    monkeypatch.setattr(input_pipeline, "eval_batches", batches)
+    monkeypatch.setattr(eval_data, "eval_batches", batches)
     _assert_the_rerun_evaluates_step_3(config, workdir, caplog)
 
 
@@ -413,7 +413,7 @@ def test_a_signal_during_the_last_steps_periodic_evaluation_is_said_to_have_come
     config = tiny_config(demo_dataset[1], total_steps=4, **{
         **KW, "evals.validation.every": 2, "evals.validation.max_examples": 4})
     assert not config.evals.test.at_end
-    batches, calls = input_pipeline.eval_batches, []
+    batches, calls = eval_data.eval_batches, []
 
     def signalling(*args, **kwargs):
         calls.append(1)
@@ -421,7 +421,7 @@ def test_a_signal_during_the_last_steps_periodic_evaluation_is_said_to_have_come
             os.kill(os.getpid(), signal.SIGUSR1)
         yield from batches(*args, **kwargs)
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    monkeypatch.setattr(eval_data, "eval_batches", signalling)
     _train_told_the_signal_came_too_late(config, workdir, caplog)
     assert [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)] == [
         (2, "validation"), (4, "validation")]
@@ -439,7 +439,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     config = _at_end_config(demo_dataset[1])
     config.evals.validation.at_end = True
     config.evals.validation.frames = "all"
-    batches, calls = input_pipeline.eval_batches, []
+    batches, calls = eval_data.eval_batches, []
 
     def signalling(*args, **kwargs):
         calls.append(len(calls))
@@ -455,7 +455,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     def evaluated() -> list[tuple[int, str]]:
         return [(x["step"], x["evaluator"]) for x in workdirs.read_evals(workdir)]
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    monkeypatch.setattr(eval_data, "eval_batches", signalling)
     with pytest.raises(preemption.Preempted, match="stopped the evaluations after training"):
         loop.train(config, workdir)
     assert evaluated() == [(3, "test")] and len(calls) == 2
@@ -463,7 +463,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     with open(workdirs.eval_file(workdir, "test")) as f:
         test = {k: v for k, v in json.load(f).items() if k not in evaluators.RUN_KEYS}
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", counting)
+    monkeypatch.setattr(eval_data, "eval_batches", counting)
     calls.clear()
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -625,7 +625,7 @@ def test_a_signal_during_the_validation_of_the_last_step_on_resuming_stops_it(
         **KW, "evals.validation.every": 3, "evals.validation.frames": "all",
         "evals.validation.max_examples": 8})
     _signal_during_the_last_step(config, workdir, caplog)
-    batches = input_pipeline.eval_batches
+    batches = eval_data.eval_batches
 
     def signalling(*args, **kwargs):
         for i, batch in enumerate(batches(*args, **kwargs)):
@@ -633,13 +633,13 @@ def test_a_signal_during_the_validation_of_the_last_step_on_resuming_stops_it(
                 os.kill(os.getpid(), signal.SIGUSR1)
             yield batch
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", signalling)
+    monkeypatch.setattr(eval_data, "eval_batches", signalling)
     with pytest.raises(preemption.Preempted, match="stopped the evaluations after training") \
             as err:
         loop.train(config, workdir)
     assert (err.value.step, err.value.after_training) == (3, True)
     assert workdirs.read_evals(workdir) == []
-    monkeypatch.setattr(input_pipeline, "eval_batches", batches)
+    monkeypatch.setattr(eval_data, "eval_batches", batches)
     assert int(loop.train(config, workdir).step) == 3
     lines = workdirs.read_evals(workdir)
     assert [(x["step"], x["evaluator"], x["num_examples"]) for x in lines] == [
@@ -1051,7 +1051,7 @@ def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_da
     monkeypatch.setattr(workdir_lock, "REFRESH_S", 0.01)
     other = {"host": "node-7", "pid": 1234, "job": "99", "restart": 0, "started": "then",
              "token": "other"}
-    batches = input_pipeline.eval_batches
+    batches = eval_data.eval_batches
     lose, lost = workdir_lock.WorkdirLock._lose, threading.Event()
 
     def losing(self, what):  # the refresh thread found the lock lost: says so to `taken`
@@ -1071,7 +1071,7 @@ def test_a_lock_lost_during_an_evaluation_stops_it_before_its_next_batch(demo_da
 
     monkeypatch.setattr(workdir_lock.WorkdirLock, "_lose", losing)
 
-    monkeypatch.setattr(input_pipeline, "eval_batches", taken)
+    monkeypatch.setattr(eval_data, "eval_batches", taken)
     config = tiny_config(demo_dataset[1], total_steps=4,
                          **{**KW, "evals.validation.every": 2})
     with pytest.raises(workdir_lock.WorkdirLockLost, match="is now held by host node-7"):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hgmt.data import cropping, records
+from hgmt.data import cropping, eval_data, records
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
 
@@ -464,6 +464,7 @@ def test_loader_leaves_no_absl_flag_unparsed():
 import grain.python as grain
 from absl import flags
 from grain._src.core import profiler
+from hgmt.data import eval_data
 from hgmt.data import input_pipeline as ip
 
 class Keep(grain.MapTransform):
@@ -484,11 +485,11 @@ print(profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value)
 
 
 def test_test_protocol_and_padded_eval_batches(demo_dataset):
-    idx = ip.eval_indices("surreal/all", demo_dataset[1], "test", "middle")
+    idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", "middle")
     assert len(idx) == 2  # one middle frame per test clip
     src = ip.open_split("surreal/all", demo_dataset[1], "test")
     assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
-    batches = list(ip.eval_batches(src, idx, batch_size=4, image_size=64))
+    batches = list(eval_data.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
     assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
 
@@ -533,7 +534,7 @@ def test_eval_batches_made_by_threads_are_those_made_in_the_callers_thread(
     made = {}
     for threads in (0, 2):
         damaged = []
-        batches = list(ip.eval_batches(Gated(src, (5, 6), gated=threads > 0), indices,
+        batches = list(eval_data.eval_batches(Gated(src, (5, 6), gated=threads > 0), indices,
                                        batch_size=4, image_size=64, damaged=damaged,
                                        threads=threads))
         made[threads] = batches, damaged
@@ -552,7 +553,7 @@ def test_closing_eval_batches_stops_its_threads(demo_dataset):
     """A caller that stops after the first batch (an evaluation stopped by a signal) leaves
     no thread of the pool behind, nor a record read after it closes."""
     src = Gated(ip.open_split("surreal/all", demo_dataset[1], "test"))
-    batches = ip.eval_batches(src, list(range(12)), batch_size=2, image_size=64, threads=2)
+    batches = eval_data.eval_batches(src, list(range(12)), batch_size=2, image_size=64, threads=2)
     next(batches)
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("hgmt-eval")]
@@ -564,9 +565,9 @@ def test_closing_eval_batches_stops_its_threads(demo_dataset):
 
 def test_eval_threads_are_the_usable_cores_or_none_on_one(monkeypatch):
     monkeypatch.setattr(ip.cores, "usable_cores", lambda: 16)
-    assert ip.eval_threads() == 16
+    assert eval_data.eval_threads() == 16
     monkeypatch.setattr(ip.cores, "usable_cores", lambda: 1)
-    assert ip.eval_threads() == 0
+    assert eval_data.eval_threads() == 0
 
 
 def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
@@ -574,7 +575,7 @@ def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
     src = ip.open_split("surreal/all", demo_dataset[1], "test")
 
     def frames(spec):
-        idx = ip.eval_indices("surreal/all", demo_dataset[1], "test", spec)
+        idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", spec)
         return sorted(int(src[i]["frame"]) for i in idx)
 
     assert frames("middle") == [surreal.middle_frame(6)] * 2
@@ -582,7 +583,7 @@ def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
     assert frames("all") == sorted(list(range(6)) * 2)
     for bad in ("every0", "every", "first"):
         with pytest.raises(ValueError, match="frames=.*everyK"):
-            ip.parse_eval_frames(bad)
+            eval_data.parse_eval_frames(bad)
 
 
 def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_dataset):
@@ -593,7 +594,7 @@ def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_
     assert sorted(int(src[i]["frame"]) for i in range(len(src))) == [0, 10, 12, 20]
 
     def frames(spec):
-        idx = ip.eval_indices("surreal/every10", every10_dataset, "test", spec)
+        idx = eval_data.eval_indices("surreal/every10", every10_dataset, "test", spec)
         return sorted(int(src[i]["frame"]) for i in idx)
 
     assert frames("middle") == [12]
@@ -603,32 +604,32 @@ def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_
         with pytest.raises(ValueError, match=(
                 rf"frames='{spec}' .* 'surreal/every10' .* every 10th frame of each clip.*"
                 r"config.dataset='surreal/all'.*--config=all.*multiple of 10.*'middle'")):
-            ip.eval_indices("surreal/every10", every10_dataset, "test", spec)
+            eval_data.eval_indices("surreal/every10", every10_dataset, "test", spec)
 
 
 def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
     """A build of the middle frames holds no other: only frames='middle' evaluates it."""
     middle, every10 = ip.records.BUILD_FRAMES["middle"], ip.records.BUILD_FRAMES["every10"]
-    ip.check_eval_frames("middle", middle, "surreal/middle", "/data")
+    eval_data.check_eval_frames("middle", middle, "surreal/middle", "/data")
     for spec in ("all", "every10", "every1"):
         with pytest.raises(ValueError, match=r"only the middle frame of each clip.*'middle'"):
-            ip.check_eval_frames(spec, middle, "surreal/middle", "/data")
+            eval_data.check_eval_frames(spec, middle, "surreal/middle", "/data")
     with pytest.raises(ValueError) as e:  # the choices, each once
-        ip.check_eval_frames("every10", middle, "surreal/middle", "/data")
+        eval_data.check_eval_frames("every10", middle, "surreal/middle", "/data")
     assert str(e.value).endswith("--file_format=array_record), or frames='middle'")
     with pytest.raises(ValueError) as e:
-        ip.check_eval_frames("every7", every10, "surreal/every10", "/data")
+        eval_data.check_eval_frames("every7", every10, "surreal/every10", "/data")
     assert str(e.value).endswith("--file_format=array_record), or frames='every<K>' with K a "
                                  "multiple of 10 (e.g. every10), or frames='middle'")
-    ip.check_eval_frames("every30", every10, "surreal/every10", "/data")
+    eval_data.check_eval_frames("every30", every10, "surreal/every10", "/data")
     for spec in ("all", "every10", "every7"):
-        ip.check_eval_frames(spec, ip.records.BUILD_FRAMES["all"], "surreal/all", "/data")
+        eval_data.check_eval_frames(spec, ip.records.BUILD_FRAMES["all"], "surreal/all", "/data")
 
 
 def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
     info = type("Info", (), {"config_name": "every3"})()
     with pytest.raises(ValueError, match=r"config 'every3', not one of .*'all', 'every10'"):
-        ip.stored_frames(info, "surreal/every3")
+        eval_data.stored_frames(info, "surreal/every3")
 
 
 def test_missing_dataset_says_how_to_build(tmp_path):

@@ -18,7 +18,7 @@ import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
 from hgmt import disk_space, workdirs
-from hgmt.data import cropping, input_pipeline
+from hgmt.data import cropping, eval_data, input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
 from hgmt.inference import person, video
@@ -73,7 +73,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     maps the decoded joints back to the same image pixels."""
     result = predictor(test_example["image"], _bbox_of_training_crop(test_example))
     cropped = cropping.crop_example(test_example, predictor.image_size,
-                                          input_pipeline.Augment.none())
+                                    input_pipeline.Augment.none())
     np.testing.assert_array_equal(result["crop_image"], cropped["image"])
     np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
 
@@ -1938,7 +1938,7 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
     config.data_dir = demo_dataset[1]
     if protocol != "hgmt":
         config.image_size = protocols.reference_image_size()
-    indices = input_pipeline.eval_indices("surreal/all", demo_dataset[1], "test", "all")[:4]
+    indices = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", "all")[:4]
     assert len(indices) == 4
     results = []
     for batch_size in (4, 8):

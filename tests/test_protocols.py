@@ -530,7 +530,7 @@ def test_reference_numbers_without_a_full_test_batch_are_null():
 
 
 def test_reference_numbers_that_divide_by_n_are_null_with_damaged_records():
-    """A damaged record is padding at its own position (input_pipeline.eval_batches: mask 0):
+    """A damaged record is padding at its own position (eval_data.eval_batches: mask 0):
     a reference's sums leave it out while N counts it. BodyNet's MJD (its error sum / N,
     test.lua:87) and SURREAL's depth RMSE (the sum of the images' RMSEs / N, test.lua:58)
     would then be those of the records that read, shrunk by (N - 1) / N: null, with the
@@ -1151,7 +1151,7 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
         with pytest.raises(ValueError, match="crop window 'reference' cuts the image and "
                                              "labels as the references' test crop does"):
             cropping.crop_with(source[ev.indices[0]], 256, params, ("segm",),
-                                     window="reference")
+                               window="reference")
 
 
 def _nearest_warp(label_map, m):

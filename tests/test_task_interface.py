@@ -29,7 +29,7 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     # Its labels come from its own module; a pose2d-only crop does not carry them.
     source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test")
     example = cropping.crop_example(source[0], 64, input_pipeline.Augment.none(),
-                                          tasks=("silhouette",))
+                                    tasks=("silhouette",))
     assert set(example) == {"image", "crop", "unusable", "silhouette"}
     assert example["silhouette"].shape == (16, 16) and 0 < example["silhouette"].sum() < 256
     assert "silhouette" not in cropping.crop_example(

@@ -67,7 +67,7 @@ def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
     """A test frame hgmt's own check rejects (all joints zero), kept whole in the test split,
     comes out of `eval_batches` marked `rejected` (which hgmt's definitions leave out) but not
     `unusable` (the reference placeholders), in either crop window."""
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
 
     synthetic.generate(str(tmp_path), clips_per_split=1, frames=4, seed=1, splits=("test",))
     stem, = surreal.find_clips(str(tmp_path), "test")
@@ -79,8 +79,8 @@ def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
         stem, records.FrameSelection(keep_unusable=True), collections.Counter())]
     assert len(source) == 4 and not any(e["unusable"] for e in source)
     for window in cropping.WINDOWS:
-        batch, = input_pipeline.eval_batches(source, [0, 1, 2, 3], batch_size=4, image_size=64,
-                                             window=window)
+        batch, = eval_data.eval_batches(source, [0, 1, 2, 3], batch_size=4, image_size=64,
+                                        window=window)
         np.testing.assert_array_equal(batch["rejected"], [0, 0, 1, 0])
         np.testing.assert_array_equal(batch["unusable"], [0, 0, 0, 0])
 
@@ -277,7 +277,7 @@ def test_a_clip_whose_info_file_holds_no_frames_is_flagged_in_the_test_split_and
     placeholder standing for its middle frame in the test split, a counted skip elsewhere."""
     import re
 
-    from hgmt.data import input_pipeline
+    from hgmt.data import eval_data
 
     stem, = synthetic.generate(str(tmp_path), clips_per_split=1, frames=6, seed=1,
                                splits=("test",))
@@ -296,7 +296,7 @@ def test_a_clip_whose_info_file_holds_no_frames_is_flagged_in_the_test_split_and
         assert record["unusable"] == "clip_unreadable_file"
         assert (int(record["frame"]), int(record["num_frames"]),
                 int(record["info_frames"])) == (0, 1, 1)
-        assert input_pipeline.record_middle(record) == 0  # what an evaluation takes
+        assert eval_data.record_middle(record) == 0  # what an evaluation takes
     assert counts == {"flagged_clip_unreadable_file": 2}
     counts = collections.Counter()
     for frames in (records.FrameSelection(middle_only=True), records.FrameSelection(every=1)):
@@ -314,7 +314,7 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
     import json
     import types
 
-    from hgmt.data import demo, input_pipeline
+    from hgmt.data import demo, eval_data, input_pipeline
 
     root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
     synthetic.generate(root, clips_per_split=2, frames=8, seed=1)
@@ -325,14 +325,14 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
 
     def frames(spec):  # (clip, frame, unusable) of the records `spec` selects
         return sorted((src[i]["clip"], int(src[i]["frame"]), src[i]["unusable"])
-                      for i in input_pipeline.eval_indices("surreal/all", data_dir, "test", spec))
+                      for i in eval_data.eval_indices("surreal/all", data_dir, "test", spec))
 
     assert frames("middle") == [(b"c0001", 3, b""), (b"c0002", 3, b"frame_missing")]
     assert frames("every3") == [(b"c0001", 0, b""), (b"c0001", 3, b""), (b"c0002", 0, b"")]
     info = input_pipeline.open_split("surreal/all", data_dir, "test").dataset_info
     caplog.clear()
     with caplog.at_level("WARNING"):
-        input_pipeline.check_middle_frames(info, "surreal/all", data_dir, "test")
+        eval_data.check_middle_frames(info, "surreal/all", data_dir, "test")
     assert not caplog.text
     old = types.SimpleNamespace(features={"frame": 0, "num_frames": 0}, version="1.4.0",
                                 data_dir=str(tmp_path / "old"))
@@ -342,7 +342,7 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
             json.dump({"test": {"clip_frame_count_mismatch": mismatched}}, f)
         caplog.clear()
         with caplog.at_level("WARNING"):
-            input_pipeline.check_middle_frames(old, "surreal/all", "/data", "test")
+            eval_data.check_middle_frames(old, "surreal/all", "/data", "test")
         assert ("1.4.0, before 1.5.0: its middle frames are ceil(T/2) of the frames a clip's "
                 "four files share" in caplog.text) == warned, caplog.text
     assert "so 1 clip(s) of split 'test'" in caplog.text and "--config=all" in caplog.text

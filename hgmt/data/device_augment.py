@@ -298,7 +298,7 @@ def crop_batch(raw: dict, params: dict, image_size: int,
     (default all), zeros for the maps in `unread` (which `raw` may lack)."""
     r = image_size // common.LABEL_STRIDE
     box = WINDOW_BOXES[cropping.check_window(window, cropping.TRAIN_WINDOWS,
-                                                   "training crop window")]
+                                             "training crop window")]
     centre, side = box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
     side = side * params["scale"]
     flip = params["flip"]

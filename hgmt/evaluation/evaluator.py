@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import devices, disk_space, paths, workdirs
-from hgmt.data import cropping, damage, input_pipeline
+from hgmt.data import cropping, damage, eval_data, input_pipeline
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
@@ -270,8 +270,8 @@ class Evaluator:
         # (a collective) is what every process reports.
         self.combine = damage.union_over_processes if jax.process_count() > 1 else None
         if indices is None:  # by default each clip's middle frame
-            indices = input_pipeline.eval_indices(config.dataset, config.data_dir, split,
-                                                  self.frames, self.unreadable)
+            indices = eval_data.eval_indices(config.dataset, config.data_dir, split,
+                                             self.frames, self.unreadable)
             if self.combine is not None:
                 # Every process selects the frames alone; a record that one of them could not
                 # read (a damaged one) is left out by all, so that they split the same frames
@@ -287,7 +287,7 @@ class Evaluator:
             self.unreadable = [i for i in self.unreadable if i < indices[max_examples - 1]]
             indices = indices[:max_examples]
         if not indices and self.unreadable:  # the frames asked for may be among them
-            raise input_pipeline.unreadable_split(self.source, self.unreadable)
+            raise eval_data.unreadable_split(self.source, self.unreadable)
         if not indices:
             raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
                              f"(frames={self.frames})")
@@ -310,7 +310,7 @@ class Evaluator:
             step_examples(self.protocol, self.tasks, len(indices)),
             tuple((t, tuple(sorted(loss_options[t].items()))) for t in self.tasks))
         self.p_add = _add_on_devices()
-        self.threads = input_pipeline.eval_threads()
+        self.threads = eval_data.eval_threads()
         self.first_batch = None
         self.fits = False  # whether the variables of a call were found to fit the model
 
@@ -329,7 +329,7 @@ class Evaluator:
                stop: Callable[[], None] | None = None) -> dict:
         """The sums of `eval_step`'s statistics over the evaluation's batches, on the host
         (numpy); the damaged records met are appended to `damaged`. The batches are made by
-        `threads` threads (`input_pipeline.eval_batches`) while the devices run the last
+        `threads` threads (`eval_data.eval_batches`) while the devices run the last
         ones; the sums stay on the devices, each batch's added to them in its order (the
         additions numpy's would make), and are fetched once, at the end. At most IN_FLIGHT
         batches are dispatched ahead of the devices (their inputs held in device memory).
@@ -348,11 +348,11 @@ class Evaluator:
         replicated = devices.replicate(variables)
         total = None
         in_flight: collections.deque = collections.deque()
-        for batch in input_pipeline.eval_batches(self.source, self.indices,
-                                                 batch_size=self.batch_size,
-                                                 image_size=self.image_size,
-                                                 tasks=self.tasks, damaged=damaged,
-                                                 window=self.window, threads=self.threads):
+        for batch in eval_data.eval_batches(self.source, self.indices,
+                                            batch_size=self.batch_size,
+                                            image_size=self.image_size,
+                                            tasks=self.tasks, damaged=damaged,
+                                            window=self.window, threads=self.threads):
             if stop is not None:
                 stop()
             stats = self.p_step(replicated, devices.place_batch(batch))

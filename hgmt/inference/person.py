@@ -172,7 +172,7 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
         kept = int(keep.sum())
         if kept >= MIN_JOINTS:
             centre, side = cropping.window_box(joints[keep] @ back[:, :2].T + back[:, 2],
-                                                     window)
+                                               window)
             side = max(side, cropping.MIN_WINDOW_SIDE_PX)  # the references' has no floor
             if kept == len(joints):
                 window = Window(centre, side, f"joints ({givers[0]})")

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from hgmt import devices, disk_space, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import eval_data, input_pipeline
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.sources import surreal
@@ -96,7 +96,7 @@ def check(config: ml_collections.ConfigDict, weights: Mapping[str, float], *,
         if entry["split"] not in SPLITS:
             raise ValueError(f"{where}.split={entry['split']!r}: choose one of {SPLITS}")
         try:
-            input_pipeline.parse_eval_frames(entry["frames"])
+            eval_data.parse_eval_frames(entry["frames"])
             protocols.check(entry["protocol"])
             if label_size:
                 protocols.check_label_size(
@@ -248,17 +248,17 @@ class Evaluators:
 
     def check_frames(self, info) -> None:
         """NotInBuild naming the evaluator whose frames the build of config.dataset (its tfds
-        DatasetInfo `info`) does not hold (`input_pipeline.check_eval_frames`); then opens the
+        DatasetInfo `info`) does not hold (`eval_data.check_eval_frames`); then opens the
         split of each evaluator that runs (`input_pipeline.open_split`, which checks every
         shard against dataset_info.json), so that a missing or truncated shard stops the run
         with its `shards.SplitFault`. The trainer checks before its first step, not when the
         evaluator first runs (after all of training for one that runs at the end); the
         frames an evaluator takes are still selected then."""
         dataset, data_dir = self.config.dataset, self.config.data_dir
-        stored = input_pipeline.stored_frames(info, dataset)
+        stored = eval_data.stored_frames(info, dataset)
         for name, s in self.settings.items():
             try:
-                input_pipeline.check_eval_frames(s["frames"], stored, dataset, data_dir)
+                eval_data.check_eval_frames(s["frames"], stored, dataset, data_dir)
             except input_pipeline.NotInBuild as e:
                 raise input_pipeline.NotInBuild(f"config.evals.{name}: {e}") from None
         for split in sorted({s["split"] for s in self.settings.values()
