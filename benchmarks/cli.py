@@ -18,7 +18,8 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from absl import flags
 
@@ -68,6 +69,31 @@ def describe(config) -> dict:
     return {"stacks": config.model.num_stacks, "features": config.model.features,
             "res": config.image_size, "batch": config.batch_size,
             "tasks": "+".join(parse_tasks(config.tasks)), "dtype": config.model.dtype}
+
+
+def alternate_rounds(calls: Mapping[str, Callable[[], Any]], *, rounds: int, steps: int,
+                     warmup: int, benchmark: str) -> dict[str, float]:
+    """Times each of `calls` (way -> a call of its compiled program) in `rounds` rounds that
+    alternate the ways: in each, per way, `warmup` untimed calls, then `steps` timed ones to
+    their last result; one line a way and round ({"benchmark", "way", "round", "ms"}) ->
+    {way: median milliseconds a call}."""
+    import statistics
+
+    import jax
+
+    ms: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        for name, call in calls.items():
+            for _ in range(warmup):
+                jax.block_until_ready(call())
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                out = call()
+            jax.block_until_ready(out)
+            ms[name].append(1e3 * (time.perf_counter() - t0) / steps)
+            print_line({"benchmark": benchmark, "way": name, "round": r + 1,
+                        "ms": round(ms[name][-1], 3)})
+    return {name: statistics.median(v) for name, v in ms.items()}
 
 
 def print_line(line: dict) -> dict:

@@ -16,7 +16,7 @@ round (milliseconds per call), then a summary with each way's median over `hand`
 
 from __future__ import annotations
 
-import statistics
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -101,19 +101,9 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     frames, maps = outs["hand"]
     difference = {name: float(jnp.max(jnp.abs(out[0] - frames))) for name, out in outs.items()}
     mismatch = {name: int(jnp.sum(out[1] != maps)) for name, out in outs.items()}
-    ms: dict[str, list[float]] = {name: [] for name in WAYS}
-    for r in range(fv.rounds):
-        for name, fn in fns.items():
-            for _ in range(fv.warmup):
-                jax.block_until_ready(fn(*args))
-            t0 = time.perf_counter()
-            for _ in range(fv.steps):
-                out = fn(*args)
-            jax.block_until_ready(out)
-            ms[name].append(1e3 * (time.perf_counter() - t0) / fv.steps)
-            print_line({"benchmark": "device_warp", "way": name, "round": r + 1,
-                        "ms": round(ms[name][-1], 3)})
-    median = {name: statistics.median(v) for name, v in ms.items()}
+    median = cli.alternate_rounds(
+        {name: functools.partial(fn, *args) for name, fn in fns.items()}, rounds=fv.rounds,
+        steps=fv.steps, warmup=fv.warmup, benchmark="device_warp")
     summary = {"benchmark": "device_warp_summary", "backend": jax.default_backend(),
                "device": jax.local_devices()[0].device_kind,
                "batch": fv.config.batch_size, "image_size": size,

@@ -16,7 +16,7 @@ the whole set of pools), then a summary with each way's median over `stacked`'s.
 
 from __future__ import annotations
 
-import statistics
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -140,19 +140,9 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
         compile_s[name] = round(time.perf_counter() - t0, 2)
     reference = fns["stacked"](xs, gs)
     differences = {name: max_abs_difference(fn(xs, gs), reference) for name, fn in fns.items()}
-    ms: dict[str, list[float]] = {name: [] for name in WAYS}
-    for r in range(fv.rounds):
-        for name, fn in fns.items():
-            for _ in range(fv.warmup):
-                jax.block_until_ready(fn(xs, gs))
-            t0 = time.perf_counter()
-            for _ in range(fv.steps):
-                out = fn(xs, gs)
-            jax.block_until_ready(out)
-            ms[name].append(1e3 * (time.perf_counter() - t0) / fv.steps)
-            print_line({"benchmark": "pool_backward", "way": name, "round": r + 1,
-                        "ms": round(ms[name][-1], 3)})
-    median = {name: statistics.median(v) for name, v in ms.items()}
+    median = cli.alternate_rounds(
+        {name: functools.partial(fn, xs, gs) for name, fn in fns.items()}, rounds=fv.rounds,
+        steps=fv.steps, warmup=fv.warmup, benchmark="pool_backward")
     summary = {"benchmark": "pool_backward_summary", "backend": jax.default_backend(),
                "device": jax.local_devices()[0].device_kind, **cli.describe(fv.config),
                "pools": [list(s.shape) for s in shapes], "dtype": str(shapes[0].dtype),

@@ -380,20 +380,20 @@ def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_s
     assert [shards.replacement(5, k) for k in range(4)] == [5, 6, 4, 5]
     assert shards.locate(6) == ("b", 2)
     good = {"image": b"", "segm": b"", "depth": b""}
-    records = [dict(good, image=b"not a jpeg" if i in (5, 6) else b"ok") for i in range(7)]
+    fields = [dict(good, image=b"not a jpeg" if i in (5, 6) else b"ok") for i in range(7)]
 
     def make(record):
         if record["image"] != b"ok":
             records.decoded(record, "image")  # raises DamagedRecord
         return {"made": True}
 
-    assert damage.first_good(5, records, shards, make) == ({"made": True}, [5, 6])
-    assert damage.first_good(1, records, shards, make) == ({"made": True}, [])
-    records[4] = dict(good, image=b"\xff\xd8 broken")
+    assert damage.first_good(5, fields, shards, make) == ({"made": True}, [5, 6])
+    assert damage.first_good(1, fields, shards, make) == ({"made": True}, [])
+    fields[4] = dict(good, image=b"\xff\xd8 broken")
     with pytest.raises(damage.TooManyDamaged, match=r"^3 records in a row are damaged in b "
                                                     r"\(from record 1, every record of the "
                                                     r"shard; the first: record feature 'image'"):
-        damage.first_good(5, records, shards, make)
+        damage.first_good(5, fields, shards, make)
 
 
 class Counted(list):

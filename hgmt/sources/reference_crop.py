@@ -13,7 +13,7 @@ torch/image's `image.scale(..., 'bilinear')` and `image.scale(..., 'simple')` (i
 surreal's img.lua (bodynet's numbers are 2 less).
 
 What they do, which hgmt's own crop (a bilinear warp of the window for the image, a nearest one
-for the label maps, `hgmt.data.input_pipeline`) does not: with a window of 2 x res px or more,
+for the label maps, `hgmt.data.cropping`) does not: with a window of 2 x res px or more,
 the whole frame is first shrunk and a res x res block is copied from it at an integer corner;
 with a smaller window, an integer-cornered block of the frame is copied and then resized to
 res x res. For a label map each pixel thus takes a source pixel about a label pixel up and
