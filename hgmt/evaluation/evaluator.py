@@ -589,9 +589,10 @@ def write_report(summary: dict, out: str) -> list[str]:
               for picture, draft in zip(pictures, drafts, strict=True)),
             (stem + ".md", lambda f: f.write(to_markdown(summary)), "w"),
             (out, lambda f: json.dump(listed, f, indent=1), "w")])
-    finally:  # the drafts, one a failed drawing left half written included
-        for draft in glob.glob(glob.escape(drafts_stem) + "*"):
+    finally:  # the drafts, in an object store too, and locally one a failed drawing left
+        for draft in {*drafts, *([] if paths.is_url(stem) else
+                                 glob.glob(glob.escape(drafts_stem) + "*"))}:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(draft)
+                epath.Path(draft).unlink()
     return [out, stem + ".md", *pictures]
 
