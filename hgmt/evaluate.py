@@ -26,7 +26,7 @@ import os
 import sys
 
 from hgmt import cli, compilation_cache, paths, workdirs
-from hgmt.data import cropping, damage, eval_data, input_pipeline, records
+from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import checkpoints, device_memory, evaluators, loop
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
-        cropping.config_window(args.config)  # the data's settings, as training's
-        input_pipeline.auto_worker_count(args.config.worker_count)
-        input_pipeline.read_options(args.config.read_threads)
-        damage.check_max_fraction(args.config.max_damaged_fraction)
+        loop.check_data_settings(args.config)
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:

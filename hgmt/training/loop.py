@@ -117,9 +117,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     check_image_size(config.image_size, config.model.depth)
     device_augment.placement(config.augment_on)
     augment.Augment.from_config(config.augment)
-    cropping.config_window(config)
-    input_pipeline.auto_worker_count(config.worker_count)
-    input_pipeline.read_options(config.read_threads)
+    check_data_settings(config)
     if "demo" in config:  # before hgmt.main replaces a demo build of other settings
         synthetic.check_settings(config.demo.clips_per_split, config.demo.frames,
                                  config.demo.seed, prefix="config.demo.")
@@ -133,14 +131,24 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     return tasks, weights, options
 
 
+def check_data_settings(config: ml_collections.ConfigDict) -> None:
+    """Checks how training and evaluation read the data (`hgmt.evaluate` checks them too,
+    before a checkpoint is read): the crop window, the loader's workers and read threads, the
+    damaged fraction that stops a run. Raises ValueError naming the field and its choices."""
+    cropping.config_window(config)
+    input_pipeline.auto_worker_count(config.worker_count)
+    input_pipeline.read_options(config.read_threads)
+    damage.check_max_fraction(config.max_damaged_fraction)
+
+
 def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dict,
                   warn: bool) -> None:
     """Refuses values training would take without complaint and make wrong: a rate, warm-up,
     loss weight or loss option below 0 (a negative weight maximises its loss), a rate, loss
     weight or option that is not finite (the loss would be, blamed on the rate), a rate of 0, a
     seed outside [0, 2**32) (`input_pipeline.check_seed`: the loader would refuse it late, the
-    model's JAX key wrap it), a damaged fraction outside [0, 1]; with `warn`, warns where
-    the schedule or an evaluator cannot do what it says within `total_steps`."""
+    model's JAX key wrap it); with `warn`, warns where the schedule or an evaluator cannot do
+    what it says within `total_steps`."""
     opt = config.optimizer
     if not (np.isfinite(opt.learning_rate) and opt.learning_rate > 0):
         raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be finite "
@@ -157,7 +165,6 @@ def _check_values(config: ml_collections.ConfigDict, weights: dict, options: dic
                 raise ValueError(f"config.loss_options.{task}.{name}={value} must be finite "
                                  f"and >= 0")
     input_pipeline.check_seed(config.seed)
-    damage.check_max_fraction(config.max_damaged_fraction)
     if warn and opt.warmup_steps >= config.total_steps:
         logging.warning("config.optimizer.warmup_steps=%d is not below config.total_steps=%d: "
                         "the learning rate does not reach config.optimizer.learning_rate=%g",
