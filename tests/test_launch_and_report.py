@@ -1527,8 +1527,10 @@ def test_per_item_charts_name_the_items_value_and_its_direction():
                       "segm": "gain in the part's IoU"}
     from hgmt.tasks.spec import Headline
 
-    with pytest.raises(ValueError, match="needs `item`.*and `item_label`"):
+    with pytest.raises(ValueError, match="needs `item`.*`item_label`.*and `item_names`"):
         Headline(("iou",), "iou", (), "mean IoU", "iou_per_part", "part")
+    with pytest.raises(ValueError, match="`item_names` \\(the items in the dataset's order"):
+        Headline(("iou",), "iou", (), "mean IoU", "iou_per_part", "part", item_label="IoU")
 
 
 def _pose2d_seeds(values, pelvis=None):

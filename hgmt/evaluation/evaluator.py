@@ -33,7 +33,6 @@ from hgmt.models import (
     predict_last_stage,
     variable_differences,
 )
-from hgmt.sources import surreal
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, common, heads, parse_tasks
 
 
@@ -169,8 +168,6 @@ def metrics_changes(protocol: str, since: int) -> list[tuple[int, str]]:
 
 # How many batches an evaluation dispatches ahead of the devices at most (`Evaluator.totals`).
 IN_FLIGHT = 2
-# The rows of the per-item tables, in the dataset's order (other items: as first seen).
-ITEM_ORDER = {"joint": surreal.JOINT_NAMES, "part": surreal.PART_NAMES}
 
 
 def check_batch_size(config: ml_collections.ConfigDict) -> None:
@@ -533,7 +530,7 @@ def to_markdown(summary: dict) -> str:
                           for t, h in cols)
         lines += ["", f"| {item} | {head} |", "|---|" + "---|" * len(cols)]
         seen = dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item])
-        order = ITEM_ORDER.get(item, ())
+        order = cols[0][1].item_names  # the dataset's order; other items as first seen
         for name in [n for n in order if n in seen] + [n for n in seen if n not in order]:
             # A value of None: the item is absent from the split, or the whole breakdown is
             # null (its reason listed above); no value: the column's protocol does not score

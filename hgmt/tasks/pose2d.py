@@ -47,9 +47,10 @@ OUTPUT_LAYOUT = {
 }
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
-                     "pckh@0.5_per_joint", "joint", item_label="PCKh@0.5"),
+                     "pckh@0.5_per_joint", "joint", item_label="PCKh@0.5",
+                     item_names=surreal.JOINT_NAMES),
     "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint",
-                        item_label="PCK", caveats={
+                        item_label="PCK", item_names=surreal.JOINT_NAMES, caveats={
                             "examples_not_evaluated": common.NOT_EVALUATED,
                             "batches_without_scored_joint":
                                 "full test batches without a scored joint: NaN to the "

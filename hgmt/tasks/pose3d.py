@@ -33,9 +33,10 @@ LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 SIGMA = 1.0
 HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",
-                     "joint", ".1f", item_label="error (mm)"),
+                     "joint", ".1f", item_label="error (mm)", item_names=surreal.JOINT_NAMES),
     "bodynet": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm, BodyNet)",
                         "mjd_mm_per_joint", "joint", ".1f", item_label="error (mm)",
+                        item_names=surreal.JOINT_NAMES,
                         caveats={"examples_not_evaluated": common.NOT_EVALUATED}),
 }
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.

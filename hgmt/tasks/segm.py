@@ -41,12 +41,14 @@ _REFERENCE_CAVEATS = {
 }
 HEADLINES = {
     "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",
-                     "iou_per_part", "part", item_label="IoU"),
+                     "iou_per_part", "part", item_label="IoU", item_names=surreal.PART_NAMES),
     "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
+                        item_names=surreal.PART_NAMES,
                         caveats=_REFERENCE_CAVEATS),
     "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
+                        item_names=surreal.PART_NAMES,
                         caveats=_REFERENCE_CAVEATS),
 }
 

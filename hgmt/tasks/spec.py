@@ -27,6 +27,9 @@ class Headline:
     # What one item's value is ("IoU", "error (mm)"), as the study's per-item chart names it:
     # `label` names the headline metric, which may be a mean over the items.
     item_label: str | None = None
+    # The items in the dataset's order: the rows of the per-item tables (a breakdown of a
+    # subset of them, BodyNet's 10 joints, keeps this order beside one of all 16).
+    item_names: tuple[str, ...] = ()
     # {summary key: what it counts}: the counters beside the numbers that qualify them (a
     # reference protocol's examples it never evaluates, images it cannot score), each shown
     # with its meaning in the evaluation's Markdown where it is not 0.
@@ -37,10 +40,11 @@ class Headline:
         if unknown:
             raise ValueError(f"Headline {self.label!r}: {sorted(unknown)} not in its metrics "
                              f"{self.metrics}")
-        if self.per_item and not (self.item and self.item_label):
+        if self.per_item and not (self.item and self.item_label and self.item_names):
             raise ValueError(f"Headline {self.label!r}: a per-item breakdown "
                              f"({self.per_item!r}) needs `item` (what an item is, e.g. "
-                             f"'joint') and `item_label` (what its value is, e.g. 'IoU')")
+                             f"'joint'), `item_label` (what its value is, e.g. 'IoU') and "
+                             f"`item_names` (the items in the dataset's order)")
 
     @property
     def higher_is_better(self) -> bool:
