@@ -28,6 +28,7 @@ from cli import config_path, print_line
 
 from hgmt import cli
 from hgmt.data import cropping, device_augment, input_pipeline, records, tf_example
+from hgmt.data.augment import Augment
 from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = config_path("demo")
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     decoded = [{**r, **{key: records.decoded(r, key)
                         for key in records.IMAGE_FEATURES}} for r in stored]
     rng = np.random.default_rng(0)
-    augment = input_pipeline.Augment.from_config(config.augment)
+    augment = Augment.from_config(config.augment)
     params = [cropping.draw_crop_params(augment, rng) for _ in range(k)]
     out["host_crop_ms"] = cpu_ms(lambda i: cropping.crop_with(
         decoded[i % k], res, params[i % k], tasks, unread), n)

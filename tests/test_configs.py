@@ -216,7 +216,7 @@ def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
     256 px, the augmentation each code uses), tested under the code's protocol on every test
     clip's middle frame, and valid for the trainer."""
     from configs import reference
-    from hgmt.data.input_pipeline import Augment
+    from hgmt.data.augment import Augment
     from hgmt.training import loop
 
     c = reference.get_config(f"code={code},tasks={tasks}")

@@ -19,6 +19,7 @@ import hgmt.export
 import hgmt.predict
 from hgmt import disk_space, workdirs
 from hgmt.data import cropping, eval_data, input_pipeline
+from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
 from hgmt.inference import person, video
@@ -73,7 +74,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     maps the decoded joints back to the same image pixels."""
     result = predictor(test_example["image"], _bbox_of_training_crop(test_example))
     cropped = cropping.crop_example(test_example, predictor.image_size,
-                                    input_pipeline.Augment.none())
+                                    Augment.none())
     np.testing.assert_array_equal(result["crop_image"], cropped["image"])
     np.testing.assert_allclose(result["crop"], cropped["crop"], atol=1e-4)
 

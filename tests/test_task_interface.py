@@ -11,6 +11,7 @@ import pytest
 import hgmt.predict
 import hgmt.report
 from hgmt.data import cropping, input_pipeline
+from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator
 from hgmt.tasks import TASKS, all_subsets, drawing, parse_tasks
 from hgmt.training import loop
@@ -28,12 +29,12 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
     assert parse_tasks("all")[-1] == "silhouette" and len(all_subsets()) == 31
     # Its labels come from its own module; a pose2d-only crop does not carry them.
     source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test")
-    example = cropping.crop_example(source[0], 64, input_pipeline.Augment.none(),
+    example = cropping.crop_example(source[0], 64, Augment.none(),
                                     tasks=("silhouette",))
     assert set(example) == {"image", "crop", "unusable", "silhouette"}
     assert example["silhouette"].shape == (16, 16) and 0 < example["silhouette"].sum() < 256
     assert "silhouette" not in cropping.crop_example(
-        source[0], 64, input_pipeline.Augment.none(), tasks=("pose2d",))
+        source[0], 64, Augment.none(), tasks=("pose2d",))
 
     # Train two subsets as a sweep would (the isolated task and one with pose2d), evaluate.
     sweep = tmp_path / "sweep"

@@ -19,6 +19,7 @@ import pytest
 
 from hgmt import code_version, devices, workdirs
 from hgmt.data import input_pipeline
+from hgmt.data.augment import Augment
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, loop, resume, steps
 from tests.conftest import main_command, tiny_config
@@ -1102,7 +1103,7 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
     loaded = workdirs.load_config(str(workdir))
     assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)
-    assert input_pipeline.Augment.from_config(loaded.augment) == input_pipeline.Augment()
+    assert Augment.from_config(loaded.augment) == Augment()
     # Saved when depth had options and segm not yet ({} or depth's only): segm's are the
     # defaults too, not a field the saved config lacks and the check passes over.
     kw["tasks"] = "segm+depth"

@@ -87,10 +87,11 @@ def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
 
 def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it():
     from hgmt.data import input_pipeline
+    from hgmt.data.augment import Augment
 
     cid = surreal.parse_stem("/x/cmu/test/run0/03_01/03_01_c0001")
     record = records.unusable_example(cid, 0, 1, "clip_unreadable_file")
-    ex = cropping.crop_example(record, 64, input_pipeline.Augment.none())
+    ex = cropping.crop_example(record, 64, Augment.none())
     assert ex["unusable"] == 1.0 and not ex["image"].any()
     assert not ex["segm"].any() and not ex["depth_class"].any()
     assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in ex.values())

@@ -30,6 +30,7 @@ import numpy as np
 from jax.extend.core import Literal
 
 from hgmt.data import cropping, damage, input_pipeline, records
+from hgmt.data.augment import Augment
 from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, common, spec
 
@@ -139,7 +140,7 @@ def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
 
 
 # --- Device: crop parameters, crops, labels -------------------------------------------------
-def draw_params(key: jax.Array, augment: input_pipeline.Augment) -> dict[str, jax.Array]:
+def draw_params(key: jax.Array, augment: Augment) -> dict[str, jax.Array]:
     """One example's crop parameters from `augment`'s distributions (those of
     `cropping.draw_crop_params`): scale (), rotation () degrees, flip () bool, gain (3,)."""
     k_scale, k_rotate, k_angle, k_flip, k_gain = jax.random.split(key, 5)
@@ -324,7 +325,7 @@ class Prepare:
     image_size: int
     seed: int
     tasks: tuple[str, ...] | None = None
-    augment: input_pipeline.Augment = input_pipeline.Augment()
+    augment: Augment = Augment()
     window: str = "hgmt"  # cropping.TRAIN_WINDOWS
 
     def __call__(self, raw: dict, step: jax.Array, first_index: jax.Array | int = 0) -> dict:
