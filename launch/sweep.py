@@ -454,7 +454,7 @@ def _define_flags(fv) -> None:
                         flag_values=fv, required=True)
     flags.DEFINE_string("config", None, "config file[:argument] for hgmt.main, without tasks=",
                         flag_values=fv, required=True)
-    flags.DEFINE_string("tasks", "", "comma-separated subsets (default: all 15)",
+    flags.DEFINE_string("tasks", None, "comma-separated subsets (default: all 15)",
                         flag_values=fv)
     flags.DEFINE_string("protocols", "", "comma-separated extra metric protocols (bodynet, "
                         "surreal) to evaluate each run with", flag_values=fv)
@@ -504,9 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = paths.absolute(args.sweep_dir)
     try:  # each subset once, however it is written (segm+pose2d is pose2d+segm)
         subsets = list(dict.fromkeys("+".join(parse_tasks(t)) for t in args.tasks.split(",")
-                                     if t)) or ["+".join(c) for c in all_subsets()]
+                                     if t)) if args.tasks is not None else [
+            "+".join(c) for c in all_subsets()]
     except ValueError as e:
         raise SystemExit(f"error: --tasks={args.tasks}: {e}") from None
+    if not subsets:  # an unset shell variable, say: not a request for all 15 subsets
+        raise SystemExit(f"error: --tasks={args.tasks} names no subset: give them (e.g. "
+                         f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")
     try:
         extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]
     except ValueError as e:

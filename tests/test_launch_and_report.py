@@ -291,6 +291,19 @@ def test_sweep_refuses_tasks_other_than_its_subsets(args, message, tmp_path, mon
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("tasks", ["", ","])
+def test_sweep_refuses_a_tasks_flag_that_names_no_subset(tasks, tmp_path, monkeypatch, capsys):
+    """`--tasks=$SUBSETS` with the variable unset is not a request for all 15 subsets (hours of
+    runs): it stops in one line, the sweep directory not made; without --tasks, all 15."""
+    monkeypatch.chdir(REPO)
+    run = _sweep_in_process(capsys, f"--sweep_dir={tmp_path / 's'}", "--config=configs/demo.py",
+                            f"--tasks={tasks}", "--print_only")
+    assert (run.returncode, run.stderr) == (1, (
+        f"error: --tasks={tasks} names no subset: give them (e.g. --tasks=pose2d,pose2d+segm), "
+        f"or leave --tasks out for all 15\n"))
+    assert not (tmp_path / "s").exists()
+
+
 def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_read(
         tmp_path, monkeypatch, capsys):
     """A protocol's file is done only beside the run's eval_test.json and of the step the
