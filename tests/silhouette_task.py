@@ -14,6 +14,7 @@ NAME = "silhouette"
 NUM_CHANNELS = 2  # background, person
 DEFAULT_LOSS_WEIGHT = 1.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
+READS_DISTANCE = False
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # a mirror changes no class
 OUTPUT_LAYOUT = {"channels": NUM_CHANNELS, "channel": "class: 0 background, 1 person",
                  "values": "logits: a pixel's class is the argmax over the channels"}

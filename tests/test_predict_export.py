@@ -1068,6 +1068,29 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
         prediction.Predictor(older)
 
 
+def test_a_model_that_decodes_nothing_in_metres_is_not_warned_about_crop_metres(
+        demo_dataset, tmp_path_factory, caplog):
+    """The window's metres scale 3D decoding only (pose3d's joints, depth's metres: each
+    task's READS_DISTANCE): a segm model's workdir without crop_metres.json predicts and
+    exports without the warning, its hgmt.json still saying the figure is assumed."""
+    import logging
+
+    from hgmt import workdirs as layout
+    from hgmt.inference import crop_scale
+    from hgmt.tasks import reads_distance
+
+    assert [t for t in TASKS if reads_distance(t)] == ["pose3d", "depth"]
+    assert reads_distance("pose2d+segm+depth") and not reads_distance("pose2d+segm")
+    segm = _trained(demo_dataset, tmp_path_factory, "segm_workdir", tasks="segm",
+                    total_steps=1, checkpoint_every=1)
+    os.remove(layout.crop_metres_file(segm))
+    with caplog.at_level(logging.WARNING):
+        assert prediction.Predictor(segm).crop_metres == crop_scale.CROP_METRES["hgmt"]
+        _, meta = exporting.inference_fn(segm)
+    assert not [r for r in caplog.records if "crop_metres.json" in r.getMessage()]
+    assert meta["crop"]["window_metres_source"].startswith("assumed: hgmt's default")
+
+
 def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
     with pytest.raises(ValueError, match=r"bbox .* width and height must be positive"):
         predictor(np.zeros((50, 60, 3), np.uint8), bbox=(0, 0, 0, 10))

@@ -24,18 +24,20 @@ from hgmt.data import crop_metres
 CROP_METRES = {"hgmt": 2.35, "reference_box": 1.97}
 
 
-def of_workdir(workdir: str, window: str = "hgmt") -> float:
+def of_workdir(workdir: str, window: str = "hgmt", warn: bool = True) -> float:
     """The metres a training window (`window`, the run's config.window) of the workdir's run
-    spans at the person: its file's figure; CROP_METRES's, with a warning, for a workdir
-    without one (trained by an hgmt that did not measure it, or on batches handed to the
-    trainer, not a built split) or with one of another window. `with_source` says which."""
-    return with_source(workdir, window)[0]
+    spans at the person: its file's figure; CROP_METRES's, with a warning (`warn`: for a
+    model that decodes with it, `hgmt.tasks.reads_distance`), for a workdir without one
+    (trained by an hgmt that did not measure it, or on batches handed to the trainer, not a
+    built split) or with one of another window. `with_source` says which."""
+    return with_source(workdir, window, warn)[0]
 
 
-def with_source(workdir: str, window: str = "hgmt") -> tuple[float, str]:
+def with_source(workdir: str, window: str = "hgmt", warn: bool = True) -> tuple[float, str]:
     """-> (`of_workdir`'s figure in metres, where it comes from): a sentence starting
     "measured:" with the file's records and standard error, or "assumed:" for CROP_METRES's
-    where the workdir has no file of `window` (warned about, as `of_workdir` says)."""
+    where the workdir has no file of `window` (warned about when `warn`, as `of_workdir`
+    says)."""
     stored = crop_metres.read(workdir)
     measured_on = None if stored is None else stored.get("window", "hgmt")
     if measured_on != window:
@@ -44,12 +46,13 @@ def with_source(workdir: str, window: str = "hgmt") -> tuple[float, str]:
                f"hgmt.main that measures it)" if stored is None else
                f"the workdir's {workdirs.CROP_METRES_FILE} measures window {measured_on}, not "
                f"{window}")
-        logging.warning(
-            "%s: %s; 3D decoding assumes a training window (%s) spans %.2f m at the person, "
-            "so the pelvis depth and the 3D joints' x and y are off by the ratio of what this "
-            "run's training data spans to that (docs/evaluation.md has demo and SURREAL clips' "
-            "figures); rerunning hgmt.main on the workdir writes it",
-            workdirs.crop_metres_file(workdir), why, window, assumed)
+        if warn:
+            logging.warning(
+                "%s: %s; 3D decoding assumes a training window (%s) spans %.2f m at the "
+                "person, so the pelvis depth and the 3D joints' x and y are off by the ratio "
+                "of what this run's training data spans to that (docs/evaluation.md has demo "
+                "and SURREAL clips' figures); rerunning hgmt.main on the workdir writes it",
+                workdirs.crop_metres_file(workdir), why, window, assumed)
         return assumed, (f"assumed: hgmt's default for window {window} "
                          f"(crop_scale.CROP_METRES), as {why}; 3D decoding is off by the "
                          f"ratio of what the run's training windows span to it")

@@ -31,7 +31,7 @@ from hgmt.models import (
     predict_last_stage,
     to_model_layout,
 )
-from hgmt.tasks import TASKS, common, heads, parse_tasks
+from hgmt.tasks import TASKS, common, heads, parse_tasks, reads_distance
 from hgmt.training import checkpoints
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -68,7 +68,8 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": predictor.crop_meta(*crop_scale.with_source(workdir, window), window),
+            "crop": predictor.crop_meta(*crop_scale.with_source(
+                workdir, window, warn=reads_distance(tasks)), window),
             "camera": predictor.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.

@@ -30,7 +30,15 @@ from hgmt.data import cropping
 from hgmt.inference import crop_scale, person
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import reference_crop, surreal
-from hgmt.tasks import TASKS, channel_flips, common, drawing, heads, parse_tasks
+from hgmt.tasks import (
+    TASKS,
+    channel_flips,
+    common,
+    drawing,
+    heads,
+    parse_tasks,
+    reads_distance,
+)
 from hgmt.tasks.spec import Frame
 from hgmt.training import checkpoints, device_memory
 
@@ -82,7 +90,8 @@ class Predictor:
         self.focal_px = focal_px
         # Metres a training window spans at the person: 3D decoding's scale.
         self.window = cropping.config_window(self.config)
-        self.crop_metres = crop_scale.of_workdir(workdir, self.window)
+        self.crop_metres = crop_scale.of_workdir(workdir, self.window,
+                                                 warn=reads_distance(self.tasks))
         self.flip = bool(flip)
         self._model = create_model(self.config.model, heads(self.tasks))
         self._apply = jax.jit(functools.partial(

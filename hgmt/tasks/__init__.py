@@ -91,6 +91,12 @@ def channel_flips(names: str | Sequence[str]) -> dict[str, tuple[int, ...]]:
     return {n: tuple(TASKS[n].CHANNEL_FLIP) for n in parse_tasks(names)}
 
 
+def reads_distance(names: str | Sequence[str]) -> bool:
+    """Whether one of the given tasks decodes with the person's camera distance (its
+    READS_DISTANCE): a model of such a task needs the metres a training window spans."""
+    return any(TASKS[n].READS_DISTANCE for n in parse_tasks(names))
+
+
 def _check_task_names(field: str, given: dict) -> None:
     """A key of config.<field> that is no task is an error naming the valid ones."""
     unknown = sorted(set(given) - set(TASKS))

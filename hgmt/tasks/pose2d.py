@@ -23,6 +23,7 @@ NUM_JOINTS = len(surreal.JOINT_NAMES)
 NUM_CHANNELS = NUM_JOINTS
 DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
+READS_DISTANCE = False
 SIGMA = 1.0
 CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
 # The sub-pixel peak of an (h, w) map, exactly as `common.subpixel_argmax` computes it in

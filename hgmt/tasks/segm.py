@@ -21,6 +21,7 @@ DEFAULT_LOSS_WEIGHT = 1.0
 # foreground_weight: how much more a body-part pixel counts in the loss than a background one
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
 LOSS_OPTIONS = {"foreground_weight": 1.0}
+READS_DISTANCE = False
 CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {

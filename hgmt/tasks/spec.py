@@ -164,6 +164,10 @@ class TaskModule(Protocol):
     CHANNEL_FLIP: Sequence[int]  # the channels' permutation under a horizontal flip
     DEFAULT_LOSS_WEIGHT: float
     LOSS_OPTIONS: Mapping[str, float]  # keyword options of `loss`, defaults = the reference's
+    # Whether `decode` and `predict` read the batch's 'pelvis_depth', the person's camera
+    # distance in metres, which prediction infers from the window's side and the metres a
+    # training window spans (hgmt.inference.crop_scale): only such a task needs that figure.
+    READS_DISTANCE: bool
     HEADLINES: Mapping[str, Headline]  # {metric protocol: how its numbers are shown}
     # What an output channel means, JSON-able ("channels" = NUM_CHANNELS, "channel", "values",
     # names, bins, and "decoding" where hgmt's results are more than an argmax): how a consumer
@@ -231,7 +235,8 @@ def check_task(module: Any) -> None:
     """Raises TypeError naming what `module` lacks of `TaskModule`: a constant missing or of
     the wrong type, a function missing or with other parameter names."""
     hints = {"NAME": str, "NUM_CHANNELS": int, "DEFAULT_LOSS_WEIGHT": (int, float),
-             "LOSS_OPTIONS": Mapping, "HEADLINES": Mapping, "OUTPUT_LAYOUT": Mapping}
+             "LOSS_OPTIONS": Mapping, "READS_DISTANCE": bool, "HEADLINES": Mapping,
+             "OUTPUT_LAYOUT": Mapping}
     name = getattr(module, "__name__", repr(module))
     for attr, kind in hints.items():
         if not isinstance(getattr(module, attr, None), kind):
