@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -124,24 +125,26 @@ def _distinct(inputs: list[str]) -> list[str]:
     return kept
 
 
-# The record among each input's outputs (an image's JSON, a video's summary) and a key
-# hgmt.predict has written into it from its first version on: an output path holding a file
-# of another kind is not ours.
-_RECORDS = {"json": "joint_names", "summary": "annotated_video"}
+# The record among each input's outputs (an image's JSON, a video's summary) and what
+# hgmt.predict has written at its head from its first version on (an image's JSON starts with
+# its "image", its "tasks" follow): an output path holding a file of another kind is not ours.
+_RECORDS = {"json": re.compile(rb'\A\s*\{\s*"image"\s*:.*?"tasks"\s*:', re.DOTALL),
+            "summary": re.compile(rb'\A\s*\{.*"annotated_video"\s*:', re.DOTALL)}
 _RECORD_HEAD = 1 << 16  # bytes
 
 
 def _earlier_prediction(outputs: dict[str, str]) -> tuple[bool, str]:
     """-> (whether `outputs` (`_outputs`) hold an earlier prediction's record, `_RECORDS`;
-    the record's path). Only the record's head is read (its key comes first, before an
-    image's class maps), so a folder of thousands of earlier predictions is checked fast."""
-    kind, field = next((k, f) for k, f in _RECORDS.items() if k in outputs)
+    the record's path). Only the record's head is read (an image's JSON names its image and
+    tasks before its class maps), so a folder of thousands of earlier predictions is checked
+    fast."""
+    kind, mark = next((k, m) for k, m in _RECORDS.items() if k in outputs)
     try:
         with open(outputs[kind], "rb") as f:
             head = f.read(_RECORD_HEAD)
     except OSError:
         return False, outputs[kind]
-    return head.lstrip().startswith(b"{") and f'"{field}":'.encode() in head, outputs[kind]
+    return mark.search(head) is not None, outputs[kind]
 
 
 def _check_outputs(inputs: list[str], out_dir: str) -> None:

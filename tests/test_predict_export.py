@@ -500,16 +500,23 @@ def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, 
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
     assert str(stop.value.code) == message and pair.read_bytes() == before
     pair.rename(folder / "kept.png")
-    (folder / "holiday.json").write_text('{"album": "summer"}')
-    with pytest.raises(SystemExit, match="would overwrite .*holiday.json, which is not an .* "
-                                         "marks an earlier one, is not hgmt.predict's"):
-        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
-    assert (folder / "holiday.json").read_text() == '{"album": "summer"}'
-    (folder / "holiday.json").unlink()
+    # A JSON of the user's, with "image" and "tasks" too, but not first as hgmt.predict
+    # writes them.
+    for theirs in ('{"album": "summer"}', '{"album": "summer", "image": 1, "tasks": [2]}'):
+        (folder / "holiday.json").write_text(theirs)
+        with pytest.raises(SystemExit, match="would overwrite .*holiday.json, which is not an "
+                                             ".* marks an earlier one, is not hgmt.predict's"):
+            hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
+        assert (folder / "holiday.json").read_text() == theirs
+    # An earlier hgmt's JSON (every one began with its image and tasks), of a model without
+    # pose too.
+    (folder / "holiday.json").write_text(json.dumps({"image": str(photo), "step": 2,
+                                                     "tasks": ["segm"]}))
     for _ in range(2):  # the second run replaces the first's outputs
         assert hgmt.predict.main([str(photo), f"--workdir={workdir}",
                                   f"--out_dir={folder}"]) == 0
-    assert "bbox_found_by" in json.loads((folder / "holiday.json").read_text())
+    written = json.loads((folder / "holiday.json").read_text())
+    assert "bbox_found_by" in written and list(written)[:4] == ["image", "step", "flip", "tasks"]
     # An earlier hgmt's video summary (without the fields added since) marks its files too.
     summary = {"video": "clip.mp4", "frames": 3, "jsonl": "clip.jsonl",
                "annotated_video": "clip.annotated.mp4"}

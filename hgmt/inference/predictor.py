@@ -414,7 +414,7 @@ def to_json(result: dict, tasks: Sequence[str]) -> dict:
     task's `to_json` (joints, class maps in the crop's label frame, as lists)."""
     window = result["window"]
     height, width = result["frame"].image_shape
-    out = {"tasks": list(tasks), "joint_names": list(surreal.JOINT_NAMES),
+    out = {"tasks": list(tasks),
            "image_size_px": [int(width), int(height)],
            "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,
            "model_passes": result["passes"], "crop_metres": round(result["crop_metres"], 4),

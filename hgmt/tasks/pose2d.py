@@ -278,9 +278,11 @@ def locate(pred: np.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
-    """`predict`'s result -> JSON: 'joints2d_image_px' (16,2) original-image px, rounded to
-    0.01 px; 'joint_scores' (16,) heatmap peaks, rounded to 4 decimals."""
-    return {"joints2d_image_px": np.round(result["joints2d"], 2).tolist(),
+    """`predict`'s result -> JSON: 'joint_names' (16,) the joints' order; 'joints2d_image_px'
+    (16,2) original-image px, rounded to 0.01 px; 'joint_scores' (16,) heatmap peaks, rounded
+    to 4 decimals."""
+    return {"joint_names": list(surreal.JOINT_NAMES),
+            "joints2d_image_px": np.round(result["joints2d"], 2).tolist(),
             "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 
 

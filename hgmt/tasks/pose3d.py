@@ -268,9 +268,11 @@ def locate(pred: jnp.ndarray) -> dict:
 
 
 def to_json(result: dict) -> dict:
-    """`predict`'s result -> JSON: 'joints3d_rel_mm' (16,3) pelvis-relative camera mm,
-    rounded to 0.1 mm; 'focal_px' (px, 3 decimals); 'pelvis_depth_m' (m, 4 decimals)."""
-    return {"joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist(),
+    """`predict`'s result -> JSON: 'joint_names' (16,) the joints' order; 'joints3d_rel_mm'
+    (16,3) pelvis-relative camera mm, rounded to 0.1 mm; 'focal_px' (px, 3 decimals);
+    'pelvis_depth_m' (m, 4 decimals)."""
+    return {"joint_names": list(surreal.JOINT_NAMES),
+            "joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist(),
             "focal_px": round(result["focal_px"], 3),
             "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}
 
