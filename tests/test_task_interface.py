@@ -106,6 +106,26 @@ def test_every_task_module_implements_the_interface(with_silhouette):
         spec.check_task(broken)
 
 
+def test_a_task_reading_a_field_trainings_crops_lack_is_named(monkeypatch):
+    """A task module whose labels read a record field training's crops do not carry (the
+    camera's rotation, here) is a one-line error naming the task, the field and what they
+    carry, not a KeyError from the trace that finds the label maps training decodes."""
+    import types
+
+    from hgmt.data import device_augment
+
+    zrot = types.ModuleType("zrot_task")
+    vars(zrot).update({k: v for k, v in vars(silhouette_task).items()
+                       if not k.startswith("__")})
+    zrot.labels = lambda crop: {"zrot": crop.record["zrot"]}
+    monkeypatch.setitem(TASKS, "zrot_task", zrot)
+    with pytest.raises(ValueError, match=r"^task zrot_task's labels read the record's 'zrot', "
+                                         r"which training's crops do not carry \(they carry "
+                                         r"\['cam_loc', 'depth', 'depth_class', 'image', "
+                                         r"'joints2d', 'joints3d', 'segm'\]\)"):
+        device_augment.target_maps(("zrot_task",))
+
+
 def test_the_pytorch_reference_has_the_tasks_channels():
     """benchmarks/torch_reference.py builds the same heads as the task modules."""
     import ast

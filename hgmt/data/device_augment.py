@@ -108,7 +108,14 @@ def target_maps(tasks: tuple[str, ...] | None = None) -> tuple[str, ...]:
         crop = DeviceCrop(raw, jnp.zeros((1, 2, 3)), 4, jnp.zeros(1, bool))
         batch = {"image": raw["image"], "crop": crop.m_label, "unusable": jnp.zeros(1)}
         for t in names:
-            batch.update(TASKS[t].labels(crop))
+            try:
+                batch.update(TASKS[t].labels(crop))
+            except KeyError as e:
+                raise ValueError(
+                    f"task {t}'s labels read the record's {e.args[0]!r}, which training's "
+                    f"crops do not carry (they carry {sorted(raw)}): a task's labels read "
+                    f"those (hgmt.tasks.spec.Crop), or decode_record must carry it too"
+                    ) from None
         return [TASKS[t].targets(batch) for t in names]
 
     jaxpr = jax.make_jaxpr(targets)(maps).jaxpr

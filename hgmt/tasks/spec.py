@@ -95,7 +95,10 @@ class Crop:
 
     The device path (hgmt.data.device_augment.DeviceCrop) gives `labels` a batch of crops
     with the same methods, returning jax arrays with a leading batch axis: so a task's
-    `labels` uses array methods and `swap_sides`, not numpy functions or `if crop.flip`."""
+    `labels` uses array methods and `swap_sides`, not numpy functions or `if crop.flip`. Its
+    `record` holds the fields training's crops carry (`device_augment.decode_record`: the
+    image, the label maps, joints2d, joints3d, cam_loc), which is all a task's `labels` may
+    read."""
 
     record: dict
     m_label: np.ndarray
