@@ -26,15 +26,13 @@ changes).
 """
 
 from configs.common import base_config, parse_arg
-from hgmt.tasks import TASK_NAMES
 
-# What each reference code trains: its tasks, stacks, batch per task and steps (epochs x
-# epochSize).
+# What each reference code trains: its stacks, its tasks with the batch of each, and its steps
+# (epochs x epochSize).
 CODES = {
-    "surreal": {"tasks": ("segm", "depth"), "num_stacks": 8,
-                "batch_size": {"segm": 6, "depth": 6}, "total_steps": 30 * 2000},
-    "bodynet": {"tasks": TASK_NAMES, "num_stacks": 2,
-                "batch_size": {"pose2d": 4, "pose3d": 6, "segm": 6, "depth": 4},
+    "surreal": {"num_stacks": 8, "batch_size": {"segm": 6, "depth": 6},
+                "total_steps": 30 * 2000},
+    "bodynet": {"num_stacks": 2, "batch_size": {"pose2d": 4, "pose3d": 6, "segm": 6, "depth": 4},
                 "total_steps": 100 * 2000},
 }
 
@@ -44,9 +42,9 @@ def get_config(arg: str | None = None):
     code = CODES.get(args["code"])
     if code is None:
         raise ValueError(f"config argument code={args['code']!r}: choose one of {sorted(CODES)}")
-    if args["tasks"] not in code["tasks"]:
+    if args["tasks"] not in code["batch_size"]:
         raise ValueError(f"config argument tasks={args['tasks']!r}: {args['code']}'s code "
-                         f"trains one of {list(code['tasks'])} a network (a task subset: "
+                         f"trains one of {list(code['batch_size'])} a network (a task subset: "
                          f"configs/default.py)")
     c = base_config(args["tasks"])
     c.dataset = "surreal/all"

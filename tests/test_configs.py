@@ -241,14 +241,22 @@ def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
         c.typo = 1
 
 
-def test_reference_configs_refuse_what_the_code_did_not_train():
+def test_reference_configs_refuse_what_the_code_did_not_train(monkeypatch):
     from configs import reference
+    from hgmt.tasks import TASKS
+    from tests import silhouette_task
 
     with pytest.raises(ValueError, match=r"^config argument tasks='pose2d': surreal's code "
                                          r"trains one of \['segm', 'depth'\] a network"):
         reference.get_config("code=surreal,tasks=pose2d")
     with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains one"):
         reference.get_config("code=bodynet,tasks=pose2d+segm")
+    # A task hgmt has and BodyNet's code does not train (a fifth task module).
+    monkeypatch.setitem(TASKS, "silhouette", silhouette_task)
+    with pytest.raises(ValueError, match=r"^config argument tasks='silhouette': bodynet's code "
+                                         r"trains one of \['pose2d', 'pose3d', 'segm', "
+                                         r"'depth'\] a network"):
+        reference.get_config("code=bodynet,tasks=silhouette")
     with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
                                          r"\['bodynet', 'surreal'\]$"):
         reference.get_config("code=hg")
