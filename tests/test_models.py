@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hgmt.models import INTERACTIONS, OPS, MultiTaskHourglass, create_model, resolve_ops, summary
-from hgmt.tasks import TASK_NAMES, TASKS, all_subsets, compute_losses, heads
+from hgmt.tasks import TASKS, all_subsets, compute_losses, heads
 from tests.test_tasks import make_batch
 
 TINY = dict(num_stacks=2, features=16, depth=1)
@@ -34,20 +34,20 @@ def test_every_subset_initialises_with_the_right_shapes(interaction):
         # Only the selected tasks have streams and heads.
         names = "/".join(jax.tree_util.keystr(p) for p, _ in
                          jax.tree_util.tree_leaves_with_path(variables["params"]))
-        for t in set(TASK_NAMES) - set(tasks):
+        for t in set(tuple(TASKS)) - set(tasks):
             assert f"_{t}" not in names
 
 
 def test_shared_trunk_has_one_stream():
-    model = create_model(dict(TINY, shared_trunk=True), heads(TASK_NAMES))
+    model = create_model(dict(TINY, shared_trunk=True), heads(tuple(TASKS)))
     images = jnp.zeros((1, 64, 64, 3))
     variables = model.init(jax.random.key(0), images)
     out = model.apply(variables, images)
     assert {t: o.shape[-1] for t, o in out.items()} == {t: TASKS[t].NUM_CHANNELS
-                                                          for t in TASK_NAMES}
+                                                          for t in tuple(TASKS)}
     params = variables["params"]
     assert "stage0_trunk" in params and "stage1_trunk" in params
-    assert not any(f"stage0_{t}" in params for t in TASK_NAMES)
+    assert not any(f"stage0_{t}" in params for t in tuple(TASKS))
 
 
 def test_bad_model_config_is_rejected():
@@ -301,11 +301,11 @@ def _contraction_input_dtypes(fn, *args) -> dict[str, set[str]]:
 
 def test_bfloat16_agrees_with_float32():
     images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-    f32 = create_model(dict(TINY, interaction="sum"), heads(TASK_NAMES))
-    bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), heads(TASK_NAMES))
+    f32 = create_model(dict(TINY, interaction="sum"), heads(tuple(TASKS)))
+    bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), heads(tuple(TASKS)))
     variables = f32.init(jax.random.key(0), images)
     a, b = f32.apply(variables, images), bf16.apply(variables, images)
-    for t in TASK_NAMES:
+    for t in tuple(TASKS):
         scale = float(jnp.abs(a[t]).mean())
         err = float(jnp.abs(a[t] - b[t]).mean())
         assert b[t].dtype == jnp.float32 and err < 0.05 * scale + 1e-3, (t, err, scale)

@@ -17,7 +17,7 @@ from hgmt.models import (
     to_checkpoint_layout,
     to_model_layout,
 )
-from hgmt.tasks import TASK_NAMES, compute_losses, heads
+from hgmt.tasks import TASKS, compute_losses, heads
 from hgmt.training import checkpoints, steps
 from tests.test_tasks import make_batch
 
@@ -56,11 +56,11 @@ def _assert_close(a, b, what, tol=TOL):
 
 
 def test_vmapped_has_one_stacked_stream_per_stage_and_per_task_heads():
-    separate, vmapped = _models(TASK_NAMES)
+    separate, vmapped = _models(tuple(TASKS))
     shapes = jax.eval_shape(vmapped.init, jax.random.key(0), _images())["params"]
     assert {"stage0_streams", "stage1_streams"} <= set(shapes)
-    assert not any(f"stage0_{t}" in shapes for t in TASK_NAMES)
-    assert all(f"stage{k}_{t}_head" in shapes for k in (0, 1) for t in TASK_NAMES)
+    assert not any(f"stage0_{t}" in shapes for t in tuple(TASKS))
+    assert all(f"stage{k}_{t}_head" in shapes for k in (0, 1) for t in tuple(TASKS))
     # Every stream variable gains a leading axis of one entry per task.
     sep = jax.eval_shape(separate.init, jax.random.key(0), _images())["params"]
     stacked = jax.tree.leaves(shapes["stage1_streams"])
@@ -72,7 +72,7 @@ def test_vmapped_has_one_stacked_stream_per_stage_and_per_task_heads():
 @pytest.mark.parametrize("tasks", [
     ("pose2d", "segm"),
     pytest.param(("pose2d",), marks=pytest.mark.slow),
-    pytest.param(TASK_NAMES, marks=pytest.mark.slow)])
+    pytest.param(tuple(TASKS), marks=pytest.mark.slow)])
 def test_vmapped_computes_the_separate_function(tasks):
     """Same parameters (converted): the same predictions in inference and training mode, the
     same updated BatchNorm statistics and the same gradient of the summed task losses, all in
@@ -254,7 +254,7 @@ def test_stream_mode_choices():
         create_model(dict(TINY, stream_mode="stacked"), heads(("pose2d",)))
     # One shared stream has nothing to stack: the shared trunk ignores the mode.
     shared = create_model(dict(TINY, shared_trunk=True, interaction="sum", stream_mode="vmapped"),
-                          heads(TASK_NAMES))
+                          heads(tuple(TASKS)))
     params = jax.eval_shape(shared.init, jax.random.key(0), _images())["params"]
     assert "stage0_trunk" in params and "stage0_streams" not in params
 

@@ -131,11 +131,11 @@ def test_the_pytorch_reference_has_the_tasks_channels():
     import ast
     import pathlib
 
-    from hgmt.tasks import TASK_NAMES, heads
+    from hgmt.tasks import TASKS, heads
 
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
     tree = ast.parse(path.read_text())
     found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
              and any(getattr(t, "id", "") == "TASK_CHANNELS" for t in n.targets)]
     assert len(found) == 1
-    assert eval(compile(ast.Expression(found[0]), str(path), "eval")) == heads(TASK_NAMES)
+    assert eval(compile(ast.Expression(found[0]), str(path), "eval")) == heads(tuple(TASKS))

@@ -8,7 +8,6 @@ import pytest
 
 from hgmt.sources import surreal
 from hgmt.tasks import (
-    TASK_NAMES,
     TASKS,
     all_subsets,
     channel_flips,
@@ -55,7 +54,7 @@ def make_batch(seed=0, b=3, r=R):
 
 def test_parse_tasks():
     assert parse_tasks("segm+pose2d") == ("pose2d", "segm")
-    assert parse_tasks("all") == TASK_NAMES == ("pose2d", "pose3d", "depth", "segm")
+    assert parse_tasks("all") == tuple(TASKS) == ("pose2d", "pose3d", "depth", "segm")
     assert parse_tasks(["depth"]) == ("depth",)
     with pytest.raises(ValueError, match="pose2d, pose3d, depth, segm"):
         parse_tasks("pose2d+normals")
@@ -64,7 +63,7 @@ def test_parse_tasks():
     # heads and channel_flips take tasks as parse_tasks does (before: a '+'-joined string
     # was taken letter by letter, KeyError: 'p').
     assert list(heads("segm+pose2d")) == list(heads(["pose2d", "segm"])) == ["pose2d", "segm"]
-    assert list(channel_flips("all")) == list(TASK_NAMES)
+    assert list(channel_flips("all")) == list(tuple(TASKS))
     with pytest.raises(ValueError, match="unknown task"):
         heads(["hands"])
 
@@ -393,7 +392,7 @@ def test_metrics_known_offsets():
 def test_all_task_combinations_are_fifteen():
     """all_subsets() lists the 15 non-empty subsets of the four tasks, written out here by
     hand, singles first, each in the tasks' canonical order."""
-    a, b, c, d = TASK_NAMES
+    a, b, c, d = tuple(TASKS)
     assert all_subsets() == [
         (a,), (b,), (c,), (d,),
         (a, b), (a, c), (a, d), (b, c), (b, d), (c, d),

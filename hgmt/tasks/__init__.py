@@ -21,7 +21,6 @@ from hgmt.tasks import depth, pose2d, pose3d, segm
 TASKS: dict[str, ModuleType] = {
     "pose2d": pose2d, "pose3d": pose3d, "depth": depth, "segm": segm,
 }
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
 def all_subsets() -> list[tuple[str, ...]]:
