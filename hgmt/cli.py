@@ -73,14 +73,16 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         with _config_errors(argv, default):
             config_flags.DEFINE_config_file(
                 "config", default, "config file[:argument] (configs/*.py); override fields "
-                "with --config.x=y", flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
+                "with --config.x=y; --config=FILE --help lists its fields with their values",
+                flag_values=fv, lock_config=True, sys_argv=["hgmt"] + argv)
     if config is not None:
         with _config_errors(argv, config):
             config_flags.DEFINE_config_dict(
                 "config", config, "the workdir's training config; override fields with "
                 "--config.x=y", flag_values=fv, sys_argv=["hgmt"] + argv)
     if asks_for_help(argv):
-        print(f"{doc}\n\n{fv.get_help()}")
+        listed = _config_file_fields_help(argv) if config_file else ""
+        print(f"{doc}\n\n{listed}{fv.get_help()}")
         raise SystemExit(0)
     with _config_errors(argv, config if config is not None else
                         config_file if isinstance(config_file, str) else None):
@@ -167,9 +169,39 @@ def _config_fields_help(argv: Sequence[str]) -> str:
         config = workdirs.load_config(workdir)
     except Exception as e:  # noqa: BLE001  (help prints why and goes on)
         return f"{head}\n    (--workdir={workdir}: {type(e).__name__}: {e})"
-    fields = [f"  --config.{path}: {value!r}"
-              for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]
-    return "\n".join([head, f"The fields of {workdir}'s config:", *fields])
+    return "\n".join([head, f"The fields of {workdir}'s config:", *_field_lines(config)])
+
+
+def _field_lines(config) -> list[str]:
+    """A config's fields as --help lists them: `  --config.<path>: <value>`, sorted."""
+    return [f"  --config.{path}: {value!r}"
+            for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]
+
+
+def _config_file_fields_help(argv: Sequence[str]) -> str:
+    """The --help lines listing the fields of the config file `--config` names in argv, with
+    its overrides applied, each with its value; where it does not read, why; nothing without
+    a `--config`."""
+    given = [a.partition("=")[2] for a in argv if a.startswith(("--config=", "-config="))]
+    if not given:
+        return ""
+    # The config's own flags alone: the command's other flags (a required --workdir) are not
+    # asked for by its help.
+    own = ["hgmt"] + [a for a in argv if a.startswith(("--config", "-config"))]
+    try:  # the command's own one-line errors, as a run would stop on them
+        with _config_errors(own[1:], None):
+            fv = flags.FlagValues()
+            config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
+                                            lock_config=True, sys_argv=own)
+            try:
+                fv(own)
+            except flags.Error as e:
+                raise SystemExit(f"error: {_flag_error(e)}") from None
+            lines = _field_lines(fv.config)
+    except SystemExit as e:  # help prints why and goes on
+        return f"(the config's fields are not listed: {str(e.code).removeprefix('error: ')})\n\n"
+    return "\n".join([f"The fields of --config={given[-1]}, with their values:", *lines,
+                      "", ""])
 
 
 def _workdir_arg(argv: Sequence[str]) -> str | None:

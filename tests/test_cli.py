@@ -147,6 +147,35 @@ def test_the_trainers_help_starts_with_its_usage_and_exit_statuses(capsys):
     assert "Exit status 75" in text and "Exit status 69" in text and "--workdir" in text
 
 
+def test_the_trainers_help_with_a_config_lists_its_fields_with_their_values(
+        capsys, tmp_path, monkeypatch):
+    """hgmt.main --config=FILE --help lists the file's fields with their values, its
+    overrides applied, before the flags, asking for no --workdir, and names the file read
+    (hgmt's own configs/demo.py from a folder without one); a config that does not read says
+    why, in the line the run would stop with, and the help goes on (exit 0)."""
+    import hgmt.main
+
+    monkeypatch.chdir(tmp_path)
+
+    def help_of(*args):
+        with pytest.raises(SystemExit) as e:
+            hgmt.main.main([*args, "--help"])
+        assert e.value.code in (0, None)
+        return capsys.readouterr().out
+
+    text = help_of("--config=configs/demo.py", "--config.batch_size=8")
+    head = f"The fields of --config={REPO}/configs/demo.py, with their values:\n"
+    fields = text[text.index(head):]
+    assert "  --config.batch_size: 8\n" in fields
+    assert "  --config.tasks: 'pose2d+pose3d+depth+segm'\n" in fields
+    assert fields.index("--config.batch_size:") < fields.index("--workdir")
+    text = help_of("--config=configs/demo.py", "--config.batch_sze=8")
+    assert ("(the config's fields are not listed: --config.batch_sze: the config has no field "
+            "'batch_sze' (its fields: augment, ") in text
+    assert "--workdir" in text and "The fields of" not in text
+    assert "The fields of" not in help_of()
+
+
 def test_the_reports_help_starts_with_its_usage(capsys):
     text = help_text("hgmt.report", capsys)
     assert text.startswith("usage: python -m hgmt.report --sweep_dir=runs/sweep "
