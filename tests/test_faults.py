@@ -1625,13 +1625,17 @@ def _fill(disk: str, room: int) -> str:
 
 class FillsDiskAt:
     """A metric writer that fills the disk `disk` up to `room` bytes left when evaluator
-    `name` first logs (its curve line, report and checkpoint are written after)."""
+    `name` first logs (its curve line, report and checkpoint are written after); and makes
+    the folder `beside` then, if given (a write under way elsewhere)."""
 
-    def __init__(self, disk: str, name: str, room: int):
+    def __init__(self, disk: str, name: str, room: int, beside: str | None = None):
         self.disk, self.name, self.room, self.filler = disk, name, room, None
+        self.beside = beside
 
     def write_scalars(self, step, scalars):
         if self.filler is None and any(k.startswith(f"{self.name}/") for k in scalars):
+            if self.beside:
+                os.makedirs(self.beside)
             self.filler = _fill(self.disk, self.room)
 
     def write_images(self, step, images):
@@ -1643,8 +1647,10 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
     """The evaluator keeping the best checkpoint also runs after the last step (at_end); the
     disk fills during that evaluation, with room for its curve line and report but not its
     checkpoint, which is written first: DiskFull naming the step and the partial folder,
-    which is removed, the periodic checkpoint intact, the step's line and report not written;
-    with space the rerun evaluates again, keeps the best and writes them once."""
+    which is removed, the periodic checkpoint intact (and a training checkpoint's write under
+    way meanwhile, here a stand-in folder, left to its writer), the step's line and report
+    not written; with space the rerun evaluates again, keeps the best and writes them
+    once."""
     metric = "loss/total"
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=2, checkpoint_every=2,
                          **{"evals.validation.every": 100, "evals.validation.at_end": True,
@@ -1652,15 +1658,17 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
                             "evals.validation.max_examples": 8})
     disk = small_disk(16 * 2**20)
     workdir = os.path.join(disk.path, "w")
-    writer = FillsDiskAt(disk.path, "validation", 256 * 1024)
+    under_way = os.path.join(workdirs.checkpoint_dir(workdir), "3.orbax-checkpoint-tmp-1")
+    writer = FillsDiskAt(disk.path, "validation", 256 * 1024, beside=under_way)
     best = re.escape(workdirs.best_dir(workdir))
     with pytest.raises(disk_space.DiskFull, match=rf"cannot write the best checkpoint of step 2 "
                                                   rf"to {re.escape(workdir)}: the disk or quota "
                                                   rf"is full .*Removed the partial {best}/2\."
-                                                  rf"orbax-checkpoint-tmp"):
+                                                  rf"orbax-checkpoint-tmp[^,]*; the training"):
         loop.run(config, workdir, writer)
     assert writer.filler is not None
-    assert _partial(workdir) == []
+    assert _partial(workdir) == ["3.orbax-checkpoint-tmp-1"]
+    os.rmdir(under_way)
     assert not os.path.exists(workdirs.eval_file(workdir, "validation"))
     assert workdirs.read_evals(workdir) == []
     assert checkpoints.manager(workdir).all_steps() == [2]

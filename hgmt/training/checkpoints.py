@@ -420,10 +420,13 @@ def _steps_on_disk(folder: str) -> list[int]:
         ) else []
 
 
-def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0) -> list[str]:
+def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
+                   best_only: bool = False) -> list[str]:
     """Removes the temporary folders of unfinished checkpoint writes (orbax's
-    `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best (process 0;
-    the workdir lock makes them this run's). -> the removed paths.
+    `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best, or in best
+    alone (`best_only`: a training checkpoint's write may be under way beside a best
+    checkpoint's), on process 0 (the workdir lock makes them this run's). -> the removed
+    paths.
 
     After a failed write, tensorstore may still be finishing other chunks of it, which
     recreate the folder: the removal is repeated until no such folder has appeared for
@@ -434,13 +437,14 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0)
 
     if jax.process_index() != 0:
         return []
+    folders = [workdirs.best_dir(workdir)] if best_only else [
+        workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
     removed: list[str] = []
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while time.monotonic() < deadline:
         found = [os.fspath(path)
-                 for folder in map(epath.Path, (workdirs.checkpoint_dir(workdir),
-                                                workdirs.best_dir(workdir)))
+                 for folder in map(epath.Path, folders)
                  if folder.is_dir()
                  for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
         for path in found:
@@ -459,12 +463,14 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0)
 
 
 @contextlib.contextmanager
-def stop_on_full_disk(workdir: str, step: int | None, what: str = "checkpoint"
-                      ) -> Iterator[None]:
+def stop_on_full_disk(workdir: str, step: int | None, what: str = "checkpoint",
+                      best: bool = False) -> Iterator[None]:
     """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
     `step`, or from its background thread at a later call, for an earlier step) into
-    `disk_space.DiskFull`, after removing the partial checkpoint; the message names `what`
-    was written (e.g. "best checkpoint"), the workdir, the step that failed (from the partial
+    `disk_space.DiskFull`, after removing the partial checkpoint (`best`: of a best
+    checkpoint, whose cleanup leaves the training checkpoints' folder alone: the write of
+    this step's training checkpoint may still be under way); the message names `what` was
+    written (e.g. "best checkpoint"), the workdir, the step that failed (from the partial
     folder's name), the space left and the intact training checkpoints to resume from."""
     try:
         yield
@@ -473,7 +479,7 @@ def stop_on_full_disk(workdir: str, step: int | None, what: str = "checkpoint"
     except Exception as e:
         if not disk_space.is_disk_full(e):
             raise
-        removed = remove_partial(workdir)
+        removed = remove_partial(workdir, best_only=best)
         failed = sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
                                                      os.path.basename(p)) for p in removed)
                         if m) or [step]
