@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 import jax
 import ml_collections
@@ -236,57 +237,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
            peer_watch: peers.PeerWatch | None = None,
            lock: workdir_lock.WorkdirLock | None = None,
            changed: list | None = None) -> tuple[steps.TrainState, dict[str, dict]]:
-    """`run`'s body. What it opens (its TensorBoard writer, the checkpoint managers) is closed
-    by `opened` when the run ends, however it ends. A lost workdir `lock` stops it at the next
-    step (`WorkdirLock.check`). `changed`: the config's accepted changes from the workdir's
-    config.json (`resume.check_config`)."""
+    """`run`'s body: what the run reads and opens, in the order that keeps a refused run from
+    changing the workdir; then `_Training` trains and evaluates. What it opens (its
+    TensorBoard writer, the checkpoint managers) is closed by `opened` when the run ends,
+    however it ends. A lost workdir `lock` stops it at the next step (`WorkdirLock.check`).
+    `changed`: the config's accepted changes from the workdir's config.json
+    (`resume.check_config`)."""
     # Before the split opens and the checkpoint restores: a preemption notice from now on is
     # agreed on a step this run reaches.
     newest = checkpoints.newest_step_on_disk(workdir)
     watch.resumes_from(newest)
-    if newest > config.total_steps:  # --resume_with_changed_config lets it through
-        raise resume.CannotResume(
-            f"config.total_steps={config.total_steps} is below step {newest}, the "
-            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
-            f"label step {newest}'s weights as step {config.total_steps}. Give "
-            f"--config.total_steps={newest} or more, or train into a new --workdir")
+    _check_total_steps(config, workdir, newest)
     # The training split first: one that is not there stops the run before the workdir
     # gets its summaries and evaluators' folders.
     source = None if loader is not None else input_pipeline.open_split(
         config.dataset, config.data_dir, "train")
-    # Evaluated op by op (eagerly), not compiled: XLA would turn the schedule's divisions by
-    # constants into multiplications and fold its constants, which rounds otherwise (on the
-    # CPU, 356 of the paper config's 2,000 logged rates, near the end of the decay by 0.9%).
-    lr_fn = steps.create_lr(config)
-
-    damaged = None  # the account of damaged records the loader skipped
     prepare = augmentation(config, tasks)
-    augment_on = "host" if prepare is None else "device"
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
     opened.push(_closing(evals))
+    damaged = None  # the account of damaged records the loader skipped
     if source is not None:
-        # The evaluators' frames must be in this build: checked before the workdir changes.
-        evals.check_frames(source.dataset_info)
-        # A saved loader position resumes only with its seed and split size: named here, not
-        # by the restore below as checkpoints of another model.
-        resume.check_sampler(config, workdir, len(source))
-        # A resumed loader needs the worker count this process's saved position was made
-        # with; -1 (auto) otherwise counts this host's usable cores.
-        saved = checkpoints.resume_worker_count(workdir, config.worker_count,
-                                                jax.process_count())
-        workers = input_pipeline.auto_worker_count(saved)
-        # Which records make each batch depends on it (`input_pipeline.endless_loader`);
-        # every checkpoint's data/process_<i>-of-<n>.json records this process's count.
-        logging.info("process %d's loader runs %d worker process(es) (config.worker_count=%d"
-                     "%s); which records make each batch depends on that count",
-                     jax.process_index(), workers, config.worker_count,
-                     ", resumed with its checkpoint's" if saved != config.worker_count else "",
-                     extra=cli.EVERY_PROCESS)
-        loader = train_loader(config, source, tasks, prepare, workers)
-        damaged = damage.DamageLog(
-            damage.Shards.of(source), len(source), config.max_damaged_fraction,
-            workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
-            damage.union_over_processes if jax.process_count() > 1 else None)
+        loader, damaged = _open_training_data(config, workdir, tasks, prepare, evals, source)
     # After the checks above: a run refused the workdir (another process count, seed or
     # split) leaves no summaries file in it.
     own_writer = writer is None
@@ -304,39 +275,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     opened.push(_closing(mngr))
-    # Checkpoints hold the streams per task whatever config.model.stream_mode trains them.
-    def restore_args(template: steps.TrainState) -> Callable[[], ocp.args.Composite]:
-        return lambda: ocp.args.Composite(
-            state=ocp.args.StandardRestore(to_checkpoint_layout(model, template)),
-            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter))
-
-    clipped_before = checkpoints.OlderLayout(
-        "gradient clipping in the optimizer chain", restore_args(
-            steps.with_clip_state_before(state)),
-        lambda r: {"state": steps.without_clip_state(r["state"]), "data": r["data"]})
-    # Restored beside the fresh state on the device: a state that does not fit twice is
-    # named as such, not as a checkpoint that does not read.
-    with device_memory.explained(config, "while restoring the newest checkpoint beside the "
-                                         "initial train state"):
-        restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
-                                                       [clipped_before])
-    # The restored state as the checkpoint holds it: the host state of the step resumed
-    # from, which `host_state` gives until a step trains (averaging the devices' identical
-    # copies of its BatchNorm statistics again would round some of them, on 8 devices).
-    resumed = None
-    if restored is not None:
-        state = resumed = to_model_layout(model, restored[1]["state"])
-        logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
-                     int(state.step))
+    state, resumed = _restore(config, workdir, model, state, data_iter, mngr)
     start_step = int(state.step)
     if own_writer:  # what an earlier run logged after this step is not this run's
-        writer.restart(start_step + 1)
-        if start_step == 0 and jax.process_index() == 0:
-            aside = f"{workdirs.events_superseded_dir(workdir)}/{workdirs.set_aside_name(0)}"
-            moved = summary_writer.set_aside_earlier(workdir, writer.path, aside)
-            if moved:
-                logging.info("a start at step 0 over an earlier run's TensorBoard summaries: "
-                             "moved %s to %s", ", ".join(moved), aside)
+        _restart_summaries(writer, workdir, start_step)
     # The loader's workers start now, their position set, from threads that block the job's
     # signals (`input_pipeline.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
@@ -354,254 +296,432 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
         if source is not None:
             crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir,
                                           config.window)
+    training = _Training(config, workdir, model=model, state=state, resumed=resumed,
+                         mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
+                         damaged=damaged, watch=watch, peer_watch=peer_watch, lock=lock,
+                         train_step=jitted_train_step(weights, options, prepare))
+    training.set_aside_what_follows_the_start()
+    training.evaluate_missed()
+    training.log_plan(tasks, "host" if prepare is None else "device")
+    training.train()
+    return training.finish()
 
-    state = devices.replicate(state)
-    p_train_step = jitted_train_step(weights, options, prepare)
-    device_iter = input_pipeline.prefetch_to_device(data_iter.batches(), config.prefetch)
-    metrics = step_metrics.StepMetrics()
 
-    def check_finite() -> None:
-        """Stops on the first non-finite step since the last check, before any save."""
-        bad = metrics.check()
-        if bad is None:
-            return
-        mngr.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
-            f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
-            f"saved for it or after it; {_after_non_finite(mngr.latest_step(), workdir)}")
+def _check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: int) -> None:
+    """CannotResume where `config.total_steps` is below `newest`, the step of the workdir's
+    newest checkpoint (--resume_with_changed_config lets such a config through `run`'s
+    check)."""
+    if newest > config.total_steps:
+        raise resume.CannotResume(
+            f"config.total_steps={config.total_steps} is below step {newest}, the "
+            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
+            f"label step {newest}'s weights as step {config.total_steps}. Give "
+            f"--config.total_steps={newest} or more, or train into a new --workdir")
 
-    superseded = evals.supersede_after(start_step)
-    if superseded:
-        logging.info("moved %s of the steps after %d, where training starts again, to %s",
-                     ", ".join(superseded), start_step,
-                     workdirs.evals_superseded_dir(workdir))
-    forgotten = evals.forget_after(
-        start_step, lambda: devices.to_host(state))
-    if forgotten:
-        logging.warning("moved the best checkpoint kept at step %s in %s to %s: chosen by an "
-                        "evaluation after step %d, where training starts again",
-                        ", ".join(map(str, forgotten)), workdirs.best_dir(workdir),
-                        workdirs.superseded_dir(workdir), start_step)
 
-    def host_state(step: int, state) -> steps.TrainState:
-        """The state on the host, BatchNorm statistics averaged, for a save or a validation;
-        a non-finite loss since the last check or a non-finite state stops the run here. At
-        the step resumed from, the restored state itself."""
-        if step == start_step and resumed is not None:
-            return resumed
-        check_finite()
-        host = devices.to_host(steps.sync_batch_stats(state))
-        bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
-               if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
-        if bad:
-            mngr.wait_until_finished()
-            raise FloatingPointError(
-                f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
-                f"losses are finite; nothing was saved for it, "
-                f"{_after_non_finite(mngr.latest_step(), workdir)}")
-        return host
+def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
+                        tasks: tuple[str, ...], prepare: device_augment.Prepare | None,
+                        evals: evaluators.Evaluators, source
+                        ) -> tuple[input_pipeline.grain.DataLoader, damage.DamageLog]:
+    """The training loader of the built split `source` and the account of the damaged
+    records it skips, after the checks that refuse a workdir before it changes."""
+    # The evaluators' frames must be in this build: checked before the workdir changes.
+    evals.check_frames(source.dataset_info)
+    # A saved loader position resumes only with its seed and split size: named here, not
+    # by the restore below as checkpoints of another model.
+    resume.check_sampler(config, workdir, len(source))
+    # A resumed loader needs the worker count this process's saved position was made
+    # with; -1 (auto) otherwise counts this host's usable cores.
+    saved = checkpoints.resume_worker_count(workdir, config.worker_count, jax.process_count())
+    workers = input_pipeline.auto_worker_count(saved)
+    # Which records make each batch depends on it (`input_pipeline.endless_loader`);
+    # every checkpoint's data/process_<i>-of-<n>.json records this process's count.
+    logging.info("process %d's loader runs %d worker process(es) (config.worker_count=%d"
+                 "%s); which records make each batch depends on that count",
+                 jax.process_index(), workers, config.worker_count,
+                 ", resumed with its checkpoint's" if saved != config.worker_count else "",
+                 extra=cli.EVERY_PROCESS)
+    loader = train_loader(config, source, tasks, prepare, workers)
+    damaged = damage.DamageLog(
+        damage.Shards.of(source), len(source), config.max_damaged_fraction,
+        workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
+        damage.union_over_processes if jax.process_count() > 1 else None)
+    return loader, damaged
 
-    def save(step: int, host: steps.TrainState) -> None:
-        mngr.save(step, args=ocp.args.Composite(
-            **checkpoints.saved(to_checkpoint_layout(model, host)),
-            data=input_pipeline.grain.PyGrainCheckpointSave(data_iter)))
 
-    def stop_preempted(step: int, saving: int | None, after_training: bool = False) -> None:
-        """Raises Preempted once the checkpoint of `step` is written (`saving`: the step orbax
-        may still be writing), every process together; `after_training`: it stops the
-        evaluations after the last step."""
-        with checkpoints.stop_on_full_disk(workdir, saving):
-            mngr.wait_until_finished()
-        # exit together, after process 0 finalised the save
-        devices.barrier("preemption checkpoint saved")
-        raise preemption.Preempted(step, workdirs.checkpoint_dir(workdir), after_training)
+def _restore(config: ml_collections.ConfigDict, workdir: str, model, state: steps.TrainState,
+             data_iter, mngr: ocp.CheckpointManager
+             ) -> tuple[steps.TrainState, steps.TrainState | None]:
+    """-> (the state to train from, the restored state or None): the workdir's newest
+    readable checkpoint, its loader position set in `data_iter`, else the fresh `state`.
+    The restored state is the host state of the step resumed from as the checkpoint holds
+    it, which `_Training.host_state` gives until a step trains (averaging the devices'
+    identical copies of its BatchNorm statistics again would round some of them, on 8
+    devices)."""
+    # Checkpoints hold the streams per task whatever config.model.stream_mode trains them.
+    def restore_args(template: steps.TrainState) -> Callable[[], ocp.args.Composite]:
+        return lambda: ocp.args.Composite(
+            state=ocp.args.StandardRestore(to_checkpoint_layout(model, template)),
+            data=input_pipeline.grain.PyGrainCheckpointRestore(data_iter))
 
-    def lock_check() -> None:
+    clipped_before = checkpoints.OlderLayout(
+        "gradient clipping in the optimizer chain", restore_args(
+            steps.with_clip_state_before(state)),
+        lambda r: {"state": steps.without_clip_state(r["state"]), "data": r["data"]})
+    # Restored beside the fresh state on the device: a state that does not fit twice is
+    # named as such, not as a checkpoint that does not read.
+    with device_memory.explained(config, "while restoring the newest checkpoint beside the "
+                                         "initial train state"):
+        restored = checkpoints.restore_newest_readable(mngr, restore_args(state), workdir,
+                                                       [clipped_before])
+    if restored is None:
+        return state, None
+    state = to_model_layout(model, restored[1]["state"])
+    logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
+                 int(state.step))
+    return state, state
+
+
+def _restart_summaries(writer, workdir: str, start_step: int) -> None:
+    """Marks the TensorBoard summaries as restarting at `start_step` + 1 (what an earlier run
+    logged after it is not this run's); a start at step 0 moves an earlier run's event files
+    aside."""
+    writer.restart(start_step + 1)
+    if start_step == 0 and jax.process_index() == 0:
+        aside = f"{workdirs.events_superseded_dir(workdir)}/{workdirs.set_aside_name(0)}"
+        moved = summary_writer.set_aside_earlier(workdir, writer.path, aside)
+        if moved:
+            logging.info("a start at step 0 over an earlier run's TensorBoard summaries: "
+                         "moved %s to %s", ", ".join(moved), aside)
+
+
+class _Training:
+    """The training steps from the state restored or fresh to config.total_steps, then the
+    evaluations after training, with what they share: the checkpoint manager and the write
+    it may still be making, the state on the devices and the outputs of the last step
+    dispatched, the interval's timing and the ETA's clock. Orderings that matter: the
+    damaged records met up to a step are synced before its checkpoint is saved (the
+    checkpoint's data position is after them); a step's batch is consumed before its state
+    is saved; the interval and the ETA's clock start after the evaluations a preemption
+    skipped."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, model,
+                 state: steps.TrainState, resumed: steps.TrainState | None,
+                 mngr: ocp.CheckpointManager, evals: evaluators.Evaluators, writer,
+                 data_iter, damaged: damage.DamageLog | None,
+                 watch: preemption.PreemptionWatch, peer_watch: peers.PeerWatch | None,
+                 lock: workdir_lock.WorkdirLock | None, train_step: Callable):
+        self.config, self.workdir, self.model, self.mngr = config, workdir, model, mngr
+        self.evals, self.writer, self.data_iter, self.damaged = evals, writer, data_iter, damaged
+        self.watch, self.peer_watch, self.lock = watch, peer_watch, lock
+        self.start_step = int(state.step)
+        self.restored = resumed is not None
+        # The restored host state, which `host_state` gives for the step resumed from while
+        # no step has trained since.
+        self.resumed = resumed
+        self.state = devices.replicate(state)
+        self.p_train_step = train_step
+        self.device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
+                                                             config.prefetch)
+        self.metrics = step_metrics.StepMetrics()
+        # Evaluated op by op (eagerly), not compiled: XLA would turn the schedule's divisions
+        # by constants into multiplications and fold its constants, which rounds otherwise.
+        self.lr_fn = steps.create_lr(config)
+        self.step_values = None  # the last dispatched step's outputs: ready once it ran
+        self.saving = None  # the step of the newest checkpoint orbax may still be writing
+        self.joined = True  # whether the outcome of that write was read (its thread joined)
+        self.interval = step_metrics.Interval(self.start_step)
+        # The ETA's clock: wall time since training began (after the first step's
+        # compilation), evaluations and saves included, over the steps done since.
+        self.since, self.since_step = time.perf_counter(), self.start_step
+
+    # --- Checks and stops, at every step and evaluation batch --------------------------------
+
+    def lock_check(self) -> None:
         """Before each step, and each evaluation and each of its batches: a lock lost
         meanwhile stops the run there (an evaluation can outlast the time after which another
         trainer may take the workdir)."""
-        if lock is not None:
-            lock.check()
+        if self.lock is not None:
+            self.lock.check()
 
-    def stop_if_preempted() -> None:
+    def stop_if_preempted(self) -> None:
         """Before each evaluation after training and each of its batches (those the last
         step's run did not make included): a lost lock (`lock_check`) stops the run here; so
         does a signal since the last step (or at it), every process at the same check: the
         last step is saved (by the loop, or it is the checkpoint this run resumed from), and
         the rerun resumes there and runs those not finished
         (`Evaluators.finished_at_end`)."""
-        lock_check()
-        if watch.stop_after_training():
-            stop_preempted(config.total_steps, None, after_training=True)
+        self.lock_check()
+        if self.watch.stop_after_training():
+            self.stop_preempted(self.config.total_steps, None, after_training=True)
 
-    # A preemption at an evaluation step saved it without evaluating: evaluated on resuming
-    # (at the last step, as the evaluations after training: a signal stops them).
-    missed = [] if restored is None else [n for n in evals.due(start_step)
-                                          if n not in evals.recorded(start_step)]
-    if missed:
-        logging.info("evaluating step %d, which its run did not: %s", start_step, missed)
+    def stop_preempted(self, step: int, saving: int | None, after_training: bool = False
+                       ) -> None:
+        """Raises Preempted once the checkpoint of `step` is written (`saving`: the step orbax
+        may still be writing), every process together; `after_training`: it stops the
+        evaluations after the last step."""
+        with checkpoints.stop_on_full_disk(self.workdir, saving):
+            self.mngr.wait_until_finished()
+        # exit together, after process 0 finalised the save
+        devices.barrier("preemption checkpoint saved")
+        raise preemption.Preempted(step, workdirs.checkpoint_dir(self.workdir), after_training)
+
+    def check_finite(self) -> None:
+        """Stops on the first non-finite step since the last check, before any save."""
+        bad = self.metrics.check()
+        if bad is None:
+            return
+        self.mngr.wait_until_finished()
+        raise FloatingPointError(
+            f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
+            f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
+            f"saved for it or after it; "
+            f"{_after_non_finite(self.mngr.latest_step(), self.workdir)}")
+
+    # --- The state on the host: saves and evaluations ----------------------------------------
+
+    def host_state(self, step: int) -> steps.TrainState:
+        """The state on the host, BatchNorm statistics averaged, for a save or a validation;
+        a non-finite loss since the last check or a non-finite state stops the run here. At
+        the step resumed from, the restored state itself."""
+        if step == self.start_step and self.resumed is not None:
+            return self.resumed
+        self.check_finite()
+        host = devices.to_host(steps.sync_batch_stats(self.state))
+        bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
+               if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
+        if bad:
+            self.mngr.wait_until_finished()
+            raise FloatingPointError(
+                f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
+                f"losses are finite; nothing was saved for it, "
+                f"{_after_non_finite(self.mngr.latest_step(), self.workdir)}")
+        return host
+
+    def save_and_evaluate(self, step: int, *, checkpoint: bool = True,
+                          evaluate: list[str] | None = None) -> None:
+        """Once the device has run `step`, the state after it on the host (`host_state`,
+        which stops the run on a non-finite loss or state) saved as the checkpoint of `step`
+        (when `checkpoint`) and evaluated by the evaluators `evaluate`; this time is set apart
+        from the interval's training time, and a full disk stops the run as
+        `disk_space.DiskFull` (`checkpoints.stop_on_full_disk`). The damaged records met up to
+        `step` are to be synced (`damaged.sync`) before: the checkpoint's data position is
+        after them."""
+        jax.block_until_ready(self.step_values)  # the step is training time; what follows not
+        with self.interval.set_apart(), checkpoints.stop_on_full_disk(self.workdir, step):
+            host = self.host_state(step)
+            if checkpoint:
+                self.mngr.save(step, args=ocp.args.Composite(
+                    **checkpoints.saved(to_checkpoint_layout(self.model, host)),
+                    data=input_pipeline.grain.PyGrainCheckpointSave(self.data_iter)))
+            if evaluate:
+                with device_memory.explained(self.config, "while evaluating",
+                                             "eval_batch_size", beside_train_state=True):
+                    self.evals.run(evaluate, step, host, self.writer, stop=self.lock_check)
+
+    def set_aside_what_follows_the_start(self) -> None:
+        """Moves aside what evaluations recorded of the steps after the one training starts
+        from, and a best checkpoint one of them chose (`Evaluators.supersede_after`,
+        `forget_after`)."""
+        superseded = self.evals.supersede_after(self.start_step)
+        if superseded:
+            logging.info("moved %s of the steps after %d, where training starts again, to %s",
+                         ", ".join(superseded), self.start_step,
+                         workdirs.evals_superseded_dir(self.workdir))
+        forgotten = self.evals.forget_after(self.start_step,
+                                            lambda: devices.to_host(self.state))
+        if forgotten:
+            logging.warning("moved the best checkpoint kept at step %s in %s to %s: chosen by "
+                            "an evaluation after step %d, where training starts again",
+                            ", ".join(map(str, forgotten)), workdirs.best_dir(self.workdir),
+                            workdirs.superseded_dir(self.workdir), self.start_step)
+
+    def evaluate_missed(self) -> None:
+        """A preemption at an evaluation step saved it without evaluating: evaluated on
+        resuming (at the last step, as the evaluations after training: a signal stops them).
+        Then, where steps train from here, the restored state is not held through
+        training."""
+        start = self.start_step
+        missed = [] if not self.restored else [n for n in self.evals.due(start)
+                                               if n not in self.evals.recorded(start)]
+        if missed:
+            logging.info("evaluating step %d, which its run did not: %s", start, missed)
+            with device_memory.explained(self.config, "while evaluating", "eval_batch_size",
+                                         beside_train_state=True):
+                self.evals.run(missed, start, self.host_state(start), self.writer,
+                               stop=self.stop_if_preempted
+                               if start == self.config.total_steps else self.lock_check)
+        if start < self.config.total_steps:
+            self.resumed = None
+
+    def log_plan(self, tasks: tuple[str, ...], augment_on: str) -> None:
+        """The line that says what this run trains, from which step, on what; the interval
+        and the ETA's clock start now."""
+        config, count = self.config, jax.device_count()
+        if self.start_step == config.total_steps:
+            logging.info("training %s ended at step %d: what is left to do after it runs now",
+                         "+".join(tasks), self.start_step)
+        else:
+            logging.info("training %s for steps %d..%d, %d device%s, global batch %d, "
+                         "augmentation on the %s", "+".join(tasks), self.start_step,
+                         config.total_steps, count, "s" * (count != 1), config.batch_size,
+                         augment_on)
+        self.interval = step_metrics.Interval(self.start_step)
+        self.since, self.since_step = time.perf_counter(), self.start_step
+
+    # --- The steps ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Trains the steps after `start_step` up to config.total_steps: each step's batch,
+        its dispatch, its log line, checkpoint and evaluations when due, and a preemption's
+        save and stop."""
+        config = self.config
+        for step in range(self.start_step + 1, config.total_steps + 1):
+            self._join_finished_write()
+            self.lock_check()  # another trainer may take the workdir: stop before writing more
+            batch = self._next_batch(step)
+            self.state, self.step_values = self.p_train_step(self.state, batch)
+            # no host copy: the next step queues behind it
+            self.metrics.append(step, self.step_values)
+            preempted = self.watch.reached(step)
+            if (step == self.start_step + 1 and step % config.log_every
+                    and step < config.total_steps):
+                # The first step compiles: timed apart from img/s and the ETA.
+                jax.block_until_ready(self.step_values)
+                logging.info("step %d (compilation included) took %.1f s", step,
+                             self.interval.training_time())
+                self.interval.restart(step)
+                self.since, self.since_step = time.perf_counter(), step
+            # At the last step too when evaluations were due there: they are skipped, below.
+            stopping = preempted and (step < config.total_steps or bool(self.evals.due(step)))
+            checkpoint_due = (step % config.checkpoint_every == 0
+                              or step == config.total_steps or preempted)
+            log_due = step % config.log_every == 0 or step == config.total_steps
+            if self.damaged is not None and (log_due or checkpoint_due):
+                # The damaged records all processes met, counted (and judged) alike
+                # everywhere, and in the file before a checkpoint of the position after them
+                # is saved.
+                self.damaged.sync()
+            if log_due:
+                self._log(step)
+            # A preempted job has no time to evaluate: the step is saved, and the rerun
+            # evaluates it first (`evaluate_missed`).
+            evals_due = [] if preempted else self.evals.due(step)
+            if checkpoint_due or evals_due:
+                self.save_and_evaluate(step, checkpoint=checkpoint_due, evaluate=evals_due)
+                if checkpoint_due:
+                    self.saving, self.joined = step, False
+            if stopping:
+                self.stop_preempted(step, self.saving,
+                                    after_training=step == config.total_steps)
+
+    def _join_finished_write(self) -> None:
+        """Once orbax's write of the newest checkpoint has ended, joins its thread, which
+        raises its error now, not at the next save (no collective: processes may see it end
+        at different steps). Not `check_for_errors`: run before orbax's finalize thread reads
+        the error, it takes it from that thread, which then deletes the old checkpoints as
+        after a good write (with keep_checkpoints=1 the only one left); run after, it finds
+        nothing."""
+        if not self.joined and not self.mngr.is_saving_in_progress():
+            self.joined = True
+            with checkpoints.stop_on_full_disk(self.workdir, self.saving):
+                self.mngr.wait_until_finished()
+
+    def _next_batch(self, step: int):
+        """The batch of `step` on the devices, its wait for data counted in the interval. A
+        loader that fails after a preemption signal in a one-process run stops it as a
+        preemption at the step before, saved."""
+        t0 = time.perf_counter()
+        if self.peer_watch is not None:
+            self.peer_watch.step = step  # what a lost peer's message names
+        try:
+            batch = next(self.device_iter)
+        except Exception:
+            if self.watch.received is None or self.watch.multihost:
+                raise
+            self._stop_after_loader_failure(step - 1)
+        self.data_iter.consumed()
+        waited = time.perf_counter() - t0
+        self.interval.wait += waited
+        if self.step_values is None or device_done(self.step_values):
+            self.interval.idle += waited  # the device ran out of steps during the wait
+        return batch
+
+    def _stop_after_loader_failure(self, last: int) -> NoReturn:
+        """The loader's workers ignore the job's signals, from their start
+        (input_pipeline.WorkersStartShielded), but the job's shutdown may end them by other
+        means: the run stops at `last`, the step before, saved, as a preemption."""
+        logging.exception("the loader failed after the preemption signal: %s and stopping",
+                          f"saving step {last} (the last one trained)" if last else
+                          "no step trained, nothing to save")
+        # Not the step training started from: saved already, or 0, the untrained weights.
+        if last != self.saving and last != self.start_step:
+            if self.damaged is not None:
+                self.damaged.sync()
+            self.save_and_evaluate(last)
+            self.saving = last
+        self.stop_preempted(last, self.saving)
+
+    def _log(self, step: int) -> None:
+        """The log step's line and TensorBoard scalars: the interval's mean losses, img/s,
+        data wait and device idle time, learning rate, damaged records, and the ETA. Checks
+        the losses first (`check_finite`: the one host sync of a log interval)."""
+        config, interval = self.config, self.interval
+        self.check_finite()  # waits for this step: the one host sync of a log interval
+        elapsed = interval.training_time()
+        img_s = (step - interval.step) * config.batch_size / elapsed
+        means = self.metrics.pop_means()
+        self.writer.write_scalars(step, {
+            **means, "img_per_s": img_s, "data_wait": interval.wait / elapsed,
+            "data_idle": interval.idle / elapsed,
+            # this step's update's: optax counts from 0
+            "learning_rate": float(self.lr_fn(step - 1)),
+            **({} if self.damaged is None else {
+                "data/damaged_records": len(self.damaged.found)})})
+        # A first step that logs compiled: its line has no ETA (but the last step's), and the
+        # clock starts now.
+        first = step == self.start_step + 1 and step < config.total_steps
+        eta = ("from the next line (this step compiled)" if first else cli.hms(
+            (config.total_steps - step) * (time.perf_counter() - self.since)
+            / (step - self.since_step)))
+        logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
+                     "ETA %s", step, config.total_steps, "  ".join(
+                         f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
+                     img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed, eta)
+        if first:
+            self.since, self.since_step = time.perf_counter(), step
+        interval.restart(step)
+
+    # --- After the last step ------------------------------------------------------------------
+
+    def finish(self) -> tuple[steps.TrainState, dict[str, dict]]:
+        """The final state on the host, once the last checkpoint is written, and the
+        evaluations after training: -> (state, {evaluator: summary})."""
+        config, evals = self.config, self.evals
+        final = self.host_state(config.total_steps)
+        with checkpoints.stop_on_full_disk(self.workdir, self.saving):
+            self.mngr.wait_until_finished()
+        if self.damaged is not None and self.damaged.found:
+            logging.warning("%s", self.damaged.summary())
+        self.lock_check()
+        # Those an earlier run finished at this step, the one resumed from (it was stopped
+        # between two of them, or it ended), with this config, are not run again.
+        finished = (evals.finished_at_end(self.start_step, final)
+                    if self.restored and self.start_step == config.total_steps else {})
+        if finished:
+            logging.info("step %d's evaluations after training that an earlier run finished, "
+                         "kept: %s", self.start_step, ", ".join(
+                             workdirs.eval_file(self.workdir, n) for n in finished))
         with device_memory.explained(config, "while evaluating", "eval_batch_size",
                                      beside_train_state=True):
-            evals.run(missed, start_step, host_state(start_step, state), writer,
-                      stop=stop_if_preempted if start_step == config.total_steps
-                      else lock_check)
-    if start_step < config.total_steps:
-        resumed = None  # steps train from here: not held through training
-
-    count = jax.device_count()
-    if start_step == config.total_steps:
-        logging.info("training %s ended at step %d: what is left to do after it runs now",
-                     "+".join(tasks), start_step)
-    else:
-        logging.info("training %s for steps %d..%d, %d device%s, global batch %d, "
-                     "augmentation on the %s", "+".join(tasks), start_step, config.total_steps,
-                     count, "s" * (count != 1), config.batch_size, augment_on)
-    interval = step_metrics.Interval(start_step)
-    # The ETA's clock: wall time since training began (after the first step's compilation),
-    # evaluations and saves included, over the steps done since.
-    since, since_step = time.perf_counter(), start_step
-    step_values = None  # the last dispatched step's outputs: ready once the device ran it
-    saving = None  # the step of the newest checkpoint orbax may still be writing
-    joined = True  # whether the outcome of that write was read (its thread joined)
-
-    def save_and_evaluate(step: int, state, step_values, *, checkpoint: bool = True,
-                          evaluate: list[str] | None = None) -> None:
-        """Once the device has run `step` (`step_values`: its outputs), the state after it
-        on the host (`host_state`, which stops the run on a non-finite loss or state) saved
-        as the checkpoint of `step` (when `checkpoint`) and evaluated by the evaluators
-        `evaluate`; this time is set apart from the interval's training time, and a full disk
-        stops the run as `disk_space.DiskFull` (`checkpoints.stop_on_full_disk`). The damaged
-        records met up to `step` are to be synced (`damaged.sync`) before: the checkpoint's
-        data position is after them."""
-        jax.block_until_ready(step_values)  # the step is training time; what follows not
-        with interval.set_apart(), checkpoints.stop_on_full_disk(workdir, step):
-            host = host_state(step, state)
-            if checkpoint:
-                save(step, host)
-            if evaluate:
-                with device_memory.explained(config, "while evaluating", "eval_batch_size",
-                                             beside_train_state=True):
-                    evals.run(evaluate, step, host, writer, stop=lock_check)
-
-    for step in range(start_step + 1, config.total_steps + 1):
-        if not joined and not mngr.is_saving_in_progress():
-            # The write has ended: joining its thread raises its error now, not at the next
-            # save (no collective: processes may see it end at different steps). Not
-            # `check_for_errors`: run before orbax's finalize thread reads the error, it takes
-            # it from that thread, which then deletes the old checkpoints as after a good
-            # write (with keep_checkpoints=1 the only one left); run after, it finds nothing.
-            joined = True
-            with checkpoints.stop_on_full_disk(workdir, saving):
-                mngr.wait_until_finished()
-        lock_check()  # another trainer may take the workdir: stop before writing more
-        t0 = time.perf_counter()
-        if peer_watch is not None:
-            peer_watch.step = step  # what a lost peer's message names
-        try:
-            batch = next(device_iter)
-        except Exception:
-            if watch.received is None or watch.multihost:
-                raise
-            # The loader's workers ignore the job's signals, from their start
-            # (input_pipeline.WorkersStartShielded), but the job's shutdown may end them by
-            # other means. One process stops at the step before, saved, as a preemption.
-            last = step - 1
-            logging.exception("the loader failed after the preemption signal: %s and stopping",
-                              f"saving step {last} (the last one trained)" if last else
-                              "no step trained, nothing to save")
-            # Not the step training started from: saved already, or 0, the untrained weights.
-            if last != saving and last != start_step:
-                if damaged is not None:
-                    damaged.sync()
-                save_and_evaluate(last, state, step_values)
-                saving = last
-            stop_preempted(last, saving)
-        data_iter.consumed()
-        waited = time.perf_counter() - t0
-        interval.wait += waited
-        if step_values is None or device_done(step_values):
-            interval.idle += waited  # the device ran out of steps during the wait
-        state, step_values = p_train_step(state, batch)
-        metrics.append(step, step_values)  # no host copy: the next step queues behind it
-        preempted = watch.reached(step)
-        if step == start_step + 1 and step % config.log_every and step < config.total_steps:
-            # The first step compiles: timed apart from img/s and the ETA.
-            jax.block_until_ready(step_values)
-            logging.info("step %d (compilation included) took %.1f s", step,
-                         interval.training_time())
-            interval.restart(step)
-            since, since_step = time.perf_counter(), step
-        # At the last step too when evaluations were due there: they are skipped, below.
-        stopping = preempted and (step < config.total_steps or bool(evals.due(step)))
-        checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
-                          or preempted)
-        log_due = step % config.log_every == 0 or step == config.total_steps
-        if damaged is not None and (log_due or checkpoint_due):
-            # The damaged records all processes met, counted (and judged) alike everywhere,
-            # and in the file before a checkpoint of the position after them is saved.
-            damaged.sync()
-        if log_due:
-            check_finite()  # waits for this step: the one host sync of a log interval
-            elapsed = interval.training_time()
-            steps_done = step - interval.step
-            img_s = steps_done * config.batch_size / elapsed
-            means = metrics.pop_means()
-            writer.write_scalars(step, {**means, "img_per_s": img_s,
-                                        "data_wait": interval.wait / elapsed,
-                                        "data_idle": interval.idle / elapsed,
-                                        # this step's update's: optax counts from 0
-                                        "learning_rate": float(lr_fn(step - 1)),
-                                        **({} if damaged is None else {
-                                            "data/damaged_records": len(damaged.found)})})
-            eta = ((config.total_steps - step) * (time.perf_counter() - since)
-                   / (step - since_step))
-            # A first step that logs compiled: its line has no ETA (but the last step's), and
-            # the clock starts now.
-            first = step == start_step + 1 and step < config.total_steps
-            logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
-                         "ETA %s", step, config.total_steps, "  ".join(
-                             f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
-                         img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed,
-                         "from the next line (this step compiled)" if first else cli.hms(eta))
-            if first:
-                since, since_step = time.perf_counter(), step
-            interval.restart(step)
-        # A preempted job has no time to evaluate: the step is saved, and the rerun evaluates
-        # it first (`missed`, above).
-        evals_due = [] if preempted else evals.due(step)
-        if checkpoint_due or evals_due:
-            save_and_evaluate(step, state, step_values, checkpoint=checkpoint_due,
-                              evaluate=evals_due)
-            if checkpoint_due:
-                saving, joined = step, False
-        if stopping:
-            stop_preempted(step, saving, after_training=step == config.total_steps)
-    final = host_state(config.total_steps, state)
-    with checkpoints.stop_on_full_disk(workdir, saving):
-        mngr.wait_until_finished()
-    if damaged is not None and damaged.found:
-        logging.warning("%s", damaged.summary())
-    lock_check()
-
-    # Those an earlier run finished at this step, the one resumed from (it was stopped
-    # between two of them, or it ended), with this config, are not run again.
-    finished = (evals.finished_at_end(start_step, final)
-                if restored is not None and start_step == config.total_steps else {})
-    if finished:
-        logging.info("step %d's evaluations after training that an earlier run finished, "
-                     "kept: %s", start_step, ", ".join(
-                         workdirs.eval_file(workdir, n) for n in finished))
-    with device_memory.explained(config, "while evaluating", "eval_batch_size",
-                                 beside_train_state=True):
-        summaries = evals.run([n for n in evals.at_end() if n not in finished],
-                              int(final.step), final, writer, final=True,
-                              stop=stop_if_preempted)
-    if watch.received is not None and watch.evaluations_after:
-        # Its line said the evaluations would stop; their last batch was already running.
-        logging.warning("the evaluations after training finished before the signal could "
-                        "stop them: the run is complete, nothing to rerun")
-    return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
+            summaries = evals.run([n for n in evals.at_end() if n not in finished],
+                                  int(final.step), final, self.writer, final=True,
+                                  stop=self.stop_if_preempted)
+        if self.watch.received is not None and self.watch.evaluations_after:
+            # Its line said the evaluations would stop; their last batch was already running.
+            logging.warning("the evaluations after training finished before the signal could "
+                            "stop them: the run is complete, nothing to rerun")
+        return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
 
 
 def record_start(workdir: str, step: int) -> None:
