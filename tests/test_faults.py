@@ -877,6 +877,32 @@ def test_a_second_trainer_stops_naming_the_holder_and_a_dead_holder_does_not_blo
     assert slept == []  # nor is a dead holder's
 
 
+def test_a_workdir_that_cannot_be_a_folder_is_one_line_naming_it(demo_dataset, tmp_path):
+    """A --workdir that is a file, or that cannot be made (no such parent, no permission), is
+    hgmt.main's one line naming it and the fix (it was a FileExistsError traceback), the file
+    left as it was."""
+    import hgmt.main
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(workdir_lock.WorkdirUnusable, match=rf"^the workdir {afile} is a file: "
+                                                           r"give a folder this user can "
+                                                           r"write \(made if missing\)$"):
+        workdir_lock.WorkdirLock(str(afile)).acquire()
+    assert afile.read_text() == "mine"
+    inside = afile / "run"
+    with pytest.raises(workdir_lock.WorkdirUnusable, match=rf"^the workdir {inside} cannot be "
+                                                           r"made a folder \(Not a directory\)"):
+        workdir_lock.WorkdirLock(str(inside)).acquire()
+    with pytest.raises(SystemExit) as e:
+        hgmt.main.main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
+                        f"--workdir={afile}", f"--config.data_dir={demo_dataset[1]}",
+                        "--config.dataset=surreal/all"])
+    assert e.value.code == (f"error: WorkdirUnusable: the workdir {afile} is a file: give a "
+                            f"folder this user can write (made if missing)")
+    assert afile.read_text() == "mine"
+
+
 def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
     path = tmp_path / workdirs.LOCK_FILE
     path.write_text(json.dumps({"host": "node-7", "pid": 1234, "job": "99", "restart": 0,
@@ -2269,15 +2295,17 @@ def test_a_demo_dataset_process_0_cannot_prepare_stops_both_processes(tmp_path):
 
 def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset, tmp_path):
     """Two `hgmt.main` processes whose workdir lies under a regular file: process 0's attempt
-    to take the lock fails with an OSError (as on a read-only or full filesystem), which it
-    tells the other before raising it. Process 0 stops with that error, process 1 with one
+    to take the lock fails (`WorkdirUnusable`, an OSError, as on a read-only or full
+    filesystem), which it tells the other before raising it. Process 0 stops with that error
+    in one line, process 1 with one
     line naming process 0 and the lock, both with status 1, neither by the coordination
     service's abort. Process 1 shows no progress line (its INFO lines repeated process 0's,
     twice in a job's one log)."""
     (tmp_path / "file").write_text("x")
     workdir = str(tmp_path / "file" / "w")
     outs, report = _two_mains_that_stop(workdir, demo_dataset[1])
-    assert f"NotADirectoryError: [Errno 20] Not a directory: '{workdir}'" in outs[0], report
+    assert (f"error: WorkdirUnusable: the workdir {workdir} cannot be made a folder (Not a "
+            f"directory): give a folder this user can write (made if missing)") in outs[0], report
     # The job's progress lines are process 0's; the others show warnings and errors only.
     assert "process 0/2, devices" in outs[0] and "devices" not in outs[1], report
     assert (f"PeerFailed: process 0 failed before the first step: it could not take the "

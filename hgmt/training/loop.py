@@ -70,7 +70,8 @@ from hgmt.training import (
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
 # do; `hgmt.main` shows them in one line, and `hgmt.evaluate` those of them it meets.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
-          damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdirs.DamagedRunFile,
+          damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnusable,
+          workdirs.DamagedRunFile,
           resume.CannotResume, FloatingPointError, FileNotFoundError,
           input_pipeline.NotInBuild)
 

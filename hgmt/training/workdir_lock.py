@@ -59,6 +59,10 @@ class WorkdirLocked(RuntimeError):
     """Another live trainer holds the workdir."""
 
 
+class WorkdirUnusable(OSError):
+    """The workdir cannot be made a folder: a file of that name, no permission."""
+
+
 class WorkdirLockLost(WorkdirLocked):
     """The trainer's own lock was taken over, removed or could not be refreshed while it ran."""
 
@@ -167,7 +171,15 @@ class WorkdirLock:
                             "make sure no other trainer uses it", self.workdir)
             return
         with disk_space.reported(self.workdir, "the workdir"):
-            os.makedirs(self.workdir, exist_ok=True)
+            try:
+                os.makedirs(self.workdir, exist_ok=True)
+            except OSError as e:
+                if disk_space.is_disk_full(e):
+                    raise
+                what = ("is a file" if os.path.isfile(self.workdir) else
+                        f"cannot be made a folder ({e.strerror or e})")
+                raise WorkdirUnusable(f"the workdir {self.workdir} {what}: give a folder this "
+                                      f"user can write (made if missing)") from None
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
