@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -67,6 +68,16 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         # absl would read the file twice and stop on its fields "defined twice".
         raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
                          f"file, and override its fields with --config.<field>=<value>")
+    overrides = [a for a in argv if a.startswith(("--config.", "-config.", "--noconfig."))]
+    if config_file is True and overrides and not configs:
+        raise SystemExit(f"error: {overrides[0]} overrides a field of --config, which is not "
+                         f"given: add --config=FILE[:ARG] (e.g. configs/default.py:tasks=all)")
+    json_files = [a for a in configs if a.partition("=")[2].partition(":")[0].endswith(".json")]
+    if config_file and json_files:
+        raise SystemExit(f"error: {json_files[0]}: a config file is Python with get_config() "
+                         f"(configs/*.py); a workdir's config.json is what hgmt.evaluate, "
+                         f"hgmt.predict and hgmt.export read from --workdir: to train on in a "
+                         f"workdir, give the config file it was trained with")
     if config_file:
         argv = _with_hgmts_config(argv)
         default = config_file if isinstance(config_file, str) else None
@@ -89,7 +100,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         try:
             rest = fv(["hgmt"] + argv)[1:]
         except flags.Error as e:
-            raise SystemExit(f"error: {_flag_error(e)} (--help lists the flags)") from None
+            raise SystemExit(f"error: {_flag_error(e, fv)} (--help lists the flags)") from None
         if config_file and fv.config is not None:
             getattr(fv.config, "lock", None)  # a file that could not be read raises here
     if positional == "--" and rest:
@@ -129,6 +140,12 @@ def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[
         define(fv)
         print(f"{usage_first(doc)}\n\n{_config_fields_help(argv)}\n\n{fv.get_help()}")
         raise SystemExit(0)
+    given = [a for a in argv if a.startswith(("--config=", "-config="))
+             or a in ("--config", "-config")]
+    if given:  # a training command line's --config, copied over
+        raise SystemExit(f"error: {given[0]}: this command reads the config the workdir was "
+                         f"trained with (<workdir>/config.json): drop --config, and override "
+                         f"its fields with --config.<field>=<value>")
     return parse(define, argv, doc, workdir_config(argv), positional=positional)
 
 
@@ -213,11 +230,30 @@ def _workdir_arg(argv: Sequence[str]) -> str | None:
     return pre.workdir
 
 
-def _flag_error(e: flags.Error) -> str:
-    """absl's error in one line: for an error inside a config file's `get_config` (a bad
-    argument after the colon), which ml_collections reports with the traceback in its
-    message, `--config=<value>: <the error's own message>`."""
+def _flag_error(e: flags.Error, fv: flags.FlagValues | None = None) -> str:
+    """absl's error in one line, worded as hgmt's own: `--<flag>=<value>: <what is wrong>`
+    (absl's `flag ` prefix dropped); a required flag missing as `--<flag> is required: <its
+    help>` (from `fv`); a flag that does not exist with absl's suggestion; for an error
+    inside a config file's `get_config` (a bad argument after the colon), which
+    ml_collections reports with the traceback in its message, `--config=<value>: <the
+    error's own message>`."""
     text = str(e)
+    required = re.fullmatch(r"flag --(\S+)=None: Flag --\1 must have a value other than "
+                            r"None\.", text.strip())
+    if required:
+        name = required[1]
+        helped = fv is not None and name in fv and fv[name].help
+        return f"--{name} is required" + (f": {fv[name].help}" if helped else "")
+    unknown = re.fullmatch(r"Unknown command line flag '(\S+)'(?:\. Did you mean: (.+) \?)?",
+                           text.strip())
+    if unknown:
+        hint = "" if not unknown[2] else "; did you mean " + " or ".join(
+            f"--{n.strip()}" for n in unknown[2].split(",")) + "?"
+        return f"--{unknown[1]}: no such flag{hint}"
+    boolean = re.fullmatch(r"flag (--\S+?=.*): \('Non-boolean argument to boolean flag', .*\)",
+                           text.strip())
+    if boolean:
+        return f"{boolean[1]}: give true or false"
     head, marker, _ = text.partition(": Error whilst parsing config file")
     if marker:
         inner = e.__context__  # ml_collections' copy, whose context is the config's own error
@@ -225,7 +261,8 @@ def _flag_error(e: flags.Error) -> str:
             inner = inner.__context__
         if inner is not None:
             return f"{head.removeprefix('flag ')}: {inner}"
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return "; ".join(line.strip() for line in text.removeprefix("flag ").splitlines()
+                     if line.strip())
 
 
 def _with_hgmts_config(argv: list[str]) -> list[str]:

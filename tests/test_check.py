@@ -242,14 +242,15 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
                             f"copy cut short). {fix(root, folder)}")
     assert not [r for r in caplog.records if "trying again" in r.getMessage()]  # at once
     nowhere = str(tmp_path / "typo")
-    assert opened(nowhere) == (f"data_dir={nowhere!r} does not exist: give the folder the "
-                               f"dataset was built or copied into (the one that holds "
-                               f"surreal/), or build it there with: {build.format(nowhere)}")
+    assert opened(nowhere) == (f"data_dir={nowhere!r} does not exist: give --config.data_dir="
+                               f"<the folder the dataset was built or copied into, the one that "
+                               f"holds surreal/>, or build it there with: "
+                               f"{build.format(nowhere)}")
     info = os.path.join(version, "dataset_info.json")
     for file in (info, info + "/x"):
-        assert opened(file) == (f"data_dir={file!r} is a file or lies under one: give the "
-                                f"folder the dataset was built or copied into (the one that "
-                                f"holds surreal/)")
+        assert opened(file) == (f"data_dir={file!r} is a file or lies under one: give "
+                                f"--config.data_dir=<the folder the dataset was built or copied "
+                                f"into, the one that holds surreal/>")
     for inside in (os.path.join(data_dir, "surreal"), os.path.join(data_dir, "surreal", "all"),
                    version):
         assert opened(inside) == (f"data_dir={inside!r} is a folder of the dataset itself, "

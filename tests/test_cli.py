@@ -176,6 +176,55 @@ def test_the_trainers_help_with_a_config_lists_its_fields_with_their_values(
     assert "The fields of" not in help_of()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.features=-3", "config.model.features=-3: must be an integer >= 2"),
+    ("--config.tasks=foo", "unknown task(s) ['foo']: choose a non-empty subset of"),
+    ("--config.model.dtype=fp8", "config.model.dtype='fp8': choose one of"),
+])
+def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, message):
+    """hgmt.models.summary ends a config value the model cannot take in hgmt.main's one
+    line, not a traceback."""
+    import hgmt.models.summary
+
+    with pytest.raises(SystemExit) as e:
+        hgmt.models.summary.main([f"--config={REPO}/configs/default.py", override])
+    assert str(e.value.code).startswith(f"error: ValueError: {message}")
+
+
+@pytest.mark.parametrize("entry, args, message", [
+    # A training command line's --config copied onto a workdir command.
+    ("hgmt.evaluate", ["--workdir=W", "--config=configs/default.py:tasks=pose2d"],
+     "error: --config=configs/default.py:tasks=pose2d: this command reads the config the "
+     "workdir was trained with (<workdir>/config.json): drop --config, and override its "
+     "fields with --config.<field>=<value>"),
+    # An override with its --config forgotten (absl: "Unknown command line flag").
+    ("hgmt.main", ["--workdir=W", "--config.batch_size=4"],
+     "error: --config.batch_size=4 overrides a field of --config, which is not given: add "
+     "--config=FILE[:ARG] (e.g. configs/default.py:tasks=all)"),
+    # A workdir's config.json given as the config file (the file raised NameError: 'false').
+    ("hgmt.main", ["--workdir=W", "--config=W/config.json"],
+     "error: --config=W/config.json: a config file is Python with get_config() "
+     "(configs/*.py); a workdir's config.json is what hgmt.evaluate, hgmt.predict and "
+     "hgmt.export read from --workdir: to train on in a workdir, give the config file it was "
+     "trained with"),
+    # absl's own wordings, as hgmt words its errors.
+    ("hgmt.main", ["--config=configs/demo.py"],
+     "error: --workdir is required: The training workdir: checkpoints, summaries and results "
+     "go there. (--help lists the flags)"),
+    ("hgmt.main", ["--config=configs/demo.py", "--wrkdir=W"],
+     "error: --wrkdir: no such flag; did you mean --workdir? (--help lists the flags)"),
+    ("hgmt.main", ["--config=configs/demo.py", "--workdir=W", "--config.model.shared_trunk=maybe"],
+     "error: --config.model.shared_trunk=maybe: give true or false (--help lists the flags)"),
+])
+def test_common_command_line_mistakes_are_one_line_naming_the_fix(entry, args, message,
+                                                                   tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs/demo.py: hgmt's own; W: nothing is made there
+    with pytest.raises(SystemExit) as e:
+        load(entry).main(args)
+    assert e.value.code == message
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_reports_help_starts_with_its_usage(capsys):
     text = help_text("hgmt.report", capsys)
     assert text.startswith("usage: python -m hgmt.report --sweep_dir=runs/sweep "
@@ -1019,7 +1068,7 @@ def test_an_override_of_a_field_a_workdirs_config_lacks_is_one_line(saved_workdi
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--max_examples=-2", "error: flag --max_examples=-2: -2 is not a non-negative integer "
+    ("--max_examples=-2", "error: --max_examples=-2: -2 is not a non-negative integer "
                           "(--help lists the flags)"),
     ("--config.evals.test.max_examples=-2",
      "error: ValueError: config.evals.test.max_examples=-2 must be >= 0")])

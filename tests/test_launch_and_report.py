@@ -152,7 +152,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
              f"arguments after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: "
              f"unknown config argument 'runlocal'; valid: ['tasks']"),
             (["--config=configs/demo.py", "--config.total_steps=5"],
-             "error: Unknown command line flag 'config.total_steps'"),
+             "error: --config.total_steps: no such flag"),
             (["--config=configs/demo.py", "total_steps=5"],
              "error: unexpected arguments ['total_steps=5']: give the arguments to pass on "
              "after `--`"),

@@ -110,7 +110,7 @@ def test_no_clips_or_no_frames_is_refused_in_one_line(flag, tmp_path):
     with pytest.raises(SystemExit) as raised:
         synthetic.main([f"--out_dir={tmp_path / 'out'}", flag])
     name = flag[2:].partition("=")[0]
-    assert raised.value.code == (f"error: flag --{name}=0: 0 is not a positive integer "
+    assert raised.value.code == (f"error: --{name}=0: 0 is not a positive integer "
                                  f"(--help lists the flags)")
     assert not (tmp_path / "out").exists()
 

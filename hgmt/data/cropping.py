@@ -50,9 +50,11 @@ WINDOWS = (*TRAIN_WINDOWS, "reference")
 
 def check_window(window: str, choices: Sequence[str] = WINDOWS,
                  name: str = "crop window") -> str:
-    """`window` when it is one of `choices`, else ValueError naming `name` and the choices."""
+    """`window` when it is one of `choices`, else ValueError naming `name` (a config field's
+    path as `name=value`) and the choices."""
     if window not in choices:
-        raise ValueError(f"{name} {window!r}: choose one of {', '.join(choices)}")
+        given = f"{name}={window!r}" if name.startswith("config.") else f"{name} {window!r}"
+        raise ValueError(f"{given}: choose one of {', '.join(choices)}")
     return window
 
 

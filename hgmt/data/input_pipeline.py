@@ -299,14 +299,16 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     try:
         is_folder = stat.S_ISDIR(os.stat(data_dir).st_mode)
     except FileNotFoundError:
-        return (f"data_dir={data_dir!r} does not exist: give the folder the dataset was built "
-                f"or copied into (the one that holds {name}/), or build it there with: "
+        return (f"data_dir={data_dir!r} does not exist: give --config.data_dir=<the folder the "
+                f"dataset was built or copied into, the one that holds {name}/>, or build it "
+                f"there with: "
                 f"{shards.build_command(dataset, data_dir)}")
     except NotADirectoryError:  # a file on the way
         is_folder = False
     if not is_folder:
-        return (f"data_dir={data_dir!r} is a file or lies under one: give the folder the "
-                f"dataset was built or copied into (the one that holds {name}/)")
+        return (f"data_dir={data_dir!r} is a file or lies under one: give "
+                f"--config.data_dir=<the folder the dataset was built or copied into, the one "
+                f"that holds {name}/>")
     if os.path.isdir(os.path.join(data_dir, name)):
         return _broken_version(dataset, data_dir, os.path.join(data_dir, name, config), version)
     # <D>/surreal, <D>/surreal/all or <D>/surreal/all/<version> given for D.

@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         raise SystemExit("error: --config is required: a config file such as "
                          "configs/default.py:tasks=pose2d")
-    subsets = all_subsets() if args.all_subsets else [parse_tasks(config.tasks)]
-    rows = [summarize(config.model, tasks, config.image_size) for tasks in subsets]
+    with cli.faults_in_one_line(ValueError):  # a bad config value: one line, as hgmt.main's
+        subsets = all_subsets() if args.all_subsets else [parse_tasks(config.tasks)]
+        rows = [summarize(config.model, tasks, config.image_size) for tasks in subsets]
     if args.json:
         for r in rows:
             print(json.dumps(r))

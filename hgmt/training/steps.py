@@ -40,7 +40,7 @@ def _lr(schedule: str, learning_rate: float, warmup_steps: int,
         return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
                                      optax.constant_schedule(learning_rate)],
                                     [warmup_steps])
-    raise ValueError(f"optimizer.schedule={schedule!r}: choose cosine or constant")
+    raise ValueError(f"config.optimizer.schedule={schedule!r}: choose cosine or constant")
 
 
 def clipped(inner: optax.GradientTransformation,
@@ -51,7 +51,7 @@ def clipped(inner: optax.GradientTransformation,
     resume its checkpoints. The updates equal `optax.chain(clip_by_global_norm(max_norm),
     inner)`'s, whose state has one more node."""
     if not max_norm > 0:
-        raise ValueError(f"optimizer.grad_clip_norm={max_norm!r}: give a positive global "
+        raise ValueError(f"config.optimizer.grad_clip_norm={max_norm!r}: give a positive global "
                          f"norm, or 0 for no clipping")
     clip = optax.clip_by_global_norm(max_norm)
 
@@ -88,7 +88,7 @@ def _optimizer(name: str, learning_rate: float, schedule: str, warmup_steps: int
     makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
               "adam": lambda: optax.adam(lr)}
     if name not in makers:
-        raise ValueError(f"optimizer.name={name!r}: choose one of {sorted(makers)}")
+        raise ValueError(f"config.optimizer.name={name!r}: choose one of {sorted(makers)}")
     tx = makers[name]()
     return optax.chain(clipped(tx, grad_clip_norm) if grad_clip_norm else tx)
 
