@@ -103,6 +103,21 @@ def test_a_folder_holding_clips_is_refused_before_anything_is_written(clips, tmp
     assert (out["clips"], out["frames"]) == (3, 4)  # val's clip a copy, not rendered
 
 
+def test_a_negative_seed_or_a_file_for_the_output_is_one_line(tmp_path):
+    """Both ended in tracebacks (a ValueError from the generator, a NotADirectoryError)."""
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={tmp_path / 'out'}", "--seed=-1"])
+    assert raised.value.code == ("error: --seed=-1: -1 is not a non-negative integer (--help "
+                                 "lists the flags)")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={afile}"])
+    assert raised.value.code == (f"error: --out_dir={afile} is a file: give a folder (made if "
+                                 f"missing)")
+    assert afile.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag", ["--clips_per_split=0", "--frames_per_clip=0"])
 def test_no_clips_or_no_frames_is_refused_in_one_line(flag, tmp_path):
     """0 clips wrote nothing and exited 0 (a later build then said to extract SURREAL again);

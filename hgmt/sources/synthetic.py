@@ -477,7 +477,7 @@ def _define_flags(fv) -> None:
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("frames_per_clip", 30, "frames per clip", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed", lower_bound=0, flag_values=fv)
     flags.DEFINE_float("zrot_max_deg", ZROT_MAX_DEG, "bodies turn uniformly within +- this many "
                        "degrees of facing the camera (180: SURREAL's whole circle)",
                        lower_bound=0.0, upper_bound=180.0, flag_values=fv)
@@ -494,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SystemExit(f"error: --out_dir={args.out_dir} is a file: give a folder (made if "
+                         f"missing)")
     start = time.perf_counter()
     with cli.faults_in_one_line(ClipsExist):
         stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
