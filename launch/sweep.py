@@ -507,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                                      if t)) if args.tasks is not None else [
             "+".join(c) for c in all_subsets()]
     except ValueError as e:
-        raise SystemExit(f"error: --tasks={args.tasks}: {e}") from None
+        raise SystemExit(f"error: --tasks={args.tasks}: {e}, in each comma-separated subset "
+                         f"(leave --tasks out for all 15 subsets)") from None
     if not subsets:  # an unset shell variable, say: not a request for all 15 subsets
         raise SystemExit(f"error: --tasks={args.tasks} names no subset: give them (e.g. "
                          f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")

@@ -479,6 +479,12 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
     assert str(stop.value.code) == (f"error: --out_dir={photo}/out cannot be made a folder "
                                     f"(Not a directory): give a folder this user can write")
     assert photo.read_bytes() == before
+    # An --out_dir that is a file: named before the model loads.
+    with pytest.raises(SystemExit) as stop:
+        hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={photo}"])
+    assert str(stop.value.code) == (f"error: --out_dir={photo} is a file: give a folder (made "
+                                    f"if missing)")
+    assert photo.read_bytes() == before
 
 
 def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, tmp_path):
