@@ -639,7 +639,7 @@ def test_a_bad_demo_setting_is_one_line_and_leaves_the_demo_data(field, value, l
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.window=x", "config.window 'x': choose one of hgmt, reference_box"),
+    ("--config.window=x", "config.window='x': choose one of hgmt, reference_box"),
     ("--config.worker_count=-7", "config.worker_count=-7: give a count >= 0, or -1 for one "
                                  "worker per usable core beyond two (hgmt.cores)"),
     ("--config.read_threads=-1", "config.read_threads=-1: give 0 (reads in the loader's "

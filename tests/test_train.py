@@ -362,7 +362,7 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     ("eval_batch_size", 0, "config.eval_batch_size=0 must be at least 1"),
     ("eval_batch_size", 6, "config.eval_batch_size=6 must be divisible by the 4 devices"),
     # The references' test crop is unaugmented: training cuts their box with hgmt's warps.
-    ("window", "reference", "config.window 'reference': choose one of hgmt, reference_box"),
+    ("window", "reference", "config.window='reference': choose one of hgmt, reference_box"),
 ])
 def test_bad_training_fields_are_refused_before_any_work(field, value, message):
     """check_config, which hgmt.main calls before the demo data or the workdir are touched."""
