@@ -86,6 +86,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     try:
+        workdirs.load_config(args.workdir)  # a training workdir, before what its runs wrote
         curves = load_curves(args.workdir)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None

@@ -62,6 +62,12 @@ def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 0
     with pytest.raises(FileNotFoundError, match="evals.jsonl"):
         learning_curves.load_curves(str(tmp_path / "nothing"))
+    # A mistyped --workdir is named as no training workdir (it advised training again).
+    with pytest.raises(SystemExit) as e:
+        learning_curves.main([f"--workdir={tmp_path / 'nothing'}"])
+    assert e.value.code == (f"error: {tmp_path / 'nothing'}/config.json not found: --workdir "
+                            f"must be a directory written by `python -m hgmt.main "
+                            f"--workdir=...`")
 
 
 def test_learning_curves_title_names_the_frames_of_the_curves_drawn():

@@ -1795,8 +1795,14 @@ def test_report_compares_another_protocols_numbers(tmp_path):
 
 
 def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run launch/sweep.py"):
-        report.load_sweep(str(tmp_path / "nothing"))
+    """A missing --sweep_dir and one that is a file get one message (it said "not found" for
+    a file, with another fix under --check_config)."""
+    (tmp_path / "afile").write_text("x")
+    for given in ("nothing", "afile"):
+        with pytest.raises(FileNotFoundError, match=rf"^--sweep_dir={tmp_path / given} is not "
+                                                    rf"a folder \(missing, or a file\): give "
+                                                    rf"the folder launch/sweep.py made$"):
+            report.load_sweep(str(tmp_path / given))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no subset has finished"):
         report.load_sweep(str(tmp_path / "empty"))
@@ -1948,8 +1954,8 @@ def test_check_config_on_a_sweep_it_cannot_read_exits_2_with_one_line(tmp_path, 
     assert run.returncode == 2 and hgmt.report.CHECK_UNUSABLE == 2
     assert run.stdout == ""
     assert run.stderr.splitlines() == [
-        f"error: FileNotFoundError: sweep directory {missing} not found: give the --sweep_dir "
-        f"of a sweep launch/sweep.py made"]
+        f"error: FileNotFoundError: --sweep_dir={missing} is not a folder (missing, or a "
+        f"file): give the folder launch/sweep.py made"]
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 1})
 
     def check() -> tuple[int, str]:

@@ -35,8 +35,8 @@ def evaluated_runs(sweep_dir: str, protocol: str = "hgmt") -> dict[str, tuple[st
     hgmt.evaluate command, for a run whose file holds another protocol's numbers, or naming
     a file that does not read and what to do (`_result`)."""
     if not os.path.isdir(sweep_dir):
-        raise FileNotFoundError(f"sweep directory {sweep_dir} not found: run launch/sweep.py "
-                                f"--sweep_dir={sweep_dir} ... first")
+        raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
+                                f"file): give the folder launch/sweep.py made")
     found = {}
     for name in sweep_runs.run_names(sweep_dir):
         file, summary = _result(os.path.join(sweep_dir, name), protocol)

@@ -148,8 +148,8 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
 def plan(sweep_dir: str) -> dict:
     """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}."""
     if not os.path.isdir(sweep_dir):
-        raise FileNotFoundError(f"sweep directory {sweep_dir} not found: give the --sweep_dir "
-                                f"of a sweep launch/sweep.py made")
+        raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
+                                f"file): give the folder launch/sweep.py made")
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
