@@ -24,7 +24,7 @@ frames per second end to end and predicting, device), and prints the frame rates
 runs twice); the JSON and the video's summary record 'flip'.
 
 An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
-others go on; the exit status is then 1. A full disk or out of device memory stops the command
+others go on; a last line counts them, and the exit status is then 1. A full disk or out of device memory stops the command
 with one line naming the file or the settings (exit status 1); no output is left partly
 written.
 
@@ -248,6 +248,9 @@ def _run(args, images: list[str]) -> int:
             else:
                 written = _predict_images(model, group, args.out_dir, bbox)
             failed += [path for path, ok in zip(group, written, strict=True) if not ok]
+    if failed:  # the last line says the run is incomplete, however long the list above
+        print(f"error: {len(failed)} of {len(images)} inputs skipped (each named above); the "
+              f"others are predicted in {args.out_dir}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -328,8 +328,10 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
                             str(renamed), str(folder), str(empty), str(sound),
                             f"--workdir={workdir}", f"--out_dir={out}"])
     assert rc == 1  # seven inputs could not be read; the good one is still written
-    lines = dict(line.split(": ", 1) for line in capsys.readouterr().err.splitlines()
-                 if line.startswith("skipped "))
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"error: 7 of 8 inputs skipped (each named above); the others are "
+                       f"predicted in {out}")
+    lines = dict(line.split(": ", 1) for line in err if line.startswith("skipped "))
     hint = ("; it was read as an image: a video is read as one when its name ends in .mp4, "
             ".m4v, ")
     assert lines[f"skipped {broken}"] == (f"image {broken} is a PNG file that does not decode: "
