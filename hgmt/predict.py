@@ -24,9 +24,9 @@ frames per second end to end and predicting, device), and prints the frame rates
 runs twice); the JSON and the video's summary record 'flip'.
 
 An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
-others go on; a last line counts them, and the exit status is then 1. A full disk or out of device memory stops the command
-with one line naming the file or the settings (exit status 1); no output is left partly
-written.
+others go on; a last line counts them, and the exit status is then 1. A full disk or out of
+device memory stops the command with one line naming the file or the settings (exit status
+1); no output is left partly written.
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with
 training's margin, not a detector's tight box; docs/predict.md says how to widen one).

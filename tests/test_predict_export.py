@@ -1084,24 +1084,26 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
 
 
 def test_a_model_that_decodes_nothing_in_metres_is_not_warned_about_crop_metres(
-        demo_dataset, tmp_path_factory, caplog):
-    """The window's metres scale 3D decoding only (pose3d's joints, depth's metres: each
-    task's READS_DISTANCE): a segm model's workdir without crop_metres.json predicts and
-    exports without the warning, its hgmt.json still saying the figure is assumed."""
+        depth_workdir, tmp_path, caplog):
+    """The window's metres scale pose3d's prediction only (its joints' x and y; depth's is
+    relative to the pelvis: each task's READS_DISTANCE): a depth model's workdir without
+    crop_metres.json predicts and exports without the warning, its hgmt.json still saying the
+    figure is assumed."""
     import logging
+    import shutil
 
     from hgmt import workdirs as layout
     from hgmt.inference import crop_scale
     from hgmt.tasks import reads_distance
 
-    assert [t for t in TASKS if reads_distance(t)] == ["pose3d", "depth"]
-    assert reads_distance("pose2d+segm+depth") and not reads_distance("pose2d+segm")
-    segm = _trained(demo_dataset, tmp_path_factory, "segm_workdir", tasks="segm",
-                    total_steps=1, checkpoint_every=1)
-    os.remove(layout.crop_metres_file(segm))
+    assert [t for t in TASKS if reads_distance(t)] == ["pose3d"]
+    assert reads_distance("pose2d+pose3d") and not reads_distance("pose2d+segm+depth")
+    depth = str(tmp_path / "depth")  # a copy: the fixture's workdir is shared
+    shutil.copytree(depth_workdir, depth)
+    os.remove(layout.crop_metres_file(depth))
     with caplog.at_level(logging.WARNING):
-        assert prediction.Predictor(segm).crop_metres == crop_scale.CROP_METRES["hgmt"]
-        _, meta = exporting.inference_fn(segm)
+        assert prediction.Predictor(depth).crop_metres == crop_scale.CROP_METRES["hgmt"]
+        _, meta = exporting.inference_fn(depth)
     assert not [r for r in caplog.records if "crop_metres.json" in r.getMessage()]
     assert meta["crop"]["window_metres_source"].startswith("assumed: hgmt's default")
 

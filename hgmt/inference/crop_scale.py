@@ -27,7 +27,7 @@ CROP_METRES = {"hgmt": 2.35, "reference_box": 1.97}
 def of_workdir(workdir: str, window: str = "hgmt", warn: bool = True) -> float:
     """The metres a training window (`window`, the run's config.window) of the workdir's run
     spans at the person: its file's figure; CROP_METRES's, with a warning (`warn`: for a
-    model that decodes with it, `hgmt.tasks.reads_distance`), for a workdir without one
+    model that predicts with it, `hgmt.tasks.reads_distance`), for a workdir without one
     (trained by an hgmt that did not measure it, or on batches handed to the trainer, not a
     built split) or with one of another window. `with_source` says which."""
     return with_source(workdir, window, warn)[0]

@@ -91,7 +91,7 @@ def channel_flips(names: str | Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 
 def reads_distance(names: str | Sequence[str]) -> bool:
-    """Whether one of the given tasks decodes with the person's camera distance (its
+    """Whether one of the given tasks predicts with the person's camera distance (its
     READS_DISTANCE): a model of such a task needs the metres a training window spans."""
     return any(TASKS[n].READS_DISTANCE for n in parse_tasks(names))
 

@@ -22,7 +22,7 @@ DEFAULT_LOSS_WEIGHT = 1.0
 # foreground_weight: how much more a foreground pixel counts in the loss than a background one
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
 LOSS_OPTIONS = {"foreground_weight": 1.0}
-READS_DISTANCE = True  # metres = pelvis depth + the class's offset
+READS_DISTANCE = False  # its predictions are relative to the pelvis
 CHANNEL_FLIP = np.arange(NUM_CHANNELS)  # depth bins do not change under a flip
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {

@@ -30,7 +30,7 @@ NUM_BINS = common.NUM_BINS
 NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
-READS_DISTANCE = True  # camera metres: pelvis depth + bin offsets, back-projected
+READS_DISTANCE = True  # its joints' x and y: back-projected at the pelvis depth
 SIGMA = 1.0
 HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",

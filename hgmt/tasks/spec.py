@@ -167,9 +167,9 @@ class TaskModule(Protocol):
     CHANNEL_FLIP: Sequence[int]  # the channels' permutation under a horizontal flip
     DEFAULT_LOSS_WEIGHT: float
     LOSS_OPTIONS: Mapping[str, float]  # keyword options of `loss`, defaults = the reference's
-    # Whether `decode` and `predict` read the batch's 'pelvis_depth', the person's camera
-    # distance in metres, which prediction infers from the window's side and the metres a
-    # training window spans (hgmt.inference.crop_scale): only such a task needs that figure.
+    # Whether `predict` reads the frame's 'pelvis_depth', the person's camera distance in
+    # metres, which prediction infers from the window's side and the metres a training window
+    # spans (hgmt.inference.crop_scale): only such a task's results rest on that figure.
     READS_DISTANCE: bool
     HEADLINES: Mapping[str, Headline]  # {metric protocol: how its numbers are shown}
     # What an output channel means, JSON-able ("channels" = NUM_CHANNELS, "channel", "values",
