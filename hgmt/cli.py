@@ -68,16 +68,8 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         # absl would read the file twice and stop on its fields "defined twice".
         raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
                          f"file, and override its fields with --config.<field>=<value>")
-    overrides = [a for a in argv if a.startswith(("--config.", "-config.", "--noconfig."))]
-    if config_file is True and overrides and not configs:
-        raise SystemExit(f"error: {overrides[0]} overrides a field of --config, which is not "
-                         f"given: add --config=FILE[:ARG] (e.g. configs/default.py:tasks=all)")
-    json_files = [a for a in configs if a.partition("=")[2].partition(":")[0].endswith(".json")]
-    if config_file and json_files:
-        raise SystemExit(f"error: {json_files[0]}: a config file is Python with get_config() "
-                         f"(configs/*.py); a workdir's config.json is what hgmt.evaluate, "
-                         f"hgmt.predict and hgmt.export read from --workdir: to train on in a "
-                         f"workdir, give the config file it was trained with")
+    if config_file and not asks_for_help(argv):  # help lists why, and goes on
+        _check_config_file_args(argv, require=config_file is True)
     if config_file:
         argv = _with_hgmts_config(argv)
         default = config_file if isinstance(config_file, str) else None
@@ -195,23 +187,55 @@ def _field_lines(config) -> list[str]:
             for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]
 
 
+# How a config file's overrides start on a command line (absl takes one dash or two).
+_OVERRIDES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
+
+
+def _config_file_values(argv: Sequence[str]) -> list[str]:
+    """The values of `--config` in argv, as `--config=X` or `--config X` gives them."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            values.append(arg.partition("=")[2])
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            values.append(argv[i + 1])
+    return values
+
+
+def _check_config_file_args(argv: Sequence[str], require: bool) -> None:
+    """Ends the command in one line naming the fix for an override without `--config` (where
+    the command has no default config file, `require`: absl's "Unknown command line flag")
+    and for a workdir's config.json given as the config file (which runs as Python)."""
+    given = _config_file_values(argv)
+    overrides = [a for a in argv if a.startswith(_OVERRIDES)]
+    if require and overrides and not given:
+        raise SystemExit(f"error: {overrides[0]} overrides a field of --config, which is not "
+                         f"given: add --config=FILE[:ARG] (e.g. configs/default.py:tasks=all)")
+    json_files = [v for v in given if v.partition(":")[0].endswith(".json")]
+    if json_files:
+        raise SystemExit(f"error: --config={json_files[0]}: a config file is Python with "
+                         f"get_config() (configs/*.py); a workdir's config.json is what "
+                         f"hgmt.evaluate, hgmt.predict and hgmt.export read from --workdir: to "
+                         f"train on in a workdir, give the config file it was trained with")
+
+
 def _config_file_fields_help(argv: Sequence[str]) -> str:
     """The --help lines listing the fields of the config file `--config` names in argv, with
     its overrides applied, each with its value; where it does not read, why; nothing without
     a `--config`."""
-    given = [a.partition("=")[2] for a in argv if a.startswith(("--config=", "-config="))]
+    given = _config_file_values(argv)
     if not given:
         return ""
-    # The config's own flags alone: the command's other flags (a required --workdir) are not
-    # asked for by its help.
-    own = ["hgmt"] + [a for a in argv if a.startswith(("--config", "-config"))]
+    # The config's flags alone (the command's others, a required --workdir, not asked for).
+    own = ["hgmt"] + [a for a in argv if a not in HELP_FLAGS]
     try:  # the command's own one-line errors, as a run would stop on them
         with _config_errors(own[1:], None):
+            _check_config_file_args(own[1:], require=False)
             fv = flags.FlagValues()
             config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
                                             lock_config=True, sys_argv=own)
             try:
-                fv(own)
+                fv(own, known_only=True)
             except flags.Error as e:
                 raise SystemExit(f"error: {_flag_error(e)}") from None
             lines = _field_lines(fv.config)

@@ -174,6 +174,15 @@ def test_the_trainers_help_with_a_config_lists_its_fields_with_their_values(
             "'batch_sze' (its fields: augment, ") in text
     assert "--workdir" in text and "The fields of" not in text
     assert "The fields of" not in help_of()
+    # The forms absl takes: `--config FILE`, `--config.x VALUE`, `--noconfig.x`; and --help
+    # goes on where a run would stop (an override without --config, a config.json).
+    text = help_of("--config", "configs/default.py:tasks=pose2d", "--config.total_steps", "5",
+                   "--config.model.shared_trunk", "--noconfig.model.shared_trunk")
+    assert "  --config.total_steps: 5\n" in text
+    assert "  --config.model.shared_trunk: False\n" in text
+    assert "--workdir" in help_of("--config.total_steps=3")
+    assert ("(the config's fields are not listed: --config=W/config.json: a config file is "
+            "Python") in help_of("--config=W/config.json")
 
 
 @pytest.mark.parametrize("override, message", [

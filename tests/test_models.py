@@ -34,7 +34,7 @@ def test_every_subset_initialises_with_the_right_shapes(interaction):
         # Only the selected tasks have streams and heads.
         names = "/".join(jax.tree_util.keystr(p) for p, _ in
                          jax.tree_util.tree_leaves_with_path(variables["params"]))
-        for t in set(tuple(TASKS)) - set(tasks):
+        for t in set(TASKS) - set(tasks):
             assert f"_{t}" not in names
 
 
@@ -44,10 +44,10 @@ def test_shared_trunk_has_one_stream():
     variables = model.init(jax.random.key(0), images)
     out = model.apply(variables, images)
     assert {t: o.shape[-1] for t, o in out.items()} == {t: TASKS[t].NUM_CHANNELS
-                                                          for t in tuple(TASKS)}
+                                                          for t in TASKS}
     params = variables["params"]
     assert "stage0_trunk" in params and "stage1_trunk" in params
-    assert not any(f"stage0_{t}" in params for t in tuple(TASKS))
+    assert not any(f"stage0_{t}" in params for t in TASKS)
 
 
 def test_bad_model_config_is_rejected():
@@ -305,7 +305,7 @@ def test_bfloat16_agrees_with_float32():
     bf16 = create_model(dict(TINY, interaction="sum", dtype="bfloat16"), heads(tuple(TASKS)))
     variables = f32.init(jax.random.key(0), images)
     a, b = f32.apply(variables, images), bf16.apply(variables, images)
-    for t in tuple(TASKS):
+    for t in TASKS:
         scale = float(jnp.abs(a[t]).mean())
         err = float(jnp.abs(a[t] - b[t]).mean())
         assert b[t].dtype == jnp.float32 and err < 0.05 * scale + 1e-3, (t, err, scale)

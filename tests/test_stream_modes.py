@@ -59,8 +59,8 @@ def test_vmapped_has_one_stacked_stream_per_stage_and_per_task_heads():
     separate, vmapped = _models(tuple(TASKS))
     shapes = jax.eval_shape(vmapped.init, jax.random.key(0), _images())["params"]
     assert {"stage0_streams", "stage1_streams"} <= set(shapes)
-    assert not any(f"stage0_{t}" in shapes for t in tuple(TASKS))
-    assert all(f"stage{k}_{t}_head" in shapes for k in (0, 1) for t in tuple(TASKS))
+    assert not any(f"stage0_{t}" in shapes for t in TASKS)
+    assert all(f"stage{k}_{t}_head" in shapes for k in (0, 1) for t in TASKS)
     # Every stream variable gains a leading axis of one entry per task.
     sep = jax.eval_shape(separate.init, jax.random.key(0), _images())["params"]
     stacked = jax.tree.leaves(shapes["stage1_streams"])

@@ -63,7 +63,7 @@ def test_parse_tasks():
     # heads and channel_flips take tasks as parse_tasks does (before: a '+'-joined string
     # was taken letter by letter, KeyError: 'p').
     assert list(heads("segm+pose2d")) == list(heads(["pose2d", "segm"])) == ["pose2d", "segm"]
-    assert list(channel_flips("all")) == list(tuple(TASKS))
+    assert list(channel_flips("all")) == list(TASKS)
     with pytest.raises(ValueError, match="unknown task"):
         heads(["hands"])
 
@@ -392,7 +392,7 @@ def test_metrics_known_offsets():
 def test_all_task_combinations_are_fifteen():
     """all_subsets() lists the 15 non-empty subsets of the four tasks, written out here by
     hand, singles first, each in the tasks' canonical order."""
-    a, b, c, d = tuple(TASKS)
+    a, b, c, d = TASKS
     assert all_subsets() == [
         (a,), (b,), (c,), (d,),
         (a, b), (a, c), (a, d), (b, c), (b, d), (c, d),

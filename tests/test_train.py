@@ -332,8 +332,9 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("optimizer.name", "sgd", "optimizer.name='sgd': choose one of"),
-    ("optimizer.schedule", "step", "optimizer.schedule='step': choose cosine or constant"),
+    ("optimizer.name", "sgd", "config.optimizer.name='sgd': choose one of"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule='step': choose cosine or "
+                                   "constant"),
     ("log_every", 0, "config.log_every=0 must be at least 1"),
     ("checkpoint_every", 0, "config.checkpoint_every=0 must be at least 1"),
     ("prefetch", 0, "config.prefetch=0 must be at least 1"),

@@ -111,6 +111,8 @@ def target_maps(tasks: tuple[str, ...] | None = None) -> tuple[str, ...]:
             try:
                 batch.update(TASKS[t].labels(crop))
             except KeyError as e:
+                if not e.args or e.args[0] in raw:  # the task's own KeyError
+                    raise
                 raise ValueError(
                     f"task {t}'s labels read the record's {e.args[0]!r}, which training's "
                     f"crops do not carry (they carry {sorted(raw)}): a task's labels read "

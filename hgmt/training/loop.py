@@ -431,9 +431,10 @@ class _Training:
         self.step_values = None  # the last dispatched step's outputs: ready once it ran
         self.saving = None  # the step of the newest checkpoint orbax may still be writing
         self.joined = True  # whether the outcome of that write was read (its thread joined)
+        # The interval's timing, and the ETA's clock: wall time since training began (after
+        # the first step's compilation), evaluations and saves included, over the steps done
+        # since; both restarted by `log_plan`, after the evaluations a preemption skipped.
         self.interval = step_metrics.Interval(self.start_step)
-        # The ETA's clock: wall time since training began (after the first step's
-        # compilation), evaluations and saves included, over the steps done since.
         self.since, self.since_step = time.perf_counter(), self.start_step
 
     # --- Checks and stops, at every step and evaluation batch --------------------------------
