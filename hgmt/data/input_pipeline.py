@@ -119,6 +119,16 @@ class WorkersStartShielded:
         # once (it runs them in the main thread, which a blocked wait does not wake).
         self._started = True
 
+    def close(self) -> None:
+        """Stops the loader's worker processes and threads and frees their shared memory
+        now, however the run ends, not when the garbage collector reaches the iterator
+        (which, at the interpreter's exit, comes after Python's resource tracker has
+        counted their shared memory as leaked). grain's `DataLoaderIterator` holds the
+        dataset iterator whose `close` does it, recursively; an iterator without one (batches
+        from memory) has nothing to stop."""
+        inner = getattr(self._iterator, "_iterator", self._iterator)
+        getattr(inner, "close", lambda: None)()
+
 
 class SkipUnusable(grain.FilterTransform):
     """Drops the flagged placeholder records (a test split's unusable frames) from training.
@@ -681,6 +691,13 @@ class ConsumedPosition:
 
     def start_prefetch(self) -> None:
         getattr(self._iterator, "start_prefetch", lambda: None)()
+
+    def close(self) -> None:
+        """Lets go of the batches drawn and not consumed (their `damaged` fields lie in the
+        workers' shared memory) and closes the iterator it follows
+        (`WorkersStartShielded.close`)."""
+        self._pending.clear()
+        getattr(self._iterator, "close", lambda: None)()
 
 
 def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:

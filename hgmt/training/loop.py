@@ -271,6 +271,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # prefetched: the account at a step is of the batches trained on.
     data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
                                                 None if damaged is None else damaged.met)
+    opened.callback(data_iter.close)  # the loader's workers stop as the run ends, however
 
     model = create_model(config.model, heads(tasks), axis_name=devices.AXIS)
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
@@ -301,6 +302,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
                          mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
                          damaged=damaged, watch=watch, peer_watch=peer_watch, lock=lock,
                          train_step=jitted_train_step(weights, options, prepare))
+    opened.callback(training.close_batches)
     training.set_aside_what_follows_the_start()
     training.evaluate_missed()
     training.log_plan(tasks, "host" if prepare is None else "device")
@@ -436,6 +438,12 @@ class _Training:
         # since; both restarted by `log_plan`, after the evaluations a preemption skipped.
         self.interval = step_metrics.Interval(self.start_step)
         self.since, self.since_step = time.perf_counter(), self.start_step
+
+    def close_batches(self) -> None:
+        """Ends the batches' generators, which hold the last batch drawn from the loader (in
+        its workers' shared memory, until the interpreter's exit otherwise); the loader
+        itself is closed after (`ConsumedPosition.close`)."""
+        self.device_iter.close()
 
     # --- Checks and stops, at every step and evaluation batch --------------------------------
 
