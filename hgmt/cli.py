@@ -226,7 +226,8 @@ def _config_file_fields_help(argv: Sequence[str]) -> str:
     given = _config_file_values(argv)
     if not given:
         return ""
-    # The config's flags alone (the command's others, a required --workdir, not asked for).
+    # Only the config's flags defined: the command's others (a required --workdir) are passed
+    # over (`known_only`), so help asks for none of them.
     own = ["hgmt"] + [a for a in argv if a not in HELP_FLAGS]
     try:  # the command's own one-line errors, as a run would stop on them
         with _config_errors(own[1:], None):
