@@ -2405,7 +2405,9 @@ def test_a_dataset_process_0_finds_not_built_stops_both_processes_before_the_wor
     with the one line naming the build command, process 1 with one naming process 0's check,
     both with status 1, and no workdir is made."""
     workdir = tmp_path / "new" / "run"
-    outs, report = _two_mains_that_stop(str(workdir), str(tmp_path / "none"))
+    (tmp_path / "empty").mkdir()  # a data_dir with nothing built in it (a missing one is
+    # named as such: test_check.py)
+    outs, report = _two_mains_that_stop(str(workdir), str(tmp_path / "empty"))
     assert "error: FileNotFoundError: dataset 'surreal/all' split 'train' is not built under " \
            "data_dir=" in outs[0], report
     assert ("PeerFailed: process 0 failed before the first step: its check that the training "
