@@ -463,15 +463,16 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
 
 
 @contextlib.contextmanager
-def stop_on_full_disk(workdir: str, step: int | None, what: str = "checkpoint",
-                      best: bool = False) -> Iterator[None]:
+def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Iterator[None]:
     """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
     `step`, or from its background thread at a later call, for an earlier step) into
     `disk_space.DiskFull`, after removing the partial checkpoint (`best`: of a best
     checkpoint, whose cleanup leaves the training checkpoints' folder alone: the write of
-    this step's training checkpoint may still be under way); the message names `what` was
-    written (e.g. "best checkpoint"), the workdir, the step that failed (from the partial
-    folder's name), the space left and the intact training checkpoints to resume from."""
+    this step's training checkpoint may still be under way); the message names what was
+    written (the checkpoint, or the best checkpoint), the workdir, the step that failed (from
+    the partial folder's name), the space left and the intact training checkpoints to resume
+    from."""
+    what = "best checkpoint" if best else "checkpoint"
     try:
         yield
     except disk_space.DiskFull:

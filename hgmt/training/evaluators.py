@@ -400,7 +400,7 @@ class Evaluators:
         """Keeps `state` (checkpoint layout) as the best checkpoint of `step`, scored `value`
         of `metric`. A full disk is DiskFull wherever the trainer evaluates (at its steps, on
         resuming, after the last step), the partial folder removed."""
-        with checkpoints.stop_on_full_disk(self.workdir, step, "best checkpoint", best=True):
+        with checkpoints.stop_on_full_disk(self.workdir, step, best=True):
             self.manager.save(step, metrics={metric: value}, args=ocp.args.Composite(
                 **checkpoints.saved(state)))
 
