@@ -62,8 +62,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         argv, passed = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     fv = flags.FlagValues()
     define(fv)
-    configs = [a for a in argv if a.startswith(("--config=", "-config=")) or a in (
-        "--config", "-config")]
+    configs = [a for a in argv if _is_config_flag(a)]
     if (config_file or config is not None) and len(configs) > 1:
         # absl would read the file twice and stop on its fields "defined twice".
         raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
@@ -132,8 +131,7 @@ def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[
         define(fv)
         print(f"{usage_first(doc)}\n\n{_config_fields_help(argv)}\n\n{fv.get_help()}")
         raise SystemExit(0)
-    given = [a for a in argv if a.startswith(("--config=", "-config="))
-             or a in ("--config", "-config")]
+    given = [a for a in argv if _is_config_flag(a)]
     if given:  # a training command line's --config, copied over
         raise SystemExit(f"error: {given[0]}: this command reads the config the workdir was "
                          f"trained with (<workdir>/config.json): drop --config, and override "
@@ -191,13 +189,19 @@ def _field_lines(config) -> list[str]:
 _OVERRIDES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
 
 
+def _is_config_flag(arg: str) -> bool:
+    """Whether `arg` is the `--config` flag itself (`--config=X`, or `--config` before X, one
+    dash or two), not an override of a field."""
+    return arg.startswith(("--config=", "-config=")) or arg in ("--config", "-config")
+
+
 def _config_file_values(argv: Sequence[str]) -> list[str]:
     """The values of `--config` in argv, as `--config=X` or `--config X` gives them."""
     values = []
     for i, arg in enumerate(argv):
         if arg.startswith(("--config=", "-config=")):
             values.append(arg.partition("=")[2])
-        elif arg in ("--config", "-config") and i + 1 < len(argv):
+        elif _is_config_flag(arg) and i + 1 < len(argv):
             values.append(argv[i + 1])
     return values
 
@@ -307,7 +311,7 @@ def _with_hgmts_config(argv: list[str]) -> list[str]:
         if arg.startswith(("--config=", "-config=")):
             name, _, value = arg.partition("=")
             out[i] = f"{name}={ours(value)}"
-        elif arg in ("--config", "-config") and i + 1 < len(out):
+        elif _is_config_flag(arg) and i + 1 < len(out):
             out[i + 1] = ours(out[i + 1])
     return out
 
@@ -361,13 +365,8 @@ def _in_config_file(error: BaseException, value: str | None) -> str | None:
 def _config_value(argv: Sequence[str], config: ml_collections.ConfigDict | str | None
                   ) -> str | None:
     """The `--config` value that argv gives (the last), or the default config file."""
-    value = config if isinstance(config, str) else None
-    for i, arg in enumerate(argv):
-        if arg.startswith(("--config=", "-config=")):
-            value = arg.partition("=")[2]
-        elif arg in ("--config", "-config") and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
+    values = _config_file_values(argv)
+    return values[-1] if values else (config if isinstance(config, str) else None)
 
 
 _LISTS_OF_TASKS = ("loss_weights", "loss_options")
