@@ -656,6 +656,13 @@ def define_workdir(fv: flags.FlagValues) -> None:
                         flag_values=fv)
 
 
+def check_output_folder(flag: str, path: str) -> None:
+    """Ends the command in one line, before any work, when the output folder a flag gives
+    (`--<flag>=<path>`, made if missing) is something other than a folder (a file)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"error: --{flag}={path} is a file: give a folder (made if missing)")
+
+
 def checkpoint_step(value: str | None) -> int | str | None:
     """`--step` -> None (latest), 'best' or a step number; anything else exits 1."""
     if value in (None, "best"):

@@ -225,9 +225,7 @@ def _run(args, images: list[str]) -> int:
         except ValueError as e:
             raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
     images = _distinct(images)
-    if os.path.isfile(args.out_dir):  # before the model loads, as the other checks
-        raise SystemExit(f"error: --out_dir={args.out_dir} is a file: give a folder (made if "
-                         f"missing)")
+    cli.check_output_folder("out_dir", args.out_dir)  # before the model loads
     _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,

@@ -494,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise SystemExit(f"error: --out_dir={args.out_dir} is a file: give a folder (made if "
-                         f"missing)")
+    cli.check_output_folder("out_dir", args.out_dir)
     start = time.perf_counter()
     with cli.faults_in_one_line(ClipsExist):
         stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
