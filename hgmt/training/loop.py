@@ -525,9 +525,15 @@ class _Training:
                     **checkpoints.saved(to_checkpoint_layout(self.model, host)),
                     data=input_pipeline.grain.PyGrainCheckpointSave(self.data_iter)))
             if evaluate:
-                with device_memory.explained(self.config, "while evaluating",
-                                             "eval_batch_size", beside_train_state=True):
-                    self.evals.run(evaluate, step, host, self.writer, stop=self.lock_check)
+                self._evaluate(evaluate, step, host, stop=self.lock_check)
+
+    def _evaluate(self, names: list[str], step: int, host: steps.TrainState, *,
+                  stop: Callable[[], None], final: bool = False) -> dict[str, dict]:
+        """`Evaluators.run` of the evaluators `names` on `host`, the state after `step`; out of
+        device memory is named as the evaluation's batch beside the train state."""
+        with device_memory.explained(self.config, "while evaluating", "eval_batch_size",
+                                     beside_train_state=True):
+            return self.evals.run(names, step, host, self.writer, final=final, stop=stop)
 
     def set_aside_what_follows_the_start(self) -> None:
         """Moves aside what evaluations recorded of the steps after the one training starts
@@ -556,11 +562,9 @@ class _Training:
                                                if n not in self.evals.recorded(start)]
         if missed:
             logging.info("evaluating step %d, which its run did not: %s", start, missed)
-            with device_memory.explained(self.config, "while evaluating", "eval_batch_size",
-                                         beside_train_state=True):
-                self.evals.run(missed, start, self.host_state(start), self.writer,
-                               stop=self.stop_if_preempted
-                               if start == self.config.total_steps else self.lock_check)
+            self._evaluate(missed, start, self.host_state(start),
+                           stop=self.stop_if_preempted
+                           if start == self.config.total_steps else self.lock_check)
         if start < self.config.total_steps:
             self.resumed = None
 
@@ -722,11 +726,9 @@ class _Training:
             logging.info("step %d's evaluations after training that an earlier run finished, "
                          "kept: %s", self.start_step, ", ".join(
                              workdirs.eval_file(self.workdir, n) for n in finished))
-        with device_memory.explained(config, "while evaluating", "eval_batch_size",
-                                     beside_train_state=True):
-            summaries = evals.run([n for n in evals.at_end() if n not in finished],
-                                  int(final.step), final, self.writer, final=True,
-                                  stop=self.stop_if_preempted)
+        summaries = self._evaluate([n for n in evals.at_end() if n not in finished],
+                                   int(final.step), final, stop=self.stop_if_preempted,
+                                   final=True)
         if self.watch.received is not None and self.watch.evaluations_after:
             # Its line said the evaluations would stop; their last batch was already running.
             logging.warning("the evaluations after training finished before the signal could "
