@@ -125,7 +125,8 @@ def _run(args, step_arg: int | str | None) -> int:
             summary["checkpoint"] = "best"
         trained_size = checkpoints.trained_image_size(args.workdir)
         # A limit that cut no frame evaluated the whole selection: named as that evaluation.
-        cut = max_examples if summary["frames_selected"] > max_examples else 0
+        cut = max_examples if summary.get("frames_selected", max_examples + 1) > max_examples \
+            else 0
         out = args.out_file or os.path.join(args.workdir, workdirs.evaluation_file(
             args.split, step, best=step_arg == "best", frames=frames, flip=flip,
             max_examples=cut, protocol=args.protocol,
