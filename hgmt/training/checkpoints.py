@@ -342,16 +342,15 @@ def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]
         f"version that wrote them") from e
 
 
-def resume_worker_count(workdir: str, worker_count: int, process_count: int,
-                        process_index: int | None = None) -> int:
-    """The loader workers process `process_index` (default this one, `jax.process_index()`)
-    of a run resuming in `workdir` must use: grain's saved data position holds each
-    process's own worker count (one file per process: under -1 hosts with other usable cores
-    run other counts) and restores only into the same. For `worker_count` -1 (auto) this
+def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> int:
+    """The loader workers this process (`jax.process_index()`) of a run resuming in `workdir`
+    must use: grain's saved data position holds each process's own worker count (one file
+    per process: under -1 hosts with other usable cores run other counts) and restores only
+    into the same. For `worker_count` -1 (auto) this
     process's count in the newest checkpoint whose position reads; a fixed count or a process
     count that differs from it raises CannotResume naming the fix. Without such a checkpoint,
     `worker_count` as given (a damaged one is `restore_newest_readable`'s)."""
-    position = saved_position(workdir, process_index)
+    position = saved_position(workdir)
     if position is None:
         return worker_count
     file, state = position
@@ -370,21 +369,18 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int,
     return saved
 
 
-def saved_position(workdir: str, process_index: int | None = None
-                   ) -> tuple[epath.Path, dict] | None:
+def saved_position(workdir: str) -> tuple[epath.Path, dict] | None:
     """(file, its JSON object) of grain's saved loader position in the newest checkpoint of
-    `workdir` whose position reads: process `process_index`'s own file (default this
-    process's, `jax.process_index()`),
+    `workdir` whose position reads: this process's own file (`jax.process_index()` i),
     `process_<i>-of-<n>.json` (it holds that process's `worker_count` and `sampler`, the repr
     grain compares on restoring), or, in a checkpoint saved by fewer processes (n <= i),
     which has no such file, the first process's (its name says how many saved it). A
     checkpoint saved by enough processes to have this process's file but lacking it is
     skipped, as one whose file is damaged: its restore fails on this process too
     (`restore_newest_readable` moves past it). None when no checkpoint has one."""
-    if process_index is None:
-        import jax
+    import jax
 
-        process_index = jax.process_index()
+    process_index = jax.process_index()
     for step in reversed(_steps_on_disk(workdirs.checkpoint_dir(workdir))):
         data = epath.Path(workdirs.checkpoint_dir(workdir)) / str(step) / "data"
         files = {int(m[1]): (f, int(m[2])) for f in (data.glob("process_*-of-*.json")
@@ -420,8 +416,11 @@ def _steps_on_disk(folder: str) -> list[int]:
         ) else []
 
 
-def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
-                   best_only: bool = False) -> list[str]:
+_SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared for this long
+_REMOVE_TIMEOUT_S = 10.0  # and gives up after this long
+
+
+def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
     """Removes the temporary folders of unfinished checkpoint writes (orbax's
     `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best, or in best
     alone (`best_only`: a training checkpoint's write may be under way beside a best
@@ -430,7 +429,7 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
 
     After a failed write, tensorstore may still be finishing other chunks of it, which
     recreate the folder: the removal is repeated until no such folder has appeared for
-    `settle_s` seconds (at most `timeout_s`). A second by default: on a loaded machine
+    `_SETTLE_S` seconds (at most `_REMOVE_TIMEOUT_S`). A second: on a loaded machine
     tensorstore's threads can wait a good part of one before writing their next chunk, and
     this runs only after a failed write, when the run stops anyway."""
     import jax
@@ -440,7 +439,7 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
     folders = [workdirs.best_dir(workdir)] if best_only else [
         workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
     removed: list[str] = []
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + _REMOVE_TIMEOUT_S
     quiet_since = None
     while time.monotonic() < deadline:
         found = [os.fspath(path)
@@ -456,7 +455,7 @@ def remove_partial(workdir: str, settle_s: float = 1.0, timeout_s: float = 10.0,
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= settle_s:
+        elif time.monotonic() - quiet_since >= _SETTLE_S:
             break
         time.sleep(0.05)
     return removed
