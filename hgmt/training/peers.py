@@ -330,7 +330,7 @@ def _end(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _wait_for_peers(client, timeout_s: float, interval_s: float = INTERVAL_S) -> None:
+def _wait_for_peers(client, timeout_s: float) -> None:
     """Waits, at most `timeout_s`, until every other process has ended through `_end`, is
     done with the latest watch, or is gone (its counter still for 3 intervals); then one
     interval more for the last to exit."""
@@ -350,13 +350,13 @@ def _wait_for_peers(client, timeout_s: float, interval_s: float = INTERVAL_S) ->
             if value is not None and value.isdigit():
                 if seen.get(peer, (None,))[0] != value:
                     seen[peer] = (value, now)
-                elif now - seen[peer][1] >= 3 * interval_s:
+                elif now - seen[peer][1] >= 3 * INTERVAL_S:
                     continue  # gone: its watchdog beats no more
             waiting = True  # running, leaving (failed, stopped) or not watched yet
         if not waiting:
             break
-        time.sleep(interval_s)
-    time.sleep(interval_s)
+        time.sleep(INTERVAL_S)
+    time.sleep(INTERVAL_S)
 
 
 _BEFORE_FIRST_STEP = "before the first step"
@@ -402,13 +402,15 @@ class PeerWatch:
     `agreed`: the exceptions every process raises at the same step (a preemption), which end
     the watch as done, not as this process's failure."""
 
-    def __init__(self, timeout_s: float | None = None, interval_s: float = INTERVAL_S,
-                 grace_s: float = 3.0, agreed: tuple[type[BaseException], ...] = ()):
+    grace_s = 3.0  # how long `_verdict` waits for the main thread to take the verdict
+
+    def __init__(self, interval_s: float = INTERVAL_S,
+                 agreed: tuple[type[BaseException], ...] = ()):
         global _prefix
         run = next(_runs)
         self.active = jax.process_count() > 1 and _client() is not None
-        self.timeout_s = timeout_s or _heartbeat_timeout_s
-        self.interval_s, self.grace_s, self.agreed = interval_s, grace_s, agreed
+        self.timeout_s = _heartbeat_timeout_s
+        self.interval_s, self.agreed = interval_s, agreed
         self.step: int | None = None
         self.lost: str | None = None
         self.error: PeerLost | None = None
