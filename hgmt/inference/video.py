@@ -353,15 +353,14 @@ def fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def annotate(image: np.ndarray, result: dict, max_side: int | None = None) -> np.ndarray:
+def annotate(image: np.ndarray, result: dict) -> np.ndarray:
     """(H,W,3) frame and its result -> (h, w + k*h, 3) uint8: the frame with the window
     (green: the person given or seen, red: not seen, `person.Window.person_seen`; its
     `found_by` written above it), then each task's `draw` of the crop, h pixels square; (h, w)
-    is (H, W) scaled down so that no side exceeds max_side (default MAX_ANNOTATED_SIDE;
-    `annotated_sizes`)."""
+    is (H, W) scaled down so that no side exceeds MAX_ANNOTATED_SIDE (`annotated_sizes`)."""
     pictures = [TASKS[t].draw(pred, result["crop_image"], result["frame"], result=result)
                 for t, pred in result["raw"].items()]
-    h, w = annotated_sizes(*image.shape[:2], len(pictures), max_side or MAX_ANNOTATED_SIDE)
+    h, w = annotated_sizes(*image.shape[:2], len(pictures), MAX_ANNOTATED_SIDE)
     scale = h / image.shape[0]
     out = np.ascontiguousarray(image.copy() if h == image.shape[0] else
                                cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
