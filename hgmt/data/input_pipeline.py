@@ -572,7 +572,7 @@ class GlobalOrder:
 
     Element g of the sequence is that of an unsharded `grain.IndexSampler` of `num_records`
     records shuffled with `seed` over endless epochs (each epoch every record once), with its
-    per-element randomness, Philox(seed + g). grain's DataLoader, given `shard_options`
+    per-element randomness, Philox(seed + g). grain's DataLoader, given its `shard_options`
     (process p of P: `grain.ShardByJaxProcess`), asks its sampler for elements i * P + p, so
     process p's i-th record is the sequence's element i * P + p: together the processes read
     the one-process sequence, each element with the same randomness, and no record of the
@@ -586,9 +586,8 @@ class GlobalOrder:
     of the same repr. With P = 1 the two are the same sequence; a position saved by several
     processes is a count of each worker's elements, which resumes in this order."""
 
-    def __init__(self, num_records: int, seed: int,
-                 shard_options: grain.ShardOptions | None = None):
-        self.shard_options = shard_options or grain.ShardByJaxProcess(drop_remainder=True)
+    def __init__(self, num_records: int, seed: int):
+        self.shard_options = grain.ShardByJaxProcess(drop_remainder=True)
         self._sequence = grain.IndexSampler(num_records=num_records,
                                             shard_options=grain.NoSharding(), shuffle=True,
                                             num_epochs=None, seed=seed)
