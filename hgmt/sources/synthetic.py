@@ -309,12 +309,12 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
             segm)
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 30) -> None:
-    """(T,240,320,3) uint8 RGB -> H.264 mp4 (yuv420p), as SURREAL's videos."""
+def write_video(path: str, frames: np.ndarray) -> None:
+    """(T,240,320,3) uint8 RGB -> H.264 mp4 (yuv420p) at 30 fps, as SURREAL's videos."""
     import av
 
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
