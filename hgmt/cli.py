@@ -111,6 +111,7 @@ HELP_FLAGS = ("--help", "-h", "--helpfull")
 
 
 def asks_for_help(argv: Sequence[str]) -> bool:
+    """Whether `argv` holds one of HELP_FLAGS."""
     return any(arg in HELP_FLAGS for arg in argv)
 
 

@@ -40,7 +40,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -362,7 +362,9 @@ class DamageLog:
         met, self.pending = sorted(self.pending), set()
         self.note(self.combine(met))
 
-    def note(self, indices) -> None:
+    def note(self, indices: Iterable[int]) -> None:
+        """Records the damaged record indices not seen before: logs each, rewrites
+        `path` (when set), and raises TooManyDamaged past `max_fraction` of the split."""
         new = [i for i in indices if i not in self.found]
         for i in new:
             self.found[i] = self.shards.name(i)
@@ -391,5 +393,6 @@ class DamageLog:
                 f"or raise config.max_damaged_fraction to train past the damaged records")
 
     def summary(self) -> str:
+        """One line: how many damaged training records were skipped, and their names."""
         return (f"{len(self.found)} damaged training record(s) were skipped and replaced: "
                 + "; ".join(v for _, v in sorted(self.found.items())))

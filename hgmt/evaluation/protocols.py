@@ -40,6 +40,9 @@ PROTOCOLS = ("hgmt", "bodynet", "surreal")
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
+    """A task's metric definition under one protocol: per-batch sums, then the split's
+    numbers from their totals."""
+
     protocol: str  # the protocol whose definition this is (what the JSON records)
     stats: Callable[[object, dict], dict]  # (pred (B,r,r,C), cropped batch) -> additive sums
     # (split sums, num_damaged=0: the damaged records left out of them) -> {metric: value}

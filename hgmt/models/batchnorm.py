@@ -43,7 +43,8 @@ def _stats(x: jnp.ndarray, axis_name: str | None) -> tuple[jnp.ndarray, jnp.ndar
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def normalize_batch(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
-                    epsilon: float, relu: bool, axis_name: str | None):
+                    epsilon: float, relu: bool, axis_name: str | None
+                    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Training-mode BatchNorm of (..., C) `x` with the batch's statistics (over `axis_name`
     too), followed by ReLU if `relu`: returns (y like x, batch mean (C,), batch var (C,)).
     The statistics are outputs for the running averages, not differentiated through (their

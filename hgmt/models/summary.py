@@ -72,6 +72,8 @@ def summarize(model_config: Mapping[str, Any], tasks: Sequence[str],
 
 
 def markdown(rows: list[dict], model_config: Mapping[str, Any], image_size: int) -> str:
+    """A Markdown table of `rows` (`summarize`'s dicts: tasks, params, gflop per image) under a
+    line naming the model configuration and the input size."""
     m = dict(model_config)
     head = (f"{m['num_stacks']} stacks x {m['features']} features, depth {m['depth']}, "
             f"interaction `{m['interaction']}`, shared_trunk={m['shared_trunk']}, "

@@ -387,6 +387,7 @@ class Clip:
 
     @property
     def mismatch(self) -> bool:
+        """Whether the clip's files held different numbers of frames (`frame_counts`)."""
         return len(set(self.frame_counts.values())) > 1
 
 

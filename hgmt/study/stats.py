@@ -40,6 +40,7 @@ NOT_FINITE = "a seed's value is not a finite number"
 
 
 def mean(values: list[float]) -> float:
+    """The seeds' mean."""
     return float(np.mean(values))
 
 

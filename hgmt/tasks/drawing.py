@@ -8,11 +8,16 @@ built on matplotlib's object API (no pyplot state), so any thread may draw."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from hgmt import disk_space
 from hgmt.sources import surreal
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
 
 # 15 colours, every two at least 20 apart in CIELAB (Delta E 1976): background black, then the
 # 14 parts in the order of surreal.PART_NAMES (head, torso, l_ arm (3), r_ arm (3), l_ leg (3),
@@ -101,7 +106,7 @@ PLOT_HEIGHT = 360  # pixels: the height of every panel figure
 _DPI = 100
 
 
-def figure(width_px: int, height_px: int = PLOT_HEIGHT):
+def figure(width_px: int, height_px: int = PLOT_HEIGHT) -> Figure:
     """An empty matplotlib Figure of width_px x height_px pixels on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -111,7 +116,7 @@ def figure(width_px: int, height_px: int = PLOT_HEIGHT):
     return fig
 
 
-def render(fig) -> np.ndarray:
+def render(fig: Figure) -> np.ndarray:
     """A Figure -> (H,W,3) uint8 RGB of its pixels."""
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -165,7 +170,7 @@ def _image_axes(fig, rect: tuple[float, ...], rgb: np.ndarray, title: str, grey:
     return ax
 
 
-def figure_image(rgb: np.ndarray, title: str, joints: np.ndarray | None = None):
+def figure_image(rgb: np.ndarray, title: str, joints: np.ndarray | None = None) -> Figure:
     """The (S,S,3) crop, titled, with (16,2) joints in its pixels drawn over it if given."""
     fig = figure(PLOT_HEIGHT)
     ax = _image_axes(fig, (0.02, 0.02, 0.96, 0.88), rgb, title)
@@ -174,7 +179,7 @@ def figure_image(rgb: np.ndarray, title: str, joints: np.ndarray | None = None):
     return fig
 
 
-def figure_skeleton3d(joints_mm: np.ndarray, title: str = "3D pose"):
+def figure_skeleton3d(joints_mm: np.ndarray, title: str = "3D pose") -> Figure:
     """(16,3) pelvis-relative camera mm (x right, y down, z away from the camera) -> front
     (x,y) and side (z,y) views on one millimetre scale, axes labelled in mm."""
     fig = figure(int(PLOT_HEIGHT * 1.5))
@@ -201,7 +206,7 @@ def figure_skeleton3d(joints_mm: np.ndarray, title: str = "3D pose"):
 
 
 def figure_depth(depth_rel_mm: np.ndarray, rgb: np.ndarray, edges_mm: np.ndarray,
-                 title: str = "depth"):
+                 title: str = "depth") -> Figure:
     """(r,r) depth relative to the pelvis in mm (nan on background) over the greyed (S,S,3)
     crop, one colour per interval of `edges_mm` (the bins' edges), with a colour bar in mm:
     nearer than the pelvis red, farther blue."""
@@ -223,7 +228,7 @@ def figure_depth(depth_rel_mm: np.ndarray, rgb: np.ndarray, edges_mm: np.ndarray
 
 
 def figure_parts(classes: np.ndarray, rgb: np.ndarray, names: tuple[str, ...],
-                 title: str = "body parts"):
+                 title: str = "body parts") -> Figure:
     """(r,r) classes 0..len(names) (0 background) in PART_COLORS over the greyed (S,S,3)
     crop, with a legend of every class name; those absent from the map are marked "(none)"."""
     from matplotlib.patches import Patch

@@ -432,6 +432,7 @@ class Evaluators:
                 if x.get("step") == step}
 
     def at_end(self) -> list[str]:
+        """The evaluators that run once, after the last step."""
         return [n for n, e in self.settings.items() if e["at_end"]]
 
     def finished_at_end(self, step: int, host_state) -> dict[str, dict]:
@@ -537,5 +538,6 @@ class Evaluators:
         return f"  ({metric}: undefined on this split, not kept)"
 
     def close(self) -> None:
+        """Closes the best checkpoint's manager, if any."""
         if self.manager is not None:
             self.manager.close()

@@ -780,7 +780,8 @@ def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ..
 
 
 def jitted_train_step(weights: dict, options: dict,
-                      prepare: device_augment.Prepare | None = None):
+                      prepare: device_augment.Prepare | None = None
+                      ) -> Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]:
     """The train step the loop runs on every device over its share of the batch
     (`hgmt.devices.spmd`, axis "batch", the state donated): `steps.train_step` with the loss
     `weights` and `options` of `check_config`, and the crop inside where `prepare`

@@ -31,6 +31,9 @@ class NonFinite:
 
 
 class StepMetrics:
+    """The train steps' metrics between two logs: kept on the device as the steps run
+    (`append`), checked for non-finite values on the host (`check`), averaged (`pop_means`)."""
+
     def __init__(self) -> None:
         self._pending: list[tuple[int, dict]] = []  # (step, device metrics), not yet checked
         self._checked: list[dict[str, float]] = []  # host values since the last `pop_means`
@@ -76,11 +79,13 @@ class Interval:
         self.restart(step)
 
     def restart(self, step: int) -> None:
+        """Starts a new interval at `step`, its times at 0."""
         self.step, self.start = step, self.clock()
         self.wait = self.idle = self.apart = 0.0
 
     @contextlib.contextmanager
     def set_apart(self) -> Iterator[None]:
+        """Leaves the time spent in the `with` block out of the interval's training time."""
         t = self.clock()
         try:
             yield

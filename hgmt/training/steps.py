@@ -21,6 +21,8 @@ from hgmt.tasks import compute_losses
 
 
 class TrainState(train_state.TrainState):
+    """flax's TrainState with the model's BatchNorm statistics."""
+
     batch_stats: Any
 
 
