@@ -268,6 +268,21 @@ def test_parse_stem_and_find_clips(demo_clip):
     assert surreal.find_clips(root, "validation") == []
 
 
+def test_find_clips_names_a_root_without_cmu_and_the_fix(tmp_path):
+    """A root that is not there, or is not the folder holding cmu/, is an error naming it (an
+    empty list would read as a SURREAL without clips); a missing split folder holds none."""
+    fix = "give the folder that contains cmu/ (cmu/train, cmu/val, cmu/test"
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError) as e:
+        surreal.find_clips(missing, "train")
+    assert str(e.value).startswith(f"SURREAL root {missing} is not a folder here: {fix}")
+    with pytest.raises(FileNotFoundError) as e:
+        surreal.find_clips(str(tmp_path), "train")
+    assert str(e.value).startswith(f"SURREAL root {tmp_path} holds no cmu/ folder: {fix}")
+    (tmp_path / "cmu").mkdir()
+    assert surreal.find_clips(str(tmp_path), "test") == []
+
+
 def _lateral_sign_fraction(joints3d_world: np.ndarray, cam_loc: np.ndarray) -> dict:
     """Per sided joint pair, the fraction of frames where r_* lies on the person's right of
     l_*: in the (right-handed) camera frame, right = forward x up, forward = ankle -> toe."""

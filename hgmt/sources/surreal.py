@@ -359,8 +359,15 @@ def parse_stem(stem: str) -> ClipId:
 
 def find_clips(root: str, split: str) -> list[str]:
     """Sorted clip stems of ``<root>/cmu/<split dir>/run*/<seq>/`` (split: train/validation/test
-    or the directory names train/val/test). A clip is listed if any of its four files exists.
-    `root` is a local or mounted folder: glob lists no object store (gs://...)."""
+    or the directory names train/val/test). A clip is listed if any of its four files exists;
+    a split folder that is missing holds none. `root` is a local or mounted folder: glob lists
+    no object store (gs://...). A `root` without cmu/ (not there, or not SURREAL's folder) is
+    a FileNotFoundError naming it and the fix, not an empty list."""
+    if not os.path.isdir(os.path.join(root, "cmu")):
+        state = "holds no cmu/ folder" if os.path.isdir(root) else "is not a folder here"
+        raise FileNotFoundError(
+            f"SURREAL root {root} {state}: give the folder that contains cmu/ (cmu/train, "
+            f"cmu/val, cmu/test; docs/surreal_format.md), on a local or mounted file system")
     split_dir = SPLIT_DIRS.get(split, split)
     base = os.path.join(root, "cmu", split_dir)
     stems = set()
