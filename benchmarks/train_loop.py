@@ -61,7 +61,8 @@ class Rates:
         self.img_per_s: dict[int, float] = {}
 
     def write_scalars(self, step: int, scalars: dict) -> None:
-        self.img_per_s[step] = float(scalars["img_per_s"])
+        if "img_per_s" in scalars:  # not at a first step that logs: it compiled
+            self.img_per_s[step] = float(scalars["img_per_s"])
 
 
 def loop_img_per_s(config: ml_collections.ConfigDict, steps: int) -> float:

@@ -272,18 +272,22 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
     assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) >= 2 * 1000 // 3
 
 
-def test_a_first_step_that_logs_gives_no_eta_and_the_next_lines_leave_it_out(
+def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leave_it_out(
         demo_dataset, tmp_path, monkeypatch, caplog):
     """With --config.log_every=1 the first step, which compiles (made to take 1000 s on the
-    loop's clock), logs a line without an ETA, and the ETA from step 2 on is of the steps
-    after it: at step 2, 2 steps left at step 2's pace, far below 1000 s (counting the first
-    step, at least 2 * 1000 / 2)."""
+    loop's clock), logs a line with its time and no img/s, data wait or ETA, and no such
+    TensorBoard values; from step 2 on they are of the steps after it: step 2's img/s is of
+    its own seconds, and its ETA, 2 steps left at step 2's pace, far below 1000 s (counting
+    the first step, at least 2 * 1000 / 2)."""
+    from hgmt.training import step_metrics
+
     offset = [0.0]
 
+    def clock() -> float:
+        return time.perf_counter() + offset[0]
+
     class LoopTime:  # the loop's `time`, 1000 s later once the first step has run
-        @staticmethod
-        def perf_counter() -> float:
-            return time.perf_counter() + offset[0]
+        perf_counter = staticmethod(clock)
 
         def __getattr__(self, name):
             return getattr(time, name)
@@ -302,11 +306,19 @@ def test_a_first_step_that_logs_gives_no_eta_and_the_next_lines_leave_it_out(
 
     monkeypatch.setattr(loop, "time", LoopTime())
     monkeypatch.setattr(loop, "jitted_train_step", slow_first)
+    monkeypatch.setattr(step_metrics, "Interval",
+                        functools.partial(step_metrics.Interval, clock=clock))
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=1,
                          checkpoint_every=4)
+    writer = Scalars()
     with caplog.at_level(logging.INFO):
-        loop.train(config, str(tmp_path), writer=Scalars())
-    assert re.search(r"step 1/4 .* ETA from the next line \(this step compiled\)", caplog.text)
+        loop.train(config, str(tmp_path), writer=writer)
+    first = re.search(r"step 1/4 .*", caplog.text)[0]
+    assert re.fullmatch(r"step 1/4  .+  took 10\d\d\.\d s, compilation included: "
+                        r"img/s, data wait and ETA from the next line", first), first
+    assert "img/s " not in first and "data-wait" not in first
+    assert "img_per_s" not in writer.scalars[1] and "data_wait" not in writer.scalars[1]
+    assert writer.scalars[2]["img_per_s"] > config.batch_size / 100
     eta = re.search(r"step 2/4 .* ETA (\d+):(\d\d):(\d\d)", caplog.text)
     assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) < 100
 
@@ -324,6 +336,20 @@ def test_interval_sets_apart_the_time_it_is_told_to():
     interval.wait += 1.0
     interval.restart(5)
     assert (interval.step, interval.training_time(), interval.wait) == (5, 0.0, 0.0)
+
+
+def test_the_pace_of_a_log_interval_leaves_out_a_compiling_first_step():
+    """img/s and the data shares are of the interval's training seconds, the ETA of the wall
+    seconds per step since the clock started; an interval that compiled has none of them,
+    but a last step's ETA, 0."""
+    from hgmt.training.step_metrics import Pace, pace
+
+    timed = dict(steps=4, batch_size=8, training_s=2.0, wait_s=0.5, idle_s=0.25,
+                 steps_left=10, steps_timed=5, timed_s=4.0)
+    assert pace(**timed, compiled=False) == Pace(img_per_s=16.0, data_wait=0.25,
+                                                 data_idle=0.125, eta_s=8.0)
+    assert pace(**timed, compiled=True) == Pace(None, None, None, None)
+    assert pace(**{**timed, "steps_left": 0}, compiled=True) == Pace(None, None, None, 0.0)
 
 
 def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):

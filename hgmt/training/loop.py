@@ -679,30 +679,39 @@ class _Training:
     def _log(self, step: int) -> None:
         """The log step's line and TensorBoard scalars: the interval's mean losses, img/s,
         data wait and device idle time, learning rate, damaged records, and the ETA. Checks
-        the losses first (`check_finite`: the one host sync of a log interval)."""
+        the losses first (`check_finite`: the one host sync of a log interval). A first step
+        that logs (`--config.log_every=1`) compiled: its line gives its time instead of the
+        rates and ETA (`step_metrics.pace`), which start from the next line."""
         config, interval = self.config, self.interval
         self.check_finite()  # waits for this step: the one host sync of a log interval
         elapsed = interval.training_time()
-        img_s = (step - interval.step) * config.batch_size / elapsed
+        compiled = step == self.start_step + 1
+        pace = step_metrics.pace(
+            steps=step - interval.step, batch_size=config.batch_size, training_s=elapsed,
+            wait_s=interval.wait, idle_s=interval.idle, steps_left=config.total_steps - step,
+            steps_timed=step - self.since_step, timed_s=time.perf_counter() - self.since,
+            compiled=compiled)
         means = self.metrics.pop_means()
+        rates = {} if pace.img_per_s is None else {
+            "img_per_s": pace.img_per_s, "data_wait": pace.data_wait,
+            "data_idle": pace.data_idle}
         self.writer.write_scalars(step, {
-            **means, "img_per_s": img_s, "data_wait": interval.wait / elapsed,
-            "data_idle": interval.idle / elapsed,
+            **means, **rates,
             # this step's update's: optax counts from 0
             "learning_rate": float(self.lr_fn(step - 1)),
             **({} if self.damaged is None else {
                 "data/damaged_records": len(self.damaged.found)})})
-        # A first step that logs compiled: its line has no ETA (but the last step's), and the
-        # clock starts now.
-        first = step == self.start_step + 1 and step < config.total_steps
-        eta = ("from the next line (this step compiled)" if first else cli.hms(
-            (config.total_steps - step) * (time.perf_counter() - self.since)
-            / (step - self.since_step)))
-        logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
-                     "ETA %s", step, config.total_steps, "  ".join(
-                         f"{k.split('/')[1]} {v:.4g}" for k, v in means.items()),
-                     img_s, 100 * interval.wait / elapsed, 100 * interval.idle / elapsed, eta)
-        if first:
+        losses = "  ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in means.items())
+        if pace.img_per_s is None:
+            logging.info("step %d/%d  %s  took %.1f s, compilation included%s", step,
+                         config.total_steps, losses, elapsed,
+                         ": img/s, data wait and ETA from the next line" if pace.eta_s is None
+                         else "")
+        else:
+            logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
+                         "ETA %s", step, config.total_steps, losses, pace.img_per_s,
+                         100 * pace.data_wait, 100 * pace.data_idle, cli.hms(pace.eta_s))
+        if compiled:  # the ETA's clock starts after the compilation
             self.since, self.since_step = time.perf_counter(), step
         interval.restart(step)
 

@@ -95,3 +95,29 @@ class Interval:
     def training_time(self) -> float:
         """Seconds of the interval spent training."""
         return self.clock() - self.start - self.apart
+
+
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """What a log line says of the speed: `img_per_s`, the shares of the training time the host
+    waited for a batch (`data_wait`) and the device had nothing queued (`data_idle`), and
+    `eta_s`, seconds to the last step. None where the interval's time is mostly compilation."""
+
+    img_per_s: float | None
+    data_wait: float | None
+    data_idle: float | None
+    eta_s: float | None
+
+
+def pace(*, steps: int, batch_size: int, training_s: float, wait_s: float, idle_s: float,
+         steps_left: int, steps_timed: int, timed_s: float, compiled: bool) -> Pace:
+    """The `Pace` of a log interval of `steps` steps of `batch_size` images that trained for
+    `training_s` seconds (evaluations and saves left out, `Interval`), of which the host
+    waited `wait_s` for data and the device idled `idle_s`; the ETA is `steps_left` steps at
+    the wall time per step of the `steps_timed` steps in `timed_s` seconds since the ETA's
+    clock started. An interval that `compiled` (a first step that logs) has no rates, and an
+    ETA only when none is left to run (0): the compilation would make them wrong."""
+    if compiled:
+        return Pace(None, None, None, None if steps_left else 0.0)
+    return Pace(img_per_s=steps * batch_size / training_s, data_wait=wait_s / training_s,
+                data_idle=idle_s / training_s, eta_s=steps_left * timed_s / steps_timed)
