@@ -24,9 +24,10 @@ frames per second end to end and predicting, device), and prints the frame rates
 runs twice); the JSON and the video's summary record 'flip'.
 
 An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
-others go on; a last line counts them, and the exit status is then 1. A full disk or out of
-device memory stops the command with one line naming the file or the settings (exit status
-1); no output is left partly written.
+others go on; a last line counts them, and the exit status is then 1. A full disk, out of
+device memory, or out of host memory while reading or predicting a video (not the video's
+fault: it is not skipped as unreadable) stops the command with one line naming the file or
+the settings (exit status 1); no output is left partly written.
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with
 training's margin, not a detector's tight box; docs/predict.md says how to widen one).
@@ -231,10 +232,10 @@ def _run(args, images: list[str]) -> int:
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size, focal_px=args.focal_px,
                                     flip=args.flip)
-    # A full disk or out of device memory ends the command in one line: each would fail
-    # every input after it too, so it is not an input to skip.
+    # A full disk or out of device or host memory ends the command in one line: each would
+    # fail every input after it too, so it is not an input to skip.
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
-                                traceback=traceback), \
+                                video.OutOfHostMemory, traceback=traceback), \
             device_memory.explained(model.config, "while predicting",
                                     batch_flag=("--batch_size", model.batch_size)):
         with disk_space.reported(args.out_dir, "the output folder", _THEN):
@@ -275,7 +276,8 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
                    bbox: list[float] | None) -> bool:
     """Predicts the video at `path` into `out_dir` and prints the frame rates -> whether it
     was written; a video that cannot be read or encoded is reported and skipped. A full disk
-    raises `disk_space.DiskFull` naming the files, none of them left partial."""
+    raises `disk_space.DiskFull` naming the files, and out of host memory
+    `video.OutOfHostMemory` naming the video, none of them left partial."""
     out = _outputs(path, out_dir)
     names = (f"{os.path.basename(out['jsonl'])}, {os.path.basename(out['annotated_video'])} "
              f"and {os.path.basename(out['summary'])}")
@@ -287,6 +289,8 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
             summary = video.predict_video(model, path, out_dir, bbox)
     except disk_space.DiskFull:
         raise
+    except MemoryError as e:  # the host's (av.error.MemoryError too): not an input to skip
+        raise video.out_of_host_memory(path, e) from e
     except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
         print(f"skipped {path}: {e}", file=sys.stderr)
         return False

@@ -3031,6 +3031,73 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
     assert "at 0.333 s" in warnings[0].getMessage()
 
 
+def _decoding_out_of_memory(monkeypatch, from_packet: int) -> None:
+    """Makes every video `video.Clip` opens fail to decode its packets from the
+    `from_packet`-th (0-based) on with PyAV's MemoryError (FFmpeg's ENOMEM), as an allocation
+    that fails inside the decoder does."""
+    real_open = video._open
+
+    class Packet:
+        def __init__(self, packet, number):
+            self._packet, self._number = packet, number
+
+        def __getattr__(self, name):
+            return getattr(self._packet, name)
+
+        def decode(self):
+            if self._number >= from_packet:
+                raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+            return self._packet.decode()
+
+    class Container:
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def demux(self, *args, **kwargs):
+            return (Packet(p, i) for i, p in enumerate(self._container.demux(*args, **kwargs)))
+
+    monkeypatch.setattr(video, "_open", lambda path: Container(real_open(path)))
+
+
+def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_file(
+        tmp_path, monkeypatch):
+    """A real clip decodes whole; with its decoder's allocations failing from its third
+    packet (crafted: PyAV's MemoryError), reading it raises that MemoryError, not the
+    ValueError of a file that cannot be decoded."""
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, list(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), np.uint8)))
+    with video.Clip(str(clip)) as read:
+        assert [len(frames) for _, frames in read.batches(4)] == [4, 2]
+    _decoding_out_of_memory(monkeypatch, from_packet=2)
+    with video.Clip(str(clip)) as read, pytest.raises(MemoryError) as e:
+        list(read.batches(4))
+    assert type(e.value) is av.error.MemoryError
+
+
+def test_out_of_host_memory_reading_a_video_stops_naming_it_not_skips_it(workdir, tmp_path,
+                                                                          monkeypatch):
+    """Out of host memory while a video is decoded (crafted, as above) stops the command in
+    one line naming the video and what to do, not "skipped <path>: cannot be decoded" and on
+    to the next input; nothing partial is left, and the image before it is predicted."""
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, list(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), np.uint8)))
+    image = tmp_path / "person.jpg"
+    _stick_figure(str(image))
+    out = tmp_path / "out"
+    _decoding_out_of_memory(monkeypatch, from_packet=2)
+    with pytest.raises(SystemExit) as e:
+        hgmt.predict.main([str(image), str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                           "--batch_size=2"])
+    assert str(e.value.code).startswith(
+        f"error: OutOfHostMemory: out of host memory while predicting the video {clip} "
+        f"(MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the file: "
+        f"free the machine's memory"), e.value.code
+    assert sorted(os.listdir(out)) == ["person.json", "person.png"]
+
+
 def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(
         workdir, tmp_path, caplog, monkeypatch):
     """An mp4 whose index comes first (faststart) cut to 70 % of its bytes: the frames that

@@ -40,6 +40,21 @@ REORDER_DEPTH = 16
 PROGRESS_EVERY_S = 10.0  # seconds between a video's progress lines
 
 
+class OutOfHostMemory(MemoryError):
+    """The host ran out of memory while a video was read or predicted: not the file's fault
+    (the next input would likely fail too); the message names the file and what to do."""
+
+
+def out_of_host_memory(path: str, error: MemoryError) -> OutOfHostMemory:
+    """The `OutOfHostMemory` of `error` (Python's, or PyAV's av.error.MemoryError, FFmpeg's
+    ENOMEM) raised while the video at `path` was read or predicted."""
+    return OutOfHostMemory(
+        f"out of host memory while predicting the video {path} ({type(error).__name__}: "
+        f"{error}), which is not a fault of the file: free the machine's memory (other "
+        f"processes), or give a smaller --batch_size (a batch's frames are held decoded), and "
+        f"predict it again")
+
+
 def is_video(path: str) -> bool:
     """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
     or one of ANIMATION_SUFFIXES, or `.png` for an animated PNG (`animated_png`), and PyAV
@@ -81,6 +96,8 @@ def _open(path: str):
         raise FileNotFoundError(f"video {path} not found")
     try:
         container = av.open(path)
+    except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
+        raise
     except Exception as e:  # av raises InvalidDataError and others on non-videos
         raise ValueError(f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
     if not container.streams.video:
@@ -206,7 +223,9 @@ class Clip:
     def _decoded(self) -> Iterator:
         """PyAV's frames, decoded a packet at a time: a packet the decoder finds damaged
         (InvalidDataError) is counted and skipped, as ffmpeg does, with one warning per clip;
-        any other error, or a damaged container, is a ValueError naming the file."""
+        any other error, or a damaged container, is a ValueError naming the file, but an
+        allocation that fails (MemoryError, av.error.MemoryError among them), the host's and
+        not the file's, propagates."""
         import av
 
         packets = self._container.demux(self._stream)
@@ -215,6 +234,8 @@ class Clip:
                 packet = next(packets)
             except StopIteration:
                 return
+            except MemoryError:
+                raise
             except av.FFmpegError as e:
                 raise ValueError(f"video {self.path} cannot be read ({type(e).__name__}: "
                                  f"{e})") from e
@@ -229,6 +250,8 @@ class Clip:
                                     "summary's damaged_packets counts all such packets",
                                     self.path, self._seconds(packet.pts), e)
                 continue
+            except MemoryError:
+                raise
             except av.FFmpegError as e:
                 raise ValueError(f"video {self.path} cannot be decoded ({type(e).__name__}: "
                                  f"{e})") from e
