@@ -11,7 +11,9 @@ frame, or one of a map) and `map_coordinates` (`jax.scipy.ndimage.map_coordinate
 channel and order 0, constant 0 outside, at the same source pixels). The summary gives each
 way's outputs' largest difference from `hand`'s (the bilinear frames, in uint8 steps) and the
 nearest maps' count of differing pixels. Rounds alternate the ways; one JSON line per way and
-round (milliseconds per call), then a summary with each way's median over `hand`'s.
+round (milliseconds per call), then a summary with each way's median over `hand`'s. The config
+is checked as training checks it (benchmarks/cli.py), so the size is one its model trains at:
+a multiple of 4 * 2**model.depth (32 px with --config.model.depth=2 or 3).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 from absl import flags
-from cli import config_path, print_line
+from cli import checked, config_path, print_line
 
 from hgmt import cli, cores
 from hgmt.data import augment, device_augment, input_pipeline
@@ -148,15 +148,11 @@ def summarize(results: list[dict]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON lines; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    config = args.config
-    try:  # an unknown placement fails before any work
+    config = checked(args.config)  # a bad field fails before any work
+    try:  # so does an unknown placement
         places = [device_augment.placement(p) for p in (args.placements or [config.augment_on])]
     except ValueError as e:
         raise SystemExit(f"error: --placements: {e}") from None
-    try:  # so does an augmentation out of its range
-        augment.Augment.from_config(config.augment)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset

@@ -21,7 +21,8 @@ Training's window is `--config`'s (config.window, `hgmt.data.cropping.TRAIN_WIND
 Each `--clips` is a directory searched recursively for `*_info.mat`, or one such file. With
 `--demo`, or without `--clips`, it also measures the training clips of `--config`'s `demo`
 settings (default configs/demo.py's), generated into a temporary folder, under the name
-"demo training clips" with those settings. Prints JSON, one entry per set of clips.
+"demo training clips" with those settings. Prints JSON, one entry per set of clips. The config
+is checked first, as training checks it: a field it would refuse exits in one line.
 """
 
 from __future__ import annotations
@@ -114,9 +115,21 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "too)", flag_values=fv)
 
 
+def check_config(config) -> None:
+    """Exits in one line naming a field training would refuse (`loop.check_config`, as
+    `hgmt.main` runs it, less what depends on this host's devices), before clips are made."""
+    from hgmt.training import loop
+
+    try:
+        loop.check_config(config, warn=False, on_devices=False)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
+    check_config(args.config)
     out = {}
     if args.demo or not args.clips:
         settings = args.config.demo

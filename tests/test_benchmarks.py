@@ -160,6 +160,43 @@ def test_a_bad_frames_or_placements_flag_is_one_line_before_any_data_is_built(tm
                             "[0, 1]")
     assert not data.exists()
 
+# Each benchmark that takes a config, with flags that make its work small (were it to run).
+CONFIG_TAKERS = {
+    "train_step": ["--steps=1", "--warmup=0"], "train_loop": ["--steps=1", "--warmup=0"],
+    "profile_step": ["--steps=1", "--warmup=0"],
+    "compile_and_load": ["--steps=1", "--cache=cache"],
+    "device_warp": ["--steps=1", "--warmup=0", "--rounds=1"],
+    "pool_backward": ["--steps=1", "--warmup=0", "--rounds=1"],
+    "torch_reference": ["--steps=1", "--warmup=0"], "profile_torch": ["--steps=1", "--warmup=0"],
+    "compare": ["--steps=1"], "trainer_speed": ["--nobare"],
+    "step_dispatch": ["--calls=1", "--repeats=1", "--warmup=1"],
+    "eval_speed": ["--max_examples=1", "--rounds=1"], "input_pipeline": ["--batches=1"],
+    "input_stages": ["--examples=1"]}
+
+
+@pytest.mark.parametrize("script", sorted(CONFIG_TAKERS))
+def test_a_config_field_training_refuses_stops_a_benchmark_in_one_line_before_work(
+        script, tmp_path, monkeypatch):
+    """Every benchmark that takes a config checks it as training does, less the devices':
+    an image size the hourglass cannot take exits in one line naming the field and the
+    sizes that fit, before any work (the demo data of a config that has a demo section is
+    not made)."""
+    import importlib
+
+    data = tmp_path / "data"
+    monkeypatch.chdir(tmp_path)  # a benchmark that wrote anything would write it here
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main([
+            *TINY[:2], "--config.model.depth=2", "--config.image_size=100",
+            "--config.batch_size=4", f"--config.data_dir={data}/tfds",
+            *([f"--config.demo.surreal_root={data}/surreal"]
+              if script in ("eval_speed", "input_pipeline", "input_stages") else []),
+            *CONFIG_TAKERS[script]])
+    assert e.value.code == ("error: config.image_size=100 must be a multiple of 16 for an "
+                            "hourglass of config.model.depth=2: e.g. 96 or 112")
+    assert not data.exists() and os.listdir(tmp_path) == []
+
+
 def test_cpu_ops_are_grouped_by_role_with_flops_and_bytes_from_their_shapes():
     ops = xla_ops.classify(xla_ops.parse(HLO_CPU), {(3, 3, 64, 64), (64, 64)})
     kinds = {name: op["kind"] for name, op in ops.items()}
@@ -1418,8 +1455,10 @@ def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_besid
     np.testing.assert_allclose(hand[0], library[0], atol=1e-3)
     assert float(jnp.abs(hand[0] - library[0]).max()) > 0  # two ways, not one
     assert hand[1].shape == (4, 16, 16) and jnp.array_equal(hand[1], library[1])
-    r = device_warp.benchmark(["--config.batch_size=2", "--config.image_size=32", "--steps=1",
-                               "--warmup=1", "--rounds=1"])
+    # A 32 px crop is one that trains: an hourglass of depth 2 takes it (the config is checked
+    # as training checks it).
+    r = device_warp.benchmark(["--config.batch_size=2", "--config.image_size=32",
+                               "--config.model.depth=2", "--steps=1", "--warmup=1", "--rounds=1"])
     assert (r["batch"], r["image_size"], r["label_size"]) == (2, 32, 8)
     assert r["differing_label_pixels"] == {"hand": 0, "map_coordinates": 0}
     assert r["max_abs_difference_frames"]["hand"] == 0

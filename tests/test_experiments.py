@@ -357,6 +357,18 @@ def test_limb_depth_gives_the_committed_figures_of_the_real_clip(real_info_path,
     assert out == committed
 
 
+def test_window_scale_stops_in_one_line_on_a_config_field_training_refuses(monkeypatch):
+    """The config is checked as training checks it before any clip is generated: an image
+    size the hourglass cannot take is one line naming the field and the sizes that fit."""
+    made = []
+    monkeypatch.setattr(window_scale, "demo_training_clips", lambda *a: made.append(a))
+    with pytest.raises(SystemExit) as e:
+        window_scale.main(["--config.image_size=100", "--config.model.depth=2"])
+    assert e.value.code == ("error: config.image_size=100 must be a multiple of 16 for an "
+                            "hourglass of config.model.depth=2: e.g. 96 or 112")
+    assert made == []
+
+
 def test_window_scale_measures_the_configs_demo_clips_and_the_real_clip(real_info_path, tmp_path,
                                                                         capsys):
     """--demo measures the training clips of --config's demo settings (here overridden to 2
