@@ -314,6 +314,7 @@ def test_profile_counts_device_events_of_the_module_and_rates_each_kind():
     assert add["gbytes_per_s"] == 6000.0 and add["of_stream_peak"] == 1.0  # 3 GB in 0.5 ms
 
 
+@pytest.mark.slow
 def test_profile_of_a_tiny_step_on_this_cpu(tmp_path):
     r = profile_step.benchmark(TINY + ["--config.batch_size=2", "--steps=2", "--warmup=1",
                                        f"--trace_dir={tmp_path}"])
@@ -332,6 +333,7 @@ def test_profile_of_a_tiny_step_on_this_cpu(tmp_path):
     assert 0.6 < r["gflop_per_step_counted"] / r["gflop_per_step_xla"] < 1.2
 
 
+@pytest.mark.slow
 def test_the_profile_of_the_trainers_step_counts_every_devices_work(demo_dataset, tmp_path):
     """--feed=trainer runs the step on the 4 test devices and the trace's op time is theirs
     together (each op's events: steps x devices), so the FLOPs per step are the 4 devices':
@@ -444,6 +446,7 @@ def test_train_loop_benchmark_figures_agree():
     assert r["loop_overhead"] == round(1 - max(loops) / max(steps), 4)
 
 
+@pytest.mark.slow
 def test_compile_noting_cache_tells_a_load_from_a_compilation():
     """The tests' persistent cache (conftest) keeps every program: a program new to it is a
     miss, the same program compiled again once JAX's in-memory caches are cleared a hit."""
@@ -593,6 +596,7 @@ def test_the_prepared_accelerator_run_skips_what_its_time_budget_cannot_hold(tmp
     assert all(x["skipped"] == "under a minute left of --time_s=89" for x in lines)
 
 
+@pytest.mark.slow
 def test_the_prepared_accelerator_run_refuses_the_papers_size_on_a_cpu_backend(tmp_path):
     """JAX falls back to the CPU without an error when its CUDA plugin does not load: at
     --size=paper the host's line is written and the run ends there, in seconds (exit 4)."""
@@ -632,6 +636,7 @@ def test_the_prepared_accelerator_run_stops_when_the_pipelines_packages_do_not_i
     assert not os.listdir(out)  # nothing measured
 
 
+@pytest.mark.slow
 def test_the_prepared_accelerator_runs_install_and_checks_stop_within_its_time_budget(tmp_path):
     """--time_s=45 leaves 15 s beyond the 30 s exit margin: the wheels' install, the packages'
     import check and the host check each stop there when they hang (a stand-in python3 that
@@ -787,6 +792,7 @@ def test_the_prepared_accelerator_runs_tests_part_runs_the_device_tests(tmp_path
     assert commands[1] == ["benchmarks/device_tests.py"]
 
 
+@pytest.mark.slow
 def test_the_device_tests_line_reports_each_outcome(tmp_path):
     """benchmarks/device_tests.py runs the tests after `--` on JAX's default backend (the CPU
     here) and prints one line: how many passed and skipped, which failed, pytest's status."""
@@ -970,6 +976,7 @@ def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, caps
     assert alone["over_torch"] == 3.0 and alone["over_torch_compiled"] is None
 
 
+@pytest.mark.slow
 def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
     torch_reference = pytest.importorskip("torch_reference", exc_type=ImportError)
     import jax
@@ -987,6 +994,7 @@ def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
         torch_reference.benchmark(TINY + ["--config.model.interaction=gated"])
 
 
+@pytest.mark.slow
 def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
     from hgmt.training import summary_writer
 
@@ -1195,6 +1203,7 @@ def test_input_stages_benchmark_times_every_stage_of_the_configs_records(demo_da
     assert r["read_ms"] >= r["read_bytes_ms"] and r["parse_ms"] >= r["parse_frame_ms"]
 
 
+@pytest.mark.slow
 def test_eval_speed_times_both_ways_of_the_same_sums(demo_dataset, capsys):
     """The demo config's first 8 test frames at 64 px, batches of 4, 2 rounds: each way has a
     rate a round, the medians and ratios are those of the rates, and the serial way's sums
@@ -1282,6 +1291,7 @@ def test_compile_and_load_compiles_then_loads_the_same_step(tmp_path):
     assert second["loss"] == first["loss"]
 
 
+@pytest.mark.slow
 def test_stream_convs_times_every_variant_and_the_variants_compute_the_same_gradients():
     """The JSON times each variant of its mode; and every variant is the same function: the
     loss's gradients with respect to the inputs and the kernels equal the separate
@@ -1308,6 +1318,7 @@ def test_stream_convs_times_every_variant_and_the_variants_compute_the_same_grad
                 np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_profile_torch_groups_every_op_of_the_step_by_kind():
     """A tiny model: the per-kind times add up to the step's, and the kinds are the
     reference's convolutions by kernel size (the 7x7 stem, 3x3 and 1x1), BatchNorm, ReLU and
@@ -1466,6 +1477,7 @@ def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_besid
     assert set(r["over_hand"]) == {"hand", "map_coordinates"} and r["over_hand"]["hand"] == 1
 
 
+@pytest.mark.slow
 def test_the_pool_benchmark_records_a_way_that_differs_and_times_it_all_the_same(monkeypatch):
     """A way whose values differ from `stacked`'s (crafted: its outputs doubled) is timed
     like the others; the summary says which ways equal `stacked`'s and by how much each
@@ -1488,6 +1500,7 @@ def test_the_pools_largest_difference_keeps_a_nan_in_any_leaf():
     assert np.isnan(pool_backward.max_abs_difference([ones, ones * np.nan], [ones, ones]))
 
 
+@pytest.mark.slow
 def test_the_pool_benchmark_finds_every_pool_of_the_model():
     """The paper's pose2d network: the stem's pool and four per hourglass, two stacks."""
     config = cli.parse(lambda fv: None, ["--config.batch_size=8",
@@ -1513,6 +1526,7 @@ def test_every_way_of_the_pool_benchmark_computes_its_forward():
         assert "reduce-window" in hlo or "maximum" in hlo, name
 
 
+@pytest.mark.slow
 def test_step_dispatch_times_both_ways_over_the_whole_train_state(capsys):
     """One process, the 4 test devices, a tiny config of all four tasks, 3 calls a round, 2
     rounds: both ways have a positive time a round, the medians and the ratio are those of

@@ -927,6 +927,7 @@ def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_path):
     """SIGTERM whose handler runs inside a gc callback (JAX registers one), where Python
     prints and drops the exception it raises: sent again from outside it, it still unwinds

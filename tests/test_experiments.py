@@ -32,6 +32,7 @@ def _real_entry(output: dict) -> dict:
     return entry
 
 
+@pytest.mark.slow
 def test_learning_curves_from_a_training_workdir(demo_dataset, tmp_path):
     """configs/learning.py trained briefly through the one trainer: its evaluators' lines in
     evals.jsonl become curves (a resumed step counted once), JSON and PNG written."""

@@ -1284,7 +1284,8 @@ def _assert_equals_the_predictor(run, predictor, batch_sizes, rtol, atol):
                                        err_msg=t)
 
 
-@pytest.mark.parametrize("model", EXPORTED_MODELS)
+@pytest.mark.parametrize("model", [
+    "workdir", pytest.param("depth_workdir", marks=pytest.mark.slow)])
 def test_stablehlo_export_reloads_with_any_batch_and_equals_the_predictor(model, request,
                                                                           exported):
     workdir = request.getfixturevalue(model)
@@ -1968,7 +1969,7 @@ def test_evaluate_stops_in_one_line_on_a_dataset_not_built_or_frames_it_lacks(
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("protocol", ["hgmt", "bodynet"])
+@pytest.mark.parametrize("protocol", ["hgmt", pytest.param("bodynet", marks=pytest.mark.slow)])
 def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
     """Four test frames evaluated in one full batch of 4 and in a batch of 8 (4 padded, masked
     out of every metric statistic and the loss) give the same numbers. hgmt's and BodyNet's
@@ -1997,6 +1998,7 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
             np.testing.assert_allclose(results[1][k], v, rtol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow
 def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
     """experiments/depth_errors.py's bin accuracy over all test frames is hgmt's depth metric
     on the same frames: the same whole number of the 303 foreground label pixels of the 12
@@ -2966,6 +2968,7 @@ def test_a_frame_is_fitted_into_the_writers_size_keeping_its_aspect():
     assert out[47:].max() == 0 and out[:, 255:].max() == 0
 
 
+@pytest.mark.slow
 def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
         workdir, tmp_path, monkeypatch, capsys):
     """A 16x4200 clip's annotated frame with four tasks is 16816 px wide. With no cap,
@@ -3288,6 +3291,7 @@ def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
     np.testing.assert_array_equal(prediction.read_image(os.fsdecode(latin)), upright)
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_recorded_as_text_every_json_reader_takes(workdir,
                                                                              tmp_path):
     """An image and a video of Latin-1 names (Python's surrogate escapes): their JSON records
@@ -3350,6 +3354,7 @@ def test_next_pts_keeps_times_and_steps_past_repeated_ones():
     assert video.next_pts(0.0, None, base, 30.0) == 0
 
 
+@pytest.mark.slow
 def test_evaluating_at_another_image_size_says_so_in_one_line_and_in_its_file_name(
         workdir, tmp_path):
     """`python -m hgmt.evaluate --config.image_size=...` other than the size trained at: a

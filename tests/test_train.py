@@ -570,6 +570,7 @@ def test_rmsprop_is_the_reference_codes():
                                -0.5 * np.array([2e-3, -3e-5]) / (np.sqrt(m) + 1e-8), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     """The foreground-weighted cross-entropy divides by the weights' sum over the global
     batch: one 8-example batch whose halves have very different foreground gives the same
@@ -621,6 +622,7 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     assert np.linalg.norm(flat(two) - flat(one)) < 1e-2 * np.linalg.norm(gradient)
 
 
+@pytest.mark.slow
 def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_for_bit():
     """Two tasks (a volume and a class map, with their interaction) on 4 devices with the
     config's optimizer, two steps then the BatchNorm statistics' sync (`loop.train`'s
@@ -674,6 +676,7 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
     assert int(new.step) == 2
 
 
+@pytest.mark.slow
 def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mean():
     """config.model.batch_norm_stats on 4 devices, one trainer step: with "device" each
     device's running BatchNorm statistics are those of the model without a device axis run
