@@ -1502,6 +1502,48 @@ def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tm
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
 
 
+def test_the_warning_of_a_failed_writes_chunk_never_begun_is_dropped_by_the_commands(
+        tmp_path, monkeypatch):
+    """After a failed checkpoint write orbax may leave chunks of it never begun, each warned
+    about when garbage collected (`checkpoints.ABANDONED_WRITE`: a race in orbax's event loop
+    after the failure, the save raising the error). Here deterministically: orbax's writer of
+    an array's chunks fails before they begin (a full disk's error at their gather), so its
+    very coroutines are dropped unstarted. The commands' filter drops exactly that warning:
+    an orbax that renames the coroutine makes it come through here."""
+    import asyncio
+    import gc
+    import types
+    import warnings
+
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.serialization import replica_slices, serialization
+
+    def gather(*coroutines, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(serialization, "asyncio", types.SimpleNamespace(
+        **{**vars(asyncio), "gather": gather}))
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    host = replica_slices.transfer_arrays_to_host([jnp.ones(3)], 0, False)[0]
+    for dropped in (False, True):
+        spec = {"driver": "zarr", "dtype": "float32",
+                "kvstore": {"driver": "file", "path": str(tmp_path / str(dropped))},
+                "metadata": {"shape": [3], "chunks": [3], "dtype": "<f4"}}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if dropped:
+                checkpoints.ignore_callbacks_into_closed_loops()
+            with pytest.raises(OSError) as failed:
+                asyncio.run(serialization.async_serialize_from_host(host, spec))
+            assert disk_space.is_disk_full(failed.value)
+            del failed  # its traceback holds the coroutines
+            gc.collect()
+        never_begun = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+        assert never_begun == ([] if dropped else [
+            "coroutine 'async_serialize_from_host.<locals>.write_fragment' was never "
+            "awaited"]), never_begun
+
+
 def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_disk):
     """The evaluation report and the TensorBoard writer on a full disk: DiskFull naming the
     file or workdir, no partial report left."""

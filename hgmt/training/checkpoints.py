@@ -34,6 +34,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -493,15 +494,34 @@ def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Ite
             f"({type(e).__name__}: {str(e)[:300]})") from e
 
 
+# The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.
+# Orbax (0.12: orbax/checkpoint/_src/serialization/serialization.py,
+# async_serialize_from_host) writes each array's chunks as coroutines gathered as tasks, in an
+# event loop of the save's own that `asyncio_utils._run_sync_via_new_loop` closes once the
+# save's coroutine has ended, without cancelling the tasks still pending. When a write fails
+# (a full disk), the error ends the save while other arrays are still being opened; an array
+# whose open completes in that last turn of the loop creates its chunks' tasks, which never
+# run. They are garbage collected later, at any point of the process (in the test suite,
+# during another test), each with this warning. It comes only after a failed save, whose error
+# orbax raises (hgmt: `stop_on_full_disk`), and whose temporary folder is never renamed into
+# a checkpoint: nothing written is missing from a checkpoint said complete. A save that
+# succeeds has awaited all its chunks, so never leaves one unstarted.
+ABANDONED_WRITE = (r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' was "
+                   r"never awaited")
+
+
 def ignore_callbacks_into_closed_loops() -> None:
-    """Drops the 'Event loop is closed' errors of a failed checkpoint write from stderr.
+    """Drops the 'Event loop is closed' errors of a failed checkpoint write from stderr, and
+    the warnings about the chunks it never began (`ABANDONED_WRITE`).
 
     When one chunk of an orbax write fails (e.g. a full disk), orbax's event loop ends while
     tensorstore still finishes the other chunks; each then calls back into the closed loop and
     Python prints one unraisable RuntimeError traceback per chunk (hundreds), which say nothing
     the run's own error does not. Installs a `sys.unraisablehook` that drops exactly those and
-    passes everything else to the previous hook (for command lines, not for library code);
-    a second call changes nothing."""
+    passes everything else to the previous hook, and a warnings filter for exactly
+    `ABANDONED_WRITE` (for command lines, not for library code); a second call changes
+    nothing."""
+    warnings.filterwarnings("ignore", message=ABANDONED_WRITE, category=RuntimeWarning)
     previous = sys.unraisablehook
     if getattr(previous, "hgmt_drops_closed_loop_callbacks", False):
         return
