@@ -58,13 +58,13 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
 
 
 def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config`, once training's check of it passes (`hgmt.training.loop.check_config`, as
+    """`config`, once training's check of it passes (`hgmt.training.config_check.check_config`, as
     `hgmt.main` runs it, less what depends on this host's devices: a benchmark picks its own,
     e.g. train_step.py --devices); a bad field exits in one line naming it and the fix."""
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     try:
-        loop.check_config(config, warn=False, on_devices=False)
+        config_check.check_config(config, warn=False, on_devices=False)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     return config

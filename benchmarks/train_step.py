@@ -54,7 +54,7 @@ from hgmt.data import input_pipeline
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.models.summary import first_flop_count
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
-from hgmt.training import loop, steps
+from hgmt.training import config_check, loop, steps
 
 
 def random_batch(batch: int, res: int, seed: int = 0) -> dict:
@@ -203,7 +203,7 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     as the trainer places it, and one batch of the trainer's loader of config.dataset's
     training split (read here, in this process) on the devices. The program is the trainer's,
     so the two share their entry in a persistent compilation cache."""
-    tasks, weights, options = loop.check_config(config)
+    tasks, weights, options = config_check.check_config(config)
     prepare = loop.augmentation(config, tasks)
     source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
     batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))

@@ -116,12 +116,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 
 def check_config(config) -> None:
-    """Exits in one line naming a field training would refuse (`loop.check_config`, as
+    """Exits in one line naming a field training would refuse (`config_check.check_config`, as
     `hgmt.main` runs it, less what depends on this host's devices), before clips are made."""
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     try:
-        loop.check_config(config, warn=False, on_devices=False)
+        config_check.check_config(config, warn=False, on_devices=False)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -29,7 +29,7 @@ from hgmt import cli, compilation_cache, paths, workdirs
 from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.tasks import check_loss_weights, config_tasks
-from hgmt.training import checkpoints, device_memory, evaluators, loop
+from hgmt.training import checkpoints, config_check, device_memory, evaluators, loop
 
 
 def _define_flags(fv) -> None:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
         evaluators.check(args.config, weights, label_size=False)
-        loop.check_data_settings(args.config)
+        config_check.check_data_settings(args.config)
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
     if args.frames is not None:

@@ -222,7 +222,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
 
     from hgmt import workdirs
     from hgmt.evaluation import evaluator
-    from hgmt.training import loop
+    from hgmt.training import config_check, loop
 
     checkpoints.ignore_callbacks_into_closed_loops()
 
@@ -231,7 +231,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
                  jax.devices())
     # A bad value stops here, in one line, before the demo data or the workdir are touched.
     with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
-        loop.check_config(config, warn=False)  # its warnings: the trainer's check's
+        config_check.check_config(config, warn=False)  # its warnings: the trainer's check's
         # A config the workdir's checkpoints were not trained with: before the demo data,
         # which another demo.* setting would make again (the trainer checks it too).
         resume.check_config(config, fv.workdir, fv[RESUME].value)

@@ -300,17 +300,16 @@ def trained_differently(config: str, old: list[str], new: list[str], tasks: str)
 
 def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
               ) -> tuple[str, ml_collections.ConfigDict]:
-    """Parses a run's command line (the subset `tasks`) as hgmt.main does, its config file
-    read with its argument and the arguments after `--`: a missing file, a bad argument or
-    override, a flag hgmt.main lacks, a value hgmt.main refuses (`loop.check_config`, but what
+    """Parses a run's command line (the subset `tasks`) as hgmt.main does, its config file read with
+    its argument and the arguments after `--`: a missing file, a bad argument or override, a
+    flag hgmt.main lacks, a value hgmt.main refuses (`config_check.check_config`, but what
     depends on the devices the runs train on; the last of the `seeds` runs' seeds too), or a
     config whose test evaluation does not run after training (`config.evals.test.at_end`: its
     eval_test.json is what makes a run done, so without it every call would train every run
     again) exits in one line naming it, before the sweep records its plan or starts a run. A
-    relative config path is taken from the caller's working directory, else from the
-    repository, where `hgmt.report --check_config` reads it. -> (`config` with its file's
-    absolute path, which the runs are given (they start in the working directory), the run's
-    config)."""
+    relative config path is taken from the caller's working directory, else from the repository,
+    where `hgmt.report --check_config` reads it. -> (`config` with its file's absolute path,
+    which the runs are given (they start in the working directory), the run's config)."""
     from hgmt import main as trainer
 
     path, colon, argument = _resolved(config).partition(":")
@@ -328,10 +327,10 @@ def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
                          f"arguments after `--`): {str(e.code).removeprefix('error: ')}"
                          ) from None
     from hgmt.data import input_pipeline
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     try:  # the values hgmt.main checks, but those of the devices the runs will train on
-        loop.check_config(parsed.config, warn=False, on_devices=False)
+        config_check.check_config(parsed.config, warn=False, on_devices=False)
     except ValueError as e:
         raise SystemExit(f"error: the {tasks} runs' config (--config={config} and the "
                          f"arguments after `--`): {e}") from None

@@ -67,7 +67,7 @@ def test_a_loss_setting_for_a_task_not_trained_is_warned_about(caplog):
     import logging
 
     from hgmt.tasks import untrained_settings
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     c = default.get_config("tasks=all,runlocal")
     c.tasks = "pose2d"
@@ -78,7 +78,7 @@ def test_a_loss_setting_for_a_task_not_trained_is_warned_about(caplog):
                                                    "loss_options.depth.foreground_weight=10.0"]
     assert untrained_settings(c, ("pose2d", "segm", "depth")) == []
     with caplog.at_level(logging.WARNING):
-        loop.check_config(c, on_devices=False)
+        config_check.check_config(c, on_devices=False)
     assert ("config.loss_weights.segm=5.0, config.loss_options.depth.foreground_weight=10.0: "
             "set for a task not trained (config.tasks=pose2d), so without effect") in caplog.text
 
@@ -198,11 +198,11 @@ def test_a_shipped_config_trains_without_a_warning(name, arg, caplog):
     import importlib
     import logging
 
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     config = importlib.import_module(f"configs.{name}").get_config(arg)
     with caplog.at_level(logging.WARNING):
-        loop.check_config(config, warn=True, on_devices=False)
+        config_check.check_config(config, warn=True, on_devices=False)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -217,7 +217,7 @@ def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
     clip's middle frame, and valid for the trainer."""
     from configs import reference
     from hgmt.data.augment import Augment
-    from hgmt.training import loop
+    from hgmt.training import config_check
 
     c = reference.get_config(f"code={code},tasks={tasks}")
     stacks, steps = {"surreal": (8, 60_000), "bodynet": (2, 200_000)}[code]
@@ -236,7 +236,7 @@ def test_reference_configs_hold_the_reference_codes_settings(code, tasks):
     expected = {("surreal", "segm"): Augment(flip_p=0.0), ("surreal", "depth"): Augment(
         flip_p=0.0), ("bodynet", "pose3d"): Augment(scale_sigma=0.0, rotate_p=0.0, flip_p=0.0)}
     assert augment == expected.get((code, tasks), Augment())
-    loop.check_config(c, on_devices=False)
+    config_check.check_config(c, on_devices=False)
     with pytest.raises(AttributeError):
         c.typo = 1
 

@@ -21,7 +21,7 @@ from hgmt import code_version, devices, workdirs
 from hgmt.data import input_pipeline
 from hgmt.data.augment import Augment
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
-from hgmt.training import checkpoints, loop, resume, steps
+from hgmt.training import checkpoints, config_check, loop, resume, steps, trainer
 from tests.conftest import main_command, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,9 +119,9 @@ def test_device_done_tells_a_queued_step_from_a_finished_one():
     f = jax.pmap(lambda a: (a @ a @ a @ a).sum())
     jax.block_until_ready(f(x[None]))  # compiled
     out = {"loss": f(x[None])}
-    assert not loop.device_done(out)
+    assert not trainer.device_done(out)
     jax.block_until_ready(out)
-    assert loop.device_done(out)
+    assert trainer.device_done(out)
 
 
 class SlowLoader:
@@ -242,7 +242,7 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
     def clock() -> float:
         return time.perf_counter() + offset[0]
 
-    class LoopTime:  # the loop's `time`, with `clock` as its perf_counter
+    class LoopTime:  # the trainer's `time`, with `clock` as its perf_counter
         perf_counter = staticmethod(clock)
 
         def __getattr__(self, name):
@@ -256,7 +256,7 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
         return out
 
     monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
-    monkeypatch.setattr(loop, "time", LoopTime())
+    monkeypatch.setattr(trainer, "time", LoopTime())
     monkeypatch.setattr(step_metrics, "Interval",
                         functools.partial(step_metrics.Interval, clock=clock))
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=2,
@@ -286,7 +286,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
     def clock() -> float:
         return time.perf_counter() + offset[0]
 
-    class LoopTime:  # the loop's `time`, 1000 s later once the first step has run
+    class LoopTime:  # the trainer's `time`, 1000 s later once the first step has run
         perf_counter = staticmethod(clock)
 
         def __getattr__(self, name):
@@ -304,7 +304,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
             return out
         return run
 
-    monkeypatch.setattr(loop, "time", LoopTime())
+    monkeypatch.setattr(trainer, "time", LoopTime())
     monkeypatch.setattr(loop, "jitted_train_step", slow_first)
     monkeypatch.setattr(step_metrics, "Interval",
                         functools.partial(step_metrics.Interval, clock=clock))
@@ -396,7 +396,7 @@ def test_bad_training_fields_are_refused_before_any_work(field, value, message):
     config = tiny_config("unused", tasks="pose2d+segm", **{field: value})
     config.model.shared_trunk = field == "model.interaction"
     with pytest.raises(ValueError, match=re.escape(message)):
-        loop.check_config(config)
+        config_check.check_config(config)
 
 
 def test_loss_weight_of_no_task_is_an_error(demo_dataset, tmp_path):
