@@ -61,13 +61,13 @@ def tally(classes, batch: dict) -> tuple:
 
 def restore(workdir: str, step: int | str | None = None,
             config: ml_collections.ConfigDict | None = None) -> tuple:
-    """`checkpoints.restore_for_inference` of a workdir that trained depth -> (config,
-    variables, step); its errors (`checkpoints.RESTORE_FAULTS`), and a ValueError for a run
+    """`trained_model.restore_for_inference` of a workdir that trained depth -> (config,
+    variables, step); its errors (`trained_model.RESTORE_FAULTS`), and a ValueError for a run
     without depth, name the workdir."""
+    from hgmt.inference import trained_model
     from hgmt.tasks import parse_tasks
-    from hgmt.training import checkpoints
 
-    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
+    config, variables, step = trained_model.restore_for_inference(workdir, step, config)
     if "depth" not in parse_tasks(config.tasks):
         raise ValueError(f"{workdir} trained {config.tasks}, without depth")
     return config, variables, step
@@ -76,7 +76,7 @@ def restore(workdir: str, step: int | str | None = None,
 def depth_errors(workdir: str, frames: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None) -> dict:
     """The depth head's errors on the test frames `frames` selects (see the module
-    docstring); `step` and `config` as `checkpoints.restore_for_inference` takes them."""
+    docstring); `step` and `config` as `trained_model.restore_for_inference` takes them."""
     return errors_of(workdir, frames, *restore(workdir, step, config))
 
 
@@ -131,12 +131,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
     from hgmt.data import eval_data
-    from hgmt.training import checkpoints
+    from hgmt.inference import trained_model
 
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
     eval_data.frames_flag(args.frames)
     step = cli.checkpoint_step(args.step)
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS):  # no checkpoint: one line
+    with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS):  # no checkpoint: one line
         restored = restore(args.workdir, step, args.config)
     print(json.dumps(errors_of(args.workdir, args.frames, *restored), indent=1))
     return 0

@@ -28,8 +28,9 @@ import sys
 from hgmt import cli, compilation_cache, paths, workdirs
 from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, protocols
+from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_weights, config_tasks
-from hgmt.training import checkpoints, config_check, device_memory, evaluators, loop
+from hgmt.training import config_check, device_memory, evaluators, loop
 
 
 def _define_flags(fv) -> None:
@@ -104,8 +105,8 @@ def _run(args, step_arg: int | str | None) -> int:
     """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
     compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
-        config, variables, step = checkpoints.restore_for_inference(args.workdir, step_arg,
+    with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, traceback=traceback):
+        config, variables, step = trained_model.restore_for_inference(args.workdir, step_arg,
                                                                     args.config)
     if step_arg == "best" and (warning := best_choice_warning(config, args.split, step)):
         logging.warning("%s", warning)
@@ -123,7 +124,7 @@ def _run(args, step_arg: int | str | None) -> int:
         summary["step"], summary["workdir"] = step, paths.text(paths.absolute(args.workdir))
         if step_arg == "best":
             summary["checkpoint"] = "best"
-        trained_size = checkpoints.trained_image_size(args.workdir)
+        trained_size = trained_model.trained_image_size(args.workdir)
         # A limit that cut no frame evaluated the whole selection: named as that evaluation.
         cut = max_examples if summary.get("frames_selected", max_examples + 1) > max_examples \
             else 0

@@ -38,8 +38,7 @@ import json
 import sys
 
 from hgmt import cli, disk_space, paths
-from hgmt.inference import export
-from hgmt.training import checkpoints
+from hgmt.inference import export, trained_model
 
 
 def _define_flags(fv) -> None:
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """The export of `main`, its flags parsed and its console set up; -> exit status."""
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, NotADirectoryError,
+    with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, NotADirectoryError,
                                 FileExistsError, export.UnusableOutDir, disk_space.DiskFull,
                                 traceback=args.verbosity >= 1):
         meta, shapes = export.export(args.workdir, args.format, args.out_dir,

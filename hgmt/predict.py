@@ -57,8 +57,8 @@ import cv2
 import numpy as np
 
 from hgmt import cli, compilation_cache, disk_space, paths
-from hgmt.inference import person, predictor, video
-from hgmt.training import checkpoints, device_memory
+from hgmt.inference import person, predictor, trained_model, video
+from hgmt.training import device_memory
 
 # What a full disk's error line says to do.
 _THEN = "Free space (or raise the quota), or give another --out_dir, and rerun"
@@ -228,7 +228,7 @@ def _run(args, images: list[str]) -> int:
     images = _distinct(images)
     cli.check_output_folder("out_dir", args.out_dir)  # before the model loads
     _check_outputs(images, args.out_dir)
-    with cli.faults_in_one_line(*checkpoints.RESTORE_FAULTS, traceback=traceback):
+    with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size, focal_px=args.focal_px,
                                     flip=args.flip)

@@ -50,7 +50,7 @@ def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
     evaluation, exactly when it evaluates test at the best checkpoint chosen on validation."""
     config = _config()
     calls = []
-    monkeypatch.setattr(hgmt.evaluate.checkpoints, "restore_for_inference",
+    monkeypatch.setattr(hgmt.evaluate.trained_model, "restore_for_inference",
                         lambda workdir, step, config_arg: (config, {}, 600))
 
     def evaluate(*args, **kwargs):

@@ -16,6 +16,7 @@ import pytest
 import hgmt.evaluate
 from configs.common import evaluator_config
 from hgmt import workdirs
+from hgmt.inference import trained_model
 from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
@@ -295,10 +296,10 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
 
     # What --step=best restores is the model of that step (the periodic checkpoints hold
     # every validated step) and not that of another step.
-    _, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
+    _, best_vars, step = trained_model.restore_for_inference(workdir, "best")
     assert step == best_step
     for other in scores:
-        _, same, _ = checkpoints.restore_for_inference(workdir, other)
+        _, same, _ = trained_model.restore_for_inference(workdir, other)
         equal = all(np.array_equal(a, b) for a, b in zip(
             jax.tree.leaves(best_vars), jax.tree.leaves(same), strict=True))
         assert equal == (other == best_step), other
@@ -334,10 +335,10 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     from tests.test_faults import _damage
 
     _damage(f"{workdirs.best_dir(workdir)}/{overall}")
-    with pytest.raises(checkpoints.UnusableCheckpoint, match=(
+    with pytest.raises(trained_model.UnusableCheckpoint, match=(
             f"checkpoint {workdirs.best_dir(workdir)}/{overall} cannot be read .*; evaluate a "
             f"checkpoint of {workdirs.checkpoint_dir(workdir)} instead \\(--step=N\\)")):
-        checkpoints.restore_for_inference(workdir, "best")
+        trained_model.restore_for_inference(workdir, "best")
 
 
 def _superseded_lines(workdir: str) -> list[dict]:
@@ -373,8 +374,8 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
     manager = evaluators.best_manager(workdir, metric)
     assert manager.all_steps() == [4]
     assert manager.metrics(4)[metric] == pytest.approx(lines[0]["metrics"][metric])
-    _, best_vars, _ = checkpoints.restore_for_inference(workdir, "best")
-    _, last_vars, _ = checkpoints.restore_for_inference(workdir, 4)
+    _, best_vars, _ = trained_model.restore_for_inference(workdir, "best")
+    _, last_vars, _ = trained_model.restore_for_inference(workdir, 4)
     assert all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(best_vars), jax.tree.leaves(last_vars), strict=True))
 
@@ -607,8 +608,8 @@ def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tm
         return
     assert manager.all_steps() == [2]
     assert manager.metrics(2)[metric] == pytest.approx(score2)
-    _, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
-    _, vars2, _ = checkpoints.restore_for_inference(workdir, 2)
+    _, best_vars, step = trained_model.restore_for_inference(workdir, "best")
+    _, vars2, _ = trained_model.restore_for_inference(workdir, 2)
     assert step == 2 and all(np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(best_vars), jax.tree.leaves(vars2), strict=True))
 
@@ -718,7 +719,7 @@ def test_step_best_without_validation_is_a_clear_error(demo_dataset, tmp_path):
                f"and every <= total_steps), at its first evaluation")
     for _ in range(2):
         with pytest.raises(FileNotFoundError) as e:
-            checkpoints.restore_for_inference(workdir, "best")
+            trained_model.restore_for_inference(workdir, "best")
         assert str(e.value) == message
         os.makedirs(workdirs.best_dir(workdir), exist_ok=True)  # as a trainer may leave it
 

@@ -29,6 +29,7 @@ import hgmt.evaluate
 from hgmt import disk_space, workdirs
 from hgmt.data import eval_data, input_pipeline, shards
 from hgmt.evaluation import evaluator
+from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
 from hgmt.training import (
@@ -293,13 +294,13 @@ def test_a_checkpoint_whose_bytes_changed_silently_is_found_damaged_and_passed_o
     assert f"resumed from {ckpt} at step 1" in caplog.text
     aside = os.listdir(os.path.join(workdir, workdirs.UNREADABLE_DIR))
     assert len(aside) == 1 and aside[0].startswith("2-")
-    assert checkpoints.restore_for_inference(workdir)[2] == 3
+    assert trained_model.restore_for_inference(workdir)[2] == 3
 
     digests = os.path.join(ckpt, "3", checkpoints.DIGESTS)
     shutil.rmtree(digests)
     shutil.copytree(os.path.join(ckpt, "1", checkpoints.DIGESTS), digests)
-    with pytest.raises(checkpoints.UnusableCheckpoint) as e:
-        checkpoints.restore_for_inference(workdir)
+    with pytest.raises(trained_model.UnusableCheckpoint) as e:
+        trained_model.restore_for_inference(workdir)
     assert re.match(rf"checkpoint {re.escape(ckpt)}/3 is damaged: \d+ of its \d+ arrays read "
                     rf"differ from what was saved \(e\.g\. \S+: CRC-32 float32"
                     rf"\[.*\), a disk or copy fault after the save: copy it again from where "
@@ -307,11 +308,11 @@ def test_a_checkpoint_whose_bytes_changed_silently_is_found_damaged_and_passed_o
     metadata = os.path.join(digests, "metadata")
     with open(metadata, "r+b") as f:
         f.truncate(os.path.getsize(metadata) // 2)
-    with pytest.raises(checkpoints.UnusableCheckpoint,
+    with pytest.raises(trained_model.UnusableCheckpoint,
                        match=rf"^checkpoint {re.escape(ckpt)}/3 is damaged: its digests do not "
                              rf"read \(\w+Error: .*\): copy it again from where it "
                              rf"was written, or pass --step= with another of \[1, 2\]$"):
-        checkpoints.restore_for_inference(workdir)
+        trained_model.restore_for_inference(workdir)
 
 
 def _at_end_config(data_dir: str):
@@ -1370,7 +1371,7 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
     assert "the training checkpoints (steps [2]) are intact" in message
     assert _partial(workdir) == []
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
-    assert checkpoints.restore_for_inference(workdir, 2)[2] == 2
+    assert trained_model.restore_for_inference(workdir, 2)[2] == 2
     assert not os.path.exists(os.path.join(workdir, workdirs.LOCK_FILE))
 
     disk.resize(8 * state_bytes)
@@ -1439,7 +1440,7 @@ def test_a_failed_background_checkpoint_write_stops_the_run_and_keeps_the_one_ke
     assert writer.steps[-1] in (8, 9), writer.steps
     assert _partial(workdir) == []
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["4"]
-    assert checkpoints.restore_for_inference(workdir, 4)[2] == 4
+    assert trained_model.restore_for_inference(workdir, 4)[2] == 4
 
     disk.resize(8 * state_bytes)
     with caplog.at_level(logging.INFO):

@@ -31,6 +31,7 @@ import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import damage, input_pipeline, shards
 from hgmt.evaluation import evaluator
+from hgmt.inference import trained_model
 from hgmt.tasks import drawing
 from hgmt.training import checkpoints, evaluators, loop
 from tests.conftest import tiny_config
@@ -172,8 +173,8 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     assert checkpoints.remove_partial(workdir) == [f"{workdir}/checkpoints/6.orbax-checkpoint-"
                                                    f"tmp-17"]
     assert checkpoints._steps_on_disk(workdirs.checkpoint_dir(workdir)) == [2, 4]
-    with pytest.raises(checkpoints.NoCheckpoint, match=f"no best checkpoint in {workdir}/best"):
-        checkpoints.restore_for_inference(workdir, "best")
+    with pytest.raises(trained_model.NoCheckpoint, match=f"no best checkpoint in {workdir}/best"):
+        trained_model.restore_for_inference(workdir, "best")
 
 
 def test_the_learning_curves_of_a_gs_workdir_are_drawn_there(store):

@@ -22,12 +22,12 @@ from hgmt.data import cropping, eval_data, input_pipeline
 from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
-from hgmt.inference import person, video
+from hgmt.inference import person, trained_model, video
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal, synthetic
 from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
-from hgmt.training import checkpoints, device_memory, loop
+from hgmt.training import device_memory, loop
 from tests.conftest import tiny_config
 
 
@@ -104,7 +104,7 @@ def test_the_predictors_variables_are_placed_on_the_device_once(workdir, predict
     """The restored variables (NumPy arrays on the host) are put on JAX's default device when
     the Predictor is made, not copied there on every model pass; they are the checkpoint's
     (test_predict_on_a_dataset_frame_equals_the_evaluation_path checks the predictions)."""
-    _, restored, _ = checkpoints.restore_for_inference(workdir)
+    _, restored, _ = trained_model.restore_for_inference(workdir)
     leaves = jax.tree.leaves(predictor.variables)
     assert len(leaves) == len(jax.tree.leaves(restored)) > 0
     for leaf, host in zip(leaves, jax.tree.leaves(restored), strict=True):
@@ -271,7 +271,7 @@ def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdi
     other = workdirs.load_config(workdir)
     other.tasks = "pose2d"
     with pytest.raises(device_memory.OutOfDeviceMemory, match="XLA asked for 123 B"):
-        checkpoints.restore_for_inference(workdir, config=other)
+        trained_model.restore_for_inference(workdir, config=other)
 
 
 def test_variables_too_large_for_the_device_are_named_so(workdir, tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ def test_variables_too_large_for_the_device_are_named_so(workdir, tmp_path, monk
     with pytest.raises(SystemExit) as e:
         hgmt.predict.main([f"--workdir={workdir}", str(tmp_path / "x.jpg"),
                            f"--out_dir={tmp_path}"])
-    _, variables, _ = checkpoints.restore_for_inference(workdir)
+    _, variables, _ = trained_model.restore_for_inference(workdir)
     nbytes = sum(leaf.nbytes for leaf in jax.tree.leaves(variables))
     assert str(e.value.code).startswith(
         f"error: OutOfDeviceMemory: out of device memory while placing the checkpoint's "
@@ -1138,16 +1138,16 @@ def test_a_step_of_digits_restores_that_checkpoint_and_another_string_is_named(w
     """Through the Python API a step may be a string of digits, as a command line gives it:
     "2" restores the checkpoint of step 2 (an int step); any other string but "best" is a
     ValueError naming it."""
-    _, variables, step = checkpoints.restore_for_inference(workdir, "2")
+    _, variables, step = trained_model.restore_for_inference(workdir, "2")
     assert step == 2 and type(step) is int
-    _, same, _ = checkpoints.restore_for_inference(workdir, 2)
+    _, same, _ = trained_model.restore_for_inference(workdir, 2)
     jax.tree.map(np.testing.assert_array_equal, variables, same)
     assert prediction.Predictor(workdir, step="2").step == 2
     for bad in ("last", "2.0", " 2", "-1", "\u00b2"):
         with pytest.raises(ValueError, match=re.escape(
                 f"step={bad!r}: give a step number (an int, or a string of digits) or "
                 f"'best'")):
-            checkpoints.restore_for_inference(workdir, bad)
+            trained_model.restore_for_inference(workdir, bad)
 
 
 def _rename_in_metadata(state_dir, prefix: str, names: tuple[str, ...]) -> None:
@@ -1184,7 +1184,7 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     import orbax.checkpoint as ocp
 
     saved = ocp.StandardCheckpointer().restore(pathlib.Path(workdir, "checkpoints", "2", "state"))
-    _, variables, _ = checkpoints.restore_for_inference(workdir)
+    _, variables, _ = trained_model.restore_for_inference(workdir)
     assert variables.keys() == {"params", "batch_stats"}
     jax.tree.map(np.testing.assert_array_equal, variables,
                  {k: saved[k] for k in ("params", "batch_stats")})
@@ -1193,24 +1193,24 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     _rename_in_metadata(copy / "checkpoints" / "2" / "state", "('opt_state'", ("mu", "nu"))
     with pytest.raises(ValueError, match="opt_state"):
         ocp.StandardCheckpointer().restore(copy / "checkpoints" / "2" / "state")
-    config, again, step = checkpoints.restore_for_inference(str(copy))
+    config, again, step = trained_model.restore_for_inference(str(copy))
     assert step == 2
     jax.tree.map(np.testing.assert_array_equal, again, variables)
-    _, given, _ = checkpoints.restore_for_inference(str(copy), config=config)
+    _, given, _ = trained_model.restore_for_inference(str(copy), config=config)
     jax.tree.map(np.testing.assert_array_equal, given, variables)
     config.tasks = "+".join(reversed(parse_tasks(config.tasks)))  # the same tasks
-    _, given, _ = checkpoints.restore_for_inference(str(copy), config=config)
+    _, given, _ = trained_model.restore_for_inference(str(copy), config=config)
     jax.tree.map(np.testing.assert_array_equal, given, variables)
     assert prediction.Predictor(str(copy)).step == 2
     (copy / "checkpoints" / "backup_9").mkdir()  # not a step: orbax's _<N> names are not ours
-    assert checkpoints.restore_for_inference(str(copy))[2] == 2
+    assert trained_model.restore_for_inference(str(copy))[2] == 2
     config.tasks = "pose2d"  # another model: the whole state is read, which fails here
-    with pytest.raises(checkpoints.UnusableCheckpoint, match="cannot be read"):
-        checkpoints.restore_for_inference(str(copy), config=config)
+    with pytest.raises(trained_model.UnusableCheckpoint, match="cannot be read"):
+        trained_model.restore_for_inference(str(copy), config=config)
     # The caller's overrides made another model: the message names them, not config.json.
     trained = json.loads((copy / "config.json").read_text())["tasks"]
-    with pytest.raises(checkpoints.UnusableCheckpoint) as e:
-        checkpoints.restore_for_inference(workdir, config=config)
+    with pytest.raises(trained_model.UnusableCheckpoint) as e:
+        trained_model.restore_for_inference(workdir, config=config)
     assert re.fullmatch(
         rf"checkpoint \S+ does not fit the model of this command's config, whose tasks=pose2d "
         rf"where config.json has {re.escape(trained)}: \d+ unexpected \(e\.g\. .*\)\. A "
@@ -1220,17 +1220,17 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
         str(e.value)), str(e.value)
     config.tasks = trained
     config.model.features += 8
-    with pytest.raises(checkpoints.UnusableCheckpoint,
+    with pytest.raises(trained_model.UnusableCheckpoint,
                        match=rf"whose model.features={config.model.features} where config.json "
                              rf"has {config.model.features - 8}: \d+ with other shapes"):
-        checkpoints.restore_for_inference(workdir, config=config)
+        trained_model.restore_for_inference(workdir, config=config)
     # A kernel of another name (an older hgmt's): not read alone, the whole read names it.
     renamed = tmp_path / "renamed"
     shutil.copytree(workdir, renamed)
     _rename_in_metadata(renamed / "checkpoints" / "2" / "state",
                         "('params', 'stage0_depth'", ("kernel",))
-    with pytest.raises(checkpoints.UnusableCheckpoint, match="cannot be read.*kernel_lost"):
-        checkpoints.restore_for_inference(str(renamed))
+    with pytest.raises(trained_model.UnusableCheckpoint, match="cannot be read.*kernel_lost"):
+        trained_model.restore_for_inference(str(renamed))
 
 
 @pytest.fixture(scope="module")
@@ -1976,7 +1976,7 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
     protocols between them run every task's statistics (BodyNet's segm and depth are
     SURREAL's functions), BodyNet's on its 64 x 64 label maps (the tiny model, trained at
     another size, is convolutional)."""
-    config, variables, _ = checkpoints.restore_for_inference(workdir)
+    config, variables, _ = trained_model.restore_for_inference(workdir)
     config.data_dir = demo_dataset[1]
     if protocol != "hgmt":
         config.image_size = protocols.reference_image_size()
@@ -2007,7 +2007,7 @@ def test_depth_error_breakdown_agrees_with_the_evaluation(workdir):
     import depth_errors
 
     r = depth_errors.depth_errors(workdir, "all")
-    config, variables, _ = checkpoints.restore_for_inference(workdir)
+    config, variables, _ = trained_model.restore_for_inference(workdir)
     summary = evaluator.evaluate(config, variables, frames="all", max_examples=0)
     assert r["test_frames"] == summary["num_examples"] == 12
     assert r["foreground_pixels"] == 303
@@ -2447,7 +2447,7 @@ def test_an_evaluation_of_another_task_subsets_variables_is_refused(workdir):
     """The variables of the 4-task model evaluated for pose2d alone: a ValueError naming the
     tasks and the differences (before: numbers of another network, flax having taken the
     variables it knew and left the others, without a word)."""
-    config, variables, _ = checkpoints.restore_for_inference(workdir)
+    config, variables, _ = trained_model.restore_for_inference(workdir)
     with pytest.raises(ValueError, match=r"^the variables do not fit the model of tasks "
                                          r"pose2d and this config\.model \(\d+ unexpected "
                                          r"\(e\.g\. .*restore_for_inference"):
@@ -3393,7 +3393,7 @@ def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
     upgraded = []
     monkeypatch.setattr(workdirs, "_fill_added_fields", lambda *a, **k: upgraded.append(a))
     config.image_size *= 2  # the warning of another size reads config.json's
-    checkpoints.restore_for_inference(workdir, config=config)
+    trained_model.restore_for_inference(workdir, config=config)
     assert upgraded == []
 
 

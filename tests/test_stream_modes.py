@@ -10,6 +10,7 @@ import pytest
 
 from configs.common import base_config
 from hgmt import workdirs
+from hgmt.inference import trained_model
 from hgmt.models import (
     create_model,
     resolve_stream_mode,
@@ -237,7 +238,7 @@ def test_checkpoint_of_one_mode_loads_into_the_other(tmp_path, written, read):
     override = base_config("+".join(tasks))
     override.model.update(dict(TINY, stream_mode=read))
     override.image_size = 64
-    _, variables, step = checkpoints.restore_for_inference(str(tmp_path), config=override)
+    _, variables, step = trained_model.restore_for_inference(str(tmp_path), config=override)
     reader = create_model(override.model, heads(tasks))
     assert step == 3 and reader.stream_mode == read
     images = _images(seed=4)

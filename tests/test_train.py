@@ -20,6 +20,7 @@ import pytest
 from hgmt import code_version, devices, workdirs
 from hgmt.data import input_pipeline
 from hgmt.data.augment import Augment
+from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, config_check, loop, resume, steps, trainer
 from tests.conftest import main_command, tiny_config
@@ -424,7 +425,7 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
     bad_step = int(err.value.args[0].split("step ")[1].split()[0])
     assert bad_step >= 2
     assert checkpoints.manager(str(tmp_path)).latest_step() == bad_step - 1
-    restored_config, variables, step = checkpoints.restore_for_inference(str(tmp_path))
+    restored_config, variables, step = trained_model.restore_for_inference(str(tmp_path))
     assert step == bad_step - 1
     assert restored_config.tasks == "segm" and restored_config.total_steps == 20
     assert all(np.isfinite(v).all() for v in _flat(variables["params"]).values())
@@ -537,7 +538,7 @@ def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_pa
     e0, e1 = (json.loads((tmp_path / f"eval_{i}.json").read_text()) for i in range(2))
     assert e0 == e1 and e0["num_examples"] == 2
     # The host-sharded evaluation equals a single-process one of the same parameters.
-    config, variables, _ = checkpoints.restore_for_inference(str(tmp_path))
+    config, variables, _ = trained_model.restore_for_inference(str(tmp_path))
     for k, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(v, p0[k], err_msg=k)
     single = evaluator.evaluate(config, variables)

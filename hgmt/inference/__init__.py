@@ -1,1 +1,2 @@
-"""Inference on any image (`predictor`) and exported artefacts (`export`)."""
+"""Using a trained model: a workdir's model read from its checkpoint (`trained_model`),
+inference on any image (`predictor`) and exported artefacts (`export`)."""

@@ -23,7 +23,7 @@ from etils import epath
 
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import cropping
-from hgmt.inference import crop_scale, predictor
+from hgmt.inference import crop_scale, predictor, trained_model
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -32,7 +32,6 @@ from hgmt.models import (
     to_model_layout,
 )
 from hgmt.tasks import TASKS, common, heads, parse_tasks, reads_distance
-from hgmt.training import checkpoints
 
 FORMATS = ("stablehlo", "savedmodel")
 # Where an artefact runs, whichever machine exported it: each is lowered for all of them.
@@ -49,7 +48,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
     it was restored from: `workdirs.BEST_DIR` for step "best" (the best validation
     checkpoint), else `workdirs.CHECKPOINT_DIR` (training's)."""
     folder = workdirs.BEST_DIR if step == "best" else workdirs.CHECKPOINT_DIR
-    config, variables, step = checkpoints.restore_for_inference(workdir, step, config)
+    config, variables, step = trained_model.restore_for_inference(workdir, step, config)
     tasks = parse_tasks(config.tasks)
     window = cropping.config_window(config)
     # Separate streams whatever config.model.stream_mode: the same function, and the one TF

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from hgmt.data import cropping
-from hgmt.inference import crop_scale, person
+from hgmt.inference import crop_scale, person, trained_model
 from hgmt.models import create_model, predict_last_stage
 from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import (
@@ -40,7 +40,7 @@ from hgmt.tasks import (
     reads_distance,
 )
 from hgmt.tasks.spec import Frame
-from hgmt.training import checkpoints, device_memory
+from hgmt.training import device_memory
 
 # Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
 # larger than this (a high-resolution photo) is first averaged down to the crop's scale
@@ -65,7 +65,7 @@ class Predictor:
     shapes are compiled: `batch_shapes`). With `flip`, each crop's outputs are averaged with
     its mirror image's, left and right channels swapped back (the flip test of
     `hgmt.evaluate --flip`, `predict_last_stage`). Making one raises ValueError for a
-    `batch_size` below 1 or a `focal_px` not above 0, what `checkpoints.restore_for_inference`
+    `batch_size` below 1 or a `focal_px` not above 0, what `trained_model.restore_for_inference`
     raises, and OutOfDeviceMemory when the variables do not fit on the device."""
 
     def __init__(self, workdir: str, step: int | str | None = None,
@@ -74,7 +74,7 @@ class Predictor:
         if int(batch_size) < 1:  # before the checkpoint is read
             raise ValueError(f"batch_size={batch_size}: give the number of crops the model "
                              f"runs at once, at least 1")
-        self.config, variables, self.step = checkpoints.restore_for_inference(
+        self.config, variables, self.step = trained_model.restore_for_inference(
             workdir, step, config)
         # On JAX's default device once: host arrays would be copied there on every model pass
         # (106 MB in 1945 arrays for configs/default.py's model).
