@@ -41,7 +41,7 @@ from absl import flags
 from cli import checked, config_path, print_line
 
 from hgmt import cli, cores
-from hgmt.data import augment, device_augment, input_pipeline
+from hgmt.data import augment, builds, device_augment, input_pipeline
 from hgmt.tasks import parse_tasks
 
 DEFAULT_CONFIG = config_path("demo")
@@ -65,7 +65,7 @@ def measure(config: ml_collections.ConfigDict, batches: int, warmup: int = 2,
     (`examples_per_s`) is the loader's, since their CPU time is not this process's.
     augment_on="device": the decoding loader, plus the step's crop timed apart."""
     batch, res = config.batch_size, config.image_size
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     workers = input_pipeline.auto_worker_count(config.worker_count)
     names = parse_tasks(config.tasks)
     tasks = "+".join(names)

@@ -27,7 +27,7 @@ from absl import flags
 from cli import checked, config_path, print_line
 
 from hgmt import cli
-from hgmt.data import cropping, device_augment, input_pipeline, records, tf_example
+from hgmt.data import builds, cropping, device_augment, records, tf_example
 from hgmt.data.augment import Augment
 from hgmt.tasks import parse_tasks
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prepare_demo_dataset(config)
     res, batch, n = config.image_size, config.batch_size, args.examples
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     stored = [source[i] for i in range(len(source))]
     k = len(stored)
     tasks = parse_tasks(config.tasks)

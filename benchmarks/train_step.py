@@ -50,7 +50,7 @@ from cli import print_line
 
 from hgmt import cores
 from hgmt import devices as hgmt_devices
-from hgmt.data import input_pipeline
+from hgmt.data import builds, input_pipeline
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.models.summary import first_flop_count
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
@@ -205,7 +205,7 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     so the two share their entry in a persistent compilation cache."""
     tasks, weights, options = config_check.check_config(config)
     prepare = loop.augmentation(config, tasks)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))
     batch.pop("damaged", None)  # as the loop's damage log takes it
     state, params, init_s = initial_state(config, tasks, seed=config.seed)

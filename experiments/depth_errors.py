@@ -86,13 +86,13 @@ def errors_of(workdir: str, frames: str, config: ml_collections.ConfigDict, vari
     import jax.numpy as jnp
     import numpy as np
 
-    from hgmt.data import eval_data, input_pipeline
+    from hgmt.data import builds, eval_data
     from hgmt.models import create_model, predict_last_stage
     from hgmt.sources import surreal
     from hgmt.tasks import heads, parse_tasks
 
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    source = builds.open_split(config.dataset, config.data_dir, "test")
     indices = eval_data.eval_indices(config.dataset, config.data_dir, "test", frames)
     counts = np.zeros(3)  # right bin, predicted background, within one bin
     per_part = np.zeros((surreal.NUM_PARTS, 2))  # right bin, pixels

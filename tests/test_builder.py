@@ -400,7 +400,7 @@ def test_demo_build_refuses_an_interrupted_generation_and_replaces_another(tmp_p
     left over."""
     import shutil
 
-    from hgmt.data import demo, input_pipeline
+    from hgmt.data import builds, demo
 
     root = str(tmp_path / "surreal")
     synthetic.generate(root, clips_per_split=1, frames=4, splits=("test",))  # interrupted
@@ -411,9 +411,9 @@ def test_demo_build_refuses_an_interrupted_generation_and_replaces_another(tmp_p
     shutil.rmtree(os.path.join(root, "cmu"))
     data_dir = demo.build(root, str(tmp_path / "a"), clips_per_split=2, frames=4)
     for split in ("train", "test"):
-        assert len(input_pipeline.open_split("surreal/all", data_dir, split)) == 2 * 4
+        assert len(builds.open_split("surreal/all", data_dir, split)) == 2 * 4
     data_dir = demo.build(root, str(tmp_path / "b"), clips_per_split=1, frames=3)
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 1 * 3
+    assert len(builds.open_split("surreal/all", data_dir, "test")) == 1 * 3
     assert len(surreal.find_clips(root, "test")) == 1
 
 
@@ -446,14 +446,14 @@ def test_demo_build_rebuilds_a_dataset_of_other_settings(tmp_path, caplog):
     or hgmt's before it kept one) is used as it is, with a warning naming the folder."""
     import shutil
 
-    from hgmt.data import demo, input_pipeline
+    from hgmt.data import builds, demo
 
     root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
     demo.build(root, data_dir, clips_per_split=1, frames=3)
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 1 * 3
+    assert len(builds.open_split("surreal/all", data_dir, "test")) == 1 * 3
     with caplog.at_level("WARNING"):
         demo.build(root, data_dir, clips_per_split=2, frames=2)
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2 * 2
+    assert len(builds.open_split("surreal/all", data_dir, "test")) == 2 * 2
     assert "built from other demo settings" in caplog.text
     builder = demo._builder("surreal/all", data_dir)[0]
     os.remove(os.path.join(builder.data_dir, demo.GENERATED_FILE))
@@ -461,7 +461,7 @@ def test_demo_build_rebuilds_a_dataset_of_other_settings(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level("WARNING"):
         demo.build(root, data_dir, clips_per_split=1, frames=3)
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2 * 2
+    assert len(builds.open_split("surreal/all", data_dir, "test")) == 2 * 2
     assert f"no record of the demo settings it was built from: used as it is (remove " \
            f"{builder.data_dir}" in caplog.text
 

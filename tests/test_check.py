@@ -16,7 +16,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     of today's builder: the version's folder and dataset_info.json renamed, the two features
     removed from features.json), is a split the command did not check, with the reason and
     the rebuild command (once: the test split's line refers to it), exit status 1; the check
-    of today's build passes. Before, the command ended in input_pipeline.NotInBuild's
+    of today's build passes. Before, the command ended in builds.NotInBuild's
     traceback."""
     from tests.conftest import build_demo
 
@@ -59,14 +59,14 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
     checked', naming the storage (StorageFault), exit status 1, and no record is listed as
     damaged (nothing needs rebuilding). Before, StorageFault ended the command in a
     traceback."""
-    from hgmt.data import damage, input_pipeline
+    from hgmt.data import builds, damage
     from tests.conftest import build_demo
     from tests.test_damaged_records import Outage
 
     _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
     monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
-    real = input_pipeline.source_of
-    monkeypatch.setattr(input_pipeline, "source_of",
+    real = builds.source_of
+    monkeypatch.setattr(builds, "source_of",
                         lambda *args, **kwargs: Outage(real(*args, **kwargs)))
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=test"]) == check.EXIT_NOT_CHECKED
@@ -87,7 +87,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     import tensorflow_datasets as tfds
 
     import data_builders.surreal  # noqa: F401  (registers `surreal`)
-    from hgmt.data import damage, input_pipeline, shards
+    from hgmt.data import builds, damage, shards
 
     data_dir = str(tmp_path / "tfds")
     builder = tfds.builder("surreal/all", data_dir=data_dir, file_format=shards.FILE_FORMAT)
@@ -135,7 +135,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     assert read == intact
     monkeypatch.setattr(damage, "read", real)
     with pytest.raises(shards.DamagedShard) as raised:
-        input_pipeline.open_split("surreal/all", data_dir, "train")
+        builds.open_split("surreal/all", data_dir, "train")
     message = str(raised.value)
     assert message.startswith(f"dataset shard {files[0]} ") and \
         f"; dataset shard {files[2]} " in message, message
@@ -201,7 +201,7 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     opens."""
     import logging
 
-    from hgmt.data import input_pipeline
+    from hgmt.data import builds
     from tests.conftest import build_demo
 
     _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
@@ -218,7 +218,7 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
 
     def opened(root: str) -> str:
         with pytest.raises(FileNotFoundError) as raised:
-            input_pipeline.open_split("surreal/all", root, "test")
+            builds.open_split("surreal/all", root, "test")
         return str(raised.value)
 
     def fix(root: str, folder: str) -> str:
@@ -261,7 +261,7 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     os.mkdir(beside)
     assert opened(beside).startswith(f"dataset 'surreal/all' split 'test' is not built under "
                                      f"data_dir={beside!r}")
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "test")) == 2
+    assert len(builds.open_split("surreal/all", data_dir, "test")) == 2
     # A folder that cannot be looked into is the storage's matter (TFDS's error, StorageFault
     # after the retries), not one that "does not exist".
     real_stat = os.stat
@@ -272,12 +272,12 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
         return real_stat(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", refused)
-    assert input_pipeline.broken_build("surreal/all", str(tmp_path / "locked" / "d")) is None
+    assert builds.broken_build("surreal/all", str(tmp_path / "locked" / "d")) is None
     monkeypatch.setattr(os, "stat", real_stat)
     # A file named like a version is no build of one.
     root, folder = copy("version_file")
     (tmp_path / "version_file" / "surreal" / "all" / "9.9.9").write_text("not a build")
-    assert input_pipeline.broken_build("surreal/all", root) is None
+    assert builds.broken_build("surreal/all", root) is None
     # TFDS opens the highest version: a broken one above a whole one is named.
     root, folder = copy("two_versions")
     newer = os.path.join(os.path.dirname(folder), "9.9.9")

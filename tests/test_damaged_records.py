@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.data import check, damage, eval_data, input_pipeline, records
+from hgmt.data import builds, check, damage, eval_data, records
 from hgmt.evaluation import evaluator
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -55,7 +55,7 @@ def damaged(demo_dataset, tmp_path_factory):
 def _flip_bytes(data_dir: str, split: str, damage_at: list[tuple[int, str]]) -> None:
     """Flips 16 bytes in the middle of each (record, feature)'s encoded bytes in the split's
     shard of `data_dir`, found there by 64 of them."""
-    source = input_pipeline.open_split("surreal/all", data_dir, split)
+    source = builds.open_split("surreal/all", data_dir, split)
     path = _shard(data_dir, split)
     with open(path, "rb") as f:
         data = bytearray(f.read())
@@ -201,7 +201,7 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    shards = damage.Shards.of(input_pipeline.open_split("surreal/all", damaged, "test"))
+    shards = damage.Shards.of(builds.open_split("surreal/all", damaged, "test"))
     name = f"{_shard(damaged, 'test')} record 5 (index 5 of the split)"
     for frames, limit, unknown, examples in (("all", 0, [name], 11), ("middle", 0, [name], 2),
                                              ("all", 6, [name], 6), ("all", 5, [], 5)):
@@ -549,13 +549,13 @@ def test_a_storage_outage_during_training_stops_naming_the_storage_not_damage(
     from hgmt.data import shards
 
     monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
-    real = input_pipeline.open_split
+    real = builds.open_split
 
     def open_split(dataset, data_dir, split, *args, **kwargs):
         source = real(dataset, data_dir, split, *args, **kwargs)
         return Outage(source) if split == "train" else source
 
-    monkeypatch.setattr(input_pipeline, "open_split", open_split)
+    monkeypatch.setattr(builds, "open_split", open_split)
     workdir = str(tmp_path / "run")
     shard = _shard(demo_dataset[1], "train")
     with pytest.raises(shards.StorageFault, match=(
@@ -574,7 +574,7 @@ def test_the_damage_count_at_a_step_is_of_the_batches_trained_on(damaged, tmp_pa
     trained on, not of the batches prefetched beyond them (before, those were counted too)."""
     config = tiny_config(damaged, total_steps=3, **{**KW, "batch_size": 4, "log_every": 1,
                                                     "prefetch": 3})
-    source = input_pipeline.open_split("surreal/all", damaged, "train")
+    source = builds.open_split("surreal/all", damaged, "train")
 
     def counts(seed: int, batches: int) -> list[int]:
         """The damaged records met in the first 1..batches batches of the trainer's loader."""
@@ -616,7 +616,7 @@ def test_an_evaluation_none_of_whose_records_reads_is_one_line_naming_the_split_
     from hgmt.data import shards
 
     data_dir = demo_dataset[1]
-    source = Unreadable(input_pipeline.open_split("surreal/all", data_dir, "test"))
+    source = Unreadable(builds.open_split("surreal/all", data_dir, "test"))
     built = os.path.dirname(_shard(data_dir, "test"))
     with pytest.raises(SystemExit) as e, cli.faults_in_one_line(*loop.FAULTS):
         list(eval_data.eval_batches(source, [0, 1, 2], batch_size=4, image_size=64,
@@ -640,7 +640,7 @@ def test_an_evaluation_whose_frames_all_fail_to_read_as_they_are_selected_is_one
 
     data_dir = str(tmp_path / "tfds")
     shutil.copytree(demo_dataset[1], data_dir)
-    count = len(input_pipeline.open_split("surreal/all", data_dir, "test"))
+    count = len(builds.open_split("surreal/all", data_dir, "test"))
     _flip_bytes(data_dir, "test", [(r, "image") for r in range(count)])
     config = tiny_config(data_dir, tasks="pose2d")
     with pytest.raises(SystemExit) as e, cli.faults_in_one_line(*loop.FAULTS):

@@ -119,15 +119,15 @@ def test_old_builds_are_refused_with_the_rebuild_command():
     import types
 
     from data_builders.surreal import surreal_dataset_builder as builder
-    from hgmt.data import input_pipeline
+    from hgmt.data import builds
 
     assert "1.2.0" in builder.Builder.RELEASE_NOTES
-    features = [f for f in input_pipeline.REQUIRED_FEATURES if f not in ("depth_class",
+    features = [f for f in builds.REQUIRED_FEATURES if f not in ("depth_class",
                                                                           "unusable")]
     old = types.SimpleNamespace(features=dict.fromkeys(features), version="1.1.0")
     with pytest.raises(ValueError, match=r"version 1\.1\.0, before 1\.3\.0.*Rebuild it: tfds "
                                          r"build surreal --imports=data_builders\.surreal"):
-        input_pipeline.check_features(old, "surreal/every10", "/data")
-    new = types.SimpleNamespace(features=dict.fromkeys(input_pipeline.REQUIRED_FEATURES),
+        builds.check_features(old, "surreal/every10", "/data")
+    new = types.SimpleNamespace(features=dict.fromkeys(builds.REQUIRED_FEATURES),
                                 version=str(builder.Builder.VERSION))
-    input_pipeline.check_features(new, "surreal/every10", "/data")
+    builds.check_features(new, "surreal/every10", "/data")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hgmt.data import cropping
+from hgmt.data import builds, cropping
 from hgmt.data import device_augment as da
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
@@ -17,7 +17,7 @@ from hgmt.sources import surreal
 
 @pytest.fixture(scope="module")
 def source(demo_dataset):
-    return ip.open_split("surreal/all", demo_dataset[1], "train")
+    return builds.open_split("surreal/all", demo_dataset[1], "train")
 
 
 _crop = jax.jit(da.crop_batch, static_argnums=(2, 3, 4, 5))

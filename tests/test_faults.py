@@ -27,7 +27,7 @@ from etils import epath
 
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
-from hgmt.data import eval_data, input_pipeline, shards
+from hgmt.data import builds, eval_data, input_pipeline, shards
 from hgmt.evaluation import evaluator
 from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
@@ -135,7 +135,7 @@ def test_a_loader_failing_after_the_signal_stops_as_preempted_at_the_last_step(
     so step 3 is the last trained; the 4th during step 3, and step 2 was saved already)."""
     config = tiny_config(demo_dataset[1], total_steps=8, **{**KW, "checkpoint_every": 2})
     assert config.prefetch == 2
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
 
     def loader():
         return input_pipeline.train_loader(
@@ -167,7 +167,7 @@ def test_a_loader_failing_after_the_signal_at_the_first_step_saves_nothing(demo_
     validated, as step 0), and the run stops as preempted saying so."""
     config = tiny_config(demo_dataset[1], total_steps=8, **{
         **KW, "checkpoint_every": 2, "evals.validation.every": 2})
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(
         source, batch_size=config.batch_size, image_size=config.image_size,
         seed=config.seed, worker_count=0, tasks=("pose2d",))
@@ -193,7 +193,7 @@ def test_a_loader_failing_without_a_signal_stops_the_run_with_its_error(demo_dat
             return next(self.it)
 
     config = tiny_config(demo_dataset[1], total_steps=8, **{**KW, "checkpoint_every": 100})
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     with pytest.raises(RuntimeError, match="the loader broke"):
         loop.train(config, str(tmp_path), loader=Failing(input_pipeline.train_loader(
             source, batch_size=config.batch_size, image_size=config.image_size,
@@ -1269,14 +1269,14 @@ def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged
 
     eio = RuntimeError(f"open() failed: Input/output error; opening {shard}")
     monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(eio, 2))
-    assert len(input_pipeline.open_split("surreal/all", data_dir, "train")) == 12
+    assert len(builds.open_split("surreal/all", data_dir, "train")) == 12
     assert len(opened) >= 3  # two failed opens, then the check's own; the loader's after
     for error in (eio, OSError(errno.EIO, "Input/output error"),
                   PermissionError(errno.EACCES, "Permission denied")):
         opened.clear()
         monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(error, 10**6))
         with pytest.raises(shards.StorageFault) as raised:
-            input_pipeline.open_split("surreal/all", data_dir, "train")
+            builds.open_split("surreal/all", data_dir, "train")
         message = str(raised.value)
         assert message.startswith(f"dataset shard {shard} cannot be read from its storage "
                                   f"({type(error).__name__}: "), message
@@ -1289,7 +1289,7 @@ def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged
     monkeypatch.setattr(array_record_module, "ArrayRecordReader", failing(corrupt, 10**6))
     with pytest.raises(shards.DamagedShard, match=f"{shard} cannot be opened \\(RuntimeError: "
                                                   f"Corrupted.*Rebuild the dataset: remove"):
-        input_pipeline.open_split("surreal/all", data_dir, "train")
+        builds.open_split("surreal/all", data_dir, "train")
     assert len(opened) == 1
 
 
@@ -1310,7 +1310,7 @@ def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path
     builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="tfrecord")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     with pytest.raises(shards.WrongFileFormat) as raised:
-        input_pipeline.open_split("surreal/all", data_dir, "test")
+        builds.open_split("surreal/all", data_dir, "test")
     assert str(raised.value) == (
         f"dataset 'surreal/all' under {data_dir!r} was built as tfrecord (shards such as "
         f"surreal-test.tfrecord-00000-of-00001 in {builder.data_dir}), and hgmt reads "

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hgmt.data import cropping, eval_data, records
+from hgmt.data import builds, cropping, eval_data, records
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import surreal
 
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def source(demo_dataset):
-    return ip.open_split("surreal/all", demo_dataset[1], "train")
+    return builds.open_split("surreal/all", demo_dataset[1], "train")
 
 
 def test_crop_window_matches_design():
@@ -76,8 +76,8 @@ def test_flip_swaps_left_and_right(source):
 def test_crop_of_encoded_bytes_equals_crop_of_tfds_decoded_arrays(demo_dataset):
     """The loader's path (bytes decoded by OpenCV) against TFDS's own decoding: the same label
     maps exactly, the same frame within one grey level (two JPEG decoders' rounding)."""
-    raw = ip.open_split("surreal/all", demo_dataset[1], "train")
-    arrays = ip.open_split("surreal/all", demo_dataset[1], "train", decode_images=True)
+    raw = builds.open_split("surreal/all", demo_dataset[1], "train")
+    arrays = builds.open_split("surreal/all", demo_dataset[1], "train", decode_images=True)
     assert isinstance(raw[0]["image"], bytes) and arrays[0]["image"].shape == (240, 320, 3)
     for i in (0, 3):
         a = cropping.crop_example(raw[i], 64, ip.Augment(), np.random.default_rng(i))
@@ -106,7 +106,7 @@ def test_a_split_surreal_does_not_have_is_named_with_the_splits_it_has(demo_data
     splits (before: 'is not built', with a build command, which would never make it)."""
     with pytest.raises(ValueError, match=r"^dataset 'surreal/all' has no split 'val': its "
                                          r"splits are train, validation, test$"):
-        ip.open_split("surreal/all", demo_dataset[1], "val")
+        builds.open_split("surreal/all", demo_dataset[1], "val")
 
 
 def test_undecodable_image_bytes_name_the_feature_and_the_fix():
@@ -487,7 +487,7 @@ print(profiler._GRAIN_ENABLE_MULTIPROCESS_WORKER_PROFILING.value)
 def test_test_protocol_and_padded_eval_batches(demo_dataset):
     idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", "middle")
     assert len(idx) == 2  # one middle frame per test clip
-    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+    src = builds.open_split("surreal/all", demo_dataset[1], "test")
     assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
     batches = list(eval_data.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
@@ -529,7 +529,7 @@ def test_eval_batches_made_by_threads_are_those_made_in_the_callers_thread(
     caller's thread makes alone, for each process of one and of two."""
     monkeypatch.setattr(ip.jax, "process_index", lambda: process)
     monkeypatch.setattr(ip.jax, "process_count", lambda: processes)
-    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+    src = builds.open_split("surreal/all", demo_dataset[1], "test")
     indices = list(range(len(src)))[::-1]  # 12 records, taken from the last
     made = {}
     for threads in (0, 2):
@@ -552,7 +552,7 @@ def test_eval_batches_made_by_threads_are_those_made_in_the_callers_thread(
 def test_closing_eval_batches_stops_its_threads(demo_dataset):
     """A caller that stops after the first batch (an evaluation stopped by a signal) leaves
     no thread of the pool behind, nor a record read after it closes."""
-    src = Gated(ip.open_split("surreal/all", demo_dataset[1], "test"))
+    src = Gated(builds.open_split("surreal/all", demo_dataset[1], "test"))
     batches = eval_data.eval_batches(src, list(range(12)), batch_size=2, image_size=64, threads=2)
     next(batches)
     batches.close()
@@ -572,7 +572,7 @@ def test_eval_threads_are_the_usable_cores_or_none_on_one(monkeypatch):
 
 def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
     """middle: the test protocol; every2: frames 0, 2, 4 of each 6-frame clip; all: every one."""
-    src = ip.open_split("surreal/all", demo_dataset[1], "test")
+    src = builds.open_split("surreal/all", demo_dataset[1], "test")
 
     def frames(spec):
         idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", spec)
@@ -590,7 +590,7 @@ def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_
     """every10 and every20 select frames 0, 10, 20 and 0, 20 (not the middle frame 12 the
     build adds); all, every4 and every5 ask for frames the build did not store and stop with
     the build's stride and the fix."""
-    src = ip.open_split("surreal/every10", every10_dataset, "test")
+    src = builds.open_split("surreal/every10", every10_dataset, "test")
     assert sorted(int(src[i]["frame"]) for i in range(len(src))) == [0, 10, 12, 20]
 
     def frames(spec):
@@ -635,7 +635,7 @@ def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
 def test_missing_dataset_says_how_to_build(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=r"tfds build surreal --imports=data_builders\.surreal"):
-        ip.open_split("surreal/all", str(tmp_path), "train")
+        builds.open_split("surreal/all", str(tmp_path), "train")
 
 
 
@@ -665,12 +665,12 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
 
     eio = OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(read_only_builder, "builder_from_files", failing(eio, 2))
-    assert len(ip.open_split("surreal/all", demo_dataset[1], "train")) == 12
+    assert len(builds.open_split("surreal/all", demo_dataset[1], "train")) == 12
     assert len(calls) == 3
     calls.clear()
     monkeypatch.setattr(read_only_builder, "builder_from_files", failing(eio, 10**6))
     with pytest.raises(shards.StorageFault) as raised:
-        ip.open_split("surreal/all", demo_dataset[1], "train")
+        builds.open_split("surreal/all", demo_dataset[1], "train")
     assert str(raised.value).startswith(
         f"dataset 'surreal/all' split 'train' under data_dir={demo_dataset[1]!r} cannot be "
         f"read from its storage (OSError: [Errno 5] Input/output error; tried 3 times): ")
@@ -697,14 +697,14 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
     with pytest.raises(shards.StorageFault, match=r"cannot be read from its storage "
                                                   r"\(PermissionError: \[Errno 13\] Permission "
                                                   r"denied: '.*1.5.0'; tried 3 times\)"):
-        ip.open_split("surreal/all", str(denied), "train")
+        builds.open_split("surreal/all", str(denied), "train")
     assert listed[:4] == ["denied", "surreal", "all", "1.5.0"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is not built under.*Could not find "
                                                 "dataset files.*tfds build"):
-        ip.open_split("surreal/all", str(tmp_path / "empty"), "train")
+        builds.open_split("surreal/all", str(tmp_path / "empty"), "train")
     with pytest.raises(FileNotFoundError, match="does not exist: .*tfds build"):
-        ip.open_split("surreal/all", str(tmp_path / "nothing_here"), "train")
+        builds.open_split("surreal/all", str(tmp_path / "nothing_here"), "train")
 
 
 def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path):
@@ -721,13 +721,13 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
     (unfinished / "dataset_info.json").write_text("{}")
     (tmp_path / "other" / "all" / "1.0.0").mkdir(parents=True)
     (tmp_path / "other" / "all" / "1.0.0" / "dataset_info.json").write_text("{}")
-    assert ip.built_configs("surreal/every10", str(tmp_path)) == ["surreal/all",
+    assert builds.built_configs("surreal/every10", str(tmp_path)) == ["surreal/all",
                                                                    "surreal/middle"]
-    assert ip.built_configs("surreal/all:1.5.0", str(tmp_path)) == ["surreal/middle"]
+    assert builds.built_configs("surreal/all:1.5.0", str(tmp_path)) == ["surreal/middle"]
     # another version of the config asked for is a build there too
-    assert ip.built_configs("surreal/all:1.6.0", str(tmp_path)) == ["surreal/all:1.5.0",
+    assert builds.built_configs("surreal/all:1.6.0", str(tmp_path)) == ["surreal/all:1.5.0",
                                                                      "surreal/middle"]
-    assert ip.built_configs("surreal/all", str(tmp_path / "nowhere")) == []
+    assert builds.built_configs("surreal/all", str(tmp_path / "nowhere")) == []
 
     class BucketError(Exception):  # as tf.io.gfile's errors on gs://, which are no OSError
         pass
@@ -739,9 +739,9 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
         from etils import epath
 
         patch.setattr(type(epath.Path(str(tmp_path))), "iterdir", unlistable)
-        assert ip.built_configs("surreal/every10", str(tmp_path)) == []
+        assert builds.built_configs("surreal/every10", str(tmp_path)) == []
     with pytest.raises(FileNotFoundError) as e:
-        ip.open_split("surreal/every10", str(tmp_path), "train")
+        builds.open_split("surreal/every10", str(tmp_path), "train")
     message = str(e.value)
     assert message.startswith(f"dataset 'surreal/every10' split 'train' is not built under "
                               f"data_dir={str(tmp_path)!r} ("), message
@@ -751,7 +751,7 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
         f"--file_format=array_record; or use a build there: --config.dataset=surreal/all "
         f"or --config.dataset=surreal/middle"), message
     with pytest.raises(FileNotFoundError) as e:  # nothing else built: the command alone
-        ip.open_split("surreal/every10", str(tmp_path / "nowhere"), "train")
+        builds.open_split("surreal/every10", str(tmp_path / "nowhere"), "train")
     assert str(e.value).endswith("--config=every10 --file_format=array_record"), e.value
 
 
@@ -761,7 +761,7 @@ def test_dataset_without_the_labels_is_rejected(tmp_path):
     tfds.testing.DummyMnist(data_dir=str(tmp_path), file_format="array_record"
                             ).download_and_prepare()
     with pytest.raises(ValueError, match=r"lacks the features \['segm', 'depth', 'joints2d'"):
-        ip.open_split("dummy_mnist", str(tmp_path), "train")
+        builds.open_split("dummy_mnist", str(tmp_path), "train")
 
 
 def test_gain_lookup_equals_cv2_multiply():
@@ -805,5 +805,5 @@ def test_a_data_dir_under_home_is_read_with_its_tilde(demo_dataset, tmp_path, mo
     (tmp_path / "home").mkdir()
     os.symlink(demo_dataset[1], tmp_path / "home" / "tfds")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    source = ip.open_split("surreal/all", "~/tfds", "test")
-    assert len(source) == len(ip.open_split("surreal/all", demo_dataset[1], "test")) > 0
+    source = builds.open_split("surreal/all", "~/tfds", "test")
+    assert len(source) == len(builds.open_split("surreal/all", demo_dataset[1], "test")) > 0

@@ -66,9 +66,9 @@ import numpy as np
 import hgmt.evaluate, hgmt.export, hgmt.main, hgmt.predict
 sys.path.insert(0, {os.path.join(REPO, "benchmarks")!r})
 import train_loop, trainer_speed  # the loop's benchmarks, for an accelerator host
-from hgmt.data import input_pipeline
+from hgmt.data import builds, input_pipeline
 from hgmt.training import loop, summary_writer
-source = input_pipeline.open_split("surreal/all", {data_dir!r}, "train")
+source = builds.open_split("surreal/all", {data_dir!r}, "train")
 batch = next(iter(input_pipeline.train_loader(source, batch_size=2, image_size=32, seed=0,
                                               worker_count=0)))
 np.save({saved!r}, batch["image"])

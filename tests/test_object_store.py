@@ -29,7 +29,7 @@ from etils import epath
 import hgmt.export
 import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
-from hgmt.data import damage, input_pipeline, shards
+from hgmt.data import builds, damage, shards
 from hgmt.evaluation import evaluator
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
@@ -200,8 +200,8 @@ def test_a_dataset_in_gs_is_checked_and_read_like_a_local_one(store, demo_datase
     _, data_dir = demo_dataset
     store, served = store
     shutil.copytree(data_dir, store / "bucket/tfds")
-    local = input_pipeline.open_split("surreal/all", data_dir, "train")
-    remote = input_pipeline.open_split("surreal/all", f"{BUCKET}/tfds", "train")
+    local = builds.open_split("surreal/all", data_dir, "train")
+    remote = builds.open_split("surreal/all", f"{BUCKET}/tfds", "train")
     assert len(remote) == len(local) == 12
     for index in (0, 7, 11):
         a, b = local[index], remote[index]
@@ -215,10 +215,10 @@ def test_a_dataset_in_gs_is_checked_and_read_like_a_local_one(store, demo_datase
     url = f"{BUCKET}/{shard.relative_to(store / 'bucket')}"
     with pytest.raises(shards.DamagedShard, match=f"dataset shard {re.escape(url)} cannot be "
                                                   f"opened"):
-        input_pipeline.open_split("surreal/all", f"{BUCKET}/tfds", "train")
+        builds.open_split("surreal/all", f"{BUCKET}/tfds", "train")
     shard.unlink()
     with pytest.raises(shards.DamagedShard, match=f"dataset shard {re.escape(url)} is missing"):
-        input_pipeline.open_split("surreal/all", f"{BUCKET}/tfds", "train")
+        builds.open_split("surreal/all", f"{BUCKET}/tfds", "train")
 
 
 def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_path, capsys,

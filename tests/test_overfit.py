@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from hgmt.data import cropping
+from hgmt.data import builds, cropping
 from hgmt.data import input_pipeline as ip
 from hgmt.models import create_model
 from hgmt.tasks import TASKS, compute_losses, heads, parse_tasks
@@ -24,7 +24,7 @@ FEATURES = 64  # 32 caps pose3d: a 1x1 head from 32 features to 16x19 channels
 
 
 def _examples(data_dir, n=8):
-    source = ip.open_split("surreal/all", data_dir, "train")
+    source = builds.open_split("surreal/all", data_dir, "train")
     picks = np.linspace(0, len(source) - 1, n).astype(int)
     examples = [cropping.crop_example(source[int(i)], 64, ip.Augment.none()) for i in picks]
     return {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}

@@ -18,7 +18,7 @@ import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
 from hgmt import disk_space, workdirs
-from hgmt.data import cropping, eval_data, input_pipeline
+from hgmt.data import builds, cropping, eval_data
 from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import export as exporting
@@ -51,7 +51,7 @@ def predictor(workdir):
 
 @pytest.fixture(scope="module")
 def test_example(demo_dataset):
-    source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test",
+    source = builds.open_split("surreal/all", demo_dataset[1], "test",
                                        decode_images=True)
     return source[0]
 

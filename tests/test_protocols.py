@@ -740,7 +740,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     references' window (`surreal.reference_box`), hgmt's around the run's training window
     (`person_box`, or the references' box for config.window=reference_box, whatever the
     protocol); the summary's `window` says which."""
-    from hgmt.data import cropping, input_pipeline
+    from hgmt.data import builds, cropping
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
     from hgmt.training import steps
@@ -752,7 +752,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = steps.init_variables(model, jax.random.key(0), images)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    source = builds.open_split(config.dataset, config.data_dir, "test")
     for protocol, window, trained in [("bodynet", "reference", "hgmt"),
                                       ("surreal", "reference", "hgmt"),
                                       ("hgmt", "hgmt", "hgmt"),
@@ -1103,7 +1103,7 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
     rotated, mirrored or colour-gained reference crop is refused."""
     import cv2
 
-    from hgmt.data import cropping, input_pipeline, records
+    from hgmt.data import builds, cropping, records
     from hgmt.models import create_model
     from hgmt.sources import reference_crop
     from hgmt.tasks import heads, parse_tasks
@@ -1114,7 +1114,7 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = steps.init_variables(model, jax.random.key(0), images)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "test")
+    source = builds.open_split(config.dataset, config.data_dir, "test")
     for protocol in ("surreal", "hgmt"):
         ev = evaluator.Evaluator(config, protocol=protocol, max_examples=2)
         ev(variables)

@@ -10,7 +10,7 @@ import pytest
 
 import hgmt.predict
 import hgmt.report
-from hgmt.data import cropping, input_pipeline
+from hgmt.data import builds, cropping
 from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator
 from hgmt.tasks import TASKS, all_subsets, drawing, parse_tasks
@@ -28,7 +28,7 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
                                                             tmp_path, capsys):
     assert parse_tasks("all")[-1] == "silhouette" and len(all_subsets()) == 31
     # Its labels come from its own module; a pose2d-only crop does not carry them.
-    source = input_pipeline.open_split("surreal/all", demo_dataset[1], "test")
+    source = builds.open_split("surreal/all", demo_dataset[1], "test")
     example = cropping.crop_example(source[0], 64, Augment.none(),
                                     tasks=("silhouette",))
     assert set(example) == {"image", "crop", "unusable", "silhouette"}

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hgmt.data import damage, tf_example
-from hgmt.data import input_pipeline as ip
+from hgmt.data import builds, damage, tf_example
 
 
 def assert_same_record(ours: dict, theirs: dict) -> None:
@@ -27,7 +26,7 @@ def test_every_record_equals_tfds_parse(demo_dataset, split):
     """Every record of the demo build, each of its features (every feature the builder
     defines): the same type, dtype, shape and value as tfds's `deserialize_example_np` with
     the image features skip-decoded."""
-    source = ip.open_split("surreal/all", demo_dataset[1], split)
+    source = builds.open_split("surreal/all", demo_dataset[1], split)
     assert isinstance(source, tf_example.ParsedSource)
     theirs = source.source  # the tfds data source open_split wraps
     assert len(source) == len(theirs) > 0 and repr(source) == repr(theirs)
@@ -43,19 +42,19 @@ def test_every_record_equals_tfds_parse(demo_dataset, split):
 
 
 def test_a_source_of_some_features_reads_only_those(demo_dataset):
-    full = ip.open_split("surreal/all", demo_dataset[1], "test")
-    light = ip.open_split("surreal/all", demo_dataset[1], "test",
+    full = builds.open_split("surreal/all", demo_dataset[1], "test")
+    light = builds.open_split("surreal/all", demo_dataset[1], "test",
                           features=("frame", "num_frames"))
     for i in range(len(full)):
         assert light[i] == {"frame": full[i]["frame"], "num_frames": full[i]["num_frames"]}
     with pytest.raises(KeyError, match="no features.*'frames'"):
-        ip.open_split("surreal/all", demo_dataset[1], "test", features=("frames",))
+        builds.open_split("surreal/all", demo_dataset[1], "test", features=("frames",))
 
 
 def test_a_record_without_a_feature_is_damaged(demo_dataset):
     """A record that lacks a feature of the specs raises, so the loader's guard counts it as
     damaged, as tfds's parse would."""
-    source = ip.open_split("surreal/all", demo_dataset[1], "train")
+    source = builds.open_split("surreal/all", demo_dataset[1], "train")
     specs = source.specs + (("missing", np.dtype(np.float32), (2,)),)
     with pytest.raises(KeyError, match="'missing'"):
         tf_example.parse(source.source.data_source[0], specs)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hgmt import code_version, devices, workdirs
-from hgmt.data import input_pipeline
+from hgmt.data import builds, input_pipeline
 from hgmt.data.augment import Augment
 from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
@@ -182,7 +182,7 @@ def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_p
         append(self, step, values)
 
     monkeypatch.setattr(step_metrics.StepMetrics, "append", appended)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     loader = SlowLoader(input_pipeline.train_loader(
         source, batch_size=config.batch_size, image_size=config.image_size, seed=0,
         worker_count=0, tasks=("pose2d",)), delay=1.0,
@@ -457,7 +457,7 @@ def test_a_non_finite_loss_before_the_first_checkpoint_says_none_was_saved(demo_
     """A NaN loss at step 1, found at the first log step (2) before any checkpoint: the error
     says that no checkpoint was saved yet, not that the one of step None is intact."""
     config = tiny_config(demo_dataset[1], tasks="pose2d", checkpoint_every=100)
-    source = input_pipeline.open_split(config.dataset, config.data_dir, "train")
+    source = builds.open_split(config.dataset, config.data_dir, "train")
     loader = input_pipeline.train_loader(
         source, batch_size=config.batch_size, image_size=config.image_size, seed=config.seed,
         worker_count=0, tasks=("pose2d",))

@@ -315,14 +315,14 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
     import json
     import types
 
-    from hgmt.data import demo, eval_data, input_pipeline
+    from hgmt.data import builds, demo, eval_data
 
     root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
     synthetic.generate(root, clips_per_split=2, frames=8, seed=1)
     for stem, frames in zip(surreal.find_clips(root, "test"), (6, 3), strict=True):
         _cut_labels(stem, frames)
     demo.build_dataset(root, data_dir, "surreal/all")
-    src = input_pipeline.open_split("surreal/all", data_dir, "test")
+    src = builds.open_split("surreal/all", data_dir, "test")
 
     def frames(spec):  # (clip, frame, unusable) of the records `spec` selects
         return sorted((src[i]["clip"], int(src[i]["frame"]), src[i]["unusable"])
@@ -330,7 +330,7 @@ def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_p
 
     assert frames("middle") == [(b"c0001", 3, b""), (b"c0002", 3, b"frame_missing")]
     assert frames("every3") == [(b"c0001", 0, b""), (b"c0001", 3, b""), (b"c0002", 0, b"")]
-    info = input_pipeline.open_split("surreal/all", data_dir, "test").dataset_info
+    info = builds.open_split("surreal/all", data_dir, "test").dataset_info
     caplog.clear()
     with caplog.at_level("WARNING"):
         eval_data.check_middle_frames(info, "surreal/all", data_dir, "test")
@@ -413,11 +413,11 @@ def test_a_reference_protocol_on_an_older_build_says_what_differs_and_how_to_reb
     difference and the rebuild command; a current one passes silently."""
     import types
 
-    from hgmt.data import input_pipeline as ip
+    from hgmt.data import builds
 
     source = types.SimpleNamespace(dataset_info=types.SimpleNamespace(version=version))
     with caplog.at_level("WARNING"):
-        ip.check_reference_flags(source, "surreal/middle", "/data/tfds")
+        builds.check_reference_flags(source, "surreal/middle", "/data/tfds")
     text = caplog.text
     for part in warned:
         assert part in text

@@ -76,20 +76,20 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
     """Checks every shard file of a split (`shards.problems`: a missing or truncated one is a
     damaged line) and reads and decodes every record of its intact shards (a damaged record
     is a damaged line). A split that is not built, not array_record, built without a feature
-    hgmt reads (`input_pipeline.NotInBuild`), or whose storage does not give its files or a
+    hgmt reads (`builds.NotInBuild`), or whose storage does not give its files or a
     record (`damage.StorageFault`) is not damage: its error is `unread` (`read` is then the
     records read before it)."""
-    from hgmt.data import damage, input_pipeline, shards
+    from hgmt.data import builds, damage, shards
 
     checked = Checked()
     try:
-        builder = input_pipeline.built_split(dataset, data_dir, split)
+        builder = builds.built_split(dataset, data_dir, split)
         problems = shards.problems(builder, split, dataset, data_dir)
         checked.damaged_shards = list(problems.values())
         if problems:
             checked.fix = shards.rebuild(builder, dataset, data_dir, len(problems))
-        source = input_pipeline.source_of(builder, split, dataset, data_dir)
-    except (shards.SplitFault, FileNotFoundError, input_pipeline.NotInBuild) as e:
+        source = builds.source_of(builder, split, dataset, data_dir)
+    except (shards.SplitFault, FileNotFoundError, builds.NotInBuild) as e:
         checked.unread = f"{type(e).__name__}: {e}"
         return checked
     where = damage.Shards.of(source)

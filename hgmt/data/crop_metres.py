@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import cli, disk_space, paths, workdirs
-from hgmt.data import cropping, damage, input_pipeline, records
+from hgmt.data import builds, cropping, damage, records
 from hgmt.sources import surreal
 from hgmt.tasks import spec
 
@@ -80,7 +80,7 @@ def measure(dataset: str, data_dir: str, split: str = "train",
     `summary` with 'split_records' (the split's size), 'dataset', 'data_dir', 'split',
     'window', 'definition'.
     ValueError when no record reads."""
-    source = input_pipeline.open_split(dataset, data_dir, split, features=_FEATURES)
+    source = builds.open_split(dataset, data_dir, split, features=_FEATURES)
     total = len(source)
     picked = np.unique(np.linspace(0, total - 1, min(records, total)).round().astype(int))
     metres = []

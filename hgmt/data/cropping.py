@@ -123,7 +123,7 @@ def crop_example(example: dict, image_size: int, augment: Augment,
     `window`'s box (`window_box`: hgmt's, the references' box, or their test crop).
 
     Image features may be decoded arrays or their encoded bytes (a split opened with
-    `input_pipeline.open_split`'s default), which OpenCV decodes here, only those the `tasks`
+    `builds.open_split`'s default), which OpenCV decodes here, only those the `tasks`
     read (default: all tasks).
 
     image (R,R,3) RGB uint8 (the model normalises it); crop (2,3) image pixels -> label

@@ -26,7 +26,7 @@ is not damage: it is read again after each of `RETRY_DELAYS_S`, so that a passin
 not replace a good record, and one that lasts stops the run as the storage's (`StorageFault`,
 naming the file: nothing to rebuild), never counted as damaged. A checksum mismatch or an
 image that does not decode is damage, judged at once. Opening a shard or a split's metadata is
-tried again alike (`with_retries`; `hgmt.data.shards`, `input_pipeline.open_split`), and an
+tried again alike (`with_retries`; `hgmt.data.shards`, `builds.open_split`), and an
 I/O error that lasts is named as the storage's there too, not as damage or a missing build.
 The split's faults (`SplitFault`, `StorageFault`) are defined here, below the modules that
 raise them, and `hgmt.data.shards` gives them with its own.
@@ -109,7 +109,7 @@ class Shards:
 
     @staticmethod
     def of(source: Any) -> Shards:
-        """The shards of a `tfds` data source (`input_pipeline.open_split`); a source without
+        """The shards of a `tfds` data source (`builds.open_split`); a source without
         shard information (e.g. a list in a test) counts as one shard."""
         info = getattr(source, "dataset_info", None)
         if info is None:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from hgmt import cores
-from hgmt.data import cropping, damage, input_pipeline, records, shards
+from hgmt.data import builds, cropping, damage, records, shards
 from hgmt.data.augment import Augment
 from hgmt.sources import surreal
 
@@ -27,11 +27,11 @@ INFO_FRAMES_SINCE = "1.5.0"
 
 
 def open_light(dataset: str, data_dir: str, split: str):
-    """`input_pipeline.open_split` reading only what selects frames: frame, num_frames and, in
+    """`builds.open_split` reading only what selects frames: frame, num_frames and, in
     builds since INFO_FRAMES_SINCE, info_frames."""
     from hgmt.data import tf_example
 
-    light = input_pipeline.open_split(dataset, data_dir, split, features=("frame", "num_frames"))
+    light = builds.open_split(dataset, data_dir, split, features=("frame", "num_frames"))
     if ("info_frames" in light.dataset_info.features
             and isinstance(light, tf_example.ParsedSource)):
         light = tf_example.parsed(light.source, ("frame", "num_frames", "info_frames"))
@@ -122,7 +122,7 @@ def stored_frames(info, dataset: str) -> records.FrameSelection:
     (`records.BUILD_FRAMES`), whose name the build's tfds DatasetInfo `info` keeps."""
     name = info.config_name
     if name not in records.BUILD_FRAMES:
-        raise input_pipeline.NotInBuild(
+        raise builds.NotInBuild(
             f"dataset {dataset!r} was built with config {name!r}, not one of the SURREAL "
             f"builder's {sorted(records.BUILD_FRAMES)}, so which frames it holds is unknown: "
             f"use a build of one of them")
@@ -144,7 +144,7 @@ def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
     else:
         holds = f"every {every}th frame of each clip (0, {every}, ...) and its middle frame"
         other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), or "
-    raise input_pipeline.NotInBuild(
+    raise builds.NotInBuild(
         f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir!r} does "
         f"not hold: it stores {holds}, so it would evaluate other frames than asked for. "
         f"Evaluate a build of every frame, config.dataset='surreal/all' (build it: "
@@ -289,7 +289,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
 
 def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
     """The error of an evaluation none of whose records `indices` of `source` (a split of
-    `input_pipeline.open_split`) reads or decodes: the dataset, split and shard files named,
+    `builds.open_split`) reads or decodes: the dataset, split and shard files named,
     with the command that lists the damaged records and the one that rebuilds the split."""
     info = getattr(source, "dataset_info", None)
     if info is None:  # a source without build information (e.g. a list in a test)

@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import devices, disk_space, paths, workdirs
-from hgmt.data import cropping, damage, eval_data, input_pipeline
+from hgmt.data import builds, cropping, damage, eval_data
 from hgmt.evaluation import pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
@@ -256,9 +256,9 @@ class Evaluator:
         self.image_size = config.image_size
         self.frames = "indices" if indices is not None else frames
         self.dataset, self.data_dir = config.dataset, config.data_dir
-        self.source = input_pipeline.open_split(config.dataset, config.data_dir, split)
+        self.source = builds.open_split(config.dataset, config.data_dir, split)
         if self.window == "reference":
-            input_pipeline.check_reference_flags(self.source, config.dataset, config.data_dir)
+            builds.check_reference_flags(self.source, config.dataset, config.data_dir)
         self.shards = damage.Shards.of(self.source)
         # The records that did not read while the frames were selected: their frames, so
         # whether `frames` takes them, are unknown (`_damaged` reports them apart).

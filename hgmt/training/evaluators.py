@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from hgmt import devices, disk_space, workdirs
-from hgmt.data import eval_data, input_pipeline
+from hgmt.data import builds, eval_data
 from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.sources import surreal
@@ -249,7 +249,7 @@ class Evaluators:
     def check_frames(self, info) -> None:
         """NotInBuild naming the evaluator whose frames the build of config.dataset (its tfds
         DatasetInfo `info`) does not hold (`eval_data.check_eval_frames`); then opens the
-        split of each evaluator that runs (`input_pipeline.open_split`, which checks every
+        split of each evaluator that runs (`builds.open_split`, which checks every
         shard against dataset_info.json), so that a missing or truncated shard stops the run
         with its `shards.SplitFault`. The trainer checks before its first step, not when the
         evaluator first runs (after all of training for one that runs at the end); the
@@ -259,11 +259,11 @@ class Evaluators:
         for name, s in self.settings.items():
             try:
                 eval_data.check_eval_frames(s["frames"], stored, dataset, data_dir)
-            except input_pipeline.NotInBuild as e:
-                raise input_pipeline.NotInBuild(f"config.evals.{name}: {e}") from None
+            except builds.NotInBuild as e:
+                raise builds.NotInBuild(f"config.evals.{name}: {e}") from None
         for split in sorted({s["split"] for s in self.settings.values()
                              if s["every"] or s["at_end"]}):
-            input_pipeline.open_split(dataset, data_dir, split)
+            builds.open_split(dataset, data_dir, split)
 
     def supersede_after(self, step: int) -> list[str]:
         """Moves what evaluations recorded of the steps after `step`, the step training

@@ -33,7 +33,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from hgmt import cli, code_version, devices, disk_space, paths, workdirs
-from hgmt.data import augment, crop_metres, damage, device_augment, input_pipeline, shards
+from hgmt.data import augment, builds, crop_metres, damage, device_augment, input_pipeline, shards
 from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
 from hgmt.training import (
@@ -56,7 +56,7 @@ FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFaul
           damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnusable,
           workdirs.DamagedRunFile,
           resume.CannotResume, FloatingPointError, FileNotFoundError,
-          input_pipeline.NotInBuild)
+          builds.NotInBuild)
 
 
 # --- The loop --------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     # A training split that is not built stops the run before the lock creates the workdir.
     built = None if loader is not None else (
         "that the training split is built",
-        functools.partial(input_pipeline.built_split, config.dataset, config.data_dir, "train"))
+        functools.partial(builds.built_split, config.dataset, config.data_dir, "train"))
     lock = workdir_lock.hold_for_job(workdir, built)
     try:
         # A preemption stops every process at one step: not a failure for the peers to see.
@@ -142,7 +142,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     _check_total_steps(config, workdir, newest)
     # The training split first: one that is not there stops the run before the workdir
     # gets its summaries and evaluators' folders.
-    source = None if loader is not None else input_pipeline.open_split(
+    source = None if loader is not None else builds.open_split(
         config.dataset, config.data_dir, "train")
     prepare = augmentation(config, tasks)
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
@@ -317,7 +317,7 @@ def augmentation(config: ml_collections.ConfigDict,
 def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
                  prepare: device_augment.Prepare | None,
                  worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
-    """The training loader of `source` (a split of `input_pipeline.open_split`) for the step
+    """The training loader of `source` (a split of `builds.open_split`) for the step
     of `jitted_train_step(..., prepare)`: cropped batches, or decoded records when the step
     crops (`prepare`). `worker_count` replaces config.worker_count."""
     workers = config.worker_count if worker_count is None else worker_count
