@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 
-from hgmt import cli, compilation_cache, paths, workdirs
+from hgmt import cli, compilation_cache, console, paths, workdirs
 from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import trained_model
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_file:
         with cli.faults_in_one_line(ValueError):
             evaluator.check_out_file(args.out_file)
-    with cli.stoppable_console(args.verbosity, command=argv is None):
+    with console.stoppable_console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 
 

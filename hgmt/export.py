@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import sys
 
-from hgmt import cli, disk_space, paths
+from hgmt import cli, console, disk_space, paths
 from hgmt.inference import export, trained_model
 
 
@@ -55,7 +55,7 @@ def _define_flags(fv) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command of the module's docstring; -> exit status."""
     args, _ = cli.parse_on_workdir(_define_flags, argv, __doc__)
-    with cli.stoppable_console(args.verbosity, command=argv is None):
+    with console.stoppable_console(args.verbosity, command=argv is None):
         return _run(args)
 
 

@@ -38,7 +38,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 
-from hgmt import cli, compilation_cache, paths  # noqa: E402
+from hgmt import cli, compilation_cache, console, paths  # noqa: E402
 
 RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a command that SIGINT ended
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     # keeps the filter while the process exits, when asyncio logs the failed writes of a full
     # disk's checkpoint that orbax never retrieved. absl's line format (level, date, time,
     # thread, file:line), as app.run would give it.
-    with cli.console(FLAGS.verbosity, command=argv is None,
+    with console.console(FLAGS.verbosity, command=argv is None,
                      line_format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
                                  "%(filename)s:%(lineno)d] %(message)s",
                      date_format="%m%d %H:%M:%S"):
@@ -217,7 +217,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
                 free=tuple(f"config.{f}" for f in resume.DATA_LOCATION))
         # The job's progress is process 0's: the others show their warnings and errors
         # (--verbosity=1: everything).
-        cli.show_progress(jax.process_index() == 0)
+        console.show_progress(jax.process_index() == 0)
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs

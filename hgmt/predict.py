@@ -56,7 +56,7 @@ import av
 import cv2
 import numpy as np
 
-from hgmt import cli, compilation_cache, disk_space, paths
+from hgmt import cli, compilation_cache, console, disk_space, paths
 from hgmt.inference import person, predictor, trained_model, video
 from hgmt.training import device_memory
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args, images = cli.parse_on_workdir(_define_flags, argv, __doc__, positional="any")
     if not images:
         raise SystemExit("error: give one or more image or video files after the flags")
-    with cli.stoppable_console(args.verbosity, command=argv is None):
+    with console.stoppable_console(args.verbosity, command=argv is None):
         return _run(args, images)
 
 

@@ -728,7 +728,7 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     gets a verbose record afterwards."""
     import logging
 
-    from hgmt import cli
+    from hgmt import console
 
     root = logging.getLogger()
     before = {h: list(h.filters) for h in root.handlers}
@@ -738,7 +738,7 @@ def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_work
     assert {h: list(h.filters) for h in root.handlers} == before
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        logging.info("a verbose line", extra=cli.VERBOSE)
+        logging.info("a verbose line", extra=console.VERBOSE)
     assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
 
 
@@ -748,10 +748,10 @@ def test_a_command_in_process_leaves_the_callers_logging_and_sigterm_as_they_wer
     hgmt.evaluate, stopping in one line on a workdir without checkpoints) it has no handler
     and its level still; before, main left a handler and INFO (the notebook's INFO lines, and
     absl's, then printed). A caller's own SIGTERM handler stays in place while a command runs
-    (`cli.sigterm_cleans_up` unwinds only where SIGTERM would have killed the process)."""
+    (`console.sigterm_cleans_up` unwinds only where SIGTERM would have killed the process)."""
     import signal
 
-    from hgmt import cli
+    from hgmt import console
 
     evaluate = load("hgmt.evaluate")  # imported first: orbax's import sets up logging
     root = logging.getLogger()
@@ -766,11 +766,11 @@ def test_a_command_in_process_leaves_the_callers_logging_and_sigterm_as_they_wer
 
     previous = signal.signal(signal.SIGTERM, own)
     try:
-        with cli.sigterm_cleans_up():
+        with console.sigterm_cleans_up():
             assert signal.getsignal(signal.SIGTERM) is own
     finally:
         signal.signal(signal.SIGTERM, previous)
-    with cli.sigterm_cleans_up():  # at SIGTERM's default: unwinds
+    with console.sigterm_cleans_up():  # at SIGTERM's default: unwinds
         assert signal.getsignal(signal.SIGTERM) not in (own, signal.SIG_DFL)
 
 
@@ -857,7 +857,7 @@ def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_
 
 
 def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_path):
-    """SIGTERM inside `cli.sigterm_cleans_up` (evaluate's, predict's and export's block): the
+    """SIGTERM inside `console.sigterm_cleans_up` (evaluate's, predict's and export's block): the
     cleanup of a partial file runs, a second SIGTERM meanwhile does not cut it short, and the
     process still dies of SIGTERM (-15 to its parent); outside it, SIGTERM's default ends the
     process where it stands, the partial file left (what hgmt.export left before)."""
@@ -865,7 +865,7 @@ def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_pat
     import subprocess
 
     code = ("import os, signal, sys, time\n"
-            "from hgmt import cli\n"
+            "from hgmt import console\n"
             "partial = sys.argv[1]\n"
             "def run():\n"
             "    open(partial, 'w').close()\n"
@@ -877,7 +877,7 @@ def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_pat
             "        os.remove(partial)\n"
             "        raise\n"
             "if sys.argv[2] == 'held':\n"
-            "    with cli.sigterm_cleans_up():\n"
+            "    with console.sigterm_cleans_up():\n"
             "        run()\n"
             "else:\n"
             "    run()\n")
@@ -892,18 +892,18 @@ def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_pat
 
 
 def test_ctrl_c_ends_a_command_in_one_line_after_its_cleanups(tmp_path):
-    """Ctrl-C in hgmt.evaluate, predict or export (`cli.interrupted_in_one_line`): the partial
+    """Ctrl-C in hgmt.evaluate, predict or export (`console.interrupted_in_one_line`): the partial
     file's cleanup runs, then one line and status 130, where Python printed its traceback; a
     caller in the same process gets its KeyboardInterrupt."""
-    from hgmt import cli
+    from hgmt import console
 
     partial = tmp_path / "partial"
-    proc = _with_a_partial_file("cli.interrupted_in_one_line(command=True)",
+    proc = _with_a_partial_file("console.interrupted_in_one_line(command=True)",
                                 "raise KeyboardInterrupt", partial)
     assert (proc.returncode, proc.stderr) == (
         130, "interrupted (Ctrl-C); nothing partial was left behind\n")
     assert not partial.exists()
-    with pytest.raises(KeyboardInterrupt), cli.interrupted_in_one_line(command=False):
+    with pytest.raises(KeyboardInterrupt), console.interrupted_in_one_line(command=False):
         raise KeyboardInterrupt
 
 
@@ -914,7 +914,7 @@ def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
     import subprocess
 
     code = ("import gc, os, signal, sys, time\n"
-            "from hgmt import cli\n"
+            "from hgmt import console\n"
             f"{before}"
             f"with {manager}:\n"
             "    open(sys.argv[1], 'w').close()\n"
@@ -937,7 +937,7 @@ def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_pat
 
     partial = tmp_path / "partial"
     proc = _with_a_partial_file(
-        "cli.sigterm_cleans_up()", "gc.callbacks.append(inside); gc.collect(); "
+        "console.sigterm_cleans_up()", "gc.callbacks.append(inside); gc.collect(); "
         "gc.callbacks.remove(inside); time.sleep(30); print('ran on')", partial,
         before="def inside(phase, info):\n"
                "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
@@ -955,9 +955,9 @@ def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
     import subprocess
 
     code = ("import logging, os\n"
-            "from hgmt import cli\n"
+            "from hgmt import console\n"
             "name = os.fsdecode(b'caf\\xe9.jpg')\n"
-            "with cli.console(0, command=True):\n"
+            "with console.console(0, command=True):\n"
             "    print(name)\n"
             "    logging.getLogger('x').warning('skipped %s', name)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
@@ -1175,18 +1175,18 @@ def test_the_other_processes_of_a_job_show_only_their_own_lines():
     console end shows them again (an in-process caller of hgmt.main gets its lines back)."""
     import logging
 
-    from hgmt import cli
+    from hgmt import console
 
     def record(level, **extra):
-        r = logging.LogRecord("hgmt", level, os.path.join(cli._HGMT_DIR, "x.py"), 1, "m", (),
+        r = logging.LogRecord("hgmt", level, os.path.join(console._HGMT_DIR, "x.py"), 1, "m", (),
                               None)
         r.__dict__.update(extra)
         return r
 
-    lines = cli.UserLines()
-    with cli.console(0, command=False):
-        cli.show_progress(False)
+    lines = console.UserLines()
+    with console.console(0, command=False):
+        console.show_progress(False)
         assert not lines.filter(record(logging.INFO))
-        assert lines.filter(record(logging.INFO, **cli.EVERY_PROCESS))
+        assert lines.filter(record(logging.INFO, **console.EVERY_PROCESS))
         assert lines.filter(record(logging.WARNING))
     assert lines.filter(record(logging.INFO))

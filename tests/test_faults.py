@@ -1867,7 +1867,7 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
         assert setting in message
     assert "allocation 0" not in message and err.value.__cause__ is None
     [dump] = [r for r in caplog.records if "allocation 39" in r.getMessage()]
-    from hgmt.cli import UserLines
+    from hgmt.console import UserLines
 
     assert dump.hgmt_verbose and not UserLines().filter(dump)  # shown with --verbosity=1
 

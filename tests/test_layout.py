@@ -12,7 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
-    ("base", ["hgmt.cli", "hgmt.paths", "hgmt.workdirs", "hgmt.disk_space",
+    ("base", ["hgmt.cli", "hgmt.console", "hgmt.paths", "hgmt.workdirs", "hgmt.disk_space",
               "hgmt.compilation_cache", "hgmt.cores", "hgmt.devices", "hgmt.code_version"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from hgmt import cli
+from hgmt import cli, console
 from hgmt.data import damage, records
 from hgmt.sources import surreal
 
@@ -106,7 +106,7 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
                 rate = checked.read / (last_line - began)
                 logging.info("%s %s: %d of %d records read, %d damaged, about %s left",
                              dataset, split, checked.read, to_read, len(checked.damaged),
-                             cli.hms((to_read - checked.read) / rate) if rate else "?")
+                             console.hms((to_read - checked.read) / rate) if rate else "?")
             try:
                 record = damage.read(source, i)
                 for key in records.IMAGE_FEATURES:
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         damage.check_max_fraction(args.config.max_damaged_fraction)
     except ValueError as e:
         raise SystemExit(f"error: --{e}") from None
-    with cli.console(args.verbosity, command=argv is None):
+    with console.console(args.verbosity, command=argv is None):
         return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from etils import epath
 
-from hgmt import cli, disk_space, paths, workdirs
+from hgmt import console, disk_space, paths, workdirs
 from hgmt.data import builds, cropping, damage, records
 from hgmt.sources import surreal
 from hgmt.tasks import spec
@@ -142,7 +142,7 @@ def record_in_workdir(dataset: str, data_dir: str, workdir: str, window: str = "
         save(workdir, measured)
     except (FileNotFoundError, NotADirectoryError) as e:
         logging.info("the metres a training window spans are not measured: %s", e,
-                     extra=cli.VERBOSE)
+                     extra=console.VERBOSE)
         return
     except Exception as e:  # noqa: BLE001  (the trainer goes on; prediction falls back)
         logging.warning("the metres a training window spans are not measured (%s: %s): 3D "

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from hgmt import cli, disk_space, paths
+from hgmt import console, disk_space, paths
 from hgmt.inference import predictor as prediction
 from hgmt.tasks import TASKS
 
@@ -517,7 +517,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
                     if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
                         last_line = time.perf_counter()
                         rate = count / (last_line - start)
-                        left = (f", about {cli.hms((listed - count) / rate)} left"
+                        left = (f", about {console.hms((listed - count) / rate)} left"
                                 if listed > count and rate > 0 else "")
                         logging.info("%s: %d%s frames, %.1f frames/s%s", path, count, of,
                                      rate, left)

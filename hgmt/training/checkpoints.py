@@ -44,7 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import cli, devices, disk_space, workdirs
+from hgmt import console, devices, disk_space, workdirs
 from hgmt.training import device_memory
 
 # The checkpoint item holding the CRC-32 of each array of its `state` (`saved`).
@@ -550,7 +550,7 @@ def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> Non
             (epath.Path(mngr.directory) / str(step)).rename(moved)
             # Each caller logs the move for the user, with its reason.
             logging.info("moved the checkpoint %s/%d to %s", mngr.directory, step, moved,
-                         extra=cli.VERBOSE)
+                         extra=console.VERBOSE)
     devices.barrier("checkpoints moved aside")
     mngr.reload()
 

@@ -8,7 +8,7 @@ past the process's address-space limit such as `ulimit -v`: "Out of memory alloc
 change. `explained(config)` catches that error and raises `OutOfDeviceMemory`: the per-device
 batch, the image size, the model's size, the memory XLA asked for and the device has (where
 XLA or the device says), and the settings to lower. XLA's full message is logged as a verbose
-line (`cli.VERBOSE`), which the commands show only with `--verbosity=1`.
+line (`console.VERBOSE`), which the commands show only with `--verbosity=1`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import jax
 import ml_collections
 
-from hgmt import cli
+from hgmt import cli, console
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -192,14 +192,14 @@ def explain_variables(error: BaseException, nbytes: int) -> OutOfDeviceMemory:
 @contextlib.contextmanager
 def _explained_by(explanation: Callable[[BaseException], OutOfDeviceMemory]) -> Iterator[None]:
     """Turns XLA's out-of-memory error raised inside into `explanation(error)`; XLA's full
-    message is logged as a verbose line (`cli.VERBOSE`)."""
+    message is logged as a verbose line (`console.VERBOSE`)."""
     try:
         yield
     except Exception as e:
         if not is_out_of_memory(e):
             raise
         logging.info("XLA's out-of-memory message in full:\n%s", _xla_out_of_memory(e),
-                     extra=cli.VERBOSE)
+                     extra=console.VERBOSE)
         raise explanation(e) from None
 
 
@@ -208,7 +208,7 @@ def explained(config: ml_collections.ConfigDict, what: str,
               batch_flag: tuple[str, int] | None = None, *,
               beside_train_state: bool = False) -> contextlib.AbstractContextManager:
     """Turns XLA's out-of-memory error raised inside into `OutOfDeviceMemory` (see `explain`);
-    XLA's full message is logged as a verbose line (`cli.VERBOSE`)."""
+    XLA's full message is logged as a verbose line (`console.VERBOSE`)."""
     return _explained_by(lambda e: explain(e, config, what, batch_field, batch_flag,
                                            beside_train_state=beside_train_state))
 

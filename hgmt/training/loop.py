@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import cli, code_version, devices, disk_space, paths, workdirs
+from hgmt import code_version, console, devices, disk_space, paths, workdirs
 from hgmt.data import augment, builds, crop_metres, damage, device_augment, input_pipeline, shards
 from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
@@ -235,7 +235,7 @@ def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
                  "%s); which records make each batch depends on that count",
                  jax.process_index(), workers, config.worker_count,
                  ", resumed with its checkpoint's" if saved != config.worker_count else "",
-                 extra=cli.EVERY_PROCESS)
+                 extra=console.EVERY_PROCESS)
     loader = train_loader(config, source, tasks, prepare, workers)
     damaged = damage.DamageLog(
         damage.Shards.of(source), len(source), config.max_damaged_fraction,

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import cli, devices, workdirs
+from hgmt import console, devices, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.models import to_checkpoint_layout
 from hgmt.training import (
@@ -344,7 +344,7 @@ class Trainer:
         else:
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, losses, pace.img_per_s,
-                         100 * pace.data_wait, 100 * pace.data_idle, cli.hms(pace.eta_s))
+                         100 * pace.data_wait, 100 * pace.data_idle, console.hms(pace.eta_s))
         if compiled:  # the ETA's clock starts after the compilation
             self.since, self.since_step = time.perf_counter(), step
         interval.restart(step)

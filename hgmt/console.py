@@ -1,0 +1,210 @@
+"""A command's console: which log lines it shows and how (`console`: hgmt's own progress and
+results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `extra=` marks
+`VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
+0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
+run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`). The flags that set
+it up are `hgmt.cli`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from hgmt import disk_space
+
+
+def hms(seconds: float) -> str:
+    """A duration as H:MM:SS for a progress line (whole seconds, rounded down)."""
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# `extra=` of a log line that only --verbosity=1 shows (`UserLines` drops it otherwise).
+VERBOSE = {"hgmt_verbose": True}
+# The `extra` of an INFO line about this process itself, shown on every process of a
+# multi-host job (`show_progress`), where the others repeat process 0's.
+EVERY_PROCESS = {"hgmt_every_process": True}
+_HGMT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# Whether the console shows hgmt's INFO lines (`show_progress`): not on the processes other
+# than 0 of a multi-host job, whose progress is process 0's.
+_progress_shown = True
+
+
+def show_progress(shown: bool) -> None:
+    """Shows or hides hgmt's INFO lines (progress, ETA, results) on the console from now until
+    the command's `console` block ends; its warnings and errors show either way."""
+    global _progress_shown
+    _progress_shown = shown
+
+
+class UserLines(logging.Filter):
+    """Keeps hgmt's own INFO lines (progress, ETA, results; unless `show_progress(False)`,
+    but for those logged with `extra=EVERY_PROCESS`) and everyone's warnings; the INFO
+    chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
+    XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
+    when a write fails on a full disk, which the command's own DiskFull line reports, show
+    only with --verbosity=1."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "hgmt_verbose", False):
+            return False
+        if record.pathname.startswith(_HGMT_DIR):
+            return (_progress_shown or record.levelno >= logging.WARNING
+                    or getattr(record, "hgmt_every_process", False))
+        if record.levelno >= logging.ERROR and (
+                disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
+                or disk_space.is_disk_full(Exception(record.getMessage()))):
+            return False
+        return record.levelno >= logging.WARNING
+
+
+class LevelNamed(logging.Formatter):
+    """A console line as the message alone, a warning's and an error's led by "warning: " and
+    "error: " as the commands' own printed ones are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return "error: " + line
+        return "warning: " + line if record.levelno >= logging.WARNING else line
+
+
+@contextlib.contextmanager
+def console(verbosity: int, *, command: bool, line_format: str | None = None,
+            date_format: str | None = None) -> Iterator[None]:
+    """A command's console while the block runs: the root logger at INFO, its lines in
+    `line_format` on stderr (default: `LevelNamed`'s), showing `user_lines`. As the
+    process's own command (`command`: its `main` called without argv) the handlers are set
+    up anew, since an import may have given the root logger Python's default one
+    ("WARNING:root:..."; absl does when it logs before anything is set up, as orbax's import
+    makes it), and the filter stays (`user_lines`' keep); a caller of `main` in the same
+    process (a test, a notebook) keeps its handlers, and gets its root logger's level and
+    handlers back as they were when the block ends.
+    The command's stdout and stderr then write a file name that is not UTF-8 (Python's
+    surrogate escapes of a Latin-1 name) as its bytes, where a strict UTF-8 stream would
+    raise after the work was done."""
+    if command:
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    fresh = command or not handlers
+    logging.basicConfig(format=line_format or "%(message)s", datefmt=date_format, force=command)
+    if fresh and line_format is None:
+        for handler in root.handlers:
+            handler.setFormatter(LevelNamed())
+    root.setLevel(logging.INFO)
+    try:
+        with user_lines(verbosity, keep=command):
+            yield
+    finally:
+        show_progress(True)
+        if not command:  # a caller's logging as it was: its level, its handlers alone
+            root.setLevel(level)
+            for handler in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
+    """The console's handlers (the root logger's) show `UserLines` only, unless `verbosity`
+    >= 1, while the block runs; with `keep` the filter stays after it (a command's process,
+    which may log the failed writes of a full disk while it exits), else the handlers are
+    given back as they were (a caller of `main` in the same process: a test, a notebook)."""
+    quiet = UserLines()
+    handlers = list(logging.getLogger().handlers) if verbosity < 1 else []
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers if not keep else ():
+            handler.removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def stoppable_console(verbosity: int, *, command: bool) -> Iterator[None]:
+    """`console` for a command that writes partial files (hgmt.evaluate, predict, export):
+    SIGTERM and Ctrl-C end it once their cleanups have run (`sigterm_cleans_up`,
+    `interrupted_in_one_line`)."""
+    with console(verbosity, command=command), sigterm_cleans_up(), \
+            interrupted_in_one_line(command):
+        yield
+
+
+@contextlib.contextmanager
+def interrupted_in_one_line(command: bool) -> Iterator[None]:
+    """Ctrl-C while the block runs, as the process's own command (`command`): once the
+    cleanups of partial files have run, one line and the shell's status 130, not Python's
+    traceback; a caller in the same process (a notebook's interrupt) gets its
+    KeyboardInterrupt."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not command:
+            raise
+        print("interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while `sigterm_cleans_up` held: unwinds the stack like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_cleans_up() -> Iterator[None]:
+    """While the block runs, SIGTERM (`kill`, a scheduler's cancel) unwinds the stack as Ctrl-C
+    does, so that the cleanups of partial files (`except BaseException`, `finally`) run; the
+    process then dies of SIGTERM as it would have (status -15 to its parent). Python's default
+    leaves SIGTERM to kill the process where it stands. Where SIGTERM is not at that default
+    (a caller's handler, a notebook's, an ignore) or outside the main thread, where Python
+    sets no handler, the block runs as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield
+        return
+
+    resent: list[threading.Timer] = []  # a SIGTERM sent again, not yet handled
+
+    def unwind(signum, frame):
+        resent.clear()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
+        raise _Terminated()
+
+    def swallowed(unraisable) -> None:
+        # Raised inside a callback Python cannot raise from (JAX's garbage-collection one): it
+        # would be printed and dropped, and the command run on with SIGTERM ignored. Sent
+        # again from another thread, it reaches the main thread's code outside the callback.
+        if isinstance(unraisable.exc_value, _Terminated):
+            signal.signal(signal.SIGTERM, unwind)
+            resent.append(threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)))
+            resent[-1].start()
+        else:
+            hook(unraisable)
+
+    previous, hook = signal.signal(signal.SIGTERM, unwind), sys.unraisablehook
+    sys.unraisablehook = swallowed
+    try:
+        yield
+        if resent:  # the block ended before the SIGTERM sent again reached it: it ends here
+            for timer in resent:
+                timer.cancel()
+            raise _Terminated()
+    except _Terminated:
+        print("stopped by SIGTERM; nothing partial was left behind", file=sys.stderr,
+              flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGTERM, previous)
