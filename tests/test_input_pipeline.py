@@ -807,3 +807,16 @@ def test_a_data_dir_under_home_is_read_with_its_tilde(demo_dataset, tmp_path, mo
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     source = builds.open_split("surreal/all", "~/tfds", "test")
     assert len(source) == len(builds.open_split("surreal/all", demo_dataset[1], "test")) > 0
+
+
+@pytest.mark.parametrize("module", ["hgmt.data.input_pipeline", "hgmt.data.eval_data",
+                                    "hgmt.inference.predictor"])
+def test_every_module_that_crops_leaves_opencv_one_thread(module):
+    """The crops run in the loader's worker processes, the evaluation's threads and the
+    Predictor: OpenCV's own thread pool in each would oversubscribe the cores. A fresh process
+    that imports any of them has OpenCV on one thread (cropping.py sets it)."""
+    out = subprocess.run([sys.executable, "-c", f"import cv2, {module}; "
+                          "print(cv2.getNumThreads())"], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"

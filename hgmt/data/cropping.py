@@ -22,6 +22,12 @@ from hgmt.sources import reference_crop, surreal
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
+# The crops' parallelism is the loader's worker processes and the evaluation's threads
+# (`eval_data`); OpenCV's own thread pool in each of them would oversubscribe the host's cores
+# and spin (measured on a 2-core and a 16-core host: docs/performance.md, "Input pipeline,
+# CPU").
+cv2.setNumThreads(1)
+
 # The person box's margins around the joints' tight box: fractions of its width (left, right)
 # and of its height (top, bottom); and the least side of the square window, in pixels.
 BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}

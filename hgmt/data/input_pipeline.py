@@ -28,7 +28,6 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-import cv2
 import grain.python as grain
 import jax
 import numpy as np
@@ -37,12 +36,6 @@ from absl import flags
 from hgmt import cores, devices
 from hgmt.data import cropping, damage
 from hgmt.data.augment import Augment
-
-# The loader's parallelism is grain's worker processes; OpenCV's own thread pool in each of
-# them would oversubscribe the host's cores and spin (measured on a 2-core and a 16-core host:
-# docs/performance.md, "Input pipeline, CPU").
-cv2.setNumThreads(1)
-
 
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
 # handles (hgmt.training.preemption.SIGNALS) and Ctrl-C's. Slurm and `timeout` signal every
