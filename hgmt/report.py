@@ -52,7 +52,7 @@ import sys
 
 from hgmt import cli, paths
 from hgmt.evaluation import protocols
-from hgmt.study import claims, report, runs
+from hgmt.study import charts, claims, evaluations, report, runs
 
 
 def _define_flags(fv) -> None:
@@ -128,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.note_file) as f:
             given = f.read().strip()
     with cli.faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
-        found = report.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
+        found = evaluations.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
         runs.warn_strays(args.sweep_dir)
-        results = report.load_sweep(args.sweep_dir, args.protocol, found)
+        results = evaluations.load_sweep(args.sweep_dir, args.protocol, found)
     # Everything is computed before the first file is written, so that a fault leaves the
     # report directory as it was rather than new files beside old ones.
     study = report.compare(results)
     checked = claims.check(study)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
-        f"{report.progress(args.sweep_dir, results, found)}")
-    files = {**report.charts(study),
+        f"{evaluations.progress(args.sweep_dir, results, found)}")
+    files = {**charts.draw(study),
              **{name: json.dumps(value, indent=1, allow_nan=False).encode()
                 for name, value in (("report.json", study), ("claims.json", checked))},
              "README.md": report.to_markdown(study, note, checked, runs.config_section(

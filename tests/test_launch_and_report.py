@@ -14,7 +14,7 @@ import hgmt.report
 from hgmt import workdirs
 from hgmt.evaluation import evaluator
 from hgmt.sources import surreal
-from hgmt.study import report, runs, stats
+from hgmt.study import charts, evaluations, report, runs, stats
 from hgmt.tasks import common
 from tests.conftest import xla_flags
 
@@ -664,7 +664,7 @@ def test_report_tests_each_change_over_the_seeds(tmp_path):
     assert workdirs.run_name("pose2d", 0) == "pose2d"
     assert workdirs.run_name("pose2d", 2) == "pose2d@seed2"
     assert workdirs.run_seed_index("pose2d@seed2") == 2 and workdirs.run_seed_index("segm") == 0
-    study = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]
+    study = report.compare(evaluations.load_sweep(str(sweep_dir)))["pose2d"]
     assert study["seeds"] == {"pose2d": 3, "pose2d+segm": 3, "pose2d+pose3d": 3,
                               "pose2d+depth": 1}
     assert study["isolated"] == pytest.approx(0.80)
@@ -711,7 +711,7 @@ def test_report_labels_its_intervals_as_per_comparison(tmp_path):
         s: [0.83, 0.84, 0.82] for s in ("pose2d+segm", "pose2d+depth", "pose2d+pose3d")}
     _finished_runs(sweep_dir, {t: [_summary(pck=v) for v in values]
                                for t, values in runs_of.items()})
-    t = report.compare(report.load_sweep(str(sweep_dir)))["pose2d"]["tests"]["pose2d+segm"]
+    t = report.compare(evaluations.load_sweep(str(sweep_dir)))["pose2d"]["tests"]["pose2d+segm"]
     assert (t["low"], t["high"]) == (pytest.approx(0.03 - 0.022670, abs=1e-5),
                                      pytest.approx(0.03 + 0.022670, abs=1e-5))
     assert t["p"] == pytest.approx(0.021312, abs=1e-5)
@@ -746,7 +746,7 @@ def test_report_says_why_a_change_without_spread_is_untested(tmp_path):
     sweep_dir = tmp_path / "sweep"
     _finished_runs(sweep_dir, {t: [_summary(iou=value)] * 3
                                for t, value in {"segm": 0.5, "pose2d+segm": 0.6}.items()})
-    study = report.compare(report.load_sweep(str(sweep_dir)))["segm"]
+    study = report.compare(evaluations.load_sweep(str(sweep_dir)))["segm"]
     assert study["tests"] == {} and study["per_item_tests"] == {}
     out = tmp_path / "report"
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"]) == 0
@@ -863,11 +863,11 @@ def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path,
         f"--out_file={run}/eval_test_hgmt.json"]
     with pytest.raises(ValueError, match=re.escape(
             f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")):
-        report.load_sweep(str(s))
+        evaluations.load_sweep(str(s))
     (run / "eval_test_hgmt.json").write_text(json.dumps(
         {**_summary(pck=0.7), "protocol": "hgmt", "step": STEP}))
     assert sweep("hgmt", bodynet).stdout == ""
-    assert report.load_sweep(str(s))["pose2d"][0]["pose2d"]["pckh@0.5"] == 0.7
+    assert evaluations.load_sweep(str(s))["pose2d"][0]["pose2d"]["pckh@0.5"] == 0.7
 
 
 def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
@@ -888,12 +888,12 @@ def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
 
 def test_report_refuses_two_runs_of_a_subset_with_one_seed(tmp_path):
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 2})
-    assert len(report.load_sweep(sweep_dir)["pose2d"]) == 2
+    assert len(evaluations.load_sweep(sweep_dir)["pose2d"]) == 2
     path = os.path.join(sweep_dir, "pose2d@seed1", "config.json")
     json.dump(json.load(open(path)) | {"seed": 0}, open(path, "w"))
     with pytest.raises(ValueError, match="runs pose2d and pose2d@seed1 were both trained with "
                                          "config.seed=0, so they are one seed, not two"):
-        report.load_sweep(sweep_dir)
+        evaluations.load_sweep(sweep_dir)
 
 
 def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
@@ -935,7 +935,7 @@ def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
     with pytest.raises(ValueError, match=re.escape(
             "3 runs trained alike (pose2d, pose2d+segm, pose2d+segm@seed1); pose2d@seed1 not: "
             "optimizer.learning_rate 0.5 (theirs: 0.002). Move pose2d@seed1 out of")):
-        report.load_sweep(sweep_dir)
+        evaluations.load_sweep(sweep_dir)
     # On a tie the first run's settings are the sweep's.
     edit("pose2d+segm", total_steps=300)
     edit("pose2d+segm@seed1", total_steps=300)
@@ -943,7 +943,7 @@ def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
             "2 runs trained alike (pose2d+segm, pose2d+segm@seed1); pose2d not: total_steps "
             "1200 (theirs: 300); pose2d@seed1 not: optimizer.learning_rate 0.5 (theirs: 0.002), "
             "total_steps 1200 (theirs: 300).")):
-        report.load_sweep(sweep_dir)
+        evaluations.load_sweep(sweep_dir)
     edit("pose2d@seed1", **{"optimizer.learning_rate": 0.002})
     edit("pose2d+segm", total_steps=1200)
     edit("pose2d+segm@seed1", total_steps=1200)
@@ -972,30 +972,30 @@ def test_report_counts_a_protocols_file_only_of_the_step_the_training_ended_at(t
     run.mkdir(parents=True)
     bodynet = {**_summary(pck=0.6), "protocol": "bodynet"}
     (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": 300}))
-    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    assert evaluations.evaluated_runs(str(sweep_dir), "bodynet") == {}
     assert runs.finished(str(sweep_dir)) == []
     (run / "eval_test.json").write_text(json.dumps({**_summary(pck=0.8), "step": STEP}))
-    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    assert evaluations.evaluated_runs(str(sweep_dir), "bodynet") == {}
     with pytest.raises(FileNotFoundError, match="only for the step its training ended at"):
-        report.load_sweep(str(sweep_dir), "bodynet")
+        evaluations.load_sweep(str(sweep_dir), "bodynet")
     (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": STEP}))
-    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [{**bodynet,
+    assert evaluations.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [{**bodynet,
                                                                          "step": STEP}]}
     # An eval_test.json without its step: the config's total_steps, where training ended.
     (run / "eval_test.json").write_text(json.dumps(_summary(pck=0.8)))
-    assert report.evaluated_runs(str(sweep_dir), "bodynet") == {}
+    assert evaluations.evaluated_runs(str(sweep_dir), "bodynet") == {}
     (run / "config.json").write_text(json.dumps({"total_steps": STEP}))
-    assert list(report.evaluated_runs(str(sweep_dir), "bodynet")) == ["pose2d"]
+    assert list(evaluations.evaluated_runs(str(sweep_dir), "bodynet")) == ["pose2d"]
     # A trainer's bodynet numbers are reported under bodynet beside a stale file of them;
     # under hgmt, an eval_test_hgmt.json of another step is not read as the run's numbers.
     trained = {**bodynet, "step": STEP, "pose2d": {**bodynet["pose2d"], "pck": 0.65}}
     (run / "eval_test.json").write_text(json.dumps(trained))
     (run / "eval_test_bodynet.json").write_text(json.dumps({**bodynet, "step": 300}))
-    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [trained]}
+    assert evaluations.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [trained]}
     (run / "eval_test_hgmt.json").write_text(json.dumps(
         {**_summary(pck=0.7), "protocol": "hgmt", "step": 300}))
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir))
+        evaluations.load_sweep(str(sweep_dir))
     assert str(e.value) == (
         f"{run}/eval_test.json holds protocol 'bodynet' numbers, not 'hgmt' (the run's test "
         f"evaluator ran under 'bodynet'): report them with --protocol=bodynet, or evaluate the "
@@ -1052,7 +1052,7 @@ def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys
                 f"(<subset>[@seed<k>]): left out"
                 for name in ("pose2d.old", "pose2d@seed0", "segm+pose2d")]
     assert runs.finished(sweep_dir) == ["pose2d", "segm"]
-    assert list(report.evaluated_runs(sweep_dir)) == ["pose2d", "segm"]
+    assert list(evaluations.evaluated_runs(sweep_dir)) == ["pose2d", "segm"]
     assert [runs.is_run_name(n) for n in ("pose2d+segm", "pose2d+segm@seed2", "all",
                                           "pose2d@seed01", "pose2d@seedx", "")] == [
         True, True, False, False, False, False]
@@ -1107,7 +1107,7 @@ def test_report_names_runs_outside_the_plan(tmp_path):
              "metrics_version": evaluator.metrics_version("hgmt")}))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
                                                       "seeds": 1}))
-    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
+    line = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir)))
     assert line == ("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in the plan, "
                     "counted in the tables: pose2d@seed3. Each is evaluated on 240 frames of "
                     "split `test` (frames: every4; no flip test; metric definitions version "
@@ -1129,7 +1129,7 @@ def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path,
                "max_examples": 0}
     _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **flipped}] * 2,
                                "pose2d+segm": [{**_summary(pck=0.8), **flipped}]})
-    results = report.load_sweep(str(sweep_dir))
+    results = evaluations.load_sweep(str(sweep_dir))
     command = (f"`python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test "
                f"--frames=middle --flip --max_examples=0 --protocol=hgmt "
                f"--out_file={sweep_dir}/<run>/eval_test.json`")
@@ -1139,22 +1139,22 @@ def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path,
             "these models other numbers; what changed: version 2: change two; version 3: change "
             "three. {have}. A run with its checkpoints is evaluated under today's definitions "
             "by, for each <run>: " + command + ".")
-    assert report.progress(str(sweep_dir), results) == said.format(have=(
+    assert evaluations.progress(str(sweep_dir), results) == said.format(have=(
         "None of these 3 runs kept its checkpoints (`<run>/checkpoints`), so their numbers "
         "stay under version 1 unless they are trained again"))
     # Checkpoint folders holding no step (left empty; an unfinished write) keep nothing.
     (sweep_dir / "pose2d" / "checkpoints").mkdir()
     (sweep_dir / "pose2d+segm" / "checkpoints" / "7.orbax-checkpoint-tmp-1").mkdir(parents=True)
-    assert report.progress(str(sweep_dir), results) == said.format(have=(
+    assert evaluations.progress(str(sweep_dir), results) == said.format(have=(
         "None of these 3 runs kept its checkpoints (`<run>/checkpoints`), so their numbers "
         "stay under version 1 unless they are trained again"))
     (sweep_dir / "pose2d@seed1" / "checkpoints" / "100").mkdir(parents=True)
-    assert report.progress(str(sweep_dir), results) == said.format(have=(
+    assert evaluations.progress(str(sweep_dir), results) == said.format(have=(
         "1 of these 3 runs kept their checkpoints (`<run>/checkpoints`: pose2d@seed1); the "
         "others would have to be trained again"))
     for name in ("pose2d", "pose2d+segm"):
         (sweep_dir / name / "checkpoints" / "100").mkdir(parents=True)
-    assert report.progress(str(sweep_dir), results) == said.format(have=(
+    assert evaluations.progress(str(sweep_dir), results) == said.format(have=(
         "Every one of these 3 runs kept its checkpoints (`<run>/checkpoints`)"))
     assert report.compare(results)["pose2d"]["evaluation"] == {
         "num_examples": 24, "split": "test", "frames": "middle", "flip": True,
@@ -1226,7 +1226,7 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(
         {**_summary(iou=0.5), **middle}))
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir))
+        evaluations.load_sweep(str(sweep_dir))
     assert str(e.value).endswith(
         f"Evaluate segm, segm@seed1 again as the others, for each <run>: python -m "
         f"hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
@@ -1236,22 +1236,22 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     for name, out in (("segm", "eval_test_hgmt.json"), ("segm@seed1", "eval_test.json")):
         (sweep_dir / name / out).write_text(json.dumps({**_summary(iou=0.5), **every4}))
     assert json.loads((sweep_dir / "segm" / "eval_test.json").read_text()) == trained
-    results = report.load_sweep(str(sweep_dir))
+    results = evaluations.load_sweep(str(sweep_dir))
     assert [r["num_examples"] for r in results["segm"]] == [240, 240]
     # Only runs under eval_test_hgmt.json to evaluate: the command names that file alone.
-    segm = {"segm": report._result(str(sweep_dir / "segm"), "hgmt")[0]}
-    assert report._evaluate_command(str(sweep_dir), "hgmt", report._evaluation(middle), [0],
-                                    segm) == (
+    segm = {"segm": evaluations._result(str(sweep_dir / "segm"), "hgmt")[0]}
+    settings = evaluations.evaluation_settings(middle)
+    assert evaluations._evaluate_command(str(sweep_dir), "hgmt", settings, [0], segm) == (
         f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
         f"--noflip --max_examples=0 --protocol=hgmt "
         f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")
     today = max(evaluator.METRICS_CHANGES) + 1
     monkeypatch.setattr(evaluator, "METRICS_CHANGES",
                         {**evaluator.METRICS_CHANGES, today: (("hgmt",), "a change")})
-    assert report.progress(str(sweep_dir), results).endswith(
+    assert evaluations.progress(str(sweep_dir), results).endswith(
         f"--protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json` (for segm, whose "
         f"eval_test.json holds another protocol's numbers: "
-        f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json)."), report.progress(
+        f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json)."), evaluations.progress(
             str(sweep_dir), results)
 
 
@@ -1277,7 +1277,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     write("pose2d", "reference")
     write("pose2d+segm", None)
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir), "bodynet")
+        evaluations.load_sweep(str(sweep_dir), "bodynet")
     version = evaluator.metrics_version("bodynet")
     assert ("1 run with num_examples 240, split test, frames middle, flip False, "
             f"metrics_version {version}, window hgmt (pose2d+segm); 1 run with num_examples "
@@ -1295,11 +1295,11 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
             "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
             f"reference, metrics_version {version}), for each <run>: python -m hgmt.evaluate "
             "--workdir=")) as e:
-        report.load_sweep(str(sweep_dir), "bodynet")
+        evaluations.load_sweep(str(sweep_dir), "bodynet")
     assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value
     for name in ("pose2d", "pose2d@seed1", "pose2d+segm"):
         write(name, "reference")
-    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
+    line = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir), "bodynet"))
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
                          "no flip test; crop window: reference; metric definitions version "
                          f"{evaluator.metrics_version('bodynet')})."), line
@@ -1322,10 +1322,10 @@ def test_report_of_runs_trained_on_the_references_box_keeps_their_window(tmp_pat
             {"total_steps": STEP, "window": "reference_box", "seed": int(name.endswith("1"))}))
     with pytest.raises(ValueError, match=re.escape(
             "Evaluate pose2d+segm again as the others, for each <run>:")):
-        report.load_sweep(str(sweep_dir), "hgmt")
+        evaluations.load_sweep(str(sweep_dir), "hgmt")
     summary = json.loads((sweep_dir / "pose2d" / "eval_test.json").read_text())
     (sweep_dir / "pose2d+segm" / "eval_test.json").write_text(json.dumps(summary))
-    assert len(report.load_sweep(str(sweep_dir), "hgmt")) == 2
+    assert len(evaluations.load_sweep(str(sweep_dir), "hgmt")) == 2
 
 
 def test_report_refuses_runs_evaluated_at_other_label_sizes(tmp_path):
@@ -1350,13 +1350,13 @@ def test_report_refuses_runs_evaluated_at_other_label_sizes(tmp_path):
     write("pose2d@seed1", label_size=None, data_dir="/mnt/nodeB/data")
     write("pose2d+segm", label_size=32)
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir), "hgmt")
+        evaluations.load_sweep(str(sweep_dir), "hgmt")
     assert str(e.value) == (
         f"{sweep_dir}: the runs were evaluated at other label sizes, so their numbers do not "
         f"compare: 16 x 16 (pose2d); 32 x 32 (pose2d+segm). Evaluate them again at the image "
         f"size they were trained at (hgmt.evaluate without --config.image_size)")
     write("pose2d+segm")
-    assert len(report.load_sweep(str(sweep_dir), "hgmt")) == 2
+    assert len(evaluations.load_sweep(str(sweep_dir), "hgmt")) == 2
 
 
 def _count_reads(monkeypatch, sweep_dir) -> collections.Counter:
@@ -1388,16 +1388,16 @@ def test_report_reads_each_evaluation_file_of_a_run_once(tmp_path, monkeypatch):
     (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
     (sweep_dir / "segm" / "eval_test_bodynet.json").write_text(json.dumps(bodynet))
     opened = _count_reads(monkeypatch, sweep_dir)
-    results = report.load_sweep(str(sweep_dir))
+    results = evaluations.load_sweep(str(sweep_dir))
     assert results == {"pose2d": [hgmt_numbers], "segm": [hgmt_numbers]}
     every = {"pose2d/eval_test.json": 1, "segm/eval_test.json": 1,
              "segm/eval_test_hgmt.json": 1}
     assert opened == every
     opened.clear()
-    assert report.progress(str(sweep_dir), results) == "Runs finished: 2."
+    assert evaluations.progress(str(sweep_dir), results) == "Runs finished: 2."
     assert opened == every
     opened.clear()
-    assert report.load_sweep(str(sweep_dir), "bodynet") == {"segm": [bodynet]}
+    assert evaluations.load_sweep(str(sweep_dir), "bodynet") == {"segm": [bodynet]}
     assert opened == {"pose2d/eval_test.json": 1, "segm/eval_test.json": 1,
                       "segm/eval_test_bodynet.json": 1}
 
@@ -1413,9 +1413,9 @@ def test_the_report_command_reads_each_evaluation_file_of_a_run_once(tmp_path, m
     (sweep_dir / "segm" / "eval_test_hgmt.json").write_text(json.dumps(hgmt_numbers))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "segm"],
                                                       "seeds": 1}))
-    alone = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir)))
+    alone = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir)))
     assert alone == "Runs finished: 2 of 2 (2 subsets x 1 seed).", alone
-    assert report.evaluated_runs(str(sweep_dir)) == {
+    assert evaluations.evaluated_runs(str(sweep_dir)) == {
         "pose2d": ("eval_test.json", hgmt_numbers), "segm": ("eval_test_hgmt.json", hgmt_numbers)}
     opened = _count_reads(monkeypatch, sweep_dir)
     out = tmp_path / "out"
@@ -1433,9 +1433,9 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     (sweep_dir / "pose2d").mkdir(parents=True)
     summary = {**_summary(pck=0.8), "protocol": "bodynet", "step": STEP}
     (sweep_dir / "pose2d" / "eval_test.json").write_text(json.dumps(summary))
-    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
+    assert evaluations.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d"], "seeds": 1}))
-    line = report.progress(str(sweep_dir), report.load_sweep(str(sweep_dir), "bodynet"))
+    line = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir), "bodynet"))
     assert line.startswith("Runs finished: 1 of 1 (1 subsets x 1 seed)."), line
     with pytest.raises(SystemExit) as e:
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"])
@@ -1451,12 +1451,12 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     out_file = str(e.value.code).rpartition("--out_file=")[2]
     with open(out_file, "w") as f:
         json.dump(hgmt_numbers, f)
-    assert report.load_sweep(str(sweep_dir)) == {"pose2d": [hgmt_numbers]}
-    assert report.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
+    assert evaluations.load_sweep(str(sweep_dir)) == {"pose2d": [hgmt_numbers]}
+    assert evaluations.load_sweep(str(sweep_dir), "bodynet") == {"pose2d": [summary]}
     assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'out'}"]) == 0
     (run / "eval_test_hgmt.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir))
+        evaluations.load_sweep(str(sweep_dir))
     assert str(e.value) == (
         f"{run}/eval_test_hgmt.json holds protocol 'bodynet' numbers, not 'hgmt': evaluate "
         f"the run under 'hgmt' into it again: python -m hgmt.evaluate --workdir={run} "
@@ -1479,7 +1479,7 @@ def test_report_compares_each_task_with_its_isolated_run(tmp_path):
         (sweep_dir / name).mkdir(parents=True)
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(s))
     (sweep_dir / "pose3d+depth").mkdir()  # unfinished: ignored
-    study = report.compare(report.load_sweep(str(sweep_dir)))
+    study = report.compare(evaluations.load_sweep(str(sweep_dir)))
     assert study["pose2d"]["best"] == "pose2d+segm"
     assert study["pose2d"]["gain"]["pose2d+segm"] == pytest.approx(0.05)
     assert study["pose2d"]["gain"]["pose2d+pose3d"] == pytest.approx(-0.02)
@@ -1517,7 +1517,7 @@ def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
     chosen = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        assert len(report.charts(study)) == 3
+        assert len(charts.draw(study)) == 3
         drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                                str(tmp_path / "pckh.png"))
         assert matplotlib.get_backend() == "svg"
@@ -1534,7 +1534,7 @@ def test_per_item_charts_name_the_items_value_and_its_direction():
         "pose2d": [_summary(pck=0.80)], "pose3d": [_summary(mjd=60.0)],
         "segm": [_summary(iou=0.50)],
         "pose2d+pose3d+segm": [_summary(pck=0.85, mjd=55.0, iou=0.52)]})
-    labels = {t: report.per_item_figure(study[t], t).axes[0].get_ylabel()
+    labels = {t: charts.per_item_figure(study[t], t).axes[0].get_ylabel()
               for t in ("pose2d", "pose3d", "segm")}
     assert labels == {"pose2d": "gain in the joint's PCKh@0.5",
                       "pose3d": "decrease in the joint's error (mm)",
@@ -1573,7 +1573,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
                             "pose2d+depth": _pose2d_seeds([0.862]),
                             "pose2d+pose3d": _pose2d_seeds([0.858, 0.861, 0.866])})
     e = study["pose2d"]
-    ax = report.subsets_figure(e, "pose2d").axes[0]
+    ax = charts.subsets_figure(e, "pose2d").axes[0]
     low, high = ax.get_ylim()
     ends = [v + k * (e["spread"][s] or 0) for s, v in e["subsets"].items() for k in (-1, 1)]
     assert 0.8 < low < min(ends) and max(ends) < high < 0.9, (low, high, ends)
@@ -1584,7 +1584,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
                                            2.0: 2 * e["spread"]["pose2d+pose3d"],
                                            3.0: 2 * e["spread"]["pose2d+segm"]})
 
-    ax = report.per_item_figure(e, "pose2d").axes[0]
+    ax = charts.per_item_figure(e, "pose2d").axes[0]
     pelvis = surreal.JOINT_NAMES.index("pelvis")
     assert "pelvis" not in e["per_item_tests"] and len(e["per_item_tests"]) == 15
     assert sorted(_whiskers(ax)) == [k for k in range(16) if k != pelvis]
@@ -1598,17 +1598,17 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     # The isolated run best, every subset of one seed: no green, no whiskers.
     e = report.compare({"pose2d": _pose2d_seeds([0.87]),
                         "pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
-    ax = report.subsets_figure(e, "pose2d").axes[0]
+    ax = charts.subsets_figure(e, "pose2d").axes[0]
     assert ax.get_title() == ("pose2d: isolated and best mean (grey, dashed line), others (blue)"
                               "\none seed: no whisker")
     assert _whiskers(ax) == {} and 0.8 < ax.get_ylim()[0]
-    ax = report.per_item_figure(e, "pose2d").axes[0]
+    ax = charts.per_item_figure(e, "pose2d").axes[0]
     assert _whiskers(ax) == {} and ax.get_title() == (  # the only multi-task subset
         "pose2d: pose2d+segm vs isolated, per joint (+ = better)\n(untested) items: hatched, "
         "no whisker")
     # No isolated run.
     e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
-    assert report.subsets_figure(e, "pose2d").axes[0].get_title() == (
+    assert charts.subsets_figure(e, "pose2d").axes[0].get_title() == (
         "pose2d: no isolated run, best mean (green)\none seed: no whisker")
 
 
@@ -1645,7 +1645,7 @@ def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_ou
             (run / "eval_test_bodynet.json").write_text(json.dumps(
                 {**summary, "protocol": "bodynet", "step": STEP}))
             (run / "eval_test.json").write_text(json.dumps({"step": STEP}))
-    study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
+    study = report.compare(evaluations.load_sweep(str(sweep_dir), "bodynet"))
     assert study["pose3d"]["seeds"] == {"pose3d": 2, "pose3d+depth": 2}
     assert study["pose3d"]["null"] == {"pose3d": {"seeds": 1, "of": 3, "reasons": [damaged]}}
     assert study["depth"]["undefined"] == ["depth", "pose3d+depth"]
@@ -1686,16 +1686,17 @@ def test_report_leaves_a_metric_that_is_not_finite_out_as_null(tmp_path):
     assert depth["subsets"]["pose2d+depth"] == 80.5
     assert depth["seeds"] == {"depth": 2, "pose2d+depth": 2}
     assert depth["tests"]["pose2d+depth"]["change"] == 10.5
-    assert depth["null"] == {s: {"seeds": 1, "of": 3, "reasons": [report.NOT_FINITE]}
+    assert depth["null"] == {s: {"seeds": 1, "of": 3, "reasons": [evaluations.NOT_FINITE]}
                              for s in ("depth", "pose2d+depth")}
     text = (out / "README.md").read_text()
-    assert (f"- depth (1 of 3 seeds), pose2d+depth (1 of 3 seeds): {report.NOT_FINITE}."
+    assert (f"- depth (1 of 3 seeds), pose2d+depth (1 of 3 seeds): {evaluations.NOT_FINITE}."
             in text), text
     assert (out / "depth_subsets.png").is_file()
 
 
-@pytest.mark.parametrize("part", ["to_markdown", "per_item_figure"])
-def test_report_writes_nothing_when_making_it_fails(part, tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, part", [(report, "to_markdown"),
+                                          (charts, "per_item_figure")], ids=["markdown", "chart"])
+def test_report_writes_nothing_when_making_it_fails(module, part, tmp_path, monkeypatch):
     """Every part of the report is made before the first file is written: a fault while
     making the Markdown (it came after report.json, claims.json and the charts) or a chart
     (the charts were saved one by one) leaves the report directory as it was, not new
@@ -1710,7 +1711,7 @@ def test_report_writes_nothing_when_making_it_fails(part, tmp_path, monkeypatch)
     def fails(*args, **kwargs):
         raise ValueError("a fault")
 
-    monkeypatch.setattr(report, part, fails)
+    monkeypatch.setattr(module, part, fails)
     with pytest.raises(ValueError, match="a fault"):
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
     assert [p.name for p in out.iterdir()] == ["README.md"]
@@ -1748,7 +1749,7 @@ def test_report_refuses_runs_that_train_a_task_with_another_loss(tmp_path):
         config["loss_weights"]["segm"] = 1.0
         del config["loss_options"]
         json.dump(config, open(path, "w"))
-    assert len(report.load_sweep(sweep_dir)["segm"]) == 3
+    assert len(evaluations.load_sweep(sweep_dir)["segm"]) == 3
 
 
 def test_report_compares_another_protocols_numbers(tmp_path):
@@ -1767,7 +1768,7 @@ def test_report_compares_another_protocols_numbers(tmp_path):
         (sweep_dir / name / "eval_test_bodynet.json").write_text(json.dumps(s))
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(
             {**_summary(pck=0.5), "step": STEP}))
-    study = report.compare(report.load_sweep(str(sweep_dir), "bodynet"))
+    study = report.compare(evaluations.load_sweep(str(sweep_dir), "bodynet"))
     assert study["pose2d"]["metric"] == "pck" and study["pose2d"]["protocol"] == "bodynet"
     assert study["pose2d"]["gain"]["pose2d+segm"] == pytest.approx(0.05)
     assert study["pose2d"]["per_item_gain"] == {"r_wrist": pytest.approx(0.05)}
@@ -1784,14 +1785,14 @@ def test_report_compares_another_protocols_numbers(tmp_path):
         {"protocol": "bodynet"}))
     run = sweep_dir / "pose2d"
     with pytest.raises(ValueError) as e:
-        report.load_sweep(str(sweep_dir), "surreal")
+        evaluations.load_sweep(str(sweep_dir), "surreal")
     assert str(e.value) == (
         f"{run}/eval_test_surreal.json holds protocol 'bodynet' numbers, not 'surreal': "
         f"evaluate the run under 'surreal' into it again: python -m hgmt.evaluate "
         f"--workdir={run} --protocol=surreal --out_file={run}/eval_test_surreal.json")
     (sweep_dir / "pose2d" / "eval_test_surreal.json").unlink()
     with pytest.raises(FileNotFoundError, match="--protocols=surreal"):
-        report.load_sweep(str(sweep_dir), "surreal")
+        evaluations.load_sweep(str(sweep_dir), "surreal")
 
 
 def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
@@ -1802,10 +1803,10 @@ def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
         with pytest.raises(FileNotFoundError, match=rf"^--sweep_dir={tmp_path / given} is not "
                                                     rf"a folder \(missing, or a file\): give "
                                                     rf"the folder launch/sweep.py made$"):
-            report.load_sweep(str(tmp_path / given))
+            evaluations.load_sweep(str(tmp_path / given))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no subset has finished"):
-        report.load_sweep(str(tmp_path / "empty"))
+        evaluations.load_sweep(str(tmp_path / "empty"))
 
 
 @pytest.mark.slow
@@ -2121,10 +2122,10 @@ def test_learning_doc_quotes_the_committed_four_task_seed_spread():
     names = [workdirs.run_name("pose2d+pose3d+depth+segm", k) for k in range(3)]
     if not all(os.path.isfile(os.path.join(sweep_dir, n, "eval_test.json")) for n in names):
         pytest.skip("the 4-task study runs are not committed")
-    evaluations = [json.load(open(os.path.join(sweep_dir, n, "eval_test.json"))) for n in names]
+    summaries = [json.load(open(os.path.join(sweep_dir, n, "eval_test.json"))) for n in names]
 
     def quoted(task: str, metric: str, digits: int, span_digits: int, unit: str) -> str:
-        values = [r[task][metric] for r in evaluations]
+        values = [r[task][metric] for r in summaries]
         lo, hi = min(values), max(values)
         return f"{hi - lo:.{span_digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
 

@@ -34,6 +34,8 @@ from scipy import stats
 
 ALPHA = 0.05  # the family-wise error rate of one family of tests
 LEVEL = 0.95  # the confidence level of each interval (per comparison, not Holm-adjusted)
+# A table's header of those intervals.
+CI_HEADER = f"{LEVEL:.0%} CI (per comparison)"
 BETTER, WORSE, UNDETECTED = "better", "worse", "no detectable change"
 ONE_SEED, NO_SPREAD = "one seed", "no spread over the seeds to test against"
 NOT_FINITE = "a seed's value is not a finite number"
