@@ -185,7 +185,7 @@ def test_flagged_input_is_the_references_normalised_zero():
 def test_every_evaluation_json_counts_flagged_frames(tmp_path):
     from configs import default
     from hgmt.data import demo
-    from hgmt.evaluation import evaluator
+    from hgmt.evaluation import evaluator, report
     from hgmt.models import create_model
     from hgmt.tasks import heads
     from hgmt.training import steps
@@ -213,20 +213,20 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
         assert everything["unusable_frames"]["rejected_by_hgmt"] == 3
         summary = evaluator.evaluate(config, variables, protocol=protocol, frames="middle",
                                      max_examples=0)
-        report = summary["unusable_frames"]
-        assert summary["num_examples"] == 2 and report["count"] == 2, protocol  # both middles
-        assert report["treatment"]["segm"].startswith(
+        unusable = summary["unusable_frames"]
+        assert summary["num_examples"] == 2 and unusable["count"] == 2, protocol  # both middles
+        assert unusable["treatment"]["segm"].startswith(
             "left out" if protocol == "hgmt" else f"evaluated as {protocol}'s code does")
-        assert report["treatment"]["pose3d"].startswith(
+        assert unusable["treatment"]["pose3d"].startswith(
             "evaluated as bodynet" if protocol == "bodynet" else "left out")
         if protocol != "hgmt":
-            assert report["treatment"]["segm"].endswith(
+            assert unusable["treatment"]["segm"].endswith(
                 f"input normalised to {evaluator.unusable_level(protocol)}, the labels of a "
                 f"frame without a person (no joint, part or foreground), counted in N")
     # SURREAL tests one example a batch (training/exp/eval.sh:10): both are evaluated.
     assert summary["segm"]["examples_not_evaluated"] == 0
     assert "fewer than one reference test batch" not in str(summary["segm"].get("null_reasons"))
-    assert "**2 flagged unusable test frame(s)**" in evaluator.to_markdown(summary)
+    assert "**2 flagged unusable test frame(s)**" in report.to_markdown(summary)
 
 
 def _cut_labels(stem: str, frames: int) -> None:

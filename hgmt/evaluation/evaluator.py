@@ -1,6 +1,7 @@
 """The evaluator of a split: one compiled evaluation step over the frames it selects, metric sums
 accumulated over the split (padding never counts) and summarised under a metric protocol
-(`protocols`), and the summary's JSON and Markdown.
+(`protocols`), and the summary's files (`write_report`: its JSON, its Markdown, made by
+hgmt/evaluation/report.py, and its pictures).
 
 Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and by the
 `hgmt.evaluate` command."""
@@ -25,7 +26,7 @@ from etils import epath
 
 from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import builds, cropping, damage, eval_data
-from hgmt.evaluation import pictures, protocols
+from hgmt.evaluation import pictures, protocols, report
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -384,7 +385,7 @@ class Evaluator:
         summary["frames_selected"] = self.frames_selected  # the frames before that limit
         summary.update(records)
         if records["num_damaged"]:
-            logging.warning("evaluation of split %r: %s", self.split, damaged_note(summary))
+            logging.warning("evaluation of split %r: %s", self.split, report.damaged_note(summary))
         return summary
 
     def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
@@ -406,7 +407,7 @@ class Evaluator:
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
         the records the evaluation took that did not read, left out of its numbers (every
-        process's, `combine`; what that does to each number: `damaged_note`), and
+        process's, `combine`; what that does to each number: `report.damaged_note`), and
         {'num_unreadable', 'unreadable_records'} those that did not read on any process while
         the frames were selected, whose frames are unknown: each is left out if it is one of
         the frames asked for, which cannot be told.
@@ -440,107 +441,6 @@ def headline(summary: dict) -> dict:
 def headline_keys(task: str, protocol: str = "hgmt") -> tuple[str, ...]:
     """The names of `task`'s one-number metrics under `protocol`."""
     return protocols.headline_of(task, protocol).metrics
-
-
-def _fmt(value, spec: str, missing: str = "") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def damaged_note(summary: dict) -> str:
-    """What the damaged records an evaluation left out (summary['damaged_records']) do to its
-    numbers, for its log warning and Markdown: hgmt's definitions, and the reference ones
-    that are ratios or per-batch means, are over the other frames; a reference number that
-    divides a sum by N, damaged records included, is null (`common.reference_null`)."""
-    nulled = [f"{t}/{k}" for t in TASKS if t in summary
-              for k, why in summary[t].get("null_reasons", {}).items()
-              if why.endswith(common.DAMAGED)]
-    note = (f"{summary['num_damaged']} damaged record(s) left out: "
-            f"{'; '.join(summary.get('damaged_records', []))}. ")
-    if not nulled:
-        return note + ("The numbers are over the other frames, so a protocol compared with "
-                       "published tables needs them rebuilt.")
-    return note + (f"{', '.join(nulled)}: null, as the reference divides their sum by N, "
-                   f"the damaged records included, so its figure cannot be reproduced "
-                   f"(evaluate with --protocol=hgmt or rebuild the shard); the other numbers "
-                   f"are over the other frames.")
-
-
-def caveat_lines(summary: dict) -> list[str]:
-    """Markdown list items: each task's null numbers with their reasons, then its nonzero
-    caveat counters (its protocol's `Headline.caveats`) with their meanings."""
-    out = []
-    for t in TASKS:
-        if t not in summary:
-            continue
-        entry = summary[t]
-        out += [f"- {t}/{k} is null: {why}." for k, why in entry.get("null_reasons", {}).items()]
-        for key, meaning in protocols.headline_of(t, entry.get("protocol", "hgmt")).caveats.items():
-            value = entry.get(key)
-            if value:
-                shown = ", ".join(value) if isinstance(value, list) else value
-                out.append(f"- {t}/{key} = {shown}: {meaning}.")
-    return out
-
-
-def to_markdown(summary: dict) -> str:
-    """Markdown tables: headline metrics with the protocol that made each, then per-joint and
-    per-part breakdowns."""
-    protocol = summary.get("protocol", "hgmt")
-    window = summary.get("window", "hgmt")
-    window = "" if window == "hgmt" else (
-        f", in the `{window}` crop window (every task's numbers, those of hgmt's definitions "
-        f"included)")
-    lines = [f"Evaluated {summary['num_examples']} examples of split `{summary['split']}`"
-             f" (frames: {summary.get('frames', 'middle')})"
-             f"{' with flip test' if summary['flip'] else ''}, metric protocol `{protocol}` "
-             f"(docs/metrics.md){window}.", "", "| metric | value | protocol |",
-             "|---|---|---|"]
-    selected = summary.get("frames_selected", 0)
-    if summary.get("max_examples") and selected > summary["max_examples"]:
-        lines[1:1] = ["", f"**The first {summary['max_examples']} of the {selected} frames "
-                      f"selected** (max_examples={summary['max_examples']}): a subset, not to "
-                      f"be set beside numbers over the whole split (--max_examples=0 "
-                      f"evaluates every frame)."]
-    if summary.get("num_unreadable"):
-        lines[1:1] = ["", f"**{summary['num_unreadable']} record(s) of the split do not read, "
-                      f"their frames unknown**: each is left out if it is one of the frames "
-                      f"asked for: {'; '.join(summary.get('unreadable_records', []))}."]
-    if summary.get("num_damaged"):
-        lines[1:1] = ["", f"**{damaged_note(summary)}**"]
-    unusable = summary.get("unusable_frames", {})
-    if unusable.get("count"):
-        how = "; ".join(f"{t}: {w}" for t, w in unusable["treatment"].items())
-        lines[1:1] = ["", f"**{unusable['count']} flagged unusable test frame(s)** (kept as the "
-                      f"references keep them, docs/metrics.md): {how}."]
-    for k, v in headline(summary).items():
-        task_protocol = summary[k.split("/")[0]].get("protocol", "hgmt")
-        lines.append(f"| {k} | {_fmt(v, '.4g', 'undefined')} | {task_protocol} |")
-    caveats = caveat_lines(summary)
-    if caveats:
-        lines += ["", *caveats]
-    # One table per kind of item (joint, part), a column per task that breaks down by it.
-    columns: dict[str, list] = {}
-    for t in TASKS:
-        if t in summary:
-            h = protocols.headline_of(t, summary[t].get("protocol", "hgmt"))
-            if h.per_item:
-                columns.setdefault(h.item, []).append((t, h))
-    for item, cols in columns.items():
-        head = " | ".join(f"{h.per_item} ({summary[t].get('protocol', 'hgmt')})"
-                          for t, h in cols)
-        lines += ["", f"| {item} | {head} |", "|---|" + "---|" * len(cols)]
-        seen = dict.fromkeys(k for t, h in cols for k in summary[t][h.per_item])
-        order = cols[0][1].item_names  # the dataset's order; other items as first seen
-        for name in [n for n in order if n in seen] + [n for n in seen if n not in order]:
-            # A value of None: the item is absent from the split, or the whole breakdown is
-            # null (its reason listed above); no value: the column's protocol does not score
-            # it (BodyNet's PCK, 10 of the 16 joints).
-            cells = [_fmt(summary[t][h.per_item][name], h.item_format,
-                          "null" if h.per_item in summary[t].get("null_reasons", {})
-                          else "absent")
-                     if name in summary[t][h.per_item] else "not scored" for t, h in cols]
-            lines.append(f"| {name} | {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
 
 
 def check_out_file(out: str) -> None:
@@ -584,7 +484,7 @@ def write_report(summary: dict, out: str) -> list[str]:
         disk_space.write_together([
             *((picture, lambda f, d=draft: f.write(epath.Path(d).read_bytes()), "wb")
               for picture, draft in zip(pictures, drafts, strict=True)),
-            (stem + ".md", lambda f: f.write(to_markdown(summary)), "w"),
+            (stem + ".md", lambda f: f.write(report.to_markdown(summary)), "w"),
             (out, lambda f: json.dump(listed, f, indent=1), "w")])
     finally:  # the drafts, in an object store too, and locally one a failed drawing left
         for draft in {*drafts, *([] if paths.is_url(stem) else
