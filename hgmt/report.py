@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
         f"{evaluations.progress(args.sweep_dir, results, found)}")
-    files = {**charts.draw(study),
+    files = {**charts.draw(study, runs.data_of(args.sweep_dir, list(found))),
              **{name: json.dumps(value, indent=1, allow_nan=False).encode()
                 for name, value in (("report.json", study), ("claims.json", checked))},
              "README.md": report.to_markdown(study, note, checked, runs.config_section(

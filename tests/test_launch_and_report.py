@@ -1517,7 +1517,7 @@ def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
     chosen = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        assert len(charts.draw(study)) == 3
+        assert len(charts.draw(study, runs.DEMO_DATA)) == 3
         drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                                str(tmp_path / "pckh.png"))
         assert matplotlib.get_backend() == "svg"
@@ -2169,3 +2169,38 @@ def test_sigterm_to_the_sweep_saves_its_run_and_stops(demo_dataset, tmp_path):
     assert re.fullmatch(r"launch/sweep.py: pose2d train: stopped by SIGTERM \(exit 75\) in \d+ s",
                         log.read_text().splitlines()[-1])
     assert os.listdir(sweep_dir / "pose2d" / "checkpoints") and not (sweep_dir / "segm").exists()
+
+
+def test_each_chart_says_its_data_seeds_and_frames(tmp_path, monkeypatch):
+    """A chart shown apart from the report still says what its numbers are of: the runs'
+    data by their config.json (a `demo` section: demo clips, not SURREAL; else the dataset
+    and its folder), the seeds a subset and the test frames every run was evaluated on."""
+    summaries = [{**_pose2d_seeds([v])[0], "num_examples": 240, "split": "test",
+                  "frames": "every4", "flip": False} for v in (0.80, 0.81)]
+    study = report.compare({"pose2d": summaries, "pose2d+segm": [
+        {**s, "segm": {"mean_iou": 0.5, "iou_per_part": {p: 0.5 for p in surreal.PART_NAMES}}}
+        for s in summaries]})
+    assert charts.caption(study["pose2d"], runs.DEMO_DATA) == (
+        "demo clips (hgmt.sources.synthetic), not SURREAL; 2 seeds a subset; test split, "
+        "240 frames (every4)")
+    figures = {}
+    real = charts.subsets_figure
+    monkeypatch.setattr(charts, "subsets_figure",
+                        lambda e, task: figures.setdefault(task, real(e, task)))
+    charts.draw(study, "surreal/all in /data/tfds")
+    texts = [t.get_text() for t in figures["pose2d"].texts]
+    assert texts == ["surreal/all in /data/tfds; 2 seeds a subset; test split, 240 frames "
+                     "(every4)"]
+    # The runs' data, by their config.json.
+    for name, config in (("pose2d", {"demo": {"frames": 40}, "dataset": "surreal/all"}),
+                         ("segm", {"demo": {"frames": 40}, "dataset": "surreal/all"}),
+                         ("depth", None)):
+        (tmp_path / name).mkdir()
+        if config is not None:
+            (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert runs.data_of(str(tmp_path), ["pose2d", "segm", "depth"]) == runs.DEMO_DATA
+    (tmp_path / "segm" / "config.json").write_text(json.dumps(
+        {"dataset": "surreal/all", "data_dir": "/data/tfds"}))
+    assert runs.data_of(str(tmp_path), ["pose2d", "segm"]) == (
+        f"{runs.DEMO_DATA} and surreal/all in /data/tfds")
+    assert runs.data_of(str(tmp_path), ["depth"]) == "data not recorded (no config.json)"

@@ -2,6 +2,8 @@
 entries: per task, its headline metric in every subset containing it (`subsets_figure`) and
 each item's change of the best multi-task subset over the isolated run (`per_item_figure`);
 `draw` renders them as PNGs in memory, so that the command writes every file once all are made.
+Each chart's caption says what its numbers are of (`caption`: the data, the seeds, the test
+frames), so that a chart shown apart from the report still says so.
 """
 
 from __future__ import annotations
@@ -14,18 +16,37 @@ from hgmt.study import report, stats
 from hgmt.tasks import drawing
 
 
-def draw(study: dict[str, dict]) -> dict[str, bytes]:
-    """{file name: PNG} of the charts per task (`subsets_figure`, `per_item_figure`), drawn
-    in memory, so that the report writes nothing until every part of it is made."""
+def draw(study: dict[str, dict], data: str) -> dict[str, bytes]:
+    """{file name: PNG} of the charts per task (`subsets_figure`, `per_item_figure`), each
+    captioned (`caption`, `data` the runs' data: `runs.data_of`), drawn in memory, so that the
+    report writes nothing until every part of it is made."""
     out = {}
     for task, e in study.items():
         for kind, make in (("subsets", subsets_figure), ("per_item", per_item_figure)):
             fig = make(e, task)
             if fig is not None:
+                fig.text(0.005, 0.005, caption(e, data), fontsize=7, color="dimgray",
+                         ha="left", va="bottom")
+                fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the caption
                 png = io.BytesIO()
                 fig.savefig(png, format="png", dpi=100)
                 out[f"{task}_{kind}.png"] = png.getvalue()
     return out
+
+
+def caption(e: dict, data: str) -> str:
+    """What a task's charts are of, in one line: `data` (the runs' data, `runs.data_of`), the
+    seeds a subset (`e['seeds']`) and the frames every run was evaluated on
+    (`e['evaluation']`), e.g. 'demo clips (hgmt.sources.synthetic), not SURREAL; 3 seeds a
+    subset; test split, 240 frames (every4)'."""
+    counts = sorted(set(e.get("seeds", {}).values()))
+    seeds = ("" if not counts else f"; {counts[0]} seed{'s' * (counts[0] != 1)} a subset"
+             if len(counts) == 1 else f"; {counts[0]}-{counts[-1]} seeds a subset")
+    ev = e.get("evaluation") or {}
+    frames = ("" if "split" not in ev else
+              f"; {ev['split']} split, {ev['num_examples']} frames ({ev['frames']})"
+              + (", flip test" if ev.get("flip") else ""))
+    return f"{data}{seeds}{frames}"
 
 
 def subsets_figure(e: dict, task: str):

@@ -234,6 +234,27 @@ def saved_config(sweep_dir: str, name: str) -> dict:
                         "Restore it from a copy, or train the run again")
 
 
+DEMO_DATA = "demo clips (hgmt.sources.synthetic), not SURREAL"
+
+
+def data_of(sweep_dir: str, names: Sequence[str]) -> str:
+    """What data the runs `names` trained and were evaluated on, by their config.json: demo
+    clips where the config has a `demo` section (configs/demo.py, study.py: `DEMO_DATA`),
+    else the dataset and data_dir it names; runs without a config.json are not counted, and
+    none is 'data not recorded (no config.json)'."""
+    seen = []
+    for name in names:
+        path = os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)
+        if not os.path.isfile(path):
+            continue
+        config = _json_object(path, "Restore it from a copy, or train the run again")
+        line = (DEMO_DATA if "demo" in config else
+                f"{config.get('dataset', '?')} in {config.get('data_dir', '?')}")
+        if line not in seen:
+            seen.append(line)
+    return " and ".join(seen) if seen else "data not recorded (no config.json)"
+
+
 def _json_object(path: str, fix: str) -> dict:
     """The JSON object in `path`; ValueError (workdirs.DamagedRunFile) naming the file and
     `fix` when it holds anything else, an empty file included."""
