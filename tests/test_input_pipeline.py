@@ -609,7 +609,7 @@ def test_eval_frames_of_a_strided_build_are_those_asked_for_or_an_error(every10_
 
 def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
     """A build of the middle frames holds no other: only frames='middle' evaluates it."""
-    middle, every10 = ip.records.BUILD_FRAMES["middle"], ip.records.BUILD_FRAMES["every10"]
+    middle, every10 = records.BUILD_FRAMES["middle"], records.BUILD_FRAMES["every10"]
     eval_data.check_eval_frames("middle", middle, "surreal/middle", "/data")
     for spec in ("all", "every10", "every1"):
         with pytest.raises(ValueError, match=r"only the middle frame of each clip.*'middle'"):
@@ -623,7 +623,7 @@ def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
                                  "multiple of 10 (e.g. every10), or frames='middle'")
     eval_data.check_eval_frames("every30", every10, "surreal/every10", "/data")
     for spec in ("all", "every10", "every7"):
-        eval_data.check_eval_frames(spec, ip.records.BUILD_FRAMES["all"], "surreal/all", "/data")
+        eval_data.check_eval_frames(spec, records.BUILD_FRAMES["all"], "surreal/all", "/data")
 
 
 def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
