@@ -626,8 +626,8 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
 @pytest.mark.slow
 def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_for_bit():
     """Two tasks (a volume and a class map, with their interaction) on 4 devices with the
-    config's optimizer, two steps then the BatchNorm statistics' sync (`loop.train`'s
-    `host_state`): the trainer's step over global arrays (`loop.jitted_train_step`,
+    config's optimizer, two steps then the BatchNorm statistics' sync (as
+    `trainer.Trainer.host_state`): the trainer's step over global arrays (`loop.jitted_train_step`,
     `devices.replicate`, `input_pipeline.prefetch_to_device`) gives
     `jax.pmap`'s step's state and losses on the same inputs, bit for bit; every device holds
     the same state, so one device's copy is the state; `devices.to_host` gives flax's

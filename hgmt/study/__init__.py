@@ -1,1 +1,2 @@
-"""The task-combination study: tables, charts and the paper's conclusions judged on a sweep."""
+"""The task-combination study: a sweep's evaluated runs read and checked (`evaluations`), tables,
+charts and the paper's conclusions judged on them."""

@@ -1,2 +1,4 @@
-"""Training: the train step, the loop with its evaluators, checkpoints, and the faults of long runs
+"""Training: the config's check before any work (`config_check`), the train step, the loop that
+opens and restores what a run uses (`loop`) and the trainer that steps, logs, saves and
+evaluates (`trainer`, with its `evaluators`), checkpoints, and the faults of long runs
 (preemption, dead peers, the workdir lock)."""

@@ -1,4 +1,9 @@
-"""Training: `run(config, workdir)`, readable top to bottom.
+"""Training: `run(config, workdir)`, readable top to bottom: the config checked
+(`hgmt.training.config_check`), then what a run reads and opens (the training split and its
+loader, the evaluators, the TensorBoard writer, the checkpoint manager, the newest readable
+checkpoint), in the order that keeps a refused run from changing the workdir; the steps, logs,
+saves and evaluations are `hgmt.training.trainer.Trainer`'s. The train step itself
+(`jitted_train_step`) and the training loader (`train_loader`) are built here.
 
 One jitted step over every device of every process (`hgmt.devices`: the global batch split
 across devices and hosts), BatchNorm's batch statistics over the global batch
