@@ -27,7 +27,7 @@ import sys
 
 from hgmt import cli, compilation_cache, console, paths, workdirs
 from hgmt.data import eval_data, records
-from hgmt.evaluation import evaluator, protocols, report
+from hgmt.evaluation import evaluator, markdown, protocols
 from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import config_check, device_memory, evaluators, loop
@@ -134,7 +134,7 @@ def _run(args, step_arg: int | str | None) -> int:
             image_size=config.image_size if trained_size not in (None, config.image_size)
             else None))
         evaluator.write_report(summary, out)
-    print(report.to_markdown(summary))
+    print(markdown.to_markdown(summary))
     out = paths.absolute(out)  # as hgmt.main and hgmt.export name their files
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
     return 0

@@ -221,7 +221,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
-    from hgmt.evaluation import evaluator, report
+    from hgmt.evaluation import evaluator, markdown
     from hgmt.training import config_check, loop
 
     checkpoints.ignore_callbacks_into_closed_loops()
@@ -266,7 +266,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     if jax.process_index() == 0:
         for name, summary in summaries.items():
             out = workdirs.eval_file(fv.workdir, name)
-            print(report.to_markdown(summary))
+            print(markdown.to_markdown(summary))
             print(json.dumps({"workdir": paths.absolute(fv.workdir), "eval": out,
                               **evaluator.headline(summary)}))
     return 0

@@ -20,7 +20,7 @@ import pytest
 
 from hgmt import workdirs
 from hgmt.data import builds, check, damage, eval_data, records
-from hgmt.evaluation import evaluator, report
+from hgmt.evaluation import evaluator, markdown
 from hgmt.models import create_model
 from hgmt.tasks import heads
 from hgmt.training import loop, preemption, steps
@@ -217,10 +217,10 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     evaluator.write_report(summary, out)
     with open(out) as f:
         assert json.load(f)["unreadable_records"] == [name]
-    markdown = report.to_markdown(summary)
+    text = markdown.to_markdown(summary)
     assert ("1 record(s) of the split do not read, their frames unknown**: each is left out if "
-            "it is one of the frames asked for" in markdown)
-    assert "left out**" not in markdown
+            "it is one of the frames asked for" in text)
+    assert "left out**" not in text
 
     given = evaluator.Evaluator(config, frames="all", indices=[4, 5, 6, 7])
     given.combine = lambda met: sorted(set(met) | {9})  # another process met record 9
@@ -228,7 +228,7 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     assert summary["num_damaged"] == 2 and summary["num_unreadable"] == 0
     assert summary["damaged_records"] == [name, shards.name(9)]
     assert summary["num_examples"] == 3
-    assert "2 damaged record(s) left out" in report.to_markdown(summary)
+    assert "2 damaged record(s) left out" in markdown.to_markdown(summary)
 
 
 @pytest.mark.slow

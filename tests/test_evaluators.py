@@ -202,7 +202,7 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     bfloat16 model or other loss options get a step of their own."""
     from hgmt import devices
     from hgmt.data import eval_data
-    from hgmt.evaluation import evaluator, report
+    from hgmt.evaluation import evaluator, markdown
     from hgmt.training import steps
 
     config = tiny_config(demo_dataset[1], tasks="pose2d")
@@ -240,8 +240,8 @@ def test_evaluators_of_one_setting_share_their_step_and_the_addition_of_their_su
     assert (limited.frames_selected, len(limited.indices)) == (summary["frames_selected"], 4)
     assert summary["frames_selected"] == 12 and not summary["max_examples"]
     note = "**The first 4 of the 12 frames selected** (max_examples=4): a subset"
-    assert note not in report.to_markdown(summary)
-    assert note in report.to_markdown({**summary, "max_examples": 4, "num_examples": 4})
+    assert note not in markdown.to_markdown(summary)
+    assert note in markdown.to_markdown({**summary, "max_examples": 4, "num_examples": 4})
     half = tiny_config(demo_dataset[1], tasks="pose2d", **{"model.dtype": "bfloat16"})
     for other in (evaluator.Evaluator(config, frames="all", flip=True),
                   evaluator.Evaluator(config, frames="all", protocol="surreal"),

@@ -28,7 +28,7 @@ from etils import epath
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
 from hgmt.data import builds, eval_data, input_pipeline, shards
-from hgmt.evaluation import evaluator, report
+from hgmt.evaluation import evaluator, markdown
 from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
@@ -1598,7 +1598,7 @@ def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_rec
         return write
 
     if fails == "markdown":
-        monkeypatch.setattr(report, "to_markdown", full(report.to_markdown))
+        monkeypatch.setattr(markdown, "to_markdown", full(markdown.to_markdown))
     elif fails == "picture":
         monkeypatch.setattr(Figure, "savefig", full(Figure.savefig, half=True))
     else:

@@ -30,7 +30,7 @@ import hgmt.export
 import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import builds, damage, shards
-from hgmt.evaluation import evaluator, report
+from hgmt.evaluation import evaluator, markdown
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
 from hgmt.training import checkpoints, evaluators, loop
@@ -156,7 +156,7 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     assert json.loads((run / "eval_test.json").read_text()) == {**summary, "pictures": []}
     assert evaluators._read_report(out) == {**summary, "pictures": []}  # a rerun reads it
     assert evaluators._read_report(f"{workdir}/eval_validation.json") is None
-    assert (run / "eval_test.md").read_text() == report.to_markdown(summary)
+    assert (run / "eval_test.md").read_text() == markdown.to_markdown(summary)
     drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                            f"{workdir}/eval_test_pckh.png")
     assert (run / "eval_test_pckh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

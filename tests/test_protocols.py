@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.evaluation import evaluator, protocols, report
+from hgmt.evaluation import evaluator, markdown, protocols
 from hgmt.sources import surreal
 from hgmt.tasks import TASKS, depth, pose2d, pose3d, segm
 
@@ -638,7 +638,7 @@ def test_protocol_selection_and_labels():
                         "iou_per_part": {p: None for p in surreal.PART_NAMES}}}
     assert evaluator.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
                                           "segm/mean_iou": None, "segm/pixel_accuracy": 0.5}
-    md = report.to_markdown(summary)
+    md = markdown.to_markdown(summary)
     assert "metric protocol `surreal`" in md
     assert "| pose2d/pckh@0.5 | 0.5 | hgmt |" in md
     assert "| segm/mean_iou | undefined | surreal |" in md
@@ -655,7 +655,7 @@ def test_protocol_selection_and_labels():
                          "pck_per_joint": {j: 0.5 for j in scored}}
     summary["pose3d"] = {"protocol": "hgmt", "mjd_mm": 50.0,
                          "mjd_mm_per_joint": {j: 50.0 for j in surreal.JOINT_NAMES}}
-    rows = [line for line in report.to_markdown(summary).splitlines()
+    rows = [line for line in markdown.to_markdown(summary).splitlines()
             if line.split(" | ")[0][2:] in surreal.JOINT_NAMES]
     assert [r.split(" | ")[0][2:] for r in rows] == list(surreal.JOINT_NAMES)
     assert "| pelvis | not scored | 50.0 |" in rows and "| r_ankle | 0.500 | 50.0 |" in rows
@@ -676,7 +676,7 @@ def test_markdown_gives_every_reference_caveat_with_its_meaning():
     summary = {"protocol": "bodynet", "num_examples": 14, "split": "test", "flip": False,
                "pose2d": {"protocol": "bodynet", **p2}, "depth": {"protocol": "bodynet", **dep},
                "segm": {"protocol": "bodynet", **seg}}
-    lines = report.to_markdown(summary).splitlines()
+    lines = markdown.to_markdown(summary).splitlines()
     caveats = {t: TASKS[t].HEADLINES["bodynet"].caveats for t in ("pose2d", "depth", "segm")}
     for task, key, shown in (("pose2d", "examples_not_evaluated", "2"),
                              ("pose2d", "batches_without_scored_joint", "1"),
@@ -764,7 +764,7 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         assert summary["window"] == window and summary["protocol"] == protocol
         assert summary["label_size"] == 64
         assert (summary["dataset"], summary["data_dir"]) == (config.dataset, config.data_dir)
-        header = report.to_markdown(summary).splitlines()[0]
+        header = markdown.to_markdown(summary).splitlines()[0]
         assert (f"in the `{window}` crop window" in header) == (window != "hgmt"), header
         record = source[ev.indices[0]]
         joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
@@ -844,11 +844,10 @@ def test_an_evaluation_with_a_damaged_record_nulls_the_reference_numbers_over_n(
         assert why not in summary[task].get("null_reasons", {}).values(), task
     nulled = "pose3d/mjd_mm, pose3d/mjd_mm_per_joint, depth/rmse_mm, depth/rmse_bins: null"
     assert nulled in caplog.text and "cannot be reproduced" in caplog.text
-    markdown = report.to_markdown(summary)
-    assert f"**1 damaged record(s) left out: {summary['damaged_records'][0]}. {nulled}" in (
-        markdown)
-    assert f"- pose3d/mjd_mm is null: {why}." in markdown
-    assert "| pelvis | " in markdown and "| null |" in markdown  # the breakdown's cells
+    text = markdown.to_markdown(summary)
+    assert f"**1 damaged record(s) left out: {summary['damaged_records'][0]}. {nulled}" in text
+    assert f"- pose3d/mjd_mm is null: {why}." in text
+    assert "| pelvis | " in text and "| null |" in text  # the breakdown's cells
 
 
 # --- Precision on accelerators ------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_flagged_input_is_the_references_normalised_zero():
 def test_every_evaluation_json_counts_flagged_frames(tmp_path):
     from configs import default
     from hgmt.data import demo
-    from hgmt.evaluation import evaluator, report
+    from hgmt.evaluation import evaluator, markdown
     from hgmt.models import create_model
     from hgmt.tasks import heads
     from hgmt.training import steps
@@ -226,7 +226,7 @@ def test_every_evaluation_json_counts_flagged_frames(tmp_path):
     # SURREAL tests one example a batch (training/exp/eval.sh:10): both are evaluated.
     assert summary["segm"]["examples_not_evaluated"] == 0
     assert "fewer than one reference test batch" not in str(summary["segm"].get("null_reasons"))
-    assert "**2 flagged unusable test frame(s)**" in report.to_markdown(summary)
+    assert "**2 flagged unusable test frame(s)**" in markdown.to_markdown(summary)
 
 
 def _cut_labels(stem: str, frames: int) -> None:

@@ -1,7 +1,7 @@
 """The evaluator of a split: one compiled evaluation step over the frames it selects, metric sums
 accumulated over the split (padding never counts) and summarised under a metric protocol
 (`protocols`), and the summary's files (`write_report`: its JSON, its Markdown, made by
-hgmt/evaluation/report.py, and its pictures).
+hgmt/evaluation/markdown.py, and its pictures).
 
 Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and by the
 `hgmt.evaluate` command."""
@@ -26,7 +26,7 @@ from etils import epath
 
 from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import builds, cropping, damage, eval_data
-from hgmt.evaluation import pictures, protocols, report
+from hgmt.evaluation import markdown, pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -385,7 +385,8 @@ class Evaluator:
         summary["frames_selected"] = self.frames_selected  # the frames before that limit
         summary.update(records)
         if records["num_damaged"]:
-            logging.warning("evaluation of split %r: %s", self.split, report.damaged_note(summary))
+            logging.warning("evaluation of split %r: %s", self.split,
+                            markdown.damaged_note(summary))
         return summary
 
     def pictures(self, variables: dict, n: int = 4) -> np.ndarray:
@@ -407,7 +408,7 @@ class Evaluator:
     def _damaged(self, damaged: list[int]) -> dict:
         """The damaged records, never left out silently: {'num_damaged', 'damaged_records'}
         the records the evaluation took that did not read, left out of its numbers (every
-        process's, `combine`; what that does to each number: `report.damaged_note`), and
+        process's, `combine`; what that does to each number: `markdown.damaged_note`), and
         {'num_unreadable', 'unreadable_records'} those that did not read on any process while
         the frames were selected, whose frames are unknown: each is left out if it is one of
         the frames asked for, which cannot be told.
@@ -484,7 +485,7 @@ def write_report(summary: dict, out: str) -> list[str]:
         disk_space.write_together([
             *((picture, lambda f, d=draft: f.write(epath.Path(d).read_bytes()), "wb")
               for picture, draft in zip(pictures, drafts, strict=True)),
-            (stem + ".md", lambda f: f.write(report.to_markdown(summary)), "w"),
+            (stem + ".md", lambda f: f.write(markdown.to_markdown(summary)), "w"),
             (out, lambda f: json.dump(listed, f, indent=1), "w")])
     finally:  # the drafts, in an object store too, and locally one a failed drawing left
         for draft in {*drafts, *([] if paths.is_url(stem) else
