@@ -25,7 +25,7 @@ runs twice); the JSON and the video's summary record 'flip'.
 
 An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
 others go on; a last line counts them, and the exit status is then 1. A full disk, out of
-device memory, or out of host memory while reading or predicting a video (not the video's
+device memory, or out of host memory while reading or predicting an input (not the file's
 fault: it is not skipped as unreadable) stops the command with one line naming the file or
 the settings (exit status 1); no output is left partly written.
 
@@ -360,10 +360,14 @@ def _predict_images(model: predictor.Predictor, paths: list[str], out_dir: str,
     """Predicts the images at `paths` together (one `Predictor.predict`) into `out_dir`, each
     image's panel and JSON written together (both or neither) -> whether each was written; an
     image that cannot be read is reported and skipped. A full disk raises
-    `disk_space.DiskFull` naming the file."""
-    images = {path: image for path in paths if (image := _read(path, bbox)) is not None}
-    results = model.predict(list(images.values()),
-                            None if bbox is None else [bbox] * len(images))
+    `disk_space.DiskFull` naming the file, and out of host memory while they are read or
+    predicted `video.OutOfHostMemory` naming them."""
+    try:
+        images = {path: image for path in paths if (image := _read(path, bbox)) is not None}
+        results = model.predict(list(images.values()),
+                                None if bbox is None else [bbox] * len(images))
+    except MemoryError as e:  # the host's: not an input to skip
+        raise video.out_of_host_memory(", ".join(paths), e) from e
     for path, result in zip(images, results, strict=True):
         _write_image(model, path, result, out_dir)
     return [path in images for path in paths]

@@ -3095,10 +3095,50 @@ def test_out_of_host_memory_reading_a_video_stops_naming_it_not_skips_it(workdir
         hgmt.predict.main([str(image), str(clip), f"--workdir={workdir}", f"--out_dir={out}",
                            "--batch_size=2"])
     assert str(e.value.code).startswith(
-        f"error: OutOfHostMemory: out of host memory while predicting the video {clip} "
+        f"error: OutOfHostMemory: out of host memory while reading or predicting {clip} "
         f"(MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the file: "
         f"free the machine's memory"), e.value.code
     assert sorted(os.listdir(out)) == ["person.json", "person.png"]
+
+
+def test_a_video_pyav_fails_is_skipped_but_out_of_memory_is_not(tmp_path, monkeypatch,
+                                                                 capsys):
+    """`_predict_video`'s order of cases: an error of PyAV's (the encoder refusing the clip,
+    say) skips the video, reported; PyAV's out of memory, also an FFmpegError, stops as
+    OutOfHostMemory naming it; so does Python's MemoryError for a group of images, and for the
+    probes that tell a video from an image."""
+    import errno
+
+    import av
+
+    import hgmt.predict as command
+
+    def failing(error):
+        def predict_video(*args, **kwargs):
+            raise error
+        return predict_video
+
+    monkeypatch.setattr(video, "predict_video", failing(
+        av.error.ExternalError(-542398533, "Generic error in an external library")))
+    assert command._predict_video(None, str(tmp_path / "a.mp4"), str(tmp_path), None) is False
+    assert capsys.readouterr().err.startswith(f"skipped {tmp_path / 'a.mp4'}: ")
+    monkeypatch.setattr(video, "predict_video", failing(
+        av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")))
+    with pytest.raises(video.OutOfHostMemory, match=r"while reading or predicting .*a\.mp4 "):
+        command._predict_video(None, str(tmp_path / "a.mp4"), str(tmp_path), None)
+
+    def no_memory(path):
+        raise MemoryError()
+
+    monkeypatch.setattr(prediction, "read_image", no_memory)
+    with pytest.raises(video.OutOfHostMemory, match=r"while reading or predicting .*x\.jpg, "
+                                                    r".*y\.jpg \(MemoryError"):
+        command._predict_images(None, [str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")],
+                                str(tmp_path), None)
+    monkeypatch.setattr(av, "open", failing(av.error.MemoryError(errno.ENOMEM, "no memory")))
+    for probe in (video.plays_as_video, video.sound_only):
+        with pytest.raises(MemoryError):
+            probe(str(tmp_path / "a.gif"))
 
 
 def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(
@@ -3271,6 +3311,21 @@ def test_an_animated_png_named_png_is_a_video_and_a_still_one_an_image(tmp_path)
     assert not video.is_video(str(tmp_path / "still.png"))
     with video.Clip(str(tmp_path / "anim.png")) as clip:
         assert sum(len(batch) for batch, _ in clip.batches(8)) == 3
+
+
+def test_a_name_that_is_not_utf8_is_text_every_json_reader_takes():
+    """`paths.text`, which every JSON output names its files with: a Latin-1 name's
+    undecodable byte is written as `\\xe9`, text that encodes as UTF-8, where its surrogate
+    escape `\\udce9` would be refused by strict JSON readers; a UTF-8 name is itself."""
+    import json
+
+    from hgmt import paths
+
+    latin = os.fsdecode(b"/in/caf\xe9.jpg")
+    assert "\udce9" in latin
+    assert paths.text(latin) == "/in/caf\\xe9.jpg"
+    json.loads(json.dumps(paths.text(latin), ensure_ascii=False).encode("utf-8"))
+    assert paths.text("/in/café.jpg") == "/in/café.jpg"
 
 
 def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):

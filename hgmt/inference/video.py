@@ -41,18 +41,18 @@ PROGRESS_EVERY_S = 10.0  # seconds between a video's progress lines
 
 
 class OutOfHostMemory(MemoryError):
-    """The host ran out of memory while a video was read or predicted: not the file's fault
+    """The host ran out of memory while an input was read or predicted: not the file's fault
     (the next input would likely fail too); the message names the file and what to do."""
 
 
-def out_of_host_memory(path: str, error: MemoryError) -> OutOfHostMemory:
+def out_of_host_memory(what: str, error: MemoryError) -> OutOfHostMemory:
     """The `OutOfHostMemory` of `error` (Python's, or PyAV's av.error.MemoryError, FFmpeg's
-    ENOMEM) raised while the video at `path` was read or predicted."""
+    ENOMEM) raised while `what` (a video, or images: their paths) was read or predicted."""
     return OutOfHostMemory(
-        f"out of host memory while predicting the video {path} ({type(error).__name__}: "
+        f"out of host memory while reading or predicting {what} ({type(error).__name__}: "
         f"{error}), which is not a fault of the file: free the machine's memory (other "
-        f"processes), or give a smaller --batch_size (a batch's frames are held decoded), and "
-        f"predict it again")
+        f"processes), or give a smaller --batch_size (a batch's frames or images are held "
+        f"decoded), and predict it again")
 
 
 def is_video(path: str) -> bool:
@@ -118,6 +118,8 @@ def plays_as_video(path: str) -> bool:
                 return False
             frames = container.decode(container.streams.video[0])
             return sum(1 for _ in itertools.islice(frames, 2)) == 2
+    except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
+        raise
     except (av.FFmpegError, OSError, ValueError):
         return False
 
@@ -129,6 +131,8 @@ def sound_only(path: str) -> bool:
     try:
         with av.open(path) as container:
             return bool(container.streams.audio) and not container.streams.video
+    except MemoryError:  # the host's, not the file's
+        raise
     except (av.FFmpegError, OSError, ValueError):
         return False
 
