@@ -84,7 +84,11 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
     return out
 
 
-COMPILE_LINE = re.compile(r"step (\d+) \(compilation included\) took ([\d.]+) s")
+# The first step's line, compilation included: alone ("step 1 (compilation included) took
+# 31.5 s"), or as the first log line when that step logs ("step 1/100  ...  took 31.5 s,
+# compilation included: ...").
+COMPILE_LINE = re.compile(r"step (\d+)(?: \(compilation included\) took ([\d.]+) s|/\d+ .*"
+                          r" took ([\d.]+) s, compilation included)")
 
 
 def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
@@ -108,7 +112,8 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
             "intervals": len(rates), "all_img_per_s": [round(r, 2) for r in rates],
             "all_data_wait": [round(w, 4) for w in waits],
             "all_data_idle": [round(w, 4) for w in idle],
-            "trainer_first_step_s": float(compile_line.group(2)) if compile_line else None}
+            "trainer_first_step_s": (float(compile_line.group(2) or compile_line.group(3))
+                                     if compile_line else None)}
 
 
 def progress(line: str) -> None:

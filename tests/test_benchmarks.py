@@ -1017,6 +1017,19 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
         trainer_speed.trainer_figures({}, log)
 
 
+def test_the_trainer_benchmark_reads_the_first_steps_time_from_either_line():
+    """The first step's time, compilation included, whether it has a line of its own (it
+    does not log) or is the first log line (`--config.log_every=1`: its time, no rates)."""
+    scalars = {"img_per_s": {2: 80.0, 3: 100.0}, "data_wait": {2: 0.1, 3: 0.0}}
+    alone = "I1203 08:00:00 trainer.py:184] step 1 (compilation included) took 31.5 s\n"
+    logs = ("I1203 08:00:00 trainer.py:340] step 1/3  pose2d 0.012  total 12.13  took 42.0 s, "
+            "compilation included: img/s, data wait and ETA from the next line\n")
+    assert trainer_speed.trainer_figures(scalars, alone)["trainer_first_step_s"] == 31.5
+    assert trainer_speed.trainer_figures(scalars, logs)["trainer_first_step_s"] == 42.0
+    later = "I1203 08:00:09 trainer.py:340] step 2/3  total 9.0  80.0 img/s  ETA 0:00:01\n"
+    assert trainer_speed.trainer_figures(scalars, later)["trainer_first_step_s"] is None
+
+
 def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_same(
         monkeypatch, tmp_path, capsys):
     """The bare step's process fails (crafted); the trainer (here a stand-in that logs three
