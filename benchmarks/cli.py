@@ -10,7 +10,8 @@ names, e.g.
 
 The benchmarks read the tasks, the model (`model.*`), `image_size`, `batch_size`, the loss
 weights and options from it. Every benchmark that takes a config checks it first as training
-does (`checked`): a field training would refuse exits in one line before any work."""
+does (`hgmt.training.config_check.exit_if_refused`): a field training would refuse exits in one
+line before any work."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import ml_collections
 from absl import flags
 
 from hgmt import cli
@@ -51,23 +51,12 @@ def define_timing(fv: flags.FlagValues, steps: int = 5, warmup: int = 2) -> None
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
           doc: str) -> flags.FlagValues:
     """Parses argv (default sys.argv[1:]) against `define`'s flags and `--config`, the config
-    `checked`; positional arguments are an error."""
+    checked (`config_check.exit_if_refused`); positional arguments are an error."""
     fv = cli.parse(define, argv, doc, config_file=DEFAULT_CONFIG)[0]
-    checked(fv.config)
+    from hgmt.training import config_check  # jax after a benchmark's XLA_FLAGS
+
+    config_check.exit_if_refused(fv.config)
     return fv
-
-
-def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config`, once training's check of it passes (`hgmt.training.config_check.check_config`, as
-    `hgmt.main` runs it, less what depends on this host's devices: a benchmark picks its own,
-    e.g. train_step.py --devices); a bad field exits in one line naming it and the fix."""
-    from hgmt.training import config_check
-
-    try:
-        config_check.check_config(config, warn=False, on_devices=False)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return config
 
 
 def config_args(fv: flags.FlagValues) -> list[str]:

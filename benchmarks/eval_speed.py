@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import flags
-from cli import checked, config_path, print_line
+from cli import config_path, print_line
 
 from hgmt import cli, cores, devices
 from hgmt.data import eval_data
@@ -123,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON line; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
     eval_data.frames_flag(args.frames)  # before the demo data is built
-    config = checked(args.config)  # so is a bad config field
+    from hgmt.training import config_check
+
+    config = config_check.exit_if_refused(args.config)  # so is a bad config field
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset
 

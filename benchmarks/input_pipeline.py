@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 from absl import flags
-from cli import checked, config_path, print_line
+from cli import config_path, print_line
 
 from hgmt import cli, cores
 from hgmt.data import augment, builds, device_augment, input_pipeline
@@ -148,7 +148,9 @@ def summarize(results: list[dict]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON lines; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    config = checked(args.config)  # a bad field fails before any work
+    from hgmt.training import config_check
+
+    config = config_check.exit_if_refused(args.config)  # a bad field fails before any work
     try:  # so does an unknown placement
         places = [device_augment.placement(p) for p in (args.placements or [config.augment_on])]
     except ValueError as e:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
-from cli import checked, config_path, print_line
+from cli import config_path, print_line
 
 from hgmt import cli
 from hgmt.data import builds, cropping, device_augment, records, tf_example
@@ -50,7 +50,10 @@ def cpu_ms(fn, n: int) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON line; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    config = checked(args.config)  # a bad field fails before the demo data is built
+    # A bad field fails before the demo data is built.
+    from hgmt.training import config_check
+
+    config = config_check.exit_if_refused(args.config)
     if "demo" in config:
         from hgmt.main import prepare_demo_dataset
 

@@ -226,7 +226,9 @@ def run_processes(fv: flags.FlagValues) -> dict:
 def benchmark(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark with the command line `argv`, prints its JSON line; -> the line."""
     fv, _ = hgmt_cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    cli.checked(fv.config)
+    from hgmt.training import config_check
+
+    config_check.exit_if_refused(fv.config)
     if fv.process_id is not None:  # one process of a multi-process run
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(fv.coordinator_address, num_processes=fv.processes,

@@ -115,21 +115,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "too)", flag_values=fv)
 
 
-def check_config(config) -> None:
-    """Exits in one line naming a field training would refuse (`config_check.check_config`, as
-    `hgmt.main` runs it, less what depends on this host's devices), before clips are made."""
-    from hgmt.training import config_check
-
-    try:
-        config_check.check_config(config, warn=False, on_devices=False)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the JSON; -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
-    check_config(args.config)
+    from hgmt.training import config_check
+
+    config_check.exit_if_refused(args.config)
     out = {}
     if args.demo or not args.clips:
         settings = args.config.demo

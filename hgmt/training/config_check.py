@@ -1,7 +1,8 @@
 """Training's config, checked before any work: `check_config` (what `run` reads of it; the
 benchmarks and launch/sweep.py check with it too) and `check_data_settings` (how training and
 evaluation read the data; `hgmt.evaluate` checks them before a checkpoint is read). A bad
-field raises ValueError naming it and its choices."""
+field raises ValueError naming it and its choices; `exit_if_refused` is the check of a script
+that runs a config outside the trainer (a benchmark, an experiment)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
             raise ValueError(f"config.{field}={config[field]} must be divisible by the "
                              f"{jax.device_count()} devices")
     return tasks, weights, options
+
+
+def exit_if_refused(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, once `check_config` passes it as `hgmt.main` runs it, less what depends on
+    this host's devices (a benchmark picks its own, e.g. train_step.py --devices) and without
+    its warnings: for a script that runs a config outside the trainer (a benchmark, an
+    experiment). A refused field exits in one line ("error: ...") naming it and the fix,
+    before any work."""
+    try:
+        check_config(config, warn=False, on_devices=False)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return config
 
 
 def check_data_settings(config: ml_collections.ConfigDict) -> None:
