@@ -21,6 +21,7 @@ from hgmt import code_version, devices, workdirs
 from hgmt.data import builds, input_pipeline
 from hgmt.data.augment import Augment
 from hgmt.inference import trained_model
+from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, config_check, loop, resume, steps, trainer
 from tests.conftest import main_command, tiny_config
@@ -60,7 +61,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(demo_dataset, tmp_path, 
     # BatchNorm get ~0 gradient: the normalisation removes them.)
     config = tiny_config(demo_dataset[1], **kw)
     init = steps.create_train_state(jax.random.key(config.seed), config,
-                                    loop.create_model(config.model, heads(("pose2d", "depth"))))
+                                    create_model(config.model, heads(("pose2d", "depth"))))
     weights = {k: v for k, v in _flat(init.params).items() if "'bias'" not in k}
     still = [k for k, v in weights.items() if np.allclose(v, _flat(straight.params)[k])]
     assert len(weights) > 50 and not still, still
@@ -70,7 +71,7 @@ def test_initialisation_op_by_op_equals_the_compiled_one_bit_for_bit():
     """The CPU's default, `model.init` op by op, gives the values of `jit(model.init)`, so a
     run's initial parameters do not depend on which one ran."""
     config = tiny_config("unused", tasks="pose2d+depth")
-    model = loop.create_model(config.model, heads(("pose2d", "depth")))
+    model = create_model(config.model, heads(("pose2d", "depth")))
     images = np.zeros((1, config.image_size, config.image_size, 3), np.float32)
     eager = steps.init_variables(model, jax.random.key(3), images)
     compiled = steps.init_variables(model, jax.random.key(3), images, compiled=True)
@@ -587,7 +588,7 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     config = tiny_config("unused", tasks="+".join(tasks), image_size=64, **{
         "loss_options.depth.foreground_weight": 10.0,
         "loss_options.segm.foreground_weight": 10.0})
-    model = loop.create_model(config.model, heads(tasks), axis_name="batch")
+    model = create_model(config.model, heads(tasks), axis_name="batch")
     variables = steps.init_variables(model, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     state = steps.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                     batch_stats=variables["batch_stats"], tx=optax.sgd(1.0))
@@ -638,7 +639,7 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
 
     tasks = ("pose3d", "segm")
     config = tiny_config("unused", image_size=64, tasks="+".join(tasks))
-    model = loop.create_model(config.model, heads(tasks), axis_name="batch")
+    model = create_model(config.model, heads(tasks), axis_name="batch")
     state = steps.create_train_state(jax.random.key(0), config, model)
     batch = make_batch(seed=1, b=8, r=16)
     batch["image"] = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)).astype(np.uint8)
@@ -692,12 +693,12 @@ def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mea
     for mode in ("device", "global"):
         config = tiny_config("unused", image_size=64, **{"model.batch_norm_stats": mode})
         weights, options = check_loss_weights(config, tasks), check_loss_options(config, tasks)
-        state = steps.create_train_state(jax.random.key(0), config, loop.create_model(
+        state = steps.create_train_state(jax.random.key(0), config, create_model(
             config.model, heads(tasks), axis_name="batch"))
         placed, _ = loop.jitted_train_step(weights, options)(
             devices.replicate(state),
             next(input_pipeline.prefetch_to_device(iter([batch]), 1)))
-        alone = loop.create_model(config.model, heads(tasks))  # no device axis
+        alone = create_model(config.model, heads(tasks))  # no device axis
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         own = [alone.apply(variables, batch["image"][rows], train=True,
                            mutable=["batch_stats"])[1]["batch_stats"]

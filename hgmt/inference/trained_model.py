@@ -14,12 +14,22 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from hgmt import workdirs
+from hgmt.models import (
+    check_image_size,
+    create_model,
+    to_checkpoint_layout,
+    to_model_layout,
+    variable_differences,
+    variable_shapes,
+)
+from hgmt.tasks import config_tasks, heads, parse_tasks
 from hgmt.training import checkpoints, device_memory
 
 
@@ -55,9 +65,6 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     such checkpoint (nothing is written into the workdir then), and UnusableCheckpoint when
     the checkpoint cannot be read (corrupt or from another model), OutOfDeviceMemory
     (`device_memory.explain`) when it does not fit in the device's memory."""
-    from hgmt.models import check_image_size, create_model, to_model_layout
-    from hgmt.tasks import config_tasks, heads
-
     if isinstance(step, str) and step != "best":  # checkpoints are numbered by int steps
         if not (step.isascii() and step.isdigit()):
             raise ValueError(f"step={step!r}: give a step number (an int, or a string of "
@@ -144,8 +151,6 @@ def _model_overrides(written: dict | None, config: ml_collections.ConfigDict) ->
     """The tasks and model fields of `config` that differ from the workdir's config.json as
     `written`, as "model.features=32 where config.json has 64" (a field config.json lacks is
     hgmt's default, not an override); [] when it does not read."""
-    from hgmt.tasks import parse_tasks
-
     try:
         changed = ([] if parse_tasks(written["tasks"]) == parse_tasks(config.tasks) else
                    [f"tasks={config.tasks} where config.json has {written['tasks']}"])
@@ -160,8 +165,6 @@ def _trained_with(written: dict | None, config: ml_collections.ConfigDict) -> bo
     """Whether the workdir's config.json as `written` has `config`'s tasks (in any spelling)
     and model fields (a config.json that does not read, or predates a model field, says
     no)."""
-    from hgmt.tasks import parse_tasks
-
     try:
         return (parse_tasks(written["tasks"]) == parse_tasks(config.tasks)
                 and written["model"] == config.model.to_dict())
@@ -177,10 +180,6 @@ def _read_variables(folder: str, step: int, model: Any,
     model the workdir trained); None, with a warning, when the read fails or the checkpoint
     lacks one of them (another hgmt version's names). Host arrays take no device memory: an
     out-of-memory error is the whole read's (`_read_state`) to name."""
-    import jax
-
-    from hgmt.models import to_checkpoint_layout, variable_shapes
-
     shapes = jax.eval_shape(lambda v: to_checkpoint_layout(model, v),
                             variable_shapes(model, int(config.image_size)))
     item = {name: shapes[name] for name in ("params", "batch_stats")}
@@ -238,8 +237,6 @@ def check_variables(model: Any, image_size: int, variables: Any, what: str,
     """Raises UnusableCheckpoint naming the differences when `variables` do not fit `model`
     at `image_size` (a checkpoint of another configuration or of an older hgmt version, or
     `model` built with the caller's `overrides` of the model: `_model_overrides`)."""
-    from hgmt.models import variable_differences
-
     differences = variable_differences(model, image_size, variables)
     if not differences:
         return
