@@ -1005,7 +1005,7 @@ def test_trainer_benchmark_reads_the_trainers_tensorboard_figures(tmp_path):
     writer.close()
     scalars = trainer_speed.read_scalars(str(tmp_path))
     assert scalars["img_per_s"] == {10: 50.0, 20: 90.0, 30: 110.0}
-    log = "I1203 08:00:00 loop.py:184] step 1 (compilation included) took 31.5 s\n"
+    log = "I1203 08:00:00 trainer.py:184] step 1 (compilation included) took 31.5 s\n"
     figures = trainer_speed.trainer_figures(scalars, log)
     # the first interval (the loader's start) is left out of the steady figures
     assert figures["trainer_img_per_s"] == 100.0
