@@ -58,7 +58,7 @@ def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
         return {}
     monkeypatch.setattr(hgmt.evaluate.evaluator, "evaluate", evaluate)
     monkeypatch.setattr(hgmt.evaluate.evaluator, "write_report", lambda summary, out: [])
-    monkeypatch.setattr(hgmt.evaluate.report, "to_markdown", lambda summary: "")
+    monkeypatch.setattr(hgmt.evaluate.markdown, "to_markdown", lambda summary: "")
     (tmp_path / "config.json").write_text(config.to_json())  # the workdir's trained size
     args = types.SimpleNamespace(workdir=str(tmp_path), config=config, split=split,
                                  frames=None, flip=None, max_examples=None, protocol="hgmt",
