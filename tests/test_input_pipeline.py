@@ -186,6 +186,7 @@ def _spawned_children() -> list[int]:
     return spawned
 
 
+@pytest.mark.slow
 def test_loader_workers_signalled_as_they_start_live_on(source):
     """SIGTERM, SIGUSR1 and SIGINT, as a job's signal to all its processes, sent to each of
     the training loader's 2 worker processes every few milliseconds from the moment it exists

@@ -515,6 +515,7 @@ def test_kill_9_then_rerun_finishes_from_the_last_checkpoint(demo_dataset, tmp_p
     assert 0.0 <= result["pose2d/pckh@0.5"] <= 1.0
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_replicated_parameters(demo_dataset, tmp_path):
     from hgmt.evaluation import evaluator
 
