@@ -107,7 +107,7 @@ def _run(args, step_arg: int | str | None) -> int:
     traceback = args.verbosity >= 1
     with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, traceback=traceback):
         config, variables, step = trained_model.restore_for_inference(args.workdir, step_arg,
-                                                                    args.config)
+                                                                      args.config)
     if step_arg == "best" and (warning := best_choice_warning(config, args.split, step)):
         logging.warning("%s", warning)
     configured = evaluator.settings_of(config)

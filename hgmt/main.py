@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     # disk's checkpoint that orbax never retrieved. absl's line format (level, date, time,
     # thread, file:line), as app.run would give it.
     with console.console(FLAGS.verbosity, command=argv is None,
-                     line_format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
-                                 "%(filename)s:%(lineno)d] %(message)s",
-                     date_format="%m%d %H:%M:%S"):
+                         line_format="%(levelname).1s%(asctime)s.%(msecs)03d000 %(thread)d "
+                                     "%(filename)s:%(lineno)d] %(message)s",
+                         date_format="%m%d %H:%M:%S"):
         return _run(FLAGS, command=argv is None)
 
 

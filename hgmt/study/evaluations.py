@@ -386,7 +386,7 @@ def progress(sweep_dir: str, results: dict[str, list[dict]],
 
 
 def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
-                 files: dict[str, str]) -> str:
+                  files: dict[str, str]) -> str:
     """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
     the metric definitions (`evaluator.metrics_version`) of the finished runs (`files`: {run:
     `_result`'s file name}; alike: `load_sweep`), from their `summaries`; under definitions

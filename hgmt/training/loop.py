@@ -195,10 +195,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
             crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir,
                                           config.window)
     training = trainer.Trainer(config, workdir, model=model, state=state, resumed=resumed,
-                                 mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
-                                 damaged=damaged, watch=watch, peer_watch=peer_watch,
-                                 lock=lock, train_step=jitted_train_step(weights, options,
-                                                                         prepare))
+                               mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
+                               damaged=damaged, watch=watch, peer_watch=peer_watch, lock=lock,
+                               train_step=jitted_train_step(weights, options, prepare))
     opened.callback(training.close_batches)
     training.set_aside_what_follows_the_start()
     training.evaluate_missed()
