@@ -244,10 +244,9 @@ def data_of(sweep_dir: str, names: Sequence[str]) -> str:
     none is 'data not recorded (no config.json)'."""
     seen = []
     for name in names:
-        path = os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
             continue
-        config = _json_object(path, "Restore it from a copy, or train the run again")
+        config = saved_config(sweep_dir, name)
         line = (DEMO_DATA if "demo" in config else
                 f"{config.get('dataset', '?')} in {config.get('data_dir', '?')}")
         if line not in seen:
