@@ -53,7 +53,7 @@ def subsets_figure(e: dict, task: str):
     """`task`'s headline metric in every subset of its study entry `e` (`report.compare`), a
     dot per subset with the seeds' sd as whiskers, on a y axis spanning the values (changes
     of 0.01 on values near 0.86 show), the isolated value as a dashed line; the title says
-    what is drawn. None when no subset has a value."""
+    what is drawn. None when no subset has a value; laid out by `draw`, with its caption."""
     if not e["subsets"]:
         return None
     names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
@@ -80,7 +80,6 @@ def subsets_figure(e: dict, task: str):
     ax.set_ylabel(report.headline(e, task).label)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"{task}: {_subsets_key(e, task, names, spreads)}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -105,7 +104,7 @@ def per_item_figure(e: dict, task: str):
     `task` (`e['per_item_gain']`, + = better), whiskers the tested items' confidence
     intervals; an untested item's bar is hatched, with no whisker, its name marked; the
     title says the subset was picked by its mean on these runs. None without per-item
-    changes."""
+    changes; laid out by `draw`, with its caption."""
     gains = e.get("per_item_gain")
     if not gains:
         return None
@@ -136,7 +135,6 @@ def per_item_figure(e: dict, task: str):
               f"multi-task subsets, picked on these runs")
     ax.set_title(f"{task}: {best} vs isolated, per {h.item} (+ = better){picked}\n"
                  + "; ".join(key), fontsize=9)
-    fig.tight_layout()
     return fig
 
 
