@@ -198,7 +198,7 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     features.json (reported as not built: the `tfds build` told then reuses the broken
     folder), one whose dataset_info.json does not parse, a data_dir that does not exist, is a
     file, or is the dataset's own folder (told to build into that folder); a whole build
-    opens."""
+    opens; the root folder is no build."""
     import logging
 
     from hgmt.data import builds
@@ -274,6 +274,9 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     monkeypatch.setattr(os, "stat", refused)
     assert builds.broken_build("surreal/all", str(tmp_path / "locked" / "d")) is None
     monkeypatch.setattr(os, "stat", real_stat)
+    # The file system's root is a data_dir like any other (looking above it for the
+    # dataset's own folder raised IndexError).
+    assert builds.broken_build("surreal/all", os.sep) is None
     # A file named like a version is no build of one.
     root, folder = copy("version_file")
     (tmp_path / "version_file" / "surreal" / "all" / "9.9.9").write_text("not a build")

@@ -172,7 +172,7 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
         return _broken_version(dataset, data_dir, os.path.join(data_dir, name, config), version)
     # <D>/surreal, <D>/surreal/all or <D>/surreal/all/<version> given for D.
     inside = os.path.abspath(data_dir).split(os.sep)
-    for up in range(1, 4):
+    for up in range(1, min(4, len(inside))):  # no further up than the root
         above = os.sep.join(inside[:-up]) or os.sep
         if inside[-up] == name and os.path.isdir(os.path.join(above, name, config)):
             return (f"data_dir={data_dir!r} is a folder of the dataset itself, not the one "
