@@ -15,7 +15,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     """A build of builder 1.1.0, which lacks depth_class and unusable (made here from a build
     of today's builder: the version's folder and dataset_info.json renamed, the two features
     removed from features.json), is a split the command did not check, with the reason and
-    the rebuild command (once: the test split's line refers to it), exit status 1; the check
+    the rebuild command (once: the test split's line refers to it), exit status 66; the check
     of today's build passes. Before, the command ended in builds.NotInBuild's
     traceback."""
     from tests.conftest import build_demo
@@ -56,7 +56,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
 def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path, capsys,
                                                                         monkeypatch):
     """Every read of the test split fails with EIO after the retries: the split is 'not
-    checked', naming the storage (StorageFault), exit status 1, and no record is listed as
+    checked', naming the storage (StorageFault), exit status 66, and no record is listed as
     damaged (nothing needs rebuilding). Before, StorageFault ended the command in a
     traceback."""
     from hgmt.data import builds, damage
@@ -81,7 +81,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     """The demo's train split built in 4 shards, two of them (0 and 2) then cut to half, and a
     record of shard 3 damaged: the command names both shards, one line each, reads every
     record of shards 1 and 3 (and names the damaged one), and closes with the shards damaged
-    and the records read and damaged, exit status 1. Training's check (`open_split`) names
+    and the records read and damaged, exit status 65. Training's check (`open_split`) names
     both shards in its error. Before, the command named shard 0 only and read no record
     ('0 records read, 1 damaged')."""
     import tensorflow_datasets as tfds
@@ -298,6 +298,34 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     assert lines[0].startswith("surreal/all train: not checked: FileNotFoundError: the build ")
     assert lines[1:] == ["surreal/all validation: not checked: as train above",
                          "surreal/all test: not checked: as train above"]
+
+
+def test_a_demo_configs_data_not_built_names_hgmt_main_as_the_fix(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The demo config's data is made by hgmt.main (its clips generated, then built): a check
+    of it that finds no build names that command with the check's config flags, where it named
+    `tfds build --manual_dir=<SURREAL root>`, which has no clips to build; so does the fix of
+    damaged shards (hgmt.main builds the removed build again)."""
+    import types
+
+    from hgmt.data import shards
+
+    monkeypatch.chdir(tmp_path)  # configs/demo.py: hgmt's own
+    made_by = ("python3 -m hgmt.main --config configs/demo.py:tasks=pose2d --config.data_dir={} "
+               "--workdir=<a run folder> (it generates the demo clips into "
+               "config.demo.surreal_root=runs/demo_data/surreal and builds them, then trains)")
+    for data_dir, said in ((tmp_path / "none", "does not exist"), (tmp_path, "is not built")):
+        assert check.main(["--config", "configs/demo.py:tasks=pose2d",
+                           f"--config.data_dir={data_dir}", "--splits=test"]) == \
+            check.EXIT_NOT_CHECKED
+        (line,) = capsys.readouterr().out.splitlines()
+        assert said in line and line.endswith(made_by.format(data_dir)), line
+        assert "tfds build" not in line
+    checked = check.Checked(fix=shards.rebuild(types.SimpleNamespace(data_dir="B"),
+                                               "surreal/all", "D", 1))
+    check._with_demo_fix(checked, "surreal/all", "D", "M")
+    assert checked.fix == ("Rebuild the dataset: remove B and run M (or copy the shard again "
+                           "from where the dataset was built)")
 
 
 def test_the_check_says_how_far_it_is(tmp_path, caplog, monkeypatch):

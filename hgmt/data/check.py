@@ -15,7 +15,9 @@ number in the shard, index in the split, the error) and a closing line per split
 damaged, records read and damaged, what training or evaluation makes of the damaged records
 under the config's `max_damaged_fraction`, and the fix), or, for a split that cannot be read at
 all but is not damaged (not built, a copy without its metadata, built in another file format or
-by an older builder that lacks a feature hgmt reads, its storage not answering), why. Exit
+by an older builder that lacks a feature hgmt reads, its storage not answering), why, with the
+fix: for a config with `demo` fields (configs/demo.py), whose data `hgmt.main` generates and
+builds itself, that command, else the `tfds build` of SURREAL. Exit
 status: 0 when every split checked is intact; `EXIT_DAMAGED` (65, sysexits' EX_DATAERR) when a
 record or shard is damaged, whatever else; `EXIT_NOT_CHECKED` (66, EX_NOINPUT) when nothing is
 damaged but a split could not be read; 1 for a bad flag, as every command. It reads the whole
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +38,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from hgmt import cli, console
-from hgmt.data import damage, records
+from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
 
 # Exit statuses, so that a script can tell a damaged copy (copy again) from one it could not
@@ -179,15 +182,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         damage.check_max_fraction(args.config.max_damaged_fraction)
     except ValueError as e:
         raise SystemExit(f"error: --{e}") from None
+    made_by = (_demo_command(argv, args.config.demo.surreal_root) if "demo" in args.config
+               else None)
     with console.console(args.verbosity, command=argv is None):
-        return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction)
+        return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction,
+                      made_by)
 
 
-def _check(splits: Sequence[str], dataset: str, data_dir: str, max_fraction: float) -> int:
-    """The checks of `main`, its flags parsed and its console set up; -> exit status."""
+def _demo_command(argv: Sequence[str], surreal_root: str) -> str:
+    """The command that makes a demo config's data (`hgmt.main`, with the config flags of
+    `argv`), as the fix a check of it names where `tfds build` is named for SURREAL's."""
+    given, config_next = [], False
+    for arg in argv:
+        if config_next or arg.startswith(("--config", "-config", "--noconfig.", "-noconfig.")):
+            given.append(shlex.quote(arg))
+            config_next = arg in ("--config", "-config")  # its value is the next argument
+    return (f"python3 -m hgmt.main {' '.join(given)} --workdir=<a run folder> (it generates "
+            f"the demo clips into config.demo.surreal_root={surreal_root} and builds them, "
+            f"then trains)")
+
+
+def _with_demo_fix(checked: Checked, dataset: str, data_dir: str, made_by: str) -> None:
+    """`checked` with `tfds build` replaced by `made_by` (`_demo_command`) in the fix of a
+    split not built and of damaged shards (hgmt.main builds a demo split it does not find,
+    from the demo clips); a build that lacks features (NotInBuild) keeps it, since
+    hgmt.main reuses such a build."""
+    tfds_build = shards.build_command(dataset, os.path.expanduser(data_dir))
+    if checked.unread and checked.unread.startswith(f"{FileNotFoundError.__name__}:"):
+        checked.unread = checked.unread.replace(tfds_build, made_by)
+    checked.fix = checked.fix.replace(f"`{tfds_build}`", made_by)
+
+
+def _check(splits: Sequence[str], dataset: str, data_dir: str, max_fraction: float,
+           made_by: str | None = None) -> int:
+    """The checks of `main`, its flags parsed and its console set up (`made_by`: the command
+    that makes a demo config's data, `_demo_command`); -> exit status."""
     damaged, unread = 0, {}
     for split in splits:
         checked = check_split(dataset, data_dir, split)
+        if made_by:
+            _with_demo_fix(checked, dataset, data_dir, made_by)
         for line in checked.damaged_shards + checked.damaged:
             print(f"damaged: {line}")
         if checked.unread in unread:  # the build's or data_dir's fault, not the split's
