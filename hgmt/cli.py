@@ -82,7 +82,8 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
                 "config", config, "the workdir's training config; override fields with "
                 "--config.x=y", flag_values=fv, sys_argv=["hgmt"] + argv)
     if asks_for_help(argv):
-        listed = _config_file_fields_help(argv) if config_file else ""
+        listed = (_config_file_fields_help(
+            argv, config_file if isinstance(config_file, str) else None) if config_file else "")
         print(f"{doc}\n\n{listed}{fv.get_help()}")
         raise SystemExit(0)
     with _config_errors(argv, config if config is not None else
@@ -223,22 +224,25 @@ def _check_config_file_args(argv: Sequence[str], require: bool) -> None:
                          f"train on in a workdir, give the config file it was trained with")
 
 
-def _config_file_fields_help(argv: Sequence[str]) -> str:
-    """The --help lines listing the fields of the config file `--config` names in argv, with
-    its overrides applied, each with its value; where it does not read, why; nothing without
-    a `--config`."""
+def _config_file_fields_help(argv: Sequence[str], default: str | None = None) -> str:
+    """The --help lines listing the fields of the config file `--config` names in argv, or
+    without one of the command's `default` config file, with the overrides applied, each with
+    its value; where it does not read, why; for a command without a default config (hgmt.main)
+    given no `--config`, how to list a config's fields."""
     given = _config_file_values(argv)
-    if not given:
-        return ""
+    if not given and not default:
+        return ("(--config=FILE --help lists the fields of a config file with their values, "
+                "e.g. --config=configs/default.py --help)\n\n")
     # Only the config's flags defined: the command's others (a required --workdir) are passed
     # over (`known_only`), so help asks for none of them.
     own = ["hgmt"] + [a for a in argv if a not in HELP_FLAGS]
+    named = f"--config={given[-1]}" if given else f"the default --config={default}"
     try:  # the command's own one-line errors, as a run would stop on them
         with _config_errors(own[1:], None):
             _check_config_file_args(own[1:], require=False)
             fv = flags.FlagValues()
-            config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
-                                            lock_config=True, sys_argv=own)
+            config_flags.DEFINE_config_file("config", None if given else default, "",
+                                            flag_values=fv, lock_config=True, sys_argv=own)
             try:
                 fv(own, known_only=True)
             except flags.Error as e:
@@ -246,7 +250,7 @@ def _config_file_fields_help(argv: Sequence[str]) -> str:
             lines = _field_lines(fv.config)
     except SystemExit as e:  # help prints why and goes on
         return f"(the config's fields are not listed: {str(e.code).removeprefix('error: ')})\n\n"
-    return "\n".join([f"The fields of --config={given[-1]}, with their values:", *lines,
+    return "\n".join([f"The fields of {named}, with their values:", *lines,
                       "", ""])
 
 

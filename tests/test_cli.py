@@ -173,7 +173,10 @@ def test_the_trainers_help_with_a_config_lists_its_fields_with_their_values(
     assert ("(the config's fields are not listed: --config.batch_sze: the config has no field "
             "'batch_sze' (its fields: augment, ") in text
     assert "--workdir" in text and "The fields of" not in text
-    assert "The fields of" not in help_of()
+    text = help_of()  # hgmt.main has no default config: how to list one's fields
+    assert "The fields of" not in text
+    assert ("(--config=FILE --help lists the fields of a config file with their values, e.g. "
+            "--config=configs/default.py --help)\n") in text
     # The forms absl takes: `--config FILE`, `--config.x VALUE`, `--noconfig.x`; and --help
     # goes on where a run would stop (an override without --config, a config.json).
     text = help_of("--config", "configs/default.py:tasks=pose2d", "--config.total_steps", "5",
@@ -183,6 +186,21 @@ def test_the_trainers_help_with_a_config_lists_its_fields_with_their_values(
     assert "--workdir" in help_of("--config.total_steps=3")
     assert ("(the config's fields are not listed: --config=W/config.json: a config file is "
             "Python") in help_of("--config=W/config.json")
+
+
+def test_a_commands_help_without_config_lists_its_default_configs_fields(capsys):
+    """A command with a default config (hgmt.data.check: configs/default.py) lists that
+    config's fields with their values, its overrides applied, where --help without --config
+    listed none."""
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.data.check").main(["--help", "--config.batch_size=8"])
+    assert e.value.code in (0, None)
+    text = capsys.readouterr().out
+    head = f"The fields of the default --config={REPO}/configs/default.py, with their values:\n"
+    fields = text[text.index(head):]
+    assert "  --config.batch_size: 8\n" in fields
+    assert "  --config.dataset: 'surreal/every10'\n" in fields
+    assert fields.index("--config.batch_size:") < fields.index("--splits")
 
 
 @pytest.mark.parametrize("override, message", [
