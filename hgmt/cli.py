@@ -92,6 +92,13 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
             rest = fv(["hgmt"] + argv)[1:]
         except flags.Error as e:
             raise SystemExit(f"error: {_flag_error(e, fv)} (--help lists the flags)") from None
+        except ValueError as e:  # absl's for `--no<boolean>=<value>`, raised unworded
+            negated = re.fullmatch(r"(-{1,2}no(\S+?))=.* does not take an argument", str(e))
+            if not negated:
+                raise
+            raise SystemExit(f"error: {str(e).removesuffix(' does not take an argument')}: "
+                             f"{negated[1]} takes no value: give {negated[1]} for false, or "
+                             f"--{negated[2]}=true or false (--help lists the flags)") from None
         if config_file and fv.config is not None:
             getattr(fv.config, "lock", None)  # a file that could not be read raises here
     if positional == "--" and rest:

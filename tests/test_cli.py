@@ -242,6 +242,11 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
      "error: --wrkdir: no such flag; did you mean --workdir? (--help lists the flags)"),
     ("hgmt.main", ["--config=configs/demo.py", "--workdir=W", "--config.model.shared_trunk=maybe"],
      "error: --config.model.shared_trunk=maybe: give true or false (--help lists the flags)"),
+    # absl's unworded ValueError, a traceback before.
+    ("hgmt.main", ["--config=configs/demo.py", "--workdir=W", "--noconfig.model.shared_trunk=yes"],
+     "error: --noconfig.model.shared_trunk=yes: --noconfig.model.shared_trunk takes no value: "
+     "give --noconfig.model.shared_trunk for false, or --config.model.shared_trunk=true or "
+     "false (--help lists the flags)"),
 ])
 def test_common_command_line_mistakes_are_one_line_naming_the_fix(entry, args, message,
                                                                    tmp_path, monkeypatch):
