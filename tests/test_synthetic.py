@@ -118,6 +118,21 @@ def test_a_negative_seed_or_a_file_for_the_output_is_one_line(tmp_path):
     assert afile.read_text() == "mine" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("cmu", ["tree/cmu", "tree/cmu/"])
+def test_an_out_dir_that_is_the_trees_cmu_folder_is_refused_naming_the_tree(cmu, tmp_path):
+    """`--out_dir=<tree>/cmu` wrote <tree>/cmu/cmu/<split>, which a build of <tree> (or of
+    <tree>/cmu) does not find: refused in one line naming the tree, nothing written."""
+    out_dir = str(tmp_path / cmu)
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={out_dir}", "--clips_per_split=1", "--frames_per_clip=1",
+                        "--workers=1"])
+    assert raised.value.code == (
+        f"error: --out_dir={out_dir} is a cmu folder: the clips go into "
+        f"<out_dir>/cmu/{{train,val,test}}, as in SURREAL's tree; give the folder that is to "
+        f"hold cmu/, --out_dir={tmp_path / 'tree'} (the tree tfds build takes as --manual_dir)")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("flag", ["--clips_per_split=0", "--frames_per_clip=0"])
 def test_no_clips_or_no_frames_is_refused_in_one_line(flag, tmp_path):
     """0 clips wrote nothing and exited 0 (a later build then said to extract SURREAL again);

@@ -8,7 +8,9 @@ downstream is developed on clips written by this module in SURREAL's exact layou
 
 writes ``DIR/cmu/{train,val,test}/run0/<seq>/<seq>_c<NNNN>`` + ``.mp4`` (H.264),
 ``_info.mat``, ``_depth.mat`` and ``_segm.mat``, into a DIR whose ``cmu/{train,val,test}``
-hold nothing yet (`ClipsExist` otherwise). As in SURREAL, whose val clips are all test clips
+hold nothing yet (`ClipsExist` otherwise). DIR is the tree, SURREAL's root (what ``tfds build
+--manual_dir`` takes): the command refuses a DIR named ``cmu``, whose clips would go into
+``cmu/cmu``. As in SURREAL, whose val clips are all test clips
 (docs/surreal_format.md), ``val`` holds copies of test clips: here of every one.
 
 The body is the 24-joint SMPL skeleton with random proportions, animated with smooth random
@@ -396,6 +398,18 @@ def check_out_dir(out_dir: str, splits: tuple[str, ...] = ("train", "val", "test
             raise ClipsExist(folder, out_dir)
 
 
+def check_tree_named(out_dir: str) -> None:
+    """Ends the command in one line when `--out_dir` names the tree's `cmu` folder rather
+    than the tree (SURREAL's root, which holds cmu/ and is what `tfds build --manual_dir`
+    takes): the clips would go into <tree>/cmu/cmu/<split>, where no build finds them."""
+    if os.path.basename(os.path.normpath(out_dir)) == "cmu":
+        tree = os.path.dirname(os.path.normpath(out_dir)) or "."
+        raise SystemExit(f"error: --out_dir={out_dir} is a cmu folder: the clips go into "
+                         f"<out_dir>/cmu/{{train,val,test}}, as in SURREAL's tree; give the "
+                         f"folder that is to hold cmu/, --out_dir={tree} (the tree tfds build "
+                         f"takes as --manual_dir)")
+
+
 def _write_seeded_clip(job: tuple) -> str:
     """One clip of `generate`: (stem, seed, split index, clip index k, frames, zrot_max_deg,
     clip number, stems to copy the clip to) -> stem. Top-level, so that worker processes can
@@ -490,11 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.sources.synthetic --out_dir=DIR [--clips_per_split=N]
     [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D] [--workers=N]`: prints one JSON line
     (the clips written, val's copies included; the frames rendered and their rate). A DIR
-    whose cmu/{train,val,test} holds files is refused in one line (`ClipsExist`), exit 1."""
+    whose cmu/{train,val,test} holds files is refused in one line (`ClipsExist`), exit 1, and
+    so is a DIR named cmu (`check_tree_named`)."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     cli.check_output_folder("out_dir", args.out_dir)
+    check_tree_named(args.out_dir)
     start = time.perf_counter()
     with cli.faults_in_one_line(ClipsExist):
         stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
