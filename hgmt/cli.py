@@ -28,7 +28,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from hgmt import paths, workdirs
+from hgmt import console, paths, workdirs
 
 # hgmt's own config files: configs/ beside the hgmt package (the checkout's, or the one
 # installed beside it in site-packages).
@@ -133,18 +133,22 @@ def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[
     the rest. `--help` prints the usage first (`usage_first`), the config's fields (each with
     its value when `--workdir` names a workdir whose config.json reads) and the flags, and
     exits 0, reading nothing else."""
+    command = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if asks_for_help(argv):
         fv = flags.FlagValues()
         define(fv)
-        print(f"{usage_first(doc)}\n\n{_config_fields_help(argv)}\n\n{fv.get_help()}")
+        with console.early_lines(command=command):
+            fields = _config_fields_help(argv)
+        print(f"{usage_first(doc)}\n\n{fields}\n\n{fv.get_help()}")
         raise SystemExit(0)
     given = [a for a in argv if _is_config_flag(a)]
     if given:  # a training command line's --config, copied over
         raise SystemExit(f"error: {given[0]}: this command reads the config the workdir was "
                          f"trained with (<workdir>/config.json): drop --config, and override "
                          f"its fields with --config.<field>=<value>")
-    return parse(define, argv, doc, workdir_config(argv), positional=positional)
+    return parse(define, argv, doc, workdir_config(argv, command=command),
+                 positional=positional)
 
 
 def usage_first(doc: str) -> str:
@@ -425,14 +429,19 @@ def _missing_field(argv: Sequence[str], config: ml_collections.ConfigDict | str 
     return f"--config has no field {error} (--help lists the flags)"
 
 
-def workdir_config(argv: Sequence[str] | None) -> ml_collections.ConfigDict:
+def workdir_config(argv: Sequence[str] | None, *, command: bool | None = None
+                   ) -> ml_collections.ConfigDict:
     """The config saved in the workdir that `--workdir` names in argv (read before the full
-    parse, so that `--config.x=y` can override its fields)."""
+    parse, so that `--config.x=y` can override its fields); its warnings (an older
+    config.json's fields read anew) in the console's format (`console.early_lines`, as the
+    process's own command where `command`, by default where argv is None)."""
+    command = argv is None if command is None else command
     workdir = _workdir_arg(list(sys.argv[1:] if argv is None else argv))
     if not workdir:
         raise SystemExit("error: --workdir is required: a directory written by "
                          "`python -m hgmt.main --workdir=...`")
-    with faults_in_one_line(FileNotFoundError, ValueError):  # messages name the fix
+    # Its errors' messages name the fix: one line.
+    with faults_in_one_line(FileNotFoundError, ValueError), console.early_lines(command=command):
         return workdirs.load_config(workdir)
 
 

@@ -115,6 +115,31 @@ def console(verbosity: int, *, command: bool, line_format: str | None = None,
 
 
 @contextlib.contextmanager
+def early_lines(*, command: bool) -> Iterator[None]:
+    """The lines logged while the block runs, before the command's `console` is set up (the
+    warnings of reading a workdir's config.json as its flags are parsed), in the console's
+    format (`LevelNamed`, `UserLines`) on stderr: as the process's own command (`command`)
+    in place of the handler an import may have given the root logger (Python's default,
+    "WARNING:root:..."), and for a caller of `main` in the same process whose root logger has
+    no handler (where logging would otherwise set up that default one and leave it); a
+    caller's own handlers (a test's, a notebook's) take them as they are. The root logger's
+    handlers are as they were after the block."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    if handlers and not command:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LevelNamed())
+    handler.addFilter(UserLines())
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+
+
+@contextlib.contextmanager
 def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
     """The console's handlers (the root logger's) show `UserLines` only, unless `verbosity`
     >= 1, while the block runs; with `keep` the filter stays after it (a command's process,

@@ -1167,6 +1167,36 @@ def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, c
     create_model(loaded.model, heads(("pose2d",)))  # refused with 'none'
 
 
+def test_an_older_config_jsons_warning_is_in_the_commands_console_format(tmp_path,
+                                                                         monkeypatch, capsys):
+    """The warning of reading an older config.json, logged as the workdir command parses its
+    flags, before its console is set up: on the command's console as its other warnings are
+    ("warning: ..."), once, where Python's default handler an import had set up printed it as
+    "WARNING:root:..."; a caller of main whose root logger has no handler gets it on stderr
+    likewise and no handler left behind."""
+    import subprocess
+
+    from configs import default
+    from hgmt import cli, workdirs
+
+    config = default.get_config("tasks=pose2d,runlocal")
+    config.model.shared_trunk, config.model.interaction = True, "none"
+    workdirs.save_config(config, str(tmp_path))
+    warning = (f"warning: {tmp_path}/config.json: model.interaction='none' has no effect with "
+               f"shared_trunk=True; read as 'sum'")
+    proc = subprocess.run([sys.executable, "-m", "hgmt.export", f"--workdir={tmp_path}",
+                           "--format=stablehlo", f"--out_dir={tmp_path / 'x'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        warning, f"error: NoCheckpoint: no checkpoint in {tmp_path}/checkpoints: train first "
+        f"(python -m hgmt.main --workdir={tmp_path} ...)"], proc.stderr
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    capsys.readouterr()
+    assert cli.workdir_config([f"--workdir={tmp_path}"]).model.interaction == "sum"
+    assert capsys.readouterr().err == warning + "\n" and root.handlers == []
+
+
 def test_a_config_of_hgmts_is_found_from_any_directory(tmp_path, monkeypatch):
     """`--config=configs/<file>` names hgmt's config from a directory without configs/ (an
     installed hgmt's, beside the package: the README's commands failed outside the
