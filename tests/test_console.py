@@ -1,0 +1,208 @@
+"""A command's console (hgmt.console): the lines it shows and in what form, the caller's
+logging given back when `main` runs in its process, and Ctrl-C and SIGTERM ending a command
+once its cleanups have run."""
+
+import importlib
+import logging
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def saved_workdir(tmp_path_factory):
+    """A workdir holding only config.json: enough for a command to parse its flags."""
+    from configs import default
+    from hgmt import workdirs
+
+    workdir = str(tmp_path_factory.mktemp("workdir"))
+    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
+    return workdir
+
+
+def test_main_in_process_gives_the_loggers_handlers_back_as_they_were(saved_workdir, caplog):
+    """hgmt.main hides other libraries' INFO lines and its own verbose ones on the console's
+    handlers for its run only: a caller in the same process (here pytest's capture) still
+    gets a verbose record afterwards."""
+    from hgmt import console
+
+    root = logging.getLogger()
+    before = {h: list(h.filters) for h in root.handlers}
+    main = importlib.import_module("hgmt.main").main
+    with pytest.raises(SystemExit):
+        main([f"--config={REPO}/configs/demo.py", "--config.model.ops=xla",
+              f"--workdir={saved_workdir}"])
+    assert {h: list(h.filters) for h in root.handlers} == before
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        logging.info("a verbose line", extra=console.VERBOSE)
+    assert [r.getMessage() for r in caplog.records] == ["a verbose line"]
+
+
+def test_a_command_in_process_leaves_the_callers_logging_and_sigterm_as_they_were(
+        saved_workdir, monkeypatch):
+    """A notebook's root logger with no handler, at WARNING: after a command's main (here
+    hgmt.evaluate, stopping in one line on a workdir without checkpoints) it has no handler
+    and its level still; before, main left a handler and INFO (the notebook's INFO lines, and
+    absl's, then printed). A caller's own SIGTERM handler stays in place while a command runs
+    (`console.sigterm_cleans_up` unwinds only where SIGTERM would have killed the process)."""
+    import signal
+
+    from hgmt import console
+
+    # Imported first: orbax's import sets up logging.
+    evaluate = importlib.import_module("hgmt.evaluate")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    with pytest.raises(SystemExit):
+        evaluate.main([f"--workdir={saved_workdir}"])
+    assert root.handlers == [] and root.level == logging.WARNING
+
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with console.sigterm_cleans_up():
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with console.sigterm_cleans_up():  # at SIGTERM's default: unwinds
+        assert signal.getsignal(signal.SIGTERM) not in (own, signal.SIG_DFL)
+
+
+def test_sigterm_runs_the_cleanups_then_ends_the_process_as_sigterm_does(tmp_path):
+    """SIGTERM inside `console.sigterm_cleans_up` (evaluate's, predict's and export's block): the
+    cleanup of a partial file runs, a second SIGTERM meanwhile does not cut it short, and the
+    process still dies of SIGTERM (-15 to its parent); outside it, SIGTERM's default ends the
+    process where it stands, the partial file left (what hgmt.export left before)."""
+    import signal
+    import subprocess
+
+    code = ("import os, signal, sys, time\n"
+            "from hgmt import console\n"
+            "partial = sys.argv[1]\n"
+            "def run():\n"
+            "    open(partial, 'w').close()\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "    except BaseException:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        os.remove(partial)\n"
+            "        raise\n"
+            "if sys.argv[2] == 'held':\n"
+            "    with console.sigterm_cleans_up():\n"
+            "        run()\n"
+            "else:\n"
+            "    run()\n")
+    for how, left in (("held", False), ("default", True)):
+        partial = tmp_path / f"{how}.partial"
+        proc = subprocess.run([sys.executable, "-c", code, str(partial), how], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -signal.SIGTERM, (how, proc.returncode, proc.stderr)
+        assert partial.exists() == left, how
+        assert proc.stderr == ("" if left else
+                               "stopped by SIGTERM; nothing partial was left behind\n"), how
+
+
+def test_ctrl_c_ends_a_command_in_one_line_after_its_cleanups(tmp_path):
+    """Ctrl-C in hgmt.evaluate, predict or export (`console.interrupted_in_one_line`): the partial
+    file's cleanup runs, then one line and status 130, where Python printed its traceback; a
+    caller in the same process gets its KeyboardInterrupt."""
+    from hgmt import console
+
+    partial = tmp_path / "partial"
+    proc = _with_a_partial_file("console.interrupted_in_one_line(command=True)",
+                                "raise KeyboardInterrupt", partial)
+    assert (proc.returncode, proc.stderr) == (
+        130, "interrupted (Ctrl-C); nothing partial was left behind\n")
+    assert not partial.exists()
+    with pytest.raises(KeyboardInterrupt), console.interrupted_in_one_line(command=False):
+        raise KeyboardInterrupt
+
+
+def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
+    """A command's process in small (`python -c`): inside `with <manager>:` it makes the file
+    `partial`, runs the statement `body`, and removes the file on any exception before
+    passing it on -> the finished process (text output)."""
+    import subprocess
+
+    code = ("import gc, os, signal, sys, time\n"
+            "from hgmt import console\n"
+            f"{before}"
+            f"with {manager}:\n"
+            "    open(sys.argv[1], 'w').close()\n"
+            "    try:\n"
+            f"        {body}\n"
+            "    except BaseException:\n"
+            "        os.remove(sys.argv[1])\n"
+            "        raise\n")
+    return subprocess.run([sys.executable, "-c", code, str(partial)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_path):
+    """SIGTERM whose handler runs inside a gc callback (JAX registers one), where Python
+    prints and drops the exception it raises: sent again from outside it, it still unwinds
+    the command (the partial file removed) and ends it as SIGTERM does; before, the command
+    ran on to its end, exit 0, with SIGTERM ignored from then on."""
+    import signal
+
+    partial = tmp_path / "partial"
+    proc = _with_a_partial_file(
+        "console.sigterm_cleans_up()", "gc.callbacks.append(inside); gc.collect(); "
+        "gc.callbacks.remove(inside); time.sleep(30); print('ran on')", partial,
+        before="def inside(phase, info):\n"
+               "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
+               "        inside.sent = True\n"
+               "        os.kill(os.getpid(), signal.SIGTERM)\n"
+               "        sum(range(1000))\n")
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
+    assert not partial.exists() and proc.stdout == ""
+
+
+def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
+    """A Latin-1 file name (Python's surrogate escapes) printed and logged by a command on a
+    strict UTF-8 stdout and stderr: written as its bytes, where print raised after the
+    prediction was written."""
+    import subprocess
+
+    code = ("import logging, os\n"
+            "from hgmt import console\n"
+            "name = os.fsdecode(b'caf\\xe9.jpg')\n"
+            "with console.console(0, command=True):\n"
+            "    print(name)\n"
+            "    logging.getLogger('x').warning('skipped %s', name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"caf\xe9.jpg\n"
+    assert proc.stderr.splitlines()[-1] == b"warning: skipped caf\xe9.jpg"
+
+
+def test_the_other_processes_of_a_job_show_only_their_own_lines():
+    """With `show_progress(False)` (hgmt.main on a multi-host job's processes other than 0)
+    hgmt's INFO lines are dropped but for those about the process itself (`EVERY_PROCESS`:
+    its loader's worker count, which can differ between hosts); warnings show; the command's
+    console end shows them again (an in-process caller of hgmt.main gets its lines back)."""
+    from hgmt import console
+
+    def record(level, **extra):
+        r = logging.LogRecord("hgmt", level, os.path.join(console._HGMT_DIR, "x.py"), 1, "m", (),
+                              None)
+        r.__dict__.update(extra)
+        return r
+
+    lines = console.UserLines()
+    with console.console(0, command=False):
+        console.show_progress(False)
+        assert not lines.filter(record(logging.INFO))
+        assert lines.filter(record(logging.INFO, **console.EVERY_PROCESS))
+        assert lines.filter(record(logging.WARNING))
+    assert lines.filter(record(logging.INFO))
