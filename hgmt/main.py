@@ -202,7 +202,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     import jax
 
     compilation_cache.enable(fv.compilation_cache)
-    from hgmt.training import checkpoints, peers, preemption, resume
+    from hgmt.training import checkpoint_write_faults, peers, preemption, resume
 
     resume.absolute_data_location(fv.config)  # of this working directory
     if fv.coordinator_address or fv.distributed:
@@ -224,7 +224,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     from hgmt.evaluation import evaluator, markdown
     from hgmt.training import config_check, loop
 
-    checkpoints.ignore_callbacks_into_closed_loops()
+    checkpoint_write_faults.ignore_callbacks_into_closed_loops()
 
     config = fv.config
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),

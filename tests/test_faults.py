@@ -33,6 +33,8 @@ from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
 from hgmt.training import (
+    checkpoint_digests,
+    checkpoint_write_faults,
     checkpoints,
     device_memory,
     evaluators,
@@ -296,9 +298,9 @@ def test_a_checkpoint_whose_bytes_changed_silently_is_found_damaged_and_passed_o
     assert len(aside) == 1 and aside[0].startswith("2-")
     assert trained_model.restore_for_inference(workdir)[2] == 3
 
-    digests = os.path.join(ckpt, "3", checkpoints.DIGESTS)
+    digests = os.path.join(ckpt, "3", checkpoint_digests.DIGESTS)
     shutil.rmtree(digests)
-    shutil.copytree(os.path.join(ckpt, "1", checkpoints.DIGESTS), digests)
+    shutil.copytree(os.path.join(ckpt, "1", checkpoint_digests.DIGESTS), digests)
     with pytest.raises(trained_model.UnusableCheckpoint) as e:
         trained_model.restore_for_inference(workdir)
     assert re.match(rf"checkpoint {re.escape(ckpt)}/3 is damaged: \d+ of its \d+ arrays read "
@@ -1456,8 +1458,8 @@ def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tm
     temporary folder after a first removal (or during one, which then fails): the folder is
     removed until it stays away.
 
-    On a clock of its own (`checkpoints.time`: its sleeps advance it, sleeping nothing), the
-    late chunks come at set times: two while the folder is removed again and again, one
+    On a clock of its own (`checkpoint_write_faults.time`: its sleeps advance it, sleeping nothing),
+    the late chunks come at set times: two while the folder is removed again and again, one
     after it has stayed away for 0.15 s (less than the settle time). One still to come when
     `remove_partial` returns would recreate the folder after it: it returned too early."""
     workdir = str(tmp_path)
@@ -1494,10 +1496,10 @@ def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tm
             raise OSError(errno.ENOTEMPTY, "Directory not empty", os.fspath(self))
         rmtree(self, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "time", Clock())
+    monkeypatch.setattr(checkpoint_write_faults, "time", Clock())
     monkeypatch.setattr(type(epath.Path(partial)), "rmtree", rmtree_racing)
     write_chunk()  # the failed write's
-    assert checkpoints.remove_partial(workdir) == [partial]
+    assert checkpoint_write_faults.remove_partial(workdir) == [partial]
     assert failed, "the removal that fails was not tried"
     assert late == [], f"returned before the late chunks at {late} (on its clock)"
     assert sorted(os.listdir(workdirs.checkpoint_dir(workdir))) == ["2"]
@@ -1506,11 +1508,11 @@ def test_partial_checkpoints_are_removed_also_while_late_chunks_recreate_them(tm
 def test_the_warning_of_a_failed_writes_chunk_never_begun_is_dropped_by_the_commands(
         tmp_path, monkeypatch):
     """After a failed checkpoint write orbax may leave chunks of it never begun, each warned
-    about when garbage collected (`checkpoints.ABANDONED_WRITE`: a race in orbax's event loop
-    after the failure, the save raising the error). Here deterministically: orbax's writer of
-    an array's chunks fails before they begin (a full disk's error at their gather), so its
-    very coroutines are dropped unstarted. The commands' filter drops exactly that warning:
-    an orbax that renames the coroutine makes it come through here."""
+    about when garbage collected (`checkpoint_write_faults.ABANDONED_WRITE`: a race in orbax's event
+    loop after the failure, the save raising the error). Here deterministically: orbax's writer
+    of an array's chunks fails before they begin (a full disk's error at their gather), so its
+    very coroutines are dropped unstarted. The commands' filter drops exactly that warning: an
+    orbax that renames the coroutine makes it come through here."""
     import asyncio
     import gc
     import types
@@ -1533,7 +1535,7 @@ def test_the_warning_of_a_failed_writes_chunk_never_begun_is_dropped_by_the_comm
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if dropped:
-                checkpoints.ignore_callbacks_into_closed_loops()
+                checkpoint_write_faults.ignore_callbacks_into_closed_loops()
             with pytest.raises(OSError) as failed:
                 asyncio.run(serialization.async_serialize_from_host(host, spec))
             assert disk_space.is_disk_full(failed.value)

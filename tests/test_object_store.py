@@ -33,7 +33,7 @@ from hgmt.data import builds, damage, shards
 from hgmt.evaluation import evaluator, markdown
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
-from hgmt.training import checkpoints, evaluators, loop
+from hgmt.training import checkpoint_write_faults, checkpoints, evaluators, loop
 from tests.conftest import tiny_config
 
 BUCKET = "gs://bucket"
@@ -170,8 +170,8 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     # Unfinished checkpoint writes are removed; finished ones are listed.
     for name in ("2", "4", "6.orbax-checkpoint-tmp-17"):
         (run / "checkpoints" / name).mkdir(parents=True)
-    assert checkpoints.remove_partial(workdir) == [f"{workdir}/checkpoints/6.orbax-checkpoint-"
-                                                   f"tmp-17"]
+    assert checkpoint_write_faults.remove_partial(workdir) == [
+        f"{workdir}/checkpoints/6.orbax-checkpoint-tmp-17"]
     assert checkpoints._steps_on_disk(workdirs.checkpoint_dir(workdir)) == [2, 4]
     with pytest.raises(trained_model.NoCheckpoint, match=f"no best checkpoint in {workdir}/best"):
         trained_model.restore_for_inference(workdir, "best")

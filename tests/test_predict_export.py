@@ -1170,7 +1170,7 @@ def _rename_in_metadata(state_dir, prefix: str, names: tuple[str, ...]) -> None:
 
 
 # The failed whole reads leave tensorstore calling back into orbax's closed event loop (the
-# commands drop those messages: checkpoints.ignore_callbacks_into_closed_loops).
+# commands drop those messages: checkpoint_write_faults.ignore_callbacks_into_closed_loops).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     """A restore for evaluation or prediction reads the checkpoint's parameters and BatchNorm

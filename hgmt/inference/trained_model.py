@@ -2,7 +2,7 @@
 `hgmt.export`): its config and the variables of one of its checkpoints, the latest, a given
 step or the best (`restore_for_inference`). The variables are read alone where they can be
 (not the optimizer's moments), checked against the digests saved with them
-(`hgmt.training.checkpoints.verify`) and against the model the config builds
+(`hgmt.training.checkpoint_digests.verify`) and against the model the config builds
 (`check_variables`); what a command reports in one line is `RESTORE_FAULTS`. Training's own
 saves and restores, and its handling of damaged checkpoints, are `hgmt.training.checkpoints`.
 """
@@ -30,7 +30,7 @@ from hgmt.models import (
     variable_shapes,
 )
 from hgmt.tasks import config_tasks, heads, parse_tasks
-from hgmt.training import checkpoints, device_memory
+from hgmt.training import checkpoint_digests, checkpoints, device_memory
 
 
 class NoCheckpoint(FileNotFoundError):
@@ -106,7 +106,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
             variables = _read_variables(folder, step, model, config)
         if variables is None:  # read whole, for check_variables to name what differs
             variables = _read_state(folder, step, config, best, workdir, steps)
-    except checkpoints.DamagedCheckpoint as e:
+    except checkpoint_digests.DamagedCheckpoint as e:
         other = [s for s in steps if s != step]
         raise UnusableCheckpoint(
             f"{e}: copy it again from where it was written, or "
@@ -204,7 +204,7 @@ def _read_variables(folder: str, step: int, model: Any,
         logging.warning("checkpoint %s/%d lacks %d of the model's variables (e.g. %s); reading "
                         "its whole train state", folder, step, len(missing), missing[0])
         return None
-    checkpoints.verify(epath.Path(folder) / str(step), variables)
+    checkpoint_digests.verify(epath.Path(folder) / str(step), variables)
     return variables
 
 
@@ -228,7 +228,7 @@ def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best:
             raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
                                      f"({type(e).__name__}: {e}); {other}") from e
     state = restored["state"]
-    checkpoints.verify(epath.Path(folder) / str(step), state)
+    checkpoint_digests.verify(epath.Path(folder) / str(step), state)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 

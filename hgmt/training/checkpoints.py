@@ -13,123 +13,34 @@ of another configuration or hgmt version, not damage. XLA's out-of-memory error 
 checkpoint is placed on the device is not damage either: it is raised as it came, for
 `device_memory.explained` to name the settings, and no checkpoint is skipped or moved.
 
-Orbax and tensorstore do not check an array's bytes when they read them, so a checkpoint also
-holds a CRC-32 of each array as saved (`DIGESTS`, `saved`), and every read compares the arrays
-it restored with them (`verify`; the replicated state training saves): bytes changed since
-the save make the checkpoint `DamagedCheckpoint`, unreadable like one orbax cannot read. A
-checkpoint of an older hgmt, without them, is read unchecked.
-
-A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
-with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
-folder of the failed checkpoint is removed and the earlier checkpoints stay readable, so the
-rerun with space resumes from the newest of them.
+Every read checks the arrays against the CRC-32s saved with them
+(`hgmt.training.checkpoint_digests`); a write that fails (a full disk) is handled by
+`hgmt.training.checkpoint_write_faults`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
-import os
 import re
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import console, devices, disk_space, workdirs
-from hgmt.training import device_memory
-
-# The checkpoint item holding the CRC-32 of each array of its `state` (`saved`).
-DIGESTS = "digests"
-
-
-class DamagedCheckpoint(ValueError):
-    """A checkpoint whose arrays read, but not with the bytes saved (`verify`)."""
-
-
-def _leaf_name(path: tuple) -> str:
-    """A pytree path as '/'-joined keys, the same for a TrainState's attributes and for the
-    dict orbax restores it as without a template."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
-
-
-def _digest(leaf: Any) -> str:
-    """'<dtype><shape>:<CRC-32 of its bytes>' of an array (numpy, or a JAX array: one
-    addressable copy, every copy of a checkpoint's state being the same)."""
-    import zlib
-
-    if hasattr(leaf, "addressable_data"):
-        leaf = leaf.addressable_data(0)
-    a = np.ascontiguousarray(np.asarray(leaf))
-    return f"{a.dtype}{list(a.shape)}:{zlib.crc32(a.reshape(-1).view(np.uint8)):08x}"
-
-
-def digests(state: Any) -> dict[str, str]:
-    """{leaf name: `_digest`} of every array of `state` (a pytree)."""
-    import jax
-
-    return {_leaf_name(path): _digest(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
-
-
-def saved(state: Any) -> dict[str, Any]:
-    """The Composite items that save `state` (a train state in the checkpoint layout, on the
-    host) with its digests: `{'state': ..., DIGESTS: ...}`."""
-    return {"state": ocp.args.StandardSave(state), DIGESTS: ocp.args.JsonSave(digests(state))}
-
-
-def verify(step_dir: Any, restored: Any) -> None:
-    """Raises DamagedCheckpoint when an array of `restored` (the `state` read from the
-    checkpoint folder `step_dir`, whole or a subtree of it such as {'params', 'batch_stats'})
-    differs from its digest saved there, or when the digests do not read; nothing to compare
-    without digests (an older hgmt's checkpoint). Arrays are matched by name (a subtree's
-    leaves by their place in it) and compared where restored in the dtype and shape saved:
-    a replicated state's, as training saves it (a sharded array's one local shard would not
-    be compared)."""
-    import jax
-
-    path = epath.Path(step_dir) / DIGESTS
-    if not path.exists():
-        return
-    # Read by this process alone, as its callers read: orbax's default waits for every
-    # process, whose other reads would meet this barrier out of step.
-    me = jax.process_index()
-    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    try:
-        with ocp.Checkpointer(ocp.JsonCheckpointHandler(multiprocessing_options=alone),
-                              multiprocessing_options=alone) as reader:
-            recorded = reader.restore(path)
-        if not isinstance(recorded, dict):
-            raise ValueError(f"a {type(recorded).__name__}, not an object")
-    except Exception as e:  # noqa: BLE001  (orbax and json raise many types)
-        raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its {DIGESTS} do not "
-                                f"read ({type(e).__name__}: {str(e)[:200]})") from e
-    # A leaf restored in another dtype than saved (a template's, e.g. the step's int64) was
-    # converted by the restore: its bytes are not the saved ones to compare.
-    differ = [name for name, value in digests(restored).items()
-              if name in recorded and recorded[name] != value
-              and recorded[name].split(":")[0] == value.split(":")[0]]
-    if differ:
-        raise DamagedCheckpoint(
-            f"checkpoint {step_dir} is damaged: {len(differ)} of its "
-            f"{len(jax.tree_util.tree_leaves(restored))} arrays read differ from what was "
-            f"saved (e.g. {differ[0]}: CRC-32 {digests(restored)[differ[0]]}, saved "
-            f"{recorded[differ[0]]}), a disk or copy fault after the save")
+from hgmt import console, devices, workdirs
+from hgmt.training import checkpoint_digests, device_memory
 
 
 def manager(workdir: str, keep: int = 3, async_save: bool = True,
             with_data: bool = True) -> ocp.CheckpointManager:
     """The CheckpointManager of a workdir; keeps the last `keep` checkpoints."""
-    names = ("state", DIGESTS, "data") if with_data else ("state", DIGESTS)
+    names = ("state", checkpoint_digests.DIGESTS) + (("data",) if with_data else ())
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(workdirs.checkpoint_dir(workdir), options=options,
@@ -266,7 +177,7 @@ def _restore_older(reader: ocp.CheckpointManager, step: int,
 def _restore(reader: ocp.CheckpointManager, step: int, args: Callable[[], Any],
              workdir: str) -> Any:
     """`reader.restore` of `step`, tried again after each of RETRY_DELAYS_S on an OSError;
-    its state's arrays checked against their digests (`verify`)."""
+    its state's arrays checked against their digests (`checkpoint_digests.verify`)."""
     for delay in RETRY_DELAYS_S:
         try:
             restored = reader.restore(step, args=args())
@@ -279,7 +190,7 @@ def _restore(reader: ocp.CheckpointManager, step: int, args: Callable[[], Any],
     else:
         restored = reader.restore(step, args=args())
     if "state" in restored:
-        verify(epath.Path(reader.directory) / str(step), restored["state"])
+        checkpoint_digests.verify(epath.Path(reader.directory) / str(step), restored["state"])
     return restored
 
 
@@ -416,125 +327,6 @@ def _steps_on_disk(folder: str) -> list[int]:
     folder = epath.Path(folder)
     return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir(
         ) else []
-
-
-_SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared for this long
-_REMOVE_TIMEOUT_S = 10.0  # and gives up after this long
-
-
-def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
-    """Removes the temporary folders of unfinished checkpoint writes (orbax's
-    `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best, or in best
-    alone (`best_only`: a training checkpoint's write may be under way beside a best
-    checkpoint's), on process 0 (the workdir lock makes them this run's). -> the removed
-    paths.
-
-    After a failed write, tensorstore may still be finishing other chunks of it, which
-    recreate the folder: the removal is repeated until no such folder has appeared for
-    `_SETTLE_S` seconds (at most `_REMOVE_TIMEOUT_S`). A second: on a loaded machine
-    tensorstore's threads can wait a good part of one before writing their next chunk, and
-    this runs only after a failed write, when the run stops anyway."""
-    import jax
-
-    if jax.process_index() != 0:
-        return []
-    folders = [workdirs.best_dir(workdir)] if best_only else [
-        workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
-    removed: list[str] = []
-    deadline = time.monotonic() + _REMOVE_TIMEOUT_S
-    quiet_since = None
-    while time.monotonic() < deadline:
-        found = [os.fspath(path)
-                 for folder in map(epath.Path, folders)
-                 if folder.is_dir()
-                 for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
-        for path in found:
-            with contextlib.suppress(OSError):
-                epath.Path(path).rmtree()
-            if path not in removed:
-                removed.append(path)
-        if found:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= _SETTLE_S:
-            break
-        time.sleep(0.05)
-    return removed
-
-
-@contextlib.contextmanager
-def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Iterator[None]:
-    """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
-    `step`, or from its background thread at a later call, for an earlier step) into
-    `disk_space.DiskFull`, after removing the partial checkpoint (`best`: of a best
-    checkpoint, whose cleanup leaves the training checkpoints' folder alone: the write of
-    this step's training checkpoint may still be under way); the message names what was
-    written (the checkpoint, or the best checkpoint), the workdir, the step that failed (from
-    the partial folder's name), the space left and the intact training checkpoints to resume
-    from."""
-    what = "best checkpoint" if best else "checkpoint"
-    try:
-        yield
-    except disk_space.DiskFull:
-        raise
-    except Exception as e:
-        if not disk_space.is_disk_full(e):
-            raise
-        removed = remove_partial(workdir, best_only=best)
-        failed = sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
-                                                     os.path.basename(p)) for p in removed)
-                        if m) or [step]
-        raise disk_space.DiskFull(
-            errno.ENOSPC,
-            f"cannot write the {what} of step {failed[-1]} to {workdir}: the disk or quota "
-            f"is full ({disk_space.space_left(workdir)} on it). Removed the partial "
-            f"{', '.join(removed) or what}; the training checkpoints (steps "
-            f"{_steps_on_disk(workdirs.checkpoint_dir(workdir))}) are intact. Free space (or "
-            f"raise the quota) and rerun the same command: it resumes from the newest of them "
-            f"({type(e).__name__}: {str(e)[:300]})") from e
-
-
-# The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.
-# Orbax (0.12: orbax/checkpoint/_src/serialization/serialization.py,
-# async_serialize_from_host) writes each array's chunks as coroutines gathered as tasks, in an
-# event loop of the save's own that `asyncio_utils._run_sync_via_new_loop` closes once the
-# save's coroutine has ended, without cancelling the tasks still pending. When a write fails
-# (a full disk), the error ends the save while other arrays are still being opened; an array
-# whose open completes in that last turn of the loop creates its chunks' tasks, which never
-# run. They are garbage collected later, at any point of the process (in the test suite,
-# during another test), each with this warning. It comes only after a failed save, whose error
-# orbax raises (hgmt: `stop_on_full_disk`), and whose temporary folder is never renamed into
-# a checkpoint: nothing written is missing from a checkpoint said complete. A save that
-# succeeds has awaited all its chunks, so never leaves one unstarted.
-ABANDONED_WRITE = (r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' was "
-                   r"never awaited")
-
-
-def ignore_callbacks_into_closed_loops() -> None:
-    """Drops the 'Event loop is closed' errors of a failed checkpoint write from stderr, and
-    the warnings about the chunks it never began (`ABANDONED_WRITE`).
-
-    When one chunk of an orbax write fails (e.g. a full disk), orbax's event loop ends while
-    tensorstore still finishes the other chunks; each then calls back into the closed loop and
-    Python prints one unraisable RuntimeError traceback per chunk (hundreds), which say nothing
-    the run's own error does not. Installs a `sys.unraisablehook` that drops exactly those and
-    passes everything else to the previous hook, and a warnings filter for exactly
-    `ABANDONED_WRITE` (for command lines, not for library code); a second call changes
-    nothing."""
-    warnings.filterwarnings("ignore", message=ABANDONED_WRITE, category=RuntimeWarning)
-    previous = sys.unraisablehook
-    if getattr(previous, "hgmt_drops_closed_loop_callbacks", False):
-        return
-
-    def hook(unraisable) -> None:
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook.hgmt_drops_closed_loop_callbacks = True
-    sys.unraisablehook = hook
 
 
 def move_aside(mngr: ocp.CheckpointManager, steps: list[int], aside: str) -> None:

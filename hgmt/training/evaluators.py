@@ -15,7 +15,7 @@ when it runs and what it keeps:
                  did not choose it, `Evaluators.forget_after`); at most one evaluator keeps
                  one. A full disk while writing it is
                  `disk_space.DiskFull`, its partial folder removed
-                 (`checkpoints.stop_on_full_disk`)
+                 (`checkpoint_write_faults.stop_on_full_disk`)
 
 Every result goes to TensorBoard as `<name>/<metric>` and, one JSON object a line, to
 <workdir>/evals.jsonl (step, evaluator, settings, metrics): the learning curves of a run.
@@ -44,7 +44,7 @@ from hgmt.evaluation import evaluator, protocols
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.sources import surreal
 from hgmt.tasks import heads, parse_tasks, weighted_total
-from hgmt.training import checkpoints
+from hgmt.training import checkpoint_digests, checkpoint_write_faults, checkpoints
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
 FIELDS = {"split": str, "frames": str, "protocol": str, "flip": bool, "max_examples": int,
@@ -223,7 +223,7 @@ def best_manager(workdir: str, metric: str, protocol: str = "hgmt") -> ocp.Check
         best_mode="min" if lower_is_better(metric, protocol) else "max",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=False)
     return _OutsidePreemptionSync(workdirs.best_dir(workdir), options=options,
-                                  item_names=("state", checkpoints.DIGESTS))
+                                  item_names=("state", checkpoint_digests.DIGESTS))
 
 
 class Evaluators:
@@ -400,9 +400,9 @@ class Evaluators:
         """Keeps `state` (checkpoint layout) as the best checkpoint of `step`, scored `value`
         of `metric`. A full disk is DiskFull wherever the trainer evaluates (at its steps, on
         resuming, after the last step), the partial folder removed."""
-        with checkpoints.stop_on_full_disk(self.workdir, step, best=True):
+        with checkpoint_write_faults.stop_on_full_disk(self.workdir, step, best=True):
             self.manager.save(step, metrics={metric: value}, args=ocp.args.Composite(
-                **checkpoints.saved(state)))
+                **checkpoint_digests.saved(state)))
 
     def _periodic_state(self, step: int, host_state: Callable[[], Any]) -> Any | None:
         """The train state (checkpoint layout) of <workdir>/checkpoints/<step>, or None where

@@ -20,8 +20,8 @@ Faults of long runs, each in its own module: `workdir_lock` (one trainer per wor
 multi-host run is named, not waited for), `checkpoints.restore_newest_readable` (a damaged
 checkpoint is skipped), `shards` (a missing or truncated dataset shard stops the run before
 training), `damage` (a damaged record is skipped, named, counted and replaced),
-`checkpoints.stop_on_full_disk` (a full disk stops the run, the earlier checkpoints intact),
-`device_memory` (out of device memory: one error naming the settings to lower).
+`checkpoint_write_faults.stop_on_full_disk` (a full disk stops the run, the earlier checkpoints
+intact), `device_memory` (out of device memory: one error naming the settings to lower).
 """
 
 from __future__ import annotations

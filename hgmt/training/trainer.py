@@ -20,7 +20,8 @@ from hgmt import console, devices, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.models import to_checkpoint_layout
 from hgmt.training import (
-    checkpoints,
+    checkpoint_digests,
+    checkpoint_write_faults,
     device_memory,
     evaluators,
     peers,
@@ -104,7 +105,7 @@ class Trainer:
         """Raises Preempted once the checkpoint of `step` is written (`saving`: the step orbax
         may still be writing), every process together; `after_training`: it stops the
         evaluations after the last step."""
-        with checkpoints.stop_on_full_disk(self.workdir, saving):
+        with checkpoint_write_faults.stop_on_full_disk(self.workdir, saving):
             self.mngr.wait_until_finished()
         # exit together, after process 0 finalised the save
         devices.barrier("preemption checkpoint saved")
@@ -148,15 +149,16 @@ class Trainer:
         which stops the run on a non-finite loss or state) saved as the checkpoint of `step`
         (when `checkpoint`) and evaluated by the evaluators `evaluate`; this time is set apart
         from the interval's training time, and a full disk stops the run as
-        `disk_space.DiskFull` (`checkpoints.stop_on_full_disk`). The damaged records met up to
-        `step` are to be synced (`damaged.sync`) before: the checkpoint's data position is
-        after them."""
+        `disk_space.DiskFull` (`checkpoint_write_faults.stop_on_full_disk`). The damaged
+        records met up to `step` are to be synced (`damaged.sync`) before: the checkpoint's
+        data position is after them."""
         jax.block_until_ready(self.step_values)  # the step is training time; what follows not
-        with self.interval.set_apart(), checkpoints.stop_on_full_disk(self.workdir, step):
+        with (self.interval.set_apart(),
+              checkpoint_write_faults.stop_on_full_disk(self.workdir, step)):
             host = self.host_state(step)
             if checkpoint:
                 self.mngr.save(step, args=ocp.args.Composite(
-                    **checkpoints.saved(to_checkpoint_layout(self.model, host)),
+                    **checkpoint_digests.saved(to_checkpoint_layout(self.model, host)),
                     data=input_pipeline.grain.PyGrainCheckpointSave(self.data_iter)))
             if evaluate:
                 self._evaluate(evaluate, step, host, stop=self.lock_check)
@@ -272,7 +274,7 @@ class Trainer:
         nothing."""
         if not self.joined and not self.mngr.is_saving_in_progress():
             self.joined = True
-            with checkpoints.stop_on_full_disk(self.workdir, self.saving):
+            with checkpoint_write_faults.stop_on_full_disk(self.workdir, self.saving):
                 self.mngr.wait_until_finished()
 
     def _next_batch(self, step: int):
@@ -356,7 +358,7 @@ class Trainer:
         evaluations after training: -> (state, {evaluator: summary})."""
         config, evals = self.config, self.evals
         final = self.host_state(config.total_steps)
-        with checkpoints.stop_on_full_disk(self.workdir, self.saving):
+        with checkpoint_write_faults.stop_on_full_disk(self.workdir, self.saving):
             self.mngr.wait_until_finished()
         if self.damaged is not None and self.damaged.found:
             logging.warning("%s", self.damaged.summary())

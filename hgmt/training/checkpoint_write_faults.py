@@ -1,0 +1,143 @@
+"""A checkpoint write that fails: its partial folder removed (`remove_partial`), a full disk
+or quota turned into an error naming the fix (`stop_on_full_disk`), and the noise orbax's
+failed writes leave on stderr dropped (`ignore_callbacks_into_closed_loops`).
+
+A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
+with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
+folder of the failed checkpoint is removed and the earlier checkpoints stay readable, so the
+rerun with space resumes from the newest of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+
+from etils import epath
+
+from hgmt import disk_space, workdirs
+from hgmt.training import checkpoints
+
+_SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared for this long
+_REMOVE_TIMEOUT_S = 10.0  # and gives up after this long
+
+
+def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
+    """Removes the temporary folders of unfinished checkpoint writes (orbax's
+    `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best, or in best
+    alone (`best_only`: a training checkpoint's write may be under way beside a best
+    checkpoint's), on process 0 (the workdir lock makes them this run's). -> the removed
+    paths.
+
+    After a failed write, tensorstore may still be finishing other chunks of it, which
+    recreate the folder: the removal is repeated until no such folder has appeared for
+    `_SETTLE_S` seconds (at most `_REMOVE_TIMEOUT_S`). A second: on a loaded machine
+    tensorstore's threads can wait a good part of one before writing their next chunk, and
+    this runs only after a failed write, when the run stops anyway."""
+    import jax
+
+    if jax.process_index() != 0:
+        return []
+    folders = [workdirs.best_dir(workdir)] if best_only else [
+        workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
+    removed: list[str] = []
+    deadline = time.monotonic() + _REMOVE_TIMEOUT_S
+    quiet_since = None
+    while time.monotonic() < deadline:
+        found = [os.fspath(path)
+                 for folder in map(epath.Path, folders)
+                 if folder.is_dir()
+                 for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
+        for path in found:
+            with contextlib.suppress(OSError):
+                epath.Path(path).rmtree()
+            if path not in removed:
+                removed.append(path)
+        if found:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= _SETTLE_S:
+            break
+        time.sleep(0.05)
+    return removed
+
+
+@contextlib.contextmanager
+def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Iterator[None]:
+    """Turns a full disk or quota while writing a checkpoint (orbax raises it at the save of
+    `step`, or from its background thread at a later call, for an earlier step) into
+    `disk_space.DiskFull`, after removing the partial checkpoint (`best`: of a best
+    checkpoint, whose cleanup leaves the training checkpoints' folder alone: the write of
+    this step's training checkpoint may still be under way); the message names what was
+    written (the checkpoint, or the best checkpoint), the workdir, the step that failed (from
+    the partial folder's name), the space left and the intact training checkpoints to resume
+    from."""
+    what = "best checkpoint" if best else "checkpoint"
+    try:
+        yield
+    except disk_space.DiskFull:
+        raise
+    except Exception as e:
+        if not disk_space.is_disk_full(e):
+            raise
+        removed = remove_partial(workdir, best_only=best)
+        failed = sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
+                                                     os.path.basename(p)) for p in removed)
+                        if m) or [step]
+        raise disk_space.DiskFull(
+            errno.ENOSPC,
+            f"cannot write the {what} of step {failed[-1]} to {workdir}: the disk or quota "
+            f"is full ({disk_space.space_left(workdir)} on it). Removed the partial "
+            f"{', '.join(removed) or what}; the training checkpoints (steps "
+            f"{checkpoints.steps_on_disk(workdir)}) are intact. Free space (or "
+            f"raise the quota) and rerun the same command: it resumes from the newest of them "
+            f"({type(e).__name__}: {str(e)[:300]})") from e
+
+
+# The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.
+# Orbax (0.12: orbax/checkpoint/_src/serialization/serialization.py,
+# async_serialize_from_host) writes each array's chunks as coroutines gathered as tasks, in an
+# event loop of the save's own that `asyncio_utils._run_sync_via_new_loop` closes once the
+# save's coroutine has ended, without cancelling the tasks still pending. When a write fails
+# (a full disk), the error ends the save while other arrays are still being opened; an array
+# whose open completes in that last turn of the loop creates its chunks' tasks, which never
+# run. They are garbage collected later, at any point of the process (in the test suite,
+# during another test), each with this warning. It comes only after a failed save, whose error
+# orbax raises (hgmt: `stop_on_full_disk`), and whose temporary folder is never renamed into
+# a checkpoint: nothing written is missing from a checkpoint said complete. A save that
+# succeeds has awaited all its chunks, so never leaves one unstarted.
+ABANDONED_WRITE = (r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' was "
+                   r"never awaited")
+
+
+def ignore_callbacks_into_closed_loops() -> None:
+    """Drops the 'Event loop is closed' errors of a failed checkpoint write from stderr, and
+    the warnings about the chunks it never began (`ABANDONED_WRITE`).
+
+    When one chunk of an orbax write fails (e.g. a full disk), orbax's event loop ends while
+    tensorstore still finishes the other chunks; each then calls back into the closed loop and
+    Python prints one unraisable RuntimeError traceback per chunk (hundreds), which say nothing
+    the run's own error does not. Installs a `sys.unraisablehook` that drops exactly those and
+    passes everything else to the previous hook, and a warnings filter for exactly
+    `ABANDONED_WRITE` (for command lines, not for library code); a second call changes
+    nothing."""
+    warnings.filterwarnings("ignore", message=ABANDONED_WRITE, category=RuntimeWarning)
+    previous = sys.unraisablehook
+    if getattr(previous, "hgmt_drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.hgmt_drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
