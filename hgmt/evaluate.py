@@ -27,7 +27,7 @@ import sys
 
 from hgmt import cli, compilation_cache, console, paths, workdirs
 from hgmt.data import eval_data, records
-from hgmt.evaluation import evaluator, markdown, protocols
+from hgmt.evaluation import evaluator, markdown, protocols, report_files
 from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import config_check, device_memory, evaluators, loop
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_data.frames_flag(args.frames)
     if args.out_file:
         with cli.faults_in_one_line(ValueError):
-            evaluator.check_out_file(args.out_file)
+            report_files.check_out_file(args.out_file)
     with console.stoppable_console(args.verbosity, command=argv is None):
         return _run(args, step_arg)
 
@@ -133,7 +133,7 @@ def _run(args, step_arg: int | str | None) -> int:
             max_examples=cut, protocol=args.protocol,
             image_size=config.image_size if trained_size not in (None, config.image_size)
             else None))
-        evaluator.write_report(summary, out)
+        report_files.write_report(summary, out)
     print(markdown.to_markdown(summary))
     out = paths.absolute(out)  # as hgmt.main and hgmt.export name their files
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)

@@ -221,7 +221,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
-    from hgmt.evaluation import evaluator, markdown
+    from hgmt.evaluation import markdown, protocols
     from hgmt.training import config_check, loop
 
     checkpoint_write_faults.ignore_callbacks_into_closed_loops()
@@ -268,7 +268,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
             out = workdirs.eval_file(fv.workdir, name)
             print(markdown.to_markdown(summary))
             print(json.dumps({"workdir": paths.absolute(fv.workdir), "eval": out,
-                              **evaluator.headline(summary)}))
+                              **protocols.headline(summary)}))
     return 0
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from hgmt import workdirs
 from hgmt.data import builds, check, damage, eval_data, records
-from hgmt.evaluation import evaluator, markdown
+from hgmt.evaluation import evaluator, markdown, report_files
 from hgmt.models import create_model
 from hgmt.tasks import heads
 from hgmt.training import loop, preemption, steps
@@ -214,7 +214,7 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     # the first six); all, 5: records 0-4, so record 5 would not have been reached.
     out = str(tmp_path / "eval.json")
     summary = evaluator.evaluate(config, variables, frames="middle")
-    evaluator.write_report(summary, out)
+    report_files.write_report(summary, out)
     with open(out) as f:
         assert json.load(f)["unreadable_records"] == [name]
     text = markdown.to_markdown(summary)

@@ -57,7 +57,7 @@ def test_the_command_warns_once_on_the_test_split_at_the_best_checkpoint(
         calls.append([r.getMessage() for r in caplog.records])
         return {}
     monkeypatch.setattr(hgmt.evaluate.evaluator, "evaluate", evaluate)
-    monkeypatch.setattr(hgmt.evaluate.evaluator, "write_report", lambda summary, out: [])
+    monkeypatch.setattr(hgmt.evaluate.report_files, "write_report", lambda summary, out: [])
     monkeypatch.setattr(hgmt.evaluate.markdown, "to_markdown", lambda summary: "")
     (tmp_path / "config.json").write_text(config.to_json())  # the workdir's trained size
     args = types.SimpleNamespace(workdir=str(tmp_path), config=config, split=split,
@@ -100,7 +100,7 @@ def test_an_out_file_that_is_a_folder_or_markdown_is_refused_before_any_work(tmp
     line naming the file and the fix, before a checkpoint is read (the workdir has none),
     nothing written."""
     from hgmt import disk_space, workdirs
-    from hgmt.evaluation import evaluator
+    from hgmt.evaluation import report_files
 
     workdirs.save_config(default.get_config("tasks=pose2d"), str(tmp_path))
     folder = tmp_path / "results"
@@ -121,4 +121,4 @@ def test_an_out_file_that_is_a_folder_or_markdown_is_refused_before_any_work(tmp
         disk_space.write_atomically(str(folder), lambda f: f.write("{}"))
     assert sorted(os.listdir(tmp_path)) == before
     with pytest.raises(ValueError, match="is a folder"):
-        evaluator.write_report({}, str(folder))
+        report_files.write_report({}, str(folder))

@@ -775,7 +775,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     of its protocol (a change of another protocol's keeps it) and of the same variables and
     config (`evaluators.fingerprint`); a file that does not read is evaluated again, with a
     warning."""
-    from hgmt.evaluation import evaluator
+    from hgmt.evaluation import metrics_versions
 
     def state(w: float) -> types.SimpleNamespace:  # a host train state's variables
         return types.SimpleNamespace(params={"w": np.full(3, w, np.float32)},
@@ -787,7 +787,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     os.makedirs(workdir)
     evals = evaluators.Evaluators(config, workdir, {"pose2d": 1.0})
     summary = {"pose2d": {"pckh@0.5": 0.5}, "num_examples": 8,
-               "metrics_version": evaluator.metrics_version("hgmt")}
+               "metrics_version": metrics_versions.metrics_version("hgmt")}
     run = {"step": 4, "evaluator": "test",
            "evaluated": evaluators.fingerprint(config, state(1.0))}
 
@@ -802,17 +802,17 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     other_config = config.copy_and_resolve_references()
     other_config.data_dir = str(tmp_path / "rebuilt")
     for other in ({"evaluator": "validation"},
-                  {"metrics_version": evaluator.metrics_version("hgmt") - 1},
+                  {"metrics_version": metrics_versions.metrics_version("hgmt") - 1},
                   {"evaluated": evaluators.fingerprint(other_config, state(1.0))}):
         write({**summary, **run, **other})
         assert evals.finished_at_end(4, state(1.0)) == {}, other
     write({**summary, **run})
-    changes = evaluator.METRICS_CHANGES
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {**changes, 99: (("surreal",), "x")})
+    changes = metrics_versions.METRICS_CHANGES
+    monkeypatch.setattr(metrics_versions, "METRICS_CHANGES", {**changes, 99: (("surreal",), "x")})
     assert evals.finished_at_end(4, state(1.0)) == {"test": summary}
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {**changes, 99: (("hgmt",), "x")})
+    monkeypatch.setattr(metrics_versions, "METRICS_CHANGES", {**changes, 99: (("hgmt",), "x")})
     assert evals.finished_at_end(4, state(1.0)) == {}
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES", changes)
+    monkeypatch.setattr(metrics_versions, "METRICS_CHANGES", changes)
     write('{"step": 4, "evalu')
     with caplog.at_level(logging.WARNING):
         assert evals.finished_at_end(4, state(1.0)) == {}

@@ -28,7 +28,7 @@ from etils import epath
 import hgmt.evaluate
 from hgmt import disk_space, workdirs
 from hgmt.data import builds, eval_data, input_pipeline, shards
-from hgmt.evaluation import evaluator, markdown
+from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
@@ -382,17 +382,15 @@ def test_a_signal_after_the_last_check_after_training_is_said_to_have_come_too_l
     """SIGUSR1 after the last check of the evaluation after training (here: as its report is
     written): its line says the evaluations stop at their next batch, but there is none, so
     the run completes, and says so (it read as if the evaluations were left for a rerun)."""
-    from hgmt.evaluation import evaluator
-
     workdir = str(tmp_path / "w")
     config = _at_end_config(demo_dataset[1])
-    write_report = evaluator.write_report
+    write_report = report_files.write_report
 
     def signalling(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGUSR1)
         return write_report(*args, **kwargs)
 
-    monkeypatch.setattr(evaluator, "write_report", signalling)
+    monkeypatch.setattr(report_files, "write_report", signalling)
     _train_told_the_signal_came_too_late(config, workdir, caplog)
     assert os.path.exists(workdirs.eval_file(workdir, "test"))
 
@@ -1563,7 +1561,7 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
     with pytest.raises(disk_space.DiskFull, match=f"cannot write the file to "
                                                   f"{out[:-len('json')]}md: the disk or quota "
                                                   f"is full"):
-        evaluator.write_report(summary, out)
+        report_files.write_report(summary, out)
     assert not [n for n in os.listdir(disk.path) if n.startswith("eval_test")]
 
     with pytest.raises(disk_space.DiskFull, match=f"the TensorBoard summaries to "
@@ -1604,7 +1602,7 @@ def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_rec
     elif fails == "picture":
         monkeypatch.setattr(Figure, "savefig", full(Figure.savefig, half=True))
     else:
-        monkeypatch.setattr(evaluator.json, "dump", full(evaluator.json.dump))
+        monkeypatch.setattr(report_files.json, "dump", full(report_files.json.dump))
     with pytest.raises(disk_space.DiskFull, match="the disk or quota is full"):
         loop.train(config, workdir)
     assert calls == [fails]
@@ -1625,10 +1623,10 @@ def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_rec
              for n in ("eval_test.json", "eval_test.md", "eval_test_pckh.png")}
     calls.clear()
     monkeypatch.undo()  # the first failure's
-    monkeypatch.setattr(evaluator.json, "dump", full(json.dump))
+    monkeypatch.setattr(report_files.json, "dump", full(json.dump))
     fails = "json"
     with pytest.raises(disk_space.DiskFull, match="the disk or quota is full"):
-        evaluator.write_report(summary, workdirs.eval_file(workdir, "test"))
+        report_files.write_report(summary, workdirs.eval_file(workdir, "test"))
     assert calls == ["json"]
     assert {n: (tmp_path / "w" / n).read_bytes() for n in files} == files
     assert sorted(n for n in os.listdir(workdir) if n.startswith("eval_test")) == sorted(files)

@@ -12,7 +12,7 @@ import pytest
 
 import hgmt.report
 from hgmt import workdirs
-from hgmt.evaluation import evaluator
+from hgmt.evaluation import metrics_versions
 from hgmt.sources import surreal
 from hgmt.study import charts, evaluations, report, runs, stats
 from hgmt.tasks import common
@@ -1104,14 +1104,14 @@ def test_report_names_runs_outside_the_plan(tmp_path):
         (sweep_dir / name / "eval_test.json").write_text(json.dumps(
             {**_summary(pck=0.8), "num_examples": 240, "split": "test",
              "frames": "every4", "flip": False,
-             "metrics_version": evaluator.metrics_version("hgmt")}))
+             "metrics_version": metrics_versions.metrics_version("hgmt")}))
     (sweep_dir / "sweep.json").write_text(json.dumps({"subsets": ["pose2d", "pose2d+segm"],
                                                       "seeds": 1}))
     line = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir)))
     assert line == ("Runs finished: 2 of 2 (2 subsets x 1 seed); finished but not in the plan, "
                     "counted in the tables: pose2d@seed3. Each is evaluated on 240 frames of "
                     "split `test` (frames: every4; no flip test; metric definitions version "
-                    f"{evaluator.metrics_version('hgmt')})."), line
+                    f"{metrics_versions.metrics_version('hgmt')})."), line
 
 
 def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path, monkeypatch):
@@ -1121,7 +1121,7 @@ def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path,
     its protocol's changes was, how many runs kept the checkpoints to evaluate again (a
     step in `<run>/checkpoints`: a folder left empty keeps none) and the command; report.json
     records the evaluation of each task's numbers."""
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES", {
+    monkeypatch.setattr(metrics_versions, "METRICS_CHANGES", {
         2: (("hgmt", "surreal"), "change two"), 3: (("hgmt",), "change three"),
         4: (("bodynet", "surreal"), "change four")})
     sweep_dir = tmp_path / "sweep"
@@ -1135,7 +1135,7 @@ def test_report_says_its_runs_metric_definitions_are_older_than_todays(tmp_path,
                f"--out_file={sweep_dir}/<run>/eval_test.json`")
     said = ("Runs finished: 3. Each is evaluated on 24 frames of split `test` (frames: middle; "
             "with flip test; metric definitions version 1). Version 1 is older than today's 3 "
-            "(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
+            "(hgmt.evaluation.metrics_versions.METRICS_CHANGES), so today's hgmt.evaluate can give "
             "these models other numbers; what changed: version 2: change two; version 3: change "
             "three. {have}. A run with its checkpoints is evaluated under today's definitions "
             "by, for each <run>: " + command + ".")
@@ -1168,7 +1168,7 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
     limit they asked for (none: 0), not the frames they evaluated."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.metrics_version("hgmt"), "max_examples": 0}
+              "metrics_version": metrics_versions.metrics_version("hgmt"), "max_examples": 0}
     runs_of = {"pose2d": 3, "pose2d+segm": 3, "segm": 2}
     for tasks, seeds in runs_of.items():
         for k in range(seeds):
@@ -1217,7 +1217,8 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     definitions."""
     sweep_dir = tmp_path / "sweep"
     every4 = {"num_examples": 240, "split": "test", "frames": "every4", "flip": False,
-              "metrics_version": evaluator.metrics_version("hgmt"), "max_examples": 0, "step": STEP}
+              "metrics_version": metrics_versions.metrics_version("hgmt"), "max_examples": 0,
+              "step": STEP}
     middle = {**every4, "num_examples": 24, "frames": "middle"}
     _finished_runs(sweep_dir, {"pose2d": [{**_summary(pck=0.8), **every4}] * 3,
                                "segm": [{**_summary(iou=0.5), **middle}] * 2})
@@ -1245,9 +1246,9 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
         f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
         f"--noflip --max_examples=0 --protocol=hgmt "
         f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")
-    today = max(evaluator.METRICS_CHANGES) + 1
-    monkeypatch.setattr(evaluator, "METRICS_CHANGES",
-                        {**evaluator.METRICS_CHANGES, today: (("hgmt",), "a change")})
+    today = max(metrics_versions.METRICS_CHANGES) + 1
+    monkeypatch.setattr(metrics_versions, "METRICS_CHANGES",
+                        {**metrics_versions.METRICS_CHANGES, today: (("hgmt",), "a change")})
     assert evaluations.progress(str(sweep_dir), results).endswith(
         f"--protocol=hgmt --out_file={sweep_dir}/<run>/eval_test.json` (for segm, whose "
         f"eval_test.json holds another protocol's numbers: "
@@ -1267,7 +1268,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
         (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "bodynet", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False,
-                   "metrics_version": evaluator.metrics_version("bodynet"), "step": STEP}
+                   "metrics_version": metrics_versions.metrics_version("bodynet"), "step": STEP}
         summary["pose2d"] = {**summary["pose2d"], "protocol": "bodynet", "pck": 0.8}
         if window:
             summary["window"] = window
@@ -1278,7 +1279,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     write("pose2d+segm", None)
     with pytest.raises(ValueError) as e:
         evaluations.load_sweep(str(sweep_dir), "bodynet")
-    version = evaluator.metrics_version("bodynet")
+    version = metrics_versions.metrics_version("bodynet")
     assert ("1 run with num_examples 240, split test, frames middle, flip False, "
             f"metrics_version {version}, window hgmt (pose2d+segm); 1 run with num_examples "
             f"240, split test, frames middle, flip False, metrics_version {version}, window "
@@ -1302,7 +1303,7 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     line = evaluations.progress(str(sweep_dir), evaluations.load_sweep(str(sweep_dir), "bodynet"))
     assert line.endswith("Each is evaluated on 240 frames of split `test` (frames: middle; "
                          "no flip test; crop window: reference; metric definitions version "
-                         f"{evaluator.metrics_version('bodynet')})."), line
+                         f"{metrics_versions.metrics_version('bodynet')})."), line
 
 
 def test_report_of_runs_trained_on_the_references_box_keeps_their_window(tmp_path):
@@ -1316,7 +1317,7 @@ def test_report_of_runs_trained_on_the_references_box_keeps_their_window(tmp_pat
         run.mkdir(parents=True)
         summary = {**_summary(pck=0.8), "protocol": "hgmt", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False, "window": window,
-                   "metrics_version": evaluator.metrics_version("hgmt"), "step": STEP}
+                   "metrics_version": metrics_versions.metrics_version("hgmt"), "step": STEP}
         (run / "eval_test.json").write_text(json.dumps(summary))
         (run / "config.json").write_text(json.dumps(
             {"total_steps": STEP, "window": "reference_box", "seed": int(name.endswith("1"))}))
@@ -1340,7 +1341,7 @@ def test_report_refuses_runs_evaluated_at_other_label_sizes(tmp_path):
         run.mkdir(parents=True, exist_ok=True)
         summary = {**_summary(pck=0.8), "protocol": "hgmt", "num_examples": 240,
                    "split": "test", "frames": "middle", "flip": False, "window": "hgmt",
-                   "metrics_version": evaluator.metrics_version("hgmt"), "step": STEP,
+                   "metrics_version": metrics_versions.metrics_version("hgmt"), "step": STEP,
                    "dataset": "surreal/all", "data_dir": data_dir}
         if label_size is not None:
             summary["label_size"] = label_size
@@ -1843,7 +1844,8 @@ def test_tiny_real_sweep_then_report(demo_dataset, tmp_path):
     assert set(study) == {"pose2d", "segm"} and study["pose2d"]["isolated"] is not None
     assert ("Runs finished: 2 of 2 (2 subsets x 1 seed). Each is evaluated on 2 frames of "
             "split `test` (frames: middle; no flip test; metric definitions version "
-            f"{evaluator.metrics_version('hgmt')}).") in open(os.path.join(out, "README.md")).read()
+            f"{metrics_versions.metrics_version('hgmt')}).") in open(
+                os.path.join(out, "README.md")).read()
     for protocol in ("bodynet", "surreal"):
         assert hgmt.report.main(["--sweep_dir", sweep_dir, "--out_dir", f"{out}_{protocol}",
                             f"--protocol={protocol}"]) == 0

@@ -30,7 +30,7 @@ import hgmt.export
 import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
 from hgmt.data import builds, damage, shards
-from hgmt.evaluation import evaluator, markdown
+from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
 from hgmt.training import checkpoint_write_faults, checkpoints, evaluators, loop
@@ -152,7 +152,7 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     # An evaluation's summary, its table and its picture.
     out = workdirs.eval_file(workdir, "test")
     summary = {"split": "test", "num_examples": 3, "flip": False}
-    evaluator.write_report(summary, out)
+    report_files.write_report(summary, out)
     assert json.loads((run / "eval_test.json").read_text()) == {**summary, "pictures": []}
     assert evaluators._read_report(out) == {**summary, "pictures": []}  # a rerun reads it
     assert evaluators._read_report(f"{workdir}/eval_validation.json") is None

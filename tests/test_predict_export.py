@@ -1988,7 +1988,7 @@ def test_evaluation_padding_never_counts(workdir, demo_dataset, protocol):
         summary = evaluator.Evaluator(config, split="test", protocol=protocol,
                                      indices=indices)(variables)
         assert summary["num_examples"] == 4
-        results.append(evaluator.headline(summary) | {
+        results.append(protocols.headline(summary) | {
             f"loss/{t}": v for t, v in summary["loss"].items()})
     assert results[0].keys() == results[1].keys()
     for k, v in results[0].items():

@@ -636,7 +636,7 @@ def test_protocol_selection_and_labels():
                           "pckh@0.5_per_joint": {j: 0.5 for j in surreal.JOINT_NAMES}},
                "segm": {"protocol": "surreal", "mean_iou": None, "pixel_accuracy": 0.5,
                         "iou_per_part": {p: None for p in surreal.PART_NAMES}}}
-    assert evaluator.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
+    assert protocols.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
                                           "segm/mean_iou": None, "segm/pixel_accuracy": 0.5}
     md = markdown.to_markdown(summary)
     assert "metric protocol `surreal`" in md

@@ -12,7 +12,7 @@ import hgmt.predict
 import hgmt.report
 from hgmt.data import builds, cropping
 from hgmt.data.augment import Augment
-from hgmt.evaluation import evaluator, markdown
+from hgmt.evaluation import markdown, protocols
 from hgmt.tasks import TASKS, all_subsets, drawing, parse_tasks
 from hgmt.training import loop
 from tests import silhouette_task
@@ -45,7 +45,7 @@ def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, dem
         summary = loop.train_and_evaluate(config, workdir)["test"]  # -> eval_test.json
         assert 0.0 <= summary["silhouette"]["iou"] <= 1.0
         assert summary["silhouette"]["protocol"] == "hgmt"
-        assert "silhouette/iou" in evaluator.headline(summary)
+        assert "silhouette/iou" in protocols.headline(summary)
         assert "| silhouette/iou |" in markdown.to_markdown(summary)
         assert os.path.isfile(os.path.join(workdir, "eval_test.json"))
 

@@ -1,7 +1,7 @@
 """The evaluator of a split: one compiled evaluation step over the frames it selects, metric sums
 accumulated over the split (padding never counts) and summarised under a metric protocol
-(`protocols`), and the summary's files (`write_report`: its JSON, its Markdown, made by
-hgmt/evaluation/markdown.py, and its pictures).
+(`protocols`), recording the version of that protocol's definitions (`metrics_versions`). The
+summary's files are `report_files.write_report`'s.
 
 Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and by the
 `hgmt.evaluate` command."""
@@ -9,24 +9,18 @@ Used by the trainer's evaluators (`config.evals`, hgmt.training.evaluators) and 
 from __future__ import annotations
 
 import collections
-import contextlib
-import errno
 import functools
-import glob
-import json
 import logging
-import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 
-from hgmt import devices, disk_space, paths, workdirs
+from hgmt import devices, workdirs
 from hgmt.data import builds, cropping, damage, eval_data
-from hgmt.evaluation import markdown, pictures, protocols
+from hgmt.evaluation import markdown, metrics_versions, pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -128,45 +122,6 @@ SETTINGS = ("split", "frames", "protocol", "flip", "max_examples")
 # hgmt's test protocol: the Evaluator's defaults, and configs/common.py evaluator_config's.
 DEFAULT_SETTINGS = {"split": "test", "frames": "middle", "protocol": "hgmt", "flip": False,
                     "max_examples": 0}
-# The versions of hgmt's metric definitions: each with the protocols whose numbers it
-# changed and what it changed from the one before. A summary records the version of its
-# protocol's definitions it was made under (its `metrics_version`: `metrics_version` below;
-# one without the field is version 1), and a change adds a version, so that numbers of two
-# definitions are not compared (hgmt.report refuses them, and its report says what changed
-# since its runs'), while a change to one protocol leaves the others' numbers current.
-METRICS_CHANGES = {
-    2: (protocols.PROTOCOLS,
-        "a joint in the outer half of a label map's edge pixels is visible (version 1: only "
-        "joints in [0, r - 1], r the label map's side)"),
-    3: (("surreal",),
-        "surreal protocol: test batch 1, SURREAL's final evaluation (eval.sh), not 6: every "
-        "example evaluated"),
-    4: (("bodynet", "surreal"),
-        "bodynet and surreal protocols: the segm and depth label maps are cut as the "
-        "references cut theirs (crop(..., 'simple'): the map shrunk by top-left sampling, a "
-        "block copied at an integer corner), not by hgmt's nearest warp of their window"),
-    5: (("bodynet", "surreal"),
-        "bodynet and surreal protocols: the input image is cut as the references cut theirs "
-        "(crop(..., 'bilinear'): a block copied at integer corners and resized by torch/image's "
-        "bilinear scale, ends onto ends, the frame shrunk first from a 512 px window), not by "
-        "hgmt's bilinear warp of their window"),
-}
-
-
-def metrics_version(protocol: str) -> int:
-    """The version of `protocol`'s metric definitions today: the latest of METRICS_CHANGES
-    that changed its numbers (1 when none did)."""
-    return max((v for v, (changed, _) in METRICS_CHANGES.items() if protocol in changed),
-               default=1)
-
-
-def metrics_changes(protocol: str, since: int) -> list[tuple[int, str]]:
-    """[(version, what it changed)] of the changes to `protocol`'s numbers after version
-    `since`, oldest first."""
-    return [(v, what) for v, (changed, what) in sorted(METRICS_CHANGES.items())
-            if v > since and protocol in changed]
-
-
 # How many batches an evaluation dispatches ahead of the devices at most (`Evaluator.totals`).
 IN_FLIGHT = 2
 
@@ -380,7 +335,7 @@ class Evaluator:
             self.protocol, self.tasks, self.metrics, int(round(float(total["unusable"]))),
             int(round(float(total["rejected"]))))
         summary["split"], summary["flip"], summary["frames"] = self.split, self.flip, self.frames
-        summary["metrics_version"] = metrics_version(self.protocol)
+        summary["metrics_version"] = metrics_versions.metrics_version(self.protocol)
         summary["max_examples"] = self.max_examples  # the limit asked for (0: none)
         summary["frames_selected"] = self.frames_selected  # the frames before that limit
         summary.update(records)
@@ -432,65 +387,3 @@ def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None,
     """Metrics of `variables` under the settings of `config.evals.test` (`settings_of`),
     updated by `settings` (SETTINGS' keys; see `Evaluator`)."""
     return Evaluator(config, tasks, **{**settings_of(config), **settings})(variables)
-
-
-def headline(summary: dict) -> dict:
-    """The one-number metrics of a summary, for logs and tables (see protocols.headline)."""
-    return protocols.headline(summary)
-
-
-def headline_keys(task: str, protocol: str = "hgmt") -> tuple[str, ...]:
-    """The names of `task`'s one-number metrics under `protocol`."""
-    return protocols.headline_of(task, protocol).metrics
-
-
-def check_out_file(out: str) -> None:
-    """ValueError naming `out` and the fix when `write_report` cannot write it: a folder, or
-    a Markdown name (the Markdown goes beside the JSON as <stem>.md, the JSON would replace
-    it)."""
-    if out.lower().endswith(".md"):
-        raise ValueError(f"--out_file={out}: give the JSON's file name (e.g. eval.json); the "
-                         f"Markdown is written beside it as <stem>.md")
-    if epath.Path(paths.absolute(out)).is_dir():
-        raise ValueError(f"--out_file={out} is a folder: give a file name in it, e.g. "
-                         f"{os.path.join(out, 'eval_test.json')}")
-
-
-def write_report(summary: dict, out: str) -> list[str]:
-    """JSON at `out`, Markdown beside it, and each task's pictures of its numbers (its
-    `summary_pictures`, e.g. a PCK curve), which the JSON lists ('pictures', file names
-    beside it). -> the paths written. The pictures are drawn under a temporary stem, then all
-    the files are written as one output (`disk_space.write_together`), the JSON last, so that
-    its presence (what a rerun of the trainer takes as the evaluation done) means the rest is
-    there too, and a report that does not fit (`disk_space.DiskFull`, naming the file) or is
-    interrupted changes none of the files of an earlier report of the same name; an `out`
-    that `check_out_file` refuses raises its ValueError before anything is written."""
-    check_out_file(out)
-    out = paths.absolute(out)
-    epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    stem = os.path.splitext(out)[0]
-    drafts_stem = f"{stem}.partial"
-    drafts = []
-    try:
-        for task in TASKS:
-            if task in summary:
-                try:
-                    with disk_space.reported(stem, f"{task}'s pictures"):
-                        drafts += TASKS[task].summary_pictures(summary[task], drafts_stem)
-                except disk_space.DiskFull as e:  # named as the picture it stages
-                    raise disk_space.DiskFull(errno.ENOSPC, e.strerror.replace(
-                        drafts_stem, stem)) from e
-        pictures = [stem + draft[len(drafts_stem):] for draft in drafts]
-        listed = {**summary, "pictures": [os.path.basename(p) for p in pictures]}
-        disk_space.write_together([
-            *((picture, lambda f, d=draft: f.write(epath.Path(d).read_bytes()), "wb")
-              for picture, draft in zip(pictures, drafts, strict=True)),
-            (stem + ".md", lambda f: f.write(markdown.to_markdown(summary)), "w"),
-            (out, lambda f: json.dump(listed, f, indent=1), "w")])
-    finally:  # the drafts, in an object store too, and locally one a failed drawing left
-        for draft in {*drafts, *([] if paths.is_url(stem) else
-                                 glob.glob(glob.escape(drafts_stem) + "*"))}:
-            with contextlib.suppress(FileNotFoundError):
-                epath.Path(draft).unlink()
-    return [out, stem + ".md", *pictures]
-

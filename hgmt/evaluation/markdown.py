@@ -1,8 +1,8 @@
 """An evaluation summary's report in Markdown (`to_markdown`): how and on which frames it was
 evaluated, what it left out and why (damaged records, `damaged_note`; null numbers and caveat
 counters, `caveat_lines`), its headline metrics and per-joint and per-part tables. Pure:
-hgmt/evaluation/evaluator.py logs `damaged_note` and writes the Markdown beside the summary's
-JSON (`write_report`); the commands print it.
+hgmt/evaluation/evaluator.py logs `damaged_note`, hgmt/evaluation/report_files.py writes the
+Markdown beside the summary's JSON (`write_report`); the commands print it.
 """
 
 from __future__ import annotations

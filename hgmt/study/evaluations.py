@@ -16,7 +16,7 @@ import os
 import ml_collections
 
 from hgmt import workdirs
-from hgmt.evaluation import evaluator, protocols
+from hgmt.evaluation import metrics_versions, protocols
 from hgmt.study import runs as sweep_runs  # `runs` names a subset's runs below
 from hgmt.tasks import TASKS, check_loss_options, check_loss_weights, parse_tasks
 from hgmt.training import checkpoints
@@ -196,7 +196,7 @@ def _non_finite_as_null(summary: dict) -> dict:
 
 
 # What an evaluation summary records of the frames it was made on and the metrics'
-# definitions (`evaluator.metrics_version`); runs compare only when these agree.
+# definitions (`metrics_versions.metrics_version`); runs compare only when these agree.
 EVALUATION = ("num_examples", "split", "frames", "flip", "metrics_version", "window")
 # A summary without a field was made before it was recorded: `window` in hgmt's crop window,
 # whatever its protocol; `metrics_version` under the first definitions.
@@ -227,7 +227,7 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
     today = protocols.window(protocol, trained)
 
     def as_today(settings: tuple) -> bool:  # what hgmt.evaluate gives now
-        return settings[-2:] == (evaluator.metrics_version(protocol), today)
+        return settings[-2:] == (metrics_versions.metrics_version(protocol), today)
 
     target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
     redo = (sorted(evaluated) if not as_today(target) else
@@ -241,7 +241,7 @@ def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, t
         f"({_some(groups[settings])})"
         for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
     which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
-             f"{today}, metrics_version {evaluator.metrics_version(protocol)})"
+             f"{today}, metrics_version {metrics_versions.metrics_version(protocol)})"
              if not as_today(target)
              else f"{_some(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
@@ -388,9 +388,9 @@ def progress(sweep_dir: str, results: dict[str, list[dict]],
 def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
                   files: dict[str, str]) -> str:
     """' Each is evaluated on 240 frames ...': the frames, the flip test and the version of
-    the metric definitions (`evaluator.metrics_version`) of the finished runs (`files`: {run:
+    the metric definitions (`metrics_versions.metrics_version`) of the finished runs (`files`: {run:
     `_result`'s file name}; alike: `load_sweep`), from their `summaries`; under definitions
-    older than today's, what changed since (`evaluator.METRICS_CHANGES`) and the command that
+    older than today's, what changed since (`metrics_versions.METRICS_CHANGES`) and the command that
     evaluates the runs again into those files, with how many kept the checkpoints it needs (a
     step in `<run>/checkpoints`). '' for summaries that do not record their frames (made by
     hand)."""
@@ -402,11 +402,11 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
             f"{frames or 'middle'}; {'with' if flip else 'no'} flip test"
             f"{'' if window == 'hgmt' else f'; crop window: {window}'}; metric definitions "
             f"version {version}).")
-    today = evaluator.metrics_version(protocol)
+    today = metrics_versions.metrics_version(protocol)
     if version >= today:
         return line
     changes = "; ".join(f"version {v}: {what}"
-                        for v, what in evaluator.metrics_changes(protocol, version))
+                        for v, what in metrics_versions.metrics_changes(protocol, version))
     # A run kept its checkpoints when its folder holds a step (a folder left empty is not one).
     kept = [n for n in files if checkpoints.steps_on_disk(os.path.join(sweep_dir, n))]
     where = f"`<run>/{workdirs.CHECKPOINT_DIR}`"
@@ -420,7 +420,7 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
                                         [s.get("max_examples") for s in summaries],
                                         {n: files[n] for n in kept or files})
     return (f"{line} Version {version} is older than today's {today} "
-            f"(hgmt.evaluation.evaluator.METRICS_CHANGES), so today's hgmt.evaluate can give "
-            f"these models other numbers; what changed: {changes}. {have}. A run with its "
+            f"(hgmt.evaluation.metrics_versions.METRICS_CHANGES), so today's hgmt.evaluate can "
+            f"give these models other numbers; what changed: {changes}. {have}. A run with its "
             f"checkpoints is evaluated under today's definitions by, for each <run>: "
             f"`{command}`{others}.")

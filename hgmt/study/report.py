@@ -8,7 +8,7 @@ command: its docstring gives the usage and the files read and written.
 
 from __future__ import annotations
 
-from hgmt.evaluation import evaluator, protocols
+from hgmt.evaluation import metrics_versions, protocols
 from hgmt.study import claims, evaluations, stats
 from hgmt.tasks import TASKS
 
@@ -37,7 +37,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     Each entry records how the runs were evaluated (`evaluation`: their summaries'
     `evaluations.evaluation_settings`, named by `evaluations.EVALUATION`, and
     `metrics_version_today`, today's version of their protocol's definitions,
-    `evaluator.metrics_version`). Changes are signed so that positive is better (PCKh and IoU
+    `metrics_versions.metrics_version`). Changes are signed so that positive is better (PCKh and IoU
     up, MJD and RMSE down)."""
     out = {}
     for task in TASKS:
@@ -50,7 +50,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         # How the numbers were made (alike in every run: load_sweep), for the JSON's reader.
         settings = evaluations.evaluation_settings(first)
         evaluation = dict(zip(evaluations.EVALUATION, settings, strict=True)) | {
-            "metrics_version_today": evaluator.metrics_version(evaluations.protocol_of(first))}
+            "metrics_version_today": metrics_versions.metrics_version(
+                evaluations.protocol_of(first))}
         h = protocols.headline_of(task, task_protocol)
         metric, higher, item_key = h.compare, h.higher_is_better, h.per_item
         # A null metric (each run says why in its null_reasons: a part absent from the split,

@@ -40,7 +40,7 @@ from etils import epath
 
 from hgmt import devices, disk_space, workdirs
 from hgmt.data import builds, eval_data
-from hgmt.evaluation import evaluator, protocols
+from hgmt.evaluation import evaluator, metrics_versions, protocols, report_files
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.sources import surreal
 from hgmt.tasks import heads, parse_tasks, weighted_total
@@ -55,14 +55,15 @@ def metric_values(summary: dict, weights: Mapping[str, float]) -> dict[str, floa
     """{'loss/total', 'loss/<task>', '<task>/<metric>'} of an evaluation summary."""
     values = {f"loss/{t}": float(v) for t, v in summary["loss"].items()}
     values["loss/total"] = weighted_total(weights, summary["loss"])
-    values.update({k: float(v) for k, v in evaluator.headline(summary).items() if v is not None})
+    values.update({k: float(v) for k, v in protocols.headline(summary).items() if v is not None})
     return values
 
 
 def metric_names(weights: Mapping[str, float], protocol: str = "hgmt") -> set[str]:
     """The keys `metric_values` can give for these tasks under `protocol`."""
     names = {"loss/total"} | {f"loss/{t}" for t in weights}
-    return names | {f"{t}/{k}" for t in weights for k in evaluator.headline_keys(t, protocol)}
+    return names | {f"{t}/{k}" for t in weights
+                    for k in protocols.headline_of(t, protocol).metrics}
 
 
 def lower_is_better(metric: str, protocol: str = "hgmt") -> bool:
@@ -159,7 +160,7 @@ def best_recorded(evals: list[dict], name: str, metric: str, step: int,
 
 # What the trainer adds to an evaluation's summary in <workdir>/eval_<name>.json: the step,
 # the evaluator's name, and what it evaluated (`fingerprint`); and the pictures written beside
-# it (`evaluator.write_report`).
+# it (`report_files.write_report`).
 RUN_KEYS = ("step", "evaluator", "evaluated", "pictures")
 
 
@@ -270,7 +271,7 @@ class Evaluators:
         starts from, to <workdir>/evals_superseded/<step>-<time>/: the evals.jsonl lines of
         later steps (evals.jsonl keeps the others, in order) and the evaluations after
         training of a later step (this config's evaluators' eval_<name>.json, its .md and the
-        pictures its JSON lists, `evaluator.write_report`). They
+        pictures its JSON lists, `report_files.write_report`). They
         are of a run that is not continued (its checkpoints removed, a damaged newest one, a
         rerun from an older step), and this run evaluates those steps again: nothing may take
         theirs for its own (the best so far, an evaluation the rerun skips as made,
@@ -440,7 +441,7 @@ class Evaluators:
         finished (one stopped between two of them, or one that ended): {name: its summary as
         `run` returned it}, read from its eval_<name>.json, which `run` writes last, after the
         evals.jsonl line. A file counts only where it is of `step`, of this evaluator, of
-        today's metric definitions of its protocol (`evaluator.metrics_version`) and of what
+        today's metric definitions of its protocol (`metrics_versions.metrics_version`) and of what
         this run would evaluate (`evaluated`: the same variables of `host_state`, the same
         config, every field), and where every process reads it so."""
         finished, evaluated = {}, None
@@ -449,7 +450,7 @@ class Evaluators:
             ok = (report is not None and report.get("step") == step
                   and report.get("evaluator") == name
                   and report.get("metrics_version")
-                  == evaluator.metrics_version(self.settings[name]["protocol"]))
+                  == metrics_versions.metrics_version(self.settings[name]["protocol"]))
             if ok:
                 evaluated = evaluated or fingerprint(self.config, host_state)
                 ok = report.get("evaluated") == evaluated
@@ -494,9 +495,9 @@ class Evaluators:
                     evaluated = evaluated or fingerprint(self.config, host_state)
                     summary = {**summary, "step": step, "evaluator": name,
                                "evaluated": evaluated}
-                    evaluator.write_report(summary, workdirs.eval_file(self.workdir, name))
+                    report_files.write_report(summary, workdirs.eval_file(self.workdir, name))
             logging.info("%s at step %d: %s%s", name, step, "  ".join(
-                f"{k} {v:.4g}" for k, v in evaluator.headline(summary).items()
+                f"{k} {v:.4g}" for k, v in protocols.headline(summary).items()
                 if v is not None), note)
         return summaries
 
