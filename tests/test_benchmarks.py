@@ -411,6 +411,7 @@ def test_a_flop_count_that_fails_falls_through_to_the_next(capsys):
     assert np.isnan(flops) and source == "none"
 
 
+@pytest.mark.slow
 def test_the_steps_flops_come_from_the_compiled_program_when_both_earlier_counts_fail(
         monkeypatch):
     """The lowered analysis raising and the HLO parse raising (it has never run on a GPU's
@@ -1030,6 +1031,7 @@ def test_the_trainer_benchmark_reads_the_first_steps_time_from_either_line():
     assert trainer_speed.trainer_figures(scalars, later)["trainer_first_step_s"] is None
 
 
+@pytest.mark.slow
 def test_a_failed_bare_step_gives_an_error_line_and_the_trainer_runs_all_the_same(
         monkeypatch, tmp_path, capsys):
     """The bare step's process fails (crafted); the trainer (here a stand-in that logs three
