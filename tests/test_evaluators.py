@@ -4,6 +4,7 @@ the best-so-far record surviving a resume, and bad evaluator settings stopped be
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -773,8 +774,8 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     """`Evaluators.finished_at_end`: an eval_<name>.json counts as the finished evaluation
     of a step only when it is of that step, of that evaluator, of today's metric definitions
     of its protocol (a change of another protocol's keeps it) and of the same variables and
-    config (`evaluators.fingerprint`); a file that does not read is evaluated again, with a
-    warning."""
+    config, less the fields no evaluation reads (`evaluators.fingerprint`); a file that does
+    not read is evaluated again, with a warning."""
     from hgmt.evaluation import metrics_versions
 
     def state(w: float) -> types.SimpleNamespace:  # a host train state's variables
@@ -806,6 +807,20 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
                   {"evaluated": evaluators.fingerprint(other_config, state(1.0))}):
         write({**summary, **run, **other})
         assert evals.finished_at_end(4, state(1.0)) == {}, other
+    # Fields no evaluation reads may change (`evaluators.NOT_EVALUATED`); any other counts.
+    free = config.copy_and_resolve_references()
+    free.log_every, free.keep_checkpoints, free.evals.test.every = 1, 9, 5
+    assert evaluators.fingerprint(free, state(1.0)) == run["evaluated"]
+    for field, value in (("evals.test.flip", True), ("evals.test.protocol", "surreal"),
+                         ("eval_batch_size", 4), ("optimizer.learning_rate", 1.0)):
+        changed = config.copy_and_resolve_references()
+        parent, name = workdirs.field_parent(changed, field)
+        parent[name] = value
+        assert evaluators.fingerprint(changed, state(1.0)) != run["evaluated"], field
+    # A report whose config digest is of every field (sorted JSON) is evaluated again.
+    whole = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+    write({**summary, **run, "evaluated": {**run["evaluated"], "config_sha256": whole}})
+    assert evals.finished_at_end(4, state(1.0)) == {}
     write({**summary, **run})
     changes = metrics_versions.METRICS_CHANGES
     monkeypatch.setattr(metrics_versions, "METRICS_CHANGES", {**changes, 99: (("surreal",), "x")})

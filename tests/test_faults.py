@@ -433,9 +433,11 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     """Two evaluators after training, test then validation (12 frames each, 3 batches);
     SIGUSR1 while validation reads its second batch, test finished. The rerun keeps test's
     result (its eval_test.json, its one evals.jsonl line) and evaluates only validation; a
-    rerun of the finished run evaluates nothing and returns the same summaries; one that
-    changes any field of the config (here one free to change on a rerun) runs both again,
-    recording validation's new line (test's is the line it has)."""
+    rerun of the finished run that changes only fields no evaluation reads (logging, saving
+    and evaluation cadence, checkpoints kept, the training loader's reading) evaluates
+    nothing and returns the same summaries; one that changes any other field of the config
+    (here one free to change on a rerun) runs both again, recording validation's new line
+    (test's is the line it has)."""
     workdir = str(tmp_path / "w")
     config = _at_end_config(demo_dataset[1])
     config.evals.validation.at_end = True
@@ -476,6 +478,11 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     assert list(summaries) == ["test", "validation"]
     assert summaries["test"] == test and summaries["validation"]["num_examples"] == 12
 
+    # Fields no evaluation reads (`evaluators.NOT_EVALUATED`) changed: nothing is evaluated.
+    for field, value in (("log_every", 1), ("checkpoint_every", 50), ("keep_checkpoints", 1),
+                         ("prefetch", 1), ("read_threads", 2), ("max_damaged_fraction", 0.5)):
+        config[field] = value
+    config.evals.test.every = 5
     calls.clear()
     assert loop.run(config, workdir)[1] == summaries and calls == []
     assert evaluated() == [(3, "test"), (3, "validation")]

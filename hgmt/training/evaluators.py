@@ -25,6 +25,7 @@ Losses are better lower, and so are the metrics a task's `Headline` lists in
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -163,12 +164,31 @@ def best_recorded(evals: list[dict], name: str, metric: str, step: int,
 # it (`report_files.write_report`).
 RUN_KEYS = ("step", "evaluator", "evaluated", "pictures")
 
+# The config fields (dotted names; `*` stands for any evaluator's name) that cannot change what
+# an evaluation computes from given variables, which `fingerprint` leaves out: when to log,
+# save and evaluate during training, how many checkpoints to keep, and how the training loader
+# reads and when it stops on damage (no evaluation reads them; what they do to training is in
+# the variables). A rerun that changes only these keeps the evaluations after training that
+# its run finished. Every other field counts, even one (the optimizer's, say) that changes an
+# evaluation only through the variables.
+NOT_EVALUATED = ("log_every", "checkpoint_every", "keep_checkpoints", "evals.*.every",
+                 "worker_count", "read_threads", "prefetch", "max_damaged_fraction")
+
+
+def evaluated_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config`'s fields by dotted name (`workdirs.flat_fields`) less those of
+    NOT_EVALUATED: what of it an evaluation after training may depend on."""
+    fields = workdirs.flat_fields(json.loads(config.to_json_best_effort()))
+    return {name: value for name, value in fields.items()
+            if not any(fnmatch.fnmatchcase(name, free) for free in NOT_EVALUATED)}
+
 
 def fingerprint(config: ml_collections.ConfigDict, host_state) -> dict[str, str]:
-    """What an evaluation after training is of: {"config_sha256": of `config` as JSON (every
-    field, sorted), "variables_sha256": of the params and batch_stats of `host_state` (each
-    leaf's path, dtype, shape and bytes, in path order)}."""
-    config_json = config.to_json_best_effort(sort_keys=True).encode()
+    """What an evaluation after training is of: {"config_sha256": of `config`'s
+    `evaluated_fields` as JSON (sorted), "variables_sha256": of the params and batch_stats of
+    `host_state` (each leaf's path, dtype, shape and bytes, in path order)}. A report whose
+    fingerprint differs from this run's is evaluated again (`Evaluators.finished_at_end`)."""
+    config_json = json.dumps(evaluated_fields(config), sort_keys=True).encode()
     variables = hashlib.sha256()
     leaves = jax.tree_util.tree_flatten_with_path(
         {"params": host_state.params, "batch_stats": host_state.batch_stats})[0]
@@ -443,7 +463,8 @@ class Evaluators:
         evals.jsonl line. A file counts only where it is of `step`, of this evaluator, of
         today's metric definitions of its protocol (`metrics_versions.metrics_version`) and of what
         this run would evaluate (`evaluated`: the same variables of `host_state`, the same
-        config, every field), and where every process reads it so."""
+        config but for the fields of NOT_EVALUATED, `fingerprint`), and where every process
+        reads it so."""
         finished, evaluated = {}, None
         for name in self.at_end():
             report = _read_report(workdirs.eval_file(self.workdir, name))
