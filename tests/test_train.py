@@ -228,16 +228,11 @@ def test_the_logged_losses_and_learning_rates_are_device_0s_and_the_schedules(
     assert 0 < writer.scalars[2]["learning_rate"] != writer.scalars[4]["learning_rate"]
 
 
-def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
-                                                                 monkeypatch, caplog):
-    """An evaluation after step 2's log line (made to take 1000 s) is not in steps 3-4's
-    img/s: the two steps of 8 images take less than that, so their img/s is above 16 / 1000;
-    the ETA, the time to the end, counts it.
-
-    The 1000 s pass on the loop's clock only (its `time.perf_counter` and its log interval's
-    clock, moved on by the evaluation), so the test does not depend on how fast a loaded
-    machine runs the steps."""
-    from hgmt.training import evaluators, step_metrics
+def _loop_clock(monkeypatch) -> list[float]:
+    """Puts the trainer's clock (its `time.perf_counter` and its log intervals') `offset[0]`
+    seconds ahead of the real one -> `offset`, for a test to move time on by: the test does
+    not then depend on how fast a loaded machine runs the steps."""
+    from hgmt.training import step_metrics
 
     offset = [0.0]
 
@@ -250,6 +245,22 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
         def __getattr__(self, name):
             return getattr(time, name)
 
+    monkeypatch.setattr(trainer, "time", LoopTime())
+    monkeypatch.setattr(step_metrics, "Interval",
+                        functools.partial(step_metrics.Interval, clock=clock))
+    return offset
+
+
+def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
+                                                                 monkeypatch, caplog):
+    """An evaluation after step 2's log line (made to take 1000 s) is not in steps 3-4's
+    img/s: the two steps of 8 images take less than that, so their img/s is above 16 / 1000;
+    the ETA, the time to the end, counts it.
+
+    The 1000 s pass on the loop's clock only (`_loop_clock`, moved on by the evaluation)."""
+    from hgmt.training import evaluators
+
+    offset = _loop_clock(monkeypatch)
     real_run = evaluators.Evaluators.run
 
     def slow_run(self, *args, **kwargs):
@@ -258,9 +269,6 @@ def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tm
         return out
 
     monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
-    monkeypatch.setattr(trainer, "time", LoopTime())
-    monkeypatch.setattr(step_metrics, "Interval",
-                        functools.partial(step_metrics.Interval, clock=clock))
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, log_every=2,
                          checkpoint_every=6, **{"evals.validation.every": 2,
                                                 "evals.validation.max_examples": 8})
@@ -281,19 +289,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
     TensorBoard values; from step 2 on they are of the steps after it: step 2's img/s is of
     its own seconds, and its ETA, 2 steps left at step 2's pace, far below 1000 s (counting
     the first step, at least 2 * 1000 / 2)."""
-    from hgmt.training import step_metrics
-
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.perf_counter() + offset[0]
-
-    class LoopTime:  # the trainer's `time`, 1000 s later once the first step has run
-        perf_counter = staticmethod(clock)
-
-        def __getattr__(self, name):
-            return getattr(time, name)
-
+    offset = _loop_clock(monkeypatch)  # 1000 s later once the first step has run
     jitted = loop.jitted_train_step
 
     def slow_first(*args, **kwargs):
@@ -306,10 +302,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
             return out
         return run
 
-    monkeypatch.setattr(trainer, "time", LoopTime())
     monkeypatch.setattr(loop, "jitted_train_step", slow_first)
-    monkeypatch.setattr(step_metrics, "Interval",
-                        functools.partial(step_metrics.Interval, clock=clock))
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=1,
                          checkpoint_every=4)
     writer = Scalars()
@@ -323,6 +316,43 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
     assert writer.scalars[2]["img_per_s"] > config.batch_size / 100
     eta = re.search(r"step 2/4 .* ETA (\d+):(\d\d):(\d\d)", caplog.text)
     assert eta and 3600 * int(eta[1]) + 60 * int(eta[2]) + int(eta[3]) < 100
+
+
+def test_the_timing_of_the_steps_starts_after_the_evaluation_a_preemption_skipped(
+        demo_dataset, tmp_path, monkeypatch, caplog):
+    """Preempted at step 2, where `test` is due, the run saves without evaluating; the rerun
+    evaluates step 2 first (made to take 1000 s on the loop's clock, `_loop_clock`), then
+    trains: the line of its first step, step 3, gives that step's time (compilation
+    included), not the evaluation's 1000 s before it."""
+    from hgmt.training import evaluators, preemption
+
+    offset = _loop_clock(monkeypatch)
+
+    class TermAt(Scalars):  # the signal arrives during step 2 (logged after step 1)
+        def write_scalars(self, step, scalars):
+            super().write_scalars(step, scalars)
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,
+                         log_every=1, **{"evals.test.every": 2, "evals.test.max_examples": 2})
+    with pytest.raises(preemption.Preempted):
+        loop.train(config, workdir, TermAt())
+    real_run = evaluators.Evaluators.run
+
+    def slow_run(self, names, step, *args, **kwargs):
+        out = real_run(self, names, step, *args, **kwargs)
+        offset[0] += 1000.0
+        return out
+
+    monkeypatch.setattr(evaluators.Evaluators, "run", slow_run)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        loop.train(config, workdir, Scalars())
+    assert "evaluating step 2, which its run did not: ['test']" in caplog.text
+    took = re.search(r"step 3/4 .* took ([\d.]+) s, compilation included", caplog.text)
+    assert took and float(took[1]) < 1000, caplog.text[-2000:]
 
 
 def test_interval_sets_apart_the_time_it_is_told_to():

@@ -68,11 +68,12 @@ class Trainer:
         self.step_values = None  # the last dispatched step's outputs: ready once it ran
         self.saving = None  # the step of the newest checkpoint orbax may still be writing
         self.joined = True  # whether the outcome of that write was read (its thread joined)
-        # The interval's timing, and the ETA's clock: wall time since training began (after
-        # the first step's compilation), evaluations and saves included, over the steps done
-        # since; both restarted by `log_plan`, after the evaluations a preemption skipped.
-        self.interval = step_metrics.Interval(self.start_step)
-        self.since, self.since_step = time.perf_counter(), self.start_step
+        # The log interval's training time (`step_metrics.Interval`), and the ETA's clock: the
+        # wall time since training began (after the first step's compilation), evaluations
+        # and saves included, and the step it began at. Both start with the steps
+        # (`_start_timing`), after the evaluations a preemption skipped.
+        self.interval: step_metrics.Interval | None = None
+        self.eta_start_time, self.eta_start_step = 0.0, self.start_step
 
     def close_batches(self) -> None:
         """Ends the batches' generators, which hold the last batch drawn from the loader (in
@@ -205,8 +206,7 @@ class Trainer:
             self.resumed = None
 
     def log_plan(self, tasks: tuple[str, ...], augment_on: str) -> None:
-        """The line that says what this run trains, from which step, on what; the interval
-        and the ETA's clock start now."""
+        """The line that says what this run trains, from which step, on what."""
         config, count = self.config, jax.device_count()
         if self.start_step == config.total_steps:
             logging.info("training %s ended at step %d: what is left to do after it runs now",
@@ -216,8 +216,6 @@ class Trainer:
                          "augmentation on the %s", "+".join(tasks), self.start_step,
                          config.total_steps, count, "s" * (count != 1), config.batch_size,
                          augment_on)
-        self.interval = step_metrics.Interval(self.start_step)
-        self.since, self.since_step = time.perf_counter(), self.start_step
 
     # --- The steps ----------------------------------------------------------------------------
 
@@ -226,6 +224,7 @@ class Trainer:
         its dispatch, its log line, checkpoint and evaluations when due, and a preemption's
         save and stop."""
         config = self.config
+        self._start_timing(self.start_step)
         for step in range(self.start_step + 1, config.total_steps + 1):
             self._join_finished_write()
             self.lock_check()  # another trainer may take the workdir: stop before writing more
@@ -240,8 +239,7 @@ class Trainer:
                 jax.block_until_ready(self.step_values)
                 logging.info("step %d (compilation included) took %.1f s", step,
                              self.interval.training_time())
-                self.interval.restart(step)
-                self.since, self.since_step = time.perf_counter(), step
+                self._start_timing(step)
             # At the last step too when evaluations were due there: they are skipped, below.
             stopping = preempted and (step < config.total_steps or bool(self.evals.due(step)))
             checkpoint_due = (step % config.checkpoint_every == 0
@@ -325,7 +323,8 @@ class Trainer:
         pace = step_metrics.pace(
             steps=step - interval.step, batch_size=config.batch_size, training_s=elapsed,
             wait_s=interval.wait, idle_s=interval.idle, steps_left=config.total_steps - step,
-            steps_timed=step - self.since_step, timed_s=time.perf_counter() - self.since,
+            steps_timed=step - self.eta_start_step,
+            timed_s=time.perf_counter() - self.eta_start_time,
             compiled=compiled)
         means = self.metrics.pop_means()
         rates = {} if pace.img_per_s is None else {
@@ -347,9 +346,16 @@ class Trainer:
             logging.info("step %d/%d  %s  %.1f img/s  data-wait %.0f%% (device idle %.0f%%)  "
                          "ETA %s", step, config.total_steps, losses, pace.img_per_s,
                          100 * pace.data_wait, 100 * pace.data_idle, console.hms(pace.eta_s))
-        if compiled:  # the ETA's clock starts after the compilation
-            self.since, self.since_step = time.perf_counter(), step
-        interval.restart(step)
+        if compiled:  # the rates and the ETA leave the compilation out
+            self._start_timing(step)
+        else:
+            interval.restart(step)
+
+    def _start_timing(self, step: int) -> None:
+        """Starts a log interval and the ETA's clock at `step`: as the steps start, and again
+        after the first one, whose compilation they leave out."""
+        self.interval = step_metrics.Interval(step)
+        self.eta_start_time, self.eta_start_step = time.perf_counter(), step
 
     # --- After the last step ------------------------------------------------------------------
 
