@@ -1224,6 +1224,7 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
                                                   rf"dataset_info.json says 12|cannot be "
                                                   rf"opened).*tfds build"):
         loop.train(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")  # made for the run, nothing written: removed
     os.remove(shard)
     with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
         loop.train(config, str(tmp_path / "w"))
@@ -1232,20 +1233,22 @@ def test_truncated_or_missing_shard_stops_before_training_naming_file_and_fix(de
 def test_a_truncated_or_missing_shard_of_an_evaluated_split_stops_before_training(
         demo_dataset, tmp_path):
     """The shard of the test split, which an evaluator reads after the last step, truncated
-    and then missing: the run stops before its first step (no checkpoint), naming the file,
-    not after all of training."""
+    and then missing: the run stops before its first step, naming the file, not after all
+    of training. The workdir it made for the run (and its missing parent) is removed, empty;
+    a workdir that was there stays, with what it holds."""
     data_dir, shard = _truncated_shard(demo_dataset, tmp_path, "test")
-    workdir = str(tmp_path / "w")
+    workdir = str(tmp_path / "runs" / "w")
     config = tiny_config(data_dir, total_steps=1, **{**KW, "evals.test.at_end": True})
     with pytest.raises(shards.DamagedShard, match=rf"{shard} (holds \d+ records where "
                                                   rf"dataset_info.json says 12|cannot be "
                                                   rf"opened).*tfds build"):
         loop.train(config, workdir)
-    assert checkpoints.newest_step_on_disk(workdir) == 0
+    assert not os.path.exists(tmp_path / "runs")
     os.remove(shard)
+    os.makedirs(os.path.join(workdir, "notes"))
     with pytest.raises(shards.DamagedShard, match=f"{shard} is missing.*tfds build"):
         loop.train(config, workdir)
-    assert checkpoints.newest_step_on_disk(workdir) == 0
+    assert os.listdir(workdir) == ["notes"]
 
 
 def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged(

@@ -30,8 +30,9 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -115,17 +116,57 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     built = None if loader is not None else (
         "that the training split is built",
         functools.partial(builds.built_split, config.dataset, config.data_dir, "train"))
-    lock = workdir_lock.hold_for_job(workdir, built)
+    # A run refused after the lock made the workdir (a damaged shard of a split it
+    # evaluates, say) leaves no empty workdir behind.
+    with _removed_if_nothing_written(workdir):
+        lock = workdir_lock.hold_for_job(workdir, built)
+        try:
+            # A preemption stops every process at one step: not a failure for the peers to see.
+            with preemption.PreemptionWatch(config.total_steps) as watch, \
+                    peers.watched(agreed=(preemption.Preempted,)) as peer_watch, \
+                    device_memory.explained(config,
+                                            "while compiling or running the training step"), \
+                    contextlib.ExitStack() as opened:
+                return _train(config, workdir, writer, loader, tasks, weights, options, watch,
+                              opened, peer_watch, lock, changed)
+        finally:
+            lock.release()
+
+
+@contextlib.contextmanager
+def _removed_if_nothing_written(workdir: str) -> Iterator[None]:
+    """On process 0, where the `with` block stops on an error, removes the folders it made
+    for `workdir` (local; the workdir and the parents that were missing) when no file was
+    written in them: only empty folders are removed, so nothing anyone wrote is lost."""
+    made = [] if jax.process_index() or paths.is_url(workdir) else _missing_folders(workdir)
     try:
-        # A preemption stops every process at one step: not a failure for the peers to see.
-        with preemption.PreemptionWatch(config.total_steps) as watch, \
-                peers.watched(agreed=(preemption.Preempted,)) as peer_watch, \
-                device_memory.explained(config, "while compiling or running the training step"), \
-                contextlib.ExitStack() as opened:
-            return _train(config, workdir, writer, loader, tasks, weights, options, watch,
-                          opened, peer_watch, lock, changed)
-    finally:
-        lock.release()
+        yield
+    except BaseException:
+        if made and not _holds_anything_but_folders(made[0]):
+            # Left as they are where this fails: the run's own error is the one to report.
+            with contextlib.suppress(OSError):
+                for root, _, _ in os.walk(made[0], topdown=False):
+                    os.rmdir(root)
+                for folder in made[1:]:
+                    os.rmdir(folder)
+        raise
+
+
+def _missing_folders(workdir: str) -> list[str]:
+    """`workdir` and its parents that do not exist, deepest first."""
+    missing, folder = [], os.path.abspath(workdir)
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _holds_anything_but_folders(folder: str) -> bool:
+    """Whether `folder` holds a file, a link or anything but folders, at any depth."""
+    for root, folders, files in os.walk(folder):
+        if files or any(os.path.islink(os.path.join(root, f)) for f in folders):
+            return True
+    return False
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
