@@ -199,22 +199,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # After the checks above: a run refused the workdir (another process count, seed or
     # split) leaves no summaries file in it.
     own_writer = writer is None
-    with disk_space.reported(workdir, "the TensorBoard summaries"):
-        writer = writer or summary_writer.create(workdir, jax.process_index())
-    writer = disk_space.CheckedWriter(writer, workdir)
-    if own_writer:
-        opened.push(_closing(writer))
-    # The damaged records of a batch are noted when the step consumes it, not when it is
-    # prefetched: the account at a step is of the batches trained on.
-    data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
-                                                None if damaged is None else damaged.met)
-    opened.callback(data_iter.close)  # the loader's workers stop as the run ends, however
-
+    writer = _checked_writer(workdir, writer, opened)
+    data_iter = _consumed_batches(loader, damaged, opened)
     model = create_model(config.model, heads(tasks), axis_name=devices.AXIS)
-    state = steps.create_train_state(jax.random.key(config.seed), config, model)
-    mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
-    opened.push(_closing(mngr))
-    state, resumed = _restore(config, workdir, model, state, data_iter, mngr)
+    state, resumed, mngr = _train_state(config, workdir, model, data_iter, opened)
     start_step = int(state.step)
     if own_writer:  # what an earlier run logged after this step is not this run's
         _restart_summaries(writer, workdir, start_step)
@@ -224,17 +212,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     # What a signal's log line says from now on; the last step's periodic evaluations, which
     # a signal during it skips, count among those after training.
     watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
-    # Written once the workdir's checkpoints are known to be this config's: a config that
-    # does not fit them (another task set, say) stops above and leaves config.json as it was.
-    # Likewise the metres a training window spans (3D decoding's scale for prediction on any
-    # image): a trainer refused the workdir (held by another, or not this config's) leaves
-    # the file of the run that wrote it.
     if jax.process_index() == 0:
-        resume.save_config(config, workdir, changed, start_step)
-        record_start(workdir, start_step)
-        if source is not None:
-            crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir,
-                                          config.window)
+        _record_what_trains(config, workdir, changed, start_step, source is not None)
     training = trainer.Trainer(config, workdir, model=model, state=state, resumed=resumed,
                                mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
                                damaged=damaged, watch=watch, peer_watch=peer_watch, lock=lock,
@@ -245,6 +224,56 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     training.log_plan(tasks, "host" if prepare is None else "device")
     training.train()
     return training.finish()
+
+
+def _checked_writer(workdir: str, writer, opened: contextlib.ExitStack
+                    ) -> disk_space.CheckedWriter:
+    """`writer`, or the workdir's own TensorBoard writer (closed by `opened`) where it is
+    None, wrapped so that a full disk stops the run as `disk_space.DiskFull`."""
+    if writer is None:
+        with disk_space.reported(workdir, "the TensorBoard summaries"):
+            writer = summary_writer.create(workdir, jax.process_index())
+        opened.push(_closing(writer))
+    return disk_space.CheckedWriter(writer, workdir)
+
+
+def _consumed_batches(loader: Iterable, damaged: damage.DamageLog | None,
+                      opened: contextlib.ExitStack) -> input_pipeline.ConsumedPosition:
+    """The training batches of `loader`, whose workers start shielded from the job's signals
+    and stop as the run ends (closed by `opened`), however it ends. The damaged records of a
+    batch are noted in `damaged` when the step consumes it, not when it is prefetched: the
+    account at a step is of the batches trained on."""
+    data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
+                                                None if damaged is None else damaged.met)
+    opened.callback(data_iter.close)
+    return data_iter
+
+
+def _train_state(config: ml_collections.ConfigDict, workdir: str, model,
+                 data_iter: input_pipeline.ConsumedPosition, opened: contextlib.ExitStack
+                 ) -> tuple[steps.TrainState, steps.TrainState | None, ocp.CheckpointManager]:
+    """-> (the state to train from, the restored state or None, the workdir's checkpoint
+    manager, closed by `opened`): the newest readable checkpoint's state, its loader position
+    set in `data_iter` (`_restore`), else a fresh state of `config.seed`."""
+    state = steps.create_train_state(jax.random.key(config.seed), config, model)
+    mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    opened.push(_closing(mngr))
+    state, resumed = _restore(config, workdir, model, state, data_iter, mngr)
+    return state, resumed, mngr
+
+
+def _record_what_trains(config: ml_collections.ConfigDict, workdir: str,
+                        changed: list | None, start_step: int, built: bool) -> None:
+    """Process 0's records of the run in the workdir: its config.json
+    (`resume.save_config`), this start (`record_start`) and, on a `built` split, the metres a
+    training window spans (3D decoding's scale for prediction on any image,
+    `crop_metres.record_in_workdir`). Written once the workdir's checkpoints are known to be
+    this config's: a config that does not fit them (another task set, say) or a trainer
+    refused the workdir (held by another) leaves the files of the run that wrote them."""
+    resume.save_config(config, workdir, changed, start_step)
+    record_start(workdir, start_step)
+    if built:
+        crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir, config.window)
 
 
 def _check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: int) -> None:
