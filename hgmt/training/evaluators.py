@@ -433,6 +433,8 @@ class Evaluators:
         return state if _on_every_process(state is not None) else None
 
     def _evaluator(self, name: str) -> evaluator.Evaluator:
+        """The `evaluator.Evaluator` of evaluator `name`, built (and its split opened) on first
+        use, then reused."""
         if name not in self._built:  # built on first use: the split is opened then
             s = self.settings[name]
             self._built[name] = evaluator.Evaluator(
@@ -523,6 +525,8 @@ class Evaluators:
         return summaries
 
     def _append(self, step: int, name: str, summary: dict, values: dict) -> None:
+        """Appends evaluator `name`'s line for `step` to evals.jsonl: its settings, number of
+        examples and `values` (`metric_values` of its `summary`)."""
         line = {"step": step, "evaluator": name,
                 **{k: summary[k] for k in (*RECORDED_SETTINGS, "num_examples")},
                 "metrics": values}
@@ -537,6 +541,9 @@ class Evaluators:
         disk_space.append_line(workdirs.evals_file(self.workdir), text, "the evaluation curves")
 
     def _keep_best(self, name: str, step: int, host_state, values: dict) -> str:
+        """Where `name` is the keeper and its score in `values` beats the best so far (finite),
+        keeps `host_state` as the best checkpoint of `step`. -> what its log line adds about
+        the best ('' for an evaluator that keeps none)."""
         if name != self.keeper:
             return ""
         metric = self.settings[name]["best_metric"]

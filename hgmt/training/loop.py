@@ -202,7 +202,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     writer = _checked_writer(workdir, writer, opened)
     data_iter = _consumed_batches(loader, damaged, opened)
     model = create_model(config.model, heads(tasks), axis_name=devices.AXIS)
-    state, resumed, mngr = _train_state(config, workdir, model, data_iter, opened)
+    state, restored, mngr = _train_state(config, workdir, model, data_iter, opened)
     start_step = int(state.step)
     if own_writer:  # what an earlier run logged after this step is not this run's
         _restart_summaries(writer, workdir, start_step)
@@ -214,9 +214,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
     if jax.process_index() == 0:
         _record_what_trains(config, workdir, changed, start_step, source is not None)
-    training = trainer.Trainer(config, workdir, model=model, state=state, resumed=resumed,
-                               mngr=mngr, evals=evals, writer=writer, data_iter=data_iter,
-                               damaged=damaged, watch=watch, peer_watch=peer_watch, lock=lock,
+    training = trainer.Trainer(config, workdir, model=model, state=state,
+                               restored_state=restored, mngr=mngr, evals=evals, writer=writer,
+                               data_iter=data_iter, damaged=damaged, watch=watch,
+                               peer_watch=peer_watch, lock=lock,
                                train_step=jitted_train_step(weights, options, prepare))
     opened.callback(training.close_batches)
     training.set_aside_what_follows_the_start()
@@ -258,8 +259,8 @@ def _train_state(config: ml_collections.ConfigDict, workdir: str, model,
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     opened.push(_closing(mngr))
-    state, resumed = _restore(config, workdir, model, state, data_iter, mngr)
-    return state, resumed, mngr
+    state, restored = _restore(config, workdir, model, state, data_iter, mngr)
+    return state, restored, mngr
 
 
 def _record_what_trains(config: ml_collections.ConfigDict, workdir: str,

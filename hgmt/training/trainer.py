@@ -44,7 +44,7 @@ class Trainer:
     skipped."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, model,
-                 state: steps.TrainState, resumed: steps.TrainState | None,
+                 state: steps.TrainState, restored_state: steps.TrainState | None,
                  mngr: ocp.CheckpointManager, evals: evaluators.Evaluators, writer,
                  data_iter, damaged: damage.DamageLog | None,
                  watch: preemption.PreemptionWatch, peer_watch: peers.PeerWatch | None,
@@ -53,12 +53,12 @@ class Trainer:
         self.evals, self.writer, self.data_iter, self.damaged = evals, writer, data_iter, damaged
         self.watch, self.peer_watch, self.lock = watch, peer_watch, lock
         self.start_step = int(state.step)
-        self.restored = resumed is not None
+        self.restored = restored_state is not None  # whether this run resumed a checkpoint
         # The restored host state, which `host_state` gives for the step resumed from while
         # no step has trained since.
-        self.resumed = resumed
+        self.restored_state = restored_state
         self.state = devices.replicate(state)
-        self.p_train_step = train_step
+        self.train_step = train_step
         self.device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
                                                              config.prefetch)
         self.metrics = step_metrics.StepMetrics()
@@ -130,8 +130,8 @@ class Trainer:
         """The state on the host, BatchNorm statistics averaged, for a save or a validation;
         a non-finite loss since the last check or a non-finite state stops the run here. At
         the step resumed from, the restored state itself."""
-        if step == self.start_step and self.resumed is not None:
-            return self.resumed
+        if step == self.start_step and self.restored_state is not None:
+            return self.restored_state
         self.check_finite()
         host = devices.to_host(steps.sync_batch_stats(self.state))
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
@@ -203,7 +203,7 @@ class Trainer:
                            stop=self.stop_if_preempted
                            if start == self.config.total_steps else self.lock_check)
         if start < self.config.total_steps:
-            self.resumed = None
+            self.restored_state = None
 
     def log_plan(self, tasks: tuple[str, ...], augment_on: str) -> None:
         """The line that says what this run trains, from which step, on what."""
@@ -229,7 +229,7 @@ class Trainer:
             self._join_finished_write()
             self.lock_check()  # another trainer may take the workdir: stop before writing more
             batch = self._next_batch(step)
-            self.state, self.step_values = self.p_train_step(self.state, batch)
+            self.state, self.step_values = self.train_step(self.state, batch)
             # no host copy: the next step queues behind it
             self.metrics.append(step, self.step_values)
             preempted = self.watch.reached(step)
@@ -393,7 +393,6 @@ def device_done(values) -> bool:
     done counts whole as device idle time (an upper bound: the device may have finished
     during the wait)."""
     return all(x.is_ready() for x in jax.tree.leaves(values))
-
 
 
 def after_non_finite(latest: int | None, workdir: str) -> str:
