@@ -92,7 +92,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
     TensorBoard writer; `loader` the dataset's grain loader (its iterator needs get_state and
     set_state; benchmarks feed batches from memory with it). A resumed run whose config
     differs from the workdir's config.json (`hgmt.training.resume`) raises
-    `resume.CannotResume` before any work, unless `resume_with_changed_config`.
+    `resume.CannotResume` before any work, unless `resume_with_changed_config`. A run that
+    stops on an error with no file written in the workdir it made removes that workdir
+    (`_removed_if_nothing_written`).
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1 (during training, or during
     the evaluations after it: the last step saved, those not finished run on resuming),
