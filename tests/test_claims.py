@@ -126,6 +126,10 @@ def test_segm_helped_by_pose2d_but_not_pose3d():
     # a gain the test cannot detect neither confirms nor refutes "benefits"
     assert _verdict(rule, base | {"pose2d+segm": {"segm": _seeds(0.505)}}) == UNRESOLVED
     assert _verdict(rule, base | {"pose2d+segm": {"segm": [0.6]}}) == UNRESOLVED
+    # without the isolated run, both changes lack it: said once
+    verdict, evidence = rule(_study({"pose2d+segm": {"segm": _seeds(0.60)},
+                                     "pose3d+segm": {"segm": _seeds(0.40)}}))
+    assert (verdict, evidence) == (UNRESOLVED, "no isolated segm run"), evidence
 
 
 def test_a_change_whose_metric_is_undefined_says_so_not_that_the_run_is_missing():

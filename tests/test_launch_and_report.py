@@ -1607,10 +1607,19 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
     assert _whiskers(ax) == {} and ax.get_title() == (  # the only multi-task subset
         "pose2d: pose2d+segm vs isolated, per joint (+ = better)\n(untested) items: hatched, "
         "no whisker")
-    # No isolated run.
-    e = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})["pose2d"]
+    # No isolated run: the best of two subsets is marked; one subset alone is no best.
+    e = report.compare({"pose2d+segm": _pose2d_seeds([0.86]),
+                        "pose2d+depth": _pose2d_seeds([0.85])})["pose2d"]
     assert charts.subsets_figure(e, "pose2d").axes[0].get_title() == (
-        "pose2d: no isolated run, best mean (green)\none seed: no whisker")
+        "pose2d: no isolated run, best mean (green), others (blue)\none seed: no whisker")
+    study = report.compare({"pose2d+segm": _pose2d_seeds([0.86])})
+    assert report.best_marked(study["pose2d"]) is None
+    assert charts.subsets_figure(study["pose2d"], "pose2d").axes[0].get_title() == (
+        "pose2d: no isolated run, others (blue)\none seed: no whisker")
+    assert "| pose2d+segm | 0.86 |" in report.to_markdown(study, "")
+    e = report.compare({"pose2d": _pose2d_seeds([0.86])})["pose2d"]
+    assert charts.subsets_figure(e, "pose2d").axes[0].get_title() == (
+        "pose2d: isolated (grey, dashed line)\none seed: no whisker")
 
 
 def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_out(tmp_path):

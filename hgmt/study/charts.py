@@ -59,11 +59,12 @@ def subsets_figure(e: dict, task: str):
     names = sorted(e["subsets"], key=lambda s: (s.count("+"), s))
     values = np.array([e["subsets"][s] for s in names])
     spreads = [e.get("spread", {}).get(s) for s in names]  # None: one seed, nothing to draw
+    best = report.best_marked(e)
     fig = drawing.figure(int(100 * max(4.0, 0.6 * len(names) + 2)), 320)
     ax = fig.add_subplot()
     x = np.arange(len(names))
     ax.scatter(x, values, s=36, zorder=3, color=[
-        "tab:grey" if s == task else ("tab:green" if s == e["best"] else "tab:blue")
+        "tab:grey" if s == task else ("tab:green" if s == best else "tab:blue")
         for s in names])
     seeded = [k for k, sd in enumerate(spreads) if sd is not None]
     if seeded:
@@ -79,20 +80,19 @@ def subsets_figure(e: dict, task: str):
     ax.set_xticks(x, [s.replace("+", "\n+") for s in names], fontsize=7)
     ax.set_ylabel(report.headline(e, task).label)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{task}: {_subsets_key(e, task, names, spreads)}", fontsize=9)
+    ax.set_title(f"{task}: {_subsets_key(task, best, names, spreads)}", fontsize=9)
     return fig
 
 
-def _subsets_key(e: dict, task: str, names: list[str], spreads: list) -> str:
+def _subsets_key(task: str, best: str | None, names: list[str], spreads: list) -> str:
     """The subsets chart's key, of what it draws: which dot is the isolated run and which the
-    best, and what the whiskers are (a subset of one seed has none)."""
-    if task not in names:
-        runs = ["no isolated run", "best mean (green)"]
-    elif e["best"] == task:
-        runs = ["isolated and best mean (grey, dashed line)"]
-    else:
-        runs = ["isolated (grey, dashed line)", "best mean (green)"]
-    if set(names) - {task, e["best"]}:
+    best (`best`: `report.best_marked`, None when only one subset is drawn), and what the
+    whiskers are (a subset of one seed has none)."""
+    isolated = (["no isolated run"] if task not in names else
+                ["isolated and best mean (grey, dashed line)"] if best == task else
+                ["isolated (grey, dashed line)"])
+    runs = isolated + (["best mean (green)"] if best not in (None, task) else [])
+    if set(names) - {task, best}:
         runs.append("others (blue)")
     whiskers = ((["whiskers: seed sd"] if any(sd is not None for sd in spreads) else [])
                 + (["one seed: no whisker"] if any(sd is None for sd in spreads) else []))

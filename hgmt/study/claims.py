@@ -218,7 +218,8 @@ def segm_helped_by_pose2d_not_pose3d(study: dict) -> tuple[str, str]:
     judged = _judged(study, pairs)
     by_pose2d, by_pose3d = (effect(study, judged, *pair) for pair in pairs)
     verdict = _combine([_helps(by_pose2d[0]), _does_not_help(by_pose3d[0])])
-    return verdict, f"{by_pose2d[1]}; {by_pose3d[1]}{_over(judged)}"
+    said = dict.fromkeys((by_pose2d[1], by_pose3d[1]))  # 'no isolated segm run' said once
+    return verdict, "; ".join(said) + _over(judged)
 
 
 def _item(runs: list[dict], item: str) -> list[float]:

@@ -19,6 +19,12 @@ def headline(entry_or_summary: dict, task: str):
     return protocols.headline_of(task, entry_or_summary.get("protocol", "hgmt"))
 
 
+def best_marked(e: dict) -> str | None:
+    """The subset a task's table and chart mark as of best mean (`e['best']`), or None where
+    the entry `e` (`compare`) has one subset only, so that nothing was compared."""
+    return e["best"] if len(e["subsets"]) > 1 else None
+
+
 def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per task: every subset containing it with its headline metric (each seed's value, their
     mean, standard deviation and count), the isolated value, the best subset, and each
@@ -221,7 +227,8 @@ def to_markdown(study: dict[str, dict], note: str, checked: list[dict] | None = 
                       "|---|---|---|"]
         for s, v in sorted(e["subsets"].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
             gain = e.get("gain", {}).get(s)
-            mark = " (isolated)" if s == task else (" **best mean**" if s == e["best"] else "")
+            mark = (" (isolated)" if s == task else
+                    " **best mean**" if s == best_marked(e) else "")
             change = "" if gain is None else _signed(gain)
             if not seeded:
                 dropped = _dropped(e, s)
