@@ -25,8 +25,8 @@ runs twice); the JSON and the video's summary record 'flip'.
 
 An input that cannot be read (a folder among them) is reported ("skipped <path>: ...") and the
 others go on; a last line counts them, and the exit status is then 1. A full disk, out of
-device memory, or out of host memory while reading or predicting an input (not the file's
-fault: it is not skipped as unreadable) stops the command with one line naming the file or
+device memory, or out of host memory while reading, probing or predicting an input (not the
+file's fault: it is not skipped as unreadable) stops the command with one line naming the file or
 the settings (exit status 1); no output is left partly written.
 
 The person crop is the square window around `--bbox` (x, y, w, h in pixels: the person with
@@ -227,7 +227,9 @@ def _run(args, images: list[str]) -> int:
             raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
     images = _distinct(images)
     cli.check_output_folder("out_dir", args.out_dir)  # before the model loads
-    _check_outputs(images, args.out_dir)
+    # Telling videos from images opens some inputs with PyAV, which may run out of memory.
+    with cli.faults_in_one_line(video.OutOfHostMemory, traceback=traceback):
+        _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
                                     batch_size=args.batch_size, focal_px=args.focal_px,
@@ -366,6 +368,8 @@ def _predict_images(model: predictor.Predictor, paths: list[str], out_dir: str,
         images = {path: image for path in paths if (image := _read(path, bbox)) is not None}
         results = model.predict(list(images.values()),
                                 None if bbox is None else [bbox] * len(images))
+    except video.OutOfHostMemory:  # a probe's (`_undecodable_hint`), naming its file
+        raise
     except MemoryError as e:  # the host's: not an input to skip
         raise video.out_of_host_memory(", ".join(paths), e) from e
     for path, result in zip(images, results, strict=True):

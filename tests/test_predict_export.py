@@ -3137,8 +3137,43 @@ def test_a_video_pyav_fails_is_skipped_but_out_of_memory_is_not(tmp_path, monkey
                                 str(tmp_path), None)
     monkeypatch.setattr(av, "open", failing(av.error.MemoryError(errno.ENOMEM, "no memory")))
     for probe in (video.plays_as_video, video.sound_only):
-        with pytest.raises(MemoryError):
+        with pytest.raises(video.OutOfHostMemory, match=r"while PyAV probed whether .*a\.gif "):
             probe(str(tmp_path / "a.gif"))
+
+
+def test_out_of_host_memory_probing_an_input_stops_in_one_line_naming_it(workdir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """PyAV running out of memory (an injected fault: av.open raising FFmpeg's ENOMEM, which
+    cannot be produced for real here) while hgmt.predict probes whether a GIF is a video,
+    before the model loads, stops the command with one line naming the GIF and what to do,
+    and writes nothing; the same probe for an image that does not decode (`_undecodable_hint`)
+    names that file, not wrapped again as the images' group."""
+    import PIL.Image
+
+    frames = [PIL.Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 255)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    image = tmp_path / "person.jpg"
+    _stick_figure(str(image))
+    out = tmp_path / "out"
+
+    def no_memory(*args, **kwargs):
+        raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(av, "open", no_memory)
+    with pytest.raises(SystemExit) as e:
+        hgmt.predict.main([str(image), str(gif), f"--workdir={workdir}", f"--out_dir={out}"])
+    assert e.value.code == (
+        f"error: OutOfHostMemory: out of host memory while PyAV probed whether {gif} is a "
+        f"video (MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the "
+        f"file: free the machine's memory (other processes) and run the command again")
+    assert not out.exists()
+    damaged = tmp_path / "damaged.dat"
+    damaged.write_bytes(b"not an image")
+    with pytest.raises(video.OutOfHostMemory) as e:
+        hgmt.predict._predict_images(None, [str(image), str(damaged)], str(out), None)
+    assert str(e.value).startswith(f"out of host memory while PyAV probed whether {damaged} "), \
+        str(e.value)
 
 
 def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(

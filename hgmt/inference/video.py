@@ -55,10 +55,20 @@ def out_of_host_memory(what: str, error: MemoryError) -> OutOfHostMemory:
         f"decoded), and predict it again")
 
 
+def out_of_host_memory_probing(path: str, error: MemoryError) -> OutOfHostMemory:
+    """The `OutOfHostMemory` of `error` raised while PyAV opened the file at `path` to tell
+    what it holds (`plays_as_video`, `sound_only`), before anything is predicted."""
+    return OutOfHostMemory(
+        f"out of host memory while PyAV probed whether {path} is a video "
+        f"({type(error).__name__}: {error}), which is not a fault of the file: free the "
+        f"machine's memory (other processes) and run the command again")
+
+
 def is_video(path: str) -> bool:
     """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
     or one of ANIMATION_SUFFIXES, or `.png` for an animated PNG (`animated_png`), and PyAV
-    plays it as a video (`plays_as_video`: an animated GIF, not a GIF of one frame)."""
+    plays it as a video (`plays_as_video`: an animated GIF, not a GIF of one frame);
+    `OutOfHostMemory` naming the file when the host runs out of memory while PyAV probes it."""
     name = path.lower()
     return name.endswith(VIDEO_SUFFIXES) or (
         (name.endswith(ANIMATION_SUFFIXES) or (name.endswith(".png") and animated_png(path)))
@@ -109,7 +119,8 @@ def _open(path: str):
 def plays_as_video(path: str) -> bool:
     """Whether PyAV decodes two frames of the file's first video stream: a video, whatever
     its name says (a still image gives one frame, even in a video container such as HEIC's;
-    a file PyAV cannot open or decode gives none)."""
+    a file PyAV cannot open or decode gives none). An allocation that fails meanwhile is the
+    host's, not the file's: `OutOfHostMemory` naming the file."""
     import av
 
     try:
@@ -118,21 +129,22 @@ def plays_as_video(path: str) -> bool:
                 return False
             frames = container.decode(container.streams.video[0])
             return sum(1 for _ in itertools.islice(frames, 2)) == 2
-    except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
-        raise
+    except MemoryError as e:  # the host's, not the file's (av.error.MemoryError is one)
+        raise out_of_host_memory_probing(path, e) from e
     except (av.FFmpegError, OSError, ValueError):
         return False
 
 
 def sound_only(path: str) -> bool:
-    """Whether PyAV opens the file and finds audio streams but no video stream (an .m4a)."""
+    """Whether PyAV opens the file and finds audio streams but no video stream (an .m4a);
+    `OutOfHostMemory` naming the file when an allocation fails meanwhile."""
     import av
 
     try:
         with av.open(path) as container:
             return bool(container.streams.audio) and not container.streams.video
-    except MemoryError:  # the host's, not the file's
-        raise
+    except MemoryError as e:  # the host's, not the file's
+        raise out_of_host_memory_probing(path, e) from e
     except (av.FFmpegError, OSError, ValueError):
         return False
 
