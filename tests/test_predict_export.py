@@ -3069,7 +3069,7 @@ def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_fi
         tmp_path, monkeypatch):
     """A real clip decodes whole; with its decoder's allocations failing from its third
     packet (crafted: PyAV's MemoryError), reading it raises that MemoryError, not the
-    ValueError of a file that cannot be decoded."""
+    ValueError of a file that cannot be decoded; so does opening it when av.open fails so."""
     clip = tmp_path / "clip.mp4"
     _write_clip(clip, list(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), np.uint8)))
     with video.Clip(str(clip)) as read:
@@ -3077,6 +3077,14 @@ def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_fi
     _decoding_out_of_memory(monkeypatch, from_packet=2)
     with video.Clip(str(clip)) as read, pytest.raises(MemoryError) as e:
         list(read.batches(4))
+    assert type(e.value) is av.error.MemoryError
+
+    def open_out_of_memory(*args, **kwargs):
+        raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(av, "open", open_out_of_memory)
+    with pytest.raises(MemoryError) as e:
+        video.Clip(str(clip))
     assert type(e.value) is av.error.MemoryError
 
 
