@@ -2203,6 +2203,57 @@ def test_a_file_named_otherwise_is_not_called_a_damaged_image_of_the_format_it_s
         assert str(e.value) == f"image {path} {message}"
 
 
+def _png_header(path, width: int, height: int) -> None:
+    """Writes a PNG whose header says width x height RGB pixels and whose data is a few
+    zero bytes (OpenCV checks the header's size before it decodes any data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b""))
+
+
+def test_an_image_of_more_pixels_than_opencv_decodes_is_skipped_naming_the_fix(tmp_path,
+                                                                                capsys):
+    """A PNG of 40000 x 30000 pixels (more than OpenCV's 2^30) makes OpenCV raise cv2.error,
+    which ended the command in a traceback: it is an input skipped in one line naming the
+    fix, and the image beside it is still read."""
+    huge, photo = tmp_path / "huge.png", tmp_path / "photo.png"
+    _png_header(huge, 40000, 30000)
+    cv2.imwrite(str(photo), np.full((24, 32, 3), 90, np.uint8))
+    assert hgmt.predict._read(str(huge), None) is None
+    assert capsys.readouterr().err == (
+        f"skipped {huge}: image {huge} has more pixels than OpenCV decodes (2^30 by default): "
+        f"scale it down, or set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS to its "
+        f"pixel count if the host's memory holds it (3 bytes a pixel, and more while it is "
+        f"predicted)\n")
+    assert hgmt.predict._read(str(photo), None).shape == (24, 32, 3)
+
+
+def test_opencv_out_of_memory_decoding_an_image_is_the_hosts_not_the_files(tmp_path,
+                                                                          monkeypatch):
+    """OpenCV failing to allocate a decoded image (an injected fault: cv2.imdecode raising its
+    StsNoMem error, which a test cannot make it do) stops as OutOfHostMemory naming the
+    images, not as an input skipped."""
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((24, 32, 3), 90, np.uint8))
+
+    def no_memory(*args):
+        error = cv2.error("Failed to allocate 3600000000 bytes")
+        error.code, error.err = cv2.Error.StsNoMem, "Failed to allocate 3600000000 bytes"
+        raise error
+
+    monkeypatch.setattr(cv2, "imdecode", no_memory)
+    with pytest.raises(video.OutOfHostMemory, match=rf"while reading or predicting {photo} "
+                                                    r"\(MemoryError: OpenCV could not "):
+        hgmt.predict._predict_images(None, [str(photo)], str(tmp_path / "out"), None)
+
+
 def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_window():
     """16 joints within a pixel: hgmt's box is at least MIN_WINDOW_SIDE_PX; the references'
     box has no floor (about 1.7 px here), which the search gives it, so that the crop does

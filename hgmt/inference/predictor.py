@@ -460,8 +460,10 @@ def read_image(path: str) -> np.ndarray:
     as viewers show it (OpenCV's decoding applies it: a phone photo stored 4000 x 3000 with
     orientation 6 is read 3000 wide and 4000 tall); a clear error when it cannot
     (UndecodableImage when the file is there but is empty, damaged or cut short, or not such
-    an image). The bytes are read by Python and decoded by OpenCV: cv2.imread crashes the
-    process on a file name that is not UTF-8 (Python's surrogate escapes)."""
+    an image; a ValueError when OpenCV refuses its header, e.g. for more pixels than it
+    decodes; MemoryError when the decoded image cannot be allocated). The bytes are read
+    by Python and decoded by OpenCV: cv2.imread crashes the process on a file name that is
+    not UTF-8 (Python's surrogate escapes)."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the image files in it")
     if not os.path.isfile(path):
@@ -469,7 +471,10 @@ def read_image(path: str) -> np.ndarray:
     data = np.fromfile(path, np.uint8)
     if not data.size:
         raise UndecodableImage(f"image {path} is empty (0 bytes)")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as e:  # OpenCV raises for a header it refuses, before any decoding
+        raise _refused(path, e) from None
     if bgr is None:
         head = data[:8].tobytes()
         kind = next((k for sig, k in SIGNATURES.items() if head.startswith(sig)), None)
@@ -480,5 +485,20 @@ def read_image(path: str) -> np.ndarray:
                                    f"damaged or cut short (copy or export it again)")
         raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")
     return bgr[..., ::-1].copy()
+
+
+def _refused(path: str, error: cv2.error) -> Exception:
+    """The error of the image at `path` that OpenCV refused to decode with `error`: a
+    MemoryError when it could not allocate the image (the host's fault, not the file's); a
+    ValueError naming the fix for an image of more pixels than OpenCV decodes; else a
+    ValueError with OpenCV's reason."""
+    if error.code == cv2.Error.StsNoMem:
+        return MemoryError(f"OpenCV could not allocate the decoded image of {path}")
+    if "CV_IO_MAX_IMAGE_PIXELS" in (error.err or ""):
+        return ValueError(f"image {path} has more pixels than OpenCV decodes (2^30 by "
+                          f"default): scale it down, or set the environment variable "
+                          f"OPENCV_IO_MAX_IMAGE_PIXELS to its pixel count if the host's "
+                          f"memory holds it (3 bytes a pixel, and more while it is predicted)")
+    return ValueError(f"image {path} cannot be decoded (OpenCV: {error.err or error.msg})")
 
 
