@@ -2254,6 +2254,24 @@ def test_opencv_out_of_memory_decoding_an_image_is_the_hosts_not_the_files(tmp_p
         hgmt.predict._predict_images(None, [str(photo)], str(tmp_path / "out"), None)
 
 
+def test_grey_16_bit_and_transparent_images_are_read_as_8_bit_rgb(tmp_path):
+    """A grey PNG is read as RGB of its grey, a 16-bit one at 8 bits (its high byte), one
+    with an alpha channel without it: a transparent pixel as the colour it stores."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), np.uint8)
+    grey = rgb[..., 0]
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "grey.png")),
+                                  np.repeat(grey[..., None], 3, axis=2))
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb[..., ::-1].astype(np.uint16) * 256 + 100)
+    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "deep.png")), rgb)
+    alpha = np.full((12, 16, 1), 255, np.uint8)
+    alpha[:, :8] = 0
+    Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(tmp_path / "cut.png")
+    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "cut.png")), rgb)
+
+
 def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_window():
     """16 joints within a pixel: hgmt's box is at least MIN_WINDOW_SIDE_PX; the references'
     box has no floor (about 1.7 px here), which the search gives it, so that the crop does

@@ -458,7 +458,9 @@ SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "BMP":
 def read_image(path: str) -> np.ndarray:
     """Any format OpenCV reads -> RGB uint8 (H,W,3), upright: turned by its EXIF orientation
     as viewers show it (OpenCV's decoding applies it: a phone photo stored 4000 x 3000 with
-    orientation 6 is read 3000 wide and 4000 tall); a clear error when it cannot
+    orientation 6 is read 3000 wide and 4000 tall), grey as RGB, 16 bits at 8, an alpha
+    channel dropped (transparent pixels as the colours they store); a clear error when it
+    cannot
     (UndecodableImage when the file is there but is empty, damaged or cut short, or not such
     an image; a ValueError when OpenCV refuses its header, e.g. for more pixels than it
     decodes; MemoryError when the decoded image cannot be allocated). The bytes are read

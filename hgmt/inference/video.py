@@ -216,9 +216,9 @@ class Clip:
     def __init__(self, path: str):
         self.path = path
         self._container = _open(path)
-        # The decoder keeps PyAV's slice threads only: with frame threads too ("AUTO", which
-        # decodes a 1080p clip twice as fast) a damaged packet raises no error and its frame
-        # is dropped uncounted (`_decoded`).
+        # The decoder is left with PyAV's default threading, slice threads only: with frame
+        # threads too ("AUTO", which decodes a 1080p clip twice as fast) a damaged packet
+        # raises no error and its frame is dropped uncounted (`_decoded`).
         self._stream = self._container.streams.video[0]
         rate, base = self._stream.average_rate, self._stream.time_base
         self.frame_rate = float(rate) if rate else 30.0
