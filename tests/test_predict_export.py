@@ -3157,6 +3157,27 @@ def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_fi
     assert type(e.value) is av.error.MemoryError
 
 
+def test_an_empty_video_and_one_ending_before_its_first_frame_are_named_so(tmp_path):
+    """A video file of 0 bytes is called empty, and a Matroska file holding a video stream
+    but no frame (PyAV meets its end probing it) is one that ends before its first frame,
+    not just one that "cannot be opened"."""
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError) as e:
+        video.Clip(str(empty))
+    assert str(e.value) == f"video {empty} is empty (0 bytes)"
+    no_frames = tmp_path / "no_frames.mkv"
+    with av.open(str(no_frames), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        container.start_encoding()
+        container.mux(stream.encode())
+    with pytest.raises(ValueError) as e:
+        video.Clip(str(no_frames))
+    assert str(e.value).startswith(f"video {no_frames} ends before its first frame: it holds "
+                                   f"no frames or is cut short (EOFError: "), str(e.value)
+
+
 def test_out_of_host_memory_reading_a_video_stops_naming_it_not_skips_it(workdir, tmp_path,
                                                                           monkeypatch):
     """Out of host memory while a video is decoded (crafted, as above) stops the command in

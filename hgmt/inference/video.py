@@ -98,17 +98,23 @@ def animated_png(path: str) -> bool:
 
 def _open(path: str):
     """The PyAV container of a video file; FileNotFoundError or ValueError naming the file
-    when it is missing, not a video, or has no video stream."""
+    when it is missing, empty, ends before its first frame, is not a video, or has no video
+    stream."""
     import av
 
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the video files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path} not found")
+    if not os.path.getsize(path):
+        raise ValueError(f"video {path} is empty (0 bytes)")
     try:
         container = av.open(path)
     except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
         raise
+    except av.error.EOFError as e:  # the demuxer met the file's end probing its streams
+        raise ValueError(f"video {path} ends before its first frame: it holds no frames or "
+                         f"is cut short ({type(e).__name__}: {e})") from e
     except Exception as e:  # av raises InvalidDataError and others on non-videos
         raise ValueError(f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
     if not container.streams.video:
