@@ -175,15 +175,15 @@ def find_window(evidence: Mapping[str, dict], m_label: np.ndarray,
                                                window)
             side = max(side, cropping.MIN_WINDOW_SIDE_PX)  # the references' has no floor
             if kept == len(joints):
-                window = Window(centre, side, f"joints ({givers[0]})")
+                found = Window(centre, side, f"joints ({givers[0]})")
             else:
                 found_by = f"joints ({givers[0]}, {kept} of {len(joints)})"
-                window = Window(centre, side, found_by)
+                found = Window(centre, side, found_by)
                 if outline is not None and outline.side > side:
-                    window = dataclasses.replace(
+                    found = dataclasses.replace(
                         outline, found_by=f"{outline.found_by}, larger than {found_by}")
-            if image_shape is None or window.overlaps(image_shape):
-                return window
+            if image_shape is None or found.overlaps(image_shape):
+                return found
     return outline
 
 
