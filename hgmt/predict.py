@@ -50,6 +50,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 
 import av
@@ -347,13 +348,17 @@ def _undecodable_hint(path: str) -> str:
 
 
 def _frames_held(path: str) -> int:
-    """How many frames Pillow finds in the image file at `path` (1 when it cannot read it)."""
+    """How many frames Pillow finds in the image file at `path` (1 when it cannot read it, or
+    refuses it as larger than its decompression-bomb limit: OpenCV has decoded the image,
+    whose size the command takes)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return int(getattr(image, "n_frames", 1))
-    except (OSError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return int(getattr(image, "n_frames", 1))
+    except (OSError, ValueError, Image.DecompressionBombError):
         return 1
 
 

@@ -2235,6 +2235,28 @@ def test_an_image_of_more_pixels_than_opencv_decodes_is_skipped_naming_the_fix(t
     assert hgmt.predict._read(str(photo), None).shape == (24, 32, 3)
 
 
+def test_a_still_gif_larger_than_pillows_bomb_limit_is_read_without_a_traceback(
+        tmp_path, monkeypatch, capsys):
+    """Pillow, which counts an animation's frames after OpenCV has read the image, refuses
+    an image of more than twice PIL.Image.MAX_IMAGE_PIXELS pixels (179 million by default)
+    with DecompressionBombError, which ended the command in a traceback, and warns above
+    that limit: the limit is lowered here (Pillow's own setting) so that a small still GIF
+    is over it; the GIF is read, with no warning."""
+    import warnings
+
+    from PIL import Image
+
+    gif = tmp_path / "still.gif"
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(gif)
+    for limit in (1000, 2000):  # 2400 pixels: over twice the limit, then over it
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            image = hgmt.predict._read(str(gif), None)
+        assert image.shape == (40, 60, 3) and (image == 128).all()
+        assert capsys.readouterr().err == ""
+
+
 def test_opencv_out_of_memory_decoding_an_image_is_the_hosts_not_the_files(tmp_path,
                                                                           monkeypatch):
     """OpenCV failing to allocate a decoded image (an injected fault: cv2.imdecode raising its
