@@ -48,7 +48,7 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
 def evaluator_config(split: str = "test", *, frames: str = "middle", protocol: str = "hgmt",
                      flip: bool = False, max_examples: int = 0, every: int = 0,
                      at_end: bool = False, best_metric: str = "") -> ml_collections.ConfigDict:
-    """One entry of `config.evals` (hgmt/training/evaluators.py says what each field does),
+    """One entry of `config.evals` (hgmt/training/eval_settings.py says what each field does),
     every field present so that `--config.evals.<name>.<field>=...` overrides any of them."""
     return ml_collections.ConfigDict(dict(
         split=split, frames=frames, protocol=protocol, flip=flip, max_examples=max_examples,

@@ -78,6 +78,15 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def on_every_process(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective with several processes)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).min())
+
+
 def replicate(tree: Any) -> Any:
     """A copy of `tree` (host or device values) on every device: each leaf (devices, ...),
     the arrays `spmd` steps take and return."""

@@ -30,7 +30,7 @@ from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, markdown, protocols, report_files
 from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_weights, config_tasks
-from hgmt.training import config_check, device_memory, evaluators, loop
+from hgmt.training import config_check, device_memory, eval_settings, loop
 
 
 def _define_flags(fv) -> None:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli.faults_in_one_line(ValueError):
         weights = check_loss_weights(args.config, config_tasks(args.config))
         records.check_dataset_name(args.config.dataset)
-        evaluators.check(args.config, weights, label_size=False)
+        eval_settings.check_evals(args.config, weights, label_size=False)
         config_check.check_data_settings(args.config)
         args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
         protocols.check_label_size(args.protocol, weights, args.config.image_size)
@@ -86,9 +86,9 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
     evaluators chose, when it is test and they chose on test clips: on `validation`, whose
     clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
     docs/surreal_format.md), or on `test` itself. None otherwise. The evaluator that chose is
-    the one that keeps the best checkpoint (`evaluators.keeper`)."""
+    the one that keeps the best checkpoint (`eval_settings.keeper`)."""
     evals = workdirs.evals_of(config)
-    name = evaluators.keeper(evals)
+    name = eval_settings.keeper(evals)
     if split != "test" or name is None or evals[name]["split"] not in ("validation", "test"):
         return None
     e = evals[name]

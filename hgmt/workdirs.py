@@ -293,7 +293,7 @@ def evals_of(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def older_evals(config: Mapping[str, Any]) -> dict[str, dict]:
-    """The `config.evals` (hgmt/training/evaluators.py) that the evaluation fields of a config
+    """The `config.evals` (hgmt/training/eval_settings.py) that the evaluation fields of a config
     written before it (OLDER_EVAL_FIELDS) amount to: `validation` every `eval_every` steps on
     `eval_split` keeping the best checkpoint by `best_metric`, and `test` after the last step,
     both on the `eval_frames` of their split, at most `eval_max_examples` of them, under

@@ -167,9 +167,9 @@ def test_an_empty_string_argument_is_its_documented_none():
 
 def test_evaluator_config_has_the_fields_the_trainer_checks():
     from configs.common import evaluator_config
-    from hgmt.training import evaluators
+    from hgmt.training import eval_settings
 
-    assert sorted(evaluator_config()) == sorted(evaluators.FIELDS)
+    assert sorted(evaluator_config()) == sorted(eval_settings.FIELDS)
 
 
 def test_the_default_evaluation_settings_are_the_same_in_the_config_and_the_evaluator():

@@ -18,7 +18,14 @@ import hgmt.evaluate
 from configs.common import evaluator_config
 from hgmt import workdirs
 from hgmt.inference import trained_model
-from hgmt.training import checkpoints, evaluators, loop
+from hgmt.training import (
+    best_checkpoint,
+    checkpoints,
+    eval_reports,
+    eval_settings,
+    evaluators,
+    loop,
+)
 from tests.conftest import tiny_config
 
 
@@ -291,7 +298,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
         if step in scores:
             assert {"validation/loss/total", "validation/pose2d/pckh@0.5"} <= set(values)
     best_step = min(scores, key=scores.get)
-    manager = evaluators.best_manager(workdir, metric)
+    manager = best_checkpoint.best_manager(workdir, metric)
     assert manager.all_steps() == [best_step]
     assert manager.metrics(best_step)[metric] == pytest.approx(scores[best_step])
 
@@ -320,7 +327,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_survives_resume(demo_d
     assert sorted(later) == [8, 10]
     every = {**scores, **later}
     overall = min(every, key=every.get)
-    assert evaluators.best_manager(workdir, metric).all_steps() == [overall]
+    assert best_checkpoint.best_manager(workdir, metric).all_steps() == [overall]
 
     out = str(tmp_path / "best.json")
     hgmt.evaluate.main([f"--workdir={workdir}", "--step=best", "--split=validation",
@@ -363,7 +370,7 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
           "evals.validation.max_examples": 8}
     loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
                            **{"optimizer.learning_rate": 3e-3}), workdir)
-    assert evaluators.best_manager(workdir, metric).all_steps() == [4]
+    assert best_checkpoint.best_manager(workdir, metric).all_steps() == [4]
     shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
     loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
                            **{"optimizer.learning_rate": 1e-4}), workdir,
@@ -372,7 +379,7 @@ def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tm
     lost = _superseded_lines(workdir)  # the lost run's, of the steps after 2
     assert [x["step"] for x in lines] == [4] and [x["step"] for x in lost] == [4]
     assert lost[0]["metrics"][metric] != pytest.approx(lines[0]["metrics"][metric])
-    manager = evaluators.best_manager(workdir, metric)
+    manager = best_checkpoint.best_manager(workdir, metric)
     assert manager.all_steps() == [4]
     assert manager.metrics(4)[metric] == pytest.approx(lines[0]["metrics"][metric])
     _, best_vars, _ = trained_model.restore_for_inference(workdir, "best")
@@ -396,17 +403,17 @@ def test_a_best_checkpoint_that_fails_to_save_leaves_its_step_to_evaluate_again(
         raise OSError("the best checkpoint's write failed")
 
     with monkeypatch.context() as patched:
-        patched.setattr(evaluators.Evaluators, "_save_best", fails)
+        patched.setattr(best_checkpoint.BestCheckpoint, "save", fails)
         with pytest.raises(OSError, match="the best checkpoint's write failed"):
             loop.train(config, workdir)
     assert checkpoints.manager(workdir).all_steps() == [2]
     assert workdirs.read_evals(workdir) == []
-    assert evaluators.best_manager(workdir, metric).all_steps() == []
+    assert best_checkpoint.best_manager(workdir, metric).all_steps() == []
 
     loop.train(config, workdir)
     lines = workdirs.read_evals(workdir)
     assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")]
-    manager = evaluators.best_manager(workdir, metric)
+    manager = best_checkpoint.best_manager(workdir, metric)
     assert manager.all_steps() == [2]
     assert manager.metrics(2)[metric] == pytest.approx(lines[0]["metrics"][metric])
 
@@ -422,7 +429,7 @@ def test_the_best_recorded_score_is_of_each_steps_last_line_up_to_the_step():
 
     evals = [line(2, 3.0), line(4, 1.0), line(6, 2.0), line(4, 2.5), line(2, 0.1, "test"),
              line(8, 2.0), line(10, None), line(12, 0.2)]
-    best = functools.partial(evaluators.best_recorded, name="validation", metric="loss/total")
+    best = functools.partial(best_checkpoint.best_recorded, name="validation", metric="loss/total")
     assert best(evals, step=10, lower=True) == (6, 2.0)
     assert best(evals, step=12, lower=True) == (12, 0.2)
     assert best(evals, step=10, lower=False) == (2, 3.0)
@@ -457,16 +464,17 @@ def test_a_non_finite_score_is_never_kept_as_the_best(tmp_path, monkeypatch):
     """A NaN or infinite validation score (a diverged model) is no best checkpoint, which no
     later score could beat: the first finite score after it is kept, and a later -inf, lower
     than any loss, does not replace it."""
-    monkeypatch.setattr(evaluators, "to_checkpoint_layout", lambda model, state: state)
+    monkeypatch.setattr(best_checkpoint, "to_checkpoint_layout", lambda model, state: state)
     config = tiny_config(str(tmp_path), tasks="pose2d", **{
         "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
     state = {"w": np.arange(3.0)}  # what the best checkpoint holds, in any layout
     with contextlib.closing(evaluators.Evaluators(config, str(tmp_path / "run"),
                                                   {"pose2d": 1.0})) as evals:
-        notes = [evals._keep_best("validation", step, state, {"loss/total": value})
+        best = evals.best_checkpoint
+        notes = [best.keep_if_better(step, state, {"loss/total": value})
                  for step, value in ((2, float("nan")), (4, 5.0), (6, float("-inf")))]
-        assert evals.best() == (4, 5.0)
-        assert evals.manager.all_steps() == [4]
+        assert best.best() == (4, 5.0)
+        assert best.manager.all_steps() == [4]
     assert notes[0] == "  (loss/total: nan, not finite, not kept)"
     assert notes[2] == "  (loss/total: best 5 at step 4)"
 
@@ -488,8 +496,8 @@ def test_saving_the_best_checkpoint_gives_the_preemption_sync_protocol_no_step(t
         "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
     workdir, state = str(tmp_path / "run"), {"w": np.arange(3.0)}
     with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
-        evals._save_best(2, state, "loss/total", 1.0)
-        assert evals.manager.all_steps() == [2]
+        evals.best_checkpoint.save(2, state, 1.0)
+        assert evals.best_checkpoint.manager.all_steps() == [2]
     assert given == []
     with contextlib.closing(checkpoints.manager(workdir, async_save=False,
                                                 with_data=False)) as periodic:
@@ -509,7 +517,7 @@ def test_a_best_checkpoint_training_passes_over_is_moved_aside_not_deleted(tmp_p
         "evals.validation.every": 2, "evals.validation.best_metric": "loss/total"})
     workdir = str(tmp_path / "run")
     with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
-        evals._save_best(4, {"w": np.arange(3.0)}, "loss/total", 1.0)
+        evals.best_checkpoint.save(4, {"w": np.arange(3.0)}, 1.0)
 
     def files(folder: pathlib.Path) -> dict[str, bytes]:
         return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
@@ -519,7 +527,8 @@ def test_a_best_checkpoint_training_passes_over_is_moved_aside_not_deleted(tmp_p
     assert len(kept) > 2
     with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
         assert evals.forget_after(0, lambda: None) == [4]
-        assert evals.manager.all_steps() == [] and evals.best() is None
+        assert evals.best_checkpoint.manager.all_steps() == []
+        assert evals.best_checkpoint.best() is None
     [moved] = pathlib.Path(workdirs.superseded_dir(workdir)).iterdir()
     assert re.fullmatch(r"4-\d{8}-\d{6}", moved.name)
     assert files(moved) == kept
@@ -541,7 +550,8 @@ def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_
 
     def run_over(workdir: str, c) -> tuple[list[int], tuple | None]:
         with contextlib.closing(evaluators.Evaluators(c, workdir, {"pose2d": 1.0})) as evals:
-            return evals.forget_after(4, lambda: {"w": np.zeros(3)}), evals.best()
+            return (evals.forget_after(4, lambda: {"w": np.zeros(3)}),
+                    evals.best_checkpoint.best())
 
     line = {"step": 4, "evaluator": "validation", "split": "validation", "frames": "middle",
             "flip": False, "protocol": "hgmt", "max_examples": 0, "num_examples": 8,
@@ -555,12 +565,12 @@ def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_
         workdir = str(tmp_path / name)
         with contextlib.closing(evaluators.Evaluators(config(), workdir,
                                                       {"pose2d": 1.0})) as evals:
-            evals._save_best(4, {"w": np.arange(3.0)}, "loss/total", 1.0)
+            evals.best_checkpoint.save(4, {"w": np.arange(3.0)}, 1.0)
         pathlib.Path(workdirs.evals_file(workdir)).write_text(json.dumps(line) + "\n")
         assert run_over(workdir, config()) == ([], (4, 1.0))  # its own keeper keeps it
         with caplog.at_level(logging.WARNING):
             assert run_over(workdir, changed) == ([], bar)
-        assert evaluators.best_manager(workdir, "loss/total").all_steps() == []
+        assert best_checkpoint.best_manager(workdir, "loss/total").all_steps() == []
         [moved] = pathlib.Path(workdirs.superseded_dir(workdir)).iterdir()
         assert moved.name.startswith("4-")
         assert "moved the best checkpoint of step 4" in caplog.text
@@ -588,7 +598,7 @@ def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tm
           "evals.validation.max_examples": 8}
     loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
                            **{"optimizer.learning_rate": 1e-4}), workdir)
-    assert evaluators.best_manager(workdir, metric).all_steps() == [4]
+    assert best_checkpoint.best_manager(workdir, metric).all_steps() == [4]
     shutil.rmtree(f"{workdirs.checkpoint_dir(workdir)}/4")
     with caplog.at_level(logging.INFO):
         loop.train(tiny_config(demo_dataset[1], total_steps=4, **kw,
@@ -600,7 +610,7 @@ def test_a_resume_before_the_best_step_keeps_the_best_before_it(demo_dataset, tm
     (_, score2), (_, score4) = lines
     [(_, lost4)] = lost
     assert lost4 < score2 < score4  # the setting: step 4 better at first, worse resumed
-    manager = evaluators.best_manager(workdir, metric)
+    manager = best_checkpoint.best_manager(workdir, metric)
     if checkpoint_every == 3:
         assert manager.all_steps() == []
         assert (f"the best {metric} so far, {score2:.6g} at step 2 "
@@ -730,7 +740,7 @@ def test_best_metric_direction_comes_from_the_task():
     Headline naming a direction for a metric it lacks is an error."""
     from hgmt.tasks.spec import Headline
 
-    lower = {m: evaluators.lower_is_better(m) for m in (
+    lower = {m: eval_settings.lower_is_better(m) for m in (
         "loss/total", "loss/segm", "pose3d/mjd_mm", "depth/rmse_mm", "depth/bin_accuracy",
         "pose2d/pckh@0.5", "segm/mean_iou")}
     assert lower == {"loss/total": True, "loss/segm": True, "pose3d/mjd_mm": True,
@@ -774,7 +784,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     """`Evaluators.finished_at_end`: an eval_<name>.json counts as the finished evaluation
     of a step only when it is of that step, of that evaluator, of today's metric definitions
     of its protocol (a change of another protocol's keeps it) and of the same variables and
-    config, less the fields no evaluation reads (`evaluators.fingerprint`); a file that does
+    config, less the fields no evaluation reads (`eval_reports.fingerprint`); a file that does
     not read is evaluated again, with a warning."""
     from hgmt.evaluation import metrics_versions
 
@@ -790,7 +800,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     summary = {"pose2d": {"pckh@0.5": 0.5}, "num_examples": 8,
                "metrics_version": metrics_versions.metrics_version("hgmt")}
     run = {"step": 4, "evaluator": "test",
-           "evaluated": evaluators.fingerprint(config, state(1.0))}
+           "evaluated": eval_reports.fingerprint(config, state(1.0))}
 
     def write(report) -> None:
         with open(workdirs.eval_file(workdir, "test"), "w") as f:
@@ -804,19 +814,19 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     other_config.data_dir = str(tmp_path / "rebuilt")
     for other in ({"evaluator": "validation"},
                   {"metrics_version": metrics_versions.metrics_version("hgmt") - 1},
-                  {"evaluated": evaluators.fingerprint(other_config, state(1.0))}):
+                  {"evaluated": eval_reports.fingerprint(other_config, state(1.0))}):
         write({**summary, **run, **other})
         assert evals.finished_at_end(4, state(1.0)) == {}, other
-    # Fields no evaluation reads may change (`evaluators.NOT_EVALUATED`); any other counts.
+    # Fields no evaluation reads may change (`eval_reports.NOT_EVALUATED`); any other counts.
     free = config.copy_and_resolve_references()
     free.log_every, free.keep_checkpoints, free.evals.test.every = 1, 9, 5
-    assert evaluators.fingerprint(free, state(1.0)) == run["evaluated"]
+    assert eval_reports.fingerprint(free, state(1.0)) == run["evaluated"]
     for field, value in (("evals.test.flip", True), ("evals.test.protocol", "surreal"),
                          ("eval_batch_size", 4), ("optimizer.learning_rate", 1.0)):
         changed = config.copy_and_resolve_references()
         parent, name = workdirs.field_parent(changed, field)
         parent[name] = value
-        assert evaluators.fingerprint(changed, state(1.0)) != run["evaluated"], field
+        assert eval_reports.fingerprint(changed, state(1.0)) != run["evaluated"], field
     # A report whose config digest is of every field (sorted JSON) is evaluated again.
     whole = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
     write({**summary, **run, "evaluated": {**run["evaluated"], "config_sha256": whole}})

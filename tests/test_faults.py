@@ -33,10 +33,13 @@ from hgmt.inference import trained_model
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads
 from hgmt.training import (
+    best_checkpoint,
     checkpoint_digests,
     checkpoint_write_faults,
     checkpoints,
     device_memory,
+    eval_reports,
+    eval_settings,
     evaluators,
     loop,
     peers,
@@ -464,7 +467,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     assert evaluated() == [(3, "test")] and len(calls) == 2
     assert not os.path.exists(workdirs.eval_file(workdir, "validation"))
     with open(workdirs.eval_file(workdir, "test")) as f:
-        test = {k: v for k, v in json.load(f).items() if k not in evaluators.RUN_KEYS}
+        test = {k: v for k, v in json.load(f).items() if k not in eval_reports.RUN_KEYS}
 
     monkeypatch.setattr(eval_data, "eval_batches", counting)
     calls.clear()
@@ -478,7 +481,7 @@ def test_a_rerun_after_a_stop_between_the_evaluations_after_training_runs_the_re
     assert list(summaries) == ["test", "validation"]
     assert summaries["test"] == test and summaries["validation"]["num_examples"] == 12
 
-    # Fields no evaluation reads (`evaluators.NOT_EVALUATED`) changed: nothing is evaluated.
+    # Fields no evaluation reads (`eval_reports.NOT_EVALUATED`) changed: nothing is evaluated.
     for field, value in (("log_every", 1), ("checkpoint_every", 50), ("keep_checkpoints", 1),
                          ("prefetch", 1), ("read_threads", 2), ("max_damaged_fraction", 0.5)):
         config[field] = value
@@ -618,7 +621,7 @@ def test_a_signal_during_the_last_step_skips_its_validation_and_the_rerun_runs_i
     assert "evaluating step 3, which its run did not: ['validation']" in caplog.text
     lines = workdirs.read_evals(workdir)
     assert [(x["step"], x["evaluator"]) for x in lines] == [(3, "validation")]
-    assert evaluators.best_manager(workdir, "loss/total").all_steps() == [3]
+    assert best_checkpoint.best_manager(workdir, "loss/total").all_steps() == [3]
 
 
 def test_a_signal_during_the_validation_of_the_last_step_on_resuming_stops_it(
@@ -1755,7 +1758,7 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
     os.remove(writer.filler)
     _, summaries = loop.run(config, workdir, FillsDiskAt(disk.path, "none", 0))
     assert sorted(summaries) == ["validation"]
-    manager = evaluators.best_manager(workdir, metric)
+    manager = best_checkpoint.best_manager(workdir, metric)
     assert manager.all_steps() == [2]
     lines = workdirs.read_evals(workdir)
     assert [(x["step"], x["evaluator"]) for x in lines] == [(2, "validation")]
@@ -1796,7 +1799,7 @@ def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(t
     os.remove(filler)
     with contextlib.closing(evaluators.Evaluators(config, workdir, {"pose2d": 1.0})) as evals:
         assert evals.forget_after(4, lambda: state) == []
-        assert evals.best() == (2, 1.5)
+        assert evals.best_checkpoint.best() == (2, 1.5)
 
 
 def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_path, caplog):
@@ -1828,7 +1831,7 @@ def test_a_torn_last_evaluation_line_is_left_out_and_a_damaged_one_named(tmp_pat
     # A line equal to the last of its step and evaluator is not appended again (a rerun of an
     # evaluation a full disk stopped after its line); one equal to an earlier line only is.
     os.remove(path)
-    summary = {**{k: None for k in evaluators.RECORDED_SETTINGS}, "num_examples": 3}
+    summary = {**{k: None for k in eval_settings.RECORDED_SETTINGS}, "num_examples": 3}
     for values in ({"loss/total": 1.0}, {"loss/total": 1.0}, {"loss/total": 2.0},
                    {"loss/total": 1.0}):
         evals._append(8, "test", summary, values)

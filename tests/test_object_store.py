@@ -33,7 +33,7 @@ from hgmt.data import builds, damage, shards
 from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
-from hgmt.training import checkpoint_write_faults, checkpoints, evaluators, loop
+from hgmt.training import checkpoint_write_faults, checkpoints, eval_reports, loop
 from tests.conftest import tiny_config
 
 BUCKET = "gs://bucket"
@@ -154,8 +154,8 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     summary = {"split": "test", "num_examples": 3, "flip": False}
     report_files.write_report(summary, out)
     assert json.loads((run / "eval_test.json").read_text()) == {**summary, "pictures": []}
-    assert evaluators._read_report(out) == {**summary, "pictures": []}  # a rerun reads it
-    assert evaluators._read_report(f"{workdir}/eval_validation.json") is None
+    assert eval_reports.read_report(out) == {**summary, "pictures": []}  # a rerun reads it
+    assert eval_reports.read_report(f"{workdir}/eval_validation.json") is None
     assert (run / "eval_test.md").read_text() == markdown.to_markdown(summary)
     drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                            f"{workdir}/eval_test_pckh.png")

@@ -1100,7 +1100,7 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
 
 def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path):
     """An evaluator with a best_metric that runs only after the last step keeps no best
-    checkpoint (`evaluators.keeper`: none to compare new scores with), so a rerun may change
+    checkpoint (`eval_settings.keeper`: none to compare new scores with), so a rerun may change
     any of its settings; once it runs during training (every > 0), it keeps the best and they
     are locked. A rerun that makes it run during training may not change them either: its
     earlier evals.jsonl lines, which the saved settings measured, become the scores to

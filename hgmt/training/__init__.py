@@ -1,4 +1,5 @@
 """Training: the config's check before any work (`config_check`), the train step, the loop that
 opens and restores what a run uses (`loop`) and the trainer that steps, logs, saves and
-evaluates (`trainer`, with its `evaluators`), checkpoints, and the faults of long runs
-(preemption, dead peers, the workdir lock)."""
+evaluates (`trainer`, with its `evaluators`: their settings in `eval_settings`, the best
+checkpoint in `best_checkpoint`, the reports after training in `eval_reports`), checkpoints,
+and the faults of long runs (preemption, dead peers, the workdir lock)."""

@@ -23,7 +23,7 @@ from hgmt.tasks import (
     heads,
     untrained_settings,
 )
-from hgmt.training import evaluators, steps
+from hgmt.training import eval_settings, steps
 
 
 def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
@@ -43,7 +43,7 @@ def check_config(config: ml_collections.ConfigDict, *, warn: bool = True,
     if warn and (unused := untrained_settings(config, tasks)):
         logging.warning("config.%s: set for a task not trained (config.tasks=%s), so without "
                         "effect", ", config.".join(unused), "+".join(tasks))
-    evaluators.check(config, weights)
+    eval_settings.check_evals(config, weights)
     create_model(config.model, heads(tasks))  # the model's fields and values
     steps.create_optimizer(config)  # the optimizer's name and schedule
     for field in ("total_steps", "log_every", "checkpoint_every", "prefetch",

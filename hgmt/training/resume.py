@@ -32,7 +32,7 @@ from etils import epath
 from hgmt import cli, disk_space, workdirs
 from hgmt.paths import absolute
 from hgmt.tasks import default_loss_options, parse_tasks
-from hgmt.training import checkpoints, evaluators
+from hgmt.training import checkpoints, eval_settings
 
 # Where the data is (the same data may lie elsewhere on another host or machine): hgmt.main
 # makes these paths absolute (`absolute_data_location`), so that a workdir's config.json
@@ -54,7 +54,7 @@ FREE_ON_RESUME = ("evals", "eval_batch_size", "log_every", "checkpoint_every",
                   "keep_checkpoints", *DATA_LOCATION, "worker_count",
                   "read_threads", "prefetch", "max_damaged_fraction", "model.stream_mode",
                   "model.ops", "augment_on")
-# Except, in the evaluator that keeps the best checkpoint (`evaluators.keeper`: a
+# Except, in the evaluator that keeps the best checkpoint (`eval_settings.keeper`: a
 # `best_metric`, run during training) in the saved config or the rerun's, what its scores are
 # of: a new score is compared with the kept best's, or, for an evaluator that starts keeping
 # it on the rerun, with its earlier evals.jsonl lines, which the old settings measured (and a
@@ -104,8 +104,8 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
                                           default_loss_options(layout["tasks"]).items()}
     old = workdirs.flat_fields(layout)
     new = workdirs.flat_fields(config)
-    keeping = {evaluators.keeper(layout.get("evals", {})),
-               evaluators.keeper(config.get("evals", {}))} - {None}
+    keeping = {eval_settings.keeper(layout.get("evals", {})),
+               eval_settings.keeper(config.get("evals", {}))} - {None}
 
     def free(field: str) -> bool:
         parts = field.split(".")
