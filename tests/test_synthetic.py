@@ -390,3 +390,33 @@ def test_zrot_range_turns_only_the_body(tmp_path):
         zrots.append(circle.zrot)
         assert abs(default.zrot) <= np.radians(synthetic.ZROT_MAX_DEG)
     assert max(np.abs(zrots)) > np.radians(120)  # backs to the camera occur
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_clips(tmp_path):
+    """A write that fails (a read-only or full file system; here a file where a folder must
+    go) ended in a traceback, from a worker process with --workers, and left the clips
+    written before it, so that a rerun was refused for holding clips: one line naming the
+    folder and the cause, the clips it wrote removed, the user's file kept."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={afile}/demo", "--clips_per_split=1",
+                        "--frames_per_clip=1", "--workers=1"])
+    assert raised.value.code == (
+        f"error: --out_dir={afile}/demo: cannot write the demo clips: Not a directory "
+        f"({afile}/demo). Nothing written is left in {afile}/demo/cmu/"
+        f"{{train,val,test}}. Give a folder on a writable file system with room for the clips")
+    # cmu/val a file: the train and test clips are written before the copy into val fails.
+    tree = tmp_path / "tree"
+    (tree / "cmu").mkdir(parents=True)
+    (tree / "cmu" / "val").write_text("mine")
+    (tree / "cmu" / "test").mkdir()  # there before, empty: it stays, empty
+    for workers in ("1", "2"):
+        with pytest.raises(SystemExit) as raised:
+            synthetic.main([f"--out_dir={tree}", "--clips_per_split=2", "--frames_per_clip=1",
+                            f"--workers={workers}"])
+        assert raised.value.code.startswith(f"error: --out_dir={tree}: cannot write the demo "
+                                            f"clips: Not a directory ({tree}/cmu/val/run0). ")
+        assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*")) == [
+            "cmu", "cmu/test", "cmu/val"]
+        assert (tree / "cmu" / "val").read_text() == "mine"

@@ -500,21 +500,48 @@ def _define_flags(fv) -> None:
                          flag_values=fv)
 
 
+def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
+    """The one line of a generation into `out_dir` that failed to write (`error`), after
+    removing what it wrote: everything in its split folders ``cmu/<split>``, which were
+    empty or missing before (`generate` refuses others; `existed`: which were there), so that
+    a rerun is not refused for holding clips (`ClipsExist`). The folders that were there stay."""
+    for split, was_there in existed.items():
+        folder = os.path.join(out_dir, "cmu", split)
+        if not was_there:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif os.path.isdir(folder):
+            for entry in os.listdir(folder):
+                shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+    what = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"error: --out_dir={out_dir}: cannot write the demo clips: {what}{where}. Nothing "
+            f"written is left in {os.path.join(out_dir, 'cmu')}/{{train,val,test}}. Give a "
+            f"folder on a writable file system with room for the clips")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.sources.synthetic --out_dir=DIR [--clips_per_split=N]
     [--frames_per_clip=F] [--seed=S] [--zrot_max_deg=D] [--workers=N]`: prints one JSON line
     (the clips written, val's copies included; the frames rendered and their rate). A DIR
     whose cmu/{train,val,test} holds files is refused in one line (`ClipsExist`), exit 1, and
-    so is a DIR named cmu (`check_tree_named`)."""
+    so is a DIR named cmu (`check_tree_named`); one it cannot write (read-only, full, a file in
+    the way) ends in one line too, the clips it had written removed (`_unwritable`)."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
     cli.check_output_folder("out_dir", args.out_dir)
     check_tree_named(args.out_dir)
     start = time.perf_counter()
+    splits = ("train", "val", "test")
+    existed = {split: os.path.isdir(os.path.join(args.out_dir, "cmu", split)) for split in splits}
     with cli.faults_in_one_line(ClipsExist):
-        stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
-                         zrot_max_deg=args.zrot_max_deg, workers=args.workers)
+        try:
+            stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
+                             splits, zrot_max_deg=args.zrot_max_deg, workers=args.workers)
+        except ClipsExist:  # refused before writing: the clips there are not ours to remove
+            raise
+        except OSError as e:  # a read-only or full file system, a file in the way
+            raise SystemExit(_unwritable(args.out_dir, e, existed)) from None
     seconds = time.perf_counter() - start
     # The frames rendered: val's clips are copies of test's.
     frames = sum(surreal.parse_stem(s).split != "val" for s in stems) * args.frames_per_clip
