@@ -328,6 +328,31 @@ def test_a_demo_configs_data_not_built_names_hgmt_main_as_the_fix(tmp_path, caps
                            "from where the dataset was built)")
 
 
+def test_the_check_sets_up_its_console_as_the_processs_own_command(tmp_path, monkeypatch):
+    """`main()` without argv (the process's command: `python -m hgmt.data.check`) sets up its
+    console as its own (`console.console(command=True)`: the handlers anew, stdout taking
+    any file name); `main([...])` from a caller keeps the caller's. The argv read from
+    sys.argv made both a caller's."""
+    import sys
+
+    from hgmt import console
+
+    seen = []
+    real = console.console
+
+    def recorded(verbosity, *, command):  # the caller's console either way, in this test
+        seen.append(command)
+        return real(verbosity, command=False)
+
+    monkeypatch.setattr(console, "console", recorded)
+    args = ["--config", "configs/demo.py:tasks=pose2d",
+            f"--config.data_dir={tmp_path / 'none'}", "--splits=test"]
+    monkeypatch.setattr(sys, "argv", ["check", *args])
+    assert check.main() == check.EXIT_NOT_CHECKED
+    assert check.main(args) == check.EXIT_NOT_CHECKED
+    assert seen == [True, False]
+
+
 def test_the_check_says_how_far_it_is(tmp_path, caplog, monkeypatch):
     """A progress line every PROGRESS_EVERY_S seconds (here at every record): the records
     read of those to read, the damaged ones, the time left."""

@@ -165,6 +165,7 @@ def _refuse_data_flags(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command; -> exit status: 0, `EXIT_DAMAGED` or `EXIT_NOT_CHECKED` (the module's
     docstring)."""
+    command = argv is None  # the process's own command, not a caller's `main([...])`
     argv = list(sys.argv[1:] if argv is None else argv)
     _refuse_data_flags(argv)
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: --{e}") from None
     made_by = (_demo_command(argv, args.config.demo.surreal_root) if "demo" in args.config
                else None)
-    with console.console(args.verbosity, command=argv is None):
+    with console.console(args.verbosity, command=command):
         return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction,
                       made_by)
 
