@@ -1584,6 +1584,26 @@ def test_full_disk_for_the_evaluation_json_and_tensorboard_is_reported(small_dis
             writer.flush()
 
 
+def test_a_full_disk_as_the_runs_own_tensorboard_writer_closes_is_reported(tmp_path,
+                                                                          monkeypatch):
+    """The trainer's own TensorBoard writer failing as the run ends closes it, on a full
+    disk or quota: DiskFull naming the workdir, not the OSError. A local event file is
+    flushed at every write, so its close cannot fail here: the close of an object store's
+    file, which uploads it then, is stood in for by a writer whose close raises ENOSPC."""
+    from hgmt.training import summary_writer
+
+    class UploadsAtClose(summary_writer.SummaryWriter):
+        def close(self):
+            super().close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(summary_writer, "create", lambda logdir, process: UploadsAtClose(logdir))
+    with pytest.raises(disk_space.DiskFull, match=f"the TensorBoard summaries to "
+                                                  f"{tmp_path}: the disk or quota is full"):
+        with contextlib.ExitStack() as opened:
+            loop._checked_writer(str(tmp_path), None, opened).write_scalars(0, {"loss": 1.0})
+
+
 @pytest.mark.parametrize("fails", ["markdown", "picture", "json"])
 def test_a_full_disk_in_the_evaluation_report_leaves_it_undone_and_the_rerun_records_it_once(
         demo_dataset, tmp_path, monkeypatch, caplog, fails):

@@ -232,12 +232,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
 def _checked_writer(workdir: str, writer, opened: contextlib.ExitStack
                     ) -> disk_space.CheckedWriter:
     """`writer`, or the workdir's own TensorBoard writer (closed by `opened`) where it is
-    None, wrapped so that a full disk stops the run as `disk_space.DiskFull`."""
-    if writer is None:
+    None, wrapped so that a full disk stops the run as `disk_space.DiskFull`, its closing
+    included (an object store uploads the file then)."""
+    own = writer is None
+    if own:
         with disk_space.reported(workdir, "the TensorBoard summaries"):
             writer = summary_writer.create(workdir, jax.process_index())
-        opened.push(_closing(writer))
-    return disk_space.CheckedWriter(writer, workdir)
+    checked = disk_space.CheckedWriter(writer, workdir)
+    if own:
+        opened.push(_closing(checked))
+    return checked
 
 
 def _consumed_batches(loader: Iterable, damaged: damage.DamageLog | None,
