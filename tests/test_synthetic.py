@@ -1,6 +1,7 @@
 """hgmt.sources.synthetic writes SURREAL-format clips that are consistent and learnable."""
 
 import dataclasses
+import errno
 import json
 import os
 
@@ -392,7 +393,8 @@ def test_zrot_range_turns_only_the_body(tmp_path):
     assert max(np.abs(zrots)) > np.radians(120)  # backs to the camera occur
 
 
-def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_clips(tmp_path):
+def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_clips(tmp_path,
+                                                                                  monkeypatch):
     """A write that fails (a read-only or full file system; here a file where a folder must
     go) ended in a traceback, from a worker process with --workers, and left the clips
     written before it, so that a rerun was refused for holding clips: one line naming the
@@ -420,3 +422,14 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_cli
         assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*")) == [
             "cmu", "cmu/test", "cmu/val"]
         assert (tree / "cmu" / "val").read_text() == "mine"
+    # Not a folder's fault (out of file descriptors, say): no other folder is named as the fix.
+    def out_of_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(synthetic, "generate", out_of_descriptors)
+    with pytest.raises(SystemExit) as raised:
+        synthetic.main([f"--out_dir={tmp_path}/other", "--clips_per_split=1"])
+    assert raised.value.code.endswith(": cannot write the demo clips: Too many open files. "
+                                      f"Nothing written is left in {tmp_path}/other/cmu/"
+                                      "{train,val,test}. Mend what the error names and run it "
+                                      "again")

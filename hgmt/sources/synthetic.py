@@ -36,7 +36,9 @@ metric; ``camDist`` and ``light`` it does not read.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import json
 import multiprocessing
 import os
@@ -500,6 +502,12 @@ def _define_flags(fv) -> None:
                          flag_values=fv)
 
 
+# The errors of a folder that cannot be written (read-only, full, over quota, not allowed, a
+# file in the way), for which `_unwritable` names another folder as the fix.
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
 def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
     """The one line of a generation into `out_dir` that failed to write (`error`), after
     removing what it wrote: everything in its split folders ``cmu/<split>``, which were
@@ -509,14 +517,16 @@ def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
         folder = os.path.join(out_dir, "cmu", split)
         if not was_there:
             shutil.rmtree(folder, ignore_errors=True)
-        elif os.path.isdir(folder):
-            for entry in os.listdir(folder):
-                shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):  # a folder it cannot list holds none of ours
+                for entry in os.listdir(folder):
+                    shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
     what = error.strerror or str(error)
     where = f" ({error.filename})" if error.filename else ""
+    fix = ("Give a folder on a writable file system with room for the clips"
+           if error.errno in _WRITE_ERRNOS else "Mend what the error names and run it again")
     return (f"error: --out_dir={out_dir}: cannot write the demo clips: {what}{where}. Nothing "
-            f"written is left in {os.path.join(out_dir, 'cmu')}/{{train,val,test}}. Give a "
-            f"folder on a writable file system with room for the clips")
+            f"written is left in {os.path.join(out_dir, 'cmu')}/{{train,val,test}}. {fix}")
 
 
 def main(argv: list[str] | None = None) -> int:
