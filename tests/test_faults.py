@@ -3,6 +3,7 @@ workdir, a damaged dataset shard, a dead peer. Real signals, processes and orbax
 
 The multi-process and command-line tests take minutes and are marked slow."""
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -1786,6 +1787,49 @@ def test_full_disk_for_the_best_checkpoint_after_training_is_reported_and_the_re
     assert manager.metrics(2)[metric] == pytest.approx(lines[-1]["metrics"][metric])
 
 
+def test_a_full_disk_for_the_best_and_then_the_training_checkpoint_leaves_no_partial_folder(
+        demo_dataset, small_disk, monkeypatch, caplog):
+    """Step 4's training checkpoint is still being written in orbax's background thread (held
+    here until the disk is full) when its validation fills the disk: the best checkpoint's
+    write fails, and then the training checkpoint's. The run stops with the best checkpoint's
+    DiskFull; the training checkpoint's failure comes as its manager closes, after: its partial
+    folder is removed too, so neither <workdir>/checkpoints nor <workdir>/best holds one, and
+    checkpoint 2 still restores."""
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    metric = "loss/total"
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=6, checkpoint_every=2,
+                         **{"evals.validation.every": 4, "evals.validation.best_metric": metric,
+                            "evals.validation.max_examples": 8})
+    disk = small_disk(16 * 2**20)
+    workdir = os.path.join(disk.path, "w")
+    writer = FillsDiskAt(disk.path, "validation", 0)
+    write = type_handlers.NumpyHandler._open_and_write
+    held = f"{workdirs.checkpoint_dir(workdir)}/4.orbax-checkpoint-tmp"
+
+    async def held_write(self, value, tspec, ts_context):
+        # Step 4's arrays, written in orbax's background thread, wait until the validation
+        # has filled the disk.
+        if held in json.dumps(tspec):
+            deadline = time.monotonic() + 60
+            while writer.filler is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return await write(self, value, tspec, ts_context)
+
+    monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", held_write)
+    with pytest.raises(disk_space.DiskFull, match=rf"cannot write the best checkpoint of step 4 "
+                                                  rf"to {re.escape(workdir)}: the disk or quota "
+                                                  rf"is full"):
+        loop.run(config, workdir, writer)
+    assert writer.filler is not None
+    assert re.search(r"the write of the checkpoint of step 4 under way when the run stopped "
+                     r"failed too: the disk or quota is full .*Removed the partial "
+                     rf"{re.escape(held)}[^,]*; the training checkpoints \(steps \[2\]\) are "
+                     r"intact", caplog.text), caplog.text[-3000:]
+    assert _partial(workdir) == []
+    assert checkpoints.manager(workdir).all_steps() == [2]
+    assert trained_model.restore_for_inference(workdir, 2)[2] == 2
+
 def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(tmp_path,
                                                                               small_disk):
     """A resumed run keeps the best score of evals.jsonl (step 2) as its best checkpoint, from
@@ -2573,3 +2617,4 @@ def test_a_peers_failure_cut_for_the_others_line_says_it_was_cut():
     assert peers._short(SystemExit(f"error: ValueError: {long}")) == (
         f"ValueError: {long}"[:297] + "...")
     assert peers._short(ValueError("short")) == "ValueError: short"
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import sys
@@ -88,9 +89,7 @@ def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Ite
         if not disk_space.is_disk_full(e):
             raise
         removed = remove_partial(workdir, best_only=best)
-        failed = sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
-                                                     os.path.basename(p)) for p in removed)
-                        if m) or [step]
+        failed = failed_steps(removed) or [step]
         raise disk_space.DiskFull(
             errno.ENOSPC,
             f"cannot write the {what} of step {failed[-1]} to {workdir}: the disk or quota "
@@ -99,6 +98,35 @@ def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Ite
             f"{checkpoints.steps_on_disk(workdir)}) are intact. Free space (or "
             f"raise the quota) and rerun the same command: it resumes from the newest of them "
             f"({type(e).__name__}: {str(e)[:300]})") from e
+
+
+def failed_steps(removed: list[str]) -> list[int]:
+    """The steps of the partial checkpoint folders `removed` (`remove_partial`), in order."""
+    return sorted(int(m[1]) for m in (re.match(r"(\d+)\.orbax-checkpoint-tmp",
+                                               os.path.basename(p)) for p in removed) if m)
+
+
+def close_after_stop(mngr, workdir: str) -> None:
+    """Closes the training checkpoints' manager `mngr` of a run that stopped on an error: a
+    write still under way is waited for, and where it fails (the disk full since: the run
+    stopped on the best checkpoint's write, say) orbax leaves its temporary folder, which is
+    removed here (nothing writes in the workdir any more). Its error is logged in one line,
+    naming the step, never raised over the run's own."""
+    try:
+        mngr.close()
+    except Exception as e:
+        removed = remove_partial(workdir)
+        steps = failed_steps(removed)
+        if disk_space.is_disk_full(e):
+            cause = f"the disk or quota is full ({disk_space.space_left(workdir)} on it)"
+        else:
+            cause = f"{type(e).__name__}: {str(e)[:300]}"
+        logging.warning(
+            "the write of the checkpoint%s under way when the run stopped failed too: %s. "
+            "%s; the training checkpoints (steps %s) are intact",
+            f" of step {steps[-1]}" if steps else "", cause,
+            f"Removed the partial {', '.join(removed)}" if removed else "Nothing partial left",
+            checkpoints.steps_on_disk(workdir))
 
 
 # The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.

@@ -43,6 +43,7 @@ from hgmt.data import augment, builds, crop_metres, damage, device_augment, inpu
 from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
 from hgmt.training import (
+    checkpoint_write_faults,
     checkpoints,
     config_check,
     device_memory,
@@ -264,7 +265,9 @@ def _train_state(config: ml_collections.ConfigDict, workdir: str, model,
     set in `data_iter` (`_restore`), else a fresh state of `config.seed`."""
     state = steps.create_train_state(jax.random.key(config.seed), config, model)
     mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
-    opened.push(_closing(mngr))
+    # On an error, a write still under way that fails leaves no partial folder.
+    opened.push(lambda exc_type, *_: mngr.close() if exc_type is None
+                else checkpoint_write_faults.close_after_stop(mngr, workdir))
     state, restored = _restore(config, workdir, model, state, data_iter, mngr)
     return state, restored, mngr
 
