@@ -1830,6 +1830,102 @@ def test_a_full_disk_for_the_best_and_then_the_training_checkpoint_leaves_no_par
     assert checkpoints.manager(workdir).all_steps() == [2]
     assert trained_model.restore_for_inference(workdir, 2)[2] == 2
 
+class NanJointsFrom:
+    """A training loader whose batches' 2D joints are all NaN from its `first`-th batch on
+    (1-based): the loss of that step and the later ones is NaN."""
+
+    def __init__(self, loader, first: int):
+        self.it, self.first, self.drawn = iter(loader), first, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = dict(next(self.it))
+        self.drawn += 1
+        if self.drawn >= self.first:
+            batch["joints2d"] = np.full_like(batch["joints2d"], np.nan)
+        return batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+class FillsDiskAtStep:
+    """A metric writer that fills the disk `disk` when training logs `step`."""
+
+    def __init__(self, disk: str, step: int):
+        self.disk, self.step, self.filler = disk, step, None
+
+    def write_scalars(self, step, scalars):
+        if self.filler is None and step == self.step:
+            self.filler = _fill(self.disk, 0)
+
+    def write_images(self, step, images):
+        pass
+
+
+def test_a_non_finite_loss_while_a_checkpoint_write_fails_on_a_full_disk_names_both(
+        demo_dataset, small_disk, monkeypatch, caplog):
+    """Step 4's checkpoint is written in orbax's background thread (held here until the NaN
+    is found), the disk fills as step 5 logs, and step 6's loss is NaN (NaN joints in its
+    batch). The NaN found at step 6's log waits for that write, which fails on the full disk:
+    before, the run stopped with tensorstore's ValueError, naming neither the step nor the
+    NaN, and left step 4's partial folder. Now one DiskFull names step 4's checkpoint (the
+    first fault, by step), checkpoint 2 as intact, the NaN at step 6 and its fix; step 4's
+    partial folder is removed and checkpoint 2 restores."""
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    from hgmt.training import step_metrics
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=8, checkpoint_every=2,
+                         log_every=1)
+    source = builds.open_split(config.dataset, config.data_dir, "train")
+    loader = input_pipeline.train_loader(
+        source, batch_size=config.batch_size, image_size=config.image_size, seed=config.seed,
+        worker_count=0, tasks=("pose2d",))
+    disk = small_disk(16 * 2**20)
+    workdir = os.path.join(disk.path, "w")
+    writer = FillsDiskAtStep(disk.path, 5)
+    found = threading.Event()
+    check = step_metrics.StepMetrics.check
+
+    def noting_check(self):
+        bad = check(self)
+        if bad is not None:
+            found.set()
+        return bad
+
+    write = type_handlers.NumpyHandler._open_and_write
+    held = f"{workdirs.checkpoint_dir(workdir)}/4.orbax-checkpoint-tmp"
+
+    async def held_write(self, value, tspec, ts_context):
+        if held in json.dumps(tspec):
+            deadline = time.monotonic() + 60
+            while not found.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return await write(self, value, tspec, ts_context)
+
+    monkeypatch.setattr(step_metrics.StepMetrics, "check", noting_check)
+    monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", held_write)
+    with pytest.raises(Exception) as err:
+        loop.train(config, workdir, writer, loader=NanJointsFrom(loader, 6))
+    assert found.is_set() and writer.filler is not None
+    message = str(err.value)
+    assert isinstance(err.value, disk_space.DiskFull), f"{type(err.value).__name__}: {message}"
+    assert message.startswith(f"[Errno 28] cannot write the checkpoint of step 4 to {workdir}: "
+                              f"the disk or quota is full"), message
+    assert "the training checkpoints (steps [2]) are intact" in message, message
+    assert re.search(r"Besides, the loss is non-finite at step 6 in task\(s\) pose2d, total "
+                     r"\(.*: lower optimizer\.learning_rate or set optimizer\.grad_clip_norm "
+                     r"before that rerun, with --resume_with_changed_config$", message), message
+    assert _partial(workdir) == []
+    assert checkpoints.steps_on_disk(workdir) == [2]
+    assert trained_model.restore_for_inference(workdir, 2)[2] == 2
+
 def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(tmp_path,
                                                                               small_disk):
     """A resumed run keeps the best score of evals.jsonl (step 2) as its best checkpoint, from

@@ -90,14 +90,23 @@ def stop_on_full_disk(workdir: str, step: int | None, best: bool = False) -> Ite
             raise
         removed = remove_partial(workdir, best_only=best)
         failed = failed_steps(removed) or [step]
+        rerun = ("resumes from the newest of them" if checkpoints.steps_on_disk(workdir)
+                 else "starts again")
         raise disk_space.DiskFull(
             errno.ENOSPC,
             f"cannot write the {what} of step {failed[-1]} to {workdir}: the disk or quota "
             f"is full ({disk_space.space_left(workdir)} on it). Removed the partial "
-            f"{', '.join(removed) or what}; the training checkpoints (steps "
-            f"{checkpoints.steps_on_disk(workdir)}) are intact. Free space (or "
-            f"raise the quota) and rerun the same command: it resumes from the newest of them "
+            f"{', '.join(removed) or what}; {_intact(workdir)}. Free space (or raise the "
+            f"quota) and rerun the same command: it {rerun} "
             f"({type(e).__name__}: {str(e)[:300]})") from e
+
+
+def _intact(workdir: str) -> str:
+    """What a full disk's error says of the training checkpoints left to resume from."""
+    steps = checkpoints.steps_on_disk(workdir)
+    if not steps:
+        return f"no training checkpoint is complete in {workdirs.checkpoint_dir(workdir)}"
+    return f"the training checkpoints (steps {steps}) are intact"
 
 
 def failed_steps(removed: list[str]) -> list[int]:
@@ -123,10 +132,9 @@ def close_after_stop(mngr, workdir: str) -> None:
             cause = f"{type(e).__name__}: {str(e)[:300]}"
         logging.warning(
             "the write of the checkpoint%s under way when the run stopped failed too: %s. "
-            "%s; the training checkpoints (steps %s) are intact",
-            f" of step {steps[-1]}" if steps else "", cause,
+            "%s; %s", f" of step {steps[-1]}" if steps else "", cause,
             f"Removed the partial {', '.join(removed)}" if removed else "Nothing partial left",
-            checkpoints.steps_on_disk(workdir))
+            _intact(workdir))
 
 
 # The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.

@@ -6,9 +6,10 @@ evaluations when due, a preemption's save and stop, and the final state and eval
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import jax
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hgmt import console, devices, workdirs
+from hgmt import console, devices, disk_space, workdirs
 from hgmt.data import damage, input_pipeline
 from hgmt.models import to_checkpoint_layout
 from hgmt.training import (
@@ -106,18 +107,41 @@ class Trainer:
         """Raises Preempted once the checkpoint of `step` is written (`saving`: the step orbax
         may still be writing), every process together; `after_training`: it stops the
         evaluations after the last step."""
-        with checkpoint_write_faults.stop_on_full_disk(self.workdir, saving):
+        with self.stop_on_full_disk(saving):
             self.mngr.wait_until_finished()
         # exit together, after process 0 finalised the save
         devices.barrier("preemption checkpoint saved")
         raise preemption.Preempted(step, workdirs.checkpoint_dir(self.workdir), after_training)
+
+    @contextlib.contextmanager
+    def stop_on_full_disk(self, step: int | None, non_finite: str | None = None
+                          ) -> Iterator[None]:
+        """`checkpoint_write_faults.stop_on_full_disk` of a checkpoint write of `step` (the
+        step orbax may still be writing, for a wait): its DiskFull, the first fault by step
+        (a checkpoint is saved only of a finite state), also names a non-finite loss met
+        since, `non_finite` (what the caller found) or one the steps not checked yet hold,
+        with its fix: the rerun with space would diverge again."""
+        try:
+            with checkpoint_write_faults.stop_on_full_disk(self.workdir, step):
+                yield
+        except disk_space.DiskFull as e:
+            if non_finite is None:
+                with contextlib.suppress(Exception):  # the device's own error: not this one's
+                    bad = self.metrics.check()
+                    non_finite = None if bad is None else _non_finite_loss(bad)
+            if non_finite is None:
+                raise
+            raise disk_space.DiskFull(e.errno, f"{e.strerror}. Besides, {non_finite}: "
+                                               f"{_ADVICE.lower()} before that rerun, with "
+                                               f"{resume.FLAG}") from e
 
     def check_finite(self) -> None:
         """Stops on the first non-finite step since the last check, before any save."""
         bad = self.metrics.check()
         if bad is None:
             return
-        self.mngr.wait_until_finished()
+        with self.stop_on_full_disk(self.saving, _non_finite_loss(bad)):
+            self.mngr.wait_until_finished()
         raise FloatingPointError(
             f"non-finite loss at step {bad.step} in task(s) {', '.join(bad.tasks)}: "
             f"{bad.metrics} (steps {bad.first}..{bad.last} checked together). Nothing was "
@@ -137,7 +161,9 @@ class Trainer:
         bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(host)
                if np.issubdtype(np.asarray(v).dtype, np.inexact) and not np.isfinite(v).all()]
         if bad:
-            self.mngr.wait_until_finished()
+            with self.stop_on_full_disk(self.saving, f"the train state after step {step} is "
+                                                     f"non-finite (e.g. {bad[:3]})"):
+                self.mngr.wait_until_finished()
             raise FloatingPointError(
                 f"non-finite train state after step {step} (e.g. {bad[:3]}) although its "
                 f"losses are finite; nothing was saved for it, "
@@ -154,8 +180,7 @@ class Trainer:
         records met up to `step` are to be synced (`damaged.sync`) before: the checkpoint's
         data position is after them."""
         jax.block_until_ready(self.step_values)  # the step is training time; what follows not
-        with (self.interval.set_apart(),
-              checkpoint_write_faults.stop_on_full_disk(self.workdir, step)):
+        with self.interval.set_apart(), self.stop_on_full_disk(step):
             host = self.host_state(step)
             if checkpoint:
                 self.mngr.save(step, args=ocp.args.Composite(
@@ -272,7 +297,7 @@ class Trainer:
         nothing."""
         if not self.joined and not self.mngr.is_saving_in_progress():
             self.joined = True
-            with checkpoint_write_faults.stop_on_full_disk(self.workdir, self.saving):
+            with self.stop_on_full_disk(self.saving):
                 self.mngr.wait_until_finished()
 
     def _next_batch(self, step: int):
@@ -364,7 +389,7 @@ class Trainer:
         evaluations after training: -> (state, {evaluator: summary})."""
         config, evals = self.config, self.evals
         final = self.host_state(config.total_steps)
-        with checkpoint_write_faults.stop_on_full_disk(self.workdir, self.saving):
+        with self.stop_on_full_disk(self.saving):
             self.mngr.wait_until_finished()
         if self.damaged is not None and self.damaged.found:
             logging.warning("%s", self.damaged.summary())
@@ -395,10 +420,19 @@ def device_done(values) -> bool:
     return all(x.is_ready() for x in jax.tree.leaves(values))
 
 
+_ADVICE = "Lower optimizer.learning_rate or set optimizer.grad_clip_norm"
+
+
+def _non_finite_loss(bad: step_metrics.NonFinite) -> str:
+    """What a full disk's error adds of a non-finite loss (`bad`) met besides."""
+    return (f"the loss is non-finite at step {bad.step} in task(s) {', '.join(bad.tasks)} "
+            f"({bad.metrics})")
+
+
 def after_non_finite(latest: int | None, workdir: str) -> str:
     """The end of the error of a non-finite loss or state: the checkpoint left intact
     (`latest`, the newest checkpoint's step; None before the first) and what to do."""
-    advice = "Lower optimizer.learning_rate or set optimizer.grad_clip_norm, and rerun"
+    advice = f"{_ADVICE}, and rerun"
     if latest is None:
         return (f"no checkpoint was saved yet in {workdirs.checkpoint_dir(workdir)}. "
                 f"{advice}.")
