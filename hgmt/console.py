@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import NoReturn
 
 from hgmt import disk_space
 
@@ -50,8 +51,10 @@ class UserLines(logging.Filter):
     but for those logged with `extra=EVERY_PROCESS`) and everyone's warnings; the INFO
     chatter of orbax, TFDS and JAX, hgmt's verbose lines (logged with `extra=VERBOSE`, e.g.
     XLA's out-of-memory dump), and the errors (with tracebacks) orbax logs from its threads
-    when a write fails on a full disk, which the command's own DiskFull line reports, show
-    only with --verbosity=1."""
+    when a write fails on a full disk, which the command's own DiskFull line reports, or
+    that a library logs of a Ctrl-C that interrupted it (orbax's wait for a checkpoint
+    write, cut short by a second Ctrl-C during the first one's cleanup), which the command's
+    own line reports, show only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "hgmt_verbose", False):
@@ -59,8 +62,9 @@ class UserLines(logging.Filter):
         if record.pathname.startswith(_HGMT_DIR):
             return (_progress_shown or record.levelno >= logging.WARNING
                     or getattr(record, "hgmt_every_process", False))
+        error = record.exc_info[1] if record.exc_info else None
         if record.levelno >= logging.ERROR and (
-                disk_space.is_disk_full(record.exc_info[1] if record.exc_info else None)
+                disk_space.is_disk_full(error) or isinstance(error, KeyboardInterrupt)
                 or disk_space.is_disk_full(Exception(record.getMessage()))):
             return False
         return record.levelno >= logging.WARNING
@@ -177,8 +181,29 @@ def interrupted_in_one_line(command: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         if not command:
             raise
-        print("interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
-        raise SystemExit(130) from None
+        end_interrupted("interrupted (Ctrl-C); nothing partial was left behind")
+
+
+EXIT_INTERRUPTED = 130  # a shell's status of a command SIGINT ended
+
+
+def end_interrupted(line: str) -> NoReturn:
+    """Ends a command that Ctrl-C stopped, its cleanups done: `line` on stderr, then the
+    process at once with status 130, a second Ctrl-C ignored from here. The logs and streams
+    are flushed and the interpreter's exit is skipped (os._exit): JAX's atexit teardown of
+    its backends, after a compilation Ctrl-C stopped, could crash the process (SIGSEGV) after
+    the line, and a second Ctrl-C during it printed its traceback and ended the process by
+    SIGINT instead of 130."""
+    with contextlib.suppress(ValueError):  # not the main thread: no handler to change
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(line, file=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 class _Terminated(BaseException):

@@ -41,7 +41,7 @@ from absl import flags  # noqa: E402
 from hgmt import cli, compilation_cache, console, paths  # noqa: E402
 
 RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a command that SIGINT ended
+EXIT_INTERRUPTED = console.EXIT_INTERRUPTED  # Ctrl-C, as shells report it
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -252,13 +252,14 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status 130
         if not command and jax.process_count() == 1:
             raise
-        print(f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same command "
-              f"to resume from the workdir's newest checkpoint. To stop with a checkpoint of "
-              f"the step being trained, send SIGTERM instead (kill {os.getpid()}): it saves "
-              f"and exits {preemption.EXIT_PREEMPTED}", file=sys.stderr)
-        if jax.process_count() > 1:  # the peers stop on reading the failure
-            peers.exit_failed(SystemExit(EXIT_INTERRUPTED))
-        return EXIT_INTERRUPTED
+        line = (f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same "
+                f"command to resume from the workdir's newest checkpoint. To stop with a "
+                f"checkpoint of the step being trained, send SIGTERM instead (kill "
+                f"{os.getpid()}): it saves and exits {preemption.EXIT_PREEMPTED}")
+        if jax.process_count() == 1:  # without JAX's atexit teardown (`end_interrupted`)
+            console.end_interrupted(line)
+        print(line, file=sys.stderr)
+        peers.exit_failed(SystemExit(EXIT_INTERRUPTED))  # the peers stop on reading it
     except BaseException as e:
         if jax.process_count() > 1:  # no exit barrier: the peers stop on reading the failure
             peers.exit_failed(e)

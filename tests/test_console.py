@@ -126,6 +126,24 @@ def test_ctrl_c_ends_a_command_in_one_line_after_its_cleanups(tmp_path):
         raise KeyboardInterrupt
 
 
+def test_ctrl_c_ends_the_command_without_the_interpreters_exit(tmp_path):
+    """After Ctrl-C's line the command's process ends at once (`console.end_interrupted`): the
+    interpreter's exit, whose atexit callbacks include JAX's teardown of its backends, does
+    not run. That teardown, after a compilation Ctrl-C stopped, crashed `hgmt.evaluate` with
+    SIGSEGV after its line (2 of 7 tries), and a second Ctrl-C during it printed its
+    traceback and ended `hgmt.main` by SIGINT; before, the callback registered here ran after
+    the line."""
+    partial = tmp_path / "partial"
+    proc = _with_a_partial_file(
+        "console.interrupted_in_one_line(command=True)", "raise KeyboardInterrupt", partial,
+        before="import atexit\n"
+               "atexit.register(lambda: print('the interpreter exit ran', file=sys.stderr))\n"
+               "print('buffered, flushed before the exit', end='')\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "buffered, flushed before the exit",
+        "interrupted (Ctrl-C); nothing partial was left behind\n")
+    assert not partial.exists()
+
 def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
     """A command's process in small (`python -c`): inside `with <manager>:` it makes the file
     `partial`, runs the statement `body`, and removes the file on any exception before
@@ -206,3 +224,20 @@ def test_the_other_processes_of_a_job_show_only_their_own_lines():
         assert lines.filter(record(logging.INFO, **console.EVERY_PROCESS))
         assert lines.filter(record(logging.WARNING))
     assert lines.filter(record(logging.INFO))
+
+
+def test_a_librarys_error_logged_of_a_ctrl_c_shows_only_with_verbosity():
+    """A second Ctrl-C during the first one's cleanup interrupts orbax's wait for a checkpoint
+    write, which logs it as an error with its traceback (before the command's own line):
+    dropped by `UserLines`, as the command's line reports the interrupt; another error a
+    library logs still shows."""
+    from hgmt import console
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("absl", logging.ERROR, "/site-packages/orbax/x.py", 1,
+                                 "Save Finalize thread (save_finalize) failed.", (),
+                                 (type(error), error, None))
+
+    lines = console.UserLines()
+    assert not lines.filter(record(KeyboardInterrupt()))
+    assert lines.filter(record(ValueError("a real failure")))
