@@ -25,6 +25,7 @@ N failed at step S: <Kind>: <message>".
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -86,6 +87,11 @@ def prepare_demo_dataset(config) -> None:
                workers=cores.usable_cores())
 
 
+# The errors of a folder that cannot be written (read-only, not allowed, a file in the way):
+# the demo data's preparation names its two folders as the fix.
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
 def _demo_dataset_on_process_0(config) -> None:
     """Process 0 prepares the demo dataset (`prepare_demo_dataset`; a full disk or quota is
     `disk_space.DiskFull` naming data_dir) while the others wait; when it fails, every process
@@ -102,7 +108,16 @@ def _demo_dataset_on_process_0(config) -> None:
     def prepare() -> None:
         with disk_space.reported(config.data_dir, f"the demo clips "
                                  f"({config.demo.surreal_root}) and their build"):
-            prepare_demo_dataset(config)
+            try:
+                prepare_demo_dataset(config)
+            except OSError as e:
+                if e.errno not in _UNWRITABLE:
+                    raise
+                raise ValueError(
+                    f"cannot write the demo data: {e.strerror} ({e.filename}): give "
+                    f"config.demo.surreal_root={config.demo.surreal_root} and "
+                    f"config.data_dir={config.data_dir} folders on a writable file "
+                    f"system") from None
 
     if jax.process_count() == 1:
         prepare()

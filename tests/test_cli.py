@@ -729,6 +729,24 @@ def test_a_failure_preparing_the_demo_data_is_one_line(error, message, tmp_path,
     assert not (tmp_path / "w").exists()
 
 
+def test_demo_data_that_cannot_be_written_is_one_line_naming_its_folders(tmp_path):
+    """The demo clips' folder under a file (as a read-only file system would refuse it):
+    hgmt.main ends in one line naming both demo folders to move, not the OSError's
+    traceback, and makes no workdir."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").main([f"--config={REPO}/configs/demo.py", f"--workdir={tmp_path / 'w'}",
+                                f"--config.data_dir={tmp_path}/tfds",
+                                f"--config.demo.surreal_root={afile}/surreal",
+                                "--compilation_cache="])
+    assert e.value.code == (
+        f"error: ValueError: cannot write the demo data: Not a directory ({afile}/surreal): "
+        f"give config.demo.surreal_root={afile}/surreal and config.data_dir={tmp_path}/tfds "
+        f"folders on a writable file system")
+    assert afile.read_text() == "mine" and not (tmp_path / "w").exists()
+
+
 def test_a_dataset_that_is_not_built_is_one_line_and_makes_no_workdir(tmp_path):
     """The commonest first mistake, a --config.data_dir without the build: one line naming
     the build command, and the new workdir not made (nor its parent folder), checked before
