@@ -1830,6 +1830,28 @@ def test_a_full_disk_for_the_best_and_then_the_training_checkpoint_leaves_no_par
     assert checkpoints.manager(workdir).all_steps() == [2]
     assert trained_model.restore_for_inference(workdir, 2)[2] == 2
 
+def test_closing_a_stopped_runs_manager_never_raises_over_the_runs_own_error(
+        tmp_path, monkeypatch, caplog):
+    """`close_after_stop` logs a failed write's error, never raises it over the run's own:
+    nor when looking for its partial folder fails too (the workdir unreadable by then, an
+    object store's error). Before, that second error came out of the exit callback and
+    replaced the run's own."""
+    class FailingManager:
+        def close(self):
+            raise ValueError("[OS error 28: No space left on device]")
+
+    def unreadable(workdir, best_only=False):
+        raise PermissionError(errno.EACCES, "Permission denied", workdir)
+
+    monkeypatch.setattr(checkpoint_write_faults, "remove_partial", unreadable)
+    with caplog.at_level(logging.WARNING):
+        checkpoint_write_faults.close_after_stop(FailingManager(), str(tmp_path))
+    assert re.search(r"the write of the checkpoint under way when the run stopped failed "
+                     r"too \(ValueError: \[OS error 28: No space left on device\]\), and its "
+                     r"partial folder could not be looked for in .*/checkpoints "
+                     r"\(PermissionError: ", caplog.text), caplog.text
+
+
 class NanJointsFrom:
     """A training loader whose batches' 2D joints are all NaN from its `first`-th batch on
     (1-based): the loss of that step and the later ones is NaN."""

@@ -124,17 +124,24 @@ def close_after_stop(mngr, workdir: str) -> None:
     try:
         mngr.close()
     except Exception as e:
-        removed = remove_partial(workdir)
-        steps = failed_steps(removed)
-        if disk_space.is_disk_full(e):
-            cause = f"the disk or quota is full ({disk_space.space_left(workdir)} on it)"
-        else:
-            cause = f"{type(e).__name__}: {str(e)[:300]}"
-        logging.warning(
-            "the write of the checkpoint%s under way when the run stopped failed too: %s. "
-            "%s; %s", f" of step {steps[-1]}" if steps else "", cause,
-            f"Removed the partial {', '.join(removed)}" if removed else "Nothing partial left",
-            _intact(workdir))
+        try:
+            removed = remove_partial(workdir)
+            steps = failed_steps(removed)
+            if disk_space.is_disk_full(e):
+                cause = f"the disk or quota is full ({disk_space.space_left(workdir)} on it)"
+            else:
+                cause = f"{type(e).__name__}: {str(e)[:300]}"
+            logging.warning(
+                "the write of the checkpoint%s under way when the run stopped failed too: "
+                "%s. %s; %s", f" of step {steps[-1]}" if steps else "", cause,
+                f"Removed the partial {', '.join(removed)}" if removed
+                else "Nothing partial left", _intact(workdir))
+        except Exception as cleanup:  # noqa: BLE001  (the workdir unreadable now, say)
+            logging.warning(
+                "the write of the checkpoint under way when the run stopped failed too (%s: "
+                "%s), and its partial folder could not be looked for in %s (%s: %s)",
+                type(e).__name__, str(e)[:300], workdirs.checkpoint_dir(workdir),
+                type(cleanup).__name__, str(cleanup)[:300])
 
 
 # The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.
