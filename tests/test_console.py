@@ -144,6 +144,7 @@ def test_ctrl_c_ends_the_command_without_the_interpreters_exit(tmp_path):
         "interrupted (Ctrl-C); nothing partial was left behind\n")
     assert not partial.exists()
 
+
 def _with_a_partial_file(manager: str, body: str, partial, before: str = ""):
     """A command's process in small (`python -c`): inside `with <manager>:` it makes the file
     `partial`, runs the statement `body`, and removes the file on any exception before

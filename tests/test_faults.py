@@ -929,7 +929,6 @@ def test_lock_of_another_host_is_stale_only_when_no_longer_refreshed(tmp_path):
     lock.release()
 
 
-
 def _dead_pid() -> int:
     """The pid of a process of this host that has ended (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", ""])
@@ -1830,6 +1829,7 @@ def test_a_full_disk_for_the_best_and_then_the_training_checkpoint_leaves_no_par
     assert checkpoints.manager(workdir).all_steps() == [2]
     assert trained_model.restore_for_inference(workdir, 2)[2] == 2
 
+
 def test_closing_a_stopped_runs_manager_never_raises_over_the_runs_own_error(
         tmp_path, monkeypatch, caplog):
     """`close_after_stop` logs a failed write's error, never raises it over the run's own:
@@ -1947,6 +1947,7 @@ def test_a_non_finite_loss_while_a_checkpoint_write_fails_on_a_full_disk_names_b
     assert _partial(workdir) == []
     assert checkpoints.steps_on_disk(workdir) == [2]
     assert trained_model.restore_for_inference(workdir, 2)[2] == 2
+
 
 def test_full_disk_for_the_best_checkpoint_taken_again_on_resuming_is_reported(tmp_path,
                                                                               small_disk):
@@ -2504,6 +2505,7 @@ def test_a_second_ctrl_c_during_the_first_ones_cleanup_still_ends_in_one_line(de
                                                     "without saving"), out[-3000:]
     assert checkpoints.manager(workdir).latest_step() >= 2
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_to_the_process_group_with_loader_workers_exits_75(demo_dataset, tmp_path,
@@ -2762,4 +2764,3 @@ def test_a_peers_failure_cut_for_the_others_line_says_it_was_cut():
     assert peers._short(SystemExit(f"error: ValueError: {long}")) == (
         f"ValueError: {long}"[:297] + "...")
     assert peers._short(ValueError("short")) == "ValueError: short"
-
