@@ -181,10 +181,19 @@ def interrupted_in_one_line(command: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         if not command:
             raise
+        ignore_further_interrupts()
         end_interrupted("interrupted (Ctrl-C); nothing partial was left behind")
 
 
 EXIT_INTERRUPTED = 130  # a shell's status of a command SIGINT ended
+
+
+def ignore_further_interrupts() -> None:
+    """Ignores Ctrl-C from here on (in the main thread; elsewhere there is no handler to
+    change): the first thing a command does once a Ctrl-C stopped it, so that a second one
+    cannot cut its line short."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def end_interrupted(line: str) -> NoReturn:
@@ -194,8 +203,7 @@ def end_interrupted(line: str) -> NoReturn:
     its backends, after a compilation Ctrl-C stopped, could crash the process (SIGSEGV) after
     the line, and a second Ctrl-C during it printed its traceback and ended the process by
     SIGINT instead of 130."""
-    with contextlib.suppress(ValueError):  # not the main thread: no handler to change
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_further_interrupts()
     print(line, file=sys.stderr)
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):

@@ -113,8 +113,9 @@ def _demo_dataset_on_process_0(config) -> None:
             except OSError as e:
                 if e.errno not in _UNWRITABLE:
                     raise
+                where = f" ({e.filename})" if e.filename else ""
                 raise ValueError(
-                    f"cannot write the demo data: {e.strerror} ({e.filename}): give "
+                    f"cannot write the demo data: {e.strerror}{where}: give "
                     f"config.demo.surreal_root={config.demo.surreal_root} and "
                     f"config.data_dir={config.data_dir} folders on a writable file "
                     f"system") from None
@@ -267,6 +268,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status 130
         if not command and jax.process_count() == 1:
             raise
+        console.ignore_further_interrupts()
         line = (f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same "
                 f"command to resume from the workdir's newest checkpoint. To stop with a "
                 f"checkpoint of the step being trained, send SIGTERM instead (kill "
