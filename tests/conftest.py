@@ -204,3 +204,43 @@ def pytest_sessionfinish(session):
 
     gc.collect()
     gc.freeze()
+
+
+class NanJointsFrom:
+    """A training loader whose batches' 2D joints are all NaN from its `first`-th batch on
+    (1-based): the loss of that step and the later ones is NaN."""
+
+    def __init__(self, loader, first: int):
+        self.it, self.first, self.drawn = iter(loader), first, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import numpy as np
+
+        batch = dict(next(self.it))
+        self.drawn += 1
+        if self.drawn >= self.first:
+            batch["joints2d"] = np.full_like(batch["joints2d"], np.nan)
+        return batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def sigterm_after_logging(writer_class: type, step: int) -> type:
+    """A subclass of the metric writer `writer_class` that sends SIGTERM to this process once
+    training has logged `step`: a preemption that arrives during step `step` + 1."""
+    import signal
+
+    class SigtermAfterLogging(writer_class):
+        def write_scalars(self, logged, scalars):
+            super().write_scalars(logged, scalars)
+            if logged == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SigtermAfterLogging

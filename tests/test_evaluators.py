@@ -26,7 +26,7 @@ from hgmt.training import (
     evaluators,
     loop,
 )
-from tests.conftest import tiny_config
+from tests.conftest import sigterm_after_logging, tiny_config
 
 
 class Recorder:
@@ -754,15 +754,10 @@ def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_p
     """Preempted at step 2, where `test` is due, the run saves without evaluating (no time);
     the rerun evaluates step 2 before training on, so every due step has its result."""
     import os
-    import signal
 
     from hgmt.training import preemption
 
-    class TermAt(Recorder):  # the signal arrives during step 2 (logged after step 1)
-        def write_scalars(self, step, scalars):
-            super().write_scalars(step, scalars)
-            if step == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
+    TermAt = sigterm_after_logging(Recorder, 1)  # the signal arrives during step 2
 
     workdir = str(tmp_path / "run")
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,

@@ -49,7 +49,7 @@ from hgmt.training import (
     steps,
     workdir_lock,
 )
-from tests.conftest import main_command, tiny_config, xla_flags
+from tests.conftest import NanJointsFrom, main_command, tiny_config, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = {"tasks": "pose2d", "optimizer.schedule": "constant", "checkpoint_every": 100}
@@ -1852,30 +1852,6 @@ def test_closing_a_stopped_runs_manager_never_raises_over_the_runs_own_error(
                      r"\(PermissionError: ", caplog.text), caplog.text
 
 
-class NanJointsFrom:
-    """A training loader whose batches' 2D joints are all NaN from its `first`-th batch on
-    (1-based): the loss of that step and the later ones is NaN."""
-
-    def __init__(self, loader, first: int):
-        self.it, self.first, self.drawn = iter(loader), first, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = dict(next(self.it))
-        self.drawn += 1
-        if self.drawn >= self.first:
-            batch["joints2d"] = np.full_like(batch["joints2d"], np.nan)
-        return batch
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-
 class FillsDiskAtStep:
     """A metric writer that fills the disk `disk` when training logs `step`."""
 
@@ -2454,6 +2430,18 @@ def test_sigterm_to_the_command_line_exits_75_and_rerun_finishes(demo_dataset, t
     assert f"at step {step}" in rerun.stderr
 
 
+def _trainer_in_a_terminal(workdir: str, data_dir: str) -> subprocess.Popen:
+    """`python -m hgmt.main` training the tiny model without end into `workdir`, its output
+    piped, SIGINT handled as an interactive shell leaves it (a test runner's worker may
+    ignore it), once its checkpoint of step 2 is saved."""
+    cmd, env = main_command(workdir, data_dir, total_steps=100000, checkpoint_every=2)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_checkpoint(workdir, 2, [proc])
+    return proc
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_command_in_one_line_with_status_130(demo_dataset, tmp_path):
     """SIGINT (Ctrl-C) during training: the trainer stops at once, its last line saying what
@@ -2461,12 +2449,7 @@ def test_ctrl_c_stops_the_command_in_one_line_with_status_130(demo_dataset, tmp_
     (a checkpoint write it interrupts may log its own error before); the lock is released
     and the newest checkpoint stays readable."""
     workdir = str(tmp_path / "w")
-    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100000, checkpoint_every=2)
-    # SIGINT as an interactive shell leaves it (a test runner's worker may ignore it).
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for_checkpoint(workdir, 2, [proc])
+    proc = _trainer_in_a_terminal(workdir, demo_dataset[1])
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
@@ -2488,11 +2471,7 @@ def test_a_second_ctrl_c_during_the_first_ones_cleanup_still_ends_in_one_line(de
     line and one ended by SIGINT (status -2); at 0.05 s orbax logged its interrupted wait's
     traceback before it."""
     workdir = str(tmp_path / "w")
-    cmd, env = main_command(workdir, demo_dataset[1], total_steps=100000, checkpoint_every=2)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for_checkpoint(workdir, 2, [proc])
+    proc = _trainer_in_a_terminal(workdir, demo_dataset[1])
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

@@ -24,7 +24,7 @@ from hgmt.inference import trained_model
 from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, config_check, loop, resume, steps, trainer
-from tests.conftest import main_command, tiny_config
+from tests.conftest import NanJointsFrom, main_command, sigterm_after_logging, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -328,11 +328,7 @@ def test_the_timing_of_the_steps_starts_after_the_evaluation_a_preemption_skippe
 
     offset = _loop_clock(monkeypatch)
 
-    class TermAt(Scalars):  # the signal arrives during step 2 (logged after step 1)
-        def write_scalars(self, step, scalars):
-            super().write_scalars(step, scalars)
-            if step == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
+    TermAt = sigterm_after_logging(Scalars, 1)  # the signal arrives during step 2
 
     workdir = str(tmp_path / "run")
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,
@@ -462,27 +458,6 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(demo_datase
     assert all(np.isfinite(v).all() for v in _flat(variables["params"]).values())
 
 
-class NanJoints:
-    """A training loader whose batches' 2D joints are all NaN: the first step's loss is NaN."""
-
-    def __init__(self, loader):
-        self.it = iter(loader)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = dict(next(self.it))
-        batch["joints2d"] = np.full_like(batch["joints2d"], np.nan)
-        return batch
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-
 def test_a_non_finite_loss_before_the_first_checkpoint_says_none_was_saved(demo_dataset,
                                                                             tmp_path):
     """A NaN loss at step 1, found at the first log step (2) before any checkpoint: the error
@@ -493,7 +468,7 @@ def test_a_non_finite_loss_before_the_first_checkpoint_says_none_was_saved(demo_
         source, batch_size=config.batch_size, image_size=config.image_size, seed=config.seed,
         worker_count=0, tasks=("pose2d",))
     with pytest.raises(FloatingPointError) as err:
-        loop.train(config, str(tmp_path), loader=NanJoints(loader))
+        loop.train(config, str(tmp_path), loader=NanJointsFrom(loader, 1))
     message = str(err.value)
     assert message.startswith("non-finite loss at step 1 in task(s) pose2d, total: ")
     assert message.endswith(
