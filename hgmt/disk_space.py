@@ -26,6 +26,9 @@ _CODES = (errno.ENOSPC, errno.EDQUOT)
 _WORDS = ("No space left on device", "Disk quota exceeded", "os_error_code='28'",
           "os_error_code='122'")
 _THEN = "Free space (or raise the quota) and rerun"
+# The errors of a folder that cannot be written there, whatever the space: a read-only file
+# system, no permission, a file in the way of a folder.
+UNWRITABLE_CODES = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
 
 
 class DiskFull(OSError):

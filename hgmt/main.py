@@ -25,7 +25,6 @@ N failed at step S: <Kind>: <message>".
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -87,11 +86,6 @@ def prepare_demo_dataset(config) -> None:
                workers=cores.usable_cores())
 
 
-# The errors of a folder that cannot be written (read-only, not allowed, a file in the way):
-# the demo data's preparation names its two folders as the fix.
-_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
-
-
 def _demo_dataset_on_process_0(config) -> None:
     """Process 0 prepares the demo dataset (`prepare_demo_dataset`; a full disk or quota is
     `disk_space.DiskFull` naming data_dir) while the others wait; when it fails, every process
@@ -110,8 +104,8 @@ def _demo_dataset_on_process_0(config) -> None:
                                  f"({config.demo.surreal_root}) and their build"):
             try:
                 prepare_demo_dataset(config)
-            except OSError as e:
-                if e.errno not in _UNWRITABLE:
+            except OSError as e:  # its two folders named as the fix
+                if e.errno not in disk_space.UNWRITABLE_CODES:
                     raise
                 where = f" ({e.filename})" if e.filename else ""
                 raise ValueError(

@@ -49,7 +49,7 @@ import time
 import numpy as np
 import scipy.io
 
-from hgmt import cores
+from hgmt import cores, disk_space
 from hgmt.sources import surreal
 
 # The version of what the generator writes: demo data of an older one is written again
@@ -502,10 +502,10 @@ def _define_flags(fv) -> None:
                          flag_values=fv)
 
 
-# The errors of a folder that cannot be written (read-only, full, over quota, not allowed, a
-# file in the way), for which `_unwritable` names another folder as the fix.
-_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
-                 errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+# The errors of a folder that cannot be written (`disk_space.UNWRITABLE_CODES`, a full disk or
+# quota, a file or folder in the way), for which `_unwritable` names another folder as the fix.
+_WRITE_ERRNOS = disk_space.UNWRITABLE_CODES | {errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+                                               errno.EISDIR}
 
 
 def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
