@@ -232,15 +232,25 @@ class NanJointsFrom:
         self.it.set_state(state)
 
 
-def sigterm_after_logging(writer_class: type, step: int) -> type:
-    """A subclass of the metric writer `writer_class` that sends SIGTERM to this process once
-    training has logged `step`: a preemption that arrives during step `step` + 1."""
+def preempted_where_test_is_due(data_dir, workdir: str, writer_class: type):
+    """Trains the tiny pose2d model into `workdir` (4 steps, logged each, `test` due every 2
+    steps on 2 examples) with a metric writer of `writer_class` that sends SIGTERM once step 1
+    is logged: the preemption arrives during step 2, which is saved, `test` not run there.
+    Returns the config, for the rerun."""
     import signal
 
-    class SigtermAfterLogging(writer_class):
-        def write_scalars(self, logged, scalars):
-            super().write_scalars(logged, scalars)
-            if logged == step:
+    import pytest
+
+    from hgmt.training import loop, preemption
+
+    class SigtermAfterStep1(writer_class):
+        def write_scalars(self, step, scalars):
+            super().write_scalars(step, scalars)
+            if step == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    return SigtermAfterLogging
+    config = tiny_config(data_dir, tasks="pose2d", total_steps=4, checkpoint_every=100,
+                         log_every=1, **{"evals.test.every": 2, "evals.test.max_examples": 2})
+    with pytest.raises(preemption.Preempted):
+        loop.train(config, workdir, SigtermAfterStep1())
+    return config

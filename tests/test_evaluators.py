@@ -26,7 +26,7 @@ from hgmt.training import (
     evaluators,
     loop,
 )
-from tests.conftest import sigterm_after_logging, tiny_config
+from tests.conftest import preempted_where_test_is_due, tiny_config
 
 
 class Recorder:
@@ -755,15 +755,8 @@ def test_an_evaluation_a_preemption_skipped_runs_on_resuming(demo_dataset, tmp_p
     the rerun evaluates step 2 before training on, so every due step has its result."""
     import os
 
-    from hgmt.training import preemption
-
-    TermAt = sigterm_after_logging(Recorder, 1)  # the signal arrives during step 2
-
     workdir = str(tmp_path / "run")
-    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,
-                         log_every=1, **{"evals.test.every": 2, "evals.test.max_examples": 2})
-    with pytest.raises(preemption.Preempted):
-        loop.train(config, workdir, TermAt())
+    config = preempted_where_test_is_due(demo_dataset[1], workdir, Recorder)
     assert checkpoints.manager(workdir).all_steps() == [2]
     assert not os.path.exists(workdirs.evals_file(workdir))
     writer = Recorder()

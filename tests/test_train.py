@@ -24,7 +24,7 @@ from hgmt.inference import trained_model
 from hgmt.models import create_model
 from hgmt.tasks import check_loss_options, check_loss_weights, heads
 from hgmt.training import checkpoints, config_check, loop, resume, steps, trainer
-from tests.conftest import NanJointsFrom, main_command, sigterm_after_logging, tiny_config
+from tests.conftest import NanJointsFrom, main_command, preempted_where_test_is_due, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -324,17 +324,11 @@ def test_the_timing_of_the_steps_starts_after_the_evaluation_a_preemption_skippe
     evaluates step 2 first (made to take 1000 s on the loop's clock, `_loop_clock`), then
     trains: the line of its first step, step 3, gives that step's time (compilation
     included), not the evaluation's 1000 s before it."""
-    from hgmt.training import evaluators, preemption
+    from hgmt.training import evaluators
 
     offset = _loop_clock(monkeypatch)
-
-    TermAt = sigterm_after_logging(Scalars, 1)  # the signal arrives during step 2
-
     workdir = str(tmp_path / "run")
-    config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, checkpoint_every=100,
-                         log_every=1, **{"evals.test.every": 2, "evals.test.max_examples": 2})
-    with pytest.raises(preemption.Preempted):
-        loop.train(config, workdir, TermAt())
+    config = preempted_where_test_is_due(demo_dataset[1], workdir, Scalars)
     real_run = evaluators.Evaluators.run
 
     def slow_run(self, names, step, *args, **kwargs):
