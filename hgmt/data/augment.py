@@ -29,6 +29,7 @@ class Augment:
 
     @staticmethod
     def none() -> Augment:
+        """No augmentation: unit scale, no rotation, gain or flip."""
         return Augment(scale_sigma=0.0, rotate_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0),
                        flip_p=0.0)
 

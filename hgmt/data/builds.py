@@ -16,10 +16,17 @@ import os
 import re
 import stat
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hgmt import paths
 from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
+
+if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.data_sources.array_record import ArrayRecordDataSource
+
+    from hgmt.data.tf_example import ParsedSource
 
 
 class NotInBuild(ValueError):
@@ -44,7 +51,8 @@ REFERENCE_FLAGS_SINCE = "1.4.0"
 LOSSLESS_TEST_FRAMES_SINCE = "1.7.0"
 
 
-def check_reference_flags(source, dataset: str, data_dir: str) -> None:
+def check_reference_flags(source: ArrayRecordDataSource | ParsedSource, dataset: str,
+                          data_dir: str) -> None:
     """Warns, with the command that rebuilds it, that a test split built before
     REFERENCE_FLAGS_SINCE flags hgmt's unusable frames, not the reference loaders' (a few
     frames of the reference test set evaluated differently), and that one built before
@@ -70,7 +78,7 @@ def check_reference_flags(source, dataset: str, data_dir: str) -> None:
                         shards.build_command(dataset, data_dir))
 
 
-def check_features(info, dataset: str, data_dir: str) -> None:
+def check_features(info: tfds.core.DatasetInfo, dataset: str, data_dir: str) -> None:
     """NotInBuild naming what is missing when a built dataset (its tfds DatasetInfo `info`)
     lacks a feature the crop and the task labels are made from; a SURREAL build older than
     the builder version that added it (`_ADDED_IN`) is told to rebuild."""
@@ -89,7 +97,7 @@ def check_features(info, dataset: str, data_dir: str) -> None:
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
 
-def _list_folders(folder, names: Sequence[str]) -> None:
+def _list_folders(folder: str | os.PathLike, names: Sequence[str]) -> None:
     """Lists `folder` (a path or its name), the folders `names` below it, and the folders in
     the last one (a built dataset's versions), down to the first that is missing: raises the
     error a listing meets, an I/O error or a refused access."""
@@ -249,7 +257,7 @@ def built_configs(dataset: str, data_dir: str) -> list[str]:
 _VERSION = re.compile(r"\d+\.\d+\.\d+")  # a TFDS version folder's name
 
 
-def built_split(dataset: str, data_dir: str, split: str):
+def built_split(dataset: str, data_dir: str, split: str) -> tfds.core.DatasetBuilder:
     """The tfds read-only builder of a built split, read from its metadata files
     (`dataset_info.json`, `features.json`) only, its shards unread: FileNotFoundError naming
     the build command when the split is not built, `shards.WrongFileFormat` when it was not
@@ -265,7 +273,7 @@ def built_split(dataset: str, data_dir: str, split: str):
     if broken := broken_build(dataset, data_dir):
         raise FileNotFoundError(broken)
 
-    def built():
+    def built() -> tfds.core.DatasetBuilder:
         try:
             builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
         except registered.DatasetNotFoundError:
@@ -289,7 +297,8 @@ def built_split(dataset: str, data_dir: str, split: str):
 
 
 def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = False,
-               features: Sequence[str] | None = None):
+               features: Sequence[str] | None = None,
+               ) -> ArrayRecordDataSource | ParsedSource:
     """`tfds` data source of a built split (`built_split`), with a clear error when it is
     missing, when one of its shard files is missing or truncated, when it was built in
     another file format than array_record, or when its storage does not give its files after
@@ -305,8 +314,9 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     return source_of(builder, split, dataset, data_dir, decode_images, features)
 
 
-def source_of(builder, split: str, dataset: str, data_dir: str, decode_images: bool = False,
-              features: Sequence[str] | None = None):
+def source_of(builder: tfds.core.DatasetBuilder, split: str, dataset: str, data_dir: str,
+              decode_images: bool = False, features: Sequence[str] | None = None,
+              ) -> ArrayRecordDataSource | ParsedSource:
     """`open_split`'s data source of `split` of `builder` (`built_split`), its shards not
     checked: for a caller that checks them itself (`hgmt.data.check` reads the intact shards
     of a split whose other shards are damaged). Its shards are opened when first read."""

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 import cv2
+import ml_collections
 import numpy as np
 
 from hgmt.data import records
@@ -64,7 +65,7 @@ def check_window(window: str, choices: Sequence[str] = WINDOWS,
     return window
 
 
-def config_window(config) -> str:
+def config_window(config: ml_collections.ConfigDict) -> str:
     """The run's training window, `config.window` (TRAIN_WINDOWS), checked: the window its
     crops are cut around, which hgmt's protocol evaluates and prediction searches in."""
     return check_window(config.window, TRAIN_WINDOWS, "config.window")
@@ -188,6 +189,8 @@ class ReferenceCrop(Crop):
     scale: float = 1.0
 
     def warp(self, key: str) -> np.ndarray:
+        """The record's map `key` as the references crop it, (r,r) of its dtype; `Crop.warp`'s
+        zeros for a map in `unread`."""
         if key in self.unread:
             return super().warp(key)
         return reference_crop.label_crop(self.read_map(self.record, key), self.centre,

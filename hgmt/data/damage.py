@@ -129,6 +129,7 @@ class Shards:
         return self.files[k], index - self.starts[k]
 
     def name(self, index: int) -> str:
+        """Split index -> '<shard file> record <n> (index <index> of the split)'."""
         file, record = self.locate(index)
         return f"{file} record {record} (index {index} of the split)"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import grain.python as grain
 import jax
@@ -81,11 +82,12 @@ class DecodeRecord(grain.MapTransform):
     in `maps`: as `input_pipeline.TrainCrop`, a damaged record is replaced by the next good
     one of its shard and the example's `damaged` field lists what it replaced."""
 
-    def __init__(self, maps: Sequence[str], source=None):
+    def __init__(self, maps: Sequence[str], source: Any = None):
         self.maps, self.source = tuple(maps), source
         self.shards = None if source is None else damage.Shards.of(source)
 
     def map(self, element: dict) -> dict:
+        """`decode_record` of `element`, a damaged one replaced (`damage.make_guarded`)."""
         def decode(record: dict) -> dict:
             return decode_record(record, self.maps)
 
@@ -134,7 +136,7 @@ def unread_maps(tasks: Sequence[str] | None = None) -> frozenset[str]:
     return frozenset(LABEL_MAPS) - set(target_maps(None if tasks is None else tuple(tasks)))
 
 
-def decode_loader(source, *, batch_size: int, seed: int, worker_count: int = -1,
+def decode_loader(source: Any, *, batch_size: int, seed: int, worker_count: int = -1,
                   tasks: Sequence[str] | None = None, read_threads: int = 0
                   ) -> grain.DataLoader:
     """`input_pipeline.train_loader`'s records (the same sampler: shuffle, shards, resume;
@@ -248,7 +250,7 @@ def warp_bilinear(image: jax.Array, m: jax.Array, size: int) -> jax.Array:
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
 
-    def tap(dx, dy):
+    def tap(dx: int, dy: int) -> jax.Array:
         return _taps(image, x0 + dx, y0 + dy).astype(jnp.float32)
 
     top = tap(0, 0) * (1 - fx) + tap(1, 0) * fx

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -22,11 +23,17 @@ from hgmt.data import builds, cropping, damage, records, shards
 from hgmt.data.augment import Augment
 from hgmt.sources import surreal
 
+if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.data_sources.array_record import ArrayRecordDataSource
+
+    from hgmt.data.tf_example import ParsedSource
+
 # The builder version whose records hold `info_frames`, the count the middle frame comes from.
 INFO_FRAMES_SINCE = "1.5.0"
 
 
-def open_light(dataset: str, data_dir: str, split: str):
+def open_light(dataset: str, data_dir: str, split: str) -> ArrayRecordDataSource | ParsedSource:
     """`builds.open_split` reading only what selects frames: frame, num_frames and, in
     builds since INFO_FRAMES_SINCE, info_frames."""
     from hgmt.data import tf_example
@@ -38,7 +45,8 @@ def open_light(dataset: str, data_dir: str, split: str):
     return light
 
 
-def kept_indices(light, keep: Callable[[int, int, int], bool],
+def kept_indices(light: ArrayRecordDataSource | ParsedSource,
+                 keep: Callable[[int, int, int], bool],
                  damaged: list[int] | None = None) -> list[int]:
     """Indices of the records of `light` (`open_light`) whose (frame, num_frames, middle)
     `keep` accepts, middle being their clip's test-protocol frame (`record_middle`); the
@@ -63,7 +71,8 @@ def record_middle(record: dict) -> int:
     return surreal.middle_frame(int(record.get("info_frames", record["num_frames"])))
 
 
-def check_middle_frames(info, dataset: str, data_dir: str, split: str) -> None:
+def check_middle_frames(info: tfds.core.DatasetInfo, dataset: str, data_dir: str,
+                        split: str) -> None:
     """Warns that a build before INFO_FRAMES_SINCE (tfds DatasetInfo `info`) has ceil(T/2) of
     the frames the clip's files share as the middle frame, where the reference loaders count
     the _info.mat's frames, when the split had clips whose files disagree on frame count
@@ -117,7 +126,7 @@ def parse_eval_frames(frames: str) -> int:
                      "(every K-th frame of each clip, e.g. every4)")
 
 
-def stored_frames(info, dataset: str) -> records.FrameSelection:
+def stored_frames(info: tfds.core.DatasetInfo, dataset: str) -> records.FrameSelection:
     """The frames of each clip a SURREAL build holds: those of its builder config
     (`records.BUILD_FRAMES`), whose name the build's tfds DatasetInfo `info` keeps."""
     name = info.config_name
@@ -215,7 +224,7 @@ def _made_in_order(make: Callable[[int], dict], items: Iterable[int], threads: i
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int,
+def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size: int,
                  tasks: Sequence[str] | None = None, damaged: list[int] | None = None,
                  window: str = "hgmt", threads: int = 0) -> Iterator[dict]:
     """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
@@ -287,7 +296,7 @@ def eval_batches(source, indices: list[int], *, batch_size: int, image_size: int
         made.close()
 
 
-def unreadable_split(source, indices: Sequence[int]) -> shards.DamagedShard:
+def unreadable_split(source: Any, indices: Sequence[int]) -> shards.DamagedShard:
     """The error of an evaluation none of whose records `indices` of `source` (a split of
     `builds.open_split`) reads or decodes: the dataset, split and shard files named,
     with the command that lists the damaged records and the one that rebuilds the split."""

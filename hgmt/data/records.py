@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -19,6 +20,9 @@ import numpy as np
 from hgmt.data import damage
 from hgmt.sources import surreal
 from hgmt.tasks import depth
+
+if TYPE_CHECKING:  # Beam is imported by the Beam path alone
+    import apache_beam as beam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +234,8 @@ def python_examples(stems: list[str], frames: FrameSelection,
                          f"each clip's file and reason: mend them and build again")
 
 
-def beam_clip_examples(stem: str, frames: FrameSelection):
+def beam_clip_examples(stem: str, frames: FrameSelection,
+                       ) -> Iterator[tuple[str, dict] | beam.pvalue.TaggedOutput]:
     """The Beam path's per-clip step: the clip's examples, then its skip counts (also as Beam
     counters, namespace `surreal`) on the tagged output `counts`."""
     import apache_beam as beam
@@ -250,13 +255,13 @@ def write_counts(per_clip_counts: list[dict], path: str) -> None:
     epath.Path(path).write_text(json.dumps(dict(total)))
 
 
-def beam_examples(stems: list[str], frames: FrameSelection, counts_path: str):
+def beam_examples(stems: list[str], frames: FrameSelection, counts_path: str) -> beam.PTransform:
     """The Beam path as a PTransform for TFDS: one clip per element, reshuffled so the workers
     share the clips; examples to TFDS, the summed skip counts to `counts_path`."""
     import apache_beam as beam
 
     @beam.ptransform_fn
-    def build(pipeline):
+    def build(pipeline: beam.pvalue.PBegin) -> beam.PCollection:
         out = (pipeline | "clips" >> beam.Create(stems) | "spread" >> beam.Reshuffle()
                | "examples" >> beam.FlatMap(beam_clip_examples, frames=frames)
                .with_outputs("counts", main="examples"))

@@ -15,10 +15,14 @@ storage's fault, not the shard's: named so, with no advice to rebuild.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from etils import epath
 
 from hgmt.data import damage
+
+if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
+    import tensorflow_datasets as tfds
 
 # The file format hgmt reads a build in: array_record gives random access to the records.
 FILE_FORMAT = "array_record"
@@ -49,7 +53,7 @@ def build_command(dataset: str, data_dir: str) -> str:
             f"--data_dir={data_dir} --config={config} --file_format={FILE_FORMAT}")
 
 
-def file_format(builder, split: str) -> str:
+def file_format(builder: tfds.core.DatasetBuilder, split: str) -> str:
     """The file format `split` of the prepared TFDS `builder` was built in: its
     dataset_info.json's fileFormat, or where that is not recorded (builds of an older TFDS),
     what its shard files' names say."""
@@ -77,7 +81,8 @@ def _record_count(path: str) -> int | None:
         reader.close()
 
 
-def check_file_format(builder, split: str, dataset: str, data_dir: str) -> None:
+def check_file_format(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
+                      data_dir: str) -> None:
     """WrongFileFormat naming the rebuild when `split` of the prepared TFDS `builder` was not
     built as array_record."""
     built_as = file_format(builder, split)
@@ -92,7 +97,8 @@ def check_file_format(builder, split: str, dataset: str, data_dir: str) -> None:
             f"or into another --data_dir")
 
 
-def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]:
+def problems(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
+             data_dir: str) -> dict[str, str]:
     """{shard file: 'dataset shard <file> <what is wrong>'} for every shard of `split` of the
     prepared TFDS `builder` that is missing, cannot be opened or does not hold the record count
     dataset_info.json records for it; empty when every shard is intact. Every shard's footer
@@ -123,7 +129,7 @@ def problems(builder, split: str, dataset: str, data_dir: str) -> dict[str, str]
     return found_problems
 
 
-def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
+def check_split(builder: tfds.core.DatasetBuilder, split: str, dataset: str, data_dir: str) -> None:
     """Raises DamagedShard naming every damaged shard of `split` (`problems`) and the rebuild
     command; WrongFileFormat and StorageFault as `problems` does."""
     found = problems(builder, split, dataset, data_dir)
@@ -132,7 +138,7 @@ def check_split(builder, split: str, dataset: str, data_dir: str) -> None:
                            f"{rebuild(builder, dataset, data_dir, len(found))}")
 
 
-def rebuild(builder, dataset: str, data_dir: str, damaged: int) -> str:
+def rebuild(builder: tfds.core.DatasetBuilder, dataset: str, data_dir: str, damaged: int) -> str:
     """The fix for `damaged` (> 0) damaged shards of the prepared TFDS `builder`."""
     which = "the shard" if damaged == 1 else "those shards"
     return (f"Rebuild the dataset: remove {builder.data_dir} and run "

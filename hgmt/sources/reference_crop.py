@@ -25,6 +25,7 @@ and last (docs/metrics.md, "Crop resampling").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -139,7 +140,8 @@ def scale_bilinear(source: np.ndarray, height: int, width: int) -> np.ndarray:
     return _linear_rowcol(np.swapaxes(rows, 0, 1), height)
 
 
-def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str) -> np.ndarray:
+def _crop(source: np.ndarray, centre: np.ndarray | Sequence[float], scale: float, res: int,
+          resize: Callable[[np.ndarray, int, int], np.ndarray], name: str) -> np.ndarray:
     """`crop(source, centre, scale, 0, res, method)` (img.lua:87-144) of an (H, W[, C]) array,
     `resize(array, height, width)` being `image.scale` of `method`; 0 fills what lies outside.
 
@@ -196,7 +198,8 @@ def _crop(source: np.ndarray, centre, scale: float, res: int, resize, name: str)
     return block if shrink else resize(block, res, res)
 
 
-def label_crop(label_map: np.ndarray, centre, scale: float, res: int = 64) -> np.ndarray:
+def label_crop(label_map: np.ndarray, centre: np.ndarray | Sequence[float], scale: float,
+               res: int = 64) -> np.ndarray:
     """The references' `crop(label_map, centre, scale, 0, res, 'simple')` (img.lua:87-144, steps
     in `_crop`) of an (H, W) label map (any dtype; 0 fills what lies outside the map), resized
     by `scale_simple`. `centre` (x, y) and `scale` are the references' own: `getCenter`'s point
@@ -208,7 +211,8 @@ def label_crop(label_map: np.ndarray, centre, scale: float, res: int = 64) -> np
     return _crop(source, centre, scale, res, scale_simple, "label_crop")
 
 
-def image_crop(image: np.ndarray, centre, scale: float, res: int = 256) -> np.ndarray:
+def image_crop(image: np.ndarray, centre: np.ndarray | Sequence[float], scale: float,
+               res: int = 256) -> np.ndarray:
     """The references' `crop(rgb, centre, scale, 0, res, 'bilinear')` (img.lua:87-144, steps in
     `_crop`) of an (H, W, 3) uint8 RGB frame -> (res, res, 3) uint8 RGB, `centre` and `scale`
     as for `label_crop`.
