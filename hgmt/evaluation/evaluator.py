@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from hgmt.evaluation import markdown, metrics_versions, pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
+    MultiTaskHourglass,
     create_model,
     predict_last_stage,
     variable_differences,
@@ -31,12 +34,12 @@ from hgmt.models import (
 from hgmt.tasks import TASKS, channel_flips, check_loss_options, common, heads, parse_tasks
 
 
-def _one(tree):
+def _one(tree: Any) -> Any:
     """Adds a batch dim of 1 to every leaf (to call batched functions per example)."""
     return jax.tree.map(lambda x: x[None], tree)
 
 
-def _example_loss(task, options, pred, batch):
+def _example_loss(task: ModuleType, options: dict, pred: jax.Array, batch: dict) -> jax.Array:
     """The loss of a single example, as a batch of one (called under vmap): a pixel-weighted
     loss is normalised by that example's own weights."""
     return task.loss(_one(pred), task.targets(_one(batch)), **options)
@@ -51,7 +54,7 @@ def model_input(batch: dict, unusable_input: np.ndarray) -> jnp.ndarray:
                      batch["image"].astype(jnp.float32))
 
 
-def predict(variables: dict, batch: dict, *, model, flip: bool,
+def predict(variables: dict, batch: dict, *, model: MultiTaskHourglass, flip: bool,
             unusable_input: np.ndarray) -> dict:
     """{task: (B,r,r,C)} the last stage's predictions that the evaluation scores, on
     `model_input`, averaged with the mirrored image's when `flip`: what `eval_step` measures
@@ -60,18 +63,18 @@ def predict(variables: dict, batch: dict, *, model, flip: bool,
                               channel_flips(model.tasks) if flip else None)
 
 
-def eval_step(variables: dict, batch: dict, *, model, flip: bool, metrics: dict,
-              loss_options: dict, unusable_input: np.ndarray) -> dict:
+def eval_step(variables: dict, batch: dict, *, model: MultiTaskHourglass, flip: bool,
+              metrics: dict, loss_options: dict, unusable_input: np.ndarray) -> dict:
     """Per-device: sums of every task's metric statistics (metrics: {task:
     protocols.Metric}; each weights the examples by batch['mask'], 0 for padding) and of its
     examples' losses (loss_options: {task: options of its loss}, as in training), each
     example's loss that of a batch of one: a foreground-weighted cross-entropy is normalised
     by the example's own pixel weights here, by the global batch's in training (the two agree
-    at foreground_weight 1). A flagged unusable frame
-    (batch['unusable']) is given the image `unusable_input` everywhere, as the references
-    give it their zero input; the reference protocols' statistics treat it as their code
-    does, hgmt's statistics and the loss leave it out, and every frame hgmt's own check
-    rejects (batch['rejected'])."""
+    at foreground_weight 1). A flagged unusable frame (batch['unusable']) is given the image
+    `unusable_input` ((3,) RGB on [0, 255]) everywhere, as the references give it their zero
+    input; the reference protocols' statistics treat it as their code does, hgmt's
+    statistics and the loss leave it out, and every frame hgmt's own check rejects
+    (batch['rejected'])."""
     preds = predict(variables, batch, model=model, flip=flip, unusable_input=unusable_input)
     mask = batch["mask"]
     usable = mask * (1.0 - batch["rejected"])
@@ -100,7 +103,8 @@ def unusable_input(protocol: str) -> np.ndarray:
     return (np.asarray(IMAGE_MEAN) + unusable_level(protocol) * np.asarray(IMAGE_STD)) * 255.0
 
 
-def unusable_report(protocol: str, tasks, metrics: dict, flagged: int, rejected: int) -> dict:
+def unusable_report(protocol: str, tasks: Sequence[str], metrics: dict, flagged: int,
+                    rejected: int) -> dict:
     """How many evaluated frames were flagged unusable (`count`: the reference test loaders'
     placeholders), how many hgmt's own check rejects (`rejected_by_hgmt`, the flagged ones
     included), and how each task's protocol treated them (the JSON's `unusable_frames`)."""
@@ -143,7 +147,7 @@ def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
     return dict(DEFAULT_SETTINGS)
 
 
-def step_examples(protocol: str, tasks, num_examples: int) -> int:
+def step_examples(protocol: str, tasks: Sequence[str], num_examples: int) -> int:
     """The number of examples the statistics of `eval_step` depend on: the split's for a
     reference protocol's (BodyNet's per-batch averages), 0 where every task is measured by
     hgmt's, whose statistics are sums whatever the split's size."""
@@ -152,8 +156,8 @@ def step_examples(protocol: str, tasks, num_examples: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(model, flip: bool, protocol: str, tasks: tuple[str, ...], num_examples: int,
-                   loss_options: tuple) -> Callable:
+def _compiled_step(model: MultiTaskHourglass, flip: bool, protocol: str, tasks: tuple[str, ...],
+                   num_examples: int, loss_options: tuple) -> Callable:
     """`eval_step` for (model, flip, protocol, tasks, examples, loss options: ((task,
     ((option, value), ...)), ...)) as one jitted function over the devices, shared by the
     Evaluators of the same setting in this process, so that only the first traces and
@@ -168,7 +172,7 @@ def _compiled_step(model, flip: bool, protocol: str, tasks: tuple[str, ...], num
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_pictures(model, flip: bool, protocol: str) -> Callable:
+def _compiled_pictures(model: MultiTaskHourglass, flip: bool, protocol: str) -> Callable:
     """(variables, {'image', 'unusable'}) -> (`predict`'s predictions, `model_input`): what
     `Evaluator.pictures` draws, as one program compiled at its first call and shared like
     `_compiled_step`; run eagerly, the model's ops would each be dispatched and compiled on
@@ -201,7 +205,8 @@ class Evaluator:
     is refused unless config.image_size gives its 64 x 64 label maps
     (`protocols.check_label_size`)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, tasks=None, *, split: str = "test",
+    def __init__(self, config: ml_collections.ConfigDict,
+                 tasks: str | Sequence[str] | None = None, *, split: str = "test",
                  frames: str = "middle", flip: bool = False, protocol: str = "hgmt",
                  max_examples: int = 0, indices: list[int] | None = None):
         self.tasks = parse_tasks(tasks or config.tasks)
@@ -382,8 +387,8 @@ class Evaluator:
                 "num_unreadable": len(unknown), "unreadable_records": unknown}
 
 
-def evaluate(config: ml_collections.ConfigDict, variables: dict, tasks=None,
-             **settings) -> dict:
+def evaluate(config: ml_collections.ConfigDict, variables: dict,
+             tasks: str | Sequence[str] | None = None, **settings: Any) -> dict:
     """Metrics of `variables` under the settings of `config.evals.test` (`settings_of`),
     updated by `settings` (SETTINGS' keys; see `Evaluator`)."""
     return Evaluator(config, tasks, **{**settings_of(config), **settings})(variables)

@@ -11,7 +11,7 @@ from hgmt.evaluation import protocols
 from hgmt.tasks import TASKS, common
 
 
-def _fmt(value, spec: str, missing: str = "") -> str:
+def _fmt(value: float | None, spec: str, missing: str = "") -> str:
     return missing if value is None else format(value, spec)
 
 

@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Headline
+
+if TYPE_CHECKING:
+    import jax
 
 PROTOCOLS = ("hgmt", "bodynet", "surreal")
 
@@ -62,11 +67,11 @@ def task_protocol(protocol: str, task: str) -> str:
     return protocol if check(protocol) in TASKS[task].HEADLINES else "hgmt"
 
 
-def _hgmt_stats(task, pred, batch: dict) -> dict:
+def _hgmt_stats(task: ModuleType, pred: jax.Array, batch: dict) -> dict:
     return task.metric_stats(task.decode(pred, batch), batch)
 
 
-def _hgmt_summarize(task, sums: dict, num_damaged: int = 0) -> dict:
+def _hgmt_summarize(task: ModuleType, sums: dict, num_damaged: int = 0) -> dict:
     """hgmt's numbers: means over the examples that count, so a damaged record left out
     (`num_damaged`) changes nothing but which frames they are over."""
     return task.summarize(sums)
@@ -88,7 +93,7 @@ def reference_image_size() -> int:
     return common.REFERENCE_LABEL_SIZE * common.LABEL_STRIDE
 
 
-def check_label_size(protocol: str, tasks, image_size: int,
+def check_label_size(protocol: str, tasks: Sequence[str], image_size: int,
                      fix: str | None = None, name: str = "--protocol") -> None:
     """ValueError, in one line ending in `fix`, where a task of `tasks` would be measured by a
     reference protocol's definition (`task_protocol`) on label maps other than the references'

@@ -52,7 +52,9 @@ def normalize_batch(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
     return _forward(x, scale, bias, epsilon, relu, axis_name)[0]
 
 
-def _forward(x, scale, bias, epsilon, relu, axis_name):
+def _forward(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float, relu: bool,
+             axis_name: str | None,
+             ) -> tuple[tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, ...]]:
     mean, var = _stats(x, axis_name)
     inv = lax.rsqrt(var + epsilon)
     mul = scale * inv
@@ -66,7 +68,10 @@ def _forward(x, scale, bias, epsilon, relu, axis_name):
     return (y.astype(x.dtype), mean, var), (x, scale, bias, mean, var, inv)
 
 
-def _backward(epsilon, relu, axis_name, residuals, cotangents):
+def _backward(epsilon: float, relu: bool, axis_name: str | None,
+              residuals: tuple[jnp.ndarray, ...],
+              cotangents: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray],
+              ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """The chain rule of `_forward` (the statistics' own cotangents are ignored)."""
     del epsilon
     x, scale, bias, mean, var, inv = residuals
@@ -112,6 +117,7 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(B,...,C) `x` normalised per channel, then ReLU'd if `relu`: (B,...,C) in `dtype`."""
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))

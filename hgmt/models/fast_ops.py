@@ -29,12 +29,13 @@ def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def _max_pool2_forward(x):
+def _max_pool2_forward(x: jnp.ndarray) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
     y = max_pool2(x)
     return y, (x, y)
 
 
-def _max_pool2_backward(residuals, g):
+def _max_pool2_backward(residuals: tuple[jnp.ndarray, jnp.ndarray],
+                        g: jnp.ndarray) -> tuple[jnp.ndarray]:
     x, y = residuals
     b, h, w, c = x.shape
     windows = x.reshape(b, h // 2, 2, w // 2, 2, c)

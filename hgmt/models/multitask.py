@@ -131,6 +131,7 @@ class MultiTaskHourglass(nn.Module):
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """The task names of the heads, in the heads' order."""
         return tuple(name for name, _ in self.heads)
 
     @nn.compact
@@ -177,7 +178,8 @@ class MultiTaskHourglass(nn.Module):
                                  name=f"interaction{stage}")(xs, feats, preds)
         return {t: jnp.stack(v) for t, v in outputs.items()}
 
-    def _stacked_streams(self, stage: int, streams: Sequence[str], xs, train: bool) -> dict:
+    def _stacked_streams(self, stage: int, streams: Sequence[str],
+                         xs: dict[str, jnp.ndarray] | jnp.ndarray, train: bool) -> dict:
         """The streams of one stage as one vmapped stream: xs {task: (B,r,r,C)}, or the one
         (B,r,r,C) input all of them read -> {task: (B,r,r,C)}."""
         shared = not isinstance(xs, dict)

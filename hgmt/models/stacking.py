@@ -66,7 +66,7 @@ def _has_stacked(tree: Any) -> bool:
     return isinstance(tree, Mapping) and any(_STACKED_KEY.fullmatch(str(k)) for k in tree)
 
 
-def _stack(*leaves):
+def _stack(*leaves: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     return np.stack(leaves) if all(isinstance(x, np.ndarray) for x in leaves) else (
         jax.numpy.stack(leaves))
 
@@ -109,7 +109,7 @@ def unstack_streams(tree: Any, tasks: Sequence[str]) -> Any:
     otherwise be taken for the task axis when there are as many devices as tasks."""
     tasks = tuple(tasks)
 
-    def split(path, leaf, k):
+    def split(path: tuple, leaf: np.ndarray | jax.Array, k: str) -> np.ndarray | jax.Array:
         _check_rank(f"stage{k}_{STACKED}", path, leaf, True)
         if leaf.shape[:1] != (len(tasks),):
             raise ValueError(f"stage{k}_{STACKED} has a leaf of shape {leaf.shape}: its "

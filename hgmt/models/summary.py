@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +35,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       "Markdown.", flag_values=fv)
 
 
-def first_flop_count(sources) -> tuple[float, str]:
+def first_flop_count(sources: Iterable[tuple[str, Callable[[], Any]]]) -> tuple[float, str]:
     """(FLOPs, name) of the first of `sources`, (name, analysis) pairs, whose analysis gives a
     count: a dict with "flops", or a list of them (one per program; the first counts); its
     "flops_runs_unknown" (FLOPs in loops or branches run an unknown number of times, counted

@@ -9,11 +9,17 @@ frames), so that a chart shown apart from the report still says so.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hgmt.study import report, stats
 from hgmt.tasks import drawing
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
+
+    from hgmt.tasks.spec import Headline
 
 
 def draw(study: dict[str, dict], data: str) -> dict[str, bytes]:
@@ -49,7 +55,7 @@ def caption(e: dict, data: str) -> str:
     return f"{data}{seeds}{frames}"
 
 
-def subsets_figure(e: dict, task: str):
+def subsets_figure(e: dict, task: str) -> Figure | None:
     """`task`'s headline metric in every subset of its study entry `e` (`report.compare`), a
     dot per subset with the seeds' sd as whiskers, on a y axis spanning the values (changes
     of 0.01 on values near 0.86 show), the isolated value as a dashed line; the title says
@@ -99,7 +105,7 @@ def _subsets_key(task: str, best: str | None, names: list[str], spreads: list) -
     return ", ".join(runs) + "\n" + "; ".join(whiskers)
 
 
-def per_item_figure(e: dict, task: str):
+def per_item_figure(e: dict, task: str) -> Figure | None:
     """The bar chart of each item's change of the best multi-task subset over the isolated
     `task` (`e['per_item_gain']`, + = better), whiskers the tested items' confidence
     intervals; an untested item's bar is hatched, with no whisker, its name marked; the
@@ -138,7 +144,7 @@ def per_item_figure(e: dict, task: str):
     return fig
 
 
-def item_change_label(h) -> str:
+def item_change_label(h: Headline) -> str:
     """What a bar of the per-item chart shows, signed + = better by the metric's direction
     (`Headline.higher_is_better`): 'gain in the part's IoU', 'decrease in the joint's error
     (mm)'."""

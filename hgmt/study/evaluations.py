@@ -176,7 +176,7 @@ def _non_finite_as_null(summary: dict) -> dict:
     finite numbers are null, each headline one with the reason NOT_FINITE in its task's
     `null_reasons`, so that it is left out of means and tests and said so, as a null metric
     is (a NaN would otherwise pass as the best subset, and fail the charts)."""
-    def finite(v):
+    def finite(v: object) -> bool:
         return not (isinstance(v, float) and not math.isfinite(v))
 
     out = dict(summary)

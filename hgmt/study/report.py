@@ -11,9 +11,10 @@ from __future__ import annotations
 from hgmt.evaluation import metrics_versions, protocols
 from hgmt.study import claims, evaluations, stats
 from hgmt.tasks import TASKS
+from hgmt.tasks.spec import Headline
 
 
-def headline(entry_or_summary: dict, task: str):
+def headline(entry_or_summary: dict, task: str) -> Headline:
     """The task's `Headline` under the protocol its numbers were made with (of a `compare`
     entry, or of an evaluation summary), for the report's tables and its charts."""
     return protocols.headline_of(task, entry_or_summary.get("protocol", "hgmt"))

@@ -44,7 +44,7 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in TASKS if n in names)
 
 
-def config_tasks(config) -> tuple[str, ...]:
+def config_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """`parse_tasks` of a config's `tasks` field, its error naming the field (a
     `--config.tasks=` override's mistake reads as such)."""
     try:

@@ -114,7 +114,7 @@ def torch_int(v: jnp.ndarray) -> jnp.ndarray:
     return jnp.trunc(v).astype(jnp.int32)
 
 
-def _null(value) -> bool:
+def _null(value: object) -> bool:
     """None, or a non-empty breakdown ({item: value}) whose every value is None."""
     return value is None or (isinstance(value, dict) and bool(value)
                              and all(v is None for v in value.values()))
@@ -137,7 +137,8 @@ def joint_bin(dz: jnp.ndarray) -> jnp.ndarray:
 
 
 def joint_bin_depth(b: jnp.ndarray) -> jnp.ndarray:
-    """BodyNet's bin b -> its depth b * 45 mm relative to the pelvis, in metres."""
+    """BodyNet's bins b (any shape, int) -> their depths b * 45 mm relative to the pelvis, in
+    metres (float32, same shape)."""
     return b.astype(jnp.float32) * BIN_SIZE
 
 
@@ -148,7 +149,8 @@ def crop_mirror(crop: jnp.ndarray) -> jnp.ndarray:
 
 
 def bin_centre(b: jnp.ndarray) -> jnp.ndarray:
-    """Bin b -> the centre of its depth interval ((b-1)*45, b*45] mm, in metres."""
+    """Bins b (any shape, int) -> the centres of their depth intervals ((b-1)*45, b*45] mm, in
+    metres (float32, same shape)."""
     return (b.astype(jnp.float32) - 0.5) * BIN_SIZE
 
 
@@ -172,11 +174,11 @@ def subpixel_argmax(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     peak = jnp.take_along_axis(flat, idx[..., None], -1)[..., 0]
     y, x = idx // w, idx % w
 
-    def at(dy, dx):
+    def at(dy: int, dx: int) -> jnp.ndarray:
         yy, xx = jnp.clip(y + dy, 0, h - 1), jnp.clip(x + dx, 0, w - 1)
         return jnp.take_along_axis(flat, (yy * w + xx)[..., None], -1)[..., 0]
 
-    def offset(lo, mid, hi):
+    def offset(lo: jnp.ndarray, mid: jnp.ndarray, hi: jnp.ndarray) -> jnp.ndarray:
         lo, mid, hi = (jnp.log(jnp.maximum(v, 1e-8)) for v in (lo, mid, hi))
         denom = lo - 2 * mid + hi
         off = jnp.where(denom < -1e-6, 0.5 * (lo - hi) / jnp.minimum(denom, -1e-6), 0.0)
@@ -221,8 +223,9 @@ def spatial_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
 
 
 def batch_mean(value: jnp.ndarray, axis_name: str | None) -> jnp.ndarray:
-    """`value` averaged over the devices of the axis `axis_name` the batch is split over, or
-    `value` itself (None: one device's batch is all)."""
+    """`value` (any shape, a loss or a statistic) averaged over the devices of the axis
+    `axis_name` the batch is split over, or `value` itself (None: one device's batch is
+    all)."""
     return value if axis_name is None else jax.lax.pmean(value, axis_name)
 
 

@@ -8,6 +8,7 @@ image's RMSE as SURREAL's code computes it (docs/metrics.md)."""
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
 
 NAME = "depth"
 NUM_CHANNELS = common.NUM_BINS + 1  # background + the 19 bins
@@ -236,14 +240,15 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
-    """The depth classes (`result`'s when given), near bright and far dark, the crop's size."""
+    """(R,R,3) uint8: the depth classes of (r,r,20) `pred` (`result`'s when given), near bright
+    and far dark, at the size of the (R,R,3) crop `rgb`."""
     from hgmt.tasks import drawing
 
     classes = result["depth"] if result else np.asarray(pred).argmax(-1)
     return drawing.enlarge(drawing.colour_depth(classes), rgb.shape[0])
 
 
-def plot(result: dict):
+def plot(result: dict) -> Figure:
     """The panel's figure: each foreground pixel's bin, relative to the pelvis, over the crop,
     with a colour bar in mm at the bins' edges ((b-1)*45, b*45] for b in -9..9; the end bins
     also hold everything nearer or farther."""

@@ -17,6 +17,7 @@ from hgmt import disk_space
 from hgmt.sources import surreal
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # 15 colours, every two at least 20 apart in CIELAB (Delta E 1976): background black, then the
@@ -145,7 +146,7 @@ def _limb_colour(joint: int) -> tuple[float, ...]:
     return tuple(c / 255 for c in limb_rgb(joint))
 
 
-def _skeleton_lines(ax, xy: np.ndarray) -> None:
+def _skeleton_lines(ax: Axes, xy: np.ndarray) -> None:
     """(16,2) joints drawn on ax: right limbs red, left blue, the trunk yellow."""
     for a, b in surreal.SKELETON:
         ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=_limb_colour(b), lw=2.2,
@@ -153,7 +154,8 @@ def _skeleton_lines(ax, xy: np.ndarray) -> None:
     ax.plot(xy[:, 0], xy[:, 1], "o", ms=3, color="k")
 
 
-def _image_axes(fig, rect: tuple[float, ...], rgb: np.ndarray, title: str, grey: bool = False):
+def _image_axes(fig: Figure, rect: tuple[float, ...], rgb: np.ndarray, title: str,
+                grey: bool = False) -> Axes:
     """Axes showing the (S,S,3) crop in its pixel frame (pixel centres at integers), titled;
     `grey`: faded grey, as the background of a map drawn over it."""
     ax = fig.add_axes(rect)

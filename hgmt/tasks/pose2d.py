@@ -9,6 +9,7 @@ own PCK (docs/metrics.md).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,9 @@ import numpy as np
 from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
 
 NAME = "pose2d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -80,8 +84,9 @@ def targets(batch: dict) -> jnp.ndarray:
 
 def loss(pred: jnp.ndarray, target: jnp.ndarray, *,
          axis_name: str | None = None) -> jnp.ndarray:
-    """Mean square error over the batch's maps: a mean over equal per-device batches, so
-    `axis_name` changes nothing (the devices' mean is the global batch's)."""
+    """() float32 mean square error of (B,r,r,16) heatmaps `pred` against `target`
+    (`targets`'): a mean over equal per-device batches, so `axis_name` changes nothing (the
+    devices' mean is the global batch's)."""
     return common.mse(pred, target)
 
 
@@ -297,7 +302,7 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
                                                               pred.shape[0]))
 
 
-def plot(result: dict):
+def plot(result: dict) -> Figure:
     """The panel's figure: the predicted skeleton on the crop."""
     from hgmt.tasks import drawing
 

@@ -15,6 +15,7 @@ pelvis, over the 16 joints. `bodynet_stats` / `bodynet_summarize` compute BodyNe
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,9 @@ import numpy as np
 from hgmt.sources import surreal
 from hgmt.tasks import common, pose2d, spec
 from hgmt.tasks.spec import Frame, Headline
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
 
 NAME = "pose3d"
 NUM_JOINTS = len(surreal.JOINT_NAMES)
@@ -106,8 +110,9 @@ def targets(batch: dict) -> jnp.ndarray:
 
 def loss(pred: jnp.ndarray, target: jnp.ndarray, *,
          axis_name: str | None = None) -> jnp.ndarray:
-    """Mean square error over the batch's maps: a mean over equal per-device batches, so
-    `axis_name` changes nothing (the devices' mean is the global batch's)."""
+    """() float32 mean square error of (B,r,r,16*19) volumes `pred` against `target`
+    (`targets`'): a mean over equal per-device batches, so `axis_name` changes nothing (the
+    devices' mean is the global batch's)."""
     return common.mse(pred, target)
 
 
@@ -201,8 +206,9 @@ def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
 
 
 def bodynet_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int) -> dict:
-    """Summed errors per joint of BodyNet's decoding over the examples of the floor(N/4) full
-    test batches (test.lua:62; the last partial batch is not evaluated)."""
+    """Summed errors per joint of BodyNet's decoding of (B,r,r,16*19) `pred` over the examples
+    of the floor(N/4) full test batches (test.lua:62; the last partial batch is not
+    evaluated): 'error_mm_sum' (16,) in mm."""
     err = jnp.linalg.norm(bodynet_decode(pred, batch)["joints3d_rel_mm"]
                           - root_relative_mm(batch["joints3d"]), axis=-1)
     weights = common.full_batch_weights(batch, err.shape[0], num_examples,
@@ -287,7 +293,7 @@ def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
     return drawing.skeleton3d(joints, rgb.shape[0])
 
 
-def plot(result: dict):
+def plot(result: dict) -> Figure:
     """The panel's figure: front and side views of the pelvis-relative joints, axes in mm."""
     from hgmt.tasks import drawing
 

@@ -6,6 +6,7 @@ the whole split, mean over the foreground parts that occur, and pixel accuracy o
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,9 @@ from jax.typing import ArrayLike
 from hgmt.sources import surreal
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
+    from matplotlib.figure import Figure
 
 NAME = "segm"
 NUM_CHANNELS = surreal.NUM_PARTS
@@ -55,7 +59,8 @@ HEADLINES = {
 
 
 def raw_to_part(raw: ArrayLike) -> ArrayLike:
-    """Raw SURREAL segment values 0..24 -> part classes 0..14 (works on numpy or jax)."""
+    """Raw SURREAL segment values 0..24 (any shape) -> part classes 0..14 of the same shape
+    (works on numpy or jax)."""
     return surreal.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
         surreal.SEGM_TO_PART)[raw]
 
@@ -209,14 +214,15 @@ def to_json(result: dict) -> dict:
 
 def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
-    """The part map (`result`'s when given) in the parts' colours, the crop's size."""
+    """(R,R,3) uint8: the part map of (r,r,15) `pred` (`result`'s when given) in the parts'
+    colours, at the size of the (R,R,3) crop `rgb`."""
     from hgmt.tasks import drawing
 
     classes = result["segm"] if result else np.asarray(pred).argmax(-1)
     return drawing.enlarge(drawing.colour_parts(classes), rgb.shape[0])
 
 
-def plot(result: dict):
+def plot(result: dict) -> Figure:
     """The panel's figure: the part map over the crop, with a legend of the 14 parts."""
     from hgmt.tasks import drawing
 

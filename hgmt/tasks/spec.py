@@ -134,7 +134,8 @@ class Crop:
         return joints[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0] if self.flip else joints
 
     def swap_sides(self, table: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """Class ids through `table` (a class's mirror image) where the crop is mirrored."""
+        """Class ids `classes` (any shape) through `table` ((K,): each class's mirror image)
+        where the crop is mirrored; the same shape."""
         return np.asarray(table)[classes] if self.flip else classes
 
 
