@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -57,6 +58,7 @@ class UserLines(logging.Filter):
     own line reports, show only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether `record` shows on the console."""
         if getattr(record, "hgmt_verbose", False):
             return False
         if record.pathname.startswith(_HGMT_DIR):
@@ -75,6 +77,7 @@ class LevelNamed(logging.Formatter):
     "error: " as the commands' own printed ones are."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """`record`'s console line."""
         line = super().format(record)
         if record.levelno >= logging.ERROR:
             return "error: " + line
@@ -233,12 +236,12 @@ def sigterm_cleans_up() -> Iterator[None]:
 
     resent: list[threading.Timer] = []  # a SIGTERM sent again, not yet handled
 
-    def unwind(signum, frame):
+    def unwind(signum: int, frame: types.FrameType | None) -> NoReturn:
         resent.clear()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
         raise _Terminated()
 
-    def swallowed(unraisable) -> None:
+    def swallowed(unraisable: sys.UnraisableHookArgs) -> None:
         # Raised inside a callback Python cannot raise from (JAX's garbage-collection one): it
         # would be printed and dropped, and the command run on with SIGTERM ignored. Sent
         # again from another thread, it reaches the main thread's code outside the callback.

@@ -111,7 +111,7 @@ def spmd(fn: Callable, donate_argnums: int | tuple[int, ...] = ()) -> Callable:
     collectives over AXIS, as `jax.pmap(fn, axis_name=AXIS)` would run it, compiled once for
     a tree of shapes. `donate_argnums` as `jax.jit`'s."""
 
-    def per_device(*args):
+    def per_device(*args: Any) -> Any:
         out = fn(*jax.tree.map(lambda x: jax.lax.squeeze(x, [0]), args))
         return jax.tree.map(lambda x: jax.lax.expand_dims(x, [0]), out)
 

@@ -310,7 +310,7 @@ class CheckedWriter:
         if not callable(attr):
             return attr
 
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             with reported(self._workdir, "the TensorBoard summaries",
                           "Free space (or raise the quota) and rerun the same command: it "
                           "resumes from the last checkpoint"):

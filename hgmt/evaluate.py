@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from hgmt import cli, compilation_cache, console, paths, workdirs
 from hgmt.data import eval_data, records
@@ -32,8 +33,12 @@ from hgmt.inference import trained_model
 from hgmt.tasks import check_loss_weights, config_tasks
 from hgmt.training import config_check, device_memory, eval_settings, loop
 
+if TYPE_CHECKING:
+    import ml_collections
+    from absl import flags
 
-def _define_flags(fv) -> None:
+
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     cli.define_workdir(fv)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, step_arg)
 
 
-def best_choice_warning(config, split: str, step: int) -> str | None:
+def best_choice_warning(config: ml_collections.ConfigDict, split: str, step: int) -> str | None:
     """The warning for evaluating `split` at the best checkpoint (of `step`) that `config`'s
     evaluators chose, when it is test and they chose on test clips: on `validation`, whose
     clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
@@ -101,7 +106,7 @@ def best_choice_warning(config, split: str, step: int) -> str | None:
             f"checkpoint chosen on a held-out part of train")
 
 
-def _run(args, step_arg: int | str | None) -> int:
+def _run(args: flags.FlagValues, step_arg: int | str | None) -> int:
     """The evaluation of `main`, its flags parsed and its console set up; -> exit status."""
     compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1

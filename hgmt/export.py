@@ -36,12 +36,16 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from hgmt import cli, console, disk_space, paths
 from hgmt.inference import export, trained_model
 
+if TYPE_CHECKING:
+    from absl import flags
 
-def _define_flags(fv) -> None:
+
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     cli.define_workdir(fv)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-def _run(args) -> int:
+def _run(args: flags.FlagValues) -> int:
     """The export of `main`, its flags parsed and its console set up; -> exit status."""
     with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, NotADirectoryError,
                                 FileExistsError, export.UnusableOutDir, disk_space.DiskFull,

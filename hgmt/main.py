@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 # Before anything imports TensorFlow (where anything does: the demo data's build, an object
 # store's files; it only reads and writes files here): no C++ INFO lines, and no oneDNN CPU
@@ -39,6 +40,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import flags  # noqa: E402
 
 from hgmt import cli, compilation_cache, console, paths  # noqa: E402
+
+if TYPE_CHECKING:
+    import ml_collections
 
 RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
 EXIT_INTERRUPTED = console.EXIT_INTERRUPTED  # Ctrl-C, as shells report it
@@ -71,7 +75,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     cli.define_verbosity(fv)
 
 
-def prepare_demo_dataset(config) -> None:
+def prepare_demo_dataset(config: ml_collections.ConfigDict) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless built already
     (`demo.build`)."""
     from hgmt import cores
@@ -86,7 +90,7 @@ def prepare_demo_dataset(config) -> None:
                workers=cores.usable_cores())
 
 
-def _demo_dataset_on_process_0(config) -> None:
+def _demo_dataset_on_process_0(config: ml_collections.ConfigDict) -> None:
     """Process 0 prepares the demo dataset (`prepare_demo_dataset`; a full disk or quota is
     `disk_space.DiskFull` naming data_dir) while the others wait; when it fails, every process
     stops: process 0 with its error, the others with `peers.PeerFailed` naming it, as for a

@@ -52,6 +52,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import av
 import cv2
@@ -61,11 +62,14 @@ from hgmt import cli, compilation_cache, console, disk_space, paths
 from hgmt.inference import person, predictor, trained_model, video
 from hgmt.training import device_memory
 
+if TYPE_CHECKING:
+    from absl import flags
+
 # What a full disk's error line says to do.
 _THEN = "Free space (or raise the quota), or give another --out_dir, and rerun"
 
 
-def _define_flags(fv) -> None:
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     cli.define_workdir(fv)
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, images)
 
 
-def _run(args, images: list[str]) -> int:
+def _run(args: flags.FlagValues, images: list[str]) -> int:
     """The prediction of `main`, its flags parsed and its console set up; -> exit status."""
     compilation_cache.enable(args.compilation_cache)
     traceback = args.verbosity >= 1

@@ -49,13 +49,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from hgmt import cli, paths
 from hgmt.evaluation import protocols
 from hgmt.study import charts, claims, evaluations, report, runs
 
+if TYPE_CHECKING:
+    from absl import flags
 
-def _define_flags(fv) -> None:
+
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     flags.DEFINE_string("sweep_dir", None, "sweep directory (launch/sweep.py)",

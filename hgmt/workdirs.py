@@ -100,30 +100,37 @@ OLDER_EVAL_FIELDS = {"eval_frames": "middle", "eval_max_examples": 0,
 
 
 def checkpoint_dir(workdir: str) -> str:
+    """The path <workdir>/checkpoints, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), CHECKPOINT_DIR)
 
 
 def best_dir(workdir: str) -> str:
+    """The path <workdir>/best, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), BEST_DIR)
 
 
 def unreadable_dir(workdir: str) -> str:
+    """The path <workdir>/checkpoints_unreadable, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), UNREADABLE_DIR)
 
 
 def superseded_dir(workdir: str) -> str:
+    """The path <workdir>/best_superseded, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), SUPERSEDED_DIR)
 
 
 def evals_superseded_dir(workdir: str) -> str:
+    """The path <workdir>/evals_superseded, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), EVALS_SUPERSEDED_DIR)
 
 
 def config_superseded_dir(workdir: str) -> str:
+    """The path <workdir>/config_superseded, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), CONFIG_SUPERSEDED_DIR)
 
 
 def events_superseded_dir(workdir: str) -> str:
+    """The path <workdir>/events_superseded, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), EVENTS_SUPERSEDED_DIR)
 
 
@@ -152,14 +159,17 @@ def configs_before(workdir: str) -> list[str]:
 
 
 def compilation_cache_dir(workdir: str) -> str:
+    """The path <workdir>/compilation_cache, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), COMPILATION_CACHE_DIR)
 
 
 def lock_file(workdir: str) -> str:
+    """The path <workdir>/hgmt.lock, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), LOCK_FILE)
 
 
 def evals_file(workdir: str) -> str:
+    """The path <workdir>/evals.jsonl, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), EVALS_FILE)
 
 
@@ -224,22 +234,27 @@ def _json_object(line: str, path: str, number: int) -> dict:
 
 
 def damaged_file(workdir: str) -> str:
+    """The path <workdir>/damaged_records.json, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), DAMAGED_FILE)
 
 
 def starts_file(workdir: str) -> str:
+    """The path <workdir>/starts.jsonl, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), STARTS_FILE)
 
 
 def crop_metres_file(workdir: str) -> str:
+    """The path <workdir>/crop_metres.json, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), CROP_METRES_FILE)
 
 
 def config_file(workdir: str) -> str:
+    """The path <workdir>/config.json, `workdir` made absolute (`paths.absolute`)."""
     return os.path.join(absolute(workdir), CONFIG_FILE)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes `config` to <workdir>/config.json, whole or not at all, making the workdir."""
     epath.Path(absolute(workdir)).mkdir(parents=True, exist_ok=True)
     disk_space.write_atomically(config_file(workdir), lambda f: f.write(
         config.to_json_best_effort(indent=1, sort_keys=True)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -41,7 +42,7 @@ def config_fields_help(argv: Sequence[str]) -> str:
     return "\n".join([head, f"The fields of {workdir}'s config:", *_field_lines(config)])
 
 
-def _field_lines(config) -> list[str]:
+def _field_lines(config: ml_collections.ConfigDict) -> list[str]:
     """A config's fields as --help lists them: `  --config.<path>: <value>`, sorted."""
     return [f"  --config.{path}: {value!r}"
             for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]

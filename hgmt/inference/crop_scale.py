@@ -62,7 +62,7 @@ def with_source(workdir: str, window: str = "hgmt", warn: bool = True) -> tuple[
 def _measured(stored: dict) -> str:
     """The source sentence of a figure the workdir's file holds (`save`d from `measure`;
     each detail the file lacks is left out)."""
-    def number(key):
+    def number(key: str) -> float | None:
         value = stored.get(key)
         return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ def inference_fn(workdir: str, step: int | str | None = None,
     model = create_model({**config.model.to_dict(), "stream_mode": "separate"}, heads(tasks))
     variables = jax.tree.map(jnp.asarray, to_model_layout(model, variables))  # from either
 
-    def f(images):
+    def f(images: jax.Array) -> dict[str, jax.Array]:
         return {t: o.astype(jnp.float32)
                 for t, o in predict_last_stage(model, variables, images).items()}
 
@@ -206,7 +207,7 @@ def _not_empty(out_dir: str) -> str:
             f"(an export is written whole into a new or empty folder)")
 
 
-def _tensorflow():
+def _tensorflow() -> ModuleType | None:
     """The tensorflow module, or None where it cannot be imported."""
     try:
         import tensorflow
@@ -215,7 +216,7 @@ def _tensorflow():
     return tensorflow
 
 
-def _check_url_scheme(out_dir: str, fmt: str, tf) -> None:
+def _check_url_scheme(out_dir: str, fmt: str, tf: ModuleType | None) -> None:
     """Raises ValueError unless the URL `out_dir` has a file system that writes it. A
     SavedModel is written by TensorFlow's own file systems (`tf`: gs://; s3:// is gone since
     TF 2.6); a stablehlo artefact by `etils.epath`, which hands every URL to TensorFlow's file

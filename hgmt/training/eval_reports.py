@@ -8,7 +8,7 @@ import fnmatch
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
@@ -16,6 +16,9 @@ import numpy as np
 from etils import epath
 
 from hgmt import workdirs
+
+if TYPE_CHECKING:
+    from hgmt.training.steps import TrainState
 
 # What the trainer adds to an evaluation's summary in <workdir>/eval_<name>.json: the step,
 # the evaluator's name, and what it evaluated (`fingerprint`); and the pictures written beside
@@ -41,7 +44,7 @@ def evaluated_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
             if not any(fnmatch.fnmatchcase(name, free) for free in NOT_EVALUATED)}
 
 
-def fingerprint(config: ml_collections.ConfigDict, host_state) -> dict[str, str]:
+def fingerprint(config: ml_collections.ConfigDict, host_state: TrainState) -> dict[str, str]:
     """What an evaluation after training is of: {"config_sha256": of `config`'s
     `evaluated_fields` as JSON (sorted), "variables_sha256": of the params and batch_stats of
     `host_state` (each leaf's path, dtype, shape and bytes, in path order)}. A report whose

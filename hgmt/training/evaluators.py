@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from etils import epath
@@ -26,6 +26,11 @@ from hgmt.models import create_model
 from hgmt.tasks import heads, parse_tasks
 from hgmt.training import eval_reports, eval_settings
 from hgmt.training.best_checkpoint import BestCheckpoint
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+    from hgmt.training.steps import TrainState
 
 
 class Evaluators:
@@ -47,7 +52,7 @@ class Evaluators:
             self.best_checkpoint = BestCheckpoint(workdir, self.keeper,
                                                   self.settings[self.keeper], model)
 
-    def check_frames(self, info) -> None:
+    def check_frames(self, info: tfds.core.DatasetInfo) -> None:
         """NotInBuild naming the evaluator whose frames the build of config.dataset (its tfds
         DatasetInfo `info`) does not hold (`eval_data.check_eval_frames`); then opens the
         split of each evaluator that runs (`builds.open_split`, which checks every
@@ -147,7 +152,7 @@ class Evaluators:
         """The evaluators that run once, after the last step."""
         return [n for n, e in self.settings.items() if e["at_end"]]
 
-    def finished_at_end(self, step: int, host_state) -> dict[str, dict]:
+    def finished_at_end(self, step: int, host_state: TrainState) -> dict[str, dict]:
         """The evaluations after training at `step` that an earlier run of this workdir
         finished (one stopped between two of them, or one that ended): {name: its summary as
         `run` returned it}, read from its eval_<name>.json, which `run` writes last, after the
@@ -171,8 +176,9 @@ class Evaluators:
                                   if k not in eval_reports.RUN_KEYS}
         return finished
 
-    def run(self, names: list[str], step: int, host_state, writer=None,
-            final: bool = False, stop: Callable[[], None] | None = None) -> dict[str, dict]:
+    def run(self, names: list[str], step: int, host_state: TrainState,
+            writer: disk_space.CheckedWriter | None = None, final: bool = False,
+            stop: Callable[[], None] | None = None) -> dict[str, dict]:
         """Runs the evaluators `names` on `host_state` (params and batch_stats on the host):
         TensorBoard, the best checkpoint, then evals.jsonl and after training (`final`) each
         one's eval_<name>.json, with pictures of its first examples. -> {name: summary}.

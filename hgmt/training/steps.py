@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,9 @@ from flax.training import train_state
 
 from hgmt import devices
 from hgmt.tasks import compute_losses
+
+if TYPE_CHECKING:
+    from hgmt.models import MultiTaskHourglass
 
 
 class TrainState(train_state.TrainState):
@@ -57,7 +60,8 @@ def clipped(inner: optax.GradientTransformation,
                          f"norm, or 0 for no clipping")
     clip = optax.clip_by_global_norm(max_norm)
 
-    def update(updates, state, params=None):
+    def update(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None,
+               ) -> tuple[optax.Updates, optax.OptState]:
         updates, _ = clip.update(updates, clip.init(params))
         return inner.update(updates, state, params)
 
@@ -107,12 +111,13 @@ def without_clip_state(state: TrainState) -> TrainState:
     return state.replace(opt_state=(state.opt_state[1],))
 
 
-def init_variables(model, rng: jax.Array, images: jax.Array,
+def init_variables(model: MultiTaskHourglass, rng: jax.Array, images: jax.Array,
                    compiled: bool | None = None) -> dict:
-    """`model.init(rng, images, train=False)`: {"params", "batch_stats"}. Compiled as one
-    program (`compiled`, flax's convention) or op by op, the default on a CPU, where XLA
-    takes longer to compile the whole initialisation (mostly its random-number code) than
-    the ops take one at a time (measured: docs/performance.md, "Initialisation op by op").
+    """`model.init(rng, images, train=False)` of (B,R,R,3) `images` (only their shape
+    matters): {"params", "batch_stats"}. Compiled as one program (`compiled`, flax's
+    convention) or op by op, the default on a CPU, where XLA takes longer to compile the
+    whole initialisation (mostly its random-number code) than the ops take one at a time
+    (measured: docs/performance.md, "Initialisation op by op").
     Both give the same values, bit for bit (tests/test_train.py)."""
     if compiled is None:
         compiled = jax.default_backend() != "cpu"
@@ -120,7 +125,8 @@ def init_variables(model, rng: jax.Array, images: jax.Array,
     return (jax.jit(init) if compiled else init)(rng, images)
 
 
-def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model) -> TrainState:
+def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
+                       model: MultiTaskHourglass) -> TrainState:
     """`model`'s initial variables (`init_variables`) and `create_optimizer(config)`'s state.
     Its `apply_fn` is the apply of the first model equal to `model` in the process
     (`_first_equal`), a static part of the state like the optimizer."""
@@ -132,7 +138,7 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict, model)
 
 
 @functools.lru_cache(maxsize=16)
-def _first_equal(model):
+def _first_equal(model: MultiTaskHourglass) -> MultiTaskHourglass:
     """The first model equal to `model` (flax modules compare by their fields) this process
     has asked for: bound methods compare their instance by identity, so two runs' states
     share a compiled train step only where their `apply_fn`s are one instance's."""
@@ -154,7 +160,7 @@ def train_step(state: TrainState, batch: dict, weights: dict,
         n = batch["image"].shape[0]
         batch = prepare(batch, state.step, jax.lax.axis_index(devices.AXIS) * n)
 
-    def loss_fn(params):
+    def loss_fn(params: optax.Params) -> tuple[jax.Array, tuple[dict, Any]]:
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"])

@@ -93,9 +93,11 @@ class SummaryWriter:
                                       status=event_pb2.SessionLog.START)))
 
     def flush(self) -> None:
+        """Pushes what was written to the file (each write is flushed already)."""
         self._records.flush()
 
     def close(self) -> None:
+        """Closes the event file; nothing may be written after."""
         self._records.close()
 
     def _write(self, step: int, values: list) -> None:
@@ -111,19 +113,19 @@ class NullWriter:
     """The writer of processes other than 0: accepts everything, writes nothing."""
 
     def restart(self, step: int) -> None:
-        pass
+        """Nothing: `SummaryWriter.restart` on process 0 marks it."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        pass
+        """Drops `scalars` ({tag: value})."""
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        pass
+        """Drops `images` ({tag: (n,H,W,C) images})."""
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush."""
 
     def close(self) -> None:
-        pass
+        """Nothing to close."""
 
 
 def set_aside_earlier(workdir: str, own: str, aside: str) -> list[str]:

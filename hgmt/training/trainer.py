@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import jax
 import ml_collections
@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 
 from hgmt import console, devices, disk_space, workdirs
 from hgmt.data import damage, input_pipeline
-from hgmt.models import to_checkpoint_layout
+from hgmt.models import MultiTaskHourglass, to_checkpoint_layout
 from hgmt.training import (
     checkpoint_digests,
     checkpoint_write_faults,
@@ -44,10 +44,11 @@ class Trainer:
     is saved; the interval and the ETA's clock start after the evaluations a preemption
     skipped."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, model,
-                 state: steps.TrainState, restored_state: steps.TrainState | None,
-                 mngr: ocp.CheckpointManager, evals: evaluators.Evaluators, writer,
-                 data_iter, damaged: damage.DamageLog | None,
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+                 model: MultiTaskHourglass, state: steps.TrainState,
+                 restored_state: steps.TrainState | None, mngr: ocp.CheckpointManager,
+                 evals: evaluators.Evaluators, writer: disk_space.CheckedWriter,
+                 data_iter: input_pipeline.ConsumedPosition, damaged: damage.DamageLog | None,
                  watch: preemption.PreemptionWatch, peer_watch: peers.PeerWatch | None,
                  lock: workdir_lock.WorkdirLock | None, train_step: Callable):
         self.config, self.workdir, self.model, self.mngr = config, workdir, model, mngr
@@ -412,7 +413,7 @@ class Trainer:
         return final, {n: finished.get(n) or summaries[n] for n in evals.at_end()}
 
 
-def device_done(values) -> bool:
+def device_done(values: Any) -> bool:
     """Whether the device has computed `values`, the outputs of the last step dispatched to
     it: steps run in order, so then it has no step queued. A wait for data that ends with it
     done counts whole as device idle time (an upper bound: the device may have finished
