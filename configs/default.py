@@ -11,10 +11,13 @@ on a laptop CPU. Any field can be overridden with --config.<field>=<value>; unkn
 errors.
 """
 
+import ml_collections
+
 from configs.common import base_config, parse_arg, runlocal
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: the comma-separated items the module docstring lists."""
     args = parse_arg(arg, {"tasks": "all", "interaction": "sum", "runlocal": False})
     config = base_config(args["tasks"])
     config.model.interaction = args["interaction"]

@@ -14,7 +14,8 @@ import ml_collections
 from configs.common import base_config, parse_arg
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: the comma-separated items the module docstring lists."""
     args = parse_arg(arg, {"tasks": "all"})
     c = base_config(args["tasks"])
     c.dataset = "surreal/all"

@@ -12,11 +12,14 @@ evaluate (e.g. every4). The model, losses and optimiser are the study's; change 
 --config.loss_options.depth.foreground_weight=10).
 """
 
+import ml_collections
+
 from configs import study
 from configs.common import evaluator_config, parse_arg
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: the comma-separated items the module docstring lists."""
     args = parse_arg(arg, {"tasks": "all", "steps": 1800, "eval_every": 300,
                            "train_frames": ""})
     for key in ("steps", "eval_every"):  # a curve needs steps, and points along them

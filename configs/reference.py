@@ -25,6 +25,8 @@ set --config.batch_size and --config.eval_batch_size (docs/training.md says what
 changes).
 """
 
+import ml_collections
+
 from configs.common import base_config, parse_arg
 
 # What each reference code trains: its stacks, its tasks with the batch of each, and its steps
@@ -37,7 +39,8 @@ CODES = {
 }
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: the comma-separated items the module docstring lists."""
     args = parse_arg(arg, {"code": "surreal", "tasks": "segm"})
     code = CODES.get(args["code"])
     if code is None:

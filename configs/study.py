@@ -10,12 +10,15 @@ configs/learning.py trains the same model and data longer to draw learning curve
 `tasks=` as in configs/default.py.
 """
 
+import ml_collections
+
 from configs import demo
 from configs.common import parse_arg
 from hgmt.tasks import default_loss_options
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: the comma-separated items the module docstring lists."""
     args = parse_arg(arg, {"tasks": "all"})
     c = demo.get_config(f"tasks={args['tasks']}")
     c.unlock()

@@ -86,7 +86,9 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import ml_collections
 
@@ -100,6 +102,9 @@ from hgmt import cli, disk_space, paths, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
+
+if TYPE_CHECKING:
+    from absl import flags
 
 
 def run_args(config: str, tasks: str, sweep_dir: str, extra: list[str],
@@ -400,7 +405,8 @@ class Stop:
         self.by: str | None = None  # the signal that asked the sweep to stop
         self.proc: subprocess.Popen | None = None
 
-    def note(self, signum, frame) -> None:
+    def note(self, signum: int, frame: types.FrameType | None) -> None:
+        """The SIGTERM handler `held` sets: notes the signal, passes it on to the run."""
         self.by = self.by or signal.Signals(signum).name
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -446,7 +452,7 @@ def run_logged(cmd: list[str], log: str, stop: Stop) -> tuple[int, str | None]:
         stop.proc = None
 
 
-def _define_flags(fv) -> None:
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     flags.DEFINE_string("sweep_dir", None, "sweep directory: each run's workdir goes into it",

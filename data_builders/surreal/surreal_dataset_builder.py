@@ -44,6 +44,7 @@ class SurrealConfig(tfds.core.BuilderConfig):
 
     @property
     def frames(self) -> records.FrameSelection:
+        """This config's selection, as `hgmt.data.records` takes it."""
         return records.FrameSelection(self.every, self.middle_only)
 
 
@@ -151,7 +152,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             supervised_keys=None,
         )
 
-    def _download_and_prepare(self, dl_manager, download_config):
+    def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
+                              download_config: tfds.download.DownloadConfig) -> None:
         if download_config.manual_dir:  # before TFDS looks into it
             check_file_system(download_config.manual_dir)
             if os.path.isfile(os.path.expanduser(os.fspath(download_config.manual_dir))):
