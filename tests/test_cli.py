@@ -494,11 +494,11 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.model.ops=xla", "config.model.ops='xla': choose one of ['auto', 'custom'"),
+    ("--config.model.ops=xla", "config.model.ops='xla': choose one of auto, custom"),
     ("--config.augment_on=gpu", "config.augment_on='gpu': choose host"),
     ("--config.model.dtype=float16", "config.model.dtype='float16': choose one of"),
     ("--config.model.batch_norm_stats=local",
-     "config.model.batch_norm_stats='local': choose one of ['global', 'device']"),
+     "config.model.batch_norm_stats='local': choose one of global, device"),
     ("--config.worker_count=-3", "config.worker_count=-3: give a count >= 0, or -1"),
     ("--config.keep_checkpoints=0", "config.keep_checkpoints=0 must be at least 1"),
     ("--config.batch_size=0", "config.batch_size=0 must be at least 1"),
@@ -900,8 +900,8 @@ DEFAULT = f"{REPO}/configs/default.py"
      f"error: --config={DEFAULT}:runlocal=maybe: config argument runlocal='maybe': give "
      f"runlocal, runlocal=true or runlocal=false (--help lists the flags)"),
     ([f"--config={DEFAULT}:foo=1"],
-     f"error: --config={DEFAULT}:foo=1: unknown config argument 'foo'; valid: ['interaction', "
-     f"'runlocal', 'tasks'] (--help lists the flags)"),
+     f"error: --config={DEFAULT}:foo=1: unknown config argument 'foo': choose one of interaction, "
+     f"runlocal, tasks (--help lists the flags)"),
     ([f"--config={DEFAULT}", "--config.typo=3"],
      "error: --config.typo: the config has no field 'typo' (its fields: augment, augment_on, "
      "batch_size, "),
@@ -914,6 +914,12 @@ DEFAULT = f"{REPO}/configs/default.py"
      f"pose2d); loss_weights holds the tasks named after the colon of --config: if segm is "
      f"a task, name it there (--config={DEFAULT}:runlocal,tasks=pose2d+segm) to set its "
      f"loss_weights"),
+    ([f"--config={DEFAULT}", "--config.evals.test.split=val"],
+     "error: ValueError: config.evals.test.split='val': choose one of train, validation, "
+     "test"),
+    ([f"--config={DEFAULT}:tasks=segm", "--config.evals.validation.best_metric=pckh"],
+     "error: ValueError: config.evals.validation.best_metric='pckh' is not a metric of these "
+     "tasks: choose one of loss/segm, loss/total, segm/"),
     ([f"--config={DEFAULT}", "--config.dataset=surreal/every4"],
      "error: ValueError: config.dataset='surreal/every4': the SURREAL builder's configs are "
      "middle, every10, all"),

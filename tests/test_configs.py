@@ -56,7 +56,8 @@ def test_loss_weights_follow_tasks_overridden_on_the_command_line():
     assert check_loss_weights(c, ("pose2d", "segm"))["segm"] == 2.0
     c.unlock()
     c.loss_weights.normals = 1.0
-    with pytest.raises(ValueError, match="'normals'.*no tasks"):
+    with pytest.raises(ValueError, match="^config.loss_weights has normals, which are no "
+                                         "tasks; valid: pose2d, "):
         check_loss_weights(c, ("pose2d",))
 
 
@@ -102,12 +103,13 @@ def test_loss_options_default_to_the_reference_and_reject_unknown_names():
         "depth": {"foreground_weight": 1.0}}
     c.unlock()
     c.loss_options.depth.fg_weight = 2.0
-    with pytest.raises(ValueError, match=r"loss_options.depth has \['fg_weight'\].*"
-                                         r"valid: \['foreground_weight'\]"):
+    with pytest.raises(ValueError, match=r"loss_options.depth has fg_weight, which depth's "
+                                         r"loss does not take; valid: foreground_weight$"):
         check_loss_options(c, ("depth",))
     del c.loss_options.depth["fg_weight"]
     c.loss_options.normals = {"x": 1.0}
-    with pytest.raises(ValueError, match="'normals'.*no tasks"):
+    with pytest.raises(ValueError, match="^config.loss_options has normals, which are no "
+                                         "tasks; valid: pose2d, "):
         check_loss_options(c, ("depth",))
 
 
@@ -258,5 +260,5 @@ def test_reference_configs_refuse_what_the_code_did_not_train(monkeypatch):
                                          r"'depth'\] a network"):
         reference.get_config("code=bodynet,tasks=silhouette")
     with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
-                                         r"\['bodynet', 'surreal'\]$"):
+                                         r"bodynet, surreal$"):
         reference.get_config("code=hg")

@@ -151,7 +151,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
             (["--config=configs/demo.py:runlocal", "--", "--config.total_steps=5"],
              f"error: the pose2d runs' hgmt.main (--config=configs/demo.py:runlocal and the "
              f"arguments after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: "
-             f"unknown config argument 'runlocal'; valid: ['tasks']"),
+             f"unknown config argument 'runlocal': choose one of tasks"),
             (["--config=configs/demo.py", "--config.total_steps=5"],
              "error: --config.total_steps: no such flag"),
             (["--config=configs/demo.py", "total_steps=5"],

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from hgmt.cli import errors
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Headline
 
@@ -57,8 +58,7 @@ class Metric:
 def check(protocol: str) -> str:
     """The protocol name, or ValueError naming the valid ones."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown metric protocol {protocol!r}: choose one of "
-                         f"{', '.join(PROTOCOLS)}")
+        raise errors.not_one_of(f"unknown metric protocol {protocol!r}", PROTOCOLS)
     return protocol
 
 

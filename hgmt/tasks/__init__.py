@@ -100,8 +100,8 @@ def _check_task_names(field: str, given: dict) -> None:
     """A key of config.<field> that is no task is an error naming the valid ones."""
     unknown = sorted(set(given) - set(TASKS))
     if unknown:
-        raise ValueError(f"config.{field} has {unknown}, which are no tasks; valid: "
-                         f"{list(TASKS)}")
+        raise ValueError(f"config.{field} has {', '.join(unknown)}, which are no tasks; valid: "
+                         f"{', '.join(TASKS)}")
 
 
 def check_loss_weights(config: ml_collections.ConfigDict, tasks: tuple[str, ...]) -> dict:
@@ -143,7 +143,7 @@ def check_loss_options(config: ml_collections.ConfigDict,
     for t, opts in given.items():
         bad = sorted(set(opts) - set(TASKS[t].LOSS_OPTIONS))
         if bad:
-            raise ValueError(f"config.loss_options.{t} has {bad}, which {t}'s loss does not "
-                             f"take; valid: {list(TASKS[t].LOSS_OPTIONS) or 'none'}")
+            raise ValueError(f"config.loss_options.{t} has {', '.join(bad)}, which {t}'s loss "
+                             f"does not take; valid: {', '.join(TASKS[t].LOSS_OPTIONS) or 'none'}")
     return {t: {k: float(v) for k, v in {**TASKS[t].LOSS_OPTIONS, **given.get(t, {})}.items()}
             for t in tasks}
