@@ -5,8 +5,8 @@
         IMAGE_OR_VIDEO [IMAGE_OR_VIDEO ...]
 
 Each positional argument, IMAGE_OR_VIDEO, is an image file or a video file (a name ending in
-one of hgmt.inference.video.VIDEO_SUFFIXES, in upper or lower case, or an animation PyAV plays,
-such as a GIF of several frames: hgmt.inference.video.is_video).
+one of hgmt.inference.video_file.VIDEO_SUFFIXES, in upper or lower case, or an animation PyAV plays,
+such as a GIF of several frames: hgmt.inference.video_file.is_video).
 For each image writes OUTDIR/<name>.png (a panel: the input crop, then a figure per task the
 model predicts: 2D skeleton; 3D skeleton, front and side, axes in mm; depth with a colour bar in
 mm from the pelvis; body parts with a legend) and
@@ -59,7 +59,16 @@ import cv2
 import numpy as np
 
 from hgmt import cli, compilation_cache, console, disk_space, paths
-from hgmt.inference import person, predictor, trained_model, video
+from hgmt.inference import (
+    host_memory,
+    image_file,
+    person,
+    predictor,
+    result_outputs,
+    trained_model,
+    video,
+    video_file,
+)
 from hgmt.training import device_memory
 
 if TYPE_CHECKING:
@@ -95,7 +104,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def _outputs(path: str, out_dir: str) -> dict[str, str]:
     """The files the prediction of the image or video at `path` writes into `out_dir`: an
     image's 'panel' and 'json', a video's `video.outputs`."""
-    if video.is_video(path):
+    if video_file.is_video(path):
         return video.outputs(path, out_dir)
     name = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
     return {"panel": name + ".png", "json": name + ".json"}
@@ -233,7 +242,7 @@ def _run(args: flags.FlagValues, images: list[str]) -> int:
     images = _distinct(images)
     cli.check_output_folder("out_dir", args.out_dir)  # before the model loads
     # Telling videos from images opens some inputs with PyAV, which may run out of memory.
-    with cli.faults_in_one_line(video.OutOfHostMemory, traceback=traceback):
+    with cli.faults_in_one_line(host_memory.OutOfHostMemory, traceback=traceback):
         _check_outputs(images, args.out_dir)
     with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, traceback=traceback):
         model = predictor.Predictor(args.workdir, cli.checkpoint_step(args.step), args.config,
@@ -242,14 +251,14 @@ def _run(args: flags.FlagValues, images: list[str]) -> int:
     # A full disk or out of device or host memory ends the command in one line: each would
     # fail every input after it too, so it is not an input to skip.
     with cli.faults_in_one_line(disk_space.DiskFull, device_memory.OutOfDeviceMemory,
-                                video.OutOfHostMemory, traceback=traceback), \
+                                host_memory.OutOfHostMemory, traceback=traceback), \
             device_memory.explained(model.config, "while predicting",
                                     batch_flag=("--batch_size", model.batch_size)):
         with disk_space.reported(args.out_dir, "the output folder", _THEN):
             _make_output_folder(args.out_dir)
         failed = []
         for group in _groups(images, model.batch_size):
-            if video.is_video(group[0]):
+            if video_file.is_video(group[0]):
                 written = [_predict_video(model, group[0], args.out_dir, bbox)]
             else:
                 written = _predict_images(model, group, args.out_dir, bbox)
@@ -265,7 +274,7 @@ def _groups(paths: list[str], batch_size: int) -> Iterator[list[str]]:
     batch_size (predicted together)."""
     group: list[str] = []
     for path in paths:
-        if video.is_video(path):
+        if video_file.is_video(path):
             if group:
                 yield group
                 group = []
@@ -284,7 +293,7 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
     """Predicts the video at `path` into `out_dir` and prints the frame rates -> whether it
     was written; a video that cannot be read or encoded is reported and skipped. A full disk
     raises `disk_space.DiskFull` naming the files, and out of host memory
-    `video.OutOfHostMemory` naming the video, none of them left partial."""
+    `host_memory.OutOfHostMemory` naming the video, none of them left partial."""
     out = _outputs(path, out_dir)
     names = (f"{os.path.basename(out['jsonl'])}, {os.path.basename(out['annotated_video'])} "
              f"and {os.path.basename(out['summary'])}")
@@ -297,7 +306,7 @@ def _predict_video(model: predictor.Predictor, path: str, out_dir: str,
     except disk_space.DiskFull:
         raise
     except MemoryError as e:  # the host's (av.error.MemoryError too): not an input to skip
-        raise video.out_of_host_memory(path, e) from e
+        raise host_memory.out_of_host_memory(path, e) from e
     except (OSError, ValueError, av.FFmpegError) as e:  # FFmpegError: PyAV's
         print(f"skipped {path}: {e}", file=sys.stderr)
         return False
@@ -318,16 +327,16 @@ def _read(path: str, bbox: list[float] | None) -> np.ndarray | None:
     """The image at `path`, RGB uint8 (H,W,3), with `bbox` checked against it -> the image, or
     None after reporting why it is skipped."""
     try:
-        image = predictor.read_image(path)
+        image = image_file.read_image(path)
         if bbox is not None:
             person.Window.given_in(bbox, image.shape)
-    except predictor.UndecodableImage as e:
+    except image_file.UndecodableImage as e:
         print(f"skipped {path}: {e}{_undecodable_hint(path)}", file=sys.stderr)
         return None
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}", file=sys.stderr)
         return None
-    if path.lower().endswith(video.ANIMATION_SUFFIXES) and _frames_held(path) > 1:
+    if path.lower().endswith(video_file.ANIMATION_SUFFIXES) and _frames_held(path) > 1:
         print(f"warning: {path}: an animation PyAV cannot decode (an animated WebP is "
               f"one): only its first frame is predicted; convert it to a GIF or a video to "
               f"predict every frame", file=sys.stderr)
@@ -339,10 +348,10 @@ def _undecodable_hint(path: str) -> str:
     error: rename a video PyAV plays; nothing for a sound file or a damaged image of a
     format OpenCV reads (its error says so); convert an image of a format OpenCV has no
     codec for (HEIC: its suffix is none of OpenCV's, cv2.haveImageWriter); else nothing."""
-    if video.plays_as_video(path):
+    if video_file.plays_as_video(path):
         return (f"; it was read as an image: a video is read as one when its name ends in "
-                f"{', '.join(video.VIDEO_SUFFIXES)} (rename it)")
-    if video.sound_only(path):
+                f"{', '.join(video_file.VIDEO_SUFFIXES)} (rename it)")
+    if video_file.sound_only(path):
         return "; it holds sound only, no picture"
     suffix = os.path.splitext(path)[1]
     # OpenCV takes UTF-8 names only (a surrogate escape of another encoding crashes it).
@@ -372,15 +381,15 @@ def _predict_images(model: predictor.Predictor, paths: list[str], out_dir: str,
     image's panel and JSON written together (both or neither) -> whether each was written; an
     image that cannot be read is reported and skipped. A full disk raises
     `disk_space.DiskFull` naming the file, and out of host memory while they are read or
-    predicted `video.OutOfHostMemory` naming them."""
+    predicted `host_memory.OutOfHostMemory` naming them."""
     try:
         images = {path: image for path in paths if (image := _read(path, bbox)) is not None}
         results = model.predict(list(images.values()),
                                 None if bbox is None else [bbox] * len(images))
-    except video.OutOfHostMemory:  # a probe's (`_undecodable_hint`), naming its file
+    except host_memory.OutOfHostMemory:  # a probe's (`_undecodable_hint`), naming its file
         raise
     except MemoryError as e:  # the host's: not an input to skip
-        raise video.out_of_host_memory(", ".join(paths), e) from e
+        raise host_memory.out_of_host_memory(", ".join(paths), e) from e
     for path, result in zip(images, results, strict=True):
         _write_image(model, path, result, out_dir)
     return [path in images for path in paths]
@@ -390,11 +399,11 @@ def _write_image(model: predictor.Predictor, path: str, result: dict, out_dir: s
     """Writes the prediction `result` of the image at `path`: its panel and JSON, together;
     warns when the model saw no person on the window predicted."""
     out = _outputs(path, out_dir)
-    encoded, png = cv2.imencode(".png", predictor.panel(result)[..., ::-1])
+    encoded, png = cv2.imencode(".png", result_outputs.panel(result)[..., ::-1])
     if not encoded:
         raise RuntimeError(f"OpenCV could not encode the panel of {path} as a PNG")
     record = {"image": paths.text(os.path.abspath(path)), "step": model.step, "flip": model.flip,
-              **predictor.to_json(result, model.tasks)}
+              **result_outputs.to_json(result, model.tasks)}
     disk_space.write_together([(out["panel"], lambda f: f.write(png.tobytes()), "wb"),
                                (out["json"], lambda f: json.dump(record, f), "w")],
                               then=_THEN)

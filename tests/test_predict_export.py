@@ -21,8 +21,18 @@ from hgmt import disk_space, workdirs
 from hgmt.data import builds, cropping, eval_data
 from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
+from hgmt.inference import (
+    annotated_video,
+    crop_camera_meta,
+    host_memory,
+    image_file,
+    person,
+    result_outputs,
+    trained_model,
+    video,
+    video_file,
+)
 from hgmt.inference import export as exporting
-from hgmt.inference import person, trained_model, video
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
 from hgmt.sources import surreal, synthetic
@@ -57,8 +67,8 @@ def test_example(demo_dataset):
 
 
 def _read_frames(path: str, batch_size: int):
-    """The (times, frames) batches of the video at `path` (`video.Clip.batches`)."""
-    with video.Clip(path) as clip:
+    """The (times, frames) batches of the video at `path` (`video_file.Clip.batches`)."""
+    with video_file.Clip(path) as clip:
         yield from clip.batches(batch_size)
 
 
@@ -348,10 +358,11 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert lines[f"skipped {tmp_path / 'missing.jpg'}"] == (f"image {tmp_path / 'missing.jpg'} "
                                                             f"not found")
     assert lines[f"skipped {folder}"] == f"{folder} is a folder: give the image files in it"
-    assert video.is_video("clip.TS") and video.is_video("a.mpg") and not video.is_video("a.png")
+    assert video_file.is_video("clip.TS") and video_file.is_video("a.mpg")
+    assert not video_file.is_video("a.png")
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
     with pytest.raises(IsADirectoryError, match="is a folder: give the video files in it"):
-        video.Clip(str(folder))
+        video_file.Clip(str(folder))
 
     with open(out / "photo.json") as f:
         saved = json.load(f)
@@ -361,7 +372,7 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert joints.shape == (16, 2)
     # No box: the window was searched for, and the JSON says which one was used and how;
     # the joints decoded from the label map lie within it.
-    found = predictor(prediction.read_image(photo))
+    found = predictor(image_file.read_image(photo))
     assert saved["bbox"] == pytest.approx(found["window"].bbox, abs=0.01)
     assert saved["bbox_found_by"] == found["window"].found_by
     assert saved["model_passes"] == found["passes"] >= 1
@@ -374,7 +385,8 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     # Two rows: the input crop, the 2D skeleton and the 3D views; then depth and parts.
     h = drawing.PLOT_HEIGHT
     assert panel.shape == (2 * h, h + h + int(1.5 * h), 3)
-    np.testing.assert_array_equal(panel, prediction.panel(predictor(prediction.read_image(photo))))
+    np.testing.assert_array_equal(
+        panel, result_outputs.panel(predictor(image_file.read_image(photo))))
 
 
 def test_a_photo_is_predicted_upright_by_its_exif_orientation(workdir, tmp_path, capsys):
@@ -391,7 +403,7 @@ def test_a_photo_is_predicted_upright_by_its_exif_orientation(workdir, tmp_path,
     exif[0x0112] = 6  # Orientation
     photo = tmp_path / "portrait.jpg"
     image.save(photo, exif=exif)
-    upright = prediction.read_image(str(photo))
+    upright = image_file.read_image(str(photo))
     assert upright.shape == (64, 48, 3) and upright[:12, -12:].min() > 200
 
     out = tmp_path / "out"
@@ -421,8 +433,8 @@ def test_an_animation_is_a_video_and_an_unknown_image_format_gets_a_fix(workdir,
                    duration=100, loop=0)
     heic = tmp_path / "photo.heic"
     heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
-    assert video.is_video(str(tmp_path / "anim.gif"))
-    assert not video.is_video(str(tmp_path / "still.gif"))
+    assert video_file.is_video(str(tmp_path / "anim.gif"))
+    assert not video_file.is_video(str(tmp_path / "still.gif"))
     out = tmp_path / "out"
     assert hgmt.predict.main([str(tmp_path / name) for name in
                               ("anim.gif", "still.gif", "photo.heic", "moving.webp")]
@@ -1057,7 +1069,7 @@ def test_the_predictor_and_export_decode_with_the_workdirs_crop_metres(workdir, 
     result = model._result(np.zeros((240, 320, 3), np.uint8), window, 1,
                            np.zeros((model.image_size,) * 2 + (3,), np.uint8),
                            cropping.crop_affine(window.centre, window.side, r), raw)
-    saved = prediction.to_json(result, model.tasks)
+    saved = result_outputs.to_json(result, model.tasks)
     assert saved["crop_metres"] == 2.6
     assert saved["pelvis_depth_m"] == pytest.approx(600.0 * 2.6 / 150, abs=1e-4)
     _, meta = exporting.inference_fn(older)
@@ -1644,7 +1656,7 @@ def test_the_predict_json_and_the_export_name_every_segm_class_alike(workdir, pr
     window = person.Window(np.array([32.0, 32.0]), 64.0, "given")
     m_label = cropping.crop_affine(window.centre, window.side, r)
     crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
-    saved = prediction.to_json(predictor._result(crop, window, 1, crop, m_label, raw),
+    saved = result_outputs.to_json(predictor._result(crop, window, 1, crop, m_label, raw),
                                predictor.tasks)
     classes = np.asarray(saved["segm_classes"])[0, :n]
     assert classes.tolist() == list(range(n))
@@ -2198,8 +2210,8 @@ def test_a_file_named_otherwise_is_not_called_a_damaged_image_of_the_format_it_s
                                         "or cut short (copy or export it again)")]:
         path = tmp_path / name
         path.write_bytes(b"II*\x00" + bytes(60))
-        with pytest.raises(prediction.UndecodableImage) as e:
-            prediction.read_image(str(path))
+        with pytest.raises(image_file.UndecodableImage) as e:
+            image_file.read_image(str(path))
         assert str(e.value) == f"image {path} {message}"
 
 
@@ -2271,7 +2283,7 @@ def test_opencv_out_of_memory_decoding_an_image_is_the_hosts_not_the_files(tmp_p
         raise error
 
     monkeypatch.setattr(cv2, "imdecode", no_memory)
-    with pytest.raises(video.OutOfHostMemory, match=rf"while reading or predicting {photo} "
+    with pytest.raises(host_memory.OutOfHostMemory, match=rf"while reading or predicting {photo} "
                                                     r"\(MemoryError: OpenCV could not "):
         hgmt.predict._predict_images(None, [str(photo)], str(tmp_path / "out"), None)
 
@@ -2284,14 +2296,14 @@ def test_grey_16_bit_and_transparent_images_are_read_as_8_bit_rgb(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), np.uint8)
     grey = rgb[..., 0]
     cv2.imwrite(str(tmp_path / "grey.png"), grey)
-    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "grey.png")),
+    np.testing.assert_array_equal(image_file.read_image(str(tmp_path / "grey.png")),
                                   np.repeat(grey[..., None], 3, axis=2))
     cv2.imwrite(str(tmp_path / "deep.png"), rgb[..., ::-1].astype(np.uint16) * 256 + 100)
-    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "deep.png")), rgb)
+    np.testing.assert_array_equal(image_file.read_image(str(tmp_path / "deep.png")), rgb)
     alpha = np.full((12, 16, 1), 255, np.uint8)
     alpha[:, :8] = 0
     Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(tmp_path / "cut.png")
-    np.testing.assert_array_equal(prediction.read_image(str(tmp_path / "cut.png")), rgb)
+    np.testing.assert_array_equal(image_file.read_image(str(tmp_path / "cut.png")), rgb)
 
 
 def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_window():
@@ -2309,7 +2321,7 @@ def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_windo
 def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
     """An export's crop window text for config.window=reference_box, followed step by step on
     random joints, gives `surreal.reference_box` (what training and the search cut)."""
-    meta = prediction.crop_meta(1.97, "assumed", "reference_box")
+    meta = crop_camera_meta.crop_meta(1.97, "assumed", "reference_box")
     assert meta["training_window"] == "reference_box"
     assert "S = 200 / 240 max(W, H), c = start + (W, H) / 2" in meta["window"]
     margins = meta["box_margins"]
@@ -2365,7 +2377,7 @@ def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
 
     def frame_colour(window):
         black = np.zeros((120, 160, 3), np.uint8)
-        frame = video.annotate(black, {"window": window, "raw": {}, "crop_image": None,
+        frame = annotated_video.annotate(black, {"window": window, "raw": {}, "crop_image": None,
                                        "frame": None})
         return tuple(frame[20, 10])  # on the window's left edge
 
@@ -2562,7 +2574,7 @@ def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
     m_label = cropping.crop_affine(window.centre, window.side, r)
     crop = np.zeros((predictor.image_size,) * 2 + (3,), np.uint8)
     image = np.zeros((480, 640, 3), np.uint8)
-    saved = prediction.to_json(predictor._result(image, window, 1, crop, m_label, raw),
+    saved = result_outputs.to_json(predictor._result(image, window, 1, crop, m_label, raw),
                                predictor.tasks)
     np.testing.assert_allclose(saved["joint_scores"], heights, atol=1e-4)
     assert saved["focal_px"] == pytest.approx(1200.0)
@@ -2571,7 +2583,7 @@ def test_the_json_gives_joint_scores_and_the_3d_decoding_camera(predictor):
                                                     abs=1e-4)
     given = copy.copy(predictor)
     given.focal_px = 900.0
-    saved = prediction.to_json(given._result(image, window, 1, crop, m_label, raw),
+    saved = result_outputs.to_json(given._result(image, window, 1, crop, m_label, raw),
                                given.tasks)
     assert saved["focal_px"] == pytest.approx(900.0)
     assert saved["pelvis_depth_m"] == pytest.approx(900.0 * given.crop_metres / 150,
@@ -2691,7 +2703,7 @@ def test_video_lines_and_pictures_are_the_image_paths(workdir, predictor, tmp_pa
     for k, frame in enumerate(frames):
         result = predictor(frame, bbox)
         assert result["segm_image"].shape == frame.shape[:2]
-        want = json.loads(json.dumps(prediction.to_json(result, predictor.tasks)))
+        want = json.loads(json.dumps(result_outputs.to_json(result, predictor.tasks)))
         assert {key: v for key, v in lines[k].items() if key not in ("frame", "time_s")} == want
     (video_result,) = predictor.predict([frames[3]], [bbox], image_maps=False)
     assert video_result["segm_image"] is None and video_result["depth_image"] is None
@@ -2807,7 +2819,7 @@ def test_no_person_seen_is_warned_captioned_and_counted(workdir, tmp_path, monke
     captions.clear()
     lost = {**_panel_result(), "window": person.Window(
         np.array([30.0, 30.0]), 60.0, f"joints (pose2d); {person.NOTHING_SEEN_LAST}")}
-    prediction.panel(lost)
+    result_outputs.panel(lost)
     assert captions[0] == "input crop\njoints (pose2d);\nnothing seen in the final window"
 
     for flags, not_seen in (([], 8), (["--bbox=60,40,170,170"], 0)):
@@ -3033,28 +3045,28 @@ def test_annotated_frames_are_scaled_down_to_fit_the_encoder():
     """libx264 refuses a side over 16384 px: a portrait 4K frame (2160x3840) with four task
     pictures beside it would be 2160 + 4*3840 = 17520 px wide. It is drawn at 1795 px tall
     (its frame 1009 px wide), 8189 px in all, the frame's aspect kept; a small frame is kept."""
-    assert video.annotated_sizes(3840, 2160, 4) == (1795, 1009)
-    assert 1009 + 4 * 1795 <= video.MAX_ANNOTATED_SIDE == 8192
+    assert annotated_video.annotated_sizes(3840, 2160, 4) == (1795, 1009)
+    assert 1009 + 4 * 1795 <= annotated_video.MAX_ANNOTATED_SIDE == 8192
     assert abs(1009 / 1795 - 2160 / 3840) < 1 / 1795
-    assert video.annotated_sizes(240, 320, 4) == (240, 320)
-    assert video.annotated_sizes(9000, 16, 0) == (8192, 14)  # no picture: the height caps
+    assert annotated_video.annotated_sizes(240, 320, 4) == (240, 320)
+    assert annotated_video.annotated_sizes(9000, 16, 0) == (8192, 14)  # no picture: the height caps
 
 
 def test_a_frame_is_fitted_into_the_writers_size_keeping_its_aspect():
     """`fit` letterboxes: a smaller frame is enlarged, a larger one shrunk, to the largest
     size of its aspect within the target, centred on black; one within a pixel is padded."""
     small = np.full((48, 256, 3), 200, np.uint8)
-    out = video.fit(small, (64, 352))  # x 4/3 -> 64 x 341, 5 + 6 black columns
+    out = annotated_video.fit(small, (64, 352))  # x 4/3 -> 64 x 341, 5 + 6 black columns
     assert out.shape == (64, 352, 3)
     np.testing.assert_array_equal(out[:, 5:346], 200)
     np.testing.assert_array_equal(out[:, :5], 0)
     np.testing.assert_array_equal(out[:, 346:], 0)
     large = np.full((64, 352, 3), 90, np.uint8)
-    out = video.fit(large, (48, 256))  # x 8/11 -> 47 x 256, the black row below
+    out = annotated_video.fit(large, (48, 256))  # x 8/11 -> 47 x 256, the black row below
     np.testing.assert_array_equal(out[:47], 90)
     np.testing.assert_array_equal(out[47:], 0)
     odd = np.full((47, 255, 3), 7, np.uint8)
-    out = video.fit(odd, (48, 256))  # padded to even sides, not resized
+    out = annotated_video.fit(odd, (48, 256))  # padded to even sides, not resized
     np.testing.assert_array_equal(out[:47, :255], 7)
     assert out[47:].max() == 0 and out[:, 255:].max() == 0
 
@@ -3070,13 +3082,13 @@ def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
     _write_clip(tall, [np.full((4200, 16, 3), 128, np.uint8)])
     _write_clip(good, [np.full((48, 64, 3), 128, np.uint8)] * 2)
     out = tmp_path / "out"
-    monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 20000, raising=False)
+    monkeypatch.setattr(annotated_video, "MAX_ANNOTATED_SIDE", 20000, raising=False)
     assert hgmt.predict.main([str(tall), str(good), f"--workdir={workdir}",
                               f"--out_dir={out}", "--batch_size=1"]) == 1
     assert f"skipped {tall}" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["good.annotated.mp4", "good.jsonl", "good.summary.json"]
 
-    monkeypatch.setattr(video, "MAX_ANNOTATED_SIDE", 8192)
+    monkeypatch.setattr(annotated_video, "MAX_ANNOTATED_SIDE", 8192)
     assert hgmt.predict.main([str(tall), f"--workdir={workdir}", f"--out_dir={out}",
                               "--batch_size=1"]) == 0
     _, annotated = _decoded(out / "tall.annotated.mp4")
@@ -3126,10 +3138,10 @@ def test_a_damaged_packet_is_skipped_and_counted_not_the_whole_clip(workdir, tmp
 
 
 def _decoding_out_of_memory(monkeypatch, from_packet: int) -> None:
-    """Makes every video `video.Clip` opens fail to decode its packets from the
+    """Makes every video `video_file.Clip` opens fail to decode its packets from the
     `from_packet`-th (0-based) on with PyAV's MemoryError (FFmpeg's ENOMEM), as an allocation
     that fails inside the decoder does."""
-    real_open = video._open
+    real_open = video_file._open
 
     class Packet:
         def __init__(self, packet, number):
@@ -3153,7 +3165,7 @@ def _decoding_out_of_memory(monkeypatch, from_packet: int) -> None:
         def demux(self, *args, **kwargs):
             return (Packet(p, i) for i, p in enumerate(self._container.demux(*args, **kwargs)))
 
-    monkeypatch.setattr(video, "_open", lambda path: Container(real_open(path)))
+    monkeypatch.setattr(video_file, "_open", lambda path: Container(real_open(path)))
 
 
 def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_file(
@@ -3163,10 +3175,10 @@ def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_fi
     ValueError of a file that cannot be decoded; so does opening it when av.open fails so."""
     clip = tmp_path / "clip.mp4"
     _write_clip(clip, list(np.random.default_rng(0).integers(0, 255, (6, 64, 96, 3), np.uint8)))
-    with video.Clip(str(clip)) as read:
+    with video_file.Clip(str(clip)) as read:
         assert [len(frames) for _, frames in read.batches(4)] == [4, 2]
     _decoding_out_of_memory(monkeypatch, from_packet=2)
-    with video.Clip(str(clip)) as read, pytest.raises(MemoryError) as e:
+    with video_file.Clip(str(clip)) as read, pytest.raises(MemoryError) as e:
         list(read.batches(4))
     assert type(e.value) is av.error.MemoryError
 
@@ -3175,7 +3187,7 @@ def test_a_failed_allocation_decoding_a_video_propagates_not_as_an_unreadable_fi
 
     monkeypatch.setattr(av, "open", open_out_of_memory)
     with pytest.raises(MemoryError) as e:
-        video.Clip(str(clip))
+        video_file.Clip(str(clip))
     assert type(e.value) is av.error.MemoryError
 
 
@@ -3186,7 +3198,7 @@ def test_an_empty_video_and_one_ending_before_its_first_frame_are_named_so(tmp_p
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(ValueError) as e:
-        video.Clip(str(empty))
+        video_file.Clip(str(empty))
     assert str(e.value) == f"video {empty} is empty (0 bytes)"
     no_frames = tmp_path / "no_frames.mkv"
     with av.open(str(no_frames), "w") as container:
@@ -3195,7 +3207,7 @@ def test_an_empty_video_and_one_ending_before_its_first_frame_are_named_so(tmp_p
         container.start_encoding()
         container.mux(stream.encode())
     with pytest.raises(ValueError) as e:
-        video.Clip(str(no_frames))
+        video_file.Clip(str(no_frames))
     assert str(e.value).startswith(f"video {no_frames} ends before its first frame: it holds "
                                    f"no frames or is cut short (EOFError: "), str(e.value)
 
@@ -3244,20 +3256,21 @@ def test_a_video_pyav_fails_is_skipped_but_out_of_memory_is_not(tmp_path, monkey
     assert capsys.readouterr().err.startswith(f"skipped {tmp_path / 'a.mp4'}: ")
     monkeypatch.setattr(video, "predict_video", failing(
         av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")))
-    with pytest.raises(video.OutOfHostMemory, match=r"while reading or predicting .*a\.mp4 "):
+    with pytest.raises(host_memory.OutOfHostMemory, match=r"while reading or predicting .*a\.mp4 "):
         command._predict_video(None, str(tmp_path / "a.mp4"), str(tmp_path), None)
 
     def no_memory(path):
         raise MemoryError()
 
-    monkeypatch.setattr(prediction, "read_image", no_memory)
-    with pytest.raises(video.OutOfHostMemory, match=r"while reading or predicting .*x\.jpg, "
+    monkeypatch.setattr(image_file, "read_image", no_memory)
+    with pytest.raises(host_memory.OutOfHostMemory, match=r"while reading or predicting .*x\.jpg, "
                                                     r".*y\.jpg \(MemoryError"):
         command._predict_images(None, [str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")],
                                 str(tmp_path), None)
     monkeypatch.setattr(av, "open", failing(av.error.MemoryError(errno.ENOMEM, "no memory")))
-    for probe in (video.plays_as_video, video.sound_only):
-        with pytest.raises(video.OutOfHostMemory, match=r"while PyAV probed whether .*a\.gif "):
+    for probe in (video_file.plays_as_video, video_file.sound_only):
+        with pytest.raises(host_memory.OutOfHostMemory,
+                           match=r"while PyAV probed whether .*a\.gif "):
             probe(str(tmp_path / "a.gif"))
 
 
@@ -3290,7 +3303,7 @@ def test_out_of_host_memory_probing_an_input_stops_in_one_line_naming_it(workdir
     assert not out.exists()
     damaged = tmp_path / "damaged.dat"
     damaged.write_bytes(b"not an image")
-    with pytest.raises(video.OutOfHostMemory) as e:
+    with pytest.raises(host_memory.OutOfHostMemory) as e:
         hgmt.predict._predict_images(None, [str(image), str(damaged)], str(out), None)
     assert str(e.value).startswith(f"out of host memory while PyAV probed whether {damaged} "), \
         str(e.value)
@@ -3446,7 +3459,7 @@ def test_frames_without_time_stamps_are_a_frame_apart(tmp_path):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    with video.Clip(str(raw)) as clip:
+    with video_file.Clip(str(raw)) as clip:
         times = [t for batch, _ in clip.batches(2) for t in batch]
     np.testing.assert_allclose(times, np.arange(5) / 25, atol=1e-6)
 
@@ -3460,11 +3473,11 @@ def test_an_animated_png_named_png_is_a_video_and_a_still_one_an_image(tmp_path)
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:],
                    duration=100)
     frames[0].save(tmp_path / "still.png")
-    assert video.animated_png(str(tmp_path / "anim.png"))
-    assert video.is_video(str(tmp_path / "anim.png"))
-    assert not video.animated_png(str(tmp_path / "still.png"))
-    assert not video.is_video(str(tmp_path / "still.png"))
-    with video.Clip(str(tmp_path / "anim.png")) as clip:
+    assert video_file.animated_png(str(tmp_path / "anim.png"))
+    assert video_file.is_video(str(tmp_path / "anim.png"))
+    assert not video_file.animated_png(str(tmp_path / "still.png"))
+    assert not video_file.is_video(str(tmp_path / "still.png"))
+    with video_file.Clip(str(tmp_path / "anim.png")) as clip:
         assert sum(len(batch) for batch, _ in clip.batches(8)) == 3
 
 
@@ -3496,9 +3509,9 @@ def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
     image.save(tmp_path / "plain.jpg", exif=exif)
     latin = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
     shutil.copy(tmp_path / "plain.jpg", latin)
-    upright = prediction.read_image(str(tmp_path / "plain.jpg"))
+    upright = image_file.read_image(str(tmp_path / "plain.jpg"))
     assert upright.shape == (60, 40, 3)
-    np.testing.assert_array_equal(prediction.read_image(os.fsdecode(latin)), upright)
+    np.testing.assert_array_equal(image_file.read_image(os.fsdecode(latin)), upright)
 
 
 @pytest.mark.slow
@@ -3559,9 +3572,10 @@ def test_next_pts_keeps_times_and_steps_past_repeated_ones():
     import fractions
 
     base = fractions.Fraction(1, 90000)
-    assert video.next_pts(0.2, 9000, base, 30.0) == 18000
-    assert video.next_pts(0.1, 9000, base, 30.0) == 12000  # not after the last: one frame on
-    assert video.next_pts(0.0, None, base, 30.0) == 0
+    assert annotated_video.next_pts(0.2, 9000, base, 30.0) == 18000
+    # Not after the last: one frame on.
+    assert annotated_video.next_pts(0.1, 9000, base, 30.0) == 12000
+    assert annotated_video.next_pts(0.0, None, base, 30.0) == 0
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 which says what each format writes): images (B, R, R, 3) float32 on [0, 255], B >= 1 -> the
 last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
 `load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
-(`META_FILE`) says how the inputs are cut from an image (`predictor.crop_meta`), how to decode
-each output (`output_meta`) and the camera 3D decoding assumes (`predictor.camera_meta`)."""
+(`META_FILE`) says how the inputs are cut from an image (`crop_camera_meta.crop_meta`), how to
+decode each output (`output_meta`) and the camera 3D decoding assumes
+(`crop_camera_meta.camera_meta`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from etils import epath
 from hgmt import disk_space, paths, workdirs
 from hgmt.cli import errors
 from hgmt.data import cropping
-from hgmt.inference import crop_scale, predictor, trained_model
+from hgmt.inference import crop_camera_meta, crop_scale, trained_model
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -69,9 +70,9 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": predictor.crop_meta(*crop_scale.with_source(
+            "crop": crop_camera_meta.crop_meta(*crop_scale.with_source(
                 workdir, window, warn=reads_distance(tasks)), window),
-            "camera": predictor.camera_meta(),
+            "camera": crop_camera_meta.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.
             "flip_test": False,

@@ -16,7 +16,6 @@ docs/predict.md#how-3d-is-decoded.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +28,11 @@ import numpy as np
 from hgmt.data import cropping
 from hgmt.inference import crop_scale, person, trained_model
 from hgmt.models import create_model, predict_last_stage
-from hgmt.sources import reference_crop, surreal
+from hgmt.sources import surreal
 from hgmt.tasks import (
     TASKS,
     channel_flips,
     common,
-    drawing,
     heads,
     parse_tasks,
     reads_distance,
@@ -295,74 +293,6 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
                      [0.0, scale, v0 - scale * (h - 1) / 2]])
 
 
-# How training's window (config.window) is had from the 16 joints, for an export's hgmt.json.
-TRAINING_BOXES = {
-    "hgmt": "the 16 joints' tight box (w x h) widened by box_margins (fractions of w left and "
-            "right, of h top and bottom), S the larger of its sides and min_side_px, centred "
-            "on it",
-    "reference_box": "the reference code's: the 16 joints plus 1 (1-based px), their tight "
-                     "box from (x0, y0) to (x1, y1) with w = x1 - x0 + 1 and h = y1 - y0 + 1, "
-                     "widened to start = (x0 - box_margins.left w, y0 - box_margins.top h) "
-                     "and end = (x1 + box_margins.right w, y1 + box_margins.bottom h), W x H = "
-                     f"end - start + 1, S = {reference_crop.WINDOW_PER_SCALE_PX:g} / "
-                     f"{reference_crop.SCALE_DIVISOR_PX:g} max(W, H), c = start + (W, H) / 2 "
-                     "(taken as 0-based px)",
-}
-
-
-def crop_meta(crop_metres: float, source: str, window: str = "hgmt") -> dict:
-    """How a model input is cut from an image (`Predictor._crops`, training's `window`,
-    config.window), for an export's hgmt.json: R is its `image_size`, r its `label_size`;
-    `crop_metres` the metres a training window spans at the person and `source` where that
-    figure comes from (measured or assumed: `crop_scale.with_source`)."""
-    return {
-        "window": "a square of S x S image px centred on image px c (x and y), pixel centres "
-                  f"at integers; training's ({window}) is {TRAINING_BOXES[window]}: a window "
-                  "spans about window_metres at the person's depth. hgmt.predict finds it "
-                  "from the model's outputs, or takes the square around --bbox (its centre, "
-                  "S the larger of its width and height)",
-        "training_window": window,
-        "box_margins": dict(reference_crop.BOX_MARGINS if window == "reference_box"
-                            else cropping.BOX_MARGINS),
-        "min_side_px": cropping.MIN_WINDOW_SIDE_PX,
-        "window_metres": crop_metres,
-        "window_metres_source": source,
-        "image_px_to_input_px": "input = (R / S) * (image - c) + (R - 1) / 2, for x and y",
-        "image_px_to_label_px": "label = (r / S) * (image - c) + (r - 1) / 2, for x and y",
-        "sampling": "bilinear (OpenCV's warpAffine, INTER_LINEAR); an input px whose source "
-                    "lies outside the image is 0 (black)",
-        "max_window_px": MAX_WINDOW_PX,
-        "downsampling": "where S > max(max_window_px, R) the window is cut, as above, from the "
-                        "W x H image first resized to W' x H' = round(W R / S) x round(H R / S) "
-                        "px (each at least 1) by pixel-area averaging (OpenCV's resize, "
-                        "INTER_AREA), where image px x lies at (x + 0.5) W' / W - 0.5 (y "
-                        "likewise)",
-    }
-
-
-def camera_meta() -> dict:
-    """How hgmt.predict places an image in SURREAL's camera to decode 3D (`decoding_frame`,
-    the pelvis depth of `Predictor._result`), for an export's hgmt.json."""
-    k = surreal.INTRINSICS
-    return {
-        "focal_px": float(k[0, 0]),
-        "principal_point_px": [float(k[0, 2]), float(k[1, 2])],
-        "image_width_px": surreal.IMAGE_WIDTH,
-        "frame_centre_px": [(surreal.IMAGE_WIDTH - 1) / 2, (surreal.IMAGE_HEIGHT - 1) / 2],
-        "camera": "SURREAL's: focal length f = focal_px, principal point (cx, cy) = "
-                  "principal_point_px, in px of its image_width_px-wide frame whose centre is "
-                  "frame_centre_px (pixel centres at integers: the principal point lies half a "
-                  "pixel right of and below it); x right, y down, z away from the camera",
-        "image_px_to_camera_px": "u = s (x - (W - 1) / 2) + u0, v = s (y - (H - 1) / 2) + v0 "
-                                 "for image px (x, y) of a W x H image, (u0, v0) = "
-                                 "frame_centre_px: its centre on the frame's centre, scaled by "
-                                 "s = focal_px / F for the image's focal length F px "
-                                 "(hgmt.predict --focal_px), else s = image_width_px / max(W, H)",
-        "pelvis_depth_m": "z_pelvis = focal_px * crop.window_metres / (s S), for a window of "
-                          "S image px",
-    }
-
-
 def _after_inverse(m: np.ndarray, a: np.ndarray) -> np.ndarray:
     """(2,3) affines -> m after the inverse of a: the map from a's target frame through m."""
     return m @ np.vstack([cv2.invertAffineTransform(a), [0, 0, 1]])
@@ -403,104 +333,4 @@ def _checked(image: np.ndarray) -> np.ndarray:
         hint = "a list of (H,W,3) images for Predictor.predict, one for Predictor(...)()"
     raise ValueError(f"expected an RGB uint8 image (H,W,3), got {image.dtype} {image.shape}: "
                      f"give {hint}")
-
-
-def to_json(result: dict, tasks: Sequence[str]) -> dict:
-    """The JSON-able part of a result: 'image_size_px' [W, H], the size of the image as
-    predicted (upright: `read_image`, a video's `Clip.batches`), whose pixels every coordinate
-    refers to; the window predicted on ('bbox' x, y, w, h in image px, which `--bbox` takes
-    back; 'bbox_found_by': `person.Window.found_by`; 'model_passes'; 'crop_metres', the metres
-    a training window spans at the person, which 3D decoding's scale rests on), and each
-    task's `to_json` (joints, class maps in the crop's label frame, as lists)."""
-    window = result["window"]
-    height, width = result["frame"].image_shape
-    out = {"tasks": list(tasks),
-           "image_size_px": [int(width), int(height)],
-           "bbox": np.round(window.bbox, 6).tolist(), "bbox_found_by": window.found_by,
-           "model_passes": result["passes"], "crop_metres": round(result["crop_metres"], 4),
-           "crop_affine_image_to_label": np.round(result["crop"], 6).tolist()}
-    for t in tasks:
-        out.update(TASKS[t].to_json(result))
-    return out
-
-
-PANEL_MAX_WIDTH = 1400  # pixels: the panel's figures wrap into rows no wider
-
-
-def panel(result: dict) -> np.ndarray:
-    """(rows*PLOT_HEIGHT, W, 3) uint8 RGB: the input crop, then each predicted task's figure
-    (its `plot`) in task order (2D skeleton; 3D skeleton, front and side, axes in mm; depth
-    with a colour bar in mm from the pelvis; parts with a legend), in rows of at most
-    PANEL_MAX_WIDTH pixels. The input crop's caption says so when the model saw no person on
-    it (`person.Window.person_seen`): "input crop" then what found the window, e.g. "whole
-    image: no person found"."""
-    window = result["window"]
-    caption = "input crop" if window.person_seen else "input crop\n" + window.found_by.replace(
-        "; ", ";\n")
-    pictures = [drawing.render(drawing.figure_image(result["crop_image"], caption))]
-    pictures += [drawing.render(TASKS[t].plot(result)) for t in result["raw"]]
-    return drawing.tile(pictures, PANEL_MAX_WIDTH)
-
-
-class UndecodableImage(ValueError):
-    """A file read as an image is not one OpenCV decodes."""
-
-
-# The first bytes of the image formats OpenCV decodes that a photo or a frame comes in, and
-# their files' suffixes: a file of such a suffix that starts so but does not decode is
-# damaged or cut short (a camera's raw file starts as a TIFF does, but is named otherwise).
-SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP",
-              b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"GIF87a": "GIF", b"GIF89a": "GIF"}
-SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "BMP": (".bmp", ".dib"),
-            "TIFF": (".tif", ".tiff"), "GIF": (".gif",), "WebP": (".webp",)}
-
-
-def read_image(path: str) -> np.ndarray:
-    """Any format OpenCV reads -> RGB uint8 (H,W,3), upright: turned by its EXIF orientation
-    as viewers show it (OpenCV's decoding applies it: a phone photo stored 4000 x 3000 with
-    orientation 6 is read 3000 wide and 4000 tall), grey as RGB, 16 bits at 8, an alpha
-    channel dropped (transparent pixels as the colours they store); a clear error when it
-    cannot
-    (UndecodableImage when the file is there but is empty, damaged or cut short, or not such
-    an image; a ValueError when OpenCV refuses its header, e.g. for more pixels than it
-    decodes; MemoryError when the decoded image cannot be allocated). The bytes are read
-    by Python and decoded by OpenCV: cv2.imread crashes the process on a file name that is
-    not UTF-8 (Python's surrogate escapes)."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder: give the image files in it")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path} not found")
-    data = np.fromfile(path, np.uint8)
-    if not data.size:
-        raise UndecodableImage(f"image {path} is empty (0 bytes)")
-    try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as e:  # OpenCV raises for a header it refuses, before any decoding
-        raise _refused(path, e) from None
-    if bgr is None:
-        head = data[:8].tobytes()
-        kind = next((k for sig, k in SIGNATURES.items() if head.startswith(sig)), None)
-        if kind is None and head[:4] == b"RIFF" and data[8:12].tobytes() == b"WEBP":
-            kind = "WebP"
-        if kind is not None and path.lower().endswith(SUFFIXES[kind]):
-            raise UndecodableImage(f"image {path} is a {kind} file that does not decode: it is "
-                                   f"damaged or cut short (copy or export it again)")
-        raise UndecodableImage(f"image {path} cannot be decoded (not an image OpenCV reads)")
-    return bgr[..., ::-1].copy()
-
-
-def _refused(path: str, error: cv2.error) -> Exception:
-    """The error of the image at `path` that OpenCV refused to decode with `error`: a
-    MemoryError when it could not allocate the image (the host's fault, not the file's); a
-    ValueError naming the fix for an image of more pixels than OpenCV decodes; else a
-    ValueError with OpenCV's reason."""
-    if error.code == cv2.Error.StsNoMem:
-        return MemoryError(f"OpenCV could not allocate the decoded image of {path}")
-    if "CV_IO_MAX_IMAGE_PIXELS" in (error.err or ""):
-        return ValueError(f"image {path} has more pixels than OpenCV decodes (2^30 by "
-                          f"default): scale it down, or set the environment variable "
-                          f"OPENCV_IO_MAX_IMAGE_PIXELS to its pixel count if the host's "
-                          f"memory holds it (3 bytes a pixel, and more while it is predicted)")
-    return ValueError(f"image {path} cannot be decoded (OpenCV: {error.err or error.msg})")
-
 

@@ -1,0 +1,324 @@
+"""A video file, read with PyAV: whether a file is one (`is_video`, probed when its suffix
+does not say), and its frames as players display them (`Clip`: in display order, on the
+clip's clock, with square pixels, turned and mirrored as the file says), decoded as they are
+read."""
+
+from __future__ import annotations
+
+import collections
+import fractions
+import heapq
+import itertools
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from hgmt.inference.host_memory import out_of_host_memory_probing
+
+# The suffixes of the containers FFmpeg reads that hold video: files with them are videos.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
+                  ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv")
+
+
+# The suffixes of still-image formats that may hold an animation, of which OpenCV reads the
+# first frame only: a file with one of them that PyAV plays as a video is one (`is_video`).
+ANIMATION_SUFFIXES = (".gif", ".webp", ".apng")
+
+# The most frames a decoder holds back to put them in display order (H.264's limit).
+REORDER_DEPTH = 16
+
+
+def is_video(path: str) -> bool:
+    """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
+    or one of ANIMATION_SUFFIXES, or `.png` for an animated PNG (`animated_png`), and PyAV
+    plays it as a video (`plays_as_video`: an animated GIF, not a GIF of one frame);
+    `OutOfHostMemory` naming the file when the host runs out of memory while PyAV probes it."""
+    name = path.lower()
+    return name.endswith(VIDEO_SUFFIXES) or (
+        (name.endswith(ANIMATION_SUFFIXES) or (name.endswith(".png") and animated_png(path)))
+        and plays_as_video(path))
+
+
+def animated_png(path: str) -> bool:
+    """Whether the file is an animated PNG (APNG, usually named `.png`: an acTL chunk before
+    its first IDAT), from its chunk headers alone, so a still PNG costs a few small reads
+    and no decoder."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while len(head := f.read(8)) == 8:
+                kind = head[4:]
+                if kind == b"acTL":
+                    return True
+                if kind in (b"IDAT", b"IEND"):
+                    return False
+                f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # data, CRC
+    except OSError:
+        return False
+    return False
+
+
+def _open(path: str):
+    """The PyAV container of a video file; FileNotFoundError or ValueError naming the file
+    when it is missing, empty, ends before its first frame, is not a video, or has no video
+    stream."""
+    import av
+
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: give the video files in it")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video {path} not found")
+    if not os.path.getsize(path):
+        raise ValueError(f"video {path} is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
+        raise
+    except av.error.EOFError as e:  # the demuxer met the file's end probing its streams
+        raise ValueError(f"video {path} ends before its first frame: it holds no frames or "
+                         f"is cut short ({type(e).__name__}: {e})") from e
+    except Exception as e:  # av raises InvalidDataError and others on non-videos
+        raise ValueError(f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path} has no video stream")
+    return container
+
+
+def plays_as_video(path: str) -> bool:
+    """Whether PyAV decodes two frames of the file's first video stream: a video, whatever
+    its name says (a still image gives one frame, even in a video container such as HEIC's;
+    a file PyAV cannot open or decode gives none). An allocation that fails meanwhile is the
+    host's, not the file's: `OutOfHostMemory` naming the file."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return False
+            frames = container.decode(container.streams.video[0])
+            return sum(1 for _ in itertools.islice(frames, 2)) == 2
+    except MemoryError as e:  # the host's, not the file's (av.error.MemoryError is one)
+        raise out_of_host_memory_probing(path, e) from e
+    except (av.FFmpegError, OSError, ValueError):
+        return False
+
+
+def sound_only(path: str) -> bool:
+    """Whether PyAV opens the file and finds audio streams but no video stream (an .m4a);
+    `OutOfHostMemory` naming the file when an allocation fails meanwhile."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return bool(container.streams.audio) and not container.streams.video
+    except MemoryError as e:  # the host's, not the file's
+        raise out_of_host_memory_probing(path, e) from e
+    except (av.FFmpegError, OSError, ValueError):
+        return False
+
+
+def display_matrix(frame) -> tuple[int, ...] | None:
+    """The 3x3 display matrix (FFmpeg's 16.16 fixed-point layout, row by row) a decoded PyAV
+    frame carries as side data, or None."""
+    import av
+
+    for data in frame.side_data:
+        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return struct.unpack("=9i", bytes(data))
+    return None
+
+
+def upright(rgb: np.ndarray, rotation: float,
+            matrix: Sequence[int] | None = None) -> np.ndarray:
+    """A decoded (H,W,3) frame turned and mirrored as players display it: `rotation` is the
+    display matrix's counterclockwise turn in degrees (PyAV's `VideoFrame.rotation`; a phone's
+    portrait clip holds landscape frames and -90), `matrix` the matrix itself
+    (`display_matrix`), whose signs say the mirroring. The quarter turns and flips are those
+    ffmpeg's command-line tool applies (fftools/ffmpeg_filter.c: a clockwise angle theta in
+    [0, 360) from the rotation; 90: `transpose` clock, or cclock_flip when matrix[3] > 0; 180:
+    hflip when matrix[0] < 0, vflip when matrix[4] < 0; 270: cclock, or clock_flip when
+    matrix[3] < 0; 0: vflip when matrix[4] < 0); another angle is rounded to quarter turns."""
+    theta = -round(rotation)
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if matrix is None or not any(abs(theta - a) < 1 for a in (0, 90, 180, 270)):
+        turns = round(rotation / 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+    if abs(theta - 90) < 1:
+        out = rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1)
+    elif abs(theta - 270) < 1:
+        out = rgb[::-1, ::-1].transpose(1, 0, 2) if matrix[3] < 0 else np.rot90(rgb, 1)
+    else:
+        out = rgb
+        if abs(theta - 180) < 1 and matrix[0] < 0:
+            out = out[:, ::-1]
+        if matrix[4] < 0:
+            out = out[::-1]
+    return rgb if out is rgb else np.ascontiguousarray(out)
+
+
+def square_pixels(rgb: np.ndarray, sample_aspect_ratio: float) -> np.ndarray:
+    """A decoded (H,W,3) frame of an anamorphic clip, whose pixels are `sample_aspect_ratio`
+    times as wide as they are tall (4/3 for HDV's 1440x1080 shown at 1920x1080) -> the frame
+    as players show it, (H, round(W * sample_aspect_ratio), 3) with square pixels; unchanged
+    when the ratio is 1."""
+    h, w = rgb.shape[:2]
+    width = max(round(w * sample_aspect_ratio), 1)
+    if width == w:
+        return rgb
+    shrink = width < w
+    return cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA if shrink
+                      else cv2.INTER_LINEAR)
+
+
+class Clip:
+    """An open video file, read as players display it (`batches`); a context manager.
+
+    `frame_rate` is the stream's average rate (frames per second, 30 when it does not say),
+    `time_base` the seconds per tick of its time stamps (1/90000 when it does not say),
+    `start_time_s` the clip's start on the stream's clock, in seconds, which `batches`
+    subtracts from every frame's time stamp (`start_time`; None until the first frame is shown
+    when the file does not say), and `damaged_packets` counts the packets `batches` skipped
+    because the decoder found them damaged."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._container = _open(path)
+        # The decoder is left with PyAV's default threading, slice threads only: with frame
+        # threads too ("AUTO", which decodes a 1080p clip twice as fast) a damaged packet
+        # raises no error and its frame is dropped uncounted (`_decoded`).
+        self._stream = self._container.streams.video[0]
+        rate, base = self._stream.average_rate, self._stream.time_base
+        self.frame_rate = float(rate) if rate else 30.0
+        self.time_base = fractions.Fraction(base) if base else fractions.Fraction(1, 90000)
+        self.start_time_s = start_time(self._container, self._stream)
+        self.damaged_packets = 0
+        # The frames the container's header lists (an mp4's sample count), 0 when it does not
+        # say, and the packets of frames `_decoded` read: fewer than listed is a clip cut short
+        # (a trimmed mp4's edit list drops frames from the decoding, not from the packets).
+        self.listed_frames = int(self._stream.frames or 0)
+        self.read_packets = 0
+
+    def __enter__(self) -> Clip:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._container.close()
+
+    def _decoded(self) -> Iterator:
+        """PyAV's frames, decoded a packet at a time: a packet the decoder finds damaged
+        (InvalidDataError) is counted and skipped, as ffmpeg does, with one warning per clip;
+        any other error, or a damaged container, is a ValueError naming the file, but an
+        allocation that fails (MemoryError, av.error.MemoryError among them), the host's and
+        not the file's, propagates."""
+        import av
+
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except MemoryError:
+                raise
+            except av.FFmpegError as e:
+                raise ValueError(f"video {self.path} cannot be read ({type(e).__name__}: "
+                                 f"{e})") from e
+            self.read_packets += bool(packet.size)
+            try:
+                frames = packet.decode()  # the empty packet at the end flushes the decoder
+            except av.InvalidDataError as e:
+                self.damaged_packets += 1
+                if self.damaged_packets == 1:
+                    logging.warning("%s: skipped a damaged packet at %s s (%s); its frame is "
+                                    "left out and frames after it may show errors; the "
+                                    "summary's damaged_packets counts all such packets",
+                                    self.path, self._seconds(packet.pts), e)
+                continue
+            except MemoryError:
+                raise
+            except av.FFmpegError as e:
+                raise ValueError(f"video {self.path} cannot be decoded ({type(e).__name__}: "
+                                 f"{e})") from e
+            yield from frames
+
+    def _shown(self) -> Iterator[tuple[float, object]]:
+        """(time in seconds, PyAV frame) of each frame in display order. AVI stores decoding
+        times only: with B-frames the time stamps FFmpeg gives the frames, which come in
+        display order, are out of it (ffmpeg's tools repair them with a heuristic,
+        best_effort_timestamp, that PyAV does not expose). They are the right stamps in a
+        wrong order within the decoder's reordering depth (at most REORDER_DEPTH frames), so
+        each frame gets the smallest stamp not yet given once the stamps of the frames up to
+        that depth after it are known; a dropped frame's gap stays. In any container a frame
+        without a stamp (a raw H.264 stream's) is one frame after the latest one."""
+        last = None
+
+        def stamped(frame) -> float:
+            nonlocal last
+            time_s = frame.time
+            if time_s is None:
+                time_s = 0.0 if last is None else last + 1 / self.frame_rate
+            last = float(time_s) if last is None else max(last, float(time_s))
+            return float(time_s)
+
+        if self._container.format.name != "avi":
+            for frame in self._decoded():
+                yield stamped(frame), frame
+            return
+        stamps: list[float] = []
+        held: collections.deque = collections.deque()
+        for frame in self._decoded():
+            time_s = stamped(frame)
+            heapq.heappush(stamps, float(time_s))
+            held.append(frame)
+            if len(held) > REORDER_DEPTH:
+                yield heapq.heappop(stamps), held.popleft()
+        while held:
+            yield heapq.heappop(stamps), held.popleft()
+
+    def _seconds(self, pts: int | None) -> str:
+        """A packet's time stamp on the clip's clock (`start_time_s` subtracted once known),
+        in seconds for a message ("?" when it has none)."""
+        if pts is None:
+            return "?"
+        return f"{float(pts * self.time_base) - (self.start_time_s or 0.0):.3f}"
+
+    def batches(self, batch_size: int) -> Iterator[tuple[list[float], list[np.ndarray]]]:
+        """Yields (times in seconds on the clip's clock, RGB uint8 frames) of up to
+        batch_size frames at a time, decoding as it goes: each frame's time stamp minus
+        `start_time_s` (set to the first frame's time stamp when the file gives no start), as
+        a player counts it, and the frame as it is displayed: with square pixels
+        (`square_pixels`, by the stream's sample aspect ratio) and turned and mirrored
+        (`upright`)."""
+        ratio = float(self._stream.sample_aspect_ratio or 1) or 1.0
+        times, frames = [], []
+        for time_s, frame in self._shown():
+            if self.start_time_s is None:
+                self.start_time_s = time_s
+            times.append(time_s - self.start_time_s)
+            rgb = square_pixels(frame.to_ndarray(format="rgb24"), ratio)
+            frames.append(upright(rgb, frame.rotation, display_matrix(frame)))
+            if len(frames) == batch_size:
+                yield times, frames
+                times, frames = [], []
+        if frames:
+            yield times, frames
+
+
+def start_time(container, stream) -> float | None:
+    """Where a clip starts on its stream's clock, in seconds: the video `stream`'s start time
+    (its first shown frame's time stamp, as FFmpeg reads it), else the `container`'s (in
+    microseconds), else None. Most mp4, mkv and avi files start at 0; MPEG-TS and MPEG-PS
+    files often do not (an .mpg PyAV writes starts at 0.54 s, a broadcast or camcorder
+    capture at any time). Players count a clip's time from it."""
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    if container.start_time is not None:
+        return container.start_time / 1e6
+    return None
+
