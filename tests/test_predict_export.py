@@ -2863,6 +2863,24 @@ def test_video_frame_rates_leave_out_every_compilation(workdir, tmp_path, monkey
     assert "first_batch_excluded" not in summary
 
 
+def test_several_videos_say_compiling_the_model_once(workdir, tmp_path, monkeypatch, caplog):
+    """The videos of one command share the model passes the first one compiled: the line
+    saying the model is being compiled is logged for the first video only."""
+    import logging
+
+    monkeypatch.setattr(prediction, "_EXECUTABLES", {})  # none compiled by earlier tests
+    clips = [tmp_path / f"clip{k}.mp4" for k in range(3)]
+    for clip in clips:
+        _write_clip(clip, [np.full((48, 64, 3), 128, np.uint8)] * 2)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert hgmt.predict.main([*map(str, clips), f"--workdir={workdir}",
+                                  f"--out_dir={out}", "--batch_size=2"]) == 0
+    compiling = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
+    assert compiling == [f"{clips[0]}: compiling the model for batches of up to 2 frames"]
+    assert len(os.listdir(out)) == 9
+
+
 def test_flip_averages_each_crop_with_its_mirror_image(workdir, predictor, test_example,
                                                        tmp_path):
     """--flip runs the flip test of hgmt.evaluate --flip: each output is the mean of the

@@ -114,12 +114,22 @@ class Predictor:
         return self.predict([np.zeros((self.image_size, self.image_size, 3), np.uint8)],
                             image_maps=False)[0]
 
+    def compiled(self) -> bool:
+        """Whether the model pass is compiled in this process for every one of `batch_shapes`
+        (by this Predictor or an earlier one of the same model): `warm_up` compiles none."""
+        return all(n in self._compiled or self._key(n) in _EXECUTABLES
+                   for n in self.batch_shapes())
+
+    def _key(self, n: int) -> tuple:
+        """The `_EXECUTABLES` key of the model pass on batches of n crops."""
+        return (self._model, self.flip, n, self.image_size)
+
     def _executable(self, n: int):
         """`_apply` compiled for batches of n crops (on first use, or by an earlier Predictor
         of the same model: `_EXECUTABLES`), each crop's outputs returned as arrays of their
         own: {task: n (r,r,C)}, which need no slicing after."""
         if n not in self._compiled:
-            key = (self._model, self.flip, n, self.image_size)
+            key = self._key(n)
             if key not in _EXECUTABLES:
                 apply = self._apply  # not self: the executable outlives this Predictor
 

@@ -102,10 +102,12 @@ class _Tally:
 def _warmed_up(model: prediction.Predictor, path: str) -> float:
     """Compiles everything a frame needs before any is timed: the model for each batch shape
     (`Predictor.warm_up`) and the drawing's eager ops (`annotated_video.annotate` of a black
-    image) -> the seconds it took."""
+    image) -> the seconds it took. It says so only where the model is not yet compiled: the
+    videos after the first of a command share its compiled passes."""
     began = time.perf_counter()
-    logging.info("%s: compiling the model for batches of up to %d frames", path,
-                 model.batch_size)
+    if not model.compiled():
+        logging.info("%s: compiling the model for batches of up to %d frames", path,
+                     model.batch_size)
     black = np.zeros((model.image_size, model.image_size, 3), np.uint8)
     annotated_video.annotate(black, model.warm_up())
     return time.perf_counter() - began
