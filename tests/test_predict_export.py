@@ -3070,6 +3070,31 @@ def test_annotated_frames_are_scaled_down_to_fit_the_encoder():
     assert annotated_video.annotated_sizes(9000, 16, 0) == (8192, 14)  # no picture: the height caps
 
 
+def test_a_long_found_by_label_ends_inside_a_narrow_frame():
+    """The label of a window near a 160 px frame's right edge is moved left to end inside the
+    frame, and one wider than the frame is cut with "...": its drawn pixels keep 2 px from
+    either edge, where they ran past the right one."""
+    long = ("foreground (depth+segm), larger than joints (pose2d, 9 of 16); nothing seen in "
+            "the final window")
+
+    def label_columns(found_by):
+        window = person.Window(np.array([139.5, 40.0]), 30.0, found_by)  # x 125 to 154
+        frame = annotated_video.annotate(np.zeros((64, 160, 3), np.uint8), {
+            "window": window, "raw": {}, "crop_image": None, "frame": None})
+        drawn = np.nonzero(frame[:20].any(axis=(0, 2)))[0]  # the rows above the window
+        return drawn.min(), drawn.max()
+
+    left, right = label_columns(long)
+    assert left >= 2 and right <= 157, (left, right)
+    left, right = label_columns("given")  # it fits: it starts at the window's left edge
+    assert abs(left - 125) <= 1 and right <= 157, (left, right)
+    left, right = label_columns("joints (pose2d)")  # moved left to end inside the frame
+    assert left < 125 and right <= 157, (left, right)
+    label = annotated_video.fitted_label(long, 156)
+    assert label == "foreground (depth+segm..." and annotated_video.label_width(label) <= 156
+    assert annotated_video.fitted_label("given", 156) == "given"
+
+
 def test_a_frame_is_fitted_into_the_writers_size_keeping_its_aspect():
     """`fit` letterboxes: a smaller frame is enlarged, a larger one shrunk, to the largest
     size of its aspect within the target, centred on black; one within a pixel is padded."""

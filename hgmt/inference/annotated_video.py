@@ -6,6 +6,7 @@ as H.264 in an mp4 (`Writer`), each frame at its time in the clip."""
 from __future__ import annotations
 
 import fractions
+import functools
 
 import cv2
 import numpy as np
@@ -55,11 +56,36 @@ def fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+# The window's label (`annotate`): OpenCV's plain font, about 7 px a character, 9 px tall.
+LABEL_FONT, LABEL_SCALE, LABEL_THICKNESS = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
+LABEL_MARGIN_PX = 2  # the label's least distance from the frame's left and right edges
+
+
+def label_width(text: str) -> int:
+    """The width in px of `text` drawn as the window's label (OpenCV's measure of it)."""
+    return cv2.getTextSize(text, LABEL_FONT, LABEL_SCALE, LABEL_THICKNESS)[0][0]
+
+
+@functools.lru_cache(maxsize=256)
+def fitted_label(text: str, width: int) -> str:
+    """`text` where it is at most `width` px wide as a label, else as much of it as fits with
+    "..." after it ("" where not even that fits). Cached: a clip's labels are few, each
+    measured once."""
+    if label_width(text) <= width:
+        return text
+    for end in range(len(text) - 1, -1, -1):
+        cut = text[:end].rstrip() + "..."
+        if label_width(cut) <= width:
+            return cut
+    return ""
+
+
 def annotate(image: np.ndarray, result: dict) -> np.ndarray:
     """(H,W,3) frame and its result -> (h, w + k*h, 3) uint8: the frame with the window
     (green: the person given or seen, red: not seen, `person.Window.person_seen`; its
-    `found_by` written above it), then each task's `draw` of the crop, h pixels square; (h, w)
-    is (H, W) scaled down so that no side exceeds MAX_ANNOTATED_SIDE (`annotated_sizes`)."""
+    `found_by` written above it, moved left or cut with "..." to end inside the frame:
+    `fitted_label`), then each task's `draw` of the crop, h pixels square; (h, w) is (H, W)
+    scaled down so that no side exceeds MAX_ANNOTATED_SIDE (`annotated_sizes`)."""
     pictures = [TASKS[t].draw(pred, result["crop_image"], result["frame"], result=result)
                 for t, pred in result["raw"].items()]
     h, w = annotated_sizes(*image.shape[:2], len(pictures), MAX_ANNOTATED_SIDE)
@@ -71,8 +97,11 @@ def annotate(image: np.ndarray, result: dict) -> np.ndarray:
     colour = (40, 220, 60) if window.person_seen else (230, 40, 40)
     cv2.rectangle(out, (round(x), round(y)), (round(x + side - 1), round(y + side - 1)),
                   colour, 2)
-    cv2.putText(out, window.found_by, (max(round(x), 2), max(round(y) - 5, 12)),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    label = fitted_label(window.found_by, w - 2 * LABEL_MARGIN_PX)
+    if label:
+        left = min(max(round(x), LABEL_MARGIN_PX), w - LABEL_MARGIN_PX - label_width(label))
+        cv2.putText(out, label, (left, max(round(y) - 5, 12)), LABEL_FONT, LABEL_SCALE, colour,
+                    LABEL_THICKNESS, cv2.LINE_AA)
     pictures = [cv2.resize(p, (h, h), interpolation=cv2.INTER_NEAREST) for p in pictures]
     return np.concatenate([out, *pictures], axis=1)
 
