@@ -3255,6 +3255,51 @@ def test_an_empty_video_and_one_ending_before_its_first_frame_are_named_so(tmp_p
                                    f"no frames or is cut short (EOFError: "), str(e.value)
 
 
+def test_an_mp4_cut_before_its_index_ends_is_named_cut_short_not_unopenable(workdir, tmp_path,
+                                                                             capsys):
+    """The demo generator's mp4 holds its index (the moov box) after its frames. Cut before
+    the index (in its first box, among the frames), FFmpeg cannot open it; cut within the
+    index, it opens with no video stream, no decoder or no frame, or whole where only the
+    index's last metadata is cut. Each error says the file looks cut short or damaged and to
+    fetch it again; a file that is no mp4 still "cannot be opened"."""
+    whole = tmp_path / "whole.mp4"
+    rng = np.random.default_rng(0)
+    synthetic.write_video(str(whole), rng.integers(0, 255, (4, 240, 320, 3), np.uint8))
+    data = whole.read_bytes()
+    index = data.rindex(b"moov") - 4  # where its box starts
+    assert data[4:8] == b"ftyp" and index > len(data) // 2
+    said = (" looks cut short or damaged, the index of its frames (the mp4 moov box) missing "
+            "or incomplete")
+    for end in (20, index // 2):
+        cut = tmp_path / f"cut{end}.mp4"
+        cut.write_bytes(data[:end])
+        with pytest.raises(ValueError) as e:
+            video_file.Clip(str(cut))
+        assert str(e.value).startswith(f"video {cut}{said} (InvalidDataError: "), str(e.value)
+        assert str(e.value).endswith("): download or export it again"), str(e.value)
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(ValueError, match=r"other\.mp4 cannot be opened \(InvalidDataError"):
+        video_file.Clip(str(other))
+
+    cuts = [tmp_path / "within" / f"cut{end}.mp4" for end in range(index + 8, len(data), 50)]
+    cuts[0].parent.mkdir()
+    for cut in cuts:
+        cut.write_bytes(data[:int(cut.stem[3:])])
+    out = tmp_path / "out"
+    assert hgmt.predict.main([*map(str, cuts), f"--workdir={workdir}", f"--out_dir={out}"]) == 1
+    skipped = dict(line.split(": ", 1) for line in capsys.readouterr().err.splitlines()
+                   if line.startswith("skipped "))
+    for cut in cuts:
+        if f"skipped {cut}" in skipped:
+            assert re.fullmatch(rf"video {re.escape(str(cut) + said)}( \(.*\))?: download or "
+                                rf"export it again", skipped[f"skipped {cut}"]), skipped
+        else:
+            summary = json.loads((out / f"{cut.stem}.summary.json").read_text())
+            assert summary["frames"] == 4 and int(cut.stem[3:]) > len(data) - 200, cut
+    assert len(skipped) >= len(cuts) - 4 and f"skipped {cuts[0]}" in skipped
+
+
 def test_out_of_host_memory_reading_a_video_stops_naming_it_not_skips_it(workdir, tmp_path,
                                                                           monkeypatch):
     """Out of host memory while a video is decoded (crafted, as above) stops the command in

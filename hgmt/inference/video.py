@@ -150,8 +150,9 @@ def _log_progress(clip: video_file.Clip, done: int, rate: float) -> None:
 
 
 def _no_frames(path: str, damaged: int) -> ValueError:
-    """The error of a video of which no frame decoded, `damaged` packets skipped."""
-    return ValueError(f"video {path} holds no frames" + (
+    """The error of a video of which no frame decoded, `damaged` packets skipped: an mp4 whose
+    index is cut says so (`video_file.index_error`)."""
+    return video_file.index_error(path) or ValueError(f"video {path} holds no frames" + (
         f" that decode ({damaged} damaged packet{'s' * (damaged != 1)}: the file is damaged "
         f"or cut short)" if damaged else ""))
 

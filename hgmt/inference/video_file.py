@@ -63,10 +63,57 @@ def animated_png(path: str) -> bool:
     return False
 
 
+# The top-level box types an ISO base media file (mp4, m4v, mov, 3gp) may start with.
+ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")
+
+
+def index_missing(path: str) -> bool:
+    """Whether the file is an ISO base media file (its first box one of ISO_BOX_TYPES) whose
+    top-level boxes hold no whole `moov` box, the index of its frames without which FFmpeg
+    reads none: the file is cut short (a camera or an encoder writes the index after the
+    frames, unless the file is made for streaming) or its boxes are damaged. From the boxes'
+    headers alone, a few small reads."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            at = 0
+            while at + 8 <= size:
+                f.seek(at)
+                head = f.read(16)
+                length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if at == 0 and kind not in ISO_BOX_TYPES:
+                    return False
+                if length == 1 and len(head) == 16:  # a 64-bit length follows the type
+                    length = int.from_bytes(head[8:], "big")
+                elif length == 0:  # the box runs to the end of the file
+                    length = size - at
+                if length < 8:  # no box is shorter than its header: damaged
+                    return True
+                if kind == b"moov":
+                    return at + length > size
+                at += length
+    except OSError:
+        return False
+    return at > 0
+
+
+def index_error(path: str, error: Exception | None = None) -> ValueError | None:
+    """The error of the video at `path` that FFmpeg failed on (with `error`; None where it
+    read no frame) when its index is missing or incomplete (`index_missing`): it looks cut
+    short or damaged, whatever FFmpeg made of it (a file cut before its index does not open;
+    one cut within it opens with no video stream, no decoder or no frame). None otherwise."""
+    if not index_missing(path):
+        return None
+    detail = f" ({type(error).__name__}: {error})" if error is not None else ""
+    return ValueError(f"video {path} looks cut short or damaged, the index of its frames (the "
+                      f"mp4 moov box) missing or incomplete{detail}: download or export it "
+                      f"again")
+
+
 def _open(path: str):
     """The PyAV container of a video file; FileNotFoundError or ValueError naming the file
-    when it is missing, empty, ends before its first frame, is not a video, or has no video
-    stream."""
+    when it is missing, empty, an mp4 without its whole index (`index_error`), ends before
+    its first frame, is not a video, or has no video stream."""
     import av
 
     if os.path.isdir(path):
@@ -80,13 +127,15 @@ def _open(path: str):
     except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
         raise
     except av.error.EOFError as e:  # the demuxer met the file's end probing its streams
-        raise ValueError(f"video {path} ends before its first frame: it holds no frames or "
-                         f"is cut short ({type(e).__name__}: {e})") from e
+        raise index_error(path, e) or ValueError(
+            f"video {path} ends before its first frame: it holds no frames or is cut short "
+            f"({type(e).__name__}: {e})") from e
     except Exception as e:  # av raises InvalidDataError and others on non-videos
-        raise ValueError(f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
+        raise index_error(path, e) or ValueError(
+            f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
     if not container.streams.video:
         container.close()
-        raise ValueError(f"{path} has no video stream")
+        raise index_error(path) or ValueError(f"{path} has no video stream")
     return container
 
 
@@ -213,9 +262,10 @@ class Clip:
     def _decoded(self) -> Iterator:
         """PyAV's frames, decoded a packet at a time: a packet the decoder finds damaged
         (InvalidDataError) is counted and skipped, as ffmpeg does, with one warning per clip;
-        any other error, or a damaged container, is a ValueError naming the file, but an
-        allocation that fails (MemoryError, av.error.MemoryError among them), the host's and
-        not the file's, propagates."""
+        any other error, or a damaged container, is a ValueError naming the file (saying it
+        looks cut short where its index is, `index_error`), but an allocation that fails
+        (MemoryError, av.error.MemoryError among them), the host's and not the file's,
+        propagates."""
         import av
 
         packets = self._container.demux(self._stream)
@@ -227,8 +277,8 @@ class Clip:
             except MemoryError:
                 raise
             except av.FFmpegError as e:
-                raise ValueError(f"video {self.path} cannot be read ({type(e).__name__}: "
-                                 f"{e})") from e
+                raise index_error(self.path, e) or ValueError(
+                    f"video {self.path} cannot be read ({type(e).__name__}: {e})") from e
             self.read_packets += bool(packet.size)
             try:
                 frames = packet.decode()  # the empty packet at the end flushes the decoder
@@ -243,8 +293,8 @@ class Clip:
             except MemoryError:
                 raise
             except av.FFmpegError as e:
-                raise ValueError(f"video {self.path} cannot be decoded ({type(e).__name__}: "
-                                 f"{e})") from e
+                raise index_error(self.path, e) or ValueError(
+                    f"video {self.path} cannot be decoded ({type(e).__name__}: {e})") from e
             yield from frames
 
     def _shown(self) -> Iterator[tuple[float, object]]:
