@@ -133,7 +133,7 @@ class Predictor:
             if key not in _EXECUTABLES:
                 apply = self._apply  # not self: the executable outlives this Predictor
 
-                def per_crop(variables, crops):
+                def per_crop(variables: dict, crops: jax.Array) -> dict[str, list[jax.Array]]:
                     return {t: list(o) for t, o in apply(variables, crops).items()}
 
                 size = self.image_size

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def _warmed_up(model: prediction.Predictor, path: str) -> float:
 
 
 def _predict_frames(model: prediction.Predictor, clip: video_file.Clip,
-                    bbox: Sequence[float] | None, lines,
+                    bbox: Sequence[float] | None, lines: TextIO,
                     writer: annotated_video.Writer) -> _Tally:
     """Predicts the clip's frames `model.batch_size` at a time, writing each frame's JSON line
     to `lines` and its annotated frame to `writer`, with a progress line every

@@ -13,11 +13,15 @@ import logging
 import os
 import struct
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from hgmt.inference.host_memory import out_of_host_memory_probing
+
+if TYPE_CHECKING:
+    import av
 
 # The suffixes of the containers FFmpeg reads that hold video: files with them are videos.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
@@ -172,7 +176,7 @@ def sound_only(path: str) -> bool:
         return False
 
 
-def display_matrix(frame) -> tuple[int, ...] | None:
+def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     """The 3x3 display matrix (FFmpeg's 16.16 fixed-point layout, row by row) a decoded PyAV
     frame carries as side data, or None."""
     import av
@@ -256,7 +260,7 @@ class Clip:
     def __enter__(self) -> Clip:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._container.close()
 
     def _decoded(self) -> Iterator:
@@ -308,7 +312,7 @@ class Clip:
         without a stamp (a raw H.264 stream's) is one frame after the latest one."""
         last = None
 
-        def stamped(frame) -> float:
+        def stamped(frame: av.VideoFrame) -> float:
             nonlocal last
             time_s = frame.time
             if time_s is None:
@@ -360,7 +364,8 @@ class Clip:
             yield times, frames
 
 
-def start_time(container, stream) -> float | None:
+def start_time(container: av.container.InputContainer, stream: av.VideoStream
+               ) -> float | None:
     """Where a clip starts on its stream's clock, in seconds: the video `stream`'s start time
     (its first shown frame's time stamp, as FFmpeg reads it), else the `container`'s (in
     microseconds), else None. Most mp4, mkv and avi files start at 0; MPEG-TS and MPEG-PS
