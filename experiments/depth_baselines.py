@@ -65,30 +65,30 @@ def clip_pixels(stem: str, frames: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     that `frames` selects (middle, all or everyK) by `hgmt.evaluate`'s rule
     (`eval_data.eval_frame_keep`), among the frames its three files share: the middle
     frame is ceil(T/2) of the _info.mat's T frames, and none when the others lack it; a frame
-    `surreal.frame_problem` rejects is left out (`crop_metres.kept_frames`), as hgmt's metrics
-    leave it out. A pixel counts where its depth label is not background, as in
+    `frame_selection.frame_problem` rejects is left out (`crop_metres.kept_frames`), as hgmt's
+    metrics leave it out. A pixel counts where its depth label is not background, as in
     `depth.metric_stats`; its part is the segmentation's (0 where that is background)."""
     from hgmt.data import crop_metres, eval_data
-    from hgmt.sources import surreal
+    from hgmt.sources import body, camera, frame_selection, surreal
     from hgmt.tasks import common, depth
 
     files = surreal.clip_paths(stem)
     info = surreal.load_info(files["info"])
     maps, segm = surreal.load_depth(files["depth"]), surreal.load_segm(files["segm"])
-    pelvis = surreal.camera_depth(info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
+    pelvis = camera.camera_depth(info.joints3d[:, body.SMPL_TO_JOINT[body.PELVIS]],
                                   info.cam_loc)
     shared = min(info.num_frames, len(maps), len(segm))
     keep = eval_data.eval_frame_keep(frames)
-    middle = surreal.middle_frame(info.num_frames)
+    middle = frame_selection.middle_frame(info.num_frames)
     scored = [t for t in crop_metres.kept_frames(info) if t < shared and keep(t, shared, middle)]
     # Empty arrays first: a clip may have no frame selected (a middle frame only its _info.mat
     # holds).
-    out = [(np.zeros(0, np.int32), np.zeros(0, surreal.SEGM_TO_PART.dtype), np.zeros(0, int))]
+    out = [(np.zeros(0, np.int32), np.zeros(0, body.SEGM_TO_PART.dtype), np.zeros(0, int))]
     for t in scored:
         classes = depth.classes(maps[t], pelvis[t])  # (H,W) 0 background, else bin + 10
         fg = classes > 0  # the pixels depth.metric_stats counts: a depth label, any segment
         out.append((classes[fg].astype(np.int32) - (common.MAX_BIN + 1),
-                    surreal.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
+                    body.SEGM_TO_PART[segm[t][fg]], np.full(int(fg.sum()), t)))
     return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 
 

@@ -40,7 +40,7 @@ def tally(classes, batch: dict) -> tuple:
     import jax.numpy as jnp
     import numpy as np
 
-    from hgmt.sources import surreal
+    from hgmt.sources import body
     from hgmt.tasks import common, depth
 
     labels = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -48,8 +48,8 @@ def tally(classes, batch: dict) -> tuple:
     gt = np.asarray(depth.targets(labels))
     scored = np.asarray(common.example_weights(labels, gt.shape[0])) > 0
     fg = (gt > 0) & scored[:, None, None]
-    per_part = np.zeros((surreal.NUM_PARTS, 2))
-    for part in range(surreal.NUM_PARTS):
+    per_part = np.zeros((body.NUM_PARTS, 2))
+    for part in range(body.NUM_PARTS):
         own = jnp.where(labels["segm"] == part, labels["depth_class"], 0)
         stats = depth.metric_stats(decoded, {**labels, "depth_class": own})
         per_part[part] = float(stats["correct"]), float(stats["foreground"])
@@ -88,14 +88,14 @@ def errors_of(workdir: str, frames: str, config: ml_collections.ConfigDict, vari
 
     from hgmt.data import builds, eval_data
     from hgmt.models import create_model, predict_last_stage
-    from hgmt.sources import surreal
+    from hgmt.sources import body
     from hgmt.tasks import heads, parse_tasks
 
     model = create_model(config.model, heads(parse_tasks(config.tasks)))
     source = builds.open_split(config.dataset, config.data_dir, "test")
     indices = eval_data.eval_indices(config.dataset, config.data_dir, "test", frames)
     counts = np.zeros(3)  # right bin, predicted background, within one bin
-    per_part = np.zeros((surreal.NUM_PARTS, 2))  # right bin, pixels
+    per_part = np.zeros((body.NUM_PARTS, 2))  # right bin, pixels
     for batch in eval_data.eval_batches(source, indices, batch_size=config.eval_batch_size,
                                         image_size=config.image_size,
                                         tasks=("depth", "segm"), window=config.window):
@@ -111,7 +111,7 @@ def summarize(counts, per_part) -> dict:
     """`tally`'s sums over the frames -> the module docstring's fractions. Every ground-truth
     foreground pixel counts, whatever its ground-truth part (background included), as in hgmt's
     bin accuracy; the per-part accuracies name the body parts."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
     pixels = per_part[:, 1].sum()
     return {"foreground_pixels": int(pixels),
@@ -119,7 +119,7 @@ def summarize(counts, per_part) -> dict:
             "within_one_bin": counts[2] / pixels,
             "bin_accuracy_per_part": {
                 name: (per_part[p, 0] / per_part[p, 1] if per_part[p, 1] else None)
-                for p, name in enumerate(surreal.PART_NAMES, 1)}}
+                for p, name in enumerate(body.PART_NAMES, 1)}}
 
 
 def _define_flags(fv: flags.FlagValues) -> None:

@@ -37,18 +37,18 @@ from hgmt import cli  # noqa: E402
 
 def camera_joints(path: str) -> np.ndarray:
     """One `_info.mat` -> (T,16,3) hgmt's joints in camera metres."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body, camera, surreal
 
     info = surreal.load_info(path)
-    return surreal.world_to_camera(info.joints3d[:, surreal.SMPL_TO_JOINT], info.cam_loc)
+    return camera.world_to_camera(info.joints3d[:, body.SMPL_TO_JOINT], info.cam_loc)
 
 
 def joints_batch(cam: np.ndarray) -> dict:
     """(N,16,3) camera joints -> the entries of a batch that hgmt's pose3d functions read:
     'joints3d', and 'pelvis_depth' the pelvis's camera depth."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
-    return {"joints3d": cam, "pelvis_depth": cam[:, surreal.PELVIS, 2]}
+    return {"joints3d": cam, "pelvis_depth": cam[:, body.PELVIS, 2]}
 
 
 def relative_depth(path: str) -> np.ndarray:
@@ -61,11 +61,11 @@ def relative_depth(path: str) -> np.ndarray:
 def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
     """(N,16,3) true camera joints, (N,16) guessed depth relative to the pelvis (m) -> (16,)
     hgmt's MJD per joint (mm) of the joints back-projected from their true pixels."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body, camera
     from hgmt.tasks import pose3d
 
-    uv = surreal.project_camera(cam)
-    guess = surreal.backproject(uv, cam[:, surreal.PELVIS:surreal.PELVIS + 1, 2] + dz)
+    uv = camera.project_camera(cam)
+    guess = camera.backproject(uv, cam[:, body.PELVIS:body.PELVIS + 1, 2] + dz)
     stats = pose3d.metric_stats({"joints3d_rel_mm": pose3d.root_relative_mm(guess)},
                                 joints_batch(cam))
     return np.array(list(pose3d.summarize(stats)["mjd_mm_per_joint"].values()))
@@ -74,7 +74,7 @@ def mjd_mm(cam: np.ndarray, dz: np.ndarray) -> np.ndarray:
 def depth_free_mjd(paths: list[str]) -> dict:
     """{predictor: {'mjd_mm', 'per_joint_mm'}} over every frame of the clips (module
     docstring)."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
     from hgmt.tasks import common, pose3d
 
     batch = joints_batch(np.concatenate([camera_joints(p) for p in paths]))
@@ -87,21 +87,21 @@ def depth_free_mjd(paths: list[str]) -> dict:
         per_joint = mjd_mm(cam, guess)
         out[name] = {"mjd_mm": round(float(per_joint.mean()), 1),
                      "per_joint_mm": {n: round(float(v), 1)
-                                      for n, v in zip(surreal.JOINT_NAMES, per_joint,
+                                      for n, v in zip(body.JOINT_NAMES, per_joint,
                                                       strict=True)}}
     return out
 
 
 def spread(paths: list[str]) -> dict:
     """{'clips', 'frames', 'within_clip_sd_mm': {joint: mm}, 'overall_sd_mm': {joint: mm}}."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
     clips = [relative_depth(p) for p in paths]
     every = np.concatenate(clips)
     within = np.mean([c.std(0) for c in clips], axis=0) * 1000.0
     overall = every.std(0) * 1000.0
     def per_joint(mm: np.ndarray) -> dict:
-        return {n: round(float(v), 1) for n, v in zip(surreal.JOINT_NAMES, mm, strict=True)}
+        return {n: round(float(v), 1) for n, v in zip(body.JOINT_NAMES, mm, strict=True)}
 
     return {"clips": len(clips), "frames": int(every.shape[0]),
             "within_clip_sd_mm": per_joint(within), "overall_sd_mm": per_joint(overall)}

@@ -49,7 +49,7 @@ def foreground_to_side(info, segm: np.ndarray, window: str = "hgmt") -> list[flo
     the `window`'s side / the longer side of the silhouette's box in px."""
     from hgmt.data import crop_metres, cropping
     from hgmt.inference import person
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
     out = []
     for t in (t for t in crop_metres.kept_frames(info) if t < len(segm)):
@@ -57,7 +57,7 @@ def foreground_to_side(info, segm: np.ndarray, window: str = "hgmt") -> list[flo
         if box is None:
             continue
         _, side = cropping.window_box(
-            info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64), window)
+            info.joints2d[t][body.SMPL_TO_JOINT].astype(np.float64), window)
         out.append(side / float((box[1] - box[0]).max()))
     return out
 

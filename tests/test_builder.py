@@ -13,7 +13,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 import data_builders.surreal  # noqa: F401  (registers `surreal`)
-from hgmt.sources import surreal, synthetic
+from hgmt.sources import camera, surreal, synthetic
 from tests.conftest import assert_same_video
 
 FRAMES = 6
@@ -433,7 +433,7 @@ def test_demo_data_of_an_older_generator_is_written_again(tmp_path, caplog):
     stem = surreal.find_clips(root, "test")[0]
     depth = surreal.load_depth(surreal.clip_paths(stem)["depth"])
     scipy.io.savemat(surreal.clip_paths(stem)["depth"],
-                     {f"depth_{t + 1}": d / surreal.ray_lengths() for t, d in enumerate(depth)})
+                     {f"depth_{t + 1}": d / camera.ray_lengths() for t, d in enumerate(depth)})
     with caplog.at_level("WARNING"):
         demo.build(root, data_dir, clips_per_split=1, frames=2)
     assert "built from other demo settings" in caplog.text

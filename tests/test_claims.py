@@ -10,7 +10,7 @@ import pytest
 
 import hgmt.report
 from hgmt import workdirs
-from hgmt.sources import surreal
+from hgmt.sources import body
 from hgmt.study import claims, report
 from hgmt.tasks import TASKS
 
@@ -21,13 +21,13 @@ def _summary(task: str, value: float, items: dict | None = None) -> dict:
     """One run's evaluation of `task` with headline `value` (per-item values `items`, default
     all equal to `value`)."""
     if task == "pose2d":
-        per = {j: value for j in surreal.JOINT_NAMES} | (items or {})
+        per = {j: value for j in body.JOINT_NAMES} | (items or {})
         return {"pckh@0.5": value, "pckh@0.5_per_joint": per}
     if task == "pose3d":
-        per = {j: value for j in surreal.JOINT_NAMES} | (items or {})
+        per = {j: value for j in body.JOINT_NAMES} | (items or {})
         return {"mjd_mm": value, "mjd_mm_per_joint": per}
     if task == "segm":
-        per = {p: value for p in surreal.PART_NAMES} | (items or {})
+        per = {p: value for p in body.PART_NAMES} | (items or {})
         return {"mean_iou": value, "iou_per_part": per}
     return {"rmse_mm": value, "bin_accuracy": 0.3}
 
@@ -306,7 +306,7 @@ def test_the_per_item_tests_count_every_multi_task_subset_the_best_was_picked_fr
     assert e["per_item_tests"]["l_ankle"]["p_holm"] == pytest.approx(
         32 * e["per_item_tests"]["l_ankle"]["p"])
     assert e["per_item_tests"]["l_ankle"]["p_holm"] == pytest.approx(0.0208, abs=1e-4)
-    assert set(e["per_item_tests"]) == set(surreal.JOINT_NAMES)  # the best's joints only
+    assert set(e["per_item_tests"]) == set(body.JOINT_NAMES)  # the best's joints only
     assert e["per_item_gains"]["pose2d+pose3d"]["l_wrist"] == pytest.approx(0.04)
     verdict, evidence = claims.largest_gains_at_wrists_and_ankles(study)
     assert verdict == UNRESOLVED
@@ -359,7 +359,7 @@ def test_largest_gain_ties_when_its_lead_is_not_detectable():
                  for d in SPREAD]
         for run in multi:
             run["pose2d"]["pckh@0.5_per_joint"] |= {
-                j: other for j in surreal.JOINT_NAMES if j not in ("l_knee", "r_ankle")}
+                j: other for j in body.JOINT_NAMES if j not in ("l_knee", "r_ankle")}
         return report.compare({"pose2d": iso, "pose2d+segm": multi})
 
     rule = claims.largest_gains_at_wrists_and_ankles
@@ -384,7 +384,7 @@ def test_largest_gain_ties_when_its_lead_is_not_detectable():
 
 
 def test_distal_items_are_names_the_tasks_report():
-    names = set(surreal.JOINT_NAMES) | set(surreal.PART_NAMES)
+    names = set(body.JOINT_NAMES) | set(body.PART_NAMES)
     assert claims.DISTAL_ITEMS <= names
     assert set(claims.PAPER_TASKS) <= set(TASKS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt.sources import surreal
+from hgmt.sources import body, surreal
 from hgmt.tasks import depth
 
 F32 = np.float32
@@ -59,7 +59,7 @@ def test_classes_match_on_every_bin_edge_of_the_real_sample(real_info_path):
     The edges are where the formulas part: the double formula, and classes made from a depth
     rounded to millimetres, each put hundreds of these values in another bin."""
     info = surreal.load_info(real_info_path)
-    pelvis = info.joints3d[:, surreal.SMPL_TO_JOINT[surreal.PELVIS]]
+    pelvis = info.joints3d[:, body.SMPL_TO_JOINT[body.PELVIS]]
     checked = by_double = by_mm = 0
     for t in range(info.num_frames):
         d_pelvis = float(info.cam_loc[0]) - float(pelvis[t, 0])

@@ -12,7 +12,7 @@ import pytest
 from hgmt.data import builds, cropping
 from hgmt.data import device_augment as da
 from hgmt.data import input_pipeline as ip
-from hgmt.sources import surreal
+from hgmt.sources import body
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +97,12 @@ def test_device_flip_swaps_left_and_right(source):
     plain, flipped = _device_crops(
         [rec, rec], [cropping.CropParams(), cropping.CropParams(flip=True)], 64)
     r = 16
-    np.testing.assert_allclose(flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0],
+    np.testing.assert_allclose(flipped["joints2d"][body.JOINT_FLIP] * [-1, 1] + [r - 1, 0],
                                plain["joints2d"], atol=1e-4)
-    np.testing.assert_array_equal(surreal.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
+    np.testing.assert_array_equal(body.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
     np.testing.assert_array_equal(flipped["depth"][:, ::-1], plain["depth"])
     assert np.abs(flipped["image"][:, ::-1].astype(int) - plain["image"]).max() <= 1
-    np.testing.assert_array_equal(flipped["joints3d"][surreal.JOINT_FLIP] * [-1, 1, 1],
+    np.testing.assert_array_equal(flipped["joints3d"][body.JOINT_FLIP] * [-1, 1, 1],
                                   plain["joints3d"])
 
 

@@ -94,7 +94,7 @@ def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
     left out, as hgmt's depth metric leaves them out."""
     import jax.numpy as jnp
 
-    from hgmt.sources import surreal
+    from hgmt.sources import body
     from hgmt.tasks import depth
 
     batch = {"depth_class": np.array([[[10, 12], [9, 11]]] + [np.full((2, 2), 10)] * 2),
@@ -109,7 +109,7 @@ def test_depth_errors_count_the_pixels_hgmts_depth_metric_counts():
     assert r["foreground_pixels"] == 4 and r["bin_accuracy"] == 0.5
     assert (r["predicted_background"], r["within_one_bin"]) == (0.25, 0.75)
     parts = r["bin_accuracy_per_part"]
-    assert parts[surreal.PART_NAMES[0]] == 1.0 and parts[surreal.PART_NAMES[1]] == 0.0
+    assert parts[body.PART_NAMES[0]] == 1.0 and parts[body.PART_NAMES[1]] == 0.0
     stats = depth.metric_stats({"depth_classes": jnp.asarray(classes)},
                                {k: jnp.asarray(v) for k, v in batch.items()})
     assert (float(stats["correct"]), float(stats["foreground"])) == (2, 4)
@@ -169,14 +169,14 @@ def test_depth_baselines_on_demo_clips(demo_dataset, capsys):
     nearer the camera than the pelvis joint inside the body. The command's fractions over the
     two test clips equal the modal counts taken here with bincount, clip by clip and frame by
     frame (a frame of one clip is not the same frame of the other)."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body, surreal
 
     test_dir = os.path.join(demo_dataset[0], "cmu", "test")
     stems = surreal.find_clips(demo_dataset[0], "test")
     for stem in stems:
         bins, parts, frames = depth_baselines.clip_pixels(stem, "every2")
         assert set(np.unique(frames)) == {0, 2, 4}
-        torso = bins[parts == surreal.PART_NAMES.index("torso") + 1]
+        torso = bins[parts == body.PART_NAMES.index("torso") + 1]
         assert -4 <= np.median(torso) <= -1
         # 6-frame clips: the middle frame is the 3rd (1-based ceil(6/2)), index 2
         assert set(depth_baselines.clip_pixels(stem, "middle")[2]) == {2}
@@ -206,7 +206,7 @@ def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
     import cv2
 
     from hgmt.data import records
-    from hgmt.sources import surreal
+    from hgmt.sources import body, surreal
 
     stem = surreal.find_clips(demo_dataset[0], "test")[0]
     bins, parts, frames = depth_baselines.clip_pixels(stem, "all")
@@ -219,7 +219,7 @@ def test_depth_baselines_bin_as_the_dataset_labels(demo_dataset):
                               cv2.IMREAD_UNCHANGED)
         fg = stored > 0
         np.testing.assert_array_equal(bins[frames == t], stored[fg].astype(int) - 10)
-        np.testing.assert_array_equal(parts[frames == t], surreal.SEGM_TO_PART[segm[t][fg]])
+        np.testing.assert_array_equal(parts[frames == t], body.SEGM_TO_PART[segm[t][fg]])
         checked += 1
     assert checked == 6 and set(frames.tolist()) == set(range(6))
 
@@ -270,12 +270,12 @@ def test_depth_baselines_count_the_pixels_and_frames_hgmts_depth_metric_counts(t
     """A 4-frame clip altered by hand: frame 1's segmentation blanked (its depth labels kept)
     and frame 2's 2D joints set to zero. Frame 1 keeps every pixel it had, each now of part 0
     (hgmt's bin accuracy counts every pixel with a depth label, whatever its segment, as
-    `depth.metric_stats` here on the frame's labels); frame 2, which `surreal.frame_problem`
+    `depth.metric_stats` here on the frame's labels); frame 2, which `frame_selection.frame_problem`
     rejects ("joints_zero") and hgmt's metrics leave out, gives none."""
     import jax.numpy as jnp
     import scipy.io
 
-    from hgmt.sources import surreal, synthetic
+    from hgmt.sources import body, camera, frame_selection, surreal, synthetic
     from hgmt.tasks import depth
 
     stem, = synthetic.generate(str(tmp_path), clips_per_split=1, frames=4, seed=1,
@@ -290,14 +290,14 @@ def test_depth_baselines_count_the_pixels_and_frames_hgmts_depth_metric_counts(t
     info["joints2D"][..., 2] = 0
     scipy.io.savemat(files["info"], info)
     info = surreal.load_info(files["info"])
-    assert surreal.frame_problem(info.joints2d[2], info.joints3d[2]) == "joints_zero"
+    assert frame_selection.frame_problem(info.joints2d[2], info.joints3d[2]) == "joints_zero"
     after, after_parts, after_t = depth_baselines.clip_pixels(stem, "all")
     assert sorted(set(after_t.tolist())) == [0, 1, 3]
     for frame in (0, 1, 3):
         np.testing.assert_array_equal(after[after_t == frame], bins[t == frame])
     assert (after_parts[after_t == 1] == 0).all()
     np.testing.assert_array_equal(after_parts[after_t != 1], parts[(t != 1) & (t != 2)])
-    pelvis = surreal.camera_depth(info.joints3d[1, surreal.SMPL_TO_JOINT[surreal.PELVIS]],
+    pelvis = camera.camera_depth(info.joints3d[1, body.SMPL_TO_JOINT[body.PELVIS]],
                                   info.cam_loc)
     labels = jnp.asarray(depth.classes(surreal.load_depth(files["depth"])[1], pelvis))[None]
     stats = depth.metric_stats({"depth_classes": labels},
@@ -310,17 +310,17 @@ def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
     relative to the pelvis is the pelvis's world x minus the joint's."""
     import pytest
 
-    from hgmt.sources import surreal
+    from hgmt.sources import body, surreal
 
     rel = limb_depth.relative_depth(real_info_path)
-    x = surreal.load_info(real_info_path).joints3d[:, surreal.SMPL_TO_JOINT, 0]
-    np.testing.assert_allclose(rel, x[:, [surreal.PELVIS]] - x, atol=1e-6)
+    x = surreal.load_info(real_info_path).joints3d[:, body.SMPL_TO_JOINT, 0]
+    np.testing.assert_allclose(rel, x[:, [body.PELVIS]] - x, atol=1e-6)
     out = limb_depth.spread([real_info_path])
     assert (out["clips"], out["frames"]) == (1, 100)
     assert out["within_clip_sd_mm"] == out["overall_sd_mm"]  # one clip
     assert out["overall_sd_mm"]["pelvis"] == 0.0
     assert out["overall_sd_mm"]["r_ankle"] == pytest.approx(
-        round(float(np.std(x[:, surreal.PELVIS] - x[:, 0]) * 1000.0), 1), abs=0.11)
+        round(float(np.std(x[:, body.PELVIS] - x[:, 0]) * 1000.0), 1), abs=0.11)
     with pytest.raises(SystemExit, match="no \\*_info.mat under"):
         limb_depth.info_files(str(tmp_path))
 
@@ -328,7 +328,7 @@ def test_limb_depth_spread_of_a_real_clip(real_info_path, tmp_path):
 def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info_path):
     """A joint 0.2 m behind the pelvis guessed at the pelvis's depth lands on its own camera
     ray at 3.0 m instead of 3.2 m: error |(x, y, z) * (3.0/3.2 - 1)| (crafted by hand)."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
     cam = np.zeros((1, 16, 3))
     cam[..., 2] = 3.0  # every joint at the pelvis (error 0) but one
@@ -341,7 +341,7 @@ def test_depth_free_mjd_back_projects_true_pixels_at_the_guessed_depth(real_info
     out = limb_depth.depth_free_mjd([real_info_path])
     assert out["joint_bins"]["mjd_mm"] < out["mean_offset"]["mjd_mm"] <= (
         out["pelvis_plane"]["mjd_mm"])
-    assert out["mean_offset"]["per_joint_mm"][surreal.JOINT_NAMES[surreal.PELVIS]] == 0.0
+    assert out["mean_offset"]["per_joint_mm"][body.JOINT_NAMES[body.PELVIS]] == 0.0
 
 
 def test_limb_depth_gives_the_committed_figures_of_the_real_clip(real_info_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from hgmt.data import builds, cropping, eval_data, records
 from hgmt.data import input_pipeline as ip
-from hgmt.sources import surreal
+from hgmt.sources import body, camera, frame_selection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,12 +42,12 @@ def test_cropped_example_is_consistent(source):
     assert out["image"].shape == (64, 64, 3) and out["segm"].shape == (16, 16)
     assert out["visible"].sum() == 16  # the widened box holds every joint
     # Joints = the crop affine applied to the 16 SMPL-mapped joints.
-    j = ex["joints2d"][surreal.SMPL_TO_JOINT]
+    j = ex["joints2d"][body.SMPL_TO_JOINT]
     np.testing.assert_allclose(out["joints2d"], j @ out["crop"][:, :2].T + out["crop"][:, 2],
                                atol=1e-4)
     # Camera-frame 3D joints project back onto the 2D annotation (within its 0.5 px rounding).
-    np.testing.assert_allclose(surreal.project_camera(out["joints3d"]), j, atol=0.6)
-    assert out["pelvis_depth"] == pytest.approx(float(out["joints3d"][surreal.PELVIS, 2]))
+    np.testing.assert_allclose(camera.project_camera(out["joints3d"]), j, atol=0.6)
+    assert out["pelvis_depth"] == pytest.approx(float(out["joints3d"][body.PELVIS, 2]))
     # Labels: depth foreground where parts are, near the pelvis depth.
     np.testing.assert_array_equal(out["depth"] > 0, out["segm"] > 0)
     fg = out["depth"] > 0
@@ -61,15 +61,15 @@ def test_flip_swaps_left_and_right(source):
     flip_only = ip.Augment(scale_sigma=0.0, rotate_p=0.0, gain=(1.0, 1.0), flip_p=1.0)
     flipped = cropping.crop_example(ex, 64, flip_only)
     r = 16
-    unflipped_joints = flipped["joints2d"][surreal.JOINT_FLIP] * [-1, 1] + [r - 1, 0]
+    unflipped_joints = flipped["joints2d"][body.JOINT_FLIP] * [-1, 1] + [r - 1, 0]
     np.testing.assert_allclose(unflipped_joints, plain["joints2d"], atol=1e-4)
-    np.testing.assert_array_equal(surreal.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
+    np.testing.assert_array_equal(body.PART_FLIP[flipped["segm"][:, ::-1]], plain["segm"])
     np.testing.assert_array_equal(flipped["depth"][:, ::-1], plain["depth"])
     # cv2's fixed-point bilinear warp rounds to uint8 differently for mirrored sample positions:
     # allow one grey level.
     assert flipped["image"].dtype == plain["image"].dtype == np.uint8
     assert np.abs(flipped["image"][:, ::-1].astype(int) - plain["image"]).max() <= 1
-    np.testing.assert_allclose(flipped["joints3d"][surreal.JOINT_FLIP] * [-1, 1, 1],
+    np.testing.assert_allclose(flipped["joints3d"][body.JOINT_FLIP] * [-1, 1, 1],
                                plain["joints3d"], atol=1e-6)
 
 
@@ -489,7 +489,7 @@ def test_test_protocol_and_padded_eval_batches(demo_dataset):
     idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", "middle")
     assert len(idx) == 2  # one middle frame per test clip
     src = builds.open_split("surreal/all", demo_dataset[1], "test")
-    assert all(int(src[i]["frame"]) == surreal.middle_frame(6) for i in idx)
+    assert all(int(src[i]["frame"]) == frame_selection.middle_frame(6) for i in idx)
     batches = list(eval_data.eval_batches(src, idx, batch_size=4, image_size=64))
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0, 0]
     assert batches[0]["position"].tolist() == [0, 1, 1, 1]  # padding repeats the last
@@ -579,7 +579,7 @@ def test_eval_frames_select_the_frames_of_each_clip(demo_dataset):
         idx = eval_data.eval_indices("surreal/all", demo_dataset[1], "test", spec)
         return sorted(int(src[i]["frame"]) for i in idx)
 
-    assert frames("middle") == [surreal.middle_frame(6)] * 2
+    assert frames("middle") == [frame_selection.middle_frame(6)] * 2
     assert frames("every2") == [0, 0, 2, 2, 4, 4]
     assert frames("all") == sorted(list(range(6)) * 2)
     for bad in ("every0", "every", "first"):
@@ -786,7 +786,7 @@ def test_crop_with_given_params_makes_the_hand_derived_crop(source):
 
     ex = source[4]
     out = cropping.crop_with(ex, 64, cropping.CropParams(scale=2.0, rotation=0.0, flip=True))
-    (cx, cy), side = cropping.person_box(ex["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+    (cx, cy), side = cropping.person_box(ex["joints2d"][body.SMPL_TO_JOINT].astype(np.float64))
 
     def by_hand(size):
         s, c = size / (2 * side), (size - 1) / 2

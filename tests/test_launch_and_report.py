@@ -13,7 +13,7 @@ import pytest
 import hgmt.report
 from hgmt import workdirs
 from hgmt.evaluation import metrics_versions
-from hgmt.sources import surreal
+from hgmt.sources import body
 from hgmt.study import charts, evaluations, report, runs, stats
 from hgmt.tasks import common
 from tests.conftest import xla_flags
@@ -558,12 +558,12 @@ def test_sweep_sbatch_submits_through_the_slurm_script_what_the_sweep_trains(tmp
     bin_dir, submit, calls = tmp_path / "bin", tmp_path / "submit", tmp_path / "calls"
     bin_dir.mkdir()
     submit.mkdir()
-    for name, body in (
+    for name, script in (
             ("sbatch", 'while [[ $1 == -* ]]; do shift; done\n'
                        'SLURM_SUBMIT_DIR=$PWD SLURM_JOB_ID=7 SLURM_JOB_NODELIST=n1 '
                        'exec bash "$@"\n'),
             ("srun", f'echo "$PWD|${{PYTHONPATH%%:*}}|$*" >> {calls}\n')):
-        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}")
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{script}")
         (bin_dir / name).chmod(0o755)
     # Without HGMT_REPO the script, run from `submit`, would stop: no checkout there.
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": "/site"}
@@ -627,11 +627,11 @@ def _summary(pck=None, mjd=None, iou=None, rmse=None):
     s = {}
     if pck is not None:
         s["pose2d"] = {"pckh@0.5": pck, "pckh@0.5_per_joint": {j: pck for j in
-                                                               surreal.JOINT_NAMES}}
+                                                               body.JOINT_NAMES}}
     if mjd is not None:
-        s["pose3d"] = {"mjd_mm": mjd, "mjd_mm_per_joint": {j: mjd for j in surreal.JOINT_NAMES}}
+        s["pose3d"] = {"mjd_mm": mjd, "mjd_mm_per_joint": {j: mjd for j in body.JOINT_NAMES}}
     if iou is not None:
-        parts = {p: iou for p in surreal.PART_NAMES}
+        parts = {p: iou for p in body.PART_NAMES}
         parts["l_hand"] = None  # absent in this split
         s["segm"] = {"mean_iou": iou, "iou_per_part": parts}
     if rmse is not None:
@@ -1552,7 +1552,7 @@ def _pose2d_seeds(values, pelvis=None):
     """pose2d summaries, one per seed: each joint's PCKh that seed's value, the pelvis's
     `pelvis` (the same every seed: its change has no test) if given."""
     return [{"pose2d": {"pckh@0.5": v, "pckh@0.5_per_joint": {
-        j: pelvis if j == "pelvis" and pelvis is not None else v for j in surreal.JOINT_NAMES}}}
+        j: pelvis if j == "pelvis" and pelvis is not None else v for j in body.JOINT_NAMES}}}
             for v in values]
 
 
@@ -1586,7 +1586,7 @@ def test_study_charts_show_small_changes_and_say_what_they_draw():
                                            3.0: 2 * e["spread"]["pose2d+segm"]})
 
     ax = charts.per_item_figure(e, "pose2d").axes[0]
-    pelvis = surreal.JOINT_NAMES.index("pelvis")
+    pelvis = body.JOINT_NAMES.index("pelvis")
     assert "pelvis" not in e["per_item_tests"] and len(e["per_item_tests"]) == 15
     assert sorted(_whiskers(ax)) == [k for k in range(16) if k != pelvis]
     assert ax.get_xticklabels()[pelvis].get_text() == "pelvis (untested)"
@@ -1629,7 +1629,7 @@ def test_report_gives_the_runs_own_reasons_for_null_values_and_the_seeds_left_ou
     means and tests, and a row whose subset lost seeds says how many; a task without parts
     is never said to lack one."""
     sweep_dir = tmp_path / "sweep"
-    joints = surreal.JOINT_NAMES
+    joints = body.JOINT_NAMES
     damaged = common.reference_null(240, 4, num_damaged=1)
     no_batch = common.reference_null(3, 4)
 
@@ -2189,7 +2189,7 @@ def test_each_chart_says_its_data_seeds_and_frames(tmp_path, monkeypatch):
     summaries = [{**_pose2d_seeds([v])[0], "num_examples": 240, "split": "test",
                   "frames": "every4", "flip": False} for v in (0.80, 0.81)]
     study = report.compare({"pose2d": summaries, "pose2d+segm": [
-        {**s, "segm": {"mean_iou": 0.5, "iou_per_part": {p: 0.5 for p in surreal.PART_NAMES}}}
+        {**s, "segm": {"mean_iou": 0.5, "iou_per_part": {p: 0.5 for p in body.PART_NAMES}}}
         for s in summaries]})
     assert charts.caption(study["pose2d"], runs.DEMO_DATA) == (
         "demo clips (hgmt.sources.synthetic), not SURREAL; 2 seeds a subset; test split, "

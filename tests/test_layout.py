@@ -86,13 +86,16 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_the_sources_layer_imports_no_jax():
-    """SURREAL's readers and the demo clips' writer are NumPy, OpenCV and PyAV only: a script
-    that reads SURREAL's files does not pay JAX's import."""
+    """Every module of hgmt.sources (SURREAL's readers, labels and camera, the demo clips'
+    writer) is NumPy, OpenCV and PyAV only: a script that reads SURREAL's files does not pay
+    JAX's import."""
     import subprocess
     import sys
 
-    code = ("import sys; import hgmt.sources.surreal, hgmt.sources.synthetic, "
-            "hgmt.sources.reference_crop; print(sorted(m for m in sys.modules "
+    sources = sorted(p.stem for p in (ROOT / "sources").glob("*.py") if p.stem != "__init__")
+    assert {"surreal", "synthetic", "body", "camera"} <= set(sources)
+    code = (f"import sys; import {', '.join('hgmt.sources.' + s for s in sources)}; "
+            "print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT.parent),

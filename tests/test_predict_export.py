@@ -35,7 +35,7 @@ from hgmt.inference import (
 from hgmt.inference import export as exporting
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
-from hgmt.sources import surreal, synthetic
+from hgmt.sources import body, camera, frame_selection, reference_crop, surreal, synthetic
 from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.training import device_memory, loop
 from tests.conftest import tiny_config
@@ -75,7 +75,7 @@ def _read_frames(path: str, batch_size: int):
 def _bbox_of_training_crop(example):
     """The (x, y, w, h) box whose square window is the training crop of the example."""
     centre, side = cropping.person_box(
-        example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64))
+        example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64))
     return (centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5, side, side)
 
 
@@ -100,7 +100,7 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     h, w = test_example["image"].shape[:2]
     assert result["joints2d"].shape == (16, 2) and np.isfinite(result["joints2d"]).all()
     assert result["joints3d_rel_mm"].shape == (16, 3)
-    np.testing.assert_array_equal(result["joints3d_rel_mm"][surreal.PELVIS], 0.0)
+    np.testing.assert_array_equal(result["joints3d_rel_mm"][body.PELVIS], 0.0)
     r = predictor.image_size // 4
     assert result["segm"].shape == (r, r) and result["segm"].max() <= 14
     assert result["segm_image"].shape == (h, w) and result["depth_image"].shape == (h, w)
@@ -157,7 +157,7 @@ def test_predictions_follow_the_person_across_images(predictor, test_example):
     left, top = 37, 11
     padded = cv2.copyMakeBorder(image, top, top, left, left, cv2.BORDER_CONSTANT, value=0)
     one_camera = copy.copy(predictor)
-    one_camera.focal_px = float(surreal.INTRINSICS[0, 0])
+    one_camera.focal_px = float(camera.INTRINSICS[0, 0])
     a = one_camera(image, bbox)
     b = one_camera(padded, (bbox[0] + left, bbox[1] + top, bbox[2], bbox[3]))
     # The default camera of a SURREAL-sized image is SURREAL's.
@@ -745,7 +745,7 @@ def _panel_result(r=16, size=64):
     tall, depth bins on a square, parts 1, 2 and 14 only."""
     rng = np.random.default_rng(0)
     joints3d = rng.uniform(-300, 300, (16, 3)) * [1, 3, 1]
-    joints3d -= joints3d[surreal.PELVIS]
+    joints3d -= joints3d[body.PELVIS]
     depth = np.full((r, r), np.nan)
     depth[4:12, 4:12] = (rng.integers(-9, 10, (8, 8)) - 0.5) * 45.0
     segm = np.zeros((r, r), np.uint8)
@@ -768,7 +768,7 @@ def test_panel_figures_show_units_colour_bar_and_legend():
 
     ax = TASKS["pose2d"].plot(result).axes[0]
     crop_px = (result["joints2d"] * 0.25 + [3.0, 1.0] + 0.5) * 4 - 0.5  # label px -> crop px
-    a, b = surreal.SKELETON[0]
+    a, b = body.SKELETON[0]
     np.testing.assert_allclose(ax.lines[0].get_xydata(), crop_px[[a, b]])
 
     front, side = TASKS["pose3d"].plot(result).axes
@@ -780,7 +780,7 @@ def test_panel_figures_show_units_colour_bar_and_legend():
         for lim, values in ((ax.get_xlim(), joints[:, axis]), (ax.get_ylim(), joints[:, 1])):
             assert (min(lim) < values).all() and (values < max(lim)).all(), (lim, values)
         assert ax.get_ylim()[0] > ax.get_ylim()[1]  # camera y points down
-        a, b = surreal.SKELETON[0]
+        a, b = body.SKELETON[0]
         np.testing.assert_allclose(ax.lines[0].get_xydata(), joints[[a, b]][:, [axis, 1]])
     assert front.get_ylabel() == "y (mm, down)" and front.get_ylim() == side.get_ylim()
 
@@ -816,10 +816,10 @@ def test_part_colours_are_far_apart_right_warm_left_cool():
     lab = to_lab(rgb)
     apart = np.linalg.norm(lab[:, None] - lab[None], axis=-1)[np.triu_indices(len(lab), 1)]
     assert apart.min() >= 20, apart.min()
-    for k, name in enumerate(surreal.PART_NAMES, start=1):
+    for k, name in enumerate(body.PART_NAMES, start=1):
         r, _, b = drawing.PART_COLORS[k].astype(int)
         assert (r > b) if name.startswith("r_") else (b > r) if name.startswith("l_") else True
-    assert sum(n[:2] in ("r_", "l_") for n in surreal.PART_NAMES) == 12
+    assert sum(n[:2] in ("r_", "l_") for n in body.PART_NAMES) == 12
 
 
 def test_pictures_keep_the_colour_meanings_their_captions_state():
@@ -830,14 +830,14 @@ def test_pictures_keep_the_colour_meanings_their_captions_state():
     quick = drawing.draw_skeleton(np.zeros((256, 256, 3), np.uint8), joints)
     panel = drawing.figure_image(np.zeros((256, 256, 3), np.uint8), "2D", joints).axes[0]
     sides = {"r_": 0, "l_": 0}
-    for k, (a, b) in enumerate(surreal.SKELETON):
-        side = surreal.JOINT_NAMES[b][:2]
+    for k, (a, b) in enumerate(body.SKELETON):
+        side = body.JOINT_NAMES[b][:2]
         if side not in sides:
             continue
         sides[side] += 1
         x, y = np.round((joints[a] + joints[b]) / 2).astype(int)
         for r, _, b_ in (quick[y, x].astype(int), panel.lines[k].get_color()):
-            assert (r > b_) if side == "r_" else (b_ > r), (surreal.SKELETON[k], r, b_)
+            assert (r > b_) if side == "r_" else (b_ > r), (body.SKELETON[k], r, b_)
     assert sides == {"r_": 5, "l_": 5}
 
     edges = np.arange(-450.0, 406.0, 45.0)
@@ -860,7 +860,7 @@ def test_3d_views_hold_every_joint_of_an_off_centre_pose():
     joints = np.stack([np.linspace(0, 680, 16), np.linspace(-650, 450, 16),
                        np.linspace(-420, 60, 16)], axis=-1)
     joints = joints[np.random.default_rng(1).permutation(16)]
-    joints[surreal.PELVIS] = 0.0
+    joints[body.PELVIS] = 0.0
     front, side = drawing.figure_skeleton3d(joints).axes
     spans = set()
     for ax, axis in ((front, 0), (side, 2)):
@@ -877,16 +877,16 @@ def _crop_metres(info: surreal.ClipInfo, window: str = "hgmt") -> np.ndarray:
     and h + 1 widened alike, plus 1, times 200 / 240), times the pelvis's camera depth, over
     600 px; the frames the builder keeps (no `frame_problem`)."""
     kept = [t for t in range(info.num_frames)
-            if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
-    joints = info.joints2d[kept][:, surreal.SMPL_TO_JOINT].astype(np.float64)
+            if frame_selection.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
+    joints = info.joints2d[kept][:, body.SMPL_TO_JOINT].astype(np.float64)
     w, h = np.moveaxis(joints.max(1) - joints.min(1), -1, 0)
     m = cropping.BOX_MARGINS
     sides = np.maximum((1 + m["left"] + m["right"]) * w, (1 + m["top"] + m["bottom"]) * h)
     if window == "reference_box":  # end - start + 1 = (w + 1) (1 + margins), likewise h
         sides = 200 / 240 * np.maximum((1 + m["left"] + m["right"]) * (w + 1),
                                        (1 + m["top"] + m["bottom"]) * (h + 1))
-    pelvis_z = surreal.camera_depth(
-        info.joints3d[kept][:, surreal.SMPL_TO_JOINT[surreal.PELVIS]], info.cam_loc)
+    pelvis_z = camera.camera_depth(
+        info.joints3d[kept][:, body.SMPL_TO_JOINT[body.PELVIS]], info.cam_loc)
     return sides * pelvis_z / 600.0
 
 
@@ -1020,7 +1020,7 @@ def test_the_window_scale_experiment_measures_both_figures(demo_dataset, real_in
         for t in range(info.num_frames):
             _, _, w, h = cv2.boundingRect((segm[t] > 0).astype(np.uint8))
             ratios.append(cropping.person_box(
-                info.joints2d[t][surreal.SMPL_TO_JOINT].astype(np.float64))[1] / max(w, h))
+                info.joints2d[t][body.SMPL_TO_JOINT].astype(np.float64))[1] / max(w, h))
     ratio = demo["foreground_to_side"]
     assert (ratio["frames"], ratio["clips"]) == (12, 2)
     assert ratio["mean"] == pytest.approx(np.mean(ratios), abs=5e-5)
@@ -1426,13 +1426,13 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     bins = list(range(-9, 10))
     assert out["pose2d"]["shape"] == "float32 (B, 16, 16, 16)"
     assert out["pose2d"]["channels"] == 16
-    assert out["pose2d"]["joint_names"] == list(surreal.JOINT_NAMES)
+    assert out["pose2d"]["joint_names"] == list(body.JOINT_NAMES)
     assert out["pose2d"]["joint_names"][6] == "pelvis"
     assert out["pose3d"]["shape"] == "float32 (B, 16, 16, 304)"
     assert out["pose3d"]["channels"] == 304 and out["pose3d"]["bins"] == bins
     assert out["pose3d"]["channel"].startswith("joint * 19 + k")
     assert out["pose3d"]["bin_mm"] == 45.0
-    assert out["pose3d"]["joint_names"] == list(surreal.JOINT_NAMES)
+    assert out["pose3d"]["joint_names"] == list(body.JOINT_NAMES)
     assert out["depth"]["shape"] == "float32 (B, 16, 16, 20)"
     assert out["depth"]["channels"] == 20 and out["depth"]["bins"] == bins
     assert out["depth"]["channel"].startswith("class c: 0 background; c = 1..19 is depth bin "
@@ -1441,12 +1441,12 @@ def test_an_exports_metadata_says_how_to_decode_each_output(workdir, exported):
     assert out["segm"]["shape"] == "float32 (B, 16, 16, 15)"
     assert out["segm"]["channels"] == 15
     assert out["segm"]["channel"] == "class c is part_names[c] (0 background)"
-    assert out["segm"]["part_names"] == ["background", *surreal.PART_NAMES]
+    assert out["segm"]["part_names"] == ["background", *body.PART_NAMES]
     for task, layout in out.items():
         assert {"channel", "values"} <= set(layout), task
     # The names' l_ and r_ are the person's own sides, which SURREAL's (SMPL's) are not.
     for task in ("pose2d", "pose3d", "segm"):
-        assert out[task]["sides"] == surreal.SIDES, task
+        assert out[task]["sides"] == body.SIDES, task
     assert out["pose2d"]["sides"].startswith("l_ and r_ are the person's own left and right")
     assert "sides" not in out["depth"]  # it names no joint or part
 
@@ -2039,7 +2039,7 @@ def pasted_frames(stems: list[str], seed: int = 0, canvas_hw: tuple[int, int] = 
     out = []
     for stem in stems:
         video = surreal.read_video(stem + ".mp4")
-        joints = surreal.load_info(stem + "_info.mat").joints2d[:, surreal.SMPL_TO_JOINT]
+        joints = surreal.load_info(stem + "_info.mat").joints2d[:, body.SMPL_TO_JOINT]
         for frame, joints2d in zip(video, joints, strict=True):
             s = rng.uniform(*scales)
             small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -2101,7 +2101,7 @@ def test_the_person_is_found_from_the_joints_in_two_passes(workdir, test_example
     and gives training's window around them; the second pass, on that window, gives it again,
     and its outputs are the result: the same as predicting with the true box."""
     image = cv2.copyMakeBorder(test_example["image"], 40, 200, 300, 60, cv2.BORDER_CONSTANT)
-    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
+    joints = test_example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
     centre, side = cropping.person_box(joints)
     true_box = [centre[0] - side / 2 + 0.5, centre[1] - side / 2 + 0.5, side, side]
     oracle = _Oracle(workdir, joints)
@@ -2128,7 +2128,7 @@ def test_a_search_that_does_not_settle_says_when_its_last_pass_sees_nothing(work
     in the final window') and is not counted as a person seen; where it sees the person, the
     window is what found it."""
     image = cv2.copyMakeBorder(test_example["image"], 100, 100, 100, 100, cv2.BORDER_CONSTANT)
-    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + 100
+    joints = test_example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64) + 100
 
     class Wandering(_Oracle):
         def __init__(self, workdir, last_seen: bool):
@@ -2151,7 +2151,7 @@ def test_a_search_that_does_not_settle_says_when_its_last_pass_sees_nothing(work
 
 def test_a_batch_mixes_given_and_found_windows(workdir, test_example):
     image = test_example["image"]
-    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+    joints = test_example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64)
     oracle = _Oracle(workdir, joints)
     results = oracle.predict([image, image, image], [None, (10, 20, 50, 40), None])
     assert [r["window"].found_by for r in results] == ["joints (pose2d)", "given",
@@ -2196,7 +2196,7 @@ def test_find_window_from_joints_and_from_the_silhouette():
     assert window.side == pytest.approx(person.FOREGROUND_TO_SIDE["reference_box"] * 100.0)
     evidence["pose2d"]["joint_scores"] = np.ones(16)
     window = person.find_window(evidence, m_label, window="reference_box")
-    centre, side = surreal.reference_box(image_joints[inside])
+    centre, side = reference_crop.reference_box(image_joints[inside])
     assert window.found_by == "joints (pose2d)"
     np.testing.assert_allclose([*window.centre, window.side], [*centre, side])
 
@@ -2320,7 +2320,7 @@ def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_windo
 
 def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
     """An export's crop window text for config.window=reference_box, followed step by step on
-    random joints, gives `surreal.reference_box` (what training and the search cut)."""
+    random joints, gives `reference_crop.reference_box` (what training and the search cut)."""
     meta = crop_camera_meta.crop_meta(1.97, "assumed", "reference_box")
     assert meta["training_window"] == "reference_box"
     assert "S = 200 / 240 max(W, H), c = start + (W, H) / 2" in meta["window"]
@@ -2366,7 +2366,7 @@ def test_a_window_the_last_pass_saw_nothing_on_says_so_and_is_drawn_red(workdir,
     and the annotated frame draws it red (not seen), as the whole image where nothing is seen;
     a window seen again is drawn green."""
     image = cv2.copyMakeBorder(test_example["image"], 40, 200, 300, 60, cv2.BORDER_CONSTANT)
-    joints = test_example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
+    joints = test_example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64) + [300, 40]
     result = _SeenOnce(workdir, joints)(image)
     assert result["passes"] == 2 and result["raw"]["pose2d"].max() == pytest.approx(0.05)
     assert result["window"].found_by == "joints (pose2d); nothing seen in the final window"
@@ -2474,7 +2474,7 @@ def test_a_person_cut_off_by_the_frame_says_so_and_takes_the_larger_window():
     misses the legs, so the window is the silhouette's when that is larger, and says how many
     joints were seen either way."""
     m_label = np.array([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])  # 10 image px per label px
-    legs = [surreal.JOINT_NAMES.index(n) for n in ("r_ankle", "r_knee", "l_knee", "l_ankle")]
+    legs = [body.JOINT_NAMES.index(n) for n in ("r_ankle", "r_knee", "l_knee", "l_ankle")]
     joints = np.zeros((16, 2))
     joints[np.setdiff1d(np.arange(16), legs)] = np.stack([np.linspace(12, 20, 12),
                                                          np.linspace(4, 14, 12)], -1)

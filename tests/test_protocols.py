@@ -12,7 +12,7 @@ import pytest
 
 from hgmt import workdirs
 from hgmt.evaluation import evaluator, markdown, protocols
-from hgmt.sources import surreal
+from hgmt.sources import body, reference_crop
 from hgmt.tasks import TASKS, depth, pose2d, pose3d, segm
 
 R = 64
@@ -372,7 +372,7 @@ def test_surreal_segmentation_reproduces_eval_lua():
     assert s["iou_per_part"]["head"] == 0.0
     assert s["iou_per_part"]["torso"] == pytest.approx(0.5)
     assert s["mean_iou"] == pytest.approx(0.75, abs=1e-12)
-    assert s["iou_per_part"][surreal.PART_NAMES[2]] == pytest.approx(0.5)
+    assert s["iou_per_part"][body.PART_NAMES[2]] == pytest.approx(0.5)
     # Accuracy per class: head 0, torso 17/17, part 5 0, part 14 1/1, others 1 -> 12 / 14.
     assert s["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
     assert s["iou_undefined"] == s["pixel_accuracy_undefined"] == []
@@ -386,7 +386,7 @@ def test_surreal_segmentation_reproduces_eval_lua():
     used, b = _run("bodynet", "segm", pred, batch)
     assert used == "bodynet" and b["examples_not_evaluated"] == 3
     assert b["iou_per_part"]["torso"] == pytest.approx(17 / 18)
-    assert b["iou_per_part"][surreal.PART_NAMES[2]] == 1.0
+    assert b["iou_per_part"][body.PART_NAMES[2]] == 1.0
     assert b["mean_iou"] == pytest.approx((17 / 18 + 0.5 + 10) / 14, abs=1e-12)
     assert b["pixel_accuracy"] == pytest.approx(12 / 14, abs=1e-12)
     assert b["iou_undefined"] == b["pixel_accuracy_undefined"] == []
@@ -415,7 +415,7 @@ def test_surreal_segmentation_lists_each_means_own_undefined_parts():
     predicted[0, 0, 2] = 3  # part 3 predicted once, never in the labels
     batch = {"segm": labels, "position": jnp.arange(6)}
     _, s = _run("surreal", "segm", jax.nn.one_hot(predicted, 15), batch)
-    part3 = surreal.PART_NAMES[2]
+    part3 = body.PART_NAMES[2]
     assert s["iou_per_part"][part3] == 0.0 and s["pixel_accuracy_per_part"][part3] is None
     assert part3 not in s["iou_undefined"] and part3 in s["pixel_accuracy_undefined"]
     assert len(s["iou_undefined"]) == 11 and len(s["pixel_accuracy_undefined"]) == 12
@@ -601,8 +601,8 @@ def test_hgmt_thresholds_compare_with_less_or_equal():
     PCKh's and BodyNet's thresholds do."""
     r, b = 80, 1
     gt = np.stack([np.stack([20.0 + 2 * np.arange(16), np.full(16, 30.0)], -1)])
-    gt[0, surreal.HEAD_TOP] = [60.0, 30.0]
-    gt[0, surreal.UPPER_NECK] = [60.0, 38.0]  # head segment 8 px: PCKh@0.5 at 4 px
+    gt[0, body.HEAD_TOP] = [60.0, 30.0]
+    gt[0, body.UPPER_NECK] = [60.0, 38.0]  # head segment 8 px: PCKh@0.5 at 4 px
     pred_xy = gt.copy()
     pred_xy[0, 0] += [4, 0]  # exactly at both thresholds
     pred_xy[0, 1] += [0, 5]  # beyond both
@@ -633,9 +633,9 @@ def test_protocol_selection_and_labels():
     assert workdirs.protocol_file("bodynet", "validation") == "eval_validation_bodynet.json"
     summary = {"protocol": "surreal", "num_examples": 2, "split": "test", "flip": False,
                "pose2d": {"protocol": "hgmt", "pckh@0.5": 0.5, "pck@3.2px": 0.25,
-                          "pckh@0.5_per_joint": {j: 0.5 for j in surreal.JOINT_NAMES}},
+                          "pckh@0.5_per_joint": {j: 0.5 for j in body.JOINT_NAMES}},
                "segm": {"protocol": "surreal", "mean_iou": None, "pixel_accuracy": 0.5,
-                        "iou_per_part": {p: None for p in surreal.PART_NAMES}}}
+                        "iou_per_part": {p: None for p in body.PART_NAMES}}}
     assert protocols.headline(summary) == {"pose2d/pckh@0.5": 0.5, "pose2d/pck@3.2px": 0.25,
                                           "segm/mean_iou": None, "segm/pixel_accuracy": 0.5}
     md = markdown.to_markdown(summary)
@@ -644,20 +644,20 @@ def test_protocol_selection_and_labels():
     assert "| segm/mean_iou | undefined | surreal |" in md
     # The per-item tables, one per kind of item, from the tasks' Headlines.
     assert "| joint | pckh@0.5_per_joint (hgmt) |" in md
-    assert f"| {surreal.JOINT_NAMES[0]} | 0.500 |" in md
+    assert f"| {body.JOINT_NAMES[0]} | 0.500 |" in md
     assert "| part | iou_per_part (surreal) |" in md
-    assert f"| {surreal.PART_NAMES[0]} | absent |" in md
+    assert f"| {body.PART_NAMES[0]} | absent |" in md
     # A joint table with BodyNet's PCK beside hgmt's PCKh: rows in JOINT_NAMES' order, the
     # 6 joints BodyNet does not score marked so.
-    scored = [j for j in surreal.JOINT_NAMES if j not in (
+    scored = [j for j in body.JOINT_NAMES if j not in (
         "pelvis", "thorax", "upper_neck", "head_top", "r_shoulder", "l_shoulder")]
     summary["pose2d"] = {"protocol": "bodynet", "pck": 0.5,
                          "pck_per_joint": {j: 0.5 for j in scored}}
     summary["pose3d"] = {"protocol": "hgmt", "mjd_mm": 50.0,
-                         "mjd_mm_per_joint": {j: 50.0 for j in surreal.JOINT_NAMES}}
+                         "mjd_mm_per_joint": {j: 50.0 for j in body.JOINT_NAMES}}
     rows = [line for line in markdown.to_markdown(summary).splitlines()
-            if line.split(" | ")[0][2:] in surreal.JOINT_NAMES]
-    assert [r.split(" | ")[0][2:] for r in rows] == list(surreal.JOINT_NAMES)
+            if line.split(" | ")[0][2:] in body.JOINT_NAMES]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(body.JOINT_NAMES)
     assert "| pelvis | not scored | 50.0 |" in rows and "| r_ankle | 0.500 | 50.0 |" in rows
 
 
@@ -685,7 +685,7 @@ def test_markdown_gives_every_reference_caveat_with_its_meaning():
                              ("depth", "images_one_foreground_pixel", "1"),
                              ("depth", "foreground_pixels_dropped", "2"),
                              ("segm", "examples_not_evaluated", "2"),
-                             ("segm", "iou_undefined", ", ".join(surreal.PART_NAMES[1:]))):
+                             ("segm", "iou_undefined", ", ".join(body.PART_NAMES[1:]))):
         assert f"- {task}/{key} = {shown}: {caveats[task][key]}." in lines, (task, key)
     assert not [x for x in lines if x.startswith("- depth/examples_not_evaluated")]  # 0
     assert caveats["pose2d"]["examples_not_evaluated"] == (
@@ -693,7 +693,7 @@ def test_markdown_gives_every_reference_caveat_with_its_meaning():
         "the reference's test loop never evaluates")
     assert "unfold raises" in caveats["depth"]["images_one_foreground_pixel"]
     assert (f"- segm/mean_iou is null: the reference's mean is NaN: 0/0 for "
-            f"{', '.join(surreal.PART_NAMES[1:])}.") in lines
+            f"{', '.join(body.PART_NAMES[1:])}.") in lines
 
 
 # --- The reference protocols' crop window ----------------------------------------------------
@@ -712,7 +712,7 @@ def test_reference_window_follows_get_center_and_get_scale():
     joints = np.zeros((16, 2))
     joints[:, 0] = np.linspace(10, 30, 16)
     joints[:, 1] = np.linspace(20, 100, 16)
-    centre, side = surreal.reference_box(joints)
+    centre, side = reference_crop.reference_box(joints)
     np.testing.assert_allclose(centre, [21.5, 57.45], atol=1e-9)
     assert side == pytest.approx(108.0, abs=1e-9)
     centre, side = cropping.window_box(joints, "hgmt")
@@ -731,13 +731,13 @@ def test_reference_window_adds_the_one_in_float32():
     the sum in double would give (128.99999237060547 + 202) / 2 = 165.49999618530273."""
     joints = np.full((16, 2), [200.0, 100.0], np.float32)
     joints[0] = [np.float32(128 - 2**-17), 50.0]
-    centre, _ = surreal.reference_centre_scale(joints)
+    centre, _ = reference_crop.reference_centre_scale(joints)
     assert centre[0] == 165.5
 
 
 def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
     """An evaluation under `bodynet` or `surreal` crops each test frame around the
-    references' window (`surreal.reference_box`), hgmt's around the run's training window
+    references' window (`reference_crop.reference_box`), hgmt's around the run's training window
     (`person_box`, or the references' box for config.window=reference_box, whatever the
     protocol); the summary's `window` says which."""
     from hgmt.data import builds, cropping
@@ -767,13 +767,13 @@ def test_reference_protocols_evaluate_at_the_reference_window(demo_dataset):
         header = markdown.to_markdown(summary).splitlines()[0]
         assert (f"in the `{window}` crop window" in header) == (window != "hgmt"), header
         record = source[ev.indices[0]]
-        joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+        joints = record["joints2d"][body.SMPL_TO_JOINT].astype(np.float64)
         centre, side = cropping.window_box(joints, window)
         r = config.image_size // 4
         np.testing.assert_allclose(ev.first_batch["crop"][0],
                                    cropping.crop_affine(centre, side, r), atol=1e-4)
     hgmt_side = cropping.person_box(joints)[1]
-    assert 0.8 < surreal.reference_box(joints)[1] / hgmt_side < 0.9
+    assert 0.8 < reference_crop.reference_box(joints)[1] / hgmt_side < 0.9
 
 
 def test_reference_protocols_are_refused_on_other_label_sizes():
@@ -1119,7 +1119,7 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
         ev(variables)
         for row, index in enumerate(ev.indices):
             record = source[index]
-            joints = record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+            joints = record["joints2d"][body.SMPL_TO_JOINT].astype(np.float64)
             frame = records.decoded(record, "image")
             raw = records.decoded(record, "segm")
             classes = records.decoded(record, "depth_class")
@@ -1127,11 +1127,11 @@ def test_reference_protocols_cut_the_image_and_label_maps_as_the_references_do(d
             m = cropping.crop_affine(centre, side, R)
             warped_image = cv2.warpAffine(frame, cropping.crop_affine(centre, side, 256),
                                           (256, 256), flags=cv2.INTER_LINEAR)
-            warped_segm = surreal.SEGM_TO_PART[_nearest_warp(raw, m)]
+            warped_segm = body.SEGM_TO_PART[_nearest_warp(raw, m)]
             warped_depth = _nearest_warp(classes, m)
-            centre, scale = surreal.reference_centre_scale(joints)
+            centre, scale = reference_crop.reference_centre_scale(joints)
             ref_image = reference_crop.image_crop(frame, centre, scale)
-            ref_segm = surreal.SEGM_TO_PART[reference_crop.label_crop(raw, centre, scale)]
+            ref_segm = body.SEGM_TO_PART[reference_crop.label_crop(raw, centre, scale)]
             ref_depth = reference_crop.label_crop(classes, centre, scale)
             got_image = ev.first_batch["image"][row]
             got_segm, got_depth = ev.first_batch["segm"][row], ev.first_batch["depth_class"][row]

@@ -1,4 +1,5 @@
-"""hgmt.sources.surreal: camera on the real SURREAL file, label maps, loaders and their errors."""
+"""hgmt.sources' SURREAL modules (`camera`, `body`, `surreal`, `frame_selection`): the camera on
+the real SURREAL file, label maps, loaders and their errors, the frames that count."""
 
 import os
 import shutil
@@ -7,16 +8,16 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt.sources import surreal, synthetic
+from hgmt.sources import body, camera, frame_selection, surreal, synthetic
 
 
 def test_projection_reproduces_real_joints2d(real_info_path):
     info = surreal.load_info(real_info_path)
     assert info.joints2d.shape == (100, 24, 2) and info.joints3d.shape == (100, 24, 3)
-    np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+    np.testing.assert_array_equal(np.round(camera.project(info.joints3d, info.cam_loc)),
                                   info.joints2d)
     # The pelvis depth is camLoc_x - X_x (docs/surreal_format.md "dPelvis").
-    np.testing.assert_allclose(surreal.camera_depth(info.joints3d[:, 0], info.cam_loc),
+    np.testing.assert_allclose(camera.camera_depth(info.joints3d[:, 0], info.cam_loc),
                                info.cam_loc[0] - info.joints3d[:, 0, 0], atol=1e-5)
     assert info.sequence == "01_01_c0001"
     assert info.pose.shape == (100, 72) and info.shape.shape == (100, 10)
@@ -24,14 +25,14 @@ def test_projection_reproduces_real_joints2d(real_info_path):
 
 def test_backproject_inverts_projection(real_info_path):
     info = surreal.load_info(real_info_path)
-    cam = surreal.world_to_camera(info.joints3d[0], info.cam_loc)
-    back = surreal.backproject(surreal.project_camera(cam), cam[:, 2])
+    cam = camera.world_to_camera(info.joints3d[0], info.cam_loc)
+    back = camera.backproject(camera.project_camera(cam), cam[:, 2])
     np.testing.assert_allclose(back, cam, atol=1e-9)
 
 
 def test_label_maps_match_design():
-    assert surreal.JOINT_NAMES[6] == "pelvis" and len(surreal.JOINT_NAMES) == 16
-    smpl = dict(zip(surreal.JOINT_NAMES, surreal.SMPL_TO_JOINT.tolist(), strict=True))
+    assert body.JOINT_NAMES[6] == "pelvis" and len(body.JOINT_NAMES) == 16
+    smpl = dict(zip(body.JOINT_NAMES, body.SMPL_TO_JOINT.tolist(), strict=True))
     assert smpl == {"r_ankle": 7, "r_knee": 4, "r_hip": 1, "l_hip": 2, "l_knee": 5,
                     "l_ankle": 8, "pelvis": 0, "thorax": 6, "upper_neck": 12, "head_top": 15,
                     "r_wrist": 20, "r_elbow": 18, "r_shoulder": 16, "l_shoulder": 17,
@@ -39,23 +40,23 @@ def test_label_maps_match_design():
     raw_to_class = {1: 2, 2: 12, 3: 9, 4: 2, 5: 13, 6: 10, 7: 2, 8: 14, 9: 11, 10: 2, 11: 14,
                     12: 11, 13: 2, 14: 2, 15: 2, 16: 1, 17: 6, 18: 3, 19: 7, 20: 4, 21: 8,
                     22: 5, 23: 8, 24: 5, 0: 0}
-    assert {i: int(c) for i, c in enumerate(surreal.SEGM_TO_PART)} == raw_to_class
-    assert surreal.SEGM_TO_PART.dtype == np.uint8
+    assert {i: int(c) for i, c in enumerate(body.SEGM_TO_PART)} == raw_to_class
+    assert body.SEGM_TO_PART.dtype == np.uint8
     # Parts are named by the person's own side: SMPL's "right*" segments (raw 3, 6, 9, 12, 18,
     # 20, 22, 24) are the person's left in SURREAL's renders.
-    assert surreal.PART_NAMES == (
+    assert body.PART_NAMES == (
         "head", "torso", "l_upper_arm", "l_forearm", "l_hand", "r_upper_arm", "r_forearm",
         "r_hand", "l_upper_leg", "l_lower_leg", "l_foot", "r_upper_leg", "r_lower_leg",
         "r_foot")
     for raw in (3, 6, 9, 12, 18, 20, 22, 24):
-        assert surreal.SMPL_SEGMENT_NAMES[raw].startswith("right")
-        assert surreal.PART_NAMES[surreal.SEGM_TO_PART[raw] - 1].startswith("l_")
-    assert surreal.PART_NAMES[surreal.SEGM_TO_PART[21] - 1] == "r_hand"  # SMPL leftHand
+        assert body.SMPL_SEGMENT_NAMES[raw].startswith("right")
+        assert body.PART_NAMES[body.SEGM_TO_PART[raw] - 1].startswith("l_")
+    assert body.PART_NAMES[body.SEGM_TO_PART[21] - 1] == "r_hand"  # SMPL leftHand
 
 
 @pytest.mark.parametrize("names,flip", [
-    (surreal.JOINT_NAMES, surreal.JOINT_FLIP),
-    (surreal.PART_CLASS_NAMES, surreal.PART_FLIP),
+    (body.JOINT_NAMES, body.JOINT_FLIP),
+    (body.PART_CLASS_NAMES, body.PART_FLIP),
 ])
 def test_flips_are_involutions_swapping_sides(names, flip):
     np.testing.assert_array_equal(flip[flip], np.arange(len(names)))
@@ -198,66 +199,66 @@ def test_frame_count_mismatch_keeps_common_prefix(demo_clip, tmp_path):
 
 def test_frame_problem_and_middle_frame():
     ok = np.full((24, 2), 100.0)
-    assert surreal.frame_problem(ok) is None
-    assert surreal.frame_problem(np.zeros((24, 2))) == "joints_zero"
+    assert frame_selection.frame_problem(ok) is None
+    assert frame_selection.frame_problem(np.zeros((24, 2))) == "joints_zero"
     cut = ok.copy()
-    cut[surreal.SMPL_TO_JOINT[9]] = [100.0, -20.0]  # head top above the image: kept
-    assert surreal.frame_problem(cut) is None
+    cut[body.SMPL_TO_JOINT[9]] = [100.0, -20.0]  # head top above the image: kept
+    assert frame_selection.frame_problem(cut) is None
     out = ok.copy()
-    out[surreal.SMPL_TO_JOINT[:8]] = [400.0, 100.0]  # 8 of 16 joints right of the image
-    assert surreal.frame_problem(out) is None
-    out[surreal.SMPL_TO_JOINT[8]] = [100.0, 300.0]  # 9 of 16 outside
-    assert surreal.frame_problem(out) == "person_outside"
+    out[body.SMPL_TO_JOINT[:8]] = [400.0, 100.0]  # 8 of 16 joints right of the image
+    assert frame_selection.frame_problem(out) is None
+    out[body.SMPL_TO_JOINT[8]] = [100.0, 300.0]  # 9 of 16 outside
+    assert frame_selection.frame_problem(out) == "person_outside"
     unset = np.zeros((24, 2))
-    unset[surreal.SMPL_TO_JOINT] = [0.0, 238.0]
-    assert surreal.frame_problem(unset) == "joints_unset"
-    assert surreal.middle_frame(100) == 49 and surreal.middle_frame(5) == 2
-    assert surreal.middle_frame(1) == 0
+    unset[body.SMPL_TO_JOINT] = [0.0, 238.0]
+    assert frame_selection.frame_problem(unset) == "joints_unset"
+    assert frame_selection.middle_frame(100) == 49 and frame_selection.middle_frame(5) == 2
+    assert frame_selection.middle_frame(1) == 0
 
 
 def test_reference_frame_problem_follows_the_reference_loaders():
     """surreal training/loader_SURREAL.lua:47-52 (joints + 1, all 16 at (1, 239): nil) and
     donkey.lua:118-119 (getCenter of the 1-based joints outside [1, 320] x [1, 240]: nil),
     by hand with util.lua:128-155's getTightBox and getCenter."""
-    j = surreal.SMPL_TO_JOINT
+    j = body.SMPL_TO_JOINT
     joints = np.zeros((24, 2))
     joints[j] = [0.0, 238.0]  # 1-based (1, 239)
-    assert surreal.reference_frame_problem(joints) == "joints_unset"
+    assert frame_selection.reference_frame_problem(joints) == "joints_unset"
     # All zero: 1-based (1, 1); w = h = 1, x_min = 1 - 0.25 = 0.75, width 1.5: centre 1.5,
     # inside. The references evaluate it (a 1.25-pixel window); hgmt does not.
-    assert surreal.reference_frame_problem(np.zeros((24, 2))) is None
-    assert surreal.frame_problem(np.zeros((24, 2))) == "joints_zero"
+    assert frame_selection.reference_frame_problem(np.zeros((24, 2))) is None
+    assert frame_selection.frame_problem(np.zeros((24, 2))) == "joints_zero"
     # 9 joints at x -3, 7 at x 20 (1-based -2 and 21): w = 24, x -8 to 27, width 36, centre
     # x = -8 + 18 = 10: inside, though 9 of 16 joints are outside (hgmt: person_outside).
     joints = np.full((24, 2), 100.0)
     joints[j[:9], 0], joints[j[9:], 0] = -3.0, 20.0
-    assert surreal.reference_frame_problem(joints) is None
-    assert surreal.frame_problem(joints) == "person_outside"
+    assert frame_selection.reference_frame_problem(joints) is None
+    assert frame_selection.frame_problem(joints) == "person_outside"
     # 8 joints at x 0..5, 8 at x -60 (1-based 1..6 and -59): w = 66, x -75.5 to 22.5, width
     # 99, centre x = -75.5 + 49.5 = -26 < 1; 8 of 16 inside is enough for hgmt.
     joints[j[:8], 0], joints[j[8:], 0] = np.linspace(0, 5, 8), -60.0
-    assert surreal.reference_frame_problem(joints) == "centre_outside"
-    assert surreal.frame_problem(joints) is None
+    assert frame_selection.reference_frame_problem(joints) == "centre_outside"
+    assert frame_selection.frame_problem(joints) is None
     # A centre of exactly 1 is inside (`center[1] < 1`): 1-based x -1 and 2: w = 4, x -2 to
     # 3, width 6, centre -2 + 3 = 1.
     joints[j[:8], 0], joints[j[8:], 0] = -2.0, 1.0
-    assert surreal.reference_frame_problem(joints) is None
+    assert frame_selection.reference_frame_problem(joints) is None
     joints[j[:8], 0] = -2.5  # w = 4.5, x -2.625 to 3.125, width 6.75, centre 0.75
-    assert surreal.reference_frame_problem(joints) == "centre_outside"
+    assert frame_selection.reference_frame_problem(joints) == "centre_outside"
     # loader_SURREAL.lua:66-69: the 16 used 3D joints all zero; others may be anything.
     joints3d = np.zeros((24, 3))
     joints3d[np.setdiff1d(np.arange(24), j)] = 1.0
     ok = np.full((24, 2), 100.0)
-    assert surreal.reference_frame_problem(ok, joints3d) == "joints3d_zero"
-    assert surreal.frame_problem(ok, joints3d) == "joints3d_zero"
+    assert frame_selection.reference_frame_problem(ok, joints3d) == "joints3d_zero"
+    assert frame_selection.frame_problem(ok, joints3d) == "joints3d_zero"
     joints3d[j[0], 2] = 1e-6
-    assert surreal.reference_frame_problem(ok, joints3d) is None
-    assert surreal.frame_problem(ok, joints3d) is None
+    assert frame_selection.reference_frame_problem(ok, joints3d) is None
+    assert frame_selection.frame_problem(ok, joints3d) is None
     # Below the image: y 1-based 241 and 250 -> h = 10, y 241 - 3.5 = 237.5 to 252.5, height
     # 16, centre 245.5 > 240.
     joints = np.full((24, 2), 100.0)
     joints[j[:8], 1], joints[j[8:], 1] = 240.0, 249.0
-    assert surreal.reference_frame_problem(joints) == "centre_outside"
+    assert frame_selection.reference_frame_problem(joints) == "centre_outside"
 
 
 def test_parse_stem_and_find_clips(demo_clip):
@@ -286,9 +287,9 @@ def test_find_clips_names_a_root_without_cmu_and_the_fix(tmp_path):
 def _lateral_sign_fraction(joints3d_world: np.ndarray, cam_loc: np.ndarray) -> dict:
     """Per sided joint pair, the fraction of frames where r_* lies on the person's right of
     l_*: in the (right-handed) camera frame, right = forward x up, forward = ankle -> toe."""
-    cam = surreal.world_to_camera(joints3d_world, cam_loc)  # (T,24,3)
-    j = cam[:, surreal.SMPL_TO_JOINT]
-    name = surreal.JOINT_NAMES.index
+    cam = camera.world_to_camera(joints3d_world, cam_loc)  # (T,24,3)
+    j = cam[:, body.SMPL_TO_JOINT]
+    name = body.JOINT_NAMES.index
     forward = cam[:, [10, 11]].mean(1) - cam[:, [7, 8]].mean(1)  # SMPL feet - ankles
     up = j[:, name("upper_neck")] - j[:, name("pelvis")]
     right = np.cross(forward, up)
@@ -321,8 +322,8 @@ def test_the_pckh_head_segment_is_about_a_label_pixel_and_a_half(real_info_path)
     info = surreal.load_info(real_info_path)
     apart = np.linalg.norm(info.joints3d[:, 15] - info.joints3d[:, 12], axis=-1)
     assert 0.085 < apart.mean() < 0.095
-    joints = surreal.project(info.joints3d, info.cam_loc)[:, surreal.SMPL_TO_JOINT]
-    segment = [np.linalg.norm(j[surreal.HEAD_TOP] - j[surreal.UPPER_NECK]) * 64
+    joints = camera.project(info.joints3d, info.cam_loc)[:, body.SMPL_TO_JOINT]
+    segment = [np.linalg.norm(j[body.HEAD_TOP] - j[body.UPPER_NECK]) * 64
                / cropping.person_box(j)[1] for j in joints]
     assert 1.4 < np.median(segment) < 1.8 and min(segment) > 1.2 and max(segment) < 2.2
 

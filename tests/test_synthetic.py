@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from hgmt.data import crop_metres
-from hgmt.sources import surreal, synthetic
+from hgmt.sources import body, camera, surreal, synthetic
 from tests.conftest import assert_same_video
 
 
@@ -31,12 +31,12 @@ def test_depth_is_the_distance_from_the_camera_centre():
     motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
     _, depth, segm = synthetic.render_frame(motion, look, 2)
     a_w, b_w, radius = synthetic._capsule_ends(motion, 2)
-    a = surreal.world_to_camera(a_w, motion.cam_loc)
-    b = surreal.world_to_camera(b_w, motion.cam_loc)
+    a = camera.world_to_camera(a_w, motion.cam_loc)
+    b = camera.world_to_camera(b_w, motion.cam_loc)
     v, u = np.nonzero(segm)
     part = segm[v, u].astype(int) - 1
-    ray = surreal.backproject(np.stack([u, v], -1).astype(np.float64), np.ones(u.shape))
-    np.testing.assert_allclose(np.linalg.norm(ray, axis=-1), surreal.ray_lengths()[v, u])
+    ray = camera.backproject(np.stack([u, v], -1).astype(np.float64), np.ones(u.shape))
+    np.testing.assert_allclose(np.linalg.norm(ray, axis=-1), camera.ray_lengths()[v, u])
 
     def off_surface(points):  # (N,3) -> (N,) |distance to the capsule's axis - radius|, m
         d = b[part] - a[part]
@@ -174,7 +174,7 @@ def test_a_one_frame_clip_has_the_real_files_shapes(tmp_path, real_info_path):
             assert ours[key].shape == (shape[:2] if key.startswith("joints") else shape), key
     info = surreal.load_clip(stem).info
     assert info.num_frames == 1 and info.joints2d.shape == (1, 24, 2)
-    np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+    np.testing.assert_array_equal(np.round(camera.project(info.joints3d, info.cam_loc)),
                                   info.joints2d)
 
 
@@ -183,7 +183,7 @@ def test_clip_is_consistent(clips):
         clip = surreal.load_clip(stem)
         info = clip.info
         assert clip.frame_counts == {"video": 8, "info": 8, "depth": 8, "segm": 8}
-        np.testing.assert_array_equal(np.round(surreal.project(info.joints3d, info.cam_loc)),
+        np.testing.assert_array_equal(np.round(camera.project(info.joints3d, info.cam_loc)),
                                       info.joints2d)
         np.testing.assert_array_equal(clip.depth > 0, clip.segm > 0)
         assert crop_metres.kept_frames(info) == list(range(8))  # every frame usable
@@ -191,7 +191,7 @@ def test_clip_is_consistent(clips):
             assert len(np.unique(clip.segm[t])) >= 15  # most of the 24 segments visible
             # The surface at the pelvis pixel lies within a body's thickness of the pelvis.
             u, v = np.round(info.joints2d[t, 0]).astype(int)
-            pelvis_depth = surreal.camera_depth(info.joints3d[t, 0], info.cam_loc)
+            pelvis_depth = camera.camera_depth(info.joints3d[t, 0], info.cam_loc)
             d = clip.depth[t, v - 1:v + 2, u - 1:u + 2]
             assert np.all(np.abs(d[d > 0] - pelvis_depth) < 0.25)
         # Person roughly centred, a realistic size (real SURREAL: ~100-200 px tall).
@@ -253,7 +253,7 @@ def _record(clip, t):
             "joints2d": info.joints2d[t], "joints3d": info.joints3d[t], "cam_loc": info.cam_loc}
 
 
-SIDED = [n for n in surreal.JOINT_NAMES if n[:2] in ("r_", "l_") and "hip" not in n]
+SIDED = [n for n in body.JOINT_NAMES if n[:2] in ("r_", "l_") and "hip" not in n]
 
 
 def _side_hits(joints2d, parts):
@@ -261,10 +261,10 @@ def _side_hits(joints2d, parts):
     the same side / of the other side. joints2d (16,2) pixels, parts (H,W) part classes."""
     same = other = 0
     for name in SIDED:
-        x, y = np.round(joints2d[surreal.JOINT_NAMES.index(name)]).astype(int)
+        x, y = np.round(joints2d[body.JOINT_NAMES.index(name)]).astype(int)
         if not (0 <= y < parts.shape[0] and 0 <= x < parts.shape[1]) or parts[y, x] < 3:
             continue  # off the map, background, head or torso
-        part = surreal.PART_NAMES[parts[y, x] - 1]
+        part = body.PART_NAMES[parts[y, x] - 1]
         same += part[:2] == name[:2]
         other += part[:2] != name[:2]
     return same, other
@@ -277,7 +277,7 @@ def test_demo_segments_carry_surreal_names(clips):
     names = []
     for t in range(clip.num_frames):
         u, v = np.round(clip.info.joints2d[t, 20]).astype(int)
-        names.append(surreal.SMPL_SEGMENT_NAMES[clip.segm[t, v, u]])
+        names.append(body.SMPL_SEGMENT_NAMES[clip.segm[t, v, u]])
     assert set(names) <= {"leftHand", "leftForeArm", "leftHandIndex1"}, names
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from hgmt.sources import surreal
+from hgmt.sources import body, camera
 from hgmt.tasks import (
     TASKS,
     all_subsets,
@@ -30,8 +30,8 @@ def make_batch(seed=0, b=3, r=R):
     pelvis = np.stack([rng.uniform(-0.3, 0.3, b), rng.uniform(-0.3, 0.3, b),
                        rng.uniform(5.5, 7.5, b)], -1)
     joints = pelvis[:, None] + rng.uniform(-0.6, 0.6, (b, 16, 3)) * [1, 1.4, 0.5]
-    joints[:, surreal.PELVIS] = pelvis
-    uv = surreal.project_camera(joints)
+    joints[:, body.PELVIS] = pelvis
+    uv = camera.project_camera(joints)
     lo, hi = uv.min(1) - 10, uv.max(1) + 10
     side = (hi - lo).max(1)
     scale = r / side
@@ -86,7 +86,7 @@ def test_pose2d_targets_decode_within_half_pixel():
     assert err.max() < 0.5
     assert err.mean() < 0.05  # the parabola refinement is exact for Gaussians
     # Back in original image pixels through the inverse crop.
-    uv = surreal.project_camera(np.asarray(batch["joints3d"], np.float64))
+    uv = camera.project_camera(np.asarray(batch["joints3d"], np.float64))
     scale = float(batch["crop"][0, 0, 0])
     assert np.abs(np.asarray(dec["joints2d_image"]) - uv).max() < 0.5 / scale + 1e-3
 
@@ -105,7 +105,7 @@ def test_a_joint_in_any_pixel_of_the_label_map_is_visible():
     joints = np.full((24, 2), 3.0)
     for k, (x, y) in enumerate([(-0.4, 3), (7.4, 3), (3, -0.4), (3, 7.4), (-0.6, 3), (7.5, 3),
                                 (3, -0.6), (3, 7.5)]):
-        joints[surreal.SMPL_TO_JOINT[k]] = (x, y)
+        joints[body.SMPL_TO_JOINT[k]] = (x, y)
     crop = spec.Crop({"joints2d": joints}, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 8, False,
                      lambda record, key: None)
     np.testing.assert_array_equal(spec.joint_labels(crop)["visible"], [1] * 4 + [0] * 4 + [1] * 8)
@@ -168,7 +168,7 @@ def test_pose3d_targets_decode_within_half_bin():
     assert np.abs(err[..., 2]).max() <= 22.5 + 0.1  # depth: within half a 45 mm bin
     # x,y follow from the 2D location back-projected at that depth: a few mm more at most.
     assert np.linalg.norm(err, axis=-1).max() < 22.5 * 1.05
-    np.testing.assert_array_equal(dec["joints3d_rel_mm"][:, surreal.PELVIS], 0.0)
+    np.testing.assert_array_equal(dec["joints3d_rel_mm"][:, body.PELVIS], 0.0)
 
 
 def test_never_visible_joint_is_not_averaged_as_zero():
@@ -191,12 +191,12 @@ def demo_record():
     rng = np.random.default_rng(3)
     motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
     rgb, dep, seg = synthetic.render_frame(motion, look, 2)
-    pelvis = motion.joints_world[2][surreal.SMPL_TO_JOINT[surreal.PELVIS]]
+    pelvis = motion.joints_world[2][body.SMPL_TO_JOINT[body.PELVIS]]
     return {"image": rgb, "segm": seg[..., None],
             "depth": np.where(seg > 0, np.round(dep * 1000), 0).astype(np.uint16)[..., None],
             "depth_class": depth.classes(np.where(seg > 0, dep, 0), float(
                 motion.cam_loc[0]) - float(pelvis[0]))[..., None],
-            "joints2d": surreal.project(motion.joints_world[2], motion.cam_loc).astype(
+            "joints2d": camera.project(motion.joints_world[2], motion.cam_loc).astype(
                 np.float32),
             "joints3d": motion.joints_world[2].astype(np.float32), "cam_loc": motion.cam_loc}
 
@@ -311,14 +311,14 @@ def test_depth_and_segm_decode_exactly():
 
 def test_raw_to_part():
     raw = np.arange(25, dtype=np.uint8)
-    np.testing.assert_array_equal(segm.raw_to_part(raw), surreal.SEGM_TO_PART)
-    np.testing.assert_array_equal(segm.raw_to_part(jnp.asarray(raw)), surreal.SEGM_TO_PART)
+    np.testing.assert_array_equal(segm.raw_to_part(raw), body.SEGM_TO_PART)
+    np.testing.assert_array_equal(segm.raw_to_part(jnp.asarray(raw)), body.SEGM_TO_PART)
 
 
 def test_pose3d_channel_flip_swaps_left_and_right_joints_keeping_the_bin():
     """Channel j*19+k (joint j at depth bin k) goes, under a horizontal flip, to the channel
     of joint j's mirror twin by name ('l_' <-> 'r_', others themselves) at the same bin."""
-    names = list(surreal.JOINT_NAMES)
+    names = list(body.JOINT_NAMES)
     twin = {"l_": "r_", "r_": "l_"}
     expected = []
     for name in names:
@@ -348,7 +348,7 @@ def test_metrics_perfect_predictions():
 def test_metrics_known_offsets():
     batch = make_batch(seed=4, b=2)
     gt = batch["joints2d"]
-    head = np.linalg.norm(np.asarray(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK]), axis=-1)
+    head = np.linalg.norm(np.asarray(gt[:, body.HEAD_TOP] - gt[:, body.UPPER_NECK]), axis=-1)
     # Shift every joint by 0.4 head segments: correct at PCKh@0.5; by 0.52 or 0.6: wrong (0.52
     # is wrong at 0.5 but right at the next threshold, 0.55). The curve's thresholds are
     # 0, 0.05, ..., 1 head segments; a joint counts where its distance <= the threshold.
@@ -366,7 +366,7 @@ def test_metrics_known_offsets():
                                       (thresholds > frac)[apart], err_msg=str(frac))
     # 3D: every non-pelvis joint off by 30 mm along x -> MJD = 15/16 * 30 mm.
     rel = pose3d.root_relative_mm(batch["joints3d"])
-    off = jnp.zeros_like(rel).at[..., 0].set(30.0).at[:, surreal.PELVIS].set(0.0)
+    off = jnp.zeros_like(rel).at[..., 0].set(30.0).at[:, body.PELVIS].set(0.0)
     mjd = pose3d.summarize(pose3d.metric_stats({"joints3d_rel_mm": rel + off}, batch))
     assert mjd["mjd_mm"] == pytest.approx(30.0 * 15 / 16, abs=1e-3)
     # Depth: every foreground bin one off -> RMSE 45 mm, accuracy 0.

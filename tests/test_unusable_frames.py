@@ -14,7 +14,7 @@ import scipy.io
 
 from hgmt.data import cropping, records
 from hgmt.evaluation import protocols
-from hgmt.sources import surreal, synthetic
+from hgmt.sources import body, frame_selection, surreal, synthetic
 from tests.test_protocols import _pose3d_case, _run
 
 
@@ -26,7 +26,7 @@ def _damage_test_clips(root):
     info = surreal.clip_paths(stems[0])["info"]
     mat = {k: v for k, v in scipy.io.loadmat(info).items() if not k.startswith("__")}
     mat["joints2D"][:, :, 1] = 0.0
-    mat["joints2D"][1, surreal.SMPL_TO_JOINT, 1] = 238.0  # joints2D is (2, 24, T)
+    mat["joints2D"][1, body.SMPL_TO_JOINT, 1] = 238.0  # joints2D is (2, 24, T)
     mat["joints2D"][:, :, 3] = 0.0
     scipy.io.savemat(info, mat)
     os.remove(surreal.clip_paths(stems[1])["segm"])
@@ -304,7 +304,7 @@ def test_a_clip_whose_info_file_holds_no_frames_is_flagged_in_the_test_split_and
         assert list(records.clip_examples(stem, frames, counts)) == []
     assert counts == {"clip_unreadable_file": 2}
     with pytest.raises(ValueError, match="a clip of 0 frames has no middle frame"):
-        surreal.middle_frame(0)
+        frame_selection.middle_frame(0)
 
 
 def test_evaluation_middle_frames_follow_the_info_file_and_old_builds_warn(tmp_path, caplog):
@@ -361,7 +361,7 @@ def test_pose2d_hgmt_leaves_out_padding_flagged_and_rejected_frames():
     # every joint of ex 1 (unusable), ex 2 (rejected); ex 4-5 are padding, copies of ex 3.
     b = 6
     gt = np.stack([np.stack([10.0 + 2 * np.arange(16), np.full(16, 20.0)], -1)] * b)
-    gt[:, surreal.HEAD_TOP] = [26.0, 10.0]
+    gt[:, body.HEAD_TOP] = [26.0, 10.0]
     pred_xy = gt.copy()
     pred_xy[1:3] += [8.0, 0.0]
     pred_xy[3:, 8:] += [8.0, 0.0]

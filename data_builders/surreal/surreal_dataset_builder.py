@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from hgmt.data import records
-from hgmt.sources import surreal
+from hgmt.sources import camera, surreal
 
 _HOMEPAGE = "https://www.di.ens.fr/willow/research/surreal/"
 
@@ -97,7 +97,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
+        h, w = camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH
         f32 = np.float32
         # The description and the citation: README.md and CITATIONS.bib beside this file.
         return self.dataset_info_from_configs(

@@ -44,7 +44,8 @@ REQUIRED_FEATURES = ("image", "segm", "depth", "joints2d", "joints3d", "cam_loc"
 # The builder version that added each feature a build may lack.
 _ADDED_IN = {"depth_class": "1.2.0", "unusable": "1.3.0"}
 # The builder version whose test split flags the frames the reference loaders cannot use
-# (`surreal.reference_frame_problem`); older builds flagged hgmt's (`surreal.frame_problem`).
+# (`frame_selection.reference_frame_problem`); older builds flagged hgmt's
+# (`frame_selection.frame_problem`).
 REFERENCE_FLAGS_SINCE = "1.4.0"
 # The builder version whose test split stores the middle frames as PNG, the decoded video frame
 # the reference loaders read; older builds stored them as JPEG (quality 90).

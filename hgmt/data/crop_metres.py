@@ -19,7 +19,7 @@ from etils import epath
 
 from hgmt import console, disk_space, paths, workdirs
 from hgmt.data import builds, cropping, damage, records
-from hgmt.sources import surreal
+from hgmt.sources import body, camera, frame_selection, surreal
 from hgmt.tasks import spec
 
 # Training records measured as training starts (evenly spaced over the split; all of a
@@ -40,20 +40,21 @@ def record_metres(record: Mapping[str, np.ndarray], window: str = "hgmt") -> flo
     (`cropping.TRAIN_WINDOWS`) spans at the pelvis's depth: the window's side in px
     (`cropping.window_box`, as `crop_with` cuts it) times the pelvis's camera depth
     (`spec.pelvis_depth`, pose3d's and depth's reference) over SURREAL's focal length in px."""
-    joints = np.asarray(record["joints2d"])[surreal.SMPL_TO_JOINT].astype(np.float64)
+    joints = np.asarray(record["joints2d"])[body.SMPL_TO_JOINT].astype(np.float64)
     _, side = cropping.window_box(
         joints, cropping.check_window(window, cropping.TRAIN_WINDOWS))
     # Only the record's joints are read: no map is warped, so no label frame is needed.
     crop = spec.Crop(dict(record), np.eye(2, 3), 0, False, records.decoded)
     depth = float(spec.pelvis_depth(crop)["pelvis_depth"])
-    return side * depth / float(surreal.INTRINSICS[0, 0])
+    return side * depth / float(camera.INTRINSICS[0, 0])
 
 
 def kept_frames(info: surreal.ClipInfo) -> list[int]:
     """A clip's _info.mat -> the indices of the frames the builder keeps (no
-    `surreal.frame_problem`: those training skips and hgmt's metrics leave out), in order."""
+    `frame_selection.frame_problem`: those training skips and hgmt's metrics leave out), in
+    order."""
     return [t for t in range(info.num_frames)
-            if surreal.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
+            if frame_selection.frame_problem(info.joints2d[t], info.joints3d[t]) is None]
 
 
 def info_records(info: surreal.ClipInfo) -> list[dict]:

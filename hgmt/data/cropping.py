@@ -20,7 +20,7 @@ import numpy as np
 from hgmt.cli import errors
 from hgmt.data import records
 from hgmt.data.augment import Augment
-from hgmt.sources import reference_crop, surreal
+from hgmt.sources import body, reference_crop
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Crop
 
@@ -48,7 +48,7 @@ def person_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
 
 # The crop windows a run trains on (config.window), cut by hgmt's warps, with any augmentation:
 # "hgmt"'s (`person_box`, docs/surreal_format.md) and "reference_box", the box of BodyNet's
-# and SURREAL's crop (`surreal.reference_box`, about 0.84 of hgmt's side), so that training
+# and SURREAL's crop (`reference_crop.reference_box`, about 0.84 of hgmt's side), so that training
 # sees the person at the scale their protocols measure it.
 TRAIN_WINDOWS = ("hgmt", "reference_box")
 # And "reference": the references' test crop (their protocols), the same box whose image and
@@ -76,7 +76,7 @@ def window_box(joints2d: np.ndarray, window: str = "hgmt") -> tuple[np.ndarray, 
     """(16,2) joints in pixels -> (centre (2,), side) of the `window`'s crop (WINDOWS)."""
     if check_window(window) == "hgmt":
         return person_box(joints2d)
-    return surreal.reference_box(joints2d)
+    return reference_crop.reference_box(joints2d)
 
 
 def crop_affine(centre: np.ndarray, side: float, size: int, rotation_deg: float = 0.0,
@@ -157,7 +157,7 @@ def crop_with(example: dict, image_size: int, params: CropParams,
     moves the content right and down by up to about two source pixels (docs/metrics.md,
     "Crop resampling")."""
     r = image_size // common.LABEL_STRIDE
-    joints = example["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+    joints = example["joints2d"][body.SMPL_TO_JOINT].astype(np.float64)
     centre, side = window_box(joints, window)
     side *= params.scale
     m_label = crop_affine(centre, side, r, params.rotation, params.flip)
@@ -201,7 +201,7 @@ class ReferenceCrop(Crop):
 def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
                          m_label: np.ndarray, r: int,
                          unread: Iterable[str] = ()) -> ReferenceCrop:
-    """The crop of the reference window (`surreal.reference_box`) of a record whose 16 joints
+    """The crop of the reference window (`reference_crop.reference_box`) of a record whose 16 joints
     are `joints` (16,2), `m_label` (2,3) its r x r label frame (`crop_affine`), with label
     maps cut as the references cut theirs (`ReferenceCrop`), the references' scale times
     `params.scale`, as their scale augmentation multiplies it. ValueError for a rotation, a
@@ -212,7 +212,7 @@ def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
                          f"references' test crop does, unrotated, unmirrored and without colour "
                          f"gain, but rotation={params.rotation}, flip={params.flip} and "
                          f"gain={params.gain}: crop with window='hgmt' to augment")
-    centre, scale = surreal.reference_centre_scale(joints)
+    centre, scale = reference_crop.reference_centre_scale(joints)
     return ReferenceCrop(example, m_label, r, False, records.decoded, frozenset(unread), centre,
                          scale * params.scale)
 

@@ -32,10 +32,10 @@ from jax.extend.core import Literal
 
 from hgmt.data import cropping, damage, input_pipeline, records
 from hgmt.data.augment import Augment
-from hgmt.sources import reference_crop, surreal
+from hgmt.sources import body, camera, reference_crop
 from hgmt.tasks import TASKS, common, spec
 
-FRAME_SHAPE = (surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH)  # the stored resolution (H, W)
+FRAME_SHAPE = (camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH)  # the stored resolution (H, W)
 # The record's label maps a task may read (raw segments, depth mm, depth classes).
 LABEL_MAPS = tuple(k for k in records.IMAGE_FEATURES if k != "image")
 PLACEMENTS = ("host", "device")
@@ -44,8 +44,8 @@ PLACEMENTS = ("host", "device")
 # are what runs short). docs/performance.md has the measurements.
 AUTO = {"cpu": "host", "gpu": "device", "cuda": "device", "rocm": "device", "tpu": "device"}
 # World -> camera rotation of SURREAL's camera (a signed permutation, so exact in float32):
-# camera = (world - cam_loc) @ CAMERA_ROTATION.T (surreal.world_to_camera).
-CAMERA_ROTATION = surreal.camera_matrices(np.zeros(3))[1][:, :3].astype(np.float32)
+# camera = (world - cam_loc) @ CAMERA_ROTATION.T (camera.world_to_camera).
+CAMERA_ROTATION = camera.camera_matrices(np.zeros(3))[1][:, :3].astype(np.float32)
 
 
 def placement(augment_on: str, backend: str | None = None) -> str:
@@ -192,7 +192,7 @@ def person_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def reference_box(joints2d: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B,16,2) joints px -> centre (B,2), side (B,): `surreal.reference_box`, batched (in
+    """(B,16,2) joints px -> centre (B,2), side (B,): `reference_crop.reference_box`, batched (in
     float32, where the host's box is in float64)."""
     margin = reference_crop.BOX_MARGINS
     j = joints2d.astype(jnp.float32) + 1.0
@@ -284,16 +284,16 @@ class DeviceCrop(spec.Crop):
     def joints2d(self) -> jax.Array:
         """(B,16,2) label px, sides swapped where mirrored."""
         joints = common.apply_affine(self.m_label,
-                                     self.record["joints2d"][:, surreal.SMPL_TO_JOINT])
-        return jnp.where(self.flip[:, None, None], joints[:, surreal.JOINT_FLIP], joints)
+                                     self.record["joints2d"][:, body.SMPL_TO_JOINT])
+        return jnp.where(self.flip[:, None, None], joints[:, body.JOINT_FLIP], joints)
 
     def joints3d(self) -> jax.Array:
         """(B,16,3) camera metres, mirrored (x negated, sides swapped) where flipped."""
-        world = self.record["joints3d"][:, surreal.SMPL_TO_JOINT]
-        camera = jnp.matmul(world - self.record["cam_loc"][:, None], CAMERA_ROTATION.T,
-                            precision=common.EXACT)
-        mirrored = camera[:, surreal.JOINT_FLIP] * jnp.array([-1.0, 1.0, 1.0])
-        return jnp.where(self.flip[:, None, None], mirrored, camera)
+        world = self.record["joints3d"][:, body.SMPL_TO_JOINT]
+        in_camera = jnp.matmul(world - self.record["cam_loc"][:, None], CAMERA_ROTATION.T,
+                               precision=common.EXACT)
+        mirrored = in_camera[:, body.JOINT_FLIP] * jnp.array([-1.0, 1.0, 1.0])
+        return jnp.where(self.flip[:, None, None], mirrored, in_camera)
 
     def swap_sides(self, table: np.ndarray, classes: jax.Array) -> jax.Array:
         """(B,...) class ids through `table` where the example's crop is mirrored."""
@@ -311,7 +311,7 @@ def crop_batch(raw: dict, params: dict, image_size: int,
     r = image_size // common.LABEL_STRIDE
     box = WINDOW_BOXES[cropping.check_window(window, cropping.TRAIN_WINDOWS,
                                              "training crop window")]
-    centre, side = box(raw["joints2d"][:, surreal.SMPL_TO_JOINT])
+    centre, side = box(raw["joints2d"][:, body.SMPL_TO_JOINT])
     side = side * params["scale"]
     flip = params["flip"]
     m_image = crop_affine(centre, side, image_size, params["rotation"], flip)

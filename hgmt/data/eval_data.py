@@ -21,7 +21,7 @@ import numpy as np
 from hgmt import cores
 from hgmt.data import builds, cropping, damage, records, shards
 from hgmt.data.augment import Augment
-from hgmt.sources import surreal
+from hgmt.sources import frame_selection
 
 if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
     import tensorflow_datasets as tfds
@@ -68,7 +68,7 @@ def record_middle(record: dict) -> int:
     """The 0-based test-protocol frame of a record's clip: ceil(T/2) of the frames of its
     _info.mat (`records.clip_middle`), or in a build before INFO_FRAMES_SINCE, which lacks
     that count, of the frames its four files share."""
-    return surreal.middle_frame(int(record.get("info_frames", record["num_frames"])))
+    return frame_selection.middle_frame(int(record.get("info_frames", record["num_frames"])))
 
 
 def check_middle_frames(info: tfds.core.DatasetInfo, dataset: str, data_dir: str,
@@ -230,8 +230,8 @@ def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size
     """This host's share of `indices` in fixed-size batches, cropped around the `window`'s
     box (`cropping.window_box`: hgmt's, the references' box, or their test crop), with the labels of
     `tasks` (default all) and `rejected` (1 for a frame hgmt's own check rejects,
-    `surreal.frame_problem`: the frames training skips, which hgmt's metric definitions leave
-    out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
+    `frame_selection.frame_problem`: the frames training skips, which hgmt's metric definitions
+    leave out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
     (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
@@ -248,7 +248,7 @@ def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size
 
     def cropped(record: dict) -> dict:
         out = cropping.crop_example(record, image_size, Augment.none(), tasks=tasks, window=window)
-        problem = surreal.frame_problem(record["joints2d"], record["joints3d"])
+        problem = frame_selection.frame_problem(record["joints2d"], record["joints3d"])
         out["rejected"] = np.float32(max(out["unusable"], problem is not None))
         return out
 

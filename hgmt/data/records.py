@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from hgmt.data import damage
-from hgmt.sources import surreal
+from hgmt.sources import body, camera, frame_selection, surreal
 from hgmt.tasks import depth
 
 if TYPE_CHECKING:  # Beam is imported by the Beam path alone
@@ -51,7 +51,7 @@ def clip_middle(clip: surreal.Clip) -> int:
     training/loader_SURREAL.lua:9-16 getDuration, training/donkey.lua:67,75; bodynet
     training/donkey.lua:136,140), not of the frames all four files share: the two differ when
     the files disagree on frame count, and the frame may then lie beyond the shared ones."""
-    return surreal.middle_frame(clip.frame_counts["info"])
+    return frame_selection.middle_frame(clip.frame_counts["info"])
 
 
 # The frames each of the builder's configs stores (data_builders/surreal `BUILDER_CONFIGS`):
@@ -107,7 +107,7 @@ def depth_classes(clip: surreal.Clip, t: int) -> np.ndarray:
     """(H,W) uint8 depth classes of frame t from the float32 depth of the clip's _depth.mat,
     exactly as SURREAL's loader makes them (`hgmt.tasks.depth.classes`), with its dPelvis =
     camLoc_x - pelvis_x in double (gulvarol/surreal training/donkey.lua:94)."""
-    pelvis = clip.info.joints3d[t, surreal.SMPL_TO_JOINT[surreal.PELVIS]]
+    pelvis = clip.info.joints3d[t, body.SMPL_TO_JOINT[body.PELVIS]]
     return depth.classes(clip.depth[t], float(clip.info.cam_loc[0]) - float(pelvis[0]))
 
 
@@ -115,11 +115,11 @@ def unusable_example(cid: surreal.ClipId, t: int, num_frames: int, reason: str,
                      info_frames: int | None = None) -> dict:
     """The placeholder record of a frame the reference test sets keep but cannot use (its
     files missing or unreadable, its joints unset, the person's centre outside the image,
-    `surreal.reference_frame_problem`, the middle frame beyond the frames the files share):
+    `frame_selection.reference_frame_problem`, the middle frame beyond the frames the files share):
     a black frame, background labels, zero annotations, and `unusable` = the reason. Training
     never reads it; the reference protocols evaluate it as their code does (zero input, all
     background), hgmt's protocol leaves it out (docs/metrics.md)."""
-    h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
+    h, w = camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH
     f32 = np.float32
     return {"image": jpeg(np.zeros((h, w, 3), np.uint8)), "segm": png(np.zeros((h, w), np.uint8)),
             "depth": png(np.zeros((h, w), np.uint16)),
@@ -140,14 +140,14 @@ def clip_examples(stem: str, frames: FrameSelection,
     A clip with a missing or unreadable file is skipped whole ("clip_<problem>"); a clip whose
     files disagree on frame count keeps their common prefix ("clip_frame_count_mismatch");
     frames with all joints at zero or the person outside the image are skipped one by one
-    ("frame_<problem>", see `surreal.frame_problem`). With `frames.keep_unusable` (the test
+    ("frame_<problem>", see `frame_selection.frame_problem`). With `frames.keep_unusable` (the test
     split) the clips are kept as flagged placeholders instead ("flagged_<problem>",
     `unusable_example`), and so are the frames the reference test loaders cannot use
-    (`surreal.reference_frame_problem`, and the middle frame `clip_middle` when the _info.mat
-    holds more frames than the others, "frame_missing"), the others being kept whole: the test
-    split is the references' test set, and hgmt's protocol leaves out the frames
-    `surreal.frame_problem` rejects when it evaluates (docs/metrics.md). The frame is JPEG
-    bytes (PNG for the middle frame with `frames.lossless_middle`), the label maps PNG bytes:
+    (`frame_selection.reference_frame_problem`, and the middle frame `clip_middle` when the
+    _info.mat holds more frames than the others, "frame_missing"), the others being kept whole:
+    the test split is the references' test set, and hgmt's protocol leaves out the frames
+    `frame_selection.frame_problem` rejects when it evaluates (docs/metrics.md). The frame is
+    JPEG bytes (PNG for the middle frame with `frames.lossless_middle`), the label maps PNG bytes:
     raw segments, depth in millimetres, and SURREAL's depth classes.
     """
     try:
@@ -171,8 +171,8 @@ def clip_examples(stem: str, frames: FrameSelection,
     for t in range(t_all):
         if not frames.keeps(t, middle):
             continue
-        problem = (surreal.reference_frame_problem if frames.keep_unusable else
-                   surreal.frame_problem)(clip.info.joints2d[t], clip.info.joints3d[t])
+        problem = (frame_selection.reference_frame_problem if frames.keep_unusable else
+                   frame_selection.frame_problem)(clip.info.joints2d[t], clip.info.joints3d[t])
         if problem is not None and frames.keep_unusable:
             logging.info("flagging %s frame %d unusable: %s", stem, t, problem)
             counts[f"flagged_frame_{problem}"] += 1
@@ -282,7 +282,7 @@ def decoded(example: dict, key: str) -> np.ndarray:
     """Image feature `key` of a record as an array: (H,W,3) uint8 RGB for "image", (H,W)
     for the label maps (uint8 segments, uint16 depth in mm), from bytes or a decoded array.
     DamagedRecord when the bytes are not an image, or when "segm" holds a value that is no
-    SURREAL segment (above surreal.NUM_SMPL_SEGMENTS): the host's and the device's crops both
+    SURREAL segment (above body.NUM_SMPL_SEGMENTS): the host's and the device's crops both
     decode here, so such a record is skipped and named on either, not trained on."""
     value = example[key]
     if isinstance(value, bytes | np.bytes_):
@@ -297,9 +297,9 @@ def decoded(example: dict, key: str) -> np.ndarray:
     else:
         array = np.asarray(value)
         array = array[..., 0] if key != "image" and array.ndim == 3 else array
-    if key == "segm" and array.size and array.max() > surreal.NUM_SMPL_SEGMENTS:
+    if key == "segm" and array.size and array.max() > body.NUM_SMPL_SEGMENTS:
         raise damage.DamagedRecord(
             f"record feature 'segm' holds segment value {int(array.max())}, above SURREAL's "
-            f"0..{surreal.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
+            f"0..{body.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
             f"data_builders/surreal; rebuild it with tfds build")
     return array

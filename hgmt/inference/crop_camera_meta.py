@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hgmt.data import cropping
 from hgmt.inference.predictor import MAX_WINDOW_PX
-from hgmt.sources import reference_crop, surreal
+from hgmt.sources import camera, reference_crop
 
 # How training's window (config.window) is had from the 16 joints, for an export's hgmt.json.
 TRAINING_BOXES = {
@@ -57,12 +57,12 @@ def camera_meta() -> dict:
     """How hgmt.predict places an image in SURREAL's camera to decode 3D
     (`predictor.decoding_frame`, the pelvis depth of `predictor.Predictor._result`), for an
     export's hgmt.json."""
-    k = surreal.INTRINSICS
+    k = camera.INTRINSICS
     return {
         "focal_px": float(k[0, 0]),
         "principal_point_px": [float(k[0, 2]), float(k[1, 2])],
-        "image_width_px": surreal.IMAGE_WIDTH,
-        "frame_centre_px": [(surreal.IMAGE_WIDTH - 1) / 2, (surreal.IMAGE_HEIGHT - 1) / 2],
+        "image_width_px": camera.IMAGE_WIDTH,
+        "frame_centre_px": [(camera.IMAGE_WIDTH - 1) / 2, (camera.IMAGE_HEIGHT - 1) / 2],
         "camera": "SURREAL's: focal length f = focal_px, principal point (cx, cy) = "
                   "principal_point_px, in px of its image_width_px-wide frame whose centre is "
                   "frame_centre_px (pixel centres at integers: the principal point lies half a "

@@ -28,7 +28,7 @@ import numpy as np
 from hgmt.data import cropping
 from hgmt.inference import crop_scale, person, trained_model
 from hgmt.models import create_model, predict_last_stage
-from hgmt.sources import surreal
+from hgmt.sources import camera
 from hgmt.tasks import (
     TASKS,
     channel_flips,
@@ -43,7 +43,7 @@ from hgmt.training import device_memory
 # Training's windows lie in SURREAL's 320 x 240 frames and are sampled bilinearly. A window
 # larger than this (a high-resolution photo) is first averaged down to the crop's scale
 # (cv2.INTER_AREA): a bilinear sampling of it would alias.
-MAX_WINDOW_PX = surreal.IMAGE_WIDTH
+MAX_WINDOW_PX = camera.IMAGE_WIDTH
 
 
 MAX_FINDING_PASSES = 4  # model passes spent finding the person (the first on the whole image)
@@ -278,7 +278,7 @@ class Predictor:
         m_virtual = _after_inverse(m_label, virtual)
         batch = {"crop": jnp.asarray(m_virtual[None], jnp.float32),
                  "pelvis_depth": jnp.asarray(
-                     [surreal.INTRINSICS[0, 0] * self.crop_metres / (window.side * scale)],
+                     [camera.INTRINSICS[0, 0] * self.crop_metres / (window.side * scale)],
                      jnp.float32)}
         out["frame"] = Frame(batch, cv2.invertAffineTransform(m_label) if image_maps else None,
                              image.shape[:2], virtual)
@@ -297,8 +297,8 @@ def decoding_frame(image_shape: tuple[int, int], focal_px: float | None = None) 
     decoding frame is the identity, and an image resampled from one (at any scale) decodes as
     it does."""
     h, w = image_shape
-    scale = surreal.INTRINSICS[0, 0] / focal_px if focal_px else surreal.IMAGE_WIDTH / max(h, w)
-    u0, v0 = (surreal.IMAGE_WIDTH - 1) / 2, (surreal.IMAGE_HEIGHT - 1) / 2
+    scale = camera.INTRINSICS[0, 0] / focal_px if focal_px else camera.IMAGE_WIDTH / max(h, w)
+    u0, v0 = (camera.IMAGE_WIDTH - 1) / 2, (camera.IMAGE_HEIGHT - 1) / 2
     return np.array([[scale, 0.0, u0 - scale * (w - 1) / 2],
                      [0.0, scale, v0 - scale * (h - 1) / 2]])
 

@@ -1,6 +1,6 @@
 """The references' crop: how BodyNet and SURREAL cut their 256 x 256 input image and their
 64 x 64 segmentation and depth ground truth from a 240 x 320 frame, for the reference protocols'
-evaluation.
+evaluation, and the window they cut around the person's joints (`reference_box`).
 
 Both cut the input with `crop(rgb, center, scale, rot, 256, 'bilinear')` (surreal
 training/donkey.lua:133, bodynet training/donkey.lua:279) and the label maps with
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# The references' crop window around a person (`hgmt.sources.surreal.reference_centre_scale`):
+# The references' crop window around a person (`reference_centre_scale`):
 # getTightBox widens the joints' box by these fractions of its inclusive width and height
 # (surreal training/util.lua:128-147), getScale is the widened box's longer side over
 # SCALE_DIVISOR_PX (util.lua:157-160), and getTransform's window is WINDOW_PER_SCALE_PX x
@@ -37,6 +37,43 @@ import numpy as np
 BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}
 SCALE_DIVISOR_PX = 240.0
 WINDOW_PER_SCALE_PX = 200.0
+
+
+def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
+    SURREAL's crop window in the same pixels, about 0.84 of hgmt's
+    (`hgmt.data.cropping.person_box`).
+
+    Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
+    training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,
+    bodynet training/util/img.lua:362-381) widens the box of the 1-based joints by 0.25 w left
+    and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
+    before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
+    (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
+    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
+    window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
+    bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
+    the window is centred on the 1-based box's centre."""
+    centre, scale = reference_centre_scale(joints2d)
+    return centre, WINDOW_PER_SCALE_PX * scale
+
+
+def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
+    """(16,2) joints in SURREAL's 0-based pixels -> the references' own `getCenter` (2,) and
+    `getScale` values (`reference_box`: the window is 200 x scale pixels around the centre),
+    as their label crop takes them (`label_crop`)."""
+    # + 1 in float32 (loader_SURREAL.lua:47: the _info.mat's float32 joints), the box in double
+    # (Lua numbers, util.lua:128-160).
+    j = (np.asarray(joints2d, np.float32) + np.float32(1)).astype(np.float64)
+    margin = BOX_MARGINS
+    lo, hi = j.min(0), j.max(0)
+    size = hi - lo + 1
+    start = lo - np.array([margin["left"], margin["top"]]) * size
+    end = hi + np.array([margin["right"], margin["bottom"]]) * size
+    full = end - start + 1
+    divisor = SCALE_DIVISOR_PX
+    return start + full / 2, float(max(full[1] / divisor, full[0] / divisor))
+
 
 # img.lua:96-97: below this many source pixels per crop pixel, the window is copied first and
 # resized after; from it up, the whole map is shrunk first.
@@ -203,8 +240,8 @@ def label_crop(label_map: np.ndarray, centre: np.ndarray | Sequence[float], scal
     """The references' `crop(label_map, centre, scale, 0, res, 'simple')` (img.lua:87-144, steps
     in `_crop`) of an (H, W) label map (any dtype; 0 fills what lies outside the map), resized
     by `scale_simple`. `centre` (x, y) and `scale` are the references' own: `getCenter`'s point
-    in their pixel units and `getScale`'s value (`hgmt.sources.surreal.reference_centre_scale`),
-    the window being 200 x scale pixels. Returns (res, res) of the map's dtype."""
+    in their pixel units and `getScale`'s value (`reference_centre_scale`), the window being
+    200 x scale pixels. Returns (res, res) of the map's dtype."""
     source = np.asarray(label_map)
     if source.ndim != 2:
         raise ValueError(f"label_crop takes a 2-D label map, got shape {source.shape}")

@@ -1,8 +1,10 @@
-"""SURREAL's files, camera and label maps: the one module that knows the format.
+"""SURREAL's files: where a split's clips are (`find_clips`), and the readers of a clip's four
+files, which normalise MATLAB's arrays to frame-major layouts in one place (``load_info``):
+joints2d (T,24,2) pixels, joints3d (T,24,3) metres (world frame).
 
 Everything here follows docs/surreal_format.md, which was checked against real SURREAL files.
-Arrays are normalised to frame-major layouts in one place (``load_info``):
-joints2d (T,24,2) pixels, joints3d (T,24,3) metres (world frame).
+The body labels the files' joints and segments map to are `hgmt.sources.body`, the camera the
+joints are seen by `hgmt.sources.camera`.
 
 A clip on disk is ``<root>/cmu/<split>/run<r>/<seq>/<seq>_c<NNNN>`` plus ``.mp4``,
 ``_info.mat``, ``_depth.mat`` and ``_segm.mat``.
@@ -14,87 +16,15 @@ import dataclasses
 import glob
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hgmt.sources import reference_crop
+from hgmt.sources import body, camera
 
-if TYPE_CHECKING:  # hgmt.sources (SURREAL's files, the demo clips) does not import JAX
-    from jax.typing import ArrayLike
-
-IMAGE_WIDTH = 320
-IMAGE_HEIGHT = 240
 DEPTH_BACKGROUND = 1e10  # value of background pixels in SURREAL's _depth.mat
 # A depth above this many metres is background (SURREAL's code's threshold on its maps).
 BACKGROUND_ABOVE_M = 1e3
 SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}
-
-# --- Joints: 16 MPII-order joints taken from the 24 SMPL joints (0-based SMPL index).
-JOINT_NAMES = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder",
-    "l_elbow", "l_wrist",
-)  # fmt: skip
-SMPL_TO_JOINT = np.array([7, 4, 1, 2, 5, 8, 0, 6, 12, 15, 20, 18, 16, 17, 19, 21], np.int32)
-PELVIS = JOINT_NAMES.index("pelvis")
-HEAD_TOP = JOINT_NAMES.index("head_top")
-UPPER_NECK = JOINT_NAMES.index("upper_neck")
-# Skeleton edges (pairs of indices into JOINT_NAMES) for drawing.
-SKELETON = (
-    (0, 1), (1, 2), (2, 6), (3, 6), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
-    (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
-)  # fmt: skip
-
-
-def _flip_permutation(names: tuple[str, ...]) -> np.ndarray:
-    """Index permutation swapping every ``r_*`` name with its ``l_*`` twin."""
-    def twin(name: str) -> str:
-        if name.startswith("r_"):
-            return "l_" + name[2:]
-        if name.startswith("l_"):
-            return "r_" + name[2:]
-        return name
-    return np.array([names.index(twin(n)) for n in names], np.int32)
-
-
-JOINT_FLIP = _flip_permutation(JOINT_NAMES)
-
-# --- Body parts: 14 foreground classes (+ background 0) from the 24 SMPL segments.
-# Named by the person's own side, like the joints. SURREAL's renders swap SMPL's left and right
-# (gulvarol/surreal datageneration/misc/smpl_relations/smpl_relations.py: "note that left/right
-# are swapped"): the segment SMPL calls "rightArm" (raw 18) covers the rendered person's *left*
-# upper arm, just as SMPL joint 20 (0-based; "L_Wrist") is the person's right wrist (r_wrist above).
-# So class 3 (raw 18, SMPL rightArm) is l_upper_arm and r_wrist lies on class 8 (r_hand).
-# See docs/surreal_format.md.
-PART_NAMES = (
-    "head", "torso", "l_upper_arm", "l_forearm", "l_hand", "r_upper_arm", "r_forearm",
-    "r_hand", "l_upper_leg", "l_lower_leg", "l_foot", "r_upper_leg", "r_lower_leg", "r_foot",
-)  # fmt: skip
-# The names of the part classes: class c is PART_CLASS_NAMES[c], 0 the background.
-PART_CLASS_NAMES = ("background", *PART_NAMES)
-NUM_PARTS = len(PART_CLASS_NAMES)  # with background
-NUM_SMPL_SEGMENTS = 24
-# SURREAL's segment names, raw value 1..24 (SMPL's, as in the released _segm.mat; index 0 is
-# background). Raw value v is the region of SMPL joint v - 1.
-SMPL_SEGMENT_NAMES = (
-    "background", "hips", "leftUpLeg", "rightUpLeg", "spine", "leftLeg", "rightLeg", "spine1",
-    "leftFoot", "rightFoot", "spine2", "leftToeBase", "rightToeBase", "neck", "leftShoulder",
-    "rightShoulder", "head", "leftArm", "rightArm", "leftForeArm", "rightForeArm", "leftHand",
-    "rightHand", "leftHandIndex1", "rightHandIndex1",
-)  # fmt: skip
-# What l_ and r_ of JOINT_NAMES and PART_NAMES mean, for a consumer of the names (an export's
-# hgmt.json), who cannot tell from a name alone that the swap above was undone.
-SIDES = ("l_ and r_ are the person's own left and right (the rendered person's anatomical "
-         "side, not the image's; SURREAL's renders swap SMPL's left and right, and hgmt's "
-         "names follow the person: docs/surreal_format.md, Left and right)")
-# Raw 1-based SMPL segment value -> part class; index 0 (background) -> 0. SMPL "left*"
-# segments map to r_* classes and "right*" to l_* (the swap above).
-SEGM_TO_PART = np.array(
-    [0, 2, 12, 9, 2, 13, 10, 2, 14, 11, 2, 14, 11, 2, 2, 2, 1, 6, 3, 7, 4, 8, 5, 8, 5], np.uint8
-)
-# Permutation of the 15 classes (background first) under a horizontal flip.
-PART_FLIP = np.concatenate([[0], 1 + _flip_permutation(PART_NAMES)]).astype(np.int32)
 
 
 class FormatError(ValueError):
@@ -104,68 +34,6 @@ class FormatError(ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
-
-
-# --- Camera ----------------------------------------------------------------------------------
-INTRINSICS = np.array([[600.0, 0.0, 160.0], [0.0, 600.0, 120.0], [0.0, 0.0, 1.0]])
-_R_W2B = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]).T
-_R_B2CV = np.diag([1.0, -1.0, -1.0])
-
-
-def camera_matrices(cam_loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SURREAL's camera for a clip: intrinsics K (3,3) and extrinsics RT (3,4), world -> camera.
-
-    The camera frame is OpenCV's: x right, y down, z forward, in metres.
-    """
-    cam_loc = np.asarray(cam_loc, np.float64).reshape(3)
-    t = -_R_W2B @ cam_loc
-    rt = np.concatenate([_R_B2CV @ _R_W2B, (_R_B2CV @ t)[:, None]], axis=1)
-    return INTRINSICS.copy(), rt
-
-
-def world_to_camera(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
-    """(...,3) world metres -> (...,3) camera-frame metres (x right, y down, z depth)."""
-    _, rt = camera_matrices(cam_loc)
-    p = np.asarray(points_world, np.float64)
-    return p @ rt[:, :3].T + rt[:, 3]
-
-
-def camera_depth(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
-    """(...,3) world points -> (...) camera-frame depth in metres."""
-    return world_to_camera(points_world, cam_loc)[..., 2]
-
-
-def project(points_world: np.ndarray, cam_loc: np.ndarray) -> np.ndarray:
-    """(...,3) world points in metres -> (...,2) pixel coordinates (u right, v down)."""
-    return project_camera(world_to_camera(points_world, cam_loc))
-
-
-def project_camera(points_cam: np.ndarray) -> np.ndarray:
-    """(...,3) camera-frame points -> (...,2) pixels with SURREAL's intrinsics."""
-    p = np.asarray(points_cam, np.float64) @ INTRINSICS.T
-    return p[..., :2] / p[..., 2:3]
-
-
-_PIXEL_TO_RAY = np.linalg.inv(INTRINSICS).T  # rows: the ray's change per u, per v, and at 0
-
-
-def backproject(uv: ArrayLike, depth: ArrayLike) -> ArrayLike:
-    """(...,2) pixels and (...) camera depth in metres -> (...,3) camera-frame points. NumPy or
-    JAX arrays (only elementwise products and sums, so it also runs inside a jitted step, and
-    exactly in float32 on any backend, where a matmul may round its inputs to TF32 or
-    bfloat16)."""
-    # K^-1 [u, v, 1] = (x/z, y/z, 1), written out
-    ray = uv[..., :1] * _PIXEL_TO_RAY[0] + uv[..., 1:2] * _PIXEL_TO_RAY[1] + _PIXEL_TO_RAY[2]
-    return ray * depth[..., None]
-
-
-def ray_lengths() -> np.ndarray:
-    """(240,320) per pixel (u, v) the length of K^-1 [u, v, 1], the ray reaching camera depth
-    z = 1: a point seen at the pixel with camera depth z lies at distance z * ray length from
-    the camera centre, which is what a ``_depth.mat`` holds (docs/surreal_format.md)."""
-    v, u = np.mgrid[0:IMAGE_HEIGHT, 0:IMAGE_WIDTH]
-    return np.linalg.norm(backproject(np.stack([u, v], -1).astype(np.float64),
-                                      np.ones(u.shape)), axis=-1)
 
 
 # --- Files ------------------------------------------------------------------------------------
@@ -269,9 +137,9 @@ def _load_frame_stack(path: str, prefix: str, dtype: np.dtype) -> np.ndarray:
     frames = []
     for i in indices:
         a = np.asarray(mat[f"{prefix}{i}"])
-        if a.shape != (IMAGE_HEIGHT, IMAGE_WIDTH):
+        if a.shape != (camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH):
             raise FormatError(path, f"'{prefix}{i}' has shape {a.shape}, expected "
-                                    f"({IMAGE_HEIGHT}, {IMAGE_WIDTH})")
+                                    f"({camera.IMAGE_HEIGHT}, {camera.IMAGE_WIDTH})")
         frames.append(a.astype(dtype, copy=False))
     return np.stack(frames)
 
@@ -287,8 +155,8 @@ def load_depth(path: str) -> np.ndarray:
 def load_segm(path: str) -> np.ndarray:
     """Reads a ``_segm.mat`` -> (T,240,320) uint8 raw SMPL segments 0..24 (0 background)."""
     segm = _load_frame_stack(path, "segm_", np.uint8)
-    if segm.max(initial=0) > NUM_SMPL_SEGMENTS:
-        raise FormatError(path, f"segment value {segm.max()} > {NUM_SMPL_SEGMENTS}")
+    if segm.max(initial=0) > body.NUM_SMPL_SEGMENTS:
+        raise FormatError(path, f"segment value {segm.max()} > {body.NUM_SMPL_SEGMENTS}")
     return segm
 
 
@@ -316,9 +184,9 @@ def read_video(path: str) -> np.ndarray:
     if not frames:
         raise FormatError(path, "holds no decodable video frames")
     video = np.stack(frames)
-    if video.shape[1:] != (IMAGE_HEIGHT, IMAGE_WIDTH, 3):
+    if video.shape[1:] != (camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH, 3):
         raise FormatError(path, f"frames are {video.shape[1:3]}, expected "
-                                f"({IMAGE_HEIGHT}, {IMAGE_WIDTH})")
+                                f"({camera.IMAGE_HEIGHT}, {camera.IMAGE_WIDTH})")
     return video
 
 
@@ -422,106 +290,3 @@ def load_clip(stem: str) -> Clip:
         logging.warning("%s: frame counts disagree %s; using the first %d", stem, counts, t)
     return Clip(id=parse_stem(stem), info=_cut_info(info, t), video=video[:t], depth=depth[:t],
                 segm=segm[:t], frame_counts=counts)
-
-
-def frame_problem(joints2d: np.ndarray, joints3d: np.ndarray | None = None) -> str | None:
-    """Why a frame is unusable, or None. joints2d: (24,2) SMPL joints in pixels; joints3d:
-    (24,3) in metres, when known.
-
-    Unusable: all 2D joints at zero ("joints_zero"), the reference loaders' unset 2D joints
-    or all-zero 3D joints ("joints_unset", "joints3d_zero", `reference_frame_problem`), or the
-    person mostly outside the 320x240 image: fewer than half of the 16 used joints inside it
-    ("person_outside"). A person cut by the border is kept: the crop pads, and SURREAL has
-    many such frames.
-    """
-    j = np.asarray(joints2d)
-    if not np.any(j):
-        return "joints_zero"
-    j = j[SMPL_TO_JOINT]
-    if _unset(j):
-        return "joints_unset"
-    if joints3d is not None and _zero_3d(joints3d):
-        return "joints3d_zero"
-    inside = (j[:, 0] >= 0) & (j[:, 0] <= IMAGE_WIDTH - 1) & (j[:, 1] >= 0) & (
-        j[:, 1] <= IMAGE_HEIGHT - 1)
-    if 2 * int(inside.sum()) < len(j):
-        return "person_outside"
-    return None
-
-
-def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
-    """(16,2) joints in SURREAL's 0-based pixels -> (centre (2,), side) of BodyNet's and
-    SURREAL's crop window in the same pixels, about 0.84 of hgmt's
-    (`hgmt.data.cropping.person_box`).
-
-    Their loaders add 1 to the joints (surreal training/loader_SURREAL.lua:47, bodynet
-    training/util/dataloader/SURREAL.lua:50); `getTightBox` (surreal training/util.lua:128-147,
-    bodynet training/util/img.lua:362-381) widens the box of the 1-based joints by 0.25 w left
-    and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
-    before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
-    (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
-    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
-    window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
-    bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
-    the window is centred on the 1-based box's centre."""
-    centre, scale = reference_centre_scale(joints2d)
-    return centre, reference_crop.WINDOW_PER_SCALE_PX * scale
-
-
-def reference_centre_scale(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
-    """(16,2) joints in SURREAL's 0-based pixels -> the references' own `getCenter` (2,) and
-    `getScale` values (`reference_box`: the window is 200 x scale pixels around the centre),
-    as their label crop takes them (`hgmt.sources.reference_crop.label_crop`)."""
-    # + 1 in float32 (loader_SURREAL.lua:47: the _info.mat's float32 joints), the box in double
-    # (Lua numbers, util.lua:128-160).
-    j = (np.asarray(joints2d, np.float32) + np.float32(1)).astype(np.float64)
-    margin = reference_crop.BOX_MARGINS
-    lo, hi = j.min(0), j.max(0)
-    size = hi - lo + 1
-    start = lo - np.array([margin["left"], margin["top"]]) * size
-    end = hi + np.array([margin["right"], margin["bottom"]]) * size
-    full = end - start + 1
-    divisor = reference_crop.SCALE_DIVISOR_PX
-    return start + full / 2, float(max(full[1] / divisor, full[0] / divisor))
-
-
-def _unset(joints: np.ndarray) -> bool:
-    """Whether the 16 used joints (16,2), 0-based, are all at 1-based (1, 239): the reference
-    loaders' mark of joints that were never set."""
-    return bool(np.all(np.asarray(joints, np.float64) + 1 == [1.0, 239.0]))
-
-
-def _zero_3d(joints3d: np.ndarray) -> bool:
-    """Whether the 16 used joints of (24,3) `joints3d` are all exactly zero: the reference
-    loaders' mark of 3D joints that were never set."""
-    return not np.any(np.asarray(joints3d)[SMPL_TO_JOINT])
-
-
-def reference_frame_problem(joints2d: np.ndarray,
-                            joints3d: np.ndarray | None = None) -> str | None:
-    """Why the reference test loaders cannot use a frame, or None. joints2d: (24,2) SMPL
-    joints in pixels; joints3d: (24,3) in metres, when known. "joints_unset": each of the 16
-    used joints at 1-based (1, 239), the loaders' check for joints that were never set (surreal
-    training/loader_SURREAL.lua:49-52, bodynet training/util/dataloader/SURREAL.lua:52-55);
-    "joints3d_zero": the 16 used 3D joints all zero (loader_SURREAL.lua:66-69, read by
-    BodyNet's loader and SURREAL's for its depth model, not for its segmentation model);
-    "centre_outside": `getCenter` outside the 1-based image [1, 320] x [1, 240] (surreal
-    training/donkey.lua:118-119, bodynet training/donkey.lua:264). Such a frame gets a zero
-    input and all-background labels in their test loops and still counts (docs/metrics.md)."""
-    j = np.asarray(joints2d, np.float64)[SMPL_TO_JOINT]
-    if _unset(j):
-        return "joints_unset"
-    if joints3d is not None and _zero_3d(joints3d):
-        return "joints3d_zero"
-    centre, _ = reference_box(j)
-    if (centre < 1).any() or centre[0] > IMAGE_WIDTH or centre[1] > IMAGE_HEIGHT:
-        return "centre_outside"
-    return None
-
-
-def middle_frame(num_frames: int) -> int:
-    """0-based index of the test-protocol frame ceil(T/2) (1-based) of a T-frame clip; a clip
-    of no frames has none (`load_info` refuses its _info.mat)."""
-    if num_frames < 1:
-        raise ValueError(f"a clip of {num_frames} frames has no middle frame")
-    return int(np.ceil(num_frames / 2)) - 1

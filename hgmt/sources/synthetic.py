@@ -20,7 +20,7 @@ index + 1; capsules are ray-cast analytically with a depth buffer, which gives t
 the metric distance from the camera centre (what SURREAL's depth maps hold, Cycles' Z pass;
 docs/surreal_format.md) and a shaded, textured RGB frame over a random background. World axes and
 camera follow SURREAL (world y points down, the camera looks along -x from ``camLoc``), so
-``hgmt.sources.surreal.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
+``hgmt.sources.camera.project(joints3D, camLoc)`` reproduces ``joints2D`` as on real files.
 
 The ``_info.mat`` has SURREAL's keys, dtypes and shapes, but some of its values are this
 generator's own: ``camDist`` is the distance from ``camLoc`` to the first frame's pelvis, where
@@ -50,7 +50,7 @@ import numpy as np
 import scipy.io
 
 from hgmt import cores, disk_space
-from hgmt.sources import surreal
+from hgmt.sources import camera, surreal
 
 # The version of what the generator writes: demo data of an older one is written again
 # (`hgmt.data.demo`). 2: the depth maps hold the distance from the camera centre, as SURREAL's
@@ -208,7 +208,7 @@ def make_look(rng: np.random.Generator) -> Look:
     # Left and right limbs differ slightly, as printed clothes do; parts vary in tone.
     colors[[1, 4, 7, 10, 13, 16, 18, 20, 22]] *= 0.85
     colors *= rng.uniform(0.85, 1.15, size=(24, 1))
-    h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
+    h, w = camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH
     yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
     c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
     ramp = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
@@ -261,18 +261,18 @@ def lambert(normals: np.ndarray, light: np.ndarray, ambient: float) -> np.ndarra
 def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]:
     """Ray-casts frame t -> RGB (240,320,3) uint8, depth (240,320) float32 metres from the
-    camera centre (SURREAL's depth: `surreal.ray_lengths` times the camera depth z; background
+    camera centre (SURREAL's depth: `camera.ray_lengths` times the camera depth z; background
     1e10 as in SURREAL), segm (240,320) uint8 raw segment values 0..24."""
-    h, w = surreal.IMAGE_HEIGHT, surreal.IMAGE_WIDTH
-    f = surreal.INTRINSICS[0, 0]
+    h, w = camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH
+    f = camera.INTRINSICS[0, 0]
     a_w, b_w, radius = _capsule_ends(motion, t)
-    a = surreal.world_to_camera(a_w, motion.cam_loc)
-    b = surreal.world_to_camera(b_w, motion.cam_loc)
+    a = camera.world_to_camera(a_w, motion.cam_loc)
+    b = camera.world_to_camera(b_w, motion.cam_loc)
     depth = np.full((h, w), np.inf)
     segm = np.zeros((h, w), np.uint8)
     shade = np.zeros((h, w))
     texture = np.ones((h, w))
-    ua, ub = surreal.project_camera(a), surreal.project_camera(b)
+    ua, ub = camera.project_camera(a), camera.project_camera(b)
     for i in range(24):
         rz = radius[i] * f / min(a[i, 2], b[i, 2])  # generous pixel radius for the box
         lo = np.floor(np.minimum(ua[i], ub[i]) - rz).astype(int)
@@ -298,7 +298,7 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
             continue
         depth[y0:y1, x0:x1][win] = z[win]
         segm[y0:y1, x0:x1][win] = i + 1
-        surface = surreal.backproject(np.stack([px[win], py[win]], -1), z[win])
+        surface = camera.backproject(np.stack([px[win], py[win]], -1), z[win])
         shade[y0:y1, x0:x1][win] = lambert(capsule_normals(surface, a[i], b[i]), look.light,
                                            look.ambient)
         texture[y0:y1, x0:x1][win] = 0.85 + 0.15 * np.sign(
@@ -307,7 +307,7 @@ def render_frame(motion: Motion, look: Look, t: int) -> tuple[np.ndarray, np.nda
     rgb = look.background.copy()
     colors = look.colors[np.maximum(segm.astype(int) - 1, 0)]
     rgb[fg] = colors[fg] * (shade[fg] * texture[fg])[:, None]
-    depth[fg] *= surreal.ray_lengths()[fg]  # the buffer's camera depth z -> distance
+    depth[fg] *= camera.ray_lengths()[fg]  # the buffer's camera depth z -> distance
     depth[~fg] = surreal.DEPTH_BACKGROUND
     return ((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), depth.astype(np.float32),
             segm)
@@ -345,7 +345,7 @@ def write_clip(stem: str, motion: Motion, look: Look, clip_no: int) -> None:
     scipy.io.savemat(paths["segm"], {f"segm_{t + 1}": r[2] for t, r in enumerate(rendered)},
                      do_compression=True)
     joints3d = motion.joints_world.astype(np.float32)
-    joints2d = np.round(surreal.project(joints3d, motion.cam_loc)).astype(np.float32)
+    joints2d = np.round(camera.project(joints3d, motion.cam_loc)).astype(np.float32)
     pose = _axis_angle(motion.local_rot).reshape(frames, 72)
     names = np.empty((1, frames), object)
     names[0, :] = [np.array(["synthetic/background.jpg"])] * frames

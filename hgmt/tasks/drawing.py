@@ -14,14 +14,14 @@ import cv2
 import numpy as np
 
 from hgmt import disk_space
-from hgmt.sources import surreal
+from hgmt.sources import body
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # 15 colours, every two at least 20 apart in CIELAB (Delta E 1976): background black, then the
-# 14 parts in the order of surreal.PART_NAMES (head, torso, l_ arm (3), r_ arm (3), l_ leg (3),
+# 14 parts in the order of body.PART_NAMES (head, torso, l_ arm (3), r_ arm (3), l_ leg (3),
 # r_ leg (3)); a part is named by the person's own side: right parts warm (R > B), left cool
 # (B > R), the arms bright and the legs darker or duller than the arm of their side.
 PART_COLORS = np.array([
@@ -56,8 +56,8 @@ _SKELETON_RGB = {"r_": (230, 40, 40), "l_": (40, 90, 230), "": (220, 190, 30)}
 
 
 def limb_rgb(joint: int) -> tuple[int, int, int]:
-    """RGB (0-255) of the limb that ends at `joint` (an index of surreal.JOINT_NAMES)."""
-    name = surreal.JOINT_NAMES[joint]
+    """RGB (0-255) of the limb that ends at `joint` (an index of body.JOINT_NAMES)."""
+    name = body.JOINT_NAMES[joint]
     return _SKELETON_RGB[name[:2] if name[:2] in ("r_", "l_") else ""]
 
 
@@ -66,7 +66,7 @@ def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, thickness: int = 2) -> np
     blue."""
     out = np.ascontiguousarray(rgb.copy())
     pts = [(int(round(x)), int(round(y))) for x, y in joints]
-    for a, b in surreal.SKELETON:
+    for a, b in body.SKELETON:
         cv2.line(out, pts[a], pts[b], limb_rgb(b), thickness, cv2.LINE_AA)
     for p in pts:
         cv2.circle(out, p, thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
@@ -148,7 +148,7 @@ def _limb_colour(joint: int) -> tuple[float, ...]:
 
 def _skeleton_lines(ax: Axes, xy: np.ndarray) -> None:
     """(16,2) joints drawn on ax: right limbs red, left blue, the trunk yellow."""
-    for a, b in surreal.SKELETON:
+    for a, b in body.SKELETON:
         ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=_limb_colour(b), lw=2.2,
                 solid_capstyle="round")
     ax.plot(xy[:, 0], xy[:, 1], "o", ms=3, color="k")

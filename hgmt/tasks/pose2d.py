@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt.sources import surreal
+from hgmt.sources import body
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -23,13 +23,13 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
     from matplotlib.figure import Figure
 
 NAME = "pose2d"
-NUM_JOINTS = len(surreal.JOINT_NAMES)
+NUM_JOINTS = len(body.JOINT_NAMES)
 NUM_CHANNELS = NUM_JOINTS
 DEFAULT_LOSS_WEIGHT = 1000.0
 LOSS_OPTIONS: dict = {}  # none: `loss` takes no options
 READS_DISTANCE = False
 SIGMA = 1.0
-CHANNEL_FLIP = surreal.JOINT_FLIP  # channel permutation under a horizontal flip
+CHANNEL_FLIP = body.JOINT_FLIP  # channel permutation under a horizontal flip
 # The sub-pixel peak of an (h, w) map, exactly as `common.subpixel_argmax` computes it in
 # float32: what an export's consumer repeats to get hgmt's joints (pose3d's too).
 SUBPIXEL_PEAK = (
@@ -43,8 +43,8 @@ SUBPIXEL_PEAK = (
 OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": "joint: channel j is joint_names[j]",
-    "joint_names": list(surreal.JOINT_NAMES),
-    "sides": surreal.SIDES,
+    "joint_names": list(body.JOINT_NAMES),
+    "sides": body.SIDES,
     "values": f"heatmaps: a target is a Gaussian of sigma {SIGMA} label px with peak 1",
     "decoding": f"hgmt's joint j (hgmt.predict's joint_scores, and joints2d: in image px, "
                 f"crop.image_px_to_label_px inverted) is the sub-pixel peak of channel j: "
@@ -53,9 +53,9 @@ OUTPUT_LAYOUT = {
 HEADLINES = {
     "hgmt": Headline(("pckh@0.5", "pck@3.2px"), "pckh@0.5", (), "PCKh@0.5",
                      "pckh@0.5_per_joint", "joint", item_label="PCKh@0.5",
-                     item_names=surreal.JOINT_NAMES),
+                     item_names=body.JOINT_NAMES),
     "bodynet": Headline(("pck",), "pck", (), "PCK (BodyNet)", "pck_per_joint", "joint",
-                        item_label="PCK", item_names=surreal.JOINT_NAMES, caveats={
+                        item_label="PCK", item_names=body.JOINT_NAMES, caveats={
                             "examples_not_evaluated": common.NOT_EVALUATED,
                             "batches_without_scored_joint":
                                 "full test batches without a scored joint: NaN to the "
@@ -106,7 +106,7 @@ def metric_stats(decoded: dict, batch: dict) -> dict:
     gt = batch["joints2d"]
     vis = batch["visible"] * common.example_weights(batch, gt.shape[0])[:, None]
     dist = jnp.linalg.norm(decoded["joints2d"] - gt, axis=-1)  # (B,16)
-    head = jnp.linalg.norm(gt[:, surreal.HEAD_TOP] - gt[:, surreal.UPPER_NECK], axis=-1)
+    head = jnp.linalg.norm(gt[:, body.HEAD_TOP] - gt[:, body.UPPER_NECK], axis=-1)
     rel = dist / jnp.maximum(head, 1e-6)[:, None]
     thr = jnp.asarray(PCK_THRESHOLDS, jnp.float32)
     within = (rel[..., None] <= thr) * vis[..., None]  # (B,16,K)
@@ -129,7 +129,7 @@ def summarize(stats: dict) -> dict:
     return common.with_null_reasons({
         "pckh@0.5": float(at_half[seen].mean()) if any_seen else None,
         "pckh@0.5_per_joint": {n: float(v) if s else None
-                               for n, v, s in zip(surreal.JOINT_NAMES, at_half, seen,
+                               for n, v, s in zip(body.JOINT_NAMES, at_half, seen,
                                                   strict=True)},
         "pck@3.2px": float(pck[seen].mean()) if any_seen else None,
         "pckh_curve": {"thresholds": PCK_THRESHOLDS.tolist(),
@@ -238,7 +238,7 @@ def bodynet_summarize(stats: dict, *, num_examples: int, num_damaged: int = 0) -
     return common.with_null_reasons({
         "pck": float(per_batch[batches].sum() / divisor) if divisor > 0 and not no_batch
         else None,
-        "pck_per_joint": {surreal.JOINT_NAMES[j]: float(v) if n > 0 else None
+        "pck_per_joint": {body.JOINT_NAMES[j]: float(v) if n > 0 else None
                           for j, v, n in zip(BODYNET_JOINTS, totals, valid.sum(0),
                                              strict=True)},
         "num_batches": full,
@@ -286,7 +286,7 @@ def to_json(result: dict) -> dict:
     """`predict`'s result -> JSON: 'joint_names' (16,) the joints' order; 'joints2d_image_px'
     (16,2) original-image px, rounded to 0.01 px; 'joint_scores' (16,) heatmap peaks, rounded
     to 4 decimals."""
-    return {"joint_names": list(surreal.JOINT_NAMES),
+    return {"joint_names": list(body.JOINT_NAMES),
             "joints2d_image_px": np.round(result["joints2d"], 2).tolist(),
             "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hgmt.sources import surreal
+from hgmt.sources import body, camera
 from hgmt.tasks import common, pose2d, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
     from matplotlib.figure import Figure
 
 NAME = "pose3d"
-NUM_JOINTS = len(surreal.JOINT_NAMES)
+NUM_JOINTS = len(body.JOINT_NAMES)
 NUM_BINS = common.NUM_BINS
 NUM_CHANNELS = NUM_JOINTS * NUM_BINS  # channel = joint * 19 + (bin + 9)
 DEFAULT_LOSS_WEIGHT = 1000.0
@@ -38,21 +38,21 @@ READS_DISTANCE = True  # its joints' x and y: back-projected at the pelvis depth
 SIGMA = 1.0
 HEADLINES = {
     "hgmt": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm)", "mjd_mm_per_joint",
-                     "joint", ".1f", item_label="error (mm)", item_names=surreal.JOINT_NAMES),
+                     "joint", ".1f", item_label="error (mm)", item_names=body.JOINT_NAMES),
     "bodynet": Headline(("mjd_mm",), "mjd_mm", ("mjd_mm",), "MJD (mm, BodyNet)",
                         "mjd_mm_per_joint", "joint", ".1f", item_label="error (mm)",
-                        item_names=surreal.JOINT_NAMES,
+                        item_names=body.JOINT_NAMES,
                         caveats={"examples_not_evaluated": common.NOT_EVALUATED}),
 }
 # Channel permutation under a horizontal flip: swap joints, keep depth bins.
-CHANNEL_FLIP = (surreal.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
+CHANNEL_FLIP = (body.JOINT_FLIP[:, None] * NUM_BINS + np.arange(NUM_BINS)).reshape(-1)
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": f"joint * {NUM_BINS} + k: joint_names[joint] at depth bin bins[k] "
                f"(k = bin + {common.MAX_BIN})",
-    "joint_names": list(surreal.JOINT_NAMES),
-    "sides": surreal.SIDES,
+    "joint_names": list(body.JOINT_NAMES),
+    "sides": body.SIDES,
     "bins": list(common.BINS),
     "bin_mm": round(common.BIN_MM, 6),
     "bin_depth": "bin b: the joint's camera depth z is the pelvis's plus b * bin_mm "
@@ -127,7 +127,7 @@ def to_camera(xy: jnp.ndarray, bins: jnp.ndarray, batch: dict) -> jnp.ndarray:
     """Label-map (B,16,2) joint positions and (B,16) depth bins -> (B,16,3) camera metres of
     the person the crop shows (mirrored, x negated, when the crop is flipped)."""
     uv = common.apply_affine(common.invert_affine(batch["crop"]), xy)
-    cam = surreal.backproject(uv, batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
+    cam = camera.backproject(uv, batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
     return cam.at[..., 0].multiply(common.crop_mirror(batch["crop"])[:, None])
 
 
@@ -140,14 +140,14 @@ def decode(pred: jnp.ndarray, batch: dict) -> dict:
     yi = jnp.clip(jnp.round(xy[..., 1]).astype(jnp.int32), 0, r - 1)
     column = vol[jnp.arange(b)[:, None], jnp.arange(NUM_JOINTS)[None], yi, xi]  # (B,16,19)
     bins = jnp.argmax(column, -1) - common.MAX_BIN
-    bins = bins.at[:, surreal.PELVIS].set(0)  # the pelvis is the depth reference itself
+    bins = bins.at[:, body.PELVIS].set(0)  # the pelvis is the depth reference itself
     cam = to_camera(xy, bins, batch)
     return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
 
 
 def root_relative_mm(joints3d: jnp.ndarray) -> jnp.ndarray:
     """(B,16,3) camera metres -> pelvis-relative millimetres."""
-    return (joints3d - joints3d[:, surreal.PELVIS:surreal.PELVIS + 1]) * 1000.0
+    return (joints3d - joints3d[:, body.PELVIS:body.PELVIS + 1]) * 1000.0
 
 
 def metric_stats(decoded: dict, batch: dict) -> dict:
@@ -169,7 +169,7 @@ def summarize(stats: dict) -> dict:
     return common.with_null_reasons({
         "mjd_mm": float(per_joint.mean()) if any_example else None,
         "mjd_mm_per_joint": {n: float(v) if c > 0 else None
-                             for n, v, c in zip(surreal.JOINT_NAMES, per_joint, count,
+                             for n, v, c in zip(body.JOINT_NAMES, per_joint, count,
                                                 strict=True)},
     }, {"mjd_mm": "no example evaluated"})
 
@@ -199,7 +199,7 @@ def bodynet_decode(pred: jnp.ndarray, batch: dict) -> dict:
     bins = common.MAX_BIN - idx // (r * r)
     xy = jnp.stack([idx % r, (idx // r) % r], -1) - common.BODYNET_LABEL_SHIFT
     uv = common.torch_int(common.apply_affine(common.invert_affine(batch["crop"]), xy) + 1e-4)
-    cam = surreal.backproject(uv.astype(jnp.float32),
+    cam = camera.backproject(uv.astype(jnp.float32),
                               batch["pelvis_depth"][:, None] + common.joint_bin_depth(bins))
     cam = cam.at[..., 0].multiply(common.crop_mirror(batch["crop"])[:, None])
     return {"joints3d": cam, "joints3d_rel_mm": root_relative_mm(cam)}
@@ -232,7 +232,7 @@ def bodynet_summarize(stats: dict, *, num_examples: int, num_damaged: int = 0) -
     return common.with_null_reasons({
         "mjd_mm": None if why else float(per_joint.mean()),
         "mjd_mm_per_joint": {n: None if why else v for n, v in zip(
-            surreal.JOINT_NAMES, per_joint.tolist(), strict=True)},
+            body.JOINT_NAMES, per_joint.tolist(), strict=True)},
         "examples_not_evaluated": num_examples - (num_examples // size) * size,
     }, dict.fromkeys(("mjd_mm", "mjd_mm_per_joint"), why))
 
@@ -262,7 +262,7 @@ def predict(pred: jnp.ndarray, frame: Frame) -> dict:
     they were decoded with: 'focal_px' the focal length in the original image's px,
     'pelvis_depth_m' the pelvis's camera depth in metres}."""
     return {"joints3d_rel_mm": np.asarray(_decode_one(pred, frame.batch)),
-            "focal_px": float(surreal.INTRINSICS[0, 0] / frame.virtual[0, 0]),
+            "focal_px": float(camera.INTRINSICS[0, 0] / frame.virtual[0, 0]),
             "pelvis_depth_m": float(frame.batch["pelvis_depth"][0])}
 
 
@@ -277,7 +277,7 @@ def to_json(result: dict) -> dict:
     """`predict`'s result -> JSON: 'joint_names' (16,) the joints' order; 'joints3d_rel_mm'
     (16,3) pelvis-relative camera mm, rounded to 0.1 mm; 'focal_px' (px, 3 decimals);
     'pelvis_depth_m' (m, 4 decimals)."""
-    return {"joint_names": list(surreal.JOINT_NAMES),
+    return {"joint_names": list(body.JOINT_NAMES),
             "joints3d_rel_mm": np.round(result["joints3d_rel_mm"], 1).tolist(),
             "focal_px": round(result["focal_px"], 3),
             "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from hgmt.sources import surreal
+from hgmt.sources import body
 from hgmt.tasks import common, spec
 from hgmt.tasks.spec import Frame, Headline
 
@@ -20,19 +20,19 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
     from matplotlib.figure import Figure
 
 NAME = "segm"
-NUM_CHANNELS = surreal.NUM_PARTS
+NUM_CHANNELS = body.NUM_PARTS
 DEFAULT_LOSS_WEIGHT = 1.0
 # foreground_weight: how much more a body-part pixel counts in the loss than a background one
 # (1.0: SURREAL's plain cross-entropy; see `loss`).
 LOSS_OPTIONS = {"foreground_weight": 1.0}
 READS_DISTANCE = False
-CHANNEL_FLIP = surreal.PART_FLIP  # channel permutation under a horizontal flip
+CHANNEL_FLIP = body.PART_FLIP  # channel permutation under a horizontal flip
 # What a (B,r,r,NUM_CHANNELS) output holds, for a consumer of an export (its hgmt.json).
 OUTPUT_LAYOUT = {
     "channels": NUM_CHANNELS,
     "channel": "class c is part_names[c] (0 background)",
-    "part_names": list(surreal.PART_CLASS_NAMES),
-    "sides": surreal.SIDES,
+    "part_names": list(body.PART_CLASS_NAMES),
+    "sides": body.SIDES,
     "values": "logits: a pixel's class is the argmax over the channels (the first on ties)",
 }
 # BodyNet's segmentation metric is SURREAL's function (the same code in both repositories).
@@ -46,14 +46,14 @@ _REFERENCE_CAVEATS = {
 }
 HEADLINES = {
     "hgmt": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (), "mean IoU",
-                     "iou_per_part", "part", item_label="IoU", item_names=surreal.PART_NAMES),
+                     "iou_per_part", "part", item_label="IoU", item_names=body.PART_NAMES),
     "bodynet": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
-                        item_names=surreal.PART_NAMES,
+                        item_names=body.PART_NAMES,
                         caveats=_REFERENCE_CAVEATS),
     "surreal": Headline(("mean_iou", "pixel_accuracy"), "mean_iou", (),
                         "mean IoU (14 parts)", "iou_per_part", "part", item_label="IoU",
-                        item_names=surreal.PART_NAMES,
+                        item_names=body.PART_NAMES,
                         caveats=_REFERENCE_CAVEATS),
 }
 
@@ -61,14 +61,14 @@ HEADLINES = {
 def raw_to_part(raw: ArrayLike) -> ArrayLike:
     """Raw SURREAL segment values 0..24 (any shape) -> part classes 0..14 of the same shape
     (works on numpy or jax)."""
-    return surreal.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
-        surreal.SEGM_TO_PART)[raw]
+    return body.SEGM_TO_PART[raw] if isinstance(raw, np.ndarray) else jnp.asarray(
+        body.SEGM_TO_PART)[raw]
 
 
 def labels(crop: spec.Crop) -> dict:
     """The cropped example's entries this task reads: 'segm' (r,r) uint8 part classes 0..14,
     named by the person's side (a mirror swaps left and right)."""
-    parts = crop.swap_sides(surreal.PART_FLIP, raw_to_part(crop.warp("segm")))
+    parts = crop.swap_sides(body.PART_FLIP, raw_to_part(crop.warp("segm")))
     return {"segm": parts.astype(np.uint8)}
 
 
@@ -116,7 +116,7 @@ def summarize(stats: dict) -> dict:
     return common.with_null_reasons({
         "mean_iou": float(iou[present].mean()) if present.any() else None,
         "iou_per_part": {name: float(v) if p else None
-                         for name, v, p in zip(surreal.PART_NAMES, iou, present, strict=True)},
+                         for name, v, p in zip(body.PART_NAMES, iou, present, strict=True)},
         "pixel_accuracy": float(inter.sum() / total) if total > 0 else None,
     }, {"mean_iou": "no body part in the labels or the predictions of the split",
         "pixel_accuracy": "no pixel evaluated"})
@@ -160,13 +160,13 @@ def surreal_summarize(stats: dict, *, num_examples: int, batch_size: int,
 
     def per_part(num: np.ndarray, den: np.ndarray) -> dict:
         return {n: float(a / b) if b > 0 else None
-                for n, a, b in zip(surreal.PART_NAMES, num, den, strict=True)}
+                for n, a, b in zip(body.PART_NAMES, num, den, strict=True)}
 
     def mean(d: dict) -> float | None:
         return None if None in d.values() else float(np.mean(list(d.values())))
 
     iou, acc = per_part(inter, union), per_part(inter, gt)
-    undefined = {key: [n for n in surreal.PART_NAMES if values[n] is None]
+    undefined = {key: [n for n in body.PART_NAMES if values[n] is None]
                  for key, values in (("mean_iou", iou), ("pixel_accuracy", acc))}
     no_batch = common.reference_null(num_examples, batch_size)
     return common.with_null_reasons({
@@ -208,7 +208,7 @@ def locate(pred: np.ndarray) -> dict:
 def to_json(result: dict) -> dict:
     """`predict`'s result -> JSON: 'part_names' (15,) the class names, 0 background;
     'segm_classes' (r,r) the crop's part classes 0..14 in label px."""
-    return {"part_names": list(surreal.PART_CLASS_NAMES),
+    return {"part_names": list(body.PART_CLASS_NAMES),
             "segm_classes": result["segm"].tolist()}
 
 
@@ -226,4 +226,4 @@ def plot(result: dict) -> Figure:
     """The panel's figure: the part map over the crop, with a legend of the 14 parts."""
     from hgmt.tasks import drawing
 
-    return drawing.figure_parts(result["segm"], result["crop_image"], surreal.PART_NAMES)
+    return drawing.figure_parts(result["segm"], result["crop_image"], body.PART_NAMES)

@@ -119,19 +119,19 @@ class Crop:
 
     def joints2d(self) -> np.ndarray:
         """(16,2) label px, in the person's joint order (left/right swapped when mirrored)."""
-        from hgmt.sources import surreal
+        from hgmt.sources import body
 
-        joints = self.record["joints2d"][surreal.SMPL_TO_JOINT].astype(np.float64)
+        joints = self.record["joints2d"][body.SMPL_TO_JOINT].astype(np.float64)
         joints = joints @ self.m_label[:, :2].T + self.m_label[:, 2]
-        return joints[surreal.JOINT_FLIP] if self.flip else joints
+        return joints[body.JOINT_FLIP] if self.flip else joints
 
     def joints3d(self) -> np.ndarray:
         """(16,3) camera-frame metres, mirrored (x negated, sides swapped) with the crop."""
-        from hgmt.sources import surreal
+        from hgmt.sources import body, camera
 
-        joints = surreal.world_to_camera(self.record["joints3d"][surreal.SMPL_TO_JOINT],
+        joints = camera.world_to_camera(self.record["joints3d"][body.SMPL_TO_JOINT],
                                          np.asarray(self.record["cam_loc"], np.float64))
-        return joints[surreal.JOINT_FLIP] * [-1.0, 1.0, 1.0] if self.flip else joints
+        return joints[body.JOINT_FLIP] * [-1.0, 1.0, 1.0] if self.flip else joints
 
     def swap_sides(self, table: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Class ids `classes` (any shape) through `table` ((K,): each class's mirror image)
@@ -151,9 +151,9 @@ def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
 def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
     """'pelvis_depth' (): the camera depth of the pelvis in metres, the reference of pose3d's
     and depth's bins."""
-    from hgmt.sources import surreal
+    from hgmt.sources import body
 
-    return {"pelvis_depth": crop.joints3d()[..., surreal.PELVIS, 2].astype(np.float32)}
+    return {"pelvis_depth": crop.joints3d()[..., body.PELVIS, 2].astype(np.float32)}
 
 
 @runtime_checkable
