@@ -13,7 +13,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 import data_builders.surreal  # noqa: F401  (registers `surreal`)
-from hgmt.sources import camera, surreal, synthetic
+from hgmt.sources import camera, surreal, synthetic, synthetic_person
 from tests.conftest import assert_same_video
 
 FRAMES = 6
@@ -309,9 +309,9 @@ def test_decoded_examples_reproduce_the_source_files(bad_tree, python_build):
     # Codec tolerance: against the frames rendered before H.264 (crf 18, 4:2:0 chroma on a
     # noisy texture) the stored frames measure 29.5 dB PSNR.
     rng = np.random.default_rng([3, 0, 0])  # the generator's stream for train clip 0
-    motion, look = synthetic.make_motion(rng, FRAMES), synthetic.make_look(rng)
+    motion, look = synthetic_person.make_motion(rng, FRAMES), synthetic_person.make_look(rng)
     for t in range(FRAMES):
-        rendered = synthetic.render_frame(motion, look, t)[0].astype(np.float64)
+        rendered = synthetic_person.render_frame(motion, look, t)[0].astype(np.float64)
         mse = np.mean((train[(cid.run, cid.sequence, cid.clip, t)]["image"] - rendered) ** 2)
         assert 10 * np.log10(255.0**2 / mse) > 27.0, t
 

@@ -35,7 +35,15 @@ from hgmt.inference import (
 from hgmt.inference import export as exporting
 from hgmt.inference import predictor as prediction
 from hgmt.models import create_model
-from hgmt.sources import body, camera, frame_selection, reference_crop, surreal, synthetic
+from hgmt.sources import (
+    body,
+    camera,
+    frame_selection,
+    reference_crop,
+    surreal,
+    synthetic,
+    synthetic_person,
+)
 from hgmt.tasks import TASKS, common, drawing, heads, parse_tasks
 from hgmt.training import device_memory, loop
 from tests.conftest import tiny_config
@@ -2043,7 +2051,7 @@ def pasted_frames(stems: list[str], seed: int = 0, canvas_hw: tuple[int, int] = 
         for frame, joints2d in zip(video, joints, strict=True):
             s = rng.uniform(*scales)
             small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-            background = synthetic.make_look(rng).background  # (240,320,3) on [0, 1]
+            background = synthetic_person.make_look(rng).background  # (240,320,3) on [0, 1]
             canvas = cv2.resize((background * 255).round().astype(np.uint8), canvas_hw[::-1],
                                 interpolation=cv2.INTER_LINEAR)
             x0 = int(rng.integers(0, canvas_hw[1] - small.shape[1]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hgmt.sources import body, camera, frame_selection, surreal, synthetic
+from hgmt.sources import body, camera, frame_selection, surreal, synthetic, synthetic_person
 
 
 def test_projection_reproduces_real_joints2d(real_info_path):
@@ -308,7 +308,7 @@ def test_joint_names_follow_the_persons_own_side(real_info_path):
 def test_demo_bodies_have_surreals_sides():
     """The demo renders through SURREAL's (mirroring) camera, so its SMPL "L_*" joints end up
     on the person's right as on real files."""
-    motion = synthetic.make_motion(np.random.default_rng(0), 20)
+    motion = synthetic_person.make_motion(np.random.default_rng(0), 20)
     fractions = _lateral_sign_fraction(motion.joints_world, motion.cam_loc)
     assert min(fractions.values()) >= 0.8, fractions  # swinging legs cross now and then
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from hgmt.data import crop_metres
-from hgmt.sources import body, camera, surreal, synthetic
+from hgmt.sources import body, camera, surreal, synthetic, synthetic_person
 from tests.conftest import assert_same_video
 
 
@@ -28,9 +28,9 @@ def test_depth_is_the_distance_from_the_camera_centre():
     (within the renderer's approximation of the capsules, a median of ~1 mm); read as planar
     depth, the point is off by (ray length - 1) x distance, several mm at 6-7 m."""
     rng = np.random.default_rng(0)
-    motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
-    _, depth, segm = synthetic.render_frame(motion, look, 2)
-    a_w, b_w, radius = synthetic._capsule_ends(motion, 2)
+    motion, look = synthetic_person.make_motion(rng, 4), synthetic_person.make_look(rng)
+    _, depth, segm = synthetic_person.render_frame(motion, look, 2)
+    a_w, b_w, radius = synthetic_person._capsule_ends(motion, 2)
     a = camera.world_to_camera(a_w, motion.cam_loc)
     b = camera.world_to_camera(b_w, motion.cam_loc)
     v, u = np.nonzero(segm)
@@ -319,7 +319,7 @@ def test_lambert_lights_surfaces_facing_the_light():
     behind the camera (direction (0, 0, -1)) lights it fully, a grazing one not at all."""
     light = np.array([0.0, 0.0, -1.0])
     normals = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
-    np.testing.assert_allclose(synthetic.lambert(normals, light, 0.3), [1.0, 0.3, 0.3])
+    np.testing.assert_allclose(synthetic_person.lambert(normals, light, 0.3), [1.0, 0.3, 0.3])
 
 
 def test_capsule_normals_follow_the_axis_tilt():
@@ -327,16 +327,16 @@ def test_capsule_normals_follow_the_axis_tilt():
     faces it; with its right end 0.2 m farther, the surface facing the camera turns right, by
     the tilt angle, so a light from the right brightens it."""
     a, r = np.array([-0.2, 0.0, 5.0]), 0.05
-    flat = synthetic.capsule_normals(np.array([[0.0, 0.0, 5.0 - r], [0.1, -r, 5.0]]), a,
+    flat = synthetic_person.capsule_normals(np.array([[0.0, 0.0, 5.0 - r], [0.1, -r, 5.0]]), a,
                                      np.array([0.2, 0.0, 5.0]))
     np.testing.assert_allclose(flat, [[0, 0, -1], [0, -1, 0]], atol=1e-12)
     b = np.array([0.2, 0.0, 5.2])
     n = np.array([0.2, 0.0, -0.4]) / np.sqrt(0.2)  # unit, perpendicular to b - a
-    tilted = synthetic.capsule_normals((a + b) / 2 + r * n, a, b)
+    tilted = synthetic_person.capsule_normals((a + b) / 2 + r * n, a, b)
     np.testing.assert_allclose(tilted, n, atol=1e-12)
     from_right = np.array([1.0, 0.0, -1.0]) / np.sqrt(2)
-    assert synthetic.lambert(tilted, from_right, 0.3) > synthetic.lambert(flat[0], from_right,
-                                                                          0.3) + 0.1
+    assert synthetic_person.lambert(tilted, from_right, 0.3) > synthetic_person.lambert(
+        flat[0], from_right, 0.3) + 0.1
 
 
 def test_limbs_turned_towards_the_light_are_brighter():
@@ -344,8 +344,8 @@ def test_limbs_turned_towards_the_light_are_brighter():
     wrist 0.15 m towards the camera faces a light from above (n.l = 0.97 at its centre line),
     the same forearm turned away does not (n.l = 0.24)."""
     rng = np.random.default_rng([0, 0, 1])
-    motion = synthetic.make_motion(rng, 1)
-    look = dataclasses.replace(synthetic.make_look(rng),
+    motion = synthetic_person.make_motion(rng, 1)
+    look = dataclasses.replace(synthetic_person.make_look(rng),
                                light=np.array([0.0, -1.0, -1.0]) / np.sqrt(2), ambient=0.2)
     elbow, wrist, hand = 18, 20, 22
     brightness = {}
@@ -353,7 +353,7 @@ def test_limbs_turned_towards_the_light_are_brighter():
         joints = motion.joints_world.copy()
         joints[0, wrist] = joints[0, elbow] + [towards, 0.25, 0.0]
         joints[0, hand] = joints[0, wrist] + [0.0, 0.08, 0.0]
-        rgb, _, segm = synthetic.render_frame(
+        rgb, _, segm = synthetic_person.render_frame(
             dataclasses.replace(motion, joints_world=joints), look, 0)
         forearm = segm == elbow + 1
         assert forearm.sum() > 50
@@ -366,8 +366,8 @@ def test_bodies_are_shaded():
     SURREAL renders), beyond the two levels of the clothing texture: the cue that shows
     the body's 3D shape."""
     rng = np.random.default_rng([0, 0, 0])
-    motion, look = synthetic.make_motion(rng, 1), synthetic.make_look(rng)
-    rgb, _, segm = synthetic.render_frame(motion, look, 0)
+    motion, look = synthetic_person.make_motion(rng, 1), synthetic_person.make_look(rng)
+    rgb, _, segm = synthetic_person.render_frame(motion, look, 0)
     torso = segm == 1
     ratio = rgb[torso][:, 0] / 255.0 / look.colors[0, 0]
     assert np.ptp(np.percentile(ratio, [10, 90])) > 0.2
@@ -383,13 +383,13 @@ def test_zrot_range_turns_only_the_body(tmp_path):
     np.testing.assert_allclose(circle, 3 * default, rtol=1e-5)
     zrots = []
     for k in range(40):
-        default = synthetic.make_motion(np.random.default_rng(k), 3)
-        circle = synthetic.make_motion(np.random.default_rng(k), 3, zrot_max_deg=180.0)
+        default = synthetic_person.make_motion(np.random.default_rng(k), 3)
+        circle = synthetic_person.make_motion(np.random.default_rng(k), 3, zrot_max_deg=180.0)
         assert np.isclose(circle.zrot, 3 * default.zrot)
         np.testing.assert_array_equal(circle.local_rot[:, 1:], default.local_rot[:, 1:])
         np.testing.assert_array_equal(circle.cam_loc, default.cam_loc)
         zrots.append(circle.zrot)
-        assert abs(default.zrot) <= np.radians(synthetic.ZROT_MAX_DEG)
+        assert abs(default.zrot) <= np.radians(synthetic_person.ZROT_MAX_DEG)
     assert max(np.abs(zrots)) > np.radians(120)  # backs to the camera occur
 
 

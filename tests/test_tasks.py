@@ -186,11 +186,11 @@ def test_never_visible_joint_is_not_averaged_as_zero():
 def demo_record():
     """The builder's record of one rendered demo frame (no files): raw frame, raw SMPL
     segments, depth in mm, 24 SMPL joints and the camera."""
-    from hgmt.sources import synthetic
+    from hgmt.sources import synthetic_person
 
     rng = np.random.default_rng(3)
-    motion, look = synthetic.make_motion(rng, 4), synthetic.make_look(rng)
-    rgb, dep, seg = synthetic.render_frame(motion, look, 2)
+    motion, look = synthetic_person.make_motion(rng, 4), synthetic_person.make_look(rng)
+    rgb, dep, seg = synthetic_person.render_frame(motion, look, 2)
     pelvis = motion.joints_world[2][body.SMPL_TO_JOINT[body.PELVIS]]
     return {"image": rgb, "segm": seg[..., None],
             "depth": np.where(seg > 0, np.round(dep * 1000), 0).astype(np.uint16)[..., None],
