@@ -216,16 +216,16 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     import jax
 
     compilation_cache.enable(fv.compilation_cache)
-    from hgmt.training import checkpoint_write_faults, peers, preemption, resume
+    from hgmt.training import checkpoint_write_faults, cluster, peers, preemption, resume
 
     resume.absolute_data_location(fv.config)  # of this working directory
     if fv.coordinator_address or fv.distributed:
         with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
-            peers.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                             heartbeat_timeout_s=fv.heartbeat_timeout,
-                             connect_timeout_s=fv.connect_timeout)
+            cluster.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                               heartbeat_timeout_s=fv.heartbeat_timeout,
+                               connect_timeout_s=fv.connect_timeout)
             # Every process must train the same run: before anything is read or written.
-            peers.check_same_settings(
+            cluster.check_same_settings(
                 {"config": json.loads(fv.config.to_json_best_effort()),
                  "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value},
                 free=tuple(f"config.{f}" for f in resume.DATA_LOCATION))

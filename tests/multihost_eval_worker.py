@@ -43,12 +43,12 @@ class Flaky:
 
 
 def main(out: str, data_dir: str, process_id: int, port: int, indices: list[str]) -> None:
-    from hgmt.training import peers
+    from hgmt.training import cluster
     from tests.conftest import enable_compilation_cache, tiny_config
 
     enable_compilation_cache()
-    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
-                     heartbeat_timeout_s=10, shutdown_timeout_s=10)
+    cluster.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                       heartbeat_timeout_s=10, shutdown_timeout_s=10)
     from hgmt.evaluation import evaluator
     from hgmt.models import create_model
     from hgmt.tasks import heads

@@ -46,12 +46,12 @@ def _placement(process_id: int) -> dict:
 def main(workdir: str, data_dir: str, process_id: int, port: int,
          total_steps: int | None = None, overrides: dict | None = None) -> None:
     from hgmt import cli
-    from hgmt.training import peers
+    from hgmt.training import cluster, peers
     from tests.conftest import enable_compilation_cache
 
     enable_compilation_cache()
-    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
-                     heartbeat_timeout_s=10, shutdown_timeout_s=10)
+    cluster.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                       heartbeat_timeout_s=10, shutdown_timeout_s=10)
     from hgmt.evaluation import evaluator
     from hgmt.training import loop, preemption
     from tests.conftest import tiny_config

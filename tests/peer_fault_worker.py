@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 
 def main(process_id: int, port: int, faulty: int) -> None:
     from hgmt import cli, disk_space
-    from hgmt.training import peers
+    from hgmt.training import cluster, peers
 
-    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
-                     heartbeat_timeout_s=30, shutdown_timeout_s=10)
+    cluster.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                       heartbeat_timeout_s=30, shutdown_timeout_s=10)
     from jax.experimental import multihost_utils
 
     try:

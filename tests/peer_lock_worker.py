@@ -20,10 +20,10 @@ as_worker_process(1)
 
 
 def main(process_id: int, port: int, workdir: str) -> None:
-    from hgmt.training import peers, workdir_lock
+    from hgmt.training import cluster, peers, workdir_lock
 
-    peers.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
-                     heartbeat_timeout_s=5, shutdown_timeout_s=10)
+    cluster.initialize(f"localhost:{port}", num_processes=2, process_id=process_id,
+                       heartbeat_timeout_s=5, shutdown_timeout_s=10)
     from jax.experimental import multihost_utils
 
     lock = workdir_lock.hold_for_job(workdir)

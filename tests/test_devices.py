@@ -17,9 +17,9 @@ sys.path.insert(0, {repo!r})
 from tests.conftest import as_worker_process
 as_worker_process(count)
 import jax
-from hgmt.training import peers
-peers.initialize(f"localhost:{{port}}", num_processes=2, process_id=pid,
-                 heartbeat_timeout_s=10, shutdown_timeout_s=10)
+from hgmt.training import cluster
+cluster.initialize(f"localhost:{{port}}", num_processes=2, process_id=pid,
+                   heartbeat_timeout_s=10, shutdown_timeout_s=10)
 from hgmt import devices
 try:
     devices.mesh()

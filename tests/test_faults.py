@@ -38,6 +38,7 @@ from hgmt.training import (
     checkpoint_digests,
     checkpoint_write_faults,
     checkpoints,
+    cluster,
     device_memory,
     eval_reports,
     eval_settings,
@@ -2382,7 +2383,7 @@ def test_a_failed_peer_is_named_with_its_own_step(monkeypatch):
     Two PeerWatch threads of one process, as processes 1 and 0 of 2, on a stand-in key-value
     store."""
     store = KeyValueStore()
-    monkeypatch.setattr(peers, "_client", lambda: store)
+    monkeypatch.setattr(cluster, "coordination_client", lambda: store)
     monkeypatch.setattr(peers, "_prefix", peers._prefix)
     monkeypatch.setattr(peers, "_left_prefix", None)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
@@ -2633,8 +2634,8 @@ def test_a_process_whose_job_never_connects_stops_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
     # Where the cluster names the coordinator (--distributed: Slurm, a TPU VM), the line
     # names what to check there, not flags the user never gave.
-    done = subprocess.run([sys.executable, "-c", "from hgmt.training import peers; "
-                           "peers._not_connected('this process', None, 5)"],
+    done = subprocess.run([sys.executable, "-c", "from hgmt.training import cluster; "
+                           "cluster._not_connected('this process', None, 5)"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith(

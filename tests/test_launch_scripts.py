@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from hgmt.training import peers
+from hgmt.training import cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What srun sets for the one task of node 1 of a 2-node step (sbatch --nodes=2
@@ -26,31 +26,31 @@ ONE_TASK_A_NODE = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost",
 
 def test_one_task_on_its_node_drives_every_gpu_it_sees():
     env = ONE_TASK_A_NODE
-    assert peers.slurm_local_device_ids(env) == [0, 1, 2, 3]
-    assert peers.slurm_local_device_ids({**env, "CUDA_VISIBLE_DEVICES": "4,6"}) == [0, 1]
+    assert cluster.slurm_local_device_ids(env) == [0, 1, 2, 3]
+    assert cluster.slurm_local_device_ids({**env, "CUDA_VISIBLE_DEVICES": "4,6"}) == [0, 1]
     without = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
-    assert peers.slurm_local_device_ids(without) == [0, 1, 2, 3]  # SLURM_GPUS_ON_NODE
-    assert peers.slurm_local_device_ids({**without, "ROCR_VISIBLE_DEVICES": "0,1"}) == [0, 1]
+    assert cluster.slurm_local_device_ids(without) == [0, 1, 2, 3]  # SLURM_GPUS_ON_NODE
+    assert cluster.slurm_local_device_ids({**without, "ROCR_VISIBLE_DEVICES": "0,1"}) == [0, 1]
     # Node 1 of '2,1' holds one task; node 0 of '2(x2)' two: JAX's one GPU each.
-    assert peers.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2,1"}) == [
+    assert cluster.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2,1"}) == [
         0, 1, 2, 3]
-    assert peers.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}) is None
-    assert peers.slurm_local_device_ids({**env, "JAX_LOCAL_DEVICE_IDS": "0"}) is None
-    assert peers.slurm_local_device_ids({"CUDA_VISIBLE_DEVICES": "0,1"}) is None  # no Slurm
-    assert peers.slurm_local_device_ids({**without, "SLURM_GPUS_ON_NODE": ""}) is None
+    assert cluster.slurm_local_device_ids({**env, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}) is None
+    assert cluster.slurm_local_device_ids({**env, "JAX_LOCAL_DEVICE_IDS": "0"}) is None
+    assert cluster.slurm_local_device_ids({"CUDA_VISIBLE_DEVICES": "0,1"}) is None  # no Slurm
+    assert cluster.slurm_local_device_ids({**without, "SLURM_GPUS_ON_NODE": ""}) is None
     # Several tasks on the node, each bound its own GPUs (--gpus-per-task): Slurm shows each
     # only its own, numbered from 0 (JAX's GPU of the local task id would not exist).
     shared = {**env, "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_LOCALID": "3"}
-    assert peers.slurm_local_device_ids({**shared, "CUDA_VISIBLE_DEVICES": "3"}) == [0]
-    assert peers.slurm_local_device_ids({**shared, "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    assert cluster.slurm_local_device_ids({**shared, "CUDA_VISIBLE_DEVICES": "3"}) == [0]
+    assert cluster.slurm_local_device_ids({**shared, "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
                                          "CUDA_VISIBLE_DEVICES": "2,3"}) == [0, 1]
-    assert peers.slurm_local_device_ids({**shared, "ROCR_VISIBLE_DEVICES": "1",
+    assert cluster.slurm_local_device_ids({**shared, "ROCR_VISIBLE_DEVICES": "1",
                                          "CUDA_VISIBLE_DEVICES": ""}) == [0]
-    assert peers.slurm_local_device_ids(shared) is None  # each sees all four: JAX's choice
+    assert cluster.slurm_local_device_ids(shared) is None  # each sees all four: JAX's choice
 
 
 def test_jax_distributed_under_slurm_makes_every_gpu_visible():
-    """A real `peers.initialize()` in a 1-process Slurm step: the GPUs JAX is told to use (its
+    """A real `cluster.initialize()` in a 1-process Slurm step: the GPUs JAX is told to use (its
     `jax_cuda_visible_devices`, which a CPU ignores) are all four, not '0'. The coordinator
     listens on a free port (JAX_COORDINATOR_PORT), not the one JAX derives from the job id,
     which every run of this test would share."""
@@ -59,7 +59,7 @@ def test_jax_distributed_under_slurm_makes_every_gpu_visible():
     env = {**os.environ, **ONE_TASK_A_NODE, "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
            "SLURM_STEP_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "JAX_COORDINATOR_PORT": str(_free_port())}
-    code = ("import jax; from hgmt.training import peers; peers.initialize(); "
+    code = ("import jax; from hgmt.training import cluster; cluster.initialize(); "
             "print(jax.process_count(), jax.config.values['jax_cuda_visible_devices'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, cwd=REPO)
@@ -67,8 +67,8 @@ def test_jax_distributed_under_slurm_makes_every_gpu_visible():
     assert out.stdout.split() == ["1", "0,1,2,3"]
 
 
-def test_the_jax_requirement_takes_the_timeouts_peers_gives_it():
-    """`peers.initialize` passes jax.distributed.initialize `heartbeat_timeout_seconds` (first
+def test_the_jax_requirement_takes_the_timeouts_cluster_gives_it():
+    """`cluster.initialize` passes jax.distributed.initialize `heartbeat_timeout_seconds` (first
     in jax 0.7.0) and `shutdown_timeout_seconds` (first in jax 0.8.1): setup.cfg admits no jax
     without them, in install_requires and in every accelerator extra."""
     import configparser
@@ -77,7 +77,7 @@ def test_the_jax_requirement_takes_the_timeouts_peers_gives_it():
     import jax
     from packaging.requirements import Requirement
 
-    with open(os.path.join(REPO, "hgmt/training/peers.py")) as f:
+    with open(os.path.join(REPO, "hgmt/training/cluster.py")) as f:
         source = f.read()
     passed = {"heartbeat_timeout_seconds", "shutdown_timeout_seconds"}
     assert all(f"{name}=" in source for name in passed)

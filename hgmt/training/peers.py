@@ -1,10 +1,6 @@
-"""Multi-host runs: `jax.distributed` set up with bounded failure detection, and one message,
-`PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer other than
-process 0 is noticed (process 0's takes the others down at once: see below).
-
-Under Slurm JAX gives each process the one GPU numbered by its local task id, for one task
-per GPU; hgmt runs one process per node that drives all the node's GPUs (launch/slurm.sbatch),
-so `initialize` hands such a process every GPU it sees (`slurm_local_device_ids`).
+"""Multi-host runs, once joined (`hgmt.training.cluster`): bounded failure detection, and one
+message, `PeerLost: lost process(es) N of M at step S`, whichever way the death of a peer other
+than process 0 is noticed (process 0's takes the others down at once: see below).
 
 A process of the job that dies is noticed in one of three ways, which left to JAX end in
 different words (a Python traceback, or a fatal C++ log line and stack trace), whichever wins:
@@ -16,17 +12,17 @@ different words (a Python traceback, or a fatal C++ log line and stack trace), w
 
 `watched()` runs a watchdog thread (`PeerWatch`) that beats a counter in the coordination
 service's key-value store every `INTERVAL_S` and reads everyone's: a peer whose counter has not
-moved for `heartbeat_timeout_s` is lost. `initialize` gives JAX's service three times that,
-as a backstop for a watchdog that cannot run, so hgmt's verdict comes first:
+moved for `heartbeat_timeout_s` is lost. `cluster.initialize` gives JAX's service three times
+that, as a backstop for a watchdog that cannot run, so hgmt's verdict comes first:
 - when a collective failed, the trainer waits for the watchdog's verdict and raises `PeerLost`;
   `exit_lost` (hgmt.main, the test worker) logs the one line and exits with EXIT_PEER_LOST at
   once, without the exit barrier that would wait for the dead peer;
 - when the main thread is stuck in a hung collective, the watchdog itself logs the same line
   and exits with EXIT_PEER_LOST. That exit (os._exit) skips the main thread's `finally`
   blocks: what must not be left behind, the workdir lock, is cleaned up through `before_exit`.
-`shutdown_timeout_s` bounds the exit barrier of a normal exit the same way. A peer is judged
-once its counter was seen: one that dies before its first beat (within `INTERVAL_S` of
-entering the watch) is left to JAX's service.
+`cluster.initialize`'s `shutdown_timeout_s` bounds the exit barrier of a normal exit the
+same way. A peer is judged once its counter was seen: one that dies before its first beat
+(within `INTERVAL_S` of entering the watch) is left to JAX's service.
 
 Process 0 is the exception: it hosts JAX's coordination service. When it dies (or its host
 does), every other process's JAX client aborts at once, in C++, before any of hgmt's Python
@@ -57,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -65,32 +60,25 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import jax
 
-from hgmt import workdirs
+from hgmt.training import cluster
 
-HEARTBEAT_TIMEOUT_S = 60
-SHUTDOWN_TIMEOUT_S = 60
-CONNECT_TIMEOUT_S = 300  # how long a process waits for the job's others to connect
-NOTE_WAIT_S = 10  # after which a process waiting for the others to connect says so
 INTERVAL_S = 0.5  # how often the watchdog beats and looks
 # The shortest heartbeat timeout hgmt.main takes: ten intervals, so that a beat delayed by a
 # busy host (a save, a compilation) is not read as a dead process.
 MIN_HEARTBEAT_TIMEOUT_S = 5
 EXIT_PEER_LOST = 69  # sysexits' EX_UNAVAILABLE: a process of the job is gone; rerun to resume
-EXIT_FAILED = 1  # hgmt.main's status for an error that needs you (here: another process's)
 # A process's value in place of its counter once it left training: not judged any more.
 _DONE = "done"  # training ended, or stopped at a step every process agreed on
 _FAILED = "failed: "  # + "<when>: <Kind>: <message>": stopped on an error of its own
 _STOPPED = "stopped: "  # + why: stopped because another process died or failed
 
 _EXITED = "hgmt/exited/"  # + process index: set by a process as it ends through `_end`
-_SETTINGS = "hgmt/settings/"  # + process index: its settings (`check_same_settings`)
 
-_heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
 _runs = itertools.count()  # one key prefix per watch: every process makes them in one order
 _prefix = "hgmt/alive/0/"  # the key prefix of this process's latest watch (or its first, to be)
 _left_prefix: str | None = None  # the prefix under which this process published how it left
@@ -107,153 +95,14 @@ class PeerFailed(PeerLost):
     """A process of this multi-host run stopped on an error of its own (named in the
     message); this one stops too, with exit status 1: that error needs fixing first."""
 
-    status = EXIT_FAILED
-
-
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
-               connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
-    """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
-    timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
-    process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
-    verdict ends the process without a word from hgmt, gets three times that. An argument
-    that is None and that no cluster gives is a ValueError saying which to give. Says what
-    it waits for once that takes longer than NOTE_WAIT_S; when the job's processes have not
-    all connected within `connect_timeout_s` (one not started, a wrong coordinator address,
-    a process index given twice), ends this process with one line saying what to check,
-    status EXIT_FAILED (JAX's own verdict, a minute later, is a C++ abort that blames a
-    dead task)."""
-    global _heartbeat_timeout_s
-    _heartbeat_timeout_s = heartbeat_timeout_s
-    who = ("this process" if process_id is None or num_processes is None else
-           f"process {process_id} of {num_processes}")
-    # A word once the wait is longer than a connection takes, and the verdict at the timeout.
-    timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
-                  "%s: waiting for the job's processes to connect to the coordinator %s (up "
-                  "to %d s, --connect_timeout)", who, coordinator_address or "the cluster names",
-                  connect_timeout_s)),
-              threading.Timer(connect_timeout_s, _not_connected,
-                              (who, coordinator_address, connect_timeout_s))]
-    for timer in timers:
-        timer.daemon = True
-        timer.start()
-    try:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=slurm_local_device_ids(os.environ),
-                                   initialization_timeout=connect_timeout_s + 60,
-                                   heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
-                                   shutdown_timeout_seconds=shutdown_timeout_s)
-    except ValueError as e:
-        raise ValueError(
-            f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
-            f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
-            f"elsewhere give them (hgmt.main: --coordinator_address=host:port of process 0, "
-            f"--num_processes, --process_id)") from e
-    finally:
-        for timer in timers:
-            timer.cancel()
-
-
-def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
-    """Ends a process whose job's processes did not all connect within `timeout_s` (run by
-    `initialize`'s timer while JAX waits in C++) to the coordinator `where` (None: the one
-    the cluster names): one line, status EXIT_FAILED."""
-    check = ("Check that every process was started, with the same --coordinator_address "
-             "(process 0's host:port, reachable from every host) and --num_processes, and "
-             "each with its own --process_id (0 to N-1, once each)" if where else
-             "Check that every task of the job started (Slurm: one per node, as "
-             "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
-             "train`) and that the first one's host is reachable from the others")
-    print(f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the job's "
-          f"processes to connect to the coordinator {where or 'the cluster names'}. {check}; "
-          f"then start them again together", file=sys.stderr, flush=True)
-    os._exit(EXIT_FAILED)
-
-
-def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ()) -> None:
-    """Compares this process's `settings` (a JSON-able tree: the config and the flags every
-    process must share) with every other process's through the coordination service. A
-    ValueError, the same on every process, naming each field (by dotted name) in which a
-    process differs from process 0, and its values, when any does: processes given other
-    settings trained weights that drifted apart (another learning rate) or stopped in a
-    collective's mismatch (another step count). Fields under `free` (where each host finds
-    the data) may differ."""
-    client = _client()
-    me, count = jax.process_index(), jax.process_count()
-    if client is None or count == 1:
-        return
-    client.key_value_set(_SETTINGS + str(me), json.dumps(settings, sort_keys=True))
-    wait_ms = 3 * _heartbeat_timeout_s * 1000
-    flat = [workdirs.flat_fields(json.loads(client.blocking_key_value_get(
-        _SETTINGS + str(i), wait_ms))) for i in range(count)]
-    found = []
-    for i, other in enumerate(flat[1:], start=1):
-        for field in sorted(flat[0].keys() | other.keys()):
-            if workdirs.is_under(field, free):
-                continue
-            if flat[0].get(field, _MISSING) != other.get(field, _MISSING):
-                found.append(f"process {i}: {field} {_shown(other.get(field, _MISSING))} "
-                             f"(process 0: {_shown(flat[0].get(field, _MISSING))})")
-    if found:
-        raise ValueError(
-            f"the processes of this job were started with other settings: {'; '.join(found)}. "
-            f"Start every process with the same --config, config overrides, --workdir and "
-            f"flags (only {', '.join(free) or 'nothing'} may differ between hosts)")
-
-
-_MISSING = object()
-
-
-def _shown(value: Any) -> str:
-    return "(not set)" if value is _MISSING else json.dumps(value)
-
-
-def _per_node(compressed: str) -> list[int]:
-    """Slurm's per-node counts, '2(x3),1' -> [2, 2, 2, 1]."""
-    counts = []
-    for part in compressed.split(","):
-        count, _, times = part.partition("(x")
-        counts += [int(count)] * int(times.rstrip(")") or 1)
-    return counts
-
-
-def slurm_local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
-    """The GPUs a process of a Slurm job step drives: all those it sees (0..n-1 of
-    CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, which Slurm sets, or SLURM_GPUS_ON_NODE of
-    them) when it is its node's only task, or when it shares the node but Slurm bound it GPUs
-    of its own (--gpus-per-task: it sees one, or fewer than the node's SLURM_GPUS_ON_NODE);
-    None (JAX's own choice, the GPU numbered by its local task id) outside Slurm, with several
-    tasks on the node that each see every GPU, or when JAX_LOCAL_DEVICE_IDS chooses."""
-    tasks, node = environ.get("SLURM_STEP_TASKS_PER_NODE"), environ.get("SLURM_NODEID")
-    if "SLURM_LOCALID" not in environ or "JAX_LOCAL_DEVICE_IDS" in environ or not (
-            tasks and node):
-        return None
-    counts = _per_node(tasks)
-    if int(node) >= len(counts):
-        return None
-    gpus = environ.get("SLURM_GPUS_ON_NODE", "")
-    on_node = int(gpus) if gpus.isdigit() and int(gpus) > 0 else None
-    visible = next((len(environ[n].split(",")) for n in
-                    ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if environ.get(n)), None)
-    if counts[int(node)] != 1:  # several tasks on the node: GPUs of its own, if bound
-        bound = visible is not None and (visible == 1 or (on_node or 0) > visible)
-        return list(range(visible)) if bound else None
-    n = visible or on_node
-    return list(range(n)) if n else None
-
-
-def _client():
-    from jax._src import distributed
-
-    return distributed.global_state.client
+    status = cluster.EXIT_FAILED
 
 
 def exit_lost(error: PeerLost | str) -> NoReturn:
     """Logs `<Kind>: <what>` (PeerLost or PeerFailed; a str is PeerLost's message) and ends
-    this process at once with the error's exit status, EXIT_PEER_LOST or EXIT_FAILED (no exit
-    barrier: it would wait for the lost peer until the coordination service kills us)."""
+    this process at once with the error's exit status, EXIT_PEER_LOST or `cluster.EXIT_FAILED`
+    (no exit barrier: it would wait for the lost peer until the coordination service kills
+    us)."""
     error = PeerLost(error) if isinstance(error, str) else error
     logging.error("%s: %s", type(error).__name__, error)
     _end(error.status)
@@ -262,8 +111,9 @@ def exit_lost(error: PeerLost | str) -> NoReturn:
 def exit_failed(error: BaseException) -> NoReturn:
     """Ends a process of a multi-host run that stopped on `error`, its own, at once: a
     SystemExit as Python would (its message on stderr, status 1, e.g. hgmt.cli's one line),
-    another error with its traceback and status EXIT_FAILED; without the exit barrier, since
-    the peers stop on their own once they read the failure that `PeerWatch` published."""
+    another error with its traceback and status `cluster.EXIT_FAILED`; without the exit
+    barrier, since the peers stop on their own once they read the failure that `PeerWatch`
+    published."""
     # Unless its watch published it already (a watch always does as it ends): so this
     # process failed before entering one, before the first step.
     _leave(_failed(_BEFORE_FIRST_STEP, error))
@@ -271,10 +121,10 @@ def exit_failed(error: BaseException) -> NoReturn:
         status = error.code or 0
     elif isinstance(error, SystemExit):
         print(error.code, file=sys.stderr)
-        status = EXIT_FAILED
+        status = cluster.EXIT_FAILED
     else:
         traceback.print_exception(error)
-        status = EXIT_FAILED
+        status = cluster.EXIT_FAILED
     _end(status)
 
 
@@ -282,7 +132,7 @@ def _leave(value: str) -> None:
     """Publishes `value` in place of this process's counter in its latest watch (or in its
     first, when it failed before entering one, where the peers' watchdogs look), once."""
     global _left_prefix
-    client = _client()
+    client = cluster.coordination_client()
     if client is None or _left_prefix == _prefix:
         return
     _left_prefix = _prefix
@@ -319,10 +169,10 @@ def _end(status: int) -> NoReturn:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    client = _client()
+    client = cluster.coordination_client()
     if jax.process_count() > 1 and client is not None:
         if jax.process_index() == 0:
-            _wait_for_peers(client, _heartbeat_timeout_s)
+            _wait_for_peers(client, cluster.job_heartbeat_timeout_s())
         else:
             with contextlib.suppress(Exception):
                 client.key_value_set(_EXITED + str(jax.process_index()), "1",
@@ -408,8 +258,8 @@ class PeerWatch:
                  agreed: tuple[type[BaseException], ...] = ()):
         global _prefix
         run = next(_runs)
-        self.active = jax.process_count() > 1 and _client() is not None
-        self.timeout_s = _heartbeat_timeout_s
+        self.active = jax.process_count() > 1 and cluster.coordination_client() is not None
+        self.timeout_s = cluster.job_heartbeat_timeout_s()
         self.interval_s, self.agreed = interval_s, agreed
         self.step: int | None = None
         self.lost: str | None = None
@@ -449,7 +299,7 @@ class PeerWatch:
         return _failed(self._when(), exc)
 
     def _run(self) -> None:
-        client, me, count = _client(), jax.process_index(), jax.process_count()
+        client, me, count = cluster.coordination_client(), jax.process_index(), jax.process_count()
         seen: dict[int, tuple[str, float]] = {}  # peer -> (counter, when it last moved)
         for beat in itertools.count(1):
             if self._stop.wait(self.interval_s):

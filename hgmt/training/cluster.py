@@ -1,0 +1,183 @@
+"""Joining a multi-process job: `jax.distributed` set up with timeouts that bound every wait
+(`initialize`), the GPUs a Slurm task drives (`slurm_local_device_ids`), and the check that
+every process was started with the same settings (`check_same_settings`). What happens when a
+process of the joined job dies or fails is `hgmt.training.peers`.
+
+Under Slurm JAX gives each process the one GPU numbered by its local task id, for one task
+per GPU; hgmt runs one process per node that drives all the node's GPUs (launch/slurm.sbatch),
+so `initialize` hands such a process every GPU it sees (`slurm_local_device_ids`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import jax
+
+from hgmt import workdirs
+
+HEARTBEAT_TIMEOUT_S = 60
+SHUTDOWN_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 300  # how long a process waits for the job's others to connect
+NOTE_WAIT_S = 10  # after which a process waiting for the others to connect says so
+# hgmt.main's status for an error that needs you: a job that never connected, or another
+# process's error (`peers.PeerFailed`).
+EXIT_FAILED = 1
+
+_SETTINGS = "hgmt/settings/"  # + process index: its settings (`check_same_settings`)
+
+_heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
+
+
+def job_heartbeat_timeout_s() -> int:
+    """Seconds after which hgmt counts a silent process of this job as dead: what `initialize`
+    was given (HEARTBEAT_TIMEOUT_S before it runs)."""
+    return _heartbeat_timeout_s
+
+
+def coordination_client() -> Any:
+    """JAX's client of the job's coordination service (its key-value store), or None outside
+    a multi-process job."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
+               connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
+    """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
+    timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
+    process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
+    verdict ends the process without a word from hgmt, gets three times that. An argument
+    that is None and that no cluster gives is a ValueError saying which to give. Says what
+    it waits for once that takes longer than NOTE_WAIT_S; when the job's processes have not
+    all connected within `connect_timeout_s` (one not started, a wrong coordinator address,
+    a process index given twice), ends this process with one line saying what to check,
+    status EXIT_FAILED (JAX's own verdict, a minute later, is a C++ abort that blames a
+    dead task)."""
+    global _heartbeat_timeout_s
+    _heartbeat_timeout_s = heartbeat_timeout_s
+    who = ("this process" if process_id is None or num_processes is None else
+           f"process {process_id} of {num_processes}")
+    # A word once the wait is longer than a connection takes, and the verdict at the timeout.
+    timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
+                  "%s: waiting for the job's processes to connect to the coordinator %s (up "
+                  "to %d s, --connect_timeout)", who, coordinator_address or "the cluster names",
+                  connect_timeout_s)),
+              threading.Timer(connect_timeout_s, _not_connected,
+                              (who, coordinator_address, connect_timeout_s))]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id,
+                                   local_device_ids=slurm_local_device_ids(os.environ),
+                                   initialization_timeout=connect_timeout_s + 60,
+                                   heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
+                                   shutdown_timeout_seconds=shutdown_timeout_s)
+    except ValueError as e:
+        raise ValueError(
+            f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
+            f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
+            f"elsewhere give them (hgmt.main: --coordinator_address=host:port of process 0, "
+            f"--num_processes, --process_id)") from e
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
+    """Ends a process whose job's processes did not all connect within `timeout_s` (run by
+    `initialize`'s timer while JAX waits in C++) to the coordinator `where` (None: the one
+    the cluster names): one line, status EXIT_FAILED."""
+    check = ("Check that every process was started, with the same --coordinator_address "
+             "(process 0's host:port, reachable from every host) and --num_processes, and "
+             "each with its own --process_id (0 to N-1, once each)" if where else
+             "Check that every task of the job started (Slurm: one per node, as "
+             "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
+             "train`) and that the first one's host is reachable from the others")
+    print(f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the job's "
+          f"processes to connect to the coordinator {where or 'the cluster names'}. {check}; "
+          f"then start them again together", file=sys.stderr, flush=True)
+    os._exit(EXIT_FAILED)
+
+
+def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ()) -> None:
+    """Compares this process's `settings` (a JSON-able tree: the config and the flags every
+    process must share) with every other process's through the coordination service. A
+    ValueError, the same on every process, naming each field (by dotted name) in which a
+    process differs from process 0, and its values, when any does: processes given other
+    settings trained weights that drifted apart (another learning rate) or stopped in a
+    collective's mismatch (another step count). Fields under `free` (where each host finds
+    the data) may differ."""
+    client = coordination_client()
+    me, count = jax.process_index(), jax.process_count()
+    if client is None or count == 1:
+        return
+    client.key_value_set(_SETTINGS + str(me), json.dumps(settings, sort_keys=True))
+    wait_ms = 3 * _heartbeat_timeout_s * 1000
+    flat = [workdirs.flat_fields(json.loads(client.blocking_key_value_get(
+        _SETTINGS + str(i), wait_ms))) for i in range(count)]
+    found = []
+    for i, other in enumerate(flat[1:], start=1):
+        for field in sorted(flat[0].keys() | other.keys()):
+            if workdirs.is_under(field, free):
+                continue
+            if flat[0].get(field, _MISSING) != other.get(field, _MISSING):
+                found.append(f"process {i}: {field} {_shown(other.get(field, _MISSING))} "
+                             f"(process 0: {_shown(flat[0].get(field, _MISSING))})")
+    if found:
+        raise ValueError(
+            f"the processes of this job were started with other settings: {'; '.join(found)}. "
+            f"Start every process with the same --config, config overrides, --workdir and "
+            f"flags (only {', '.join(free) or 'nothing'} may differ between hosts)")
+
+
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is _MISSING else json.dumps(value)
+
+
+def _per_node(compressed: str) -> list[int]:
+    """Slurm's per-node counts, '2(x3),1' -> [2, 2, 2, 1]."""
+    counts = []
+    for part in compressed.split(","):
+        count, _, times = part.partition("(x")
+        counts += [int(count)] * int(times.rstrip(")") or 1)
+    return counts
+
+
+def slurm_local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
+    """The GPUs a process of a Slurm job step drives: all those it sees (0..n-1 of
+    CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, which Slurm sets, or SLURM_GPUS_ON_NODE of
+    them) when it is its node's only task, or when it shares the node but Slurm bound it GPUs
+    of its own (--gpus-per-task: it sees one, or fewer than the node's SLURM_GPUS_ON_NODE);
+    None (JAX's own choice, the GPU numbered by its local task id) outside Slurm, with several
+    tasks on the node that each see every GPU, or when JAX_LOCAL_DEVICE_IDS chooses."""
+    tasks, node = environ.get("SLURM_STEP_TASKS_PER_NODE"), environ.get("SLURM_NODEID")
+    if "SLURM_LOCALID" not in environ or "JAX_LOCAL_DEVICE_IDS" in environ or not (
+            tasks and node):
+        return None
+    counts = _per_node(tasks)
+    if int(node) >= len(counts):
+        return None
+    gpus = environ.get("SLURM_GPUS_ON_NODE", "")
+    on_node = int(gpus) if gpus.isdigit() and int(gpus) > 0 else None
+    visible = next((len(environ[n].split(",")) for n in
+                    ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if environ.get(n)), None)
+    if counts[int(node)] != 1:  # several tasks on the node: GPUs of its own, if bound
+        bound = visible is not None and (visible == 1 or (on_node or 0) > visible)
+        return list(range(visible)) if bound else None
+    n = visible or on_node
+    return list(range(n)) if n else None
