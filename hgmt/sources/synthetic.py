@@ -38,12 +38,16 @@ import os
 import shutil
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.io
 
 from hgmt import cores, disk_space
 from hgmt.sources import camera, surreal, synthetic_person
+
+if TYPE_CHECKING:
+    from absl import flags
 
 # The version of what the generator writes: demo data of an older one is written again
 # (`hgmt.data.demo`). 2: the depth maps hold the distance from the camera centre, as SURREAL's
@@ -225,7 +229,7 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
     return [stem for split in splits for stem in stems[split]]
 
 
-def _define_flags(fv) -> None:
+def _define_flags(fv: flags.FlagValues) -> None:
     from absl import flags
 
     flags.DEFINE_string("out_dir", None, "output directory (gets cmu/{train,val,test}/...)",

@@ -60,8 +60,9 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import jax
 
@@ -180,7 +181,7 @@ def _end(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _wait_for_peers(client, timeout_s: float) -> None:
+def _wait_for_peers(client: Any, timeout_s: float) -> None:
     """Waits, at most `timeout_s`, until every other process has ended through `_end`, is
     done with the latest watch, or is gone (its counter still for 3 intervals); then one
     interval more for the last to exit."""
@@ -277,7 +278,8 @@ class PeerWatch:
             self._thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, traceback) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: types.TracebackType | None) -> None:
         if not self.active:
             return
         if exc is not None and not isinstance(exc, self.agreed):
