@@ -99,6 +99,82 @@ def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it
     assert not skip.filter(record) and skip.filter({**record, "unusable": b""})
 
 
+
+class _AllFlagged:
+    """A built split whose every record reads as a flagged placeholder."""
+
+    def __init__(self, source):
+        self.source, self.dataset_info, self.split = source, source.dataset_info, source.split
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return {**self.source[index], "unusable": b"clip_missing_file"}
+
+    def __repr__(self):
+        return repr(self.source)
+
+
+def _first_batch(loader, timeout_s: float = 60.0):
+    """The loader's first batch, or the error it raised; fails where none comes in time
+    (a loader that waits forever)."""
+    import threading
+
+    out = {}
+
+    def draw():
+        try:
+            out["batch"] = next(iter(loader))
+        except Exception as e:  # noqa: BLE001  (handed to the test)
+            out["error"] = e
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert out, f"the loader gave neither a batch nor an error in {timeout_s} s"
+    return out
+
+
+def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(demo_dataset):
+    """A training loader over a split whose every record is a placeholder (or over an empty
+    one) raises NoUsableRecords naming the split, its build command and the train split,
+    where it read the split round forever; one usable record among more placeholders in a
+    row than PLACEHOLDER_RUN is still trained on, alone."""
+    import pickle
+
+    import grain.python as grain
+
+    from hgmt.data import builds, input_pipeline
+
+    class Index(grain.MapTransform):
+        def map(self, element):
+            return {"i": element["i"]}
+
+    data_dir = demo_dataset[1]
+    flagged = _AllFlagged(builds.open_split("surreal/all", data_dir, "test"))
+    loader = input_pipeline.endless_loader(flagged, Index(), batch_size=2, seed=0,
+                                           worker_count=0)
+    error = _first_batch(loader).get("error")
+    assert isinstance(error, input_pipeline.NoUsableRecords), error
+    said = str(error)
+    assert said.startswith(f"split 'test' of dataset surreal/all/{flagged.dataset_info.version} "
+                           f"under {data_dir} has nothing to train on: all {len(flagged)} of "
+                           f"its records are placeholders of unusable frames")
+    assert "train split" in said and f"--data_dir={data_dir} --config=all" in said
+    assert "\n" not in said
+    # A grain worker process gets the split it filters with its copy of the filter.
+    assert pickle.loads(pickle.dumps(input_pipeline.SkipUnusable(flagged))).source.split == "test"
+    with pytest.raises(input_pipeline.NoUsableRecords, match="it holds no record"):
+        input_pipeline.endless_loader([], Index(), batch_size=2, seed=0, worker_count=0)
+    run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
+    mostly = [{"i": i, "unusable": b"" if i == run - 1 else b"frame_joints_unset"}
+              for i in range(run)]
+    batch = _first_batch(input_pipeline.endless_loader(
+        mostly, Index(), batch_size=2, seed=0, worker_count=0)).get("batch")
+    assert batch is not None and batch["i"].tolist() == [run - 1, run - 1]
+
+
 def _flag(batch, *flagged):
     b = batch["position"].shape[0]
     return {**batch, "unusable": jnp.zeros(b).at[jnp.asarray(flagged)].set(1.0)}

@@ -27,6 +27,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import grain.python as grain
 import jax
@@ -34,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from hgmt import cores, devices
-from hgmt.data import cropping, damage
+from hgmt.data import cropping, damage, shards
 from hgmt.data.augment import Augment
 
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
@@ -111,30 +112,102 @@ class WorkersStartShielded:
         getattr(inner, "close", lambda: None)()
 
 
+class NoUsableRecords(damage.SplitFault):
+    """A training split holds no record a training example can be made of: each is a flagged
+    placeholder of an unusable frame (or the split is empty)."""
+
+
+# How many placeholders in a row one copy of `SkipUnusable` skips before it looks through the
+# split for a usable record: a split with usable records seldom gives that many in a row, and
+# one without any would otherwise be read round forever, its loader never giving a batch.
+PLACEHOLDER_RUN = 100
+
+
+def split_name(source: Any) -> str:
+    """How an error names `source`'s split: 'split S of dataset D under DATA_DIR' for a split
+    of `builds.open_split` (the data source's `split` and `dataset_info`), else its repr."""
+    info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
+    if info is None or split is None:
+        return f"the training records {source!r}"[:200]
+    return f"split {split!r} of dataset {info.full_name} under {_data_dir(info)}"
+
+
+def _data_dir(info: Any) -> str:
+    """The data_dir a split's `dataset_info` was built under (its folder less the dataset's
+    name, config and version)."""
+    folder = str(info.data_dir).rstrip("/")
+    tail = "/" + info.full_name
+    return folder[:-len(tail)] if folder.endswith(tail) else folder
+
+
+def no_usable_records(source: Any) -> NoUsableRecords:
+    """The error for a training `source` of which no example can be made, naming its split and
+    the fix."""
+    size = len(source)
+    what = (f"all {size} of its records are placeholders of unusable frames (a build keeps "
+            f"them in its test split, for evaluation)" if size else "it holds no record")
+    info = getattr(source, "dataset_info", None)
+    rebuild = "" if info is None else (
+        f" (build it again from clips with usable frames: "
+        f"{shards.build_command(info.full_name.rpartition('/')[0], _data_dir(info))})")
+    return NoUsableRecords(
+        f"{split_name(source)} has nothing to train on: {what}, so the training loader would "
+        f"never give a batch. Train on a split with usable frames, such as a build's train "
+        f"split{rebuild}")
+
+
+def has_usable_record(source: Any) -> bool:
+    """Whether any record of `source` reads and is not a flagged placeholder (read in order up
+    to the first that is)."""
+    guarded = damage.Guarded(source)
+    for index in range(len(source)):
+        record = guarded[index]
+        if "_damaged" not in record and not record.get("unusable", b""):
+            return True
+    return False
+
+
 class SkipUnusable(grain.FilterTransform):
     """Drops the flagged placeholder records (a test split's unusable frames) from training.
+    Once a copy of it has skipped PLACEHOLDER_RUN of them in a row, it looks through `source`
+    (the split it filters) for a usable record, once: NoUsableRecords when there is none,
+    where the loader would otherwise read the split round forever without a batch.
     The training loader's first operation: the copy of it that each grain worker process
     unpickles, before it reads a record, makes that process ignore WORKER_IGNORED_SIGNALS
     (`_unpickled`)."""
 
+    def __init__(self, source: Any = None):
+        self.source = source
+        self._run = 0  # placeholders skipped in a row, until the split is known to be usable
+        self._usable = source is None
+
     def filter(self, element: dict) -> bool:
-        return not element.get("unusable", b"")
+        if not element.get("unusable", b""):
+            self._run = 0
+            return True
+        if not self._usable:
+            self._run += 1
+            if self._run >= PLACEHOLDER_RUN:
+                if not has_usable_record(self.source):
+                    raise no_usable_records(self.source)
+                self._usable = True
+        return False
 
     def __reduce__(self):
-        return _unpickled, ()
+        return _unpickled, (self.source,)
 
 
-def _unpickled() -> SkipUnusable:
-    """A `SkipUnusable` as a grain worker process unpickles it: there (a child process's main
-    thread), WORKER_IGNORED_SIGNALS are ignored from now on, those that came while it started
-    blocked (`WorkersStartShielded`) discarded, and then unblocked; in a main process nothing
-    else changes."""
+def _unpickled(source: Any = None) -> SkipUnusable:
+    """A `SkipUnusable` of `source` as a grain worker process unpickles it: there (a child
+    process's main thread), WORKER_IGNORED_SIGNALS are ignored from now on, those that came
+    while it started blocked (`WorkersStartShielded`) discarded, and then unblocked; in a main
+    process nothing else changes."""
     if (multiprocessing.parent_process() is not None
             and threading.current_thread() is threading.main_thread()):
         for signum in WORKER_IGNORED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
-    return SkipUnusable()
+    return SkipUnusable(source)
 
 
 class TrainCrop(grain.RandomMapTransform):
@@ -294,7 +367,9 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this process's elements (`GlobalOrder`) of the
     sequence of `source`'s records (damaged records replaced, `damage.Guarded`) shuffled
-    with `grain_seed(seed)` over endless epochs, unusable records skipped, `transform`
+    with `grain_seed(seed)` over endless epochs, unusable records skipped (NoUsableRecords,
+    at once or once a worker has skipped PLACEHOLDER_RUN in a row, when `source` is empty or
+    holds nothing else: `SkipUnusable`), `transform`
     applied, batches of batch_size // process_count. Its order and state (resume) depend on
     the source, seed, batch size and the number of loader workers
     (`auto_worker_count(worker_count)`: each worker makes whole batches of its own slice of
@@ -307,6 +382,8 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
     the one-process run, the processes' batches mW..mW+W-1 together hold the one-process
     run's batches mW..mW+W-1, in other groupings."""
     absl_flags_at_defaults()
+    if not len(source):  # grain's sampler takes no empty split
+        raise no_usable_records(source)
     sampler = GlobalOrder(len(source), grain_seed(seed))
     workers = auto_worker_count(worker_count)
     if workers:
@@ -314,7 +391,7 @@ def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, se
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
         shard_options=sampler.shard_options,
-        operations=[SkipUnusable(), transform,
+        operations=[SkipUnusable(source), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=workers, read_options=read_options(read_threads))
 
