@@ -96,17 +96,30 @@ def _assert_same_state(straight, resumed) -> None:
 
 
 def test_sigterm_saves_that_step_and_the_rerun_ends_bit_for_bit_equal(demo_dataset, tmp_path,
-                                                                      straight):
+                                                                      straight, caplog):
     """Logged step 2 sends SIGTERM; step 3 ends, is saved, the run stops; a rerun ends with
-    the parameters of an uninterrupted run, bit for bit."""
+    the parameters of an uninterrupted run, bit for bit. The rerun removes, with a warning
+    naming them, the partial folders of checkpoint writes an earlier run did not finish (here
+    planted: a run killed during them), in checkpoints/ and best/, which it left."""
+    workdir = str(tmp_path)
     config = tiny_config(demo_dataset[1], total_steps=5, **KW)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(preemption.Preempted, match="saved a checkpoint at step 3") as err:
-        loop.train(config, str(tmp_path), writer=SignalAt(signal.SIGTERM, 2))
+        loop.train(config, workdir, writer=SignalAt(signal.SIGTERM, 2))
     assert err.value.step == 3 and signal.getsignal(signal.SIGTERM) is before
-    assert checkpoints.manager(str(tmp_path)).all_steps() == [3]
+    assert checkpoints.manager(workdir).all_steps() == [3]
     assert not os.path.exists(os.path.join(tmp_path, workdirs.LOCK_FILE))
-    _assert_same_state(straight, loop.train(config, str(tmp_path)))
+    left = [os.path.join(workdirs.checkpoint_dir(workdir), "4.orbax-checkpoint-tmp-1700000000"),
+            os.path.join(workdirs.best_dir(workdir), "2.orbax-checkpoint-tmp")]
+    for folder in left:
+        os.makedirs(os.path.join(folder, "state"))
+        with open(os.path.join(folder, "state", "chunk"), "wb") as f:
+            f.write(b"x" * 1000)
+    with caplog.at_level(logging.WARNING):
+        _assert_same_state(straight, loop.train(config, workdir))
+    assert _partial(workdir) == []
+    assert (f"removed {left[0]}, {left[1]}: the partial folders of a checkpoint write an "
+            f"earlier run of this workdir did not finish" in caplog.text), caplog.text
 
 
 class FailingLoader:
@@ -1851,6 +1864,45 @@ def test_closing_a_stopped_runs_manager_never_raises_over_the_runs_own_error(
                      r"too \(ValueError: \[OS error 28: No space left on device\]\), and its "
                      r"partial folder could not be looked for in .*/checkpoints "
                      r"\(PermissionError: ", caplog.text), caplog.text
+
+
+
+@pytest.mark.parametrize("stop", [OSError, KeyboardInterrupt])
+def test_a_best_checkpoint_write_stopped_by_an_error_or_ctrl_c_leaves_no_partial_folder(
+        tmp_path, monkeypatch, caplog, stop):
+    """The best checkpoint's write of step 3 stops while its arrays are written, on an I/O
+    error that is no full disk or on a real Ctrl-C (SIGINT): that error is raised as it is,
+    and its partial folder <workdir>/best/3.orbax-checkpoint-tmp is removed, where it was left
+    (no run reads it, and it can hold a whole checkpoint); the best checkpoint of step 2
+    stays."""
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    workdir = str(tmp_path)
+    best = best_checkpoint.BestCheckpoint(
+        workdir, "validation", {"best_metric": "loss/total", "protocol": "hgmt"}, model=None)
+    state = {"w": np.arange(6.0, dtype=np.float32)}
+    best.save(2, state, 1.0)
+    write = type_handlers.NumpyHandler._open_and_write
+
+    async def stopped(self, value, tspec, ts_context):
+        if "/3.orbax-checkpoint-tmp" in json.dumps(tspec):
+            if stop is OSError:
+                raise OSError(errno.EIO, "Input/output error")
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.5)
+        return await write(self, value, tspec, ts_context)
+
+    monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", stopped)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(stop):
+            best.save(3, state, 0.5)
+    finally:
+        best.close()
+    assert _partial(workdir) == []
+    assert re.search(rf"the best checkpoint's write of step 3 stopped \({stop.__name__}\): "
+                     rf"removed its partial {re.escape(workdirs.best_dir(workdir))}/3\.orbax-"
+                     rf"checkpoint-tmp", caplog.text), caplog.text
+    assert best_checkpoint.best_manager(workdir, "loss/total").all_steps() == [2]
 
 
 class FillsDiskAtStep:

@@ -5,7 +5,8 @@ It is an orbax checkpoint with its score stored beside it, so a resumed run know
 far; a run resumed from before it moves it aside and takes the best up to its start step
 again from evals.jsonl, and so does a rerun whose keeper did not choose it
 (`BestCheckpoint.forget_after`). A full disk while writing it is `disk_space.DiskFull`, its
-partial folder removed (`checkpoint_write_faults.stop_on_full_disk`).
+partial folder removed (`checkpoint_write_faults.stop_on_full_disk`), as it is when the write
+stops on another error or a Ctrl-C (`checkpoint_write_faults.unfinished_best_removed`).
 """
 
 from __future__ import annotations
@@ -167,8 +168,10 @@ class BestCheckpoint:
     def save(self, step: int, state: Any, value: float) -> None:
         """Keeps `state` (checkpoint layout) as the best checkpoint of `step`, scored `value`
         of the keeper's metric. A full disk is DiskFull wherever the trainer evaluates (at its
-        steps, on resuming, after the last step), the partial folder removed."""
-        with checkpoint_write_faults.stop_on_full_disk(self.workdir, step, best=True):
+        steps, on resuming, after the last step), the partial folder removed, as it is on any
+        other error and on Ctrl-C (`checkpoint_write_faults.unfinished_best_removed`)."""
+        with checkpoint_write_faults.unfinished_best_removed(self.workdir, step), \
+                checkpoint_write_faults.stop_on_full_disk(self.workdir, step, best=True):
             self.manager.save(step, metrics={self.metric: value}, args=ocp.args.Composite(
                 **checkpoint_digests.saved(state)))
 

@@ -1,6 +1,8 @@
-"""A checkpoint write that fails: its partial folder removed (`remove_partial`), a full disk
-or quota turned into an error naming the fix (`stop_on_full_disk`), and the noise orbax's
-failed writes leave on stderr dropped (`ignore_callbacks_into_closed_loops`).
+"""A checkpoint write that fails: its partial folder removed (`remove_partial`; a best
+checkpoint's on any error, `unfinished_best_removed`; those an earlier run left, as a run
+starts, `remove_leftovers`), a full disk or quota turned into an error naming the fix
+(`stop_on_full_disk`), and the noise orbax's failed writes leave on stderr dropped
+(`ignore_callbacks_into_closed_loops`).
 
 A full disk or quota while a checkpoint is written (`stop_on_full_disk`) stops the run at once
 with `disk_space.DiskFull` naming the workdir, the step and the space left; the temporary
@@ -29,12 +31,23 @@ _SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared 
 _REMOVE_TIMEOUT_S = 10.0  # and gives up after this long
 
 
-def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
-    """Removes the temporary folders of unfinished checkpoint writes (orbax's
+def _partial_folders(workdir: str, best_only: bool = False) -> list[str]:
+    """The temporary folders of unfinished checkpoint writes (orbax's
     `<step>.orbax-checkpoint-tmp*`) in <workdir>/checkpoints and <workdir>/best, or in best
-    alone (`best_only`: a training checkpoint's write may be under way beside a best
-    checkpoint's), on process 0 (the workdir lock makes them this run's). -> the removed
-    paths.
+    alone (`best_only`)."""
+    folders = [workdirs.best_dir(workdir)] if best_only else [
+        workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
+    return [os.fspath(path)
+            for folder in map(epath.Path, folders)
+            if folder.is_dir()
+            for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
+
+
+def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
+    """Removes the temporary folders of unfinished checkpoint writes (`_partial_folders`) in
+    <workdir>/checkpoints and <workdir>/best, or in best alone (`best_only`: a training
+    checkpoint's write may be under way beside a best checkpoint's), on process 0 (the
+    workdir lock makes them this run's). -> the removed paths.
 
     After a failed write, tensorstore may still be finishing other chunks of it, which
     recreate the folder: the removal is repeated until no such folder has appeared for
@@ -45,16 +58,11 @@ def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
 
     if jax.process_index() != 0:
         return []
-    folders = [workdirs.best_dir(workdir)] if best_only else [
-        workdirs.checkpoint_dir(workdir), workdirs.best_dir(workdir)]
     removed: list[str] = []
     deadline = time.monotonic() + _REMOVE_TIMEOUT_S
     quiet_since = None
     while time.monotonic() < deadline:
-        found = [os.fspath(path)
-                 for folder in map(epath.Path, folders)
-                 if folder.is_dir()
-                 for path in sorted(folder.iterdir()) if ".orbax-checkpoint-tmp" in path.name]
+        found = _partial_folders(workdir, best_only)
         for path in found:
             with contextlib.suppress(OSError):
                 epath.Path(path).rmtree()
@@ -68,6 +76,60 @@ def remove_partial(workdir: str, best_only: bool = False) -> list[str]:
             break
         time.sleep(0.05)
     return removed
+
+
+def remove_leftovers(workdir: str) -> list[str]:
+    """Removes, on process 0, the partial folders of checkpoint writes that an earlier run of
+    `workdir` left (killed or crashed during a write, a second Ctrl-C during the first one's
+    cleanup), with a warning naming them. -> the removed paths. For a run that holds the
+    workdir's lock and writes no checkpoint yet: no write of its own is under way, and no
+    run reads such a folder (orbax skips it, and writes that step again in a folder of its
+    own), which can hold as much as a whole checkpoint."""
+    import jax
+
+    if jax.process_index() != 0:
+        return []
+    removed = []
+    for path in _partial_folders(workdir):
+        try:
+            epath.Path(path).rmtree()
+        except OSError as e:  # left as it is: a rerun ignores it
+            logging.warning("could not remove %s, the partial folder of an earlier run's "
+                            "checkpoint write (%s: %s); it is ignored", path,
+                            type(e).__name__, e)
+            continue
+        removed.append(path)
+    if removed:
+        logging.warning("removed %s: the partial folder%s of a checkpoint write an earlier run "
+                        "of this workdir did not finish (stopped during it); no run reads one",
+                        ", ".join(removed), "s" if len(removed) > 1 else "")
+    return removed
+
+
+@contextlib.contextmanager
+def unfinished_best_removed(workdir: str, step: int) -> Iterator[None]:
+    """Removes the partial folder of a best checkpoint's write of `step` (synchronous) that
+    stops on any error but DiskFull (`stop_on_full_disk` removes it then), Ctrl-C included:
+    orbax renames that folder into a checkpoint in the saving thread once every process has
+    written, so after such an error nothing would, and no run reads it. An error while
+    removing it is logged, the write's own raised."""
+    try:
+        yield
+    except disk_space.DiskFull:
+        raise
+    except BaseException as e:
+        try:
+            removed = remove_partial(workdir, best_only=True)
+        except Exception as cleanup:  # noqa: BLE001  (the write's error is the one to raise)
+            logging.warning("the best checkpoint's write of step %d stopped (%s), and its "
+                            "partial folder could not be looked for in %s (%s: %s)", step,
+                            type(e).__name__, workdirs.best_dir(workdir),
+                            type(cleanup).__name__, str(cleanup)[:300])
+        else:
+            if removed:
+                logging.warning("the best checkpoint's write of step %d stopped (%s): removed "
+                                "its partial %s", step, type(e).__name__, ", ".join(removed))
+        raise
 
 
 @contextlib.contextmanager

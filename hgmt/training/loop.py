@@ -199,6 +199,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     damaged = None  # the account of damaged records the loader skipped
     if source is not None:
         loader, damaged = _open_training_data(config, workdir, tasks, prepare, evals, source)
+    # The partial folders of checkpoint writes an earlier run did not finish (killed during
+    # one) go, once the checks above let this run in and before it writes a checkpoint.
+    checkpoint_write_faults.remove_leftovers(workdir)
     # After the checks above: a run refused the workdir (another process count, seed or
     # split) leaves no summaries file in it.
     own_writer = writer is None
