@@ -1867,6 +1867,42 @@ def test_closing_a_stopped_runs_manager_never_raises_over_the_runs_own_error(
 
 
 
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_a_write_failing_after_the_stop_is_a_line_true_on_each_process_its_traceback_verbose(
+        tmp_path, monkeypatch, caplog, process):
+    """`close_after_stop` of a write that failed on an I/O error, its partial folder
+    checkpoints/4.orbax-checkpoint-tmp left: process 0 removes it and says so; another
+    process, which removes nothing (the folder is process 0's to remove), says so, where it
+    said "Nothing partial left" with the folder there. Each logs the error's traceback as a
+    verbose line (shown with --verbosity=1) after its one line, which points to it: none was
+    logged."""
+    class FailingManager:
+        def close(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(jax, "process_index", lambda: process)
+    partial = os.path.join(workdirs.checkpoint_dir(str(tmp_path)), "4.orbax-checkpoint-tmp")
+    os.makedirs(partial)
+    with caplog.at_level(logging.INFO):
+        checkpoint_write_faults.close_after_stop(FailingManager(), str(tmp_path))
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, caplog.text
+    line = lines[0].getMessage()
+    assert line.startswith("the write of the checkpoint")
+    assert ("failed too: OSError: [Errno 5] Input/output error (its traceback with "
+            "--verbosity=1). ") in line
+    if process == 0:
+        assert f"Removed the partial {partial};" in line and not os.path.exists(partial)
+    else:
+        assert ("Its partial folder, if any, is process 0's to remove, or the rerun's as it "
+                "starts;") in line and os.path.isdir(partial)
+    verbose = [r for r in caplog.records if getattr(r, "hgmt_verbose", False)]
+    assert len(verbose) == 1 and caplog.records.index(verbose[0]) > caplog.records.index(lines[0])
+    assert isinstance(verbose[0].exc_info[1], OSError)
+    assert "in close\n    raise OSError(errno.EIO" in logging.Formatter().format(verbose[0])
+
+
 @pytest.mark.parametrize("stop", [OSError, KeyboardInterrupt])
 def test_a_best_checkpoint_write_stopped_by_an_error_or_ctrl_c_leaves_no_partial_folder(
         tmp_path, monkeypatch, caplog, stop):

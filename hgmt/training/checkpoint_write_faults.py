@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from hgmt import disk_space, workdirs
+from hgmt import console, disk_space, workdirs
 from hgmt.training import checkpoints
 
 _SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared for this long
@@ -181,29 +181,46 @@ def close_after_stop(mngr, workdir: str) -> None:
     """Closes the training checkpoints' manager `mngr` of a run that stopped on an error: a
     write still under way is waited for, and where it fails (the disk full since: the run
     stopped on the best checkpoint's write, say) orbax leaves its temporary folder, which is
-    removed here (nothing writes in the workdir any more). Its error is logged in one line,
-    naming the step, never raised over the run's own."""
+    removed here on process 0 (nothing writes in the workdir any more); another process
+    removes nothing, and its line says the folder is process 0's to remove or the rerun's
+    (`remove_leftovers`), process 0 not having to meet that failure. Its error is logged in
+    one line, naming the step, never raised over the run's own; the error's traceback follows
+    as a verbose line (`console.VERBOSE`, shown with --verbosity=1): the run's own error is
+    the one to read, and a full disk's line says all."""
     try:
         mngr.close()
     except Exception as e:
+        full = disk_space.is_disk_full(e)
+        cause = (f"the disk or quota is full ({disk_space.space_left(workdir)} on it)" if full
+                 else f"{type(e).__name__}: {str(e)[:300]} (its traceback with --verbosity=1)")
         try:
             removed = remove_partial(workdir)
             steps = failed_steps(removed)
-            if disk_space.is_disk_full(e):
-                cause = f"the disk or quota is full ({disk_space.space_left(workdir)} on it)"
+            if removed:
+                left = f"Removed the partial {', '.join(removed)}"
+            elif _process_index() == 0:
+                left = "Nothing partial left"
             else:
-                cause = f"{type(e).__name__}: {str(e)[:300]}"
+                left = ("Its partial folder, if any, is process 0's to remove, or the "
+                        "rerun's as it starts")
             logging.warning(
                 "the write of the checkpoint%s under way when the run stopped failed too: "
-                "%s. %s; %s", f" of step {steps[-1]}" if steps else "", cause,
-                f"Removed the partial {', '.join(removed)}" if removed
-                else "Nothing partial left", _intact(workdir))
+                "%s. %s; %s", f" of step {steps[-1]}" if steps else "", cause, left,
+                _intact(workdir))
         except Exception as cleanup:  # noqa: BLE001  (the workdir unreadable now, say)
             logging.warning(
                 "the write of the checkpoint under way when the run stopped failed too (%s: "
                 "%s), and its partial folder could not be looked for in %s (%s: %s)",
                 type(e).__name__, str(e)[:300], workdirs.checkpoint_dir(workdir),
                 type(cleanup).__name__, str(cleanup)[:300])
+        logging.info("the failed checkpoint write's error:", exc_info=e, extra=console.VERBOSE)
+
+
+def _process_index() -> int:
+    """This process's index in the job (`jax.process_index`)."""
+    import jax
+
+    return jax.process_index()
 
 
 # The RuntimeWarning of a chunk of a failed checkpoint write that orbax never began to write.
