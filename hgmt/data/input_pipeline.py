@@ -86,10 +86,10 @@ class WorkersStartShielded:
         self._started = True
         return batch
 
-    def get_state(self):
+    def get_state(self) -> dict[str, Any]:
         return self._iterator.get_state()
 
-    def set_state(self, state) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
         with signals_blocked(WORKER_IGNORED_SIGNALS):
             self._iterator.set_state(state)
 
@@ -219,7 +219,8 @@ class TrainCrop(grain.RandomMapTransform):
     they are."""
 
     def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
-                 source=None, unread: frozenset[str] = frozenset(), window: str = "hgmt"):
+                 source: Any = None, unread: frozenset[str] = frozenset(),
+                 window: str = "hgmt"):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
         self.source, self.unread = source, frozenset(unread)
         self.window = cropping.check_window(window, cropping.TRAIN_WINDOWS, "training crop window")
@@ -258,7 +259,7 @@ def read_options(read_threads: int) -> grain.ReadOptions:
                              prefetch_buffer_size=16 * max(read_threads, 1))
 
 
-def train_loader(source, *, batch_size: int, image_size: int, seed: int,
+def train_loader(source: Any, *, batch_size: int, image_size: int, seed: int,
                  augment: Augment = Augment(), worker_count: int = -1,
                  tasks: Sequence[str] | None = None,
                  unread: frozenset[str] = frozenset(), read_threads: int = 0,
@@ -363,7 +364,7 @@ class GlobalOrder:
         return self._repr
 
 
-def endless_loader(source, transform: grain.MapTransform, *, batch_size: int, seed: int,
+def endless_loader(source: Any, transform: grain.MapTransform, *, batch_size: int, seed: int,
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this process's elements (`GlobalOrder`) of the
     sequence of `source`'s records (damaged records replaced, `damage.Guarded`) shuffled
@@ -425,7 +426,8 @@ class ConsumedPosition:
     it is drawn and given to `on_consumed` when the batch is consumed (`damage.DamageLog.met`):
     the account then holds the records of the batches trained on, none prefetched beyond."""
 
-    def __init__(self, iterator, on_consumed: Callable[[np.ndarray], None] | None = None):
+    def __init__(self, iterator: grain.PyGrainDatasetIterator,
+                 on_consumed: Callable[[np.ndarray], None] | None = None):
         self._iterator = iterator
         self._on_consumed = on_consumed
         self._pending: collections.deque = collections.deque()  # (state, damaged or None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,6 +22,10 @@ from hgmt import devices, workdirs
 from hgmt.models import to_checkpoint_layout
 from hgmt.training import checkpoint_digests, checkpoint_write_faults, checkpoints
 from hgmt.training.eval_settings import RECORDED_SETTINGS, lower_is_better
+
+if TYPE_CHECKING:
+    from hgmt.models import MultiTaskHourglass
+    from hgmt.training.steps import TrainState
 
 
 def measured_as(line: Mapping, name: str, settings: Mapping | None = None) -> bool:
@@ -79,7 +83,8 @@ class BestCheckpoint:
     scores come (`keep_if_better`), and set right on resuming (`forget_after`). `model` gives
     the checkpoint's layout (the streams per task)."""
 
-    def __init__(self, workdir: str, keeper: str, settings: Mapping, model):
+    def __init__(self, workdir: str, keeper: str, settings: Mapping,
+                 model: MultiTaskHourglass):
         self.workdir, self.keeper, self.settings, self.model = workdir, keeper, settings, model
         self.metric = settings["best_metric"]
         self.manager = best_manager(workdir, self.metric, settings["protocol"])
@@ -190,7 +195,7 @@ class BestCheckpoint:
         step = self.manager.best_step()
         return step, self.manager.metrics(step)[self.metric]
 
-    def keep_if_better(self, step: int, host_state, values: dict) -> str:
+    def keep_if_better(self, step: int, host_state: TrainState, values: dict) -> str:
         """Where the keeper's score in `values` (its `metric_values` at `step`) beats the best
         so far (finite), keeps `host_state` as the best checkpoint of `step`. -> what the
         keeper's log line adds about the best."""

@@ -21,11 +21,15 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from etils import epath
 
 from hgmt import console, disk_space, workdirs
 from hgmt.training import checkpoints
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 _SETTLE_S = 1.0  # `remove_partial` is done once no partial folder has appeared for this long
 _REMOVE_TIMEOUT_S = 10.0  # and gives up after this long
@@ -177,7 +181,7 @@ def failed_steps(removed: list[str]) -> list[int]:
                                                os.path.basename(p)) for p in removed) if m)
 
 
-def close_after_stop(mngr, workdir: str) -> None:
+def close_after_stop(mngr: ocp.CheckpointManager, workdir: str) -> None:
     """Closes the training checkpoints' manager `mngr` of a run that stopped on an error: a
     write still under way is waited for, and where it fails (the disk full since: the run
     stopped on the best checkpoint's write, say) orbax leaves its temporary folder, which is
@@ -255,7 +259,7 @@ def ignore_callbacks_into_closed_loops() -> None:
     if getattr(previous, "hgmt_drops_closed_loop_callbacks", False):
         return
 
-    def hook(unraisable) -> None:
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
         error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
             return

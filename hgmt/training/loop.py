@@ -32,7 +32,9 @@ import json
 import logging
 import os
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -40,7 +42,7 @@ import orbax.checkpoint as ocp
 
 from hgmt import code_version, console, devices, disk_space, paths, workdirs
 from hgmt.data import augment, builds, crop_metres, damage, device_augment, input_pipeline, shards
-from hgmt.models import create_model, to_checkpoint_layout, to_model_layout
+from hgmt.models import MultiTaskHourglass, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
 from hgmt.training import (
     checkpoint_write_faults,
@@ -67,7 +69,7 @@ FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFaul
 
 
 # --- The loop --------------------------------------------------------------------------------
-def train(config: ml_collections.ConfigDict, workdir: str, writer=None,
+def train(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
           loader: Iterable | None = None, *,
           resume_with_changed_config: bool = False) -> steps.TrainState:
     """`run`'s final state."""
@@ -81,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return run(config, workdir, resume_with_changed_config=resume_with_changed_config)[1]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, writer=None,
+def run(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
         loader: Iterable | None = None, *, resume_with_changed_config: bool = False
         ) -> tuple[steps.TrainState, dict[str, dict]]:
     """Trains `config` in `workdir` up to `config.total_steps`, resuming from the workdir's
@@ -172,7 +174,7 @@ def _holds_anything_but_folders(folder: str) -> bool:
     return False
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iterable | None,
+def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader: Iterable | None,
            tasks: tuple[str, ...], weights: dict, options: dict,
            watch: preemption.PreemptionWatch, opened: contextlib.ExitStack,
            peer_watch: peers.PeerWatch | None = None,
@@ -233,7 +235,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer, loader: Iter
     return training.finish()
 
 
-def _checked_writer(workdir: str, writer, opened: contextlib.ExitStack
+def _checked_writer(workdir: str, writer: Any, opened: contextlib.ExitStack
                     ) -> disk_space.CheckedWriter:
     """`writer`, or the workdir's own TensorBoard writer (closed by `opened`) where it is
     None, wrapped so that a full disk stops the run as `disk_space.DiskFull`, its closing
@@ -260,7 +262,7 @@ def _consumed_batches(loader: Iterable, damaged: damage.DamageLog | None,
     return data_iter
 
 
-def _train_state(config: ml_collections.ConfigDict, workdir: str, model,
+def _train_state(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
                  data_iter: input_pipeline.ConsumedPosition, opened: contextlib.ExitStack
                  ) -> tuple[steps.TrainState, steps.TrainState | None, ocp.CheckpointManager]:
     """-> (the state to train from, the restored state or None, the workdir's checkpoint
@@ -303,7 +305,7 @@ def _check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: 
 
 def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
                         tasks: tuple[str, ...], prepare: device_augment.Prepare | None,
-                        evals: evaluators.Evaluators, source
+                        evals: evaluators.Evaluators, source: Any
                         ) -> tuple[input_pipeline.grain.DataLoader, damage.DamageLog]:
     """The training loader of the built split `source` and the account of the damaged
     records it skips, after the checks that refuse a workdir before it changes."""
@@ -331,8 +333,9 @@ def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
     return loader, damaged
 
 
-def _restore(config: ml_collections.ConfigDict, workdir: str, model, state: steps.TrainState,
-             data_iter, mngr: ocp.CheckpointManager
+def _restore(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
+             state: steps.TrainState, data_iter: input_pipeline.ConsumedPosition,
+             mngr: ocp.CheckpointManager
              ) -> tuple[steps.TrainState, steps.TrainState | None]:
     """-> (the state to train from, the restored state or None): the workdir's newest
     readable checkpoint, its loader position set in `data_iter`, else the fresh `state`.
@@ -364,7 +367,7 @@ def _restore(config: ml_collections.ConfigDict, workdir: str, model, state: step
     return state, state
 
 
-def _restart_summaries(writer, workdir: str, start_step: int) -> None:
+def _restart_summaries(writer: disk_space.CheckedWriter, workdir: str, start_step: int) -> None:
     """Marks the TensorBoard summaries as restarting at `start_step` + 1 (what an earlier run
     logged after it is not this run's); a start at step 0 moves an earlier run's event files
     aside."""
@@ -401,7 +404,7 @@ def augmentation(config: ml_collections.ConfigDict,
                                   augment.Augment.from_config(config.augment), config.window)
 
 
-def train_loader(config: ml_collections.ConfigDict, source, tasks: tuple[str, ...],
+def train_loader(config: ml_collections.ConfigDict, source: Any, tasks: tuple[str, ...],
                  prepare: device_augment.Prepare | None,
                  worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
     """The training loader of `source` (a split of `builds.open_split`) for the step
@@ -447,13 +450,14 @@ def _jitted_train_step(weights: tuple[tuple[str, float], ...],
                         donate_argnums=(0,))
 
 
-def _closing(resource) -> Callable:
+def _closing(resource: Any) -> Callable:
     """An exit callback (contextlib.ExitStack.push) closing `resource`, a writer or checkpoint
     manager, and its background threads. When the run stops on an exception, an error while
     closing (e.g. the failed background write that stopped it, raised again) is logged, never
     raised over the run's own."""
 
-    def close(exc_type, exc, traceback) -> None:
+    def close(exc_type: type[BaseException] | None, exc: BaseException | None,
+              traceback: types.TracebackType | None) -> None:
         if exc_type is None:
             resource.close()
             return
