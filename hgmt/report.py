@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         found = evaluations.evaluated_runs(args.sweep_dir, args.protocol)  # read once for both
         runs.warn_strays(args.sweep_dir)
         results = evaluations.load_sweep(args.sweep_dir, args.protocol, found)
+        progress = evaluations.progress(args.sweep_dir, results, found)  # reads sweep.json
     # Everything is computed before the first file is written, so that a fault leaves the
     # report directory as it was rather than new files beside old ones.
     study = report.compare(results)
     checked = claims.check(study)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
-        f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). "
-        f"{evaluations.progress(args.sweep_dir, results, found)}")
+        f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). {progress}")
     files = {**charts.draw(study, runs.data_of(args.sweep_dir, list(found))),
              **{name: json.dumps(value, indent=1, allow_nan=False).encode()
                 for name, value in (("report.json", study), ("claims.json", checked))},

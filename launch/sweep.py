@@ -232,7 +232,7 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     call with the same config and arguments adds its subsets and seeds to the plan (running a
     few subsets first keeps the whole plan), another config exits naming the fix."""
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
-    old = _recorded_plan(path)
+    old = _recorded_plan(sweep_dir)
     if old is not None:
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
@@ -255,22 +255,26 @@ def record_plan(sweep_dir: str, plan: dict) -> dict:
     return plan
 
 
-def _recorded_plan(path: str) -> dict | None:
-    """The plan in `path` (SWEEP_DIR/sweep.json), None where there is none or it does not
-    read (cut short, edited): then it is written anew from this call's plan, with a warning."""
+def _recorded_plan(sweep_dir: str) -> dict | None:
+    """The plan of `sweep_dir` (`runs.plan`), None where there is none or it does not read
+    (unreadable, empty, not a JSON object, lacking a field): then it is written anew from
+    this call's plan, with a warning naming the file and what is wrong."""
+    path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         return None
+    anew = "It is written anew from this call's config, subsets and seeds."
     try:
-        with open(path) as f:
-            old = json.load(f)
-        if not isinstance(old, dict):
-            raise ValueError("not a JSON object")
+        old = runs.plan(sweep_dir, anew)
         for key, kind in (("config", str), ("subsets", list), ("seeds", int), ("extra", list)):
             if not isinstance(old.get(key), kind):
-                raise ValueError(f"no {key!r} {kind.__name__}")
-    except (OSError, ValueError) as e:
-        print(f"launch/sweep.py: warning: {path} does not read ({type(e).__name__}: {e}): it is "
-              f"written anew from this call's config, subsets and seeds", file=sys.stderr)
+                raise workdirs.DamagedRunFile(f"{path} holds no {key!r} {kind.__name__}: the "
+                                              f"file was edited or damaged. {anew}")
+    except OSError as e:
+        print(f"launch/sweep.py: warning: {path} does not read ({e.strerror or e}). {anew}",
+              file=sys.stderr)
+        return None
+    except workdirs.DamagedRunFile as e:
+        print(f"launch/sweep.py: warning: {e}", file=sys.stderr)
         return None
     return old
 

@@ -440,19 +440,27 @@ def test_every_run_of_the_sweep_is_checked_before_its_plan(tmp_path, monkeypatch
 
 def test_a_damaged_plan_is_written_anew_and_a_url_sweep_dir_refused(tmp_path, monkeypatch,
                                                                     capsys):
-    """A sweep.json cut short (or one lacking a field) is written anew from the call's plan,
-    with a warning, where the sweep stopped in a traceback; a gs:// sweep directory is refused
-    in one line, where a local folder named gs: was made."""
+    """A sweep.json cut short, edited into another JSON value or lacking a field is written
+    anew from the call's plan, with a warning naming the file and what is wrong (read as every
+    run file is read, `runs.plan`), where the sweep stopped in a traceback; a gs:// sweep
+    directory is refused in one line, where a local folder named gs: was made."""
     s = tmp_path / "s"
     s.mkdir()
     monkeypatch.chdir(tmp_path)
-    for text in ("", '{"config": "configs/default.py"}'):
+    anew = "It is written anew from this call's config, subsets and seeds.\n"
+    for text, why in (
+            ("", "is empty: the file was cut short. "),
+            ('{"config": ', "is not a JSON object (not JSON: Expecting value: line 1 column 12): "
+                            "the file was edited or damaged. "),
+            ("[]", "is not a JSON object (a JSON list): the file was edited or damaged. "),
+            ('{"config": "configs/default.py"}', "holds no 'subsets' list: the file was edited "
+                                                 "or damaged. ")):
         (s / workdirs.SWEEP_PLAN).write_text(text)
         run = _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
                                 "--tasks=pose2d", "--print_only")
         assert run.returncode == 0, run.stderr
-        assert run.stderr.startswith(f"launch/sweep.py: warning: {s}/sweep.json does not "
-                                     f"read ("), run.stderr
+        assert run.stderr.startswith(f"launch/sweep.py: warning: {s}/sweep.json {why}{anew}"), \
+            run.stderr
         assert json.loads((s / workdirs.SWEEP_PLAN).read_text()) == {
             "config": "configs/default.py", "subsets": ["pose2d"], "seeds": 1, "extra": []}
     run = _sweep_in_process(capsys, "--sweep_dir=gs://bucket/sweep", "--config=configs/default.py",
@@ -1007,8 +1015,8 @@ def test_report_counts_a_protocols_file_only_of_the_step_the_training_ended_at(t
 
 def test_report_names_a_run_file_that_does_not_read_and_the_fix(tmp_path):
     """An eval_test.json cut short (empty) or edited into another JSON value, a protocol's
-    file or a config.json that does not read: one error line naming the file and what to do,
-    not a JSONDecodeError that names no file or a traceback."""
+    file, a config.json or the sweep's sweep.json that does not read: one error line naming
+    the file and what to do, not a JSONDecodeError that names no file or a traceback."""
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "segm": 1})
     run = os.path.join(sweep_dir, "pose2d")
     remake = (f"Make it again: rerun launch/sweep.py --sweep_dir={sweep_dir} with the sweep's "
@@ -1039,6 +1047,12 @@ def test_report_names_a_run_file_that_does_not_read_and_the_fix(tmp_path):
     assert refused() == (f"error: DamagedRunFile: {run}/config.json is not a JSON object (a "
                          f"JSON list): the file was edited or damaged. Restore it from a copy, "
                          f"or train the run again")
+    os.remove(os.path.join(run, "config.json"))
+    open(os.path.join(sweep_dir, "sweep.json"), "w").write("[]")
+    assert refused() == (f"error: DamagedRunFile: {sweep_dir}/sweep.json is not a JSON object "
+                         f"(a JSON list): the file was edited or damaged. Run launch/sweep.py "
+                         f"with the sweep's config and arguments again to write it")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):

@@ -145,8 +145,13 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
             "added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b))}
 
 
-def plan(sweep_dir: str) -> dict:
-    """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}."""
+# What to do about a damaged sweep.json, where it is read for the report.
+PLAN_FIX = "Run launch/sweep.py with the sweep's config and arguments again to write it"
+
+
+def plan(sweep_dir: str, fix: str = PLAN_FIX) -> dict:
+    """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}; a file that is
+    empty or not a JSON object raises DamagedRunFile naming it and `fix`, what to do."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
                                 f"file): give the folder launch/sweep.py made")
@@ -154,8 +159,7 @@ def plan(sweep_dir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
                                 f" --sweep_dir={sweep_dir}, names the config its runs used")
-    return _json_object(path, "Run launch/sweep.py with the sweep's config and arguments again "
-                              "to write it")
+    return _json_object(path, fix)
 
 
 def finished(sweep_dir: str) -> list[str]:
