@@ -226,21 +226,24 @@ def pending_commands(todo: Iterable[str], config: str, tasks: str, sweep_dir: st
             for x in todo]
 
 
-def record_plan(sweep_dir: str, plan: dict) -> dict:
+def record_plan(sweep_dir: str, plan: dict, config: str, first: ml_collections.ConfigDict
+                ) -> dict:
     """Writes SWEEP_DIR/sweep.json, the sweep's plan (config, subsets, seeds, extra arguments),
     which the report counts finished runs against. A sweep directory holds one config: a later
     call with the same config and arguments adds its subsets and seeds to the plan (running a
-    few subsets first keeps the whole plan), another config exits naming the fix."""
+    few subsets first keeps the whole plan), another config exits naming the fix. `config`
+    and `first`: `check_run`'s of the plan's first subset (the config file's absolute path,
+    that run's config)."""
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     old = _recorded_plan(sweep_dir)
     if old is not None:
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
         # tasks replaced it) is no part of it.
-        config = runs.without_tasks(plan_config(_resolved(plan["config"])))
         changed = ["the config file"] if runs.without_tasks(
-            plan_config(_resolved(old["config"]))) != config else trained_differently(
-                config, old["extra"], plan["extra"], plan["subsets"][0])
+            plan_config(_resolved(old["config"]))) != runs.without_tasks(
+                plan_config(_resolved(plan["config"]))) else trained_differently(
+                    config, old["extra"], plan["subsets"][0], first)
         if changed:
             raise SystemExit(
                 f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
@@ -287,19 +290,20 @@ SWEEP_FREE = ("data_dir", "demo.surreal_root", "read_threads", "prefetch",
               "eval_batch_size", "model.stream_mode", "model.ops")
 
 
-def trained_differently(config: str, old: list[str], new: list[str], tasks: str) -> list[str]:
-    """The config fields in which a run of `tasks` given the arguments `new` after `--` would
-    differ from one given `old` (both parsed as hgmt.main parses them, so `--config.x 5`,
-    `--config.x=5` and a boolean's spellings are alike), but `SWEEP_FREE`; ['the recorded
-    arguments'] where `old` no longer parses."""
+def trained_differently(config: str, old: list[str], tasks: str,
+                        new: ml_collections.ConfigDict) -> list[str]:
+    """The config fields in which `new`, the config of a run of `tasks` (`check_run`'s),
+    differs from that run's config of `config` given the arguments `old` after `--` (parsed
+    as hgmt.main parses them, so `--config.x 5`, `--config.x=5` and a boolean's spellings are
+    alike), but `SWEEP_FREE`; ['the recorded arguments'] where `old` no longer parses."""
     from hgmt import main as trainer
 
-    def fields(extra: list[str]) -> dict:
-        argv = [*runs.config_args(_resolved(config), tasks, extra, 0), "--workdir=unused"]
-        return workdirs.flat_fields(json.loads(trainer.parse(argv).config.to_json_best_effort()))
+    def fields(parsed: ml_collections.ConfigDict) -> dict:
+        return workdirs.flat_fields(json.loads(parsed.to_json_best_effort()))
 
     try:
-        before = fields(old)
+        before = fields(trainer.parse([*runs.config_args(config, tasks, old, 0),
+                                       "--workdir=unused"]).config)
     except SystemExit:
         return ["the recorded arguments"]
     after = fields(new)
@@ -550,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = [(tasks, k) for k in range(args.seeds) for tasks in subsets]
     os.makedirs(sweep_dir, exist_ok=True)
     record_plan(sweep_dir, {"config": plan_config(config), "subsets": subsets,
-                            "seeds": args.seeds, "extra": extra})
+                            "seeds": args.seeds, "extra": extra}, config, first)
     runs.warn_strays(sweep_dir)
     if args.print_only:
         todos = [(tasks, k, pending(sweep_dir, tasks, k, extra_protocols))

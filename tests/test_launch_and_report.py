@@ -402,6 +402,25 @@ def test_a_later_call_may_move_the_data_not_change_what_the_runs_train(
              "--config.read_threads=4"]
     assert sweep(*moved).returncode == 0
     assert json.loads((s / workdirs.SWEEP_PLAN).read_text())["extra"] == moved
+    # Each run's config is parsed once (`check_run`), the recorded arguments' once more for
+    # the comparison: the first subset's own is not parsed again.
+    from hgmt import main as trainer
+
+    parsed, real = [], trainer.parse
+
+    def parse(argv):  # (the run's tasks, its last argument after `--`)
+        parsed.append((argv[0].rpartition("tasks=")[2], argv[-2]))
+        return real(argv)
+
+    monkeypatch.setattr(trainer, "parse", parse)
+    reordered = ["--config.read_threads=4", "--config.data_dir=/scratch/tfds",
+                 "--config.total_steps", "5"]
+    assert _sweep_in_process(capsys, f"--sweep_dir={s}", "--config=configs/default.py",
+                             "--tasks=pose2d,segm", "--print_only", "--",
+                             *reordered).returncode == 0
+    assert parsed == [("pose2d", "5"), ("segm", "5"), ("pose2d", "--config.read_threads=4")]
+    monkeypatch.setattr(trainer, "parse", real)
+    moved = reordered
     for other, fields in ((["--config.total_steps=6"], "total_steps"),
                           (["--config.total_steps=5", "--config.evals.test.max_examples=8"],
                            "evals.test.max_examples"),
