@@ -77,7 +77,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
 
 def prepare_demo_dataset(config: ml_collections.ConfigDict) -> None:
     """Generates the demo clips and builds them with the TFDS builder, unless built already
-    (`demo.build`)."""
+    (`demo.build`), into the folders the training reads (`paths.absolute` of
+    config.demo.surreal_root and config.data_dir: `~` expanded, as `loop.run` takes them)."""
     from hgmt import cores
     from hgmt.data import demo, input_pipeline
 
@@ -85,9 +86,9 @@ def prepare_demo_dataset(config: ml_collections.ConfigDict) -> None:
     # tracker: started here with SIGUSR1 blocked, as the loader would, so that Slurm's SIGUSR1
     # to the whole job later does not kill it (`resource_tracker_without_sigusr1`).
     input_pipeline.resource_tracker_without_sigusr1()
-    demo.build(config.demo.surreal_root, config.data_dir, config.demo.clips_per_split,
-               config.demo.frames, config.demo.seed, dataset=config.dataset,
-               workers=cores.usable_cores())
+    demo.build(paths.absolute(config.demo.surreal_root), paths.absolute(config.data_dir),
+               config.demo.clips_per_split, config.demo.frames, config.demo.seed,
+               dataset=config.dataset, workers=cores.usable_cores())
 
 
 def _demo_dataset_on_process_0(config: ml_collections.ConfigDict) -> None:
@@ -218,7 +219,6 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     compilation_cache.enable(fv.compilation_cache)
     from hgmt.training import checkpoint_write_faults, cluster, peers, preemption, resume
 
-    resume.absolute_data_location(fv.config)  # of this working directory
     if fv.coordinator_address or fv.distributed:
         with cli.faults_in_one_line(ValueError, traceback=fv.verbosity >= 1):
             cluster.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,

@@ -1171,6 +1171,29 @@ def test_the_data_location_is_made_absolute_for_the_workdirs_config(tmp_path, mo
     assert config.data_dir == os.path.join(os.path.expanduser("~"), "tfds")
 
 
+def test_the_demo_data_is_built_into_the_folders_the_training_reads(tmp_path, monkeypatch):
+    """`hgmt.main.prepare_demo_dataset` (hgmt.main's, launch/sweep.py's and the benchmarks'
+    demo build) builds into config.data_dir and demo.surreal_root as `loop.run` reads them:
+    `~` expanded, a relative path of the working directory. Before, the sweep's build of
+    `--config.data_dir=~/tfds` went into a folder named `~` in the working directory, while
+    its runs read $HOME/tfds and built the data there again."""
+    from configs import demo as demo_config
+    from hgmt import main
+    from hgmt.data import demo
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    built = []
+    monkeypatch.setattr(input_pipeline, "resource_tracker_without_sigusr1", lambda: None)
+    monkeypatch.setattr(demo, "build", lambda root, data_dir, *args, **kwargs: built.append(
+        (root, data_dir)))
+    config = demo_config.get_config()
+    config.data_dir, config.demo.surreal_root = "~/tfds", "data/surreal"
+    main.prepare_demo_dataset(config)
+    assert built == [(str(tmp_path / "data" / "surreal"), str(tmp_path / "home" / "tfds"))]
+    assert (config.data_dir, config.demo.surreal_root) == ("~/tfds", "data/surreal")
+
+
 def test_a_total_steps_below_the_latest_checkpoint_is_refused_even_when_changes_are_allowed(
         demo_dataset, tmp_path):
     """A run trained to step 4, rerun with total_steps=2 and --resume_with_changed_config:

@@ -34,7 +34,7 @@ from hgmt.paths import absolute
 from hgmt.tasks import default_loss_options, parse_tasks
 from hgmt.training import checkpoints, eval_settings
 
-# Where the data is (the same data may lie elsewhere on another host or machine): hgmt.main
+# Where the data is (the same data may lie elsewhere on another host or machine): the trainer
 # makes these paths absolute (`absolute_data_location`), so that a workdir's config.json
 # names its data from any directory; a rerun and the processes of a job may differ in them.
 DATA_LOCATION = ("data_dir", "demo.surreal_root")
@@ -76,8 +76,9 @@ Change = tuple[str, Any, Any]  # (field, the workdir's value, the rerun's)
 
 def absolute_data_location(config: ml_collections.ConfigDict) -> None:
     """Makes the config's DATA_LOCATION paths absolute (of the working directory; `~`
-    expanded; an object-store URL kept), in place: hgmt.main does, so that the workdir's
-    config.json names the data for hgmt.evaluate and hgmt.predict run from any directory."""
+    expanded; an object-store URL kept), in place: `hgmt.training.loop.run` does on its copy,
+    for hgmt.main and Python callers alike, so that the workdir's config.json names the data
+    for hgmt.evaluate and hgmt.predict run from any directory."""
     for field in DATA_LOCATION:
         parent, name = workdirs.field_parent(config, field)
         if parent is not None and isinstance(parent.get(name), str):
