@@ -1929,10 +1929,14 @@ def test_a_best_checkpoint_write_stopped_by_an_error_or_ctrl_c_leaves_no_partial
         return await write(self, value, tspec, ts_context)
 
     monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", stopped)
+    # Python's own Ctrl-C handler, which a process started in the background by a
+    # non-interactive shell lacks (SIGINT ignored from its start).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with caplog.at_level(logging.WARNING), pytest.raises(stop):
             best.save(3, state, 0.5)
     finally:
+        signal.signal(signal.SIGINT, handler)
         best.close()
     assert _partial(workdir) == []
     assert re.search(rf"the best checkpoint's write of step 3 stopped \({stop.__name__}\): "
