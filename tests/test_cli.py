@@ -205,7 +205,7 @@ def test_a_commands_help_without_config_lists_its_default_configs_fields(capsys)
 
 @pytest.mark.parametrize("override, message", [
     ("--config.model.features=-3", "config.model.features=-3: must be an integer >= 2"),
-    ("--config.tasks=foo", "unknown task(s) ['foo']: choose a non-empty subset of"),
+    ("--config.tasks=foo", "unknown task(s) foo: choose a non-empty subset of"),
     ("--config.model.dtype=fp8", "config.model.dtype='fp8': choose one of"),
 ])
 def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, message):
@@ -832,7 +832,7 @@ def test_a_tasks_unknown_loss_option_is_not_taken_for_a_task(tmp_path):
 def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_path):
     """`--config.tasks=` with a task hgmt lacks: training, evaluation and prediction end in
     one line naming config.tasks, before any work."""
-    unknown = ("config.tasks='pose2d+hands': unknown task(s) ['hands']: choose a non-empty "
+    unknown = ("config.tasks='pose2d+hands': unknown task(s) hands: choose a non-empty "
                "subset of pose2d, pose3d, depth, segm joined by '+', or 'all'")
     runs = {"hgmt.main": [f"--config={DEFAULT}:runlocal", f"--workdir={tmp_path / 'w'}"],
             "hgmt.evaluate": [f"--workdir={saved_workdir}"],
@@ -894,7 +894,7 @@ DEFAULT = f"{REPO}/configs/default.py"
 
 @pytest.mark.parametrize("args, message", [
     ([f"--config={DEFAULT}:tasks=bogus"],
-     f"error: --config={DEFAULT}:tasks=bogus: unknown task(s) ['bogus']: choose a non-empty "
+     f"error: --config={DEFAULT}:tasks=bogus: unknown task(s) bogus: choose a non-empty "
      f"subset of pose2d, pose3d, depth, segm joined by '+', or 'all' (--help lists the flags)"),
     ([f"--config={DEFAULT}:runlocal=maybe"],
      f"error: --config={DEFAULT}:runlocal=maybe: config argument runlocal='maybe': give "
@@ -920,6 +920,9 @@ DEFAULT = f"{REPO}/configs/default.py"
     ([f"--config={DEFAULT}:tasks=segm", "--config.evals.validation.best_metric=pckh"],
      "error: ValueError: config.evals.validation.best_metric='pckh' is not a metric of these "
      "tasks: choose one of loss/segm, loss/total, segm/"),
+    ([f"--config={DEFAULT}", "--config.evals.test.best_metric=loss/total"],
+     "error: ValueError: config.evals: test, validation all set best_metric; <workdir>/best "
+     "keeps one checkpoint, so at most one evaluator may"),
     ([f"--config={DEFAULT}", "--config.dataset=surreal/every4"],
      "error: ValueError: config.dataset='surreal/every4': the SURREAL builder's configs are "
      "middle, every10, all"),

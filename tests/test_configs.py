@@ -262,3 +262,12 @@ def test_reference_configs_refuse_what_the_code_did_not_train(monkeypatch):
     with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
                                          r"bodynet, surreal$"):
         reference.get_config("code=hg")
+
+
+def test_an_augment_section_of_other_fields_is_named_with_the_expected_ones():
+    from hgmt.data.augment import Augment
+
+    with pytest.raises(ValueError, match=r"^config.augment has the fields flip_p, spin; expected "
+                                         r"flip_p, gain_max, gain_min, rotate_clip, rotate_p, "
+                                         r"rotate_sigma, scale_clip, scale_sigma$"):
+        Augment.from_config({"spin": 1.0, "flip_p": 0.5})

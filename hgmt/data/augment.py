@@ -48,8 +48,8 @@ class Augment:
         fields = dict(fields)
         expected = set(Augment().config_fields())
         if set(fields) != expected:
-            raise ValueError(f"config.augment has the fields {sorted(fields)}; expected "
-                             f"{sorted(expected)}")
+            raise ValueError(f"config.augment has the fields {', '.join(sorted(fields))}; "
+                             f"expected {', '.join(sorted(expected))}")
         for name, value in fields.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(
                     value) or value < 0:

@@ -283,7 +283,7 @@ def built_split(dataset: str, data_dir: str, split: str) -> tfds.core.DatasetBui
             _list_folders(data_dir, dataset.split(":")[0].split("/"))
             raise
         if split not in builder.info.splits:
-            raise KeyError(f"no split {split!r} (built: {sorted(builder.info.splits)})")
+            raise KeyError(f"no split {split!r} (built: {', '.join(sorted(builder.info.splits))})")
         return builder
 
     try:

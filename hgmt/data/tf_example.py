@@ -93,6 +93,6 @@ def parsed(source: Any, features: Sequence[str] | None = None) -> Any:
     if features is not None:
         missing = set(features) - {name for name, _, _ in specs}
         if missing:
-            raise KeyError(f"the dataset has no features {sorted(missing)}")
+            raise KeyError(f"the dataset has no features {', '.join(sorted(missing))}")
         specs = tuple(spec for spec in specs if spec[0] in features)
     return ParsedSource(source, specs)

@@ -39,8 +39,8 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
         return tuple(TASKS)
     unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
-        raise ValueError(f"unknown task(s) {unknown or spec!r}: choose a non-empty subset of "
-                         f"{', '.join(TASKS)} joined by '+', or 'all'")
+        raise ValueError(f"unknown task(s) {', '.join(unknown) or repr(spec)}: choose a "
+                         f"non-empty subset of {', '.join(TASKS)} joined by '+', or 'all'")
     return tuple(n for n in TASKS if n in names)
 
 

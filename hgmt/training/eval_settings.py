@@ -100,8 +100,8 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
         out[name] = entry
     keeping = [n for n, e in out.items() if e["best_metric"]]
     if len(keeping) > 1:
-        raise ValueError(f"config.evals: {keeping} all set best_metric; <workdir>/best keeps "
-                         f"one checkpoint, so at most one evaluator may")
+        raise ValueError(f"config.evals: {', '.join(keeping)} all set best_metric; <workdir>/best "
+                         f"keeps one checkpoint, so at most one evaluator may")
     return out
 
 
