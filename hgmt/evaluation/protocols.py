@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -93,7 +93,7 @@ def reference_image_size() -> int:
     return common.REFERENCE_LABEL_SIZE * common.LABEL_STRIDE
 
 
-def check_label_size(protocol: str, tasks: Sequence[str], image_size: int,
+def check_label_size(protocol: str, tasks: Iterable[str], image_size: int,
                      fix: str | None = None, name: str = "--protocol") -> None:
     """ValueError, in one line ending in `fix`, where a task of `tasks` would be measured by a
     reference protocol's definition (`task_protocol`) on label maps other than the references'

@@ -22,6 +22,8 @@ import jax
 
 from hgmt import workdirs
 
+# The job's heartbeat timeout by default (--heartbeat_timeout; at least
+# `peers.MIN_HEARTBEAT_TIMEOUT_S`, ten beats of the watchdog, which judges it).
 HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 300  # how long a process waits for the job's others to connect
