@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hgmt.sources import surreal
 from hgmt.tasks import common, spec
@@ -216,7 +217,7 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
     return []
 
 
-def predict(pred: np.ndarray, frame: Frame) -> dict:
+def predict(pred: ArrayLike, frame: Frame) -> dict:
     """(r,r,20) -> {'depth': (r,r) classes 0..19 in the crop's label frame, 'depth_image' (H,W)
     in the original image (None where the frame makes no image-sized maps), 'depth_rel_mm'
     (r,r) depth relative to the pelvis (nan on background)}."""
@@ -226,7 +227,7 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
             "depth_rel_mm": np.where(classes > 0, rel * 1000.0, np.nan)}
 
 
-def locate(pred: np.ndarray) -> dict:
+def locate(pred: ArrayLike) -> dict:
     """Where the (r,r,20) logits see the person: 'foreground' (r,r) bool, any bin but
     background."""
     return {"foreground": np.asarray(pred).argmax(-1) > 0}
@@ -238,7 +239,7 @@ def to_json(result: dict) -> dict:
     return {"depth_classes": result["depth"].tolist(), "depth_bin_mm": common.BIN_MM}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+def draw(pred: ArrayLike, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
     """(R,R,3) uint8: the depth classes of (r,r,20) `pred` (`result`'s when given), near bright
     and far dark, at the size of the (R,R,3) crop `rgb`."""

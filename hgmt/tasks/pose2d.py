@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hgmt.sources import body
 from hgmt.tasks import common, spec
@@ -267,7 +268,7 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
     return [stem + "_pckh.png"]
 
 
-def predict(pred: np.ndarray, frame: Frame) -> dict:
+def predict(pred: ArrayLike, frame: Frame) -> dict:
     """(r,r,16) heatmaps -> {'joints2d': (16,2) original-image px, 'joint_scores': (16,) each
     heatmap's maximum (1 at a training target's peak; `locate`)}."""
     joints = decode(jnp.asarray(pred)[None], frame.batch)["joints2d_image"]
@@ -275,7 +276,7 @@ def predict(pred: np.ndarray, frame: Frame) -> dict:
             "joint_scores": locate(pred)["joint_scores"]}
 
 
-def locate(pred: np.ndarray) -> dict:
+def locate(pred: ArrayLike) -> dict:
     """Where the (r,r,16) heatmaps see the person: 'joints' (16,2) label px (sub-pixel
     peaks), 'joint_scores' (16,) the peaks' heights (1 at a training target's peak)."""
     joints, score = common.subpixel_argmax(np.moveaxis(np.asarray(pred, np.float32), -1, 0))
@@ -291,7 +292,7 @@ def to_json(result: dict) -> dict:
             "joint_scores": np.round(np.asarray(result["joint_scores"], np.float64), 4).tolist()}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+def draw(pred: ArrayLike, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
     """The decoded skeleton on the (S,S,3) crop (its peaks in the label map; `result`, in
     image px, is not needed)."""

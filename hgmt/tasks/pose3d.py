@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hgmt.sources import body, camera
 from hgmt.tasks import common, pose2d, spec
@@ -257,7 +258,7 @@ _decode_one = jax.jit(lambda pred, batch: decode(pred[None], batch)["joints3d_re
 _locate_one = jax.jit(lambda pred: common.subpixel_argmax(volumes(pred[None])[0].max(-1)))
 
 
-def predict(pred: jnp.ndarray, frame: Frame) -> dict:
+def predict(pred: ArrayLike, frame: Frame) -> dict:
     """(r,r,16*19) -> {'joints3d_rel_mm': (16,3) pelvis-relative camera mm (`decode`), and what
     they were decoded with: 'focal_px' the focal length in the original image's px,
     'pelvis_depth_m' the pelvis's camera depth in metres}."""
@@ -266,7 +267,7 @@ def predict(pred: jnp.ndarray, frame: Frame) -> dict:
             "pelvis_depth_m": float(frame.batch["pelvis_depth"][0])}
 
 
-def locate(pred: jnp.ndarray) -> dict:
+def locate(pred: ArrayLike) -> dict:
     """Where the (r,r,16*19) volumes see the person: 'joints' (16,2) label px (sub-pixel
     peaks of each joint's volume's maximum over the bins), 'joint_scores' (16,) their heights."""
     joints, score = jax.device_get(_locate_one(pred))
@@ -283,7 +284,7 @@ def to_json(result: dict) -> dict:
             "pelvis_depth_m": round(result["pelvis_depth_m"], 4)}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+def draw(pred: ArrayLike, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
     """Front (x,y) and side (z,y) views of the decoded skeleton (`result`'s when given), the
     crop's size."""

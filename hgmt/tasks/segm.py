@@ -193,14 +193,14 @@ def summary_pictures(summary: dict, stem: str) -> list[str]:
     return []
 
 
-def predict(pred: np.ndarray, frame: Frame) -> dict:
+def predict(pred: ArrayLike, frame: Frame) -> dict:
     """(r,r,15) -> {'segm': (r,r) part classes 0..14 in the crop's label frame, 'segm_image':
     (H,W) in the original image (None where the frame makes no image-sized maps)}."""
     classes = np.asarray(pred).argmax(-1).astype(np.uint8)
     return {"segm": classes, "segm_image": frame.to_image(classes)}
 
 
-def locate(pred: np.ndarray) -> dict:
+def locate(pred: ArrayLike) -> dict:
     """Where the (r,r,15) logits see the person: 'foreground' (r,r) bool, any part."""
     return {"foreground": np.asarray(pred).argmax(-1) > 0}
 
@@ -212,7 +212,7 @@ def to_json(result: dict) -> dict:
             "segm_classes": result["segm"].tolist()}
 
 
-def draw(pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+def draw(pred: ArrayLike, rgb: np.ndarray, frame: Frame, *,
          result: dict | None = None) -> np.ndarray:
     """(R,R,3) uint8: the part map of (r,r,15) `pred` (`result`'s when given) in the parts'
     colours, at the size of the (R,R,3) crop `rgb`."""

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +142,7 @@ class Crop:
         return np.asarray(table)[classes] if self.flip else classes
 
 
-def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
+def joint_labels(crop: Crop) -> dict[str, ArrayLike]:
     """The 2D joint labels of pose2d and pose3d: 'joints2d' (16,2) label px and 'visible'
     (16,) 1 where the joint lies inside the label map: in one of its pixels, pixel k centred
     at k and spanning [k - 0.5, k + 0.5)."""
@@ -148,7 +151,7 @@ def joint_labels(crop: Crop) -> dict[str, np.ndarray]:
     return {"joints2d": joints.astype(np.float32), "visible": visible.astype(np.float32)}
 
 
-def pelvis_depth(crop: Crop) -> dict[str, np.ndarray]:
+def pelvis_depth(crop: Crop) -> dict[str, ArrayLike]:
     """'pelvis_depth' (): the camera depth of the pelvis in metres, the reference of pose3d's
     and depth's bins."""
     from hgmt.sources import body
@@ -210,13 +213,13 @@ class TaskModule(Protocol):
         """Writes the pictures of a split's summary beside its JSON (`stem` + suffix, e.g.
         the PCKh curve); returns their paths ([] for none)."""
 
-    def locate(self, pred: np.ndarray) -> dict:
+    def locate(self, pred: ArrayLike) -> dict:
         """Where one crop's (r,r,C) prediction (a numpy array, or the Predictor's JAX array on
         its device: np.asarray brings it to the host) sees the person, in label px: 'joints' (J,2)
         with 'joint_scores' (J,) (peak heights, 1 at a target's peak), and/or 'foreground'
         (r,r) bool (finding the person, hgmt.inference.person)."""
 
-    def predict(self, pred: np.ndarray, frame: Frame) -> dict:
+    def predict(self, pred: ArrayLike, frame: Frame) -> dict:
         """One image's result in the original image from its crop's (r,r,C) prediction (an
         array as `locate`'s), its image-sized maps by `frame.to_image` (None where the frame
         makes none)."""
@@ -228,7 +231,7 @@ class TaskModule(Protocol):
         """A readable matplotlib Figure of one image's prediction (the prediction panel),
         `drawing.PLOT_HEIGHT` pixels tall: units, colour bars, legends."""
 
-    def draw(self, pred: np.ndarray, rgb: np.ndarray, frame: Frame, *,
+    def draw(self, pred: ArrayLike, rgb: np.ndarray, frame: Frame, *,
              result: dict | None = None) -> np.ndarray:
         """(R,R,3) uint8 quick picture of one crop's prediction (TensorBoard, video frames).
         `result`: the crop's `predict` entries when they are at hand (a video's frames), for
