@@ -23,7 +23,7 @@ from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
 from hgmt.inference import (
     annotated_video,
-    crop_camera_meta,
+    export_meta,
     host_memory,
     image_file,
     person,
@@ -2329,7 +2329,7 @@ def test_a_window_from_clustered_joints_has_trainings_least_side_in_either_windo
 def test_the_metadata_of_a_run_on_the_references_box_states_their_box():
     """An export's crop window text for config.window=reference_box, followed step by step on
     random joints, gives `reference_crop.reference_box` (what training and the search cut)."""
-    meta = crop_camera_meta.crop_meta(1.97, "assumed", "reference_box")
+    meta = export_meta.crop_meta(1.97, "assumed", "reference_box")
     assert meta["training_window"] == "reference_box"
     assert "S = 200 / 240 max(W, H), c = start + (W, H) / 2" in meta["window"]
     margins = meta["box_margins"]

@@ -2,9 +2,8 @@
 which says what each format writes): images (B, R, R, 3) float32 on [0, 255], B >= 1 -> the
 last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
 `load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
-(`META_FILE`) says how the inputs are cut from an image (`crop_camera_meta.crop_meta`), how to
-decode each output (`output_meta`) and the camera 3D decoding assumes
-(`crop_camera_meta.camera_meta`)."""
+(`META_FILE`, written from `export_meta`) says how the inputs are cut from an image, the camera
+3D decoding assumes and how to decode each output."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from etils import epath
 from hgmt import disk_space, paths, workdirs
 from hgmt.cli import errors
 from hgmt.data import cropping
-from hgmt.inference import crop_camera_meta, crop_scale, trained_model
+from hgmt.inference import crop_scale, export_meta, trained_model
 from hgmt.models import (
     IMAGE_MEAN,
     IMAGE_STD,
@@ -34,7 +33,7 @@ from hgmt.models import (
     predict_last_stage,
     to_model_layout,
 )
-from hgmt.tasks import TASKS, common, heads, parse_tasks, reads_distance
+from hgmt.tasks import heads, parse_tasks, reads_distance
 
 FORMATS = ("stablehlo", "savedmodel")
 # Where an artefact runs, whichever machine exported it: each is lowered for all of them.
@@ -70,30 +69,14 @@ def inference_fn(workdir: str, step: int | str | None = None,
             "input": "float32 (B, R, R, 3) RGB on [0, 255], B >= 1, R = image_size: crops of "
                      "images as `crop` says; the model computes (rgb / 255 - mean) / std",
             "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "crop": crop_camera_meta.crop_meta(*crop_scale.with_source(
+            "crop": export_meta.crop_meta(*crop_scale.with_source(
                 workdir, window, warn=reads_distance(tasks)), window),
-            "camera": crop_camera_meta.camera_meta(),
+            "camera": export_meta.camera_meta(),
             # One pass on the input as given: no mirrored pass is averaged in (hgmt.evaluate
             # --flip's); each output's channel_flip is what a consumer needs to do so.
             "flip_test": False,
-            **output_meta(tasks, int(config.image_size))}
+            **export_meta.output_meta(tasks, int(config.image_size))}
     return f, meta
-
-
-def output_meta(tasks: tuple[str, ...], image_size: int) -> dict:
-    """What a consumer needs to decode the outputs: the label maps' size and their pixels'
-    place in the input (`common.label_to_crop_px`), and per task its shape, `OUTPUT_LAYOUT`
-    (what each channel means) and `channel_flip` (its `CHANNEL_FLIP`: channel c of a mirrored
-    input's output is channel channel_flip[c] of the input's, mirrored)."""
-    r, s = image_size // common.LABEL_STRIDE, common.LABEL_STRIDE
-    return {"label_size": r, "label_stride": s,
-            "label_px_to_input_px": f"input = (label + 0.5) * {s} - 0.5, for x and for y "
-                                    f"(pixel centres at integers in both: label px k covers "
-                                    f"input px {s}k - 0.5 to {s}k + {s - 0.5})",
-            "outputs": {t: {"shape": f"float32 (B, {r}, {r}, {TASKS[t].NUM_CHANNELS})",
-                            **TASKS[t].OUTPUT_LAYOUT,
-                            "channel_flip": [int(c) for c in TASKS[t].CHANNEL_FLIP]}
-                        for t in tasks}}
 
 
 def export_stablehlo(f: Callable, image_size: int, path: str) -> None:

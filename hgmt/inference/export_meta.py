@@ -1,12 +1,15 @@
-"""How hgmt.predict cuts a model input from an image (`crop_meta`) and places the image in
-SURREAL's camera to decode 3D (`camera_meta`), in words and numbers, for an export's hgmt.json:
-what a consumer of the exported model needs to predict as `predictor.Predictor` does."""
+"""What an export's hgmt.json (`export.META_FILE`) says, in words and numbers: how
+hgmt.predict cuts a model input from an image (`crop_meta`, training's window in
+`TRAINING_BOXES`), how it places the image in SURREAL's camera to decode 3D (`camera_meta`) and
+how each output is decoded (`output_meta`): what a consumer of the exported model needs to
+predict as `predictor.Predictor` does."""
 
 from __future__ import annotations
 
 from hgmt.data import cropping
-from hgmt.inference.predictor import MAX_WINDOW_PX
+from hgmt.inference import predictor
 from hgmt.sources import camera, reference_crop
+from hgmt.tasks import TASKS, common
 
 # How training's window (config.window) is had from the 16 joints, for an export's hgmt.json.
 TRAINING_BOXES = {
@@ -44,7 +47,7 @@ def crop_meta(crop_metres: float, source: str, window: str = "hgmt") -> dict:
         "image_px_to_label_px": "label = (r / S) * (image - c) + (r - 1) / 2, for x and y",
         "sampling": "bilinear (OpenCV's warpAffine, INTER_LINEAR); an input px whose source "
                     "lies outside the image is 0 (black)",
-        "max_window_px": MAX_WINDOW_PX,
+        "max_window_px": predictor.MAX_WINDOW_PX,
         "downsampling": "where S > max(max_window_px, R) the window is cut, as above, from the "
                         "W x H image first resized to W' x H' = round(W R / S) x round(H R / S) "
                         "px (each at least 1) by pixel-area averaging (OpenCV's resize, "
@@ -76,3 +79,19 @@ def camera_meta() -> dict:
                           "S image px",
     }
 
+
+
+def output_meta(tasks: tuple[str, ...], image_size: int) -> dict:
+    """What a consumer needs to decode the outputs: the label maps' size and their pixels'
+    place in the input (`common.label_to_crop_px`), and per task its shape, `OUTPUT_LAYOUT`
+    (what each channel means) and `channel_flip` (its `CHANNEL_FLIP`: channel c of a mirrored
+    input's output is channel channel_flip[c] of the input's, mirrored)."""
+    r, s = image_size // common.LABEL_STRIDE, common.LABEL_STRIDE
+    return {"label_size": r, "label_stride": s,
+            "label_px_to_input_px": f"input = (label + 0.5) * {s} - 0.5, for x and for y "
+                                    f"(pixel centres at integers in both: label px k covers "
+                                    f"input px {s}k - 0.5 to {s}k + {s - 0.5})",
+            "outputs": {t: {"shape": f"float32 (B, {r}, {r}, {TASKS[t].NUM_CHANNELS})",
+                            **TASKS[t].OUTPUT_LAYOUT,
+                            "channel_flip": [int(c) for c in TASKS[t].CHANNEL_FLIP]}
+                        for t in tasks}}
