@@ -1,7 +1,9 @@
 """A video file, read with PyAV: whether a file is one (`is_video`, probed when its suffix
-does not say), and its frames as players display them (`Clip`: in display order, on the
-clip's clock, with square pixels, turned and mirrored as the file says), decoded as they are
-read."""
+does not say), whether an mp4 is cut short or damaged, told from its boxes' headers
+(`index_missing`: the index of its frames missing or incomplete; `index_error`, the error
+wherever FFmpeg fails on such a file), and its frames as players display them (`Clip`: in
+display order, on the clip's clock, with square pixels, turned and mirrored as the file
+says), decoded as they are read."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hgmt.inference.host_memory import out_of_host_memory_probing
+from hgmt.inference import host_memory
 
 if TYPE_CHECKING:
     import av
@@ -40,7 +42,8 @@ def is_video(path: str) -> bool:
     """Whether `hgmt.predict` treats the file as a video: its suffix is one of VIDEO_SUFFIXES,
     or one of ANIMATION_SUFFIXES, or `.png` for an animated PNG (`animated_png`), and PyAV
     plays it as a video (`plays_as_video`: an animated GIF, not a GIF of one frame);
-    `OutOfHostMemory` naming the file when the host runs out of memory while PyAV probes it."""
+    `host_memory.OutOfHostMemory` naming the file when the host runs out of memory while PyAV
+    probes it."""
     name = path.lower()
     return name.endswith(VIDEO_SUFFIXES) or (
         (name.endswith(ANIMATION_SUFFIXES) or (name.endswith(".png") and animated_png(path)))
@@ -114,7 +117,7 @@ def index_error(path: str, error: Exception | None = None) -> ValueError | None:
                       f"again")
 
 
-def _open(path: str):
+def _open(path: str) -> av.container.InputContainer:
     """The PyAV container of a video file; FileNotFoundError or ValueError naming the file
     when it is missing, empty, an mp4 without its whole index (`index_error`), ends before
     its first frame, is not a video, or has no video stream."""
@@ -147,7 +150,7 @@ def plays_as_video(path: str) -> bool:
     """Whether PyAV decodes two frames of the file's first video stream: a video, whatever
     its name says (a still image gives one frame, even in a video container such as HEIC's;
     a file PyAV cannot open or decode gives none). An allocation that fails meanwhile is the
-    host's, not the file's: `OutOfHostMemory` naming the file."""
+    host's, not the file's: `host_memory.OutOfHostMemory` naming the file."""
     import av
 
     try:
@@ -157,21 +160,21 @@ def plays_as_video(path: str) -> bool:
             frames = container.decode(container.streams.video[0])
             return sum(1 for _ in itertools.islice(frames, 2)) == 2
     except MemoryError as e:  # the host's, not the file's (av.error.MemoryError is one)
-        raise out_of_host_memory_probing(path, e) from e
+        raise host_memory.out_of_host_memory_probing(path, e) from e
     except (av.FFmpegError, OSError, ValueError):
         return False
 
 
 def sound_only(path: str) -> bool:
     """Whether PyAV opens the file and finds audio streams but no video stream (an .m4a);
-    `OutOfHostMemory` naming the file when an allocation fails meanwhile."""
+    `host_memory.OutOfHostMemory` naming the file when an allocation fails meanwhile."""
     import av
 
     try:
         with av.open(path) as container:
             return bool(container.streams.audio) and not container.streams.video
     except MemoryError as e:  # the host's, not the file's
-        raise out_of_host_memory_probing(path, e) from e
+        raise host_memory.out_of_host_memory_probing(path, e) from e
     except (av.FFmpegError, OSError, ValueError):
         return False
 
@@ -263,7 +266,7 @@ class Clip:
     def __exit__(self, *exc: object) -> None:
         self._container.close()
 
-    def _decoded(self) -> Iterator:
+    def _decoded(self) -> Iterator[av.VideoFrame]:
         """PyAV's frames, decoded a packet at a time: a packet the decoder finds damaged
         (InvalidDataError) is counted and skipped, as ffmpeg does, with one warning per clip;
         any other error, or a damaged container, is a ValueError naming the file (saying it
@@ -301,7 +304,7 @@ class Clip:
                     f"video {self.path} cannot be decoded ({type(e).__name__}: {e})") from e
             yield from frames
 
-    def _shown(self) -> Iterator[tuple[float, object]]:
+    def _shown(self) -> Iterator[tuple[float, av.VideoFrame]]:
         """(time in seconds, PyAV frame) of each frame in display order. AVI stores decoding
         times only: with B-frames the time stamps FFmpeg gives the frames, which come in
         display order, are out of it (ffmpeg's tools repair them with a heuristic,
