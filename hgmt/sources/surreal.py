@@ -36,7 +36,7 @@ class FormatError(ValueError):
         self.problem = problem
 
 
-# --- Files ------------------------------------------------------------------------------------
+# --- Readers: one of a clip's four files each -------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ClipInfo:
     """The annotations of one clip (``_info.mat``), frame-major."""
