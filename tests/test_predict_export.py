@@ -2873,7 +2873,9 @@ def test_video_frame_rates_leave_out_every_compilation(workdir, tmp_path, monkey
 
 def test_several_videos_say_compiling_the_model_once(workdir, tmp_path, monkeypatch, caplog):
     """The videos of one command share the model passes the first one compiled: the line
-    saying the model is being compiled is logged for the first video only."""
+    saying the model is being compiled is logged for the first video only. A second command
+    in the same process (a second Predictor of the same model: `Predictor.compiled` counts
+    the passes an earlier one compiled, `_EXECUTABLES`) logs none."""
     import logging
 
     monkeypatch.setattr(prediction, "_EXECUTABLES", {})  # none compiled by earlier tests
@@ -2887,6 +2889,13 @@ def test_several_videos_say_compiling_the_model_once(workdir, tmp_path, monkeypa
     compiling = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
     assert compiling == [f"{clips[0]}: compiling the model for batches of up to 2 frames"]
     assert len(os.listdir(out)) == 9
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert hgmt.predict.main([str(clips[0]), f"--workdir={workdir}",
+                                  f"--out_dir={tmp_path / 'again'}", "--batch_size=2"]) == 0
+    assert not [r for r in caplog.records if "compiling" in r.getMessage()]
+    assert len(os.listdir(tmp_path / "again")) == 3
 
 
 def test_flip_averages_each_crop_with_its_mirror_image(workdir, predictor, test_example,
@@ -3133,7 +3142,7 @@ def test_a_clip_the_encoder_refuses_is_skipped_and_the_next_input_goes_on(
     _write_clip(tall, [np.full((4200, 16, 3), 128, np.uint8)])
     _write_clip(good, [np.full((48, 64, 3), 128, np.uint8)] * 2)
     out = tmp_path / "out"
-    monkeypatch.setattr(annotated_video, "MAX_ANNOTATED_SIDE", 20000, raising=False)
+    monkeypatch.setattr(annotated_video, "MAX_ANNOTATED_SIDE", 20000)
     assert hgmt.predict.main([str(tall), str(good), f"--workdir={workdir}",
                               f"--out_dir={out}", "--batch_size=1"]) == 1
     assert f"skipped {tall}" in capsys.readouterr().err
@@ -3455,6 +3464,44 @@ def test_a_clip_cut_short_is_predicted_to_its_end_and_named_with_progress_lines(
     summary = json.loads((out / "trimmed.summary.json").read_text())
     assert (summary["frames"], summary["listed_frames"]) == (14, 24)
     assert not [r for r in caplog.records if "cut short" in r.getMessage()]
+
+
+def test_a_faststart_mp4_cut_among_its_frames_is_cut_short_not_missing_its_index(tmp_path,
+                                                                                  caplog):
+    """An mp4 whose index (the moov box) comes before its frames (faststart), cut among the
+    frames, keeps its whole index: it is not said to miss it (`index_missing`,
+    `index_error`), its frames before the cut decode, and it is warned about as cut short
+    (fewer frames' packets there than its header lists). The same clip with its index last,
+    cut at the same byte, misses it."""
+    import logging
+
+    frames = list(np.random.default_rng(2).integers(0, 255, (24, 64, 96, 3), np.uint8))
+    for name, options in (("faststart", {"movflags": "faststart"}), ("index_last", None)):
+        _write_clip(tmp_path / f"{name}.mp4", frames, options=options)
+    data = (tmp_path / "faststart.mp4").read_bytes()
+    moov, mdat = data.find(b"moov") - 4, data.find(b"mdat") - 4
+    assert 0 < moov < mdat  # the index first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) * 7 // 10])
+    assert len(data) * 7 // 10 > mdat + 8  # inside the frame data
+    assert not video_file.index_missing(str(cut))
+    assert video_file.index_error(str(cut)) is None
+
+    with video_file.Clip(str(cut)) as clip:
+        decoded = sum(len(batch) for _, batch in clip.batches(4))
+        assert 0 < decoded + clip.damaged_packets < 24
+        assert clip.listed_frames == 24 and clip.read_packets < 24
+        caplog.clear()  # the cut packet's warning, if its frame is there in part
+        with caplog.at_level(logging.WARNING):
+            video._warn_if_cut_short(str(cut), clip, decoded)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{cut}: {clip.read_packets} of the 24 frames its header lists were there to read "
+        f"({decoded} decoded): the file is cut short"]
+
+    last = (tmp_path / "index_last.mp4").read_bytes()
+    assert last.find(b"moov") > last.find(b"mdat")
+    (tmp_path / "cut_last.mp4").write_bytes(last[:len(data) * 7 // 10])
+    assert video_file.index_missing(str(tmp_path / "cut_last.mp4"))
 
 
 def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):
