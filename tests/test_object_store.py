@@ -170,6 +170,9 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     # Unfinished checkpoint writes are removed; finished ones are listed.
     for name in ("2", "4", "6.orbax-checkpoint-tmp-17"):
         (run / "checkpoints" / name).mkdir(parents=True)
+    # A new run leaves an earlier one's in an object store, which has no workdir lock: it may
+    # be another trainer's write under way.
+    assert checkpoint_write_faults.remove_leftovers(workdir) == []
     assert checkpoint_write_faults.remove_partial(workdir) == [
         f"{workdir}/checkpoints/6.orbax-checkpoint-tmp-17"]
     assert checkpoints._steps_on_disk(workdirs.checkpoint_dir(workdir)) == [2, 4]

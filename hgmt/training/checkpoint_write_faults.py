@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 
-from hgmt import console, disk_space, workdirs
+from hgmt import console, disk_space, paths, workdirs
 from hgmt.training import checkpoints
 
 if TYPE_CHECKING:
@@ -88,10 +88,12 @@ def remove_leftovers(workdir: str) -> list[str]:
     cleanup), with a warning naming them. -> the removed paths. For a run that holds the
     workdir's lock and writes no checkpoint yet: no write of its own is under way, and no
     run reads such a folder (orbax skips it, and writes that step again in a folder of its
-    own), which can hold as much as a whole checkpoint."""
+    own), which can hold as much as a whole checkpoint. Not in an object store (a URL
+    workdir), which has no lock (`workdir_lock`): there the folder may be another trainer's
+    write under way, so it is left."""
     import jax
 
-    if jax.process_index() != 0:
+    if jax.process_index() != 0 or paths.is_url(workdir):
         return []
     removed = []
     for path in _partial_folders(workdir):
