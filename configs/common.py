@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.data.augment import Augment
 from hgmt.tasks import TASKS, default_loss_options, parse_tasks
 
@@ -22,7 +22,7 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
     for item in filter(None, (arg or "").split(",")):
         key, has_value, value = item.partition("=")
         if key not in defaults:
-            raise errors.not_one_of(f"unknown config argument {key!r}", sorted(defaults))
+            raise not_one_of(f"unknown config argument {key!r}", sorted(defaults))
         if key in given:
             raise ValueError(f"config argument {key!r} given twice: give it once")
         given.add(key)

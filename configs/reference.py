@@ -28,7 +28,7 @@ changes).
 import ml_collections
 
 from configs.common import base_config, parse_arg
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 
 # What each reference code trains: its stacks, its tasks with the batch of each, and its steps
 # (epochs x epochSize).
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, {"code": "surreal", "tasks": "segm"})
     code = CODES.get(args["code"])
     if code is None:
-        raise errors.not_one_of(f"config argument code={args['code']!r}", sorted(CODES))
+        raise not_one_of(f"config argument code={args['code']!r}", sorted(CODES))
     if args["tasks"] not in code["batch_size"]:
         raise ValueError(f"config argument tasks={args['tasks']!r}: {args['code']}'s code "
                          f"trains one of {list(code['batch_size'])} a network (a task subset: "

@@ -13,7 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
     ("base", ["hgmt.cli", "hgmt.console", "hgmt.paths", "hgmt.workdirs", "hgmt.disk_space",
-              "hgmt.compilation_cache", "hgmt.cores", "hgmt.devices", "hgmt.code_version"]),
+              "hgmt.compilation_cache", "hgmt.cores", "hgmt.devices", "hgmt.code_version",
+              "hgmt.choices"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),
     ("models", ["hgmt.models"]),

@@ -1,9 +1,8 @@
 """The one-line errors of a command line: a flag absl refuses, worded as hgmt's own
 (`flag_error`); a config file that does not read, raises or lacks `get_config`, and an override
 of a field the config lacks (`config_errors`); an override without `--config`, and a workdir's
-config.json given as the config file (`check_config_file_args`); a value outside its choices
-(`not_one_of`, the one wording of that error in every layer). Each names what is wrong and
-the fix."""
+config.json given as the config file (`check_config_file_args`). Each names what is wrong and
+the fix (a value outside its choices: `hgmt.choices.not_one_of`)."""
 
 from __future__ import annotations
 
@@ -11,19 +10,13 @@ import contextlib
 import os
 import re
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from hgmt.cli import raw_args
-
-
-def not_one_of(given: str, choices: Iterable[object]) -> ValueError:
-    """The error of a value outside its choices, in hgmt's one wording of it: `<given>: choose
-    one of a, b, c`, `given` naming the thing and its value (e.g. "config.model.dtype='fp8'")."""
-    return ValueError(f"{given}: choose one of {', '.join(str(c) for c in choices)}")
 
 
 def check_config_file_args(argv: Sequence[str], require: bool) -> None:

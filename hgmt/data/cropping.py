@@ -17,7 +17,7 @@ import cv2
 import ml_collections
 import numpy as np
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.data import records
 from hgmt.data.augment import Augment
 from hgmt.sources import body, reference_crop
@@ -62,7 +62,7 @@ def check_window(window: str, choices: Sequence[str] = WINDOWS,
     path as `name=value`) and the choices."""
     if window not in choices:
         given = f"{name}={window!r}" if name.startswith("config.") else f"{name} {window!r}"
-        raise errors.not_one_of(given, choices)
+        raise not_one_of(given, choices)
     return window
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.tasks import TASKS, common
 from hgmt.tasks.spec import Headline
 
@@ -58,7 +58,7 @@ class Metric:
 def check(protocol: str) -> str:
     """The protocol name, or ValueError naming the valid ones."""
     if protocol not in PROTOCOLS:
-        raise errors.not_one_of(f"unknown metric protocol {protocol!r}", PROTOCOLS)
+        raise not_one_of(f"unknown metric protocol {protocol!r}", PROTOCOLS)
     return protocol
 
 

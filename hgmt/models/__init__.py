@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.models import stacking
 from hgmt.models.hourglass import OPS
 from hgmt.models.multitask import (
@@ -48,7 +48,7 @@ def _resolve(field: str, value: str, choices: Sequence[str], auto: Mapping[str, 
 
         return auto.get(backend or jax.default_backend(), choices[0])
     if value not in choices:
-        raise errors.not_one_of(f"config.model.{field}={value!r}", ['auto', *choices])
+        raise not_one_of(f"config.model.{field}={value!r}", ['auto', *choices])
     return value
 
 
@@ -79,14 +79,14 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
                          f"{', '.join(MODEL_FIELDS)}")
     stats = cfg.pop("batch_norm_stats", "global")
     if stats not in BATCH_NORM_STATS:
-        raise errors.not_one_of(f"config.model.batch_norm_stats={stats!r}", BATCH_NORM_STATS)
+        raise not_one_of(f"config.model.batch_norm_stats={stats!r}", BATCH_NORM_STATS)
     cfg["stream_mode"] = resolve_stream_mode(cfg.get("stream_mode", "auto"))
     cfg["ops"] = resolve_ops(cfg.get("ops", "auto"))
     dtype = cfg.pop("dtype", "float32")
     if dtype not in DTYPES:
-        raise errors.not_one_of(f"config.model.dtype={dtype!r}", DTYPES)
+        raise not_one_of(f"config.model.dtype={dtype!r}", DTYPES)
     if cfg.get("interaction", "sum") not in INTERACTIONS:
-        raise errors.not_one_of(f"config.model.interaction={cfg['interaction']!r}",
+        raise not_one_of(f"config.model.interaction={cfg['interaction']!r}",
                                 INTERACTIONS)
     for field, least in (("num_stacks", 1), ("features", 2), ("depth", 1)):
         if field in cfg and not (isinstance(cfg[field], int) and cfg[field] >= least):

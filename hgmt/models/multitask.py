@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.models.hourglass import OPS, Dtype, Stem, Stream, conv
 from hgmt.models.stacking import STACKED
 
@@ -138,11 +138,11 @@ class MultiTaskHourglass(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         if self.interaction not in INTERACTIONS:
-            raise errors.not_one_of(f"model.interaction={self.interaction!r}", INTERACTIONS)
+            raise not_one_of(f"model.interaction={self.interaction!r}", INTERACTIONS)
         if self.stream_mode not in STREAM_MODES:
-            raise errors.not_one_of(f"model.stream_mode={self.stream_mode!r}", STREAM_MODES)
+            raise not_one_of(f"model.stream_mode={self.stream_mode!r}", STREAM_MODES)
         if self.ops not in OPS:
-            raise errors.not_one_of(f"model.ops={self.ops!r}", OPS)
+            raise not_one_of(f"model.ops={self.ops!r}", OPS)
         for side in images.shape[-3:-1]:
             check_image_size(side, self.depth)
         c, dt, ax, ops = self.features, self.dtype, self.axis_name, self.ops

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.data import eval_data
 from hgmt.evaluation import evaluator, protocols
 from hgmt.sources import surreal
@@ -78,7 +78,7 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
             if not isinstance(entry[field], kind):
                 raise ValueError(f"{where}.{field}={entry[field]!r}: give a {kind.__name__}")
         if entry["split"] not in SPLITS:
-            raise errors.not_one_of(f"{where}.split={entry['split']!r}", SPLITS)
+            raise not_one_of(f"{where}.split={entry['split']!r}", SPLITS)
         try:
             eval_data.parse_eval_frames(entry["frames"])
             protocols.check(entry["protocol"])
@@ -94,7 +94,7 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
                 raise ValueError(f"{where}.{field}={entry[field]} must be >= 0")
         metric = entry["best_metric"]
         if metric and metric not in metric_names(weights, entry["protocol"]):
-            raise errors.not_one_of(
+            raise not_one_of(
                 f"{where}.best_metric={metric!r} is not a metric of these tasks",
                 sorted(metric_names(weights, entry["protocol"])))
         out[name] = entry

@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 
 from hgmt import devices
-from hgmt.cli import errors
+from hgmt.choices import not_one_of
 from hgmt.tasks import compute_losses
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _optimizer(name: str, learning_rate: float, schedule: str, warmup_steps: int
     makers = {"rmsprop": lambda: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
               "adam": lambda: optax.adam(lr)}
     if name not in makers:
-        raise errors.not_one_of(f"config.optimizer.name={name!r}", sorted(makers))
+        raise not_one_of(f"config.optimizer.name={name!r}", sorted(makers))
     tx = makers[name]()
     return optax.chain(clipped(tx, grad_clip_norm) if grad_clip_norm else tx)
 
