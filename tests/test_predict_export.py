@@ -3504,6 +3504,18 @@ def test_a_faststart_mp4_cut_among_its_frames_is_cut_short_not_missing_its_index
     assert video_file.index_missing(str(tmp_path / "cut_last.mp4"))
 
 
+def test_the_index_search_gives_up_past_its_box_limit(tmp_path, monkeypatch):
+    """`index_missing` reads at most MAX_TOP_LEVEL_BOXES top-level boxes: an mp4 of an ftyp
+    and empty free boxes without a moov misses its index within the limit, and past it cannot
+    tell (False), where a damaged file of millions of tiny boxes was walked to its end."""
+    monkeypatch.setattr(video_file, "MAX_TOP_LEVEL_BOXES", 50)
+    box = lambda kind, body=b"": (8 + len(body)).to_bytes(4, "big") + kind + body  # noqa: E731
+    path = tmp_path / "boxes.mp4"
+    for free, missing in ((48, True), (49, False)):
+        path.write_bytes(box(b"ftyp", b"isom") + box(b"free") * free)
+        assert video_file.index_missing(str(path)) is missing, free
+
+
 def test_a_clip_whose_size_changes_is_predicted_frame_by_frame(workdir, tmp_path):
     """Two clips joined as MPEG-TS (a 64x48 red one, then a 96x64 blue one) and remuxed to
     .mkv: each frame is read and predicted at its own size, and every annotated frame is

@@ -72,6 +72,10 @@ def animated_png(path: str) -> bool:
 
 # The top-level box types an ISO base media file (mp4, m4v, mov, 3gp) may start with.
 ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")
+# The most top-level boxes `index_missing` reads before it gives up (an mp4 has a handful; a
+# fragmented one finds its index in its first boxes): a damaged file of tiny boxes is not
+# walked for minutes.
+MAX_TOP_LEVEL_BOXES = 10_000
 
 
 def index_missing(path: str) -> bool:
@@ -79,12 +83,14 @@ def index_missing(path: str) -> bool:
     top-level boxes hold no whole `moov` box, the index of its frames without which FFmpeg
     reads none: the file is cut short (a camera or an encoder writes the index after the
     frames, unless the file is made for streaming) or its boxes are damaged. From the boxes'
-    headers alone, a few small reads."""
+    headers alone, a few small reads; False past MAX_TOP_LEVEL_BOXES boxes (cannot tell)."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             at = 0
-            while at + 8 <= size:
+            for _ in range(MAX_TOP_LEVEL_BOXES):
+                if at + 8 > size:
+                    return at > 0
                 f.seek(at)
                 head = f.read(16)
                 length, kind = int.from_bytes(head[:4], "big"), head[4:8]
@@ -101,7 +107,7 @@ def index_missing(path: str) -> bool:
                 at += length
     except OSError:
         return False
-    return at > 0
+    return False
 
 
 def index_error(path: str, error: Exception | None = None) -> ValueError | None:
