@@ -91,7 +91,7 @@ def check_config(sweep_dir: str) -> int:
     found = runs.check_configs(sweep_dir)
     runs.warn_strays(sweep_dir)
     stale = {name: diff["changed"] for name, diff in found.items() if diff["changed"]}
-    config = runs.plan(sweep_dir)["config"]
+    config = runs.plan(sweep_dir, needs=("config",))["config"]
     for name, changed in stale.items():
         print(f"{name}: differs from {config}: " + "; ".join(changed))
     for side, says in (("added", f"fields {config} has that the run's config.json lacks "

@@ -268,10 +268,6 @@ def _recorded_plan(sweep_dir: str) -> dict | None:
     anew = "It is written anew from this call's config, subsets and seeds."
     try:
         old = runs.plan(sweep_dir, anew)
-        for key, kind in (("config", str), ("subsets", list), ("seeds", int), ("extra", list)):
-            if not isinstance(old.get(key), kind):
-                raise workdirs.DamagedRunFile(f"{path} holds no {key!r} {kind.__name__}: the "
-                                              f"file was edited or damaged. {anew}")
     except OSError as e:
         print(f"launch/sweep.py: warning: {path} does not read ({e.strerror or e}). {anew}",
               file=sys.stderr)

@@ -1074,6 +1074,47 @@ def test_report_names_a_run_file_that_does_not_read_and_the_fix(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_report_names_a_plan_field_missing_or_of_another_type_and_the_fix(tmp_path, capsys):
+    """A sweep.json lacking `subsets` or holding it as a string (or `seeds` not a number), or
+    lacking `config` for --check_config: one error line naming the file, the field and what to
+    do (`runs.plan` checks the fields), not a KeyError or TypeError traceback. A plan without
+    `seeds` (written before --seeds) counts one seed."""
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "segm": 1})
+    path = os.path.join(sweep_dir, "sweep.json")
+    whole = json.loads(open(path).read())
+    fix = "Run launch/sweep.py with the sweep's config and arguments again to write it"
+
+    def refused(plan: dict, *flags: str):
+        open(path, "w").write(json.dumps(plan))
+        with pytest.raises(SystemExit) as e:
+            hgmt.report.main([f"--sweep_dir={sweep_dir}", *flags])
+        return e.value.code
+
+    out = f"--out_dir={tmp_path / 'out'}"
+    without = {k: v for k, v in whole.items() if k != "subsets"}
+    assert refused(without, out) == (f"error: DamagedRunFile: {path} holds no 'subsets' list: "
+                                     f"the file was edited or damaged. {fix}")
+    assert refused({**whole, "subsets": "pose2d"}, out) == (
+        f"error: DamagedRunFile: {path} holds no 'subsets' list: the file was edited or "
+        f"damaged. {fix}")
+    assert refused({**whole, "subsets": ["pose2d", 2]}, out) == (
+        f"error: DamagedRunFile: {path} holds no 'subsets' list of strings: the file was "
+        f"edited or damaged. {fix}")
+    assert refused({**whole, "seeds": "2"}, out) == (
+        f"error: DamagedRunFile: {path} holds no 'seeds' int: the file was edited or "
+        f"damaged. {fix}")
+    assert not (tmp_path / "out").exists()
+    capsys.readouterr()
+    assert refused({k: v for k, v in whole.items() if k != "config"}, "--check_config") == 2
+    assert capsys.readouterr().err == (
+        f"error: DamagedRunFile: {path} holds no 'config' str: the file was edited or "
+        f"damaged. {fix}\n")
+    open(path, "w").write(json.dumps({k: v for k, v in whole.items() if k != "seeds"}))
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", out]) == 0
+    assert "Runs finished: 2 of 2 (2 subsets x 1 seed)." in (
+        tmp_path / "out" / "README.md").read_text()
+
+
 def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):
     """A backup `pose2d.old` (or `segm+pose2d`, `pose2d@seed0`: names launch/sweep.py never
     gives) in the sweep's folder is not a run: the report, --check_config and the sweep leave

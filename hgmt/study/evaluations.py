@@ -371,8 +371,8 @@ def progress(sweep_dir: str, results: dict[str, list[dict]],
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
         return f"Runs finished: {len(summaries)}.{evaluation}"
-    plan = sweep_runs.plan(sweep_dir)
-    subsets, seeds = plan["subsets"], plan.get("seeds", 1)
+    plan = sweep_runs.plan(sweep_dir, needs=("subsets",))
+    subsets, seeds = plan["subsets"], plan["seeds"]
     planned = {workdirs.run_name(s, k) for k in range(seeds) for s in subsets}
     missing, extra = sorted(planned - set(finished)), sorted(set(finished) - planned)
     rest = "" if not missing else (

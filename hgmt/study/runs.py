@@ -149,9 +149,17 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
 PLAN_FIX = "Run launch/sweep.py with the sweep's config and arguments again to write it"
 
 
-def plan(sweep_dir: str, fix: str = PLAN_FIX) -> dict:
-    """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'}; a file that is
-    empty or not a JSON object raises DamagedRunFile naming it and `fix`, what to do."""
+# The fields of a sweep's plan and their types, all written by launch/sweep.py; a plan
+# written before --seeds has no 'seeds' (its runs are one seed each: `plan` gives 1).
+PLAN_FIELDS = {"config": str, "subsets": list, "seeds": int, "extra": list}
+
+
+def plan(sweep_dir: str, fix: str = PLAN_FIX,
+         needs: Sequence[str] = ("config", "subsets", "extra")) -> dict:
+    """The sweep's plan (sweep.json): {'config', 'subsets', 'seeds', 'extra'} (`PLAN_FIELDS`),
+    'seeds' 1 where the plan has none. A file that is empty or not a JSON object, lacking a
+    field of `needs` (those the caller reads) or holding any field of another type (a list
+    but of strings) raises DamagedRunFile naming the file, the field and `fix`, what to do."""
     if not os.path.isdir(sweep_dir):
         raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
                                 f"file): give the folder launch/sweep.py made")
@@ -159,7 +167,17 @@ def plan(sweep_dir: str, fix: str = PLAN_FIX) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
                                 f" --sweep_dir={sweep_dir}, names the config its runs used")
-    return _json_object(path, fix)
+    value = _json_object(path, fix)
+    for key, kind in PLAN_FIELDS.items():
+        if key not in value and key not in needs:
+            continue
+        field = value.get(key)
+        if (not isinstance(field, kind) or isinstance(field, bool)
+                or (kind is list and not all(isinstance(x, str) for x in field))):
+            of = " of strings" if isinstance(field, list) else ""
+            raise workdirs.DamagedRunFile(f"{path} holds no {key!r} {kind.__name__}{of}: the "
+                                          f"file was edited or damaged. {fix}")
+    return {"seeds": 1, **value}
 
 
 def finished(sweep_dir: str) -> list[str]:
@@ -289,7 +307,7 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
     `at_end`) computed nothing for the run: its fields are not compared; nor are where the
     data is (`resume.DATA_LOCATION`: hgmt.main records them as absolute paths of the host
     that trained)."""
-    p = plan(sweep_dir)
+    p = plan(sweep_dir, needs=("config", "extra"))
     out = {}
     for name in finished(sweep_dir):
         if not os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
@@ -399,7 +417,8 @@ def config_section(sweep_dir: str, done: Sequence[str] | None = None) -> list[st
         return []
     unknown = (f" ({len(done) - len(names)} finished runs have no {workdirs.CONFIG_FILE})"
                if len(names) < len(done) else "")
-    p = plan(sweep_dir) if os.path.isfile(os.path.join(sweep_dir, workdirs.SWEEP_PLAN)) else None
+    p = (plan(sweep_dir, needs=("config", "extra"))
+         if os.path.isfile(os.path.join(sweep_dir, workdirs.SWEEP_PLAN)) else None)
     configs = [workdirs.flat_fields(saved_config(sweep_dir, n)) for n in names]
     keys = sorted(set().union(*configs))
     shared = {k: configs[0].get(k) for k in keys
