@@ -175,6 +175,50 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     assert batch is not None and batch["i"].tolist() == [run - 1, run - 1]
 
 
+class _DamagedAmongPlaceholders:
+    """`size` records, each a flagged placeholder but those at `damaged`, which do not read
+    (a checksum mismatch, as array_record reports one: damage, not an I/O error to retry)."""
+
+    def __init__(self, size, damaged):
+        self.size, self.damaged = size, set(damaged)
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        if index in self.damaged:
+            raise ValueError(f"checksum mismatch in record {index}")
+        return {"i": index, "unusable": b"clip_missing_file"}
+
+
+def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_it():
+    """A record that does not read (damaged) passes the training loader's filter, for the
+    transform to replace (`damage.first_good`), so the look for a usable record once
+    PLACEHOLDER_RUN placeholders were skipped counts it as one, where it refused the split as
+    all placeholders; a split whose every record reads as a placeholder is still refused."""
+    import grain.python as grain
+
+    from hgmt.data import damage, input_pipeline
+
+    run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
+    source = _DamagedAmongPlaceholders(run, damaged=[run - 1])
+    shards = damage.Shards.of(source)
+    assert input_pipeline.has_usable_record(source)
+    assert not input_pipeline.has_usable_record(_DamagedAmongPlaceholders(run, damaged=[]))
+
+    class Replaced(grain.MapTransform):
+        def map(self, element):
+            return damage.make_guarded(element, source, shards, lambda r: {"i": r["i"]})
+
+    out = _first_batch(input_pipeline.endless_loader(source, Replaced(), batch_size=2, seed=0,
+                                                     worker_count=0))
+    assert "error" not in out, out["error"]
+    # The damaged record, the only one the filter passes, replaced by the next of its shard
+    # that reads (wrapping round: record 0, here itself a placeholder).
+    assert out["batch"]["damaged"].tolist() == [[run - 1] + [-1] * (damage.MAX_TRIES - 1)] * 2
+    assert out["batch"]["i"].tolist() == [0, 0]
+
+
 def _flag(batch, *flagged):
     b = batch["position"].shape[0]
     return {**batch, "unusable": jnp.zeros(b).at[jnp.asarray(flagged)].set(1.0)}

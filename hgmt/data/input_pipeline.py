@@ -113,8 +113,9 @@ class WorkersStartShielded:
 
 
 class NoUsableRecords(damage.SplitFault):
-    """A training split holds no record a training example can be made of: each is a flagged
-    placeholder of an unusable frame (or the split is empty)."""
+    """A training split holds no record a training example can be made of: each reads and is a
+    flagged placeholder of an unusable frame (or the split is empty). A damaged record is
+    not a placeholder: the loader replaces it (`has_usable_record`)."""
 
 
 # How many placeholders in a row one copy of `SkipUnusable` skips before it looks through the
@@ -156,15 +157,20 @@ def no_usable_records(source: Any) -> NoUsableRecords:
         f"split{rebuild}")
 
 
+def passes_filter(element: dict) -> bool:
+    """Whether `SkipUnusable` passes `element`, a record of a `damage.Guarded` source: any but
+    a flagged placeholder. A damaged record ({'_index', '_damaged'}: it did not read) passes,
+    for the transform to replace with the next good record of its shard (`damage.first_good`)."""
+    return not element.get("unusable", b"")
+
+
 def has_usable_record(source: Any) -> bool:
-    """Whether any record of `source` reads and is not a flagged placeholder (read in order up
-    to the first that is)."""
+    """Whether any record of `source` passes `SkipUnusable`'s filter (`passes_filter`): one
+    that is not a flagged placeholder, or one that does not read (damaged), which the loader
+    replaces (read in order up to the first). False: every record reads and is a
+    placeholder."""
     guarded = damage.Guarded(source)
-    for index in range(len(source)):
-        record = guarded[index]
-        if "_damaged" not in record and not record.get("unusable", b""):
-            return True
-    return False
+    return any(passes_filter(guarded[index]) for index in range(len(source)))
 
 
 class SkipUnusable(grain.FilterTransform):
@@ -182,7 +188,7 @@ class SkipUnusable(grain.FilterTransform):
         self._usable = source is None
 
     def filter(self, element: dict) -> bool:
-        if not element.get("unusable", b""):
+        if passes_filter(element):
             self._run = 0
             return True
         if not self._usable:
