@@ -136,11 +136,14 @@ def _first_batch(loader, timeout_s: float = 60.0):
     return out
 
 
-def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(demo_dataset):
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(demo_dataset,
+                                                                                worker_count):
     """A training loader over a split whose every record is a placeholder (or over an empty
     one) raises NoUsableRecords naming the split, its build command and the train split,
     where it read the split round forever; one usable record among more placeholders in a
-    row than PLACEHOLDER_RUN is still trained on, alone."""
+    row than PLACEHOLDER_RUN is still trained on, alone. With a loader worker the error,
+    raised in the worker process, reaches the trainer as the same one-line NoUsableRecords."""
     import pickle
 
     import grain.python as grain
@@ -154,7 +157,7 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     data_dir = demo_dataset[1]
     flagged = _AllFlagged(builds.open_split("surreal/all", data_dir, "test"))
     loader = input_pipeline.endless_loader(flagged, Index(), batch_size=2, seed=0,
-                                           worker_count=0)
+                                           worker_count=worker_count)
     error = _first_batch(loader).get("error")
     assert isinstance(error, input_pipeline.NoUsableRecords), error
     said = str(error)
@@ -166,12 +169,12 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     # A grain worker process gets the split it filters with its copy of the filter.
     assert pickle.loads(pickle.dumps(input_pipeline.SkipUnusable(flagged))).source.split == "test"
     with pytest.raises(input_pipeline.NoUsableRecords, match="it holds no record"):
-        input_pipeline.endless_loader([], Index(), batch_size=2, seed=0, worker_count=0)
+        input_pipeline.endless_loader([], Index(), batch_size=2, seed=0, worker_count=worker_count)
     run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
     mostly = [{"i": i, "unusable": b"" if i == run - 1 else b"frame_joints_unset"}
               for i in range(run)]
     batch = _first_batch(input_pipeline.endless_loader(
-        mostly, Index(), batch_size=2, seed=0, worker_count=0)).get("batch")
+        mostly, Index(), batch_size=2, seed=0, worker_count=worker_count)).get("batch")
     assert batch is not None and batch["i"].tolist() == [run - 1, run - 1]
 
 
