@@ -179,11 +179,12 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
 
 
 class _DamagedAmongPlaceholders:
-    """`size` records, each a flagged placeholder but those at `damaged`, which do not read
-    (a checksum mismatch, as array_record reports one: damage, not an I/O error to retry)."""
+    """`size` records, each a flagged placeholder but those at `usable`, and those at `damaged`,
+    which do not read (a checksum mismatch, as array_record reports one: damage, not an I/O
+    error to retry)."""
 
-    def __init__(self, size, damaged):
-        self.size, self.damaged = size, set(damaged)
+    def __init__(self, size, damaged, usable=()):
+        self.size, self.damaged, self.usable = size, set(damaged), set(usable)
 
     def __len__(self):
         return self.size
@@ -191,35 +192,120 @@ class _DamagedAmongPlaceholders:
     def __getitem__(self, index):
         if index in self.damaged:
             raise ValueError(f"checksum mismatch in record {index}")
-        return {"i": index, "unusable": b"clip_missing_file"}
+        return {"i": index, "unusable": b"" if index in self.usable else b"clip_missing_file"}
 
 
 def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_it():
     """A record that does not read (damaged) passes the training loader's filter, for the
     transform to replace (`damage.first_good`), so the look for a usable record once
     PLACEHOLDER_RUN placeholders were skipped counts it as one, where it refused the split as
-    all placeholders; a split whose every record reads as a placeholder is still refused."""
+    all placeholders; a split whose every record reads as a placeholder is still refused.
+    The damaged record is replaced by the next record of its shard that reads and is no
+    placeholder (the filter's `passes_filter`), however many placeholders come between: where
+    the next that read was taken, a placeholder trained on. With none left in the shard the
+    loader raises NoUsableRecords naming the shard."""
     import grain.python as grain
 
     from hgmt.data import damage, input_pipeline
 
     run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1])
-    shards = damage.Shards.of(source)
     assert input_pipeline.has_usable_record(source)
     assert not input_pipeline.has_usable_record(_DamagedAmongPlaceholders(run, damaged=[]))
 
-    class Replaced(grain.MapTransform):
-        def map(self, element):
-            return damage.make_guarded(element, source, shards, lambda r: {"i": r["i"]})
+    class Replaced(grain.MapTransform):  # the training transforms' replacement (TrainCrop's)
+        def __init__(self, source):
+            self.source, self.shards = source, damage.Shards.of(source)
 
-    out = _first_batch(input_pipeline.endless_loader(source, Replaced(), batch_size=2, seed=0,
-                                                     worker_count=0))
+        def map(self, element):
+            return damage.make_guarded(element, self.source, self.shards,
+                                       lambda r: {"i": r["i"]}, usable=input_pipeline.passes_filter)
+
+    # The damaged record, the only one the filter passes, and nothing but placeholders after it
+    # in its shard (wrapping round): nothing to train on.
+    out = _first_batch(input_pipeline.endless_loader(source, Replaced(source), batch_size=2,
+                                                     seed=0, worker_count=0))
+    error = out.get("error")
+    assert isinstance(error, input_pipeline.NoUsableRecords), out
+    assert str(error) == (
+        f"<memory> holds no record that can replace <memory> record {run - 1} (index {run - 1} "
+        f"of the split): its {run} records are 1 damaged and {run - 1} placeholders of "
+        f"unusable frames (a build keeps them in its test split, for evaluation), so the "
+        f"training loader has nothing to train on there. Train on a split with usable frames, "
+        f"such as a build's train split")
+    # One usable record, 50 records on (past MAX_TRIES), and more damaged ones on the way:
+    # each damaged record is replaced by it and lists the damaged ones it met.
+    source = _DamagedAmongPlaceholders(run, damaged=[run - 1, 0, 3], usable=[50])
+    shards = damage.Shards.of(source)
+    assert damage.first_good(run - 1, source, shards, dict, usable=input_pipeline.passes_filter
+                             ) == ({"i": 50, "unusable": b""}, [run - 1, 0, 3])
+    assert damage.first_good(1, source, shards, dict) == (  # without `usable`: the next read
+        {"i": 1, "unusable": b"clip_missing_file"}, [])
+    out = _first_batch(input_pipeline.endless_loader(source, Replaced(source), batch_size=2,
+                                                     seed=0, worker_count=0))
     assert "error" not in out, out["error"]
-    # The damaged record, the only one the filter passes, replaced by the next of its shard
-    # that reads (wrapping round: record 0, here itself a placeholder).
-    assert out["batch"]["damaged"].tolist() == [[run - 1] + [-1] * (damage.MAX_TRIES - 1)] * 2
-    assert out["batch"]["i"].tolist() == [0, 0]
+    assert out["batch"]["i"].tolist() == [50, 50]
+    assert set(out["batch"]["damaged"].ravel().tolist()) <= {run - 1, 0, 3, -1}
+    # MAX_TRIES damaged records with placeholders between them: a bad copy, as in a row.
+    every_other = _DamagedAmongPlaceholders(run, damaged=range(0, 2 * damage.MAX_TRIES, 2),
+                                            usable=[run - 1])
+    with pytest.raises(damage.TooManyDamaged, match=(
+            rf"^{damage.MAX_TRIES} records are damaged in <memory> \(from record 0, "
+            rf"{damage.MAX_TRIES - 1} placeholders of unusable frames between them; the "
+            rf"first: does not read \(ValueError: checksum mismatch in record 0\)\): the shard "
+            rf"is a bad copy")):
+        damage.first_good(0, every_other, damage.Shards.of(every_other), dict,
+                          usable=input_pipeline.passes_filter)
+
+
+class _OneUsable:
+    """A built split whose every record reads as a flagged placeholder but record `usable`,
+    and whose record `damaged` does not read (a checksum mismatch)."""
+
+    def __init__(self, source, usable, damaged):
+        self.source, self.dataset_info, self.split = source, source.dataset_info, source.split
+        self.usable, self.damaged = usable, damaged
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if index == self.damaged:
+            raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch")
+        record = self.source[index]
+        return record if index == self.usable else {**record, "unusable": b"clip_missing_file"}
+
+    def __repr__(self):
+        return repr(self.source)
+
+
+def test_the_training_loaders_replace_a_damaged_record_by_a_usable_one_not_a_placeholder(
+        demo_dataset):
+    """Both training loaders (the host crop, `TrainCrop`, and the device path's records,
+    `DecodeRecord`) replace a damaged record by the next record of its shard that their filter
+    passes, never a placeholder (which the losses do not leave out): here the shard's last
+    record, the only usable one, where the record after the damaged one, a placeholder, was
+    trained on."""
+    from hgmt.data import builds, damage, device_augment, input_pipeline
+
+    test = builds.open_split("surreal/all", demo_dataset[1], "test")
+    shards = damage.Shards.of(test)
+    first, last = shards.starts[0], shards.starts[0] + shards.lengths[0] - 1
+    assert last - first >= 2
+    split = _OneUsable(test, usable=last, damaged=first)
+    usable = test[last]
+    for name, loader in (
+            ("host", input_pipeline.train_loader(split, batch_size=2, image_size=32, seed=0,
+                                                 worker_count=0)),
+            ("device", device_augment.decode_loader(split, batch_size=2, seed=0,
+                                                    worker_count=0))):
+        batch = next(iter(loader))
+        assert sorted(set(batch["damaged"][:, 0].tolist())) == [-1, first], name
+        if name == "host":
+            assert batch["unusable"].tolist() == [0.0, 0.0]
+        else:
+            np.testing.assert_array_equal(
+                batch["joints3d"], np.stack([np.asarray(usable["joints3d"], np.float32)] * 2))
 
 
 def _flag(batch, *flagged):

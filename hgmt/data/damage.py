@@ -7,7 +7,8 @@ Riegeli/records file: chunk data hash mismatch"), or the image inside does not d
 policy, as TFDS and production loaders do it:
 
 - training: the damaged record is skipped and replaced by the next record of the same shard
-  that reads (`replacement`, a pure function of the index, so the data stream, and an
+  that reads and is not a placeholder of an unusable frame, which training's filter skips too
+  (`replacement`, `first_good`: a pure function of the index, so the data stream, and an
   interrupted and resumed run, stay exactly those of an uninterrupted one); the trainer names
   it once (shard file, record number in the shard, index in the split), counts it (TensorBoard
   `data/damaged_records`, `<workdir>/damaged_records.json`, the run's closing log line), and
@@ -28,8 +29,8 @@ naming the file: nothing to rebuild), never counted as damaged. A checksum misma
 image that does not decode is damage, judged at once. Opening a shard or a split's metadata is
 tried again alike (`with_retries`; `hgmt.data.shards`, `builds.open_split`), and an
 I/O error that lasts is named as the storage's there too, not as damage or a missing build.
-The split's faults (`SplitFault`, `StorageFault`) are defined here, below the modules that
-raise them, and `hgmt.data.shards` gives them with its own.
+The split's faults (`SplitFault`, `StorageFault`, `NoUsableRecords`) are defined here, below
+the modules that raise them, and `hgmt.data.shards` gives them with its own.
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ class TooManyDamaged(RuntimeError):
 
 class SplitFault(RuntimeError):
     """A built split cannot be read as it is; the message names the file, why and the fix."""
+
+
+class NoUsableRecords(SplitFault):
+    """A training split holds no record a training example can be made of: each reads and is a
+    flagged placeholder of an unusable frame (or the split is empty), or, for a damaged record
+    to be replaced, every other record of its shard is damaged or a placeholder
+    (`first_good`). A damaged record is not a placeholder: the loader replaces it
+    (`input_pipeline.has_usable_record`)."""
 
 
 class StorageFault(SplitFault):
@@ -210,32 +219,55 @@ def read(source: Any, index: int) -> dict:
 
 
 def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], dict],
-               record: dict | None = None, error: str | None = None) -> tuple[dict, list[int]]:
+               record: dict | None = None, error: str | None = None,
+               usable: Callable[[dict], bool] | None = None) -> tuple[dict, list[int]]:
     """`make(record)` of record `index` (given as `record` when already read), or, when that
     record is damaged (DamagedRecord from reading or decoding; `error` when a read of it
     already failed so, as a `Guarded` source reports it: it is not read again), of the first
-    good one among its `Shards.candidates`. -> (example, the damaged indices met on the way,
-    each once). Raises TooManyDamaged when every candidate is damaged."""
-    damaged, problems = [], []
-    for attempt, i in enumerate(shards.candidates(index)):
+    good one of its shard after it (`Shards.replacement`, wrapping round). With `usable`, a
+    record that reads and is not `usable` (training's placeholders of unusable frames, which
+    its filter skips: `input_pipeline.passes_filter`) is passed over as well, and not counted:
+    the walk goes on through the shard until a good usable record. -> (example, the damaged
+    indices met on the way, each once). Raises TooManyDamaged once MAX_TRIES damaged records
+    are met (every record of a shorter shard), NoUsableRecords when every record of the shard
+    is damaged or not `usable`, fewer of them damaged."""
+    damaged, problems, passed_over = [], [], 0
+    size = shards.lengths[shards.shard(index)]
+    for attempt in range(size):
+        i = shards.replacement(index, attempt)
         if attempt == 0 and error is not None:
             problem = error
         else:
             try:
-                return make(record if attempt == 0 and record is not None
-                            else read(source, i)), damaged
+                read_record = (record if attempt == 0 and record is not None
+                               else read(source, i))
+                if usable is not None and not usable(read_record):
+                    passed_over += 1
+                    continue
+                return make(read_record), damaged
             except DamagedRecord as e:
                 problem = str(e)
         logging.debug("damaged record %s: %s", shards.name(i), problem)
         damaged.append(i)
         problems.append(problem)
+        if len(damaged) == min(MAX_TRIES, size):
+            break
     file, number = shards.locate(index)
-    whole = (", every record of the shard"
-             if len(damaged) == shards.lengths[shards.shard(index)] else "")
-    raise TooManyDamaged(f"{len(damaged)} records in a row are damaged in {file} (from record "
-                         f"{number}{whole}; the first: {problems[0]}): the shard is a bad copy. "
-                         f"Check the split with `python -m hgmt.data.check` and copy or "
-                         f"rebuild it again")
+    if len(damaged) < min(MAX_TRIES, size):
+        raise NoUsableRecords(
+            f"{file} holds no record that can replace {shards.name(index)}: its {size} "
+            f"records are {len(damaged)} damaged and {passed_over} placeholders of "
+            f"unusable frames (a build keeps them in its test split, for evaluation), so the "
+            f"training loader has nothing to train on there. Train on a split with usable "
+            f"frames, such as a build's train split")
+    whole = ", every record of the shard" if len(damaged) == size else ""
+    among = (f", {passed_over} placeholders of unusable frames between them"
+             if passed_over else "")
+    row = "" if passed_over else " in a row"
+    raise TooManyDamaged(f"{len(damaged)} records{row} are damaged in {file} (from record "
+                         f"{number}{whole}{among}; the first: {problems[0]}): the shard is a "
+                         f"bad copy. Check the split with `python -m hgmt.data.check` and copy "
+                         f"or rebuild it again")
 
 
 def damaged_field(indices: list[int]) -> np.ndarray:
@@ -243,16 +275,19 @@ def damaged_field(indices: list[int]) -> np.ndarray:
     return np.asarray(indices + [-1] * (MAX_TRIES - len(indices)), np.int64)
 
 
-def make_guarded(element: dict, source: Any, shards: Shards,
-                 make: Callable[[dict], dict]) -> dict:
-    """`make` of an element of a `Guarded` source: a plain record is made as it is; one marked
-    with its index (and `_damaged` when it did not read) goes through `first_good`, and its
-    example gets the `damaged` field (`damaged_field`)."""
+def make_guarded(element: dict, source: Any, shards: Shards, make: Callable[[dict], dict], *,
+                 usable: Callable[[dict], bool]) -> dict:
+    """`make` of an element of a `Guarded` source, in training: a plain record is made as it is;
+    one marked with its index (and `_damaged` when it did not read) goes through `first_good`,
+    replaced only by a record `usable` passes (training's filter: no placeholder of an
+    unusable frame, `input_pipeline.passes_filter`), and its example gets the `damaged` field
+    (`damaged_field`)."""
     if "_index" not in element:
         return make(element)
     index = element.pop("_index")
     error = element.pop("_damaged", None)
-    out, damaged = first_good(index, source, shards, make, None if error else element, error)
+    out, damaged = first_good(index, source, shards, make, None if error else element, error,
+                              usable)
     out["damaged"] = damaged_field(damaged)
     return out
 

@@ -80,7 +80,8 @@ def decode_record(record: dict, maps: Sequence[str] = LABEL_MAPS) -> dict:
 class DecodeRecord(grain.MapTransform):
     """`decode_record` of a record of a `damage.Guarded` source, decoding only the label maps
     in `maps`: as `input_pipeline.TrainCrop`, a damaged record is replaced by the next good
-    one of its shard and the example's `damaged` field lists what it replaced."""
+    one of its shard that is not a placeholder and the example's `damaged` field lists what it
+    replaced."""
 
     def __init__(self, maps: Sequence[str], source: Any = None):
         self.maps, self.source = tuple(maps), source
@@ -91,7 +92,8 @@ class DecodeRecord(grain.MapTransform):
         def decode(record: dict) -> dict:
             return decode_record(record, self.maps)
 
-        return damage.make_guarded(element, self.source, self.shards, decode)
+        return damage.make_guarded(element, self.source, self.shards, decode,
+                                   usable=input_pipeline.passes_filter)
 
 
 @functools.cache

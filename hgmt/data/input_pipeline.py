@@ -37,6 +37,7 @@ from absl import flags
 from hgmt import cores, devices
 from hgmt.data import cropping, damage, shards
 from hgmt.data.augment import Augment
+from hgmt.data.damage import NoUsableRecords
 
 # What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
 # handles (hgmt.training.preemption.SIGNALS) and Ctrl-C's. Slurm and `timeout` signal every
@@ -112,12 +113,6 @@ class WorkersStartShielded:
         getattr(inner, "close", lambda: None)()
 
 
-class NoUsableRecords(damage.SplitFault):
-    """A training split holds no record a training example can be made of: each reads and is a
-    flagged placeholder of an unusable frame (or the split is empty). A damaged record is
-    not a placeholder: the loader replaces it (`has_usable_record`)."""
-
-
 # How many placeholders in a row one copy of `SkipUnusable` skips before it looks through the
 # split for a usable record: a split with usable records seldom gives that many in a row, and
 # one without any would otherwise be read round forever, its loader never giving a batch.
@@ -160,7 +155,8 @@ def no_usable_records(source: Any) -> NoUsableRecords:
 def passes_filter(element: dict) -> bool:
     """Whether `SkipUnusable` passes `element`, a record of a `damage.Guarded` source: any but
     a flagged placeholder. A damaged record ({'_index', '_damaged'}: it did not read) passes,
-    for the transform to replace with the next good record of its shard (`damage.first_good`)."""
+    for the transform to replace with the next good record of its shard that passes too
+    (`damage.first_good`, given this as its `usable`)."""
     return not element.get("unusable", b"")
 
 
@@ -218,8 +214,8 @@ def _unpickled(source: Any = None) -> SkipUnusable:
 
 class TrainCrop(grain.RandomMapTransform):
     """The training crop of a record of a `damage.Guarded` source, around the `window`'s box
-    (cropping.TRAIN_WINDOWS): a damaged record is
-    replaced by the next good one of its shard (`damage.first_good`), and the example's
+    (cropping.TRAIN_WINDOWS): a damaged record is replaced by the next good one of its shard
+    that is not a placeholder (`damage.first_good`, `passes_filter`), and the example's
     `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced (-1
     padded) for the trainer to name and count. Records without '_index' are cropped as
     they are."""
@@ -237,7 +233,7 @@ class TrainCrop(grain.RandomMapTransform):
             return cropping.crop_example(record, self.image_size, self.augment, rng, self.tasks,
                                 self.unread, self.window)
 
-        return damage.make_guarded(element, self.source, self.shards, crop)
+        return damage.make_guarded(element, self.source, self.shards, crop, usable=passes_filter)
 
 
 def auto_worker_count(worker_count: int) -> int:
