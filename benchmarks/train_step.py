@@ -50,7 +50,7 @@ from cli import print_line
 
 from hgmt import cores
 from hgmt import devices as hgmt_devices
-from hgmt.data import builds, input_pipeline
+from hgmt.data import builds, prefetch
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.models.summary import first_flop_count
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
@@ -209,7 +209,7 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))
     batch.pop("damaged", None)  # as the loop's damage log takes it
     state, params, init_s = initial_state(config, tasks, seed=config.seed)
-    data = next(input_pipeline.prefetch_to_device(iter([batch]), 1))
+    data = next(prefetch.prefetch_to_device(iter([batch]), 1))
     step = loop.jitted_train_step(weights, options, prepare)
     return step, hgmt_devices.replicate(state), data, params, init_s
 

@@ -80,12 +80,12 @@ def prepare_demo_dataset(config: ml_collections.ConfigDict) -> None:
     (`demo.build`), into the folders the training reads (`paths.absolute` of
     config.demo.surreal_root and config.data_dir: `~` expanded, as `loop.run` takes them)."""
     from hgmt import cores
-    from hgmt.data import demo, input_pipeline
+    from hgmt.data import demo, worker_signals
 
     # The clips are written in spawned processes, which start multiprocessing's resource
     # tracker: started here with SIGUSR1 blocked, as the loader would, so that Slurm's SIGUSR1
     # to the whole job later does not kill it (`resource_tracker_without_sigusr1`).
-    input_pipeline.resource_tracker_without_sigusr1()
+    worker_signals.resource_tracker_without_sigusr1()
     demo.build(paths.absolute(config.demo.surreal_root), paths.absolute(config.data_dir),
                config.demo.clips_per_split, config.demo.frames, config.demo.seed,
                dataset=config.dataset, workers=cores.usable_cores())

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.data import builds, check, damage, eval_data, input_pipeline, records
+from hgmt.data import builds, check, damage, eval_data, placeholders, records
 from hgmt.evaluation import evaluator, markdown, report_files
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -422,7 +422,7 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
     def example(source, index):
         shards = damage.Shards.of(source)
         out = damage.make_guarded(damage.Guarded(source)[index], source, shards, dict,
-                                  usable=input_pipeline.passes_filter)
+                                  usable=placeholders.passes_filter)
         return out["x"], out["damaged"].tolist()
 
     source = Counted(4, bad={1})
@@ -496,7 +496,7 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
 
     def example(source):  # the training path: Guarded source, then make_guarded
         out = damage.make_guarded(damage.Guarded(source)[1], source, shards, make,
-                                  usable=input_pipeline.passes_filter)
+                                  usable=placeholders.passes_filter)
         return out["i"], [int(i) for i in out["damaged"] if i >= 0]
 
     passing = (TimeoutError(errno.ETIMEDOUT, "Connection timed out"),

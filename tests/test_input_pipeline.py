@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hgmt.data import builds, cropping, eval_data, records
+from hgmt.data import builds, cropping, eval_data, prefetch, records, worker_signals
 from hgmt.data import input_pipeline as ip
 from hgmt.sources import body, camera, frame_selection
 
@@ -207,7 +207,7 @@ def test_loader_workers_signalled_as_they_start_live_on(source):
     stop = threading.Event()
 
     def storm():
-        signums = itertools.cycle(ip.WORKER_IGNORED_SIGNALS)
+        signums = itertools.cycle(worker_signals.WORKER_IGNORED_SIGNALS)
         while not stop.is_set():
             for pid in _spawned_children():
                 try:
@@ -222,7 +222,7 @@ def test_loader_workers_signalled_as_they_start_live_on(source):
     storm_thread.start()
     try:
         for restore in (False, True):
-            data_iter = ip.ConsumedPosition(ip.WorkersStartShielded(loader()))
+            data_iter = prefetch.ConsumedPosition(worker_signals.WorkersStartShielded(loader()))
             if restore:
                 data_iter.set_state(state)
             data_iter.start_prefetch()
@@ -247,7 +247,8 @@ def test_the_shield_blocks_the_signals_only_while_workers_can_start():
     wait it blocked them in ends)."""
 
     def blocked() -> bool:
-        return set(ip.WORKER_IGNORED_SIGNALS) <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        blocked_now = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return set(worker_signals.WORKER_IGNORED_SIGNALS) <= blocked_now
 
     class Recording:
         def __init__(self):
@@ -269,11 +270,11 @@ def test_the_shield_blocks_the_signals_only_while_workers_can_start():
 
     assert not blocked()
     lazy = Recording()
-    it = ip.WorkersStartShielded(lazy)
+    it = worker_signals.WorkersStartShielded(lazy)
     next(it), next(it)
     assert lazy.seen == [("iter", True), ("next", True), ("next", False)]
     started = Recording()
-    it = ip.WorkersStartShielded(started)
+    it = worker_signals.WorkersStartShielded(started)
     it.set_state(b"")
     it.start_prefetch()
     next(it)
@@ -414,7 +415,7 @@ def test_prefetched_batches_are_each_devices_rows_of_the_global_batch(source, pa
             pulled += 1
             yield batch
 
-    ours = ip.prefetch_to_device(counted(), 2)
+    ours = prefetch.prefetch_to_device(counted(), 2)
     summed = devices.spmd(lambda b: {k: v.astype("float32").sum() for k, v in b.items()})
     mesh_devices = list(devices.mesh().devices.flat)
     for i, batch in enumerate(batches):

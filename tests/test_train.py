@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hgmt import code_version, devices, workdirs
-from hgmt.data import builds, input_pipeline
+from hgmt.data import builds, input_pipeline, prefetch, worker_signals
 from hgmt.data.augment import Augment
 from hgmt.inference import trained_model
 from hgmt.models import create_model
@@ -628,7 +628,7 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
     """Two tasks (a volume and a class map, with their interaction) on 4 devices with the
     config's optimizer, two steps then the BatchNorm statistics' sync (as
     `trainer.Trainer.host_state`): the trainer's step over global arrays (`loop.jitted_train_step`,
-    `devices.replicate`, `input_pipeline.prefetch_to_device`) gives
+    `devices.replicate`, `prefetch.prefetch_to_device`) gives
     `jax.pmap`'s step's state and losses on the same inputs, bit for bit; every device holds
     the same state, so one device's copy is the state; `devices.to_host` gives flax's
     unreplicated copy on the host exactly: the same tree, numpy leaves of the same dtypes,
@@ -650,7 +650,7 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
     pmapped = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
                        axis_name="batch")
     theirs = flax.jax_utils.replicate(state)
-    for on_devices in input_pipeline.prefetch_to_device(iter([batch, batch]), 2):
+    for on_devices in prefetch.prefetch_to_device(iter([batch, batch]), 2):
         placed, ours_losses = p_step(placed, on_devices)
         theirs, their_losses = pmapped(theirs, jax.tree.map(
             lambda x: x.reshape((4, 2) + x.shape[1:]), batch))
@@ -697,7 +697,7 @@ def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mea
             config.model, heads(tasks), axis_name="batch"))
         placed, _ = loop.jitted_train_step(weights, options)(
             devices.replicate(state),
-            next(input_pipeline.prefetch_to_device(iter([batch]), 1)))
+            next(prefetch.prefetch_to_device(iter([batch]), 1)))
         alone = create_model(config.model, heads(tasks))  # no device axis
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         own = [alone.apply(variables, batch["image"][rows], train=True,
@@ -1184,7 +1184,7 @@ def test_the_demo_data_is_built_into_the_folders_the_training_reads(tmp_path, mo
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     built = []
-    monkeypatch.setattr(input_pipeline, "resource_tracker_without_sigusr1", lambda: None)
+    monkeypatch.setattr(worker_signals, "resource_tracker_without_sigusr1", lambda: None)
     monkeypatch.setattr(demo, "build", lambda root, data_dir, *args, **kwargs: built.append(
         (root, data_dir)))
     config = demo_config.get_config()

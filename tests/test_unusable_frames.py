@@ -86,7 +86,7 @@ def test_frames_hgmt_rejects_are_kept_whole_and_marked_rejected(tmp_path):
 
 
 def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it():
-    from hgmt.data import input_pipeline
+    from hgmt.data import placeholders
     from hgmt.data.augment import Augment
 
     cid = surreal.parse_stem("/x/cmu/test/run0/03_01/03_01_c0001")
@@ -95,7 +95,7 @@ def test_placeholder_crops_to_zero_input_background_labels_and_training_skips_it
     assert ex["unusable"] == 1.0 and not ex["image"].any()
     assert not ex["segm"].any() and not ex["depth_class"].any()
     assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in ex.values())
-    skip = input_pipeline.SkipUnusable()
+    skip = placeholders.SkipUnusable()
     assert not skip.filter(record) and skip.filter({**record, "unusable": b""})
 
 
@@ -148,7 +148,7 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
 
     import grain.python as grain
 
-    from hgmt.data import builds, input_pipeline
+    from hgmt.data import builds, input_pipeline, placeholders
 
     class Index(grain.MapTransform):
         def map(self, element):
@@ -159,7 +159,7 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     loader = input_pipeline.endless_loader(flagged, Index(), batch_size=2, seed=0,
                                            worker_count=worker_count)
     error = _first_batch(loader).get("error")
-    assert isinstance(error, input_pipeline.NoUsableRecords), error
+    assert isinstance(error, placeholders.NoUsableRecords), error
     said = str(error)
     assert said.startswith(f"split 'test' of dataset surreal/all/{flagged.dataset_info.version} "
                            f"under {data_dir} has nothing to train on: all {len(flagged)} of "
@@ -167,10 +167,10 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     assert "train split" in said and f"--data_dir={data_dir} --config=all" in said
     assert "\n" not in said
     # A grain worker process gets the split it filters with its copy of the filter.
-    assert pickle.loads(pickle.dumps(input_pipeline.SkipUnusable(flagged))).source.split == "test"
-    with pytest.raises(input_pipeline.NoUsableRecords, match="it holds no record"):
+    assert pickle.loads(pickle.dumps(placeholders.SkipUnusable(flagged))).source.split == "test"
+    with pytest.raises(placeholders.NoUsableRecords, match="it holds no record"):
         input_pipeline.endless_loader([], Index(), batch_size=2, seed=0, worker_count=worker_count)
-    run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
+    run = 2 * placeholders.PLACEHOLDER_RUN + 1
     mostly = [{"i": i, "unusable": b"" if i == run - 1 else b"frame_joints_unset"}
               for i in range(run)]
     batch = _first_batch(input_pipeline.endless_loader(
@@ -206,12 +206,12 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     loader raises NoUsableRecords naming the shard."""
     import grain.python as grain
 
-    from hgmt.data import damage, input_pipeline
+    from hgmt.data import damage, input_pipeline, placeholders
 
-    run = 2 * input_pipeline.PLACEHOLDER_RUN + 1
+    run = 2 * placeholders.PLACEHOLDER_RUN + 1
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1])
-    assert input_pipeline.has_usable_record(source)
-    assert not input_pipeline.has_usable_record(_DamagedAmongPlaceholders(run, damaged=[]))
+    assert placeholders.has_usable_record(source)
+    assert not placeholders.has_usable_record(_DamagedAmongPlaceholders(run, damaged=[]))
 
     class Replaced(grain.MapTransform):  # the training transforms' replacement (TrainCrop's)
         def __init__(self, source):
@@ -219,14 +219,14 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
 
         def map(self, element):
             return damage.make_guarded(element, self.source, self.shards,
-                                       lambda r: {"i": r["i"]}, usable=input_pipeline.passes_filter)
+                                       lambda r: {"i": r["i"]}, usable=placeholders.passes_filter)
 
     # The damaged record, the only one the filter passes, and nothing but placeholders after it
     # in its shard (wrapping round): nothing to train on.
     out = _first_batch(input_pipeline.endless_loader(source, Replaced(source), batch_size=2,
                                                      seed=0, worker_count=0))
     error = out.get("error")
-    assert isinstance(error, input_pipeline.NoUsableRecords), out
+    assert isinstance(error, placeholders.NoUsableRecords), out
     assert str(error) == (
         f"<memory> holds no record that can replace <memory> record {run - 1} (index {run - 1} "
         f"of the split): its {run} records are 1 damaged and {run - 1} placeholders of "
@@ -237,7 +237,7 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     # each damaged record is replaced by it and lists the damaged ones it met.
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1, 0, 3], usable=[50])
     shards = damage.Shards.of(source)
-    assert damage.first_good(run - 1, source, shards, dict, usable=input_pipeline.passes_filter
+    assert damage.first_good(run - 1, source, shards, dict, usable=placeholders.passes_filter
                              ) == ({"i": 50, "unusable": b""}, [run - 1, 0, 3])
     assert damage.first_good(1, source, shards, dict) == (  # without `usable`: the next read
         {"i": 1, "unusable": b"clip_missing_file"}, [])
@@ -255,7 +255,7 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
             rf"first: does not read \(ValueError: checksum mismatch in record 0\)\): the shard "
             rf"is a bad copy")):
         damage.first_good(0, every_other, damage.Shards.of(every_other), dict,
-                          usable=input_pipeline.passes_filter)
+                          usable=placeholders.passes_filter)
 
 
 class _OneUsable:

@@ -88,7 +88,7 @@ class NoUsableRecords(SplitFault):
     flagged placeholder of an unusable frame (or the split is empty), or, for a damaged record
     to be replaced, every other record of its shard is damaged or a placeholder
     (`first_good`). A damaged record is not a placeholder: the loader replaces it
-    (`input_pipeline.has_usable_record`)."""
+    (`placeholders.has_usable_record`)."""
 
 
 class StorageFault(SplitFault):
@@ -226,7 +226,7 @@ def first_good(index: int, source: Any, shards: Shards, make: Callable[[dict], d
     already failed so, as a `Guarded` source reports it: it is not read again), of the first
     good one of its shard after it (`Shards.replacement`, wrapping round). With `usable`, a
     record that reads and is not `usable` (training's placeholders of unusable frames, which
-    its filter skips: `input_pipeline.passes_filter`) is passed over as well, and not counted:
+    its filter skips: `placeholders.passes_filter`) is passed over as well, and not counted:
     the walk goes on through the shard until a good usable record. -> (example, the damaged
     indices met on the way, each once). Raises TooManyDamaged once MAX_TRIES damaged records
     are met (every record of a shorter shard), NoUsableRecords when every record of the shard
@@ -280,7 +280,7 @@ def make_guarded(element: dict, source: Any, shards: Shards, make: Callable[[dic
     """`make` of an element of a `Guarded` source, in training: a plain record is made as it is;
     one marked with its index (and `_damaged` when it did not read) goes through `first_good`,
     replaced only by a record `usable` passes (training's filter: no placeholder of an
-    unusable frame, `input_pipeline.passes_filter`), and its example gets the `damaged` field
+    unusable frame, `placeholders.passes_filter`), and its example gets the `damaged` field
     (`damaged_field`)."""
     if "_index" not in element:
         return make(element)
@@ -381,7 +381,7 @@ class DamageLog:
 
     def met(self, damaged: np.ndarray) -> None:
         """Notes the damaged indices a batch the trainer consumed replaced: its `damaged`
-        field ((B, MAX_TRIES), -1 padded; `input_pipeline.ConsumedPosition` gives it when the
+        field ((B, MAX_TRIES), -1 padded; `prefetch.ConsumedPosition` gives it when the
         batch is consumed, not when it is prefetched)."""
         met = [int(i) for i in np.unique(damaged) if i >= 0]
         if self.combine is None:

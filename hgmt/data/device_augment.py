@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from hgmt.data import cropping, damage, input_pipeline, records
+from hgmt.data import cropping, damage, input_pipeline, placeholders, records
 from hgmt.data.augment import Augment
 from hgmt.sources import body, camera, reference_crop
 from hgmt.tasks import TASKS, common, spec
@@ -93,7 +93,7 @@ class DecodeRecord(grain.MapTransform):
             return decode_record(record, self.maps)
 
         return damage.make_guarded(element, self.source, self.shards, decode,
-                                   usable=input_pipeline.passes_filter)
+                                   usable=placeholders.passes_filter)
 
 
 @functools.cache
@@ -323,7 +323,8 @@ def crop_batch(raw: dict, params: dict, image_size: int,
     image = jnp.clip(jnp.round(image * params["gain"][:, None, None, :]), 0, 255)
     crop = DeviceCrop(raw, m_label, r, flip, unread=frozenset(unread))
     out = {"image": image.astype(jnp.uint8), "crop": m_label.astype(jnp.float32),
-           # as crop_with's; training never reads a flagged record (SkipUnusable)
+           # as crop_with's; training never reads a flagged record
+           # (placeholders.SkipUnusable)
            "unusable": jnp.zeros(image.shape[0], jnp.float32)}
     for t in (TASKS if tasks is None else tasks):
         out.update(TASKS[t].labels(crop))

@@ -9,7 +9,10 @@ with `config.augment_on="device"` (what "auto" picks on a GPU or TPU), only deco
 fixed-size arrays here and cropped batched in the step (hgmt/data/device_augment.py). The
 output is the cropped example of docs/interfaces.md §4; each task's targets are made from it
 inside the jitted step. The split it reads is opened, and checked to be built by this
-builder's version with its features, by `hgmt.data.builds`.
+builder's version with its features, by `hgmt.data.builds`. Around the loader: its placeholders
+of unusable frames skipped (`hgmt.data.placeholders`), its worker processes shielded from the
+job's signals (`hgmt.data.worker_signals`), its batches put on the devices ahead of the step
+and its position checkpointed as of the batches consumed (`hgmt.data.prefetch`).
 
 Why grain over array_record rather than tf.data over tfrecord: `tfds.data_source` gives random
 access, so shuffling needs no buffer, each host reads its own elements of the one shuffled
@@ -20,13 +23,7 @@ the same data stream).
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import itertools
-import multiprocessing
-import signal
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain.python as grain
@@ -34,190 +31,17 @@ import jax
 import numpy as np
 from absl import flags
 
-from hgmt import cores, devices
-from hgmt.data import cropping, damage, shards
+from hgmt import cores
+from hgmt.data import cropping, damage, placeholders, worker_signals
 from hgmt.data.augment import Augment
-from hgmt.data.damage import NoUsableRecords
-
-# What a grain worker process ignores (`SkipUnusable`): the preemption signals the trainer
-# handles (hgmt.training.preemption.SIGNALS) and Ctrl-C's. Slurm and `timeout` signal every
-# process of the job; the trainer saves and exits on them, and stops its workers as it closes
-# the loader, but a worker killed by one first would fail the trainer's next batch. A worker
-# starts with them blocked (`WorkersStartShielded`), so one that lands while it starts waits,
-# pending, until it ignores them.
-WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-@contextlib.contextmanager
-def signals_blocked(signums: Iterable[int]) -> Iterator[None]:
-    """Blocks `signums` in the calling thread for the block. The threads it starts meanwhile,
-    and the processes those threads or it start (fork and exec keep the mask), begin with
-    them blocked; a signal sent to this process meanwhile goes to a thread that does not
-    block it, or waits until the block ends."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class WorkersStartShielded:
-    """The training loader's iterator (`iter(loader)`), whose calls that can start grain's
-    worker threads and processes run with WORKER_IGNORED_SIGNALS blocked
-    (`signals_blocked`): its making, `set_state` (a restore makes new workers),
-    `start_prefetch` (starts every worker) and the first batch. Each worker process thus
-    starts with them blocked and ignores them (`_unpickled`) before it unblocks them: a
-    signal to the whole job while a worker starts can no longer kill it. Call
-    `start_prefetch` once the iterator's position is set (made or restored): grain starts a
-    worker otherwise at its first batch, from a thread made then."""
-
-    def __init__(self, loader: Iterable):
-        with signals_blocked(WORKER_IGNORED_SIGNALS):
-            self._iterator = iter(loader)
-        self._started = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._started:
-            return next(self._iterator)
-        with signals_blocked(WORKER_IGNORED_SIGNALS):
-            batch = next(self._iterator)
-        self._started = True
-        return batch
-
-    def get_state(self) -> dict[str, Any]:
-        return self._iterator.get_state()
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        with signals_blocked(WORKER_IGNORED_SIGNALS):
-            self._iterator.set_state(state)
-
-    def start_prefetch(self) -> None:
-        with signals_blocked(WORKER_IGNORED_SIGNALS):
-            getattr(self._iterator, "start_prefetch", lambda: None)()
-        # Every worker is started from a thread made above, which keeps the mask: the batches
-        # are waited for with the signals unblocked, so that Python runs their handlers at
-        # once (it runs them in the main thread, which a blocked wait does not wake).
-        self._started = True
-
-    def close(self) -> None:
-        """Stops the loader's worker processes and threads and frees their shared memory
-        now, however the run ends, not when the garbage collector reaches the iterator
-        (which, at the interpreter's exit, comes after Python's resource tracker has
-        counted their shared memory as leaked). grain's `DataLoaderIterator` holds the
-        dataset iterator whose `close` does it, recursively; an iterator without one (batches
-        from memory) has nothing to stop."""
-        inner = getattr(self._iterator, "_iterator", self._iterator)
-        getattr(inner, "close", lambda: None)()
-
-
-# How many placeholders in a row one copy of `SkipUnusable` skips before it looks through the
-# split for a usable record: a split with usable records seldom gives that many in a row, and
-# one without any would otherwise be read round forever, its loader never giving a batch.
-PLACEHOLDER_RUN = 100
-
-
-def split_name(source: Any) -> str:
-    """How an error names `source`'s split: 'split S of dataset D under DATA_DIR' for a split
-    of `builds.open_split` (the data source's `split` and `dataset_info`), else its repr."""
-    info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
-    if info is None or split is None:
-        return f"the training records {source!r}"[:200]
-    return f"split {split!r} of dataset {info.full_name} under {_data_dir(info)}"
-
-
-def _data_dir(info: Any) -> str:
-    """The data_dir a split's `dataset_info` was built under (its folder less the dataset's
-    name, config and version)."""
-    folder = str(info.data_dir).rstrip("/")
-    tail = "/" + info.full_name
-    return folder[:-len(tail)] if folder.endswith(tail) else folder
-
-
-def no_usable_records(source: Any) -> NoUsableRecords:
-    """The error for a training `source` of which no example can be made, naming its split and
-    the fix."""
-    size = len(source)
-    what = (f"all {size} of its records are placeholders of unusable frames (a build keeps "
-            f"them in its test split, for evaluation)" if size else "it holds no record")
-    info = getattr(source, "dataset_info", None)
-    rebuild = "" if info is None else (
-        f" (build it again from clips with usable frames: "
-        f"{shards.build_command(info.full_name.rpartition('/')[0], _data_dir(info))})")
-    return NoUsableRecords(
-        f"{split_name(source)} has nothing to train on: {what}, so the training loader would "
-        f"never give a batch. Train on a split with usable frames, such as a build's train "
-        f"split{rebuild}")
-
-
-def passes_filter(element: dict) -> bool:
-    """Whether `SkipUnusable` passes `element`, a record of a `damage.Guarded` source: any but
-    a flagged placeholder. A damaged record ({'_index', '_damaged'}: it did not read) passes,
-    for the transform to replace with the next good record of its shard that passes too
-    (`damage.first_good`, given this as its `usable`)."""
-    return not element.get("unusable", b"")
-
-
-def has_usable_record(source: Any) -> bool:
-    """Whether any record of `source` passes `SkipUnusable`'s filter (`passes_filter`): one
-    that is not a flagged placeholder, or one that does not read (damaged), which the loader
-    replaces (read in order up to the first). False: every record reads and is a
-    placeholder."""
-    guarded = damage.Guarded(source)
-    return any(passes_filter(guarded[index]) for index in range(len(source)))
-
-
-class SkipUnusable(grain.FilterTransform):
-    """Drops the flagged placeholder records (a test split's unusable frames) from training.
-    Once a copy of it has skipped PLACEHOLDER_RUN of them in a row, it looks through `source`
-    (the split it filters) for a usable record, once: NoUsableRecords when there is none,
-    where the loader would otherwise read the split round forever without a batch.
-    The training loader's first operation: the copy of it that each grain worker process
-    unpickles, before it reads a record, makes that process ignore WORKER_IGNORED_SIGNALS
-    (`_unpickled`)."""
-
-    def __init__(self, source: Any = None):
-        self.source = source
-        self._run = 0  # placeholders skipped in a row, until the split is known to be usable
-        self._usable = source is None
-
-    def filter(self, element: dict) -> bool:
-        if passes_filter(element):
-            self._run = 0
-            return True
-        if not self._usable:
-            self._run += 1
-            if self._run >= PLACEHOLDER_RUN:
-                if not has_usable_record(self.source):
-                    raise no_usable_records(self.source)
-                self._usable = True
-        return False
-
-    def __reduce__(self):
-        return _unpickled, (self.source,)
-
-
-def _unpickled(source: Any = None) -> SkipUnusable:
-    """A `SkipUnusable` of `source` as a grain worker process unpickles it: there (a child
-    process's main thread), WORKER_IGNORED_SIGNALS are ignored from now on, those that came
-    while it started blocked (`WorkersStartShielded`) discarded, and then unblocked; in a main
-    process nothing else changes."""
-    if (multiprocessing.parent_process() is not None
-            and threading.current_thread() is threading.main_thread()):
-        for signum in WORKER_IGNORED_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
-    return SkipUnusable(source)
 
 
 class TrainCrop(grain.RandomMapTransform):
     """The training crop of a record of a `damage.Guarded` source, around the `window`'s box
     (cropping.TRAIN_WINDOWS): a damaged record is replaced by the next good one of its shard
-    that is not a placeholder (`damage.first_good`, `passes_filter`), and the example's
-    `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced (-1
-    padded) for the trainer to name and count. Records without '_index' are cropped as
+    that is not a placeholder (`damage.first_good`, `placeholders.passes_filter`), and the
+    example's `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced
+    (-1 padded) for the trainer to name and count. Records without '_index' are cropped as
     they are."""
 
     def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
@@ -233,7 +57,8 @@ class TrainCrop(grain.RandomMapTransform):
             return cropping.crop_example(record, self.image_size, self.augment, rng, self.tasks,
                                 self.unread, self.window)
 
-        return damage.make_guarded(element, self.source, self.shards, crop, usable=passes_filter)
+        return damage.make_guarded(element, self.source, self.shards, crop,
+                                   usable=placeholders.passes_filter)
 
 
 def auto_worker_count(worker_count: int) -> int:
@@ -370,11 +195,12 @@ def endless_loader(source: Any, transform: grain.MapTransform, *, batch_size: in
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this process's elements (`GlobalOrder`) of the
     sequence of `source`'s records (damaged records replaced, `damage.Guarded`) shuffled
-    with `grain_seed(seed)` over endless epochs, unusable records skipped (NoUsableRecords,
-    at once or once a worker has skipped PLACEHOLDER_RUN in a row, when `source` is empty or
-    holds nothing else: `SkipUnusable`), `transform`
-    applied, batches of batch_size // process_count. Its order and state (resume) depend on
-    the source, seed, batch size and the number of loader workers
+    with `grain_seed(seed)` over endless epochs, unusable records skipped
+    (`damage.NoUsableRecords`, at once or once a worker has skipped
+    `placeholders.PLACEHOLDER_RUN` in a row, when `source` is empty or holds nothing else:
+    `placeholders.SkipUnusable`), `transform` applied, batches of batch_size //
+    process_count. Its order and state (resume) depend on the source, seed, batch size and
+    the number of loader workers
     (`auto_worker_count(worker_count)`: each worker makes whole batches of its own slice of
     the process's records, worker w of W of its elements w, w + W, ..., and the process
     takes the workers' batches in turn, so another count groups other records into a
@@ -386,28 +212,17 @@ def endless_loader(source: Any, transform: grain.MapTransform, *, batch_size: in
     run's batches mW..mW+W-1, in other groupings."""
     absl_flags_at_defaults()
     if not len(source):  # grain's sampler takes no empty split
-        raise no_usable_records(source)
+        raise placeholders.no_usable_records(source)
     sampler = GlobalOrder(len(source), grain_seed(seed))
     workers = auto_worker_count(worker_count)
     if workers:
-        resource_tracker_without_sigusr1()
+        worker_signals.resource_tracker_without_sigusr1()
     return grain.DataLoader(
         data_source=damage.Guarded(source), sampler=sampler,
         shard_options=sampler.shard_options,
-        operations=[SkipUnusable(source), transform,
+        operations=[placeholders.SkipUnusable(source), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],
         worker_count=workers, read_options=read_options(read_threads))
-
-
-def resource_tracker_without_sigusr1() -> None:
-    """Starts multiprocessing's resource tracker (the process that frees grain's shared memory
-    should the trainer die) unless it runs, with SIGUSR1 blocked: it ignores SIGTERM and
-    SIGINT itself, and a SIGUSR1 to the whole job (Slurm's warning) would kill it, its
-    successor then warning of every segment it was not told of."""
-    from multiprocessing import resource_tracker
-
-    with signals_blocked({signal.SIGUSR1}):  # the child keeps this thread's blocked signals
-        resource_tracker.ensure_running()
 
 
 def absl_flags_at_defaults() -> None:
@@ -417,72 +232,3 @@ def absl_flags_at_defaults() -> None:
     into their own `FlagValues` (hgmt.cli) and leave the global ones unparsed."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-class ConsumedPosition:
-    """A loader iterator whose checkpointed state is that after the last batch the trainer
-    *consumed*, not after the last one prefetched to devices (which runs ahead by `prefetch`
-    batches). Give it to grain's checkpoint handler in place of the iterator; draw batches
-    from `batches()` and call `consumed()` once per training step. With `on_consumed`, each
-    batch's `damaged` field ((B, damage.MAX_TRIES) int64, `TrainCrop`) is taken out of it as
-    it is drawn and given to `on_consumed` when the batch is consumed (`damage.DamageLog.met`):
-    the account then holds the records of the batches trained on, none prefetched beyond."""
-
-    def __init__(self, iterator: grain.PyGrainDatasetIterator,
-                 on_consumed: Callable[[np.ndarray], None] | None = None):
-        self._iterator = iterator
-        self._on_consumed = on_consumed
-        self._pending: collections.deque = collections.deque()  # (state, damaged or None)
-        self._consumed = iterator.get_state()
-
-    def batches(self) -> Iterator[dict]:
-        for batch in self._iterator:
-            damaged = None if self._on_consumed is None else batch.pop("damaged", None)
-            self._pending.append((self._iterator.get_state(), damaged))
-            yield batch
-
-    def consumed(self) -> None:
-        self._consumed, damaged = self._pending.popleft()
-        if damaged is not None:
-            self._on_consumed(damaged)
-
-    def get_state(self) -> bytes:
-        return self._consumed
-
-    def set_state(self, state: bytes) -> None:
-        self._iterator.set_state(state)
-        self._consumed = state
-        self._pending.clear()
-
-    def start_prefetch(self) -> None:
-        getattr(self._iterator, "start_prefetch", lambda: None)()
-
-    def close(self) -> None:
-        """Lets go of the batches drawn and not consumed (their `damaged` fields lie in the
-        workers' shared memory) and closes the iterator it follows
-        (`WorkersStartShielded.close`)."""
-        self._pending.clear()
-        getattr(self._iterator, "close", lambda: None)()
-
-
-def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
-    """Places host batches on the devices and keeps `size` of them in flight: `size` are put
-    on the devices before the first is yielded, and one more each time the next is asked for.
-    Each array (B, ...), this process's share of the global batch, becomes its rows of the
-    global array (devices, B / local devices, ...) that a `hgmt.devices.spmd` step takes
-    (`devices.place_batch`), put from a view of the batch without a copy. On
-    a CPU the batch is copied still: there `device_put` may alias the host buffer, and a batch
-    of the loader's workers lives in their shared memory, which must be released once it is
-    used (aliased, its blocks outlive the process: the resource tracker's "leaked
-    shared_memory" warning at exit)."""
-    copy = jax.local_devices()[0].platform == "cpu"
-    queue: collections.deque = collections.deque()
-
-    def enqueue(n: int) -> None:
-        for batch in itertools.islice(iterator, n):
-            queue.append(devices.place_batch(batch, copy=copy))
-
-    enqueue(size)
-    while queue:
-        yield queue.popleft()
-        enqueue(1)

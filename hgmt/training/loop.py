@@ -41,7 +41,17 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from hgmt import code_version, console, devices, disk_space, paths, workdirs
-from hgmt.data import augment, builds, crop_metres, damage, device_augment, input_pipeline, shards
+from hgmt.data import (
+    augment,
+    builds,
+    crop_metres,
+    damage,
+    device_augment,
+    input_pipeline,
+    prefetch,
+    shards,
+    worker_signals,
+)
 from hgmt.models import MultiTaskHourglass, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
 from hgmt.training import (
@@ -215,7 +225,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     if own_writer:  # what an earlier run logged after this step is not this run's
         _restart_summaries(writer, workdir, start_step)
     # The loader's workers start now, their position set, from threads that block the job's
-    # signals (`input_pipeline.WorkersStartShielded`); a restore has started them already.
+    # signals (`worker_signals.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
     # What a signal's log line says from now on; the last step's periodic evaluations, which
     # a signal during it skips, count among those after training.
@@ -251,19 +261,19 @@ def _checked_writer(workdir: str, writer: Any, opened: contextlib.ExitStack
 
 
 def _consumed_batches(loader: Iterable, damaged: damage.DamageLog | None,
-                      opened: contextlib.ExitStack) -> input_pipeline.ConsumedPosition:
+                      opened: contextlib.ExitStack) -> prefetch.ConsumedPosition:
     """The training batches of `loader`, whose workers start shielded from the job's signals
     and stop as the run ends (closed by `opened`), however it ends. The damaged records of a
     batch are noted in `damaged` when the step consumes it, not when it is prefetched: the
     account at a step is of the batches trained on."""
-    data_iter = input_pipeline.ConsumedPosition(input_pipeline.WorkersStartShielded(loader),
+    data_iter = prefetch.ConsumedPosition(worker_signals.WorkersStartShielded(loader),
                                                 None if damaged is None else damaged.met)
     opened.callback(data_iter.close)
     return data_iter
 
 
 def _train_state(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
-                 data_iter: input_pipeline.ConsumedPosition, opened: contextlib.ExitStack
+                 data_iter: prefetch.ConsumedPosition, opened: contextlib.ExitStack
                  ) -> tuple[steps.TrainState, steps.TrainState | None, ocp.CheckpointManager]:
     """-> (the state to train from, the restored state or None, the workdir's checkpoint
     manager, closed by `opened`): the newest readable checkpoint's state, its loader position
@@ -334,7 +344,7 @@ def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
-             state: steps.TrainState, data_iter: input_pipeline.ConsumedPosition,
+             state: steps.TrainState, data_iter: prefetch.ConsumedPosition,
              mngr: ocp.CheckpointManager
              ) -> tuple[steps.TrainState, steps.TrainState | None]:
     """-> (the state to train from, the restored state or None): the workdir's newest
@@ -430,7 +440,7 @@ def jitted_train_step(weights: dict, options: dict,
     (`hgmt.devices.spmd`, axis "batch", the state donated): `steps.train_step` with the loss
     `weights` and `options` of `config_check.check_config`, and the crop inside where `prepare`
     (`augmentation`) is given. It takes and returns the state as `devices.replicate` places
-    it and the batch as `input_pipeline.prefetch_to_device` does."""
+    it and the batch as `prefetch.prefetch_to_device` does."""
     return _jitted_train_step(
         tuple(sorted(weights.items())),
         tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hgmt import console, devices, disk_space, workdirs
-from hgmt.data import damage, input_pipeline
+from hgmt.data import damage, input_pipeline, prefetch
 from hgmt.models import MultiTaskHourglass, to_checkpoint_layout
 from hgmt.training import (
     checkpoint_digests,
@@ -48,7 +48,7 @@ class Trainer:
                  model: MultiTaskHourglass, state: steps.TrainState,
                  restored_state: steps.TrainState | None, mngr: ocp.CheckpointManager,
                  evals: evaluators.Evaluators, writer: disk_space.CheckedWriter,
-                 data_iter: input_pipeline.ConsumedPosition, damaged: damage.DamageLog | None,
+                 data_iter: prefetch.ConsumedPosition, damaged: damage.DamageLog | None,
                  watch: preemption.PreemptionWatch, peer_watch: peers.PeerWatch | None,
                  lock: workdir_lock.WorkdirLock | None, train_step: Callable):
         self.config, self.workdir, self.model, self.mngr = config, workdir, model, mngr
@@ -61,7 +61,7 @@ class Trainer:
         self.restored_state = restored_state
         self.state = devices.replicate(state)
         self.train_step = train_step
-        self.device_iter = input_pipeline.prefetch_to_device(data_iter.batches(),
+        self.device_iter = prefetch.prefetch_to_device(data_iter.batches(),
                                                              config.prefetch)
         self.metrics = step_metrics.StepMetrics()
         # Evaluated op by op (eagerly), not compiled: XLA would turn the schedule's divisions
@@ -80,7 +80,7 @@ class Trainer:
     def close_batches(self) -> None:
         """Ends the batches' generators, which hold the last batch drawn from the loader (in
         its workers' shared memory, until the interpreter's exit otherwise); the loader
-        itself is closed after (`ConsumedPosition.close`)."""
+        itself is closed after (`prefetch.ConsumedPosition.close`)."""
         self.device_iter.close()
 
     # --- Checks and stops, at every step and evaluation batch --------------------------------
@@ -323,7 +323,7 @@ class Trainer:
 
     def _stop_after_loader_failure(self, last: int) -> NoReturn:
         """The loader's workers ignore the job's signals, from their start
-        (input_pipeline.WorkersStartShielded), but the job's shutdown may end them by other
+        (worker_signals.WorkersStartShielded), but the job's shutdown may end them by other
         means: the run stops at `last`, the step before, saved, as a preemption."""
         logging.exception("the loader failed after the preemption signal: %s and stopping",
                           f"saving step {last} (the last one trained)" if last else
