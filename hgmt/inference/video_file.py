@@ -123,6 +123,13 @@ def index_error(path: str, error: Exception | None = None) -> ValueError | None:
                       f"again")
 
 
+def failed(path: str, what: str, error: Exception) -> ValueError:
+    """The error of the video at `path` that FFmpeg failed on with `error`: it looks cut short
+    (`index_error`) where its index is missing, else `video <path> <what> (<error>)`."""
+    return index_error(path, error) or ValueError(
+        f"video {path} {what} ({type(error).__name__}: {error})")
+
+
 def _open(path: str) -> av.container.InputContainer:
     """The PyAV container of a video file; FileNotFoundError or ValueError naming the file
     when it is missing, empty, an mp4 without its whole index (`index_error`), ends before
@@ -140,12 +147,10 @@ def _open(path: str) -> av.container.InputContainer:
     except MemoryError:  # the host's, not the file's (av.error.MemoryError is one)
         raise
     except av.error.EOFError as e:  # the demuxer met the file's end probing its streams
-        raise index_error(path, e) or ValueError(
-            f"video {path} ends before its first frame: it holds no frames or is cut short "
-            f"({type(e).__name__}: {e})") from e
+        raise failed(path, "ends before its first frame: it holds no frames or is cut short",
+                     e) from e
     except Exception as e:  # av raises InvalidDataError and others on non-videos
-        raise index_error(path, e) or ValueError(
-            f"video {path} cannot be opened ({type(e).__name__}: {e})") from e
+        raise failed(path, "cannot be opened", e) from e
     if not container.streams.video:
         container.close()
         raise index_error(path) or ValueError(f"{path} has no video stream")
@@ -290,8 +295,7 @@ class Clip:
             except MemoryError:
                 raise
             except av.FFmpegError as e:
-                raise index_error(self.path, e) or ValueError(
-                    f"video {self.path} cannot be read ({type(e).__name__}: {e})") from e
+                raise failed(self.path, "cannot be read", e) from e
             self.read_packets += bool(packet.size)
             try:
                 frames = packet.decode()  # the empty packet at the end flushes the decoder
@@ -306,8 +310,7 @@ class Clip:
             except MemoryError:
                 raise
             except av.FFmpegError as e:
-                raise index_error(self.path, e) or ValueError(
-                    f"video {self.path} cannot be decoded ({type(e).__name__}: {e})") from e
+                raise failed(self.path, "cannot be decoded", e) from e
             yield from frames
 
     def _shown(self) -> Iterator[tuple[float, av.VideoFrame]]:
