@@ -113,7 +113,7 @@ def _sweep_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
 def _here(printed: str) -> str:
     """`--print_only`'s output without the checkout's PYTHONPATH that leads each command it
     runs here (checked to be there)."""
-    from launch import sweep
+    from launch import sweep_commands
 
     lines = []
     for line in printed.splitlines(keepends=True):
@@ -121,8 +121,9 @@ def _here(printed: str) -> str:
             lines.append(line)
             continue
         commands = line.split(" && ")
-        assert all(c.startswith(sweep.HERE_PYTHONPATH + " ") for c in commands), line
-        lines.append(" && ".join(c.removeprefix(sweep.HERE_PYTHONPATH + " ") for c in commands))
+        assert all(c.startswith(sweep_commands.HERE_PYTHONPATH + " ") for c in commands), line
+        lines.append(" && ".join(c.removeprefix(sweep_commands.HERE_PYTHONPATH + " ")
+                                 for c in commands))
     return "".join(lines)
 
 
@@ -353,9 +354,10 @@ def test_sweep_evaluates_again_what_is_not_of_the_trained_weights_or_does_not_re
          f"list): the file was edited or damaged. It is trained again, which evaluates it "
          f"anew", "launch/sweep.py: 1 of 3 runs done already, not printed"])
     from launch import sweep as launcher
+    from launch import sweep_runner
 
     ran = []
-    monkeypatch.setattr(launcher, "run_logged",
+    monkeypatch.setattr(sweep_runner, "run_logged",
                         lambda cmd, log, stop: ran.append(cmd[2]) or (0, None))
     assert launcher.main([f"--sweep_dir={s}", "--config=configs/default.py",
                           "--tasks=depth"]) == 0
@@ -501,12 +503,13 @@ def test_a_run_that_saved_and_stopped_stops_the_sweep(tmp_path, monkeypatch, cap
     """A run that exits 75 (hgmt.main saved a checkpoint on a signal) stops the sweep with
     that status, telling to rerun it: before, it counted as failed and the next subset
     started."""
-    from launch import sweep
+    from launch import sweep, sweep_runner
 
     s = tmp_path / "s"
     monkeypatch.chdir(REPO)
     ran = []
-    monkeypatch.setattr(sweep, "run_logged", lambda cmd, log, stop: ran.append(cmd) or (75, None))
+    monkeypatch.setattr(sweep_runner, "run_logged",
+                        lambda cmd, log, stop: ran.append(cmd) or (75, None))
     assert sweep.main([f"--sweep_dir={s}", "--config=configs/default.py",
                        "--tasks=pose2d,segm"]) == 75
     assert len(ran) == 1
@@ -525,7 +528,7 @@ def test_a_sigterm_between_runs_stops_the_sweep_before_the_next(tmp_path, monkey
     saying so; before, the default action killed it there (status 143, no line)."""
     import signal
 
-    from launch import sweep
+    from launch import sweep, sweep_runner
 
     s = tmp_path / "s"
     monkeypatch.chdir(REPO)
@@ -536,7 +539,7 @@ def test_a_sigterm_between_runs_stops_the_sweep_before_the_next(tmp_path, monkey
         os.kill(os.getpid(), signal.SIGTERM)  # as the run ends, with no run to pass it to
         return 0, None
 
-    monkeypatch.setattr(sweep, "run_logged", run)
+    monkeypatch.setattr(sweep_runner, "run_logged", run)
     assert sweep.main([f"--sweep_dir={s}", "--config=configs/default.py",
                        "--tasks=pose2d,segm"]) == 75
     assert len(ran) == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -626,7 +629,7 @@ def test_sweep_appends_each_attempt_to_the_runs_log(tmp_path, monkeypatch, capsy
     """A run that failed, then failed again, then succeeded: its log keeps all three
     attempts, each between a line with its start (UTC) and command and one with its outcome
     and wall time."""
-    from launch import sweep
+    from launch import sweep, sweep_commands
 
     outcomes = iter([3, 4, 0])
 
@@ -634,7 +637,7 @@ def test_sweep_appends_each_attempt_to_the_runs_log(tmp_path, monkeypatch, capsy
         code = next(outcomes)
         return [sys.executable, "-c", f"print('attempt exits {code}'); raise SystemExit({code})"]
 
-    monkeypatch.setattr(sweep, "command", attempt)
+    monkeypatch.setattr(sweep_commands, "command", attempt)
     argv = [f"--sweep_dir={tmp_path}", "--config=configs/default.py:runlocal", "--tasks=pose2d"]
     assert [sweep.main(argv) for _ in range(3)] == [1, 1, 0]
     lines = (tmp_path / "pose2d.log").read_text().splitlines()
