@@ -25,7 +25,7 @@ other metric definitions (`metrics_version`) do not compare: the report then wri
 and stops with one error naming the runs and the `hgmt.evaluate` command that evaluates them
 alike. So do runs trained
 with other settings (their config.json files differ in a field other than those a sweep's runs
-differ in by design, `hgmt.study.runs.PER_RUN`, and those a rerun may change,
+differ in by design, `hgmt.study.run_configs.PER_RUN`, and those a rerun may change,
 `hgmt.training.resume.FREE_ON_RESUME`): the error names each such run, the field, its value
 and the others'. A folder of SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out
 with a warning; a run file that does not read stops the report in one line naming it and the
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from hgmt import cli, paths
 from hgmt.evaluation import protocols
-from hgmt.study import charts, claims, evaluations, report, runs
+from hgmt.study import charts, claims, evaluations, provenance, report, run_configs, runs
 
 if TYPE_CHECKING:
     from absl import flags
@@ -84,11 +84,11 @@ CHECK_UNUSABLE = 2
 
 
 def check_config(sweep_dir: str) -> int:
-    """Prints each finished run whose config (in today's layout, `runs.check_configs`)
+    """Prints each finished run whose config (in today's layout, `run_configs.check_configs`)
     differs from the sweep's config in a field both have, with those fields, then the fields
     the config gained or lost since runs were trained (a new option, a removed one: to judge
     by reading); 1 if a run differs, else 0."""
-    found = runs.check_configs(sweep_dir)
+    found = run_configs.check_configs(sweep_dir)
     runs.warn_strays(sweep_dir)
     stale = {name: diff["changed"] for name, diff in found.items() if diff["changed"]}
     config = runs.plan(sweep_dir, needs=("config",))["config"]
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     checked = claims.check(study)
     note = (given or f"Subsets evaluated: {', '.join(sorted(results))}.") + (
         f"\n\nMetric protocol: `{args.protocol}` (docs/metrics.md). {progress}")
-    files = {**charts.draw(study, runs.data_of(args.sweep_dir, list(found))),
+    files = {**charts.draw(study, provenance.data_of(args.sweep_dir, list(found))),
              **{name: json.dumps(value, indent=1, allow_nan=False).encode()
                 for name, value in (("report.json", study), ("claims.json", checked))},
-             "README.md": report.to_markdown(study, note, checked, runs.config_section(
+             "README.md": report.to_markdown(study, note, checked, provenance.config_section(
                  args.sweep_dir, list(found))).encode()}
     os.makedirs(args.out_dir, exist_ok=True)
     for name, data in files.items():

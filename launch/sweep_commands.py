@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 
 from hgmt import cli, workdirs
-from hgmt.study import runs
+from hgmt.study import run_configs, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_SCRIPT = os.path.join(REPO, "launch", "slurm.sbatch")  # what --sbatch submits
@@ -31,9 +31,9 @@ def run_args(config: str, tasks: str, sweep_dir: str, extra: list[str],
              ) -> tuple[str, str, list[str]]:
     """hgmt.main's arguments of one run: the subset `tasks` with the config's seed s
     (seed_index 0) or with `config.seed = s + seed_index` (its config arguments
-    `runs.config_args`, which `hgmt.report --check_config` rebuilds). -> (the `--config`
+    `run_configs.config_args`, which `hgmt.report --check_config` rebuilds). -> (the `--config`
     value, the workdir SWEEP_DIR/`workdirs.run_name`, the flags after them)."""
-    config_arg, *rest = runs.config_args(config, tasks, extra, seed_index)
+    config_arg, *rest = run_configs.config_args(config, tasks, extra, seed_index)
     return (config_arg.removeprefix("--config="),
             os.path.join(sweep_dir, workdirs.run_name(tasks, seed_index)),
             [*rest, *([cli.RESUME_FLAG] if resume_with_changed_config else [])])

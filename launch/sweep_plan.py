@@ -12,7 +12,7 @@ import sys
 import ml_collections
 
 from hgmt import disk_space, workdirs
-from hgmt.study import runs
+from hgmt.study import run_configs, runs
 from launch.sweep_commands import REPO
 
 
@@ -30,8 +30,8 @@ def record_plan(sweep_dir: str, plan: dict, config: str, first: ml_collections.C
         # A plan's config as written by any version (as given, or `plan_config`'s), compared
         # by the file it names; a tasks= that an older version took in --config (each run's
         # tasks replaced it) is no part of it.
-        changed = ["the config file"] if runs.without_tasks(
-            plan_config(_resolved(old["config"]))) != runs.without_tasks(
+        changed = ["the config file"] if run_configs.without_tasks(
+            plan_config(_resolved(old["config"]))) != run_configs.without_tasks(
                 plan_config(_resolved(plan["config"]))) else trained_differently(
                     config, old["extra"], plan["subsets"][0], first)
         if changed:
@@ -88,7 +88,7 @@ def trained_differently(config: str, old: list[str], tasks: str,
         return workdirs.flat_fields(json.loads(parsed.to_json_best_effort()))
 
     try:
-        before = fields(trainer.parse([*runs.config_args(config, tasks, old, 0),
+        before = fields(trainer.parse([*run_configs.config_args(config, tasks, old, 0),
                                        "--workdir=unused"]).config)
     except SystemExit:
         return ["the recorded arguments"]
@@ -117,8 +117,8 @@ def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
                          f"in the working directory or in {REPO}: give a config file such as "
                          f"configs/default.py")
     try:
-        parsed = trainer.parse([*runs.config_args(f"{path}{colon}{argument}", tasks, extra, 0),
-                                "--workdir=unused"])
+        parsed = trainer.parse([*run_configs.config_args(f"{path}{colon}{argument}", tasks,
+                                                         extra, 0), "--workdir=unused"])
     except SystemExit as e:
         if e.code in (0, None):
             raise

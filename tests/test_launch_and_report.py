@@ -14,7 +14,7 @@ import hgmt.report
 from hgmt import workdirs
 from hgmt.evaluation import metrics_versions
 from hgmt.sources import body
-from hgmt.study import charts, evaluations, report, runs, stats
+from hgmt.study import charts, evaluations, provenance, report, run_configs, runs, stats
 from hgmt.tasks import common
 from tests.conftest import xla_flags
 
@@ -40,7 +40,7 @@ def test_sweep_prints_one_command_per_subset_and_records_the_plan(tmp_path):
     plan = json.loads((s / workdirs.SWEEP_PLAN).read_text())
     assert plan["subsets"][-1] == "pose2d+pose3d+depth+segm"
     assert plan["config"] == "configs/default.py:runlocal"
-    assert runs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
+    assert run_configs.with_tasks("configs/demo.py", "depth") == "configs/demo.py:tasks=depth"
     # --resume_with_changed_config reaches every training run and stays out of the plan.
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch/sweep.py"),
                           "--sweep_dir=../s", "--config=configs/default.py:runlocal",
@@ -68,7 +68,7 @@ def test_a_config_outside_the_repository_is_planned_by_its_absolute_path(tmp_pat
     sweep(tmp_path, "--sweep_dir=s", "--config=mine.py", "--tasks=pose2d", "--print_only")
     plan = runs.plan(str(tmp_path / "s"))
     assert plan["config"] == str(tmp_path / "mine.py")
-    assert runs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == "pose2d"
+    assert run_configs.expected_config(plan["config"], "pose2d", [], 0)["tasks"] == "pose2d"
 
     # A plan that names the config as it was given (as older versions wrote it), or the same
     # file by another path: the same command, or the same file, adds its subsets to it.
@@ -912,8 +912,8 @@ def test_sweep_seeds_count_from_the_seed_it_is_given(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert [re.findall(r"--config\.seed=(\d+)", line) for line in lines] == [
         ["1"], ["1", "2"], ["1", "3"]]
-    assert [runs.expected_config("configs/default.py", "pose2d", ["--config.seed=1"], k)["seed"]
-            for k in range(3)] == [1, 2, 3]
+    assert [run_configs.expected_config("configs/default.py", "pose2d", ["--config.seed=1"],
+                                        k)["seed"] for k in range(3)] == [1, 2, 3]
 
 
 def test_report_refuses_two_runs_of_a_subset_with_one_seed(tmp_path):
@@ -1595,7 +1595,7 @@ def test_charts_leave_the_matplotlib_backend_alone(tmp_path):
     chosen = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        assert len(charts.draw(study, runs.DEMO_DATA)) == 3
+        assert len(charts.draw(study, provenance.DEMO_DATA)) == 3
         drawing.plot_pck_curve({"thresholds": [0.1, 0.5], "mean": [0.2, 0.8]},
                                str(tmp_path / "pckh.png"))
         assert matplotlib.get_backend() == "svg"
@@ -1970,7 +1970,7 @@ def test_report_names_the_commits_that_trained_the_runs(tmp_path):
     started("pose2d", (0, a, False))
     started("pose2d@seed1", (0, a, False), (600, b, True))
     started("pose2d@seed2", (0, None, None))
-    section = " ".join(runs.config_section(sweep_dir))
+    section = " ".join(provenance.config_section(sweep_dir))
     assert ("Code (`<run>/starts.jsonl`): commit `aaaaaaaaaaaa` trained 2 runs; commit "
             "`bbbbbbbbbbbb` trained 1 run. With uncommitted changes to tracked files: "
             "pose2d@seed1. No commit recorded for some or all of the training of: "
@@ -1979,7 +1979,7 @@ def test_report_names_the_commits_that_trained_the_runs(tmp_path):
         os.remove(tmp_path / "sweep" / name / "starts.jsonl")
     assert ("No run records the hgmt commit that trained it (the trainer writes it to "
             "`<run>/starts.jsonl` when it runs from a git checkout; an older hgmt did not).") \
-        in " ".join(runs.config_section(sweep_dir))
+        in " ".join(provenance.config_section(sweep_dir))
 
 
 def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
@@ -2015,7 +2015,7 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     assert ("pose2d@seed1: differs from configs/study.py: total_steps: 999 in the run, 1200 "
             "now\n") in out
     assert "2 of 3 finished runs" in out and "1 do not" in out
-    assert runs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
+    assert run_configs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
                                                        "removed": []}
     # Where the data is (hgmt.main records it as an absolute path) is not a difference.
     config["total_steps"] = 1200
@@ -2024,12 +2024,12 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
     assert check(config)[0] == 0
     json.dump(config, open(path, "w"))
     open(os.path.join(sweep_dir, "pose2d@seed1", "config_before_step300.json"), "w").close()
-    assert runs.check_configs(sweep_dir)["pose2d@seed1"]["changed"] == [
+    assert run_configs.check_configs(sweep_dir)["pose2d@seed1"]["changed"] == [
         "trained with more than one config: its earlier steps' in config_before_step300.json"]
-    assert "Trained with more than one config" in "\n".join(runs.config_section(sweep_dir))
+    assert "Trained with more than one config" in "\n".join(provenance.config_section(sweep_dir))
     os.remove(os.path.join(sweep_dir, "sweep.json"))
     with pytest.raises(FileNotFoundError, match="sweep.json not found"):
-        runs.check_configs(sweep_dir)
+        run_configs.check_configs(sweep_dir)
 
 
 def test_check_config_on_a_sweep_it_cannot_read_exits_2_with_one_line(tmp_path, capsys):
@@ -2088,7 +2088,7 @@ def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_n
 
     status, out = check()
     assert status == 0 and "runs:" not in out and "2 of 2 finished runs" in out, out
-    assert runs.check_configs(sweep_dir)["pose2d+segm"] == {"changed": [], "added": [],
+    assert run_configs.check_configs(sweep_dir)["pose2d+segm"] == {"changed": [], "added": [],
                                                             "removed": []}
     status, out = check(eval_frames="middle", eval_max_examples=24)
     assert status == 1
@@ -2268,7 +2268,7 @@ def test_each_chart_says_its_data_seeds_and_frames(tmp_path, monkeypatch):
     study = report.compare({"pose2d": summaries, "pose2d+segm": [
         {**s, "segm": {"mean_iou": 0.5, "iou_per_part": {p: 0.5 for p in body.PART_NAMES}}}
         for s in summaries]})
-    assert charts.caption(study["pose2d"], runs.DEMO_DATA) == (
+    assert charts.caption(study["pose2d"], provenance.DEMO_DATA) == (
         "demo clips (hgmt.sources.synthetic), not SURREAL; 2 seeds a subset; test split, "
         "240 frames (every4)")
     figures = {}
@@ -2286,9 +2286,9 @@ def test_each_chart_says_its_data_seeds_and_frames(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
         if config is not None:
             (tmp_path / name / "config.json").write_text(json.dumps(config))
-    assert runs.data_of(str(tmp_path), ["pose2d", "segm", "depth"]) == runs.DEMO_DATA
+    assert provenance.data_of(str(tmp_path), ["pose2d", "segm", "depth"]) == provenance.DEMO_DATA
     (tmp_path / "segm" / "config.json").write_text(json.dumps(
         {"dataset": "surreal/all", "data_dir": "/data/tfds"}))
-    assert runs.data_of(str(tmp_path), ["pose2d", "segm"]) == (
-        f"{runs.DEMO_DATA} and surreal/all in /data/tfds")
-    assert runs.data_of(str(tmp_path), ["depth"]) == "data not recorded (no config.json)"
+    assert provenance.data_of(str(tmp_path), ["pose2d", "segm"]) == (
+        f"{provenance.DEMO_DATA} and surreal/all in /data/tfds")
+    assert provenance.data_of(str(tmp_path), ["depth"]) == "data not recorded (no config.json)"

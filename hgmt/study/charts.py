@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is first drawn
 
 def draw(study: dict[str, dict], data: str) -> dict[str, bytes]:
     """{file name: PNG} of the charts per task (`subsets_figure`, `per_item_figure`), each
-    captioned (`caption`, `data` the runs' data: `runs.data_of`), drawn in memory, so that the
+    captioned (`caption`, `data` the runs' data: `provenance.data_of`), drawn in memory, so that the
     report writes nothing until every part of it is made."""
     out = {}
     for task, e in study.items():
@@ -41,7 +41,7 @@ def draw(study: dict[str, dict], data: str) -> dict[str, bytes]:
 
 
 def caption(e: dict, data: str) -> str:
-    """What a task's charts are of, in one line: `data` (the runs' data, `runs.data_of`), the
+    """What a task's charts are of, in one line: `data` (the runs' data, `provenance.data_of`), the
     seeds a subset (`e['seeds']`) and the frames every run was evaluated on
     (`e['evaluation']`), e.g. 'demo clips (hgmt.sources.synthetic), not SURREAL; 3 seeds a
     subset; test split, 240 frames (every4)'."""

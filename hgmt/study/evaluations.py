@@ -17,6 +17,7 @@ import ml_collections
 
 from hgmt import workdirs
 from hgmt.evaluation import metrics_versions, protocols
+from hgmt.study import run_configs
 from hgmt.study import runs as sweep_runs  # `runs` names a subset's runs below
 from hgmt.tasks import TASKS, check_loss_options, check_loss_weights, parse_tasks
 from hgmt.training import checkpoints
@@ -99,7 +100,7 @@ def _check_label_sizes_alike(sweep_dir: str, sizes: dict[str, int | None]) -> No
 
 def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     """Refuses runs (`configs`: {run: its config.json}, in name order) not all trained alike
-    (`runs.trained_differences`: a field outside those a sweep's runs differ in by design
+    (`run_configs.trained_differences`: a field outside those a sweep's runs differ in by design
     and those a rerun may change): a run trained with other settings (a test run into the
     sweep's folder after an edit of the config, a rerun with --resume_with_changed_config)
     is another experiment, and its numbers do not belong in the means, tests and verdicts.
@@ -108,7 +109,7 @@ def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     groups: list[list[str]] = []
     for name, config in configs.items():
         alike = next((g for g in groups
-                      if not sweep_runs.trained_differences(config, configs[g[0]])), None)
+                      if not run_configs.trained_differences(config, configs[g[0]])), None)
         if alike is None:
             groups.append([name])
         else:
@@ -119,7 +120,7 @@ def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     odd = sorted(n for g in groups if g is not sweep for n in g)
     found = "; ".join(
         f"{name} not: " + ", ".join(f"{field} {json.dumps(theirs)} (theirs: {json.dumps(ours)})"
-                                    for field, theirs, ours in sweep_runs.trained_differences(
+                                    for field, theirs, ours in run_configs.trained_differences(
                                         configs[name], configs[sweep[0]]))
         for name in odd)
     raise ValueError(
@@ -133,7 +134,7 @@ def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
 def _check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     """Refuses runs (`configs`: {run: its config.json}) that train a task with another loss
     weight or other loss options than the other runs of that task: a sweep's runs differ in
-    their tasks' losses only in which tasks they have (`runs.PER_RUN`), so a task's gain
+    their tasks' losses only in which tasks they have (`run_configs.PER_RUN`), so a task's gain
     between two subsets is not of a changed loss. The value most runs of the task train with
     (on a tie, the first run's) is the sweep's; the error names each other run, its value,
     theirs and the fix."""
