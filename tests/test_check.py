@@ -45,7 +45,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
                        "--splits=train,test"]) == check.EXIT_NOT_CHECKED
     assert capsys.readouterr().out.splitlines() == [
         f"surreal/all train: not checked: NotInBuild: dataset 'surreal/all' under "
-        f"{old_dir!r} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
+        f"{old_dir} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
         f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
         f"frames). Rebuild it: tfds build surreal --imports=data_builders.surreal "
         f"--manual_dir=<SURREAL root> --data_dir={old_dir} --config=all "
@@ -230,37 +230,37 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     for missing in ("dataset_info.json", "features.json"):
         root, folder = copy(f"no_{missing}")
         os.remove(os.path.join(folder, missing))
-        assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, "
+        assert opened(root) == (f"the build of 'surreal/all' under data_dir={root}, "
                                 f"{folder}, lacks its {missing} (a copy cut short or made "
                                 f"without it). {fix(root, folder)}")
     root, folder = copy("cut_info")
     with open(os.path.join(folder, "dataset_info.json"), "r+") as f:
         f.truncate(40)
-    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, {folder}, "
+    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root}, {folder}, "
                             f"holds a dataset_info.json that does not parse as JSON ("
                             f"{_json_error(os.path.join(folder, 'dataset_info.json'))}: a "
                             f"copy cut short). {fix(root, folder)}")
     assert not [r for r in caplog.records if "trying again" in r.getMessage()]  # at once
     nowhere = str(tmp_path / "typo")
-    assert opened(nowhere) == (f"data_dir={nowhere!r} does not exist: give --config.data_dir="
+    assert opened(nowhere) == (f"data_dir={nowhere} does not exist: give --config.data_dir="
                                f"<the folder the dataset was built or copied into, the one that "
                                f"holds surreal/>, or build it there with: "
                                f"{build.format(nowhere)}")
     info = os.path.join(version, "dataset_info.json")
     for file in (info, info + "/x"):
-        assert opened(file) == (f"data_dir={file!r} is a file or lies under one: give "
+        assert opened(file) == (f"data_dir={file} is a file or lies under one: give "
                                 f"--config.data_dir=<the folder the dataset was built or copied "
                                 f"into, the one that holds surreal/>")
     for inside in (os.path.join(data_dir, "surreal"), os.path.join(data_dir, "surreal", "all"),
                    version):
-        assert opened(inside) == (f"data_dir={inside!r} is a folder of the dataset itself, "
+        assert opened(inside) == (f"data_dir={inside} is a folder of the dataset itself, "
                                   f"not the one TFDS takes, which holds surreal/: give "
                                   f"--config.data_dir={data_dir}")
     # A folder beside the build's is a data_dir of its own, not built.
     beside = os.path.join(data_dir, "new")
     os.mkdir(beside)
     assert opened(beside).startswith(f"dataset 'surreal/all' split 'test' is not built under "
-                                     f"data_dir={beside!r}")
+                                     f"data_dir={beside}")
     assert len(builds.open_split("surreal/all", data_dir, "test")) == 2
     # A folder that cannot be looked into is the storage's matter (TFDS's error, StorageFault
     # after the retries), not one that "does not exist".
@@ -286,7 +286,7 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
     newer = os.path.join(os.path.dirname(folder), "9.9.9")
     shutil.copytree(folder, newer)
     os.remove(os.path.join(newer, "features.json"))
-    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root!r}, {newer}, "
+    assert opened(root) == (f"the build of 'surreal/all' under data_dir={root}, {newer}, "
                             f"lacks its features.json (a copy cut short or made without it). "
                             f"{fix(root, newer)}")
     # The check command prints a fault of the build once, the other splits referring to it.

@@ -362,7 +362,7 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
     out = capsys.readouterr().out
     assert out.startswith(
         f"surreal/every10 test: not checked: FileNotFoundError: dataset 'surreal/every10' "
-        f"split 'test' is not built under data_dir={clean!r}")
+        f"split 'test' is not built under data_dir={clean}")
     assert out.endswith("; or use a build there: --config.dataset=surreal/all\n"), out
     for old, field in ((f"--data_dir={clean}", "data_dir"), ("--dataset", "dataset")):
         with pytest.raises(SystemExit) as e:

@@ -1339,7 +1339,7 @@ def test_a_tfrecord_build_is_named_with_the_format_to_build_it_again_in(tmp_path
     with pytest.raises(shards.WrongFileFormat) as raised:
         builds.open_split("surreal/all", data_dir, "test")
     assert str(raised.value) == (
-        f"dataset 'surreal/all' under {data_dir!r} was built as tfrecord (shards such as "
+        f"dataset 'surreal/all' under {data_dir} was built as tfrecord (shards such as "
         f"surreal-test.tfrecord-00000-of-00001 in {builder.data_dir}), and hgmt reads "
         f"array_record, whose records it can read in any order (tfrecord is read from start "
         f"to end). Build it again with --file_format=array_record: `tfds build "

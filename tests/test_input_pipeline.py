@@ -674,7 +674,7 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
     with pytest.raises(shards.StorageFault) as raised:
         builds.open_split("surreal/all", demo_dataset[1], "train")
     assert str(raised.value).startswith(
-        f"dataset 'surreal/all' split 'train' under data_dir={demo_dataset[1]!r} cannot be "
+        f"dataset 'surreal/all' split 'train' under data_dir={demo_dataset[1]} cannot be "
         f"read from its storage (OSError: [Errno 5] Input/output error; tried 3 times): ")
     assert "tfds build" not in str(raised.value) and len(calls) == 3
 
@@ -746,7 +746,7 @@ def test_a_config_not_built_names_the_configs_built_there_and_the_flag(tmp_path)
         builds.open_split("surreal/every10", str(tmp_path), "train")
     message = str(e.value)
     assert message.startswith(f"dataset 'surreal/every10' split 'train' is not built under "
-                              f"data_dir={str(tmp_path)!r} ("), message
+                              f"data_dir={tmp_path} ("), message
     assert message.endswith(
         f"). Build it with: tfds build surreal --imports=data_builders.surreal "
         f"--manual_dir=<SURREAL root> --data_dir={tmp_path} --config=every10 "

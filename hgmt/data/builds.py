@@ -74,7 +74,7 @@ def check_reference_flags(source: ArrayRecordDataSource | ParsedSource, dataset:
                            f"reads, so nearly every input pixel differs from the reference's, "
                            f"by a few grey levels on average")
     if differences:
-        logging.warning("dataset %r under %r was built by SURREAL builder version %s: %s. "
+        logging.warning("dataset %r under %s was built by SURREAL builder version %s: %s. "
                         "Rebuild it: %s", dataset, data_dir, version, "; ".join(differences),
                         shards.build_command(dataset, data_dir))
 
@@ -87,13 +87,13 @@ def check_features(info: tfds.core.DatasetInfo, dataset: str, data_dir: str) -> 
     if missing and set(missing) <= set(_ADDED_IN):
         since = max(_ADDED_IN[f] for f in missing)
         raise NotInBuild(
-            f"dataset {dataset!r} under {data_dir!r} was built by SURREAL builder version "
+            f"dataset {dataset!r} under {data_dir} was built by SURREAL builder version "
             f"{info.version}, before {since}, and lacks {missing} (SURREAL's exact depth "
             f"labels, the flagged test frames). Rebuild it: "
             f"{shards.build_command(dataset, data_dir)}")
     if missing:
         raise NotInBuild(
-            f"dataset {dataset!r} under {data_dir!r} lacks the features {missing} that the crop "
+            f"dataset {dataset!r} under {data_dir} lacks the features {missing} that the crop "
             f"and the task labels are made from; use a SURREAL build (config.dataset="
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
@@ -134,7 +134,7 @@ def _not_built(dataset: str, data_dir: str, split: str, e: Exception) -> FileNot
     said = " ".join(str(e).split())
     said = said[:said.find(". ") + 1 or None][:300].rstrip(".")
     return FileNotFoundError(
-        f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir!r} "
+        f"dataset {dataset!r} split {split!r} is not built under data_dir={data_dir} "
         f"({type(e).__name__}: {said}). Build it with: "
         f"{shards.build_command(dataset, data_dir)}{choose}")
 
@@ -167,14 +167,14 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     try:
         is_folder = stat.S_ISDIR(os.stat(data_dir).st_mode)
     except FileNotFoundError:
-        return (f"data_dir={data_dir!r} does not exist: give --config.data_dir=<the folder the "
+        return (f"data_dir={data_dir} does not exist: give --config.data_dir=<the folder the "
                 f"dataset was built or copied into, the one that holds {name}/>, or build it "
                 f"there with: "
                 f"{shards.build_command(dataset, data_dir)}")
     except NotADirectoryError:  # a file on the way
         is_folder = False
     if not is_folder:
-        return (f"data_dir={data_dir!r} is a file or lies under one: give "
+        return (f"data_dir={data_dir} is a file or lies under one: give "
                 f"--config.data_dir=<the folder the dataset was built or copied into, the one "
                 f"that holds {name}/>")
     if os.path.isdir(os.path.join(data_dir, name)):
@@ -184,7 +184,7 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     for up in range(1, min(4, len(inside))):  # no further up than the root
         above = os.sep.join(inside[:-up]) or os.sep
         if inside[-up] == name and os.path.isdir(os.path.join(above, name, config)):
-            return (f"data_dir={data_dir!r} is a folder of the dataset itself, not the one "
+            return (f"data_dir={data_dir} is a folder of the dataset itself, not the one "
                     f"TFDS takes, which holds {name}/: give --config.data_dir={above}")
     return None
 
@@ -211,7 +211,7 @@ def _broken_version(dataset: str, data_dir: str, folder: str, version: str) -> s
             return None
         except ValueError as e:
             broken = f"holds a {f} that does not parse as JSON ({e}: a copy cut short)"
-    return (f"the build of {dataset!r} under data_dir={data_dir!r}, {build}, {broken}. Copy the "
+    return (f"the build of {dataset!r} under data_dir={data_dir}, {build}, {broken}. Copy the "
             f"folder again from where the dataset was built, or remove {build} and rebuild it: "
             f"{shards.build_command(dataset, data_dir)}")
 
@@ -287,11 +287,11 @@ def built_split(dataset: str, data_dir: str, split: str) -> tfds.core.DatasetBui
         return builder
 
     try:
-        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir!r}")
+        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir}")
     except damage.GaveUp as e:
         if damage.storage_fault(e.error):
             raise shards.StorageFault.of(f"dataset {dataset!r} split {split!r} under "
-                                         f"data_dir={data_dir!r}", e, data_dir) from e.error
+                                         f"data_dir={data_dir}", e, data_dir) from e.error
         raise _not_built(dataset, data_dir, split, e.error) from e.error
     shards.check_file_format(builder, split, dataset, data_dir)
     return builder

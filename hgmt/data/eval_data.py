@@ -89,7 +89,7 @@ def check_middle_frames(info: tfds.core.DatasetInfo, dataset: str, data_dir: str
     if mismatched == 0:
         return
     logging.warning(
-        "dataset %r under %r was built by SURREAL builder version %s, before %s: its middle "
+        "dataset %r under %s was built by SURREAL builder version %s, before %s: its middle "
         "frames are ceil(T/2) of the frames a clip's four files share, where the reference "
         "loaders take ceil(T/2) of the frames of its _info.mat, so %s clip(s) of split %r "
         "whose files disagree on frame count may be evaluated on another frame than theirs. "
@@ -154,7 +154,7 @@ def check_eval_frames(frames: str, stored: records.FrameSelection, dataset: str,
         holds = f"every {every}th frame of each clip (0, {every}, ...) and its middle frame"
         other = f"frames='every<K>' with K a multiple of {every} (e.g. every{every}), or "
     raise builds.NotInBuild(
-        f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir!r} does "
+        f"frames={frames!r} asks for frames that dataset {dataset!r} under {data_dir} does "
         f"not hold: it stores {holds}, so it would evaluate other frames than asked for. "
         f"Evaluate a build of every frame, config.dataset='surreal/all' (build it: "
         f"{shards.build_command('surreal/all', data_dir)}), or {other}frames='middle'")

@@ -88,7 +88,7 @@ def check_file_format(builder: tfds.core.DatasetBuilder, split: str, dataset: st
     built_as = file_format(builder, split)
     if built_as != FILE_FORMAT:
         raise WrongFileFormat(
-            f"dataset {dataset!r} under {data_dir!r} was built as {built_as} (shards such as "
+            f"dataset {dataset!r} under {data_dir} was built as {built_as} (shards such as "
             f"{os.path.basename(os.fspath(builder.info.splits[split].filepaths[0]))} in "
             f"{builder.data_dir}), and hgmt reads {FILE_FORMAT}, whose records it can read in "
             f"any order ({built_as} is read from start to end). Build it again "
