@@ -170,7 +170,7 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
     if FLAGS.workdir.startswith("-"):
         # What a launch script passes on when its WORKDIR argument was left out and a flag
         # took its place (`sbatch launch/slurm.sbatch --config.x=y`).
-        raise SystemExit(f"error: --workdir={FLAGS.workdir!r} starts with '-': a flag where "
+        raise SystemExit(f"error: --workdir={FLAGS.workdir} starts with '-': a flag where "
                          f"the workdir goes? The launch scripts take WORKDIR first "
                          f"(launch/slurm.sbatch WORKDIR [CONFIG[:ARG]] [flags...]); for a "
                          f"folder whose name starts with '-' give ./{FLAGS.workdir}")

@@ -234,11 +234,11 @@ def _run(args: flags.FlagValues, images: list[str]) -> int:
         except ValueError:
             bbox = []
         if len(bbox) != 4:
-            raise SystemExit(f"error: --bbox={args.bbox!r}: give four numbers x,y,w,h")
+            raise SystemExit(f"error: --bbox={args.bbox}: give four numbers x,y,w,h")
         try:
             person.Window.given(bbox)
         except ValueError as e:
-            raise SystemExit(f"error: --bbox={args.bbox!r}: {e}") from e
+            raise SystemExit(f"error: --bbox={args.bbox}: {e}") from e
     images = _distinct(images)
     cli.check_output_folder("out_dir", args.out_dir)  # before the model loads
     # Telling videos from images opens some inputs with PyAV, which may run out of memory.

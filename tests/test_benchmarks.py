@@ -147,7 +147,7 @@ def test_a_bad_frames_or_placements_flag_is_one_line_before_any_data_is_built(tm
     with pytest.raises(SystemExit) as e:
         eval_speed.main(["--frames=bad", f"--config.demo.surreal_root={data}/surreal",
                          f"--config.data_dir={data}/tfds"])
-    assert str(e.value.code).startswith("error: --frames='bad': use middle")
+    assert str(e.value.code).startswith("error: --frames=bad: use middle")
     assert not data.exists()
     with pytest.raises(SystemExit) as e:
         input_pipeline.main(["--placements=bogus"])

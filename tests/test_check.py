@@ -180,7 +180,7 @@ def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, mes
     there. A version after the name is TFDS's and passes; so does another builder's name."""
     with pytest.raises(SystemExit) as e:
         check.main([f"--config.data_dir={tmp_path}", f"--config.dataset={dataset}"])
-    assert e.value.code == f"error: --{message}"
+    assert e.value.code == "error: --" + message.replace(f"={dataset!r}", f"={dataset}", 1)
     from hgmt.data import records, shards
 
     records.check_dataset_name("surreal/every10:1.6.0")

@@ -164,7 +164,7 @@ def test_slurm_script_with_a_flag_where_the_workdir_goes_stops_naming_it(tmp_pat
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
     assert run.stderr.splitlines()[-1] == (
-        "error: --workdir='--config.batch_size=256' starts with '-': a flag where the workdir "
+        "error: --workdir=--config.batch_size=256 starts with '-': a flag where the workdir "
         "goes? The launch scripts take WORKDIR first (launch/slurm.sbatch WORKDIR "
         "[CONFIG[:ARG]] [flags...]); for a folder whose name starts with '-' give "
         "./--config.batch_size=256")

@@ -1953,7 +1953,7 @@ def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_data
     with pytest.raises(SystemExit, match="no_such_field"):
         hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}.x",
                      "--config.no_such_field=1"])
-    with pytest.raises(SystemExit, match="--step='last'"):
+    with pytest.raises(SystemExit, match="--step=last:"):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", f"--out_dir={tmp_path}", "--step=last"])
     with pytest.raises(SystemExit, match="--workdir is required"):
         hgmt.predict.main(["x.png", f"--out_dir={tmp_path}"])
@@ -1984,7 +1984,7 @@ def test_evaluate_stops_in_one_line_on_a_dataset_not_built_or_frames_it_lacks(
                               "'surreal/every10' under"), message
     assert "config.dataset='surreal/all' (build it: tfds build" in message
     message = one_line("--frames=every0")
-    assert message.startswith("error: --frames='every0': use middle (the test protocol), all, "
+    assert message.startswith("error: --frames=every0: use middle (the test protocol), all, "
                               "or everyK"), message
     assert os.listdir(tmp_path) == []
 
@@ -2515,7 +2515,7 @@ def test_a_bbox_must_be_finite(workdir):
         person.Window.given((float("nan"), 0, 10, 10))
     with pytest.raises(ValueError, match="must be finite"):
         person.Window.given((0, 0, float("inf"), 10))
-    with pytest.raises(SystemExit, match=r"--bbox='0,0,nan,10': .* must be finite numbers"):
+    with pytest.raises(SystemExit, match=r"--bbox=0,0,nan,10: .* must be finite numbers"):
         hgmt.predict.main(["x.png", f"--workdir={workdir}", "--out_dir=o", "--bbox=0,0,nan,10"])
 
 

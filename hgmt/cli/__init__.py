@@ -253,5 +253,5 @@ def checkpoint_step(value: str | None) -> int | str | None:
     if value in (None, "best"):
         return value
     if not value.isdigit():
-        raise SystemExit(f"error: --step={value!r}: give a step number or 'best'")
+        raise SystemExit(f"error: --step={value}: give a step number or 'best'")
     return int(value)

@@ -180,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset, data_dir = args.config.dataset, args.config.data_dir
     try:
         records.check_dataset_name(dataset)
+    except ValueError as e:  # it starts "config.dataset='...'": the flag echoed as typed
+        said = str(e).replace(f"config.dataset={dataset!r}", f"--config.dataset={dataset}", 1)
+        raise SystemExit(f"error: {said}") from None
+    try:
         damage.check_max_fraction(args.config.max_damaged_fraction)
     except ValueError as e:
         raise SystemExit(f"error: --{e}") from None

@@ -108,8 +108,9 @@ def frames_flag(frames: str) -> str:
     for one that is no frame selection, before any work."""
     try:
         parse_eval_frames(frames)
-    except ValueError as e:  # its message starts "frames='...'"
-        raise SystemExit(f"error: --{e}") from None
+    except ValueError as e:  # it starts "frames='...'": the flag echoed as typed
+        said = str(e).replace(f"frames={frames!r}", f"--frames={frames}", 1)
+        raise SystemExit(f"error: {said}") from None
     return frames
 
 

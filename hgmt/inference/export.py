@@ -246,7 +246,7 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     the store still answers). A full disk raises `disk_space.DiskFull`; a local `out_dir` the
     file system refuses to stage the export beside or to rename it onto, `UnusableOutDir`."""
     if fmt not in FORMATS:
-        raise not_one_of(f"--format={fmt!r}", FORMATS)
+        raise not_one_of(f"--format={fmt}", FORMATS)
     check_out_dir(out_dir, fmt)
     target = paths.absolute(out_dir)  # `~` expanded, as check_out_dir checked it
     if paths.is_url(target):  # made before any work: a store that cannot be reached says so
