@@ -575,8 +575,8 @@ def test_a_best_checkpoint_another_metric_or_evaluator_chose_is_moved_aside(tmp_
         assert moved.name.startswith("4-")
         assert "moved the best checkpoint of step 4" in caplog.text
         assert ("chosen by loss/total" if name == "metric"
-                else "chosen by evaluator 'validation' on middle frames of validation "
-                     "(protocol hgmt, flip False, max_examples 0)") in caplog.text
+                else "chosen by evaluator 'validation' on middle frames of 'validation' "
+                     "(protocol 'hgmt', flip False, max_examples 0)") in caplog.text
         caplog.clear()
 
 

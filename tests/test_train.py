@@ -885,7 +885,7 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
              rf"\(--resume_with_changed_config does not change that\): train in a new "
              rf"--workdir, or resume with the hgmt version that wrote the checkpoint$"),
             (position["sampler"].replace("num_records=12,", "num_records=10,"),
-             r"the training split of surreal/all under data_dir=.* now has 12 records; the "
+             r"the training split of 'surreal/all' under data_dir=.* now has 12 records; the "
              r"checkpoint .*/2 saved the loader's position over 10, and it resumes only over "
              r"as many: rebuild the split as it was")):
         saved.write_text(json.dumps({**position, "sampler": sampler}))

@@ -161,7 +161,7 @@ def test_a_training_split_of_placeholders_only_is_an_error_naming_it_not_a_wait(
     error = _first_batch(loader).get("error")
     assert isinstance(error, placeholders.NoUsableRecords), error
     said = str(error)
-    assert said.startswith(f"split 'test' of dataset surreal/all/{flagged.dataset_info.version} "
+    assert said.startswith(f"split 'test' of dataset 'surreal/all/{flagged.dataset_info.version}' "
                            f"under {data_dir} has nothing to train on: all {len(flagged)} of "
                            f"its records are placeholders of unusable frames")
     assert "train split" in said and f"--data_dir={data_dir} --config=all" in said

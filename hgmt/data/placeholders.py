@@ -29,7 +29,7 @@ def split_name(source: Any) -> str:
     info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
     if info is None or split is None:
         return f"the training records {source!r}"[:200]
-    return f"split {split!r} of dataset {info.full_name} under {_data_dir(info)}"
+    return f"split {split!r} of dataset {info.full_name!r} under {_data_dir(info)}"
 
 
 def _data_dir(info: Any) -> str:

@@ -247,8 +247,8 @@ class Evaluator:
         if not indices and self.unreadable:  # the frames asked for may be among them
             raise eval_data.unreadable_split(self.source, self.unreadable)
         if not indices:
-            raise ValueError(f"{config.dataset} split {split!r} has no frames to evaluate "
-                             f"(frames={self.frames})")
+            raise ValueError(f"{config.dataset!r} split {split!r} has no frames to evaluate "
+                             f"(frames={self.frames!r})")
         self.indices = indices
         # A batch splits evenly over the devices, which may be other than training's
         # (hgmt.evaluate on another host); the sums, hence the numbers, do not depend on it

@@ -140,8 +140,8 @@ class BestCheckpoint:
             if chose and not any(measured_as(x, self.keeper, self.settings) for x in chose):
                 x = chose[-1]
                 stale[step] = (f"it was chosen by evaluator {x.get('evaluator')!r} on "
-                               f"{x.get('frames')} frames of {x.get('split')} (protocol "
-                               f"{x.get('protocol')}, flip {x.get('flip')}, max_examples "
+                               f"{x.get('frames')} frames of {x.get('split')!r} (protocol "
+                               f"{x.get('protocol')!r}, flip {x.get('flip')}, max_examples "
                                f"{x.get('max_examples')})")
         return stale
 

@@ -252,7 +252,7 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
             f"wrote the checkpoint, or train in a new --workdir")
     if saved.get("num_records", num_records) != num_records:
         raise CannotResume(
-            f"the training split of {config.dataset} under data_dir={config.data_dir} now has "
+            f"the training split of {config.dataset!r} under data_dir={config.data_dir} now has "
             f"{num_records} records; {where} over {saved['num_records']}, and it resumes only "
             f"over as many: rebuild the split as it was (or give the data_dir of that build), "
             f"or train in a new --workdir")
