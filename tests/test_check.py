@@ -46,7 +46,7 @@ def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path,
     assert capsys.readouterr().out.splitlines() == [
         f"surreal/all train: not checked: NotInBuild: dataset 'surreal/all' under "
         f"{old_dir} was built by SURREAL builder version 1.1.0, before 1.3.0, and lacks "
-        f"['depth_class', 'unusable'] (SURREAL's exact depth labels, the flagged test "
+        f"depth_class, unusable (SURREAL's exact depth labels, the flagged test "
         f"frames). Rebuild it: tfds build surreal --imports=data_builders.surreal "
         f"--manual_dir=<SURREAL root> --data_dir={old_dir} --config=all "
         f"--file_format=array_record",

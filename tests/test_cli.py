@@ -809,11 +809,11 @@ def test_a_stray_argument_exits_naming_it_before_any_work(entry, saved_workdir, 
     with pytest.raises(SystemExit) as e:
         load(entry).main([*argv, "total_steps=5"])
     if entry in TAKES_AFTER_DASHES:
-        assert e.value.code == ("error: unexpected arguments ['total_steps=5']: give the "
+        assert e.value.code == ("error: unexpected arguments total_steps=5: give the "
                                 "arguments to pass on after `--` (--help lists the flags)")
     else:
         assert str(e.value.code).startswith(
-            "error: unexpected arguments ['total_steps=5']: this command takes flags only"), (
+            "error: unexpected arguments total_steps=5: this command takes flags only"), (
             e.value.code)
         assert str(e.value.code).endswith(" (--help lists the flags)")
     assert not never.exists()
@@ -877,7 +877,7 @@ def test_a_config_override_after_dashes_is_refused_not_lost(tmp_path):
         load("hgmt.main").main([f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
                                 "--config.model.ops=xla", "--", "--config.total_steps=5"])
     assert e.value.code == (
-        "error: unexpected arguments ['--config.total_steps=5']: this command takes flags "
+        "error: unexpected arguments --config.total_steps=5: this command takes flags "
         "only; set a config field with --config.<field>=<value>, before any `--` (--help "
         "lists the flags)")
     assert not workdir.exists()

@@ -746,7 +746,7 @@ def test_best_metric_direction_comes_from_the_task():
     assert lower == {"loss/total": True, "loss/segm": True, "pose3d/mjd_mm": True,
                      "depth/rmse_mm": True, "depth/bin_accuracy": False,
                      "pose2d/pckh@0.5": False, "segm/mean_iou": False}
-    with pytest.raises(ValueError, match="'err'.*not in its metrics"):
+    with pytest.raises(ValueError, match="Headline .*: err not in its metrics"):
         Headline(("acc",), "acc", ("err",), "accuracy")
 
 

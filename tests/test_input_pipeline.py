@@ -630,7 +630,8 @@ def test_eval_frames_of_a_middle_build_are_its_middle_frames_only():
 
 def test_eval_frames_of_a_build_of_unknown_frames_is_an_error():
     info = type("Info", (), {"config_name": "every3"})()
-    with pytest.raises(ValueError, match=r"config 'every3', not one of .*'all', 'every10'"):
+    with pytest.raises(ValueError, match=r"config 'every3', not one of the SURREAL "
+                                         r"builder's all, every10, middle,"):
         eval_data.stored_frames(info, "surreal/every3")
 
 
@@ -762,7 +763,7 @@ def test_dataset_without_the_labels_is_rejected(tmp_path):
 
     tfds.testing.DummyMnist(data_dir=str(tmp_path), file_format="array_record"
                             ).download_and_prepare()
-    with pytest.raises(ValueError, match=r"lacks the features \['segm', 'depth', 'joints2d'"):
+    with pytest.raises(ValueError, match=r"lacks the features segm, depth, joints2d"):
         builds.open_split("dummy_mnist", str(tmp_path), "train")
 
 

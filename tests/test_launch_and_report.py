@@ -156,7 +156,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
             (["--config=configs/demo.py", "--config.total_steps=5"],
              "error: --config.total_steps: no such flag"),
             (["--config=configs/demo.py", "total_steps=5"],
-             "error: unexpected arguments ['total_steps=5']: give the arguments to pass on "
+             "error: unexpected arguments total_steps=5: give the arguments to pass on "
              "after `--`"),
             # No eval_test.json after training: no run would ever be done.
             (["--config=configs/demo.py", "--", "--config.total_steps=5",

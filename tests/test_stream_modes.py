@@ -176,7 +176,7 @@ def test_layout_conversion_round_trips_a_train_state():
     _assert_close(to_checkpoint_layout(vmapped, stacked), state, "round trip")
     _assert_close(to_model_layout(vmapped, stacked), stacked, "stacked twice")
     _assert_close(to_model_layout(separate, state), state, "separate twice")
-    with pytest.raises(ValueError, match=r"stage 0 has no stream for task\(s\) \['depth'\]"):
+    with pytest.raises(ValueError, match=r"stage 0 has no stream for task\(s\) depth "):
         stacking.stack_streams(state.params, ("pose2d", "depth", "segm"))
     with pytest.raises(ValueError, match="leading task axis should be 3 long"):
         stacking.unstack_streams(stacked.params, ("pose2d", "depth", "segm"))

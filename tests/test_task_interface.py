@@ -121,8 +121,8 @@ def test_a_task_reading_a_field_trainings_crops_lack_is_named(monkeypatch):
     monkeypatch.setitem(TASKS, "zrot_task", zrot)
     with pytest.raises(ValueError, match=r"^task zrot_task's labels read the record's 'zrot', "
                                          r"which training's crops do not carry \(they carry "
-                                         r"\['cam_loc', 'depth', 'depth_class', 'image', "
-                                         r"'joints2d', 'joints3d', 'segm'\]\)"):
+                                         r"cam_loc, depth, depth_class, image, joints2d, "
+                                         r"joints3d, segm\)"):
         device_augment.target_maps(("zrot_task",))
 
 

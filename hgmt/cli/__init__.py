@@ -107,13 +107,13 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
         if config_file and fv.config is not None:
             getattr(fv.config, "lock", None)  # a file that could not be read raises here
     if positional == "--" and rest:
-        raise SystemExit(f"error: unexpected arguments {rest}: give the arguments to pass on "
-                         f"after `--` (--help lists the flags)")
+        raise SystemExit(f"error: unexpected arguments {', '.join(rest)}: give the arguments "
+                         f"to pass on after `--` (--help lists the flags)")
     if positional is None and rest:
         how = ("; set a config field with --config.<field>=<value>, before any `--`"
                if "config" in fv else "")
-        raise SystemExit(f"error: unexpected arguments {rest}: this command takes flags only"
-                         f"{how} (--help lists the flags)")
+        raise SystemExit(f"error: unexpected arguments {', '.join(rest)}: this command takes "
+                         f"flags only{how} (--help lists the flags)")
     return fv, rest + passed
 
 

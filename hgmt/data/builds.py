@@ -88,13 +88,13 @@ def check_features(info: tfds.core.DatasetInfo, dataset: str, data_dir: str) -> 
         since = max(_ADDED_IN[f] for f in missing)
         raise NotInBuild(
             f"dataset {dataset!r} under {data_dir} was built by SURREAL builder version "
-            f"{info.version}, before {since}, and lacks {missing} (SURREAL's exact depth "
-            f"labels, the flagged test frames). Rebuild it: "
+            f"{info.version}, before {since}, and lacks {', '.join(missing)} (SURREAL's exact "
+            f"depth labels, the flagged test frames). Rebuild it: "
             f"{shards.build_command(dataset, data_dir)}")
     if missing:
         raise NotInBuild(
-            f"dataset {dataset!r} under {data_dir} lacks the features {missing} that the crop "
-            f"and the task labels are made from; use a SURREAL build (config.dataset="
+            f"dataset {dataset!r} under {data_dir} lacks the features {', '.join(missing)} that "
+            f"the crop and the task labels are made from; use a SURREAL build (config.dataset="
             f"'surreal/all', 'surreal/every10' or 'surreal/middle')")
 
 

@@ -119,8 +119,8 @@ def target_maps(tasks: tuple[str, ...] | None = None) -> tuple[str, ...]:
                     raise
                 raise ValueError(
                     f"task {t}'s labels read the record's {e.args[0]!r}, which training's "
-                    f"crops do not carry (they carry {sorted(raw)}): a task's labels read "
-                    f"those (hgmt.tasks.spec.Crop), or decode_record must carry it too"
+                    f"crops do not carry (they carry {', '.join(sorted(raw))}): a task's labels "
+                    f"read those (hgmt.tasks.spec.Crop), or decode_record must carry it too"
                     ) from None
         return [TASKS[t].targets(batch) for t in names]
 

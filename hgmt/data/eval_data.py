@@ -134,8 +134,8 @@ def stored_frames(info: tfds.core.DatasetInfo, dataset: str) -> records.FrameSel
     if name not in records.BUILD_FRAMES:
         raise builds.NotInBuild(
             f"dataset {dataset!r} was built with config {name!r}, not one of the SURREAL "
-            f"builder's {sorted(records.BUILD_FRAMES)}, so which frames it holds is unknown: "
-            f"use a build of one of them")
+            f"builder's {', '.join(sorted(records.BUILD_FRAMES))}, so which frames it holds is "
+            f"unknown: use a build of one of them")
     return records.BUILD_FRAMES[name]
 
 

@@ -213,9 +213,10 @@ def _check_url_scheme(out_dir: str, fmt: str, tf: ModuleType | None) -> None:
         if scheme not in known:
             writer = ("it writes a SavedModel" if fmt == "savedmodel" else
                       "etils.epath writes a URL through it where it is installed")
+            has = ", ".join(sorted(k for k in known if k))
             raise ValueError(f"--out_dir={out_dir}: TensorFlow has no file system for "
-                             f"{scheme}:// (it has {sorted(k for k in known if k)}), and "
-                             f"{writer}; export to a local folder and copy it there")
+                             f"{scheme}:// (it has {has}), and {writer}; export to a local "
+                             f"folder and copy it there")
         return
     try:
         import fsspec

@@ -96,7 +96,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     step = steps[-1] if step is None or best else step
     if step not in steps:
         raise NoCheckpoint(f"no checkpoint for step {step} in {folder}; available steps: "
-                           f"{steps}")
+                           f"{', '.join(map(str, steps))}")
     # config.json as written, read once (its upgrade warnings were the caller's to log).
     written = _written_config(workdir) if given else None
     variables = None
@@ -111,7 +111,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
         raise UnusableCheckpoint(
             f"{e}: copy it again from where it was written, or "
             + (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} (--step=N)"
-               if best else f"pass --step= with another of {other}" if other
+               if best else f"pass --step= with another of {', '.join(map(str, other))}" if other
                else "train again")) from None
     variables = to_model_layout(model, variables)  # the checkpoint holds streams per task
     check_variables(model, config.image_size, variables, f"checkpoint {folder}/{step}",
@@ -224,7 +224,8 @@ def _read_state(folder: str, step: int, config: ml_collections.ConfigDict, best:
                 raise device_memory.explain(e, config, f"while restoring {folder}/{step}",
                                             "eval_batch_size") from None
             other = (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} instead "
-                     f"(--step=N)" if best else f"pass --step= with another of {steps}")
+                     f"(--step=N)" if best else
+                     f"pass --step= with another of {', '.join(map(str, steps))}")
             raise UnusableCheckpoint(f"checkpoint {folder}/{step} cannot be read "
                                      f"({type(e).__name__}: {e}); {other}") from e
     state = restored["state"]

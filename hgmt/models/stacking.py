@@ -86,9 +86,9 @@ def stack_streams(tree: Any, tasks: Sequence[str]) -> Any:
         for k in stages:
             missing = [t for t in tasks if f"stage{k}_{t}" not in d]
             if missing:
-                raise ValueError(f"stage {k} has no stream for task(s) {missing} (has "
-                                 f"{sorted(map(str, d))}): the variables are of another "
-                                 f"task selection than {list(tasks)}")
+                raise ValueError(f"stage {k} has no stream for task(s) {', '.join(missing)} "
+                                 f"(has {', '.join(sorted(map(str, d)))}): the variables are "
+                                 f"of another task selection than {', '.join(tasks)}")
             for t in tasks:
                 jax.tree_util.tree_map_with_path(
                     lambda path, x, w=f"stage{k}_{t}": _check_rank(w, path, x, False),
@@ -113,7 +113,8 @@ def unstack_streams(tree: Any, tasks: Sequence[str]) -> Any:
         _check_rank(f"stage{k}_{STACKED}", path, leaf, True)
         if leaf.shape[:1] != (len(tasks),):
             raise ValueError(f"stage{k}_{STACKED} has a leaf of shape {leaf.shape}: its "
-                             f"leading task axis should be {len(tasks)} long for {list(tasks)}")
+                             f"leading task axis should be {len(tasks)} long for "
+                             f"{', '.join(tasks)}")
         return leaf
 
     def convert(d: Mapping) -> dict:

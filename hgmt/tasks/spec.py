@@ -41,8 +41,8 @@ class Headline:
     def __post_init__(self):
         unknown = (set(self.lower_is_better) | {self.compare}) - set(self.metrics)
         if unknown:
-            raise ValueError(f"Headline {self.label!r}: {sorted(unknown)} not in its metrics "
-                             f"{self.metrics}")
+            raise ValueError(f"Headline {self.label!r}: {', '.join(sorted(unknown))} not in "
+                             f"its metrics {', '.join(self.metrics)}")
         if self.per_item and not (self.item and self.item_label and self.item_names):
             raise ValueError(f"Headline {self.label!r}: a per-item breakdown "
                              f"({self.per_item!r}) needs `item` (what an item is, e.g. "

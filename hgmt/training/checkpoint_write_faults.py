@@ -174,7 +174,7 @@ def _intact(workdir: str) -> str:
     steps = checkpoints.steps_on_disk(workdir)
     if not steps:
         return f"no training checkpoint is complete in {workdirs.checkpoint_dir(workdir)}"
-    return f"the training checkpoints (steps {steps}) are intact"
+    return f"the training checkpoints (steps {', '.join(map(str, steps))}) are intact"
 
 
 def failed_steps(removed: list[str]) -> list[int]:

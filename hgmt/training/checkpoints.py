@@ -103,15 +103,16 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
         if found is not None and found[0] > bound:
             logging.error("checkpoint %s/%d reads here but not on process(es) %s; trying the "
                           "previous one", workdirs.checkpoint_dir(workdir), found[0],
-                          [int(i) for i in np.flatnonzero(rows[:, 0] < found[0])])
+                          ", ".join(str(i) for i in np.flatnonzero(rows[:, 0] < found[0])))
     if bound < 0:
         blind = [int(i) for i in np.flatnonzero(rows[:, 2] < 0)]
         if blind and rows[:, 2].max() >= 0:  # some processes see checkpoints, others none
+            seeing = ", ".join(str(i) for i in np.flatnonzero(rows[:, 2] >= 0))
             raise ValueError(
-                f"process(es) {blind} see no checkpoint in {workdirs.checkpoint_dir(workdir)} "
-                f"where process(es) {[int(i) for i in np.flatnonzero(rows[:, 2] >= 0)]} see "
-                f"some: every process must see the same workdir (a folder shared by all the "
-                f"hosts, or the same object-store path)")
+                f"process(es) {', '.join(map(str, blind))} see no checkpoint in "
+                f"{workdirs.checkpoint_dir(workdir)} where process(es) {seeing} see some: "
+                f"every process must see the same workdir (a folder shared by all the hosts, "
+                f"or the same object-store path)")
         if not rows[:, 1].any():
             return None
         _raise_none_reads(workdir, failures or [(s, None) for s in steps] or [(-1, None)])
@@ -248,9 +249,8 @@ def _raise_none_reads(workdir: str, failures: list[tuple[int, Exception | None]]
     newest = f"{type(e).__name__}: {str(e)[:300]}" if e else "it reads on no process"
     raise CannotResume(
         f"cannot resume from {workdirs.checkpoint_dir(workdir)}: none of its checkpoints "
-        f"(steps "
-        f"{[s for s, _ in failures]}) reads as this config's train state (the newest: "
-        f"{newest}). They were written by another model "
+        f"(steps {', '.join(str(s) for s, _ in failures)}) reads as this config's train "
+        f"state (the newest: {newest}). They were written by another model "
         f"configuration or an older hgmt. Use a new --workdir, or the config and hgmt "
         f"version that wrote them") from e
 

@@ -71,8 +71,9 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
         unknown = sorted(set(entry) - set(FIELDS))
         missing = sorted(set(FIELDS) - set(entry))
         if unknown or missing:
-            raise ValueError(f"{where}: unknown field(s) {unknown}, missing {missing}; an "
-                             f"evaluator has exactly {list(FIELDS)} (configs/common.py "
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}, missing "
+                             f"{', '.join(missing)}; an evaluator has exactly "
+                             f"{', '.join(FIELDS)} (configs/common.py "
                              f"evaluator_config)")
         for field, kind in FIELDS.items():
             if not isinstance(entry[field], kind):
