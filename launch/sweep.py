@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if trained in extra_protocols:
         others = ", ".join(x for x in protocols.PROTOCOLS if x != trained)
         raise SystemExit(f"error: --protocols={args.protocols}: each run's training evaluates "
-                         f"{trained} into {workdirs.result_file()} already "
-                         f"(config.evals.test.protocol={trained}); list only the extra "
+                         f"{trained!r} into {workdirs.result_file()} already "
+                         f"(config.evals.test.protocol={trained!r}); list only the extra "
                          f"protocols ({others})")
     try:  # a reference protocol measures the references' label size only
         for x in extra_protocols:

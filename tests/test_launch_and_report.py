@@ -878,8 +878,8 @@ def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path,
         out = sweep(given, *extra)
         assert out.returncode == 1 and out.stdout == "", out.stderr
         assert out.stderr == (
-            f"error: --protocols={given}: each run's training evaluates {trained} into "
-            f"eval_test.json already (config.evals.test.protocol={trained}); list only the "
+            f"error: --protocols={given}: each run's training evaluates {trained!r} into "
+            f"eval_test.json already (config.evals.test.protocol={trained!r}); list only the "
             f"extra protocols ({others})\n")
         assert not s.exists()
     _finished(s / "pose2d", "eval_test.json")
