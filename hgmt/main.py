@@ -189,7 +189,30 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
                          f"of process 0 as well (a multi-host run gives all three), or "
                          f"--distributed, which reads them from the cluster (Slurm, TPU VM); "
                          f"without either each process would train alone as process 0 of 1")
+    _check_job_flags(FLAGS)
     return FLAGS
+
+
+def _check_job_flags(fv: flags.FlagValues) -> None:
+    """A malformed --coordinator_address (JAX's IndexError or C++ 'Failed to start RPC
+    server', as tracebacks) or a --num_processes / --process_id out of range exits in one
+    line naming the flag and the fix."""
+    address, count, index = fv.coordinator_address, fv.num_processes, fv.process_id
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            example = host or (address if ":" not in address else "localhost")
+            raise SystemExit(f"error: --coordinator_address={address}: give host:port of "
+                             f"process 0, the port a number from 1 to 65535 that is free on "
+                             f"process 0's host (e.g. --coordinator_address="
+                             f"{example}:23455)")
+    if count is not None and count < 1:
+        raise SystemExit(f"error: --num_processes={count}: give the number of processes of "
+                         f"the job, at least 1")
+    if index is not None and (index < 0 or count is not None and index >= count):
+        within = f"0 to {count - 1} (--num_processes={count})" if count else "0 or more"
+        raise SystemExit(f"error: --process_id={index}: give this process's index, {within}, "
+                         f"each process its own")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -938,6 +938,28 @@ DEFAULT = f"{REPO}/configs/default.py"
      "as process 0 of 1"),
     ([f"--config={DEFAULT}", "--process_id=0"],
      "error: --process_id needs --coordinator_address=host:port of process 0 as well"),
+    # Before: JAX's IndexError, or its C++ 'Failed to start RPC server', as tracebacks.
+    ([f"--config={DEFAULT}", "--coordinator_address=localhost", "--num_processes=2",
+      "--process_id=0"],
+     "error: --coordinator_address=localhost: give host:port of process 0, the port a number "
+     "from 1 to 65535 that is free on process 0's host (e.g. "
+     "--coordinator_address=localhost:23455)"),
+    ([f"--config={DEFAULT}", "--coordinator_address=node1:abc", "--num_processes=2",
+      "--process_id=0"],
+     "error: --coordinator_address=node1:abc: give host:port of process 0, the port a number "
+     "from 1 to 65535 that is free on process 0's host (e.g. --coordinator_address=node1:23455)"),
+    ([f"--config={DEFAULT}", "--coordinator_address=:80", "--num_processes=2",
+      "--process_id=0"],
+     "error: --coordinator_address=:80: give host:port of process 0"),
+    ([f"--config={DEFAULT}", "--coordinator_address=localhost:23455", "--num_processes=0",
+      "--process_id=0"],
+     "error: --num_processes=0: give the number of processes of the job, at least 1"),
+    ([f"--config={DEFAULT}", "--coordinator_address=localhost:23455", "--num_processes=2",
+      "--process_id=2"],
+     "error: --process_id=2: give this process's index, 0 to 1 (--num_processes=2), each "
+     "process its own"),
+    ([f"--config={DEFAULT}", "--distributed", "--process_id=-1"],
+     "error: --process_id=-1: give this process's index, 0 or more, each process its own"),
     ([f"--config={DEFAULT}", "--distributed", "--heartbeat_timeout=0"],
      "error: --heartbeat_timeout=0: give at least 5 seconds (the watchdog beats every 0.5 s; "
      "a shorter timeout reads a late beat as a dead process)"),
