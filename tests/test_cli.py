@@ -1033,6 +1033,67 @@ def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def _held_port():
+    """A socket listening on a free port of every address (another job's coordinator)."""
+    import socket
+
+    held = socket.socket(socket.AF_INET6)
+    held.bind(("::", 0))
+    held.listen()
+    return held
+
+
+def test_a_coordinator_port_in_use_is_one_line_naming_it(tmp_path):
+    """Process 0 of a job whose coordinator port another socket holds (another job's
+    coordinator, an earlier run still running, two processes given --process_id=0): one line
+    naming the port and the fix, status 1, before the workdir is made. JAX's own attempt
+    logged a C++ error, then raised 'Failed to start RPC server' as a traceback or crashed
+    the process (SIGSEGV, status -11)."""
+    import subprocess
+
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
+             f"--workdir={tmp_path / 'w'}", f"--coordinator_address=localhost:{port}",
+             "--num_processes=2", "--process_id=0", "--connect_timeout=5",
+             "--compilation_cache="],
+            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: ValueError: process 0 cannot start the job's coordination service on port "
+        f"{port} ([::]:{port}: Address already in use): another job's coordinator, or a "
+        f"process of an earlier run still running, holds it. End that process, or give every "
+        f"process of the job another free port (--coordinator_address=localhost:PORT)"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeypatch):
+    """With --distributed under Slurm the port is JAX's choice for the job (from its id, or
+    JAX_COORDINATOR_PORT): process 0 finds it held and says which variable moves it; the
+    other processes, which listen on nothing, are not refused."""
+    from hgmt.training import cluster
+
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                            "JAX_COORDINATOR_PORT": str(port)}.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError) as e:
+            cluster._check_coordinator_port(None, None)
+        assert str(e.value).startswith(f"process 0 cannot start the job's coordination "
+                                       f"service on port {port} ([::]:{port}: ")
+        assert str(e.value).endswith("End that process, or set JAX_COORDINATOR_PORT to a free "
+                                     "port for every process of the job (the port JAX chose "
+                                     "for this cluster's job is taken)")
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        cluster._check_coordinator_port(None, None)
+    cluster._check_coordinator_port(f"localhost:{port}", 0)  # free again
+
+
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):
     """A workdir an older hgmt trained with shared_trunk=True and another interaction (which
     one shared stream never used) still evaluates: its config reads as 'sum', with a warning."""

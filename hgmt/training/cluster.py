@@ -10,9 +10,11 @@ so `initialize` hands such a process every GPU it sees (`slurm_local_device_ids`
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -76,6 +78,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                   connect_timeout_s)),
               threading.Timer(connect_timeout_s, _not_connected,
                               (who, coordinator_address, connect_timeout_s))]
+    _check_coordinator_port(coordinator_address, process_id)
     for timer in timers:
         timer.daemon = True
         timer.start()
@@ -86,6 +89,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                    initialization_timeout=connect_timeout_s + 60,
                                    heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
                                    shutdown_timeout_seconds=shutdown_timeout_s)
+    except jax.errors.JaxRuntimeError as e:
+        if "Failed to start RPC server" not in str(e):
+            raise
+        raise ValueError(_port_taken(_bind_address(coordinator_address or ":?"), str(e),
+                                     coordinator_address)) from None
     except ValueError as e:
         raise ValueError(
             f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
@@ -95,6 +103,70 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     finally:
         for timer in timers:
             timer.cancel()
+
+
+def _bind_address(coordinator_address: str) -> str:
+    """The host:port process 0's coordination service listens on: JAX's choice,
+    JAX_COORDINATOR_BIND_ADDRESS or every address at `coordinator_address`'s port."""
+    port = coordinator_address.rpartition(":")[2]
+    return os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or f"[::]:{port}"
+
+
+def _port_taken(bind: str, why: str, coordinator_address: str | None) -> str:
+    """The message of a coordination service that cannot listen on `bind` (`why`)."""
+    port = bind.rpartition(":")[2]
+    fix = (f"give every process of the job another free port (--coordinator_address="
+           f"{coordinator_address.rpartition(':')[0]}:PORT)" if coordinator_address else
+           "set JAX_COORDINATOR_PORT to a free port for every process of the job (the port "
+           "JAX chose for this cluster's job is taken)")
+    return (f"process 0 cannot start the job's coordination service on port {port} ({bind}: "
+            f"{why}): another job's coordinator, or a process of an earlier run still "
+            f"running, holds it. End that process, or {fix}")
+
+
+def _check_coordinator_port(coordinator_address: str | None, process_id: int | None) -> None:
+    """On process 0, a ValueError (`_port_taken`) when the port its coordination service is
+    to listen on is held by another socket: JAX's own attempt logs a C++ error and raises
+    'Failed to start RPC server', or crashes the process (SIGSEGV). Under Slurm with
+    --distributed the address and index are the cluster's (JAX's own reading of them);
+    elsewhere without them nothing is checked."""
+    given = coordinator_address
+    if coordinator_address is None or process_id is None:
+        from jax._src.clusters import slurm_cluster
+
+        cluster = slurm_cluster.SlurmCluster
+        try:
+            if not cluster.is_env_present():
+                return
+            if process_id is None:
+                process_id = cluster.get_process_id()
+            if coordinator_address is None:
+                coordinator_address = cluster.get_coordinator_address(
+                    None, os.environ.get("JAX_COORDINATOR_PORT"))
+        except (KeyError, ValueError):  # a Slurm environment JAX cannot read: its error
+            return
+    if process_id != 0:
+        return
+    bind = _bind_address(coordinator_address)
+    host, _, port = bind.rpartition(":")
+    if not port.isdigit():
+        return  # JAX's error names it
+    host = host.strip("[]")
+    for family in (socket.AF_INET6, socket.AF_INET) if ":" in host else (socket.AF_INET,):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this host: IPv4
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind((host if family == socket.AF_INET6 or ":" not in host
+                            else "0.0.0.0", int(port)))
+            except OSError as e:
+                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise ValueError(_port_taken(bind, e.strerror or str(e), given)) from None
+                continue
+            return
 
 
 def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
