@@ -55,7 +55,7 @@ class UserLines(logging.Filter):
     when a write fails on a full disk, which the command's own DiskFull line reports, or
     that a library logs of a Ctrl-C that interrupted it (orbax's wait for a checkpoint
     write, cut short by a second Ctrl-C during the first one's cleanup), which the command's
-    own line reports, show only with --verbosity=1."""
+    own line reports, and the warnings of `_CHATTER`, show only with --verbosity=1."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether `record` shows on the console."""
@@ -64,12 +64,27 @@ class UserLines(logging.Filter):
         if record.pathname.startswith(_HGMT_DIR):
             return (_progress_shown or record.levelno >= logging.WARNING
                     or getattr(record, "hgmt_every_process", False))
+        if _is_chatter(record):
+            return False
         error = record.exc_info[1] if record.exc_info else None
         if record.levelno >= logging.ERROR and (
                 disk_space.is_disk_full(error) or isinstance(error, KeyboardInterrupt)
                 or disk_space.is_disk_full(Exception(record.getMessage()))):
             return False
         return record.levelno >= logging.WARNING
+
+
+# Warnings of libraries that tell the user nothing the command's own lines do not: (a part of
+# the logging file's path, the start of the message's format). Orbax's "Reached preemption
+# sync point, step=S", logged up to three times on each process of a multi-host run that a
+# signal stops, where hgmt's `preempted: saved a checkpoint at step S ...` follows.
+_CHATTER = (("orbax/checkpoint/", "[process=%s][thread=%s] Reached preemption sync point"),)
+
+
+def _is_chatter(record: logging.LogRecord) -> bool:
+    """Whether `record` is one of the `_CHATTER` warnings (shown with --verbosity=1 only)."""
+    path, message = record.pathname.replace(os.sep, "/"), str(record.msg)
+    return any(part in path and message.startswith(start) for part, start in _CHATTER)
 
 
 class LevelNamed(logging.Formatter):

@@ -242,3 +242,19 @@ def test_a_librarys_error_logged_of_a_ctrl_c_shows_only_with_verbosity():
     lines = console.UserLines()
     assert not lines.filter(record(KeyboardInterrupt()))
     assert lines.filter(record(ValueError("a real failure")))
+
+
+def test_orbaxs_preemption_sync_point_warning_shows_only_with_verbosity():
+    """Orbax warns 'Reached preemption sync point, step=S' up to three times on each process
+    of a multi-host run stopped by a signal, before hgmt's own `preempted: saved a checkpoint
+    at step S` line: dropped by `UserLines`; orbax's other warnings still show."""
+    from hgmt import console
+
+    def record(msg: str, args: tuple) -> logging.LogRecord:
+        return logging.LogRecord("absl", logging.WARNING, "/site-packages/orbax/checkpoint/_src/"
+                                 "multihost/multihost.py", 436, msg, args, None)
+
+    lines = console.UserLines()
+    assert not lines.filter(record("[process=%s][thread=%s] Reached preemption sync point, "
+                                   "step=%s", (0, "MainThread", 63)))
+    assert lines.filter(record("[process=%s][thread=%s] something else", (0, "MainThread")))
