@@ -22,6 +22,12 @@ if [[ $# -ge 1 && $1 != --* ]]; then
   shift
 fi
 if [[ -n "${CPU_DEVICES:-}" ]]; then
+  if [[ ! $CPU_DEVICES =~ ^[0-9]+$ || $CPU_DEVICES -lt 1 ]]; then
+    # XLA would print its hundreds of flags, or JAX a traceback, instead.
+    echo "error: CPU_DEVICES=$CPU_DEVICES: give the number of virtual CPU devices, 1 or more" \
+      "(e.g. CPU_DEVICES=4), or leave it unset to train on the host's accelerators" >&2
+    exit 2
+  fi
   export JAX_PLATFORMS=cpu
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${CPU_DEVICES}"
 fi

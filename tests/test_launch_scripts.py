@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hgmt.training import cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -441,3 +443,18 @@ def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == status and "launch/local.sh WORKDIR" in run.stderr, first
         assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("devices", ["abc", "0", "-1", "2x"])
+def test_local_script_refuses_a_cpu_device_count_that_is_no_positive_number(tmp_path, devices):
+    """CPU_DEVICES=abc made XLA print its hundreds of flags, 0 or -1 JAX's traceback
+    ('Unable to initialize backend'): one line naming the variable, status 2, nothing
+    written."""
+    run = subprocess.run([os.path.join(REPO, "launch/local.sh"), "run"], cwd=tmp_path,
+                         env={**os.environ, "CPU_DEVICES": devices},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.splitlines() == [
+        f"error: CPU_DEVICES={devices}: give the number of virtual CPU devices, 1 or more (e.g. "
+        f"CPU_DEVICES=4), or leave it unset to train on the host's accelerators"]
+    assert os.listdir(tmp_path) == []
