@@ -1070,6 +1070,40 @@ def test_a_coordinator_port_in_use_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_ctrl_c_while_waiting_for_the_job_to_connect_ends_at_once(tmp_path):
+    """Process 0 of 2 started alone waits in C++ for the other (up to --connect_timeout),
+    where Python runs no signal handler: Ctrl-C did nothing until the timeout's NotConnected
+    (status 1). Now it ends the process at once in one line, status 130, nothing written."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
+         f"--workdir={tmp_path / 'w'}", f"--coordinator_address=localhost:{port}",
+         "--num_processes=2", "--process_id=0", "--connect_timeout=12", "--compilation_cache="],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    waiting = proc.stderr.readline()  # at half the connect timeout: it waits in C++ now
+    assert "waiting for the job's processes to connect" in waiting, waiting
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - sent < 4, "it waited for the connect timeout"
+    assert out == ""
+    assert err.splitlines() == [
+        "interrupted (Ctrl-C): process 0 of 2 stopped waiting for the job's processes to "
+        "connect; nothing was started or written. Start every process of the job again "
+        "together"]
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeypatch):
     """With --distributed under Slurm the port is JAX's choice for the job (from its id, or
     JAX_COORDINATOR_PORT): process 0 finds it held and says which variable moves it; the

@@ -10,19 +10,21 @@ so `initialize` hands such a process every GPU it sees (`slurm_local_device_ids`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import jax
 
-from hgmt import workdirs
+from hgmt import console, workdirs
 
 # The job's heartbeat timeout by default (--heartbeat_timeout; at least
 # `peers.MIN_HEARTBEAT_TIMEOUT_S`, ten beats of the watchdog, which judges it).
@@ -83,12 +85,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         timer.daemon = True
         timer.start()
     try:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id,
-                                   local_device_ids=slurm_local_device_ids(os.environ),
-                                   initialization_timeout=connect_timeout_s + 60,
-                                   heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
-                                   shutdown_timeout_seconds=shutdown_timeout_s)
+        with _ctrl_c_while_waiting(who):
+            jax.distributed.initialize(
+                coordinator_address=coordinator_address, num_processes=num_processes,
+                process_id=process_id, local_device_ids=slurm_local_device_ids(os.environ),
+                initialization_timeout=connect_timeout_s + 60,
+                heartbeat_timeout_seconds=3 * heartbeat_timeout_s,
+                shutdown_timeout_seconds=shutdown_timeout_s)
     except jax.errors.JaxRuntimeError as e:
         if "Failed to start RPC server" not in str(e):
             raise
@@ -167,6 +170,46 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                     raise ValueError(_port_taken(bind, e.strerror or str(e), given)) from None
                 continue
             return
+
+
+@contextlib.contextmanager
+def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
+    """Ctrl-C while the block runs (the main thread waiting in C++ for the job's processes
+    to connect, up to --connect_timeout, where Python runs no signal handler) ends the process
+    at once in one line, status `console.EXIT_INTERRUPTED`: nothing has started. Python's C
+    handler writes the signal to a wakeup socket, which a thread reads."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = socket.socketpair()
+    write.setblocking(False)
+    previous = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                signals = read.recv(64)
+            except OSError:
+                return
+            if not signals or done.is_set():
+                return
+            if signal.SIGINT in signals:
+                print(f"interrupted (Ctrl-C): {who} stopped waiting for the job's processes to "
+                      f"connect; nothing was started or written. Start every process of the "
+                      f"job again together", file=sys.stderr, flush=True)
+                os._exit(console.EXIT_INTERRUPTED)
+
+    thread = threading.Thread(target=watch, name="hgmt-connect-interrupt", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        write.close()  # ends the thread's recv
+        thread.join()
+        read.close()
 
 
 def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
