@@ -1104,6 +1104,23 @@ def test_ctrl_c_while_waiting_for_the_job_to_connect_ends_at_once(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog):
+    """A typo in --coordinator_address's host: JAX's client keeps trying it until the connect
+    timeout (300 s) says only that the processes did not connect; a warning names it at
+    once. A host that resolves is not warned about."""
+    from hgmt.training import cluster
+
+    with caplog.at_level(logging.WARNING):
+        cluster._check_coordinator_host("nosuchhost.invalid:23455")
+        cluster._check_coordinator_host("localhost:23455")
+        cluster._check_coordinator_host("[::1]:23455")
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "--coordinator_address=nosuchhost.invalid:23455: its host nosuchhost.invalid does not "
+        "resolve on this host"]
+    assert caplog.records[0].getMessage().endswith(
+        "so this process cannot reach the coordinator: give process 0's host name or address")
+
+
 def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeypatch):
     """With --distributed under Slurm the port is JAX's choice for the job (from its id, or
     JAX_COORDINATOR_PORT): process 0 finds it held and says which variable moves it; the

@@ -81,6 +81,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
               threading.Timer(connect_timeout_s, _not_connected,
                               (who, coordinator_address, connect_timeout_s))]
     _check_coordinator_port(coordinator_address, process_id)
+    _check_coordinator_host(coordinator_address)
     for timer in timers:
         timer.daemon = True
         timer.start()
@@ -170,6 +171,22 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                     raise ValueError(_port_taken(bind, e.strerror or str(e), given)) from None
                 continue
             return
+
+
+def _check_coordinator_host(coordinator_address: str | None) -> None:
+    """Warns at once when the host of `coordinator_address` does not resolve here (a typo in
+    --coordinator_address), which JAX's client keeps trying until the connect timeout; a
+    name this host's resolver may yet learn is not refused."""
+    if not coordinator_address:
+        return
+    host, _, port = coordinator_address.rpartition(":")
+    try:
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        logging.warning("--coordinator_address=%s: its host %s does not resolve on this host "
+                        "(%s), so this process cannot reach the coordinator: give process 0's "
+                        "host name or address", coordinator_address, host,
+                        getattr(e, "strerror", None) or e)
 
 
 @contextlib.contextmanager
