@@ -1143,6 +1143,13 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
         monkeypatch.setenv("SLURM_PROCID", "1")
         cluster._check_coordinator_port(None, None)
     cluster._check_coordinator_port(f"localhost:{port}", 0)  # free again
+    # A port that is no number: JAX's C++ crashed (SIGSEGV) on it.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("JAX_COORDINATOR_PORT", "abc")
+    with pytest.raises(ValueError) as e:
+        cluster._check_coordinator_port(None, None)
+    assert str(e.value) == ("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc' is no port "
+                            "number: give one from 1 to 65535 that is free on process 0's host")
 
 
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):

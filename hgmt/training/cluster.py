@@ -153,8 +153,12 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
         return
     bind = _bind_address(coordinator_address)
     host, _, port = bind.rpartition(":")
-    if not port.isdigit():
-        return  # JAX's error names it
+    if not port.isdigit() or not 0 < int(port) < 65536:  # JAX crashed (SIGSEGV)
+        source = next((f"{name}={os.environ[name]}" for name in (
+            "JAX_COORDINATOR_BIND_ADDRESS", "JAX_COORDINATOR_PORT") if os.environ.get(name)),
+            f"--coordinator_address={coordinator_address}")
+        raise ValueError(f"{source}: the coordinator's port {port!r} is no port number: give "
+                         f"one from 1 to 65535 that is free on process 0's host")
     host = host.strip("[]")
     for family in (socket.AF_INET6, socket.AF_INET) if ":" in host else (socket.AF_INET,):
         try:
