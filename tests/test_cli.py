@@ -1150,6 +1150,10 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
         cluster._check_coordinator_port(None, None)
     assert str(e.value) == ("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc' is no port "
                             "number: give one from 1 to 65535 that is free on process 0's host")
+    monkeypatch.setenv("SLURM_PROCID", "1")  # the others waited for the connect timeout
+    with pytest.raises(ValueError) as e:
+        cluster._check_coordinator_port(None, None)
+    assert str(e.value).startswith("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc'")
 
 
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):

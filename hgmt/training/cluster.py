@@ -128,10 +128,23 @@ def _port_taken(bind: str, why: str, coordinator_address: str | None) -> str:
             f"running, holds it. End that process, or {fix}")
 
 
+def _check_port_number(address: str, variable: str | None) -> None:
+    """A ValueError naming `variable` (where it is set, else --coordinator_address) when the
+    port of `address` (host:port) is no number from 1 to 65535."""
+    port = address.rpartition(":")[2]
+    if port.isdigit() and 0 < int(port) < 65536:
+        return
+    source = (f"{variable}={os.environ[variable]}" if variable and os.environ.get(variable)
+              else f"--coordinator_address={address}")
+    raise ValueError(f"{source}: the coordinator's port {port!r} is no port number: give one "
+                     f"from 1 to 65535 that is free on process 0's host")
+
+
 def _check_coordinator_port(coordinator_address: str | None, process_id: int | None) -> None:
     """On process 0, a ValueError (`_port_taken`) when the port its coordination service is
     to listen on is held by another socket: JAX's own attempt logs a C++ error and raises
-    'Failed to start RPC server', or crashes the process (SIGSEGV). Under Slurm with
+    'Failed to start RPC server', or crashes the process (SIGSEGV); on every process, a
+    ValueError when the coordinator's port is no number (`_check_port_number`). Under Slurm with
     --distributed the address and index are the cluster's (JAX's own reading of them);
     elsewhere without them nothing is checked."""
     given = coordinator_address
@@ -149,16 +162,14 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                     None, os.environ.get("JAX_COORDINATOR_PORT"))
         except (KeyError, ValueError):  # a Slurm environment JAX cannot read: its error
             return
+    # A port that is no number: JAX's C++ crashed process 0 (SIGSEGV), and the others
+    # waited for the connect timeout.
+    _check_port_number(coordinator_address, "JAX_COORDINATOR_PORT" if given is None else None)
     if process_id != 0:
         return
     bind = _bind_address(coordinator_address)
+    _check_port_number(bind, "JAX_COORDINATOR_BIND_ADDRESS")
     host, _, port = bind.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:  # JAX crashed (SIGSEGV)
-        source = next((f"{name}={os.environ[name]}" for name in (
-            "JAX_COORDINATOR_BIND_ADDRESS", "JAX_COORDINATOR_PORT") if os.environ.get(name)),
-            f"--coordinator_address={coordinator_address}")
-        raise ValueError(f"{source}: the coordinator's port {port!r} is no port number: give "
-                         f"one from 1 to 65535 that is free on process 0's host")
     host = host.strip("[]")
     for family in (socket.AF_INET6, socket.AF_INET) if ":" in host else (socket.AF_INET,):
         try:
