@@ -250,7 +250,8 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
             # Every process must train the same run: before anything is read or written.
             cluster.check_same_settings(
                 {"config": json.loads(fv.config.to_json_best_effort()),
-                 "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value},
+                 "workdir": paths.absolute(fv.workdir), RESUME: fv[RESUME].value,
+                 "num_processes": fv.num_processes},
                 free=tuple(f"config.{f}" for f in resume.DATA_LOCATION))
         # The job's progress is process 0's: the others show their warnings and errors
         # (--verbosity=1: everything).

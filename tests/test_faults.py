@@ -2676,21 +2676,24 @@ def _two_mains_that_stop(workdir: str, data_dir: str, extra: tuple[list[str], li
 
 
 def test_processes_started_with_other_settings_stop_together_naming_them(tmp_path):
-    """Two `hgmt.main` processes of one job given another learning rate and step count (a
-    typo in one host's command): they trained weights that drifted apart, the checkpoint not
-    the model evaluated, or, with another step count, ended in gloo's collective mismatch and
-    JAX's abort (status 134). Both stop before anything is read or written, with the same
-    line naming each field and both values; where each host finds the data may differ."""
+    """Two `hgmt.main` processes of one job given another learning rate, step count and
+    process count (a typo in one host's command): they trained weights that drifted apart,
+    the checkpoint not the model evaluated, or, with another step count, ended in gloo's
+    collective mismatch and JAX's abort (status 134); another --num_processes went unseen
+    (JAX ran a job of process 0's count). Both stop before anything is read or written,
+    with the same line naming each field and both values; where each host finds the data
+    may differ."""
     workdir = tmp_path / "run"
     outs, report = _two_mains_that_stop(str(workdir), str(tmp_path / "data"), (
         [], ["--config.optimizer.learning_rate=0.02", "--config.total_steps=3",
-             f"--config.data_dir={tmp_path / 'elsewhere'}"]))
+             f"--config.data_dir={tmp_path / 'elsewhere'}", "--num_processes=3"]))
     for out in outs:
         line = next(x for x in out.splitlines() if x.startswith("error: "))
         assert re.fullmatch(
             r"error: ValueError: the processes of this job were started with other settings: "
             r"process 1: config\.optimizer\.learning_rate 0\.02 \(process 0: [0-9.e-]+\); "
-            r"process 1: config\.total_steps 3 \(process 0: 2\)\. Start every process with "
+            r"process 1: config\.total_steps 3 \(process 0: 2\); "
+            r"process 1: num_processes 3 \(process 0: 2\)\. Start every process with "
             r"the same --config, config overrides, --workdir and flags \(only "
             r"config\.data_dir, config\.demo\.surreal_root may differ between hosts\)",
             line), report
