@@ -21,8 +21,8 @@ XLA device uses every core; with XLA_FLAGS=--xla_force_host_platform_device_coun
 into N virtual devices, which measured faster at 2 x 128 @ 128 on 2 cores (docs/performance.md,
 "Train step against PyTorch, CPU": its 1- and 2-device rows of that config).
 
-`--feed=trainer` times the trainer's own program instead (`hgmt.training.loop`'s step on
-every local device, `hgmt.devices.spmd`, fed one batch of config.dataset read here; with
+`--feed=trainer` times the trainer's own program instead (`hgmt.training.steps.jitted_train_step`
+on every local device, `hgmt.devices.spmd`, fed one batch of config.dataset read here; with
 config.augment_on "device", auto's choice on an accelerator, decoded records that the step
 crops and augments):
 `benchmarks/trainer_speed.py` compares the trainer with it, and the trainer then loads the
@@ -197,12 +197,12 @@ def hlo_shape_flops(hlo: str) -> dict:
 
 
 def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
-    """The trainer's own step and input, as `placed_step` gives them: the step of
-    `hgmt.training.loop` (its loss weights and options; the crop and augmentation inside
-    where config.augment_on puts them there) on every local device, its initial state placed
-    as the trainer places it, and one batch of the trainer's loader of config.dataset's
-    training split (read here, in this process) on the devices. The program is the trainer's,
-    so the two share their entry in a persistent compilation cache."""
+    """The trainer's own step and input, as `placed_step` gives them: the trainer's step,
+    `hgmt.training.steps.jitted_train_step` (its loss weights and options; the crop and
+    augmentation inside where config.augment_on puts them there) on every local device, its
+    initial state placed as the trainer places it, and one batch of the trainer's loader of
+    config.dataset's training split (read here, in this process) on the devices. The program
+    is the trainer's, so the two share their entry in a persistent compilation cache."""
     tasks, weights, options = config_check.check_config(config)
     prepare = loop.augmentation(config, tasks)
     source = builds.open_split(config.dataset, config.data_dir, "train")
@@ -210,7 +210,7 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     batch.pop("damaged", None)  # as the loop's damage log takes it
     state, params, init_s = initial_state(config, tasks, seed=config.seed)
     data = next(prefetch.prefetch_to_device(iter([batch]), 1))
-    step = loop.jitted_train_step(weights, options, prepare)
+    step = steps.jitted_train_step(weights, options, prepare)
     return step, hgmt_devices.replicate(state), data, params, init_s
 
 

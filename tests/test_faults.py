@@ -2114,7 +2114,7 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
     def step(state, batch):
         raise jax.errors.JaxRuntimeError(_GPU_OOM)
 
-    monkeypatch.setattr(loop, "_jitted_train_step", lambda *args: step)
+    monkeypatch.setattr(steps, "_jitted_train_step", lambda *args: step)
     with caplog.at_level(logging.INFO), pytest.raises(device_memory.OutOfDeviceMemory) as err:
         loop.train(config, str(tmp_path))
     message = str(err.value)
@@ -2141,7 +2141,7 @@ def test_out_of_device_memory_names_batch_image_model_memory_and_settings(
     def failing(state, batch):
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
-    monkeypatch.setattr(loop, "_jitted_train_step", lambda *args: failing)
+    monkeypatch.setattr(steps, "_jitted_train_step", lambda *args: failing)
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
         loop.train(config, str(tmp_path))
     assert not device_memory.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED: Error writing"))

@@ -99,7 +99,7 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
         return train_step(*args, **kwargs)
 
     monkeypatch.setattr(steps, "train_step", counted)
-    loop._jitted_train_step.cache_clear()
+    steps._jitted_train_step.cache_clear()
     try:
         config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=3, checkpoint_every=2)
         loop.train(config, str(tmp_path))
@@ -111,7 +111,7 @@ def test_the_train_step_is_traced_once_per_run(demo_dataset, tmp_path, monkeypat
                    str(tmp_path / "again"))
         assert len(traces) == 2
     finally:
-        loop._jitted_train_step.cache_clear()
+        steps._jitted_train_step.cache_clear()
 
 
 def test_device_done_tells_a_queued_step_from_a_finished_one():
@@ -290,7 +290,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
     its own seconds, and its ETA, 2 steps left at step 2's pace, far below 1000 s (counting
     the first step, at least 2 * 1000 / 2)."""
     offset = _loop_clock(monkeypatch)  # 1000 s later once the first step has run
-    jitted = loop.jitted_train_step
+    jitted = steps.jitted_train_step
 
     def slow_first(*args, **kwargs):
         step = jitted(*args, **kwargs)
@@ -302,7 +302,7 @@ def test_a_first_step_that_logs_gives_its_time_not_rates_and_the_next_lines_leav
             return out
         return run
 
-    monkeypatch.setattr(loop, "jitted_train_step", slow_first)
+    monkeypatch.setattr(steps, "jitted_train_step", slow_first)
     config = tiny_config(demo_dataset[1], tasks="pose2d", total_steps=4, log_every=1,
                          checkpoint_every=4)
     writer = Scalars()
@@ -627,7 +627,7 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
 def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_for_bit():
     """Two tasks (a volume and a class map, with their interaction) on 4 devices with the
     config's optimizer, two steps then the BatchNorm statistics' sync (as
-    `trainer.Trainer.host_state`): the trainer's step over global arrays (`loop.jitted_train_step`,
+    `trainer.Trainer.host_state`): the trainer's step over global arrays (`steps.jitted_train_step`,
     `devices.replicate`, `prefetch.prefetch_to_device`) gives
     `jax.pmap`'s step's state and losses on the same inputs, bit for bit; every device holds
     the same state, so one device's copy is the state; `devices.to_host` gives flax's
@@ -645,7 +645,7 @@ def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_
     batch["image"] = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3)).astype(np.uint8)
     batch = jax.device_get(batch)
     weights, options = check_loss_weights(config, tasks), check_loss_options(config, tasks)
-    p_step = loop.jitted_train_step(weights, options)
+    p_step = steps.jitted_train_step(weights, options)
     placed = devices.replicate(state)
     pmapped = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
                        axis_name="batch")
@@ -695,7 +695,7 @@ def test_per_device_batch_norm_normalises_each_devices_share_and_saves_their_mea
         weights, options = check_loss_weights(config, tasks), check_loss_options(config, tasks)
         state = steps.create_train_state(jax.random.key(0), config, create_model(
             config.model, heads(tasks), axis_name="batch"))
-        placed, _ = loop.jitted_train_step(weights, options)(
+        placed, _ = steps.jitted_train_step(weights, options)(
             devices.replicate(state),
             next(prefetch.prefetch_to_device(iter([batch]), 1)))
         alone = create_model(config.model, heads(tasks))  # no device axis

@@ -2,8 +2,8 @@
 (`hgmt.training.config_check`), then what a run reads and opens (the training split and its
 loader, the evaluators, the TensorBoard writer, the checkpoint manager, the newest readable
 checkpoint), in the order that keeps a refused run from changing the workdir; the steps, logs,
-saves and evaluations are `hgmt.training.trainer.Trainer`'s. The train step itself
-(`jitted_train_step`) and the training loader (`train_loader`) are built here.
+saves and evaluations are `hgmt.training.trainer.Trainer`'s, the train step
+`hgmt.training.steps.jitted_train_step`. The training loader (`train_loader`) is built here.
 
 One jitted step over every device of every process (`hgmt.devices`: the global batch split
 across devices and hosts), BatchNorm's batch statistics over the global batch
@@ -236,7 +236,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
                                restored_state=restored, mngr=mngr, evals=evals, writer=writer,
                                data_iter=data_iter, damaged=damaged, watch=watch,
                                peer_watch=peer_watch, lock=lock,
-                               train_step=jitted_train_step(weights, options, prepare))
+                               train_step=steps.jitted_train_step(weights, options, prepare))
     opened.callback(training.close_batches)
     training.set_aside_what_follows_the_start()
     training.evaluate_missed()
@@ -418,7 +418,7 @@ def train_loader(config: ml_collections.ConfigDict, source: Any, tasks: tuple[st
                  prepare: device_augment.Prepare | None,
                  worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
     """The training loader of `source` (a split of `builds.open_split`) for the step
-    of `jitted_train_step(..., prepare)`: cropped batches, or decoded records when the step
+    of `steps.jitted_train_step(..., prepare)`: cropped batches, or decoded records when the step
     crops (`prepare`). `worker_count` replaces config.worker_count."""
     workers = config.worker_count if worker_count is None else worker_count
     if prepare is None:
@@ -431,33 +431,6 @@ def train_loader(config: ml_collections.ConfigDict, source: Any, tasks: tuple[st
     return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
                                         worker_count=workers, tasks=tasks,
                                         read_threads=config.read_threads)
-
-
-def jitted_train_step(weights: dict, options: dict,
-                      prepare: device_augment.Prepare | None = None
-                      ) -> Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]:
-    """The train step the loop runs on every device over its share of the batch
-    (`hgmt.devices.spmd`, axis "batch", the state donated): `steps.train_step` with the loss
-    `weights` and `options` of `config_check.check_config`, and the crop inside where `prepare`
-    (`augmentation`) is given. It takes and returns the state as `devices.replicate` places
-    it and the batch as `prefetch.prefetch_to_device` does."""
-    return _jitted_train_step(
-        tuple(sorted(weights.items())),
-        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
-
-
-@functools.cache
-def _jitted_train_step(weights: tuple[tuple[str, float], ...],
-                       options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...],
-                       prepare: device_augment.Prepare | None = None):
-    """One jitted step per loss weighting, options (hashable tuples of `weights` and
-    `options` items) and device-side crop (`prepare`, or None when the loader crops), so that
-    a second `train()` in a process (a resume, the tests) reuses its trace instead of tracing
-    the model again."""
-    return devices.spmd(functools.partial(steps.train_step, weights=dict(weights),
-                                          options={t: dict(o) for t, o in options},
-                                          prepare=prepare),
-                        donate_argnums=(0,))
 
 
 def _closing(resource: Any) -> Callable:

@@ -21,6 +21,7 @@ from hgmt.choices import not_one_of
 from hgmt.tasks import compute_losses
 
 if TYPE_CHECKING:
+    from hgmt.data import device_augment
     from hgmt.models import MultiTaskHourglass
 
 
@@ -175,6 +176,33 @@ def train_step(state: TrainState, batch: dict, weights: dict,
     metrics = {f"loss/{name}": value for name, value in per_task.items()}
     metrics["loss/total"] = total
     return state, jax.lax.pmean(metrics, devices.AXIS)
+
+
+def jitted_train_step(weights: dict, options: dict,
+                      prepare: device_augment.Prepare | None = None
+                      ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The train step the loop runs on every device over its share of the batch
+    (`hgmt.devices.spmd`, axis "batch", the state donated): `train_step` with the loss
+    `weights` and `options` of `config_check.check_config`, and the crop inside where `prepare`
+    (`loop.augmentation`) is given. It takes and returns the state as `devices.replicate` places
+    it and the batch as `prefetch.prefetch_to_device` does."""
+    return _jitted_train_step(
+        tuple(sorted(weights.items())),
+        tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
+
+
+@functools.cache
+def _jitted_train_step(weights: tuple[tuple[str, float], ...],
+                       options: tuple[tuple[str, tuple[tuple[str, float], ...]], ...],
+                       prepare: device_augment.Prepare | None = None):
+    """One jitted step per loss weighting, options (hashable tuples of `weights` and
+    `options` items) and device-side crop (`prepare`, or None when the loader crops), so that
+    a second `train()` in a process (a resume, the tests) reuses its trace instead of tracing
+    the model again."""
+    return devices.spmd(functools.partial(train_step, weights=dict(weights),
+                                          options={t: dict(o) for t, o in options},
+                                          prepare=prepare),
+                        donate_argnums=(0,))
 
 
 @functools.cache
