@@ -54,7 +54,7 @@ from hgmt.data import builds, prefetch
 from hgmt.models import create_model, resolve_ops, resolve_stream_mode
 from hgmt.models.summary import first_flop_count
 from hgmt.tasks import check_loss_options, check_loss_weights, heads, parse_tasks
-from hgmt.training import config_check, loop, steps
+from hgmt.training import config_check, steps, train_data
 
 
 def random_batch(batch: int, res: int, seed: int = 0) -> dict:
@@ -204,9 +204,9 @@ def trainer_placed_step(config: ml_collections.ConfigDict) -> tuple:
     config.dataset's training split (read here, in this process) on the devices. The program
     is the trainer's, so the two share their entry in a persistent compilation cache."""
     tasks, weights, options = config_check.check_config(config)
-    prepare = loop.augmentation(config, tasks)
+    prepare = train_data.augmentation(config, tasks)
     source = builds.open_split(config.dataset, config.data_dir, "train")
-    batch = next(iter(loop.train_loader(config, source, tasks, prepare, worker_count=0)))
+    batch = next(iter(train_data.train_loader(config, source, tasks, prepare, worker_count=0)))
     batch.pop("damaged", None)  # as the loop's damage log takes it
     state, params, init_s = initial_state(config, tasks, seed=config.seed)
     data = next(prefetch.prefetch_to_device(iter([batch]), 1))

@@ -23,7 +23,7 @@ from hgmt.data import builds, check, damage, eval_data, placeholders, records
 from hgmt.evaluation import evaluator, markdown, report_files
 from hgmt.models import create_model
 from hgmt.tasks import heads
-from hgmt.training import loop, preemption, steps
+from hgmt.training import loop, preemption, steps, train_data
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -582,7 +582,7 @@ def test_the_damage_count_at_a_step_is_of_the_batches_trained_on(damaged, tmp_pa
         """The damaged records met in the first 1..batches batches of the trainer's loader."""
         config.seed = seed
         met, out = set(), []
-        loader = iter(loop.train_loader(config, source, ("pose2d",), None))
+        loader = iter(train_data.train_loader(config, source, ("pose2d",), None))
         for _ in range(batches):
             met |= {int(i) for i in np.unique(next(loader)["damaged"]) if i >= 0}
             out.append(len(met))

@@ -329,7 +329,7 @@ def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on
     """config.augment and config.window reach the trainer's crops on either path: with every
     augmentation off each training example's crop is its record's un-augmented one in the
     window; with the defaults, most are not."""
-    from hgmt.training import config_check, loop
+    from hgmt.training import config_check, train_data
     from tests.conftest import tiny_config
 
     plain = np.stack([cropping.crop_example(source[i], 64, ip.Augment.none(), window=window)["crop"]
@@ -342,8 +342,8 @@ def test_config_augment_sets_the_trainers_crops(source, demo_dataset, augment_on
                              augment_on=augment_on, worker_count=0, window=window,
                              **{f"augment.{k}": v for k, v in augment.items()})
         config_check.check_config(config)
-        prepare = loop.augmentation(config, ("pose2d",))
-        batch = next(iter(loop.train_loader(config, source, ("pose2d",), prepare)))
+        prepare = train_data.augmentation(config, ("pose2d",))
+        batch = next(iter(train_data.train_loader(config, source, ("pose2d",), prepare)))
         if prepare is not None:
             batch = jax.jit(prepare)({k: v for k, v in batch.items() if k != "damaged"}, 1)
         crops = np.asarray(batch["crop"])[:, None]

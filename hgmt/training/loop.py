@@ -3,7 +3,7 @@
 loader, the evaluators, the TensorBoard writer, the checkpoint manager, the newest readable
 checkpoint), in the order that keeps a refused run from changing the workdir; the steps, logs,
 saves and evaluations are `hgmt.training.trainer.Trainer`'s, the train step
-`hgmt.training.steps.jitted_train_step`. The training loader (`train_loader`) is built here.
+`hgmt.training.steps.jitted_train_step`, the training loader `hgmt.training.train_data`'s.
 
 One jitted step over every device of every process (`hgmt.devices`: the global batch split
 across devices and hosts), BatchNorm's batch statistics over the global batch
@@ -40,17 +40,14 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import code_version, console, devices, disk_space, paths, workdirs
+from hgmt import code_version, devices, disk_space, paths, workdirs
 from hgmt.data import (
-    augment,
     builds,
     crop_metres,
     damage,
-    device_augment,
     input_pipeline,
     prefetch,
     shards,
-    worker_signals,
 )
 from hgmt.models import MultiTaskHourglass, create_model, to_checkpoint_layout, to_model_layout
 from hgmt.tasks import heads
@@ -65,6 +62,7 @@ from hgmt.training import (
     resume,
     steps,
     summary_writer,
+    train_data,
     trainer,
     workdir_lock,
 )
@@ -205,12 +203,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     # gets its summaries and evaluators' folders.
     source = None if loader is not None else builds.open_split(
         config.dataset, config.data_dir, "train")
-    prepare = augmentation(config, tasks)
+    prepare = train_data.augmentation(config, tasks)
     evals = evaluators.Evaluators(config, workdir, weights, jax.process_index() == 0)
     opened.push(_closing(evals))
     damaged = None  # the account of damaged records the loader skipped
     if source is not None:
-        loader, damaged = _open_training_data(config, workdir, tasks, prepare, evals, source)
+        loader, damaged = train_data.open_training_data(config, workdir, tasks, prepare,
+                                                         evals, source)
     # The partial folders of checkpoint writes an earlier run did not finish (killed during
     # one) go, once the checks above let this run in and before it writes a checkpoint.
     checkpoint_write_faults.remove_leftovers(workdir)
@@ -218,7 +217,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     # split) leaves no summaries file in it.
     own_writer = writer is None
     writer = _checked_writer(workdir, writer, opened)
-    data_iter = _consumed_batches(loader, damaged, opened)
+    data_iter = train_data.consumed_batches(loader, damaged, opened)
     model = create_model(config.model, heads(tasks), axis_name=devices.AXIS)
     state, restored, mngr = _train_state(config, workdir, model, data_iter, opened)
     start_step = int(state.step)
@@ -260,18 +259,6 @@ def _checked_writer(workdir: str, writer: Any, opened: contextlib.ExitStack
     return checked
 
 
-def _consumed_batches(loader: Iterable, damaged: damage.DamageLog | None,
-                      opened: contextlib.ExitStack) -> prefetch.ConsumedPosition:
-    """The training batches of `loader`, whose workers start shielded from the job's signals
-    and stop as the run ends (closed by `opened`), however it ends. The damaged records of a
-    batch are noted in `damaged` when the step consumes it, not when it is prefetched: the
-    account at a step is of the batches trained on."""
-    data_iter = prefetch.ConsumedPosition(worker_signals.WorkersStartShielded(loader),
-                                                None if damaged is None else damaged.met)
-    opened.callback(data_iter.close)
-    return data_iter
-
-
 def _train_state(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
                  data_iter: prefetch.ConsumedPosition, opened: contextlib.ExitStack
                  ) -> tuple[steps.TrainState, steps.TrainState | None, ocp.CheckpointManager]:
@@ -311,36 +298,6 @@ def _check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: 
             f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
             f"label step {newest}'s weights as step {config.total_steps}. Give "
             f"--config.total_steps={newest} or more, or train into a new --workdir")
-
-
-def _open_training_data(config: ml_collections.ConfigDict, workdir: str,
-                        tasks: tuple[str, ...], prepare: device_augment.Prepare | None,
-                        evals: evaluators.Evaluators, source: Any
-                        ) -> tuple[input_pipeline.grain.DataLoader, damage.DamageLog]:
-    """The training loader of the built split `source` and the account of the damaged
-    records it skips, after the checks that refuse a workdir before it changes."""
-    # The evaluators' frames must be in this build: checked before the workdir changes.
-    evals.check_frames(source.dataset_info)
-    # A saved loader position resumes only with its seed and split size: named here, not
-    # by the restore below as checkpoints of another model.
-    resume.check_sampler(config, workdir, len(source))
-    # A resumed loader needs the worker count this process's saved position was made
-    # with; -1 (auto) otherwise counts this host's usable cores.
-    saved = checkpoints.resume_worker_count(workdir, config.worker_count, jax.process_count())
-    workers = input_pipeline.auto_worker_count(saved)
-    # Which records make each batch depends on it (`input_pipeline.endless_loader`);
-    # every checkpoint's data/process_<i>-of-<n>.json records this process's count.
-    logging.info("process %d's loader runs %d worker process(es) (config.worker_count=%d"
-                 "%s); which records make each batch depends on that count",
-                 jax.process_index(), workers, config.worker_count,
-                 ", resumed with its checkpoint's" if saved != config.worker_count else "",
-                 extra=console.EVERY_PROCESS)
-    loader = train_loader(config, source, tasks, prepare, workers)
-    damaged = damage.DamageLog(
-        damage.Shards.of(source), len(source), config.max_damaged_fraction,
-        workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
-        damage.union_over_processes if jax.process_count() > 1 else None)
-    return loader, damaged
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
@@ -401,36 +358,6 @@ def record_start(workdir: str, step: int) -> None:
               "processes": jax.process_count()}
     disk_space.append_line(workdirs.starts_file(workdir), json.dumps(record),
                            "the record of the trainer's starts")
-
-
-def augmentation(config: ml_collections.ConfigDict,
-                 tasks: tuple[str, ...]) -> device_augment.Prepare | None:
-    """Where the crop and augmentation run (config.augment_on): in the train step, on the
-    device (the `Prepare` it runs first on the loader's decoded records), or None: on the
-    loader's CPU workers."""
-    if device_augment.placement(config.augment_on) == "host":
-        return None
-    return device_augment.Prepare(config.image_size, config.seed, tasks,
-                                  augment.Augment.from_config(config.augment), config.window)
-
-
-def train_loader(config: ml_collections.ConfigDict, source: Any, tasks: tuple[str, ...],
-                 prepare: device_augment.Prepare | None,
-                 worker_count: int | None = None) -> input_pipeline.grain.DataLoader:
-    """The training loader of `source` (a split of `builds.open_split`) for the step
-    of `steps.jitted_train_step(..., prepare)`: cropped batches, or decoded records when the step
-    crops (`prepare`). `worker_count` replaces config.worker_count."""
-    workers = config.worker_count if worker_count is None else worker_count
-    if prepare is None:
-        return input_pipeline.train_loader(
-            source, batch_size=config.batch_size, image_size=config.image_size,
-            seed=config.seed, augment=augment.Augment.from_config(config.augment),
-            worker_count=workers, tasks=tasks,
-            unread=device_augment.unread_maps(tasks), read_threads=config.read_threads,
-            window=config.window)
-    return device_augment.decode_loader(source, batch_size=config.batch_size, seed=config.seed,
-                                        worker_count=workers, tasks=tasks,
-                                        read_threads=config.read_threads)
 
 
 def _closing(resource: Any) -> Callable:

@@ -184,8 +184,8 @@ def jitted_train_step(weights: dict, options: dict,
     """The train step the loop runs on every device over its share of the batch
     (`hgmt.devices.spmd`, axis "batch", the state donated): `train_step` with the loss
     `weights` and `options` of `config_check.check_config`, and the crop inside where `prepare`
-    (`loop.augmentation`) is given. It takes and returns the state as `devices.replicate` places
-    it and the batch as `prefetch.prefetch_to_device` does."""
+    (`train_data.augmentation`) is given. It takes and returns the state as
+    `devices.replicate` places it and the batch as `prefetch.prefetch_to_device` does."""
     return _jitted_train_step(
         tuple(sorted(weights.items())),
         tuple((t, tuple(sorted(o.items()))) for t, o in sorted(options.items())), prepare)
