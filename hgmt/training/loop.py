@@ -3,7 +3,9 @@
 loader, the evaluators, the TensorBoard writer, the checkpoint manager, the newest readable
 checkpoint), in the order that keeps a refused run from changing the workdir; the steps, logs,
 saves and evaluations are `hgmt.training.trainer.Trainer`'s, the train step
-`hgmt.training.steps.jitted_train_step`, the training loader `hgmt.training.train_data`'s.
+`hgmt.training.steps.jitted_train_step`, the training loader `hgmt.training.train_data`'s,
+the run's records in the workdir (config.json, starts.jsonl, the TensorBoard summaries'
+restart) `hgmt.training.workdir_records`'.
 
 One jitted step over every device of every process (`hgmt.devices`: the global batch split
 across devices and hosts), BatchNorm's batch statistics over the global batch
@@ -28,22 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
-import os
-import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from hgmt import code_version, devices, disk_space, paths, workdirs
+from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import (
     builds,
-    crop_metres,
     damage,
     input_pipeline,
     prefetch,
@@ -65,6 +63,7 @@ from hgmt.training import (
     train_data,
     trainer,
     workdir_lock,
+    workdir_records,
 )
 
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
@@ -105,7 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
     differs from the workdir's config.json (`hgmt.training.resume`) raises
     `resume.CannotResume` before any work, unless `resume_with_changed_config`. A run that
     stops on an error with no file written in the workdir it made removes that workdir
-    (`_removed_if_nothing_written`).
+    (`workdir_records.removed_if_nothing_written`).
 
     Raises `preemption.Preempted` after saving on SIGTERM/SIGUSR1 (during training, or during
     the evaluations after it: the last step saved, those not finished run on resuming),
@@ -131,7 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
         functools.partial(builds.built_split, config.dataset, config.data_dir, "train"))
     # A run refused after the lock made the workdir (a damaged shard of a split it
     # evaluates, say) leaves no empty workdir behind.
-    with _removed_if_nothing_written(workdir):
+    with workdir_records.removed_if_nothing_written(workdir):
         lock = workdir_lock.hold_for_job(workdir, built)
         try:
             # A preemption stops every process at one step: not a failure for the peers to see.
@@ -144,42 +143,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
                               opened, peer_watch, lock, changed)
         finally:
             lock.release()
-
-
-@contextlib.contextmanager
-def _removed_if_nothing_written(workdir: str) -> Iterator[None]:
-    """On process 0, where the `with` block stops on an error, removes the folders it made
-    for `workdir` (local; the workdir and the parents that were missing) when no file was
-    written in them: only empty folders are removed, so nothing anyone wrote is lost."""
-    made = [] if jax.process_index() or paths.is_url(workdir) else _missing_folders(workdir)
-    try:
-        yield
-    except BaseException:
-        if made and not _holds_anything_but_folders(made[0]):
-            # Left as they are where this fails: the run's own error is the one to report.
-            with contextlib.suppress(OSError):
-                for root, _, _ in os.walk(made[0], topdown=False):
-                    os.rmdir(root)
-                for folder in made[1:]:
-                    os.rmdir(folder)
-        raise
-
-
-def _missing_folders(workdir: str) -> list[str]:
-    """`workdir` and its parents that do not exist, deepest first."""
-    missing, folder = [], os.path.abspath(workdir)
-    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    return missing
-
-
-def _holds_anything_but_folders(folder: str) -> bool:
-    """Whether `folder` holds a file, a link or anything but folders, at any depth."""
-    for root, folders, files in os.walk(folder):
-        if files or any(os.path.islink(os.path.join(root, f)) for f in folders):
-            return True
-    return False
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader: Iterable | None,
@@ -198,7 +161,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     # agreed on a step this run reaches.
     newest = checkpoints.newest_step_on_disk(workdir)
     watch.resumes_from(newest)
-    _check_total_steps(config, workdir, newest)
+    resume.check_total_steps(config, workdir, newest)
     # The training split first: one that is not there stops the run before the workdir
     # gets its summaries and evaluators' folders.
     source = None if loader is not None else builds.open_split(
@@ -222,7 +185,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     state, restored, mngr = _train_state(config, workdir, model, data_iter, opened)
     start_step = int(state.step)
     if own_writer:  # what an earlier run logged after this step is not this run's
-        _restart_summaries(writer, workdir, start_step)
+        workdir_records.restart_summaries(writer, workdir, start_step)
     # The loader's workers start now, their position set, from threads that block the job's
     # signals (`worker_signals.WorkersStartShielded`); a restore has started them already.
     data_iter.start_prefetch()
@@ -230,7 +193,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     # a signal during it skips, count among those after training.
     watch.start(start_step, bool(evals.at_end() or evals.due(config.total_steps)))
     if jax.process_index() == 0:
-        _record_what_trains(config, workdir, changed, start_step, source is not None)
+        workdir_records.record_what_trains(config, workdir, changed, start_step,
+                                           source is not None)
     training = trainer.Trainer(config, workdir, model=model, state=state,
                                restored_state=restored, mngr=mngr, evals=evals, writer=writer,
                                data_iter=data_iter, damaged=damaged, watch=watch,
@@ -274,32 +238,6 @@ def _train_state(config: ml_collections.ConfigDict, workdir: str, model: MultiTa
     return state, restored, mngr
 
 
-def _record_what_trains(config: ml_collections.ConfigDict, workdir: str,
-                        changed: list | None, start_step: int, built: bool) -> None:
-    """Process 0's records of the run in the workdir: its config.json
-    (`resume.save_config`), this start (`record_start`) and, on a `built` split, the metres a
-    training window spans (3D decoding's scale for prediction on any image,
-    `crop_metres.record_in_workdir`). Written once the workdir's checkpoints are known to be
-    this config's: a config that does not fit them (another task set, say) or a trainer
-    refused the workdir (held by another) leaves the files of the run that wrote them."""
-    resume.save_config(config, workdir, changed, start_step)
-    record_start(workdir, start_step)
-    if built:
-        crop_metres.record_in_workdir(config.dataset, config.data_dir, workdir, config.window)
-
-
-def _check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: int) -> None:
-    """CannotResume where `config.total_steps` is below `newest`, the step of the workdir's
-    newest checkpoint (--resume_with_changed_config lets such a config through `run`'s
-    check)."""
-    if newest > config.total_steps:
-        raise resume.CannotResume(
-            f"config.total_steps={config.total_steps} is below step {newest}, the "
-            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
-            f"label step {newest}'s weights as step {config.total_steps}. Give "
-            f"--config.total_steps={newest} or more, or train into a new --workdir")
-
-
 def _restore(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHourglass,
              state: steps.TrainState, data_iter: prefetch.ConsumedPosition,
              mngr: ocp.CheckpointManager
@@ -332,32 +270,6 @@ def _restore(config: ml_collections.ConfigDict, workdir: str, model: MultiTaskHo
     logging.info("resumed from %s at step %d", workdirs.checkpoint_dir(workdir),
                  int(state.step))
     return state, state
-
-
-def _restart_summaries(writer: disk_space.CheckedWriter, workdir: str, start_step: int) -> None:
-    """Marks the TensorBoard summaries as restarting at `start_step` + 1 (what an earlier run
-    logged after it is not this run's); a start at step 0 moves an earlier run's event files
-    aside."""
-    writer.restart(start_step + 1)
-    if start_step == 0 and jax.process_index() == 0:
-        aside = f"{workdirs.events_superseded_dir(workdir)}/{workdirs.set_aside_name(0)}"
-        moved = summary_writer.set_aside_earlier(workdir, writer.path, aside)
-        if moved:
-            logging.info("a start at step 0 over an earlier run's TensorBoard summaries: "
-                         "moved %s to %s", ", ".join(moved), aside)
-
-
-def record_start(workdir: str, step: int) -> None:
-    """Appends this start of the trainer to <workdir>/starts.jsonl: the step it trains from,
-    the time (UTC), the code (`code_version.describe`: hgmt's version, commit, modified) and
-    what it runs on (JAX's version and backend, devices, processes), so that a run's numbers
-    can be traced to the code of each of its parts."""
-    record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              **code_version.describe(), "jax": jax.__version__,
-              "backend": jax.default_backend(), "devices": jax.device_count(),
-              "processes": jax.process_count()}
-    disk_space.append_line(workdirs.starts_file(workdir), json.dumps(record),
-                           "the record of the trainer's starts")
 
 
 def _closing(resource: Any) -> Callable:

@@ -13,7 +13,9 @@ one is kept as config_before_step<N>.json, N the step the rerun starts from. The
 `FREE_ON_RESUME` may change freely (but for the `BEST_SETTINGS` of the evaluator that keeps
 the best checkpoint, in the saved config or the rerun's). A loader position resumes only
 with the seed and split size it was saved with (`check_sampler`); one an hgmt before
-`input_pipeline.grain_seed` saved does not resume (a new workdir, or that hgmt version).
+`input_pipeline.grain_seed` saved does not resume (a new workdir, or that hgmt version). A
+`config.total_steps` below the step of the workdir's newest checkpoint stops the rerun
+(`check_total_steps`), whatever `--resume_with_changed_config` lets through.
 """
 
 from __future__ import annotations
@@ -256,3 +258,15 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
             f"{num_records} records; {where} over {saved['num_records']}, and it resumes only "
             f"over as many: rebuild the split as it was (or give the data_dir of that build), "
             f"or train in a new --workdir")
+
+
+def check_total_steps(config: ml_collections.ConfigDict, workdir: str, newest: int) -> None:
+    """CannotResume where `config.total_steps` is below `newest`, the step of the workdir's
+    newest checkpoint (--resume_with_changed_config lets such a config through
+    `check_config`)."""
+    if newest > config.total_steps:
+        raise CannotResume(
+            f"config.total_steps={config.total_steps} is below step {newest}, the "
+            f"workdir's latest checkpoint ({workdirs.checkpoint_dir(workdir)}): the run would "
+            f"label step {newest}'s weights as step {config.total_steps}. Give "
+            f"--config.total_steps={newest} or more, or train into a new --workdir")
