@@ -633,7 +633,7 @@ def test_a_signal_during_the_last_step_skips_its_validation_and_the_rerun_runs_i
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert int(loop.train(config, workdir).step) == 3
-    assert "evaluating step 3, which its run did not: ['validation']" in caplog.text
+    assert "evaluating step 3, which its run did not: validation" in caplog.text
     lines = workdirs.read_evals(workdir)
     assert [(x["step"], x["evaluator"]) for x in lines] == [(3, "validation")]
     assert best_checkpoint.best_manager(workdir, "loss/total").all_steps() == [3]

@@ -31,9 +31,9 @@ def data_of(sweep_dir: str, names: Sequence[str]) -> str:
 
 
 def starts(run_dir: str) -> list[dict]:
-    """The trainer's starts a run records (<run>/starts.jsonl, `training.loop.record_start`),
-    in order; [] for a run trained before hgmt wrote the file. A line that does not read (a
-    torn last line) is left out."""
+    """The trainer's starts a run records (<run>/starts.jsonl,
+    `training.workdir_records.record_start`), in order; [] for a run trained before hgmt
+    wrote the file. A line that does not read (a torn last line) is left out."""
     path = workdirs.starts_file(run_dir)
     if not os.path.isfile(path):
         return []

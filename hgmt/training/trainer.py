@@ -224,7 +224,8 @@ class Trainer:
         missed = [] if not self.restored else [n for n in self.evals.due(start)
                                                if n not in self.evals.recorded(start)]
         if missed:
-            logging.info("evaluating step %d, which its run did not: %s", start, missed)
+            logging.info("evaluating step %d, which its run did not: %s", start,
+                         ", ".join(missed))
             self._evaluate(missed, start, self.host_state(start),
                            stop=self.stop_if_preempted
                            if start == self.config.total_steps else self.lock_check)
