@@ -17,6 +17,7 @@ import pytest
 import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
+from configs import demo as demo_config
 from hgmt import disk_space, workdirs
 from hgmt.data import builds, cropping, eval_data
 from hgmt.data.augment import Augment
@@ -116,6 +117,54 @@ def test_predict_on_a_dataset_frame_equals_the_evaluation_path(predictor, test_e
     fg = result["depth"] > 0
     assert np.isnan(result["depth_rel_mm"][~fg]).all() and np.isfinite(
         result["depth_rel_mm"][fg]).all()
+
+
+def _doc_block(doc: str, opening: str, closing: str = "```") -> str:
+    """The lines of docs/`doc` between the line `opening` and the next line `closing`."""
+    lines = (pathlib.Path(__file__).resolve().parents[1] / "docs" / doc).read_text().splitlines()
+    start = lines.index(opening) + 1
+    return "\n".join(lines[start:lines.index(closing, start)]) + "\n"
+
+
+def test_the_evaluation_docs_python_block_runs_as_written(workdir, tmp_path, monkeypatch):
+    """docs/evaluation.md's "From Python" block, run as written on a trained workdir (for its
+    `runs/all`): it restores the newest checkpoint, evaluates the test split's middle frames
+    with the settings it names, and writes the report files its comment names."""
+    code = _doc_block("evaluation.md", "```python")
+    assert code.count('"runs/all"') == 1
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(code.replace('"runs/all"', repr(workdir)), "docs/evaluation.md", "exec"), names)
+    assert names["step"] == 2 and set(names["variables"]) == {"params", "batch_stats"}
+    summary = names["summary"]
+    assert (summary["split"], summary["frames"], summary["flip"], summary["protocol"]) == (
+        "test", "middle", False, "hgmt")
+    assert summary["num_examples"] == 2  # the middle frames of the demo dataset's 2 test clips
+    assert sorted(os.listdir(tmp_path)) == ["eval.json", "eval.md", "eval_pckh.png"]
+    with open(tmp_path / "eval.json") as f:
+        assert json.load(f)["num_examples"] == 2
+
+
+def test_the_predict_docs_script_prints_the_bbox_its_example_was_predicted_with(
+        tmp_path, monkeypatch, capsys):
+    """docs/predict.md's script behind its example picture, run as written on the demo's test
+    clip 03_01_c0001 (configs/demo.py's frames and seed; a clip does not depend on the count
+    per split): it writes the middle frame and prints the --bbox that the docs' next command
+    gives hgmt.predict."""
+    settings = demo_config.get_config().demo
+    synthetic.generate(str(tmp_path / "surreal"), clips_per_split=1, frames=settings.frames,
+                       seed=settings.seed)
+    code = _doc_block("predict.md", "python - <<'EOF'", "EOF")
+    assert settings.surreal_root in code
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("runs")
+    exec(compile(code.replace(settings.surreal_root, str(tmp_path / "surreal")),
+                 "docs/predict.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    command = _doc_block("predict.md", "EOF", "cp runs/predictions/03_01_c0001_middle.png "
+                                              "docs/predict_example.png")
+    assert printed.startswith("--bbox=") and f" {printed} " in f" {command.strip()} "
+    assert cv2.imread("runs/03_01_c0001_middle.png").shape == (240, 320, 3)
 
 
 def test_the_predictors_variables_are_placed_on_the_device_once(workdir, predictor):
