@@ -59,12 +59,12 @@ def test_a_storage_that_stops_answering_is_named_not_counted_as_damage(tmp_path,
     checked', naming the storage (StorageFault), exit status 66, and no record is listed as
     damaged (nothing needs rebuilding). Before, StorageFault ended the command in a
     traceback."""
-    from hgmt.data import builds, damage
+    from hgmt.data import builds, storage
     from tests.conftest import build_demo
     from tests.test_damaged_records import Outage
 
     _, data_dir = build_demo(str(tmp_path / "d"), clips_per_split=1, frames=2)
-    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0, 0.0))
     real = builds.source_of
     monkeypatch.setattr(builds, "source_of",
                         lambda *args, **kwargs: Outage(real(*args, **kwargs)))
@@ -87,7 +87,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
     import tensorflow_datasets as tfds
 
     import data_builders.surreal  # noqa: F401  (registers `surreal`)
-    from hgmt.data import builds, damage, shards
+    from hgmt.data import builds, record_reads, shards
 
     data_dir = str(tmp_path / "tfds")
     builder = tfds.builder("surreal/all", data_dir=data_dir, file_format=shards.FILE_FORMAT)
@@ -105,15 +105,15 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
             f.write(data[:len(data) // 2])
     intact = [i for k in (1, 3) for i in range(starts[k], starts[k] + lengths[k])]
     bad = starts[3] + lengths[3] - 1
-    real, read = damage.read, []
+    real, read = record_reads.read, []
 
     def reading(source, index):
         read.append(index)
         if index == bad:
-            raise damage.DamagedRecord("does not read (a test's damage)")
+            raise record_reads.DamagedRecord("does not read (a test's damage)")
         return real(source, index)
 
-    monkeypatch.setattr(damage, "read", reading)
+    monkeypatch.setattr(record_reads, "read", reading)
     capsys.readouterr()
     assert check.main([f"--config.data_dir={data_dir}", "--config.dataset=surreal/all",
                        "--splits=train"]) == check.EXIT_DAMAGED
@@ -133,7 +133,7 @@ def test_a_copy_with_two_truncated_shards_names_both_and_reads_the_other_shards(
                         f"--file_format=array_record` (or copy those shards again from "
                         f"where the dataset was built)")
     assert read == intact
-    monkeypatch.setattr(damage, "read", real)
+    monkeypatch.setattr(record_reads, "read", real)
     with pytest.raises(shards.DamagedShard) as raised:
         builds.open_split("surreal/all", data_dir, "train")
     message = str(raised.value)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hgmt import workdirs
-from hgmt.data import builds, check, damage, eval_data, placeholders, records
+from hgmt.data import builds, check, damage, eval_data, placeholders, record_reads, records, storage
 from hgmt.evaluation import evaluator, markdown, report_files
 from hgmt.models import create_model
 from hgmt.tasks import heads
@@ -117,7 +117,7 @@ def test_training_skips_names_once_counts_and_a_resumed_run_equals_an_uninterrup
 
 def test_more_damage_than_the_threshold_stops_naming_the_shard(damaged, tmp_path):
     config = tiny_config(damaged, total_steps=3, **{**KW, "max_damaged_fraction": 0.001})
-    with pytest.raises(damage.TooManyDamaged) as raised:
+    with pytest.raises(record_reads.TooManyDamaged) as raised:
         loop.train(config, str(tmp_path))
     assert str(raised.value) == (
         f"1 of the split's 12 records are damaged (8.33%), more than "
@@ -201,7 +201,7 @@ def test_evaluation_leaves_damaged_frames_out_and_counts_them_in_its_json(damage
     state = steps.create_train_state(jax.random.key(0), config,
                                      create_model(config.model, heads(("pose2d",))))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    shards = damage.Shards.of(builds.open_split("surreal/all", damaged, "test"))
+    shards = record_reads.Shards.of(builds.open_split("surreal/all", damaged, "test"))
     name = f"{_shard(damaged, 'test')} record 5 (index 5 of the split)"
     for frames, limit, unknown, examples in (("all", 0, [name], 11), ("middle", 0, [name], 2),
                                              ("all", 6, [name], 6), ("all", 5, [], 5)):
@@ -301,7 +301,7 @@ def test_an_empty_account_of_damaged_records_starts_again_and_a_damaged_one_stop
     reached the disk): the resumed run's account starts again, with a warning naming the file,
     and the next record met is written to it. A file that holds something else stops the run
     naming the file and the fix (hgmt.main shows it in one line: loop.FAULTS)."""
-    shards = damage.Shards(("a", "b"), (0, 4), (4, 3))
+    shards = record_reads.Shards(("a", "b"), (0, 4), (4, 3))
     path = workdirs.damaged_file(str(tmp_path))
     open(path, "w").close()
     with caplog.at_level(logging.WARNING):
@@ -376,7 +376,7 @@ def test_the_check_command_names_every_damaged_record(damaged, demo_dataset, cap
 def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_shard():
     """The decode path (a record whose hash matched but whose image does not decode), and
     replacement within the shard, wrapping around."""
-    shards = damage.Shards(("a", "b"), (0, 4), (4, 3))
+    shards = record_reads.Shards(("a", "b"), (0, 4), (4, 3))
     assert [shards.replacement(5, k) for k in range(4)] == [5, 6, 4, 5]
     assert shards.locate(6) == ("b", 2)
     good = {"image": b"", "segm": b"", "depth": b""}
@@ -387,13 +387,13 @@ def test_a_record_that_does_not_decode_is_replaced_by_the_next_good_one_of_its_s
             records.decoded(record, "image")  # raises DamagedRecord
         return {"made": True}
 
-    assert damage.first_good(5, fields, shards, make) == ({"made": True}, [5, 6])
-    assert damage.first_good(1, fields, shards, make) == ({"made": True}, [])
+    assert record_reads.first_good(5, fields, shards, make) == ({"made": True}, [5, 6])
+    assert record_reads.first_good(1, fields, shards, make) == ({"made": True}, [])
     fields[4] = dict(good, image=b"\xff\xd8 broken")
-    with pytest.raises(damage.TooManyDamaged, match=r"^3 records in a row are damaged in b "
+    with pytest.raises(record_reads.TooManyDamaged, match=r"^3 records in a row are damaged in b "
                                                     r"\(from record 1, every record of the "
                                                     r"shard; the first: record feature 'image'"):
-        damage.first_good(5, fields, shards, make)
+        record_reads.first_good(5, fields, shards, make)
 
 
 class Counted(list):
@@ -420,8 +420,8 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
     indices."""
 
     def example(source, index):
-        shards = damage.Shards.of(source)
-        out = damage.make_guarded(damage.Guarded(source)[index], source, shards, dict,
+        shards = record_reads.Shards.of(source)
+        out = record_reads.make_guarded(record_reads.Guarded(source)[index], source, shards, dict,
                                   usable=placeholders.passes_filter)
         return out["x"], out["damaged"].tolist()
 
@@ -434,7 +434,7 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
     checksum = "does not read (RuntimeError: Corrupted Riegeli/records file: chunk data hash " \
                "mismatch)"
     source = Counted(3, bad={0, 1, 2})
-    with pytest.raises(damage.TooManyDamaged) as raised:
+    with pytest.raises(record_reads.TooManyDamaged) as raised:
         example(source, 1)
     assert str(raised.value) == (
         f"3 records in a row are damaged in <memory> (from record 1, every record of the "
@@ -442,7 +442,7 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
         f"`python -m hgmt.data.check` and copy or rebuild it again")
     assert source.reads == {0: 1, 1: 1, 2: 1}
     source = Counted(10, bad=range(10))
-    with pytest.raises(damage.TooManyDamaged, match=rf"^8 records in a row are damaged in "
+    with pytest.raises(record_reads.TooManyDamaged, match=rf"^8 records in a row are damaged in "
                                                     rf"<memory> \(from record 5; the first: "
                                                     rf"{re.escape(checksum)}\): "):
         example(source, 5)
@@ -453,7 +453,7 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
 def test_an_empty_image_field_is_a_damaged_record_naming_it(key):
     """No bytes at all (OpenCV raises rather than returning None): the damaged-record error
     that the loaders skip, naming the field."""
-    with pytest.raises(damage.DamagedRecord, match=rf"record feature '{key}' \(0 bytes\) is "
+    with pytest.raises(record_reads.DamagedRecord, match=rf"record feature '{key}' \(0 bytes\) is "
                                                    rf"not a readable image"):
         records.decoded({key: b""}, key)
     png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()
@@ -462,8 +462,8 @@ def test_an_empty_image_field_is_a_damaged_record_naming_it(key):
     def make(record):
         return {"shape": records.decoded(record, key).shape[:2]}
 
-    shards = damage.Shards(("a",), (0,), (2,))
-    assert damage.first_good(0, fields, shards, make) == ({"shape": (2, 3)}, [0])
+    shards = record_reads.Shards(("a",), (0,), (2,))
+    assert record_reads.first_good(0, fields, shards, make) == ({"shape": (2, 3)}, [0])
 
 
 class Flaky:
@@ -488,14 +488,14 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
     RuntimeError naming it) is read again; one that lasts, after len(RETRY_DELAYS_S) + 1
     reads, is the storage's (StorageFault naming the record's file), never replaced or
     counted; a checksum mismatch is damage at once: replaced and counted."""
-    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0), raising=False)
-    shards = damage.Shards(("a",), (0,), (4,))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0, 0.0), raising=False)
+    shards = record_reads.Shards(("a",), (0,), (4,))
 
     def make(record):
         return {"i": record["i"]}
 
     def example(source):  # the training path: Guarded source, then make_guarded
-        out = damage.make_guarded(damage.Guarded(source)[1], source, shards, make,
+        out = record_reads.make_guarded(record_reads.Guarded(source)[1], source, shards, make,
                                   usable=placeholders.passes_filter)
         return out["i"], [int(i) for i in out["damaged"] if i >= 0]
 
@@ -508,10 +508,10 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
     for lasting in (OSError(errno.EIO, "Input/output error"),
                     RuntimeError("pread() failed: Input/output error; reading /nfs/surreal"),
                     PermissionError(errno.EACCES, "Permission denied")):
-        for read in (lambda source: damage.first_good(1, source, shards, make),
-                     example, lambda source: damage.read(source, 1)):
+        for read in (lambda source: record_reads.first_good(1, source, shards, make),
+                     example, lambda source: record_reads.read(source, 1)):
             source = Flaky(lasting, times=10**6)
-            with pytest.raises(damage.StorageFault) as raised:
+            with pytest.raises(storage.StorageFault) as raised:
                 read(source)
             assert str(raised.value).startswith(
                 f"dataset <memory> record 1 (index 1 of the split) cannot be read from its "
@@ -522,7 +522,7 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
             assert source.reads == 3
     checksum = Flaky(RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch"),
                      times=10**6)
-    assert damage.first_good(1, checksum, shards, make) == ({"i": 2}, [1])
+    assert record_reads.first_good(1, checksum, shards, make) == ({"i": 2}, [1])
     assert checksum.reads == 1
 
 
@@ -550,7 +550,7 @@ def test_a_storage_outage_during_training_stops_naming_the_storage_not_damage(
     damaged_records.json, and the 8th in a row stopped the run as a bad copy to rebuild)."""
     from hgmt.data import shards
 
-    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0, 0.0))
     real = builds.open_split
 
     def open_split(dataset, data_dir, split, *args, **kwargs):
@@ -566,7 +566,7 @@ def test_a_storage_outage_during_training_stops_naming_the_storage_not_damage(
             rf"times\): .*not damage: nothing needs rebuilding. Check that "
             rf"{re.escape(os.path.dirname(shard))} is reachable")):
         loop.train(tiny_config(demo_dataset[1], total_steps=2, **KW), workdir)
-    assert isinstance(damage.StorageFault("x"), loop.FAULTS)
+    assert isinstance(storage.StorageFault("x"), loop.FAULTS)
     assert not os.path.exists(workdirs.damaged_file(workdir))
 
 

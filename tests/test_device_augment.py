@@ -299,23 +299,23 @@ def test_a_segment_value_above_24_is_a_damaged_record_on_both_paths(source):
     naming no record, and the device mapped 200 to part 5 (l_hand) and trained on it."""
     import cv2
 
-    from hgmt.data import damage, records
+    from hgmt.data import damage, record_reads, records
 
     examples = [dict(source[i]) for i in range(3)]
     segm = records.decoded(examples[1], "segm").copy()
     assert segm.any()
     segm[segm > 0] = 200  # the whole person, so that the crop's label map samples it
     examples[1]["segm"] = cv2.imencode(".png", segm)[1].tobytes()
-    with pytest.raises(damage.DamagedRecord, match=r"^record feature 'segm' holds segment "
+    with pytest.raises(record_reads.DamagedRecord, match=r"^record feature 'segm' holds segment "
                                                    r"value 200, above SURREAL's 0\.\.24: "):
         records.decoded(examples[1], "segm")
     none = ip.Augment.none()
     host = ip.TrainCrop(64, none, ("segm",), examples).random_map(
-        damage.Guarded(examples)[1], np.random.default_rng(0))
-    device = da.DecodeRecord(("segm",), examples).map(damage.Guarded(examples)[1])
+        record_reads.Guarded(examples)[1], np.random.default_rng(0))
+    device = da.DecodeRecord(("segm",), examples).map(record_reads.Guarded(examples)[1])
     for out in (host, device):
-        assert out["damaged"].tolist() == [1] + [-1] * (damage.MAX_TRIES - 1)
-        log = damage.DamageLog(damage.Shards.of(examples), 3, 1.0, None)
+        assert out["damaged"].tolist() == [1] + [-1] * (record_reads.MAX_TRIES - 1)
+        log = damage.DamageLog(record_reads.Shards.of(examples), 3, 1.0, None)
         log.met(out["damaged"][None])
         assert log.found == {1: "<memory> record 1 (index 1 of the split)"}
     replacement = cropping.crop_example(examples[2], 64, none, tasks=("segm",))

@@ -1271,15 +1271,15 @@ def test_a_truncated_or_missing_shard_of_an_evaluated_split_stops_before_trainin
 def test_a_shard_its_storage_does_not_give_is_opened_again_and_named_not_damaged(
         demo_dataset, monkeypatch):
     """Opening a shard that fails with an I/O error (array_record's report of EIO, an
-    OSError, a refused access) is tried again after each of damage.RETRY_DELAYS_S: an error
+    OSError, a refused access) is tried again after each of storage.RETRY_DELAYS_S: an error
     that passes opens the split, one that lasts is the storage's (StorageFault), named
     without the advice to remove and rebuild the dataset; a file that is no array_record
     (damage) is judged at once, with that advice."""
     from array_record.python import array_record_module
 
-    from hgmt.data import damage
+    from hgmt.data import storage
 
-    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0, 0.0))
     data_dir = demo_dataset[1]
     [shard] = [os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
                if f.startswith("surreal-train.array_record")]

@@ -645,7 +645,7 @@ def test_missing_dataset_says_how_to_build(tmp_path):
 def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_dataset, tmp_path,
                                                                      monkeypatch):
     """Reading a split's metadata (dataset_info.json, features.json) that fails with an I/O
-    error is tried again after each of damage.RETRY_DELAYS_S; an error that lasts, and a
+    error is tried again after each of storage.RETRY_DELAYS_S; an error that lasts, and a
     folder TFDS cannot list (which it reports as no dataset), are the storage's
     (StorageFault), not a dataset to build; a missing one still is."""
     import errno
@@ -653,9 +653,9 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
     from etils import epath
     from tensorflow_datasets.core import read_only_builder, registered
 
-    from hgmt.data import damage, shards
+    from hgmt.data import shards, storage
 
-    monkeypatch.setattr(damage, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0, 0.0))
     real, calls = read_only_builder.builder_from_files, []
 
     def failing(error, times):

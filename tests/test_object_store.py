@@ -29,7 +29,7 @@ from etils import epath
 import hgmt.export
 import hgmt.inference.export
 from hgmt import disk_space, paths, workdirs
-from hgmt.data import builds, damage, shards
+from hgmt.data import builds, damage, record_reads, shards
 from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
 from hgmt.tasks import drawing
@@ -162,7 +162,7 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     assert (run / "eval_test_pckh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The damaged records skipped, kept across a resume.
-    split = damage.Shards(("a-00000-of-00001",), (0,), (10,))
+    split = record_reads.Shards(("a-00000-of-00001",), (0,), (10,))
     damage.DamageLog(split, 10, 0.5, workdirs.damaged_file(workdir)).note([3])
     again = damage.DamageLog(split, 10, 0.5, workdirs.damaged_file(workdir))
     assert again.found == {3: "a-00000-of-00001 record 3 (index 3 of the split)"}

@@ -803,13 +803,13 @@ def test_reference_protocols_are_refused_on_other_label_sizes():
 def test_an_evaluation_with_a_damaged_record_nulls_the_reference_numbers_over_n(
         demo_dataset, monkeypatch, caplog):
     """Four demo test frames under `bodynet`, all read, then with the fourth damaged (it does
-    not read: `damage.DamagedRecord`). The damaged record is padding at its position, left out
+    not read: `record_reads.DamagedRecord`). The damaged record is padding at its position, left out
     of the sums while N = 4 counts it: BodyNet's MJD and the per-image depth RMSE (sums / N)
     are null with the reason, in the JSON, the Markdown and the warning; the PCK and the
     segmentation means, over the records that read, keep a value or their own reason."""
     import logging
 
-    from hgmt.data import damage
+    from hgmt.data import record_reads
     from hgmt.models import create_model
     from hgmt.tasks import common, heads, parse_tasks
     from hgmt.training import steps
@@ -824,14 +824,14 @@ def test_an_evaluation_with_a_damaged_record_nulls_the_reference_numbers_over_n(
     assert every["num_damaged"] == 0 and every["pose3d"]["mjd_mm"] > 0
     assert every["depth"]["rmse_mm"] is not None
 
-    read = damage.read
+    read = record_reads.read
 
     def damaged_fourth(source, index):
         if index == 3:
-            raise damage.DamagedRecord("does not read (a test's damage)")
+            raise record_reads.DamagedRecord("does not read (a test's damage)")
         return read(source, index)
 
-    monkeypatch.setattr(damage, "read", damaged_fourth)
+    monkeypatch.setattr(record_reads, "read", damaged_fourth)
     with caplog.at_level(logging.WARNING):
         summary = ev(variables)
     assert summary["num_examples"] == 3 and summary["num_damaged"] == 1

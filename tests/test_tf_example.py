@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hgmt.data import builds, damage, tf_example
+from hgmt.data import builds, record_reads, tf_example
 
 
 def assert_same_record(ours: dict, theirs: dict) -> None:
@@ -58,8 +58,8 @@ def test_a_record_without_a_feature_is_damaged(demo_dataset):
     specs = source.specs + (("missing", np.dtype(np.float32), (2,)),)
     with pytest.raises(KeyError, match="'missing'"):
         tf_example.parse(source.source.data_source[0], specs)
-    with pytest.raises(damage.DamagedRecord, match="missing"):
-        damage.read(tf_example.ParsedSource(source.source, specs), 0)
+    with pytest.raises(record_reads.DamagedRecord, match="missing"):
+        record_reads.read(tf_example.ParsedSource(source.source, specs), 0)
 
 
 def test_other_feature_kinds_keep_tfds_parse():

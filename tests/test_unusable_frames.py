@@ -197,7 +197,7 @@ class _DamagedAmongPlaceholders:
 
 def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_it():
     """A record that does not read (damaged) passes the training loader's filter, for the
-    transform to replace (`damage.first_good`), so the look for a usable record once
+    transform to replace (`record_reads.first_good`), so the look for a usable record once
     PLACEHOLDER_RUN placeholders were skipped counts it as one, where it refused the split as
     all placeholders; a split whose every record reads as a placeholder is still refused.
     The damaged record is replaced by the next record of its shard that reads and is no
@@ -206,7 +206,7 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     loader raises NoUsableRecords naming the shard."""
     import grain.python as grain
 
-    from hgmt.data import damage, input_pipeline, placeholders
+    from hgmt.data import input_pipeline, placeholders, record_reads
 
     run = 2 * placeholders.PLACEHOLDER_RUN + 1
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1])
@@ -215,10 +215,10 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
 
     class Replaced(grain.MapTransform):  # the training transforms' replacement (TrainCrop's)
         def __init__(self, source):
-            self.source, self.shards = source, damage.Shards.of(source)
+            self.source, self.shards = source, record_reads.Shards.of(source)
 
         def map(self, element):
-            return damage.make_guarded(element, self.source, self.shards,
+            return record_reads.make_guarded(element, self.source, self.shards,
                                        lambda r: {"i": r["i"]}, usable=placeholders.passes_filter)
 
     # The damaged record, the only one the filter passes, and nothing but placeholders after it
@@ -236,10 +236,10 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     # One usable record, 50 records on (past MAX_TRIES), and more damaged ones on the way:
     # each damaged record is replaced by it and lists the damaged ones it met.
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1, 0, 3], usable=[50])
-    shards = damage.Shards.of(source)
-    assert damage.first_good(run - 1, source, shards, dict, usable=placeholders.passes_filter
+    shards = record_reads.Shards.of(source)
+    assert record_reads.first_good(run - 1, source, shards, dict, usable=placeholders.passes_filter
                              ) == ({"i": 50, "unusable": b""}, [run - 1, 0, 3])
-    assert damage.first_good(1, source, shards, dict) == (  # without `usable`: the next read
+    assert record_reads.first_good(1, source, shards, dict) == (  # without `usable`: the next read
         {"i": 1, "unusable": b"clip_missing_file"}, [])
     out = _first_batch(input_pipeline.endless_loader(source, Replaced(source), batch_size=2,
                                                      seed=0, worker_count=0))
@@ -247,14 +247,14 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     assert out["batch"]["i"].tolist() == [50, 50]
     assert set(out["batch"]["damaged"].ravel().tolist()) <= {run - 1, 0, 3, -1}
     # MAX_TRIES damaged records with placeholders between them: a bad copy, as in a row.
-    every_other = _DamagedAmongPlaceholders(run, damaged=range(0, 2 * damage.MAX_TRIES, 2),
+    every_other = _DamagedAmongPlaceholders(run, damaged=range(0, 2 * record_reads.MAX_TRIES, 2),
                                             usable=[run - 1])
-    with pytest.raises(damage.TooManyDamaged, match=(
-            rf"^{damage.MAX_TRIES} records are damaged in <memory> \(from record 0, "
-            rf"{damage.MAX_TRIES - 1} placeholders of unusable frames between them; the "
+    with pytest.raises(record_reads.TooManyDamaged, match=(
+            rf"^{record_reads.MAX_TRIES} records are damaged in <memory> \(from record 0, "
+            rf"{record_reads.MAX_TRIES - 1} placeholders of unusable frames between them; the "
             rf"first: does not read \(ValueError: checksum mismatch in record 0\)\): the shard "
             rf"is a bad copy")):
-        damage.first_good(0, every_other, damage.Shards.of(every_other), dict,
+        record_reads.first_good(0, every_other, record_reads.Shards.of(every_other), dict,
                           usable=placeholders.passes_filter)
 
 
@@ -286,10 +286,10 @@ def test_the_training_loaders_replace_a_damaged_record_by_a_usable_one_not_a_pla
     passes, never a placeholder (which the losses do not leave out): here the shard's last
     record, the only usable one, where the record after the damaged one, a placeholder, was
     trained on."""
-    from hgmt.data import builds, damage, device_augment, input_pipeline
+    from hgmt.data import builds, device_augment, input_pipeline, record_reads
 
     test = builds.open_split("surreal/all", demo_dataset[1], "test")
-    shards = damage.Shards.of(test)
+    shards = record_reads.Shards.of(test)
     first, last = shards.starts[0], shards.starts[0] + shards.lengths[0] - 1
     assert last - first >= 2
     split = _OneUsable(test, usable=last, damaged=first)

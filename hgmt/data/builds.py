@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hgmt import paths
-from hgmt.data import damage, records, shards
+from hgmt.data import records, shards, storage
 from hgmt.sources import surreal
 
 if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
@@ -151,7 +151,7 @@ def broken_build(dataset: str, data_dir: str) -> str | None:
     I/O error and a missing `features.json` as no dataset, and `tfds build` then reuses the
     broken folder or fails on it). The version judged is the one TFDS opens: the one asked
     for, else the highest. A folder that cannot be read is left to TFDS's error (a refused
-    access, an I/O error: `damage.storage_fault`)."""
+    access, an I/O error: `storage.storage_fault`)."""
     if paths.is_url(data_dir):
         return None
     try:
@@ -263,7 +263,7 @@ def built_split(dataset: str, data_dir: str, split: str) -> tfds.core.DatasetBui
     (`dataset_info.json`, `features.json`) only, its shards unread: FileNotFoundError naming
     the build command when the split is not built, `shards.WrongFileFormat` when it was not
     built as array_record, `shards.StorageFault` when its storage does not give those files
-    after `damage.RETRY_DELAYS_S`."""
+    after `storage.RETRY_DELAYS_S`."""
     from tensorflow_datasets.core import read_only_builder, registered
 
     if dataset.split("/")[0] == "surreal" and split not in surreal.SPLIT_DIRS:
@@ -287,9 +287,9 @@ def built_split(dataset: str, data_dir: str, split: str) -> tfds.core.DatasetBui
         return builder
 
     try:
-        builder = damage.with_retries(built, f"opening dataset {dataset!r} under {data_dir}")
-    except damage.GaveUp as e:
-        if damage.storage_fault(e.error):
+        builder = storage.with_retries(built, f"opening dataset {dataset!r} under {data_dir}")
+    except storage.GaveUp as e:
+        if storage.storage_fault(e.error):
             raise shards.StorageFault.of(f"dataset {dataset!r} split {split!r} under "
                                          f"data_dir={data_dir}", e, data_dir) from e.error
         raise _not_built(dataset, data_dir, split, e.error) from e.error
@@ -303,7 +303,7 @@ def open_split(dataset: str, data_dir: str, split: str, decode_images: bool = Fa
     """`tfds` data source of a built split (`built_split`), with a clear error when it is
     missing, when one of its shard files is missing or truncated, when it was built in
     another file format than array_record, or when its storage does not give its files after
-    `damage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
+    `storage.RETRY_DELAYS_S` (`hgmt.data.shards`). The split is read from its
     files (`dataset_info.json`, `features.json`), so neither the builder's code nor TensorFlow
     is needed: an accelerator host needs tensorflow-datasets, array_record and grain only. The
     image features stay encoded bytes (`cropping.crop_example` decodes them with OpenCV, faster than

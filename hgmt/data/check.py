@@ -80,9 +80,9 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
     damaged line) and reads and decodes every record of its intact shards (a damaged record
     is a damaged line). A split that is not built, not array_record, built without a feature
     hgmt reads (`builds.NotInBuild`), or whose storage does not give its files or a
-    record (`damage.StorageFault`) is not damage: its error is `unread` (`read` is then the
+    record (`storage.StorageFault`) is not damage: its error is `unread` (`read` is then the
     records read before it)."""
-    from hgmt.data import builds, damage, shards
+    from hgmt.data import builds, record_reads, shards, storage
 
     checked = Checked()
     try:
@@ -95,7 +95,7 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
     except (shards.SplitFault, FileNotFoundError, builds.NotInBuild) as e:
         checked.unread = f"{type(e).__name__}: {e}"
         return checked
-    where = damage.Shards.of(source)
+    where = record_reads.Shards.of(source)
     checked.shards = len(where.files)
     to_read = sum(n for f, n in zip(where.files, where.lengths, strict=True) if f not in problems)
     began = last_line = time.perf_counter()
@@ -111,12 +111,12 @@ def check_split(dataset: str, data_dir: str, split: str) -> Checked:
                              dataset, split, checked.read, to_read, len(checked.damaged),
                              console.hms((to_read - checked.read) / rate) if rate else "?")
             try:
-                record = damage.read(source, i)
+                record = record_reads.read(source, i)
                 for key in records.IMAGE_FEATURES:
                     records.decoded(record, key)
-            except damage.DamagedRecord as e:
+            except record_reads.DamagedRecord as e:
                 checked.damaged.append(f"{where.name(i)}: {e}")
-            except damage.StorageFault as e:  # the storage, not the data: the split is unchecked
+            except storage.StorageFault as e:  # the storage, not the data: the split is unchecked
                 checked.unread = f"{type(e).__name__}: {e}"
                 return checked
             checked.read += 1

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from hgmt import console, disk_space, paths, workdirs
-from hgmt.data import builds, cropping, damage, records
+from hgmt.data import builds, cropping, record_reads, records
 from hgmt.sources import body, camera, frame_selection, surreal
 from hgmt.tasks import spec
 
@@ -87,8 +87,8 @@ def measure(dataset: str, data_dir: str, split: str = "train",
     metres = []
     for i in picked:
         try:
-            metres.append(record_metres(damage.read(source, int(i)), window))
-        except damage.DamagedRecord:
+            metres.append(record_metres(record_reads.read(source, int(i)), window))
+        except record_reads.DamagedRecord:
             continue
     if not metres:
         raise ValueError(f"none of the {len(picked)} records of split {split!r} of dataset "

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from hgmt.data import cropping, damage, input_pipeline, placeholders, records
+from hgmt.data import cropping, input_pipeline, placeholders, record_reads, records
 from hgmt.data.augment import Augment
 from hgmt.sources import body, camera, reference_crop
 from hgmt.tasks import TASKS, common, spec
@@ -78,21 +78,21 @@ def decode_record(record: dict, maps: Sequence[str] = LABEL_MAPS) -> dict:
 
 
 class DecodeRecord(grain.MapTransform):
-    """`decode_record` of a record of a `damage.Guarded` source, decoding only the label maps
+    """`decode_record` of a record of a `record_reads.Guarded` source, decoding only the label maps
     in `maps`: as `input_pipeline.TrainCrop`, a damaged record is replaced by the next good
     one of its shard that is not a placeholder and the example's `damaged` field lists what it
     replaced."""
 
     def __init__(self, maps: Sequence[str], source: Any = None):
         self.maps, self.source = tuple(maps), source
-        self.shards = None if source is None else damage.Shards.of(source)
+        self.shards = None if source is None else record_reads.Shards.of(source)
 
     def map(self, element: dict) -> dict:
-        """`decode_record` of `element`, a damaged one replaced (`damage.make_guarded`)."""
+        """`decode_record` of `element`, a damaged one replaced (`record_reads.make_guarded`)."""
         def decode(record: dict) -> dict:
             return decode_record(record, self.maps)
 
-        return damage.make_guarded(element, self.source, self.shards, decode,
+        return record_reads.make_guarded(element, self.source, self.shards, decode,
                                    usable=placeholders.passes_filter)
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from hgmt import cores
-from hgmt.data import builds, cropping, damage, records, shards
+from hgmt.data import builds, cropping, record_reads, records, shards
 from hgmt.data.augment import Augment
 from hgmt.sources import frame_selection
 
@@ -54,8 +54,8 @@ def kept_indices(light: ArrayRecordDataSource | ParsedSource,
     out = []
     for i in range(len(light)):
         try:
-            record = damage.read(light, i)
-        except damage.DamagedRecord:
+            record = record_reads.read(light, i)
+        except record_reads.DamagedRecord:
             if damaged is not None:
                 damaged.append(i)
             continue
@@ -197,16 +197,16 @@ def eval_threads() -> int:
 
 
 def _made_in_order(make: Callable[[int], dict], items: Iterable[int], threads: int,
-                  ahead: int) -> Iterator[dict | damage.DamagedRecord]:
+                  ahead: int) -> Iterator[dict | record_reads.DamagedRecord]:
     """`make(i)` of each of `items`, in their order, or the DamagedRecord it raised (any other
     error is raised when its item's turn comes): made in this thread when `threads` is 0,
     else by a pool of `threads` threads that works at most `ahead` items past the one last
     taken. Closing the iterator cancels the work not started and waits for the rest."""
 
-    def outcome(i: int) -> dict | damage.DamagedRecord:
+    def outcome(i: int) -> dict | record_reads.DamagedRecord:
         try:
             return make(i)
-        except damage.DamagedRecord as e:
+        except record_reads.DamagedRecord as e:
             return e
 
     if not threads:
@@ -235,7 +235,7 @@ def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size
     leave out; a flagged placeholder, `unusable`, is one). The last batch is padded, with `mask`
     (1 real, 0 padding) so every example counts exactly once, and `position` (each example's
     index in `indices`, for metrics that group the test order into batches). A damaged record
-    (`damage.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
+    (`record_reads.DamagedRecord`) counts as padding and its index is appended to `damaged`; without
     that list it raises. A batch with no good record is padded with the first of `indices`
     that reads; when none does, `shards.DamagedShard` (`unreadable_split`).
 
@@ -258,15 +258,15 @@ def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size
     def filler() -> dict:
         for i in () if spare else indices:
             try:
-                spare.append(cropped(damage.read(source, i)))
+                spare.append(cropped(record_reads.read(source, i)))
                 break
-            except damage.DamagedRecord:
+            except record_reads.DamagedRecord:
                 continue
         if not spare:
             raise unreadable_split(source, indices)
         return spare[0]
 
-    made = _made_in_order(lambda i: cropped(damage.read(source, i)), mine, threads,
+    made = _made_in_order(lambda i: cropped(record_reads.read(source, i)), mine, threads,
                           ahead=max(2 * per_host, threads))
     try:
         # Every host yields the same number of batches (the collectives need all of them).
@@ -274,7 +274,7 @@ def eval_batches(source: Any, indices: list[int], *, batch_size: int, image_size
             examples: list[dict | None] = []
             for i in mine[start:start + per_host]:
                 example = next(made)
-                if isinstance(example, damage.DamagedRecord):
+                if isinstance(example, record_reads.DamagedRecord):
                     if damaged is None:
                         raise example
                     damaged.append(i)
@@ -309,7 +309,7 @@ def unreadable_split(source: Any, indices: Sequence[int]) -> shards.DamagedShard
         built = os.fspath(info.data_dir)  # <data_dir>/<name>[/<config>]/<version>
         data_dir = built.rstrip("/").rsplit("/", dataset.count("/") + 2)[0]  # a URL too
         split = source.split
-    where = damage.Shards.of(source)
+    where = record_reads.Shards.of(source)
     files = sorted({where.locate(i)[0] for i in indices})
     return shards.DamagedShard(
         f"none of the {len(indices)} records of dataset {dataset!r} split {split!r} selected "

@@ -32,17 +32,17 @@ import numpy as np
 from absl import flags
 
 from hgmt import cores
-from hgmt.data import cropping, damage, placeholders, worker_signals
+from hgmt.data import cropping, placeholders, record_reads, worker_signals
 from hgmt.data.augment import Augment
 
 
 class TrainCrop(grain.RandomMapTransform):
-    """The training crop of a record of a `damage.Guarded` source, around the `window`'s box
-    (cropping.TRAIN_WINDOWS): a damaged record is replaced by the next good one of its shard
-    that is not a placeholder (`damage.first_good`, `placeholders.passes_filter`), and the
-    example's `damaged` field, (damage.MAX_TRIES,) int64, lists the damaged indices it replaced
-    (-1 padded) for the trainer to name and count. Records without '_index' are cropped as
-    they are."""
+    """The training crop of a record of a `record_reads.Guarded` source, around the `window`'s
+    box (cropping.TRAIN_WINDOWS): a damaged record is replaced by the next good one of its
+    shard that is not a placeholder (`record_reads.first_good`, `placeholders.passes_filter`),
+    and the example's `damaged` field, (record_reads.MAX_TRIES,) int64, lists the damaged
+    indices it replaced (-1 padded) for the trainer to name and count. Records without
+    '_index' are cropped as they are."""
 
     def __init__(self, image_size: int, augment: Augment, tasks: Sequence[str] | None = None,
                  source: Any = None, unread: frozenset[str] = frozenset(),
@@ -50,14 +50,14 @@ class TrainCrop(grain.RandomMapTransform):
         self.image_size, self.augment, self.tasks = image_size, augment, tasks
         self.source, self.unread = source, frozenset(unread)
         self.window = cropping.check_window(window, cropping.TRAIN_WINDOWS, "training crop window")
-        self.shards = None if source is None else damage.Shards.of(source)
+        self.shards = None if source is None else record_reads.Shards.of(source)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         def crop(record: dict) -> dict:
             return cropping.crop_example(record, self.image_size, self.augment, rng, self.tasks,
                                 self.unread, self.window)
 
-        return damage.make_guarded(element, self.source, self.shards, crop,
+        return record_reads.make_guarded(element, self.source, self.shards, crop,
                                    usable=placeholders.passes_filter)
 
 
@@ -194,9 +194,9 @@ class GlobalOrder:
 def endless_loader(source: Any, transform: grain.MapTransform, *, batch_size: int, seed: int,
                    worker_count: int = -1, read_threads: int = 0) -> grain.DataLoader:
     """The training loaders' common part: this process's elements (`GlobalOrder`) of the
-    sequence of `source`'s records (damaged records replaced, `damage.Guarded`) shuffled
+    sequence of `source`'s records (damaged records replaced, `record_reads.Guarded`) shuffled
     with `grain_seed(seed)` over endless epochs, unusable records skipped
-    (`damage.NoUsableRecords`, at once or once a worker has skipped
+    (`record_reads.NoUsableRecords`, at once or once a worker has skipped
     `placeholders.PLACEHOLDER_RUN` in a row, when `source` is empty or holds nothing else:
     `placeholders.SkipUnusable`), `transform` applied, batches of batch_size //
     process_count. Its order and state (resume) depend on the source, seed, batch size and
@@ -218,7 +218,7 @@ def endless_loader(source: Any, transform: grain.MapTransform, *, batch_size: in
     if workers:
         worker_signals.resource_tracker_without_sigusr1()
     return grain.DataLoader(
-        data_source=damage.Guarded(source), sampler=sampler,
+        data_source=record_reads.Guarded(source), sampler=sampler,
         shard_options=sampler.shard_options,
         operations=[placeholders.SkipUnusable(source), transform,
                     grain.Batch(batch_size // jax.process_count(), drop_remainder=True)],

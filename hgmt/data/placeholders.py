@@ -4,7 +4,7 @@ A build keeps the test frames the reference protocols evaluate but cannot use (u
 clip with a missing file) as flagged placeholders (`records.unusable_example`), for
 evaluation. Training trains on none: the training loader's first operation, `SkipUnusable`,
 drops them (`passes_filter`), and a damaged record is replaced only by a record it passes
-(`damage.first_good`). A training split with nothing else to give raises NoUsableRecords
+(`record_reads.first_good`). A training split with nothing else to give raises NoUsableRecords
 (`no_usable_records`, naming the split and the fix) rather than being read round forever.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import grain.python as grain
 
-from hgmt.data import damage, shards, worker_signals
-from hgmt.data.damage import NoUsableRecords
+from hgmt.data import record_reads, shards, worker_signals
+from hgmt.data.record_reads import NoUsableRecords
 
 # How many placeholders in a row one copy of `SkipUnusable` skips before it looks through the
 # split for a usable record: a split with usable records seldom gives that many in a row, and
@@ -57,10 +57,10 @@ def no_usable_records(source: Any) -> NoUsableRecords:
 
 
 def passes_filter(element: dict) -> bool:
-    """Whether `SkipUnusable` passes `element`, a record of a `damage.Guarded` source: any but
+    """Whether `SkipUnusable` passes `element`, a record of a `record_reads.Guarded` source: any but
     a flagged placeholder. A damaged record ({'_index', '_damaged'}: it did not read) passes,
     for the transform to replace with the next good record of its shard that passes too
-    (`damage.first_good`, given this as its `usable`)."""
+    (`record_reads.first_good`, given this as its `usable`)."""
     return not element.get("unusable", b"")
 
 
@@ -69,7 +69,7 @@ def has_usable_record(source: Any) -> bool:
     that is not a flagged placeholder, or one that does not read (damaged), which the loader
     replaces (read in order up to the first). False: every record reads and is a
     placeholder."""
-    guarded = damage.Guarded(source)
+    guarded = record_reads.Guarded(source)
     return any(passes_filter(guarded[index]) for index in range(len(source)))
 
 

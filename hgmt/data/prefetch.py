@@ -21,7 +21,7 @@ class ConsumedPosition:
     *consumed*, not after the last one prefetched to devices (which runs ahead by `prefetch`
     batches). Give it to grain's checkpoint handler in place of the iterator; draw batches
     from `batches()` and call `consumed()` once per training step. With `on_consumed`, each
-    batch's `damaged` field ((B, damage.MAX_TRIES) int64, `TrainCrop`) is taken out of it as
+    batch's `damaged` field ((B, record_reads.MAX_TRIES) int64, `TrainCrop`) is taken out of it as
     it is drawn and given to `on_consumed` when the batch is consumed (`damage.DamageLog.met`):
     the account then holds the records of the batches trained on, none prefetched beyond."""
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hgmt.data import damage
+from hgmt.data import record_reads
 from hgmt.sources import body, camera, frame_selection, surreal
 from hgmt.tasks import depth
 
@@ -291,14 +291,14 @@ def decoded(example: dict, key: str) -> np.ndarray:
         except cv2.error:
             array = None
         if array is None:
-            raise damage.DamagedRecord(
+            raise record_reads.DamagedRecord(
                 f"record feature {key!r} ({len(value)} bytes) is not a readable image: the "
                 f"dataset is damaged; rebuild it with tfds build")
     else:
         array = np.asarray(value)
         array = array[..., 0] if key != "image" and array.ndim == 3 else array
     if key == "segm" and array.size and array.max() > body.NUM_SMPL_SEGMENTS:
-        raise damage.DamagedRecord(
+        raise record_reads.DamagedRecord(
             f"record feature 'segm' holds segment value {int(array.max())}, above SURREAL's "
             f"0..{body.NUM_SMPL_SEGMENTS}: the dataset is damaged or was not built by "
             f"data_builders/surreal; rebuild it with tfds build")

@@ -8,7 +8,7 @@ that the split's dataset_info.json lists, that the file exists and that its foot
 ArrayRecordReader without reading the records) holds the number of records recorded at build
 time. A truncation loses the footer, so it is caught; damage inside a record that leaves the
 footer intact is not (reading every record would cost as much as an epoch). Opening a shard
-that fails with an I/O error is tried again (`damage.with_retries`), and one that lasts is the
+that fails with an I/O error is tried again (`storage.with_retries`), and one that lasts is the
 storage's fault, not the shard's: named so, with no advice to rebuild.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 
-from hgmt.data import damage
+from hgmt.data import storage
 
 if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
     import tensorflow_datasets as tfds
@@ -28,10 +28,10 @@ if TYPE_CHECKING:  # TensorFlow Datasets is imported where a split is opened
 FILE_FORMAT = "array_record"
 
 
-# The split's faults of storage, defined beside the reads they come from (`damage.read`
-# raises StorageFault too) and given here with the others.
-SplitFault = damage.SplitFault
-StorageFault = damage.StorageFault
+# The split's faults of storage, defined with the retries they follow (`hgmt.data.storage`;
+# `record_reads.read` raises StorageFault too) and given here with the others.
+SplitFault = storage.SplitFault
+StorageFault = storage.StorageFault
 
 
 class DamagedShard(SplitFault):
@@ -104,7 +104,7 @@ def problems(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
     dataset_info.json records for it; empty when every shard is intact. Every shard's footer
     is read, so a bad copy is named whole. Raises WrongFileFormat when the split was not built
     as array_record; StorageFault when its storage does not give a shard, after
-    `damage.RETRY_DELAYS_S`."""
+    `storage.RETRY_DELAYS_S`."""
     check_file_format(builder, split, dataset, data_dir)
     info = builder.info.splits[split]
     found_problems = {}
@@ -112,10 +112,10 @@ def problems(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
         path = os.fspath(path)
         problem = None
         try:
-            found = damage.with_retries(lambda path=path: _record_count(path),
+            found = storage.with_retries(lambda path=path: _record_count(path),
                                         f"opening dataset shard {path}")
-        except damage.GaveUp as e:
-            if damage.storage_fault(e.error):
+        except storage.GaveUp as e:
+            if storage.storage_fault(e.error):
                 raise StorageFault.of(f"dataset shard {path}", e, data_dir) from e.error
             problem = f"cannot be opened ({e})"
         else:

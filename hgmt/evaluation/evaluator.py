@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from hgmt import devices, workdirs
-from hgmt.data import builds, cropping, damage, eval_data
+from hgmt.data import builds, cropping, damage, eval_data, record_reads
 from hgmt.evaluation import markdown, metrics_versions, pictures, protocols
 from hgmt.models import (
     IMAGE_MEAN,
@@ -220,7 +220,7 @@ class Evaluator:
         self.source = builds.open_split(config.dataset, config.data_dir, split)
         if self.window == "reference":
             builds.check_reference_flags(self.source, config.dataset, config.data_dir)
-        self.shards = damage.Shards.of(self.source)
+        self.shards = record_reads.Shards.of(self.source)
         # The records that did not read while the frames were selected: their frames, so
         # whether `frames` takes them, are unknown (`_damaged` reports them apart).
         self.unreadable: list[int] = []
