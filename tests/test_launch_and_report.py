@@ -14,7 +14,16 @@ import hgmt.report
 from hgmt import workdirs
 from hgmt.evaluation import metrics_versions
 from hgmt.sources import body
-from hgmt.study import charts, evaluations, provenance, report, run_configs, runs, stats
+from hgmt.study import (
+    charts,
+    comparable,
+    evaluations,
+    provenance,
+    report,
+    run_configs,
+    runs,
+    stats,
+)
 from hgmt.tasks import common
 from tests.conftest import xla_flags
 
@@ -1318,8 +1327,8 @@ def test_the_report_evaluates_a_run_again_into_the_file_it_reads_its_numbers_fro
     assert [r["num_examples"] for r in results["segm"]] == [240, 240]
     # Only runs under eval_test_hgmt.json to evaluate: the command names that file alone.
     segm = {"segm": evaluations._result(str(sweep_dir / "segm"), "hgmt")[0]}
-    settings = evaluations.evaluation_settings(middle)
-    assert evaluations._evaluate_command(str(sweep_dir), "hgmt", settings, [0], segm) == (
+    settings = comparable.evaluation_settings(middle)
+    assert comparable.evaluate_command(str(sweep_dir), "hgmt", settings, [0], segm) == (
         f"python -m hgmt.evaluate --workdir={sweep_dir}/<run> --split=test --frames=middle "
         f"--noflip --max_examples=0 --protocol=hgmt "
         f"--out_file={sweep_dir}/<run>/eval_test_hgmt.json", "")

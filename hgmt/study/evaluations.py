@@ -1,25 +1,23 @@
-"""A sweep's evaluated runs, read and checked for the task-combination study's report:
+"""A sweep's evaluated runs, read for the task-combination study's report:
 `evaluated_runs` finds the runs evaluated under a protocol and reads each one's summary
 (`_result`: which of its files holds those numbers), `load_sweep` gathers them by subset,
-refusing runs whose numbers do not compare (two runs of a subset with one seed; runs
-trained, with losses, evaluated or at label sizes unlike the others), and `progress` says
-how many of the sweep's planned runs finished and how they were evaluated. The files the
-report reads are read here; hgmt/study/report.py compares what `load_sweep` returns.
+refusing runs whose numbers do not compare (hgmt/study/comparable.py: two runs of a subset
+with one seed; runs trained, with losses, evaluated or at label sizes unlike the others), and
+`progress` says how many of the sweep's planned runs finished and how they were evaluated.
+The files the report reads are read here; hgmt/study/report.py compares what `load_sweep`
+returns.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
-import ml_collections
-
 from hgmt import workdirs
-from hgmt.evaluation import metrics_versions, protocols
-from hgmt.study import run_configs
+from hgmt.evaluation import metrics_versions
+from hgmt.study import comparable
 from hgmt.study import runs as sweep_runs  # `runs` names a subset's runs below
-from hgmt.tasks import TASKS, check_loss_options, check_loss_weights, parse_tasks
+from hgmt.tasks import TASKS, parse_tasks
 from hgmt.training import checkpoints
 
 
@@ -47,10 +45,11 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
     """{'pose2d+segm': [evaluation summary of each finished seed], ...} of every finished run
     in `sweep_dir`, evaluated under `protocol`. `found`: `evaluated_runs(sweep_dir,
     protocol)` when already made (default: made here). ValueError for runs whose numbers do
-    not compare: two runs of a subset with one seed (`_check_seed`), runs trained
-    (`_check_trained_alike`), with other losses (`_check_losses_alike`) or evaluated
-    (`_check_evaluated_alike`) unlike the others. A metric that is not finite (a run whose
-    weights diverged) is read as null, with that reason (`_non_finite_as_null`)."""
+    not compare: two runs of a subset with one seed (`comparable.check_seed`), runs trained
+    (`comparable.check_trained_alike`), with other losses (`comparable.check_losses_alike`)
+    or evaluated (`comparable.check_evaluated_alike`) unlike the others. A metric that is not
+    finite (a run whose weights diverged) is read as null, with that reason
+    (`_non_finite_as_null`)."""
     if found is None:
         found = evaluated_runs(sweep_dir, protocol)
     name_of = workdirs.result_file(protocol)
@@ -59,9 +58,9 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
         tasks = "+".join(parse_tasks(workdirs.run_tasks(name)))
         if os.path.isfile(os.path.join(sweep_dir, name, workdirs.CONFIG_FILE)):
             configs[name] = sweep_runs.saved_config(sweep_dir, name)
-            _check_seed(sweep_dir, name, configs[name], seeds.setdefault(tasks, {}))
+            comparable.check_seed(sweep_dir, name, configs[name], seeds.setdefault(tasks, {}))
         results.setdefault(tasks, []).append(_non_finite_as_null(summary))
-        evaluated[name] = evaluation_settings(summary)
+        evaluated[name] = comparable.evaluation_settings(summary)
         limits[name] = summary.get("max_examples")
         files[name] = file
     if not results:
@@ -72,100 +71,14 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
             f"{workdirs.result_file()} is there, and only for the step its training ended at)")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
                                 f"finished{hint}")
-    _check_trained_alike(sweep_dir, configs)
-    _check_losses_alike(sweep_dir, configs)
+    comparable.check_trained_alike(sweep_dir, configs)
+    comparable.check_losses_alike(sweep_dir, configs)
     # The runs' training window (alike by now: a run trained on another is refused above).
     trained = next((c.get("window", "hgmt") for c in configs.values()), "hgmt")
-    _check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files, trained)
-    _check_label_sizes_alike(sweep_dir, {n: s.get("label_size") for n, (_, s) in found.items()})
+    comparable.check_evaluated_alike(sweep_dir, protocol, evaluated, limits, files, trained)
+    comparable.check_label_sizes_alike(sweep_dir,
+                                       {n: s.get("label_size") for n, (_, s) in found.items()})
     return results
-
-
-def _check_label_sizes_alike(sweep_dir: str, sizes: dict[str, int | None]) -> None:
-    """Refuses runs evaluated at other label sizes ({run: its summary's label_size}; a summary
-    that does not record it, made before it was, is not compared): an evaluation with another
-    --config.image_size than the runs were trained at measures other maps."""
-    groups: dict[int, list[str]] = {}
-    for name, size in sorted(sizes.items()):
-        if size is not None:
-            groups.setdefault(size, []).append(name)
-    if len(groups) > 1:
-        found = "; ".join(f"{size} x {size} ({_some(names)})"
-                          for size, names in sorted(groups.items()))
-        raise ValueError(f"{sweep_dir}: the runs were evaluated at other label sizes, so their "
-                         f"numbers do not compare: {found}. Evaluate them again at the image "
-                         f"size they were trained at (hgmt.evaluate without "
-                         f"--config.image_size)")
-
-
-def _check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
-    """Refuses runs (`configs`: {run: its config.json}, in name order) not all trained alike
-    (`run_configs.trained_differences`: a field outside those a sweep's runs differ in by design
-    and those a rerun may change): a run trained with other settings (a test run into the
-    sweep's folder after an edit of the config, a rerun with --resume_with_changed_config)
-    is another experiment, and its numbers do not belong in the means, tests and verdicts.
-    The largest group of runs trained alike (on a tie, the first run's) is the sweep's; the
-    error names each other run with each field, its value and theirs, and the fix."""
-    groups: list[list[str]] = []
-    for name, config in configs.items():
-        alike = next((g for g in groups
-                      if not run_configs.trained_differences(config, configs[g[0]])), None)
-        if alike is None:
-            groups.append([name])
-        else:
-            alike.append(name)
-    if len(groups) < 2:
-        return
-    sweep = max(groups, key=len)  # the first of the largest: the first run's on a tie
-    odd = sorted(n for g in groups if g is not sweep for n in g)
-    found = "; ".join(
-        f"{name} not: " + ", ".join(f"{field} {json.dumps(theirs)} (theirs: {json.dumps(ours)})"
-                                    for field, theirs, ours in run_configs.trained_differences(
-                                        configs[name], configs[sweep[0]]))
-        for name in odd)
-    raise ValueError(
-        f"{sweep_dir}: the runs were not all trained alike, so their numbers do not compare: "
-        f"{len(sweep)} run{'s' if len(sweep) > 1 else ''} trained alike ({_some(sweep)}); "
-        f"{found}. Move {'each of ' if len(odd) > 1 else ''}{_some(odd)} out of {sweep_dir}: "
-        f"the report then leaves it out, and launch/sweep.py with the sweep's arguments "
-        f"trains it again")
-
-
-def _check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
-    """Refuses runs (`configs`: {run: its config.json}) that train a task with another loss
-    weight or other loss options than the other runs of that task: a sweep's runs differ in
-    their tasks' losses only in which tasks they have (`run_configs.PER_RUN`), so a task's gain
-    between two subsets is not of a changed loss. The value most runs of the task train with
-    (on a tie, the first run's) is the sweep's; the error names each other run, its value,
-    theirs and the fix."""
-    trained = {}  # {run: {task: its loss weight and options}}
-    for name, config in configs.items():
-        tasks = parse_tasks(workdirs.run_tasks(name))
-        c = ml_collections.ConfigDict({k: config.get(k, {}) for k in ("loss_weights",
-                                                                      "loss_options")})
-        weights, options = check_loss_weights(c, tasks), check_loss_options(c, tasks)
-        trained[name] = {t: {"loss_weights": weights[t], "loss_options": options[t]}
-                         for t in tasks}
-    found = []
-    for task in TASKS:
-        losses = {name: of[task] for name, of in trained.items() if task in of}
-        values = [json.dumps(v, sort_keys=True) for v in losses.values()]
-        if not values:
-            continue
-        sweep = max(dict.fromkeys(values), key=values.count)  # the first on a tie
-        for (name, loss), value in zip(losses.items(), values, strict=True):
-            if value != sweep:
-                theirs = json.loads(sweep)
-                found.append(f"{name} trains {task} with " + ", ".join(
-                    f"{field}.{task} {json.dumps(loss[field])} (theirs: "
-                    f"{json.dumps(theirs[field])})" for field in loss
-                    if loss[field] != theirs[field]))
-    if found:
-        raise ValueError(
-            f"{sweep_dir}: the runs of a task do not all train it with the same loss, so its "
-            f"changes between subsets would be of the loss too: {'; '.join(found)}. Move each "
-            f"such run out of {sweep_dir}: the report then leaves it out, and launch/sweep.py "
-            f"with the sweep's arguments trains it again")
 
 
 # A metric whose value is not finite (NaN, inf): the run's weights or its evaluation diverged.
@@ -194,112 +107,6 @@ def _non_finite_as_null(summary: dict) -> dict:
                 entry[key] = {k: v if finite(v) else None for k, v in value.items()}
         out[task] = entry
     return out
-
-
-# What an evaluation summary records of the frames it was made on and the metrics'
-# definitions (`metrics_versions.metrics_version`); runs compare only when these agree.
-EVALUATION = ("num_examples", "split", "frames", "flip", "metrics_version", "window")
-# A summary without a field was made before it was recorded: `window` in hgmt's crop window,
-# whatever its protocol; `metrics_version` under the first definitions.
-_BEFORE = {"window": "hgmt", "metrics_version": 1}
-
-
-def evaluation_settings(summary: dict) -> tuple:
-    """The summary's EVALUATION values (`_BEFORE`'s for a field it lacks)."""
-    return tuple(summary.get(k, _BEFORE.get(k)) for k in EVALUATION)
-
-
-def _check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tuple],
-                           limits: dict[str, int | None], files: dict[str, str],
-                           trained: str = "hgmt") -> None:
-    """Refuses runs (`evaluated`: {run: `evaluation_settings`}) not all evaluated alike:
-    their numbers do not compare, so neither do the tables and verdicts made of them. The
-    error names each group of runs with its evaluation and the hgmt.evaluate command that
-    evaluates the others as the most runs were (every run where their crop window or metric
-    definitions are not those hgmt.evaluate uses for `protocol` today on runs trained on
-    `trained`'s windows, config.window), with the example limit they asked for (`limits`:
-    {run: the summary's max_examples}; where no summary records it, the frames they
-    evaluated), into each run's file (`files`: {run: `_result`'s file name})."""
-    groups: dict[tuple, list[str]] = {}
-    for name, settings in evaluated.items():
-        groups.setdefault(settings, []).append(name)
-    if len(groups) < 2:
-        return
-    today = protocols.window(protocol, trained)
-
-    def as_today(settings: tuple) -> bool:  # what hgmt.evaluate gives now
-        return settings[-2:] == (metrics_versions.metrics_version(protocol), today)
-
-    target = max(groups, key=lambda k: (as_today(k), len(groups[k]), str(k)))
-    redo = (sorted(evaluated) if not as_today(target) else
-            sorted(n for k, names in groups.items() if k != target for n in names))
-    command, others = _evaluate_command(sweep_dir, protocol, target,
-                                        [limits[n] for n in groups[target]],
-                                        {n: files[n] for n in redo})
-    found = "; ".join(
-        f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
-        f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
-        f"({_some(groups[settings])})"
-        for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
-    which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
-             f"{today}, metrics_version {metrics_versions.metrics_version(protocol)})"
-             if not as_today(target)
-             else f"{_some(redo)} again as the others")
-    raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
-                     f"do not compare: {found}. Evaluate {which}, for each <run>: {command}"
-                     f"{others}")
-
-
-def _evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
-                      limits: list[int | None], runs: dict[str, str]) -> tuple[str, str]:
-    """The hgmt.evaluate command that evaluates each of the sweep's `runs` ({name: the name
-    of the file the report reads that run's numbers from, `_result`'s}), as <run>, under
-    `protocol` on the frames of `settings` (an `evaluation_settings`) into that file, with the
-    example limit the runs asked for (`limits`: their summaries' max_examples, None where a
-    summary does not record it; when none does, the frames they evaluated). Where the runs'
-    files are named differently (under hgmt: eval_test_hgmt.json for a run whose trainer's
-    eval_test.json holds another protocol's numbers, which the command must not overwrite),
-    the command names the file of most runs and the clause returned with it (' (for a, b,
-    whose ...: --out_file=...)'; '' when there are no others) the others'."""
-    num_examples, split, frames, flip, _, _ = settings
-    asked = [n for n in limits if n is not None]
-    limit = asked[0] if asked else num_examples
-    files: dict[str, list[str]] = {}
-    for name, file in runs.items():
-        files.setdefault(file, []).append(name)
-    usual = workdirs.result_file(protocol)
-    common = max(files, key=lambda f: (len(files[f]), f == usual, f), default=usual)
-    others = "".join(
-        f" (for {_some(names)}, whose {usual} "
-        f"{'holds another protocol' if f != usual else f'is missing or holds {protocol}'}'s "
-        f"numbers: --out_file={os.path.join(sweep_dir, '<run>', f)})"
-        for f, names in sorted(files.items()) if f != common)
-    return (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "
-            f"--split={split or 'test'} --frames={frames or 'middle'} "
-            f"--{'' if flip else 'no'}flip"
-            + ("" if limit is None else f" --max_examples={limit}")
-            + f" --protocol={protocol} --out_file="
-            f"{os.path.join(sweep_dir, '<run>', common)}", others)
-
-
-def _some(names: list[str], shown: int = 5) -> str:
-    """'a, b, c' or, for more than `shown` + 1 names, the first `shown` and how many more."""
-    if len(names) <= shown + 1:
-        return ", ".join(names)
-    return f"{', '.join(names[:shown])} and {len(names) - shown} other runs"
-
-
-def _check_seed(sweep_dir: str, name: str, config: dict, seen: dict[int, str]) -> None:
-    """Refuses a run whose config.json (`config`) has the seed of another run of its subset
-    (`seen`: {seed: run}): the two trained alike, and counting them as two seeds would make
-    the spread look smaller than it is."""
-    seed = config.get("seed")
-    if seed in seen:
-        raise ValueError(f"{sweep_dir}: runs {seen[seed]} and {name} were both trained with "
-                         f"config.seed={seed}, so they are one seed, not two: remove one, or "
-                         f"retrain it with another seed (launch/sweep.py gives seed index k "
-                         f"the first seed + k)")
-    seen[seed] = name
 
 
 def _result(run_dir: str, protocol: str) -> tuple[str, dict | None]:
@@ -397,7 +204,7 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
     first = summaries[0]
     if "num_examples" not in first:
         return ""
-    num_examples, split, frames, flip, version, window = evaluation_settings(first)
+    num_examples, split, frames, flip, version, window = comparable.evaluation_settings(first)
     line = (f" Each is evaluated on {num_examples} frames of split `{split or 'test'}` (frames: "
             f"{frames or 'middle'}; {'with' if flip else 'no'} flip test"
             f"{'' if window == 'hgmt' else f'; crop window: {window}'}; metric definitions "
@@ -415,10 +222,11 @@ def _evaluated_as(sweep_dir: str, protocol: str, summaries: list[dict],
             f"Every one of these {len(files)} runs kept its checkpoints ({where})"
             if len(kept) == len(files) else
             f"{len(kept)} of these {len(files)} runs kept their checkpoints ({where}: "
-            f"{_some(kept)}); the others would have to be trained again")
-    command, others = _evaluate_command(sweep_dir, protocol, evaluation_settings(first),
-                                        [s.get("max_examples") for s in summaries],
-                                        {n: files[n] for n in kept or files})
+            f"{comparable.some_runs(kept)}); the others would have to be trained again")
+    command, others = comparable.evaluate_command(sweep_dir, protocol,
+                                                  comparable.evaluation_settings(first),
+                                                  [s.get("max_examples") for s in summaries],
+                                                  {n: files[n] for n in kept or files})
     return (f"{line} Version {version} is older than today's {today} "
             f"(hgmt.evaluation.metrics_versions.METRICS_CHANGES), so today's hgmt.evaluate can "
             f"give these models other numbers; what changed: {changes}. {have}. A run with its "

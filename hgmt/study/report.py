@@ -9,7 +9,7 @@ command: its docstring gives the usage and the files read and written.
 from __future__ import annotations
 
 from hgmt.evaluation import metrics_versions, protocols
-from hgmt.study import claims, evaluations, stats
+from hgmt.study import claims, comparable, evaluations, stats
 from hgmt.tasks import TASKS
 from hgmt.tasks.spec import Headline
 
@@ -42,7 +42,7 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
     entry keeps for claims that compare items.
 
     Each entry records how the runs were evaluated (`evaluation`: their summaries'
-    `evaluations.evaluation_settings`, named by `evaluations.EVALUATION`, and
+    `comparable.evaluation_settings`, named by `comparable.EVALUATION`, and
     `metrics_version_today`, today's version of their protocol's definitions,
     `metrics_versions.metrics_version`). Changes are signed so that positive is better (PCKh and IoU
     up, MJD and RMSE down)."""
@@ -55,8 +55,8 @@ def compare(results: dict[str, list[dict]]) -> dict[str, dict]:
         first = next(s for s in results.values() if s)[0]
         task_protocol = next(iter(having.values()))[0].get("protocol", "hgmt")
         # How the numbers were made (alike in every run: load_sweep), for the JSON's reader.
-        settings = evaluations.evaluation_settings(first)
-        evaluation = dict(zip(evaluations.EVALUATION, settings, strict=True)) | {
+        settings = comparable.evaluation_settings(first)
+        evaluation = dict(zip(comparable.EVALUATION, settings, strict=True)) | {
             "metrics_version_today": metrics_versions.metrics_version(
                 evaluations.protocol_of(first))}
         h = protocols.headline_of(task, task_protocol)
