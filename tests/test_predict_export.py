@@ -28,6 +28,7 @@ from hgmt.inference import (
     host_memory,
     image_file,
     person,
+    prediction_files,
     result_outputs,
     trained_model,
     video,
@@ -599,7 +600,7 @@ def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, 
                "annotated_video": "clip.annotated.mp4"}
     (folder / "clip.summary.json").write_text(json.dumps(summary))
     (folder / "clip.jsonl").write_text("{}\n")
-    hgmt.predict._check_outputs([str(folder / "clip.mp4")], str(folder))
+    prediction_files.check_outputs([str(folder / "clip.mp4")], str(folder))
 
 
 def test_the_output_check_resolves_each_path_a_bounded_number_of_times(tmp_path, monkeypatch):
@@ -613,7 +614,7 @@ def test_the_output_check_resolves_each_path_a_bounded_number_of_times(tmp_path,
     calls = []
     realpath = os.path.realpath
     monkeypatch.setattr(os.path, "realpath", lambda p: (calls.append(p), realpath(p))[1])
-    hgmt.predict._check_outputs(inputs, str(tmp_path / "out"))
+    prediction_files.check_outputs(inputs, str(tmp_path / "out"))
     assert len(calls) <= 10 * len(inputs), len(calls)
 
 
@@ -3767,7 +3768,7 @@ def test_a_file_given_again_is_predicted_once(tmp_path, capsys):
     os.symlink(tmp_path / "a.jpg", tmp_path / "link.jpg")
     a, b = str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")
     again = [a, b, a, f"{tmp_path}/./a.jpg", str(tmp_path / "link.jpg")]
-    assert hgmt.predict._distinct(again) == [a, b]
+    assert prediction_files.distinct(again) == [a, b]
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {path} is {a} given again: predicted once" for path in again[2:]]
 
