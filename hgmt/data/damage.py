@@ -37,9 +37,6 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from etils import epath
 
-# The map that names the records of the account, and the error it raises past the limit
-# (which the replacement raises too, for a shard with too many damaged records in a row): the
-# trainer takes them from here with the account.
 from hgmt.data.record_reads import Shards, TooManyDamaged
 
 

@@ -86,12 +86,6 @@ class Shards:
         start, length = self.starts[k], self.lengths[k]
         return start + (index - start + attempt) % length
 
-    def candidates(self, index: int) -> list[int]:
-        """`index`, then its `replacement`s, each record once: MAX_TRIES of them, or every
-        record of its shard when the shard holds fewer."""
-        tries = min(MAX_TRIES, self.lengths[self.shard(index)])
-        return [self.replacement(index, a) for a in range(tries)]
-
 
 def read(source: Any, index: int) -> dict:
     """Record `index` of `source`; DamagedRecord when it does not read (a checksum mismatch,

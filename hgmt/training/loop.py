@@ -42,9 +42,9 @@ import orbax.checkpoint as ocp
 from hgmt import devices, disk_space, paths, workdirs
 from hgmt.data import (
     builds,
-    damage,
     input_pipeline,
     prefetch,
+    record_reads,
     shards,
 )
 from hgmt.models import MultiTaskHourglass, create_model, to_checkpoint_layout, to_model_layout
@@ -69,7 +69,7 @@ from hgmt.training import (
 # The exceptions `run` stops with whose message says what happened, what is intact and what to
 # do; `hgmt.main` shows them in one line, and `hgmt.evaluate` those of them it meets.
 FAULTS = (disk_space.DiskFull, device_memory.OutOfDeviceMemory, shards.SplitFault,
-          damage.TooManyDamaged, workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnusable,
+          record_reads.TooManyDamaged, workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnusable,
           workdirs.DamagedRunFile,
           resume.CannotResume, FloatingPointError, FileNotFoundError,
           builds.NotInBuild)
@@ -111,7 +111,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, writer: Any = None,
     FloatingPointError on a non-finite loss, `disk_space.DiskFull` when a checkpoint or
     summary cannot be written (the partial checkpoint removed, the earlier ones intact),
     `device_memory.OutOfDeviceMemory` naming the settings to lower when the step does not
-    fit in the device's memory, `damage.TooManyDamaged` when more of the training split is
+    fit in the device's memory, `record_reads.TooManyDamaged` when more of the training split is
     damaged than config.max_damaged_fraction, `workdir_lock.WorkdirLocked` when another
     trainer holds the workdir (`WorkdirLockLost` when this trainer's lock is lost while it
     runs), `peers.PeerLost` when a process of a multi-host run died, `peers.PeerFailed` (a

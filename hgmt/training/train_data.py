@@ -15,7 +15,15 @@ import jax
 import ml_collections
 
 from hgmt import console, workdirs
-from hgmt.data import augment, damage, device_augment, input_pipeline, prefetch, worker_signals
+from hgmt.data import (
+    augment,
+    damage,
+    device_augment,
+    input_pipeline,
+    prefetch,
+    record_reads,
+    worker_signals,
+)
 from hgmt.training import checkpoints, evaluators, resume
 
 
@@ -73,7 +81,7 @@ def open_training_data(config: ml_collections.ConfigDict, workdir: str,
                  extra=console.EVERY_PROCESS)
     loader = train_loader(config, source, tasks, prepare, workers)
     damaged = damage.DamageLog(
-        damage.Shards.of(source), len(source), config.max_damaged_fraction,
+        record_reads.Shards.of(source), len(source), config.max_damaged_fraction,
         workdirs.damaged_file(workdir) if jax.process_index() == 0 else None,
         damage.union_over_processes if jax.process_count() > 1 else None)
     return loader, damaged
