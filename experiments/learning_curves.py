@@ -20,7 +20,7 @@ sys.path.insert(0, REPO)
 from absl import flags  # noqa: E402
 from etils import epath  # noqa: E402
 
-from hgmt import cli, workdirs  # noqa: E402
+from hgmt import cli, run_config, workdirs  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.tasks import TASKS  # noqa: E402
 
@@ -86,14 +86,14 @@ def _define_flags(fv: flags.FlagValues) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, __doc__.splitlines()[0])
     try:
-        workdirs.load_config(args.workdir)  # a training workdir, before what its runs wrote
+        run_config.load_config(args.workdir)  # a training workdir, before what its runs wrote
         curves = load_curves(args.workdir)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
     out_dir = epath.Path(args.out_dir or args.workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curves.json").write_text(json.dumps(curves, indent=1))
-    plot(curves, str(out_dir / "curves.png"), title(workdirs.load_config(args.workdir), curves))
+    plot(curves, str(out_dir / "curves.png"), title(run_config.load_config(args.workdir), curves))
     print(json.dumps({name: points[-1] for name, points in curves.items()}))
     return 0
 

@@ -26,7 +26,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from hgmt import cli, compilation_cache, console, paths, workdirs
+from hgmt import cli, compilation_cache, console, paths, run_config, workdirs
 from hgmt.data import eval_data, records
 from hgmt.evaluation import evaluator, markdown, protocols, report_files
 from hgmt.inference import trained_model
@@ -92,7 +92,7 @@ def best_choice_warning(config: ml_collections.ConfigDict, split: str, step: int
     clips are all test clips in SURREAL (its val is a subset of test; the demo's too,
     docs/surreal_format.md), or on `test` itself. None otherwise. The evaluator that chose is
     the one that keeps the best checkpoint (`eval_settings.keeper`)."""
-    evals = workdirs.evals_of(config)
+    evals = run_config.evals_of(config)
     name = eval_settings.keeper(evals)
     if split != "test" or name is None or evals[name]["split"] not in ("validation", "test"):
         return None

@@ -38,7 +38,7 @@ one line naming what to fix, when it cannot tell (CHECK_UNUSABLE: no sweep direc
 sweep.json, a config file or a run's config.json missing or unreadable); a bad flag exits 1
 before anything is read, as in every hgmt command. Editing the config file after a sweep is
 allowed; this says which runs no longer follow it. A config.json
-is read in today's layout (`hgmt.workdirs.current_layout`: a run older than `config.evals` has
+is read in today's layout (`hgmt.run_config.current_layout`: a run older than `config.evals` has
 its `eval_*` fields compared as the evaluators they amount to); an evaluator that runs at no
 step in either config is not compared. Fields only one side has (an option added since, one
 removed) are listed and do not make it exit 1.

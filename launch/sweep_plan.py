@@ -11,7 +11,7 @@ import sys
 
 import ml_collections
 
-from hgmt import disk_space, workdirs
+from hgmt import disk_space, run_config, workdirs
 from hgmt.study import run_configs, runs
 from launch.sweep_commands import REPO
 
@@ -85,7 +85,7 @@ def trained_differently(config: str, old: list[str], tasks: str,
     from hgmt import main as trainer
 
     def fields(parsed: ml_collections.ConfigDict) -> dict:
-        return workdirs.flat_fields(json.loads(parsed.to_json_best_effort()))
+        return run_config.flat_fields(json.loads(parsed.to_json_best_effort()))
 
     try:
         before = fields(trainer.parse([*run_configs.config_args(config, tasks, old, 0),
@@ -94,7 +94,7 @@ def trained_differently(config: str, old: list[str], tasks: str,
         return ["the recorded arguments"]
     after = fields(new)
     return sorted(f for f in set(before) | set(after)
-                  if before.get(f) != after.get(f) and not workdirs.is_under(f, SWEEP_FREE))
+                  if before.get(f) != after.get(f) and not run_config.is_under(f, SWEEP_FREE))
 
 
 def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1

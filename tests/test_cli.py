@@ -330,10 +330,10 @@ def test_evaluates_help_says_its_frames_are_the_test_evaluators(capsys):
 def saved_workdir(tmp_path_factory):
     """A workdir holding only config.json: enough for a command to parse its flags."""
     from configs import default
-    from hgmt import workdirs
+    from hgmt import run_config
 
     workdir = str(tmp_path_factory.mktemp("workdir"))
-    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
+    run_config.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
     return workdir
 
 
@@ -409,22 +409,22 @@ def test_an_older_workdirs_config_takes_the_fields_added_since(tmp_path):
 def test_an_older_workdirs_evaluation_fields_are_the_evaluators_they_amount_to(tmp_path):
     """A config.json written before `evals` (the study's committed runs): its `eval_*` fields
     and `best_metric` served validation during training and the test evaluation after it;
-    hgmt.evaluate's defaults and `workdirs.current_layout` (hgmt.report --check_config) read
+    hgmt.evaluate's defaults and `run_config.current_layout` (hgmt.report --check_config) read
     them as those two evaluators."""
     import json
 
-    from hgmt import workdirs
+    from hgmt import run_config, workdirs
     from hgmt.evaluation import evaluator
 
     old = {"model": {"depth": 4}, "tasks": "pose2d", "eval_frames": "every4",
            "eval_max_examples": 24, "eval_split": "validation", "eval_every": 300,
            "best_metric": "pose2d/pckh@0.5"}
     (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(old))
-    config = workdirs.load_config(str(tmp_path))
+    config = run_config.load_config(str(tmp_path))
     shared = {"frames": "every4", "protocol": "hgmt", "flip": False, "max_examples": 24}
     assert evaluator.settings_of(config) == {"split": "test", **shared}
     assert evaluator.settings_of(config, "validation") == {"split": "validation", **shared}
-    assert workdirs.current_layout(old) == {
+    assert run_config.current_layout(old) == {
         "model": {"depth": 4, "stream_mode": "auto", "ops": "auto",
                   "batch_norm_stats": "global"}, "tasks": "pose2d", "augment_on": "auto",
         "max_damaged_fraction": 0.001, "window": "hgmt",
@@ -598,9 +598,9 @@ def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
     change (ENTRY_POINTS checks that hgmt.main takes it; tests/test_train.py tests the
     check)."""
     from configs import default
-    from hgmt import workdirs
+    from hgmt import run_config
 
-    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), str(tmp_path))
+    run_config.save_config(default.get_config("tasks=pose2d,runlocal"), str(tmp_path))
     (tmp_path / "checkpoints" / "50").mkdir(parents=True)
     with pytest.raises(SystemExit) as e:
         load("hgmt.main").main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
@@ -618,10 +618,10 @@ def test_a_task_set_written_otherwise_is_the_same_config_on_resuming(tmp_path, m
     tasks repeated) is the same task set: no CannotResume; the differences of task sets are
     compared as sets in TASKS' order, 'all' as the four."""
     from configs import default
-    from hgmt import workdirs
+    from hgmt import run_config
     from hgmt.training import resume
 
-    workdirs.save_config(default.get_config("tasks=pose2d+segm,runlocal"), str(tmp_path))
+    run_config.save_config(default.get_config("tasks=pose2d+segm,runlocal"), str(tmp_path))
     (tmp_path / "checkpoints" / "50").mkdir(parents=True)
     main = load("hgmt.main")
     trained = []
@@ -690,9 +690,9 @@ def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, 
     """A demo workdir with checkpoints rerun with other demo.* settings: refused before
     hgmt.main prepares the demo data, which those settings would delete and make again."""
     from configs import demo
-    from hgmt import workdirs
+    from hgmt import run_config
 
-    workdirs.save_config(demo.get_config(), str(tmp_path))
+    run_config.save_config(demo.get_config(), str(tmp_path))
     (tmp_path / "checkpoints" / "50").mkdir(parents=True)
     main = load("hgmt.main")
     prepared = []
@@ -1162,15 +1162,15 @@ def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, c
     import logging
 
     from configs import default
-    from hgmt import workdirs
+    from hgmt import run_config
     from hgmt.models import create_model
     from hgmt.tasks import heads
 
     config = default.get_config("tasks=pose2d,runlocal")
     config.model.shared_trunk, config.model.interaction = True, "none"
-    workdirs.save_config(config, str(tmp_path))
+    run_config.save_config(config, str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        loaded = workdirs.load_config(str(tmp_path))
+        loaded = run_config.load_config(str(tmp_path))
     assert loaded.model.interaction == "sum" and loaded.model.shared_trunk
     assert "model.interaction='none' has no effect with shared_trunk=True" in caplog.text
     create_model(loaded.model, heads(("pose2d",)))  # refused with 'none'
@@ -1186,11 +1186,11 @@ def test_an_older_config_jsons_warning_is_in_the_commands_console_format(tmp_pat
     import subprocess
 
     from configs import default
-    from hgmt import cli, workdirs
+    from hgmt import cli, run_config
 
     config = default.get_config("tasks=pose2d,runlocal")
     config.model.shared_trunk, config.model.interaction = True, "none"
-    workdirs.save_config(config, str(tmp_path))
+    run_config.save_config(config, str(tmp_path))
     warning = (f"warning: {tmp_path}/config.json: model.interaction='none' has no effect with "
                f"shared_trunk=True; read as 'sum'")
     proc = subprocess.run([sys.executable, "-m", "hgmt.export", f"--workdir={tmp_path}",

@@ -16,10 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def saved_workdir(tmp_path_factory):
     """A workdir holding only config.json: enough for a command to parse its flags."""
     from configs import default
-    from hgmt import workdirs
+    from hgmt import run_config
 
     workdir = str(tmp_path_factory.mktemp("workdir"))
-    workdirs.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
+    run_config.save_config(default.get_config("tasks=pose2d,runlocal"), workdir)
     return workdir
 
 

@@ -75,12 +75,12 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
     --protocol=hgmt does not refuse its config (it goes on to look for a checkpoint), and with
     --protocol=bodynet it stops in one line naming config.image_size and --protocol=hgmt,
     before any checkpoint is read (the workdir has none)."""
-    from hgmt import workdirs
+    from hgmt import run_config
 
     config = default.get_config("tasks=pose2d")
     config.image_size = 128
     config.evals.test.protocol = "bodynet"
-    workdirs.save_config(config, str(tmp_path))
+    run_config.save_config(config, str(tmp_path))
     with pytest.raises(SystemExit) as stop:
         hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=bodynet"])
     assert stop.value.code == (  # printed as the one line, exit status 1
@@ -99,10 +99,10 @@ def test_an_out_file_that_is_a_folder_or_markdown_is_refused_before_any_work(tmp
     or a .md name (the JSON would replace the Markdown written beside it as <stem>.md): one
     line naming the file and the fix, before a checkpoint is read (the workdir has none),
     nothing written."""
-    from hgmt import disk_space, workdirs
+    from hgmt import disk_space, run_config
     from hgmt.evaluation import report_files
 
-    workdirs.save_config(default.get_config("tasks=pose2d"), str(tmp_path))
+    run_config.save_config(default.get_config("tasks=pose2d"), str(tmp_path))
     folder = tmp_path / "results"
     folder.mkdir()
     before = sorted(os.listdir(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 
 import hgmt.evaluate
 from configs.common import evaluator_config
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.inference import trained_model
 from hgmt.training import (
     best_checkpoint,
@@ -812,7 +812,7 @@ def test_an_evaluation_after_training_counts_as_finished_only_of_the_same_run(tm
     for field, value in (("evals.test.flip", True), ("evals.test.protocol", "surreal"),
                          ("eval_batch_size", 4), ("optimizer.learning_rate", 1.0)):
         changed = config.copy_and_resolve_references()
-        parent, name = workdirs.field_parent(changed, field)
+        parent, name = run_config.field_parent(changed, field)
         parent[name] = value
         assert eval_reports.fingerprint(changed, state(1.0)) != run["evaluated"], field
     # A report whose config digest is of every field (sorted JSON) is evaluated again.

@@ -27,7 +27,7 @@ import pytest
 from etils import epath
 
 import hgmt.evaluate
-from hgmt import disk_space, workdirs
+from hgmt import disk_space, run_config, workdirs
 from hgmt.data import builds, eval_data, input_pipeline, shards
 from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
@@ -560,7 +560,7 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
     config = tiny_config(demo_dataset[1], total_steps=3, **{
         **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
         "evals.test.max_examples": 4})
-    workdirs.save_config(tiny_config(demo_dataset[1], total_steps=4, **{
+    run_config.save_config(tiny_config(demo_dataset[1], total_steps=4, **{
         **KW, "checkpoint_every": 2, "log_every": 1, "evals.test.at_end": True,
         "evals.test.max_examples": 4}), workdir)
     with open(os.path.join(workdir, workdirs.CONFIG_FILE)) as f:
@@ -590,7 +590,7 @@ def test_a_fresh_start_over_an_earlier_runs_evaluations_moves_them_aside(demo_da
         assert f.read() == earlier_config
     assert workdirs.configs_before(workdir) == [] and not os.path.exists(
         workdirs.config_before_file(workdir, 0))
-    assert workdirs.load_config(workdir).total_steps == 3
+    assert run_config.load_config(workdir).total_steps == 3
 
 
 def _signal_during_the_last_step(config, workdir: str, caplog) -> None:
@@ -1403,7 +1403,7 @@ def test_full_disk_during_the_second_checkpoint_stops_cleans_up_and_the_rerun_re
 
     disk.resize(8 * state_bytes)
     with caplog.at_level(logging.INFO):
-        resumed = loop.train(workdirs.load_config(workdir), workdir)
+        resumed = loop.train(run_config.load_config(workdir), workdir)
     assert f"resumed from {workdirs.checkpoint_dir(workdir)} at step 2" in caplog.text
     assert int(resumed.step) == 6
     assert checkpoints.manager(workdir).all_steps() == [2, 4, 6] and _partial(workdir) == []

@@ -100,13 +100,13 @@ def test_a_stablehlo_export_runs_without_tensorflow(tmp_path, no_tensorflow_env)
     make = f"""
 import jax, jax.numpy as jnp
 import orbax.checkpoint as ocp
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.models import create_model, to_checkpoint_layout
 from hgmt.tasks import heads, parse_tasks
 from hgmt.training import checkpoints
 from tests.conftest import tiny_config
 config = tiny_config("unused", tasks="pose2d")
-workdirs.save_config(config, {workdir!r})
+run_config.save_config(config, {workdir!r})
 model = create_model(config.model, heads(parse_tasks(config.tasks)))
 images = jnp.zeros((1, config.image_size, config.image_size, 3))
 variables = model.init(jax.random.key(0), images, train=False)

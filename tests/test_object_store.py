@@ -28,7 +28,7 @@ from etils import epath
 
 import hgmt.export
 import hgmt.inference.export
-from hgmt import disk_space, paths, workdirs
+from hgmt import disk_space, paths, run_config, workdirs
 from hgmt.data import builds, damage, record_reads, shards
 from hgmt.evaluation import markdown, report_files
 from hgmt.inference import trained_model
@@ -132,11 +132,11 @@ def test_the_run_files_of_a_gs_workdir_are_written_and_read_there(store):
     run = store[0] / "bucket/runs/all"
     config = ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 64,
                                         "model": {"features": 16}})
-    workdirs.save_config(config, workdir)
+    run_config.save_config(config, workdir)
     assert json.loads((run / "config.json").read_text())["tasks"] == "pose2d"
-    added = {f.removeprefix("model."): v for f, v in workdirs.ADDED_CONFIG_FIELDS.items()
+    added = {f.removeprefix("model."): v for f, v in run_config.ADDED_CONFIG_FIELDS.items()
              if f.startswith("model.")}
-    assert workdirs.load_config(workdir).model.to_dict() == {"features": 16, **added}
+    assert run_config.load_config(workdir).model.to_dict() == {"features": 16, **added}
 
     # The evaluation curves: an object store cannot append, each line is kept.
     for step in (10, 20):
@@ -188,7 +188,7 @@ def test_the_learning_curves_of_a_gs_workdir_are_drawn_there(store):
 
     workdir = f"{BUCKET}/runs/curves"
     run = store[0] / "bucket/runs/curves"
-    workdirs.save_config(ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 32}),
+    run_config.save_config(ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 32}),
                          workdir)
     for step, pck in ((2, 0.25), (4, 0.5)):
         disk_space.append_line(workdirs.evals_file(workdir), json.dumps(

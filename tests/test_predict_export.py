@@ -18,7 +18,7 @@ import hgmt.evaluate
 import hgmt.export
 import hgmt.predict
 from configs import demo as demo_config
-from hgmt import disk_space, workdirs
+from hgmt import disk_space, run_config, workdirs
 from hgmt.data import builds, cropping, eval_data
 from hgmt.data.augment import Augment
 from hgmt.evaluation import evaluator, protocols
@@ -336,7 +336,7 @@ def test_a_checkpoint_too_large_for_the_device_is_named_so_not_unreadable(workdi
     # The whole state's read (of a config whose model is not config.json's) likewise.
     monkeypatch.undo()
     monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
-    other = workdirs.load_config(workdir)
+    other = run_config.load_config(workdir)
     other.tasks = "pose2d"
     with pytest.raises(device_memory.OutOfDeviceMemory, match="XLA asked for 123 B"):
         trained_model.restore_for_inference(workdir, config=other)
@@ -1193,7 +1193,7 @@ def test_bad_inputs_get_clear_errors(workdir, predictor, tmp_path):
         "window"].found_by == "given"
     empty = tmp_path / "empty"  # a config but no checkpoint yet
     empty.mkdir()
-    workdirs.save_config(predictor.config, str(empty))
+    run_config.save_config(predictor.config, str(empty))
     with pytest.raises(FileNotFoundError, match="train first"):
         prediction.Predictor(str(empty))
     with pytest.raises(FileNotFoundError, match="--workdir must be a directory written by"):
@@ -3818,9 +3818,9 @@ def test_a_restore_with_the_callers_config_does_not_upgrade_config_json_again(
     """The caller's config was read from config.json already (its upgrade warnings logged
     then): the restore reads the file as written, for the model fields and the image size it
     compares, and logs none of them again."""
-    config = workdirs.load_config(workdir)
+    config = run_config.load_config(workdir)
     upgraded = []
-    monkeypatch.setattr(workdirs, "_fill_added_fields", lambda *a, **k: upgraded.append(a))
+    monkeypatch.setattr(run_config, "_fill_added_fields", lambda *a, **k: upgraded.append(a))
     config.image_size *= 2  # the warning of another size reads config.json's
     trained_model.restore_for_inference(workdir, config=config)
     assert upgraded == []

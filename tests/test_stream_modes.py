@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs.common import base_config
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.inference import trained_model
 from hgmt.models import (
     create_model,
@@ -204,7 +204,7 @@ def test_a_tree_replicated_over_as_many_devices_as_tasks_is_refused():
 
 def _write_checkpoint(workdir, config, model, state):
     """A workdir as the trainer leaves it: config.json and a checkpoint of `state`."""
-    workdirs.save_config(config, str(workdir))
+    run_config.save_config(config, str(workdir))
     mngr = checkpoints.manager(str(workdir), async_save=False, with_data=False)
     mngr.save(3, args=ocp.args.Composite(
         state=ocp.args.StandardSave(to_checkpoint_layout(model, state))))

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from hgmt import code_version, devices, workdirs
+from hgmt import code_version, devices, run_config, workdirs
 from hgmt.data import builds, input_pipeline, prefetch, worker_signals
 from hgmt.data.augment import Augment
 from hgmt.inference import trained_model
@@ -788,7 +788,7 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
     assert checkpoints.manager(workdir).all_steps() == [2, 4]
     assert open(workdirs.config_before_file(workdir, 2)).read() == before
     assert json.loads(before)["log_every"] == 1  # the free change was recorded
-    assert workdirs.load_config(workdir).optimizer.grad_clip_norm == 1.0
+    assert run_config.load_config(workdir).optimizer.grad_clip_norm == 1.0
     # Each start that trained is recorded with its step, code and devices; the refused one not.
     starts = [json.loads(line) for line in open(workdirs.starts_file(workdir))]
     assert [s["step"] for s in starts] == [0, 2, 2]
@@ -996,7 +996,7 @@ def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_p
     refused. (Resuming with the flag: test_a_run_trained_without_clipping_resumes_with_it.)"""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
-    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    run_config.save_config(tiny_config("data", **kw), str(workdir))
     (workdir / "checkpoints" / "2").mkdir(parents=True)  # checked before it is read
     saved = (workdir / "config.json").read_text()
     files = sorted(str(p) for p in workdir.rglob("*"))
@@ -1040,7 +1040,7 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     a config of the new run's steps."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
-    workdirs.save_config(tiny_config("data", **kw, **{"evals.validation.every": 1}),
+    run_config.save_config(tiny_config("data", **kw, **{"evals.validation.every": 1}),
                          str(workdir))
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     kw["evals.validation.every"] = 2
@@ -1077,7 +1077,7 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2,
           "evals.validation.every": 0, "evals.validation.at_end": True}
-    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    run_config.save_config(tiny_config("data", **kw), str(workdir))
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     changes = {"evals.validation.best_metric": "pose2d/pckh@0.5",
                "evals.validation.frames": "every10", "evals.validation.max_examples": 4}
@@ -1089,7 +1089,7 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
                                                   r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
                                                   r"evals\.validation\.frames "):
         resume.check_config(tiny_config("data", **starts, **changes), str(workdir))
-    workdirs.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
+    run_config.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
                          str(workdir))
     with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
                                                   r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
@@ -1104,13 +1104,13 @@ def test_an_older_shared_trunk_config_with_an_interaction_resumes_as_sum(tmp_pat
     so the command that today's create_model accepts resumes."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "model.shared_trunk": True}
-    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    run_config.save_config(tiny_config("data", **kw), str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
     saved["model"]["interaction"] = "concat"
     (workdir / "config.json").write_text(json.dumps(saved))
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
-    assert workdirs.load_config(str(workdir)).model.interaction == "sum"
+    assert run_config.load_config(str(workdir)).model.interaction == "sum"
 
 
 def test_an_older_config_without_loss_options_resumes_only_with_the_default_losses(tmp_path):
@@ -1121,7 +1121,7 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
     the augment section at the augmentation training used before it)."""
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d+depth", "worker_count": 0}
-    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    run_config.save_config(tiny_config("data", **kw), str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
     for field in ("loss_options", "augment_on", "max_damaged_fraction", "augment"):
         del saved[field]
@@ -1132,13 +1132,13 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
                        match=r": loss_options\.depth\.foreground_weight 1\.0 -> 10\.0\. "):
         resume.check_config(tiny_config(
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
-    loaded = workdirs.load_config(str(workdir))
+    loaded = run_config.load_config(str(workdir))
     assert (loaded.augment_on, loaded.max_damaged_fraction) == ("auto", 0.001)
     assert Augment.from_config(loaded.augment) == Augment()
     # Saved when depth had options and segm not yet ({} or depth's only): segm's are the
     # defaults too, not a field the saved config lacks and the check passes over.
     kw["tasks"] = "segm+depth"
-    workdirs.save_config(tiny_config("data", **kw), str(workdir))
+    run_config.save_config(tiny_config("data", **kw), str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
     for partial in ({}, {"depth": {"foreground_weight": 1.0}}):
         saved["loss_options"] = partial

@@ -30,7 +30,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from hgmt import console, workdirs
+from hgmt import console, run_config
 from hgmt.cli import errors, help_text, raw_args
 
 # hgmt's own config files: configs/ beside the hgmt package (the checkout's, or the one
@@ -195,7 +195,7 @@ def workdir_config(argv: Sequence[str] | None, *, command: bool | None = None
                          "`python -m hgmt.main --workdir=...`")
     # Its errors' messages name the fix: one line.
     with faults_in_one_line(FileNotFoundError, ValueError), console.early_lines(command=command):
-        return workdirs.load_config(workdir)
+        return run_config.load_config(workdir)
 
 
 @contextlib.contextmanager

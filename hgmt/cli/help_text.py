@@ -12,7 +12,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from hgmt import paths, workdirs
+from hgmt import paths, run_config
 from hgmt.cli import errors, raw_args
 
 
@@ -36,7 +36,7 @@ def config_fields_help(argv: Sequence[str]) -> str:
         return (f"{head}\n    (--workdir={workdir}: the fields of a workdir in an object "
                 f"store are not listed; its config.json has them)")
     try:
-        config = workdirs.load_config(workdir)
+        config = run_config.load_config(workdir)
     except Exception as e:  # noqa: BLE001  (help prints why and goes on)
         return f"{head}\n    (--workdir={workdir}: {type(e).__name__}: {e})"
     return "\n".join([head, f"The fields of {workdir}'s config:", *_field_lines(config)])
@@ -45,7 +45,7 @@ def config_fields_help(argv: Sequence[str]) -> str:
 def _field_lines(config: ml_collections.ConfigDict) -> list[str]:
     """A config's fields as --help lists them: `  --config.<path>: <value>`, sorted."""
     return [f"  --config.{path}: {value!r}"
-            for path, value in sorted(workdirs.flat_fields(config.to_dict()).items())]
+            for path, value in sorted(run_config.flat_fields(config.to_dict()).items())]
 
 
 def config_file_fields_help(argv: Sequence[str], default: str | None = None) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hgmt import devices, workdirs
+from hgmt import devices, run_config
 from hgmt.data import builds, cropping, damage, eval_data, record_reads
 from hgmt.evaluation import markdown, metrics_versions, pictures, protocols
 from hgmt.models import (
@@ -139,9 +139,9 @@ def check_batch_size(config: ml_collections.ConfigDict) -> None:
 
 def settings_of(config: ml_collections.ConfigDict, name: str = "test") -> dict:
     """The evaluation settings (SETTINGS) of `config.evals[name]`, for a config without `evals`
-    (an older workdir's) of the evaluator its fields amount to (`workdirs.older_evals`); the
+    (an older workdir's) of the evaluator its fields amount to (`run_config.older_evals`); the
     test protocol's (DEFAULT_SETTINGS) when the config has no such evaluator."""
-    evals = workdirs.evals_of(config)
+    evals = run_config.evals_of(config)
     if name in evals:
         return {k: evals[name][k] for k in SETTINGS}
     return dict(DEFAULT_SETTINGS)

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.models import (
     check_image_size,
     create_model,
@@ -71,7 +71,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
                              f"digits) or 'best'")
         step = int(step)
     given = config is not None
-    config = config if given else workdirs.load_config(workdir)
+    config = config if given else run_config.load_config(workdir)
     # Built first: a bad model value or image size is named before any checkpoint is looked
     # for (the model would take a crop of 0 pixels, or fail later on a negative size).
     model = create_model(config.model, heads(config_tasks(config)))
@@ -124,7 +124,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
 
 
 def _written_config(workdir: str) -> dict | None:
-    """The workdir's config.json as written, not upgraded (`workdirs.load_config` upgrades
+    """The workdir's config.json as written, not upgraded (`run_config.load_config` upgrades
     it and logs why: the caller's config was read so already); None when it does not read."""
     try:
         return workdirs.read_json_object(workdirs.config_file(workdir), "")

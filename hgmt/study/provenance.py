@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.study import run_configs, runs
 
 DEMO_DATA = "demo clips (hgmt.sources.synthetic), not SURREAL"
@@ -99,7 +99,7 @@ def config_section(sweep_dir: str, done: Sequence[str] | None = None) -> list[st
                if len(names) < len(done) else "")
     p = (runs.plan(sweep_dir, needs=("config", "extra"))
          if os.path.isfile(os.path.join(sweep_dir, workdirs.SWEEP_PLAN)) else None)
-    configs = [workdirs.flat_fields(runs.saved_config(sweep_dir, n)) for n in names]
+    configs = [run_config.flat_fields(runs.saved_config(sweep_dir, n)) for n in names]
     keys = sorted(set().union(*configs))
     shared = {k: configs[0].get(k) for k in keys
               if all(k in c and c[k] == configs[0][k] for c in configs)}

@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 from hgmt.study import runs
 from hgmt.tasks import TASKS, parse_tasks
 from hgmt.training import resume
@@ -102,7 +102,7 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
     other values, one line each ('total_steps: 1200 in the run, 1500 now'); 'added', the
     fields only the expected config has (the config gained them after the run: what the code
     did then is not recorded); 'removed', those only the run's config has."""
-    a, b = workdirs.flat_fields(made), workdirs.flat_fields(expected)
+    a, b = run_config.flat_fields(made), run_config.flat_fields(expected)
     return {"changed": [f"{k}: {json.dumps(a[k])} in the run, {json.dumps(b[k])} now"
                         for k in sorted(set(a) & set(b)) if a[k] != b[k]],
             "added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b))}
@@ -111,20 +111,20 @@ def differences(made: dict, expected: dict) -> dict[str, list[str]]:
 def trained_differences(a: Mapping[str, Any], b: Mapping[str, Any]
                         ) -> list[tuple[str, Any, Any]]:
     """(field, its value in `a`, in `b`) of each field, sorted, in which the runs of the
-    config.json files `a` and `b` (each read in today's layout, `workdirs.current_layout`)
+    config.json files `a` and `b` (each read in today's layout, `run_config.current_layout`)
     trained otherwise, beyond what a sweep's runs differ in by design (PER_RUN): the fields
     `hgmt.training.resume.differences` stops a rerun for, less the evaluators (`evals`), whose
     settings do not change the weights trained (the best checkpoint's settings choose what
     is kept, not what is evaluated after the last step) and whose evaluations the report
     compares from their summaries. A field only one of them has is not compared."""
     skip = (*PER_RUN, "evals")
-    return [(field, x, y) for field, x, y in resume.differences(a, workdirs.current_layout(b))
-            if not workdirs.is_under(field, skip)]
+    return [(field, x, y) for field, x, y in resume.differences(a, run_config.current_layout(b))
+            if not run_config.is_under(field, skip)]
 
 
 def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
     """{run: its `differences` from the config it would get today} of every finished run, its
-    config.json taken in today's layout (`workdirs.current_layout`: an older run's evaluation
+    config.json taken in today's layout (`run_config.current_layout`: an older run's evaluation
     fields as the evaluators they amount to, so that a setting renamed since is compared under
     its new name). An evaluator that runs at no step in either config (`every` 0, not
     `at_end`) computed nothing for the run: its fields are not compared; nor are where the
@@ -137,7 +137,7 @@ def check_configs(sweep_dir: str) -> dict[str, dict[str, list[str]]]:
             out[name] = {"changed": [f"no {workdirs.CONFIG_FILE}: the run's config is "
                                      f"unknown"], "added": [], "removed": []}
             continue
-        made = workdirs.current_layout(runs.saved_config(sweep_dir, name))
+        made = run_config.current_layout(runs.saved_config(sweep_dir, name))
         expected = expected_config(p["config"], workdirs.run_tasks(name), p["extra"],
                                    workdirs.run_seed_index(name))
         out[name] = differences(*_without_idle_evaluators(
@@ -153,7 +153,7 @@ def _without_data_location(config: dict) -> dict:
     """A copy of a config (as JSON) without the fields of `resume.DATA_LOCATION`."""
     config = copy.deepcopy(config)
     for field in resume.DATA_LOCATION:
-        parent, name = workdirs.field_parent(config, field)
+        parent, name = run_config.field_parent(config, field)
         if parent is not None:
             parent.pop(name, None)
     return config

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import jax
 
-from hgmt import console, workdirs
+from hgmt import console, run_config
 
 # The job's heartbeat timeout by default (--heartbeat_timeout; at least
 # `peers.MIN_HEARTBEAT_TIMEOUT_S`, ten beats of the watchdog, which judges it).
@@ -274,12 +274,12 @@ def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ())
         return
     client.key_value_set(_SETTINGS + str(me), json.dumps(settings, sort_keys=True))
     wait_ms = 3 * _heartbeat_timeout_s * 1000
-    flat = [workdirs.flat_fields(json.loads(client.blocking_key_value_get(
+    flat = [run_config.flat_fields(json.loads(client.blocking_key_value_get(
         _SETTINGS + str(i), wait_ms))) for i in range(count)]
     found = []
     for i, other in enumerate(flat[1:], start=1):
         for field in sorted(flat[0].keys() | other.keys()):
-            if workdirs.is_under(field, free):
+            if run_config.is_under(field, free):
                 continue
             if flat[0].get(field, _MISSING) != other.get(field, _MISSING):
                 found.append(f"process {i}: {field} {_shown(other.get(field, _MISSING))} "

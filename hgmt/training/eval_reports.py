@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hgmt import workdirs
+from hgmt import run_config, workdirs
 
 if TYPE_CHECKING:
     from hgmt.training.steps import TrainState
@@ -37,9 +37,9 @@ NOT_EVALUATED = ("log_every", "checkpoint_every", "keep_checkpoints", "evals.*.e
 
 
 def evaluated_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`config`'s fields by dotted name (`workdirs.flat_fields`) less those of
+    """`config`'s fields by dotted name (`run_config.flat_fields`) less those of
     NOT_EVALUATED: what of it an evaluation after training may depend on."""
-    fields = workdirs.flat_fields(json.loads(config.to_json_best_effort()))
+    fields = run_config.flat_fields(json.loads(config.to_json_best_effort()))
     return {name: value for name, value in fields.items()
             if not any(fnmatch.fnmatchcase(name, free) for free in NOT_EVALUATED)}
 

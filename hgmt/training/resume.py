@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from hgmt import cli, disk_space, workdirs
+from hgmt import cli, disk_space, run_config, workdirs
 from hgmt.paths import absolute
 from hgmt.tasks import default_loss_options, parse_tasks
 from hgmt.training import checkpoints, eval_settings
@@ -82,7 +82,7 @@ def absolute_data_location(config: ml_collections.ConfigDict) -> None:
     for hgmt.main and Python callers alike, so that the workdir's config.json names the data
     for hgmt.evaluate and hgmt.predict run from any directory."""
     for field in DATA_LOCATION:
-        parent, name = workdirs.field_parent(config, field)
+        parent, name = run_config.field_parent(config, field)
         if parent is not None and isinstance(parent.get(name), str):
             parent[name] = absolute(parent[name])
 
@@ -90,12 +90,12 @@ def absolute_data_location(config: ml_collections.ConfigDict) -> None:
 def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Change]:
     """The fields outside FREE_ON_RESUME whose value in `config` (a config as JSON) differs
     from `saved` (a config.json), by dotted name, sorted. `saved` is read in today's layout
-    (`workdirs.current_layout`: an older one's evaluation fields as the evaluators they amount
+    (`run_config.current_layout`: an older one's evaluation fields as the evaluators they amount
     to, the fields added since at their defaults, a task's loss options it lacks (a config
     saved before the task had them, or before loss_options) at the task's defaults); a
     field only one of them has is not compared, as the code of the other has no such
     setting."""
-    layout = workdirs.current_layout(dict(saved))
+    layout = run_config.current_layout(dict(saved))
     config = dict(config)
     for side in (layout, config):  # a task set however written ('segm+pose2d', 'all')
         if "tasks" in side:
@@ -105,8 +105,8 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
         given = layout.get("loss_options", {})
         layout["loss_options"] = given | {t: options | given.get(t, {}) for t, options in
                                           default_loss_options(layout["tasks"]).items()}
-    old = workdirs.flat_fields(layout)
-    new = workdirs.flat_fields(config)
+    old = run_config.flat_fields(layout)
+    new = run_config.flat_fields(config)
     keeping = {eval_settings.keeper(layout.get("evals", {})),
                eval_settings.keeper(config.get("evals", {}))} - {None}
 
@@ -115,7 +115,7 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[Cha
         if len(parts) == 3 and parts[0] == "evals" and parts[1] in keeping and \
                 parts[2] in BEST_SETTINGS:
             return False  # what the best's scores, kept or recorded, are of
-        return workdirs.is_under(field, FREE_ON_RESUME)
+        return run_config.is_under(field, FREE_ON_RESUME)
 
     return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
             if old[field] != new[field] and not free(field)]
@@ -201,7 +201,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
                         "the steps up to %d is kept in %s", step, FLAG, "; ".join(
                             f"{field} {json.dumps(old)} -> {json.dumps(new)}"
                             for field, old, new in changed), step, before)
-    workdirs.save_config(config, workdir)
+    run_config.save_config(config, workdir)
 
 
 def _keep(path: str, before: str) -> None:
