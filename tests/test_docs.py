@@ -3,7 +3,8 @@
 named before it in the same table cell or line. Within a cell or line, the tests cited after
 `slow:` are marked slow and those before it (or in a cell without it) are not. And their
 links: every relative Markdown link names a file that exists, and a `#section` of a Markdown
-file one of its headings."""
+file one of its headings. And their code names: every `hgmt.module.name` or `module.name`
+(a module of hgmt) they cite names a module or an attribute the code has."""
 
 from __future__ import annotations
 
@@ -183,3 +184,96 @@ def test_every_relative_link_of_the_docs_resolves(tmp_path):
         "[ok](a.md#the-x-section-here) [self](#top) [web](https://e.org/#x) [gone](c.md) "
         "[top](a.md#title) [none](a.md#other)\n\n# Top\n")
     assert broken_links(tmp_path / "b.md") == ["c.md: no such file", "a.md#other: no such section"]
+
+
+# `module.name` or `hgmt.module.name` in backticks (a call's arguments allowed): a code name
+# the docs cite, checked when it starts with `hgmt.` or with the last part of one module's
+# dotted name (`workdirs.lock_file`); file names and config fields are not code names.
+CODE_NAME = re.compile(r"`((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*)(?:\([^`]*\))?`")
+FILE_SUFFIXES = {"py", "json", "jsonl", "md", "png", "sh", "sbatch", "txt", "mp4", "mat",
+                 "toml", "cfg", "log", "npz", "pb", "csv"}
+# Names of earlier commits that dated measurements cite as they were then.
+HISTORICAL = {"steps.replicate"}
+
+
+@functools.cache
+def _module_of_last_part() -> dict[str, str]:
+    """{last part: dotted name} of hgmt's modules whose last part no other module shares."""
+    names = [".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+             for p in (REPO / "hgmt").rglob("*.py")]
+    last = [n.rsplit(".", 1)[-1] for n in names]
+    return {part: name for part, name in zip(last, names, strict=True) if last.count(part) == 1}
+
+
+@functools.cache
+def _config_fields() -> frozenset[str]:
+    """The dotted fields of hgmt's configs (`demo.seed`, `evals.test.protocol`)."""
+    from configs import default, demo
+
+    fields = set()
+    for config in (default.get_config(), demo.get_config()):
+        stack = [("", config)]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():
+                fields.add(prefix + key)
+                if hasattr(value, "items"):
+                    stack.append((prefix + key + ".", value))
+    return frozenset(fields)
+
+
+def _resolves(name: str) -> bool:
+    """Whether the dotted `name` is a module of hgmt or an attribute reached from one."""
+    import importlib
+
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[k:]:
+                obj = getattr(obj, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def unresolved_code_names(text: str) -> tuple[list[str], int]:
+    """(the code names of `text` that name nothing in hgmt, how many were checked)."""
+    bad, checked = [], 0
+    for match in CODE_NAME.finditer(text):
+        name = match.group(1)
+        first, _, rest = name.partition(".")
+        if (name.rsplit(".", 1)[-1] in FILE_SUFFIXES or name in HISTORICAL
+                or name in _config_fields()):
+            continue
+        if first == "hgmt":
+            full = name
+        elif first in _module_of_last_part():
+            full = f"{_module_of_last_part()[first]}.{rest}"
+        else:
+            continue
+        checked += 1
+        if not _resolves(full):
+            bad.append(name)
+    return bad, checked
+
+
+def test_every_code_name_the_docs_cite_resolves():
+    """A name moved or renamed in the code and still cited at its old home in the docs."""
+    found, checked = {}, 0
+    for path in doc_files():
+        bad, n = unresolved_code_names(path.read_text())
+        checked += n
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    assert found == {}
+    assert checked >= 200  # it sees them
+    assert unresolved_code_names(
+        "`workdirs.lock_file(w)`, `hgmt.run_config.load_config`, `hgmt.evaluate`, `a.b`, "
+        "`config.json`, `demo.seed`, `workdirs.load_config`, `hgmt.predict.nothing(x)`, "
+        "`hgmt.nomodule`") == (["workdirs.load_config", "hgmt.predict.nothing",
+                                "hgmt.nomodule"], 6)
