@@ -1156,6 +1156,24 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
     assert str(e.value).startswith("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc'")
 
 
+def test_mpirun_inside_a_slurm_allocation_is_not_judged_by_slurms_port(monkeypatch):
+    """Open MPI's mpirun inside a Slurm allocation: JAX reads Open MPI's settings, which it
+    tries before Slurm's, so the port Slurm's job id would give is not this job's, and a
+    socket holding it does not stop a process that Slurm numbers 0."""
+    from hgmt.training import cluster
+
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                            "JAX_COORDINATOR_PORT": str(port)}.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError):  # Slurm's job alone: its port is JAX's
+            cluster._check_coordinator_port(None, None)
+        monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5678")
+        cluster._check_coordinator_port(None, None)
+
+
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):
     """A workdir an older hgmt trained with shared_trunk=True and another interaction (which
     one shared stream never used) still evaluates: its config reads as 'sum', with a warning."""

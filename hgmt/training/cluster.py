@@ -146,14 +146,16 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
     'Failed to start RPC server', or crashes the process (SIGSEGV); on every process, a
     ValueError when the coordinator's port is no number (`_check_port_number`). Under Slurm with
     --distributed the address and index are the cluster's (JAX's own reading of them);
-    elsewhere without them nothing is checked."""
+    elsewhere without them, and where JAX reads another cluster's first (`_read_before`),
+    nothing is checked."""
     given = coordinator_address
     if coordinator_address is None or process_id is None:
+        from jax._src import clusters
         from jax._src.clusters import slurm_cluster
 
         cluster = slurm_cluster.SlurmCluster
         try:
-            if not cluster.is_env_present():
+            if not cluster.is_env_present() or _read_before(cluster, clusters.ClusterEnv):
                 return
             if process_id is None:
                 process_id = cluster.get_process_id()
@@ -186,6 +188,18 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                     raise ValueError(_port_taken(bind, e.strerror or str(e), given)) from None
                 continue
             return
+
+
+def _read_before(slurm: Any, cluster_env: Any) -> bool:
+    """Whether JAX takes the job's settings from a cluster it tries before `slurm` (Open
+    MPI's mpirun inside a Slurm allocation), whose coordinator port and process index are not
+    Slurm's: checking Slurm's port there could refuse a job that JAX would start."""
+    for env in cluster_env._cluster_types:
+        if env is slurm:
+            return False
+        if not env.opt_in_only_method and env.is_env_present():
+            return True
+    return False
 
 
 def _check_coordinator_host(coordinator_address: str | None) -> None:
