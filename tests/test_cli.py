@@ -1070,6 +1070,28 @@ def test_a_coordinator_port_in_use_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_a_coordinator_port_the_system_refuses_is_not_called_held(monkeypatch):
+    """A port below 1024 for a process not run by root: bind's EACCES is no other job's
+    socket, and the line says which ports to use instead."""
+    import errno
+    import socket
+
+    from hgmt.training import cluster
+
+    class Refused(socket.socket):
+        def bind(self, address):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(cluster.socket, "socket", Refused)
+    with pytest.raises(ValueError) as e:
+        cluster._check_coordinator_port("localhost:80", 0)
+    assert str(e.value) == (
+        f"process 0 may not start the job's coordination service on port 80 ([::]:80: "
+        f"{os.strerror(errno.EACCES)}): a port below 1024 is for root only. Use one from 1024 "
+        f"to 65535: give every process of the job another free port "
+        f"(--coordinator_address=localhost:PORT)")
+
+
 def test_ctrl_c_while_waiting_for_the_job_to_connect_ends_at_once(tmp_path):
     """Process 0 of 2 started alone waits in C++ for the other (up to --connect_timeout),
     where Python runs no signal handler: Ctrl-C did nothing until the timeout's NotConnected

@@ -116,16 +116,31 @@ def _bind_address(coordinator_address: str) -> str:
     return os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or f"[::]:{port}"
 
 
+def _another_port(coordinator_address: str | None) -> str:
+    """How to give the job another coordinator port: --coordinator_address where it was
+    given, else JAX_COORDINATOR_PORT (the port JAX chose for a cluster's job)."""
+    return (f"give every process of the job another free port (--coordinator_address="
+            f"{coordinator_address.rpartition(':')[0]}:PORT)" if coordinator_address else
+            "set JAX_COORDINATOR_PORT to a free port for every process of the job")
+
+
 def _port_taken(bind: str, why: str, coordinator_address: str | None) -> str:
     """The message of a coordination service that cannot listen on `bind` (`why`)."""
     port = bind.rpartition(":")[2]
-    fix = (f"give every process of the job another free port (--coordinator_address="
-           f"{coordinator_address.rpartition(':')[0]}:PORT)" if coordinator_address else
-           "set JAX_COORDINATOR_PORT to a free port for every process of the job (the port "
-           "JAX chose for this cluster's job is taken)")
+    chosen = "" if coordinator_address else " (the port JAX chose for this cluster's job is taken)"
     return (f"process 0 cannot start the job's coordination service on port {port} ({bind}: "
             f"{why}): another job's coordinator, or a process of an earlier run still "
-            f"running, holds it. End that process, or {fix}")
+            f"running, holds it. End that process, or {_another_port(coordinator_address)}"
+            f"{chosen}")
+
+
+def _port_refused(bind: str, why: str, coordinator_address: str | None) -> str:
+    """The message of a coordination service that may not listen on `bind` (`why`): no
+    socket holds the port, but the system keeps it from this process (below 1024, root's)."""
+    port = bind.rpartition(":")[2]
+    return (f"process 0 may not start the job's coordination service on port {port} ({bind}: "
+            f"{why}): a port below 1024 is for root only. Use one from 1024 to 65535: "
+            f"{_another_port(coordinator_address)}")
 
 
 def _check_port_number(address: str, variable: str | None) -> None:
@@ -184,8 +199,10 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                 probe.bind((host if family == socket.AF_INET6 or ":" not in host
                             else "0.0.0.0", int(port)))
             except OSError as e:
-                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                if e.errno == errno.EADDRINUSE:
                     raise ValueError(_port_taken(bind, e.strerror or str(e), given)) from None
+                if e.errno == errno.EACCES:  # a port below 1024 as another user than root
+                    raise ValueError(_port_refused(bind, e.strerror or str(e), given)) from None
                 continue
             return
 
