@@ -174,6 +174,24 @@ def test_evaluator_config_has_the_fields_the_trainer_checks():
     assert sorted(evaluator_config()) == sorted(eval_settings.FIELDS)
 
 
+def test_an_evaluator_with_a_field_missing_or_unknown_names_only_what_is_wrong():
+    """A field missing or one unknown: the line names those there are, no empty list."""
+    from hgmt.training import eval_settings
+
+    config = demo.get_config()
+    with config.unlocked():
+        del config.evals.test["flip"]
+    with pytest.raises(ValueError) as e:
+        eval_settings.check_evals(config, {"pose2d": 1.0})
+    assert str(e.value).startswith("config.evals.test: missing flip; an evaluator has exactly ")
+    with config.unlocked():
+        config.evals.test.flip = False
+        config.evals.test.flips = True
+    with pytest.raises(ValueError) as e:
+        eval_settings.check_evals(config, {"pose2d": 1.0})
+    assert str(e.value).startswith("config.evals.test: unknown field(s) flips; an evaluator ")
+
+
 def test_the_default_evaluation_settings_are_the_same_in_the_config_and_the_evaluator():
     """The test protocol's settings, written in configs/common.py's signature (for the reader
     of a config) and in the Evaluator's, are DEFAULT_SETTINGS, which an older config without

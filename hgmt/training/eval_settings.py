@@ -71,10 +71,10 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
         unknown = sorted(set(entry) - set(FIELDS))
         missing = sorted(set(FIELDS) - set(entry))
         if unknown or missing:
-            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}, missing "
-                             f"{', '.join(missing)}; an evaluator has exactly "
-                             f"{', '.join(FIELDS)} (configs/common.py "
-                             f"evaluator_config)")
+            wrong = "; ".join([*([f"unknown field(s) {', '.join(unknown)}"] if unknown else []),
+                               *([f"missing {', '.join(missing)}"] if missing else [])])
+            raise ValueError(f"{where}: {wrong}; an evaluator has exactly "
+                             f"{', '.join(FIELDS)} (configs/common.py evaluator_config)")
         for field, kind in FIELDS.items():
             if not isinstance(entry[field], kind):
                 raise ValueError(f"{where}.{field}={entry[field]!r}: give a {kind.__name__}")
