@@ -22,8 +22,9 @@ if [[ $# -ge 1 && $1 != --* ]]; then
   shift
 fi
 if [[ -n "${CPU_DEVICES:-}" ]]; then
-  if [[ ! $CPU_DEVICES =~ ^[0-9]+$ || $CPU_DEVICES -lt 1 ]]; then
-    # XLA would print its hundreds of flags, or JAX a traceback, instead.
+  if [[ ! $CPU_DEVICES =~ ^[1-9][0-9]*$ ]]; then
+    # XLA would print its hundreds of flags, or JAX a traceback, instead. A leading zero is
+    # refused too: bash reads 010 as octal 8 and 08 as an error.
     echo "error: CPU_DEVICES=$CPU_DEVICES: give the number of virtual CPU devices, 1 or more" \
       "(e.g. CPU_DEVICES=4), or leave it unset to train on the host's accelerators" >&2
     exit 2

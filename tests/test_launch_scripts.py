@@ -445,7 +445,7 @@ def test_local_script_takes_flags_without_a_config_from_any_directory(tmp_path):
         assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("devices", ["abc", "0", "-1", "2x"])
+@pytest.mark.parametrize("devices", ["abc", "0", "-1", "2x", "08", "00"])
 def test_local_script_refuses_a_cpu_device_count_that_is_no_positive_number(tmp_path, devices):
     """CPU_DEVICES=abc made XLA print its hundreds of flags, 0 or -1 JAX's traceback
     ('Unable to initialize backend'): one line naming the variable, status 2, nothing
