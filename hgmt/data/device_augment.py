@@ -63,7 +63,7 @@ def decode_record(record: dict, maps: Sequence[str] = LABEL_MAPS) -> dict:
     """A SURREAL record -> its arrays at the stored resolution: image (H,W,3) uint8 RGB, the
     label `maps` (H,W) as stored (segm uint8 raw segments, depth uint16 mm, depth_class uint8),
     joints2d (24,2) image px, joints3d (24,3) world metres, cam_loc (3,) metres, all float32.
-    DamagedRecord (hgmt.data.damage) when an image does not decode."""
+    DamagedRecord (hgmt.data.record_reads) when an image does not decode."""
     out = {"image": records.decoded(record, "image")}
     for key in maps:
         out[key] = records.decoded(record, key)
