@@ -72,7 +72,7 @@ def variant_overrides(spec: str) -> list[str]:
     items = [s.strip() for s in spec.split(",") if s.strip()]
     bad = [s for s in items if "=" not in s]
     if bad or not items:
-        raise SystemExit(f"error: --variants={spec!r}: give comma-separated field=value "
+        raise SystemExit(f"error: --variants={spec}: give comma-separated field=value "
                          f"overrides of the config, e.g. image_size=128,batch_size=16")
     return [f"--config.{s}" for s in items]
 
