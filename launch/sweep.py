@@ -64,7 +64,7 @@ finished runs against; a later call with the same config adds its subsets and se
 a few subsets can run first (`--tasks`), and another config in the same directory is refused.
 Every run's command line is parsed as hgmt.main parses it before the plan is written: a
 misspelt config, override or flag stops the sweep in one line and leaves the directory free.
-A later call may change where the data is and how it is read (`SWEEP_FREE`:
+A later call may change where the data is and how it is read (`sweep_plan.SWEEP_FREE`:
 `--config.data_dir`, ...), not what the runs train or how they are evaluated.
 Then `python -m hgmt.report --sweep_dir=SWEEP_DIR --out_dir=REPORT_DIR` compares the subsets.
 Each run keeps the config it was trained with (SWEEP_DIR/<run>/config.json); after an edit of
