@@ -1196,6 +1196,23 @@ def test_mpirun_inside_a_slurm_allocation_is_not_judged_by_slurms_port(monkeypat
         cluster._check_coordinator_port(None, None)
 
 
+def test_the_slurm_port_check_stands_aside_on_a_jax_whose_cluster_classes_differ(monkeypatch):
+    """The check reads Slurm's settings through JAX's private cluster classes: a JAX release
+    that renamed them must not stop a job JAX itself starts (an AttributeError was a traceback
+    before any work)."""
+    from jax._src import clusters
+
+    from hgmt.training import cluster
+
+    with _held_port() as held:
+        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                            "JAX_COORDINATOR_PORT": str(held.getsockname()[1])}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delattr(clusters.ClusterEnv, "_cluster_types")
+        cluster._check_coordinator_port(None, None)
+
+
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):
     """A workdir an older hgmt trained with shared_trunk=True and another interaction (which
     one shared stream never used) still evaluates: its config reads as 'sum', with a warning."""

@@ -165,11 +165,11 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
     nothing is checked."""
     given = coordinator_address
     if coordinator_address is None or process_id is None:
-        from jax._src import clusters
-        from jax._src.clusters import slurm_cluster
+        try:  # JAX's own reading of the cluster, from its private modules
+            from jax._src import clusters
+            from jax._src.clusters import slurm_cluster
 
-        cluster = slurm_cluster.SlurmCluster
-        try:
+            cluster = slurm_cluster.SlurmCluster
             if not cluster.is_env_present() or _read_before(cluster, clusters.ClusterEnv):
                 return
             if process_id is None:
@@ -177,7 +177,9 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
             if coordinator_address is None:
                 coordinator_address = cluster.get_coordinator_address(
                     None, os.environ.get("JAX_COORDINATOR_PORT"))
-        except (KeyError, ValueError):  # a Slurm environment JAX cannot read: its error
+        # A Slurm environment JAX cannot read (its error follows), or a JAX whose private
+        # cluster classes differ: the check stands aside rather than stop a job JAX starts.
+        except (KeyError, ValueError, ImportError, AttributeError, TypeError):
             return
     # A port that is no number: JAX's C++ crashed process 0 (SIGSEGV), and the others
     # waited for the connect timeout.
