@@ -200,6 +200,10 @@ def _check_job_flags(fv: flags.FlagValues) -> None:
     address, count, index = fv.coordinator_address, fv.num_processes, fv.process_id
     if address:
         host, _, port = address.rpartition(":")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise SystemExit(f"error: --coordinator_address={address}: an IPv6 address goes in "
+                             f"brackets before the port, [address]:port (e.g. "
+                             f"--coordinator_address=[::1]:23455)")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             example = host or (address if ":" not in address else "localhost")
             raise SystemExit(f"error: --coordinator_address={address}: give host:port of "

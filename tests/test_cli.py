@@ -948,6 +948,10 @@ DEFAULT = f"{REPO}/configs/default.py"
       "--process_id=0"],
      "error: --coordinator_address=node1:abc: give host:port of process 0, the port a number "
      "from 1 to 65535 that is free on process 0's host (e.g. --coordinator_address=node1:23455)"),
+    ([f"--config={DEFAULT}", "--coordinator_address=::1:23455", "--num_processes=2",
+      "--process_id=0"],
+     "error: --coordinator_address=::1:23455: an IPv6 address goes in brackets before the "
+     "port, [address]:port (e.g. --coordinator_address=[::1]:23455)"),
     ([f"--config={DEFAULT}", "--coordinator_address=:80", "--num_processes=2",
       "--process_id=0"],
      "error: --coordinator_address=:80: give host:port of process 0"),
