@@ -1147,6 +1147,15 @@ def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog
         "so this process cannot reach the coordinator: give process 0's host name or address")
 
 
+def _slurm_process_0(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    """The environment of process 0 of a two-task Slurm job whose coordinator port is `port`
+    (JAX_COORDINATOR_PORT)."""
+    for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+                        "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                        "JAX_COORDINATOR_PORT": port}.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeypatch):
     """With --distributed under Slurm the port is JAX's choice for the job (from its id, or
     JAX_COORDINATOR_PORT): process 0 finds it held and says which variable moves it; the
@@ -1155,10 +1164,7 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
 
     with _held_port() as held:
         port = held.getsockname()[1]
-        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
-                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-                            "JAX_COORDINATOR_PORT": str(port)}.items():
-            monkeypatch.setenv(name, value)
+        _slurm_process_0(monkeypatch, str(port))
         with pytest.raises(ValueError) as e:
             cluster._check_coordinator_port(None, None)
         assert str(e.value).startswith(f"process 0 cannot start the job's coordination "
@@ -1190,10 +1196,7 @@ def test_mpirun_inside_a_slurm_allocation_is_not_judged_by_slurms_port(monkeypat
 
     with _held_port() as held:
         port = held.getsockname()[1]
-        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
-                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-                            "JAX_COORDINATOR_PORT": str(port)}.items():
-            monkeypatch.setenv(name, value)
+        _slurm_process_0(monkeypatch, str(port))
         with pytest.raises(ValueError):  # Slurm's job alone: its port is JAX's
             cluster._check_coordinator_port(None, None)
         monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5678")
@@ -1209,10 +1212,7 @@ def test_the_slurm_port_check_stands_aside_on_a_jax_whose_cluster_classes_differ
     from hgmt.training import cluster
 
     with _held_port() as held:
-        for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
-                            "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-                            "JAX_COORDINATOR_PORT": str(held.getsockname()[1])}.items():
-            monkeypatch.setenv(name, value)
+        _slurm_process_0(monkeypatch, str(held.getsockname()[1]))
         monkeypatch.delattr(clusters.ClusterEnv, "_cluster_types")
         cluster._check_coordinator_port(None, None)
 
