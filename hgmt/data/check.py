@@ -179,10 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
     dataset, data_dir = args.config.dataset, args.config.data_dir
     try:
-        records.check_dataset_name(dataset)
-    except ValueError as e:  # it starts "config.dataset='...'": the flag echoed as typed
-        said = str(e).replace(f"config.dataset={dataset!r}", f"--config.dataset={dataset}", 1)
-        raise SystemExit(f"error: {said}") from None
+        records.check_dataset_name(dataset, given=f"--config.dataset={dataset}")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         damage.check_max_fraction(args.config.max_damaged_fraction)
     except ValueError as e:

@@ -93,7 +93,7 @@ class DecodeRecord(grain.MapTransform):
             return decode_record(record, self.maps)
 
         return record_reads.make_guarded(element, self.source, self.shards, decode,
-                                   usable=placeholders.passes_filter)
+                                         usable=placeholders.passes_filter)
 
 
 @functools.cache

@@ -60,21 +60,24 @@ BUILD_FRAMES = {"middle": FrameSelection(middle_only=True), "every10": FrameSele
                 "all": FrameSelection(every=1)}
 
 
-def check_dataset_name(dataset: str) -> None:
+def check_dataset_name(dataset: str, given: str | None = None) -> None:
     """ValueError naming the field and the fix for a config's `dataset` that names the SURREAL
     builder with a config it lacks ('surreal/every4'), or one of its configs without it
     ('every10'): TFDS would report either as not built, with a build command that fails.
-    'surreal/<config>[:<version>]' passes, and so does another builder's name."""
+    'surreal/<config>[:<version>]' passes, and so does another builder's name. `given` is the
+    setting as the message names it (default "config.dataset='<dataset>'"; a command's flag as
+    typed, "--config.dataset=<dataset>")."""
+    given = f"config.dataset={dataset!r}" if given is None else given
     name, slash, config = dataset.partition(":")[0].partition("/")
     configs = ", ".join(BUILD_FRAMES)
     if not name.strip():
-        raise ValueError(f"config.dataset={dataset!r} names no dataset: give "
+        raise ValueError(f"{given} names no dataset: give "
                          f"surreal/<config>, e.g. surreal/every10 (configs: {configs})")
     if name == "surreal" and config not in BUILD_FRAMES:
-        raise ValueError(f"config.dataset={dataset!r}: the SURREAL builder's configs are "
+        raise ValueError(f"{given}: the SURREAL builder's configs are "
                          f"{configs}: give surreal/<config>, e.g. surreal/every10")
     if not slash and name in BUILD_FRAMES:
-        raise ValueError(f"config.dataset={dataset!r}: give surreal/{name} (the SURREAL "
+        raise ValueError(f"{given}: give surreal/{name} (the SURREAL "
                          f"builder's config {name})")
 
 

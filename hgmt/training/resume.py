@@ -137,7 +137,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
     fixed = [field for field, _, _ in found if field in FIXED_ON_RESUME]
     if not found or (accept and not fixed):
         return found
-    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    path = workdirs.config_file(workdir)
     changed = "; ".join(f"{field} {json.dumps(old)} -> {json.dumps(new)}"
                         for field, old, new in found)
     rerun = " ".join(f"--config.{field}={_flag_value(old)}" for field, old, _ in found)
@@ -160,7 +160,7 @@ def _flag_value(value: Any) -> str:
 def _saved_config(workdir: str, quiet: bool = False) -> dict | None:
     """The config.json of `workdir`, or None (logged unless `quiet`) where it is missing, empty
     or damaged: the rerun cannot compare, and writes it again."""
-    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    path = workdirs.config_file(workdir)
     try:
         saved = workdirs.read_json_object(path, "The trainer writes it again.")
     except FileNotFoundError:
@@ -185,7 +185,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
     removed, whose best checkpoint and evaluations training moves aside) keeps that file as
     config_superseded/0-<time>.json: the config of the weights and evaluations that run
     left, not of this run's steps."""
-    path = os.path.join(absolute(workdir), workdirs.CONFIG_FILE)
+    path = workdirs.config_file(workdir)
     before = workdirs.config_before_file(workdir, step)
     if step == 0 and not changed and _saved_config(workdir, quiet=True) not in (
             None, json.loads(config.to_json_best_effort())):
