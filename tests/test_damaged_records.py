@@ -422,7 +422,7 @@ def test_a_damaged_record_is_read_once_and_a_short_shard_gives_its_own_count():
     def example(source, index):
         shards = record_reads.Shards.of(source)
         out = record_reads.make_guarded(record_reads.Guarded(source)[index], source, shards, dict,
-                                  usable=placeholders.passes_filter)
+                                        usable=placeholders.passes_filter)
         return out["x"], out["damaged"].tolist()
 
     source = Counted(4, bad={1})
@@ -496,7 +496,7 @@ def test_a_read_that_fails_for_a_moment_is_read_again_not_counted_damaged(monkey
 
     def example(source):  # the training path: Guarded source, then make_guarded
         out = record_reads.make_guarded(record_reads.Guarded(source)[1], source, shards, make,
-                                  usable=placeholders.passes_filter)
+                                        usable=placeholders.passes_filter)
         return out["i"], [int(i) for i in out["damaged"] if i >= 0]
 
     passing = (TimeoutError(errno.ETIMEDOUT, "Connection timed out"),

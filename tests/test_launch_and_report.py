@@ -2025,7 +2025,7 @@ def test_check_config_lists_the_runs_that_no_longer_match(tmp_path, capsys):
             "now\n") in out
     assert "2 of 3 finished runs" in out and "1 do not" in out
     assert run_configs.check_configs(sweep_dir)["pose2d"] == {"changed": [], "added": [],
-                                                       "removed": []}
+                                                              "removed": []}
     # Where the data is (hgmt.main records it as an absolute path) is not a difference.
     config["total_steps"] = 1200
     config["data_dir"] = "/elsewhere/tfds"
@@ -2098,7 +2098,7 @@ def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_n
     status, out = check()
     assert status == 0 and "runs:" not in out and "2 of 2 finished runs" in out, out
     assert run_configs.check_configs(sweep_dir)["pose2d+segm"] == {"changed": [], "added": [],
-                                                            "removed": []}
+                                                                   "removed": []}
     status, out = check(eval_frames="middle", eval_max_examples=24)
     assert status == 1
     assert ('pose2d+segm: differs from configs/study.py: evals.test.frames: "middle" in the '

@@ -189,7 +189,7 @@ def test_the_learning_curves_of_a_gs_workdir_are_drawn_there(store):
     workdir = f"{BUCKET}/runs/curves"
     run = store[0] / "bucket/runs/curves"
     run_config.save_config(ml_collections.ConfigDict({"tasks": "pose2d", "image_size": 32}),
-                         workdir)
+                           workdir)
     for step, pck in ((2, 0.25), (4, 0.5)):
         disk_space.append_line(workdirs.evals_file(workdir), json.dumps(
             {"step": step, "evaluator": "test", "metrics": {"pose2d/pckh@0.5": pck}}), "curves")

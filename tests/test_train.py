@@ -1041,7 +1041,7 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     workdir = tmp_path / "run"
     kw = {"tasks": "pose2d", "worker_count": 0, "total_steps": 2}
     run_config.save_config(tiny_config("data", **kw, **{"evals.validation.every": 1}),
-                         str(workdir))
+                           str(workdir))
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     kw["evals.validation.every"] = 2
     for field, value in (("best_metric", "pose2d/pckh@0.5"), ("frames", "every10"),
@@ -1090,7 +1090,7 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
                                                   r"evals\.validation\.frames "):
         resume.check_config(tiny_config("data", **starts, **changes), str(workdir))
     run_config.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
-                         str(workdir))
+                           str(workdir))
     with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
                                                   r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
                                                   r"evals\.validation\.frames "):

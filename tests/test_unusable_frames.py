@@ -219,7 +219,8 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
 
         def map(self, element):
             return record_reads.make_guarded(element, self.source, self.shards,
-                                       lambda r: {"i": r["i"]}, usable=placeholders.passes_filter)
+                                             lambda r: {"i": r["i"]},
+                                             usable=placeholders.passes_filter)
 
     # The damaged record, the only one the filter passes, and nothing but placeholders after it
     # in its shard (wrapping round): nothing to train on.
@@ -238,7 +239,7 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
     source = _DamagedAmongPlaceholders(run, damaged=[run - 1, 0, 3], usable=[50])
     shards = record_reads.Shards.of(source)
     assert record_reads.first_good(run - 1, source, shards, dict, usable=placeholders.passes_filter
-                             ) == ({"i": 50, "unusable": b""}, [run - 1, 0, 3])
+                                   ) == ({"i": 50, "unusable": b""}, [run - 1, 0, 3])
     assert record_reads.first_good(1, source, shards, dict) == (  # without `usable`: the next read
         {"i": 1, "unusable": b"clip_missing_file"}, [])
     out = _first_batch(input_pipeline.endless_loader(source, Replaced(source), batch_size=2,
@@ -255,7 +256,7 @@ def test_a_damaged_record_among_placeholders_counts_as_the_loader_filter_counts_
             rf"first: does not read \(ValueError: checksum mismatch in record 0\)\): the shard "
             rf"is a bad copy")):
         record_reads.first_good(0, every_other, record_reads.Shards.of(every_other), dict,
-                          usable=placeholders.passes_filter)
+                                usable=placeholders.passes_filter)
 
 
 class _OneUsable:

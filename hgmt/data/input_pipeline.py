@@ -58,7 +58,7 @@ class TrainCrop(grain.RandomMapTransform):
                                 self.unread, self.window)
 
         return record_reads.make_guarded(element, self.source, self.shards, crop,
-                                   usable=placeholders.passes_filter)
+                                         usable=placeholders.passes_filter)
 
 
 def auto_worker_count(worker_count: int) -> int:

@@ -113,7 +113,7 @@ def problems(builder: tfds.core.DatasetBuilder, split: str, dataset: str,
         problem = None
         try:
             found = storage.with_retries(lambda path=path: _record_count(path),
-                                        f"opening dataset shard {path}")
+                                         f"opening dataset shard {path}")
         except storage.GaveUp as e:
             if storage.storage_fault(e.error):
                 raise StorageFault.of(f"dataset shard {path}", e, data_dir) from e.error

@@ -87,7 +87,7 @@ def create_model(model_config: Mapping[str, Any], heads: Mapping[str, int],
         raise not_one_of(f"config.model.dtype={dtype!r}", DTYPES)
     if cfg.get("interaction", "sum") not in INTERACTIONS:
         raise not_one_of(f"config.model.interaction={cfg['interaction']!r}",
-                                INTERACTIONS)
+                         INTERACTIONS)
     for field, least in (("num_stacks", 1), ("features", 2), ("depth", 1)):
         if field in cfg and not (isinstance(cfg[field], int) and cfg[field] >= least):
             raise ValueError(f"config.model.{field}={cfg[field]!r}: must be an integer >= "

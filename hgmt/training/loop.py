@@ -172,7 +172,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, writer: Any, loader:
     damaged = None  # the account of damaged records the loader skipped
     if source is not None:
         loader, damaged = train_data.open_training_data(config, workdir, tasks, prepare,
-                                                         evals, source)
+                                                        evals, source)
     # The partial folders of checkpoint writes an earlier run did not finish (killed during
     # one) go, once the checks above let this run in and before it writes a checkpoint.
     checkpoint_write_faults.remove_leftovers(workdir)

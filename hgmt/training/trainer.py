@@ -62,7 +62,7 @@ class Trainer:
         self.state = devices.replicate(state)
         self.train_step = train_step
         self.device_iter = prefetch.prefetch_to_device(data_iter.batches(),
-                                                             config.prefetch)
+                                                       config.prefetch)
         self.metrics = step_metrics.StepMetrics()
         # Evaluated op by op (eagerly), not compiled: XLA would turn the schedule's divisions
         # by constants into multiplications and fold its constants, which rounds otherwise.
