@@ -1096,6 +1096,7 @@ def test_a_coordinator_port_the_system_refuses_is_not_called_held(monkeypatch):
         f"(--coordinator_address=localhost:PORT)")
 
 
+@pytest.mark.slow  # a rare signal: Ctrl-C before a multi-process job connects
 def test_ctrl_c_while_waiting_for_the_job_to_connect_ends_at_once(tmp_path):
     """Process 0 of 2 started alone waits in C++ for the other (up to --connect_timeout),
     where Python runs no signal handler: Ctrl-C did nothing until the timeout's NotConnected

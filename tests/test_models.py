@@ -246,6 +246,7 @@ def test_gated_interaction_scales_the_sum_messages_by_its_gates():
                   f"pooled gates {t}[{b}]")
 
 
+@pytest.mark.slow  # an option off by default (config.model.interaction)
 def test_gated_model_is_none_or_sum_with_shut_or_open_gates():
     """The whole model (2 stacks, 2 tasks): `gated` with every gate shut gives `none`'s
     outputs from the same stream and head variables, with every gate open `sum`'s; and the
@@ -300,6 +301,7 @@ def _contraction_input_dtypes(fn, *args) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.slow  # an option off by default (config.model.dtype)
 def test_bfloat16_agrees_with_float32():
     images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
     f32 = create_model(dict(TINY, interaction="sum"), heads(tuple(TASKS)))
@@ -513,6 +515,7 @@ def test_model_normalises_its_uint8_input():
     assert jnp.abs(a - c).max() > 1e-3  # a [0, 1] image is not what the model expects
 
 
+@pytest.mark.slow  # the ops' equality, checked on one device by default, on 2
 def test_ops_agree_under_pmap_with_cross_device_statistics():
     """Over 4 devices with BatchNorm statistics across them (`axis_name`), the two op sets give
     the same outputs and running statistics, which differ from per-device statistics."""

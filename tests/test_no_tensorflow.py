@@ -91,6 +91,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu"))
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
 
 
+@pytest.mark.slow  # off the training path: training without TensorFlow is a default test
 def test_a_stablehlo_export_runs_without_tensorflow(tmp_path, no_tensorflow_env):
     """`python -m hgmt.export --format=stablehlo` of a checkpoint (the tiny pose2d model as
     initialised, saved as training saves it) where TensorFlow cannot be imported: written,
