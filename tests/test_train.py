@@ -761,7 +761,6 @@ def test_gradient_clipping_keeps_the_optimizer_states_layout():
         tiny_config("unused", **cosine))
 
 
-@pytest.mark.slow  # an option off by default (gradient clipping), turned on to resume
 def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, caplog):
     """The fix the non-finite-loss errors advise: rerun the workdir with
     optimizer.grad_clip_norm set and --resume_with_changed_config. Its checkpoints (written
@@ -798,7 +797,7 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
                and s["processes"] == 1 and s["jax"] == jax.__version__ for s in starts)
 
 
-@pytest.mark.slow  # an older checkpoint layout of an option off by default (clipping)
+@pytest.mark.slow  # an older hgmt's checkpoint layout
 def test_a_run_clipped_in_the_older_optimizer_layout_resumes(demo_dataset, tmp_path, caplog,
                                                              monkeypatch):
     """Checkpoints written with clipping as `optax.chain(clip_by_global_norm, rmsprop)` (how
