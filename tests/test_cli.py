@@ -1189,6 +1189,38 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
     assert str(e.value).startswith("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc'")
 
 
+def test_a_slurm_jobs_port_taken_before_jax_binds_it_is_named(monkeypatch):
+    """A port free at hgmt's check and taken before JAX's coordination service binds it
+    ('Failed to start RPC server') under Slurm without --coordinator_address: the line names
+    Slurm's port as JAX computes it, not 'port ?'; where JAX takes the port from a cluster
+    hgmt does not read (Open MPI's mpirun), it says 'the coordinator's port'."""
+    from hgmt.training import cluster
+
+    def taken(**kwargs):
+        raise cluster.jax.errors.JaxRuntimeError("UNKNOWN: Failed to start RPC server")
+
+    monkeypatch.setattr(cluster.jax.distributed, "initialize", taken)
+    monkeypatch.setattr(cluster, "_heartbeat_timeout_s", cluster._heartbeat_timeout_s)
+    with _held_port() as held:
+        port = held.getsockname()[1]
+    _slurm_process_0(monkeypatch, str(port))
+    with pytest.raises(ValueError) as e:
+        cluster.initialize(connect_timeout_s=60)
+    assert str(e.value) == (
+        f"process 0 cannot start the job's coordination service on port {port} ([::]:{port}: "
+        f"UNKNOWN: Failed to start RPC server): another job's coordinator, or a process of an "
+        f"earlier run still running, holds it. End that process, or set JAX_COORDINATOR_PORT "
+        f"to a free port for every process of the job (the port JAX chose for this cluster's "
+        f"job is taken)")
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5678")
+    with pytest.raises(ValueError) as e:
+        cluster.initialize(connect_timeout_s=60)
+    assert str(e.value).startswith(
+        "process 0 cannot start the job's coordination service on the coordinator's port "
+        "(UNKNOWN: Failed to start RPC server): another job's coordinator")
+    assert "?" not in str(e.value)
+
+
 def test_mpirun_inside_a_slurm_allocation_is_not_judged_by_slurms_port(monkeypatch):
     """Open MPI's mpirun inside a Slurm allocation: JAX reads Open MPI's settings, which it
     tries before Slurm's, so the port Slurm's job id would give is not this job's, and a

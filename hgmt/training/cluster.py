@@ -96,8 +96,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     except jax.errors.JaxRuntimeError as e:
         if "Failed to start RPC server" not in str(e):
             raise
-        raise ValueError(_port_taken(_bind_address(coordinator_address or ":?"), str(e),
-                                     coordinator_address)) from None
+        # Another socket took the port after `_check_coordinator_port` found it free.
+        found = _jax_coordinator(coordinator_address, process_id)
+        bind = (_bind_address(found[0]) if found else
+                os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"))
+        raise ValueError(_port_taken(bind, str(e), coordinator_address)) from None
     except ValueError as e:
         raise ValueError(
             f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
@@ -124,12 +127,14 @@ def _another_port(coordinator_address: str | None) -> str:
             "set JAX_COORDINATOR_PORT to a free port for every process of the job")
 
 
-def _port_taken(bind: str, why: str, coordinator_address: str | None) -> str:
-    """The message of a coordination service that cannot listen on `bind` (`why`)."""
-    port = bind.rpartition(":")[2]
+def _port_taken(bind: str | None, why: str, coordinator_address: str | None) -> str:
+    """The message of a coordination service that cannot listen on `bind` (`why`); `bind`
+    None: a port JAX chose from settings hgmt does not read (`_jax_coordinator`), unnamed."""
+    where = (f"port {bind.rpartition(':')[2]} ({bind}: {why})" if bind else
+             f"the coordinator's port ({why})")
     chosen = "" if coordinator_address else " (the port JAX chose for this cluster's job is taken)"
-    return (f"process 0 cannot start the job's coordination service on port {port} ({bind}: "
-            f"{why}): another job's coordinator, or a process of an earlier run still "
+    return (f"process 0 cannot start the job's coordination service on {where}: another "
+            f"job's coordinator, or a process of an earlier run still "
             f"running, holds it. End that process, or {_another_port(coordinator_address)}"
             f"{chosen}")
 
@@ -155,32 +160,45 @@ def _check_port_number(address: str, variable: str | None) -> None:
                      f"from 1 to 65535 that is free on process 0's host")
 
 
+def _jax_coordinator(coordinator_address: str | None,
+                     process_id: int | None) -> tuple[str, int] | None:
+    """The coordinator address (host:port) and this process's index JAX takes for the job:
+    those given, the rest read from Slurm as JAX reads them. None where they are not both
+    given and JAX does not take them from Slurm: outside Slurm, where JAX reads another
+    cluster first (`_read_before`), or in a Slurm environment JAX cannot read."""
+    if coordinator_address is not None and process_id is not None:
+        return coordinator_address, process_id
+    try:  # JAX's own reading of the cluster, from its private modules
+        from jax._src import clusters
+        from jax._src.clusters import slurm_cluster
+
+        cluster = slurm_cluster.SlurmCluster
+        if not cluster.is_env_present() or _read_before(cluster, clusters.ClusterEnv):
+            return None
+        if process_id is None:
+            process_id = cluster.get_process_id()
+        if coordinator_address is None:
+            coordinator_address = cluster.get_coordinator_address(
+                None, os.environ.get("JAX_COORDINATOR_PORT"))
+    # A Slurm environment JAX cannot read (its error follows), or a JAX whose private
+    # cluster classes differ: None, so that no check stops a job JAX starts.
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError):
+        return None
+    return coordinator_address, process_id
+
+
 def _check_coordinator_port(coordinator_address: str | None, process_id: int | None) -> None:
     """On process 0, a ValueError (`_port_taken`) when the port its coordination service is
     to listen on is held by another socket: JAX's own attempt logs a C++ error and raises
     'Failed to start RPC server', or crashes the process (SIGSEGV); on every process, a
     ValueError when the coordinator's port is no number (`_check_port_number`). Under Slurm with
-    --distributed the address and index are the cluster's (JAX's own reading of them);
-    elsewhere without them, and where JAX reads another cluster's first (`_read_before`),
-    nothing is checked."""
+    --distributed the address and index are the cluster's (`_jax_coordinator`); where JAX
+    takes them from no cluster hgmt reads, nothing is checked."""
     given = coordinator_address
-    if coordinator_address is None or process_id is None:
-        try:  # JAX's own reading of the cluster, from its private modules
-            from jax._src import clusters
-            from jax._src.clusters import slurm_cluster
-
-            cluster = slurm_cluster.SlurmCluster
-            if not cluster.is_env_present() or _read_before(cluster, clusters.ClusterEnv):
-                return
-            if process_id is None:
-                process_id = cluster.get_process_id()
-            if coordinator_address is None:
-                coordinator_address = cluster.get_coordinator_address(
-                    None, os.environ.get("JAX_COORDINATOR_PORT"))
-        # A Slurm environment JAX cannot read (its error follows), or a JAX whose private
-        # cluster classes differ: the check stands aside rather than stop a job JAX starts.
-        except (KeyError, ValueError, ImportError, AttributeError, TypeError):
-            return
+    found = _jax_coordinator(coordinator_address, process_id)
+    if found is None:
+        return
+    coordinator_address, process_id = found
     # A port that is no number: JAX's C++ crashed process 0 (SIGSEGV), and the others
     # waited for the connect timeout.
     _check_port_number(coordinator_address, "JAX_COORDINATOR_PORT" if given is None else None)
