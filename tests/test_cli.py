@@ -1148,6 +1148,31 @@ def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog
         "so this process cannot reach the coordinator: give process 0's host name or address")
 
 
+def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch, caplog):
+    """EAI_AGAIN ('Temporary failure in name resolution': the DNS server did not answer) says
+    nothing of the name: it is worded apart from EAI_NONAME's name that does not resolve."""
+    import socket
+
+    from hgmt.training import cluster
+
+    for code, why in ((socket.EAI_AGAIN, "Temporary failure in name resolution"),
+                      (socket.EAI_NONAME, "Name or service not known")):
+        def getaddrinfo(*args, code=code, why=why, **kwargs):
+            raise socket.gaierror(code, why)
+
+        monkeypatch.setattr(cluster.socket, "getaddrinfo", getaddrinfo)
+        with caplog.at_level(logging.WARNING):
+            cluster._check_coordinator_host("node1:23455")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
+        "(Temporary failure in name resolution; the name may be right), so this process may "
+        "not reach the coordinator: check this host's DNS resolver (/etc/resolv.conf), or give "
+        "process 0's IP address",
+        "--coordinator_address=node1:23455: its host node1 does not resolve on this host (Name "
+        "or service not known), so this process cannot reach the coordinator: give process "
+        "0's host name or address"]
+
+
 def _slurm_process_0(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
     """The environment of process 0 of a two-task Slurm job whose coordinator port is `port`
     (JAX_COORDINATOR_PORT)."""

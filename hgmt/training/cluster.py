@@ -241,18 +241,27 @@ def _read_before(slurm: Any, cluster_env: Any) -> bool:
 
 def _check_coordinator_host(coordinator_address: str | None) -> None:
     """Warns at once when the host of `coordinator_address` does not resolve here (a typo in
-    --coordinator_address), which JAX's client keeps trying until the connect timeout; a
-    name this host's resolver may yet learn is not refused."""
+    --coordinator_address), which JAX's client keeps trying until the connect timeout; and
+    when this host's resolver does not answer the lookup (EAI_AGAIN), where the name may be
+    right. A name this host's resolver may yet learn is not refused."""
     if not coordinator_address:
         return
     host, _, port = coordinator_address.rpartition(":")
     try:
         socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        logging.warning("--coordinator_address=%s: its host %s does not resolve on this host "
-                        "(%s), so this process cannot reach the coordinator: give process 0's "
-                        "host name or address", coordinator_address, host,
-                        getattr(e, "strerror", None) or e)
+        if isinstance(e, socket.gaierror) and e.errno == socket.EAI_AGAIN:
+            # The resolver, not the name: a DNS server down, slow or unreachable.
+            logging.warning("--coordinator_address=%s: this host's name lookup of %s did not "
+                            "answer (%s; the name may be right), so this process may not "
+                            "reach the coordinator: check this host's DNS resolver "
+                            "(/etc/resolv.conf), or give process 0's IP address",
+                            coordinator_address, host, e.strerror or e)
+        else:
+            logging.warning("--coordinator_address=%s: its host %s does not resolve on this "
+                            "host (%s), so this process cannot reach the coordinator: give "
+                            "process 0's host name or address", coordinator_address, host,
+                            getattr(e, "strerror", None) or e)
 
 
 @contextlib.contextmanager
