@@ -1138,9 +1138,9 @@ def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog
     from hgmt.training import cluster
 
     with caplog.at_level(logging.WARNING):
-        cluster._check_coordinator_host("nosuchhost.invalid:23455")
-        cluster._check_coordinator_host("localhost:23455")
-        cluster._check_coordinator_host("[::1]:23455")
+        cluster._check_coordinator_host("nosuchhost.invalid:23455", cluster.LOOKUP_WAIT_S)
+        cluster._check_coordinator_host("localhost:23455", cluster.LOOKUP_WAIT_S)
+        cluster._check_coordinator_host("[::1]:23455", cluster.LOOKUP_WAIT_S)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "--coordinator_address=nosuchhost.invalid:23455: its host nosuchhost.invalid does not "
         "resolve on this host"]
@@ -1162,7 +1162,7 @@ def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch,
 
         monkeypatch.setattr(cluster.socket, "getaddrinfo", getaddrinfo)
         with caplog.at_level(logging.WARNING):
-            cluster._check_coordinator_host("node1:23455")
+            cluster._check_coordinator_host("node1:23455", 5)
     assert [r.getMessage() for r in caplog.records] == [
         "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
         "(Temporary failure in name resolution; the name may be right), so this process may "
@@ -1171,6 +1171,36 @@ def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch,
         "--coordinator_address=node1:23455: its host node1 does not resolve on this host (Name "
         "or service not known), so this process cannot reach the coordinator: give process "
         "0's host name or address"]
+
+
+def test_a_coordinator_host_lookup_that_hangs_is_bounded(monkeypatch, caplog):
+    """A name lookup that does not answer (a DNS server down: glibc waits 5 s a try) must not
+    hold the process past --connect_timeout: `initialize` waits for it at most LOOKUP_WAIT_S,
+    warns in one line and goes on to JAX's connect, which bounds its own wait."""
+    import threading
+    import time
+
+    from hgmt.training import cluster
+
+    answer = threading.Event()
+    monkeypatch.setattr(cluster.socket, "getaddrinfo", lambda *a, **k: answer.wait(20))
+    monkeypatch.setattr(cluster, "LOOKUP_WAIT_S", 1)
+    monkeypatch.setattr(cluster, "_heartbeat_timeout_s", cluster._heartbeat_timeout_s)
+    connected = []
+    monkeypatch.setattr(cluster.jax.distributed, "initialize",
+                        lambda **kwargs: connected.append(kwargs["coordinator_address"]))
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            cluster.initialize("node1:23455", 2, 1, connect_timeout_s=60)
+    finally:
+        answer.set()
+    assert time.monotonic() - start < 4, "the lookup's wait was not bounded"
+    assert connected == ["node1:23455"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
+        "(within 1 s; the name may be right), so this process may not reach the coordinator: "
+        "check this host's DNS resolver (/etc/resolv.conf), or give process 0's IP address"]
 
 
 def _slurm_process_0(monkeypatch: pytest.MonkeyPatch, port: str) -> None:

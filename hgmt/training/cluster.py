@@ -32,6 +32,11 @@ HEARTBEAT_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 300  # how long a process waits for the job's others to connect
 NOTE_WAIT_S = 10  # after which a process waiting for the others to connect says so
+# How long `initialize` waits for the coordinator host's name lookup, whose answer only decides
+# a warning: a resolver that works answers in far less; glibc's waits 5 s for each try of a
+# name server that does not answer (resolv.conf's timeout), two tries per server by default.
+# JAX's connect looks the name up again itself, bounded by --connect_timeout.
+LOOKUP_WAIT_S = 5
 # hgmt.main's status for an error that needs you: a job that never connected, or another
 # process's error (`peers.PeerFailed`).
 EXIT_FAILED = 1
@@ -81,12 +86,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
               threading.Timer(connect_timeout_s, _not_connected,
                               (who, coordinator_address, connect_timeout_s))]
     _check_coordinator_port(coordinator_address, process_id)
-    _check_coordinator_host(coordinator_address)
     for timer in timers:
         timer.daemon = True
         timer.start()
     try:
         with _ctrl_c_while_waiting(who):
+            # Under the timers and the Ctrl-C watch: --connect_timeout bounds the lookup's
+            # wait as well, and Ctrl-C ends it.
+            _check_coordinator_host(coordinator_address, LOOKUP_WAIT_S)
             jax.distributed.initialize(
                 coordinator_address=coordinator_address, num_processes=num_processes,
                 process_id=process_id, local_device_ids=slurm_local_device_ids(os.environ),
@@ -239,29 +246,43 @@ def _read_before(slurm: Any, cluster_env: Any) -> bool:
     return False
 
 
-def _check_coordinator_host(coordinator_address: str | None) -> None:
+def _check_coordinator_host(coordinator_address: str | None, wait_s: float) -> None:
     """Warns at once when the host of `coordinator_address` does not resolve here (a typo in
     --coordinator_address), which JAX's client keeps trying until the connect timeout; and
-    when this host's resolver does not answer the lookup (EAI_AGAIN), where the name may be
-    right. A name this host's resolver may yet learn is not refused."""
+    when this host's resolver does not answer the lookup (EAI_AGAIN, or no answer within
+    `wait_s`: the lookup runs in a daemon thread, left waiting), where the name may be right.
+    A name this host's resolver may yet learn is not refused."""
     if not coordinator_address:
         return
     host, _, port = coordinator_address.rpartition(":")
-    try:
-        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        if isinstance(e, socket.gaierror) and e.errno == socket.EAI_AGAIN:
-            # The resolver, not the name: a DNS server down, slow or unreachable.
-            logging.warning("--coordinator_address=%s: this host's name lookup of %s did not "
-                            "answer (%s; the name may be right), so this process may not "
-                            "reach the coordinator: check this host's DNS resolver "
-                            "(/etc/resolv.conf), or give process 0's IP address",
-                            coordinator_address, host, e.strerror or e)
-        else:
-            logging.warning("--coordinator_address=%s: its host %s does not resolve on this "
-                            "host (%s), so this process cannot reach the coordinator: give "
-                            "process 0's host name or address", coordinator_address, host,
-                            getattr(e, "strerror", None) or e)
+    answers: list[Exception | None] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+            answers.append(None)
+        except Exception as e:  # noqa: BLE001  (raised below, in the caller's thread)
+            answers.append(e)
+
+    thread = threading.Thread(target=look_up, name="hgmt-coordinator-lookup", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    error = answers[0] if answers else None
+    if not answers or (isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN):
+        # The resolver, not the name: a DNS server down, slow or unreachable.
+        silent = (f"within {wait_s:g} s" if not answers else
+                  getattr(error, "strerror", None) or str(error))
+        logging.warning("--coordinator_address=%s: this host's name lookup of %s did not "
+                        "answer (%s; the name may be right), so this process may not reach "
+                        "the coordinator: check this host's DNS resolver (/etc/resolv.conf), "
+                        "or give process 0's IP address", coordinator_address, host, silent)
+    elif isinstance(error, (socket.gaierror, UnicodeError)):
+        logging.warning("--coordinator_address=%s: its host %s does not resolve on this host "
+                        "(%s), so this process cannot reach the coordinator: give process 0's "
+                        "host name or address", coordinator_address, host,
+                        getattr(error, "strerror", None) or error)
+    elif error is not None:
+        raise error
 
 
 @contextlib.contextmanager
