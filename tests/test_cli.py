@@ -1305,6 +1305,103 @@ def test_the_slurm_port_check_stands_aside_on_a_jax_whose_cluster_classes_differ
         cluster._check_coordinator_port(None, None)
 
 
+def _no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment in which JAX finds no cluster (no Slurm, no Open MPI) and no
+    coordinator address of its own."""
+    for name in os.environ:
+        if name.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR_")):
+            monkeypatch.delenv(name)
+
+
+def test_a_coordinator_port_in_use_given_by_jax_coordinator_address_names_it(monkeypatch):
+    """JAX takes the coordinator from JAX_COORDINATOR_ADDRESS when --coordinator_address is
+    not given, before it asks a cluster: process 0 given a held port by the variable stops
+    naming the variable, alone and under Slurm, whose own port JAX does not use then (held,
+    it does not stop the job). hgmt's check read Slurm's address instead, or outside a cluster
+    checked nothing."""
+    from hgmt.training import cluster
+
+    _no_cluster(monkeypatch)
+    with _held_port() as free:
+        free_port = free.getsockname()[1]
+    with _held_port() as held, _held_port() as slurms:
+        port = held.getsockname()[1]
+        monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{port}")
+        fix = ("End that process, or give every process of the job another free port "
+               "(JAX_COORDINATOR_ADDRESS=localhost:PORT)")
+        with pytest.raises(ValueError) as e:  # --distributed --num_processes=2 --process_id=0
+            cluster._check_coordinator_port(None, 0)
+        assert str(e.value).startswith(f"process 0 cannot start the job's coordination "
+                                       f"service on port {port} ([::]:{port}: ")
+        assert str(e.value).endswith(fix), str(e.value)
+        _slurm_process_0(monkeypatch, str(slurms.getsockname()[1]))
+        with pytest.raises(ValueError) as e:
+            cluster._check_coordinator_port(None, None)
+        assert f"on port {port} " in str(e.value) and str(e.value).endswith(fix)
+        monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{free_port}")
+        cluster._check_coordinator_port(None, None)
+        monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:abc")
+        with pytest.raises(ValueError) as e:
+            cluster._check_coordinator_port(None, None)
+        assert str(e.value) == ("JAX_COORDINATOR_ADDRESS=localhost:abc: the coordinator's port "
+                                "'abc' is no port number: give one from 1 to 65535 that is "
+                                "free on process 0's host")
+
+
+def test_the_coordinator_address_flag_comes_before_jax_coordinator_address(monkeypatch,
+                                                                            caplog):
+    """As in JAX, --coordinator_address wins over JAX_COORDINATOR_ADDRESS: the flag's port
+    and host are checked and named, and the variable's held port does not stop the job."""
+    from hgmt.training import cluster
+
+    _no_cluster(monkeypatch)
+    with _held_port() as free:
+        free_port = free.getsockname()[1]
+    with _held_port() as held:
+        monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{held.getsockname()[1]}")
+        cluster._check_coordinator_port(f"localhost:{free_port}", 0)
+        with pytest.raises(ValueError) as e:
+            cluster._check_coordinator_port(f"localhost:{held.getsockname()[1]}", 0)
+        assert str(e.value).endswith("(--coordinator_address=localhost:PORT)")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "nosuchhost.invalid:23455")
+    with caplog.at_level(logging.WARNING):
+        cluster._check_coordinator_host("nosuchhost2.invalid:23455", cluster.LOOKUP_WAIT_S)
+        cluster._check_coordinator_host(None, cluster.LOOKUP_WAIT_S)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "--coordinator_address=nosuchhost2.invalid:23455: its host nosuchhost2.invalid does "
+        "not resolve on this host",
+        "JAX_COORDINATOR_ADDRESS=nosuchhost.invalid:23455: its host nosuchhost.invalid does "
+        "not resolve on this host"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("node1:abc", "error: JAX_COORDINATOR_ADDRESS=node1:abc: give host:port of process 0, the "
+                  "port a number from 1 to 65535 that is free on process 0's host (e.g. "
+                  "JAX_COORDINATOR_ADDRESS=node1:23455)"),
+    ("localhost", "error: JAX_COORDINATOR_ADDRESS=localhost: give host:port of process 0"),
+    ("::1:23455", "error: JAX_COORDINATOR_ADDRESS=::1:23455: an IPv6 address goes in brackets "
+                  "before the port, [address]:port (e.g. JAX_COORDINATOR_ADDRESS=[::1]:23455)"),
+])
+def test_a_malformed_jax_coordinator_address_is_one_line_naming_it(value, message,
+                                                                    monkeypatch, tmp_path):
+    """With --distributed JAX takes the coordinator from JAX_COORDINATOR_ADDRESS: a value
+    that is not host:port stops in one line naming the variable, as the flag's does, before
+    JAX starts (JAX's IndexError, or a crash on a port that is no number). The flag, given,
+    is what JAX takes and what is checked; without either the variable is not read."""
+    _no_cluster(monkeypatch)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", value)
+    args = [f"--config={DEFAULT}", f"--workdir={tmp_path / 'w'}"]
+    with pytest.raises(SystemExit) as e:
+        load("hgmt.main").parse([*args, "--distributed", "--num_processes=2", "--process_id=0"])
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
+    assert e.value.code.startswith(message), e.value.code
+    fv = load("hgmt.main").parse([*args, "--distributed",
+                                  "--coordinator_address=localhost:23455"])
+    assert fv.coordinator_address == "localhost:23455"
+    load("hgmt.main").parse(args)
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_shared_trunk_config_json_with_an_interaction_reads_as_sum(tmp_path, caplog):
     """A workdir an older hgmt trained with shared_trunk=True and another interaction (which
     one shared stream never used) still evaluates: its config reads as 'sum', with a warning."""

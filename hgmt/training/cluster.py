@@ -37,6 +37,9 @@ NOTE_WAIT_S = 10  # after which a process waiting for the others to connect says
 # name server that does not answer (resolv.conf's timeout), two tries per server by default.
 # JAX's connect looks the name up again itself, bounded by --connect_timeout.
 LOOKUP_WAIT_S = 5
+# The coordinator address (host:port) JAX takes when `jax.distributed.initialize` is given
+# none (--coordinator_address), before it asks a cluster for the rest.
+ADDRESS_VARIABLE = "JAX_COORDINATOR_ADDRESS"
 # hgmt.main's status for an error that needs you: a job that never connected, or another
 # process's error (`peers.PeerFailed`).
 EXIT_FAILED = 1
@@ -60,31 +63,41 @@ def coordination_client() -> Any:
     return distributed.global_state.client
 
 
+def coordinator_given(coordinator_address: str | None) -> tuple[str | None, str]:
+    """The coordinator address JAX takes before it asks a cluster, and the name it was given
+    by: `coordinator_address` (--coordinator_address), which comes first as in JAX, else
+    JAX_COORDINATOR_ADDRESS; the address None where neither is set."""
+    if coordinator_address:
+        return coordinator_address, "--coordinator_address"
+    return os.environ.get(ADDRESS_VARIABLE) or None, ADDRESS_VARIABLE
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
                shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
                connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
-    """`jax.distributed.initialize` (arguments found from Slurm / TPU VMs when None) with
-    timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts a
-    process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
-    verdict ends the process without a word from hgmt, gets three times that. An argument
-    that is None and that no cluster gives is a ValueError saying which to give. Says what
-    it waits for once that takes longer than NOTE_WAIT_S; when the job's processes have not
-    all connected within `connect_timeout_s` (one not started, a wrong coordinator address,
-    a process index given twice), ends this process with one line saying what to check,
-    status EXIT_FAILED (JAX's own verdict, a minute later, is a C++ abort that blames a
-    dead task)."""
+    """`jax.distributed.initialize` (arguments found from JAX_COORDINATOR_ADDRESS, Slurm /
+    TPU VMs when None) with timeouts that bound how long the others wait for a dead process:
+    hgmt's watchdog counts a process silent for `heartbeat_timeout_s` as dead; JAX's
+    coordination service, whose verdict ends the process without a word from hgmt, gets
+    three times that. An argument that is None and that no cluster gives is a ValueError
+    saying which to give. Says what it waits for once that takes longer than NOTE_WAIT_S;
+    when the job's processes have not all connected within `connect_timeout_s` (one not
+    started, a wrong coordinator address, a process index given twice), ends this process
+    with one line saying what to check, status EXIT_FAILED (JAX's own verdict, a minute
+    later, is a C++ abort that blames a dead task)."""
     global _heartbeat_timeout_s
     _heartbeat_timeout_s = heartbeat_timeout_s
     who = ("this process" if process_id is None or num_processes is None else
            f"process {process_id} of {num_processes}")
+    address, source = coordinator_given(coordinator_address)
     # A word once the wait is longer than a connection takes, and the verdict at the timeout.
     timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
                   "%s: waiting for the job's processes to connect to the coordinator %s (up "
-                  "to %d s, --connect_timeout)", who, coordinator_address or "the cluster names",
+                  "to %d s, --connect_timeout)", who, address or "the cluster names",
                   connect_timeout_s)),
               threading.Timer(connect_timeout_s, _not_connected,
-                              (who, coordinator_address, connect_timeout_s))]
+                              (who, address, connect_timeout_s, source))]
     _check_coordinator_port(coordinator_address, process_id)
     for timer in timers:
         timer.daemon = True
@@ -127,10 +140,12 @@ def _bind_address(coordinator_address: str) -> str:
 
 
 def _another_port(coordinator_address: str | None) -> str:
-    """How to give the job another coordinator port: --coordinator_address where it was
-    given, else JAX_COORDINATOR_PORT (the port JAX chose for a cluster's job)."""
-    return (f"give every process of the job another free port (--coordinator_address="
-            f"{coordinator_address.rpartition(':')[0]}:PORT)" if coordinator_address else
+    """How to give the job another coordinator port: where the address was given
+    (`coordinator_given`), else JAX_COORDINATOR_PORT (the port JAX chose for a cluster's
+    job)."""
+    address, source = coordinator_given(coordinator_address)
+    return (f"give every process of the job another free port ({source}="
+            f"{address.rpartition(':')[0]}:PORT)" if address else
             "set JAX_COORDINATOR_PORT to a free port for every process of the job")
 
 
@@ -139,7 +154,8 @@ def _port_taken(bind: str | None, why: str, coordinator_address: str | None) -> 
     None: a port JAX chose from settings hgmt does not read (`_jax_coordinator`), unnamed."""
     where = (f"port {bind.rpartition(':')[2]} ({bind}: {why})" if bind else
              f"the coordinator's port ({why})")
-    chosen = "" if coordinator_address else " (the port JAX chose for this cluster's job is taken)"
+    chosen = ("" if coordinator_given(coordinator_address)[0] else
+              " (the port JAX chose for this cluster's job is taken)")
     return (f"process 0 cannot start the job's coordination service on {where}: another "
             f"job's coordinator, or a process of an earlier run still "
             f"running, holds it. End that process, or {_another_port(coordinator_address)}"
@@ -170,9 +186,11 @@ def _check_port_number(address: str, variable: str | None) -> None:
 def _jax_coordinator(coordinator_address: str | None,
                      process_id: int | None) -> tuple[str, int] | None:
     """The coordinator address (host:port) and this process's index JAX takes for the job:
-    those given, the rest read from Slurm as JAX reads them. None where they are not both
-    given and JAX does not take them from Slurm: outside Slurm, where JAX reads another
-    cluster first (`_read_before`), or in a Slurm environment JAX cannot read."""
+    those given (the address by `coordinator_given`), the rest read from Slurm as JAX reads
+    them. None where they are not both given and JAX does not take them from Slurm: outside
+    Slurm, where JAX reads another cluster first (`_read_before`), or in a Slurm environment
+    JAX cannot read."""
+    coordinator_address = coordinator_given(coordinator_address)[0]
     if coordinator_address is not None and process_id is not None:
         return coordinator_address, process_id
     try:  # JAX's own reading of the cluster, from its private modules
@@ -198,17 +216,20 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
     """On process 0, a ValueError (`_port_taken`) when the port its coordination service is
     to listen on is held by another socket: JAX's own attempt logs a C++ error and raises
     'Failed to start RPC server', or crashes the process (SIGSEGV); on every process, a
-    ValueError when the coordinator's port is no number (`_check_port_number`). Under Slurm with
-    --distributed the address and index are the cluster's (`_jax_coordinator`); where JAX
-    takes them from no cluster hgmt reads, nothing is checked."""
+    ValueError when the coordinator's port is no number (`_check_port_number`). The address is
+    `coordinator_given`'s; under Slurm with --distributed the rest is the cluster's
+    (`_jax_coordinator`); where JAX takes them from no cluster hgmt reads, nothing is
+    checked."""
     given = coordinator_address
     found = _jax_coordinator(coordinator_address, process_id)
     if found is None:
         return
     coordinator_address, process_id = found
     # A port that is no number: JAX's C++ crashed process 0 (SIGSEGV), and the others
-    # waited for the connect timeout.
-    _check_port_number(coordinator_address, "JAX_COORDINATOR_PORT" if given is None else None)
+    # waited for the connect timeout. Named as given: the flag, the variable, or under Slurm
+    # the port's variable.
+    _check_port_number(coordinator_address, None if given else ADDRESS_VARIABLE if
+                       os.environ.get(ADDRESS_VARIABLE) else "JAX_COORDINATOR_PORT")
     if process_id != 0:
         return
     bind = _bind_address(coordinator_address)
@@ -247,14 +268,16 @@ def _read_before(slurm: Any, cluster_env: Any) -> bool:
 
 
 def _check_coordinator_host(coordinator_address: str | None, wait_s: float) -> None:
-    """Warns at once when the host of `coordinator_address` does not resolve here (a typo in
-    --coordinator_address), which JAX's client keeps trying until the connect timeout; and
-    when this host's resolver does not answer the lookup (EAI_AGAIN, or no answer within
-    `wait_s`: the lookup runs in a daemon thread, left waiting), where the name may be right.
+    """Warns at once when the host of the coordinator address (`coordinator_given`) does not
+    resolve here (a typo in --coordinator_address or JAX_COORDINATOR_ADDRESS), which JAX's
+    client keeps trying until the connect timeout; and when this host's resolver does not
+    answer the lookup (EAI_AGAIN, or no answer within `wait_s`: the lookup runs in a daemon
+    thread, left waiting), where the name may be right.
     A name this host's resolver may yet learn is not refused."""
-    if not coordinator_address:
+    address, source = coordinator_given(coordinator_address)
+    if not address:
         return
-    host, _, port = coordinator_address.rpartition(":")
+    host, _, port = address.rpartition(":")
     answers: list[Exception | None] = []
 
     def look_up() -> None:
@@ -272,14 +295,14 @@ def _check_coordinator_host(coordinator_address: str | None, wait_s: float) -> N
         # The resolver, not the name: a DNS server down, slow or unreachable.
         silent = (f"within {wait_s:g} s" if not answers else
                   getattr(error, "strerror", None) or str(error))
-        logging.warning("--coordinator_address=%s: this host's name lookup of %s did not "
-                        "answer (%s; the name may be right), so this process may not reach "
-                        "the coordinator: check this host's DNS resolver (/etc/resolv.conf), "
-                        "or give process 0's IP address", coordinator_address, host, silent)
+        logging.warning("%s=%s: this host's name lookup of %s did not answer (%s; the name "
+                        "may be right), so this process may not reach the coordinator: check "
+                        "this host's DNS resolver (/etc/resolv.conf), or give process 0's IP "
+                        "address", source, address, host, silent)
     elif isinstance(error, (socket.gaierror, UnicodeError)):
-        logging.warning("--coordinator_address=%s: its host %s does not resolve on this host "
-                        "(%s), so this process cannot reach the coordinator: give process 0's "
-                        "host name or address", coordinator_address, host,
+        logging.warning("%s=%s: its host %s does not resolve on this host (%s), so this "
+                        "process cannot reach the coordinator: give process 0's host name or "
+                        "address", source, address, host,
                         getattr(error, "strerror", None) or error)
     elif error is not None:
         raise error
@@ -325,11 +348,12 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
         read.close()
 
 
-def _not_connected(who: str, where: str | None, timeout_s: int) -> NoReturn:
+def _not_connected(who: str, where: str | None, timeout_s: int,
+                   source: str = "--coordinator_address") -> NoReturn:
     """Ends a process whose job's processes did not all connect within `timeout_s` (run by
     `initialize`'s timer while JAX waits in C++) to the coordinator `where` (None: the one
-    the cluster names): one line, status EXIT_FAILED."""
-    check = ("Check that every process was started, with the same --coordinator_address "
+    the cluster names), given by `source`: one line, status EXIT_FAILED."""
+    check = (f"Check that every process was started, with the same {source} "
              "(process 0's host:port, reachable from every host) and --num_processes, and "
              "each with its own --process_id (0 to N-1, once each)" if where else
              "Check that every task of the job started (Slurm: one per node, as "
