@@ -39,7 +39,7 @@ def _pose2d_case():
     """14 examples, identity crop (label px = image px): BodyNet test batches A = ex 0-3,
     B = 4-7, C = 8-11 and the partial batch 12-13. Ground truth joint j at (10 + 2j, 20);
     predictions one-hot at the ground truth unless changed below. BodyNet's label x is
-    hgmt's + 0.5 (bodynet training/util/img.lua:18-27 maps the crop window onto [0, 64],
+    hgmt's + 0.5 (bodynet training/util/img.lua:18-28 maps the crop window onto [0, 64],
     hgmt onto [-0.5, 63.5]), so ground truth (10 + 2j, 20) is BodyNet's (10.5 + 2j, 20.5):
     pixel trunc(10.5 + 2j) + 1 = 11 + 2j, 1-based, where the prediction is."""
     b = 14
@@ -86,7 +86,7 @@ def test_bodynet_pck_reproduces_eval_lua():
     assert used == "bodynet"
     # Ground truth (bodynet training/donkey.lua:288-289, util/img.lua:62-64 and 223-243):
     # a joint is drawn if its image y (1-based) > 1, at pixel trunc(x + 1e-4) + 1 of its
-    # BodyNet label x (util/img.lua:18-27, hgmt's + 0.5); drawGaussian
+    # BodyNet label x (util/img.lua:18-28, hgmt's + 0.5); drawGaussian
     # starts the 7x7 kernel at index max(1, -ul), ul = pixel - 3, so pixels 3, 2, 1, 0, -1, -2
     # peak at 4, 4, 3, 2, 1, 1 and pixel 65 (right of a 64 map) at 64.
     # util/eval.lua:317 scores joints {1,2,3,4,5,6,11,12,15,16}; :40-52 the first maximum in
@@ -175,7 +175,7 @@ def test_bodynet_draws_a_joint_by_its_image_y_not_its_label_y():
       heatmap peaks at pixel (1, 1) (eval.lua:40-52), never scored (`label > 1`, eval.lua:13);
       predicted at (10, 40).
     - ex 1 (B): label y -0.75, image y 4.5, 1-based 5.5 > 1: drawn. BodyNet's label y is
-      hgmt's + 0.5 (util/img.lua:18-27), -0.25, pixel trunc(-0.2499) + 1 = 1 (img.lua:62-64);
+      hgmt's + 0.5 (util/img.lua:18-28), -0.25, pixel trunc(-0.2499) + 1 = 1 (img.lua:62-64);
       drawGaussian (img.lua:223-243): ul = -2, br = 4 (:226-227), not wholly outside (:229);
       image rows max(1, -2) = 1 to min(4, 64) = 4 take kernel rows from max(1, 2) = 2
       (:234-238), so the kernel's peak (row 4 of image.gaussian(7)) lands on row 1 + 4 - 2 =
@@ -208,7 +208,7 @@ def test_bodynet_draws_a_joint_by_its_image_y_not_its_label_y():
 # --- BodyNet 3D MJD -------------------------------------------------------------------------
 # The crop maps image pixel (u, v) to label (0.3 (u - 160) + 32, 0.3 (v - 120) + 32): label
 # pixel (32, 32) is image pixel (160, 120) on the optical axis. BodyNet un-projects a label
-# pixel's 0-based index as its own label coordinate, hgmt's minus 0.5 (util/img.lua:18-27,
+# pixel's 0-based index as its own label coordinate, hgmt's minus 0.5 (util/img.lua:18-28,
 # :62-64): pixel (32, 32) goes to image (158.33, 118.33), (33, 32) to (161.67, 118.33).
 _CROP = [[0.3, 0.0, -16.0], [0.0, 0.3, -4.0]]
 
@@ -315,7 +315,7 @@ def test_bodynet_mjd_truncates_negative_image_coordinates_toward_zero():
     `new_point:int():add(1)` (util/img.lua:62-64), the C cast, which truncates toward zero;
     eval.lua:484 back-projects that minus 1. Ex 2's all-zero l_ankle volume goes to bin +9,
     1-based pixel (1, 1) (tensorMax, eval.lua:23-27), 0-based index 0, BodyNet's label
-    coordinate 0, hgmt's -0.5 (util/img.lua:18-27): u = (-0.5 - 2) / 0.3 = -8.33,
+    coordinate 0, hgmt's -0.5 (util/img.lua:18-28): u = (-0.5 - 2) / 0.3 = -8.33,
     v = (-0.5 - 8) / 0.3 = -28.33, left of and above the image. trunc(-8.33 + 1e-4) = -8,
     + 1 - 1 -> u = -8; v -> -28 (floor would give -9 and -29). The pelvis, label (32, 32):
     u = 29.5 / 0.3 = 98.33 -> 98, v = 23.5 / 0.3 = 78.33 -> 78; ex 3's predicted pelvis,
@@ -457,7 +457,7 @@ def test_surreal_depth_rmse_reproduces_eval_lua():
     # (label ~= 1, class 0 here) in row-major order, `unfold(1, 2, 2)` into pairs (an odd
     # last pixel is dropped), sqrt of the mean squared class error, a predicted background
     # counting as class 0. A: errors 0, 2 (12's error 12 dropped) -> sqrt(2); B: 1; C: no
-    # foreground, adds 0 (:62-66); D: one pixel, where unfold raises: hgmt adds 0 and counts
+    # foreground, adds 0 (:62-67); D: one pixel, where unfold raises: hgmt adds 0 and counts
     # it; E: 3, 0, 0, 0 (7 dropped) -> 1.5; F: 0, 2 -> sqrt(2).
     # G, H: 4 bins off at each pixel -> 4. SURREAL's final evaluation (training/exp/eval.sh:10,
     # -batchSize 1): training/test.lua:35 evaluates floor(8 / 1) = 8 batches of one image,
@@ -705,7 +705,7 @@ def test_reference_window_follows_get_center_and_get_scale():
     height 129.6. getCenter (:149-155): (5.75 + 15.75, -7.35 + 64.8) = (21.5, 57.45), which
     transform (training/img.lua:56-58) compares with the joints minus 1, so the window is
     centred there in 0-based pixels; getScale (:157-160) max(129.6, 31.5) / 240 = 0.54, a
-    window of 200 x 0.54 = 108 pixels (img.lua:20-29). hgmt's window: the widened box
+    window of 200 x 0.54 = 108 pixels (img.lua:20-30). hgmt's window: the widened box
     without the +1s, centred on (20, 56), 80 x 1.6 = 128 pixels."""
     from hgmt.data import cropping
 

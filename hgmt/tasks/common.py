@@ -101,7 +101,7 @@ def full_batch_weights(batch: dict, n: int, num_examples: int, batch_size: int
     return _real(batch, n) * (batch["position"] < full).astype(jnp.float32)
 
 
-# BodyNet's label frame against hgmt's: `getTransform` (bodynet training/util/img.lua:18-27)
+# BodyNet's label frame against hgmt's: `getTransform` (bodynet training/util/img.lua:18-28)
 # maps the crop window onto [0, r], so label pixel k spans [k, k+1) and `transform`'s cast
 # gives the pixel holding the point; hgmt's crop maps it onto [-0.5, r-0.5], pixel k centred
 # on k. A point at hgmt label x is at BodyNet label x + BODYNET_LABEL_SHIFT.

@@ -158,7 +158,7 @@ def surreal_stats(pred: jnp.ndarray, batch: dict, *, num_examples: int,
     eval.lua:59-63: `label[b][ix]` and `pred[ix]` list the foreground pixels in row-major
     order and `unfold(1, 2, 2)` cuts them into pairs, so with an odd count n the last one is
     dropped and the mean is over 2 * floor(n / 2) pixels (a predicted background pixel
-    counts as class 0 there). An image without foreground adds 0 (eval.lua:64-66). With n = 1
+    counts as class 0 there). An image without foreground adds 0 (eval.lua:62-67). With n = 1
     `unfold` raises and the reference stops; hgmt adds 0 for that image as for an image
     without foreground and counts it in `images_one_foreground_pixel`."""
     gt = targets(batch)
