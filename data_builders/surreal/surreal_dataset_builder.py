@@ -19,15 +19,19 @@ docs/building.md is the build guide. `--manual_dir` must be on a local or mounte
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
+from typing import Any, NoReturn
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from hgmt import console, disk_space
 from hgmt.data import records
 from hgmt.sources import camera, surreal
 
@@ -152,6 +156,33 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             supervised_keys=None,
         )
 
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """TFDS's build, stoppable without leaving partial output: TFDS writes into
+        `<config>/incomplete.*` and removes it when an exception (Ctrl-C's included) leaves
+        the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
+        it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
+        (`console.sigterm_cleans_up`). A full disk or quota is `disk_space.DiskFull` naming
+        the build's folder and the fix. As TFDS's own command (`tfds build`) a Ctrl-C and a
+        full disk end in one line, not a traceback (status 130 and 1)."""
+        folder = os.fspath(self.data_dir)  # <data_dir>/surreal/<config>/<version>
+        name = f"{self.name}/{self.builder_config.name}"
+        try:
+            with console.sigterm_cleans_up(), disk_space.reported(
+                    folder, f"dataset {name!r}",
+                    then="Nothing of this build was kept: free space (or raise the quota) "
+                         "and run the same command again"):
+                super().download_and_prepare(*args, **kwargs)
+        except KeyboardInterrupt:
+            if not _is_tfds_command():
+                raise
+            console.end_interrupted(
+                f"interrupted (Ctrl-C); nothing of the build of {name!r} was kept: run the "
+                f"same command again to build it")
+        except disk_space.DiskFull as e:
+            if not _is_tfds_command():
+                raise
+            _end(f"error: {e}", 1)
+
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: tfds.download.DownloadConfig) -> None:
         if download_config.manual_dir:  # before TFDS looks into it
@@ -195,6 +226,31 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
+
+
+def _end(line: str, status: int) -> NoReturn:
+    """Ends `tfds build` with `line` on stderr and `status`, the logs and streams flushed,
+    skipping the interpreter's exit, where TFDS's progress bars, closed as it exits, would
+    be cleared after the line (as `console.end_interrupted` ends a Ctrl-C)."""
+    print(line, file=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+def _is_tfds_command() -> bool:
+    """Whether this process is TFDS's command line (`tfds build`, whose script calls
+    `launch_cli`, or `python -m tensorflow_datasets.scripts.cli.main`), not a caller of the
+    builder in Python (hgmt's demo, a test, a notebook) that handles the error itself."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    launch = getattr(main, "launch_cli", None)
+    return (getattr(spec, "name", "") or "").startswith("tensorflow_datasets.scripts.cli") or (
+        getattr(launch, "__module__", "") or "").startswith("tensorflow_datasets.scripts.cli")
 
 
 def _where_cmu_is(root: epath.Path) -> str:

@@ -1,0 +1,132 @@
+"""A SURREAL build stopped midway (Ctrl-C, SIGTERM) or by a full disk: nothing partial is left
+that a later run could take for a build, `tfds build` says so in one line, and the same command
+run again builds the dataset."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow_datasets as tfds
+
+import data_builders.surreal  # noqa: F401  (registers `surreal`)
+from hgmt import disk_space
+from hgmt.data import records
+from hgmt.sources import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLIT_SIZES = {"train": 6, "validation": 6, "test": 6}  # 2 clips of 3 frames, config 'all'
+
+# `tfds build` as TFDS's own script runs it (`launch_cli` in __main__), the signal sent to
+# itself as the build reads its AFTER-th clip (0: none): midway, once a split was written.
+_TFDS_BUILD = textwrap.dedent("""\
+    import os, sys
+    from tensorflow_datasets.scripts.cli.main import launch_cli
+    from hgmt.data import records
+    signum, after = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+    real, seen = records.clip_examples, []
+    def clip_examples(*args):
+        seen.append(args[0])
+        if len(seen) == after:
+            os.kill(os.getpid(), signum)
+        yield from real(*args)
+    records.clip_examples = clip_examples
+    sys.argv[0] = "tfds"
+    sys.exit(launch_cli())
+    """)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("stops") / "surreal")
+    synthetic.generate(root, 2, 3, seed=0)
+    return root
+
+
+def _tfds_build(tmp_path, root, data_dir, signum=0, after=0):
+    script = tmp_path / "tfds_build.py"
+    script.write_text(_TFDS_BUILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run(
+        [sys.executable, str(script), str(int(signum)), str(after), "build", "surreal",
+         "--imports=data_builders.surreal", f"--manual_dir={root}", f"--data_dir={data_dir}",
+         "--config=all", "--file_format=array_record"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _left(data_dir):
+    """What the build left under <data_dir>/surreal/all."""
+    folder = os.path.join(data_dir, "surreal", "all")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _built_again(root, data_dir):
+    """The same build run again (in this process): the split sizes it gives."""
+    builder = tfds.builder("surreal/all", data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    return {s: builder.info.splits[s].num_examples for s in SPLIT_SIZES}
+
+
+@pytest.mark.parametrize("signum, status, line", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was "
+                         "kept: run the same command again to build it"),
+    (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
+def test_a_build_stopped_midway_leaves_nothing_says_so_in_one_line_and_builds_again(
+        signum, status, line, clips, tmp_path):
+    """Ctrl-C or SIGTERM (a scheduler's cancel) as `tfds build` reads the 3rd of 6 clips, the
+    train split written: TFDS's partial output (`incomplete.*`) is removed (SIGTERM's default
+    would kill the process where it stands and leave it), the command ends with that one line
+    (not a traceback) and the shell's status of the signal, and the same command run again
+    builds every split."""
+    data_dir = str(tmp_path / "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, signum, after=3)
+    assert done.returncode == status, done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1].endswith(line), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert _left(data_dir) == []
+    assert _built_again(clips, data_dir) == SPLIT_SIZES
+
+
+def test_ctrl_c_in_a_python_caller_is_its_keyboard_interrupt_with_nothing_left(
+        clips, tmp_path, monkeypatch):
+    """A caller of the builder in Python (hgmt's demo, a notebook) gets the KeyboardInterrupt
+    to handle, not the command's exit, and no partial output."""
+    real = records.clip_examples
+
+    def interrupted(*args):
+        yield from real(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, "clip_examples", interrupted)
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(KeyboardInterrupt):
+        _built_again(clips, data_dir)
+    assert _left(data_dir) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix_and_a_rerun_builds(
+        clips, small_disk, tmp_path):
+    """The disk fills as `tfds build` writes its shards (a 256 KiB tmpfs): one line naming the
+    build's folder, the space and the fix, status 1, nothing partial left; with space, the
+    same command run again builds every split. A Python caller gets `disk_space.DiskFull`."""
+    disk = small_disk(256 * 1024)
+    data_dir = os.path.join(disk.path, "tfds")
+    folder = os.path.join(data_dir, "surreal", "all", "1.7.0")
+    done = _tfds_build(tmp_path, clips, data_dir)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert f"error: [Errno 28] cannot write dataset 'surreal/all' to {folder}: the disk or " \
+           f"quota is full (" in last, done.stderr[-3000:]
+    assert "Nothing of this build was kept: free space (or raise the quota) and run the same " \
+           "command again (RuntimeError: " in last and "No space left on device" in last
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert _left(data_dir) == []
+    with pytest.raises(disk_space.DiskFull, match=f"cannot write dataset 'surreal/all' to "
+                                                  f"{folder}: the disk or quota is full"):
+        _built_again(clips, data_dir)
+    assert _left(data_dir) == []
+    disk.resize(64 * 1024 * 1024)
+    assert _built_again(clips, data_dir) == SPLIT_SIZES
