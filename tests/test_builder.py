@@ -202,11 +202,11 @@ def test_a_split_of_unreadable_clips_is_named_with_what_was_counted(tmp_path):
     counts = collections.Counter()
     frames = data_builders.surreal.surreal_dataset_builder.Builder.BUILDER_CONFIGS[0].frames
     with pytest.raises(ValueError) as raised:
-        list(records.python_examples(stems, frames, counts, "split validation"))
+        list(records.python_examples(stems, frames, counts, "split 'validation'"))
     assert str(raised.value) == (
-        f"split validation: none of its {len(stems)} clips gave a usable frame (counted: "
-        f"{{'clip_unreadable_file': {len(stems)}}}); the warnings above name each clip's file "
-        f"and reason: mend them and build again")
+        f"split 'validation': none of its {len(stems)} clips gave a usable frame (counted: "
+        f"clip_unreadable_file {len(stems)}); the warnings above name each clip's file and "
+        f"reason: mend them and build again")
 
 
 def test_a_manual_dir_that_is_the_archive_or_at_another_level_is_told_where_to_point(tmp_path):

@@ -222,7 +222,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return records.beam_examples(stems, frames,
                                          str(self.data_path / f"skipped-{split}.json"))
         counts = self._skipped.setdefault(split, collections.Counter())
-        return records.python_examples(stems, frames, counts, f"split {split}")
+        return records.python_examples(stems, frames, counts, f"split {split!r}")
 
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test

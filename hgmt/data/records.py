@@ -232,9 +232,10 @@ def python_examples(stems: list[str], frames: FrameSelection,
             given += 1
             yield example
     if not given:
+        counted = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
         raise ValueError(f"{split}: none of its {len(stems)} clips gave a usable frame "
-                         f"(counted: {dict(sorted(counts.items()))}); the warnings above name "
-                         f"each clip's file and reason: mend them and build again")
+                         f"(counted: {counted}); the warnings above name each clip's file "
+                         f"and reason: mend them and build again")
 
 
 def beam_clip_examples(stem: str, frames: FrameSelection,
