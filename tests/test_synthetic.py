@@ -4,6 +4,10 @@ import dataclasses
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ import scipy.io
 from hgmt.data import crop_metres
 from hgmt.sources import body, camera, surreal, synthetic, synthetic_person
 from tests.conftest import assert_same_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -433,3 +439,38 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_cli
                                       f"Nothing written is left in {tmp_path}/other/cmu/"
                                       "{train,val,test}. Mend what the error names and run it "
                                       "again")
+
+
+@pytest.mark.parametrize("signum, status, line", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing partial was left behind"),
+    (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
+def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(
+        signum, status, line, tmp_path):
+    """Ctrl-C (a terminal sends it to the command and its 2 workers) or SIGTERM (a scheduler's
+    cancel, to them all) once the first clip is written: the clips written are removed, the
+    command ends with that one line (no traceback of its own or of a worker) and the
+    signal's status, and the same command run again writes the clips. Before, the clips
+    were left and the rerun was refused for holding them (`ClipsExist`)."""
+    out_dir = tmp_path / "demo"
+    args = [f"--out_dir={out_dir}", "--clips_per_split=4", "--frames_per_clip=30",
+            "--workers=2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # The command as a shell runs it, with Ctrl-C handled (a process started in the
+    # background, as this test may be, inherits SIGINT ignored), in a process group of its own.
+    run = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "runpy.run_module('hgmt.sources.synthetic', run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen(
+        [sys.executable, "-c", run, *args], cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no clip written in 120 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == status, err[-3000:]
+    assert (out, err.strip()) == ("", line)
+    assert [p for p in out_dir.rglob("*") if p.is_file()] == []
+    synthetic.main(args)
+    assert len(list(out_dir.rglob("*_info.mat"))) == 12

@@ -36,6 +36,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.io
 
-from hgmt import cores, disk_space
+from hgmt import console, cores, disk_space
 from hgmt.sources import camera, surreal, synthetic_person
 
 if TYPE_CHECKING:
@@ -170,6 +171,12 @@ def _write_seeded_clip(job: tuple) -> str:
     return stem
 
 
+def _ignore_stop_signals() -> None:
+    """A worker of `generate`: Ctrl-C and SIGTERM are left to the process that started it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def check_settings(clips_per_split: int, frames: int, seed: int, prefix: str = "") -> None:
     """Raises ValueError naming the setting (`prefix` + its name, e.g. 'config.demo.') when
     `generate` cannot make clips of these: no clip, no frame, or a negative seed."""
@@ -221,11 +228,20 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
             _write_seeded_clip(job)
     else:
         # Split after split, as in one process.
+        # The workers ignore Ctrl-C and SIGTERM (a terminal's Ctrl-C reaches them all, a
+        # scheduler's SIGTERM may): this process stops them, the clips they are writing
+        # finished and the others cancelled, so that its caller may remove what was written
+        # with no worker still writing, and no worker prints a traceback of its own.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, clips_per_split),
-                                                    mp_context=context) as pool:
-            for split_jobs in jobs:
-                list(pool.map(_write_seeded_clip, split_jobs))
+        with concurrent.futures.ProcessPoolExecutor(
+                min(workers, clips_per_split), mp_context=context,
+                initializer=_ignore_stop_signals) as pool:
+            try:
+                for split_jobs in jobs:
+                    list(pool.map(_write_seeded_clip, split_jobs))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     return [stem for split in splits for stem in stems[split]]
 
 
@@ -254,11 +270,12 @@ _WRITE_ERRNOS = disk_space.UNWRITABLE_CODES | {errno.ENOSPC, errno.EDQUOT, errno
                                                errno.EISDIR}
 
 
-def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
-    """The one line of a generation into `out_dir` that failed to write (`error`), after
-    removing what it wrote: everything in its split folders ``cmu/<split>``, which were
-    empty or missing before (`generate` refuses others; `existed`: which were there), so that
-    a rerun is not refused for holding clips (`ClipsExist`). The folders that were there stay."""
+def _remove_written(out_dir: str, existed: dict[str, bool]) -> None:
+    """Removes what a generation into `out_dir` that stopped (a failed write, Ctrl-C,
+    SIGTERM) wrote: everything in its split folders ``cmu/<split>``, which were empty or
+    missing before (`generate` refuses others; `existed`: which were there), so that a rerun
+    of the same command is not refused for holding clips (`ClipsExist`). The folders that
+    were there stay."""
     for split, was_there in existed.items():
         folder = os.path.join(out_dir, "cmu", split)
         if not was_there:
@@ -267,6 +284,12 @@ def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
             with contextlib.suppress(OSError):  # a folder it cannot list holds none of ours
                 for entry in os.listdir(folder):
                     shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
+def _unwritable(out_dir: str, error: OSError, existed: dict[str, bool]) -> str:
+    """The one line of a generation into `out_dir` that failed to write (`error`), after
+    removing what it wrote (`_remove_written`)."""
+    _remove_written(out_dir, existed)
     what = error.strerror or str(error)
     where = f" ({error.filename})" if error.filename else ""
     fix = ("Give a folder on a writable file system with room for the clips"
@@ -281,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     (the clips written, val's copies included; the frames rendered and their rate). A DIR
     whose cmu/{train,val,test} holds files is refused in one line (`ClipsExist`), exit 1, and
     so is a DIR named cmu (`check_tree_named`); one it cannot write (read-only, full, a file in
-    the way) ends in one line too, the clips it had written removed (`_unwritable`)."""
+    the way) ends in one line too, the clips it had written removed (`_unwritable`), and so do
+    Ctrl-C (status 130) and SIGTERM (the process then dies of it), so that the same command
+    run again writes the clips rather than refusing the folder."""
     from hgmt import cli
 
     args, _ = cli.parse(_define_flags, argv, "Write SURREAL-format demo clips.")
@@ -290,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     splits = ("train", "val", "test")
     existed = {split: os.path.isdir(os.path.join(args.out_dir, "cmu", split)) for split in splits}
-    with cli.faults_in_one_line(ClipsExist):
+    command = argv is None
+    with cli.faults_in_one_line(ClipsExist), console.sigterm_cleans_up(), \
+            console.interrupted_in_one_line(command):
         try:
             stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
                              splits, zrot_max_deg=args.zrot_max_deg, workers=args.workers)
@@ -298,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         except OSError as e:  # a read-only or full file system, a file in the way
             raise SystemExit(_unwritable(args.out_dir, e, existed)) from None
+        except BaseException:  # Ctrl-C, SIGTERM: the same command run again writes them all
+            _remove_written(args.out_dir, existed)
+            raise
     seconds = time.perf_counter() - start
     # The frames rendered: val's clips are copies of test's.
     frames = sum(surreal.parse_stem(s).split != "val" for s in stems) * args.frames_per_clip
