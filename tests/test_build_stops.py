@@ -130,3 +130,23 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix_and_a_rerun_build
     assert _left(data_dir) == []
     disk.resize(64 * 1024 * 1024)
     assert _built_again(clips, data_dir) == SPLIT_SIZES
+
+
+def test_the_partial_output_of_a_build_killed_outright_is_named_by_the_next_build(
+        clips, tmp_path, caplog):
+    """SIGKILL (out of memory, a scheduler's limit past its grace period) cannot be caught:
+    TFDS's `incomplete.*` folder stays, never read as a build. The same command run again
+    builds every split and warns of that folder, naming it, to delete; it does not remove
+    it, which may be another build's, still running."""
+    data_dir = str(tmp_path / "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, signal.SIGKILL, after=3)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    [left] = _left(data_dir)
+    assert left.startswith("incomplete.")
+    with caplog.at_level("WARNING"):
+        assert _built_again(clips, data_dir) == SPLIT_SIZES
+    partial = os.path.join(data_dir, "surreal", "all", left)
+    assert [r.getMessage() for r in caplog.records if left in r.getMessage()] == [
+        f"{partial}: the partial output of an earlier build that was killed (or of one still "
+        f"running), never read as a build; delete it once no build is writing there"]
+    assert _left(data_dir) == ["1.7.0", left]

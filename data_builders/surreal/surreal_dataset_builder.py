@@ -192,6 +192,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     f"--manual_dir={download_config.manual_dir} is a file (the downloaded "
                     f"archive?): extract it (tar xzf SURREAL_v1.tar.gz) and give the folder "
                     f"that contains cmu/")
+        _warn_of_partial_builds(self.data_path)
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
         self._skipped = {}
         super()._download_and_prepare(dl_manager, download_config)
@@ -226,6 +227,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
+
+
+def _warn_of_partial_builds(building: epath.Path) -> None:
+    """Warns of each `incomplete.*` folder beside `building` (this build's own, in its
+    config's folder) but it: the partial output of a build that was killed outright (SIGKILL:
+    out of memory, a scheduler's limit), which TFDS never reads nor removes, or of one still
+    running. A folder that cannot be listed (a bucket's error) gives no warning: the build
+    goes on."""
+    try:
+        others = sorted(p for p in building.parent.glob("incomplete.*") if p != building)
+    except Exception:  # noqa: BLE001  (a warning only)
+        return
+    for other in others:
+        logging.warning("%s: the partial output of an earlier build that was killed (or of "
+                        "one still running), never read as a build; delete it once no build "
+                        "is writing there", other)
 
 
 def _end(line: str, status: int) -> NoReturn:
