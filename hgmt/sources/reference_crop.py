@@ -33,7 +33,7 @@ import numpy as np
 # getTightBox widens the joints' box by these fractions of its inclusive width and height
 # (surreal training/util.lua:128-147), getScale is the widened box's longer side over
 # SCALE_DIVISOR_PX (util.lua:157-160), and getTransform's window is WINDOW_PER_SCALE_PX x
-# scale pixels (img.lua:20-29).
+# scale pixels (img.lua:20-30).
 BOX_MARGINS = {"left": 0.25, "right": 0.25, "top": 0.35, "bottom": 0.25}
 SCALE_DIVISOR_PX = 240.0
 WINDOW_PER_SCALE_PX = 200.0
@@ -50,7 +50,7 @@ def reference_box(joints2d: np.ndarray) -> tuple[np.ndarray, float]:
     and right, 0.35 h top and 0.25 h bottom, w and h counted inclusively (max - min + 1)
     before and after; `getCenter` (util.lua:149-155, img.lua:383-389) is the widened box's
     (x_min + w/2, y_min + h/2) and `getScale` (util.lua:157-160, img.lua:392-396) max(h, w) /
-    240, which `getTransform` (surreal training/img.lua:20-29, bodynet img.lua:18-27) makes a
+    240, which `getTransform` (surreal training/img.lua:20-30, bodynet img.lua:18-28) makes a
     window of 200 x scale pixels around the centre. `transform` (surreal img.lua:56-58,
     bodynet img.lua:54-56) compares the centre with the joints minus 1, so in 0-based pixels
     the window is centred on the 1-based box's centre."""
