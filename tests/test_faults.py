@@ -2740,6 +2740,101 @@ def test_a_process_whose_job_never_connects_stops_in_one_line(tmp_path):
     assert "--process_id" not in done.stderr
 
 
+def test_a_job_that_never_connects_names_what_gave_each_setting():
+    """The NotConnected line's check follows what gave the number of processes and this
+    process's index: the flags where given; under Slurm (the address given by
+    JAX_COORDINATOR_ADDRESS or --coordinator_address, neither flag) Slurm's task count and
+    task 0, not the flags the user never gave."""
+    from hgmt.training import cluster
+
+    def check(**settings: object) -> str:
+        line = cluster._not_connected_line("this process", "h:1", 5, **settings)
+        head = ("error: NotConnected: this process waited 5 s (--connect_timeout) for the "
+                "job's processes to connect to the coordinator h:1. ")
+        assert line.startswith(head) and line.endswith("; then start them again together")
+        assert "\n" not in line
+        return line[len(head):-len("; then start them again together")]
+
+    assert check() == check(slurm=True) == (
+        "Check that every process was started, with the same --coordinator_address (process "
+        "0's host:port, reachable from every host) and --num_processes, and each with its own "
+        "--process_id (0 to N-1, once each)")
+    assert check(source="JAX_COORDINATOR_ADDRESS", count_given=False, index_given=False,
+                 slurm=True) == (
+        "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
+        "launch/slurm.sbatch runs them), with the same JAX_COORDINATOR_ADDRESS (the "
+        "host:port of Slurm's task 0, SLURM_PROCID=0, reachable from every host)")
+    assert check(count_given=False, index_given=False, slurm=True) == (
+        "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
+        "launch/slurm.sbatch runs them), with the same --coordinator_address (the host:port "
+        "of Slurm's task 0, SLURM_PROCID=0, reachable from every host)")
+    # One flag given, the other Slurm's: each named by what gave it.
+    assert check(index_given=False, slurm=True) == (
+        "Check that every process was started, with the same --coordinator_address (the "
+        "host:port of Slurm's task 0, SLURM_PROCID=0, reachable from every host) and "
+        "--num_processes")
+    assert check(count_given=False, slurm=True) == (
+        "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
+        "launch/slurm.sbatch runs them), with the same --coordinator_address (process 0's "
+        "host:port, reachable from every host), and each with its own --process_id (0 to "
+        "N-1, once each)")
+    # Another cluster JAX reads (Open MPI, a TPU VM): named as the cluster, no Slurm.
+    assert check(source="JAX_COORDINATOR_ADDRESS", count_given=False, index_given=False) == (
+        "Check that every process of the job started (as many as the cluster runs), with the "
+        "same JAX_COORDINATOR_ADDRESS (the host:port of the cluster's process 0, reachable "
+        "from every host)")
+    # The cluster's own coordinator: its tasks, whatever gave the rest.
+    assert cluster._not_connected_line("this process", None, 5, slurm=True) == (
+        "error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
+        "processes to connect to the coordinator the cluster names. Check that every task of "
+        "the job started (Slurm: one per node, as launch/slurm.sbatch runs them; a TPU VM: "
+        "every worker, `launch/tpu_vm.sh train`) and that the first one's host is reachable "
+        "from the others; then start them again together")
+
+
+def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tasks(tmp_path):
+    """Task 1 of a two-task Slurm job run with --distributed and JAX_COORDINATOR_ADDRESS,
+    task 0 never started: its NotConnected line names Slurm's tasks and task 0, not the
+    --num_processes and --process_id it was not given."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR_"))}
+    env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "SLURM_JOB_ID": "7",
+                "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "2",
+                "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}"})
+    run = subprocess.run(
+        [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
+         f"--workdir={tmp_path / 'w'}", "--distributed", "--connect_timeout=5",
+         "--compilation_cache="],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    line = run.stderr.splitlines()[-1]
+    assert line == (
+        f"error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
+        f"processes to connect to the coordinator {env['JAX_COORDINATOR_ADDRESS']}. Check "
+        f"that every task of the job started (SLURM_NTASKS of them, one per node as "
+        f"launch/slurm.sbatch runs them), with the same JAX_COORDINATOR_ADDRESS (the host:port "
+        f"of Slurm's task 0, SLURM_PROCID=0, reachable from every host); then start them "
+        f"again together"), run.stderr[-3000:]
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_not_connected_line_reads_slurm_as_jax_does(monkeypatch):
+    """`_not_connected` words the line for Slurm where JAX reads Slurm: a Slurm job's
+    environment, and not under Open MPI's mpirun (which JAX reads first)."""
+    from hgmt.training import cluster
+
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(name)
+    assert not cluster._jax_reads_slurm()
+    for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+                        "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert cluster._jax_reads_slurm()
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "x")
+    assert not cluster._jax_reads_slurm()
+
+
 @pytest.mark.slow
 def test_a_dataset_process_0_finds_not_built_stops_both_processes_before_the_workdir(tmp_path):
     """Two `hgmt.main` processes of a job whose training split is not built: process 0 finds

@@ -97,7 +97,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                   "to %d s, --connect_timeout)", who, address or "the cluster names",
                   connect_timeout_s)),
               threading.Timer(connect_timeout_s, _not_connected,
-                              (who, address, connect_timeout_s, source))]
+                              (who, address, connect_timeout_s, source,
+                               num_processes is not None, process_id is not None))]
     _check_coordinator_port(coordinator_address, process_id)
     for timer in timers:
         timer.daemon = True
@@ -193,13 +194,12 @@ def _jax_coordinator(coordinator_address: str | None,
     coordinator_address = coordinator_given(coordinator_address)[0]
     if coordinator_address is not None and process_id is not None:
         return coordinator_address, process_id
+    if not _jax_reads_slurm():
+        return None
     try:  # JAX's own reading of the cluster, from its private modules
-        from jax._src import clusters
         from jax._src.clusters import slurm_cluster
 
         cluster = slurm_cluster.SlurmCluster
-        if not cluster.is_env_present() or _read_before(cluster, clusters.ClusterEnv):
-            return None
         if process_id is None:
             process_id = cluster.get_process_id()
         if coordinator_address is None:
@@ -253,6 +253,20 @@ def _check_coordinator_port(coordinator_address: str | None, process_id: int | N
                     raise ValueError(_port_refused(bind, e.strerror or str(e), given)) from None
                 continue
             return
+
+
+def _jax_reads_slurm() -> bool:
+    """Whether JAX takes the settings it is not given from Slurm: a Slurm environment, and no
+    cluster JAX reads first (`_read_before`). False where JAX's private cluster classes
+    differ."""
+    try:
+        from jax._src import clusters
+        from jax._src.clusters import slurm_cluster
+
+        cluster = slurm_cluster.SlurmCluster
+        return bool(cluster.is_env_present()) and not _read_before(cluster, clusters.ClusterEnv)
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError):
+        return False
 
 
 def _read_before(slurm: Any, cluster_env: Any) -> bool:
@@ -349,20 +363,46 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
 
 
 def _not_connected(who: str, where: str | None, timeout_s: int,
-                   source: str = "--coordinator_address") -> NoReturn:
+                   source: str = "--coordinator_address", count_given: bool = True,
+                   index_given: bool = True) -> NoReturn:
     """Ends a process whose job's processes did not all connect within `timeout_s` (run by
-    `initialize`'s timer while JAX waits in C++) to the coordinator `where` (None: the one
-    the cluster names), given by `source`: one line, status EXIT_FAILED."""
-    check = (f"Check that every process was started, with the same {source} "
-             "(process 0's host:port, reachable from every host) and --num_processes, and "
-             "each with its own --process_id (0 to N-1, once each)" if where else
-             "Check that every task of the job started (Slurm: one per node, as "
-             "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
-             "train`) and that the first one's host is reachable from the others")
-    print(f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the job's "
-          f"processes to connect to the coordinator {where or 'the cluster names'}. {check}; "
-          f"then start them again together", file=sys.stderr, flush=True)
+    `initialize`'s timer while JAX waits in C++): `_not_connected_line`, the cluster JAX reads
+    looked up here, status EXIT_FAILED."""
+    print(_not_connected_line(who, where, timeout_s, source, count_given, index_given,
+                              slurm=_jax_reads_slurm()), file=sys.stderr, flush=True)
     os._exit(EXIT_FAILED)
+
+
+def _not_connected_line(who: str, where: str | None, timeout_s: int,
+                        source: str = "--coordinator_address", count_given: bool = True,
+                        index_given: bool = True, slurm: bool = False) -> str:
+    """The one line of a process whose job's processes did not all connect within
+    `timeout_s` to the coordinator `where` (None: the one the cluster names), given by
+    `source`. What to check follows what gave each setting: the number of processes and this
+    process's index their flags where given (`count_given`, `index_given`), else the cluster
+    JAX read them from (`slurm`: Slurm's task count and index, else another cluster's)."""
+    if where is None:
+        check = ("Check that every task of the job started (Slurm: one per node, as "
+                 "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
+                 "train`) and that the first one's host is reachable from the others")
+    else:
+        first = ("process 0's host:port" if index_given else
+                 "the host:port of Slurm's task 0, SLURM_PROCID=0" if slurm else
+                 "the host:port of the cluster's process 0")
+        address = f"the same {source} ({first}, reachable from every host)"
+        if count_given:
+            check = f"Check that every process was started, with {address} and --num_processes"
+        elif slurm:
+            check = ("Check that every task of the job started (SLURM_NTASKS of them, one per "
+                     f"node as launch/slurm.sbatch runs them), with {address}")
+        else:
+            check = ("Check that every process of the job started (as many as the cluster "
+                     f"runs), with {address}")
+        if index_given:
+            check += ", and each with its own --process_id (0 to N-1, once each)"
+    return (f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the "
+            f"job's processes to connect to the coordinator {where or 'the cluster names'}. "
+            f"{check}; then start them again together")
 
 
 def check_same_settings(settings: Mapping[str, Any], free: tuple[str, ...] = ()) -> None:
