@@ -1018,10 +1018,12 @@ def test_evaluate_names_its_file_after_the_checkpoint_and_the_settings_off_proto
 
 def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     """`--distributed` where JAX finds no cluster: the command's whole output is one line
-    saying what to give instead, with exit status 1 (JAX's own ValueError was a traceback)."""
+    saying what to give instead (the flags, or the address in JAX_COORDINATOR_ADDRESS), with
+    exit status 1 (JAX's own ValueError was a traceback)."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR_"))}
     run = subprocess.run(
         [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
          f"--workdir={tmp_path / 'w'}", "--distributed", "--compilation_cache="],
@@ -1033,7 +1035,8 @@ def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
         "error: ValueError: jax.distributed.initialize: coordinator_address should be defined. "
         "JAX finds the coordinator, the number of processes and this process's index itself "
         "under Slurm, Open MPI and on TPU VMs only; elsewhere give them (hgmt.main: "
-        "--coordinator_address=host:port of process 0, --num_processes, --process_id)"]
+        "--num_processes, --process_id and --coordinator_address=host:port of process 0, or "
+        "with --distributed that address in JAX_COORDINATOR_ADDRESS)"]
     assert not (tmp_path / "w").exists()
 
 

@@ -126,8 +126,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(
             f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
             f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
-            f"elsewhere give them (hgmt.main: --coordinator_address=host:port of process 0, "
-            f"--num_processes, --process_id)") from e
+            f"elsewhere give them (hgmt.main: --num_processes, --process_id and "
+            f"--coordinator_address=host:port of process 0, or with --distributed that address "
+            f"in {ADDRESS_VARIABLE})") from e
     finally:
         for timer in timers:
             timer.cancel()
