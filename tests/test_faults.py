@@ -2792,6 +2792,7 @@ def test_a_job_that_never_connects_names_what_gave_each_setting():
         "from the others; then start them again together")
 
 
+@pytest.mark.slow  # the not-connected line's Slurm wording, tested as a pure function by default
 def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tasks(tmp_path):
     """Task 1 of a two-task Slurm job run with --distributed and JAX_COORDINATOR_ADDRESS,
     task 0 never started: its NotConnected line names Slurm's tasks and task 0, not the

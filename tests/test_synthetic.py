@@ -443,7 +443,9 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_cli
 
 @pytest.mark.parametrize("signum, status, line", [
     (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing partial was left behind"),
-    (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
+    # A scheduler's cancel: the same cleanup as Ctrl-C's (`console.sigterm_cleans_up`).
+    pytest.param(signal.SIGTERM, -signal.SIGTERM,
+                 "stopped by SIGTERM; nothing partial was left behind", marks=pytest.mark.slow)])
 def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(
         signum, status, line, tmp_path):
     """Ctrl-C (a terminal sends it to the command and its 2 workers) or SIGTERM (a scheduler's
