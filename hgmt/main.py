@@ -197,12 +197,12 @@ def _check_job_flags(fv: flags.FlagValues) -> None:
     """A malformed coordinator address (JAX's IndexError or C++ 'Failed to start RPC
     server', as tracebacks) or a --num_processes / --process_id out of range exits in one
     line naming the flag and the fix; the address is the one JAX takes
-    (`cluster.coordinator_given`: --coordinator_address, or with --distributed
+    (`coordinator.coordinator_given`: --coordinator_address, or with --distributed
     JAX_COORDINATOR_ADDRESS), named as it was given."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     count, index = fv.num_processes, fv.process_id
-    address, source = cluster.coordinator_given(fv.coordinator_address)
+    address, source = coordinator.coordinator_given(fv.coordinator_address)
     if address and (fv.coordinator_address or fv.distributed):
         host, _, port = address.rpartition(":")
         if ":" in host and not (host.startswith("[") and host.endswith("]")):

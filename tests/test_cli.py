@@ -1083,15 +1083,15 @@ def test_a_coordinator_port_the_system_refuses_is_not_called_held(monkeypatch):
     import errno
     import socket
 
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     class Refused(socket.socket):
         def bind(self, address):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(cluster.socket, "socket", Refused)
+    monkeypatch.setattr(coordinator.socket, "socket", Refused)
     with pytest.raises(ValueError) as e:
-        cluster._check_coordinator_port("localhost:80", 0)
+        coordinator.check_coordinator_port("localhost:80", 0)
     assert str(e.value) == (
         f"process 0 may not start the job's coordination service on port 80 ([::]:80: "
         f"{os.strerror(errno.EACCES)}): a port below 1024 is for root only. Use one from 1024 "
@@ -1138,12 +1138,12 @@ def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog
     """A typo in --coordinator_address's host: JAX's client keeps trying it until the connect
     timeout (300 s) says only that the processes did not connect; a warning names it at
     once. A host that resolves is not warned about."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     with caplog.at_level(logging.WARNING):
-        cluster._check_coordinator_host("nosuchhost.invalid:23455", cluster.LOOKUP_WAIT_S)
-        cluster._check_coordinator_host("localhost:23455", cluster.LOOKUP_WAIT_S)
-        cluster._check_coordinator_host("[::1]:23455", cluster.LOOKUP_WAIT_S)
+        coordinator.check_coordinator_host("nosuchhost.invalid:23455", coordinator.LOOKUP_WAIT_S)
+        coordinator.check_coordinator_host("localhost:23455", coordinator.LOOKUP_WAIT_S)
+        coordinator.check_coordinator_host("[::1]:23455", coordinator.LOOKUP_WAIT_S)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "--coordinator_address=nosuchhost.invalid:23455: its host nosuchhost.invalid does not "
         "resolve on this host"]
@@ -1156,16 +1156,16 @@ def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch,
     nothing of the name: it is worded apart from EAI_NONAME's name that does not resolve."""
     import socket
 
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     for code, why in ((socket.EAI_AGAIN, "Temporary failure in name resolution"),
                       (socket.EAI_NONAME, "Name or service not known")):
         def getaddrinfo(*args, code=code, why=why, **kwargs):
             raise socket.gaierror(code, why)
 
-        monkeypatch.setattr(cluster.socket, "getaddrinfo", getaddrinfo)
+        monkeypatch.setattr(coordinator.socket, "getaddrinfo", getaddrinfo)
         with caplog.at_level(logging.WARNING):
-            cluster._check_coordinator_host("node1:23455", 5)
+            coordinator.check_coordinator_host("node1:23455", 5)
     assert [r.getMessage() for r in caplog.records] == [
         "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
         "(Temporary failure in name resolution; the name may be right), so this process may "
@@ -1183,11 +1183,11 @@ def test_a_coordinator_host_lookup_that_hangs_is_bounded(monkeypatch, caplog):
     import threading
     import time
 
-    from hgmt.training import cluster
+    from hgmt.training import cluster, coordinator
 
     answer = threading.Event()
-    monkeypatch.setattr(cluster.socket, "getaddrinfo", lambda *a, **k: answer.wait(20))
-    monkeypatch.setattr(cluster, "LOOKUP_WAIT_S", 1)
+    monkeypatch.setattr(coordinator.socket, "getaddrinfo", lambda *a, **k: answer.wait(20))
+    monkeypatch.setattr(coordinator, "LOOKUP_WAIT_S", 1)
     monkeypatch.setattr(cluster, "_heartbeat_timeout_s", cluster._heartbeat_timeout_s)
     connected = []
     monkeypatch.setattr(cluster.jax.distributed, "initialize",
@@ -1219,31 +1219,31 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
     """With --distributed under Slurm the port is JAX's choice for the job (from its id, or
     JAX_COORDINATOR_PORT): process 0 finds it held and says which variable moves it; the
     other processes, which listen on nothing, are not refused."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     with _held_port() as held:
         port = held.getsockname()[1]
         _slurm_process_0(monkeypatch, str(port))
         with pytest.raises(ValueError) as e:
-            cluster._check_coordinator_port(None, None)
+            coordinator.check_coordinator_port(None, None)
         assert str(e.value).startswith(f"process 0 cannot start the job's coordination "
                                        f"service on port {port} ([::]:{port}: ")
         assert str(e.value).endswith("End that process, or set JAX_COORDINATOR_PORT to a free "
                                      "port for every process of the job (the port JAX chose "
                                      "for this cluster's job is taken)")
         monkeypatch.setenv("SLURM_PROCID", "1")
-        cluster._check_coordinator_port(None, None)
-    cluster._check_coordinator_port(f"localhost:{port}", 0)  # free again
+        coordinator.check_coordinator_port(None, None)
+    coordinator.check_coordinator_port(f"localhost:{port}", 0)  # free again
     # A port that is no number: JAX's C++ crashed (SIGSEGV) on it.
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("JAX_COORDINATOR_PORT", "abc")
     with pytest.raises(ValueError) as e:
-        cluster._check_coordinator_port(None, None)
+        coordinator.check_coordinator_port(None, None)
     assert str(e.value) == ("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc' is no port "
                             "number: give one from 1 to 65535 that is free on process 0's host")
     monkeypatch.setenv("SLURM_PROCID", "1")  # the others waited for the connect timeout
     with pytest.raises(ValueError) as e:
-        cluster._check_coordinator_port(None, None)
+        coordinator.check_coordinator_port(None, None)
     assert str(e.value).startswith("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc'")
 
 
@@ -1283,15 +1283,15 @@ def test_mpirun_inside_a_slurm_allocation_is_not_judged_by_slurms_port(monkeypat
     """Open MPI's mpirun inside a Slurm allocation: JAX reads Open MPI's settings, which it
     tries before Slurm's, so the port Slurm's job id would give is not this job's, and a
     socket holding it does not stop a process that Slurm numbers 0."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     with _held_port() as held:
         port = held.getsockname()[1]
         _slurm_process_0(monkeypatch, str(port))
         with pytest.raises(ValueError):  # Slurm's job alone: its port is JAX's
-            cluster._check_coordinator_port(None, None)
+            coordinator.check_coordinator_port(None, None)
         monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5678")
-        cluster._check_coordinator_port(None, None)
+        coordinator.check_coordinator_port(None, None)
 
 
 def test_the_slurm_port_check_stands_aside_on_a_jax_whose_cluster_classes_differ(monkeypatch):
@@ -1300,12 +1300,12 @@ def test_the_slurm_port_check_stands_aside_on_a_jax_whose_cluster_classes_differ
     before any work)."""
     from jax._src import clusters
 
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     with _held_port() as held:
         _slurm_process_0(monkeypatch, str(held.getsockname()[1]))
         monkeypatch.delattr(clusters.ClusterEnv, "_cluster_types")
-        cluster._check_coordinator_port(None, None)
+        coordinator.check_coordinator_port(None, None)
 
 
 def _no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1322,7 +1322,7 @@ def test_a_coordinator_port_in_use_given_by_jax_coordinator_address_names_it(mon
     naming the variable, alone and under Slurm, whose own port JAX does not use then (held,
     it does not stop the job). hgmt's check read Slurm's address instead, or outside a cluster
     checked nothing."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     _no_cluster(monkeypatch)
     with _held_port() as free:
@@ -1333,19 +1333,19 @@ def test_a_coordinator_port_in_use_given_by_jax_coordinator_address_names_it(mon
         fix = ("End that process, or give every process of the job another free port "
                "(JAX_COORDINATOR_ADDRESS=localhost:PORT)")
         with pytest.raises(ValueError) as e:  # --distributed --num_processes=2 --process_id=0
-            cluster._check_coordinator_port(None, 0)
+            coordinator.check_coordinator_port(None, 0)
         assert str(e.value).startswith(f"process 0 cannot start the job's coordination "
                                        f"service on port {port} ([::]:{port}: ")
         assert str(e.value).endswith(fix), str(e.value)
         _slurm_process_0(monkeypatch, str(slurms.getsockname()[1]))
         with pytest.raises(ValueError) as e:
-            cluster._check_coordinator_port(None, None)
+            coordinator.check_coordinator_port(None, None)
         assert f"on port {port} " in str(e.value) and str(e.value).endswith(fix)
         monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{free_port}")
-        cluster._check_coordinator_port(None, None)
+        coordinator.check_coordinator_port(None, None)
         monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:abc")
         with pytest.raises(ValueError) as e:
-            cluster._check_coordinator_port(None, None)
+            coordinator.check_coordinator_port(None, None)
         assert str(e.value) == ("JAX_COORDINATOR_ADDRESS=localhost:abc: the coordinator's port "
                                 "'abc' is no port number: give one from 1 to 65535 that is "
                                 "free on process 0's host")
@@ -1355,21 +1355,21 @@ def test_the_coordinator_address_flag_comes_before_jax_coordinator_address(monke
                                                                             caplog):
     """As in JAX, --coordinator_address wins over JAX_COORDINATOR_ADDRESS: the flag's port
     and host are checked and named, and the variable's held port does not stop the job."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     _no_cluster(monkeypatch)
     with _held_port() as free:
         free_port = free.getsockname()[1]
     with _held_port() as held:
         monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{held.getsockname()[1]}")
-        cluster._check_coordinator_port(f"localhost:{free_port}", 0)
+        coordinator.check_coordinator_port(f"localhost:{free_port}", 0)
         with pytest.raises(ValueError) as e:
-            cluster._check_coordinator_port(f"localhost:{held.getsockname()[1]}", 0)
+            coordinator.check_coordinator_port(f"localhost:{held.getsockname()[1]}", 0)
         assert str(e.value).endswith("(--coordinator_address=localhost:PORT)")
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "nosuchhost.invalid:23455")
     with caplog.at_level(logging.WARNING):
-        cluster._check_coordinator_host("nosuchhost2.invalid:23455", cluster.LOOKUP_WAIT_S)
-        cluster._check_coordinator_host(None, cluster.LOOKUP_WAIT_S)
+        coordinator.check_coordinator_host("nosuchhost2.invalid:23455", coordinator.LOOKUP_WAIT_S)
+        coordinator.check_coordinator_host(None, coordinator.LOOKUP_WAIT_S)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "--coordinator_address=nosuchhost2.invalid:23455: its host nosuchhost2.invalid does "
         "not resolve on this host",

@@ -2823,17 +2823,17 @@ def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tas
 def test_the_not_connected_line_reads_slurm_as_jax_does(monkeypatch):
     """`_not_connected` words the line for Slurm where JAX reads Slurm: a Slurm job's
     environment, and not under Open MPI's mpirun (which JAX reads first)."""
-    from hgmt.training import cluster
+    from hgmt.training import coordinator
 
     for name in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
         monkeypatch.delenv(name)
-    assert not cluster._jax_reads_slurm()
+    assert not coordinator.jax_reads_slurm()
     for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
                         "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}.items():
         monkeypatch.setenv(name, value)
-    assert cluster._jax_reads_slurm()
+    assert coordinator.jax_reads_slurm()
     monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "x")
-    assert not cluster._jax_reads_slurm()
+    assert not coordinator.jax_reads_slurm()
 
 
 @pytest.mark.slow
