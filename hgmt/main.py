@@ -194,25 +194,15 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
 
 
 def _check_job_flags(fv: flags.FlagValues) -> None:
-    """A malformed coordinator address (JAX's IndexError or C++ 'Failed to start RPC
-    server', as tracebacks) or a --num_processes / --process_id out of range exits in one
-    line naming the flag and the fix; the address is the one JAX takes
-    (`coordinator.coordinator_given`: --coordinator_address, or with --distributed
-    JAX_COORDINATOR_ADDRESS), named as it was given."""
+    """A malformed coordinator address (`coordinator.address_format_error`: the one JAX takes,
+    named as it was given) or a --num_processes / --process_id out of range exits in one line
+    naming the flag or variable and the fix."""
     from hgmt.training import coordinator
 
     count, index = fv.num_processes, fv.process_id
-    address, source = coordinator.coordinator_given(fv.coordinator_address)
-    if address and (fv.coordinator_address or fv.distributed):
-        host, _, port = address.rpartition(":")
-        if ":" in host and not (host.startswith("[") and host.endswith("]")):
-            raise SystemExit(f"error: {source}={address}: an IPv6 address goes in brackets "
-                             f"before the port, [address]:port (e.g. {source}=[::1]:23455)")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            example = host or (address if ":" not in address else "localhost")
-            raise SystemExit(f"error: {source}={address}: give host:port of process 0, the "
-                             f"port a number from 1 to 65535 that is free on process 0's host "
-                             f"(e.g. {source}={example}:23455)")
+    wrong = coordinator.address_format_error(fv.coordinator_address, fv.distributed)
+    if wrong:
+        raise SystemExit(f"error: {wrong}")
     if count is not None and count < 1:
         raise SystemExit(f"error: --num_processes={count}: give the number of processes of "
                          f"the job, at least 1")

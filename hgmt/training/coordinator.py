@@ -1,6 +1,7 @@
 """The coordinator's address, checked before JAX starts (`cluster.initialize` joins the job):
 where JAX takes it from (`coordinator_given`: --coordinator_address, else
-JAX_COORDINATOR_ADDRESS, else a cluster's), process 0's port free and a port number
+JAX_COORDINATOR_ADDRESS, else a cluster's), its host:port form (`address_format_error`, for
+hgmt.main's command line), process 0's port free and a port number
 (`check_coordinator_port`, with Slurm's settings read as JAX reads them: `jax_coordinator`,
 `jax_reads_slurm`) and its host's name lookup (`check_coordinator_host`). Each says in one
 line, an error or for the host's lookup a warning, what JAX would answer with a crash, a
@@ -33,6 +34,26 @@ def coordinator_given(coordinator_address: str | None) -> tuple[str | None, str]
     if coordinator_address:
         return coordinator_address, "--coordinator_address"
     return os.environ.get(ADDRESS_VARIABLE) or None, ADDRESS_VARIABLE
+
+
+def address_format_error(coordinator_address: str | None, distributed: bool) -> str | None:
+    """What is wrong, naming it as it was given and the fix, with the coordinator address JAX
+    takes (`coordinator_given`: --coordinator_address, or with `distributed`
+    JAX_COORDINATOR_ADDRESS) when it is not host:port of process 0 (JAX's IndexError or C++
+    'Failed to start RPC server', as tracebacks): no host, an IPv6 address out of brackets, a
+    port that is no number from 1 to 65535. None where it is host:port or none is taken."""
+    address, source = coordinator_given(coordinator_address)
+    if address and (coordinator_address or distributed):
+        host, _, port = address.rpartition(":")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            return (f"{source}={address}: an IPv6 address goes in brackets "
+                    f"before the port, [address]:port (e.g. {source}=[::1]:23455)")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            example = host or (address if ":" not in address else "localhost")
+            return (f"{source}={address}: give host:port of process 0, the "
+                    f"port a number from 1 to 65535 that is free on process 0's host "
+                    f"(e.g. {source}={example}:23455)")
+    return None
 
 
 def check_coordinator_port(coordinator_address: str | None, process_id: int | None) -> None:
