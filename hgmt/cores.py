@@ -41,7 +41,7 @@ def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
     except (AttributeError, OSError):  # no affinity on macOS
         cores = os.cpu_count() or 1
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
+    if slurm.isdecimal() and int(slurm) > 0:
         cores = min(cores, int(slurm))
     quota = _cgroup_quota(cgroup_root)
     if quota is not None:

@@ -948,6 +948,10 @@ DEFAULT = f"{REPO}/configs/default.py"
       "--process_id=0"],
      "error: --coordinator_address=node1:abc: give host:port of process 0, the port a number "
      "from 1 to 65535 that is free on process 0's host (e.g. --coordinator_address=node1:23455)"),
+    # A digit int() does not read (str.isdigit's superscripts): was a ValueError traceback.
+    ([f"--config={DEFAULT}", "--coordinator_address=node1:\u00b2", "--num_processes=2",
+      "--process_id=0"],
+     "error: --coordinator_address=node1:\u00b2: give host:port of process 0"),
     ([f"--config={DEFAULT}", "--coordinator_address=::1:23455", "--num_processes=2",
       "--process_id=0"],
      "error: --coordinator_address=::1:23455: an IPv6 address goes in brackets before the "
@@ -1477,3 +1481,16 @@ def test_a_config_of_hgmts_is_found_from_any_directory(tmp_path, monkeypatch):
         cli.parse(lambda fv: None, ["--config=configs/nothing.py"], "doc", config_file=True)
     assert str(e.value.code).startswith("error: --config=configs/nothing.py: cannot read the "
                                         "config file")
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "\u00b2", "4.0"])
+def test_a_step_that_is_no_step_number_is_one_line(value):
+    """`--step` of hgmt.evaluate, hgmt.predict and hgmt.export: a number of decimal digits or
+    'best'; anything else, a superscript digit that str.isdigit passes but int() does not
+    read included, exits in one line naming the flag."""
+    from hgmt import cli
+
+    assert cli.checkpoint_step("12") == 12 and cli.checkpoint_step("best") == "best"
+    with pytest.raises(SystemExit, match=rf"^error: --step={value}: give a step number or "
+                                         r"'best'$"):
+        cli.checkpoint_step(value)

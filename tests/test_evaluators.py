@@ -675,6 +675,7 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     ("best_metric", "pose2d/accuracy", "best_metric='pose2d/accuracy'.*pose2d/pckh@0.5"),
     ("split", "dev", "split='dev'.*validation"),
     ("frames", "every0", "frames.*everyK"),
+    ("frames", "every\u00b2", "frames.*everyK"),  # a digit int() does not read
     ("protocol", "coco", "coco.*bodynet"),
     ("every", -1, r"config\.evals\.validation\.every=-1 must be >= 0"),
     ("protocol", "bodynet", r"config\.evals\.validation: protocol=bodynet "

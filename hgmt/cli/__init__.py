@@ -252,6 +252,6 @@ def checkpoint_step(value: str | None) -> int | str | None:
     """`--step` -> None (latest), 'best' or a step number; anything else exits 1."""
     if value in (None, "best"):
         return value
-    if not value.isdigit():
+    if not value.isdecimal():
         raise SystemExit(f"error: --step={value}: give a step number or 'best'")
     return int(value)

@@ -121,7 +121,7 @@ def parse_eval_frames(frames: str) -> int:
         return 0
     if frames == "all":
         return 1
-    if frames.startswith("every") and frames[5:].isdigit() and int(frames[5:]) > 0:
+    if frames.startswith("every") and frames[5:].isdecimal() and int(frames[5:]) > 0:
         return int(frames[5:])
     raise ValueError(f"frames={frames!r}: use middle (the test protocol), all, or everyK "
                      "(every K-th frame of each clip, e.g. every4)")

@@ -325,7 +325,7 @@ def steps_on_disk(workdir: str) -> list[int]:
 
 def _steps_on_disk(folder: str) -> list[int]:
     folder = epath.Path(folder)
-    return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit()) if folder.is_dir(
+    return sorted(int(d.name) for d in folder.iterdir() if d.name.isdecimal()) if folder.is_dir(
         ) else []
 
 

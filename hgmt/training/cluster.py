@@ -264,7 +264,7 @@ def slurm_local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
     if int(node) >= len(counts):
         return None
     gpus = environ.get("SLURM_GPUS_ON_NODE", "")
-    on_node = int(gpus) if gpus.isdigit() and int(gpus) > 0 else None
+    on_node = int(gpus) if gpus.isdecimal() and int(gpus) > 0 else None
     visible = next((len(environ[n].split(",")) for n in
                     ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if environ.get(n)), None)
     if counts[int(node)] != 1:  # several tasks on the node: GPUs of its own, if bound

@@ -48,7 +48,7 @@ def address_format_error(coordinator_address: str | None, distributed: bool) -> 
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
             return (f"{source}={address}: an IPv6 address goes in brackets "
                     f"before the port, [address]:port (e.g. {source}=[::1]:23455)")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdecimal() or not 0 < int(port) < 65536:
             example = host or (address if ":" not in address else "localhost")
             return (f"{source}={address}: give host:port of process 0, the "
                     f"port a number from 1 to 65535 that is free on process 0's host "
@@ -103,7 +103,7 @@ def _check_port_number(address: str, variable: str | None) -> None:
     """A ValueError naming `variable` (where it is set, else --coordinator_address) when the
     port of `address` (host:port) is no number from 1 to 65535."""
     port = address.rpartition(":")[2]
-    if port.isdigit() and 0 < int(port) < 65536:
+    if port.isdecimal() and 0 < int(port) < 65536:
         return
     source = (f"{variable}={os.environ[variable]}" if variable and os.environ.get(variable)
               else f"--coordinator_address={address}")
