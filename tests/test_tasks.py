@@ -419,3 +419,35 @@ def test_the_video_skeleton_sits_where_the_panel_puts_the_joints():
     drawn = pose2d.draw(pred, np.zeros((64, 64, 3), np.uint8), None)
     ys, xs = np.nonzero(drawn.sum(-1) > 0)
     assert abs(xs.mean() - 26.3) <= 0.4 and abs(ys.mean() - 41.3) <= 0.4, (xs.mean(), ys.mean())
+
+
+def test_a_peak_on_the_maps_border_is_not_refined_on_that_axis():
+    """pose2d.SUBPIXEL_PEAK: on the border (x = 0 or x = r - 1; likewise y) the offset is 0,
+    since one of the parabola's three points is missing. Gaussians (sigma 1) centred at
+    x = 7.3 and x = -0.3 of an 8 x 8 map peak at columns 7 and 0: x is 7 and 0 exactly, while y
+    (3.4, off the border) is refined by the parabola, exact for a Gaussian."""
+    maps = common.gaussian(jnp.array([[7.3, 3.4], [-0.3, 3.4]], jnp.float32), 8)
+    xy, _ = common.subpixel_argmax(maps)
+    assert np.asarray(xy[:, 0]).tolist() == [7.0, 0.0]
+    np.testing.assert_allclose(np.asarray(xy[:, 1]), [3.4, 3.4], atol=1e-4)
+    # Transposed: the border is the last and the first row, x refined.
+    xy, _ = common.subpixel_argmax(jnp.swapaxes(maps, -1, -2))
+    assert np.asarray(xy[:, 1]).tolist() == [7.0, 0.0]
+    np.testing.assert_allclose(np.asarray(xy[:, 0]), [3.4, 3.4], atol=1e-4)
+
+
+def test_pck_means_are_over_joints_not_over_pooled_joint_instances():
+    """Both PCKs are the mean over the joints seen in the split of each joint's correct /
+    visible, not correct / visible pooled over the joints. Two examples, only r_ankle (seen in
+    both) and l_wrist (seen in the first only) visible; r_ankle is 100 px off in the second,
+    every other joint exact: r_ankle 1/2, l_wrist 1/1, mean (1/2 + 1) / 2 = 3/4 (pooled: 2/3)."""
+    batch = make_batch(seed=6, b=2)
+    ankle, wrist = body.JOINT_NAMES.index("r_ankle"), body.JOINT_NAMES.index("l_wrist")
+    batch["visible"] = jnp.zeros((2, 16), jnp.float32).at[:, ankle].set(1.0).at[
+        0, wrist].set(1.0)
+    dec = {"joints2d": batch["joints2d"].at[1, ankle, 0].add(100.0)}
+    s = pose2d.summarize(pose2d.metric_stats(dec, batch))
+    assert s["pckh@0.5"] == 0.75 and s["pck@3.2px"] == 0.75
+    assert s["pckh@0.5_per_joint"]["r_ankle"] == 0.5
+    assert s["pckh@0.5_per_joint"]["l_wrist"] == 1.0
+    assert s["pckh@0.5_per_joint"]["r_hip"] is None
