@@ -451,3 +451,17 @@ def test_pck_means_are_over_joints_not_over_pooled_joint_instances():
     assert s["pckh@0.5_per_joint"]["r_ankle"] == 0.5
     assert s["pckh@0.5_per_joint"]["l_wrist"] == 1.0
     assert s["pckh@0.5_per_joint"]["r_hip"] is None
+
+
+def test_pose2d_and_segm_channel_flips_swap_left_and_right():
+    """A horizontal flip swaps each 'l_'/'r_' channel with its twin and keeps the others:
+    joints r_ankle, r_knee, r_hip, l_hip, l_knee, l_ankle (0-5), pelvis, thorax, upper_neck,
+    head_top (6-9, kept), r_wrist, r_elbow, r_shoulder, l_shoulder, l_elbow, l_wrist (10-15);
+    classes background, head, torso (0-2, kept), l_upper_arm, l_forearm, l_hand (3-5) with
+    r_upper_arm, r_forearm, r_hand (6-8), l_upper_leg, l_lower_leg, l_foot (9-11) with
+    r_upper_leg, r_lower_leg, r_foot (12-14). Depth bins keep their channels."""
+    assert tuple(pose2d.CHANNEL_FLIP) == (5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 15, 14, 13, 12, 11, 10)
+    assert tuple(segm.CHANNEL_FLIP) == (0, 1, 2, 6, 7, 8, 3, 4, 5, 12, 13, 14, 9, 10, 11)
+    assert tuple(depth.CHANNEL_FLIP) == tuple(range(20))
+    assert channel_flips("pose2d+segm") == {"pose2d": tuple(pose2d.CHANNEL_FLIP),
+                                            "segm": tuple(segm.CHANNEL_FLIP)}
