@@ -465,3 +465,31 @@ def test_pose2d_and_segm_channel_flips_swap_left_and_right():
     assert tuple(depth.CHANNEL_FLIP) == tuple(range(20))
     assert channel_flips("pose2d+segm") == {"pose2d": tuple(pose2d.CHANNEL_FLIP),
                                             "segm": tuple(segm.CHANNEL_FLIP)}
+
+
+def test_mjd_aligns_the_prediction_at_its_own_pelvis():
+    """MJD compares pelvis-relative joints, each pose at its own pelvis: a prediction that is
+    the ground truth moved 30 mm along x, pelvis included, has MJD 0 (aligned at the ground
+    truth's pelvis every joint would be 30 mm off)."""
+    batch = make_batch(seed=7, b=2)
+    moved = batch["joints3d"].at[..., 0].add(0.03)
+    dec = {"joints3d": moved, "joints3d_rel_mm": pose3d.root_relative_mm(moved)}
+    s = pose3d.summarize(pose3d.metric_stats(dec, batch))
+    assert s["mjd_mm"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_pose3d_decoding_puts_the_pelvis_at_its_own_depth_whatever_its_volume_says():
+    """The pelvis is the depth reference (OUTPUT_LAYOUT's bin b = 0): a pelvis volume peaking
+    at bin +3 (the ground-truth pelvis 3 x 45 mm = 135 mm behind batch['pelvis_depth']) still
+    decodes at pelvis_depth, and the other joints keep their own bins."""
+    batch = make_batch(seed=8, b=2)
+    moved = dict(batch, joints3d=batch["joints3d"].at[:, body.PELVIS, 2].add(0.135))
+    bins = pose3d.joint_bins(moved)
+    assert np.asarray(bins[:, body.PELVIS]).tolist() == [3, 3]
+    dec = pose3d.decode(pose3d.targets(moved), moved)
+    np.testing.assert_allclose(np.asarray(dec["joints3d"][:, body.PELVIS, 2]),
+                               np.asarray(batch["pelvis_depth"]), rtol=0, atol=1e-6)
+    others = np.arange(16) != body.PELVIS
+    np.testing.assert_allclose(
+        np.asarray(dec["joints3d"][:, others, 2]),
+        np.asarray(batch["pelvis_depth"][:, None] + bins[:, others] * 0.045), atol=1e-5)
