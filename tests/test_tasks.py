@@ -493,3 +493,16 @@ def test_pose3d_decoding_puts_the_pelvis_at_its_own_depth_whatever_its_volume_sa
     np.testing.assert_allclose(
         np.asarray(dec["joints3d"][:, others, 2]),
         np.asarray(batch["pelvis_depth"][:, None] + bins[:, others] * 0.045), atol=1e-5)
+
+
+def test_mean_iou_leaves_the_background_out_pixel_accuracy_counts_it():
+    """Labels background, head, torso, background; predictions background, head, head, head.
+    Background IoU 1/2 (1 common pixel, union 2), head 1/3 (1, union 3), torso 0 (0, union
+    1): mean IoU over the foreground parts (1/3 + 0) / 2 = 1/6, not (1/2 + 1/3 + 0) / 3 with
+    the background; pixel accuracy over every pixel, background included, 2/4."""
+    labels = {"segm": jnp.array([[[0, 1, 2, 0]]], jnp.int32)}
+    s = segm.summarize(segm.metric_stats({"segm_classes": jnp.array([[[0, 1, 1, 1]]])},
+                                         labels))
+    assert s["mean_iou"] == pytest.approx(1 / 6) and s["pixel_accuracy"] == 0.5
+    assert s["iou_per_part"]["head"] == pytest.approx(1 / 3)
+    assert s["iou_per_part"]["torso"] == 0.0 and "background" not in s["iou_per_part"]
