@@ -506,3 +506,19 @@ def test_mean_iou_leaves_the_background_out_pixel_accuracy_counts_it():
     assert s["mean_iou"] == pytest.approx(1 / 6) and s["pixel_accuracy"] == 0.5
     assert s["iou_per_part"]["head"] == pytest.approx(1 / 3)
     assert s["iou_per_part"]["torso"] == 0.0 and "background" not in s["iou_per_part"]
+
+
+def test_depth_prediction_is_each_bins_centre_in_millimetres():
+    """OUTPUT_LAYOUT: class c > 0 is bin b = c - 10 holding ((b - 1) * 45, b * 45] mm, decoded
+    at its centre (b - 0.5) * 45 mm: classes 1, 10, 19 (bins -9, 0, 9) give -427.5, -22.5 and
+    382.5 mm; the background (class 0) none (NaN)."""
+    from hgmt.tasks.spec import Frame
+
+    classes = np.array([[0, 1], [10, 19]])
+    frame = Frame(batch={"crop": np.eye(2, 3, dtype=np.float32)[None],
+                         "pelvis_depth": np.array([6.0], np.float32)})
+    result = depth.predict(np.eye(20, dtype=np.float32)[classes], frame)
+    assert np.asarray(result["depth"]).tolist() == classes.tolist()
+    rel = result["depth_rel_mm"]
+    assert np.isnan(rel[0, 0])
+    np.testing.assert_allclose(rel.ravel()[1:], [-427.5, -22.5, 382.5], rtol=1e-6)
