@@ -865,3 +865,58 @@ def test_the_evaluations_of_steps_a_rerun_trains_again_are_moved_aside(tmp_path)
     assert (workdir / "eval_validation.md").exists()
     assert evals.supersede_after(4) == []
     assert len(list((workdir / "evals_superseded").iterdir())) == 1
+
+
+def test_the_evaluation_loss_sums_the_usable_examples_only(monkeypatch):
+    """eval_step's loss is the sum of each example's loss over the real examples hgmt's check
+    keeps: of losses 1, 10, 100, 1000 for a kept frame, a rejected one, a kept one and padding,
+    1 + 100 = 101; `count` is the 3 real examples, `rejected` the 1."""
+    import jax.numpy as jnp
+
+    from hgmt.evaluation import evaluator
+    from hgmt.models import create_model
+    from hgmt.tasks import heads
+    from hgmt.training import steps
+
+    config = tiny_config("unused", tasks="pose2d")
+    model = create_model(config.model, heads(("pose2d",)))
+    size = config.image_size
+    images = np.zeros((4, size, size, 3), np.uint8)
+    variables = steps.init_variables(model, jax.random.key(0), jnp.asarray(images, jnp.float32))
+    batch = {"image": images, "unusable": np.zeros(4, np.float32),
+             "mask": np.array([1.0, 1.0, 1.0, 0.0], np.float32),
+             "rejected": np.array([0.0, 1.0, 0.0, 0.0], np.float32),
+             "loss_value": np.array([1.0, 10.0, 100.0, 1000.0], np.float32)}
+
+    class NoStats:
+        def stats(self, pred, batch):
+            return {}
+
+    monkeypatch.setattr(evaluator, "_example_loss", lambda task, options, pred, b:
+                        b["loss_value"])
+    step = functools.partial(evaluator.eval_step, model=model, flip=False,
+                             metrics={"pose2d": NoStats()}, loss_options={"pose2d": {}},
+                             unusable_input=evaluator.unusable_input("hgmt"))
+    stats = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))(
+        variables, jax.tree.map(lambda v: v[None], batch))
+    assert float(stats["pose2d"]["loss"][0]) == 101.0
+    assert float(stats["count"][0]) == 3.0 and float(stats["rejected"][0]) == 1.0
+
+
+def test_the_summary_loss_is_the_mean_over_the_usable_examples():
+    """The summary's loss divides eval_step's sum (over the examples hgmt's check keeps) by
+    their number: a loss sum of 101 over 4 real examples, 1 rejected, is 101 / 3."""
+    from hgmt.evaluation import evaluator, protocols
+
+    ev = object.__new__(evaluator.Evaluator)
+    ev.tasks, ev.protocol, ev.window, ev.image_size = ("pose2d",), "hgmt", "hgmt", 256
+    ev.dataset, ev.data_dir, ev.split = "surreal", "unused", "test"
+    ev.flip, ev.frames = False, "all"
+    ev.max_examples, ev.frames_selected, ev.unreadable, ev.combine = 0, 4, [], None
+    ev.shards = types.SimpleNamespace(name=str)
+    ev.metrics = {"pose2d": protocols.Metric("hgmt", None, lambda sums, num_damaged=0: {})}
+    total = {"count": 4.0, "rejected": 1.0, "unusable": 0.0, "pose2d": {"loss": 101.0}}
+    summary = ev.summary(total, [])
+    assert summary["loss"]["pose2d"] == pytest.approx(101 / 3)
+    assert summary["num_examples"] == 4
+    assert summary["unusable_frames"]["rejected_by_hgmt"] == 1
