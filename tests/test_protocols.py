@@ -1192,3 +1192,12 @@ def test_reference_label_crop_shrinks_first_at_exactly_two_source_px_per_crop_px
     out = reference_crop.label_crop(_numbered_map(), np.array([101.0, 81.0]), 0.5, res=50)
     k = np.arange(50)
     np.testing.assert_array_equal(out, _numbered_map()[30 + 2 * k[:, None], 50 + 2 * k[None, :]])
+
+
+def test_reference_protocols_are_refused_on_larger_label_maps_too():
+    """A reference protocol measures 64 x 64 label maps only: config.image_size 512 (128 x 128
+    maps) is refused as 128 (32 x 32) is; hgmt's protocol takes it."""
+    for protocol in ("bodynet", "surreal"):
+        with pytest.raises(ValueError, match="config.image_size=512 gives 128x128"):
+            protocols.check_label_size(protocol, ("pose2d", "segm"), 512)
+    protocols.check_label_size("hgmt", ("pose2d", "segm"), 512)
