@@ -920,3 +920,16 @@ def test_the_summary_loss_is_the_mean_over_the_usable_examples():
     assert summary["loss"]["pose2d"] == pytest.approx(101 / 3)
     assert summary["num_examples"] == 4
     assert summary["unusable_frames"]["rejected_by_hgmt"] == 1
+
+
+def test_the_step_depends_on_the_splits_size_where_a_reference_protocol_measures_a_task():
+    """`step_examples`: the split's size where a task is measured by a reference protocol's
+    definition (their full test batches depend on it: surreal's segm and depth, every bodynet
+    task), 0 where hgmt's measures every task (pose under surreal keeps hgmt's)."""
+    from hgmt.evaluation import evaluator
+
+    assert evaluator.step_examples("surreal", ("segm",), 10) == 10
+    assert evaluator.step_examples("surreal", ("depth",), 10) == 10
+    assert evaluator.step_examples("surreal", ("pose2d", "pose3d"), 10) == 0
+    assert evaluator.step_examples("bodynet", ("pose2d",), 10) == 10
+    assert evaluator.step_examples("hgmt", ("pose2d", "segm", "depth"), 10) == 0
