@@ -45,16 +45,26 @@ def clips(tmp_path_factory):
     return root
 
 
-def _tfds_build(tmp_path, root, data_dir, signum=0, after=0):
+def _tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
+                timeout=600):
     script = tmp_path / "tfds_build.py"
     script.write_text(_TFDS_BUILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run(
+    # In a session of its own, so that a build that does not end is ended with its workers.
+    process = subprocess.Popen(
         [sys.executable, str(script), str(int(signum)), str(after), "build", "surreal",
          "--imports=data_builders.surreal", f"--manual_dir={root}", f"--data_dir={data_dir}",
-         "--config=all", "--file_format=array_record"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+         *configs, "--file_format=array_record"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the build did not end within {timeout} s: {err[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _left(data_dir):
@@ -132,6 +142,24 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix_and_a_rerun_build
     assert _left(data_dir) == []
     disk.resize(64 * 1024 * 1024)
     assert _built_again(clips, data_dir) == SPLIT_SIZES
+
+
+def test_a_full_disk_in_a_build_of_configs_in_parallel_ends_the_command(clips, small_disk,
+                                                                         tmp_path):
+    """`tfds build surreal --num-processes=3` builds the three configs in a process pool's
+    workers: a full disk in one is its `disk_space.DiskFull`, returned to the command, which
+    fails (status 1, the error named) with nothing partial left; a worker that ended itself
+    there instead left the pool waiting for its result for ever."""
+    disk = small_disk(256 * 1024)
+    data_dir = os.path.join(disk.path, "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, configs=("--num-processes=3",), timeout=180)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "DiskFull: [Errno 28] cannot write dataset 'surreal/" in done.stderr, \
+        done.stderr[-3000:]
+    for config in ("middle", "every10", "all"):
+        folder = os.path.join(data_dir, "surreal", config)
+        assert not os.path.isdir(folder) or [
+            p for p in os.listdir(folder) if p.startswith("incomplete.")] == [], config
 
 
 @pytest.mark.slow  # a rare signal: SIGKILL

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import sys
 from typing import Any, NoReturn
@@ -162,8 +163,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
         it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
         (`console.sigterm_cleans_up`). A full disk or quota is `disk_space.DiskFull` naming
-        the build's folder and the fix. As TFDS's own command (`tfds build`) a Ctrl-C and a
-        full disk end in one line, not a traceback (status 130 and 1)."""
+        the build's folder and the fix. As TFDS's own command (`tfds build`, but for a worker
+        of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a full disk end in
+        one line, not a traceback (status 130 and 1)."""
         folder = os.fspath(self.data_dir)  # <data_dir>/surreal/<config>/<version>
         name = f"{self.name}/{self.builder_config.name}"
         try:
@@ -262,7 +264,12 @@ def _end(line: str, status: int) -> NoReturn:
 def _is_tfds_command() -> bool:
     """Whether this process is TFDS's command line (`tfds build`, whose script calls
     `launch_cli`, or `python -m tensorflow_datasets.scripts.cli.main`), not a caller of the
-    builder in Python (hgmt's demo, a test, a notebook) that handles the error itself."""
+    builder in Python (hgmt's demo, a test, a notebook) that handles the error itself, nor a
+    worker of the command's process pool (`tfds build --num-processes=N`, one config each),
+    whose error the pool returns to the command: a worker that ended itself would leave the
+    pool waiting for its result for ever."""
+    if multiprocessing.parent_process() is not None:
+        return False
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     launch = getattr(main, "launch_cli", None)
