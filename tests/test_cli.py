@@ -1210,6 +1210,63 @@ def test_a_coordinator_host_lookup_that_hangs_is_bounded(monkeypatch, caplog):
         "check this host's DNS resolver (/etc/resolv.conf), or give process 0's IP address"]
 
 
+# Process 1 of 2 whose coordinator host's lookup hangs (a DNS server down), Ctrl-C'd as the
+# main thread waits for it; the watch of the wakeup socket reads the signal late (as under
+# load), so that the main thread's KeyboardInterrupt comes first.
+_CTRL_C_IN_THE_LOOKUP = """\
+import os, signal, socket, threading, time
+from hgmt.training import cluster, coordinator
+asked = threading.Event()
+def getaddrinfo(*args, **kwargs):
+    asked.set()
+    time.sleep(60)
+class LateReader:
+    def __init__(self, sock):
+        self.sock = sock
+    def recv(self, n):
+        time.sleep(2)
+        return self.sock.recv(n)
+    def close(self):
+        self.sock.close()
+pair = socket.socketpair
+def late_pair():
+    read, write = pair()
+    return LateReader(read), write
+cluster.socket.socketpair = late_pair
+coordinator.socket.getaddrinfo = getaddrinfo
+coordinator.LOOKUP_WAIT_S = 30
+cluster.jax.distributed.initialize = lambda **kwargs: None
+def ctrl_c():
+    asked.wait()
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=ctrl_c, daemon=True).start()
+cluster.initialize("node1:23455", 2, 1, connect_timeout_s=60)
+print("went on")
+"""
+
+
+def test_ctrl_c_during_the_coordinator_host_lookup_ends_in_one_line(tmp_path):
+    """Ctrl-C while `initialize` waits for the coordinator host's name lookup (in Python,
+    where the main thread's KeyboardInterrupt may come before the watch of the connect wait
+    reads the signal) ends the process as during JAX's connect: the one line, status 130,
+    no traceback."""
+    import subprocess
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_IN_THE_LOOKUP)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and run.stdout == "", run.stderr[-3000:]
+    assert run.stderr.strip().splitlines() == [
+        "interrupted (Ctrl-C): process 1 of 2 stopped waiting for the job's processes to "
+        "connect; nothing was started or written. Start every process of the job again "
+        "together"]
+
+
 def _slurm_process_0(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
     """The environment of process 0 of a two-task Slurm job whose coordinator port is `port`
     (JAX_COORDINATOR_PORT)."""

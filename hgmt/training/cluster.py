@@ -124,14 +124,23 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
     """Ctrl-C while the block runs (the main thread waiting in C++ for the job's processes
     to connect, up to --connect_timeout, where Python runs no signal handler) ends the process
     at once in one line, status `console.EXIT_INTERRUPTED`: nothing has started. Python's C
-    handler writes the signal to a wakeup socket, which a thread reads."""
+    handler writes the signal to a wakeup socket, which a thread reads; where the main thread
+    waits in Python (the coordinator host's lookup), its KeyboardInterrupt, which may come
+    first, ends it the same way."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     read, write = socket.socketpair()
     write.setblocking(False)
     previous = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
-    done = threading.Event()
+    done, stopping = threading.Event(), threading.Lock()
+
+    def stop() -> NoReturn:
+        stopping.acquire()  # the line once: the other of the watch and the main thread waits
+        print(f"interrupted (Ctrl-C): {who} stopped waiting for the job's processes to "
+              f"connect; nothing was started or written. Start every process of the job "
+              f"again together", file=sys.stderr, flush=True)
+        os._exit(console.EXIT_INTERRUPTED)
 
     def watch() -> None:
         while not done.is_set():
@@ -142,15 +151,14 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
             if not signals or done.is_set():
                 return
             if signal.SIGINT in signals:
-                print(f"interrupted (Ctrl-C): {who} stopped waiting for the job's processes to "
-                      f"connect; nothing was started or written. Start every process of the "
-                      f"job again together", file=sys.stderr, flush=True)
-                os._exit(console.EXIT_INTERRUPTED)
+                stop()
 
     thread = threading.Thread(target=watch, name="hgmt-connect-interrupt", daemon=True)
     thread.start()
     try:
         yield
+    except KeyboardInterrupt:
+        stop()
     finally:
         done.set()
         signal.set_wakeup_fd(previous)
