@@ -1,5 +1,6 @@
 """hgmt.sources.synthetic writes SURREAL-format clips that are consistent and learnable."""
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -451,8 +452,8 @@ def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(
     """Ctrl-C (a terminal sends it to the command and its 2 workers) or SIGTERM (a scheduler's
     cancel, to them all) once the first clip is written: the clips written are removed, the
     command ends with that one line (no traceback of its own or of a worker) and the
-    signal's status, and the same command run again writes the clips. Before, the clips
-    were left and the rerun was refused for holding them (`ClipsExist`)."""
+    signal's status, and the same command run again writes the clips, not refused for
+    holding them (`ClipsExist`)."""
     out_dir = tmp_path / "demo"
     args = [f"--out_dir={out_dir}", "--clips_per_split=4", "--frames_per_clip=30",
             "--workers=2"]
@@ -476,3 +477,43 @@ def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(
     assert [p for p in out_dir.rglob("*") if p.is_file()] == []
     synthetic.main(args)
     assert len(list(out_dir.rglob("*_info.mat"))) == 12
+
+
+# A caller of `generate` with SIGTERM at its default (hgmt.main's demo data, a benchmark).
+_GENERATE = """\
+import sys
+from hgmt.sources import synthetic
+if __name__ == "__main__":
+    synthetic.generate(sys.argv[1], 4, 30, 0, workers=2)
+"""
+
+
+def test_a_caller_that_sigterm_ends_where_it_stands_takes_its_workers_with_it(tmp_path):
+    """SIGTERM to the process group (`timeout`, `kill -- -PGID`) of a caller of `generate`
+    that leaves SIGTERM at its default: the caller dies at once and so do its workers, which
+    would otherwise wait for work from it for ever."""
+    script = tmp_path / "generate.py"
+    script.write_text(_GENERATE)
+    out_dir = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    process = subprocess.Popen([sys.executable, str(script), str(out_dir)], cwd=tmp_path,
+                               env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no clip written in 120 s"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == -signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while True:  # until no process of the group is left (the workers, their tracker)
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the workers outlived the SIGTERM"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

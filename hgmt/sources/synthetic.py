@@ -171,10 +171,19 @@ def _write_seeded_clip(job: tuple) -> str:
     return stem
 
 
-def _ignore_stop_signals() -> None:
-    """A worker of `generate`: Ctrl-C and SIGTERM are left to the process that started it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _ignore_stop_signals(signums: tuple[int, ...]) -> None:
+    """A worker of `generate`: `signums` (of Ctrl-C and SIGTERM, those the process that
+    started it handles) are left to that process."""
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _handled_stop_signals() -> tuple[int, ...]:
+    """Of Ctrl-C and SIGTERM, those this process does not leave at the system's default (which
+    ends it where it stands): those it handles (Python's KeyboardInterrupt,
+    `console.sigterm_cleans_up`, a caller's handler) or ignores."""
+    return tuple(s for s in (signal.SIGINT, signal.SIGTERM)
+                 if signal.getsignal(s) not in (signal.SIG_DFL, None))
 
 
 def check_settings(clips_per_split: int, frames: int, seed: int, prefix: str = "") -> None:
@@ -228,14 +237,16 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
             _write_seeded_clip(job)
     else:
         # Split after split, as in one process.
-        # The workers ignore Ctrl-C and SIGTERM (a terminal's Ctrl-C reaches them all, a
-        # scheduler's SIGTERM may): this process stops them, the clips they are writing
-        # finished and the others cancelled, so that its caller may remove what was written
-        # with no worker still writing, and no worker prints a traceback of its own.
+        # The workers ignore Ctrl-C and SIGTERM where this process handles them (a
+        # terminal's Ctrl-C reaches them all, a scheduler's SIGTERM may): this process stops
+        # them, the clips they are writing finished and the others cancelled, so that its
+        # caller may remove what was written with no worker still writing, and no worker
+        # prints a traceback of its own. A signal that ends this process at once (SIGTERM
+        # at its default) ends the workers too, which would otherwise wait for work for ever.
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
                 min(workers, clips_per_split), mp_context=context,
-                initializer=_ignore_stop_signals) as pool:
+                initializer=_ignore_stop_signals, initargs=(_handled_stop_signals(),)) as pool:
             try:
                 for split_jobs in jobs:
                     list(pool.map(_write_seeded_clip, split_jobs))
