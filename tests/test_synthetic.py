@@ -517,3 +517,44 @@ def test_a_caller_that_sigterm_ends_where_it_stands_takes_its_workers_with_it(tm
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_second_ctrl_c_while_the_workers_finish_their_clips_still_cleans_up(tmp_path):
+    """Ctrl-C twice, 0.3 s apart, once the first clip is written: the second, which lands
+    while the command waits for its workers (which ignore Ctrl-C) to finish the clips they
+    are writing, is held until they have, so that the command still removes every clip,
+    ends in its one line with status 130 and leaves no worker behind (one that outlived
+    the command went on writing, and then waited for work for ever)."""
+    out_dir = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "runpy.run_module('hgmt.sources.synthetic', run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen(
+        [sys.executable, "-c", run, f"--out_dir={out_dir}", "--clips_per_split=4",
+         "--frames_per_clip=30", "--workers=2"], cwd=tmp_path, env=env,
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no clip written in 120 s"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        deadline = time.monotonic() + 30
+        while True:  # until no process of the group is left (the workers, their tracker)
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the workers outlived the command"
+            time.sleep(0.1)
+        out, err = process.communicate(timeout=10)
+        assert (out, err.strip()) == ("", "interrupted (Ctrl-C); nothing partial was left "
+                                          "behind")
+        assert [p for p in out_dir.rglob("*") if p.is_file()] == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
