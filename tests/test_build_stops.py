@@ -144,6 +144,7 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix_and_a_rerun_build
     assert _built_again(clips, data_dir) == SPLIT_SIZES
 
 
+@pytest.mark.slow  # an option off by default: tfds build --num-processes
 def test_a_full_disk_in_a_build_of_configs_in_parallel_ends_the_command(clips, small_disk,
                                                                          tmp_path):
     """`tfds build surreal --num-processes=3` builds the three configs in a process pool's

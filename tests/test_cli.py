@@ -1246,6 +1246,7 @@ print("went on")
 """
 
 
+@pytest.mark.slow  # a rare signal: Ctrl-C in the first seconds of a multi-process start
 def test_ctrl_c_during_the_coordinator_host_lookup_ends_in_one_line(tmp_path):
     """Ctrl-C while `initialize` waits for the coordinator host's name lookup (in Python,
     where the main thread's KeyboardInterrupt may come before the watch of the connect wait

@@ -488,6 +488,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a rare signal: SIGTERM to the process group of a caller of the generator
 def test_a_caller_that_sigterm_ends_where_it_stands_takes_its_workers_with_it(tmp_path):
     """SIGTERM to the process group (`timeout`, `kill -- -PGID`) of a caller of `generate`
     that leaves SIGTERM at its default: the caller dies at once and so do its workers, which
@@ -519,6 +520,7 @@ def test_a_caller_that_sigterm_ends_where_it_stands_takes_its_workers_with_it(tm
             os.killpg(process.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # a rare signal: a second Ctrl-C within a second of the first
 def test_a_second_ctrl_c_while_the_workers_finish_their_clips_still_cleans_up(tmp_path):
     """Ctrl-C twice, 0.3 s apart, once the first clip is written: the second, which lands
     while the command waits for its workers (which ignore Ctrl-C) to finish the clips they
