@@ -50,6 +50,36 @@ def pytest_configure(config):
     enable_compilation_cache()
 
 
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+def _signal_state() -> tuple[dict, frozenset]:
+    import signal
+
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS}
+    return handlers, frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+@pytest.fixture(autouse=True)
+def signal_state_kept():
+    """Each test leaves this process's handlers of Ctrl-C, SIGTERM and SIGUSR1 and its blocked
+    signals as it found them: a child process inherits an ignored or blocked signal, so a
+    leak makes a later test's subprocess deaf to the signal it is sent. The state is put
+    back and the test fails naming what changed."""
+    import signal
+
+    before = _signal_state()
+    yield
+    after = _signal_state()
+    if after != before:
+        for name, handler in before[0].items():
+            if handler is not None:
+                signal.signal(getattr(signal, name), handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before[1])
+        pytest.fail(f"the test changed this process's signal state: handlers {before[0]} -> "
+                    f"{after[0]}, blocked {sorted(before[1])} -> {sorted(after[1])}")
+
+
 @pytest.fixture(scope="session")
 def real_info_path():
     if not REAL_INFO.exists():
