@@ -222,6 +222,13 @@ def end_interrupted(line: str) -> NoReturn:
     the line, and a second Ctrl-C during it printed its traceback and ended the process by
     SIGINT instead of 130."""
     ignore_further_interrupts()
+    end_at_once(line, EXIT_INTERRUPTED)
+
+
+def end_at_once(line: str, status: int) -> NoReturn:
+    """Ends the process with `line` on stderr and `status`, the logs and streams flushed,
+    skipping the interpreter's exit (os._exit): no atexit teardown or progress bar's close
+    runs after the line."""
     print(line, file=sys.stderr)
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
@@ -229,7 +236,7 @@ def end_interrupted(line: str) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(status)
 
 
 class _Terminated(BaseException):

@@ -19,14 +19,13 @@ docs/building.md is the build guide. `--manual_dir` must be on a local or mounte
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -183,7 +182,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         except disk_space.DiskFull as e:
             if not _is_tfds_command():
                 raise
-            _end(f"error: {e}", 1)
+            # At once: TFDS's progress bars, closed as the interpreter exits, would clear
+            # the line.
+            console.end_at_once(f"error: {e}", 1)
 
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: tfds.download.DownloadConfig) -> None:
@@ -245,20 +246,6 @@ def _warn_of_partial_builds(building: epath.Path) -> None:
         logging.warning("%s: the partial output of an earlier build that was killed (or of "
                         "one still running), never read as a build; delete it once no build "
                         "is writing there", other)
-
-
-def _end(line: str, status: int) -> NoReturn:
-    """Ends `tfds build` with `line` on stderr and `status`, the logs and streams flushed,
-    skipping the interpreter's exit, where TFDS's progress bars, closed as it exits, would
-    be cleared after the line (as `console.end_interrupted` ends a Ctrl-C)."""
-    print(line, file=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(status)
 
 
 def _is_tfds_command() -> bool:

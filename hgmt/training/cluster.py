@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
@@ -137,10 +136,10 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
 
     def stop() -> NoReturn:
         stopping.acquire()  # the line once: the other of the watch and the main thread waits
-        print(f"interrupted (Ctrl-C): {who} stopped waiting for the job's processes to "
-              f"connect; nothing was started or written. Start every process of the job "
-              f"again together", file=sys.stderr, flush=True)
-        os._exit(console.EXIT_INTERRUPTED)
+        console.end_at_once(f"interrupted (Ctrl-C): {who} stopped waiting for the job's "
+                            f"processes to connect; nothing was started or written. Start "
+                            f"every process of the job again together",
+                            console.EXIT_INTERRUPTED)
 
     def watch() -> None:
         while not done.is_set():
@@ -173,9 +172,9 @@ def _not_connected(who: str, where: str | None, timeout_s: int,
     """Ends a process whose job's processes did not all connect within `timeout_s` (run by
     `initialize`'s timer while JAX waits in C++): `_not_connected_line`, the cluster JAX reads
     looked up here, status EXIT_FAILED."""
-    print(_not_connected_line(who, where, timeout_s, source, count_given, index_given,
-                              slurm=coordinator.jax_reads_slurm()), file=sys.stderr, flush=True)
-    os._exit(EXIT_FAILED)
+    console.end_at_once(_not_connected_line(who, where, timeout_s, source, count_given,
+                                            index_given, slurm=coordinator.jax_reads_slurm()),
+                        EXIT_FAILED)
 
 
 def _not_connected_line(who: str, where: str | None, timeout_s: int,
