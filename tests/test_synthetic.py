@@ -442,6 +442,46 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_and_leaves_no_partial_cli
                                       "again")
 
 
+def _repo_env() -> dict:
+    """This process's environment with the repository first on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+# The command as a shell runs it, with Ctrl-C handled (a process started in the background, as
+# this test may be, inherits SIGINT ignored), in a process group of its own.
+_RUN_COMMAND = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "runpy.run_module('hgmt.sources.synthetic', run_name='__main__', alter_sys=True)")
+
+
+def _start_command(args: list[str], cwd) -> subprocess.Popen:
+    """`python -m hgmt.sources.synthetic ARGS` (`_RUN_COMMAND`), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN_COMMAND, *args], cwd=cwd, env=_repo_env(),
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_a_clip(process: subprocess.Popen, out_dir) -> None:
+    """Until `process` has written its first clip under `out_dir` (or ended), at most 120 s."""
+    deadline = time.monotonic() + 120
+    while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no clip written in 120 s"
+        time.sleep(0.02)
+
+
+def _wait_until_the_group_is_gone(pgid: int, what: str) -> None:
+    """Until no process of group `pgid` is left (a command's workers, their tracker), at most
+    30 s, else fails saying `what` outlived it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"the workers outlived {what}"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("signum, status, line", [
     (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing partial was left behind"),
     # A scheduler's cancel: the same cleanup as Ctrl-C's (`console.sigterm_cleans_up`).
@@ -457,19 +497,8 @@ def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(
     out_dir = tmp_path / "demo"
     args = [f"--out_dir={out_dir}", "--clips_per_split=4", "--frames_per_clip=30",
             "--workers=2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    # The command as a shell runs it, with Ctrl-C handled (a process started in the
-    # background, as this test may be, inherits SIGINT ignored), in a process group of its own.
-    run = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "runpy.run_module('hgmt.sources.synthetic', run_name='__main__', alter_sys=True)")
-    process = subprocess.Popen(
-        [sys.executable, "-c", run, *args], cwd=tmp_path, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no clip written in 120 s"
-        time.sleep(0.02)
+    process = _start_command(args, tmp_path)
+    _wait_for_a_clip(process, out_dir)
     os.killpg(process.pid, signum)
     out, err = process.communicate(timeout=120)
     assert process.returncode == status, err[-3000:]
@@ -496,25 +525,14 @@ def test_a_caller_that_sigterm_ends_where_it_stands_takes_its_workers_with_it(tm
     script = tmp_path / "generate.py"
     script.write_text(_GENERATE)
     out_dir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
     process = subprocess.Popen([sys.executable, str(script), str(out_dir)], cwd=tmp_path,
-                               env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+                               env=_repo_env(), start_new_session=True,
+                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
-            assert time.monotonic() < deadline, "no clip written in 120 s"
-            time.sleep(0.02)
+        _wait_for_a_clip(process, out_dir)
         os.killpg(process.pid, signal.SIGTERM)
         assert process.wait(timeout=60) == -signal.SIGTERM
-        deadline = time.monotonic() + 30
-        while True:  # until no process of the group is left (the workers, their tracker)
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "the workers outlived the SIGTERM"
-            time.sleep(0.1)
+        _wait_until_the_group_is_gone(process.pid, "the SIGTERM")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -528,31 +546,15 @@ def test_a_second_ctrl_c_while_the_workers_finish_their_clips_still_cleans_up(tm
     ends in its one line with status 130 and leaves no worker behind (one that outlived
     the command went on writing, and then waited for work for ever)."""
     out_dir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    run = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "runpy.run_module('hgmt.sources.synthetic', run_name='__main__', alter_sys=True)")
-    process = subprocess.Popen(
-        [sys.executable, "-c", run, f"--out_dir={out_dir}", "--clips_per_split=4",
-         "--frames_per_clip=30", "--workers=2"], cwd=tmp_path, env=env,
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_command([f"--out_dir={out_dir}", "--clips_per_split=4",
+                              "--frames_per_clip=30", "--workers=2"], tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not list(out_dir.rglob("*.mp4")) and process.poll() is None:
-            assert time.monotonic() < deadline, "no clip written in 120 s"
-            time.sleep(0.02)
+        _wait_for_a_clip(process, out_dir)
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.3)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=60) == 130
-        deadline = time.monotonic() + 30
-        while True:  # until no process of the group is left (the workers, their tracker)
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "the workers outlived the command"
-            time.sleep(0.1)
+        _wait_until_the_group_is_gone(process.pid, "the command")
         out, err = process.communicate(timeout=10)
         assert (out, err.strip()) == ("", "interrupted (Ctrl-C); nothing partial was left "
                                           "behind")
