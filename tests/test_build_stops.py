@@ -21,8 +21,11 @@ SPLIT_SIZES = {"train": 6, "validation": 6, "test": 6}  # 2 clips of 3 frames, c
 
 # `tfds build` as TFDS's own script runs it (`launch_cli` in __main__), the signal sent to
 # itself as the build reads its AFTER-th clip (0: none): midway, once a split was written.
+# Ctrl-C handled as a shell's command has it (a process started in the background, as this
+# test may be, inherits SIGINT ignored, and would build on).
 _TFDS_BUILD = textwrap.dedent("""\
-    import os, sys
+    import os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tensorflow_datasets.scripts.cli.main import launch_cli
     from hgmt.data import records
     signum, after = int(sys.argv.pop(1)), int(sys.argv.pop(1))
