@@ -48,7 +48,7 @@ def address_format_error(coordinator_address: str | None, distributed: bool) -> 
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
             return (f"{source}={address}: an IPv6 address goes in brackets "
                     f"before the port, [address]:port (e.g. {source}=[::1]:23455)")
-        if not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        if not host or not _is_port(port):
             example = host or (address if ":" not in address else "localhost")
             return (f"{source}={address}: give host:port of process 0, the "
                     f"port a number from 1 to 65535 that is free on process 0's host "
@@ -103,12 +103,18 @@ def _check_port_number(address: str, variable: str | None) -> None:
     """A ValueError naming `variable` (where it is set, else --coordinator_address) when the
     port of `address` (host:port) is no number from 1 to 65535."""
     port = address.rpartition(":")[2]
-    if port.isdecimal() and 0 < int(port) < 65536:
+    if _is_port(port):
         return
     source = (f"{variable}={os.environ[variable]}" if variable and os.environ.get(variable)
               else f"--coordinator_address={address}")
     raise ValueError(f"{source}: the coordinator's port {port!r} is no port number: give one "
                      f"from 1 to 65535 that is free on process 0's host")
+
+
+def _is_port(port: str) -> bool:
+    """Whether `port` (the text after host:) is a port number, 1 to 65535, in digits int()
+    reads."""
+    return port.isdecimal() and 0 < int(port) < 65536
 
 
 def bind_address(coordinator_address: str) -> str:
