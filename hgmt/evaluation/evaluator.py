@@ -389,6 +389,12 @@ class Evaluator:
 
 def evaluate(config: ml_collections.ConfigDict, variables: dict,
              tasks: str | Sequence[str] | None = None, **settings: Any) -> dict:
-    """Metrics of `variables` under the settings of `config.evals.test` (`settings_of`),
-    updated by `settings` (SETTINGS' keys; see `Evaluator`)."""
+    """Metrics of `variables` (a checkpoint's {'params', 'batch_stats'}, as
+    `hgmt.inference.trained_model.restore_for_inference` returns them) under the settings of
+    `config.evals.test` (`settings_of`), updated by `settings` (SETTINGS' keys: split, frames,
+    protocol, flip, max_examples; see `Evaluator`) -> the summary (`Evaluator.__call__`),
+    e.g. summary['pose2d']['pckh@0.5'] a fraction in [0, 1], summary['pose3d']['mjd_mm'] and
+    summary['depth']['rmse_mm'] in millimetres, None where nothing was averaged (the keys per
+    protocol: docs/metrics.md). `tasks` (default `config.tasks`) must be those the variables
+    were trained with."""
     return Evaluator(config, tasks, **{**settings_of(config), **settings})(variables)
