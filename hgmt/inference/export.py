@@ -44,7 +44,9 @@ META_FILE = "hgmt.json"  # the metadata in the export directory
 
 def inference_fn(workdir: str, step: int | str | None = None,
                  config: ml_collections.ConfigDict | None = None) -> tuple[Callable, dict]:
-    """-> (f(images (B,R,R,3)) -> {task: (B,r,r,C)}, metadata) with the parameters closed over.
+    """-> (f, metadata): f(images (B,R,R,3) RGB, uint8 or float on [0, 255]; the exported
+    artefacts take float32) -> {task: (B,r,r,C) float32}, the last stage's outputs (r = R/4),
+    with the parameters closed over.
 
     The metadata's "step" is the restored checkpoint's step, "checkpoint" the workdir's folder
     it was restored from: `workdirs.BEST_DIR` for step "best" (the best validation

@@ -145,7 +145,9 @@ class Predictor:
         return self._compiled[n]
 
     def __call__(self, image: np.ndarray, bbox: Sequence[float] | None = None) -> dict:
-        """One image; the person's window is `bbox` (x, y, w, h), else found (`predict`)."""
+        """One image, (H,W,3) RGB uint8 -> its result dict (`predict` lists the keys: joints
+        in image px, 3D joints in mm relative to the pelvis, class maps); the person's window
+        is `bbox` (x, y, w, h in image px, training's window around the person), else found."""
         return self.predict([image], None if bbox is None else [bbox])[0]
 
     def predict(self, images: Sequence[np.ndarray],
