@@ -149,7 +149,8 @@ def _last(stages: jnp.ndarray) -> jnp.ndarray:
 
 def predict_last_stage(model: MultiTaskHourglass, variables: dict, images: jnp.ndarray,
                        flip: Mapping[str, Sequence[int]] | None = None) -> dict:
-    """Inference: images (B,R,R,3) -> {task: (B,r,r,C)} the last stage's outputs (what
+    """Inference: images (B,R,R,3) RGB uint8 (or float on [0, 255]) -> {task: (B,r,r,C)}
+    float32, r = R/4, the last stage's outputs (heatmaps, or logits; what
     evaluation, prediction and export use), averaged with the mirrored image's when `flip`
     gives each task's channel permutation under a mirror (`hgmt.tasks.channel_flips`)."""
     out = {t: _last(o) for t, o in model.apply(variables, images, train=False).items()}
