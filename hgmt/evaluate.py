@@ -58,7 +58,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("protocol", None, list(protocols.PROTOCOLS),
                       "metric definitions: hgmt's own, or what BodyNet's / SURREAL's code "
                       "computes (docs/metrics.md); default: the training config's test "
-                      "evaluator's (hgmt in the shipped configs)", flag_values=fv)
+                      "evaluator's (hgmt in configs/default.py, the reference code's in "
+                      "configs/reference.py)", flag_values=fv)
     cli.define_verbosity(fv)
     compilation_cache.define_flag(fv)
     flags.DEFINE_string("out_file", None, "JSON path (default: in the workdir, named after "
