@@ -39,6 +39,7 @@ from hgmt.training import (
     checkpoint_write_faults,
     checkpoints,
     cluster,
+    coordinator,
     device_memory,
     eval_reports,
     eval_settings,
@@ -2727,24 +2728,33 @@ def test_a_process_whose_job_never_connects_stops_in_one_line(tmp_path):
                 f"every process was started") in out, report
         assert "Terminating process because" not in out, report
     assert not (tmp_path / "run").exists()
-    # Where the cluster names the coordinator (--distributed: Slurm, a TPU VM), the line
-    # names what to check there, not flags the user never gave.
+    # Where the cluster names the coordinator (--distributed), the line names what to check
+    # there (`test_the_not_connected_line_names_the_cluster_jax_reads_alone`), not flags the
+    # user never gave; here, where no cluster is, in words for any.
     done = subprocess.run([sys.executable, "-c", "from hgmt.training import cluster; "
                            "cluster._not_connected('this process', None, 5)"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=_no_cluster(os.environ), capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.startswith(
+    assert done.stderr == (
         "error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
-        "processes to connect to the coordinator the cluster names. Check that every task "
-        "of the job started (Slurm: one per node"), done.stderr
-    assert "--process_id" not in done.stderr
+        "processes to connect to the coordinator the cluster names. Check that every process "
+        "of the job started (as many as the cluster runs) and that process 0's host is "
+        "reachable from the others; then start them again together\n"), done.stderr
+
+
+def _no_cluster(environ):
+    """`environ` without the variables by which JAX finds a cluster (Slurm, Open MPI, TPUs,
+    Kubernetes) or a coordinator."""
+    return {k: v for k, v in environ.items() if not k.startswith(
+        ("SLURM_", "OMPI_", "TPU_", "MEGASCALE_", "KUBERNETES_", "JAX_COORDINATOR_"))}
 
 
 def test_a_job_that_never_connects_names_what_gave_each_setting():
     """The NotConnected line's check follows what gave the number of processes and this
-    process's index: the flags where given; under Slurm (the address given by
-    JAX_COORDINATOR_ADDRESS or --coordinator_address, neither flag) Slurm's task count and
-    task 0, not the flags the user never gave."""
+    process's index: the flags where given; else the cluster JAX read them from (under Slurm,
+    the address given by JAX_COORDINATOR_ADDRESS or --coordinator_address, neither flag:
+    Slurm's task count and task 0), not the flags the user never gave."""
     from hgmt.training import cluster
 
     def check(**settings: object) -> str:
@@ -2755,41 +2765,102 @@ def test_a_job_that_never_connects_names_what_gave_each_setting():
         assert "\n" not in line
         return line[len(head):-len("; then start them again together")]
 
-    assert check() == check(slurm=True) == (
+    assert check() == check(cluster="slurm") == (
         "Check that every process was started, with the same --coordinator_address (process "
         "0's host:port, reachable from every host) and --num_processes, and each with its own "
         "--process_id (0 to N-1, once each)")
     assert check(source="JAX_COORDINATOR_ADDRESS", count_given=False, index_given=False,
-                 slurm=True) == (
+                 cluster="slurm") == (
         "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
         "launch/slurm.sbatch runs them), with the same JAX_COORDINATOR_ADDRESS (the "
         "host:port of Slurm's task 0, SLURM_PROCID=0, reachable from every host)")
-    assert check(count_given=False, index_given=False, slurm=True) == (
+    assert check(count_given=False, index_given=False, cluster="slurm") == (
         "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
         "launch/slurm.sbatch runs them), with the same --coordinator_address (the host:port "
         "of Slurm's task 0, SLURM_PROCID=0, reachable from every host)")
     # One flag given, the other Slurm's: each named by what gave it.
-    assert check(index_given=False, slurm=True) == (
+    assert check(index_given=False, cluster="slurm") == (
         "Check that every process was started, with the same --coordinator_address (the "
         "host:port of Slurm's task 0, SLURM_PROCID=0, reachable from every host) and "
         "--num_processes")
-    assert check(count_given=False, slurm=True) == (
+    assert check(count_given=False, cluster="slurm") == (
         "Check that every task of the job started (SLURM_NTASKS of them, one per node as "
         "launch/slurm.sbatch runs them), with the same --coordinator_address (process 0's "
         "host:port, reachable from every host), and each with its own --process_id (0 to "
         "N-1, once each)")
-    # Another cluster JAX reads (Open MPI, a TPU VM): named as the cluster, no Slurm.
+    # Another cluster JAX reads: named as that cluster; one hgmt has no name for, as a cluster.
+    assert check(source="JAX_COORDINATOR_ADDRESS", count_given=False, index_given=False,
+                 cluster="open_mpi") == (
+        "Check that every rank of mpirun's job started (OMPI_COMM_WORLD_SIZE of them), with "
+        "the same JAX_COORDINATOR_ADDRESS (the host:port of rank 0, OMPI_COMM_WORLD_RANK=0, "
+        "reachable from every host)")
     assert check(source="JAX_COORDINATOR_ADDRESS", count_given=False, index_given=False) == (
         "Check that every process of the job started (as many as the cluster runs), with the "
         "same JAX_COORDINATOR_ADDRESS (the host:port of the cluster's process 0, reachable "
         "from every host)")
-    # The cluster's own coordinator: its tasks, whatever gave the rest.
-    assert cluster._not_connected_line("this process", None, 5, slurm=True) == (
+
+
+# Each cluster JAX reads (`coordinator.jax_cluster`), as JAX finds it here, and what the
+# NotConnected line checks there when the cluster names the coordinator.
+_CLUSTERS = {
+    "slurm": ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
+               "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"},
+              "every task of the job started (SLURM_NTASKS of them, one per node as "
+              "launch/slurm.sbatch runs them) and that the host of Slurm's task 0 (the first "
+              "node of SLURM_STEP_NODELIST) is reachable from the others"),
+    "open_mpi": ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911"},
+                 "every rank of mpirun's job started (OMPI_COMM_WORLD_SIZE of them) and that "
+                 "mpirun ran on rank 0's host (JAX takes the coordinator's host from "
+                 "mpirun's, OMPI_MCA_orte_hnp_uri), reachable from the others"),
+    "tpu_vm": ({}, "every worker of the TPU VM started (`launch/tpu_vm.sh train` starts one "
+                   "on each) and that worker 0's host is reachable from the others"),
+    "gke_tpu": ({"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "w-0,w-1",
+                 "TPU_WORKER_ID": "1"},
+                "every TPU worker of the GKE job started (one per host of "
+                "TPU_WORKER_HOSTNAMES) and that worker 0's host (the first of "
+                "TPU_WORKER_HOSTNAMES, or MEGASCALE_COORDINATOR_ADDRESS) is reachable from "
+                "the others"),
+    "kubernetes": ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"},
+                   "every pod of the indexed Job started (its parallelism) and that pod 0's "
+                   "host is reachable from the others"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_CLUSTERS))
+def test_the_not_connected_line_names_the_cluster_jax_reads_alone(monkeypatch, kind):
+    """A job whose cluster names the coordinator (--distributed, no address given) and
+    never connects: the line says what to check in the cluster JAX reads, and names no other
+    (it named Slurm and TPU VMs together, whichever ran the job). The TPU VM's metadata
+    server and Kubernetes' API, which JAX asks, are stood in for."""
+    from jax._src.clusters import cloud_tpu_cluster, k8s_cluster
+
+    for name in set(os.environ) - set(_no_cluster(os.environ)):
+        monkeypatch.delenv(name)
+    environ, check = _CLUSTERS[kind]
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if kind in ("tpu_vm", "gke_tpu"):
+        monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+        monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: ("1", 200))
+    if kind == "kubernetes":
+        monkeypatch.setattr(k8s_cluster.K8sCluster, "is_env_present", classmethod(
+            lambda cls: "KUBERNETES_SERVICE_HOST" in os.environ))
+    ended = []
+
+    def end_at_once(line: str, status: int) -> None:
+        ended.append((line, status))
+        raise SystemExit(status)
+
+    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    with pytest.raises(SystemExit):
+        cluster._not_connected("this process", None, 5, "JAX_COORDINATOR_ADDRESS", False,
+                               False)
+    assert ended == [(
         "error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
-        "processes to connect to the coordinator the cluster names. Check that every task of "
-        "the job started (Slurm: one per node, as launch/slurm.sbatch runs them; a TPU VM: "
-        "every worker, `launch/tpu_vm.sh train`) and that the first one's host is reachable "
-        "from the others; then start them again together")
+        "processes to connect to the coordinator the cluster names. Check that "
+        f"{check}; then start them again together", 1)]
+    assert coordinator.jax_cluster() == kind
+    assert coordinator.jax_reads_slurm() == (kind == "slurm")
 
 
 @pytest.mark.slow  # the not-connected line's Slurm wording, tested as a pure function by default
@@ -2823,17 +2894,14 @@ def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tas
 def test_the_not_connected_line_reads_slurm_as_jax_does(monkeypatch):
     """`_not_connected` words the line for Slurm where JAX reads Slurm: a Slurm job's
     environment, and not under Open MPI's mpirun (which JAX reads first)."""
-    from hgmt.training import coordinator
-
-    for name in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+    for name in set(os.environ) - set(_no_cluster(os.environ)):
         monkeypatch.delenv(name)
-    assert not coordinator.jax_reads_slurm()
-    for name, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[001-002]",
-                        "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}.items():
+    assert not coordinator.jax_reads_slurm() and coordinator.jax_cluster() is None
+    for name, value in _CLUSTERS["slurm"][0].items():
         monkeypatch.setenv(name, value)
-    assert coordinator.jax_reads_slurm()
+    assert coordinator.jax_reads_slurm() and coordinator.jax_cluster() == "slurm"
     monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "x")
-    assert not coordinator.jax_reads_slurm()
+    assert not coordinator.jax_reads_slurm() and coordinator.jax_cluster() == "open_mpi"
 
 
 @pytest.mark.slow

@@ -170,38 +170,58 @@ def _not_connected(who: str, where: str | None, timeout_s: int,
                    source: str = "--coordinator_address", count_given: bool = True,
                    index_given: bool = True) -> NoReturn:
     """Ends a process whose job's processes did not all connect within `timeout_s` (run by
-    `initialize`'s timer while JAX waits in C++): `_not_connected_line`, the cluster JAX reads
-    looked up here, status EXIT_FAILED."""
-    console.end_at_once(_not_connected_line(who, where, timeout_s, source, count_given,
-                                            index_given, slurm=coordinator.jax_reads_slurm()),
-                        EXIT_FAILED)
+    `initialize`'s timer while JAX waits in C++): `_not_connected_line`, with the cluster JAX
+    reads (`coordinator.jax_cluster`) where it gave a setting, status EXIT_FAILED."""
+    from_cluster = where is None or not (count_given and index_given)
+    console.end_at_once(_not_connected_line(
+        who, where, timeout_s, source, count_given, index_given,
+        coordinator.jax_cluster() if from_cluster else None), EXIT_FAILED)
+
+
+# What to check in each cluster JAX reads settings from (`coordinator.jax_cluster`; None:
+# one hgmt has no name for): that its processes all started; its process 0; and that the
+# coordinator's host, which the cluster names, is reachable.
+_CLUSTER_CHECKS: dict[str | None, tuple[str, str, str]] = {
+    "slurm": ("every task of the job started (SLURM_NTASKS of them, one per node as "
+              "launch/slurm.sbatch runs them)", "Slurm's task 0, SLURM_PROCID=0",
+              "the host of Slurm's task 0 (the first node of SLURM_STEP_NODELIST) is "
+              "reachable from the others"),
+    "tpu_vm": ("every worker of the TPU VM started (`launch/tpu_vm.sh train` starts one on "
+               "each)", "TPU worker 0", "worker 0's host is reachable from the others"),
+    "gke_tpu": ("every TPU worker of the GKE job started (one per host of "
+                "TPU_WORKER_HOSTNAMES)", "TPU worker 0, TPU_WORKER_ID=0",
+                "worker 0's host (the first of TPU_WORKER_HOSTNAMES, or "
+                "MEGASCALE_COORDINATOR_ADDRESS) is reachable from the others"),
+    "open_mpi": ("every rank of mpirun's job started (OMPI_COMM_WORLD_SIZE of them)",
+                 "rank 0, OMPI_COMM_WORLD_RANK=0",
+                 "mpirun ran on rank 0's host (JAX takes the coordinator's host from "
+                 "mpirun's, OMPI_MCA_orte_hnp_uri), reachable from the others"),
+    "kubernetes": ("every pod of the indexed Job started (its parallelism)",
+                   "pod 0, JOB_COMPLETION_INDEX=0",
+                   "pod 0's host is reachable from the others"),
+    None: ("every process of the job started (as many as the cluster runs)",
+           "the cluster's process 0", "process 0's host is reachable from the others"),
+}
 
 
 def _not_connected_line(who: str, where: str | None, timeout_s: int,
                         source: str = "--coordinator_address", count_given: bool = True,
-                        index_given: bool = True, slurm: bool = False) -> str:
+                        index_given: bool = True, cluster: str | None = None) -> str:
     """The one line of a process whose job's processes did not all connect within
     `timeout_s` to the coordinator `where` (None: the one the cluster names), given by
     `source`. What to check follows what gave each setting: the number of processes and this
     process's index their flags where given (`count_given`, `index_given`), else the cluster
-    JAX read them from (`slurm`: Slurm's task count and index, else another cluster's)."""
+    JAX read them from (`cluster`, `coordinator.jax_cluster`'s name; None: unnamed)."""
+    started, zero, reachable = _CLUSTER_CHECKS.get(cluster, _CLUSTER_CHECKS[None])
     if where is None:
-        check = ("Check that every task of the job started (Slurm: one per node, as "
-                 "launch/slurm.sbatch runs them; a TPU VM: every worker, `launch/tpu_vm.sh "
-                 "train`) and that the first one's host is reachable from the others")
+        check = f"Check that {started} and that {reachable}"
     else:
-        first = ("process 0's host:port" if index_given else
-                 "the host:port of Slurm's task 0, SLURM_PROCID=0" if slurm else
-                 "the host:port of the cluster's process 0")
+        first = "process 0's host:port" if index_given else f"the host:port of {zero}"
         address = f"the same {source} ({first}, reachable from every host)"
         if count_given:
             check = f"Check that every process was started, with {address} and --num_processes"
-        elif slurm:
-            check = ("Check that every task of the job started (SLURM_NTASKS of them, one per "
-                     f"node as launch/slurm.sbatch runs them), with {address}")
         else:
-            check = ("Check that every process of the job started (as many as the cluster "
-                     f"runs), with {address}")
+            check = f"Check that {started}, with {address}"
         if index_given:
             check += ", and each with its own --process_id (0 to N-1, once each)"
     return (f"error: NotConnected: {who} waited {timeout_s} s (--connect_timeout) for the "

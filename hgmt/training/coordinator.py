@@ -1,9 +1,10 @@
 """The coordinator's address, checked before JAX starts (`cluster.initialize` joins the job):
 where JAX takes it from (`coordinator_given`: --coordinator_address, else
 JAX_COORDINATOR_ADDRESS, else a cluster's), its host:port form (`address_format_error`, for
-hgmt.main's command line), process 0's port free and a port number
-(`check_coordinator_port`, with Slurm's settings read as JAX reads them: `jax_coordinator`,
-`jax_reads_slurm`) and its host's name lookup (`check_coordinator_host`). Each says in one
+hgmt.main's command line), process 0's port free and a port number (`check_coordinator_port`,
+with Slurm's settings read as JAX reads them: `jax_coordinator`, `jax_reads_slurm`) and its
+host's name lookup (`check_coordinator_host`); the cluster JAX reads the rest from
+(`jax_cluster`, for what a job that never connects is to check). The checks each say in one
 line, an error or for the host's lookup a warning, what JAX would answer with a crash, a
 traceback or a silent wait until the connect timeout.
 """
@@ -15,7 +16,6 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
 
 # How long `cluster.initialize` waits for the coordinator host's name lookup, whose answer
 # only decides a warning: a resolver that works answers in far less; glibc's waits 5 s for each
@@ -160,9 +160,9 @@ def jax_coordinator(coordinator_address: str | None,
                      process_id: int | None) -> tuple[str, int] | None:
     """The coordinator address (host:port) and this process's index JAX takes for the job:
     those given (the address by `coordinator_given`), the rest read from Slurm as JAX reads
-    them. None where they are not both given and JAX does not take them from Slurm: outside
-    Slurm, where JAX reads another cluster first (`_read_before`), or in a Slurm environment
-    JAX cannot read."""
+    them. None where they are not both given and JAX does not take them from Slurm
+    (`jax_reads_slurm`: outside Slurm, or where JAX reads another cluster first), or in a
+    Slurm environment JAX cannot read."""
     coordinator_address = coordinator_given(coordinator_address)[0]
     if coordinator_address is not None and process_id is not None:
         return coordinator_address, process_id
@@ -186,28 +186,40 @@ def jax_coordinator(coordinator_address: str | None,
 
 def jax_reads_slurm() -> bool:
     """Whether JAX takes the settings it is not given from Slurm: a Slurm environment, and no
-    cluster JAX reads first (`_read_before`). False where JAX's private cluster classes
-    differ."""
+    cluster JAX reads first (`jax_cluster`; Open MPI's mpirun inside a Slurm allocation, whose
+    coordinator port and process index are not Slurm's). False where JAX's private cluster
+    classes differ."""
     try:
-        from jax._src import clusters
         from jax._src.clusters import slurm_cluster
 
-        cluster = slurm_cluster.SlurmCluster
-        return bool(cluster.is_env_present()) and not _read_before(cluster, clusters.ClusterEnv)
+        present = slurm_cluster.SlurmCluster.is_env_present()
     except (KeyError, ValueError, ImportError, AttributeError, TypeError):
         return False
+    return bool(present) and jax_cluster() == "slurm"
 
 
-def _read_before(slurm: Any, cluster_env: Any) -> bool:
-    """Whether JAX takes the job's settings from a cluster it tries before `slurm` (Open
-    MPI's mpirun inside a Slurm allocation), whose coordinator port and process index are not
-    Slurm's: checking Slurm's port there could refuse a job that JAX would start."""
-    for env in cluster_env._cluster_types:
-        if env is slurm:
-            return False
-        if not env.opt_in_only_method and env.is_env_present():
-            return True
-    return False
+# hgmt's names of the clusters JAX reads a job's settings from, by JAX's class.
+_CLUSTERS = {"SlurmCluster": "slurm", "OmpiCluster": "open_mpi", "GceTpuCluster": "tpu_vm",
+             "GkeTpuCluster": "gke_tpu", "K8sCluster": "kubernetes"}
+
+
+def jax_cluster() -> str | None:
+    """The cluster JAX takes the settings it is not given from, as JAX picks it (the first
+    of its cluster classes, in their order, whose environment is present; opt-in ones left
+    out): 'slurm', 'open_mpi', 'tpu_vm' (a Cloud TPU VM), 'gke_tpu' (TPUs on GKE) or
+    'kubernetes'. None where none is present, for a cluster hgmt has no name for, or where
+    JAX's private cluster classes differ or fail here."""
+    try:
+        from jax._src import clusters
+
+        for env in clusters.ClusterEnv._cluster_types:
+            if not env.opt_in_only_method and env.is_env_present():
+                return _CLUSTERS.get(env.__name__)
+    # A metadata server or Kubernetes API that does not answer here failed JAX's own
+    # detection as well; the caller words what to check without the cluster's name.
+    except Exception:  # noqa: BLE001
+        return None
+    return None
 
 
 def check_coordinator_host(coordinator_address: str | None, wait_s: float) -> None:
