@@ -214,6 +214,38 @@ def test_slurm_script_passes_the_time_limits_warning_to_srun_and_requeues(tmp_pa
     assert "--signal=B:USR1@300" in _sbatch_options()
 
 
+def test_slurm_script_drops_a_coordinator_address_left_in_the_submitting_shell(tmp_path):
+    """sbatch passes the submitting shell's environment on, and JAX takes
+    JAX_COORDINATOR_ADDRESS before Slurm's coordinator: one left there (a run on one machine)
+    made every task wait --connect_timeout for a coordinator not in the job. The script says
+    so in one line on stderr and runs the training processes without it, Slurm naming the
+    coordinator; JAX_COORDINATOR_PORT, which moves Slurm's port, is passed on."""
+    calls = tmp_path / "calls"
+    srun = tmp_path / "srun"
+    srun.write_text(f'#!/usr/bin/env bash\necho "address=${{JAX_COORDINATOR_ADDRESS-unset}} '
+                    f'port=${{JAX_COORDINATOR_PORT-unset}}" >> {calls}\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_SUBMIT_DIR": REPO,
+           "JAX_COORDINATOR_PORT": "23456"}
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+
+    def submit(**more: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO,
+                              env={**env, **more}, capture_output=True, text=True, timeout=60)
+
+    run = submit(JAX_COORDINATOR_ADDRESS="localhost:1234")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == (
+        "warning: JAX_COORDINATOR_ADDRESS=localhost:1234, from the shell that submitted the "
+        "job, is not passed to the training processes: Slurm names the coordinator, the host "
+        "of task 0. To choose it, pass --coordinator_address=host:port with the script's "
+        "flags; to choose its port alone, set JAX_COORDINATOR_PORT\n")
+    run = submit()
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert calls.read_text().splitlines() == ["address=unset port=23456"] * 2
+
+
 def _sbatch_options() -> list[str]:
     """The #SBATCH lines of launch/slurm.sbatch that sbatch reads: those before the first
     command."""
