@@ -1022,12 +1022,13 @@ def test_evaluate_names_its_file_after_the_checkpoint_and_the_settings_off_proto
 
 def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     """`--distributed` where JAX finds no cluster: the command's whole output is one line
-    saying what to give instead (the flags, or the address in JAX_COORDINATOR_ADDRESS), with
-    exit status 1 (JAX's own ValueError was a traceback)."""
+    naming the settings not given and what to give instead (the flags, or the address in
+    JAX_COORDINATOR_ADDRESS), with exit status 1 (JAX's own ValueError was a traceback, then
+    a line in JAX's words: `coordinator_address should be defined`)."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(
+        ("SLURM_", "OMPI_", "TPU_", "MEGASCALE_", "KUBERNETES_", "JAX_COORDINATOR_"))}
     run = subprocess.run(
         [sys.executable, "-m", "hgmt.main", f"--config={REPO}/configs/demo.py",
          f"--workdir={tmp_path / 'w'}", "--distributed", "--compilation_cache="],
@@ -1036,11 +1037,11 @@ def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     assert run.returncode == 1
     assert run.stdout == ""
     assert run.stderr.splitlines() == [
-        "error: ValueError: jax.distributed.initialize: coordinator_address should be defined. "
-        "JAX finds the coordinator, the number of processes and this process's index itself "
-        "under Slurm, Open MPI and on TPU VMs only; elsewhere give them (hgmt.main: "
-        "--num_processes, --process_id and --coordinator_address=host:port of process 0, or "
-        "with --distributed that address in JAX_COORDINATOR_ADDRESS)"]
+        "error: ValueError: the coordinator's address, --num_processes and --process_id not "
+        "given, and no cluster that JAX reads (Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs "
+        "on GKE, Kubernetes) runs this process to give them: give every process of the job "
+        "the same --coordinator_address=host:port of process 0 (or JAX_COORDINATOR_ADDRESS), "
+        "the same --num_processes=N and each its own --process_id (0 to N-1)"]
     assert not (tmp_path / "w").exists()
 
 

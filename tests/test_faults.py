@@ -2800,6 +2800,34 @@ def test_a_job_that_never_connects_names_what_gave_each_setting():
         "from every host)")
 
 
+def test_a_job_setting_no_cluster_gives_is_named_by_its_flag(monkeypatch):
+    """Outside any cluster JAX reads, the settings not given are named by their flags, with
+    what to give every process; JAX's own ValueError named its argument
+    (`Number of processes must be defined.`) and hgmt's line listed all three flags,
+    whichever were given."""
+    for name in set(os.environ) - set(_no_cluster(os.environ)):
+        monkeypatch.delenv(name)
+    tail = (" not given, and no cluster that JAX reads (Slurm, Open MPI's mpirun, a Cloud TPU "
+            "VM, TPUs on GKE, Kubernetes) runs this process to give ")
+    with pytest.raises(ValueError) as raised:
+        cluster.initialize("localhost:1", None, None)
+    assert str(raised.value) == (
+        f"--num_processes and --process_id{tail}them: give every process of the job the same "
+        f"--num_processes=N and each its own --process_id (0 to N-1)")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    with pytest.raises(ValueError) as raised:
+        cluster.initialize(None, None, 1)
+    assert str(raised.value) == (
+        f"--num_processes{tail}it: give every process of the job the same --num_processes=N")
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    with pytest.raises(ValueError) as raised:
+        cluster.initialize(None, 2, 1)
+    assert str(raised.value) == (
+        f"the coordinator's address{tail}it: give every process of the job the same "
+        f"--coordinator_address=host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
+    assert cluster.coordination_client() is None
+
+
 # Each cluster JAX reads (`coordinator.jax_cluster`), as JAX finds it here, and what the
 # NotConnected line checks there when the cluster names the coordinator.
 _CLUSTERS = {

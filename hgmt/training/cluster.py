@@ -59,12 +59,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
                shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
                connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
-    """`jax.distributed.initialize` (arguments found from JAX_COORDINATOR_ADDRESS, Slurm /
-    TPU VMs when None) with timeouts that bound how long the others wait for a dead process:
-    hgmt's watchdog counts a process silent for `heartbeat_timeout_s` as dead; JAX's
-    coordination service, whose verdict ends the process without a word from hgmt, gets
-    three times that. An argument that is None and that no cluster gives is a ValueError
-    saying which to give. Says what it waits for once that takes longer than NOTE_WAIT_S;
+    """`jax.distributed.initialize` (arguments that are None found from
+    JAX_COORDINATOR_ADDRESS and the cluster JAX reads, `coordinator.jax_cluster`) with
+    timeouts that bound how long the others wait for a dead process: hgmt's watchdog counts
+    a process silent for `heartbeat_timeout_s` as dead; JAX's coordination service, whose
+    verdict ends the process without a word from hgmt, gets three times that. An argument
+    that is None and that no cluster gives is a ValueError naming the flags to give
+    (`_no_cluster_line`). Says what it waits for once that takes longer than NOTE_WAIT_S;
     when the job's processes have not all connected within `connect_timeout_s` (one not
     started, a wrong coordinator address, a process index given twice), ends this process
     with one line saying what to check, status EXIT_FAILED (JAX's own verdict, a minute
@@ -107,15 +108,35 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                 os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"))
         raise ValueError(coordinator.port_taken(bind, str(e), coordinator_address)) from None
     except ValueError as e:
-        raise ValueError(
-            f"jax.distributed.initialize: {e} JAX finds the coordinator, the number of processes "
-            f"and this process's index itself under Slurm, Open MPI and on TPU VMs only; "
-            f"elsewhere give them (hgmt.main: --num_processes, --process_id and "
-            f"--coordinator_address=host:port of process 0, or with --distributed that address "
-            f"in {coordinator.ADDRESS_VARIABLE})") from e
+        address_given = address is not None
+        if not (address_given and num_processes is not None and process_id is not None) and (
+                coordinator.jax_cluster() is None):
+            raise ValueError(_no_cluster_line(address_given, num_processes is not None,
+                                              process_id is not None)) from e
+        raise ValueError(f"jax.distributed.initialize: {e}") from e
     finally:
         for timer in timers:
             timer.cancel()
+
+
+def _no_cluster_line(address_given: bool, count_given: bool, index_given: bool) -> str:
+    """The message of a job setting that was not given (`*_given` False: the coordinator's
+    address, by --coordinator_address or JAX_COORDINATOR_ADDRESS; --num_processes;
+    --process_id) where no cluster JAX reads runs this process to give it."""
+    settings = [("the coordinator's address", "the same --coordinator_address=host:port of "
+                 f"process 0 (or {coordinator.ADDRESS_VARIABLE})", address_given),
+                ("--num_processes", "the same --num_processes=N", count_given),
+                ("--process_id", "each its own --process_id (0 to N-1)", index_given)]
+    missing = [(name, fix) for name, fix, given in settings if not given]
+    return (f"{_listed([name for name, _ in missing])} not given, and no cluster that JAX "
+            f"reads (Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs on GKE, Kubernetes) runs "
+            f"this process to give {'it' if len(missing) == 1 else 'them'}: give every process "
+            f"of the job {_listed([fix for _, fix in missing])}")
+
+
+def _listed(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(filter(None, (", ".join(items[:-1]), items[-1])))
 
 
 @contextlib.contextmanager
