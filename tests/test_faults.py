@@ -2889,13 +2889,18 @@ def test_the_not_connected_line_names_the_cluster_jax_reads_alone(monkeypatch, k
         f"{check}; then start them again together", 1)]
     assert coordinator.jax_cluster() == kind
     assert coordinator.jax_reads_slurm() == (kind == "slurm")
+    # Slurm's tasks write to one log: the lines say which task waited, as Slurm numbers it.
+    assert cluster._who(None, None) == ("Slurm's task 1 of 2" if kind == "slurm" else
+                                        "this process")
+    assert cluster._who(2, 0) == "process 0 of 2"
 
 
 @pytest.mark.slow  # the not-connected line's Slurm wording, tested as a pure function by default
 def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tasks(tmp_path):
     """Task 1 of a two-task Slurm job run with --distributed and JAX_COORDINATOR_ADDRESS,
-    task 0 never started: its NotConnected line names Slurm's tasks and task 0, not the
-    --num_processes and --process_id it was not given."""
+    task 0 never started: its lines name it as Slurm's task 1 of 2 (the tasks share one log),
+    and its NotConnected line Slurm's tasks and task 0, not the --num_processes and
+    --process_id it was not given."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR_"))}
     env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "SLURM_JOB_ID": "7",
@@ -2908,9 +2913,11 @@ def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tas
          "--compilation_cache="],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr[-3000:]
+    assert (f"Slurm's task 1 of 2: waiting for the job's processes to connect to the "
+            f"coordinator {env['JAX_COORDINATOR_ADDRESS']}") in run.stderr, run.stderr[-3000:]
     line = run.stderr.splitlines()[-1]
     assert line == (
-        f"error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
+        f"error: NotConnected: Slurm's task 1 of 2 waited 5 s (--connect_timeout) for the job's "
         f"processes to connect to the coordinator {env['JAX_COORDINATOR_ADDRESS']}. Check "
         f"that every task of the job started (SLURM_NTASKS of them, one per node as "
         f"launch/slurm.sbatch runs them), with the same JAX_COORDINATOR_ADDRESS (the host:port "

@@ -72,8 +72,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     later, is a C++ abort that blames a dead task)."""
     global _heartbeat_timeout_s
     _heartbeat_timeout_s = heartbeat_timeout_s
-    who = ("this process" if process_id is None or num_processes is None else
-           f"process {process_id} of {num_processes}")
+    who = _who(num_processes, process_id)
     address, source = coordinator.coordinator_given(coordinator_address)
     # A word once the wait is longer than a connection takes, and the verdict at the timeout.
     timers = [threading.Timer(min(NOTE_WAIT_S, connect_timeout_s / 2), logging.warning, (
@@ -117,6 +116,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     finally:
         for timer in timers:
             timer.cancel()
+
+
+def _who(num_processes: int | None, process_id: int | None) -> str:
+    """How `initialize`'s lines name this process: by its index and the job's number of
+    processes, as given, else as Slurm gives them where JAX reads Slurm (whose tasks write to
+    one log: the line says which task waited); 'this process' where neither tells."""
+    if process_id is not None and num_processes is not None:
+        return f"process {process_id} of {num_processes}"
+    if not coordinator.jax_reads_slurm():
+        return "this process"
+    index = os.environ["SLURM_PROCID"] if process_id is None else str(process_id)
+    count = os.environ["SLURM_NTASKS"] if num_processes is None else str(num_processes)
+    task = "Slurm's task" if process_id is None and num_processes is None else "process"
+    return f"{task} {index} of {count}"
 
 
 def _no_cluster_line(address_given: bool, count_given: bool, index_given: bool) -> str:
