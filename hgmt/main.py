@@ -51,7 +51,9 @@ EXIT_INTERRUPTED = console.EXIT_INTERRUPTED  # Ctrl-C, as shells report it
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "The training workdir: checkpoints, summaries and "
                         "results go there.", flag_values=fv, required=True)
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU VM, Slurm).",
+    flags.DEFINE_bool("distributed", False, "Join a multi-process job whose settings a cluster "
+                      "gives (Slurm, Open MPI's mpirun, TPU VMs, Kubernetes), as "
+                      "jax.distributed.initialize() reads them.",
                       flag_values=fv)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",
                         flag_values=fv)
@@ -187,7 +189,8 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
         raise SystemExit(f"error: {' and '.join(given)} need{'s' * (len(given) == 1)} "
                          f"--coordinator_address=host:port "
                          f"of process 0 as well (a multi-host run gives all three), or "
-                         f"--distributed, which reads them from the cluster (Slurm, TPU VM); "
+                         f"--distributed, which reads them from the cluster "
+                         f"(Slurm, Open MPI, TPU VMs, Kubernetes); "
                          f"without either each process would train alone as process 0 of 1")
     _check_job_flags(FLAGS)
     return FLAGS
