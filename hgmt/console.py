@@ -2,8 +2,8 @@
 results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `extra=` marks
 `VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
 0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
-run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`). The flags that set
-it up are `hgmt.cli`'s.
+run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`), and how a cleanup
+holds them off (`stop_signals_held`). The flags that set it up are `hgmt.cli`'s.
 """
 
 from __future__ import annotations
@@ -237,6 +237,30 @@ def end_at_once(line: str, status: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(status)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """While the block runs (in the main thread), Ctrl-C and SIGTERM are held, each sent
+    again to this process once the block ends, where its handler then acts on it (a
+    KeyboardInterrupt, `sigterm_cleans_up`'s unwinding, the default's end): for a cleanup
+    that a second Ctrl-C must not cut short (a wait for workers, a partial folder's removal).
+    Outside the main thread, where no handler can be set, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler not set from Python, kept
+            previous[signum] = signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
 
 
 class _Terminated(BaseException):

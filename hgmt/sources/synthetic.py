@@ -38,9 +38,7 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -188,31 +186,6 @@ def _handled_stop_signals() -> tuple[int, ...]:
                  if signal.getsignal(s) not in (signal.SIG_DFL, None))
 
 
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """While the block runs (in the main thread), Ctrl-C and SIGTERM are held, each sent
-    again to this process once the block ends, where its handler then acts on it (a
-    KeyboardInterrupt, `console.sigterm_cleans_up`'s unwinding, the default's end): a second
-    Ctrl-C while `generate` waits for its workers to finish their clips would otherwise
-    leave that wait, and this process end with its workers, which ignore Ctrl-C and SIGTERM
-    (`_ignore_stop_signals`), still writing, and then waiting for work for ever."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not None:  # None: a handler not set from Python, kept
-            previous[signum] = signal.signal(signum, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
-
-
 def check_settings(clips_per_split: int, frames: int, seed: int, prefix: str = "") -> None:
     """Raises ValueError naming the setting (`prefix` + its name, e.g. 'config.demo.') when
     `generate` cannot make clips of these: no clip, no frame, or a negative seed."""
@@ -278,7 +251,9 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
                 for split_jobs in jobs:
                     list(pool.map(_write_seeded_clip, split_jobs))
             except BaseException:
-                with _stop_signals_held():
+                # Held: a second Ctrl-C would leave this wait, and this process end with its
+                # workers still writing, then waiting for work for ever.
+                with console.stop_signals_held():
                     pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return [stem for split in splits for stem in stems[split]]
