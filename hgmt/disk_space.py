@@ -69,10 +69,12 @@ def space_left(path: str) -> str:
 
 @contextlib.contextmanager
 def reported(path: str, what: str, then: str = _THEN,
-             cleanup: Callable[[], str] | None = None) -> Iterator[None]:
+             cleanup: Callable[[], str] | None = None, measured: str = "") -> Iterator[None]:
     """Turns a full disk or quota raised inside into `DiskFull`: 'cannot write `what` to
     `path`: ...'. `cleanup()` runs first (e.g. removes a partial file) and returns a sentence
-    for the message; `then` says what to do."""
+    for the message; `then` says what to do. The space left is measured after `cleanup()`;
+    `measured` says when it was where an earlier cleanup freed space the write had taken (e.g.
+    'once the partial build was removed')."""
     try:
         yield
     except DiskFull:
@@ -81,8 +83,9 @@ def reported(path: str, what: str, then: str = _THEN,
         if not is_disk_full(e):
             raise
         done = cleanup() if cleanup else ""
+        space = " ".join(filter(None, (space_left(path), "on it", measured)))
         raise DiskFull(errno.ENOSPC, f"cannot write {what} to {path}: the disk or quota is "
-                       f"full ({space_left(path)} on it). {done}{' ' if done else ''}{then} "
+                       f"full ({space}). {done}{' ' if done else ''}{then} "
                        f"({type(e).__name__}: {str(e)[:300]})") from e
 
 

@@ -2,7 +2,9 @@
 that a later run could take for a build, `tfds build` says so in one line, and the same command
 run again builds the dataset."""
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,26 +127,46 @@ def test_ctrl_c_in_a_python_caller_is_its_keyboard_interrupt_with_nothing_left(
 def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix_and_a_rerun_builds(
         clips, small_disk, tmp_path):
     """The disk fills as `tfds build` writes its shards (a 256 KiB tmpfs): one line naming the
-    build's folder, the space and the fix, status 1, nothing partial left; with space, the
-    same command run again builds every split. A Python caller gets `disk_space.DiskFull`."""
+    build's folder, the space left as the write failed (under a KiB, not the space TFDS's
+    removal of the partial build freed after it) and the fix, status 1, nothing partial
+    left; with space, the same command run again builds every split. A Python caller gets
+    `disk_space.DiskFull`."""
     disk = small_disk(256 * 1024)
     data_dir = os.path.join(disk.path, "tfds")
     folder = os.path.join(data_dir, "surreal", "all", "1.7.0")
     done = _tfds_build(tmp_path, clips, data_dir)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.rstrip().splitlines()[-1]
-    assert f"error: [Errno 28] cannot write dataset 'surreal/all' to {folder}: the disk or " \
-           f"quota is full (" in last, done.stderr[-3000:]
-    assert "Nothing of this build was kept: free space (or raise the quota) and run the same " \
-           "command again (RuntimeError: " in last and "No space left on device" in last
+    assert re.search(rf"error: \[Errno 28\] cannot write dataset 'surreal/all' to {folder}: "
+                     rf"the disk or quota is full \(\d+ bytes free on it\)\. Nothing of this "
+                     rf"build was kept: free space \(or raise the quota\) and run the same "
+                     rf"command again \(RuntimeError: ", last), done.stderr[-3000:]
+    assert "No space left on device" in last
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert _left(data_dir) == []
-    with pytest.raises(disk_space.DiskFull, match=f"cannot write dataset 'surreal/all' to "
-                                                  f"{folder}: the disk or quota is full"):
+    with pytest.raises(disk_space.DiskFull, match=rf"cannot write dataset 'surreal/all' to "
+                                                  rf"{folder}: the disk or quota is full "
+                                                  rf"\(\d+ bytes free on it\)"):
         _built_again(clips, data_dir)
     assert _left(data_dir) == []
     disk.resize(64 * 1024 * 1024)
     assert _built_again(clips, data_dir) == SPLIT_SIZES
+
+
+def test_a_full_disk_as_tfds_writes_the_metadata_says_when_the_space_was_measured(
+        clips, tmp_path, monkeypatch):
+    """A full disk as TFDS writes the build's metadata, after the builder's own code has
+    returned, is seen only once TFDS has removed the partial build: the space left is named
+    as measured then, not taken for the space left as the write failed."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tfds.core.DatasetInfo, "write_to_directory", full)
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(disk_space.DiskFull, match=r"the disk or quota is full \([^)]* free on "
+                                                  r"it once the partial build was removed\)"):
+        _built_again(clips, data_dir)
+    assert _left(data_dir) == []
 
 
 @pytest.mark.slow  # an option off by default: tfds build --num-processes

@@ -19,6 +19,7 @@ docs/building.md is the build guide. `--manual_dir` must be on a local or mounte
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -162,16 +163,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
         it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
         (`console.sigterm_cleans_up`). A full disk or quota is `disk_space.DiskFull` naming
-        the build's folder and the fix. As TFDS's own command (`tfds build`, but for a worker
-        of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a full disk end in
-        one line, not a traceback (status 130 and 1)."""
-        folder = os.fspath(self.data_dir)  # <data_dir>/surreal/<config>/<version>
+        the build's folder, the space left and the fix. As TFDS's own command (`tfds build`,
+        but for a worker of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a
+        full disk end in one line, not a traceback (status 130 and 1)."""
         name = f"{self.name}/{self.builder_config.name}"
         try:
-            with console.sigterm_cleans_up(), disk_space.reported(
-                    folder, f"dataset {name!r}",
-                    then="Nothing of this build was kept: free space (or raise the quota) "
-                         "and run the same command again"):
+            # The space left once TFDS removed the partial build: a write TFDS makes after
+            # `_download_and_prepare` (the build's metadata), which that one does not report.
+            with console.sigterm_cleans_up(), self._full_disk_reported(
+                    measured="once the partial build was removed"):
                 super().download_and_prepare(*args, **kwargs)
         except KeyboardInterrupt:
             if not _is_tfds_command():
@@ -186,8 +186,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             # the line.
             console.end_at_once(f"error: {e}", 1)
 
+    def _full_disk_reported(self, measured: str = "") -> contextlib.AbstractContextManager:
+        """`disk_space.reported` of this build: a full disk or quota is `DiskFull` naming
+        the build's folder (`<data_dir>/surreal/<config>/<version>`, beside the
+        `incomplete.*` one TFDS writes) and the fix; `measured`: as there."""
+        name = f"{self.name}/{self.builder_config.name}"
+        return disk_space.reported(
+            os.fspath(self.data_path.parent / str(self.version)), f"dataset {name!r}",
+            then="Nothing of this build was kept: free space (or raise the quota) and run "
+                 "the same command again", measured=measured)
+
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: tfds.download.DownloadConfig) -> None:
+        # The space left as the write failed, before TFDS removes the partial build.
+        with self._full_disk_reported():
+            self._build(dl_manager, download_config)
+
+    def _build(self, dl_manager: tfds.download.DownloadManager,
+               download_config: tfds.download.DownloadConfig) -> None:
+        """The build, in TFDS's `incomplete.*` folder: each split's records and the counts
+        of what was skipped (`skipped.json`)."""
         if download_config.manual_dir:  # before TFDS looks into it
             check_file_system(download_config.manual_dir)
             if os.path.isfile(os.path.expanduser(os.fspath(download_config.manual_dir))):
