@@ -22,15 +22,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_SIZES = {"train": 6, "validation": 6, "test": 6}  # 2 clips of 3 frames, config 'all'
 
 # `tfds build` as TFDS's own script runs it (`launch_cli` in __main__), the signal sent to
-# itself as the build reads its AFTER-th clip (0: none): midway, once a split was written.
-# Ctrl-C handled as a shell's command has it (a process started in the background, as this
-# test may be, inherits SIGINT ignored, and would build on).
+# itself as the build reads its AFTER-th clip (0: none): midway, once a split was written; and
+# AGAIN (0: none) sent as each removal of a partial `incomplete.*` folder starts, once one of
+# its files (if any) is gone. Ctrl-C handled as a shell's command has it (a process started in the
+# background, as this test may be, inherits SIGINT ignored, and would build on).
 _TFDS_BUILD = textwrap.dedent("""\
-    import os, signal, sys
+    import os, shutil, signal, sys
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from tensorflow_datasets.scripts.cli.main import launch_cli
     from hgmt.data import records
-    signum, after = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+    signum, after, again = (int(sys.argv.pop(1)) for _ in range(3))
     real, seen = records.clip_examples, []
     def clip_examples(*args):
         seen.append(args[0])
@@ -38,6 +39,14 @@ _TFDS_BUILD = textwrap.dedent("""\
             os.kill(os.getpid(), signum)
         yield from real(*args)
     records.clip_examples = clip_examples
+    rmtree = shutil.rmtree
+    def rmtree_signalled(path, *args, **kwargs):
+        if again and os.path.basename(os.path.normpath(path)).startswith("incomplete."):
+            for first in [os.path.join(r, f[0]) for r, _, f in os.walk(path) if f][:1]:
+                os.remove(first)
+            os.kill(os.getpid(), again)
+        rmtree(path, *args, **kwargs)
+    shutil.rmtree = rmtree_signalled
     sys.argv[0] = "tfds"
     sys.exit(launch_cli())
     """)
@@ -51,14 +60,15 @@ def clips(tmp_path_factory):
 
 
 def _tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
-                timeout=600):
+                timeout=600, again=0):
     script = tmp_path / "tfds_build.py"
     script.write_text(_TFDS_BUILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
     # In a session of its own, so that a build that does not end is ended with its workers.
     process = subprocess.Popen(
-        [sys.executable, str(script), str(int(signum)), str(after), "build", "surreal",
+        [sys.executable, str(script), str(int(signum)), str(after), str(int(again)), "build",
+         "surreal",
          "--imports=data_builders.surreal", f"--manual_dir={root}", f"--data_dir={data_dir}",
          *configs, "--file_format=array_record"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -166,6 +176,22 @@ def test_a_full_disk_as_tfds_writes_the_metadata_says_when_the_space_was_measure
     with pytest.raises(disk_space.DiskFull, match=r"the disk or quota is full \([^)]* free on "
                                                   r"it once the partial build was removed\)"):
         _built_again(clips, data_dir)
+    assert _left(data_dir) == []
+
+
+@pytest.mark.slow  # a rare stop: a second Ctrl-C within the removal of the partial output
+def test_a_second_ctrl_c_while_the_partial_output_is_removed_still_removes_it(clips, tmp_path):
+    """Ctrl-C midway, then Ctrl-C again as TFDS removes its `incomplete.*` folder (its one
+    file, the train split's shard, gone): TFDS's removal stops there, and the builder
+    finishes it with Ctrl-C held (a third, sent as that removal starts, is held too):
+    nothing is left, and the command ends in its one line with status 130."""
+    data_dir = str(tmp_path / "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, signal.SIGINT, after=3, again=signal.SIGINT)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1].endswith(
+        "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was kept: run the same "
+        "command again to build it"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert _left(data_dir) == []
 
 

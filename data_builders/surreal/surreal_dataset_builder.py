@@ -162,17 +162,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         `<config>/incomplete.*` and removes it when an exception (Ctrl-C's included) leaves
         the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
         it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
-        (`console.sigterm_cleans_up`). A full disk or quota is `disk_space.DiskFull` naming
+        (`console.sigterm_cleans_up`); a second Ctrl-C that cuts TFDS's removal short is
+        held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
         the build's folder, the space left and the fix. As TFDS's own command (`tfds build`,
         but for a worker of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a
         full disk end in one line, not a traceback (status 130 and 1)."""
         name = f"{self.name}/{self.builder_config.name}"
+        self._partial = None
         try:
             # The space left once TFDS removed the partial build: a write TFDS makes after
             # `_download_and_prepare` (the build's metadata), which that one does not report.
             with console.sigterm_cleans_up(), self._full_disk_reported(
                     measured="once the partial build was removed"):
-                super().download_and_prepare(*args, **kwargs)
+                try:
+                    super().download_and_prepare(*args, **kwargs)
+                except BaseException:
+                    with console.stop_signals_held():
+                        self._remove_partial_build()
+                    raise
         except KeyboardInterrupt:
             if not _is_tfds_command():
                 raise
@@ -196,8 +203,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             then="Nothing of this build was kept: free space (or raise the quota) and run "
                  "the same command again", measured=measured)
 
+    def _remove_partial_build(self) -> None:
+        """Removes this build's `incomplete.*` folder where TFDS's own removal was cut short
+        (a second Ctrl-C during it)."""
+        if self._partial is not None and self._partial.exists():
+            self._partial.rmtree()
+
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: tfds.download.DownloadConfig) -> None:
+        # Here TFDS has pointed the builder at its `incomplete.*` folder.
+        self._partial = self.data_path
         # The space left as the write failed, before TFDS removes the partial build.
         with self._full_disk_reported():
             self._build(dl_manager, download_config)
