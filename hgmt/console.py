@@ -263,6 +263,21 @@ def stop_signals_held() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def stop_behind(error: BaseException) -> BaseException | None:
+    """The stop that `error` is, or was raised while handling (its `__cause__` or
+    `__context__`, followed down): a Ctrl-C's KeyboardInterrupt or SIGTERM's unwinding
+    (`sigterm_cleans_up`); None for another error. Apache Beam's DirectRunner raises a
+    RuntimeError naming the step in place of what stopped the step's code; the stop itself
+    is what its handlers must see."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (KeyboardInterrupt, _Terminated)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived while `sigterm_cleans_up` held: unwinds the stack like Ctrl-C."""
 

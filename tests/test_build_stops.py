@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import tensorflow_datasets as tfds
@@ -59,27 +60,55 @@ def clips(tmp_path_factory):
     return root
 
 
-def _tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
-                timeout=600, again=0):
+def _start_tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
+                      again=0):
+    """`_TFDS_BUILD` started, its output into files (a pipe not read while the test waits
+    would fill and stop it)."""
     script = tmp_path / "tfds_build.py"
     script.write_text(_TFDS_BUILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
     # In a session of its own, so that a build that does not end is ended with its workers.
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(int(signum)), str(after), str(int(again)), "build",
-         "surreal",
-         "--imports=data_builders.surreal", f"--manual_dir={root}", f"--data_dir={data_dir}",
-         *configs, "--file_format=array_record"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, str(script), str(int(signum)), str(after), str(int(again)),
+             "build", "surreal", "--imports=data_builders.surreal", f"--manual_dir={root}",
+             f"--data_dir={data_dir}", *configs, "--file_format=array_record"],
+            cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True)
+
+
+def _ended(process, tmp_path, timeout=600):
+    """The started build's end: its status and output."""
     try:
-        out, err = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"the build did not end within {timeout} s: {err[-3000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        process.wait()
+        pytest.fail(f"the build did not end within {timeout} s: "
+                    f"{(tmp_path / 'err.txt').read_text()[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode,
+                                       (tmp_path / "out.txt").read_text(),
+                                       (tmp_path / "err.txt").read_text())
+
+
+def _tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
+                timeout=600, again=0):
+    return _ended(_start_tfds_build(tmp_path, root, data_dir, signum, after, configs, again),
+                  tmp_path, timeout)
+
+
+def _session(pid):
+    """The processes of the session `pid` leads (a build and the workers it started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (OSError, ValueError):  # not a process, or one that just ended
+            continue
+        if entry.isdigit() and int(fields[3]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
 
 
 def _left(data_dir):
@@ -193,6 +222,56 @@ def test_a_second_ctrl_c_while_the_partial_output_is_removed_still_removes_it(cl
         "command again to build it"), done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert _left(data_dir) == []
+
+
+@pytest.mark.slow  # the Beam path
+@pytest.mark.parametrize("signum, status, line", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was "
+                         "kept: run the same command again to build it"),
+    (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
+def test_a_beam_build_in_one_process_stopped_midway_ends_as_the_python_path_does(
+        signum, status, line, clips, tmp_path):
+    """Beam's DirectRunner in this process (`direct_num_workers=1`, its default) raises a
+    RuntimeError naming the step in place of the Ctrl-C or SIGTERM that stopped its code: the
+    build still ends as the Python path's does, in the signal's one line and status, with
+    nothing partial left."""
+    data_dir = str(tmp_path / "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, signum, after=3, configs=(
+        "--config=all", "--beam_pipeline_options=direct_num_workers=1"), timeout=300)
+    assert done.returncode == status, done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1].endswith(line), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert _left(data_dir) == []
+
+
+@pytest.mark.slow  # the Beam path, on worker processes
+def test_sigterm_to_a_beam_build_on_worker_processes_ends_it_and_its_workers(clips, tmp_path):
+    """SIGTERM to `tfds build` and its process group, as a scheduler's cancel sends it, once
+    Beam's DirectRunner has started its 2 worker processes (`direct_running_mode=
+    multi_processing`, the Beam path of docs/building.md): the workers end, the command ends
+    in its line and SIGTERM's status with nothing partial left. (Beam's threads that waited
+    for the workers print their `RuntimeError: Worker subprocess exited` before it. A stop of
+    the command alone, its workers left running, is not tested: Beam then waits for them
+    for ever, docs/building.md.)"""
+    data_dir = str(tmp_path / "tfds")
+    process = _start_tfds_build(tmp_path, clips, data_dir, configs=(
+        "--config=all", "--beam_pipeline_options=direct_num_workers=2,"
+                        "direct_running_mode=multi_processing"))
+    deadline = time.monotonic() + 120
+    while len(_session(process.pid)) < 5 and process.poll() is None:  # the command, 2 x 2
+        assert time.monotonic() < deadline, "no Beam workers within 120 s"
+        time.sleep(0.05)
+    assert process.poll() is None, "the build ended before its Beam workers started"
+    os.killpg(process.pid, signal.SIGTERM)
+    done = _ended(process, tmp_path, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1].endswith(
+        "stopped by SIGTERM; nothing partial was left behind"), done.stderr[-3000:]
+    assert _left(data_dir) == []
+    deadline = time.monotonic() + 30
+    while (left := _session(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], "Beam's workers outlived the build"
 
 
 @pytest.mark.slow  # an option off by default: tfds build --num-processes

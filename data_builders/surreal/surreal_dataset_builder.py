@@ -162,8 +162,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         `<config>/incomplete.*` and removes it when an exception (Ctrl-C's included) leaves
         the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
         it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
-        (`console.sigterm_cleans_up`); a second Ctrl-C that cuts TFDS's removal short is
-        held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
+        (`console.sigterm_cleans_up`), also where Beam's DirectRunner wrapped the stop in its
+        RuntimeError (`console.stop_behind`); a second Ctrl-C that cuts TFDS's removal short
+        is held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
         the build's folder, the space left and the fix. As TFDS's own command (`tfds build`,
         but for a worker of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a
         full disk end in one line, not a traceback (status 130 and 1)."""
@@ -176,10 +177,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     measured="once the partial build was removed"):
                 try:
                     super().download_and_prepare(*args, **kwargs)
-                except BaseException:
+                except BaseException as e:
                     with console.stop_signals_held():
                         self._remove_partial_build()
-                    raise
+                    stop = console.stop_behind(e)
+                    if stop is None or stop is e:
+                        raise
+                    raise stop from None  # not Beam's RuntimeError in its place
         except KeyboardInterrupt:
             if not _is_tfds_command():
                 raise
