@@ -5,6 +5,7 @@ exactly what the Python path builds; decoded examples reproduce the source files
 import collections
 import json
 import os
+import pickle
 import re
 
 import numpy as np
@@ -233,6 +234,16 @@ def test_the_builders_default_config_is_every10(tmp_path):
     """`surreal` without a config is surreal/every10, as the docs say (TFDS reads
     DEFAULT_BUILDER_CONFIG_NAME; without it the first config, middle, was the default)."""
     assert tfds.builder("surreal", data_dir=str(tmp_path)).builder_config.name == "every10"
+
+
+def test_a_builder_sent_to_another_process_keeps_its_file_format(tmp_path):
+    """`tfds build --num-processes` pickles each config's builder to a pool's worker, which
+    builds it anew from the arguments the builder kept: without file_format among them, the
+    workers wrote tfrecord shards under --file_format=array_record."""
+    builder = tfds.builder("surreal/middle", data_dir=str(tmp_path), file_format="array_record")
+    copy = pickle.loads(pickle.dumps(builder))
+    assert copy.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    assert copy.builder_config.name == "middle" and copy.data_dir == builder.data_dir
 
 
 def test_a_manual_dir_naming_cmu_itself_is_told_to_give_its_parent(tmp_path):

@@ -101,6 +101,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     python -m hgmt.sources.synthetic --out_dir=DIR. The build guide: docs/building.md.
     """
 
+    def __init__(self, *, file_format: str | tfds.core.FileFormat | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(file_format=file_format, **kwargs)
+        # A builder is pickled as the arguments DatasetBuilder keeps (data_dir, config,
+        # version): without file_format, the builders `tfds build --num-processes` sends to
+        # its workers write tfrecord shards whatever --file_format says.
+        self._original_state["file_format"] = file_format
+
     def _info(self) -> tfds.core.DatasetInfo:
         h, w = camera.IMAGE_HEIGHT, camera.IMAGE_WIDTH
         f32 = np.float32
