@@ -30,6 +30,27 @@ def test_backproject_inverts_projection(real_info_path):
     np.testing.assert_allclose(back, cam, atol=1e-9)
 
 
+def test_the_camera_maps_a_known_point_to_the_pixel_and_ray_by_hand():
+    """SURREAL's camera at camLoc (cx, cy, cz) sees world (X, Y, Z) at camera (cz - Z, Y - cy,
+    cx - X) (x right, y down, depth along world -x; docs/surreal_format.md): camLoc (6, -1, 2)
+    and (2, -0.8, 1.6) -> (0.4, 0.2, 4) m -> u = 600 * 0.4 / 4 + 160 = 220, v = 600 * 0.2 / 4
+    + 120 = 150. `ray_lengths` at pixel (u, v) is |((u - 160) / 600, (v - 120) / 600, 1)|: 1 at
+    the principal point (160, 120), sqrt(1 + (160/600)^2 + (120/600)^2) = sqrt(10) / 3 at
+    (0, 0), and at (319, 239) sqrt(1 + (159/600)^2 + (119/600)^2)."""
+    cam_loc, point = np.array([6.0, -1.0, 2.0]), np.array([2.0, -0.8, 1.6])
+    np.testing.assert_allclose(camera.world_to_camera(point, cam_loc), [0.4, 0.2, 4.0],
+                               atol=1e-12)
+    np.testing.assert_allclose(camera.project(point, cam_loc), [220.0, 150.0], atol=1e-9)
+    np.testing.assert_allclose(camera.backproject(np.array([220.0, 150.0]), np.array(4.0)),
+                               [0.4, 0.2, 4.0], atol=1e-12)
+    rays = camera.ray_lengths()
+    assert rays.shape == (240, 320)
+    assert rays[120, 160] == pytest.approx(1.0, abs=1e-12)
+    assert rays[0, 0] == pytest.approx(np.sqrt(10) / 3, abs=1e-12)
+    assert rays[239, 319] == pytest.approx(np.sqrt(1 + (159 / 600) ** 2 + (119 / 600) ** 2),
+                                           abs=1e-12)
+
+
 def test_label_maps_match_design():
     assert body.JOINT_NAMES[6] == "pelvis" and len(body.JOINT_NAMES) == 16
     smpl = dict(zip(body.JOINT_NAMES, body.SMPL_TO_JOINT.tolist(), strict=True))
