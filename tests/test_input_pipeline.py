@@ -36,6 +36,41 @@ def test_crop_window_matches_design():
     np.testing.assert_allclose(corners, [[-0.5, -0.5], [63.5, 63.5]])
 
 
+def test_a_person_box_of_one_point_is_the_least_window_around_it():
+    """All 16 joints at (50, 60): no width or height to widen, so the window is the least
+    side, 8 px, centred on the point; a 2 px wide line widens to 3 px, still 8."""
+    centre, side = cropping.person_box(np.full((16, 2), [50.0, 60.0]))
+    assert side == cropping.MIN_WINDOW_SIDE_PX == 8.0
+    np.testing.assert_array_equal(centre, [50.0, 60.0])
+    line = np.full((16, 2), [50.0, 60.0])
+    line[0, 0] = 52.0  # x 50..52: widened to 49.5..52.5 (3 px), centre 51
+    centre, side = cropping.person_box(line)
+    assert side == 8.0
+    np.testing.assert_allclose(centre, [51.0, 60.0])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_rotated_crop_turns_the_window_counter_clockwise(flip):
+    """A window of side 16 around (100, 80) cut at 16 px (one crop px per image px), rotated
+    by +30 deg: the image px 10 right of the centre lands at c + 10 (cos 30, -sin 30) (up and
+    right in the crop, y down: the content turns counter-clockwise, as cv2's
+    getRotationMatrix2D), 10 below at c + 10 (sin 30, cos 30), c = (16 - 1) / 2; mirrored,
+    the crop's x is reflected about c."""
+    m = cropping.crop_affine(np.array([100.0, 80.0]), 16.0, 16, 30.0, flip)
+    c, cos, sin = 7.5, np.sqrt(3) / 2, 0.5
+    points = np.array([[110.0, 80.0], [100.0, 90.0], [100.0, 80.0]])
+    expected = np.array([[c + 10 * cos, c - 10 * sin], [c + 10 * sin, c + 10 * cos], [c, c]])
+    if flip:
+        expected[:, 0] = 2 * c - expected[:, 0]
+    np.testing.assert_allclose(points @ m[:, :2].T + m[:, 2], expected, atol=1e-12)
+    # cv2's rotation by +30 about the centre, moved to the crop's centre: the same map.
+    import cv2
+
+    rot = cv2.getRotationMatrix2D((100.0, 80.0), 30.0, 1.0) + [[0, 0, c - 100], [0, 0, c - 80]]
+    if not flip:
+        np.testing.assert_allclose(m, rot, atol=1e-12)
+
+
 def test_cropped_example_is_consistent(source):
     ex = source[0]
     out = cropping.crop_example(ex, 64, ip.Augment.none())
