@@ -106,6 +106,90 @@ def test_device_flip_swaps_left_and_right(source):
                                   plain["joints3d"])
 
 
+def test_device_sampling_at_known_fractions_and_the_frame_edge():
+    """A 6 x 8 frame of distinct values sampled at crop px (u, v) -> frame px (u + dx, v + dy)
+    (an affine translating by -dx, -dy; cv2 and the device invert it alike), by hand. Nearest
+    at dx = dy = 0.5 and at 0.6: the px at floor(x + 0.5) = (u + 1, v + 1) (not round half to
+    even: u = 0 at x = 0.5 takes px 1, as cv2's INTER_NEAREST), 0 past the frame (crop px 7
+    samples x = 7.5 or 7.6, px 8). cv2 agrees but at exactly x = 7.5 (y = 5.5), where OpenCV
+    5.1 takes the last px. Bilinear at dx = 0.25, dy = 0.75: weights (1 - fx)(1 - fy) = 3/16,
+    fx (1 - fy) = 1/16, (1 - fx) fy = 9/16, fx fy = 3/16 on the four px right and below, those
+    past the frame 0 (cv2's constant border)."""
+    import cv2
+
+    h, w = 6, 8
+    frame = ((np.arange(h * w) * 37) % 251).reshape(h, w).astype(np.uint8)
+    padded = np.zeros((h + 1, w + 1), np.float64)
+    padded[:h, :w] = frame
+
+    def shift(dx: float, dy: float) -> np.ndarray:
+        return np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy]], np.float32)
+
+    expected = np.zeros((w, w), np.uint8)
+    expected[:h - 1, :w - 1] = frame[1:, 1:]
+    for d in (0.5, 0.6):
+        near = np.asarray(jax.jit(da.warp_nearest, static_argnums=2)(frame, shift(d, d), w))
+        np.testing.assert_array_equal(near, expected, err_msg=str(d))
+        opencv = cv2.warpAffine(frame, shift(d, d), (w, w), flags=cv2.INTER_NEAREST)
+        inside = (slice(None), slice(None)) if d == 0.6 else (slice(h - 1), slice(w - 1))
+        np.testing.assert_array_equal(near[inside], opencv[inside], err_msg=str(d))
+    bilinear = np.asarray(jax.jit(da.warp_bilinear, static_argnums=2)(frame[..., None],
+                                                                    shift(0.25, 0.75), w))
+    by_hand = np.zeros((w, w))
+    by_hand[:h, :w] = (3 * padded[:h, :w] + padded[:h, 1:] + 9 * padded[1:, :w]
+                       + 3 * padded[1:, 1:]) / 16
+    np.testing.assert_allclose(bilinear[..., 0], by_hand, atol=1e-4)
+    opencv = cv2.warpAffine(frame, shift(0.25, 0.75), (w, w), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT)
+    assert np.abs(opencv - np.round(by_hand)).max() <= 1
+
+
+def test_device_crop_affine_and_box_are_the_hand_derived_ones():
+    """`da.crop_affine`'s map of a window of side 16 around (100, 80) at 16 px rotated +30 deg
+    (the host test's hand values, test_input_pipeline: image px 10 right of the centre -> c +
+    10 (cos 30, -sin 30), c = 7.5; mirrored, x reflected about c), and `da.person_box` of one
+    point: the least side, 8 px, around it."""
+    c, cos, sin = 7.5, np.sqrt(3) / 2, 0.5
+    points = np.array([[110.0, 80.0], [100.0, 90.0]])
+    for flip in (False, True):
+        m = np.asarray(jax.jit(da.crop_affine, static_argnums=2)(
+            np.array([[100.0, 80.0]], np.float32), np.array([16.0], np.float32), 16,
+            np.array([30.0], np.float32), np.array([flip])))[0]
+        expected = np.array([[c + 10 * cos, c - 10 * sin], [c + 10 * sin, c + 10 * cos]])
+        if flip:
+            expected[:, 0] = 2 * c - expected[:, 0]
+        np.testing.assert_allclose(points @ m[:, :2].T + m[:, 2], expected, atol=1e-4)
+    centre, side = jax.jit(da.person_box)(np.full((1, 16, 2), [50.0, 60.0], np.float32))
+    np.testing.assert_array_equal(np.asarray(side), [8.0])
+    np.testing.assert_array_equal(np.asarray(centre), [[50.0, 60.0]])
+
+
+def test_the_gain_multiplies_the_rounded_warp_on_both_paths():
+    """A crafted frame of columns alternating 100, 101 and joints whose box is 48 x 48 px
+    around (116.4, 113.5) (x 100.4..132.4 widened by 8 either side, y 100..130 by 10.5 above
+    and 7.5 below), cut at 48 px: one crop px per frame px, crop px (u, v) sampling frame px
+    (u + 92.9, v + 90), so 0.1 I[u + 92] + 0.9 I[u + 93]: 100.9 at even u, 100.1 at odd. The
+    host's warp writes it as uint8 (101, 100), then the gain 1.501 rounds again: 152 and 150.
+    The device rounds where the host does (a gain of the unrounded 100.9 would make 151)."""
+    image = np.zeros((240, 320, 3), np.uint8) + (100 + np.arange(320) % 2).astype(np.uint8)[
+        None, :, None]
+    joints = np.full((24, 2), [100.4, 100.0], np.float32)
+    joints[body.SMPL_TO_JOINT[0]] = [132.4, 130.0]
+    record = {"image": image, "joints2d": joints, "joints3d": np.zeros((24, 3), np.float32),
+              "cam_loc": np.zeros(3, np.float32)}
+    centre, side = cropping.person_box(joints[body.SMPL_TO_JOINT].astype(np.float64))
+    np.testing.assert_allclose([*centre, side], [116.4, 113.5, 48.0], atol=1e-5)
+    expected = np.where(np.arange(48) % 2 == 0, 152, 150)[None, :, None] + np.zeros((48, 1, 3))
+    params = cropping.CropParams(gain=(1.501, 1.501, 1.501))
+    host = cropping.crop_with(record, 48, params, tasks=())
+    np.testing.assert_array_equal(host["image"], expected)
+    device = jax.jit(da.crop_batch, static_argnums=(2, 3))(
+        {k: v[None] for k, v in record.items()},
+        {"scale": np.ones(1, np.float32), "rotation": np.zeros(1, np.float32),
+         "flip": np.zeros(1, bool), "gain": np.full((1, 3), 1.501, np.float32)}, 48, ())
+    np.testing.assert_array_equal(np.asarray(device["image"])[0], expected)
+
+
 def _std_and_se(x: np.ndarray) -> tuple[float, float]:
     """The sample standard deviation of x (all its values) and its standard error, by the
     delta method from the sample's fourth central moment (no normality assumed: the scale and
