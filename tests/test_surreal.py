@@ -237,6 +237,28 @@ def test_frame_problem_and_middle_frame():
     assert frame_selection.middle_frame(1) == 0
 
 
+def test_the_frames_edges_count_as_inside():
+    """The image's last column and row (x 319, y 239) and its first (0) hold a joint inside it:
+    8 of 16 there and 8 beyond the edge keep the frame, 8 half a pixel further out do not.
+    The references' centre of the 1-based box, (lo + hi + 1) / 2 of the 1-based joints
+    (test_reference_frame_problem_follows_the_reference_loaders' formula), is inside up to
+    exactly 320 (x) and 240 (y): 0-based x 318 and 319 -> (319 + 320 + 1) / 2 = 320."""
+    j = body.SMPL_TO_JOINT
+    for axis, last in ((0, 319.0), (1, 239.0)):
+        for edge in (0.0, last):
+            joints = np.full((24, 2), 100.0)
+            joints[j[:8], axis] = edge
+            joints[j[8:], axis] = 400.0 if edge else -5.0
+            assert frame_selection.frame_problem(joints) is None, (axis, edge)
+            joints[j[:8], axis] = edge + (0.5 if edge else -0.5)
+            assert frame_selection.frame_problem(joints) == "person_outside", (axis, edge)
+        joints = np.full((24, 2), 100.0)
+        joints[j[:8], axis], joints[j[8:], axis] = last - 1, last
+        assert frame_selection.reference_frame_problem(joints) is None, axis
+        joints[j[:8], axis] = last - 0.5  # centre 320.25 (x), 240.25 (y)
+        assert frame_selection.reference_frame_problem(joints) == "centre_outside", axis
+
+
 def test_reference_frame_problem_follows_the_reference_loaders():
     """surreal training/loader_SURREAL.lua:47-52 (joints + 1, all 16 at (1, 239): nil) and
     donkey.lua:118-119 (getCenter of the 1-based joints outside [1, 320] x [1, 240]: nil),
