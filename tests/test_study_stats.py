@@ -1,10 +1,12 @@
-"""hgmt.study.stats: Welch's t-test and Holm's correction against examples worked by hand."""
+"""hgmt.study.stats: Welch's t-test and Holm's correction against examples worked by hand;
+hgmt.study.comparable's pick of the runs to evaluate again."""
 
 import math
 
 import pytest
 
-from hgmt.study import stats
+from hgmt.evaluation import metrics_versions, protocols
+from hgmt.study import comparable, stats
 
 
 def test_welch_matches_a_hand_worked_example():
@@ -125,3 +127,33 @@ def test_a_holm_adjusted_p_of_exactly_alpha_is_no_detectable_change():
     judged = stats.judge({"a": {"p": 0.025, "change": 1.0}, "b": {"p": 0.025, "change": -1.0}})
     assert [judged[k]["p_holm"] for k in "ab"] == [stats.ALPHA, stats.ALPHA]
     assert {judged[k]["verdict"] for k in "ab"} == {stats.UNDETECTED}
+
+
+def test_spread_is_the_sample_standard_deviation():
+    """[1, 2, 3, 4]: mean 2.5, squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5, over
+    n - 1 = 3: variance 5/3 (over n it would be 5/4). One seed has no spread."""
+    assert stats.spread([1.0, 2.0, 3.0, 4.0]) == pytest.approx(math.sqrt(5 / 3))
+    assert stats.spread([0.79, 0.81]) == pytest.approx(math.sqrt(2) * 0.01)
+    assert stats.spread([0.8]) is None
+    assert stats.mean([1.0, 2.0, 3.0, 4.0]) == 2.5
+
+
+def test_holm_caps_each_adjusted_p_at_one():
+    """(0.6, 0.7): 2 x 0.6 = 1.2 and 1 x 0.7 raised to 1.2, each capped at 1; (0.3, 0.9):
+    0.6, then 0.9, neither capped."""
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    assert stats.holm([0.9, 0.3]) == pytest.approx([0.9, 0.6])
+
+
+def test_runs_evaluated_unlike_are_evaluated_again_as_todays_evaluation_would_be():
+    """Two runs under an older version of the metric definitions against one under today's:
+    the larger group is the older one, but hgmt.evaluate gives today's definitions, so the
+    runs to evaluate again are the two older ones, not the one already as today."""
+    version = metrics_versions.metrics_version("hgmt")
+    window = protocols.window("hgmt", "hgmt")
+    today = (240, "test", "every4", False, version, window)
+    older = today[:4] + (version - 1, window)
+    with pytest.raises(ValueError, match=r"Evaluate b, c again as the others, for each <run>"):
+        comparable.check_evaluated_alike(
+            "sweep", "hgmt", {"a": today, "b": older, "c": older}, dict.fromkeys("abc", 0),
+            dict.fromkeys("abc", "eval_test.json"))
