@@ -270,7 +270,11 @@ def test_largest_gain_at_a_wrist_or_ankle(task, multi, interval):
     come last: 15 * 0.0036 = 0.054, not detectable."""
     rule = claims.largest_gains_at_wrists_and_ankles
     study = _items_study(task, "l_ankle")
-    assert study[task]["per_item_tests"]["l_ankle"]["p"] == pytest.approx(0.000651, abs=1e-6)
+    t = study[task]["per_item_tests"]["l_ankle"]
+    assert t["p"] == pytest.approx(0.000651, abs=1e-6)
+    # the per-joint table's test is signed as the metric reads: + = better for MJD too
+    assert (t["change"], t["verdict"]) == (pytest.approx(float(interval.split()[0])),
+                                           claims.BETTER)
     verdict, evidence = rule(study)
     assert verdict == AGREES
     assert evidence == (f"{task}: {multi} improves l_ankle most ({interval}, p (Holm) 0.02), "
@@ -419,3 +423,65 @@ def test_report_lists_the_claims(tmp_path):
     with pytest.raises(SystemExit, match="note_file=.*missing.md not found"):
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}",
                           f"--note_file={tmp_path / 'missing.md'}"])
+
+
+def test_every_task_benefits_is_unresolved_when_a_task_is_worse_in_only_some_combinations():
+    """depth (RMSE, lower is better) 0.1 worse in pose2d+depth (0.6 against 0.5, seed sd 0.01
+    on both sides: t = 0.1 / (0.01 sqrt(2/3)) = 12.25 with 4 degrees of freedom, p = 0.000255,
+    times at most 28 in Holm's order: 0.0071, worse) and no different in its 6 other
+    combinations (p 1): not better anywhere, but not worse in every combination either, so
+    unresolved, not a disagreement; the other three tasks are each better in one
+    combination (`test_every_task_benefits_from_some_combination`: worse in all 7, depth
+    disagrees)."""
+    values = {t: {t: _seeds(0.5)} for t in claims.PAPER_TASKS}
+    combos = [s for s in ("+".join(c) for c in claims.all_subsets())
+              if "+" in s and set(s.split("+")) <= set(claims.PAPER_TASKS)]
+    values |= {s: {t: _seeds(0.5) for t in s.split("+")} for s in combos}
+    values["pose2d+segm"] = {"pose2d": _seeds(0.6), "segm": _seeds(0.6)}
+    values["pose3d+depth"] = {"pose3d": _seeds(0.4), "depth": _seeds(0.5)}  # MJD: lower
+    values["pose2d+depth"] = {"pose2d": _seeds(0.5), "depth": _seeds(0.6)}
+    verdict, evidence = claims.every_task_benefits(_study(values))
+    assert verdict == UNRESOLVED
+    assert "depth: no combination detectably better (largest: " in evidence, evidence
+    assert "worse in every combination" not in evidence
+    assert evidence.endswith("[Holm over this conclusion's 28 tests]")
+
+
+def test_all_four_beating_every_rival_is_not_enough_against_the_isolated_pose2d():
+    """The four-task model 0.1 below the isolated pose2d (0.80 against 0.90) and 0.1 above
+    each of the 6 rivals (0.70), seed sd 0.01 everywhere: each of the 7 tests has
+    t = 0.1 / (0.01 sqrt(2/3)) = 12.25 with 4 degrees of freedom, p = 0.000255, Holm over 7:
+    0.0018. Beating every rival does not make it the best when the isolated model is
+    detectably better: the conclusion disagrees, on the worse change; its interval is
+    -0.1 +- 2.776 * 0.008165 = [-0.123, -0.077]. With the isolated model at 0.80 and the
+    four-task one at 0.805 (t = 0.005 / 0.008165 = 0.61, p = 0.57, last in Holm's order) the
+    gain over the isolated model is not detectable: unresolved, rivals beaten or not."""
+    rule = claims.all_four_best_for_pose2d
+    rivals = {s: 0.70 for s in claims._subsets_with("pose2d")
+              if s not in ("pose2d", claims.ALL_FOUR)}
+    values = _pose2d_subsets({"pose2d": 0.90, claims.ALL_FOUR: 0.80} | rivals)
+    assert rule(_study(values)) == (
+        DISAGREES, f"pose2d in {claims.ALL_FOUR}: -0.1 [-0.12, -0.077], p (Holm) 0.0018, worse "
+                   f"[Holm over this conclusion's 7 tests]")
+    values = _pose2d_subsets({"pose2d": 0.80, claims.ALL_FOUR: 0.805} | rivals)
+    assert rule(_study(values)) == (
+        UNRESOLVED, f"pose2d in {claims.ALL_FOUR}: +0.005 [-0.018, +0.028], p (Holm) 0.57, no "
+                    f"detectable change [Holm over this conclusion's 7 tests]")
+
+
+def test_all_four_best_for_pose2d_reads_the_metrics_direction():
+    """The same study with every PCKh negated and lower called better (as a pose2d error
+    metric would be) is the same study: the four-task model is still 0.1 better than the
+    isolated model and than each rival (`test_all_four_tasks_best_for_pose2d`), so the
+    verdict and evidence are the same. The rivals' tests read the direction as the isolated
+    model's does."""
+    study = _study(_pose2d_subsets({claims.ALL_FOUR: 0.90}))
+    e = study["pose2d"]
+    flipped = {"pose2d": e | {"higher_is_better": False,
+                              "values": {s: [-v for v in vs] for s, vs in e["values"].items()},
+                              "subsets": {s: -v for s, v in e["subsets"].items()}}}
+    expected = (AGREES, f"pose2d in {claims.ALL_FOUR}: +0.1 [+0.077, +0.12], p (Holm) 0.0018, "
+                        f"better; better than each other combination [Holm over this "
+                        f"conclusion's 7 tests]")
+    assert claims.all_four_best_for_pose2d(study) == expected
+    assert claims.all_four_best_for_pose2d(flipped) == expected
