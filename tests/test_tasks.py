@@ -522,3 +522,57 @@ def test_depth_prediction_is_each_bins_centre_in_millimetres():
     rel = result["depth_rel_mm"]
     assert np.isnan(rel[0, 0])
     np.testing.assert_allclose(rel.ravel()[1:], [-427.5, -22.5, 382.5], rtol=1e-6)
+
+
+def test_crop_mirror_is_the_sign_of_the_affines_determinant():
+    """A crop mirrors the image where its linear part has a negative determinant, whatever its
+    rotation: a plain flip diag(-1, 1) (det -1) mirrors; a half turn diag(-1, -1) (det +1)
+    does not, though its x axis is reversed too; the swap of x and y [[0, 1], [1, 0]] (det
+    -1, a flip then a quarter turn) mirrors though its x-to-x entry is 0; scale is no part."""
+    crops = jnp.asarray([[[-1, 0, 15], [0, 1, 0]], [[-1, 0, 15], [0, -1, 15]],
+                         [[0, 1, 0], [1, 0, 0]], [[0.5, 0, 3], [0, 0.5, 2]]], jnp.float32)
+    assert np.asarray(common.crop_mirror(crops)).tolist() == [-1.0, 1.0, -1.0, 1.0]
+
+
+def test_pose3d_reads_the_bin_at_the_rounded_sub_pixel_peak():
+    """decode's bin is the argmax of the joint's 19 channels at label px (round(x),
+    round(y)). Joint 0's volume is a sigma-1 Gaussian in (x, y) centred at (5.6, 5.0) (its
+    sub-pixel peak, exact for a Gaussian) that is one-hot in bin +3 at columns x >= 6 and in
+    bin -2 left of them: round(5.6) = 6 reads bin +3, so joint 0 decodes at the pelvis depth
+    6.0 m + 3 x 45 mm (truncating 5.6 to 5 would read bin -2, 6.0 - 0.09)."""
+    r = 16
+    yy, xx = np.mgrid[0:r, 0:r]
+    plane = np.exp(-((xx - 5.6) ** 2 + (yy - 5.0) ** 2) / 2)
+    vol = np.zeros((r, r, 16, 19), np.float32)  # [y, x, joint, bin + 9]
+    vol[..., 0, 3 + 9] = np.where(xx >= 6, plane, 0)
+    vol[..., 0, -2 + 9] = np.where(xx >= 6, 0, plane)
+    batch = {"crop": jnp.asarray(np.eye(2, 3)[None], jnp.float32),
+             "pelvis_depth": jnp.asarray([6.0], jnp.float32)}
+    dec = pose3d.decode(jnp.asarray(vol.reshape(1, r, r, 16 * 19)), batch)
+    assert float(dec["joints3d"][0, 0, 2]) == pytest.approx(6.0 + 3 * 0.045, abs=1e-6)
+
+
+def test_a_joint_on_the_left_or_top_edge_of_pixel_zero_is_visible():
+    """Pixel 0 spans [-0.5, 0.5), its left and top edge included: on an 8 x 8 map a joint at
+    x = -0.5 or y = -0.5 is visible, as one at x = 7.5 (the right edge of pixel 7, which
+    belongs to no pixel) is not."""
+    from hgmt.tasks import spec
+
+    joints = np.full((24, 2), 3.0)
+    for k, xy in enumerate([(-0.5, 3), (3, -0.5), (-0.5, -0.5), (7.5, 3)]):
+        joints[body.SMPL_TO_JOINT[k]] = xy
+    crop = spec.Crop({"joints2d": joints}, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 8, False,
+                     lambda record, key: None)
+    np.testing.assert_array_equal(spec.joint_labels(crop)["visible"], [1, 1, 1, 0] + [1] * 12)
+
+
+def test_depth_decodes_each_class_at_its_bins_centre_and_the_background_at_zero():
+    """depth.decode: class c > 0 is bin b = c - 10, at the pelvis depth plus (b - 0.5) x 45 mm;
+    the predicted background is 0 m. With the pelvis at 6 m, classes 1, 10, 19 (bins -9, 0, 9)
+    decode at 6 - 0.4275, 6 - 0.0225 and 6 + 0.3825 m, class 0 at 0."""
+    classes = np.array([[[0, 1], [10, 19]]])
+    dec = depth.decode(jnp.asarray(np.eye(20, dtype=np.float32)[classes]),
+                       {"pelvis_depth": jnp.asarray([6.0], jnp.float32)})
+    assert np.asarray(dec["depth_classes"]).tolist() == classes.tolist()
+    np.testing.assert_allclose(np.asarray(dec["depth_m"])[0],
+                               [[0.0, 6.0 - 0.4275], [6.0 - 0.0225, 6.0 + 0.3825]], atol=1e-6)
