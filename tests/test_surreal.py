@@ -34,13 +34,19 @@ def test_the_camera_maps_a_known_point_to_the_pixel_and_ray_by_hand():
     """SURREAL's camera at camLoc (cx, cy, cz) sees world (X, Y, Z) at camera (cz - Z, Y - cy,
     cx - X) (x right, y down, depth along world -x; docs/surreal_format.md): camLoc (6, -1, 2)
     and (2, -0.8, 1.6) -> (0.4, 0.2, 4) m -> u = 600 * 0.4 / 4 + 160 = 220, v = 600 * 0.2 / 4
-    + 120 = 150. `ray_lengths` at pixel (u, v) is |((u - 160) / 600, (v - 120) / 600, 1)|: 1 at
-    the principal point (160, 120), sqrt(1 + (160/600)^2 + (120/600)^2) = sqrt(10) / 3 at
+    + 120 = 150. `camera_depth` is the planar depth z = cx - X = 4, not the point's distance
+    from the camera centre |(0.4, 0.2, 4)| = sqrt(16.2), which a `_depth.mat` holds (z times
+    the ray length below); (3, 0, 2) is at camera (0, 1, 3): depth 3, distance sqrt(10).
+    `ray_lengths` at pixel (u, v) is |((u - 160) / 600, (v - 120) / 600, 1)|: 1 at the
+    principal point (160, 120), sqrt(1 + (160/600)^2 + (120/600)^2) = sqrt(10) / 3 at
     (0, 0), and at (319, 239) sqrt(1 + (159/600)^2 + (119/600)^2)."""
     cam_loc, point = np.array([6.0, -1.0, 2.0]), np.array([2.0, -0.8, 1.6])
     np.testing.assert_allclose(camera.world_to_camera(point, cam_loc), [0.4, 0.2, 4.0],
                                atol=1e-12)
     np.testing.assert_allclose(camera.project(point, cam_loc), [220.0, 150.0], atol=1e-9)
+    assert camera.camera_depth(point, cam_loc) == pytest.approx(4.0, abs=1e-12)
+    np.testing.assert_allclose(camera.camera_depth(np.stack([point, [3.0, 0.0, 2.0]]), cam_loc),
+                               [4.0, 3.0], atol=1e-12)  # (...,3) -> (...)
     np.testing.assert_allclose(camera.backproject(np.array([220.0, 150.0]), np.array(4.0)),
                                [0.4, 0.2, 4.0], atol=1e-12)
     rays = camera.ray_lengths()
