@@ -143,7 +143,9 @@ def _linear_rowcol(source: np.ndarray, length: int) -> np.ndarray:
         pos = np.arange(length - 1, dtype=np.float32) * step
         index = pos.astype(np.int64)
         frac = (pos - index.astype(np.float32)).reshape((-1,) + (1,) * (source.ndim - 1))
-        # When pos rounds to n - 1 exactly, C reads one past the end with weight 0.
+        # index + 1 stays below n at any crop's sizes (pos < n - 1 by (n - 1) / (length - 1),
+        # far above float32's rounding); the minimum only guards the read past the end that C
+        # would make, with weight 0, where pos rounded to n - 1.
         out[:-1] = (one - frac) * source[index] + frac * source[np.minimum(index + 1, n - 1)]
         out[-1] = source[-1]
         return out
