@@ -3860,3 +3860,46 @@ def test_a_predictor_refuses_a_batch_below_one_before_reading_the_checkpoint(tmp
     for batch_size in (0, -1):
         with pytest.raises(ValueError, match=f"^batch_size={batch_size}: give the number of "):
             prediction.Predictor(str(tmp_path), batch_size=batch_size)
+
+
+def _no_model_predictor(crop_metres: float = 2.35) -> prediction.Predictor:
+    """A Predictor with no model or checkpoint, for `_result`, which decodes given outputs:
+    the default camera and `crop_metres`."""
+    model = object.__new__(prediction.Predictor)
+    model.focal_px, model.crop_metres = None, crop_metres
+    return model
+
+
+def test_a_crops_label_pixels_map_back_to_the_original_images_pixels():
+    """A 24 x 16 image, the window bbox (4, 0, 16, 16) (centre (11.5, 7.5)) at 4 x 4 label px:
+    label px (col j, row i) is the 4 x 4 block of image columns 4 + 4j..7 + 4j and rows
+    4i..4i + 3 (label x = (x - 11.5) / 4 + 1.5, so image x 8 -> 0.625 and 11 -> 1.375 round
+    to column 1, by hand), whose centre is (5.5 + 4j, 1.5 + 4i). A heatmap peak at label
+    (col 2, row 1) is image (13.5, 5.5); a part class there fills image columns 12..15, rows
+    4..7, and nothing outside the window (columns 0..3 and 20..23); a depth class 12 at label
+    (col 1, row 2), bin 2, is (2 - 0.5) * 45 = 67.5 mm behind the pelvis, at image columns
+    8..11, rows 8..11. The pelvis depth is focal * crop metres / the window's side in SURREAL
+    px: 600 * 2.35 / (16 * 320 / 24) = 6.609375 m."""
+    image = np.zeros((16, 24, 3), np.uint8)
+    window = person.Window.given((4, 0, 16, 16))
+    np.testing.assert_array_equal(window.centre, [11.5, 7.5])
+    m_label = cropping.crop_affine(window.centre, window.side, 4)
+    raw = {t: np.zeros((4, 4, TASKS[t].NUM_CHANNELS), np.float32)
+           for t in ("pose2d", "segm", "depth")}
+    raw["pose2d"][1, 2, 0] = 1.0  # joint 0 at label (col 2, row 1)
+    raw["pose2d"][0, 3, 1] = 1.0  # joint 1 at label (col 3, row 0)
+    raw["segm"][1, 2, 5] = 1.0
+    raw["depth"][2, 1, 12] = 1.0
+    result = _no_model_predictor()._result(image, window, 1, np.zeros((16, 16, 3), np.uint8),
+                                           m_label, raw)
+    np.testing.assert_allclose(result["joints2d"][:2], [[13.5, 5.5], [17.5, 1.5]], atol=1e-4)
+    parts = np.zeros((16, 24), np.uint8)
+    parts[4:8, 12:16] = 5
+    np.testing.assert_array_equal(result["segm_image"], parts)
+    depth = np.zeros((16, 24), np.uint8)
+    depth[8:12, 8:12] = 12
+    np.testing.assert_array_equal(result["depth_image"], depth)
+    assert result["depth_rel_mm"][2, 1] == pytest.approx(67.5)
+    assert np.isnan(np.delete(result["depth_rel_mm"].ravel(), 2 * 4 + 1)).all()
+    assert float(result["frame"].batch["pelvis_depth"][0]) == pytest.approx(6.609375)
+
