@@ -3903,3 +3903,43 @@ def test_a_crops_label_pixels_map_back_to_the_original_images_pixels():
     assert np.isnan(np.delete(result["depth_rel_mm"].ravel(), 2 * 4 + 1)).all()
     assert float(result["frame"].batch["pelvis_depth"][0]) == pytest.approx(6.609375)
 
+
+def test_a_window_overlaps_an_image_when_it_shares_a_pixel():
+    """bbox (x, y, w, h) covers pixel columns x..x + w - 1: in a 20 x 10 image, (-10, 0, 10, 10)
+    ends at column -1 and (20, 0, 10, 10) starts at column 20 (both outside); one pixel in
+    ((-9, ...) ends at column 0, (19, ...) starts at column 19) overlaps; rows alike."""
+    shape = (10, 20, 3)
+    for bbox, inside in [((-10, 0, 10, 10), False), ((-9, 0, 10, 10), True),
+                         ((20, 0, 10, 10), False), ((19, 0, 10, 10), True),
+                         ((0, -10, 10, 10), False), ((0, -9, 10, 10), True),
+                         ((0, 10, 10, 10), False), ((0, 9, 10, 10), True)]:
+        assert person.Window.given(bbox).overlaps(shape) == inside, bbox
+    with pytest.raises(ValueError, match="wholly outside the 20 x 10 image"):
+        person.Window.given_in((20, 0, 10, 10), shape)
+
+
+def test_label_pixels_count_within_the_image_up_to_its_outer_pixel_edges():
+    """Label px 0..4 of one row whose centres fall at image x = k - offset: a 3 px wide image
+    spans x -0.5..2.5 (pixel centres at integers), so offset 0.55 puts label px 1..3 on it
+    (x 0.45..2.45; -0.55 and 3.45 are off) and offset 0.45 label px 0..2 (-0.45..1.45; 2.55 is
+    off); rows alike, with y for x."""
+    for offset, inside in [(0.55, [0, 1, 1, 1, 0]), (0.45, [1, 1, 1, 0, 0])]:
+        along_x = np.array([[1.0, 0.0, -offset], [0.0, 1.0, 0.0]])
+        np.testing.assert_array_equal(person._within_image((1, 5), along_x, (1, 3)),
+                                      [np.array(inside, bool)])
+        along_y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -offset]])
+        np.testing.assert_array_equal(person._within_image((5, 1), along_y, (3, 1)),
+                                      np.array(inside, bool)[:, None])
+
+
+def test_a_search_goes_on_when_the_window_moves_along_one_axis_only():
+    """A window of side 100 seen again 6 px to the right (more than CONVERGED * 100 = 5 px),
+    its y and side unchanged, has not converged: the search goes on; 5 px has."""
+    window = person.Window(np.array([50.0, 50.0]), 100.0, "joints (pose2d)")
+    moved = person.Window(np.array([56.0, 50.0]), 100.0, "joints (pose2d)")
+    assert not window.close_to(moved)
+    assert person.after_pass(window, moved, first_pass=True) == (moved, False)
+    near = person.Window(np.array([50.0, 55.0]), 105.0, "joints (pose2d)")
+    assert window.close_to(near)
+    assert person.after_pass(window, near, first_pass=True)[1]
+
