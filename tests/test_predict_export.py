@@ -3943,3 +3943,35 @@ def test_a_search_goes_on_when_the_window_moves_along_one_axis_only():
     assert window.close_to(near)
     assert person.after_pass(window, near, first_pass=True)[1]
 
+
+def test_a_streams_start_is_its_start_stamp_times_its_time_base_else_the_containers():
+    """A 25 fps stream's time base 1/25 s: a start stamp of 3 is 0.12 s; without one, the
+    container's start in microseconds (1500000 -> 1.5 s); without either, None."""
+    import fractions
+    from types import SimpleNamespace as Space
+
+    stream = Space(start_time=3, time_base=fractions.Fraction(1, 25))
+    assert video_file.start_time(Space(start_time=1_500_000), stream) == pytest.approx(0.12)
+    unstamped = Space(start_time=None, time_base=fractions.Fraction(1, 25))
+    assert video_file.start_time(Space(start_time=1_500_000), unstamped) == 1.5
+    assert video_file.start_time(Space(start_time=None), unstamped) is None
+
+
+def test_a_clip_that_gives_no_start_counts_from_its_first_frame():
+    """A clip whose file gives no start time: its first frame's stamp (10.04 s) becomes the
+    start, so its frames at 10.04, 10.08 and 10.16 s are at 0, 0.04 and 0.12 s, the start
+    recorded; batches of 2 frames."""
+    from types import SimpleNamespace as Space
+
+    clip = object.__new__(video_file.Clip)
+    clip.start_time_s = None
+    clip._stream = Space(sample_aspect_ratio=None)
+    frames = [Space(to_ndarray=lambda format, k=k: np.full((4, 6, 3), k, np.uint8), rotation=0,
+                    side_data=[]) for k in range(3)]
+    clip._shown = lambda: iter(zip([10.04, 10.08, 10.16], frames, strict=True))
+    batches = list(clip.batches(2))
+    assert [len(b[1]) for b in batches] == [2, 1]
+    np.testing.assert_allclose([t for b in batches for t in b[0]], [0.0, 0.04, 0.12],
+                               atol=1e-9)
+    assert clip.start_time_s == 10.04
+    assert [int(f[0, 0, 0]) for b in batches for f in b[1]] == [0, 1, 2]
