@@ -3975,3 +3975,24 @@ def test_a_clip_that_gives_no_start_counts_from_its_first_frame():
                                atol=1e-9)
     assert clip.start_time_s == 10.04
     assert [int(f[0, 0, 0]) for b in batches for f in b[1]] == [0, 1, 2]
+
+
+def test_the_jsons_window_and_image_numbers_are_in_image_pixels():
+    """A 24 x 16 image (W x H) predicted on bbox (3.25, -1.5, 7, 7) with crop metres 2.345678:
+    'image_size_px' is [W, H] = [24, 16]; 'bbox' is the bbox given back (`--bbox` takes it);
+    'crop_metres' is rounded to 4 decimals (2.3457); the crop's affine to 6 (crop_affine at 4
+    label px: scale 4 / 7, offset 1.5 - 4 / 7 * centre, centre (6.25, 1.5) -> x offset
+    1.5 - 25 / 7 = -2.0714286, y offset 1.5 - 6 / 7 = 0.6428571; a value of 1e-7 is 0)."""
+    from hgmt.tasks.spec import Frame
+
+    window = person.Window.given((3.25, -1.5, 7, 7))
+    m_label = cropping.crop_affine(window.centre, window.side, 4)
+    m_label[0, 1] = 1e-7
+    result = {"window": window, "frame": Frame({}, None, (16, 24)), "passes": 2,
+              "crop_metres": 2.345678, "crop": m_label}
+    out = result_outputs.to_json(result, [])
+    assert out["image_size_px"] == [24, 16]
+    np.testing.assert_allclose(out["bbox"], [3.25, -1.5, 7, 7], atol=1e-12)
+    assert out["crop_metres"] == 2.3457 and out["model_passes"] == 2
+    assert out["crop_affine_image_to_label"] == [[0.571429, 0.0, -2.071429],
+                                                 [0.0, 0.571429, 0.642857]]
