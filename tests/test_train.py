@@ -1282,3 +1282,70 @@ def test_the_trainer_takes_a_workdir_under_home_and_a_relative_data_dir(demo_dat
     loop.run(tiny_config("data", tasks="pose2d", total_steps=1), "~/run")
     assert trained == [(str(home / "run"), str(cwd / "data"))]
     assert os.listdir(cwd) == ["data"] and os.path.isdir(home / "run")
+
+
+
+def _toy_apply(variables: dict, images: jax.Array, train: bool = True,
+               mutable: list | None = None, axis_name: str | None = None) -> tuple[dict, dict]:
+    """A two-stage stand-in for the model (the train step's plumbing, not the network, is
+    under test): each example's mean colour x (B,3) scales learned per-channel logits, stage
+    s by s + 1; its BatchNorm statistic is the mean x of the batch over `axis_name`."""
+    import jax.numpy as jnp
+
+    x = images.astype(jnp.float32).mean(axis=(1, 2)) / 255.0
+    r = images.shape[1] // 4
+    outputs = {t: jnp.stack([(s + 1) * x[:, :1, None, None] * w + x[:, 1:2, None, None]
+                             * jnp.ones((x.shape[0], r, r, w.shape[0])) for s in range(2)])
+               for t, w in variables["params"].items()}
+    mean = x.mean(0)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    return outputs, {"batch_stats": {"mean": mean}}
+
+
+def test_the_train_step_over_two_devices_is_the_global_batchs_weighted_stage_sum():
+    """train_step's plumbing on a toy two-stage model (`_toy_apply`), pose2d weighted 3 and a
+    foreground-weighted segm weighted 0.5, 4 examples split over 2 devices, SGD of rate 1:
+    on each device the logged losses are the whole batch's, each task's the sum of its two stages'
+    losses computed directly on the 4 examples (`task.loss`, no device axis) and the total
+    their weighted sum; the parameters move by minus the gradient of that total (jax.grad
+    of it, again without devices); the BatchNorm statistic is the 4 examples' mean."""
+    import flax
+    import jax.numpy as jnp
+    import optax
+
+    from hgmt.tasks import TASKS
+    from tests.test_tasks import make_batch
+
+    weights, options = {"pose2d": 3.0, "segm": 0.5}, {"segm": {"foreground_weight": 4.0}}
+    batch = make_batch(seed=3, b=4, r=8)
+    batch["image"] = jnp.asarray(np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)),
+                                 jnp.uint8)
+    params = {"pose2d": jnp.linspace(-1.0, 1.0, 16), "segm": jnp.linspace(2.0, -1.0, 15)}
+    state = steps.TrainState.create(
+        apply_fn=functools.partial(_toy_apply, axis_name=devices.AXIS), params=params,
+        batch_stats={"mean": jnp.zeros(3)}, tx=optax.sgd(1.0))
+
+    def direct(p):  # the reference: the whole batch, no device axis, the stages by hand
+        outputs, _ = _toy_apply({"params": p}, batch["image"])
+        per_task = {t: sum(TASKS[t].loss(outputs[t][s], TASKS[t].targets(batch),
+                                         **options.get(t, {})) for s in (0, 1))
+                    for t in weights}
+        return sum(weights[t] * per_task[t] for t in weights), per_task
+
+    (total, per_task), grads = jax.jit(jax.value_and_grad(direct, has_aux=True))(params)
+    assert float(per_task["segm"]) > 0.1 and float(per_task["pose2d"]) > 1e-4
+    expected_params = jax.tree.map(lambda p, g: np.asarray(p - g), params, grads)
+    mean = np.asarray(batch["image"], np.float32).mean(axis=(1, 2)).mean(0) / 255.0
+    step = jax.pmap(functools.partial(steps.train_step, weights=weights, options=options),
+                    axis_name=devices.AXIS, devices=jax.devices()[:2])
+    new, metrics = step(flax.jax_utils.replicate(state, jax.devices()[:2]),
+                        jax.tree.map(lambda x: x.reshape((2, 2) + x.shape[1:]), batch))
+    for d in (0, 1):
+        assert float(metrics["loss/total"][d]) == pytest.approx(float(total), rel=1e-5)
+        for t in weights:
+            assert float(metrics[f"loss/{t}"][d]) == pytest.approx(float(per_task[t]),
+                                                                   rel=1e-5), (d, t)
+            np.testing.assert_allclose(np.asarray(new.params[t][d]), expected_params[t],
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{d} {t}")
+        np.testing.assert_allclose(np.asarray(new.batch_stats["mean"][d]), mean, rtol=1e-6)
