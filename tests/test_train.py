@@ -1349,3 +1349,28 @@ def test_the_train_step_over_two_devices_is_the_global_batchs_weighted_stage_sum
             np.testing.assert_allclose(np.asarray(new.params[t][d]), expected_params[t],
                                        rtol=1e-5, atol=1e-6, err_msg=f"{d} {t}")
         np.testing.assert_allclose(np.asarray(new.batch_stats["mean"][d]), mean, rtol=1e-6)
+
+
+def test_the_learning_rate_schedules_and_the_optimizers_follow_them_by_hand():
+    """Peak rate 1, warm-up 2 steps, 6 steps in all: linear 0, 0.5, 1, then the cosine
+    0.5 (1 + cos(pi k / 4)) of the 4 steps after warm-up, 0 at the last; the constant
+    schedule warms up alike and stays at 1. Adam's k-th update (count k) of a constant
+    gradient 1 is -lr(k) (its bias-corrected moments are 1), RMSprop's -lr(k) / sqrt(1 -
+    0.99^(k+1)) (its mean square from 0): both optimizers step by the configured schedule."""
+    kw = {"optimizer.learning_rate": 1.0, "optimizer.warmup_steps": 2, "total_steps": 6}
+    cosine = steps.create_lr(tiny_config("unused", **kw, **{"optimizer.schedule": "cosine"}))
+    c = np.cos(np.pi * np.arange(1, 5) / 4)
+    by_hand = np.concatenate([[0.0, 0.5, 1.0], 0.5 * (1 + c)])  # steps 0..6
+    np.testing.assert_allclose([float(cosine(k)) for k in range(7)], by_hand, atol=1e-6)
+    constant = steps.create_lr(tiny_config("unused", **kw, **{"optimizer.schedule": "constant"}))
+    np.testing.assert_allclose([float(constant(k)) for k in (0, 1, 2, 3, 6, 100)],
+                               [0.0, 0.5, 1.0, 1.0, 1.0, 1.0], atol=1e-6)
+    for name in ("adam", "rmsprop"):
+        opt = steps.create_optimizer(tiny_config("unused", **kw, **{
+            "optimizer.schedule": "cosine", "optimizer.name": name}))
+        state = opt.init(np.zeros(1, np.float32))
+        for k in range(6):
+            update, state = opt.update(np.ones(1, np.float32), state)
+            scale = 1.0 if name == "adam" else 1.0 / np.sqrt(1 - 0.99 ** (k + 1))
+            np.testing.assert_allclose(np.asarray(update), [-by_hand[k] * scale], rtol=1e-5,
+                                       atol=1e-7, err_msg=f"{name} {k}")
