@@ -1374,3 +1374,42 @@ def test_the_learning_rate_schedules_and_the_optimizers_follow_them_by_hand():
             scale = 1.0 if name == "adam" else 1.0 / np.sqrt(1 - 0.99 ** (k + 1))
             np.testing.assert_allclose(np.asarray(update), [-by_hand[k] * scale], rtol=1e-5,
                                        atol=1e-7, err_msg=f"{name} {k}")
+
+
+def test_syncing_the_batch_norm_statistics_gives_every_device_their_mean():
+    """Per-device BatchNorm statistics 0..3 (device d holds d, d + 4, d + 8 in a (3,) leaf):
+    `sync_batch_stats` leaves every device the mean over the 4, (1.5, 5.5, 9.5), and the
+    parameters as they were."""
+    import optax
+
+    assert jax.local_device_count() == 4
+    own = np.arange(4, dtype=np.float32)[:, None] + [0.0, 4.0, 8.0]
+    state = steps.TrainState.create(apply_fn=None, params={"w": np.ones(2, np.float32)},
+                                    batch_stats={"mean": np.zeros(3, np.float32)},
+                                    tx=optax.sgd(1.0))
+    placed = devices.replicate(state).replace(batch_stats={"mean": devices.place(own)})
+    synced = steps.sync_batch_stats(placed)
+    np.testing.assert_allclose(np.asarray(synced.batch_stats["mean"]),
+                               np.broadcast_to([1.5, 5.5, 9.5], (4, 3)))
+    np.testing.assert_array_equal(np.asarray(synced.params["w"]), np.ones((4, 2)))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_step_metrics_find_the_first_non_finite_step_and_average_the_rest(bad):
+    """Steps 1-3 of losses (2, 4, 9) then a step 4 whose segm loss is `bad`: the first check
+    keeps 1-3 and pop_means gives their means (5, and 2 x 5 for the total), the second names
+    step 4 and segm, out of the steps 4-5 it checked."""
+    from hgmt.training.step_metrics import StepMetrics
+
+    metrics = StepMetrics()
+    for step, value in ((1, 2.0), (2, 4.0), (3, 9.0)):
+        metrics.append(step, devices.replicate({"loss/segm": np.float32(value),
+                                                "loss/total": np.float32(2 * value)}))
+    assert metrics.check() is None
+    assert metrics.pop_means() == {"loss/segm": 5.0, "loss/total": 10.0}
+    assert metrics.pop_means() == {}
+    for step, value in ((4, bad), (5, 1.0)):
+        metrics.append(step, devices.replicate({"loss/segm": np.float32(value),
+                                                "loss/total": np.float32(value)}))
+    found = metrics.check()
+    assert (found.step, found.tasks, found.first, found.last) == (4, ["segm", "total"], 4, 5)
