@@ -933,3 +933,39 @@ def test_the_step_depends_on_the_splits_size_where_a_reference_protocol_measures
     assert evaluator.step_examples("surreal", ("pose2d", "pose3d"), 10) == 0
     assert evaluator.step_examples("bodynet", ("pose2d",), 10) == 10
     assert evaluator.step_examples("hgmt", ("pose2d", "segm", "depth"), 10) == 0
+
+
+def test_the_step_sums_its_counts_over_the_devices_leaving_the_padding_out(monkeypatch):
+    """eval_step on 2 devices of 2 examples each: a kept frame, one flagged unusable (and so
+    rejected), a kept one, and padding that copies the flagged frame (`mask` 0, as
+    eval_data pads with a batch's last good example). The sums are over both devices and
+    the 3 real examples only: count 3, unusable 1, rejected 1, the loss 1 + 100 of the two
+    kept frames (losses 1, 10, 100, 1000 as given)."""
+    import jax.numpy as jnp
+
+    from hgmt.evaluation import evaluator
+
+    # A stand-in for the model: one stage of zero heatmaps (only the sums are under test).
+    model = types.SimpleNamespace(apply=lambda variables, images, train: {
+        "pose2d": jnp.zeros((1, images.shape[0], 2, 2, 16))})
+    batch = {"image": np.zeros((4, 8, 8, 3), np.uint8),
+             "unusable": np.array([0.0, 1.0, 0.0, 1.0], np.float32),
+             "rejected": np.array([0.0, 1.0, 0.0, 1.0], np.float32),
+             "mask": np.array([1.0, 1.0, 1.0, 0.0], np.float32),
+             "loss_value": np.array([1.0, 10.0, 100.0, 1000.0], np.float32)}
+
+    class NoStats:
+        def stats(self, pred, batch):
+            return {}
+
+    monkeypatch.setattr(evaluator, "_example_loss", lambda task, options, pred, b:
+                        b["loss_value"])
+    step = functools.partial(evaluator.eval_step, model=model, flip=False,
+                             metrics={"pose2d": NoStats()}, loss_options={"pose2d": {}},
+                             unusable_input=evaluator.unusable_input("hgmt"))
+    stats = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))(
+        {}, jax.tree.map(lambda v: v.reshape((2, 2) + v.shape[1:]), batch))
+    for device in (0, 1):
+        assert {k: float(stats[k][device]) for k in ("count", "unusable", "rejected")} == {
+            "count": 3.0, "unusable": 1.0, "rejected": 1.0}
+        assert float(stats["pose2d"]["loss"][device]) == 101.0
