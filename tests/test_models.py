@@ -551,3 +551,23 @@ def test_batchnorm_with_running_statistics_adds_epsilon_to_the_variance():
                  "batch_stats": {"mean": jnp.zeros(2), "var": jnp.array([4e-5, 0.0])}}
     y = BatchNorm(use_running_average=True).apply(variables, jnp.array([[1.0, 0.5]]))
     np.testing.assert_allclose(np.asarray(y[0]), [141.42136, 158.11388], rtol=1e-5)
+
+
+def test_the_flip_test_averages_the_last_stage_with_its_mirror_mirrored_back_sides_swapped():
+    """predict_last_stage's flip test on a stand-in model that outputs its input's first 2
+    colours, times s + 1 at stage s (two stages: the last is 2x). On a 2 x 2 image whose
+    colours are (x0, x1) = (a, 10a) with a = 1..4 the mirrored run, mirrored back, gives 2x
+    again, its channels then swapped (permutation (1, 0)) 2 (x1, x0): the mean is x0 + x1 =
+    11a in both channels, where the run alone is 2 (a, 10a)."""
+    import types
+
+    from hgmt.models import predict_last_stage
+
+    a = np.arange(1.0, 5.0, dtype=np.float32).reshape(1, 2, 2, 1)
+    images = jnp.asarray(np.concatenate([a, 10 * a, 100 * a], -1))
+    model = types.SimpleNamespace(apply=lambda variables, x, train: {
+        "t": jnp.stack([(s + 1) * x[..., :2] for s in range(2)])})
+    plain = predict_last_stage(model, {}, images)
+    np.testing.assert_array_equal(plain["t"], 2 * np.concatenate([a, 10 * a], -1))
+    flipped = predict_last_stage(model, {}, images, flip={"t": (1, 0)})
+    np.testing.assert_array_equal(flipped["t"], np.concatenate([11 * a, 11 * a], -1))
