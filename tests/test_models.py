@@ -571,3 +571,19 @@ def test_the_flip_test_averages_the_last_stage_with_its_mirror_mirrored_back_sid
     np.testing.assert_array_equal(plain["t"], 2 * np.concatenate([a, 10 * a], -1))
     flipped = predict_last_stage(model, {}, images, flip={"t": (1, 0)})
     np.testing.assert_array_equal(flipped["t"], np.concatenate([11 * a, 11 * a], -1))
+
+
+def test_batch_norm_stats_picks_the_device_axis_the_models_statistics_span():
+    """config.model.batch_norm_stats: "global" (the default) gives the model the device axis
+    its BatchNorm statistics are taken over (the global batch's), "device" none (each
+    device's share); a model made without an axis has none either way."""
+    from configs import default
+
+    config = default.get_config("tasks=pose2d,runlocal")
+    assert config.model.get("batch_norm_stats", "global") == "global"
+    assert create_model(config.model, heads("pose2d"), axis_name="batch").axis_name == "batch"
+    config.model.batch_norm_stats = "device"
+    assert create_model(config.model, heads("pose2d"), axis_name="batch").axis_name is None
+    for stats in ("global", "device"):
+        config.model.batch_norm_stats = stats
+        assert create_model(config.model, heads("pose2d")).axis_name is None
