@@ -2895,6 +2895,49 @@ def test_the_not_connected_line_names_the_cluster_jax_reads_alone(monkeypatch, k
     assert cluster._who(2, 0) == "process 0 of 2"
 
 
+def test_a_cluster_hgmt_has_no_name_for_is_not_called_absent(monkeypatch):
+    """A cluster JAX reads that hgmt has no name for (a class a newer JAX adds): JAX's own
+    error of a setting it could not read stays JAX's, not 'no cluster that JAX reads runs
+    this process', and the NotConnected line is worded for any cluster."""
+    from jax._src import clusters
+
+    class NewCluster:
+        opt_in_only_method = False
+
+        @classmethod
+        def is_env_present(cls) -> bool:
+            return True
+
+    for name in set(os.environ) - set(_no_cluster(os.environ)):
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [NewCluster])
+    assert coordinator.jax_cluster() == "NewCluster" and not coordinator.jax_reads_slurm()
+
+    def initialize(**settings: object) -> None:
+        raise ValueError("Number of processes must be defined.")
+
+    monkeypatch.setattr(cluster.jax.distributed, "initialize", initialize)
+    with pytest.raises(ValueError) as raised:
+        cluster.initialize("localhost:1", None, None)
+    assert str(raised.value) == (
+        "jax.distributed.initialize: Number of processes must be defined.")
+    ended = []
+
+    def end_at_once(line: str, status: int) -> None:
+        ended.append(line)
+        raise SystemExit(status)
+
+    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    with pytest.raises(SystemExit):
+        cluster._not_connected("this process", None, 5, "JAX_COORDINATOR_ADDRESS", False,
+                               False)
+    assert ended == [
+        "error: NotConnected: this process waited 5 s (--connect_timeout) for the job's "
+        "processes to connect to the coordinator the cluster names. Check that every process "
+        "of the job started (as many as the cluster runs) and that process 0's host is "
+        "reachable from the others; then start them again together"]
+
+
 @pytest.mark.slow  # the not-connected line's Slurm wording, tested as a pure function by default
 def test_a_slurm_task_given_the_coordinator_that_never_connects_names_slurms_tasks(tmp_path):
     """Task 1 of a two-task Slurm job run with --distributed and JAX_COORDINATOR_ADDRESS,

@@ -213,8 +213,8 @@ def _not_connected(who: str, where: str | None, timeout_s: int,
 
 
 # What to check in each cluster JAX reads settings from (`coordinator.jax_cluster`; None:
-# one hgmt has no name for): that its processes all started; its process 0; and that the
-# coordinator's host, which the cluster names, is reachable.
+# one not found here, or one hgmt has no name for): that its processes all started; its
+# process 0; and that the coordinator's host, which the cluster names, is reachable.
 _CLUSTER_CHECKS: dict[str | None, tuple[str, str, str]] = {
     "slurm": ("every task of the job started (SLURM_NTASKS of them, one per node as "
               "launch/slurm.sbatch runs them)", "Slurm's task 0, SLURM_PROCID=0",
@@ -245,7 +245,8 @@ def _not_connected_line(who: str, where: str | None, timeout_s: int,
     `timeout_s` to the coordinator `where` (None: the one the cluster names), given by
     `source`. What to check follows what gave each setting: the number of processes and this
     process's index their flags where given (`count_given`, `index_given`), else the cluster
-    JAX read them from (`cluster`, `coordinator.jax_cluster`'s name; None: unnamed)."""
+    JAX read them from (`cluster`, `coordinator.jax_cluster`'s name; None or a name without
+    an entry in `_CLUSTER_CHECKS`: worded for any cluster)."""
     started, zero, reachable = _CLUSTER_CHECKS.get(cluster, _CLUSTER_CHECKS[None])
     if where is None:
         check = f"Check that {started} and that {reachable}"

@@ -206,15 +206,15 @@ _CLUSTERS = {"SlurmCluster": "slurm", "OmpiCluster": "open_mpi", "GceTpuCluster"
 def jax_cluster() -> str | None:
     """The cluster JAX takes the settings it is not given from, as JAX picks it (the first
     of its cluster classes, in their order, whose environment is present; opt-in ones left
-    out): 'slurm', 'open_mpi', 'tpu_vm' (a Cloud TPU VM), 'gke_tpu' (TPUs on GKE) or
-    'kubernetes'. None where none is present, for a cluster hgmt has no name for, or where
-    JAX's private cluster classes differ or fail here."""
+    out): 'slurm', 'open_mpi', 'tpu_vm' (a Cloud TPU VM), 'gke_tpu' (TPUs on GKE),
+    'kubernetes', or JAX's class name for a cluster hgmt has no name for. None where none is
+    present, or where JAX's private cluster classes differ or fail here."""
     try:
         from jax._src import clusters
 
         for env in clusters.ClusterEnv._cluster_types:
             if not env.opt_in_only_method and env.is_env_present():
-                return _CLUSTERS.get(env.__name__)
+                return _CLUSTERS.get(env.__name__, env.__name__)
     # A metadata server or Kubernetes API that does not answer here failed JAX's own
     # detection as well; the caller words what to check without the cluster's name.
     except Exception:  # noqa: BLE001
