@@ -6,10 +6,11 @@
 With configs/demo.py the demo dataset is generated and built first unless built already
 (from the same demo settings).
 
-Multi-host: on TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers itself
-(`--distributed`); elsewhere pass --coordinator_address, --num_processes and --process_id (the
-last two without the first are refused: each process would train alone). A dead process is
-detected within --heartbeat_timeout seconds (hgmt.training.peers).
+Multi-host: in a cluster JAX reads (--distributed's help names them),
+`jax.distributed.initialize()` finds its peers itself (`--distributed`); elsewhere pass
+--coordinator_address, --num_processes and --process_id (the last two without the first are
+refused: each process would train alone). A dead process is detected within --heartbeat_timeout
+seconds (hgmt.training.peers).
 
 Exit status 75 (hgmt.training.preemption.EXIT_PREEMPTED): stopped by SIGTERM/SIGUSR1 after saving a
 checkpoint; rerun the same command to resume. Exit status 69 (hgmt.training.peers.EXIT_PEER_LOST):
