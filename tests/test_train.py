@@ -1284,7 +1284,6 @@ def test_the_trainer_takes_a_workdir_under_home_and_a_relative_data_dir(demo_dat
     assert os.listdir(cwd) == ["data"] and os.path.isdir(home / "run")
 
 
-
 def _toy_apply(variables: dict, images: jax.Array, train: bool = True,
                mutable: list | None = None, axis_name: str | None = None) -> tuple[dict, dict]:
     """A two-stage stand-in for the model (the train step's plumbing, not the network, is
@@ -1398,7 +1397,7 @@ def test_syncing_the_batch_norm_statistics_gives_every_device_their_mean():
 def test_step_metrics_find_the_first_non_finite_step_and_average_the_rest(bad):
     """Steps 1-3 of losses (2, 4, 9) then a step 4 whose segm loss is `bad`: the first check
     keeps 1-3 and pop_means gives their means (5, and 2 x 5 for the total), the second names
-    step 4 and segm, out of the steps 4-5 it checked."""
+    step 4 and its non-finite losses, segm and the total, out of the steps 4-5 it checked."""
     from hgmt.training.step_metrics import StepMetrics
 
     metrics = StepMetrics()
