@@ -264,17 +264,20 @@ def stop_signals_held() -> Iterator[None]:
 
 
 def stop_behind(error: BaseException) -> BaseException | None:
-    """The stop that `error` is, or was raised while handling (its `__cause__` or
-    `__context__`, followed down): a Ctrl-C's KeyboardInterrupt or SIGTERM's unwinding
-    (`sigterm_cleans_up`); None for another error. Apache Beam's DirectRunner raises a
-    RuntimeError naming the step in place of what stopped the step's code; the stop itself
-    is what its handlers must see."""
+    """The stop that `error` is, or that a RuntimeError wraps (through its `__cause__`, or
+    its `__context__` where not suppressed, followed down RuntimeErrors only): a Ctrl-C's
+    KeyboardInterrupt or SIGTERM's unwinding (`sigterm_cleans_up`); None for another error.
+    Apache Beam's DirectRunner raises a RuntimeError naming the step in place of what
+    stopped the step's code; the stop itself is what its handlers must see. Another error
+    raised while a stop was handled (a cleanup's) is that error, not the stop."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, (KeyboardInterrupt, _Terminated)):
             return error
-        error = error.__cause__ or error.__context__
+        if not isinstance(error, RuntimeError):
+            return None
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 

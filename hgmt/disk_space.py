@@ -74,7 +74,7 @@ def reported(path: str, what: str, then: str = _THEN,
     `path`: ...'. `cleanup()` runs first (e.g. removes a partial file) and returns a sentence
     for the message; `then` says what to do. The space left is measured after `cleanup()`;
     `measured` says when it was where an earlier cleanup freed space the write had taken (e.g.
-    'once the partial build was removed')."""
+    'once the build had stopped')."""
     try:
         yield
     except DiskFull:

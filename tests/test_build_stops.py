@@ -203,7 +203,7 @@ def test_a_full_disk_as_tfds_writes_the_metadata_says_when_the_space_was_measure
     monkeypatch.setattr(tfds.core.DatasetInfo, "write_to_directory", full)
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(disk_space.DiskFull, match=r"the disk or quota is full \([^)]* free on "
-                                                  r"it once the partial build was removed\)"):
+                                                  r"it once the build had stopped\)"):
         _built_again(clips, data_dir)
     assert _left(data_dir) == []
 
@@ -312,3 +312,25 @@ def test_the_partial_output_of_a_build_killed_outright_is_named_by_the_next_buil
         f"{partial}: the partial output of an earlier build that was killed (or of one still "
         f"running), never read as a build; delete it once no build is writing there"]
     assert _left(data_dir) == ["1.7.0", left]
+
+
+def test_a_partial_build_that_cannot_be_removed_is_warned_and_the_stop_kept(tmp_path, caplog):
+    """Where the builder's own removal of TFDS's `incomplete.*` folder fails, the path is
+    warned with what to do, and the error that stopped the build stays the one raised."""
+    builder = tfds.builder("surreal/all", data_dir=str(tmp_path))
+
+    class Undeletable:
+        def exists(self):
+            return True
+
+        def rmtree(self):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        def __str__(self):
+            return "/data/surreal/all/incomplete.X"
+
+    builder._partial = Undeletable()
+    with caplog.at_level("WARNING"):
+        builder._remove_partial_build()
+    assert ("/data/surreal/all/incomplete.X: could not remove this build's partial output "
+            "([Errno 13] Permission denied); remove it before building again") in caplog.text

@@ -258,3 +258,38 @@ def test_orbaxs_preemption_sync_point_warning_shows_only_with_verbosity():
     assert not lines.filter(record("[process=%s][thread=%s] Reached preemption sync point, "
                                    "step=%s", (0, "MainThread", 63)))
     assert lines.filter(record("[process=%s][thread=%s] something else", (0, "MainThread")))
+
+
+def test_the_stop_behind_an_error_is_found_through_runtime_errors_only():
+    """Beam's DirectRunner raises a RuntimeError naming the step while it handles the
+    KeyboardInterrupt that stopped the step: the KeyboardInterrupt is the stop behind it. An
+    OSError raised while a Ctrl-C was handled (a cleanup's) is that error, and a RuntimeError
+    whose context was suppressed (`raise ... from None`) stops none."""
+    from hgmt import console
+
+    def raised(make):
+        try:
+            make()
+        except BaseException as e:  # noqa: BLE001
+            return e
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def wrapped(error_type, suppress=False):
+        def make():
+            try:
+                interrupted()
+            except KeyboardInterrupt:
+                if suppress:
+                    raise error_type("step failed") from None
+                raise error_type("KeyboardInterrupt [while running 'step']")  # noqa: B904
+        return make
+
+    stop = raised(interrupted)
+    assert console.stop_behind(stop) is stop
+    beam = raised(wrapped(RuntimeError))
+    assert isinstance(console.stop_behind(beam), KeyboardInterrupt)
+    assert console.stop_behind(raised(wrapped(OSError))) is None
+    assert console.stop_behind(raised(wrapped(RuntimeError, suppress=True))) is None
+    assert console.stop_behind(RuntimeError("alone")) is None

@@ -179,10 +179,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         name = f"{self.name}/{self.builder_config.name}"
         self._partial = None
         try:
-            # The space left once TFDS removed the partial build: a write TFDS makes after
+            # The space left once the build stopped: a write TFDS makes outside
             # `_download_and_prepare` (the build's metadata), which that one does not report.
             with console.sigterm_cleans_up(), self._full_disk_reported(
-                    measured="once the partial build was removed"):
+                    measured="once the build had stopped"):
                 try:
                     super().download_and_prepare(*args, **kwargs)
                 except BaseException as e:
@@ -218,8 +218,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _remove_partial_build(self) -> None:
         """Removes this build's `incomplete.*` folder where TFDS's own removal was cut short
         (a second Ctrl-C during it)."""
-        if self._partial is not None and self._partial.exists():
-            self._partial.rmtree()
+        if self._partial is None:
+            return
+        try:
+            if self._partial.exists():
+                self._partial.rmtree()
+        except OSError as e:  # the error that stopped the build stays the one raised
+            logging.warning("%s: could not remove this build's partial output (%s); remove "
+                            "it before building again", self._partial, e)
 
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: tfds.download.DownloadConfig) -> None:
