@@ -41,6 +41,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import flags  # noqa: E402
 
 from hgmt import cli, compilation_cache, console, paths  # noqa: E402
+from hgmt.training import coordinator  # noqa: E402
 
 if TYPE_CHECKING:
     import ml_collections
@@ -53,7 +54,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "The training workdir: checkpoints, summaries and "
                         "results go there.", flag_values=fv, required=True)
     flags.DEFINE_bool("distributed", False, "Join a multi-process job whose settings a cluster "
-                      "gives (Slurm, Open MPI's mpirun, TPU VMs, Kubernetes), as "
+                      f"gives ({coordinator.CLUSTERS_READ}), as "
                       "jax.distributed.initialize() reads them.",
                       flag_values=fv)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).",
@@ -191,7 +192,7 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
                          f"--coordinator_address=host:port "
                          f"of process 0 as well (a multi-host run gives all three), or "
                          f"--distributed, which reads them from the cluster "
-                         f"(Slurm, Open MPI, TPU VMs, Kubernetes); "
+                         f"({coordinator.CLUSTERS_READ}); "
                          f"without either each process would train alone as process 0 of 1")
     _check_job_flags(FLAGS)
     return FLAGS
@@ -201,8 +202,6 @@ def _check_job_flags(fv: flags.FlagValues) -> None:
     """A malformed coordinator address (`coordinator.address_format_error`: the one JAX takes,
     named as it was given) or a --num_processes / --process_id out of range exits in one line
     naming the flag or variable and the fix."""
-    from hgmt.training import coordinator
-
     count, index = fv.num_processes, fv.process_id
     wrong = coordinator.address_format_error(fv.coordinator_address, fv.distributed)
     if wrong:

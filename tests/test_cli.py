@@ -934,8 +934,8 @@ DEFAULT = f"{REPO}/configs/default.py"
     ([f"--config={DEFAULT}", "--num_processes=2", "--process_id=1"],
      "error: --num_processes and --process_id need --coordinator_address=host:port of "
      "process 0 as well (a multi-host run gives all three), or --distributed, which reads "
-     "them from the cluster (Slurm, Open MPI, TPU VMs, Kubernetes); without either each "
-     "process would train alone as process 0 of 1"),
+     "them from the cluster (Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs on GKE, "
+     "Kubernetes); without either each process would train alone as process 0 of 1"),
     ([f"--config={DEFAULT}", "--process_id=0"],
      "error: --process_id needs --coordinator_address=host:port of process 0 as well"),
     # Before: JAX's IndexError, or its C++ 'Failed to start RPC server', as tracebacks.

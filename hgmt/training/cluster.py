@@ -142,9 +142,9 @@ def _no_cluster_line(address_given: bool, count_given: bool, index_given: bool) 
                 ("--process_id", "each its own --process_id (0 to N-1)", index_given)]
     missing = [(name, fix) for name, fix, given in settings if not given]
     return (f"{_listed([name for name, _ in missing])} not given, and no cluster that JAX "
-            f"reads (Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs on GKE, Kubernetes) runs "
-            f"this process to give {'it' if len(missing) == 1 else 'them'}: give every process "
-            f"of the job {_listed([fix for _, fix in missing])}")
+            f"reads ({coordinator.CLUSTERS_READ}) runs this process to give "
+            f"{'it' if len(missing) == 1 else 'them'}: give every process of the job "
+            f"{_listed([fix for _, fix in missing])}")
 
 
 def _listed(items: list[str]) -> str:

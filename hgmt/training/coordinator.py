@@ -201,6 +201,9 @@ def jax_reads_slurm() -> bool:
 # hgmt's names of the clusters JAX reads a job's settings from, by JAX's class.
 _CLUSTERS = {"SlurmCluster": "slurm", "OmpiCluster": "open_mpi", "GceTpuCluster": "tpu_vm",
              "GkeTpuCluster": "gke_tpu", "K8sCluster": "kubernetes"}
+# The clusters JAX reads a job's settings from, as the messages and --distributed's help
+# list them.
+CLUSTERS_READ = "Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs on GKE, Kubernetes"
 
 
 def jax_cluster() -> str | None:
