@@ -13,11 +13,10 @@ checkpoint and the settings that differ from the test protocol's (`workdirs.eval
 so evaluations of other settings do not replace each other.
 `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s own, or `bodynet` /
 `surreal` (what those papers' code computes, to set a run beside their published tables); the
-JSON records the protocol of the run and of each task's numbers. To set a SURREAL run (trained
-at config.image_size 256) beside a published number: the test split's middle frames without
---flip, under the protocol and key that docs/metrics.md's table names for it (the JSON holds
-fractions in [0, 1] and millimetres; the papers print percentages). `--flip` averages each
-prediction with that of the mirrored image (left/right channels swapped back).
+JSON records the protocol of the run and of each task's numbers; docs/metrics.md says how to
+set a SURREAL run beside a published number (its settings, and the key for each number).
+`--flip` averages each prediction with that of the mirrored image (left/right channels swapped
+back).
 `--step=best` on the test split warns when the best checkpoint was chosen on clips of the test
 split (`best_choice_warning`): SURREAL's val clips are all test clips.
 """
