@@ -1216,6 +1216,7 @@ def test_a_coordinator_host_lookup_that_hangs_is_bounded(monkeypatch, caplog):
 # load), so that the main thread's KeyboardInterrupt comes first.
 _CTRL_C_IN_THE_LOOKUP = """\
 import os, signal, socket, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell's command has it
 from hgmt.training import cluster, coordinator
 asked = threading.Event()
 def getaddrinfo(*args, **kwargs):
