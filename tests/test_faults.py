@@ -3081,3 +3081,41 @@ def test_a_peers_failure_cut_for_the_others_line_says_it_was_cut():
     assert peers._short(SystemExit(f"error: ValueError: {long}")) == (
         f"ValueError: {long}"[:297] + "...")
     assert peers._short(ValueError("short")) == "ValueError: short"
+
+
+def test_a_cluster_detection_that_does_not_answer_is_not_waited_for(monkeypatch):
+    """The NotConnected line names the cluster JAX reads (`coordinator.jax_cluster`), whose
+    detection on a Cloud TPU VM asks the metadata server, with retries: bounded by
+    `wait_s`, a detection that does not answer gives None (the line worded for any cluster)
+    at once, where the line waited for it."""
+    import threading
+    import time
+
+    from jax._src import clusters
+
+    release = threading.Event()
+
+    class SilentMetadataCluster:
+        opt_in_only_method = False
+
+        @classmethod
+        def is_env_present(cls) -> bool:
+            release.wait(30)
+            return True
+
+    def end_at_once(line: str, status: int) -> None:
+        raise SystemExit(line)
+
+    monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [SilentMetadataCluster])
+    monkeypatch.setattr(coordinator, "DETECTION_WAIT_S", 0.3)
+    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    start = time.monotonic()
+    try:
+        assert coordinator.jax_cluster(wait_s=0.3) is None
+        with pytest.raises(SystemExit) as ended:
+            cluster._not_connected("process 1 of 2", None, 60)
+        assert time.monotonic() - start < 5
+    finally:
+        release.set()
+    assert str(ended.value) == cluster._not_connected_line("process 1 of 2", None, 60)
+    assert coordinator.jax_cluster(wait_s=5) == "SilentMetadataCluster"

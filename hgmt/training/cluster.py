@@ -209,7 +209,8 @@ def _not_connected(who: str, where: str | None, timeout_s: int,
     from_cluster = where is None or not (count_given and index_given)
     console.end_at_once(_not_connected_line(
         who, where, timeout_s, source, count_given, index_given,
-        coordinator.jax_cluster() if from_cluster else None), EXIT_FAILED)
+        coordinator.jax_cluster(wait_s=coordinator.DETECTION_WAIT_S) if from_cluster else None),
+        EXIT_FAILED)
 
 
 # What to check in each cluster JAX reads settings from (`coordinator.jax_cluster`; None:

@@ -22,6 +22,10 @@ import threading
 # try of a name server that does not answer (resolv.conf's timeout), two tries per server by
 # default. JAX's connect looks the name up again itself, bounded by --connect_timeout.
 LOOKUP_WAIT_S = 5
+# How long the line of a job that never connected waits to name the cluster JAX reads
+# (`jax_cluster`), which on a Cloud TPU VM asks its metadata server again; past it the line
+# is worded for any cluster.
+DETECTION_WAIT_S = 5
 # The coordinator address (host:port) JAX takes when `jax.distributed.initialize` is given
 # none (--coordinator_address), before it asks a cluster for the rest.
 ADDRESS_VARIABLE = "JAX_COORDINATOR_ADDRESS"
@@ -206,12 +210,26 @@ _CLUSTERS = {"SlurmCluster": "slurm", "OmpiCluster": "open_mpi", "GceTpuCluster"
 CLUSTERS_READ = "Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs on GKE, Kubernetes"
 
 
-def jax_cluster() -> str | None:
+def jax_cluster(wait_s: float | None = None) -> str | None:
     """The cluster JAX takes the settings it is not given from, as JAX picks it (the first
     of its cluster classes, in their order, whose environment is present; opt-in ones left
     out): 'slurm', 'open_mpi', 'tpu_vm' (a Cloud TPU VM), 'gke_tpu' (TPUs on GKE),
     'kubernetes', or JAX's class name for a cluster hgmt has no name for. None where none is
-    present, or where JAX's private cluster classes differ or fail here."""
+    present, or where JAX's private cluster classes differ or fail here. With `wait_s`, the
+    detection (which on a Cloud TPU VM asks its metadata server, with retries) runs in a
+    daemon thread, left waiting, and None is the answer where it gives none within `wait_s`."""
+    if wait_s is None:
+        return _jax_cluster()
+    answers: list[str | None] = []
+    thread = threading.Thread(target=lambda: answers.append(_jax_cluster()),
+                              name="hgmt-cluster-detection", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    return answers[0] if answers else None
+
+
+def _jax_cluster() -> str | None:
+    """`jax_cluster`, in the caller's thread."""
     try:
         from jax._src import clusters
 
