@@ -112,9 +112,9 @@ def test_device_sampling_at_known_fractions_and_the_frame_edge():
     at dx = dy = 0.5 and at 0.6: the px at floor(x + 0.5) = (u + 1, v + 1) (not round half to
     even: u = 0 at x = 0.5 takes px 1, as cv2's INTER_NEAREST), 0 past the frame (crop px 7
     samples x = 7.5 or 7.6, px 8). cv2 agrees but at exactly x = 7.5 (y = 5.5), where the
-    installed OpenCV takes the last px. Bilinear at dx = 0.25, dy = 0.75: weights (1 - fx)(1 - fy) = 3/16,
-    fx (1 - fy) = 1/16, (1 - fx) fy = 9/16, fx fy = 3/16 on the four px right and below, those
-    past the frame 0 (cv2's constant border)."""
+    installed OpenCV takes the last px. Bilinear at dx = 0.25, dy = 0.75: weights
+    (1 - fx)(1 - fy) = 3/16, fx (1 - fy) = 1/16, (1 - fx) fy = 9/16, fx fy = 3/16 on the four
+    px right and below, those past the frame 0 (cv2's constant border)."""
     import cv2
 
     h, w = 6, 8
