@@ -867,13 +867,30 @@ def test_the_evaluations_of_steps_a_rerun_trains_again_are_moved_aside(tmp_path)
     assert len(list((workdir / "evals_superseded").iterdir())) == 1
 
 
+def _pose2d_eval_step(model, monkeypatch):
+    """`evaluator.eval_step` of a pose2d-only model, jitted and vmapped over a 'batch' axis
+    standing for the devices, with no metric statistics and each example's loss its batch's
+    'loss_value': what is under test is how the step sums over examples and devices."""
+    from hgmt.evaluation import evaluator
+
+    class NoStats:
+        def stats(self, pred, batch):
+            return {}
+
+    monkeypatch.setattr(evaluator, "_example_loss", lambda task, options, pred, b:
+                        b["loss_value"])
+    step = functools.partial(evaluator.eval_step, model=model, flip=False,
+                             metrics={"pose2d": NoStats()}, loss_options={"pose2d": {}},
+                             unusable_input=evaluator.unusable_input("hgmt"))
+    return jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))
+
+
 def test_the_evaluation_loss_sums_the_usable_examples_only(monkeypatch):
     """eval_step's loss is the sum of each example's loss over the real examples hgmt's check
     keeps: of losses 1, 10, 100, 1000 for a kept frame, a rejected one, a kept one and padding,
     1 + 100 = 101; `count` is the 3 real examples, `rejected` the 1."""
     import jax.numpy as jnp
 
-    from hgmt.evaluation import evaluator
     from hgmt.models import create_model
     from hgmt.tasks import heads
     from hgmt.training import steps
@@ -888,16 +905,7 @@ def test_the_evaluation_loss_sums_the_usable_examples_only(monkeypatch):
              "rejected": np.array([0.0, 1.0, 0.0, 0.0], np.float32),
              "loss_value": np.array([1.0, 10.0, 100.0, 1000.0], np.float32)}
 
-    class NoStats:
-        def stats(self, pred, batch):
-            return {}
-
-    monkeypatch.setattr(evaluator, "_example_loss", lambda task, options, pred, b:
-                        b["loss_value"])
-    step = functools.partial(evaluator.eval_step, model=model, flip=False,
-                             metrics={"pose2d": NoStats()}, loss_options={"pose2d": {}},
-                             unusable_input=evaluator.unusable_input("hgmt"))
-    stats = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))(
+    stats = _pose2d_eval_step(model, monkeypatch)(
         variables, jax.tree.map(lambda v: v[None], batch))
     assert float(stats["pose2d"]["loss"][0]) == 101.0
     assert float(stats["count"][0]) == 3.0 and float(stats["rejected"][0]) == 1.0
@@ -943,7 +951,6 @@ def test_the_step_sums_its_counts_over_the_devices_leaving_the_padding_out(monke
     kept frames (losses 1, 10, 100, 1000 as given)."""
     import jax.numpy as jnp
 
-    from hgmt.evaluation import evaluator
 
     # A stand-in for the model: one stage of zero heatmaps (only the sums are under test).
     model = types.SimpleNamespace(apply=lambda variables, images, train: {
@@ -954,16 +961,7 @@ def test_the_step_sums_its_counts_over_the_devices_leaving_the_padding_out(monke
              "mask": np.array([1.0, 1.0, 1.0, 0.0], np.float32),
              "loss_value": np.array([1.0, 10.0, 100.0, 1000.0], np.float32)}
 
-    class NoStats:
-        def stats(self, pred, batch):
-            return {}
-
-    monkeypatch.setattr(evaluator, "_example_loss", lambda task, options, pred, b:
-                        b["loss_value"])
-    step = functools.partial(evaluator.eval_step, model=model, flip=False,
-                             metrics={"pose2d": NoStats()}, loss_options={"pose2d": {}},
-                             unusable_input=evaluator.unusable_input("hgmt"))
-    stats = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="batch"))(
+    stats = _pose2d_eval_step(model, monkeypatch)(
         {}, jax.tree.map(lambda v: v.reshape((2, 2) + v.shape[1:]), batch))
     for device in (0, 1):
         assert {k: float(stats[k][device]) for k in ("count", "unusable", "rejected")} == {
