@@ -289,8 +289,9 @@ class _Terminated(BaseException):
 def sigterm_cleans_up() -> Iterator[None]:
     """While the block runs, SIGTERM (`kill`, a scheduler's cancel) unwinds the stack as Ctrl-C
     does, so that the cleanups of partial files (`except BaseException`, `finally`) run; the
-    process then dies of SIGTERM as it would have (status -15 to its parent). Python's default
-    leaves SIGTERM to kill the process where it stands. Where SIGTERM is not at that default
+    process then dies of SIGTERM as it would have (status -15 to its parent), whatever error
+    the unwinding became on its way out. Python's default leaves SIGTERM to kill the process
+    where it stands. Where SIGTERM is not at that default
     (a caller's handler, a notebook's, an ignore) or outside the main thread, where Python
     sets no handler, the block runs as it is."""
     if (threading.current_thread() is not threading.main_thread()
@@ -299,9 +300,11 @@ def sigterm_cleans_up() -> Iterator[None]:
         return
 
     resent: list[threading.Timer] = []  # a SIGTERM sent again, not yet handled
+    received: list[int] = []  # SIGTERM's handler ran
 
     def unwind(signum: int, frame: types.FrameType | None) -> NoReturn:
         resent.clear()
+        received.append(signum)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
         raise _Terminated()
 
@@ -324,7 +327,12 @@ def sigterm_cleans_up() -> Iterator[None]:
             for timer in resent:
                 timer.cancel()
             raise _Terminated()
-    except _Terminated:
+    except BaseException as e:
+        # Once SIGTERM was handled, what leaves the block is its unwinding, whatever it became
+        # on the way: C code it was raised in may replace it (TensorFlow's tracing raises a
+        # TypeError), a handler may turn it into an error's exit.
+        if not (isinstance(e, _Terminated) or received):
+            raise
         print("stopped by SIGTERM; nothing partial was left behind", file=sys.stderr,
               flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

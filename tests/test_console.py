@@ -186,6 +186,27 @@ def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_pat
     assert not partial.exists() and proc.stdout == ""
 
 
+def test_sigterm_replaced_by_another_error_on_its_way_out_still_ends_as_sigterm(tmp_path):
+    """SIGTERM's unwinding raised inside C code that replaces it with its own error
+    (TensorFlow's tracing of an export raises a TypeError): the partial file is removed and
+    the command still ends as SIGTERM does, with its one line; it ended with the other error's
+    traceback, status 1."""
+    import signal
+
+    partial = tmp_path / "partial"
+    proc = _with_a_partial_file(
+        "console.sigterm_cleans_up()", "convert()", partial,
+        before="def convert():\n"
+               "    try:\n"
+               "        os.kill(os.getpid(), signal.SIGTERM)\n"
+               "        time.sleep(30)\n"
+               "    except BaseException:\n"
+               "        raise TypeError() from None\n")
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
+    assert not partial.exists() and proc.stdout == ""
+    assert proc.stderr == "stopped by SIGTERM; nothing partial was left behind\n"
+
+
 def test_a_commands_console_writes_a_name_that_is_not_utf8(tmp_path):
     """A Latin-1 file name (Python's surrogate escapes) printed and logged by a command on a
     strict UTF-8 stdout and stderr: written as its bytes, where print raised after the
