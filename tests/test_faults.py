@@ -2805,6 +2805,12 @@ def test_a_job_setting_no_cluster_gives_is_named_by_its_flag(monkeypatch):
     what to give every process; JAX's own ValueError named its argument
     (`Number of processes must be defined.`) and hgmt's line listed all three flags,
     whichever were given."""
+    def initialize(**settings: object) -> None:
+        # JAX's check of its arguments, which it makes only before its backend starts (the
+        # suite's earlier tests started it: then it raises a RuntimeError first).
+        raise ValueError("Number of processes must be defined.")
+
+    monkeypatch.setattr(cluster.jax.distributed, "initialize", initialize)
     for name in set(os.environ) - set(_no_cluster(os.environ)):
         monkeypatch.delenv(name)
     tail = (" not given, and no cluster that JAX reads (Slurm, Open MPI's mpirun, a Cloud TPU "
