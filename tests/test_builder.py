@@ -524,6 +524,7 @@ def test_the_committed_dummy_data_is_what_its_documented_command_writes(tmp_path
                 np.testing.assert_array_equal(fresh[key], kept[key], err_msg=f"{name} {key}")
 
 
+@pytest.mark.slow  # the documented command from another directory; the suite builds with it
 def test_the_documented_build_command_runs_from_any_directory(tmp_path):
     """`tfds build surreal --imports=data_builders.surreal ...`, the command README.md,
     docs/building.md and hgmt's errors give (`shards.build_command`), run by TFDS's own

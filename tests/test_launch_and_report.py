@@ -1159,6 +1159,7 @@ def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys
         *warnings, "launch/sweep.py: 2 of 2 runs done already, not printed"]
 
 
+@pytest.mark.slow  # a second sweep call over finished runs
 def test_sweep_plan_keeps_every_subset_asked_for_and_refuses_another_config(tmp_path):
     """Finished runs only (nothing trains): a second call for fewer subsets and seeds keeps
     the first call's plan, which the report counts against; another config is refused."""

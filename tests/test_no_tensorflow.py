@@ -155,6 +155,7 @@ def test_a_training_run_on_a_cpu_leaves_an_installed_tensorflow_unimported(demo_
     assert all(np.isfinite(v.tensor.float_val[0]) for v in events["loss/total"].values())
 
 
+@pytest.mark.slow  # a GPU backend's path, stood in for
 def test_tensorflow_is_imported_to_hide_the_gpus_only_where_jax_runs_on_gpus():
     """`hgmt.main` imports an installed TensorFlow before training only on a GPU backend (JAX's
     backend reported as "gpu" here), to hide the GPUs from it; on other backends not at all."""
