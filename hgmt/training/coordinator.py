@@ -16,6 +16,10 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # How long `cluster.initialize` waits for the coordinator host's name lookup, whose answer
 # only decides a warning: a resolver that works answers in far less; glibc's waits 5 s for each
@@ -220,12 +224,18 @@ def jax_cluster(wait_s: float | None = None) -> str | None:
     daemon thread, left waiting, and None is the answer where it gives none within `wait_s`."""
     if wait_s is None:
         return _jax_cluster()
-    answers: list[str | None] = []
-    thread = threading.Thread(target=lambda: answers.append(_jax_cluster()),
-                              name="hgmt-cluster-detection", daemon=True)
+    answers = _answers_within(_jax_cluster, wait_s, "hgmt-cluster-detection")
+    return answers[0] if answers else None
+
+
+def _answers_within(call: Callable[[], T], wait_s: float, name: str) -> list[T]:
+    """[call()] where it returns within `wait_s`, else [] (it runs on in a daemon thread
+    named `name`, left waiting): for a call the process must not wait on for ever."""
+    answers: list[T] = []
+    thread = threading.Thread(target=lambda: answers.append(call()), name=name, daemon=True)
     thread.start()
     thread.join(wait_s)
-    return answers[0] if answers else None
+    return answers[:1]
 
 
 def _jax_cluster() -> str | None:
@@ -254,18 +264,15 @@ def check_coordinator_host(coordinator_address: str | None, wait_s: float) -> No
     if not address:
         return
     host, _, port = address.rpartition(":")
-    answers: list[Exception | None] = []
 
-    def look_up() -> None:
+    def look_up() -> Exception | None:
         try:
             socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-            answers.append(None)
-        except Exception as e:  # noqa: BLE001  (raised below, in the caller's thread)
-            answers.append(e)
+            return None
+        except Exception as e:  # noqa: BLE001  (worded below, in the caller's thread)
+            return e
 
-    thread = threading.Thread(target=look_up, name="hgmt-coordinator-lookup", daemon=True)
-    thread.start()
-    thread.join(wait_s)
+    answers = _answers_within(look_up, wait_s, "hgmt-coordinator-lookup")
     error = answers[0] if answers else None
     if not answers or (isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN):
         # The resolver, not the name: a DNS server down, slow or unreachable.
