@@ -2800,17 +2800,22 @@ def test_a_job_that_never_connects_names_what_gave_each_setting():
         "from every host)")
 
 
+def _jax_refuses_a_missing_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jax.distributed.initialize` stood in for by JAX's check of its arguments, which JAX
+    makes only before its backend starts (the suite's earlier tests start it, and JAX then
+    raises a RuntimeError first)."""
+    def initialize(**settings: object) -> None:
+        raise ValueError("Number of processes must be defined.")
+
+    monkeypatch.setattr(cluster.jax.distributed, "initialize", initialize)
+
+
 def test_a_job_setting_no_cluster_gives_is_named_by_its_flag(monkeypatch):
     """Outside any cluster JAX reads, the settings not given are named by their flags, with
     what to give every process; JAX's own ValueError named its argument
     (`Number of processes must be defined.`) and hgmt's line listed all three flags,
     whichever were given."""
-    def initialize(**settings: object) -> None:
-        # JAX's check of its arguments, which it makes only before its backend starts (the
-        # suite's earlier tests started it: then it raises a RuntimeError first).
-        raise ValueError("Number of processes must be defined.")
-
-    monkeypatch.setattr(cluster.jax.distributed, "initialize", initialize)
+    _jax_refuses_a_missing_setting(monkeypatch)
     for name in set(os.environ) - set(_no_cluster(os.environ)):
         monkeypatch.delenv(name)
     tail = (" not given, and no cluster that JAX reads (Slurm, Open MPI's mpirun, a Cloud TPU "
@@ -2919,10 +2924,7 @@ def test_a_cluster_hgmt_has_no_name_for_is_not_called_absent(monkeypatch):
     monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [NewCluster])
     assert coordinator.jax_cluster() == "NewCluster" and not coordinator.jax_reads_slurm()
 
-    def initialize(**settings: object) -> None:
-        raise ValueError("Number of processes must be defined.")
-
-    monkeypatch.setattr(cluster.jax.distributed, "initialize", initialize)
+    _jax_refuses_a_missing_setting(monkeypatch)
     with pytest.raises(ValueError) as raised:
         cluster.initialize("localhost:1", None, None)
     assert str(raised.value) == (
