@@ -214,36 +214,66 @@ def test_slurm_script_passes_the_time_limits_warning_to_srun_and_requeues(tmp_pa
     assert "--signal=B:USR1@300" in _sbatch_options()
 
 
+def _slurm_script_seen(tmp_path, names: tuple[str, ...], **environ: str):
+    """launch/slurm.sbatch run with `environ` over a Slurm job's environment (none of `names`
+    set), against an srun that appends NAME=value (or NAME=unset) of each of `names`, as the
+    training processes would see them, to tmp_path/calls: the run and srun's lines so far."""
+    calls = tmp_path / "calls"
+    srun = tmp_path / "srun"
+    shown = " ".join(f"{name}=${{{name}-unset}}" for name in names)
+    srun.write_text(f'#!/usr/bin/env bash\necho "{shown}" >> {calls}\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    env.update({"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+                "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_SUBMIT_DIR": REPO, **environ})
+    run = subprocess.run(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    return run, calls.read_text().splitlines() if calls.exists() else []
+
+
 def test_slurm_script_drops_a_coordinator_address_left_in_the_submitting_shell(tmp_path):
     """sbatch passes the submitting shell's environment on, and JAX takes
     JAX_COORDINATOR_ADDRESS before Slurm's coordinator: one left there (a run on one machine)
     made every task wait --connect_timeout for a coordinator not in the job. The script says
     so in one line on stderr and runs the training processes without it, Slurm naming the
     coordinator; JAX_COORDINATOR_PORT, which moves Slurm's port, is passed on."""
-    calls = tmp_path / "calls"
-    srun = tmp_path / "srun"
-    srun.write_text(f'#!/usr/bin/env bash\necho "address=${{JAX_COORDINATOR_ADDRESS-unset}} '
-                    f'port=${{JAX_COORDINATOR_PORT-unset}}" >> {calls}\n')
-    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
-           "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_SUBMIT_DIR": REPO,
-           "JAX_COORDINATOR_PORT": "23456"}
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-
-    def submit(**more: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "launch/slurm.sbatch", "/w"], cwd=REPO,
-                              env={**env, **more}, capture_output=True, text=True, timeout=60)
-
-    run = submit(JAX_COORDINATOR_ADDRESS="localhost:1234")
+    names = ("JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT")
+    run, _ = _slurm_script_seen(tmp_path, names, JAX_COORDINATOR_PORT="23456",
+                                JAX_COORDINATOR_ADDRESS="localhost:1234")
     assert run.returncode == 0, run.stderr
     assert run.stderr == (
         "warning: JAX_COORDINATOR_ADDRESS=localhost:1234, from the shell that submitted the "
         "job, is not passed to the training processes: Slurm names the coordinator, the host "
         "of task 0. To choose it, pass --coordinator_address=host:port with the script's "
         "flags; to choose its port alone, set JAX_COORDINATOR_PORT\n")
-    run = submit()
+    run, seen = _slurm_script_seen(tmp_path, names, JAX_COORDINATOR_PORT="23456")
     assert run.returncode == 0 and run.stderr == "", run.stderr
-    assert calls.read_text().splitlines() == ["address=unset port=23456"] * 2
+    assert seen == ["JAX_COORDINATOR_ADDRESS=unset JAX_COORDINATOR_PORT=23456"] * 2
+
+
+def test_slurm_script_drops_a_bind_address_and_names_device_ids_from_the_submitting_shell(
+        tmp_path):
+    """JAX_COORDINATOR_BIND_ADDRESS, where task 0 listens, left in the submitting shell (from
+    a run on one machine: another port, or a host not task 0's) would make task 0 listen where
+    the other tasks do not connect: the script drops it, saying so. JAX_LOCAL_DEVICE_IDS, the
+    GPUs every task drives of those it sees, may be meant: it is passed on, and named in the
+    job's log (one left there, e.g. 0, makes each node drive one GPU)."""
+    names = ("JAX_COORDINATOR_BIND_ADDRESS", "JAX_LOCAL_DEVICE_IDS")
+    run, seen = _slurm_script_seen(tmp_path, names, JAX_COORDINATOR_BIND_ADDRESS="[::]:1234",
+                                   JAX_LOCAL_DEVICE_IDS="0")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [
+        "warning: JAX_COORDINATOR_BIND_ADDRESS=[::]:1234, from the shell that submitted the "
+        "job, is not passed to the training processes: task 0 listens on every address at "
+        "the coordinator's port, which Slurm's job id chooses; to choose it, set "
+        "JAX_COORDINATOR_PORT",
+        "warning: JAX_LOCAL_DEVICE_IDS=0, from the shell that submitted the job, is passed "
+        "to the training processes: each drives only these of the GPUs it sees; unset it "
+        "before sbatch for each to drive them all"]
+    assert seen == ["JAX_COORDINATOR_BIND_ADDRESS=unset JAX_LOCAL_DEVICE_IDS=0"]
+    run, seen = _slurm_script_seen(tmp_path, names)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert seen[1:] == ["JAX_COORDINATOR_BIND_ADDRESS=unset JAX_LOCAL_DEVICE_IDS=unset"]
 
 
 def _sbatch_options() -> list[str]:
