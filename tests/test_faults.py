@@ -3127,3 +3127,37 @@ def test_a_cluster_detection_that_does_not_answer_is_not_waited_for(monkeypatch)
         release.set()
     assert str(ended.value) == cluster._not_connected_line("process 1 of 2", None, 60)
     assert coordinator.jax_cluster(wait_s=5) == "SilentMetadataCluster"
+
+
+def test_on_a_tpu_vm_only_the_not_connected_line_asks_the_metadata_server(monkeypatch):
+    """On a Cloud TPU VM hgmt detects the cluster once a process, for the NotConnected line at
+    the connect timeout (`coordinator.jax_cluster`, which asks the metadata server): its
+    checks before the connect ask nothing (Slurm's, which they read, is no TPU VM's), and
+    JAX's own detection, inside `jax.distributed.initialize`, keeps no answer to reuse."""
+    from jax._src.clusters import cloud_tpu_cluster
+
+    for name in set(os.environ) - set(_no_cluster(os.environ)):
+        monkeypatch.delenv(name)
+    asked: list[str] = []
+
+    def get_metadata(key: str) -> tuple[str, int]:
+        asked.append(key)
+        return "1", 200
+
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", get_metadata)
+    at_connect: list[list[str]] = []
+    monkeypatch.setattr(cluster.jax.distributed, "initialize",
+                        lambda **settings: at_connect.append(list(asked)))
+    cluster.initialize(None, None, None, connect_timeout_s=60)
+    assert at_connect == [[]]
+
+    def end_at_once(line: str, status: int) -> None:
+        raise SystemExit(line)
+
+    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    with pytest.raises(SystemExit) as ended:
+        cluster._not_connected(cluster._who(None, None), None, 60, "JAX_COORDINATOR_ADDRESS",
+                               False, False)
+    assert "every worker of the TPU VM started" in str(ended.value)
+    assert asked == ["agent-worker-number"]

@@ -28,7 +28,8 @@ T = TypeVar("T")
 LOOKUP_WAIT_S = 5
 # How long the line of a job that never connected waits to name the cluster JAX reads
 # (`jax_cluster`), which on a Cloud TPU VM asks its metadata server again; past it the line
-# is worded for any cluster.
+# is worded for any cluster. There it is hgmt's only detection: the checks before the connect
+# read Slurm's alone, and JAX's own, in `jax.distributed.initialize`, keeps no answer.
 DETECTION_WAIT_S = 5
 # The coordinator address (host:port) JAX takes when `jax.distributed.initialize` is given
 # none (--coordinator_address), before it asks a cluster for the rest.
