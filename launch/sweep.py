@@ -126,20 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     what follows `--` goes to every `hgmt.main` run."""
     args, extra = cli.parse(_define_flags, argv, cli.usage_first(__doc__), positional="--")
     if args.sbatch and not args.print_only:
-        raise SystemExit(f"error: --sbatch={args.sbatch} prints Slurm submissions and needs "
-                         f"--print_only: add --print_only, or drop --sbatch to run the sweep "
+        raise SystemExit(f"error: --sbatch={args.sbatch}: prints Slurm submissions, so it needs "
+                         f"--print_only; add --print_only, or drop --sbatch to run the sweep "
                          f"here")
     try:
         sbatch_options = shlex.split(args.sbatch)
     except ValueError as e:
-        raise SystemExit(f"error: --sbatch={args.sbatch}: {e}: quote it as a shell would "
+        raise SystemExit(f"error: --sbatch={args.sbatch}: {e}; quote it as a shell would "
                          f"(e.g. --sbatch='--nodes=1 --gpus-per-node=8')") from None
     # Each run's tasks are the sweep's: a tasks= in --config, or a --config.tasks override
     # passed on, would train other tasks in a run folder named after a subset.
     if any(a.startswith("tasks=") for a in args.config.partition(":")[2].split(",")):
-        raise SystemExit(f"error: --config={args.config}: give the config without tasks=: "
-                         f"the sweep names each run's tasks (--tasks=A,B; default all 15 "
-                         f"subsets)")
+        raise SystemExit(f"error: --config={args.config}: the sweep names each run's tasks "
+                         f"(--tasks=A,B; default all 15 subsets); give the config without "
+                         f"tasks=")
     for arg in extra:
         if arg.lstrip("-").partition("=")[0] in ("config.tasks", "noconfig.tasks"):
             raise SystemExit(f"error: {arg} after `--`: each run trains the tasks of its "
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if paths.is_url(args.sweep_dir):
         raise SystemExit(f"error: --sweep_dir={args.sweep_dir}: a sweep directory is a local "
                          f"folder (the sweep and hgmt.report read it with the local file "
-                         f"system): give one on a local or mounted disk (a bucket mounted with "
+                         f"system); give one on a local or mounted disk (a bucket mounted with "
                          f"gcsfuse, for one)")
     # One folder whatever the caller's working directory, which the runs share.
     sweep_dir = paths.absolute(args.sweep_dir)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --tasks={args.tasks}: {e}, in each comma-separated subset "
                          f"(leave --tasks out for all 15 subsets)") from None
     if not subsets:  # an unset shell variable, say: not a request for all 15 subsets
-        raise SystemExit(f"error: --tasks={args.tasks} names no subset: give them (e.g. "
+        raise SystemExit(f"error: --tasks={args.tasks}: names no subset; give them (e.g. "
                          f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")
     try:
         extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 import ml_collections
@@ -36,16 +37,22 @@ def record_plan(sweep_dir: str, plan: dict, config: str, first: ml_collections.C
                     config, old["extra"], plan["subsets"][0], first)
         if changed:
             raise SystemExit(
-                f"error: {sweep_dir} holds a sweep of --config={old['config']} with arguments "
-                f"{old['extra']}, not --config={plan['config']} with {plan['extra']} "
-                f"({', '.join(changed)} differ): give another --sweep_dir, or the same config "
-                f"and arguments (where the data is and how it is read may differ: "
-                f"{', '.join(SWEEP_FREE)})")
+                f"error: {sweep_dir} holds a sweep of --config={old['config']} with "
+                f"{_arguments(old['extra'])}, not --config={plan['config']} with "
+                f"{_arguments(plan['extra'])} ({', '.join(changed)} differ); give another "
+                f"--sweep_dir, or the same config and arguments (where the data is and how it "
+                f"is read may differ: {', '.join(SWEEP_FREE)})")
         plan = {**plan, "subsets": old["subsets"] + [
             s for s in plan["subsets"] if s not in old["subsets"]],
             "seeds": max(old["seeds"], plan["seeds"])}
     disk_space.write_atomically(path, lambda f: json.dump(plan, f, indent=1))
     return plan
+
+
+def _arguments(extra: list[str]) -> str:
+    """The arguments after `--` of a plan, as typed in a shell: 'arguments --config.x=5' or
+    'no arguments'."""
+    return f"arguments {shlex.join(extra)}" if extra else "no arguments"
 
 
 def _recorded_plan(sweep_dir: str) -> dict | None:
@@ -114,7 +121,7 @@ def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
     path, colon, argument = _resolved(config).partition(":")
     if not os.path.isfile(path):
         raise SystemExit(f"error: --config={config}: no config file {config.partition(':')[0]} "
-                         f"in the working directory or in {REPO}: give a config file such as "
+                         f"in the working directory or in {REPO}; give a config file such as "
                          f"configs/default.py")
     try:
         parsed = trainer.parse([*run_configs.config_args(f"{path}{colon}{argument}", tasks,
@@ -138,7 +145,7 @@ def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
         input_pipeline.check_seed(last)
     except ValueError:
         raise SystemExit(f"error: --seeds={seeds}: the last run's seed, config.seed="
-                         f"{parsed.config.seed} plus {seeds - 1}, is {last}, beyond 2**32 - 1: "
+                         f"{parsed.config.seed} plus {seeds - 1}, is {last}, beyond 2**32 - 1; "
                          f"give a lower config.seed or fewer seeds") from None
     test = parsed.config.get("evals", {}).get("test")
     if test is None or not test.get("at_end"):
@@ -152,7 +159,7 @@ def check_run(config: str, tasks: str, extra: list[str], seeds: int = 1
         raise SystemExit(
             f"error: the runs' config.evals.test {what}: "
             f"launch/sweep.py counts a run as done by the {workdirs.result_file()} that test "
-            f"evaluation writes after training, so every call would train every run again: "
+            f"evaluation writes after training, so every call would train every run again; "
             f"{fix}")
     return f"{path}{colon}{argument}", parsed.config
 

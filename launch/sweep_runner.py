@@ -131,6 +131,6 @@ def run_all(planned: list[tuple[str, int]], stop: Stop, config: str, sweep_dir: 
 def _say_failed(failed: list[str]) -> None:
     """The closing line naming the `failed` runs, if any."""
     if failed:
-        print(f"failed runs: {failed}; rerun the same command to retry them (a run whose "
-              f"log says CannotResume: the config file changed since it started; add "
+        print(f"failed runs: {', '.join(failed)}; rerun the same command to retry them (a run "
+              f"whose log says CannotResume: the config file changed since it started; add "
               f"{cli.RESUME_FLAG} to train on with it)", file=sys.stderr)

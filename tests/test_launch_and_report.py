@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
              "fields: "),
             (["--config=configs/dmeo.py", "--", "--config.total_steps=5"],
              f"error: --config=configs/dmeo.py: no config file configs/dmeo.py in the working "
-             f"directory or in {REPO}: give a config file such as configs/default.py"),
+             f"directory or in {REPO}; give a config file such as configs/default.py"),
             (["--config=configs/demo.py:runlocal", "--", "--config.total_steps=5"],
              f"error: the pose2d runs' hgmt.main (--config=configs/demo.py:runlocal and the "
              f"arguments after `--`): --config={REPO}/configs/demo.py:runlocal,tasks=pose2d: "
@@ -173,7 +174,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
              "error: the runs' config.evals.test does not run after training "
              "(config.evals.test.at_end=False): launch/sweep.py counts a run as done by the "
              "eval_test.json that test evaluation writes after training, so every call would "
-             "train every run again: drop --config.evals.test.at_end=False\n")):
+             "train every run again; drop --config.evals.test.at_end=False\n")):
         run = sweep(*args)
         assert run.returncode == 1, (args, run.stdout)
         assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith(message), (
@@ -285,8 +286,8 @@ def test_a_sweep_planned_with_tasks_in_its_config_goes_on_without_it(tmp_path, m
 
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/demo.py:tasks=segm"],
-     "error: --config=configs/demo.py:tasks=segm: give the config without tasks=: the sweep "
-     "names each run's tasks (--tasks=A,B; default all 15 subsets)"),
+     "error: --config=configs/demo.py:tasks=segm: the sweep names each run's tasks "
+     "(--tasks=A,B; default all 15 subsets); give the config without tasks="),
     (["--config=configs/demo.py", "--", "--config.tasks=segm"],
      "error: --config.tasks=segm after `--`: each run trains the tasks of its subset "
      "(--tasks=A,B); drop it"),
@@ -310,7 +311,7 @@ def test_sweep_refuses_a_tasks_flag_that_names_no_subset(tasks, tmp_path, monkey
     run = _sweep_in_process(capsys, f"--sweep_dir={tmp_path / 's'}", "--config=configs/demo.py",
                             f"--tasks={tasks}", "--print_only")
     assert (run.returncode, run.stderr) == (1, (
-        f"error: --tasks={tasks} names no subset: give them (e.g. --tasks=pose2d,pose2d+segm), "
+        f"error: --tasks={tasks}: names no subset; give them (e.g. --tasks=pose2d,pose2d+segm), "
         f"or leave --tasks out for all 15\n"))
     assert not (tmp_path / "s").exists()
 
@@ -439,8 +440,9 @@ def test_a_later_call_may_move_the_data_not_change_what_the_runs_train(
                            "worker_count")):
         run = sweep(*other)
         assert run.returncode == 1 and run.stderr == (
-            f"error: {s} holds a sweep of --config=configs/default.py with arguments {moved}, "
-            f"not --config=configs/default.py with {other} ({fields} differ): give another "
+            f"error: {s} holds a sweep of --config=configs/default.py with arguments "
+            f"{shlex.join(moved)}, not --config=configs/default.py with arguments "
+            f"{shlex.join(other)} ({fields} differ); give another "
             f"--sweep_dir, or the same config and arguments (where the data is and how it is "
             f"read may differ: data_dir, demo.surreal_root, read_threads, prefetch, "
             f"max_damaged_fraction, log_every, checkpoint_every, keep_checkpoints, "
@@ -497,7 +499,7 @@ def test_a_damaged_plan_is_written_anew_and_a_url_sweep_dir_refused(tmp_path, mo
                             "--print_only")
     assert run.returncode == 1 and run.stderr == (
         "error: --sweep_dir=gs://bucket/sweep: a sweep directory is a local folder (the sweep "
-        "and hgmt.report read it with the local file system): give one on a local or mounted "
+        "and hgmt.report read it with the local file system); give one on a local or mounted "
         "disk (a bucket mounted with gcsfuse, for one)\n")
     assert os.listdir(tmp_path) == ["s"]
     with pytest.raises(SystemExit) as e:
@@ -629,7 +631,7 @@ def test_sweep_refuses_sbatch_without_print_only(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.splitlines() == [
-        "error: --sbatch=--nodes=1 prints Slurm submissions and needs --print_only: add "
+        "error: --sbatch=--nodes=1: prints Slurm submissions, so it needs --print_only; add "
         "--print_only, or drop --sbatch to run the sweep here"]
     assert not (tmp_path / "s").exists()
 
@@ -818,7 +820,7 @@ def test_sweep_runs_each_subset_once_per_seed(tmp_path):
      "config.optimizer.learning_rate=inf must be finite and > 0"),
     (["--seeds=3", "--", "--config.seed=4294967294"],
      "--seeds=3: the last run's seed, config.seed=4294967294 plus 2, is 4294967296, beyond "
-     "2**32 - 1: give a lower config.seed or fewer seeds")])
+     "2**32 - 1; give a lower config.seed or fewer seeds")])
 def test_sweep_refuses_a_value_hgmt_main_refuses_before_recording_its_plan(
         args, message, tmp_path, capsys):
     """A value each run's hgmt.main would refuse (or a seed the last run's number makes one)
@@ -965,23 +967,24 @@ def test_report_refuses_runs_trained_unlike_the_others(tmp_path, capsys):
     assert e.value.code == (
         f"error: ValueError: {sweep_dir}: the runs were not all trained alike, so their "
         f"numbers do not compare: 2 runs trained alike (pose2d, pose2d+segm); pose2d+segm@seed1 "
-        f"not: total_steps 300 (theirs: 1200); pose2d@seed1 not: optimizer.learning_rate 0.5 "
-        f"(theirs: 0.002). Move each of pose2d+segm@seed1, pose2d@seed1 out of {sweep_dir}: "
-        f"the report then leaves it out, and launch/sweep.py with the sweep's arguments trains "
-        f"it again")
+        f"not: config.total_steps=300 (theirs: 1200); pose2d@seed1 not: "
+        f"config.optimizer.learning_rate=0.5 (theirs: 0.002). Move each of pose2d+segm@seed1, "
+        f"pose2d@seed1 out of {sweep_dir}: the report then leaves it out, and launch/sweep.py "
+        f"with the sweep's arguments trains it again")
     assert not out.exists()
     edit("pose2d+segm@seed1", total_steps=1200)
     with pytest.raises(ValueError, match=re.escape(
             "3 runs trained alike (pose2d, pose2d+segm, pose2d+segm@seed1); pose2d@seed1 not: "
-            "optimizer.learning_rate 0.5 (theirs: 0.002). Move pose2d@seed1 out of")):
+            "config.optimizer.learning_rate=0.5 (theirs: 0.002). Move pose2d@seed1 out of")):
         evaluations.load_sweep(sweep_dir)
     # On a tie the first run's settings are the sweep's.
     edit("pose2d+segm", total_steps=300)
     edit("pose2d+segm@seed1", total_steps=300)
     with pytest.raises(ValueError, match=re.escape(
-            "2 runs trained alike (pose2d+segm, pose2d+segm@seed1); pose2d not: total_steps "
-            "1200 (theirs: 300); pose2d@seed1 not: optimizer.learning_rate 0.5 (theirs: 0.002), "
-            "total_steps 1200 (theirs: 300).")):
+            "2 runs trained alike (pose2d+segm, pose2d+segm@seed1); pose2d not: "
+            "config.total_steps=1200 (theirs: 300); pose2d@seed1 not: "
+            "config.optimizer.learning_rate=0.5 (theirs: 0.002), config.total_steps=1200 "
+            "(theirs: 300).")):
         evaluations.load_sweep(sweep_dir)
     edit("pose2d@seed1", **{"optimizer.learning_rate": 0.002})
     edit("pose2d+segm", total_steps=1200)
@@ -1037,7 +1040,7 @@ def test_report_counts_a_protocols_file_only_of_the_step_the_training_ended_at(t
         evaluations.load_sweep(str(sweep_dir))
     assert str(e.value) == (
         f"{run}/eval_test.json holds protocol 'bodynet' numbers, not 'hgmt' (the run's test "
-        f"evaluator ran under 'bodynet'): report them with --protocol=bodynet, or evaluate the "
+        f"evaluator ran under 'bodynet'); report them with --protocol=bodynet, or evaluate the "
         f"run under 'hgmt' into {run}/eval_test_hgmt.json, which the report reads then (it is "
         f"there but not of the trained weights: it is of step 300, and the run's training "
         f"ended at step 1200): python -m hgmt.evaluate --workdir={run} --protocol=hgmt "
@@ -1270,10 +1273,11 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}"])
     assert str(e.value.code) == (
         f"error: ValueError: {sweep_dir}: the runs were not all evaluated alike, so their "
-        f"numbers do not compare: 7 runs with num_examples 240, split test, frames every4, "
-        f"flip False, metrics_version 2, window hgmt (pose2d, pose2d+segm, pose2d+segm@seed2, "
-        f"pose2d@seed1, pose2d@seed2 and 2 other runs); 1 run with num_examples 24, split "
-        f"test, frames middle, flip False, metrics_version 2, window hgmt (pose2d+segm@seed1). "
+        f"numbers do not compare: 7 runs with num_examples=240, split='test', "
+        f"frames='every4', flip=False, metrics_version=2, window='hgmt' (pose2d, pose2d+segm, "
+        f"pose2d+segm@seed2, pose2d@seed1, pose2d@seed2 and 2 other runs); 1 run with "
+        f"num_examples=24, split='test', frames='middle', flip=False, metrics_version=2, "
+        f"window='hgmt' (pose2d+segm@seed1). "
         f"Evaluate pose2d+segm@seed1 "
         f"again as the others, for each <run>: python -m hgmt.evaluate "
         f"--workdir={sweep_dir}/<run> --split=test --frames=every4 --noflip "
@@ -1289,7 +1293,7 @@ def test_report_refuses_runs_evaluated_on_other_frames(tmp_path):
                                 if k != "metrics_version"}))
     with pytest.raises(SystemExit) as e:
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={tmp_path / 'again'}"])
-    assert ("flip False, metrics_version 1, window hgmt (pose2d+segm@seed1). Evaluate "
+    assert ("flip=False, metrics_version=1, window='hgmt' (pose2d+segm@seed1). Evaluate "
             "pose2d+segm@seed1 again as the others") in str(e.value.code), e.value.code
 
 
@@ -1367,11 +1371,11 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
     with pytest.raises(ValueError) as e:
         evaluations.load_sweep(str(sweep_dir), "bodynet")
     version = metrics_versions.metrics_version("bodynet")
-    assert ("1 run with num_examples 240, split test, frames middle, flip False, "
-            f"metrics_version {version}, window hgmt (pose2d+segm); 1 run with num_examples "
-            f"240, split test, frames middle, flip False, metrics_version {version}, window "
-            "reference (pose2d). Evaluate pose2d+segm again as the others, for each <run>: "
-            "python -m hgmt.evaluate") in str(e.value), e.value
+    assert ("1 run with num_examples=240, split='test', frames='middle', flip=False, "
+            f"metrics_version={version}, window='hgmt' (pose2d+segm); 1 run with "
+            f"num_examples=240, split='test', frames='middle', flip=False, "
+            f"metrics_version={version}, window='reference' (pose2d). Evaluate pose2d+segm "
+            "again as the others, for each <run>: python -m hgmt.evaluate") in str(e.value), e.value
     assert str(e.value).endswith(f"--protocol=bodynet --out_file={sweep_dir}/<run>/"
                                  f"eval_test_bodynet.json"), e.value
     write("pose2d", None)
@@ -1380,8 +1384,9 @@ def test_report_refuses_runs_evaluated_in_other_crop_windows(tmp_path):
         (sweep_dir / "pose2d" / "eval_test_bodynet.json").read_text().replace(
             '"num_examples": 240', '"num_examples": 120'))
     with pytest.raises(ValueError, match=re.escape(
-            "Evaluate every run again (hgmt.evaluate evaluates protocol bodynet in crop window "
-            f"reference, metrics_version {version}), for each <run>: python -m hgmt.evaluate "
+            "Evaluate every run again (hgmt.evaluate evaluates protocol 'bodynet' in crop "
+            f"window 'reference', metrics_version={version}), for each <run>: python -m "
+            "hgmt.evaluate "
             "--workdir=")) as e:
         evaluations.load_sweep(str(sweep_dir), "bodynet")
     assert "--max_examples=240 --protocol=bodynet" in str(e.value), e.value
@@ -1530,7 +1535,7 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     run = sweep_dir / "pose2d"
     assert e.value.code == (
         f"error: ValueError: {run}/eval_test.json holds protocol 'bodynet' numbers, not "
-        f"'hgmt' (the run's test evaluator ran under 'bodynet'): report them with "
+        f"'hgmt' (the run's test evaluator ran under 'bodynet'); report them with "
         f"--protocol=bodynet, or evaluate the run under 'hgmt' into {run}/eval_test_hgmt.json, "
         f"which the report reads then: python -m hgmt.evaluate --workdir={run} "
         f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")
@@ -1546,7 +1551,7 @@ def test_report_reads_a_sweep_trained_with_a_reference_test_protocol(tmp_path):
     with pytest.raises(ValueError) as e:
         evaluations.load_sweep(str(sweep_dir))
     assert str(e.value) == (
-        f"{run}/eval_test_hgmt.json holds protocol 'bodynet' numbers, not 'hgmt': evaluate "
+        f"{run}/eval_test_hgmt.json holds protocol 'bodynet' numbers, not 'hgmt'; evaluate "
         f"the run under 'hgmt' into it again: python -m hgmt.evaluate --workdir={run} "
         f"--protocol=hgmt --out_file={run}/eval_test_hgmt.json")
     from hgmt import evaluate
@@ -1834,10 +1839,11 @@ def test_report_refuses_runs_that_train_a_task_with_another_loss(tmp_path):
     assert e.value.code == (
         f"error: ValueError: {sweep_dir}: the runs of a task do not all train it with the "
         f"same loss, so its changes between subsets would be of the loss too: pose2d+segm "
-        f"trains segm with loss_options.segm {{\"foreground_weight\": 10.0}} (theirs: "
-        f"{{\"foreground_weight\": 1.0}}); segm@seed2 trains segm with loss_weights.segm 5.0 "
-        f"(theirs: 1.0). Move each such run out of {sweep_dir}: the report then leaves it "
-        f"out, and launch/sweep.py with the sweep's arguments trains it again")
+        f"trains segm with config.loss_options.segm={{'foreground_weight': 10.0}} (theirs: "
+        f"{{'foreground_weight': 1.0}}); segm@seed2 trains segm with "
+        f"config.loss_weights.segm=5.0 (theirs: 1.0). Move each such run out of {sweep_dir}: "
+        f"the report then leaves it out, and launch/sweep.py with the sweep's arguments trains "
+        f"it again")
     assert not out.exists()
     # An older config.json without loss_options trained with its tasks' defaults: alike.
     for name in ("segm@seed2", "pose2d+segm"):
@@ -1884,7 +1890,7 @@ def test_report_compares_another_protocols_numbers(tmp_path):
     with pytest.raises(ValueError) as e:
         evaluations.load_sweep(str(sweep_dir), "surreal")
     assert str(e.value) == (
-        f"{run}/eval_test_surreal.json holds protocol 'bodynet' numbers, not 'surreal': "
+        f"{run}/eval_test_surreal.json holds protocol 'bodynet' numbers, not 'surreal'; "
         f"evaluate the run under 'surreal' into it again: python -m hgmt.evaluate "
         f"--workdir={run} --protocol=surreal --out_file={run}/eval_test_surreal.json")
     (sweep_dir / "pose2d" / "eval_test_surreal.json").unlink()
@@ -1897,12 +1903,15 @@ def test_report_on_a_missing_sweep_names_the_fix(tmp_path):
     a file, with another fix under --check_config)."""
     (tmp_path / "afile").write_text("x")
     for given in ("nothing", "afile"):
-        with pytest.raises(FileNotFoundError, match=rf"^--sweep_dir={tmp_path / given} is not "
-                                                    rf"a folder \(missing, or a file\): give "
+        with pytest.raises(FileNotFoundError, match=rf"^--sweep_dir={tmp_path / given}: not "
+                                                    rf"a folder \(missing, or a file\); give "
                                                     rf"the folder launch/sweep.py made$"):
             evaluations.load_sweep(str(tmp_path / given))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no subset has finished"):
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"no <tasks>/eval_test.json in {tmp_path / 'empty'}: no subset has finished; run "
+            f"launch/sweep.py --sweep_dir={tmp_path / 'empty'} with the sweep's config and "
+            f"arguments to train them")):
         evaluations.load_sweep(str(tmp_path / "empty"))
 
 
@@ -2053,8 +2062,8 @@ def test_check_config_on_a_sweep_it_cannot_read_exits_2_with_one_line(tmp_path, 
     assert run.returncode == 2 and hgmt.report.CHECK_UNUSABLE == 2
     assert run.stdout == ""
     assert run.stderr.splitlines() == [
-        f"error: FileNotFoundError: --sweep_dir={missing} is not a folder (missing, or a "
-        f"file): give the folder launch/sweep.py made"]
+        f"error: FileNotFoundError: --sweep_dir={missing}: not a folder (missing, or a "
+        f"file); give the folder launch/sweep.py made"]
     sweep_dir = _study_sweep(tmp_path, {"pose2d": 1})
 
     def check() -> tuple[int, str]:
@@ -2071,8 +2080,9 @@ def test_check_config_on_a_sweep_it_cannot_read_exits_2_with_one_line(tmp_path, 
                            f"damaged. Restore it from a copy, or train the run again\n")
     os.remove(os.path.join(sweep_dir, "sweep.json"))
     assert check() == (2, f"error: FileNotFoundError: {sweep_dir}/sweep.json not found: the "
-                          f"sweep's plan, written by launch/sweep.py --sweep_dir={sweep_dir}, "
-                          f"names the config its runs used\n")
+                          f"sweep's plan names the config its runs used; write it with "
+                          f"launch/sweep.py --sweep_dir={sweep_dir} --print_only and the "
+                          f"sweep's config and arguments\n")
 
 
 def test_check_config_compares_an_older_runs_evaluation_fields_under_their_new_names(

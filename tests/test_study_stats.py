@@ -70,11 +70,13 @@ def test_holm_refuses_a_p_value_that_is_not_a_probability():
     """holm([0.01, nan]) gave [0.02, 0.02]: the NaN took the larger factor's rank and the
     adjusted p of the other test. A p that is NaN or outside [0, 1] is an error."""
     for p in ([0.01, math.nan], [math.nan], [0.2, 1.5, 0.1], [-0.1]):
-        with pytest.raises(ValueError, match=r"not numbers in \[0, 1\]: leave their tests "
+        with pytest.raises(ValueError, match=r"not numbers in \[0, 1\]; leave their tests "
                                              r"out of the family"):
             stats.holm(p)
-    with pytest.raises(ValueError, match=r"holm: p-values \[nan\] \(positions \[1\]\)"):
+    with pytest.raises(ValueError, match=r"^holm: p_values\[1\]=nan: not numbers"):
         stats.holm([0.01, math.nan])
+    with pytest.raises(ValueError, match=r"^holm: p_values\[1\]=1\.5, p_values\[2\]=-0\.1: "):
+        stats.holm([0.2, 1.5, -0.1])
     assert stats.holm([0.0, 1.0]) == [0.0, 1.0]
 
 

@@ -58,7 +58,7 @@ def check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     sweep = max(groups, key=len)  # the first of the largest: the first run's on a tie
     odd = sorted(n for g in groups if g is not sweep for n in g)
     found = "; ".join(
-        f"{name} not: " + ", ".join(f"{field} {json.dumps(theirs)} (theirs: {json.dumps(ours)})"
+        f"{name} not: " + ", ".join(f"config.{field}={theirs!r} (theirs: {ours!r})"
                                     for field, theirs, ours in run_configs.trained_differences(
                                         configs[name], configs[sweep[0]]))
         for name in odd)
@@ -96,9 +96,8 @@ def check_losses_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
             if value != sweep:
                 theirs = json.loads(sweep)
                 found.append(f"{name} trains {task} with " + ", ".join(
-                    f"{field}.{task} {json.dumps(loss[field])} (theirs: "
-                    f"{json.dumps(theirs[field])})" for field in loss
-                    if loss[field] != theirs[field]))
+                    f"config.{field}.{task}={loss[field]!r} (theirs: {theirs[field]!r})"
+                    for field in loss if loss[field] != theirs[field]))
     if found:
         raise ValueError(
             f"{sweep_dir}: the runs of a task do not all train it with the same loss, so its "
@@ -149,11 +148,11 @@ def check_evaluated_alike(sweep_dir: str, protocol: str, evaluated: dict[str, tu
                                        {n: files[n] for n in redo})
     found = "; ".join(
         f"{len(groups[settings])} run{'s' if len(groups[settings]) > 1 else ''} with "
-        f"{', '.join(f'{k} {v}' for k, v in zip(EVALUATION, settings, strict=True))} "
+        f"{', '.join(f'{k}={v!r}' for k, v in zip(EVALUATION, settings, strict=True))} "
         f"({some_runs(groups[settings])})"
         for settings in sorted(groups, key=lambda k: (-len(groups[k]), str(k))))
-    which = (f"every run again (hgmt.evaluate evaluates protocol {protocol} in crop window "
-             f"{today}, metrics_version {metrics_versions.metrics_version(protocol)})"
+    which = (f"every run again (hgmt.evaluate evaluates protocol {protocol!r} in crop window "
+             f"{today!r}, metrics_version={metrics_versions.metrics_version(protocol)})"
              if not as_today(target)
              else f"{some_runs(redo)} again as the others")
     raise ValueError(f"{sweep_dir}: the runs were not all evaluated alike, so their numbers "
@@ -180,9 +179,9 @@ def evaluate_command(sweep_dir: str, protocol: str, settings: tuple,
         files.setdefault(file, []).append(name)
     usual = workdirs.result_file(protocol)
     common = max(files, key=lambda f: (len(files[f]), f == usual, f), default=usual)
+    missing, another = f"is missing or holds protocol {protocol!r}", "holds another protocol's"
     others = "".join(
-        f" (for {some_runs(names)}, whose {usual} "
-        f"{'holds another protocol' if f != usual else f'is missing or holds {protocol}'}'s "
+        f" (for {some_runs(names)}, whose {usual} {missing if f == usual else another} "
         f"numbers: --out_file={os.path.join(sweep_dir, '<run>', f)})"
         for f, names in sorted(files.items()) if f != common)
     return (f"python -m hgmt.evaluate --workdir={os.path.join(sweep_dir, '<run>')} "

@@ -29,9 +29,7 @@ def evaluated_runs(sweep_dir: str, protocol: str = "hgmt") -> dict[str, tuple[st
     for both. FileNotFoundError when `sweep_dir` is missing; ValueError, naming the
     hgmt.evaluate command, for a run whose file holds another protocol's numbers, or naming
     a file that does not read and what to do (`_result`)."""
-    if not os.path.isdir(sweep_dir):
-        raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
-                                f"file): give the folder launch/sweep.py made")
+    sweep_runs.check_folder(sweep_dir)
     found = {}
     for name in sweep_runs.run_names(sweep_dir):
         file, summary = _result(os.path.join(sweep_dir, name), protocol)
@@ -64,13 +62,14 @@ def load_sweep(sweep_dir: str, protocol: str = "hgmt",
         limits[name] = summary.get("max_examples")
         files[name] = file
     if not results:
-        hint = "" if protocol == "hgmt" else (
-            f" (evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
-            f"<tasks> --protocol={protocol} --out_file={sweep_dir}/<tasks>/{name_of}, or rerun "
-            f"launch/sweep.py with --protocols={protocol}; such a file counts once the run's "
-            f"{workdirs.result_file()} is there, and only for the step its training ended at)")
+        fix = (f"run launch/sweep.py --sweep_dir={sweep_dir} with the sweep's config and "
+               f"arguments to train them" if protocol == "hgmt" else
+               f"evaluate finished runs with: python -m hgmt.evaluate --workdir={sweep_dir}/"
+               f"<tasks> --protocol={protocol} --out_file={sweep_dir}/<tasks>/{name_of}, or rerun "
+               f"launch/sweep.py with --protocols={protocol} (such a file counts once the run's "
+               f"{workdirs.result_file()} is there, and only for the step its training ended at)")
         raise FileNotFoundError(f"no <tasks>/{name_of} in {sweep_dir}: no subset has "
-                                f"finished{hint}")
+                                f"finished; {fix}")
     comparable.check_trained_alike(sweep_dir, configs)
     comparable.check_losses_alike(sweep_dir, configs)
     # The runs' training window (alike by now: a run trained on another is refused above).
@@ -141,7 +140,7 @@ def _result(run_dir: str, protocol: str) -> tuple[str, dict | None]:
     summary = sweep_runs.read_summary(path, f"Evaluate the run into it again: {evaluate}")
     held = protocol_of(summary)
     if held not in (None, protocol):
-        raise ValueError(f"{path} holds protocol {held!r} numbers, not {protocol!r}: "
+        raise ValueError(f"{path} holds protocol {held!r} numbers, not {protocol!r}; "
                          f"evaluate the run under {protocol!r} into it again: {evaluate}")
     behind = None if summary is None else sweep_runs.behind_training(run_dir, summary, trained)
     if summary is not None and behind is None:
@@ -151,7 +150,7 @@ def _result(run_dir: str, protocol: str) -> tuple[str, dict | None]:
     found = protocol_of(trained)
     why = "" if behind is None else f" (it is there but not of the trained weights: {behind})"
     raise ValueError(f"{trained_path} holds protocol {found!r} numbers, not {protocol!r} "
-                     f"(the run's test evaluator ran under {found!r}): report them with "
+                     f"(the run's test evaluator ran under {found!r}); report them with "
                      f"--protocol={found}, or evaluate the run under {protocol!r} into "
                      f"{path}, which the report reads then{why}: {evaluate}")
 

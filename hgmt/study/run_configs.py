@@ -86,7 +86,7 @@ def _load(config: str, args: Sequence[str]) -> dict:
         path = os.path.join(REPO, path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} (the sweep's --config={config}) not "
-                                f"found: run the check from the repository that made the sweep")
+                                f"found; run the check from the repository that made the sweep")
     given = args[0].partition("=")[2].partition(":")[2]
     argv = ["check", f"--config={path}" + (f":{given}" if given else ""), *args[1:]]
     fv = flags.FlagValues()

@@ -68,13 +68,12 @@ def plan(sweep_dir: str, fix: str = PLAN_FIX,
     'seeds' 1 where the plan has none. A file that is empty or not a JSON object, lacking a
     field of `needs` (those the caller reads) or holding any field of another type (a list
     but of strings) raises DamagedRunFile naming the file, the field and `fix`, what to do."""
-    if not os.path.isdir(sweep_dir):
-        raise FileNotFoundError(f"--sweep_dir={sweep_dir} is not a folder (missing, or a "
-                                f"file): give the folder launch/sweep.py made")
+    check_folder(sweep_dir)
     path = os.path.join(sweep_dir, workdirs.SWEEP_PLAN)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: the sweep's plan, written by launch/sweep.py"
-                                f" --sweep_dir={sweep_dir}, names the config its runs used")
+        raise FileNotFoundError(f"{path} not found: the sweep's plan names the config its runs "
+                                f"used; write it with launch/sweep.py --sweep_dir={sweep_dir} "
+                                f"--print_only and the sweep's config and arguments")
     value = _json_object(path, fix)
     for key, kind in PLAN_FIELDS.items():
         if key not in value and key not in needs:
@@ -86,6 +85,14 @@ def plan(sweep_dir: str, fix: str = PLAN_FIX,
             raise workdirs.DamagedRunFile(f"{path} holds no {key!r} {kind.__name__}{of}: the "
                                           f"file was edited or damaged. {fix}")
     return {"seeds": 1, **value}
+
+
+def check_folder(sweep_dir: str) -> None:
+    """FileNotFoundError, naming the fix, where `sweep_dir` is not a folder (missing, or a
+    file)."""
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"--sweep_dir={sweep_dir}: not a folder (missing, or a file); "
+                                f"give the folder launch/sweep.py made")
 
 
 def finished(sweep_dir: str) -> list[str]:

@@ -101,9 +101,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
     p = np.asarray(p_values, float)
     bad = [i for i, x in enumerate(p) if not 0.0 <= x <= 1.0]
     if bad:
-        raise ValueError(f"holm: p-values {[float(p[i]) for i in bad]} (positions {bad}) are "
-                         f"not numbers in [0, 1]: leave their tests out of the family (welch "
-                         f"gives None for values that are not finite)")
+        given = ", ".join(f"p_values[{i}]={float(p[i])!r}" for i in bad)
+        raise ValueError(f"holm: {given}: not numbers in [0, 1]; leave their tests out of the "
+                         f"family (welch gives None for values that are not finite)")
     adjusted, running = np.empty(len(p)), 0.0
     for rank, i in enumerate(np.argsort(p, kind="stable")):
         running = max(running, (len(p) - rank) * p[i])
