@@ -90,6 +90,32 @@ def test_same_crop_parameters_sample_the_same_pixels_of_noise_maps(source):
             assert (dev[key] != host[key]).sum() <= 2, (key, p)
 
 
+def test_a_label_px_sampling_the_frames_far_outer_edge_takes_its_last_px_on_both_paths(source):
+    """A crop whose label px sample exactly on the frame's far outer edges: the 16 joints at
+    one point (316, 236), so the window is the least side, 8 px, around it; cut at 32 px,
+    label px (u, v) of the 8 x 8 map samples frame px (u + 312.5, v + 232.5), each a tie,
+    u = 7 at x = 319.5 = W - 0.5 and v = 7 at y = 239.5 = H - 0.5. Both paths take the px at
+    floor(x + 0.5), and on the edge the last px (319, 239), not the 0 outside: the label maps
+    are the frame's px (313..319, 319) x (233..239, 239)."""
+    rng = np.random.default_rng(7)
+    rec = dict(da.decode_record(source[0]))
+    shape = rec["segm"].shape
+    rec["joints2d"] = np.full_like(rec["joints2d"], [316.0, 236.0])
+    rec["segm"] = rng.integers(1, 25, shape, dtype=np.uint8)
+    rec["depth_class"] = rng.integers(1, 20, shape, dtype=np.uint8)
+    rec["depth"] = rng.integers(1, 10000, shape, dtype=np.uint16)
+    rows, cols = np.minimum(np.arange(8) + 233, 239), np.minimum(np.arange(8) + 313, 319)
+    host = cropping.crop_with(rec, 32, cropping.CropParams())
+    dev = _device_crops([rec], [cropping.CropParams()], 32)[0]
+    for crop in (host, dev):
+        np.testing.assert_array_equal(crop["depth_class"], rec["depth_class"][np.ix_(rows, cols)])
+        # The device's metres are the product with 1/1000: 1 ulp from the host's quotient.
+        np.testing.assert_allclose(crop["depth"], rec["depth"][np.ix_(rows, cols)] / 1000,
+                                   rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(dev["segm"], host["segm"])
+    assert (dev["segm"] > 0).all()
+
+
 def test_device_flip_swaps_left_and_right(source):
     """The suite's flip check (test_input_pipeline) on the device path: a mirrored crop is the
     plain one mirrored, sides swapped."""
@@ -109,10 +135,14 @@ def test_device_flip_swaps_left_and_right(source):
 def test_device_sampling_at_known_fractions_and_the_frame_edge():
     """A 6 x 8 frame of distinct values sampled at crop px (u, v) -> frame px (u + dx, v + dy)
     (an affine translating by -dx, -dy; cv2 and the device invert it alike), by hand. Nearest
-    at dx = dy = 0.5 and at 0.6: the px at floor(x + 0.5) = (u + 1, v + 1) (not round half to
-    even: u = 0 at x = 0.5 takes px 1, as cv2's INTER_NEAREST), 0 past the frame (crop px 7
-    samples x = 7.5 or 7.6, px 8). cv2 agrees but at exactly x = 7.5 (y = 5.5), where the
-    installed OpenCV takes the last px. Bilinear at dx = 0.25, dy = 0.75: weights
+    at dx = dy = 0.6: the px at floor(x + 0.5) = (u + 1, v + 1), 0 past the frame (crop px 7
+    samples x = 7.6, px 8). At 0.5, every sample a tie: the px at floor(x + 0.5) again (not
+    round half to even: u = 0 at x = 0.5 takes px 1), but the frame is closed: crop px 7 at
+    x = 7.5 = W - 0.5, on the last px's outer edge, takes that px (7), as row 5 at y = 5.5
+    takes row 5, and the rows past it are 0; at -0.5 the near edge, x = -0.5, takes px 0
+    (and row 6 at y = 5.5 the last row).
+    cv2 (the host's OpenCV 5.1) agrees everywhere.
+    Bilinear at dx = 0.25, dy = 0.75: weights
     (1 - fx)(1 - fy) = 3/16, fx (1 - fy) = 1/16, (1 - fx) fy = 9/16, fx fy = 3/16 on the four
     px right and below, those past the frame 0 (cv2's constant border)."""
     import cv2
@@ -125,14 +155,18 @@ def test_device_sampling_at_known_fractions_and_the_frame_edge():
     def shift(dx: float, dy: float) -> np.ndarray:
         return np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy]], np.float32)
 
-    expected = np.zeros((w, w), np.uint8)
-    expected[:h - 1, :w - 1] = frame[1:, 1:]
-    for d in (0.5, 0.6):
+    past = np.zeros((w, w), np.uint8)
+    past[:h - 1, :w - 1] = frame[1:, 1:]
+    on_edge = np.zeros((w, w), np.uint8)
+    on_edge[:h, :w] = frame[np.minimum(np.arange(1, h + 1), h - 1)][:, np.minimum(
+        np.arange(1, w + 1), w - 1)]
+    at_near_edge = np.zeros((w, w), np.uint8)  # crop px 6 at y = 5.5 on the far edge: row 5
+    at_near_edge[:h + 1] = frame[np.minimum(np.arange(h + 1), h - 1)]
+    for d, expected in ((0.5, on_edge), (0.6, past), (-0.5, at_near_edge)):
         near = np.asarray(jax.jit(da.warp_nearest, static_argnums=2)(frame, shift(d, d), w))
         np.testing.assert_array_equal(near, expected, err_msg=str(d))
         opencv = cv2.warpAffine(frame, shift(d, d), (w, w), flags=cv2.INTER_NEAREST)
-        inside = (slice(None), slice(None)) if d == 0.6 else (slice(h - 1), slice(w - 1))
-        np.testing.assert_array_equal(near[inside], opencv[inside], err_msg=str(d))
+        np.testing.assert_array_equal(opencv, expected, err_msg=f"{d}, OpenCV {cv2.__version__}")
     bilinear = np.asarray(jax.jit(da.warp_bilinear, static_argnums=2)(frame[..., None],
                                                                     shift(0.25, 0.75), w))
     by_hand = np.zeros((w, w))

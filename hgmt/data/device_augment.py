@@ -8,8 +8,9 @@ device's (`Prepare`, called first in the train step): draw each example's crop p
 a key of (seed, step, the example's index in the global batch), so a resumed run draws the
 same ones; build the crop of `cropping.crop_with` (the same person box, scale, rotation
 and mirror); sample the frame bilinearly and the label maps at the nearest pixel with a gather
-(outside the frame: 0, as OpenCV's constant border); and make each task's labels with its own
-`labels`, given a batched `DeviceCrop` (maps not decoded warp to zeros). The output
+(outside the frame: 0, as OpenCV's constant border; a source exactly on the frame's far edge
+takes the last pixel, as OpenCV 5.1 does: `_nearest_pixel`); and make each task's labels with
+its own `labels`, given a batched `DeviceCrop` (maps not decoded warp to zeros). The output
 is the host path's cropped batch, to OpenCV's interpolation rounding
 (tests/test_device_augment.py).
 
@@ -260,12 +261,23 @@ def warp_bilinear(image: jax.Array, m: jax.Array, size: int) -> jax.Array:
     return top * (1 - fy) + bottom * fy
 
 
+def _nearest_pixel(x: jax.Array, n: int) -> jax.Array:
+    """Source coordinates `x` (px, any shape) along a frame axis of `n` px -> the int32 index
+    of the nearest pixel, a tie half-way between two taking the higher (floor(x + 0.5)); the
+    frame is closed, [-0.5, n - 0.5]: a source exactly on its far outer edge, x = n - 0.5,
+    takes the last pixel n - 1, where floor(x + 0.5) = n lies outside (0). A label map's
+    pixel there sits on the frame, so it takes the frame's label, as OpenCV 5.1's
+    INTER_NEAREST gives it (the host path, `spec.Crop.warp`); its near edge, x = -0.5, is
+    pixel 0 either way."""
+    return jnp.where(x == n - 0.5, n - 1, jnp.floor(x + 0.5)).astype(jnp.int32)
+
+
 def warp_nearest(label_map: jax.Array, m: jax.Array, size: int) -> jax.Array:
-    """(H,W) map, (2,3) affine -> (size,size) of the map's dtype, nearest pixel, 0 outside
-    (cv2.warpAffine with INTER_NEAREST)."""
+    """(H,W) map, (2,3) affine -> (size,size) of the map's dtype, the `_nearest_pixel` along
+    each axis, 0 outside (cv2.warpAffine with INTER_NEAREST, OpenCV 5.1's rule)."""
+    h, w = label_map.shape[:2]
     x, y = _source_coords(m, size)
-    return _taps(label_map, jnp.floor(x + 0.5).astype(jnp.int32),
-                 jnp.floor(y + 0.5).astype(jnp.int32))
+    return _taps(label_map, _nearest_pixel(x, w), _nearest_pixel(y, h))
 
 
 @dataclasses.dataclass(frozen=True)
