@@ -911,18 +911,28 @@ def test_the_evaluation_loss_sums_the_usable_examples_only(monkeypatch):
     assert float(stats["count"][0]) == 3.0 and float(stats["rejected"][0]) == 1.0
 
 
-def test_the_summary_loss_is_the_mean_over_the_usable_examples():
-    """The summary's loss divides eval_step's sum (over the examples hgmt's check keeps) by
-    their number: a loss sum of 101 over 4 real examples, 1 rejected, is 101 / 3."""
-    from hgmt.evaluation import evaluator, protocols
+def _summarizing_evaluator(metrics: dict, image_size: int = 256):
+    """An `evaluator.Evaluator` holding only what its `summary` reads: hgmt's protocol over
+    every frame of a test split, of the tasks `metrics` ({task: protocols.Metric}) measures."""
+    from hgmt.evaluation import evaluator
 
     ev = object.__new__(evaluator.Evaluator)
-    ev.tasks, ev.protocol, ev.window, ev.image_size = ("pose2d",), "hgmt", "hgmt", 256
+    ev.tasks, ev.protocol, ev.window, ev.image_size = tuple(metrics), "hgmt", "hgmt", image_size
     ev.dataset, ev.data_dir, ev.split = "surreal", "unused", "test"
     ev.flip, ev.frames = False, "all"
     ev.max_examples, ev.frames_selected, ev.unreadable, ev.combine = 0, 4, [], None
     ev.shards = types.SimpleNamespace(name=str)
-    ev.metrics = {"pose2d": protocols.Metric("hgmt", None, lambda sums, num_damaged=0: {})}
+    ev.metrics = metrics
+    return ev
+
+
+def test_the_summary_loss_is_the_mean_over_the_usable_examples():
+    """The summary's loss divides eval_step's sum (over the examples hgmt's check keeps) by
+    their number: a loss sum of 101 over 4 real examples, 1 rejected, is 101 / 3."""
+    from hgmt.evaluation import protocols
+
+    ev = _summarizing_evaluator(
+        {"pose2d": protocols.Metric("hgmt", None, lambda sums, num_damaged=0: {})})
     total = {"count": 4.0, "rejected": 1.0, "unusable": 0.0, "pose2d": {"loss": 101.0}}
     summary = ev.summary(total, [])
     assert summary["loss"]["pose2d"] == pytest.approx(101 / 3)
@@ -967,3 +977,49 @@ def test_the_step_sums_its_counts_over_the_devices_leaving_the_padding_out(monke
         assert {k: float(stats[k][device]) for k in ("count", "unusable", "rejected")} == {
             "count": 3.0, "unusable": 1.0, "rejected": 1.0}
         assert float(stats["pose2d"]["loss"][device]) == 101.0
+
+
+def test_the_split_metric_is_of_the_sums_over_the_devices_not_a_mean_of_their_means():
+    """hgmt's segmentation metric through the compiled eval_step on this process's 4 devices
+    (the step's psum spans every process's devices alike, so they stand for hosts) and the
+    summary. 2 x 2 label px, a stand-in model predicting the image's value at each: device 0
+    holds 1 example all right (A) and padding, device 1 two all wrong (B, C), device 2 one
+    hgmt's check rejects (D) and padding, device 3 one half right (E) and padding, the
+    padding all wrong. Pixel accuracy (4 + 2) / 16 = 0.375, and every number equals the
+    metric of A, B, C, E in one batch; the mean of the devices' accuracies (1, 0, 0.5) would
+    be 0.5, and a mean of the devices' sums would count 5/4 examples."""
+    import jax.numpy as jnp
+
+    from hgmt import devices
+    from hgmt.evaluation import evaluator, protocols
+
+    assert jax.device_count() == 4, "the crafted batch spreads over conftest's 4 CPU devices"
+    model = types.SimpleNamespace(apply=lambda variables, images, train: {
+        "segm": jax.nn.one_hot(images[:, ::4, ::4, 0].astype(jnp.int32), 15)[None]})
+    labels = np.array([[[1, 2], [3, 4]], [[0, 0], [0, 0]],  # A, padding
+                       [[1, 1], [1, 1]], [[0, 0], [5, 5]],  # B, C
+                       [[2, 2], [2, 2]], [[0, 0], [0, 0]],  # D (rejected), padding
+                       [[3, 3], [0, 0]], [[0, 0], [0, 0]]], np.uint8)  # E, padding
+    predicted = labels.copy()
+    predicted[[1, 5, 7]] = 9  # the padding
+    predicted[2], predicted[3], predicted[4] = 2, 6, 7  # B, C, D
+    predicted[6, 1] = 1  # E's lower row
+    images = np.repeat(np.repeat(predicted, 4, 1), 4, 2)[..., None].repeat(3, -1)
+    batch = {"image": images, "segm": labels, "unusable": np.zeros(8, np.float32),
+             "mask": np.array([1, 0, 1, 1, 1, 0, 1, 0], np.float32),
+             "rejected": np.array([0, 0, 0, 0, 1, 0, 0, 0], np.float32)}
+    metric = protocols.metric("hgmt", "segm", 0)
+    step = devices.spmd(functools.partial(
+        evaluator.eval_step, model=model, flip=False, metrics={"segm": metric},
+        loss_options={"segm": {}}, unusable_input=evaluator.unusable_input("hgmt")))
+    total = devices.to_host(step(devices.replicate({}), devices.place_batch(batch)))
+    summary = _summarizing_evaluator({"segm": metric}, image_size=8).summary(total, [])
+
+    counted = [0, 2, 3, 6]
+    one_batch = {k: v[counted] for k, v in batch.items()}
+    directly = metric.summarize(metric.stats(model.apply({}, one_batch["image"], False)[
+        "segm"][0], one_batch))
+    assert summary["segm"]["pixel_accuracy"] == 0.375
+    assert {k: v for k, v in summary["segm"].items() if k != "protocol"} == directly
+    assert summary["num_examples"] == 5
+    assert summary["unusable_frames"]["rejected_by_hgmt"] == 1
