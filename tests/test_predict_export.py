@@ -3653,20 +3653,22 @@ def test_a_clip_starting_late_is_timed_on_its_own_clock(workdir, tmp_path):
 
 def test_frames_without_time_stamps_are_a_frame_apart(tmp_path):
     """A raw H.264 stream (named .mp4, as a camera's dump may be) has no time stamps: its
-    frames are timed one frame apart at the stream's rate, not all at 0."""
+    frames are timed one frame apart at the rate the stream states (10 frames/s), not all at
+    0, nor at the 25 frames/s PyAV gives as its average rate (the raw demuxer's default)."""
     import av
 
     raw = tmp_path / "raw.mp4"
     with av.open(str(raw), "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=25)
+        stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for k in range(5):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     with video_file.Clip(str(raw)) as clip:
+        assert clip.frame_rate == 25
         times = [t for batch, _ in clip.batches(2) for t in batch]
-    np.testing.assert_allclose(times, np.arange(5) / 25, atol=1e-6)
+    np.testing.assert_allclose(times, np.arange(5) / 10, atol=1e-6)
 
 
 def test_an_animated_png_named_png_is_a_video_and_a_still_one_an_image(tmp_path):

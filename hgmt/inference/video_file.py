@@ -321,14 +321,19 @@ class Clip:
         wrong order within the decoder's reordering depth (at most REORDER_DEPTH frames), so
         each frame gets the smallest stamp not yet given once the stamps of the frames up to
         that depth after it are known; a dropped frame's gap stays. In any container a frame
-        without a stamp (a raw H.264 stream's) is one frame after the latest one."""
+        without a stamp (a raw H.264 stream's) is one frame after the latest one: its
+        duration later where FFmpeg's parser gives one (from the stream's own timing: a raw
+        stream's average rate is the demuxer's default of 25 frames/s, whatever the stream
+        says), else 1 / `frame_rate` later."""
         last = None
 
         def stamped(frame: av.VideoFrame) -> float:
             nonlocal last
             time_s = frame.time
             if time_s is None:
-                time_s = 0.0 if last is None else last + 1 / self.frame_rate
+                step = (float(frame.duration * frame.time_base)
+                        if frame.duration and frame.time_base else 1 / self.frame_rate)
+                time_s = 0.0 if last is None else last + step
             last = float(time_s) if last is None else max(last, float(time_s))
             return float(time_s)
 
