@@ -3671,6 +3671,37 @@ def test_frames_without_time_stamps_are_a_frame_apart(tmp_path):
     np.testing.assert_allclose(times, np.arange(5) / 10, atol=1e-6)
 
 
+def test_a_clip_stating_no_frame_rate_is_taken_as_30_frames_a_second(workdir, tmp_path):
+    """An IVF file (VP8 at 10 frames/s, as vpxenc writes it) states no average rate to PyAV:
+    hgmt takes 30 frames/s. The frames keep their own time stamps in the JSON lines and the
+    annotated video; the assumed rate sets only the annotated video's last frame's length,
+    1/30 s."""
+    import av
+
+    clip = tmp_path / "vp8.ivf"
+    with av.open(str(clip), "w", format="ivf") as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].average_rate is None
+    with video_file.Clip(str(clip)) as opened:
+        assert opened.frame_rate == 30
+    out = tmp_path / "out"
+    assert hgmt.predict.main([str(clip), f"--workdir={workdir}", f"--out_dir={out}",
+                              "--bbox=0,0,20,20"]) == 0
+    with open(out / "vp8.jsonl") as f:
+        np.testing.assert_allclose([json.loads(line)["time_s"] for line in f],
+                                   np.arange(4) / 10, atol=1e-4)
+    annotated_times, _ = _decoded(out / "vp8.annotated.mp4")
+    np.testing.assert_allclose(annotated_times, np.arange(4) / 10, atol=1e-4)
+    with av.open(str(out / "vp8.annotated.mp4")) as container:
+        assert abs(container.duration / 1e6 - (0.3 + 1 / 30)) < 1e-3  # microseconds
+
+
 def test_an_animated_png_named_png_is_a_video_and_a_still_one_an_image(tmp_path):
     """APNG's usual name is .png: its acTL chunk (read from the chunk headers alone) makes it
     a video, predicted frame by frame; a still PNG stays an image."""

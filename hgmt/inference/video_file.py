@@ -25,9 +25,10 @@ from hgmt.inference import host_memory
 if TYPE_CHECKING:
     import av
 
-# The suffixes of the containers FFmpeg reads that hold video: files with them are videos.
+# The suffixes of the containers FFmpeg reads that hold video: files with them are videos
+# (.ivf: the VP8, VP9 or AV1 stream vpxenc and aomenc write).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
-                  ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv")
+                  ".mpg", ".mpeg", ".3gp", ".flv", ".wmv", ".ogv", ".ivf")
 
 
 # The suffixes of still-image formats that may hold an animation, of which OpenCV reads the
@@ -246,7 +247,10 @@ def square_pixels(rgb: np.ndarray, sample_aspect_ratio: float) -> np.ndarray:
 class Clip:
     """An open video file, read as players display it (`batches`); a context manager.
 
-    `frame_rate` is the stream's average rate (frames per second, 30 when it does not say),
+    `frame_rate` is the stream's average rate (frames per second; 30 when it does not say, as
+    an IVF file's does not: its frames keep their time stamps; the rate times only a frame
+    with neither a stamp nor a duration, `_shown`, and spaces the annotated video's repeated
+    stamps and sets its last frame's length, `annotated_video.Writer`),
     `time_base` the seconds per tick of its time stamps (1/90000 when it does not say),
     `start_time_s` the clip's start on the stream's clock, in seconds, which `batches`
     subtracts from every frame's time stamp (`start_time`; None until the first frame is shown
