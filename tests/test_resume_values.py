@@ -249,3 +249,16 @@ def test_the_manager_keeps_the_last_keep_checkpoints(tmp_path):
     assert mngr.all_steps() == [4, 6]
     assert checkpoints.steps_on_disk(str(tmp_path)) == [4, 6]
     mngr.close()
+
+
+def test_without_warm_up_the_first_step_trains_at_the_full_rate():
+    """Warm-up 0, peak rate 1, 4 steps: the constant schedule is 1 from count 0 (the first
+    step's update), not the warm-up's 0; the cosine is 0.5 (1 + cos(pi k / 4)) from count 0:
+    1, 0.8536, 0.5, 0.1464, then 0 at count 4."""
+    from hgmt.training import steps
+
+    constant = steps._lr("constant", 1.0, 0, 4)
+    np.testing.assert_allclose([float(constant(k)) for k in range(3)], [1, 1, 1], atol=1e-7)
+    cosine = steps._lr("cosine", 1.0, 0, 4)
+    np.testing.assert_allclose([float(cosine(k)) for k in range(5)],
+                               0.5 * (1 + np.cos(np.pi * np.arange(5) / 4)), atol=1e-6)
