@@ -262,3 +262,11 @@ def test_without_warm_up_the_first_step_trains_at_the_full_rate():
     cosine = steps._lr("cosine", 1.0, 0, 4)
     np.testing.assert_allclose([float(cosine(k)) for k in range(5)],
                                0.5 * (1 + np.cos(np.pi * np.arange(5) / 4)), atol=1e-6)
+
+
+def test_the_total_loss_the_best_is_chosen_by_is_the_weighted_sum_of_the_tasks():
+    """Losses pose2d 2 and segm 1 under weights 0.25 and 2: loss/total is 0.25 * 2 + 2 * 1 =
+    2.5 (not their plain sum, 3), beside each task's own loss."""
+    summary = {"loss": {"pose2d": 2.0, "segm": 1.0}}
+    assert eval_settings.metric_values(summary, {"pose2d": 0.25, "segm": 2.0}) == {
+        "loss/pose2d": 2.0, "loss/segm": 1.0, "loss/total": 2.5}
