@@ -105,13 +105,18 @@ def test_the_keeper_is_the_first_evaluator_with_a_best_metric_that_runs_during_t
 
 def test_the_evaluators_due_at_the_last_step_leave_out_those_that_run_after_it(tmp_path):
     """total_steps 6; validation every 2, test every 3 and also after training: test runs at
-    step 3, not at 6, where it runs once after the last step; validation at 2, 4 and 6."""
+    step 3, not at 6, where it runs once after the last step; validation at 2, 4 and 6. Every
+    5 steps, test runs at step 5, the step before the last."""
     config = tiny_config(str(tmp_path), tasks="pose2d", total_steps=6, **{
         "evals.validation.every": 2, "evals.test.every": 3, "evals.test.at_end": True})
     with contextlib.closing(evaluators.Evaluators(config, str(tmp_path / "run"),
                                                   {"pose2d": 1.0})) as evals:
         assert [evals.due(step) for step in range(7)] == [
             [], [], ["validation"], ["test"], ["validation"], [], ["validation"]]
+    config.evals.test.every = 5  # due at step 5, the step before the last: it runs there
+    with contextlib.closing(evaluators.Evaluators(config, str(tmp_path / "run"),
+                                                  {"pose2d": 1.0})) as evals:
+        assert [evals.due(step) for step in (5, 6)] == [["test"], ["validation"]]
 
 
 @pytest.mark.parametrize("metric, scores, best", [
