@@ -22,22 +22,28 @@ from hgmt.sources import synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_SIZES = {"train": 6, "validation": 6, "test": 6}  # 2 clips of 3 frames, config 'all'
 
-# `tfds build` as TFDS's own script runs it (`launch_cli` in __main__), the signal sent to
-# itself as the build reads its AFTER-th clip (0: none): midway, once a split was written; and
-# AGAIN (0: none) sent as each removal of a partial `incomplete.*` folder starts, once one of
-# its files (if any) is gone. Ctrl-C handled as a shell's command has it (a process started in the
+# `tfds build` as TFDS's own script runs it (`launch_cli` in __main__), the signal sent as the
+# build reads its AFTER-th clip (0: none; midway, once a split was written) TO the process that
+# reads it (_ITSELF: the command, or each worker of its `--num-processes` pool), its process
+# group (_GROUP: a terminal's Ctrl-C) or its parent (_PARENT: a worker's command); and AGAIN
+# (0: none) sent as each removal of a partial `incomplete.*` folder starts, once one of its
+# files (if any) is gone. Ctrl-C handled as a shell's command has it (a process started in the
 # background, as this test may be, inherits SIGINT ignored, and would build on).
+_ITSELF, _GROUP, _PARENT = 0, 1, 2
 _TFDS_BUILD = textwrap.dedent("""\
     import os, shutil, signal, sys
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from tensorflow_datasets.scripts.cli.main import launch_cli
     from hgmt.data import records
-    signum, after, again = (int(sys.argv.pop(1)) for _ in range(3))
+    signum, after, again, to = (int(sys.argv.pop(1)) for _ in range(4))
     real, seen = records.clip_examples, []
     def clip_examples(*args):
         seen.append(args[0])
         if len(seen) == after:
-            os.kill(os.getpid(), signum)
+            if to == 1:
+                os.killpg(os.getpgid(0), signum)
+            else:
+                os.kill(os.getppid() if to == 2 else os.getpid(), signum)
         yield from real(*args)
     records.clip_examples = clip_examples
     rmtree = shutil.rmtree
@@ -61,7 +67,7 @@ def clips(tmp_path_factory):
 
 
 def _start_tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
-                      again=0):
+                      again=0, to=_ITSELF):
     """`_TFDS_BUILD` started, its output into files (a pipe not read while the test waits
     would fill and stop it)."""
     script = tmp_path / "tfds_build.py"
@@ -72,7 +78,7 @@ def _start_tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--c
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
         return subprocess.Popen(
             [sys.executable, str(script), str(int(signum)), str(after), str(int(again)),
-             "build", "surreal", "--imports=data_builders.surreal", f"--manual_dir={root}",
+             str(to), "build", "surreal", "--imports=data_builders.surreal", f"--manual_dir={root}",
              f"--data_dir={data_dir}", *configs, "--file_format=array_record"],
             cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True)
 
@@ -92,9 +98,9 @@ def _ended(process, tmp_path, timeout=600):
 
 
 def _tfds_build(tmp_path, root, data_dir, signum=0, after=0, configs=("--config=all",),
-                timeout=600, again=0):
-    return _ended(_start_tfds_build(tmp_path, root, data_dir, signum, after, configs, again),
-                  tmp_path, timeout)
+                timeout=600, again=0, to=_ITSELF):
+    return _ended(_start_tfds_build(tmp_path, root, data_dir, signum, after, configs, again,
+                                    to), tmp_path, timeout)
 
 
 def _session(pid):
@@ -274,23 +280,62 @@ def test_sigterm_to_a_beam_build_on_worker_processes_ends_it_and_its_workers(cli
     assert left == [], "Beam's workers outlived the build"
 
 
+def _partial_builds(data_dir):
+    """The `incomplete.*` folders left under <data_dir>/surreal/<config>, of every config."""
+    surreal_dir = os.path.join(data_dir, "surreal")
+    return sorted(os.path.join(config, p) for config in os.listdir(surreal_dir)
+                  for p in os.listdir(os.path.join(surreal_dir, config))
+                  if p.startswith("incomplete."))
+
+
+def _one_line_end(done, status):
+    """The last line of a build of configs in parallel that ended with `status`, checked to be
+    its one line: no traceback, no line of its pool's workers (a worker process's traceback,
+    a worker's own end in one line)."""
+    assert done.returncode == status, done.stderr[-3000:]
+    for other in ("Traceback", "ForkPoolWorker", "stopped by SIGTERM"):
+        assert other not in done.stderr, done.stderr[-3000:]
+    for ending in ("interrupted (Ctrl-C)", "error: "):
+        assert done.stderr.count(ending) <= 1, done.stderr[-3000:]
+    return done.stderr.rstrip().splitlines()[-1]
+
+
 @pytest.mark.slow  # an option off by default: tfds build --num-processes
-def test_a_full_disk_in_a_build_of_configs_in_parallel_ends_the_command(clips, small_disk,
-                                                                         tmp_path):
+def test_a_full_disk_in_a_build_of_configs_in_parallel_ends_the_command_in_one_line(
+        clips, small_disk, tmp_path):
     """`tfds build surreal --num-processes=3` builds the three configs in a process pool's
     workers: a full disk in one is its `disk_space.DiskFull`, returned to the command, which
-    fails (status 1, the error named) with nothing partial left; a worker that ended itself
-    there instead left the pool waiting for its result for ever."""
+    ends in its one line (status 1, no traceback) with nothing partial left; a worker that
+    ended itself there instead left the pool waiting for its result for ever."""
     disk = small_disk(256 * 1024)
     data_dir = os.path.join(disk.path, "tfds")
     done = _tfds_build(tmp_path, clips, data_dir, configs=("--num-processes=3",), timeout=180)
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "DiskFull: [Errno 28] cannot write dataset 'surreal/" in done.stderr, \
-        done.stderr[-3000:]
-    for config in ("middle", "every10", "all"):
-        folder = os.path.join(data_dir, "surreal", config)
-        assert not os.path.isdir(folder) or [
-            p for p in os.listdir(folder) if p.startswith("incomplete.")] == [], config
+    assert re.search(r"error: \[Errno 28\] cannot write dataset 'surreal/\w+' to \S+: the disk "
+                     r"or quota is full \(\d+ bytes free on it\)\. Nothing of this build was "
+                     r"kept", _one_line_end(done, 1)), done.stderr[-3000:]
+    assert _partial_builds(data_dir) == []
+
+
+@pytest.mark.slow  # an option off by default: tfds build --num-processes
+@pytest.mark.parametrize("to", [
+    pytest.param(_GROUP, id="a terminal's Ctrl-C: the command and its workers"),
+    pytest.param(_PARENT, id="the command alone"),
+    pytest.param(_ITSELF, id="the workers alone")])
+def test_ctrl_c_to_a_build_of_configs_in_parallel_ends_it_in_one_line_with_nothing_left(
+        to, clips, tmp_path):
+    """Ctrl-C as the pool's workers of `tfds build surreal --num-processes=3` read their 3rd
+    clip: the workers' builds stop, their partial output removed, and the command ends in its
+    one line, status 130, with no line of its workers'. Sent to the workers alone, a
+    KeyboardInterrupt ended each worker without a result and the command waited for it for
+    ever; sent to the command, it stopped the command's wait, whose pool then ended the
+    workers by SIGTERM amid their cleanup, each saying so."""
+    data_dir = str(tmp_path / "tfds")
+    done = _tfds_build(tmp_path, clips, data_dir, signal.SIGINT, after=3,
+                       configs=("--num-processes=3",), timeout=180, to=to)
+    assert _one_line_end(done, 130).endswith(
+        "interrupted (Ctrl-C); nothing of the builds that had not finished was kept: run the "
+        "same command again to build them (it reuses those that finished)"), done.stderr[-3000:]
+    assert _partial_builds(data_dir) == []
 
 
 @pytest.mark.slow  # a rare signal: SIGKILL

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders.surreal import process_pool
 from hgmt import console, disk_space
 from hgmt.data import records
 from hgmt.sources import camera, surreal
@@ -173,37 +174,51 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         (`console.sigterm_cleans_up`), also where Beam's DirectRunner wrapped the stop in its
         RuntimeError (`console.stop_behind`); a second Ctrl-C that cuts TFDS's removal short
         is held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
-        the build's folder, the space left and the fix. As TFDS's own command (`tfds build`,
-        but for a worker of its `--num-processes` pool: `_is_tfds_command`) a Ctrl-C and a
-        full disk end in one line, not a traceback (status 130 and 1)."""
+        the build's folder, the space left and the fix. As TFDS's own command (`tfds build`:
+        `_is_tfds_command`) a Ctrl-C and a full disk end in one line, not a traceback (status
+        130 and 1); in a worker of its `--num-processes` pool a Ctrl-C is
+        `process_pool.BuildInterrupted`, which the pool returns to the command, where it and a
+        full disk end in one line (`process_pool`)."""
         name = f"{self.name}/{self.builder_config.name}"
-        self._partial = None
+        stopped = (f"interrupted (Ctrl-C); nothing of the build of {name!r} was kept: run the "
+                   f"same command again to build it")
+        if process_pool.in_a_worker():
+            with process_pool.worker_build(stopped, f"interrupted (Ctrl-C) before the build "
+                                                    f"of {name!r} started: run the same "
+                                                    f"command again to build it"):
+                self._prepare_stoppably(*args, **kwargs)
+            return
         try:
-            # The space left once the build stopped: a write TFDS makes outside
-            # `_download_and_prepare` (the build's metadata), which that one does not report.
-            with console.sigterm_cleans_up(), self._full_disk_reported(
-                    measured="once the build had stopped"):
-                try:
-                    super().download_and_prepare(*args, **kwargs)
-                except BaseException as e:
-                    with console.stop_signals_held():
-                        self._remove_partial_build()
-                    stop = console.stop_behind(e)
-                    if stop is None or stop is e:
-                        raise
-                    raise stop from None  # not Beam's RuntimeError in its place
+            self._prepare_stoppably(*args, **kwargs)
         except KeyboardInterrupt:
             if not _is_tfds_command():
                 raise
-            console.end_interrupted(
-                f"interrupted (Ctrl-C); nothing of the build of {name!r} was kept: run the "
-                f"same command again to build it")
+            console.end_interrupted(stopped)
         except disk_space.DiskFull as e:
             if not _is_tfds_command():
                 raise
             # At once: TFDS's progress bars, closed as the interpreter exits, would clear
             # the line.
             console.end_at_once(f"error: {e}", 1)
+
+    def _prepare_stoppably(self, *args: Any, **kwargs: Any) -> None:
+        """TFDS's build, its partial output removed however it stops
+        (`download_and_prepare`): a Ctrl-C's KeyboardInterrupt, SIGTERM's unwinding, a full
+        disk's `DiskFull` or another error leaves it."""
+        self._partial = None
+        # The space left once the build stopped: a write TFDS makes outside
+        # `_download_and_prepare` (the build's metadata), which that one does not report.
+        with console.sigterm_cleans_up(), self._full_disk_reported(
+                measured="once the build had stopped"):
+            try:
+                super().download_and_prepare(*args, **kwargs)
+            except BaseException as e:
+                with console.stop_signals_held():
+                    self._remove_partial_build()
+                stop = console.stop_behind(e)
+                if stop is None or stop is e:
+                    raise
+                raise stop from None  # not Beam's RuntimeError in its place
 
     def _full_disk_reported(self, measured: str = "") -> contextlib.AbstractContextManager:
         """`disk_space.reported` of this build: a full disk or quota is `DiskFull` naming
@@ -304,8 +319,7 @@ def _is_tfds_command() -> bool:
     `launch_cli`, or `python -m tensorflow_datasets.scripts.cli.main`), not a caller of the
     builder in Python (hgmt's demo, a test, a notebook) that handles the error itself, nor a
     worker of the command's process pool (`tfds build --num-processes=N`, one config each),
-    whose error the pool returns to the command: a worker that ended itself would leave the
-    pool waiting for its result for ever."""
+    whose error the pool returns to the command."""
     if multiprocessing.parent_process() is not None:
         return False
     main = sys.modules.get("__main__")
@@ -386,3 +400,10 @@ def split_clips(root: epath.Path) -> dict[str, list[str]]:
             f"some. Extract SURREAL_v1.tar.gz again, completely, and pass the folder that "
             f"contains cmu/ as --manual_dir")
     return stems
+
+
+# As TFDS's command, which imports this module (`--imports`) before it starts the pool of
+# `--num-processes=N`: the pool's stops end the command in one line, as the builds in the
+# command's own process do.
+if _is_tfds_command():
+    process_pool.as_tfds_command()
