@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import data_builders.surreal  # noqa: F401  (registers `surreal`)
+from data_builders.surreal import process_pool
 from hgmt import disk_space
 from hgmt.data import records
 from hgmt.sources import synthetic
@@ -379,3 +380,21 @@ def test_a_partial_build_that_cannot_be_removed_is_warned_and_the_stop_kept(tmp_
         builder._remove_partial_build()
     assert ("/data/surreal/all/incomplete.X: could not remove this build's partial output "
             "([Errno 13] Permission denied); remove it before building again") in caplog.text
+
+
+@pytest.mark.parametrize("error, interrupted, raised", [
+    (KeyboardInterrupt(), True, process_pool.BuildInterrupted),
+    # C code that the Ctrl-C stopped raised its own error in its place (array_record's import).
+    (ImportError("initialization failed"), True, process_pool.BuildInterrupted),
+    (ImportError("initialization failed"), False, ImportError)])
+def test_a_pool_workers_build_that_a_ctrl_c_stopped_is_build_interrupted_whatever_it_raised(
+        error, interrupted, raised, monkeypatch):
+    """In a worker of `tfds build --num-processes`' pool, an error that ends a build once a
+    Ctrl-C reached the worker is the stop, `BuildInterrupted` (an Exception the pool returns
+    to the command, which ends in its one line), not a traceback; without a Ctrl-C it is
+    itself."""
+    with pytest.raises(raised) as stop:
+        with process_pool.worker_build("stopped", "not started"):
+            monkeypatch.setattr(process_pool, "_interrupted", interrupted)  # a Ctrl-C came
+            raise error
+    assert raised is not process_pool.BuildInterrupted or str(stop.value) == "stopped"

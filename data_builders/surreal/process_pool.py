@@ -50,19 +50,24 @@ _building = False  # this worker runs a build (`worker_build`)
 
 @contextlib.contextmanager
 def worker_build(stopped: str, not_started: str) -> Iterator[None]:
-    """A build in a pool worker: a KeyboardInterrupt that leaves the block (the build's partial
-    output removed by then) is `BuildInterrupted(stopped)`, and a build a Ctrl-C came before
-    is not run, `BuildInterrupted(not_started)`."""
+    """A build in a pool worker: an error that leaves the block (the build's partial output
+    removed by then) once a Ctrl-C reached this worker is `BuildInterrupted(stopped)`, as is
+    the KeyboardInterrupt itself: C code that the KeyboardInterrupt stopped may raise its own
+    error in its place (a C extension's import, TFDS's array_record writer's, turns it into
+    an ImportError); a build a Ctrl-C came before is not run, `BuildInterrupted(not_started)`."""
     global _building
     if _interrupted:
         raise BuildInterrupted(not_started)
-    _building = True
     try:
-        yield
-    except KeyboardInterrupt:
-        raise BuildInterrupted(stopped) from None
-    finally:
-        _building = False
+        try:
+            _building = True
+            yield
+        finally:
+            _building = False
+    except BaseException as e:  # the stop, whatever error it became
+        if isinstance(e, KeyboardInterrupt) or _interrupted:
+            raise BuildInterrupted(stopped) from None
+        raise
 
 
 _INTERRUPTED_LINE = ("interrupted (Ctrl-C); nothing of the builds that had not finished was "
