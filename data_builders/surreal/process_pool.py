@@ -11,8 +11,8 @@ does not return it: it ends the worker, and the command waits for that config fo
 - as TFDS's command (`as_tfds_command`, called as the command imports the builder), a Ctrl-C
   that reaches the command is sent on to the pool's workers, whose builds stop, in place of
   the KeyboardInterrupt that would stop the command's wait: TFDS's `with Pool` would then end
-  the workers by SIGTERM in the middle of their cleanup. In a worker only the first Ctrl-C
-  stops its build (a terminal's reaches it twice: from the terminal and from the command), and
+  the workers by SIGTERM in the middle of their cleanup. A worker's build stops at its next
+  example (a terminal's Ctrl-C reaches it twice: from the terminal and from the command), and
   a config it has not started yet is not started (`_on_ctrl_c`);
 - the command ends on a worker's `BuildInterrupted` or `disk_space.DiskFull` in one line, from
   Python's `sys.excepthook`, which the error reaches once TFDS's code has let it go (the pool
@@ -90,13 +90,13 @@ def as_tfds_command() -> None:
 def _on_ctrl_c(signum: int, frame: types.FrameType | None) -> None:
     """Ctrl-C in TFDS's command, and in its pool's workers, which inherit the handler: the
     command sends it on to its workers, or, without any, raises KeyboardInterrupt as Python's
-    default does; a worker's first stops its build, and any makes it start no other."""
+    default does; a worker notes it, and its build stops at its next example
+    (`stop_if_interrupted`) and starts no other. Not raised where the signal lands: a
+    KeyboardInterrupt inside tqdm's lock, which the pool's forked workers share, left it held
+    and the other workers' progress bars waiting for it for ever."""
     global _interrupted
     if in_a_worker():
-        first = not _interrupted
         _interrupted = True
-        if first and _building:
-            raise KeyboardInterrupt
         return
     workers = multiprocessing.active_children()
     if not workers:
@@ -104,6 +104,13 @@ def _on_ctrl_c(signum: int, frame: types.FrameType | None) -> None:
     for worker in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGINT)
+
+
+def stop_if_interrupted() -> None:
+    """KeyboardInterrupt if a Ctrl-C reached this pool worker during its build: called
+    between the build's examples, where nothing is held."""
+    if _interrupted and _building:
+        raise KeyboardInterrupt
 
 
 def _end_in_one_line(previous: Callable, kind: type[BaseException], error: BaseException,

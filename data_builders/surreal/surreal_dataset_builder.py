@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -292,10 +293,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return records.beam_examples(stems, frames,
                                          str(self.data_path / f"skipped-{split}.json"))
         counts = self._skipped.setdefault(split, collections.Counter())
-        return records.python_examples(stems, frames, counts, f"split {split!r}")
+        examples = records.python_examples(stems, frames, counts, f"split {split!r}")
+        return _stoppable_in_a_pool_worker(examples) if process_pool.in_a_worker() else examples
 
 
 SPLITS = tuple(surreal.SPLIT_DIRS)  # train, validation, test
+
+
+def _stoppable_in_a_pool_worker(examples: Iterator[Any]) -> Iterator[Any]:
+    """`examples`, the build stopped between two of them once a Ctrl-C reached this worker
+    of `tfds build --num-processes`' pool (`process_pool.stop_if_interrupted`)."""
+    for example in examples:
+        process_pool.stop_if_interrupted()
+        yield example
 
 
 def _warn_of_partial_builds(building: epath.Path) -> None:
