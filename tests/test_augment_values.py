@@ -133,3 +133,18 @@ def test_the_reference_windows_scale_is_the_references_times_the_crops():
                    cropping.CropParams(gain=(1.1, 1.0, 1.0))):
         with pytest.raises(ValueError, match="reference"):
             cropping.reference_label_crop({}, joints, params, np.eye(2, 3), 16)
+
+
+@pytest.mark.parametrize("tasks", ["segm", "depth"])
+def test_the_surreal_reference_config_draws_surreals_augmentation(tasks):
+    """configs/reference.py's code=surreal trains with SURREAL's own augmentation, by hand
+    from gulvarol/surreal training: donkey.lua:126 rnd(x) = max(-2x, min(2x, randn x)), :127
+    scale times 2 ^ rnd(opt.scale), :128-129 rot = rnd(opt.rotate), set to 0 when uniform()
+    <= .6; opts.lua:36-37 scale .25, rotate 30. So scale 2 ^ clip(N(0, 0.25), +-0.5),
+    rotation clip(N(0, 30), +-60) degrees with probability 1 - 0.6 = 0.4; donkey.lua:137-138
+    each channel times uniform(0.6, 1.4); its Hook never flips (flip_p 0)."""
+    from configs import reference
+
+    augment = Augment.from_config(reference.get_config(f"code=surreal,tasks={tasks}").augment)
+    assert augment == Augment(scale_sigma=0.25, scale_clip=0.5, rotate_sigma=30.0,
+                              rotate_clip=60.0, rotate_p=0.4, gain=(0.6, 1.4), flip_p=0.0)
