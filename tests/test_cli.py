@@ -608,8 +608,8 @@ def test_a_resume_with_another_config_is_one_line_naming_the_field(tmp_path):
     message = str(e.value.code)
     assert message.startswith(
         f"error: CannotResume: the checkpoints of {tmp_path} (the newest of step 50) were "
-        f"trained with another config ({tmp_path}/config.json): optimizer.learning_rate "
-        f"0.00025 -> 0.001. Rerun"), message
+        f"trained with another config ({tmp_path}/config.json): "
+        f"config.optimizer.learning_rate=0.00025 -> 0.001. Rerun"), message
     assert "\n" not in message and "pass --resume_with_changed_config " in message
 
 
@@ -701,7 +701,7 @@ def test_a_resume_with_another_demo_config_stops_before_the_demo_data(tmp_path, 
         main.main([f"--config={REPO}/configs/demo.py", f"--workdir={tmp_path}",
                    "--config.demo.clips_per_split=8"])
     assert str(e.value.code).startswith("error: CannotResume: "), e.value.code
-    assert "demo.clips_per_split 24 -> 8" in str(e.value.code) and prepared == []
+    assert "config.demo.clips_per_split=24 -> 8" in str(e.value.code) and prepared == []
 
 
 @pytest.mark.parametrize("error, message", [
@@ -1039,7 +1039,7 @@ def test_distributed_outside_a_cluster_is_one_line_naming_the_flags(tmp_path):
     assert run.stderr.splitlines() == [
         "error: ValueError: the coordinator's address, --num_processes and --process_id not "
         "given, and no cluster that JAX reads (Slurm, Open MPI's mpirun, a Cloud TPU VM, TPUs "
-        "on GKE, Kubernetes) runs this process to give them: give every process of the job "
+        "on GKE, Kubernetes) runs this process to give them; give every process of the job "
         "the same --coordinator_address=host:port of process 0 (or JAX_COORDINATOR_ADDRESS), "
         "the same --num_processes=N and each its own --process_id (0 to N-1)"]
     assert not (tmp_path / "w").exists()
@@ -1153,7 +1153,7 @@ def test_a_coordinator_host_that_does_not_resolve_is_warned_about_at_once(caplog
         "--coordinator_address=nosuchhost.invalid:23455: its host nosuchhost.invalid does not "
         "resolve on this host"]
     assert caplog.records[0].getMessage().endswith(
-        "so this process cannot reach the coordinator: give process 0's host name or address")
+        "so this process cannot reach the coordinator; give process 0's host name or address")
 
 
 def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch, caplog):
@@ -1174,10 +1174,10 @@ def test_a_resolver_that_does_not_answer_is_not_called_a_wrong_host(monkeypatch,
     assert [r.getMessage() for r in caplog.records] == [
         "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
         "(Temporary failure in name resolution; the name may be right), so this process may "
-        "not reach the coordinator: check this host's DNS resolver (/etc/resolv.conf), or give "
+        "not reach the coordinator; check this host's DNS resolver (/etc/resolv.conf), or give "
         "process 0's IP address",
         "--coordinator_address=node1:23455: its host node1 does not resolve on this host (Name "
-        "or service not known), so this process cannot reach the coordinator: give process "
+        "or service not known), so this process cannot reach the coordinator; give process "
         "0's host name or address"]
 
 
@@ -1207,7 +1207,7 @@ def test_a_coordinator_host_lookup_that_hangs_is_bounded(monkeypatch, caplog):
     assert connected == ["node1:23455"]
     assert [r.getMessage() for r in caplog.records] == [
         "--coordinator_address=node1:23455: this host's name lookup of node1 did not answer "
-        "(within 1 s; the name may be right), so this process may not reach the coordinator: "
+        "(within 1 s; the name may be right), so this process may not reach the coordinator; "
         "check this host's DNS resolver (/etc/resolv.conf), or give process 0's IP address"]
 
 
@@ -1304,7 +1304,7 @@ def test_a_slurm_jobs_coordinator_port_in_use_names_jax_coordinator_port(monkeyp
     with pytest.raises(ValueError) as e:
         coordinator.check_coordinator_port(None, None)
     assert str(e.value) == ("JAX_COORDINATOR_PORT=abc: the coordinator's port 'abc' is no port "
-                            "number: give one from 1 to 65535 that is free on process 0's host")
+                            "number; give one from 1 to 65535 that is free on process 0's host")
     monkeypatch.setenv("SLURM_PROCID", "1")  # the others waited for the connect timeout
     with pytest.raises(ValueError) as e:
         coordinator.check_coordinator_port(None, None)
@@ -1411,7 +1411,7 @@ def test_a_coordinator_port_in_use_given_by_jax_coordinator_address_names_it(mon
         with pytest.raises(ValueError) as e:
             coordinator.check_coordinator_port(None, None)
         assert str(e.value) == ("JAX_COORDINATOR_ADDRESS=localhost:abc: the coordinator's port "
-                                "'abc' is no port number: give one from 1 to 65535 that is "
+                                "'abc' is no port number; give one from 1 to 65535 that is "
                                 "free on process 0's host")
 
 

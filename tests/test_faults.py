@@ -258,8 +258,8 @@ def test_sigusr1_save_then_a_damaged_latest_checkpoint_is_reported_skipped_and_k
     saved = open(os.path.join(workdir, workdirs.CONFIG_FILE)).read()
     other = tiny_config(demo_dataset[1], total_steps=6,
                         **{**KW, "checkpoint_every": 2, "tasks": "pose2d+segm"})
-    with pytest.raises(resume.CannotResume, match=r': tasks "pose2d" -> "pose2d\+segm"; '
-                                                  r'total_steps 5 -> 6\.'):
+    with pytest.raises(resume.CannotResume, match=r": config\.tasks='pose2d' -> "
+                                                  r"'pose2d\+segm'; config\.total_steps=5 -> 6\."):
         loop.train(other, workdir)
     with pytest.raises(resume.CannotResume, match=r"none of its checkpoints \(steps "
                                                   r"5, 4, 2\) "):
@@ -847,7 +847,7 @@ def test_a_process_that_sees_no_checkpoint_where_another_does_is_an_error(tmp_pa
 
     with pytest.raises(ValueError, match=re.escape(
             f"process(es) 1 see no checkpoint in {workdirs.checkpoint_dir(workdir)} where "
-            f"process(es) 0 see some: every process must see the same workdir")):
+            f"process(es) 0 see some; every process must see the same workdir")):
         checkpoints.restore_newest_readable(mngr, args, workdir)
 
 
@@ -912,7 +912,7 @@ def test_a_workdir_that_cannot_be_a_folder_is_one_line_naming_it(demo_dataset, t
 
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
-    with pytest.raises(workdir_lock.WorkdirUnusable, match=rf"^the workdir {afile} is a file: "
+    with pytest.raises(workdir_lock.WorkdirUnusable, match=rf"^the workdir {afile} is a file; "
                                                            r"give a folder this user can "
                                                            r"write \(made if missing\)$"):
         workdir_lock.WorkdirLock(str(afile)).acquire()
@@ -925,7 +925,7 @@ def test_a_workdir_that_cannot_be_a_folder_is_one_line_naming_it(demo_dataset, t
         hgmt.main.main([f"--config={REPO}/configs/default.py:tasks=pose2d,runlocal",
                         f"--workdir={afile}", f"--config.data_dir={demo_dataset[1]}",
                         "--config.dataset=surreal/all"])
-    assert e.value.code == (f"error: WorkdirUnusable: the workdir {afile} is a file: give a "
+    assert e.value.code == (f"error: WorkdirUnusable: the workdir {afile} is a file; give a "
                             f"folder this user can write (made if missing)")
     assert afile.read_text() == "mine"
 
@@ -2645,7 +2645,7 @@ def test_a_workdir_lock_process_0_cannot_take_stops_both_processes(demo_dataset,
     workdir = str(tmp_path / "file" / "w")
     outs, report = _two_mains_that_stop(workdir, demo_dataset[1])
     assert (f"error: WorkdirUnusable: the workdir {workdir} cannot be made a folder (Not a "
-            f"directory): give a folder this user can write (made if missing)") in outs[0], report
+            f"directory); give a folder this user can write (made if missing)") in outs[0], report
     # The job's progress lines are process 0's; the others show warnings and errors only.
     assert "process 0/2, devices" in outs[0] and "devices" not in outs[1], report
     assert (f"PeerFailed: process 0 failed before the first step: it could not take the "
@@ -2823,18 +2823,18 @@ def test_a_job_setting_no_cluster_gives_is_named_by_its_flag(monkeypatch):
     with pytest.raises(ValueError) as raised:
         cluster.initialize("localhost:1", None, None)
     assert str(raised.value) == (
-        f"--num_processes and --process_id{tail}them: give every process of the job the same "
+        f"--num_processes and --process_id{tail}them; give every process of the job the same "
         f"--num_processes=N and each its own --process_id (0 to N-1)")
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
     with pytest.raises(ValueError) as raised:
         cluster.initialize(None, None, 1)
     assert str(raised.value) == (
-        f"--num_processes{tail}it: give every process of the job the same --num_processes=N")
+        f"--num_processes{tail}it; give every process of the job the same --num_processes=N")
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
     with pytest.raises(ValueError) as raised:
         cluster.initialize(None, 2, 1)
     assert str(raised.value) == (
-        f"the coordinator's address{tail}it: give every process of the job the same "
+        f"the coordinator's address{tail}it; give every process of the job the same "
         f"--coordinator_address=host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     assert cluster.coordination_client() is None
 

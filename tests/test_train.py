@@ -381,8 +381,8 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("optimizer.name", "sgd", "config.optimizer.name='sgd': choose one of"),
-    ("optimizer.schedule", "step", "config.optimizer.schedule='step': choose cosine or "
-                                   "constant"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule='step': choose one of "
+                                   "cosine, constant"),
     ("log_every", 0, "config.log_every=0 must be at least 1"),
     ("checkpoint_every", 0, "config.checkpoint_every=0 must be at least 1"),
     ("prefetch", 0, "config.prefetch=0 must be at least 1"),
@@ -775,14 +775,15 @@ def test_a_run_trained_without_clipping_resumes_with_it(demo_dataset, tmp_path, 
     before = open(os.path.join(workdir, workdirs.CONFIG_FILE)).read()
     clipped = tiny_config(demo_dataset[1], total_steps=4, **kw,
                           **{"optimizer.grad_clip_norm": 1.0})
-    with pytest.raises(resume.CannotResume, match=r"optimizer.grad_clip_norm 0.0 -> 1.0; "
-                                                  r"total_steps 2 -> 4\."):
+    with pytest.raises(resume.CannotResume, match=r"config\.optimizer\.grad_clip_norm=0\.0 -> "
+                                                  r"1\.0; config\.total_steps=2 -> 4\."):
         loop.train(clipped, workdir)
     with caplog.at_level(logging.INFO):
         state = loop.train(clipped, workdir, resume_with_changed_config=True)
     assert "resumed from" in caplog.text and "at step 2" in caplog.text
     assert ("resuming at step 2 with a changed config (--resume_with_changed_config): "
-            "optimizer.grad_clip_norm 0.0 -> 1.0; total_steps 2 -> 4; the config of the steps "
+            "config.optimizer.grad_clip_norm=0.0 -> 1.0; config.total_steps=2 -> 4; the config of "
+            "the steps "
             "up to 2 is kept in ") in caplog.text
     assert int(state.step) == 4
     assert checkpoints.manager(workdir).all_steps() == [2, 4]
@@ -862,7 +863,7 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
     saved.rename(saved.with_name("process_0-of-2.json"))
     events = sorted(p.name for p in (tmp_path / "run").glob("events.*"))
     with pytest.raises(ValueError, match=r"its data position was saved by 2 process\(es\), one "
-                                         r"file each, and this run has 1: rerun with 2"):
+                                         r"file each, and this run has 1; rerun with 2"):
         loop.train(tiny_config(demo_dataset[1], total_steps=3, **kw), workdir,
                    resume_with_changed_config=True)
     # A refused rerun leaves no TensorBoard file of its own in the workdir.
@@ -877,18 +878,18 @@ def test_a_resume_takes_the_loader_workers_its_checkpoint_was_saved_with(demo_da
             (position["sampler"].replace(f"seed={seed_0})", f"seed={seed_3})"),
              rf"config.seed=0: the checkpoint .*/2 saved the loader's position with grain seed "
              rf"{seed_3}, which is config.seed=3 if this hgmt saved it .*and only that seed "
-             rf"resumes it: rerun with --config.seed=3, or resume config.seed={seed_3} with the "
+             rf"resumes it; rerun with --config.seed=3, or resume config.seed={seed_3} with the "
              rf"hgmt version that wrote the checkpoint, or train in a new --workdir$"),
             (position["sampler"].replace(f"seed={seed_0})", "seed=0)"),
              rf"config.seed=0: the checkpoint .*/2 saved the loader's position with the seed "
              rf"itself as grain's seed, as an older hgmt did; this one gives grain a hash of it "
              rf"\({seed_0}, .*one epoch apart\), so it cannot continue that data stream "
-             rf"\(--resume_with_changed_config does not change that\): train in a new "
+             rf"\(--resume_with_changed_config does not change that\); train in a new "
              rf"--workdir, or resume with the hgmt version that wrote the checkpoint$"),
             (position["sampler"].replace("num_records=12,", "num_records=10,"),
              r"the training split of 'surreal/all' under data_dir=.* now has 12 records; the "
              r"checkpoint .*/2 saved the loader's position over 10, and it resumes only over "
-             r"as many: rebuild the split as it was")):
+             r"as many; rebuild the split as it was")):
         saved.write_text(json.dumps({**position, "sampler": sampler}))
         with pytest.raises(resume.CannotResume, match=message):
             loop.train(tiny_config(demo_dataset[1], total_steps=2, **kw), workdir)
@@ -925,7 +926,7 @@ def test_another_grain_seed_is_named_with_both_config_seeds_it_can_be(tmp_path):
             f"loader's position with grain seed {grain}, which is config.seed={this} if this "
             f"hgmt saved it (it gives grain a hash of the seed, "
             f"`hgmt.data.input_pipeline.grain_seed`), or config.seed={older} if an older hgmt "
-            f"did (it gave grain the seed itself), and only that seed resumes it: rerun with "
+            f"did (it gave grain the seed itself), and only that seed resumes it; rerun with "
             f"--config.seed={this}, or resume config.seed={older} with the hgmt version that "
             f"wrote the checkpoint, or train in a new --workdir")
     (data / "process_0-of-1.json").write_text(json.dumps(
@@ -1006,14 +1007,15 @@ def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_p
                    str(workdir))
     assert str(err.value) == (
         f"the checkpoints of {workdir} (the newest of step 2) were trained with another "
-        f"config ({workdir}/config.json): optimizer.learning_rate 0.00025 -> 0.001. Rerun "
-        f"with the workdir's values (--config.optimizer.learning_rate=0.00025), or train in a "
-        f"new --workdir, or pass --resume_with_changed_config to train on with the new values "
+        f"config ({workdir}/config.json): config.optimizer.learning_rate=0.00025 -> 0.001. "
+        f"Rerun with the workdir's values (--config.optimizer.learning_rate=0.00025), or train "
+        f"in a new --workdir, or pass --resume_with_changed_config to train on with the new values "
         f"(config.json then records them; the previous one is kept as "
         f"config_before_step<N>.json, N the step resumed from)")
     assert (workdir / "config.json").read_text() == saved
     assert sorted(str(p) for p in workdir.rglob("*")) == files
-    with pytest.raises(resume.CannotResume, match=r": seed 0 -> 1; total_steps 2 -> 3\. Rerun "
+    with pytest.raises(resume.CannotResume, match=r": config\.seed=0 -> 1; "
+                                                  r"config\.total_steps=2 -> 3\. Rerun "
                                                   r"with the workdir's values \(--config.seed=0 "
                                                   r"--config.total_steps=2\), or train in a new "
                                                   r"--workdir \(seed cannot change"):
@@ -1028,7 +1030,8 @@ def test_a_resume_with_another_config_stops_naming_each_field_unless_asked(tmp_p
     older.update(eval_every=0, eval_frames="middle", eval_max_examples=8)
     (workdir / "config.json").write_text(json.dumps(older))
     assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
-    with pytest.raises(resume.CannotResume, match="optimizer.learning_rate 0.00025 -> 0.001"):
+    with pytest.raises(resume.CannotResume,
+                       match="config.optimizer.learning_rate=0.00025 -> 0.001"):
         resume.check_config(tiny_config("data", **kw, **{"optimizer.learning_rate": 1e-3}),
                             str(workdir))
 
@@ -1048,7 +1051,7 @@ def test_a_resume_keeps_what_the_best_checkpoints_scores_are_of(tmp_path):
     for field, value in (("best_metric", "pose2d/pckh@0.5"), ("frames", "every10"),
                          ("max_examples", 4), ("flip", True), ("protocol", "bodynet"),
                          ("split", "test")):
-        with pytest.raises(resume.CannotResume, match=rf"evals\.validation\.{field} "):
+        with pytest.raises(resume.CannotResume, match=rf"config\.evals\.validation\.{field}="):
             resume.check_config(tiny_config("data", **kw, **{f"evals.validation.{field}": value}),
                                 str(workdir))
     free = {"evals.test.frames": "every10", "evals.test.flip": True}
@@ -1086,15 +1089,15 @@ def test_a_resume_may_change_what_an_evaluator_that_kept_no_best_scores(tmp_path
     assert resume.check_config(tiny_config("data", **kw, **changes), str(workdir)) == []
     starts = {**kw, "evals.validation.every": 1}
     assert resume.check_config(tiny_config("data", **starts), str(workdir)) == []
-    with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
-                                                  r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
-                                                  r"evals\.validation\.frames "):
+    with pytest.raises(resume.CannotResume, match=r"config\.evals\.validation\.best_metric="
+                                                  r"'loss/total' -> 'pose2d/pckh@0.5'; "
+                                                  r"config\.evals\.validation\.frames="):
         resume.check_config(tiny_config("data", **starts, **changes), str(workdir))
     run_config.save_config(tiny_config("data", **{**kw, "evals.validation.every": 1}),
                            str(workdir))
-    with pytest.raises(resume.CannotResume, match=r"evals\.validation\.best_metric "
-                                                  r"\"loss/total\" -> \"pose2d/pckh@0.5\"; "
-                                                  r"evals\.validation\.frames "):
+    with pytest.raises(resume.CannotResume, match=r"config\.evals\.validation\.best_metric="
+                                                  r"'loss/total' -> 'pose2d/pckh@0.5'; "
+                                                  r"config\.evals\.validation\.frames="):
         resume.check_config(tiny_config("data", **{**kw, "evals.validation.every": 1},
                                         **changes), str(workdir))
 
@@ -1130,7 +1133,7 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
     with pytest.raises(resume.CannotResume,
-                       match=r": loss_options\.depth\.foreground_weight 1\.0 -> 10\.0\. "):
+                       match=r": config\.loss_options\.depth\.foreground_weight=1\.0 -> 10\.0\. "):
         resume.check_config(tiny_config(
             "data", **kw, **{"loss_options.depth.foreground_weight": 10.0}), str(workdir))
     loaded = run_config.load_config(str(workdir))
@@ -1146,7 +1149,8 @@ def test_an_older_config_without_loss_options_resumes_only_with_the_default_loss
         (workdir / "config.json").write_text(json.dumps(saved))
         assert resume.check_config(tiny_config("data", **kw), str(workdir)) == []
         with pytest.raises(resume.CannotResume,
-                           match=r": loss_options\.segm\.foreground_weight 1\.0 -> 10\.0\. "):
+                           match=r": config\.loss_options\.segm\.foreground_weight=1\.0 -> "
+                                 r"10\.0\. "):
             resume.check_config(tiny_config(
                 "data", **kw, **{"loss_options.segm.foreground_weight": 10.0}), str(workdir))
 

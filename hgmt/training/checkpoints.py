@@ -110,7 +110,7 @@ def _restore_agreed(mngr: ocp.CheckpointManager, reader: ocp.CheckpointManager,
             seeing = ", ".join(str(i) for i in np.flatnonzero(rows[:, 2] >= 0))
             raise ValueError(
                 f"process(es) {', '.join(map(str, blind))} see no checkpoint in "
-                f"{workdirs.checkpoint_dir(workdir)} where process(es) {seeing} see some: "
+                f"{workdirs.checkpoint_dir(workdir)} where process(es) {seeing} see some; "
                 f"every process must see the same workdir (a folder shared by all the hosts, "
                 f"or the same object-store path)")
         if not rows[:, 1].any():
@@ -272,12 +272,12 @@ def resume_worker_count(workdir: str, worker_count: int, process_count: int) -> 
     if saved_processes != process_count:
         raise CannotResume(
             f"cannot resume from {data.parent}: its data position was saved by "
-            f"{saved_processes} process(es), one file each, and this run has {process_count}: "
+            f"{saved_processes} process(es), one file each, and this run has {process_count}; "
             f"rerun with {saved_processes} process(es), or train in a new --workdir")
     if worker_count not in (-1, saved):
         raise CannotResume(
             f"config.worker_count={worker_count}: the checkpoint {data.parent} saved the "
-            f"loader's position with {saved} worker(s), and only that many can resume it: "
+            f"loader's position with {saved} worker(s), and only that many can resume it; "
             f"rerun with --config.worker_count={saved} (or -1, which takes the checkpoint's)")
     return saved
 

@@ -143,7 +143,7 @@ def _no_cluster_line(address_given: bool, count_given: bool, index_given: bool) 
     missing = [(name, fix) for name, fix, given in settings if not given]
     return (f"{_listed([name for name, _ in missing])} not given, and no cluster that JAX "
             f"reads ({coordinator.CLUSTERS_READ}) runs this process to give "
-            f"{'it' if len(missing) == 1 else 'them'}: give every process of the job "
+            f"{'it' if len(missing) == 1 else 'them'}; give every process of the job "
             f"{_listed([fix for _, fix in missing])}")
 
 

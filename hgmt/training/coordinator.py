@@ -116,7 +116,7 @@ def _check_port_number(address: str, variable: str | None) -> None:
         return
     source = (f"{variable}={os.environ[variable]}" if variable and os.environ.get(variable)
               else f"--coordinator_address={address}")
-    raise ValueError(f"{source}: the coordinator's port {port!r} is no port number: give one "
+    raise ValueError(f"{source}: the coordinator's port {port!r} is no port number; give one "
                      f"from 1 to 65535 that is free on process 0's host")
 
 
@@ -280,12 +280,12 @@ def check_coordinator_host(coordinator_address: str | None, wait_s: float) -> No
         silent = (f"within {wait_s:g} s" if not answers else
                   getattr(error, "strerror", None) or str(error))
         logging.warning("%s=%s: this host's name lookup of %s did not answer (%s; the name "
-                        "may be right), so this process may not reach the coordinator: check "
+                        "may be right), so this process may not reach the coordinator; check "
                         "this host's DNS resolver (/etc/resolv.conf), or give process 0's IP "
                         "address", source, address, host, silent)
     elif isinstance(error, (socket.gaierror, UnicodeError)):
         logging.warning("%s=%s: its host %s does not resolve on this host (%s), so this "
-                        "process cannot reach the coordinator: give process 0's host name or "
+                        "process cannot reach the coordinator; give process 0's host name or "
                         "address", source, address, host,
                         getattr(error, "strerror", None) or error)
     elif error is not None:

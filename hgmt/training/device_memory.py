@@ -185,7 +185,7 @@ def explain_variables(error: BaseException, nbytes: int) -> OutOfDeviceMemory:
         f"out of device memory while placing the checkpoint's variables ({_size(nbytes)}) on "
         f"the device: XLA asked for {_size(asked)}, the device has "
         f"{_size(has or device_limit())}. The model alone does not fit beside what the "
-        f"device already holds: free the device (another process may hold its memory), use "
+        f"device already holds; free the device (another process may hold its memory), use "
         f"one with more memory, or run on the CPU (JAX_PLATFORMS=cpu)")
 
 

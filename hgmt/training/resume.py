@@ -138,8 +138,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
     if not found or (accept and not fixed):
         return found
     path = workdirs.config_file(workdir)
-    changed = "; ".join(f"{field} {json.dumps(old)} -> {json.dumps(new)}"
-                        for field, old, new in found)
+    changed = "; ".join(f"config.{field}={old!r} -> {new!r}" for field, old, new in found)
     rerun = " ".join(f"--config.{field}={_flag_value(old)}" for field, old, _ in found)
     ask = (f" ({', '.join(fixed)} cannot change: the loader's position saved in the "
            f"checkpoints resumes only with its own seed)" if fixed else
@@ -199,7 +198,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, changed: list[C
         _keep(path, before)
         logging.warning("resuming at step %d with a changed config (%s): %s; the config of "
                         "the steps up to %d is kept in %s", step, FLAG, "; ".join(
-                            f"{field} {json.dumps(old)} -> {json.dumps(new)}"
+                            f"config.{field}={old!r} -> {new!r}"
                             for field, old, new in changed), step, before)
     run_config.save_config(config, workdir)
 
@@ -239,7 +238,7 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
             f"older hgmt did; this one gives grain a hash of it ({expected}, "
             f"`hgmt.data.input_pipeline.grain_seed`: consecutive seeds given as they are share "
             f"their data order, one epoch apart), so it cannot continue that data stream "
-            f"({FLAG} does not change that): train in a new --workdir, or resume with the "
+            f"({FLAG} does not change that); train in a new --workdir, or resume with the "
             f"hgmt version that wrote the checkpoint")
     if saved.get("seed", expected) != expected:
         # The saved grain seed reads two ways: this hgmt's hash of one config.seed, or an
@@ -249,14 +248,14 @@ def check_sampler(config: ml_collections.ConfigDict, workdir: str, num_records: 
             f"config.seed={config.seed}: {where} with grain seed {grain}, which is "
             f"config.seed={other} if this hgmt saved it (it gives grain a hash of the seed, "
             f"`hgmt.data.input_pipeline.grain_seed`), or config.seed={grain} if an older hgmt "
-            f"did (it gave grain the seed itself), and only that seed resumes it: rerun with "
+            f"did (it gave grain the seed itself), and only that seed resumes it; rerun with "
             f"--config.seed={other}, or resume config.seed={grain} with the hgmt version that "
             f"wrote the checkpoint, or train in a new --workdir")
     if saved.get("num_records", num_records) != num_records:
         raise CannotResume(
             f"the training split of {config.dataset!r} under data_dir={config.data_dir} now has "
             f"{num_records} records; {where} over {saved['num_records']}, and it resumes only "
-            f"over as many: rebuild the split as it was (or give the data_dir of that build), "
+            f"over as many; rebuild the split as it was (or give the data_dir of that build), "
             f"or train in a new --workdir")
 
 

@@ -47,7 +47,7 @@ def _lr(schedule: str, learning_rate: float, warmup_steps: int,
         return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
                                      optax.constant_schedule(learning_rate)],
                                     [warmup_steps])
-    raise ValueError(f"config.optimizer.schedule={schedule!r}: choose cosine or constant")
+    raise not_one_of(f"config.optimizer.schedule={schedule!r}", ("cosine", "constant"))
 
 
 def clipped(inner: optax.GradientTransformation,

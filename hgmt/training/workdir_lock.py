@@ -167,7 +167,7 @@ class WorkdirLock:
     def acquire(self) -> None:
         """Takes the lock, replacing a stale one; raises WorkdirLocked naming a live holder."""
         if paths.is_url(self.workdir):
-            logging.warning("no workdir lock on %s (object stores have no atomic create): "
+            logging.warning("no workdir lock on %s (object stores have no atomic create); "
                             "make sure no other trainer uses it", self.workdir)
             return
         with disk_space.reported(self.workdir, "the workdir"):
@@ -178,7 +178,7 @@ class WorkdirLock:
                     raise
                 what = ("is a file" if os.path.isfile(self.workdir) else
                         f"cannot be made a folder ({e.strerror or e})")
-                raise WorkdirUnusable(f"the workdir {self.workdir} {what}: give a folder this "
+                raise WorkdirUnusable(f"the workdir {self.workdir} {what}; give a folder this "
                                       f"user can write (made if missing)") from None
         for _ in range(3):
             try:
@@ -231,7 +231,7 @@ class WorkdirLock:
             raise WorkdirLocked(
                 f"{self.workdir} is locked by {self.path}, which {what} (a trainer stopped "
                 f"between creating and writing it, or the file was damaged), last modified "
-                f"{age_s:.0f} s ago. It frees itself {self.stale_s:.0f} s after that: rerun "
+                f"{age_s:.0f} s ago. It frees itself {self.stale_s:.0f} s after that; rerun "
                 f"then, or remove it once you made sure no trainer uses the workdir")
         if reason is None:
             unseen = (" (its pid cannot be checked from here: another container's PID "
