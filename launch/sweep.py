@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --tasks={args.tasks}: names no subset; give them (e.g. "
                          f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")
     try:
-        extra_protocols = [protocols.check(x) for x in args.protocols.split(",") if x]
+        extra_protocols = [protocols.check(x, f"--protocols={args.protocols}")
+                           for x in args.protocols.split(",") if x]
     except ValueError as e:
-        raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
+        raise SystemExit(f"error: {e}") from None
     # Before the plan is recorded, which holds the sweep directory to this config: every
     # run's command line, since an override of one task's field reaches its runs only.
     config, first = sweep_plan.check_run(args.config, subsets[0], extra, args.seeds)
@@ -182,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             protocols.check_label_size(
                 x, {t for s in subsets for t in s.split("+")}, first.image_size,
                 f"drop --protocols, or train at --config.image_size="
-                f"{protocols.reference_image_size()}")
+                f"{protocols.reference_image_size()}", f"--protocols={args.protocols}")
     except ValueError as e:
-        raise SystemExit(f"error: --protocols={args.protocols}: {e}") from None
+        raise SystemExit(f"error: {e}") from None
     resume = args[cli.RESUME_FLAG.removeprefix("--")].value
     # Seed by seed: a sweep stopped half-way has every subset at the same number of seeds.
     planned = [(tasks, k) for k in range(args.seeds) for tasks in subsets]

@@ -84,8 +84,8 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
     with pytest.raises(SystemExit) as stop:
         hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=bodynet"])
     assert stop.value.code == (  # printed as the one line, exit status 1
-        "error: ValueError: --protocol=bodynet measures 64x64 label maps, as its reference "
-        "code does (config.image_size=256), but config.image_size=128 gives 32x32: evaluate "
+        "error: ValueError: --protocol=bodynet: measures 64x64 label maps, as its reference "
+        "code does (config.image_size=256), but config.image_size=128 gives 32x32; evaluate "
         "this model with --protocol=hgmt, or train one with --config.image_size=256 for the "
         "reference protocols")
     with pytest.raises(SystemExit) as stop:
@@ -107,7 +107,7 @@ def test_an_out_file_that_is_a_folder_or_markdown_is_refused_before_any_work(tmp
     folder.mkdir()
     before = sorted(os.listdir(tmp_path))
     for out, message in [
-            (folder, f"error: ValueError: --out_file={folder} is a folder: give a file name in "
+            (folder, f"error: ValueError: --out_file={folder}: is a folder; give a file name in "
                      f"it, e.g. {folder}/eval_test.json"),
             (tmp_path / "eval.md", f"error: ValueError: --out_file={tmp_path}/eval.md: give the "
                                    f"JSON's file name (e.g. eval.json); the Markdown is written "

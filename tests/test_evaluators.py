@@ -678,9 +678,9 @@ def test_final_evaluators_write_their_report_and_curves(demo_dataset, tmp_path):
     ("frames", "every\u00b2", "frames.*everyK"),  # a digit int() does not read
     ("protocol", "coco", "coco.*bodynet"),
     ("every", -1, r"config\.evals\.validation\.every=-1 must be >= 0"),
-    ("protocol", "bodynet", r"config\.evals\.validation: protocol=bodynet "
+    ("protocol", "bodynet", r"config\.evals\.validation\.protocol='bodynet': "
                             r"measures 64x64 .*image_size=64 "
-                            r"gives 16x16: set config.evals.validation.protocol='hgmt', or "
+                            r"gives 16x16; set config.evals.validation.protocol='hgmt', or "
                             r"train at config.image_size=256$"),
 ])
 def test_bad_evaluator_settings_name_the_field_and_choices(demo_dataset, tmp_path, field,

@@ -860,9 +860,9 @@ def test_sweep_refuses_a_reference_protocol_at_another_label_size(tmp_path):
            "--tasks=pose2d", "--protocols=bodynet", "--print_only"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stdout == ""
-    assert ("error: --protocols=bodynet: --protocol=bodynet measures 64x64 label maps"
-            in out.stderr), out.stderr
-    assert ("config.image_size=128 gives 32x32: drop --protocols, or train at "
+    assert out.stderr.startswith("error: --protocols=bodynet: measures 64x64 label maps"), (
+        out.stderr)
+    assert ("config.image_size=128 gives 32x32; drop --protocols, or train at "
             "--config.image_size=256") in out.stderr and not s.exists()
 
 
@@ -883,6 +883,10 @@ def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path,
                                  *(["--", *extra] if extra else []))
 
     bodynet = "--config.evals.test.protocol=bodynet"
+    out = sweep("bodynet,h36m")  # not a protocol: the flag and its choices, once
+    assert out.returncode == 1 and out.stderr == (
+        "error: --protocols=bodynet,h36m: choose one of hgmt, bodynet, surreal\n"), out.stderr
+    assert not s.exists()
     for given, extra, trained, others in (("hgmt", (), "hgmt", "bodynet, surreal"),
                                           ("bodynet,hgmt", (), "hgmt", "bodynet, surreal"),
                                           ("bodynet", (bodynet,), "bodynet", "hgmt, surreal")):

@@ -623,8 +623,13 @@ def test_protocol_selection_and_labels():
     assert protocols.task_protocol("surreal", "pose2d") == "hgmt"  # SURREAL has no pose metric
     assert protocols.task_protocol("surreal", "segm") == "surreal"
     assert protocols.task_protocol("bodynet", "pose3d") == "bodynet"
-    with pytest.raises(ValueError, match="hgmt, bodynet, surreal"):
+    with pytest.raises(ValueError) as e:
         protocols.check("h36m")
+    assert str(e.value) == "protocol='h36m': choose one of hgmt, bodynet, surreal"
+    with pytest.raises(ValueError) as e:
+        protocols.check("h36m", "config.evals.test.protocol='h36m'")
+    assert str(e.value) == ("config.evals.test.protocol='h36m': choose one of hgmt, bodynet, "
+                            "surreal")
     assert workdirs.result_file() == "eval_test.json"
     assert workdirs.result_file("bodynet") == "eval_test_bodynet.json"
     assert workdirs.result_file("surreal", "validation", "best_8") == (
@@ -791,8 +796,8 @@ def test_reference_protocols_are_refused_on_other_label_sizes():
             with pytest.raises(ValueError) as e:
                 evaluator.Evaluator(config, protocol=protocol)
             assert str(e.value) == (
-                f"--protocol={protocol} measures 64x64 label maps, as its reference code does "
-                f"(config.image_size=256), but config.image_size={size} gives {r}x{r}: "
+                f"--protocol={protocol}: measures 64x64 label maps, as its reference code does "
+                f"(config.image_size=256), but config.image_size={size} gives {r}x{r}; "
                 f"evaluate this model with --protocol=hgmt, or train one with "
                 f"--config.image_size=256 for the reference protocols")
         protocols.check_label_size("hgmt", ("pose2d", "segm"), size)

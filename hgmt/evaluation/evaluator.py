@@ -299,7 +299,7 @@ class Evaluator:
             if differences:
                 raise ValueError(
                     f"the variables do not fit the model of tasks {'+'.join(self.tasks)} and "
-                    f"this config.model ({differences}): evaluate them with the tasks and "
+                    f"this config.model ({differences}); evaluate them with the tasks and "
                     f"config they were trained with (`hgmt.inference.trained_model."
                     f"restore_for_inference(workdir)` returns a workdir's, with its variables)")
             self.fits = True

@@ -55,10 +55,12 @@ class Metric:
     summarize: Callable[..., dict]
 
 
-def check(protocol: str) -> str:
-    """The protocol name, or ValueError naming the valid ones."""
+def check(protocol: str, given: str | None = None) -> str:
+    """The protocol name, or ValueError naming the valid ones (`not_one_of`'s), after `given`:
+    where the protocol was given, with its value (default "protocol='<protocol>'", a Python
+    argument; a config field or a flag names itself)."""
     if protocol not in PROTOCOLS:
-        raise not_one_of(f"unknown metric protocol {protocol!r}", PROTOCOLS)
+        raise not_one_of(given or f"protocol={protocol!r}", PROTOCOLS)
     return protocol
 
 
@@ -94,13 +96,14 @@ def reference_image_size() -> int:
 
 
 def check_label_size(protocol: str, tasks: Iterable[str], image_size: int,
-                     fix: str | None = None, name: str = "--protocol") -> None:
+                     fix: str | None = None, given: str | None = None) -> None:
     """ValueError, in one line ending in `fix`, where a task of `tasks` would be measured by a
     reference protocol's definition (`task_protocol`) on label maps other than the references'
     64 x 64 (image_size / `common.LABEL_STRIDE`): their pixel thresholds, integer steps and
     depth grids are those of 64 x 64 maps, and a number at another size would carry their
     name. `fix` defaults to evaluating under hgmt's protocol or training at the references'
-    size; `name` is where the protocol was given (a flag, or a config field)."""
+    size; `given` is where the protocol was given, with its value (default
+    `--protocol=<protocol>`, the flag; a config field, or another flag)."""
     fix = fix or (f"evaluate this model with --protocol=hgmt, or train one with "
                   f"--config.image_size={reference_image_size()} for the reference protocols")
     used = sorted({task_protocol(protocol, t) for t in tasks} - {"hgmt"})
@@ -108,9 +111,9 @@ def check_label_size(protocol: str, tasks: Iterable[str], image_size: int,
     if used and r != common.REFERENCE_LABEL_SIZE:
         size = common.REFERENCE_LABEL_SIZE
         raise ValueError(
-            f"{name}={protocol} measures {size}x{size} label maps, as its reference code "
-            f"does (config.image_size={reference_image_size()}), but config.image_size="
-            f"{image_size} gives {r}x{r}: {fix}")
+            f"{given or f'--protocol={protocol}'}: measures {size}x{size} label maps, as its "
+            f"reference code does (config.image_size={reference_image_size()}), but "
+            f"config.image_size={image_size} gives {r}x{r}; {fix}")
 
 
 def window(protocol: str, trained: str = "hgmt") -> str:

@@ -26,7 +26,7 @@ def check_out_file(out: str) -> None:
         raise ValueError(f"--out_file={out}: give the JSON's file name (e.g. eval.json); the "
                          f"Markdown is written beside it as <stem>.md")
     if epath.Path(paths.absolute(out)).is_dir():
-        raise ValueError(f"--out_file={out} is a folder: give a file name in it, e.g. "
+        raise ValueError(f"--out_file={out}: is a folder; give a file name in it, e.g. "
                          f"{os.path.join(out, 'eval_test.json')}")
 
 

@@ -82,14 +82,15 @@ def check_evals(config: ml_collections.ConfigDict, weights: Mapping[str, float],
             raise not_one_of(f"{where}.split={entry['split']!r}", SPLITS)
         try:
             eval_data.parse_eval_frames(entry["frames"])
-            protocols.check(entry["protocol"])
-            if label_size:
-                protocols.check_label_size(
-                    entry["protocol"], weights, config.image_size,
-                    f"set {where}.protocol='hgmt', or train at config.image_size="
-                    f"{protocols.reference_image_size()}", name="protocol")
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+        except ValueError as e:  # it starts "frames='...'"
+            raise ValueError(f"{where}.{e}") from None
+        given = f"{where}.protocol={entry['protocol']!r}"
+        protocols.check(entry["protocol"], given)
+        if label_size:
+            protocols.check_label_size(
+                entry["protocol"], weights, config.image_size,
+                f"set {where}.protocol='hgmt', or train at config.image_size="
+                f"{protocols.reference_image_size()}", given)
         for field in ("every", "max_examples"):
             if entry[field] < 0:
                 raise ValueError(f"{where}.{field}={entry[field]} must be >= 0")
