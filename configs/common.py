@@ -24,7 +24,7 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
         if key not in defaults:
             raise not_one_of(f"unknown config argument {key!r}", sorted(defaults))
         if key in given:
-            raise ValueError(f"config argument {key!r} given twice: give it once")
+            raise ValueError(f"config argument {key!r} given twice; give it once")
         given.add(key)
         if isinstance(defaults[key], bool):
             word = value.lower() if has_value else "true"

@@ -192,8 +192,8 @@ def test_a_config_field_training_refuses_stops_a_benchmark_in_one_line_before_wo
             *([f"--config.demo.surreal_root={data}/surreal"]
               if script in ("eval_speed", "input_pipeline", "input_stages") else []),
             *CONFIG_TAKERS[script]])
-    assert e.value.code == ("error: config.image_size=100 must be a multiple of 16 for an "
-                            "hourglass of config.model.depth=2: e.g. 96 or 112")
+    assert e.value.code == ("error: config.image_size=100: not a multiple of 16, as an "
+                            "hourglass of config.model.depth=2 needs; give one, e.g. 96 or 112")
     assert not data.exists() and os.listdir(tmp_path) == []
 
 

@@ -205,7 +205,8 @@ def test_a_commands_help_without_config_lists_its_default_configs_fields(capsys)
 
 @pytest.mark.parametrize("override, message", [
     ("--config.model.features=-3", "config.model.features=-3: must be an integer >= 2"),
-    ("--config.tasks=foo", "unknown task(s) foo: choose a non-empty subset of"),
+    ("--config.tasks=foo", "config.tasks='foo': unknown task(s) foo; choose a non-empty "
+                          "subset of"),
     ("--config.model.dtype=fp8", "config.model.dtype='fp8': choose one of"),
 ])
 def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, message):
@@ -488,8 +489,9 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
             load(entry).main([f"--workdir={saved_workdir}", f"--config.image_size={size}",
                               *extra])
         assert str(e.value.code).startswith(
-            f"error: ValueError: config.image_size={size} must be a multiple of 16 for an "
-            f"hourglass of config.model.depth=2: e.g. 16"), e.value.code  # runlocal's model
+            f"error: ValueError: config.image_size={size}: not a multiple of 16, as an "
+            f"hourglass of config.model.depth=2 needs; give one, e.g. 16"  # runlocal's model
+        ), e.value.code
     assert sorted(os.listdir(saved_workdir)) == before
 
 
@@ -832,7 +834,7 @@ def test_a_tasks_unknown_loss_option_is_not_taken_for_a_task(tmp_path):
 def test_an_unknown_task_in_a_tasks_override_names_the_field(saved_workdir, tmp_path):
     """`--config.tasks=` with a task hgmt lacks: training, evaluation and prediction end in
     one line naming config.tasks, before any work."""
-    unknown = ("config.tasks='pose2d+hands': unknown task(s) hands: choose a non-empty "
+    unknown = ("config.tasks='pose2d+hands': unknown task(s) hands; choose a non-empty "
                "subset of pose2d, pose3d, depth, segm joined by '+', or 'all'")
     runs = {"hgmt.main": [f"--config={DEFAULT}:runlocal", f"--workdir={tmp_path / 'w'}"],
             "hgmt.evaluate": [f"--workdir={saved_workdir}"],
@@ -894,7 +896,7 @@ DEFAULT = f"{REPO}/configs/default.py"
 
 @pytest.mark.parametrize("args, message", [
     ([f"--config={DEFAULT}:tasks=bogus"],
-     f"error: --config={DEFAULT}:tasks=bogus: unknown task(s) bogus: choose a non-empty "
+     f"error: --config={DEFAULT}:tasks=bogus: unknown task(s) bogus; choose a non-empty "
      f"subset of pose2d, pose3d, depth, segm joined by '+', or 'all' (--help lists the flags)"),
     ([f"--config={DEFAULT}:runlocal=maybe"],
      f"error: --config={DEFAULT}:runlocal=maybe: config argument runlocal='maybe': give "

@@ -26,7 +26,7 @@ def test_unknown_task_lists_valid_ones():
 def test_unknown_argument_and_field_are_errors():
     with pytest.raises(ValueError, match="unknown config argument 'task'.*interaction"):
         default.get_config("task=pose2d")
-    with pytest.raises(ValueError, match="config argument 'tasks' given twice: give it once"):
+    with pytest.raises(ValueError, match="config argument 'tasks' given twice; give it once"):
         default.get_config("tasks=pose2d,tasks=segm")  # before: segm, silently
     c = default.get_config()
     with pytest.raises(AttributeError):
@@ -267,15 +267,17 @@ def test_reference_configs_refuse_what_the_code_did_not_train(monkeypatch):
     from tests import silhouette_task
 
     with pytest.raises(ValueError, match=r"^config argument tasks='pose2d': surreal's code "
-                                         r"trains one of \['segm', 'depth'\] a network"):
+                                         r"trains a network of segm, depth, one at a time; "
+                                         r"give one of them"):
         reference.get_config("code=surreal,tasks=pose2d")
-    with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains one"):
+    with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains a "
+                                         r"network of"):
         reference.get_config("code=bodynet,tasks=pose2d+segm")
     # A task hgmt has and BodyNet's code does not train (a fifth task module).
     monkeypatch.setitem(TASKS, "silhouette", silhouette_task)
     with pytest.raises(ValueError, match=r"^config argument tasks='silhouette': bodynet's code "
-                                         r"trains one of \['pose2d', 'pose3d', 'segm', "
-                                         r"'depth'\] a network"):
+                                         r"trains a network of pose2d, pose3d, segm, depth, "
+                                         r"one at a time"):
         reference.get_config("code=bodynet,tasks=silhouette")
     with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
                                          r"bodynet, surreal$"):

@@ -365,8 +365,8 @@ def test_window_scale_stops_in_one_line_on_a_config_field_training_refuses(monke
     monkeypatch.setattr(window_scale, "demo_training_clips", lambda *a: made.append(a))
     with pytest.raises(SystemExit) as e:
         window_scale.main(["--config.image_size=100", "--config.model.depth=2"])
-    assert e.value.code == ("error: config.image_size=100 must be a multiple of 16 for an "
-                            "hourglass of config.model.depth=2: e.g. 96 or 112")
+    assert e.value.code == ("error: config.image_size=100: not a multiple of 16, as an "
+                            "hourglass of config.model.depth=2 needs; give one, e.g. 96 or 112")
     assert made == []
 
 

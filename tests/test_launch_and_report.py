@@ -97,7 +97,7 @@ def test_sweep_rejects_unknown_task(tmp_path):
                           "--config=configs/demo.py", "--tasks=pose2d,hands", "--print_only"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.splitlines() == [
-        "error: --tasks=pose2d,hands: unknown task(s) hands: choose a non-empty subset of "
+        "error: --tasks=pose2d,hands: unknown task(s) hands; choose a non-empty subset of "
         "pose2d, pose3d, depth, segm joined by '+', or 'all', in each comma-separated subset "
         "(leave --tasks out for all 15 subsets)"]
     assert not (tmp_path / "s").exists()

@@ -337,14 +337,15 @@ def test_an_image_size_the_hourglass_cannot_take_is_named_with_sizes_that_fit():
     """200 px at depth 4 (multiples of 4 * 2**4 = 64 fit): the model itself refuses it, for
     the summary as for any caller, instead of a reshape's or broadcast's TypeError."""
     cfg = dict(num_stacks=1, features=8, depth=4)
-    message = ("config.image_size=200 must be a multiple of 64 for an hourglass of "
-               "config.model.depth=4: e.g. 192 or 256")
+    message = ("config.image_size=200: not a multiple of 64, as an hourglass of "
+               "config.model.depth=4 needs; give one, e.g. 192 or 256")
     with pytest.raises(ValueError, match=re.escape(message)):
         summary.summarize(cfg, ("pose2d",), 200)
     model = create_model(cfg, heads(("pose2d",)))
     with pytest.raises(ValueError, match=re.escape(message)):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 200, 200, 3)))
-    with pytest.raises(ValueError, match=r"image_size=40 .* of 64 .*: e\.g\. 64(?! or)"):
+    with pytest.raises(ValueError,
+                       match=r"image_size=40: .* of 64, .*; give one, e\.g\. 64(?! or)"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 

@@ -386,8 +386,8 @@ def test_batch_size_must_split_over_devices(demo_dataset, tmp_path):
     ("log_every", 0, "config.log_every=0 must be at least 1"),
     ("checkpoint_every", 0, "config.checkpoint_every=0 must be at least 1"),
     ("prefetch", 0, "config.prefetch=0 must be at least 1"),
-    ("image_size", 68, "config.image_size=68 must be a multiple of 8 for an hourglass of "
-                       "config.model.depth=1: e.g. 64 or 72"),
+    ("image_size", 68, "config.image_size=68: not a multiple of 8, as an hourglass of "
+                       "config.model.depth=1 needs; give one, e.g. 64 or 72"),
     # A depth below 1 built a depth-1 hourglass, and the size check then passed sizes it
     # cannot take.
     ("model.depth", 0, "config.model.depth=0: must be an integer >= 1"),

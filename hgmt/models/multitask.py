@@ -109,8 +109,8 @@ def check_image_size(image_size: int, depth: int) -> None:
     if image_size < multiple or image_size % multiple:
         below = image_size // multiple * multiple
         nearest = " or ".join(str(s) for s in (below, below + multiple) if s > 0)
-        raise ValueError(f"config.image_size={image_size} must be a multiple of {multiple} "
-                         f"for an hourglass of config.model.depth={depth}: e.g. "
+        raise ValueError(f"config.image_size={image_size}: not a multiple of {multiple}, as "
+                         f"an hourglass of config.model.depth={depth} needs; give one, e.g. "
                          f"{nearest or multiple}")
 
 

@@ -25,7 +25,7 @@ from absl import flags
 
 from hgmt import cli
 from hgmt.models import create_model
-from hgmt.tasks import all_subsets, heads, parse_tasks
+from hgmt.tasks import all_subsets, config_tasks, heads
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("error: --config is required: a config file such as "
                          "configs/default.py:tasks=pose2d")
     with cli.faults_in_one_line(ValueError):  # a bad config value: one line, as hgmt.main's
-        subsets = all_subsets() if args.all_subsets else [parse_tasks(config.tasks)]
+        subsets = all_subsets() if args.all_subsets else [config_tasks(config)]
         rows = [summarize(config.model, tasks, config.image_size) for tasks in subsets]
     if args.json:
         for r in rows:

@@ -31,7 +31,8 @@ def all_subsets() -> list[tuple[str, ...]]:
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     """'pose2d+segm' | 'all' | ['segm', 'pose2d'] -> names in canonical order.
 
-    Raises ValueError naming the unknown task and the valid ones.
+    Raises ValueError naming the unknown task and the valid ones, after which a caller puts
+    where `spec` was given (`config.tasks='x': unknown task(s) x; choose ...`).
     """
     names = spec.split("+") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
@@ -39,7 +40,7 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
         return tuple(TASKS)
     unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
-        raise ValueError(f"unknown task(s) {', '.join(unknown) or repr(spec)}: choose a "
+        raise ValueError(f"unknown task(s) {', '.join(unknown) or repr(spec)}; choose a "
                          f"non-empty subset of {', '.join(TASKS)} joined by '+', or 'all'")
     return tuple(n for n in TASKS if n in names)
 
