@@ -118,7 +118,7 @@ def _demo_dataset_on_process_0(config: ml_collections.ConfigDict) -> None:
                     raise
                 where = f" ({e.filename})" if e.filename else ""
                 raise ValueError(
-                    f"cannot write the demo data: {e.strerror}{where}: give "
+                    f"cannot write the demo data: {e.strerror}{where}; give "
                     f"config.demo.surreal_root={config.demo.surreal_root} and "
                     f"config.data_dir={config.data_dir} folders on a writable file "
                     f"system") from None
@@ -169,7 +169,7 @@ def parse(argv: list[str] | None) -> flags.FlagValues:
     if not FLAGS.workdir.strip():
         # `--workdir=$WORKDIR` with the variable unset: training would write into the current
         # folder.
-        raise SystemExit("error: --workdir is empty: give the folder the run writes its "
+        raise SystemExit("error: --workdir is empty; give the folder the run writes its "
                          "checkpoints and results to (made if missing)")
     if FLAGS.workdir.startswith("-"):
         # What a launch script passes on when its WORKDIR argument was left out and a flag

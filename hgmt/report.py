@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__))
     if paths.is_url(args.sweep_dir):
         raise SystemExit(f"error: --sweep_dir={args.sweep_dir}: a sweep directory is a local "
-                         f"folder, as launch/sweep.py makes it: copy it to a local disk, or "
+                         f"folder, as launch/sweep.py makes it; copy it to a local disk, or "
                          f"mount the bucket (gcsfuse, for one)")
     if args.check_config:
         with cli.faults_in_one_line(OSError, ValueError, status=CHECK_UNUSABLE):
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     given = args.note
     if args.note_file:
         if not os.path.isfile(args.note_file):
-            raise SystemExit(f"error: --note_file={args.note_file} not found: give the path "
+            raise SystemExit(f"error: --note_file={args.note_file}: not found; give the path "
                              f"of a Markdown file, or the text with --note")
         with open(args.note_file) as f:
             given = f.read().strip()

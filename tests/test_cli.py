@@ -223,17 +223,17 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
     # A training command line's --config copied onto a workdir command.
     ("hgmt.evaluate", ["--workdir=W", "--config=configs/default.py:tasks=pose2d"],
      "error: --config=configs/default.py:tasks=pose2d: this command reads the config the "
-     "workdir was trained with (<workdir>/config.json): drop --config, and override its "
+     "workdir was trained with (<workdir>/config.json); drop --config, and override its "
      "fields with --config.<field>=<value>"),
     # An override with its --config forgotten (absl: "Unknown command line flag").
     ("hgmt.main", ["--workdir=W", "--config.batch_size=4"],
-     "error: --config.batch_size=4 overrides a field of --config, which is not given: add "
+     "error: --config.batch_size=4 overrides a field of --config, which is not given; add "
      "--config=FILE[:ARG] (e.g. configs/default.py:tasks=all)"),
     # A workdir's config.json given as the config file (the file raised NameError: 'false').
     ("hgmt.main", ["--workdir=W", "--config=W/config.json"],
      "error: --config=W/config.json: a config file is Python with get_config() "
      "(configs/*.py); a workdir's config.json is what hgmt.evaluate, hgmt.predict and "
-     "hgmt.export read from --workdir: to train on in a workdir, give the config file it was "
+     "hgmt.export read from --workdir; to train on in a workdir, give the config file it was "
      "trained with"),
     # absl's own wordings, as hgmt words its errors.
     ("hgmt.main", ["--config=configs/demo.py"],
@@ -245,7 +245,7 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
      "error: --config.model.shared_trunk=maybe: give true or false (--help lists the flags)"),
     # absl's unworded ValueError, a traceback before.
     ("hgmt.main", ["--config=configs/demo.py", "--workdir=W", "--noconfig.model.shared_trunk=yes"],
-     "error: --noconfig.model.shared_trunk=yes: --noconfig.model.shared_trunk takes no value: "
+     "error: --noconfig.model.shared_trunk=yes: takes no value; "
      "give --noconfig.model.shared_trunk for false, or --config.model.shared_trunk=true or "
      "false (--help lists the flags)"),
 ])
@@ -569,7 +569,7 @@ def test_a_config_file_given_twice_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         load("hgmt.main").main([f"--config={DEFAULT}", f"--config={DEFAULT}",
                                 "--config.total_steps=3", f"--workdir={tmp_path / 'w'}"])
-    assert str(e.value.code) == ("error: --config is given 2 times: give one config file, "
+    assert str(e.value.code) == ("error: --config is given 2 times; give one config file, "
                                  "and override its fields with --config.<field>=<value>")
     assert not (tmp_path / "w").exists()
 
@@ -646,7 +646,7 @@ def test_an_empty_workdir_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         load("hgmt.main").main([f"--config={DEFAULT}:tasks=pose2d,runlocal", "--workdir="])
-    assert e.value.code == ("error: --workdir is empty: give the folder the run writes its "
+    assert e.value.code == ("error: --workdir is empty; give the folder the run writes its "
                             "checkpoints and results to (made if missing)")
     assert os.listdir(tmp_path) == []
 
@@ -743,7 +743,7 @@ def test_demo_data_that_cannot_be_written_is_one_line_naming_its_folders(tmp_pat
                                 f"--config.demo.surreal_root={afile}/surreal",
                                 "--compilation_cache="])
     assert e.value.code == (
-        f"error: ValueError: cannot write the demo data: Not a directory ({afile}/surreal): "
+        f"error: ValueError: cannot write the demo data: Not a directory ({afile}/surreal); "
         f"give config.demo.surreal_root={afile}/surreal and config.data_dir={tmp_path}/tfds "
         f"folders on a writable file system")
     assert afile.read_text() == "mine" and not (tmp_path / "w").exists()
@@ -811,7 +811,7 @@ def test_a_stray_argument_exits_naming_it_before_any_work(entry, saved_workdir, 
     with pytest.raises(SystemExit) as e:
         load(entry).main([*argv, "total_steps=5"])
     if entry in TAKES_AFTER_DASHES:
-        assert e.value.code == ("error: unexpected arguments total_steps=5: give the "
+        assert e.value.code == ("error: unexpected arguments total_steps=5; give the "
                                 "arguments to pass on after `--` (--help lists the flags)")
     else:
         assert str(e.value.code).startswith(

@@ -166,7 +166,7 @@ def test_a_bad_config_records_no_plan_and_the_right_one_then_runs(tmp_path, monk
             (["--config=configs/demo.py", "--config.total_steps=5"],
              "error: --config.total_steps: no such flag"),
             (["--config=configs/demo.py", "total_steps=5"],
-             "error: unexpected arguments total_steps=5: give the arguments to pass on "
+             "error: unexpected arguments total_steps=5; give the arguments to pass on "
              "after `--`"),
             # No eval_test.json after training: no run would ever be done.
             (["--config=configs/demo.py", "--", "--config.total_steps=5",
@@ -505,7 +505,7 @@ def test_a_damaged_plan_is_written_anew_and_a_url_sweep_dir_refused(tmp_path, mo
     with pytest.raises(SystemExit) as e:
         hgmt.report.main(["--sweep_dir=gs://bucket/sweep", "--out_dir=report"])
     assert e.value.code == ("error: --sweep_dir=gs://bucket/sweep: a sweep directory is a local "
-                            "folder, as launch/sweep.py makes it: copy it to a local disk, or "
+                            "folder, as launch/sweep.py makes it; copy it to a local disk, or "
                             "mount the bucket (gcsfuse, for one)")
     assert os.listdir(tmp_path) == ["s"]
 

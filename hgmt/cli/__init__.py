@@ -68,7 +68,7 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
     configs = [a for a in argv if raw_args.is_config_flag(a)]
     if (config_file or config is not None) and len(configs) > 1:
         # absl would read the file twice and stop on its fields "defined twice".
-        raise SystemExit(f"error: --config is given {len(configs)} times: give one config "
+        raise SystemExit(f"error: --config is given {len(configs)} times; give one config "
                          f"file, and override its fields with --config.<field>=<value>")
     if config_file and not raw_args.asks_for_help(argv):  # help lists why, and goes on
         errors.check_config_file_args(argv, require=config_file is True)
@@ -102,12 +102,12 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
             if not negated:
                 raise
             raise SystemExit(f"error: {str(e).removesuffix(' does not take an argument')}: "
-                             f"{negated[1]} takes no value: give {negated[1]} for false, or "
+                             f"takes no value; give {negated[1]} for false, or "
                              f"--{negated[2]}=true or false (--help lists the flags)") from None
         if config_file and fv.config is not None:
             getattr(fv.config, "lock", None)  # a file that could not be read raises here
     if positional == "--" and rest:
-        raise SystemExit(f"error: unexpected arguments {', '.join(rest)}: give the arguments "
+        raise SystemExit(f"error: unexpected arguments {', '.join(rest)}; give the arguments "
                          f"to pass on after `--` (--help lists the flags)")
     if positional is None and rest:
         how = ("; set a config field with --config.<field>=<value>, before any `--`"
@@ -140,7 +140,7 @@ def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[
     given = [a for a in argv if raw_args.is_config_flag(a)]
     if given:  # a training command line's --config, copied over
         raise SystemExit(f"error: {given[0]}: this command reads the config the workdir was "
-                         f"trained with (<workdir>/config.json): drop --config, and override "
+                         f"trained with (<workdir>/config.json); drop --config, and override "
                          f"its fields with --config.<field>=<value>")
     return parse(define, argv, doc, workdir_config(argv, command=command),
                  positional=positional)

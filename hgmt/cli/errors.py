@@ -27,12 +27,12 @@ def check_config_file_args(argv: Sequence[str], require: bool) -> None:
     overrides = [a for a in argv if a.startswith(raw_args.OVERRIDES)]
     if require and overrides and not given:
         raise SystemExit(f"error: {overrides[0]} overrides a field of --config, which is not "
-                         f"given: add --config=FILE[:ARG] (e.g. configs/default.py:tasks=all)")
+                         f"given; add --config=FILE[:ARG] (e.g. configs/default.py:tasks=all)")
     json_files = [v for v in given if v.partition(":")[0].endswith(".json")]
     if json_files:
         raise SystemExit(f"error: --config={json_files[0]}: a config file is Python with "
                          f"get_config() (configs/*.py); a workdir's config.json is what "
-                         f"hgmt.evaluate, hgmt.predict and hgmt.export read from --workdir: to "
+                         f"hgmt.evaluate, hgmt.predict and hgmt.export read from --workdir; to "
                          f"train on in a workdir, give the config file it was trained with")
 
 
