@@ -156,8 +156,8 @@ def test_a_bad_frames_or_placements_flag_is_one_line_before_any_data_is_built(tm
     with pytest.raises(SystemExit) as e:  # an augmentation out of its range
         input_pipeline.main(["--config.augment.flip_p=2", f"--config.demo.surreal_root={data}/s",
                              f"--config.data_dir={data}/tfds"])
-    assert e.value.code == ("error: config.augment.flip_p=2.0 is a probability: it must be in "
-                            "[0, 1]")
+    assert e.value.code == ("error: config.augment.flip_p=2.0: a probability above 1; give "
+                            "one in [0, 1]")
     assert not data.exists()
 
 # Each benchmark that takes a config, with flags that make its work small (were it to run).

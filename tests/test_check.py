@@ -148,11 +148,11 @@ def test_an_unknown_split_is_one_line_naming_the_splits(tmp_path):
     looked at, naming the splits there are; rebuilding would not make it."""
     with pytest.raises(SystemExit) as e:
         check.main([f"--config.data_dir={tmp_path}", "--splits=test,val"])
-    assert e.value.code == ("error: --splits: no split 'val': give some of train, validation, "
-                            "test, comma-separated")
+    assert e.value.code == ("error: --splits=test,val: no split 'val'; give some of train, "
+                            "validation, test, comma-separated")
     with pytest.raises(SystemExit) as e:  # before: nothing checked, status 0
         check.main([f"--config.data_dir={tmp_path}", "--splits="])
-    assert e.value.code == ("error: --splits is empty: give some of train, validation, test, "
+    assert e.value.code == ("error: --splits is empty; give some of train, validation, test, "
                             "comma-separated, or leave the flag out to check them all")
 
 
@@ -168,10 +168,10 @@ def test_a_damage_fraction_out_of_range_is_refused_as_training_refuses_it(fracti
 
 @pytest.mark.parametrize("dataset, message", [
     ("surreal/every4", "config.dataset='surreal/every4': the SURREAL builder's configs are "
-                       "middle, every10, all: give surreal/<config>, e.g. surreal/every10"),
+                       "middle, every10, all; give surreal/<config>, e.g. surreal/every10"),
     ("every10", "config.dataset='every10': give surreal/every10 (the SURREAL builder's config "
                 "every10)"),
-    ("", "config.dataset='' names no dataset: give surreal/<config>, e.g. surreal/every10 "
+    ("", "config.dataset='': names no dataset; give surreal/<config>, e.g. surreal/every10 "
          "(configs: middle, every10, all)"),
 ])
 def test_a_dataset_name_no_build_can_have_is_refused_naming_the_fix(dataset, message, tmp_path):
@@ -242,19 +242,19 @@ def test_a_copy_without_its_metadata_or_a_wrong_data_dir_is_named_with_the_fix(
                             f"copy cut short). {fix(root, folder)}")
     assert not [r for r in caplog.records if "trying again" in r.getMessage()]  # at once
     nowhere = str(tmp_path / "typo")
-    assert opened(nowhere) == (f"data_dir={nowhere} does not exist: give --config.data_dir="
+    assert opened(nowhere) == (f"data_dir={nowhere}: does not exist; give --config.data_dir="
                                f"<the folder the dataset was built or copied into, the one that "
                                f"holds surreal/>, or build it there with: "
                                f"{build.format(nowhere)}")
     info = os.path.join(version, "dataset_info.json")
     for file in (info, info + "/x"):
-        assert opened(file) == (f"data_dir={file} is a file or lies under one: give "
+        assert opened(file) == (f"data_dir={file}: is a file or lies under one; give "
                                 f"--config.data_dir=<the folder the dataset was built or copied "
                                 f"into, the one that holds surreal/>")
     for inside in (os.path.join(data_dir, "surreal"), os.path.join(data_dir, "surreal", "all"),
                    version):
-        assert opened(inside) == (f"data_dir={inside} is a folder of the dataset itself, "
-                                  f"not the one TFDS takes, which holds surreal/: give "
+        assert opened(inside) == (f"data_dir={inside}: a folder of the dataset itself, "
+                                  f"not the one TFDS takes, which holds surreal/; give "
                                   f"--config.data_dir={data_dir}")
     # A folder beside the build's is a data_dir of its own, not built.
     beside = os.path.join(data_dir, "new")

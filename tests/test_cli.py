@@ -520,8 +520,8 @@ def test_a_workdir_without_checkpoints_is_one_line_naming_the_fix(entry, extra,
     ("--config.seed=-1", "config.seed=-1 must be in [0, 2**32)"),
     ("--config.seed=4294967296", "config.seed=4294967296 must be in [0, 2**32)"),
     ("--config.max_damaged_fraction=5", "config.max_damaged_fraction=5.0 must be in [0, 1]"),
-    ("--config.augment.flip_p=2", "config.augment.flip_p=2.0 is a probability: it must be in "
-                                  "[0, 1]"),
+    ("--config.augment.flip_p=2", "config.augment.flip_p=2.0: a probability above 1; give "
+                                  "one in [0, 1]"),
     ("--config.augment.rotate_sigma=-30", "config.augment.rotate_sigma=-30.0 must be a finite "
                                           "number >= 0"),
     ("--config.augment.gain_max=0.5", "config.augment.gain_min=0.6 and gain_max=0.5 must "

@@ -741,7 +741,7 @@ def test_a_dataset_its_storage_does_not_give_is_named_so_not_unbuilt(demo_datase
     with pytest.raises(FileNotFoundError, match="is not built under.*Could not find "
                                                 "dataset files.*tfds build"):
         builds.open_split("surreal/all", str(tmp_path / "empty"), "train")
-    with pytest.raises(FileNotFoundError, match="does not exist: .*tfds build"):
+    with pytest.raises(FileNotFoundError, match="does not exist; give .*tfds build"):
         builds.open_split("surreal/all", str(tmp_path / "nothing_here"), "train")
 
 

@@ -325,10 +325,10 @@ def test_find_clips_names_a_root_without_cmu_and_the_fix(tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as e:
         surreal.find_clips(missing, "train")
-    assert str(e.value).startswith(f"SURREAL root {missing} is not a folder here: {fix}")
+    assert str(e.value).startswith(f"SURREAL root {missing} is not a folder here; {fix}")
     with pytest.raises(FileNotFoundError) as e:
         surreal.find_clips(str(tmp_path), "train")
-    assert str(e.value).startswith(f"SURREAL root {tmp_path} holds no cmu/ folder: {fix}")
+    assert str(e.value).startswith(f"SURREAL root {tmp_path} holds no cmu/ folder; {fix}")
     (tmp_path / "cmu").mkdir()
     assert surreal.find_clips(str(tmp_path), "test") == []
 

@@ -56,8 +56,8 @@ class Augment:
                 raise ValueError(f"config.augment.{name}={value!r} must be a finite number >= 0")
         for name in ("rotate_p", "flip_p"):
             if fields[name] > 1:
-                raise ValueError(f"config.augment.{name}={fields[name]} is a probability: it "
-                                 f"must be in [0, 1]")
+                raise ValueError(f"config.augment.{name}={fields[name]}: a probability above 1; "
+                                 f"give one in [0, 1]")
         low, high = fields.pop("gain_min"), fields.pop("gain_max")
         if not 0 < low <= high:
             raise ValueError(f"config.augment.gain_min={low} and gain_max={high} must satisfy "

@@ -167,14 +167,14 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     try:
         is_folder = stat.S_ISDIR(os.stat(data_dir).st_mode)
     except FileNotFoundError:
-        return (f"data_dir={data_dir} does not exist: give --config.data_dir=<the folder the "
+        return (f"data_dir={data_dir}: does not exist; give --config.data_dir=<the folder the "
                 f"dataset was built or copied into, the one that holds {name}/>, or build it "
                 f"there with: "
                 f"{shards.build_command(dataset, data_dir)}")
     except NotADirectoryError:  # a file on the way
         is_folder = False
     if not is_folder:
-        return (f"data_dir={data_dir} is a file or lies under one: give "
+        return (f"data_dir={data_dir}: is a file or lies under one; give "
                 f"--config.data_dir=<the folder the dataset was built or copied into, the one "
                 f"that holds {name}/>")
     if os.path.isdir(os.path.join(data_dir, name)):
@@ -184,8 +184,8 @@ def _broken_local_build(dataset: str, data_dir: str) -> str | None:
     for up in range(1, min(4, len(inside))):  # no further up than the root
         above = os.sep.join(inside[:-up]) or os.sep
         if inside[-up] == name and os.path.isdir(os.path.join(above, name, config)):
-            return (f"data_dir={data_dir} is a folder of the dataset itself, not the one "
-                    f"TFDS takes, which holds {name}/: give --config.data_dir={above}")
+            return (f"data_dir={data_dir}: a folder of the dataset itself, not the one "
+                    f"TFDS takes, which holds {name}/; give --config.data_dir={above}")
     return None
 
 

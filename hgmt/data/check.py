@@ -171,11 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=DEFAULT_CONFIG)
     unknown = [split for split in args.splits if split not in surreal.SPLIT_DIRS]
     if not args.splits:  # e.g. `--splits=$SPLITS` with the variable unset: nothing checked
-        raise SystemExit(f"error: --splits is empty: give some of "
+        raise SystemExit(f"error: --splits is empty; give some of "
                          f"{', '.join(surreal.SPLIT_DIRS)}, comma-separated, or leave the "
                          f"flag out to check them all")
     if unknown:
-        raise SystemExit(f"error: --splits: no split {', '.join(map(repr, unknown))}: give "
+        raise SystemExit(f"error: --splits={','.join(args.splits)}: no split "
+                         f"{', '.join(map(repr, unknown))}; give "
                          f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
     dataset, data_dir = args.config.dataset, args.config.data_dir
     try:

@@ -92,7 +92,7 @@ def measure(dataset: str, data_dir: str, split: str = "train",
             continue
     if not metres:
         raise ValueError(f"none of the {len(picked)} records of split {split!r} of dataset "
-                         f"{dataset!r} under {data_dir} read: rebuild it")
+                         f"{dataset!r} under {data_dir} read; rebuild it")
     return {**summary(metres), "split_records": total, "dataset": dataset,
             "data_dir": data_dir, "split": split, "window": window, "definition": DEFINITION}
 

@@ -211,7 +211,7 @@ def reference_label_crop(example: dict, joints: np.ndarray, params: CropParams,
         raise ValueError(f"crop window 'reference' cuts the image and labels as the "
                          f"references' test crop does, unrotated, unmirrored and without colour "
                          f"gain, but rotation={params.rotation}, flip={params.flip} and "
-                         f"gain={params.gain}: crop with window='hgmt' to augment")
+                         f"gain={params.gain}; crop with window='hgmt' to augment")
     centre, scale = reference_crop.reference_centre_scale(joints)
     return ReferenceCrop(example, m_label, r, False, records.decoded, frozenset(unread), centre,
                          scale * params.scale)

@@ -71,7 +71,7 @@ def decode_record(record: dict, maps: Sequence[str] = LABEL_MAPS) -> dict:
     for key, value in out.items():
         if value.shape[:2] != FRAME_SHAPE:
             raise ValueError(f"record feature {key!r} is {value.shape[:2]} (H, W), the device "
-                             f"augmentation batches frames of {FRAME_SHAPE}: a dataset of "
+                             f"augmentation batches frames of {FRAME_SHAPE}; a dataset of "
                              f"other frames needs config.augment_on='host'")
     for key in ("joints2d", "joints3d", "cam_loc"):
         out[key] = np.asarray(record[key], np.float32)
@@ -120,7 +120,7 @@ def target_maps(tasks: tuple[str, ...] | None = None) -> tuple[str, ...]:
                     raise
                 raise ValueError(
                     f"task {t}'s labels read the record's {e.args[0]!r}, which training's "
-                    f"crops do not carry (they carry {', '.join(sorted(raw))}): a task's labels "
+                    f"crops do not carry (they carry {', '.join(sorted(raw))}); a task's labels "
                     f"read those (hgmt.tasks.spec.Crop), or decode_record must carry it too"
                     ) from None
         return [TASKS[t].targets(batch) for t in names]

@@ -135,7 +135,7 @@ def stored_frames(info: tfds.core.DatasetInfo, dataset: str) -> records.FrameSel
         raise builds.NotInBuild(
             f"dataset {dataset!r} was built with config {name!r}, not one of the SURREAL "
             f"builder's {', '.join(sorted(records.BUILD_FRAMES))}, so which frames it holds is "
-            f"unknown: use a build of one of them")
+            f"unknown; use a build of one of them")
     return records.BUILD_FRAMES[name]
 
 

@@ -71,11 +71,11 @@ def check_dataset_name(dataset: str, given: str | None = None) -> None:
     name, slash, config = dataset.partition(":")[0].partition("/")
     configs = ", ".join(BUILD_FRAMES)
     if not name.strip():
-        raise ValueError(f"{given} names no dataset: give "
+        raise ValueError(f"{given}: names no dataset; give "
                          f"surreal/<config>, e.g. surreal/every10 (configs: {configs})")
     if name == "surreal" and config not in BUILD_FRAMES:
         raise ValueError(f"{given}: the SURREAL builder's configs are "
-                         f"{configs}: give surreal/<config>, e.g. surreal/every10")
+                         f"{configs}; give surreal/<config>, e.g. surreal/every10")
     if not slash and name in BUILD_FRAMES:
         raise ValueError(f"{given}: give surreal/{name} (the SURREAL "
                          f"builder's config {name})")

@@ -234,7 +234,7 @@ def find_clips(root: str, split: str) -> list[str]:
     if not os.path.isdir(os.path.join(root, "cmu")):
         state = "holds no cmu/ folder" if os.path.isdir(root) else "is not a folder here"
         raise FileNotFoundError(
-            f"SURREAL root {root} {state}: give the folder that contains cmu/ (cmu/train, "
+            f"SURREAL root {root} {state}; give the folder that contains cmu/ (cmu/train, "
             f"cmu/val, cmu/test; docs/surreal_format.md), on a local or mounted file system")
     split_dir = SPLIT_DIRS.get(split, split)
     base = os.path.join(root, "cmu", split_dir)
