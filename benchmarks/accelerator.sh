@@ -109,7 +109,7 @@ case "$size" in
 esac
 [[ $autotune_limit =~ ^[1-9][0-9]*$ ]] || { echo "--autotune_s=$autotune_limit: give seconds; $usage" >&2; exit 2; }
 [[ -z $time_s || $time_s =~ ^[1-9][0-9]*$ ]] || { echo "--time_s=$time_s: give seconds; $usage" >&2; exit 2; }
-[ -n "${parts//,/}" ] || { echo "--parts is empty: give one or more parts; $usage" >&2; exit 2; }
+[ -n "${parts//,/}" ] || { echo "--parts is empty; give one or more parts; $usage" >&2; exit 2; }
 for part in ${parts//,/ }; do
   case "$part" in
     trainer|profile|loader|torch|step|tests|streams|levers|pool) ;;
@@ -123,7 +123,7 @@ for ts in ${task_sets//,/ }; do
   esac
 done
 if [ -n "$levers" ] && [[ ,$parts, != *,levers,* ]]; then
-  echo "--levers=$levers: the levers part is not in --parts=$parts: add levers to --parts, or leave --levers out; $usage" >&2
+  echo "--levers=$levers: the levers part is not in --parts=$parts; add levers to --parts, or leave --levers out; $usage" >&2
   exit 2
 fi
 for lever in ${levers//,/ }; do  # the names of step_levers.py's LEVERS
@@ -166,7 +166,7 @@ if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   echo "accelerator.sh: import $packages did not finish within --time_s=$time_s" >&2
   exit 3
 elif [ $rc -ne 0 ]; then
-  echo "accelerator.sh: import $packages failed (${why##*$'\n'}): carry .whl/ to this host (the device run's carry=[\".whl\"]) and fill it with benchmarks/accelerator_wheels.sh where PyPI can be reached" >&2
+  echo "accelerator.sh: import $packages failed (${why##*$'\n'}); carry .whl/ to this host (the device run's carry=[\".whl\"]) and fill it with benchmarks/accelerator_wheels.sh where PyPI can be reached" >&2
   exit 3
 fi
 log=${OUT:-.}/accelerator.jsonl

@@ -97,7 +97,7 @@ def pool_shapes(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]
     walk(jaxpr.jaxpr)
     if not shapes:
         raise ValueError("no 2x2 max-pooling found in the model (config.model.ops='flax' "
-                         "pools with nn.max_pool: use the default ops)")
+                         "pools with nn.max_pool); use the default ops")
     return shapes
 
 

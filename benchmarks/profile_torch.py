@@ -54,7 +54,7 @@ def benchmark(argv: Sequence[str] | None = None) -> dict:
     if torch.cuda.is_available():
         raise SystemExit("error: profile_torch.py profiles PyTorch's step on the CPU, and on "
                          "this host the step would run on its GPU (torch_reference.make_step "
-                         "takes CUDA where PyTorch sees it): run it with CUDA_VISIBLE_DEVICES= "
+                         "takes CUDA where PyTorch sees it); run it with CUDA_VISIBLE_DEVICES= "
                          "to profile the CPU step")
     step, _ = torch_reference.make_step(fv.config)
     for _ in range(fv.warmup):

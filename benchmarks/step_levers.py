@@ -102,8 +102,8 @@ def benchmark(argv: list[str] | None = None) -> dict:
                              positional="--")
     unknown = [name for name in args.levers if name not in LEVERS]
     if unknown:
-        raise SystemExit(f"error: --levers: unknown {', '.join(unknown)}; give some of "
-                         f"{', '.join(LEVERS)}")
+        raise SystemExit(f"error: --levers={','.join(args.levers)}: unknown "
+                         f"{', '.join(unknown)}; give some of {', '.join(LEVERS)}")
     results = []
     for name in args.levers:
         result = run_lever(name, passed, args.timeout_s)

@@ -99,7 +99,7 @@ def trainer_figures(scalars: dict[str, dict[int, float]], log: str) -> dict:
     waits = [v for _, v in sorted(scalars.get("data_wait", {}).items())]
     idle = [v for _, v in sorted(scalars.get("data_idle", {}).items())]
     if not rates:
-        raise RuntimeError("the trainer logged no img_per_s: raise config.total_steps over "
+        raise RuntimeError("the trainer logged no img_per_s; raise config.total_steps over "
                            "config.log_every")
     steady = slice(1, None) if len(rates) > 1 else slice(None)
 

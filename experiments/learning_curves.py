@@ -29,7 +29,7 @@ def load_curves(workdir: str) -> dict[str, list[dict]]:
     """{evaluator: [{'step', 'metrics'}] in step order} of a workdir's evals.jsonl."""
     path = workdirs.evals_file(workdir)
     if not epath.Path(path).exists():
-        raise FileNotFoundError(f"{path} not found: train with evaluators that run during "
+        raise FileNotFoundError(f"{path} not found; train with evaluators that run during "
                                 f"training (config.evals.<name>.every > 0)")
     curves: dict[str, dict[int, dict]] = {}
     for entry in workdirs.read_evals(workdir):

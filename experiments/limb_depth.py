@@ -113,7 +113,7 @@ def info_files(where: str) -> list[str]:
         return [where]
     found = sorted(glob.glob(os.path.join(where, "**", "*_info.mat"), recursive=True))
     if not found:
-        raise SystemExit(f"error: no *_info.mat under {where}: give a SURREAL split directory "
+        raise SystemExit(f"error: no *_info.mat under {where}; give a SURREAL split directory "
                          f"(cmu/test), a sequence directory, or one _info.mat file")
     return found
 

@@ -40,12 +40,12 @@ case "$cmd" in
     commit=$(git -C "$repo" rev-parse HEAD)
     if [[ -n $(git -C "$repo" status --porcelain) ]]; then
       echo "warning: this checkout has uncommitted changes or new files, which setup does not" \
-        "install on the workers (they check out commit $commit): commit and push them, then" \
+        "install on the workers (they check out commit $commit); commit and push them, then" \
         "run setup again" >&2
     fi
     ssh_all "set -e; [ -d hgmt ] || git clone -q $(printf %q "$url") hgmt; cd hgmt && \
 git fetch -q origin && { git checkout -q --detach $commit || { echo \"error: commit $commit \
-is not at $(printf %q "$url"): push it, then run setup again\" >&2; exit 1; }; } && \
+is not at $(printf %q "$url"); push it, then run setup again\" >&2; exit 1; }; } && \
 { command -v uv >/dev/null || [ -x ~/.local/bin/uv ] || \
 curl -LsSf https://astral.sh/uv/install.sh | sh -s -- -q; } && \
 PATH=~/.local/bin:\$PATH && uv venv -q --allow-existing --python '>=3.11' ~/hgmt-venv && \
@@ -60,7 +60,7 @@ uv pip install -q --python $python -e . 'jax[tpu]'"
       exit 2
     fi
     if [[ $workdir != gs://* ]]; then
-      echo "warning: WORKDIR $workdir is a local path, each worker's own disk: on a slice of" \
+      echo "warning: WORKDIR $workdir is a local path, each worker's own disk; on a slice of" \
         "several workers give a gs:// path they all read and write (docs/training.md)" >&2
     fi
     config=configs/default.py:tasks=all

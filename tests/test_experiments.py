@@ -145,7 +145,7 @@ def test_a_bad_frames_flag_or_a_workdir_without_curves_is_one_line(tmp_path):
         assert str(e.value.code).startswith("error: --frames=every0: use middle"), main
     with pytest.raises(SystemExit) as e:
         learning_curves.main([f"--workdir={tmp_path}"])
-    assert e.value.code == (f"error: {tmp_path}/evals.jsonl not found: train with evaluators "
+    assert e.value.code == (f"error: {tmp_path}/evals.jsonl not found; train with evaluators "
                             f"that run during training (config.evals.<name>.every > 0)")
 
 

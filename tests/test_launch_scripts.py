@@ -323,7 +323,7 @@ def test_slurm_script_submitted_from_elsewhere_runs_the_checkout_hgmt_repo_names
     run = subprocess.run(["bash", str(script), "runs/a"], cwd=tmp_path, capture_output=True,
                          env=env, text=True, timeout=60)
     assert run.returncode == 2 and not calls.exists()
-    assert run.stderr == (f"error: {tmp_path / 'submit'} is not an hgmt checkout: submit from "
+    assert run.stderr == (f"error: {tmp_path / 'submit'} is not an hgmt checkout; submit from "
                           f"the checkout, or set HGMT_REPO to it (HGMT_REPO=/path/to/hgmt "
                           f"sbatch ... launch/slurm.sbatch WORKDIR)\n")
 
@@ -374,7 +374,7 @@ def test_tpu_vm_script_quotes_flags_and_adds_none(tmp_path):
     run = subprocess.run(["bash", "launch/tpu_vm.sh", "train", "runs/all"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == (
-        "warning: WORKDIR runs/all is a local path, each worker's own disk: on a slice of "
+        "warning: WORKDIR runs/all is a local path, each worker's own disk; on a slice of "
         "several workers give a gs:// path they all read and write (docs/training.md)\n")
 
 
@@ -405,7 +405,7 @@ def test_tpu_vm_help_needs_no_tpu_and_setup_names_uncommitted_changes(tmp_path):
     assert run.returncode == 0 and calls.exists()
     assert run.stderr == (f"warning: this checkout has uncommitted changes or new files, which "
                           f"setup does not install on the workers (they check out commit "
-                          f"{_head()}): commit and push them, then run setup again\n")
+                          f"{_head()}); commit and push them, then run setup again\n")
 
 
 def _remote_command(calls) -> str:
@@ -459,7 +459,7 @@ def test_tpu_vm_setup_checks_out_this_commit_over_https_into_a_python_311_enviro
     remote = setup(str(other))
     assert remote.returncode == 1
     assert remote.stderr.splitlines()[-1] == (
-        f"error: commit {head} is not at {other}: push it, then run setup again")
+        f"error: commit {head} is not at {other}; push it, then run setup again")
 
     for origin, https in (("git@github.com:me/hgmt.git", "https://github.com/me/hgmt.git"),
                           ("ssh://git@example.org:2222/me/hgmt", "https://example.org/me/hgmt"),

@@ -206,7 +206,7 @@ def check_seed(sweep_dir: str, name: str, config: dict, seen: dict[int, str]) ->
     seed = config.get("seed")
     if seed in seen:
         raise ValueError(f"{sweep_dir}: runs {seen[seed]} and {name} were both trained with "
-                         f"config.seed={seed}, so they are one seed, not two: remove one, or "
+                         f"config.seed={seed}, so they are one seed, not two; remove one, or "
                          f"retrain it with another seed (launch/sweep.py gives seed index k "
                          f"the first seed + k)")
     seen[seed] = name
