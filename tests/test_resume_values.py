@@ -275,3 +275,65 @@ def test_the_total_loss_the_best_is_chosen_by_is_the_weighted_sum_of_the_tasks()
     summary = {"loss": {"pose2d": 2.0, "segm": 1.0}}
     assert eval_settings.metric_values(summary, {"pose2d": 0.25, "segm": 2.0}) == {
         "loss/pose2d": 2.0, "loss/segm": 1.0, "loss/total": 2.5}
+
+
+def _sampler_and_workers(loader) -> tuple[str, int]:
+    """The repr of a grain loader's sampler (its num_records and seed) and its worker count."""
+    return repr(loader._sampler), loader._multiprocessing_options.num_workers
+
+
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_the_training_loader_samples_the_split_with_the_configs_seed_and_given_workers(
+        demo_dataset, augment_on):
+    """The demo's train split, 2 clips of 6 frames: 12 records. config.seed 5 gives grain
+    `grain_seed(5)` (seed 6's differs), on either placement of the crop; worker_count 0 given
+    replaces config.worker_count 3, and none given leaves it."""
+    from hgmt.data import builds, input_pipeline
+    from hgmt.training import train_data
+
+    config = tiny_config(demo_dataset[1], tasks="pose2d", augment_on=augment_on, seed=5,
+                         worker_count=3)
+    source = builds.open_split(config.dataset, config.data_dir, "train")
+    prepare = train_data.augmentation(config, ("pose2d",))
+    assert (prepare is None) == (augment_on == "host")
+    seed = input_pipeline.grain_seed(5)
+    assert seed != input_pipeline.grain_seed(6)
+    sampler, workers = _sampler_and_workers(
+        train_data.train_loader(config, source, ("pose2d",), prepare, 0))
+    assert "num_records=12," in sampler and sampler.endswith(f"seed={seed})")
+    assert workers == 0
+    assert _sampler_and_workers(
+        train_data.train_loader(config, source, ("pose2d",), prepare))[1] == 3
+
+
+def test_a_resumed_training_loader_takes_its_checkpoints_workers_over_the_auto_count(
+        demo_dataset, tmp_path, monkeypatch):
+    """The newest checkpoint (step 4) saved the loader's position over the 12 records of the
+    demo's train split at grain_seed(5) with 2 workers. config.worker_count -1 (auto) on 7
+    usable cores would run 7 - 2 = 5; the resumed loader runs the checkpoint's 2, over the
+    same 12 records and seed, so the position check passes."""
+    from hgmt import cores
+    from hgmt.data import builds, input_pipeline
+    from hgmt.training import train_data
+
+    seed = input_pipeline.grain_seed(5)
+    data = tmp_path / "checkpoints" / "4" / "data"
+    data.mkdir(parents=True)
+    (data / "process_0-of-1.json").write_text(json.dumps(
+        {"worker_count": 2, "sampler": f"IndexSampler(num_records=12, seed={seed})"}))
+    monkeypatch.setattr(cores, "usable_cores", lambda *a, **k: 7)
+    assert input_pipeline.auto_worker_count(-1) == 5
+    config = tiny_config(demo_dataset[1], tasks="pose2d", augment_on="host", seed=5,
+                         worker_count=-1)
+    source = builds.open_split(config.dataset, config.data_dir, "train")
+
+    class Evals:
+        def check_frames(self, info):
+            pass
+
+    loader, damaged = train_data.open_training_data(config, str(tmp_path), ("pose2d",), None,
+                                                    Evals(), source)
+    sampler, workers = _sampler_and_workers(loader)
+    assert workers == 2
+    assert "num_records=12," in sampler and sampler.endswith(f"seed={seed})")
+    assert damaged.size == 12 and damaged.found == {}
