@@ -253,3 +253,12 @@ def test_a_loader_failing_after_a_signal_saves_the_last_step_trained_unless_rest
     assert stopped.value.args == (4, None, False)
     assert stopped.value.run.saves == []
 
+
+def test_the_non_finite_step_named_is_the_bad_one_not_the_first_checked():
+    """Steps 3, 4 and 5 checked together, step 4's loss NaN: the step named is 4, among the
+    steps 3..5 checked (a first step that is the bad one would not tell them apart)."""
+    metrics = step_metrics.StepMetrics()
+    for step, value in ((3, 1.0), (4, np.nan), (5, 2.0)):
+        metrics.append(step, {"loss/total": jnp.array([value], jnp.float32)})
+    found = metrics.check()
+    assert (found.step, found.tasks, found.first, found.last) == (4, ["total"], 3, 5)
