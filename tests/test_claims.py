@@ -420,7 +420,7 @@ def test_report_lists_the_claims(tmp_path):
     assert "*agrees* unless the change is better" not in text
     checked = json.loads((out / "claims.json").read_text())
     assert [c["claim"] for c in checked] == [text for text, _ in claims.CLAIMS]
-    with pytest.raises(SystemExit, match="note_file=.*missing.md not found"):
+    with pytest.raises(SystemExit, match="--note_file=.*missing.md: not found; give"):
         hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}",
                           f"--note_file={tmp_path / 'missing.md'}"])
 

@@ -152,7 +152,9 @@ def test_undecodable_image_bytes_name_the_feature_and_the_fix():
 def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
     """cv2.IMREAD_COLOR_RGB, with which `decoded` reads the stored frames, first shipped in
     OpenCV 4.11.0 (the opencv-python-headless 4.10.0.84 wheel lacks it; every other cv2 name
-    hgmt uses is in 4.10): setup.cfg admits no OpenCV without it. The frame decodes in RGB."""
+    hgmt uses is in 4.10), and 5.1 first cuts label maps nearest by the device path's rule
+    (5.0 rounds a tie to the even pixel: docs/interfaces.md): setup.cfg admits neither older
+    OpenCV, and admits 5.1.0.95's wheel. The frame decodes in RGB."""
     import configparser
 
     from packaging.requirements import Requirement
@@ -166,7 +168,8 @@ def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
     opencv, = (r for r in map(Requirement, filter(None, lines))
                if r.name == "opencv-python-headless")
     assert not opencv.specifier.contains("4.10.0.84")
-    assert opencv.specifier.contains("4.11.0.86")
+    assert not opencv.specifier.contains("5.0.0.93")
+    assert opencv.specifier.contains("5.1.0.95")
     red = np.zeros((8, 8, 3), np.uint8)
     red[..., 0] = 255
     np.testing.assert_allclose(records.decoded({"image": records.jpeg(red)}, "image")[4, 4],

@@ -155,7 +155,7 @@ def test_a_fresh_start_is_not_compared_with_a_config_json_left_without_checkpoin
     config.total_steps = 8
     assert resume.check_config(config, workdir) == []
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)
-    with pytest.raises(resume.CannotResume, match="total_steps 4 -> 8"):
+    with pytest.raises(resume.CannotResume, match="config.total_steps=4 -> 8"):
         resume.check_config(config, workdir)
     assert resume.check_config(config, workdir, accept=True) == [("total_steps", 4, 8)]
 
