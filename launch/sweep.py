@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     if not subsets:  # an unset shell variable, say: not a request for all 15 subsets
         raise SystemExit(f"error: --tasks={args.tasks}: names no subset; give them (e.g. "
                          f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")
-    try:
-        extra_protocols = [protocols.check(x, f"--protocols={args.protocols}")
-                           for x in args.protocols.split(",") if x]
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    extra_protocols = [x for x in args.protocols.split(",") if x]
+    unknown = [x for x in extra_protocols if x not in protocols.PROTOCOLS]
+    if unknown:  # a list flag: the protocols it lacks named, and some of them asked for
+        raise SystemExit(f"error: --protocols={args.protocols}: no protocol "
+                         f"{', '.join(map(repr, unknown))}; give some of "
+                         f"{', '.join(protocols.PROTOCOLS)}, comma-separated")
     # Before the plan is recorded, which holds the sweep directory to this config: every
     # run's command line, since an override of one task's field reaches its runs only.
     config, first = sweep_plan.check_run(args.config, subsets[0], extra, args.seeds)

@@ -883,9 +883,10 @@ def test_sweep_refuses_the_trainers_protocol_among_the_extra_protocols(tmp_path,
                                  *(["--", *extra] if extra else []))
 
     bodynet = "--config.evals.test.protocol=bodynet"
-    out = sweep("bodynet,h36m")  # not a protocol: the flag and its choices, once
+    out = sweep("bodynet,h36m")  # not a protocol: the flag, the one it lacks and the choices
     assert out.returncode == 1 and out.stderr == (
-        "error: --protocols=bodynet,h36m: choose one of hgmt, bodynet, surreal\n"), out.stderr
+        "error: --protocols=bodynet,h36m: no protocol 'h36m'; give some of hgmt, bodynet, "
+        "surreal, comma-separated\n"), out.stderr
     assert not s.exists()
     for given, extra, trained, others in (("hgmt", (), "hgmt", "bodynet, surreal"),
                                           ("bodynet,hgmt", (), "hgmt", "bodynet, surreal"),
