@@ -48,8 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise not_one_of(f"config argument code={args['code']!r}", sorted(CODES))
     if args["tasks"] not in code["batch_size"]:
         raise ValueError(f"config argument tasks={args['tasks']!r}: {args['code']}'s code "
-                         f"trains a network of {', '.join(code['batch_size'])}, one at a time; "
-                         f"give one of them (a task subset: configs/default.py)")
+                         f"trains each of {', '.join(code['batch_size'])} in a network of its "
+                         f"own; give one of them (a task subset: configs/default.py)")
     c = base_config(args["tasks"])
     c.dataset = "surreal/all"
     c.image_size = 256

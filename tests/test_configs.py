@@ -267,17 +267,17 @@ def test_reference_configs_refuse_what_the_code_did_not_train(monkeypatch):
     from tests import silhouette_task
 
     with pytest.raises(ValueError, match=r"^config argument tasks='pose2d': surreal's code "
-                                         r"trains a network of segm, depth, one at a time; "
-                                         r"give one of them"):
+                                         r"trains each of segm, depth in a network of its "
+                                         r"own; give one of them"):
         reference.get_config("code=surreal,tasks=pose2d")
-    with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains a "
-                                         r"network of"):
+    with pytest.raises(ValueError, match=r"tasks='pose2d\+segm': bodynet's code trains each "
+                                         r"of pose2d, pose3d, segm, depth in a network"):
         reference.get_config("code=bodynet,tasks=pose2d+segm")
     # A task hgmt has and BodyNet's code does not train (a fifth task module).
     monkeypatch.setitem(TASKS, "silhouette", silhouette_task)
     with pytest.raises(ValueError, match=r"^config argument tasks='silhouette': bodynet's code "
-                                         r"trains a network of pose2d, pose3d, segm, depth, "
-                                         r"one at a time"):
+                                         r"trains each of pose2d, pose3d, segm, depth in a "
+                                         r"network of its own"):
         reference.get_config("code=bodynet,tasks=silhouette")
     with pytest.raises(ValueError, match=r"^config argument code='hg': choose one of "
                                          r"bodynet, surreal$"):
