@@ -153,7 +153,6 @@ def test_frame_stack_readers_order_frames_by_number_past_nine(tmp_path):
     assert [float(d[0, 0]) for d in depth] == [float(t) for t in range(1, 12)]
 
 
-
 def test_cutting_a_clip_to_its_shortest_file_cuts_every_per_frame_annotation():
     """`load_clip` keeps the frames all four files share (`_cut_info`): cut to 2 of 3 frames,
     every per-frame array of the info (joints, zrot, gender, pose, shape) keeps its first 2
