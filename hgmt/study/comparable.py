@@ -58,8 +58,8 @@ def check_trained_alike(sweep_dir: str, configs: dict[str, dict]) -> None:
     sweep = max(groups, key=len)  # the first of the largest: the first run's on a tie
     odd = sorted(n for g in groups if g is not sweep for n in g)
     found = "; ".join(
-        f"{name} not: " + ", ".join(f"config.{field}={theirs!r} (theirs: {ours!r})"
-                                    for field, theirs, ours in run_configs.trained_differences(
+        f"{name} not: " + ", ".join(f"config.{field}={own!r} (theirs: {others!r})"
+                                    for field, own, others in run_configs.trained_differences(
                                         configs[name], configs[sweep[0]]))
         for name in odd)
     raise ValueError(
