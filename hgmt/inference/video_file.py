@@ -325,10 +325,11 @@ class Clip:
         wrong order within the decoder's reordering depth (at most REORDER_DEPTH frames), so
         each frame gets the smallest stamp not yet given once the stamps of the frames up to
         that depth after it are known; a dropped frame's gap stays. In any container a frame
-        without a stamp (a raw H.264 stream's) is one frame after the latest one: its
-        duration later where FFmpeg's parser gives one (from the stream's own timing: a raw
-        stream's average rate is the demuxer's default of 25 frames/s, whatever the stream
-        says), else 1 / `frame_rate` later."""
+        without a stamp (a raw H.264 stream's) is one frame after the latest one: the
+        frame's own duration later where FFmpeg's parser gives one (from the stream's own
+        timing, a constant rate, so the latest frame's duration too; a raw stream's average
+        rate is the demuxer's default of 25 frames/s, whatever the stream says), else
+        1 / `frame_rate` later."""
         last = None
 
         def stamped(frame: av.VideoFrame) -> float:
