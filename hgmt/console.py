@@ -2,8 +2,9 @@
 results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `extra=` marks
 `VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
 0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
-run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`), and how a cleanup
-holds them off (`stop_signals_held`). The flags that set it up are `hgmt.cli`'s.
+run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`, `ctrl_c_is_the_stop`),
+and how a cleanup holds them off (`stop_signals_held`). The flags that set it up are
+`hgmt.cli`'s.
 """
 
 from __future__ import annotations
@@ -279,6 +280,39 @@ def stop_behind(error: BaseException) -> BaseException | None:
             return None
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
+
+
+@contextlib.contextmanager
+def ctrl_c_is_the_stop() -> Iterator[None]:
+    """While the block runs, once a Ctrl-C has raised its KeyboardInterrupt (Python's default
+    handler, or another that raises it), any error that leaves the block is that
+    KeyboardInterrupt, as `sigterm_cleans_up` has it for SIGTERM: C code it was raised in may
+    raise its own error in its place (a C extension's import, array_record's, raises
+    ImportError), which would end a command in a traceback in place of its Ctrl-C line. Where
+    Ctrl-C has no handler in Python (ignored: a command started in the background) or outside
+    the main thread, the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    received: list[int] = []
+
+    def recorded(signum: int, frame: types.FrameType | None) -> None:
+        try:
+            previous(signum, frame)
+        except KeyboardInterrupt:
+            received.append(signum)
+            raise
+
+    signal.signal(signal.SIGINT, recorded)
+    try:
+        yield
+    except BaseException as e:
+        if not received or isinstance(e, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt from None  # not the error the stop became
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Terminated(BaseException):

@@ -398,3 +398,29 @@ def test_a_pool_workers_build_that_a_ctrl_c_stopped_is_build_interrupted_whateve
             monkeypatch.setattr(process_pool, "_interrupted", interrupted)  # a Ctrl-C came
             raise error
     assert raised is not process_pool.BuildInterrupted or str(stop.value) == "stopped"
+
+
+def test_an_error_that_ends_a_build_after_a_ctrl_c_is_the_ctrl_c(clips, tmp_path, monkeypatch):
+    """Once a Ctrl-C stopped a build in this process, whatever error leaves it is the
+    KeyboardInterrupt (a Python caller's; `tfds build`'s one line and status 130): C code
+    that the KeyboardInterrupt stopped may raise its own error in its place (array_record's
+    import, as the build's first write starts, an ImportError), which ended `tfds build` in
+    a traceback and status 1. Nothing partial is left."""
+    real = records.clip_examples
+
+    def interrupted(*args):
+        yield from real(*args)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    monkeypatch.setattr(records, "clip_examples", interrupted)
+    data_dir = str(tmp_path / "tfds")
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell's has it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _built_again(clips, data_dir)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert _left(data_dir) == []

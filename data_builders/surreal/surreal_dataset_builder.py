@@ -175,7 +175,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         (`console.sigterm_cleans_up`), also where Beam's DirectRunner wrapped the stop in its
         RuntimeError (`console.stop_behind`); a second Ctrl-C that cuts TFDS's removal short
         is held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
-        the build's folder, the space left and the fix. As TFDS's own command (`tfds build`:
+        the build's folder, the space left and the fix. Once a Ctrl-C stopped the build, any
+        error that leaves it is that KeyboardInterrupt (`console.ctrl_c_is_the_stop`: C code
+        it stopped may raise its own). As TFDS's own command (`tfds build`:
         `_is_tfds_command`) a Ctrl-C and a full disk end in one line, not a traceback (status
         130 and 1); in a worker of its `--num-processes` pool a Ctrl-C is
         `process_pool.BuildInterrupted`, which the pool returns to the command, where it and a
@@ -190,7 +192,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 self._prepare_stoppably(*args, **kwargs)
             return
         try:
-            self._prepare_stoppably(*args, **kwargs)
+            with console.ctrl_c_is_the_stop():
+                self._prepare_stoppably(*args, **kwargs)
         except KeyboardInterrupt:
             if not _is_tfds_command():
                 raise
