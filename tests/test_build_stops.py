@@ -134,7 +134,7 @@ def _built_again(root, data_dir):
 @pytest.mark.parametrize("signum, status, line", [
     # TFDS removes its partial output on Ctrl-C itself; hgmt adds the one line.
     pytest.param(signal.SIGINT, 130, "interrupted (Ctrl-C); nothing of the build of "
-                 "'surreal/all' was kept: run the same command again to build it",
+                 "'surreal/all' was kept; run the same command again to build it",
                  marks=pytest.mark.slow),
     (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
 def test_a_build_stopped_midway_leaves_nothing_says_so_in_one_line_and_builds_again(
@@ -225,7 +225,7 @@ def test_a_second_ctrl_c_while_the_partial_output_is_removed_still_removes_it(cl
     done = _tfds_build(tmp_path, clips, data_dir, signal.SIGINT, after=3, again=signal.SIGINT)
     assert done.returncode == 130, done.stderr[-3000:]
     assert done.stderr.rstrip().splitlines()[-1].endswith(
-        "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was kept: run the same "
+        "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was kept; run the same "
         "command again to build it"), done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert _left(data_dir) == []
@@ -234,7 +234,7 @@ def test_a_second_ctrl_c_while_the_partial_output_is_removed_still_removes_it(cl
 @pytest.mark.slow  # the Beam path
 @pytest.mark.parametrize("signum, status, line", [
     (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing of the build of 'surreal/all' was "
-                         "kept: run the same command again to build it"),
+                         "kept; run the same command again to build it"),
     (signal.SIGTERM, -signal.SIGTERM, "stopped by SIGTERM; nothing partial was left behind")])
 def test_a_beam_build_in_one_process_stopped_midway_ends_as_the_python_path_does(
         signum, status, line, clips, tmp_path):
@@ -334,7 +334,7 @@ def test_ctrl_c_to_a_build_of_configs_in_parallel_ends_it_in_one_line_with_nothi
     done = _tfds_build(tmp_path, clips, data_dir, signal.SIGINT, after=3,
                        configs=("--num-processes=3",), timeout=180, to=to)
     assert _one_line_end(done, 130).endswith(
-        "interrupted (Ctrl-C); nothing of the builds that had not finished was kept: run the "
+        "interrupted (Ctrl-C); nothing of the builds that had not finished was kept; run the "
         "same command again to build them (it reuses those that finished)"), done.stderr[-3000:]
     assert _partial_builds(data_dir) == []
 

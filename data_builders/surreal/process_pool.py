@@ -71,7 +71,7 @@ def worker_build(stopped: str, not_started: str) -> Iterator[None]:
 
 
 _INTERRUPTED_LINE = ("interrupted (Ctrl-C); nothing of the builds that had not finished was "
-                    "kept: run the same command again to build them (it reuses those that "
+                    "kept; run the same command again to build them (it reuses those that "
                     "finished)")
 
 

@@ -183,11 +183,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         `process_pool.BuildInterrupted`, which the pool returns to the command, where it and a
         full disk end in one line (`process_pool`)."""
         name = f"{self.name}/{self.builder_config.name}"
-        stopped = (f"interrupted (Ctrl-C); nothing of the build of {name!r} was kept: run the "
+        stopped = (f"interrupted (Ctrl-C); nothing of the build of {name!r} was kept; run the "
                    f"same command again to build it")
         if process_pool.in_a_worker():
             with process_pool.worker_build(stopped, f"interrupted (Ctrl-C) before the build "
-                                                    f"of {name!r} started: run the same "
+                                                    f"of {name!r} started; run the same "
                                                     f"command again to build it"):
                 self._prepare_stoppably(*args, **kwargs)
             return
