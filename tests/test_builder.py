@@ -218,7 +218,7 @@ def test_a_manual_dir_that_is_the_archive_or_at_another_level_is_told_where_to_p
     archive = tmp_path / "SURREAL_v1.tar.gz"
     archive.write_bytes(b"\x1f\x8b")
     with pytest.raises(NotADirectoryError, match=re.escape(
-            f"--manual_dir={archive} is a file (the downloaded archive?): extract it (tar xzf "
+            f"--manual_dir={archive}: a file (the downloaded archive?); extract it (tar xzf "
             f"SURREAL_v1.tar.gz) and give the folder that contains cmu/")):
         _build(str(archive), str(tmp_path / "tfds"))
     with pytest.raises(FileNotFoundError, match=re.escape(

@@ -554,7 +554,7 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
     # An --out_dir that is a file: named before the model loads.
     with pytest.raises(SystemExit) as stop:
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={photo}"])
-    assert str(stop.value.code) == (f"error: --out_dir={photo} is a file: give a folder (made "
+    assert str(stop.value.code) == (f"error: --out_dir={photo}: a file; give a folder (made "
                                     f"if missing)")
     assert photo.read_bytes() == before
 

@@ -121,7 +121,7 @@ def test_a_negative_seed_or_a_file_for_the_output_is_one_line(tmp_path):
     afile.write_text("mine")
     with pytest.raises(SystemExit) as raised:
         synthetic.main([f"--out_dir={afile}"])
-    assert raised.value.code == (f"error: --out_dir={afile} is a file: give a folder (made if "
+    assert raised.value.code == (f"error: --out_dir={afile}: a file; give a folder (made if "
                                  f"missing)")
     assert afile.read_text() == "mine" and not (tmp_path / "out").exists()
 

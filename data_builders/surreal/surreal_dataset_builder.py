@@ -262,8 +262,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             check_file_system(download_config.manual_dir)
             if os.path.isfile(os.path.expanduser(os.fspath(download_config.manual_dir))):
                 raise NotADirectoryError(
-                    f"--manual_dir={download_config.manual_dir} is a file (the downloaded "
-                    f"archive?): extract it (tar xzf SURREAL_v1.tar.gz) and give the folder "
+                    f"--manual_dir={download_config.manual_dir}: a file (the downloaded "
+                    f"archive?); extract it (tar xzf SURREAL_v1.tar.gz) and give the folder "
                     f"that contains cmu/")
         _warn_of_partial_builds(self.data_path)
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)

@@ -245,7 +245,7 @@ def check_output_folder(flag: str, path: str) -> None:
     """Ends the command in one line, before any work, when the output folder a flag gives
     (`--<flag>=<path>`, made if missing) is something other than a folder (a file)."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise SystemExit(f"error: --{flag}={path} is a file: give a folder (made if missing)")
+        raise SystemExit(f"error: --{flag}={path}: a file; give a folder (made if missing)")
 
 
 def checkpoint_step(value: str | None) -> int | str | None:
