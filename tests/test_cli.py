@@ -1512,7 +1512,7 @@ def test_an_older_config_jsons_warning_is_in_the_commands_console_format(tmp_pat
                            "--format=stablehlo", f"--out_dir={tmp_path / 'x'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.splitlines() == [
-        warning, f"error: NoCheckpoint: no checkpoint in {tmp_path}/checkpoints: train first "
+        warning, f"error: NoCheckpoint: no checkpoint in {tmp_path}/checkpoints; train first "
         f"(python -m hgmt.main --workdir={tmp_path} ...)"], proc.stderr
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])

@@ -324,14 +324,14 @@ def test_a_checkpoint_whose_bytes_changed_silently_is_found_damaged_and_passed_o
         trained_model.restore_for_inference(workdir)
     assert re.match(rf"checkpoint {re.escape(ckpt)}/3 is damaged: \d+ of its \d+ arrays read "
                     rf"differ from what was saved \(e\.g\. \S+: CRC-32 float32"
-                    rf"\[.*\), a disk or copy fault after the save: copy it again from where "
+                    rf"\[.*\), a disk or copy fault after the save; copy it again from where "
                     rf"it was written, or pass --step= with another of 1, 2$", str(e.value))
     metadata = os.path.join(digests, "metadata")
     with open(metadata, "r+b") as f:
         f.truncate(os.path.getsize(metadata) // 2)
     with pytest.raises(trained_model.UnusableCheckpoint,
                        match=rf"^checkpoint {re.escape(ckpt)}/3 is damaged: its digests do not "
-                             rf"read \(\w+Error: .*\): copy it again from where it "
+                             rf"read \(\w+Error: .*\); copy it again from where it "
                              rf"was written, or pass --step= with another of 1, 2$"):
         trained_model.restore_for_inference(workdir)
 

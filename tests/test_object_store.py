@@ -248,8 +248,8 @@ def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_
     assert meta["tasks"] == ["pose2d"] and meta["step"] == 2
     assert (store / "bucket/export/model.jaxexport").stat().st_size > 0
 
-    with pytest.raises(SystemExit, match=rf"^error: FileExistsError: --out_dir={BUCKET}/export "
-                                         rf"exists and is not empty: choose a new folder"):
+    with pytest.raises(SystemExit, match=rf"^error: FileExistsError: --out_dir={BUCKET}/export: "
+                                         rf"exists and is not empty; choose a new folder"):
         hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
                           f"--out_dir={BUCKET}/export"])
     assert json.loads((store / "bucket/export/hgmt.json").read_text()) == meta
@@ -279,6 +279,6 @@ def test_training_reads_a_gs_dataset_and_exports_to_gs(store, demo_dataset, tmp_
         hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo",
                           f"--out_dir={BUCKET}/again"])
     assert str(e.value.code) == (
-        f"error: UnusableOutDir: --out_dir={BUCKET}/again could not be made (PermissionError: "
-        f"[Errno 13] Permission denied: '{BUCKET}/again'): check the URL, and this host's "
+        f"error: UnusableOutDir: --out_dir={BUCKET}/again: could not be made (PermissionError: "
+        f"[Errno 13] Permission denied: '{BUCKET}/again'); check the URL, and this host's "
         f"network and credentials for it")

@@ -415,11 +415,11 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert lines[f"skipped {renamed}"].endswith(" (rename it)")
     assert lines[f"skipped {tmp_path / 'missing.jpg'}"] == (f"image {tmp_path / 'missing.jpg'} "
                                                             f"not found")
-    assert lines[f"skipped {folder}"] == f"{folder} is a folder: give the image files in it"
+    assert lines[f"skipped {folder}"] == f"{folder}: a folder; give the image files in it"
     assert video_file.is_video("clip.TS") and video_file.is_video("a.mpg")
     assert not video_file.is_video("a.png")
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]
-    with pytest.raises(IsADirectoryError, match="is a folder: give the video files in it"):
+    with pytest.raises(IsADirectoryError, match="folder; give the video files in it"):
         video_file.Clip(str(folder))
 
     with open(out / "photo.json") as f:
@@ -529,27 +529,27 @@ def test_cli_refuses_outputs_that_would_replace_an_input_or_each_other(workdir, 
     _stick_figure(str(photo))
     before = photo.read_bytes()
     with pytest.raises(SystemExit, match=f"the prediction of {photo} would overwrite the "
-                                         f"input {photo}: choose another --out_dir"):
+                                         f"input {photo}; choose another --out_dir"):
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={tmp_path}"])
     (tmp_path / "b").mkdir()
     other = tmp_path / "b" / "photo.jpg"
     _stick_figure(str(other))
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=f"{photo} and {other} would both write "
-                                         f"{out}/photo.png: predict them into separate"):
+                                         f"{out}/photo.png; predict them into separate"):
         hgmt.predict.main([str(photo), str(other), f"--workdir={workdir}", f"--out_dir={out}"])
     assert photo.read_bytes() == before and not out.exists()
     # The input's folder by a symbolic link: the same file by another path.
     (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
     with pytest.raises(SystemExit, match=f"the prediction of {photo} would overwrite the "
-                                         f"input {photo}: choose another --out_dir"):
+                                         f"input {photo}; choose another --out_dir"):
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={tmp_path}/link"])
     assert photo.read_bytes() == before
     # An --out_dir that cannot be a folder: one line.
     with pytest.raises(SystemExit) as stop:
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={photo}/out"])
-    assert str(stop.value.code) == (f"error: --out_dir={photo}/out cannot be made a folder "
-                                    f"(Not a directory): give a folder this user can write")
+    assert str(stop.value.code) == (f"error: --out_dir={photo}/out: cannot be made a folder "
+                                    f"(Not a directory); give a folder this user can write")
     assert photo.read_bytes() == before
     # An --out_dir that is a file: named before the model loads.
     with pytest.raises(SystemExit) as stop:
@@ -572,7 +572,7 @@ def test_cli_refuses_to_overwrite_a_file_that_is_no_earlier_prediction(workdir, 
     before = pair.read_bytes()
     message = (f"error: the prediction of {photo} would overwrite {pair}, which is not an "
                f"earlier prediction of it (hgmt.predict writes holiday.png, holiday.json; "
-               f"holiday.json, which marks an earlier one, is missing): move that file or "
+               f"holiday.json, which marks an earlier one, is missing); move that file or "
                f"choose another --out_dir")
     with pytest.raises(SystemExit) as stop:
         hgmt.predict.main([str(photo), f"--workdir={workdir}", f"--out_dir={folder}"])
@@ -1284,7 +1284,7 @@ def test_inference_reads_a_checkpoints_variables_alone(workdir, tmp_path):
     assert re.fullmatch(
         rf"checkpoint \S+ does not fit the model of this command's config, whose tasks=pose2d "
         rf"where config.json has {re.escape(trained)}: \d+ unexpected \(e\.g\. .*\)\. A "
-        rf"trained workdir's model is its config.json's: drop those --config overrides "
+        rf"trained workdir's model is its config.json's; drop those --config overrides "
         rf"\(should it still not fit, the checkpoint was written by another model "
         rf"configuration or an older hgmt\)",
         str(e.value)), str(e.value)
@@ -1373,7 +1373,7 @@ def test_stablehlo_export_reloads_with_any_batch_and_equals_the_predictor(model,
     saved = exported(workdir, "savedmodel")
     with pytest.raises(FileNotFoundError) as raised:
         exporting.load_stablehlo(saved)
-    assert str(raised.value) == (f"{saved} holds no model.jaxexport: give the folder of a "
+    assert str(raised.value) == (f"{saved}: holds no model.jaxexport; give the folder of a "
                                  f"--format=stablehlo export (a SavedModel's folder loads with "
                                  f"tf.saved_model.load)")
 
@@ -1763,7 +1763,7 @@ def test_export_refuses_an_out_dir_it_cannot_write_before_any_work(workdir, tmp_
         with pytest.raises(SystemExit) as e:
             hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}", f"--out_dir={used}"])
         assert str(e.value.code) == (
-            f"error: FileExistsError: --out_dir={used} exists and is not empty: choose a new "
+            f"error: FileExistsError: --out_dir={used}: exists and is not empty; choose a new "
             f"folder, or remove it (an export is written whole into a new or empty folder)")
     assert sorted((p.relative_to(used), p.read_bytes() if p.is_file() else None)
                   for p in used.rglob("*")) == before
@@ -1791,16 +1791,16 @@ def test_export_refuses_an_out_dir_it_could_not_rename_onto_before_any_work(
     for name, to in (("link", tmp_path / "empty"), ("dangling", tmp_path / "nowhere")):
         os.symlink(to, tmp_path / name)
         assert refused(tmp_path / name) == (
-            f"error: UnusableOutDir: --out_dir={tmp_path / name} is a symbolic link (to {to}), "
-            f"which an export, renamed into place whole, cannot replace: pass the folder it "
+            f"error: UnusableOutDir: --out_dir={tmp_path / name}: a symbolic link (to {to}), "
+            f"which an export, renamed into place whole, cannot replace; pass the folder it "
             f"points to, or a new path")
     mount = tmp_path / "mnt"
     mount.mkdir()
     real_ismount = os.path.ismount
     monkeypatch.setattr(os.path, "ismount", lambda p: p == str(mount) or real_ismount(p))
     assert refused(mount) == (
-        f"error: UnusableOutDir: --out_dir={mount} is a mount point, which an export, renamed "
-        f"into place whole, cannot replace: export into a new folder inside it (e.g. "
+        f"error: UnusableOutDir: --out_dir={mount}: a mount point, which an export, renamed "
+        f"into place whole, cannot replace; export into a new folder inside it (e.g. "
         f"--out_dir={mount / 'export'})")
     locked = tmp_path / "locked"  # its own permissions do not bind root: os.access is faked
     locked.mkdir()
@@ -1810,7 +1810,7 @@ def test_export_refuses_an_out_dir_it_could_not_rename_onto_before_any_work(
     for out_dir in (locked / "new", locked / "new" / "deeper"):
         assert refused(out_dir) == (
             f"error: UnusableOutDir: --out_dir={out_dir}: {locked} cannot be written here, and "
-            f"the export is staged in it and renamed into place: give a folder in a place you "
+            f"the export is staged in it and renamed into place; give a folder in a place you "
             f"can write")
     assert sorted(os.listdir(tmp_path)) == ["dangling", "empty", "link", "locked", "mnt"]
     assert os.listdir(tmp_path / "empty") == os.listdir(mount) == os.listdir(locked) == []
@@ -1836,8 +1836,8 @@ def test_an_export_the_file_system_refuses_to_place_is_one_line_leaving_nothing(
         with pytest.raises(SystemExit) as e:
             hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}"])
         assert str(e.value.code) == (
-            f"error: UnusableOutDir: --out_dir={out}: {why}; nothing partial was left behind: "
-            f"give a new folder in a place you can write, and rerun")
+            f"error: UnusableOutDir: --out_dir={out}: {why}, and nothing partial was left "
+            f"behind; give a new folder in a place you can write, and rerun")
         assert not (tmp_path / "exports").exists()
 
     monkeypatch.setattr(os, "rename", busy)
@@ -2596,7 +2596,7 @@ def test_input_a_predictor_cannot_take_is_named_with_how_to_make_what_it_takes(p
         person.Window.given((10, 10, 50))
     with pytest.raises(ValueError, match=r"^Predictor\.predict takes a list of images \(or "
                                          r"an \(N,H,W,3\) array\), got a uint8 array "
-                                         r"\(24, 32, 3\): give \[image\]"):
+                                         r"\(24, 32, 3\); give \[image\]"):
         prediction.Predictor.predict(None, rgb)
     # An (N,H,W,3) array is its N images, as it was before that check.
     batch = np.zeros((2, 24, 32, 3), np.uint8)
@@ -3383,7 +3383,7 @@ def test_out_of_host_memory_reading_a_video_stops_naming_it_not_skips_it(workdir
                            "--batch_size=2"])
     assert str(e.value.code).startswith(
         f"error: OutOfHostMemory: out of host memory while reading or predicting {clip} "
-        f"(MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the file: "
+        f"(MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the file; "
         f"free the machine's memory"), e.value.code
     assert sorted(os.listdir(out)) == ["person.json", "person.png"]
 
@@ -3454,7 +3454,7 @@ def test_out_of_host_memory_probing_an_input_stops_in_one_line_naming_it(workdir
     assert e.value.code == (
         f"error: OutOfHostMemory: out of host memory while PyAV probed whether {gif} is a "
         f"video (MemoryError: [Errno 12] Cannot allocate memory), which is not a fault of the "
-        f"file: free the machine's memory (other processes) and run the command again")
+        f"file; free the machine's memory (other processes) and run the command again")
     assert not out.exists()
     damaged = tmp_path / "damaged.dat"
     damaged.write_bytes(b"not an image")

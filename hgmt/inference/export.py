@@ -101,7 +101,7 @@ def load_stablehlo(path: str) -> Callable:
     path = epath.Path(paths.absolute(path))
     if path.is_dir():
         if not (path / STABLEHLO_FILE).exists():
-            raise FileNotFoundError(f"{path} holds no {STABLEHLO_FILE}: give the folder of a "
+            raise FileNotFoundError(f"{path}: holds no {STABLEHLO_FILE}; give the folder of a "
                                     f"--format=stablehlo export (a SavedModel's folder loads "
                                     f"with tf.saved_model.load)")
         path = path / STABLEHLO_FILE
@@ -168,9 +168,9 @@ def _check_local_target(out_dir: str, target: str) -> None:
     absolute): a rename replaces neither a symbolic link by a folder (ENOTDIR) nor a mount
     point (EBUSY), and needs the staging folder's parent, `target`'s, writable."""
     if os.path.islink(target):
-        raise UnusableOutDir(f"--out_dir={out_dir} is a symbolic link (to "
+        raise UnusableOutDir(f"--out_dir={out_dir}: a symbolic link (to "
                              f"{os.readlink(target)}), which an export, renamed into place "
-                             f"whole, cannot replace: pass the folder it points to, or a new "
+                             f"whole, cannot replace; pass the folder it points to, or a new "
                              f"path")
     path = target  # the nearest folder that exists: the check of writes starts there
     while not os.path.exists(path):
@@ -179,18 +179,18 @@ def _check_local_target(out_dir: str, target: str) -> None:
         raise NotADirectoryError(f"--out_dir={out_dir}: {path} is a file; give a folder "
                                  f"(made if missing)")
     if path == target and os.path.ismount(target):
-        raise UnusableOutDir(f"--out_dir={out_dir} is a mount point, which an export, renamed "
-                             f"into place whole, cannot replace: export into a new folder "
+        raise UnusableOutDir(f"--out_dir={out_dir}: a mount point, which an export, renamed "
+                             f"into place whole, cannot replace; export into a new folder "
                              f"inside it (e.g. --out_dir={os.path.join(out_dir, 'export')})")
     parent = os.path.dirname(target) if path == target else path
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UnusableOutDir(f"--out_dir={out_dir}: {parent} cannot be written here, and the "
-                             f"export is staged in it and renamed into place: give a folder "
+                             f"export is staged in it and renamed into place; give a folder "
                              f"in a place you can write")
 
 
 def _not_empty(out_dir: str) -> str:
-    return (f"--out_dir={out_dir} exists and is not empty: choose a new folder, or remove it "
+    return (f"--out_dir={out_dir}: exists and is not empty; choose a new folder, or remove it "
             f"(an export is written whole into a new or empty folder)")
 
 
@@ -256,8 +256,8 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
         try:
             epath.Path(target).mkdir(parents=True, exist_ok=True)
         except Exception as e:  # noqa: BLE001  (TensorFlow's file systems raise their own)
-            raise UnusableOutDir(f"--out_dir={out_dir} could not be made ({type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:300]}): check the URL, and this "
+            raise UnusableOutDir(f"--out_dir={out_dir}: could not be made ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:300]}); check the URL, and this "
                                  f"host's network and credentials for it") from e
     try:
         f, meta = inference_fn(workdir, step, config)
@@ -348,9 +348,9 @@ def _remove_empty(folders: list[str]) -> None:
 def _unusable(out_dir: str, what: str, error: OSError) -> UnusableOutDir:
     """The one-line error of a local export that could not be staged or put in place, after
     the checks of `check_out_dir` passed; nothing partial is left by then."""
-    return UnusableOutDir(f"--out_dir={out_dir}: {what} ({error.strerror or error}); nothing "
-                          f"partial was left behind: give a new folder in a place you can "
-                          f"write, and rerun")
+    return UnusableOutDir(f"--out_dir={out_dir}: {what} ({error.strerror or error}), and "
+                          f"nothing partial was left behind; give a new folder in a place you "
+                          f"can write, and rerun")
 
 
 # What a full disk's error line says to do.

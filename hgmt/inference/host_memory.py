@@ -14,7 +14,7 @@ def out_of_host_memory(what: str, error: MemoryError) -> OutOfHostMemory:
     ENOMEM) raised while `what` (a video, or images: their paths) was read or predicted."""
     return OutOfHostMemory(
         f"out of host memory while reading or predicting {what} ({type(error).__name__}: "
-        f"{error}), which is not a fault of the file: free the machine's memory (other "
+        f"{error}), which is not a fault of the file; free the machine's memory (other "
         f"processes), or give a smaller --batch_size (a batch's frames or images are held "
         f"decoded), and predict it again")
 
@@ -25,6 +25,6 @@ def out_of_host_memory_probing(path: str, error: MemoryError) -> OutOfHostMemory
     predicted."""
     return OutOfHostMemory(
         f"out of host memory while PyAV probed whether {path} is a video "
-        f"({type(error).__name__}: {error}), which is not a fault of the file: free the "
+        f"({type(error).__name__}: {error}), which is not a fault of the file; free the "
         f"machine's memory (other processes) and run the command again")
 

@@ -96,10 +96,10 @@ def check_outputs(inputs: list[str], out_dir: str) -> None:
             replaced = inputs_at.get(resolved) or files_at.get(_identity(out))
             if replaced is not None:
                 raise SystemExit(f"error: the prediction of {path} would overwrite the input "
-                                 f"{replaced}: choose another --out_dir")
+                                 f"{replaced}; choose another --out_dir")
             if written.get(resolved, path) != path:
                 raise SystemExit(f"error: {written[resolved]} and {path} would both write "
-                                 f"{out}: predict them into separate --out_dir folders")
+                                 f"{out}; predict them into separate --out_dir folders")
             if not ours and os.path.lexists(out):
                 state = ("is missing" if not os.path.lexists(record) else
                          "is not hgmt.predict's")
@@ -107,7 +107,7 @@ def check_outputs(inputs: list[str], out_dir: str) -> None:
                     f"error: the prediction of {path} would overwrite {out}, which is not an "
                     f"earlier prediction of it (hgmt.predict writes "
                     f"{', '.join(os.path.basename(o) for o in outputs.values())}; "
-                    f"{os.path.basename(record)}, which marks an earlier one, {state}): move "
+                    f"{os.path.basename(record)}, which marks an earlier one, {state}); move "
                     f"that file or choose another --out_dir")
             written[resolved] = path
 
@@ -121,8 +121,8 @@ def make_output_folder(out_dir: str) -> None:
     except OSError as e:
         if disk_space.is_disk_full(e):
             raise
-        raise SystemExit(f"error: --out_dir={out_dir} cannot be made a folder "
-                         f"({e.strerror or e}): give a folder this user can write") from None
+        raise SystemExit(f"error: --out_dir={out_dir}: cannot be made a folder "
+                         f"({e.strerror or e}); give a folder this user can write") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: --out_dir={out_dir} is not writable by this user: give a "
+        raise SystemExit(f"error: --out_dir={out_dir}: not writable by this user; give a "
                          f"folder this user can write")

@@ -169,12 +169,12 @@ class Predictor:
         frames do not need them)."""
         if isinstance(images, np.ndarray) and images.ndim != 4:  # a batch is its images
             raise ValueError(f"Predictor.predict takes a list of images (or an (N,H,W,3) "
-                             f"array), got a {images.dtype} array {images.shape}: give "
+                             f"array), got a {images.dtype} array {images.shape}; give "
                              f"[image] (or call the Predictor on the image)")
         images = [_checked(image) for image in images]
         bboxes = [None] * len(images) if bboxes is None else list(bboxes)
         if len(bboxes) != len(images):
-            raise ValueError(f"{len(bboxes)} bboxes for {len(images)} images: give one each "
+            raise ValueError(f"{len(bboxes)} bboxes for {len(images)} images; give one each "
                              f"(None to find the person)")
         windows = [None if b is None else person.Window.given_in(b, image.shape)
                    for b, image in zip(bboxes, images, strict=True)]

@@ -81,7 +81,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     none_yet = (f"no best checkpoint in {folder}: one is kept when an evaluator of "
                 f"config.evals with a best_metric runs during training (every > 0, and "
                 f"every <= total_steps), at its first evaluation" if best else
-                f"no checkpoint in {folder}: train first (python -m hgmt.main "
+                f"no checkpoint in {folder}; train first (python -m hgmt.main "
                 f"--workdir={workdir} ...)")
     # Looked for before a manager is built: the training manager creates its folder, and a
     # command that only reads must leave the workdir as it found it.
@@ -109,7 +109,7 @@ def restore_for_inference(workdir: str, step: int | str | None = None,
     except checkpoint_digests.DamagedCheckpoint as e:
         other = [s for s in steps if s != step]
         raise UnusableCheckpoint(
-            f"{e}: copy it again from where it was written, or "
+            f"{e}; copy it again from where it was written, or "
             + (f"evaluate a checkpoint of {workdirs.checkpoint_dir(workdir)} (--step=N)"
                if best else f"pass --step= with another of {', '.join(map(str, other))}" if other
                else "train again")) from None
@@ -245,7 +245,7 @@ def check_variables(model: Any, image_size: int, variables: Any, what: str,
         raise UnusableCheckpoint(
             f"{what} does not fit the model of this command's config, whose "
             f"{', '.join(overrides)}: {differences}. A trained workdir's model is its "
-            f"config.json's: drop those --config overrides (should it still not fit, the "
+            f"config.json's; drop those --config overrides (should it still not fit, the "
             f"checkpoint was written by another model configuration or an older hgmt)")
     raise UnusableCheckpoint(
         f"{what} does not fit the model its config.json builds: {differences}. It was "

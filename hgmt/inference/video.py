@@ -63,7 +63,7 @@ def predict_video(model: prediction.Predictor, path: str, out_dir: str,
     lines_path, video_path, summary_path = (outputs(path, out_dir)[k] for k in
                                             ("jsonl", "annotated_video", "summary"))
     if os.path.abspath(video_path) == os.path.abspath(path):
-        raise ValueError(f"the annotated video would overwrite {path}: choose another --out_dir")
+        raise ValueError(f"the annotated video would overwrite {path}; choose another --out_dir")
     with video_file.Clip(path) as clip:
         writer = annotated_video.Writer(partial_name(video_path), clip.frame_rate, clip.time_base)
         try:

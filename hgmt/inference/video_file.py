@@ -138,7 +138,7 @@ def _open(path: str) -> av.container.InputContainer:
     import av
 
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder: give the video files in it")
+        raise IsADirectoryError(f"{path}: a folder; give the video files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path} not found")
     if not os.path.getsize(path):
