@@ -161,6 +161,7 @@ class Scalars:
         pass
 
 
+@pytest.mark.slow  # the loop's timings by hand, fast: tests/test_trainer_bookkeeping.py
 def test_the_loop_logs_the_device_idle_time_of_a_slow_loader(demo_dataset, tmp_path,
                                                              monkeypatch):
     """A loader slower than the step: each wait for a batch ends with the device done with the
@@ -251,6 +252,7 @@ def _loop_clock(monkeypatch) -> list[float]:
     return offset
 
 
+@pytest.mark.slow  # the loop's timings by hand, fast: tests/test_trainer_bookkeeping.py
 def test_img_per_s_leaves_out_the_evaluations_between_log_steps(demo_dataset, tmp_path,
                                                                  monkeypatch, caplog):
     """An evaluation after step 2's log line (made to take 1000 s) is not in steps 3-4's
