@@ -4000,7 +4000,7 @@ def test_a_clip_that_gives_no_start_counts_from_its_first_frame():
     clip.start_time_s = None
     clip._stream = Space(sample_aspect_ratio=None)
     frames = [Space(to_ndarray=lambda format, k=k: np.full((4, 6, 3), k, np.uint8), rotation=0,
-                    side_data=[]) for k in range(3)]
+                    side_data={}) for k in range(3)]
     clip._shown = lambda: iter(zip([10.04, 10.08, 10.16], frames, strict=True))
     batches = list(clip.batches(2))
     assert [len(b[1]) for b in batches] == [2, 1]

@@ -196,10 +196,9 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     frame carries as side data, or None."""
     import av
 
-    for data in frame.side_data:
-        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-            return struct.unpack("=9i", bytes(data))
-    return None
+    # Looked up by type: PyAV 18.1 iterates the side data's types, 18.0 the data themselves.
+    data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    return None if data is None else struct.unpack("=9i", bytes(data))
 
 
 def upright(rgb: np.ndarray, rotation: float,
