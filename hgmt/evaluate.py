@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         records.check_dataset_name(args.config.dataset)
         eval_settings.check_evals(args.config, weights, label_size=False)
         config_check.check_data_settings(args.config)
-        args.protocol = args.protocol or evaluator.settings_of(args.config)["protocol"]
-        protocols.check_label_size(args.protocol, weights, args.config.image_size)
+        given = None  # the flag, when given
+        if args.protocol is None:
+            args.protocol = evaluator.settings_of(args.config)["protocol"]
+            given = f"config.evals.test.protocol={args.protocol!r} (--protocol's default)"
+        protocols.check_label_size(args.protocol, weights, args.config.image_size,
+                                   given=given)
     if args.frames is not None:
         eval_data.frames_flag(args.frames)
     if args.out_file:

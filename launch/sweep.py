@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             protocols.check_label_size(
                 x, {t for s in subsets for t in s.split("+")}, first.image_size,
                 f"drop --protocols, or train at --config.image_size="
-                f"{protocols.reference_image_size()}", f"--protocols={args.protocols}")
+                f"{protocols.reference_image_size()}",
+                f"--protocols={args.protocols}" + (f" ({x})" if len(extra_protocols) > 1
+                                                   else ""))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     resume = args[cli.RESUME_FLAG.removeprefix("--")].value

@@ -74,7 +74,8 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
     """A 128 px run whose config names evals.test.protocol='bodynet': hgmt.evaluate with
     --protocol=hgmt does not refuse its config (it goes on to look for a checkpoint), and with
     --protocol=bodynet it stops in one line naming config.image_size and --protocol=hgmt,
-    before any checkpoint is read (the workdir has none)."""
+    before any checkpoint is read (the workdir has none); without --protocol, the config's
+    protocol is named as where it came from."""
     from hgmt import run_config
 
     config = default.get_config("tasks=pose2d")
@@ -88,6 +89,14 @@ def test_a_reference_protocol_is_checked_as_asked_at_the_models_label_size(tmp_p
         "code does (config.image_size=256), but config.image_size=128 gives 32x32; evaluate "
         "this model with --protocol=hgmt, or train one with --config.image_size=256 for the "
         "reference protocols")
+    with pytest.raises(SystemExit) as stop:  # the protocol taken from the config: named so
+        hgmt.evaluate.main([f"--workdir={tmp_path}"])
+    assert str(stop.value.code).startswith(
+        "error: ValueError: config.evals.test.protocol='bodynet' (--protocol's default): "
+        "measures 64x64 label maps"), stop.value.code
+    assert str(stop.value.code).endswith("evaluate this model with --protocol=hgmt, or train "
+                                         "one with --config.image_size=256 for the reference "
+                                         "protocols")
     with pytest.raises(SystemExit) as stop:
         hgmt.evaluate.main([f"--workdir={tmp_path}", "--protocol=hgmt"])
     assert "measures 64x64" not in str(stop.value.code)
