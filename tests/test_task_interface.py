@@ -24,6 +24,7 @@ def with_silhouette(monkeypatch):
     monkeypatch.setitem(TASKS, "silhouette", silhouette_task)
 
 
+@pytest.mark.slow
 def test_a_fifth_task_trains_evaluates_reports_and_predicts(with_silhouette, demo_dataset,
                                                             tmp_path, capsys):
     assert parse_tasks("all")[-1] == "silhouette" and len(all_subsets()) == 31

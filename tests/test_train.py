@@ -626,6 +626,7 @@ def test_a_foreground_weighted_step_is_the_same_on_one_device_and_on_two():
     assert np.linalg.norm(flat(two) - flat(one)) < 1e-2 * np.linalg.norm(gradient)
 
 
+@pytest.mark.slow
 def test_the_jitted_step_is_pmaps_and_the_host_state_flaxs_unreplicated_one_bit_for_bit():
     """Two tasks (a volume and a class map, with their interaction) on 4 devices with the
     config's optimizer, two steps then the BatchNorm statistics' sync (as
