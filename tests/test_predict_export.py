@@ -3117,6 +3117,20 @@ def _write_clip(path, frames, times=None, fmt=None, options=None):
         container.mux(stream.encode())
 
 
+def _write_stampless_clip(path, fmt, codec, rate, count):
+    """`count` grey 64x48 frames (shades 0, 40, 80, ...) encoded by `codec` at `rate`
+    frames/s into `fmt`, the frames given no time stamps (the muxer times them, if at all)."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(count):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
 def _decoded(path):
     """-> (frame times in seconds, (N,H,W,3) RGB frames) of a video file, as PyAV reads it."""
     import av
@@ -3655,16 +3669,8 @@ def test_frames_without_time_stamps_are_a_frame_apart(tmp_path):
     """A raw H.264 stream (named .mp4, as a camera's dump may be) has no time stamps: its
     frames are timed one frame apart at the rate the stream states (10 frames/s), not all at
     0, nor at the 25 frames/s PyAV gives as its average rate (the raw demuxer's default)."""
-    import av
-
     raw = tmp_path / "raw.mp4"
-    with av.open(str(raw), "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for k in range(5):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    _write_stampless_clip(raw, "h264", "libx264", rate=10, count=5)
     with video_file.Clip(str(raw)) as clip:
         assert clip.frame_rate == 25
         times = [t for batch, _ in clip.batches(2) for t in batch]
@@ -3679,13 +3685,7 @@ def test_a_clip_stating_no_frame_rate_is_taken_as_30_frames_a_second(workdir, tm
     import av
 
     clip = tmp_path / "vp8.ivf"
-    with av.open(str(clip), "w", format="ivf") as container:
-        stream = container.add_stream("libvpx", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for k in range(4):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * k, np.uint8))
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    _write_stampless_clip(clip, "ivf", "libvpx", rate=10, count=4)
     with av.open(str(clip)) as container:
         assert container.streams.video[0].average_rate is None
     with video_file.Clip(str(clip)) as opened:
