@@ -106,6 +106,7 @@ def _compiled(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
 
 
+@pytest.mark.slow
 def test_pictures_are_the_eager_predictions_drawn_from_one_program_compiled_once(demo_dataset,
                                                                                 caplog):
     """All four tasks with the flip test, on the first demo test batch with its first frame
@@ -356,6 +357,7 @@ def _superseded_lines(workdir: str) -> list[dict]:
             for x in workdirs.read_evals(os.path.join(folder, aside))]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_after_the_resumed_step_is_chosen_again(demo_dataset, tmp_path):
     """A run validated (and kept the best) at step 4 but lost its step-4 checkpoint: resumed
     from step 2 with another learning rate, its step 4 scores otherwise; the best checkpoint

@@ -1960,6 +1960,7 @@ class FillsDiskAtStep:
         pass
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_while_a_checkpoint_write_fails_on_a_full_disk_names_both(
         demo_dataset, small_disk, monkeypatch, caplog):
     """Step 4's checkpoint is written in orbax's background thread (held here until the NaN

@@ -382,6 +382,7 @@ def _assert_trees_close(fast, ref, rtol):
         assert float(jnp.abs(g - r).max()) <= tol, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_custom_ops_equal_flax_ops():
     """hgmt's ops (`ops="custom"`: 1x1 convolution as one 2-D matmul, max-pool as reshape+max
     with a one-pass backward, BatchNorm + ReLU with a hand-written backward) and Flax's and

@@ -1224,6 +1224,7 @@ def test_a_total_steps_below_the_latest_checkpoint_is_refused_even_when_changes_
     assert sorted(os.listdir(tmp_path)) == files  # no summaries file either
 
 
+@pytest.mark.slow
 def test_tensorboard_shows_each_step_once_after_a_rerun_from_an_earlier_checkpoint(
         demo_dataset, tmp_path):
     """A run logged steps 1-4 and saved checkpoints 2 and 4; checkpoint 4 is removed (a run
