@@ -196,7 +196,7 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     frame carries as side data, or None."""
     import av
 
-    # Looked up by type: PyAV 18.1 iterates the side data's types, 18.0 the data themselves.
+    # Looked up by type: PyAV 18.1.1 iterates the side data's types, 18.0 and 18.1.0 the data.
     data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
     return None if data is None else struct.unpack("=9i", bytes(data))
 
