@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         records.check_dataset_name(args.config.dataset)
         eval_settings.check_evals(args.config, weights, label_size=False)
         config_check.check_data_settings(args.config)
-        given = None  # the flag, when given
+        given = None  # check_label_size names --protocol=<protocol> by default
         if args.protocol is None:
             args.protocol = evaluator.settings_of(args.config)["protocol"]
             given = f"config.evals.test.protocol={args.protocol!r} (--protocol's default)"
