@@ -3,19 +3,23 @@ steps save a checkpoint, evaluate, log and sync the damaged records, when a pree
 the run, and what a log line says of the first step's compilation, img/s, the data wait and
 the ETA. The steps, batches, saves and evaluations are stand-ins (`_run`): each step takes 10 s
 (the first one of a run, which compiles, 1000 s), each batch drawn 1 s, each save or
-evaluation 100 s set apart from the training time."""
+evaluation 100 s set apart from the training time. Around the steps (`_trainer`'s
+stand-ins, which record what they are asked): the plan line, what evaluations recorded after
+the start set aside, the evaluations a preemption skipped, and the end of the run."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import re
+import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hgmt import devices
+from hgmt import devices, workdirs
 from hgmt.training import step_metrics, steps, trainer
 from tests.conftest import tiny_config
 
@@ -262,3 +266,198 @@ def test_the_non_finite_step_named_is_the_bad_one_not_the_first_checked():
         metrics.append(step, {"loss/total": jnp.array([value], jnp.float32)})
     found = metrics.check()
     assert (found.step, found.tasks, found.first, found.last) == (4, ["total"], 3, 5)
+
+
+def _trainer(monkeypatch, calls: list, *, start: int, total: int, restored: bool = True,
+             due=(), recorded=(), at_end=(), finished=None, superseded=(), forgotten=(),
+             damaged=None, received=None, evaluations_after: bool = True):
+    """A `Trainer` resumed at `start` of `total` steps (afresh where not `restored`), its
+    evaluators, checkpoint manager, lock and watch stand-ins that append what they are asked
+    to `calls`, in order, as (what, arguments...): the evaluators `due` at `start` (those
+    `recorded` there), those after training `at_end` (those an earlier run `finished`:
+    {name: summary}), the evals.jsonl files `superseded` and the best checkpoints
+    `forgotten` after the start; `damaged` the damaged records' summary (None: none met); a
+    signal `received`. The state on the devices and the one restored are two `State`s;
+    `devices.to_host` marks what it fetched."""
+    monkeypatch.setattr(devices, "replicate", lambda tree: tree)
+    monkeypatch.setattr(devices, "to_host", lambda tree: ("on the host", tree))
+
+    class Evals:
+        def due(self, step):
+            return list(due) if step == start else []
+
+        def recorded(self, step):
+            return set(recorded) if step == start else set()
+
+        def at_end(self):
+            return list(at_end)
+
+        def supersede_after(self, step):
+            calls.append(("supersede_after", step))
+            return list(superseded)
+
+        def forget_after(self, step, host_state):
+            calls.append(("forget_after", step, host_state()))
+            return list(forgotten)
+
+        def finished_at_end(self, step, host_state):
+            calls.append(("finished_at_end", step, host_state))
+            return dict(finished or {})
+
+        def run(self, names, step, host_state, writer, *, final, stop):
+            calls.append(("run", names, step, host_state, final, stop))
+            return {n: {"evaluated": n} for n in names}
+
+    class Manager:
+        def wait_until_finished(self):
+            calls.append(("wait_until_finished",))
+
+    class Lock:
+        def check(self):
+            calls.append(("lock_check",))
+
+    class Damaged:
+        found = {} if damaged is None else {"a.tfrecord": [3]}
+
+        def summary(self):
+            return damaged
+
+    class Watch:
+        def __init__(self):
+            self.received, self.evaluations_after = received, evaluations_after
+
+    class Data:
+        def batches(self):
+            yield from ()
+
+    class State:
+        step = start
+
+    config = tiny_config("unused", tasks="pose2d", total_steps=total, batch_size=8,
+                         prefetch=1)
+    return trainer.Trainer(config, "/w", model=None, state=State(),
+                           restored_state=State() if restored else None, mngr=Manager(),
+                           evals=Evals(), writer="writer", data_iter=Data(),
+                           damaged=Damaged(), watch=Watch(), peer_watch=None, lock=Lock(),
+                           train_step=None)
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_the_plan_line_names_the_tasks_steps_devices_batch_and_where_augmentation_runs(
+        monkeypatch, caplog):
+    """Resumed at step 4 of 8 on 2 devices (global batch 8, augmented on the device): the
+    line gives the steps 4..8, "2 devices", the batch and "device"; on 1 device "1 device"
+    (singular), augmented on the host; resumed at the last step it says training ended there
+    and what is left (the evaluations after it) runs now."""
+    calls = []
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    with caplog.at_level(logging.INFO):
+        _trainer(monkeypatch, calls, start=4, total=8).log_plan(("pose2d", "segm"), "device")
+        monkeypatch.setattr(jax, "device_count", lambda: 1)
+        _trainer(monkeypatch, calls, start=0, total=8, restored=False).log_plan(
+            ("pose2d",), "host")
+        _trainer(monkeypatch, calls, start=8, total=8).log_plan(("pose2d",), "host")
+    assert _messages(caplog) == [
+        "training pose2d+segm for steps 4..8, 2 devices, global batch 8, augmentation on "
+        "the device",
+        "training pose2d for steps 0..8, 1 device, global batch 8, augmentation on the host",
+        "training pose2d ended at step 8: what is left to do after it runs now"]
+    assert calls == []
+
+
+def test_what_evaluations_recorded_after_the_start_is_moved_aside_and_said(monkeypatch,
+                                                                          caplog):
+    """Resumed at step 4: the evaluations' files of the steps after 4 are moved aside, then
+    the best checkpoint chosen after 4 (step 6), which is given the state on the host to
+    choose again from; each move is logged with where to. Nothing to move: no line."""
+    calls = []
+    with caplog.at_level(logging.INFO):
+        t = _trainer(monkeypatch, calls, start=4, total=8,
+                     superseded=["evals.jsonl", "eval_test.json"], forgotten=[6])
+        t.set_aside_what_follows_the_start()
+        assert calls == [("supersede_after", 4), ("forget_after", 4, ("on the host", t.state))]
+        assert _messages(caplog) == [
+            f"moved evals.jsonl, eval_test.json of the steps after 4, where training starts "
+            f"again, to {workdirs.evals_superseded_dir('/w')}",
+            f"moved the best checkpoint kept at step 6 in {workdirs.best_dir('/w')} to "
+            f"{workdirs.superseded_dir('/w')}: chosen by an evaluation after step 4, where "
+            f"training starts again"]
+        caplog.clear()
+        _trainer(monkeypatch, calls, start=0, total=8,
+                 restored=False).set_aside_what_follows_the_start()
+    assert _messages(caplog) == []
+
+
+def test_the_evaluations_a_preemption_skipped_run_on_resuming_and_stop_as_at_their_step(
+        monkeypatch, caplog):
+    """Resumed at step 4 of 8, validation and test due there, test recorded: validation is
+    evaluated at step 4 on the restored state, stopped only by a lost lock, and the restored
+    state is let go (steps train from here). Resumed at the last step, 8: a signal stops
+    them as it stops the evaluations after training, and the restored state is kept (it is
+    the final state). A fresh run evaluates nothing before its steps."""
+    calls = []
+    with caplog.at_level(logging.INFO):
+        t = _trainer(monkeypatch, calls, start=4, total=8, due=["validation", "test"],
+                     recorded=["test"])
+        restored = t.restored_state
+        t.evaluate_missed()
+    assert calls == [("run", ["validation"], 4, restored, False, t.lock_check)]
+    assert t.restored_state is None
+    assert _messages(caplog) == ["evaluating step 4, which its run did not: validation"]
+
+    calls.clear()
+    t = _trainer(monkeypatch, calls, start=8, total=8, due=["validation"])
+    restored = t.restored_state
+    t.evaluate_missed()
+    assert calls == [("run", ["validation"], 8, restored, False, t.stop_if_preempted)]
+    assert t.restored_state is restored
+
+    calls.clear()
+    _trainer(monkeypatch, calls, start=0, total=8, restored=False,
+             due=["validation"]).evaluate_missed()
+    assert calls == []
+
+
+def test_finishing_waits_for_the_last_write_then_runs_the_evaluations_not_finished(
+        monkeypatch, caplog):
+    """Resumed at the last step, 8, where an earlier run finished test: the final state is
+    the restored one; the last checkpoint's write is waited for, the damaged records'
+    summary logged, the lock checked, then only validation evaluated (final, stopped by a
+    signal), test's summary kept and said so; a signal received meanwhile with evaluations
+    after training is said to have come too late. Resumed at step 4, nothing counts as
+    finished (the steps after 4 change the state): both run, and with no signal received no
+    line says one came too late."""
+    calls = []
+    with caplog.at_level(logging.INFO):
+        t = _trainer(monkeypatch, calls, start=8, total=8, at_end=["test", "validation"],
+                     finished={"test": {"kept": "test"}}, damaged="1 damaged record",
+                     received="SIGUSR1")
+        final, summaries = t.finish()
+    assert final is t.restored_state
+    assert summaries == {"test": {"kept": "test"}, "validation": {"evaluated": "validation"}}
+    assert calls == [("wait_until_finished",), ("lock_check",),
+                     ("finished_at_end", 8, final),
+                     ("run", ["validation"], 8, final, True, t.stop_if_preempted)]
+    assert _messages(caplog) == [
+        "1 damaged record",
+        f"step 8's evaluations after training that an earlier run finished, kept: "
+        f"{workdirs.eval_file('/w', 'test')}",
+        "the evaluations after training finished before the signal could stop them: the run "
+        "is complete, nothing to rerun"]
+
+    calls.clear()
+    caplog.clear()
+    host = types.SimpleNamespace(step=8)
+    monkeypatch.setattr(trainer.Trainer, "host_state", lambda self, step: host)
+    with caplog.at_level(logging.INFO):
+        t = _trainer(monkeypatch, calls, start=4, total=8, at_end=["test", "validation"],
+                     finished={"test": {"kept": "test"}}, evaluations_after=True)
+        final, summaries = t.finish()
+    assert final is host
+    assert calls == [("wait_until_finished",), ("lock_check",),
+                     ("run", ["test", "validation"], 8, final, True, t.stop_if_preempted)]
+    assert summaries == {"test": {"evaluated": "test"}, "validation": {"evaluated": "validation"}}
+    assert _messages(caplog) == []
