@@ -87,6 +87,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hgmt import cli, paths, workdirs  # noqa: E402
+from hgmt.choices import not_some_of  # noqa: E402
 from hgmt.evaluation import protocols  # noqa: E402
 from hgmt.study import runs  # noqa: E402
 from hgmt.tasks import all_subsets, parse_tasks  # noqa: E402
@@ -163,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"--tasks=pose2d,pose2d+segm), or leave --tasks out for all 15")
     extra_protocols = [x for x in args.protocols.split(",") if x]
     unknown = [x for x in extra_protocols if x not in protocols.PROTOCOLS]
-    if unknown:  # a list flag: the protocols it lacks named, and some of them asked for
-        raise SystemExit(f"error: --protocols={args.protocols}: no protocol "
-                         f"{', '.join(map(repr, unknown))}; give some of "
-                         f"{', '.join(protocols.PROTOCOLS)}, comma-separated")
+    if unknown:
+        given = f"--protocols={args.protocols}"
+        raise SystemExit(f"error: {not_some_of(given, 'protocol', unknown, protocols.PROTOCOLS)}")
     # Before the plan is recorded, which holds the sweep directory to this config: every
     # run's command line, since an override of one task's field reaches its runs only.
     config, first = sweep_plan.check_run(args.config, subsets[0], extra, args.seeds)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from hgmt import cli, console
+from hgmt.choices import not_some_of
 from hgmt.data import damage, records, shards
 from hgmt.sources import surreal
 
@@ -175,9 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{', '.join(surreal.SPLIT_DIRS)}, comma-separated, or leave the "
                          f"flag out to check them all")
     if unknown:
-        raise SystemExit(f"error: --splits={','.join(args.splits)}: no split "
-                         f"{', '.join(map(repr, unknown))}; give "
-                         f"some of {', '.join(surreal.SPLIT_DIRS)}, comma-separated")
+        given = f"--splits={','.join(args.splits)}"
+        raise SystemExit(f"error: {not_some_of(given, 'split', unknown, surreal.SPLIT_DIRS)}")
     dataset, data_dir = args.config.dataset, args.config.data_dir
     try:
         records.check_dataset_name(dataset, given=f"--config.dataset={dataset}")
