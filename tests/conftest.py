@@ -87,6 +87,26 @@ def real_info_path():
     return str(REAL_INFO)
 
 
+def requirements_of(text: str) -> list:
+    """The requirements (packaging's `Requirement`) of pip-style lines, one a line, comments
+    and blank lines left out."""
+    from packaging.requirements import Requirement
+
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def setup_requirements(*extras: str) -> list:
+    """setup.cfg's install_requires, then the requirements of its `extras`, in that order."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(pathlib.Path(__file__).resolve().parents[1] / "setup.cfg")
+    blocks = [cfg["options"]["install_requires"],
+              *(cfg["options.extras_require"][extra] for extra in extras)]
+    return [r for block in blocks for r in requirements_of(block)]
+
+
 def build_demo(root, clips_per_split=2, frames=6, seed=0, config="all"):
     """Generates demo SURREAL clips under root/surreal and builds them under root/tfds."""
     from hgmt.data import demo

@@ -2,30 +2,22 @@
 setup.cfg (install_requires and the test extra) and for jaxlib, each within setup.cfg's
 bounds, so that `pip install -e '.[test]' -c constraints.txt` installs a set that passed."""
 
-import configparser
 import os
 from importlib import metadata
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.conftest import requirements_of, setup_requirements
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _requirements(text: str) -> list[Requirement]:
-    lines = (line.split("#")[0].strip() for line in text.splitlines())
-    return [Requirement(line) for line in lines if line]
-
-
 def test_constraints_pin_every_requirement_within_its_bounds():
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(REPO, "setup.cfg"))
-    wanted = {canonicalize_name(r.name): r for r in
-              _requirements(cfg["options"]["install_requires"]) +
-              _requirements(cfg["options.extras_require"]["test"])}
+    wanted = {canonicalize_name(r.name): r for r in setup_requirements("test")}
     wanted["jaxlib"] = Requirement("jaxlib")
     with open(os.path.join(REPO, "constraints.txt")) as f:
-        pins = _requirements(f.read())
+        pins = requirements_of(f.read())
     pinned = {canonicalize_name(p.name): p for p in pins}
     assert len(pinned) == len(pins), "a requirement pinned twice"
     installed = "\n".join(f"{r.name}=={metadata.version(r.name)}" for r in wanted.values())

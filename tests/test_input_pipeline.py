@@ -155,18 +155,10 @@ def test_the_opencv_requirement_has_the_flags_the_pipeline_reads_with():
     hgmt uses is in 4.10), and 5.1 first cuts label maps nearest by the device path's rule
     (5.0 rounds a tie to the even pixel: docs/interfaces.md): setup.cfg admits neither older
     OpenCV, and admits 5.1.0.95's wheel. The frame decodes in RGB."""
-    import configparser
-
-    from packaging.requirements import Requirement
-
     from hgmt.data import records
+    from tests.conftest import setup_requirements
 
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(REPO, "setup.cfg"))
-    lines = (line.split("#")[0].strip() for line in
-             cfg["options"]["install_requires"].splitlines())
-    opencv, = (r for r in map(Requirement, filter(None, lines))
-               if r.name == "opencv-python-headless")
+    opencv, = (r for r in setup_requirements() if r.name == "opencv-python-headless")
     assert not opencv.specifier.contains("4.10.0.84")
     assert not opencv.specifier.contains("5.0.0.93")
     assert opencv.specifier.contains("5.1.0.95")

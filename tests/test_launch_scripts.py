@@ -73,23 +73,19 @@ def test_the_jax_requirement_takes_the_timeouts_cluster_gives_it():
     """`cluster.initialize` passes jax.distributed.initialize `heartbeat_timeout_seconds` (first
     in jax 0.7.0) and `shutdown_timeout_seconds` (first in jax 0.8.1): setup.cfg admits no jax
     without them, in install_requires and in every accelerator extra."""
-    import configparser
     import inspect
 
     import jax
-    from packaging.requirements import Requirement
+
+    from tests.conftest import setup_requirements
 
     with open(os.path.join(REPO, "hgmt/training/cluster.py")) as f:
         source = f.read()
     passed = {"heartbeat_timeout_seconds", "shutdown_timeout_seconds"}
     assert all(f"{name}=" in source for name in passed)
     assert passed <= set(inspect.signature(jax.distributed.initialize).parameters)
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(REPO, "setup.cfg"))
-    blocks = [cfg["options"]["install_requires"]] + [
-        cfg["options.extras_require"][extra] for extra in ("cuda12", "cuda13", "tpu")]
-    jax_requirements = [r for block in blocks for r in map(Requirement, filter(None, (
-        line.split("#")[0].strip() for line in block.splitlines()))) if r.name == "jax"]
+    jax_requirements = [r for r in setup_requirements("cuda12", "cuda13", "tpu")
+                        if r.name == "jax"]
     assert len(jax_requirements) == 4
     for requirement in jax_requirements:
         assert not requirement.specifier.contains("0.8.0"), requirement
