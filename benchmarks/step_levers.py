@@ -28,6 +28,7 @@ from absl import flags  # noqa: E402
 from cli import print_line  # noqa: E402
 
 from hgmt import cli  # noqa: E402
+from hgmt.choices import not_some_of  # noqa: E402
 
 # name -> (XLA flags, config overrides, what it changes). With hgmt's ops (`config.model.ops`
 # "custom", hgmt/models/hourglass.py) the 1x1 convolutions are matmuls, which XLA:GPU compiles
@@ -102,8 +103,8 @@ def benchmark(argv: list[str] | None = None) -> dict:
                              positional="--")
     unknown = [name for name in args.levers if name not in LEVERS]
     if unknown:
-        raise SystemExit(f"error: --levers={','.join(args.levers)}: unknown "
-                         f"{', '.join(unknown)}; give some of {', '.join(LEVERS)}")
+        given = f"--levers={','.join(args.levers)}"
+        raise SystemExit(f"error: {not_some_of(given, 'lever', unknown, LEVERS)}")
     results = []
     for name in args.levers:
         result = run_lever(name, passed, args.timeout_s)

@@ -1416,6 +1416,16 @@ def test_the_default_levers_leave_out_those_that_need_several_devices():
     assert fv.levers == ["none", "batch_norm_device"]
 
 
+def test_unknown_levers_are_named_in_the_one_wording_of_a_list_flag():
+    """A misspelt lever stops step_levers.py before any process starts, naming each unknown one
+    and the levers there are (`hgmt.choices.not_some_of`'s wording)."""
+    with pytest.raises(SystemExit) as e:
+        step_levers.benchmark(["--levers=none,flax,n.ne"])
+    assert e.value.code == (
+        "error: --levers=none,flax,n.ne: no lever 'flax', 'n.ne'; give some of "
+        f"{', '.join(step_levers.LEVERS)}, comma-separated")
+
+
 def test_every_levers_xla_flags_are_flags_this_xla_knows():
     """XLA aborts at start on an unknown flag: each lever's flags, all at once, start it (a
     misspelt one, seen here, does not)."""
