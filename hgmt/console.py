@@ -3,8 +3,8 @@ results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `ext
 `VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
 0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
 run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`, `ctrl_c_is_the_stop`),
-and how a cleanup holds them off (`stop_signals_held`). The flags that set it up are
-`hgmt.cli`'s.
+and how a cleanup holds them off (`stop_signals_held`); TensorFlow's start-up lines kept off
+it (`quiet_tensorflow`). The flags that set it up are `hgmt.cli`'s.
 """
 
 from __future__ import annotations
@@ -80,6 +80,16 @@ class UserLines(logging.Filter):
 # sync point, step=S", logged up to three times on each process of a multi-host run that a
 # signal stops, where hgmt's `preempted: saved a checkpoint at step S ...` follows.
 _CHATTER = (("orbax/checkpoint/", "[process=%s][thread=%s] Reached preemption sync point"),)
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up lines kept off the console of a command that imports it (an
+    export to SavedModel, a dataset build, an object store's files; hgmt only reads and writes
+    files and SavedModels with it): no C++ INFO lines, and no oneDNN CPU kernels, whose
+    start-up line is logged whatever the level. Only where the environment does not set them
+    already, and only for a TensorFlow imported after the call."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def _is_chatter(record: logging.LogRecord) -> bool:

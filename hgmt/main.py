@@ -32,16 +32,10 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-# Before anything imports TensorFlow (where anything does: the demo data's build, an object
-# store's files; it only reads and writes files here): no C++ INFO lines, and no oneDNN CPU
-# kernels, whose start-up line is logged whatever the level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from hgmt import cli, compilation_cache, console, paths  # noqa: E402
-from hgmt.training import coordinator  # noqa: E402
+from hgmt import cli, compilation_cache, console, paths
+from hgmt.training import coordinator
 
 if TYPE_CHECKING:
     import ml_collections

@@ -1556,3 +1556,31 @@ def test_a_step_that_is_no_step_number_is_one_line(value):
     with pytest.raises(SystemExit, match=rf"^error: --step={value}: give a step number or "
                                          r"'best'$"):
         cli.checkpoint_step(value)
+
+
+def test_tensorflow_imported_after_a_commands_parse_prints_no_start_up_line(tmp_path):
+    """A command's work that imports TensorFlow (a SavedModel export, a dataset build) prints
+    none of its C++ start-up lines (absl's InitializeLog warning, oneDNN's line, which the log
+    level does not hide): the parse sets TF_CPP_MIN_LOG_LEVEL and TF_ENABLE_ONEDNN_OPTS where
+    the environment does not (`console.quiet_tensorflow`)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    code = ("import os; from hgmt import cli; cli.parse(lambda fv: None, [], 'doc'); "
+            "import tensorflow; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], "
+            "os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": REPO},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "1 0\n", "")
+
+
+def test_the_environments_own_tensorflow_settings_are_kept(monkeypatch):
+    """`console.quiet_tensorflow` sets only what the environment leaves unset: a user's
+    TF_ENABLE_ONEDNN_OPTS=1 (or log level 0) stays."""
+    from hgmt import console
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    console.quiet_tensorflow()
+    assert (os.environ["TF_CPP_MIN_LOG_LEVEL"], os.environ["TF_ENABLE_ONEDNN_OPTS"]) == ("0", "1")

@@ -56,7 +56,9 @@ def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None
 
     `--help` (or `--helpfull`, `-h`) prints `doc` and the flags and exits 0; a bad flag, a bad
     config argument or override, and an override of a field the config lacks exit 1 with one
-    line naming it and the fix."""
+    line naming it and the fix. A TensorFlow that the command's work imports after the parse
+    prints no start-up lines (`console.quiet_tensorflow`)."""
+    console.quiet_tensorflow()  # before any of the command's work imports TensorFlow
     argv = list(sys.argv[1:] if argv is None else argv)
     if positional not in (None, "any", "--"):
         raise ValueError(f"positional={positional!r}: give None, 'any' or '--'")
@@ -128,6 +130,7 @@ def parse_on_workdir(define: Callable[[flags.FlagValues], None], argv: Sequence[
     the rest. `--help` prints the usage first (`usage_first`), the config's fields (each with
     its value when `--workdir` names a workdir whose config.json reads) and the flags, and
     exits 0, reading nothing else."""
+    console.quiet_tensorflow()  # before the workdir's config is read (an object store's)
     command = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if raw_args.asks_for_help(argv):
