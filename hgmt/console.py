@@ -193,9 +193,9 @@ def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
 def stoppable_console(verbosity: int, *, command: bool) -> Iterator[None]:
     """`console` for a command that writes partial files (hgmt.evaluate, predict, export):
     SIGTERM and Ctrl-C end it once their cleanups have run (`sigterm_cleans_up`,
-    `interrupted_in_one_line`)."""
+    `interrupted_in_one_line`, `ctrl_c_is_the_stop`)."""
     with console(verbosity, command=command), sigterm_cleans_up(), \
-            interrupted_in_one_line(command):
+            interrupted_in_one_line(command), ctrl_c_is_the_stop():
         yield
 
 
@@ -292,13 +292,41 @@ def stop_behind(error: BaseException) -> BaseException | None:
     return None
 
 
+class _SentAgain:
+    """A stop signal whose exception Python dropped, raised inside a callback it cannot raise
+    from (JAX's garbage-collection callback; Python prints it as `Exception ignored in`):
+    sent again to this process from another thread (`send`), so that its handler runs again
+    in the main thread's code outside the callback. `pending` until a handler takes it
+    (`taken`)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.timers: list[threading.Timer] = []
+
+    def send(self) -> None:
+        self.timers.append(threading.Timer(0.01, os.kill, (os.getpid(), self.signum)))
+        self.timers[-1].start()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.timers)
+
+    def taken(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+
 @contextlib.contextmanager
 def ctrl_c_is_the_stop() -> Iterator[None]:
     """While the block runs, once a Ctrl-C has raised its KeyboardInterrupt (Python's default
     handler, or another that raises it), any error that leaves the block is that
     KeyboardInterrupt, as `sigterm_cleans_up` has it for SIGTERM: C code it was raised in may
     raise its own error in its place (a C extension's import, array_record's, raises
-    ImportError), which would end a command in a traceback in place of its Ctrl-C line. Where
+    ImportError), which would end a command in a traceback in place of its Ctrl-C line. A
+    KeyboardInterrupt raised inside a garbage-collection callback (JAX's), which Python drops,
+    is raised again outside it (`_SentAgain`), or at the block's end where the block ended
+    first: the command would otherwise run on to its end as if no Ctrl-C had come. Where
     Ctrl-C has no handler in Python (ignored: a command started in the background) or outside
     the main thread, the block runs as it is."""
     previous = signal.getsignal(signal.SIGINT)
@@ -306,22 +334,35 @@ def ctrl_c_is_the_stop() -> Iterator[None]:
         yield
         return
     received: list[int] = []
+    again = _SentAgain(signal.SIGINT)
 
     def recorded(signum: int, frame: types.FrameType | None) -> None:
+        again.taken()
         try:
             previous(signum, frame)
         except KeyboardInterrupt:
             received.append(signum)
             raise
 
+    def swallowed(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and received:
+            again.send()
+        else:
+            hook(unraisable)
+
     signal.signal(signal.SIGINT, recorded)
+    hook, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
         yield
+        if again.pending:  # the block ended before the Ctrl-C sent again reached it
+            again.taken()
+            raise KeyboardInterrupt
     except BaseException as e:
         if not received or isinstance(e, KeyboardInterrupt):
             raise
         raise KeyboardInterrupt from None  # not the error the stop became
     finally:
+        sys.unraisablehook = hook
         signal.signal(signal.SIGINT, previous)
 
 
@@ -343,23 +384,20 @@ def sigterm_cleans_up() -> Iterator[None]:
         yield
         return
 
-    resent: list[threading.Timer] = []  # a SIGTERM sent again, not yet handled
+    again = _SentAgain(signal.SIGTERM)  # a SIGTERM whose unwinding Python dropped
     received: list[int] = []  # SIGTERM's handler ran
 
     def unwind(signum: int, frame: types.FrameType | None) -> NoReturn:
-        resent.clear()
+        again.taken()
         received.append(signum)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup
         raise _Terminated()
 
     def swallowed(unraisable: sys.UnraisableHookArgs) -> None:
-        # Raised inside a callback Python cannot raise from (JAX's garbage-collection one): it
-        # would be printed and dropped, and the command run on with SIGTERM ignored. Sent
-        # again from another thread, it reaches the main thread's code outside the callback.
+        # Dropped, the command would run on with SIGTERM ignored.
         if isinstance(unraisable.exc_value, _Terminated):
             signal.signal(signal.SIGTERM, unwind)
-            resent.append(threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)))
-            resent[-1].start()
+            again.send()
         else:
             hook(unraisable)
 
@@ -367,9 +405,8 @@ def sigterm_cleans_up() -> Iterator[None]:
     sys.unraisablehook = swallowed
     try:
         yield
-        if resent:  # the block ended before the SIGTERM sent again reached it: it ends here
-            for timer in resent:
-                timer.cancel()
+        if again.pending:  # the block ended before the SIGTERM sent again reached it
+            again.taken()
             raise _Terminated()
     except BaseException as e:
         # Once SIGTERM was handled, what leaves the block is its unwinding, whatever it became

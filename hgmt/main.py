@@ -268,7 +268,10 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
         # which another demo.* setting would make again (the trainer checks it too).
         resume.check_config(config, fv.workdir, fv[RESUME].value)
     try:
-        with cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
+        # A Ctrl-C that Python dropped in a garbage-collection callback stops the run all
+        # the same (`ctrl_c_is_the_stop`).
+        with console.ctrl_c_is_the_stop(), \
+                cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
             if "demo" in config:
                 # In the try, so that a failure ends a multi-process run as any other does
                 # (the others as for a failed peer); a bad demo.* value is one line too.

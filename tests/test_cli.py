@@ -780,6 +780,43 @@ def test_ctrl_c_reaches_a_caller_of_the_trainer_in_process(saved_workdir, monkey
                                 f"--workdir={saved_workdir}", "--compilation_cache="])
 
 
+def test_a_ctrl_c_dropped_in_a_garbage_collection_callback_stops_the_training(
+        saved_workdir, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt is raised inside a gc callback (JAX registers one),
+    where Python drops it: hgmt.main stops all the same (in process, the caller gets the
+    KeyboardInterrupt); before, the training ran on to its end as if no Ctrl-C had come."""
+    import gc
+    import signal
+
+    from hgmt.training import loop
+
+    def inside(phase, info):
+        if phase == "start" and not inside.sent:
+            inside.sent = True
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))
+
+    def trained(*args, **kwargs):
+        gc.callbacks.append(inside)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(inside)
+        return {}
+
+    inside.sent = False
+    monkeypatch.setattr(loop, "train_and_evaluate", trained)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell's has it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            load("hgmt.main").main([
+                f"--config={REPO}/configs/default.py:runlocal,tasks=pose2d",
+                f"--workdir={saved_workdir}", "--compilation_cache="])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert inside.sent
+
+
 # The flags each command needs before it looks at anything else; `{never}` a path that must
 # not appear (nothing is written), `{workdir}` a workdir holding a config.
 REQUIRED = {

@@ -186,6 +186,61 @@ def test_sigterm_in_a_garbage_collection_callback_still_ends_the_command(tmp_pat
     assert not partial.exists() and proc.stdout == ""
 
 
+def test_ctrl_c_in_a_garbage_collection_callback_still_stops_the_command(tmp_path):
+    """Ctrl-C whose KeyboardInterrupt is raised inside a gc callback (JAX registers one),
+    where Python prints and drops it: sent again from outside it, it still stops the command
+    (the partial file removed, its one line, status 130); before, `hgmt.export` ran on to
+    its end and wrote its export, exit 0, after an `Exception ignored in` traceback."""
+    partial = tmp_path / "partial"
+    proc = _with_a_partial_file(
+        "console.stoppable_console(0, command=True)", "gc.callbacks.append(inside); "
+        "gc.collect(); gc.callbacks.remove(inside); time.sleep(30); print('ran on')", partial,
+        before="signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+               "def inside(phase, info):\n"
+               "    if phase == 'start' and not getattr(inside, 'sent', False):\n"
+               "        inside.sent = True\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "        sum(range(1000))\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
+    assert not partial.exists()
+
+
+def test_a_ctrl_c_dropped_at_the_blocks_end_stops_it_there():
+    """A Ctrl-C dropped inside a gc callback at the block's last statement, before the
+    signal sent again reaches the process: the block raises its KeyboardInterrupt as it ends,
+    and no signal is left to arrive after it (the SIGINT handler and unraisable hook are the
+    caller's again)."""
+    import gc
+    import signal
+    import time
+
+    from hgmt import console
+
+    def inside(phase, info):
+        if phase == "start" and not inside.sent:
+            inside.sent = True
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))
+
+    inside.sent = False
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    hook = sys.unraisablehook
+    try:
+        with pytest.raises(KeyboardInterrupt), console.ctrl_c_is_the_stop():
+            gc.callbacks.append(inside)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(inside)
+        assert sys.unraisablehook is hook
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        time.sleep(0.05)  # a signal sent again would raise here (sent after 0.01 s)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert inside.sent
+
+
 def test_sigterm_replaced_by_another_error_on_its_way_out_still_ends_as_sigterm(tmp_path):
     """SIGTERM's unwinding raised inside C code that replaces it with its own error
     (TensorFlow's tracing of an export raises a TypeError): the partial file is removed and
