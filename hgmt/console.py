@@ -191,9 +191,9 @@ def user_lines(verbosity: int, *, keep: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stoppable_console(verbosity: int, *, command: bool) -> Iterator[None]:
-    """`console` for a command that writes partial files (hgmt.evaluate, predict, export):
-    SIGTERM and Ctrl-C end it once their cleanups have run (`sigterm_cleans_up`,
-    `interrupted_in_one_line`, `ctrl_c_is_the_stop`)."""
+    """`console` for a command that writes partial files (hgmt.evaluate, predict, export) or
+    reads for long (hgmt.data.check): SIGTERM and Ctrl-C end it once their cleanups have run,
+    in one line (`sigterm_cleans_up`, `interrupted_in_one_line`, `ctrl_c_is_the_stop`)."""
     with console(verbosity, command=command), sigterm_cleans_up(), \
             interrupted_in_one_line(command), ctrl_c_is_the_stop():
         yield

@@ -5,10 +5,13 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import pytest
 
 from hgmt.data import check
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path, capsys):
@@ -333,7 +336,6 @@ def test_the_check_sets_up_its_console_as_the_processs_own_command(tmp_path, mon
     console as its own (`console.console(command=True)`: the handlers anew, stdout taking
     any file name); `main([...])` from a caller keeps the caller's. The argv read from
     sys.argv made both a caller's."""
-    import sys
 
     from hgmt import console
 
@@ -351,6 +353,26 @@ def test_the_check_sets_up_its_console_as_the_processs_own_command(tmp_path, mon
     assert check.main() == check.EXIT_NOT_CHECKED
     assert check.main(args) == check.EXIT_NOT_CHECKED
     assert seen == [True, False]
+
+
+def test_ctrl_c_ends_the_check_in_one_line(tmp_path):
+    """Ctrl-C while `python -m hgmt.data.check` reads the records: one line and the shell's
+    status 130, as the other commands end; it was Python's traceback (32 lines, from 2 s
+    after the start of a check of the demo build)."""
+    import subprocess
+
+    code = ("import sys\n"
+            "from hgmt.data import check\n"
+            "def reading(*args):\n"
+            "    raise KeyboardInterrupt\n"
+            "check._check = reading\n"
+            "sys.argv = ['check', '--config=configs/demo.py:tasks=pose2d', "
+            f"'--config.data_dir={tmp_path}']\n"
+            "sys.exit(check.main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
 
 
 def test_the_check_says_how_far_it_is(tmp_path, caplog, monkeypatch):

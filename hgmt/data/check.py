@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: --{e}") from None
     made_by = (_demo_command(argv, args.config.demo.surreal_root) if "demo" in args.config
                else None)
-    with console.console(args.verbosity, command=command):
+    with console.stoppable_console(args.verbosity, command=command):  # Ctrl-C: one line
         return _check(args.splits, dataset, data_dir, args.config.max_damaged_fraction,
                       made_by)
 
