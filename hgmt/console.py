@@ -2,9 +2,10 @@
 results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `extra=` marks
 `VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
 0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
-run (`stoppable_console`, `interrupted_in_one_line`, `sigterm_cleans_up`, `ctrl_c_is_the_stop`),
-and how a cleanup holds them off (`stop_signals_held`); TensorFlow's start-up lines kept off
-it (`quiet_tensorflow`). The flags that set it up are `hgmt.cli`'s.
+run (`stoppable_console`, `stops_in_one_line`, `interrupted_in_one_line`,
+`sigterm_cleans_up`, `ctrl_c_is_the_stop`), and how a cleanup holds them off
+(`stop_signals_held`); TensorFlow's start-up lines kept off it (`quiet_tensorflow`). The flags
+that set it up are `hgmt.cli`'s.
 """
 
 from __future__ import annotations
@@ -194,8 +195,16 @@ def stoppable_console(verbosity: int, *, command: bool) -> Iterator[None]:
     """`console` for a command that writes partial files (hgmt.evaluate, predict, export) or
     reads for long (hgmt.data.check): SIGTERM and Ctrl-C end it once their cleanups have run,
     in one line (`sigterm_cleans_up`, `interrupted_in_one_line`, `ctrl_c_is_the_stop`)."""
-    with console(verbosity, command=command), sigterm_cleans_up(), \
-            interrupted_in_one_line(command), ctrl_c_is_the_stop():
+    with console(verbosity, command=command), stops_in_one_line(command):
+        yield
+
+
+@contextlib.contextmanager
+def stops_in_one_line(command: bool) -> Iterator[None]:
+    """SIGTERM and Ctrl-C end the block's command once its cleanups have run, in one line
+    (`sigterm_cleans_up`, `interrupted_in_one_line`, `ctrl_c_is_the_stop`), for a command
+    whose console is set up otherwise (hgmt.report prints its own lines)."""
+    with sigterm_cleans_up(), interrupted_in_one_line(command), ctrl_c_is_the_stop():
         yield
 
 

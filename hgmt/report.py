@@ -29,7 +29,8 @@ differ in by design, `hgmt.study.run_configs.PER_RUN`, and those a rerun may cha
 `hgmt.training.resume.FREE_ON_RESUME`): the error names each such run, the field, its value
 and the others'. A folder of SWEEP_DIR not named as a run (<subset>[@seed<k>]) is left out
 with a warning; a run file that does not read stops the report in one line naming it and the
-fix.
+fix. The files are written together: a full disk (one line naming the file) or Ctrl-C leaves
+an earlier report in OUT_DIR as it was.
 
 `--check_config` writes nothing: it rebuilds each finished run's config from the config file
 and arguments of the sweep's plan (SWEEP_DIR/sweep.json) as they are now, prints the runs whose
@@ -51,7 +52,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from hgmt import cli, paths
+from hgmt import cli, console, disk_space, paths
 from hgmt.evaluation import protocols
 from hgmt.study import charts, claims, evaluations, provenance, report, run_configs, runs
 
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.report --sweep_dir=DIR --out_dir=DIR [--protocol=P] [--note=TEXT |
     --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__))
+    with console.stops_in_one_line(command=argv is None):
+        return _run(args)
+
+
+def _run(args: flags.FlagValues) -> int:
+    """The report or check of `main`, its flags parsed; -> exit status."""
     if paths.is_url(args.sweep_dir):
         raise SystemExit(f"error: --sweep_dir={args.sweep_dir}: a sweep directory is a local "
                          f"folder, as launch/sweep.py makes it; copy it to a local disk, or "
@@ -148,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
              "README.md": report.to_markdown(study, note, checked, provenance.config_section(
                  args.sweep_dir, list(found))).encode()}
     os.makedirs(args.out_dir, exist_ok=True)
-    for name, data in files.items():
-        with open(os.path.join(args.out_dir, name), "wb") as f:
-            f.write(data)
+    with cli.faults_in_one_line(disk_space.DiskFull):  # the report's files all, or none
+        disk_space.write_together([(os.path.join(args.out_dir, name),
+                                    lambda f, data=data: f.write(data), "wb")
+                                   for name, data in files.items()])
     print(f"wrote {args.out_dir}/README.md, report.json and the charts for "
           f"{', '.join(study)}", file=sys.stderr)
     return 0

@@ -1150,6 +1150,51 @@ def test_report_names_a_plan_field_missing_or_of_another_type_and_the_fix(tmp_pa
         tmp_path / "out" / "README.md").read_text()
 
 
+def test_a_full_disk_leaves_the_earlier_report_as_it_was(tmp_path, monkeypatch):
+    """The disk fills while the report's files are written (the third file's sync fails,
+    ENOSPC): one line naming DiskFull and that file, and every file of the earlier report in
+    OUT_DIR unchanged, no temporary left; before, the files were written in place, one by one,
+    so the first ones were the new report's beside the old one's and the third was cut off."""
+    import errno
+
+    sweep_dir = _study_sweep(tmp_path, {"pose2d": 1, "segm": 1})
+    out = tmp_path / "out"
+    assert hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}",
+                             "--note=first"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    synced = []
+
+    def full_at_the_third(fd):
+        synced.append(fd)
+        if len(synced) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_at_the_third)
+    with pytest.raises(SystemExit) as e:
+        hgmt.report.main([f"--sweep_dir={sweep_dir}", f"--out_dir={out}", "--note=second"])
+    named = re.match(rf"error: DiskFull: \[Errno 28\] cannot write the file to "
+                     rf"{re.escape(str(out))}/(\S+): the disk or quota is full \(.*\)\. "
+                     rf"Nothing partial was left behind\. ", str(e.value.code))
+    assert named and named[1] in before, e.value.code
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ctrl_c_ends_the_report_in_one_line(tmp_path):
+    """Ctrl-C while `python -m hgmt.report` reads the sweep or writes: one line and the
+    shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
+    code = ("import sys\n"
+            "import hgmt.report\n"
+            "def reading(args):\n"
+            "    raise KeyboardInterrupt\n"
+            "hgmt.report._run = reading\n"
+            f"sys.argv = ['report', '--sweep_dir={tmp_path}', '--out_dir={tmp_path / 'out'}']\n"
+            "sys.exit(hgmt.report.main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
+
+
 def test_a_folder_not_named_as_a_run_is_left_out_with_a_warning(tmp_path, capsys):
     """A backup `pose2d.old` (or `segm+pose2d`, `pose2d@seed0`: names launch/sweep.py never
     gives) in the sweep's folder is not a run: the report, --check_config and the sweep leave
