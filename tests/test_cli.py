@@ -219,6 +219,24 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
     assert str(e.value.code).startswith(f"error: ValueError: {message}")
 
 
+def test_ctrl_c_ends_the_model_summary_in_one_line():
+    """Ctrl-C while `python -m hgmt.models.summary` builds and counts the model: one line and
+    the shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
+    import subprocess
+
+    code = ("import sys\n"
+            "import hgmt.models.summary\n"
+            "def counting(args):\n"
+            "    raise KeyboardInterrupt\n"
+            "hgmt.models.summary._run = counting\n"
+            "sys.argv = ['summary', '--config=configs/default.py:tasks=pose2d']\n"
+            "sys.exit(hgmt.models.summary.main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
+
+
 @pytest.mark.parametrize("entry, args, message", [
     # A training command line's --config copied onto a workdir command.
     ("hgmt.evaluate", ["--workdir=W", "--config=configs/default.py:tasks=pose2d"],
