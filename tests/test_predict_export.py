@@ -4029,3 +4029,183 @@ def test_the_jsons_window_and_image_numbers_are_in_image_pixels():
     assert out["crop_metres"] == 2.3457 and out["model_passes"] == 2
     assert out["crop_affine_image_to_label"] == [[0.571429, 0.0, -2.071429],
                                                  [0.0, 0.571429, 0.642857]]
+
+
+def test_a_bbox_of_no_width_or_height_is_refused():
+    """A bbox must have area: zero width or zero height is refused as a negative one is."""
+    for bbox in ((0, 0, 0, 10), (0, 0, 10, 0), (0, 0, -1, 10)):
+        with pytest.raises(ValueError, match="width and height must be positive"):
+            person.Window.given(bbox)
+
+
+def test_a_search_settles_within_converged_of_the_seen_windows_side():
+    """`close_to` compares sides, as well as centres, to CONVERGED (5 %) of its own window's
+    side: the same centre at 1.1 times the side has not converged. `after_pass` asks it of the
+    window seen, and keeps the window run on (its crop is the one predicted on), named by what
+    saw the person."""
+    base = person.Window(np.array([50.0, 50.0]), 100.0, "whole image")
+    assert not person.Window(np.array([50.0, 50.0]), 110.0, "").close_to(base)  # 10 > 5.5
+
+    # 5.2 px larger: within 5 % of the seen side (5.26) but not of the side run on (5.0).
+    seen = person.Window(np.array([51.0, 49.0]), 105.2, "joints (pose2d)")
+    kept, done = person.after_pass(base, seen, first_pass=True)
+    assert done and kept.found_by == "joints (pose2d)"
+    np.testing.assert_array_equal([*kept.centre, kept.side], [50.0, 50.0, 100.0])
+    far = person.Window(np.array([50.0, 50.0]), 106.0, "joints (pose2d)")  # 6 > 5.3
+    assert person.after_pass(base, far, first_pass=True) == (far, False)
+
+
+def test_a_silhouette_is_the_largest_8_connected_union_of_the_tasks_foregrounds():
+    """Label px, 10 image px each. Two 3x3 squares touching at a corner (18 px, one region
+    8-connected) outweigh a 4x4 square (16 px): the window is the pair's box, label
+    [-0.5, 5.5]^2 -> image [-5, 55]^2, centre (25, 25), side 1.28 * 60 = 76.8. Two tasks'
+    foregrounds that are halves of a 10x10 block are one silhouette, their union: box
+    image [-5, 95]^2, centre (45, 45), side 128."""
+    m_label = np.array([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    foreground = np.zeros((20, 20), bool)
+    foreground[0:3, 0:3] = foreground[3:6, 3:6] = True
+    foreground[10:14, 10:14] = True
+    window = person.find_window({"segm": {"foreground": foreground}}, m_label)
+    np.testing.assert_allclose([*window.centre, window.side], [25.0, 25.0, 76.8])
+
+    upper, lower = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    upper[0:5, 0:10] = lower[5:10, 0:10] = True
+    window = person.find_window({"segm": {"foreground": upper},
+                                 "depth": {"foreground": lower}}, m_label)
+    assert window.found_by == "foreground (segm+depth)"
+    np.testing.assert_allclose([*window.centre, window.side], [45.0, 45.0, 128.0])
+
+
+def test_fifteen_joints_seen_are_counted_as_fewer_than_all():
+    """One joint of 16 scored below MIN_JOINT_SCORE: the window is the box of the 15 and says
+    so ('15 of 16'), as a person cut off by the frame's does."""
+    joints = np.stack([np.linspace(10, 40, 16), np.linspace(5, 50, 16)], -1)
+    scores = np.ones(16)
+    scores[7] = 0.1
+    window = person.find_window({"pose2d": {"joints": joints, "joint_scores": scores}},
+                                np.eye(2, 3))
+    assert window.found_by == "joints (pose2d, 15 of 16)"
+    centre, side = cropping.person_box(np.delete(joints, 7, axis=0))
+    np.testing.assert_allclose([*window.centre, window.side], [*centre, side])
+
+
+def test_a_joint_is_near_the_silhouette_by_its_nearest_label_pixel():
+    """A silhouette one label px wide at column c, 20x20 label px, identity crop: a joint is
+    near it when its nearest pixel (rounded, clipped to the map) lies within NEAR_FOREGROUND
+    (2) columns. 15 joints on it and one at x = c + 2.6 (pixel c + 3): 15 of 16 kept. One at
+    x = -0.6 by column 0, or at x = 19.6 by column 19 (pixel -1 or 20, off the map): its
+    nearest pixel is the edge's, on the silhouette, so all 16 are kept."""
+    def found_by(column, x):
+        silhouette = np.zeros((20, 20), bool)
+        silhouette[:, column] = True
+        joints = np.stack([np.full(16, float(column)), np.arange(1.0, 17.0)], -1)
+        joints[15, 0] = x
+        evidence = {"pose2d": {"joints": joints, "joint_scores": np.ones(16)},
+                    "segm": {"foreground": silhouette}}
+        return person.find_window(evidence, np.eye(2, 3)).found_by
+
+    assert found_by(10, 12.4) == "joints (pose2d)"  # pixel 12: 2 columns off
+    assert found_by(10, 12.6).endswith("joints (pose2d, 15 of 16)")  # pixel 13
+    assert found_by(10, 7.6) == "joints (pose2d)"  # pixel 8
+    assert found_by(0, -0.6) == "joints (pose2d)"
+    assert found_by(19, 19.6) == "joints (pose2d)"
+
+
+def test_a_label_pixel_is_on_the_image_when_its_centre_is_within_the_images_pixels():
+    """A 10 x 20 (H x W) image: pixels span x in [-0.5, 19.5] and y in [-0.5, 9.5] (centres at
+    integers), edges included. A one-column silhouette (rows 0-5) whose centres the crop puts
+    at x = -0.5, or at x = 19.5, counts, as does its top row put at y = -0.5: its box is 1 x 6
+    px around (-0.5, 2) or (19.5, 2.5), the window training's least side, 8. A column of 20
+    rows put half a pixel lower (row k at y = k + 0.5) counts down to row 9 (y = 9.5), not row
+    10 (y = 10.5 lies below the image though y < W): its box is image y 0..10, side
+    1.28 * 10 = 12.8, centre (5, 5)."""
+    shape = (10, 20)
+    column = np.zeros((20, 20), bool)
+    column[0:6, 0] = True
+    left = person.find_window({"segm": {"foreground": column}},
+                              np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]), shape)
+    np.testing.assert_allclose([*left.centre, left.side], [-0.5, 2.0, 8.0])  # y -0.5..4.5
+    right = person.find_window({"segm": {"foreground": column[:, ::-1]}},
+                               np.array([[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]), shape)
+    np.testing.assert_allclose([*right.centre, right.side], [19.5, 2.5, 8.0])
+    tall = np.zeros((20, 20), bool)
+    tall[:, 5] = True
+    window = person.find_window({"segm": {"foreground": tall}},
+                                np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -0.5]]), shape)
+    np.testing.assert_allclose([*window.centre, window.side], [5.0, 5.0, 12.8])
+
+
+def test_a_silhouettes_window_as_large_as_the_joints_does_not_replace_it():
+    """12 of 16 joints seen, 5 image px per label px: the joints span image y 10..110 at x 25,
+    training's window 100 * 1.6 = 160 px around (25, 55) (margins 35 % above, 25 % below);
+    the silhouette's box is 125 px tall, its window 1.28 * 125 = 160 px too. Only a larger
+    one replaces the joints' window."""
+    m_label = np.array([[0.2, 0.0, 0.0], [0.0, 0.2, 0.0]])
+    joints = np.stack([np.full(16, 5.0), np.linspace(2, 22, 16)], -1)
+    scores = np.ones(16)
+    scores[[1, 2, 3, 4]] = 0.1  # 12 seen, from y = 2 to 22 still
+    silhouette = np.zeros((32, 32), bool)
+    silhouette[0:25, 0:10] = True
+    window = person.find_window({"pose2d": {"joints": joints, "joint_scores": scores},
+                                 "segm": {"foreground": silhouette}}, m_label)
+    assert window.found_by == "joints (pose2d, 12 of 16)"
+    np.testing.assert_allclose([*window.centre, window.side], [25.0, 55.0, 160.0])
+
+
+def test_only_a_window_over_max_window_px_and_the_crop_is_averaged_down(predictor):
+    """A 1 px checkerboard's whole-image window: at exactly MAX_WINDOW_PX (a SURREAL frame's
+    whole window) the crop is training's plain bilinear sampling, bit for bit; at 480 px it is
+    averaged down, flat grey, where bilinear samples 7.5 px apart alias (grey levels about 64
+    and 191); a window smaller than a crop larger than MAX_WINDOW_PX (a 512 px model) is
+    sampled as it is, not resized first."""
+    import copy
+
+    def board(n):
+        return np.repeat((np.indices((n, n)).sum(0) % 2 * 255).astype(np.uint8)[..., None], 3,
+                         -1)
+
+    def crop_and_bilinear(model, image):
+        window = person.Window.whole(image.shape)
+        (crop,), _ = model._crops([image], [window])
+        size = model.image_size
+        direct = cv2.warpAffine(image, cropping.crop_affine(window.centre, window.side, size),
+                                (size, size), flags=cv2.INTER_LINEAR)
+        return crop, direct
+
+    small = copy.copy(predictor)
+    small.image_size = 64
+    crop, direct = crop_and_bilinear(small, board(prediction.MAX_WINDOW_PX))
+    np.testing.assert_array_equal(crop, direct)
+    crop, direct = crop_and_bilinear(small, board(480))
+    assert direct.std() > 30 and crop.std() < 3 and abs(crop.mean() - 127.5) < 3
+    large = copy.copy(predictor)
+    large.image_size = 512
+    crop, direct = crop_and_bilinear(large, board(400))
+    np.testing.assert_array_equal(crop, direct)
+
+
+def test_averaging_down_keeps_pixel_centres_where_cv2_resize_puts_them():
+    """A 16 px ramp (x * 16) averaged to 4 px: pixel i is the mean of source pixels 4i..4i+3,
+    (4i + 1.5) * 16 = 64 i + 24, and the map puts source x = 4i + 1.5 on i. Each axis is
+    scaled by its own rounded size: 1000 x 333 by 0.2506 is 251 x 83 (rounded, not cut),
+    scales 0.251 and 83/333; no side falls below 1 px."""
+    ramp = np.repeat(np.tile((np.arange(16) * 16).astype(np.uint8), (4, 1))[..., None], 3, -1)
+    small, to_small = prediction._averaged_down(ramp, 0.25)
+    np.testing.assert_array_equal(small[0, :, 0], [24, 88, 152, 216])
+    np.testing.assert_allclose(np.array([1.5, 5.5, 9.5, 13.5]) * to_small[0, 0] + to_small[0, 2],
+                               [0, 1, 2, 3])
+
+    small, to_small = prediction._averaged_down(np.zeros((333, 1000, 3), np.uint8), 0.2506)
+    assert small.shape == (83, 251, 3)
+    sy = 83 / 333
+    np.testing.assert_allclose(to_small, [[0.251, 0.0, 0.5 * 0.251 - 0.5],
+                                          [0.0, sy, 0.5 * sy - 0.5]])
+    assert prediction._averaged_down(np.zeros((2, 3, 3), np.uint8), 0.1)[0].shape == (1, 1, 3)
+
+
+def test_a_portrait_images_longer_side_spans_surreals_width():
+    """Without focal_px a 480 x 640 (W x H) portrait is scaled by 320 / 640 = 0.5 (its longer
+    side, its height, spans SURREAL's 320 px) and centred on (159.5, 119.5): x offset
+    159.5 - 0.5 * 479 / 2 = 39.75, y offset 119.5 - 0.5 * 639 / 2 = -40.25."""
+    np.testing.assert_allclose(prediction.decoding_frame((640, 480)),
+                               [[0.5, 0.0, 39.75], [0.0, 0.5, -40.25]])
