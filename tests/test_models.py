@@ -1,6 +1,7 @@
 """The multi-task hourglass: shapes for every task subset and interaction, stream isolation,
 each interaction mode's values on crafted variables, bfloat16 agreement (and use), Newell's
-size."""
+size; every module's parameter count by hand, the hourglass's and the stages' wiring on crafted
+variables and stand-ins, the model's BatchNorm settings."""
 
 
 import re
@@ -589,3 +590,220 @@ def test_batch_norm_stats_picks_the_device_axis_the_models_statistics_span():
     for stats in ("global", "device"):
         config.model.batch_norm_stats = stats
         assert create_model(config.model, heads("pose2d")).axis_name is None
+
+
+def _size(tree) -> int:
+    """The number of values in a tree of arrays or shapes."""
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
+
+
+def test_parameter_count_of_every_module_by_hand():
+    """2 stacks, 8 features, hourglass depth 2, pose2d (16 channels) and segm (15), `sum`,
+    traced once (jax.eval_shape). Residual(cin, c), bottleneck mid = c/2: BN(cin) 2cin + 1x1
+    cin*mid + BN 2mid + 3x3 9mid^2 + BN 2mid + 1x1 mid*c + bias c, + a 1x1 skip cin*c + c when
+    cin != c; no bias before a BN. Stem: 7x7/2 3->64 9408 + BN 128 + Res(64,128) 57984 (128 +
+    4096 + 128 + 36864 + 128 + 8320 + skip 8320) + Res(128,128) 53888 (256 + 8192 + 128 + 36864
+    + 128 + 8320) + Res(128,8) 2000 (256 + 512 + 8 + 144 + 8 + 40 + skip 1032) = 123408.
+    Res(8,8) 248 (16 + 32 + 8 + 144 + 8 + 40). A depth-2 hourglass: 3 residuals + a depth-1
+    hourglass (4: up, down, the innermost, after) = 7 = 1736; a stream adds Res 248, a 1x1 64
+    and a BN 16: 2064. Heads 8*16 + 16 = 144, 8*15 + 15 = 135. The interaction (after stage 0
+    only): each task's own 1x1s of its features 72 and prediction 136 | 128, and the other's
+    [f, p] 8 + 15 -> 8 192 | 8 + 16 -> 8 200: 800. BatchNorms: stem 1 + 3 x 3, stream 8 x 3
+    + 1, every one followed by a ReLU. Heads start with kernels of std 0.01 / sqrt(fan-in)."""
+    from flax import linen as nn
+
+    from hgmt.models.batchnorm import BatchNorm
+    from hgmt.models.multitask import HEAD_INIT_SCALE
+
+    relu_after, head_inits = [], []
+
+    def record(call, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, BatchNorm):
+            relu_after.append(context.module.relu)
+        if context.method_name == "__call__" and str(context.module.name).endswith("_head"):
+            head_inits.append(context.module.kernel_init)
+        return call(*args, **kwargs)
+
+    tasks = ("pose2d", "segm")
+    model = create_model(dict(num_stacks=2, features=8, depth=2), heads(tasks))
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    stream = 2064
+    assert {k: _size(v) for k, v in variables["params"].items()} == {
+        "stem": 123408, "interaction0": 800,
+        **{f"stage{k}_{t}": stream for k in (0, 1) for t in tasks},
+        **{f"stage{k}_pose2d_head": 144 for k in (0, 1)},
+        **{f"stage{k}_segm_head": 135 for k in (0, 1)}}
+    assert {k: len(jax.tree.leaves(v)) // 2 for k, v in variables["batch_stats"].items()} == {
+        "stem": 10, **{f"stage{k}_{t}": 25 for k in (0, 1) for t in tasks}}
+    assert relu_after == [True] * (10 + 4 * 25)
+    assert HEAD_INIT_SCALE == 0.01 and len(head_inits) == 4
+    # A truncated normal, its std corrected for the truncation (one head's: one init for all).
+    kernel = np.asarray(head_inits[0](jax.random.key(1), (256, 256)))
+    assert abs(kernel.std() * np.sqrt(256) / 0.01 - 1) < 0.02
+
+
+def test_hourglass_values_on_crafted_residuals():
+    """A depth-2 hourglass of 2 features on an 8x8 map whose every kernel is zero but for the
+    biases of each Residual's last 1x1, so that Residual k gives its input + its bias b_k (the
+    identity skip). Outer level: Residual_0 up (b = 1), max-pool, Residual_1 (2), the inner
+    hourglass, Residual_2 (4); inner level: Residual_0 up (8), max-pool, Residual_1 (16),
+    Residual_2 the innermost (32), Residual_3 (64), then nearest x2 upsampling and the sum
+    with the up branch at each level:
+        inner(z) = z + 8 + up(pool(z) + 112),  out = x + 1 + up(inner(pool(x) + 2) + 4)."""
+    from hgmt.models.hourglass import Hourglass
+
+    x = np.random.default_rng(0).permutation(128).astype(np.float32).reshape(1, 8, 8, 2)
+    module = Hourglass(depth=2, features=2)
+    shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    variables["batch_stats"] = jax.tree.map(np.ones_like, variables["batch_stats"])
+    outer = variables["params"]
+    for level, biases in ((outer, (1.0, 2.0, 4.0)),
+                          (outer["Hourglass_0"], (8.0, 16.0, 32.0, 64.0))):
+        for k, b in enumerate(biases):
+            level[f"Residual_{k}"]["Conv1x1_1"]["bias"][:] = b
+    out = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x))
+
+    def pool(a):
+        n, h, w, c = a.shape
+        return a.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+    def up(a):
+        return np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)
+
+    def inner(z):
+        return z + 8.0 + up(pool(z) + 112.0)
+
+    np.testing.assert_array_equal(out, x + 1.0 + up(inner(pool(x) + 2.0) + 4.0))
+
+
+@pytest.mark.parametrize("ops", ["custom", "flax"])
+def test_the_models_batch_norm_momentum_epsilon_and_a_constant_channel(ops):
+    """The model's BatchNorms (`batch_norm`, either ops) in training, one step from the initial
+    statistics (mean 0, var 1, which initialising leaves as they are): running = 0.9 running +
+    0.1 batch. Channel 0: 0, 2e-3, 0, 2e-3, 0: mean 8e-4, var 9.6e-7, y = (x - mean) /
+    sqrt(var + 1e-5). Channel 1: 1000.1 five times, a constant channel whose float32
+    E[x^2] - E[x]^2 is negative: var is taken as 0 (not NaN), y = bias 0 but for the float32
+    mean's rounding error (6e-5, scaled by 1 / sqrt(1e-5))."""
+    from hgmt.models.hourglass import batch_norm
+
+    x = np.zeros((5, 1, 1, 2), np.float32)
+    x[[1, 3], ..., 0] = 2e-3
+    x[..., 1] = 1000.1
+    flat = jnp.asarray(x).reshape(-1, 2)  # as the statistics are taken
+    naive = float((flat * flat).mean(0)[1] - flat.mean(0)[1] ** 2)
+    assert naive < -1e-5  # the case: without the clamp, rsqrt(var + eps) is NaN
+    module = batch_norm(True, None, jnp.float32, ops=ops)
+    variables = module.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(variables["batch_stats"]["mean"], [0.0, 0.0])
+    np.testing.assert_array_equal(variables["batch_stats"]["var"], [1.0, 1.0])
+    y, updated = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(variables,
+                                                                                      x)
+    mean, var = 8e-4, 9.6e-7
+    np.testing.assert_allclose(y[..., 0], (x[..., 0] - mean) / np.sqrt(var + 1e-5), rtol=1e-4)
+    assert np.abs(y[..., 1]).max() < 0.05
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], [0.1 * mean, 100.01], rtol=1e-5)
+    np.testing.assert_allclose(updated["batch_stats"]["var"], [0.9 + 0.1 * var, 0.9],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("shared_trunk, stream_mode", [
+    (False, "separate"), (False, "vmapped"), (True, "separate")])
+def test_stages_wiring_with_stand_in_stem_and_streams(shared_trunk, stream_mode):
+    """The model's wiring of its stages, on stand-ins (flax's method interception) for the
+    stem, which gives X0 (a 2x2 map of 2 features, 0..7), and each stream, which gives 10 x its
+    input; two one-channel heads `a`, `b` (kernel ones: the sum of the features, bias 1 + s +
+    10 [b] at stage s); every 1x1 back to the stream width an identity (features) or ones
+    (predictions) without bias; `none` interaction. Stage s: f = 10 x, p_t = sum(f) + bias,
+    and the next input x + f + p_t for each task's stream (Newell's residual path), for the
+    shared trunk x + f + p_a + p_b; the outputs stacked in stage order, 3 stages; the same
+    with a stage's streams vmapped. The stem reads the normalised image."""
+    from flax import linen as nn
+
+    from hgmt.models import normalize_images
+    from hgmt.models.hourglass import Stem, Stream
+    from hgmt.models.multitask import MultiTaskHourglass
+
+    x0 = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
+    stem_inputs = []
+
+    def stand_in(call, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, Stem):
+            stem_inputs.append(args[0])
+            return jnp.asarray(x0)
+        if context.method_name == "__call__" and isinstance(context.module, Stream):
+            return 10.0 * args[0]
+        return call(*args, **kwargs)
+
+    model = MultiTaskHourglass(heads=(("a", 1), ("b", 1)), num_stacks=3, features=2, depth=1,
+                               interaction="none", shared_trunk=shared_trunk,
+                               stream_mode=stream_mode)
+    images = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    with nn.intercept_methods(stand_in):  # every variable is crafted: only their shapes
+        params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
+            model.init, jax.random.key(0), images)["params"])
+    head_bias = {(s, t): 1.0 + s + 10.0 * (t == "b") for s in range(3) for t in "ab"}
+    convs = [(n, c) for k, v in params.items()  # the interactions' 1x1s, the model's own
+             for n, c in (v.items() if "kernel" not in v else [(k, v)])]
+    for name, conv in convs:
+        conv["kernel"] = np.eye(2, dtype=np.float32) if name.endswith("_feat") else (
+            np.ones_like(conv["kernel"]))
+        conv["bias"] = np.zeros_like(conv["bias"])
+    for (s, t), b in head_bias.items():
+        params[f"stage{s}_{t}_head"]["bias"][:] = b
+    with nn.intercept_methods(stand_in):  # the same stand-ins in the forward pass
+        out = model.apply({"params": params}, images)
+    np.testing.assert_allclose(stem_inputs[-1], normalize_images(images), rtol=1e-6)
+    streams = ("trunk",) if shared_trunk else ("a", "b")
+    xs, want = {s: x0 for s in streams}, {t: [] for t in "ab"}
+    for s in range(3):
+        f = {r: 10.0 * xs[r] for r in streams}
+        p = {t: f["trunk" if shared_trunk else t].sum(-1, keepdims=True) + head_bias[s, t]
+             for t in "ab"}
+        for t in "ab":
+            want[t].append(p[t])
+        xs = ({"trunk": xs["trunk"] + f["trunk"] + p["a"] + p["b"]} if shared_trunk
+              else {t: xs[t] + f[t] + p[t] for t in "ab"})
+    for t in "ab":
+        np.testing.assert_array_equal(out[t], np.stack(want[t]), err_msg=t)
+
+
+def test_image_sizes_the_model_refuses():
+    """0 px (a multiple of anything) and a width that does not fit beside a height that does."""
+    from hgmt.models import check_image_size
+
+    with pytest.raises(ValueError, match=r"image_size=0: .* e\.g\. 16$"):
+        check_image_size(0, 2)
+    model = create_model(dict(num_stacks=1, features=8, depth=2), heads(("pose2d",)))
+    with pytest.raises(ValueError, match=r"image_size=40: not a multiple of 16"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 40, 3)))
+
+
+def test_vmapped_streams_draw_each_tasks_initial_weights():
+    """`stream_mode="vmapped"` initialises its stacked streams with one key per task
+    (`split_rngs`), as separate streams have: the tasks' streams start from other kernels. The
+    stem, hourglass and residuals stood in for (zeros, the identity) so that only the stream's
+    own 1x1 (2 -> 2) and BatchNorm are drawn."""
+    from flax import linen as nn
+
+    from hgmt.models.hourglass import Hourglass, Residual, Stem
+
+    def stand_in(call, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, Stem):
+            return jnp.zeros((1, 2, 2, 2))
+        if context.method_name == "__call__" and isinstance(context.module, Hourglass | Residual):
+            return args[0]
+        return call(*args, **kwargs)
+
+    model = create_model(dict(num_stacks=1, features=2, depth=1, stream_mode="vmapped"),
+                         heads(("pose2d", "segm", "depth")))
+    with nn.intercept_methods(stand_in):
+        streams = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"][
+            "stage0_streams"]
+    assert jax.tree.map(np.shape, streams) == {"Conv1x1_0": {"kernel": (3, 2, 2)},
+                                               "BatchNorm_0": {"scale": (3, 2), "bias": (3, 2)}}
+    kernels = np.asarray(streams["Conv1x1_0"]["kernel"])
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert not np.array_equal(kernels[i], kernels[j]), (i, j)
