@@ -3,9 +3,9 @@ results, everyone's warnings, the rest with --verbosity=1, `UserLines`; the `ext
 `VERBOSE` and `EVERY_PROCESS`; `show_progress` for the processes of a multi-host job other than
 0), and how Ctrl-C and SIGTERM end a command that writes partial files, once its cleanups have
 run (`stoppable_console`, `stops_in_one_line`, `interrupted_in_one_line`,
-`sigterm_cleans_up`, `ctrl_c_is_the_stop`), and how a cleanup holds them off
-(`stop_signals_held`); TensorFlow's start-up lines kept off it (`quiet_tensorflow`). The flags
-that set it up are `hgmt.cli`'s.
+`sigterm_cleans_up`, `ctrl_c_is_the_stop`, `stops_reach_the_main_thread`), and how a cleanup
+holds them off (`stop_signals_held`); TensorFlow's start-up lines kept off it
+(`quiet_tensorflow`). The flags that set it up are `hgmt.cli`'s.
 """
 
 from __future__ import annotations
@@ -271,9 +271,14 @@ def stop_signals_held() -> Iterator[None]:
         return
     held: list[int] = []
     previous = {}
+
+    def hold(signum: int, frame: types.FrameType | None) -> None:
+        _handled(signum)
+        held.append(signum)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not None:  # None: a handler not set from Python, kept
-            previous[signum] = signal.signal(signum, lambda signum, frame: held.append(signum))
+            previous[signum] = signal.signal(signum, hold)
     try:
         yield
     finally:
@@ -281,6 +286,78 @@ def stop_signals_held() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum in dict.fromkeys(held):
             signal.raise_signal(signum)
+
+
+# Runs of this module's stop handlers by signal (`_handled`), which `stops_reach_the_main_thread`
+# compares with the signals delivered.
+_HANDLED: dict[int, int] = {}
+FORWARD_AFTER_S = 0.1  # a main thread that is awake runs a handler well within this
+
+
+def _handled(signum: int) -> None:
+    _HANDLED[signum] = _HANDLED.get(signum, 0) + 1
+
+
+@contextlib.contextmanager
+def stops_reach_the_main_thread() -> Iterator[None]:
+    """While the block runs in the main thread, a Ctrl-C or SIGTERM that the system delivered
+    to another thread (a library's: Beam's, gRPC's) is sent on to the main thread where its
+    handler has not run there within `FORWARD_AFTER_S`: Python runs a signal's handler in the
+    main thread only, once that thread wakes, and a main thread that waits without a time
+    limit for workers the same signal ended (Beam's DirectRunner, its results' futures)
+    never wakes. A thread reads the signals delivered from the signal module's wakeup fd
+    (`signal.set_wakeup_fd`) and compares them with the runs of this module's handlers
+    (`ctrl_c_is_the_stop`, `sigterm_cleans_up`, `stop_signals_held`); each signal is sent on
+    at most once. Where the wakeup fd is another's (an asyncio loop's), or outside the main
+    thread, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = None
+    if previous != -1:  # another's, kept; or none could be set
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+        yield
+        return
+    stops = {int(signal.SIGINT), int(signal.SIGTERM)}
+    main = threading.main_thread().ident
+    echoes: dict[int, int] = {}  # sent on by the watcher, read back from the wakeup fd
+
+    def watch() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # never this thread's to handle
+        delivered = dict(_HANDLED)  # as handled so far: only the signals from here count
+        while data := os.read(read_end, 64):
+            for signum in (b for b in data if b in stops):
+                if echoes.get(signum):
+                    echoes[signum] -= 1
+                    continue
+                delivered[signum] = delivered.get(signum, 0) + 1
+                threading.Event().wait(FORWARD_AFTER_S)
+                if _HANDLED.get(signum, 0) < delivered[signum] and callable(
+                        signal.getsignal(signum)):
+                    echoes[signum] = echoes.get(signum, 0) + 1
+                    delivered[signum] = _HANDLED.get(signum, 0) + 1  # the run it asks for
+                    signal.pthread_kill(main, signum)
+
+    watcher = threading.Thread(target=watch, name="stops_reach_the_main_thread", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        current = signal.set_wakeup_fd(-1)
+        if current != write_end:  # set since by the block's code: kept
+            signal.set_wakeup_fd(current)
+        os.close(write_end)  # the watcher reads the end of the pipe and ends
+        watcher.join(timeout=1)
+        if not watcher.is_alive():
+            os.close(read_end)
 
 
 def stop_behind(error: BaseException) -> BaseException | None:
@@ -304,8 +381,8 @@ def stop_behind(error: BaseException) -> BaseException | None:
 class _SentAgain:
     """A stop signal whose exception Python dropped, raised inside a callback it cannot raise
     from (JAX's garbage-collection callback; Python prints it as `Exception ignored in`):
-    sent again to this process from another thread (`send`), so that its handler runs again
-    in the main thread's code outside the callback. `pending` until a handler takes it
+    sent again to the main thread from another thread (`send`), so that its handler runs
+    again in the main thread's code outside the callback. `pending` until a handler takes it
     (`taken`)."""
 
     def __init__(self, signum: int) -> None:
@@ -313,7 +390,8 @@ class _SentAgain:
         self.timers: list[threading.Timer] = []
 
     def send(self) -> None:
-        self.timers.append(threading.Timer(0.01, os.kill, (os.getpid(), self.signum)))
+        self.timers.append(threading.Timer(0.01, signal.pthread_kill, (
+            threading.main_thread().ident, self.signum)))
         self.timers[-1].start()
 
     @property
@@ -346,6 +424,7 @@ def ctrl_c_is_the_stop() -> Iterator[None]:
     again = _SentAgain(signal.SIGINT)
 
     def recorded(signum: int, frame: types.FrameType | None) -> None:
+        _handled(signum)
         again.taken()
         try:
             previous(signum, frame)
@@ -397,6 +476,7 @@ def sigterm_cleans_up() -> Iterator[None]:
     received: list[int] = []  # SIGTERM's handler ran
 
     def unwind(signum: int, frame: types.FrameType | None) -> NoReturn:
+        _handled(signum)
         again.taken()
         received.append(signum)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated one waits for the cleanup

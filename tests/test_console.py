@@ -241,6 +241,56 @@ def test_a_ctrl_c_dropped_at_the_blocks_end_stops_it_there():
     assert inside.sent
 
 
+def test_a_stop_delivered_to_another_thread_reaches_a_main_thread_that_waits(tmp_path):
+    """SIGTERM delivered to a thread other than the main one (a library's: Beam's, gRPC's)
+    while the main thread waits (here at most 20 s; Beam's wait for workers the same signal
+    ended has no limit): sent on to the main thread, it unwinds the command at once (the
+    partial file removed, the process dead of SIGTERM); before, nothing ran until the wait
+    ended, and a multi-process Beam build given SIGTERM hung."""
+    import signal
+    import time
+
+    partial = tmp_path / "partial"
+    start = time.monotonic()
+    proc = _with_a_partial_file(
+        "console.sigterm_cleans_up(), console.stops_reach_the_main_thread()",
+        "threading.Thread(target=elsewhere).start(); threading.Event().wait(20); "
+        "print('ran on')", partial,
+        before="import threading\n"
+               "def elsewhere():\n"
+               "    time.sleep(0.3)\n"
+               "    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)\n")
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout, proc.stderr)
+    assert not partial.exists() and proc.stdout == ""
+    assert time.monotonic() - start < 15
+
+
+def test_a_stop_the_main_thread_handles_is_not_sent_on():
+    """A Ctrl-C delivered to the main thread, whose handler runs there: the watcher sends
+    nothing more (one KeyboardInterrupt, not two); the wakeup fd is given back as it was."""
+    import signal
+    import time
+
+    from hgmt import console
+
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    caught = 0
+    try:
+        with console.ctrl_c_is_the_stop(), console.stops_reach_the_main_thread():
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                caught += 1
+            try:
+                time.sleep(3 * console.FORWARD_AFTER_S)
+            except KeyboardInterrupt:
+                caught += 1
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert caught == 1
+
+
 def test_sigterm_replaced_by_another_error_on_its_way_out_still_ends_as_sigterm(tmp_path):
     """SIGTERM's unwinding raised inside C code that replaces it with its own error
     (TensorFlow's tracing of an export raises a TypeError): the partial file is removed and

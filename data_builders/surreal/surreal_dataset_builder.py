@@ -212,8 +212,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._partial = None
         # The space left once the build stopped: a write TFDS makes outside
         # `_download_and_prepare` (the build's metadata), which that one does not report.
-        with console.sigterm_cleans_up(), self._full_disk_reported(
-                measured="once the build had stopped"):
+        with console.sigterm_cleans_up(), console.stops_reach_the_main_thread(), \
+                self._full_disk_reported(measured="once the build had stopped"):
             try:
                 super().download_and_prepare(*args, **kwargs)
             except BaseException as e:
