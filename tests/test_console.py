@@ -208,7 +208,7 @@ def test_ctrl_c_in_a_garbage_collection_callback_still_stops_the_command(tmp_pat
 
 def test_a_ctrl_c_dropped_at_the_blocks_end_stops_it_there():
     """A Ctrl-C dropped inside a gc callback at the block's last statement, before the
-    signal sent again reaches the process: the block raises its KeyboardInterrupt as it ends,
+    signal sent again reaches the main thread: the block raises its KeyboardInterrupt as it ends,
     and no signal is left to arrive after it (the SIGINT handler and unraisable hook are the
     caller's again)."""
     import gc
