@@ -176,6 +176,46 @@ def main_command(workdir, data_dir, total_steps, checkpoint_every):
     return cmd, env
 
 
+def interrupted_command(module: str, stage: str, argv: list) -> subprocess.CompletedProcess:
+    """`python -m <module>` as its own command (`sys.argv` = `argv`, from the checkout), its
+    function `stage` replaced by one that raises KeyboardInterrupt, as a Ctrl-C there does
+    -> the finished process (text output)."""
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"module = importlib.import_module({module!r})\n"
+            "def interrupted(*args):\n"
+            "    raise KeyboardInterrupt\n"
+            f"setattr(module, {stage!r}, interrupted)\n"
+            f"sys.argv = {[module, *argv]!r}\n"
+            "sys.exit(module.main())\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+
+
+def ctrl_c_in_a_gc_callback() -> bool:
+    """A garbage collection whose callback receives a Ctrl-C (SIGINT raised, its handler run
+    inside the callback, as JAX's callback may receive one), where Python drops the
+    KeyboardInterrupt the handler raises -> whether the signal was raised."""
+    import gc
+    import signal
+
+    raised = []
+
+    def inside(phase, info):
+        if phase == "start" and not raised:
+            raised.append(True)
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))
+
+    gc.callbacks.append(inside)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(inside)
+    return bool(raised)
+
+
 def tiny_config(data_dir, tasks="all", **overrides):
     """A runlocal config on the demo dataset, small enough for tests."""
     from configs import default

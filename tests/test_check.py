@@ -5,13 +5,11 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import pytest
 
 from hgmt.data import check
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import interrupted_command
 
 
 def test_a_build_by_an_older_builder_is_named_not_checked_with_the_fix(tmp_path, capsys):
@@ -336,6 +334,7 @@ def test_the_check_sets_up_its_console_as_the_processs_own_command(tmp_path, mon
     console as its own (`console.console(command=True)`: the handlers anew, stdout taking
     any file name); `main([...])` from a caller keeps the caller's. The argv read from
     sys.argv made both a caller's."""
+    import sys
 
     from hgmt import console
 
@@ -359,18 +358,8 @@ def test_ctrl_c_ends_the_check_in_one_line(tmp_path):
     """Ctrl-C while `python -m hgmt.data.check` reads the records: one line and the shell's
     status 130, as the other commands end; it was Python's traceback (32 lines, from 2 s
     after the start of a check of the demo build)."""
-    import subprocess
-
-    code = ("import sys\n"
-            "from hgmt.data import check\n"
-            "def reading(*args):\n"
-            "    raise KeyboardInterrupt\n"
-            "check._check = reading\n"
-            "sys.argv = ['check', '--config=configs/demo.py:tasks=pose2d', "
-            f"'--config.data_dir={tmp_path}']\n"
-            "sys.exit(check.main())\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = interrupted_command("hgmt.data.check", "_check", [
+        "--config=configs/demo.py:tasks=pose2d", f"--config.data_dir={tmp_path}"])
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
 

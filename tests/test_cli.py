@@ -222,17 +222,10 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
 def test_ctrl_c_ends_the_model_summary_in_one_line():
     """Ctrl-C while `python -m hgmt.models.summary` builds and counts the model: one line and
     the shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
-    import subprocess
+    from tests.conftest import interrupted_command
 
-    code = ("import sys\n"
-            "import hgmt.models.summary\n"
-            "def counting(args):\n"
-            "    raise KeyboardInterrupt\n"
-            "hgmt.models.summary._run = counting\n"
-            "sys.argv = ['summary', '--config=configs/default.py:tasks=pose2d']\n"
-            "sys.exit(hgmt.models.summary.main())\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = interrupted_command("hgmt.models.summary", "_run",
+                               ["--config=configs/default.py:tasks=pose2d"])
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
 
@@ -803,26 +796,17 @@ def test_a_ctrl_c_dropped_in_a_garbage_collection_callback_stops_the_training(
     """A Ctrl-C whose KeyboardInterrupt is raised inside a gc callback (JAX registers one),
     where Python drops it: hgmt.main stops all the same (in process, the caller gets the
     KeyboardInterrupt); before, the training ran on to its end as if no Ctrl-C had come."""
-    import gc
     import signal
 
     from hgmt.training import loop
+    from tests.conftest import ctrl_c_in_a_gc_callback
 
-    def inside(phase, info):
-        if phase == "start" and not inside.sent:
-            inside.sent = True
-            signal.raise_signal(signal.SIGINT)
-            sum(range(1000))
+    raised = []
 
     def trained(*args, **kwargs):
-        gc.callbacks.append(inside)
-        try:
-            gc.collect()
-        finally:
-            gc.callbacks.remove(inside)
+        raised.append(ctrl_c_in_a_gc_callback())
         return {}
 
-    inside.sent = False
     monkeypatch.setattr(loop, "train_and_evaluate", trained)
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell's has it
     try:
@@ -832,7 +816,7 @@ def test_a_ctrl_c_dropped_in_a_garbage_collection_callback_stops_the_training(
                 f"--workdir={saved_workdir}", "--compilation_cache="])
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert inside.sent
+    assert raised == [True]
 
 
 # The flags each command needs before it looks at anything else; `{never}` a path that must

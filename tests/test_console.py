@@ -211,34 +211,24 @@ def test_a_ctrl_c_dropped_at_the_blocks_end_stops_it_there():
     signal sent again reaches the main thread: the block raises its KeyboardInterrupt as it ends,
     and no signal is left to arrive after it (the SIGINT handler and unraisable hook are the
     caller's again)."""
-    import gc
     import signal
     import time
 
     from hgmt import console
+    from tests.conftest import ctrl_c_in_a_gc_callback
 
-    def inside(phase, info):
-        if phase == "start" and not inside.sent:
-            inside.sent = True
-            signal.raise_signal(signal.SIGINT)
-            sum(range(1000))
-
-    inside.sent = False
+    raised = []
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     hook = sys.unraisablehook
     try:
         with pytest.raises(KeyboardInterrupt), console.ctrl_c_is_the_stop():
-            gc.callbacks.append(inside)
-            try:
-                gc.collect()
-            finally:
-                gc.callbacks.remove(inside)
+            raised.append(ctrl_c_in_a_gc_callback())
         assert sys.unraisablehook is hook
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         time.sleep(0.05)  # a signal sent again would raise here (sent after 0.01 s)
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert inside.sent
+    assert raised == [True]
 
 
 def test_a_stop_delivered_to_another_thread_reaches_a_main_thread_that_waits(tmp_path):

@@ -26,7 +26,7 @@ from hgmt.study import (
     stats,
 )
 from hgmt.tasks import common
-from tests.conftest import xla_flags
+from tests.conftest import interrupted_command, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1182,15 +1182,8 @@ def test_a_full_disk_leaves_the_earlier_report_as_it_was(tmp_path, monkeypatch):
 def test_ctrl_c_ends_the_report_in_one_line(tmp_path):
     """Ctrl-C while `python -m hgmt.report` reads the sweep or writes: one line and the
     shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
-    code = ("import sys\n"
-            "import hgmt.report\n"
-            "def reading(args):\n"
-            "    raise KeyboardInterrupt\n"
-            "hgmt.report._run = reading\n"
-            f"sys.argv = ['report', '--sweep_dir={tmp_path}', '--out_dir={tmp_path / 'out'}']\n"
-            "sys.exit(hgmt.report.main())\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = interrupted_command("hgmt.report", "_run", [
+        f"--sweep_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         130, "", "interrupted (Ctrl-C); nothing partial was left behind\n")
 
