@@ -428,6 +428,31 @@ def test_demo_build_refuses_an_interrupted_generation_and_replaces_another(tmp_p
     assert len(surreal.find_clips(root, "test")) == 1
 
 
+def test_a_demo_build_says_what_it_built_and_keeps_tfds_lines_for_verbosity_1(
+        tmp_path, capsys, caplog):
+    """Building the demo dataset prints nothing to stdout (the commands' results, JSON) and
+    the console shows hgmt's line of what was built, each split's examples in TFDS's split
+    order; TFDS's two printed lines ("Downloading and preparing dataset Unknown size ...":
+    nothing is downloaded) are logged for --verbosity=1 only (`console.UserLines` drops
+    them)."""
+    from hgmt import console
+    from hgmt.data import demo
+
+    root, data_dir = str(tmp_path / "surreal"), str(tmp_path / "tfds")
+    synthetic.generate(root, clips_per_split=1, frames=2)
+    with caplog.at_level("INFO"):
+        demo.build_dataset(root, data_dir)
+    assert capsys.readouterr().out == ""
+    shown = [r.getMessage() for r in caplog.records if console.UserLines().filter(r)]
+    builder = demo._builder("surreal/all", data_dir)[0]
+    assert shown[-1] == (f"built surreal/all into {builder.data_dir}: 2 train examples, "
+                         f"2 validation examples, 2 test examples")
+    verbose = [r.getMessage() for r in caplog.records if getattr(r, "hgmt_verbose", False)]
+    assert [line.split(" ", 2)[:2] for line in verbose] == [
+        ["tensorflow_datasets:", "Downloading"], ["tensorflow_datasets:", "Dataset"]]
+    assert not any("Downloading" in line for line in shown)
+
+
 def test_demo_data_of_an_older_generator_is_written_again(tmp_path, caplog):
     """Demo clips and a dataset recorded without the generator's FORMAT_VERSION (written
     before the depth maps held the distance from the camera centre) are generated and built

@@ -4,6 +4,7 @@ by the SURREAL builder (data_builders/surreal), exactly as a real SURREAL downlo
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 
 from etils import epath
 
-from hgmt import disk_space
+from hgmt import console, disk_space
 from hgmt.data import shards
 from hgmt.sources import synthetic
 
@@ -97,11 +98,21 @@ def build_dataset(surreal_root: str, data_dir: str, dataset: str = "surreal/all"
         return data_dir
     logging.info("building %s into %s", dataset, data_dir)
     tfds.display_progress_bar(sys.stderr.isatty())  # progress bars on a terminal, not in logs
-    # TFDS prints its lines ("Downloading and preparing ...") to stdout, which the commands
-    # and benchmarks keep for their results (JSON): to stderr, with the logs.
-    with contextlib.redirect_stdout(sys.stderr):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    # TFDS prints two lines to stdout, which the commands and benchmarks keep for their results
+    # (JSON): "Downloading and preparing dataset Unknown size ..." (nothing is downloaded) and
+    # "... downloaded and prepared to ...". Library chatter: logged for --verbosity=1 only;
+    # the line after the build says what was built.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=surreal_root))
+    finally:
+        for line in printed.getvalue().splitlines():
+            logging.info("tensorflow_datasets: %s", line, extra=console.VERBOSE)
+    splits = builder.info.splits
+    logging.info("built %s into %s: %s", dataset, builder.data_dir, ", ".join(
+        f"{splits[name].num_examples} {name} examples" for name in splits))
     return data_dir
 
 
