@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING
 
 from absl import flags
 
-from hgmt import cli, compilation_cache, console, paths
+from hgmt import cli, compilation_cache, console, paths, stops
 from hgmt.training import coordinator
 
 if TYPE_CHECKING:
     import ml_collections
 
 RESUME = cli.RESUME_FLAG.removeprefix("--")  # the flag's name
-EXIT_INTERRUPTED = console.EXIT_INTERRUPTED  # Ctrl-C, as shells report it
+EXIT_INTERRUPTED = stops.EXIT_INTERRUPTED  # Ctrl-C, as shells report it
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -270,7 +270,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     try:
         # A Ctrl-C that Python dropped in a garbage-collection callback stops the run all
         # the same (`ctrl_c_is_the_stop`).
-        with console.ctrl_c_is_the_stop(), \
+        with stops.ctrl_c_is_the_stop(), \
                 cli.faults_in_one_line(*loop.FAULTS, traceback=fv.verbosity >= 1):
             if "demo" in config:
                 # In the try, so that a failure ends a multi-process run as any other does
@@ -287,13 +287,13 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status 130
         if not command and jax.process_count() == 1:
             raise
-        console.ignore_further_interrupts()
+        stops.ignore_further_interrupts()
         line = (f"interrupted (Ctrl-C): stopped at once, without saving; rerun the same "
                 f"command to resume from the workdir's newest checkpoint. To stop with a "
                 f"checkpoint of the step being trained, send SIGTERM instead (kill "
                 f"{os.getpid()}): it saves and exits {preemption.EXIT_PREEMPTED}")
         if jax.process_count() == 1:  # without JAX's atexit teardown (`end_interrupted`)
-            console.end_interrupted(line)
+            stops.end_interrupted(line)
         print(line, file=sys.stderr)
         peers.exit_failed(SystemExit(EXIT_INTERRUPTED))  # the peers stop on reading it
     except BaseException as e:

@@ -52,7 +52,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from hgmt import cli, console, disk_space, paths
+from hgmt import cli, disk_space, paths, stops
 from hgmt.evaluation import protocols
 from hgmt.study import charts, claims, evaluations, provenance, report, run_configs, runs
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m hgmt.report --sweep_dir=DIR --out_dir=DIR [--protocol=P] [--note=TEXT |
     --note_file=FILE]` or `python -m hgmt.report --sweep_dir=DIR --check_config`."""
     args, _ = cli.parse(_define_flags, argv, cli.usage_first(__doc__))
-    with console.stops_in_one_line(command=argv is None):
+    with stops.stops_in_one_line(command=argv is None):
         return _run(args)
 
 

@@ -221,7 +221,7 @@ def test_the_model_summary_refuses_a_bad_config_value_in_one_line(override, mess
 
 def test_ctrl_c_ends_the_model_summary_in_one_line():
     """Ctrl-C while `python -m hgmt.models.summary` builds and counts the model: one line and
-    the shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
+    the shell's status 130 (`stops.stops_in_one_line`), not Python's traceback."""
     from tests.conftest import interrupted_command
 
     proc = interrupted_command("hgmt.models.summary", "_run",

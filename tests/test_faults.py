@@ -2891,7 +2891,7 @@ def test_the_not_connected_line_names_the_cluster_jax_reads_alone(monkeypatch, k
         ended.append((line, status))
         raise SystemExit(status)
 
-    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    monkeypatch.setattr(cluster.stops, "end_at_once", end_at_once)
     with pytest.raises(SystemExit):
         cluster._not_connected("this process", None, 5, "JAX_COORDINATOR_ADDRESS", False,
                                False)
@@ -2936,7 +2936,7 @@ def test_a_cluster_hgmt_has_no_name_for_is_not_called_absent(monkeypatch):
         ended.append(line)
         raise SystemExit(status)
 
-    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    monkeypatch.setattr(cluster.stops, "end_at_once", end_at_once)
     with pytest.raises(SystemExit):
         cluster._not_connected("this process", None, 5, "JAX_COORDINATOR_ADDRESS", False,
                                False)
@@ -3117,7 +3117,7 @@ def test_a_cluster_detection_that_does_not_answer_is_not_waited_for(monkeypatch)
 
     monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [SilentMetadataCluster])
     monkeypatch.setattr(coordinator, "DETECTION_WAIT_S", 0.3)
-    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    monkeypatch.setattr(cluster.stops, "end_at_once", end_at_once)
     start = time.monotonic()
     try:
         assert coordinator.jax_cluster(wait_s=0.3) is None
@@ -3156,7 +3156,7 @@ def test_on_a_tpu_vm_only_the_not_connected_line_asks_the_metadata_server(monkey
     def end_at_once(line: str, status: int) -> None:
         raise SystemExit(line)
 
-    monkeypatch.setattr(cluster.console, "end_at_once", end_at_once)
+    monkeypatch.setattr(cluster.stops, "end_at_once", end_at_once)
     with pytest.raises(SystemExit) as ended:
         cluster._not_connected(cluster._who(None, None), None, 60, "JAX_COORDINATOR_ADDRESS",
                                False, False)

@@ -1181,7 +1181,7 @@ def test_a_full_disk_leaves_the_earlier_report_as_it_was(tmp_path, monkeypatch):
 
 def test_ctrl_c_ends_the_report_in_one_line(tmp_path):
     """Ctrl-C while `python -m hgmt.report` reads the sweep or writes: one line and the
-    shell's status 130 (`console.stops_in_one_line`), not Python's traceback."""
+    shell's status 130 (`stops.stops_in_one_line`), not Python's traceback."""
     proc = interrupted_command("hgmt.report", "_run", [
         f"--sweep_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
     assert (proc.returncode, proc.stdout, proc.stderr) == (

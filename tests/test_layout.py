@@ -12,9 +12,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "hgmt"
 # Bottom to top. A module imports from its own layer or lower ones only.
 LAYERS = [
-    ("base", ["hgmt.cli", "hgmt.console", "hgmt.paths", "hgmt.workdirs", "hgmt.run_config",
-              "hgmt.disk_space", "hgmt.compilation_cache", "hgmt.cores", "hgmt.devices",
-              "hgmt.code_version", "hgmt.choices"]),
+    ("base", ["hgmt.cli", "hgmt.console", "hgmt.stops", "hgmt.paths", "hgmt.workdirs",
+              "hgmt.run_config", "hgmt.disk_space", "hgmt.compilation_cache", "hgmt.cores",
+              "hgmt.devices", "hgmt.code_version", "hgmt.choices"]),
     ("sources", ["hgmt.sources"]),
     ("tasks", ["hgmt.tasks"]),
     ("models", ["hgmt.models"]),

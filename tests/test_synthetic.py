@@ -484,7 +484,7 @@ def _wait_until_the_group_is_gone(pgid: int, what: str) -> None:
 
 @pytest.mark.parametrize("signum, status, line", [
     (signal.SIGINT, 130, "interrupted (Ctrl-C); nothing partial was left behind"),
-    # A scheduler's cancel: the same cleanup as Ctrl-C's (`console.sigterm_cleans_up`).
+    # A scheduler's cancel: the same cleanup as Ctrl-C's (`stops.sigterm_cleans_up`).
     pytest.param(signal.SIGTERM, -signal.SIGTERM,
                  "stopped by SIGTERM; nothing partial was left behind", marks=pytest.mark.slow)])
 def test_a_generation_stopped_midway_leaves_no_clips_says_so_and_runs_again(

@@ -31,7 +31,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 
-from hgmt import console, disk_space
+from hgmt import disk_space, stops
 
 
 class BuildInterrupted(Exception):
@@ -119,7 +119,7 @@ def _end_in_one_line(previous: Callable, kind: type[BaseException], error: BaseE
     first the pool returned) ends it in one line, the builds' partial output removed by their
     workers; any other error is `previous`'s."""
     if isinstance(error, BuildInterrupted):
-        console.end_interrupted(_INTERRUPTED_LINE)
+        stops.end_interrupted(_INTERRUPTED_LINE)
     if isinstance(error, disk_space.DiskFull):
-        console.end_at_once(f"error: {error}", 1)
+        stops.end_at_once(f"error: {error}", 1)
     previous(kind, error, traceback)

@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_builders.surreal import process_pool
-from hgmt import console, disk_space
+from hgmt import disk_space, stops
 from hgmt.data import records
 from hgmt.sources import camera, surreal
 
@@ -172,11 +172,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         `<config>/incomplete.*` and removes it when an exception (Ctrl-C's included) leaves
         the build, but SIGTERM (`kill`, a scheduler's cancel) would kill the process where
         it stands and leave it, so here SIGTERM unwinds as Ctrl-C does
-        (`console.sigterm_cleans_up`), also where Beam's DirectRunner wrapped the stop in its
-        RuntimeError (`console.stop_behind`); a second Ctrl-C that cuts TFDS's removal short
+        (`stops.sigterm_cleans_up`), also where Beam's DirectRunner wrapped the stop in its
+        RuntimeError (`stops.stop_behind`); a second Ctrl-C that cuts TFDS's removal short
         is held while this one finishes it. A full disk or quota is `disk_space.DiskFull` naming
         the build's folder, the space left and the fix. Once a Ctrl-C stopped the build, any
-        error that leaves it is that KeyboardInterrupt (`console.ctrl_c_is_the_stop`: C code
+        error that leaves it is that KeyboardInterrupt (`stops.ctrl_c_is_the_stop`: C code
         it stopped may raise its own). As TFDS's own command (`tfds build`:
         `_is_tfds_command`) a Ctrl-C and a full disk end in one line, not a traceback (status
         130 and 1); in a worker of its `--num-processes` pool a Ctrl-C is
@@ -192,18 +192,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 self._prepare_stoppably(*args, **kwargs)
             return
         try:
-            with console.ctrl_c_is_the_stop():
+            with stops.ctrl_c_is_the_stop():
                 self._prepare_stoppably(*args, **kwargs)
         except KeyboardInterrupt:
             if not _is_tfds_command():
                 raise
-            console.end_interrupted(stopped)
+            stops.end_interrupted(stopped)
         except disk_space.DiskFull as e:
             if not _is_tfds_command():
                 raise
             # At once: TFDS's progress bars, closed as the interpreter exits, would clear
             # the line.
-            console.end_at_once(f"error: {e}", 1)
+            stops.end_at_once(f"error: {e}", 1)
 
     def _prepare_stoppably(self, *args: Any, **kwargs: Any) -> None:
         """TFDS's build, its partial output removed however it stops
@@ -212,14 +212,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._partial = None
         # The space left once the build stopped: a write TFDS makes outside
         # `_download_and_prepare` (the build's metadata), which that one does not report.
-        with console.sigterm_cleans_up(), console.stops_reach_the_main_thread(), \
+        with stops.sigterm_cleans_up(), stops.stops_reach_the_main_thread(), \
                 self._full_disk_reported(measured="once the build had stopped"):
             try:
                 super().download_and_prepare(*args, **kwargs)
             except BaseException as e:
-                with console.stop_signals_held():
+                with stops.stop_signals_held():
                     self._remove_partial_build()
-                stop = console.stop_behind(e)
+                stop = stops.stop_behind(e)
                 if stop is None or stop is e:
                     raise
                 raise stop from None  # not Beam's RuntimeError in its place

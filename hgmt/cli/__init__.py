@@ -14,8 +14,8 @@ or data size is the config's own field (`--config.image_size`, `--config.model.f
 
 The parse reads the command line's help, `--config` and `--workdir` arguments first
 (`raw_args`), lists a config's fields in its help (`help_text`) and ends a bad command line in
-one line naming the fix (`errors`). What a command shows on its console, and how Ctrl-C and
-SIGTERM end it, is `hgmt.console`."""
+one line naming the fix (`errors`). What a command shows on its console is `hgmt.console`;
+how Ctrl-C and SIGTERM end it, `hgmt.stops`."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from hgmt import cli, console
+from hgmt import cli, stops
 from hgmt.models import create_model
 from hgmt.tasks import all_subsets, config_tasks, heads
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m hgmt.models.summary --config=FILE[:ARG] [--all_subsets] [--json]
     [--config.x=y ...]` -> exit status."""
     args, _ = cli.parse(_define_flags, argv, __doc__, config_file=True)
-    with console.stops_in_one_line(command=argv is None):  # Ctrl-C: one line
+    with stops.stops_in_one_line(command=argv is None):  # Ctrl-C: one line
         return _run(args)
 
 

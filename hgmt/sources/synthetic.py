@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.io
 
-from hgmt import console, cores, disk_space
+from hgmt import cores, disk_space, stops
 from hgmt.sources import camera, surreal, synthetic_person
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def _ignore_stop_signals(signums: tuple[int, ...]) -> None:
 def _handled_stop_signals() -> tuple[int, ...]:
     """Of Ctrl-C and SIGTERM, those this process does not leave at the system's default (which
     ends it where it stands): those it handles (Python's KeyboardInterrupt,
-    `console.sigterm_cleans_up`, a caller's handler) or ignores."""
+    `stops.sigterm_cleans_up`, a caller's handler) or ignores."""
     return tuple(s for s in (signal.SIGINT, signal.SIGTERM)
                  if signal.getsignal(s) not in (signal.SIG_DFL, None))
 
@@ -253,7 +253,7 @@ def generate(out_dir: str, clips_per_split: int = 4, frames: int = 30, seed: int
             except BaseException:
                 # Held: a second Ctrl-C would leave this wait, and this process end with its
                 # workers still writing, then waiting for work for ever.
-                with console.stop_signals_held():
+                with stops.stop_signals_held():
                     pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return [stem for split in splits for stem in stems[split]]
@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = ("train", "val", "test")
     existed = {split: os.path.isdir(os.path.join(args.out_dir, "cmu", split)) for split in splits}
     command = argv is None
-    with cli.faults_in_one_line(ClipsExist), console.sigterm_cleans_up(), \
-            console.interrupted_in_one_line(command):
+    with cli.faults_in_one_line(ClipsExist), stops.sigterm_cleans_up(), \
+            stops.interrupted_in_one_line(command):
         try:
             stems = generate(args.out_dir, args.clips_per_split, args.frames_per_clip, args.seed,
                              splits, zrot_max_deg=args.zrot_max_deg, workers=args.workers)

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import jax
 
-from hgmt import console, run_config
+from hgmt import run_config, stops
 from hgmt.training import coordinator
 
 # The job's heartbeat timeout by default (--heartbeat_timeout; at least
@@ -156,7 +156,7 @@ def _listed(items: list[str]) -> str:
 def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
     """Ctrl-C while the block runs (the main thread waiting in C++ for the job's processes
     to connect, up to --connect_timeout, where Python runs no signal handler) ends the process
-    at once in one line, status `console.EXIT_INTERRUPTED`: nothing has started. Python's C
+    at once in one line, status `stops.EXIT_INTERRUPTED`: nothing has started. Python's C
     handler writes the signal to a wakeup socket, which a thread reads; where the main thread
     waits in Python (the coordinator host's lookup), its KeyboardInterrupt, which may come
     first, ends it the same way."""
@@ -170,10 +170,10 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
 
     def stop() -> NoReturn:
         stopping.acquire()  # the line once: the other of the watch and the main thread waits
-        console.end_at_once(f"interrupted (Ctrl-C): {who} stopped waiting for the job's "
+        stops.end_at_once(f"interrupted (Ctrl-C): {who} stopped waiting for the job's "
                             f"processes to connect; nothing was started or written. Start "
                             f"every process of the job again together",
-                            console.EXIT_INTERRUPTED)
+                            stops.EXIT_INTERRUPTED)
 
     def watch() -> None:
         while not done.is_set():
@@ -207,7 +207,7 @@ def _not_connected(who: str, where: str | None, timeout_s: int,
     `initialize`'s timer while JAX waits in C++): `_not_connected_line`, with the cluster JAX
     reads (`coordinator.jax_cluster`) where it gave a setting, status EXIT_FAILED."""
     from_cluster = where is None or not (count_given and index_given)
-    console.end_at_once(_not_connected_line(
+    stops.end_at_once(_not_connected_line(
         who, where, timeout_s, source, count_given, index_given,
         coordinator.jax_cluster(wait_s=coordinator.DETECTION_WAIT_S) if from_cluster else None),
         EXIT_FAILED)
