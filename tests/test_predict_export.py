@@ -1317,15 +1317,24 @@ def depth_predictor(depth_workdir):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """exported(workdir, format) -> the folder `hgmt.export` wrote it into, made once."""
+    """exported(workdir, format) -> the folder `hgmt.export` wrote it into, made once. Its
+    result line gives the output shapes in the order of its tasks, in both formats (the
+    StableHLO export's came sorted by name)."""
+    import contextlib
+    import io
+
     made = {}
 
     def get(workdir: str, fmt: str) -> str:
         if (workdir, fmt) not in made:
             parent = tmp_path_factory.mktemp(fmt)
             path = str(parent / "export")
-            assert hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}",
-                                     f"--out_dir={path}"]) == 0
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert hgmt.export.main([f"--workdir={workdir}", f"--format={fmt}",
+                                         f"--out_dir={path}"]) == 0
+            line = json.loads(printed.getvalue().splitlines()[-1])
+            assert list(line["output_shapes_for_batch_2"]) == line["tasks"]
             assert os.listdir(parent) == ["export"]  # the partial folder renamed, none left
             made[workdir, fmt] = path
         return made[workdir, fmt]

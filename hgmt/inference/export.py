@@ -371,7 +371,7 @@ def _new_folder(prefix: str) -> str:
 
 def _write(f: Callable, meta: dict, folder: str) -> dict:
     """Writes the artefact of `meta['format']` into `folder`, runs it (`smoke_check`), then
-    writes `META_FILE` -> the run's {task: output shape}."""
+    writes `META_FILE` -> the run's {task: output shape}, in `meta['tasks']`' order."""
     size = meta["image_size"]
     if meta["format"] == "stablehlo":
         export_stablehlo(f, size, os.path.join(folder, STABLEHLO_FILE))
@@ -379,7 +379,7 @@ def _write(f: Callable, meta: dict, folder: str) -> dict:
         export_savedmodel(f, size, folder)
     shapes = smoke_check(folder, meta["format"], size)
     (epath.Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1))
-    return shapes
+    return {t: shapes[t] for t in meta["tasks"]}  # the artefacts give them sorted by name
 
 
 def smoke_check(folder: str, fmt: str, image_size: int) -> dict:
