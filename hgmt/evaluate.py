@@ -147,6 +147,7 @@ def _run(args: flags.FlagValues, step_arg: int | str | None) -> int:
             else None))
         report_files.write_report(summary, out)
     print(markdown.to_markdown(summary))
+    print(report_files.result_line(summary, args.workdir, out, step))
     out = paths.absolute(out)  # as hgmt.main and hgmt.export name their files
     print(f"wrote {out} and {os.path.splitext(out)[0]}.md", file=sys.stderr)
     return 0

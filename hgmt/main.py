@@ -253,7 +253,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
     _hide_accelerators_from_tensorflow()
 
     from hgmt import workdirs
-    from hgmt.evaluation import markdown, protocols
+    from hgmt.evaluation import markdown, report_files
     from hgmt.training import config_check, loop
 
     checkpoint_write_faults.ignore_callbacks_into_closed_loops()
@@ -304,8 +304,7 @@ def _run(fv: flags.FlagValues, command: bool) -> int:
         for name, summary in summaries.items():
             out = workdirs.eval_file(fv.workdir, name)
             print(markdown.to_markdown(summary))
-            print(json.dumps({"workdir": paths.absolute(fv.workdir), "eval": out,
-                              **protocols.headline(summary)}))
+            print(report_files.result_line(summary, fv.workdir, out, config.total_steps))
     return 0
 
 

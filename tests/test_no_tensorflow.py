@@ -194,7 +194,8 @@ def test_train_evaluate_and_predict_run_without_tensorflow(demo_dataset, tmp_pat
         assert sorted(events[tag]) == [2, 4], tag
         assert all(np.isfinite(v.tensor.float_val[0]) for v in events[tag].values())
     assert events["img_per_s"][4].tensor.float_val[0] > 0
-    metrics = [k for k in headline if k not in ("workdir", "eval")]
+    assert headline["step"] == 4
+    metrics = [k for k in headline if k not in ("workdir", "eval", "step")]
     assert metrics
     for k in metrics:
         assert events[f"test/{k}"][4].tensor.float_val[0] == pytest.approx(headline[k],

@@ -87,7 +87,7 @@ def test_an_installed_wheel_runs_the_demo_the_builders_test_and_a_summary_anywhe
                "--config.optimizer.warmup_steps=1")
     assert demo.returncode == 0, demo.stderr[-3000:]
     headline = json.loads(demo.stdout.strip().splitlines()[-1])
-    assert headline["workdir"] == str(cwd / "runs" / "demo")
+    assert headline["workdir"] == str(cwd / "runs" / "demo") and headline["step"] == 2
     assert 0 <= headline["segm/pixel_accuracy"] <= 1
     with open(cwd / "runs" / "demo" / "starts.jsonl") as f:
         (start,) = [json.loads(line) for line in f]

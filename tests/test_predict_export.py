@@ -2003,12 +2003,22 @@ def test_checkpoint_of_another_model_is_a_clear_error(workdir, tmp_path):
 def test_commands_on_a_workdir_take_its_config_with_overrides(workdir, demo_dataset, tmp_path,
                                                                capsys):
     """evaluate, predict and export read `<workdir>/config.json` as `--config`, overridable
-    field by field as `hgmt.main`'s config is; bad flags exit with the flag named."""
+    field by field as `hgmt.main`'s config is; bad flags exit with the flag named. evaluate's
+    stdout ends with hgmt.main's JSON line of its evaluation: the workdir, the JSON written,
+    the step and the headline numbers."""
+    from hgmt.evaluation import protocols
+
     out = str(tmp_path / "eval.json")
+    capsys.readouterr()
     hgmt.evaluate.main([f"--workdir={workdir}", f"--config.data_dir={demo_dataset[1]}",
                    "--config.eval_batch_size=1", f"--out_file={out}"])
     with open(out) as f:
-        assert json.load(f)["num_examples"] == 2
+        saved = json.load(f)
+    assert saved["num_examples"] == 2
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == {"workdir": os.path.abspath(workdir), "eval": out, "step": saved["step"],
+                    **protocols.headline(saved)}
+    assert len(line) > 3 and isinstance(line["step"], int)
     with pytest.raises(SystemExit, match="no_such_field"):
         hgmt.export.main([f"--workdir={workdir}", "--format=stablehlo", f"--out_dir={out}.x",
                      "--config.no_such_field=1"])

@@ -1,7 +1,7 @@
 """The files of an evaluation summary (`hgmt.evaluation.evaluator`): its JSON, its Markdown
 beside it (made by hgmt/evaluation/markdown.py) and each task's pictures of its numbers,
-written together (`write_report`), and the check of the JSON's name before an evaluation
-(`check_out_file`)."""
+written together (`write_report`), the check of the JSON's name before an evaluation
+(`check_out_file`), and the JSON line a command prints of it (`result_line`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ import os
 from etils import epath
 
 from hgmt import disk_space, paths
-from hgmt.evaluation import markdown
+from hgmt.evaluation import markdown, protocols
 from hgmt.tasks import TASKS
+
+
+def result_line(summary: dict, workdir: str, out: str, step: int) -> str:
+    """The JSON line hgmt.main and hgmt.evaluate print last on stdout, for scripts: the
+    workdir, the evaluation's JSON (`out`), the checkpoint's step and the headline numbers
+    (`protocols.headline`), as absolute paths."""
+    return json.dumps({"workdir": paths.text(paths.absolute(workdir)),
+                       "eval": paths.text(paths.absolute(out)), "step": step,
+                       **protocols.headline(summary)})
 
 
 def check_out_file(out: str) -> None:
