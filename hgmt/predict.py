@@ -150,8 +150,10 @@ def _run(args: flags.FlagValues, images: list[str]) -> int:
                 written = _predict_images(model, group, args.out_dir, bbox)
             failed += [path for path, ok in zip(group, written, strict=True) if not ok]
     if failed:  # the last line says the run is incomplete, however long the list above
-        print(f"error: {len(failed)} of {len(images)} inputs skipped (each named above); the "
-              f"others are predicted in {args.out_dir}", file=sys.stderr)
+        done = (f"the others are predicted in {args.out_dir}" if len(failed) < len(images)
+                else "nothing was predicted")
+        print(f"error: {len(failed)} of {len(images)} inputs skipped (each named above); "
+              f"{done}", file=sys.stderr)
     return 1 if failed else 0
 
 

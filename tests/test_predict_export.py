@@ -415,7 +415,13 @@ def test_cli_writes_panel_and_json_and_reports_unreadable_images(workdir, predic
     assert lines[f"skipped {renamed}"].endswith(" (rename it)")
     assert lines[f"skipped {tmp_path / 'missing.jpg'}"] == (f"image {tmp_path / 'missing.jpg'} "
                                                             f"not found")
-    assert lines[f"skipped {folder}"] == f"{folder}: a folder; give the image files in it"
+    assert lines[f"skipped {folder}"] == (f"{folder}: a folder; give the image files in it "
+                                          f"(e.g. {folder}/*, which a shell expands)")
+    capsys.readouterr()
+    assert hgmt.predict.main([str(folder), str(empty), f"--workdir={workdir}",
+                              f"--out_dir={out}"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: 2 of 2 inputs skipped (each named above); nothing was predicted")
     assert video_file.is_video("clip.TS") and video_file.is_video("a.mpg")
     assert not video_file.is_video("a.png")
     assert sorted(os.listdir(out)) == ["photo.json", "photo.png"]

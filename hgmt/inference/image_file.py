@@ -35,7 +35,8 @@ def read_image(path: str) -> np.ndarray:
     by Python and decoded by OpenCV: cv2.imread crashes the process on a file name that is
     not UTF-8 (Python's surrogate escapes)."""
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: a folder; give the image files in it")
+        raise IsADirectoryError(f"{path}: a folder; give the image files in it (e.g. "
+                                f"{os.path.join(path, '*')}, which a shell expands)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path} not found")
     data = np.fromfile(path, np.uint8)
