@@ -7,10 +7,11 @@ evaluator.
         [--config.<field>=<value> ...]
 
 Evaluates the latest (or given) checkpoint for the tasks it was trained on and writes JSON plus
-a Markdown table (and each task's extra pictures, e.g. the PCKh curve). `--frames` selects the
-frames of each clip (`middle` is SURREAL's test protocol). The default file name says the
-checkpoint and the settings that differ from the test protocol's (`workdirs.evaluation_file`),
-so evaluations of other settings do not replace each other.
+a Markdown table (and each task's extra pictures, e.g. the PCKh curve); prints the table,
+then a JSON line (the workdir, the JSON written, the step, the headline numbers).
+`--frames` selects the frames of each clip (`middle` is SURREAL's test protocol). The default
+file name says the checkpoint and the settings that differ from the test protocol's
+(`workdirs.evaluation_file`), so evaluations of other settings do not replace each other.
 `--protocol` picks the metric definitions (docs/metrics.md): `hgmt`'s own, or `bodynet` /
 `surreal` (what those papers' code computes, to set a run beside their published tables); the
 JSON records the protocol of the run and of each task's numbers; docs/metrics.md says how to

@@ -4,7 +4,9 @@
         [--config.batch_size=64 ...]
 
 With configs/demo.py the demo dataset is generated and built first unless built already
-(from the same demo settings).
+(from the same demo settings). The evaluations after the last step (config.evals' `at_end`)
+end the output: each one's Markdown table, then its JSON line on stdout (the workdir, its
+eval_<name>.json, the step, the headline numbers).
 
 Multi-host: in a cluster JAX reads (--distributed's help names them),
 `jax.distributed.initialize()` finds its peers itself (`--distributed`); elsewhere pass
