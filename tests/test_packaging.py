@@ -32,9 +32,11 @@ def wheel(tmp_path_factory) -> str:
         with open(os.path.join(REPO, name), "rb") as f:
             (source / name).write_bytes(f.read())
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(source)], check=True,
-                   capture_output=True)
+    # Offline (--no-index): the build requirements are the test extra's, installed.
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                            "--no-build-isolation", "--disable-pip-version-check", "-w",
+                            str(out), str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
     (path,) = out.iterdir()
     return str(path)
 
@@ -66,8 +68,10 @@ def test_an_installed_wheel_runs_the_demo_the_builders_test_and_a_summary_anywhe
     python = str(venv / "bin" / "python")
     # --force-reinstall: pip takes an hgmt of the same version outside the environment (the
     # checkout's editable install) for this one
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
-                    wheel], check=True, capture_output=True, env=env)
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                                "--force-reinstall", "--disable-pip-version-check", wheel],
+                               capture_output=True, text=True, env=env)
+    assert installed.returncode == 0, installed.stderr[-3000:]
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
 

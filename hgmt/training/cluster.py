@@ -171,9 +171,9 @@ def _ctrl_c_while_waiting(who: str) -> Iterator[None]:
     def stop() -> NoReturn:
         stopping.acquire()  # the line once: the other of the watch and the main thread waits
         stops.end_at_once(f"interrupted (Ctrl-C): {who} stopped waiting for the job's "
-                            f"processes to connect; nothing was started or written. Start "
-                            f"every process of the job again together",
-                            stops.EXIT_INTERRUPTED)
+                          f"processes to connect; nothing was started or written. Start "
+                          f"every process of the job again together",
+                          stops.EXIT_INTERRUPTED)
 
     def watch() -> None:
         while not done.is_set():
