@@ -225,8 +225,8 @@ def _read(path: str, bbox: list[float] | None) -> np.ndarray | None:
         print(f"skipped {path}: {e}", file=sys.stderr)
         return None
     if path.lower().endswith(video_file.ANIMATION_SUFFIXES) and _frames_held(path) > 1:
-        print(f"warning: {path}: an animation PyAV cannot decode (an animated WebP is "
-              f"one): only its first frame is predicted; convert it to a GIF or a video to "
+        print(f"warning: {path}: an animation PyAV cannot decode (an animated WebP under "
+              f"PyAV 18): only its first frame is predicted; convert it to a GIF or a video to "
               f"predict every frame", file=sys.stderr)
     return image
 

@@ -1489,7 +1489,9 @@ def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_besid
     library = device_warp.warp_batch("map_coordinates", 64)(*args)
     outside = (hand[0] == 0).all(-1)
     assert 0 < int(outside.sum()) < outside.size  # the 0 border is compared too
-    np.testing.assert_allclose(hand[0], library[0], atol=1e-3)
+    # Pixel values 0-255: within 3e-5 of each other, but JAX 0.12's map_coordinates under the
+    # suite's --xla_backend_optimization_level=0 moves by up to 0.0074 (hgmt's gathers do not).
+    np.testing.assert_allclose(hand[0], library[0], atol=1e-2)
     assert float(jnp.abs(hand[0] - library[0]).max()) > 0  # two ways, not one
     assert hand[1].shape == (4, 16, 16) and jnp.array_equal(hand[1], library[1])
     # A 32 px crop is one that trains: an hourglass of depth 2 takes it (the config is checked
@@ -1499,7 +1501,7 @@ def test_the_device_crop_sampling_equals_jaxs_map_coordinates_and_is_timed_besid
     assert (r["batch"], r["image_size"], r["label_size"]) == (2, 32, 8)
     assert r["differing_label_pixels"] == {"hand": 0, "map_coordinates": 0}
     assert r["max_abs_difference_frames"]["hand"] == 0
-    assert 0 < r["max_abs_difference_frames"]["map_coordinates"] < 1e-3
+    assert 0 < r["max_abs_difference_frames"]["map_coordinates"] < 1e-2
     assert set(r["over_hand"]) == {"hand", "map_coordinates"} and r["over_hand"]["hand"] == 1
 
 

@@ -6,6 +6,7 @@ as docs/metrics.md pins them).
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -862,7 +863,7 @@ def _dot_precisions(jaxpr) -> list:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             found.append(eqn.params["precision"])
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):  # jax.core's: gone in 0.12
             found += _dot_precisions(sub)
     return found
 
