@@ -30,6 +30,19 @@ from hgmt import cli
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def require_torch(script: str) -> None:
+    """Ends the process in one line naming the fix where PyTorch, which the benchmark `script`
+    (its __file__) needs and hgmt does not (the bench extra's), is not installed: before the
+    script imports it."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(f"error: benchmarks/{os.path.basename(script)} needs PyTorch, which hgmt "
+                 f"itself does not: pip install -e '.[bench]' (or a torch build for your "
+                 f"accelerator)")
+
+
 def config_path(name: str) -> str:
     """The absolute path of the repository's configs/<name>.py, e.g. config_path("demo")."""
     return os.path.join(REPO, "configs", f"{name}.py")

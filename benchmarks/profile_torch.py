@@ -24,10 +24,13 @@ import sys
 from collections.abc import Sequence
 
 import cli
-import torch
-import torch_reference
-from cli import print_line
-from torch.profiler import ProfilerActivity, profile
+
+cli.require_torch(__file__)
+
+import torch  # noqa: E402
+import torch_reference  # noqa: E402
+from cli import print_line  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 CONV_OPS = {"aten::mkldnn_convolution": "forward", "aten::convolution_backward": "backward"}
 OTHER_KINDS = {

@@ -40,6 +40,9 @@ from collections.abc import Sequence
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import cli  # noqa: E402
+
+cli.require_torch(__file__)
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from absl import flags  # noqa: E402

@@ -3,6 +3,7 @@
 XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
 """
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -31,6 +32,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
+
+# PyTorch is the bench extra's (benchmarks/torch_reference.py, profile_torch.py), not the test
+# extra's: the tests that run those scripts need it installed, and are skipped where it is not.
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed: pip install "
+                                                       "-e '.[bench]'")
+TORCH_SCRIPTS = ("torch_reference", "profile_torch")
+
+
+def torch_marked(names: list[str]) -> list:
+    """`names` (entry points or benchmark names) as pytest parameters, those of
+    TORCH_SCRIPTS marked `needs_torch`."""
+    return [pytest.param(n, marks=needs_torch) if any(s in n for s in TORCH_SCRIPTS) else n
+            for n in names]
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 # A real SURREAL annotation file; HGMT_REAL_INFO points elsewhere (e.g. from a git worktree).

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import torch_marked
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "benchmarks")
 sys.path.insert(0, BENCHMARKS)
@@ -174,7 +176,7 @@ CONFIG_TAKERS = {
     "input_stages": ["--examples=1"]}
 
 
-@pytest.mark.parametrize("script", sorted(CONFIG_TAKERS))
+@pytest.mark.parametrize("script", torch_marked(sorted(CONFIG_TAKERS)))
 def test_a_config_field_training_refuses_stops_a_benchmark_in_one_line_before_work(
         script, tmp_path, monkeypatch):
     """Every benchmark that takes a config checks it as training does, less the devices':
@@ -534,7 +536,25 @@ def _scripts_with_usage() -> list[str]:
             open(os.path.join(BENCHMARKS, name)).read())) or "")))
 
 
-@pytest.mark.parametrize("script", _scripts_with_usage())
+@pytest.mark.parametrize("script", ["torch_reference", "profile_torch"])
+def test_a_pytorch_benchmark_without_pytorch_ends_in_one_line_naming_the_fix(script):
+    """Where PyTorch is not installed (it is the bench extra's, not hgmt's), the PyTorch
+    benchmarks end in one line naming the extra, --help included, not in a traceback of
+    `import torch`. PyTorch is made unimportable in the process, installed or not."""
+    code = ("import runpy, sys\n"
+            "sys.modules['torch'] = None\n"
+            f"sys.argv = [{script!r}, '--help']\n"
+            f"sys.path.insert(0, {BENCHMARKS!r})\n"
+            f"runpy.run_path({os.path.join(BENCHMARKS, script + '.py')!r}, "
+            "run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(BENCHMARKS))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        1, "", f"error: benchmarks/{script}.py needs PyTorch, which hgmt itself does not: "
+               f"pip install -e '.[bench]' (or a torch build for your accelerator)\n")
+
+
+@pytest.mark.parametrize("script", torch_marked(_scripts_with_usage()))
 def test_a_benchmarks_help_prints_its_whole_docstring_usage_included(script, capsys):
     """`--help` prints the module's docstring whole (its usage lines and what the flags after
     `--` are), then the flags, and exits 0."""
@@ -980,8 +1000,9 @@ def test_the_ratio_to_pytorch_takes_hgmts_step_on_a_cropped_batch(tmp_path, caps
 
 @pytest.mark.slow
 def test_torch_reference_takes_the_config_and_matches_the_jax_parameter_count():
-    torch_reference = pytest.importorskip("torch_reference", exc_type=ImportError)
+    pytest.importorskip("torch")  # the bench extra's
     import jax
+    import torch_reference
 
     from hgmt.models import create_model
     from hgmt.tasks import heads, parse_tasks
@@ -1339,7 +1360,8 @@ def test_profile_torch_groups_every_op_of_the_step_by_kind():
     """A tiny model: the per-kind times add up to the step's, and the kinds are the
     reference's convolutions by kernel size (the 7x7 stem, 3x3 and 1x1), BatchNorm, ReLU and
     max-pooling, forward and backward."""
-    profile_torch = pytest.importorskip("profile_torch", exc_type=ImportError)
+    pytest.importorskip("torch")  # the bench extra's
+    import profile_torch
     r = profile_torch.benchmark(TINY + ["--config.batch_size=2", "--steps=1", "--warmup=1"])
     assert (r["benchmark"], r["stacks"], r["features"], r["res"], r["batch"]) == (
         "profile_torch", 1, 8, 32, 2)
@@ -1354,7 +1376,8 @@ def test_profile_torch_groups_every_op_of_the_step_by_kind():
 def test_profile_torch_refuses_a_host_where_the_step_would_run_on_cuda(monkeypatch):
     """The profile is of CPU activity: where PyTorch sees CUDA (stubbed here) it stops before
     building the step and names how to profile the CPU step."""
-    profile_torch = pytest.importorskip("profile_torch", exc_type=ImportError)
+    pytest.importorskip("torch")  # the bench extra's
+    import profile_torch
     import torch
     import torch_reference
 

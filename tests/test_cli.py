@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import HAS_TORCH, TORCH_SCRIPTS, torch_marked
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each entry point (a module name, or a script's path) with flags its --help must list,
@@ -112,7 +114,7 @@ def help_text(entry: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize("entry", torch_marked(sorted(ENTRY_POINTS)))
 def test_help_lists_the_flags_and_exits_0(entry, capsys):
     """--help lists the flags, keeping the docstring's usage lines apart (a shell `\\` ending
     one is written `\\\\` in the docstring: a lone one joins the next line onto it); absl's
@@ -349,7 +351,7 @@ def saved_workdir(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize("entry", torch_marked(sorted(ENTRY_POINTS)))
 def test_an_unknown_flag_exits_non_zero_naming_it(entry, saved_workdir):
     argv = ["--no_such_flag=1"]
     if entry in ON_A_WORKDIR:
@@ -387,6 +389,8 @@ def test_a_flag_name_means_one_thing_in_every_command(capsys):
     kinds: dict[str, dict[str, str]] = {}
     texts = {}
     for entry in ENTRY_POINTS:
+        if not HAS_TORCH and any(name in entry for name in TORCH_SCRIPTS):
+            continue  # the bench extra's
         texts[entry] = help_text(entry, capsys)
         for name, kind in help_flags(texts[entry]).items():
             kinds.setdefault(name, {})[entry] = kind
@@ -838,7 +842,7 @@ TAKES_AFTER_DASHES = ("launch/sweep.py", "benchmarks/step_levers.py",
                       "benchmarks/stream_modes.py", "benchmarks/device_tests.py")
 
 
-@pytest.mark.parametrize("entry", sorted(set(ENTRY_POINTS) - {"hgmt.predict"}))
+@pytest.mark.parametrize("entry", torch_marked(sorted(set(ENTRY_POINTS) - {"hgmt.predict"})))
 def test_a_stray_argument_exits_naming_it_before_any_work(entry, saved_workdir, tmp_path):
     """A positional argument a command does not take (a mistyped flag, a config override
     after `--`) is refused in one line, not dropped while the command runs with its
