@@ -67,6 +67,7 @@ def _run(args: flags.FlagValues) -> int:
     """The export of `main`, its flags parsed and its console set up; -> exit status."""
     with cli.faults_in_one_line(*trained_model.RESTORE_FAULTS, NotADirectoryError,
                                 FileExistsError, export.UnusableOutDir, disk_space.DiskFull,
+                                export.TensorFlowTooOld,
                                 traceback=args.verbosity >= 1):
         meta, shapes = export.export(args.workdir, args.format, args.out_dir,
                                      cli.checkpoint_step(args.step), args.config)

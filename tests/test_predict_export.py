@@ -1,6 +1,7 @@
 """Inference on any image (hgmt.predict) and exported artefacts (hgmt.export)."""
 
 import errno
+import functools
 import json
 import os
 import pathlib
@@ -1330,6 +1331,59 @@ def depth_predictor(depth_workdir):
     return prediction.Predictor(depth_workdir)
 
 
+# TensorFlow 2.21's error on a function JAX 0.12.1 converted (a Python 3.12 install's newest
+# releases), the lines that name the StableHLO versions.
+TF_STABLEHLO_ERROR = (
+    "Cannot deserialize computation: UNKNOWN: <unknown>:0: error: loc(\"shape_assertion\"): "
+    "unregistered operation 'vhlo.custom_call_v2' found in dialect ('vhlo') that does not "
+    "allow unknown operations\n<unknown>:0: note: loc(\"shape_assertion\"): in bytecode "
+    "version 6 produced by: StableHLO_v1.22.0\n<unknown>:0: error: failed to deserialize "
+    "portable artifact using StableHLO_v1.13.7\n\t [[{{node XlaCallModule}}]]")
+
+
+def test_a_savedmodel_export_refuses_a_tensorflow_older_than_its_jax(workdir, tmp_path,
+                                                                     monkeypatch):
+    """Where TensorFlow cannot run what JAX converts (TensorFlow 2.21 reads no StableHLO that
+    JAX 0.12 writes), `--format=savedmodel` stops in one line naming both versions and the
+    fixes, before the checkpoint is read and with no folder made; before, the export ran,
+    failed its own check, and ended in TensorFlow's traceback after 20 lines of its C++
+    log. The probe runs on this host's pair (TensorFlow 2.21 and JAX 0.10 run; with JAX 0.12
+    it names the versions), the refusal's line is made from that failing pair's error text,
+    and the command refuses on the probe's answer."""
+    import tensorflow as tf
+
+    why = exporting.savedmodel_runs_here()
+    assert why is None or why.startswith(
+        f"--format=savedmodel: TensorFlow {tf.__version__} cannot run what JAX "
+        f"{jax.__version__} converts (JAX writes StableHLO "), why
+    line = exporting.stablehlo_too_new(TF_STABLEHLO_ERROR, "2.21.0", "0.12.1")
+    assert line == ("--format=savedmodel: TensorFlow 2.21.0 cannot run what JAX 0.12.1 "
+                    "converts (JAX writes StableHLO 1.22.0, TensorFlow reads up to 1.13.7); "
+                    "install the versions hgmt was tested with (pip install -e . -c "
+                    "constraints.txt) or a TensorFlow released after this JAX, or export "
+                    "--format=stablehlo")
+    assert exporting.stablehlo_too_new("Cannot deserialize", "2.21.0", "0.12.1") == (
+        line.replace(" (JAX writes StableHLO 1.22.0, TensorFlow reads up to 1.13.7)", ""))
+    monkeypatch.setattr(exporting, "savedmodel_runs_here", lambda: line)
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as e:
+        hgmt.export.main([f"--workdir={workdir}", "--format=savedmodel", f"--out_dir={out}"])
+    assert str(e.value.code) == f"error: TensorFlowTooOld: {line}"
+    assert os.listdir(tmp_path) == []
+
+
+@functools.cache
+def _savedmodel_runs_here() -> str | None:
+    return exporting.savedmodel_runs_here()
+
+
+def savedmodel_or_skip() -> None:
+    """Skips the test where this host's TensorFlow cannot run what its JAX converts (the
+    SavedModel export refuses that pair in one line: `test_a_savedmodel_export_refuses_...`)."""
+    if why := _savedmodel_runs_here():
+        pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """exported(workdir, format) -> the folder `hgmt.export` wrote it into, made once. Its
@@ -1341,6 +1395,8 @@ def exported(tmp_path_factory):
     made = {}
 
     def get(workdir: str, fmt: str) -> str:
+        if fmt == "savedmodel":
+            savedmodel_or_skip()
         if (workdir, fmt) not in made:
             parent = tmp_path_factory.mktemp(fmt)
             path = str(parent / "export")
@@ -1462,6 +1518,7 @@ def test_an_export_of_vmapped_streams_converts_to_tf_lite(workdir, predictor, tm
     converter refused ('vhlo.dynamic_gather_v1' op is not part of the vhlo support yet)."""
     import tensorflow as tf
 
+    savedmodel_or_skip()
     path = str(tmp_path / "export")
     assert hgmt.export.main([f"--workdir={workdir}", "--format=savedmodel", f"--out_dir={path}",
                              "--config.model.stream_mode=vmapped"]) == 0
@@ -1942,6 +1999,7 @@ def test_an_export_stopped_by_sigterm_leaves_nothing(workdir, tmp_path):
     import subprocess
     import time
 
+    savedmodel_or_skip()
     out = tmp_path / "deep" / "x"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
     proc = subprocess.Popen([sys.executable, "-m", "hgmt.export", f"--workdir={workdir}",
@@ -1970,6 +2028,8 @@ def test_an_export_failing_midway_leaves_no_out_dir_and_no_partial_folder(workdi
             fh.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    if fmt == "savedmodel":
+        savedmodel_or_skip()
     writer = "export_stablehlo" if fmt == "stablehlo" else "export_savedmodel"
     monkeypatch.setattr(exporting, writer, half_written)
     exports = tmp_path / "exports"

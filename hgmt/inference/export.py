@@ -11,9 +11,11 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import jax
@@ -129,6 +131,59 @@ def export_savedmodel(f: Callable, image_size: int, path: str) -> None:
         input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32,
                                        name="images")])
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+class TensorFlowTooOld(RuntimeError):
+    """This host's TensorFlow cannot run what its JAX converts: a SavedModel export would not
+    run (`savedmodel_runs_here`)."""
+
+
+def savedmodel_runs_here() -> str | None:
+    """None where this host's TensorFlow runs a function JAX converts as `export_savedmodel`
+    does (natively serialised StableHLO, a symbolic batch size); else why not, with the fix.
+    A JAX writes StableHLO of four weeks before its release, which a TensorFlow released
+    earlier may not read (TensorFlow 2.21 reads none that JAX 0.12 writes)."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(lambda x: x * 2, polymorphic_shapes=["(b, _)"],
+                               with_gradient=False, native_serialization_platforms=("cpu",))
+    try:
+        with _native_stderr_dropped():  # TensorFlow's C++ logs its failure in 20 lines
+            converted(tf.zeros((2, 3), tf.float32))
+    except tf.errors.InvalidArgumentError as e:
+        if "deserialize" not in str(e):
+            raise
+        return stablehlo_too_new(str(e), tf.__version__, jax.__version__)
+    return None
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped() -> Iterator[None]:
+    """The process's file descriptor 2 (where C++ code logs) goes to /dev/null while the block
+    runs; Python's sys.stderr is flushed on either side."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def stablehlo_too_new(error: str, tf_version: str, jax_version: str) -> str:
+    """The line of `TensorFlowTooOld` from TensorFlow's error `error` (it names the StableHLO
+    version written and the one it reads, where it says them)."""
+    written = re.search(r"produced by: StableHLO_v([\d.]+)", error)
+    read = re.search(r"deserialize portable artifact using StableHLO_v([\d.]+)", error)
+    versions = (f" (JAX writes StableHLO {written[1]}, TensorFlow reads up to {read[1]})"
+                if written and read else "")
+    return (f"--format=savedmodel: TensorFlow {tf_version} cannot run what JAX {jax_version} "
+            f"converts{versions}; install the versions hgmt was tested with (pip install -e . "
+            f"-c constraints.txt) or a TensorFlow released after this JAX, or export "
+            f"--format=stablehlo")
 
 
 class UnusableOutDir(ValueError):
@@ -251,6 +306,8 @@ def export(workdir: str, fmt: str, out_dir: str, step: int | str | None = None,
     if fmt not in FORMATS:
         raise not_one_of(f"--format={fmt}", FORMATS)
     check_out_dir(out_dir, fmt)
+    if fmt == "savedmodel" and (why := savedmodel_runs_here()):  # before any work
+        raise TensorFlowTooOld(why)
     target = paths.absolute(out_dir)  # `~` expanded, as check_out_dir checked it
     if paths.is_url(target):  # made before any work: a store that cannot be reached says so
         try:
