@@ -1,7 +1,8 @@
 """The inference function of a checkpoint, exported for serving (the command is `hgmt.export`,
 which says what each format writes): images (B, R, R, 3) float32 on [0, 255], B >= 1 -> the
 last stage's {task: (B, R/4, R/4, C)} float32, parameters baked in; `export_stablehlo` /
-`load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf). The metadata
+`load_stablehlo` (jax.export, symbolic batch) and `export_savedmodel` (jax2tf; refused where
+this host's TensorFlow cannot run what its JAX converts, `savedmodel_runs_here`). The metadata
 (`META_FILE`, written from `export_meta`) says how the inputs are cut from an image, the camera
 3D decoding assumes and how to decode each output."""
 
