@@ -41,11 +41,15 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed
 TORCH_SCRIPTS = ("torch_reference", "profile_torch")
 
 
+def uses_torch(name: str) -> bool:
+    """Whether `name` (an entry point or a benchmark's name) is one of TORCH_SCRIPTS."""
+    return any(script in name for script in TORCH_SCRIPTS)
+
+
 def torch_marked(names: list[str]) -> list:
     """`names` (entry points or benchmark names) as pytest parameters, those of
     TORCH_SCRIPTS marked `needs_torch`."""
-    return [pytest.param(n, marks=needs_torch) if any(s in n for s in TORCH_SCRIPTS) else n
-            for n in names]
+    return [pytest.param(n, marks=needs_torch) if uses_torch(n) else n for n in names]
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 # A real SURREAL annotation file; HGMT_REAL_INFO points elsewhere (e.g. from a git worktree).

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import HAS_TORCH, TORCH_SCRIPTS, torch_marked
+from tests.conftest import HAS_TORCH, torch_marked, uses_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -389,7 +389,7 @@ def test_a_flag_name_means_one_thing_in_every_command(capsys):
     kinds: dict[str, dict[str, str]] = {}
     texts = {}
     for entry in ENTRY_POINTS:
-        if not HAS_TORCH and any(name in entry for name in TORCH_SCRIPTS):
+        if not HAS_TORCH and uses_torch(entry):
             continue  # the bench extra's
         texts[entry] = help_text(entry, capsys)
         for name, kind in help_flags(texts[entry]).items():
